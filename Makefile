@@ -1,0 +1,67 @@
+# smtpgate: `make run` starts a working server on the embedded defaults;
+# `make test` sets up everything the tests need and runs them.
+VENV    ?= .venv
+PYTHON  ?= python3
+BIN     := $(VENV)/bin
+VAR     ?= ./var
+# Debian packages the integration tests drive as real peers.
+DEB_PACKAGES := swaks gsasl msmtp curl openssl socat
+
+.PHONY: run test venv test-venv debs lint typecheck bench clean docs
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@ $(VENV)/.installed
+
+venv: $(VENV)/.installed
+test-venv: $(VENV)/.installed-test
+
+run: venv
+	@if [ ! -d "$(VAR)" ]; then $(BIN)/smtpgate init --dir $(VAR); fi
+	@echo
+	@echo "smtpgate: STARTTLS on 127.0.0.1:2587, implicit TLS on 127.0.0.1:2465, mail to $(VAR)/mail"
+	@echo "send a test message (in another terminal; PASSWORD is the demo password printed by init):"
+	@echo "  swaks --server 127.0.0.1:2587 -tls --tls-ca-path $(VAR)/tls/cert.pem --auth PLAIN --auth-user demo@localhost --auth-password PASSWORD --to demo@localhost"
+	@echo
+	$(BIN)/smtpgate serve --config $(VAR)/smtpgate.toml
+
+debs:
+	@missing=""; \
+	for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "error: the integration tests need these Debian packages:$$missing"; \
+	    echo "       run: sudo apt-get install -y$$missing   (then make test again)"; \
+	    exit 1; \
+	  fi; \
+	fi
+
+typecheck: test-venv
+	$(BIN)/mypy
+
+lint: test-venv
+	$(BIN)/ruff check src tests
+
+test: test-venv debs
+	$(BIN)/mypy
+	SMTPGATE_CI=1 $(BIN)/pytest -q
+
+bench: test-venv
+	$(BIN)/python bench/run.py
+
+docs: venv
+	$(BIN)/python -m smtpgate.smtp.states > docs/state-machine.md
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache

@@ -1,0 +1,1 @@
+"""Auth service: credential stores, password hashing, verified-credential cache, auth log."""

@@ -1,0 +1,183 @@
+"""The auth log: one structured record per AUTH attempt.
+
+Each record goes twice: as one JSON line appended to ``[auth].log_file`` (the
+source for reports, metrics and fail2ban-style tools) and as one readable line
+to the ``smtpgate.auth`` logger (which the server sends to stderr).
+
+Several server processes append to one file. The file is opened with
+``O_APPEND`` and every record is one ``os.write`` of one whole line, so the
+kernel places each record at the end in one piece: lines from different
+processes never interleave, with no lock and no Python-side buffering that
+could split a long line across two writes.
+
+Every string field is passed through ``neutralize`` first: usernames and
+mechanism names come from the client, and a CR, LF or escape sequence in them
+must not forge a log line or drive a terminal.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import unicodedata
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+logger = logging.getLogger("smtpgate.auth")
+
+#: The outcomes of an AUTH attempt: tempfail is a backend fault (454), cancelled
+#: is the client's "*" (RFC 4954 §4) or a dropped connection.
+RESULTS: frozenset[str] = frozenset(("success", "failure", "tempfail", "cancelled"))
+
+#: Longest string field kept, in characters. Generous for any real username
+#: (RFC 5321 caps an address at 254 octets); longer values are truncated so a
+#: client cannot make one record arbitrarily large.
+MAX_FIELD_CHARS = 320
+
+
+def neutralize(value: str, limit: int = MAX_FIELD_CHARS) -> str:
+    r"""Make a client-supplied string safe for one log line.
+
+    Control, format and line/paragraph-separator characters (Unicode Cc, Cf,
+    Zl, Zp: CR, LF, ESC, DEL, C1, bidi overrides, U+2028 ...) become ``\xNN`` or
+    ``\uNNNN``, and a backslash becomes ``\\`` so the escapes stay unambiguous.
+    """
+    if len(value) > limit:
+        value = value[:limit] + "…"
+    out: list[str] = []
+    for c in value:
+        if c == "\\":
+            out.append("\\\\")
+        elif unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp", "Cs"):
+            o = ord(c)
+            out.append(f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}" if o < 0x10000 else f"\\U{o:08x}")
+        else:
+            out.append(c)
+    return "".join(out)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthRecord:
+    """One AUTH attempt; field names are the JSON keys."""
+
+    time: str
+    listener: str
+    client_ip: str
+    client_port: int
+    tls: str | None
+    mechanism: str
+    username: str
+    result: str
+    reason: str
+    session: str
+
+    def json_line(self) -> bytes:
+        return (json.dumps(asdict(self), ensure_ascii=False) + "\n").encode("utf-8")
+
+    def text(self) -> str:
+        return (
+            f"auth {self.result} listener={self.listener} client={self.client_ip}:{self.client_port} "
+            f"tls={self.tls or 'none'} mech={self.mechanism or '-'} user={json.dumps(self.username, ensure_ascii=False)} "
+            f"reason={json.dumps(self.reason, ensure_ascii=False)} session={self.session}"
+        )
+
+
+def _utc_stamp() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class AuthLog:
+    """Writes auth records; ``path`` None logs to the ``smtpgate.auth`` logger only.
+
+    ``write`` never raises: a full disk must not turn into failed logins. A
+    write error is reported on the logger (once, until writes succeed again).
+
+    Raises (constructor):
+        OSError: the log file cannot be opened.
+    """
+
+    def __init__(self, path: Path | None, *, clock: Callable[[], str] = _utc_stamp) -> None:
+        self._path = path
+        self._clock = clock
+        self._fd: int | None = None
+        self._failing = False
+        if path is not None:
+            self._fd = self._open(path)
+
+    @staticmethod
+    def _open(path: Path) -> int:
+        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+
+    @property
+    def path(self) -> Path | None:
+        return self._path
+
+    def make_record(
+        self,
+        *,
+        listener: str,
+        client_ip: str,
+        client_port: int,
+        tls: str | None,
+        mechanism: str,
+        username: str,
+        result: str,
+        reason: str,
+        session: str,
+    ) -> AuthRecord:
+        """Build a record stamped now, with every string field neutralised.
+
+        Raises:
+            ValueError: ``result`` is not one of ``RESULTS`` (a bug in the caller).
+        """
+        if result not in RESULTS:
+            raise ValueError(f"unknown auth result {result!r}")
+        n = neutralize
+        return AuthRecord(
+            time=self._clock(),
+            listener=n(listener),
+            client_ip=n(client_ip),
+            client_port=client_port,
+            tls=None if tls is None else n(tls),
+            mechanism=n(mechanism),
+            username=n(username),
+            result=result,
+            reason=n(reason),
+            session=n(session),
+        )
+
+    def write(self, record: AuthRecord) -> None:
+        """Emit ``record`` to the file (one write) and to the logger."""
+        level = logging.WARNING if record.result == "tempfail" else logging.INFO
+        logger.log(level, "%s", record.text())
+        if self._fd is None:
+            return
+        line = record.json_line()
+        try:
+            written = os.write(self._fd, line)
+            if written != len(line):
+                raise OSError(f"short write ({written} of {len(line)} bytes)")
+        except OSError as e:
+            if not self._failing:
+                logger.error("cannot write auth log %s: %s", self._path, e)
+            self._failing = True
+        else:
+            self._failing = False
+
+    def reopen(self) -> None:
+        """Open the file anew (after log rotation moved it away)."""
+        if self._path is None:
+            return
+        fd = self._open(self._path)
+        old, self._fd = self._fd, fd
+        if old is not None:
+            os.close(old)
+
+    def close(self) -> None:
+        """Close the file; idempotent."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)

@@ -1,0 +1,97 @@
+"""Argon2id password hashes: hashing, verification, rehash checks, and a decoy.
+
+Why a decoy: an unknown account must cost the same work as a wrong password,
+or the response time tells an attacker which accounts exist. ``verify_decoy``
+runs a full verification against a hash made at start-up with the configured
+parameters (of a random password nobody knows), so both paths do one Argon2id
+verification. Accounts hashed with older parameters still differ a little; the
+server's failure floor (``[auth].failure_floor``) hides what remains.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+import argon2
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+from smtpgate.config import AccountsConfig
+
+
+class PasswordPolicyError(ValueError):
+    """A new password is unusable (empty, or holds NUL); the message says why."""
+
+
+class StoredHashError(Exception):
+    """A stored hash is not a valid Argon2 hash: a data fault, never the client's."""
+
+
+def check_new_password(password: str) -> None:
+    """Refuse passwords that no client could send.
+
+    Raises:
+        PasswordPolicyError: empty, or holds NUL (SASL PLAIN, RFC 4616 §2, uses
+            NUL as its separator, so such a password could never be used).
+    """
+    if not password:
+        raise PasswordPolicyError("the password is empty")
+    if "\0" in password:
+        raise PasswordPolicyError("the password holds a NUL character")
+
+
+class PasswordHasher:
+    """Argon2id with the parameters of ``[accounts]``.
+
+    Thread-safe: ``hash`` and ``verify`` release the GIL inside the C library,
+    so the auth service runs them in a pool of ``hash_threads`` workers.
+    """
+
+    def __init__(self, cfg: AccountsConfig) -> None:
+        self._ph = argon2.PasswordHasher(
+            time_cost=cfg.argon2_time_cost,
+            memory_cost=cfg.argon2_memory_kib,
+            parallelism=cfg.argon2_parallelism,
+            type=argon2.Type.ID,
+        )
+        self._decoy: str | None = None
+
+    def hash(self, password: str) -> str:
+        """Return a PHC-format Argon2id hash of ``password`` with a fresh salt."""
+        return self._ph.hash(password)
+
+    def verify(self, encoded: str, password: str) -> bool:
+        """True if ``password`` matches ``encoded``.
+
+        Raises:
+            StoredHashError: ``encoded`` is not an Argon2 hash (corrupt record).
+        """
+        try:
+            return self._ph.verify(encoded, password)
+        except VerifyMismatchError:
+            return False
+        except InvalidHashError as e:
+            raise StoredHashError("stored password hash is not a valid Argon2 hash") from e
+        except VerificationError:
+            # Raised for a hash that parses but fails for reasons other than a
+            # mismatch (e.g. wrong type); treat as a plain mismatch.
+            return False
+
+    def needs_rehash(self, encoded: str) -> bool:
+        """True if ``encoded`` was made with other parameters than the configured ones."""
+        try:
+            return self._ph.check_needs_rehash(encoded)
+        except (InvalidHashError, ValueError):
+            return True
+
+    def prepare_decoy(self) -> None:
+        """Make the decoy hash now (one hash's work), so the first unknown account
+        does not take twice as long as later ones. Idempotent."""
+        if self._decoy is None:
+            # Racing threads may both make one; either is as good as the other.
+            self._decoy = self._ph.hash(secrets.token_urlsafe(32))
+
+    def verify_decoy(self, password: str) -> None:
+        """Spend one verification's work and learn nothing (for unknown accounts)."""
+        self.prepare_decoy()
+        assert self._decoy is not None
+        self.verify(self._decoy, password)

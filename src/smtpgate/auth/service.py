@@ -1,0 +1,411 @@
+"""The auth service: answers the credential queries of SASL mechanisms.
+
+Theory of operation
+-------------------
+A server mechanism returns ``NeedCredentials(query)``; the session awaits
+``AuthService.resolve(query, ctx)`` and hands the answer back to the
+mechanism. ``resolve`` never raises: a backend fault becomes a *temporary*
+answer (``Verdict(ok=False, temporary=True)`` or ``NotFound(temporary=True)``,
+454 on the wire), never a wrong-credentials answer (535), so that an outage
+neither locks users out for good nor counts against them.
+
+Blocking work runs off the event loop, on three executors:
+
+- ``hash_threads`` workers for Argon2id and PBKDF2 (the C code releases the GIL);
+- two workers for account reads: two, so that one read stuck behind a busy
+  database does not stall every login, and not more, since a read takes tens
+  of microseconds;
+- one writer for bookkeeping (last login, re-derived secrets): a single thread
+  runs the writes in the order they were made, and the store's SQL refuses to
+  move a last-login time backwards for what comes from other processes.
+
+Every failure path for a password does one Argon2id verification (against the
+account's hash or the decoy), so response times do not tell an unknown or
+locked account from a wrong password. Only a verified password is cached
+(``cache.py`` explains the cache and why lock state is read on every login).
+
+Ownership: the service takes over ``store`` and ``log``; ``close()`` drains the
+pending writes and closes both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any, TypeVar
+
+from smtpgate.auth.authlog import AuthLog
+from smtpgate.auth.cache import CredentialCache
+from smtpgate.auth.credentials import (
+    ARGON2ID,
+    CRAM_MD5,
+    SCRAM_SCHEMES,
+    CredentialDataError,
+    decode_cram_md5,
+    decode_scram,
+    derive,
+    wanted_schemes,
+)
+from smtpgate.auth.names import lookup_key
+from smtpgate.auth.passwords import PasswordHasher, StoredHashError
+from smtpgate.auth.store import Account, AccountStore, StoreError
+from smtpgate.config import AccountsConfig, AuthConfig
+from smtpgate.sasl.base import (
+    ConfirmIdentity,
+    CredentialAnswer,
+    CredentialQuery,
+    LookupCramMd5,
+    LookupScram,
+    NotFound,
+    Verdict,
+    VerifyPassword,
+    VerifyToken,
+)
+
+log = logging.getLogger("smtpgate.auth.service")
+T = TypeVar("T")
+
+#: Account-read workers (see the module docstring for why two).
+DB_THREADS = 2
+#: Bookkeeping writes queued at most; past this (a database stuck for seconds
+#: under a login storm) last-login updates are dropped and counted, rather than
+#: queued without bound. Logins themselves are unaffected.
+MAX_PENDING_WRITES = 10_000
+
+# Reasons: for the auth log only, never sent to the client.
+UNKNOWN_USER = "unknown user"
+BAD_PASSWORD = "bad password"
+ACCOUNT_LOCKED = "account locked"
+NO_PASSWORD = "no password set for account"
+AUTHZID_REFUSED = "authorization identity differs from account"
+CRAM_MD5_NOT_ENABLED = "cram-md5 not enabled for account"
+OAUTH_NOT_CONFIGURED = "oauth not configured"
+
+
+@dataclass(frozen=True, slots=True)
+class AuthContext:
+    """Where an AUTH attempt comes from; goes into the auth log."""
+
+    listener: str
+    client_ip: str
+    client_port: int
+    tls_version: str | None
+    session_id: str
+
+
+@dataclass(slots=True)
+class AuthStats:
+    """Counters for metrics and tests; only touched on the event-loop thread."""
+
+    cache_hits: int = 0
+    cache_misses: int = 0
+    #: Argon2id verifications run, decoys included.
+    hash_verifications: int = 0
+    upgrades: int = 0
+    tempfails: int = 0
+    dropped_writes: int = 0
+
+
+class _Temporary(Exception):
+    """A backend fault found inside a handler; ``resolve`` turns it into a 454 answer."""
+
+
+def _mechanism_refusal(account: Account, mechanism: str) -> str | None:
+    """Account-level policy, applied to every kind of query."""
+    if account.locked:
+        return ACCOUNT_LOCKED
+    if not account.allows(mechanism):
+        return f"mechanism {mechanism or '(unnamed)'} not allowed for account"
+    return None
+
+
+class AuthService:
+    """Resolves credential queries against an ``AccountStore``.
+
+    Not thread-safe: use it from one event loop.
+    """
+
+    def __init__(
+        self,
+        store: AccountStore,
+        accounts_cfg: AccountsConfig,
+        auth_cfg: AuthConfig,
+        log: AuthLog,
+        token_verifier: object | None = None,
+    ) -> None:
+        self._store = store
+        self._cfg = accounts_cfg
+        self._auth_cfg = auth_cfg
+        self._log = log
+        self._verifier = token_verifier
+        self._hasher = PasswordHasher(accounts_cfg)
+        self._cache = CredentialCache(accounts_cfg.cache_ttl)
+        self._hash_pool = ThreadPoolExecutor(accounts_cfg.hash_threads, "smtpgate-hash")
+        self._read_pool = ThreadPoolExecutor(DB_THREADS, "smtpgate-db-read")
+        self._write_pool = ThreadPoolExecutor(1, "smtpgate-db-write")
+        self._background: set[asyncio.Future[Any]] = set()
+        self._pending_writes = 0
+        self._upgrading: set[str] = set()
+        self._closed = False
+        self.stats = AuthStats()
+        # Make the decoy hash now, off the loop, so the first unknown account
+        # does not pay for it (and stand out by taking twice as long).
+        self._hash_pool.submit(self._hasher.prepare_decoy)
+
+    # --- the public API ------------------------------------------------------------
+
+    async def resolve(self, query: CredentialQuery, ctx: AuthContext) -> CredentialAnswer:
+        """Answer ``query``; never raises (except cancellation).
+
+        Verdict for VerifyPassword / VerifyToken / ConfirmIdentity; ScramCredentials,
+        CramMd5Secret or NotFound for the look-ups. Backend faults give
+        ``temporary=True``.
+        """
+        lookup = isinstance(query, (LookupScram, LookupCramMd5))
+        try:
+            match query:
+                case VerifyPassword():
+                    return await self._verify_password(query)
+                case LookupScram():
+                    return await self._lookup_scram(query)
+                case LookupCramMd5():
+                    return await self._lookup_cram_md5(query)
+                case ConfirmIdentity():
+                    return await self._confirm(query)
+                case VerifyToken():
+                    return await self._verify_token(query)
+            reason = f"unsupported query {type(query).__name__}"
+        except (StoreError, StoredHashError, CredentialDataError, _Temporary) as e:
+            reason = str(e)
+        except Exception as e:
+            log.exception("session %s: auth query %s failed", ctx.session_id, type(query).__name__)
+            reason = f"internal error ({type(e).__name__})"
+        self.stats.tempfails += 1
+        if lookup:
+            return NotFound(reason=reason, temporary=True)
+        return Verdict(ok=False, reason=reason, temporary=True)
+
+    def record(self, ctx: AuthContext, mechanism: str, username: str, result: str, reason: str) -> None:
+        """Write the auth-log record of one finished AUTH attempt.
+
+        ``result`` is "success", "failure", "tempfail" or "cancelled".
+
+        Raises:
+            ValueError: any other ``result`` (a bug in the caller).
+        """
+        self._log.write(
+            self._log.make_record(
+                listener=ctx.listener,
+                client_ip=ctx.client_ip,
+                client_port=ctx.client_port,
+                tls=ctx.tls_version,
+                mechanism=mechanism,
+                username=username,
+                result=result,
+                reason=reason,
+                session=ctx.session_id,
+            )
+        )
+
+    async def flush(self) -> None:
+        """Wait until background writes (last login, secret upgrades) are done."""
+        while self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
+
+    async def close(self) -> None:
+        """Drain background work, stop the worker threads, close the store and log."""
+        if self._closed:
+            return
+        self._closed = True
+        await self.flush()
+        pools = (self._hash_pool, self._read_pool, self._write_pool)
+
+        def shutdown() -> None:
+            for pool in pools:
+                pool.shutdown(wait=True, cancel_futures=True)
+
+        await asyncio.get_running_loop().run_in_executor(None, shutdown)
+        self._store.close()
+        self._log.close()
+
+    # --- executors -------------------------------------------------------------------
+
+    async def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._read_pool, fn, *args)
+
+    async def _hash(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._hash_pool, fn, *args)
+
+    def _track(self, fut: asyncio.Future[Any]) -> None:
+        self._background.add(fut)
+        fut.add_done_callback(self._background_done)
+
+    def _background_done(self, fut: asyncio.Future[Any]) -> None:
+        self._background.discard(fut)
+        if not fut.cancelled() and (exc := fut.exception()) is not None:
+            log.warning("background account update failed: %s", exc)
+
+    def _write_later(self, fn: Callable[..., object], *args: Any) -> None:
+        """Queue a bookkeeping write on the single writer thread (FIFO)."""
+        if self._pending_writes >= MAX_PENDING_WRITES:
+            self.stats.dropped_writes += 1
+            return
+        self._pending_writes += 1
+        fut = asyncio.get_running_loop().run_in_executor(self._write_pool, fn, *args)
+
+        def done(_: asyncio.Future[Any]) -> None:
+            self._pending_writes -= 1
+
+        fut.add_done_callback(done)
+        self._track(fut)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        self._track(asyncio.ensure_future(coro))
+
+    # --- shared steps ----------------------------------------------------------------
+
+    def _load(self, name: str, scheme: str) -> tuple[Account | None, str | None]:
+        """Worker thread: the account and one of its credentials, in one hop."""
+        account = self._store.get_account(name)
+        if account is None or scheme not in account.schemes:
+            return account, None
+        return account, self._store.get_credential(account.name, scheme)
+
+    async def _burn(self, password: str) -> None:
+        """Do the work of a verification that is going to fail anyway."""
+        self.stats.hash_verifications += 1
+        await self._hash(self._hasher.verify_decoy, password)
+
+    def _record_login(self, account: Account, mechanism: str) -> None:
+        self._write_later(self._store.record_login, account.name, mechanism, datetime.now(UTC))
+
+    # --- handlers --------------------------------------------------------------------
+
+    async def _verify_password(self, q: VerifyPassword) -> Verdict:
+        mechanism = q.mechanism.upper()
+        account, encoded = await self._read(self._load, lookup_key(q.username), ARGON2ID)
+        refusal = UNKNOWN_USER if account is None else _mechanism_refusal(account, mechanism)
+        if refusal is None and q.authzid and account and lookup_key(q.authzid) != account.name:
+            refusal = AUTHZID_REFUSED  # no proxy authorization (RFC 4616 §2 leaves it to us)
+        if refusal is None and encoded is None:
+            refusal = NO_PASSWORD
+        if refusal is not None or account is None or encoded is None:
+            await self._burn(q.password)
+            return Verdict(ok=False, reason=refusal or UNKNOWN_USER)
+        if self._cache.check(account.name, q.password, account.generation):
+            self.stats.cache_hits += 1
+        else:
+            self.stats.cache_misses += 1
+            self.stats.hash_verifications += 1
+            if not await self._hash(self._hasher.verify, encoded, q.password):
+                return Verdict(ok=False, reason=BAD_PASSWORD)
+            self._cache.put(account.name, q.password, account.generation)
+            self._maybe_upgrade(account, q.password, encoded)
+        self._record_login(account, mechanism)
+        return Verdict(ok=True, identity=account.name)
+
+    def _maybe_upgrade(self, account: Account, password: str, encoded: str) -> None:
+        """After a good PLAIN/LOGIN password: derive what the account lacks (SCRAM
+        keys of accounts made before them, the CRAM-MD5 secret of an account that
+        opted in since) and re-hash an Argon2id hash made with old parameters."""
+        missing = set(wanted_schemes(account.cram_md5_enabled) - account.schemes)
+        if self._hasher.needs_rehash(encoded):
+            missing.add(ARGON2ID)
+        if missing and account.name not in self._upgrading:
+            self._upgrading.add(account.name)
+            self._spawn(self._upgrade(account, password, frozenset(missing)))
+
+    async def _upgrade(self, account: Account, password: str, schemes: frozenset[str]) -> None:
+        try:
+            creds = await self._hash(
+                partial(derive, strict=False), password, schemes, self._cfg, self._hasher
+            )
+            # Guarded by generation: if the password changed while we derived,
+            # these secrets belong to the old one and are not stored.
+            if creds:
+                self._write_later(
+                    partial(self._store.put_credentials, generation=account.generation),
+                    account.name,
+                    creds,
+                )
+            self.stats.upgrades += 1
+        finally:
+            self._upgrading.discard(account.name)
+
+    async def _lookup_scram(self, q: LookupScram) -> CredentialAnswer:
+        scheme = SCRAM_SCHEMES.get(q.hash_name)
+        if scheme is None:
+            raise _Temporary(f"no SCRAM scheme for hash {q.hash_name!r}")
+        account, data = await self._read(self._load, lookup_key(q.username), scheme)
+        if account is None:
+            return NotFound(reason=UNKNOWN_USER)
+        if refusal := _mechanism_refusal(account, q.mechanism.upper()):
+            return NotFound(reason=refusal)
+        if data is None:
+            return NotFound(reason=f"no {scheme} keys for account (made at next PLAIN/LOGIN login)")
+        return decode_scram(data)
+
+    async def _lookup_cram_md5(self, q: LookupCramMd5) -> CredentialAnswer:
+        account, data = await self._read(self._load, lookup_key(q.username), CRAM_MD5)
+        if account is None:
+            return NotFound(reason=UNKNOWN_USER)
+        if refusal := _mechanism_refusal(account, q.mechanism.upper() or "CRAM-MD5"):
+            return NotFound(reason=refusal)
+        if not account.cram_md5_enabled:
+            return NotFound(reason=CRAM_MD5_NOT_ENABLED)
+        if data is None:
+            return NotFound(reason="no cram-md5 secret for account (made at next password change)")
+        return decode_cram_md5(data)
+
+    async def _confirm(self, q: ConfirmIdentity) -> Verdict:
+        mechanism = q.mechanism.upper()
+        account = await self._read(self._store.get_account, lookup_key(q.username))
+        if account is None:
+            return Verdict(ok=False, reason=UNKNOWN_USER)
+        if refusal := _mechanism_refusal(account, mechanism):
+            return Verdict(ok=False, reason=refusal)
+        self._record_login(account, mechanism)
+        return Verdict(ok=True, identity=account.name)
+
+    async def _verify_token(self, q: VerifyToken) -> Verdict:
+        if self._verifier is None:
+            return Verdict(ok=False, reason=OAUTH_NOT_CONFIGURED)
+        try:
+            result = await self._call_verifier(q.token)
+        except Exception as e:
+            raise _Temporary(f"token verifier failed: {type(e).__name__}: {e}") from e
+        if getattr(result, "ok", False) is not True:
+            why = str(getattr(result, "reason", "") or "")
+            return Verdict(ok=False, reason=f"token rejected: {why}" if why else "token rejected")
+        identity = str(getattr(result, "identity", "") or "")
+        if not identity:
+            return Verdict(ok=False, reason="token names no identity")
+        name = lookup_key(identity)
+        if q.username and lookup_key(q.username) != name:
+            return Verdict(ok=False, reason="token identity differs from the username given")
+        # A token proves an identity; sending mail still needs a local account,
+        # whose lock state and mechanism policy apply as for any login.
+        account = await self._read(self._store.get_account, name)
+        if account is None:
+            return Verdict(ok=False, reason=UNKNOWN_USER)
+        if refusal := _mechanism_refusal(account, q.mechanism.upper()):
+            return Verdict(ok=False, reason=refusal)
+        self._record_login(account, q.mechanism.upper())
+        return Verdict(ok=True, identity=account.name)
+
+    async def _call_verifier(self, token: str) -> object:
+        """Accept a sync or async ``verify``; a sync one runs in a thread, since it
+        may fetch keys over the network."""
+        verify = getattr(self._verifier, "verify")
+        if inspect.iscoroutinefunction(verify):
+            return await verify(token)
+        result = await asyncio.get_running_loop().run_in_executor(None, verify, token)
+        if inspect.isawaitable(result):
+            result = await result
+        return result

@@ -1,0 +1,1 @@
+"""The smtpgate command line (thin: parses arguments, calls library code)."""

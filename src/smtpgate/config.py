@@ -1,0 +1,293 @@
+"""The configuration schema: one TOML file, validated at start-up.
+
+Every field has a description (``smtpgate config docs`` renders them), unknown
+keys are errors, and relative paths are resolved against the directory that
+holds the config file. Components receive the sub-models they need as
+constructor arguments; there is no global config object.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+LEGACY_MECHANISMS = ("PLAIN", "LOGIN", "CRAM-MD5")
+#: Strongest first: the order of advertisement in EHLO.
+KNOWN_MECHANISMS = (
+    "SCRAM-SHA-256-PLUS",
+    "SCRAM-SHA-256",
+    "SCRAM-SHA-1-PLUS",
+    "SCRAM-SHA-1",
+    "OAUTHBEARER",
+    "XOAUTH2",
+    "PLAIN",
+    "LOGIN",
+    "CRAM-MD5",
+)
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _parse_hostport(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not (0 <= int(port) <= 65535):
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)
+
+
+class ListenerConfig(Model):
+    name: str = Field(description="Label used in logs and policies, e.g. 'submission'.")
+    address: str = Field(description="HOST:PORT to listen on; '[::1]:587' for IPv6.")
+    tls: Literal["starttls", "implicit"] = Field(
+        description="'starttls' (RFC 3207, port 587) or 'implicit' (RFC 8314, port 465)."
+    )
+    auth_in_clear: bool = Field(
+        default=False,
+        description="Offer and accept AUTH before STARTTLS. Default false; a loosening that "
+        "is logged at start-up. Only for test rigs that cannot do TLS.",
+    )
+    mechanisms: list[str] | None = Field(
+        default=None,
+        description="Mechanisms offered on this listener; default: [auth].mechanisms.",
+    )
+
+    @field_validator("address")
+    @classmethod
+    def _check_address(cls, v: str) -> str:
+        _parse_hostport(v)
+        return v
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        return _parse_hostport(self.address)
+
+
+class TlsConfig(Model):
+    cert: Path = Field(default=Path("tls/cert.pem"), description="PEM certificate chain.")
+    key: Path = Field(default=Path("tls/key.pem"), description="PEM private key.")
+    min_version: Literal["1.2", "1.3"] = Field(
+        default="1.2", description="Lowest TLS version accepted (RFC 8997: never below 1.2)."
+    )
+    handshake_timeout: float = Field(default=30.0, gt=0, description="Seconds for a handshake.")
+
+
+class AccountsConfig(Model):
+    database: Path = Field(default=Path("accounts.sqlite"), description="SQLite account database.")
+    argon2_time_cost: int = Field(default=3, ge=1, description="Argon2id passes.")
+    argon2_memory_kib: int = Field(default=65536, ge=8192, description="Argon2id memory (KiB).")
+    argon2_parallelism: int = Field(default=4, ge=1, description="Argon2id lanes.")
+    scram_iterations: int = Field(
+        default=10000, ge=4096, description="PBKDF2 iterations for stored SCRAM keys."
+    )
+    cache_ttl: float = Field(
+        default=3600.0,
+        ge=0,
+        description="Seconds a verified (user, password) pair is remembered in memory as a "
+        "keyed hash, so repeat logins skip Argon2 (like Dovecot's auth cache). 0 disables.",
+    )
+    hash_threads: int = Field(
+        default=2, ge=1, description="Worker threads for password hashing, off the event loop."
+    )
+
+
+class AuthConfig(Model):
+    mechanisms: list[str] = Field(
+        default_factory=lambda: [
+            "SCRAM-SHA-256-PLUS",
+            "SCRAM-SHA-256",
+            "SCRAM-SHA-1-PLUS",
+            "SCRAM-SHA-1",
+            "PLAIN",
+            "LOGIN",
+        ],
+        description="Mechanisms enabled server-wide; advertised strongest first. CRAM-MD5 "
+        "needs plaintext-equivalent secrets; OAUTHBEARER/XOAUTH2 need [[auth.oauth_issuers]].",
+    )
+    log_file: Path | None = Field(
+        default=Path("auth.log"), description="JSON-lines auth log; empty to disable."
+    )
+    failure_floor: float = Field(
+        default=0.25,
+        ge=0,
+        description="Minimum seconds before a failed AUTH is answered (with jitter), so "
+        "timing does not tell an unknown account from a wrong password.",
+    )
+
+    @field_validator("mechanisms")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        out = [m.upper() for m in v]
+        for m in out:
+            if m not in KNOWN_MECHANISMS:
+                raise ValueError(f"unknown mechanism {m!r}; known: {', '.join(KNOWN_MECHANISMS)}")
+        return out
+
+
+class LimitsConfig(Model):
+    max_message_size: int = Field(
+        default=35_000_000, ge=1024, description="Largest message in octets (SIZE, RFC 1870)."
+    )
+    max_recipients: int = Field(
+        default=100, ge=1, description="Recipients per message (RFC 5321 minimum is 100)."
+    )
+    command_timeout: float = Field(
+        default=300.0, gt=0, description="Idle seconds waiting for a command (RFC 5321 §4.5.3.2)."
+    )
+    data_timeout: float = Field(
+        default=600.0, gt=0, description="Idle seconds between data chunks during DATA."
+    )
+    max_errors: int = Field(
+        default=10, ge=3, description="Errors in one session before 421 and close."
+    )
+    max_connections: int = Field(default=1000, ge=1, description="Concurrent connections in all.")
+    max_connections_per_ip: int = Field(
+        default=20, ge=1, description="Concurrent connections from one client address."
+    )
+
+
+class SmtpConfig(Model):
+    bare_line_endings: Literal["reject", "normalize"] = Field(
+        default="reject",
+        description="A message containing bare CR or LF: 'reject' it with 550 5.6.11 after "
+        "its end (default), or 'normalize' bare LF to CRLF (Postfix's normalize mode). A bare "
+        "LF or CR never ends a message either way.",
+    )
+    received_header: bool = Field(
+        default=True, description="Prepend a Received header naming ESMTPSA and the login."
+    )
+    banner: str = Field(default="ESMTP smtpgate", description="Text after the hostname in 220.")
+
+
+class QueueConfig(Model):
+    spool: Path = Field(default=Path("spool"), description="Spool directory.")
+    retry_initial: float = Field(default=60.0, gt=0, description="First retry delay (s).")
+    retry_max: float = Field(default=3600.0, gt=0, description="Longest retry delay (s).")
+    max_age: float = Field(
+        default=5 * 86400.0, gt=0, description="Seconds before a message is given up and bounced."
+    )
+
+
+class DeliveryConfig(Model):
+    mode: Literal["maildir", "relay"] = Field(default="maildir", description="Where mail goes.")
+    maildir: Path = Field(default=Path("mail"), description="Maildir for mode 'maildir'.")
+    relay_host: str = Field(default="", description="Relay host for mode 'relay'.")
+    relay_port: int = Field(default=25, ge=1, le=65535, description="Relay port.")
+    relay_tls: Literal["opportunistic", "require", "none"] = Field(
+        default="opportunistic",
+        description="STARTTLS to the relay: when offered, always, or never.",
+    )
+    relay_verify_cert: bool = Field(default=True, description="Verify the relay's certificate.")
+    relay_ca_file: Path | None = Field(default=None, description="CA bundle for the relay.")
+    relay_user: str = Field(default="", description="AUTH PLAIN user at the relay (optional).")
+    relay_password_file: Path | None = Field(
+        default=None, description="File holding the relay password (never inline)."
+    )
+
+
+class ServerConfig(Model):
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Processes sharing the listening sockets (SO_REUSEPORT). Each worker "
+        "runs its own event loop; delivery runs in the main process.",
+    )
+    shutdown_grace: float = Field(
+        default=10.0, ge=0, description="Seconds in-flight sessions get on SIGTERM before 421."
+    )
+
+
+class Config(Model):
+    hostname: str = Field(default="localhost", description="Name in the greeting and Received.")
+    listeners: Annotated[list[ListenerConfig], Field(min_length=1)] = Field(
+        description="Listening sockets ([[listeners]] tables)."
+    )
+    tls: TlsConfig = Field(default_factory=TlsConfig, description="TLS certificate and versions.")
+    accounts: AccountsConfig = Field(default_factory=AccountsConfig, description="Account store.")
+    auth: AuthConfig = Field(default_factory=AuthConfig, description="Authentication.")
+    limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Session limits.")
+    smtp: SmtpConfig = Field(default_factory=SmtpConfig, description="SMTP behaviour.")
+    queue: QueueConfig = Field(default_factory=QueueConfig, description="Spool and retries.")
+    delivery: DeliveryConfig = Field(default_factory=DeliveryConfig, description="Delivery.")
+    server: ServerConfig = Field(default_factory=ServerConfig, description="Processes.")
+
+    #: Directory of the config file; relative paths are resolved against it.
+    base_dir: Path = Field(default=Path("."), exclude=True, description="(internal)")
+
+    def path(self, p: Path) -> Path:
+        """Resolve a configured path relative to the config file's directory."""
+        return p if p.is_absolute() else (self.base_dir / p)
+
+
+class ConfigError(Exception):
+    """The config is unusable; ``problems`` lists (key, message) pairs."""
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        self.problems = problems
+        super().__init__("; ".join(f"{k}: {m}" for k, m in problems))
+
+
+def _problems(err: ValidationError) -> list[tuple[str, str]]:
+    out = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        out.append((key, msg))
+    return out
+
+
+def parse_config(text: str, base_dir: Path) -> Config:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([("(file)", f"invalid TOML: {e}")]) from None
+    try:
+        cfg = Config.model_validate({**raw, "base_dir": base_dir})
+    except ValidationError as e:
+        raise ConfigError(_problems(e)) from None
+    problems = semantic_problems(cfg)
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def semantic_problems(cfg: Config) -> list[tuple[str, str]]:
+    """Checks that span keys or touch the file system."""
+    out: list[tuple[str, str]] = []
+    names = [lst.name for lst in cfg.listeners]
+    for i, lst in enumerate(cfg.listeners):
+        if names.count(lst.name) > 1:
+            out.append((f"listeners.{i}.name", f"duplicate listener name {lst.name!r}"))
+        for m in lst.mechanisms or []:
+            if m.upper() not in KNOWN_MECHANISMS:
+                out.append((f"listeners.{i}.mechanisms", f"unknown mechanism {m!r}"))
+    addrs = [lst.address for lst in cfg.listeners]
+    for i, a in enumerate(addrs):
+        if addrs.count(a) > 1:
+            out.append((f"listeners.{i}.address", f"address {a} used twice"))
+    for key, p in (("tls.cert", cfg.tls.cert), ("tls.key", cfg.tls.key)):
+        if not cfg.path(p).is_file():
+            out.append((key, f"file not found: {cfg.path(p)}"))
+    if cfg.delivery.mode == "relay" and not cfg.delivery.relay_host:
+        out.append(("delivery.relay_host", "required when delivery.mode = 'relay'"))
+    if cfg.delivery.relay_user and cfg.delivery.relay_password_file is None:
+        out.append(("delivery.relay_password_file", "required when delivery.relay_user is set"))
+    if cfg.queue.retry_max < cfg.queue.retry_initial:
+        out.append(("queue.retry_max", "must be >= queue.retry_initial"))
+    return out
+
+
+def load_config(path: Path) -> Config:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError([("(file)", f"cannot read {path}: {e.strerror}")]) from None
+    return parse_config(text, path.resolve().parent)

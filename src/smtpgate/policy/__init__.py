@@ -1,0 +1,1 @@
+"""Sending policy: who may relay, send as which address, how much."""

@@ -1,0 +1,1 @@
+"""Sans-IO SASL mechanisms, server and client side."""

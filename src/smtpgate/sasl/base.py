@@ -1,0 +1,231 @@
+"""The one interface every SASL mechanism implements, server and client side.
+
+Theory of operation
+-------------------
+A server mechanism never looks anything up itself. When it needs a secret or a
+verdict it returns ``NeedCredentials(query)``; the caller (the I/O layer, via
+the auth service) resolves the query off the event loop and hands the answer
+back with ``mech.answer(...)``. This keeps Argon2, SQL, LDAP and HTTP out of
+the protocol code and makes every mechanism testable with plain values.
+
+Server call order: ``start(initial)`` once, then any mix of ``step(response)``
+(after a ``Challenge``) and ``answer(result)`` (after ``NeedCredentials``),
+until a ``Success`` or ``Failure``. Calling out of order raises
+``MechanismUsageError`` naming the expected call.
+
+Client side mirrors mox's ``Next(fromServer) -> (toServer, last, err)``:
+``start() -> bytes | None`` (initial response, None if the mechanism is
+server-first) and ``step(challenge) -> bytes``; ``done`` tells whether the
+client expects the exchange to be over.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar, Union
+
+
+class MechanismUsageError(RuntimeError):
+    """A caller broke the call order (a bug in smtpgate, never the client's fault)."""
+
+
+class ClientAuthError(Exception):
+    """The server misbehaved in a client-side exchange (bad signature, bad syntax)."""
+
+
+# --- Credential queries: what a server mechanism may ask the auth service ------
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyPassword:
+    """PLAIN/LOGIN: check a cleartext password for ``username``."""
+
+    username: str
+    password: str
+    authzid: str = ""
+    mechanism: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LookupScram:
+    """SCRAM: fetch the stored keys of ``username`` for ``hash_name`` ('sha1'/'sha256')."""
+
+    username: str
+    hash_name: str
+    mechanism: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LookupCramMd5:
+    """CRAM-MD5: fetch the HMAC-MD5 intermediate key pair of ``username``."""
+
+    username: str
+    mechanism: str = "CRAM-MD5"
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyToken:
+    """OAUTHBEARER/XOAUTH2: check a bearer token; ``username`` is what the client claimed."""
+
+    username: str
+    token: str
+    mechanism: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ConfirmIdentity:
+    """After a mechanism proved ``username`` by itself (SCRAM, CRAM-MD5): let the auth
+    service apply account state and policy (locked, mechanism not allowed) and record it."""
+
+    username: str
+    mechanism: str = ""
+
+
+CredentialQuery = Union[VerifyPassword, LookupScram, LookupCramMd5, VerifyToken, ConfirmIdentity]
+
+
+# --- Answers from the auth service ---------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """Answer to VerifyPassword / VerifyToken / ConfirmIdentity.
+
+    ``ok`` False with ``temporary`` True means a backend fault (454, never 535).
+    ``identity`` is the canonical account name on success. ``reason`` goes to the
+    log only, never to the client.
+    """
+
+    ok: bool
+    identity: str = ""
+    reason: str = ""
+    temporary: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ScramCredentials:
+    """Stored SCRAM secrets (RFC 5802 §3): never the password."""
+
+    salt: bytes
+    iterations: int
+    stored_key: bytes
+    server_key: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CramMd5Secret:
+    """The HMAC-MD5 inner and outer intermediate states (16 bytes each), as Dovecot stores."""
+
+    inner: bytes
+    outer: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class NotFound:
+    """No such account, or no secret for this mechanism. The mechanism must go on with
+    a decoy so that an unknown account fails the same way as a wrong secret."""
+
+    reason: str = "unknown user"
+    temporary: bool = False
+
+
+CredentialAnswer = Union[Verdict, ScramCredentials, CramMd5Secret, NotFound]
+
+
+# --- Steps: what a server mechanism returns ------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge:
+    """Send ``data`` to the client (RFC 4954: as ``334 <base64>``) and wait for a response."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class NeedCredentials:
+    """Resolve ``query`` and call ``answer()`` with the result."""
+
+    query: CredentialQuery
+
+
+@dataclass(frozen=True, slots=True)
+class Success:
+    """Authenticated as ``identity`` (authorization identity ``authzid``, "" if none).
+
+    ``final_data``: additional data with success (SCRAM ``v=``). SMTP cannot carry
+    it in 235, so the server sends it as one more 334 and waits for an empty line.
+    """
+
+    identity: str
+    authzid: str = ""
+    final_data: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Authentication failed. ``reason`` is for the log. ``temporary`` means a backend
+    fault (454). ``error_data`` is sent as a 334 before the failure reply and the
+    client's dummy response awaited (OAUTHBEARER JSON status, SCRAM ``e=``).
+    ``username`` is the identity the client claimed, if known, for the auth log."""
+
+    reason: str
+    temporary: bool = False
+    error_data: bytes | None = None
+    username: str = ""
+    malformed: bool = False
+
+
+Step = Union[Challenge, NeedCredentials, Success, Failure]
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelBinding:
+    """Channel-binding data the TLS layer could compute for this connection.
+
+    ``data`` maps a binding type ('tls-exporter', 'tls-server-end-point',
+    'tls-unique') to its bytes. Empty when the connection is not TLS.
+    """
+
+    data: dict[str, bytes] = field(default_factory=dict)
+
+    @property
+    def available(self) -> bool:
+        return bool(self.data)
+
+
+class ServerMechanism:
+    """Base of every server-side mechanism; subclasses set the class attributes."""
+
+    name: ClassVar[str]
+    #: The client sends a reusable secret in the clear: the transport redacts it and
+    #: the mechanism is never offered without TLS.
+    cleartext_credentials: ClassVar[bool] = False
+    #: RFC 4954 §4: an initial response on a server-first mechanism is a 501.
+    server_first: ClassVar[bool] = False
+
+    def start(self, initial: bytes | None) -> Step:
+        raise NotImplementedError
+
+    def step(self, response: bytes) -> Step:
+        raise NotImplementedError
+
+    def answer(self, result: CredentialAnswer) -> Step:
+        raise NotImplementedError
+
+
+class ClientMechanism:
+    """Base of every client-side mechanism."""
+
+    name: ClassVar[str]
+    cleartext_credentials: ClassVar[bool] = False
+
+    def start(self) -> bytes | None:
+        raise NotImplementedError
+
+    def step(self, challenge: bytes) -> bytes:
+        raise NotImplementedError
+
+    @property
+    def done(self) -> bool:
+        raise NotImplementedError

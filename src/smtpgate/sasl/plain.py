@@ -1,0 +1,159 @@
+"""SASL PLAIN (RFC 4616), server and client side.
+
+Theory of operation: the whole credential arrives in one message,
+``[authzid] NUL authcid NUL passwd``. The server checks the syntax, refuses an
+authzid other than the authcid (we have no proxy-authorization policy), and asks
+the auth service to verify the password with ``VerifyPassword``. The password is
+passed on exactly as the client sent it (decoded UTF-8, no SASLprep): RFC 4616 §2
+allows "other preparation algorithms (including none)", and the account store must
+prepare the presented password the same way it prepared the stored one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from smtpgate.sasl._common import (
+    ServerMechanismBase,
+    decode_utf8,
+    is_safe_name,
+    unexpected_answer,
+    verdict_step,
+)
+from smtpgate.sasl.base import (
+    Challenge,
+    ClientAuthError,
+    ClientMechanism,
+    CredentialAnswer,
+    Failure,
+    NeedCredentials,
+    Step,
+    VerifyPassword,
+)
+
+#: RFC 4616 §2: the server "MUST be capable of accepting" fields of up to 255 octets.
+#: We accept four times that, for long generated passwords, and refuse more: a
+#: larger field is an attack on the backend, not a credential.
+MAX_FIELD_OCTETS = 1024
+
+
+class PlainSyntaxError(ValueError):
+    """A PLAIN message does not match the RFC 4616 §2 ABNF."""
+
+
+@dataclass(frozen=True, slots=True)
+class PlainMessage:
+    """A decoded PLAIN message; ``authzid`` is "" when the client sent none."""
+
+    authcid: str
+    password: str
+    authzid: str = ""
+
+
+def encode_plain(authcid: str, password: str, authzid: str = "") -> bytes:
+    """Build ``[authzid] NUL authcid NUL passwd`` (RFC 4616 §2).
+
+    Raises:
+        PlainSyntaxError: a field contains NUL, or authcid/password is empty.
+    """
+    if not authcid or not password:
+        raise PlainSyntaxError("authcid and password must not be empty")
+    if "\0" in authcid or "\0" in password or "\0" in authzid:
+        raise PlainSyntaxError("PLAIN fields must not contain NUL")
+    return b"\0".join(f.encode("utf-8") for f in (authzid, authcid, password))
+
+
+def decode_plain(message: bytes) -> PlainMessage:
+    """Parse a PLAIN message strictly.
+
+    Raises:
+        PlainSyntaxError: not exactly two NULs, empty authcid or password, a field
+            over ``MAX_FIELD_OCTETS``, or invalid UTF-8.
+    """
+    # RFC 4616 §2: message = [authzid] UTF8NUL authcid UTF8NUL passwd; SAFE excludes
+    # NUL, so exactly two NULs split the message.
+    fields = message.split(b"\0")
+    if len(fields) != 3:
+        raise PlainSyntaxError(f"expected 2 NUL separators, got {len(fields) - 1}")
+    raw_authzid, raw_authcid, raw_password = fields
+    # RFC 4616 §2: authcid = 1*SAFE, passwd = 1*SAFE (authzid is the optional one).
+    if not raw_authcid or not raw_password:
+        raise PlainSyntaxError("empty authcid or password")
+    if any(len(f) > MAX_FIELD_OCTETS for f in fields):
+        raise PlainSyntaxError(f"field longer than {MAX_FIELD_OCTETS} octets")
+    # RFC 4616 §2: SAFE is UTF-8; "The server MUST fail ... if ... not valid UTF-8".
+    authzid, authcid, password = (decode_utf8(f) for f in fields)
+    if authzid is None or authcid is None or password is None:
+        raise PlainSyntaxError("field is not valid UTF-8")
+    return PlainMessage(authcid=authcid, password=password, authzid=authzid)
+
+
+class PlainServer(ServerMechanismBase):
+    """Server side of PLAIN; one message, then one ``VerifyPassword`` query."""
+
+    name = "PLAIN"
+    cleartext_credentials = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._message: PlainMessage | None = None
+
+    def _start(self, initial: bytes | None) -> Step:
+        if initial is None:
+            # RFC 4422 §5: a client-first mechanism started without an initial
+            # response gets an empty challenge. (b"" is a real, empty response.)
+            return Challenge(b"")
+        return self._step(initial)
+
+    def _step(self, response: bytes) -> Step:
+        try:
+            msg = decode_plain(response)
+        except PlainSyntaxError as exc:
+            return Failure(reason=f"PLAIN: {exc}", malformed=True)
+        if not is_safe_name(msg.authcid) or (msg.authzid and not is_safe_name(msg.authzid)):
+            return Failure(reason="PLAIN: control character in name", malformed=True)
+        # RFC 4616 §2: the server decides whether authcid may act as authzid; our
+        # policy allows only the identity itself (no proxy authorization).
+        if msg.authzid and msg.authzid != msg.authcid:
+            return Failure(
+                reason="PLAIN: authzid differs from authcid", username=msg.authcid
+            )
+        self._message = msg
+        return NeedCredentials(
+            VerifyPassword(msg.authcid, msg.password, msg.authzid, mechanism=self.name)
+        )
+
+    def _answer(self, result: CredentialAnswer) -> Step:
+        msg = self._message
+        if msg is None:  # pragma: no cover - the base class forbids this order
+            return unexpected_answer(self.name, result)
+        return verdict_step(self.name, result, username=msg.authcid, authzid=msg.authzid)
+
+
+class PlainClient(ClientMechanism):
+    """Client side of PLAIN: the whole message is the initial response.
+
+    If the transport does not send an initial response, it answers the server's
+    empty challenge with ``step(b"")``, which yields the same message once.
+    """
+
+    name = "PLAIN"
+    cleartext_credentials = True
+
+    def __init__(self, username: str, password: str, authzid: str = "") -> None:
+        self._message = encode_plain(username, password, authzid)
+        self._sent = False
+
+    def start(self) -> bytes | None:
+        self._sent = True
+        return self._message
+
+    def step(self, challenge: bytes) -> bytes:
+        if challenge == b"" and not self._sent:
+            self._sent = True
+            return self._message
+        raise ClientAuthError("PLAIN: unexpected challenge from the server")
+
+    @property
+    def done(self) -> bool:
+        return self._sent

@@ -1,0 +1,245 @@
+"""Wiring: build every component from the config, serve, stop cleanly.
+
+With ``server.workers = 1`` one process does everything. With more, the parent
+binds the listening sockets, forks that many workers that share them (each with
+its own event loop, auth thread pool and spool writer), and itself runs only
+the delivery worker and supervision. TLS handshakes and Argon2 are CPU-bound, so
+this is how one host uses more than one core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable
+
+from smtpgate.auth.authlog import AuthLog
+from smtpgate.auth.service import AuthService
+from smtpgate.auth.store import SqliteAccountStore
+from smtpgate.config import Config, ListenerConfig
+from smtpgate.queue.factory import make_deliverer
+from smtpgate.queue.spool import Spool
+from smtpgate.queue.worker import DeliveryWorker
+from smtpgate.sasl.base import ChannelBinding, ServerMechanism
+from smtpgate.sasl.registry import create_server_mechanism, server_mechanism_names
+from smtpgate.server.connection import (
+    ListenerRuntime,
+    ServerRuntime,
+    SmtpConnection,
+)
+from smtpgate.server.limits import ConnectionLimiter
+from smtpgate.smtp.engine import EngineSettings
+from smtpgate.tls.session import ServerTlsContext, make_server_context
+
+log = logging.getLogger("smtpgate")
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    )
+    root = logging.getLogger("smtpgate")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def offered_mechanisms(cfg: Config, listener: ListenerConfig) -> tuple[str, ...]:
+    """Enabled and implemented mechanisms, strongest first (the registry's order)."""
+    wanted = {m.upper() for m in (listener.mechanisms or cfg.auth.mechanisms)}
+    return tuple(m for m in server_mechanism_names() if m in wanted)
+
+
+def engine_settings(cfg: Config, listener: ListenerConfig) -> EngineSettings:
+    hostname = cfg.hostname
+
+    def factory(name: str, cb: ChannelBinding, plus_advertised: bool) -> ServerMechanism:
+        return create_server_mechanism(
+            name, channel_binding=cb, hostname=hostname, plus_advertised=plus_advertised
+        )
+
+    return EngineSettings(
+        hostname=hostname,
+        mechanism_factory=factory,
+        mechanisms=offered_mechanisms(cfg, listener),
+        banner=cfg.smtp.banner,
+        max_message_size=cfg.limits.max_message_size,
+        max_recipients=cfg.limits.max_recipients,
+        max_errors=cfg.limits.max_errors,
+        starttls=listener.tls == "starttls",
+        auth_in_clear=listener.auth_in_clear,
+        normalize_bare_lf=cfg.smtp.bare_line_endings == "normalize",
+    )
+
+
+def log_loosenings(cfg: Config) -> None:
+    """Principle 3: every loosening of a secure default is named at start-up."""
+    for lst in cfg.listeners:
+        if lst.auth_in_clear:
+            log.warning("listener %s: auth_in_clear = true: AUTH is offered without TLS", lst.name)
+    if cfg.smtp.bare_line_endings == "normalize":
+        log.warning("smtp.bare_line_endings = normalize: bare LF in messages becomes CRLF")
+    if "CRAM-MD5" in cfg.auth.mechanisms:
+        log.warning("auth.mechanisms has CRAM-MD5: needs plaintext-equivalent secrets")
+    if not cfg.delivery.relay_verify_cert and cfg.delivery.mode == "relay":
+        log.warning("delivery.relay_verify_cert = false: the relay's certificate is not checked")
+
+
+def bind_sockets(cfg: Config) -> list[socket.socket]:
+    socks = []
+    for lst in cfg.listeners:
+        host, port = lst.host_port
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as e:
+            sock.close()
+            raise SystemExit(f"listeners.{lst.name}: cannot bind {lst.address}: {e.strerror}")
+        sock.listen(1024)
+        sock.setblocking(False)
+        socks.append(sock)
+    return socks
+
+
+def _new_loop_runner() -> Callable[[object], None]:
+    try:
+        import uvloop
+
+        return uvloop.run  # type: ignore[no-any-return]
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return asyncio.run  # type: ignore[return-value]
+
+
+async def serve_sockets(
+    cfg: Config,
+    sockets: list[socket.socket],
+    tls: ServerTlsContext,
+    *,
+    with_delivery: bool,
+    ready: Callable[[], None] | None = None,
+) -> None:
+    """Run listeners (and optionally delivery) until SIGTERM/SIGINT."""
+    loop = asyncio.get_running_loop()
+    store = SqliteAccountStore(cfg.path(cfg.accounts.database), cfg.accounts)
+    authlog = AuthLog(cfg.path(cfg.auth.log_file) if cfg.auth.log_file else None)
+    auth = AuthService(store, cfg.accounts, cfg.auth, authlog)
+    spool = Spool(cfg.path(cfg.queue.spool))
+    worker: DeliveryWorker | None = None
+    worker_task: asyncio.Task[None] | None = None
+    if with_delivery:
+        worker = DeliveryWorker(spool, make_deliverer(cfg), cfg.queue)
+        worker_task = loop.create_task(worker.run())
+    runtime = ServerRuntime(
+        hostname=cfg.hostname,
+        auth=auth,
+        spool=spool,
+        tls=tls,
+        limits=cfg.limits,
+        limiter=ConnectionLimiter(cfg.limits.max_connections, cfg.limits.max_connections_per_ip),
+        on_stored=worker.wake if worker else (lambda: None),
+        handshake_timeout=cfg.tls.handshake_timeout,
+        failure_floor=cfg.auth.failure_floor,
+        add_received=cfg.smtp.received_header,
+    )
+    servers = []
+    for lst, sock in zip(cfg.listeners, sockets):
+        lr = ListenerRuntime(lst.name, lst.tls == "implicit", engine_settings(cfg, lst))
+        servers.append(
+            await loop.create_server(
+                lambda lr=lr: SmtpConnection(runtime, lr),  # type: ignore[misc]
+                sock=sock,
+            )
+        )
+        log.info("listening on %s (%s, %s)", lst.address, lst.name, lst.tls)
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if ready is not None:
+        ready()
+    await stop.wait()
+    log.info("stopping: no new connections; %d open", len(runtime.connections))
+    for srv in servers:
+        srv.close()
+    for conn in list(runtime.connections):
+        conn.shutdown()
+    deadline = loop.time() + cfg.server.shutdown_grace
+    while runtime.connections and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    for conn in list(runtime.connections):
+        conn.shutdown(force=True)
+    # Spool writes in flight finish (their clients then get 421 after the 250).
+    deadline = loop.time() + 5
+    while runtime.connections and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    if worker is not None and worker_task is not None:
+        worker.stop()
+        await worker_task
+    await auth.close()
+    await spool.close()
+    authlog.close()
+    log.info("stopped")
+
+
+async def deliver_only(cfg: Config, children: list[int]) -> None:
+    """The parent of several workers: delivery, and forwarding signals to children."""
+    loop = asyncio.get_running_loop()
+    spool = Spool(cfg.path(cfg.queue.spool))
+    worker = DeliveryWorker(spool, make_deliverer(cfg), cfg.queue)
+    task = loop.create_task(worker.run())
+    stop = asyncio.Event()
+
+    def on_signal(sig: int) -> None:
+        for pid in children:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    await stop.wait()
+    await asyncio.to_thread(_reap, children)
+    worker.stop()
+    await task
+    await spool.close()
+
+
+def _reap(children: list[int]) -> None:
+    for pid in children:
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+
+
+def run(cfg: Config) -> int:
+    """Entry point of ``smtpgate serve``."""
+    log_loosenings(cfg)
+    tls = make_server_context(cfg.path(cfg.tls.cert), cfg.path(cfg.tls.key), cfg.tls.min_version)
+    sockets = bind_sockets(cfg)
+    runner = _new_loop_runner()
+    if cfg.server.workers == 1:
+        runner(serve_sockets(cfg, sockets, tls, with_delivery=True))
+        return 0
+    children = []
+    for _ in range(cfg.server.workers):
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - exercised by integration tests
+            try:
+                runner(serve_sockets(cfg, sockets, tls, with_delivery=False))
+            finally:
+                os._exit(0)
+        children.append(pid)
+    for sock in sockets:
+        sock.close()
+    log.info("started %d worker processes: %s", len(children), children)
+    runner(deliver_only(cfg, children))
+    return 0

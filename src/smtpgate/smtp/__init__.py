@@ -1,0 +1,1 @@
+"""Sans-IO SMTP server engine: bytes in, replies and events out (no sockets, no clock)."""

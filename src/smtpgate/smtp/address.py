@@ -1,0 +1,162 @@
+"""Parse MAIL/RCPT arguments: paths, mailboxes and ESMTP parameters (RFC 5321 §4.1.2).
+
+Hand-written because no maintained library parses the SMTP *envelope* grammar
+(email.headerregistry parses RFC 5322 headers, which differ: comments, groups,
+obsolete forms). The grammar is small and every rule cites its source.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+# RFC 5321 §4.1.2: atext characters of a dot-atom.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
+_DOT_ATOM = re.compile(rf"{_ATEXT}+(?:\.{_ATEXT}+)*")
+# RFC 5321 §4.1.2: qtextSMTP = %d32-33 / %d35-91 / %d93-126, quoted-pairSMTP = "\" %d32-126.
+_QUOTED = re.compile(r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*"')
+# RFC 5321 §4.1.2 Domain: sub-domain *("." sub-domain), Let-dig [Ldh-str].
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_DOMAIN = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+# RFC 5321 §4.1.3 address literals (IPv4, IPv6, general).
+_ADDR_LITERAL = re.compile(r"\[(?:[0-9.]+|IPv6:[0-9A-Fa-f:.]+|[A-Za-z0-9-]*[A-Za-z0-9]:[\x21-\x5a\x5e-\x7e]+)\]")
+# RFC 6531 §3.3: with SMTPUTF8, atext and sub-domains may also hold UTF-8 (UTF8-non-ascii).
+_U_ATEXT = r"(?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]|[^\x00-\x7f])"
+_U_DOT_ATOM = re.compile(rf"{_U_ATEXT}+(?:\.{_U_ATEXT}+)*")
+_U_LABEL = r"(?:[A-Za-z0-9]|[^\x00-\x7f])(?:(?:[A-Za-z0-9-]|[^\x00-\x7f]){0,61}(?:[A-Za-z0-9]|[^\x00-\x7f]))?"
+_U_DOMAIN = re.compile(rf"{_U_LABEL}(?:\.{_U_LABEL})*")
+# RFC 5321 §4.1.2 A-d-l (source route), which §3.6.1 says to accept and ignore.
+_ROUTE = re.compile(rf"@{_LABEL}(?:\.{_LABEL})*(?:,@{_LABEL}(?:\.{_LABEL})*)*:")
+
+# RFC 5321 §4.5.3.1.1 and .2: local part 64 octets, domain 255 octets.
+MAX_LOCAL_PART = 64
+MAX_DOMAIN = 255
+
+
+class AddressError(ValueError):
+    """The path or mailbox is not valid RFC 5321 (or RFC 6531) syntax."""
+
+
+class NonAsciiWithoutSmtputf8(AddressError):
+    """RFC 6531 §3.4: a UTF-8 address needs the SMTPUTF8 parameter."""
+
+
+@dataclass(frozen=True, slots=True)
+class PathArgument:
+    """``MAIL FROM:<path> params`` split up; ``address`` is "" for the null path."""
+
+    address: str
+    params: dict[str, str | None]
+
+
+def split_path_argument(arg: str, keyword: str) -> tuple[str, str]:
+    """Split ``FROM:<x> rest`` into (path-with-brackets, rest). Raises AddressError."""
+    head, colon, tail = arg.partition(":")
+    if not colon or head.strip().upper() != keyword:
+        raise AddressError("missing keyword")
+    # Leniency: "MAIL FROM: <a@b>" (space after the colon) is sent by many
+    # clients (old Outlook, some printers); Postfix accepts it too.
+    tail = tail.lstrip(" ")
+    if not tail.startswith("<"):
+        raise AddressError("path must be in angle brackets")
+    end = _closing_bracket(tail)
+    return tail[: end + 1], tail[end + 1 :]
+
+
+def _closing_bracket(s: str) -> int:
+    in_quote = False
+    escaped = False
+    for i, ch in enumerate(s):
+        if escaped:
+            escaped = False
+        elif ch == "\\" and in_quote:
+            escaped = True
+        elif ch == '"':
+            in_quote = not in_quote
+        elif ch == ">" and not in_quote:
+            return i
+    raise AddressError("unterminated path")
+
+
+def parse_path(path: str, *, allow_null: bool, utf8: bool) -> str:
+    """Return the mailbox of ``<[route:]mailbox>``; "" for ``<>`` when allowed."""
+    if not (path.startswith("<") and path.endswith(">")):
+        raise AddressError("path must be in angle brackets")
+    inner = path[1:-1]
+    if inner == "":
+        if allow_null:
+            return ""
+        raise AddressError("null path not allowed here")
+    m = _ROUTE.match(inner)
+    if m:
+        # RFC 5321 §4.1.1.3 / Appendix C: source routes are accepted and ignored.
+        inner = inner[m.end() :]
+    return parse_mailbox(inner, utf8=utf8)
+
+
+def parse_mailbox(mailbox: str, *, utf8: bool) -> str:
+    """Validate ``local@domain``; return it with the domain lower-cased (ASCII only)."""
+    if not mailbox.isascii() and not utf8:
+        raise NonAsciiWithoutSmtputf8("non-ASCII address without SMTPUTF8")
+    local, at, domain = mailbox.rpartition("@")
+    if not at:
+        # RFC 5321 §4.1.1.3: "postmaster" without a domain is a valid recipient.
+        if mailbox.lower() == "postmaster":
+            return "postmaster"
+        raise AddressError("address must have a domain")
+    if local.startswith('"'):
+        if not _QUOTED.fullmatch(local):
+            raise AddressError("bad quoted local part")
+    elif not (_U_DOT_ATOM if utf8 else _DOT_ATOM).fullmatch(local):
+        raise AddressError("bad local part")
+    if len(local.encode()) > MAX_LOCAL_PART:
+        raise AddressError("local part too long")
+    if len(domain.encode()) > MAX_DOMAIN:
+        raise AddressError("domain too long")
+    if domain.startswith("["):
+        if not _ADDR_LITERAL.fullmatch(domain):
+            raise AddressError("bad address literal")
+    elif not (_U_DOMAIN if utf8 else _DOMAIN).fullmatch(domain):
+        raise AddressError("bad domain")
+    return f"{local}@{domain.lower()}"
+
+
+# RFC 5321 §4.1.2: esmtp-keyword = (ALPHA / DIGIT) *(ALPHA / DIGIT / "-"),
+# esmtp-value = 1*(%d33-60 / %d62-126) (RFC 6531 widens it to UTF-8).
+_PARAM_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
+_PARAM_VALUE = re.compile(r"[\x21-\x3c\x3e-\x7e\u0080-\U0010ffff]+")
+
+
+def parse_params(rest: str) -> dict[str, str | None]:
+    """Parse ``KEY[=VALUE]`` parameters; keys upper-cased; duplicates are errors."""
+    out: dict[str, str | None] = {}
+    for item in rest.split(" "):
+        if not item:
+            continue
+        key, eq, value = item.partition("=")
+        if not _PARAM_KEY.fullmatch(key):
+            raise AddressError(f"bad parameter {key!r}")
+        if eq and not _PARAM_VALUE.fullmatch(value):
+            raise AddressError(f"bad value for {key}")
+        ukey = key.upper()
+        if ukey in out:
+            raise AddressError(f"duplicate parameter {ukey}")
+        out[ukey] = value if eq else None
+    return out
+
+
+_XTEXT_HEX = re.compile(r"\+([0-9A-Fa-f]{2})")
+
+
+def decode_xtext(value: str) -> str:
+    """RFC 3461 §4 xtext, as used by AUTH= (RFC 4954 §5). Refuses control characters
+    after decoding (Exim CVE-2020-28021: an encoded CR LF must not reach a header)."""
+    if any(c in value for c in "= ") or not value.isascii():
+        raise AddressError("bad xtext")
+    stripped = _XTEXT_HEX.sub("", value)
+    if "+" in stripped:
+        raise AddressError("bad xtext escape")
+    decoded = _XTEXT_HEX.sub(lambda m: chr(int(m.group(1), 16)), value)
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in decoded):
+        raise AddressError("control character in xtext")
+    return decoded

@@ -1,0 +1,726 @@
+"""The sans-IO SMTP submission server engine.
+
+Theory of operation
+-------------------
+The I/O layer calls ``receive_data(bytes)``, then ``next_event()`` until it
+returns ``NEED_DATA`` or ``PAUSED``, and writes ``data_to_send()`` once per
+batch, so the replies to a pipelined group go out in one write (RFC 2920 §3).
+Protocol-level replies (syntax, sequence, limits) are decided here; anything
+that needs the outside world (credentials, the spool, policy) is an event the
+I/O layer answers with ``respond()`` or ``auth_answer()``, during which the
+engine produces no further events. The engine never reads a clock and never
+touches a socket: timeouts and shutdown arrive as method calls.
+
+Line endings: a command line may end in CRLF or, as a named leniency, a bare
+LF (gsasl sends them; Postfix accepts them); a bare CR never ends a line. In
+DATA only CRLF.CRLF ends the message (see ``data.py``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from smtpgate.sasl import base as sasl
+from smtpgate.smtp import replies as R
+from smtpgate.smtp.address import (
+    AddressError,
+    NonAsciiWithoutSmtputf8,
+    decode_xtext,
+    parse_params,
+    parse_path,
+    split_path_argument,
+)
+from smtpgate.smtp.data import DataReader, DataResult, unstuff
+from smtpgate.smtp.events import (
+    NEED_DATA,
+    PAUSED,
+    AuthFinished,
+    AuthQuery,
+    CloseConnection,
+    Event,
+    MailFrom,
+    MessageReceived,
+    RcptTo,
+    Sentinel,
+    StartTls,
+)
+from smtpgate.smtp.states import KNOWN_VERBS, OUT_OF_SEQUENCE, TRANSITIONS, State
+
+#: RFC 5321 §4.5.3.1.6 text line limit, applied to command lines (with CRLF).
+#: §4.5.3.1.4 says 512 for commands, but MAIL FROM may grow by 500 octets for
+#: AUTH= (RFC 4954 §3) and real clients send long EHLO names; 1000 is what the
+#: issue tracker and Postfix's line_length_limit-style practice settle on.
+MAX_COMMAND_LINE = 1000
+#: RFC 4954 §4: "12288 octets" is enough for every deployed mechanism. AUTH
+#: command lines and SASL responses may be this long (plus CRLF).
+MAX_AUTH_LINE = 12288 + 2
+#: Commands an unauthenticated/cleartext client may always use (RFC 3207 §4,
+#: RFC 4954 §6).
+_HTTP_VERBS = frozenset({"GET", "POST", "HEAD", "PUT", "CONNECT", "OPTIONS", "DELETE"})
+_NEED_AUTH = frozenset({"MAIL", "RCPT", "DATA"})
+_VERB = re.compile(r"[A-Za-z]{1,16}")
+_B64 = re.compile(rb"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
+
+MechanismFactory = Callable[[str, sasl.ChannelBinding, bool], sasl.ServerMechanism]
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    """What one listener's sessions need to know (built once per listener)."""
+
+    hostname: str
+    mechanism_factory: MechanismFactory
+    #: Mechanisms offered after TLS, strongest first.
+    mechanisms: tuple[str, ...] = ("PLAIN", "LOGIN")
+    banner: str = "ESMTP smtpgate"
+    max_message_size: int = 35_000_000
+    max_recipients: int = 100
+    max_errors: int = 10
+    #: A STARTTLS listener (False for implicit TLS, where TLS is already on).
+    starttls: bool = True
+    #: Leniency: offer and accept AUTH in clear. Off by default.
+    auth_in_clear: bool = False
+    #: 'normalize' leniency for bare LF in message content (Postfix's mode).
+    normalize_bare_lf: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TlsInfo:
+    version: str
+    cipher: str
+    channel_binding: sasl.ChannelBinding
+
+
+def decode_base64_strict(line: bytes) -> bytes | None:
+    """RFC 4954 §4: reject any non-alphabet character and misplaced padding."""
+    if not _B64.fullmatch(line):
+        return None
+    try:
+        return base64.b64decode(line, validate=True)
+    except binascii.Error:
+        return None
+
+
+class ServerEngine:
+    """One SMTP session, from greeting to close."""
+
+    def __init__(self, settings: EngineSettings, *, tls: TlsInfo | None = None):
+        self.settings = settings
+        self.state = State.CONNECTED
+        self.tls: TlsInfo | None = tls
+        self.helo = ""
+        self.esmtp = False
+        self.identity = ""  # authenticated identity, "" if none
+        self.auth_mechanism = ""
+        self.errors = 0
+        self._inbuf = bytearray()
+        self._out = bytearray()
+        self._paused = False
+        self._discarding = False  # inside an over-long line
+        self._shutdown = False
+        self._closing = False
+        # Transaction
+        self._sender = ""
+        self._recipients: list[str] = []
+        self._body_8bit = False
+        self._smtputf8 = False
+        self._data: DataReader | None = None
+        # Pending decision, and an event waiting to be returned by next_event()
+        self._pending: Event | None = None
+        self._emit: Event | None = None
+        # SASL exchange
+        self._mech: sasl.ServerMechanism | None = None
+        self._mech_name = ""
+        self._auth_username = ""
+        self._auth_after_challenge: sasl.Step | None = None
+        self._auth_default: R.Reply | None = None
+        self._auth_result: tuple[str, str, str] | None = None
+
+    # ------------------------------------------------------------------ I/O API
+
+    def greeting(self) -> None:
+        """Queue the 220 greeting (RFC 5321 §4.2: no enhanced code)."""
+        self._send(R.GREETING.with_text(f"{self.settings.hostname} {self.settings.banner}"))
+
+    def receive_data(self, data: bytes) -> None:
+        if self.state is State.CLOSED or self.state is State.TLS:
+            # After STARTTLS, bytes go to the TLS layer, never to us. If any still
+            # arrive here they are plaintext injection: drop them.
+            return
+        self._inbuf += data
+
+    def data_to_send(self) -> bytes:
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    @property
+    def buffered(self) -> int:
+        return len(self._inbuf)
+
+    @property
+    def closed(self) -> bool:
+        return self.state is State.CLOSED
+
+    @property
+    def in_data(self) -> bool:
+        return self.state is State.DATA
+
+    @property
+    def idle(self) -> bool:
+        """No message in flight and no decision pending: safe to hang up."""
+        return not self._paused and self.state not in (State.DATA, State.AUTH)
+
+    def next_event(self) -> Event | Sentinel:
+        if self._emit is not None:
+            # An event produced by auth_answer(), outside this loop.
+            ev, self._emit = self._emit, None
+            return ev
+        if self._paused:
+            return PAUSED
+        while self.state is not State.CLOSED and self.state is not State.TLS:
+            if self.state is State.DATA:
+                assert self._data is not None
+                if not self._inbuf:
+                    return NEED_DATA
+                chunk = bytes(self._inbuf)
+                self._inbuf.clear()
+                result, leftover = self._data.feed(chunk)
+                if result is None:
+                    return NEED_DATA
+                self._inbuf += leftover
+                event = self._end_of_data(result)
+                if event is not None:
+                    return event
+                continue
+            line = self._take_line()
+            if line is None:
+                return NEED_DATA
+            event = self._handle_line(line)
+            if event is not None:
+                return event
+        if self.state is State.CLOSED and self._closing:
+            self._closing = False
+            return CloseConnection("session ended")
+        return NEED_DATA
+
+    def respond(self, reply: R.Reply | None) -> None:
+        """Answer the pending decision event; None means the default reply."""
+        pending = self._pending
+        if pending is None:
+            raise RuntimeError("respond() without a pending decision")
+        self._pending = None
+        self._paused = False
+        if isinstance(pending, MailFrom):
+            self._respond_mail(pending, reply)
+        elif isinstance(pending, RcptTo):
+            self._respond_rcpt(pending, reply)
+        elif isinstance(pending, MessageReceived):
+            self._send(reply or R.MESSAGE_ACCEPTED)
+            self._after_message()
+        elif isinstance(pending, AuthFinished):
+            self._respond_auth(pending, reply)
+        else:
+            raise RuntimeError(f"respond() cannot answer {type(pending).__name__}")
+        if self._shutdown and self.idle:
+            self._close_with(R.SHUTTING_DOWN)
+
+    def auth_answer(self, answer: sasl.CredentialAnswer) -> None:
+        """Answer an AuthQuery with what the auth service found."""
+        if not isinstance(self._pending, AuthQuery) or self._mech is None:
+            raise RuntimeError("auth_answer() without a pending AuthQuery")
+        self._pending = None
+        self._paused = False
+        mech = self._mech
+        self._emit = self._auth_step(self._safe(lambda: mech.answer(answer)))
+
+    def tls_established(self, info: TlsInfo) -> None:
+        """RFC 3207 §4.2: forget everything learned before TLS; a new EHLO is needed."""
+        self.tls = info
+        self._inbuf.clear()
+        self.helo = ""
+        self.esmtp = False
+        self.identity = ""
+        self.auth_mechanism = ""
+        self._reset_transaction()
+        self.state = State.CONNECTED
+
+    def tls_failed(self) -> None:
+        self.state = State.CLOSED
+
+    def timeout(self) -> None:
+        """The I/O layer's idle timer fired (RFC 5321 §4.5.3.2)."""
+        self._close_with(R.TIMEOUT)
+
+    def shutdown(self, *, force: bool = False) -> None:
+        """Server is stopping: hang up now if idle (or forced), else after the
+        message in flight has been answered."""
+        self._shutdown = True
+        if force or self.idle:
+            self._close_with(R.SHUTTING_DOWN)
+
+    # ------------------------------------------------------------- internals
+
+    def _send(self, reply: R.Reply, extra: tuple[str, ...] = ()) -> None:
+        self._out += reply.format(extra)
+
+    def _send_raw(self, data: bytes) -> None:
+        self._out += data
+
+    def _close_with(self, reply: R.Reply) -> None:
+        if self.state is State.CLOSED:
+            return
+        self._send(reply)
+        self.state = State.CLOSED
+        self._closing = True
+        self._paused = False
+        self._pending = None
+
+    def _error(self, reply: R.Reply) -> Event | None:
+        """Send an error reply; too many of them end the session (chasquid-style)."""
+        self._send(reply)
+        self.errors += 1
+        if self.errors >= self.settings.max_errors:
+            self._close_with(R.TOO_MANY_ERRORS)
+            return self._close_event()
+        return None
+
+    def _close_event(self) -> Event:
+        self._closing = False
+        return CloseConnection("closed by server")
+
+    def _decide(self, event: Event) -> Event:
+        self._pending = event
+        self._paused = True
+        return event
+
+    def _take_line(self) -> bytes | None:
+        buf = self._inbuf
+        limit = MAX_AUTH_LINE if self.state is State.AUTH else MAX_COMMAND_LINE
+        nl = buf.find(b"\n")
+        if self._discarding:
+            if nl < 0:
+                buf.clear()
+                return None
+            del buf[: nl + 1]
+            self._discarding = False
+            return b"\x00TOOLONG"
+        if nl < 0:
+            if len(buf) > MAX_AUTH_LINE:
+                # Over any limit: swallow the rest of this line, never parse it.
+                buf.clear()
+                self._discarding = True
+            return None
+        line = bytes(buf[: nl + 1])
+        del buf[: nl + 1]
+        if len(line) > limit and not (
+            limit == MAX_COMMAND_LINE and len(line) <= MAX_AUTH_LINE and line[:5].upper() == b"AUTH "
+        ):
+            return b"\x00TOOLONG"
+        # CRLF, or a bare LF as a named leniency; a CR elsewhere stays in the line.
+        return line[:-2] if line.endswith(b"\r\n") else line[:-1]
+
+    def _handle_line(self, raw: bytes) -> Event | None:
+        if raw == b"\x00TOOLONG":
+            if self.state is State.AUTH:
+                self._abort_auth()
+                return self._error(R.AUTH_LINE_TOO_LONG)
+            return self._error(R.LINE_TOO_LONG)
+        if self.state is State.AUTH:
+            return self._auth_response(raw)
+        if b"\x00" in raw:
+            return self._error(R.NUL_IN_COMMAND)
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return self._error(R.SYNTAX_ERROR)
+        verb_text, _, arg = line.partition(" ")
+        verb = verb_text.upper()
+        if not _VERB.fullmatch(verb_text):
+            return self._error(R.UNKNOWN_COMMAND)
+        if verb in _HTTP_VERBS and self.state is State.CONNECTED and not self.helo:
+            # ALPACA: an HTTP client (or a cross-protocol attack) on an SMTP port.
+            self._close_with(R.HTTP_REFUSED)
+            return self._close_event()
+        if verb not in KNOWN_VERBS:
+            return self._error(R.UNKNOWN_COMMAND)
+        if verb in _NEED_AUTH and not self.identity:
+            # RFC 6409 §4.3 / RFC 3207 §4: refuse before looking at sequence, so a
+            # relay probe learns nothing but "authenticate first".
+            refusal = self._require_auth()
+            assert refusal is not None
+            return self._error(refusal)
+        allowed = TRANSITIONS.get(self.state, {})
+        if verb not in allowed:
+            return self._error(OUT_OF_SEQUENCE.get((self.state, verb), R.BAD_SEQUENCE))
+        handler = getattr(self, "_cmd_" + verb.lower())
+        result: Event | None = handler(arg.strip(" "))
+        return result
+
+    # ------------------------------------------------------------- commands
+
+    def _ehlo_lines(self) -> tuple[str, ...]:
+        s = self.settings
+        lines = [
+            "PIPELINING",
+            f"SIZE {s.max_message_size}",
+            "8BITMIME",
+            "SMTPUTF8",
+            "ENHANCEDSTATUSCODES",
+        ]
+        if s.starttls and self.tls is None:
+            lines.append("STARTTLS")
+        mechs = self.offered_mechanisms()
+        if mechs:
+            lines.append("AUTH " + " ".join(mechs))
+        return tuple(lines)
+
+    def offered_mechanisms(self) -> tuple[str, ...]:
+        """RFC 4954 §4: no AUTH before TLS unless the listener allows it; -PLUS
+        only when this connection has channel-binding data (RFC 5802 §6)."""
+        if self.tls is None and not self.settings.auth_in_clear:
+            return ()
+        cb = self.tls.channel_binding if self.tls else sasl.ChannelBinding()
+        return tuple(m for m in self.settings.mechanisms if not m.endswith("-PLUS") or cb.available)
+
+    def _cmd_ehlo(self, arg: str) -> Event | None:
+        if not arg or " " in arg:
+            return self._error(R.SYNTAX_EHLO)
+        self.helo, self.esmtp = arg, True
+        self._reset_transaction()
+        self.state = State.GREETED
+        self._send(R.EHLO_OK.with_text(self.settings.hostname), self._ehlo_lines())
+        return None
+
+    def _cmd_helo(self, arg: str) -> Event | None:
+        if not arg or " " in arg:
+            return self._error(R.SYNTAX_HELO)
+        self.helo, self.esmtp = arg, False
+        self._reset_transaction()
+        self.state = State.GREETED
+        self._send(R.HELO_OK.with_text(self.settings.hostname))
+        return None
+
+    def _cmd_noop(self, arg: str) -> Event | None:
+        self._send(R.NOOP_OK)
+        return None
+
+    def _cmd_help(self, arg: str) -> Event | None:
+        self._send(R.HELP)
+        return None
+
+    def _cmd_vrfy(self, arg: str) -> Event | None:
+        # RFC 5321 §3.5.3: 252 reveals nothing about accounts.
+        if not arg:
+            return self._error(R.SYNTAX_ERROR)
+        self._send(R.VRFY_CANNOT)
+        return None
+
+    def _cmd_expn(self, arg: str) -> Event | None:
+        return self._error(R.NOT_IMPLEMENTED)
+
+    def _cmd_rset(self, arg: str) -> Event | None:
+        if arg:
+            return self._error(R.SYNTAX_NO_ARGS)
+        self._reset_transaction()
+        if self.state in (State.MAIL, State.RCPT):
+            self.state = State.GREETED
+        self._send(R.RESET_OK)
+        return None
+
+    def _cmd_quit(self, arg: str) -> Event | None:
+        self._close_with(R.BYE)
+        return self._close_event()
+
+    def _cmd_starttls(self, arg: str) -> Event | None:
+        if self.tls is not None:
+            return self._error(R.TLS_ALREADY_ACTIVE)
+        if not self.settings.starttls:
+            return self._error(R.NOT_IMPLEMENTED)
+        if arg:
+            return self._error(R.SYNTAX_NO_ARGS)
+        self._send(R.STARTTLS_READY)
+        # RFC 3207 §4.2 and CVE-2011-0411: whatever the client pipelined behind
+        # STARTTLS was sent in clear and must never be executed inside TLS.
+        discarded = len(self._inbuf)
+        self._inbuf.clear()
+        self._reset_transaction()
+        self.state = State.TLS
+        return StartTls(discarded)
+
+    def _require_auth(self) -> R.Reply | None:
+        """RFC 6409 §4.3: submission needs authentication; in clear, RFC 3207 §4."""
+        if self.identity:
+            return None
+        if self.tls is None and self.settings.starttls and not self.settings.auth_in_clear:
+            return R.MUST_STARTTLS
+        return R.AUTH_REQUIRED
+
+    def _cmd_mail(self, arg: str) -> Event | None:
+        refusal = self._require_auth()
+        if refusal is not None:
+            return self._error(refusal)
+        try:
+            path, rest = split_path_argument(arg, "FROM")
+            params = parse_params(rest)
+        except AddressError:
+            return self._error(R.SYNTAX_MAIL)
+        smtputf8 = "SMTPUTF8" in params
+        if smtputf8 and params["SMTPUTF8"] is not None:
+            return self._error(R.SYNTAX_ERROR)
+        try:
+            sender = parse_path(path, allow_null=True, utf8=smtputf8)
+        except NonAsciiWithoutSmtputf8:
+            return self._error(R.UTF8_NOT_DECLARED)
+        except AddressError:
+            return self._error(R.BAD_SENDER_ADDRESS)
+        size: int | None = None
+        body_8bit = False
+        auth_param: str | None = None
+        for key, value in params.items():
+            if key == "SIZE":
+                # RFC 1870 §6: refuse a declared size over the limit up front.
+                if value is None or not value.isdigit() or len(value) > 20:
+                    return self._error(R.SYNTAX_ERROR)
+                size = int(value)
+                if size > self.settings.max_message_size:
+                    return self._error(R.MESSAGE_TOO_BIG)
+            elif key == "BODY":
+                # RFC 6152 §2
+                if value is None or value.upper() not in ("7BIT", "8BITMIME"):
+                    return self._error(R.BAD_BODY_PARAMETER)
+                body_8bit = value.upper() == "8BITMIME"
+            elif key == "SMTPUTF8":
+                pass
+            elif key == "AUTH":
+                # RFC 4954 §5: accepted from anyone, trusted from no one: the
+                # envelope always records the session's own identity.
+                if value is None:
+                    return self._error(R.SYNTAX_ERROR)
+                try:
+                    auth_param = decode_xtext(value)
+                except AddressError:
+                    return self._error(R.SYNTAX_ERROR)
+            else:
+                return self._error(R.UNKNOWN_PARAMETER)
+        self._sender, self._body_8bit, self._smtputf8 = sender, body_8bit, smtputf8
+        return self._decide(MailFrom(sender, size, body_8bit, smtputf8, auth_param))
+
+    def _respond_mail(self, event: MailFrom, reply: R.Reply | None) -> None:
+        if reply is None or reply.code < 400:
+            self._send(reply or R.SENDER_OK)
+            self.state = State.MAIL
+        else:
+            self._sender = ""
+            self._error_no_event(reply)
+
+    def _cmd_rcpt(self, arg: str) -> Event | None:
+        refusal = self._require_auth()
+        if refusal is not None:
+            return self._error(refusal)
+        try:
+            path, rest = split_path_argument(arg, "TO")
+            params = parse_params(rest)
+        except AddressError:
+            return self._error(R.SYNTAX_RCPT)
+        if params:
+            return self._error(R.UNKNOWN_PARAMETER)
+        try:
+            rcpt = parse_path(path, allow_null=False, utf8=self._smtputf8)
+        except NonAsciiWithoutSmtputf8:
+            return self._error(R.UTF8_NOT_DECLARED)
+        except AddressError:
+            return self._error(R.BAD_ADDRESS)
+        if len(self._recipients) >= self.settings.max_recipients:
+            # RFC 5321 §4.5.3.1.10: 452 and the client sends the rest later.
+            self._send(R.TOO_MANY_RECIPIENTS)
+            return None
+        return self._decide(RcptTo(rcpt))
+
+    def _respond_rcpt(self, event: RcptTo, reply: R.Reply | None) -> None:
+        if reply is None or reply.code < 400:
+            self._recipients.append(event.recipient)
+            self._send(reply or R.RECIPIENT_OK)
+            self.state = State.RCPT
+        else:
+            self._error_no_event(reply)
+
+    def _error_no_event(self, reply: R.Reply) -> None:
+        event = self._error(reply)
+        if event is not None:
+            # Too many errors: the close is reported by next_event().
+            self._closing = True
+
+    def _cmd_data(self, arg: str) -> Event | None:
+        if arg:
+            return self._error(R.SYNTAX_NO_ARGS)
+        if not self._recipients:
+            return self._error(R.NO_VALID_RECIPIENTS)
+        self._send(R.START_DATA)
+        self._data = DataReader(self.settings.max_message_size)
+        self.state = State.DATA
+        return None
+
+    def _end_of_data(self, result: DataResult) -> Event | None:
+        self._data = None
+        if result.too_big or result.data is None:
+            self._send(R.MESSAGE_TOO_BIG)
+            self._after_message()
+            return None
+        normalize = self.settings.normalize_bare_lf
+        if result.bare_cr or (result.bare_lf and not normalize):
+            # Refused after the real end, so nothing the client sent is lost
+            # track of and nothing behind a bare LF is run as a command.
+            self._send(R.BARE_LINE_ENDING)
+            self._after_message()
+            return None
+        body = unstuff(result.data, normalize_lf=normalize and result.bare_lf)
+        return self._decide(
+            MessageReceived(
+                sender=self._sender,
+                recipients=tuple(self._recipients),
+                data=body,
+                identity=self.identity,
+                helo=self.helo,
+                body_8bit=self._body_8bit,
+                smtputf8=self._smtputf8,
+            )
+        )
+
+    def _after_message(self) -> None:
+        self._reset_transaction()
+        self.state = State.GREETED
+        if self._shutdown and not self._paused:
+            self._close_with(R.SHUTTING_DOWN)
+
+    def _reset_transaction(self) -> None:
+        self._sender = ""
+        self._recipients = []
+        self._body_8bit = False
+        self._smtputf8 = False
+        self._data = None
+
+    # ----------------------------------------------------------------- AUTH
+
+    def _cmd_auth(self, arg: str) -> Event | None:
+        # RFC 4954 §4: one successful AUTH per session.
+        if self.identity:
+            return self._error(R.AUTH_ALREADY)
+        if self.tls is None and not self.settings.auth_in_clear:
+            return self._error(R.MUST_STARTTLS)
+        parts = arg.split(" ")
+        if not arg or len(parts) > 2:
+            return self._error(R.AUTH_SYNTAX)
+        name = parts[0].upper()
+        if name not in self.offered_mechanisms():
+            return self._error(R.AUTH_UNKNOWN_MECHANISM)
+        initial: bytes | None = None
+        if len(parts) == 2:
+            if parts[1] == "=":
+                initial = b""  # RFC 4954 §4: "=" is a zero-length initial response
+            else:
+                initial = decode_base64_strict(parts[1].encode("ascii", "replace"))
+                if initial is None:
+                    return self._error(R.AUTH_BAD_BASE64)
+        cb = self.tls.channel_binding if self.tls else sasl.ChannelBinding()
+        plus_advertised = any(m.endswith("-PLUS") for m in self.offered_mechanisms())
+        try:
+            mech = self.settings.mechanism_factory(name, cb, plus_advertised)
+        except KeyError:
+            return self._error(R.AUTH_UNKNOWN_MECHANISM)
+        if initial is not None and mech.server_first:
+            return self._error(R.AUTH_UNEXPECTED_INITIAL)
+        self._mech, self._mech_name, self._auth_username = mech, name, ""
+        self._auth_after_challenge = None
+        self.state = State.AUTH
+        return self._auth_step(self._safe(lambda: mech.start(initial)))
+
+    def _safe(self, call: Callable[[], sasl.Step]) -> sasl.Step:
+        """A mechanism bug must end in a defined failure, not a traceback to the client."""
+        try:
+            return call()
+        except Exception as exc:  # noqa: BLE001 - mapped at the boundary
+            return sasl.Failure(f"internal mechanism error: {type(exc).__name__}", temporary=True)
+
+    def _auth_step(self, step: sasl.Step) -> Event | None:
+        if isinstance(step, sasl.Challenge):
+            self._send_raw(b"334 " + base64.b64encode(step.data) + b"\r\n")
+            return None
+        if isinstance(step, sasl.NeedCredentials):
+            q = step.query
+            self._auth_username = getattr(q, "username", "") or self._auth_username
+            return self._decide(AuthQuery(self._mech_name, q))
+        if isinstance(step, sasl.Success):
+            if step.final_data is not None:
+                # RFC 4422 / RFC 4954: additional data with success goes in a 334;
+                # the client answers with an empty line, then 235.
+                self._send_raw(b"334 " + base64.b64encode(step.final_data) + b"\r\n")
+                self._auth_after_challenge = sasl.Success(step.identity, step.authzid)
+                return None
+            return self._finish_auth("success", step.identity, "")
+        assert isinstance(step, sasl.Failure)
+        if step.username:
+            self._auth_username = step.username
+        if step.error_data is not None:
+            self._send_raw(b"334 " + base64.b64encode(step.error_data) + b"\r\n")
+            self._auth_after_challenge = sasl.Failure(
+                step.reason, step.temporary, None, step.username, step.malformed
+            )
+            return None
+        return self._finish_auth("tempfail" if step.temporary else "failure", "", step.reason)
+
+    def _auth_response(self, raw: bytes) -> Event | None:
+        if raw == b"*":
+            # RFC 4954 §4: "*" cancels; the server MUST reply 501.
+            return self._finish_auth("cancelled", "", "client cancelled")
+        pending_end = self._auth_after_challenge
+        if pending_end is not None:
+            # The 334 carried final data; whatever the client answers (an empty
+            # line, or 0x01 for OAUTHBEARER) the outcome was already decided.
+            self._auth_after_challenge = None
+            if isinstance(pending_end, sasl.Success):
+                if raw != b"":
+                    return self._finish_auth("failure", "", "non-empty response after success data")
+                return self._finish_auth("success", pending_end.identity, "")
+            assert isinstance(pending_end, sasl.Failure)
+            kind = "tempfail" if pending_end.temporary else "failure"
+            return self._finish_auth(kind, "", pending_end.reason)
+        data = decode_base64_strict(raw)
+        if data is None:
+            return self._finish_auth("failure", "", "invalid base64", reply=R.AUTH_BAD_BASE64)
+        mech = self._mech
+        assert mech is not None
+        return self._auth_step(self._safe(lambda: mech.step(data)))
+
+    def _finish_auth(
+        self, result: str, identity: str, reason: str, reply: R.Reply | None = None
+    ) -> Event:
+        self._auth_default = reply or {
+            "success": R.AUTH_SUCCESS,
+            "failure": R.AUTH_FAILED,
+            "tempfail": R.AUTH_TEMPFAIL,
+            "cancelled": R.AUTH_CANCELLED,
+        }[result]
+        username = identity or self._auth_username
+        return self._decide(AuthFinished(self._mech_name, result, username, identity, reason))
+
+    def _abort_auth(self) -> None:
+        self._mech = None
+        self._auth_after_challenge = None
+        self.state = State.GREETED
+
+    def _respond_auth(self, event: AuthFinished, reply: R.Reply | None) -> None:
+        final = reply or self._auth_default or R.AUTH_FAILED
+        self._mech = None
+        self._auth_after_challenge = None
+        self.state = State.GREETED
+        if event.result == "success" and final.code == 235:
+            self.identity = event.identity
+            self.auth_mechanism = event.mechanism
+            self._send(final)
+        else:
+            self._error_no_event(final)

@@ -1,0 +1,101 @@
+"""Events the SMTP engine hands to the I/O layer.
+
+Some events are *decisions*: the engine stops producing events until the I/O
+layer calls ``respond()`` (or ``auth_answer()`` for ``AuthQuery``). The rest
+are instructions (``StartTls``, ``CloseConnection``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from smtpgate.sasl.base import CredentialQuery
+
+
+class Sentinel(Enum):
+    #: Nothing more can happen until more bytes arrive.
+    NEED_DATA = "NEED_DATA"
+    #: Waiting for the I/O layer to answer the last decision event.
+    PAUSED = "PAUSED"
+
+
+NEED_DATA = Sentinel.NEED_DATA
+PAUSED = Sentinel.PAUSED
+
+
+@dataclass(frozen=True, slots=True)
+class StartTls:
+    """Write pending output in clear, then start the TLS handshake and call
+    ``tls_established()``. The engine has already discarded every byte the client
+    pipelined behind STARTTLS (RFC 3207 §4.2; CVE-2011-0411)."""
+
+    discarded: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AuthQuery:
+    """Decision: resolve ``query`` with the auth service, then ``auth_answer()``."""
+
+    mechanism: str
+    query: CredentialQuery
+
+
+@dataclass(frozen=True, slots=True)
+class AuthFinished:
+    """Decision: one AUTH attempt ended. Log it, apply delays or penalties, then
+    ``respond(None)`` for the default reply (235/535/454/501) or another reply.
+
+    ``result`` is 'success', 'failure', 'tempfail' or 'cancelled'; ``username`` is
+    the identity the client gave (for the log), ``identity`` the proven one.
+    """
+
+    mechanism: str
+    result: str
+    username: str
+    identity: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class MailFrom:
+    """Decision: may this session use ``sender``? ``respond(None)`` accepts."""
+
+    sender: str
+    size: int | None
+    body_8bit: bool
+    smtputf8: bool
+    auth_param: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RcptTo:
+    """Decision: accept ``recipient``? ``respond(None)`` accepts."""
+
+    recipient: str
+
+
+@dataclass(frozen=True, slots=True)
+class MessageReceived:
+    """Decision: make the message durable, then ``respond(MESSAGE_ACCEPTED...)``.
+
+    ``data`` is dot-unstuffed, CRLF line ends, without the terminating dot.
+    """
+
+    sender: str
+    recipients: tuple[str, ...]
+    data: bytes
+    identity: str
+    helo: str
+    body_8bit: bool
+    smtputf8: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CloseConnection:
+    """Flush pending output and close the connection."""
+
+    reason: str
+
+
+Event = StartTls | AuthQuery | AuthFinished | MailFrom | RcptTo | MessageReceived | CloseConnection

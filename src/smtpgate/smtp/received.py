@@ -1,0 +1,46 @@
+"""The Received trace header (RFC 5321 §4.4, RFC 3848 ``with`` types, RFC 8314 §4.3)."""
+
+from __future__ import annotations
+
+import email.utils
+import re
+
+_UNSAFE = re.compile(r"[^\x21-\x7e]")
+
+
+def protocol_keyword(esmtp: bool, tls: bool, authenticated: bool) -> str:
+    """RFC 3848: ESMTP, ESMTPA, ESMTPS or ESMTPSA (SMTP for HELO sessions)."""
+    if not esmtp:
+        return "SMTP"
+    return "ESMTP" + ("S" if tls else "") + ("A" if authenticated else "")
+
+
+def received_header(
+    *,
+    helo: str,
+    client_ip: str,
+    hostname: str,
+    esmtp: bool,
+    tls_version: str | None,
+    cipher: str | None,
+    identity: str,
+    queue_hint: str,
+    timestamp: float,
+) -> bytes:
+    """One folded Received header line block, CRLF-terminated.
+
+    The authenticated identity goes into a comment, as Postfix's
+    ``(Authenticated sender: ...)``; the client-supplied HELO is stripped of
+    anything that is not printable ASCII so it cannot break the header.
+    """
+    helo_safe = _UNSAFE.sub("?", helo)[:255] or "unknown"
+    with_kw = protocol_keyword(esmtp, tls_version is not None, bool(identity))
+    lines = [f"Received: from {helo_safe} ([{client_ip}])"]
+    if identity:
+        lines.append(f"\t(Authenticated sender: {_UNSAFE.sub('?', identity)})")
+    by = f"\tby {hostname} (smtpgate) with {with_kw} id {queue_hint}"
+    if tls_version and cipher:
+        by += f"\n\t(using {tls_version} with cipher {cipher})"
+    lines.append(by + ";")
+    lines.append("\t" + email.utils.formatdate(timestamp, localtime=False, usegmt=True))
+    return ("\r\n".join("\r\n".join(part.split("\n")) for part in lines) + "\r\n").encode("utf-8")

@@ -1,0 +1,170 @@
+"""Every SMTP reply smtpgate sends, defined once (RFC 5321 §4.2, RFC 3463 codes).
+
+Tests, logs and docs refer to these names. A grep-based test fails if a reply
+string literal appears anywhere else in the package. Enhanced status codes are
+on every 2xx/4xx/5xx reply (RFC 2034 §3); 3xx replies carry none.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One SMTP reply: basic code, enhanced code (None for 3xx and greetings), text lines."""
+
+    code: int
+    enhanced: str | None
+    text: str
+
+    def with_text(self, text: str) -> Reply:
+        """The same codes with other text (for replies that name a limit or an id)."""
+        return Reply(self.code, self.enhanced, text)
+
+    def format(self, extra_lines: tuple[str, ...] = ()) -> bytes:
+        """Wire form; `extra_lines` become continuation lines after the first (EHLO)."""
+        lines = [self.text, *extra_lines] if self.text or extra_lines else [""]
+        out = []
+        for i, line in enumerate(lines):
+            sep = "-" if i < len(lines) - 1 else " "
+            prefix = f"{self.code}{sep}"
+            if self.enhanced is not None:
+                prefix += self.enhanced + " "
+            out.append(prefix + line + "\r\n")
+        return "".join(out).encode("utf-8", "replace")
+
+    @property
+    def is_temporary(self) -> bool:
+        return 400 <= self.code < 500
+
+    @property
+    def is_permanent(self) -> bool:
+        return self.code >= 500
+
+    def __str__(self) -> str:
+        if self.enhanced:
+            return f"{self.code} {self.enhanced} {self.text}"
+        return f"{self.code} {self.text}"
+
+
+# --- Connection -------------------------------------------------------------
+# RFC 5321 §4.2: the greeting carries no enhanced code (RFC 2034 §3).
+GREETING = Reply(220, None, "ESMTP smtpgate ready")
+# RFC 5321 §4.1.1.10
+BYE = Reply(221, "2.0.0", "Bye")
+# RFC 5321 §3.8: the server is going down; the session ends.
+SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, try again later")
+# RFC 5321 §4.5.3.2: idle timeout.
+TIMEOUT = Reply(421, "4.4.2", "Timeout waiting for command, closing connection")
+# Too many errors in one session (chasquid closes after a few).
+TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many errors, closing connection")
+# Connection limits (total and per client address).
+TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections, try again later")
+TOO_MANY_CONNECTIONS_FROM_IP = Reply(
+    421, "4.7.0", "Too many connections from your address, try again later"
+)
+# ALPACA-style cross-protocol attempts (an HTTP verb on an SMTP port).
+HTTP_REFUSED = Reply(421, "4.7.0", "This is an SMTP server, closing connection")
+
+# --- Generic --------------------------------------------------------------
+OK = Reply(250, "2.0.0", "OK")
+NOOP_OK = Reply(250, "2.0.0", "OK")
+RESET_OK = Reply(250, "2.0.0", "Reset state")
+# RFC 5321 §4.1.1.6: VRFY may answer 252 without revealing anything.
+VRFY_CANNOT = Reply(252, "2.1.5", "Cannot VRFY user, but will accept message and attempt delivery")
+HELP = Reply(214, "2.0.0", "See RFC 5321 and https://smtpgate.invalid/docs")
+# RFC 5321 §4.2.4
+UNKNOWN_COMMAND = Reply(500, "5.5.2", "Command not recognized")
+# RFC 5321 §4.5.3.1.4 / §4.5.3.1.6
+LINE_TOO_LONG = Reply(500, "5.5.2", "Line too long")
+# RFC 5321 §4.2.4
+NOT_IMPLEMENTED = Reply(502, "5.5.1", "Command not implemented")
+# RFC 5321 §4.2.4: bad sequence.
+BAD_SEQUENCE = Reply(503, "5.5.1", "Bad sequence of commands")
+NEED_EHLO = Reply(503, "5.5.1", "Send EHLO or HELO first")
+NEED_MAIL = Reply(503, "5.5.1", "Send MAIL first")
+NEED_RCPT = Reply(503, "5.5.1", "Send RCPT first")
+NESTED_MAIL = Reply(503, "5.5.1", "Sender already specified")
+SYNTAX_ERROR = Reply(501, "5.5.4", "Syntax error in parameters or arguments")
+SYNTAX_EHLO = Reply(501, "5.5.4", "Syntax: EHLO hostname")
+SYNTAX_HELO = Reply(501, "5.5.4", "Syntax: HELO hostname")
+SYNTAX_MAIL = Reply(501, "5.5.4", "Syntax: MAIL FROM:<address>")
+SYNTAX_RCPT = Reply(501, "5.5.4", "Syntax: RCPT TO:<address>")
+SYNTAX_NO_ARGS = Reply(501, "5.5.4", "Syntax error, no parameters allowed")
+BAD_ADDRESS = Reply(553, "5.1.3", "Address syntax error")
+BAD_SENDER_ADDRESS = Reply(553, "5.1.7", "Sender address syntax error")
+# RFC 5321 §4.1.1.11 / RFC 1870 §6: unknown MAIL/RCPT parameter.
+UNKNOWN_PARAMETER = Reply(555, "5.5.4", "Unsupported MAIL/RCPT parameter")
+NUL_IN_COMMAND = Reply(501, "5.5.2", "NUL characters are not allowed in SMTP commands")
+# RFC 6531 §3.4: SMTPUTF8 content without the parameter.
+UTF8_NOT_DECLARED = Reply(553, "5.6.7", "Non-ASCII address requires the SMTPUTF8 parameter")
+# RFC 6152: BODY= values.
+BAD_BODY_PARAMETER = Reply(501, "5.5.4", "BODY must be 7BIT or 8BITMIME")
+
+# --- EHLO/HELO ----------------------------------------------------------------
+# EHLO and HELO replies carry no enhanced code (RFC 2034 §3); text filled per session.
+EHLO_OK = Reply(250, None, "")
+HELO_OK = Reply(250, None, "")
+
+# --- STARTTLS (RFC 3207 §4) ---------------------------------------------------
+STARTTLS_READY = Reply(220, "2.0.0", "Ready to start TLS")
+TLS_ALREADY_ACTIVE = Reply(554, "5.5.1", "TLS already active")
+TLS_NOT_AVAILABLE = Reply(454, "4.7.0", "TLS not available due to local problem")
+# RFC 3207 §4: what a server that insists on TLS answers.
+MUST_STARTTLS = Reply(530, "5.7.0", "Must issue a STARTTLS command first")
+
+# --- AUTH (RFC 4954 §6) ---------------------------------------------------------
+AUTH_SUCCESS = Reply(235, "2.7.0", "Authentication successful")
+# RFC 4954 §4: continuation; the text is the base64 challenge (possibly empty).
+AUTH_CHALLENGE = Reply(334, None, "")
+# RFC 4954 §6: credentials invalid.
+AUTH_FAILED = Reply(535, "5.7.8", "Authentication credentials invalid")
+# RFC 4954 §6: temporary authentication failure; no 535 for a backend fault.
+AUTH_TEMPFAIL = Reply(454, "4.7.0", "Temporary authentication failure, try again later")
+# RFC 4954 §4: client sent "*".
+AUTH_CANCELLED = Reply(501, "5.7.0", "Authentication cancelled")
+# RFC 4954 §4: undecodable base64.
+AUTH_BAD_BASE64 = Reply(501, "5.5.2", "Invalid base64 data")
+# RFC 4954 §4: initial response on a server-first mechanism.
+AUTH_UNEXPECTED_INITIAL = Reply(501, "5.7.0", "Initial response not allowed for this mechanism")
+# RFC 4954 §4: unknown or disabled mechanism.
+AUTH_UNKNOWN_MECHANISM = Reply(504, "5.5.4", "Unrecognized authentication mechanism")
+# RFC 4954 §4: second AUTH after success.
+AUTH_ALREADY = Reply(503, "5.5.1", "Already authenticated")
+# RFC 4954 §4: AUTH inside a mail transaction.
+AUTH_IN_TRANSACTION = Reply(503, "5.5.1", "AUTH not permitted during a mail transaction")
+# RFC 4954 §4: AUTH exchange line over the limit.
+AUTH_LINE_TOO_LONG = Reply(500, "5.5.6", "Authentication exchange line is too long")
+AUTH_SYNTAX = Reply(501, "5.5.4", "Syntax: AUTH mechanism [initial-response]")
+# RFC 4954 §6 / RFC 6409 §4.3: commands that need a login.
+AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")
+# RFC 4954 §6: mechanism too weak for this account's policy.
+AUTH_TOO_WEAK = Reply(534, "5.7.9", "Authentication mechanism is too weak")
+# Guard (brute force, spraying): a clear temporary refusal, not a misleading 535.
+AUTH_BLOCKED = Reply(454, "4.7.0", "Too many failed logins, try again later")
+
+# --- MAIL / RCPT / DATA -----------------------------------------------------------
+SENDER_OK = Reply(250, "2.1.0", "Sender OK")
+RECIPIENT_OK = Reply(250, "2.1.5", "Recipient OK")
+START_DATA = Reply(354, None, "End data with <CR><LF>.<CR><LF>")
+# RFC 1870 §6: declared SIZE over the limit, or actual data over it.
+MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
+# RFC 5321 §4.5.3.1.10: too many recipients.
+TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
+# SMTP smuggling defence: bare CR or LF inside message data.
+BARE_LINE_ENDING = Reply(
+    550, "5.6.11", "Message contains bare CR or LF characters; use CRLF line endings"
+)
+# RFC 5321 §4.5.3.1.6: a text line over 1000 octets.
+DATA_LINE_TOO_LONG = Reply(550, "5.6.0", "Message line too long (max 1000 octets with CRLF)")
+MESSAGE_ACCEPTED = Reply(250, "2.0.0", "OK queued")
+# The spool could not make the message durable; the client keeps it.
+QUEUE_FAILED = Reply(451, "4.3.0", "Local error in processing, message not accepted")
+# RFC 6409 §4.1 / relay policy.
+RELAY_DENIED = Reply(554, "5.7.1", "Relay access denied")
+# RFC 6409 §6.1: the login may not use this sender.
+SENDER_NOT_OWNED = Reply(553, "5.7.1", "Sender address not owned by the authenticated user")
+NO_VALID_RECIPIENTS = Reply(554, "5.5.1", "No valid recipients")
+# Unexpected internal error: logged with traceback, client sees no detail.
+INTERNAL_ERROR = Reply(451, "4.3.0", "Internal error, try again later")

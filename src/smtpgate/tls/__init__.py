@@ -1,0 +1,1 @@
+"""TLS: certificates, and a sans-IO TLS session over memory BIOs (for channel binding)."""

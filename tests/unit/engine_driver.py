@@ -1,0 +1,100 @@
+"""A tiny synchronous driver for the sans-IO engine, used by the engine tests.
+
+It answers decision events the way the server would with a fixed account
+table, so tests read as transcripts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from smtpgate.sasl import base as sasl
+from smtpgate.sasl.registry import create_server_mechanism
+from smtpgate.smtp import replies as R
+from smtpgate.smtp.engine import EngineSettings, ServerEngine, TlsInfo
+from smtpgate.smtp.events import (
+    NEED_DATA,
+    PAUSED,
+    AuthFinished,
+    AuthQuery,
+    CloseConnection,
+    MailFrom,
+    MessageReceived,
+    RcptTo,
+    StartTls,
+)
+
+ACCOUNTS = {"alice@example.org": "correct horse"}
+TLS = TlsInfo("TLSv1.3", "TLS_AES_128_GCM_SHA256", sasl.ChannelBinding({"tls-exporter": b"x" * 32}))
+
+
+def factory(name: str, cb: sasl.ChannelBinding, plus: bool) -> sasl.ServerMechanism:
+    return create_server_mechanism(name, channel_binding=cb, hostname="mx.test", plus_advertised=plus)
+
+
+def settings(**kw: object) -> EngineSettings:
+    base: dict[str, object] = {"hostname": "mx.test", "mechanism_factory": factory}
+    base.update(kw)
+    return EngineSettings(**base)  # type: ignore[arg-type]
+
+
+@dataclass
+class Driver:
+    engine: ServerEngine
+    events: list[object] = field(default_factory=list)
+    messages: list[MessageReceived] = field(default_factory=list)
+    auth_store_down: bool = False
+    closed: bool = False
+    starttls_pending: bool = False
+
+    @classmethod
+    def new(cls, *, tls: bool = False, greet: bool = True, **kw: object) -> Driver:
+        d = cls(ServerEngine(settings(**kw), tls=TLS if tls else None))
+        if greet:
+            d.engine.greeting()
+            d.engine.data_to_send()
+        return d
+
+    def feed(self, data: bytes, *, bytewise: bool = False) -> bytes:
+        chunks = [data[i : i + 1] for i in range(len(data))] if bytewise else [data]
+        for chunk in chunks:
+            self.engine.receive_data(chunk)
+            self.pump()
+        return self.engine.data_to_send()
+
+    def pump(self) -> None:
+        e = self.engine
+        while True:
+            ev = e.next_event()
+            if ev is NEED_DATA or ev is PAUSED:
+                return
+            self.events.append(ev)
+            if isinstance(ev, (MailFrom, RcptTo)):
+                e.respond(None)
+            elif isinstance(ev, MessageReceived):
+                self.messages.append(ev)
+                e.respond(R.MESSAGE_ACCEPTED)
+            elif isinstance(ev, AuthQuery):
+                e.auth_answer(self.answer(ev.query))
+            elif isinstance(ev, AuthFinished):
+                e.respond(None)
+            elif isinstance(ev, StartTls):
+                self.starttls_pending = True
+                return
+            elif isinstance(ev, CloseConnection):
+                self.closed = True
+                return
+
+    def answer(self, q: sasl.CredentialQuery) -> sasl.CredentialAnswer:
+        if self.auth_store_down:
+            return sasl.Verdict(ok=False, temporary=True, reason="store down")
+        if isinstance(q, sasl.VerifyPassword):
+            ok = ACCOUNTS.get(q.username) == q.password
+            return sasl.Verdict(ok=ok, identity=q.username if ok else "", reason="" if ok else "bad")
+        return sasl.NotFound()
+
+    def start_tls(self) -> None:
+        assert self.starttls_pending
+        self.starttls_pending = False
+        self.engine.tls_established(TLS)
+        self.pump()

@@ -1,0 +1,158 @@
+"""Auth log: record fields, one JSON line per write, control-character neutralisation."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from smtpgate.auth.authlog import MAX_FIELD_CHARS, AuthLog, neutralize
+
+
+def fixed_clock() -> str:
+    return "2030-01-02T03:04:05.678Z"
+
+
+def write_one(log: AuthLog, **over: object) -> None:
+    fields: dict[str, object] = dict(
+        listener="submission",
+        client_ip="192.0.2.7",
+        client_port=50123,
+        tls="TLSv1.3",
+        mechanism="PLAIN",
+        username="alice@example.org",
+        result="failure",
+        reason="bad password",
+        session="s-1",
+    )
+    fields.update(over)
+    log.write(log.make_record(**fields))  # type: ignore[arg-type]
+
+
+def test_record_fields(tmp_path: Path) -> None:
+    path = tmp_path / "auth.log"
+    log = AuthLog(path, clock=fixed_clock)
+    try:
+        write_one(log)
+        write_one(log, tls=None, result="success", reason="")
+    finally:
+        log.close()
+    lines = path.read_text("utf-8").splitlines()
+    assert len(lines) == 2
+    first = json.loads(lines[0])
+    assert first == {
+        "time": "2030-01-02T03:04:05.678Z",
+        "listener": "submission",
+        "client_ip": "192.0.2.7",
+        "client_port": 50123,
+        "tls": "TLSv1.3",
+        "mechanism": "PLAIN",
+        "username": "alice@example.org",
+        "result": "failure",
+        "reason": "bad password",
+        "session": "s-1",
+    }
+    assert json.loads(lines[1])["tls"] is None
+
+
+def test_default_time_is_iso8601_utc(tmp_path: Path) -> None:
+    path = tmp_path / "auth.log"
+    log = AuthLog(path)
+    try:
+        write_one(log)
+    finally:
+        log.close()
+    stamp = json.loads(path.read_text("utf-8"))["time"]
+    assert stamp.endswith("Z") and stamp[10] == "T"
+
+
+def test_control_characters_neutralised(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "auth.log"
+    log = AuthLog(path, clock=fixed_clock)
+    evil = "eve\r\n2030-01-01 auth success user=admin\x1b[31m\x00\x7f\x85\u2028\u202e\\"
+    try:
+        with caplog.at_level(logging.INFO, logger="smtpgate.auth"):
+            write_one(log, username=evil, mechanism="PL\nAIN", reason="r\tx")
+    finally:
+        log.close()
+    raw = path.read_bytes()
+    assert raw.count(b"\n") == 1  # one record, one line
+    rec = json.loads(raw)
+    assert rec["username"] == (
+        "eve\\x0d\\x0a2030-01-01 auth success user=admin\\x1b[31m\\x00\\x7f\\x85\\u2028\\u202e\\\\"
+    )
+    assert rec["mechanism"] == "PL\\x0aAIN"
+    assert rec["reason"] == "r\\x09x"
+    (logged,) = [r.getMessage() for r in caplog.records if r.name == "smtpgate.auth"]
+    assert "\n" not in logged and "\r" not in logged and "\x1b" not in logged
+    assert logged.startswith("auth failure listener=submission client=192.0.2.7:50123")
+
+
+def test_neutralize_truncates_long_values() -> None:
+    out = neutralize("a" * 10_000)
+    assert out == "a" * MAX_FIELD_CHARS + "…"
+    assert neutralize("plain ascii ü 漢字") == "plain ascii ü 漢字"
+    assert neutralize("\ud800") == "\\ud800"
+
+
+def test_unknown_result_is_a_bug(tmp_path: Path) -> None:
+    log = AuthLog(None)
+    with pytest.raises(ValueError):
+        write_one(log, result="ok")
+
+
+def test_logger_levels(caplog: pytest.LogCaptureFixture) -> None:
+    log = AuthLog(None)
+    with caplog.at_level(logging.INFO, logger="smtpgate.auth"):
+        write_one(log, result="success")
+        write_one(log, result="tempfail")
+        write_one(log, result="cancelled")
+    levels = [r.levelno for r in caplog.records]
+    assert levels == [logging.INFO, logging.WARNING, logging.INFO]
+
+
+def test_shared_file_appends_whole_lines(tmp_path: Path) -> None:
+    """Two writers (as two processes would) append without clobbering each other."""
+    path = tmp_path / "auth.log"
+    a, b = AuthLog(path), AuthLog(path)
+    try:
+        for i in range(50):
+            write_one(a, session=f"a{i}", username="x" * 300)
+            write_one(b, session=f"b{i}")
+    finally:
+        a.close()
+        b.close()
+    sessions = [json.loads(line)["session"] for line in path.read_text("utf-8").splitlines()]
+    assert len(sessions) == 100 and len(set(sessions)) == 100
+
+
+def test_write_error_does_not_raise(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    log = AuthLog(tmp_path / "auth.log")
+    assert log._fd is not None
+    os.close(log._fd)
+    log._fd = os.open(os.devnull, os.O_RDONLY)  # writes now fail with EBADF
+    try:
+        with caplog.at_level(logging.ERROR, logger="smtpgate.auth"):
+            write_one(log)
+            write_one(log)
+    finally:
+        log.close()
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1  # reported once, not per record
+
+
+def test_reopen_after_rotation(tmp_path: Path) -> None:
+    path = tmp_path / "auth.log"
+    log = AuthLog(path)
+    try:
+        write_one(log, session="before")
+        path.rename(tmp_path / "auth.log.1")
+        log.reopen()
+        write_one(log, session="after")
+    finally:
+        log.close()
+        log.close()
+    assert json.loads(path.read_text("utf-8"))["session"] == "after"

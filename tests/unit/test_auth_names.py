@@ -1,0 +1,52 @@
+"""Account names: RFC 5321 §2.4 case rules and what we refuse."""
+
+from __future__ import annotations
+
+import pytest
+
+from smtpgate.auth.names import InvalidAccountName, canonical_name, lookup_key
+
+
+@pytest.mark.parametrize(
+    ("given", "canonical"),
+    [
+        ("alice@example.com", "alice@example.com"),
+        # RFC 5321 §2.4: the domain is case-insensitive, the local part is not.
+        ("Alice@Example.COM", "Alice@example.com"),
+        ("a.b+tag@sub.EXAMPLE.org", "a.b+tag@sub.example.org"),
+        ("josé@BÜCHER.example", "josé@bücher.example"),
+    ],
+)
+def test_canonical_name(given: str, canonical: str) -> None:
+    assert canonical_name(given) == canonical
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        "alice",
+        "@example.com",
+        "alice@",
+        "al ice@example.com",
+        "alice\r\n@example.com",
+        "alice@exa mple.com",
+        "alice@example..com",
+        "alice@-example.com",
+        "alice@exam_ple.com",
+        '"a@b"@example.com',
+        ".alice@example.com",
+        "a..b@example.com",
+        "a" * 65 + "@example.com",
+        "alice@" + "a" * 64 + ".com",
+        "alice\u202e@example.com",
+    ],
+)
+def test_invalid_names_refused(bad: str) -> None:
+    with pytest.raises(InvalidAccountName):
+        canonical_name(bad)
+
+
+def test_lookup_key_passes_invalid_names_through() -> None:
+    assert lookup_key("Bob@EXAMPLE.com") == "Bob@example.com"
+    assert lookup_key("not an address") == "not an address"

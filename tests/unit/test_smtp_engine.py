@@ -1,0 +1,418 @@
+"""Unit tests of the sans-IO engine, named after the rule each checks."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from smtpgate.smtp import replies as R
+from smtpgate.smtp.events import AuthFinished, StartTls
+from smtpgate.smtp.states import TRANSITIONS, State
+
+from .engine_driver import Driver
+
+PLAIN_OK = base64.b64encode(b"\0alice@example.org\0correct horse").decode()
+PLAIN_BAD = base64.b64encode(b"\0alice@example.org\0wrong").decode()
+PLAIN_UNKNOWN = base64.b64encode(b"\0mallory@example.org\0wrong").decode()
+
+
+def codes(out: bytes) -> list[str]:
+    """The final line of each reply: '250 2.0.0 ...' etc."""
+    return [ln for ln in out.decode().split("\r\n") if ln and ln[3:4] == " "]
+
+
+def authed(**kw: object) -> Driver:
+    d = Driver.new(tls=True, **kw)
+    out = d.feed(f"EHLO client.test\r\nAUTH PLAIN {PLAIN_OK}\r\n".encode())
+    assert codes(out)[-1].startswith("235 2.7.0")
+    return d
+
+
+# --- EHLO and the extension list -------------------------------------------------
+
+
+def test_rfc4954_s4_no_auth_offered_before_starttls() -> None:
+    d = Driver.new()
+    out = d.feed(b"EHLO client.test\r\n").decode()
+    assert "250-STARTTLS" in out or "250 STARTTLS" in out
+    assert "AUTH" not in out
+
+
+def test_rfc3207_s4_2_auth_offered_after_tls_and_starttls_not_again() -> None:
+    d = Driver.new()
+    d.feed(b"EHLO client.test\r\nSTARTTLS\r\n")
+    d.start_tls()
+    out = d.feed(b"EHLO client.test\r\n").decode()
+    assert "AUTH PLAIN LOGIN" in out
+    assert "STARTTLS" not in out
+
+
+def test_ehlo_advertises_submission_extensions() -> None:
+    out = Driver.new(tls=True).feed(b"EHLO c\r\n").decode()
+    for ext in ("PIPELINING", "SIZE 35000000", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES"):
+        assert ext in out
+
+
+def test_helo_works_but_offers_nothing() -> None:
+    out = Driver.new(tls=True).feed(b"HELO c\r\n").decode()
+    assert out == "250 mx.test\r\n"
+
+
+def test_auth_in_clear_offered_only_when_listener_allows_it() -> None:
+    out = Driver.new(auth_in_clear=True).feed(b"EHLO c\r\n").decode()
+    assert "AUTH PLAIN LOGIN" in out
+
+
+def test_plus_mechanisms_only_offered_with_channel_binding() -> None:
+    mechs = ("SCRAM-SHA-256-PLUS", "PLAIN")
+    d = Driver.new(tls=True, mechanisms=mechs)
+    assert d.engine.offered_mechanisms() == mechs
+    d2 = Driver.new(auth_in_clear=True, mechanisms=mechs)
+    assert d2.engine.offered_mechanisms() == ("PLAIN",)
+
+
+# --- AUTH ---------------------------------------------------------------------------
+
+
+def test_rfc4954_s6_auth_plain_initial_response_success_235() -> None:
+    d = Driver.new(tls=True)
+    out = d.feed(f"EHLO c\r\nAUTH PLAIN {PLAIN_OK}\r\n".encode())
+    assert codes(out)[-1] == "235 2.7.0 Authentication successful"
+    assert d.engine.identity == "alice@example.org"
+
+
+def test_rfc4954_s4_auth_plain_without_initial_response_gets_empty_334() -> None:
+    d = Driver.new(tls=True)
+    out = d.feed(b"EHLO c\r\nAUTH PLAIN\r\n")
+    assert out.endswith(b"334 \r\n")
+    out = d.feed(PLAIN_OK.encode() + b"\r\n")
+    assert codes(out) == ["235 2.7.0 Authentication successful"]
+
+
+def test_rfc4954_s4_equals_sign_is_empty_initial_response() -> None:
+    d = Driver.new(tls=True)
+    out = d.feed(b"EHLO c\r\nAUTH PLAIN =\r\n")
+    assert codes(out)[-1].startswith("535 5.7.8")
+
+
+def test_rfc4954_s6_wrong_password_and_unknown_user_same_535() -> None:
+    d1, d2 = Driver.new(tls=True), Driver.new(tls=True)
+    a = codes(d1.feed(f"EHLO c\r\nAUTH PLAIN {PLAIN_BAD}\r\n".encode()))[-1]
+    b = codes(d2.feed(f"EHLO c\r\nAUTH PLAIN {PLAIN_UNKNOWN}\r\n".encode()))[-1]
+    assert a == b == str(R.AUTH_FAILED)
+
+
+def test_rfc4954_s6_backend_fault_is_454_not_535() -> None:
+    d = Driver.new(tls=True)
+    d.auth_store_down = True
+    out = d.feed(f"EHLO c\r\nAUTH PLAIN {PLAIN_OK}\r\n".encode())
+    assert codes(out)[-1] == str(R.AUTH_TEMPFAIL)
+    finished = [e for e in d.events if isinstance(e, AuthFinished)]
+    assert finished[-1].result == "tempfail"
+
+
+def test_rfc4954_s4_cancel_with_star_is_501() -> None:
+    d = Driver.new(tls=True)
+    d.feed(b"EHLO c\r\nAUTH LOGIN\r\n")
+    out = d.feed(b"*\r\n")
+    assert codes(out) == ["501 5.7.0 Authentication cancelled"]
+    assert [e.result for e in d.events if isinstance(e, AuthFinished)] == ["cancelled"]
+
+
+def test_rfc4954_s4_bad_base64_is_501_5_5_2() -> None:
+    for bad in ("AUTH PLAIN !!!!", "AUTH PLAIN AAA=B", "AUTH PLAIN =AAA", "AUTH PLAIN AAA"):
+        d = Driver.new(tls=True)
+        assert codes(d.feed(f"EHLO c\r\n{bad}\r\n".encode()))[-1] == str(R.AUTH_BAD_BASE64), bad
+    d = Driver.new(tls=True)
+    d.feed(b"EHLO c\r\nAUTH PLAIN\r\n")
+    assert codes(d.feed(b"not base64!\r\n")) == [str(R.AUTH_BAD_BASE64)]
+
+
+def test_rfc4954_s4_auth_in_clear_is_530() -> None:
+    d = Driver.new()
+    out = d.feed(f"EHLO c\r\nAUTH PLAIN {PLAIN_OK}\r\n".encode())
+    assert codes(out)[-1] == "530 5.7.0 Must issue a STARTTLS command first"
+    assert d.engine.identity == ""
+    # Also LOGIN, and without an initial response: never a 334 in clear.
+    out = d.feed(b"AUTH LOGIN\r\n")
+    assert codes(out) == [str(R.MUST_STARTTLS)]
+
+
+def test_rfc4954_s4_unknown_or_disabled_mechanism_is_504() -> None:
+    d = Driver.new(tls=True, mechanisms=("PLAIN",))
+    out = d.feed(b"EHLO c\r\nAUTH FOO\r\nAUTH LOGIN\r\n")
+    assert codes(out)[-2:] == [str(R.AUTH_UNKNOWN_MECHANISM)] * 2
+
+
+def test_rfc4954_s4_second_auth_after_success_is_503() -> None:
+    d = authed()
+    assert codes(d.feed(f"AUTH PLAIN {PLAIN_OK}\r\n".encode())) == [str(R.AUTH_ALREADY)]
+
+
+def test_rfc4954_s4_auth_inside_transaction_is_503() -> None:
+    d = Driver.new(tls=True, auth_in_clear=True)
+    d.feed(f"EHLO c\r\nAUTH PLAIN {PLAIN_OK}\r\n".encode())
+    d.engine.identity = ""  # pretend a transaction started before auth (not possible); use MAIL
+    d = authed()
+    d.feed(b"MAIL FROM:<alice@example.org>\r\n")
+    d.engine.identity = ""
+    assert codes(d.feed(f"AUTH PLAIN {PLAIN_OK}\r\n".encode())) == [str(R.AUTH_IN_TRANSACTION)]
+
+
+def test_auth_login_username_as_initial_response_like_smtplib() -> None:
+    d = Driver.new(tls=True)
+    user = base64.b64encode(b"alice@example.org").decode()
+    out = d.feed(f"EHLO c\r\nAUTH LOGIN {user}\r\n".encode())
+    assert out.endswith(b"334 " + base64.b64encode(b"Password:") + b"\r\n")
+    out = d.feed(base64.b64encode(b"correct horse") + b"\r\n")
+    assert codes(out) == ["235 2.7.0 Authentication successful"]
+
+
+def test_auth_login_two_step() -> None:
+    d = Driver.new(tls=True)
+    out = d.feed(b"EHLO c\r\nAUTH LOGIN\r\n")
+    assert out.endswith(b"334 VXNlcm5hbWU6\r\n")  # "Username:"
+    d.feed(base64.b64encode(b"alice@example.org") + b"\r\n")
+    out = d.feed(base64.b64encode(b"correct horse") + b"\r\n")
+    assert codes(out) == ["235 2.7.0 Authentication successful"]
+
+
+def test_rfc4954_s4_auth_line_up_to_12288_octets_accepted() -> None:
+    d = Driver.new(tls=True)
+    d.feed(b"EHLO c\r\nAUTH PLAIN\r\n")
+    big = base64.b64encode(b"\0alice@example.org\0" + b"x" * 9000)
+    assert 9000 < len(big) <= 12288
+    out = d.feed(big + b"\r\n")
+    assert codes(out) == [str(R.AUTH_FAILED)]  # processed, wrong password
+
+
+def test_rfc4954_s4_auth_line_over_limit_is_500_5_5_6() -> None:
+    d = Driver.new(tls=True)
+    d.feed(b"EHLO c\r\nAUTH PLAIN\r\n")
+    out = d.feed(b"A" * 20000 + b"\r\nNOOP\r\n")
+    assert codes(out) == [str(R.AUTH_LINE_TOO_LONG), str(R.NOOP_OK)]
+
+
+def test_rfc4954_s6_plain_authzid_other_than_authcid_is_535() -> None:
+    d = Driver.new(tls=True)
+    ir = base64.b64encode(b"bob@example.org\0alice@example.org\0correct horse").decode()
+    assert codes(d.feed(f"EHLO c\r\nAUTH PLAIN {ir}\r\n".encode()))[-1] == str(R.AUTH_FAILED)
+
+
+def test_rfc4954_s4_auth_abort_repeated_leaves_no_state() -> None:
+    d = Driver.new(tls=True)
+    d.feed(b"EHLO c\r\n")
+    for _ in range(5):
+        d.feed(b"AUTH LOGIN\r\n")
+        assert codes(d.feed(b"*\r\n")) == [str(R.AUTH_CANCELLED)]
+        d.engine.errors = 0
+    assert codes(d.feed(f"AUTH PLAIN {PLAIN_OK}\r\n".encode())) == [str(R.AUTH_SUCCESS)]
+
+
+# --- Submission needs authentication ---------------------------------------------------
+
+
+def test_rfc6409_s4_3_mail_before_auth_is_530() -> None:
+    d = Driver.new(tls=True)
+    out = d.feed(b"EHLO c\r\nMAIL FROM:<alice@example.org>\r\n")
+    assert codes(out)[-1] == "530 5.7.0 Authentication required"
+
+
+def test_rfc3207_s4_mail_in_clear_is_530_must_starttls() -> None:
+    d = Driver.new()
+    out = d.feed(b"EHLO c\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<victim@external.example>\r\n")
+    assert codes(out)[-2:] == [str(R.MUST_STARTTLS)] * 2
+
+
+def test_no_relay_without_auth_on_any_listener() -> None:
+    for kw in ({"tls": True}, {"auth_in_clear": True}, {}):
+        d = Driver.new(**kw)  # type: ignore[arg-type]
+        out = d.feed(
+            b"EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<victim@external.example>\r\n"
+            b"RCPT TO:<victim%external.example@mx.test>\r\nDATA\r\n"
+        )
+        assert all(c.startswith(("530", "503")) for c in codes(out)[1:]), (kw, out)
+        assert not d.messages
+
+
+def test_rfc4954_s5_auth_param_accepted_and_not_trusted() -> None:
+    d = authed()
+    out = d.feed(b"MAIL FROM:<alice@example.org> AUTH=bob@example.org\r\n")
+    assert codes(out) == [str(R.SENDER_OK)]
+    d.feed(b"RCPT TO:<x@example.net>\r\nDATA\r\nhi\r\n.\r\n")
+    assert d.messages[0].identity == "alice@example.org"
+
+
+def test_rfc4954_s5_auth_param_with_encoded_crlf_refused() -> None:
+    d = authed()
+    out = d.feed(b"MAIL FROM:<alice@example.org> AUTH=x+0D+0AX-Injected:+20yes\r\n")
+    assert codes(out) == [str(R.SYNTAX_ERROR)]
+
+
+# --- Transactions -------------------------------------------------------------------
+
+
+def test_rfc5321_full_transaction_and_dot_unstuffing() -> None:
+    d = authed()
+    out = d.feed(
+        b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@example.net>\r\nDATA\r\n"
+        b"Subject: t\r\n\r\n..leading dot\r\n.\r\n"
+    )
+    assert codes(out) == [str(R.SENDER_OK), str(R.RECIPIENT_OK), str(R.START_DATA), str(R.MESSAGE_ACCEPTED)]
+    assert d.messages[0].data == b"Subject: t\r\n\r\n.leading dot\r\n"
+    assert d.messages[0].recipients == ("bob@example.net",)
+
+
+def test_rfc2920_pipelined_group_replies_in_order_whole_and_bytewise() -> None:
+    group = (
+        b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<b@example.net>\r\nRCPT TO:<c@example.net>\r\n"
+        b"DATA\r\nbody\r\n.\r\nQUIT\r\n"
+    )
+    outs = []
+    for bytewise in (False, True):
+        d = authed()
+        outs.append(d.feed(group, bytewise=bytewise))
+        assert d.closed
+        assert d.messages[0].data == b"body\r\n"
+    assert outs[0] == outs[1]
+
+
+def test_rfc1870_declared_size_over_limit_is_552() -> None:
+    d = authed(max_message_size=1000)
+    out = d.feed(b"MAIL FROM:<alice@example.org> SIZE=5000\r\n")
+    assert codes(out) == [str(R.MESSAGE_TOO_BIG)]
+
+
+def test_rfc1870_actual_size_over_limit_is_552_after_end() -> None:
+    d = authed(max_message_size=1024)
+    d.feed(b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n")
+    out = d.feed((b"x" * 70 + b"\r\n") * 100 + b".\r\nNOOP\r\n")
+    assert codes(out) == [str(R.MESSAGE_TOO_BIG), str(R.NOOP_OK)]
+    assert not d.messages
+
+
+def test_rfc5321_s4_5_3_1_10_too_many_recipients_is_452() -> None:
+    d = authed(max_recipients=2)
+    out = d.feed(
+        b"MAIL FROM:<alice@example.org>\r\n"
+        + b"".join(b"RCPT TO:<r%d@example.net>\r\n" % i for i in range(3))
+    )
+    assert codes(out)[-1] == str(R.TOO_MANY_RECIPIENTS)
+
+
+def test_rfc6531_non_ascii_address_needs_smtputf8() -> None:
+    d = authed()
+    assert codes(d.feed("MAIL FROM:<jörg@example.org>\r\n".encode())) == [str(R.UTF8_NOT_DECLARED)]
+    assert codes(d.feed("MAIL FROM:<jörg@example.org> SMTPUTF8\r\n".encode())) == [str(R.SENDER_OK)]
+
+
+def test_unknown_mail_parameter_is_555() -> None:
+    d = authed()
+    assert codes(d.feed(b"MAIL FROM:<alice@example.org> FOO=bar\r\n")) == [str(R.UNKNOWN_PARAMETER)]
+
+
+# --- Line handling --------------------------------------------------------------------
+
+
+def test_bare_lf_command_lines_accepted_like_postfix() -> None:
+    d = Driver.new(tls=True)
+    out = d.feed(b"EHLO c\nNOOP\n")
+    assert codes(out)[-1] == str(R.NOOP_OK)
+
+
+def test_bare_cr_never_ends_a_command_line() -> None:
+    d = Driver.new(tls=True)
+    out = d.feed(b"NOOP\rQUIT\r\n")
+    assert not d.closed
+    assert codes(out) == [str(R.UNKNOWN_COMMAND)] or codes(out)[0].startswith("50")
+
+
+def test_rfc5321_s4_5_3_1_over_long_command_line_is_500_and_not_executed() -> None:
+    d = Driver.new(tls=True)
+    out = d.feed(b"NOOP " + b"A" * 5000 + b"QUIT\r\nNOOP\r\n")
+    assert codes(out) == [str(R.LINE_TOO_LONG), str(R.NOOP_OK)]
+    assert not d.closed
+    out = d.feed(b"X" * 100000 + b"\r\nNOOP\r\n")
+    assert codes(out) == [str(R.LINE_TOO_LONG), str(R.NOOP_OK)]
+    assert d.engine.buffered == 0
+
+
+def test_nul_in_command_refused() -> None:
+    assert codes(Driver.new().feed(b"EHLO a\0b\r\n")) == [str(R.NUL_IN_COMMAND)]
+
+
+def test_too_many_errors_closes_with_421() -> None:
+    d = Driver.new(max_errors=3)
+    out = d.feed(b"FOO\r\nBAR\r\nBAZ\r\nNOOP\r\n")
+    assert codes(out)[-1] == str(R.TOO_MANY_ERRORS)
+    assert d.closed
+
+
+def test_alpaca_http_request_closes() -> None:
+    d = Driver.new()
+    out = d.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert codes(out) == [str(R.HTTP_REFUSED)]
+    assert d.closed
+
+
+# --- STARTTLS -------------------------------------------------------------------------
+
+
+def test_rfc3207_commands_pipelined_behind_starttls_are_discarded() -> None:
+    d = Driver.new(auth_in_clear=False)
+    out = d.feed(b"EHLO c\r\nSTARTTLS\r\nMAIL FROM:<evil@example.org>\r\nQUIT\r\n")
+    assert codes(out)[-1] == str(R.STARTTLS_READY)
+    starts = [e for e in d.events if isinstance(e, StartTls)]
+    assert starts and starts[0].discarded > 0
+    d.start_tls()
+    assert not d.closed
+    assert d.engine.data_to_send() == b""
+    # The session starts over: a new EHLO is required.
+    assert codes(d.feed(b"AUTH PLAIN\r\n")) == [str(R.NEED_EHLO)]
+
+
+def test_rfc3207_starttls_before_ehlo_is_accepted_like_gsasl() -> None:
+    d = Driver.new()
+    out = d.feed(b"STARTTLS\r\n")
+    assert codes(out) == [str(R.STARTTLS_READY)]
+
+
+def test_rfc3207_s4_2_tls_resets_authentication_and_helo() -> None:
+    d = Driver.new(auth_in_clear=True)
+    d.feed(f"EHLO c\r\nAUTH PLAIN {PLAIN_OK}\r\n".encode())
+    assert d.engine.identity
+    d.feed(b"STARTTLS\r\n")
+    d.start_tls()
+    assert d.engine.identity == "" and d.engine.helo == ""
+
+
+def test_starttls_twice_refused() -> None:
+    d = Driver.new(tls=True)
+    assert codes(d.feed(b"EHLO c\r\nSTARTTLS\r\n"))[-1] == str(R.TLS_ALREADY_ACTIVE)
+
+
+# --- State table ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("state", [State.CONNECTED, State.GREETED, State.MAIL, State.RCPT])
+def test_illegal_command_in_each_state_is_503_and_keeps_state(state: State) -> None:
+    d = authed()
+    setup = {
+        State.CONNECTED: b"",
+        State.GREETED: b"",
+        State.MAIL: b"MAIL FROM:<alice@example.org>\r\n",
+        State.RCPT: b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<b@example.net>\r\n",
+    }[state]
+    if state is State.CONNECTED:
+        d = Driver.new(tls=True)
+    d.feed(setup)
+    assert d.engine.state is state
+    for verb in ("MAIL", "RCPT", "DATA", "AUTH"):
+        if verb in TRANSITIONS[state]:
+            continue
+        out = d.feed(f"{verb} FROM:<x@example.org>\r\n".encode() if verb == "MAIL" else f"{verb} X\r\n".encode())
+        expected = "530 5.7.0" if state is State.CONNECTED and verb != "AUTH" else "503 5.5.1"
+        assert codes(out)[0].startswith(expected), (state, verb, out)
+        assert d.engine.state is state
+        d.engine.errors = 0

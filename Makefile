@@ -62,6 +62,7 @@ bench: test-venv
 
 docs: venv
 	$(BIN)/python -m smtpgate.smtp.states > docs/state-machine.md
+	$(BIN)/smtpgate config docs > docs/configuration.md
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache

@@ -17,17 +17,17 @@ def fixed_clock() -> str:
 
 
 def write_one(log: AuthLog, **over: object) -> None:
-    fields: dict[str, object] = dict(
-        listener="submission",
-        client_ip="192.0.2.7",
-        client_port=50123,
-        tls="TLSv1.3",
-        mechanism="PLAIN",
-        username="alice@example.org",
-        result="failure",
-        reason="bad password",
-        session="s-1",
-    )
+    fields: dict[str, object] = {
+        "listener": "submission",
+        "client_ip": "192.0.2.7",
+        "client_port": 50123,
+        "tls": "TLSv1.3",
+        "mechanism": "PLAIN",
+        "username": "alice@example.org",
+        "result": "failure",
+        "reason": "bad password",
+        "session": "s-1",
+    }
     fields.update(over)
     log.write(log.make_record(**fields))  # type: ignore[arg-type]
 

@@ -35,9 +35,12 @@ def test_salt_differs_per_hash() -> None:
     assert ph.hash("pencil") != ph.hash("pencil")
 
 
-def test_corrupt_stored_hash_is_a_data_fault() -> None:
+@pytest.mark.parametrize(
+    "corrupt", ["not-a-hash", "$argon2id$v=19$m=8192,t=1,p=1$garbage$garbage", ""]
+)
+def test_corrupt_stored_hash_is_a_data_fault(corrupt: str) -> None:
     with pytest.raises(StoredHashError):
-        PasswordHasher(FAST).verify("not-a-hash", "pencil")
+        PasswordHasher(FAST).verify(corrupt, "pencil")
 
 
 def test_needs_rehash_after_parameter_change() -> None:

@@ -6,6 +6,7 @@ import json
 import sqlite3
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -102,7 +103,9 @@ def test_missing_directory_is_unavailable(tmp_path: Path) -> None:
         SqliteAccountStore(tmp_path / "nope" / "a.sqlite", CFG)
 
 
-def test_add_stores_argon2_and_scram_never_the_password(db: Path, store: SqliteAccountStore) -> None:
+def test_add_stores_argon2_and_scram_never_the_password(
+    db: Path, store: SqliteAccountStore
+) -> None:
     a = store.add_account("Alice@Example.ORG", "pencil-Secret")
     assert a.name == "Alice@example.org"
     assert a.schemes == {ARGON2ID, SCRAM_SHA_1, SCRAM_SHA_256}
@@ -241,7 +244,7 @@ def test_put_credentials_guarded_by_generation(store: SqliteAccountStore) -> Non
 
 def test_allowed_mechanisms(store: SqliteAccountStore) -> None:
     a = store.add_account("a@x.org", "p", allowed_mechanisms=["scram-sha-256"])
-    assert a.allowed_mechanisms == {"SCRAM-SHA-256"}
+    assert a.allowed_mechanisms == frozenset({"SCRAM-SHA-256"})
     assert a.allows("scram-sha-256") and not a.allows("PLAIN")
     store.set_allowed_mechanisms("a@x.org", None)
     b = store.get_account("a@x.org")
@@ -254,25 +257,18 @@ def test_allowed_mechanisms(store: SqliteAccountStore) -> None:
 
 def test_one_connection_per_thread(store: SqliteAccountStore) -> None:
     store.add_account("a@x.org", "p")
-    errors: list[BaseException] = []
-    seen: list[object] = []
+    barrier = threading.Barrier(4)
 
-    def work(i: int) -> None:
-        try:
-            for _ in range(20):
-                assert store.get_account("a@x.org") is not None
-                store.record_login("a@x.org", "PLAIN", datetime.now(UTC))
-            seen.append(store._local.conn)
-        except BaseException as e:  # pragma: no cover - reported below
-            errors.append(e)
+    def work() -> int:
+        barrier.wait()  # all four threads alive at once, so none is reused
+        for _ in range(20):
+            assert store.get_account("a@x.org") is not None
+            store.record_login("a@x.org", "PLAIN", datetime.now(UTC))
+        return id(store._local.conn)
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
-    assert len({id(c) for c in seen}) == 4
+    with ThreadPoolExecutor(4) as pool:
+        conns = [f.result() for f in [pool.submit(work) for _ in range(4)]]
+    assert len(set(conns)) == 4
 
 
 def test_two_stores_share_the_file(db: Path, store: SqliteAccountStore) -> None:

@@ -240,9 +240,7 @@ def test_login_initial_response_is_the_username() -> None:
     # AUTH LOGIN dXNlcg== (Python smtplib, MS-XLOGIN): only the password prompt follows.
     mech = LoginServer()
     assert mech.start(b"user") == Challenge(b"Password:")
-    assert mech.step(b"pencil") == NeedCredentials(
-        VerifyPassword("user", "pencil", "", "LOGIN")
-    )
+    assert mech.step(b"pencil") == NeedCredentials(VerifyPassword("user", "pencil", "", "LOGIN"))
 
 
 LOGIN_FAILURES = [
@@ -275,9 +273,7 @@ def test_login_rejected_password() -> None:
     mech = LoginServer()
     mech.start(b"user")
     mech.step(b"wrong")
-    assert mech.answer(Verdict(ok=False)) == Failure(
-        reason="credentials rejected", username="user"
-    )
+    assert mech.answer(Verdict(ok=False)) == Failure(reason="credentials rejected", username="user")
 
 
 def test_login_flags() -> None:
@@ -316,8 +312,12 @@ def test_login_client_against_server(ir: bool) -> None:
 
 
 def test_registry_builds_plain_and_login_case_insensitively() -> None:
-    assert isinstance(create_server_mechanism("plain", channel_binding=ChannelBinding()), PlainServer)
-    assert isinstance(create_server_mechanism("LOGIN", channel_binding=ChannelBinding()), LoginServer)
+    assert isinstance(
+        create_server_mechanism("plain", channel_binding=ChannelBinding()), PlainServer
+    )
+    assert isinstance(
+        create_server_mechanism("LOGIN", channel_binding=ChannelBinding()), LoginServer
+    )
     assert {"PLAIN", "LOGIN"} <= set(server_mechanism_names())
 
 

@@ -6,7 +6,7 @@ import base64
 from dataclasses import dataclass
 
 import pytest
-import scramp
+import scramp  # type: ignore[import-untyped]
 
 from smtpgate.sasl.base import (
     Challenge,
@@ -67,8 +67,7 @@ RFC_VECTORS = [
         client_first=b"n,,n=user,r=fyko+d2lbbFgONRv9qkxdawL",
         server_first=b"r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,s=QSXCR+Q6sek8bf92,i=4096",
         client_final=(
-            b"c=biws,r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,"
-            b"p=v0X8v3Bz2T0CJGbJQyF0X+HI4Ts="
+            b"c=biws,r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,p=v0X8v3Bz2T0CJGbJQyF0X+HI4Ts="
         ),
         server_final=b"v=rmF9pqV8S7suAoZWja4dJRkFsKQ=",
         stored_key_hex="e9d94660c39d65c38fbad91c358f14da0eef2bd6",
@@ -201,7 +200,9 @@ ALL_SERVERS = [ScramSha1Server, ScramSha1PlusServer, ScramSha256Server, ScramSha
 def test_own_client_against_own_server(cls: type[ScramServer]) -> None:
     creds = scram_credentials_from_password("pencil", cls.hash_name, 4096)
     server = cls(channel_binding=CB_A)
-    client = ScramClient(cls.hash_name, "user", "pencil", CB_A if cls.plus else None, cls.plus, None)
+    client = ScramClient(
+        cls.hash_name, "user", "pencil", CB_A if cls.plus else None, cls.plus, None
+    )
     end = run_exchange(server, client, creds)
     assert isinstance(end, Success) and end.final_data is not None
     assert client.step(end.final_data) == b"" and client.done
@@ -339,9 +340,7 @@ def test_rfc5802_s3_wrong_password_is_invalid_proof() -> None:
     assert failure.username == "user" and not failure.temporary
 
 
-def _to_client_final(
-    server: ScramServer, client: ScramClient, creds: ScramCredentials
-) -> bytes:
+def _to_client_final(server: ScramServer, client: ScramClient, creds: ScramCredentials) -> bytes:
     assert isinstance(server.start(client.start()), NeedCredentials)
     step = server.answer(creds)
     assert isinstance(step, Challenge)
@@ -385,9 +384,7 @@ def test_rfc5802_s6_y_flag_while_plus_advertised_is_downgrade() -> None:
 def test_rfc5802_s6_y_flag_from_scramp_while_plus_advertised_is_downgrade() -> None:
     # scramp offered only the non-PLUS mechanism but able to bind sends "y".
     client = scramp.ScramClient(["SCRAM-SHA-256"], "user", "pencil", ("tls-unique", b"x" * 12))
-    server = create_server_mechanism(
-        "SCRAM-SHA-256", channel_binding=CB_A, plus_advertised=True
-    )
+    server = create_server_mechanism("SCRAM-SHA-256", channel_binding=CB_A, plus_advertised=True)
     failure = _fail(server.start(client.get_client_first().encode()))
     assert failure.error_data == b"e=server-does-support-channel-binding"
 
@@ -473,7 +470,11 @@ CLIENT_FINAL_FAILURES = [
     ("proof not base64", b"c=biws,r=abcsrv,p=!!!!", b"e=invalid-encoding"),
     ("c= not base64", b"c=b!ws,r=abcsrv,p=" + b"A" * 43 + b"=", b"e=invalid-encoding"),
     ("missing c=", b"r=abcsrv,p=" + b"A" * 43 + b"=", b"e=invalid-encoding"),
-    ("wrong gs2 header in c=", b"c=eSws,r=abcsrv,p=" + b"A" * 43 + b"=", b"e=channel-bindings-dont-match"),
+    (
+        "wrong gs2 header in c=",
+        b"c=eSws,r=abcsrv,p=" + b"A" * 43 + b"=",
+        b"e=channel-bindings-dont-match",
+    ),
     ("short proof", b"c=biws,r=abcsrv,p=AAAA", b"e=invalid-proof"),
     ("nonce without server part", b"c=biws,r=abc,p=" + b"A" * 43 + b"=", b"e=other-error"),
     ("invalid UTF-8", b"c=biws,r=\xff,p=AAAA", b"e=invalid-encoding"),

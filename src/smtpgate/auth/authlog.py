@@ -53,7 +53,9 @@ def neutralize(value: str, limit: int = MAX_FIELD_CHARS) -> str:
             out.append("\\\\")
         elif unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp", "Cs"):
             o = ord(c)
-            out.append(f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}" if o < 0x10000 else f"\\U{o:08x}")
+            out.append(
+                f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}" if o < 0x10000 else f"\\U{o:08x}"
+            )
         else:
             out.append(c)
     return "".join(out)

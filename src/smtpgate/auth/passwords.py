@@ -69,12 +69,10 @@ class PasswordHasher:
             return self._ph.verify(encoded, password)
         except VerifyMismatchError:
             return False
-        except InvalidHashError as e:
-            raise StoredHashError("stored password hash is not a valid Argon2 hash") from e
-        except VerificationError:
-            # Raised for a hash that parses but fails for reasons other than a
-            # mismatch (e.g. wrong type); treat as a plain mismatch.
-            return False
+        except (InvalidHashError, VerificationError) as e:
+            # VerificationError other than a mismatch: the hash has the right shape
+            # but the C library cannot decode it ("Decoding failed"): corrupt too.
+            raise StoredHashError(f"stored password hash is not a valid Argon2 hash: {e}") from e
 
     def needs_rehash(self, encoded: str) -> bool:
         """True if ``encoded`` was made with other parameters than the configured ones."""

@@ -38,7 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from smtpgate.auth.authlog import AuthLog
 from smtpgate.auth.cache import CredentialCache
@@ -54,8 +54,8 @@ from smtpgate.auth.credentials import (
 )
 from smtpgate.auth.names import lookup_key
 from smtpgate.auth.passwords import PasswordHasher, StoredHashError
-from smtpgate.auth.store import Account, AccountStore, StoreError
-from smtpgate.config import AccountsConfig, AuthConfig
+from smtpgate.auth.store import Account, AccountStore, SqliteAccountStore, StoreError
+from smtpgate.config import AccountsConfig, AuthConfig, Config
 from smtpgate.sasl.base import (
     ConfirmIdentity,
     CredentialAnswer,
@@ -112,6 +112,14 @@ class AuthStats:
     dropped_writes: int = 0
 
 
+@runtime_checkable
+class TokenVerifier(Protocol):
+    """What ``auth/oauth.py`` provides. ``verify`` may be sync or async; its result
+    has ``ok`` (bool), ``identity`` (str) and ``reason`` (str) attributes."""
+
+    def verify(self, token: str) -> object: ...
+
+
 class _Temporary(Exception):
     """A backend fault found inside a handler; ``resolve`` turns it into a 454 answer."""
 
@@ -141,9 +149,13 @@ class AuthService:
     ) -> None:
         self._store = store
         self._cfg = accounts_cfg
+        # [auth].mechanisms and failure_floor are applied by the session layer;
+        # kept here for the guard (rate limits, penalties) that will use them.
         self._auth_cfg = auth_cfg
         self._log = log
-        self._verifier = token_verifier
+        if token_verifier is not None and not isinstance(token_verifier, TokenVerifier):
+            raise TypeError("token_verifier must have a verify(token) method")
+        self._verifier: TokenVerifier | None = token_verifier
         self._hasher = PasswordHasher(accounts_cfg)
         self._cache = CredentialCache(accounts_cfg.cache_ttl)
         self._hash_pool = ThreadPoolExecutor(accounts_cfg.hash_threads, "smtpgate-hash")
@@ -169,6 +181,8 @@ class AuthService:
         """
         lookup = isinstance(query, (LookupScram, LookupCramMd5))
         try:
+            if self._closed:
+                raise _Temporary("auth service is shut down")
             match query:
                 case VerifyPassword():
                     return await self._verify_password(query)
@@ -183,6 +197,11 @@ class AuthService:
             reason = f"unsupported query {type(query).__name__}"
         except (StoreError, StoredHashError, CredentialDataError, _Temporary) as e:
             reason = str(e)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # our caller is cancelled: let it unwind
+            reason = "auth service is shut down"  # close() dropped our queued work
         except Exception as e:
             log.exception("session %s: auth query %s failed", ctx.session_id, type(query).__name__)
             reason = f"internal error ({type(e).__name__})"
@@ -191,7 +210,9 @@ class AuthService:
             return NotFound(reason=reason, temporary=True)
         return Verdict(ok=False, reason=reason, temporary=True)
 
-    def record(self, ctx: AuthContext, mechanism: str, username: str, result: str, reason: str) -> None:
+    def record(
+        self, ctx: AuthContext, mechanism: str, username: str, result: str, reason: str
+    ) -> None:
         """Write the auth-log record of one finished AUTH attempt.
 
         ``result`` is "success", "failure", "tempfail" or "cancelled".
@@ -236,11 +257,16 @@ class AuthService:
 
     # --- executors -------------------------------------------------------------------
 
+    async def _run(self, pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
+        if self._closed:  # set on this thread before the pools shut down
+            raise _Temporary("auth service is shut down")
+        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._read_pool, fn, *args)
+        return await self._run(self._read_pool, fn, *args)
 
     async def _hash(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._hash_pool, fn, *args)
+        return await self._run(self._hash_pool, fn, *args)
 
     def _track(self, fut: asyncio.Future[Any]) -> None:
         self._background.add(fut)
@@ -253,7 +279,7 @@ class AuthService:
 
     def _write_later(self, fn: Callable[..., object], *args: Any) -> None:
         """Queue a bookkeeping write on the single writer thread (FIFO)."""
-        if self._pending_writes >= MAX_PENDING_WRITES:
+        if self._closed or self._pending_writes >= MAX_PENDING_WRITES:
             self.stats.dropped_writes += 1
             return
         self._pending_writes += 1
@@ -317,7 +343,7 @@ class AuthService:
         missing = set(wanted_schemes(account.cram_md5_enabled) - account.schemes)
         if self._hasher.needs_rehash(encoded):
             missing.add(ARGON2ID)
-        if missing and account.name not in self._upgrading:
+        if missing and account.name not in self._upgrading and not self._closed:
             self._upgrading.add(account.name)
             self._spawn(self._upgrade(account, password, frozenset(missing)))
 
@@ -334,7 +360,7 @@ class AuthService:
                     account.name,
                     creds,
                 )
-            self.stats.upgrades += 1
+                self.stats.upgrades += 1
         finally:
             self._upgrading.discard(account.name)
 
@@ -402,10 +428,30 @@ class AuthService:
     async def _call_verifier(self, token: str) -> object:
         """Accept a sync or async ``verify``; a sync one runs in a thread, since it
         may fetch keys over the network."""
-        verify = getattr(self._verifier, "verify")
+        assert self._verifier is not None
+        verify = self._verifier.verify
         if inspect.iscoroutinefunction(verify):
             return await verify(token)
         result = await asyncio.get_running_loop().run_in_executor(None, verify, token)
         if inspect.isawaitable(result):
             result = await result
         return result
+
+
+def build_auth_service(cfg: Config, token_verifier: object | None = None) -> AuthService:
+    """Open the account store and auth log named in ``cfg`` and wrap them in a service.
+
+    Raises:
+        StoreUnavailable: the account database cannot be opened.
+        OSError: the auth log cannot be opened.
+    """
+    log_file = cfg.auth.log_file
+    # pydantic reads ``log_file = ""`` as Path("."): both mean "no file".
+    log_path = None if log_file is None or str(log_file) in ("", ".") else cfg.path(log_file)
+    auth_log = AuthLog(log_path)
+    try:
+        store = SqliteAccountStore(cfg.path(cfg.accounts.database), cfg.accounts)
+    except BaseException:
+        auth_log.close()
+        raise
+    return AuthService(store, cfg.accounts, cfg.auth, auth_log, token_verifier)

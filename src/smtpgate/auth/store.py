@@ -337,13 +337,17 @@ class SqliteAccountStore:
         conn = self._conn()
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":
-            log.warning("%s: journal_mode is %s, not WAL; concurrency will suffer", self._path, mode)
+            log.warning(
+                "%s: journal_mode is %s, not WAL; concurrency will suffer", self._path, mode
+            )
         with self._tx() as c:
             c.execute(
                 "CREATE TABLE IF NOT EXISTS schema_version ("
                 "version INTEGER PRIMARY KEY NOT NULL, applied TEXT NOT NULL)"
             )
-            current = c.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0]
+            current = c.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[
+                0
+            ]
             if current > SCHEMA_VERSION:
                 raise StoreUnavailable(
                     f"account database {self._path}: schema version {current} is newer than "
@@ -366,14 +370,19 @@ class SqliteAccountStore:
         with self._errors():
             row = (
                 self._conn()
-                .execute(f"SELECT {_ACCOUNT_COLUMNS} FROM accounts a WHERE a.name = ?", (lookup_key(name),))
+                .execute(
+                    f"SELECT {_ACCOUNT_COLUMNS} FROM accounts a WHERE a.name = ?",
+                    (lookup_key(name),),
+                )
                 .fetchone()
             )
         return None if row is None else _row_to_account(row)
 
     def list_accounts(self) -> list[Account]:
         with self._errors():
-            rows = self._conn().execute(f"SELECT {_ACCOUNT_COLUMNS} FROM accounts a ORDER BY a.name")
+            rows = self._conn().execute(
+                f"SELECT {_ACCOUNT_COLUMNS} FROM accounts a ORDER BY a.name"
+            )
             return [_row_to_account(r) for r in rows]
 
     def get_credential(self, name: str, scheme: str) -> str | None:
@@ -473,7 +482,9 @@ class SqliteAccountStore:
     def unlock(self, name: str) -> bool:
         now = self._now()
         with self._tx() as c:
-            row = c.execute("SELECT locked FROM accounts WHERE name = ?", (lookup_key(name),)).fetchone()
+            row = c.execute(
+                "SELECT locked FROM accounts WHERE name = ?", (lookup_key(name),)
+            ).fetchone()
             if row is None:
                 raise NoSuchAccount(f"no account {name}")
             if not row[0]:
@@ -542,4 +553,3 @@ class SqliteAccountStore:
         for conn in conns:
             conn.close()
         self._local = threading.local()
-

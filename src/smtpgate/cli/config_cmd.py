@@ -27,3 +27,11 @@ def check(config_path: Path | None) -> None:
             click.echo(f"{path}: {key}: {msg}", err=True)
         raise SystemExit(1) from None
     click.echo(f"{path}: OK ({len(cfg.listeners)} listeners, delivery {cfg.delivery.mode})")
+
+
+@config.command("docs")
+def docs() -> None:
+    """Print the configuration reference (Markdown) generated from the schema."""
+    from smtpgate.config import render_reference
+
+    click.echo(render_reference(), nl=False)

@@ -161,8 +161,12 @@ def remove(user: str, config_path: Path | None) -> None:
 
 @user.command("lock")
 @USER
-@click.option("--reason", default="locked by administrator", show_default=True,
-              help="Why; shown by 'user list' and in the auth log context.")
+@click.option(
+    "--reason",
+    default="locked by administrator",
+    show_default=True,
+    help="Why; shown by 'user list' and in the auth log context.",
+)
 @config_option
 def lock(user: str, reason: str, config_path: Path | None) -> None:
     """Refuse every login of USER (takes effect at its next login attempt)."""
@@ -193,7 +197,9 @@ def _accounts_table(accounts: list[Account]) -> Table:
     table.add_column("last login", no_wrap=True)
     table.add_column("last mechanism", no_wrap=True)
     for a in accounts:
-        locked = f"yes: {a.lock_reason}" if a.locked and a.lock_reason else "yes" if a.locked else "no"
+        locked = (
+            f"yes: {a.lock_reason}" if a.locked and a.lock_reason else "yes" if a.locked else "no"
+        )
         table.add_row(
             a.name, locked, _when(a.created), _when(a.last_login), a.last_mechanism or "-"
         )
@@ -214,9 +220,12 @@ def _mechanisms_table(accounts: list[Account]) -> Table:
 
 
 @user.command("list")
-@click.option("--mechanisms", is_flag=True,
-              help="Group accounts by the mechanism of their last login (e.g. to see who "
-              "still uses PLAIN before turning it off).")
+@click.option(
+    "--mechanisms",
+    is_flag=True,
+    help="Group accounts by the mechanism of their last login (e.g. to see who "
+    "still uses PLAIN before turning it off).",
+)
 @config_option
 def list_(mechanisms: bool, config_path: Path | None) -> None:
     """List accounts."""
@@ -225,5 +234,8 @@ def list_(mechanisms: bool, config_path: Path | None) -> None:
     if not accounts:
         click.echo("no accounts")
         return
-    console = Console(file=sys.stdout, highlight=False)
+    # Into a pipe, never fold a name: scripts grep these lines. On a terminal,
+    # rich fits the table to the window.
+    wide = None if sys.stdout.isatty() else 4096
+    console = Console(file=sys.stdout, highlight=False, width=wide)
     console.print(_mechanisms_table(accounts) if mechanisms else _accounts_table(accounts))

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from smtpgate.sasl.base import (
-    ChannelBinding,
     Challenge,
+    ChannelBinding,
     CredentialAnswer,
     Failure,
     MechanismUsageError,
@@ -43,6 +43,8 @@ class ServerContext:
     ``plus_advertised``: a SCRAM ``-PLUS`` variant was offered on this connection,
     which makes a ``y`` gs2 flag a downgrade (RFC 5802 §6).
     ``decoy_secret``/``decoy_iterations``: SCRAM's unknown-user decoy (see scram.py).
+    ``oauth_scope``/``openid_configuration``: fields of the OAUTHBEARER/XOAUTH2
+    error JSON (RFC 7628 §3.2.2).
     """
 
     channel_binding: ChannelBinding = field(default_factory=ChannelBinding)
@@ -51,6 +53,8 @@ class ServerContext:
     plus_advertised: bool = False
     decoy_secret: bytes | None = None
     decoy_iterations: int = 4096
+    oauth_scope: str = ""
+    openid_configuration: str = ""
 
 
 def default_nonce() -> str:
@@ -104,12 +108,8 @@ class ServerMechanismBase(ServerMechanism):
     def _enter(self, call: _Call) -> None:
         if self._expect != call:
             if self._expect == "done":
-                raise MechanismUsageError(
-                    f"{self.name}: {call}() called after the exchange ended"
-                )
-            raise MechanismUsageError(
-                f"{self.name}: {call}() called, expected {self._expect}()"
-            )
+                raise MechanismUsageError(f"{self.name}: {call}() called after the exchange ended")
+            raise MechanismUsageError(f"{self.name}: {call}() called, expected {self._expect}()")
         # Until the hook returns, any further call is out of order.
         self._expect = "done"
 

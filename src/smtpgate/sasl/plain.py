@@ -75,7 +75,7 @@ def decode_plain(message: bytes) -> PlainMessage:
     fields = message.split(b"\0")
     if len(fields) != 3:
         raise PlainSyntaxError(f"expected 2 NUL separators, got {len(fields) - 1}")
-    raw_authzid, raw_authcid, raw_password = fields
+    _, raw_authcid, raw_password = fields
     # RFC 4616 §2: authcid = 1*SAFE, passwd = 1*SAFE (authzid is the optional one).
     if not raw_authcid or not raw_password:
         raise PlainSyntaxError("empty authcid or password")
@@ -115,9 +115,7 @@ class PlainServer(ServerMechanismBase):
         # RFC 4616 §2: the server decides whether authcid may act as authzid; our
         # policy allows only the identity itself (no proxy authorization).
         if msg.authzid and msg.authzid != msg.authcid:
-            return Failure(
-                reason="PLAIN: authzid differs from authcid", username=msg.authcid
-            )
+            return Failure(reason="PLAIN: authzid differs from authcid", username=msg.authcid)
         self._message = msg
         return NeedCredentials(
             VerifyPassword(msg.authcid, msg.password, msg.authzid, mechanism=self.name)

@@ -13,7 +13,14 @@ from collections.abc import Callable
 
 from smtpgate.sasl._common import NO_CHANNEL_BINDING, ServerContext, ServerMechanismBase
 from smtpgate.sasl.base import ChannelBinding, ClientMechanism, ServerMechanism
+from smtpgate.sasl.cram_md5 import CramMd5Client, CramMd5Server
 from smtpgate.sasl.login import LoginClient, LoginServer
+from smtpgate.sasl.oauth import (
+    OAuthBearerClient,
+    OAuthBearerServer,
+    XOAuth2Client,
+    XOAuth2Server,
+)
 from smtpgate.sasl.plain import PlainClient, PlainServer
 from smtpgate.sasl.scram import (
     ScramClient,
@@ -30,8 +37,11 @@ SERVER_MECHANISMS: dict[str, type[ServerMechanismBase]] = {
         ScramSha256Server,
         ScramSha1PlusServer,
         ScramSha1Server,
+        OAuthBearerServer,
+        XOAuth2Server,
         PlainServer,
         LoginServer,
+        CramMd5Server,
     )
 }
 
@@ -50,6 +60,8 @@ def create_server_mechanism(
     plus_advertised: bool = False,
     decoy_secret: bytes | None = None,
     decoy_iterations: int = 4096,
+    oauth_scope: str = "",
+    openid_configuration: str = "",
 ) -> ServerMechanism:
     """Build a fresh server mechanism for one AUTH exchange.
 
@@ -66,6 +78,8 @@ def create_server_mechanism(
             probed name does not change across restarts).
         decoy_iterations: iteration count SCRAM announces for unknown users; set it
             to what the account store uses, or unknown names stand out.
+        oauth_scope: ``scope`` in the OAUTHBEARER/XOAUTH2 error JSON ("" omits it).
+        openid_configuration: discovery URL in the OAUTHBEARER error JSON.
 
     Raises:
         KeyError: no mechanism of that name.
@@ -79,6 +93,8 @@ def create_server_mechanism(
             plus_advertised=plus_advertised,
             decoy_secret=decoy_secret,
             decoy_iterations=decoy_iterations,
+            oauth_scope=oauth_scope,
+            openid_configuration=openid_configuration,
         )
     )
 
@@ -104,6 +120,24 @@ def _scram(hash_name: str, plus: bool) -> _ClientFactory:
     return make
 
 
+def _oauthbearer(
+    username: str, password: str, token: str, authzid: str, cb: ChannelBinding
+) -> ClientMechanism:
+    return OAuthBearerClient(authzid or username, token)
+
+
+def _xoauth2(
+    username: str, password: str, token: str, authzid: str, cb: ChannelBinding
+) -> ClientMechanism:
+    return XOAuth2Client(username, token)
+
+
+def _cram_md5(
+    username: str, password: str, token: str, authzid: str, cb: ChannelBinding
+) -> ClientMechanism:
+    return CramMd5Client(username, password)
+
+
 _ClientFactory = Callable[[str, str, str, str, ChannelBinding], ClientMechanism]
 
 CLIENT_MECHANISMS: dict[str, _ClientFactory] = {
@@ -111,8 +145,11 @@ CLIENT_MECHANISMS: dict[str, _ClientFactory] = {
     "SCRAM-SHA-256": _scram("sha256", False),
     "SCRAM-SHA-1-PLUS": _scram("sha1", True),
     "SCRAM-SHA-1": _scram("sha1", False),
+    "OAUTHBEARER": _oauthbearer,
+    "XOAUTH2": _xoauth2,
     "PLAIN": _plain,
     "LOGIN": _login,
+    "CRAM-MD5": _cram_md5,
 }
 
 

@@ -50,9 +50,7 @@ def saslprep(text: str, *, allow_unassigned: bool = False) -> str:
         return text
     # RFC 4013 §2.1: map non-ASCII spaces (C.1.2) to SPACE, and B.1 to nothing.
     mapped = "".join(
-        " " if stringprep.in_table_c12(ch) else ch
-        for ch in text
-        if not stringprep.in_table_b1(ch)
+        " " if stringprep.in_table_c12(ch) else ch for ch in text if not stringprep.in_table_b1(ch)
     )
     # RFC 4013 §2.2: normalisation form KC (with Unicode 3.2 data, RFC 3454 §4).
     normalized = unicodedata.ucd_3_2_0.normalize("NFKC", mapped)

@@ -340,7 +340,9 @@ class ScramServer(ServerMechanismBase):
     def _parse_client_first(self, data: bytes) -> _ClientFirst:
         text = decode_utf8(data) if len(data) <= MAX_MESSAGE_OCTETS else None
         if text is None:
-            raise _ScramError(E_INVALID_ENCODING, "client-first not UTF-8 or too long", malformed=True)
+            raise _ScramError(
+                E_INVALID_ENCODING, "client-first not UTF-8 or too long", malformed=True
+            )
         # RFC 5802 §7: client-first-message = gs2-header client-first-message-bare,
         # gs2-header = gs2-cbind-flag "," [ authzid ] ","
         parts = text.split(",", 2)
@@ -482,7 +484,9 @@ class ScramServer(ServerMechanismBase):
         assert first is not None and creds is not None
         text = decode_utf8(data) if len(data) <= MAX_MESSAGE_OCTETS else None
         if text is None:
-            raise _ScramError(E_INVALID_ENCODING, "client-final not UTF-8 or too long", malformed=True)
+            raise _ScramError(
+                E_INVALID_ENCODING, "client-final not UTF-8 or too long", malformed=True
+            )
         # RFC 5802 §7: client-final-message = client-final-message-without-proof "," proof
         # and proof is the last attribute.
         cut = text.rfind(",p=")
@@ -512,7 +516,7 @@ class ScramServer(ServerMechanismBase):
             raise _ScramError(E_INVALID_PROOF, "proof has wrong length")
         # RFC 5802 §3: AuthMessage = client-first-message-bare + "," +
         # server-first-message + "," + client-final-message-without-proof
-        auth_message = f"{first.bare},{self._server_first},{without_proof}".encode("utf-8")
+        auth_message = f"{first.bare},{self._server_first},{without_proof}".encode()
         client_signature = _hmac(self._hash.name, creds.stored_key, auth_message)
         client_key = _xor(proof, client_signature)
         candidate = hashlib.new(self._hash.name, client_key).digest()
@@ -594,7 +598,8 @@ class ScramClient(ClientMechanism):
     hash_name: ClassVar[str] = ""
     plus: ClassVar[bool] = False
 
-    def __new__(
+    # Not Self: ScramSha1Client(hash_name="sha256") returns a ScramSha256Client.
+    def __new__(  # noqa: PYI034
         cls,
         hash_name: str,
         username: str,
@@ -714,7 +719,7 @@ class ScramClient(ClientMechanism):
         client_key, stored_key, server_key = _keys_from_salted(self._hash.name, salted)
         cbind = self._gs2_header.encode("utf-8") + self._cb_data
         without_proof = f"c={_b64(cbind)},r={nonce}"
-        auth_message = f"{self._bare},{text},{without_proof}".encode("utf-8")
+        auth_message = f"{self._bare},{text},{without_proof}".encode()
         client_signature = _hmac(self._hash.name, stored_key, auth_message)
         proof = _xor(client_key, client_signature)
         self._server_signature = _hmac(self._hash.name, server_key, auth_message)

@@ -1,0 +1,831 @@
+#!/usr/bin/env python3
+"""Side-by-side throughput benchmark: smtpgate against reference submission servers.
+
+Why this exists: a messages/s figure for smtpgate on its own says little, because it
+depends on the machine, its load, the certificate, the client and the Python build. What
+we can defend is a *ratio* to a known peer measured in the same run, on the same machine,
+with the same certificate and the same load generator. This script produces that ratio:
+
+* it sets up a throw-away smtpgate (``smtpgate init --no-demo`` in a temp dir, optional
+  ``[server] workers = N``, one account added with ``smtpgate user add --password-stdin``)
+  and starts ``smtpgate serve``;
+* it starts the reference peer ``ref_aiosmtpd.py`` (aiosmtpd, STARTTLS + AUTH required,
+  Argon2id behind a credential cache, each message fsynced to a spool) with smtpgate's own
+  certificate and key;
+* optionally it includes an already running Postfix+Dovecot submission service
+  (``--postfix HOST:PORT ...``); this script never installs or starts Postfix;
+* it runs the shared load generator (``loadgen.py``) for three workloads against every
+  target, interleaved (A smtpgate, A aiosmtpd, [A postfix], B smtpgate, ...), ``--repeat``
+  times, and reports the median figure, the ratios and p50/p99 message latency;
+* it writes every raw loadgen JSON line plus the machine context (nproc, load average,
+  Python, workers) to ``bench/results/<timestamp>.json`` and stops every process it
+  started, also on Ctrl-C or an error.
+
+All traffic stays on 127.0.0.1; every loadgen run is bounded by its counts and by
+``--max-seconds 120``.
+
+Usage::
+
+    .venv/bin/python bench/run.py            # full run
+    .venv/bin/python bench/run.py --quick    # smoke run with small counts
+    .venv/bin/python bench/run.py --repeat 3 --workers 1 --uvloop
+    .venv/bin/python bench/run.py --postfix 127.0.0.1:10587 --postfix-user alice@test.local \\
+        --postfix-password Alice-Pass-123 --postfix-ca /path/to/postfix/cert.pem
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import hashlib
+import ipaddress
+import json
+import os
+import platform
+import secrets
+import shutil
+import signal
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any, Literal
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_DIR = BENCH_DIR.parent
+DEFAULT_LOADGEN = Path("/work/shared/bench/loadgen.py")
+DEFAULT_REF_SERVER = Path("/work/shared/bench/ref_aiosmtpd.py")
+LOOPBACK = "127.0.0.1"
+BENCH_USER = "bench@test.local"
+LOADGEN_MAX_SECONDS = 120
+LOADGEN_SESSION_TIMEOUT = 60
+STARTUP_TIMEOUT = 30.0
+STOP_TIMEOUT = 15.0  # smtpgate's default shutdown_grace is 10 s
+
+Metric = Literal["messages_per_s", "sessions_per_s"]
+
+
+class HarnessError(Exception):
+    """A set-up step failed; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Workload:
+    key: str
+    title: str
+    sessions: int
+    concurrency: int
+    messages: int
+    metric: Metric
+
+    @property
+    def unit(self) -> str:
+        return "msg/s" if self.metric == "messages_per_s" else "sess/s"
+
+
+FULL_WORKLOADS = (
+    Workload("A", "1 session x 500 msgs", 1, 1, 500, "messages_per_s"),
+    Workload("B", "10 sessions x 100 msgs, c=10", 10, 10, 100, "messages_per_s"),
+    Workload("C", "300 sessions x 1 msg, c=20", 300, 20, 1, "sessions_per_s"),
+)
+QUICK_WORKLOADS = (
+    Workload("A", "1 session x 100 msgs", 1, 1, 100, "messages_per_s"),
+    Workload("B", "3 sessions x 20 msgs, c=3", 3, 3, 20, "messages_per_s"),
+    Workload("C", "60 sessions x 1 msg, c=20", 60, 20, 1, "sessions_per_s"),
+)
+WARMUP = Workload("warmup", "warm-up (not reported)", 8, 4, 2, "messages_per_s")
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    host: str
+    port: int
+    user: str
+    password: str
+    cafile: Path
+
+
+@dataclass
+class RunRecord:
+    workload: str
+    target: str
+    rep: int
+    loadavg_before: tuple[float, float, float]
+    command: list[str]
+    returncode: int | None
+    result: dict[str, Any] | None
+    problem: str | None = None
+    stderr_tail: str = ""
+
+    def figure(self, metric: Metric) -> float | None:
+        if self.result is None:
+            return None
+        value = self.result.get(metric)
+        return float(value) if isinstance(value, (int, float)) else None
+
+    def latency(self, which: str) -> float | None:
+        if self.result is None:
+            return None
+        msg = self.result.get("message_ms")
+        if not isinstance(msg, dict):
+            return None
+        value = msg.get(which)
+        return float(value) if isinstance(value, (int, float)) else None
+
+    def errors(self) -> dict[str, int]:
+        if self.result is None:
+            return {"harness": 1}
+        errs = self.result.get("errors")
+        return dict(errs) if isinstance(errs, dict) else {}
+
+
+# --------------------------------------------------------------------------- processes
+
+
+@dataclass
+class Processes:
+    """Every long-running child, each in its own session (process group = its pid), so
+    stopping it also reaches processes it forked (smtpgate's workers) and a Ctrl-C in the
+    terminal reaches only this script, which then stops them in order."""
+
+    children: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+
+    def start(self, label: str, argv: Sequence[str], log_path: Path) -> subprocess.Popen[bytes]:
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.children.append((label, proc))
+        return proc
+
+    def stop_all(self) -> list[str]:
+        notes: list[str] = []
+        for label, proc in reversed(self.children):
+            if proc.poll() is None:
+                try:
+                    proc.send_signal(signal.SIGTERM)
+                    proc.wait(timeout=STOP_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    notes.append(f"{label} (pid {proc.pid}) ignored SIGTERM for {STOP_TIMEOUT} s")
+                except ProcessLookupError:
+                    pass
+            # Whatever is left in its group (forked workers): SIGKILL the group we created.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                notes.append(f"{label} (pid {proc.pid}) did not exit")
+        self.children.clear()
+        return notes
+
+
+def _raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((LOOPBACK, 0))
+        return int(s.getsockname()[1])
+
+
+def loadavg() -> tuple[float, float, float]:
+    try:
+        one, five, fifteen = os.getloadavg()
+    except OSError:
+        return (-1.0, -1.0, -1.0)
+    return (round(one, 2), round(five, 2), round(fifteen, 2))
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def parse_hostport(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    host = host.strip("[]")
+    try:
+        addr = socket.gethostbyname(host)
+    except OSError as e:
+        raise argparse.ArgumentTypeError(f"cannot resolve {host!r}: {e}") from None
+    if not ipaddress.ip_address(addr).is_loopback:
+        raise argparse.ArgumentTypeError(f"{value}: only loopback targets are allowed")
+    return host, int(port)
+
+
+def run_checked(argv: Sequence[str], what: str, stdin: bytes | None = None,
+                timeout: float = 120.0) -> str:
+    try:
+        proc = subprocess.run(list(argv), input=stdin, capture_output=True, timeout=timeout,
+                              check=False)
+    except subprocess.TimeoutExpired:
+        raise HarnessError(f"{what}: timed out after {timeout} s") from None
+    except OSError as e:
+        raise HarnessError(f"{what}: cannot run {argv[0]}: {e}") from None
+    out = proc.stdout.decode(errors="replace") + proc.stderr.decode(errors="replace")
+    if proc.returncode != 0:
+        raise HarnessError(f"{what} failed (exit {proc.returncode}):\n{out.strip()}")
+    return out
+
+
+def set_workers(config_path: Path, workers: int) -> None:
+    """Set ``[server] workers`` in the TOML written by ``smtpgate init``, then verify it."""
+    text = config_path.read_text(encoding="utf-8")
+    data = tomllib.loads(text)
+    server = data.get("server")
+    lines = text.splitlines()
+    if isinstance(server, dict) and "workers" in server:
+        in_server = False
+        for i, line in enumerate(lines):
+            stripped = line.strip()
+            if stripped.startswith("["):
+                in_server = stripped == "[server]"
+            elif in_server and stripped.split("=")[0].strip() == "workers":
+                lines[i] = f"workers = {workers}"
+        text = "\n".join(lines) + "\n"
+    elif isinstance(server, dict):
+        idx = next(i for i, line in enumerate(lines) if line.strip() == "[server]")
+        lines.insert(idx + 1, f"workers = {workers}")
+        text = "\n".join(lines) + "\n"
+    else:
+        text = text.rstrip("\n") + f"\n\n[server]\nworkers = {workers}\n"
+    got = tomllib.loads(text).get("server", {}).get("workers")
+    if got != workers:
+        raise HarnessError(f"could not set [server] workers = {workers} in {config_path}")
+    config_path.write_text(text, encoding="utf-8")
+
+
+def _read_reply(f: Any) -> tuple[int, str]:
+    lines: list[str] = []
+    while True:
+        raw = f.readline()
+        if not raw:
+            raise HarnessError("connection closed while reading a reply")
+        line = raw.decode(errors="replace").rstrip("\r\n")
+        lines.append(line)
+        if len(line) < 4 or line[3] != "-":
+            break
+    try:
+        code = int(lines[-1][:3])
+    except ValueError:
+        raise HarnessError(f"malformed reply {lines!r}") from None
+    return code, "\n".join(lines)
+
+
+def wait_for_banner(host: str, port: int, proc: subprocess.Popen[bytes] | None,
+                    log: Path | None, what: str, timeout: float = STARTUP_TIMEOUT) -> str:
+    """Poll until ``host:port`` answers with a 220 banner (or the process dies)."""
+    deadline = time.monotonic() + timeout
+    last = "no attempt"
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            detail = tail(log, 40) if log else ""
+            raise HarnessError(f"{what} exited with status {proc.returncode} before serving:\n"
+                               f"{detail}")
+        try:
+            with socket.create_connection((host, port), timeout=2) as s:
+                s.settimeout(5)
+                with s.makefile("rb") as f:
+                    code, text = _read_reply(f)
+            if code == 220:
+                return text
+            last = f"banner {text!r}"
+        except (OSError, HarnessError) as e:
+            last = str(e)
+        time.sleep(0.2)
+    raise HarnessError(f"{what} did not answer on {host}:{port} within {timeout} s ({last})")
+
+
+def probe_tls(target: Target) -> dict[str, Any]:
+    """EHLO, STARTTLS (verifying the certificate like loadgen: SNI 'localhost', --cafile)
+    and EHLO again; returns the banner, TLS version and certificate facts."""
+    ctx = ssl.create_default_context(cafile=str(target.cafile))
+    with socket.create_connection((target.host, target.port), timeout=10) as raw:
+        raw.settimeout(10)
+        f = raw.makefile("rb")
+        code, banner = _read_reply(f)
+        if code != 220:
+            raise HarnessError(f"{target.name}: banner {banner!r}")
+        raw.sendall(b"EHLO bench.test\r\n")
+        code, ehlo = _read_reply(f)
+        if code != 250 or "STARTTLS" not in ehlo.upper():
+            raise HarnessError(f"{target.name}: EHLO does not offer STARTTLS: {ehlo!r}")
+        raw.sendall(b"STARTTLS\r\n")
+        code, text = _read_reply(f)
+        if code != 220:
+            raise HarnessError(f"{target.name}: STARTTLS -> {text!r}")
+        f.close()
+        with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+            tf = tls.makefile("rb")
+            tls.sendall(b"EHLO bench.test\r\n")
+            code, ehlo2 = _read_reply(tf)
+            auth = [ln for ln in ehlo2.splitlines() if ln[4:].upper().startswith("AUTH")]
+            der = tls.getpeercert(binary_form=True) or b""
+            info: dict[str, Any] = {
+                "banner": banner,
+                "tls_version": tls.version(),
+                "cipher": (tls.cipher() or ("?",))[0],
+                "auth_line": auth[0][4:] if auth else None,
+                "cert_sha256": hashlib.sha256(der).hexdigest(),
+                "cert_key": describe_key(der),
+            }
+            tls.sendall(b"QUIT\r\n")
+            tf.close()
+    if not info["auth_line"] or "PLAIN" not in str(info["auth_line"]).upper():
+        raise HarnessError(f"{target.name}: AUTH PLAIN not offered after STARTTLS: {ehlo2!r}")
+    return info
+
+
+def describe_key(der: bytes) -> str:
+    try:
+        from cryptography import x509
+        from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    except ImportError:
+        return "unknown (cryptography not importable)"
+    key = x509.load_der_x509_certificate(der).public_key()
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return f"ECDSA {key.curve.name}"
+    if isinstance(key, rsa.RSAPublicKey):
+        return f"RSA-{key.key_size}"
+    return type(key).__name__
+
+
+def git_state() -> str:
+    try:
+        rev = subprocess.run(["git", "-C", str(REPO_DIR), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, timeout=10, check=False)
+        dirty = subprocess.run(["git", "-C", str(REPO_DIR), "status", "--porcelain"],
+                               capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    state = rev.stdout.strip() or "unknown"
+    return state + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def count_files(directory: Path, suffix: str = "") -> int:
+    try:
+        return sum(1 for p in directory.rglob("*") if p.is_file() and p.name.endswith(suffix))
+    except OSError:
+        return -1
+
+
+# --------------------------------------------------------------------------- the benchmark
+
+
+@dataclass
+class Settings:
+    python: Path
+    smtpgate: Path
+    loadgen: Path
+    ref_server: Path
+    workers: int
+    workers_source: str
+    repeat: int
+    uvloop: bool
+    tls12: bool
+    quick: bool
+    keep_tmp: bool
+    results_dir: Path
+    postfix: tuple[str, int] | None
+    postfix_user: str
+    postfix_password: str
+    postfix_ca: Path | None
+
+
+def loadgen_argv(s: Settings, target: Target, w: Workload, max_seconds: int) -> list[str]:
+    argv = [
+        str(s.python), str(s.loadgen),
+        "--host", target.host, "--port", str(target.port), "--mode", "starttls",
+        "--sessions", str(w.sessions), "--concurrency", str(w.concurrency),
+        "--messages", str(w.messages),
+        "--user", target.user, "--password", target.password,
+        "--cafile", str(target.cafile),
+        "--session-timeout", str(LOADGEN_SESSION_TIMEOUT),
+        "--max-seconds", str(max_seconds), "--json",
+    ]
+    if s.uvloop:
+        argv.append("--uvloop")
+    if s.tls12:
+        argv.append("--tls12")
+    return argv
+
+
+def redact(argv: list[str], secret: str) -> list[str]:
+    return ["***" if a == secret else a for a in argv]
+
+
+def run_loadgen(s: Settings, target: Target, w: Workload, rep: int,
+                max_seconds: int = LOADGEN_MAX_SECONDS) -> RunRecord:
+    argv = loadgen_argv(s, target, w, max_seconds)
+    rec = RunRecord(w.key, target.name, rep, loadavg(), redact(argv, target.password), None, None)
+    # Own session: a Ctrl-C reaches only this script, which kills the run in `finally`.
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=max_seconds + LOADGEN_SESSION_TIMEOUT + 30)
+    except subprocess.TimeoutExpired:
+        rec.problem = "loadgen did not finish in time; killed"
+        out, err = b"", b""
+    finally:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    rec.returncode = proc.returncode
+    rec.stderr_tail = "\n".join(err.decode(errors="replace").splitlines()[-10:])
+    lines = [ln for ln in out.decode(errors="replace").splitlines() if ln.strip()]
+    if lines:
+        try:
+            parsed = json.loads(lines[-1])
+            if isinstance(parsed, dict):
+                rec.result = parsed
+        except json.JSONDecodeError:
+            pass
+    if rec.result is None and rec.problem is None:
+        rec.problem = f"loadgen exit {proc.returncode}, no JSON: {rec.stderr_tail[-300:]!r}"
+    elif rec.result is not None:
+        expected = w.sessions * w.messages
+        got = rec.result.get("messages_ok")
+        if got != expected:
+            rec.problem = f"{got}/{expected} messages ok"
+    return rec
+
+
+def median_or_none(values: list[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return round(statistics.median(vals), 2) if vals else None
+
+
+def summarise(workloads: Sequence[Workload], targets: Sequence[Target],
+              records: list[RunRecord]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for w in workloads:
+        row: dict[str, Any] = {"workload": w.key, "title": w.title, "metric": w.metric,
+                               "unit": w.unit, "targets": {}}
+        for t in targets:
+            recs = [r for r in records if r.workload == w.key and r.target == t.name]
+            errors: dict[str, int] = {}
+            for r in recs:
+                for k, v in r.errors().items():
+                    errors[k] = errors.get(k, 0) + int(v)
+            row["targets"][t.name] = {
+                "figure": median_or_none([r.figure(w.metric) for r in recs]),
+                "msg_p50_ms": median_or_none([r.latency("p50") for r in recs]),
+                "msg_p99_ms": median_or_none([r.latency("p99") for r in recs]),
+                "runs": [r.figure(w.metric) for r in recs],
+                "errors": errors,
+                "problems": [r.problem for r in recs if r.problem],
+            }
+        sg = row["targets"].get("smtpgate", {}).get("figure")
+        for other in ("aiosmtpd", "postfix"):
+            of = row["targets"].get(other, {}).get("figure")
+            row[f"ratio_smtpgate_{other}"] = round(sg / of, 2) if sg and of else None
+        rows.append(row)
+    return rows
+
+
+def _fmt(v: float | None, spec: str = ".1f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def _figure_cell(cell: dict[str, Any]) -> str:
+    """The median figure; a trailing '!' marks a target with errors or missing messages."""
+    flagged = bool(cell["errors"] or cell["problems"])
+    return _fmt(cell["figure"]) + (" !" if flagged else "")
+
+
+def render_table(rows: list[dict[str, Any]], target_names: Sequence[str]) -> str:
+    has_pf = "postfix" in target_names
+    head = ["workload", "unit", "smtpgate", "aiosmtpd"] + (["postfix"] if has_pf else [])
+    head += ["sg/aio"] + (["sg/pf"] if has_pf else [])
+    head += [f"{n} p50/p99 ms" for n in target_names]
+    body: list[list[str]] = []
+    for row in rows:
+        t = row["targets"]
+        line = [f"{row['workload']}: {row['title']}", row["unit"]]
+        line += [_figure_cell(t[n]) for n in ("smtpgate", "aiosmtpd")]
+        if has_pf:
+            line.append(_figure_cell(t["postfix"]))
+        line.append(_fmt(row["ratio_smtpgate_aiosmtpd"], ".2f"))
+        if has_pf:
+            line.append(_fmt(row["ratio_smtpgate_postfix"], ".2f"))
+        line += [f"{_fmt(t[n]['msg_p50_ms'], '.2f')} / {_fmt(t[n]['msg_p99_ms'], '.2f')}"
+                 for n in target_names]
+        body.append(line)
+    widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
+
+    def fmt_line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.ljust(wd) for c, wd in zip(cells, widths, strict=True)) + " |"
+
+    sep = "|" + "|".join("-" * (wd + 2) for wd in widths) + "|"
+    return "\n".join([fmt_line(head), sep, *(fmt_line(b) for b in body)])
+
+
+def setup_smtpgate(s: Settings, tmp: Path, procs: Processes, password: str) -> tuple[Target, Path,
+                                                                                      Path]:
+    sg_dir = tmp / "sg"
+    sub_port, subs_port = free_port(), free_port()
+    while subs_port == sub_port:
+        subs_port = free_port()
+    run_checked([str(s.smtpgate), "init", "--dir", str(sg_dir), "--no-demo",
+                 "--submission", f"{LOOPBACK}:{sub_port}",
+                 "--submissions", f"{LOOPBACK}:{subs_port}"], "smtpgate init")
+    config = sg_dir / "smtpgate.toml"
+    set_workers(config, s.workers)
+    run_checked([str(s.smtpgate), "user", "add", BENCH_USER, "--password-stdin",
+                 "--config", str(config)], "smtpgate user add", stdin=password.encode())
+    log = tmp / "smtpgate-serve.log"
+    proc = procs.start("smtpgate serve", [str(s.smtpgate), "serve", "--config", str(config)], log)
+    wait_for_banner(LOOPBACK, sub_port, proc, log, "smtpgate serve")
+    cert = sg_dir / "tls" / "cert.pem"
+    return Target("smtpgate", LOOPBACK, sub_port, BENCH_USER, password, cert), sg_dir, log
+
+
+def setup_reference(s: Settings, tmp: Path, procs: Processes, sg_dir: Path,
+                    password: str) -> tuple[Target, Path, Path]:
+    port = free_port()
+    cert, key = sg_dir / "tls" / "cert.pem", sg_dir / "tls" / "key.pem"
+    spool = tmp / "ref-spool"
+    log = tmp / "ref-aiosmtpd.log"
+    proc = procs.start("ref_aiosmtpd.py", [str(s.python), str(s.ref_server), str(port),
+                                           str(cert), str(key), BENCH_USER, password,
+                                           str(spool)], log)
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while "ready" not in tail(log, 5):
+        if proc.poll() is not None:
+            raise HarnessError(f"ref_aiosmtpd.py exited with status {proc.returncode}:\n"
+                               f"{tail(log, 40)}")
+        if time.monotonic() > deadline:
+            raise HarnessError(f"ref_aiosmtpd.py printed no 'ready' within {STARTUP_TIMEOUT} s")
+        time.sleep(0.1)
+    wait_for_banner(LOOPBACK, port, proc, log, "ref_aiosmtpd.py")
+    return Target("aiosmtpd", LOOPBACK, port, BENCH_USER, password, cert), spool, log
+
+
+def log_problems(log: Path, limit: int = 10) -> list[str]:
+    try:
+        text = log.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    bad = [ln for ln in text.splitlines()
+           if any(k in ln for k in (" ERROR ", " CRITICAL ", "Traceback", "Error:"))]
+    return bad[:limit] + ([f"... and {len(bad) - limit} more"] if len(bad) > limit else [])
+
+
+def venv_python_version(python: Path) -> str:
+    try:
+        out = subprocess.run([str(python), "-c", "import sys; print(sys.version.split()[0])"],
+                             capture_output=True, text=True, timeout=20, check=False)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+def benchmark(s: Settings) -> int:
+    workloads = QUICK_WORKLOADS if s.quick else FULL_WORKLOADS
+    started = dt.datetime.now(dt.UTC)
+    meta: dict[str, Any] = {
+        "started_utc": started.isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "nproc": cpu_count(),
+        "platform": platform.platform(),
+        "python_harness": platform.python_version(),
+        "python_servers_and_loadgen": venv_python_version(s.python),
+        "workers": s.workers,
+        "workers_source": s.workers_source,
+        "repeat": s.repeat,
+        "uvloop_loadgen": s.uvloop,
+        "tls12_loadgen": s.tls12,
+        "quick": s.quick,
+        "smtpgate_git": git_state(),
+        "loadavg_start": loadavg(),
+        "loadgen_max_seconds": LOADGEN_MAX_SECONDS,
+        "workloads": [w.__dict__ for w in workloads],
+    }
+    print(f"smtpgate bench: nproc {meta['nproc']}, load average {meta['loadavg_start']}, "
+          f"Python {meta['python_servers_and_loadgen']}, smtpgate workers {s.workers} "
+          f"({s.workers_source}), repeat {s.repeat}, {'quick' if s.quick else 'full'} counts, "
+          f"loadgen uvloop {'on' if s.uvloop else 'off'}"
+          + (", TLS capped at 1.2" if s.tls12 else ""), flush=True)
+
+    procs = Processes()
+    tmp = Path(tempfile.mkdtemp(prefix="smtpgate-bench-"))
+    records: list[RunRecord] = []
+    warmups: list[RunRecord] = []
+    outcome: dict[str, Any] = {"status": "incomplete"}
+    rc = 1
+    sg_log = ref_log = None
+    sg_dir = ref_spool = None
+    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        password = "bench-" + secrets.token_urlsafe(12)
+        sg, sg_dir, sg_log = setup_smtpgate(s, tmp, procs, password)
+        ref, ref_spool, ref_log = setup_reference(s, tmp, procs, sg_dir, password)
+        targets = [sg, ref]
+        probes: dict[str, Any] = {}
+        if s.postfix is not None:
+            assert s.postfix_ca is not None
+            pf = Target("postfix", s.postfix[0], s.postfix[1], s.postfix_user,
+                        s.postfix_password, s.postfix_ca)
+            try:
+                probes["postfix"] = probe_tls(pf)
+                targets.append(pf)
+                print(f"Postfix+Dovecot: {pf.host}:{pf.port}: {probes['postfix']['banner']}")
+            except (OSError, ssl.SSLError, HarnessError) as e:
+                meta["postfix"] = f"unreachable at {pf.host}:{pf.port}: {e}; skipped"
+                print(f"Postfix+Dovecot: {meta['postfix']}")
+        else:
+            meta["postfix"] = "not running, skipped"
+            print("Postfix+Dovecot: not running, skipped "
+                  "(pass --postfix HOST:PORT --postfix-user U --postfix-password P "
+                  "--postfix-ca FILE to include one)")
+        for t in (sg, ref):
+            probes[t.name] = probe_tls(t)
+        meta["probes"] = probes
+        same = probes["smtpgate"]["cert_sha256"] == probes["aiosmtpd"]["cert_sha256"]
+        meta["same_certificate_smtpgate_aiosmtpd"] = same
+        if not same:
+            raise HarnessError("smtpgate and aiosmtpd presented different certificates")
+        for name, p in probes.items():
+            print(f"  {name:9s} {p['tls_version']} {p['cipher']} cert {p['cert_key']} "
+                  f"sha256 {p['cert_sha256'][:16]}...  {p['auth_line']}")
+
+        # Warm-up: first logins pay Argon2id (per worker process) and imports; not measured.
+        for t in targets:
+            wr = run_loadgen(s, t, WARMUP, 0, max_seconds=30)
+            warmups.append(wr)
+            if wr.problem:
+                print(f"  warm-up {t.name}: {wr.problem} {json.dumps(wr.errors())}", flush=True)
+
+        for w in workloads:
+            for rep in range(s.repeat):
+                order = targets if rep % 2 == 0 else list(reversed(targets))
+                for t in order:
+                    r = run_loadgen(s, t, w, rep)
+                    records.append(r)
+                    fig = r.figure(w.metric)
+                    errs = r.errors()
+                    print(f"  {w.key} rep {rep + 1}/{s.repeat} {t.name:9s} "
+                          f"{_fmt(fig)} {w.unit}  msg p50/p99 "
+                          f"{_fmt(r.latency('p50'), '.2f')}/{_fmt(r.latency('p99'), '.2f')} ms"
+                          f"  load {r.loadavg_before[0]}"
+                          + (f"  PROBLEM: {r.problem}" if r.problem else "")
+                          + (f"  errors: {json.dumps(errs)}" if errs else ""), flush=True)
+
+        rows = summarise(workloads, targets, records)
+        names = [t.name for t in targets]
+        table = render_table(rows, names)
+        meta["loadavg_end"] = loadavg()
+        print()
+        print(table)
+        print(f"\nratios > 1: smtpgate faster; '!' = errors or missing messages in a run.\n"
+              f"Medians of {s.repeat} run(s); latency = one message, MAIL sent -> 250 after "
+              f"the final dot.\nLoad average at start {meta['loadavg_start']}, "
+              f"at end {meta['loadavg_end']}.")
+        outcome = {"status": "ok", "summary": rows, "table": table}
+        bad = [r for r in records if r.problem or r.errors()]
+        if bad:
+            outcome["status"] = "ok_with_errors"
+            print(f"\nWARNING: {len(bad)} run(s) had errors or missing messages (see JSON).")
+        rc = 0
+    except HarnessError as e:
+        outcome = {"status": "failed", "error": str(e)}
+        print(f"\nbench: FAILED: {e}", file=sys.stderr)
+        rc = 1
+    except KeyboardInterrupt:
+        outcome = {"status": "interrupted"}
+        print("\nbench: interrupted; stopping servers", file=sys.stderr)
+        rc = 130
+    finally:
+        stop_notes = procs.stop_all()
+        signal.signal(signal.SIGTERM, previous)
+        for n in stop_notes:
+            print(f"bench: {n}", file=sys.stderr)
+        meta["stop_notes"] = stop_notes
+        if sg_log is not None:
+            meta["smtpgate_log_problems"] = log_problems(sg_log)
+            meta["smtpgate_log_tail"] = tail(sg_log, 30)
+            if meta["smtpgate_log_problems"]:
+                print("smtpgate log shows problems:\n  "
+                      + "\n  ".join(meta["smtpgate_log_problems"]), file=sys.stderr)
+        if ref_log is not None:
+            meta["aiosmtpd_log_problems"] = log_problems(ref_log)
+        if sg_dir is not None:
+            meta["smtpgate_files_delivered_maildir"] = count_files(sg_dir / "mail")
+            meta["smtpgate_files_left_in_spool"] = count_files(sg_dir / "spool")
+        if ref_spool is not None:
+            meta["aiosmtpd_files_spooled"] = count_files(ref_spool, ".eml")
+        meta["finished_utc"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        report = {"meta": meta, "outcome": outcome,
+                  "warmups": [r.__dict__ for r in warmups],
+                  "runs": [r.__dict__ for r in records]}
+        s.results_dir.mkdir(parents=True, exist_ok=True)
+        out = s.results_dir / (started.strftime("%Y%m%dT%H%M%SZ")
+                               + ("-quick" if s.quick else "") + ".json")
+        out.write_text(json.dumps(report, indent=1, default=str) + "\n", encoding="utf-8")
+        print(f"raw results: {out}")
+        if s.keep_tmp:
+            print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return rc
+
+
+def default_tool(name: str) -> Path:
+    venv = REPO_DIR / ".venv" / "bin" / name
+    if venv.exists():
+        return venv
+    found = shutil.which(name)
+    return Path(found) if found else venv
+
+
+def parse_args(argv: Sequence[str] | None = None) -> Settings:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true",
+                    help="small counts for a smoke run (100 msgs; 3x20; 60 sessions)")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="smtpgate [server] workers (default: 2 if >= 2 cores, else 1)")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per workload and target; "
+                    "the median is reported (default 1)")
+    ap.add_argument("--uvloop", action="store_true", help="pass --uvloop to loadgen")
+    ap.add_argument("--tls12", action="store_true",
+                    help="pass --tls12 to loadgen (cap TLS at 1.2; see bench/README.md on "
+                    "Postfix's TLS 1.3 delayed-ACK stall)")
+    ap.add_argument("--postfix", type=parse_hostport, default=None, metavar="HOST:PORT",
+                    help="an already running Postfix+Dovecot submission (STARTTLS) service")
+    ap.add_argument("--postfix-user", default="", metavar="U")
+    ap.add_argument("--postfix-password", default="", metavar="P")
+    ap.add_argument("--postfix-ca", type=Path, default=None, metavar="FILE",
+                    help="CA file that verifies Postfix's certificate (SNI 'localhost')")
+    ap.add_argument("--python", type=Path, default=default_tool("python"),
+                    help="interpreter for loadgen and ref_aiosmtpd (default: the repo venv)")
+    ap.add_argument("--smtpgate", type=Path, default=default_tool("smtpgate"))
+    ap.add_argument("--loadgen", type=Path, default=DEFAULT_LOADGEN)
+    ap.add_argument("--ref-server", type=Path, default=DEFAULT_REF_SERVER)
+    ap.add_argument("--results-dir", type=Path, default=BENCH_DIR / "results")
+    ap.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (logs, spools)")
+    a = ap.parse_args(argv)
+    if a.workers is None:
+        workers, source = (2 if cpu_count() >= 2 else 1), f"default for {cpu_count()} core(s)"
+    else:
+        workers, source = a.workers, "--workers"
+    if not 1 <= workers <= 64:
+        ap.error("--workers must be 1..64")
+    if not 1 <= a.repeat <= 25:
+        ap.error("--repeat must be 1..25")
+    if a.postfix is not None:
+        if not (a.postfix_user and a.postfix_password and a.postfix_ca):
+            ap.error("--postfix needs --postfix-user, --postfix-password and --postfix-ca")
+        if not a.postfix_ca.is_file():
+            ap.error(f"--postfix-ca {a.postfix_ca}: no such file")
+    for label, p in (("--python", a.python), ("--smtpgate", a.smtpgate),
+                     ("--loadgen", a.loadgen), ("--ref-server", a.ref_server)):
+        if not p.exists():
+            ap.error(f"{label} {p}: not found")
+    return Settings(
+        python=a.python, smtpgate=a.smtpgate, loadgen=a.loadgen, ref_server=a.ref_server,
+        workers=workers, workers_source=source, repeat=a.repeat, uvloop=a.uvloop, tls12=a.tls12,
+        quick=a.quick, keep_tmp=a.keep_tmp, results_dir=a.results_dir, postfix=a.postfix,
+        postfix_user=a.postfix_user, postfix_password=a.postfix_password,
+        postfix_ca=a.postfix_ca,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return benchmark(parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,500 @@
+"""Verify OAuth 2.0 bearer tokens for OAUTHBEARER/XOAUTH2: JWTs against a JWKS, or RFC 7662.
+
+Theory of operation
+-------------------
+``TokenVerifier.verify(token)`` is synchronous and may block on the network (key
+set or introspection fetch), so the auth service runs it in a worker thread. It
+returns a ``TokenResult``: ``ok`` with the ``identity`` taken from a configured
+claim, or not ``ok`` with a ``reason`` for the log. A failure that is not the
+token's fault (key set or introspection endpoint unreachable, no cached keys)
+raises ``TokenVerifierUnavailable``, which the auth service turns into a
+temporary (454) failure.
+
+For a JWT: the unverified ``iss`` selects the ``IssuerConfig`` (exact match); the
+header's ``alg`` must be in the issuer's allowed list (never ``none``) and must
+fit the key type, so an RSA public key can never be used as an HMAC secret (the
+classic key-confusion attack); the signature, ``iss`` and ``aud`` are checked by
+PyJWT; ``exp`` (required), ``nbf`` and ``iat`` are checked here against the
+injected clock with the issuer's leeway; then the required scopes and the
+identity claim. The header's ``kid`` is only ever a dictionary key into the
+fetched key set, never part of a path or URL (Dovecot CVE-2021-29157).
+
+A token that is not a JWT (opaque) goes to RFC 7662 introspection at the one
+issuer configured without a key set. An issuer with both a key set and an
+introspection endpoint introspects valid JWTs as well, to catch revocation.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeGuard
+
+import jwt
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+#: Protocol digest §2.7: cap the token before parsing it.
+MAX_TOKEN_OCTETS = 16 * 1024
+#: A key set or introspection answer larger than this is not one.
+MAX_RESPONSE_OCTETS = 1024 * 1024
+#: Seconds to wait for a key set or introspection endpoint.
+HTTP_TIMEOUT = 10.0
+
+# Algorithm -> JWK "kty" it needs (RFC 7518 §3.1, RFC 8037 §3.1).
+_ALG_KTY: dict[str, str] = {
+    **{f"HS{n}": "oct" for n in (256, 384, 512)},
+    **{f"RS{n}": "RSA" for n in (256, 384, 512)},
+    **{f"PS{n}": "RSA" for n in (256, 384, 512)},
+    **{a: "EC" for a in ("ES256", "ES256K", "ES384", "ES512")},
+    "EdDSA": "OKP",
+}
+
+
+def _is_loopback_http(url: str) -> bool:
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme == "http" and parts.hostname in ("localhost", "127.0.0.1", "::1")
+
+
+def _check_url(url: str | None, what: str) -> None:
+    if url is None:
+        return
+    # Keys and introspection answers decide who may log in: fetch them over TLS.
+    # Plain http is tolerated for a local identity provider in a test rig only.
+    if not (urllib.parse.urlsplit(url).scheme == "https" or _is_loopback_http(url)):
+        raise ValueError(f"{what} must be an https:// URL (http only for localhost)")
+
+
+class IssuerConfig(BaseModel):
+    """One trusted token issuer (authorization server)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    issuer: str = Field(
+        min_length=1,
+        description="Expected 'iss' claim, compared exactly (e.g. "
+        "'https://id.example.org/realms/mail'). Required.",
+    )
+    audience: list[str] = Field(
+        min_length=1,
+        description="Accepted 'aud' values; a token must name at least one, so tokens "
+        "minted for other services are refused. Required.",
+    )
+    jwks_url: str | None = Field(
+        default=None,
+        description="HTTPS URL of the issuer's JSON Web Key Set. Default none. Set this or "
+        "jwks_file for JWT access tokens.",
+    )
+    jwks_file: Path | None = Field(
+        default=None,
+        description="Local JSON Web Key Set file, instead of jwks_url. Default none.",
+    )
+    jwks_refresh_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        description="Seconds a fetched key set is used before it is fetched again. Default 3600.",
+    )
+    jwks_min_refresh_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="Shortest interval between refreshes caused by an unknown 'kid', so "
+        "tokens with made-up key ids cannot make us hammer the issuer. Default 60.",
+    )
+    algorithms: list[str] = Field(
+        default_factory=lambda: ["RS256", "ES256"],
+        min_length=1,
+        description="Signature algorithms accepted (RS*, PS*, ES*, EdDSA, HS*). 'none' is "
+        "never accepted; HS* only with a symmetric ('oct') key. Default RS256, ES256.",
+    )
+    required_scopes: list[str] = Field(
+        default_factory=list,
+        description="Scopes the token must all carry, read from 'scope' (space-separated) "
+        "or 'scp' (list). Default none.",
+    )
+    identity_claim: Literal["email", "preferred_username", "sub"] = Field(
+        default="email",
+        description="Claim that names the mail account. With 'email', a token whose "
+        "'email_verified' is false is refused. Default 'email'.",
+    )
+    leeway_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        le=600,
+        description="Clock skew tolerated on exp, nbf and iat, in seconds. Default 60.",
+    )
+    introspection_url: str | None = Field(
+        default=None,
+        description="RFC 7662 token introspection endpoint. Default none. Needed for "
+        "opaque tokens; with a key set too, JWTs are also introspected (revocation).",
+    )
+    introspection_client_id: str = Field(
+        default="",
+        description="Client id for HTTP Basic authentication at the introspection endpoint.",
+    )
+    introspection_client_secret_file: Path | None = Field(
+        default=None,
+        description="File holding the introspection client secret (never inline). Default none.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> IssuerConfig:
+        if self.jwks_url and self.jwks_file:
+            raise ValueError("set jwks_url or jwks_file, not both")
+        if not (self.jwks_url or self.jwks_file or self.introspection_url):
+            raise ValueError("set jwks_url, jwks_file or introspection_url")
+        for alg in self.algorithms:
+            if alg not in _ALG_KTY:
+                # RFC 8725 §3.1/§3.2: never 'none'; an explicit allow-list only.
+                raise ValueError(f"algorithm {alg!r} not allowed; use one of {sorted(_ALG_KTY)}")
+        if self.introspection_url and not (
+            self.introspection_client_id and self.introspection_client_secret_file
+        ):
+            raise ValueError("introspection_url needs a client id and a client secret file")
+        _check_url(self.jwks_url, "jwks_url")
+        _check_url(self.introspection_url, "introspection_url")
+        return self
+
+    @property
+    def has_key_set(self) -> bool:
+        return bool(self.jwks_url or self.jwks_file)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenResult:
+    """Outcome of ``TokenVerifier.verify``; ``reason`` is for the log only."""
+
+    ok: bool
+    identity: str = ""
+    reason: str = ""
+    issuer: str = ""
+
+
+class TokenVerifierUnavailable(Exception):
+    """The verifier could not reach what it needs (key set, introspection): not the
+    token's fault, so a temporary failure."""
+
+
+Fetch = Callable[[str], bytes]
+Post = Callable[[str, bytes, Mapping[str, str]], bytes]
+ReadFile = Callable[[Path], bytes]
+
+
+def _read_limited(response: Any) -> bytes:
+    data: bytes = response.read(MAX_RESPONSE_OCTETS + 1)
+    if len(data) > MAX_RESPONSE_OCTETS:
+        raise TokenVerifierUnavailable("response too large")
+    return data
+
+
+def urllib_fetch(url: str) -> bytes:
+    """GET ``url`` (the default key-set fetcher)."""
+    request = urllib.request.Request(url, headers={"Accept": "application/json"})
+    with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT) as response:
+        return _read_limited(response)
+
+
+def urllib_post(url: str, body: bytes, headers: Mapping[str, str]) -> bytes:
+    """POST ``body`` to ``url`` (the default introspection client)."""
+    request = urllib.request.Request(url, data=body, headers=dict(headers), method="POST")
+    with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT) as response:
+        return _read_limited(response)
+
+
+@dataclass
+class _KeySet:
+    keys: list[dict[str, Any]]
+    fetched_at: float
+
+
+class _Reject(Exception):
+    """Internal: the token is refused for ``reason``."""
+
+
+class TokenVerifier:
+    """Verify bearer tokens against the configured issuers.
+
+    Args:
+        issuers: trusted issuers; each ``issuer`` at most once, and at most one
+            without a key set (the one opaque tokens are introspected at).
+        fetch: GET a URL and return the body (key sets); default urllib.
+        post: POST form data (introspection); default urllib.
+        read_file: read a local file (key-set files, client secrets).
+        clock: seconds since the epoch; tests inject a fixed time.
+
+    Raises:
+        ValueError: duplicate issuers or more than one opaque-token issuer.
+    """
+
+    def __init__(
+        self,
+        issuers: list[IssuerConfig],
+        *,
+        fetch: Fetch = urllib_fetch,
+        post: Post = urllib_post,
+        read_file: ReadFile = Path.read_bytes,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._issuers = {cfg.issuer: cfg for cfg in issuers}
+        if len(self._issuers) != len(issuers):
+            raise ValueError("an issuer is configured twice")
+        opaque = [cfg for cfg in issuers if not cfg.has_key_set]
+        if len(opaque) > 1:
+            # An opaque token does not say who issued it; sending it to several
+            # endpoints would leak it to all of them.
+            raise ValueError("at most one issuer may be configured without a key set")
+        self._opaque_issuer = opaque[0] if opaque else None
+        self._fetch = fetch
+        self._post = post
+        self._read_file = read_file
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._key_sets: dict[str, _KeySet] = {}
+
+    # -- public ---------------------------------------------------------------------
+
+    def verify(self, token: str) -> TokenResult:
+        """Verify ``token``; see the module docstring for the checks.
+
+        Raises:
+            TokenVerifierUnavailable: key set or introspection endpoint unusable.
+        """
+        issuer = ""
+        try:
+            if len(token.encode("utf-8", "surrogatepass")) > MAX_TOKEN_OCTETS:
+                raise _Reject("token too large")
+            if token.count(".") != 2:
+                if self._opaque_issuer is None:
+                    raise _Reject("not a JWT and no introspection-only issuer configured")
+                cfg = self._opaque_issuer
+                issuer = cfg.issuer
+                claims = self._introspect(cfg, token)
+            else:
+                cfg, claims = self._verify_jwt(token)
+                issuer = cfg.issuer
+                if cfg.introspection_url:
+                    self._introspect(cfg, token)
+            return TokenResult(ok=True, identity=self._identity(cfg, claims), issuer=issuer)
+        except _Reject as exc:
+            return TokenResult(ok=False, reason=str(exc), issuer=issuer)
+
+    # -- JWT ----------------------------------------------------------------------------
+
+    def _verify_jwt(self, token: str) -> tuple[IssuerConfig, dict[str, Any]]:
+        try:
+            header = jwt.get_unverified_header(token)
+            unverified = jwt.decode(token, options={"verify_signature": False})
+        except jwt.PyJWTError as exc:
+            raise _Reject(f"malformed JWT: {exc}") from None
+        iss = unverified.get("iss")
+        cfg = self._issuers.get(iss) if isinstance(iss, str) else None
+        if cfg is None:
+            raise _Reject(f"unknown issuer {iss!r}")
+        if not cfg.has_key_set:
+            raise _Reject("issuer accepts only opaque tokens")
+        alg = header.get("alg")
+        # RFC 8725 §3.1: the algorithm comes from our allow-list, not from the token.
+        if not isinstance(alg, str) or alg not in cfg.algorithms:
+            raise _Reject(f"algorithm {alg!r} not allowed")
+        kid = header.get("kid")
+        if kid is not None and not isinstance(kid, str):
+            raise _Reject("kid is not a string")
+        keys = self._candidate_keys(cfg, alg, kid)
+        if not keys:
+            raise _Reject(f"no {_ALG_KTY[alg]} key with kid {kid!r} for {alg}")
+        claims: dict[str, Any] | None = None
+        last_error = "bad signature"
+        for jwk_dict in keys:
+            try:
+                key = jwt.PyJWK(jwk_dict, algorithm=alg)
+                claims = jwt.decode(
+                    token,
+                    key.key,
+                    algorithms=[alg],
+                    audience=cfg.audience,
+                    issuer=cfg.issuer,
+                    options={
+                        "require": ["exp", "iss", "aud"],
+                        # Times are checked below against the injected clock.
+                        "verify_exp": False,
+                        "verify_nbf": False,
+                        "verify_iat": False,
+                        "enforce_minimum_key_length": True,
+                    },
+                )
+                break
+            except jwt.InvalidSignatureError:
+                continue
+            except jwt.PyJWKError as exc:  # an unusable key in the set: try the next
+                last_error = f"unusable key: {exc}"
+                continue
+            except jwt.PyJWTError as exc:
+                last_error = f"{type(exc).__name__}: {exc}"
+                break
+        if claims is None:
+            raise _Reject(last_error)
+        self._check_times(cfg, claims)
+        self._check_scopes(cfg, claims)
+        return cfg, claims
+
+    def _candidate_keys(self, cfg: IssuerConfig, alg: str, kid: str | None) -> list[dict[str, Any]]:
+        """Keys that may have signed a token with this ``alg``/``kid``; an unknown
+        ``kid`` triggers one rate-limited refresh (the issuer may have rotated keys)."""
+        kty = _ALG_KTY[alg]
+
+        def matching(keys: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            return [
+                k
+                for k in keys
+                # The key type must fit the algorithm: no RSA key as an HMAC secret.
+                if k.get("kty") == kty
+                and (kid is None or k.get("kid") == kid)
+                # RFC 7517 §4.2/§4.4: a key for encryption, or pinned to another
+                # algorithm, does not verify this signature.
+                and k.get("use", "sig") == "sig"
+                and k.get("alg", alg) == alg
+            ]
+
+        with self._lock:
+            found = matching(self._keys(cfg, force=False))
+            if not found and kid is not None:
+                found = matching(self._keys(cfg, force=True))
+        return found
+
+    def _keys(self, cfg: IssuerConfig, *, force: bool) -> list[dict[str, Any]]:
+        now = self._clock()
+        cached = self._key_sets.get(cfg.issuer)
+        if cached is not None:
+            age = now - cached.fetched_at
+            fresh = age < cfg.jwks_refresh_seconds
+            if (fresh and not force) or (force and age < cfg.jwks_min_refresh_seconds):
+                return cached.keys
+        try:
+            keys = self._load_key_set(cfg)
+        except TokenVerifierUnavailable:
+            if cached is not None:
+                return cached.keys  # keep serving the last good set
+            raise
+        self._key_sets[cfg.issuer] = _KeySet(keys=keys, fetched_at=now)
+        return keys
+
+    def _load_key_set(self, cfg: IssuerConfig) -> list[dict[str, Any]]:
+        try:
+            if cfg.jwks_file is not None:
+                raw = self._read_file(cfg.jwks_file)
+            else:
+                assert cfg.jwks_url is not None
+                raw = self._fetch(cfg.jwks_url)
+        except TokenVerifierUnavailable:
+            raise
+        except Exception as exc:
+            raise TokenVerifierUnavailable(f"key set of {cfg.issuer}: {exc}") from exc
+        try:
+            doc = json.loads(raw)
+        except ValueError as exc:
+            raise TokenVerifierUnavailable(f"key set of {cfg.issuer} is not JSON") from exc
+        keys = doc.get("keys") if isinstance(doc, dict) else None
+        if not isinstance(keys, list):
+            raise TokenVerifierUnavailable(f"key set of {cfg.issuer} has no 'keys' list")
+        return [k for k in keys if isinstance(k, dict)]
+
+    def _check_times(self, cfg: IssuerConfig, claims: Mapping[str, Any]) -> None:
+        now, leeway = self._clock(), cfg.leeway_seconds
+        exp, nbf, iat = claims.get("exp"), claims.get("nbf"), claims.get("iat")
+        # RFC 7519 §4.1.4: reject at or after exp (we add the leeway for skew).
+        if not _is_number(exp):
+            raise _Reject("exp missing or not a number")
+        if now >= exp + leeway:
+            raise _Reject("token expired")
+        # RFC 7519 §4.1.5: reject before nbf.
+        if nbf is not None and (not _is_number(nbf) or now + leeway < nbf):
+            raise _Reject("token not yet valid (nbf)")
+        if iat is not None and (not _is_number(iat) or now + leeway < iat):
+            raise _Reject("token issued in the future (iat)")
+
+    @staticmethod
+    def _check_scopes(cfg: IssuerConfig, claims: Mapping[str, Any]) -> None:
+        if not cfg.required_scopes:
+            return
+        granted: set[str] = set()
+        scope = claims.get("scope")
+        if isinstance(scope, str):
+            granted.update(scope.split())  # RFC 8693 §4.2 / RFC 7662 §2.2
+        scp = claims.get("scp")
+        if isinstance(scp, list):
+            granted.update(s for s in scp if isinstance(s, str))
+        elif isinstance(scp, str):
+            granted.update(scp.split())
+        missing = [s for s in cfg.required_scopes if s not in granted]
+        if missing:
+            raise _Reject(f"missing scope {' '.join(missing)}")
+
+    @staticmethod
+    def _identity(cfg: IssuerConfig, claims: Mapping[str, Any]) -> str:
+        value = claims.get(cfg.identity_claim)
+        if value is None and cfg.identity_claim == "preferred_username":
+            value = claims.get("username")  # RFC 7662 §2.2 spells it "username"
+        if not isinstance(value, str) or not value:
+            raise _Reject(f"no {cfg.identity_claim} claim")
+        if cfg.identity_claim == "email" and claims.get("email_verified") is False:
+            raise _Reject("email not verified")
+        return value
+
+    # -- introspection --------------------------------------------------------------------
+
+    def _introspect(self, cfg: IssuerConfig, token: str) -> dict[str, Any]:
+        """RFC 7662 §2.1: POST the token with client authentication; §2.2: the
+        answer must say ``"active": true``."""
+        assert cfg.introspection_url is not None and cfg.introspection_client_secret_file
+        try:
+            secret = self._read_file(cfg.introspection_client_secret_file).decode().strip()
+        except Exception as exc:
+            raise TokenVerifierUnavailable(f"introspection secret of {cfg.issuer}: {exc}") from exc
+        # RFC 6749 §2.3.1: id and secret are form-urlencoded before Basic encoding.
+        basic = base64.b64encode(
+            f"{urllib.parse.quote_plus(cfg.introspection_client_id)}:"
+            f"{urllib.parse.quote_plus(secret)}".encode()
+        ).decode("ascii")
+        body = urllib.parse.urlencode({"token": token, "token_type_hint": "access_token"})
+        headers = {
+            "Content-Type": "application/x-www-form-urlencoded",
+            "Accept": "application/json",
+            "Authorization": f"Basic {basic}",
+        }
+        try:
+            raw = self._post(cfg.introspection_url, body.encode("ascii"), headers)
+        except TokenVerifierUnavailable:
+            raise
+        except Exception as exc:
+            raise TokenVerifierUnavailable(f"introspection at {cfg.issuer}: {exc}") from exc
+        try:
+            answer = json.loads(raw)
+        except ValueError as exc:
+            raise TokenVerifierUnavailable("introspection answer is not JSON") from exc
+        if not isinstance(answer, dict):
+            raise TokenVerifierUnavailable("introspection answer is not an object")
+        if answer.get("active") is not True:
+            raise _Reject("token inactive (introspection)")
+        if cfg.has_key_set:
+            return answer  # the JWT's own claims were checked already
+        # Opaque token: the introspection answer is all we know; check what it says.
+        if "iss" in answer and answer["iss"] != cfg.issuer:
+            raise _Reject("introspection names another issuer")
+        aud = answer.get("aud")
+        if aud is not None:
+            auds = {aud} if isinstance(aud, str) else set(aud) if isinstance(aud, list) else set()
+            if not auds & set(cfg.audience):
+                raise _Reject("wrong audience (introspection)")
+        if "exp" in answer:
+            self._check_times(cfg, answer)
+        self._check_scopes(cfg, answer)
+        return answer
+
+
+def _is_number(value: object) -> TypeGuard[float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)

@@ -1,0 +1,65 @@
+"""What a delivery attempt can return, per recipient, and what a deliverer is.
+
+STYLE.md §11: retry decisions are made on these types, never on reply strings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from smtpgate.queue.envelope import Envelope
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """The recipient's copy is safe at the next hop (``detail`` is for the log)."""
+
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TempFailure:
+    """Try again later (an SMTP 4xx, a connection failure, a full disk)."""
+
+    reply: str
+
+
+@dataclass(frozen=True, slots=True)
+class PermFailure:
+    """Never deliverable as it stands (an SMTP 5xx): give up and bounce."""
+
+    reply: str
+
+
+DeliveryResult = Delivered | TempFailure | PermFailure
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedMessage:
+    """One message handed to a deliverer.
+
+    ``maybe_delivered`` is True when an earlier attempt may have completed without
+    the spool learning of it (the process died between delivering and recording).
+    A deliverer that can recognise its own earlier copy must check for it then;
+    that is what makes delivery exactly-once across ``kill -9``.
+    """
+
+    queue_id: str
+    envelope: Envelope
+    data: bytes
+    maybe_delivered: bool = False
+
+
+class Deliverer(Protocol):
+    """Hands a message to the next hop.
+
+    Returns a result for each of ``recipients`` (a missing one counts as a temporary
+    failure). Must not raise for delivery problems; an exception is treated as a
+    temporary failure of every recipient and logged as a bug.
+    """
+
+    async def deliver(
+        self, message: QueuedMessage, recipients: tuple[str, ...]
+    ) -> Mapping[str, DeliveryResult]: ...

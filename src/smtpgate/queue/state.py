@@ -1,0 +1,156 @@
+"""Per-recipient delivery state of a spooled message, and the retry schedule.
+
+Everything here is pure: the current time comes in as an argument, so the
+backoff and give-up rules are tested without sleeping (STYLE.md §11).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from enum import Enum
+
+from smtpgate.queue.delivery import Delivered, DeliveryResult, PermFailure, TempFailure
+
+STATE_VERSION = 1
+
+
+class StateFormatError(ValueError):
+    """A state file is not what `MessageState.to_json` writes."""
+
+
+class RcptStatus(Enum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientState:
+    address: str
+    status: RcptStatus = RcptStatus.PENDING
+    attempts: int = 0
+    #: Clock time before which no new attempt is made (0: as soon as possible).
+    next_attempt: float = 0.0
+    last_result: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class MessageState:
+    recipients: tuple[RecipientState, ...]
+
+    @classmethod
+    def initial(cls, rcpt_to: Iterable[str]) -> MessageState:
+        """All recipients pending. Duplicates collapse: one copy per address."""
+        return cls(tuple(RecipientState(a) for a in dict.fromkeys(rcpt_to)))
+
+    @property
+    def pending(self) -> tuple[str, ...]:
+        return tuple(r.address for r in self.recipients if r.status is RcptStatus.PENDING)
+
+    @property
+    def finished(self) -> bool:
+        return not self.pending
+
+    @property
+    def next_attempt(self) -> float:
+        """Earliest next attempt of a pending recipient (inf when finished)."""
+        times = [r.next_attempt for r in self.recipients if r.status is RcptStatus.PENDING]
+        return min(times, default=float("inf"))
+
+    def to_json(self) -> bytes:
+        obj = {
+            "v": STATE_VERSION,
+            "rcpts": [
+                [r.address, r.status.value, r.attempts, r.next_attempt, r.last_result]
+                for r in self.recipients
+            ],
+        }
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> MessageState:
+        """Raises: StateFormatError."""
+        try:
+            obj = json.loads(raw)
+            if obj["v"] != STATE_VERSION:
+                raise StateFormatError("unknown state version")
+            rcpts = tuple(
+                RecipientState(str(a), RcptStatus(s), int(n), float(t), str(last))
+                for a, s, n, t, last in obj["rcpts"]
+            )
+        except StateFormatError:
+            raise
+        except (ValueError, KeyError, TypeError) as e:
+            raise StateFormatError(f"bad state file: {e}") from None
+        return cls(rcpts)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one attempt meant for one recipient, for the log (and later for DSNs)."""
+
+    address: str
+    kind: str  # "delivered" | "bounced" | "expired" | "deferred"
+    detail: str
+    next_attempt: float = 0.0
+
+
+def retry_delay(attempts: int, initial: float, maximum: float) -> float:
+    """Delay after the ``attempts``-th failed attempt: initial, 2x, 4x ... capped.
+
+    Doubling is what Postfix and chasquid do in spirit: quick retries for a blip,
+    then an hourly trickle (the default ``retry_max``) for a long outage.
+    """
+    if attempts < 1:
+        return 0.0
+    # Cap the exponent: 2**60 * initial overflows nothing but is past any maximum.
+    return min(maximum, initial * 2.0 ** min(attempts - 1, 60))
+
+
+def apply_results(
+    state: MessageState,
+    results: Mapping[str, DeliveryResult],
+    *,
+    now: float,
+    received_at: float,
+    retry_initial: float,
+    retry_max: float,
+    max_age: float,
+) -> tuple[MessageState, tuple[Outcome, ...]]:
+    """The state after an attempt on every pending recipient, and what happened.
+
+    A temporary failure of a message older than ``max_age`` becomes final
+    ("expired"). Otherwise the next attempt is backed off, but never later than
+    the expiry time, so the last try happens at the deadline and not after it.
+    """
+    deadline = received_at + max_age
+    new: list[RecipientState] = []
+    outcomes: list[Outcome] = []
+    for r in state.recipients:
+        if r.status is not RcptStatus.PENDING:
+            new.append(r)
+            continue
+        result = results.get(r.address, TempFailure("no result from the deliverer"))
+        attempts = r.attempts + 1
+        if isinstance(result, Delivered):
+            new.append(replace(r, status=RcptStatus.DELIVERED, attempts=attempts,
+                               last_result=result.detail or "delivered"))
+            outcomes.append(Outcome(r.address, "delivered", result.detail))
+        elif isinstance(result, PermFailure):
+            new.append(replace(r, status=RcptStatus.FAILED, attempts=attempts,
+                               last_result=result.reply))
+            outcomes.append(Outcome(r.address, "bounced", result.reply))
+        elif now >= deadline:
+            detail = f"gave up after {attempts} attempts: {result.reply}"
+            new.append(replace(r, status=RcptStatus.FAILED, attempts=attempts,
+                               last_result=detail))
+            outcomes.append(Outcome(r.address, "expired", detail))
+        else:
+            when = min(now + retry_delay(attempts, retry_initial, retry_max), deadline)
+            new.append(replace(r, attempts=attempts, next_attempt=when,
+                               last_result=result.reply))
+            outcomes.append(Outcome(r.address, "deferred", result.reply, when))
+    return MessageState(tuple(new)), tuple(outcomes)
+

@@ -1,0 +1,166 @@
+"""Fixtures that run the real ``smtpgate serve`` on free loopback ports.
+
+No fixed ports and no sleep-based start-up: a port is taken from the kernel,
+and readiness is the listening socket accepting a connection.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+SMTPGATE = str(BIN / "smtpgate")
+IN_CI = bool(os.environ.get("SMTPGATE_CI") or os.environ.get("CI"))
+
+
+def require_tool(name: str) -> str:
+    """Path of a peer program. Missing under CI is a failure, never a skip."""
+    path = shutil.which(name)
+    if path is None:
+        if IN_CI:
+            pytest.fail(f"peer program {name!r} is not installed (make test installs it)")
+        pytest.skip(f"{name} not installed")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    root: Path
+    submission: int
+    submissions: int
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log_path = self.root / "server.log"
+
+    @property
+    def config(self) -> Path:
+        return self.root / "smtpgate.toml"
+
+    @property
+    def ca(self) -> Path:
+        return self.root / "tls" / "cert.pem"
+
+    @property
+    def maildir(self) -> Path:
+        return self.root / "mail"
+
+    def cli(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [SMTPGATE, *args, "--config", str(self.config)],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            env=self.env,
+            check=check,
+            timeout=60,
+        )
+
+    def add_user(self, name: str, password: str) -> None:
+        self.cli("user", "add", name, "--password-stdin", stdin=password + "\n")
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [SMTPGATE, "serve", "--config", str(self.config)],
+            stdout=log,
+            stderr=log,
+            env=self.env,
+        )
+        log.close()
+        deadline = time.monotonic() + 30
+        for port in (self.submission, self.submissions):
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError("server exited:\n" + self.log_text())
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=1):
+                        break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("server did not listen:\n" + self.log_text()) from None
+                    time.sleep(0.05)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        rc = self.proc.wait(timeout=timeout)
+        self.proc = None
+        return rc
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def delivered(self) -> list[Path]:
+        new, cur = self.maildir / "new", self.maildir / "cur"
+        return sorted([*new.glob("*"), *cur.glob("*")]) if new.exists() else []
+
+    def wait_for_mail(self, count: int, timeout: float = 30) -> list[Path]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            files = self.delivered()
+            if len(files) >= count:
+                return files
+            time.sleep(0.05)
+        raise AssertionError(f"expected {count} delivered messages, have {len(self.delivered())}")
+
+    def client_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self.ca))
+        ctx.check_hostname = True
+        return ctx
+
+
+def make_server(root: Path, extra_config: str = "") -> Server:
+    sub, subs = free_port(), free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("SMTPGATE_CONFIG", None)
+    subprocess.run(
+        [SMTPGATE, "init", "--dir", str(root), "--no-demo",
+         "--submission", f"127.0.0.1:{sub}", "--submissions", f"127.0.0.1:{subs}"],
+        check=True, capture_output=True, env=env, timeout=60,
+    )
+    cfg = root / "smtpgate.toml"
+    text = cfg.read_text()
+    # Cheaper Argon2 so the suite stays fast; the server behaves the same.
+    text = text.replace(
+        'database = "accounts.sqlite"',
+        'database = "accounts.sqlite"\nargon2_memory_kib = 8192\nargon2_time_cost = 1',
+    )
+    text = text.replace('log_file = "auth.log"', 'log_file = "auth.log"\nfailure_floor = 0.1')
+    cfg.write_text(text + extra_config)
+    return Server(root, sub, subs, env)
+
+
+USER = "alice@example.org"
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    srv = make_server(tmp_path / "srv")
+    srv.add_user(USER, PASSWORD)
+    srv.start()
+    yield srv
+    if srv.proc is not None:
+        srv.stop()

@@ -1,0 +1,177 @@
+"""Attacks tried against the running server; each must fail."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import ssl
+import time
+
+import pytest
+
+from .conftest import PASSWORD, USER, Server
+
+
+class Raw:
+    """A bare-bones SMTP connection for sending exactly the bytes an attack needs."""
+
+    def __init__(self, port: int, ctx: ssl.SSLContext | None = None, implicit: bool = False):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.ctx = ctx
+        self.sock: socket.socket = ctx.wrap_socket(sock, server_hostname="localhost") if implicit and ctx else sock
+        self.buf = b""
+        self.banner = self.reply()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def reply(self) -> str:
+        """One whole (possibly multi-line) reply."""
+        lines = []
+        while True:
+            while b"\r\n" not in self.buf:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    raise EOFError("closed; got " + repr(lines))
+                self.buf += chunk
+            line, self.buf = self.buf.split(b"\r\n", 1)
+            lines.append(line.decode())
+            if line[3:4] != b"-":
+                return "\r\n".join(lines)
+
+    def cmd(self, line: str | bytes) -> str:
+        self.send(line if isinstance(line, bytes) else line.encode() + b"\r\n")
+        return self.reply()
+
+    def starttls(self) -> None:
+        assert self.cmd("STARTTLS").startswith("220")
+        assert self.ctx is not None
+        self.sock = self.ctx.wrap_socket(self.sock, server_hostname="localhost")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def plain(user: str, pw: str) -> str:
+    return base64.b64encode(f"\0{user}\0{pw}".encode()).decode()
+
+
+def tls_session(server: Server) -> Raw:
+    r = Raw(server.submission, server.client_context())
+    r.cmd("EHLO attacker.test")
+    r.starttls()
+    r.cmd("EHLO attacker.test")
+    return r
+
+
+def test_auth_in_clear_is_530_and_never_challenged(server: Server) -> None:
+    r = Raw(server.submission)
+    assert "AUTH" not in r.cmd("EHLO attacker.test")
+    assert r.cmd(f"AUTH PLAIN {plain(USER, PASSWORD)}") == "530 5.7.0 Must issue a STARTTLS command first"
+    assert r.cmd("AUTH LOGIN").startswith("530 5.7.0")
+    r.close()
+
+
+def test_wrong_password_and_unknown_user_same_reply(server: Server) -> None:
+    r = tls_session(server)
+    t0 = time.monotonic()
+    a = r.cmd(f"AUTH PLAIN {plain(USER, 'wrong')}")
+    t1 = time.monotonic()
+    b = r.cmd(f"AUTH PLAIN {plain('nobody@example.org', 'wrong')}")
+    t2 = time.monotonic()
+    assert a == b == "535 5.7.8 Authentication credentials invalid"
+    # Both are held to the failure floor (0.1 s in tests); neither is instant.
+    assert t1 - t0 >= 0.1 and t2 - t1 >= 0.1
+    r.close()
+    records = [json.loads(x) for x in (server.root / "auth.log").read_text().splitlines()]
+    reasons = {rec["username"]: rec["reason"] for rec in records if rec["result"] == "failure"}
+    assert reasons[USER] != reasons["nobody@example.org"]  # the log knows why; the client does not
+
+
+def test_mail_before_auth_is_530_and_relay_refused(server: Server) -> None:
+    for port, implicit in ((server.submission, False), (server.submissions, True)):
+        r = Raw(port, server.client_context(), implicit=implicit)
+        if not implicit:
+            r.cmd("EHLO attacker.test")
+            r.starttls()
+        r.cmd("EHLO attacker.test")
+        assert r.cmd("MAIL FROM:<ceo@example.org>").startswith("530 5.7.0")
+        for rcpt in ("victim@external.example", "victim%external.example@localhost",
+                     '"victim@external.example"@localhost', "@localhost:victim@external.example"):
+            assert r.cmd(f"RCPT TO:<{rcpt}>").startswith("530 5.7.0")
+        assert r.cmd("DATA").startswith("530 5.7.0")
+        r.close()
+    assert server.delivered() == []
+
+
+def test_commands_pipelined_behind_starttls_are_not_executed(server: Server) -> None:
+    r = Raw(server.submission, server.client_context())
+    r.cmd("EHLO attacker.test")
+    # One write: STARTTLS plus injected commands, as a man in the middle would add.
+    r.send(b"STARTTLS\r\nEHLO injected\r\nAUTH PLAIN " + plain(USER, PASSWORD).encode() + b"\r\n")
+    assert r.reply().startswith("220")
+    assert r.buf == b""
+    r.sock = server.client_context().wrap_socket(r.sock, server_hostname="localhost")
+    r.sock.settimeout(1.0)
+    with pytest.raises(socket.timeout):
+        r.sock.recv(1024)  # nothing was answered inside TLS on the injected lines
+    r.sock.settimeout(10)
+    # A fresh EHLO is required and the session is not authenticated.
+    assert r.cmd("MAIL FROM:<alice@example.org>").startswith("530")
+    assert "AUTH" in r.cmd("EHLO client.test")
+    r.close()
+
+
+SMUGGLING = [b"\n.\n", b"\r.\r", b"\n.\r\n", b"\r\n.\n", b"\r.\r\n", b"\r\n.\r", b"\n.\r", b"\r.\n"]
+
+
+@pytest.mark.parametrize("fake_end", SMUGGLING, ids=repr)
+def test_bare_lf_cr_end_of_data_does_not_split_a_message(server: Server, fake_end: bytes) -> None:
+    r = tls_session(server)
+    assert r.cmd(f"AUTH PLAIN {plain(USER, PASSWORD)}").startswith("235")
+    r.cmd(f"MAIL FROM:<{USER}>")
+    r.cmd("RCPT TO:<bob@example.net>")
+    assert r.cmd("DATA").startswith("354")
+    r.send(
+        b"Subject: first\r\n\r\nhello" + fake_end
+        + b"MAIL FROM:<ceo@example.org>\r\nRCPT TO:<victim@example.net>\r\nDATA\r\n"
+        b"Subject: smuggled\r\n\r\nsmuggled\r\n.\r\n"
+    )
+    assert r.reply().startswith("550 5.6.11")
+    assert r.cmd("NOOP").startswith("250")  # exactly one reply came for the whole blob
+    r.close()
+    time.sleep(0.3)
+    assert server.delivered() == []
+
+
+def test_over_long_line_is_500(server: Server) -> None:
+    r = tls_session(server)
+    assert r.cmd(b"NOOP " + b"A" * 5000 + b"\r\n") == "500 5.5.2 Line too long"
+    assert r.cmd("NOOP").startswith("250")
+    r.close()
+
+
+def test_locked_account_is_535_and_logged(server: Server) -> None:
+    server.cli("user", "lock", USER)
+    r = tls_session(server)
+    assert r.cmd(f"AUTH PLAIN {plain(USER, PASSWORD)}") == "535 5.7.8 Authentication credentials invalid"
+    r.close()
+    records = [json.loads(x) for x in (server.root / "auth.log").read_text().splitlines()]
+    assert records[-1]["result"] == "failure" and "lock" in records[-1]["reason"]
+    server.cli("user", "unlock", USER)
+    r = tls_session(server)
+    assert r.cmd(f"AUTH PLAIN {plain(USER, PASSWORD)}").startswith("235")
+    r.close()
+
+
+def test_implicit_tls_port_speaks_tls_first(server: Server) -> None:
+    sock = socket.create_connection(("127.0.0.1", server.submissions), timeout=5)
+    sock.sendall(b"EHLO plaintext\r\n")
+    sock.settimeout(5)
+    try:
+        data = sock.recv(100)
+    except (ConnectionResetError, socket.timeout):
+        data = b""
+    assert not data.startswith(b"220") and not data.startswith(b"250")
+    sock.close()

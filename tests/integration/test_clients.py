@@ -1,0 +1,90 @@
+"""Real clients against the running server: Python smtplib and swaks."""
+
+from __future__ import annotations
+
+import email
+import smtplib
+import subprocess
+
+import pytest
+
+from .conftest import PASSWORD, USER, Server, require_tool
+
+pytestmark = pytest.mark.interop
+
+MESSAGE = (
+    f"From: {USER}\r\nTo: bob@example.net\r\nSubject: hello\r\n"
+    "Message-ID: <t1@example.org>\r\n\r\nHello Bob.\r\n.leading dot\r\n"
+)
+
+
+def _check_delivered(server: Server, count: int = 1) -> email.message.Message:
+    files = server.wait_for_mail(count)
+    msg = email.message_from_bytes(files[-1].read_bytes())
+    received = msg.get_all("Received")
+    assert received and "with ESMTPSA" in received[0], received
+    assert f"Authenticated sender: {USER}" in received[0]
+    return msg
+
+
+@pytest.mark.parametrize("mech", ["PLAIN", "LOGIN"])
+def test_smtplib_starttls(server: Server, mech: str) -> None:
+    with smtplib.SMTP("127.0.0.1", server.submission, timeout=10) as s:
+        s.ehlo("client.test")
+        assert "auth" not in s.esmtp_features  # nothing offered in clear
+        s.starttls(context=server.client_context())
+        s.ehlo("client.test")
+        assert mech in s.esmtp_features["auth"].split()
+        if mech == "PLAIN":
+            s.auth("PLAIN", lambda challenge=None: f"\0{USER}\0{PASSWORD}")
+        else:
+            s.user, s.password = USER, PASSWORD
+            s.auth("LOGIN", s.auth_login)  # username as initial response, like smtplib does
+        s.sendmail(USER, ["bob@example.net"], MESSAGE)
+    msg = _check_delivered(server)
+    assert msg["Subject"] == "hello"
+    assert msg.get_payload().endswith(".leading dot\n") or ".leading dot" in msg.get_payload()
+
+
+@pytest.mark.parametrize("mech", ["PLAIN", "LOGIN"])
+def test_smtplib_implicit_tls(server: Server, mech: str) -> None:
+    with smtplib.SMTP_SSL(
+        "127.0.0.1", server.submissions, timeout=10, context=server.client_context()
+    ) as s:
+        s.ehlo("client.test")
+        assert "STARTTLS" not in {k.upper() for k in s.esmtp_features}
+        s.login(USER, PASSWORD) if mech == "PLAIN" else s.auth(
+            "LOGIN", lambda challenge=None: USER if challenge is None or b"User" in challenge else PASSWORD,
+            initial_response_ok=False,
+        )
+        s.sendmail(USER, ["bob@example.net"], MESSAGE)
+    _check_delivered(server)
+
+
+@pytest.mark.parametrize("mech", ["PLAIN", "LOGIN"])
+@pytest.mark.parametrize("mode", ["-tls", "-tlsc"])
+def test_swaks(server: Server, mech: str, mode: str) -> None:
+    swaks = require_tool("swaks")
+    port = server.submission if mode == "-tls" else server.submissions
+    proc = subprocess.run(
+        [swaks, "-s", "127.0.0.1", "-p", str(port), mode, "--tls-verify", "--tls-ca-path",
+         str(server.ca), "-a", mech, "-au", USER, "-ap", PASSWORD, "-f", USER,
+         "-t", "bob@example.net", "--helo", "client.test"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "235 2.7.0" in proc.stdout
+    assert "250 2.0.0 OK queued as" in proc.stdout
+    _check_delivered(server)
+
+
+def test_swaks_wrong_password_535(server: Server) -> None:
+    swaks = require_tool("swaks")
+    proc = subprocess.run(
+        [swaks, "-s", "127.0.0.1", "-p", str(server.submission), "-tls", "--tls-verify",
+         "--tls-ca-path", str(server.ca), "-a", "PLAIN", "-au", USER, "-ap", "nope",
+         "--quit-after", "AUTH"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode != 0
+    assert "535 5.7.8" in proc.stdout

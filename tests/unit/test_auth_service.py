@@ -1,0 +1,536 @@
+"""AuthService.resolve against a real SQLite file: verdicts, cache, faults, upgrades."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from smtpgate.auth.authlog import AuthLog
+from smtpgate.auth.credentials import ARGON2ID, CRAM_MD5, SCRAM_SHA_1, SCRAM_SHA_256
+from smtpgate.auth.passwords import PasswordHasher
+from smtpgate.auth.service import AuthContext, AuthService, build_auth_service
+from smtpgate.auth.store import Account, SqliteAccountStore, StoreUnavailable
+from smtpgate.config import AccountsConfig, AuthConfig, Config
+from smtpgate.sasl.base import (
+    ConfirmIdentity,
+    CramMd5Secret,
+    LookupCramMd5,
+    LookupScram,
+    NotFound,
+    ScramCredentials,
+    Verdict,
+    VerifyPassword,
+    VerifyToken,
+)
+from smtpgate.sasl.scram import scram_credentials_from_password
+
+CFG = AccountsConfig(
+    argon2_memory_kib=8192, argon2_time_cost=1, argon2_parallelism=1, scram_iterations=4096
+)
+CTX = AuthContext("submission", "192.0.2.7", 50123, "TLSv1.3", "sess-1")
+ALICE = "alice@example.org"
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "accounts.sqlite"
+
+
+@pytest.fixture
+def store(db: Path) -> SqliteAccountStore:
+    s = SqliteAccountStore(db, CFG)
+    s.add_account(ALICE, "pencil")
+    return s
+
+
+@pytest.fixture
+def admin(db: Path, store: SqliteAccountStore) -> Iterator[SqliteAccountStore]:
+    """A second store on the same file: what `smtpgate user ...` or another worker does."""
+    s = SqliteAccountStore(db, CFG)
+    yield s
+    s.close()
+
+
+def make_service(
+    store: Any, tmp_path: Path, verifier: object | None = None, cfg: AccountsConfig = CFG
+) -> AuthService:
+    return AuthService(store, cfg, AuthConfig(), AuthLog(tmp_path / "auth.log"), verifier)
+
+
+@pytest.fixture
+async def svc(store: SqliteAccountStore, tmp_path: Path) -> AsyncIterator[AuthService]:
+    s = make_service(store, tmp_path)
+    yield s
+    await s.close()
+
+
+async def login(svc: AuthService, user: str = ALICE, pw: str = "pencil", **kw: str) -> Verdict:
+    v = await svc.resolve(
+        VerifyPassword(user, pw, mechanism=kw.pop("mechanism", "PLAIN"), **kw), CTX
+    )
+    assert isinstance(v, Verdict)
+    return v
+
+
+# --- PLAIN / LOGIN passwords ------------------------------------------------------
+
+
+async def test_good_password(svc: AuthService) -> None:
+    assert await login(svc) == Verdict(ok=True, identity=ALICE)
+
+
+async def test_domain_case_insensitive(svc: AuthService) -> None:
+    assert await login(svc, "alice@EXAMPLE.org") == Verdict(ok=True, identity=ALICE)
+    assert not (await login(svc, "Alice@example.org")).ok  # local part is case-sensitive
+
+
+async def test_bad_password(svc: AuthService) -> None:
+    assert await login(svc, pw="Pencil") == Verdict(ok=False, reason="bad password")
+
+
+async def test_unknown_user_same_reply_and_same_work(svc: AuthService) -> None:
+    before = svc.stats.hash_verifications
+    wrong = await login(svc, pw="wrong")
+    unknown = await login(svc, "nobody@example.org", "wrong")
+    invalid = await login(svc, "not an address", "wrong")
+    for v in (wrong, unknown, invalid):
+        assert (v.ok, v.identity, v.temporary) == (False, "", False)
+    assert unknown.reason == invalid.reason == "unknown user"
+    # Each did exactly one Argon2id verification: the decoy stands in for the hash.
+    assert svc.stats.hash_verifications - before == 3
+
+
+async def test_cache_hit_skips_argon2(svc: AuthService, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    real = svc._hasher.verify
+
+    def counting(encoded: str, password: str) -> bool:
+        calls.append(password)
+        return real(encoded, password)
+
+    monkeypatch.setattr(svc._hasher, "verify", counting)
+    for _ in range(5):
+        assert (await login(svc)).ok
+    assert len(calls) == 1
+    assert (svc.stats.cache_misses, svc.stats.cache_hits) == (1, 4)
+    # A wrong password is never served from the cache.
+    assert not (await login(svc, pw="pencil2")).ok
+    assert len(calls) == 2
+
+
+async def test_locked_refused_even_after_cached_success(
+    svc: AuthService, admin: SqliteAccountStore
+) -> None:
+    assert (await login(svc)).ok
+    assert (await login(svc)).ok  # now served from the cache
+    admin.lock(ALICE, "compromised")  # from another process
+    assert await login(svc) == Verdict(ok=False, reason="account locked")
+    assert await login(svc, pw="wrong") == Verdict(ok=False, reason="account locked")
+    admin.unlock(ALICE)
+    assert (await login(svc)).ok
+
+
+async def test_password_change_elsewhere_invalidates_cache(
+    svc: AuthService, admin: SqliteAccountStore
+) -> None:
+    assert (await login(svc)).ok
+    admin.set_password(ALICE, "crayon")
+    assert await login(svc) == Verdict(ok=False, reason="bad password")
+    assert (await login(svc, pw="crayon")).ok
+
+
+async def test_cache_disabled_with_ttl_zero(store: SqliteAccountStore, tmp_path: Path) -> None:
+    svc = make_service(store, tmp_path, cfg=CFG.model_copy(update={"cache_ttl": 0}))
+    try:
+        for _ in range(3):
+            assert (await login(svc)).ok
+        assert svc.stats.cache_hits == 0 and svc.stats.cache_misses == 3
+    finally:
+        await svc.close()
+
+
+async def test_authzid_must_be_the_account(svc: AuthService) -> None:
+    assert (await login(svc, authzid="alice@EXAMPLE.ORG")).ok
+    v = await login(svc, authzid="bob@example.org")
+    assert not v.ok and not v.temporary and "authorization identity" in v.reason
+
+
+async def test_account_without_password(svc: AuthService, admin: SqliteAccountStore) -> None:
+    admin.add_account("nopw@example.org", None)
+    v = await login(svc, "nopw@example.org", "x")
+    assert not v.ok and not v.temporary and "no password" in v.reason
+
+
+async def test_success_records_last_login(svc: AuthService, admin: SqliteAccountStore) -> None:
+    assert (await login(svc, mechanism="login")).ok
+    await svc.flush()
+    a = admin.get_account(ALICE)
+    assert a is not None and a.last_login is not None and a.last_mechanism == "LOGIN"
+
+
+async def test_concurrent_logins(svc: AuthService) -> None:
+    results = await asyncio.gather(*(login(svc) for _ in range(20)))
+    assert all(v.ok for v in results)
+
+
+# --- backend faults are temporary ---------------------------------------------------
+
+
+async def test_closed_store_gives_temporary(store: SqliteAccountStore, tmp_path: Path) -> None:
+    svc = make_service(store, tmp_path)
+    try:
+        store.close()
+        v = await login(svc)
+        assert (v.ok, v.temporary) == (False, True) and "closed" in v.reason
+        n = await svc.resolve(LookupScram(ALICE, "sha256", "SCRAM-SHA-256"), CTX)
+        assert isinstance(n, NotFound) and n.temporary
+        assert svc.stats.tempfails == 2
+    finally:
+        await svc.close()
+
+
+async def test_corrupt_database_file_gives_temporary(
+    store: SqliteAccountStore, db: Path, tmp_path: Path
+) -> None:
+    svc = make_service(store, tmp_path)
+    try:
+        # Worker threads open their own connections, after the file went bad.
+        for p in db.parent.glob(db.name + "*"):
+            p.unlink()
+        db.write_bytes(b"garbage!" * 1024)
+        v = await login(svc)
+        assert (v.ok, v.temporary) == (False, True)
+        assert "not a database" in v.reason
+    finally:
+        await svc.close()
+
+
+async def test_corrupt_stored_hash_gives_temporary(svc: AuthService, db: Path) -> None:
+    conn = sqlite3.connect(db)
+    conn.execute("UPDATE credentials SET data = 'garbage' WHERE scheme = ?", (ARGON2ID,))
+    conn.commit()
+    conn.close()
+    v = await login(svc)
+    assert (v.ok, v.temporary) == (False, True)
+
+
+class FaultyStore:
+    """Raises ``exc`` on every read, as a flaky remote store might."""
+
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+
+    def get_account(self, name: str) -> Account | None:
+        raise self.exc
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("exc", "reason"),
+    [
+        (StoreUnavailable("database is locked"), "database is locked"),
+        (RuntimeError("boom"), "internal error (RuntimeError)"),
+    ],
+)
+async def test_resolve_never_raises(
+    tmp_path: Path, exc: Exception, reason: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    svc = make_service(FaultyStore(exc), tmp_path)
+    try:
+        for q in (
+            VerifyPassword(ALICE, "pencil", mechanism="PLAIN"),
+            ConfirmIdentity(ALICE, "SCRAM-SHA-256"),
+        ):
+            assert await svc.resolve(q, CTX) == Verdict(ok=False, reason=reason, temporary=True)
+        for lq in (LookupScram(ALICE, "sha1", "SCRAM-SHA-1"), LookupCramMd5(ALICE)):
+            assert await svc.resolve(lq, CTX) == NotFound(reason=reason, temporary=True)
+    finally:
+        await svc.close()
+
+
+async def test_after_close_answers_temporary(store: SqliteAccountStore, tmp_path: Path) -> None:
+    svc = make_service(store, tmp_path)
+    await svc.close()
+    await svc.close()  # idempotent
+    assert (await login(svc)).temporary
+
+
+# --- SCRAM and CRAM-MD5 ----------------------------------------------------------
+
+
+async def test_scram_lookup(svc: AuthService) -> None:
+    for hash_name in ("sha1", "sha256"):
+        c = await svc.resolve(LookupScram(ALICE, hash_name, "SCRAM"), CTX)
+        assert isinstance(c, ScramCredentials)
+        assert c == scram_credentials_from_password("pencil", hash_name, c.iterations, c.salt)
+    assert await svc.resolve(LookupScram("x@example.org", "sha256", ""), CTX) == NotFound()
+    bad = await svc.resolve(LookupScram(ALICE, "md5", ""), CTX)
+    assert isinstance(bad, NotFound) and bad.temporary
+
+
+async def test_legacy_account_gets_scram_keys_at_plain_login(
+    svc: AuthService, admin: SqliteAccountStore
+) -> None:
+    # An account imported with only an Argon2id hash (e.g. from another server).
+    legacy = admin.add_account("old@example.org", None)
+    admin.put_credentials(
+        legacy.name, {ARGON2ID: PasswordHasher(CFG).hash("pencil")}, generation=legacy.generation
+    )
+    before = await svc.resolve(LookupScram(legacy.name, "sha256", "SCRAM-SHA-256"), CTX)
+    assert isinstance(before, NotFound) and not before.temporary and "keys" in before.reason
+
+    assert (await login(svc, legacy.name, mechanism="LOGIN")).ok
+    await svc.flush()
+    a = admin.get_account(legacy.name)
+    assert a is not None and {SCRAM_SHA_1, SCRAM_SHA_256} <= a.schemes
+    assert CRAM_MD5 not in a.schemes
+    after = await svc.resolve(LookupScram(legacy.name, "sha256", "SCRAM-SHA-256"), CTX)
+    assert isinstance(after, ScramCredentials)
+    assert after == scram_credentials_from_password(
+        "pencil", "sha256", after.iterations, after.salt
+    )
+    assert svc.stats.upgrades == 1
+    # Nothing more to do at the next miss.
+    svc._cache.clear()
+    assert (await login(svc, legacy.name)).ok
+    await svc.flush()
+    assert svc.stats.upgrades == 1
+
+
+async def test_weak_argon2_hash_rehashed_at_login(
+    store: SqliteAccountStore, tmp_path: Path, admin: SqliteAccountStore
+) -> None:
+    stronger = CFG.model_copy(update={"argon2_time_cost": 2})
+    svc = make_service(store, tmp_path, cfg=stronger)
+    try:
+        assert "t=1" in (admin.get_credential(ALICE, ARGON2ID) or "")
+        assert (await login(svc)).ok
+        await svc.flush()
+        assert "t=2" in (admin.get_credential(ALICE, ARGON2ID) or "")
+        svc._cache.clear()
+        assert (await login(svc)).ok
+    finally:
+        await svc.close()
+
+
+async def test_cram_md5_lookup(svc: AuthService, admin: SqliteAccountStore) -> None:
+    assert await svc.resolve(LookupCramMd5(ALICE), CTX) == NotFound(
+        reason="cram-md5 not enabled for account"
+    )
+    admin.add_account("legacy@example.org", "pencil", cram_md5_enabled=True)
+    s = await svc.resolve(LookupCramMd5("legacy@example.org"), CTX)
+    assert isinstance(s, CramMd5Secret) and len(s.inner) == 16
+    assert await svc.resolve(LookupCramMd5("x@example.org"), CTX) == NotFound()
+
+
+async def test_cram_md5_secret_made_at_login_after_opt_in(
+    svc: AuthService, admin: SqliteAccountStore
+) -> None:
+    admin.set_cram_md5_enabled(ALICE, True)
+    missing = await svc.resolve(LookupCramMd5(ALICE), CTX)
+    assert isinstance(missing, NotFound) and "secret" in missing.reason
+    assert (await login(svc)).ok
+    await svc.flush()
+    assert isinstance(await svc.resolve(LookupCramMd5(ALICE), CTX), CramMd5Secret)
+
+
+# --- ConfirmIdentity and per-account policy --------------------------------------
+
+
+async def test_confirm_identity(svc: AuthService, admin: SqliteAccountStore) -> None:
+    ok = await svc.resolve(ConfirmIdentity("alice@Example.org", "SCRAM-SHA-256"), CTX)
+    assert ok == Verdict(ok=True, identity=ALICE)
+    await svc.flush()
+    a = admin.get_account(ALICE)
+    assert a is not None and a.last_mechanism == "SCRAM-SHA-256"
+    admin.lock(ALICE, "x")
+    assert await svc.resolve(ConfirmIdentity(ALICE, "SCRAM-SHA-256"), CTX) == Verdict(
+        ok=False, reason="account locked"
+    )
+    assert await svc.resolve(ConfirmIdentity("x@example.org", "CRAM-MD5"), CTX) == Verdict(
+        ok=False, reason="unknown user"
+    )
+
+
+async def test_locked_account_lookups_refused(svc: AuthService, admin: SqliteAccountStore) -> None:
+    admin.lock(ALICE, "x")
+    assert await svc.resolve(LookupScram(ALICE, "sha256", "SCRAM-SHA-256"), CTX) == NotFound(
+        reason="account locked"
+    )
+
+
+async def test_allowed_mechanisms_apply_to_every_query(
+    svc: AuthService, admin: SqliteAccountStore
+) -> None:
+    admin.set_allowed_mechanisms(ALICE, ["SCRAM-SHA-256"])
+    before = svc.stats.hash_verifications
+    v = await login(svc)
+    assert not v.ok and not v.temporary and "PLAIN not allowed" in v.reason
+    assert svc.stats.hash_verifications == before + 1  # same work as a wrong password
+    s1 = await svc.resolve(LookupScram(ALICE, "sha1", "SCRAM-SHA-1"), CTX)
+    assert isinstance(s1, NotFound) and "SCRAM-SHA-1 not allowed" in s1.reason
+    s256 = await svc.resolve(LookupScram(ALICE, "sha256", "SCRAM-SHA-256"), CTX)
+    assert isinstance(s256, ScramCredentials)
+    c = await svc.resolve(ConfirmIdentity(ALICE, "SCRAM-SHA-1"), CTX)
+    assert isinstance(c, Verdict) and not c.ok
+    c = await svc.resolve(ConfirmIdentity(ALICE, "SCRAM-SHA-256"), CTX)
+    assert isinstance(c, Verdict) and c.ok
+    cram = await svc.resolve(LookupCramMd5(ALICE), CTX)
+    assert isinstance(cram, NotFound) and "CRAM-MD5 not allowed" in cram.reason
+
+
+# --- OAuth tokens ----------------------------------------------------------------
+
+
+@dataclass
+class TokenResult:
+    ok: bool
+    identity: str = ""
+    reason: str = ""
+
+
+class SyncVerifier:
+    def __init__(self, fn: Callable[[str], TokenResult]) -> None:
+        self.fn = fn
+        self.seen: list[str] = []
+
+    def verify(self, token: str) -> TokenResult:
+        self.seen.append(token)
+        return self.fn(token)
+
+
+class AsyncVerifier:
+    async def verify(self, token: str) -> TokenResult:
+        await asyncio.sleep(0)
+        return TokenResult(token == "good", ALICE, "" if token == "good" else "expired")
+
+
+def token(user: str = ALICE, tok: str = "good") -> VerifyToken:
+    return VerifyToken(user, tok, "OAUTHBEARER")
+
+
+async def test_token_without_verifier(svc: AuthService) -> None:
+    assert await svc.resolve(token(), CTX) == Verdict(ok=False, reason="oauth not configured")
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_token_verified(store: SqliteAccountStore, tmp_path: Path, kind: str) -> None:
+    verifier: object = (
+        AsyncVerifier()
+        if kind == "async"
+        else SyncVerifier(lambda t: TokenResult(t == "good", "alice@EXAMPLE.org", "expired"))
+    )
+    svc = make_service(store, tmp_path, verifier)
+    try:
+        assert await svc.resolve(token(), CTX) == Verdict(ok=True, identity=ALICE)
+        assert await svc.resolve(token(""), CTX) == Verdict(ok=True, identity=ALICE)
+        assert await svc.resolve(token(tok="bad"), CTX) == Verdict(
+            ok=False, reason="token rejected: expired"
+        )
+        v = await svc.resolve(token("bob@example.org"), CTX)
+        assert isinstance(v, Verdict) and not v.ok and "differs" in v.reason
+        store.lock(ALICE, "x")
+        assert await svc.resolve(token(), CTX) == Verdict(ok=False, reason="account locked")
+    finally:
+        await svc.close()
+
+
+async def test_token_for_unknown_account(store: SqliteAccountStore, tmp_path: Path) -> None:
+    svc = make_service(store, tmp_path, SyncVerifier(lambda t: TokenResult(True, "x@example.org")))
+    try:
+        assert await svc.resolve(token(""), CTX) == Verdict(ok=False, reason="unknown user")
+    finally:
+        await svc.close()
+
+
+async def test_token_verifier_fault_is_temporary(store: SqliteAccountStore, tmp_path: Path) -> None:
+    def boom(t: str) -> TokenResult:
+        raise ConnectionError("jwks fetch failed")
+
+    svc = make_service(store, tmp_path, SyncVerifier(boom))
+    try:
+        v = await svc.resolve(token(), CTX)
+        assert isinstance(v, Verdict) and v.temporary and "jwks fetch failed" in v.reason
+    finally:
+        await svc.close()
+
+
+# --- the auth log ------------------------------------------------------------------
+
+
+async def test_record_writes_auth_log(
+    svc: AuthService, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="smtpgate.auth"):
+        svc.record(CTX, "PLAIN", "eve\r\nforged", "failure", "bad password")
+    rec = json.loads((tmp_path / "auth.log").read_text("utf-8"))
+    assert rec["listener"] == "submission"
+    assert (rec["client_ip"], rec["client_port"], rec["tls"]) == ("192.0.2.7", 50123, "TLSv1.3")
+    assert (rec["mechanism"], rec["result"], rec["reason"]) == ("PLAIN", "failure", "bad password")
+    assert rec["username"] == "eve\\x0d\\x0aforged" and rec["session"] == "sess-1"
+    assert any("auth failure" in r.getMessage() for r in caplog.records)
+    with pytest.raises(ValueError):
+        svc.record(CTX, "PLAIN", "x", "maybe", "")
+
+
+# --- wiring from the config -------------------------------------------------------
+
+
+@pytest.mark.parametrize(("log_file", "expect_file"), [("auth.log", True), ("", False)])
+async def test_build_auth_service_from_config(
+    tmp_path: Path, log_file: str, expect_file: bool
+) -> None:
+    cfg = Config.model_validate(
+        {
+            "listeners": [{"name": "s", "address": "127.0.0.1:0", "tls": "starttls"}],
+            "accounts": CFG.model_dump(),
+            "auth": {"log_file": log_file},
+            "base_dir": tmp_path,
+        }
+    )
+    svc = build_auth_service(cfg)
+    try:
+        assert not (await login(svc)).ok  # an empty database: unknown user
+        svc.record(CTX, "PLAIN", ALICE, "failure", "unknown user")
+    finally:
+        await svc.close()
+    assert (tmp_path / "accounts.sqlite").is_file()
+    assert (tmp_path / "auth.log").is_file() == expect_file
+
+
+def test_verifier_without_verify_method_refused(store: SqliteAccountStore, tmp_path: Path) -> None:
+    with pytest.raises(TypeError):
+        make_service(store, tmp_path, verifier=object())
+    store.close()
+
+
+async def test_close_during_login_answers_temporary(
+    store: SqliteAccountStore, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    svc = make_service(store, tmp_path, cfg=CFG.model_copy(update={"cache_ttl": 0}))
+    logins = [asyncio.ensure_future(login(svc)) for _ in range(30)]
+    await asyncio.sleep(0.01)
+    with caplog.at_level(logging.WARNING):
+        await svc.close()
+        results = await asyncio.gather(*logins)
+    assert all(v.ok or v.temporary for v in results)
+    assert any(v.temporary for v in results)  # queued hashes were dropped, not raised
+    assert not [r for r in caplog.records if r.exc_info]  # and no "internal error"
+
+
+async def test_cancelled_caller_is_cancelled(svc: AuthService) -> None:
+    task = asyncio.ensure_future(login(svc))
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task

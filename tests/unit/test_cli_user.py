@@ -1,0 +1,187 @@
+"""``smtpgate user ...`` in-process with CliRunner, on a real config and database."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from smtpgate.auth.passwords import PasswordHasher
+from smtpgate.auth.store import SqliteAccountStore
+from smtpgate.cli.main import cli
+from smtpgate.config import AccountsConfig
+
+CONFIG = """\
+hostname = "mx.example.org"
+
+[[listeners]]
+name = "submission"
+address = "127.0.0.1:5870"
+tls = "starttls"
+
+[tls]
+cert = "cert.pem"
+key = "key.pem"
+
+[accounts]
+database = "accounts.sqlite"
+argon2_memory_kib = 8192
+argon2_time_cost = 1
+argon2_parallelism = 1
+scram_iterations = 4096
+"""
+FAST = AccountsConfig(argon2_memory_kib=8192, argon2_time_cost=1, argon2_parallelism=1)
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    # Only the existence of the TLS files is checked when the config loads.
+    (tmp_path / "cert.pem").write_text("dummy")
+    (tmp_path / "key.pem").write_text("dummy")
+    path = tmp_path / "smtpgate.toml"
+    path.write_text(CONFIG)
+    return path
+
+
+def run(config: Path, *args: str, input: str | None = None) -> Result:
+    return CliRunner().invoke(cli, ["user", *args, "--config", str(config)], input=input)
+
+
+def verify(config: Path, user: str, password: str) -> bool:
+    store = SqliteAccountStore(config.parent / "accounts.sqlite", FAST)
+    try:
+        encoded = store.get_credential(user, "argon2id")
+    finally:
+        store.close()
+    return encoded is not None and PasswordHasher(FAST).verify(encoded, password)
+
+
+def test_add_with_password_stdin(config: Path) -> None:
+    r = run(config, "add", "Alice@EXAMPLE.org", "--password-stdin", input="pen cil\n")
+    assert r.exit_code == 0, r.output
+    assert "added account Alice@example.org" in r.output
+    assert verify(config, "Alice@example.org", "pen cil")  # trailing newline dropped only
+
+
+def test_add_with_prompt_twice(config: Path) -> None:
+    r = run(config, "add", "a@example.org", input="pencil\npencil\n")
+    assert r.exit_code == 0, r.output
+    assert "pencil" not in r.output  # no echo
+    assert verify(config, "a@example.org", "pencil")
+
+
+def test_prompt_mismatch_asks_again(config: Path) -> None:
+    r = run(config, "add", "a@example.org", input="pencil\npencel\ncrayon\ncrayon\n")
+    assert r.exit_code == 0, r.output
+    assert "do not match" in r.output
+    assert verify(config, "a@example.org", "crayon")
+
+
+def test_prompt_eof_aborts(config: Path) -> None:
+    r = run(config, "add", "a@example.org", input="pencil\n")
+    assert r.exit_code == 1
+
+
+@pytest.mark.parametrize("stdin", ["", "\n", "a\0b\n"])
+def test_unusable_password_refused(config: Path, stdin: str) -> None:
+    r = run(config, "add", "a@example.org", "--password-stdin", input=stdin)
+    assert r.exit_code == 1
+    assert "error: the password" in r.stderr and "hint:" in r.stderr
+    assert "a@example.org" not in run(config, "list").output
+
+
+def test_password_on_argv_is_not_an_option(config: Path) -> None:
+    r = run(config, "add", "a@example.org", "--password", "pencil")
+    assert r.exit_code == 2
+
+
+@pytest.mark.parametrize("bad", ["alice", "alice@", "a b@example.org"])
+def test_invalid_address_is_usage_error(config: Path, bad: str) -> None:
+    r = run(config, "add", bad, "--password-stdin", input="p\n")
+    assert r.exit_code == 2
+    assert "local@domain" in r.stderr or "whitespace" in r.stderr
+
+
+def test_add_existing_fails_before_prompting(config: Path) -> None:
+    run(config, "add", "a@example.org", "--password-stdin", input="p\n")
+    r = run(config, "add", "a@EXAMPLE.ORG")
+    assert r.exit_code == 1
+    assert "already exists" in r.stderr and "user passwd" in r.stderr
+
+
+def test_passwd(config: Path) -> None:
+    run(config, "add", "a@example.org", "--password-stdin", input="old\n")
+    r = run(config, "passwd", "a@example.org", "--password-stdin", input="new\r\n")
+    assert r.exit_code == 0, r.output
+    assert verify(config, "a@example.org", "new")
+    r = run(config, "passwd", "nobody@example.org", "--password-stdin", input="x\n")
+    assert r.exit_code == 1 and "no account" in r.stderr and "user list" in r.stderr
+
+
+def test_remove(config: Path) -> None:
+    run(config, "add", "a@example.org", "--password-stdin", input="p\n")
+    assert run(config, "remove", "a@example.org").exit_code == 0
+    r = run(config, "remove", "a@example.org")
+    assert r.exit_code == 1 and "no account" in r.stderr
+
+
+def test_lock_unlock_and_list(config: Path) -> None:
+    run(config, "add", "a@example.org", "--password-stdin", input="p\n")
+    run(config, "add", "b@example.org", "--password-stdin", input="p\n")
+    r = run(config, "lock", "a@example.org", "--reason", "phished")
+    assert r.exit_code == 0 and "locked account a@example.org" in r.output
+    out = run(config, "list").output
+    a_line = next(line for line in out.splitlines() if "a@example.org" in line)
+    b_line = next(line for line in out.splitlines() if "b@example.org" in line)
+    assert "yes: phished" in a_line and "never" in a_line
+    assert " no " in b_line
+    for column in ("name", "locked", "created", "last login", "last mechanism"):
+        assert column in out
+    assert "unlocked" in run(config, "unlock", "a@example.org").output
+    assert "was not locked" in run(config, "unlock", "a@example.org").output
+    assert run(config, "lock", "nobody@example.org").exit_code == 1
+
+
+def test_list_empty(config: Path) -> None:
+    r = run(config, "list")
+    assert r.exit_code == 0 and "no accounts" in r.output
+
+
+def test_list_by_mechanism(config: Path) -> None:
+    from datetime import UTC, datetime
+
+    for name in ("a@example.org", "b@example.org", "c@example.org"):
+        run(config, "add", name, "--password-stdin", input="p\n")
+    store = SqliteAccountStore(config.parent / "accounts.sqlite", FAST)
+    try:
+        store.record_login("a@example.org", "PLAIN", datetime.now(UTC))
+        store.record_login("b@example.org", "PLAIN", datetime.now(UTC))
+        store.record_login("c@example.org", "SCRAM-SHA-256", datetime.now(UTC))
+    finally:
+        store.close()
+    r = run(config, "list", "--mechanisms")
+    assert r.exit_code == 0, r.output
+    plain = next(line for line in r.output.splitlines() if "PLAIN" in line)
+    assert "2" in plain and "a@example.org" in plain and "b@example.org" in plain
+    scram = next(line for line in r.output.splitlines() if "SCRAM-SHA-256" in line)
+    assert "c@example.org" in scram
+
+
+def test_config_from_environment(config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SMTPGATE_CONFIG", str(config))
+    r = CliRunner().invoke(cli, ["user", "list"])
+    assert r.exit_code == 0 and "no accounts" in r.output
+
+
+def test_no_config_is_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SMTPGATE_CONFIG", raising=False)
+    r = CliRunner().invoke(cli, ["user", "list"])
+    assert r.exit_code == 2 and "SMTPGATE_CONFIG" in r.stderr
+
+
+def test_unusable_database_is_operational_error(config: Path) -> None:
+    (config.parent / "accounts.sqlite").write_bytes(b"not a database" * 100)
+    r = run(config, "list")
+    assert r.exit_code == 1
+    assert r.stderr.startswith("error: account database") and "hint:" in r.stderr

@@ -1,0 +1,105 @@
+"""Config validation names the key; the reference page is generated and never stale."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from smtpgate.cli.main import cli
+from smtpgate.config import ConfigError, parse_config, render_reference
+
+ROOT = Path(__file__).resolve().parents[2]
+
+GOOD = """
+hostname = "mx.example.org"
+[[listeners]]
+name = "submission"
+address = "127.0.0.1:2587"
+tls = "starttls"
+[tls]
+cert = "c.pem"
+key = "k.pem"
+"""
+
+
+@pytest.fixture
+def base(tmp_path: Path) -> Path:
+    (tmp_path / "c.pem").write_text("x")
+    (tmp_path / "k.pem").write_text("x")
+    return tmp_path
+
+
+def problems(text: str, base: Path) -> dict[str, str]:
+    with pytest.raises(ConfigError) as e:
+        parse_config(text, base)
+    return dict(e.value.problems)
+
+
+def test_good_config_parses(base: Path) -> None:
+    cfg = parse_config(GOOD, base)
+    assert cfg.listeners[0].host_port == ("127.0.0.1", 2587)
+    assert cfg.path(cfg.tls.cert) == base / "c.pem"
+
+
+def test_unknown_key_is_named(base: Path) -> None:
+    assert problems(GOOD + "\n[limits]\nmax_mesage_size = 5\n", base) == {
+        "limits.max_mesage_size": "unknown key"
+    }
+
+
+def test_bad_value_is_named(base: Path) -> None:
+    p = problems(GOOD.replace('"starttls"', '"sometimes"'), base)
+    assert list(p) == ["listeners.0.tls"]
+
+
+def test_bad_address_and_missing_cert_are_named(tmp_path: Path) -> None:
+    p = problems(GOOD.replace("127.0.0.1:2587", "nowhere"), tmp_path)
+    assert "listeners.0.address" in p
+    p = problems(GOOD, tmp_path)
+    assert set(p) == {"tls.cert", "tls.key"}
+
+
+def test_unknown_mechanism_is_named(base: Path) -> None:
+    p = problems(GOOD + '\n[auth]\nmechanisms = ["PLAIN", "DIGEST-MD5"]\n', base)
+    assert list(p) == ["auth.mechanisms"]
+
+
+def test_relay_needs_host(base: Path) -> None:
+    p = problems(GOOD + '\n[delivery]\nmode = "relay"\n', base)
+    assert "delivery.relay_host" in p
+
+
+def test_invalid_toml(base: Path) -> None:
+    assert "(file)" in problems("hostname = ", base)
+
+
+def test_config_check_cli(base: Path) -> None:
+    cfg = base / "smtpgate.toml"
+    cfg.write_text(GOOD)
+    r = CliRunner().invoke(cli, ["config", "check", "--config", str(cfg)])
+    assert r.exit_code == 0 and "OK" in r.output
+    cfg.write_text(GOOD + "\nbogus = 1\n")
+    r = CliRunner().invoke(cli, ["config", "check", "--config", str(cfg)])
+    assert r.exit_code == 1
+    assert "bogus: unknown key" in r.output
+
+
+def test_config_from_environment(base: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = base / "smtpgate.toml"
+    cfg.write_text(GOOD)
+    monkeypatch.setenv("SMTPGATE_CONFIG", str(cfg))
+    r = CliRunner().invoke(cli, ["config", "check"])
+    assert r.exit_code == 0, r.output
+
+
+def test_reference_page_is_current() -> None:
+    page = ROOT / "docs" / "configuration.md"
+    assert page.read_text() == render_reference(), "run: smtpgate config docs > docs/configuration.md"
+
+
+def test_state_machine_page_is_current() -> None:
+    from smtpgate.smtp.states import render_markdown
+
+    assert (ROOT / "docs" / "state-machine.md").read_text() == render_markdown()

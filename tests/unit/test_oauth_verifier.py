@@ -1,0 +1,440 @@
+"""TokenVerifier: JWTs minted with local keys, injected clock/fetch/post, no network."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import urllib.parse
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pydantic
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+
+from smtpgate.auth.oauth import (
+    IssuerConfig,
+    TokenResult,
+    TokenVerifier,
+    TokenVerifierUnavailable,
+)
+
+NOW = 1_700_000_000.0
+ISSUER = "https://id.example.org/realms/mail"
+JWKS_URL = "https://id.example.org/realms/mail/certs"
+AUDIENCE = "smtpgate"
+
+RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+OTHER_RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+EC_KEY = ec.generate_private_key(ec.SECP256R1())
+
+
+def _jwk(public: Any, kid: str, **extra: str) -> dict[str, Any]:
+    algo = RSAAlgorithm if isinstance(public, rsa.RSAPublicKey) else ECAlgorithm
+    jwk = algo.to_jwk(public, as_dict=True)
+    return {**jwk, "kid": kid, **extra}
+
+
+def jwks(*keys: dict[str, Any]) -> bytes:
+    return json.dumps({"keys": list(keys)}).encode()
+
+
+DEFAULT_JWKS = jwks(_jwk(RSA_KEY.public_key(), "rsa1"), _jwk(EC_KEY.public_key(), "ec1"))
+
+
+class FakeFetch:
+    """Counts fetches; serves ``body`` or raises ``error``."""
+
+    def __init__(self, body: bytes = DEFAULT_JWKS) -> None:
+        self.body = body
+        self.error: Exception | None = None
+        self.calls: list[str] = []
+
+    def __call__(self, url: str) -> bytes:
+        self.calls.append(url)
+        if self.error is not None:
+            raise self.error
+        return self.body
+
+
+class Clock:
+    def __init__(self, now: float = NOW) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def claims(**overrides: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "sub": "f81d4fae",
+        "email": "alice@example.org",
+        "email_verified": True,
+        "preferred_username": "alice",
+        "scope": "openid email mail.send",
+        "iat": int(NOW) - 10,
+        "nbf": int(NOW) - 10,
+        "exp": int(NOW) + 300,
+    }
+    base.update(overrides)
+    return {k: v for k, v in base.items() if v is not None}
+
+
+def mint(
+    payload: dict[str, Any] | None = None,
+    *,
+    key: Any = RSA_KEY,
+    alg: str = "RS256",
+    kid: str | None = "rsa1",
+) -> str:
+    headers = {"kid": kid} if kid is not None else {}
+    return jwt.encode(
+        payload if payload is not None else claims(), key, algorithm=alg, headers=headers
+    )
+
+
+def issuer(**overrides: Any) -> IssuerConfig:
+    fields: dict[str, Any] = {
+        "issuer": ISSUER,
+        "audience": [AUDIENCE],
+        "jwks_url": JWKS_URL,
+        "required_scopes": ["mail.send"],
+    }
+    fields.update(overrides)
+    return IssuerConfig(**fields)
+
+
+def verifier(
+    *cfgs: IssuerConfig, fetch: FakeFetch | None = None, clock: Clock | None = None, **kw: Any
+) -> TokenVerifier:
+    return TokenVerifier(
+        list(cfgs) or [issuer()], fetch=fetch or FakeFetch(), clock=clock or Clock(), **kw
+    )
+
+
+# --- accepted tokens ------------------------------------------------------------------
+
+
+def test_valid_rs256_token_yields_email_identity() -> None:
+    assert verifier().verify(mint()) == TokenResult(
+        ok=True, identity="alice@example.org", issuer=ISSUER
+    )
+
+
+def test_valid_es256_token() -> None:
+    result = verifier().verify(mint(key=EC_KEY, alg="ES256", kid="ec1"))
+    assert result.ok, result.reason
+
+
+@pytest.mark.parametrize(
+    ("claim", "expected"),
+    [("email", "alice@example.org"), ("preferred_username", "alice"), ("sub", "f81d4fae")],
+)
+def test_identity_claim_is_configurable(claim: str, expected: str) -> None:
+    result = verifier(issuer(identity_claim=claim)).verify(mint())
+    assert result.identity == expected
+
+
+def test_scp_list_claim_satisfies_scope() -> None:
+    token = mint(claims(scope=None, scp=["mail.send", "openid"]))
+    assert verifier().verify(token).ok
+
+
+def test_audience_list_with_ours_is_accepted() -> None:
+    assert verifier().verify(mint(claims(aud=["other", AUDIENCE]))).ok
+
+
+def test_expiry_within_leeway_is_accepted() -> None:
+    token = mint(claims(exp=int(NOW) - 30))
+    assert verifier().verify(token).ok
+    assert not verifier(issuer(leeway_seconds=0)).verify(token).ok
+
+
+def test_token_without_kid_tries_keys_of_the_right_type() -> None:
+    assert verifier().verify(mint(kid=None)).ok
+
+
+def test_hs256_with_symmetric_key_when_allowed() -> None:
+    secret = b"s" * 32
+    key = {"kty": "oct", "k": base64.urlsafe_b64encode(secret).rstrip(b"=").decode(), "kid": "h"}
+    fetch = FakeFetch(jwks(key))
+    cfg = issuer(algorithms=["HS256"])
+    assert verifier(cfg, fetch=fetch).verify(mint(key=secret, alg="HS256", kid="h")).ok
+
+
+# --- refused tokens ---------------------------------------------------------------------
+
+REFUSED = [
+    # (description, token factory, fragment of the logged reason)
+    ("expired", lambda: mint(claims(exp=int(NOW) - 61)), "expired"),
+    ("not yet valid", lambda: mint(claims(nbf=int(NOW) + 120)), "nbf"),
+    ("issued in the future", lambda: mint(claims(iat=int(NOW) + 120)), "iat"),
+    ("wrong audience", lambda: mint(claims(aud="another-service")), "Audience"),
+    ("no audience", lambda: mint(claims(aud=None)), "aud"),
+    ("wrong issuer", lambda: mint(claims(iss="https://evil.example")), "unknown issuer"),
+    ("no exp", lambda: mint(claims(exp=None)), "exp"),
+    ("missing scope", lambda: mint(claims(scope="openid email")), "missing scope mail.send"),
+    ("no identity claim", lambda: mint(claims(email=None)), "no email claim"),
+    ("email not verified", lambda: mint(claims(email_verified=False)), "not verified"),
+    ("bad signature", lambda: mint(key=OTHER_RSA_KEY), "bad signature"),
+    (
+        "bad EC signature",
+        lambda: mint(key=ec.generate_private_key(ec.SECP256R1()), alg="ES256", kid="ec1"),
+        "bad signature",
+    ),
+    ("unknown kid", lambda: mint(kid="nope"), "kid 'nope'"),
+    ("algorithm not allowed", lambda: mint(alg="RS512"), "not allowed"),
+    ("garbage", lambda: "a.b.c", "malformed"),
+    ("opaque without introspection", lambda: "opaque-token", "not a JWT"),
+    ("too large", lambda: "a" * 20000, "too large"),
+]
+
+
+@pytest.mark.parametrize(("why", "make", "fragment"), REFUSED, ids=[r[0] for r in REFUSED])
+def test_refused_tokens(why: str, make: Any, fragment: str) -> None:
+    result = verifier().verify(make())
+    assert not result.ok and not result.identity, why
+    assert fragment in result.reason, (why, result.reason)
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _hand_made(payload: dict[str, Any], alg: str, sign: Any = None) -> str:
+    """A JWT built by hand, as an attacker would (PyJWT refuses to make these)."""
+    header = {"alg": alg, "typ": "JWT", "kid": "rsa1"}
+    signing_input = (
+        f"{_b64url(json.dumps(header).encode())}.{_b64url(json.dumps(payload).encode())}"
+    )
+    signature = sign(signing_input.encode()) if sign else b""
+    return f"{signing_input}.{_b64url(signature)}"
+
+
+def test_rfc8725_alg_none_is_refused() -> None:
+    result = verifier().verify(_hand_made(claims(), "none"))
+    assert not result.ok and "'none' not allowed" in result.reason
+
+
+def test_rfc8725_alg_none_is_refused_even_if_configured() -> None:
+    with pytest.raises(pydantic.ValidationError):
+        issuer(algorithms=["none"])
+
+
+def test_rfc8725_hs256_signed_with_rsa_public_key_is_refused() -> None:
+    # Key confusion: HMAC keyed with our RSA public key, which attackers know.
+    pem = RSA_KEY.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    forged = _hand_made(
+        claims(), "HS256", lambda data: hmac.new(pem, data, hashlib.sha256).digest()
+    )
+    result = verifier(issuer(algorithms=["RS256", "HS256"])).verify(forged)
+    assert not result.ok and "no oct key" in result.reason
+
+
+def test_key_pinned_to_other_alg_or_use_is_ignored() -> None:
+    fetch = FakeFetch(jwks(_jwk(RSA_KEY.public_key(), "rsa1", use="enc")))
+    assert not verifier(fetch=fetch).verify(mint()).ok
+    fetch = FakeFetch(jwks(_jwk(RSA_KEY.public_key(), "rsa1", alg="PS256")))
+    assert not verifier(fetch=fetch).verify(mint()).ok
+
+
+# --- key-set caching ------------------------------------------------------------------------
+
+
+def test_jwks_is_cached_until_refresh_interval() -> None:
+    fetch, clock = FakeFetch(), Clock()
+    v = verifier(issuer(jwks_refresh_seconds=100), fetch=fetch, clock=clock)
+    for _ in range(3):
+        assert v.verify(mint()).ok
+    assert fetch.calls == [JWKS_URL]
+    clock.now += 101
+    assert v.verify(mint(claims(exp=int(clock.now) + 300))).ok
+    assert len(fetch.calls) == 2
+
+
+def test_unknown_kid_refreshes_once_then_rate_limited() -> None:
+    fetch, clock = FakeFetch(), Clock()
+    v = verifier(issuer(jwks_min_refresh_seconds=60), fetch=fetch, clock=clock)
+    assert v.verify(mint()).ok
+    clock.now += 61
+    assert not v.verify(mint(kid="rotated")).ok
+    assert not v.verify(mint(kid="rotated-again")).ok
+    assert len(fetch.calls) == 2  # one refresh for the first unknown kid only
+
+
+def test_key_rotation_is_picked_up_on_unknown_kid() -> None:
+    fetch, clock = FakeFetch(), Clock()
+    v = verifier(fetch=fetch, clock=clock)
+    assert v.verify(mint()).ok
+    new_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    fetch.body = jwks(_jwk(new_key.public_key(), "rsa2"))
+    clock.now += 61
+    assert v.verify(mint(claims(exp=int(clock.now) + 300), key=new_key, kid="rsa2")).ok
+
+
+def test_fetch_failure_without_cache_is_unavailable() -> None:
+    fetch = FakeFetch()
+    fetch.error = OSError("connection refused")
+    with pytest.raises(TokenVerifierUnavailable):
+        verifier(fetch=fetch).verify(mint())
+
+
+def test_fetch_failure_with_cache_keeps_last_good_keys() -> None:
+    fetch, clock = FakeFetch(), Clock()
+    v = verifier(issuer(jwks_refresh_seconds=10), fetch=fetch, clock=clock)
+    assert v.verify(mint()).ok
+    fetch.error = OSError("down")
+    clock.now += 20
+    assert v.verify(mint(claims(exp=int(clock.now) + 300))).ok
+
+
+@pytest.mark.parametrize("body", [b"not json", b"[]", b'{"keys": 3}'])
+def test_bad_key_set_is_unavailable(body: bytes) -> None:
+    with pytest.raises(TokenVerifierUnavailable):
+        verifier(fetch=FakeFetch(body)).verify(mint())
+
+
+def test_jwks_from_file(tmp_path: Path) -> None:
+    path = tmp_path / "jwks.json"
+    path.write_bytes(DEFAULT_JWKS)
+    cfg = issuer(jwks_url=None, jwks_file=path)
+    fetch = FakeFetch()
+    assert verifier(cfg, fetch=fetch).verify(mint()).ok
+    assert fetch.calls == []
+
+
+# --- introspection (RFC 7662) --------------------------------------------------------------
+
+
+class FakePost:
+    def __init__(self, answer: dict[str, Any]) -> None:
+        self.answer = answer
+        self.calls: list[tuple[str, bytes, dict[str, str]]] = []
+
+    def __call__(self, url: str, body: bytes, headers: Mapping[str, str]) -> bytes:
+        self.calls.append((url, body, dict(headers)))
+        return json.dumps(self.answer).encode()
+
+
+def _introspection_issuer(tmp_path: Path, **overrides: Any) -> IssuerConfig:
+    secret = tmp_path / "client-secret"
+    secret.write_text("s3cr:et\n")
+    fields: dict[str, Any] = {
+        "issuer": "https://opaque.example",
+        "audience": [AUDIENCE],
+        "introspection_url": "https://opaque.example/introspect",
+        "introspection_client_id": "smtp gate",
+        "introspection_client_secret_file": secret,
+        "identity_claim": "preferred_username",
+    }
+    fields.update(overrides)
+    return IssuerConfig(**fields)
+
+
+def test_rfc7662_opaque_token_active(tmp_path: Path) -> None:
+    post = FakePost({"active": True, "username": "bob", "aud": AUDIENCE, "exp": int(NOW) + 60})
+    v = verifier(issuer(), _introspection_issuer(tmp_path), post=post)
+    result = v.verify("opaque-token")
+    assert result == TokenResult(ok=True, identity="bob", issuer="https://opaque.example")
+    url, body, headers = post.calls[0]
+    assert url == "https://opaque.example/introspect"
+    assert urllib.parse.parse_qs(body.decode()) == {
+        "token": ["opaque-token"],
+        "token_type_hint": ["access_token"],
+    }
+    # RFC 6749 §2.3.1: form-urlencode id and secret, then Basic.
+    assert headers["Authorization"] == "Basic " + base64.b64encode(b"smtp+gate:s3cr%3Aet").decode()
+    assert headers["Content-Type"] == "application/x-www-form-urlencoded"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"active": False},
+        {"active": "true", "username": "bob"},
+        {"active": True, "username": "bob", "exp": int(NOW) - 3600},
+        {"active": True, "username": "bob", "aud": "other"},
+        {"active": True, "username": "bob", "iss": "https://evil.example"},
+        {"active": True},
+    ],
+)
+def test_rfc7662_opaque_token_refused(tmp_path: Path, answer: dict[str, Any]) -> None:
+    v = verifier(_introspection_issuer(tmp_path), post=FakePost(answer))
+    assert not v.verify("opaque-token").ok
+
+
+def test_rfc7662_jwt_issuer_with_introspection_checks_revocation(tmp_path: Path) -> None:
+    cfg = _introspection_issuer(tmp_path, issuer=ISSUER, jwks_url=JWKS_URL, identity_claim="email")
+    post = FakePost({"active": False})
+    v = verifier(cfg, post=post)
+    assert not v.verify(mint()).ok
+    post.answer = {"active": True}
+    assert v.verify(mint()).ok
+
+
+def test_rfc7662_endpoint_failure_is_unavailable(tmp_path: Path) -> None:
+    def failing_post(url: str, body: bytes, headers: Mapping[str, str]) -> bytes:
+        raise OSError("timeout")
+
+    v = verifier(_introspection_issuer(tmp_path), post=failing_post)
+    with pytest.raises(TokenVerifierUnavailable):
+        v.verify("opaque-token")
+
+
+# --- configuration -------------------------------------------------------------------------
+
+
+def test_issuer_config_forbids_extra_fields_and_is_frozen() -> None:
+    with pytest.raises(pydantic.ValidationError):
+        IssuerConfig(issuer=ISSUER, audience=[AUDIENCE], jwks_url=JWKS_URL, typo=1)  # type: ignore[call-arg]
+    cfg = issuer()
+    with pytest.raises(pydantic.ValidationError):
+        cfg.issuer = "x"
+
+
+def test_issuer_config_every_field_is_described() -> None:
+    for name, field in IssuerConfig.model_fields.items():
+        assert field.description, name
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"audience": []},
+        {"jwks_url": None},
+        {"jwks_file": "/x.json"},
+        {"jwks_url": "http://id.example/certs"},
+        {"algorithms": ["XX256"]},
+        {"introspection_url": "https://x/introspect"},
+        {"leeway_seconds": -1},
+    ],
+)
+def test_issuer_config_rejects(fields: dict[str, Any]) -> None:
+    with pytest.raises(pydantic.ValidationError):
+        issuer(**fields)
+
+
+def test_http_allowed_for_loopback_only() -> None:
+    assert issuer(jwks_url="http://localhost:8080/certs").jwks_url
+
+
+def test_verifier_refuses_duplicate_and_ambiguous_issuers(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        TokenVerifier([issuer(), issuer()])
+    with pytest.raises(ValueError):
+        TokenVerifier(
+            [
+                _introspection_issuer(tmp_path),
+                _introspection_issuer(tmp_path, issuer="https://second.example"),
+            ]
+        )

@@ -10,6 +10,8 @@ this is how one host uses more than one core.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
 import os
 import signal
@@ -17,9 +19,8 @@ import socket
 import sys
 from collections.abc import Callable
 
-from smtpgate.auth.authlog import AuthLog
-from smtpgate.auth.service import AuthService
-from smtpgate.auth.store import SqliteAccountStore
+
+from smtpgate.auth.service import build_auth_service
 from smtpgate.config import Config, ListenerConfig
 from smtpgate.queue.factory import make_deliverer
 from smtpgate.queue.spool import Spool
@@ -55,12 +56,30 @@ def offered_mechanisms(cfg: Config, listener: ListenerConfig) -> tuple[str, ...]
     return tuple(m for m in server_mechanism_names() if m in wanted)
 
 
+def decoy_secret(cfg: Config) -> bytes:
+    """A secret that is stable across restarts and workers, for SCRAM's fake salts
+    of unknown users (a salt that changed on restart would reveal the account does
+    not exist). Derived from the TLS private key so there is no extra file to keep."""
+    try:
+        key = cfg.path(cfg.tls.key).read_bytes()
+    except OSError:
+        key = b""
+    return hmac.new(key, b"smtpgate scram decoy salt v1", hashlib.sha256).digest()
+
+
 def engine_settings(cfg: Config, listener: ListenerConfig) -> EngineSettings:
     hostname = cfg.hostname
+    secret = decoy_secret(cfg)
+    iterations = cfg.accounts.scram_iterations
 
     def factory(name: str, cb: ChannelBinding, plus_advertised: bool) -> ServerMechanism:
         return create_server_mechanism(
-            name, channel_binding=cb, hostname=hostname, plus_advertised=plus_advertised
+            name,
+            channel_binding=cb,
+            hostname=hostname,
+            plus_advertised=plus_advertised,
+            decoy_secret=secret,
+            decoy_iterations=iterations,
         )
 
     return EngineSettings(
@@ -127,9 +146,7 @@ async def serve_sockets(
 ) -> None:
     """Run listeners (and optionally delivery) until SIGTERM/SIGINT."""
     loop = asyncio.get_running_loop()
-    store = SqliteAccountStore(cfg.path(cfg.accounts.database), cfg.accounts)
-    authlog = AuthLog(cfg.path(cfg.auth.log_file) if cfg.auth.log_file else None)
-    auth = AuthService(store, cfg.accounts, cfg.auth, authlog)
+    auth = build_auth_service(cfg)
     spool = Spool(cfg.path(cfg.queue.spool))
     worker: DeliveryWorker | None = None
     worker_task: asyncio.Task[None] | None = None
@@ -183,7 +200,6 @@ async def serve_sockets(
         await worker_task
     await auth.close()
     await spool.close()
-    authlog.close()
     log.info("stopped")
 
 

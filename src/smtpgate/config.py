@@ -14,6 +14,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from smtpgate.auth.oauth import IssuerConfig
+
 LEGACY_MECHANISMS = ("PLAIN", "LOGIN", "CRAM-MD5")
 #: Strongest first: the order of advertisement in EHLO.
 KNOWN_MECHANISMS = (
@@ -112,12 +114,26 @@ class AuthConfig(Model):
     log_file: Path | None = Field(
         default=Path("auth.log"), description="JSON-lines auth log; empty to disable."
     )
+    oauth_issuers: list[IssuerConfig] = Field(
+        default_factory=list,
+        description="OAuth 2.0 issuers whose tokens OAUTHBEARER/XOAUTH2 accept "
+        "([[auth.oauth_issuers]] tables; see docs/oauth.md).",
+    )
+    oauth_scope: str = Field(
+        default="",
+        description="Scope named in the OAUTHBEARER error reply (RFC 7628 §3.2.2).",
+    )
     failure_floor: float = Field(
         default=0.25,
         ge=0,
         description="Minimum seconds before a failed AUTH is answered (with jitter), so "
         "timing does not tell an unknown account from a wrong password.",
     )
+
+    @field_validator("log_file", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: object) -> object:
+        return None if v == "" else v
 
     @field_validator("mechanisms")
     @classmethod
@@ -280,6 +296,15 @@ def semantic_problems(cfg: Config) -> list[tuple[str, str]]:
         out.append(("delivery.relay_host", "required when delivery.mode = 'relay'"))
     if cfg.delivery.relay_user and cfg.delivery.relay_password_file is None:
         out.append(("delivery.relay_password_file", "required when delivery.relay_user is set"))
+    oauth = {"OAUTHBEARER", "XOAUTH2"}
+    enabled = set(cfg.auth.mechanisms) | {
+        m.upper() for lst in cfg.listeners for m in (lst.mechanisms or [])
+    }
+    if enabled & oauth and not cfg.auth.oauth_issuers:
+        out.append(("auth.oauth_issuers", "OAUTHBEARER/XOAUTH2 enabled but no issuer configured"))
+    for i, iss in enumerate(cfg.auth.oauth_issuers):
+        if iss.jwks_file is not None and not cfg.path(iss.jwks_file).is_file():
+            out.append((f"auth.oauth_issuers.{i}.jwks_file", f"file not found: {cfg.path(iss.jwks_file)}"))
     if cfg.queue.retry_max < cfg.queue.retry_initial:
         out.append(("queue.retry_max", "must be >= queue.retry_initial"))
     return out

@@ -68,6 +68,7 @@ def test_sigterm_stops_cleanly_and_hands_back_idle_sessions(tmp_path: Path) -> N
     t.start()
     assert server.stop(signal.SIGTERM) == 0
     t.join(10)
+    s.close()
     assert replies and replies[0][0] == 421
     assert b"4.3.2" in replies[0][1]
     assert "stopped" in server.log_text()

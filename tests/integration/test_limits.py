@@ -69,7 +69,10 @@ def test_too_many_errors_421(limited: Server) -> None:
     r = Raw(limited.submission)
     r.cmd("FOO")
     r.cmd("BAR")
-    assert r.cmd("BAZ").startswith("421 4.7.0")
+    assert r.cmd("BAZ").startswith("500 5.5.2")
+    assert r.reply().startswith("421 4.7.0")
+    with pytest.raises(EOFError):
+        r.reply()
     r.close()
 
 
@@ -77,10 +80,15 @@ def test_size_and_recipient_limits(limited: Server) -> None:
     with smtplib.SMTP_SSL("127.0.0.1", limited.submissions, context=limited.client_context()) as s:
         s.login(USER, PASSWORD)
         assert "2048" in s.esmtp_features["size"]
-        with pytest.raises(smtplib.SMTPDataError) as e:
+        # Declared SIZE over the limit: refused at MAIL (RFC 1870 §6).
+        with pytest.raises(smtplib.SMTPSenderRefused) as e:
             s.sendmail(USER, ["b@example.net"], "Subject: big\r\n\r\n" + "x" * 3000)
         assert e.value.smtp_code == 552
-        s.rset()
+        # Undeclared: refused after the end of data.
+        s.mail(USER)
+        s.rcpt("b@example.net")
+        code, text = s.data("Subject: big\r\n\r\n" + "x" * 3000)
+        assert (code, text[:5]) == (552, b"5.3.4")
         s.mail(USER)
         for i in range(3):
             assert s.rcpt(f"r{i}@example.net")[0] == 250

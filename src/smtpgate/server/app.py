@@ -18,8 +18,9 @@ import signal
 import socket
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
-
+from smtpgate.auth.oauth import TokenVerifier
 from smtpgate.auth.service import build_auth_service
 from smtpgate.config import Config, ListenerConfig
 from smtpgate.queue.factory import make_deliverer
@@ -56,6 +57,15 @@ def offered_mechanisms(cfg: Config, listener: ListenerConfig) -> tuple[str, ...]
     return tuple(m for m in server_mechanism_names() if m in wanted)
 
 
+def make_token_verifier(cfg: Config) -> TokenVerifier | None:
+    """The OAuth token verifier, when issuers are configured (paths relative to the config)."""
+    if not cfg.auth.oauth_issuers:
+        return None
+    return TokenVerifier(
+        cfg.auth.oauth_issuers, read_file=lambda p: cfg.path(Path(p)).read_bytes()
+    )
+
+
 def decoy_secret(cfg: Config) -> bytes:
     """A secret that is stable across restarts and workers, for SCRAM's fake salts
     of unknown users (a salt that changed on restart would reveal the account does
@@ -71,6 +81,7 @@ def engine_settings(cfg: Config, listener: ListenerConfig) -> EngineSettings:
     hostname = cfg.hostname
     secret = decoy_secret(cfg)
     iterations = cfg.accounts.scram_iterations
+    scope = cfg.auth.oauth_scope
 
     def factory(name: str, cb: ChannelBinding, plus_advertised: bool) -> ServerMechanism:
         return create_server_mechanism(
@@ -80,6 +91,7 @@ def engine_settings(cfg: Config, listener: ListenerConfig) -> EngineSettings:
             plus_advertised=plus_advertised,
             decoy_secret=secret,
             decoy_iterations=iterations,
+            oauth_scope=scope,
         )
 
     return EngineSettings(
@@ -146,7 +158,7 @@ async def serve_sockets(
 ) -> None:
     """Run listeners (and optionally delivery) until SIGTERM/SIGINT."""
     loop = asyncio.get_running_loop()
-    auth = build_auth_service(cfg)
+    auth = build_auth_service(cfg, make_token_verifier(cfg))
     spool = Spool(cfg.path(cfg.queue.spool))
     worker: DeliveryWorker | None = None
     worker_task: asyncio.Task[None] | None = None

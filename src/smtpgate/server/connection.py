@@ -89,16 +89,16 @@ class SmtpConnection(asyncio.Protocol):
     # ------------------------------------------------------- asyncio callbacks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        peer = transport.get_extra_info("peername") or ("", 0)
+        # uvloop's transports are not asyncio.Transport subclasses; trust the duck.
+        self.transport = transport  # type: ignore[assignment]
+        peer = self.transport.get_extra_info("peername") or ("", 0)
         self.client_ip, self.client_port = str(peer[0]), int(peer[1])
         refused = self.rt.limiter.acquire(self.client_ip)
         if refused is not None:
             reply = R.TOO_MANY_CONNECTIONS if refused == "total" else R.TOO_MANY_CONNECTIONS_FROM_IP
             log.warning("refused %s:%s: %s connection limit", self.client_ip, self.client_port, refused)
-            transport.write(reply.format())
-            transport.close()
+            self.transport.write(reply.format())
+            self.transport.close()
             self._closed = True
             return
         self._counted = True

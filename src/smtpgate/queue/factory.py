@@ -1,0 +1,84 @@
+"""Build the spool, the deliverer and the worker from the configuration."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from smtpgate.config import Config
+from smtpgate.queue.delivery import Deliverer
+from smtpgate.queue.maildir import MaildirDeliverer
+from smtpgate.queue.relay import RelayDeliverer, tls_context
+from smtpgate.queue.spool import Spool
+from smtpgate.queue.worker import DeliveryWorker
+from smtpgate.sasl.base import ClientMechanism
+from smtpgate.sasl.plain import PlainClient
+
+
+class DeliverySetupError(Exception):
+    """The delivery settings cannot be used (e.g. the relay password file is
+    unreadable); ``key`` names the setting."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+def make_spool(cfg: Config) -> Spool:
+    """The spool at ``queue.spool`` (created if missing; blocking, call at start-up)."""
+    return Spool(cfg.path(cfg.queue.spool))
+
+
+def make_deliverer(cfg: Config) -> Deliverer:
+    """The deliverer for ``delivery.mode``. Reads the relay password file now, so a
+    bad path fails at start-up rather than at the first message.
+
+    Raises:
+        DeliverySetupError: unreadable password or CA file.
+    """
+    d = cfg.delivery
+    if d.mode == "maildir":
+        return MaildirDeliverer(cfg.path(d.maildir))
+    auth: Callable[[], ClientMechanism] | None = None
+    if d.relay_user:
+        if d.relay_password_file is None:
+            raise DeliverySetupError("delivery.relay_password_file", "required with relay_user")
+        auth = _plain(d.relay_user, _read_password(cfg.path(d.relay_password_file)))
+
+    ctx = None
+    if d.relay_tls != "none":
+        ca = str(cfg.path(d.relay_ca_file)) if d.relay_ca_file is not None else None
+        try:
+            ctx = tls_context(verify=d.relay_verify_cert, ca_file=ca)
+        except OSError as e:
+            raise DeliverySetupError("delivery.relay_ca_file", f"cannot load {ca}: {e}") from e
+    return RelayDeliverer(
+        d.relay_host,
+        d.relay_port,
+        helo_name=cfg.hostname,
+        tls_mode=d.relay_tls,
+        tls_context=ctx,
+        auth=auth,
+    )
+
+
+def make_worker(cfg: Config, spool: Spool, deliverer: Deliverer) -> DeliveryWorker:
+    return DeliveryWorker(spool, deliverer, cfg.queue)
+
+
+def _plain(user: str, password: str) -> Callable[[], ClientMechanism]:
+    return lambda: PlainClient(user, password)
+
+
+def _read_password(path: Path) -> str:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DeliverySetupError(
+            "delivery.relay_password_file", f"cannot read {path}: {e}"
+        ) from e
+    # One line; the trailing newline editors add is not part of the password.
+    password = text.rstrip("\r\n")
+    if not password or "\n" in password:
+        raise DeliverySetupError("delivery.relay_password_file", "must hold one non-empty line")
+    return password

@@ -1,0 +1,340 @@
+"""The delivery worker: takes messages from the spool to a deliverer, with retries.
+
+Theory of operation
+-------------------
+Only the holder of the spool's delivery lock delivers, so two processes never
+hand over the same message; a worker that cannot get the lock waits for it.
+
+The worker keeps a schedule (queue id -> next attempt) in memory, filled by
+scanning the spool directory: when woken by `wake` after a local store, and at
+least every ``poll_interval`` so that messages stored by other processes are
+found. The schedule is only a cache; the truth is the spool. Before each attempt
+the message's state file is read again, and after it the new state is written
+(or the message removed) before anything else happens to the message.
+
+Exactly once: every message in the spool when the worker starts may have been
+handed to a deliverer by a process that then died before recording the outcome.
+Those are delivered with ``maybe_delivered=True`` so the deliverer can recognise
+its earlier copy (the Maildir deliverer can; an SMTP relay cannot, RFC 1047).
+
+All times come from the injected ``clock``; only the waiting itself uses the
+event loop, so the retry schedule is tested by moving a fake clock.
+
+Bounces are, for now, a WARNING log record per failed recipient ("bounce ...");
+no DSN message is generated yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import time
+from collections.abc import Callable
+
+from smtpgate.config import QueueConfig
+from smtpgate.queue.delivery import Deliverer, DeliveryResult, QueuedMessage, TempFailure
+from smtpgate.queue.envelope import Envelope
+from smtpgate.queue.spool import DeliveryLock, MessageNotFound, Spool, SpoolError
+from smtpgate.queue.state import MessageState, Outcome, apply_results
+
+log = logging.getLogger("smtpgate.queue")
+
+#: A wake-up rescans the spool directory at most this often: a burst of stores
+#: costs one listing, not one per message.
+_MIN_SCAN_GAP = 0.01
+#: After an unexpected error with a message, try it again after this long.
+_ERROR_RETRY = 60.0
+
+
+class DeliveryWorker:
+    """See the module docstring.
+
+    ``concurrency`` bounds simultaneous deliveries; ``stop_grace`` is how long
+    `run` waits for in-flight deliveries after `stop` before cancelling them.
+    """
+
+    def __init__(
+        self,
+        spool: Spool,
+        deliverer: Deliverer,
+        queue_cfg: QueueConfig,
+        clock: Callable[[], float] = time.time,
+        *,
+        concurrency: int = 8,
+        poll_interval: float = 1.0,
+        stop_grace: float = 30.0,
+    ) -> None:
+        self._spool = spool
+        self._deliverer = deliverer
+        self._cfg = queue_cfg
+        self._clock = clock
+        self._concurrency = concurrency
+        self._poll_interval = poll_interval
+        self._stop_grace = stop_grace
+        self._due: dict[str, float] = {}  # queue id -> next attempt (clock time)
+        self._heap: list[tuple[float, str]] = []  # same, ordered; stale entries skipped
+        self._inflight: dict[str, asyncio.Task[None]] = {}
+        self._suspect: set[str] = set()  # ids that may have been delivered unrecorded
+        self._first_scan = True
+        self._scan_wanted = True
+        self._last_scan = -float("inf")
+        self._wakeup = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping = False
+        self.deliveries = 0  # calls to the deliverer, for tests and metrics
+
+    # --- control ----------------------------------------------------------------
+
+    def wake(self, queue_id: str | None = None) -> None:
+        """Something was stored: look now instead of at the next poll. Safe to call
+        from any thread. With ``queue_id`` no directory scan is needed."""
+        loop = self._loop
+        if loop is None:
+            self._note(queue_id)
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._note(queue_id)
+        else:
+            loop.call_soon_threadsafe(self._note, queue_id)
+
+    def stop(self) -> None:
+        """Ask `run` to return: no new deliveries start, in-flight ones finish."""
+        self._stopping = True
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        """Deliver until `stop`. Waits for the delivery lock first."""
+        self._loop = asyncio.get_running_loop()
+        lock = await self._acquire_lock()
+        if lock is None:
+            return
+        try:
+            while not self._stopping:
+                self._wakeup.clear()
+                now_mono = time.monotonic()
+                if now_mono - self._last_scan >= self._poll_interval or (
+                    self._scan_wanted and now_mono - self._last_scan >= _MIN_SCAN_GAP
+                ):
+                    await self._scan()
+                self._start_due()
+                await self._sleep(self._next_wait())
+        finally:
+            await self._finish_inflight()
+            lock.release()
+
+    async def run_once(self) -> int:
+        """Scan, attempt every message due now, wait for those attempts; returns how
+        many messages were handed to the deliverer. For tests and tools.
+
+        Raises:
+            RuntimeError: another process holds the delivery lock.
+        """
+        self._loop = asyncio.get_running_loop()
+        lock = self._spool.try_lock_delivery()
+        if lock is None:
+            raise RuntimeError("another process is delivering from this spool")
+        with lock:
+            await self._scan()
+            before = self.deliveries
+            self._start_due()
+            while self._inflight:
+                await asyncio.wait(
+                    list(self._inflight.values()), return_when=asyncio.FIRST_COMPLETED
+                )
+                self._start_due()
+            return self.deliveries - before
+
+    # --- scheduling -------------------------------------------------------------
+
+    def _note(self, queue_id: str | None) -> None:
+        if queue_id is None:
+            self._scan_wanted = True
+        elif queue_id not in self._due and queue_id not in self._inflight:
+            self._schedule(queue_id, 0.0)
+        self._wakeup.set()
+
+    def _schedule(self, qid: str, when: float) -> None:
+        self._due[qid] = when
+        heapq.heappush(self._heap, (when, qid))
+
+    async def _scan(self) -> None:
+        self._scan_wanted = False
+        try:
+            ids = await asyncio.to_thread(self._spool.list_ids)
+        except OSError as e:
+            log.error("queue: cannot list the spool: %s", e)
+            return
+        finally:
+            self._last_scan = time.monotonic()
+        present = set(ids)
+        if self._first_scan:
+            self._first_scan = False
+            self._suspect = present.copy()
+        for qid in ids:
+            if qid not in self._due and qid not in self._inflight:
+                # The state file, read at the attempt, says when it is really due.
+                self._schedule(qid, 0.0)
+        for qid in [q for q in self._due if q not in present]:
+            del self._due[qid]  # removed behind our back (e.g. `queue remove`)
+        self._suspect &= present
+
+    def _start_due(self) -> None:
+        now = self._clock()
+        while len(self._inflight) < self._concurrency and not self._stopping:
+            head = self._peek()
+            if head is None or head[0] > now:
+                break
+            heapq.heappop(self._heap)
+            qid = head[1]
+            del self._due[qid]
+            self._inflight[qid] = asyncio.create_task(self._attempt(qid), name=f"deliver {qid}")
+
+    def _peek(self) -> tuple[float, str] | None:
+        """The earliest live schedule entry (entries replaced by a reschedule or
+        dropped by a scan stay in the heap until they reach its head)."""
+        heap = self._heap
+        while heap and self._due.get(heap[0][1]) != heap[0][0]:
+            heapq.heappop(heap)
+        return heap[0] if heap else None
+
+    def _next_wait(self) -> float:
+        since_scan = time.monotonic() - self._last_scan
+        wait = self._poll_interval - since_scan
+        if self._scan_wanted:
+            wait = min(wait, _MIN_SCAN_GAP - since_scan)
+        head = self._peek()
+        if head is not None and len(self._inflight) < self._concurrency:
+            wait = min(wait, head[0] - self._clock())
+        return max(0.0, wait)
+
+    async def _sleep(self, seconds: float) -> None:
+        if seconds <= 0 or self._wakeup.is_set():
+            await asyncio.sleep(0)
+            return
+        try:
+            async with asyncio.timeout(seconds):
+                await self._wakeup.wait()
+        except TimeoutError:
+            pass
+
+    async def _acquire_lock(self) -> DeliveryLock | None:
+        announced = False
+        while not self._stopping:
+            lock = await asyncio.to_thread(self._spool.try_lock_delivery)
+            if lock is not None:
+                return lock
+            if not announced:
+                log.warning("queue: another process is delivering from %s; waiting",
+                            self._spool.directory)
+                announced = True
+            await self._sleep(self._poll_interval)
+        return None
+
+    async def _finish_inflight(self) -> None:
+        if not self._inflight:
+            return
+        tasks = list(self._inflight.values())
+        _, pending = await asyncio.wait(tasks, timeout=self._stop_grace)
+        for task in pending:
+            task.cancel()
+        if pending:
+            # Cancelled attempts leave the spool as it was before them: retried later.
+            await asyncio.wait(pending)
+
+    # --- one attempt ------------------------------------------------------------
+
+    async def _attempt(self, qid: str) -> None:
+        try:
+            retry_at = await self._deliver(qid)
+        except asyncio.CancelledError:
+            self._suspect.add(qid)  # the deliverer may have finished without us
+            raise
+        except Exception:
+            log.exception("queue: unexpected error delivering %s", qid)
+            self._suspect.add(qid)
+            retry_at = self._clock() + _ERROR_RETRY
+        finally:
+            del self._inflight[qid]
+            self._wakeup.set()
+        if retry_at is not None:
+            self._schedule(qid, retry_at)
+
+    async def _deliver(self, qid: str) -> float | None:
+        """One attempt; returns when to look at the message again (None: gone)."""
+        try:
+            loaded = await asyncio.to_thread(self._load, qid, self._clock())
+        except MessageNotFound:
+            self._suspect.discard(qid)
+            return None
+        except SpoolError as e:
+            log.error("queue: %s is unreadable, moving it to corrupt/: %s", qid, e)
+            await asyncio.to_thread(self._spool.quarantine, qid)
+            return None
+        if isinstance(loaded, float):
+            return loaded  # not due yet (a restart rescans everything)
+        envelope, data, state = loaded
+        if not state.finished:
+            suspect = qid in self._suspect
+            self._suspect.discard(qid)  # put back if this attempt ends abnormally
+            message = QueuedMessage(qid, envelope, data, maybe_delivered=suspect)
+            self.deliveries += 1
+            results = await self._call_deliverer(message, state.pending)
+            state, outcomes = apply_results(
+                state,
+                results,
+                now=self._clock(),
+                received_at=envelope.received_at,
+                retry_initial=self._cfg.retry_initial,
+                retry_max=self._cfg.retry_max,
+                max_age=self._cfg.max_age,
+            )
+            _log_outcomes(qid, envelope, outcomes)
+        try:
+            if state.finished:
+                await asyncio.to_thread(self._spool.remove, qid)
+                return None
+            await asyncio.to_thread(self._spool.save_state, qid, state)
+        except SpoolError as e:
+            log.error("queue: %s: %s", qid, e)
+            return self._clock() + _ERROR_RETRY
+        return state.next_attempt
+
+    def _load(self, qid: str, now: float) -> tuple[Envelope, bytes, MessageState] | float:
+        """Runs in a thread: the state first, the (maybe large) message only if due."""
+        state = self._spool.load_state(qid)
+        if state is not None and not state.finished and state.next_attempt > now:
+            return state.next_attempt
+        envelope, data = self._spool.load(qid)
+        if state is None:
+            state = MessageState.initial(envelope.rcpt_to)
+        return envelope, data, state
+
+    async def _call_deliverer(
+        self, message: QueuedMessage, recipients: tuple[str, ...]
+    ) -> dict[str, DeliveryResult]:
+        try:
+            return dict(await self._deliverer.deliver(message, recipients))
+        except Exception:
+            # Deliverers report failures as results; an exception is a bug. Treat it
+            # as temporary and suspect the message (the copy may have gone out).
+            log.exception("queue: deliverer raised for %s", message.queue_id)
+            self._suspect.add(message.queue_id)
+            return dict.fromkeys(recipients, TempFailure("4.3.0 internal error in delivery"))
+
+
+def _log_outcomes(qid: str, envelope: Envelope, outcomes: tuple[Outcome, ...]) -> None:
+    for o in outcomes:
+        if o.kind == "delivered":
+            log.info("queue: %s delivered to=<%s> %s", qid, o.address, o.detail)
+        elif o.kind == "deferred":
+            log.info("queue: %s deferred to=<%s> until %.0f: %s", qid, o.address,
+                     o.next_attempt, o.detail)
+        else:
+            # The bounce, for now: a log record, no DSN (RFC 3464) is sent yet.
+            log.warning("queue: %s bounce (%s) from=<%s> to=<%s>: %s", qid, o.kind,
+                        envelope.mail_from, o.address, o.detail)

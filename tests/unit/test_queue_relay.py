@@ -1,0 +1,577 @@
+"""Relay delivery over real SMTP: aiosmtpd as the peer, plus scripted servers for
+what aiosmtpd cannot do (PIPELINING, dropped connections, odd greetings).
+
+Every server listens on 127.0.0.1 port 0 inside the test's own event loop: no
+fixed ports, no threads, no sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import ipaddress
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope as PeerEnvelope, LoginPassword, Session
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from smtpgate.config import Config, DeliveryConfig, ListenerConfig, QueueConfig
+from smtpgate.queue.delivery import Delivered, PermFailure, QueuedMessage, TempFailure
+from smtpgate.queue.envelope import Envelope
+from smtpgate.queue.factory import DeliverySetupError, make_deliverer
+from smtpgate.queue.maildir import MaildirDeliverer
+from smtpgate.queue.relay import RelayDeliverer, RelayTimeouts, TlsMode, tls_context
+from smtpgate.queue.spool import Spool
+from smtpgate.queue.worker import DeliveryWorker
+from smtpgate.sasl.plain import PlainClient
+
+ENV = Envelope(
+    mail_from="alice@example.org",
+    rcpt_to=("bob@example.net",),
+    auth_identity="alice+sales@example.org",
+    client_ip="192.0.2.7",
+    helo="laptop.example.org",
+    listener="submission",
+    received_at=1_700_000_000.0,
+)
+DATA = b"Subject: hi\r\n\r\nhello\r\n.a line with a leading dot\r\n..two\r\n"
+
+
+def message(env: Envelope = ENV, data: bytes = DATA) -> QueuedMessage:
+    return QueuedMessage("18f00000000-1-0-00000000", env, data)
+
+
+# --- certificates --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pki:
+    ca_file: Path
+    server_context: ssl.SSLContext
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A throw-away CA and a server certificate for 127.0.0.1."""
+    d = tmp_path_factory.mktemp("pki")
+    now = dt.datetime.now(dt.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "smtpgate test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name).issuer_name(ca_name)
+        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+                       critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "relay.test")]))
+        .issuer_name(ca_name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([
+            x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))
+        ]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    (d / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (d / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (d / "key.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ))
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(d / "cert.pem", d / "key.pem")
+    return Pki(d / "ca.pem", ctx)
+
+
+# --- an aiosmtpd peer -------------------------------------------------------------------
+
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpt_tos: list[str]
+    mail_options: list[str]
+    content: bytes
+    tls: bool
+    login: bytes | None
+
+
+@dataclass
+class Handler:
+    """Accepts everything except addresses that say otherwise."""
+
+    received: list[Received] = field(default_factory=list)
+    auth_params: list[str | bool] = field(default_factory=list)
+
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: PeerEnvelope,
+                          address: str, mail_options: list[str]) -> str:
+        if address.startswith("blocked@"):
+            return "553 5.7.1 Sender not allowed"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 OK"
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: PeerEnvelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        if address.startswith("temp"):
+            return "450 4.2.0 Mailbox busy"
+        if address.startswith("perm"):
+            return "550 5.1.1 No such user"
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: PeerEnvelope) -> str:
+        content = envelope.content
+        assert isinstance(content, bytes)
+        if b"REJECT-PERM" in content:
+            return "554 5.6.0 Content rejected"
+        if b"REJECT-TEMP" in content:
+            return "451 4.3.0 Try again"
+        login = session.auth_data.login if isinstance(session.auth_data, LoginPassword) else None
+        self.received.append(Received(
+            str(envelope.mail_from), list(envelope.rcpt_tos), list(envelope.mail_options),
+            content, session.ssl is not None, login,
+        ))
+        return "250 2.0.0 Queued"
+
+
+class Rfc4954Smtp(SMTP):
+    """aiosmtpd answers 555 to MAIL FROM ... AUTH=..., although RFC 4954 §5 requires
+    servers that offer AUTH to accept it. Accept it here and record it."""
+
+    def _getparams(self, params: Any) -> Any:
+        result = super()._getparams(params)
+        if result is not None and "AUTH" in result:
+            self.event_handler.auth_params.append(result.pop("AUTH"))
+        return result
+
+
+def _authenticator(server: SMTP, session: Session, envelope: PeerEnvelope, mechanism: str,
+                   auth_data: Any) -> AuthResult:
+    ok = isinstance(auth_data, LoginPassword) and auth_data.password == b"relay-secret"
+    return AuthResult(success=ok, auth_data=auth_data)
+
+
+@dataclass
+class Peer:
+    port: int
+    handler: Handler
+
+
+@asynccontextmanager
+async def aiosmtpd_peer(
+    *, tls: ssl.SSLContext | None = None, auth: bool = False, auth_require_tls: bool = True
+) -> AsyncIterator[Peer]:
+    loop = asyncio.get_running_loop()
+    handler = Handler()
+
+    def factory() -> SMTP:
+        return Rfc4954Smtp(
+            handler, hostname="relay.test", loop=loop, tls_context=tls,
+            authenticator=_authenticator if auth else None,
+            auth_require_tls=auth_require_tls,
+        )
+
+    server = await loop.create_server(factory, "127.0.0.1", 0)
+    try:
+        yield Peer(server.sockets[0].getsockname()[1], handler)
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def relay(
+    port: int,
+    *,
+    tls_mode: TlsMode = "none",
+    ca_file: Path | None = None,
+    verify: bool = True,
+    password: str | None = None,
+    timeouts: RelayTimeouts = RelayTimeouts(),
+) -> RelayDeliverer:
+    ctx = None if tls_mode == "none" else tls_context(
+        verify=verify, ca_file=str(ca_file) if ca_file else None
+    )
+    auth = None
+    if password is not None:
+        def auth() -> PlainClient:
+            return PlainClient("relayuser", password)
+    return RelayDeliverer("127.0.0.1", port, helo_name="smtpgate.test", tls_mode=tls_mode,
+                          tls_context=ctx, auth=auth, timeouts=timeouts)
+
+
+# --- tests against aiosmtpd ------------------------------------------------------------
+
+
+async def test_plain_relay_delivers_with_transparency_and_size() -> None:
+    async with aiosmtpd_peer() as peer:
+        results = await relay(peer.port).deliver(message(), ("bob@example.net",))
+    assert isinstance(results["bob@example.net"], Delivered)
+    (got,) = peer.handler.received
+    assert got.mail_from == "alice@example.org"
+    assert got.rcpt_tos == ["bob@example.net"]
+    assert got.content == DATA  # dot-stuffed on the wire, intact on arrival
+    assert f"SIZE={len(DATA)}" in got.mail_options  # RFC 1870
+    assert not got.tls
+    assert peer.handler.auth_params == []  # not authenticated: no AUTH= (RFC 4954 §5)
+
+
+async def test_rcpt_replies_map_per_recipient() -> None:
+    rcpts = ("ok@example.net", "temp@example.net", "perm@example.net")
+    async with aiosmtpd_peer() as peer:
+        results = await relay(peer.port).deliver(message(), rcpts)
+    assert isinstance(results["ok@example.net"], Delivered)
+    temp, perm = results["temp@example.net"], results["perm@example.net"]
+    assert isinstance(temp, TempFailure) and "450 4.2.0" in temp.reply
+    assert isinstance(perm, PermFailure) and "550 5.1.1" in perm.reply
+    assert peer.handler.received[0].rcpt_tos == ["ok@example.net"]
+
+
+async def test_no_accepted_recipient_sends_no_data() -> None:
+    async with aiosmtpd_peer() as peer:
+        results = await relay(peer.port).deliver(message(), ("perm@example.net",))
+    assert isinstance(results["perm@example.net"], PermFailure)
+    assert peer.handler.received == []
+
+
+@pytest.mark.parametrize(
+    ("marker", "kind", "code"),
+    [(b"REJECT-PERM", PermFailure, "554 5.6.0"), (b"REJECT-TEMP", TempFailure, "451 4.3.0")],
+)
+async def test_reply_after_data_applies_to_every_accepted_recipient(
+    marker: bytes, kind: type, code: str
+) -> None:
+    async with aiosmtpd_peer() as peer:
+        results = await relay(peer.port).deliver(
+            message(data=DATA + marker + b"\r\n"), ("a@example.net", "perm@example.net")
+        )
+    assert isinstance(results["a@example.net"], kind)
+    assert code in results["a@example.net"].reply  # type: ignore[union-attr]
+    assert isinstance(results["perm@example.net"], PermFailure)
+
+
+async def test_refused_sender_fails_every_recipient() -> None:
+    env = Envelope("blocked@example.org", ("a@example.net", "b@example.net"), None, "192.0.2.1",
+                   "h", "l")
+    async with aiosmtpd_peer() as peer:
+        results = await relay(peer.port).deliver(message(env), env.rcpt_to)
+    assert all(isinstance(r, PermFailure) and "553 5.7.1" in r.reply for r in results.values())
+
+
+async def test_rfc6531_smtputf8_message_to_a_relay_without_it_bounces() -> None:
+    env = Envelope("jöran@example.se", ("åsa@example.se",), None, "192.0.2.1", "h", "l",
+                   smtputf8=True)
+    async with aiosmtpd_peer() as peer:  # aiosmtpd does not offer SMTPUTF8 by default
+        results = await relay(peer.port).deliver(message(env), env.rcpt_to)
+    assert isinstance(results["åsa@example.se"], PermFailure)
+    assert peer.handler.received == []
+
+
+async def test_8bit_body_is_announced() -> None:
+    env = Envelope("a@example.org", ("b@example.net",), None, "192.0.2.1", "h", "l",
+                   body_8bit=True)
+    async with aiosmtpd_peer() as peer:
+        await relay(peer.port).deliver(message(env, "Grüße\r\n".encode()), env.rcpt_to)
+    assert "BODY=8BITMIME" in peer.handler.received[0].mail_options
+
+
+async def test_connection_refused_is_temporary() -> None:
+    async with aiosmtpd_peer() as peer:
+        port = peer.port
+    # The server is closed now: nothing listens on that port.
+    results = await relay(port).deliver(message(), ("a@example.net", "b@example.net"))
+    assert all(isinstance(r, TempFailure) and "connect" in r.reply for r in results.values())
+
+
+async def test_starttls_with_verified_certificate(pki: Pki) -> None:
+    async with aiosmtpd_peer(tls=pki.server_context) as peer:
+        results = await relay(peer.port, tls_mode="require", ca_file=pki.ca_file).deliver(
+            message(), ("bob@example.net",)
+        )
+    assert isinstance(results["bob@example.net"], Delivered)
+    assert peer.handler.received[0].tls
+
+
+async def test_opportunistic_tls_is_used_when_offered(pki: Pki) -> None:
+    async with aiosmtpd_peer(tls=pki.server_context) as peer:
+        await relay(peer.port, tls_mode="opportunistic", ca_file=pki.ca_file).deliver(
+            message(), ("bob@example.net",)
+        )
+    assert peer.handler.received[0].tls
+
+
+async def test_opportunistic_tls_falls_back_to_clear_when_not_offered(pki: Pki) -> None:
+    async with aiosmtpd_peer() as peer:
+        results = await relay(peer.port, tls_mode="opportunistic", ca_file=pki.ca_file).deliver(
+            message(), ("bob@example.net",)
+        )
+    assert isinstance(results["bob@example.net"], Delivered)
+    assert not peer.handler.received[0].tls
+
+
+async def test_required_tls_not_offered_is_temporary(pki: Pki) -> None:
+    async with aiosmtpd_peer() as peer:
+        results = await relay(peer.port, tls_mode="require", ca_file=pki.ca_file).deliver(
+            message(), ("bob@example.net",)
+        )
+    result = results["bob@example.net"]
+    assert isinstance(result, TempFailure) and "STARTTLS" in result.reply
+    assert peer.handler.received == []
+
+
+async def test_unverifiable_certificate_is_temporary_and_sends_nothing(pki: Pki) -> None:
+    async with aiosmtpd_peer(tls=pki.server_context) as peer:
+        # System CAs only: our test CA is unknown.
+        results = await relay(peer.port, tls_mode="opportunistic").deliver(
+            message(), ("bob@example.net",)
+        )
+    assert isinstance(results["bob@example.net"], TempFailure)
+    assert peer.handler.received == []
+
+
+async def test_relay_verify_cert_false_accepts_an_unknown_ca(pki: Pki) -> None:
+    async with aiosmtpd_peer(tls=pki.server_context) as peer:
+        results = await relay(peer.port, tls_mode="require", verify=False).deliver(
+            message(), ("bob@example.net",)
+        )
+    assert isinstance(results["bob@example.net"], Delivered)
+
+
+async def test_rfc4954_auth_plain_after_tls_and_auth_parameter(pki: Pki) -> None:
+    async with aiosmtpd_peer(tls=pki.server_context, auth=True) as peer:
+        results = await relay(
+            peer.port, tls_mode="require", ca_file=pki.ca_file, password="relay-secret"
+        ).deliver(message(), ("bob@example.net",))
+    assert isinstance(results["bob@example.net"], Delivered)
+    assert peer.handler.received[0].login == b"relayuser"
+    # RFC 4954 §5 + RFC 3461 §4: the submitter, xtext-encoded ("+" is +2B).
+    assert peer.handler.auth_params == ["ALICE+2BSALES@EXAMPLE.ORG"]  # aiosmtpd upper-cases
+
+
+async def test_rfc4954_s5_unauthenticated_submission_is_auth_empty(pki: Pki) -> None:
+    env = Envelope("a@example.org", ("b@example.net",), None, "192.0.2.1", "h", "l")
+    async with aiosmtpd_peer(tls=pki.server_context, auth=True) as peer:
+        await relay(peer.port, tls_mode="require", ca_file=pki.ca_file,
+                    password="relay-secret").deliver(message(env), env.rcpt_to)
+    assert peer.handler.auth_params == ["<>"]
+
+
+async def test_wrong_relay_password_is_temporary(pki: Pki) -> None:
+    async with aiosmtpd_peer(tls=pki.server_context, auth=True) as peer:
+        results = await relay(
+            peer.port, tls_mode="require", ca_file=pki.ca_file, password="wrong"
+        ).deliver(message(), ("bob@example.net",))
+    result = results["bob@example.net"]
+    assert isinstance(result, TempFailure) and "535" in result.reply
+    assert peer.handler.received == []
+
+
+async def test_credentials_are_never_sent_in_clear() -> None:
+    async with aiosmtpd_peer(auth=True, auth_require_tls=False) as peer:
+        results = await relay(
+            peer.port, tls_mode="opportunistic", ca_file=None, password="relay-secret"
+        ).deliver(message(), ("bob@example.net",))
+    result = results["bob@example.net"]
+    assert isinstance(result, TempFailure) and "without TLS" in result.reply
+
+
+async def test_worker_with_relay_end_to_end(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    try:
+        await spool.store(ENV, DATA)
+        async with aiosmtpd_peer() as peer:
+            worker = DeliveryWorker(spool, relay(peer.port), QueueConfig())
+            assert await worker.run_once() == 1
+        assert spool.list_ids() == []
+        assert peer.handler.received[0].content == DATA
+    finally:
+        await spool.close()
+
+
+# --- scripted servers ------------------------------------------------------------------
+
+Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@asynccontextmanager
+async def scripted(script: Script) -> AsyncIterator[int]:
+    async def run(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await script(reader, writer)
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(run, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def _lines(reader: asyncio.StreamReader, n: int) -> list[bytes]:
+    return [await reader.readline() for _ in range(n)]
+
+
+async def test_rfc2920_mail_and_rcpts_are_pipelined() -> None:
+    seen: list[bytes] = []
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 pipelined.test ESMTP\r\n")
+        await reader.readline()  # EHLO
+        writer.write(b"250-pipelined.test\r\n250 PIPELINING\r\n")
+        # Reply to nothing until MAIL and both RCPTs are here: a client that
+        # waits for the MAIL reply first would hang (and time out).
+        seen.extend(await _lines(reader, 3))
+        writer.write(b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n550 5.1.1 no\r\n")
+        seen.extend(await _lines(reader, 1))  # DATA
+        writer.write(b"354 go\r\n")
+        body = await reader.readuntil(b"\r\n.\r\n")
+        seen.append(body)
+        writer.write(b"250 2.0.0 queued\r\n")
+        seen.extend(await _lines(reader, 1))
+        writer.write(b"221 bye\r\n")
+
+    async with scripted(script) as port:
+        results = await relay(port, timeouts=RelayTimeouts(command=5)).deliver(
+            message(), ("a@example.net", "b@example.net")
+        )
+    assert isinstance(results["a@example.net"], Delivered)
+    assert isinstance(results["b@example.net"], PermFailure)
+    assert seen[0].startswith(b"MAIL FROM:<alice@example.org>")
+    assert seen[1:3] == [b"RCPT TO:<a@example.net>\r\n", b"RCPT TO:<b@example.net>\r\n"]
+    assert seen[3] == b"DATA\r\n"
+    assert seen[4] == b"Subject: hi\r\n\r\nhello\r\n..a line with a leading dot\r\n...two\r\n.\r\n"
+    assert seen[5] == b"QUIT\r\n"
+
+
+async def test_connection_lost_after_data_is_temporary() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 flaky.test\r\n")
+        await reader.readline()
+        writer.write(b"250 flaky.test\r\n")
+        await _lines(reader, 2)
+        writer.write(b"250 ok\r\n")
+        await writer.drain()
+        writer.write(b"250 ok\r\n")
+        await reader.readline()
+        writer.write(b"354 go\r\n")
+        await reader.readuntil(b"\r\n.\r\n")
+        # ... and the connection drops before the final reply.
+
+    async with scripted(script) as port:
+        results = await relay(port).deliver(message(), ("a@example.net",))
+    assert isinstance(results["a@example.net"], TempFailure)
+
+
+@pytest.mark.parametrize("greeting", [b"554 5.3.2 go away\r\n", b"421 4.3.2 busy\r\n"])
+async def test_refusing_greeting_is_temporary(greeting: bytes) -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(greeting)
+        await reader.read(100)
+
+    async with scripted(script) as port:
+        results = await relay(port).deliver(message(), ("a@example.net",))
+    assert isinstance(results["a@example.net"], TempFailure)
+
+
+async def test_garbage_instead_of_smtp_is_temporary() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+        await reader.read(100)
+
+    async with scripted(script) as port:
+        results = await relay(port).deliver(message(), ("a@example.net",))
+    assert isinstance(results["a@example.net"], TempFailure)
+
+
+async def test_silent_server_times_out_as_temporary() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(100)  # never greets
+
+    async with scripted(script) as port:
+        results = await relay(port, timeouts=RelayTimeouts(greeting=0.1)).deliver(
+            message(), ("a@example.net",)
+        )
+    result = results["a@example.net"]
+    assert isinstance(result, TempFailure) and "timeout" in result.reply
+
+
+async def test_helo_fallback_when_ehlo_is_refused() -> None:
+    got: list[bytes] = []
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 old.test\r\n")
+        got.extend(await _lines(reader, 1))
+        writer.write(b"502 5.5.1 what is EHLO\r\n")
+        got.extend(await _lines(reader, 1))
+        writer.write(b"250 old.test\r\n")
+        got.extend(await _lines(reader, 1))
+        writer.write(b"250 ok\r\n")
+        await reader.readline()
+        writer.write(b"250 ok\r\n")
+        await reader.readline()
+        writer.write(b"354 go\r\n")
+        await reader.readuntil(b"\r\n.\r\n")
+        writer.write(b"250 ok\r\n")
+        await reader.readline()
+        writer.write(b"221 bye\r\n")
+
+    async with scripted(script) as port:
+        results = await relay(port).deliver(message(), ("a@example.net",))
+    assert isinstance(results["a@example.net"], Delivered)
+    assert got[:2] == [b"EHLO smtpgate.test\r\n", b"HELO smtpgate.test\r\n"]
+    assert got[2] == b"MAIL FROM:<alice@example.org>\r\n"  # no ESMTP parameters after HELO
+
+
+# --- construction from the configuration --------------------------------------------------
+
+
+def _config(tmp_path: Path, **delivery: Any) -> Config:
+    return Config(
+        listeners=[ListenerConfig(name="submission", address="127.0.0.1:0", tls="starttls")],
+        delivery=DeliveryConfig(**delivery),
+        base_dir=tmp_path,
+    )
+
+
+def test_make_deliverer_maildir_is_the_default(tmp_path: Path) -> None:
+    deliverer = make_deliverer(_config(tmp_path))
+    assert isinstance(deliverer, MaildirDeliverer)
+    assert deliverer.path == tmp_path / "mail"
+    assert (tmp_path / "mail" / "new").is_dir()
+
+
+def test_make_deliverer_relay_reads_the_password_file(tmp_path: Path) -> None:
+    (tmp_path / "relay.pw").write_text("s3cret\n")
+    deliverer = make_deliverer(_config(
+        tmp_path, mode="relay", relay_host="smarthost.test", relay_port=587,
+        relay_user="me", relay_password_file=Path("relay.pw"),
+    ))
+    assert isinstance(deliverer, RelayDeliverer)
+    assert (deliverer.host, deliverer.port) == ("smarthost.test", 587)
+
+
+@pytest.mark.parametrize("content", [None, "", "two\nlines\n"])
+def test_make_deliverer_refuses_a_bad_password_file(tmp_path: Path, content: str | None) -> None:
+    if content is not None:
+        (tmp_path / "relay.pw").write_text(content)
+    with pytest.raises(DeliverySetupError, match="relay_password_file"):
+        make_deliverer(_config(tmp_path, mode="relay", relay_host="h", relay_user="me",
+                               relay_password_file=Path("relay.pw")))

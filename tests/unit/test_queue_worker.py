@@ -1,0 +1,303 @@
+"""The delivery worker: retries on a fake clock, give-up, concurrency, stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+
+import pytest
+
+from smtpgate.config import QueueConfig
+from smtpgate.queue.delivery import (
+    Delivered,
+    DeliveryResult,
+    PermFailure,
+    QueuedMessage,
+    TempFailure,
+)
+from smtpgate.queue.envelope import Envelope
+from smtpgate.queue.spool import Spool
+from smtpgate.queue.state import RcptStatus
+from smtpgate.queue.worker import DeliveryWorker
+
+T0 = 1_700_000_000.0
+CFG = QueueConfig(retry_initial=60.0, retry_max=3600.0, max_age=86400.0)
+
+
+def envelope(*rcpts: str) -> Envelope:
+    return Envelope("alice@example.org", rcpts or ("bob@example.net",), "alice", "192.0.2.7",
+                    "laptop.example.org", "submission", received_at=T0)
+
+
+class FakeClock:
+    def __init__(self, now: float = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeDeliverer:
+    """Answers from a per-recipient script; records every call."""
+
+    def __init__(self, default: DeliveryResult = Delivered()) -> None:
+        self.default = default
+        self.by_rcpt: dict[str, DeliveryResult] = {}
+        self.calls: list[tuple[QueuedMessage, tuple[str, ...]]] = []
+        self.gate: asyncio.Event | None = None  # if set, deliveries wait for it
+        self.active = 0
+        self.max_active = 0
+        self.called = asyncio.Event()
+
+    async def deliver(
+        self, message: QueuedMessage, recipients: tuple[str, ...]
+    ) -> Mapping[str, DeliveryResult]:
+        self.calls.append((message, recipients))
+        self.called.set()
+        self.active += 1
+        self.max_active = max(self.max_active, self.active)
+        try:
+            if self.gate is not None:
+                await self.gate.wait()
+            return {r: self.by_rcpt.get(r, self.default) for r in recipients}
+        finally:
+            self.active -= 1
+
+
+@pytest.fixture
+async def spool(tmp_path: Path) -> AsyncIterator[Spool]:
+    s = Spool(tmp_path / "spool")
+    yield s
+    await s.close()
+
+
+async def test_delivered_message_leaves_the_spool(spool: Spool) -> None:
+    qid = await spool.store(envelope("a@x", "b@x"), b"m")
+    d = FakeDeliverer()
+    worker = DeliveryWorker(spool, d, CFG, FakeClock())
+    assert await worker.run_once() == 1
+    assert spool.list_ids() == []
+    assert d.calls[0][0].queue_id == qid
+    assert d.calls[0][1] == ("a@x", "b@x")
+
+
+async def test_backoff_schedule_on_a_fake_clock(spool: Spool) -> None:
+    qid = await spool.store(envelope(), b"m")
+    clock = FakeClock()
+    d = FakeDeliverer(TempFailure("451 4.3.0 try later"))
+    worker = DeliveryWorker(spool, d, CFG, clock)
+    delays = []
+    for _ in range(9):
+        assert await worker.run_once() == 1
+        state = spool.load_state(qid)
+        assert state is not None
+        delays.append(state.next_attempt - clock.now)
+        # Not due a second before the next attempt...
+        clock.now = state.next_attempt - 1
+        assert await worker.run_once() == 0
+        clock.now = state.next_attempt
+    assert delays == [60, 120, 240, 480, 960, 1920, 3600, 3600, 3600]
+    assert spool.load_state(qid).recipients[0].attempts == 9  # type: ignore[union-attr]
+
+
+async def test_gives_up_after_max_age_and_logs_a_bounce(
+    spool: Spool, caplog: pytest.LogCaptureFixture
+) -> None:
+    qid = await spool.store(envelope(), b"m")
+    clock = FakeClock()
+    d = FakeDeliverer(TempFailure("451 4.3.0 try later"))
+    worker = DeliveryWorker(spool, d, CFG, clock)
+    attempts = 0
+    with caplog.at_level(logging.INFO, logger="smtpgate.queue"):
+        while spool.list_ids():
+            attempts += await worker.run_once()
+            state = spool.load_state(qid)
+            if state is not None:
+                assert state.next_attempt <= T0 + CFG.max_age  # never past the deadline
+                clock.now = state.next_attempt
+            assert attempts < 100
+    assert clock.now == T0 + CFG.max_age  # the last try was at the deadline
+    bounces = [r for r in caplog.records if "bounce" in r.getMessage()]
+    assert len(bounces) == 1 and bounces[0].levelno == logging.WARNING
+    assert "expired" in bounces[0].getMessage() and "bob@example.net" in bounces[0].getMessage()
+
+
+async def test_permanent_failure_bounces_at_once(
+    spool: Spool, caplog: pytest.LogCaptureFixture
+) -> None:
+    await spool.store(envelope(), b"m")
+    worker = DeliveryWorker(spool, FakeDeliverer(PermFailure("550 5.1.1 unknown")), CFG,
+                            FakeClock())
+    with caplog.at_level(logging.WARNING, logger="smtpgate.queue"):
+        await worker.run_once()
+    assert spool.list_ids() == []
+    assert "550 5.1.1 unknown" in caplog.text
+
+
+async def test_only_pending_recipients_are_retried(spool: Spool) -> None:
+    qid = await spool.store(envelope("ok@x", "later@x", "never@x"), b"m")
+    clock = FakeClock()
+    d = FakeDeliverer()
+    d.by_rcpt = {"later@x": TempFailure("452 4.2.2 full"), "never@x": PermFailure("550 no")}
+    worker = DeliveryWorker(spool, d, CFG, clock)
+    await worker.run_once()
+    state = spool.load_state(qid)
+    assert state is not None
+    assert {r.address: r.status for r in state.recipients} == {
+        "ok@x": RcptStatus.DELIVERED,
+        "later@x": RcptStatus.PENDING,
+        "never@x": RcptStatus.FAILED,
+    }
+    d.by_rcpt = {}
+    clock.now = state.next_attempt
+    await worker.run_once()
+    assert d.calls[-1][1] == ("later@x",)
+    assert spool.list_ids() == []
+
+
+async def test_messages_found_at_start_are_flagged_maybe_delivered(spool: Spool) -> None:
+    old = await spool.store(envelope(), b"before the worker started")
+    d = FakeDeliverer(TempFailure("451"))
+    clock = FakeClock()
+    worker = DeliveryWorker(spool, d, CFG, clock)
+    await worker.run_once()
+    new = await spool.store(envelope(), b"after")
+    worker.wake(new)
+    clock.now += 3600
+    await worker.run_once()
+    flags = [(m.queue_id, m.maybe_delivered) for m, _ in d.calls]
+    # Only the first attempt at a message from before the start is suspect.
+    assert flags[0] == (old, True)
+    assert sorted(flags[1:]) == sorted([(old, False), (new, False)])
+
+
+async def test_a_deliverer_exception_is_a_temporary_failure_and_suspect(
+    spool: Spool, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Broken(FakeDeliverer):
+        async def deliver(
+            self, message: QueuedMessage, recipients: tuple[str, ...]
+        ) -> Mapping[str, DeliveryResult]:
+            await super().deliver(message, recipients)
+            raise RuntimeError("bug")
+
+    qid = await spool.store(envelope(), b"m")
+    clock = FakeClock()
+    d = Broken()
+    worker = DeliveryWorker(spool, d, CFG, clock)
+    await worker.run_once()  # suspect anyway: found at start
+    clock.now += 60
+    await worker.run_once()
+    assert [m.maybe_delivered for m, _ in d.calls] == [True, True]
+    assert spool.load_state(qid).recipients[0].attempts == 2  # type: ignore[union-attr]
+    assert "deliverer raised" in caplog.text
+
+
+async def test_corrupt_message_is_quarantined(spool: Spool) -> None:
+    qid = await spool.store(envelope(), b"m")
+    (spool.directory / "queue" / f"{qid}.msg").write_bytes(b"garbage")
+    d = FakeDeliverer()
+    await DeliveryWorker(spool, d, CFG, FakeClock()).run_once()
+    assert d.calls == [] and spool.list_ids() == []
+    assert (spool.directory / "corrupt" / f"{qid}.msg").exists()
+
+
+async def test_concurrency_is_bounded(spool: Spool) -> None:
+    for _ in range(10):
+        await spool.store(envelope(), b"m")
+    d = FakeDeliverer()
+    d.gate = asyncio.Event()
+    worker = DeliveryWorker(spool, d, CFG, FakeClock(), concurrency=3)
+    task = asyncio.create_task(worker.run_once())
+    while d.active < 3:
+        await asyncio.sleep(0)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert d.active == 3
+    d.gate.set()
+    assert await task == 10
+    assert d.max_active == 3
+    assert spool.list_ids() == []
+
+
+async def test_only_one_worker_delivers_from_a_spool(spool: Spool) -> None:
+    lock = spool.try_lock_delivery()
+    assert lock is not None
+    with lock, pytest.raises(RuntimeError, match="another process"):
+        await DeliveryWorker(spool, FakeDeliverer(), CFG).run_once()
+
+
+async def _until(predicate: object, timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():  # type: ignore[operator]
+            await asyncio.sleep(0.005)
+
+
+async def test_run_delivers_on_wake_and_stops_cleanly(spool: Spool) -> None:
+    d = FakeDeliverer()
+    # A long poll interval: only wake() can explain a quick delivery.
+    worker = DeliveryWorker(spool, d, CFG, poll_interval=60.0)
+    runner = asyncio.create_task(worker.run())
+    await asyncio.sleep(0)
+    await spool.store(envelope(), b"m")
+    worker.wake()
+    await _until(lambda: not spool.list_ids())
+    worker.stop()
+    await asyncio.wait_for(runner, 10)
+    assert len(d.calls) == 1
+
+
+async def test_run_polls_for_messages_stored_by_other_processes(spool: Spool) -> None:
+    d = FakeDeliverer()
+    worker = DeliveryWorker(spool, d, CFG, poll_interval=0.05)
+    runner = asyncio.create_task(worker.run())
+    spool.store_sync(envelope(), b"stored elsewhere, nobody calls wake()")
+    await _until(lambda: not spool.list_ids())
+    worker.stop()
+    await asyncio.wait_for(runner, 10)
+
+
+async def test_stop_lets_in_flight_deliveries_finish(spool: Spool) -> None:
+    await spool.store(envelope(), b"m")
+    d = FakeDeliverer()
+    d.gate = asyncio.Event()
+    worker = DeliveryWorker(spool, d, CFG, poll_interval=60.0)
+    runner = asyncio.create_task(worker.run())
+    await asyncio.wait_for(d.called.wait(), 10)
+    worker.stop()
+    await asyncio.sleep(0)
+    assert not runner.done()  # waiting for the delivery, not abandoning it
+    d.gate.set()
+    await asyncio.wait_for(runner, 10)
+    assert spool.list_ids() == []  # its outcome was recorded
+
+
+async def test_stop_grace_cancels_stuck_deliveries_and_keeps_the_message(spool: Spool) -> None:
+    qid = await spool.store(envelope(), b"m")
+    d = FakeDeliverer()
+    d.gate = asyncio.Event()  # never set: a relay that hangs
+    worker = DeliveryWorker(spool, d, CFG, poll_interval=60.0, stop_grace=0.05)
+    runner = asyncio.create_task(worker.run())
+    await asyncio.wait_for(d.called.wait(), 10)
+    worker.stop()
+    await asyncio.wait_for(runner, 10)
+    assert spool.list_ids() == [qid]  # untouched: retried by the next run
+    assert spool.load_state(qid) is None
+
+
+async def test_a_waiting_worker_takes_over_when_the_lock_is_released(spool: Spool) -> None:
+    lock = spool.try_lock_delivery()
+    assert lock is not None
+    await spool.store(envelope(), b"m")
+    d = FakeDeliverer()
+    worker = DeliveryWorker(spool, d, CFG, poll_interval=0.02)
+    runner = asyncio.create_task(worker.run())
+    for _ in range(5):
+        await asyncio.sleep(0.02)
+    assert d.calls == []
+    lock.release()  # e.g. the old process died
+    await _until(lambda: not spool.list_ids())
+    worker.stop()
+    await asyncio.wait_for(runner, 10)

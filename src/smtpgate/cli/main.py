@@ -5,7 +5,19 @@ from __future__ import annotations
 import click
 
 from smtpgate import __version__
-from smtpgate.cli import config_cmd, init_cmd, serve_cmd, user_cmd
+from smtpgate.cli import (
+    admin_cmd,
+    app_password_cmd,
+    audit_cmd,
+    config_cmd,
+    init_cmd,
+    report_cmd,
+    serve_cmd,
+    tester_cmd,
+    user_cmd,
+    user_policy_cmd,
+    user_sasl_cmd,
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -14,10 +26,15 @@ def cli() -> None:
     """smtpgate: authenticated SMTP submission server."""
 
 
+# user_sasl_cmd and user_policy_cmd add subcommands to the `user` group on import.
+_ = (user_sasl_cmd, user_policy_cmd)
 cli.add_command(init_cmd.init)
 cli.add_command(serve_cmd.serve)
 cli.add_command(config_cmd.config)
 cli.add_command(user_cmd.user)
+for module in (app_password_cmd, report_cmd, admin_cmd, tester_cmd, audit_cmd):
+    for command in module.COMMANDS:
+        cli.add_command(command)
 
 
 def main() -> None:

@@ -17,7 +17,8 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 from pathlib import Path
 
 from smtpgate.auth.oauth import TokenVerifier
@@ -139,13 +140,13 @@ def bind_sockets(cfg: Config) -> list[socket.socket]:
     return socks
 
 
-def _new_loop_runner() -> Callable[[object], None]:
+def _new_loop_runner() -> Callable[[Coroutine[Any, Any, None]], None]:
     try:
         import uvloop
 
-        return uvloop.run  # type: ignore[no-any-return]
+        return uvloop.run
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        return asyncio.run  # type: ignore[return-value]
+        return asyncio.run
 
 
 async def serve_sockets(

@@ -14,7 +14,7 @@ import secrets
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from smtpgate.auth.service import AuthContext, AuthService
 from smtpgate.config import LimitsConfig
@@ -90,15 +90,15 @@ class SmtpConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses; trust the duck.
-        self.transport = transport  # type: ignore[assignment]
-        peer = self.transport.get_extra_info("peername") or ("", 0)
+        self.transport = tr = cast(asyncio.Transport, transport)
+        peer = tr.get_extra_info("peername") or ("", 0)
         self.client_ip, self.client_port = str(peer[0]), int(peer[1])
         refused = self.rt.limiter.acquire(self.client_ip)
         if refused is not None:
             reply = R.TOO_MANY_CONNECTIONS if refused == "total" else R.TOO_MANY_CONNECTIONS_FROM_IP
             log.warning("refused %s:%s: %s connection limit", self.client_ip, self.client_port, refused)
-            self.transport.write(reply.format())
-            self.transport.close()
+            tr.write(reply.format())
+            tr.close()
             self._closed = True
             return
         self._counted = True

@@ -612,6 +612,32 @@ def venv_python_version(python: Path) -> str:
         return "unknown"
 
 
+def _write_report(s: Settings, started: dt.datetime, meta: dict[str, Any],
+                  outcome: dict[str, Any], warmups: list[RunRecord], records: list[RunRecord],
+                  sg_log: Path | None, ref_log: Path | None, sg_dir: Path | None,
+                  ref_spool: Path | None) -> Path:
+    """Add what the servers left behind (log problems, file counts) and write the JSON."""
+    if sg_log is not None:
+        meta["smtpgate_log_problems"] = log_problems(sg_log)
+        meta["smtpgate_log_tail"] = tail(sg_log, 30)
+    if ref_log is not None:
+        meta["aiosmtpd_log_problems"] = log_problems(ref_log)
+    if sg_dir is not None:
+        meta["smtpgate_files_delivered_maildir"] = count_files(sg_dir / "mail")
+        meta["smtpgate_files_left_in_spool"] = count_files(sg_dir / "spool")
+    if ref_spool is not None:
+        meta["aiosmtpd_files_spooled"] = count_files(ref_spool, ".eml")
+    meta["finished_utc"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    report = {"meta": meta, "outcome": outcome,
+              "warmups": [r.__dict__ for r in warmups],
+              "runs": [r.__dict__ for r in records]}
+    s.results_dir.mkdir(parents=True, exist_ok=True)
+    out = s.results_dir / (started.strftime("%Y%m%dT%H%M%SZ")
+                           + ("-quick" if s.quick else "") + ".json")
+    out.write_text(json.dumps(report, indent=1, default=str) + "\n", encoding="utf-8")
+    return out
+
+
 def benchmark(s: Settings) -> int:
     workloads = QUICK_WORKLOADS if s.quick else FULL_WORKLOADS
     started = dt.datetime.now(dt.UTC)
@@ -645,8 +671,10 @@ def benchmark(s: Settings) -> int:
     warmups: list[RunRecord] = []
     outcome: dict[str, Any] = {"status": "incomplete"}
     rc = 1
-    sg_log = ref_log = None
-    sg_dir = ref_spool = None
+    sg_log: Path | None = None
+    ref_log: Path | None = None
+    sg_dir: Path | None = None
+    ref_spool: Path | None = None
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         password = "bench-" + secrets.token_urlsafe(12)
@@ -727,38 +755,32 @@ def benchmark(s: Settings) -> int:
         outcome = {"status": "interrupted"}
         print("\nbench: interrupted; stopping servers", file=sys.stderr)
         rc = 130
+    except BaseException as e:  # a bug or a broken pipe: record it, clean up, re-raise
+        outcome = {"status": "crashed", "error": repr(e)}
+        raise
     finally:
-        stop_notes = procs.stop_all()
-        signal.signal(signal.SIGTERM, previous)
-        for n in stop_notes:
-            print(f"bench: {n}", file=sys.stderr)
-        meta["stop_notes"] = stop_notes
-        if sg_log is not None:
-            meta["smtpgate_log_problems"] = log_problems(sg_log)
-            meta["smtpgate_log_tail"] = tail(sg_log, 30)
-            if meta["smtpgate_log_problems"]:
+        try:
+            # A second Ctrl-C or SIGTERM must not cut the clean-up short.
+            old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            try:
+                meta["stop_notes"] = procs.stop_all()
+            finally:
+                signal.signal(signal.SIGINT, old_int)
+                signal.signal(signal.SIGTERM, previous)
+            out = _write_report(s, started, meta, outcome, warmups, records, sg_log, ref_log,
+                                sg_dir, ref_spool)
+            for n in meta["stop_notes"]:
+                print(f"bench: {n}", file=sys.stderr)
+            if meta.get("smtpgate_log_problems"):
                 print("smtpgate log shows problems:\n  "
                       + "\n  ".join(meta["smtpgate_log_problems"]), file=sys.stderr)
-        if ref_log is not None:
-            meta["aiosmtpd_log_problems"] = log_problems(ref_log)
-        if sg_dir is not None:
-            meta["smtpgate_files_delivered_maildir"] = count_files(sg_dir / "mail")
-            meta["smtpgate_files_left_in_spool"] = count_files(sg_dir / "spool")
-        if ref_spool is not None:
-            meta["aiosmtpd_files_spooled"] = count_files(ref_spool, ".eml")
-        meta["finished_utc"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-        report = {"meta": meta, "outcome": outcome,
-                  "warmups": [r.__dict__ for r in warmups],
-                  "runs": [r.__dict__ for r in records]}
-        s.results_dir.mkdir(parents=True, exist_ok=True)
-        out = s.results_dir / (started.strftime("%Y%m%dT%H%M%SZ")
-                               + ("-quick" if s.quick else "") + ".json")
-        out.write_text(json.dumps(report, indent=1, default=str) + "\n", encoding="utf-8")
-        print(f"raw results: {out}")
-        if s.keep_tmp:
-            print(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+            print(f"raw results: {out}")
+        finally:
+            if s.keep_tmp:
+                print(f"kept {tmp}")
+            else:
+                shutil.rmtree(tmp, ignore_errors=True)
     return rc
 
 

@@ -14,6 +14,9 @@ from .conftest import PASSWORD, USER, Server, make_server
 from .test_attacks import Raw, plain
 
 LIMITS = """
+[server]
+workers = 1      # connection limits are per worker process
+
 [limits]
 command_timeout = 1.0
 max_connections_per_ip = 3

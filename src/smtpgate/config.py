@@ -8,6 +8,7 @@ constructor arguments; there is no global config object.
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
@@ -165,6 +166,203 @@ class LimitsConfig(Model):
     max_connections_per_ip: int = Field(
         default=20, ge=1, description="Concurrent connections from one client address."
     )
+    # Per-identity sending rates (issue 4). Sliding one-hour window in one-minute
+    # buckets; the defaults are generous for a person and stop a stolen password
+    # from turning the account into a spam cannon within the hour.
+    messages_per_hour: int = Field(
+        default=200,
+        ge=0,
+        description="Messages one account may send per hour (sliding window) before MAIL "
+        "gets 450 4.7.1; 0 means unlimited. Per-account override: `smtpgate user limits`; "
+        "an app password may have a lower limit of its own.",
+    )
+    recipients_per_hour: int = Field(
+        default=1000,
+        ge=0,
+        description="Recipients one account may send to per hour (sliding window) before "
+        "RCPT gets 450 4.7.1; 0 means unlimited. Per-account override as for "
+        "messages_per_hour.",
+    )
+
+
+class GuardConfig(Model):
+    """Brute-force, spraying and lockout protection; see docs/protection.md."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Apply penalties, blocks and lockouts. Turning it off is a loosening "
+        "that is logged at start-up.",
+    )
+    database: Path = Field(
+        default=Path("guard.sqlite"),
+        description="SQLite file with failure counters, blocks, lockouts, known addresses "
+        "and rate-limit counters; survives restarts and is shared by workers.",
+    )
+    allowlist: list[str] = Field(
+        default_factory=list,
+        description="Networks (CIDR) the guard ignores entirely: no penalty, no counting, no "
+        "block, no lockout (for monitoring and known relays). A non-empty list is logged at "
+        "start-up. Administrative locks (`user lock`) still apply.",
+    )
+    ipv6_prefix: int = Field(
+        default=64,
+        ge=1,
+        le=128,
+        description="IPv6 prefix length that counts as one client address (a /64 is what "
+        "one customer usually gets). IPv4 addresses count one by one (/32).",
+    )
+    subnet_ipv4_prefix: int = Field(
+        default=24, ge=1, le=32, description="IPv4 prefix of the wider net watched for spraying."
+    )
+    subnet_ipv6_prefix: int = Field(
+        default=48, ge=1, le=128, description="IPv6 prefix of the wider net watched for spraying."
+    )
+    penalty_base: float = Field(
+        default=0.5,
+        ge=0,
+        description="Seconds of delay before the next AUTH from an address after its first "
+        "recent failure; doubles with each further failure (Dovecot's auth penalty).",
+    )
+    penalty_max: float = Field(
+        default=4.0, ge=0, description="Cap of the penalty delay, in seconds."
+    )
+    penalty_window: float = Field(
+        default=900.0,
+        gt=0,
+        description="Seconds after an address's last failure before its penalty is forgotten; "
+        "a successful login from the address forgets it at once.",
+    )
+    lockout_threshold: int = Field(
+        default=10,
+        ge=1,
+        description="Failed logins to one account from addresses it never logged in from, "
+        "within lockout_window, that lock the account for such new addresses.",
+    )
+    known_lockout_threshold: int = Field(
+        default=30,
+        ge=1,
+        description="Failed logins to one account from its known addresses, within "
+        "lockout_window, that lock the account for every address.",
+    )
+    lockout_window: float = Field(
+        default=900.0, gt=0, description="Seconds over which lockout failures are counted."
+    )
+    lockout_duration: float = Field(
+        default=900.0,
+        gt=0,
+        description="Seconds a lockout lasts; it expires by itself, or `smtpgate user unlock` "
+        "lifts it.",
+    )
+    known_address_days: float = Field(
+        default=90.0,
+        gt=0,
+        description="Days an address stays known to an account after a successful login "
+        "from it.",
+    )
+    distributed_addresses: int = Field(
+        default=5,
+        ge=2,
+        description="Distinct new addresses failing against one account within "
+        "lockout_window that throttle the account's logins from new addresses.",
+    )
+    throttle_interval: float = Field(
+        default=30.0,
+        gt=0,
+        description="While an account is throttled, a login from a new address is refused "
+        "(454) if another new address failed against it less than this many seconds ago.",
+    )
+    throttle_duration: float = Field(
+        default=3600.0, gt=0, description="Seconds a throttle on an account lasts."
+    )
+    spray_accounts: int = Field(
+        default=10,
+        ge=2,
+        description="Distinct accounts one address may fail against within spray_window "
+        "before the address is blocked (password spraying).",
+    )
+    subnet_spray_accounts: int = Field(
+        default=30,
+        ge=2,
+        description="Distinct accounts one subnet (subnet_ipv4_prefix/subnet_ipv6_prefix) may "
+        "fail against within spray_window before the subnet is blocked for new addresses.",
+    )
+    address_failure_limit: int = Field(
+        default=100,
+        ge=1,
+        description="Failed logins from one address within spray_window, whatever the "
+        "accounts, that block the address.",
+    )
+    spray_window: float = Field(
+        default=3600.0, gt=0, description="Seconds over which spraying is counted."
+    )
+    block_duration: float = Field(
+        default=3600.0, gt=0, description="Seconds an address or subnet block lasts."
+    )
+
+    @field_validator("allowlist")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        import ipaddress
+
+        for net in v:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError as e:
+                raise ValueError(f"{net!r} is not a network: {e}") from None
+        return v
+
+
+class PolicyConfig(Model):
+    """Sending policy; see docs/policy.md."""
+
+    sender_ownership: Literal["enforce", "log", "off"] = Field(
+        default="enforce",
+        description="MAIL FROM must be an address the account owns (its own, an alias, or "
+        "one in a granted domain): 'enforce' refuses others with 553 5.7.1, 'log' only logs "
+        "them, 'off' skips the check.",
+    )
+    from_header: Literal["enforce", "log", "off"] = Field(
+        default="enforce",
+        description="The same rule for the addresses in the message's From header; "
+        "'enforce' refuses the message with 550 5.7.1 after its end.",
+    )
+    allow_null_sender: bool = Field(
+        default=True,
+        description="Accept MAIL FROM:<> (delivery reports a client generates) from any "
+        "account.",
+    )
+
+
+class PasswordsConfig(Model):
+    """Password policy for `smtpgate user add/passwd`, and password age."""
+
+    min_length: int = Field(
+        default=12, ge=1, description="Fewest characters in a new password."
+    )
+    min_strength: int = Field(
+        default=3,
+        ge=0,
+        le=4,
+        description="Lowest zxcvbn score (0-4) of a new password; common and easily "
+        "guessed passwords score 0-2. 0 disables the check.",
+    )
+    reject_username: bool = Field(
+        default=True,
+        description="Refuse a password that equals or contains the account name or its "
+        "local part (case-insensitively).",
+    )
+    max_age_days: float = Field(
+        default=0,
+        ge=0,
+        description="Days after its last change that a password stops working for PLAIN, "
+        "LOGIN, CRAM-MD5 and SCRAM (app passwords and OAuth are unaffected); 0 means no "
+        "limit. Per-account override: `smtpgate user max-age`.",
+    )
+    rotation_grace_days: float = Field(
+        default=7,
+        ge=0,
+        description="Days the old secret keeps working after `smtpgate user rotate`.",
+    )
 
 
 class SmtpConfig(Model):
@@ -208,12 +406,18 @@ class DeliveryConfig(Model):
 
 class ServerConfig(Model):
     workers: int = Field(
-        default=1,
-        ge=1,
+        default=0,
+        ge=0,
         le=64,
-        description="Processes sharing the listening sockets (SO_REUSEPORT). Each worker "
-        "runs its own event loop; delivery runs in the main process.",
+        description="Worker processes sharing the listening sockets; 0 means one per CPU "
+        "core, at most 4. Each runs its own event loop; with more than one, delivery runs "
+        "in the parent process. TLS handshakes and Argon2 are CPU-bound: this is how "
+        "smtpgate uses more than one core.",
     )
+
+    @property
+    def effective_workers(self) -> int:
+        return self.workers or max(1, min(4, os.cpu_count() or 1))
     shutdown_grace: float = Field(
         default=10.0, ge=0, description="Seconds in-flight sessions get on SIGTERM before 421."
     )
@@ -227,7 +431,16 @@ class Config(Model):
     tls: TlsConfig = Field(default_factory=TlsConfig, description="TLS certificate and versions.")
     accounts: AccountsConfig = Field(default_factory=AccountsConfig, description="Account store.")
     auth: AuthConfig = Field(default_factory=AuthConfig, description="Authentication.")
-    limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Session limits.")
+    limits: LimitsConfig = Field(
+        default_factory=LimitsConfig, description="Session limits and sending rates."
+    )
+    guard: GuardConfig = Field(
+        default_factory=GuardConfig, description="Brute-force and spraying protection."
+    )
+    policy: PolicyConfig = Field(default_factory=PolicyConfig, description="Sending policy.")
+    passwords: PasswordsConfig = Field(
+        default_factory=PasswordsConfig, description="Password policy and rotation."
+    )
     smtp: SmtpConfig = Field(default_factory=SmtpConfig, description="SMTP behaviour.")
     queue: QueueConfig = Field(default_factory=QueueConfig, description="Spool and retries.")
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig, description="Delivery.")

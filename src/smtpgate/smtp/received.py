@@ -8,11 +8,12 @@ import re
 _UNSAFE = re.compile(r"[^\x21-\x7e]")
 
 
-def protocol_keyword(esmtp: bool, tls: bool, authenticated: bool) -> str:
-    """RFC 3848: ESMTP, ESMTPA, ESMTPS or ESMTPSA (SMTP for HELO sessions)."""
+def protocol_keyword(esmtp: bool, tls: bool, authenticated: bool, utf8: bool = False) -> str:
+    """RFC 3848: ESMTP, ESMTPA, ESMTPS or ESMTPSA (SMTP for HELO sessions);
+    RFC 6531 §3.7.3: UTF8SMTP, UTF8SMTPA, UTF8SMTPS, UTF8SMTPSA for SMTPUTF8 mail."""
     if not esmtp:
         return "SMTP"
-    return "ESMTP" + ("S" if tls else "") + ("A" if authenticated else "")
+    return ("UTF8SMTP" if utf8 else "ESMTP") + ("S" if tls else "") + ("A" if authenticated else "")
 
 
 def received_header(
@@ -26,6 +27,7 @@ def received_header(
     identity: str,
     queue_hint: str,
     timestamp: float,
+    smtputf8: bool = False,
 ) -> bytes:
     """One folded Received header line block, CRLF-terminated.
 
@@ -34,7 +36,7 @@ def received_header(
     anything that is not printable ASCII so it cannot break the header.
     """
     helo_safe = _UNSAFE.sub("?", helo)[:255] or "unknown"
-    with_kw = protocol_keyword(esmtp, tls_version is not None, bool(identity))
+    with_kw = protocol_keyword(esmtp, tls_version is not None, bool(identity), smtputf8)
     lines = [f"Received: from {helo_safe} ([{client_ip}])"]
     if identity:
         lines.append(f"\t(Authenticated sender: {_UNSAFE.sub('?', identity)})")

@@ -1,0 +1,44 @@
+"""The Received header (RFC 5321 §4.4, RFC 3848, RFC 6531 §3.7.3)."""
+
+from __future__ import annotations
+
+import email
+
+import pytest
+
+from smtpgate.smtp.received import protocol_keyword, received_header
+
+
+@pytest.mark.parametrize(
+    ("esmtp", "tls", "auth", "utf8", "expected"),
+    [
+        (True, True, True, False, "ESMTPSA"),
+        (True, False, True, False, "ESMTPA"),
+        (True, True, False, False, "ESMTPS"),
+        (True, False, False, False, "ESMTP"),
+        (False, True, True, False, "SMTP"),
+        (True, True, True, True, "UTF8SMTPSA"),
+    ],
+)
+def test_rfc3848_with_keyword(esmtp: bool, tls: bool, auth: bool, utf8: bool, expected: str) -> None:
+    assert protocol_keyword(esmtp, tls, auth, utf8) == expected
+
+
+def test_received_header_parses_and_names_login() -> None:
+    raw = received_header(
+        helo="client.example\r\nX-Injected: yes",
+        client_ip="192.0.2.1",
+        hostname="mx.example.org",
+        esmtp=True,
+        tls_version="TLSv1.3",
+        cipher="TLS_AES_128_GCM_SHA256",
+        identity="alice@example.org",
+        queue_hint="abc",
+        timestamp=0,
+    )
+    msg = email.message_from_bytes(raw + b"Subject: x\r\n\r\nbody\r\n")
+    assert msg["X-Injected"] is None  # the HELO cannot break the header
+    value = " ".join(msg["Received"].split())
+    assert "with ESMTPSA" in value and "Authenticated sender: alice@example.org" in value
+    assert value.endswith("Thu, 01 Jan 1970 00:00:00 GMT")
+    assert all(line.startswith((b"Received:", b"\t")) for line in raw.split(b"\r\n")[:-1])

@@ -30,6 +30,13 @@ argon2_memory_kib = 8192
 argon2_time_cost = 1
 argon2_parallelism = 1
 scram_iterations = 4096
+
+# These tests use short passwords; the password policy has its own tests
+# (tests/unit/test_policy_passwords.py).
+[passwords]
+min_length = 1
+min_strength = 0
+reject_username = false
 """
 FAST = AccountsConfig(argon2_memory_kib=8192, argon2_time_cost=1, argon2_parallelism=1)
 

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+
+import pytest
 
 from smtpgate.queue.delivery import Delivered, QueuedMessage, TempFailure
 from smtpgate.queue.envelope import Envelope
@@ -23,13 +28,41 @@ DATA = b"Subject: hi\r\n\r\nhello\r\n"
 MSG = QueuedMessage("18f00000000-1-0-00000000", ENV, DATA)
 
 
+Factory = Callable[..., MaildirDeliverer]
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.fixture
+async def make() -> AsyncIterator[Factory]:
+    """MaildirDeliverer factory (one per simulated process); all closed at the end."""
+    made: list[MaildirDeliverer] = []
+
+    def factory(path: Path, prefill: bool = False) -> MaildirDeliverer:
+        made.append(MaildirDeliverer(path, prefill=prefill))
+        return made[-1]
+
+    yield factory
+    for d in made:
+        await d.close()
+
+
 def _files(md: Path) -> dict[str, list[str]]:
     return {sub: sorted(os.listdir(md / sub)) for sub in ("tmp", "new", "cur")}
 
 
-async def test_one_copy_with_return_path_for_all_recipients(tmp_path: Path) -> None:
+@pytest.mark.parametrize("prefill", [False, True])
+async def test_one_copy_with_return_path_for_all_recipients(
+    tmp_path: Path, make: Factory, prefill: bool
+) -> None:
     md = tmp_path / "Maildir"
-    results = await MaildirDeliverer(md).deliver(MSG, ENV.rcpt_to)
+    deliverer = make(md, prefill)
+    results = await deliverer.deliver(MSG, ENV.rcpt_to)
+    await deliverer.close()  # the pool's spare files go too
     assert set(results) == set(ENV.rcpt_to)
     assert all(isinstance(r, Delivered) for r in results.values())
     name = maildir_name(MSG)
@@ -43,32 +76,32 @@ def test_return_path_for_null_sender_and_no_header_injection() -> None:
     assert return_path("a@x\r\nBcc: victim@y") == b"Return-Path: <a@xBcc: victim@y>\r\n"
 
 
-async def test_redelivery_after_crash_finds_the_copy_in_new(tmp_path: Path) -> None:
+async def test_redelivery_after_crash_finds_the_copy_in_new(tmp_path: Path, make: Factory) -> None:
     md = tmp_path / "Maildir"
-    await MaildirDeliverer(md).deliver(MSG, ENV.rcpt_to)
+    await make(md).deliver(MSG, ENV.rcpt_to)
     # The process died before the spool recorded it; a new process retries.
     retry = QueuedMessage(MSG.queue_id, ENV, DATA, maybe_delivered=True)
-    results = await MaildirDeliverer(md).deliver(retry, ENV.rcpt_to)
+    results = await make(md).deliver(retry, ENV.rcpt_to)
     assert all(isinstance(r, Delivered) for r in results.values())
     assert len(os.listdir(md / "new")) == 1
 
 
 async def test_redelivery_after_crash_finds_the_copy_a_reader_moved_to_cur(
-    tmp_path: Path,
+    tmp_path: Path, make: Factory
 ) -> None:
     md = tmp_path / "Maildir"
-    await MaildirDeliverer(md).deliver(MSG, ENV.rcpt_to)
+    await make(md).deliver(MSG, ENV.rcpt_to)
     name = maildir_name(MSG)
     (md / "new" / name).rename(md / "cur" / f"{name}:2,S")  # a mail reader saw it
     retry = QueuedMessage(MSG.queue_id, ENV, DATA, maybe_delivered=True)
-    results = await MaildirDeliverer(md).deliver(retry, ENV.rcpt_to)
+    results = await make(md).deliver(retry, ENV.rcpt_to)
     assert all(isinstance(r, Delivered) for r in results.values())
     assert _files(md) == {"tmp": [], "new": [], "cur": [f"{name}:2,S"]}
 
 
-async def test_retry_in_the_same_process_never_links_a_second_copy(tmp_path: Path) -> None:
+async def test_retry_in_the_same_process_never_links_a_second_copy(tmp_path: Path, make: Factory) -> None:
     md = tmp_path / "Maildir"
-    deliverer = MaildirDeliverer(md)
+    deliverer = make(md)
     await deliverer.deliver(MSG, ENV.rcpt_to)
     name = maildir_name(MSG)
     (md / "new" / name).rename(md / "cur" / f"{name}:2,S")
@@ -77,34 +110,61 @@ async def test_retry_in_the_same_process_never_links_a_second_copy(tmp_path: Pat
     assert _files(md)["new"] == []
 
 
-async def test_crash_between_link_and_tmp_unlink_never_truncates_the_delivered_copy(
-    tmp_path: Path,
+async def test_crash_between_link_and_tmp_unlink_leaves_the_copy_intact(
+    tmp_path: Path, make: Factory
 ) -> None:
     md = tmp_path / "Maildir"
-    await MaildirDeliverer(md).deliver(MSG, ENV.rcpt_to)
+    await make(md).deliver(MSG, ENV.rcpt_to)
     name = maildir_name(MSG)
-    # Recreate the crash state: tmp/<name> is the same inode as new/<name>.
-    os.link(md / "new" / name, md / "tmp" / name)
+    # Recreate the crash state: a dead process's temp name for the delivered inode.
+    dead_pid = _dead_pid()
+    leftover = md / "tmp" / f"{dead_pid}.sgdeadbeef.pool.1"
+    os.link(md / "new" / name, leftover)
+    # Another MDA's file, even with an 8-character middle part, is not ours.
+    foreign = md / "tmp" / "1700000000.M1234P56.otherhost"
+    foreign.write_bytes(b"x")
     delivered = (md / "new" / name).read_bytes()
-    # Even without the suspicion flag the link step recognises its own copy.
-    await MaildirDeliverer(md).deliver(MSG, ENV.rcpt_to)
+    restarted = make(md)  # start-up removes our dead temp names, never foreign ones
+    await restarted.deliver(QueuedMessage(MSG.queue_id, ENV, DATA, maybe_delivered=True),
+                            ENV.rcpt_to)
     assert (md / "new" / name).read_bytes() == delivered
-    assert _files(md) == {"tmp": [], "new": [name], "cur": []}
+    assert _files(md) == {"tmp": [foreign.name], "new": [name], "cur": []}
 
 
-async def test_unwritable_maildir_is_a_temporary_failure(tmp_path: Path) -> None:
+async def test_unwritable_maildir_is_a_temporary_failure(tmp_path: Path, make: Factory) -> None:
     md = tmp_path / "Maildir"
-    deliverer = MaildirDeliverer(md)
+    deliverer = make(md)
     shutil.rmtree(md / "tmp")
     results = await deliverer.deliver(MSG, ("bob@example.net",))
     assert isinstance(results["bob@example.net"], TempFailure)
     assert os.listdir(md / "new") == []
 
 
-async def test_different_messages_get_different_files(tmp_path: Path) -> None:
+async def test_different_messages_get_different_files(tmp_path: Path, make: Factory) -> None:
     md = tmp_path / "Maildir"
-    deliverer = MaildirDeliverer(md)
+    deliverer = make(md)
     other = QueuedMessage("18f00000000-1-1-00000001", ENV, b"other")
     await deliverer.deliver(MSG, ENV.rcpt_to)
     await deliverer.deliver(other, ENV.rcpt_to)
     assert len(os.listdir(md / "new")) == 2
+
+
+async def test_delivered_spool_files_are_recycled_into_the_maildir_pool(
+    tmp_path: Path, make: Factory
+) -> None:
+    from smtpgate.config import QueueConfig
+    from smtpgate.queue.spool import Spool
+    from smtpgate.queue.worker import DeliveryWorker
+
+    spool = Spool(tmp_path / "spool", prefill=False)
+    qid = await spool.store(ENV, DATA)
+    inode = (tmp_path / "spool" / "queue" / f"{qid}.msg").stat().st_ino
+    md = tmp_path / "Maildir"
+    deliverer = make(md, prefill=True)
+    await DeliveryWorker(spool, deliverer, QueueConfig()).run_once()
+    await spool.close()
+    assert spool.list_ids() == []
+    spare = [f for f in (md / "tmp").iterdir() if ".pool.r" in f.name]
+    # The spent spool inode, emptied, now waits to hold the next Maildir copy.
+    assert [(f.stat().st_ino, f.stat().st_size) for f in spare] == [(inode, 0)]
+    assert os.listdir(tmp_path / "spool" / "tmp") == []

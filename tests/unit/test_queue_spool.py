@@ -79,7 +79,7 @@ async def test_concurrent_stores_are_all_durable_and_group_committed(spool: Spoo
     assert len(set(ids)) == n
     for qid, d in zip(ids, data, strict=True):
         assert spool.load(qid)[1] == d
-    assert spool.stats.stored == n
+    assert spool.stats.ops == n
     # 200 callers queued within one loop iteration cannot need 200 commits.
     assert spool.stats.batches < n
     assert spool.stats.largest_batch > 1
@@ -89,13 +89,13 @@ async def test_disk_work_never_runs_on_the_event_loop_thread(
     spool: Spool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     threads: list[threading.Thread] = []
-    real = tmpfiles.write_and_sync
+    real = tmpfiles.write_all
 
     def spy(fd: int, chunks: tuple[bytes, ...]) -> None:
         threads.append(threading.current_thread())
         real(fd, chunks)
 
-    monkeypatch.setattr(tmpfiles, "write_and_sync", spy)
+    monkeypatch.setattr(tmpfiles, "write_all", spy)
     await spool.store(ENV, DATA)
     assert threads and threading.main_thread() not in threads
 
@@ -107,7 +107,6 @@ async def test_failed_temp_write_gives_spool_error_and_no_visible_file(spool: Sp
     with pytest.raises(SpoolError):
         spool.store_sync(ENV, DATA)
     assert _visible(spool) == []
-    assert spool.stats.failed >= 1
 
 
 async def test_failed_rename_gives_spool_error_and_leaves_no_temp_file(tmp_path: Path) -> None:
@@ -183,12 +182,12 @@ def test_state_is_saved_atomically_and_removed_with_the_message(tmp_path: Path) 
     qid = s.store_sync(ENV, DATA)
     assert s.load_state(qid) is None
     state = MessageState.initial(ENV.rcpt_to)
-    s.save_state(qid, state)
+    s.save_state_sync(qid, state)
     assert s.load_state(qid) == state
     assert os.listdir(tmp_path / "spool" / "tmp") == []
-    s.remove(qid)
+    s.remove_sync(qid)
     assert _visible(s) == []
-    s.remove(qid)  # idempotent: a retry after a crash in remove() is fine
+    s.remove_sync(qid)  # idempotent: a retry after a crash in remove() is fine
     with pytest.raises(MessageNotFound):
         s.load(qid)
 
@@ -207,17 +206,17 @@ def test_recovery_scan_removes_what_dead_writers_left(tmp_path: Path) -> None:
     tmp = tmp_path / "spool" / "tmp"
     dead = _dead_pid()
     leftovers = {
-        f"{dead}.abcd1234.18f00000000-1-0-00000000.msg": b"SMTPGATE-SPOOL 1 99 99\n{half",
-        f"{dead}.abcd1234.pool.1": b"",
+        f"{dead}.sgabcd1234.18f00000000-1-0-00000000.msg": b"SMTPGATE-SPOOL 1 99 99\n{half",
+        f"{dead}.sgabcd1234.pool.1": b"",
         # Our own pid from an earlier life (containers restart as pid 1): another token.
-        f"{os.getpid()}.00000000.pool.7": b"",
+        f"{os.getpid()}.sg00000000.pool.7": b"",
         "junk-without-pid": b"x",
     }
     for name, content in leftovers.items():
         (tmp / name).write_bytes(content)
-    live = tmp / f"{os.getppid()}.feedbeef.pool.1"  # a live writer, fresh file
+    live = tmp / f"{os.getppid()}.sgfeedbeef.pool.1"  # a live writer, fresh file
     live.write_bytes(b"")
-    old_live = tmp / f"{os.getppid()}.feedbeef.pool.2"  # live pid, but an hour old
+    old_live = tmp / f"{os.getppid()}.sgfeedbeef.pool.2"  # live pid, but an hour old
     old_live.write_bytes(b"")
     past = time.time() - tmpfiles.STALE_AGE - 10
     os.utime(old_live, (past, past))

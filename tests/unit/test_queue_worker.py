@@ -42,14 +42,15 @@ class FakeClock:
 class FakeDeliverer:
     """Answers from a per-recipient script; records every call."""
 
-    def __init__(self, default: DeliveryResult = Delivered()) -> None:
-        self.default = default
+    def __init__(self, default: DeliveryResult | None = None) -> None:
+        self.default = default or Delivered()
         self.by_rcpt: dict[str, DeliveryResult] = {}
         self.calls: list[tuple[QueuedMessage, tuple[str, ...]]] = []
         self.gate: asyncio.Event | None = None  # if set, deliveries wait for it
         self.active = 0
         self.max_active = 0
         self.called = asyncio.Event()
+        self.closed = False
 
     async def deliver(
         self, message: QueuedMessage, recipients: tuple[str, ...]
@@ -64,6 +65,9 @@ class FakeDeliverer:
             return {r: self.by_rcpt.get(r, self.default) for r in recipients}
         finally:
             self.active -= 1
+
+    async def close(self) -> None:
+        self.closed = True
 
 
 @pytest.fixture
@@ -247,6 +251,7 @@ async def test_run_delivers_on_wake_and_stops_cleanly(spool: Spool) -> None:
     worker.stop()
     await asyncio.wait_for(runner, 10)
     assert len(d.calls) == 1
+    assert d.closed  # run() owns the deliverer once it returns
 
 
 async def test_run_polls_for_messages_stored_by_other_processes(spool: Spool) -> None:

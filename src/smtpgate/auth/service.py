@@ -24,6 +24,23 @@ account's hash or the decoy), so response times do not tell an unknown or
 locked account from a wrong password. Only a verified password is cached
 (``cache.py`` explains the cache and why lock state is read on every login).
 
+Account policy (issue 4), applied before any secret is checked, so that a
+refusal costs a decoy verification and tells a guesser nothing:
+
+- conditional access: allowed networks, listeners and mechanisms, and
+  "require OAuth"; a refusal is an ordinary 535 on the wire, with the real
+  reason (``access policy: ...``) in the auth log;
+- password age: an expired password (``[passwords].max_age_days``, the
+  account's override, or a rotation's deadline) stops working for PLAIN,
+  LOGIN, CRAM-MD5 and SCRAM;
+- app passwords: a PLAIN/LOGIN password shaped like one is first compared with
+  the account's app passwords (an HMAC each, no Argon2), whose own expiry and
+  scope then apply.
+
+``resolve_detailed`` returns, besides the answer, what the session and the
+guard need: which class of refusal it was (one that did not depend on the
+secret is not counted against the account) and which app password logged in.
+
 Ownership: the service takes over ``store`` and ``log``; ``close()`` drains the
 pending writes and closes both.
 """
@@ -54,8 +71,17 @@ from smtpgate.auth.credentials import (
 )
 from smtpgate.auth.names import lookup_key
 from smtpgate.auth.passwords import PasswordHasher, StoredHashError
-from smtpgate.auth.store import Account, AccountStore, SqliteAccountStore, StoreError
-from smtpgate.config import AccountsConfig, AuthConfig, Config
+from smtpgate.auth.store import (
+    APP_PASSWORD_RE,
+    Account,
+    AccountStore,
+    AppPassword,
+    SqliteAccountStore,
+    StoreError,
+)
+from smtpgate.config import AccountsConfig, AuthConfig, Config, PasswordsConfig
+from smtpgate.policy.networks import in_networks, parse_ip, parse_networks
+from smtpgate.policy.sender import SenderProfile
 from smtpgate.sasl.base import (
     ConfirmIdentity,
     CredentialAnswer,
@@ -86,6 +112,26 @@ NO_PASSWORD = "no password set for account"
 AUTHZID_REFUSED = "authorization identity differs from account"
 CRAM_MD5_NOT_ENABLED = "cram-md5 not enabled for account"
 OAUTH_NOT_CONFIGURED = "oauth not configured"
+PASSWORD_EXPIRED = "password expired"
+
+#: Refusal classes of ``Resolution.refusal``: the outcome did not depend on the
+#: secret, so the guard does not count it toward the account's lockout.
+REFUSED_POLICY = "policy"
+REFUSED_EXPIRED = "expired"
+REFUSED_LOCKED = "locked"
+
+OAUTH_MECHANISMS = frozenset(("OAUTHBEARER", "XOAUTH2"))
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    """``resolve_detailed``'s result: the answer for the mechanism, and notes."""
+
+    answer: CredentialAnswer
+    #: None, or one of the REFUSED_* classes.
+    refusal: str | None = None
+    #: The app password that verified, if one did.
+    app_password: AppPassword | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,12 +170,24 @@ class _Temporary(Exception):
     """A backend fault found inside a handler; ``resolve`` turns it into a 454 answer."""
 
 
-def _mechanism_refusal(account: Account, mechanism: str) -> str | None:
-    """Account-level policy, applied to every kind of query."""
+def _mechanism_refusal(
+    account: Account, mechanism: str, ctx: AuthContext | None = None
+) -> tuple[str, str] | None:
+    """Account-level policy, applied to every kind of query: (class, reason) or None."""
     if account.locked:
-        return ACCOUNT_LOCKED
+        return REFUSED_LOCKED, ACCOUNT_LOCKED
     if not account.allows(mechanism):
-        return f"mechanism {mechanism or '(unnamed)'} not allowed for account"
+        return REFUSED_POLICY, f"mechanism {mechanism or '(unnamed)'} not allowed for account"
+    if account.require_oauth and mechanism not in OAUTH_MECHANISMS:
+        return REFUSED_POLICY, f"access policy: account requires OAuth, not {mechanism or '(unnamed)'}"
+    if ctx is None:
+        return None
+    if account.allowed_listeners is not None and ctx.listener not in account.allowed_listeners:
+        return REFUSED_POLICY, f"access policy: listener {ctx.listener} not allowed for account"
+    if account.allowed_networks is not None and not in_networks(
+        parse_ip(ctx.client_ip), parse_networks(account.allowed_networks)
+    ):
+        return REFUSED_POLICY, f"access policy: address {ctx.client_ip} not in the account's networks"
     return None
 
 
@@ -146,8 +204,11 @@ class AuthService:
         auth_cfg: AuthConfig,
         log: AuthLog,
         token_verifier: object | None = None,
+        *,
+        passwords_cfg: PasswordsConfig | None = None,
     ) -> None:
         self._store = store
+        self._passwords = passwords_cfg or PasswordsConfig()
         self._cfg = accounts_cfg
         # [auth].mechanisms and failure_floor are applied by the session layer;
         # kept here for the guard (rate limits, penalties) that will use them.
@@ -179,21 +240,26 @@ class AuthService:
         CramMd5Secret or NotFound for the look-ups. Backend faults give
         ``temporary=True``.
         """
+        return (await self.resolve_detailed(query, ctx)).answer
+
+    async def resolve_detailed(self, query: CredentialQuery, ctx: AuthContext) -> Resolution:
+        """``resolve`` with the refusal class and the app password used (see the
+        module docstring); never raises (except cancellation)."""
         lookup = isinstance(query, (LookupScram, LookupCramMd5))
         try:
             if self._closed:
                 raise _Temporary("auth service is shut down")
             match query:
                 case VerifyPassword():
-                    return await self._verify_password(query)
+                    return await self._verify_password(query, ctx)
                 case LookupScram():
-                    return await self._lookup_scram(query)
+                    return await self._lookup_scram(query, ctx)
                 case LookupCramMd5():
-                    return await self._lookup_cram_md5(query)
+                    return await self._lookup_cram_md5(query, ctx)
                 case ConfirmIdentity():
-                    return await self._confirm(query)
+                    return await self._confirm(query, ctx)
                 case VerifyToken():
-                    return await self._verify_token(query)
+                    return await self._verify_token(query, ctx)
             reason = f"unsupported query {type(query).__name__}"
         except (StoreError, StoredHashError, CredentialDataError, _Temporary) as e:
             reason = str(e)
@@ -207,8 +273,25 @@ class AuthService:
             reason = f"internal error ({type(e).__name__})"
         self.stats.tempfails += 1
         if lookup:
-            return NotFound(reason=reason, temporary=True)
-        return Verdict(ok=False, reason=reason, temporary=True)
+            return Resolution(NotFound(reason=reason, temporary=True))
+        return Resolution(Verdict(ok=False, reason=reason, temporary=True))
+
+    async def sender_profile(self, identity: str) -> SenderProfile:
+        """What ``identity`` may send as, and its rates; ``StoreError`` on a fault."""
+
+        def load() -> SenderProfile:
+            name = lookup_key(identity)
+            account = self._store.get_account(name)
+            store: Any = self._store
+            return SenderProfile(
+                name=name,
+                aliases=frozenset(store.aliases(name)),
+                domains=frozenset(store.granted_domains(name)),
+                max_messages_per_hour=account.max_messages_per_hour if account else None,
+                max_recipients_per_hour=account.max_recipients_per_hour if account else None,
+            )
+
+        return await self._read(load)
 
     def record(
         self, ctx: AuthContext, mechanism: str, username: str, result: str, reason: str
@@ -313,28 +396,71 @@ class AuthService:
 
     # --- handlers --------------------------------------------------------------------
 
-    async def _verify_password(self, q: VerifyPassword) -> Verdict:
+    def _expired(self, account: Account) -> str | None:
+        expiry = account.password_expiry(self._passwords.max_age_days)
+        if expiry is not None and expiry <= datetime.now(UTC):
+            return f"{PASSWORD_EXPIRED} at {expiry.strftime('%Y-%m-%d %H:%M')} UTC"
+        return None
+
+    async def _verify_password(self, q: VerifyPassword, ctx: AuthContext) -> Resolution:
         mechanism = q.mechanism.upper()
         account, encoded = await self._read(self._load, lookup_key(q.username), ARGON2ID)
-        refusal = UNKNOWN_USER if account is None else _mechanism_refusal(account, mechanism)
-        if refusal is None and q.authzid and account and lookup_key(q.authzid) != account.name:
-            refusal = AUTHZID_REFUSED  # no proxy authorization (RFC 4616 §2 leaves it to us)
-        if refusal is None and encoded is None:
-            refusal = NO_PASSWORD
-        if refusal is not None or account is None or encoded is None:
+        if account is None:
             await self._burn(q.password)
-            return Verdict(ok=False, reason=refusal or UNKNOWN_USER)
+            return Resolution(Verdict(ok=False, reason=UNKNOWN_USER))
+        refusal = _mechanism_refusal(account, mechanism, ctx)
+        if refusal is None and q.authzid and lookup_key(q.authzid) != account.name:
+            # No proxy authorization (RFC 4616 §2 leaves it to us).
+            refusal = (REFUSED_POLICY, AUTHZID_REFUSED)
+        if refusal is not None:
+            await self._burn(q.password)
+            return Resolution(Verdict(ok=False, reason=refusal[1]), refusal=refusal[0])
+        if APP_PASSWORD_RE.fullmatch(q.password):
+            store: Any = self._store
+            app = await self._read(store.match_app_password, account.name, q.password)
+            if app is not None:
+                return self._app_login(account, app, mechanism, ctx)
+        if encoded is None:
+            await self._burn(q.password)
+            return Resolution(Verdict(ok=False, reason=NO_PASSWORD))
+        if expired := self._expired(account):
+            await self._burn(q.password)
+            return Resolution(Verdict(ok=False, reason=expired), refusal=REFUSED_EXPIRED)
         if self._cache.check(account.name, q.password, account.generation):
             self.stats.cache_hits += 1
         else:
             self.stats.cache_misses += 1
             self.stats.hash_verifications += 1
             if not await self._hash(self._hasher.verify, encoded, q.password):
-                return Verdict(ok=False, reason=BAD_PASSWORD)
+                return Resolution(Verdict(ok=False, reason=BAD_PASSWORD))
             self._cache.put(account.name, q.password, account.generation)
             self._maybe_upgrade(account, q.password, encoded)
         self._record_login(account, mechanism)
-        return Verdict(ok=True, identity=account.name)
+        return Resolution(Verdict(ok=True, identity=account.name))
+
+    def _app_login(
+        self, account: Account, app: AppPassword, mechanism: str, ctx: AuthContext
+    ) -> Resolution:
+        label = f"app password {app.name!r}"
+        now = datetime.now(UTC)
+        if app.expired(now):
+            return Resolution(Verdict(ok=False, reason=f"{label} expired"), refusal=REFUSED_EXPIRED)
+        if app.mechanisms is not None and mechanism not in app.mechanisms:
+            return Resolution(
+                Verdict(ok=False, reason=f"access policy: {label} not allowed with {mechanism}"),
+                refusal=REFUSED_POLICY,
+            )
+        if app.networks is not None and not in_networks(
+            parse_ip(ctx.client_ip), parse_networks(app.networks)
+        ):
+            return Resolution(
+                Verdict(ok=False, reason=f"access policy: {label} not allowed from {ctx.client_ip}"),
+                refusal=REFUSED_POLICY,
+            )
+        store: Any = self._store
+        self._write_later(store.record_app_password_use, app.id, now, ctx.client_ip)
+        self._record_login(account, mechanism)
+        return Resolution(Verdict(ok=True, identity=account.name), app_password=app)
 
     def _maybe_upgrade(self, account: Account, password: str, encoded: str) -> None:
         """After a good PLAIN/LOGIN password: derive what the account lacks (SCRAM
@@ -364,66 +490,84 @@ class AuthService:
         finally:
             self._upgrading.discard(account.name)
 
-    async def _lookup_scram(self, q: LookupScram) -> CredentialAnswer:
+    def _lookup_refusal(
+        self, account: Account, mechanism: str, ctx: AuthContext
+    ) -> Resolution | None:
+        if refusal := _mechanism_refusal(account, mechanism, ctx):
+            return Resolution(NotFound(reason=refusal[1]), refusal=refusal[0])
+        if expired := self._expired(account):
+            return Resolution(NotFound(reason=expired), refusal=REFUSED_EXPIRED)
+        return None
+
+    async def _lookup_scram(self, q: LookupScram, ctx: AuthContext) -> Resolution:
         scheme = SCRAM_SCHEMES.get(q.hash_name)
         if scheme is None:
             raise _Temporary(f"no SCRAM scheme for hash {q.hash_name!r}")
         account, data = await self._read(self._load, lookup_key(q.username), scheme)
         if account is None:
-            return NotFound(reason=UNKNOWN_USER)
-        if refusal := _mechanism_refusal(account, q.mechanism.upper()):
-            return NotFound(reason=refusal)
+            return Resolution(NotFound(reason=UNKNOWN_USER))
+        if refused := self._lookup_refusal(account, q.mechanism.upper(), ctx):
+            return refused
         if data is None:
-            return NotFound(reason=f"no {scheme} keys for account (made at next PLAIN/LOGIN login)")
-        return decode_scram(data)
+            return Resolution(
+                NotFound(reason=f"no {scheme} keys for account (made at next PLAIN/LOGIN login)")
+            )
+        return Resolution(decode_scram(data))
 
-    async def _lookup_cram_md5(self, q: LookupCramMd5) -> CredentialAnswer:
+    async def _lookup_cram_md5(self, q: LookupCramMd5, ctx: AuthContext) -> Resolution:
         account, data = await self._read(self._load, lookup_key(q.username), CRAM_MD5)
         if account is None:
-            return NotFound(reason=UNKNOWN_USER)
-        if refusal := _mechanism_refusal(account, q.mechanism.upper() or "CRAM-MD5"):
-            return NotFound(reason=refusal)
+            return Resolution(NotFound(reason=UNKNOWN_USER))
+        if refused := self._lookup_refusal(account, q.mechanism.upper() or "CRAM-MD5", ctx):
+            return refused
         if not account.cram_md5_enabled:
-            return NotFound(reason=CRAM_MD5_NOT_ENABLED)
+            return Resolution(NotFound(reason=CRAM_MD5_NOT_ENABLED), refusal=REFUSED_POLICY)
         if data is None:
-            return NotFound(reason="no cram-md5 secret for account (made at next password change)")
-        return decode_cram_md5(data)
+            return Resolution(
+                NotFound(reason="no cram-md5 secret for account (made at next password change)")
+            )
+        return Resolution(decode_cram_md5(data))
 
-    async def _confirm(self, q: ConfirmIdentity) -> Verdict:
+    async def _confirm(self, q: ConfirmIdentity, ctx: AuthContext) -> Resolution:
         mechanism = q.mechanism.upper()
         account = await self._read(self._store.get_account, lookup_key(q.username))
         if account is None:
-            return Verdict(ok=False, reason=UNKNOWN_USER)
-        if refusal := _mechanism_refusal(account, mechanism):
-            return Verdict(ok=False, reason=refusal)
+            return Resolution(Verdict(ok=False, reason=UNKNOWN_USER))
+        if refusal := _mechanism_refusal(account, mechanism, ctx):
+            return Resolution(Verdict(ok=False, reason=refusal[1]), refusal=refusal[0])
         self._record_login(account, mechanism)
-        return Verdict(ok=True, identity=account.name)
+        return Resolution(Verdict(ok=True, identity=account.name))
 
-    async def _verify_token(self, q: VerifyToken) -> Verdict:
+    async def _verify_token(self, q: VerifyToken, ctx: AuthContext) -> Resolution:
+        return Resolution(*await self._verify_token_inner(q, ctx))
+
+    async def _verify_token_inner(
+        self, q: VerifyToken, ctx: AuthContext
+    ) -> tuple[Verdict, str | None]:
         if self._verifier is None:
-            return Verdict(ok=False, reason=OAUTH_NOT_CONFIGURED)
+            return Verdict(ok=False, reason=OAUTH_NOT_CONFIGURED), None
         try:
             result = await self._call_verifier(q.token)
         except Exception as e:
             raise _Temporary(f"token verifier failed: {type(e).__name__}: {e}") from e
         if getattr(result, "ok", False) is not True:
             why = str(getattr(result, "reason", "") or "")
-            return Verdict(ok=False, reason=f"token rejected: {why}" if why else "token rejected")
+            return Verdict(ok=False, reason=f"token rejected: {why}" if why else "token rejected"), None
         identity = str(getattr(result, "identity", "") or "")
         if not identity:
-            return Verdict(ok=False, reason="token names no identity")
+            return Verdict(ok=False, reason="token names no identity"), None
         name = lookup_key(identity)
         if q.username and lookup_key(q.username) != name:
-            return Verdict(ok=False, reason="token identity differs from the username given")
+            return Verdict(ok=False, reason="token identity differs from the username given"), None
         # A token proves an identity; sending mail still needs a local account,
-        # whose lock state and mechanism policy apply as for any login.
+        # whose lock state and access policy apply as for any login.
         account = await self._read(self._store.get_account, name)
         if account is None:
-            return Verdict(ok=False, reason=UNKNOWN_USER)
-        if refusal := _mechanism_refusal(account, q.mechanism.upper()):
-            return Verdict(ok=False, reason=refusal)
+            return Verdict(ok=False, reason=UNKNOWN_USER), None
+        if refusal := _mechanism_refusal(account, q.mechanism.upper(), ctx):
+            return Verdict(ok=False, reason=refusal[1]), refusal[0]
         self._record_login(account, q.mechanism.upper())
-        return Verdict(ok=True, identity=account.name)
+        return Verdict(ok=True, identity=account.name), None
 
     async def _call_verifier(self, token: str) -> object:
         """Accept a sync or async ``verify``; a sync one runs in a thread, since it
@@ -454,4 +598,6 @@ def build_auth_service(cfg: Config, token_verifier: object | None = None) -> Aut
     except BaseException:
         auth_log.close()
         raise
-    return AuthService(store, cfg.accounts, cfg.auth, auth_log, token_verifier)
+    return AuthService(
+        store, cfg.accounts, cfg.auth, auth_log, token_verifier, passwords_cfg=cfg.passwords
+    )

@@ -1,7 +1,109 @@
-"""Placeholder: commands land here (`COMMANDS` lists what main.py registers)."""
+"""``smtpgate report``: what happened at the login door, from the auth log.
+
+Readable tables on a terminal (rich), or ``--json`` for a SIEM. The figures
+are defined in ``policy/report.py``; current blocks and lockouts come from the
+guard database and locked accounts from the account database.
+"""
 
 from __future__ import annotations
 
-import click
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
 
-COMMANDS: list[click.Command] = []
+import click
+from rich.console import Console
+from rich.table import Table
+
+from smtpgate.cli.admin_cmd import parse_since
+from smtpgate.cli.common import config_option, get_config
+
+
+def _table(title: str, columns: tuple[str, ...], rows: list[tuple[object, ...]]) -> Table:
+    table = Table(title=title, title_justify="left")
+    for i, col in enumerate(columns):
+        table.add_column(col, justify="right" if i and isinstance(rows[0][i] if rows else "", int) else "left", overflow="fold")
+    for row in rows:
+        table.add_row(*(str(x) for x in row))
+    return table
+
+
+@click.command("report")
+@click.option("--since", default="24h", show_default=True,
+              help="Period: 24h, 7d, 30m ... ('all' for the whole log).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object (for SIEMs).")
+@click.option("--log", "logs", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Auth log file(s) to read (default: [auth].log_file); repeat for rotated files.")
+@config_option
+def report(since: str, as_json: bool, logs: tuple[Path, ...], config_path: Path | None) -> None:
+    """Summarise authentication: successes and failures per account, mechanisms,
+    legacy-mechanism users, top failing addresses, current locks and blocks, and
+    brute-force and spraying episodes."""
+    from smtpgate.auth.store import SqliteAccountStore
+    from smtpgate.cli.user_policy_cmd import open_guard_store
+    from smtpgate.policy.report import Thresholds, build_report, read_records
+
+    cfg = get_config(config_path)
+    paths = list(logs)
+    if not paths:
+        if cfg.auth.log_file is None or str(cfg.auth.log_file) in ("", "."):
+            raise click.UsageError("no auth log: [auth].log_file is empty; pass --log PATH")
+        paths = [cfg.path(cfg.auth.log_file)]
+    start = None if since == "all" else parse_since(since)
+    data = build_report(
+        read_records(paths),
+        since=start,
+        thresholds=Thresholds(cfg.guard.lockout_threshold, cfg.guard.spray_accounts),
+    )
+    gstore = open_guard_store(cfg)
+    try:
+        blocks = gstore.active_blocks(time.time())
+    finally:
+        gstore.close()
+    store = SqliteAccountStore(cfg.path(cfg.accounts.database), cfg.accounts)
+    try:
+        locked = [a.name for a in store.list_accounts() if a.locked]
+    finally:
+        store.close()
+    data["current_blocks"] = [
+        {"kind": b.kind, "key": b.key, "until": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(b.until)),
+         "reason": b.reason}
+        for b in blocks
+    ]
+    data["locked_accounts"] = locked
+    if as_json:
+        click.echo(json.dumps(data, sort_keys=True))
+        return
+    _print(data)
+
+
+def _print(d: dict[str, Any]) -> None:
+    console = Console(file=sys.stdout, highlight=False, width=None if sys.stdout.isatty() else 160)
+    t = d["totals"]
+    console.print(f"auth report since {d['since'] or 'the start of the log'}: "
+                  f"{t['attempts']} attempts, {t['success']} succeeded, {t['failure']} failed, "
+                  f"{t['blocked']} blocked, {t['tempfail']} temporary failures, {t['cancelled']} cancelled")
+    accounts = d["accounts"]
+    console.print(_table("per account", ("account", "success", "failure", "blocked"),
+                         [(a, c["success"], c["failure"], c["blocked"]) for a, c in accounts.items()]))
+    console.print(_table("mechanisms of successful logins", ("mechanism", "logins"),
+                         list(d["mechanisms"].items())))
+    console.print(_table("accounts still using a legacy mechanism", ("account", "mechanisms"),
+                         [(a, " ".join(m)) for a, m in d["legacy_mechanism_users"].items()]))
+    console.print(_table("logins with app passwords", ("account", "app password", "logins"),
+                         [(a, n, c) for a, apps in d["app_password_logins"].items() for n, c in apps.items()]))
+    console.print(_table("top failing addresses", ("address", "failures", "accounts tried"),
+                         [(x["address"], x["failures"], x["accounts"]) for x in d["top_failing_addresses"]]))
+    ep = d["episodes"]
+    console.print(_table("brute-force episodes", ("address", "account", "failures", "first", "last"),
+                         [(x["address"], x["account"], x["failures"], x["first"], x["last"]) for x in ep["brute_force"]]))
+    console.print(_table("spraying episodes", ("address", "accounts", "failures", "first", "last"),
+                         [(x["address"], x["accounts"], x["failures"], x["first"], x["last"]) for x in ep["spraying"]]))
+    console.print(_table("blocks and lockouts in force", ("kind", "key", "until", "reason"),
+                         [(b["kind"], b["key"], b["until"], b["reason"]) for b in d["current_blocks"]]))
+    console.print("locked accounts (user lock): " + (", ".join(d["locked_accounts"]) or "none"))
+
+
+COMMANDS: list[click.Command] = [report]

@@ -31,6 +31,7 @@ from smtpgate.auth.store import (
     StoreError,
 )
 from smtpgate.cli.common import config_option, get_config
+from smtpgate.config import PasswordsConfig
 
 
 class OperationalError(click.ClickException):
@@ -74,7 +75,9 @@ def _store(config_path: Path | None) -> Iterator[SqliteAccountStore]:
     cfg = get_config(config_path)
     path = cfg.path(cfg.accounts.database)
     try:
-        store = SqliteAccountStore(path, cfg.accounts)
+        from smtpgate.cli.admin_cmd import cli_actor  # every change goes to the admin log
+
+        store = SqliteAccountStore(path, cfg.accounts, actor=cli_actor())
     except StoreError as e:
         raise OperationalError(
             str(e), "check [accounts].database in the config and the permissions of its directory"
@@ -91,7 +94,9 @@ def _store(config_path: Path | None) -> Iterator[SqliteAccountStore]:
         store.close()
 
 
-def _read_password(from_stdin: bool) -> str:
+def _read_password(
+    from_stdin: bool, user: str = "", policy: PasswordsConfig | None = None
+) -> str:
     if from_stdin:
         data = sys.stdin.read()
         password = data.removesuffix("\n").removesuffix("\r") if data.endswith("\n") else data
@@ -101,6 +106,10 @@ def _read_password(from_stdin: bool) -> str:
         )
     try:
         check_new_password(password)
+        if policy is not None:
+            from smtpgate.policy.passwords import check_password_policy
+
+            check_password_policy(password, user, policy)
     except PasswordPolicyError as e:
         raise OperationalError(str(e), "choose another password") from None
     return password
@@ -122,7 +131,7 @@ def add(user: str, password_stdin: bool, config_path: Path | None) -> None:
             raise OperationalError(
                 f"account {user} already exists", "'smtpgate user passwd' changes its password"
             )
-        password = _read_password(password_stdin)
+        password = _read_password(password_stdin, user, get_config(config_path).passwords)
         try:
             store.add_account(user, password)
         except AccountExists:
@@ -141,12 +150,20 @@ def passwd(user: str, password_stdin: bool, config_path: Path | None) -> None:
     with _store(config_path) as store:
         if store.get_account(user) is None:
             raise NoSuchAccount(f"no account {user}")
-        password = _read_password(password_stdin)
+        password = _read_password(password_stdin, user, get_config(config_path).passwords)
         try:
             store.set_password(user, password)
         except PasswordPolicyError as e:
             raise OperationalError(str(e), "choose another password") from None
+        account = store.get_account(user)
     click.echo(f"password of {user} changed")
+    if account is not None and account.cram_md5_enabled:
+        click.echo(
+            f"warning: {user} has CRAM-MD5 enabled, so a plaintext-equivalent secret of the "
+            "new password is stored (anyone who reads the account database can log in with "
+            f"it); 'smtpgate user cram-md5 {user} --disable' removes it",
+            err=True,
+        )
 
 
 @user.command("remove")
@@ -179,9 +196,12 @@ def lock(user: str, reason: str, config_path: Path | None) -> None:
 @USER
 @config_option
 def unlock(user: str, config_path: Path | None) -> None:
-    """Allow USER to log in again."""
+    """Allow USER to log in again (administrative lock and the guard's lockouts)."""
+    from smtpgate.cli.user_policy_cmd import lift_guard_locks
+
     with _store(config_path) as store:
         changed = store.unlock(user)
+        changed = lift_guard_locks(config_path, user, store) or changed
     click.echo(f"unlocked account {user}" if changed else f"account {user} was not locked")
 
 
@@ -189,19 +209,36 @@ def _when(t: datetime | None) -> str:
     return "never" if t is None else t.strftime("%Y-%m-%d %H:%M")
 
 
-def _accounts_table(accounts: list[Account]) -> Table:
+def _accounts_table(accounts: list[Account], max_age_days: float = 0) -> Table:
     table = Table(title="accounts (times in UTC)", title_justify="left")
     table.add_column("name", overflow="fold")
     table.add_column("locked", overflow="fold")
     table.add_column("created", no_wrap=True)
     table.add_column("last login", no_wrap=True)
     table.add_column("last mechanism", no_wrap=True)
+    table.add_column("cram-md5", no_wrap=True)
+    table.add_column("mechanisms allowed", overflow="fold")
+    table.add_column("password age", no_wrap=True)
+    table.add_column("password expires", no_wrap=True)
+    from smtpgate.cli.user_policy_cmd import password_age, password_expiry
     for a in accounts:
         locked = (
             f"yes: {a.lock_reason}" if a.locked and a.lock_reason else "yes" if a.locked else "no"
         )
+        allowed = "all" if a.allowed_mechanisms is None else " ".join(
+            sorted(a.allowed_mechanisms)
+        ) or "none"
         table.add_row(
-            a.name, locked, _when(a.created), _when(a.last_login), a.last_mechanism or "-"
+            a.name,
+            locked,
+            _when(a.created),
+            _when(a.last_login),
+            a.last_mechanism or "-",
+            # CRAM-MD5 accounts hold a plaintext-equivalent secret: flag them.
+            "YES (plaintext-equivalent)" if a.cram_md5_enabled else "no",
+            allowed,
+            password_age(a),
+            password_expiry(a, max_age_days),
         )
     return table
 
@@ -238,4 +275,7 @@ def list_(mechanisms: bool, config_path: Path | None) -> None:
     # rich fits the table to the window.
     wide = None if sys.stdout.isatty() else 4096
     console = Console(file=sys.stdout, highlight=False, width=wide)
-    console.print(_mechanisms_table(accounts) if mechanisms else _accounts_table(accounts))
+    max_age = get_config(config_path).passwords.max_age_days
+    console.print(
+        _mechanisms_table(accounts) if mechanisms else _accounts_table(accounts, max_age)
+    )

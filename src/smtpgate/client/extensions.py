@@ -52,6 +52,14 @@ class Extensions:
         return frozenset(m.upper() for m in self.keywords.get("AUTH", "").split())
 
     @property
+    def auth_mechanism_list(self) -> tuple[str, ...]:
+        """The AUTH mechanisms in the server's order, upper case, without repeats."""
+        seen: dict[str, None] = {}
+        for m in self.keywords.get("AUTH", "").split():
+            seen.setdefault(m.upper(), None)
+        return tuple(seen)
+
+    @property
     def starttls(self) -> bool:
         return "STARTTLS" in self.keywords
 

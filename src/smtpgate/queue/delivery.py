@@ -7,9 +7,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from smtpgate.queue.envelope import Envelope
+
+if TYPE_CHECKING:
+    from smtpgate.queue.tmpfiles import TempPool
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,3 +66,14 @@ class Deliverer(Protocol):
     async def deliver(
         self, message: QueuedMessage, recipients: tuple[str, ...]
     ) -> Mapping[str, DeliveryResult]: ...
+
+    async def close(self) -> None:
+        """Finish deliveries in progress and release threads or connections."""
+
+
+@runtime_checkable
+class Recycling(Protocol):
+    """A deliverer that writes files and takes spent spool inodes for them."""
+
+    @property
+    def recycle_pool(self) -> TempPool | None: ...

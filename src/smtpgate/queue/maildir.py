@@ -7,11 +7,13 @@ The copy is the message as spooled with ``Return-Path: <sender>`` prepended (RFC
 5321 §4.4: the final delivery adds it). Line ends stay CRLF as received; Dovecot
 and mutt read both.
 
-Delivery is the Maildir protocol: write ``tmp/<name>``, fsync, hard-link it to
-``new/<name>``, fsync ``new/``, remove the ``tmp/`` name. The link is the commit
-point and it fails with EEXIST if the name exists, which is what makes delivery
-idempotent: ``<name>`` is derived from the queue id alone, so a second attempt for
-the same message can only find its own earlier copy.
+Delivery is the Maildir protocol: write a file in ``tmp/``, fsync, hard-link it
+to ``new/<name>``, fsync ``new/``, remove the ``tmp/`` name. The link is the
+commit point and it fails with EEXIST if the name exists, which is what makes
+delivery idempotent: ``<name>`` is derived from the queue id alone, so a second
+attempt for the same message can only find its own earlier copy. As in the
+spool, one thread group-commits concurrent deliveries (one fsync of ``new/`` per
+batch) and temp files come from a pool created ahead of time.
 
 The spool forgets a message only after the deliverer returns, so a crash in
 between makes the worker try again with ``maybe_delivered`` set. The copy may then
@@ -26,13 +28,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from smtpgate.queue import tmpfiles
+from smtpgate.queue.committer import CommitterClosed, GroupCommitter, Op
 from smtpgate.queue.delivery import Delivered, DeliveryResult, QueuedMessage, TempFailure
 
 #: Names linked by this process, remembered so a retry after a failure *after*
@@ -57,56 +59,92 @@ def return_path(sender: str) -> bytes:
 
 
 class MaildirDeliverer:
-    """See the module docstring. Creates ``path`` with tmp/, new/ and cur/."""
+    """See the module docstring. Creates ``path`` with tmp/, new/ and cur/, and
+    removes temp files our crashed processes left in tmp/ (only ours: other
+    delivery agents may share the Maildir)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, prefill: bool = True) -> None:
         self.path = path
         for sub in ("", "tmp", "new", "cur"):
-            _make_dir(path / sub)
+            tmpfiles.make_dir_durably(path / sub)
         self._tmp = str(path / "tmp")
         self._new = str(path / "new")
         self._cur = str(path / "cur")
+        tmpfiles.remove_stale(self._tmp, only_ours=True)
         self._recent: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._listing: tuple[float, frozenset[str]] | None = None
+        self._pool = tmpfiles.TempPool(self._tmp) if prefill else None
+        self._syncer = tmpfiles.Syncer()
+        self._writer: GroupCommitter[QueuedMessage, DeliveryResult] = GroupCommitter(
+            self._commit,
+            name="smtpgate-maildir-writer",
+        )
+
+    @property
+    def recycle_pool(self) -> tmpfiles.TempPool | None:
+        """Where the worker may put the inodes of delivered spool files, so this
+        deliverer writes into them instead of creating files."""
+        return self._pool
 
     async def deliver(
         self, message: QueuedMessage, recipients: tuple[str, ...]
     ) -> Mapping[str, DeliveryResult]:
-        result = await asyncio.to_thread(self._deliver, message)
-        return {r: result for r in recipients}
-
-    def _deliver(self, message: QueuedMessage) -> DeliveryResult:
-        name = maildir_name(message)
-        if name in self._recent or (message.maybe_delivered and self._present(name)):
-            try:
-                # The earlier attempt linked the file; make sure the link is durable.
-                _fsync_dir(self._new)
-            except OSError as e:
-                return TempFailure(f"4.3.0 cannot sync maildir: {e.strerror}")
-            return Delivered(f"already in maildir as {name}")
-        tmp = f"{self._tmp}/{name}"
-        new = f"{self._new}/{name}"
         try:
-            # An earlier attempt may have left tmp/<name>, possibly hard-linked to
-            # new/<name>: unlink it rather than truncate, never touch that inode.
-            tmpfiles.unlink_quietly(tmp)
-            # Durability step 1: content fsynced before it is visible in new/.
-            tmpfiles.write_and_sync(
-                tmpfiles.open_new(tmp), (return_path(message.envelope.mail_from), message.data)
-            )
+            result = await self._writer.submit(message)
+        except CommitterClosed:
+            result = TempFailure("4.3.0 maildir delivery is shutting down")
+        return dict.fromkeys(recipients, result)
+
+    async def close(self) -> None:
+        """Finish queued deliveries and stop the threads."""
+        await self._writer.close()
+        self._syncer.close()
+        if self._pool is not None:
+            await asyncio.to_thread(self._pool.stop)
+
+    def _commit(self, batch: Sequence[Op[QueuedMessage, DeliveryResult]]) -> None:
+        prefix = tmpfiles.prefix(self._tmp)
+        to_write: list[tuple[Op[QueuedMessage, DeliveryResult], str]] = []
+        jobs: list[tuple[str, tuple[bytes, ...]]] = []
+        synced: list[Op[QueuedMessage, DeliveryResult]] = []  # need the fsync of new/
+        for op in batch:
+            message = op.payload
+            name = maildir_name(message)
+            if name in self._recent or (message.maybe_delivered and self._present(name)):
+                # An earlier attempt linked it; the fsync below makes sure it stays.
+                op.result = Delivered(f"already in maildir as {name}")
+                synced.append(op)
+            else:
+                to_write.append((op, name))
+                jobs.append((f"{prefix}{name}",
+                             (return_path(message.envelope.mail_from), message.data)))
+        # Durability step 1: content fsynced (concurrently) before it is in new/.
+        written = tmpfiles.write_synced(jobs, pool=self._pool, syncer=self._syncer)
+        for (op, name), (tmp, error) in zip(to_write, written, strict=True):
+            if error is not None:
+                op.result = TempFailure(f"4.3.0 maildir delivery failed: {error.strerror or error}")
+                continue
             try:
-                # Step 2, the commit point: link() refuses to replace an existing name.
-                os.link(tmp, new)
+                # Step 2, the commit point: link() never replaces an existing name.
+                os.link(tmp, f"{self._new}/{name}")
             except FileExistsError:
                 pass  # an earlier attempt got here: this is that copy
+            except OSError as e:
+                op.result = TempFailure(f"4.3.0 maildir delivery failed: {e.strerror or e}")
+                continue
+            finally:
+                tmpfiles.unlink_quietly(tmp)
             self._remember(name)
-            # Step 3: the new name survives a power cut.
-            _fsync_dir(self._new)
-        except OSError as e:
-            return TempFailure(f"4.3.0 maildir delivery failed: {e.strerror or e}")
-        finally:
-            tmpfiles.unlink_quietly(tmp)
-        return Delivered(f"maildir {name}")
+            op.result = Delivered(f"maildir {name}")
+            synced.append(op)
+        if synced:
+            try:
+                # Step 3: one fsync of new/ makes every link of the batch durable.
+                tmpfiles.fsync_dir(self._new)
+            except OSError as e:
+                # Retried soon; _recent makes the retry only repeat this fsync.
+                for op in synced:
+                    op.result = TempFailure(f"4.3.0 cannot sync maildir: {e.strerror or e}")
 
     def _present(self, name: str) -> bool:
         if os.path.exists(f"{self._new}/{name}") or os.path.exists(f"{self._cur}/{name}"):
@@ -123,19 +161,3 @@ class MaildirDeliverer:
         self._recent[name] = None
         if len(self._recent) > _RECENT_LINKS:
             self._recent.popitem(last=False)
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _make_dir(path: Path) -> None:
-    if path.is_dir():
-        return
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with contextlib.suppress(OSError):
-        _fsync_dir(str(path.parent))  # the new directory entry is durable too

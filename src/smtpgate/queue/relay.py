@@ -133,6 +133,9 @@ class RelayDeliverer:
             await conn.close()
         return results
 
+    async def close(self) -> None:
+        """Nothing to release: every delivery has its own connection."""
+
     async def _session(
         self,
         conn: SmtpClientConnection,

@@ -17,19 +17,17 @@ the new name survive a power cut (the step chasquid's safeio skips). Nothing in
 ``tmp/`` is ever delivered, so a crash mid-write loses only a message that was
 never acknowledged.
 
-Throughput comes from group commit. `store` never touches the disk on the event
-loop: it queues the message for one writer thread and awaits a future. The writer
-takes everything queued so far, writes and fsyncs each file, renames them all and
-fsyncs ``queue/`` once for the whole batch, then resolves the futures with one
-``call_soon_threadsafe`` per event loop. Under load the batch grows and the cost
-of the directory fsync is shared; a lone message still pays two fsyncs, the
-minimum for a new file whose name must be durable.
+Throughput comes from group commit (see `committer`). `store`, `save_state` and
+`remove` never touch the disk on the event loop: one writer thread takes every
+operation queued so far, writes and fsyncs each new file, renames and unlinks,
+and fsyncs ``queue/`` once for the whole batch. Under load the batch grows and
+the directory fsync is shared, by stores and by the delivery side's removals
+alike. Temp files come from a pool created ahead of time (see `tmpfiles`).
 
 Several processes may share a spool (server worker processes). Ids embed time,
 pid, a per-process counter and random bits, so they are unique without any
-coordination; temp names (see `tmpfiles`) tell a dead writer's leftovers from a
-live writer's work, so start-up clean-up never pulls a file from under another
-process.
+coordination; temp names tell a dead writer's leftovers from a live writer's
+work, so start-up clean-up never pulls a file from under another process.
 """
 
 from __future__ import annotations
@@ -40,10 +38,8 @@ import fcntl
 import itertools
 import logging
 import os
-import queue
 import re
 import secrets
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -51,6 +47,7 @@ from pathlib import Path
 from typing import Self
 
 from smtpgate.queue import tmpfiles
+from smtpgate.queue.committer import CommitStats, CommitterClosed, GroupCommitter, Op
 from smtpgate.queue.envelope import Envelope, EnvelopeFormatError
 from smtpgate.queue.state import MessageState, StateFormatError
 
@@ -60,9 +57,6 @@ _MAGIC = b"SMTPGATE-SPOOL 1"
 _ID = re.compile(r"[0-9a-f]{1,16}(?:-[0-9a-f]{1,16}){3}\Z")
 _MSG = ".msg"
 _STATE = ".state"
-#: Upper bound on one group commit, so the first message of a flood is not held
-#: back behind thousands of others.
-MAX_BATCH = 256
 #: Shared by every Spool in the process, so two Spools never mint the same id.
 _counter = itertools.count()
 
@@ -76,35 +70,26 @@ class MessageNotFound(SpoolError):
     """No message with that id (already delivered and removed, or never existed)."""
 
 
-@dataclass(slots=True)
-class SpoolStats:
-    """Counters of the group-commit writer, for tests, benchmarks and metrics."""
-
-    stored: int = 0
-    failed: int = 0
-    batches: int = 0
-    largest_batch: int = 0
+@dataclass(frozen=True, slots=True)
+class _Store:
+    qid: str
+    envelope: Envelope
+    data: bytes
 
 
-class _StoreOp:
-    """One `store` call on its way through the writer thread."""
+@dataclass(frozen=True, slots=True)
+class _SaveState:
+    qid: str
+    state: MessageState
 
-    __slots__ = ("data", "envelope", "error", "future", "loop", "qid")
 
-    def __init__(
-        self,
-        qid: str,
-        envelope: Envelope,
-        data: bytes,
-        loop: asyncio.AbstractEventLoop | None,
-        future: asyncio.Future[str] | None,
-    ) -> None:
-        self.qid = qid
-        self.envelope = envelope
-        self.data = data
-        self.loop = loop
-        self.future = future
-        self.error: OSError | None = None
+@dataclass(frozen=True, slots=True)
+class _Remove:
+    qid: str
+    recycle: tmpfiles.TempPool | None
+
+
+_Work = _Store | _SaveState | _Remove
 
 
 class DeliveryLock:
@@ -131,7 +116,11 @@ class DeliveryLock:
 
 class Spool:
     """See the module docstring. Construct at start-up: it creates the directories
-    and removes temp files left by dead writers (blocking, once)."""
+    and removes temp files left by dead writers (blocking, once).
+
+    ``prefill`` keeps a pool of pre-created temp files (see `tmpfiles`); off only
+    for tests that want every write to create its own file.
+    """
 
     def __init__(self, directory: Path, *, prefill: bool = True) -> None:
         self.directory = directory
@@ -139,18 +128,25 @@ class Spool:
         self._tmp_dir = directory / "tmp"
         self._corrupt_dir = directory / "corrupt"
         for d in (directory, self._queue_dir, self._tmp_dir, self._corrupt_dir):
-            _make_dir_durably(d)
+            tmpfiles.make_dir_durably(d)
         self._qdir = str(self._queue_dir)
         self._tdir = str(self._tmp_dir)
         self._dir_fd = os.open(self._qdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        self._ops: queue.SimpleQueue[_StoreOp | None] = queue.SimpleQueue()
-        self._writer: threading.Thread | None = None
         self._pool = tmpfiles.TempPool(self._tdir) if prefill else None
-        self._lock = threading.Lock()
-        self._closed = False
-        self.stats = SpoolStats()
-        self._remove_stale_tmp()
+        self._syncer = tmpfiles.Syncer()
+        self._writer: GroupCommitter[_Work, str] = GroupCommitter(
+            self._commit,
+            name="smtpgate-spool-writer",
+        )
+        removed = tmpfiles.remove_stale(self._tdir, only_ours=False)
+        if removed:
+            log.info("spool: removed %d temp files left by dead writers", len(removed))
         self._remove_orphan_state()
+
+    @property
+    def stats(self) -> CommitStats:
+        """Batches and operations of the group-commit writer."""
+        return self._writer.stats
 
     # --- storing ----------------------------------------------------------------
 
@@ -165,133 +161,149 @@ class Spool:
         Raises:
             SpoolError: the message was not stored (and is not visible in the queue).
         """
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[str] = loop.create_future()
-        self._submit(_StoreOp(_new_id(), _stamped(envelope), data, loop, future))
-        return await future
+        return await self._submit(_Store(_new_id(), _stamped(envelope), data))
 
     def store_sync(self, envelope: Envelope, data: bytes) -> str:
-        """`store` for tests and tools: writes in the calling thread, no batching.
+        """`store` in the calling thread, without batching (tests and tools).
 
         Raises:
             SpoolError: as `store`.
         """
-        op = _StoreOp(_new_id(), _stamped(envelope), data, None, None)
-        self._commit([op], None)
-        if op.error is not None:
-            raise SpoolError(f"cannot store message: {op.error}") from op.error
-        return op.qid
-
-    def _submit(self, op: _StoreOp) -> None:
-        with self._lock:
-            if self._closed:
-                raise SpoolError("spool is closed")
-            if self._writer is None:
-                self._writer = threading.Thread(
-                    target=self._writer_main, name="smtpgate-spool-writer", daemon=True
-                )
-                self._writer.start()
-                if self._pool is not None:
-                    self._pool.start()
-            self._ops.put(op)
-
-    def _writer_main(self) -> None:
-        ops = self._ops
-        while True:
-            first = ops.get()
-            if first is None:
-                return
-            batch = [first]
-            stop = False
-            # Group commit: take whatever else is already queued, without waiting.
-            while len(batch) < MAX_BATCH:
-                try:
-                    op = ops.get_nowait()
-                except queue.Empty:
-                    break
-                if op is None:
-                    stop = True
-                    break
-                batch.append(op)
-            try:
-                self._commit(batch, self._pool)
-            except Exception as e:  # a bug: fail this batch, keep the thread alive
-                log.exception("spool writer failed")
-                for op in batch:
-                    op.error = op.error or OSError(f"spool writer failed: {e!r}")
-            _settle(batch)
-            if stop:
-                return
-
-    def _commit(self, batch: Sequence[_StoreOp], pool: tmpfiles.TempPool | None) -> None:
-        """Write, fsync, rename and directory-fsync a batch; sets ``op.error`` on
-        every op that is not durable. Runs in the writer thread (or store_sync's)."""
-        prefix = tmpfiles.prefix(self._tdir)
-        written: list[tuple[_StoreOp, str]] = []
-        for op in batch:
-            tmp = ""
-            try:
-                header = op.envelope.to_json()
-                first_line = b"%s %d %d\n" % (_MAGIC, len(header), len(op.data))
-                taken = pool.take() if pool is not None else None
-                if taken is not None:
-                    fd, tmp = taken
-                else:
-                    tmp = f"{prefix}{op.qid}{_MSG}"
-                    fd = tmpfiles.open_new(tmp)
-                # Durability step 1: the content is on disk before it gets a name
-                # in queue/.
-                tmpfiles.write_and_sync(fd, (first_line, header, b"\n", op.data))
-            except OSError as e:
-                op.error = e
-                if tmp:
-                    tmpfiles.unlink_quietly(tmp)
-            else:
-                written.append((op, tmp))
-        published: list[_StoreOp] = []
-        for op, tmp in written:
-            try:
-                # Step 2: atomic publication; a reader sees nothing or everything.
-                os.rename(tmp, f"{self._qdir}/{op.qid}{_MSG}")
-            except OSError as e:
-                op.error = e
-                tmpfiles.unlink_quietly(tmp)
-            else:
-                published.append(op)
-        if published:
-            try:
-                # Step 3: one directory fsync makes every rename of the batch durable.
-                os.fsync(self._dir_fd)
-            except OSError as e:
-                # The names may or may not survive a crash; the client will be told
-                # 451 and resend, so take them back (a duplicate at worst).
-                for op in published:
-                    op.error = e
-                    tmpfiles.unlink_quietly(f"{self._qdir}/{op.qid}{_MSG}")
-        failed = sum(1 for op in batch if op.error is not None)
-        stats = self.stats
-        stats.batches += 1
-        stats.largest_batch = max(stats.largest_batch, len(batch))
-        stats.stored += len(batch) - failed
-        stats.failed += failed
-        if failed:
-            log.error("spool: %d of %d messages not stored: %s", failed, len(batch),
-                      next(op.error for op in batch if op.error is not None))
+        return self._writer.run_now(_Store(_new_id(), _stamped(envelope), data))
 
     async def close(self) -> None:
-        """Finish queued writes, stop the writer thread, release the directory."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            writer = self._writer
-            if writer is not None:
-                self._ops.put(None)
-        if writer is not None:
-            await asyncio.to_thread(writer.join)
+        """Finish queued writes, stop the threads, release the directory."""
+        if self._dir_fd < 0:
+            return
+        await self._writer.close()
+        self._syncer.close()
         if self._pool is not None:
             await asyncio.to_thread(self._pool.stop)
         os.close(self._dir_fd)
+        self._dir_fd = -1
+
+    # --- delivery bookkeeping (group-committed like stores) -----------------------
+
+    async def save_state(self, qid: str, state: MessageState) -> None:
+        """Replace the delivery state of ``qid`` atomically and durably.
+
+        Raises:
+            SpoolError: not saved; the previous state (if any) is intact.
+        """
+        self._path(qid, _STATE)  # validate the id before queueing
+        await self._submit(_SaveState(qid, state))
+
+    def save_state_sync(self, qid: str, state: MessageState) -> None:
+        self._path(qid, _STATE)
+        self._writer.run_now(_SaveState(qid, state))
+
+    async def remove(self, qid: str, *, recycle: tmpfiles.TempPool | None = None) -> None:
+        """Forget a finished message (idempotent). The message goes before its
+        state: a crash in between leaves a state file without a message, which
+        start-up removes. With ``recycle``, the message file's inode is emptied and
+        given to that pool instead of being deleted (see `TempPool.adopt`).
+
+        Raises:
+            SpoolError: the message file could not be removed.
+        """
+        self._path(qid, _MSG)
+        await self._submit(_Remove(qid, recycle))
+
+    def remove_sync(self, qid: str) -> None:
+        self._path(qid, _MSG)
+        self._writer.run_now(_Remove(qid, None))
+
+    async def _submit(self, work: _Work) -> str:
+        try:
+            return await self._writer.submit(work)
+        except CommitterClosed:
+            raise SpoolError("spool is closed") from None
+
+    def _commit(self, batch: Sequence[Op[_Work, str]]) -> None:
+        """One group commit; sets ``result`` or a SpoolError on every op."""
+        prefix = tmpfiles.prefix(self._tdir)
+        writes: list[tuple[Op[_Work, str], str]] = []  # (op, final path)
+        jobs: list[tuple[str, tuple[bytes, ...]]] = []
+        changed: list[Op[_Work, str]] = []
+        for op in batch:
+            work = op.payload
+            if isinstance(work, _Remove):
+                try:
+                    self._remove(work, prefix)
+                except OSError as e:
+                    op.error = SpoolError(f"cannot remove {work.qid}: {e}")
+                else:
+                    changed.append(op)
+                continue
+            if isinstance(work, _Store):
+                header = work.envelope.to_json()
+                first = b"%s %d %d\n" % (_MAGIC, len(header), len(work.data))
+                chunks: tuple[bytes, ...] = (first, header, b"\n", work.data)
+                final = f"{self._qdir}/{work.qid}{_MSG}"
+            else:
+                chunks = (work.state.to_json(),)
+                final = f"{self._qdir}/{work.qid}{_STATE}"
+            writes.append((op, final))
+            jobs.append((f"{prefix}{work.qid}.{next(_counter):x}", chunks))
+        # Durability step 1: every file's content is on disk (fsynced, concurrently)
+        # before it has a name in queue/.
+        written = tmpfiles.write_synced(jobs, pool=self._pool, syncer=self._syncer)
+        for (op, final), (tmp, error) in zip(writes, written, strict=True):
+            if error is not None:
+                op.error = SpoolError(f"cannot write {os.path.basename(final)}: {error}")
+                continue
+            try:
+                # Step 2: atomic publication; a reader sees nothing or everything
+                # (for a state file: the old state or the new one).
+                os.rename(tmp, final)
+            except OSError as e:
+                op.error = SpoolError(f"cannot publish {os.path.basename(final)}: {e}")
+                tmpfiles.unlink_quietly(tmp)
+            else:
+                changed.append(op)
+        if changed:
+            try:
+                # Step 3: one directory fsync makes every rename and unlink of the
+                # batch durable.
+                os.fsync(self._dir_fd)
+            except OSError as e:
+                for op in changed:
+                    op.error = SpoolError(f"cannot sync the spool directory: {e}")
+                    if isinstance(op.payload, _Store):
+                        # The client will be told 451 and resend: take the name
+                        # back, so it is not delivered as well.
+                        tmpfiles.unlink_quietly(f"{self._qdir}/{op.payload.qid}{_MSG}")
+        for op in batch:
+            if op.error is None:
+                op.result = op.payload.qid
+        failed = [op for op in batch if op.error is not None]
+        if failed:
+            log.error("spool: %d of %d operations failed: %s", len(failed), len(batch),
+                      failed[0].error)
+
+    def _remove(self, work: _Remove, prefix: str) -> None:
+        msg = f"{self._qdir}/{work.qid}{_MSG}"
+        if work.recycle is None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(msg)
+        else:
+            # Out of queue/ first (atomically), then emptied: a crash in between
+            # leaves a stale temp file, never a truncated message in the queue.
+            spare = f"{prefix}{work.qid}.spare"
+            try:
+                os.rename(msg, spare)
+            except FileNotFoundError:
+                pass
+            else:
+                try:
+                    os.truncate(spare, 0)
+                    adopted = work.recycle.adopt(spare)
+                except OSError:
+                    adopted = False
+                if not adopted:
+                    tmpfiles.unlink_quietly(spare)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"{self._qdir}/{work.qid}{_STATE}")
 
     # --- reading ----------------------------------------------------------------
 
@@ -336,52 +348,17 @@ class Spool:
         except StateFormatError as e:
             raise SpoolError(f"corrupt state of {qid}: {e}") from None
 
-    # --- delivery bookkeeping (blocking: call via asyncio.to_thread) -------------
-
-    def save_state(self, qid: str, state: MessageState) -> None:
-        """Replace the delivery state of ``qid`` atomically and durably.
-
-        Raises:
-            SpoolError: not saved; the previous state (if any) is intact.
-        """
-        final = self._path(qid, _STATE)
-        tmp = f"{tmpfiles.prefix(self._tdir)}{qid}{_STATE}.{next(_counter):x}"
-        try:
-            # fsynced before it gets its name
-            tmpfiles.write_and_sync(tmpfiles.open_new(tmp), (state.to_json(),))
-            os.rename(tmp, final)  # atomic replacement: old state or new, never half
-            os.fsync(self._dir_fd)  # the new name survives a power cut
-        except OSError as e:
-            tmpfiles.unlink_quietly(tmp)
-            raise SpoolError(f"cannot save state of {qid}: {e}") from e
-
-    def remove(self, qid: str) -> None:
-        """Forget a finished message. The message goes first: a crash in between
-        leaves only a state file without a message, which start-up removes.
-
-        Raises:
-            SpoolError: the message file could not be removed.
-        """
-        try:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._path(qid, _MSG))
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._path(qid, _STATE))
-            # Made durable so a power cut does not resurrect a delivered message
-            # (a relay would get it twice; a Maildir would recognise it).
-            os.fsync(self._dir_fd)
-        except OSError as e:
-            raise SpoolError(f"cannot remove {qid}: {e}") from e
-
     def quarantine(self, qid: str) -> None:
-        """Move an unparsable message (and its state) to ``corrupt/`` for a human."""
+        """Move an unparsable message (and its state) to ``corrupt/`` for a human.
+        Blocking."""
         for suffix in (_MSG, _STATE):
             with contextlib.suppress(FileNotFoundError):
                 os.rename(self._path(qid, suffix), self._corrupt_dir / f"{qid}{suffix}")
         os.fsync(self._dir_fd)
 
     def try_lock_delivery(self) -> DeliveryLock | None:
-        """The delivery lock if no other process holds it, else None."""
+        """The delivery lock if no other process holds it, else None. Blocking
+        (briefly: it never waits for the lock)."""
         fd = os.open(self.directory / "delivery.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
                      0o600)
         try:
@@ -391,12 +368,7 @@ class Spool:
             return None
         return DeliveryLock(fd)
 
-    # --- start-up clean-up --------------------------------------------------------
-
-    def _remove_stale_tmp(self) -> None:
-        removed = tmpfiles.remove_stale(self._tdir)
-        if removed:
-            log.info("spool: removed %d temp files left by dead writers", len(removed))
+    # --- helpers ------------------------------------------------------------------
 
     def _remove_orphan_state(self) -> None:
         names = set(os.listdir(self._qdir))
@@ -440,36 +412,3 @@ def _parse_message(qid: str, raw: bytes) -> tuple[Envelope, bytes]:
         raise SpoolError(f"corrupt message {qid}: {e}") from None
     return envelope, raw[start + env_len + 1 :]
 
-
-def _settle(batch: Sequence[_StoreOp]) -> None:
-    """Resolve the futures of a batch: one wake-up per event loop, not per message."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[_StoreOp]] = {}
-    for op in batch:
-        if op.loop is not None:
-            by_loop.setdefault(op.loop, []).append(op)
-    for loop, ops in by_loop.items():
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
-            loop.call_soon_threadsafe(_resolve, ops)
-
-
-def _resolve(ops: list[_StoreOp]) -> None:
-    for op in ops:
-        fut = op.future
-        if fut is None or fut.done():  # the awaiting task was cancelled
-            continue
-        if op.error is None:
-            fut.set_result(op.qid)
-        else:
-            fut.set_exception(SpoolError(f"cannot store message: {op.error}"))
-
-
-def _make_dir_durably(path: Path) -> None:
-    if path.is_dir():
-        return
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    # A new directory entry is only durable once its parent is fsynced.
-    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -1,13 +1,15 @@
-"""Temp files for atomic writes: naming, a pool of pre-created files, clean-up.
+"""Temp files for atomic writes: naming, a pool of ready files, clean-up.
 
-Why a pool: on the file systems we measured (ext4 in a VM), creating an inode
-costs about as much CPU time as the fsync of a small message costs waiting. A
-helper thread creates empty temp files ahead of time, on the other core, so the
-spool writer only opens, writes, fsyncs and renames; in a one-message-at-a-time
-session this raised throughput by about a fifth. If the pool is empty the writer
-simply creates the file itself.
+Why a pool: on the file system we measured (ext4 in a 2-core VM), creating an
+inode costs 0.3-0.7 ms of CPU, more than writing and fsyncing a small message.
+So writers take empty files from a `TempPool`, filled ahead of time by a helper
+thread (on the other core) and, better still, with the inodes of spool files
+that have been delivered (`TempPool.adopt`): recycled, they cost no creation at
+all. Sequential spool stores ran 1.5-2x faster with the pool; delivery into a
+Maildir took less than half the CPU with recycling. If the pool is empty the
+writer simply creates its file.
 
-Names are ``<pid>.<token>.<rest>``: the pid of the writing process and a random
+Names are ``<pid>.sg<token>.<rest>``: the pid of the writing process and a random
 token drawn when the process starts. Start-up clean-up keeps a file only if its
 writer may still be alive: the pid exists and, if it is our own pid, the token is
 ours (in a container every restart is pid 1 again).
@@ -17,10 +19,14 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import itertools
 import os
+import re
 import secrets
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 #: A temp file older than this belongs to no live write, whoever its pid is now.
 STALE_AGE = 3600.0
@@ -28,12 +34,15 @@ STALE_AGE = 3600.0
 POOL_TARGET = 64
 
 _OPEN_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-_token = secrets.token_hex(4)
+# Strict, so that another program's temp file (Dovecot's "<time>.M<usec>P<pid>.<host>"
+# in a shared Maildir tmp/) is never taken for ours.
+_OURS = re.compile(r"([0-9]{1,10})\.(sg[0-9a-f]{8})\.")
+_token = "sg" + secrets.token_hex(4)
 
 
 def _new_token() -> None:
     global _token
-    _token = secrets.token_hex(4)
+    _token = "sg" + secrets.token_hex(4)
 
 
 os.register_at_fork(after_in_child=_new_token)
@@ -49,17 +58,108 @@ def open_new(path: str) -> int:
     return os.open(path, _OPEN_NEW, 0o600)
 
 
-def write_and_sync(fd: int, chunks: tuple[bytes, ...]) -> None:
-    """Write every chunk to ``fd`` (handling short writes), fsync, and close it."""
+def write_all(fd: int, chunks: tuple[bytes, ...]) -> None:
+    """Write every chunk to ``fd``, handling short writes."""
+    pending = [memoryview(c) for c in chunks if c]
+    while pending:
+        n = os.writev(fd, pending)
+        while pending and n >= len(pending[0]):
+            n -= len(pending[0])
+            pending.pop(0)
+        if n:
+            pending[0] = pending[0][n:]
+
+
+class Syncer:
+    """fsyncs the files of one batch concurrently.
+
+    Concurrent fsyncs share journal commits: on the ext4 we measured, eight
+    files synced from eight threads took half the time of eight in a row. A
+    batch of one is synced inline, without a thread hop.
+    """
+
+    def __init__(self, threads: int = 8) -> None:
+        self._threads = threads
+        self._executor: ThreadPoolExecutor | None = None
+
+    def sync(self, fds: list[int]) -> list[OSError | None]:
+        """fsync every descriptor; the error of each (None: durable)."""
+        if len(fds) <= 1:
+            return [_fsync(fd) for fd in fds]
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self._threads, thread_name_prefix="smtpgate-fsync")
+        return list(self._executor.map(_fsync, fds))
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown()
+            self._executor = None
+
+
+def write_synced(
+    jobs: list[tuple[str, tuple[bytes, ...]]], *, pool: TempPool | None, syncer: Syncer
+) -> list[tuple[str, OSError | None]]:
+    """Write each job's chunks to a temp file and fsync them all (concurrently).
+
+    A job is (path to create if the pool has no file, chunks). Returns, per job,
+    the temp file's path and None, or "" and the error (the file is then gone).
+    """
+    opened: list[tuple[int, str] | OSError] = []
+    for fallback, chunks in jobs:
+        taken = None
+        try:
+            taken = pool.take() if pool is not None else None
+            if taken is None:
+                unlink_quietly(fallback)  # a failed earlier attempt's
+                taken = (open_new(fallback), fallback)
+            write_all(taken[0], chunks)
+        except OSError as e:
+            if taken is not None:
+                os.close(taken[0])
+                unlink_quietly(taken[1])
+            opened.append(e)
+        else:
+            opened.append(taken)
+    fds = [o[0] for o in opened if not isinstance(o, OSError)]
+    errors = iter(syncer.sync(fds))
+    out: list[tuple[str, OSError | None]] = []
+    for o in opened:
+        if isinstance(o, OSError):
+            out.append(("", o))
+            continue
+        fd, path = o
+        error = next(errors)
+        try:
+            os.close(fd)
+        except OSError as e:
+            error = error or e
+        if error is not None:
+            unlink_quietly(path)
+            out.append(("", error))
+        else:
+            out.append((path, None))
+    return out
+
+
+def _fsync(fd: int) -> OSError | None:
     try:
-        pending = [memoryview(c) for c in chunks if c]
-        while pending:
-            n = os.writev(fd, pending)
-            while pending and n >= len(pending[0]):
-                n -= len(pending[0])
-                pending.pop(0)
-            if n:
-                pending[0] = pending[0][n:]
+        os.fsync(fd)
+    except OSError as e:
+        return e
+    return None
+
+
+def make_dir_durably(path: Path) -> None:
+    """mkdir -p, and fsync the parent so the new entry survives a power cut."""
+    if path.is_dir():
+        return
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fsync_dir(str(path.parent))
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -71,7 +171,8 @@ def unlink_quietly(path: str) -> None:
 
 
 class TempPool:
-    """Empty temp files created ahead of use by one helper thread."""
+    """Empty temp files made ahead of use: created by a helper thread, or adopted
+    (inodes of files that are done with, see `adopt`)."""
 
     def __init__(self, directory: str, target: int = POOL_TARGET) -> None:
         self._dir = directory
@@ -79,19 +180,21 @@ class TempPool:
         self._files: collections.deque[str] = collections.deque()
         self._wanted = threading.Event()
         self._stopping = False
-        self._seq = 0
+        self._seq = itertools.count(1)
         self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._fill, name="smtpgate-spool-pool",
-                                        daemon=True)
-        self._thread.start()
-        self._wanted.set()
+    @property
+    def directory(self) -> str:
+        return self._dir
 
     def take(self) -> tuple[int, str] | None:
         """An open descriptor and the path of an empty temp file, or None if the
         pool is empty (or its file vanished, e.g. removed by another process's
-        clean-up after an hour of idling)."""
+        clean-up after an hour of idling). The first call starts the helper."""
+        if self._thread is None and not self._stopping:
+            self._thread = threading.Thread(target=self._fill, name="smtpgate-temp-pool",
+                                            daemon=True)
+            self._thread.start()
         while True:
             try:
                 path = self._files.popleft()
@@ -101,9 +204,25 @@ class TempPool:
             if len(self._files) < self._target // 2:
                 self._wanted.set()
             try:
-                return os.open(path, os.O_WRONLY | os.O_CLOEXEC), path
+                # O_TRUNC: an adopted file was emptied already; this only makes sure.
+                return os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC), path
             except FileNotFoundError:
                 continue
+
+    def adopt(self, path: str) -> bool:
+        """Take the (emptied) file at ``path`` into the pool, renaming it; False if
+        the pool is full or the file is on another file system (then the caller
+        deletes it). Recycling an inode saves creating one, the costliest step of
+        writing a small file on the file systems we measured."""
+        if self._stopping or len(self._files) >= 2 * self._target:
+            return False
+        new = f"{prefix(self._dir)}pool.r{next(self._seq):x}"
+        try:
+            os.rename(path, new)
+        except OSError:
+            return False
+        self._files.append(new)
+        return True
 
     def stop(self) -> None:
         """Stop the helper and delete the unused files (blocks for one create)."""
@@ -120,8 +239,7 @@ class TempPool:
             self._wanted.clear()
             base = prefix(self._dir) + "pool."
             while len(self._files) < self._target and not self._stopping:
-                self._seq += 1
-                path = f"{base}{self._seq:x}"
+                path = f"{base}{next(self._seq):x}"
                 try:
                     os.close(open_new(path))
                 except OSError:
@@ -129,8 +247,10 @@ class TempPool:
                 self._files.append(path)
 
 
-def remove_stale(directory: str) -> list[str]:
-    """Delete temp files whose writer is gone; returns their names."""
+def remove_stale(directory: str, *, only_ours: bool) -> list[str]:
+    """Delete temp files whose writer is gone; returns their names. With
+    ``only_ours``, names not in our format are left alone (a Maildir's tmp/ is
+    shared with other delivery agents); otherwise they are junk and go too."""
     now = time.time()
     removed = []
     for name in os.listdir(directory):
@@ -139,9 +259,10 @@ def remove_stale(directory: str) -> list[str]:
             age = now - os.lstat(path).st_mtime
         except FileNotFoundError:
             continue  # its writer just renamed it
-        pid_text, _, rest = name.partition(".")
-        token = rest.partition(".")[0]
-        if age < STALE_AGE and pid_text.isdigit() and _writer_alive(int(pid_text), token):
+        ours = _OURS.match(name)
+        if ours is None and only_ours:
+            continue
+        if ours and age < STALE_AGE and _writer_alive(int(ours.group(1)), ours.group(2)):
             continue
         unlink_quietly(path)
         removed.append(name)
@@ -153,7 +274,7 @@ def _writer_alive(pid: int, token: str) -> bool:
         return token == _token
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):
         return False
     except PermissionError:
         return True  # exists, owned by another user

@@ -8,9 +8,11 @@ hand over the same message; a worker that cannot get the lock waits for it.
 The worker keeps a schedule (queue id -> next attempt) in memory, filled by
 scanning the spool directory: when woken by `wake` after a local store, and at
 least every ``poll_interval`` so that messages stored by other processes are
-found. The schedule is only a cache; the truth is the spool. Before each attempt
-the message's state file is read again, and after it the new state is written
-(or the message removed) before anything else happens to the message.
+found; while scans keep finding new messages (other processes are busy
+storing) it polls every 50 ms instead, so their mail is not held back by a
+second. The schedule is only a cache; the truth is the spool. Before each
+attempt the message's state file is read again, and after it the new state is
+written (or the message removed) before anything else happens to the message.
 
 Exactly once: every message in the spool when the worker starts may have been
 handed to a deliverer by a process that then died before recording the outcome.
@@ -27,13 +29,20 @@ no DSN message is generated yet.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import logging
 import time
 from collections.abc import Callable
 
 from smtpgate.config import QueueConfig
-from smtpgate.queue.delivery import Deliverer, DeliveryResult, QueuedMessage, TempFailure
+from smtpgate.queue.delivery import (
+    Deliverer,
+    DeliveryResult,
+    QueuedMessage,
+    Recycling,
+    TempFailure,
+)
 from smtpgate.queue.envelope import Envelope
 from smtpgate.queue.spool import DeliveryLock, MessageNotFound, Spool, SpoolError
 from smtpgate.queue.state import MessageState, Outcome, apply_results
@@ -43,6 +52,8 @@ log = logging.getLogger("smtpgate.queue")
 #: A wake-up rescans the spool directory at most this often: a burst of stores
 #: costs one listing, not one per message.
 _MIN_SCAN_GAP = 0.01
+#: Poll gap while other processes keep storing (see the module docstring).
+_BUSY_POLL = 0.05
 #: After an unexpected error with a message, try it again after this long.
 _ERROR_RETRY = 60.0
 
@@ -67,10 +78,13 @@ class DeliveryWorker:
     ) -> None:
         self._spool = spool
         self._deliverer = deliverer
+        # A deliverer that writes files can reuse the inodes of delivered messages.
+        self._recycle = deliverer.recycle_pool if isinstance(deliverer, Recycling) else None
         self._cfg = queue_cfg
         self._clock = clock
         self._concurrency = concurrency
         self._poll_interval = poll_interval
+        self._poll_gap = poll_interval  # shrinks while scans find new messages
         self._stop_grace = stop_grace
         self._due: dict[str, float] = {}  # queue id -> next attempt (clock time)
         self._heap: list[tuple[float, str]] = []  # same, ordered; stale entries skipped
@@ -89,35 +103,39 @@ class DeliveryWorker:
     def wake(self, queue_id: str | None = None) -> None:
         """Something was stored: look now instead of at the next poll. Safe to call
         from any thread. With ``queue_id`` no directory scan is needed."""
-        loop = self._loop
-        if loop is None:
-            self._note(queue_id)
-            return
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            self._note(queue_id)
-        else:
-            loop.call_soon_threadsafe(self._note, queue_id)
+        self._in_loop(self._note, queue_id)
 
     def stop(self) -> None:
-        """Ask `run` to return: no new deliveries start, in-flight ones finish."""
+        """Ask `run` to return: no new deliveries start, in-flight ones finish.
+        Safe to call from any thread."""
         self._stopping = True
-        self._wakeup.set()
+        self._in_loop(self._note, None)
+
+    def _in_loop(self, fn: Callable[[str | None], None], arg: str | None) -> None:
+        loop = self._loop
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if loop is None or running is loop:
+            fn(arg)
+        else:
+            with contextlib.suppress(RuntimeError):  # the loop is closed already
+                loop.call_soon_threadsafe(fn, arg)
 
     async def run(self) -> None:
-        """Deliver until `stop`. Waits for the delivery lock first."""
+        """Deliver until `stop`. Waits for the delivery lock first. When it returns
+        it closes the deliverer (whose threads and temp files go with it)."""
         self._loop = asyncio.get_running_loop()
         lock = await self._acquire_lock()
         if lock is None:
+            await self._deliverer.close()
             return
         try:
             while not self._stopping:
                 self._wakeup.clear()
                 now_mono = time.monotonic()
-                if now_mono - self._last_scan >= self._poll_interval or (
+                if now_mono - self._last_scan >= self._poll_gap or (
                     self._scan_wanted and now_mono - self._last_scan >= _MIN_SCAN_GAP
                 ):
                     await self._scan()
@@ -126,6 +144,7 @@ class DeliveryWorker:
         finally:
             await self._finish_inflight()
             lock.release()
+            await self._deliverer.close()
 
     async def run_once(self) -> int:
         """Scan, attempt every message due now, wait for those attempts; returns how
@@ -175,10 +194,14 @@ class DeliveryWorker:
         if self._first_scan:
             self._first_scan = False
             self._suspect = present.copy()
+        found = 0
         for qid in ids:
             if qid not in self._due and qid not in self._inflight:
                 # The state file, read at the attempt, says when it is really due.
                 self._schedule(qid, 0.0)
+                found += 1
+        gap = _BUSY_POLL if found else self._poll_gap * 2
+        self._poll_gap = min(self._poll_interval, gap)
         for qid in [q for q in self._due if q not in present]:
             del self._due[qid]  # removed behind our back (e.g. `queue remove`)
         self._suspect &= present
@@ -204,7 +227,7 @@ class DeliveryWorker:
 
     def _next_wait(self) -> float:
         since_scan = time.monotonic() - self._last_scan
-        wait = self._poll_interval - since_scan
+        wait = self._poll_gap - since_scan
         if self._scan_wanted:
             wait = min(wait, _MIN_SCAN_GAP - since_scan)
         head = self._peek()
@@ -296,9 +319,9 @@ class DeliveryWorker:
             _log_outcomes(qid, envelope, outcomes)
         try:
             if state.finished:
-                await asyncio.to_thread(self._spool.remove, qid)
+                await self._spool.remove(qid, recycle=self._recycle)
                 return None
-            await asyncio.to_thread(self._spool.save_state, qid, state)
+            await self._spool.save_state(qid, state)
         except SpoolError as e:
             log.error("queue: %s: %s", qid, e)
             return self._clock() + _ERROR_RETRY

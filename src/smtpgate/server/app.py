@@ -18,12 +18,15 @@ import signal
 import socket
 import sys
 from collections.abc import Callable, Coroutine
-from typing import Any
 from pathlib import Path
+from typing import Any
 
+from smtpgate.auth.guard import Guard
+from smtpgate.auth.guard_store import SqliteGuardStore
 from smtpgate.auth.oauth import TokenVerifier
 from smtpgate.auth.service import build_auth_service
 from smtpgate.config import Config, ListenerConfig
+from smtpgate.policy.rates import RateLimiter
 from smtpgate.queue.factory import make_deliverer
 from smtpgate.queue.spool import Spool
 from smtpgate.queue.worker import DeliveryWorker
@@ -120,6 +123,25 @@ def log_loosenings(cfg: Config) -> None:
         log.warning("auth.mechanisms has CRAM-MD5: needs plaintext-equivalent secrets")
     if not cfg.delivery.relay_verify_cert and cfg.delivery.mode == "relay":
         log.warning("delivery.relay_verify_cert = false: the relay's certificate is not checked")
+    if not cfg.guard.enabled:
+        log.warning("guard.enabled = false: no penalties, lockouts or blocks against guessing")
+    if cfg.guard.allowlist:
+        log.warning("guard.allowlist: the guard ignores %s", ", ".join(cfg.guard.allowlist))
+    for key, mode in (
+        ("policy.sender_ownership", cfg.policy.sender_ownership),
+        ("policy.from_header", cfg.policy.from_header),
+    ):
+        if mode != "enforce":
+            log.warning("%s = %s: accounts may send as addresses they do not own", key, mode)
+
+
+def build_guard(cfg: Config) -> Guard:
+    """The guard on its own SQLite file (``[guard].database``).
+
+    Raises:
+        GuardStoreError: the file cannot be opened.
+    """
+    return Guard(SqliteGuardStore(cfg.path(cfg.guard.database)), cfg.guard)
 
 
 def bind_sockets(cfg: Config) -> list[socket.socket]:
@@ -165,6 +187,7 @@ async def serve_sockets(
     # DATA latency low at a small cost in throughput of the threads themselves.
     sys.setswitchinterval(0.0005)
     auth = build_auth_service(cfg, make_token_verifier(cfg))
+    guard = build_guard(cfg)
     spool = Spool(cfg.path(cfg.queue.spool))
     worker: DeliveryWorker | None = None
     worker_task: asyncio.Task[None] | None = None
@@ -182,6 +205,9 @@ async def serve_sockets(
         handshake_timeout=cfg.tls.handshake_timeout,
         failure_floor=cfg.auth.failure_floor,
         add_received=cfg.smtp.received_header,
+        guard=guard,
+        rates=RateLimiter(guard, cfg.limits),
+        policy=cfg.policy,
     )
     servers = []
     for lst, sock in zip(cfg.listeners, sockets):
@@ -217,6 +243,7 @@ async def serve_sockets(
         worker.stop()
         await worker_task
     await auth.close()
+    await guard.close()
     await spool.close()
     log.info("stopped")
 

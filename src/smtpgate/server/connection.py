@@ -3,6 +3,18 @@
 It parses nothing and never decides a reply code on its own: the engine does
 that, and the auth service, policy and spool answer the engine's decision
 events. Replies produced by one batch of input are written in one go.
+
+Policy hooks (issue 4; docs/protection.md, docs/policy.md):
+
+- AuthQuery: the guard is asked first, before the auth service does any
+  Argon2id or PBKDF2 work. A refusal answers the mechanism with a temporary
+  failure, which ends as the guard's 454 4.7.0; a penalty is an
+  ``asyncio.sleep`` in this session only, never a blocking wait.
+- AuthFinished: the outcome goes to the guard (committed) before the reply.
+- MailFrom: sender ownership and the per-identity message budget.
+- RcptTo: the recipient budget of the transaction.
+- MessageReceived: ownership of the From header; the message is counted
+  before its 250 goes out.
 """
 
 from __future__ import annotations
@@ -16,10 +28,23 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+from smtpgate.auth.guard import Guard, GuardCheck
+from smtpgate.auth.guard_store import ACCOUNT, ACCOUNT_NEW, THROTTLE
 from smtpgate.auth.service import AuthContext, AuthService
-from smtpgate.config import LimitsConfig
+from smtpgate.auth.store import AppPassword, StoreError
+from smtpgate.config import LimitsConfig, PolicyConfig
+from smtpgate.policy.rates import Budget, RateLimiter
+from smtpgate.policy.sender import SenderProfile, header_from_addresses
 from smtpgate.queue.envelope import Envelope
 from smtpgate.queue.spool import Spool, SpoolError
+from smtpgate.sasl.base import (
+    ConfirmIdentity,
+    CredentialAnswer,
+    LookupCramMd5,
+    LookupScram,
+    NotFound,
+    Verdict,
+)
 from smtpgate.server.limits import ConnectionLimiter
 from smtpgate.smtp import replies as R
 from smtpgate.smtp.engine import EngineSettings, ServerEngine, TlsInfo
@@ -38,6 +63,14 @@ from smtpgate.smtp.received import received_header
 from smtpgate.tls.session import ServerTlsContext, TlsError, TlsServerSession
 
 log = logging.getLogger("smtpgate.session")
+policy_log = logging.getLogger("smtpgate.policy")
+
+#: The guard's refusal kinds and the reply each gets.
+_REFUSAL_REPLIES = {
+    ACCOUNT: R.AUTH_ACCOUNT_LOCKED,
+    ACCOUNT_NEW: R.AUTH_ACCOUNT_LOCKED,
+    THROTTLE: R.AUTH_THROTTLED,
+}
 
 #: Stop reading from a client that keeps sending while we wait on a decision.
 _PAUSE_READING_AT = 1 << 20
@@ -65,6 +98,9 @@ class ServerRuntime:
     failure_floor: float = 0.25
     add_received: bool = True
     connections: set[SmtpConnection] = field(default_factory=set)
+    guard: Guard | None = None
+    rates: RateLimiter | None = None
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
 
 
 class SmtpConnection(asyncio.Protocol):
@@ -85,6 +121,16 @@ class SmtpConnection(asyncio.Protocol):
         self._counted = False
         self._reading_paused = False
         self._loop = asyncio.get_running_loop()
+        # One AUTH attempt: the guard's check and what the auth service noted.
+        self._attempt: GuardCheck | None = None
+        self._refusal: str | None = None
+        self._attempt_app: AppPassword | None = None
+        # After login: the app password used, what the account may send as,
+        # and the budget of the current transaction.
+        self._app: AppPassword | None = None
+        self._profile: SenderProfile | None = None
+        self._budget: Budget | None = None
+        self._rcpts = 0
 
     # ------------------------------------------------------- asyncio callbacks
 
@@ -148,6 +194,14 @@ class SmtpConnection(asyncio.Protocol):
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
+        # A client may read a SCRAM e=invalid-proof (or the OAUTHBEARER error) and
+        # hang up before the 535: the attempt must still be logged (issue 3).
+        abandoned = self.engine.abandon_auth("connection closed during AUTH")
+        if abandoned is not None:
+            self.rt.auth.record(
+                self._auth_context(), abandoned.mechanism, abandoned.username,
+                abandoned.result, abandoned.reason,
+            )
         if self._counted:
             self._counted = False
             self.rt.limiter.release(self.client_ip)
@@ -165,8 +219,14 @@ class SmtpConnection(asyncio.Protocol):
             if ev is NEED_DATA or ev is PAUSED:
                 break
             kind = type(ev)
-            if kind is MailFrom or kind is RcptTo:
-                engine.respond(None)  # policy hooks land here (sender ownership)
+            if kind is RcptTo:
+                engine.respond(self._rcpt_reply())
+            elif kind is MailFrom:
+                assert isinstance(ev, MailFrom)
+                if self._mail_needs_io():
+                    self._spawn(self._mail_from(ev))
+                    break
+                engine.respond(None)
             elif kind is MessageReceived:
                 assert isinstance(ev, MessageReceived)
                 self._spawn(self._store(ev))
@@ -177,9 +237,10 @@ class SmtpConnection(asyncio.Protocol):
                 break
             elif kind is AuthFinished:
                 assert isinstance(ev, AuthFinished)
-                if self._auth_finished_now(ev):
+                later = self._auth_finished_now(ev)
+                if later is None:
                     continue
-                self._spawn(self._auth_failed(ev))
+                self._spawn(later)
                 break
             elif kind is StartTls:
                 self._start_tls()
@@ -221,21 +282,79 @@ class SmtpConnection(asyncio.Protocol):
         )
 
     async def _auth_query(self, ev: AuthQuery) -> None:
-        answer = await self.rt.auth.resolve(ev.query, self._auth_context())
+        query = ev.query
+        guard = self.rt.guard
+        if guard is not None and not isinstance(query, ConfirmIdentity):
+            # The first look-up of an attempt (SCRAM's ConfirmIdentity is its
+            # second): the guard decides before any hashing happens.
+            self._refusal, self._attempt_app = None, None
+            check = await guard.check(self.client_ip, getattr(query, "username", ""))
+            if self._closed:
+                return
+            self._attempt = check
+            if check.delay > 0:
+                await asyncio.sleep(check.delay)  # the penalty: this session only
+                if self._closed:
+                    return
+            if check.refusal is not None:
+                answer: CredentialAnswer
+                if isinstance(query, (LookupScram, LookupCramMd5)):
+                    answer = NotFound(reason=check.refusal.reason, temporary=True)
+                else:
+                    answer = Verdict(ok=False, reason=check.refusal.reason, temporary=True)
+                self.engine.auth_answer(answer)
+                self._resume()
+                return
+        res = await self.rt.auth.resolve_detailed(query, self._auth_context())
         if self._closed:
             return
-        self.engine.auth_answer(answer)
+        self._refusal = res.refusal or self._refusal
+        self._attempt_app = res.app_password or self._attempt_app
+        self.engine.auth_answer(res.answer)
         self._resume()
 
-    def _auth_finished_now(self, ev: AuthFinished) -> bool:
-        """Log the attempt; answer successes and cancellations at once."""
-        self.rt.auth.record(self._auth_context(), ev.mechanism, ev.username, ev.result, ev.reason)
-        if ev.result in ("failure",):
-            return False
+    def _auth_finished_now(self, ev: AuthFinished) -> Coroutine[Any, Any, None] | None:
+        """Log the attempt; answer at once, or return the coroutine that will."""
+        attempt, self._attempt = self._attempt, None
+        refusal, self._refusal = self._refusal, None
+        app, self._attempt_app = self._attempt_app, None
+        ctx = self._auth_context()
+        guard = self.rt.guard
+        if ev.result == "tempfail" and attempt is not None and attempt.refusal is not None:
+            # Refused by the guard: a clear temporary reply, not a 535.
+            self.rt.auth.record(ctx, ev.mechanism, ev.username, "tempfail",
+                                f"blocked: {attempt.refusal.reason}")
+            self.engine.respond(_REFUSAL_REPLIES.get(attempt.refusal.kind, R.AUTH_BLOCKED))
+            return None
+        if ev.result == "success":
+            reason = ev.reason or (f"app password {app.name!r}" if app is not None else "")
+            self.rt.auth.record(ctx, ev.mechanism, ev.username, ev.result, reason)
+            self._app, self._profile = app, None
+            if guard is not None and attempt is not None and guard.success_needs_write(
+                attempt, ev.identity
+            ):
+                return self._auth_succeeded(guard, attempt, ev.identity)
+            self.engine.respond(None)
+            return None
+        self.rt.auth.record(ctx, ev.mechanism, ev.username, ev.result, ev.reason)
+        if ev.result == "failure":
+            if guard is not None and attempt is None:
+                attempt = guard.bare_check(self.client_ip)  # failed before naming an account
+            return self._auth_failed(attempt, counts_account=refusal is None)
         self.engine.respond(None)
-        return True
+        return None
 
-    async def _auth_failed(self, ev: AuthFinished) -> None:
+    async def _auth_succeeded(self, guard: Guard, attempt: GuardCheck, identity: str) -> None:
+        await guard.success(attempt, identity)  # committed before the 235
+        if self._closed:
+            return
+        self.engine.respond(None)
+        self._resume()
+
+    async def _auth_failed(self, attempt: GuardCheck | None, *, counts_account: bool) -> None:
+        if self.rt.guard is not None and attempt is not None:
+            # Committed before the 535, so the next attempt anywhere sees it.
+            await self.rt.guard.failure(attempt, counts_account=counts_account)
         # A floor with jitter: a failure never answers faster than this, so an
         # unknown account and a wrong password look alike (chasquid does this).
         floor = self.rt.failure_floor
@@ -246,7 +365,90 @@ class SmtpConnection(asyncio.Protocol):
         self.engine.respond(None)
         self._resume()
 
+    # --- sending policy ---------------------------------------------------------
+
+    def _mail_needs_io(self) -> bool:
+        p = self.rt.policy
+        return (
+            p.sender_ownership != "off" or p.from_header != "off" or self.rt.rates is not None
+        )
+
+    async def _mail_from(self, ev: MailFrom) -> None:
+        reply = await self._mail_decision(ev)
+        if self._closed:
+            return
+        self.engine.respond(reply)
+        self._resume()
+
+    async def _mail_decision(self, ev: MailFrom) -> R.Reply | None:
+        identity = self.engine.identity
+        self._budget, self._rcpts = None, 0
+        if self._profile is None or self._profile.name != identity:
+            try:
+                self._profile = await self.rt.auth.sender_profile(identity)
+            except StoreError as e:
+                log.error("%s sending policy unavailable: %s", self.session_id, e)
+                return R.INTERNAL_ERROR
+        profile = self._profile
+        mode = self.rt.policy.sender_ownership
+        if mode != "off":
+            if ev.sender:
+                owned = profile.owns(ev.sender)
+            else:
+                owned = self.rt.policy.allow_null_sender
+            if not owned:
+                policy_log.warning(
+                    "%s %s: user=%s MAIL FROM:<%s> not owned by the account%s",
+                    self.session_id, self.client_ip, identity, ev.sender,
+                    "" if mode == "enforce" else " (logged only)",
+                )
+                if mode == "enforce":
+                    return R.SENDER_NOT_OWNED
+        if self.rt.rates is not None:
+            budget = await self.rt.rates.budget(profile, self._app)
+            if budget.messages_left is not None and budget.messages_left <= 0:
+                policy_log.warning(
+                    "%s %s: user=%s message rate limit: %s",
+                    self.session_id, self.client_ip, identity, budget.detail,
+                )
+                return R.MESSAGE_RATE_EXCEEDED
+            self._budget = budget
+        return None
+
+    def _rcpt_reply(self) -> R.Reply | None:
+        budget = self._budget
+        left = None if budget is None else budget.recipients_left
+        if left is not None and self._rcpts >= left:
+            policy_log.warning(
+                "%s %s: user=%s recipient rate limit reached (%d left this hour)",
+                self.session_id, self.client_ip, self.engine.identity, max(left, 0),
+            )
+            return R.RECIPIENT_RATE_EXCEEDED
+        self._rcpts += 1
+        return None
+
+    def _from_header_reply(self, ev: MessageReceived) -> R.Reply | None:
+        mode = self.rt.policy.from_header
+        profile = self._profile
+        if mode == "off" or profile is None:
+            return None
+        addresses = header_from_addresses(ev.data)
+        bad = [a for a in addresses or () if not profile.owns(a)]
+        if not bad:
+            return None
+        policy_log.warning(
+            "%s %s: user=%s From: %s not owned by the account%s",
+            self.session_id, self.client_ip, ev.identity, ", ".join(bad),
+            "" if mode == "enforce" else " (logged only)",
+        )
+        return R.FROM_NOT_OWNED if mode == "enforce" else None
+
     async def _store(self, ev: MessageReceived) -> None:
+        refused = self._from_header_reply(ev)
+        if refused is not None:
+            self.engine.respond(refused)
+            self._resume()
+            return
         now = time.time()
         tls = self.engine.tls
         data = ev.data
@@ -262,6 +464,7 @@ class SmtpConnection(asyncio.Protocol):
                     identity=ev.identity,
                     queue_hint=self.session_id,
                     timestamp=now,
+                    smtputf8=ev.smtputf8,
                 )
                 + data
             )
@@ -291,6 +494,9 @@ class SmtpConnection(asyncio.Protocol):
                 self.session_id, qid, ev.sender, len(ev.recipients), len(data), ev.identity,
             )
             self.rt.on_stored()
+            budget = self._budget
+            if self.rt.rates is not None and budget is not None:
+                await self.rt.rates.count(budget.keys, 1, len(ev.recipients))
         if self._closed:
             return
         self.engine.respond(reply)

@@ -252,6 +252,26 @@ class ServerEngine:
     def tls_failed(self) -> None:
         self.state = State.CLOSED
 
+    def abandon_auth(self, reason: str) -> AuthFinished | None:
+        """The connection is gone (dropped, timed out, shut down) in the middle of an
+        AUTH exchange: return the AuthFinished the I/O layer must log, so that every
+        attempt still ends in exactly one record; None if no exchange was open or its
+        AuthFinished was already emitted. A verdict already sent as a 334 (SCRAM
+        ``e=invalid-proof``, the OAUTHBEARER error JSON) is the failure it announced:
+        a client that reads it and hangs up has failed, not cancelled."""
+        if self._mech is None or isinstance(self._pending, AuthFinished):
+            return None
+        pending_end = self._auth_after_challenge
+        self._mech = None
+        self._auth_after_challenge = None
+        self._pending = None
+        if isinstance(pending_end, sasl.Failure):
+            result = "tempfail" if pending_end.temporary else "failure"
+            return AuthFinished(
+                self._mech_name, result, self._auth_username, "", f"{pending_end.reason} ({reason})"
+            )
+        return AuthFinished(self._mech_name, "cancelled", self._auth_username, "", reason)
+
     def timeout(self) -> None:
         """The I/O layer's idle timer fired (RFC 5321 §4.5.3.2)."""
         self._close_with(R.TIMEOUT)

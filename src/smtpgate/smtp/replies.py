@@ -142,7 +142,16 @@ AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")
 # RFC 4954 §6: mechanism too weak for this account's policy.
 AUTH_TOO_WEAK = Reply(534, "5.7.9", "Authentication mechanism is too weak")
 # Guard (brute force, spraying): a clear temporary refusal, not a misleading 535.
+# RFC 4954 §6: 454 4.7.0 is the temporary authentication failure; RFC 3463 §3.8
+# X.7.0 "other security status". The address or its subnet is blocked.
 AUTH_BLOCKED = Reply(454, "4.7.0", "Too many failed logins, try again later")
+# RFC 4954 §6, as above: the account is locked by the guard (for every address,
+# or for addresses it never logged in from); names that are no account lock too.
+AUTH_ACCOUNT_LOCKED = Reply(
+    454, "4.7.0", "Too many failed logins for this account, try again later"
+)
+# RFC 4954 §6, as above: logins from new addresses to this account are spaced out.
+AUTH_THROTTLED = Reply(454, "4.7.0", "Too many login attempts for this account, try again later")
 
 # --- MAIL / RCPT / DATA -----------------------------------------------------------
 SENDER_OK = Reply(250, "2.1.0", "Sender OK")
@@ -163,8 +172,20 @@ MESSAGE_ACCEPTED = Reply(250, "2.0.0", "OK queued")
 QUEUE_FAILED = Reply(451, "4.3.0", "Local error in processing, message not accepted")
 # RFC 6409 §4.1 / relay policy.
 RELAY_DENIED = Reply(554, "5.7.1", "Relay access denied")
-# RFC 6409 §6.1: the login may not use this sender.
+# RFC 6409 §6.1: the login may not use this sender. RFC 5321 §4.2.2: 553
+# "mailbox name not allowed"; RFC 3463 §3.8: X.7.1 "delivery not authorized".
 SENDER_NOT_OWNED = Reply(553, "5.7.1", "Sender address not owned by the authenticated user")
+# RFC 6409 §6.1 for the From header, refused after the end of data: RFC 5321
+# §4.3.2 lists 550 (not 553) among the replies to DATA for policy rejections.
+FROM_NOT_OWNED = Reply(550, "5.7.1", "From header address not owned by the authenticated user")
+# Per-identity sending rates: RFC 5321 §4.2.5 450 (temporary, the client retries
+# later) with RFC 3463 §3.8 X.7.1 "delivery not authorized, message refused".
+MESSAGE_RATE_EXCEEDED = Reply(
+    450, "4.7.1", "Message rate limit reached for this account, try again later"
+)
+RECIPIENT_RATE_EXCEEDED = Reply(
+    450, "4.7.1", "Recipient rate limit reached for this account, try again later"
+)
 NO_VALID_RECIPIENTS = Reply(554, "5.5.1", "No valid recipients")
 # Unexpected internal error: logged with traceback, client sees no detail.
 INTERNAL_ERROR = Reply(451, "4.3.0", "Internal error, try again later")

@@ -1,0 +1,331 @@
+"""The guard: penalties, lockouts and blocks against password guessing.
+
+Theory of operation
+-------------------
+The session asks the guard twice per AUTH attempt:
+
+1. ``check(client_ip, username)`` when the mechanism first needs a credential,
+   *before* the auth service runs Argon2id or PBKDF2. A refusal ends the
+   attempt with a temporary ``454 4.7.0`` (never a misleading 535) and costs
+   one small SQLite read: a flood of guesses against a block burns no hashing
+   CPU. Otherwise the check says how long to wait first (the penalty).
+2. ``failure(check, counts_account)`` or ``success(check, identity)`` when the
+   attempt has ended, before its reply goes out, so that the next attempt (on
+   any connection, in any worker) sees it.
+
+What is counted, and the lockout policy (docs/protection.md says it for
+administrators):
+
+- Penalty, per client address (IPv4 /32, IPv6 /64): after n recent failures
+  the next AUTH from there waits ``min(penalty_max, penalty_base * 2**(n-1))``
+  seconds (Dovecot's auth_penalty). The wait is an ``asyncio.sleep`` in that
+  session only. A success from the address forgets its penalty. An attempt the
+  guard refuses is answered after ``penalty_max``: refusing is cheap, but a
+  client that got its refusal at once would hammer (TLS handshakes included).
+- Lockout, per account name: failures from addresses the account has logged in
+  from before ("known", within ``known_address_days``) are counted apart from
+  failures from all other ("new") addresses. ``lockout_threshold`` new-address
+  failures lock the account *for new addresses only*; the owner's known
+  addresses keep working. ``known_lockout_threshold`` known-address failures
+  lock it for every address. So an attacker who has never been on one of the
+  owner's networks can, at worst, keep the owner from logging in from a new
+  network for ``lockout_duration``; they can never lock the owner out of a
+  network the owner has used. Names that are no account are counted the same,
+  so a lockout reveals nothing about which accounts exist.
+- Spraying, per address and per subnet (/24, /48 by default): failures against
+  ``spray_accounts`` distinct names block the address; against
+  ``subnet_spray_accounts`` names, the subnet (except for addresses known to
+  the account being tried). ``address_failure_limit`` failures of any kind
+  block the address too.
+- Distributed guessing, per account: failures from ``distributed_addresses``
+  distinct new addresses throttle the account: a new address may try only if
+  no new address failed against it in the last ``throttle_interval`` seconds.
+
+Only wrong secrets count toward an account's lockout; refusals that do not
+depend on the secret (conditional access, an expired or administratively
+locked password) count toward the address only, since guessing cannot get past
+them anyway. Allowlisted networks are invisible to the guard.
+
+Faults: if the guard database fails, ``check`` lets the attempt through and
+``failure``/``success`` are dropped, each logged: an unavailable guard must not
+become a denial of service for every user. The account store's own locks and
+the failure floor still apply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TypeVar
+
+from smtpgate.auth.guard_store import (
+    ACCOUNT,
+    ACCOUNT_NEW,
+    ADDRESS,
+    SUBNET,
+    THROTTLE,
+    Block,
+    Failure,
+    GuardStore,
+    GuardStoreError,
+    Snapshot,
+    Thresholds,
+)
+from smtpgate.auth.names import lookup_key
+from smtpgate.config import GuardConfig
+from smtpgate.policy.networks import ClientKeys, client_keys, in_networks, parse_ip, parse_networks
+
+log = logging.getLogger("smtpgate.guard")
+T = TypeVar("T")
+
+#: Prune old records at most this often (seconds), from the write path.
+PRUNE_EVERY = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why an attempt is refused before any credential is checked."""
+
+    #: One of the block kinds in ``guard_store`` (address, subnet, account, ...).
+    kind: str
+    #: For the auth log.
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class GuardCheck:
+    """The guard's view of one AUTH attempt, from ``check`` to its outcome."""
+
+    keys: ClientKeys
+    #: Canonical account name given by the client, "" if none.
+    account: str
+    allowlisted: bool = False
+    known: bool = False
+    refusal: Refusal | None = None
+    #: Seconds to wait before checking the credentials (the penalty).
+    delay: float = 0.0
+    penalty_failures: int = 0
+    #: Last success of the account from this address (Unix time), if any.
+    known_since: float | None = None
+
+
+@dataclass(slots=True)
+class GuardStats:
+    checks: int = 0
+    refusals: int = 0
+    failures: int = 0
+    blocks_started: int = 0
+    faults: int = 0
+
+
+def penalty_delay(failures: int, base: float, cap: float) -> float:
+    """Seconds to wait after ``failures`` recent failures: 0, base, 2*base, ... up to cap."""
+    if failures <= 0 or base <= 0:
+        return 0.0
+    return float(min(cap, base * 2 ** min(failures - 1, 30)))
+
+
+def decide(snap: Snapshot, *, now: float, known_seconds: float, throttle_interval: float) -> tuple[bool, Refusal | None]:
+    """(known, refusal) for a snapshot; the pure part of ``check``."""
+    known = snap.known_since is not None and snap.known_since > now - known_seconds
+    for kind in (ADDRESS, ACCOUNT, SUBNET, ACCOUNT_NEW, THROTTLE):
+        for b in snap.blocks:
+            if b.kind != kind:
+                continue
+            if kind == ADDRESS:
+                return known, Refusal(kind, f"address blocked until {_stamp(b.until)}: {b.reason}")
+            if kind == ACCOUNT:
+                return known, Refusal(kind, f"account locked until {_stamp(b.until)}: {b.reason}")
+            if known:
+                continue  # the rest spare the account's known addresses
+            if kind == SUBNET:
+                return known, Refusal(kind, f"subnet {b.key} blocked until {_stamp(b.until)}: {b.reason}")
+            if kind == ACCOUNT_NEW:
+                return known, Refusal(
+                    kind, f"account locked for new addresses until {_stamp(b.until)}: {b.reason}"
+                )
+            if snap.last_new_failure is not None and now - snap.last_new_failure < throttle_interval:
+                return known, Refusal(kind, f"account throttled for new addresses: {b.reason}")
+    return known, None
+
+
+def _stamp(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def thresholds(cfg: GuardConfig) -> Thresholds:
+    return Thresholds(
+        lockout_threshold=cfg.lockout_threshold,
+        known_lockout_threshold=cfg.known_lockout_threshold,
+        lockout_window=cfg.lockout_window,
+        lockout_duration=cfg.lockout_duration,
+        distributed_addresses=cfg.distributed_addresses,
+        throttle_duration=cfg.throttle_duration,
+        spray_accounts=cfg.spray_accounts,
+        subnet_spray_accounts=cfg.subnet_spray_accounts,
+        address_failure_limit=cfg.address_failure_limit,
+        spray_window=cfg.spray_window,
+        block_duration=cfg.block_duration,
+        penalty_window=cfg.penalty_window,
+    )
+
+
+class Guard:
+    """Async front of a ``GuardStore``; use from one event loop.
+
+    The store runs on one worker thread: its calls are a few indexed SQLite
+    statements each, and one thread keeps this process's reads and writes in
+    the order they were made. ``close()`` closes the store.
+    """
+
+    def __init__(
+        self, store: GuardStore, cfg: GuardConfig, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._store = store
+        self._cfg = cfg
+        self._clock = clock
+        self._allow = parse_networks(cfg.allowlist)
+        self._thresholds = thresholds(cfg)
+        self._pool = ThreadPoolExecutor(1, "smtpgate-guard")
+        self._last_prune = 0.0
+        self._closed = False
+        self.stats = GuardStats()
+
+    @property
+    def store(self) -> GuardStore:
+        return self._store
+
+    def keys(self, client_ip: str) -> ClientKeys:
+        c = self._cfg
+        return client_keys(
+            client_ip,
+            ipv6_prefix=c.ipv6_prefix,
+            v4_subnet=c.subnet_ipv4_prefix,
+            v6_subnet=c.subnet_ipv6_prefix,
+        )
+
+    def allowlisted(self, client_ip: str) -> bool:
+        return in_networks(parse_ip(client_ip), self._allow)
+
+    async def _run(self, fn: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def run_store(self, fn: Callable[..., T], *args: object) -> T:
+        """Run ``fn`` (a store method) on the guard's thread; for the rate limiter."""
+        return await self._run(fn, *args)
+
+    def bare_check(self, client_ip: str) -> GuardCheck:
+        """A check without a database read, for an attempt that failed before it
+        named an account (malformed exchange): counted against the address only."""
+        allow = not self._cfg.enabled or self.allowlisted(client_ip)
+        return GuardCheck(self.keys(client_ip), "", allowlisted=allow)
+
+    def success_needs_write(self, check: GuardCheck, identity: str) -> bool:
+        """False when ``success`` would write nothing (so the caller need not wait)."""
+        if check.allowlisted or not identity:
+            return False
+        fresh = (
+            lookup_key(identity) == check.account
+            and check.known_since is not None
+            and self._clock() - check.known_since < 86400
+        )
+        return not fresh or check.penalty_failures > 0
+
+    # --- the three calls --------------------------------------------------------
+
+    async def check(self, client_ip: str, username: str) -> GuardCheck:
+        """Before any credential work: refuse, or say how long to wait first."""
+        account = lookup_key(username) if username else ""
+        keys = self.keys(client_ip)
+        if not self._cfg.enabled or self.allowlisted(client_ip):
+            return GuardCheck(keys, account, allowlisted=True)
+        self.stats.checks += 1
+        now = self._clock()
+        try:
+            snap = await self._run(
+                self._store.snapshot, keys.address, keys.subnet, account, now, self._cfg.penalty_window
+            )
+        except GuardStoreError as e:
+            self._fault("check", e)
+            return GuardCheck(keys, account)
+        known, refusal = decide(
+            snap,
+            now=now,
+            known_seconds=self._cfg.known_address_days * 86400,
+            throttle_interval=self._cfg.throttle_interval,
+        )
+        if refusal is not None:
+            self.stats.refusals += 1
+            # A refusal is answered after the longest penalty: it is cheap for
+            # us, and a client that could have it at once would hammer away.
+            return GuardCheck(keys, account, known=known, refusal=refusal,
+                              delay=self._cfg.penalty_max,
+                              penalty_failures=snap.penalty_failures, known_since=snap.known_since)
+        delay = penalty_delay(snap.penalty_failures, self._cfg.penalty_base, self._cfg.penalty_max)
+        return GuardCheck(keys, account, known=known, delay=delay,
+                          penalty_failures=snap.penalty_failures, known_since=snap.known_since)
+
+    async def failure(self, check: GuardCheck, *, counts_account: bool) -> list[Block]:
+        """Record a failed attempt (not a refused one); return the blocks it started."""
+        if check.allowlisted or check.refusal is not None:
+            return []
+        self.stats.failures += 1
+        now = self._clock()
+        f = Failure(now, check.keys.address, check.keys.subnet, check.account, check.known,
+                    counts_account)
+        try:
+            started = await self._run(self._store.record_failure, f, self._thresholds)
+        except GuardStoreError as e:
+            self._fault("failure", e)
+            return []
+        for b in started:
+            self.stats.blocks_started += 1
+            log.warning("guard: %s %s blocked until %s: %s", b.kind, b.key, _stamp(b.until), b.reason)
+        await self._maybe_prune(now)
+        return started
+
+    async def success(self, check: GuardCheck, identity: str) -> None:
+        """Remember the address as known to the account; forget the address's penalty."""
+        # Refresh a known address at most daily, so known_address_days counts
+        # from the last use without a write on every login.
+        if not self.success_needs_write(check, identity):
+            return  # nothing to write on the common path
+        name = lookup_key(identity)
+        now = self._clock()
+        try:
+            await self._run(
+                lambda: self._store.record_success(
+                    check.keys.address, name, now, reset_penalty=check.penalty_failures > 0
+                )
+            )
+        except GuardStoreError as e:
+            self._fault("success", e)
+
+    async def _maybe_prune(self, now: float) -> None:
+        if now - self._last_prune < PRUNE_EVERY:
+            return
+        self._last_prune = now
+        c = self._cfg
+        keep = max(c.spray_window, c.lockout_window, c.penalty_window, c.block_duration,
+                   c.lockout_duration, c.throttle_duration)
+        try:
+            await self._run(self._store.prune, now, keep)
+        except GuardStoreError as e:
+            self._fault("prune", e)
+
+    def _fault(self, what: str, e: Exception) -> None:
+        self.stats.faults += 1
+        log.error("guard %s skipped (database fault, failing open): %s", what, e)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await asyncio.get_running_loop().run_in_executor(
+            None, lambda: self._pool.shutdown(wait=True)
+        )
+        self._store.close()

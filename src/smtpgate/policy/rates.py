@@ -1,0 +1,115 @@
+"""Sending rates tied to identity: messages and recipients per hour.
+
+Theory of operation
+-------------------
+Each account, and each app password, has a counter key (``acct:NAME``,
+``app:ID``). Counters live in the guard database in one-minute buckets; the
+window is the last 60 buckets, a sliding hour to the minute. At MAIL the
+session reads what each of its keys used and keeps, for the transaction, the
+smallest budget left; RCPT is checked against that budget without another
+read, and an accepted message adds (1, recipients) to every key before its 250
+goes out, so the next MAIL (on any connection, in any worker) sees it.
+
+The check and the count are not one atomic step: sessions of one account
+running in parallel can together overshoot a limit by at most one message
+each. That is the price of not holding a lock across a DATA phase.
+
+A database fault fails open (logged): a broken counter must not stop mail.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from smtpgate.auth.guard import Guard
+from smtpgate.auth.guard_store import GuardStoreError
+from smtpgate.auth.store import AppPassword
+from smtpgate.config import LimitsConfig
+from smtpgate.policy.sender import SenderProfile
+
+log = logging.getLogger("smtpgate.policy")
+
+#: Seconds per bucket and buckets per window.
+BUCKET_SECONDS = 60
+WINDOW_BUCKETS = 60
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """What one transaction may still send; None means unlimited."""
+
+    keys: tuple[str, ...]
+    messages_left: int | None
+    recipients_left: int | None
+    #: For the log: (key, used, limit) of the tightest message limit.
+    detail: str = ""
+
+
+def _limit(override: int | None, default: int) -> int:
+    """0 means unlimited; None means the default."""
+    return default if override is None else override
+
+
+class RateLimiter:
+    """Reads and bumps counters through the guard's store and thread."""
+
+    def __init__(
+        self, guard: Guard, limits: LimitsConfig, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._guard = guard
+        self._limits = limits
+        self._clock = clock
+
+    def _bucket(self) -> int:
+        return int(self._clock() // BUCKET_SECONDS)
+
+    def limits_for(
+        self, profile: SenderProfile, app: AppPassword | None
+    ) -> dict[str, tuple[int, int]]:
+        """(messages, recipients) limit per key; 0 is unlimited."""
+        out = {
+            f"acct:{profile.name}": (
+                _limit(profile.max_messages_per_hour, self._limits.messages_per_hour),
+                _limit(profile.max_recipients_per_hour, self._limits.recipients_per_hour),
+            )
+        }
+        if app is not None:
+            out[f"app:{app.id}"] = (app.max_messages_per_hour or 0, app.max_recipients_per_hour or 0)
+        return out
+
+    async def budget(self, profile: SenderProfile, app: AppPassword | None) -> Budget:
+        limits = self.limits_for(profile, app)
+        keys = tuple(limits)
+        if all(m == 0 and r == 0 for m, r in limits.values()):
+            return Budget(keys, None, None)
+        since = self._bucket() - WINDOW_BUCKETS + 1
+        try:
+            used = await self._guard.run_store(self._guard.store.usage, keys, since)
+        except GuardStoreError as e:
+            log.error("rate limits not checked (database fault): %s", e)
+            return Budget(keys, None, None)
+        messages_left: int | None = None
+        recipients_left: int | None = None
+        detail = ""
+        for key, (max_m, max_r) in limits.items():
+            m, r = used.get(key, (0, 0))
+            if max_m:
+                left = max_m - m
+                if messages_left is None or left < messages_left:
+                    messages_left = left
+                    detail = f"{key} sent {m} of {max_m} messages in the last hour"
+            if max_r:
+                left = max_r - r
+                recipients_left = left if recipients_left is None else min(recipients_left, left)
+        return Budget(keys, messages_left, recipients_left, detail)
+
+    async def count(self, keys: tuple[str, ...], messages: int, recipients: int) -> None:
+        try:
+            await self._guard.run_store(
+                self._guard.store.add_usage, keys, self._bucket(), messages, recipients
+            )
+        except GuardStoreError as e:
+            log.error("sending counted nowhere (database fault): %s", e)

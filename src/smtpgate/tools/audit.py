@@ -1,0 +1,713 @@
+"""``smtpgate audit``: probe SMTP servers' TLS and AUTH set-up and grade it.
+
+Theory of operation
+-------------------
+Each target (host and port) gets a few short connections, each a probe with one
+question (the catalogue of what can be found is ``findings.py``):
+
+1. **main**: greeting, EHLO in clear (what AUTH is advertised before TLS),
+   STARTTLS or implicit TLS (version, cipher, certificate, chain and host
+   name), EHLO again (what AUTH is offered after TLS), then the **relay**
+   probe without AUTH: one MAIL and one RCPT per classic trick (plain, percent
+   hack, source route, quoted local part, bang path), then RSET. DATA is never
+   sent, so nothing can be relayed even by an open relay.
+2. **auth in clear** (not for implicit TLS): ``AUTH <mech>`` before TLS with no
+   initial response. A 334 means the server runs the exchange in clear; we
+   answer with a *dummy* identity (``audit-probe@smtpgate-audit.invalid`` and a
+   random password), never a real credential, and only for PLAIN and LOGIN;
+   other mechanisms are cancelled with ``*``.
+3. **STARTTLS injection**: ``STARTTLS`` and an unknown command in one write.
+   A server that keeps its input buffer across the TLS switch answers that
+   command inside TLS, before our EHLO; a correct one discarded it (RFC 3207
+   §4.2), so the first reply inside TLS is the 250 to EHLO.
+4. **legacy TLS**: a handshake pinned to TLS 1.0, then to 1.1. OpenSSL 3
+   refuses both at its default security level even on the client side, so the
+   probe uses ``@SECLEVEL=0`` (see ``wire.LegacyTls``); only this probe does.
+5. **credentials** (with ``--user``): one connection per mechanism offered after
+   TLS that we can speak, always over TLS; never in clear.
+
+Probes of one target run one after the other (servers rate-limit a client
+address); targets run concurrently, a few at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import functools
+import secrets
+import ssl
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from smtpgate.client.errors import ProtocolError
+from smtpgate.client.replies import ServerReply
+from smtpgate.tls.client import TlsClientSession, make_client_context
+from smtpgate.tls.session import TlsError
+from smtpgate.tools import mechanisms
+from smtpgate.tools.findings import Finding, finding, grade, worst
+from smtpgate.tools.session import AuthResult, SmtpSession, authenticate
+from smtpgate.tools.tlsreport import TlsReport
+from smtpgate.tools.transcript import Masker
+from smtpgate.tools.wire import LegacyTls, WireClosed
+
+Mode = Literal["starttls", "implicit", "auto"]
+
+#: RFC 6409 submission, RFC 8314 submissions; port 25 only when asked (it is
+#: the MX port, where AUTH is unusual and relaying rules differ).
+DEFAULT_PORTS = (587, 465)
+MX_PORT = 25
+#: A certificate that expires within this many days is a finding: ACME renews
+#: at 30 days left, so a healthy set-up never shows less.
+EXPIRY_WARNING_DAYS = 30
+#: How long to wait for a greeting before deciding an unknown port speaks TLS first.
+GREETING_SNIFF_SECONDS = 3.0
+
+DUMMY_USER = "audit-probe@smtpgate-audit.invalid"
+RELAY_LOCAL_PART = "relay-probe"
+RELAY_SENDER = "audit-probe@example.com"
+#: The unknown verb pipelined behind STARTTLS (a recognisable non-250 answer).
+INJECTED_COMMAND = "XSMTPGATEAUDIT"
+
+
+class _Probe(Exception):
+    """A probe could not finish; the message goes into the target's notes."""
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    host: str
+    port: int
+    mode: Mode
+
+    @property
+    def label(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def _mode_for(port: int) -> Mode:
+    if port == 465:
+        return "implicit"
+    if port in (25, 587):
+        return "starttls"
+    return "auto"
+
+
+def parse_targets(specs: Sequence[str], *, port25: bool = False) -> list[Target]:
+    """``HOST``, ``HOST:PORT``, ``[v6]:PORT``, with an optional ``smtp://`` (STARTTLS)
+    or ``smtps://`` (implicit TLS) scheme. A host without a port means 587 and 465
+    (and 25 with ``port25``).
+
+    Raises:
+        ValueError: a spec that is not a target.
+    """
+    out: list[Target] = []
+    for spec in specs:
+        mode: Mode | None = None
+        rest = spec
+        schemes: dict[str, Mode] = {"smtps://": "implicit", "smtp://": "starttls"}
+        for scheme, m in schemes.items():
+            if rest.lower().startswith(scheme):
+                mode, rest = m, rest[len(scheme) :]
+        rest = rest.rstrip("/")
+        if rest.startswith("["):
+            host, _, tail = rest[1:].partition("]")
+            port_text = tail[1:] if tail.startswith(":") else ""
+        elif rest.count(":") == 1:
+            host, _, port_text = rest.partition(":")
+        else:
+            host, port_text = rest, ""
+        if not host:
+            raise ValueError(f"{spec!r}: no host")
+        if port_text:
+            if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+                raise ValueError(f"{spec!r}: bad port")
+            ports = [int(port_text)]
+        else:
+            ports = [*DEFAULT_PORTS, *([MX_PORT] if port25 else [])]
+        for port in ports:
+            t = Target(host, port, mode or _mode_for(port))
+            if t not in out:
+                out.append(t)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class AuditOptions:
+    ca_file: Path | None = None
+    tls_name: str | None = None
+    timeout: float = 15.0
+    user: str = ""
+    password: str = ""
+    token: str = ""
+    ehlo_name: str = "localhost"
+    relay_domain: str | None = None  # default: the name in the server's greeting
+    outside_domain: str = "example.net"
+    concurrency: int = 4
+    now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class RelayAttempt:
+    trick: str
+    recipient: str
+    reply: str
+    accepted: bool
+
+    def to_json(self) -> dict[str, object]:
+        return {"trick": self.trick, "recipient": self.recipient, "reply": self.reply,
+                "accepted": self.accepted}
+
+
+@dataclass
+class TargetReport:
+    target: Target
+    reachable: bool = False
+    error: str = ""
+    mode_used: Literal["starttls", "implicit", "plain", ""] = ""
+    banner: str = ""
+    starttls_offered: bool | None = None
+    tls_error: str = ""
+    tls: TlsReport | None = None
+    mechanisms_clear: tuple[str, ...] | None = None  # None: no clear phase (implicit TLS)
+    mechanisms_tls: tuple[str, ...] | None = None
+    auth_clear_accepted: bool | None = None
+    auth_clear_detail: str = ""
+    legacy_versions: dict[str, bool | None] = field(default_factory=dict)
+    injection: Literal["vulnerable", "not-vulnerable", "inconclusive", "not-tested"] = (
+        "not-tested"
+    )
+    injection_detail: str = ""
+    relay: list[RelayAttempt] = field(default_factory=list)
+    relay_domain: str = ""
+    relay_note: str = ""
+    credentials: list[AuthResult] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        """The main probe finished, so the findings mean something."""
+        return self.reachable and not self.error
+
+    @property
+    def grade(self) -> str:
+        return grade(self.findings) if self.complete else "-"
+
+    @property
+    def mechanisms_in_use(self) -> tuple[str, ...]:
+        """Where clients really authenticate: after TLS, or in clear without TLS."""
+        if self.mechanisms_tls is not None:
+            return self.mechanisms_tls
+        return self.mechanisms_clear or ()
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "target": self.target.label,
+            "host": self.target.host,
+            "port": self.target.port,
+            "mode": self.mode_used or self.target.mode,
+            "reachable": self.reachable,
+            "error": self.error or None,
+            "grade": self.grade,
+            "banner": self.banner,
+            "starttls_offered": self.starttls_offered,
+            "tls_error": self.tls_error or None,
+            "tls": self.tls.to_json() if self.tls else None,
+            "legacy_versions_accepted": self.legacy_versions,
+            "auth_before_tls": {
+                "advertised": list(self.mechanisms_clear)
+                if self.mechanisms_clear is not None else None,
+                "accepted": self.auth_clear_accepted,
+                "detail": self.auth_clear_detail or None,
+            },
+            "mechanisms_after_tls": list(self.mechanisms_tls)
+            if self.mechanisms_tls is not None else None,
+            "starttls_injection": {"result": self.injection,
+                                   "detail": self.injection_detail or None},
+            "relay": {
+                "domain": self.relay_domain,
+                "note": self.relay_note or None,
+                "attempts": [a.to_json() for a in self.relay],
+            },
+            "credentials": [c.to_json() for c in self.credentials],
+            "findings": [f.to_json() for f in self.findings],
+            "notes": self.notes,
+        }
+
+
+@dataclass
+class AuditReport:
+    targets: list[TargetReport]
+
+    @property
+    def grade(self) -> str:
+        reached = [t for t in self.targets if t.complete]
+        if not reached:
+            return "-"
+        return grade(f for t in reached for f in t.findings)
+
+    @property
+    def any_reachable(self) -> bool:
+        return any(t.reachable for t in self.targets)
+
+    @property
+    def findings(self) -> list[Finding]:
+        return [f for t in self.targets for f in t.findings]
+
+    def to_json(self) -> dict[str, object]:
+        w = worst(self.findings)
+        return {
+            "grade": self.grade,
+            "worst_severity": w.label if w is not None else None,
+            "targets": [t.to_json() for t in self.targets],
+        }
+
+
+# --- the probes ----------------------------------------------------------------------
+
+
+class _Auditor:
+    def __init__(self, target: Target, opts: AuditOptions) -> None:
+        self.t = target
+        self.opts = opts
+        self.r = TargetReport(target)
+        self.masker = Masker(tuple(s for s in (opts.password, opts.token) if s))
+
+    @property
+    def tls_name(self) -> str:
+        return self.opts.tls_name or self.t.host
+
+    async def _connect(self) -> SmtpSession:
+        try:
+            return await SmtpSession.connect(
+                self.t.host, self.t.port, timeout=self.opts.timeout, masker=self.masker
+            )
+        except TimeoutError:
+            raise _Probe("connection timed out") from None
+        except OSError as e:
+            raise _Probe(f"cannot connect: {e.strerror or e}") from None
+
+    async def _greeting(self, s: SmtpSession) -> ServerReply:
+        reply = await s.read_reply()
+        if reply.code != 220:
+            raise _Probe(f"server refused the session: {reply}")
+        return reply
+
+    async def _ehlo(self, s: SmtpSession) -> None:
+        reply = await s.ehlo(self.opts.ehlo_name)
+        if reply.code != 250:
+            raise _Probe(f"EHLO and HELO refused: {reply}")
+
+    def _tls_session(self) -> TlsClientSession:
+        return TlsClientSession(make_client_context(self.opts.ca_file), self.tls_name)
+
+    async def _open(self, mode: Literal["starttls", "implicit"]) -> tuple[SmtpSession, TlsClientSession]:
+        """A session with TLS up and EHLO sent inside it (for later probes)."""
+        s = await self._connect()
+        try:
+            tls = self._tls_session()
+            if mode == "implicit":
+                await s.start_tls(tls)
+                await self._greeting(s)
+                await self._ehlo(s)
+            else:
+                await self._greeting(s)
+                await self._ehlo(s)
+                reply = await s.command(s.engine.starttls())
+                if reply.code != 220:
+                    raise _Probe(f"STARTTLS refused: {reply}")
+                await s.start_tls(tls)
+                await self._ehlo(s)
+        except BaseException:
+            await s.close()
+            raise
+        return s, tls
+
+    # 1. main probe -------------------------------------------------------------
+
+    async def main(self) -> None:
+        mode = self.t.mode
+        s = await self._connect()
+        try:
+            greeting: ServerReply | None = None
+            if mode == "auto":
+                try:
+                    greeting = await s.read_reply(GREETING_SNIFF_SECONDS)
+                    mode = "starttls"
+                except TimeoutError:
+                    # Nothing said first: a server waiting for a TLS ClientHello.
+                    await s.close()
+                    s = await self._connect()
+                    mode = "implicit"
+            if mode == "implicit":
+                await self._implicit(s)
+            else:
+                await self._after_greeting(s, greeting or await s.read_reply())
+            if not self.r.tls_error:
+                await self._relay(s)
+        finally:
+            await s.quit()
+
+    async def _implicit(self, s: SmtpSession) -> None:
+        self.r.mode_used = "implicit"
+        tls = self._tls_session()
+        try:
+            await s.start_tls(tls)
+        except (TlsError, WireClosed) as e:
+            self.r.reachable = True
+            self.r.tls_error = f"implicit TLS handshake failed: {e}"
+            return
+        self.r.tls = TlsReport.from_session(tls, self.opts.now())
+        self.r.reachable = True
+        greeting = await self._greeting(s)
+        self.r.banner = greeting.text
+        await self._ehlo(s)
+        self.r.mechanisms_tls = s.engine.extensions.auth_mechanism_list
+
+    async def _after_greeting(self, s: SmtpSession, greeting: ServerReply) -> None:
+        self.r.reachable = True
+        if greeting.code != 220:
+            raise _Probe(f"server refused the session: {greeting}")
+        self.r.banner = greeting.text
+        await self._ehlo(s)
+        ext = s.engine.extensions
+        self.r.mechanisms_clear = ext.auth_mechanism_list
+        self.r.starttls_offered = ext.starttls
+        if not ext.starttls:
+            self.r.mode_used = "plain"
+            return
+        self.r.mode_used = "starttls"
+        reply = await s.command(s.engine.starttls())
+        if reply.code != 220:
+            self.r.tls_error = f"STARTTLS refused: {reply}"
+            return
+        tls = self._tls_session()
+        try:
+            await s.start_tls(tls)
+        except (TlsError, WireClosed) as e:
+            self.r.tls_error = f"TLS handshake after STARTTLS failed: {e}"
+            return
+        self.r.tls = TlsReport.from_session(tls, self.opts.now())
+        await self._ehlo(s)
+        self.r.mechanisms_tls = s.engine.extensions.auth_mechanism_list
+
+    def _relay_domain(self) -> str:
+        if self.opts.relay_domain:
+            return self.opts.relay_domain
+        first = self.r.banner.split(" ", 1)[0] if self.r.banner else ""
+        if "." in first and all(c.isalnum() or c in ".-" for c in first):
+            return first
+        return self.t.host if not self.t.host.replace(".", "").isdigit() else "localhost"
+
+    async def _relay(self, s: SmtpSession) -> None:
+        domain = self._relay_domain()
+        outside = self.opts.outside_domain
+        lp = RELAY_LOCAL_PART
+        self.r.relay_domain = domain
+        control = f"{lp}-{secrets.token_hex(4)}@{domain}"
+        tricks = [
+            ("plain", f"{lp}@{outside}"),
+            ("percent-hack", f"{lp}%{outside}@{domain}"),
+            ("source-route", f"@{domain}:{lp}@{outside}"),
+            ("quoted-local-part", f'"{lp}@{outside}"'),
+            ("quoted-local-part", f'"{lp}@{outside}"@{domain}'),
+            ("bang-path", f"{outside}!{lp}"),
+            ("bang-path", f"{outside}!{lp}@{domain}"),
+        ]
+        reply = await s.command(s.engine.mail(RELAY_SENDER))
+        if not reply.is_positive:
+            for trick, rcpt in tricks:
+                self.r.relay.append(RelayAttempt(trick, rcpt, f"MAIL refused: {reply}", False))
+            await s.command(s.engine.rset())
+            return
+        # A control address in the server's own domain: if any local part there is
+        # accepted, acceptance of the "...@domain" forms proves nothing.
+        control_reply = await s.command(s.engine.rcpt(control))
+        control_ok = control_reply.is_positive
+        for trick, rcpt in tricks:
+            reply = await s.command(s.engine.rcpt(rcpt))
+            local_form = rcpt.endswith("@" + domain) and not rcpt.startswith("@")
+            accepted = reply.is_positive and not (control_ok and local_form)
+            if reply.is_positive and control_ok and local_form:
+                self.r.relay_note = (
+                    f"{domain} accepts any local part, so forms ending in @{domain} "
+                    "are inconclusive"
+                )
+            self.r.relay.append(RelayAttempt(trick, rcpt, str(reply), accepted))
+        await s.command(s.engine.rset())  # never DATA
+
+    # 2. AUTH in clear ------------------------------------------------------------
+
+    async def auth_in_clear(self) -> None:
+        s = await self._connect()
+        try:
+            await self._greeting(s)
+            await self._ehlo(s)
+            offered = s.engine.extensions.auth_mechanism_list
+            if "PLAIN" in offered or not offered:
+                mech = "PLAIN"
+            elif "LOGIN" in offered:
+                mech = "LOGIN"
+            else:
+                mech = offered[0]
+            reply = await s.command(s.engine.auth(mech, None))
+            if reply.code == 334:
+                final = await self._dummy_exchange(s, mech)
+                self.r.auth_clear_accepted = True
+                self.r.auth_clear_detail = (
+                    f"AUTH {mech} in clear got 334; a dummy identity then got: {final}"
+                )
+            elif reply.code == 235:
+                self.r.auth_clear_accepted = True
+                self.r.auth_clear_detail = f"AUTH {mech} in clear got {reply}"
+            else:
+                self.r.auth_clear_accepted = False
+                self.r.auth_clear_detail = f"AUTH {mech} in clear got {reply}"
+        finally:
+            await s.quit()
+
+    async def _dummy_exchange(self, s: SmtpSession, mech: str) -> ServerReply:
+        """Finish an exchange the server started in clear, with nothing real in it."""
+        e = s.engine
+        dummy_password = secrets.token_urlsafe(12)
+        if mech == "PLAIN":
+            reply = await s.command(e.auth_response(f"\0{DUMMY_USER}\0{dummy_password}".encode()))
+        elif mech == "LOGIN":
+            reply = await s.command(e.auth_response(DUMMY_USER.encode()))
+            if reply.code == 334:
+                reply = await s.command(e.auth_response(dummy_password.encode()))
+        else:
+            reply = await s.command(e.auth_cancel())
+        while reply.code == 334:  # a server leading us on: cancel
+            reply = await s.command(e.auth_cancel())
+        return reply
+
+    # 3. STARTTLS injection ---------------------------------------------------------
+
+    async def injection(self) -> None:
+        s = await self._connect()
+        try:
+            await self._greeting(s)
+            await self._ehlo(s)
+            if not s.engine.extensions.starttls:
+                return
+            # Both lines in one write: the server reads them in one segment.
+            await s.send(s.engine.starttls() + INJECTED_COMMAND.encode() + b"\r\n")
+            reply = await s.read_reply()
+            if reply.code != 220:
+                self.r.injection = "inconclusive"
+                self.r.injection_detail = f"STARTTLS with a pipelined command got {reply}"
+                return
+            try:
+                await s.start_tls(self._tls_session())
+            except (TlsError, WireClosed) as e:
+                self.r.injection = "inconclusive"
+                self.r.injection_detail = f"TLS handshake failed: {e}"
+                return
+            first = await s.command(s.engine.ehlo(self.opts.ehlo_name))
+            if first.code == 250:
+                self.r.injection = "not-vulnerable"
+                self.r.injection_detail = "the pipelined command was discarded"
+                return
+            try:
+                second = await s.read_reply(min(self.opts.timeout, 3.0))
+            except TimeoutError:
+                self.r.injection = "inconclusive"
+                self.r.injection_detail = f"EHLO after STARTTLS got {first}"
+                return
+            if second.code == 250:
+                self.r.injection = "vulnerable"
+                self.r.injection_detail = (
+                    f"{INJECTED_COMMAND}, sent in clear with STARTTLS, was answered inside "
+                    f"TLS: {first}"
+                )
+            else:
+                self.r.injection = "inconclusive"
+                self.r.injection_detail = f"replies after STARTTLS: {first}; {second}"
+        finally:
+            await s.quit()
+
+    # 4. legacy TLS versions ----------------------------------------------------------
+
+    async def legacy_version(self, name: str, version: ssl.TLSVersion) -> None:
+        s = await self._connect()
+        try:
+            if self.r.mode_used != "implicit":
+                await self._greeting(s)
+                await self._ehlo(s)
+                reply = await s.command(s.engine.starttls())
+                if reply.code != 220:
+                    raise _Probe(f"STARTTLS refused: {reply}")
+            sni = None if self.tls_name.replace(".", "").isdigit() or ":" in self.tls_name \
+                else self.tls_name
+            try:
+                await s.start_tls(LegacyTls(version, sni))
+            except (TlsError, WireClosed, OSError):
+                self.r.legacy_versions[name] = False
+                return
+            self.r.legacy_versions[name] = True
+        finally:
+            await s.close()
+
+    # 5. credentials -------------------------------------------------------------------
+
+    async def credentials(self) -> None:
+        o = self.opts
+        mode: Literal["starttls", "implicit"] = (
+            "implicit" if self.r.mode_used == "implicit" else "starttls"
+        )
+        for name in self.r.mechanisms_tls or ():
+            if not mechanisms.usable(name, password=bool(o.password), token=bool(o.token),
+                                     channel_binding=True):
+                continue
+            s, tls = await self._open(mode)
+            try:
+                cb = tls.channel_binding()
+                if name.endswith("-PLUS") and not cb.available:
+                    continue
+                try:
+                    mech = mechanisms.build(name, username=o.user, password=o.password,
+                                            token=o.token, channel_binding=cb,
+                                            offered=self.r.mechanisms_tls or ())
+                except ValueError as e:
+                    self.r.notes.append(f"{name}: credentials not usable: {e}")
+                    continue
+                self.r.credentials.append(await authenticate(s, mech))
+            finally:
+                await s.quit()
+
+    # evaluation ------------------------------------------------------------------------
+
+    def evaluate(self) -> None:
+        r = self.r
+        add = r.findings.append
+        if not r.reachable:
+            return
+        if r.tls is None:
+            if r.tls_error:
+                add(finding("no-tls", r.tls_error))
+            elif r.mode_used == "plain":
+                add(finding("no-tls", "STARTTLS is not offered"))
+        if r.tls is not None:
+            v = r.tls.verification
+            # A chain that fails only on its dates is the expiry finding below.
+            if not v.chain_ok and not v.only_validity_period:
+                add(finding("cert-untrusted", v.chain_error))
+            if not v.hostname_ok:
+                leaf = r.tls.leaf
+                names = ", ".join([*leaf.dns_names, *leaf.ip_addresses]) if leaf else ""
+                add(finding("cert-hostname", f"{v.hostname!r} is not among: {names or '(none)'}"))
+            days = r.tls.days_left()
+            leaf = r.tls.leaf
+            if leaf is not None and days is not None:
+                now = r.tls.checked_at
+                if days < 0 or leaf.not_before > now:
+                    add(finding("cert-expired", f"valid {leaf.not_before:%Y-%m-%d} to "
+                                                f"{leaf.not_after:%Y-%m-%d}"))
+                elif days < EXPIRY_WARNING_DAYS:
+                    add(finding("cert-expiring", f"expires {leaf.not_after:%Y-%m-%d} "
+                                                 f"({days:.0f} days left)"))
+        legacy = [n for n, ok in r.legacy_versions.items() if ok]
+        if legacy:
+            add(finding("tls-legacy-versions", f"handshake completed with {', '.join(legacy)}"))
+        if r.mechanisms_clear:
+            add(finding("auth-offered-in-clear", "before STARTTLS: AUTH "
+                        + " ".join(r.mechanisms_clear)))
+        if r.auth_clear_accepted:
+            add(finding("auth-accepted-in-clear", r.auth_clear_detail))
+        in_use = r.mechanisms_in_use
+        weak = [m for m in in_use if m in mechanisms.PLAINTEXT_EQUIVALENT]
+        if weak:
+            add(finding("weak-mechanisms", "offered: " + " ".join(weak)))
+        if (
+            r.tls is not None
+            and r.mechanisms_tls
+            and set(r.mechanisms_tls) <= mechanisms.CLEARTEXT
+        ):
+            add(finding("no-scram", "after TLS: AUTH " + " ".join(r.mechanisms_tls)))
+        if r.injection == "vulnerable":
+            add(finding("starttls-injection", r.injection_detail))
+        relayed = [a for a in r.relay if a.accepted]
+        if relayed:
+            add(finding("open-relay", "; ".join(
+                f"{a.trick} <{a.recipient}>: {a.reply}" for a in relayed)))
+        if r.credentials and not any(c.ok for c in r.credentials):
+            add(finding("credentials-refused", "; ".join(
+                f"{c.mechanism}: {c.detail or c.outcome}" for c in r.credentials)))
+
+    async def run(self) -> TargetReport:
+        r = self.r
+        try:
+            await self._step("connection", self.main, fatal=True)
+        except _Probe as e:
+            r.error = str(e)
+            return r
+        if r.reachable and not r.tls_error:
+            if r.mode_used in ("starttls", "plain"):
+                await self._step("AUTH in clear", self.auth_in_clear)
+            if r.mode_used == "starttls":
+                await self._step("STARTTLS injection", self.injection)
+            if r.tls is not None:
+                for name, version in (("TLS 1.0", ssl.TLSVersion.TLSv1),
+                                      ("TLS 1.1", ssl.TLSVersion.TLSv1_1)):
+                    await self._step(name, functools.partial(self.legacy_version, name, version))
+            if (self.opts.user and r.tls is not None):
+                await self._step("credentials", self.credentials)
+            elif self.opts.user:
+                r.notes.append("credentials not tried: no TLS (they are never sent in clear)")
+        elif r.reachable and r.mode_used in ("starttls", "plain"):
+            await self._step("AUTH in clear", self.auth_in_clear)
+        self.evaluate()
+        return r
+
+    async def _step(
+        self, name: str, probe: Callable[[], Awaitable[None]], fatal: bool = False
+    ) -> None:
+        """Run one probe; its failure becomes a note (or, for the first, the error)."""
+        try:
+            await probe()
+        except _Probe as e:
+            if fatal:
+                raise
+            self.r.notes.append(f"{name} probe: {e}")
+        except TimeoutError:
+            if fatal and not self.r.reachable:
+                raise _Probe("timed out waiting for the server") from None
+            self.r.notes.append(f"{name} probe: timed out")
+        except (OSError, WireClosed, ProtocolError, TlsError) as e:
+            if fatal and not self.r.reachable:
+                raise _Probe(f"connection failed: {e}") from None
+            self.r.notes.append(f"{name} probe: {e}")
+
+
+async def audit_target(target: Target, opts: AuditOptions) -> TargetReport:
+    """Probe one target; never raises for anything the server or network does."""
+    return await _Auditor(target, opts).run()
+
+
+async def run_audit(
+    targets: Sequence[Target],
+    opts: AuditOptions,
+    *,
+    on_start: Callable[[Target], None] | None = None,
+    on_done: Callable[[TargetReport], None] | None = None,
+) -> AuditReport:
+    """Probe every target, ``opts.concurrency`` at a time; reports in target order."""
+    sem = asyncio.Semaphore(max(1, opts.concurrency))
+
+    async def one(t: Target) -> TargetReport:
+        async with sem:
+            if on_start is not None:
+                on_start(t)
+            report = await audit_target(t, opts)
+            if on_done is not None:
+                on_done(report)
+            return report
+
+    reports = await asyncio.gather(*(one(t) for t in targets))
+    return AuditReport(list(reports))
+

@@ -1,0 +1,429 @@
+"""``smtpgate test``: one SMTP session, every step shown, and an exit code that says
+where it stopped.
+
+Theory of operation
+-------------------
+`run_test` walks the stages of a submission in order: connect (and the TLS
+handshake first for implicit TLS), greeting, EHLO, STARTTLS and EHLO again,
+AUTH, MAIL, RCPT, DATA. ``quit_after`` stops cleanly after a stage. The first
+stage that fails decides the `ExitCode`; every byte exchanged is in the
+`Transcript`, with the SASL payloads decoded and the secrets masked (see
+``transcript.py``). The CLI prints the transcript as it grows and, with
+``--json``, the `TestReport` at the end.
+
+Security choices:
+
+* ``--tls-verify`` is the default: a chain or host name that does not verify
+  stops the test after the handshake (the certificate is still shown);
+* credentials never go out in clear unless the user chose ``--plain``;
+* ``--auth auto`` picks the strongest mechanism the server offers that we have
+  credentials for, -PLUS only when the connection has channel-binding data.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import time
+from dataclasses import dataclass, field
+from enum import IntEnum
+from pathlib import Path
+from typing import Literal
+
+from smtpgate.client.errors import LocalProtocolError, RemoteProtocolError
+from smtpgate.client.extensions import Extensions
+from smtpgate.sasl.base import ChannelBinding
+from smtpgate.tls.client import TlsClientSession, make_client_context
+from smtpgate.tls.session import TlsError
+from smtpgate.tools import mechanisms
+from smtpgate.tools.session import AuthResult, ServerClosed, SmtpSession, authenticate
+from smtpgate.tools.tlsreport import TlsReport
+from smtpgate.tools.transcript import Masker, Transcript
+from smtpgate.tools.wire import WireClosed
+
+
+class ExitCode(IntEnum):
+    """Where ``smtpgate test`` stopped (docs/tester.md lists them)."""
+
+    SUCCESS = 0
+    #: A local problem: unreadable file, unusable credentials, bad option values.
+    ERROR = 1
+    #: click's usage error (bad or missing option).
+    USAGE = 2
+    #: No connection, connection lost, timeout, or a greeting other than 220.
+    CONNECTION = 3
+    #: STARTTLS not offered or refused, handshake failed, certificate not verified.
+    TLS = 4
+    #: AUTH answered 5xx, mechanism not offered, or the server failed to prove itself.
+    AUTH_REFUSED = 5
+    #: AUTH answered 4xx (try again later).
+    AUTH_TEMPFAIL = 6
+    #: MAIL, RCPT or DATA refused (4xx or 5xx): the message was not accepted.
+    MESSAGE_REFUSED = 7
+    #: The server does not speak SMTP properly (EHLO and HELO refused, bad reply).
+    PROTOCOL = 8
+
+
+Stage = Literal["connect", "ehlo", "tls", "auth", "mail", "rcpt", "data"]
+QUIT_AFTER: tuple[Stage, ...] = ("connect", "ehlo", "tls", "auth", "mail", "rcpt")
+TlsMode = Literal["starttls", "implicit", "plain"]
+
+OUTCOME_NAMES = {
+    ExitCode.SUCCESS: "success",
+    ExitCode.ERROR: "error",
+    ExitCode.USAGE: "usage",
+    ExitCode.CONNECTION: "connection-failure",
+    ExitCode.TLS: "tls-failure",
+    ExitCode.AUTH_REFUSED: "auth-refused",
+    ExitCode.AUTH_TEMPFAIL: "auth-tempfail",
+    ExitCode.MESSAGE_REFUSED: "message-refused",
+    ExitCode.PROTOCOL: "protocol-error",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class TesterOptions:
+    __test__ = False  # not a pytest class, despite the name
+
+    host: str
+    port: int
+    tls_mode: TlsMode = "starttls"
+    auth: str | None = None  # a mechanism name, "auto", or None for no AUTH
+    user: str = ""
+    password: str = ""
+    token: str = ""
+    mail_from: str | None = None
+    rcpt_to: tuple[str, ...] = ()
+    data: bytes | None = None  # a whole message (--data FILE)
+    body: str | None = None  # a body for a generated message (--body TEXT)
+    quit_after: Stage | None = None
+    tls_verify: bool = True
+    ca_file: Path | None = None
+    tls_version: str | None = None
+    tls_name: str | None = None  # name to verify and send as SNI; default host
+    ehlo_name: str = "localhost"
+    timeout: float = 30.0
+
+
+class _Stop(Exception):
+    def __init__(self, code: ExitCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class TestReport:
+    """Everything one run established; `to_json` is the ``--json`` record."""
+
+    __test__ = False  # not a pytest class, despite the name
+
+    options: TesterOptions
+    transcript: Transcript
+    exit_code: ExitCode = ExitCode.SUCCESS
+    error: str = ""
+    stage: Stage | None = None  # the last stage completed
+    banner: str = ""
+    extensions: Extensions = field(default_factory=Extensions)
+    tls: TlsReport | None = None
+    auth: AuthResult | None = None
+    mechanisms_offered: tuple[str, ...] = ()
+    accepted: list[str] = field(default_factory=list)
+    refused: dict[str, str] = field(default_factory=dict)
+    queued: str = ""
+    elapsed: float = 0.0
+
+    @property
+    def outcome(self) -> str:
+        return OUTCOME_NAMES[self.exit_code]
+
+    def to_json(self) -> dict[str, object]:
+        o = self.options
+        return {
+            "server": o.host,
+            "port": o.port,
+            "mode": o.tls_mode,
+            "outcome": self.outcome,
+            "exit_code": int(self.exit_code),
+            "error": self.error or None,
+            "stage": self.stage,
+            "banner": self.banner,
+            "extensions": dict(self.extensions.keywords),
+            "mechanisms_offered": list(self.mechanisms_offered),
+            "tls": self.tls.to_json() if self.tls else None,
+            "auth": self.auth.to_json() if self.auth else None,
+            "message": {
+                "from": o.mail_from,
+                "to": list(o.rcpt_to),
+                "accepted": self.accepted,
+                "refused": self.refused,
+                "queued": self.queued or None,
+            },
+            "elapsed_seconds": round(self.elapsed, 3),
+            "transcript": self.transcript.to_json(),
+        }
+
+
+def build_message(opts: TesterOptions, sender: str, recipients: tuple[str, ...]) -> bytes:
+    """The message to send: ``--data`` as given, else a small generated one."""
+    if opts.data is not None:
+        return opts.data
+    body = opts.body if opts.body is not None else "This is a test message sent by smtpgate test."
+    domain = opts.ehlo_name if "." in opts.ehlo_name else "smtpgate.invalid"
+    headers = [
+        f"From: <{sender}>" if sender else "From: <>",
+        f"To: {', '.join(f'<{r}>' for r in recipients)}",
+        f"Subject: smtpgate test {email.utils.formatdate(localtime=True)}",
+        f"Date: {email.utils.formatdate(localtime=True)}",
+        f"Message-ID: {email.utils.make_msgid('smtpgate-test', domain=domain)}",
+        "MIME-Version: 1.0",
+        "Content-Type: text/plain; charset=utf-8",
+        "User-Agent: smtpgate test",
+    ]
+    text = "\r\n".join(headers) + "\r\n\r\n" + body.replace("\r\n", "\n").replace("\n", "\r\n")
+    return text.encode("utf-8") + (b"" if text.endswith("\r\n") else b"\r\n")
+
+
+#: Message lines shown in the transcript before it says "... N more lines".
+SHOWN_MESSAGE_LINES = 20
+
+
+class _Tester:
+    def __init__(self, opts: TesterOptions, transcript: Transcript) -> None:
+        self.opts = opts
+        self.report = TestReport(opts, transcript)
+        secrets = tuple(s for s in (opts.password, opts.token) if s)
+        self.masker = Masker(secrets)
+        self.session: SmtpSession | None = None
+        self.tls_session: TlsClientSession | None = None
+
+    @property
+    def s(self) -> SmtpSession:
+        assert self.session is not None
+        return self.session
+
+    def info(self, text: str) -> None:
+        self.report.transcript.add("info", text, self.session is not None and self.s.tls)
+
+    def done(self, stage: Stage) -> bool:
+        """Record ``stage`` as completed; True when the user asked to stop here."""
+        self.report.stage = stage
+        return self.opts.quit_after == stage
+
+    async def run(self) -> TestReport:
+        start = time.monotonic()
+        try:
+            await self._run()
+        except _Stop as e:
+            self.report.exit_code = e.code
+            self.report.error = e.message
+            self.report.transcript.add("error", e.message)
+        finally:
+            if self.session is not None:
+                if self._broken:
+                    await self.session.close()
+                else:
+                    await self.session.quit()
+            self.report.elapsed = time.monotonic() - start
+        return self.report
+
+    _broken = False
+
+    async def _run(self) -> None:
+        opts = self.opts
+        self.info(f"connecting to {opts.host}:{opts.port} ({opts.tls_mode})")
+        try:
+            self.session = await SmtpSession.connect(
+                opts.host, opts.port, timeout=opts.timeout,
+                transcript=self.report.transcript, masker=self.masker,
+            )
+        except TimeoutError:
+            raise _Stop(ExitCode.CONNECTION, f"connection to {opts.host}:{opts.port} timed out") from None
+        except OSError as e:
+            raise _Stop(ExitCode.CONNECTION, f"cannot connect to {opts.host}:{opts.port}: {e.strerror or e}") from None
+        self.info(f"connected to {self.s.wire.peer}")
+        try:
+            await self._conversation()
+        except TimeoutError:
+            self._broken = True
+            raise _Stop(ExitCode.CONNECTION, "timed out waiting for the server") from None
+        except (ServerClosed, WireClosed) as e:
+            self._broken = True
+            raise _Stop(ExitCode.CONNECTION, f"connection lost: {e}") from None
+        except OSError as e:
+            self._broken = True
+            raise _Stop(ExitCode.CONNECTION, f"connection lost: {e.strerror or e}") from None
+        except RemoteProtocolError as e:
+            self._broken = True
+            raise _Stop(ExitCode.PROTOCOL, f"the server does not speak SMTP: {e}") from None
+        except LocalProtocolError as e:
+            raise _Stop(ExitCode.ERROR, f"cannot send that: {e}") from None
+
+    async def _handshake(self) -> None:
+        opts = self.opts
+        name = opts.tls_name or opts.host
+        try:
+            ctx = make_client_context(opts.ca_file, version=opts.tls_version)
+            tls = TlsClientSession(ctx, name)
+            await self.s.start_tls(tls)
+        except TlsError as e:
+            self._broken = True
+            raise _Stop(ExitCode.TLS, str(e)) from None
+        except (WireClosed, OSError) as e:
+            self._broken = True
+            raise _Stop(ExitCode.TLS, f"TLS handshake failed: {e}") from None
+        except TimeoutError:
+            self._broken = True
+            raise _Stop(ExitCode.TLS, "TLS handshake timed out") from None
+        self.tls_session = tls
+        report = TlsReport.from_session(tls, dt.datetime.now(dt.UTC))
+        self.report.tls = report
+        for line in report.lines():
+            self.info(line)
+        if opts.tls_verify and not report.verification.ok:
+            raise _Stop(
+                ExitCode.TLS,
+                "certificate not accepted: " + "; ".join(report.verification.problems())
+                + " (--ca FILE to trust it, --no-tls-verify to go on anyway)",
+            )
+
+    async def _ehlo(self) -> None:
+        reply = await self.s.ehlo(self.opts.ehlo_name)
+        if reply.code != 250:
+            raise _Stop(ExitCode.PROTOCOL, f"EHLO and HELO refused: {reply}")
+        self.report.extensions = self.s.engine.extensions
+        self.report.mechanisms_offered = self.s.engine.extensions.auth_mechanism_list
+
+    async def _conversation(self) -> None:
+        opts = self.opts
+        if opts.tls_mode == "implicit":
+            await self._handshake()
+        greeting = await self.s.read_reply()
+        self.report.banner = greeting.text
+        if greeting.code != 220:
+            raise _Stop(ExitCode.CONNECTION, f"server refused the session: {greeting}")
+        if self.done("connect"):
+            return
+        await self._ehlo()
+        if opts.tls_mode == "starttls":
+            if opts.quit_after == "ehlo":
+                self.done("ehlo")
+                return
+            if not self.s.engine.extensions.starttls:
+                raise _Stop(ExitCode.TLS, "the server does not offer STARTTLS (--plain to go on without TLS)")
+            reply = await self.s.command(self.s.engine.starttls())
+            if reply.code != 220:
+                raise _Stop(ExitCode.TLS, f"STARTTLS refused: {reply}")
+            await self._handshake()
+            await self._ehlo()
+        elif self.done("ehlo"):
+            return
+        if opts.tls_mode != "plain" and self.done("tls"):
+            return
+        if opts.tls_mode == "plain":
+            self.report.stage = "ehlo"
+            if opts.quit_after == "tls":
+                return
+        if opts.auth is not None:
+            await self._auth()
+            if self.done("auth"):
+                return
+        await self._message()
+
+    async def _auth(self) -> None:
+        opts = self.opts
+        offered = self.s.engine.extensions.auth_mechanism_list
+        shown = " ".join(offered)
+        cb = self.tls_session.channel_binding() if self.tls_session else ChannelBinding()
+        if not offered:
+            raise _Stop(ExitCode.AUTH_REFUSED, "the server offers no AUTH mechanism here")
+        requested = (opts.auth or "auto").upper()
+        if requested == "AUTO":
+            name = mechanisms.choose(
+                offered, password=bool(opts.password), token=bool(opts.token),
+                channel_binding=cb.available,
+            )
+            if name is None:
+                raise _Stop(
+                    ExitCode.AUTH_REFUSED,
+                    f"no offered mechanism ({shown}) can be used with "
+                    "the credentials given",
+                )
+            self.info(f"--auth auto chose {name} (offered: {shown})")
+        else:
+            name = requested
+            if name not in mechanisms.implemented():
+                raise _Stop(ExitCode.ERROR, f"mechanism {name} is not implemented; "
+                            f"known: {', '.join(mechanisms.implemented())}")
+            if name not in offered:
+                raise _Stop(ExitCode.AUTH_REFUSED,
+                            f"the server does not offer {name} (offers: {shown})")
+        if name.endswith("-PLUS") and not cb.available:
+            raise _Stop(ExitCode.ERROR, f"{name} needs TLS (channel binding)")
+        if not self.s.tls and (name in mechanisms.CLEARTEXT or name in mechanisms.TOKEN_MECHANISMS):
+            self.report.transcript.add(
+                "error", f"warning: {name} sends the secret itself, and there is no TLS (--plain)"
+            )
+        try:
+            mech = mechanisms.build(
+                name, username=opts.user, password=opts.password, token=opts.token,
+                channel_binding=cb, offered=offered,
+            )
+        except ValueError as e:
+            raise _Stop(ExitCode.ERROR, f"cannot use these credentials with {name}: {e}") from None
+        result = await authenticate(self.s, mech)
+        self.report.auth = result
+        if result.outcome == "tempfail":
+            raise _Stop(ExitCode.AUTH_TEMPFAIL, f"{name}: temporary failure: {result.detail}")
+        if result.outcome == "refused":
+            raise _Stop(ExitCode.AUTH_REFUSED, f"{name} refused: {result.detail}")
+        verified = " (server signature verified)" if result.server_verified else ""
+        self.info(f"authenticated as {opts.user} with {name}{verified}")
+
+    async def _message(self) -> None:
+        opts = self.opts
+        s = self.s
+        sender = opts.mail_from if opts.mail_from is not None else (opts.user if "@" in opts.user else "")
+        recipients = opts.rcpt_to or ((sender,) if sender else ())
+        if not recipients:
+            raise _Stop(ExitCode.ERROR, "no recipient: pass --to ADDRESS")
+        reply = await s.command(s.engine.mail(sender))
+        if not reply.is_positive:
+            raise _Stop(ExitCode.MESSAGE_REFUSED, f"MAIL refused: {reply}")
+        if self.done("mail"):
+            return
+        for rcpt in recipients:
+            reply = await s.command(s.engine.rcpt(rcpt))
+            if reply.is_positive:
+                self.report.accepted.append(rcpt)
+            else:
+                self.report.refused[rcpt] = str(reply)
+        if self.report.refused:
+            bad = ", ".join(f"{r}: {t}" for r, t in self.report.refused.items())
+            raise _Stop(ExitCode.MESSAGE_REFUSED, f"RCPT refused: {bad}")
+        if self.done("rcpt"):
+            return
+        reply = await s.command(s.engine.data())
+        if reply.code != 354:
+            raise _Stop(ExitCode.MESSAGE_REFUSED, f"DATA refused: {reply}")
+        content = build_message(opts, sender, recipients)
+        payload = s.engine.message(content)
+        lines = payload.decode("utf-8", "replace").split("\r\n")[:-1]
+        shown = lines[:SHOWN_MESSAGE_LINES]
+        if len(lines) > SHOWN_MESSAGE_LINES + 1:
+            more = len(lines) - SHOWN_MESSAGE_LINES - 1
+            shown = [*shown, f"[... {more} more lines, {len(payload)} bytes in all ...]", lines[-1]]
+        else:
+            shown = lines
+        await s.send(payload, "\n".join(shown))
+        reply = await s.read_reply()
+        if not reply.is_positive:
+            raise _Stop(ExitCode.MESSAGE_REFUSED, f"message refused after DATA: {reply}")
+        self.report.queued = str(reply)
+        self.done("data")
+
+
+async def run_test(opts: TesterOptions, transcript: Transcript | None = None) -> TestReport:
+    """Run one test session; never raises for anything the server or network does."""
+    return await _Tester(opts, transcript if transcript is not None else Transcript()).run()
+

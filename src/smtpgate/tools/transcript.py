@@ -1,0 +1,138 @@
+"""The swaks-style transcript of a tool session, with SASL steps decoded and secrets masked.
+
+Lines are ``->`` (we sent), ``<-`` (the server sent), ``  >``/``  <`` (the decoded
+SASL payload of the line above), ``==`` (what happened: TLS started, verified)
+and ``**`` (an error). Every line is recorded as an `Entry` so that ``--json``
+carries exactly what the text shows.
+
+Masking (what never appears in a transcript, text or JSON): the password, the
+bearer token, and anything that allows an offline guess of the password from a
+pasted transcript: the SCRAM ClientProof and the CRAM-MD5 digest. The base64 of a
+masked payload is masked as a whole, since it would reveal the same.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Literal
+
+MASK = "********"
+
+Kind = Literal["send", "recv", "sasl-send", "sasl-recv", "info", "error"]
+
+PREFIX: dict[Kind, str] = {
+    "send": "->",
+    "recv": "<-",
+    "sasl-send": "  >",
+    "sasl-recv": "  <",
+    "info": "==",
+    "error": "**",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    kind: Kind
+    text: str
+    tls: bool = False
+
+    def render(self) -> str:
+        return f"{PREFIX[self.kind]} {self.text}"
+
+    def to_json(self) -> dict[str, object]:
+        return {"dir": PREFIX[self.kind].strip(), "kind": self.kind, "text": self.text,
+                "tls": self.tls}
+
+
+@dataclass
+class Transcript:
+    """An append-only list of entries; ``listener`` sees each as it is added."""
+
+    entries: list[Entry] = field(default_factory=list)
+    listener: Callable[[Entry], None] | None = None
+
+    def add(self, kind: Kind, text: str, tls: bool = False) -> None:
+        entry = Entry(kind, text, tls)
+        self.entries.append(entry)
+        if self.listener is not None:
+            self.listener(entry)
+
+    def lines(self) -> list[str]:
+        return [e.render() for e in self.entries]
+
+    def to_json(self) -> list[dict[str, object]]:
+        return [e.to_json() for e in self.entries]
+
+
+def printable(data: bytes) -> str:
+    """Bytes for a person: UTF-8 where possible, NUL as ``\\0``, 0x01 as ``^A``,
+    other controls as ``\\xNN``."""
+    text = data.decode("utf-8", "backslashreplace")
+    out = []
+    for ch in text:
+        if ch == "\0":
+            out.append("\\0")
+        elif ch == "\x01":
+            out.append("^A")
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\x{ord(ch):02x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+_SCRAM_PROOF = re.compile(rb"(,p=)[^,]*")
+_BEARER = re.compile(rb"(auth=Bearer )[^\x01]*", re.IGNORECASE)
+
+
+@dataclass(frozen=True, slots=True)
+class Masker:
+    """Knows the secrets of one session and how each mechanism carries them."""
+
+    secrets: tuple[str, ...] = ()
+
+    def client_sasl(self, mechanism: str, step: int, data: bytes) -> tuple[str, bool]:
+        """(decoded text to show, whether anything was masked) for a client payload.
+
+        ``step`` counts the client's payloads from 0 (the initial response, or the
+        answer to the first challenge).
+        """
+        mech = mechanism.upper()
+        masked = data
+        if mech == "PLAIN":
+            parts = data.split(b"\0")
+            if len(parts) == 3:
+                masked = b"\0".join([parts[0], parts[1], MASK.encode()])
+        elif mech == "LOGIN":
+            # LOGIN sends the user name, then the password: mask every step but the
+            # first, and the first too if it is not the user name (guessing is
+            # cheaper than leaking).
+            if step >= 1:
+                masked = MASK.encode()
+        elif mech == "CRAM-MD5":
+            user, sep, _digest = data.rpartition(b" ")
+            if sep:
+                masked = user + b" " + MASK.encode()
+        elif mech.startswith("SCRAM-"):
+            masked = _SCRAM_PROOF.sub(rb"\1" + MASK.encode(), data)
+        elif mech in ("OAUTHBEARER", "XOAUTH2"):
+            masked = _BEARER.sub(rb"\1" + MASK.encode(), data)
+        text = printable(masked)
+        for secret in self.secrets:
+            # Whatever the structure, a secret never shows (e.g. LOGIN password
+            # sent as an initial response by a mis-ordered server exchange).
+            if len(secret) >= 3 and secret in text:
+                text = text.replace(secret, MASK)
+        return text, masked != data or MASK in text
+
+    def text(self, line: str) -> str:
+        for secret in self.secrets:
+            if len(secret) >= 3:
+                line = line.replace(secret, MASK)
+        return line
+
+
+def join_mechanisms(names: Iterable[str]) -> str:
+    return " ".join(names) or "(none)"

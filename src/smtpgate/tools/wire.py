@@ -1,0 +1,258 @@
+"""One client TCP connection for the tools, with TLS layered on by hand.
+
+Theory of operation
+-------------------
+The tools need things asyncio's own TLS cannot give: the RFC 9266 exporter
+(SCRAM-*-PLUS on TLS 1.3), a handshake that finishes even when the certificate
+does not verify (so it can be reported), and exact knowledge of which bytes came
+before and after the STARTTLS switch (the injection probe). So the socket is
+driven with ``loop.sock_*`` calls (no Protocol, no StreamReader buffer) and TLS
+is a sans-IO object: `smtpgate.tls.client.TlsClientSession` for normal use, or
+a stdlib ``ssl.SSLObject`` over memory BIOs for the auditor's legacy-version
+probe (`LegacyTls`), which needs ``@SECLEVEL=0``.
+
+Every method that waits takes a timeout; nothing here retries or sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from typing import Protocol
+
+from smtpgate.tls.client import TlsClientSession
+from smtpgate.tls.session import TlsError
+
+_RECV_SIZE = 65536
+
+
+class WireClosed(ConnectionError):
+    """The server closed the connection."""
+
+
+class _SansIoTls(Protocol):
+    handshake_done: bool
+
+    def start(self) -> bytes: ...
+
+    def receive(self, data: bytes) -> tuple[bytes, bytes]: ...
+
+    def send(self, plaintext: bytes) -> bytes: ...
+
+    def close(self) -> bytes: ...
+
+
+class LegacyTls:
+    """A stdlib ``ssl`` client session over memory BIOs, for version probes only.
+
+    OpenSSL 3 refuses TLS 1.0/1.1 at its default security level even when the
+    minimum version allows them (SHA-1 in the handshake), so the probe lowers
+    the level to 0. Nothing is verified: the probe only asks "does the server
+    complete a handshake at this version?".
+    """
+
+    def __init__(self, version: ssl.TLSVersion, server_hostname: str | None) -> None:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        ctx.minimum_version = version
+        ctx.maximum_version = version
+        ctx.set_ciphers("ALL:@SECLEVEL=0")
+        self._in = ssl.MemoryBIO()
+        self._out = ssl.MemoryBIO()
+        self._obj = ctx.wrap_bio(self._in, self._out, server_hostname=server_hostname)
+        self.handshake_done = False
+
+    @property
+    def version(self) -> str:
+        return self._obj.version() or ""
+
+    def _step(self) -> None:
+        try:
+            self._obj.do_handshake()
+            self.handshake_done = True
+        except ssl.SSLWantReadError:
+            pass
+        except ssl.SSLError as e:
+            raise TlsError(f"handshake failed: {e.reason or e}") from None
+
+    def start(self) -> bytes:
+        self._step()
+        return self._out.read()
+
+    def receive(self, data: bytes) -> tuple[bytes, bytes]:
+        if data:
+            self._in.write(data)
+        if not self.handshake_done:
+            self._step()
+            return b"", self._out.read()
+        chunks = []
+        while True:
+            try:
+                chunk = self._obj.read(_RECV_SIZE)
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLZeroReturnError:
+                raise EOFError from None
+            except ssl.SSLError as e:
+                raise TlsError(f"TLS error: {e.reason or e}") from None
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks), self._out.read()
+
+    def send(self, plaintext: bytes) -> bytes:
+        self._obj.write(plaintext)
+        return self._out.read()
+
+    def close(self) -> bytes:
+        try:
+            self._obj.unwrap()
+        except ssl.SSLError:
+            pass
+        return self._out.read()
+
+
+class Wire:
+    """A TCP connection; after `start_tls` every send/recv goes through TLS."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._loop = asyncio.get_running_loop()
+        self._tls: _SansIoTls | None = None
+        self._pending = b""  # plaintext that arrived together with the handshake
+        self._eof = False
+
+    @classmethod
+    async def connect(cls, host: str, port: int, timeout: float) -> Wire:
+        """Resolve and connect.
+
+        Raises:
+            OSError: name resolution or connection failure.
+            TimeoutError: no connection within ``timeout``.
+        """
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(timeout):
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            last: OSError | None = None
+            for family, type_, proto, _, addr in infos:
+                sock = socket.socket(family, type_, proto)
+                sock.setblocking(False)
+                try:
+                    await loop.sock_connect(sock, addr)
+                except OSError as e:
+                    sock.close()
+                    last = e
+                    continue
+                except BaseException:
+                    sock.close()
+                    raise
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                return cls(sock)
+        raise last or OSError(f"cannot resolve {host}")
+
+    @property
+    def tls(self) -> _SansIoTls | None:
+        return self._tls
+
+    @property
+    def peer(self) -> str:
+        try:
+            host, port = self._sock.getpeername()[:2]
+        except OSError:
+            return "?"
+        return f"{host}:{port}"
+
+    async def send(self, data: bytes) -> None:
+        """Write ``data`` (encrypted once TLS is on)."""
+        if self._tls is not None:
+            data = self._tls.send(data)
+        await self._loop.sock_sendall(self._sock, data)
+
+    async def _recv_raw(self) -> bytes:
+        try:
+            return await self._loop.sock_recv(self._sock, _RECV_SIZE)
+        except ConnectionResetError:
+            return b""
+
+    async def recv(self, timeout: float) -> bytes:
+        """The next plaintext bytes; ``b""`` once the server has closed.
+
+        Raises:
+            TimeoutError: nothing within ``timeout``.
+            TlsError: a TLS record failed.
+        """
+        if self._pending:
+            data, self._pending = self._pending, b""
+            return data
+        if self._eof:
+            return b""
+        async with asyncio.timeout(timeout):
+            while True:
+                raw = await self._recv_raw()
+                if self._tls is None:
+                    if not raw:
+                        self._eof = True
+                    return raw
+                if not raw:
+                    self._eof = True
+                    return b""
+                try:
+                    plain, out = self._tls.receive(raw)
+                except EOFError:
+                    self._eof = True
+                    return b""
+                if out:
+                    await self._loop.sock_sendall(self._sock, out)
+                if plain:
+                    return plain
+                # Only handshake records (TLS 1.3 session tickets): read on.
+
+    async def start_tls(self, session: TlsClientSession | LegacyTls, timeout: float) -> None:
+        """Run the handshake on this connection.
+
+        Raises:
+            TlsError: the handshake failed (an alert has been sent when there was one).
+            WireClosed: the server closed the connection during the handshake.
+            TimeoutError: no handshake within ``timeout``.
+        """
+        async with asyncio.timeout(timeout):
+            await self._loop.sock_sendall(self._sock, session.start())
+            while not session.handshake_done:
+                raw = await self._recv_raw()
+                if not raw:
+                    self._eof = True
+                    raise WireClosed("server closed the connection during the TLS handshake")
+                try:
+                    plain, out = session.receive(raw)
+                except TlsError:
+                    alert = getattr(session, "alert", b"")
+                    if alert:
+                        try:
+                            await self._loop.sock_sendall(self._sock, alert)
+                        except OSError:
+                            pass
+                    raise
+                except EOFError:
+                    raise WireClosed("server closed TLS during the handshake") from None
+                if out:
+                    await self._loop.sock_sendall(self._sock, out)
+                self._pending += plain
+        self._tls = session
+
+    async def close(self) -> None:
+        """Send close_notify when TLS is on, then close the socket."""
+        try:
+            if self._tls is not None and self._tls.handshake_done:
+                out = self._tls.close()
+                if out:
+                    async with asyncio.timeout(1.0):
+                        await self._loop.sock_sendall(self._sock, out)
+        except (OSError, TimeoutError):
+            pass
+        finally:
+            self._sock.close()
+
+    def abort(self) -> None:
+        self._sock.close()

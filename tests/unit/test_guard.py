@@ -1,0 +1,302 @@
+"""The guard: penalty arithmetic, decisions, thresholds in SQLite, the async front."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from smtpgate.auth.guard import Guard, GuardCheck, decide, penalty_delay, thresholds
+from smtpgate.auth.guard_store import (
+    ACCOUNT,
+    ACCOUNT_NEW,
+    ADDRESS,
+    SUBNET,
+    THROTTLE,
+    Block,
+    Failure,
+    GuardStoreError,
+    Snapshot,
+    SqliteGuardStore,
+)
+from smtpgate.config import GuardConfig
+from smtpgate.policy.networks import client_keys
+
+CFG = GuardConfig(
+    lockout_threshold=3,
+    known_lockout_threshold=5,
+    spray_accounts=3,
+    subnet_spray_accounts=4,
+    address_failure_limit=6,
+    distributed_addresses=3,
+    penalty_base=0.5,
+    penalty_max=4.0,
+)
+T = thresholds(CFG)
+ALICE = "alice@example.org"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SqliteGuardStore]:
+    s = SqliteGuardStore(tmp_path / "guard.sqlite")
+    yield s
+    s.close()
+
+
+def fail(store: SqliteGuardStore, t: float, address: str, account: str, *, known: bool = False,
+         counts: bool = True, subnet: str | None = None) -> list[Block]:
+    f = Failure(t, address, subnet or client_keys(address).subnet, account, known, counts)
+    return store.record_failure(f, T)
+
+
+# --- pure parts -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("failures", "delay"), [(0, 0.0), (1, 0.5), (2, 1.0), (3, 2.0), (4, 4.0), (5, 4.0), (500, 4.0)]
+)
+def test_penalty_doubles_from_base_and_is_capped(failures: int, delay: float) -> None:
+    assert penalty_delay(failures, 0.5, 4.0) == delay
+
+
+def test_client_keys_ipv4_is_one_address_ipv6_is_its_64() -> None:
+    assert client_keys("192.0.2.7") == client_keys("::ffff:192.0.2.7")
+    assert client_keys("192.0.2.7").subnet == "192.0.2.0/24"
+    k = client_keys("2001:db8:1:2:aaaa::1")
+    assert k.address == "2001:db8:1:2::/64" and k.subnet == "2001:db8:1::/48"
+    assert client_keys("2001:db8:1:2:bbbb::9").address == k.address
+
+
+def snap(*blocks: Block, known_since: float | None = None, last_new: float | None = None) -> Snapshot:
+    return Snapshot(tuple(blocks), known_since, 0, last_new)
+
+
+def block(kind: str, key: str = "k") -> Block:
+    return Block(kind, key, 0.0, 2e9, "why")
+
+
+@pytest.mark.parametrize(
+    ("blocks", "known", "refused"),
+    [
+        ((block(ADDRESS),), True, ADDRESS),  # an address block spares nobody
+        ((block(ACCOUNT),), True, ACCOUNT),  # nor a full account lock
+        ((block(SUBNET),), True, None),  # the rest spare known addresses
+        ((block(SUBNET),), False, SUBNET),
+        ((block(ACCOUNT_NEW),), True, None),
+        ((block(ACCOUNT_NEW),), False, ACCOUNT_NEW),
+        ((), False, None),
+    ],
+)
+def test_decide_known_addresses_are_spared_by_new_address_rules(
+    blocks: tuple[Block, ...], known: bool, refused: str | None
+) -> None:
+    now = 1e6
+    _, refusal = decide(snap(*blocks, known_since=now - 10 if known else None), now=now,
+                        known_seconds=86400, throttle_interval=30)
+    assert (refusal.kind if refusal else None) == refused
+
+
+def test_decide_throttle_spaces_new_addresses() -> None:
+    now = 1e6
+    args = {"now": now, "known_seconds": 86400, "throttle_interval": 30}
+    assert decide(snap(block(THROTTLE), last_new=now - 10), **args)[1] is not None
+    assert decide(snap(block(THROTTLE), last_new=now - 31), **args)[1] is None
+    assert decide(snap(block(THROTTLE), last_new=now - 10, known_since=now), **args)[1] is None
+
+
+def test_decide_known_address_expires() -> None:
+    known, _ = decide(snap(known_since=1e6 - 2 * 86400), now=1e6, known_seconds=86400,
+                      throttle_interval=30)
+    assert known is False
+
+
+# --- thresholds in SQLite ---------------------------------------------------------------------
+
+
+def test_new_address_failures_lock_for_new_addresses_at_the_threshold(store: SqliteGuardStore) -> None:
+    assert fail(store, 1.0, "192.0.2.1", ALICE) == []
+    assert fail(store, 2.0, "192.0.2.1", ALICE) == []
+    started = fail(store, 3.0, "192.0.2.1", ALICE)
+    assert [(b.kind, b.key) for b in started] == [(ACCOUNT_NEW, ALICE)]
+    assert fail(store, 4.0, "192.0.2.1", ALICE) == []  # already locked: nothing new
+    kinds = {b.kind for b in store.snapshot("198.51.100.1", "x", ALICE, 5.0, 900).blocks}
+    assert kinds == {ACCOUNT_NEW}
+
+
+def test_known_address_failures_count_apart_and_lock_everything(store: SqliteGuardStore) -> None:
+    for i in range(4):
+        assert fail(store, float(i), "192.0.2.1", ALICE, known=True) == []
+    started = fail(store, 5.0, "192.0.2.1", ALICE, known=True)
+    assert [b.kind for b in started] == [ACCOUNT]
+
+
+def test_policy_refusals_do_not_count_toward_the_account(store: SqliteGuardStore) -> None:
+    for i in range(5):
+        started = fail(store, float(i), "192.0.2.1", ALICE, counts=False)
+        assert all(b.kind not in (ACCOUNT, ACCOUNT_NEW) for b in started)
+
+
+def test_spraying_blocks_the_address_and_subnet(store: SqliteGuardStore) -> None:
+    assert fail(store, 1.0, "192.0.2.1", "a@x.org") == []
+    assert fail(store, 2.0, "192.0.2.1", "b@x.org") == []
+    assert [(b.kind, b.key) for b in fail(store, 3.0, "192.0.2.1", "c@x.org")] == [(ADDRESS, "192.0.2.1")]
+    # A neighbour in the /24 adds a 4th distinct account: the subnet is blocked.
+    started = fail(store, 4.0, "192.0.2.99", "d@x.org")
+    assert [(b.kind, b.key) for b in started] == [(SUBNET, "192.0.2.0/24")]
+
+
+def test_many_failures_from_one_address_block_it(store: SqliteGuardStore) -> None:
+    cfg_kinds = []
+    for i in range(6):
+        cfg_kinds += [b.kind for b in fail(store, float(i), "192.0.2.1", f"u{i % 2}@x.org", counts=False)]
+    assert cfg_kinds == [ADDRESS]
+
+
+def test_distinct_new_addresses_throttle_the_account(store: SqliteGuardStore) -> None:
+    fail(store, 1.0, "192.0.2.1", ALICE)
+    fail(store, 2.0, "198.51.100.1", ALICE)
+    started = fail(store, 3.0, "203.0.113.1", ALICE)
+    assert {b.kind for b in started} == {THROTTLE, ACCOUNT_NEW}
+
+
+def test_windows_forget_old_failures(store: SqliteGuardStore) -> None:
+    fail(store, 1.0, "192.0.2.1", ALICE)
+    fail(store, 2.0, "192.0.2.1", ALICE)
+    assert fail(store, 2.0 + CFG.lockout_window, "192.0.2.1", ALICE) == []
+
+
+def test_penalty_counts_and_success_resets(store: SqliteGuardStore) -> None:
+    fail(store, 1.0, "192.0.2.1", "a@x.org")
+    fail(store, 2.0, "192.0.2.1", "a@x.org")
+    assert store.snapshot("192.0.2.1", "s", "", 3.0, 900).penalty_failures == 2
+    assert store.snapshot("192.0.2.1", "s", "", 3.0 + 900, 900).penalty_failures == 0
+    store.record_success("192.0.2.1", "a@x.org", 4.0, reset_penalty=True)
+    s = store.snapshot("192.0.2.1", "s", "a@x.org", 5.0, 900)
+    assert (s.penalty_failures, s.known_since) == (0, 4.0)
+
+
+def test_unlock_and_unblock_lift_and_forget(store: SqliteGuardStore) -> None:
+    for i in range(3):
+        fail(store, float(i), "192.0.2.1", ALICE)
+    fail(store, 3.0, "192.0.2.1", "b@x.org")
+    assert [b.kind for b in fail(store, 3.5, "192.0.2.1", "c@x.org")] == [ADDRESS]
+    assert store.unlock_account(ALICE) == 1
+    assert fail(store, 4.0, "192.0.2.1", ALICE) == []  # its failures were forgotten
+    assert store.unblock("192.0.2.1") == 1
+    assert store.active_blocks(5.0) == []
+
+
+def test_state_survives_reopening(tmp_path: Path) -> None:
+    s = SqliteGuardStore(tmp_path / "g.sqlite")
+    for i in range(3):
+        fail(s, float(i), "192.0.2.1", ALICE)
+    s.add_usage(["acct:a"], 10, 1, 2)
+    s.close()
+    s = SqliteGuardStore(tmp_path / "g.sqlite")
+    try:
+        assert [b.kind for b in s.active_blocks(4.0)] == [ACCOUNT_NEW]
+        assert s.usage(["acct:a", "acct:b"], 0) == {"acct:a": (1, 2), "acct:b": (0, 0)}
+    finally:
+        s.close()
+
+
+def test_prune_keeps_what_windows_need(store: SqliteGuardStore) -> None:
+    fail(store, 1.0, "192.0.2.1", ALICE)
+    store.prune(1.0 + 100, keep_seconds=50)
+    assert store.snapshot("192.0.2.1", "s", ALICE, 102.0, 900).penalty_failures == 0
+
+
+def test_unusable_file_is_guard_store_error(tmp_path: Path) -> None:
+    (tmp_path / "g.sqlite").write_bytes(b"not a database" * 100)
+    with pytest.raises(GuardStoreError):
+        SqliteGuardStore(tmp_path / "g.sqlite")
+
+
+# --- the async front -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def guard(tmp_path: Path) -> AsyncIterator[tuple[Guard, Clock]]:
+    clock = Clock()
+    g = Guard(SqliteGuardStore(tmp_path / "guard.sqlite"), CFG, clock=clock)
+    yield g, clock
+    await g.close()
+
+
+async def test_check_penalty_lock_and_known_owner(guard: tuple[Guard, Clock]) -> None:
+    g, clock = guard
+    owner = await g.check("192.0.2.50", ALICE)
+    await g.success(owner, ALICE)
+    delays = []
+    for _ in range(3):
+        c = await g.check("203.0.113.9", ALICE)
+        assert c.refusal is None
+        delays.append(c.delay)
+        await g.failure(c, counts_account=True)
+        clock.now += 1
+    assert delays == [0.0, 0.5, 1.0]
+    refused = await g.check("203.0.113.9", "alice@EXAMPLE.org")  # same account, other spelling
+    assert refused.refusal is not None and refused.refusal.kind == ACCOUNT_NEW
+    assert refused.delay == CFG.penalty_max  # refusals are tarpitted
+    assert (await g.check("192.0.2.50", ALICE)).refusal is None  # the owner's known address
+    assert (await g.failure(refused, counts_account=True)) == []  # refusals are not counted
+
+
+async def test_allowlisted_addresses_are_invisible(tmp_path: Path) -> None:
+    g = Guard(SqliteGuardStore(tmp_path / "g.sqlite"), CFG.model_copy(update={"allowlist": ["10.0.0.0/8"]}))
+    try:
+        for i in range(10):
+            c = await g.check("10.1.2.3", f"u{i}@x.org")
+            assert c.allowlisted and c.delay == 0
+            await g.failure(c, counts_account=True)
+        assert g.store.active_blocks(2e9 - 1) == []
+    finally:
+        await g.close()
+
+
+class BrokenStore(SqliteGuardStore):
+    def snapshot(self, *a: object, **k: object) -> Snapshot:
+        raise GuardStoreError("disk on fire")
+
+    def record_failure(self, *a: object, **k: object) -> list[Block]:
+        raise GuardStoreError("disk on fire")
+
+
+async def test_database_fault_fails_open(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    g = Guard(BrokenStore(tmp_path / "g.sqlite"), CFG)
+    try:
+        c = await g.check("192.0.2.1", ALICE)
+        assert c.refusal is None and c.delay == 0
+        assert await g.failure(c, counts_account=True) == []
+        assert g.stats.faults == 2 and "failing open" in caplog.text
+    finally:
+        await g.close()
+
+
+async def test_checks_do_not_block_the_event_loop(guard: tuple[Guard, Clock]) -> None:
+    """Other coroutines keep running while the guard works (its SQL runs in a thread)."""
+    g, _ = guard
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(ticker())
+    for i in range(20):
+        c: GuardCheck = await g.check("192.0.2.1", f"u{i}@x.org")
+        await g.failure(c, counts_account=True)
+    task.cancel()
+    assert ticks > 20

@@ -1,0 +1,116 @@
+"""CLI pieces: durations, the admin log as the CLI writes it, guard list/unblock, app passwords."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from smtpgate.auth.guard import thresholds
+from smtpgate.auth.guard_store import Failure, SqliteGuardStore
+from smtpgate.cli.main import cli
+from smtpgate.config import GuardConfig
+from smtpgate.policy.timespec import format_duration, parse_duration
+
+CONFIG = """\
+hostname = "mx.example.org"
+[[listeners]]
+name = "submission"
+address = "127.0.0.1:5870"
+tls = "starttls"
+[tls]
+cert = "c.pem"
+key = "k.pem"
+[accounts]
+argon2_memory_kib = 8192
+argon2_time_cost = 1
+"""
+ALICE = "alice@example.org"
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("90", 90), ("90s", 90), ("30m", 1800), ("24h", 86400),
+                                               ("7d", 604800), ("2w", 1209600), ("1.5h", 5400)])
+def test_parse_duration(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("bad", ["", "h", "-1d", "3y", "1 d d"])
+def test_parse_duration_refuses(bad: str) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(bad)
+
+
+def test_format_duration() -> None:
+    assert [format_duration(s) for s in (5, 600, 7200 * 3, 86400 * 10, -60)] == ["5s", "10m", "6h", "10d", "-60s"]
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    (tmp_path / "c.pem").write_text("x")
+    (tmp_path / "k.pem").write_text("x")
+    path = tmp_path / "smtpgate.toml"
+    path.write_text(CONFIG)
+    r = run(path, "user", "add", ALICE, "--password-stdin", input="Winter-Plum-Kettle-42\n")
+    assert r.exit_code == 0, r.output
+    return path
+
+
+def run(config: Path, *args: str, input: str | None = None) -> Result:
+    return CliRunner().invoke(cli, [*args, "--config", str(config)], input=input)
+
+
+def test_admin_log_names_the_os_user_and_the_command(config: Path) -> None:
+    run(config, "user", "alias", "add", ALICE, "info@example.org")
+    r = run(config, "admin-log", "--json")
+    rows = [json.loads(x) for x in r.output.splitlines()]
+    assert [(x["action"], x["command"]) for x in rows] == [
+        ("account created", "smtpgate user add"), ("alias added", "smtpgate user alias add")
+    ]
+    assert {x["os_user"] for x in rows} == {getpass.getuser()}
+    assert "Winter-Plum" not in r.output
+    assert "alias added" in run(config, "admin-log", "--since", "1h").output
+    assert run(config, "admin-log", "--since", "soon").exit_code == 2
+
+
+def test_app_password_cli_prints_once_and_lists_without_secret(config: Path) -> None:
+    r = run(config, "app-password", "add", ALICE, "phone", "--scope", "net:10.0.0.0/8",
+            "--scope", "mech:login", "--expires", "30d", "--messages-per-hour", "5")
+    assert r.exit_code == 0, r.output
+    secret = r.output.split(": ", 1)[1].split()[0]
+    listed = run(config, "app-password", "list", "--json").output
+    assert secret not in listed
+    row = json.loads(listed)
+    assert (row["networks"], row["mechanisms"], row["max_messages_per_hour"]) == (["10.0.0.0/8"], ["LOGIN"], 5)
+    assert run(config, "app-password", "add", ALICE, "phone").exit_code == 1  # name taken
+    assert run(config, "app-password", "add", ALICE, "x", "--scope", "bogus").exit_code == 2
+    assert run(config, "app-password", "revoke", ALICE, "phone").exit_code == 0
+    assert run(config, "app-password", "revoke", ALICE, "phone").exit_code == 1
+
+
+def test_guard_list_unblock_and_user_unlock(config: Path) -> None:
+    g = SqliteGuardStore(config.parent / "guard.sqlite")
+    t = thresholds(GuardConfig(lockout_threshold=1, spray_accounts=2))
+    now = time.time()
+    g.record_failure(Failure(now, "192.0.2.1", "192.0.2.0/24", ALICE, False, True), t)
+    g.record_failure(Failure(now, "192.0.2.1", "192.0.2.0/24", "b@x.org", False, False), t)
+    g.close()
+    rows = [json.loads(x) for x in run(config, "guard", "list", "--json").output.splitlines()]
+    assert sorted((x["kind"], x["key"]) for x in rows) == [("account-new", ALICE), ("address", "192.0.2.1")]
+    assert "lifted 1 block(s) of 192.0.2.1" in run(config, "guard", "unblock", "192.0.2.1").output
+    assert "unlocked account" in run(config, "user", "unlock", ALICE).output
+    assert "no blocks or lockouts in force" in run(config, "guard", "list").output
+    actions = [json.loads(x)["action"] for x in run(config, "admin-log", "--json").output.splitlines()]
+    assert actions[-2:] == ["guard block lifted", "guard lockout lifted"]
+
+
+def test_user_show_and_limits(config: Path) -> None:
+    assert run(config, "user", "limits", ALICE, "--messages-per-hour", "7").exit_code == 0
+    assert run(config, "user", "limits", ALICE, "--messages-per-hour", "lots").exit_code == 2
+    assert run(config, "user", "max-age", ALICE, "90d").exit_code == 0
+    assert run(config, "user", "access", ALICE, "--listener", "nope").exit_code == 2
+    shown = json.loads(run(config, "user", "show", ALICE, "--json").output)
+    assert shown["max_messages_per_hour"] == 7 and shown["password_expires"] is not None

@@ -1,0 +1,74 @@
+"""The password policy of `smtpgate user add/passwd`: length, account name, zxcvbn."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from smtpgate.auth.passwords import PasswordPolicyError
+from smtpgate.cli.main import cli
+from smtpgate.config import PasswordsConfig
+from smtpgate.policy.passwords import check_password_policy
+
+DEFAULT = PasswordsConfig()
+USER = "alice@example.org"
+
+
+@pytest.mark.parametrize(
+    ("password", "why"),
+    [
+        ("short1!", "shorter than 12"),
+        ("password1234", "too weak"),  # on every breach list
+        ("qwertyuiop123", "too weak"),  # keyboard walk
+        ("aaaaaaaaaaaaaaaa", "too weak"),  # repetition
+        ("alice@example.org!", "account name"),
+        ("xxALICE-2024-long", "account name"),  # the local part, any case
+        ("", "empty"),
+        ("nul\0in-a-long-password", "NUL"),
+    ],
+)
+def test_weak_passwords_are_refused_with_a_reason(password: str, why: str) -> None:
+    with pytest.raises(PasswordPolicyError, match=why):
+        check_password_policy(password, USER, DEFAULT)
+
+
+@pytest.mark.parametrize("password", ["correct horse battery", "Winter-Plum-Kettle-42", "t7#Kq!v9Lm2$xZ"])
+def test_strong_passwords_pass(password: str) -> None:
+    check_password_policy(password, USER, DEFAULT)
+
+
+def test_each_rule_can_be_relaxed() -> None:
+    lax = PasswordsConfig(min_length=1, min_strength=0, reject_username=False)
+    check_password_policy("alice", USER, lax)
+    check_password_policy("password1234", USER, PasswordsConfig(min_strength=0))
+
+
+def test_zxcvbn_knows_the_account_name() -> None:
+    """user_inputs: a password built from the account's own words scores low."""
+    strict = PasswordsConfig(reject_username=False, min_strength=4)
+    check_password_policy("examplebob2024!", "carol@other.test", strict)  # scores 4
+    with pytest.raises(PasswordPolicyError, match="too weak"):
+        check_password_policy("examplebob2024!", "bob@example.org", strict)  # scores 3
+
+
+def test_cli_add_and_passwd_apply_the_policy(tmp_path: Path) -> None:
+    (tmp_path / "c.pem").write_text("x")
+    (tmp_path / "k.pem").write_text("x")
+    cfg = tmp_path / "smtpgate.toml"
+    cfg.write_text(
+        'hostname = "mx.example.org"\n[[listeners]]\nname = "s"\naddress = "127.0.0.1:5870"\n'
+        'tls = "starttls"\n[tls]\ncert = "c.pem"\nkey = "k.pem"\n[accounts]\n'
+        "argon2_memory_kib = 8192\nargon2_time_cost = 1\n"
+    )
+
+    def run(*args: str, stdin: str) -> tuple[int, str]:
+        r = CliRunner().invoke(cli, ["user", *args, "--password-stdin", "--config", str(cfg)], input=stdin)
+        return r.exit_code, r.output + r.stderr
+
+    code, out = run("add", USER, stdin="password1234\n")
+    assert code == 1 and "too weak" in out and "hint: choose another password" in out
+    assert run("add", USER, stdin="Winter-Plum-Kettle-42\n")[0] == 0
+    code, out = run("passwd", USER, stdin="alice-alice-alice\n")
+    assert code == 1 and "account name" in out

@@ -1,0 +1,60 @@
+"""Report figures from a known list of auth-log records."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+from smtpgate.policy.report import Thresholds, build_report, read_records
+
+
+def rec(t: str, ip: str, user: str, result: str, mech: str = "PLAIN", reason: str = "") -> dict[str, object]:
+    return {"time": f"2026-01-01T{t}.000Z", "listener": "submission", "client_ip": ip, "client_port": 1,
+            "tls": "TLSv1.3", "mechanism": mech, "username": user, "result": result,
+            "reason": reason, "session": "s"}
+
+
+RECORDS = [
+    rec("00:00:00", "192.0.2.1", "old@x.org", "failure"),  # before --since
+    rec("10:00:00", "192.0.2.1", "a@x.org", "success"),
+    rec("10:00:01", "192.0.2.1", "a@x.org", "success", "SCRAM-SHA-256"),
+    rec("10:00:02", "192.0.2.2", "b@x.org", "success", "LOGIN", "app password 'phone'"),
+    rec("10:00:03", "192.0.2.2", "b@x.org", "success", "CRAM-MD5"),
+    *[rec(f"10:01:0{i}", "198.51.100.7", "a@x.org", "failure", reason="bad password") for i in range(3)],
+    *[rec(f"10:02:0{i}", "203.0.113.5", f"u{i}@x.org", "failure", reason="unknown user") for i in range(4)],
+    rec("10:03:00", "203.0.113.5", "u9@x.org", "tempfail", reason="blocked: address blocked until x"),
+    rec("10:03:01", "192.0.2.3", "c@x.org", "tempfail", reason="account database: disk I/O error"),
+    rec("10:03:02", "192.0.2.3", "c@x.org", "cancelled", reason="client cancelled"),
+    rec("10:03:03", "192.0.2.4", "", "failure", reason="PLAIN: invalid base64"),
+]
+
+
+def test_exact_figures() -> None:
+    r = build_report(RECORDS, since=datetime(2026, 1, 1, 1, tzinfo=UTC),
+                     thresholds=Thresholds(brute_force_failures=3, spray_accounts=4))
+    assert r["totals"] == {"attempts": 15, "success": 4, "failure": 8, "blocked": 1,
+                           "tempfail": 1, "cancelled": 1}
+    assert r["accounts"]["a@x.org"] == {"success": 2, "failure": 3, "blocked": 0}
+    assert r["accounts"]["u9@x.org"] == {"success": 0, "failure": 0, "blocked": 1}
+    assert "old@x.org" not in r["accounts"] and "" not in r["accounts"]
+    assert r["mechanisms"] == {"CRAM-MD5": 1, "LOGIN": 1, "PLAIN": 1, "SCRAM-SHA-256": 1}
+    assert r["legacy_mechanism_users"] == {"a@x.org": ["PLAIN"], "b@x.org": ["CRAM-MD5", "LOGIN"]}
+    assert r["app_password_logins"] == {"b@x.org": {"phone": 1}}
+    assert r["top_failing_addresses"] == [
+        {"address": "203.0.113.5", "failures": 4, "accounts": 4},
+        {"address": "198.51.100.7", "failures": 3, "accounts": 1},
+        {"address": "192.0.2.4", "failures": 1, "accounts": 0},
+    ]
+    assert r["episodes"]["brute_force"] == [{
+        "address": "198.51.100.7", "account": "a@x.org", "failures": 3,
+        "first": "2026-01-01T10:01:00.000Z", "last": "2026-01-01T10:01:02.000Z",
+    }]
+    assert [(e["address"], e["accounts"]) for e in r["episodes"]["spraying"]] == [("203.0.113.5", 4)]
+    assert r["first_record"] == "2026-01-01T10:00:00.000Z"
+
+
+def test_read_records_skips_garbage(tmp_path: Path) -> None:
+    log = tmp_path / "auth.log"
+    log.write_text(json.dumps(RECORDS[1]) + "\nnot json\n[1, 2]\n" + json.dumps(RECORDS[2]) + "\n")
+    assert list(read_records([log, tmp_path / "missing.log"])) == RECORDS[1:3]

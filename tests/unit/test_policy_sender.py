@@ -1,0 +1,50 @@
+"""Sender ownership: own address, aliases, granted domains; From header parsing."""
+
+from __future__ import annotations
+
+import pytest
+
+from smtpgate.policy.sender import SenderProfile, header_from_addresses
+
+P = SenderProfile(
+    "alice@example.org", aliases=frozenset({"info@example.org"}), domains=frozenset({"example.net"})
+)
+
+
+@pytest.mark.parametrize(
+    ("address", "owned"),
+    [
+        ("alice@example.org", True),
+        ("alice@EXAMPLE.ORG", True),  # RFC 5321 §2.4: the domain is case-insensitive
+        ("Alice@example.org", False),  # ... the local part is not
+        ("info@example.org", True),
+        ("anyone@example.net", True),
+        ("anyone@Example.NET", True),
+        ("anyone@sub.example.net", False),  # a grant is for the domain itself
+        ("bob@example.org", False),
+        ("not an address", False),
+        ("", False),
+    ],
+)
+def test_owns(address: str, owned: bool) -> None:
+    assert P.owns(address) is owned
+
+
+@pytest.mark.parametrize(
+    ("message", "addresses"),
+    [
+        (b"From: Alice <alice@example.org>\r\nTo: x@y\r\n\r\nFrom: bob@example.org\r\n", ["alice@example.org"]),
+        (b"Subject: none\r\n\r\nbody", None),
+        (b"From: a@x.org, \"B, C\" <b@x.org>\r\n\r\n", ["a@x.org", "b@x.org"]),
+        (b"From: a@x.org\r\nFrom: b@x.org\r\n\r\n", ["a@x.org", "b@x.org"]),
+        (b"FROM:\r\n  folded@x.org\r\n\r\n", ["folded@x.org"]),
+        (b"From: =?utf-8?q?Bob?= <bob@x.org>\r\n\r\n", ["bob@x.org"]),
+    ],
+)
+def test_header_from_addresses(message: bytes, addresses: list[str] | None) -> None:
+    assert header_from_addresses(message) == addresses
+
+
+def test_an_unreadable_from_owns_nothing() -> None:
+    got = header_from_addresses(b"From: <<<\r\n\r\n")
+    assert got is not None and not any(P.owns(a) for a in got)

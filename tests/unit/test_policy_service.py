@@ -1,0 +1,172 @@
+"""The auth service's account policy: conditional access, expiry, app passwords,
+refusal classes for the guard, sender profiles; and the rate limiter."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from smtpgate.auth.authlog import AuthLog
+from smtpgate.auth.guard import Guard
+from smtpgate.auth.guard_store import SqliteGuardStore
+from smtpgate.auth.service import (
+    REFUSED_EXPIRED,
+    REFUSED_LOCKED,
+    REFUSED_POLICY,
+    AuthContext,
+    AuthService,
+    Resolution,
+)
+from smtpgate.auth.store import SqliteAccountStore
+from smtpgate.config import AccountsConfig, AuthConfig, GuardConfig, LimitsConfig, PasswordsConfig
+from smtpgate.policy.rates import RateLimiter
+from smtpgate.policy.sender import SenderProfile
+from smtpgate.sasl.base import (
+    ConfirmIdentity,
+    LookupScram,
+    NotFound,
+    ScramCredentials,
+    Verdict,
+    VerifyPassword,
+)
+
+CFG = AccountsConfig(argon2_memory_kib=8192, argon2_time_cost=1, argon2_parallelism=1,
+                     scram_iterations=4096)
+ALICE = "alice@example.org"
+
+
+def ctx(ip: str = "192.0.2.7", listener: str = "submission") -> AuthContext:
+    return AuthContext(listener, ip, 5000, "TLSv1.3", "s")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SqliteAccountStore:
+    s = SqliteAccountStore(tmp_path / "a.sqlite", CFG)
+    s.add_account(ALICE, "pencil")
+    return s
+
+
+@pytest.fixture
+async def svc(store: SqliteAccountStore, tmp_path: Path) -> AsyncIterator[AuthService]:
+    s = AuthService(store, CFG, AuthConfig(), AuthLog(tmp_path / "auth.log"),
+                    passwords_cfg=PasswordsConfig(max_age_days=30))
+    yield s
+    await s.close()
+
+
+async def plain(svc: AuthService, pw: str = "pencil", c: AuthContext | None = None,
+                mech: str = "PLAIN") -> Resolution:
+    return await svc.resolve_detailed(VerifyPassword(ALICE, pw, mechanism=mech), c or ctx())
+
+
+async def test_networks_listeners_and_require_oauth(svc: AuthService, store: SqliteAccountStore) -> None:
+    store.set_access(ALICE, networks=["192.0.2.0/24", "2001:db8::/32"])
+    assert (await plain(svc)).answer == Verdict(ok=True, identity=ALICE)
+    assert (await plain(svc, c=ctx("2001:db8::5"))).answer.ok  # type: ignore[union-attr]
+    r = await plain(svc, c=ctx("198.51.100.1"))
+    assert r.refusal == REFUSED_POLICY
+    assert r.answer == Verdict(ok=False, reason="access policy: address 198.51.100.1 not in the account's networks")
+    # The password is not even checked: a wrong one gets the same answer.
+    assert (await plain(svc, "wrong", c=ctx("198.51.100.1"))).answer == r.answer
+    store.set_access(ALICE, networks=None, listeners=["submission"])
+    assert (await plain(svc, c=ctx(listener="submissions"))).refusal == REFUSED_POLICY
+    store.set_access(ALICE, listeners=None, require_oauth=True)
+    r = await plain(svc)
+    assert r.refusal == REFUSED_POLICY and "requires OAuth" in r.answer.reason  # type: ignore[union-attr]
+    r = await svc.resolve_detailed(LookupScram(ALICE, "sha256", "SCRAM-SHA-256"), ctx())
+    assert isinstance(r.answer, NotFound) and r.refusal == REFUSED_POLICY
+
+
+async def test_expired_password_refused_for_plain_and_scram(svc: AuthService, store: SqliteAccountStore) -> None:
+    store.schedule_password_expiry(ALICE, datetime.now(UTC) - timedelta(seconds=1))
+    r = await plain(svc)
+    assert r.refusal == REFUSED_EXPIRED and r.answer.reason.startswith("password expired at ")  # type: ignore[union-attr]
+    r = await svc.resolve_detailed(LookupScram(ALICE, "sha256", "SCRAM-SHA-256"), ctx())
+    assert r.refusal == REFUSED_EXPIRED and isinstance(r.answer, NotFound)
+    store.set_password(ALICE, "pencil2")
+    assert (await plain(svc, "pencil2")).answer.ok  # type: ignore[union-attr]
+    r2 = await svc.resolve_detailed(LookupScram(ALICE, "sha256", "SCRAM-SHA-256"), ctx())
+    assert isinstance(r2.answer, ScramCredentials)
+
+
+async def test_global_max_age(svc: AuthService, store: SqliteAccountStore) -> None:
+    store._conn().execute("UPDATE accounts SET password_changed = '2000-01-01T00:00:00.000000Z'")
+    assert (await plain(svc)).refusal == REFUSED_EXPIRED
+    store.set_password_max_age(ALICE, 0)  # this account: never
+    assert (await plain(svc)).answer.ok  # type: ignore[union-attr]
+
+
+async def test_admin_lock_is_its_own_class(svc: AuthService, store: SqliteAccountStore) -> None:
+    store.lock(ALICE, "phished")
+    assert (await plain(svc)).refusal == REFUSED_LOCKED
+    r = await svc.resolve_detailed(ConfirmIdentity(ALICE, "SCRAM-SHA-256"), ctx())
+    assert r.refusal == REFUSED_LOCKED
+
+
+async def test_wrong_password_has_no_refusal_class(svc: AuthService) -> None:
+    r = await plain(svc, "wrong")
+    assert r.refusal is None and r.answer == Verdict(ok=False, reason="bad password")
+
+
+async def test_app_password_login_scope_and_expiry(svc: AuthService, store: SqliteAccountStore) -> None:
+    rec, secret = store.add_app_password(ALICE, "laptop", networks=["192.0.2.0/24"], mechanisms=["LOGIN"])
+    r = await plain(svc, secret, mech="LOGIN")
+    assert r.answer == Verdict(ok=True, identity=ALICE) and r.app_password == rec
+    r = await plain(svc, secret, mech="PLAIN")
+    assert r.refusal == REFUSED_POLICY and "not allowed with PLAIN" in r.answer.reason  # type: ignore[union-attr]
+    r = await plain(svc, secret, c=ctx("198.51.100.1"), mech="LOGIN")
+    assert r.refusal == REFUSED_POLICY
+    # An app password keeps working when the account password has expired.
+    store.schedule_password_expiry(ALICE, datetime.now(UTC) - timedelta(seconds=1))
+    assert (await plain(svc, secret, mech="LOGIN")).answer.ok  # type: ignore[union-attr]
+    store.expire_app_password(ALICE, "laptop", datetime.now(UTC) - timedelta(seconds=1))
+    r = await plain(svc, secret, mech="LOGIN")
+    assert r.refusal == REFUSED_EXPIRED and r.answer.reason == "app password 'laptop' expired"  # type: ignore[union-attr]
+    await svc.flush()
+    assert store.app_passwords(ALICE)[0].last_address == "192.0.2.7"
+
+
+async def test_sender_profile(svc: AuthService, store: SqliteAccountStore) -> None:
+    store.add_alias(ALICE, "info@example.org")
+    store.grant_domain(ALICE, "example.net")
+    store.set_rate_limits(ALICE, messages_per_hour=7)
+    p = await svc.sender_profile(ALICE)
+    assert p == SenderProfile(ALICE, frozenset({"info@example.org"}), frozenset({"example.net"}), 7, None)
+
+
+class Clock:
+    now = 3_600_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_rate_limiter_budget_sliding_hour_and_app_limits(tmp_path: Path) -> None:
+    clock = Clock()
+    guard = Guard(SqliteGuardStore(tmp_path / "g.sqlite"), GuardConfig(), clock=clock)
+    rates = RateLimiter(guard, LimitsConfig(messages_per_hour=3, recipients_per_hour=10), clock=clock)
+    try:
+        profile = SenderProfile(ALICE)
+        b = await rates.budget(profile, None)
+        assert (b.messages_left, b.recipients_left, b.keys) == (3, 10, (f"acct:{ALICE}",))
+        await rates.count(b.keys, 1, 4)
+        clock.now += 1800
+        await rates.count(b.keys, 1, 4)
+        b = await rates.budget(profile, None)
+        assert (b.messages_left, b.recipients_left) == (1, 2)
+        clock.now += 1800 + 60  # the first message left the window
+        b = await rates.budget(profile, None)
+        assert (b.messages_left, b.recipients_left) == (2, 6)
+        # An account override of 0 is unlimited; an app password's own limit applies.
+        from smtpgate.auth.store import AppPassword
+
+        app = AppPassword(9, ALICE, "x", datetime.now(UTC), None, None, None, 1, None, None, None)
+        b = await rates.budget(SenderProfile(ALICE, max_messages_per_hour=0, max_recipients_per_hour=0), app)
+        assert (b.messages_left, b.recipients_left) == (1, None)
+        b = await rates.budget(SenderProfile(ALICE, max_messages_per_hour=0, max_recipients_per_hour=0), None)
+        assert (b.messages_left, b.recipients_left) == (None, None)
+    finally:
+        await guard.close()

@@ -1,0 +1,160 @@
+"""Account store additions: migration, aliases, domains, app passwords, expiry, admin log."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from smtpgate.auth.names import InvalidAccountName
+from smtpgate.auth.store import (
+    APP_PASSWORD_RE,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    AccountExists,
+    AliasTaken,
+    AuditActor,
+    NoSuchAccount,
+    SqliteAccountStore,
+    generate_app_password,
+)
+from smtpgate.config import AccountsConfig
+
+CFG = AccountsConfig(argon2_memory_kib=8192, argon2_time_cost=1, argon2_parallelism=1,
+                     scram_iterations=4096)
+ALICE = "alice@example.org"
+ACTOR = AuditActor("ops", "smtpgate test")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SqliteAccountStore:
+    s = SqliteAccountStore(tmp_path / "a.sqlite", CFG, actor=ACTOR)
+    s.add_account(ALICE, "pencil")
+    s.add_account("bob@example.org", "crayon")
+    return s
+
+
+def test_version_1_database_is_migrated_keeping_accounts(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY NOT NULL, applied TEXT NOT NULL)")
+    for stmt in MIGRATIONS[0]:
+        conn.execute(stmt)
+    conn.execute("INSERT INTO schema_version VALUES (1, 'x')")
+    conn.execute("INSERT INTO accounts (name, created, updated) VALUES "
+                 "('old@example.org', '2020-01-01T00:00:00.000000Z', '2020-01-01T00:00:00.000000Z')")
+    conn.commit()
+    conn.close()
+    s = SqliteAccountStore(path, CFG)
+    try:
+        a = s.get_account("old@example.org")
+        assert a is not None and a.allowed_networks is None and a.require_oauth is False
+        assert s.aliases("old@example.org") == [] and s.app_passwords() == []
+        version = s._conn().execute("SELECT MAX(version) FROM schema_version").fetchone()[0]
+        assert version == SCHEMA_VERSION == 2
+    finally:
+        s.close()
+
+
+def test_aliases_are_unique_and_never_an_account(store: SqliteAccountStore) -> None:
+    store.add_alias(ALICE, "Info@EXAMPLE.org")
+    store.add_alias(ALICE, "Info@example.org")  # idempotent
+    assert store.aliases(ALICE) == ["Info@example.org"]
+    with pytest.raises(AliasTaken, match="already an alias of alice"):
+        store.add_alias("bob@example.org", "Info@example.org")
+    with pytest.raises(AliasTaken, match="account of its own"):
+        store.add_alias(ALICE, "bob@example.org")
+    with pytest.raises(InvalidAccountName):
+        store.add_alias(ALICE, "no-at-sign")
+    with pytest.raises(NoSuchAccount):
+        store.add_alias("nobody@example.org", "x@example.org")
+    assert store.remove_alias(ALICE, "Info@example.org") is True
+    assert store.remove_alias(ALICE, "Info@example.org") is False
+
+
+def test_granted_domains(store: SqliteAccountStore) -> None:
+    store.grant_domain(ALICE, "@Example.NET")
+    store.grant_domain(ALICE, "example.net")
+    assert store.granted_domains(ALICE) == ["example.net"]
+    assert store.revoke_domain(ALICE, "EXAMPLE.net") is True
+    assert store.granted_domains(ALICE) == []
+
+
+def test_app_passwords_are_random_hashed_and_matched(store: SqliteAccountStore) -> None:
+    rec, secret = store.add_app_password(ALICE, "laptop", networks=["10.1.2.3/8"], mechanisms=["plain"])
+    assert APP_PASSWORD_RE.fullmatch(secret) and APP_PASSWORD_RE.fullmatch(generate_app_password())
+    assert rec.networks == ("10.0.0.0/8",) and rec.mechanisms == frozenset({"PLAIN"})
+    raw = store._conn().execute("SELECT * FROM app_passwords").fetchone()
+    assert secret not in [str(v) for v in raw]
+    assert store.match_app_password(ALICE, secret) == rec
+    assert store.match_app_password("bob@example.org", secret) is None
+    assert store.match_app_password(ALICE, generate_app_password()) is None
+    with pytest.raises(AccountExists):
+        store.add_app_password(ALICE, "laptop")
+    with pytest.raises(ValueError, match="PLAIN and LOGIN only"):
+        store.add_app_password(ALICE, "x", mechanisms=["SCRAM-SHA-256"])
+    store.record_app_password_use(rec.id, datetime.now(UTC), "10.9.9.9")
+    assert store.app_passwords(ALICE)[0].last_address == "10.9.9.9"
+    assert store.revoke_app_password(ALICE, "laptop") is True
+    assert store.match_app_password(ALICE, secret) is None
+    store.remove_account("bob@example.org")
+
+
+def test_expire_app_password_only_sooner_and_rename(store: SqliteAccountStore) -> None:
+    soon = datetime.now(UTC) + timedelta(days=1)
+    store.add_app_password(ALICE, "phone", expires=soon)
+    store.expire_app_password(ALICE, "phone", soon + timedelta(days=5), rename_to="phone (old)")
+    (p,) = store.app_passwords(ALICE)
+    assert p.name == "phone (old)" and p.expires is not None
+    assert abs((p.expires - soon).total_seconds()) < 1
+
+
+def test_password_expiry_from_max_age_and_rotation(store: SqliteAccountStore) -> None:
+    a = store.get_account(ALICE)
+    assert a is not None and a.password_changed is not None
+    assert a.password_expiry(0) is None
+    assert a.password_expiry(30) == a.password_changed + timedelta(days=30)
+    store.set_password_max_age(ALICE, 0)  # never, whatever the default
+    a = store.get_account(ALICE)
+    assert a is not None and a.password_expiry(30) is None
+    when = datetime.now(UTC) + timedelta(hours=1)
+    store.schedule_password_expiry(ALICE, when)
+    a = store.get_account(ALICE)
+    assert a is not None and a.password_expiry(0) is not None
+    store.set_password(ALICE, "a new password")  # a new password ends the schedule
+    a = store.get_account(ALICE)
+    assert a is not None and a.password_expires is None
+
+
+def test_every_admin_change_is_logged_without_secrets(store: SqliteAccountStore) -> None:
+    store.set_password(ALICE, "s3cret-new-password")
+    store.lock(ALICE, "phished")
+    store.unlock(ALICE)
+    store.add_alias(ALICE, "info@example.org")
+    store.grant_domain(ALICE, "example.net")
+    store.set_access(ALICE, networks=["192.0.2.0/24"], require_oauth=True)
+    store.set_rate_limits(ALICE, messages_per_hour=5)
+    _, secret = store.add_app_password(ALICE, "laptop")
+    store.revoke_app_password(ALICE, "laptop")
+    store.audit("guard lockout lifted", ALICE, {"blocks": 1})
+    entries = store.admin_log(target=ALICE)
+    assert [e.action for e in entries] == [
+        "account created", "password changed", "account locked", "account unlocked",
+        "alias added", "domain granted", "access changed", "rate limits changed",
+        "app password added", "app password revoked", "guard lockout lifted",
+    ]
+    assert {(e.os_user, e.command) for e in entries} == {("ops", "smtpgate test")}
+    dump = "\n".join(str(e) for e in store.admin_log())
+    assert "s3cret-new-password" not in dump and secret not in dump and "pencil" not in dump
+    assert entries[1].details == {"password": "changed"}
+    assert entries[6].details == {"networks": ["192.0.2.0/24"], "require_oauth": True}
+    assert len(store.admin_log(limit=2)) == 2
+    assert store.admin_log(since=datetime.now(UTC) + timedelta(hours=1)) == []
+
+
+def test_bookkeeping_writes_are_not_audited(store: SqliteAccountStore) -> None:
+    before = len(store.admin_log())
+    store.record_login(ALICE, "PLAIN", datetime.now(UTC))
+    assert len(store.admin_log()) == before

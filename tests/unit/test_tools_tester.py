@@ -1,0 +1,214 @@
+"""``smtpgate test`` against scripted servers: each way a session can stop, its exit code.
+
+The scripted server answers each line it reads with the next reply of its script
+(reading a whole message after a 354), so every stage can be made to fail in
+turn. The real servers are in tests/integration/test_tester*.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+
+import pytest
+from click.testing import CliRunner
+
+from smtpgate.cli.main import cli
+from smtpgate.cli.tester_cmd import parse_server
+from smtpgate.tools.tester import ExitCode, TesterOptions, run_test
+
+PASSWORD = "pass-Word-123"
+EHLO_PLAIN = b"250-fake.test\r\n250-PIPELINING\r\n250 AUTH PLAIN LOGIN SCRAM-SHA-256\r\n"
+EHLO_NO_AUTH = b"250-fake.test\r\n250 PIPELINING\r\n"
+
+
+class Scripted:
+    """Greets, then answers each line with the next reply; after a 354 it reads the
+    message up to the final dot first."""
+
+    def __init__(self, greeting: bytes, replies: Sequence[bytes]) -> None:
+        self.greeting = greeting
+        self.replies = list(replies)
+        self.received: list[bytes] = []
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(self.greeting)
+        previous = b""
+        try:
+            for reply in self.replies:
+                if previous.startswith(b"354"):
+                    while (line := await reader.readline()) not in (b".\r\n", b""):
+                        self.received.append(line)
+                else:
+                    line = await reader.readline()
+                    if not line:
+                        break
+                    self.received.append(line)
+                writer.write(reply)
+                await writer.drain()
+                previous = reply
+            await reader.read(1024)  # wait for the client to close
+        finally:
+            writer.close()
+
+
+Serve = Callable[[Scripted], Awaitable[int]]
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Serve]:
+    servers: list[asyncio.Server] = []
+
+    async def start(script: Scripted) -> int:
+        server = await asyncio.start_server(script.handle, "127.0.0.1", 0)
+        servers.append(server)
+        return int(server.sockets[0].getsockname()[1])
+
+    yield start
+    for s in servers:
+        s.close()
+        await s.wait_closed()
+
+
+def _opts(port: int, **kw: object) -> TesterOptions:
+    base: dict[str, object] = {"host": "127.0.0.1", "port": port, "tls_mode": "plain",
+                               "timeout": 5.0, "rcpt_to": ("bob@example.net",)}
+    base.update(kw)
+    return TesterOptions(**base)  # type: ignore[arg-type]
+
+
+async def test_full_session_without_tls_succeeds_and_masks(serve: Serve) -> None:
+    script = Scripted(b"220 fake.test ESMTP\r\n", [
+        EHLO_PLAIN, b"235 2.7.0 ok\r\n", b"250 2.1.0 ok\r\n", b"250 2.1.5 ok\r\n",
+        b"354 go\r\n", b"250 2.0.0 queued as X\r\n", b"221 bye\r\n",
+    ])
+    port = await serve(script)
+    report = await run_test(_opts(port, auth="PLAIN", user="alice@example.org",
+                                  password=PASSWORD, body="hello\n.dot"))
+    assert report.exit_code == ExitCode.SUCCESS, report.error
+    assert report.stage == "data"
+    assert report.queued == "250 2.0.0 queued as X"
+    # The password really went to the server (PLAIN initial response) ...
+    assert script.received[1] == b"AUTH PLAIN " + base64.b64encode(
+        f"\0alice@example.org\0{PASSWORD}".encode()) + b"\r\n"
+    # ... dot-stuffed message, and never appears in the transcript or the JSON.
+    assert b"..dot\r\n" in script.received
+    text = "\n".join(report.transcript.lines())
+    assert PASSWORD not in text and PASSWORD not in json.dumps(report.to_json())
+    assert "-> AUTH PLAIN ********" in text
+    assert "warning: PLAIN sends the secret itself" in text
+
+
+@pytest.mark.parametrize(
+    ("greeting", "replies", "opts", "code", "message"),
+    [
+        (b"554 go away\r\n", [], {}, ExitCode.CONNECTION, "refused the session"),
+        (b"HTTP/1.1 400 Bad Request\r\n", [], {}, ExitCode.PROTOCOL, "does not speak SMTP"),
+        (b"220 x\r\n", [b"500 no\r\n", b"500 no\r\n"], {}, ExitCode.PROTOCOL, "EHLO and HELO"),
+        (b"220 x\r\n", [EHLO_NO_AUTH], {"tls_mode": "starttls"}, ExitCode.TLS,
+         "does not offer STARTTLS"),
+        (b"220 x\r\n", [b"250-x\r\n250 STARTTLS\r\n", b"454 4.7.0 no TLS\r\n"],
+         {"tls_mode": "starttls"}, ExitCode.TLS, "STARTTLS refused"),
+        (b"220 x\r\n", [EHLO_PLAIN, b"535 5.7.8 bad\r\n"], {"auth": "PLAIN"},
+         ExitCode.AUTH_REFUSED, "PLAIN refused"),
+        (b"220 x\r\n", [EHLO_PLAIN, b"454 4.7.0 later\r\n"], {"auth": "auto"},
+         ExitCode.AUTH_TEMPFAIL, "temporary failure"),
+        (b"220 x\r\n", [EHLO_NO_AUTH], {"auth": "auto"}, ExitCode.AUTH_REFUSED,
+         "offers no AUTH"),
+        (b"220 x\r\n", [EHLO_PLAIN], {"auth": "CRAM-MD5"}, ExitCode.AUTH_REFUSED,
+         "does not offer CRAM-MD5"),
+        (b"220 x\r\n", [EHLO_PLAIN], {"auth": "DIGEST-MD5"}, ExitCode.ERROR, "not implemented"),
+        # A SCRAM server that says 235 without proving it knows the keys (RFC 5802 §5).
+        (b"220 x\r\n", [EHLO_PLAIN, b"235 2.7.0 ok\r\n"], {"auth": "SCRAM-SHA-256"},
+         ExitCode.AUTH_REFUSED, "not authenticated"),
+        (b"220 x\r\n", [EHLO_PLAIN, b"235 ok\r\n", b"550 5.7.1 not you\r\n"], {"auth": "PLAIN"},
+         ExitCode.MESSAGE_REFUSED, "MAIL refused"),
+        (b"220 x\r\n", [EHLO_PLAIN, b"235 ok\r\n", b"250 ok\r\n", b"550 5.1.1 no such\r\n"],
+         {"auth": "PLAIN"}, ExitCode.MESSAGE_REFUSED, "RCPT refused"),
+        (b"220 x\r\n", [EHLO_PLAIN, b"235 ok\r\n", b"250 ok\r\n", b"250 ok\r\n",
+                        b"354 go\r\n", b"552 5.3.4 too big\r\n"],
+         {"auth": "PLAIN"}, ExitCode.MESSAGE_REFUSED, "refused after DATA"),
+        (b"220 x\r\n", [EHLO_PLAIN, b"235 ok\r\n", b"250 ok\r\n", b"250 ok\r\n",
+                        b"451 4.3.0 later\r\n"],
+         {"auth": "PLAIN"}, ExitCode.MESSAGE_REFUSED, "DATA refused"),
+    ],
+)
+async def test_where_it_stops_is_the_exit_code(
+    serve: Serve, greeting: bytes, replies: list[bytes], opts: dict[str, object], code: ExitCode,
+    message: str,
+) -> None:
+    port = await serve(Scripted(greeting, replies))
+    if "auth" in opts:
+        opts = {"user": "alice@example.org", "password": PASSWORD, **opts}
+    report = await run_test(_opts(port, **opts))
+    assert report.exit_code == code, report.transcript.lines()
+    assert message in report.error
+    assert report.to_json()["outcome"] == report.outcome
+
+
+async def test_connection_refused_is_a_connection_failure() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, never listening: connections are refused
+        report = await run_test(_opts(port))
+    assert report.exit_code == ExitCode.CONNECTION
+    assert "cannot connect" in report.error
+
+
+async def test_silent_server_times_out(serve: Serve) -> None:
+    port = await serve(Scripted(b"", []))
+    report = await run_test(_opts(port, timeout=0.3))
+    assert report.exit_code == ExitCode.CONNECTION
+    assert "timed out" in report.error
+
+
+@pytest.mark.parametrize(("stage", "sent"), [("connect", 1), ("ehlo", 2), ("auth", 3),
+                                             ("mail", 4), ("rcpt", 5)])
+async def test_quit_after(serve: Serve, stage: str, sent: int) -> None:
+    script = Scripted(b"220 x\r\n", [EHLO_PLAIN, b"235 ok\r\n", b"250 ok\r\n", b"250 ok\r\n",
+                                     b"221 bye\r\n"][: sent - 1] + [b"221 bye\r\n"])
+    port = await serve(script)
+    report = await run_test(_opts(port, auth="PLAIN", user="u@example.org", password=PASSWORD,
+                                  quit_after=stage))
+    assert report.exit_code == ExitCode.SUCCESS, report.error
+    assert report.stage == stage
+    assert script.received[-1] == b"QUIT\r\n"
+    assert len(script.received) == sent
+
+
+def test_parse_server() -> None:
+    assert parse_server("mail.example.org", False) == ("mail.example.org", 587)
+    assert parse_server("mail.example.org", True) == ("mail.example.org", 465)
+    assert parse_server("mail.example.org:2525", False) == ("mail.example.org", 2525)
+    assert parse_server("[::1]:25", False) == ("::1", 25)
+    assert parse_server("::1", False) == ("::1", 587)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--server", "x:99999"],
+        ["--server", "x", "--auth", "PLAIN"],  # --auth needs --user
+        ["--server", "x", "--password-stdin", "--password-env", "P"],
+        ["--server", "x", "--data", "f", "--body", "b"],
+        ["--server", "x", "--quit-after", "data"],
+        ["--server", "x", "-u", "a@b", "--password-env", "NOT_SET_ANYWHERE_X"],
+    ],
+)
+def test_usage_errors_exit_2(args: list[str]) -> None:
+    result = CliRunner().invoke(cli, ["test", *args])
+    assert result.exit_code == ExitCode.USAGE, result.output
+
+
+def test_cli_json_for_a_refused_connection() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        result = CliRunner().invoke(cli, ["test", "--server", f"127.0.0.1:{port}", "--json"])
+    assert result.exit_code == ExitCode.CONNECTION
+    record = json.loads(result.output)
+    assert record["outcome"] == "connection-failure" and record["exit_code"] == 3
+    assert record["transcript"][-1]["dir"] == "**"

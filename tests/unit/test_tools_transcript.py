@@ -1,0 +1,65 @@
+"""What a transcript shows of each mechanism's payloads: decoded, secrets masked."""
+
+from __future__ import annotations
+
+import pytest
+
+from smtpgate.sasl.oauth import encode_oauthbearer, encode_xoauth2
+from smtpgate.tools.transcript import MASK, Entry, Masker, Transcript, printable
+
+PASSWORD = "s3cret-pass"
+TOKEN = "eyJhbGciOi.token.sig"
+M = Masker((PASSWORD, TOKEN))
+
+
+@pytest.mark.parametrize(
+    ("mech", "step", "data", "shown"),
+    [
+        # RFC 4616: authzid NUL authcid NUL passwd -> the password goes.
+        ("PLAIN", 0, f"\0alice\0{PASSWORD}".encode(), f"\\0alice\\0{MASK}"),
+        ("PLAIN", 0, f"bob\0alice\0{PASSWORD}".encode(), f"bob\\0alice\\0{MASK}"),
+        # LOGIN: the user name is shown, the password is not.
+        ("LOGIN", 0, b"alice", "alice"),
+        ("LOGIN", 1, PASSWORD.encode(), MASK),
+        # CRAM-MD5 (RFC 2195): the digest allows an offline guess; the name stays.
+        ("CRAM-MD5", 0, b"tim b913a602c7eda7a495b4e6e7334d3890", f"tim {MASK}"),
+        # SCRAM (RFC 5802): the proof allows an offline guess; nonces and c= stay.
+        ("SCRAM-SHA-256", 0, b"n,,n=user,r=rOprNGfwEbeRWgbNEkqO", "n,,n=user,r=rOprNGfwEbeRWgbNEkqO"),
+        ("SCRAM-SHA-256", 1, b"c=biws,r=abc,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=",
+         f"c=biws,r=abc,p={MASK}"),
+        ("OAUTHBEARER", 0, encode_oauthbearer("alice", TOKEN), f"n,a=alice,^Aauth=Bearer {MASK}^A^A"),
+        ("XOAUTH2", 0, encode_xoauth2("alice", TOKEN), f"user=alice^Aauth=Bearer {MASK}^A^A"),
+    ],
+)
+def test_client_payloads_are_masked(mech: str, step: int, data: bytes, shown: str) -> None:
+    text, masked = M.client_sasl(mech, step, data)
+    assert text == shown
+    assert masked == (MASK in shown)
+    assert PASSWORD not in text and TOKEN not in text
+
+
+def test_a_secret_never_shows_whatever_the_mechanism() -> None:
+    # An unexpected place (a LOGIN password sent as the first answer).
+    text, masked = M.client_sasl("LOGIN", 0, PASSWORD.encode())
+    assert text == MASK and masked
+    assert M.text(f"AUTH X {PASSWORD}") == f"AUTH X {MASK}"
+
+
+def test_short_secrets_are_not_used_for_substring_masking() -> None:
+    # A two-letter password would mask every occurrence of those letters.
+    assert Masker(("ab",)).text("abc") == "abc"
+
+
+def test_printable_escapes_controls() -> None:
+    assert printable(b"a\0b\x01c\x02\xff") == "a\\0b^Ac\\x02\\xff"
+
+
+def test_transcript_renders_and_serialises() -> None:
+    seen: list[Entry] = []
+    t = Transcript(listener=seen.append)
+    t.add("send", "EHLO x")
+    t.add("recv", "250 ok", tls=True)
+    t.add("sasl-send", "n,,n=a,r=b")
+    assert t.lines() == ["-> EHLO x", "<- 250 ok", "  > n,,n=a,r=b"]
+    assert t.to_json()[1] == {"dir": "<-", "kind": "recv", "text": "250 ok", "tls": True}
+    assert seen == t.entries

@@ -5,7 +5,7 @@ PYTHON  ?= python3
 BIN     := $(VENV)/bin
 VAR     ?= ./var
 # Debian packages the integration tests drive as real peers.
-DEB_PACKAGES := swaks gsasl msmtp curl openssl socat fail2ban
+DEB_PACKAGES := swaks gsasl msmtp curl openssl socat postfix dovecot-core fail2ban
 
 .PHONY: run test venv test-venv debs lint typecheck bench clean docs
 
@@ -39,6 +39,7 @@ debs:
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing Debian packages:$$missing"; \
+	    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  else \
 	    echo "error: the integration tests need these Debian packages:$$missing"; \

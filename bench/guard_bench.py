@@ -34,7 +34,6 @@ import shutil
 import signal
 import socket
 import ssl
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -90,10 +89,9 @@ def start_server(root: Path, *, guard: bool, password: str) -> Server:
     cfg.write_text(cfg.read_text() + f"\n[guard]\nenabled = {'true' if guard else 'false'}\n")
     subprocess.run([SMTPGATE, "user", "add", USER, "--password-stdin", "--config", str(cfg)],
                    input=password + "\n", text=True, check=True, capture_output=True, timeout=60)
-    log = open(root / "server.log", "ab")
     srv = Server(root, subs)
-    srv.proc = subprocess.Popen([SMTPGATE, "serve", "--config", str(cfg)], stdout=log, stderr=log)
-    log.close()
+    with open(root / "server.log", "ab") as log:
+        srv.proc = subprocess.Popen([SMTPGATE, "serve", "--config", str(cfg)], stdout=log, stderr=log)
     deadline = time.monotonic() + 30
     while True:  # ready when a TLS greeting arrives
         try:

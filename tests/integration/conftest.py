@@ -89,17 +89,34 @@ class Server:
         )
         log.close()
         deadline = time.monotonic() + 30
-        for port in (self.submission, self.submissions):
+        for port, implicit in ((self.submission, False), (self.submissions, True)):
             while True:
                 if self.proc.poll() is not None:
                     raise RuntimeError("server exited:\n" + self.log_text())
+                if self._greets(port, implicit):
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError("server did not listen:\n" + self.log_text())
+                time.sleep(0.05)
+
+    def _greets(self, port: int, implicit: bool) -> bool:
+        """Ready means a real 220 greeting (over TLS on the implicit port): a bare
+        connect can succeed by itself when a loopback port connects to itself."""
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as raw:
+                sock: socket.socket = (
+                    self.client_context().wrap_socket(raw, server_hostname="localhost")
+                    if implicit
+                    else raw
+                )
                 try:
-                    with socket.create_connection(("127.0.0.1", port), timeout=1):
-                        break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise RuntimeError("server did not listen:\n" + self.log_text()) from None
-                    time.sleep(0.05)
+                    ok = sock.recv(100).startswith(b"220 ")
+                    sock.sendall(b"QUIT\r\n")
+                    return ok
+                finally:
+                    sock.close()
+        except (OSError, ssl.SSLError):
+            return False
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
         assert self.proc is not None

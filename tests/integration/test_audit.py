@@ -36,8 +36,7 @@ PASSWORD = "correct horse battery"
 def audit(*args: str, stdin: str | None = None) -> tuple[int, dict[str, Any]]:
     proc = subprocess.run(
         [SMTPGATE, "audit", "--json", "--timeout", "10", "--ehlo", "auditor.test", *args],
-        input=stdin, capture_output=True, text=True, timeout=180,
-    )
+        input=stdin, capture_output=True, text=True, timeout=180, check=False)
     assert proc.stdout, proc.stderr
     return proc.returncode, json.loads(proc.stdout)
 
@@ -134,8 +133,7 @@ def test_text_report_has_tables_fixes_and_a_grade(variants: tuple[Server, dict[s
     proc = subprocess.run(
         [SMTPGATE, "audit", "--ca", str(srv.ca), "--timeout", "10",
          f"127.0.0.1:{srv.submission}", f"smtp://127.0.0.1:{ports['clear']}"],
-        capture_output=True, text=True, timeout=180,
-    )
+        capture_output=True, text=True, timeout=180, check=False)
     assert proc.returncode == 1
     out = proc.stdout
     assert f"127.0.0.1:{srv.submission}  grade A" in out

@@ -177,6 +177,37 @@ def test_brute_force_penalties_grow_lockout_spares_known_address_and_unlock_rest
     assert log["action"] == "guard lockout lifted" and log["command"] == "smtpgate user unlock"
 
 
+def _scram_guess_and_hang_up(server: Server, source: str, password: str) -> str:
+    """SCRAM-SHA-256 with a wrong password; hang up on the server's e= verdict."""
+    import base64
+
+    from scramp import ScramClient
+
+    client = ScramClient(["SCRAM-SHA-256"], USER, password)
+    r = connect(server, source)
+    first = base64.b64encode(client.get_client_first().encode()).decode()
+    reply = r.cmd(f"AUTH SCRAM-SHA-256 {first}")
+    if not reply.startswith("334 "):
+        r.close()
+        return reply
+    client.set_server_first(base64.b64decode(reply[4:]).decode())
+    verdict = r.cmd(base64.b64encode(client.get_client_final().encode()).decode())
+    r.close()  # before the 535
+    return base64.b64decode(verdict[4:]).decode() if verdict.startswith("334 ") else verdict
+
+
+def test_scram_guesses_abandoned_before_the_535_still_count(guarded: Server) -> None:
+    for i in range(LOCKOUT):
+        assert _scram_guess_and_hang_up(guarded, "127.0.0.3", f"guess{i}") == "e=invalid-proof"
+    deadline = time.monotonic() + 10
+    while not guard_blocks(guarded):  # counted after the hang-up, asynchronously
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert login(guarded, "127.0.0.3", USER, PASSWORD) == str(R.AUTH_ACCOUNT_LOCKED)
+    failures = [x for x in auth_log(guarded) if x["result"] == "failure"]
+    assert len(failures) == LOCKOUT and all("connection closed" in str(x["reason"]) for x in failures)
+
+
 def test_spraying_one_password_many_accounts_is_blocked_early(guarded: Server) -> None:
     targets = [USER, BOB, CAROL] + [f"user{i}@example.org" for i in range(7)]
     replies = [login(guarded, "127.0.0.5", name, "Summer2024!") for name in targets]

@@ -1,0 +1,1 @@
+"""Third-party peers the integration tests start themselves: Postfix + Dovecot, aiosmtpd, a toy."""

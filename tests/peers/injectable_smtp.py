@@ -61,7 +61,7 @@ def main() -> None:
                     await writer.start_tls(context)
                     tls = True
                 elif verb == b"AUTH":
-                    reply(b"535 5.7.8 no" if tls else b"530 5.7.0 Must issue a STARTTLS command first")
+                    reply(b"535 5.7.8 No" if tls else b"530 5.7.0 Must issue STARTTLS first")
                 elif verb == b"MAIL":
                     reply(b"530 5.7.0 Authentication required")
                 elif verb == b"RCPT":

@@ -158,7 +158,8 @@ class PostfixDovecot:
         # The daemon keeps inherited pipes open: send its output to a file, not a pipe.
         with open(self.root / "dovecot" / "start.out", "wb") as out:
             proc = subprocess.run(["dovecot", "-c", str(self.dovecot_conf)],
-                                  stdout=out, stderr=out, stdin=subprocess.DEVNULL, timeout=30)
+                                  stdout=out, stderr=out, stdin=subprocess.DEVNULL,
+                                  timeout=30, check=False)
         if proc.returncode != 0:
             raise RuntimeError("dovecot did not start:\n" + self.log())
         sock = self.root / "dovecot" / "auth-postfix"
@@ -174,8 +175,7 @@ class PostfixDovecot:
             proc = subprocess.run(
                 ["script", "-q", "-e", "-c", f"postfix -c {self.postfix_dir / 'etc'} start",
                  "/dev/null"],
-                stdout=out, stderr=out, stdin=subprocess.DEVNULL, timeout=60,
-            )
+                stdout=out, stderr=out, stdin=subprocess.DEVNULL, timeout=60, check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"postfix start failed: {out_path.read_text(errors='replace')}"
                                f"\n{self.log()}")
@@ -187,7 +187,9 @@ class PostfixDovecot:
                         break
                 except OSError:
                     if time.monotonic() > deadline:
-                        raise RuntimeError(f"postfix not listening on {port}\n{self.log()}") from None
+                        raise RuntimeError(
+                            f"postfix not listening on {port}\n{self.log()}"
+                        ) from None
                     time.sleep(0.05)
 
     def stop(self) -> None:
@@ -198,7 +200,7 @@ class PostfixDovecot:
         pf_pid = _read_pid(self.postfix_dir / "spool" / "pid" / "master.pid")
         if pf_pid is not None and _alive(pf_pid):
             subprocess.run(["postfix", "-c", str(self.postfix_dir / "etc"), "stop"],
-                           capture_output=True, timeout=30)
+                           capture_output=True, timeout=30, check=False)
             if not _wait_gone(pf_pid, 10):
                 os.kill(pf_pid, signal.SIGKILL)
         dc_pid = _read_pid(self.root / "dovecot" / "run" / "master.pid")

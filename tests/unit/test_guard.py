@@ -212,8 +212,12 @@ def test_state_survives_reopening(tmp_path: Path) -> None:
 
 def test_prune_keeps_what_windows_need(store: SqliteGuardStore) -> None:
     fail(store, 1.0, "192.0.2.1", ALICE)
-    store.prune(1.0 + 100, keep_seconds=50)
+    store.record_success("198.51.100.1", ALICE, 1.0, reset_penalty=False)
+    store.record_success("198.51.100.2", ALICE, 90.0, reset_penalty=False)
+    store.prune(1.0 + 100, keep_seconds=50, known_seconds=50)
     assert store.snapshot("192.0.2.1", "s", ALICE, 102.0, 900).penalty_failures == 0
+    assert store.snapshot("198.51.100.1", "s", ALICE, 102.0, 900).known_since is None
+    assert store.snapshot("198.51.100.2", "s", ALICE, 102.0, 900).known_since == 90.0
 
 
 def test_unusable_file_is_guard_store_error(tmp_path: Path) -> None:

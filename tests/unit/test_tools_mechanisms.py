@@ -57,3 +57,12 @@ def test_plus_binds_to_the_default_type_of_the_version() -> None:
                                 channel_binding=cb)
         first = mech.start()
         assert first is not None and first.decode().startswith(flag + ",")
+
+
+def test_extensions_keep_the_servers_mechanism_order() -> None:
+    from smtpgate.client.extensions import Extensions
+
+    ext = Extensions.from_ehlo_lines(["AUTH SCRAM-SHA-256 plain LOGIN", "AUTH=LOGIN XOAUTH2"])
+    assert ext.auth_mechanism_list == ("SCRAM-SHA-256", "PLAIN", "LOGIN", "XOAUTH2")
+    assert ext.auth_mechanisms == frozenset(ext.auth_mechanism_list)
+    assert Extensions().auth_mechanism_list == ()

@@ -24,10 +24,12 @@ M = Masker((PASSWORD, TOKEN))
         # CRAM-MD5 (RFC 2195): the digest allows an offline guess; the name stays.
         ("CRAM-MD5", 0, b"tim b913a602c7eda7a495b4e6e7334d3890", f"tim {MASK}"),
         # SCRAM (RFC 5802): the proof allows an offline guess; nonces and c= stay.
-        ("SCRAM-SHA-256", 0, b"n,,n=user,r=rOprNGfwEbeRWgbNEkqO", "n,,n=user,r=rOprNGfwEbeRWgbNEkqO"),
+        ("SCRAM-SHA-256", 0, b"n,,n=user,r=rOprNGfwEbeRWgbNEkqO",
+         "n,,n=user,r=rOprNGfwEbeRWgbNEkqO"),
         ("SCRAM-SHA-256", 1, b"c=biws,r=abc,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=",
          f"c=biws,r=abc,p={MASK}"),
-        ("OAUTHBEARER", 0, encode_oauthbearer("alice", TOKEN), f"n,a=alice,^Aauth=Bearer {MASK}^A^A"),
+        ("OAUTHBEARER", 0, encode_oauthbearer("alice", TOKEN),
+         f"n,a=alice,^Aauth=Bearer {MASK}^A^A"),
         ("XOAUTH2", 0, encode_xoauth2("alice", TOKEN), f"user=alice^Aauth=Bearer {MASK}^A^A"),
     ],
 )

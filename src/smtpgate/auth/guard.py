@@ -313,7 +313,7 @@ class Guard:
         keep = max(c.spray_window, c.lockout_window, c.penalty_window, c.block_duration,
                    c.lockout_duration, c.throttle_duration)
         try:
-            await self._run(self._store.prune, now, keep)
+            await self._run(self._store.prune, now, keep, c.known_address_days * 86400)
         except GuardStoreError as e:
             self._fault("prune", e)
 

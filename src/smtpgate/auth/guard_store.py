@@ -135,7 +135,9 @@ class GuardStore(Protocol):
 
     def add_usage(self, keys: Sequence[str], bucket: int, messages: int, recipients: int) -> None: ...
 
-    def prune(self, now: float, keep_seconds: float) -> None: ...
+    def prune(self, now: float, keep_seconds: float, known_seconds: float) -> None:
+        """Forget what no window needs any more (see ``SqliteGuardStore.prune``)."""
+        ...
 
     def close(self) -> None: ...
 
@@ -418,19 +420,17 @@ class SqliteGuardStore:
                 [(k, bucket, messages, recipients) for k in keys],
             )
 
-    def prune(self, now: float, keep_seconds: float) -> None:
+    def prune(self, now: float, keep_seconds: float, known_seconds: float) -> None:
         """Drop failures, penalties and expired blocks older than ``keep_seconds``,
-        and usage buckets older than a day."""
+        known addresses unused for ``known_seconds``, and usage buckets older than
+        a day."""
         cutoff = now - keep_seconds
         with self._tx() as c:
+            c.execute("DELETE FROM known WHERE last < ?", (now - known_seconds,))
             c.execute("DELETE FROM failures WHERE time < ?", (cutoff,))
             c.execute("DELETE FROM penalty WHERE last < ?", (cutoff,))
             c.execute("DELETE FROM blocks WHERE until < ?", (cutoff,))
             c.execute("DELETE FROM usage WHERE bucket < ?", (int((now - 86400) // 60),))
-
-    def forget_known(self, before: float) -> None:
-        with self._tx() as c:
-            c.execute("DELETE FROM known WHERE last < ?", (before,))
 
     def close(self) -> None:
         with self._lock:

@@ -242,6 +242,8 @@ async def serve_sockets(
     if worker is not None and worker_task is not None:
         worker.stop()
         await worker_task
+    if runtime.background:
+        await asyncio.gather(*runtime.background, return_exceptions=True)
     await auth.close()
     await guard.close()
     await spool.close()

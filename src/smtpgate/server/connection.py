@@ -101,6 +101,8 @@ class ServerRuntime:
     guard: Guard | None = None
     rates: RateLimiter | None = None
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    #: Fire-and-forget tasks of closed connections (held so they are not collected).
+    background: set[asyncio.Task[None]] = field(default_factory=set)
 
 
 class SmtpConnection(asyncio.Protocol):
@@ -198,10 +200,7 @@ class SmtpConnection(asyncio.Protocol):
         # hang up before the 535: the attempt must still be logged (issue 3).
         abandoned = self.engine.abandon_auth("connection closed during AUTH")
         if abandoned is not None:
-            self.rt.auth.record(
-                self._auth_context(), abandoned.mechanism, abandoned.username,
-                abandoned.result, abandoned.reason,
-            )
+            self._auth_abandoned(abandoned)
         if self._counted:
             self._counted = False
             self.rt.limiter.release(self.client_ip)
@@ -343,6 +342,33 @@ class SmtpConnection(asyncio.Protocol):
             return self._auth_failed(attempt, counts_account=refusal is None)
         self.engine.respond(None)
         return None
+
+    def _auth_abandoned(self, ev: AuthFinished) -> None:
+        """Log an attempt the client hung up on; a failure it had already been told
+        (SCRAM ``e=invalid-proof``) still counts with the guard, or a guesser could
+        read the verdict, hang up before the 535 and never be counted."""
+        attempt, self._attempt = self._attempt, None
+        refusal, self._refusal = self._refusal, None
+        self._attempt_app = None
+        ctx = self._auth_context()
+        if ev.result == "tempfail" and attempt is not None and attempt.refusal is not None:
+            self.rt.auth.record(ctx, ev.mechanism, ev.username, "tempfail",
+                                f"blocked: {attempt.refusal.reason}")
+            return
+        self.rt.auth.record(ctx, ev.mechanism, ev.username, ev.result, ev.reason)
+        guard = self.rt.guard
+        if ev.result != "failure" or guard is None:
+            return
+        check = attempt or guard.bare_check(self.client_ip)
+        task = self._loop.create_task(self._count_abandoned(guard, check, refusal is None))
+        self.rt.background.add(task)
+        task.add_done_callback(self.rt.background.discard)
+
+    async def _count_abandoned(self, guard: Guard, check: GuardCheck, counts_account: bool) -> None:
+        try:
+            await guard.failure(check, counts_account=counts_account)
+        except Exception:  # nobody is waiting for this task: log it here
+            log.exception("%s guard: could not count an abandoned AUTH", self.session_id)
 
     async def _auth_succeeded(self, guard: Guard, attempt: GuardCheck, identity: str) -> None:
         await guard.success(attempt, identity)  # committed before the 235

@@ -305,7 +305,9 @@ class _Auditor:
     def _tls_session(self) -> TlsClientSession:
         return TlsClientSession(make_client_context(self.opts.ca_file), self.tls_name)
 
-    async def _open(self, mode: Literal["starttls", "implicit"]) -> tuple[SmtpSession, TlsClientSession]:
+    async def _open(
+        self, mode: Literal["starttls", "implicit"]
+    ) -> tuple[SmtpSession, TlsClientSession]:
         """A session with TLS up and EHLO sent inside it (for later probes)."""
         s = await self._connect()
         try:

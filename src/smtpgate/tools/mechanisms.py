@@ -84,9 +84,9 @@ def build(
     """
     upper = name.upper()
     channel_binding = default_binding(channel_binding)
-    if upper.startswith("SCRAM-") and not upper.endswith("-PLUS"):
-        if f"{upper}-PLUS" in {m.upper() for m in offered}:
-            channel_binding = ChannelBinding()
+    plain_scram = upper.startswith("SCRAM-") and not upper.endswith("-PLUS")
+    if plain_scram and f"{upper}-PLUS" in {m.upper() for m in offered}:
+        channel_binding = ChannelBinding()
     return create_client_mechanism(
         name,
         username=username,

@@ -238,9 +238,14 @@ class _Tester:
                 transcript=self.report.transcript, masker=self.masker,
             )
         except TimeoutError:
-            raise _Stop(ExitCode.CONNECTION, f"connection to {opts.host}:{opts.port} timed out") from None
+            raise _Stop(
+                ExitCode.CONNECTION, f"connection to {opts.host}:{opts.port} timed out"
+            ) from None
         except OSError as e:
-            raise _Stop(ExitCode.CONNECTION, f"cannot connect to {opts.host}:{opts.port}: {e.strerror or e}") from None
+            raise _Stop(
+                ExitCode.CONNECTION,
+                f"cannot connect to {opts.host}:{opts.port}: {e.strerror or e}",
+            ) from None
         self.info(f"connected to {self.s.wire.peer}")
         try:
             await self._conversation()
@@ -305,25 +310,24 @@ class _Tester:
         if self.done("connect"):
             return
         await self._ehlo()
+        if self.done("ehlo"):
+            return
         if opts.tls_mode == "starttls":
-            if opts.quit_after == "ehlo":
-                self.done("ehlo")
-                return
             if not self.s.engine.extensions.starttls:
-                raise _Stop(ExitCode.TLS, "the server does not offer STARTTLS (--plain to go on without TLS)")
+                raise _Stop(
+                    ExitCode.TLS,
+                    "the server does not offer STARTTLS (--plain to go on without TLS)",
+                )
             reply = await self.s.command(self.s.engine.starttls())
             if reply.code != 220:
                 raise _Stop(ExitCode.TLS, f"STARTTLS refused: {reply}")
             await self._handshake()
             await self._ehlo()
-        elif self.done("ehlo"):
-            return
-        if opts.tls_mode != "plain" and self.done("tls"):
-            return
-        if opts.tls_mode == "plain":
-            self.report.stage = "ehlo"
-            if opts.quit_after == "tls":
+        if opts.tls_mode != "plain":
+            if self.done("tls"):
                 return
+        elif opts.quit_after == "tls":
+            return  # nothing to do for "tls" without TLS: stop where asked
         if opts.auth is not None:
             await self._auth()
             if self.done("auth"):
@@ -383,7 +387,9 @@ class _Tester:
     async def _message(self) -> None:
         opts = self.opts
         s = self.s
-        sender = opts.mail_from if opts.mail_from is not None else (opts.user if "@" in opts.user else "")
+        sender = opts.mail_from
+        if sender is None:
+            sender = opts.user if "@" in opts.user else ""
         recipients = opts.rcpt_to or ((sender,) if sender else ())
         if not recipients:
             raise _Stop(ExitCode.ERROR, "no recipient: pass --to ADDRESS")

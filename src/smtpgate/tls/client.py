@@ -32,20 +32,19 @@ Channel bindings (for SCRAM-*-PLUS):
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL, crypto
 
 from smtpgate.sasl.base import ChannelBinding
-from smtpgate.tls.session import TlsError
+from smtpgate.tls.bio import BioConnection, TlsError, end_point_hash
+from smtpgate.tls.bio import describe as _describe
 
-_READ_SIZE = 16384
+__all__ = ["TlsClientSession", "TlsError", "end_point_hash"]
 
 _VERSIONS = {"1.2": SSL.TLS1_2_VERSION, "1.3": SSL.TLS1_3_VERSION}
 
@@ -193,11 +192,13 @@ class Verification:
         return out
 
 
-class TlsClientSession:
+class TlsClientSession(BioConnection):
     """One client-side TLS connection: ciphertext in/out, plaintext in/out."""
 
+    __slots__ = ("_chain_error", "_chain_error_code", "_hostname", "alert")
+
     def __init__(self, ctx: SSL.Context, server_hostname: str) -> None:
-        self._conn = SSL.Connection(ctx, None)
+        super().__init__(SSL.Connection(ctx, None))
         self._conn.set_connect_state()
         self._hostname = server_hostname
         try:
@@ -208,7 +209,6 @@ class TlsClientSession:
         self._chain_error = ""
         self._chain_error_code = 0
         self._conn.set_verify(SSL.VERIFY_PEER, self._on_verify)
-        self.handshake_done = False
         #: Records OpenSSL produced when the handshake failed (an alert to send).
         self.alert = b""
 
@@ -228,7 +228,7 @@ class TlsClientSession:
             pass
         except SSL.Error as e:
             raise TlsError(f"handshake failed: {_describe(e)}") from None
-        return self._outgoing()
+        return self.outgoing()
 
     def receive(self, data: bytes) -> tuple[bytes, bytes]:
         """Feed ciphertext; return (plaintext received, ciphertext to send).
@@ -245,61 +245,13 @@ class TlsClientSession:
                 conn.do_handshake()
                 self.handshake_done = True
             except SSL.WantReadError:
-                return b"", self._outgoing()
+                return b"", self.outgoing()
             except SSL.Error as e:
-                self.alert = self._outgoing()  # OpenSSL's alert, for the caller to send
+                self.alert = self.outgoing()  # OpenSSL's alert, for the caller to send
                 raise TlsError(f"handshake failed: {_describe(e)}") from None
-        chunks = []
-        while True:
-            try:
-                chunks.append(conn.recv(_READ_SIZE))
-            except SSL.WantReadError:
-                break
-            except SSL.ZeroReturnError:
-                if chunks:
-                    break
-                raise EOFError from None
-            except SSL.Error as e:
-                raise TlsError(f"TLS error: {_describe(e)}") from None
-        return b"".join(chunks), self._outgoing()
-
-    def send(self, plaintext: bytes) -> bytes:
-        """Encrypt ``plaintext``; return the records to write."""
-        view = memoryview(plaintext)
-        while view:
-            n = self._conn.send(view[:_READ_SIZE].tobytes())
-            view = view[n:]
-        return self._outgoing()
-
-    def close(self) -> bytes:
-        """close_notify records to write (best effort)."""
-        try:
-            self._conn.shutdown()
-        except SSL.Error:
-            pass
-        return self._outgoing()
-
-    def _outgoing(self) -> bytes:
-        out = []
-        while True:
-            try:
-                chunk = self._conn.bio_read(65536)
-            except SSL.WantReadError:
-                break
-            if not chunk:
-                break
-            out.append(chunk)
-        return b"".join(out)
+        return self.read_plaintext(eof_after_data=True), self.outgoing()
 
     # --- what the handshake established ----------------------------------------
-
-    @property
-    def version(self) -> str:
-        return str(self._conn.get_protocol_version_name())
-
-    @property
-    def cipher(self) -> str:
-        return str(self._conn.get_cipher_name() or "")
 
     @property
     def cipher_bits(self) -> int:
@@ -332,23 +284,9 @@ class TlsClientSession:
         chain = self.peer_chain()
         if chain:
             data["tls-server-end-point"] = end_point_hash(chain[0])
-        if self.version == "TLSv1.3":
-            data["tls-exporter"] = self._conn.export_keying_material(
-                b"EXPORTER-Channel-Binding", 32, b""
-            )
-        elif self.version == "TLSv1.2":
-            finished = self._conn.get_finished()
-            if finished:
-                data["tls-unique"] = finished
+        # Our own Finished was the first of a full handshake (RFC 5929 §3.1).
+        data.update(self.session_bindings(self._conn.get_finished()))
         return ChannelBinding(data)
-
-
-def end_point_hash(cert: x509.Certificate) -> bytes:
-    """RFC 5929 §4.1: the certificate hashed with its signature hash (SHA-256 for
-    MD5 and SHA-1 signatures)."""
-    algo = cert.signature_hash_algorithm
-    name = "sha256" if algo is None or isinstance(algo, (hashes.MD5, hashes.SHA1)) else algo.name
-    return hashlib.new(name, cert.public_bytes(Encoding.DER)).digest()
 
 
 X509_V_ERR_NOT_YET_VALID = 9
@@ -372,8 +310,3 @@ def _verify_message(errno: int) -> str:
     return _VERIFY_MESSAGES.get(errno, f"verify error {errno}")
 
 
-def _describe(e: SSL.Error) -> str:
-    try:
-        return "; ".join(str(x[2]) for x in e.args[0]) or "unknown"
-    except (IndexError, TypeError):
-        return str(e) or "unknown"

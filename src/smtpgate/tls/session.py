@@ -11,18 +11,16 @@ cost of moving records by hand, which is a few lines.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL
 
 from smtpgate.sasl.base import ChannelBinding
+from smtpgate.tls.bio import BioConnection, TlsError, describe, end_point_hash
 
-_READ_SIZE = 16384
+__all__ = ["ServerTlsContext", "TlsError", "TlsServerSession", "make_server_context"]
 
 #: Modern ciphers only; TLS 1.3 suites are configured separately by OpenSSL.
 _TLS12_CIPHERS = (
@@ -32,10 +30,6 @@ _TLS12_CIPHERS = (
 )
 
 
-class TlsError(Exception):
-    """The handshake or a record failed; the connection must be closed."""
-
-
 @dataclass(frozen=True)
 class ServerTlsContext:
     """A configured OpenSSL context plus what every connection needs from the cert."""
@@ -43,14 +37,6 @@ class ServerTlsContext:
     context: SSL.Context
     #: RFC 5929 §4.1 tls-server-end-point: hash of our own certificate.
     end_point_hash: bytes
-
-
-def _end_point_hash(cert_pem: bytes) -> bytes:
-    cert = x509.load_pem_x509_certificate(cert_pem)
-    algo = cert.signature_hash_algorithm
-    # RFC 5929 §4.1: MD5 and SHA-1 are replaced by SHA-256.
-    name = "sha256" if algo is None or isinstance(algo, (hashes.MD5, hashes.SHA1)) else algo.name
-    return hashlib.new(name, cert.public_bytes(Encoding.DER)).digest()
 
 
 def make_server_context(cert: Path, key: Path, min_version: str = "1.2") -> ServerTlsContext:
@@ -69,20 +55,20 @@ def make_server_context(cert: Path, key: Path, min_version: str = "1.2") -> Serv
     # per-process cache is of little use with several workers: no resumption.
     ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
     ctx.set_options(SSL.OP_NO_TICKET)
-    first_cert = cert.read_bytes().split(b"-----END CERTIFICATE-----")[0]
-    return ServerTlsContext(ctx, _end_point_hash(first_cert + b"-----END CERTIFICATE-----\n"))
+    leaf = x509.load_pem_x509_certificate(cert.read_bytes())  # the first in the chain
+    return ServerTlsContext(ctx, end_point_hash(leaf))
 
 
-class TlsServerSession:
+class TlsServerSession(BioConnection):
     """One server-side TLS connection: ciphertext in/out, plaintext in/out."""
 
-    __slots__ = ("_conn", "_ctx", "handshake_done")
+    __slots__ = ("_ctx",)
 
     def __init__(self, ctx: ServerTlsContext):
+        conn = SSL.Connection(ctx.context, None)
+        conn.set_accept_state()
+        super().__init__(conn)
         self._ctx = ctx
-        self._conn = SSL.Connection(ctx.context, None)
-        self._conn.set_accept_state()
-        self.handshake_done = False
 
     def receive(self, data: bytes) -> tuple[bytes, bytes]:
         """Feed ciphertext; return (plaintext received, ciphertext to send).
@@ -90,86 +76,23 @@ class TlsServerSession:
         Raises TlsError on a handshake or record failure, and EOFError when the
         peer sent close_notify.
         """
-        conn = self._conn
-        conn.bio_write(data)
+        self._conn.bio_write(data)
         if not self.handshake_done:
             try:
-                conn.do_handshake()
+                self._conn.do_handshake()
                 self.handshake_done = True
             except SSL.WantReadError:
-                return b"", self._outgoing()
+                return b"", self.outgoing()
             except SSL.Error as e:
-                raise TlsError(f"handshake failed: {_describe(e)}") from None
-        chunks = []
-        while True:
-            try:
-                chunks.append(conn.recv(_READ_SIZE))
-            except SSL.WantReadError:
-                break
-            except SSL.ZeroReturnError:
-                raise EOFError from None
-            except SSL.Error as e:
-                raise TlsError(f"TLS error: {_describe(e)}") from None
-        return b"".join(chunks), self._outgoing()
-
-    def send(self, plaintext: bytes) -> bytes:
-        """Encrypt ``plaintext``; return the records to write."""
-        conn = self._conn
-        view = memoryview(plaintext)
-        while view:
-            n = conn.send(view[:_READ_SIZE].tobytes())
-            view = view[n:]
-        return self._outgoing()
-
-    def close(self) -> bytes:
-        try:
-            self._conn.shutdown()
-        except SSL.Error:
-            pass
-        return self._outgoing()
-
-    def _outgoing(self) -> bytes:
-        conn = self._conn
-        out = []
-        while True:
-            try:
-                chunk = conn.bio_read(65536)
-            except SSL.WantReadError:
-                break
-            if not chunk:
-                break
-            out.append(chunk)
-        return b"".join(out)
-
-    @property
-    def version(self) -> str:
-        return str(self._conn.get_protocol_version_name())
-
-    @property
-    def cipher(self) -> str:
-        return str(self._conn.get_cipher_name() or "")
+                raise TlsError(f"handshake failed: {describe(e)}") from None
+        return self.read_plaintext(), self.outgoing()
 
     def channel_binding(self) -> ChannelBinding:
-        """Every binding type computable on this connection (RFC 5929, RFC 9266)."""
-        conn = self._conn
-        data: dict[str, bytes] = {"tls-server-end-point": self._ctx.end_point_hash}
-        version = self.version
-        if version == "TLSv1.3":
-            # RFC 9266 §2: 32 bytes from the exporter, empty context.
-            data["tls-exporter"] = conn.export_keying_material(
-                b"EXPORTER-Channel-Binding", 32, b""
-            )
-        elif version == "TLSv1.2":
-            # RFC 5929 §3: the first Finished message of the handshake; with the
-            # session cache off and no resumption, that is the client's.
-            finished = conn.get_peer_finished()
-            if finished:
-                data["tls-unique"] = finished
+        """Every binding type computable on this connection (RFC 5929, RFC 9266).
+
+        tls-unique uses the client's Finished: with the session cache and tickets
+        off there is no resumption, so the client's is the first (RFC 5929 §3.1).
+        """
+        data = {"tls-server-end-point": self._ctx.end_point_hash}
+        data.update(self.session_bindings(self._conn.get_peer_finished()))
         return ChannelBinding(data)
-
-
-def _describe(e: SSL.Error) -> str:
-    try:
-        return "; ".join(str(x[2]) for x in e.args[0]) or "unknown"
-    except (IndexError, TypeError):
-        return str(e)

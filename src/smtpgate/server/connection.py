@@ -72,6 +72,10 @@ _REFUSAL_REPLIES = {
     THROTTLE: R.AUTH_THROTTLED,
 }
 
+#: Fire-and-forget bookkeeping tasks, referenced until done (asyncio keeps only
+#: weak references to tasks).
+_BACKGROUND: set[asyncio.Task[None]] = set()
+
 #: Stop reading from a client that keeps sending while we wait on a decision.
 _PAUSE_READING_AT = 1 << 20
 
@@ -522,7 +526,13 @@ class SmtpConnection(asyncio.Protocol):
             self.rt.on_stored()
             budget = self._budget
             if self.rt.rates is not None and budget is not None:
-                await self.rt.rates.count(budget.keys, 1, len(ev.recipients))
+                # Counted after the reply, not before: the 250 must not wait for a
+                # database write (a limit may overshoot by a message in flight).
+                task = self._loop.create_task(
+                    self.rt.rates.count(budget.keys, 1, len(ev.recipients))
+                )
+                _BACKGROUND.add(task)
+                task.add_done_callback(_BACKGROUND.discard)
         if self._closed:
             return
         self.engine.respond(reply)

@@ -29,7 +29,7 @@ run: venv
 	@echo
 	@echo "smtpgate: STARTTLS on 127.0.0.1:2587, implicit TLS on 127.0.0.1:2465, mail to $(VAR)/mail"
 	@echo "send a test message (in another terminal; PASSWORD is the demo password printed by init):"
-	@echo "  swaks --server 127.0.0.1:2587 -tls --tls-ca-path $(VAR)/tls/cert.pem --auth PLAIN --auth-user demo@localhost --auth-password PASSWORD --to demo@localhost"
+	@echo "  echo 'PASSWORD' | $(BIN)/smtpgate test --server 127.0.0.1:2587 --starttls --ca $(VAR)/tls/cert.pem --user demo@localhost --password-stdin --from demo@localhost --to demo@localhost"
 	@echo
 	$(BIN)/smtpgate serve --config $(VAR)/smtpgate.toml
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import sys
 from pathlib import Path
 
 import click
@@ -122,7 +123,9 @@ def init(
         click.echo(f"    password: {password}    (shown once; change it with `smtpgate user passwd`)")
         click.echo("send a test message (after `smtpgate serve`):")
         host, port = cfg.listeners[0].host_port
+        prog = sys.argv[0] if sys.argv and sys.argv[0].endswith("smtpgate") else "smtpgate"
         click.echo(
-            f"  swaks --server {host}:{port} -tls --tls-ca-path {directory / 'tls/cert.pem'} "
-            f"--auth PLAIN --auth-user {user} --auth-password '{password}' --to {user}"
+            f"  echo '{password}' | {prog} test --server {host}:{port} --starttls "
+            f"--ca {directory / 'tls/cert.pem'} --user {user} --password-stdin "
+            f"--from {user} --to {user}"
         )

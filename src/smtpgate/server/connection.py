@@ -72,10 +72,6 @@ _REFUSAL_REPLIES = {
     THROTTLE: R.AUTH_THROTTLED,
 }
 
-#: Fire-and-forget bookkeeping tasks, referenced until done (asyncio keeps only
-#: weak references to tasks).
-_BACKGROUND: set[asyncio.Task[None]] = set()
-
 #: Stop reading from a client that keeps sending while we wait on a decision.
 _PAUSE_READING_AT = 1 << 20
 
@@ -509,6 +505,16 @@ class SmtpConnection(asyncio.Protocol):
             body_8bit=ev.body_8bit,
             received_at=now,
         )
+        # The sending-rate count is written while the spool commits, and both are
+        # done before the 250, so a counter survives a crash as the message does. If
+        # the spool then fails, the account is charged for a message it may resend:
+        # the conservative side.
+        budget = self._budget
+        counting = (
+            self._loop.create_task(self.rt.rates.count(budget.keys, 1, len(ev.recipients)))
+            if self.rt.rates is not None and budget is not None
+            else None
+        )
         try:
             qid = await self.rt.spool.store(envelope, data)
         except SpoolError as e:
@@ -524,15 +530,8 @@ class SmtpConnection(asyncio.Protocol):
                 self.session_id, qid, ev.sender, len(ev.recipients), len(data), ev.identity,
             )
             self.rt.on_stored()
-            budget = self._budget
-            if self.rt.rates is not None and budget is not None:
-                # Counted after the reply, not before: the 250 must not wait for a
-                # database write (a limit may overshoot by a message in flight).
-                task = self._loop.create_task(
-                    self.rt.rates.count(budget.keys, 1, len(ev.recipients))
-                )
-                _BACKGROUND.add(task)
-                task.add_done_callback(_BACKGROUND.discard)
+        if counting is not None:
+            await counting  # count() logs and swallows its own database faults
         if self._closed:
             return
         self.engine.respond(reply)

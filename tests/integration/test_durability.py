@@ -72,3 +72,16 @@ def test_sigterm_stops_cleanly_and_hands_back_idle_sessions(tmp_path: Path) -> N
     assert replies and replies[0][0] == 421
     assert b"4.3.2" in replies[0][1]
     assert "stopped" in server.log_text()
+
+
+def test_second_instance_on_the_same_addresses_is_refused(tmp_path: Path) -> None:
+    """SO_REUSEPORT spreads connections over the workers; it must not let a second
+    server bind the same addresses and silently take half of the traffic."""
+    server = make_server(tmp_path / "srv")
+    server.start()
+    try:
+        second = server.cli("serve", check=False)
+        assert second.returncode != 0
+        assert "cannot bind" in second.stderr and "Address already in use" in second.stderr
+    finally:
+        server.stop()

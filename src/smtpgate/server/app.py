@@ -144,17 +144,24 @@ def build_guard(cfg: Config) -> Guard:
     return Guard(SqliteGuardStore(cfg.path(cfg.guard.database)), cfg.guard)
 
 
-def bind_sockets(cfg: Config) -> list[socket.socket]:
-    socks = []
+def bind_sockets(cfg: Config, *, reuse_port: bool = False) -> list[socket.socket]:
+    """One listening socket per listener. With ``reuse_port`` every worker binds its
+    own set and the kernel spreads new connections across them (SO_REUSEPORT); with
+    one shared socket, whichever worker wakes first takes a whole burst."""
+    socks: list[socket.socket] = []
     for lst in cfg.listeners:
         host, port = lst.host_port
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         try:
             sock.bind((host, port))
         except OSError as e:
             sock.close()
+            for other in socks:
+                other.close()
             raise SystemExit(f"listeners.{lst.name}: cannot bind {lst.address}: {e.strerror}")
         sock.listen(1024)
         sock.setblocking(False)
@@ -302,25 +309,35 @@ def run(cfg: Config) -> int:
     """Entry point of ``smtpgate serve``."""
     log_loosenings(cfg)
     tls = make_server_context(cfg.path(cfg.tls.cert), cfg.path(cfg.tls.key), cfg.tls.min_version)
+    # A plain bind first: SO_REUSEPORT would otherwise let a second smtpgate on the
+    # same addresses start silently and take half of the connections.
     sockets = bind_sockets(cfg)
     runner = _new_loop_runner()
     workers = cfg.server.effective_workers
     if workers == 1:
         runner(serve_sockets(cfg, sockets, tls, with_delivery=True))
         return 0
+    for sock in sockets:
+        sock.close()
+    per_worker = [bind_sockets(cfg, reuse_port=True) for _ in range(workers)]
     children = []
     parent = os.getpid()
-    for _ in range(workers):
+    for mine in per_worker:
         pid = os.fork()
         if pid == 0:  # pragma: no cover - exercised by integration tests
             _die_with_parent(parent)
+            for other in per_worker:
+                if other is not mine:
+                    for sock in other:
+                        sock.close()
             try:
-                runner(serve_sockets(cfg, sockets, tls, with_delivery=False))
+                runner(serve_sockets(cfg, mine, tls, with_delivery=False))
             finally:
                 os._exit(0)
         children.append(pid)
-    for sock in sockets:
-        sock.close()
+    for socks in per_worker:
+        for sock in socks:
+            sock.close()
     log.info("started %d worker processes: %s", len(children), children)
     runner(deliver_only(cfg, children))
     return 0

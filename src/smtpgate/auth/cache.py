@@ -72,6 +72,10 @@ class CredentialCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def digest(self, name: str, password: str) -> bytes:
+        """The keyed HMAC of (name, password): safe to use as a dictionary key."""
+        return self._digest(name, password)
+
     def _digest(self, name: str, password: str) -> bytes:
         msg = name.encode("utf-8") + b"\0" + password.encode("utf-8", "surrogatepass")
         return hmac.new(self._key, msg, hashlib.sha256).digest()

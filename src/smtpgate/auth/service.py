@@ -219,6 +219,8 @@ class AuthService:
         self._verifier: TokenVerifier | None = token_verifier
         self._hasher = PasswordHasher(accounts_cfg)
         self._cache = CredentialCache(accounts_cfg.cache_ttl)
+        #: Argon2 runs in flight, so identical concurrent attempts share one.
+        self._inflight: dict[bytes, asyncio.Future[bool]] = {}
         self._hash_pool = ThreadPoolExecutor(accounts_cfg.hash_threads, "smtpgate-hash")
         self._read_pool = ThreadPoolExecutor(DB_THREADS, "smtpgate-db-read")
         self._write_pool = ThreadPoolExecutor(1, "smtpgate-db-write")
@@ -430,13 +432,46 @@ class AuthService:
             self.stats.cache_hits += 1
         else:
             self.stats.cache_misses += 1
-            self.stats.hash_verifications += 1
-            if not await self._hash(self._hasher.verify, encoded, q.password):
+            if not await self._verify_coalesced(account.name, encoded, q.password):
                 return Resolution(Verdict(ok=False, reason=BAD_PASSWORD))
             self._cache.put(account.name, q.password, account.generation)
             self._maybe_upgrade(account, q.password, encoded)
         self._record_login(account, mechanism)
         return Resolution(Verdict(ok=True, identity=account.name))
+
+    async def _verify_coalesced(self, name: str, encoded: str, password: str) -> bool:
+        """Argon2 verification, run once for identical concurrent attempts.
+
+        A mail client often opens several connections at once with a cold cache;
+        without this each of them queues its own Argon2 run behind the others
+        (seconds with default parameters). Only attempts with the same account,
+        stored hash and password share a result: the key is the cache's keyed HMAC.
+        """
+        key = self._cache.digest(name, password) + encoded.encode()
+        while (pending := self._inflight.get(key)) is not None:
+            try:
+                return await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                if pending.cancelled():
+                    continue  # its owner went away; run it here instead
+                raise
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        fut.add_done_callback(lambda f: f.cancelled() or f.exception())  # never "unretrieved"
+        self._inflight[key] = fut
+        try:
+            self.stats.hash_verifications += 1
+            ok = bool(await self._hash(self._hasher.verify, encoded, password))
+        except asyncio.CancelledError:
+            fut.cancel()
+            raise
+        except BaseException as e:
+            fut.set_exception(e)
+            raise
+        else:
+            fut.set_result(ok)
+            return ok
+        finally:
+            self._inflight.pop(key, None)
 
     def _app_login(
         self, account: Account, app: AppPassword, mechanism: str, ctx: AuthContext

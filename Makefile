@@ -56,6 +56,7 @@ lint: test-venv
 
 test: test-venv debs
 	$(BIN)/mypy
+	$(BIN)/ruff check src tests bench
 	SMTPGATE_CI=1 $(BIN)/pytest -q
 
 bench: test-venv

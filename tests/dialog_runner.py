@@ -24,7 +24,7 @@ def steps(path: Path) -> list[tuple[bytes, str]]:
         if raw.startswith("#") or not raw.strip():
             continue
         kind, _, rest = raw.partition(":")
-        rest = rest[1:] if rest.startswith(" ") else rest
+        rest = rest.removeprefix(" ")
         if kind == "C":
             pending += rest.encode() + b"\r\n"
         elif kind == "S":

@@ -80,14 +80,13 @@ class Server:
         self.cli("user", "add", name, "--password-stdin", stdin=password + "\n")
 
     def start(self) -> None:
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [SMTPGATE, "serve", "--config", str(self.config)],
-            stdout=log,
-            stderr=log,
-            env=self.env,
-        )
-        log.close()
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [SMTPGATE, "serve", "--config", str(self.config)],
+                stdout=log,
+                stderr=log,
+                env=self.env,
+            )
         deadline = time.monotonic() + 30
         for port, implicit in ((self.submission, False), (self.submissions, True)):
             while True:

@@ -21,12 +21,16 @@ def test_init_prints_a_working_test_command(tmp_path: Path) -> None:
     assert "demo account: demo@localhost" in out
     command = next(line.strip() for line in out.splitlines() if line.strip().startswith("echo '"))
     # init refuses to overwrite an existing config
-    again = subprocess.run([SMTPGATE, "init", "--dir", str(root)], capture_output=True, text=True)
+    again = subprocess.run(
+        [SMTPGATE, "init", "--dir", str(root)], capture_output=True, text=True, check=False
+    )
     assert again.returncode == 1 and "refusing to overwrite" in again.stderr
     server = Server(root, sub, subs, env=dict(os.environ))
     server.start()
     try:
-        sent = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=60)
+        sent = subprocess.run(
+            command, shell=True, capture_output=True, text=True, timeout=60, check=False
+        )
         assert sent.returncode == 0, sent.stdout + sent.stderr
         assert "== result: success" in sent.stdout
         files = server.wait_for_mail(1)

@@ -9,7 +9,6 @@ from hypothesis import strategies as st
 from smtpgate.smtp import replies as R
 from smtpgate.smtp.data import DataReader
 
-from .engine_driver import Driver
 from .test_smtp_engine import authed, codes
 
 SMUGGLE_ENDINGS = [

@@ -22,7 +22,7 @@ client expects the exchange to be over.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Union
+from typing import ClassVar
 
 
 class MechanismUsageError(RuntimeError):
@@ -81,7 +81,7 @@ class ConfirmIdentity:
     mechanism: str = ""
 
 
-CredentialQuery = Union[VerifyPassword, LookupScram, LookupCramMd5, VerifyToken, ConfirmIdentity]
+CredentialQuery = VerifyPassword | LookupScram | LookupCramMd5 | VerifyToken | ConfirmIdentity
 
 
 # --- Answers from the auth service ---------------------------------------------
@@ -129,7 +129,7 @@ class NotFound:
     temporary: bool = False
 
 
-CredentialAnswer = Union[Verdict, ScramCredentials, CramMd5Secret, NotFound]
+CredentialAnswer = Verdict | ScramCredentials | CramMd5Secret | NotFound
 
 
 # --- Steps: what a server mechanism returns ------------------------------------
@@ -176,7 +176,7 @@ class Failure:
     malformed: bool = False
 
 
-Step = Union[Challenge, NeedCredentials, Success, Failure]
+Step = Challenge | NeedCredentials | Success | Failure
 
 
 @dataclass(frozen=True, slots=True)

@@ -609,8 +609,8 @@ class SmtpConnection(asyncio.Protocol):
         if self.tls is not None and self.tls_ready:
             try:
                 self.transport.write(self.tls.close())
-            except Exception:  # noqa: BLE001 - best effort close_notify
-                pass
+            except Exception as e:  # noqa: BLE001 - close_notify is best effort
+                log.debug("%s close_notify not sent: %s", self.session_id, e)
         self._closed = True
         self.transport.close()
 

@@ -225,7 +225,7 @@ class ServerEngine:
         elif isinstance(pending, AuthFinished):
             self._respond_auth(pending, reply)
         else:
-            raise RuntimeError(f"respond() cannot answer {type(pending).__name__}")
+            raise TypeError(f"respond() cannot answer {type(pending).__name__}")
         if self._shutdown and self.idle:
             self._close_with(R.SHUTTING_DOWN)
 

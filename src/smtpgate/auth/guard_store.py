@@ -25,18 +25,17 @@ Times are Unix seconds (``REAL``) from the guard's clock.
 from __future__ import annotations
 
 import logging
-import os
 import sqlite3
-import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from smtpgate.auth.sqlite_file import ThreadLocalSqlite
+
 log = logging.getLogger("smtpgate.guard")
 
-BUSY_TIMEOUT = 5.0
 
 #: Block kinds. An address or subnet block refuses every AUTH from there; an
 #: account block refuses every address; ``account-new`` refuses addresses the
@@ -185,69 +184,32 @@ _SCHEMA = (
 )
 
 
-class SqliteGuardStore:
+class SqliteGuardStore(ThreadLocalSqlite):
     """``GuardStore`` on one SQLite file (created 0600), one connection per thread.
 
     Raises (constructor):
         GuardStoreError: the file cannot be opened or is not a database.
     """
 
+    _label = "guard database"
+    _error = GuardStoreError
+
     def __init__(self, path: Path) -> None:
-        self._path = path
-        self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
-        self._closed = False
+        self._open_file(path)
         with self._errors():
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                pass
-            else:
-                os.close(fd)
             conn = self._conn()
             conn.execute("PRAGMA journal_mode = WAL")
             with self._tx() as c:
                 for statement in _SCHEMA:
                     c.execute(statement)
 
-    @property
-    def path(self) -> Path:
-        return self._path
-
-    @contextmanager
-    def _errors(self) -> Iterator[None]:
-        try:
-            yield
-        except (sqlite3.Error, OSError) as e:
-            raise GuardStoreError(f"guard database {self._path}: {e}") from e
-
-    def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is not None:
-            return conn
-        with self._lock:
-            if self._closed:
-                raise GuardStoreError(f"guard database {self._path}: store is closed")
-            conn = sqlite3.connect(
-                self._path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
-            )
-            self._all.append(conn)
+    def _configure(self, conn: sqlite3.Connection) -> None:
         conn.execute("PRAGMA synchronous = NORMAL")
-        self._local.conn = conn
-        return conn
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._errors():
-            conn = self._conn()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        with self._errors(), self._transaction(self._conn()) as conn:
+            yield conn
 
     # --- reads --------------------------------------------------------------------
 
@@ -432,10 +394,3 @@ class SqliteGuardStore:
             c.execute("DELETE FROM blocks WHERE until < ?", (cutoff,))
             c.execute("DELETE FROM usage WHERE bucket < ?", (int((now - 86400) // 60),))
 
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            conns, self._all = self._all, []
-        for conn in conns:
-            conn.close()
-        self._local = threading.local()

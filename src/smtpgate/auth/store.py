@@ -46,7 +46,6 @@ import re
 import secrets
 import sqlite3
 import sys
-import threading
 from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -57,12 +56,11 @@ from typing import Protocol
 from smtpgate.auth.credentials import CRAM_MD5, derive, wanted_schemes
 from smtpgate.auth.names import canonical_name, lookup_key
 from smtpgate.auth.passwords import PasswordHasher, check_new_password
+from smtpgate.auth.sqlite_file import ThreadLocalSqlite
 from smtpgate.config import KNOWN_MECHANISMS, AccountsConfig
 
 log = logging.getLogger("smtpgate.auth.store")
 
-#: Seconds a connection waits for another writer before giving up (see above).
-BUSY_TIMEOUT = 5.0
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
@@ -441,7 +439,7 @@ def _mechanisms_json(mechanisms: Collection[str] | None) -> str | None:
     return json.dumps(upper)
 
 
-class SqliteAccountStore:
+class SqliteAccountStore(ThreadLocalSqlite):
     """``AccountStore`` on one SQLite file, shareable by several processes.
 
     Opening creates the file (mode 0600: it holds password-derived secrets)
@@ -460,22 +458,11 @@ class SqliteAccountStore:
         clock: Callable[[], datetime] = _utcnow,
         actor: AuditActor | None = None,
     ) -> None:
-        self._path = path
         self._actor = actor
         self._cfg = accounts_cfg
         self._hasher = PasswordHasher(accounts_cfg)
         self._clock = clock
-        self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
-        self._closed = False
-        with self._errors():
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                pass
-            else:
-                os.close(fd)
+        self._open_file(path)
         try:
             with self._errors():
                 self._migrate()
@@ -483,56 +470,28 @@ class SqliteAccountStore:
             self.close()
             raise
 
-    @property
-    def path(self) -> Path:
-        return self._path
-
     # --- plumbing ---------------------------------------------------------------
 
-    @contextmanager
-    def _errors(self) -> Iterator[None]:
-        """Map sqlite3 and OS errors to StoreUnavailable at the boundary."""
-        try:
-            yield
-        except (sqlite3.Error, OSError) as e:
-            raise StoreUnavailable(f"account database {self._path}: {e}") from e
+    _label = "account database"
+    _error = StoreUnavailable
 
-    def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is not None:
-            return conn
-        with self._lock:
-            if self._closed:
-                raise StoreUnavailable(f"account database {self._path}: store is closed")
-            # check_same_thread=False only so that close() may close every
-            # thread's connection; each is still used by its own thread alone.
-            conn = sqlite3.connect(
-                self._path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
-            )
-            self._all.append(conn)
+    def _configure(self, conn: sqlite3.Connection) -> None:
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute("PRAGMA synchronous = FULL")
-        self._local.conn = conn
         self._local.durable = True
-        return conn
 
     @contextmanager
     def _tx(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
-        """One write transaction; BEGIN IMMEDIATE takes the write lock up front so
-        a read-then-write cannot fail half-way with SQLITE_BUSY."""
+        """One write transaction. ``durable`` (synchronous=FULL) for admin changes that
+        must survive a power cut once reported; NORMAL for bookkeeping."""
         with self._errors():
             conn = self._conn()
             if self._local.durable != durable:
                 conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
                 self._local.durable = durable
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+            with self._transaction(conn) as c:
+                yield c
 
     def _migrate(self) -> None:
         conn = self._conn()
@@ -1122,11 +1081,3 @@ class SqliteAccountStore:
                 (stamp, address, row_id, stamp),
             )
 
-    def close(self) -> None:
-        """Close every thread's connection. Call when no thread uses the store."""
-        with self._lock:
-            self._closed = True
-            conns, self._all = self._all, []
-        for conn in conns:
-            conn.close()
-        self._local = threading.local()

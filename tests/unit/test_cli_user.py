@@ -5,54 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import CliRunner
 
 from smtpgate.auth.passwords import PasswordHasher
 from smtpgate.auth.store import SqliteAccountStore
 from smtpgate.cli.main import cli
-from smtpgate.config import AccountsConfig
 
-CONFIG = """\
-hostname = "mx.example.org"
-
-[[listeners]]
-name = "submission"
-address = "127.0.0.1:5870"
-tls = "starttls"
-
-[tls]
-cert = "cert.pem"
-key = "key.pem"
-
-[accounts]
-database = "accounts.sqlite"
-argon2_memory_kib = 8192
-argon2_time_cost = 1
-argon2_parallelism = 1
-scram_iterations = 4096
-
-# These tests use short passwords; the password policy has its own tests
-# (tests/unit/test_policy_passwords.py).
-[passwords]
-min_length = 1
-min_strength = 0
-reject_username = false
-"""
-FAST = AccountsConfig(argon2_memory_kib=8192, argon2_time_cost=1, argon2_parallelism=1)
+from .cli_support import FAST, run, write_config
 
 
 @pytest.fixture
 def config(tmp_path: Path) -> Path:
-    # Only the existence of the TLS files is checked when the config loads.
-    (tmp_path / "cert.pem").write_text("dummy")
-    (tmp_path / "key.pem").write_text("dummy")
-    path = tmp_path / "smtpgate.toml"
-    path.write_text(CONFIG)
-    return path
-
-
-def run(config: Path, *args: str, input: str | None = None) -> Result:
-    return CliRunner().invoke(cli, ["user", *args, "--config", str(config)], input=input)
+    return write_config(tmp_path)
 
 
 def verify(config: Path, user: str, password: str) -> bool:

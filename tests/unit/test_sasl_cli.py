@@ -7,58 +7,25 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
 
 from smtpgate.auth.credentials import CRAM_MD5, decode_cram_md5
 from smtpgate.auth.store import SqliteAccountStore
-from smtpgate.cli.main import cli
-from smtpgate.config import AccountsConfig
 from smtpgate.sasl.base import Challenge, NeedCredentials, NotFound, Success, Verdict
 from smtpgate.sasl.cram_md5 import CramMd5Client, CramMd5Server
 
-CONFIG = """\
-hostname = "mx.example.org"
+from .cli_support import CONFIG, FAST, run, write_config
 
-[[listeners]]
-name = "submission"
-address = "127.0.0.1:5870"
-tls = "starttls"
-
-[tls]
-cert = "cert.pem"
-key = "key.pem"
-
-[accounts]
-database = "accounts.sqlite"
-argon2_memory_kib = 8192
-argon2_time_cost = 1
-argon2_parallelism = 1
-scram_iterations = 4096
-
-# These tests use short passwords; the password policy has its own tests
-# (tests/unit/test_policy_passwords.py).
-[passwords]
-min_length = 1
-min_strength = 0
-reject_username = false
-"""
-FAST = AccountsConfig(argon2_memory_kib=8192, argon2_time_cost=1, argon2_parallelism=1)
 USER = "alice@example.org"
 
 
 @pytest.fixture
 def config(tmp_path: Path) -> Path:
-    (tmp_path / "cert.pem").write_text("dummy")
-    (tmp_path / "key.pem").write_text("dummy")
-    path = tmp_path / "smtpgate.toml"
-    path.write_text(CONFIG)
+    path = write_config(tmp_path)
     r = run(path, "add", USER, "--password-stdin", input="Lantern-Quartz-Harbor-58\n")
     assert r.exit_code == 0, r.output
     return path
 
 
-def run(config: Path, *args: str, input: str | None = None) -> Result:
-    return CliRunner().invoke(cli, ["user", *args, "--config", str(config)], input=input)
 
 
 def open_store(config: Path) -> SqliteAccountStore:

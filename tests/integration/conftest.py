@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.peers.postfix_dovecot import PostfixDovecot, running
+
 BIN = Path(sys.executable).parent
 SMTPGATE = str(BIN / "smtpgate")
 IN_CI = bool(os.environ.get("SMTPGATE_CI") or os.environ.get("CI"))
@@ -187,3 +189,21 @@ def server(tmp_path: Path) -> Iterator[Server]:
     yield srv
     if srv.proc is not None:
         srv.stop()
+
+
+def require_mta() -> None:
+    """Postfix and Dovecot, run as a private instance, need their programs and root."""
+    for tool in ("postfix", "dovecot", "doveadm", "script"):
+        require_tool(tool)
+    if os.geteuid() != 0:
+        if IN_CI:
+            pytest.fail("Postfix and Dovecot tests need root (they drop to their own users)")
+        pytest.skip("Postfix and Dovecot tests need root")
+
+
+@pytest.fixture(scope="module")
+def mta() -> Iterator[PostfixDovecot]:
+    """A private Postfix+Dovecot on loopback for one test module (tests/peers/)."""
+    require_mta()
+    with running() as pd:
+        yield pd

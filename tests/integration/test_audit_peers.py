@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,10 +23,10 @@ from typing import Any
 import pytest
 
 from smtpgate.tls.certs import write_self_signed
-from tests.peers.postfix_dovecot import SCRAM_PASSWORD, SCRAM_USER, PostfixDovecot, running
+from tests.peers.postfix_dovecot import SCRAM_PASSWORD, SCRAM_USER, PostfixDovecot
 from tests.peers.python_peers import PeerProcess, start_peer
 
-from .conftest import IN_CI, SMTPGATE, require_tool
+from .conftest import SMTPGATE
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
 
@@ -52,22 +51,6 @@ def audit(*args: str, stdin: str | None = None) -> tuple[int, dict[str, Any]]:
 
 def ids(target: dict[str, Any]) -> set[str]:
     return {f["id"] for f in target["findings"]}
-
-
-def require_mta() -> None:
-    for tool in ("postfix", "dovecot", "doveadm", "script"):
-        require_tool(tool)
-    if os.geteuid() != 0:
-        if IN_CI:
-            pytest.fail("Postfix and Dovecot tests need root (they drop to their own users)")
-        pytest.skip("Postfix and Dovecot tests need root")
-
-
-@pytest.fixture(scope="module")
-def mta() -> Iterator[PostfixDovecot]:
-    require_mta()
-    with running() as pd:
-        yield pd
 
 
 @pytest.fixture(scope="module")

@@ -8,34 +8,16 @@ that as "auth refused", not as success. Dovecot 2.3 offers no -PLUS mechanism.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.peers.postfix_dovecot import SCRAM_PASSWORD, SCRAM_USER, PostfixDovecot, running
+from tests.peers.postfix_dovecot import SCRAM_PASSWORD, SCRAM_USER, PostfixDovecot
 
-from .conftest import IN_CI, SMTPGATE, require_tool
+from .conftest import SMTPGATE
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
-
-
-def require_mta() -> None:
-    for tool in ("postfix", "dovecot", "doveadm", "script"):
-        require_tool(tool)
-    if os.geteuid() != 0:
-        if IN_CI:
-            pytest.fail("Postfix and Dovecot tests need root (they drop to their own users)")
-        pytest.skip("Postfix and Dovecot tests need root")
-
-
-@pytest.fixture(scope="module")
-def mta() -> Iterator[PostfixDovecot]:
-    require_mta()
-    with running() as pd:
-        yield pd
 
 
 def run_tester(mta: PostfixDovecot, service: str, *args: str, password: str = SCRAM_PASSWORD,

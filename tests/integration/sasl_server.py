@@ -25,20 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from smtpgate.config import KNOWN_MECHANISMS
+
 from .conftest import Server, free_port, make_server
 from .oauth_issuer import SCOPE, LocalIssuer
 
-ALL_MECHANISMS = [
-    "SCRAM-SHA-256-PLUS",
-    "SCRAM-SHA-256",
-    "SCRAM-SHA-1-PLUS",
-    "SCRAM-SHA-1",
-    "OAUTHBEARER",
-    "XOAUTH2",
-    "PLAIN",
-    "LOGIN",
-    "CRAM-MD5",
-]
+# Every mechanism smtpgate knows, strongest first (the config's own list).
+ALL_MECHANISMS = list(KNOWN_MECHANISMS)
 
 #: No spaces: gsasl behind socat gets its arguments through socat's EXEC parser.
 #: Long and unguessable enough for the password policy of `user add`.

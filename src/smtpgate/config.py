@@ -8,10 +8,12 @@ constructor arguments; there is no global config object.
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -34,6 +36,48 @@ KNOWN_MECHANISMS = (
 
 class Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# RFC 1123 §2.1: a label is letters, digits and hyphens, 1-63 long, and neither
+# starts nor ends with a hyphen (a leading digit is allowed).
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def hostname_problem(name: str) -> str | None:
+    """Why ``name`` cannot be this server's host name, or None if it can.
+
+    The name goes into the greeting, the Received header, the EHLO to a relay and
+    the certificate ``smtpgate init`` makes, so it must be a DNS host name:
+    dot-separated RFC 1123 labels, at most 253 characters. Address literals and
+    bare IP addresses are refused (RFC 1123 §2.1: a host name never has the
+    dotted-decimal form); a certificate names a host, not an address, here.
+    """
+    if not name:
+        return "is empty"
+    if len(name) > 253:
+        return "is longer than 253 characters"
+    for label in name.split("."):
+        if not label:
+            return "has an empty label (two dots in a row, or a dot at an end)"
+        if not _LABEL.fullmatch(label):
+            return (
+                f"has the label {label!r}: a label is 1-63 letters, digits and hyphens, "
+                "not starting or ending with a hyphen"
+            )
+    if name.rsplit(".", 1)[-1].isdigit():
+        return "is an IP address, not a host name"
+    return None
+
+
+def check_hostname(name: str) -> str:
+    """``name`` if it is a valid host name (see `hostname_problem`); ValueError if not."""
+    problem = hostname_problem(name)
+    if problem is not None:
+        raise ValueError(
+            f"{name!r} is not a host name: it {problem} (expected a DNS name such as "
+            "mail.example.org)"
+        )
+    return name
 
 
 def _parse_hostport(value: str) -> tuple[str, int]:
@@ -424,7 +468,11 @@ class ServerConfig(Model):
 
 
 class Config(Model):
-    hostname: str = Field(default="localhost", description="Name in the greeting and Received.")
+    hostname: str = Field(
+        default="localhost",
+        description="Name in the greeting, Received and the EHLO to a relay: a DNS host name "
+        "(RFC 1123 labels, e.g. 'mail.example.org'); IP addresses are refused.",
+    )
     listeners: Annotated[list[ListenerConfig], Field(min_length=1)] = Field(
         description="Listening sockets ([[listeners]] tables)."
     )
@@ -449,6 +497,11 @@ class Config(Model):
     #: Directory of the config file; relative paths are resolved against it.
     base_dir: Path = Field(default=Path("."), exclude=True, description="(internal)")
 
+    @field_validator("hostname")
+    @classmethod
+    def _hostname(cls, v: str) -> str:
+        return check_hostname(v)
+
     def path(self, p: Path) -> Path:
         """Resolve a configured path relative to the config file's directory."""
         return p if p.is_absolute() else (self.base_dir / p)
@@ -462,13 +515,98 @@ class ConfigError(Exception):
         super().__init__("; ".join(f"{k}: {m}" for k, m in problems))
 
 
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The model a field holds: itself, or inside ``list[...]`` / ``X | None``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The model of the table at ``loc`` (list indexes skipped), if there is one."""
+    model: type[BaseModel] = Config
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        inner = None if field is None else _model_in(field.annotation)
+        if inner is None:
+            return None
+        model = inner
+    return model
+
+
+def _keys_of(model: type[BaseModel]) -> list[str]:
+    return [k for k in model.model_fields if k != "base_dir"]
+
+
+def _table_name(loc: tuple[int | str, ...]) -> str:
+    """How the TOML file spells the table at ``loc``: [limits], [[listeners]] #2."""
+    if not loc:
+        return "the top level"
+    dotted = ".".join(str(p) for p in loc if isinstance(p, str))
+    if isinstance(loc[-1], int):
+        return f"[[{dotted}]] #{loc[-1] + 1}"
+    return f"[{dotted}]"
+
+
+def _tables() -> dict[str, type[BaseModel]]:
+    """Every table of the schema by its TOML name, for "it belongs in [x]"."""
+    out: dict[str, type[BaseModel]] = {"the top level": Config}
+    for name, field in Config.model_fields.items():
+        model = _model_in(field.annotation)
+        if model is not None:
+            many = get_origin(field.annotation) is list
+            out[f"[[{name}]]" if many else f"[{name}]"] = model
+    return out
+
+
+def unknown_key_message(loc: tuple[int | str, ...]) -> str:
+    """"unknown key `hostnam` in [server]; did you mean `hostname` at the top level?"
+
+    A near miss among the table's own keys is suggested first; failing that, the
+    same key or a near miss in another table.
+    """
+    name = str(loc[-1])
+    where = _table_name(loc[:-1])
+    text = f"unknown key `{name}` " + ("at the top level" if not loc[:-1] else f"in {where}")
+    model = _model_at(loc[:-1])
+    if model is not None:
+        near = _near(name, _keys_of(model))
+        if near:
+            return f"{text}; did you mean `{near}`?"
+    for table, other in _tables().items():
+        if table == where or other is model:
+            continue
+        place = "at the top level" if other is Config else f"in {table}"
+        if name in _keys_of(other):
+            return f"{text}; it belongs {place}"
+        near = _near(name, _keys_of(other))
+        if near:
+            return f"{text}; did you mean `{near}` {place}?"
+    return text
+
+
+def _near(name: str, keys: list[str]) -> str | None:
+    """The key ``name`` is most likely a typo of (case-insensitively), if any."""
+    by_lower = {k.lower(): k for k in keys}
+    near = difflib.get_close_matches(name.lower(), list(by_lower), n=1, cutoff=0.75)
+    return by_lower[near[0]] if near else None
+
+
 def _problems(err: ValidationError) -> list[tuple[str, str]]:
     out = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            msg = "unknown key"
+            msg = unknown_key_message(tuple(e["loc"]))
+        elif e["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")
         out.append((key, msg))
     return out
 

@@ -43,10 +43,60 @@ def test_good_config_parses(base: Path) -> None:
     assert cfg.path(cfg.tls.cert) == base / "c.pem"
 
 
-def test_unknown_key_is_named(base: Path) -> None:
+def test_unknown_key_is_named_with_the_nearest_key(base: Path) -> None:
     assert problems(GOOD + "\n[limits]\nmax_mesage_size = 5\n", base) == {
-        "limits.max_mesage_size": "unknown key"
+        "limits.max_mesage_size": "unknown key `max_mesage_size` in [limits]; "
+        "did you mean `max_message_size`?"
     }
+
+
+@pytest.mark.parametrize(
+    ("extra", "key", "message"),
+    [
+        ('hostnam = "x"\n', "hostnam",
+         "unknown key `hostnam` at the top level; did you mean `hostname`?"),
+        ("[server]\nhostnam = 1\n", "server.hostnam",
+         "unknown key `hostnam` in [server]; did you mean `hostname` at the top level?"),
+        ("[limits]\nworkers = 2\n", "limits.workers",
+         "unknown key `workers` in [limits]; it belongs in [server]"),
+        ("[limit]\nworkers = 2\n", "limit",
+         "unknown key `limit` at the top level; did you mean `limits`?"),
+        ("[guard]\nzzzz = 1\n", "guard.zzzz", "unknown key `zzzz` in [guard]"),
+    ],
+)
+def test_unknown_key_suggestions(base: Path, extra: str, key: str, message: str) -> None:
+    text = extra + GOOD if extra.startswith("hostnam") else GOOD + extra
+    assert problems(text, base) == {key: message}
+
+
+def test_unknown_key_in_a_listener_names_the_listener(base: Path) -> None:
+    p = problems(GOOD.replace('tls = "starttls"', 'tls = "starttls"\nnmae = "x"'), base)
+    assert p == {
+        "listeners.0.nmae": "unknown key `nmae` in [[listeners]] #1; did you mean `name`?"
+    }
+
+
+@pytest.mark.parametrize(
+    "bad", ["bad host!", "127.0.0.1", "a..b", "mail.example.org.", "-a.example", "a-.example",
+            "under_score.example", "x" * 64 + ".example", ("a" * 60 + ".") * 5 + "org", ""],
+)
+def test_hostname_must_be_a_dns_host_name(base: Path, bad: str) -> None:
+    p = problems(GOOD.replace("mx.example.org", bad), base)
+    assert list(p) == ["hostname"]
+    assert "is not a host name" in p["hostname"]
+
+
+@pytest.mark.parametrize("good", ["localhost", "mail.example.org", "1and1.example", "MX-1.Example"])
+def test_hostname_accepts_rfc1123_names(base: Path, good: str) -> None:
+    assert parse_config(GOOD.replace("mx.example.org", good), base).hostname == good
+
+
+def test_init_refuses_a_bad_hostname_before_writing_anything(tmp_path: Path) -> None:
+    target = tmp_path / "gate"
+    r = CliRunner().invoke(cli, ["init", "--dir", str(target), "--hostname", "bad host!"])
+    assert r.exit_code == 2
+    assert "'bad host!' is not a host name" in r.output
+    assert not target.exists()
 
 
 def test_bad_value_is_named(base: Path) -> None:
@@ -83,7 +133,7 @@ def test_config_check_cli(base: Path) -> None:
     cfg.write_text(GOOD + "\nbogus = 1\n")
     r = CliRunner().invoke(cli, ["config", "check", "--config", str(cfg)])
     assert r.exit_code == 1
-    assert "bogus: unknown key" in r.output
+    assert "tls.bogus: unknown key `bogus` in [tls]" in r.output
 
 
 def test_config_from_environment(base: Path, monkeypatch: pytest.MonkeyPatch) -> None:

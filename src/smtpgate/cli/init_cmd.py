@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from smtpgate.config import ConfigError, parse_config
+from smtpgate.config import ConfigError, check_hostname, parse_config
 
 _TEMPLATE = """\
 # smtpgate configuration, written by `smtpgate init`.
@@ -55,6 +55,14 @@ def _delivery_block(deliver: str) -> str:
     raise click.BadParameter("expected maildir:PATH or relay:HOST:PORT", param_hint="--deliver")
 
 
+def _hostname(value: str) -> str:
+    """Checked before anything is written: the name becomes the certificate's SAN."""
+    try:
+        return check_hostname(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--hostname") from None
+
+
 def _demo_address(hostname: str) -> str:
     return f"demo@{hostname.lower()}"
 
@@ -63,7 +71,10 @@ def _demo_address(hostname: str) -> str:
 @click.option(
     "--dir", "directory", required=True, type=click.Path(file_okay=False, path_type=Path)
 )
-@click.option("--hostname", default="localhost", show_default=True, help="Server name.")
+@click.option(
+    "--hostname", default="localhost", show_default=True, callback=lambda _c, _p, v: _hostname(v),
+    help="Server name: a DNS host name (RFC 1123), e.g. mail.example.org.",
+)
 @click.option("--submission", default="127.0.0.1:2587", show_default=True, help="STARTTLS listener.")
 @click.option(
     "--submissions", default="127.0.0.1:2465", show_default=True, help="Implicit-TLS listener."

@@ -459,12 +459,30 @@ class ServerConfig(Model):
         "smtpgate uses more than one core.",
     )
 
-    @property
-    def effective_workers(self) -> int:
-        return self.workers or max(1, min(4, os.cpu_count() or 1))
     shutdown_grace: float = Field(
         default=10.0, ge=0, description="Seconds in-flight sessions get on SIGTERM before 421."
     )
+    pid_file: Path | None = Field(
+        default=None,
+        description="File where `serve` writes its process id, for `smtpgate reload` (and "
+        "removes on exit). Default: smtpgate.pid in the directory of accounts.database (the "
+        "state directory). Changing it needs a restart.",
+    )
+    log_file: Path | None = Field(
+        default=None,
+        description="Append the server log to this file instead of stderr; it is reopened "
+        "on SIGHUP and SIGUSR1 (log rotation). Default: stderr (the journal under systemd). "
+        "Changing it needs a restart.",
+    )
+
+    @field_validator("pid_file", "log_file", mode="before")
+    @classmethod
+    def _empty_path_is_none(cls, v: object) -> object:
+        return None if v == "" else v
+
+    @property
+    def effective_workers(self) -> int:
+        return self.workers or max(1, min(4, os.cpu_count() or 1))
 
 
 class Config(Model):

@@ -446,6 +446,24 @@ class DeliveryConfig(Model):
     relay_password_file: Path | None = Field(
         default=None, description="File holding the relay password (never inline)."
     )
+    # RFC 5321 §4.5.3.2 minimums as defaults; see docs/delivery.md for the choice.
+    relay_connect_timeout: float = Field(
+        default=30.0, gt=0, description="Seconds to wait for the TCP connection to the relay."
+    )
+    relay_greeting_timeout: float = Field(
+        default=300.0, gt=0, description="Seconds to wait for the relay's 220 greeting."
+    )
+    relay_command_timeout: float = Field(
+        default=300.0,
+        gt=0,
+        description="Seconds to wait for each reply (EHLO, STARTTLS and its handshake, AUTH, "
+        "MAIL, RCPT, DATA) and for the relay to take each block of the message.",
+    )
+    relay_data_timeout: float = Field(
+        default=600.0,
+        gt=0,
+        description="Seconds to wait for the relay's reply after the whole message was sent.",
+    )
 
 
 class ServerConfig(Model):

@@ -8,7 +8,7 @@ from pathlib import Path
 from smtpgate.config import Config
 from smtpgate.queue.delivery import Deliverer
 from smtpgate.queue.maildir import MaildirDeliverer
-from smtpgate.queue.relay import RelayDeliverer, tls_context
+from smtpgate.queue.relay import RelayDeliverer, RelayTimeouts, tls_context
 from smtpgate.queue.spool import Spool
 from smtpgate.queue.worker import DeliveryWorker
 from smtpgate.sasl.base import ClientMechanism
@@ -59,11 +59,18 @@ def make_deliverer(cfg: Config) -> Deliverer:
         tls_mode=d.relay_tls,
         tls_context=ctx,
         auth=auth,
+        timeouts=RelayTimeouts(
+            connect=d.relay_connect_timeout,
+            greeting=d.relay_greeting_timeout,
+            command=d.relay_command_timeout,
+            data=d.relay_data_timeout,
+        ),
     )
 
 
 def make_worker(cfg: Config, spool: Spool, deliverer: Deliverer) -> DeliveryWorker:
-    return DeliveryWorker(spool, deliverer, cfg.queue)
+    """The worker; on `stop` in-flight deliveries get ``server.shutdown_grace``."""
+    return DeliveryWorker(spool, deliverer, cfg.queue, stop_grace=cfg.server.shutdown_grace)
 
 
 def _plain(user: str, password: str) -> Callable[[], ClientMechanism]:

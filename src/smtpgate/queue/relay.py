@@ -19,10 +19,17 @@ What a reply means, per recipient (STYLE.md §11):
 
 Credentials are never sent in clear unless ``relay_tls`` is "none", which is an
 explicit choice (a relay on localhost).
+
+Every wait has a timeout (`RelayTimeouts`): a next hop that accepts the connection
+and then stalls defers the message like any other temporary failure, and the
+reply text and a WARNING record name the step that timed out and the host. A
+cancelled delivery (the server shutting down) drops the connection at once; the
+worker keeps the message queued.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 from collections.abc import Callable, Mapping
@@ -48,18 +55,27 @@ log = logging.getLogger("smtpgate.queue.relay")
 TlsMode = Literal["opportunistic", "require", "none"]
 #: A SASL exchange longer than this is a server leading us on.
 _MAX_AUTH_ROUNDS = 10
+#: A graceful close that takes longer than this becomes an abort.
+_CLOSE_TIMEOUT = 2.0
 
 
 @dataclass(frozen=True, slots=True)
 class RelayTimeouts:
-    """RFC 5321 §4.5.3.2 minimum timeouts (seconds), connect aside."""
+    """Seconds each step of a relay session may take (``[delivery] relay_*_timeout``).
+
+    The defaults keep RFC 5321 §4.5.3.2's minimums: greeting 5 min (§4.5.3.2.1),
+    MAIL and RCPT 5 min (§4.5.3.2.2/3), DATA 2 min and each data block 3 min
+    (§4.5.3.2.4/5, both covered by ``command``), the final dot 10 min (§4.5.3.2.6).
+    ``command`` also bounds EHLO, STARTTLS and its handshake, and each AUTH step.
+    The RFC has no connect timeout; 30 s is ours, and QUIT gets 10 s because the
+    outcome is known by then.
+    """
 
     connect: float = 30.0
-    greeting: float = 300.0  # §4.5.3.2.1: initial 220, 5 minutes
-    command: float = 300.0  # §4.5.3.2.2/3: MAIL, RCPT, 5 minutes
-    data_init: float = 120.0  # §4.5.3.2.4: DATA, 2 minutes
-    data_end: float = 600.0  # §4.5.3.2.6: final dot, 10 minutes
-    tls: float = 60.0
+    greeting: float = 300.0
+    command: float = 300.0
+    data: float = 600.0
+    quit: float = 10.0
 
 
 class _Abort(Exception):
@@ -80,6 +96,35 @@ def _by_code(reply: ServerReply, what: str) -> TempFailure | PermFailure:
     if reply.is_permanent:
         return PermFailure(text)
     return TempFailure(text)
+
+
+class _Link:
+    """The connection plus the step in progress, so that a timeout can say which
+    step it cut short (one per session: deliveries run concurrently)."""
+
+    def __init__(self, conn: SmtpClientConnection) -> None:
+        self.conn = conn
+        self.step = "the connection"
+        self.limit = 0.0
+
+    def _at(self, step: str, limit: float) -> None:
+        self.step, self.limit = step, limit
+
+    async def reply(self, step: str, limit: float) -> ServerReply:
+        self._at(step, limit)
+        return await self.conn.read_reply(limit)
+
+    async def command(self, name: str, data: bytes, limit: float) -> ServerReply:
+        self._at(f"the reply to {name}", limit)
+        return await self.conn.command(data, limit)
+
+    async def send(self, step: str, data: bytes, limit: float) -> None:
+        self._at(step, limit)
+        await self.conn.send(data, limit)
+
+    async def start_tls(self, context: ssl.SSLContext, host: str, limit: float) -> None:
+        self._at("the TLS handshake", limit)
+        await self.conn.start_tls(context, host, limit)
 
 
 class RelayDeliverer:
@@ -110,27 +155,57 @@ class RelayDeliverer:
         self._auth = auth
         self._t = timeouts
 
+    @property
+    def timeouts(self) -> RelayTimeouts:
+        return self._t
+
     async def deliver(
         self, message: QueuedMessage, recipients: tuple[str, ...]
     ) -> Mapping[str, DeliveryResult]:
+        """One session; a cancelled delivery drops the connection at once (the
+        worker keeps the message queued)."""
+        where = f"{self.host}:{self.port}"
         results: dict[str, DeliveryResult] = {}
         try:
             conn = await SmtpClientConnection.open(self.host, self.port, timeout=self._t.connect)
-        except (OSError, TimeoutError) as e:
-            failure = TempFailure(f"4.4.1 cannot connect to relay {self.host}:{self.port}: {e}")
-            return dict.fromkeys(recipients, failure)
+        except TimeoutError:
+            why = f"no connection within {self._t.connect:g} s"
+            return self._session_failed(message, recipients, results, f"4.4.1 relay {where}: {why}")
+        except OSError as e:
+            why = f"cannot connect: {e.strerror or e}"
+            return self._session_failed(message, recipients, results, f"4.4.1 relay {where}: {why}")
+        link = _Link(conn)
         try:
-            await self._session(conn, message, recipients, results)
+            await self._session(link, message, recipients, results)
+        except asyncio.CancelledError:
+            conn.abort()
+            raise
         except _Abort as a:
             for r in recipients:
                 results.setdefault(r, a.result)
-        except (OSError, TimeoutError, ProtocolError, ssl.SSLError) as e:
-            what = "timeout" if isinstance(e, TimeoutError) else str(e) or type(e).__name__
-            failure = TempFailure(f"4.4.2 relay session with {self.host} failed: {what}")
-            for r in recipients:
-                results.setdefault(r, failure)
-        finally:
-            await conn.close()
+        except TimeoutError:
+            why = f"timed out after {link.limit:g} s waiting for {link.step}"
+            self._session_failed(message, recipients, results, f"4.4.2 relay {where}: {why}")
+        except (OSError, ProtocolError, ssl.SSLError) as e:
+            why = f"session failed during {link.step}: {str(e) or type(e).__name__}"
+            self._session_failed(message, recipients, results, f"4.4.2 relay {where}: {why}")
+        # Short: a peer that stalled will not take our last bytes either.
+        await conn.close(timeout=_CLOSE_TIMEOUT)
+        return results
+
+    @staticmethod
+    def _session_failed(
+        message: QueuedMessage,
+        recipients: tuple[str, ...],
+        results: dict[str, DeliveryResult],
+        text: str,
+    ) -> dict[str, DeliveryResult]:
+        """A broken session (no connection, a timeout, a dropped link) is about the
+        relay, not the message: logged once, temporary for every open recipient."""
+        log.warning("queue: %s: %s", message.queue_id, text)
+        failure = TempFailure(text)
+        for r in recipients:
+            results.setdefault(r, failure)
         return results
 
     async def close(self) -> None:
@@ -138,22 +213,22 @@ class RelayDeliverer:
 
     async def _session(
         self,
-        conn: SmtpClientConnection,
+        link: _Link,
         message: QueuedMessage,
         recipients: tuple[str, ...],
         results: dict[str, DeliveryResult],
     ) -> None:
-        engine = conn.engine
+        engine = link.conn.engine
         t = self._t
-        greeting = await conn.read_reply(t.greeting)
+        greeting = await link.reply("the greeting", t.greeting)
         if greeting.code != 220:
             raise _temp(f"relay greeting: {greeting}")
-        ext = await self._hello(conn)
+        ext = await self._hello(link)
         if self._tls_mode != "none":
-            ext = await self._starttls(conn, ext)
+            ext = await self._starttls(link, ext)
         authenticated = False
         if self._auth is not None:
-            await self._authenticate(conn, ext, self._auth())
+            await self._authenticate(link, ext, self._auth())
             authenticated = True
 
         params = self._mail_params(message, ext, authenticated)
@@ -169,16 +244,21 @@ class RelayDeliverer:
                 results[rcpt] = PermFailure(f"5.1.3 cannot send this recipient: {e}")
         if ext.pipelining:
             # RFC 2920 §3.1: MAIL and the RCPTs may go as one group; DATA waits below.
-            await conn.send(mail_cmd + b"".join(cmd for _, cmd in rcpt_cmds))
-            mail_reply = await conn.read_reply(t.command)
-            rcpt_replies = [await conn.read_reply(t.command) for _ in rcpt_cmds]
+            group = mail_cmd + b"".join(cmd for _, cmd in rcpt_cmds)
+            await link.send("the relay to take MAIL FROM and RCPT TO", group, t.command)
+            mail_reply = await link.reply("the reply to MAIL FROM", t.command)
+            rcpt_replies = [
+                await link.reply("the reply to RCPT TO", t.command) for _ in rcpt_cmds
+            ]
             if not mail_reply.is_positive:
                 raise _Abort(_by_code(mail_reply, "relay refused sender"))
         else:
-            mail_reply = await conn.command(mail_cmd, t.command)
+            mail_reply = await link.command("MAIL FROM", mail_cmd, t.command)
             if not mail_reply.is_positive:
                 raise _Abort(_by_code(mail_reply, "relay refused sender"))
-            rcpt_replies = [await conn.command(cmd, t.command) for _, cmd in rcpt_cmds]
+            rcpt_replies = [
+                await link.command("RCPT TO", cmd, t.command) for _, cmd in rcpt_cmds
+            ]
 
         accepted = []
         for (rcpt, _), reply in zip(rcpt_cmds, rcpt_replies, strict=True):
@@ -187,64 +267,68 @@ class RelayDeliverer:
             else:
                 results[rcpt] = _by_code(reply, "relay refused recipient")
         if not accepted:
-            await self._quit(conn)
+            await self._quit(link)
             return
 
-        data_reply = await conn.command(engine.data(), t.data_init)
+        data_reply = await link.command("DATA", engine.data(), t.command)
         if data_reply.code != 354:
             raise _Abort(_by_code(data_reply, "relay refused DATA"))
-        final = await conn.command(engine.message(message.data), t.data_end)
+        # RFC 5321 §4.5.3.2.5: each block of the message gets the command timeout
+        # to be taken; §4.5.3.2.6: the reply to the final dot gets ``data``.
+        await link.send("the relay to take the message", engine.message(message.data),
+                        t.command)
+        final = await link.reply("the reply to the final dot", t.data)
         if final.is_positive:
             for rcpt in accepted:
                 results[rcpt] = Delivered(f"relay {self.host}: {final}")
         else:
             raise _Abort(_by_code(final, "relay refused message"))
-        await self._quit(conn)
+        await self._quit(link)
 
-    async def _hello(self, conn: SmtpClientConnection) -> Extensions:
-        reply = await conn.command(conn.engine.ehlo(self._helo), self._t.command)
+    async def _hello(self, link: _Link) -> Extensions:
+        engine = link.conn.engine
+        reply = await link.command("EHLO", engine.ehlo(self._helo), self._t.command)
         if reply.code == 250:
-            return conn.engine.extensions
+            return engine.extensions
         # RFC 5321 §3.2: a server that refuses EHLO may still accept HELO.
-        reply = await conn.command(conn.engine.helo(self._helo), self._t.command)
+        reply = await link.command("HELO", engine.helo(self._helo), self._t.command)
         if reply.code != 250:
             raise _temp(f"relay refused HELO: {reply}")
-        return conn.engine.extensions
+        return engine.extensions
 
-    async def _starttls(self, conn: SmtpClientConnection, ext: Extensions) -> Extensions:
+    async def _starttls(self, link: _Link, ext: Extensions) -> Extensions:
         if not ext.starttls:
             if self._tls_mode == "require":
                 raise _temp("4.7.0 relay does not offer STARTTLS (relay_tls = require)")
             return ext
-        reply = await conn.command(conn.engine.starttls(), self._t.command)
+        reply = await link.command("STARTTLS", link.conn.engine.starttls(), self._t.command)
         if reply.code != 220:
             if self._tls_mode == "require":
                 raise _temp(f"relay refused STARTTLS: {reply}")
             log.warning("relay %s refused STARTTLS (%s); continuing in clear", self.host, reply)
             return ext
         assert self._tls_context is not None
-        await conn.start_tls(self._tls_context, self.host, self._t.tls)
+        await link.start_tls(self._tls_context, self.host, self._t.command)
         # RFC 3207 §4.2: forget what the server said in clear; ask again.
-        return await self._hello(conn)
+        return await self._hello(link)
 
-    async def _authenticate(
-        self, conn: SmtpClientConnection, ext: Extensions, mech: ClientMechanism
-    ) -> None:
-        if mech.cleartext_credentials and not conn.tls and self._tls_mode != "none":
+    async def _authenticate(self, link: _Link, ext: Extensions, mech: ClientMechanism) -> None:
+        if mech.cleartext_credentials and not link.conn.tls and self._tls_mode != "none":
             raise _temp(f"4.7.0 not sending {mech.name} credentials to {self.host} without TLS")
         if mech.name not in ext.auth_mechanisms:
             raise _temp(f"4.7.0 relay does not offer AUTH {mech.name}")
-        engine = conn.engine
-        reply = await conn.command(engine.auth(mech.name, mech.start()), self._t.command)
+        engine = link.conn.engine
+        t = self._t.command
+        reply = await link.command("AUTH", engine.auth(mech.name, mech.start()), t)
         for _ in range(_MAX_AUTH_ROUNDS):
             if reply.code != 334:
                 break
             try:
                 answer = mech.step(engine.challenge(reply))
             except ClientAuthError as e:
-                await conn.command(engine.auth_cancel(), self._t.command)
+                await link.command("AUTH", engine.auth_cancel(), t)
                 raise _temp(f"relay AUTH exchange failed: {e}") from None
-            reply = await conn.command(engine.auth_response(answer), self._t.command)
+            reply = await link.command("AUTH", engine.auth_response(answer), t)
         if reply.code != 235:
             # Temporary even for 535: a wrong relay password is ours to fix, not a
             # reason to bounce the user's mail.
@@ -279,10 +363,10 @@ class RelayDeliverer:
             params.append(f"AUTH={xtext(identity)}" if identity else "AUTH=<>")
         return params
 
-    async def _quit(self, conn: SmtpClientConnection) -> None:
+    async def _quit(self, link: _Link) -> None:
         """Polite QUIT; the outcome no longer depends on it."""
         try:
-            await conn.command(conn.engine.quit(), 10.0)
+            await link.command("QUIT", link.conn.engine.quit(), self._t.quit)
         except (OSError, TimeoutError, ProtocolError):
             pass
 

@@ -22,6 +22,14 @@ its earlier copy (the Maildir deliverer can; an SMTP relay cannot, RFC 1047).
 All times come from the injected ``clock``; only the waiting itself uses the
 event loop, so the retry schedule is tested by moving a fake clock.
 
+Stopping is bounded: `stop` sets a deadline (``grace`` seconds, the server's
+``shutdown_grace``). In-flight attempts may finish until then; at the deadline
+those still waiting on the deliverer are cancelled, which leaves their spool
+files as they were (retried at the next start, flagged ``maybe_delivered``),
+while those already recording an outcome finish recording it. So a next hop that
+hangs cannot hold a shutdown, and a message is never lost; it may reach a relay
+twice only if the cut fell after the final dot, as RFC 1047 allows.
+
 Bounces are, for now, a WARNING log record per failed recipient ("bounce ...");
 no DSN message is generated yet.
 """
@@ -30,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import heapq
 import logging
 import time
@@ -56,13 +65,17 @@ _MIN_SCAN_GAP = 0.01
 _BUSY_POLL = 0.05
 #: After an unexpected error with a message, try it again after this long.
 _ERROR_RETRY = 60.0
+#: How long cancelled attempts get to unwind before `run` returns without them.
+#: Cancellation is immediate for every deliverer here; this only bounds a bug.
+_CANCEL_SETTLE = 5.0
 
 
 class DeliveryWorker:
     """See the module docstring.
 
     ``concurrency`` bounds simultaneous deliveries; ``stop_grace`` is how long
-    `run` waits for in-flight deliveries after `stop` before cancelling them.
+    `run` waits for in-flight deliveries after `stop` (without ``grace``) before
+    cancelling them.
     """
 
     def __init__(
@@ -89,6 +102,7 @@ class DeliveryWorker:
         self._due: dict[str, float] = {}  # queue id -> next attempt (clock time)
         self._heap: list[tuple[float, str]] = []  # same, ordered; stale entries skipped
         self._inflight: dict[str, asyncio.Task[None]] = {}
+        self._recording: set[str] = set()  # in flight, past the deliverer: not cancelled
         self._suspect: set[str] = set()  # ids that may have been delivered unrecorded
         self._first_scan = True
         self._scan_wanted = True
@@ -96,6 +110,7 @@ class DeliveryWorker:
         self._wakeup = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
+        self._deadline = float("inf")  # time.monotonic() when in-flight work is cancelled
         self.deliveries = 0  # calls to the deliverer, for tests and metrics
 
     # --- control ----------------------------------------------------------------
@@ -105,9 +120,13 @@ class DeliveryWorker:
         from any thread. With ``queue_id`` no directory scan is needed."""
         self._in_loop(self._note, queue_id)
 
-    def stop(self) -> None:
-        """Ask `run` to return: no new deliveries start, in-flight ones finish.
-        Safe to call from any thread."""
+    def stop(self, grace: float | None = None) -> None:
+        """Ask `run` to return: no new deliveries start; in-flight ones get ``grace``
+        seconds from now (default ``stop_grace``), then are cancelled and their
+        messages stay queued. A later call never extends the deadline. Safe to
+        call from any thread."""
+        limit = self._stop_grace if grace is None else max(0.0, grace)
+        self._deadline = min(self._deadline, time.monotonic() + limit)
         self._stopping = True
         self._in_loop(self._note, None)
 
@@ -259,15 +278,28 @@ class DeliveryWorker:
         return None
 
     async def _finish_inflight(self) -> None:
+        """Wait for in-flight attempts until the stop deadline, then cancel those
+        not yet recording an outcome (see the module docstring)."""
         if not self._inflight:
             return
         tasks = list(self._inflight.values())
-        _, pending = await asyncio.wait(tasks, timeout=self._stop_grace)
-        for task in pending:
-            task.cancel()
-        if pending:
-            # Cancelled attempts leave the spool as it was before them: retried later.
-            await asyncio.wait(pending)
+        _, pending = await asyncio.wait(
+            tasks, timeout=max(0.0, self._deadline - time.monotonic())
+        )
+        if not pending:
+            return
+        cut = [qid for qid, task in self._inflight.items()
+               if task in pending and qid not in self._recording]
+        for qid in cut:
+            self._inflight[qid].cancel()
+        if cut:
+            log.warning("queue: stopping: cancelled %d deliveries in progress (%s); "
+                        "they stay queued", len(cut), ", ".join(cut))
+        # Cancelled attempts leave the spool as it was before them: retried later.
+        _, stuck = await asyncio.wait(pending, timeout=_CANCEL_SETTLE)
+        if stuck:
+            log.error("queue: stopping without %d deliveries that did not end: %s", len(stuck),
+                      ", ".join(t.get_name() for t in stuck))
 
     # --- one attempt ------------------------------------------------------------
 
@@ -283,6 +315,7 @@ class DeliveryWorker:
             retry_at = self._clock() + _ERROR_RETRY
         finally:
             del self._inflight[qid]
+            self._recording.discard(qid)
             self._wakeup.set()
         if retry_at is not None:
             self._schedule(qid, retry_at)
@@ -317,6 +350,7 @@ class DeliveryWorker:
                 max_age=self._cfg.max_age,
             )
             _log_outcomes(qid, envelope, outcomes)
+        self._recording.add(qid)  # from here on a stop waits for the record
         try:
             if state.finished:
                 await self._spool.remove(qid, recycle=self._recycle)
@@ -355,8 +389,8 @@ def _log_outcomes(qid: str, envelope: Envelope, outcomes: tuple[Outcome, ...]) -
         if o.kind == "delivered":
             log.info("queue: %s delivered to=<%s> %s", qid, o.address, o.detail)
         elif o.kind == "deferred":
-            log.info("queue: %s deferred to=<%s> until %.0f: %s", qid, o.address,
-                     o.next_attempt, o.detail)
+            until = dt.datetime.fromtimestamp(o.next_attempt, dt.UTC).isoformat(timespec="seconds")
+            log.info("queue: %s deferred to=<%s> until %s: %s", qid, o.address, until, o.detail)
         else:
             # The bounce, for now: a log record, no DSN (RFC 3464) is sent yet.
             log.warning("queue: %s bounce (%s) from=<%s> to=<%s>: %s", qid, o.kind,

@@ -233,6 +233,9 @@ async def serve_sockets(
         ready()
     await stop.wait()
     log.info("stopping: no new connections; %d open", len(runtime.connections))
+    if worker is not None:
+        # Deliveries get the sessions' grace, then are cancelled and stay queued.
+        worker.stop(grace=cfg.server.shutdown_grace)
     for srv in servers:
         srv.close()
     for conn in list(runtime.connections):
@@ -276,6 +279,7 @@ async def deliver_only(cfg: Config, children: list[int]) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
     await stop.wait()
+    worker.stop(grace=cfg.server.shutdown_grace)  # as in serve_sockets
     await asyncio.to_thread(_reap, children)
     worker.stop()
     await task

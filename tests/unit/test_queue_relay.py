@@ -8,6 +8,7 @@ fixed ports, no threads, no sleeps.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import ipaddress
 import ssl
@@ -63,7 +64,10 @@ class Pki:
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     """A throw-away CA and a server certificate for 127.0.0.1."""
-    d = tmp_path_factory.mktemp("pki")
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+def make_pki(d: Path) -> Pki:
     now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "smtpgate test CA")])
@@ -504,7 +508,8 @@ async def test_garbage_instead_of_smtp_is_temporary() -> None:
 
 async def test_silent_server_times_out_as_temporary() -> None:
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.read(100)  # never greets
+        with contextlib.suppress(ConnectionError):  # the client gives up with a reset
+            await reader.read(100)  # never greets
 
     async with scripted(script) as port:
         results = await relay(port, timeouts=RelayTimeouts(greeting=0.1)).deliver(
@@ -515,6 +520,118 @@ async def test_silent_server_times_out_as_temporary() -> None:
     assert f"relay 127.0.0.1:{port}: timed out after 0.1 s waiting for the greeting" in (
         result.reply
     )
+
+
+FAST = RelayTimeouts(connect=5, greeting=5, command=5, data=5)
+
+
+async def _stalled(
+    script: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+    timeouts: RelayTimeouts,
+    *,
+    data: bytes = DATA,
+    tls: Pki | None = None,
+) -> tuple[int, str]:
+    """Deliver to a server that runs ``script`` and then stalls until the client has
+    given up; returns the port and the (temporary) result's text."""
+    given_up = asyncio.Event()
+
+    async def run(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await script(reader, writer)
+        await given_up.wait()  # the stall: neither reading nor answering
+
+    async with scripted(run) as port:
+        deliverer = relay(port, timeouts=timeouts) if tls is None else relay(
+            port, tls_mode="require", ca_file=tls.ca_file, timeouts=timeouts
+        )
+        results = await deliverer.deliver(message(data=data), ("a@example.net",))
+        given_up.set()
+    result = results["a@example.net"]
+    assert isinstance(result, TempFailure), result
+    return port, result.reply
+
+
+async def _greet_and_accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                            commands: int) -> None:
+    writer.write(b"220 stuck.test\r\n")
+    for _ in range(commands):
+        await reader.readline()
+        writer.write(b"250 ok\r\n")
+
+
+async def test_rfc5321_s4_5_3_2_stalled_ehlo_reply_defers_naming_step_and_host() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _greet_and_accept(reader, writer, 0)
+
+    port, text = await _stalled(script, RelayTimeouts(greeting=5, command=0.2))
+    assert text.startswith(f"4.4.2 relay 127.0.0.1:{port}: ")
+    assert "timed out after 0.2 s waiting for the reply to EHLO" in text
+
+
+async def test_rfc5321_s4_5_3_2_3_stalled_rcpt_reply_defers() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _greet_and_accept(reader, writer, 2)  # EHLO, MAIL; then silence at RCPT
+
+    _, text = await _stalled(script, RelayTimeouts(greeting=5, command=0.2))
+    assert "waiting for the reply to RCPT TO" in text
+
+
+async def test_rfc5321_s4_5_3_2_6_stalled_final_reply_uses_the_data_timeout() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _greet_and_accept(reader, writer, 3)  # EHLO, MAIL, RCPT
+        await reader.readline()
+        writer.write(b"354 go\r\n")
+        await reader.readuntil(b"\r\n.\r\n")  # ... and no reply to the final dot
+
+    _, text = await _stalled(script, RelayTimeouts(greeting=5, command=5, data=0.2))
+    assert "timed out after 0.2 s waiting for the reply to the final dot" in text
+
+
+async def test_rfc5321_s4_5_3_2_5_relay_that_stops_reading_the_message_defers() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _greet_and_accept(reader, writer, 3)
+        await reader.readline()
+        writer.write(b"354 go\r\n")  # ... and never reads the message
+
+    # Larger than the socket buffers on both sides, so the writes must stall.
+    big = b"Subject: big\r\n\r\n" + b"x" * 998 + b"\r\n" * 1 + (b"y" * 78 + b"\r\n") * 400_000
+    _, text = await _stalled(script, RelayTimeouts(greeting=5, command=0.3, data=5), data=big)
+    assert "timed out after 0.3 s waiting for the relay to take the message" in text
+
+
+async def test_stalled_tls_handshake_defers(pki: Pki) -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 stuck.test\r\n")
+        await reader.readline()
+        writer.write(b"250-stuck.test\r\n250 STARTTLS\r\n")
+        await reader.readline()
+        writer.write(b"220 go ahead\r\n")  # ... and no TLS handshake follows
+
+    _, text = await _stalled(script, RelayTimeouts(greeting=5, command=0.3), tls=pki)
+    assert "waiting for the TLS handshake" in text
+
+
+async def test_cancelled_delivery_raises_and_ends_the_connection() -> None:
+    """A shutdown cancels deliveries: the cancellation reaches the caller and the
+    connection is dropped, not left open."""
+    connected = asyncio.Event()
+    peer_saw_end = asyncio.Event()
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connected.set()  # never greets
+        try:
+            await reader.read(100)
+        except ConnectionError:
+            pass
+        peer_saw_end.set()
+
+    async with scripted(script) as port:
+        task = asyncio.create_task(relay(port, timeouts=FAST).deliver(message(), ("a@x.test",)))
+        await asyncio.wait_for(connected.wait(), 10)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.wait_for(peer_saw_end.wait(), 10)
 
 
 async def test_helo_fallback_when_ehlo_is_refused() -> None:
@@ -572,6 +689,23 @@ def test_make_deliverer_relay_reads_the_password_file(tmp_path: Path) -> None:
     assert (deliverer.host, deliverer.port) == ("smarthost.test", 587)
 
 
+def test_make_deliverer_takes_the_relay_timeouts_from_the_config(tmp_path: Path) -> None:
+    deliverer = make_deliverer(_config(
+        tmp_path, mode="relay", relay_host="h", relay_tls="none", relay_connect_timeout=1,
+        relay_greeting_timeout=2, relay_command_timeout=3, relay_data_timeout=4,
+    ))
+    assert isinstance(deliverer, RelayDeliverer)
+    assert deliverer.timeouts == RelayTimeouts(connect=1, greeting=2, command=3, data=4)
+
+
+def test_relay_timeout_defaults_keep_the_rfc5321_minimums() -> None:
+    d = DeliveryConfig()
+    assert (d.relay_greeting_timeout, d.relay_command_timeout, d.relay_data_timeout) == (
+        300, 300, 600
+    )
+    assert d.relay_connect_timeout == 30
+
+
 @pytest.mark.parametrize("content", [None, "", "two\nlines\n"])
 def test_make_deliverer_refuses_a_bad_password_file(tmp_path: Path, content: str | None) -> None:
     if content is not None:
@@ -579,3 +713,29 @@ def test_make_deliverer_refuses_a_bad_password_file(tmp_path: Path, content: str
     with pytest.raises(DeliverySetupError, match="relay_password_file"):
         make_deliverer(_config(tmp_path, mode="relay", relay_host="h", relay_user="me",
                                relay_password_file=Path("relay.pw")))
+
+
+async def test_worker_stop_cuts_a_stuck_relay_delivery_and_keeps_the_message(
+    tmp_path: Path,
+) -> None:
+    connected = asyncio.Event()
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connected.set()  # accepts, never greets
+        with contextlib.suppress(ConnectionError):
+            await reader.read(100)
+
+    spool = Spool(tmp_path / "spool")
+    try:
+        qid = await spool.store(ENV, DATA)
+        async with scripted(script) as port:
+            # Default (RFC) timeouts: only the stop can end this delivery.
+            worker = DeliveryWorker(spool, relay(port), QueueConfig(), stop_grace=3600)
+            runner = asyncio.create_task(worker.run())
+            await asyncio.wait_for(connected.wait(), 10)
+            worker.stop(grace=0.05)
+            await asyncio.wait_for(runner, 10)
+        assert spool.list_ids() == [qid]
+        assert spool.load_state(qid) is None  # as before the attempt
+    finally:
+        await spool.close()

@@ -306,3 +306,67 @@ async def test_a_waiting_worker_takes_over_when_the_lock_is_released(spool: Spoo
     await _until(lambda: not spool.list_ids())
     worker.stop()
     await asyncio.wait_for(runner, 10)
+
+
+# --- stopping within the server's shutdown grace ----------------------------------------
+
+
+async def test_stop_with_grace_cancels_at_that_deadline_and_keeps_the_message(
+    spool: Spool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SIGTERM passes ``shutdown_grace``: a hung next hop cannot hold the shutdown
+    for the worker's own (longer) default grace."""
+    qid = await spool.store(envelope(), b"m")
+    d = FakeDeliverer()
+    d.gate = asyncio.Event()  # never set: a relay that hangs
+    worker = DeliveryWorker(spool, d, CFG, poll_interval=60.0, stop_grace=3600.0)
+    runner = asyncio.create_task(worker.run())
+    await asyncio.wait_for(d.called.wait(), 10)
+    with caplog.at_level(logging.WARNING, logger="smtpgate.queue"):
+        worker.stop(grace=0.05)
+        await asyncio.wait_for(runner, 10)
+    assert spool.list_ids() == [qid]  # still queued, state untouched
+    assert spool.load_state(qid) is None
+    assert f"cancelled 1 deliveries in progress ({qid})" in caplog.text
+    assert d.closed
+
+
+async def test_a_later_stop_never_extends_the_deadline(spool: Spool) -> None:
+    await spool.store(envelope(), b"m")
+    d = FakeDeliverer()
+    d.gate = asyncio.Event()
+    worker = DeliveryWorker(spool, d, CFG, poll_interval=60.0, stop_grace=3600.0)
+    runner = asyncio.create_task(worker.run())
+    await asyncio.wait_for(d.called.wait(), 10)
+    worker.stop(grace=0.05)
+    worker.stop()  # the default (an hour) must not replace the earlier deadline
+    await asyncio.wait_for(runner, 10)
+
+
+async def test_an_outcome_being_recorded_is_not_cancelled_at_the_deadline(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cutting the record of a finished delivery would send the message again."""
+    await spool.store(envelope(), b"m")
+    release = asyncio.Event()
+    recording = asyncio.Event()
+    real_remove = spool.remove
+
+    async def slow_remove(qid: str, **kw: object) -> None:
+        recording.set()
+        await release.wait()
+        await real_remove(qid, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(spool, "remove", slow_remove)
+    d = FakeDeliverer()
+    worker = DeliveryWorker(spool, d, CFG, poll_interval=60.0)
+    runner = asyncio.create_task(worker.run())
+    await asyncio.wait_for(recording.wait(), 10)
+    worker.stop(grace=0)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not runner.done()  # waiting for the record, not cancelling it
+    release.set()
+    await asyncio.wait_for(runner, 10)
+    assert spool.list_ids() == []
+    assert len(d.calls) == 1

@@ -184,12 +184,13 @@ class RelayDeliverer:
             for r in recipients:
                 results.setdefault(r, a.result)
         except TimeoutError:
+            conn.abort()  # a peer that stalled would stall a graceful close too
             why = f"timed out after {link.limit:g} s waiting for {link.step}"
-            self._session_failed(message, recipients, results, f"4.4.2 relay {where}: {why}")
+            return self._session_failed(message, recipients, results,
+                                        f"4.4.2 relay {where}: {why}")
         except (OSError, ProtocolError, ssl.SSLError) as e:
             why = f"session failed during {link.step}: {str(e) or type(e).__name__}"
             self._session_failed(message, recipients, results, f"4.4.2 relay {where}: {why}")
-        # Short: a peer that stalled will not take our last bytes either.
         await conn.close(timeout=_CLOSE_TIMEOUT)
         return results
 

@@ -191,13 +191,16 @@ class SmtpClientConnection:
             TimeoutError.
         """
         loop = asyncio.get_running_loop()
-        new_transport = await loop.start_tls(
-            self._transport,
-            self._protocol,
-            context,
-            server_hostname=server_hostname,
-            ssl_handshake_timeout=timeout,
-        )
+        # Our own timeout, so a stalled handshake is a TimeoutError like every other
+        # wait; the loop's (a little later) is only a backstop.
+        async with asyncio.timeout(timeout):
+            new_transport = await loop.start_tls(
+                self._transport,
+                self._protocol,
+                context,
+                server_hostname=server_hostname,
+                ssl_handshake_timeout=timeout + 1.0,
+            )
         if new_transport is None:  # pragma: no cover - only if the loop lost it
             raise ConnectionClosed("connection closed during the TLS handshake")
         self._transport = new_transport

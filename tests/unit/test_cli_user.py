@@ -87,14 +87,14 @@ def test_passwd(config: Path) -> None:
     assert r.exit_code == 0, r.output
     assert verify(config, "a@example.org", "new")
     r = run(config, "passwd", "nobody@example.org", "--password-stdin", input="x\n")
-    assert r.exit_code == 1 and "no account" in r.stderr and "user list" in r.stderr
+    assert r.exit_code == 3 and "no account" in r.stderr and "user list" in r.stderr
 
 
 def test_remove(config: Path) -> None:
     run(config, "add", "a@example.org", "--password-stdin", input="p\n")
     assert run(config, "remove", "a@example.org").exit_code == 0
     r = run(config, "remove", "a@example.org")
-    assert r.exit_code == 1 and "no account" in r.stderr
+    assert r.exit_code == 3 and "no account" in r.stderr
 
 
 def test_lock_unlock_and_list(config: Path) -> None:
@@ -111,7 +111,7 @@ def test_lock_unlock_and_list(config: Path) -> None:
         assert column in out
     assert "unlocked" in run(config, "unlock", "a@example.org").output
     assert "was not locked" in run(config, "unlock", "a@example.org").output
-    assert run(config, "lock", "nobody@example.org").exit_code == 1
+    assert run(config, "lock", "nobody@example.org").exit_code == 3
 
 
 def test_list_empty(config: Path) -> None:

@@ -125,7 +125,14 @@ def test_invalid_toml(base: Path) -> None:
     assert "(file)" in problems("hostname = ", base)
 
 
+def real_certificate(base: Path) -> None:
+    from smtpgate.tls.certs import write_self_signed
+
+    write_self_signed(base / "c.pem", base / "k.pem", "mx.example.org")
+
+
 def test_config_check_cli(base: Path) -> None:
+    real_certificate(base)
     cfg = base / "smtpgate.toml"
     cfg.write_text(GOOD)
     r = CliRunner().invoke(cli, ["config", "check", "--config", str(cfg)])
@@ -137,6 +144,7 @@ def test_config_check_cli(base: Path) -> None:
 
 
 def test_config_from_environment(base: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_certificate(base)
     cfg = base / "smtpgate.toml"
     cfg.write_text(GOOD)
     monkeypatch.setenv("SMTPGATE_CONFIG", str(cfg))

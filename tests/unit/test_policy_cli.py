@@ -88,7 +88,7 @@ def test_app_password_cli_prints_once_and_lists_without_secret(config: Path) -> 
     assert run(config, "app-password", "add", ALICE, "phone").exit_code == 1  # name taken
     assert run(config, "app-password", "add", ALICE, "x", "--scope", "bogus").exit_code == 2
     assert run(config, "app-password", "revoke", ALICE, "phone").exit_code == 0
-    assert run(config, "app-password", "revoke", ALICE, "phone").exit_code == 1
+    assert run(config, "app-password", "revoke", ALICE, "phone").exit_code == 3  # not found
 
 
 def test_guard_list_unblock_and_user_unlock(config: Path) -> None:

@@ -115,7 +115,7 @@ def test_cram_md5_disable_deletes_the_secret(config: Path) -> None:
 
 def test_cram_md5_unknown_account(config: Path) -> None:
     r = run(config, "cram-md5", "nobody@example.org", "--disable")
-    assert r.exit_code == 1 and "no account" in r.stderr
+    assert r.exit_code == 3 and "no account" in r.stderr
 
 
 def test_cram_md5_note_when_server_offers_it(config: Path) -> None:
@@ -224,4 +224,4 @@ def test_mechanisms_usage_errors(config: Path, args: list[str]) -> None:
 
 def test_mechanisms_unknown_account(config: Path) -> None:
     r = run(config, "mechanisms", "nobody@example.org", "--all")
-    assert r.exit_code == 1 and "no account" in r.stderr
+    assert r.exit_code == 3 and "no account" in r.stderr

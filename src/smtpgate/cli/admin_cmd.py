@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from smtpgate.auth.store import AuditActor, default_actor
-from smtpgate.cli.common import config_option, get_config
+from smtpgate.cli.common import NotFound, config_option, get_config, iso_time
 
 
 def cli_actor() -> AuditActor:
@@ -71,7 +71,7 @@ def admin_log(
         for e in entries:
             click.echo(json.dumps({
                 "id": e.id,
-                "time": e.time.isoformat().replace("+00:00", "Z"),
+                "time": iso_time(e.time),
                 "os_user": e.os_user,
                 "command": e.command,
                 "action": e.action,
@@ -116,8 +116,9 @@ def guard_list(as_json: bool, config_path: Path | None) -> None:
         store.close()
     if as_json:
         for b in blocks:
-            click.echo(json.dumps({"kind": b.kind, "key": b.key, "since": b.since,
-                                   "until": b.until, "reason": b.reason}, sort_keys=True))
+            click.echo(json.dumps({"kind": b.kind, "key": b.key, "since": iso_time(b.since),
+                                   "until": iso_time(b.until), "reason": b.reason},
+                                  sort_keys=True))
         return
     if not blocks:
         click.echo("no blocks or lockouts in force")
@@ -145,9 +146,13 @@ def guard_unblock(key: str, config_path: Path | None) -> None:
         n = gstore.unblock(key)
     finally:
         gstore.close()
+    if not n:
+        raise NotFound(f"{key} is not blocked",
+                       "'smtpgate guard list' shows the blocks in force; for an account, "
+                       "'smtpgate user unlock' lifts its lockout")
     with _store(config_path) as store:
         store.audit("guard block lifted", key, {"blocks": n})
-    click.echo(f"lifted {n} block(s) of {key}" if n else f"{key} was not blocked")
+    click.echo(f"lifted {n} block(s) of {key}")
 
 
 COMMANDS: list[click.Command] = [admin_log, guard]

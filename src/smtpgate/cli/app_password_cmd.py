@@ -18,8 +18,8 @@ from rich.console import Console
 from rich.table import Table
 
 from smtpgate.auth.store import APP_PASSWORD_MECHANISMS, AccountExists, AppPassword
-from smtpgate.cli.common import config_option
-from smtpgate.cli.user_cmd import USER, AddressType, OperationalError, _store
+from smtpgate.cli.common import NotFound, OperationalError, config_option, iso_time
+from smtpgate.cli.user_cmd import USER, AddressType, _store
 from smtpgate.policy.timespec import parse_duration
 
 
@@ -85,7 +85,7 @@ def add(
 
 def _row(p: AppPassword) -> dict[str, object]:
     def t(x: datetime | None) -> str | None:
-        return None if x is None else x.isoformat().replace("+00:00", "Z")
+        return None if x is None else iso_time(x)
 
     return {
         "account": p.account, "name": p.name, "created": t(p.created), "expires": t(p.expires),
@@ -104,7 +104,7 @@ def list_(user: str | None, as_json: bool, config_path: Path | None) -> None:
     """List app passwords (of USER, or of every account); never the secrets."""
     with _store(config_path) as store:
         if user is not None and store.get_account(user) is None:
-            raise OperationalError(f"no account {user}", "'smtpgate user list' shows the accounts")
+            raise NotFound(f"no account {user}", "'smtpgate user list' shows the accounts")
         records = store.app_passwords(user)
     if as_json:
         for p in records:
@@ -140,7 +140,7 @@ def revoke(user: str, name: str, config_path: Path | None) -> None:
     with _store(config_path) as store:
         done = store.revoke_app_password(user, name)
     if not done:
-        raise OperationalError(f"{user} has no app password named {name!r}",
+        raise NotFound(f"{user} has no app password named {name!r}",
                                "'smtpgate app-password list' shows them")
     click.echo(f"revoked app password {name!r} of {user}")
 

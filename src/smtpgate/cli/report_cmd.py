@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from smtpgate.cli.admin_cmd import parse_since
-from smtpgate.cli.common import config_option, get_config
+from smtpgate.cli.common import NotFound, config_option, get_config, iso_time
 
 
 def _table(title: str, columns: tuple[str, ...], rows: list[tuple[object, ...]]) -> Table:
@@ -45,13 +45,20 @@ def report(since: str, as_json: bool, logs: tuple[Path, ...], config_path: Path 
     from smtpgate.cli.user_policy_cmd import open_guard_store
     from smtpgate.policy.report import Thresholds, build_report, read_records
 
+    start = None if since == "all" else parse_since(since)
     cfg = get_config(config_path)
     paths = list(logs)
     if not paths:
         if cfg.auth.log_file is None or str(cfg.auth.log_file) in ("", "."):
             raise click.UsageError("no auth log: [auth].log_file is empty; pass --log PATH")
         paths = [cfg.path(cfg.auth.log_file)]
-    start = None if since == "all" else parse_since(since)
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        # An empty report from a wrong path would read as "no attacks".
+        raise NotFound(
+            f"no auth log at {missing[0]}",
+            "the server writes it at its first login attempt; check --log or [auth].log_file",
+        )
     data = build_report(
         read_records(paths),
         since=start,
@@ -68,8 +75,7 @@ def report(since: str, as_json: bool, logs: tuple[Path, ...], config_path: Path 
     finally:
         store.close()
     data["current_blocks"] = [
-        {"kind": b.kind, "key": b.key, "until": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(b.until)),
-         "reason": b.reason}
+        {"kind": b.kind, "key": b.key, "until": iso_time(b.until), "reason": b.reason}
         for b in blocks
     ]
     data["locked_accounts"] = locked

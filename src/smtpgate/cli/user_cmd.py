@@ -2,20 +2,22 @@
 
 Passwords come from a prompt (asked twice, not echoed) or, for scripts, from
 standard input with ``--password-stdin``; never from the command line, where
-``ps`` and shell history would show them. Exit codes follow click: 2 for a
-usage error (bad option, invalid address), 1 for an operational error, which is
-printed on stderr with a hint.
+``ps`` and shell history would show them. Exit codes (``cli/common.py``): 2 for a
+usage error (bad option, invalid address), 3 when the account (or the alias,
+grant, app password) does not exist, 1 for any other error, which is printed
+on stderr with a hint.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import click
 from rich.console import Console
@@ -30,23 +32,16 @@ from smtpgate.auth.store import (
     SqliteAccountStore,
     StoreError,
 )
-from smtpgate.cli.common import config_option, get_config
+from smtpgate.cli.common import (
+    NotFound,
+    OperationalError,
+    config_option,
+    get_config,
+    iso_time,
+)
 from smtpgate.config import PasswordsConfig
 
-
-class OperationalError(click.ClickException):
-    """Exit 1 with ``error: ...`` and a ``hint: ...`` line on stderr."""
-
-    exit_code = 1
-
-    def __init__(self, message: str, hint: str = "") -> None:
-        super().__init__(message)
-        self.hint = hint
-
-    def show(self, file: IO[Any] | None = None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
-        if self.hint:
-            click.echo(f"hint: {self.hint}", err=True)
+__all__ = ["USER", "AddressType", "NotFound", "OperationalError", "user"]
 
 
 class AddressType(click.ParamType[str]):
@@ -85,7 +80,7 @@ def _store(config_path: Path | None) -> Iterator[SqliteAccountStore]:
     try:
         yield store
     except NoSuchAccount as e:
-        raise OperationalError(str(e), "'smtpgate user list' shows the accounts") from None
+        raise NotFound(str(e), "'smtpgate user list' shows the accounts") from None
     except StoreError as e:
         raise OperationalError(
             str(e), "check the database file; another process may hold it locked"
@@ -209,6 +204,26 @@ def _when(t: datetime | None) -> str:
     return "never" if t is None else t.strftime("%Y-%m-%d %H:%M")
 
 
+def account_json(a: Account, max_age_days: float) -> dict[str, object]:
+    """One account for ``user list --json`` (times in ISO 8601 UTC, never a secret)."""
+
+    def t(x: datetime | None) -> str | None:
+        return None if x is None else iso_time(x)
+
+    return {
+        "name": a.name,
+        "locked": a.locked,
+        "lock_reason": a.lock_reason,
+        "created": t(a.created),
+        "last_login": t(a.last_login),
+        "last_mechanism": a.last_mechanism,
+        "cram_md5_enabled": a.cram_md5_enabled,
+        "allowed_mechanisms": None if a.allowed_mechanisms is None else sorted(a.allowed_mechanisms),
+        "password_changed": t(a.password_changed),
+        "password_expires": t(a.password_expiry(max_age_days)),
+    }
+
+
 def _accounts_table(accounts: list[Account], max_age_days: float = 0) -> Table:
     table = Table(title="accounts (times in UTC)", title_justify="left")
     table.add_column("name", overflow="fold")
@@ -263,11 +278,17 @@ def _mechanisms_table(accounts: list[Account]) -> Table:
     help="Group accounts by the mechanism of their last login (e.g. to see who "
     "still uses PLAIN before turning it off).",
 )
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per account and line.")
 @config_option
-def list_(mechanisms: bool, config_path: Path | None) -> None:
+def list_(mechanisms: bool, as_json: bool, config_path: Path | None) -> None:
     """List accounts."""
     with _store(config_path) as store:
         accounts = store.list_accounts()
+    if as_json:
+        max_age_days = get_config(config_path).passwords.max_age_days
+        for a in accounts:
+            click.echo(json.dumps(account_json(a, max_age_days), sort_keys=True))
+        return
     if not accounts:
         click.echo("no accounts")
         return

@@ -15,8 +15,8 @@ import click
 from smtpgate.auth.guard_store import GuardStoreError, SqliteGuardStore
 from smtpgate.auth.names import InvalidAccountName, lookup_key
 from smtpgate.auth.store import Account, AccountExists, AliasTaken, SqliteAccountStore
-from smtpgate.cli.common import config_option, get_config
-from smtpgate.cli.user_cmd import USER, OperationalError, _store, user
+from smtpgate.cli.common import NotFound, OperationalError, config_option, get_config, iso_time
+from smtpgate.cli.user_cmd import USER, _store, user
 from smtpgate.config import Config
 from smtpgate.policy.timespec import format_duration, parse_duration
 
@@ -93,8 +93,13 @@ def alias_add(user: str, address: str, config_path: Path | None) -> None:
 def alias_del(user: str, address: str, config_path: Path | None) -> None:
     """Stop USER from sending as ADDRESS."""
     with _store(config_path) as store:
+        if store.get_account(user) is None:
+            raise NotFound(f"no account {user}", "'smtpgate user list' shows the accounts")
         removed = store.remove_alias(user, address)
-    click.echo(f"removed alias {address} of {user}" if removed else f"{address} was not an alias of {user}")
+    if not removed:
+        raise NotFound(f"{address} is not an alias of {user}",
+                       f"'smtpgate user alias list {user}' shows its aliases")
+    click.echo(f"removed alias {address} of {user}")
 
 
 @alias.command("list")
@@ -104,7 +109,7 @@ def alias_list(user: str, config_path: Path | None) -> None:
     """Print USER's aliases, one per line."""
     with _store(config_path) as store:
         if store.get_account(user) is None:
-            raise OperationalError(f"no account {user}", "'smtpgate user list' shows the accounts")
+            raise NotFound(f"no account {user}", "'smtpgate user list' shows the accounts")
         for a in store.aliases(user):
             click.echo(a)
 
@@ -138,8 +143,13 @@ def domain_grant(user: str, name: str, config_path: Path | None) -> None:
 def domain_revoke(user: str, name: str, config_path: Path | None) -> None:
     """Withdraw domain NAME from USER."""
     with _store(config_path) as store:
+        if store.get_account(user) is None:
+            raise NotFound(f"no account {user}", "'smtpgate user list' shows the accounts")
         done = store.revoke_domain(user, name)
-    click.echo(f"revoked {name.lower()} from {user}" if done else f"{name} was not granted to {user}")
+    if not done:
+        raise NotFound(f"{name} is not granted to {user}",
+                       f"'smtpgate user show {user}' lists its granted domains")
+    click.echo(f"revoked {name.lower()} from {user}")
 
 
 # --- conditional access ----------------------------------------------------------------
@@ -281,11 +291,11 @@ def rotate(user: str, app_name: str | None, new_name: str | None, grace: str | N
     deadline = now + timedelta(seconds=grace_s)
     with _store(config_path) as store:
         if store.get_account(user) is None:
-            raise OperationalError(f"no account {user}", "'smtpgate user list' shows the accounts")
+            raise NotFound(f"no account {user}", "'smtpgate user list' shows the accounts")
         if app_name is not None:
             old = next((a for a in store.app_passwords(user) if a.name == app_name), None)
             if old is None:
-                raise OperationalError(f"{user} has no app password named {app_name!r}",
+                raise NotFound(f"{user} has no app password named {app_name!r}",
                                        "'smtpgate app-password list' shows them")
             retired = f"{app_name} (rotated {now.strftime('%Y-%m-%d %H:%M:%S')})"
             store.expire_app_password(user, app_name, deadline, rename_to=retired)
@@ -327,7 +337,7 @@ def show(user: str, as_json: bool, config_path: Path | None) -> None:
     with _store(config_path) as store:
         a = store.get_account(user)
         if a is None:
-            raise OperationalError(f"no account {user}", "'smtpgate user list' shows the accounts")
+            raise NotFound(f"no account {user}", "'smtpgate user list' shows the accounts")
         aliases = store.aliases(user)
         domains = store.granted_domains(user)
         apps = store.app_passwords(user)
@@ -342,7 +352,7 @@ def show(user: str, as_json: bool, config_path: Path | None) -> None:
             "require_oauth": a.require_oauth,
             "max_messages_per_hour": a.max_messages_per_hour,
             "max_recipients_per_hour": a.max_recipients_per_hour,
-            "password_expires": None if expiry is None else expiry.isoformat(),
+            "password_expires": None if expiry is None else iso_time(expiry),
             "aliases": aliases,
             "granted_domains": domains,
             "app_passwords": [p.name for p in apps],

@@ -113,26 +113,12 @@ def engine_settings(cfg: Config, listener: ListenerConfig) -> EngineSettings:
 
 
 def log_loosenings(cfg: Config) -> None:
-    """Principle 3: every loosening of a secure default is named at start-up."""
-    for lst in cfg.listeners:
-        if lst.auth_in_clear:
-            log.warning("listener %s: auth_in_clear = true: AUTH is offered without TLS", lst.name)
-    if cfg.smtp.bare_line_endings == "normalize":
-        log.warning("smtp.bare_line_endings = normalize: bare LF in messages becomes CRLF")
-    if "CRAM-MD5" in cfg.auth.mechanisms:
-        log.warning("auth.mechanisms has CRAM-MD5: needs plaintext-equivalent secrets")
-    if not cfg.delivery.relay_verify_cert and cfg.delivery.mode == "relay":
-        log.warning("delivery.relay_verify_cert = false: the relay's certificate is not checked")
-    if not cfg.guard.enabled:
-        log.warning("guard.enabled = false: no penalties, lockouts or blocks against guessing")
-    if cfg.guard.allowlist:
-        log.warning("guard.allowlist: the guard ignores %s", ", ".join(cfg.guard.allowlist))
-    for key, mode in (
-        ("policy.sender_ownership", cfg.policy.sender_ownership),
-        ("policy.from_header", cfg.policy.from_header),
-    ):
-        if mode != "enforce":
-            log.warning("%s = %s: accounts may send as addresses they do not own", key, mode)
+    """Principle 3: every loosening of a secure default is named at start-up (the
+    list is `smtpgate.preflight.loosenings`, which ``config check`` prints too)."""
+    from smtpgate.preflight import loosenings
+
+    for problem in loosenings(cfg):
+        log.warning("%s: %s", problem.key, problem.message)
 
 
 def build_guard(cfg: Config) -> Guard:

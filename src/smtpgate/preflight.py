@@ -1,0 +1,600 @@
+"""Pre-flight checks: what ``serve`` needs before it binds, said in plain words.
+
+Theory of operation
+-------------------
+`config.load_config` checks the *shape* of the config (types, ranges, unknown
+keys). `run_checks` checks that the world matches it: the certificate and key
+load, are PEM, belong together and are in date; the files the server reads are
+readable by the user running the check; the databases open and were not written
+by a newer smtpgate; the directories it writes are writable; the delivery set-up
+builds. Each finding is a `Problem` naming the config key and saying what is
+wrong and what to do, never an OpenSSL error tuple or a traceback. It also lists
+every loosening of a secure default in force (`loosenings`, principle 3), as a
+warning; ``serve`` logs the same list at start-up.
+
+``smtpgate config check`` prints the problems; ``serve`` runs the same function
+before binding and refuses to start on an error. Nothing here binds, connects,
+or writes: a check of the config of a running server changes nothing.
+
+Permissions are checked for the user running the check, so run it as the user
+the server runs as (``sudo -u smtpgate smtpgate config check``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import json
+import os
+import re
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+
+from smtpgate.config import Config, hostname_problem
+
+Severity = Literal["error", "warning"]
+
+#: A certificate that expires sooner than this is worth a warning: certbot renews
+#: 30 days before the end, so a certificate this close has missed its renewal.
+EXPIRY_WARNING_DAYS = 30
+#: Files read here are small; a path to a device or a huge file must not hang us.
+_MAX_READ = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One finding: ``key`` is the config key (``tls.key``), ``message`` says what is
+    wrong and how to fix it."""
+
+    severity: Severity
+    key: str
+    message: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"severity": self.severity, "key": self.key, "message": self.message}
+
+    def __str__(self) -> str:
+        return f"{self.severity}: {self.key}: {self.message}"
+
+
+def _error(key: str, message: str) -> Problem:
+    return Problem("error", key, message)
+
+
+def _warning(key: str, message: str) -> Problem:
+    return Problem("warning", key, message)
+
+
+def run_checks(cfg: Config, *, now: dt.datetime | None = None) -> list[Problem]:
+    """Every check ``serve`` runs before binding, then the loosenings in force.
+
+    Never raises for anything a config or the file system can hold.
+    """
+    when = now or dt.datetime.now(dt.UTC)
+    out: list[Problem] = []
+    checks: list[tuple[str, Callable[[], list[Problem]]]] = [
+        ("tls", lambda: check_tls(cfg, when)),
+        ("listeners", lambda: check_listeners(cfg)),
+        ("accounts.database", lambda: check_account_database(cfg)),
+        ("guard.database", lambda: check_guard_database(cfg)),
+        ("queue.spool", lambda: check_directories(cfg)),
+        ("delivery", lambda: check_delivery(cfg)),
+        ("auth.oauth_issuers", lambda: check_oauth(cfg)),
+    ]
+    for key, check in checks:
+        try:
+            out += check()
+        except Exception as e:  # noqa: BLE001 - a check reports, never crashes the command
+            out.append(_error(key, f"could not be checked: {type(e).__name__}: {e}"))
+    return out + loosenings(cfg)
+
+
+def errors(problems: list[Problem]) -> list[Problem]:
+    return [p for p in problems if p.severity == "error"]
+
+
+# --- files ---------------------------------------------------------------------------------
+
+
+def _user() -> str:
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except (ImportError, KeyError):  # pragma: no cover - no passwd entry
+        return f"uid {os.geteuid()}"
+
+
+def _denied(path: Path, access: str) -> str:
+    return (
+        f"permission denied: user {_user()} cannot {access} {path}; give that user access "
+        f"(chown or chmod), or run smtpgate as the user that owns it"
+    )
+
+
+def read_file(key: str, path: Path) -> bytes | Problem:
+    """The bytes of ``path``, or a Problem saying in plain words why not."""
+    try:
+        with path.open("rb") as f:
+            data = f.read(_MAX_READ + 1)
+    except FileNotFoundError:
+        return _error(key, f"{path} does not exist")
+    except PermissionError:
+        return _error(key, _denied(path, "read"))
+    except IsADirectoryError:
+        return _error(key, f"{path} is a directory, not a file")
+    except OSError as e:
+        return _error(key, f"cannot read {path}: {e.strerror or e}")
+    if len(data) > _MAX_READ:
+        return _error(key, f"{path} is larger than {_MAX_READ} bytes; is it the right file?")
+    return data
+
+
+def _nearest_existing(path: Path) -> Path:
+    p = path
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def _writable_dir(key: str, path: Path, what: str) -> list[Problem]:
+    """``path`` is (or can be created as) a directory this user can write in."""
+    if path.exists():
+        if not path.is_dir():
+            return [_error(key, f"{path} is not a directory ({what})")]
+        if not os.access(path, os.W_OK | os.X_OK):
+            return [_error(key, _denied(path, f"write in the {what} directory"))]
+        return []
+    parent = _nearest_existing(path.parent)
+    if not parent.is_dir():
+        return [_error(key, f"cannot create {path}: {parent} is not a directory")]
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return [_error(key, f"cannot create {path}: " + _denied(parent, "write in"))]
+    return []
+
+
+def _writable_file(key: str, path: Path, what: str) -> list[Problem]:
+    """``path`` is (or can be created as) a file this user can write."""
+    if path.exists():
+        if path.is_dir():
+            return [_error(key, f"{path} is a directory, not a file ({what})")]
+        if not os.access(path, os.W_OK):
+            return [_error(key, _denied(path, f"write the {what}"))]
+        return []
+    return _writable_dir(key, path.parent, f"directory of the {what}")
+
+
+# --- TLS ------------------------------------------------------------------------------------
+
+_PEM_LABEL = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----")
+_KEY_LABELS = {b"PRIVATE KEY", b"RSA PRIVATE KEY", b"EC PRIVATE KEY", b"ENCRYPTED PRIVATE KEY"}
+
+
+def _labels(data: bytes) -> set[bytes]:
+    return set(_PEM_LABEL.findall(data))
+
+
+def _is_der_certificate(data: bytes) -> bool:
+    try:
+        x509.load_der_x509_certificate(data)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_der_key(data: bytes) -> bool:
+    try:
+        serialization.load_der_private_key(data, None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        return False
+    return True
+
+
+def _spki(key: object) -> bytes:
+    public = key.public_key()  # type: ignore[attr-defined]  # any certificate or private key
+    data: bytes = public.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return data
+
+
+def _certificate_shape(path: Path, data: bytes, key_data: bytes) -> list[Problem]:
+    labels = _labels(data)
+    if b"CERTIFICATE" in labels:
+        return []
+    if labels & _KEY_LABELS and b"CERTIFICATE" in _labels(key_data):
+        return [_error("tls.cert", "tls.cert and tls.key are swapped: tls.cert holds a private "
+                       "key and tls.key a certificate; exchange the two paths")]
+    if labels & _KEY_LABELS:
+        return [_error("tls.cert", f"{path} holds a private key, not a certificate; point "
+                       "tls.cert at the certificate chain (fullchain.pem with certbot)")]
+    if _is_der_certificate(data):
+        return [_error("tls.cert", f"{path} is a DER (binary) certificate, not PEM; convert it "
+                       f"with: openssl x509 -inform der -in {path} -out {path}.pem")]
+    return [_error("tls.cert", f"{path} is not a PEM certificate (no '-----BEGIN CERTIFICATE"
+                   "-----' line)")]
+
+
+def _key_shape(path: Path, data: bytes, cert_data: bytes) -> list[Problem]:
+    labels = _labels(data)
+    if b"ENCRYPTED PRIVATE KEY" in labels or b"Proc-Type: 4,ENCRYPTED" in data:
+        return [_error("tls.key", f"{path} is protected by a passphrase, which smtpgate cannot "
+                       f"ask for; store it without one (openssl pkey -in {path} -out "
+                       "NEWFILE), readable only by the server's user")]
+    if labels & _KEY_LABELS:
+        return []
+    if b"CERTIFICATE" in labels:
+        if b"CERTIFICATE" not in _labels(cert_data) and _labels(cert_data) & _KEY_LABELS:
+            return []  # swapped: reported once, on tls.cert
+        return [_error("tls.key", f"{path} holds a certificate, not a private key; point "
+                       "tls.key at the key (privkey.pem with certbot)")]
+    if _is_der_key(data):
+        return [_error("tls.key", f"{path} is a DER (binary) key, not PEM; convert it with: "
+                       f"openssl pkey -inform der -in {path} -out {path}.pem")]
+    return [_error("tls.key", f"{path} is not a PEM private key (no '-----BEGIN PRIVATE KEY"
+                   "-----' line)")]
+
+
+def _names(cert: x509.Certificate) -> list[str]:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [str(n) for n in san.get_values_for_type(x509.DNSName)]
+
+
+def _names_host(names: list[str], host: str) -> bool:
+    host = host.lower()
+    for name in (n.lower() for n in names):
+        if name == host:
+            return True
+        # RFC 6125 §6.4.3: a wildcard covers exactly one left-most label.
+        if name.startswith("*.") and "." in host and host.split(".", 1)[1] == name[2:]:
+            return True
+    return False
+
+
+def _day(t: dt.datetime) -> str:
+    return t.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def check_tls(cfg: Config, now: dt.datetime) -> list[Problem]:
+    """Certificate and key: readable, PEM, not swapped, belonging together, in date;
+    then OpenSSL loads them as ``serve`` does."""
+    cert_path, key_path = cfg.path(cfg.tls.cert), cfg.path(cfg.tls.key)
+    cert_data = read_file("tls.cert", cert_path)
+    key_data = read_file("tls.key", key_path)
+    read_problems = [p for p in (cert_data, key_data) if isinstance(p, Problem)]
+    if read_problems:
+        return read_problems
+    assert isinstance(cert_data, bytes) and isinstance(key_data, bytes)
+    out = _certificate_shape(cert_path, cert_data, key_data)
+    out += _key_shape(key_path, key_data, cert_data)
+    if out:
+        return out
+    try:
+        chain = x509.load_pem_x509_certificates(cert_data)
+    except ValueError as e:
+        return [_error("tls.cert", f"{cert_path} holds a damaged certificate ({e})")]
+    try:
+        key: PrivateKeyTypes = serialization.load_pem_private_key(key_data, None)
+    except TypeError:
+        return [_error("tls.key", f"{key_path} is protected by a passphrase, which smtpgate "
+                       "cannot ask for; store it without one")]
+    except (ValueError, UnsupportedAlgorithm) as e:
+        return [_error("tls.key", f"{key_path} holds a damaged or unsupported key ({e})")]
+    leaf = chain[0]
+    if _spki(leaf) != _spki(key):
+        later = [i for i, c in enumerate(chain[1:], 2) if _spki(c) == _spki(key)]
+        if later:
+            return [_error("tls.cert", f"the key matches certificate #{later[0]} in "
+                           f"{cert_path}, not the first: the server's own certificate must "
+                           "come first, then the intermediates")]
+        return [_error("tls.key", f"{key_path} is not the key of the certificate in "
+                       f"{cert_path} (their public keys differ); use the private key the "
+                       "certificate was issued for (with certbot: privkey.pem from the same "
+                       "live/ directory as fullchain.pem)")]
+    not_after, not_before = leaf.not_valid_after_utc, leaf.not_valid_before_utc
+    if not_after <= now:
+        days = (now - not_after).days
+        out.append(_error("tls.cert", f"the certificate expired on {_day(not_after)} ({days} "
+                          "days ago); renew it, then restart or reload smtpgate"))
+    elif not_after - now < dt.timedelta(days=EXPIRY_WARNING_DAYS):
+        days = (not_after - now).days
+        out.append(_warning("tls.cert", f"the certificate expires on {_day(not_after)} (in "
+                            f"{days} days); renew it (certbot renews 30 days ahead: is its "
+                            "timer running?)"))
+    if not_before > now:
+        out.append(_error("tls.cert", f"the certificate is not valid before "
+                          f"{_day(not_before)}; check this machine's clock"))
+    names = _names(leaf)
+    if names and not _names_host(names, cfg.hostname):
+        out.append(_warning("tls.cert", f"the certificate does not name hostname "
+                            f"{cfg.hostname!r} (it names {', '.join(names)}); clients that "
+                            "connect by that name will not verify it"))
+    if not errors(out):
+        out += _openssl_loads(cfg, cert_path, key_path)
+    return out
+
+
+def _openssl_loads(cfg: Config, cert: Path, key: Path) -> list[Problem]:
+    """What ``serve`` does with the files; anything the checks above missed."""
+    from smtpgate.tls.session import TlsError, make_server_context
+
+    try:
+        make_server_context(cert, key, cfg.tls.min_version)
+    except TlsError as e:
+        return [_error("tls.cert", f"OpenSSL refuses the certificate or key: {e}")]
+    return []
+
+
+# --- listeners ------------------------------------------------------------------------------
+
+
+def check_listeners(cfg: Config) -> list[Problem]:
+    """Each address is an IP address or a host name, and no two listeners would
+    fight over one port (a wildcard address covers every address of its family)."""
+    out: list[Problem] = []
+    bound: list[tuple[int, str, ipaddress.IPv4Address | ipaddress.IPv6Address | None, str]] = []
+    for i, lst in enumerate(cfg.listeners):
+        key = f"listeners.{i}.address"
+        host, port = lst.host_port
+        ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            if hostname_problem(host) is not None:
+                out.append(_error(key, f"{host!r} in {lst.address!r} is neither an IP address "
+                                  "nor a host name; use e.g. 127.0.0.1:587 or [::1]:587"))
+                continue
+        if port == 0:
+            out.append(_warning(key, f"port 0 in {lst.address!r}: the kernel picks a free port "
+                                "at each start, so clients cannot know it"))
+        family = "6" if ":" in host else "4"
+        for other_port, other_family, other_ip, other_name in bound:
+            if other_port != port or other_family != family or port == 0:
+                continue
+            if (ip is not None and ip.is_unspecified) or (
+                other_ip is not None and other_ip.is_unspecified
+            ):
+                out.append(_error(key, f"listener {lst.name!r} and listener {other_name!r} "
+                                  f"both use port {port}, and one of them listens on every "
+                                  "address: the second cannot bind"))
+        bound.append((port, family, ip, lst.name))
+    return out
+
+
+# --- databases ------------------------------------------------------------------------------
+
+
+def _open_read_only(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, timeout=5)
+
+
+def _database_file(key: str, path: Path, what: str) -> tuple[list[Problem], bool]:
+    """Access checks; the bool says whether the file exists and may be opened."""
+    if not path.exists():
+        return _writable_dir(key, path.parent, f"directory of the {what}"), False
+    if path.is_dir():
+        return [_error(key, f"{path} is a directory, not a database file")], False
+    if not os.access(path, os.R_OK | os.W_OK):
+        return [_error(key, _denied(path, f"read and write the {what}"))], False
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        # SQLite's write-ahead log lives in NAME-wal and NAME-shm beside the file.
+        return [_error(key, _denied(path.parent, "create files (the SQLite write-ahead "
+                                    f"log of the {what}) in"))], False
+    return [], True
+
+
+def check_account_database(cfg: Config) -> list[Problem]:
+    """Opens (read-only) and has a schema this version of smtpgate knows."""
+    from smtpgate.auth.store import SCHEMA_VERSION
+
+    key, path = "accounts.database", cfg.path(cfg.accounts.database)
+    out, exists = _database_file(key, path, "account database")
+    if not exists:
+        if not out:
+            out.append(_warning(key, f"{path} does not exist yet, so no account can log in; "
+                                "`smtpgate user add` creates it"))
+        return out
+    try:
+        conn = _open_read_only(path)
+        try:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+            version = 0
+            if "schema_version" in tables:
+                version = conn.execute(
+                    "SELECT COALESCE(MAX(version), 0) FROM schema_version"
+                ).fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.Error as e:
+        return [_error(key, f"{path} cannot be read as an SQLite database ({e})")]
+    if version > SCHEMA_VERSION:
+        return [_error(key, f"{path} was written by a newer smtpgate (schema version "
+                       f"{version}; this one knows up to {SCHEMA_VERSION}): upgrade smtpgate, "
+                       "or restore the backup made before the upgrade")]
+    if tables and version < SCHEMA_VERSION:
+        out.append(_warning(key, f"{path} has schema version {version}; smtpgate upgrades it "
+                            f"to {SCHEMA_VERSION} when it next opens it (copy the file first "
+                            "if you may need to go back)"))
+    return out
+
+
+def check_guard_database(cfg: Config) -> list[Problem]:
+    key, path = "guard.database", cfg.path(cfg.guard.database)
+    out, exists = _database_file(key, path, "guard database")
+    if not exists:
+        return out
+    try:
+        conn = _open_read_only(path)
+        try:
+            conn.execute("SELECT name FROM sqlite_master").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error as e:
+        return [_error(key, f"{path} cannot be read as an SQLite database ({e})")]
+    return out
+
+
+# --- directories and delivery -----------------------------------------------------------------
+
+
+def check_directories(cfg: Config) -> list[Problem]:
+    """The spool, the Maildir and the auth log can be written."""
+    out = _writable_dir("queue.spool", cfg.path(cfg.queue.spool), "spool")
+    if cfg.delivery.mode == "maildir":
+        maildir = cfg.path(cfg.delivery.maildir)
+        out += _writable_dir("delivery.maildir", maildir, "Maildir")
+        if maildir.is_dir():
+            for sub in ("tmp", "new", "cur"):
+                if (maildir / sub).exists():
+                    out += _writable_dir("delivery.maildir", maildir / sub, "Maildir")
+    if cfg.auth.log_file is not None:
+        out += _writable_file("auth.log_file", cfg.path(cfg.auth.log_file), "auth log")
+    return out
+
+
+def check_delivery(cfg: Config) -> list[Problem]:
+    """Relay mode: the password and CA files read, and the deliverer builds (without
+    connecting)."""
+    d = cfg.delivery
+    if d.mode != "relay":
+        return []
+    out: list[Problem] = []
+    for key, path in (
+        ("delivery.relay_password_file", d.relay_password_file),
+        ("delivery.relay_ca_file", d.relay_ca_file),
+    ):
+        if path is not None:
+            data = read_file(key, cfg.path(path))
+            if isinstance(data, Problem):
+                out.append(data)
+    if out:
+        return out
+    from smtpgate.queue.factory import DeliverySetupError, make_deliverer
+
+    try:
+        make_deliverer(cfg)
+    except DeliverySetupError as e:
+        return [_error(e.key, str(e).removeprefix(f"{e.key}: "))]
+    except (ValueError, OSError) as e:
+        return [_error("delivery", f"the relay delivery cannot be set up: {e}")]
+    return []
+
+
+def check_oauth(cfg: Config) -> list[Problem]:
+    """Key-set files parse as JSON Web Key Sets; secret files read; the issuers fit
+    together."""
+    from smtpgate.auth.oauth import TokenVerifier
+
+    out: list[Problem] = []
+    for i, iss in enumerate(cfg.auth.oauth_issuers):
+        prefix = f"auth.oauth_issuers.{i}"
+        if iss.jwks_file is not None:
+            out += _key_set(f"{prefix}.jwks_file", cfg.path(iss.jwks_file))
+        if iss.introspection_client_secret_file is not None:
+            key = f"{prefix}.introspection_client_secret_file"
+            secret_path = cfg.path(iss.introspection_client_secret_file)
+            data = read_file(key, secret_path)
+            if isinstance(data, Problem):
+                out.append(data)
+            elif not data.strip():
+                out.append(_error(key, f"{secret_path} is empty"))
+    try:
+        TokenVerifier(list(cfg.auth.oauth_issuers))
+    except ValueError as e:
+        out.append(_error("auth.oauth_issuers", str(e)))
+    return out
+
+
+def _key_set(key: str, path: Path) -> list[Problem]:
+    import jwt as pyjwt
+
+    data = read_file(key, path)
+    if isinstance(data, Problem):
+        return [data]
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return [_error(key, f"{path} is not JSON (expected a JSON Web Key Set)")]
+    keys = doc.get("keys") if isinstance(doc, dict) else None
+    if not isinstance(keys, list) or not keys:
+        return [_error(key, f"{path} has no \"keys\" list (expected a JSON Web Key Set, "
+                       "RFC 7517 §5)")]
+    out: list[Problem] = []
+    for n, jwk in enumerate(keys, 1):
+        try:
+            pyjwt.PyJWK(jwk)
+        except (pyjwt.PyJWTError, TypeError, ValueError) as e:
+            out.append(_error(key, f"key #{n} in {path} is unusable: {e}"))
+    return out
+
+
+# --- loosenings --------------------------------------------------------------------------------
+
+
+def loosenings(cfg: Config) -> list[Problem]:
+    """Every loosening of a secure default in force (principle 3), as warnings.
+
+    This is the one list: ``serve`` logs it at start-up and ``config check`` prints it.
+    """
+    out: list[Problem] = []
+    for i, lst in enumerate(cfg.listeners):
+        if lst.auth_in_clear:
+            out.append(_warning(f"listeners.{i}.auth_in_clear", f"listener {lst.name!r} offers "
+                                "AUTH without TLS: passwords may cross the network in clear"))
+        if lst.mechanisms and "CRAM-MD5" in {m.upper() for m in lst.mechanisms}:
+            out.append(_warning(f"listeners.{i}.mechanisms", f"listener {lst.name!r} offers "
+                                "CRAM-MD5, which needs plaintext-equivalent secrets"))
+    if "CRAM-MD5" in cfg.auth.mechanisms:
+        out.append(_warning("auth.mechanisms", "CRAM-MD5 is enabled: it needs "
+                            "plaintext-equivalent secrets in the account database"))
+    if cfg.smtp.bare_line_endings == "normalize":
+        out.append(_warning("smtp.bare_line_endings", "normalize: bare LF in messages becomes "
+                            "CRLF instead of refusing the message"))
+    if cfg.auth.failure_floor == 0:
+        out.append(_warning("auth.failure_floor", "0: failed logins are answered at once, so "
+                            "timing may tell an unknown account from a wrong password"))
+    if not cfg.guard.enabled:
+        out.append(_warning("guard.enabled", "false: no penalties, lockouts or blocks against "
+                            "password guessing"))
+    if cfg.guard.allowlist:
+        out.append(_warning("guard.allowlist", f"the guard ignores "
+                            f"{', '.join(cfg.guard.allowlist)} (no penalty, count or block)"))
+    for key, mode in (
+        ("policy.sender_ownership", cfg.policy.sender_ownership),
+        ("policy.from_header", cfg.policy.from_header),
+    ):
+        if mode != "enforce":
+            out.append(_warning(key, f"{mode}: accounts may send as addresses they do not own"))
+    if cfg.limits.messages_per_hour == 0:
+        out.append(_warning("limits.messages_per_hour", "0: no limit on messages per account, "
+                            "so a stolen password can send without bound"))
+    if cfg.limits.recipients_per_hour == 0:
+        out.append(_warning("limits.recipients_per_hour", "0: no limit on recipients per "
+                            "account, so a stolen password can send without bound"))
+    if cfg.passwords.min_strength == 0:
+        out.append(_warning("passwords.min_strength", "0: new passwords are not checked "
+                            "against common and easily guessed ones"))
+    if not cfg.passwords.reject_username:
+        out.append(_warning("passwords.reject_username", "false: a password may contain the "
+                            "account name"))
+    d = cfg.delivery
+    if d.mode == "relay":
+        if d.relay_tls == "none":
+            creds = " and relay_user's password" if d.relay_user else ""
+            out.append(_warning("delivery.relay_tls", f"none: mail{creds} go to the relay "
+                                "without TLS"))
+        elif not d.relay_verify_cert:
+            out.append(_warning("delivery.relay_verify_cert", "false: the relay's certificate "
+                                "is not checked, so anyone on the path can pose as the relay"))
+    return out

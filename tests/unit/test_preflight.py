@@ -1,0 +1,361 @@
+"""`smtpgate config check` and `serve` share one pre-flight: every check names the key
+and says what is wrong in plain words (issue 8: `config check` passed what `serve`
+then refused)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import shutil
+import sqlite3
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from smtpgate.cli.main import cli
+from smtpgate.config import Config, load_config
+from smtpgate.preflight import Problem, loosenings, run_checks
+from smtpgate.tls.certs import write_self_signed
+
+NOBODY = 65534
+
+
+@pytest.fixture
+def gate() -> Iterator[Path]:
+    """A directory made by `smtpgate init`, under a world-traversable temporary
+    directory (so a check run as another user reaches the files)."""
+    top = Path(tempfile.mkdtemp(prefix="smtpgate-preflight-"))
+    top.chmod(0o755)
+    r = CliRunner().invoke(cli, ["init", "--dir", str(top / "gate"), "--no-demo",
+                                 "--hostname", "localhost"])
+    assert r.exit_code == 0, r.output
+    yield top / "gate"
+    shutil.rmtree(top)
+
+
+def config(gate: Path, extra: str = "", **replace: str) -> Config:
+    path = gate / "smtpgate.toml"
+    text = (gate / "smtpgate.toml").read_text()
+    for old, new in replace.items():
+        assert old in text
+        text = text.replace(old, new)
+    path.write_text(text + extra)
+    return load_config(path)
+
+
+def only(problems: list[Problem], severity: str = "error") -> dict[str, str]:
+    return {p.key: p.message for p in problems if p.severity == severity}
+
+
+def test_a_fresh_init_passes_without_a_finding(gate: Path) -> None:
+    assert run_checks(config(gate)) == []
+
+
+def test_key_of_another_certificate_is_refused(gate: Path, tmp_path: Path) -> None:
+    write_self_signed(tmp_path / "other.pem", tmp_path / "other.key", "localhost")
+    errors = only(run_checks(config(gate, **{'key = "tls/key.pem"': f'key = "{tmp_path}/other.key"'})))
+    assert list(errors) == ["tls.key"]
+    assert "is not the key of the certificate" in errors["tls.key"]
+
+
+def test_swapped_certificate_and_key_are_named_once(gate: Path) -> None:
+    cfg = config(gate, **{'cert = "tls/cert.pem"': 'cert = "tls/key.pem"',
+                          'key = "tls/key.pem"': 'key = "tls/cert.pem"'})
+    assert only(run_checks(cfg)) == {
+        "tls.cert": "tls.cert and tls.key are swapped: tls.cert holds a private key and "
+        "tls.key a certificate; exchange the two paths"
+    }
+
+
+def test_certificate_given_as_key(gate: Path) -> None:
+    errors = only(run_checks(config(gate, **{'key = "tls/key.pem"': 'key = "tls/cert.pem"'})))
+    assert list(errors) == ["tls.key"]
+    assert "holds a certificate, not a private key" in errors["tls.key"]
+
+
+def test_der_certificate_is_not_pem(gate: Path) -> None:
+    cert = x509.load_pem_x509_certificate((gate / "tls/cert.pem").read_bytes())
+    (gate / "tls/cert.der").write_bytes(cert.public_bytes(serialization.Encoding.DER))
+    errors = only(run_checks(config(gate, **{'cert = "tls/cert.pem"': 'cert = "tls/cert.der"'})))
+    assert list(errors) == ["tls.cert"]
+    assert "is a DER (binary) certificate, not PEM" in errors["tls.cert"]
+    assert "openssl x509 -inform der" in errors["tls.cert"]
+
+
+def test_garbage_is_not_a_pem_certificate(gate: Path) -> None:
+    (gate / "tls/cert.pem").write_text("dummy")
+    errors = only(run_checks(config(gate)))
+    assert list(errors) == ["tls.cert"]
+    assert "is not a PEM certificate" in errors["tls.cert"]
+
+
+def test_passphrase_protected_key(gate: Path) -> None:
+    key = serialization.load_pem_private_key((gate / "tls/key.pem").read_bytes(), None)
+    (gate / "tls/key.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"secret"),
+    ))
+    errors = only(run_checks(config(gate)))
+    assert list(errors) == ["tls.key"]
+    assert "passphrase" in errors["tls.key"]
+
+
+def test_leaf_certificate_must_come_first_in_the_chain(gate: Path, tmp_path: Path) -> None:
+    write_self_signed(tmp_path / "other.pem", tmp_path / "other.key", "localhost")
+    chain = (tmp_path / "other.pem").read_bytes() + (gate / "tls/cert.pem").read_bytes()
+    (gate / "tls/cert.pem").write_bytes(chain)
+    errors = only(run_checks(config(gate)))
+    assert list(errors) == ["tls.cert"]
+    assert "matches certificate #2" in errors["tls.cert"]
+
+
+def _not_after(gate: Path) -> dt.datetime:
+    cert = x509.load_pem_x509_certificate((gate / "tls/cert.pem").read_bytes())
+    return cert.not_valid_after_utc
+
+
+def test_expired_certificate_is_an_error(gate: Path) -> None:
+    later = _not_after(gate) + dt.timedelta(days=3)
+    errors = only(run_checks(config(gate), now=later))
+    assert list(errors) == ["tls.cert"]
+    assert errors["tls.cert"].startswith("the certificate expired on ")
+    assert "(3 days ago)" in errors["tls.cert"]
+
+
+def test_certificate_expiring_within_30_days_is_a_warning(gate: Path) -> None:
+    soon = _not_after(gate) - dt.timedelta(days=10, hours=1)
+    problems = run_checks(config(gate), now=soon)
+    assert only(problems) == {}
+    assert "(in 10 days)" in only(problems, "warning")["tls.cert"]
+    assert only(run_checks(config(gate), now=_not_after(gate) - dt.timedelta(days=31))) == {}
+
+
+def test_certificate_not_naming_the_hostname_is_a_warning(gate: Path) -> None:
+    cfg = config(gate, **{'hostname = "localhost"': 'hostname = "mail.example.org"'})
+    warnings = only(run_checks(cfg), "warning")
+    assert "does not name hostname 'mail.example.org'" in warnings["tls.cert"]
+
+
+def as_other_user(fn: Callable[[], list[Problem]]) -> list[dict[str, str]]:
+    """Run ``fn`` as user nobody (forked and setuid, when we are root) or as
+    ourselves (not root: a mode-0 file is unreadable to us too)."""
+    fn()  # import everything the checks import while we still can
+    if os.geteuid() != 0:
+        return [p.to_json() for p in fn()]
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.close(read)
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            os.write(write, json.dumps([p.to_json() for p in fn()]).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    out: list[dict[str, str]] = json.loads(data)
+    return out
+
+
+def test_unreadable_key_and_relay_password_say_permission_denied(gate: Path) -> None:
+    (gate / "relay.pw").write_text("secret\n")
+    for name in ("tls/key.pem", "relay.pw"):
+        (gate / name).chmod(0o000 if os.geteuid() != 0 else 0o600)
+    cfg = config(gate, **{'mode = "maildir"': 'mode = "relay"\nrelay_host = "127.0.0.1"\n'
+                          'relay_user = "u"\nrelay_password_file = "relay.pw"'})
+    found = {p["key"]: p["message"] for p in as_other_user(lambda: run_checks(cfg))
+             if p["severity"] == "error"}
+    for key, name in (("tls.key", "tls/key.pem"), ("delivery.relay_password_file", "relay.pw")):
+        assert found[key].startswith("permission denied: user nobody " if os.geteuid() == 0 else "permission denied: user ")
+        assert f"cannot read {gate / name}" in found[key]
+        assert "[('" not in found[key]  # no OpenSSL error tuples
+
+
+def test_missing_relay_password_file(gate: Path) -> None:
+    cfg = config(gate, **{'mode = "maildir"': 'mode = "relay"\nrelay_host = "127.0.0.1"\n'
+                          'relay_user = "u"\nrelay_password_file = "nope"'})
+    assert only(run_checks(cfg)) == {"delivery.relay_password_file": f"{gate}/nope does not exist"}
+
+
+def test_empty_relay_password_file_is_refused_as_serve_does(gate: Path) -> None:
+    (gate / "relay.pw").write_text("\n")
+    cfg = config(gate, **{'mode = "maildir"': 'mode = "relay"\nrelay_host = "127.0.0.1"\n'
+                          'relay_user = "u"\nrelay_password_file = "relay.pw"'})
+    assert list(only(run_checks(cfg))) == ["delivery.relay_password_file"]
+
+
+def test_database_written_by_a_newer_smtpgate(gate: Path) -> None:
+    from smtpgate.auth.store import SCHEMA_VERSION
+
+    with sqlite3.connect(gate / "accounts.sqlite") as conn:
+        conn.execute("INSERT INTO schema_version VALUES (?, 'later')", (SCHEMA_VERSION + 1,))
+    conn.close()
+    errors = only(run_checks(config(gate)))
+    assert list(errors) == ["accounts.database"]
+    assert "was written by a newer smtpgate" in errors["accounts.database"]
+
+
+def test_database_that_is_not_a_database(gate: Path) -> None:
+    for name in ("accounts.sqlite", "accounts.sqlite-wal", "accounts.sqlite-shm"):
+        (gate / name).unlink(missing_ok=True)
+    (gate / "accounts.sqlite").write_bytes(b"not a database at all" * 100)
+    errors = only(run_checks(config(gate)))
+    assert list(errors) == ["accounts.database"]
+    assert "cannot be read as an SQLite database" in errors["accounts.database"]
+
+
+def test_spool_that_is_a_file(gate: Path) -> None:
+    shutil.rmtree(gate / "spool")
+    (gate / "spool").write_text("")
+    assert only(run_checks(config(gate))) == {
+        "queue.spool": f"{gate}/spool is not a directory (spool)"
+    }
+
+
+def test_listeners_that_cannot_both_bind(gate: Path) -> None:
+    extra = '\n[[listeners]]\nname = "all"\naddress = "0.0.0.0:{port}"\ntls = "starttls"\n'
+    port = load_config(gate / "smtpgate.toml").listeners[0].host_port[1]
+    text = (gate / "smtpgate.toml").read_text()
+    # [[listeners]] tables must come before the other tables: insert after the first.
+    head, sep, tail = text.partition("[tls]")
+    (gate / "smtpgate.toml").write_text(head + extra.format(port=port) + sep + tail)
+    errors = only(run_checks(load_config(gate / "smtpgate.toml")))
+    assert list(errors) == ["listeners.2.address"]
+    assert "both use port" in errors["listeners.2.address"]
+
+
+def test_oauth_key_set_file_must_be_a_key_set(gate: Path) -> None:
+    (gate / "jwks.json").write_text("{not json")
+    cfg = config(gate, '\n[[auth.oauth_issuers]]\nissuer = "https://id.example"\n'
+                 'audience = ["smtp"]\njwks_file = "jwks.json"\n')
+    assert only(run_checks(cfg)) == {
+        "auth.oauth_issuers.0.jwks_file": f"{gate}/jwks.json is not JSON (expected a JSON "
+        "Web Key Set)"
+    }
+    key = ec.generate_private_key(ec.SECP256R1())
+    import jwt
+
+    jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
+    (gate / "jwks.json").write_text(json.dumps({"keys": [jwk]}))
+    assert only(run_checks(cfg)) == {}
+
+
+LOOSE = """
+[guard]
+enabled = false
+allowlist = ["127.0.2.0/24"]
+[policy]
+sender_ownership = "log"
+[smtp]
+bare_line_endings = "normalize"
+[passwords]
+min_strength = 0
+"""
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_every_loosening_is_a_warning_and_serve_logs_the_same_list(gate: Path) -> None:
+    from smtpgate.server.app import log_loosenings
+
+    cfg = _loose(gate)
+    listed = loosenings(cfg)
+    assert [p.key for p in listed] == [
+        "listeners.0.auth_in_clear", "auth.mechanisms", "smtp.bare_line_endings",
+        "guard.enabled", "guard.allowlist", "policy.sender_ownership",
+        "passwords.min_strength", "delivery.relay_verify_cert",
+    ]
+    assert {p.severity for p in listed} == {"warning"}
+    assert [p for p in run_checks(cfg) if p.severity == "warning"][-len(listed):] == listed
+    logger, collect = logging.getLogger("smtpgate"), _Collect()
+    logger.addHandler(collect)
+    try:
+        log_loosenings(cfg)
+    finally:
+        logger.removeHandler(collect)
+    assert collect.messages == [f"{p.key}: {p.message}" for p in listed]
+
+
+def test_secure_defaults_have_no_loosening(gate: Path) -> None:
+    assert loosenings(config(gate)) == []
+
+
+def _loose(gate: Path) -> Config:
+    return config(gate, LOOSE, **{
+        'tls = "starttls"': 'tls = "starttls"\nauth_in_clear = true',
+        'log_file = "auth.log"': 'log_file = "auth.log"\nmechanisms = ["PLAIN", "CRAM-MD5"]',
+        'mode = "maildir"': 'mode = "relay"\nrelay_host = "127.0.0.1"\nrelay_verify_cert = false',
+    })
+
+
+# --- the command --------------------------------------------------------------------------------
+
+
+def test_config_check_prints_errors_and_exits_1(gate: Path) -> None:
+    (gate / "tls/cert.pem").write_text("dummy")
+    path = gate / "smtpgate.toml"
+    r = CliRunner().invoke(cli, ["config", "check", "--config", str(path)])
+    assert r.exit_code == 1
+    assert f"{path}: error: tls.cert: {gate}/tls/cert.pem is not a PEM certificate" in r.output
+    assert f"{path}: 1 error, 0 warnings" in r.output
+
+
+def test_config_check_with_only_warnings_exits_0(gate: Path) -> None:
+    _loose(gate)
+    r = CliRunner().invoke(cli, ["config", "check", "--config", str(gate / "smtpgate.toml")])
+    assert r.exit_code == 0, r.output
+    assert ": warning: guard.enabled: false: no penalties" in r.output
+    assert "OK (2 listeners, delivery relay), 8 warnings" in r.output
+
+
+def test_config_check_json(gate: Path) -> None:
+    _loose(gate)
+    (gate / "tls/key.pem").write_text("dummy")
+    path = gate / "smtpgate.toml"
+    r = CliRunner().invoke(cli, ["config", "check", "--json", "--config", str(path)])
+    assert r.exit_code == 1
+    doc = json.loads(r.stdout)
+    assert doc["config"] == str(path) and doc["ok"] is False
+    assert doc["errors"] == 1 and doc["warnings"] == 8
+    assert doc["problems"][0] == {
+        "severity": "error", "key": "tls.key",
+        "message": f"{gate}/tls/key.pem is not a PEM private key (no '-----BEGIN PRIVATE "
+        "KEY-----' line)",
+    }
+    assert {p["severity"] for p in doc["problems"][1:]} == {"warning"}
+
+
+def test_config_check_json_of_a_schema_error(gate: Path) -> None:
+    path = gate / "smtpgate.toml"
+    path.write_text(path.read_text().replace("hostname", "hostnam"))
+    r = CliRunner().invoke(cli, ["config", "check", "--json", "--config", str(path)])
+    assert r.exit_code == 1
+    assert json.loads(r.stdout)["problems"] == [{
+        "severity": "error", "key": "hostnam",
+        "message": "unknown key `hostnam` at the top level; did you mean `hostname`?",
+    }]
+
+
+def test_config_check_of_a_missing_file_exits_3(tmp_path: Path) -> None:
+    r = CliRunner().invoke(cli, ["config", "check", "--config", str(tmp_path / "nope.toml")])
+    assert r.exit_code == 3
+    assert "nope.toml does not exist" in r.output

@@ -324,6 +324,14 @@ class AuthService:
         while self._background:
             await asyncio.gather(*list(self._background), return_exceptions=True)
 
+    def reopen_log(self) -> None:
+        """Open the auth log file anew, after log rotation moved it (SIGHUP).
+
+        Raises:
+            OSError: the path cannot be opened; the old file stays in use.
+        """
+        self._log.reopen()
+
     async def close(self) -> None:
         """Drain background work, stop the worker threads, close the store and log."""
         if self._closed:

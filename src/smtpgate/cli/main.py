@@ -11,6 +11,7 @@ from smtpgate.cli import (
     audit_cmd,
     config_cmd,
     init_cmd,
+    reload_cmd,
     report_cmd,
     serve_cmd,
     tester_cmd,
@@ -32,7 +33,7 @@ cli.add_command(init_cmd.init)
 cli.add_command(serve_cmd.serve)
 cli.add_command(config_cmd.config)
 cli.add_command(user_cmd.user)
-for module in (app_password_cmd, report_cmd, admin_cmd, tester_cmd, audit_cmd):
+for module in (app_password_cmd, report_cmd, admin_cmd, tester_cmd, audit_cmd, reload_cmd):
     for command in module.COMMANDS:
         cli.add_command(command)
 

@@ -1,10 +1,21 @@
 """Wiring: build every component from the config, serve, stop cleanly.
 
-With ``server.workers = 1`` one process does everything. With more, the parent
-binds the listening sockets, forks that many workers that share them (each with
-its own event loop, auth thread pool and spool writer), and itself runs only
-the delivery worker and supervision. TLS handshakes and Argon2 are CPU-bound, so
-this is how one host uses more than one core.
+Start-up is all-or-nothing and in this order: the config was validated by the
+caller; `smtpgate.preflight` checks the world against it (certificate, files,
+databases, directories, delivery); the parent builds the TLS context and opens
+(and migrates) the stores once; only then does it bind, and a bind that fails
+means another server owns the addresses. Every failure up to here is one log
+line naming the key, and exit status 1, before anything listens.
+
+With ``server.workers = 1`` one process then does everything. With more, the
+parent becomes a supervisor (`server.supervisor`): it forks the workers, each
+with its own ``SO_REUSEPORT`` sockets, event loop, auth thread pool and spool
+writer, plus one delivery process, and watches them. TLS handshakes and Argon2
+are CPU-bound, so this is how one host uses more than one core.
+
+Signals (docs/operations.md): SIGTERM/SIGINT stop; SIGHUP reloads the
+certificate and the reloadable keys (`server.reload`) and reopens the log
+files; SIGUSR1 only reopens the log files.
 """
 
 from __future__ import annotations
@@ -13,46 +24,55 @@ import asyncio
 import hashlib
 import hmac
 import logging
-import os
 import signal
 import socket
 import sys
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from smtpgate.auth.authlog import AuthLog
 from smtpgate.auth.guard import Guard
-from smtpgate.auth.guard_store import SqliteGuardStore
+from smtpgate.auth.guard_store import GuardStoreError, SqliteGuardStore
 from smtpgate.auth.oauth import TokenVerifier
-from smtpgate.auth.service import build_auth_service
+from smtpgate.auth.service import AuthService, build_auth_service
+from smtpgate.auth.store import SqliteAccountStore, StoreError
 from smtpgate.config import Config, ListenerConfig
 from smtpgate.policy.rates import RateLimiter
-from smtpgate.queue.factory import make_deliverer
+from smtpgate.queue.factory import DeliverySetupError, make_deliverer
 from smtpgate.queue.spool import Spool
 from smtpgate.queue.worker import DeliveryWorker
 from smtpgate.sasl.base import ChannelBinding, ServerMechanism
 from smtpgate.sasl.registry import create_server_mechanism, server_mechanism_names
+from smtpgate.server import logs, pidfile
+from smtpgate.server import reload as reloading
 from smtpgate.server.connection import (
     ListenerRuntime,
     ServerRuntime,
     SmtpConnection,
 )
-from smtpgate.server.limits import ConnectionLimiter
+from smtpgate.server.limits import ConnectionLimiter, SharedConnectionLimiter
+from smtpgate.server.supervisor import (
+    EXIT_OK,
+    EXIT_STARTUP,
+    ChildSpec,
+    Launch,
+    StatusWriter,
+    Supervisor,
+    one_line,
+)
 from smtpgate.smtp.engine import EngineSettings
-from smtpgate.tls.session import ServerTlsContext, make_server_context
+from smtpgate.tls.session import ServerTlsContext, TlsConfigError
 
 log = logging.getLogger("smtpgate")
 
+#: Kept for callers that set up logging through this module.
+setup_logging = logs.setup_logging
 
-def setup_logging(level: int = logging.INFO) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
-    )
-    root = logging.getLogger("smtpgate")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
+
+class StartupError(Exception):
+    """The server cannot start; the message names the key or the file."""
 
 
 def offered_mechanisms(cfg: Config, listener: ListenerConfig) -> tuple[str, ...]:
@@ -81,9 +101,13 @@ def decoy_secret(cfg: Config) -> bytes:
     return hmac.new(key, b"smtpgate scram decoy salt v1", hashlib.sha256).digest()
 
 
-def engine_settings(cfg: Config, listener: ListenerConfig) -> EngineSettings:
+def engine_settings(
+    cfg: Config, listener: ListenerConfig, secret: bytes | None = None
+) -> EngineSettings:
+    """The engine's settings for one listener. ``secret`` is the decoy secret made at
+    start-up: a reload keeps it, so a new key does not change the fake salts."""
     hostname = cfg.hostname
-    secret = decoy_secret(cfg)
+    secret = decoy_secret(cfg) if secret is None else secret
     iterations = cfg.accounts.scram_iterations
     scope = cfg.auth.oauth_scope
 
@@ -133,7 +157,11 @@ def build_guard(cfg: Config) -> Guard:
 def bind_sockets(cfg: Config, *, reuse_port: bool = False) -> list[socket.socket]:
     """One listening socket per listener. With ``reuse_port`` every worker binds its
     own set and the kernel spreads new connections across them (SO_REUSEPORT); with
-    one shared socket, whichever worker wakes first takes a whole burst."""
+    one shared socket, whichever worker wakes first takes a whole burst.
+
+    Raises:
+        StartupError: an address cannot be bound (named with its listener).
+    """
     socks: list[socket.socket] = []
     for lst in cfg.listeners:
         host, port = lst.host_port
@@ -148,7 +176,9 @@ def bind_sockets(cfg: Config, *, reuse_port: bool = False) -> list[socket.socket
             sock.close()
             for other in socks:
                 other.close()
-            raise SystemExit(f"listeners.{lst.name}: cannot bind {lst.address}: {e.strerror}")
+            raise StartupError(
+                f"listeners.{lst.name}: cannot bind {lst.address}: {e.strerror or e}"
+            ) from None
         sock.listen(1024)
         sock.setblocking(False)
         socks.append(sock)
@@ -164,6 +194,151 @@ def _new_loop_runner() -> Callable[[Coroutine[Any, Any, None]], None]:
         return asyncio.run
 
 
+def check_before_binding(cfg: Config) -> ServerTlsContext:
+    """Everything that can fail at start-up, done before anything binds or forks:
+    the pre-flight checks, then the TLS context, the stores (opened, migrated and
+    closed again, so no SQLite connection crosses a fork), the auth log, the OAuth
+    issuers and the deliverer. Returns the TLS context.
+
+    Raises:
+        StartupError: one line per problem, naming the key.
+    """
+    from smtpgate.preflight import errors, run_checks
+
+    problems = errors(run_checks(cfg))
+    if problems:
+        raise StartupError("; ".join(f"{p.key}: {p.message}" for p in problems))
+    try:
+        tls = reloading.build_tls(cfg)
+    except TlsConfigError as e:
+        raise StartupError(str(e)) from None
+    try:
+        SqliteAccountStore(cfg.path(cfg.accounts.database), cfg.accounts).close()
+    except StoreError as e:
+        raise StartupError(f"accounts.database: {e}") from None
+    try:
+        SqliteGuardStore(cfg.path(cfg.guard.database)).close()
+    except GuardStoreError as e:
+        raise StartupError(f"guard.database: {e}") from None
+    log_path = _auth_log_path(cfg)
+    if log_path is not None:
+        try:
+            AuthLog(log_path).close()
+        except OSError as e:
+            raise StartupError(f"auth.log_file: cannot open {log_path}: {e.strerror}") from None
+    try:
+        make_token_verifier(cfg)
+    except (OSError, ValueError) as e:
+        raise StartupError(f"auth.oauth_issuers: {e}") from None
+    try:
+        make_deliverer(cfg)
+    except DeliverySetupError as e:
+        raise StartupError(str(e)) from None
+    return tls
+
+
+def _auth_log_path(cfg: Config) -> Path | None:
+    f = cfg.auth.log_file
+    return None if f is None or str(f) in ("", ".") else cfg.path(f)
+
+
+# --- one serving process ------------------------------------------------------------------
+
+
+@dataclass
+class ReloadHooks:
+    """How a serving process takes SIGHUP and SIGUSR1."""
+
+    #: The config file to read again; None: reopen the logs only.
+    config_path: Path | None
+    #: Told whether the reload worked (the supervisor waits for every process).
+    done: Callable[[bool], None] = lambda ok: None
+    #: Under a supervisor, which already validated and logged the new config:
+    #: only errors are logged here.
+    quiet: bool = False
+
+
+class _Live:
+    """What a reload may replace in one serving process."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        runtime: ServerRuntime,
+        listeners: dict[str, ListenerRuntime],
+        auth: AuthService,
+        guard: Guard,
+        secret: bytes,
+    ) -> None:
+        self.cfg = cfg
+        self.runtime = runtime
+        self.listeners = listeners
+        self.auth = auth
+        self.guard = guard
+        self.secret = secret
+
+    def reopen_logs(self) -> bool:
+        ok = True
+        try:
+            logs.reopen_log_file()
+        except OSError as e:
+            log.error("reload: server.log_file: cannot reopen: %s", e)
+            ok = False
+        try:
+            self.auth.reopen_log()
+        except OSError as e:
+            log.error("reload: auth.log_file: cannot reopen: %s", e)
+            ok = False
+        return ok
+
+    def reload(self, path: Path, *, quiet: bool) -> bool:
+        try:
+            new = reloading.load(path, self.cfg)
+        except reloading.ReloadError as e:
+            log.error("reload failed, keeping the running configuration and certificate: %s", e)
+            return False
+        if not quiet:
+            _log_reload(self.cfg, new)
+        self.apply(new.cfg, new.tls)
+        return True
+
+    def apply(self, cfg: Config, tls: ServerTlsContext) -> None:
+        """New handshakes use ``tls``; sessions in flight keep their TLS session and
+        their listener settings, and see the new limits and policy from now on."""
+        rt = self.runtime
+        rt.tls = tls
+        rt.hostname = cfg.hostname
+        rt.limits = cfg.limits
+        rt.limiter.set_limits(cfg.limits.max_connections, cfg.limits.max_connections_per_ip)
+        rt.handshake_timeout = cfg.tls.handshake_timeout
+        rt.failure_floor = cfg.auth.failure_floor
+        rt.add_received = cfg.smtp.received_header
+        rt.policy = cfg.policy
+        self.guard.reconfigure(cfg.guard)
+        rt.rates = RateLimiter(self.guard, cfg.limits)
+        for lst in cfg.listeners:
+            self.listeners[lst.name] = _listener_runtime(cfg, lst, self.secret)
+        self.cfg = cfg
+
+
+def _log_reload(old: Config, new: reloading.Reloaded) -> None:
+    """What a successful reload did, once (by the single process or the supervisor)."""
+    log.info("reloaded %s; certificate: %s", "configuration", new.tls.description)
+    if new.needs_restart:
+        log.warning("reload: %s changed in the file; kept as running until a restart",
+                    ", ".join(new.needs_restart))
+    from smtpgate.preflight import loosenings
+
+    before = {(p.key, p.message) for p in loosenings(old)}
+    for p in loosenings(new.cfg):
+        if (p.key, p.message) not in before:
+            log.warning("%s: %s", p.key, p.message)
+
+
+def _listener_runtime(cfg: Config, lst: ListenerConfig, secret: bytes) -> ListenerRuntime:
+    return ListenerRuntime(lst.name, lst.tls == "implicit", engine_settings(cfg, lst, secret))
+
+
 async def serve_sockets(
     cfg: Config,
     sockets: list[socket.socket],
@@ -171,8 +346,11 @@ async def serve_sockets(
     *,
     with_delivery: bool,
     ready: Callable[[], None] | None = None,
+    limiter: ConnectionLimiter | None = None,
+    hooks: ReloadHooks | None = None,
 ) -> None:
-    """Run listeners (and optionally delivery) until SIGTERM/SIGINT."""
+    """Run listeners (and optionally delivery) until SIGTERM/SIGINT. ``ready`` is
+    called once the listeners are up and the stores open."""
     loop = asyncio.get_running_loop()
     # The event loop hands work to threads (Argon2, SQLite, the spool writer) and
     # waits for their results; with the default 5 ms GIL switch interval a busy
@@ -187,13 +365,15 @@ async def serve_sockets(
     if with_delivery:
         worker = DeliveryWorker(spool, make_deliverer(cfg), cfg.queue)
         worker_task = loop.create_task(worker.run())
+    if limiter is None:
+        limiter = ConnectionLimiter(cfg.limits.max_connections, cfg.limits.max_connections_per_ip)
     runtime = ServerRuntime(
         hostname=cfg.hostname,
         auth=auth,
         spool=spool,
         tls=tls,
         limits=cfg.limits,
-        limiter=ConnectionLimiter(cfg.limits.max_connections, cfg.limits.max_connections_per_ip),
+        limiter=limiter,
         on_stored=worker.wake if worker else (lambda: None),
         handshake_timeout=cfg.tls.handshake_timeout,
         failure_floor=cfg.auth.failure_floor,
@@ -202,12 +382,16 @@ async def serve_sockets(
         rates=RateLimiter(guard, cfg.limits),
         policy=cfg.policy,
     )
+    secret = decoy_secret(cfg)
+    # The protocol factories look their listener up here, so a reload can change
+    # the settings of connections accepted after it.
+    listeners = {lst.name: _listener_runtime(cfg, lst, secret) for lst in cfg.listeners}
+    live = _Live(cfg, runtime, listeners, auth, guard, secret)
     servers = []
     for lst, sock in zip(cfg.listeners, sockets):
-        lr = ListenerRuntime(lst.name, lst.tls == "implicit", engine_settings(cfg, lst))
         servers.append(
             await loop.create_server(
-                lambda lr=lr: SmtpConnection(runtime, lr),  # type: ignore[misc]
+                lambda name=lst.name: SmtpConnection(runtime, listeners[name]),  # type: ignore[misc]
                 sock=sock,
             )
         )
@@ -215,6 +399,16 @@ async def serve_sockets(
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    hooks = hooks or ReloadHooks(None)
+
+    def on_reload(full: bool) -> None:
+        ok = live.reopen_logs()
+        if full and hooks.config_path is not None:
+            ok = live.reload(hooks.config_path, quiet=hooks.quiet) and ok
+        hooks.done(ok)
+
+    loop.add_signal_handler(signal.SIGHUP, on_reload, True)
+    loop.add_signal_handler(signal.SIGUSR1, on_reload, False)
     if ready is not None:
         ready()
     await stop.wait()
@@ -246,88 +440,184 @@ async def serve_sockets(
     log.info("stopped")
 
 
-async def deliver_only(cfg: Config, children: list[int]) -> None:
-    """The parent of several workers: delivery, and forwarding signals to children."""
+async def deliver_only(
+    cfg: Config,
+    *,
+    ready: Callable[[], None] | None = None,
+    hooks: ReloadHooks | None = None,
+) -> None:
+    """The delivery process beside several workers: the spool to its destination,
+    until SIGTERM/SIGINT. A reload only reopens its log file (``delivery.*`` and
+    ``queue.*`` need a restart)."""
     loop = asyncio.get_running_loop()
     spool = Spool(cfg.path(cfg.queue.spool))
     worker = DeliveryWorker(spool, make_deliverer(cfg), cfg.queue)
     task = loop.create_task(worker.run())
     stop = asyncio.Event()
-
-    def on_signal(sig: int) -> None:
-        for pid in children:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        stop.set()
-
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal, sig)
+        loop.add_signal_handler(sig, stop.set)
+    done = (hooks or ReloadHooks(None)).done
+
+    def on_reload() -> None:
+        try:
+            logs.reopen_log_file()
+        except OSError as e:
+            log.error("reload: server.log_file: cannot reopen: %s", e)
+            done(False)
+            return
+        done(True)
+
+    for sig in (signal.SIGHUP, signal.SIGUSR1):
+        loop.add_signal_handler(sig, on_reload)
+    if ready is not None:
+        ready()
     await stop.wait()
     worker.stop(grace=cfg.server.shutdown_grace)  # as in serve_sockets
-    await asyncio.to_thread(_reap, children)
     worker.stop()
     await task
     await spool.close()
 
 
-def _die_with_parent(parent: int) -> None:
-    """A worker must not outlive a parent killed with SIGKILL: it would keep the
-    listening sockets and the restarted server could not bind them (Linux only)."""
+# --- start-up ---------------------------------------------------------------------------
+
+
+def run(cfg: Config, config_path: Path | None = None) -> int:
+    """Entry point of ``smtpgate serve``; returns the exit status (docs/operations.md).
+
+    ``config_path`` is the file a reload reads again (None: a reload only reopens
+    the log files).
+    """
     try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
-    except (OSError, AttributeError):  # pragma: no cover - not Linux
-        pass
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)
-
-
-def _reap(children: list[int]) -> None:
-    for pid in children:
-        try:
-            os.waitpid(pid, 0)
-        except ChildProcessError:
-            pass
-
-
-def run(cfg: Config) -> int:
-    """Entry point of ``smtpgate serve``."""
-    log_loosenings(cfg)
-    tls = make_server_context(cfg.path(cfg.tls.cert), cfg.path(cfg.tls.key), cfg.tls.min_version)
-    # A plain bind first: SO_REUSEPORT would otherwise let a second smtpgate on the
-    # same addresses start silently and take half of the connections.
-    sockets = bind_sockets(cfg)
-    runner = _new_loop_runner()
-    workers = cfg.server.effective_workers
-    if workers == 1:
-        runner(serve_sockets(cfg, sockets, tls, with_delivery=True))
-        return 0
-    for sock in sockets:
-        sock.close()
-    per_worker = [bind_sockets(cfg, reuse_port=True) for _ in range(workers)]
-    children = []
-    parent = os.getpid()
-    for mine in per_worker:
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - exercised by integration tests
-            _die_with_parent(parent)
-            for other in per_worker:
-                if other is not mine:
-                    for sock in other:
-                        sock.close()
+        if cfg.server.log_file is not None:
+            path = cfg.path(cfg.server.log_file)
             try:
-                runner(serve_sockets(cfg, mine, tls, with_delivery=False))
-            finally:
-                os._exit(0)
-        children.append(pid)
-    for socks in per_worker:
-        for sock in socks:
+                logs.log_to_file(path)
+            except OSError as e:
+                raise StartupError(f"server.log_file: cannot open {path}: {e.strerror}") from None
+        tls = check_before_binding(cfg)
+        # A plain bind first: SO_REUSEPORT would otherwise let a second smtpgate on the
+        # same addresses start silently and take half of the connections.
+        sockets = bind_sockets(cfg)
+        pid_path = pidfile.pid_path(cfg)
+        try:
+            pidfile.write(pid_path)
+        except OSError as e:
+            for sock in sockets:
+                sock.close()
+            raise StartupError(f"server.pid_file: cannot write {pid_path}: {e.strerror}") from None
+    except StartupError as e:
+        log.error("cannot start: %s", e)
+        return EXIT_STARTUP
+    log_loosenings(cfg)
+    log.info("certificate: %s", tls.description)
+    try:
+        if cfg.server.effective_workers == 1:
+            return _run_single(cfg, config_path, sockets, tls)
+        for sock in sockets:
             sock.close()
-    log.info("started %d worker processes: %s", len(children), children)
-    runner(deliver_only(cfg, children))
-    return 0
+        return _run_supervised(cfg, config_path, tls)
+    finally:
+        pidfile.remove(pid_path)
+
+
+def _run_single(
+    cfg: Config, config_path: Path | None, sockets: list[socket.socket], tls: ServerTlsContext
+) -> int:
+    started = False
+
+    def ready() -> None:
+        nonlocal started
+        started = True
+
+    hooks = ReloadHooks(config_path)
+    try:
+        _new_loop_runner()(
+            serve_sockets(cfg, sockets, tls, with_delivery=True, ready=ready, hooks=hooks)
+        )
+    except Exception as e:
+        if not started:
+            log.error("cannot start: %s", one_line(e))
+            return EXIT_STARTUP
+        log.exception("stopped by an unexpected error")
+        return EXIT_STARTUP
+    return EXIT_OK
+
+
+@dataclass
+class _Current:
+    """The parent's view of the config and certificate, which a reload replaces, so
+    that a restarted worker starts with what the others run."""
+
+    cfg: Config
+    tls: ServerTlsContext
+
+
+def _run_supervised(cfg: Config, config_path: Path | None, tls: ServerTlsContext) -> int:
+    current = _Current(cfg, tls)
+    workers = cfg.server.effective_workers
+    limiter = SharedConnectionLimiter(
+        cfg.limits.max_connections, cfg.limits.max_connections_per_ip, workers
+    )
+    runner = _new_loop_runner()
+
+    def worker_spec(slot: int) -> ChildSpec:
+        def prepare() -> Launch:
+            mine = bind_sockets(current.cfg, reuse_port=True)
+            cfg_now, tls_now = current.cfg, current.tls
+
+            def body(status: StatusWriter) -> int:
+                limiter.attach(slot)
+                limiter.set_limits(
+                    cfg_now.limits.max_connections, cfg_now.limits.max_connections_per_ip
+                )
+                hooks = ReloadHooks(config_path, done=status.reloaded, quiet=True)
+                runner(serve_sockets(cfg_now, mine, tls_now, with_delivery=False,
+                                     ready=status.ready, limiter=limiter, hooks=hooks))
+                return 0
+
+            def after_fork() -> None:
+                for sock in mine:
+                    sock.close()
+
+            return Launch(body, after_fork)
+
+        return ChildSpec(f"worker {slot + 1}", "worker", prepare, lambda: limiter.clear(slot))
+
+    def delivery_spec() -> ChildSpec:
+        def prepare() -> Launch:
+            cfg_now = current.cfg
+
+            def body(status: StatusWriter) -> int:
+                hooks = ReloadHooks(None, done=status.reloaded, quiet=True)
+                runner(deliver_only(cfg_now, ready=status.ready, hooks=hooks))
+                return 0
+
+            return Launch(body)
+
+        return ChildSpec("delivery", "delivery", prepare)
+
+    def on_reload(sig: int) -> int | None:
+        try:
+            logs.reopen_log_file()
+        except OSError as e:
+            log.error("reload: server.log_file: cannot reopen: %s", e)
+        if sig != signal.SIGHUP or config_path is None:
+            return signal.SIGUSR1
+        try:
+            new = reloading.load(config_path, current.cfg)
+        except reloading.ReloadError as e:
+            log.error("reload failed, keeping the running configuration and certificate: %s", e)
+            return signal.SIGUSR1  # the log files are still reopened everywhere
+        _log_reload(current.cfg, new)
+        current.cfg, current.tls = new.cfg, new.tls
+        return signal.SIGHUP
+
+    supervisor = Supervisor(
+        [*(worker_spec(i) for i in range(workers)), delivery_spec()],
+        on_reload=on_reload,
+        stop_timeout=cfg.server.shutdown_grace + 30,
+    )
+    try:
+        return supervisor.run()
+    finally:
+        limiter.close()

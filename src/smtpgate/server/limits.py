@@ -1,19 +1,56 @@
-"""Concurrent-connection limits, in total and per client address (per worker process)."""
+"""Concurrent-connection limits, in total and per client address, for the whole server.
+
+With one process, ``ConnectionLimiter`` counts exactly in memory. With several
+worker processes, ``SharedConnectionLimiter`` keeps the counts in one block of
+shared memory made by the parent before it forks, so ``max_connections`` and
+``max_connections_per_ip`` hold for the server as a whole, as an administrator
+reads them, not once per worker.
+
+The shared block has one row per worker slot, and a worker writes only its own
+row; a check sums the rows. So when a worker dies (even by ``kill -9``) the
+parent zeroes its row and nothing it held stays counted. One ``lockf`` record
+lock on the block's file makes check-and-take atomic across processes; the
+kernel drops it when its holder dies, so a crash cannot leave it held.
+
+Per-address counts live in hashed slots (a count-min sketch with two tables):
+an address's count is the smaller of its two slots, so it is never counted
+low, and is counted high only if both of its slots are shared with other busy
+addresses. The hash is keyed with a secret made at start-up, so a client
+cannot pick addresses that collide with someone else's slots.
+"""
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import mmap
+import os
+import secrets
+import tempfile
 from collections import Counter
+
+#: Slots per hash table. Two tables of 16384 counters: 128 KiB per worker, and an
+#: address is over-counted only when both of its slots hold other addresses'
+#: connections, which at 1000 connections (the default max) is rare.
+SLOTS = 1 << 14
+_TABLES = 2
+#: Counters per worker row: the total, then the tables.
+_ROW = 1 + _TABLES * SLOTS
+_ITEM = 4  # uint32
 
 
 class ConnectionLimiter:
-    """Counts open connections. With several worker processes each keeps its own
-    count, so the effective limits are multiplied by the number of workers."""
+    """Counts open connections of this process (exact)."""
 
     def __init__(self, max_total: int, max_per_ip: int):
         self.max_total = max_total
         self.max_per_ip = max_per_ip
         self.total = 0
         self._per_ip: Counter[str] = Counter()
+
+    def set_limits(self, max_total: int, max_per_ip: int) -> None:
+        """New maxima (a reload); connections already open stay."""
+        self.max_total, self.max_per_ip = max_total, max_per_ip
 
     def acquire(self, ip: str) -> str | None:
         """Take a slot; return None, or 'total' / 'per_ip' naming the limit hit."""
@@ -32,3 +69,103 @@ class ConnectionLimiter:
             self._per_ip[ip] = left
         else:
             del self._per_ip[ip]
+
+
+class SharedConnectionLimiter(ConnectionLimiter):
+    """Counts for all worker processes; see the module docstring.
+
+    Make it in the parent before forking, call ``attach(slot)`` in each worker
+    before it accepts connections, and ``clear(slot)`` in the parent when the
+    worker in that slot has exited.
+    """
+
+    def __init__(self, max_total: int, max_per_ip: int, workers: int):
+        super().__init__(max_total, max_per_ip)
+        self.workers = workers
+        self._fd = _shared_file(workers * _ROW * _ITEM)
+        self._map = mmap.mmap(self._fd, workers * _ROW * _ITEM, mmap.MAP_SHARED)
+        self._counts = memoryview(self._map).cast("I")
+        self._key = secrets.token_bytes(16)
+        self._row = -1
+
+    def attach(self, slot: int) -> None:
+        """This process is the worker in ``slot``: it starts with nothing open."""
+        self.clear(slot)
+        self._row = slot * _ROW
+
+    def clear(self, slot: int) -> None:
+        """Forget every connection counted by the worker in ``slot``."""
+        base = slot * _ROW
+        with self._locked():
+            self._counts[base : base + _ROW] = memoryview(bytes(_ROW * _ITEM)).cast("I")
+
+    def _slots(self, ip: str) -> tuple[int, int]:
+        h = int.from_bytes(hashlib.blake2b(ip.encode(), key=self._key, digest_size=8).digest())
+        return 1 + (h & 0xFFFFFFFF) % SLOTS, 1 + SLOTS + (h >> 32) % SLOTS
+
+    def acquire(self, ip: str) -> str | None:
+        if self._row < 0:
+            raise RuntimeError("SharedConnectionLimiter.attach() was not called in this worker")
+        a, b = self._slots(ip)
+        c = self._counts
+        rows = range(0, self.workers * _ROW, _ROW)
+        with self._locked():
+            if sum(c[r] for r in rows) >= self.max_total:
+                return "total"
+            if min(sum(c[r + a] for r in rows), sum(c[r + b] for r in rows)) >= self.max_per_ip:
+                return "per_ip"
+            mine = self._row
+            c[mine] += 1
+            c[mine + a] += 1
+            c[mine + b] += 1
+        self.total += 1
+        return None
+
+    def release(self, ip: str) -> None:
+        a, b = self._slots(ip)
+        c, mine = self._counts, self._row
+        with self._locked():
+            for i in (mine, mine + a, mine + b):
+                if c[i] > 0:
+                    c[i] -= 1
+        self.total -= 1
+
+    def server_total(self) -> int:
+        """Connections open in the whole server (for logs and tests)."""
+        with self._locked():
+            return sum(self._counts[r] for r in range(0, self.workers * _ROW, _ROW))
+
+    def _locked(self) -> _RecordLock:
+        return _RecordLock(self._fd)
+
+    def close(self) -> None:
+        self._counts.release()
+        self._map.close()
+        os.close(self._fd)
+
+
+class _RecordLock:
+    """An exclusive POSIX record lock on the whole file (per process, dropped by
+    the kernel when the holder dies)."""
+
+    __slots__ = ("_fd",)
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def __enter__(self) -> None:
+        fcntl.lockf(self._fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.lockf(self._fd, fcntl.LOCK_UN)
+
+
+def _shared_file(size: int) -> int:
+    """An anonymous file of ``size`` zero bytes (memory-backed where the system can)."""
+    try:
+        fd = os.memfd_create("smtpgate-limits", os.MFD_CLOEXEC)
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        fd, name = tempfile.mkstemp(prefix="smtpgate-limits-")
+        os.unlink(name)
+    os.ftruncate(fd, size)
+    return fd

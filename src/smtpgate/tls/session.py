@@ -20,7 +20,13 @@ from OpenSSL import SSL
 from smtpgate.sasl.base import ChannelBinding
 from smtpgate.tls.bio import BioConnection, TlsError, describe, end_point_hash
 
-__all__ = ["ServerTlsContext", "TlsError", "TlsServerSession", "make_server_context"]
+__all__ = [
+    "ServerTlsContext",
+    "TlsConfigError",
+    "TlsError",
+    "TlsServerSession",
+    "make_server_context",
+]
 
 #: Modern ciphers only; TLS 1.3 suites are configured separately by OpenSSL.
 _TLS12_CIPHERS = (
@@ -37,26 +43,67 @@ class ServerTlsContext:
     context: SSL.Context
     #: RFC 5929 §4.1 tls-server-end-point: hash of our own certificate.
     end_point_hash: bytes
+    #: The certificate in one phrase, for start-up and reload logs.
+    description: str = ""
+
+
+class TlsConfigError(TlsError):
+    """The configured certificate or key cannot be used; ``key`` names the setting
+    (``tls.cert`` or ``tls.key``) so start-up and reload can say which one."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+def _read(key: str, path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise TlsConfigError(key, f"cannot read {path}: {e.strerror or e}") from None
 
 
 def make_server_context(cert: Path, key: Path, min_version: str = "1.2") -> ServerTlsContext:
-    """Build the server context. Raises TlsError naming the file on failure."""
+    """Build the server context from PEM files.
+
+    Raises:
+        TlsConfigError: naming ``tls.cert`` or ``tls.key``: unreadable, not PEM,
+            or a key that does not belong to the certificate.
+    """
+    cert_pem = _read("tls.cert", cert)
+    _read("tls.key", key)
+    try:
+        leaf = x509.load_pem_x509_certificate(cert_pem)  # the first in the chain
+    except ValueError:
+        raise TlsConfigError("tls.cert", f"{cert} holds no PEM certificate") from None
     ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
     ctx.set_min_proto_version(SSL.TLS1_3_VERSION if min_version == "1.3" else SSL.TLS1_2_VERSION)
     ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE)
     ctx.set_cipher_list(_TLS12_CIPHERS)
     try:
         ctx.use_certificate_chain_file(str(cert))
-        ctx.use_privatekey_file(str(key))
-        ctx.check_privatekey()
     except SSL.Error as e:
-        raise TlsError(f"cannot load certificate {cert} / key {key}: {e}") from None
+        raise TlsConfigError("tls.cert", f"cannot load {cert}: {describe(e)}") from None
+    try:
+        ctx.use_privatekey_file(str(key))
+    except SSL.Error as e:
+        raise TlsConfigError("tls.key", f"{key} holds no usable PEM private key: {describe(e)}") from None
+    try:
+        ctx.check_privatekey()
+    except SSL.Error:
+        raise TlsConfigError("tls.key", f"{key} does not belong to the certificate {cert}") from None
     # Session resumption changes which Finished message tls-unique uses, and a
     # per-process cache is of little use with several workers: no resumption.
     ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
     ctx.set_options(SSL.OP_NO_TICKET)
-    leaf = x509.load_pem_x509_certificate(cert.read_bytes())  # the first in the chain
-    return ServerTlsContext(ctx, end_point_hash(leaf))
+    return ServerTlsContext(ctx, end_point_hash(leaf), _describe_cert(leaf))
+
+
+def _describe_cert(cert: x509.Certificate) -> str:
+    return (
+        f"{cert.subject.rfc4514_string() or '(no subject)'}, serial {cert.serial_number:x}, "
+        f"valid until {cert.not_valid_after_utc.isoformat()}"
+    )
 
 
 class TlsServerSession(BioConnection):

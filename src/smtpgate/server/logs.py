@@ -1,0 +1,73 @@
+"""The server log: one line per record, times in ISO 8601 with the zone, to stderr
+(the journal under systemd) or to ``[server] log_file``, reopened on SIGHUP and
+SIGUSR1 so that log rotation can move the file away."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from datetime import datetime
+from pathlib import Path
+
+_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
+
+
+class IsoFormatter(logging.Formatter):
+    """``2026-03-01T14:03:07.412+01:00``: local time with its offset, so lines from
+    hosts in different zones (or across a DST change) still sort and compare."""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        stamp = datetime.fromtimestamp(record.created).astimezone()
+        return stamp.isoformat(timespec="milliseconds")
+
+
+class ReopenableFileHandler(logging.FileHandler):
+    """Appends (``O_APPEND``: several processes share the file, each record is one
+    write); ``reopen`` opens the path anew after the file was renamed."""
+
+    def reopen(self) -> None:
+        """Raises OSError when the path cannot be opened (the old file is kept)."""
+        stream = self._open()
+        self.acquire()
+        try:
+            old, self.stream = self.stream, stream
+        finally:
+            self.release()
+        if old is not None:
+            old.close()
+
+
+def _root() -> logging.Logger:
+    return logging.getLogger("smtpgate")
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """Log ``smtpgate.*`` to stderr at ``level``."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(IsoFormatter(_FORMAT))
+    root = _root()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def log_to_file(path: Path) -> None:
+    """Send the log to ``path`` instead of stderr.
+
+    Raises:
+        OSError: the file cannot be opened for appending.
+    """
+    handler = ReopenableFileHandler(path, mode="a", encoding="utf-8")
+    handler.setFormatter(IsoFormatter(_FORMAT))
+    root = _root()
+    old = root.handlers[:]
+    root.handlers[:] = [handler]
+    for h in old:
+        h.close()
+
+
+def reopen_log_file() -> None:
+    """Reopen the log file, if logging goes to one. Raises OSError."""
+    for h in _root().handlers:
+        if isinstance(h, ReopenableFileHandler):
+            h.reopen()

@@ -1,0 +1,109 @@
+"""What a reload (SIGHUP, ``smtpgate reload``) may change, and loading it safely.
+
+A reload reads the config file again and builds the TLS context from the
+certificate and key it names. If either is broken nothing changes: the running
+config and certificate stay, and the error names the key. Otherwise the
+*reloadable* part of the new config replaces the running one:
+
+- ``hostname``, ``tls.*`` (certificate, key, versions, handshake timeout),
+  ``limits.*``, ``guard.*`` (except ``guard.database``), ``policy.*``,
+  ``smtp.*``, ``auth.mechanisms`` and ``auth.failure_floor``.
+
+Everything else (listeners, ``server.*``, ``accounts.*``, ``queue.*``,
+``delivery.*``, ``passwords.*``, the other ``auth.*`` keys, ``guard.database``)
+is bound to sockets, processes, open files or thread pools made at start-up;
+a reload that changes them keeps the running values and names the keys so the
+administrator knows a restart is needed. docs/operations.md has the table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from smtpgate.config import Config, ConfigError, load_config
+from smtpgate.tls.session import ServerTlsContext, TlsConfigError, make_server_context
+
+#: Mechanisms that need an OAuth issuer, which only a restart can add.
+_OAUTH = frozenset(("OAUTHBEARER", "XOAUTH2"))
+
+
+class ReloadError(Exception):
+    """The new config or certificate is unusable; ``key`` names the setting."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+@dataclass(frozen=True)
+class Reloaded:
+    #: The running config with the reloadable keys taken from the file.
+    cfg: Config
+    tls: ServerTlsContext
+    #: Keys that differ in the file but take effect only after a restart.
+    needs_restart: tuple[str, ...]
+
+
+def build_tls(cfg: Config) -> ServerTlsContext:
+    """The server TLS context of ``cfg``. Raises TlsConfigError naming the key."""
+    return make_server_context(cfg.path(cfg.tls.cert), cfg.path(cfg.tls.key), cfg.tls.min_version)
+
+
+def load(path: Path, running: Config) -> Reloaded:
+    """Read ``path`` and the certificate it names; merge into ``running``.
+
+    Raises:
+        ReloadError: the config does not load (the first problem is named, with
+            a count of the others) or the certificate/key is unusable.
+    """
+    try:
+        new = load_config(path)
+    except ConfigError as e:
+        key, message = e.problems[0]
+        more = len(e.problems) - 1
+        raise ReloadError(key, message + (f" (and {more} more problems)" if more else "")) from None
+    merged = merge(running, new)
+    try:
+        tls = build_tls(merged)
+    except TlsConfigError as e:
+        raise ReloadError(e.key, str(e).removeprefix(f"{e.key}: ")) from None
+    return Reloaded(merged, tls, changed_keys(merged, new))
+
+
+def merge(running: Config, new: Config) -> Config:
+    """``running`` with the reloadable keys of ``new``."""
+    mechanisms = new.auth.mechanisms
+    if set(mechanisms) & _OAUTH and not running.auth.oauth_issuers:
+        mechanisms = running.auth.mechanisms  # the verifier is built at start-up only
+    auth = running.auth.model_copy(
+        update={"mechanisms": mechanisms, "failure_floor": new.auth.failure_floor}
+    )
+    guard = new.guard.model_copy(update={"database": running.guard.database})
+    return running.model_copy(
+        update={
+            "hostname": new.hostname,
+            "tls": new.tls,
+            "limits": new.limits,
+            "guard": guard,
+            "policy": new.policy,
+            "smtp": new.smtp,
+            "auth": auth,
+        }
+    )
+
+
+def changed_keys(a: Config, b: Config) -> tuple[str, ...]:
+    """Dotted keys whose values differ (a list such as ``listeners`` counts as one)."""
+    out: list[str] = []
+    _diff(a.model_dump(exclude={"base_dir"}), b.model_dump(exclude={"base_dir"}), "", out)
+    return tuple(out)
+
+
+def _diff(a: Any, b: Any, prefix: str, out: list[str]) -> None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            _diff(a.get(k), b.get(k), f"{prefix}{k}.", out)
+    elif a != b:
+        out.append(prefix.rstrip("."))

@@ -339,6 +339,9 @@ class DeliveryWorker:
             self._suspect.discard(qid)  # put back if this attempt ends abnormally
             message = QueuedMessage(qid, envelope, data, maybe_delivered=suspect)
             self.deliveries += 1
+            log.debug("queue: %s delivery attempt to %s%s", qid,
+                      ", ".join(f"<{r}>" for r in state.pending),
+                      " (may have been delivered before a crash)" if suspect else "")
             results = await self._call_deliverer(message, state.pending)
             state, outcomes = apply_results(
                 state,

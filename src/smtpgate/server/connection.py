@@ -141,6 +141,10 @@ class SmtpConnection(asyncio.Protocol):
         self.transport = tr = cast(asyncio.Transport, transport)
         peer = tr.get_extra_info("peername") or ("", 0)
         self.client_ip, self.client_port = str(peer[0]), int(peer[1])
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s connect from %s:%s on listener %s", self.session_id,
+                      self.client_ip, self.client_port, self.listener.name)
+            self.engine.on_command = self._debug_command
         refused = self.rt.limiter.acquire(self.client_ip)
         if refused is not None:
             reply = R.TOO_MANY_CONNECTIONS if refused == "total" else R.TOO_MANY_CONNECTIONS_FROM_IP
@@ -193,6 +197,8 @@ class SmtpConnection(asyncio.Protocol):
         return None  # let the transport close
 
     def connection_lost(self, exc: Exception | None) -> None:
+        log.debug("%s disconnect %s:%s%s", self.session_id, self.client_ip, self.client_port,
+                  f" ({exc})" if exc else "")
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
@@ -555,8 +561,14 @@ class SmtpConnection(asyncio.Protocol):
             self.engine.greeting()
         else:
             self.engine.tls_established(info)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s TLS established: %s %s", self.session_id, info.version, info.cipher)
+            self.engine.on_command = self._debug_command
         self._flush()
         self._arm_timer(self.rt.limits.command_timeout)
+
+    def _debug_command(self, verb: str) -> None:
+        log.debug("%s command %s", self.session_id, verb)  # the verb only: never AUTH data
 
     # ------------------------------------------------------- timers, closing
 

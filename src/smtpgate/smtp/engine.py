@@ -117,6 +117,9 @@ class ServerEngine:
         self.identity = ""  # authenticated identity, "" if none
         self.auth_mechanism = ""
         self.errors = 0
+        #: Told the verb of each known command, and nothing else of the line (no
+        #: arguments, never a SASL response): the I/O layer's debug log.
+        self.on_command: Callable[[str], None] | None = None
         self._inbuf = bytearray()
         self._out = bytearray()
         self._paused = False
@@ -368,6 +371,8 @@ class ServerEngine:
             return self._close_event()
         if verb not in KNOWN_VERBS:
             return self._error(R.UNKNOWN_COMMAND)
+        if self.on_command is not None:
+            self.on_command(verb)
         if verb in _NEED_AUTH and not self.identity:
             # RFC 6409 §4.3 / RFC 3207 §4: refuse before looking at sequence, so a
             # relay probe learns nothing but "authenticate first".

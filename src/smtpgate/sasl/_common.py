@@ -40,8 +40,9 @@ class ServerContext:
 
     ``nonce_factory`` returns a fresh random string; ``None`` lets each mechanism use
     its own ``secrets``-based default (tests inject RFC nonces here).
-    ``plus_advertised``: a SCRAM ``-PLUS`` variant was offered on this connection,
-    which makes a ``y`` gs2 flag a downgrade (RFC 5802 §6).
+    ``plus_advertised``: a SCRAM ``-PLUS`` variant is supported on this connection
+    (offered, or held back from EHLO by the channel-binding fallback), which makes
+    a ``y`` gs2 flag a downgrade (RFC 5802 §6).
     ``decoy_secret``/``decoy_iterations``: SCRAM's unknown-user decoy (see scram.py).
     ``oauth_scope``/``openid_configuration``: fields of the OAUTHBEARER/XOAUTH2
     error JSON (RFC 7628 §3.2.2).

@@ -33,6 +33,12 @@ class ClientAuthError(Exception):
     """The server misbehaved in a client-side exchange (bad signature, bad syntax)."""
 
 
+class ServerErrorMessage(ClientAuthError):
+    """The server ended the exchange with its own error message (SCRAM ``e=``,
+    RFC 5802 §7). Its verdict is in: the client answers with an empty response
+    (not ``*``) and reads the final reply, 535 for a failure (RFC 4954 §4)."""
+
+
 # --- Credential queries: what a server mechanism may ask the auth service ------
 
 
@@ -166,14 +172,19 @@ class Success:
 class Failure:
     """Authentication failed. ``reason`` is for the log. ``temporary`` means a backend
     fault (454). ``error_data`` is sent as a 334 before the failure reply and the
-    client's dummy response awaited (OAUTHBEARER JSON status, SCRAM ``e=``).
-    ``username`` is the identity the client claimed, if known, for the auth log."""
+    client's dummy response awaited (OAUTHBEARER JSON status, SCRAM ``e=``); the
+    failure is decided already, so whatever the client answers (the dummy, ``*``,
+    garbage) or if it hangs up, the attempt ends as this failure.
+    ``username`` is the identity the client claimed, if known, for the auth log.
+    ``client_could_bind``: the client said it can do channel binding (SCRAM gs2
+    flag ``y``) where the server supports it, RFC 5802 §6's downgrade signal."""
 
     reason: str
     temporary: bool = False
     error_data: bytes | None = None
     username: str = ""
     malformed: bool = False
+    client_could_bind: bool = False
 
 
 Step = Challenge | NeedCredentials | Success | Failure

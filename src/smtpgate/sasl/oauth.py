@@ -7,10 +7,12 @@ the auth service with ``VerifyToken(username, token)``. ``username`` is what the
 client claimed (OAUTHBEARER's gs2 authzid, XOAUTH2's ``user=``), "" if none; the
 auth service checks that the token's identity matches it.
 
-On a rejected token neither mechanism fails at once: the server sends a JSON
-error as a challenge and fails only after the client's dummy answer, 0x01 for
-OAUTHBEARER (RFC 7628 §3.2.3) and an empty response for XOAUTH2 (Google's
-documented flow). A backend fault (temporary) fails at once, so SMTP can answer
+On a rejected token the failure is decided at once, but announced in two steps:
+the mechanism returns ``Failure(error_data=<JSON error>)``, which the SMTP engine
+sends as a 334 before the 535, after the client's dummy answer (0x01 for
+OAUTHBEARER, RFC 7628 §3.2.3; an empty response for XOAUTH2, Google's documented
+flow). Whatever the client answers, or if it hangs up, the attempt is that
+failure. A backend fault (temporary) fails without the JSON, so SMTP can answer
 454 without a round trip.
 """
 
@@ -163,14 +165,11 @@ def _json(obj: dict[str, str]) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode("ascii")
 
 
-_State = Literal["request", "verify", "error"]
+_State = Literal["request", "verify"]
 
 
 class _BearerServer(ServerMechanismBase):
-    """Shared flow: request -> VerifyToken -> Success, or error challenge -> Failure."""
-
-    #: What the client sends after an error challenge (RFC 7628 §3.2.3 / Google).
-    _dummy_response: bytes
+    """Shared flow: request -> VerifyToken -> Success, or Failure with the error JSON."""
 
     def __init__(self, *, scope: str = "", openid_configuration: str = "") -> None:
         super().__init__()
@@ -178,7 +177,6 @@ class _BearerServer(ServerMechanismBase):
         self._openid_configuration = openid_configuration
         self._state: _State = "request"
         self._request: BearerRequest | None = None
-        self._reason = ""
 
     @classmethod
     def from_context(cls, ctx: ServerContext) -> _BearerServer:
@@ -196,15 +194,6 @@ class _BearerServer(ServerMechanismBase):
         return self._step(initial)
 
     def _step(self, response: bytes) -> Step:
-        username = self._request.username if self._request else ""
-        if self._state == "error":
-            if response != self._dummy_response:
-                return Failure(
-                    reason=f"{self.name}: bad response to error challenge",
-                    malformed=True,
-                    username=username,
-                )
-            return Failure(reason=self._reason, username=username)
         try:
             request = self._parse(response)
         except OAuthSyntaxError as exc:
@@ -212,7 +201,7 @@ class _BearerServer(ServerMechanismBase):
         self._request = request
         if not request.token:
             # Protocol digest §2.7: an empty auth= asks for the error JSON (discovery).
-            return self._error("discovery request")
+            return self._error("discovery request", request.username)
         self._state = "verify"
         return NeedCredentials(VerifyToken(request.username, request.token, mechanism=self.name))
 
@@ -224,13 +213,12 @@ class _BearerServer(ServerMechanismBase):
         if isinstance(result, (Verdict, NotFound)):
             if result.temporary:
                 return Failure(reason=result.reason, temporary=True, username=request.username)
-            return self._error(result.reason or "token rejected")
+            return self._error(result.reason or "token rejected", request.username)
         return unexpected_answer(self.name, result, request.username)
 
-    def _error(self, reason: str) -> Step:
-        self._state = "error"
-        self._reason = reason
-        return Challenge(self._error_json())
+    def _error(self, reason: str, username: str) -> Failure:
+        """RFC 7628 §3.2.2: the failure, announced by the error JSON in a 334."""
+        return Failure(reason=reason, username=username, error_data=self._error_json())
 
 
 class OAuthBearerServer(_BearerServer):
@@ -242,7 +230,6 @@ class OAuthBearerServer(_BearerServer):
     """
 
     name = "OAUTHBEARER"
-    _dummy_response = KVSEP.encode("ascii")
 
     def _parse(self, data: bytes) -> BearerRequest:
         return parse_oauthbearer(data)
@@ -261,7 +248,6 @@ class XOAuth2Server(_BearerServer):
     """Server side of XOAUTH2 (Google's and Microsoft's pre-standard mechanism)."""
 
     name = "XOAUTH2"
-    _dummy_response = b""
 
     def _parse(self, data: bytes) -> BearerRequest:
         return parse_xoauth2(data)

@@ -70,9 +70,10 @@ def create_server_mechanism(
         channel_binding: what the TLS layer can bind to on this connection.
         hostname: our name, for challenges that carry it (CRAM-MD5).
         nonce_factory: returns a fresh random string; tests inject fixed nonces.
-        plus_advertised: a SCRAM ``-PLUS`` mechanism was advertised on this
-            connection (binding available and the PLUS variant enabled), so a
-            SCRAM client sending the ``y`` flag is a downgrade (RFC 5802 §6).
+        plus_advertised: a SCRAM ``-PLUS`` mechanism is supported on this
+            connection (binding available and the PLUS variant enabled, whether
+            advertised or held back from EHLO by the channel-binding fallback), so
+            a SCRAM client sending the ``y`` flag is a downgrade (RFC 5802 §6).
         decoy_secret: keys SCRAM's fake salt for unknown users; default a
             per-process random secret (pass a persistent one so the fake salt of a
             probed name does not change across restarts).

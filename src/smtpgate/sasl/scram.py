@@ -57,6 +57,7 @@ from smtpgate.sasl.base import (
     NeedCredentials,
     NotFound,
     ScramCredentials,
+    ServerErrorMessage,
     Step,
 )
 from smtpgate.sasl.saslprep import SaslprepError, saslprep
@@ -222,11 +223,22 @@ def scram_credentials_from_password(
 class _ScramError(Exception):
     """Internal: abort the exchange with RFC 5802 server-error ``error``."""
 
-    def __init__(self, error: str, reason: str, *, malformed: bool = False) -> None:
+    def __init__(
+        self,
+        error: str,
+        reason: str,
+        *,
+        malformed: bool = False,
+        could_bind: bool = False,
+        qualified: bool = True,
+    ) -> None:
         super().__init__(reason)
         self.error = error
         self.reason = reason
         self.malformed = malformed
+        self.could_bind = could_bind
+        #: Prefix the reason with the mechanism name (False: the auth service's words).
+        self.qualified = qualified
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,7 +258,8 @@ class ScramServer(ServerMechanismBase):
 
     Args:
         channel_binding: binding data of this connection (needed by -PLUS).
-        plus_advertised: a -PLUS variant was advertised on this connection, so the
+        plus_advertised: the server supports a -PLUS variant on this connection
+            (advertised, or held back from a client that could not bind), so the
             ``y`` flag on this (non-PLUS) mechanism is a downgrade (RFC 5802 §6).
         nonce_factory: server-nonce source; must return printable ASCII without ",".
         decoy_secret: keys the unknown-user decoy salt; defaults to a per-process
@@ -278,6 +291,8 @@ class ScramServer(ServerMechanismBase):
         self._first: _ClientFirst | None = None
         self._creds: ScramCredentials | None = None
         self._decoy = False
+        #: Why the decoy is used (unknown user, a policy refusal): the log's reason.
+        self._decoy_reason = ""
         self._nonce = ""
         self._server_first = ""
         self._server_signature = b""
@@ -308,10 +323,11 @@ class ScramServer(ServerMechanismBase):
                 return self._on_client_final(response)
         except _ScramError as exc:
             return Failure(
-                reason=f"{self.name}: {exc.reason}",
+                reason=f"{self.name}: {exc.reason}" if exc.qualified else exc.reason,
                 error_data=b"e=" + exc.error.encode("ascii"),
                 username=self._first.username if self._first else "",
                 malformed=exc.malformed,
+                client_could_bind=exc.could_bind,
             )
         raise MechanismUsageError(f"{self.name}: step() in state {self._state}")  # pragma: no cover
 
@@ -419,7 +435,9 @@ class ScramServer(ServerMechanismBase):
             # RFC 5802 §6: flag "y" means the client could bind but saw no -PLUS; a
             # server that supports binding MUST fail: someone stripped -PLUS.
             raise _ScramError(
-                E_SERVER_DOES_SUPPORT_CHANNEL_BINDING, "y flag while -PLUS was advertised"
+                E_SERVER_DOES_SUPPORT_CHANNEL_BINDING,
+                "y flag while the server supports channel binding",
+                could_bind=True,
             )
 
     # -- credentials ----------------------------------------------------------------
@@ -435,6 +453,7 @@ class ScramServer(ServerMechanismBase):
                 )
             self._creds = self._decoy_credentials(first.username)
             self._decoy = True
+            self._decoy_reason = result.reason
         elif isinstance(result, ScramCredentials):
             if not self._credentials_usable(result):
                 return Failure(
@@ -522,7 +541,13 @@ class ScramServer(ServerMechanismBase):
         candidate = hashlib.new(self._hash.name, client_key).digest()
         # RFC 5802 §3: the server verifies by comparing H(ClientKey) with StoredKey.
         proof_ok = hmac.compare_digest(candidate, creds.stored_key)
-        if self._decoy or not proof_ok:
+        if self._decoy:
+            # Same e= as a wrong password on the wire; the real reason (unknown
+            # user, an access-policy refusal) in the log, as PLAIN logs it.
+            raise _ScramError(
+                E_INVALID_PROOF, self._decoy_reason or "unknown user", qualified=False
+            )
+        if not proof_ok:
             raise _ScramError(E_INVALID_PROOF, "invalid proof")
         self._server_signature = _hmac(self._hash.name, creds.server_key, auth_message)
         self._state = "confirm"
@@ -687,7 +712,9 @@ class ScramClient(ClientMechanism):
         if text is None:
             raise ClientAuthError(f"{self.name}: server-first is not UTF-8")
         if text.startswith("e="):
-            raise ClientAuthError(f"{self.name}: server error {text[2:]!r}")
+            # Not in RFC 5802's grammar for server-first, but servers (ours among
+            # them) end a refused client-first this way; it is still their verdict.
+            raise ServerErrorMessage(f"{self.name}: server error {text[2:]!r}")
         attrs = text.split(",")
         if attrs[0].startswith("m="):
             raise ClientAuthError(f"{self.name}: server requires unsupported extension")
@@ -730,7 +757,8 @@ class ScramClient(ClientMechanism):
         text = decode_utf8(challenge) or ""
         attr = text.split(",")[0]
         if attr.startswith("e="):
-            raise ClientAuthError(f"{self.name}: server error {attr[2:]!r}")
+            # RFC 5802 §7 server-error: the server's verdict; the exchange is over.
+            raise ServerErrorMessage(f"{self.name}: server error {attr[2:]!r}")
         signature = _b64decode(attr[2:]) if attr.startswith("v=") else None
         if signature is None:
             raise ClientAuthError(f"{self.name}: malformed server-final")

@@ -40,6 +40,7 @@ from smtpgate.smtp.events import (
     PAUSED,
     AuthFinished,
     AuthQuery,
+    BindingEvidence,
     CloseConnection,
     Event,
     MailFrom,
@@ -139,9 +140,16 @@ class ServerEngine:
         self._mech: sasl.ServerMechanism | None = None
         self._mech_name = ""
         self._auth_username = ""
-        self._auth_after_challenge: sasl.Step | None = None
+        #: The outcome the last 334 announced (SCRAM v= or e=, the OAuth error JSON):
+        #: decided already, whatever the client answers.
+        self._auth_decided: sasl.Success | sasl.Failure | None = None
+        #: The client has sent SASL data in this exchange (an initial response or a
+        #: response line other than "*").
+        self._auth_spoke = False
         self._auth_default: R.Reply | None = None
-        self._auth_result: tuple[str, str, str] | None = None
+        #: Set by the I/O layer: do not advertise -PLUS on this connection (the
+        #: channel-binding fallback, docs/mechanisms.md). -PLUS stays usable.
+        self.hide_plus = False
 
     # ------------------------------------------------------------------ I/O API
 
@@ -262,18 +270,18 @@ class ServerEngine:
         AuthFinished was already emitted. A verdict already sent as a 334 (SCRAM
         ``e=invalid-proof``, the OAUTHBEARER error JSON) is the failure it announced:
         a client that reads it and hangs up has failed, not cancelled."""
-        if self._mech is None or isinstance(self._pending, AuthFinished):
-            return None
-        pending_end = self._auth_after_challenge
-        self._mech = None
-        self._auth_after_challenge = None
+        if self._mech is None:
+            return None  # no exchange open, or its AuthFinished was emitted
+        decided = self._auth_decided
         self._pending = None
-        if isinstance(pending_end, sasl.Failure):
-            result = "tempfail" if pending_end.temporary else "failure"
-            return AuthFinished(
-                self._mech_name, result, self._auth_username, "", f"{pending_end.reason} ({reason})"
+        if isinstance(decided, sasl.Failure):
+            return self._auth_outcome(
+                "tempfail" if decided.temporary else "failure",
+                "",
+                f"{decided.reason} ({reason})",
+                decided,
             )
-        return AuthFinished(self._mech_name, "cancelled", self._auth_username, "", reason)
+        return self._auth_outcome("cancelled", "", reason, decided)
 
     def timeout(self) -> None:
         """The I/O layer's idle timer fired (RFC 5321 §4.5.3.2)."""
@@ -350,8 +358,7 @@ class ServerEngine:
     def _handle_line(self, raw: bytes) -> Event | None:
         if raw == b"\x00TOOLONG":
             if self.state is State.AUTH:
-                self._abort_auth()
-                return self._error(R.AUTH_LINE_TOO_LONG)
+                return self._auth_line_too_long()
             return self._error(R.LINE_TOO_LONG)
         if self.state is State.AUTH:
             return self._auth_response(raw)
@@ -405,12 +412,27 @@ class ServerEngine:
         return tuple(lines)
 
     def offered_mechanisms(self) -> tuple[str, ...]:
-        """RFC 4954 §4: no AUTH before TLS unless the listener allows it; -PLUS
-        only when this connection has channel-binding data (RFC 5802 §6)."""
+        """What EHLO advertises: the usable mechanisms, less -PLUS when the I/O
+        layer set ``hide_plus`` for a client that cannot bind."""
+        usable = self.usable_mechanisms()
+        if not self.hide_plus:
+            return usable
+        return tuple(m for m in usable if not m.endswith("-PLUS"))
+
+    def usable_mechanisms(self) -> tuple[str, ...]:
+        """What AUTH accepts. RFC 4954 §4: no AUTH before TLS unless the listener
+        allows it; -PLUS only when this connection has channel-binding data
+        (RFC 5802 §6). A -PLUS variant held back from EHLO is still accepted: the
+        server supports binding here, and a client that asks for it can bind."""
         if self.tls is None and not self.settings.auth_in_clear:
             return ()
         cb = self.tls.channel_binding if self.tls else sasl.ChannelBinding()
         return tuple(m for m in self.settings.mechanisms if not m.endswith("-PLUS") or cb.available)
+
+    @property
+    def plus_usable(self) -> bool:
+        """This connection supports a -PLUS mechanism (advertised or held back)."""
+        return any(m.endswith("-PLUS") for m in self.usable_mechanisms())
 
     def _cmd_ehlo(self, arg: str) -> Event | None:
         if not arg or " " in arg:
@@ -641,7 +663,7 @@ class ServerEngine:
         if not arg or len(parts) > 2:
             return self._error(R.AUTH_SYNTAX)
         name = parts[0].upper()
-        if name not in self.offered_mechanisms():
+        if name not in self.usable_mechanisms():
             return self._error(R.AUTH_UNKNOWN_MECHANISM)
         initial: bytes | None = None
         if len(parts) == 2:
@@ -652,15 +674,17 @@ class ServerEngine:
                 if initial is None:
                     return self._error(R.AUTH_BAD_BASE64)
         cb = self.tls.channel_binding if self.tls else sasl.ChannelBinding()
-        plus_advertised = any(m.endswith("-PLUS") for m in self.offered_mechanisms())
+        # RFC 5802 §6: a "y" flag is a downgrade wherever the server supports
+        # binding, including a connection where -PLUS was held back from EHLO.
         try:
-            mech = self.settings.mechanism_factory(name, cb, plus_advertised)
+            mech = self.settings.mechanism_factory(name, cb, self.plus_usable)
         except KeyError:
             return self._error(R.AUTH_UNKNOWN_MECHANISM)
         if initial is not None and mech.server_first:
             return self._error(R.AUTH_UNEXPECTED_INITIAL)
         self._mech, self._mech_name, self._auth_username = mech, name, ""
-        self._auth_after_challenge = None
+        self._auth_decided = None
+        self._auth_spoke = initial is not None
         self.state = State.AUTH
         return self._auth_step(self._safe(lambda: mech.start(initial)))
 
@@ -684,36 +708,29 @@ class ServerEngine:
                 # RFC 4422 / RFC 4954: additional data with success goes in a 334;
                 # the client answers with an empty line, then 235.
                 self._send_raw(b"334 " + base64.b64encode(step.final_data) + b"\r\n")
-                self._auth_after_challenge = sasl.Success(step.identity, step.authzid)
+                self._auth_decided = sasl.Success(step.identity, step.authzid)
                 return None
-            return self._finish_auth("success", step.identity, "")
+            return self._finish_auth("success", step.identity, "", decided=step)
         assert isinstance(step, sasl.Failure)
         if step.username:
             self._auth_username = step.username
         if step.error_data is not None:
+            # The verdict goes out now, in a 334; the 535 (or 454) follows the
+            # client's answer, whatever that answer is (see _auth_response).
             self._send_raw(b"334 " + base64.b64encode(step.error_data) + b"\r\n")
-            self._auth_after_challenge = sasl.Failure(
-                step.reason, step.temporary, None, step.username, step.malformed
-            )
+            self._auth_decided = step
             return None
-        return self._finish_auth("tempfail" if step.temporary else "failure", "", step.reason)
+        kind = "tempfail" if step.temporary else "failure"
+        return self._finish_auth(kind, "", step.reason, decided=step)
 
     def _auth_response(self, raw: bytes) -> Event | None:
+        decided = self._auth_decided
+        if decided is not None:
+            return self._finish_decided(decided, raw)
         if raw == b"*":
             # RFC 4954 §4: "*" cancels; the server MUST reply 501.
             return self._finish_auth("cancelled", "", "client cancelled")
-        pending_end = self._auth_after_challenge
-        if pending_end is not None:
-            # The 334 carried final data; whatever the client answers (an empty
-            # line, or 0x01 for OAUTHBEARER) the outcome was already decided.
-            self._auth_after_challenge = None
-            if isinstance(pending_end, sasl.Success):
-                if raw != b"":
-                    return self._finish_auth("failure", "", "non-empty response after success data")
-                return self._finish_auth("success", pending_end.identity, "")
-            assert isinstance(pending_end, sasl.Failure)
-            kind = "tempfail" if pending_end.temporary else "failure"
-            return self._finish_auth(kind, "", pending_end.reason)
+        self._auth_spoke = True
         data = decode_base64_strict(raw)
         if data is None:
             return self._finish_auth("failure", "", "invalid base64", reply=R.AUTH_BAD_BASE64)
@@ -721,8 +738,47 @@ class ServerEngine:
         assert mech is not None
         return self._auth_step(self._safe(lambda: mech.step(data)))
 
+    def _finish_decided(self, decided: sasl.Success | sasl.Failure, raw: bytes) -> Event:
+        """The client answered a 334 that carried the outcome.
+
+        RFC 4954 §4 lets a client cancel with "*" (501), but a cancel cannot undo a
+        verdict the server has already given: after SCRAM's ``e=invalid-proof`` or
+        the OAuth error JSON, "*", an empty line, the dummy 0x01, garbage or an
+        over-long line all end the attempt as the failure it was, answered 535
+        5.7.8 (454 if it was temporary) and counted once. After SCRAM's ``v=`` only
+        an empty line succeeds; "*" means the client did not accept our signature.
+        """
+        self._auth_decided = None
+        if isinstance(decided, sasl.Success):
+            if raw == b"":
+                return self._finish_auth("success", decided.identity, "", decided=decided)
+            if raw == b"*":
+                return self._finish_auth(
+                    "cancelled", "", "client cancelled after the server signature", decided=decided
+                )
+            return self._finish_auth("failure", "", "non-empty response after success data")
+        kind = "tempfail" if decided.temporary else "failure"
+        return self._finish_auth(kind, "", decided.reason, decided=decided)
+
+    def _auth_line_too_long(self) -> Event:
+        """RFC 4954 §4 bounds the exchange's lines; an over-long one ends the attempt
+        (as a malformed failure, or as the failure already announced)."""
+        decided = self._auth_decided
+        if decided is not None:
+            return self._finish_decided(decided, b"\x00")
+        self._auth_spoke = True
+        return self._finish_auth(
+            "failure", "", "authentication line too long", reply=R.AUTH_LINE_TOO_LONG
+        )
+
     def _finish_auth(
-        self, result: str, identity: str, reason: str, reply: R.Reply | None = None
+        self,
+        result: str,
+        identity: str,
+        reason: str,
+        reply: R.Reply | None = None,
+        *,
+        decided: sasl.Success | sasl.Failure | None = None,
     ) -> Event:
         self._auth_default = reply or {
             "success": R.AUTH_SUCCESS,
@@ -730,18 +786,49 @@ class ServerEngine:
             "tempfail": R.AUTH_TEMPFAIL,
             "cancelled": R.AUTH_CANCELLED,
         }[result]
-        username = identity or self._auth_username
-        return self._decide(AuthFinished(self._mech_name, result, username, identity, reason))
+        return self._decide(self._auth_outcome(result, identity, reason, decided))
 
-    def _abort_auth(self) -> None:
+    def _auth_outcome(
+        self,
+        result: str,
+        identity: str,
+        reason: str,
+        decided: sasl.Success | sasl.Failure | None = None,
+    ) -> AuthFinished:
+        """The one AuthFinished of this exchange; the exchange is over from here on
+        (``abandon_auth`` returns None), whether or not its reply has gone out."""
+        evidence = self._binding_evidence(result, decided)
         self._mech = None
-        self._auth_after_challenge = None
-        self.state = State.GREETED
+        self._auth_decided = None
+        username = identity or self._auth_username
+        return AuthFinished(self._mech_name, result, username, identity, reason, evidence)
+
+    def _binding_evidence(
+        self, result: str, decided: sasl.Success | sasl.Failure | None
+    ) -> BindingEvidence:
+        """What this exchange showed about the client's channel binding (see
+        ``AuthFinished.binding``), from facts the engine saw on the wire.
+
+        GNU SASL picks -PLUS whenever it is offered, and clients that do not hand
+        it the binding data (mutt, neomutt) then give up before their first
+        message; clients that do (gsasl) give up the same way on plain SCRAM when
+        -PLUS is held back. Either is visible here and nowhere else."""
+        name = self._mech_name
+        if isinstance(decided, sasl.Success) and name.endswith("-PLUS"):
+            return "can-bind"  # the proof covered this connection's binding data
+        if isinstance(decided, sasl.Failure) and decided.client_could_bind:
+            return "can-bind"
+        if result == "cancelled" and not self._auth_spoke:
+            if name.endswith("-PLUS"):
+                return "cannot-bind"
+            if name.startswith("SCRAM-") and self.hide_plus:
+                return "can-bind"
+        return ""
 
     def _respond_auth(self, event: AuthFinished, reply: R.Reply | None) -> None:
         final = reply or self._auth_default or R.AUTH_FAILED
         self._mech = None
-        self._auth_after_challenge = None
+        self._auth_decided = None
         self.state = State.GREETED
         if event.result == "success" and final.code == 235:
             self.identity = event.identity

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import Literal
 
 from smtpgate.sasl.base import CredentialQuery
+
+#: See ``AuthFinished.binding``.
+BindingEvidence = Literal["", "cannot-bind", "can-bind"]
 
 
 class Sentinel(Enum):
@@ -48,6 +52,13 @@ class AuthFinished:
 
     ``result`` is 'success', 'failure', 'tempfail' or 'cancelled'; ``username`` is
     the identity the client gave (for the log), ``identity`` the proven one.
+    A 'failure' or 'tempfail' the server had already announced (SCRAM ``e=``, the
+    OAuth error JSON) stays that, whatever the client answered or if it hung up.
+
+    ``binding`` is what the exchange showed about the client's channel binding
+    (docs/mechanisms.md, "-PLUS and GNU SASL clients"): 'cannot-bind' when a
+    ``-PLUS`` exchange ended before the client's first message, 'can-bind' when
+    the client bound or said it could, '' when it showed nothing.
     """
 
     mechanism: str
@@ -55,6 +66,7 @@ class AuthFinished:
     username: str
     identity: str
     reason: str
+    binding: BindingEvidence = ""
 
 
 @dataclass(frozen=True, slots=True)

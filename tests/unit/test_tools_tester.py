@@ -11,6 +11,8 @@ import asyncio
 import base64
 import json
 import socket
+import ssl
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import pytest
@@ -212,3 +214,147 @@ def test_cli_json_for_a_refused_connection() -> None:
     record = json.loads(result.output)
     assert record["outcome"] == "connection-failure" and record["exit_code"] == 3
     assert record["transcript"][-1]["dir"] == "**"
+
+
+# --- issue 8: wrong TLS mode, app passwords, the EHLO name ------------------------------------
+
+
+@pytest.fixture
+def tls_server_context(tmp_path_factory: pytest.TempPathFactory) -> ssl.SSLContext:
+    from smtpgate.tls.certs import write_self_signed
+
+    d = tmp_path_factory.mktemp("tls")
+    write_self_signed(d / "cert.pem", d / "key.pem", "localhost")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(d / "cert.pem", d / "key.pem")
+    return ctx
+
+
+async def test_implicit_tls_port_without_tls_says_use_tls(
+    serve: Serve, tls_server_context: ssl.SSLContext
+) -> None:
+    class ImplicitTls(Scripted):
+        """An implicit-TLS server: sends nothing until a ClientHello arrives, then
+        answers it with a real handshake (OpenSSL over memory BIOs)."""
+
+        async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+            tls = tls_server_context.wrap_bio(incoming, outgoing, server_side=True)
+            try:
+                data = await reader.read(65536)
+                if data:
+                    incoming.write(data)
+                    try:
+                        tls.do_handshake()
+                    except ssl.SSLWantReadError:
+                        pass
+                    writer.write(outgoing.read())
+                    await writer.drain()
+                    await reader.read(65536)
+            finally:
+                writer.close()
+
+    port = await serve(ImplicitTls(b"", []))
+    report = await run_test(_opts(port, tls_mode="starttls", timeout=30.0, greeting_wait=0.3))
+    assert report.exit_code == ExitCode.TLS
+    assert "this port speaks implicit TLS, use --tls" in report.error
+    assert report.elapsed < 30  # stopped by the probe, not by the timeout
+
+
+async def test_a_late_greeting_on_a_plain_port_is_still_waited_for(serve: Serve) -> None:
+    class Late(Scripted):
+        connections = 0
+
+        async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.connections += 1
+            if self.connections > 1:  # the probe: a plain server has no answer to a ClientHello
+                writer.close()
+                return
+            await asyncio.sleep(0.8)  # a deliberate greeting delay (anti-spam "greet pause")
+            await super().handle(reader, writer)
+
+    late = Late(b"220 slow.test\r\n", [EHLO_PLAIN, b"221 bye\r\n"])
+    port = await serve(late)
+    report = await run_test(_opts(port, quit_after="ehlo", greeting_wait=0.2))
+    assert report.exit_code == ExitCode.SUCCESS, report.error
+    assert late.connections == 2
+    text = "\n".join(report.transcript.lines())
+    assert "no TLS answer either; still waiting for the greeting" in text
+
+
+APP_PASSWORD = "abcd-efgh-jkmn-pqrs-tuvw"
+EHLO_SCRAM_FIRST = b"250-fake.test\r\n250 AUTH SCRAM-SHA-256 PLAIN LOGIN\r\n"
+
+
+def test_app_password_form_is_the_stores() -> None:
+    from smtpgate.auth.store import APP_PASSWORD_RE, generate_app_password
+    from smtpgate.tools.tester import APP_PASSWORD_FORM
+
+    assert APP_PASSWORD_FORM.pattern == APP_PASSWORD_RE.pattern
+    assert APP_PASSWORD_FORM.fullmatch(generate_app_password())
+
+
+async def test_auto_picks_plain_for_an_app_password(serve: Serve) -> None:
+    script = Scripted(b"220 x\r\n", [EHLO_SCRAM_FIRST, b"235 2.7.0 ok\r\n", b"221 bye\r\n"])
+    port = await serve(script)
+    report = await run_test(_opts(port, auth="auto", user="a@example.org",
+                                  password=APP_PASSWORD, quit_after="auth"))
+    assert report.exit_code == ExitCode.SUCCESS, report.error
+    assert script.received[1].startswith(b"AUTH PLAIN ")
+    assert "the password has the form of an smtpgate app password" in "\n".join(
+        report.transcript.lines())
+
+
+async def test_auto_keeps_scram_for_an_ordinary_password(serve: Serve) -> None:
+    script = Scripted(b"220 x\r\n", [EHLO_SCRAM_FIRST, b"535 5.7.8 no\r\n", b"221 bye\r\n"])
+    port = await serve(script)
+    report = await run_test(_opts(port, auth="auto", user="a@example.org", password=PASSWORD,
+                                  quit_after="auth"))
+    assert script.received[1].startswith(b"AUTH SCRAM-SHA-256 ")
+    assert report.exit_code == ExitCode.AUTH_REFUSED
+    assert "app passwords work with PLAIN and LOGIN only, not SCRAM; try --auth PLAIN" in (
+        report.error)
+
+
+def test_default_ehlo_name_is_the_machines_name() -> None:
+    from smtpgate.tools.session import default_ehlo_name
+
+    def name(value: str) -> Callable[[], str]:
+        return lambda: value
+
+    assert default_ehlo_name(name("mx.example.org"), name("mx")) == "mx.example.org"
+    # /etc/hosts mapping the host name to 127.0.0.1 makes getfqdn() say "localhost".
+    assert default_ehlo_name(name("localhost"), name("box1")) == "box1"
+    assert default_ehlo_name(name("localhost.localdomain"), name("box1")) == "box1"
+    assert default_ehlo_name(name("localhost"), name("bad name")) == "localhost"
+
+
+def test_cli_ehlo_default_is_what_help_says() -> None:
+    """`--ehlo` defaults to this machine's name: the EHLO sent is default_ehlo_name()."""
+    from smtpgate.tools.session import default_ehlo_name
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+        received: list[bytes] = []
+
+        def answer() -> None:
+            conn, _ = listener.accept()
+            with conn, conn.makefile("rb") as f:
+                conn.sendall(b"220 x\r\n")
+                received.append(f.readline())
+                conn.sendall(b"250 x\r\n")
+                received.append(f.readline())
+                conn.sendall(b"221 bye\r\n")
+
+        thread = threading.Thread(target=answer)
+        thread.start()
+        result = CliRunner().invoke(cli, ["test", "--server", f"127.0.0.1:{port}", "--plain",
+                                          "--quit-after", "ehlo"])
+        thread.join(10)
+    assert result.exit_code == 0, result.output
+    assert received[0] == f"EHLO {default_ehlo_name()}\r\n".encode()
+    help_text = CliRunner().invoke(cli, ["test", "--help"]).output
+    assert "this machine's fully qualified name, else its host name" in " ".join(
+        help_text.split())

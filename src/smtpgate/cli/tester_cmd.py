@@ -79,9 +79,13 @@ def _read_secret_file(path: Path, what: str) -> str:
 @click.option("--tls-name", metavar="NAME",
               help="Name to verify the certificate against and send as SNI (default: host).")
 @click.option("--ehlo", "ehlo_name", default=None, metavar="NAME",
-              help="Name to send in EHLO (default: this machine's name).")
+              help="Name to send in EHLO (default: this machine's fully qualified name, "
+              "else its host name, as swaks does).")
 @click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(min=0.1),
               help="Seconds to wait for each reply.")
+@click.option("--greeting-wait", default=5.0, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds without a greeting (no --tls) before a second connection checks "
+              "whether the port speaks implicit TLS; 0 never checks.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON record instead of text.")
 def test(
     server: str,
@@ -102,6 +106,7 @@ def test(
     tls_name: str | None,
     ehlo_name: str | None,
     timeout: float,
+    greeting_wait: float,
     as_json: bool,
 ) -> None:
     """Test an SMTP server: connect, TLS, AUTH and send a message, showing each step.
@@ -157,6 +162,7 @@ def test(
         tls_name=tls_name,
         ehlo_name=ehlo_name or default_ehlo_name(),
         timeout=timeout,
+        greeting_wait=greeting_wait,
     )
 
     def show(entry: Entry) -> None:

@@ -14,12 +14,14 @@ import base64
 import binascii
 import contextlib
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 from smtpgate.client.engine import CLOSED, ClientEngine
 from smtpgate.client.errors import RemoteProtocolError
 from smtpgate.client.replies import ServerReply
+from smtpgate.config import hostname_problem
 from smtpgate.sasl.base import ClientAuthError, ClientMechanism
 from smtpgate.sasl.scram import ScramClient
 from smtpgate.tls.client import TlsClientSession
@@ -256,9 +258,21 @@ def _verified(mech: ClientMechanism, default: bool | None) -> bool | None:
     return default
 
 
-def default_ehlo_name() -> str:
-    """This machine's name for EHLO, or "localhost" when it is unusable there."""
-    name = socket.getfqdn()
-    if not name or not name.isascii() or any(c.isspace() or c in "<>" for c in name):
-        return "localhost"
-    return name
+def default_ehlo_name(
+    fqdn: Callable[[], str] = socket.getfqdn, hostname: Callable[[], str] = socket.gethostname
+) -> str:
+    """This machine's name for EHLO, as swaks picks it: the fully qualified name when
+    the resolver knows one, else the host name, else "localhost". ``getfqdn`` gives
+    "localhost" on many machines whose /etc/hosts maps their name to 127.0.0.1."""
+    for candidate in (fqdn, hostname):
+        try:
+            name = candidate()
+        except OSError:
+            continue
+        if hostname_problem(name) is None and name.lower() not in _LOOPBACK_NAMES:
+            return name
+    return "localhost"
+
+
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "localhost6",
+                             "localhost6.localdomain6", "ip6-localhost", "ip6-loopback"})

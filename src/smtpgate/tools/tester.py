@@ -17,13 +17,24 @@ Security choices:
   stops the test after the handshake (the certificate is still shown);
 * credentials never go out in clear unless the user chose ``--plain``;
 * ``--auth auto`` picks the strongest mechanism the server offers that we have
-  credentials for, -PLUS only when the connection has channel-binding data.
+  credentials for, -PLUS only when the connection has channel-binding data;
+  a password in the form of an smtpgate app password gets PLAIN or LOGIN, the
+  only mechanisms app passwords work with (SCRAM keys exist for one password
+  per account).
+
+Wrong port, wrong mode: an implicit-TLS server waits for the ClientHello and
+sends nothing, so a plain connection to it waits forever for a greeting. After
+``greeting_wait`` seconds without one, a second connection sends a ClientHello;
+a TLS answer stops the test with "this port speaks implicit TLS, use --tls".
+Otherwise the first connection keeps waiting (some servers greet late on
+purpose) until ``timeout``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import email.utils
+import re
 import time
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -32,6 +43,7 @@ from typing import Literal
 
 from smtpgate.client.errors import LocalProtocolError, RemoteProtocolError
 from smtpgate.client.extensions import Extensions
+from smtpgate.client.replies import ServerReply
 from smtpgate.sasl.base import ChannelBinding
 from smtpgate.tls.client import TlsClientSession, make_client_context
 from smtpgate.tls.session import TlsError
@@ -39,7 +51,16 @@ from smtpgate.tools import mechanisms
 from smtpgate.tools.session import AuthResult, ServerClosed, SmtpSession, authenticate
 from smtpgate.tools.tlsreport import TlsReport
 from smtpgate.tools.transcript import Masker, Transcript
-from smtpgate.tools.wire import WireClosed
+from smtpgate.tools.wire import Wire, WireClosed
+
+#: The form of the app passwords ``smtpgate app-password add`` prints (five groups
+#: of four from a 31-letter alphabet); see ``auth/store.py``.
+APP_PASSWORD_FORM = re.compile(r"[a-z2-9]{4}(?:-[a-z2-9]{4}){4}")
+#: What a refused SCRAM login with an app password needs to be told.
+APP_PASSWORD_HINT = (
+    "if this is an smtpgate app password: app passwords work with PLAIN and LOGIN "
+    "only, not SCRAM; try --auth PLAIN"
+)
 
 
 class ExitCode(IntEnum):
@@ -103,6 +124,8 @@ class TesterOptions:
     tls_name: str | None = None  # name to verify and send as SNI; default host
     ehlo_name: str = "localhost"
     timeout: float = 30.0
+    #: Seconds without a greeting before probing for implicit TLS (see above).
+    greeting_wait: float = 5.0
 
 
 class _Stop(Exception):
@@ -292,6 +315,45 @@ class _Tester:
                 + " (--ca FILE to trust it, --no-tls-verify to go on anyway)",
             )
 
+    async def _greeting(self) -> ServerReply:
+        """The greeting on a plain connection; see "Wrong port, wrong mode" above."""
+        opts = self.opts
+        if opts.greeting_wait <= 0 or opts.greeting_wait >= opts.timeout:
+            return await self.s.read_reply()
+        try:
+            return await self.s.read_reply(opts.greeting_wait)
+        except TimeoutError:
+            pass
+        self.info(f"no greeting after {opts.greeting_wait:g} s; checking with a second "
+                  "connection whether the port speaks implicit TLS")
+        if await self._speaks_tls():
+            self._broken = True
+            raise _Stop(
+                ExitCode.TLS,
+                f"{opts.host}:{opts.port} speaks implicit TLS (it sent no greeting and "
+                "answered a TLS ClientHello): this port speaks implicit TLS, use --tls",
+            )
+        self.info("no TLS answer either; still waiting for the greeting")
+        return await self.s.read_reply(opts.timeout - opts.greeting_wait)
+
+    async def _speaks_tls(self) -> bool:
+        """Does a new connection to the server answer a ClientHello with a TLS record
+        (a handshake, 0x16, or an alert, 0x15)?"""
+        opts = self.opts
+        try:
+            hello = TlsClientSession(make_client_context(), opts.tls_name or opts.host).start()
+            wire = await Wire.connect(opts.host, opts.port, opts.greeting_wait)
+        except (OSError, TimeoutError, TlsError):
+            return False
+        try:
+            await wire.send(hello)
+            first = await wire.recv(opts.greeting_wait)
+        except (OSError, TimeoutError):
+            return False
+        finally:
+            await wire.close()
+        return first[:1] in (b"\x15", b"\x16")
+
     async def _ehlo(self) -> None:
         reply = await self.s.ehlo(self.opts.ehlo_name)
         if reply.code != 250:
@@ -303,7 +365,9 @@ class _Tester:
         opts = self.opts
         if opts.tls_mode == "implicit":
             await self._handshake()
-        greeting = await self.s.read_reply()
+            greeting = await self.s.read_reply()
+        else:
+            greeting = await self._greeting()
         self.report.banner = greeting.text
         if greeting.code != 220:
             raise _Stop(ExitCode.CONNECTION, f"server refused the session: {greeting}")
@@ -342,18 +406,26 @@ class _Tester:
         if not offered:
             raise _Stop(ExitCode.AUTH_REFUSED, "the server offers no AUTH mechanism here")
         requested = (opts.auth or "auto").upper()
+        app_password = bool(APP_PASSWORD_FORM.fullmatch(opts.password)) and not opts.token
         if requested == "AUTO":
             name = mechanisms.choose(
                 offered, password=bool(opts.password), token=bool(opts.token),
                 channel_binding=cb.available,
             )
-            if name is None:
+            cleartext = [m for m in ("PLAIN", "LOGIN") if m in offered]
+            if app_password and cleartext and name not in cleartext:
+                name = cleartext[0]
+                self.info(f"--auth auto chose {name} (offered: {shown}): the password has the "
+                          "form of an smtpgate app password, which works with PLAIN and "
+                          "LOGIN only")
+            elif name is None:
                 raise _Stop(
                     ExitCode.AUTH_REFUSED,
                     f"no offered mechanism ({shown}) can be used with "
                     "the credentials given",
                 )
-            self.info(f"--auth auto chose {name} (offered: {shown})")
+            else:
+                self.info(f"--auth auto chose {name} (offered: {shown})")
         else:
             name = requested
             if name not in mechanisms.implemented():
@@ -380,7 +452,8 @@ class _Tester:
         if result.outcome == "tempfail":
             raise _Stop(ExitCode.AUTH_TEMPFAIL, f"{name}: temporary failure: {result.detail}")
         if result.outcome == "refused":
-            raise _Stop(ExitCode.AUTH_REFUSED, f"{name} refused: {result.detail}")
+            hint = f" ({APP_PASSWORD_HINT})" if name.startswith("SCRAM-") and opts.password else ""
+            raise _Stop(ExitCode.AUTH_REFUSED, f"{name} refused: {result.detail}{hint}")
         verified = " (server signature verified)" if result.server_verified else ""
         self.info(f"authenticated as {opts.user} with {name}{verified}")
 

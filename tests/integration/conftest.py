@@ -81,10 +81,10 @@ class Server:
     def add_user(self, name: str, password: str) -> None:
         self.cli("user", "add", name, "--password-stdin", stdin=password + "\n")
 
-    def start(self) -> None:
+    def start(self, *serve_args: str) -> None:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [SMTPGATE, "serve", "--config", str(self.config)],
+                [SMTPGATE, "serve", "--config", str(self.config), *serve_args],
                 stdout=log,
                 stderr=log,
                 env=self.env,

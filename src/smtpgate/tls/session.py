@@ -84,14 +84,17 @@ def make_server_context(cert: Path, key: Path, min_version: str = "1.2") -> Serv
         ctx.use_certificate_chain_file(str(cert))
     except SSL.Error as e:
         raise TlsConfigError("tls.cert", f"cannot load {cert}: {describe(e)}") from None
+    mismatch = TlsConfigError("tls.key", f"{key} does not belong to the certificate {cert}")
     try:
         ctx.use_privatekey_file(str(key))
     except SSL.Error as e:
+        if "mismatch" in describe(e):
+            raise mismatch from None
         raise TlsConfigError("tls.key", f"{key} holds no usable PEM private key: {describe(e)}") from None
     try:
         ctx.check_privatekey()
     except SSL.Error:
-        raise TlsConfigError("tls.key", f"{key} does not belong to the certificate {cert}") from None
+        raise mismatch from None
     # Session resumption changes which Finished message tls-unique uses, and a
     # per-process cache is of little use with several workers: no resumption.
     ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)

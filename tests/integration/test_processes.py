@@ -1,0 +1,414 @@
+"""Processes and signals of the real ``smtpgate serve`` (docs/operations.md).
+
+Every server here runs as a default install does: uvloop and ``workers = 0``
+(one worker per core: two on the test machines, so a parent, two workers and
+the delivery process), unless a test is about ``workers = 1``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import smtplib
+import socket
+import sqlite3
+import ssl
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from smtpgate.smtp import replies as R
+from smtpgate.tls.certs import write_self_signed
+
+from .conftest import PASSWORD, SMTPGATE, USER, Server, make_server
+
+#: How long a test waits for the server to log something before it fails.
+WAIT = 30.0
+
+
+def set_key(server: Server, table: str, line: str) -> None:
+    """Add ``line`` to ``[table]`` of the server's config (the table may exist)."""
+    text = server.config.read_text()
+    header = f"[{table}]\n"
+    if header in text:
+        text = text.replace(header, header + line + "\n", 1)
+    else:
+        text += f"\n{header}{line}\n"
+    server.config.write_text(text)
+
+
+def wait_for_log(server: Server, pattern: str, count: int = 1) -> list[re.Match[str]]:
+    """The first ``count`` matches of ``pattern`` in the server log, once there are."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        found = list(re.finditer(pattern, server.log_text()))
+        if len(found) >= count:
+            return found
+        assert time.monotonic() < deadline, f"no {pattern!r} in the log:\n{server.log_text()}"
+        time.sleep(0.05)
+
+
+def served_certificate(server: Server) -> bytes:
+    """The DER certificate a new implicit-TLS handshake gets."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with (
+        socket.create_connection(("127.0.0.1", server.submissions), timeout=10) as raw,
+        ctx.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+        assert der is not None
+        tls.recv(100)
+        return der
+
+
+def serve_once(server: Server) -> subprocess.CompletedProcess[str]:
+    """``smtpgate serve`` expected to exit by itself (it cannot start)."""
+    return subprocess.run([SMTPGATE, "serve", "--config", str(server.config)], env=server.env,
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def pem_to_der(path: Path) -> bytes:
+    return ssl.PEM_cert_to_DER_cert(path.read_text())
+
+
+def sighup(server: Server) -> None:
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGHUP)
+
+
+def greeting(port: int) -> tuple[socket.socket, bytes]:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    data = b""
+    while not data.endswith(b"\r\n"):
+        chunk = sock.recv(200)
+        if not chunk:
+            break
+        data += chunk
+    return sock, data
+
+
+@pytest.fixture
+def default_server(tmp_path: Path) -> Iterator[Server]:
+    srv = make_server(tmp_path / "srv")
+    srv.add_user(USER, PASSWORD)
+    srv.start()
+    wait_for_log(srv, r"started \d+ worker processes")
+    yield srv
+    if srv.proc is not None:
+        srv.stop()
+
+
+# --- worker supervision ---------------------------------------------------------------------
+
+
+def test_kill_9_of_a_worker_is_logged_and_the_worker_restarted(default_server: Server) -> None:
+    srv = default_server
+    started = wait_for_log(srv, r"started (\d+) worker processes: ([\d, ]+); delivery process")[0]
+    workers = [int(p) for p in started.group(2).split(", ")]
+    assert len(workers) == int(started.group(1)) >= 2
+    victim = workers[0]
+    os.kill(victim, signal.SIGKILL)
+    wait_for_log(srv, rf"ERROR smtpgate\[\d+\]: worker 1 \(pid {victim}\) killed by signal 9 \(SIGKILL\)")
+    restarted = wait_for_log(srv, r"worker 1 restarted \(pid (\d+)\)")[0]
+    assert int(restarted.group(1)) not in workers
+    assert srv.proc is not None and srv.proc.poll() is None
+    # The server keeps answering, over both protocols, and delivers.
+    for _ in range(10):
+        sock, banner = greeting(srv.submission)
+        sock.close()
+        assert banner.startswith(b"220 ")
+    with smtplib.SMTP_SSL("127.0.0.1", srv.submissions, context=srv.client_context()) as s:
+        s.login(USER, PASSWORD)
+        s.sendmail(USER, ["bob@example.net"], f"From: {USER}\r\nSubject: after\r\n\r\nx\r\n")
+    srv.wait_for_mail(1)
+    assert srv.stop() == 0
+
+
+def _too_new_schema(server: Server) -> None:
+    with sqlite3.connect(server.root / "accounts.sqlite") as db:
+        db.execute("INSERT INTO schema_version (version, applied) VALUES (999, 'future')")
+
+
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_start_up_failure_is_one_line_and_a_non_zero_exit(tmp_path: Path, workers: str) -> None:
+    srv = make_server(tmp_path / "srv")
+    srv.add_user(USER, PASSWORD)
+    set_key(srv, "server", f"workers = {workers}")
+    _too_new_schema(srv)
+    done = serve_once(srv)
+    assert done.returncode == 1
+    errors = [line for line in done.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1, done.stderr
+    assert "cannot start: accounts.database:" in errors[0]
+    assert "newer smtpgate" in errors[0]
+    assert "Traceback" not in done.stderr
+    assert "listening" not in done.stderr and "started" not in done.stderr
+    assert not (srv.root / "smtpgate.pid").exists()
+
+
+def test_delivery_set_up_is_checked_before_anything_listens(tmp_path: Path) -> None:
+    srv = make_server(tmp_path / "srv")
+    text = srv.config.read_text().replace('mode = "maildir"', 'mode = "relay"\nrelay_host = "127.0.0.1"'
+                                          '\nrelay_user = "u"\nrelay_password_file = "missing"')
+    srv.config.write_text(text)
+    done = serve_once(srv)
+    assert done.returncode == 1
+    assert "delivery.relay_password_file" in done.stderr
+    assert "listening" not in done.stderr and "started" not in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_second_instance_leaves_the_pid_file_of_the_first(default_server: Server) -> None:
+    srv = default_server
+    pid_file = srv.root / "smtpgate.pid"
+    assert srv.proc is not None and pid_file.read_text().strip() == str(srv.proc.pid)
+    done = serve_once(srv)
+    assert done.returncode == 1
+    assert "cannot bind" in done.stderr
+    assert pid_file.read_text().strip() == str(srv.proc.pid)
+    assert srv.stop() == 0
+    assert not pid_file.exists()
+
+
+# --- reload ---------------------------------------------------------------------------------
+
+
+def test_sighup_new_certificate_for_new_handshakes_open_session_keeps_going(
+    default_server: Server,
+) -> None:
+    srv = default_server
+    old = pem_to_der(srv.ca)
+    assert served_certificate(srv) == old
+    with smtplib.SMTP_SSL("127.0.0.1", srv.submissions, context=srv.client_context()) as s:
+        s.login(USER, PASSWORD)
+        write_self_signed(srv.ca, srv.root / "tls" / "key.pem", "renewed.example")
+        new = pem_to_der(srv.ca)
+        assert new != old
+        sighup(srv)
+        wait_for_log(srv, "reload complete in every process")
+        assert "renewed.example" in wait_for_log(srv, r"reloaded .*")[0].group(0)
+        # The session in flight keeps its TLS session and carries on.
+        assert s.noop()[0] == 250
+        s.sendmail(USER, ["bob@example.net"], f"From: {USER}\r\nSubject: x\r\n\r\nbody\r\n")
+    # Every worker hands out the new certificate.
+    for _ in range(8):
+        assert served_certificate(srv) == new
+    assert srv.proc is not None and srv.proc.poll() is None
+    assert srv.stop() == 0
+
+
+def test_reload_with_a_broken_certificate_keeps_the_old_one(default_server: Server) -> None:
+    srv = default_server
+    old = pem_to_der(srv.ca)
+    srv.ca.write_text("not a certificate\n")
+    sighup(srv)
+    wait_for_log(srv, "log reopen complete in every process")
+    failures = [line for line in srv.log_text().splitlines() if "reload failed" in line]
+    assert len(failures) == 1, srv.log_text()
+    assert "tls.cert" in failures[0] and "keeping the running configuration" in failures[0]
+    for _ in range(4):
+        assert served_certificate(srv) == old
+    assert srv.stop() == 0
+
+
+def test_reload_with_a_broken_config_names_the_key(default_server: Server) -> None:
+    srv = default_server
+    set_key(srv, "limits", "max_connections_per_ip = 0")
+    sighup(srv)
+    wait_for_log(srv, "log reopen complete in every process")
+    failures = [line for line in srv.log_text().splitlines() if "reload failed" in line]
+    assert len(failures) == 1 and "limits.max_connections_per_ip" in failures[0]
+    sock, banner = greeting(srv.submission)
+    sock.close()
+    assert banner.startswith(b"220 ")
+
+
+def test_reload_names_keys_that_need_a_restart(default_server: Server) -> None:
+    srv = default_server
+    set_key(srv, "server", "workers = 3")
+    sighup(srv)
+    wait_for_log(srv, "reload complete in every process")
+    assert re.search(r"WARNING .*reload: server\.workers changed in the file; kept as running "
+                     r"until a restart", srv.log_text())
+
+
+def test_logrotate_rename_then_sighup_new_records_go_to_the_new_auth_log(
+    default_server: Server,
+) -> None:
+    srv = default_server
+    log_file = srv.root / "auth.log"
+
+    def login(password: str) -> None:
+        with smtplib.SMTP_SSL("127.0.0.1", srv.submissions, context=srv.client_context()) as s:
+            s.ehlo()
+            s.user, s.password = USER, password
+            try:
+                s.auth("PLAIN", s.auth_plain)  # one mechanism: one record per attempt
+            except smtplib.SMTPAuthenticationError:
+                pass
+
+    login(PASSWORD)
+    assert log_file.read_text().count('"result": "success"') == 1
+    rotated = srv.root / "auth.log.1"
+    log_file.rename(rotated)
+    sighup(srv)
+    wait_for_log(srv, "reload complete in every process")
+    for _ in range(4):  # a few connections, so that every worker writes
+        login(PASSWORD)
+    login("wrong password")
+    assert log_file.exists()
+    new = log_file.read_text()
+    assert new.count('"result": "success"') == 4
+    assert new.count('"result": "failure"') == 1
+    assert rotated.read_text().count("\n") == 1
+
+
+def test_reload_command_finds_the_server_and_says_when_none_runs(tmp_path: Path) -> None:
+    srv = make_server(tmp_path / "srv")
+    srv.add_user(USER, PASSWORD)
+    none = srv.cli("reload", check=False)
+    assert none.returncode == 3
+    assert "no pid file" in none.stderr and "running" in none.stderr
+    srv.start()
+    wait_for_log(srv, "started")
+    done = srv.cli("reload")
+    assert done.returncode == 0
+    wait_for_log(srv, "reload complete in every process")
+    assert srv.stop() == 0
+    # A stale pid file (the server was killed) is not mistaken for a server.
+    (srv.root / "smtpgate.pid").write_text(f"{_dead_pid()}\n")
+    stale = srv.cli("reload", check=False)
+    assert stale.returncode == 3 and "not running" in stale.stderr
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen(["true"])
+    p.wait()
+    return p.pid
+
+
+def test_pid_file_key_moves_the_pid_file(tmp_path: Path) -> None:
+    srv = make_server(tmp_path / "srv")
+    set_key(srv, "server", 'pid_file = "run/serve.pid"')
+    (srv.root / "run").mkdir()
+    srv.start()
+    wait_for_log(srv, "started")
+    assert srv.proc is not None
+    assert (srv.root / "run" / "serve.pid").read_text().strip() == str(srv.proc.pid)
+    assert srv.cli("reload").returncode == 0
+    wait_for_log(srv, "reload complete in every process")
+    assert srv.stop() == 0
+
+
+def test_single_worker_reloads_too(tmp_path: Path) -> None:
+    srv = make_server(tmp_path / "srv")
+    set_key(srv, "server", "workers = 1")
+    srv.start()
+    old = served_certificate(srv)
+    write_self_signed(srv.ca, srv.root / "tls" / "key.pem", "renewed.example")
+    sighup(srv)
+    wait_for_log(srv, "reloaded ")
+    renewed = pem_to_der(srv.ca)
+    assert served_certificate(srv) == renewed != old
+    srv.ca.write_text("broken")
+    sighup(srv)
+    line = wait_for_log(srv, r"ERROR .*reload failed[^\n]*")[0].group(0)
+    assert "tls.cert" in line
+    assert served_certificate(srv) == renewed
+    assert srv.stop() == 0
+
+
+# --- limits for the whole server -------------------------------------------------------------
+
+
+def test_per_ip_limit_holds_across_workers(tmp_path: Path) -> None:
+    srv = make_server(tmp_path / "srv")
+    set_key(srv, "limits", "max_connections_per_ip = 20")
+    set_key(srv, "server", "workers = 2")
+    srv.start()
+    wait_for_log(srv, r"started 2 worker processes")
+    socks: list[socket.socket] = []
+    banners: list[bytes] = []
+    try:
+        for _ in range(25):
+            sock, banner = greeting(srv.submission)
+            socks.append(sock)
+            banners.append(banner)
+        accepted = [b for b in banners if b.startswith(b"220 ")]
+        refused = [b for b in banners if not b.startswith(b"220 ")]
+        assert len(accepted) == 20
+        assert refused == [R.TOO_MANY_CONNECTIONS_FROM_IP.format()] * 5
+    finally:
+        for sock in socks:
+            sock.close()
+    # Closed connections give their slots back.
+    deadline = time.monotonic() + WAIT
+    while True:
+        sock, banner = greeting(srv.submission)
+        sock.close()
+        if banner.startswith(b"220 "):
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert srv.stop() == 0
+
+
+def test_killed_worker_gives_its_connection_slots_back(tmp_path: Path) -> None:
+    srv = make_server(tmp_path / "srv")
+    set_key(srv, "limits", "max_connections_per_ip = 4")
+    srv.start()
+    started = wait_for_log(srv, r"started \d+ worker processes: ([\d, ]+);")[0]
+    workers = [int(p) for p in started.group(1).split(", ")]
+    socks = [greeting(srv.submission)[0] for _ in range(4)]
+    for w in workers:
+        os.kill(w, signal.SIGKILL)  # every connection held dies with its worker
+    wait_for_log(srv, r"worker \d restarted", count=len(workers))
+    for sock in socks:
+        sock.close()
+    held = []
+    for _ in range(4):
+        sock, banner = greeting(srv.submission)
+        held.append(sock)
+        assert banner.startswith(b"220 ")
+    for sock in held:
+        sock.close()
+    assert srv.stop() == 0
+
+
+# --- logs -----------------------------------------------------------------------------------
+
+
+def test_debug_logs_the_session_but_never_auth_data(tmp_path: Path) -> None:
+    srv = make_server(tmp_path / "srv")
+    srv.add_user(USER, PASSWORD)
+    srv.start("--debug")
+    with smtplib.SMTP("127.0.0.1", srv.submission) as s:
+        s.starttls(context=srv.client_context())
+        s.login(USER, PASSWORD)
+        s.sendmail(USER, ["bob@example.net"], f"From: {USER}\r\nSubject: d\r\n\r\nx\r\n")
+    srv.wait_for_mail(1)
+    text = wait_for_log(srv, r"DEBUG smtpgate\.queue\[\d+\]: queue: \S+ delivery attempt")[0].string
+    for pattern in (r"DEBUG smtpgate\.session\[\d+\]: \w+ connect from 127\.0\.0\.1:\d+ on listener submission",
+                    r"DEBUG .* TLS established: TLSv1\.3",
+                    r"DEBUG .* command EHLO", r"DEBUG .* command STARTTLS", r"DEBUG .* command AUTH",
+                    r"DEBUG .* command MAIL", r"DEBUG .* command DATA",
+                    r"DEBUG .* disconnect 127\.0\.0\.1"):
+        assert re.search(pattern, text), pattern
+    assert PASSWORD not in text
+    import base64
+
+    assert base64.b64encode(f"\0{USER}\0{PASSWORD}".encode()).decode() not in text
+    assert srv.stop() == 0
+
+
+def test_log_times_are_iso_8601_with_a_zone(default_server: Server) -> None:
+    lines = [line for line in default_server.log_text().splitlines() if " smtpgate" in line]
+    assert lines
+    for line in lines:
+        assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d ", line), line

@@ -1,0 +1,233 @@
+"""The supervisor, the shared connection limits and reload merging, driven directly
+(real forks, tiny child bodies; no server)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from smtpgate.config import parse_config
+from smtpgate.server import reload as reloading
+from smtpgate.server.limits import SharedConnectionLimiter
+from smtpgate.server.logs import IsoFormatter
+from smtpgate.server.supervisor import (
+    ChildSpec,
+    Launch,
+    StatusWriter,
+    Supervisor,
+    describe_status,
+)
+from smtpgate.tls.certs import write_self_signed
+from smtpgate.tls.session import TlsConfigError, make_server_context
+
+
+class Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[tuple[int, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append((record.levelno, record.getMessage()))
+
+    def at(self, level: int) -> list[str]:
+        return [m for lvl, m in self.lines if lvl == level]
+
+
+@pytest.fixture
+def records() -> Iterator[Records]:
+    logger = logging.getLogger("smtpgate")
+    handler = Records()
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(old_level)
+
+
+def spec(name: str, body: object) -> ChildSpec:
+    return ChildSpec(name, "worker", lambda: Launch(body))  # type: ignore[arg-type]
+
+
+def fails_at_start(status: StatusWriter) -> int:
+    raise RuntimeError("account database x: schema version 9 is newer than this smtpgate supports")
+
+
+def serves_then_dies(status: StatusWriter) -> int:
+    status.ready()
+    time.sleep(0.05)
+    return 7
+
+
+def test_a_child_failing_at_start_up_ends_the_server_with_one_error(records: Records) -> None:
+    def waits(status: StatusWriter) -> int:
+        status.ready()
+        time.sleep(30)  # stopped by the supervisor's SIGTERM long before
+        return 0
+
+    t0 = time.monotonic()
+    code = Supervisor([spec("worker 1", waits), spec("worker 2", fails_at_start)]).run()
+    assert code == 1
+    assert time.monotonic() - t0 < 20  # not the 30 s of the healthy child
+    errors = records.at(logging.ERROR)
+    assert len(errors) == 1, records.lines
+    assert errors[0].startswith("cannot start: worker 2 (pid ")
+    assert "exited with status 1: account database x: schema version 9 is newer" in errors[0]
+    assert not any("started" in m for _, m in records.lines)
+
+
+def test_a_child_that_dies_after_serving_is_restarted_then_the_supervisor_gives_up(
+    records: Records,
+) -> None:
+    sup = Supervisor([spec("worker 1", serves_then_dies)], backoff_initial=0.01,
+                     backoff_max=0.05, give_up_failures=3, give_up_window=60)
+    assert sup.run() == 1
+    errors = records.at(logging.ERROR)
+    assert sum("worker 1 (pid" in m and "exited with status 7" in m for m in errors) == 3
+    assert errors[-1].startswith("giving up: 3 process failures within 60 s")
+    infos = records.at(logging.INFO)
+    assert infos[0].startswith("started 1 worker processes: ")
+    assert sum(m.startswith("restarting worker 1 in ") for m in infos) == 2
+    assert sum(m.startswith("worker 1 restarted (pid ") for m in infos) == 2
+
+
+def test_back_off_doubles_per_consecutive_failure(records: Records) -> None:
+    sup = Supervisor([spec("worker 1", serves_then_dies)], backoff_initial=0.1,
+                     backoff_max=0.3, give_up_failures=5, give_up_window=60)
+    sup.run()
+    delays = [m.split(" in ")[1] for m in records.at(logging.INFO) if m.startswith("restarting")]
+    assert delays == ["0.1 s", "0.2 s", "0.3 s", "0.3 s"]  # doubling, capped at backoff_max
+
+
+def test_describe_status() -> None:
+    assert describe_status(1 << 8) == "exited with status 1"
+    assert describe_status(9) == "killed by signal 9 (SIGKILL)"
+
+
+# --- shared limits ----------------------------------------------------------------------------
+
+
+def test_shared_limits_count_every_worker_and_forget_a_dead_one() -> None:
+    limiter = SharedConnectionLimiter(max_total=100, max_per_ip=5, workers=2)
+    go, done = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the worker in slot 1 holds three connections from one address
+        limiter.attach(1)
+        ok = all(limiter.acquire("192.0.2.1") is None for _ in range(3))
+        os.write(done, b"1" if ok else b"0")
+        time.sleep(30)
+        os._exit(0)
+    try:
+        assert os.read(go, 1) == b"1"
+        limiter.attach(0)
+        assert limiter.acquire("192.0.2.1") is None
+        assert limiter.acquire("192.0.2.1") is None
+        assert limiter.acquire("192.0.2.1") == "per_ip"  # 3 there + 2 here
+        assert limiter.acquire("192.0.2.2") is None  # another address is unaffected
+        assert limiter.server_total() == 6
+    finally:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    limiter.clear(1)  # what the supervisor does when that worker is gone
+    assert limiter.server_total() == 3
+    assert limiter.acquire("192.0.2.1") is None
+    limiter.release("192.0.2.1")
+    limiter.release("192.0.2.1")
+    limiter.release("192.0.2.1")
+    assert limiter.server_total() == 1
+    limiter.close()
+
+
+def test_shared_limits_total_and_new_maxima() -> None:
+    limiter = SharedConnectionLimiter(max_total=3, max_per_ip=10, workers=2)
+    limiter.attach(0)
+    assert [limiter.acquire(f"198.51.100.{i}") for i in range(4)] == [None, None, None, "total"]
+    limiter.set_limits(4, 10)  # a reload
+    assert limiter.acquire("198.51.100.9") is None
+    limiter.close()
+
+
+def test_unattached_shared_limiter_refuses_to_count() -> None:
+    limiter = SharedConnectionLimiter(max_total=3, max_per_ip=10, workers=1)
+    with pytest.raises(RuntimeError):
+        limiter.acquire("192.0.2.1")
+    limiter.close()
+
+
+# --- reload ---------------------------------------------------------------------------------
+
+BASE = """
+hostname = "mail.example.org"
+[[listeners]]
+name = "submission"
+address = "127.0.0.1:587"
+tls = "starttls"
+"""
+
+
+def _cfg(tmp_path: Path, extra: str = "") -> Path:
+    (tmp_path / "tls").mkdir(exist_ok=True)
+    if not (tmp_path / "tls" / "cert.pem").exists():
+        write_self_signed(tmp_path / "tls" / "cert.pem", tmp_path / "tls" / "key.pem", "mail.example.org")
+    path = tmp_path / "smtpgate.toml"
+    path.write_text(BASE + extra)
+    return path
+
+
+def test_reload_takes_reloadable_keys_and_names_the_others(tmp_path: Path) -> None:
+    path = _cfg(tmp_path)
+    running = parse_config(path.read_text(), tmp_path)
+    _cfg(tmp_path, "[limits]\nmax_connections_per_ip = 7\n[server]\nworkers = 3\n"
+                   "[guard]\nlockout_threshold = 4\ndatabase = 'other.sqlite'\n")
+    new = reloading.load(path, running)
+    assert new.cfg.limits.max_connections_per_ip == 7
+    assert new.cfg.guard.lockout_threshold == 4
+    assert new.cfg.server.workers == running.server.workers
+    assert new.cfg.guard.database == running.guard.database
+    assert new.needs_restart == ("guard.database", "server.workers")
+
+
+def test_reload_keeps_oauth_mechanisms_off_without_issuers(tmp_path: Path) -> None:
+    path = _cfg(tmp_path)
+    running = parse_config(path.read_text(), tmp_path)
+    merged = reloading.merge(running, running.model_copy(
+        update={"auth": running.auth.model_copy(update={"mechanisms": ["OAUTHBEARER", "PLAIN"]})}
+    ))
+    assert merged.auth.mechanisms == running.auth.mechanisms
+
+
+@pytest.mark.parametrize(
+    ("damage", "key"),
+    [
+        (lambda d: (d / "cert.pem").write_text("junk"), "tls.cert"),
+        (lambda d: (d / "key.pem").write_text("junk"), "tls.key"),
+        (lambda d: (d / "cert.pem").unlink(), "tls.cert"),
+    ],
+)
+def test_reload_with_a_broken_certificate_names_the_key(tmp_path: Path, damage: object, key: str) -> None:
+    path = _cfg(tmp_path)
+    running = parse_config(path.read_text(), tmp_path)
+    damage(tmp_path / "tls")  # type: ignore[operator]
+    with pytest.raises(reloading.ReloadError) as e:
+        reloading.load(path, running)
+    assert e.value.key == key
+
+
+def test_key_of_another_certificate_names_tls_key(tmp_path: Path) -> None:
+    write_self_signed(tmp_path / "a.pem", tmp_path / "a.key", "a.example")
+    write_self_signed(tmp_path / "b.pem", tmp_path / "b.key", "b.example")
+    with pytest.raises(TlsConfigError) as e:
+        make_server_context(tmp_path / "a.pem", tmp_path / "b.key")
+    assert e.value.key == "tls.key" and "does not belong" in str(e.value)
+
+
+def test_log_times_are_iso_8601_with_the_zone() -> None:
+    record = logging.LogRecord("smtpgate", logging.INFO, __file__, 1, "x", None, None)
+    stamp = IsoFormatter("%(asctime)s").format(record)
+    assert len(stamp) == len("2026-03-01T14:03:07.412+01:00")
+    assert stamp[10] == "T" and stamp[-6] in "+-" and stamp[-3] == ":"

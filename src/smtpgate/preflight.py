@@ -387,6 +387,11 @@ def _database_file(key: str, path: Path, what: str) -> tuple[list[Problem], bool
         return [_error(key, f"{path} is a directory, not a database file")], False
     if not os.access(path, os.R_OK | os.W_OK):
         return [_error(key, _denied(path, f"read and write the {what}"))], False
+    for side in (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        # Left by whoever opened it last (`init` run as root, say): SQLite must
+        # write them too.
+        if side.exists() and not os.access(side, os.R_OK | os.W_OK):
+            return [_error(key, _denied(side, f"read and write the {what}'s log"))], False
     if not os.access(path.parent, os.W_OK | os.X_OK):
         # SQLite's write-ahead log lives in NAME-wal and NAME-shm beside the file.
         return [_error(key, _denied(path.parent, "create files (the SQLite write-ahead "

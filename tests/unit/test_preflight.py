@@ -183,6 +183,22 @@ def test_unreadable_key_and_relay_password_say_permission_denied(gate: Path) -> 
         assert "[('" not in found[key]  # no OpenSSL error tuples
 
 
+def test_database_log_file_left_by_another_user_is_named(gate: Path) -> None:
+    db, shm = gate / "accounts.sqlite", gate / "accounts.sqlite-shm"
+    with sqlite3.connect(db) as conn:  # WAL mode: opening leaves -shm beside the file
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        assert shm.exists()
+        if os.geteuid() == 0:
+            os.chown(db, NOBODY, NOBODY)  # the file is the server's, its -shm still root's
+        else:
+            shm.chmod(0o000)
+        cfg = config(gate)
+        found = {p["key"]: p["message"] for p in as_other_user(lambda: run_checks(cfg))
+                 if p["severity"] == "error"}
+    conn.close()
+    assert f"cannot read and write the account database's log {shm}" in found["accounts.database"]
+
+
 def test_missing_relay_password_file(gate: Path) -> None:
     cfg = config(gate, **{'mode = "maildir"': 'mode = "relay"\nrelay_host = "127.0.0.1"\n'
                           'relay_user = "u"\nrelay_password_file = "nope"'})

@@ -473,8 +473,8 @@ class ServerConfig(Model):
         le=64,
         description="Worker processes sharing the listening sockets; 0 means one per CPU "
         "core, at most 4. Each runs its own event loop; with more than one, delivery runs "
-        "in the parent process. TLS handshakes and Argon2 are CPU-bound: this is how "
-        "smtpgate uses more than one core.",
+        "in a process of its own and the parent supervises (docs/operations.md). TLS "
+        "handshakes and Argon2 are CPU-bound: this is how smtpgate uses more than one core.",
     )
 
     shutdown_grace: float = Field(

@@ -15,7 +15,7 @@ from .test_attacks import Raw, plain
 
 LIMITS = """
 [server]
-workers = 1      # connection limits are per worker process
+workers = 1      # the idle and size limits do not depend on it; test_processes has workers = 2
 
 [limits]
 command_timeout = 1.0

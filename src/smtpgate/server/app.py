@@ -498,6 +498,10 @@ def run(cfg: Config, config_path: Path | None = None) -> int:
         # A plain bind first: SO_REUSEPORT would otherwise let a second smtpgate on the
         # same addresses start silently and take half of the connections.
         sockets = bind_sockets(cfg)
+        # From the moment the pid file names us, a reload must not kill us: ignored
+        # until the event loop (or the supervisor) takes the signals over.
+        for sig in (signal.SIGHUP, signal.SIGUSR1):
+            signal.signal(sig, signal.SIG_IGN)
         pid_path = pidfile.pid_path(cfg)
         try:
             pidfile.write(pid_path)

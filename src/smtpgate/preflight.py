@@ -41,6 +41,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from smtpgate.config import Config, hostname_problem
 
 Severity = Literal["error", "warning"]
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 #: A certificate that expires sooner than this is worth a warning: certbot renews
 #: 30 days before the end, so a certificate this close has missed its renewal.
@@ -341,13 +342,13 @@ def _openssl_loads(cfg: Config, cert: Path, key: Path) -> list[Problem]:
 
 def check_listeners(cfg: Config) -> list[Problem]:
     """Each address is an IP address or a host name, and no two listeners would
-    fight over one port (a wildcard address covers every address of its family)."""
+    fight over one port (see `_overlap`)."""
     out: list[Problem] = []
-    bound: list[tuple[int, str, ipaddress.IPv4Address | ipaddress.IPv6Address | None, str]] = []
+    bound: list[tuple[int, IpAddress | None, str]] = []
     for i, lst in enumerate(cfg.listeners):
         key = f"listeners.{i}.address"
         host, port = lst.host_port
-        ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
+        ip: IpAddress | None = None
         try:
             ip = ipaddress.ip_address(host)
         except ValueError:
@@ -358,18 +359,23 @@ def check_listeners(cfg: Config) -> list[Problem]:
         if port == 0:
             out.append(_warning(key, f"port 0 in {lst.address!r}: the kernel picks a free port "
                                 "at each start, so clients cannot know it"))
-        family = "6" if ":" in host else "4"
-        for other_port, other_family, other_ip, other_name in bound:
-            if other_port != port or other_family != family or port == 0:
-                continue
-            if (ip is not None and ip.is_unspecified) or (
-                other_ip is not None and other_ip.is_unspecified
-            ):
+        for other_port, other_ip, other_name in bound:
+            if other_port == port and port != 0 and _overlap(ip, other_ip):
                 out.append(_error(key, f"listener {lst.name!r} and listener {other_name!r} "
                                   f"both use port {port}, and one of them listens on every "
                                   "address: the second cannot bind"))
-        bound.append((port, family, ip, lst.name))
+        bound.append((port, ip, lst.name))
     return out
+
+
+def _overlap(a: IpAddress | None, b: IpAddress | None) -> bool:
+    """Would binding both addresses (on one port) fail? A wildcard covers its family,
+    and ``::`` covers IPv4 too (Linux binds it dual-stack)."""
+    if a is None or b is None:
+        return False  # a host name: resolved at bind time
+    if any(x.version == 6 and x.is_unspecified for x in (a, b)):
+        return True
+    return a.version == b.version and (a.is_unspecified or b.is_unspecified)
 
 
 # --- databases ------------------------------------------------------------------------------

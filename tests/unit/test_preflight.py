@@ -240,16 +240,33 @@ def test_spool_that_is_a_file(gate: Path) -> None:
     }
 
 
-def test_listeners_that_cannot_both_bind(gate: Path) -> None:
-    extra = '\n[[listeners]]\nname = "all"\naddress = "0.0.0.0:{port}"\ntls = "starttls"\n'
-    port = load_config(gate / "smtpgate.toml").listeners[0].host_port[1]
+@pytest.mark.parametrize(
+    ("first", "second", "clash"),
+    [
+        ("127.0.0.1", "0.0.0.0", True),
+        ("0.0.0.0", "127.0.0.1", True),
+        ("127.0.0.1", "[::]", True),  # Linux binds :: dual-stack
+        ("[::1]", "[::]", True),
+        ("0.0.0.0", "[::1]", False),
+        ("127.0.0.1", "127.0.0.2", False),
+    ],
+)
+def test_listeners_that_cannot_both_bind(
+    gate: Path, first: str, second: str, clash: bool
+) -> None:
     text = (gate / "smtpgate.toml").read_text()
-    # [[listeners]] tables must come before the other tables: insert after the first.
+    port = load_config(gate / "smtpgate.toml").listeners[0].host_port[1]
+    text = text.replace(f'address = "127.0.0.1:{port}"', f'address = "{first}:{port}"')
+    extra = f'\n[[listeners]]\nname = "other"\naddress = "{second}:{port}"\ntls = "starttls"\n'
+    # [[listeners]] tables come before the other tables: insert before [tls].
     head, sep, tail = text.partition("[tls]")
-    (gate / "smtpgate.toml").write_text(head + extra.format(port=port) + sep + tail)
+    (gate / "smtpgate.toml").write_text(head + extra + sep + tail)
     errors = only(run_checks(load_config(gate / "smtpgate.toml")))
-    assert list(errors) == ["listeners.2.address"]
-    assert "both use port" in errors["listeners.2.address"]
+    if clash:
+        assert list(errors) == ["listeners.2.address"]
+        assert "both use port" in errors["listeners.2.address"]
+    else:
+        assert errors == {}
 
 
 def test_oauth_key_set_file_must_be_a_key_set(gate: Path) -> None:

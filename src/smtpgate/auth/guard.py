@@ -85,6 +85,16 @@ T = TypeVar("T")
 #: Prune old records at most this often (seconds), from the write path.
 PRUNE_EVERY = 60.0
 
+#: How long -PLUS stays held back from an address whose client could not bind
+#: (docs/mechanisms.md). A choice, not a rule: long enough that a mutt user meets
+#: the failed first try once per network, not once per message; renewed (at most
+#: daily) by each login from there, so a client in daily use never meets it again.
+PLUS_FALLBACK_SECONDS = 30 * 86400
+#: Renew a held-back -PLUS when less than this is left of it.
+PLUS_FALLBACK_RENEW = PLUS_FALLBACK_SECONDS - 86400
+#: A look-up slower than this advertises -PLUS (fail open, as ``check`` does).
+PLUS_FALLBACK_LOOKUP_TIMEOUT = 2.0
+
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
@@ -310,6 +320,49 @@ class Guard:
             )
         except GuardStoreError as e:
             self._fault("success", e)
+
+    # --- the channel-binding fallback (docs/mechanisms.md) ---------------------------
+    #
+    # Not a protection: the guard's database is simply the state every worker
+    # shares, and the fallback must be seen by whichever worker the client's retry
+    # reaches. It applies whether or not ``enabled`` is set and ignores the
+    # allowlist. Faults fail open: -PLUS is advertised, as without the fallback.
+
+    async def plus_held_back(self, client_ip: str) -> float | None:
+        """Until when -PLUS is held back from this client's address, or None."""
+        address = self.keys(client_ip).address
+        try:
+            return await asyncio.wait_for(
+                self._run(self._store.plus_fallback, address, self._clock()),
+                PLUS_FALLBACK_LOOKUP_TIMEOUT,
+            )
+        except (GuardStoreError, TimeoutError) as e:
+            self._fault("channel-binding fallback look-up", e)
+            return None
+
+    def plus_fallback_due(self, until: float | None) -> bool:
+        """A held-back -PLUS (until ``until``) is worth renewing now."""
+        return until is not None and until - self._clock() < PLUS_FALLBACK_RENEW
+
+    async def hold_back_plus(self, client_ip: str) -> None:
+        """The client could not bind: stop advertising -PLUS to its address."""
+        await self._set_plus_fallback(client_ip, self._clock() + PLUS_FALLBACK_SECONDS)
+
+    async def offer_plus_again(self, client_ip: str) -> None:
+        """A client there can bind: advertise -PLUS to the address again."""
+        await self._set_plus_fallback(client_ip, None)
+
+    async def _set_plus_fallback(self, client_ip: str, until: float | None) -> None:
+        address = self.keys(client_ip).address
+        try:
+            await self._run(self._store.set_plus_fallback, address, until)
+        except GuardStoreError as e:
+            self._fault("channel-binding fallback", e)
+            return
+        if until is None:
+            log.info("channel binding: -PLUS offered to %s again", address)
+        else:
+            log.info("channel binding: -PLUS held back from %s until %s", address, _stamp(until))
 
     async def _maybe_prune(self, now: float) -> None:
         if now - self._last_prune < PRUNE_EVERY:

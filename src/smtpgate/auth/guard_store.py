@@ -134,6 +134,14 @@ class GuardStore(Protocol):
 
     def add_usage(self, keys: Sequence[str], bucket: int, messages: int, recipients: int) -> None: ...
 
+    def plus_fallback(self, address: str, now: float) -> float | None:
+        """Until when -PLUS is held back from ``address`` (None: not held back)."""
+        ...
+
+    def set_plus_fallback(self, address: str, until: float | None) -> None:
+        """Hold -PLUS back from ``address`` until ``until``; None lifts it."""
+        ...
+
     def prune(self, now: float, keep_seconds: float, known_seconds: float) -> None:
         """Forget what no window needs any more (see ``SqliteGuardStore.prune``)."""
         ...
@@ -173,6 +181,12 @@ _SCHEMA = (
         address TEXT PRIMARY KEY NOT NULL,
         failures INTEGER NOT NULL,
         last REAL NOT NULL
+    )""",
+    # The channel-binding fallback (docs/mechanisms.md): addresses whose client
+    # gave up on a -PLUS mechanism before its first message.
+    """CREATE TABLE IF NOT EXISTS plus_fallback (
+        address TEXT PRIMARY KEY NOT NULL,
+        until REAL NOT NULL
     )""",
     """CREATE TABLE IF NOT EXISTS usage (
         key TEXT NOT NULL,
@@ -382,12 +396,31 @@ class SqliteGuardStore(ThreadLocalSqlite):
                 [(k, bucket, messages, recipients) for k in keys],
             )
 
+    def plus_fallback(self, address: str, now: float) -> float | None:
+        with self._errors():
+            row = self._conn().execute(
+                "SELECT until FROM plus_fallback WHERE address = ? AND until > ?", (address, now)
+            ).fetchone()
+        return None if row is None else float(row[0])
+
+    def set_plus_fallback(self, address: str, until: float | None) -> None:
+        with self._tx() as c:
+            if until is None:
+                c.execute("DELETE FROM plus_fallback WHERE address = ?", (address,))
+            else:
+                c.execute(
+                    "INSERT INTO plus_fallback (address, until) VALUES (?, ?) "
+                    "ON CONFLICT (address) DO UPDATE SET until = excluded.until",
+                    (address, until),
+                )
+
     def prune(self, now: float, keep_seconds: float, known_seconds: float) -> None:
         """Drop failures, penalties and expired blocks older than ``keep_seconds``,
-        known addresses unused for ``known_seconds``, and usage buckets older than
-        a day."""
+        known addresses unused for ``known_seconds``, usage buckets older than
+        a day, and lapsed -PLUS fallbacks."""
         cutoff = now - keep_seconds
         with self._tx() as c:
+            c.execute("DELETE FROM plus_fallback WHERE until < ?", (now,))
             c.execute("DELETE FROM known WHERE last < ?", (now - known_seconds,))
             c.execute("DELETE FROM failures WHERE time < ?", (cutoff,))
             c.execute("DELETE FROM penalty WHERE last < ?", (cutoff,))

@@ -348,8 +348,8 @@ class ScramServer(ServerMechanismBase):
 
     def _on_client_first(self, data: bytes) -> Step:
         first = self._parse_client_first(data)
+        self._first = first  # the claimed name goes into a binding failure's log record
         self._check_binding_flag(first)
-        self._first = first
         self._state = "lookup"
         return NeedCredentials(LookupScram(first.username, self._hash.name, mechanism=self.name))
 

@@ -28,7 +28,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from smtpgate.auth.guard import Guard, GuardCheck
+from smtpgate.auth.guard import Guard, GuardCheck, Refusal
 from smtpgate.auth.guard_store import ACCOUNT, ACCOUNT_NEW, THROTTLE
 from smtpgate.auth.service import AuthContext, AuthService
 from smtpgate.auth.store import AppPassword, StoreError
@@ -74,6 +74,20 @@ _REFUSAL_REPLIES = {
 
 #: Stop reading from a client that keeps sending while we wait on a decision.
 _PAUSE_READING_AT = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class _Concluded:
+    """What is left to do for one logged AUTH attempt."""
+
+    #: The guard refused the attempt before any credential was checked.
+    blocked: Refusal | None = None
+    #: The guard's view of the attempt, to count a failure or record a success.
+    attempt: GuardCheck | None = None
+    #: A failure counts toward the account's lockout (False: a policy refusal).
+    counts_account: bool = True
+    #: The app password that logged in, if one did.
+    app: AppPassword | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +141,9 @@ class SmtpConnection(asyncio.Protocol):
         self._attempt: GuardCheck | None = None
         self._refusal: str | None = None
         self._attempt_app: AppPassword | None = None
+        #: The channel-binding fallback: until when -PLUS is held back from this
+        #: client's address (None: offered). See ``_binding_hint_update``.
+        self._plus_until: float | None = None
         # After login: the app password used, what the account may send as,
         # and the budget of the current transaction.
         self._app: AppPassword | None = None
@@ -156,6 +173,12 @@ class SmtpConnection(asyncio.Protocol):
         self._counted = True
         self.rt.connections.add(self)
         self._last_activity = self._loop.time()
+        guard = self.rt.guard
+        plus = any(m.endswith("-PLUS") for m in self.listener.settings.mechanisms)
+        if guard is not None and plus:
+            # The engine reads no command until the look-up is done (a task is
+            # pending), so the EHLO after TLS already knows whether to offer -PLUS.
+            self._task = self._loop.create_task(self._look_up_plus_fallback(guard))
         if self.listener.implicit_tls:
             self.tls = TlsServerSession(self.rt.tls)
             self._arm_timer(self.rt.handshake_timeout)
@@ -318,72 +341,152 @@ class SmtpConnection(asyncio.Protocol):
         self.engine.auth_answer(res.answer)
         self._resume()
 
-    def _auth_finished_now(self, ev: AuthFinished) -> Coroutine[Any, Any, None] | None:
-        """Log the attempt; answer at once, or return the coroutine that will."""
+    def _conclude_attempt(self, ev: AuthFinished) -> _Concluded:
+        """Write the attempt's one auth-log record and say what the guard must do
+        with it. Shared by the answered path and the hung-up one, so an attempt is
+        logged and counted the same whichever way the client left: a failure the
+        server had decided (SCRAM ``e=``, the OAuth error JSON) is a failure with
+        its reason, whether the client then sent ``*``, anything else, or nothing."""
         attempt, self._attempt = self._attempt, None
         refusal, self._refusal = self._refusal, None
         app, self._attempt_app = self._attempt_app, None
         ctx = self._auth_context()
-        guard = self.rt.guard
         if ev.result == "tempfail" and attempt is not None and attempt.refusal is not None:
-            # Refused by the guard: a clear temporary reply, not a 535.
+            # Refused by the guard: logged as such (fail2ban and the report count
+            # it as blocked), not counted again, answered with the guard's reply.
             self.rt.auth.record(ctx, ev.mechanism, ev.username, "tempfail",
                                 f"blocked: {attempt.refusal.reason}")
-            self.engine.respond(_REFUSAL_REPLIES.get(attempt.refusal.kind, R.AUTH_BLOCKED))
+            return _Concluded(blocked=attempt.refusal)
+        reason = ev.reason
+        if ev.result == "success" and not reason and app is not None:
+            reason = f"app password {app.name!r}"
+        self.rt.auth.record(ctx, ev.mechanism, ev.username, ev.result, reason)
+        guard = self.rt.guard
+        if ev.result == "failure" and guard is not None and attempt is None:
+            attempt = guard.bare_check(self.client_ip)  # failed before naming an account
+        # A refusal that did not depend on the secret never counts toward the
+        # account's lockout (docs/protection.md, "What counts as a failure").
+        return _Concluded(attempt=attempt, counts_account=refusal is None, app=app)
+
+    def _auth_finished_now(self, ev: AuthFinished) -> Coroutine[Any, Any, None] | None:
+        """Log the attempt; answer at once, or return the coroutine that will."""
+        done = self._conclude_attempt(ev)
+        # Written before the reply, so the client's next connection (which the
+        # kernel may hand to another worker) already sees it.
+        hint = self._binding_hint_update(ev)
+        if done.blocked is not None:
+            reply = _REFUSAL_REPLIES.get(done.blocked.kind, R.AUTH_BLOCKED)
+            if hint is not None:
+                return self._answer_after(hint, reply)
+            self.engine.respond(reply)
             return None
+        guard = self.rt.guard
         if ev.result == "success":
-            reason = ev.reason or (f"app password {app.name!r}" if app is not None else "")
-            self.rt.auth.record(ctx, ev.mechanism, ev.username, ev.result, reason)
-            self._app, self._profile = app, None
+            self._app, self._profile = done.app, None
+            attempt = done.attempt
             if guard is not None and attempt is not None and guard.success_needs_write(
                 attempt, ev.identity
             ):
-                return self._auth_succeeded(guard, attempt, ev.identity)
-            self.engine.respond(None)
-            return None
-        self.rt.auth.record(ctx, ev.mechanism, ev.username, ev.result, ev.reason)
-        if ev.result == "failure":
-            if guard is not None and attempt is None:
-                attempt = guard.bare_check(self.client_ip)  # failed before naming an account
-            return self._auth_failed(attempt, counts_account=refusal is None)
+                return self._auth_succeeded(guard, attempt, ev.identity, hint)
+        elif ev.result == "failure":
+            return self._auth_failed(done.attempt, counts_account=done.counts_account, hint=hint)
+        if hint is not None:
+            return self._answer_after(hint, None)
         self.engine.respond(None)
         return None
+
+    def _binding_hint_update(self, ev: AuthFinished) -> Coroutine[Any, Any, None] | None:
+        """The channel-binding fallback (docs/mechanisms.md): hold -PLUS back from
+        an address whose client gave up on it before its first message (GNU SASL in
+        mutt and neomutt), offer it again once a client there shows it can bind,
+        and renew a held-back -PLUS on the logins it lets through."""
+        guard = self.rt.guard
+        engine = self.engine
+        if guard is None or not engine.plus_usable:
+            return None
+        if ev.binding == "cannot-bind" and not engine.hide_plus:
+            engine.hide_plus = True  # a retry in this session sees it too
+            self._plus_until = None
+            return guard.hold_back_plus(self.client_ip)
+        if ev.binding == "can-bind" and engine.hide_plus:
+            engine.hide_plus = False
+            self._plus_until = None
+            return guard.offer_plus_again(self.client_ip)
+        renew = engine.hide_plus and guard.plus_fallback_due(self._plus_until)
+        if ev.result == "success" and renew:
+            self._plus_until = None
+            return guard.hold_back_plus(self.client_ip)
+        return None
+
+    async def _look_up_plus_fallback(self, guard: Guard) -> None:
+        """Before the first command is read: is -PLUS held back from this address?"""
+        self._plus_until = await guard.plus_held_back(self.client_ip)
+        self.engine.hide_plus = self._plus_until is not None
+        if self._closed:
+            return
+        self._resume()
 
     def _auth_abandoned(self, ev: AuthFinished) -> None:
         """Log an attempt the client hung up on; a failure it had already been told
         (SCRAM ``e=invalid-proof``) still counts with the guard, or a guesser could
         read the verdict, hang up before the 535 and never be counted."""
-        attempt, self._attempt = self._attempt, None
-        refusal, self._refusal = self._refusal, None
-        self._attempt_app = None
-        ctx = self._auth_context()
-        if ev.result == "tempfail" and attempt is not None and attempt.refusal is not None:
-            self.rt.auth.record(ctx, ev.mechanism, ev.username, "tempfail",
-                                f"blocked: {attempt.refusal.reason}")
-            return
-        self.rt.auth.record(ctx, ev.mechanism, ev.username, ev.result, ev.reason)
+        done = self._conclude_attempt(ev)
+        hint = self._binding_hint_update(ev)
+        if hint is not None:
+            self._background(hint, "could not store the channel-binding fallback")
         guard = self.rt.guard
-        if ev.result != "failure" or guard is None:
+        if ev.result != "failure" or guard is None or done.attempt is None:
             return
-        check = attempt or guard.bare_check(self.client_ip)
-        task = self._loop.create_task(self._count_abandoned(guard, check, refusal is None))
+        self._background(
+            guard.failure(done.attempt, counts_account=done.counts_account),
+            "guard: could not count an abandoned AUTH",
+        )
+
+    def _background(self, coro: Coroutine[Any, Any, object], what: str) -> None:
+        """Run ``coro`` after the connection is gone; nobody waits for it, so its
+        errors are logged here."""
+
+        async def run() -> None:
+            try:
+                await coro
+            except Exception:
+                log.exception("%s %s", self.session_id, what)
+
+        task = self._loop.create_task(run())
         self.rt.background.add(task)
         task.add_done_callback(self.rt.background.discard)
 
-    async def _count_abandoned(self, guard: Guard, check: GuardCheck, counts_account: bool) -> None:
-        try:
-            await guard.failure(check, counts_account=counts_account)
-        except Exception:  # nobody is waiting for this task: log it here
-            log.exception("%s guard: could not count an abandoned AUTH", self.session_id)
+    async def _answer_after(self, work: Coroutine[Any, Any, object], reply: R.Reply | None) -> None:
+        await work
+        if self._closed:
+            return
+        self.engine.respond(reply)
+        self._resume()
 
-    async def _auth_succeeded(self, guard: Guard, attempt: GuardCheck, identity: str) -> None:
+    async def _auth_succeeded(
+        self,
+        guard: Guard,
+        attempt: GuardCheck,
+        identity: str,
+        hint: Coroutine[Any, Any, None] | None,
+    ) -> None:
+        if hint is not None:
+            await hint
         await guard.success(attempt, identity)  # committed before the 235
         if self._closed:
             return
         self.engine.respond(None)
         self._resume()
 
-    async def _auth_failed(self, attempt: GuardCheck | None, *, counts_account: bool) -> None:
+    async def _auth_failed(
+        self,
+        attempt: GuardCheck | None,
+        *,
+        counts_account: bool,
+        hint: Coroutine[Any, Any, None] | None = None,
+    ) -> None:
+        if hint is not None:
+            await hint
         if self.rt.guard is not None and attempt is not None:
             # Committed before the 535, so the next attempt anywhere sees it.
             await self.rt.guard.failure(attempt, counts_account=counts_account)
@@ -558,6 +661,7 @@ class SmtpConnection(asyncio.Protocol):
         info = TlsInfo(self.tls.version, self.tls.cipher, self.tls.channel_binding())
         if self.listener.implicit_tls:
             self.engine = ServerEngine(self.listener.settings, tls=info)
+            self.engine.hide_plus = self._plus_until is not None
             self.engine.greeting()
         else:
             self.engine.tls_established(info)

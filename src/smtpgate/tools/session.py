@@ -22,7 +22,7 @@ from smtpgate.client.engine import CLOSED, ClientEngine
 from smtpgate.client.errors import RemoteProtocolError
 from smtpgate.client.replies import ServerReply
 from smtpgate.config import hostname_problem
-from smtpgate.sasl.base import ClientAuthError, ClientMechanism
+from smtpgate.sasl.base import ClientAuthError, ClientMechanism, ServerErrorMessage
 from smtpgate.sasl.scram import ScramClient
 from smtpgate.tls.client import TlsClientSession
 from smtpgate.tools.transcript import MASK, Kind, Masker, Transcript, printable
@@ -233,6 +233,18 @@ async def authenticate(
                 response, pending = pending, None
             else:
                 response = mech.step(challenge)
+        except ServerErrorMessage as e:
+            # The server gave its verdict (SCRAM e=) in a 334: answer with the
+            # empty response, as RFC 4954 §4 expects, to read its final reply (535
+            # for a failure), rather than cancel with "*" and hide the outcome.
+            session.note("error", str(e))
+            reply = await send_client(b"", first=False)
+            if reply.code == 334:
+                reply = await session.command(engine.auth_cancel())
+            outcome: Literal["refused", "tempfail"] = (
+                "tempfail" if 400 <= reply.code < 500 else "refused"
+            )
+            return AuthResult(name, outcome, reply, f"{e}; then {reply}", _verified(mech, False))
         except ClientAuthError as e:
             session.note("error", str(e))
             reply = await session.command(engine.auth_cancel())

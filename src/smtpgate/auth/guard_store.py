@@ -29,10 +29,11 @@ import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
-from smtpgate.auth.sqlite_file import ThreadLocalSqlite
+from smtpgate.auth.sqlite_file import NewerSchema, ThreadLocalSqlite
 
 log = logging.getLogger("smtpgate.guard")
 
@@ -50,6 +51,10 @@ BLOCK_KINDS = (ADDRESS, SUBNET, ACCOUNT, ACCOUNT_NEW, THROTTLE)
 
 class GuardStoreError(Exception):
     """The guard database failed (I/O, corrupt, busy too long, closed)."""
+
+
+class GuardSchemaTooNew(GuardStoreError, NewerSchema):
+    """The guard database was written by a newer smtpgate; it is left untouched."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,73 +154,85 @@ class GuardStore(Protocol):
     def close(self) -> None: ...
 
 
-_SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS failures (
-        time REAL NOT NULL,
-        address TEXT NOT NULL,
-        subnet TEXT NOT NULL,
-        account TEXT,
-        known INTEGER NOT NULL,
-        counts_account INTEGER NOT NULL
-    )""",
-    "CREATE INDEX IF NOT EXISTS failures_address ON failures (address, time)",
-    "CREATE INDEX IF NOT EXISTS failures_subnet ON failures (subnet, time)",
-    "CREATE INDEX IF NOT EXISTS failures_account ON failures (account, time)",
-    "CREATE INDEX IF NOT EXISTS failures_time ON failures (time)",
-    """CREATE TABLE IF NOT EXISTS blocks (
-        kind TEXT NOT NULL,
-        key TEXT NOT NULL,
-        since REAL NOT NULL,
-        until REAL NOT NULL,
-        reason TEXT NOT NULL,
-        PRIMARY KEY (kind, key)
-    )""",
-    """CREATE TABLE IF NOT EXISTS known (
-        account TEXT NOT NULL,
-        address TEXT NOT NULL,
-        first REAL NOT NULL,
-        last REAL NOT NULL,
-        PRIMARY KEY (account, address)
-    )""",
-    """CREATE TABLE IF NOT EXISTS penalty (
-        address TEXT PRIMARY KEY NOT NULL,
-        failures INTEGER NOT NULL,
-        last REAL NOT NULL
-    )""",
-    # The channel-binding fallback (docs/mechanisms.md): addresses whose client
-    # gave up on a -PLUS mechanism before its first message.
-    """CREATE TABLE IF NOT EXISTS plus_fallback (
-        address TEXT PRIMARY KEY NOT NULL,
-        until REAL NOT NULL
-    )""",
-    """CREATE TABLE IF NOT EXISTS usage (
-        key TEXT NOT NULL,
-        bucket INTEGER NOT NULL,
-        messages INTEGER NOT NULL,
-        recipients INTEGER NOT NULL,
-        PRIMARY KEY (key, bucket)
-    )""",
+# Each migration is a list of statements run in one transaction; its version is its
+# index + 1. Never edit a released migration: append a new one. Version 1 is the
+# schema of the files written before versions were recorded (hence IF NOT EXISTS).
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE IF NOT EXISTS failures (
+            time REAL NOT NULL,
+            address TEXT NOT NULL,
+            subnet TEXT NOT NULL,
+            account TEXT,
+            known INTEGER NOT NULL,
+            counts_account INTEGER NOT NULL
+        )""",
+        "CREATE INDEX IF NOT EXISTS failures_address ON failures (address, time)",
+        "CREATE INDEX IF NOT EXISTS failures_subnet ON failures (subnet, time)",
+        "CREATE INDEX IF NOT EXISTS failures_account ON failures (account, time)",
+        "CREATE INDEX IF NOT EXISTS failures_time ON failures (time)",
+        """CREATE TABLE IF NOT EXISTS blocks (
+            kind TEXT NOT NULL,
+            key TEXT NOT NULL,
+            since REAL NOT NULL,
+            until REAL NOT NULL,
+            reason TEXT NOT NULL,
+            PRIMARY KEY (kind, key)
+        )""",
+        """CREATE TABLE IF NOT EXISTS known (
+            account TEXT NOT NULL,
+            address TEXT NOT NULL,
+            first REAL NOT NULL,
+            last REAL NOT NULL,
+            PRIMARY KEY (account, address)
+        )""",
+        """CREATE TABLE IF NOT EXISTS penalty (
+            address TEXT PRIMARY KEY NOT NULL,
+            failures INTEGER NOT NULL,
+            last REAL NOT NULL
+        )""",
+        # The channel-binding fallback (docs/mechanisms.md): addresses whose client
+        # gave up on a -PLUS mechanism before its first message.
+        """CREATE TABLE IF NOT EXISTS plus_fallback (
+            address TEXT PRIMARY KEY NOT NULL,
+            until REAL NOT NULL
+        )""",
+        """CREATE TABLE IF NOT EXISTS usage (
+            key TEXT NOT NULL,
+            bucket INTEGER NOT NULL,
+            messages INTEGER NOT NULL,
+            recipients INTEGER NOT NULL,
+            PRIMARY KEY (key, bucket)
+        )""",
+    ),
 )
 
 
 class SqliteGuardStore(ThreadLocalSqlite):
     """``GuardStore`` on one SQLite file (created 0600), one connection per thread.
 
+    Opening brings the schema up to date, after copying an older file aside (see
+    ``sqlite_file``, "Schema upgrades").
+
     Raises (constructor):
         GuardStoreError: the file cannot be opened or is not a database.
+        GuardSchemaTooNew: the file has a schema newer than this version knows.
     """
 
     _label = "guard database"
     _error = GuardStoreError
+    _too_new = GuardSchemaTooNew
 
     def __init__(self, path: Path) -> None:
         self._open_file(path)
-        with self._errors():
-            conn = self._conn()
-            conn.execute("PRAGMA journal_mode = WAL")
-            with self._tx() as c:
-                for statement in _SCHEMA:
-                    c.execute(statement)
+        try:
+            with self._errors():
+                self._upgrade_schema(
+                    MIGRATIONS, datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+                )
+        except BaseException:
+            self.close()
+            raise
 
     def _configure(self, conn: sqlite3.Connection) -> None:
         conn.execute("PRAGMA synchronous = NORMAL")

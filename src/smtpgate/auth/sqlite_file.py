@@ -6,20 +6,84 @@ Each thread gets its own connection (``sqlite3`` objects are not thread-safe);
 connection. The file is created with mode 0600 because both stores hold data an
 attacker would like to read. Errors from sqlite3 and the OS are mapped, at this
 boundary, to the store's own exception type.
+
+Schema upgrades
+---------------
+Each store lists its migrations (lists of statements; version = index + 1) and
+calls ``_upgrade_schema`` when it opens the file. The version is kept in a
+``schema_version`` table. An upgrade of a file that already holds data is never
+silent: the file is first copied (SQLite's online backup API, so the copy is
+consistent) to ``NAME.bak-vN-TIMESTAMP`` next to it, and a warning names the
+versions and the copy. The copy and the upgrade happen under the write lock, so
+no other process writes in between, and of several processes opening an old
+file at once exactly one upgrades it. A file from a newer smtpgate is refused
+with an error that says so (``NewerSchema``), and is left untouched.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import ClassVar
 
+log = logging.getLogger("smtpgate.db")
+
 #: Seconds a writer waits for another process's write lock before giving up.
 BUSY_TIMEOUT = 5.0
+
+
+class NewerSchema(Exception):
+    """Mixed into a store's error type: the file was written by a newer smtpgate,
+    whose schema this version does not know. Nothing was changed."""
+
+    hint = (
+        "upgrade smtpgate to the version that wrote it, or restore the copy made before "
+        "that upgrade (docs/accounts.md, \"Upgrades and backups\")"
+    )
+
+
+def _timestamp() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+def backup_database(source: Path, dest: Path) -> None:
+    """Copy the SQLite file ``source`` to ``dest`` with the online backup API.
+
+    The copy is consistent even while other processes write (in WAL mode it
+    reads one snapshot and never blocks them). ``dest`` is created with mode
+    0600, since the stores hold secrets, and is never overwritten.
+
+    Raises:
+        FileNotFoundError: ``source`` does not exist (it is not created).
+        FileExistsError: ``dest`` exists.
+        sqlite3.Error, OSError: the copy failed; a partial ``dest`` is removed.
+    """
+    if not source.is_file():
+        raise FileNotFoundError(2, "No such file", str(source))
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.close(fd)
+    try:
+        # mode=rw: never create the source by accident.
+        src = sqlite3.connect(
+            source.resolve().as_uri() + "?mode=rw", uri=True, timeout=BUSY_TIMEOUT
+        )
+        try:
+            dst = sqlite3.connect(dest)
+            try:
+                src.backup(dst)
+            finally:
+                dst.close()
+        finally:
+            src.close()
+    except BaseException:
+        dest.unlink(missing_ok=True)
+        raise
 
 
 class ThreadLocalSqlite:
@@ -30,6 +94,9 @@ class ThreadLocalSqlite:
     _label: ClassVar[str]
     #: The exception every sqlite3/OS error becomes.
     _error: ClassVar[type[Exception]]
+    #: Raised for a schema newer than this version knows; a subclass of both
+    #: ``_error`` and ``NewerSchema``.
+    _too_new: ClassVar[type[Exception]]
 
     def _open_file(self, path: Path) -> None:
         self._path = path
@@ -86,6 +153,60 @@ class ThreadLocalSqlite:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+
+    def _upgrade_schema(self, migrations: Sequence[Sequence[str]], now: str) -> None:
+        """Bring the file's schema up to ``len(migrations)``; see "Schema upgrades".
+        ``now`` is recorded as the time each version was applied."""
+        latest = len(migrations)
+        conn = self._conn()
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            log.warning(
+                "%s %s: journal_mode is %s, not WAL; concurrency will suffer",
+                self._label, self._path, mode,
+            )
+        with self._transaction(conn) as c:
+            tables = {
+                r[0]
+                for r in c.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table' "
+                    "AND name NOT LIKE 'sqlite_%'"
+                )
+            }
+            current = 0
+            if "schema_version" in tables:
+                current = c.execute(
+                    "SELECT COALESCE(MAX(version), 0) FROM schema_version"
+                ).fetchone()[0]
+            if current > latest:
+                raise self._too_new(
+                    f"{self._label} {self._path}: this database was written by a newer "
+                    f"smtpgate (schema v{current}, this version knows up to v{latest})"
+                )
+            if current == latest:
+                return
+            if tables - {"schema_version"}:
+                copy = self._path.with_name(f"{self._path.name}.bak-v{current}-{_timestamp()}")
+                # A second connection reads the last committed state while this one
+                # holds the write lock (WAL readers do not wait for writers).
+                backup_database(self._path, copy)
+                log.warning(
+                    "%s %s: upgrading the schema from v%d to v%d; the old file is saved as %s",
+                    self._label, self._path, current, latest, copy,
+                )
+            else:
+                log.info("%s %s: created (schema v%d)", self._label, self._path, latest)
+            c.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version ("
+                "version INTEGER PRIMARY KEY NOT NULL, applied TEXT NOT NULL)"
+            )
+            for version in range(current + 1, latest + 1):
+                for statement in migrations[version - 1]:
+                    c.execute(statement)
+                c.execute(
+                    "INSERT INTO schema_version (version, applied) VALUES (?, ?)",
+                    (version, now),
+                )
 
     def close(self) -> None:
         """Close every thread's connection. Call when no thread uses the store."""

@@ -56,7 +56,7 @@ from typing import Protocol
 from smtpgate.auth.credentials import CRAM_MD5, derive, wanted_schemes
 from smtpgate.auth.names import canonical_name, lookup_key
 from smtpgate.auth.passwords import PasswordHasher, check_new_password
-from smtpgate.auth.sqlite_file import ThreadLocalSqlite
+from smtpgate.auth.sqlite_file import NewerSchema, ThreadLocalSqlite
 from smtpgate.config import KNOWN_MECHANISMS, AccountsConfig
 
 log = logging.getLogger("smtpgate.auth.store")
@@ -71,6 +71,10 @@ class StoreError(Exception):
 class StoreUnavailable(StoreError):
     """The backend failed (I/O error, corrupt file, busy too long, closed): a
     temporary fault, never a reason to call the client's credentials wrong."""
+
+
+class SchemaTooNew(StoreUnavailable, NewerSchema):
+    """The database was written by a newer smtpgate; it is left untouched."""
 
 
 class AccountExists(StoreError):
@@ -443,11 +447,12 @@ class SqliteAccountStore(ThreadLocalSqlite):
     """``AccountStore`` on one SQLite file, shareable by several processes.
 
     Opening creates the file (mode 0600: it holds password-derived secrets)
-    and brings its schema up to date.
+    and brings its schema up to date, after copying an older file aside (see
+    ``sqlite_file``, "Schema upgrades").
 
     Raises:
-        StoreUnavailable: the file cannot be opened, is not a database, or has
-            a schema newer than this version of smtpgate knows.
+        StoreUnavailable: the file cannot be opened or is not a database.
+        SchemaTooNew: the file has a schema newer than this version knows.
     """
 
     def __init__(
@@ -465,7 +470,7 @@ class SqliteAccountStore(ThreadLocalSqlite):
         self._open_file(path)
         try:
             with self._errors():
-                self._migrate()
+                self._upgrade_schema(MIGRATIONS, format_time(self._clock()))
         except BaseException:
             self.close()
             raise
@@ -474,6 +479,7 @@ class SqliteAccountStore(ThreadLocalSqlite):
 
     _label = "account database"
     _error = StoreUnavailable
+    _too_new = SchemaTooNew
 
     def _configure(self, conn: sqlite3.Connection) -> None:
         conn.row_factory = sqlite3.Row
@@ -492,34 +498,6 @@ class SqliteAccountStore(ThreadLocalSqlite):
                 self._local.durable = durable
             with self._transaction(conn) as c:
                 yield c
-
-    def _migrate(self) -> None:
-        conn = self._conn()
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            log.warning(
-                "%s: journal_mode is %s, not WAL; concurrency will suffer", self._path, mode
-            )
-        with self._tx() as c:
-            c.execute(
-                "CREATE TABLE IF NOT EXISTS schema_version ("
-                "version INTEGER PRIMARY KEY NOT NULL, applied TEXT NOT NULL)"
-            )
-            current = c.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[
-                0
-            ]
-            if current > SCHEMA_VERSION:
-                raise StoreUnavailable(
-                    f"account database {self._path}: schema version {current} is newer than "
-                    f"this smtpgate supports ({SCHEMA_VERSION})"
-                )
-            for version in range(current + 1, SCHEMA_VERSION + 1):
-                for statement in MIGRATIONS[version - 1]:
-                    c.execute(statement)
-                c.execute(
-                    "INSERT INTO schema_version (version, applied) VALUES (?, ?)",
-                    (version, format_time(self._clock())),
-                )
 
     def _now(self) -> str:
         return format_time(self._clock())

@@ -10,6 +10,9 @@ from smtpgate.cli import (
     app_password_cmd,
     audit_cmd,
     config_cmd,
+    config_show_cmd,
+    contrib_cmd,
+    db_cmd,
     init_cmd,
     reload_cmd,
     report_cmd,
@@ -27,13 +30,16 @@ def cli() -> None:
     """smtpgate: authenticated SMTP submission server."""
 
 
-# user_sasl_cmd and user_policy_cmd add subcommands to the `user` group on import.
-_ = (user_sasl_cmd, user_policy_cmd)
+# user_sasl_cmd and user_policy_cmd add subcommands to the `user` group on import,
+# config_show_cmd to the `config` group.
+_ = (user_sasl_cmd, user_policy_cmd, config_show_cmd)
 cli.add_command(init_cmd.init)
 cli.add_command(serve_cmd.serve)
 cli.add_command(config_cmd.config)
 cli.add_command(user_cmd.user)
-for module in (app_password_cmd, report_cmd, admin_cmd, tester_cmd, audit_cmd, reload_cmd):
+for module in (
+    app_password_cmd, report_cmd, admin_cmd, tester_cmd, audit_cmd, reload_cmd, db_cmd, contrib_cmd
+):
     for command in module.COMMANDS:
         cli.add_command(command)
 

@@ -25,6 +25,7 @@ from rich.table import Table
 
 from smtpgate.auth.names import InvalidAccountName, canonical_name
 from smtpgate.auth.passwords import PasswordPolicyError, check_new_password
+from smtpgate.auth.sqlite_file import NewerSchema
 from smtpgate.auth.store import (
     Account,
     AccountExists,
@@ -74,9 +75,12 @@ def _store(config_path: Path | None) -> Iterator[SqliteAccountStore]:
 
         store = SqliteAccountStore(path, cfg.accounts, actor=cli_actor())
     except StoreError as e:
-        raise OperationalError(
-            str(e), "check [accounts].database in the config and the permissions of its directory"
-        ) from None
+        hint = (
+            e.hint
+            if isinstance(e, NewerSchema)
+            else "check [accounts].database in the config and the permissions of its directory"
+        )
+        raise OperationalError(str(e), hint) from None
     try:
         yield store
     except NoSuchAccount as e:

@@ -14,6 +14,7 @@ import click
 
 from smtpgate.auth.guard_store import GuardStoreError, SqliteGuardStore
 from smtpgate.auth.names import InvalidAccountName, lookup_key
+from smtpgate.auth.sqlite_file import NewerSchema
 from smtpgate.auth.store import Account, AccountExists, AliasTaken, SqliteAccountStore
 from smtpgate.cli.common import NotFound, OperationalError, config_option, get_config, iso_time
 from smtpgate.cli.user_cmd import USER, _store, user
@@ -25,7 +26,8 @@ def open_guard_store(cfg: Config) -> SqliteGuardStore:
     try:
         return SqliteGuardStore(cfg.path(cfg.guard.database))
     except GuardStoreError as e:
-        raise OperationalError(str(e), "check [guard].database and its directory") from None
+        hint = e.hint if isinstance(e, NewerSchema) else "check [guard].database and its directory"
+        raise OperationalError(str(e), hint) from None
 
 
 def lift_guard_locks(config_path: Path | None, user_name: str, store: SqliteAccountStore) -> bool:

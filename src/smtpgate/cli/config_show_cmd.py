@@ -1,0 +1,49 @@
+"""``smtpgate config show``: the configuration as the server will use it.
+
+Scripts (``make run``, a firewall rule, a monitoring check) ask smtpgate for
+what a config means instead of parsing the TOML themselves: defaults filled in
+and relative paths resolved as the server resolves them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from smtpgate.cli.common import config_option, get_config
+from smtpgate.cli.config_cmd import config
+
+
+@config.command("show")
+@click.option(
+    "--listeners",
+    is_flag=True,
+    help="Only the listeners: one line each, NAME ADDRESS TLS (starttls or implicit).",
+)
+@config_option
+def show(listeners: bool, config_path: Path | None) -> None:
+    """Print the effective configuration as JSON: every key with its default filled
+    in and paths resolved against the config file's directory."""
+    cfg = get_config(config_path)
+    if listeners:
+        for lst in cfg.listeners:
+            click.echo(f"{lst.name} {lst.address} {lst.tls}")
+        return
+    data = cfg.model_dump(mode="json")
+    for section, key in (
+        ("tls", "cert"),
+        ("tls", "key"),
+        ("accounts", "database"),
+        ("auth", "log_file"),
+        ("guard", "database"),
+        ("queue", "spool"),
+        ("delivery", "maildir"),
+        ("delivery", "relay_ca_file"),
+        ("delivery", "relay_password_file"),
+    ):
+        value = data[section][key]
+        if value is not None:
+            data[section][key] = str(cfg.path(Path(value)))
+    click.echo(json.dumps(data, indent=2))

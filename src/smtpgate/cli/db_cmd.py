@@ -1,0 +1,87 @@
+"""``smtpgate db backup``: consistent copies of the SQLite databases, server running or not.
+
+The copies go through SQLite's online backup API, not ``cp``: a file copied
+while a worker writes may be torn, and ``cp`` of the main file alone misses
+what is still in the ``-wal`` file. Opening a store upgrades its schema (and
+keeps a copy of the old file first, see ``auth/sqlite_file.py``); this command
+does not open the stores, so it never upgrades anything.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+
+from smtpgate.auth.sqlite_file import backup_database
+from smtpgate.cli.common import NotFound, OperationalError, config_option, get_config
+
+
+@click.group()
+def db() -> None:
+    """The account and guard databases."""
+
+
+@db.command("backup")
+@click.option(
+    "--to",
+    "dest_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Directory for the copies (created, mode 0700, if missing). "
+    "Default: beside each database.",
+)
+@config_option
+def backup(dest_dir: Path | None, config_path: Path | None) -> None:
+    """Copy the account database and the guard database to NAME.bak-TIMESTAMP.
+
+    Safe while the server runs: each copy is one consistent snapshot. Copies
+    are created with mode 0600 (they hold password-derived secrets) and never
+    overwrite a file."""
+    cfg = get_config(config_path)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    accounts = cfg.path(cfg.accounts.database)
+    if not accounts.is_file():
+        raise NotFound(
+            f"no account database at {accounts}",
+            "check [accounts].database; `smtpgate user add` creates the file",
+        )
+    if dest_dir is not None:
+        try:
+            dest_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as e:
+            raise OperationalError(f"cannot create {dest_dir}: {e.strerror}") from None
+    for label, source in (
+        ("account database", accounts),
+        ("guard database", cfg.path(cfg.guard.database)),
+    ):
+        if not source.is_file():
+            # The server creates it at its first start; nothing to lose yet.
+            click.echo(f"{label}: {source} does not exist yet, nothing to copy")
+            continue
+        target = (dest_dir or source.parent) / f"{source.name}.bak-{stamp}"
+        try:
+            backup_database(source, target)
+        except FileExistsError:
+            raise OperationalError(
+                f"{target} exists", "wait a second and run the backup again"
+            ) from None
+        except PermissionError as e:
+            raise OperationalError(
+                f"cannot copy {source} to {target}: {e.strerror}",
+                "run as the user that owns the databases (or root), or pick another --to",
+            ) from None
+        except (sqlite3.Error, OSError) as e:
+            raise OperationalError(f"cannot copy {source} to {target}: {e}") from None
+        click.echo(f"{label}: {source} -> {target} ({_size(target)})")
+
+
+def _size(path: Path) -> str:
+    n = os.stat(path).st_size
+    return f"{n / 1024:.0f} KiB" if n >= 1024 else f"{n} bytes"
+
+
+COMMANDS: list[click.Command] = [db]

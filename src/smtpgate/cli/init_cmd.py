@@ -1,14 +1,29 @@
-"""``smtpgate init``: a working directory with config, certificate, database and a demo account."""
+"""``smtpgate init``: a working directory with config, certificate, database and a demo account.
+
+Two layouts. By default everything lives in ``--dir`` (``make run``'s ``./var``),
+with paths in the config relative to it. For production, ``--state-dir`` and
+``--log-dir`` put the databases, spool and Maildir, and the auth log, in their
+own directories (``/var/lib/smtpgate``, ``/var/log/smtpgate``), and ``--owner``
+hands them to the user the service runs as: that user may write its state and
+logs, and only read its config and TLS key (root-owned, group-readable), so a
+compromised server cannot rewrite either. ``init`` then checks, as that user,
+that this holds.
+"""
 
 from __future__ import annotations
 
+import grp
+import json
+import os
+import pwd
 import secrets
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
-from smtpgate.config import ConfigError, check_hostname, parse_config
+from smtpgate.config import Config, ConfigError, check_hostname, parse_config
 
 _TEMPLATE = """\
 # smtpgate configuration, written by `smtpgate init`.
@@ -30,23 +45,29 @@ cert = "tls/cert.pem"
 key = "tls/key.pem"
 
 [accounts]
-database = "accounts.sqlite"
+database = {accounts_db}
 
 [auth]
-log_file = "auth.log"
-
+log_file = {log_file}
+{guard}
 [queue]
-spool = "spool"
+spool = {spool}
 
 [delivery]
 {delivery}
 """
 
 
-def _delivery_block(deliver: str) -> str:
+def _quote(value: str) -> str:
+    """A TOML basic string (JSON's escapes are TOML's)."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _delivery_block(deliver: str, state: Path | None) -> str:
     kind, _, rest = deliver.partition(":")
     if kind == "maildir" and rest:
-        return f'mode = "maildir"\nmaildir = "{rest}"'
+        maildir = str(state / rest) if state is not None else rest
+        return f'mode = "maildir"\nmaildir = {_quote(maildir)}'
     if kind == "relay" and rest:
         host, sep, port = rest.rpartition(":")
         if not sep or not port.isdigit():
@@ -86,11 +107,45 @@ def _demo_address(hostname: str) -> str:
     help="maildir:PATH or relay:HOST:PORT.",
 )
 @click.option("--no-demo", is_flag=True, help="Do not create the demo account.")
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Databases, spool and Maildir go here (production: /var/lib/smtpgate). "
+    "Default: DIR.",
+)
+@click.option(
+    "--log-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="The auth log goes here (production: /var/log/smtpgate). Default: DIR.",
+)
+@click.option(
+    "--owner",
+    metavar="USER",
+    default=None,
+    help="The user the server runs as (production: smtpgate; needs root). It gets the "
+    "state and log directories; the config and TLS key stay root's, readable by "
+    "USER's group.",
+)
 def init(
-    directory: Path, hostname: str, submission: str, submissions: str, deliver: str, no_demo: bool
+    directory: Path,
+    hostname: str,
+    submission: str,
+    submissions: str,
+    deliver: str,
+    no_demo: bool,
+    state_dir: Path | None,
+    log_dir: Path | None,
+    owner: str | None,
 ) -> None:
     """Create DIR with smtpgate.toml, a self-signed certificate, the account
-    database, a spool and a demo account (its password is printed once)."""
+    database, a spool and a demo account (its password is printed once).
+
+    For production: init --dir /etc/smtpgate --state-dir /var/lib/smtpgate
+    --log-dir /var/log/smtpgate --owner smtpgate --hostname mail.example.org
+    --submission 0.0.0.0:587 --submissions 0.0.0.0:465 --no-demo"""
+    from smtpgate.auth.guard_store import SqliteGuardStore
     from smtpgate.auth.store import SqliteAccountStore
     from smtpgate.tls.certs import write_self_signed
 
@@ -98,12 +153,30 @@ def init(
     if config_path.exists():
         click.echo(f"error: {config_path} exists; refusing to overwrite it", err=True)
         raise SystemExit(1)
+    who = _owner(owner) if owner else None
+    state = state_dir.resolve() if state_dir is not None else None
+    logs = log_dir.resolve() if log_dir is not None else None
     text = _TEMPLATE.format(
         hostname=hostname,
         submission=submission,
         submissions=submissions,
-        delivery=_delivery_block(deliver),
+        accounts_db=_quote(str(state / "accounts.sqlite") if state else "accounts.sqlite"),
+        log_file=_quote(str(logs / "auth.log") if logs else "auth.log"),
+        # The guard's file defaults to DIR; with a state directory it goes there too.
+        guard=f"\n[guard]\ndatabase = {_quote(str(state / 'guard.sqlite'))}\n" if state else "",
+        spool=_quote(str(state / "spool") if state else "spool"),
+        delivery=_delivery_block(deliver, state),
     )
+    home = state or directory.resolve()
+    for db in (home / "accounts.sqlite", home / "guard.sqlite"):
+        if db.exists():
+            click.echo(
+                f"error: {db} exists; init does not touch existing state (move it away, "
+                "or write the config by hand around it)",
+                err=True,
+            )
+            raise SystemExit(1)
+    created_config_dir = not directory.exists()
     directory.mkdir(parents=True, exist_ok=True)
     write_self_signed(directory / "tls/cert.pem", directory / "tls/key.pem", hostname)
     try:
@@ -116,6 +189,7 @@ def init(
     if cfg.delivery.mode == "maildir":
         for sub in ("tmp", "new", "cur"):
             (cfg.path(cfg.delivery.maildir) / sub).mkdir(parents=True, exist_ok=True)
+    cfg.path(cfg.accounts.database).parent.mkdir(parents=True, exist_ok=True)
     store = SqliteAccountStore(cfg.path(cfg.accounts.database), cfg.accounts)
     password = ""
     user = _demo_address(hostname)
@@ -125,10 +199,35 @@ def init(
             store.add_account(user, password)
     finally:
         store.close()
+    # Created now, so that a first `smtpgate guard ...` run as root cannot leave a
+    # root-owned file the server may not open.
+    SqliteGuardStore(cfg.path(cfg.guard.database)).close()
+    log_file = cfg.path(cfg.auth.log_file) if cfg.auth.log_file is not None else None
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        if who is not None:
+            # fail2ban refuses to start a jail whose log file does not exist yet.
+            os.close(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640))
     config_path.write_text(text, encoding="utf-8")
+    if who is not None:
+        _hand_over(cfg, config_path, who, created_config_dir, log_file)
     click.echo(f"wrote {config_path}")
     click.echo(f"  certificate: {directory / 'tls/cert.pem'} (self-signed, ECDSA P-256)")
     click.echo(f"  accounts:    {cfg.path(cfg.accounts.database)}")
+    if state is not None or logs is not None:
+        click.echo(f"  state:       {state or directory}")
+        click.echo(f"  logs:        {logs or directory}")
+    if who is not None:
+        click.echo(
+            f"  owner:       {who.name} (writes the state and logs; reads the config and "
+            f"key through group {who.group})"
+        )
+    elif os.geteuid() == 0 and (state is not None or logs is not None):
+        click.echo(
+            "note: the files belong to root; a server running as another user "
+            "(the systemd unit's User=smtpgate) needs --owner USER",
+            err=True,
+        )
     if password:
         click.echo(f"demo account: {user}")
         click.echo(f"    password: {password}    (shown once; change it with `smtpgate user passwd`)")
@@ -140,3 +239,113 @@ def init(
             f"--ca {directory / 'tls/cert.pem'} --user {user} --password-stdin "
             f"--from {user} --to {user}"
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _Owner:
+    name: str
+    uid: int
+    gid: int
+    group: str
+
+
+def _owner(name: str) -> _Owner:
+    """USER of --owner, checked before anything is written."""
+    try:
+        pw = pwd.getpwnam(name)
+    except KeyError:
+        raise click.BadParameter(
+            f"no user {name!r} (create it first: useradd --system --home-dir "
+            f"/var/lib/smtpgate --shell /usr/sbin/nologin {name})",
+            param_hint="--owner",
+        ) from None
+    if pw.pw_uid != os.geteuid() and os.geteuid() != 0:
+        raise click.BadParameter(
+            f"giving files to {name} needs root (run init with sudo)", param_hint="--owner"
+        )
+    try:
+        group = grp.getgrgid(pw.pw_gid).gr_name
+    except KeyError:
+        group = str(pw.pw_gid)
+    return _Owner(name, pw.pw_uid, pw.pw_gid, group)
+
+
+def _hand_over(
+    cfg: Config, config_path: Path, who: _Owner, created_config_dir: bool, log_file: Path | None
+) -> None:
+    """Give the state and log to ``who``; let its group read the config and key."""
+    config_dir = config_path.parent
+    key = cfg.path(cfg.tls.key)
+    # Read-only for the server: root-owned, group-readable.
+    for path, mode in ((config_path, 0o640), (key, 0o640), (key.parent, 0o750)):
+        os.chown(path, -1, who.gid)
+        os.chmod(path, mode)
+    if created_config_dir:
+        os.chown(config_dir, -1, who.gid)
+        os.chmod(config_dir, 0o750)
+    # Written by the server: owned by it.
+    owned: list[Path] = []
+    for db in (cfg.path(cfg.accounts.database), cfg.path(cfg.guard.database)):
+        owned += [db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")]
+        owned.append(db.parent)
+    owned.append(cfg.path(cfg.queue.spool))
+    if cfg.delivery.mode == "maildir":
+        owned.append(cfg.path(cfg.delivery.maildir))
+    if log_file is not None:
+        owned += [log_file, log_file.parent]
+    for path in owned:
+        if not path.exists() or path == config_dir:
+            continue
+        for p in [path, *sorted(path.rglob("*"))] if path.is_dir() else [path]:
+            os.chown(p, who.uid, who.gid)
+        if path.is_dir():
+            os.chmod(path, 0o750)
+    _check_as(who, cfg, config_path)
+
+
+def _check_as(who: _Owner, cfg: Config, config_path: Path) -> None:
+    """Check, as ``who``, what the server will need: a mistake here (a config
+    directory others may not enter, say) otherwise shows only at the first start."""
+    need: list[tuple[int, Path]] = [
+        (os.R_OK, config_path),
+        (os.R_OK, cfg.path(cfg.tls.cert)),
+        (os.R_OK, cfg.path(cfg.tls.key)),
+    ]
+    write = os.R_OK | os.W_OK | os.X_OK
+    need += [(write, cfg.path(cfg.accounts.database).parent), (write, cfg.path(cfg.queue.spool))]
+    if cfg.delivery.mode == "maildir":
+        need.append((write, cfg.path(cfg.delivery.maildir) / "new"))
+    if cfg.auth.log_file is not None:
+        need.append((write, cfg.path(cfg.auth.log_file).parent))
+    # A forked child takes the owner's identity and asks the kernel (os.access uses
+    # the real ids); no program has to be executable by the owner for this.
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        code = 0
+        try:
+            os.close(read_end)
+            os.setgroups([who.gid])
+            os.setgid(who.gid)
+            os.setuid(who.uid)
+            for mode, path in need:
+                if not os.access(path, mode):
+                    verb = "read" if mode == os.R_OK else "write in"
+                    os.write(write_end, f"{verb} {path}".encode())
+                    code = 1
+                    break
+        except OSError:
+            code = 2
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        failed = pipe.read().decode(errors="replace")
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        click.echo(
+            f"error: user {who.name} cannot {failed or 'take the identity to check the files'}; "
+            "check the permissions of the directories on the way",
+            err=True,
+        )
+        raise SystemExit(1)

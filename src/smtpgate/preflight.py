@@ -416,10 +416,29 @@ def check_account_database(cfg: Config) -> list[Problem]:
             out.append(_warning(key, f"{path} does not exist yet, so no account can log in; "
                                 "`smtpgate user add` creates it"))
         return out
+    return out + _schema(key, path, SCHEMA_VERSION)
+
+
+def check_guard_database(cfg: Config) -> list[Problem]:
+    """As the account database; a missing file is simply created at start."""
+    from smtpgate.auth.guard_store import MIGRATIONS
+
+    key, path = "guard.database", cfg.path(cfg.guard.database)
+    out, exists = _database_file(key, path, "guard database")
+    if not exists:
+        return out
+    return out + _schema(key, path, len(MIGRATIONS))
+
+
+def _schema(key: str, path: Path, latest: int) -> list[Problem]:
+    """The file is an SQLite database whose ``schema_version`` (the stores' migration
+    record) is not newer than ``latest``; an older one is upgraded at the next open."""
     try:
         conn = _open_read_only(path)
         try:
-            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+            tables = {r[0] for r in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+            )}
             version = 0
             if "schema_version" in tables:
                 version = conn.execute(
@@ -429,31 +448,15 @@ def check_account_database(cfg: Config) -> list[Problem]:
             conn.close()
     except sqlite3.Error as e:
         return [_error(key, f"{path} cannot be read as an SQLite database ({e})")]
-    if version > SCHEMA_VERSION:
+    if version > latest:
         return [_error(key, f"{path} was written by a newer smtpgate (schema version "
-                       f"{version}; this one knows up to {SCHEMA_VERSION}): upgrade smtpgate, "
+                       f"{version}; this one knows up to {latest}): upgrade smtpgate, "
                        "or restore the backup made before the upgrade")]
-    if tables and version < SCHEMA_VERSION:
-        out.append(_warning(key, f"{path} has schema version {version}; smtpgate upgrades it "
-                            f"to {SCHEMA_VERSION} when it next opens it (copy the file first "
-                            "if you may need to go back)"))
-    return out
-
-
-def check_guard_database(cfg: Config) -> list[Problem]:
-    key, path = "guard.database", cfg.path(cfg.guard.database)
-    out, exists = _database_file(key, path, "guard database")
-    if not exists:
-        return out
-    try:
-        conn = _open_read_only(path)
-        try:
-            conn.execute("SELECT name FROM sqlite_master").fetchall()
-        finally:
-            conn.close()
-    except sqlite3.Error as e:
-        return [_error(key, f"{path} cannot be read as an SQLite database ({e})")]
-    return out
+    if tables and version < latest:
+        return [_warning(key, f"{path} has schema version {version}; the next smtpgate "
+                         f"command or start upgrades it to {latest}, keeping a copy of the "
+                         f"old file beside it ({path.name}.bak-v{version}-TIMESTAMP)")]
+    return []
 
 
 # --- directories and delivery -----------------------------------------------------------------

@@ -223,6 +223,33 @@ def test_database_written_by_a_newer_smtpgate(gate: Path) -> None:
     assert "was written by a newer smtpgate" in errors["accounts.database"]
 
 
+def test_guard_database_written_by_a_newer_smtpgate(gate: Path) -> None:
+    from smtpgate.auth.guard_store import MIGRATIONS, SqliteGuardStore
+
+    SqliteGuardStore(gate / "guard.sqlite").close()
+    with sqlite3.connect(gate / "guard.sqlite") as conn:
+        conn.execute("INSERT INTO schema_version VALUES (?, 'later')", (len(MIGRATIONS) + 1,))
+    conn.close()
+    errors = only(run_checks(config(gate)))
+    assert list(errors) == ["guard.database"]
+    assert "was written by a newer smtpgate" in errors["guard.database"]
+
+
+def test_database_due_for_an_upgrade_is_a_warning(gate: Path) -> None:
+    from smtpgate.auth.store import SCHEMA_VERSION
+
+    with sqlite3.connect(gate / "accounts.sqlite") as conn:
+        conn.execute("DELETE FROM schema_version WHERE version = ?", (SCHEMA_VERSION,))
+    conn.close()
+    problems = run_checks(config(gate))
+    assert only(problems) == {}
+    assert only(problems, "warning")["accounts.database"].endswith(
+        f"has schema version {SCHEMA_VERSION - 1}; the next smtpgate command or start "
+        f"upgrades it to {SCHEMA_VERSION}, keeping a copy of the old file beside it "
+        f"(accounts.sqlite.bak-v{SCHEMA_VERSION - 1}-TIMESTAMP)"
+    )
+
+
 def test_database_that_is_not_a_database(gate: Path) -> None:
     for name in ("accounts.sqlite", "accounts.sqlite-wal", "accounts.sqlite-shm"):
         (gate / name).unlink(missing_ok=True)

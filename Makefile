@@ -24,12 +24,18 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 venv: $(VENV)/.installed
 test-venv: $(VENV)/.installed-test
 
+# The addresses come from the config (`smtpgate config show --listeners`), not from here.
 run: venv
 	@if [ ! -d "$(VAR)" ]; then $(BIN)/smtpgate init --dir $(VAR); fi
 	@echo
-	@echo "smtpgate: STARTTLS on 127.0.0.1:2587, implicit TLS on 127.0.0.1:2465, mail to $(VAR)/mail"
-	@echo "send a test message (in another terminal; PASSWORD is the demo password printed by init):"
-	@echo "  echo 'PASSWORD' | $(BIN)/smtpgate test --server 127.0.0.1:2587 --starttls --ca $(VAR)/tls/cert.pem --user demo@localhost --password-stdin --from demo@localhost --to demo@localhost"
+	@echo "smtpgate listens on (name, address, TLS; from $(VAR)/smtpgate.toml):"
+	@$(BIN)/smtpgate config show --listeners --config $(VAR)/smtpgate.toml | sed 's/^/  /'
+	@starttls=$$($(BIN)/smtpgate config show --listeners --config $(VAR)/smtpgate.toml \
+	    | awk '$$3 == "starttls" { print $$2; exit }'); \
+	if [ -n "$$starttls" ]; then \
+	  echo "send a test message (in another terminal; PASSWORD is the demo password printed by init):"; \
+	  echo "  echo 'PASSWORD' | $(BIN)/smtpgate test --server $$starttls --starttls --ca $(VAR)/tls/cert.pem --user demo@localhost --password-stdin --from demo@localhost --to demo@localhost"; \
+	fi
 	@echo
 	$(BIN)/smtpgate serve --config $(VAR)/smtpgate.toml
 

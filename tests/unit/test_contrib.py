@@ -158,3 +158,10 @@ def test_certbot_hook_copies_the_renewed_pair_and_reloads(tmp_path: Path) -> Non
     assert stat.S_IMODE((tls / "cert.pem").stat().st_mode) == 0o644
     assert sorted(p.name for p in tls.iterdir()) == ["cert.pem", "key.pem"]
     assert marker.exists()
+
+
+def test_operations_doc_shows_the_logrotate_file_as_shipped() -> None:
+    doc = (REPO / "docs" / "operations.md").read_text(encoding="utf-8")
+    (block,) = re.findall(r"^```\n(/var/log/smtpgate/.*?)^```", doc, re.MULTILINE | re.DOTALL)
+    shipped = [ln for ln in contrib_text("logrotate").splitlines() if not ln.startswith("#")]
+    assert block.splitlines() == shipped

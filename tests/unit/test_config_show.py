@@ -1,0 +1,43 @@
+"""`smtpgate config show`: what the server will use, for scripts (make run reads the
+listeners from it)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from smtpgate.cli.main import cli
+
+from .cli_support import write_config
+
+
+def test_listeners_one_line_each(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    config.write_text(config.read_text() + '\n[[listeners]]\nname = "tls"\n'
+                      'address = "[::1]:4650"\ntls = "implicit"\n')
+    result = CliRunner().invoke(cli, ["config", "show", "--listeners", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert result.output == "submission 127.0.0.1:5870 starttls\ntls [::1]:4650 implicit\n"
+
+
+def test_json_has_defaults_and_resolved_paths(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    result = CliRunner().invoke(cli, ["config", "show", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["hostname"] == "mx.example.org"
+    assert data["accounts"]["database"] == str(tmp_path.resolve() / "accounts.sqlite")
+    assert data["guard"]["database"] == str(tmp_path.resolve() / "guard.sqlite")
+    assert data["limits"]["max_recipients"] == 100  # a default
+    assert data["delivery"]["relay_password_file"] is None
+    assert "base_dir" not in data
+
+
+def test_a_broken_config_is_named_not_shown(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    config.write_text(config.read_text().replace('address = "127.0.0.1:5870"', 'address = "x"'))
+    result = CliRunner().invoke(cli, ["config", "show", "--listeners", "--config", str(config)])
+    assert result.exit_code == 1
+    assert "listeners.0.address" in result.output

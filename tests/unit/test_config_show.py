@@ -30,6 +30,9 @@ def test_json_has_defaults_and_resolved_paths(tmp_path: Path) -> None:
     assert data["hostname"] == "mx.example.org"
     assert data["accounts"]["database"] == str(tmp_path.resolve() / "accounts.sqlite")
     assert data["guard"]["database"] == str(tmp_path.resolve() / "guard.sqlite")
+    assert data["tls"]["cert"] == str(tmp_path.resolve() / "cert.pem")
+    assert data["auth"]["log_file"] == str(tmp_path.resolve() / "auth.log")
+    assert data["queue"]["spool"] == str(tmp_path.resolve() / "spool")
     assert data["limits"]["max_recipients"] == 100  # a default
     assert data["delivery"]["relay_password_file"] is None
     assert "base_dir" not in data

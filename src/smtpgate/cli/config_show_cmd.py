@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import click
+from pydantic import BaseModel
 
 from smtpgate.cli.common import config_option, get_config
 from smtpgate.cli.config_cmd import config
@@ -32,18 +33,10 @@ def show(listeners: bool, config_path: Path | None) -> None:
             click.echo(f"{lst.name} {lst.address} {lst.tls}")
         return
     data = cfg.model_dump(mode="json")
-    for section, key in (
-        ("tls", "cert"),
-        ("tls", "key"),
-        ("accounts", "database"),
-        ("auth", "log_file"),
-        ("guard", "database"),
-        ("queue", "spool"),
-        ("delivery", "maildir"),
-        ("delivery", "relay_ca_file"),
-        ("delivery", "relay_password_file"),
-    ):
-        value = data[section][key]
-        if value is not None:
-            data[section][key] = str(cfg.path(Path(value)))
+    for section, value in cfg:
+        if not isinstance(value, BaseModel):
+            continue
+        for key, field in type(value).model_fields.items():
+            if field.annotation in (Path, Path | None) and getattr(value, key) is not None:
+                data[section][key] = str(cfg.path(getattr(value, key)))
     click.echo(json.dumps(data, indent=2))

@@ -129,6 +129,11 @@ def test_init_owner_gives_the_service_user_what_it_needs(base: Path) -> None:
 
     checked = run_as_owner("config", "check", "--config", str(config))
     assert checked.returncode == 0, checked.stdout + checked.stderr
+    # ... but it may not change its config or key, nor put files beside them.
+    for target in (config, etc / "tls/key.pem", etc / "tls/cert.pem", etc / "tls"):
+        probe = subprocess.run(["runuser", "-u", OWNER, "--", "test", "-w", str(target)],
+                               cwd="/", check=False)
+        assert probe.returncode == 1, f"{OWNER} may write {target}"
 
     serve_log = base / "serve.log"
     with open(serve_log, "wb") as out:

@@ -1,0 +1,65 @@
+"""`smtpgate init` layouts: the development one keeps everything in DIR with relative
+paths; --state-dir/--log-dir put state and logs elsewhere with absolute paths; init
+never takes over existing state. (--owner, which needs root, is tested in
+tests/integration/test_production_layout.py.)"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from smtpgate.cli.main import cli
+
+
+def init(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, ["init", *args])
+    return result.exit_code, result.output
+
+
+def test_development_layout_is_relative_to_dir(tmp_path: Path) -> None:
+    code, out = init("--dir", str(tmp_path / "var"))
+    assert code == 0, out
+    cfg = tomllib.loads((tmp_path / "var/smtpgate.toml").read_text())
+    assert cfg["accounts"]["database"] == "accounts.sqlite"
+    assert cfg["auth"]["log_file"] == "auth.log"
+    assert cfg["queue"]["spool"] == "spool"
+    assert cfg["delivery"]["maildir"] == "mail"
+    assert "guard" not in cfg  # its default, guard.sqlite, is in DIR already
+    assert (tmp_path / "var/guard.sqlite").is_file()  # made now, not by whoever runs first
+
+
+def test_state_and_log_dirs(tmp_path: Path) -> None:
+    code, out = init("--dir", str(tmp_path / "etc"), "--state-dir", str(tmp_path / "lib"),
+                     "--log-dir", str(tmp_path / "log"), "--no-demo")
+    assert code == 0, out
+    cfg = tomllib.loads((tmp_path / "etc/smtpgate.toml").read_text())
+    lib, log = tmp_path.resolve() / "lib", tmp_path.resolve() / "log"
+    assert cfg["accounts"]["database"] == str(lib / "accounts.sqlite")
+    assert cfg["guard"]["database"] == str(lib / "guard.sqlite")
+    assert cfg["queue"]["spool"] == str(lib / "spool")
+    assert cfg["delivery"]["maildir"] == str(lib / "mail")
+    assert cfg["auth"]["log_file"] == str(log / "auth.log")
+    assert cfg["tls"] == {"cert": "tls/cert.pem", "key": "tls/key.pem"}  # beside the config
+    assert sorted(p.name for p in (tmp_path / "etc").iterdir()) == ["smtpgate.toml", "tls"]
+    for path in ("lib/accounts.sqlite", "lib/guard.sqlite", "lib/spool", "lib/mail/new"):
+        assert (tmp_path / path).exists(), path
+
+
+def test_a_path_with_quotes_stays_valid_toml(tmp_path: Path) -> None:
+    odd = tmp_path / 'st"ate\\dir'
+    code, out = init("--dir", str(tmp_path / "etc"), "--state-dir", str(odd), "--no-demo")
+    assert code == 0, out
+    cfg = tomllib.loads((tmp_path / "etc/smtpgate.toml").read_text())
+    assert cfg["accounts"]["database"] == str(odd.resolve() / "accounts.sqlite")
+
+
+def test_existing_state_is_never_taken_over(tmp_path: Path) -> None:
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib/accounts.sqlite").write_bytes(b"someone's accounts")
+    code, out = init("--dir", str(tmp_path / "etc"), "--state-dir", str(tmp_path / "lib"))
+    assert code == 1
+    assert "accounts.sqlite exists; init does not touch existing state" in out
+    assert not (tmp_path / "etc").exists()
+    assert (tmp_path / "lib/accounts.sqlite").read_bytes() == b"someone's accounts"

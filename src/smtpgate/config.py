@@ -478,7 +478,10 @@ class ServerConfig(Model):
     )
 
     shutdown_grace: float = Field(
-        default=10.0, ge=0, description="Seconds in-flight sessions get on SIGTERM before 421."
+        default=10.0, ge=0, description=(
+            "Seconds in-flight sessions and deliveries get on SIGTERM: then sessions get"
+            " 421 and unfinished deliveries are cancelled (their messages stay queued)."
+        ),
     )
     pid_file: Path | None = Field(
         default=None,

@@ -22,6 +22,7 @@ from smtpgate.cli import (
     user_policy_cmd,
     user_sasl_cmd,
 )
+from smtpgate.cli.common import ExitCode, OperationalError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -45,4 +46,20 @@ for module in (
 
 
 def main() -> None:
-    cli()
+    """Run the command; a database that fails mid-command is one error line, exit 1.
+
+    Commands turn the errors they expect into `OperationalError` themselves; this
+    catches a store failing later (a corrupt file is only found at the first query),
+    which would otherwise end in a traceback.
+    """
+    from smtpgate.auth.guard_store import GuardStoreError
+    from smtpgate.auth.store import StoreError
+
+    try:
+        cli()
+    except StoreError as e:
+        OperationalError(str(e), "check [accounts].database and its directory").show()
+        raise SystemExit(ExitCode.ERROR) from None
+    except GuardStoreError as e:
+        OperationalError(str(e), "check [guard].database and its directory").show()
+        raise SystemExit(ExitCode.ERROR) from None

@@ -173,15 +173,10 @@ class SmtpConnection(asyncio.Protocol):
         self._counted = True
         self.rt.connections.add(self)
         self._last_activity = self._loop.time()
-        guard = self.rt.guard
-        plus = any(m.endswith("-PLUS") for m in self.listener.settings.mechanisms)
-        if guard is not None and plus:
-            # The engine reads no command until the look-up is done (a task is
-            # pending), so the EHLO after TLS already knows whether to offer -PLUS.
-            self._task = self._loop.create_task(self._look_up_plus_fallback(guard))
         if self.listener.implicit_tls:
             self.tls = TlsServerSession(self.rt.tls)
             self._arm_timer(self.rt.handshake_timeout)
+            self._start_plus_fallback_look_up()
         else:
             self.engine.greeting()
             self._flush()
@@ -418,8 +413,16 @@ class SmtpConnection(asyncio.Protocol):
             return guard.hold_back_plus(self.client_ip)
         return None
 
+    def _start_plus_fallback_look_up(self) -> None:
+        """As the TLS handshake starts (-PLUS needs TLS): is -PLUS held back from this
+        address? The look-up runs during the handshake; the engine reads no command
+        until it is done (a task is pending), so the EHLO after TLS knows."""
+        guard = self.rt.guard
+        plus = any(m.endswith("-PLUS") for m in self.listener.settings.mechanisms)
+        if guard is not None and plus:
+            self._task = self._loop.create_task(self._look_up_plus_fallback(guard))
+
     async def _look_up_plus_fallback(self, guard: Guard) -> None:
-        """Before the first command is read: is -PLUS held back from this address?"""
         self._plus_until = await guard.plus_held_back(self.client_ip)
         self.engine.hide_plus = self._plus_until is not None
         if self._closed:
@@ -654,6 +657,7 @@ class SmtpConnection(asyncio.Protocol):
         self._flush()
         self.tls = TlsServerSession(self.rt.tls)
         self._arm_timer(self.rt.handshake_timeout)
+        self._start_plus_fallback_look_up()
 
     def _tls_up(self) -> None:
         assert self.tls is not None

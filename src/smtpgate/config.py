@@ -12,26 +12,20 @@ import difflib
 import os
 import re
 import tomllib
+import urllib.parse
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-
-from smtpgate.auth.oauth import IssuerConfig
-
-LEGACY_MECHANISMS = ("PLAIN", "LOGIN", "CRAM-MD5")
-#: Strongest first: the order of advertisement in EHLO.
-KNOWN_MECHANISMS = (
-    "SCRAM-SHA-256-PLUS",
-    "SCRAM-SHA-256",
-    "SCRAM-SHA-1-PLUS",
-    "SCRAM-SHA-1",
-    "OAUTHBEARER",
-    "XOAUTH2",
-    "PLAIN",
-    "LOGIN",
-    "CRAM-MD5",
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
 )
+
+from smtpgate import mechanism_facts
 
 
 class Model(BaseModel):
@@ -124,6 +118,127 @@ class TlsConfig(Model):
     handshake_timeout: float = Field(default=30.0, gt=0, description="Seconds for a handshake.")
 
 
+# --- OAuth issuers ([[auth.oauth_issuers]]; the verifier is auth/oauth.py) ----------------
+
+#: The JWS algorithms an issuer may allow, each with the JWK "kty" it needs (RFC 7518
+#: §3.1, RFC 8037 §3.1): the verifier uses a key only with an algorithm of its type.
+JWT_ALGORITHMS: dict[str, str] = {
+    **{f"HS{n}": "oct" for n in (256, 384, 512)},
+    **{f"RS{n}": "RSA" for n in (256, 384, 512)},
+    **{f"PS{n}": "RSA" for n in (256, 384, 512)},
+    **{a: "EC" for a in ("ES256", "ES256K", "ES384", "ES512")},
+    "EdDSA": "OKP",
+}
+
+
+def _is_loopback_http(url: str) -> bool:
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme == "http" and parts.hostname in ("localhost", "127.0.0.1", "::1")
+
+
+def _check_url(url: str | None, what: str) -> None:
+    if url is None:
+        return
+    # Keys and introspection answers decide who may log in: fetch them over TLS.
+    # Plain http is tolerated for a local identity provider in a test rig only.
+    if not (urllib.parse.urlsplit(url).scheme == "https" or _is_loopback_http(url)):
+        raise ValueError(f"{what} must be an https:// URL (http only for localhost)")
+
+
+class IssuerConfig(Model):
+    """One trusted token issuer (authorization server)."""
+
+    issuer: str = Field(
+        min_length=1,
+        description="Expected 'iss' claim, compared exactly (e.g. "
+        "'https://id.example.org/realms/mail'). Required.",
+    )
+    audience: list[str] = Field(
+        min_length=1,
+        description="Accepted 'aud' values; a token must name at least one, so tokens "
+        "minted for other services are refused. Required.",
+    )
+    jwks_url: str | None = Field(
+        default=None,
+        description="HTTPS URL of the issuer's JSON Web Key Set. Default none. Set this or "
+        "jwks_file for JWT access tokens.",
+    )
+    jwks_file: Path | None = Field(
+        default=None,
+        description="Local JSON Web Key Set file, instead of jwks_url. Default none.",
+    )
+    jwks_refresh_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        description="Seconds a fetched key set is used before it is fetched again. Default 3600.",
+    )
+    jwks_min_refresh_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="Shortest interval between refreshes caused by an unknown 'kid', so "
+        "tokens with made-up key ids cannot make us hammer the issuer. Default 60.",
+    )
+    algorithms: list[str] = Field(
+        default_factory=lambda: ["RS256", "ES256"],
+        min_length=1,
+        description="Signature algorithms accepted (RS*, PS*, ES*, EdDSA, HS*). 'none' is "
+        "never accepted; HS* only with a symmetric ('oct') key. Default RS256, ES256.",
+    )
+    required_scopes: list[str] = Field(
+        default_factory=list,
+        description="Scopes the token must all carry, read from 'scope' (space-separated) "
+        "or 'scp' (list). Default none.",
+    )
+    identity_claim: Literal["email", "preferred_username", "sub"] = Field(
+        default="email",
+        description="Claim that names the mail account. With 'email', a token whose "
+        "'email_verified' is false is refused. Default 'email'.",
+    )
+    leeway_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        le=600,
+        description="Clock skew tolerated on exp, nbf and iat, in seconds. Default 60.",
+    )
+    introspection_url: str | None = Field(
+        default=None,
+        description="RFC 7662 token introspection endpoint. Default none. Needed for "
+        "opaque tokens; with a key set too, JWTs are also introspected (revocation).",
+    )
+    introspection_client_id: str = Field(
+        default="",
+        description="Client id for HTTP Basic authentication at the introspection endpoint.",
+    )
+    introspection_client_secret_file: Path | None = Field(
+        default=None,
+        description="File holding the introspection client secret (never inline). Default none.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> IssuerConfig:
+        if self.jwks_url and self.jwks_file:
+            raise ValueError("set jwks_url or jwks_file, not both")
+        if not (self.jwks_url or self.jwks_file or self.introspection_url):
+            raise ValueError("set jwks_url, jwks_file or introspection_url")
+        for alg in self.algorithms:
+            if alg not in JWT_ALGORITHMS:
+                # RFC 8725 §3.1/§3.2: never 'none'; an explicit allow-list only.
+                raise ValueError(
+                    f"algorithm {alg!r} not allowed; use one of {sorted(JWT_ALGORITHMS)}"
+                )
+        if self.introspection_url and not (
+            self.introspection_client_id and self.introspection_client_secret_file
+        ):
+            raise ValueError("introspection_url needs a client id and a client secret file")
+        _check_url(self.jwks_url, "jwks_url")
+        _check_url(self.introspection_url, "introspection_url")
+        return self
+
+    @property
+    def has_key_set(self) -> bool:
+        return bool(self.jwks_url or self.jwks_file)
+
+
 class AccountsConfig(Model):
     database: Path = Field(default=Path("accounts.sqlite"), description="SQLite account database.")
     argon2_time_cost: int = Field(default=3, ge=1, description="Argon2id passes.")
@@ -145,14 +260,7 @@ class AccountsConfig(Model):
 
 class AuthConfig(Model):
     mechanisms: list[str] = Field(
-        default_factory=lambda: [
-            "SCRAM-SHA-256-PLUS",
-            "SCRAM-SHA-256",
-            "SCRAM-SHA-1-PLUS",
-            "SCRAM-SHA-1",
-            "PLAIN",
-            "LOGIN",
-        ],
+        default_factory=lambda: list(mechanism_facts.DEFAULT_ENABLED),
         description="Mechanisms enabled server-wide; advertised strongest first. CRAM-MD5 "
         "needs plaintext-equivalent secrets; OAUTHBEARER/XOAUTH2 need [[auth.oauth_issuers]].",
     )
@@ -185,8 +293,9 @@ class AuthConfig(Model):
     def _known(cls, v: list[str]) -> list[str]:
         out = [m.upper() for m in v]
         for m in out:
-            if m not in KNOWN_MECHANISMS:
-                raise ValueError(f"unknown mechanism {m!r}; known: {', '.join(KNOWN_MECHANISMS)}")
+            if mechanism_facts.facts(m) is None:
+                known = ", ".join(mechanism_facts.KNOWN)
+                raise ValueError(f"unknown mechanism {m!r}; known: {known}")
         return out
 
 
@@ -673,7 +782,7 @@ def semantic_problems(cfg: Config) -> list[tuple[str, str]]:
         if names.count(lst.name) > 1:
             out.append((f"listeners.{i}.name", f"duplicate listener name {lst.name!r}"))
         for m in lst.mechanisms or []:
-            if m.upper() not in KNOWN_MECHANISMS:
+            if mechanism_facts.facts(m) is None:
                 out.append((f"listeners.{i}.mechanisms", f"unknown mechanism {m!r}"))
     addrs = [lst.address for lst in cfg.listeners]
     for i, a in enumerate(addrs):
@@ -686,11 +795,10 @@ def semantic_problems(cfg: Config) -> list[tuple[str, str]]:
         out.append(("delivery.relay_host", "required when delivery.mode = 'relay'"))
     if cfg.delivery.relay_user and cfg.delivery.relay_password_file is None:
         out.append(("delivery.relay_password_file", "required when delivery.relay_user is set"))
-    oauth = {"OAUTHBEARER", "XOAUTH2"}
     enabled = set(cfg.auth.mechanisms) | {
         m.upper() for lst in cfg.listeners for m in (lst.mechanisms or [])
     }
-    if enabled & oauth and not cfg.auth.oauth_issuers:
+    if enabled & mechanism_facts.OAUTH and not cfg.auth.oauth_issuers:
         out.append(("auth.oauth_issuers", "OAUTHBEARER/XOAUTH2 enabled but no issuer configured"))
     for i, iss in enumerate(cfg.auth.oauth_issuers):
         if iss.jwks_file is not None and not cfg.path(iss.jwks_file).is_file():

@@ -38,6 +38,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
+from smtpgate import mechanism_facts
 from smtpgate.config import Config, hostname_problem
 
 Severity = Literal["error", "warning"]
@@ -556,6 +557,11 @@ def _key_set(key: str, path: Path) -> list[Problem]:
 # --- loosenings --------------------------------------------------------------------------------
 
 
+def _plaintext_equivalent(names: list[str]) -> list[str]:
+    return [m for m in mechanism_facts.in_strength_order(names)
+            if m in mechanism_facts.PLAINTEXT_EQUIVALENT]
+
+
 def loosenings(cfg: Config) -> list[Problem]:
     """Every loosening of a secure default in force (principle 3), as warnings.
 
@@ -566,11 +572,11 @@ def loosenings(cfg: Config) -> list[Problem]:
         if lst.auth_in_clear:
             out.append(_warning(f"listeners.{i}.auth_in_clear", f"listener {lst.name!r} offers "
                                 "AUTH without TLS: passwords may cross the network in clear"))
-        if lst.mechanisms and "CRAM-MD5" in {m.upper() for m in lst.mechanisms}:
+        for m in _plaintext_equivalent(lst.mechanisms or []):
             out.append(_warning(f"listeners.{i}.mechanisms", f"listener {lst.name!r} offers "
-                                "CRAM-MD5, which needs plaintext-equivalent secrets"))
-    if "CRAM-MD5" in cfg.auth.mechanisms:
-        out.append(_warning("auth.mechanisms", "CRAM-MD5 is enabled: it needs "
+                                f"{m}, which needs plaintext-equivalent secrets"))
+    for m in _plaintext_equivalent(cfg.auth.mechanisms):
+        out.append(_warning("auth.mechanisms", f"{m} is enabled: it needs "
                             "plaintext-equivalent secrets in the account database"))
     if cfg.smtp.bare_line_endings == "normalize":
         out.append(_warning("smtp.bare_line_endings", "normalize: bare LF in messages becomes "

@@ -25,13 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from smtpgate.config import KNOWN_MECHANISMS
+from smtpgate.mechanism_facts import KNOWN
 
 from .conftest import Server, free_port, make_server
 from .oauth_issuer import SCOPE, LocalIssuer
 
 # Every mechanism smtpgate knows, strongest first (the config's own list).
-ALL_MECHANISMS = list(KNOWN_MECHANISMS)
+ALL_MECHANISMS = list(KNOWN)
 
 #: No spaces: gsasl behind socat gets its arguments through socat's EXEC parser.
 #: Long and unguessable enough for the password policy of `user add`.

@@ -21,8 +21,8 @@ from smtpgate.auth.guard_store import (
     Snapshot,
     SqliteGuardStore,
 )
+from smtpgate.auth.networks import client_keys
 from smtpgate.config import GuardConfig
-from smtpgate.policy.networks import client_keys
 
 CFG = GuardConfig(
     lockout_threshold=3,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from smtpgate.policy.sender import SenderProfile, header_from_addresses
+from smtpgate.auth.sender_profile import SenderProfile
+from smtpgate.policy.sender import header_from_addresses
 
 P = SenderProfile(
     "alice@example.org", aliases=frozenset({"info@example.org"}), domains=frozenset({"example.net"})

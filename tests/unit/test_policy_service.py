@@ -12,6 +12,7 @@ import pytest
 from smtpgate.auth.authlog import AuthLog
 from smtpgate.auth.guard import Guard
 from smtpgate.auth.guard_store import SqliteGuardStore
+from smtpgate.auth.sender_profile import SenderProfile
 from smtpgate.auth.service import (
     REFUSED_EXPIRED,
     REFUSED_LOCKED,
@@ -23,7 +24,6 @@ from smtpgate.auth.service import (
 from smtpgate.auth.store import SqliteAccountStore
 from smtpgate.config import AccountsConfig, AuthConfig, GuardConfig, LimitsConfig, PasswordsConfig
 from smtpgate.policy.rates import RateLimiter
-from smtpgate.policy.sender import SenderProfile
 from smtpgate.sasl.base import (
     ConfirmIdentity,
     LookupScram,

@@ -76,8 +76,8 @@ from smtpgate.auth.guard_store import (
     Thresholds,
 )
 from smtpgate.auth.names import lookup_key
+from smtpgate.auth.networks import ClientKeys, client_keys, in_networks, parse_ip, parse_networks
 from smtpgate.config import GuardConfig
-from smtpgate.policy.networks import ClientKeys, client_keys, in_networks, parse_ip, parse_networks
 
 log = logging.getLogger("smtpgate.guard")
 T = TypeVar("T")

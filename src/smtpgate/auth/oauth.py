@@ -35,10 +35,11 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeGuard
+from typing import Any, TypeGuard
 
 import jwt
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from smtpgate.config import JWT_ALGORITHMS, IssuerConfig
 
 #: Protocol digest §2.7: cap the token before parsing it.
 MAX_TOKEN_OCTETS = 16 * 1024
@@ -46,124 +47,6 @@ MAX_TOKEN_OCTETS = 16 * 1024
 MAX_RESPONSE_OCTETS = 1024 * 1024
 #: Seconds to wait for a key set or introspection endpoint.
 HTTP_TIMEOUT = 10.0
-
-# Algorithm -> JWK "kty" it needs (RFC 7518 §3.1, RFC 8037 §3.1).
-_ALG_KTY: dict[str, str] = {
-    **{f"HS{n}": "oct" for n in (256, 384, 512)},
-    **{f"RS{n}": "RSA" for n in (256, 384, 512)},
-    **{f"PS{n}": "RSA" for n in (256, 384, 512)},
-    **{a: "EC" for a in ("ES256", "ES256K", "ES384", "ES512")},
-    "EdDSA": "OKP",
-}
-
-
-def _is_loopback_http(url: str) -> bool:
-    parts = urllib.parse.urlsplit(url)
-    return parts.scheme == "http" and parts.hostname in ("localhost", "127.0.0.1", "::1")
-
-
-def _check_url(url: str | None, what: str) -> None:
-    if url is None:
-        return
-    # Keys and introspection answers decide who may log in: fetch them over TLS.
-    # Plain http is tolerated for a local identity provider in a test rig only.
-    if not (urllib.parse.urlsplit(url).scheme == "https" or _is_loopback_http(url)):
-        raise ValueError(f"{what} must be an https:// URL (http only for localhost)")
-
-
-class IssuerConfig(BaseModel):
-    """One trusted token issuer (authorization server)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    issuer: str = Field(
-        min_length=1,
-        description="Expected 'iss' claim, compared exactly (e.g. "
-        "'https://id.example.org/realms/mail'). Required.",
-    )
-    audience: list[str] = Field(
-        min_length=1,
-        description="Accepted 'aud' values; a token must name at least one, so tokens "
-        "minted for other services are refused. Required.",
-    )
-    jwks_url: str | None = Field(
-        default=None,
-        description="HTTPS URL of the issuer's JSON Web Key Set. Default none. Set this or "
-        "jwks_file for JWT access tokens.",
-    )
-    jwks_file: Path | None = Field(
-        default=None,
-        description="Local JSON Web Key Set file, instead of jwks_url. Default none.",
-    )
-    jwks_refresh_seconds: float = Field(
-        default=3600.0,
-        gt=0,
-        description="Seconds a fetched key set is used before it is fetched again. Default 3600.",
-    )
-    jwks_min_refresh_seconds: float = Field(
-        default=60.0,
-        ge=0,
-        description="Shortest interval between refreshes caused by an unknown 'kid', so "
-        "tokens with made-up key ids cannot make us hammer the issuer. Default 60.",
-    )
-    algorithms: list[str] = Field(
-        default_factory=lambda: ["RS256", "ES256"],
-        min_length=1,
-        description="Signature algorithms accepted (RS*, PS*, ES*, EdDSA, HS*). 'none' is "
-        "never accepted; HS* only with a symmetric ('oct') key. Default RS256, ES256.",
-    )
-    required_scopes: list[str] = Field(
-        default_factory=list,
-        description="Scopes the token must all carry, read from 'scope' (space-separated) "
-        "or 'scp' (list). Default none.",
-    )
-    identity_claim: Literal["email", "preferred_username", "sub"] = Field(
-        default="email",
-        description="Claim that names the mail account. With 'email', a token whose "
-        "'email_verified' is false is refused. Default 'email'.",
-    )
-    leeway_seconds: float = Field(
-        default=60.0,
-        ge=0,
-        le=600,
-        description="Clock skew tolerated on exp, nbf and iat, in seconds. Default 60.",
-    )
-    introspection_url: str | None = Field(
-        default=None,
-        description="RFC 7662 token introspection endpoint. Default none. Needed for "
-        "opaque tokens; with a key set too, JWTs are also introspected (revocation).",
-    )
-    introspection_client_id: str = Field(
-        default="",
-        description="Client id for HTTP Basic authentication at the introspection endpoint.",
-    )
-    introspection_client_secret_file: Path | None = Field(
-        default=None,
-        description="File holding the introspection client secret (never inline). Default none.",
-    )
-
-    @model_validator(mode="after")
-    def _check(self) -> IssuerConfig:
-        if self.jwks_url and self.jwks_file:
-            raise ValueError("set jwks_url or jwks_file, not both")
-        if not (self.jwks_url or self.jwks_file or self.introspection_url):
-            raise ValueError("set jwks_url, jwks_file or introspection_url")
-        for alg in self.algorithms:
-            if alg not in _ALG_KTY:
-                # RFC 8725 §3.1/§3.2: never 'none'; an explicit allow-list only.
-                raise ValueError(f"algorithm {alg!r} not allowed; use one of {sorted(_ALG_KTY)}")
-        if self.introspection_url and not (
-            self.introspection_client_id and self.introspection_client_secret_file
-        ):
-            raise ValueError("introspection_url needs a client id and a client secret file")
-        _check_url(self.jwks_url, "jwks_url")
-        _check_url(self.introspection_url, "introspection_url")
-        return self
-
-    @property
-    def has_key_set(self) -> bool:
-        return bool(self.jwks_url or self.jwks_file)
-
 
 @dataclass(frozen=True, slots=True)
 class TokenResult:
@@ -306,7 +189,7 @@ class TokenVerifier:
             raise _Reject("kid is not a string")
         keys = self._candidate_keys(cfg, alg, kid)
         if not keys:
-            raise _Reject(f"no {_ALG_KTY[alg]} key with kid {kid!r} for {alg}")
+            raise _Reject(f"no {JWT_ALGORITHMS[alg]} key with kid {kid!r} for {alg}")
         claims: dict[str, Any] | None = None
         last_error = "bad signature"
         for jwk_dict in keys:
@@ -345,7 +228,7 @@ class TokenVerifier:
     def _candidate_keys(self, cfg: IssuerConfig, alg: str, kid: str | None) -> list[dict[str, Any]]:
         """Keys that may have signed a token with this ``alg``/``kid``; an unknown
         ``kid`` triggers one rate-limited refresh (the issuer may have rotated keys)."""
-        kty = _ALG_KTY[alg]
+        kty = JWT_ALGORITHMS[alg]
 
         def matching(keys: list[dict[str, Any]]) -> list[dict[str, Any]]:
             return [

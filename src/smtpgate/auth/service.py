@@ -57,6 +57,7 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
+from smtpgate import mechanism_facts
 from smtpgate.auth.authlog import AuthLog
 from smtpgate.auth.cache import CredentialCache
 from smtpgate.auth.credentials import (
@@ -70,7 +71,9 @@ from smtpgate.auth.credentials import (
     wanted_schemes,
 )
 from smtpgate.auth.names import lookup_key
+from smtpgate.auth.networks import in_networks, parse_ip, parse_networks
 from smtpgate.auth.passwords import PasswordHasher, StoredHashError
+from smtpgate.auth.sender_profile import SenderProfile
 from smtpgate.auth.store import (
     APP_PASSWORD_RE,
     Account,
@@ -80,8 +83,6 @@ from smtpgate.auth.store import (
     StoreError,
 )
 from smtpgate.config import AccountsConfig, AuthConfig, Config, PasswordsConfig
-from smtpgate.policy.networks import in_networks, parse_ip, parse_networks
-from smtpgate.policy.sender import SenderProfile
 from smtpgate.sasl.base import (
     ConfirmIdentity,
     CredentialAnswer,
@@ -119,8 +120,6 @@ PASSWORD_EXPIRED = "password expired"
 REFUSED_POLICY = "policy"
 REFUSED_EXPIRED = "expired"
 REFUSED_LOCKED = "locked"
-
-OAUTH_MECHANISMS = frozenset(("OAUTHBEARER", "XOAUTH2"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +177,7 @@ def _mechanism_refusal(
         return REFUSED_LOCKED, ACCOUNT_LOCKED
     if not account.allows(mechanism):
         return REFUSED_POLICY, f"mechanism {mechanism or '(unnamed)'} not allowed for account"
-    if account.require_oauth and mechanism not in OAUTH_MECHANISMS:
+    if account.require_oauth and mechanism not in mechanism_facts.OAUTH:
         return REFUSED_POLICY, f"access policy: account requires OAuth, not {mechanism or '(unnamed)'}"
     if ctx is None:
         return None

@@ -53,11 +53,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
+from smtpgate import mechanism_facts
 from smtpgate.auth.credentials import CRAM_MD5, derive, wanted_schemes
 from smtpgate.auth.names import canonical_name, lookup_key
 from smtpgate.auth.passwords import PasswordHasher, check_new_password
 from smtpgate.auth.sqlite_file import NewerSchema, ThreadLocalSqlite
-from smtpgate.config import KNOWN_MECHANISMS, AccountsConfig
+from smtpgate.config import AccountsConfig
 
 log = logging.getLogger("smtpgate.auth.store")
 
@@ -137,7 +138,7 @@ class Account:
 #: easily on a phone. Only a password of this shape is tried as an app password.
 APP_PASSWORD_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"
 APP_PASSWORD_RE = re.compile(r"[a-z2-9]{4}(?:-[a-z2-9]{4}){4}")
-APP_PASSWORD_MECHANISMS = ("PLAIN", "LOGIN")
+APP_PASSWORD_MECHANISMS = tuple(mechanism_facts.in_strength_order(mechanism_facts.CLEARTEXT))
 
 
 def generate_app_password() -> str:
@@ -438,7 +439,7 @@ def _mechanisms_json(mechanisms: Collection[str] | None) -> str | None:
         return None
     upper = sorted({m.upper() for m in mechanisms})
     for m in upper:
-        if m not in KNOWN_MECHANISMS:
+        if mechanism_facts.facts(m) is None:
             raise ValueError(f"unknown mechanism {m!r}")
     return json.dumps(upper)
 

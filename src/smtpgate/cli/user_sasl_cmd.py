@@ -21,6 +21,7 @@ from pathlib import Path
 
 import click
 
+from smtpgate import mechanism_facts
 from smtpgate.auth.credentials import ARGON2ID, CRAM_MD5, encode_cram_md5
 from smtpgate.auth.passwords import PasswordHasher, StoredHashError
 from smtpgate.auth.store import NoSuchAccount
@@ -32,7 +33,7 @@ from smtpgate.cli.user_cmd import (
     password_stdin_option,
     user,
 )
-from smtpgate.config import KNOWN_MECHANISMS, LEGACY_MECHANISMS, Config
+from smtpgate.config import Config
 from smtpgate.sasl.cram_md5 import cram_md5_secret_from_password
 
 CRAM_MD5_WARNING = (
@@ -144,15 +145,14 @@ class MechanismType(click.ParamType[str]):
         self, value: object, param: click.Parameter | None, ctx: click.Context | None
     ) -> str:
         name = str(value).strip().upper()
-        if name not in KNOWN_MECHANISMS:
-            self.fail(
-                f"unknown mechanism {value!r}; known: {', '.join(KNOWN_MECHANISMS)}", param, ctx
-            )
+        if mechanism_facts.facts(name) is None:
+            known = ", ".join(mechanism_facts.KNOWN)
+            self.fail(f"unknown mechanism {value!r}; known: {known}", param, ctx)
         return name
 
 
 def _in_strength_order(names: set[str] | frozenset[str]) -> list[str]:
-    return [m for m in KNOWN_MECHANISMS if m in names]
+    return mechanism_facts.in_strength_order(names)
 
 
 @user.command("mechanisms")
@@ -201,7 +201,7 @@ def mechanisms(
             f"note: CRAM-MD5 also needs 'smtpgate user cram-md5 {account.name} --enable'",
             err=True,
         )
-    legacy = [m for m in LEGACY_MECHANISMS if m in wanted]
+    legacy = [m for m in mechanism_facts.in_strength_order(wanted) if m in mechanism_facts.LEGACY]
     if legacy:
         click.echo(
             f"note: {' '.join(legacy)} send the password or a plaintext-equivalent proof; "

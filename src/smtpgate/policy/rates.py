@@ -26,9 +26,9 @@ from dataclasses import dataclass
 
 from smtpgate.auth.guard import Guard
 from smtpgate.auth.guard_store import GuardStoreError
+from smtpgate.auth.sender_profile import SenderProfile
 from smtpgate.auth.store import AppPassword
 from smtpgate.config import LimitsConfig
-from smtpgate.policy.sender import SenderProfile
 
 log = logging.getLogger("smtpgate.policy")
 

@@ -30,7 +30,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from smtpgate.config import LEGACY_MECHANISMS
+from smtpgate import mechanism_facts
 
 BLOCKED_PREFIX = "blocked: "
 _APP = re.compile(r"^app password '(.*)'$")
@@ -105,7 +105,7 @@ def build_report(
             per_account[account][outcome] += 1
         if outcome == "success":
             mechanisms[mech] += 1
-            if mech in LEGACY_MECHANISMS:
+            if mech in mechanism_facts.LEGACY:
                 legacy[account].add(mech)
             m = _APP.match(str(rec.get("reason", "")))
             if m:

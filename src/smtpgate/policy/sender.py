@@ -4,11 +4,10 @@ What Postfix calls ``smtpd_sender_login_maps`` with
 ``reject_sender_login_mismatch``: RFC 6409 §6.1 lets a submission server
 refuse or fix a sender the user is not allowed to use. An account owns its own
 address, its aliases (``smtpgate user alias add``) and every address in the
-domains granted to it (``smtpgate user domain grant``). The check applies to
-the envelope sender (MAIL FROM) and to each address in the From header.
-
-Comparison follows ``auth/names.py``: the domain is case-insensitive, the
-local part is compared exactly (RFC 5321 §2.4).
+domains granted to it (``smtpgate user domain grant``): its
+`smtpgate.auth.sender_profile.SenderProfile`, which the account directory
+provides. The check applies to the envelope sender (MAIL FROM) and to each
+address in the From header; this module reads the From header.
 """
 
 from __future__ import annotations
@@ -16,33 +15,10 @@ from __future__ import annotations
 import email.parser
 import email.policy
 import email.utils
-from dataclasses import dataclass
-
-from smtpgate.auth.names import InvalidAccountName, canonical_name
 
 #: Header bytes read at most when looking for From: headers beyond this are
 #: not headers a mail client writes, and the parse stays cheap on the loop.
 MAX_HEADER_BYTES = 256 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class SenderProfile:
-    """What one account may send as, and its sending rates (None: the default)."""
-
-    name: str
-    aliases: frozenset[str] = frozenset()
-    domains: frozenset[str] = frozenset()
-    max_messages_per_hour: int | None = None
-    max_recipients_per_hour: int | None = None
-
-    def owns(self, address: str) -> bool:
-        try:
-            addr = canonical_name(address)
-        except InvalidAccountName:
-            return False
-        if addr == self.name or addr in self.aliases:
-            return True
-        return addr.rpartition("@")[2] in self.domains
 
 
 def header_from_addresses(message: bytes) -> list[str] | None:

@@ -1,8 +1,9 @@
-"""The explicit mechanism registry: names to classes, no reflection.
+"""The explicit mechanism registry: each mechanism's facts joined to its code.
 
-``SERVER_MECHANISMS`` lists every server mechanism smtpgate implements, strongest
-first; configuration picks the enabled subset and the server advertises them in
-that order. SASL mechanism names are matched case-insensitively (clients send
+`MECHANISMS` holds one `Mechanism` per entry of `smtpgate.mechanism_facts.MECHANISMS`,
+in the same order (strongest first): its facts, its server class and its client
+factory. Configuration picks the enabled subset and the server advertises them
+in that order. SASL mechanism names are matched case-insensitively (clients send
 ``auth plain`` too; Postfix and Dovecot accept it) and stored upper-case, as
 RFC 4422 §3.1 spells them.
 """
@@ -10,7 +11,10 @@ RFC 4422 §3.1 spells them.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
+from smtpgate import mechanism_facts as facts
+from smtpgate.mechanism_facts import MechanismFacts
 from smtpgate.sasl._common import NO_CHANNEL_BINDING, ServerContext, ServerMechanismBase
 from smtpgate.sasl.base import ChannelBinding, ClientMechanism, ServerMechanism
 from smtpgate.sasl.cram_md5 import CramMd5Client, CramMd5Server
@@ -30,25 +34,83 @@ from smtpgate.sasl.scram import (
     ScramSha256Server,
 )
 
-SERVER_MECHANISMS: dict[str, type[ServerMechanismBase]] = {
-    cls.name: cls
-    for cls in (
-        ScramSha256PlusServer,
-        ScramSha256Server,
-        ScramSha1PlusServer,
-        ScramSha1Server,
-        OAuthBearerServer,
-        XOAuth2Server,
-        PlainServer,
-        LoginServer,
-        CramMd5Server,
+
+@dataclass(frozen=True, slots=True)
+class ClientCredentials:
+    """What a client mechanism may need; each takes the parts it uses."""
+
+    username: str
+    password: str = ""
+    token: str = ""
+    authzid: str = ""
+    channel_binding: ChannelBinding = NO_CHANNEL_BINDING
+
+
+ClientFactory = Callable[[MechanismFacts, ClientCredentials], ClientMechanism]
+
+
+@dataclass(frozen=True, slots=True)
+class Mechanism:
+    """One mechanism: its facts, its server class, its client factory."""
+
+    facts: MechanismFacts
+    server: type[ServerMechanismBase]
+    client: ClientFactory
+
+    @property
+    def name(self) -> str:
+        return self.facts.name
+
+
+def _scram(f: MechanismFacts, c: ClientCredentials) -> ClientMechanism:
+    return ScramClient(
+        f.hash, c.username, c.password, c.channel_binding, f.channel_binding, None,
+        authzid=c.authzid,
     )
-}
+
+
+def _oauthbearer(f: MechanismFacts, c: ClientCredentials) -> ClientMechanism:
+    return OAuthBearerClient(c.authzid or c.username, c.token)
+
+
+def _xoauth2(f: MechanismFacts, c: ClientCredentials) -> ClientMechanism:
+    return XOAuth2Client(c.username, c.token)
+
+
+def _plain(f: MechanismFacts, c: ClientCredentials) -> ClientMechanism:
+    return PlainClient(c.username, c.password, c.authzid)
+
+
+def _login(f: MechanismFacts, c: ClientCredentials) -> ClientMechanism:
+    return LoginClient(c.username, c.password)
+
+
+def _cram_md5(f: MechanismFacts, c: ClientCredentials) -> ClientMechanism:
+    return CramMd5Client(c.username, c.password)
+
+
+_IMPLEMENTED = (
+    Mechanism(facts.SCRAM_SHA_256_PLUS, ScramSha256PlusServer, _scram),
+    Mechanism(facts.SCRAM_SHA_256, ScramSha256Server, _scram),
+    Mechanism(facts.SCRAM_SHA_1_PLUS, ScramSha1PlusServer, _scram),
+    Mechanism(facts.SCRAM_SHA_1, ScramSha1Server, _scram),
+    Mechanism(facts.OAUTHBEARER, OAuthBearerServer, _oauthbearer),
+    Mechanism(facts.XOAUTH2, XOAuth2Server, _xoauth2),
+    Mechanism(facts.PLAIN, PlainServer, _plain),
+    Mechanism(facts.LOGIN, LoginServer, _login),
+    Mechanism(facts.CRAM_MD5, CramMd5Server, _cram_md5),
+)
+_BY_FACTS = {m.facts: m for m in _IMPLEMENTED}
+
+#: Every mechanism by name, strongest first (the facts' order). A record without an
+#: implementation is a KeyError here, at import.
+MECHANISMS: dict[str, Mechanism] = {f.name: _BY_FACTS[f] for f in facts.MECHANISMS}
 
 
 def server_mechanism_names() -> list[str]:
-    """All implemented server mechanism names, in preference order (strongest first)."""
-    return list(SERVER_MECHANISMS)
+    """All implemented mechanism names, in preference order (strongest first); the
+    client side implements the same ones."""
+    return list(MECHANISMS)
 
 
 def create_server_mechanism(
@@ -85,7 +147,7 @@ def create_server_mechanism(
     Raises:
         KeyError: no mechanism of that name.
     """
-    cls = SERVER_MECHANISMS[name.upper()]
+    cls = MECHANISMS[name.upper()].server
     return cls.from_context(
         ServerContext(
             channel_binding=channel_binding,
@@ -98,65 +160,6 @@ def create_server_mechanism(
             openid_configuration=openid_configuration,
         )
     )
-
-
-def _plain(
-    username: str, password: str, token: str, authzid: str, cb: ChannelBinding
-) -> ClientMechanism:
-    return PlainClient(username, password, authzid)
-
-
-def _login(
-    username: str, password: str, token: str, authzid: str, cb: ChannelBinding
-) -> ClientMechanism:
-    return LoginClient(username, password)
-
-
-def _scram(hash_name: str, plus: bool) -> _ClientFactory:
-    def make(
-        username: str, password: str, token: str, authzid: str, cb: ChannelBinding
-    ) -> ClientMechanism:
-        return ScramClient(hash_name, username, password, cb, plus, None, authzid=authzid)
-
-    return make
-
-
-def _oauthbearer(
-    username: str, password: str, token: str, authzid: str, cb: ChannelBinding
-) -> ClientMechanism:
-    return OAuthBearerClient(authzid or username, token)
-
-
-def _xoauth2(
-    username: str, password: str, token: str, authzid: str, cb: ChannelBinding
-) -> ClientMechanism:
-    return XOAuth2Client(username, token)
-
-
-def _cram_md5(
-    username: str, password: str, token: str, authzid: str, cb: ChannelBinding
-) -> ClientMechanism:
-    return CramMd5Client(username, password)
-
-
-_ClientFactory = Callable[[str, str, str, str, ChannelBinding], ClientMechanism]
-
-CLIENT_MECHANISMS: dict[str, _ClientFactory] = {
-    "SCRAM-SHA-256-PLUS": _scram("sha256", True),
-    "SCRAM-SHA-256": _scram("sha256", False),
-    "SCRAM-SHA-1-PLUS": _scram("sha1", True),
-    "SCRAM-SHA-1": _scram("sha1", False),
-    "OAUTHBEARER": _oauthbearer,
-    "XOAUTH2": _xoauth2,
-    "PLAIN": _plain,
-    "LOGIN": _login,
-    "CRAM-MD5": _cram_md5,
-}
-
-
-def client_mechanism_names() -> list[str]:
-    """All implemented client mechanism names, in preference order."""
-    return list(CLIENT_MECHANISMS)
 
 
 def create_client_mechanism(
@@ -177,5 +180,7 @@ def create_client_mechanism(
         ValueError: the credentials cannot be expressed in this mechanism (for
             example a NUL in a PLAIN field).
     """
-    factory = CLIENT_MECHANISMS[name.upper()]
-    return factory(username, password, token, authzid, channel_binding)
+    mech = MECHANISMS[name.upper()]
+    return mech.client(
+        mech.facts, ClientCredentials(username, password, token, authzid, channel_binding)
+    )

@@ -30,11 +30,12 @@ from typing import Any, cast
 
 from smtpgate.auth.guard import Guard, GuardCheck, Refusal
 from smtpgate.auth.guard_store import ACCOUNT, ACCOUNT_NEW, THROTTLE
+from smtpgate.auth.sender_profile import SenderProfile
 from smtpgate.auth.service import AuthContext, AuthService
 from smtpgate.auth.store import AppPassword, StoreError
 from smtpgate.config import LimitsConfig, PolicyConfig
 from smtpgate.policy.rates import Budget, RateLimiter
-from smtpgate.policy.sender import SenderProfile, header_from_addresses
+from smtpgate.policy.sender import header_from_addresses
 from smtpgate.queue.envelope import Envelope
 from smtpgate.queue.spool import Spool, SpoolError
 from smtpgate.sasl.base import (

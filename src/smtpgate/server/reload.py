@@ -22,11 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from smtpgate import mechanism_facts
 from smtpgate.config import Config, ConfigError, load_config
 from smtpgate.tls.session import ServerTlsContext, TlsConfigError, make_server_context
-
-#: Mechanisms that need an OAuth issuer, which only a restart can add.
-_OAUTH = frozenset(("OAUTHBEARER", "XOAUTH2"))
 
 
 class ReloadError(Exception):
@@ -75,7 +73,8 @@ def load(path: Path, running: Config) -> Reloaded:
 def merge(running: Config, new: Config) -> Config:
     """``running`` with the reloadable keys of ``new``."""
     mechanisms = new.auth.mechanisms
-    if set(mechanisms) & _OAUTH and not running.auth.oauth_issuers:
+    # OAuth mechanisms need an issuer, which only a restart can add.
+    if set(mechanisms) & mechanism_facts.OAUTH and not running.auth.oauth_issuers:
         mechanisms = running.auth.mechanisms  # the verifier is built at start-up only
     auth = running.auth.model_copy(
         update={"mechanisms": mechanisms, "failure_floor": new.auth.failure_floor}

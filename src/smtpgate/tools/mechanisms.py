@@ -4,31 +4,33 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from smtpgate import mechanism_facts as facts
 from smtpgate.sasl.base import ChannelBinding, ClientMechanism
-from smtpgate.sasl.registry import client_mechanism_names, create_client_mechanism
+from smtpgate.sasl.registry import MECHANISMS, create_client_mechanism
 
 #: Bearer-token mechanisms (RFC 7628, Google's XOAUTH2): they need a token, not a password.
-TOKEN_MECHANISMS = frozenset({"OAUTHBEARER", "XOAUTH2"})
+TOKEN_MECHANISMS = facts.OAUTH
 #: Mechanisms whose server side must store a plaintext-equivalent secret: the
-#: stored value logs in by itself (RFC 6331 §1 on DIGEST-MD5; RFC 2195 §3 on CRAM-MD5).
-PLAINTEXT_EQUIVALENT = frozenset({"CRAM-MD5", "DIGEST-MD5"})
+#: stored value logs in by itself (RFC 2195 §3 on CRAM-MD5). DIGEST-MD5 is one too
+#: (RFC 6331 §1); smtpgate does not implement it, but the auditor meets it elsewhere.
+PLAINTEXT_EQUIVALENT = facts.PLAINTEXT_EQUIVALENT | {"DIGEST-MD5"}
 #: Mechanisms that put the reusable password itself on the wire.
-CLEARTEXT = frozenset({"PLAIN", "LOGIN"})
+CLEARTEXT = facts.CLEARTEXT
 
 
 def implemented() -> list[str]:
     """Every mechanism the tools can speak, strongest first (the registry's order)."""
-    return client_mechanism_names()
+    return list(MECHANISMS)
 
 
 def usable(name: str, *, password: bool, token: bool, channel_binding: bool) -> bool:
     """Whether we have what ``name`` needs."""
-    name = name.upper()
-    if name not in implemented():
+    mech = MECHANISMS.get(name.upper())
+    if mech is None:
         return False
-    if name.endswith("-PLUS") and not channel_binding:
+    if mech.facts.channel_binding and not channel_binding:
         return False
-    return token if name in TOKEN_MECHANISMS else password
+    return token if mech.facts.oauth else password
 
 
 def choose(

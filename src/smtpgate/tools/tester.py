@@ -412,7 +412,8 @@ class _Tester:
                 offered, password=bool(opts.password), token=bool(opts.token),
                 channel_binding=cb.available,
             )
-            cleartext = [m for m in ("PLAIN", "LOGIN") if m in offered]
+            cleartext = [m for m in mechanisms.implemented()
+                         if m in mechanisms.CLEARTEXT and m in offered]
             if app_password and cleartext and name not in cleartext:
                 name = cleartext[0]
                 self.info(f"--auth auto chose {name} (offered: {shown}): the password has the "

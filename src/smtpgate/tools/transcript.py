@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from smtpgate import mechanism_facts as facts
+
 MASK = "********"
 
 Kind = Literal["send", "recv", "sasl-send", "sasl-recv", "info", "error"]
@@ -117,7 +119,7 @@ class Masker:
                 masked = user + b" " + MASK.encode()
         elif mech.startswith("SCRAM-"):
             masked = _SCRAM_PROOF.sub(rb"\1" + MASK.encode(), data)
-        elif mech in ("OAUTHBEARER", "XOAUTH2"):
+        elif mech in facts.OAUTH:
             masked = _BEARER.sub(rb"\1" + MASK.encode(), data)
         text = printable(masked)
         for secret in self.secrets:

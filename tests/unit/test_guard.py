@@ -16,8 +16,8 @@ from smtpgate.auth.guard_store import (
     SUBNET,
     THROTTLE,
     Block,
-    Failure,
     GuardStoreError,
+    RecordedFailure,
     Snapshot,
     SqliteGuardStore,
 )
@@ -55,7 +55,7 @@ def store(tmp_path: Path) -> Iterator[SqliteGuardStore]:
 
 def fail(store: SqliteGuardStore, t: float, address: str, account: str, *, known: bool = False,
          counts: bool = True, subnet: str | None = None) -> list[Block]:
-    f = Failure(t, address, subnet or client_keys(address).subnet, account, known, counts)
+    f = RecordedFailure(t, address, subnet or client_keys(address).subnet, account, known, counts)
     return store.record_failure(f, T)
 
 

@@ -69,9 +69,9 @@ from smtpgate.auth.guard_store import (
     SUBNET,
     THROTTLE,
     Block,
-    Failure,
     GuardStore,
     GuardStoreError,
+    RecordedFailure,
     Snapshot,
     Thresholds,
 )
@@ -291,8 +291,8 @@ class Guard:
             return []
         self.stats.failures += 1
         now = self._clock()
-        f = Failure(now, check.keys.address, check.keys.subnet, check.account, check.known,
-                    counts_account)
+        f = RecordedFailure(now, check.keys.address, check.keys.subnet, check.account,
+                            check.known, counts_account)
         try:
             started = await self._run(self._store.record_failure, f, self._thresholds)
         except GuardStoreError as e:

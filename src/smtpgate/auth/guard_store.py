@@ -67,7 +67,7 @@ class Block:
 
 
 @dataclass(frozen=True, slots=True)
-class Failure:
+class RecordedFailure:
     """One verified failed login, as recorded."""
 
     time: float
@@ -117,7 +117,7 @@ class GuardStore(Protocol):
 
     def snapshot(self, address: str, subnet: str, account: str, now: float, penalty_window: float) -> Snapshot: ...
 
-    def record_failure(self, failure: Failure, t: Thresholds) -> list[Block]:
+    def record_failure(self, failure: RecordedFailure, t: Thresholds) -> list[Block]:
         """Store the failure, apply the thresholds; return the blocks it started."""
         ...
 
@@ -318,7 +318,7 @@ class SqliteGuardStore(ThreadLocalSqlite):
         )
         return block
 
-    def record_failure(self, f: Failure, t: Thresholds) -> list[Block]:
+    def record_failure(self, f: RecordedFailure, t: Thresholds) -> list[Block]:
         now = f.time
         started: list[Block] = []
         with self._tx() as c:

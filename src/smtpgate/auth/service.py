@@ -158,9 +158,10 @@ class AuthStats:
 
 
 @runtime_checkable
-class TokenVerifier(Protocol):
-    """What ``auth/oauth.py`` provides. ``verify`` may be sync or async; its result
-    has ``ok`` (bool), ``identity`` (str) and ``reason`` (str) attributes."""
+class VerifiesTokens(Protocol):
+    """What the service needs of a token verifier (``auth/oauth.TokenVerifier``).
+    ``verify`` may be sync or async; its result has ``ok`` (bool), ``identity``
+    (str) and ``reason`` (str) attributes."""
 
     def verify(self, token: str) -> object: ...
 
@@ -213,9 +214,9 @@ class AuthService:
         # kept here for the guard (rate limits, penalties) that will use them.
         self._auth_cfg = auth_cfg
         self._log = log
-        if token_verifier is not None and not isinstance(token_verifier, TokenVerifier):
+        if token_verifier is not None and not isinstance(token_verifier, VerifiesTokens):
             raise TypeError("token_verifier must have a verify(token) method")
-        self._verifier: TokenVerifier | None = token_verifier
+        self._verifier: VerifiesTokens | None = token_verifier
         self._hasher = PasswordHasher(accounts_cfg)
         self._cache = CredentialCache(accounts_cfg.cache_ttl)
         #: Argon2 runs in flight, so identical concurrent attempts share one.

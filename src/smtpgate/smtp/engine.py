@@ -18,13 +18,13 @@ DATA only CRLF.CRLF ends the message (see ``data.py``).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from smtpgate.sasl import base as sasl
+from smtpgate.sasl.exchange import AuthResult, Outcome, ServerExchange
+from smtpgate.sasl.framing import decode_base64_strict, encode_base64
 from smtpgate.smtp import replies as R
 from smtpgate.smtp.address import (
     AddressError,
@@ -40,7 +40,6 @@ from smtpgate.smtp.events import (
     PAUSED,
     AuthFinished,
     AuthQuery,
-    BindingEvidence,
     CloseConnection,
     Event,
     MailFrom,
@@ -64,7 +63,6 @@ MAX_AUTH_LINE = 12288 + 2
 _HTTP_VERBS = frozenset({"GET", "POST", "HEAD", "PUT", "CONNECT", "OPTIONS", "DELETE"})
 _NEED_AUTH = frozenset({"MAIL", "RCPT", "DATA"})
 _VERB = re.compile(r"[A-Za-z]{1,16}")
-_B64 = re.compile(rb"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
 
 MechanismFactory = Callable[[str, sasl.ChannelBinding, bool], sasl.ServerMechanism]
 
@@ -94,16 +92,6 @@ class TlsInfo:
     version: str
     cipher: str
     channel_binding: sasl.ChannelBinding
-
-
-def decode_base64_strict(line: bytes) -> bytes | None:
-    """RFC 4954 §4: reject any non-alphabet character and misplaced padding."""
-    if not _B64.fullmatch(line):
-        return None
-    try:
-        return base64.b64decode(line, validate=True)
-    except binascii.Error:
-        return None
 
 
 class ServerEngine:
@@ -136,16 +124,8 @@ class ServerEngine:
         # Pending decision, and an event waiting to be returned by next_event()
         self._pending: Event | None = None
         self._emit: Event | None = None
-        # SASL exchange
-        self._mech: sasl.ServerMechanism | None = None
-        self._mech_name = ""
-        self._auth_username = ""
-        #: The outcome the last 334 announced (SCRAM v= or e=, the OAuth error JSON):
-        #: decided already, whatever the client answers.
-        self._auth_decided: sasl.Success | sasl.Failure | None = None
-        #: The client has sent SASL data in this exchange (an initial response or a
-        #: response line other than "*").
-        self._auth_spoke = False
+        #: The open SASL exchange (sasl/exchange.py), from AUTH to its reply.
+        self._exchange: ServerExchange | None = None
         self._auth_default: R.Reply | None = None
         #: Set by the I/O layer: do not advertise -PLUS on this connection (the
         #: channel-binding fallback, docs/mechanisms.md). -PLUS stays usable.
@@ -242,12 +222,12 @@ class ServerEngine:
 
     def auth_answer(self, answer: sasl.CredentialAnswer) -> None:
         """Answer an AuthQuery with what the auth service found."""
-        if not isinstance(self._pending, AuthQuery) or self._mech is None:
+        exchange = self._exchange
+        if not isinstance(self._pending, AuthQuery) or exchange is None:
             raise RuntimeError("auth_answer() without a pending AuthQuery")
         self._pending = None
         self._paused = False
-        mech = self._mech
-        self._emit = self._auth_step(self._safe(lambda: mech.answer(answer)))
+        self._emit = self._auth_step(exchange.answer(answer))
 
     def tls_established(self, info: TlsInfo) -> None:
         """RFC 3207 §4.2: forget everything learned before TLS; a new EHLO is needed."""
@@ -270,18 +250,12 @@ class ServerEngine:
         AuthFinished was already emitted. A verdict already sent as a 334 (SCRAM
         ``e=invalid-proof``, the OAUTHBEARER error JSON) is the failure it announced:
         a client that reads it and hangs up has failed, not cancelled."""
-        if self._mech is None:
+        exchange = self._exchange
+        outcome = exchange.abandon(reason) if exchange is not None else None
+        if outcome is None:
             return None  # no exchange open, or its AuthFinished was emitted
-        decided = self._auth_decided
         self._pending = None
-        if isinstance(decided, sasl.Failure):
-            return self._auth_outcome(
-                "tempfail" if decided.temporary else "failure",
-                "",
-                f"{decided.reason} ({reason})",
-                decided,
-            )
-        return self._auth_outcome("cancelled", "", reason, decided)
+        return _auth_finished(outcome)
 
     def timeout(self) -> None:
         """The I/O layer's idle timer fired (RFC 5321 §4.5.3.2)."""
@@ -358,7 +332,7 @@ class ServerEngine:
     def _handle_line(self, raw: bytes) -> Event | None:
         if raw == b"\x00TOOLONG":
             if self.state is State.AUTH:
-                return self._auth_line_too_long()
+                return self._auth_malformed("authentication line too long", R.AUTH_LINE_TOO_LONG)
             return self._error(R.LINE_TOO_LONG)
         if self.state is State.AUTH:
             return self._auth_response(raw)
@@ -389,9 +363,7 @@ class ServerEngine:
         allowed = TRANSITIONS.get(self.state, {})
         if verb not in allowed:
             return self._error(OUT_OF_SEQUENCE.get((self.state, verb), R.BAD_SEQUENCE))
-        handler = getattr(self, "_cmd_" + verb.lower())
-        result: Event | None = handler(arg.strip(" "))
-        return result
+        return _COMMANDS[verb](self, arg.strip(" "))
 
     # ------------------------------------------------------------- commands
 
@@ -682,157 +654,92 @@ class ServerEngine:
             return self._error(R.AUTH_UNKNOWN_MECHANISM)
         if initial is not None and mech.server_first:
             return self._error(R.AUTH_UNEXPECTED_INITIAL)
-        self._mech, self._mech_name, self._auth_username = mech, name, ""
-        self._auth_decided = None
-        self._auth_spoke = initial is not None
+        exchange = ServerExchange(name, mech, plus_withheld=self.hide_plus)
+        self._exchange = exchange
         self.state = State.AUTH
-        return self._auth_step(self._safe(lambda: mech.start(initial)))
+        return self._auth_step(exchange.start(initial))
 
-    def _safe(self, call: Callable[[], sasl.Step]) -> sasl.Step:
-        """A mechanism bug must end in a defined failure, not a traceback to the client."""
-        try:
-            return call()
-        except Exception as exc:  # noqa: BLE001 - mapped at the boundary
-            return sasl.Failure(f"internal mechanism error: {type(exc).__name__}", temporary=True)
-
-    def _auth_step(self, step: sasl.Step) -> Event | None:
+    def _auth_step(self, step: sasl.Challenge | sasl.NeedCredentials | Outcome) -> Event | None:
+        """Frame what the exchange asks for: a 334 line, a credential look-up, or
+        the attempt's end."""
         if isinstance(step, sasl.Challenge):
-            self._send_raw(b"334 " + base64.b64encode(step.data) + b"\r\n")
+            # RFC 4954 §4: "334" SP base64 (empty data: "334 "), also when the
+            # challenge carries the verdict (SCRAM v=/e=, the OAuth error JSON).
+            self._send(R.AUTH_CHALLENGE.with_text(encode_base64(step.data)))
             return None
         if isinstance(step, sasl.NeedCredentials):
-            q = step.query
-            self._auth_username = getattr(q, "username", "") or self._auth_username
-            return self._decide(AuthQuery(self._mech_name, q))
-        if isinstance(step, sasl.Success):
-            if step.final_data is not None:
-                # RFC 4422 / RFC 4954: additional data with success goes in a 334;
-                # the client answers with an empty line, then 235.
-                self._send_raw(b"334 " + base64.b64encode(step.final_data) + b"\r\n")
-                self._auth_decided = sasl.Success(step.identity, step.authzid)
-                return None
-            return self._finish_auth("success", step.identity, "", decided=step)
-        assert isinstance(step, sasl.Failure)
-        if step.username:
-            self._auth_username = step.username
-        if step.error_data is not None:
-            # The verdict goes out now, in a 334; the 535 (or 454) follows the
-            # client's answer, whatever that answer is (see _auth_response).
-            self._send_raw(b"334 " + base64.b64encode(step.error_data) + b"\r\n")
-            self._auth_decided = step
-            return None
-        kind = "tempfail" if step.temporary else "failure"
-        return self._finish_auth(kind, "", step.reason, decided=step)
+            assert self._exchange is not None
+            return self._decide(AuthQuery(self._exchange.mechanism, step.query))
+        return self._auth_end(step)
 
     def _auth_response(self, raw: bytes) -> Event | None:
-        decided = self._auth_decided
-        if decided is not None:
-            return self._finish_decided(decided, raw)
+        exchange = self._exchange
+        assert exchange is not None
         if raw == b"*":
-            # RFC 4954 §4: "*" cancels; the server MUST reply 501.
-            return self._finish_auth("cancelled", "", "client cancelled")
-        self._auth_spoke = True
+            # RFC 4954 §4: "*" cancels; the server MUST reply 501. A verdict already
+            # announced in a 334 stands: the exchange ends as that failure (535).
+            return self._auth_end(exchange.cancel())
         data = decode_base64_strict(raw)
         if data is None:
-            return self._finish_auth("failure", "", "invalid base64", reply=R.AUTH_BAD_BASE64)
-        mech = self._mech
-        assert mech is not None
-        return self._auth_step(self._safe(lambda: mech.step(data)))
+            return self._auth_malformed("invalid base64", R.AUTH_BAD_BASE64)
+        return self._auth_step(exchange.respond(data))
 
-    def _finish_decided(self, decided: sasl.Success | sasl.Failure, raw: bytes) -> Event:
-        """The client answered a 334 that carried the outcome.
+    def _auth_malformed(self, reason: str, reply: R.Reply) -> Event:
+        """A response that cannot be decoded (bad base64, over the RFC 4954 §4 line
+        limit) ends the attempt: answered ``reply``, or as the failure the server
+        had already announced (535 5.7.8, 454 if temporary)."""
+        exchange = self._exchange
+        assert exchange is not None
+        announced = exchange.verdict_announced
+        return self._auth_end(exchange.malformed(reason), None if announced else reply)
 
-        RFC 4954 §4 lets a client cancel with "*" (501), but a cancel cannot undo a
-        verdict the server has already given: after SCRAM's ``e=invalid-proof`` or
-        the OAuth error JSON, "*", an empty line, the dummy 0x01, garbage or an
-        over-long line all end the attempt as the failure it was, answered 535
-        5.7.8 (454 if it was temporary) and counted once. After SCRAM's ``v=`` only
-        an empty line succeeds; "*" means the client did not accept our signature.
-        """
-        self._auth_decided = None
-        if isinstance(decided, sasl.Success):
-            if raw == b"":
-                return self._finish_auth("success", decided.identity, "", decided=decided)
-            if raw == b"*":
-                return self._finish_auth(
-                    "cancelled", "", "client cancelled after the server signature", decided=decided
-                )
-            return self._finish_auth("failure", "", "non-empty response after success data")
-        kind = "tempfail" if decided.temporary else "failure"
-        return self._finish_auth(kind, "", decided.reason, decided=decided)
-
-    def _auth_line_too_long(self) -> Event:
-        """RFC 4954 §4 bounds the exchange's lines; an over-long one ends the attempt
-        (as a malformed failure, or as the failure already announced)."""
-        decided = self._auth_decided
-        if decided is not None:
-            return self._finish_decided(decided, b"\x00")
-        self._auth_spoke = True
-        return self._finish_auth(
-            "failure", "", "authentication line too long", reply=R.AUTH_LINE_TOO_LONG
-        )
-
-    def _finish_auth(
-        self,
-        result: str,
-        identity: str,
-        reason: str,
-        reply: R.Reply | None = None,
-        *,
-        decided: sasl.Success | sasl.Failure | None = None,
-    ) -> Event:
-        self._auth_default = reply or {
-            "success": R.AUTH_SUCCESS,
-            "failure": R.AUTH_FAILED,
-            "tempfail": R.AUTH_TEMPFAIL,
-            "cancelled": R.AUTH_CANCELLED,
-        }[result]
-        return self._decide(self._auth_outcome(result, identity, reason, decided))
-
-    def _auth_outcome(
-        self,
-        result: str,
-        identity: str,
-        reason: str,
-        decided: sasl.Success | sasl.Failure | None = None,
-    ) -> AuthFinished:
-        """The one AuthFinished of this exchange; the exchange is over from here on
-        (``abandon_auth`` returns None), whether or not its reply has gone out."""
-        evidence = self._binding_evidence(result, decided)
-        self._mech = None
-        self._auth_decided = None
-        username = identity or self._auth_username
-        return AuthFinished(self._mech_name, result, username, identity, reason, evidence)
-
-    def _binding_evidence(
-        self, result: str, decided: sasl.Success | sasl.Failure | None
-    ) -> BindingEvidence:
-        """What this exchange showed about the client's channel binding (see
-        ``AuthFinished.binding``), from facts the engine saw on the wire.
-
-        GNU SASL picks -PLUS whenever it is offered, and clients that do not hand
-        it the binding data (mutt, neomutt) then give up before their first
-        message; clients that do (gsasl) give up the same way on plain SCRAM when
-        -PLUS is held back. Either is visible here and nowhere else."""
-        name = self._mech_name
-        if isinstance(decided, sasl.Success) and name.endswith("-PLUS"):
-            return "can-bind"  # the proof covered this connection's binding data
-        if isinstance(decided, sasl.Failure) and decided.client_could_bind:
-            return "can-bind"
-        if result == "cancelled" and not self._auth_spoke:
-            if name.endswith("-PLUS"):
-                return "cannot-bind"
-            if name.startswith("SCRAM-") and self.hide_plus:
-                return "can-bind"
-        return ""
+    def _auth_end(self, outcome: Outcome, reply: R.Reply | None = None) -> Event:
+        """The exchange is over: its one AuthFinished, answered after the decision
+        (``abandon_auth`` returns None from here on, whether or not the reply has
+        gone out)."""
+        self._auth_default = reply or _AUTH_REPLIES[outcome.result]
+        return self._decide(_auth_finished(outcome))
 
     def _respond_auth(self, event: AuthFinished, reply: R.Reply | None) -> None:
         final = reply or self._auth_default or R.AUTH_FAILED
-        self._mech = None
-        self._auth_decided = None
+        self._exchange = None
         self.state = State.GREETED
-        if event.result == "success" and final.code == 235:
+        if event.result == AuthResult.SUCCESS and final.code == 235:
             self.identity = event.identity
             self.auth_mechanism = event.mechanism
             self._send(final)
         else:
             self._error_no_event(final)
+
+
+#: The reply each way an exchange ends gets by default (RFC 4954 §6, §4 for "*").
+_AUTH_REPLIES: dict[AuthResult, R.Reply] = {
+    AuthResult.SUCCESS: R.AUTH_SUCCESS,
+    AuthResult.FAILURE: R.AUTH_FAILED,
+    AuthResult.TEMPFAIL: R.AUTH_TEMPFAIL,
+    AuthResult.CANCELLED: R.AUTH_CANCELLED,
+}
+
+
+def _auth_finished(outcome: Outcome) -> AuthFinished:
+    o = outcome
+    return AuthFinished(o.mechanism, o.result, o.username, o.identity, o.reason, o.binding)
+
+
+#: Rule 2's other half: each verb of ``states.TRANSITIONS`` and its handler
+#: (``test_smtp_engine_dispatch`` checks that the two name the same verbs).
+_COMMANDS: dict[str, Callable[[ServerEngine, str], Event | None]] = {
+    "EHLO": ServerEngine._cmd_ehlo,
+    "HELO": ServerEngine._cmd_helo,
+    "NOOP": ServerEngine._cmd_noop,
+    "HELP": ServerEngine._cmd_help,
+    "VRFY": ServerEngine._cmd_vrfy,
+    "EXPN": ServerEngine._cmd_expn,
+    "RSET": ServerEngine._cmd_rset,
+    "QUIT": ServerEngine._cmd_quit,
+    "STARTTLS": ServerEngine._cmd_starttls,
+    "MAIL": ServerEngine._cmd_mail,
+    "RCPT": ServerEngine._cmd_rcpt,
+    "DATA": ServerEngine._cmd_data,
+    "AUTH": ServerEngine._cmd_auth,
+}

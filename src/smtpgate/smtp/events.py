@@ -9,12 +9,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Literal
 
 from smtpgate.sasl.base import CredentialQuery
+from smtpgate.sasl.exchange import AuthResult, BindingEvidence
 
-#: See ``AuthFinished.binding``.
-BindingEvidence = Literal["", "cannot-bind", "can-bind"]
+# AuthResult and BindingEvidence are re-exported: the types of AuthFinished's fields.
+__all__ = [
+    "NEED_DATA",
+    "PAUSED",
+    "AuthFinished",
+    "AuthQuery",
+    "AuthResult",
+    "BindingEvidence",
+    "CloseConnection",
+    "Event",
+    "MailFrom",
+    "MessageReceived",
+    "RcptTo",
+    "Sentinel",
+    "StartTls",
+]
 
 
 class Sentinel(Enum):
@@ -50,8 +64,10 @@ class AuthFinished:
     """Decision: one AUTH attempt ended. Log it, apply delays or penalties, then
     ``respond(None)`` for the default reply (235/535/454/501) or another reply.
 
-    ``result`` is 'success', 'failure', 'tempfail' or 'cancelled'; ``username`` is
-    the identity the client gave (for the log), ``identity`` the proven one.
+    The fields are the SASL exchange's ``Outcome`` (sasl/exchange.py). ``result``
+    is an ``AuthResult`` ('success', 'failure', 'tempfail' or 'cancelled'; a str,
+    so it compares equal to those); ``username`` is the identity the client gave
+    (for the log), ``identity`` the proven one.
     A 'failure' or 'tempfail' the server had already announced (SCRAM ``e=``, the
     OAuth error JSON) stays that, whatever the client answered or if it hung up.
 
@@ -62,7 +78,7 @@ class AuthFinished:
     """
 
     mechanism: str
-    result: str
+    result: AuthResult
     username: str
     identity: str
     reason: str

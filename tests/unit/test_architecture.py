@@ -33,7 +33,27 @@ def test_sans_io_cores_import_no_io(package: str) -> None:
         assert not bad, f"{f.relative_to(PKG)} imports {bad}"
 
 
-_REPLY_LITERAL = re.compile(r"""["'](?:[245]\d\d[ -]\d\.\d{1,3}\.\d{1,3}|[45]\d\d [A-Z][a-z])""")
+#: A reply in a string: a code with an enhanced code, a 4xx/5xx with text, or any
+#: 3xx line start (``b"334 "``: a SASL challenge is a reply too, RFC 4954 §4).
+_REPLY_LITERAL = re.compile(
+    r"""["'](?:[245]\d\d[ -]\d\.\d{1,3}\.\d{1,3}|[45]\d\d [A-Z][a-z]|3\d\d[ -])"""
+)
+
+
+@pytest.mark.parametrize(
+    ("line", "is_reply"),
+    [
+        ('self._send_raw(b"334 " + challenge)', True),
+        ("out = '354 End data with <CR><LF>.<CR><LF>'", True),
+        ('x = "535 5.7.8 Authentication credentials invalid"', True),
+        ('x = "454 Temporary failure"', True),
+        ('if code == 334 and text.startswith("334"):', False),
+        ('reason = "3000 iterations"', False),
+    ],
+)
+def test_reply_literal_pattern(line: str, is_reply: bool) -> None:
+    """The grep below must see every class of reply, 3xx included, and only replies."""
+    assert bool(_REPLY_LITERAL.search(line)) is is_reply
 
 
 def test_no_reply_string_literals_outside_replies_module() -> None:

@@ -663,8 +663,9 @@ class ServerEngine:
         """Frame what the exchange asks for: a 334 line, a credential look-up, or
         the attempt's end."""
         if isinstance(step, sasl.Challenge):
-            # RFC 4954 §4: "334" SP base64 (empty data: "334 "), also when the
-            # challenge carries the verdict (SCRAM v=/e=, the OAuth error JSON).
+            # RFC 4954 §4: a 334 line with the base64 data (nothing after the
+            # space if empty), also when the challenge carries the verdict (SCRAM
+            # v=/e=, the OAuth error JSON).
             self._send(R.AUTH_CHALLENGE.with_text(encode_base64(step.data)))
             return None
         if isinstance(step, sasl.NeedCredentials):

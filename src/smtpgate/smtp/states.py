@@ -76,7 +76,7 @@ TRANSITIONS: dict[State, dict[str, State | None]] = {
 SPECIAL = {
     (State.GREETED, State.AUTH): "AUTH accepted a mechanism",
     (State.AUTH, State.GREETED): "SASL exchange ended",
-    (State.RCPT, State.DATA): "354 sent",
+    (State.RCPT, State.DATA): "DATA answered START_DATA (354)",
     (State.DATA, State.GREETED): "message ended (accepted or not)",
     (State.TLS, State.CONNECTED): "TLS handshake completed (RFC 3207 §4.2 reset)",
 }

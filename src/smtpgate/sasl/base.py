@@ -11,7 +11,9 @@ the protocol code and makes every mechanism testable with plain values.
 Server call order: ``start(initial)`` once, then any mix of ``step(response)``
 (after a ``Challenge``) and ``answer(result)`` (after ``NeedCredentials``),
 until a ``Success`` or ``Failure``. Calling out of order raises
-``MechanismUsageError`` naming the expected call.
+``MechanismUsageError`` naming the expected call. Front doors do not call a
+mechanism directly: ``exchange.ServerExchange`` drives it and adds what every
+exchange shares (one typed outcome, a verdict announced in a challenge stands).
 
 Client side mirrors mox's ``Next(fromServer) -> (toServer, last, err)``:
 ``start() -> bytes | None`` (initial response, None if the mechanism is

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from smtpgate.sasl import base as sasl
-from smtpgate.sasl.exchange import AuthResult, Outcome, ServerExchange
+from smtpgate.sasl.exchange import AuthResult, ExchangeStep, Outcome, ServerExchange
 from smtpgate.sasl.framing import decode_base64_strict, encode_base64
 from smtpgate.smtp import replies as R
 from smtpgate.smtp.address import (
@@ -659,7 +659,7 @@ class ServerEngine:
         self.state = State.AUTH
         return self._auth_step(exchange.start(initial))
 
-    def _auth_step(self, step: sasl.Challenge | sasl.NeedCredentials | Outcome) -> Event | None:
+    def _auth_step(self, step: ExchangeStep) -> Event | None:
         """Frame what the exchange asks for: a 334 line, a credential look-up, or
         the attempt's end."""
         if isinstance(step, sasl.Challenge):
@@ -722,13 +722,12 @@ _AUTH_REPLIES: dict[AuthResult, R.Reply] = {
 }
 
 
-def _auth_finished(outcome: Outcome) -> AuthFinished:
-    o = outcome
+def _auth_finished(o: Outcome) -> AuthFinished:
     return AuthFinished(o.mechanism, o.result, o.username, o.identity, o.reason, o.binding)
 
 
-#: Rule 2's other half: each verb of ``states.TRANSITIONS`` and its handler
-#: (``test_smtp_engine_dispatch`` checks that the two name the same verbs).
+#: The handler of each verb of ``states.TRANSITIONS``, which has already allowed the
+#: verb in this state (``test_smtp_engine_dispatch`` checks both name the same verbs).
 _COMMANDS: dict[str, Callable[[ServerEngine, str], Event | None]] = {
     "EHLO": ServerEngine._cmd_ehlo,
     "HELO": ServerEngine._cmd_helo,

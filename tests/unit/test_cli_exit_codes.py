@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from smtpgate.auth.guard import thresholds
-from smtpgate.auth.guard_store import Failure, SqliteGuardStore
+from smtpgate.auth.guard import count_failure, thresholds
+from smtpgate.auth.guard_store import RecordedFailure, SqliteGuardStore
 from smtpgate.cli.common import ExitCode
 from smtpgate.cli.main import cli
 from smtpgate.config import GuardConfig
@@ -142,8 +142,8 @@ def test_user_list_json_of_no_accounts_is_empty(tmp_path: Path) -> None:
 def test_guard_list_json_times_are_iso_8601_with_a_zone(config: Path) -> None:
     store = SqliteGuardStore(config.parent / "guard.sqlite")
     now = time.time()
-    store.record_failure(Failure(now, "192.0.2.1", "192.0.2.0/24", ALICE, False, True),
-                         thresholds(GuardConfig(lockout_threshold=1)))
+    count_failure(store, RecordedFailure(now, "192.0.2.1", "192.0.2.0/24", ALICE, False, True),
+                  thresholds(GuardConfig(lockout_threshold=1)))
     store.close()
     rows = lines(smtpgate(config, "guard", "list", "--json"))
     assert rows

@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from smtpgate.auth.guard import Guard, GuardCheck, decide, penalty_delay, thresholds
+from smtpgate.auth.guard import (
+    Guard,
+    GuardCheck,
+    blocks_due,
+    count_failure,
+    decide,
+    penalty_delay,
+    thresholds,
+)
 from smtpgate.auth.guard_store import (
     ACCOUNT,
     ACCOUNT_NEW,
@@ -16,6 +24,7 @@ from smtpgate.auth.guard_store import (
     SUBNET,
     THROTTLE,
     Block,
+    FailureCounts,
     GuardStoreError,
     RecordedFailure,
     Snapshot,
@@ -23,6 +32,7 @@ from smtpgate.auth.guard_store import (
 )
 from smtpgate.auth.networks import client_keys
 from smtpgate.config import GuardConfig
+from smtpgate.policy.sqlite_counters import SqliteRateCounters
 
 CFG = GuardConfig(
     lockout_threshold=3,
@@ -56,7 +66,7 @@ def store(tmp_path: Path) -> Iterator[SqliteGuardStore]:
 def fail(store: SqliteGuardStore, t: float, address: str, account: str, *, known: bool = False,
          counts: bool = True, subnet: str | None = None) -> list[Block]:
     f = RecordedFailure(t, address, subnet or client_keys(address).subnet, account, known, counts)
-    return store.record_failure(f, T)
+    return count_failure(store, f, T)
 
 
 # --- pure parts -------------------------------------------------------------------
@@ -200,14 +210,18 @@ def test_state_survives_reopening(tmp_path: Path) -> None:
     s = SqliteGuardStore(tmp_path / "g.sqlite")
     for i in range(3):
         fail(s, float(i), "192.0.2.1", ALICE)
-    s.add_usage(["acct:a"], 10, 1, 2)
+    c = SqliteRateCounters(tmp_path / "g.sqlite")  # the counters share the file
+    c.add_usage(["acct:a"], 10, 1, 2)
+    c.close()
     s.close()
     s = SqliteGuardStore(tmp_path / "g.sqlite")
+    c = SqliteRateCounters(tmp_path / "g.sqlite")
     try:
         assert [b.kind for b in s.active_blocks(4.0)] == [ACCOUNT_NEW]
-        assert s.usage(["acct:a", "acct:b"], 0) == {"acct:a": (1, 2), "acct:b": (0, 0)}
+        assert c.usage(["acct:a", "acct:b"], 0) == {"acct:a": (1, 2), "acct:b": (0, 0)}
     finally:
         s.close()
+        c.close()
 
 
 def test_prune_keeps_what_windows_need(store: SqliteGuardStore) -> None:
@@ -304,3 +318,60 @@ async def test_checks_do_not_block_the_event_loop(guard: tuple[Guard, Clock]) ->
         await g.failure(c, counts_account=True)
     task.cancel()
     assert ticks > 20
+
+
+# --- blocks_due: counts and thresholds to blocks (pure) ------------------------------------
+
+
+def counts(new: int = 0, known: int = 0, sources: int = 0, total: int = 1, accounts: int = 1,
+           subnet_accounts: int = 1) -> FailureCounts:
+    return FailureCounts(new, known, sources, total, accounts, subnet_accounts)
+
+
+def due(f: RecordedFailure, n: FailureCounts) -> list[tuple[str, str]]:
+    return [(b.kind, b.key) for b in blocks_due(f, n, T)]
+
+
+F_NEW = RecordedFailure(100.0, "192.0.2.1", "192.0.2.0/24", ALICE, False, True)
+
+
+def test_blocks_due_at_each_threshold_and_not_below() -> None:
+    assert due(F_NEW, counts(new=T.lockout_threshold - 1)) == []
+    assert due(F_NEW, counts(new=T.lockout_threshold)) == [(ACCOUNT_NEW, ALICE)]
+    f_known = RecordedFailure(100.0, "192.0.2.1", "192.0.2.0/24", ALICE, True, True)
+    assert due(f_known, counts(known=T.known_lockout_threshold - 1)) == []
+    assert due(f_known, counts(known=T.known_lockout_threshold)) == [(ACCOUNT, ALICE)]
+    assert due(F_NEW, counts(sources=T.distributed_addresses)) == [(THROTTLE, ALICE)]
+    assert due(F_NEW, counts(total=T.address_failure_limit)) == [(ADDRESS, "192.0.2.1")]
+    assert due(F_NEW, counts(subnet_accounts=T.subnet_spray_accounts)) == [(SUBNET, "192.0.2.0/24")]
+    b = blocks_due(F_NEW, counts(new=T.lockout_threshold), T)[0]
+    assert (b.since, b.until) == (100.0, 100.0 + T.lockout_duration)
+
+
+def test_blocks_due_account_rules_need_a_counting_named_account() -> None:
+    many = counts(new=99, known=99, sources=99)
+    for f in (RecordedFailure(1.0, "192.0.2.1", "192.0.2.0/24", ALICE, False, False),
+              RecordedFailure(1.0, "192.0.2.1", "192.0.2.0/24", "", False, True)):
+        assert due(f, many) == []
+    # a known address's failures never lock for new addresses or throttle, and vice versa
+    f_known = RecordedFailure(1.0, "192.0.2.1", "192.0.2.0/24", ALICE, True, True)
+    assert due(f_known, many) == [(ACCOUNT, ALICE)]
+    assert due(F_NEW, many) == [(ACCOUNT_NEW, ALICE), (THROTTLE, ALICE)]
+
+
+def test_blocks_due_spraying_is_the_one_reason_and_a_subnet_of_one_is_not_blocked() -> None:
+    [b] = blocks_due(F_NEW, counts(total=99, accounts=T.spray_accounts), T)
+    assert (b.kind, b.reason) == (ADDRESS, f"password spraying: failed against {T.spray_accounts} accounts")
+    f = RecordedFailure(1.0, "2001:db8::/64", "2001:db8::/64", ALICE, False, False)
+    assert due(f, counts(subnet_accounts=99)) == []
+
+
+async def test_reconfigure_changes_the_thresholds_not_the_state(guard: tuple[Guard, Clock]) -> None:
+    g, clock = guard
+    for _ in range(2):
+        await g.failure(await g.check("203.0.113.9", ALICE), counts_account=True)
+        clock.now += 1
+    g.reconfigure(CFG.model_copy(update={"lockout_threshold": 2}))
+    # The two failures counted before the reload count toward the new threshold.
+    started = await g.failure(await g.check("203.0.113.9", ALICE), counts_account=True)
+    assert [b.kind for b in started] == [ACCOUNT_NEW]

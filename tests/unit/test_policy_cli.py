@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from smtpgate.auth.guard import thresholds
-from smtpgate.auth.guard_store import Failure, SqliteGuardStore
+from smtpgate.auth.guard import count_failure, thresholds
+from smtpgate.auth.guard_store import RecordedFailure, SqliteGuardStore
 from smtpgate.cli.main import cli
 from smtpgate.config import GuardConfig
 from smtpgate.policy.timespec import format_duration, parse_duration
@@ -95,8 +95,8 @@ def test_guard_list_unblock_and_user_unlock(config: Path) -> None:
     g = SqliteGuardStore(config.parent / "guard.sqlite")
     t = thresholds(GuardConfig(lockout_threshold=1, spray_accounts=2))
     now = time.time()
-    g.record_failure(Failure(now, "192.0.2.1", "192.0.2.0/24", ALICE, False, True), t)
-    g.record_failure(Failure(now, "192.0.2.1", "192.0.2.0/24", "b@x.org", False, False), t)
+    count_failure(g, RecordedFailure(now, "192.0.2.1", "192.0.2.0/24", ALICE, False, True), t)
+    count_failure(g, RecordedFailure(now, "192.0.2.1", "192.0.2.0/24", "b@x.org", False, False), t)
     g.close()
     rows = [json.loads(x) for x in run(config, "guard", "list", "--json").output.splitlines()]
     assert sorted((x["kind"], x["key"]) for x in rows) == [("account-new", ALICE), ("address", "192.0.2.1")]

@@ -10,8 +10,6 @@ from pathlib import Path
 import pytest
 
 from smtpgate.auth.authlog import AuthLog
-from smtpgate.auth.guard import Guard
-from smtpgate.auth.guard_store import SqliteGuardStore
 from smtpgate.auth.sender_profile import SenderProfile
 from smtpgate.auth.service import (
     REFUSED_EXPIRED,
@@ -22,8 +20,9 @@ from smtpgate.auth.service import (
     Resolution,
 )
 from smtpgate.auth.store import SqliteAccountStore
-from smtpgate.config import AccountsConfig, AuthConfig, GuardConfig, LimitsConfig, PasswordsConfig
+from smtpgate.config import AccountsConfig, AuthConfig, LimitsConfig, PasswordsConfig
 from smtpgate.policy.rates import RateLimiter
+from smtpgate.policy.sqlite_counters import SqliteRateCounters
 from smtpgate.sasl.base import (
     ConfirmIdentity,
     LookupScram,
@@ -146,8 +145,8 @@ class Clock:
 
 async def test_rate_limiter_budget_sliding_hour_and_app_limits(tmp_path: Path) -> None:
     clock = Clock()
-    guard = Guard(SqliteGuardStore(tmp_path / "g.sqlite"), GuardConfig(), clock=clock)
-    rates = RateLimiter(guard, LimitsConfig(messages_per_hour=3, recipients_per_hour=10), clock=clock)
+    rates = RateLimiter(SqliteRateCounters(tmp_path / "g.sqlite"),
+                        LimitsConfig(messages_per_hour=3, recipients_per_hour=10), clock=clock)
     try:
         profile = SenderProfile(ALICE)
         b = await rates.budget(profile, None)
@@ -169,4 +168,4 @@ async def test_rate_limiter_budget_sliding_hour_and_app_limits(tmp_path: Path) -
         b = await rates.budget(SenderProfile(ALICE, max_messages_per_hour=0, max_recipients_per_hour=0), None)
         assert (b.messages_left, b.recipients_left) == (None, None)
     finally:
-        await guard.close()
+        await rates.close()

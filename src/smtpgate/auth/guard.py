@@ -46,6 +46,12 @@ depend on the secret (conditional access, an expired or administratively
 locked password) count toward the address only, since guessing cannot get past
 them anyway. Allowlisted networks are invisible to the guard.
 
+Where the policy lives: here. The state (``guard_state.GuardState``, SQLite
+for one node) only records and counts: ``failure`` records the attempt and gets
+its counts back, ``blocks_due`` (pure) compares them with the thresholds, and
+the state is asked to start the blocks due; ``decide`` (pure) reads a
+snapshot. A reload changes thresholds here and nothing in the state.
+
 Faults: if the guard database fails, ``check`` lets the attempt through and
 ``failure``/``success`` are dropped, each logged: an unavailable guard must not
 become a denial of service for every user. The account store's own locks and
@@ -62,18 +68,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
-from smtpgate.auth.guard_store import (
+from smtpgate.auth.guard_state import (
     ACCOUNT,
     ACCOUNT_NEW,
     ADDRESS,
     SUBNET,
     THROTTLE,
     Block,
-    GuardStore,
+    FailureCounts,
+    GuardState,
     GuardStoreError,
     RecordedFailure,
     Snapshot,
-    Thresholds,
+    Windows,
 )
 from smtpgate.auth.names import lookup_key
 from smtpgate.auth.networks import ClientKeys, client_keys, in_networks, parse_ip, parse_networks
@@ -100,7 +107,7 @@ PLUS_FALLBACK_LOOKUP_TIMEOUT = 2.0
 class Refusal:
     """Why an attempt is refused before any credential is checked."""
 
-    #: One of the block kinds in ``guard_store`` (address, subnet, account, ...).
+    #: One of the block kinds in ``guard_state`` (address, subnet, account, ...).
     kind: str
     #: For the auth log.
     reason: str
@@ -167,6 +174,74 @@ def _stamp(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    """What ``blocks_due`` compares a failure's counts with (from ``[guard]``)."""
+
+    lockout_threshold: int
+    known_lockout_threshold: int
+    lockout_window: float
+    lockout_duration: float
+    distributed_addresses: int
+    throttle_duration: float
+    spray_accounts: int
+    subnet_spray_accounts: int
+    address_failure_limit: int
+    spray_window: float
+    block_duration: float
+    penalty_window: float
+
+    @property
+    def windows(self) -> Windows:
+        """How far back the state counts for these thresholds."""
+        return Windows(lockout=self.lockout_window, spray=self.spray_window,
+                       penalty=self.penalty_window)
+
+
+def blocks_due(f: RecordedFailure, n: FailureCounts, t: Thresholds) -> list[Block]:
+    """The blocks a recorded failure's counts call for; the pure part of ``failure``.
+
+    Account rules apply only to a failure that counts toward a named account; a
+    known address counts toward the full lock, a new one toward the new-address
+    lock and the throttle. An address blocked for spraying is not also blocked
+    for flooding (one reason is enough). A subnet is never blocked for what one
+    address did when the two are the same key.
+    """
+    now = f.time
+    due: list[Block] = []
+
+    def block(kind: str, key: str, duration: float, reason: str) -> None:
+        due.append(Block(kind, key, now, now + duration, reason))
+
+    if f.account and f.counts_account:
+        if not f.known and n.account_new >= t.lockout_threshold:
+            block(ACCOUNT_NEW, f.account, t.lockout_duration,
+                  f"{n.account_new} failed logins from new addresses")
+        if f.known and n.account_known >= t.known_lockout_threshold:
+            block(ACCOUNT, f.account, t.lockout_duration,
+                  f"{n.account_known} failed logins from known addresses")
+        if not f.known and n.account_new_addresses >= t.distributed_addresses:
+            block(THROTTLE, f.account, t.throttle_duration,
+                  f"{n.account_new_addresses} new addresses failed against the account")
+    if n.address_accounts >= t.spray_accounts:
+        block(ADDRESS, f.address, t.block_duration,
+              f"password spraying: failed against {n.address_accounts} accounts")
+    elif n.address_failures >= t.address_failure_limit:
+        block(ADDRESS, f.address, t.block_duration, f"{n.address_failures} failed logins")
+    if n.subnet_accounts >= t.subnet_spray_accounts and f.subnet != f.address:
+        block(SUBNET, f.subnet, t.block_duration,
+              f"password spraying: subnet failed against {n.subnet_accounts} accounts")
+    return due
+
+
+def count_failure(state: GuardState, f: RecordedFailure, t: Thresholds) -> list[Block]:
+    """Record ``f``, then start the blocks its counts call for; return those that
+    started (not those already in force). Blocking I/O: the guard runs it on its
+    thread. Two round trips when a threshold is reached, one otherwise."""
+    due = blocks_due(f, state.record_failure(f, t.windows), t)
+    return state.start_blocks(due) if due else []
+
+
 def thresholds(cfg: GuardConfig) -> Thresholds:
     return Thresholds(
         lockout_threshold=cfg.lockout_threshold,
@@ -185,15 +260,16 @@ def thresholds(cfg: GuardConfig) -> Thresholds:
 
 
 class Guard:
-    """Async front of a ``GuardStore``; use from one event loop.
+    """Async front of a ``GuardState``; use from one event loop.
 
-    The store runs on one worker thread: its calls are a few indexed SQLite
-    statements each, and one thread keeps this process's reads and writes in
-    the order they were made. ``close()`` closes the store.
+    The state runs on one worker thread: its calls are a few indexed SQLite
+    statements (or one Redis round trip) each, and one thread keeps this
+    process's reads and writes in the order they were made. ``close()`` closes
+    the state.
     """
 
     def __init__(
-        self, store: GuardStore, cfg: GuardConfig, *, clock: Callable[[], float] = time.time
+        self, store: GuardState, cfg: GuardConfig, *, clock: Callable[[], float] = time.time
     ) -> None:
         self._store = store
         self._cfg = cfg
@@ -206,7 +282,7 @@ class Guard:
         self.stats = GuardStats()
 
     @property
-    def store(self) -> GuardStore:
+    def store(self) -> GuardState:
         return self._store
 
     def reconfigure(self, cfg: GuardConfig) -> None:
@@ -229,10 +305,6 @@ class Guard:
 
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
-
-    async def run_store(self, fn: Callable[..., T], *args: object) -> T:
-        """Run ``fn`` (a store method) on the guard's thread; for the rate limiter."""
-        return await self._run(fn, *args)
 
     def bare_check(self, client_ip: str) -> GuardCheck:
         """A check without a database read, for an attempt that failed before it
@@ -294,7 +366,7 @@ class Guard:
         f = RecordedFailure(now, check.keys.address, check.keys.subnet, check.account,
                             check.known, counts_account)
         try:
-            started = await self._run(self._store.record_failure, f, self._thresholds)
+            started = await self._run(count_failure, self._store, f, self._thresholds)
         except GuardStoreError as e:
             self._fault("failure", e)
             return []

@@ -1,11 +1,12 @@
-"""Guard state: failure records, blocks, known addresses, penalties, sending counters.
+"""The guard state and the sending counters on one SQLite file.
 
 Theory of operation
 -------------------
-``GuardStore`` is the small synchronous interface the guard and the rate
-limiter need; ``SqliteGuardStore`` implements it on one SQLite file, separate
-from the account database. A shared store (Redis, PostgreSQL) for a cluster can
-implement the same methods later.
+``SqliteGuardStore`` implements ``GuardState`` (``guard_state.py``): failure
+records, blocks, known addresses, penalties and the -PLUS fallback, for one node
+(its worker processes share the file). The sending counters of the rate limiter
+live in the same file (the ``usage`` table) behind their own interface
+(``policy/sqlite_counters.py``); this module owns the file's schema for both.
 
 Why a file of its own: under a flood of wrong passwords every verified failure
 is a write, and those writes must not queue behind (or hold up) the
@@ -24,134 +25,39 @@ Times are Unix seconds (``REAL``) from the guard's clock.
 
 from __future__ import annotations
 
-import logging
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
 
+from smtpgate.auth.guard_state import (
+    ACCOUNT,
+    ACCOUNT_KINDS,
+    ACCOUNT_NEW,
+    ADDRESS,
+    BLOCK_KINDS,
+    SUBNET,
+    THROTTLE,
+    Block,
+    FailureCounts,
+    GuardStoreError,
+    RecordedFailure,
+    Snapshot,
+    Windows,
+)
 from smtpgate.auth.sqlite_file import NewerSchema, ThreadLocalSqlite
 
-log = logging.getLogger("smtpgate.guard")
-
-
-#: Block kinds. An address or subnet block refuses every AUTH from there; an
-#: account block refuses every address; ``account-new`` refuses addresses the
-#: account never logged in from; ``throttle`` spaces out new-address attempts.
-ADDRESS = "address"
-SUBNET = "subnet"
-ACCOUNT = "account"
-ACCOUNT_NEW = "account-new"
-THROTTLE = "throttle"
-BLOCK_KINDS = (ADDRESS, SUBNET, ACCOUNT, ACCOUNT_NEW, THROTTLE)
-
-
-class GuardStoreError(Exception):
-    """The guard database failed (I/O, corrupt, busy too long, closed)."""
+# The interface's values, re-exported: whoever opens this store handles them.
+__all__ = [
+    "ACCOUNT", "ACCOUNT_NEW", "ADDRESS", "BLOCK_KINDS", "MIGRATIONS", "SUBNET", "THROTTLE",
+    "Block", "FailureCounts", "GuardSchemaTooNew", "GuardStoreError", "RecordedFailure",
+    "Snapshot", "SqliteGuardStore", "Windows",
+]
 
 
 class GuardSchemaTooNew(GuardStoreError, NewerSchema):
     """The guard database was written by a newer smtpgate; it is left untouched."""
-
-
-@dataclass(frozen=True, slots=True)
-class Block:
-    kind: str
-    key: str
-    since: float
-    until: float
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class RecordedFailure:
-    """One verified failed login, as recorded."""
-
-    time: float
-    address: str
-    subnet: str
-    #: The account name given (canonical spelling), or "" if none was.
-    account: str
-    #: The account had logged in from ``address`` before.
-    known: bool
-    #: Counts toward the account's lockout (a wrong secret, not a policy refusal).
-    counts_account: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Thresholds:
-    """What ``record_failure`` compares the counts with (from ``[guard]``)."""
-
-    lockout_threshold: int
-    known_lockout_threshold: int
-    lockout_window: float
-    lockout_duration: float
-    distributed_addresses: int
-    throttle_duration: float
-    spray_accounts: int
-    subnet_spray_accounts: int
-    address_failure_limit: int
-    spray_window: float
-    block_duration: float
-    penalty_window: float
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """What ``check`` needs to know about one (address, subnet, account)."""
-
-    blocks: tuple[Block, ...]
-    #: Last successful login of the account from the address, or None.
-    known_since: float | None
-    #: Recent failures from the address (0 once penalty_window has passed).
-    penalty_failures: int
-    #: Last failure against the account from a new address (for throttling).
-    last_new_failure: float | None
-
-
-class GuardStore(Protocol):
-    """Every method may raise ``GuardStoreError``."""
-
-    def snapshot(self, address: str, subnet: str, account: str, now: float, penalty_window: float) -> Snapshot: ...
-
-    def record_failure(self, failure: RecordedFailure, t: Thresholds) -> list[Block]:
-        """Store the failure, apply the thresholds; return the blocks it started."""
-        ...
-
-    def record_success(self, address: str, account: str, now: float, *, reset_penalty: bool) -> None: ...
-
-    def active_blocks(self, now: float) -> list[Block]: ...
-
-    def unlock_account(self, account: str) -> int:
-        """Lift the account's lockouts and throttle and forget its failures; how many blocks went."""
-        ...
-
-    def unblock(self, key: str) -> int:
-        """Lift address/subnet blocks with this key; how many went."""
-        ...
-
-    def usage(self, keys: Sequence[str], since_bucket: int) -> dict[str, tuple[int, int]]:
-        """(messages, recipients) per key over buckets >= ``since_bucket``."""
-        ...
-
-    def add_usage(self, keys: Sequence[str], bucket: int, messages: int, recipients: int) -> None: ...
-
-    def plus_fallback(self, address: str, now: float) -> float | None:
-        """Until when -PLUS is held back from ``address`` (None: not held back)."""
-        ...
-
-    def set_plus_fallback(self, address: str, until: float | None) -> None:
-        """Hold -PLUS back from ``address`` until ``until``; None lifts it."""
-        ...
-
-    def prune(self, now: float, keep_seconds: float, known_seconds: float) -> None:
-        """Forget what no window needs any more (see ``SqliteGuardStore.prune``)."""
-        ...
-
-    def close(self) -> None: ...
 
 
 # Each migration is a list of statements run in one transaction; its version is its
@@ -209,7 +115,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 
 
 class SqliteGuardStore(ThreadLocalSqlite):
-    """``GuardStore`` on one SQLite file (created 0600), one connection per thread.
+    """``GuardState`` on one SQLite file (created 0600), one connection per thread.
 
     Opening brings the schema up to date, after copying an older file aside (see
     ``sqlite_file``, "Schema upgrades").
@@ -251,9 +157,9 @@ class SqliteGuardStore(ThreadLocalSqlite):
             c = self._conn()
             rows = c.execute(
                 "SELECT kind, key, since, until, reason FROM blocks WHERE until > ? AND ("
-                "(kind = 'address' AND key = ?) OR (kind = 'subnet' AND key = ?) OR "
-                "(kind IN ('account', 'account-new', 'throttle') AND key = ?))",
-                (now, address, subnet, account),
+                "(kind = ? AND key = ?) OR (kind = ? AND key = ?) OR "
+                "(kind IN (?, ?, ?) AND key = ?))",
+                (now, ADDRESS, address, SUBNET, subnet, *ACCOUNT_KINDS, account),
             ).fetchall()
             blocks = tuple(Block(*r) for r in rows)
             known_since: float | None = None
@@ -284,43 +190,10 @@ class SqliteGuardStore(ThreadLocalSqlite):
             ).fetchall()
         return [Block(*r) for r in rows]
 
-    def usage(self, keys: Sequence[str], since_bucket: int) -> dict[str, tuple[int, int]]:
-        out = {k: (0, 0) for k in keys}
-        if not keys:
-            return out
-        marks = ",".join("?" * len(keys))
-        with self._errors():
-            rows = self._conn().execute(
-                f"SELECT key, SUM(messages), SUM(recipients) FROM usage "
-                f"WHERE key IN ({marks}) AND bucket >= ? GROUP BY key",
-                (*keys, since_bucket),
-            ).fetchall()
-        for key, messages, recipients in rows:
-            out[key] = (int(messages or 0), int(recipients or 0))
-        return out
-
     # --- writes -------------------------------------------------------------------
 
-    @staticmethod
-    def _block(
-        c: sqlite3.Connection, kind: str, key: str, now: float, duration: float, reason: str
-    ) -> Block | None:
-        """Start a block unless one is already running (then None)."""
-        row = c.execute(
-            "SELECT until FROM blocks WHERE kind = ? AND key = ?", (kind, key)
-        ).fetchone()
-        if row is not None and row[0] > now:
-            return None
-        block = Block(kind, key, now, now + duration, reason)
-        c.execute(
-            "INSERT OR REPLACE INTO blocks (kind, key, since, until, reason) VALUES (?, ?, ?, ?, ?)",
-            (kind, key, block.since, block.until, reason),
-        )
-        return block
-
-    def record_failure(self, f: RecordedFailure, t: Thresholds) -> list[Block]:
+    def record_failure(self, f: RecordedFailure, w: Windows) -> FailureCounts:
         now = f.time
-        started: list[Block] = []
         with self._tx() as c:
             c.execute(
                 "INSERT INTO failures (time, address, subnet, account, known, counts_account) "
@@ -331,49 +204,52 @@ class SqliteGuardStore(ThreadLocalSqlite):
                 "INSERT INTO penalty (address, failures, last) VALUES (?, 1, ?) "
                 "ON CONFLICT (address) DO UPDATE SET "
                 "failures = CASE WHEN last > ? THEN failures + 1 ELSE 1 END, last = excluded.last",
-                (f.address, now, now - t.penalty_window),
+                (f.address, now, now - w.penalty),
             )
-
-            def block(kind: str, key: str, duration: float, reason: str) -> None:
-                b = self._block(c, kind, key, now, duration, reason)
-                if b is not None:
-                    started.append(b)
-
+            new = known = sources = 0
             if f.account and f.counts_account:
-                since = now - t.lockout_window
                 new, known, sources = c.execute(
                     "SELECT COALESCE(SUM(known = 0), 0), COALESCE(SUM(known = 1), 0), "
                     "COUNT(DISTINCT CASE WHEN known = 0 THEN address END) FROM failures "
                     "WHERE account = ? AND counts_account = 1 AND time > ?",
-                    (f.account, since),
+                    (f.account, now - w.lockout),
                 ).fetchone()
-                if not f.known and new >= t.lockout_threshold:
-                    block(ACCOUNT_NEW, f.account, t.lockout_duration,
-                          f"{new} failed logins from new addresses")
-                if f.known and known >= t.known_lockout_threshold:
-                    block(ACCOUNT, f.account, t.lockout_duration,
-                          f"{known} failed logins from known addresses")
-                if not f.known and sources >= t.distributed_addresses:
-                    block(THROTTLE, f.account, t.throttle_duration,
-                          f"{sources} new addresses failed against the account")
-            since = now - t.spray_window
+            since = now - w.spray
             total, accounts = c.execute(
                 "SELECT COUNT(*), COUNT(DISTINCT account) FROM failures "
                 "WHERE address = ? AND time > ?",
                 (f.address, since),
             ).fetchone()
-            if accounts >= t.spray_accounts:
-                block(ADDRESS, f.address, t.block_duration,
-                      f"password spraying: failed against {accounts} accounts")
-            elif total >= t.address_failure_limit:
-                block(ADDRESS, f.address, t.block_duration, f"{total} failed logins")
             (subnet_accounts,) = c.execute(
                 "SELECT COUNT(DISTINCT account) FROM failures WHERE subnet = ? AND time > ?",
                 (f.subnet, since),
             ).fetchone()
-            if subnet_accounts >= t.subnet_spray_accounts and f.subnet != f.address:
-                block(SUBNET, f.subnet, t.block_duration,
-                      f"password spraying: subnet failed against {subnet_accounts} accounts")
+        return FailureCounts(
+            account_new=int(new),
+            account_known=int(known),
+            account_new_addresses=int(sources),
+            address_failures=int(total),
+            address_accounts=int(accounts),
+            subnet_accounts=int(subnet_accounts),
+        )
+
+    def start_blocks(self, blocks: Sequence[Block]) -> list[Block]:
+        started: list[Block] = []
+        if not blocks:
+            return started
+        with self._tx() as c:
+            for b in blocks:
+                row = c.execute(
+                    "SELECT until FROM blocks WHERE kind = ? AND key = ?", (b.kind, b.key)
+                ).fetchone()
+                if row is not None and row[0] > b.since:
+                    continue  # one is in force: it runs its course
+                c.execute(
+                    "INSERT OR REPLACE INTO blocks (kind, key, since, until, reason) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (b.kind, b.key, b.since, b.until, b.reason),
+                )
+                started.append(b)
         return started
 
     def record_success(self, address: str, account: str, now: float, *, reset_penalty: bool) -> None:
@@ -389,8 +265,7 @@ class SqliteGuardStore(ThreadLocalSqlite):
     def unlock_account(self, account: str) -> int:
         with self._tx() as c:
             n = c.execute(
-                "DELETE FROM blocks WHERE key = ? AND kind IN ('account', 'account-new', 'throttle')",
-                (account,),
+                "DELETE FROM blocks WHERE key = ? AND kind IN (?, ?, ?)", (account, *ACCOUNT_KINDS)
             ).rowcount
             c.execute("DELETE FROM failures WHERE account = ?", (account,))
             return int(n)
@@ -398,20 +273,11 @@ class SqliteGuardStore(ThreadLocalSqlite):
     def unblock(self, key: str) -> int:
         with self._tx() as c:
             n = c.execute(
-                "DELETE FROM blocks WHERE key = ? AND kind IN ('address', 'subnet')", (key,)
+                "DELETE FROM blocks WHERE key = ? AND kind IN (?, ?)", (key, ADDRESS, SUBNET)
             ).rowcount
             c.execute("DELETE FROM failures WHERE address = ? OR subnet = ?", (key, key))
             c.execute("DELETE FROM penalty WHERE address = ?", (key,))
             return int(n)
-
-    def add_usage(self, keys: Sequence[str], bucket: int, messages: int, recipients: int) -> None:
-        with self._tx() as c:
-            c.executemany(
-                "INSERT INTO usage (key, bucket, messages, recipients) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (key, bucket) DO UPDATE SET messages = messages + excluded.messages, "
-                "recipients = recipients + excluded.recipients",
-                [(k, bucket, messages, recipients) for k in keys],
-            )
 
     def plus_fallback(self, address: str, now: float) -> float | None:
         with self._errors():
@@ -433,8 +299,8 @@ class SqliteGuardStore(ThreadLocalSqlite):
 
     def prune(self, now: float, keep_seconds: float, known_seconds: float) -> None:
         """Drop failures, penalties and expired blocks older than ``keep_seconds``,
-        known addresses unused for ``known_seconds``, usage buckets older than
-        a day, and lapsed -PLUS fallbacks."""
+        known addresses unused for ``known_seconds``, and lapsed -PLUS fallbacks.
+        (The sending counters in this file prune themselves.)"""
         cutoff = now - keep_seconds
         with self._tx() as c:
             c.execute("DELETE FROM plus_fallback WHERE until < ?", (now,))
@@ -442,5 +308,4 @@ class SqliteGuardStore(ThreadLocalSqlite):
             c.execute("DELETE FROM failures WHERE time < ?", (cutoff,))
             c.execute("DELETE FROM penalty WHERE last < ?", (cutoff,))
             c.execute("DELETE FROM blocks WHERE until < ?", (cutoff,))
-            c.execute("DELETE FROM usage WHERE bucket < ?", (int((now - 86400) // 60),))
 

@@ -3,8 +3,9 @@
 Theory of operation
 -------------------
 Each account, and each app password, has a counter key (``acct:NAME``,
-``app:ID``). Counters live in the guard database in one-minute buckets; the
-window is the last 60 buckets, a sliding hour to the minute. At MAIL the
+``app:ID``). Counters (``RateCounters``, ``rate_counters.py``; in the guard's
+SQLite file for one node) are kept in one-minute buckets; the window is the
+last 60 buckets, a sliding hour to the minute. At MAIL the
 session reads what each of its keys used and keeps, for the transaction, the
 smallest budget left; RCPT is checked against that budget without another
 read, and an accepted message adds (1, recipients) to every key before its 250
@@ -14,26 +15,31 @@ The check and the count are not one atomic step: sessions of one account
 running in parallel can together overshoot a limit by at most one message
 each. That is the price of not holding a lock across a DATA phase.
 
+What is left of a budget is the pure ``budget_left``; the limiter only reads
+and bumps counters, on its own thread.
+
 A database fault fails open (logged): a broken counter must not stop mail.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
-from smtpgate.auth.guard import Guard
-from smtpgate.auth.guard_store import GuardStoreError
 from smtpgate.auth.sender_profile import SenderProfile
 from smtpgate.auth.store import AppPassword
 from smtpgate.config import LimitsConfig
+from smtpgate.policy.rate_counters import BUCKET_SECONDS, RateCounters, RateCountersError
 
 log = logging.getLogger("smtpgate.policy")
+T = TypeVar("T")
 
-#: Seconds per bucket and buckets per window.
-BUCKET_SECONDS = 60
+#: Buckets (of ``BUCKET_SECONDS``) per window: a sliding hour.
 WINDOW_BUCKETS = 60
 
 
@@ -53,15 +59,48 @@ def _limit(override: int | None, default: int) -> int:
     return default if override is None else override
 
 
+def budget_left(
+    limits: Mapping[str, tuple[int, int]], used: Mapping[str, tuple[int, int]]
+) -> Budget:
+    """What a transaction may still send, given (messages, recipients) limits per
+    key (0: unlimited) and what each key used in the window: the smallest budget
+    left over the keys. The pure part of ``RateLimiter.budget``."""
+    messages_left: int | None = None
+    recipients_left: int | None = None
+    detail = ""
+    for key, (max_m, max_r) in limits.items():
+        m, r = used.get(key, (0, 0))
+        if max_m:
+            left = max_m - m
+            if messages_left is None or left < messages_left:
+                messages_left = left
+                detail = f"{key} sent {m} of {max_m} messages in the last hour"
+        if max_r:
+            left = max_r - r
+            recipients_left = left if recipients_left is None else min(recipients_left, left)
+    return Budget(tuple(limits), messages_left, recipients_left, detail)
+
+
 class RateLimiter:
-    """Reads and bumps counters through the guard's store and thread."""
+    """Reads and bumps ``RateCounters`` on one thread of its own (which keeps this
+    process's counts in order); ``close()`` closes the counters."""
 
     def __init__(
-        self, guard: Guard, limits: LimitsConfig, *, clock: Callable[[], float] = time.time
+        self, counters: RateCounters, limits: LimitsConfig, *,
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        self._guard = guard
+        self._counters = counters
         self._limits = limits
         self._clock = clock
+        self._pool = ThreadPoolExecutor(1, "smtpgate-rates")
+        self._closed = False
+
+    def reconfigure(self, limits: LimitsConfig) -> None:
+        """New default limits (a reload); the counters stay."""
+        self._limits = limits
+
+    async def _run(self, fn: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     def _bucket(self) -> int:
         return int(self._clock() // BUCKET_SECONDS)
@@ -87,29 +126,23 @@ class RateLimiter:
             return Budget(keys, None, None)
         since = self._bucket() - WINDOW_BUCKETS + 1
         try:
-            used = await self._guard.run_store(self._guard.store.usage, keys, since)
-        except GuardStoreError as e:
+            used = await self._run(self._counters.usage, keys, since)
+        except RateCountersError as e:
             log.error("rate limits not checked (database fault): %s", e)
             return Budget(keys, None, None)
-        messages_left: int | None = None
-        recipients_left: int | None = None
-        detail = ""
-        for key, (max_m, max_r) in limits.items():
-            m, r = used.get(key, (0, 0))
-            if max_m:
-                left = max_m - m
-                if messages_left is None or left < messages_left:
-                    messages_left = left
-                    detail = f"{key} sent {m} of {max_m} messages in the last hour"
-            if max_r:
-                left = max_r - r
-                recipients_left = left if recipients_left is None else min(recipients_left, left)
-        return Budget(keys, messages_left, recipients_left, detail)
+        return budget_left(limits, used)
 
     async def count(self, keys: tuple[str, ...], messages: int, recipients: int) -> None:
         try:
-            await self._guard.run_store(
-                self._guard.store.add_usage, keys, self._bucket(), messages, recipients
-            )
-        except GuardStoreError as e:
+            await self._run(self._counters.add_usage, keys, self._bucket(), messages, recipients)
+        except RateCountersError as e:
             log.error("sending counted nowhere (database fault): %s", e)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await asyncio.get_running_loop().run_in_executor(
+            None, lambda: self._pool.shutdown(wait=True)
+        )
+        self._counters.close()

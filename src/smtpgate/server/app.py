@@ -40,6 +40,7 @@ from smtpgate.auth.service import AuthService, build_auth_service
 from smtpgate.auth.store import SqliteAccountStore, StoreError
 from smtpgate.config import Config, ListenerConfig
 from smtpgate.policy.rates import RateLimiter
+from smtpgate.policy.sqlite_counters import SqliteRateCounters
 from smtpgate.queue.factory import DeliverySetupError, make_deliverer
 from smtpgate.queue.spool import Spool
 from smtpgate.queue.worker import DeliveryWorker
@@ -152,6 +153,16 @@ def build_guard(cfg: Config) -> Guard:
         GuardStoreError: the file cannot be opened.
     """
     return Guard(SqliteGuardStore(cfg.path(cfg.guard.database)), cfg.guard)
+
+
+def build_rates(cfg: Config) -> RateLimiter:
+    """The rate limiter, its counters in the guard's file (opened by ``build_guard``
+    first, which brings the schema up to date).
+
+    Raises:
+        RateCountersError: the file cannot be opened.
+    """
+    return RateLimiter(SqliteRateCounters(cfg.path(cfg.guard.database)), cfg.limits)
 
 
 def bind_sockets(cfg: Config, *, reuse_port: bool = False) -> list[socket.socket]:
@@ -315,7 +326,8 @@ class _Live:
         rt.add_received = cfg.smtp.received_header
         rt.policy = cfg.policy
         self.guard.reconfigure(cfg.guard)
-        rt.rates = RateLimiter(self.guard, cfg.limits)
+        if rt.rates is not None:
+            rt.rates.reconfigure(cfg.limits)
         for lst in cfg.listeners:
             self.listeners[lst.name] = _listener_runtime(cfg, lst, self.secret)
         self.cfg = cfg
@@ -359,6 +371,7 @@ async def serve_sockets(
     sys.setswitchinterval(0.0005)
     auth = build_auth_service(cfg, make_token_verifier(cfg))
     guard = build_guard(cfg)
+    rates = build_rates(cfg)
     spool = Spool(cfg.path(cfg.queue.spool))
     worker: DeliveryWorker | None = None
     worker_task: asyncio.Task[None] | None = None
@@ -379,7 +392,7 @@ async def serve_sockets(
         failure_floor=cfg.auth.failure_floor,
         add_received=cfg.smtp.received_header,
         guard=guard,
-        rates=RateLimiter(guard, cfg.limits),
+        rates=rates,
         policy=cfg.policy,
     )
     secret = decoy_secret(cfg)
@@ -436,6 +449,7 @@ async def serve_sockets(
         await asyncio.gather(*runtime.background, return_exceptions=True)
     await auth.close()
     await guard.close()
+    await rates.close()
     await spool.close()
     log.info("stopped")
 

@@ -1,0 +1,52 @@
+"""The sending counters the rate limiter reads and bumps, as an interface.
+
+Theory of operation
+-------------------
+A counter is (messages, recipients) per key (``acct:NAME``, ``app:ID``) per
+bucket, a bucket being ``BUCKET_SECONDS`` of the limiter's clock
+(``int(t // BUCKET_SECONDS)``). The limiter (``rates.py``) adds what a message
+used to every key of its sender and reads the sums over its window; what the
+limits are, and what a sum means, is its business, not the counters'.
+
+Shaped for an atomic increment with expiry (Redis ``INCRBY`` + ``EXPIREAT``,
+shared by several nodes) as much as for SQL: ``add_usage`` is one round trip for
+all keys, ``usage`` one read. A bucket is kept for ``KEEP_BUCKETS`` buckets and
+then forgotten, so nothing grows without bound: once a bucket that much newer
+has been added, or, for an implementation that expires by TTL, at
+``(bucket + KEEP_BUCKETS + 1) * BUCKET_SECONDS`` of the clock.
+
+The calls are synchronous; the limiter runs them on its own thread.
+``SqliteRateCounters`` (``sqlite_counters.py``) keeps them in the guard's file for
+one node; ``tests/contract/test_rate_counters_contract.py`` is the contract
+every implementation passes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+#: Seconds per bucket: the limiter's window slides to the minute.
+BUCKET_SECONDS = 60
+#: Buckets kept (a day): longer than any window the limiter reads.
+KEEP_BUCKETS = 1440
+
+
+class RateCountersError(Exception):
+    """The counters failed (I/O, corrupt, busy too long, unreachable, closed)."""
+
+
+class RateCounters(Protocol):
+    """Every method may raise ``RateCountersError``."""
+
+    def add_usage(self, keys: Sequence[str], bucket: int, messages: int, recipients: int) -> None:
+        """Add (``messages``, ``recipients``) to each key's count in ``bucket``, all
+        keys at once. Concurrent adds from any process or node all count."""
+        ...
+
+    def usage(self, keys: Sequence[str], since_bucket: int) -> dict[str, tuple[int, int]]:
+        """(messages, recipients) per key, summed over buckets >= ``since_bucket``;
+        (0, 0) for a key never counted. Buckets forgotten (``KEEP_BUCKETS``) count 0."""
+        ...
+
+    def close(self) -> None: ...

@@ -87,6 +87,7 @@ def run_checks(cfg: Config, *, now: dt.datetime | None = None) -> list[Problem]:
         ("listeners", lambda: check_listeners(cfg)),
         ("accounts.database", lambda: check_account_database(cfg)),
         ("guard.database", lambda: check_guard_database(cfg)),
+        ("auth.decoy_secret_file", lambda: check_decoy_secret(cfg)),
         ("queue.spool", lambda: check_directories(cfg)),
         ("delivery", lambda: check_delivery(cfg)),
         ("auth.oauth_issuers", lambda: check_oauth(cfg)),
@@ -307,8 +308,12 @@ def check_tls(cfg: Config, now: dt.datetime) -> list[Problem]:
     not_after, not_before = leaf.not_valid_after_utc, leaf.not_valid_before_utc
     if not_after <= now:
         days = (now - not_after).days
-        out.append(_error("tls.cert", f"the certificate expired on {_day(not_after)} ({days} "
-                          "days ago); renew it, then restart or reload smtpgate"))
+        # A warning, not an error: refusing to start turns "clients that verify
+        # refuse the certificate" into "no client can send at all", and a restart
+        # after a missed renewal should not take the service down.
+        out.append(_warning("tls.cert", f"the certificate expired on {_day(not_after)} "
+                            f"({days} days ago): clients that verify certificates refuse "
+                            "it; renew it, then reload smtpgate"))
     elif not_after - now < dt.timedelta(days=EXPIRY_WARNING_DAYS):
         days = (not_after - now).days
         out.append(_warning("tls.cert", f"the certificate expires on {_day(not_after)} (in "
@@ -431,6 +436,26 @@ def check_guard_database(cfg: Config) -> list[Problem]:
     return out + _schema(key, path, len(MIGRATIONS))
 
 
+def check_decoy_secret(cfg: Config) -> list[Problem]:
+    """The decoy secret reads and is long enough; a missing one can be created (serve
+    creates it at start-up: auth/decoy.py)."""
+    from smtpgate.auth.decoy import KEY, SECRET_BYTES, decoy_secret_path, decoy_secret_problem
+
+    path = decoy_secret_path(cfg)
+    if not path.exists():
+        return [
+            _error(KEY, f"{path} does not exist, and serve could not create it "
+                   f"({p.message}); create it: head -c {SECRET_BYTES} /dev/urandom > {path}, "
+                   "readable by the user smtpgate runs as")
+            for p in _writable_dir(KEY, path.parent, "decoy secret's")
+        ]
+    data = read_file(KEY, path)
+    if isinstance(data, Problem):
+        return [data]
+    problem = decoy_secret_problem(data, path)
+    return [_error(KEY, problem + "; remove it and serve makes a new one")] if problem else []
+
+
 def _schema(key: str, path: Path, latest: int) -> list[Problem]:
     """The file is an SQLite database whose ``schema_version`` (the stores' migration
     record) is not newer than ``latest``; an older one is upgraded at the next open."""
@@ -500,7 +525,7 @@ def check_delivery(cfg: Config) -> list[Problem]:
     try:
         make_deliverer(cfg)
     except DeliverySetupError as e:
-        return [_error(e.key, str(e).removeprefix(f"{e.key}: "))]
+        return [_error(e.key, f"{e.message}; {e.hint}" if e.hint else e.message)]
     except (ValueError, OSError) as e:
         return [_error("delivery", f"the relay delivery cannot be set up: {e}")]
     return []

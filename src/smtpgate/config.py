@@ -240,6 +240,12 @@ class IssuerConfig(Model):
 
 
 class AccountsConfig(Model):
+    backend: Literal["sqlite"] = Field(
+        default="sqlite",
+        description="Where accounts are kept: 'sqlite' (the file [accounts].database), the "
+        "only backend so far. Every server process and `smtpgate user ...` command opens "
+        "the one named here.",
+    )
     database: Path = Field(default=Path("accounts.sqlite"), description="SQLite account database.")
     argon2_time_cost: int = Field(default=3, ge=1, description="Argon2id passes.")
     argon2_memory_kib: int = Field(default=65536, ge=8192, description="Argon2id memory (KiB).")

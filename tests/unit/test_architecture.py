@@ -79,6 +79,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("cli",),
     ("server",),
     ("preflight",),
+    ("admin",),
     ("tools", "queue", "policy", "auth"),
     ("smtp", "client", "tls", "sasl"),
     ("config",),

@@ -1,6 +1,6 @@
 """The contract with sasl/: real server mechanisms, answered by AuthService, against
-real client mechanisms, on secrets the store made. Catches a mismatch between what
-the store derives and what the mechanisms compute."""
+real client mechanisms, on secrets the admin service derived and the store keeps.
+Catches a mismatch between what is derived and what the mechanisms compute."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from smtpgate.admin import AccountAdmin
 from smtpgate.auth.authlog import AuthLog
 from smtpgate.auth.passwords import PasswordHasher
 from smtpgate.auth.service import AuthContext, AuthService
-from smtpgate.auth.store import SqliteAccountStore
+from smtpgate.auth.store import AuditActor, SqliteAccountStore
 from smtpgate.config import AccountsConfig, AuthConfig
 from smtpgate.sasl.base import (
     Challenge,
@@ -36,9 +37,10 @@ CTX = AuthContext("submission", "192.0.2.7", 50123, "TLSv1.3", "sess-1")
 @pytest.fixture
 async def svc(tmp_path: Path) -> AsyncIterator[AuthService]:
     store = SqliteAccountStore(tmp_path / "accounts.sqlite", CFG)
-    store.add_account("alice@example.org", "pencil")
-    store.add_account("legacy@example.org", "crayon", cram_md5_enabled=True)
-    imported = store.add_account("old@example.org", None)
+    admin = AccountAdmin(store, CFG, actor=AuditActor("ops", "pytest"))
+    admin.add_account("alice@example.org", "pencil")
+    admin.add_account("legacy@example.org", "crayon", cram_md5_enabled=True)
+    imported = admin.add_account("old@example.org", None)
     store.put_credentials(
         imported.name,
         {"argon2id": PasswordHasher(CFG).hash("chalk")},

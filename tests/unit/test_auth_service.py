@@ -13,11 +13,12 @@ from typing import Any
 
 import pytest
 
+from smtpgate.admin import AccountAdmin
 from smtpgate.auth.authlog import AuthLog
 from smtpgate.auth.credentials import ARGON2ID, CRAM_MD5, SCRAM_SHA_1, SCRAM_SHA_256
 from smtpgate.auth.passwords import PasswordHasher
 from smtpgate.auth.service import AuthContext, AuthService, build_auth_service
-from smtpgate.auth.store import Account, SqliteAccountStore, StoreUnavailable
+from smtpgate.auth.store import Account, AuditActor, SqliteAccountStore, StoreUnavailable
 from smtpgate.config import AccountsConfig, AuthConfig, Config
 from smtpgate.sasl.base import (
     ConfirmIdentity,
@@ -37,6 +38,7 @@ CFG = AccountsConfig(
 )
 CTX = AuthContext("submission", "192.0.2.7", 50123, "TLSv1.3", "sess-1")
 ALICE = "alice@example.org"
+ACTOR = AuditActor("ops", "pytest")
 
 
 @pytest.fixture
@@ -47,16 +49,16 @@ def db(tmp_path: Path) -> Path:
 @pytest.fixture
 def store(db: Path) -> SqliteAccountStore:
     s = SqliteAccountStore(db, CFG)
-    s.add_account(ALICE, "pencil")
+    AccountAdmin(s, CFG, actor=ACTOR).add_account(ALICE, "pencil")
     return s
 
 
 @pytest.fixture
-def admin(db: Path, store: SqliteAccountStore) -> Iterator[SqliteAccountStore]:
-    """A second store on the same file: what `smtpgate user ...` or another worker does."""
-    s = SqliteAccountStore(db, CFG)
-    yield s
-    s.close()
+def admin(db: Path, store: SqliteAccountStore) -> Iterator[AccountAdmin]:
+    """The admin service on a second store on the same file: what `smtpgate user ...`
+    does from another process."""
+    with AccountAdmin(SqliteAccountStore(db, CFG), CFG, actor=ACTOR) as s:
+        yield s
 
 
 def make_service(
@@ -127,7 +129,7 @@ async def test_cache_hit_skips_argon2(svc: AuthService, monkeypatch: pytest.Monk
 
 
 async def test_locked_refused_even_after_cached_success(
-    svc: AuthService, admin: SqliteAccountStore
+    svc: AuthService, admin: AccountAdmin
 ) -> None:
     assert (await login(svc)).ok
     assert (await login(svc)).ok  # now served from the cache
@@ -139,7 +141,7 @@ async def test_locked_refused_even_after_cached_success(
 
 
 async def test_password_change_elsewhere_invalidates_cache(
-    svc: AuthService, admin: SqliteAccountStore
+    svc: AuthService, admin: AccountAdmin
 ) -> None:
     assert (await login(svc)).ok
     admin.set_password(ALICE, "crayon")
@@ -163,13 +165,13 @@ async def test_authzid_must_be_the_account(svc: AuthService) -> None:
     assert not v.ok and not v.temporary and "authorization identity" in v.reason
 
 
-async def test_account_without_password(svc: AuthService, admin: SqliteAccountStore) -> None:
+async def test_account_without_password(svc: AuthService, admin: AccountAdmin) -> None:
     admin.add_account("nopw@example.org", None)
     v = await login(svc, "nopw@example.org", "x")
     assert not v.ok and not v.temporary and "no password" in v.reason
 
 
-async def test_success_records_last_login(svc: AuthService, admin: SqliteAccountStore) -> None:
+async def test_success_records_last_login(svc: AuthService, admin: AccountAdmin) -> None:
     assert (await login(svc, mechanism="login")).ok
     await svc.flush()
     a = admin.get_account(ALICE)
@@ -279,11 +281,11 @@ async def test_scram_lookup(svc: AuthService) -> None:
 
 
 async def test_legacy_account_gets_scram_keys_at_plain_login(
-    svc: AuthService, admin: SqliteAccountStore
+    svc: AuthService, admin: AccountAdmin, store: SqliteAccountStore
 ) -> None:
     # An account imported with only an Argon2id hash (e.g. from another server).
     legacy = admin.add_account("old@example.org", None)
-    admin.put_credentials(
+    store.put_credentials(
         legacy.name, {ARGON2ID: PasswordHasher(CFG).hash("pencil")}, generation=legacy.generation
     )
     before = await svc.resolve(LookupScram(legacy.name, "sha256", "SCRAM-SHA-256"), CTX)
@@ -308,22 +310,22 @@ async def test_legacy_account_gets_scram_keys_at_plain_login(
 
 
 async def test_weak_argon2_hash_rehashed_at_login(
-    store: SqliteAccountStore, tmp_path: Path, admin: SqliteAccountStore
+    store: SqliteAccountStore, tmp_path: Path, admin: AccountAdmin
 ) -> None:
     stronger = CFG.model_copy(update={"argon2_time_cost": 2})
     svc = make_service(store, tmp_path, cfg=stronger)
     try:
-        assert "t=1" in (admin.get_credential(ALICE, ARGON2ID) or "")
+        assert "t=1" in (store.get_credential(ALICE, ARGON2ID) or "")
         assert (await login(svc)).ok
         await svc.flush()
-        assert "t=2" in (admin.get_credential(ALICE, ARGON2ID) or "")
+        assert "t=2" in (store.get_credential(ALICE, ARGON2ID) or "")
         svc._cache.clear()
         assert (await login(svc)).ok
     finally:
         await svc.close()
 
 
-async def test_cram_md5_lookup(svc: AuthService, admin: SqliteAccountStore) -> None:
+async def test_cram_md5_lookup(svc: AuthService, admin: AccountAdmin) -> None:
     assert await svc.resolve(LookupCramMd5(ALICE), CTX) == NotFound(
         reason="cram-md5 not enabled for account"
     )
@@ -334,9 +336,9 @@ async def test_cram_md5_lookup(svc: AuthService, admin: SqliteAccountStore) -> N
 
 
 async def test_cram_md5_secret_made_at_login_after_opt_in(
-    svc: AuthService, admin: SqliteAccountStore
+    svc: AuthService, admin: AccountAdmin
 ) -> None:
-    admin.set_cram_md5_enabled(ALICE, True)
+    admin.enable_cram_md5(ALICE)
     missing = await svc.resolve(LookupCramMd5(ALICE), CTX)
     assert isinstance(missing, NotFound) and "secret" in missing.reason
     assert (await login(svc)).ok
@@ -347,7 +349,7 @@ async def test_cram_md5_secret_made_at_login_after_opt_in(
 # --- ConfirmIdentity and per-account policy --------------------------------------
 
 
-async def test_confirm_identity(svc: AuthService, admin: SqliteAccountStore) -> None:
+async def test_confirm_identity(svc: AuthService, admin: AccountAdmin) -> None:
     ok = await svc.resolve(ConfirmIdentity("alice@Example.org", "SCRAM-SHA-256"), CTX)
     assert ok == Verdict(ok=True, identity=ALICE)
     await svc.flush()
@@ -362,7 +364,7 @@ async def test_confirm_identity(svc: AuthService, admin: SqliteAccountStore) -> 
     )
 
 
-async def test_locked_account_lookups_refused(svc: AuthService, admin: SqliteAccountStore) -> None:
+async def test_locked_account_lookups_refused(svc: AuthService, admin: AccountAdmin) -> None:
     admin.lock(ALICE, "x")
     assert await svc.resolve(LookupScram(ALICE, "sha256", "SCRAM-SHA-256"), CTX) == NotFound(
         reason="account locked"
@@ -370,7 +372,7 @@ async def test_locked_account_lookups_refused(svc: AuthService, admin: SqliteAcc
 
 
 async def test_allowed_mechanisms_apply_to_every_query(
-    svc: AuthService, admin: SqliteAccountStore
+    svc: AuthService, admin: AccountAdmin
 ) -> None:
     admin.set_allowed_mechanisms(ALICE, ["SCRAM-SHA-256"])
     before = svc.stats.hash_verifications
@@ -439,7 +441,7 @@ async def test_token_verified(store: SqliteAccountStore, tmp_path: Path, kind: s
         )
         v = await svc.resolve(token("bob@example.org"), CTX)
         assert isinstance(v, Verdict) and not v.ok and "differs" in v.reason
-        store.lock(ALICE, "x")
+        AccountAdmin(store, CFG, actor=ACTOR).lock(ALICE, "x")
         assert await svc.resolve(token(), CTX) == Verdict(ok=False, reason="account locked")
     finally:
         await svc.close()

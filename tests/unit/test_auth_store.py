@@ -1,4 +1,7 @@
-"""SqliteAccountStore on a real file: schema, secrets, locking, bookkeeping."""
+"""SqliteAccountStore on a real file: schema, secrets, locking, bookkeeping.
+
+Changes go through the admin service (``smtpgate/admin.py``), which derives the
+secrets the store keeps; reads and bookkeeping go to the store itself."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from smtpgate.admin import AccountAdmin
 from smtpgate.auth.credentials import (
     ARGON2ID,
     CRAM_MD5,
@@ -26,6 +30,7 @@ from smtpgate.auth.store import (
     SCHEMA_VERSION,
     AccountExists,
     AccountStore,
+    AuditActor,
     NoSuchAccount,
     SqliteAccountStore,
     StoreUnavailable,
@@ -50,6 +55,11 @@ def store(db: Path) -> Iterator[SqliteAccountStore]:
     s.close()
 
 
+@pytest.fixture
+def admin(store: SqliteAccountStore) -> AccountAdmin:
+    return AccountAdmin(store, CFG, actor=AuditActor("ops", "pytest"))
+
+
 def raw(db: Path, sql: str, *args: object) -> list[tuple[object, ...]]:
     conn = sqlite3.connect(db)
     try:
@@ -71,8 +81,8 @@ def test_file_setup_wal_private_and_versioned(db: Path, store: SqliteAccountStor
     assert {"accounts", "credentials", "schema_version"} <= tables
 
 
-def test_reopen_is_idempotent(db: Path, store: SqliteAccountStore) -> None:
-    store.add_account("a@x.org", "pencil")
+def test_reopen_is_idempotent(db: Path, store: SqliteAccountStore, admin: AccountAdmin) -> None:
+    admin.add_account("a@x.org", "pencil")
     again = SqliteAccountStore(db, CFG)
     try:
         assert again.get_account("a@x.org") is not None
@@ -104,9 +114,9 @@ def test_missing_directory_is_unavailable(tmp_path: Path) -> None:
 
 
 def test_add_stores_argon2_and_scram_never_the_password(
-    db: Path, store: SqliteAccountStore
+    db: Path, store: SqliteAccountStore, admin: AccountAdmin
 ) -> None:
-    a = store.add_account("Alice@Example.ORG", "pencil-Secret")
+    a = admin.add_account("Alice@Example.ORG", "pencil-Secret")
     assert a.name == "Alice@example.org"
     assert a.schemes == {ARGON2ID, SCRAM_SHA_1, SCRAM_SHA_256}
     assert not a.locked and a.password_changed is not None and a.last_login is None
@@ -124,58 +134,58 @@ def test_add_stores_argon2_and_scram_never_the_password(
     assert store.get_credential(a.name, CRAM_MD5) is None
 
 
-def test_cram_md5_secret_only_when_enabled(store: SqliteAccountStore) -> None:
-    store.add_account("plain@x.org", "pencil")
-    legacy = store.add_account("legacy@x.org", "pencil", cram_md5_enabled=True)
+def test_cram_md5_secret_only_when_enabled(store: SqliteAccountStore, admin: AccountAdmin) -> None:
+    admin.add_account("plain@x.org", "pencil")
+    legacy = admin.add_account("legacy@x.org", "pencil", cram_md5_enabled=True)
     assert store.get_credential("plain@x.org", CRAM_MD5) is None
     assert CRAM_MD5 in legacy.schemes
     secret = decode_cram_md5(store.get_credential("legacy@x.org", CRAM_MD5) or "")
     assert len(secret.inner) == len(secret.outer) == 16
     # Opting out deletes the secret at once; a password change does not bring it back.
-    store.set_cram_md5_enabled("legacy@x.org", False)
+    admin.disable_cram_md5("legacy@x.org")
     assert store.get_credential("legacy@x.org", CRAM_MD5) is None
-    store.set_password("legacy@x.org", "new")
+    admin.set_password("legacy@x.org", "new")
     assert store.get_credential("legacy@x.org", CRAM_MD5) is None
     # Opting in stores it at the next password change.
-    store.set_cram_md5_enabled("plain@x.org", True)
-    store.set_password("plain@x.org", "new")
+    admin.enable_cram_md5("plain@x.org")
+    admin.set_password("plain@x.org", "new")
     assert store.get_credential("plain@x.org", CRAM_MD5) is not None
 
 
-def test_put_credentials_respects_cram_opt_in(store: SqliteAccountStore) -> None:
-    a = store.add_account("a@x.org", None)
+def test_put_credentials_respects_cram_opt_in(store: SqliteAccountStore, admin: AccountAdmin) -> None:
+    a = admin.add_account("a@x.org", None)
     assert store.put_credentials(a.name, {CRAM_MD5: "{}"}, generation=a.generation)
     assert store.get_credential(a.name, CRAM_MD5) is None
 
 
-def test_duplicate_and_invalid_names(store: SqliteAccountStore) -> None:
-    store.add_account("a@x.org", "p")
+def test_duplicate_and_invalid_names(store: SqliteAccountStore, admin: AccountAdmin) -> None:
+    admin.add_account("a@x.org", "p")
     with pytest.raises(AccountExists):
-        store.add_account("a@X.ORG", "p")
+        admin.add_account("a@X.ORG", "p")
     with pytest.raises(InvalidAccountName):
-        store.add_account("no-domain", "p")
+        admin.add_account("no-domain", "p")
     # The local part is case-sensitive (RFC 5321 §2.4): another account.
-    store.add_account("A@x.org", "p")
+    admin.add_account("A@x.org", "p")
     assert [a.name for a in store.list_accounts()] == ["A@x.org", "a@x.org"]
 
 
 @pytest.mark.parametrize("bad", ["", "a\0b"])
-def test_unusable_password_refused(store: SqliteAccountStore, bad: str) -> None:
+def test_unusable_password_refused(store: SqliteAccountStore, bad: str, admin: AccountAdmin) -> None:
     with pytest.raises(PasswordPolicyError):
-        store.add_account("a@x.org", bad)
+        admin.add_account("a@x.org", bad)
     assert store.get_account("a@x.org") is None
 
 
-def test_password_sasprep_refuses_is_refused(store: SqliteAccountStore) -> None:
+def test_password_sasprep_refuses_is_refused(store: SqliteAccountStore, admin: AccountAdmin) -> None:
     # U+0007 is prohibited by SASLprep (RFC 4013 §2.3), so SCRAM could never use it.
     with pytest.raises(PasswordPolicyError, match="SCRAM"):
-        store.add_account("a@x.org", "bell\u0007")
+        admin.add_account("a@x.org", "bell\u0007")
 
 
-def test_set_password_replaces_every_secret(store: SqliteAccountStore) -> None:
-    a = store.add_account("a@x.org", "old")
+def test_set_password_replaces_every_secret(store: SqliteAccountStore, admin: AccountAdmin) -> None:
+    a = admin.add_account("a@x.org", "old")
     old = {s: store.get_credential(a.name, s) for s in a.schemes}
-    store.set_password("a@X.org", "new")
+    admin.set_password("a@X.org", "new")
     b = store.get_account("a@x.org")
     assert b is not None and b.generation > a.generation
     assert b.schemes == a.schemes
@@ -183,39 +193,39 @@ def test_set_password_replaces_every_secret(store: SqliteAccountStore) -> None:
         assert store.get_credential(a.name, s) != old[s]
     assert PasswordHasher(CFG).verify(store.get_credential(a.name, ARGON2ID) or "", "new")
     with pytest.raises(NoSuchAccount):
-        store.set_password("nobody@x.org", "p")
+        admin.set_password("nobody@x.org", "p")
 
 
-def test_lock_unlock(store: SqliteAccountStore) -> None:
-    a = store.add_account("a@x.org", "p")
-    store.lock("a@x.org", "phished")
+def test_lock_unlock(store: SqliteAccountStore, admin: AccountAdmin) -> None:
+    a = admin.add_account("a@x.org", "p")
+    admin.lock("a@x.org", "phished")
     b = store.get_account("a@x.org")
     assert b is not None and b.locked and b.lock_reason == "phished" and b.locked_at
     assert b.generation > a.generation
-    store.lock("a@x.org", "still phished")  # keeps the first lock time
+    admin.lock("a@x.org", "still phished")  # keeps the first lock time
     c = store.get_account("a@x.org")
     assert c is not None and c.locked_at == b.locked_at and c.lock_reason == "still phished"
-    assert store.unlock("a@x.org")
-    assert not store.unlock("a@x.org")
+    assert admin.unlock("a@x.org")
+    assert not admin.unlock("a@x.org")
     d = store.get_account("a@x.org")
     assert d is not None and not d.locked and d.lock_reason is None and d.locked_at is None
     with pytest.raises(NoSuchAccount):
-        store.lock("nobody@x.org", "x")
+        admin.lock("nobody@x.org", "x")
     with pytest.raises(NoSuchAccount):
-        store.unlock("nobody@x.org")
+        admin.unlock("nobody@x.org")
 
 
-def test_remove_cascades(db: Path, store: SqliteAccountStore) -> None:
-    store.add_account("a@x.org", "p")
-    store.remove_account("a@x.org")
+def test_remove_cascades(db: Path, store: SqliteAccountStore, admin: AccountAdmin) -> None:
+    admin.add_account("a@x.org", "p")
+    admin.remove_account("a@x.org")
     assert store.get_account("a@x.org") is None
     assert raw(db, "SELECT COUNT(*) FROM credentials") == [(0,)]
     with pytest.raises(NoSuchAccount):
-        store.remove_account("a@x.org")
+        admin.remove_account("a@x.org")
 
 
-def test_record_login_never_goes_backwards(store: SqliteAccountStore) -> None:
-    store.add_account("a@x.org", "p")
+def test_record_login_never_goes_backwards(store: SqliteAccountStore, admin: AccountAdmin) -> None:
+    admin.add_account("a@x.org", "p")
     t = datetime(2030, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
     store.record_login("a@x.org", "plain", t)
     store.record_login("a@x.org", "LOGIN", t - timedelta(seconds=1))  # late, older write
@@ -229,10 +239,10 @@ def test_record_login_never_goes_backwards(store: SqliteAccountStore) -> None:
     assert b is not None and b.generation == a.generation  # bookkeeping does not invalidate
 
 
-def test_put_credentials_guarded_by_generation(store: SqliteAccountStore) -> None:
-    a = store.add_account("a@x.org", None)
+def test_put_credentials_guarded_by_generation(store: SqliteAccountStore, admin: AccountAdmin) -> None:
+    a = admin.add_account("a@x.org", None)
     assert a.schemes == frozenset() and a.password_changed is None
-    store.set_password("a@x.org", "p")  # generation moves on
+    admin.set_password("a@x.org", "p")  # generation moves on
     assert not store.put_credentials("a@x.org", {"test-scheme": "stale"}, generation=a.generation)
     assert store.get_credential("a@x.org", "test-scheme") is None
     b = store.get_account("a@x.org")
@@ -242,21 +252,21 @@ def test_put_credentials_guarded_by_generation(store: SqliteAccountStore) -> Non
     assert not store.put_credentials("nobody@x.org", {"x": "y"}, generation=0)
 
 
-def test_allowed_mechanisms(store: SqliteAccountStore) -> None:
-    a = store.add_account("a@x.org", "p", allowed_mechanisms=["scram-sha-256"])
+def test_allowed_mechanisms(store: SqliteAccountStore, admin: AccountAdmin) -> None:
+    a = admin.add_account("a@x.org", "p", allowed_mechanisms=["scram-sha-256"])
     assert a.allowed_mechanisms == frozenset({"SCRAM-SHA-256"})
     assert a.allows("scram-sha-256") and not a.allows("PLAIN")
-    store.set_allowed_mechanisms("a@x.org", None)
+    admin.set_allowed_mechanisms("a@x.org", None)
     b = store.get_account("a@x.org")
     assert b is not None and b.allowed_mechanisms is None and b.allows("PLAIN")
     with pytest.raises(ValueError, match="unknown mechanism"):
-        store.set_allowed_mechanisms("a@x.org", ["NTLM"])
+        admin.set_allowed_mechanisms("a@x.org", ["NTLM"])
     with pytest.raises(NoSuchAccount):
-        store.set_allowed_mechanisms("nobody@x.org", None)
+        admin.set_allowed_mechanisms("nobody@x.org", None)
 
 
-def test_one_connection_per_thread(store: SqliteAccountStore) -> None:
-    store.add_account("a@x.org", "p")
+def test_one_connection_per_thread(store: SqliteAccountStore, admin: AccountAdmin) -> None:
+    admin.add_account("a@x.org", "p")
     barrier = threading.Barrier(4)
 
     def work() -> int:
@@ -271,11 +281,11 @@ def test_one_connection_per_thread(store: SqliteAccountStore) -> None:
     assert len(set(conns)) == 4
 
 
-def test_two_stores_share_the_file(db: Path, store: SqliteAccountStore) -> None:
+def test_two_stores_share_the_file(db: Path, store: SqliteAccountStore, admin: AccountAdmin) -> None:
     other = SqliteAccountStore(db, CFG)  # as a second server process would
     try:
-        store.add_account("a@x.org", "p")
-        other.lock("a@x.org", "from elsewhere")
+        admin.add_account("a@x.org", "p")
+        AccountAdmin(other, CFG, actor=AuditActor("ops", "pytest")).lock("a@x.org", "from elsewhere")
         a = store.get_account("a@x.org")
         assert a is not None and a.locked
     finally:
@@ -289,11 +299,11 @@ def test_closed_store_is_unavailable(store: SqliteAccountStore) -> None:
     store.close()  # idempotent
 
 
-def test_times_are_utc_text_in_sql_order(db: Path, store: SqliteAccountStore) -> None:
-    store.add_account("a@x.org", "p")
+def test_times_are_utc_text_in_sql_order(db: Path, store: SqliteAccountStore, admin: AccountAdmin) -> None:
+    admin.add_account("a@x.org", "p")
     ((created, allowed),) = raw(db, "SELECT created, allowed_mechanisms FROM accounts")
     assert isinstance(created, str) and created.endswith("Z") and len(created) == 27
     assert allowed is None
-    store.set_allowed_mechanisms("a@x.org", ["PLAIN", "login"])
+    admin.set_allowed_mechanisms("a@x.org", ["PLAIN", "login"])
     ((allowed,),) = raw(db, "SELECT allowed_mechanisms FROM accounts")
     assert json.loads(str(allowed)) == ["LOGIN", "PLAIN"]

@@ -14,12 +14,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from smtpgate.admin import AccountAdmin
 from smtpgate.auth import guard_store
 from smtpgate.auth.guard_store import GuardSchemaTooNew, GuardStoreError, SqliteGuardStore
 from smtpgate.auth.sqlite_file import NewerSchema, backup_database
 from smtpgate.auth.store import (
     MIGRATIONS,
     SCHEMA_VERSION,
+    AuditActor,
     SchemaTooNew,
     SqliteAccountStore,
     StoreUnavailable,
@@ -180,7 +182,9 @@ def test_cli_prints_the_upgrade_line(tmp_path: Path) -> None:
 def test_backup_is_a_consistent_snapshot_while_a_writer_holds_the_lock(tmp_path: Path) -> None:
     db = tmp_path / "accounts.sqlite"
     store = SqliteAccountStore(db, FAST)
-    store.add_account("alice@example.org", "pencil")
+    AccountAdmin(store, FAST, actor=AuditActor("ops", "pytest")).add_account(
+        "alice@example.org", "pencil"
+    )
     writer = sqlite3.connect(db, isolation_level=None)
     try:
         writer.execute("BEGIN IMMEDIATE")
@@ -208,7 +212,9 @@ def test_backup_is_a_consistent_snapshot_while_a_writer_holds_the_lock(tmp_path:
 def test_db_backup_command(tmp_path: Path) -> None:
     config = write_config(tmp_path)
     store = SqliteAccountStore(tmp_path / "accounts.sqlite", FAST)
-    store.add_account("alice@example.org", "pencil")
+    AccountAdmin(store, FAST, actor=AuditActor("ops", "pytest")).add_account(
+        "alice@example.org", "pencil"
+    )
     SqliteGuardStore(tmp_path / "guard.sqlite").close()
     dest = tmp_path / "backups"
     try:  # the store stays open: a backup of a database in use

@@ -9,6 +9,15 @@ from pathlib import Path
 
 import pytest
 
+from smtpgate.admin import (
+    AccountAdmin,
+    AnyListener,
+    AnyNetwork,
+    MessageRate,
+    RequireOAuth,
+    RestrictListeners,
+    RestrictNetworks,
+)
 from smtpgate.auth.authlog import AuthLog
 from smtpgate.auth.sender_profile import SenderProfile
 from smtpgate.auth.service import (
@@ -19,7 +28,7 @@ from smtpgate.auth.service import (
     AuthService,
     Resolution,
 )
-from smtpgate.auth.store import SqliteAccountStore
+from smtpgate.auth.store import AuditActor, SqliteAccountStore
 from smtpgate.config import AccountsConfig, AuthConfig, LimitsConfig, PasswordsConfig
 from smtpgate.policy.rates import RateLimiter
 from smtpgate.policy.sqlite_counters import SqliteRateCounters
@@ -44,8 +53,13 @@ def ctx(ip: str = "192.0.2.7", listener: str = "submission") -> AuthContext:
 @pytest.fixture
 def store(tmp_path: Path) -> SqliteAccountStore:
     s = SqliteAccountStore(tmp_path / "a.sqlite", CFG)
-    s.add_account(ALICE, "pencil")
+    AccountAdmin(s, CFG, actor=AuditActor("ops", "pytest")).add_account(ALICE, "pencil")
     return s
+
+
+@pytest.fixture
+def admin(store: SqliteAccountStore) -> AccountAdmin:
+    return AccountAdmin(store, CFG, actor=AuditActor("ops", "pytest"))
 
 
 @pytest.fixture
@@ -61,8 +75,8 @@ async def plain(svc: AuthService, pw: str = "pencil", c: AuthContext | None = No
     return await svc.resolve_detailed(VerifyPassword(ALICE, pw, mechanism=mech), c or ctx())
 
 
-async def test_networks_listeners_and_require_oauth(svc: AuthService, store: SqliteAccountStore) -> None:
-    store.set_access(ALICE, networks=["192.0.2.0/24", "2001:db8::/32"])
+async def test_networks_listeners_and_require_oauth(svc: AuthService, store: SqliteAccountStore, admin: AccountAdmin) -> None:
+    admin.change_access(ALICE, [RestrictNetworks(("192.0.2.0/24", "2001:db8::/32"))])
     assert (await plain(svc)).answer == Verdict(ok=True, identity=ALICE)
     assert (await plain(svc, c=ctx("2001:db8::5"))).answer.ok  # type: ignore[union-attr]
     r = await plain(svc, c=ctx("198.51.100.1"))
@@ -70,36 +84,36 @@ async def test_networks_listeners_and_require_oauth(svc: AuthService, store: Sql
     assert r.answer == Verdict(ok=False, reason="access policy: address 198.51.100.1 not in the account's networks")
     # The password is not even checked: a wrong one gets the same answer.
     assert (await plain(svc, "wrong", c=ctx("198.51.100.1"))).answer == r.answer
-    store.set_access(ALICE, networks=None, listeners=["submission"])
+    admin.change_access(ALICE, [AnyNetwork(), RestrictListeners(("submission",))])
     assert (await plain(svc, c=ctx(listener="submissions"))).refusal == REFUSED_POLICY
-    store.set_access(ALICE, listeners=None, require_oauth=True)
+    admin.change_access(ALICE, [AnyListener(), RequireOAuth(True)])
     r = await plain(svc)
     assert r.refusal == REFUSED_POLICY and "requires OAuth" in r.answer.reason  # type: ignore[union-attr]
     r = await svc.resolve_detailed(LookupScram(ALICE, "sha256", "SCRAM-SHA-256"), ctx())
     assert isinstance(r.answer, NotFound) and r.refusal == REFUSED_POLICY
 
 
-async def test_expired_password_refused_for_plain_and_scram(svc: AuthService, store: SqliteAccountStore) -> None:
-    store.schedule_password_expiry(ALICE, datetime.now(UTC) - timedelta(seconds=1))
+async def test_expired_password_refused_for_plain_and_scram(svc: AuthService, store: SqliteAccountStore, admin: AccountAdmin) -> None:
+    admin.schedule_password_expiry(ALICE, datetime.now(UTC) - timedelta(seconds=1))
     r = await plain(svc)
     assert r.refusal == REFUSED_EXPIRED and r.answer.reason.startswith("password expired at ")  # type: ignore[union-attr]
     r = await svc.resolve_detailed(LookupScram(ALICE, "sha256", "SCRAM-SHA-256"), ctx())
     assert r.refusal == REFUSED_EXPIRED and isinstance(r.answer, NotFound)
-    store.set_password(ALICE, "pencil2")
+    admin.set_password(ALICE, "pencil2")
     assert (await plain(svc, "pencil2")).answer.ok  # type: ignore[union-attr]
     r2 = await svc.resolve_detailed(LookupScram(ALICE, "sha256", "SCRAM-SHA-256"), ctx())
     assert isinstance(r2.answer, ScramCredentials)
 
 
-async def test_global_max_age(svc: AuthService, store: SqliteAccountStore) -> None:
+async def test_global_max_age(svc: AuthService, store: SqliteAccountStore, admin: AccountAdmin) -> None:
     store._conn().execute("UPDATE accounts SET password_changed = '2000-01-01T00:00:00.000000Z'")
     assert (await plain(svc)).refusal == REFUSED_EXPIRED
-    store.set_password_max_age(ALICE, 0)  # this account: never
+    admin.set_password_max_age(ALICE, 0)  # this account: never
     assert (await plain(svc)).answer.ok  # type: ignore[union-attr]
 
 
-async def test_admin_lock_is_its_own_class(svc: AuthService, store: SqliteAccountStore) -> None:
-    store.lock(ALICE, "phished")
+async def test_admin_lock_is_its_own_class(svc: AuthService, store: SqliteAccountStore, admin: AccountAdmin) -> None:
+    admin.lock(ALICE, "phished")
     assert (await plain(svc)).refusal == REFUSED_LOCKED
     r = await svc.resolve_detailed(ConfirmIdentity(ALICE, "SCRAM-SHA-256"), ctx())
     assert r.refusal == REFUSED_LOCKED
@@ -110,8 +124,8 @@ async def test_wrong_password_has_no_refusal_class(svc: AuthService) -> None:
     assert r.refusal is None and r.answer == Verdict(ok=False, reason="bad password")
 
 
-async def test_app_password_login_scope_and_expiry(svc: AuthService, store: SqliteAccountStore) -> None:
-    rec, secret = store.add_app_password(ALICE, "laptop", networks=["192.0.2.0/24"], mechanisms=["LOGIN"])
+async def test_app_password_login_scope_and_expiry(svc: AuthService, store: SqliteAccountStore, admin: AccountAdmin) -> None:
+    rec, secret = admin.add_app_password(ALICE, "laptop", networks=["192.0.2.0/24"], mechanisms=["LOGIN"])
     r = await plain(svc, secret, mech="LOGIN")
     assert r.answer == Verdict(ok=True, identity=ALICE) and r.app_password == rec
     r = await plain(svc, secret, mech="PLAIN")
@@ -119,19 +133,19 @@ async def test_app_password_login_scope_and_expiry(svc: AuthService, store: Sqli
     r = await plain(svc, secret, c=ctx("198.51.100.1"), mech="LOGIN")
     assert r.refusal == REFUSED_POLICY
     # An app password keeps working when the account password has expired.
-    store.schedule_password_expiry(ALICE, datetime.now(UTC) - timedelta(seconds=1))
+    admin.schedule_password_expiry(ALICE, datetime.now(UTC) - timedelta(seconds=1))
     assert (await plain(svc, secret, mech="LOGIN")).answer.ok  # type: ignore[union-attr]
-    store.expire_app_password(ALICE, "laptop", datetime.now(UTC) - timedelta(seconds=1))
+    admin.expire_app_password(ALICE, "laptop", datetime.now(UTC) - timedelta(seconds=1))
     r = await plain(svc, secret, mech="LOGIN")
     assert r.refusal == REFUSED_EXPIRED and r.answer.reason == "app password 'laptop' expired"  # type: ignore[union-attr]
     await svc.flush()
     assert store.app_passwords(ALICE)[0].last_address == "192.0.2.7"
 
 
-async def test_sender_profile(svc: AuthService, store: SqliteAccountStore) -> None:
-    store.add_alias(ALICE, "info@example.org")
-    store.grant_domain(ALICE, "example.net")
-    store.set_rate_limits(ALICE, messages_per_hour=7)
+async def test_sender_profile(svc: AuthService, store: SqliteAccountStore, admin: AccountAdmin) -> None:
+    admin.add_alias(ALICE, "info@example.org")
+    admin.grant_domain(ALICE, "example.net")
+    admin.change_limits(ALICE, [MessageRate(7)])
     p = await svc.sender_profile(ALICE)
     assert p == SenderProfile(ALICE, frozenset({"info@example.org"}), frozenset({"example.net"}), 7, None)
 

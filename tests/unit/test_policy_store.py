@@ -1,4 +1,7 @@
-"""Account store additions: migration, aliases, domains, app passwords, expiry, admin log."""
+"""Account store additions: migration, aliases, domains, app passwords, expiry, admin log.
+
+Changes go through the admin service (``smtpgate/admin.py``); reads, matching and
+bookkeeping go to the store."""
 
 from __future__ import annotations
 
@@ -8,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from smtpgate.admin import AccountAdmin, MessageRate, RequireOAuth, RestrictNetworks
+from smtpgate.auth.credentials import APP_PASSWORD_RE, generate_app_password
 from smtpgate.auth.names import InvalidAccountName
 from smtpgate.auth.store import (
-    APP_PASSWORD_RE,
     MIGRATIONS,
     SCHEMA_VERSION,
     AccountExists,
@@ -18,7 +22,6 @@ from smtpgate.auth.store import (
     AuditActor,
     NoSuchAccount,
     SqliteAccountStore,
-    generate_app_password,
 )
 from smtpgate.config import AccountsConfig
 
@@ -30,10 +33,15 @@ ACTOR = AuditActor("ops", "smtpgate test")
 
 @pytest.fixture
 def store(tmp_path: Path) -> SqliteAccountStore:
-    s = SqliteAccountStore(tmp_path / "a.sqlite", CFG, actor=ACTOR)
-    s.add_account(ALICE, "pencil")
-    s.add_account("bob@example.org", "crayon")
-    return s
+    return SqliteAccountStore(tmp_path / "a.sqlite", CFG)
+
+
+@pytest.fixture
+def admin(store: SqliteAccountStore) -> AccountAdmin:
+    a = AccountAdmin(store, CFG, actor=ACTOR)
+    a.add_account(ALICE, "pencil")
+    a.add_account("bob@example.org", "crayon")
+    return a
 
 
 def test_version_1_database_is_migrated_keeping_accounts(tmp_path: Path) -> None:
@@ -58,32 +66,32 @@ def test_version_1_database_is_migrated_keeping_accounts(tmp_path: Path) -> None
         s.close()
 
 
-def test_aliases_are_unique_and_never_an_account(store: SqliteAccountStore) -> None:
-    store.add_alias(ALICE, "Info@EXAMPLE.org")
-    store.add_alias(ALICE, "Info@example.org")  # idempotent
+def test_aliases_are_unique_and_never_an_account(store: SqliteAccountStore, admin: AccountAdmin) -> None:
+    admin.add_alias(ALICE, "Info@EXAMPLE.org")
+    admin.add_alias(ALICE, "Info@example.org")  # idempotent
     assert store.aliases(ALICE) == ["Info@example.org"]
     with pytest.raises(AliasTaken, match="already an alias of alice"):
-        store.add_alias("bob@example.org", "Info@example.org")
+        admin.add_alias("bob@example.org", "Info@example.org")
     with pytest.raises(AliasTaken, match="account of its own"):
-        store.add_alias(ALICE, "bob@example.org")
+        admin.add_alias(ALICE, "bob@example.org")
     with pytest.raises(InvalidAccountName):
-        store.add_alias(ALICE, "no-at-sign")
+        admin.add_alias(ALICE, "no-at-sign")
     with pytest.raises(NoSuchAccount):
-        store.add_alias("nobody@example.org", "x@example.org")
-    assert store.remove_alias(ALICE, "Info@example.org") is True
-    assert store.remove_alias(ALICE, "Info@example.org") is False
+        admin.add_alias("nobody@example.org", "x@example.org")
+    assert admin.remove_alias(ALICE, "Info@example.org") is True
+    assert admin.remove_alias(ALICE, "Info@example.org") is False
 
 
-def test_granted_domains(store: SqliteAccountStore) -> None:
-    store.grant_domain(ALICE, "@Example.NET")
-    store.grant_domain(ALICE, "example.net")
+def test_granted_domains(store: SqliteAccountStore, admin: AccountAdmin) -> None:
+    admin.grant_domain(ALICE, "@Example.NET")
+    admin.grant_domain(ALICE, "example.net")
     assert store.granted_domains(ALICE) == ["example.net"]
-    assert store.revoke_domain(ALICE, "EXAMPLE.net") is True
+    assert admin.revoke_domain(ALICE, "EXAMPLE.net") is True
     assert store.granted_domains(ALICE) == []
 
 
-def test_app_passwords_are_random_hashed_and_matched(store: SqliteAccountStore) -> None:
-    rec, secret = store.add_app_password(ALICE, "laptop", networks=["10.1.2.3/8"], mechanisms=["plain"])
+def test_app_passwords_are_random_hashed_and_matched(store: SqliteAccountStore, admin: AccountAdmin) -> None:
+    rec, secret = admin.add_app_password(ALICE, "laptop", networks=["10.1.2.3/8"], mechanisms=["plain"])
     assert APP_PASSWORD_RE.fullmatch(secret) and APP_PASSWORD_RE.fullmatch(generate_app_password())
     assert rec.networks == ("10.0.0.0/8",) and rec.mechanisms == frozenset({"PLAIN"})
     raw = store._conn().execute("SELECT * FROM app_passwords").fetchone()
@@ -92,64 +100,69 @@ def test_app_passwords_are_random_hashed_and_matched(store: SqliteAccountStore) 
     assert store.match_app_password("bob@example.org", secret) is None
     assert store.match_app_password(ALICE, generate_app_password()) is None
     with pytest.raises(AccountExists):
-        store.add_app_password(ALICE, "laptop")
+        admin.add_app_password(ALICE, "laptop")
     with pytest.raises(ValueError, match="PLAIN and LOGIN only"):
-        store.add_app_password(ALICE, "x", mechanisms=["SCRAM-SHA-256"])
+        admin.add_app_password(ALICE, "x", mechanisms=["SCRAM-SHA-256"])
     store.record_app_password_use(rec.id, datetime.now(UTC), "10.9.9.9")
     assert store.app_passwords(ALICE)[0].last_address == "10.9.9.9"
-    assert store.revoke_app_password(ALICE, "laptop") is True
+    assert admin.revoke_app_password(ALICE, "laptop") is True
     assert store.match_app_password(ALICE, secret) is None
-    store.remove_account("bob@example.org")
+    admin.remove_account("bob@example.org")
 
 
-def test_expire_app_password_only_sooner_and_rename(store: SqliteAccountStore) -> None:
+def test_expire_app_password_only_sooner_and_rename(store: SqliteAccountStore, admin: AccountAdmin) -> None:
     soon = datetime.now(UTC) + timedelta(days=1)
-    store.add_app_password(ALICE, "phone", expires=soon)
-    store.expire_app_password(ALICE, "phone", soon + timedelta(days=5), rename_to="phone (old)")
+    admin.add_app_password(ALICE, "phone", expires=soon)
+    admin.expire_app_password(ALICE, "phone", soon + timedelta(days=5), rename_to="phone (old)")
     (p,) = store.app_passwords(ALICE)
     assert p.name == "phone (old)" and p.expires is not None
     assert abs((p.expires - soon).total_seconds()) < 1
 
 
-def test_password_expiry_from_max_age_and_rotation(store: SqliteAccountStore) -> None:
+def test_password_expiry_from_max_age_and_rotation(store: SqliteAccountStore, admin: AccountAdmin) -> None:
     a = store.get_account(ALICE)
     assert a is not None and a.password_changed is not None
     assert a.password_expiry(0) is None
     assert a.password_expiry(30) == a.password_changed + timedelta(days=30)
-    store.set_password_max_age(ALICE, 0)  # never, whatever the default
+    admin.set_password_max_age(ALICE, 0)  # never, whatever the default
     a = store.get_account(ALICE)
     assert a is not None and a.password_expiry(30) is None
     when = datetime.now(UTC) + timedelta(hours=1)
-    store.schedule_password_expiry(ALICE, when)
+    admin.schedule_password_expiry(ALICE, when)
     a = store.get_account(ALICE)
     assert a is not None and a.password_expiry(0) is not None
-    store.set_password(ALICE, "a new password")  # a new password ends the schedule
+    admin.set_password(ALICE, "a new password")  # a new password ends the schedule
     a = store.get_account(ALICE)
     assert a is not None and a.password_expires is None
 
 
-def test_every_admin_change_is_logged_without_secrets(store: SqliteAccountStore) -> None:
-    store.set_password(ALICE, "s3cret-new-password")
-    store.lock(ALICE, "phished")
-    store.unlock(ALICE)
-    store.add_alias(ALICE, "info@example.org")
-    store.grant_domain(ALICE, "example.net")
-    store.set_access(ALICE, networks=["192.0.2.0/24"], require_oauth=True)
-    store.set_rate_limits(ALICE, messages_per_hour=5)
-    _, secret = store.add_app_password(ALICE, "laptop")
-    store.revoke_app_password(ALICE, "laptop")
-    store.audit("guard lockout lifted", ALICE, {"blocks": 1})
+def test_every_admin_change_is_logged_without_secrets(store: SqliteAccountStore, admin: AccountAdmin) -> None:
+    admin.set_password(ALICE, "s3cret-new-password")
+    admin.lock(ALICE, "phished")
+    admin.unlock(ALICE)
+    admin.add_alias(ALICE, "info@example.org")
+    admin.grant_domain(ALICE, "example.net")
+    admin.change_access(ALICE, [RestrictNetworks(("192.0.2.0/24",)), RequireOAuth(True)])
+    admin.change_limits(ALICE, [MessageRate(5)])
+    _, secret = admin.add_app_password(ALICE, "laptop")
+    admin.revoke_app_password(ALICE, "laptop")
+    with store.transaction(ACTOR) as w:
+        w.record("guard lockout lifted", ALICE, {"blocks": 1})
     entries = store.admin_log(target=ALICE)
     assert [e.action for e in entries] == [
         "account created", "password changed", "account locked", "account unlocked",
-        "alias added", "domain granted", "access changed", "rate limits changed",
-        "app password added", "app password revoked", "guard lockout lifted",
+        "alias added", "domain granted", "access changed", "access changed",
+        "rate limits changed", "app password added", "app password revoked",
+        "guard lockout lifted",
     ]
     assert {(e.os_user, e.command) for e in entries} == {("ops", "smtpgate test")}
     dump = "\n".join(str(e) for e in store.admin_log())
     assert "s3cret-new-password" not in dump and secret not in dump and "pencil" not in dump
     assert entries[1].details == {"password": "changed"}
-    assert entries[6].details == {"networks": ["192.0.2.0/24"], "require_oauth": True}
+    # One row per change; both changes of the one operation share its transaction.
+    assert entries[6].details == {"networks": ["192.0.2.0/24"]}
+    assert entries[7].details == {"require_oauth": True}
+    assert entries[6].time == entries[7].time
     assert len(store.admin_log(limit=2)) == 2
     assert store.admin_log(since=datetime.now(UTC) + timedelta(hours=1)) == []
 

@@ -287,7 +287,7 @@ EHLO_SCRAM_FIRST = b"250-fake.test\r\n250 AUTH SCRAM-SHA-256 PLAIN LOGIN\r\n"
 
 
 def test_app_password_form_is_the_stores() -> None:
-    from smtpgate.auth.store import APP_PASSWORD_RE, generate_app_password
+    from smtpgate.auth.credentials import APP_PASSWORD_RE, generate_app_password
     from smtpgate.tools.tester import APP_PASSWORD_FORM
 
     assert APP_PASSWORD_FORM.pattern == APP_PASSWORD_RE.pattern

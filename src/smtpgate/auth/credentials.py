@@ -15,14 +15,23 @@ mechanism needs a new scheme name, not a schema change (the idea of mox's
   stored only for accounts that opted in.
 
 None of them is the password, or the password in a reversible form.
+
+Derivation happens here, called by the auth service (secrets an account lacks,
+made after a good PLAIN/LOGIN login) and by the admin service (a new password),
+never by a store: a store keeps what it is given, so a backend that cannot hash
+(an LDAP directory) implements the same interfaces. App passwords are made here
+too (``generate_app_password``).
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import re
+import secrets
 from typing import Any
 
+from smtpgate import mechanism_facts
 from smtpgate.auth.passwords import PasswordHasher, PasswordPolicyError
 from smtpgate.config import AccountsConfig
 from smtpgate.sasl.base import CramMd5Secret, ScramCredentials
@@ -36,6 +45,24 @@ CRAM_MD5 = "cram-md5"
 
 #: hash_name of ``LookupScram`` -> scheme; the SCRAM schemes made for every account.
 SCRAM_SCHEMES = {"sha1": SCRAM_SHA_1, "sha256": SCRAM_SHA_256}
+
+
+#: App passwords look like ``abcd-efgh-jkmn-pqrs-tuvw``: 20 symbols from a
+#: 31-letter alphabet without look-alikes (0/o, 1/l/i), so 99 bits, typed
+#: easily on a phone. Only a password of this shape is tried as an app password.
+#: Being random, they are stored as a salted HMAC (the store's business), not
+#: Argon2id: no dictionary attack applies to them.
+APP_PASSWORD_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"
+APP_PASSWORD_RE = re.compile(r"[a-z2-9]{4}(?:-[a-z2-9]{4}){4}")
+#: SCRAM keys are per password and a SCRAM exchange names one set of keys, so an
+#: app password works with the mechanisms that send the password itself.
+APP_PASSWORD_MECHANISMS = tuple(mechanism_facts.in_strength_order(mechanism_facts.CLEARTEXT))
+
+
+def generate_app_password() -> str:
+    """A new app password (``secrets``), shown once and never stored."""
+    groups = ("".join(secrets.choice(APP_PASSWORD_ALPHABET) for _ in range(4)) for _ in range(5))
+    return "-".join(groups)
 
 
 class CredentialDataError(Exception):

@@ -41,8 +41,17 @@ refusal costs a decoy verification and tells a guesser nothing:
 guard need: which class of refusal it was (one that did not depend on the
 secret is not counted against the account) and which app password logged in.
 
-Ownership: the service takes over ``store`` and ``log``; ``close()`` drains the
-pending writes and closes both.
+Passwords: for a hash-holding directory (SQLite) the service verifies the
+Argon2id hash the directory hands out, with the cache above and coalescing of
+identical attempts; for a bind-only directory (``verifies_passwords``, an LDAP
+bind) it asks ``verify_password`` after the cache misses. Either way, after a
+good PLAIN/LOGIN password it derives the secrets the account lacks (SCRAM keys,
+the opted-in CRAM-MD5 secret, an Argon2id hash with current parameters; never
+a hash for a bind-only directory) and hands them to ``put_credentials``: the
+directory stores secrets, the service derives them (``auth/directory.py``).
+
+Ownership: the service takes over ``directory`` and ``log``; ``close()`` drains
+the pending writes and closes both.
 """
 
 from __future__ import annotations
@@ -55,12 +64,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Protocol, TypeVar, TypeVarTuple, runtime_checkable
 
 from smtpgate import mechanism_facts
+from smtpgate.auth.accounts import open_account_store
 from smtpgate.auth.authlog import AuthLog
 from smtpgate.auth.cache import CredentialCache
 from smtpgate.auth.credentials import (
+    APP_PASSWORD_RE,
     ARGON2ID,
     CRAM_MD5,
     SCRAM_SCHEMES,
@@ -70,18 +81,11 @@ from smtpgate.auth.credentials import (
     derive,
     wanted_schemes,
 )
+from smtpgate.auth.directory import Account, AccountDirectory, AppPassword, StoreError
 from smtpgate.auth.names import lookup_key
 from smtpgate.auth.networks import in_networks, parse_ip, parse_networks
 from smtpgate.auth.passwords import PasswordHasher, StoredHashError
 from smtpgate.auth.sender_profile import SenderProfile
-from smtpgate.auth.store import (
-    APP_PASSWORD_RE,
-    Account,
-    AccountStore,
-    AppPassword,
-    SqliteAccountStore,
-    StoreError,
-)
 from smtpgate.config import AccountsConfig, AuthConfig, Config, PasswordsConfig
 from smtpgate.sasl.base import (
     ConfirmIdentity,
@@ -97,6 +101,7 @@ from smtpgate.sasl.base import (
 
 log = logging.getLogger("smtpgate.auth.service")
 T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 #: Account-read workers (see the module docstring for why two).
 DB_THREADS = 2
@@ -192,14 +197,14 @@ def _mechanism_refusal(
 
 
 class AuthService:
-    """Resolves credential queries against an ``AccountStore``.
+    """Resolves credential queries against an ``AccountDirectory``.
 
     Not thread-safe: use it from one event loop.
     """
 
     def __init__(
         self,
-        store: AccountStore,
+        directory: AccountDirectory,
         accounts_cfg: AccountsConfig,
         auth_cfg: AuthConfig,
         log: AuthLog,
@@ -207,7 +212,7 @@ class AuthService:
         *,
         passwords_cfg: PasswordsConfig | None = None,
     ) -> None:
-        self._store = store
+        self._directory = directory
         self._passwords = passwords_cfg or PasswordsConfig()
         self._cfg = accounts_cfg
         # [auth].mechanisms and failure_floor are applied by the session layer;
@@ -224,7 +229,7 @@ class AuthService:
         self._hash_pool = ThreadPoolExecutor(accounts_cfg.hash_threads, "smtpgate-hash")
         self._read_pool = ThreadPoolExecutor(DB_THREADS, "smtpgate-db-read")
         self._write_pool = ThreadPoolExecutor(1, "smtpgate-db-write")
-        self._background: set[asyncio.Future[Any]] = set()
+        self._background: set[asyncio.Future[object]] = set()
         self._pending_writes = 0
         self._upgrading: set[str] = set()
         self._closed = False
@@ -283,12 +288,11 @@ class AuthService:
 
         def load() -> SenderProfile:
             name = lookup_key(identity)
-            account = self._store.get_account(name)
-            store: Any = self._store
+            account = self._directory.get_account(name)
             return SenderProfile(
                 name=name,
-                aliases=frozenset(store.aliases(name)),
-                domains=frozenset(store.granted_domains(name)),
+                aliases=frozenset(self._directory.aliases(name)),
+                domains=frozenset(self._directory.granted_domains(name)),
                 max_messages_per_hour=account.max_messages_per_hour if account else None,
                 max_recipients_per_hour=account.max_recipients_per_hour if account else None,
             )
@@ -333,7 +337,7 @@ class AuthService:
         self._log.reopen()
 
     async def close(self) -> None:
-        """Drain background work, stop the worker threads, close the store and log."""
+        """Drain background work, stop the worker threads, close the directory and log."""
         if self._closed:
             return
         self._closed = True
@@ -345,56 +349,58 @@ class AuthService:
                 pool.shutdown(wait=True, cancel_futures=True)
 
         await asyncio.get_running_loop().run_in_executor(None, shutdown)
-        self._store.close()
+        self._directory.close()
         self._log.close()
 
     # --- executors -------------------------------------------------------------------
 
-    async def _run(self, pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
+    async def _run(self, pool: ThreadPoolExecutor, fn: Callable[[*Ts], T], *args: *Ts) -> T:
         if self._closed:  # set on this thread before the pools shut down
             raise _Temporary("auth service is shut down")
         return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
-    async def _read(self, fn: Callable[..., T], *args: Any) -> T:
+    async def _read(self, fn: Callable[[*Ts], T], *args: *Ts) -> T:
         return await self._run(self._read_pool, fn, *args)
 
-    async def _hash(self, fn: Callable[..., T], *args: Any) -> T:
+    async def _hash(self, fn: Callable[[*Ts], T], *args: *Ts) -> T:
         return await self._run(self._hash_pool, fn, *args)
 
-    def _track(self, fut: asyncio.Future[Any]) -> None:
+    def _track(self, fut: asyncio.Future[object]) -> None:
         self._background.add(fut)
         fut.add_done_callback(self._background_done)
 
-    def _background_done(self, fut: asyncio.Future[Any]) -> None:
+    def _background_done(self, fut: asyncio.Future[object]) -> None:
         self._background.discard(fut)
         if not fut.cancelled() and (exc := fut.exception()) is not None:
             log.warning("background account update failed: %s", exc)
 
-    def _write_later(self, fn: Callable[..., object], *args: Any) -> None:
+    def _write_later(self, fn: Callable[[*Ts], object], *args: *Ts) -> None:
         """Queue a bookkeeping write on the single writer thread (FIFO)."""
         if self._closed or self._pending_writes >= MAX_PENDING_WRITES:
             self.stats.dropped_writes += 1
             return
         self._pending_writes += 1
-        fut = asyncio.get_running_loop().run_in_executor(self._write_pool, fn, *args)
+        fut: asyncio.Future[object] = asyncio.get_running_loop().run_in_executor(
+            self._write_pool, fn, *args
+        )
 
-        def done(_: asyncio.Future[Any]) -> None:
+        def done(_: asyncio.Future[object]) -> None:
             self._pending_writes -= 1
 
         fut.add_done_callback(done)
         self._track(fut)
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, coro: Coroutine[object, object, object]) -> None:
         self._track(asyncio.ensure_future(coro))
 
     # --- shared steps ----------------------------------------------------------------
 
     def _load(self, name: str, scheme: str) -> tuple[Account | None, str | None]:
         """Worker thread: the account and one of its credentials, in one hop."""
-        account = self._store.get_account(name)
+        account = self._directory.get_account(name)
         if account is None or scheme not in account.schemes:
             return account, None
-        return account, self._store.get_credential(account.name, scheme)
+        return account, self._directory.get_credential(account.name, scheme)
 
     async def _burn(self, password: str) -> None:
         """Do the work of a verification that is going to fail anyway."""
@@ -402,7 +408,9 @@ class AuthService:
         await self._hash(self._hasher.verify_decoy, password)
 
     def _record_login(self, account: Account, mechanism: str) -> None:
-        self._write_later(self._store.record_login, account.name, mechanism, datetime.now(UTC))
+        self._write_later(
+            self._directory.record_login, account.name, mechanism, datetime.now(UTC)
+        )
 
     # --- handlers --------------------------------------------------------------------
 
@@ -426,11 +434,10 @@ class AuthService:
             await self._burn(q.password)
             return Resolution(Verdict(ok=False, reason=refusal[1]), refusal=refusal[0])
         if APP_PASSWORD_RE.fullmatch(q.password):
-            store: Any = self._store
-            app = await self._read(store.match_app_password, account.name, q.password)
+            app = await self._read(self._directory.match_app_password, account.name, q.password)
             if app is not None:
                 return self._app_login(account, app, mechanism, ctx)
-        if encoded is None:
+        if encoded is None and not self._directory.verifies_passwords:
             await self._burn(q.password)
             return Resolution(Verdict(ok=False, reason=NO_PASSWORD))
         if expired := self._expired(account):
@@ -440,12 +447,19 @@ class AuthService:
             self.stats.cache_hits += 1
         else:
             self.stats.cache_misses += 1
-            if not await self._verify_coalesced(account.name, encoded, q.password):
+            if not await self._check_password(account, encoded, q.password):
                 return Resolution(Verdict(ok=False, reason=BAD_PASSWORD))
             self._cache.put(account.name, q.password, account.generation)
             self._maybe_upgrade(account, q.password, encoded)
         self._record_login(account, mechanism)
         return Resolution(Verdict(ok=True, identity=account.name))
+
+    async def _check_password(self, account: Account, encoded: str | None, password: str) -> bool:
+        """The directory's hash, verified here; or, for a bind-only directory (no
+        hash), the directory's own check."""
+        if encoded is None:
+            return await self._read(self._directory.verify_password, account.name, password)
+        return await self._verify_coalesced(account.name, encoded, password)
 
     async def _verify_coalesced(self, name: str, encoded: str, password: str) -> bool:
         """Argon2 verification, run once for identical concurrent attempts.
@@ -500,17 +514,20 @@ class AuthService:
                 Verdict(ok=False, reason=f"access policy: {label} not allowed from {ctx.client_ip}"),
                 refusal=REFUSED_POLICY,
             )
-        store: Any = self._store
-        self._write_later(store.record_app_password_use, app.id, now, ctx.client_ip)
+        self._write_later(self._directory.record_app_password_use, app.id, now, ctx.client_ip)
         self._record_login(account, mechanism)
         return Resolution(Verdict(ok=True, identity=account.name), app_password=app)
 
-    def _maybe_upgrade(self, account: Account, password: str, encoded: str) -> None:
+    def _maybe_upgrade(self, account: Account, password: str, encoded: str | None) -> None:
         """After a good PLAIN/LOGIN password: derive what the account lacks (SCRAM
-        keys of accounts made before them, the CRAM-MD5 secret of an account that
-        opted in since) and re-hash an Argon2id hash made with old parameters."""
+        keys of accounts made before them or kept by a bind-only directory, the
+        CRAM-MD5 secret of an account that opted in since) and re-hash an Argon2id
+        hash made with old parameters. ``encoded`` None: the directory checked the
+        password itself, and no hash of it is made."""
         missing = set(wanted_schemes(account.cram_md5_enabled) - account.schemes)
-        if self._hasher.needs_rehash(encoded):
+        if encoded is None:
+            missing.discard(ARGON2ID)
+        elif self._hasher.needs_rehash(encoded):
             missing.add(ARGON2ID)
         if missing and account.name not in self._upgrading and not self._closed:
             self._upgrading.add(account.name)
@@ -525,7 +542,7 @@ class AuthService:
             # these secrets belong to the old one and are not stored.
             if creds:
                 self._write_later(
-                    partial(self._store.put_credentials, generation=account.generation),
+                    partial(self._directory.put_credentials, generation=account.generation),
                     account.name,
                     creds,
                 )
@@ -573,7 +590,7 @@ class AuthService:
 
     async def _confirm(self, q: ConfirmIdentity, ctx: AuthContext) -> Resolution:
         mechanism = q.mechanism.upper()
-        account = await self._read(self._store.get_account, lookup_key(q.username))
+        account = await self._read(self._directory.get_account, lookup_key(q.username))
         if account is None:
             return Resolution(Verdict(ok=False, reason=UNKNOWN_USER))
         if refusal := _mechanism_refusal(account, mechanism, ctx):
@@ -604,7 +621,7 @@ class AuthService:
             return Verdict(ok=False, reason="token identity differs from the username given"), None
         # A token proves an identity; sending mail still needs a local account,
         # whose lock state and access policy apply as for any login.
-        account = await self._read(self._store.get_account, name)
+        account = await self._read(self._directory.get_account, name)
         if account is None:
             return Verdict(ok=False, reason=UNKNOWN_USER), None
         if refusal := _mechanism_refusal(account, q.mechanism.upper(), ctx):
@@ -626,7 +643,7 @@ class AuthService:
 
 
 def build_auth_service(cfg: Config, token_verifier: object | None = None) -> AuthService:
-    """Open the account store and auth log named in ``cfg`` and wrap them in a service.
+    """Open the account directory and auth log named in ``cfg`` and wrap them in a service.
 
     Raises:
         StoreUnavailable: the account database cannot be opened.
@@ -637,10 +654,10 @@ def build_auth_service(cfg: Config, token_verifier: object | None = None) -> Aut
     log_path = None if log_file is None or str(log_file) in ("", ".") else cfg.path(log_file)
     auth_log = AuthLog(log_path)
     try:
-        store = SqliteAccountStore(cfg.path(cfg.accounts.database), cfg.accounts)
+        directory = open_account_store(cfg)
     except BaseException:
         auth_log.close()
         raise
     return AuthService(
-        store, cfg.accounts, cfg.auth, auth_log, token_verifier, passwords_cfg=cfg.passwords
+        directory, cfg.accounts, cfg.auth, auth_log, token_verifier, passwords_cfg=cfg.passwords
     )

@@ -1,10 +1,10 @@
 """``smtpgate admin-log`` and ``smtpgate guard ...``: what administrators changed,
 and what the guard is blocking right now.
 
-Every change made through the CLI is written to the account database's
-``admin_log`` table by the store, in the same transaction as the change:
-the OS user who ran the command, the time, the command, the account, and what
-changed, never a secret.
+Every change made through the admin service (every ``smtpgate user ...``
+command) is written to the account database's ``admin_log`` table in the same
+transaction as the change: the OS user who ran the command, the time, the
+command, the account, and what changed, never a secret.
 """
 
 from __future__ import annotations
@@ -12,41 +12,18 @@ from __future__ import annotations
 import json
 import sys
 import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import click
 from rich.console import Console
 from rich.table import Table
 
-from smtpgate.auth.store import AuditActor, default_actor
-from smtpgate.cli.common import NotFound, config_option, get_config, iso_time
-
-
-def cli_actor() -> AuditActor:
-    """The admin-log actor of the running command: OS user and command path."""
-    actor = default_actor()
-    ctx = click.get_current_context(silent=True)
-    if ctx is None:
-        return actor
-    words = ctx.command_path.split()
-    return AuditActor(actor.os_user, " ".join(["smtpgate", *words[1:]]))
+from smtpgate.cli.common import admin_service, config_option, get_config, iso_time, parse_since
 
 
 def _console() -> Console:
     # Into a pipe, never fold: scripts grep these lines.
     return Console(file=sys.stdout, highlight=False, width=None if sys.stdout.isatty() else 4096)
-
-
-def parse_since(value: str | None) -> datetime | None:
-    from smtpgate.policy.timespec import parse_duration
-
-    if value is None:
-        return None
-    try:
-        return datetime.now(UTC) - timedelta(seconds=parse_duration(value))
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--since") from None
 
 
 @click.command("admin-log")
@@ -59,14 +36,9 @@ def admin_log(
     since: str | None, target: str | None, limit: int, as_json: bool, config_path: Path | None
 ) -> None:
     """List administrative changes made through the CLI (oldest first)."""
-    from smtpgate.auth.names import lookup_key
-    from smtpgate.cli.user_cmd import _store
-
     start = parse_since(since)
-    with _store(config_path) as store:
-        entries = store.admin_log(
-            since=start, target=None if target is None else lookup_key(target), limit=limit
-        )
+    with admin_service(get_config(config_path)) as admin:
+        entries = admin.admin_log(since=start, target=target, limit=limit)
     if as_json:
         for e in entries:
             click.echo(json.dumps({
@@ -106,14 +78,8 @@ def _stamp(t: float) -> str:
 @config_option
 def guard_list(as_json: bool, config_path: Path | None) -> None:
     """Blocks and lockouts in force now."""
-    from smtpgate.cli.user_policy_cmd import open_guard_store
-
-    cfg = get_config(config_path)
-    store = open_guard_store(cfg)
-    try:
-        blocks = store.active_blocks(time.time())
-    finally:
-        store.close()
+    with admin_service(get_config(config_path)) as admin:
+        blocks = admin.guard_blocks()
     if as_json:
         for b in blocks:
             click.echo(json.dumps({"kind": b.kind, "key": b.key, "since": iso_time(b.since),
@@ -137,21 +103,8 @@ def guard_list(as_json: bool, config_path: Path | None) -> None:
 def guard_unblock(key: str, config_path: Path | None) -> None:
     """Lift the block of an address or subnet KEY (as `guard list` shows it) and
     forget its failures. For an account, use `smtpgate user unlock`."""
-    from smtpgate.cli.user_cmd import _store
-    from smtpgate.cli.user_policy_cmd import open_guard_store
-
-    cfg = get_config(config_path)
-    gstore = open_guard_store(cfg)
-    try:
-        n = gstore.unblock(key)
-    finally:
-        gstore.close()
-    if not n:
-        raise NotFound(f"{key} is not blocked",
-                       "'smtpgate guard list' shows the blocks in force; for an account, "
-                       "'smtpgate user unlock' lifts its lockout")
-    with _store(config_path) as store:
-        store.audit("guard block lifted", key, {"blocks": n})
+    with admin_service(get_config(config_path)) as admin:
+        n = admin.unblock(key)
     click.echo(f"lifted {n} block(s) of {key}")
 
 

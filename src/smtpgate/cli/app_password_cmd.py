@@ -17,9 +17,19 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from smtpgate.auth.store import APP_PASSWORD_MECHANISMS, AccountExists, AppPassword
-from smtpgate.cli.common import NotFound, OperationalError, config_option, iso_time
-from smtpgate.cli.user_cmd import USER, AddressType, _store
+from smtpgate.auth.admin_store import AccountExists
+from smtpgate.auth.credentials import APP_PASSWORD_MECHANISMS
+from smtpgate.auth.directory import AppPassword
+from smtpgate.cli.common import (
+    USER,
+    AddressType,
+    NotFound,
+    OperationalError,
+    admin_service,
+    config_option,
+    get_config,
+    iso_time,
+)
 from smtpgate.policy.timespec import parse_duration
 
 
@@ -68,9 +78,9 @@ def add(
             when = datetime.now(UTC) + timedelta(seconds=parse_duration(expires))
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint="--expires") from None
-    with _store(config_path) as store:
+    with admin_service(get_config(config_path)) as admin:
         try:
-            record, secret = store.add_app_password(
+            record, secret = admin.add_app_password(
                 user, name, expires=when, networks=nets or None, mechanisms=mechs or None,
                 max_messages_per_hour=messages_per_hour, max_recipients_per_hour=recipients_per_hour,
             )
@@ -102,10 +112,10 @@ def _row(p: AppPassword) -> dict[str, object]:
 @config_option
 def list_(user: str | None, as_json: bool, config_path: Path | None) -> None:
     """List app passwords (of USER, or of every account); never the secrets."""
-    with _store(config_path) as store:
-        if user is not None and store.get_account(user) is None:
-            raise NotFound(f"no account {user}", "'smtpgate user list' shows the accounts")
-        records = store.app_passwords(user)
+    with admin_service(get_config(config_path)) as admin:
+        if user is not None:
+            admin.require_account(user)
+        records = admin.app_passwords(user)
     if as_json:
         for p in records:
             click.echo(json.dumps(_row(p), sort_keys=True))
@@ -137,8 +147,8 @@ def list_(user: str | None, as_json: bool, config_path: Path | None) -> None:
 @config_option
 def revoke(user: str, name: str, config_path: Path | None) -> None:
     """Delete app password NAME of USER (logins with it fail from now on)."""
-    with _store(config_path) as store:
-        done = store.revoke_app_password(user, name)
+    with admin_service(get_config(config_path)) as admin:
+        done = admin.revoke_app_password(user, name)
     if not done:
         raise NotFound(f"{user} has no app password named {name!r}",
                                "'smtpgate app-password list' shows them")

@@ -1,22 +1,37 @@
-"""Shared CLI plumbing: finding and loading the config, errors and exit codes.
+"""Shared CLI plumbing: finding and loading the config, errors and exit codes, and
+the one way commands open the accounts (``admin_service``).
 
 Every command exits with one of `ExitCode` (docs/cli.md lists them): 0 done, 1 an
 error (printed on stderr with a hint), 2 bad input (click's usage error), 3 the
 thing the command was asked to act on does not exist. ``smtpgate test`` and
 ``smtpgate audit`` report on a remote server and add codes of their own above 2.
+
+Commands that read or change accounts, the admin log or the guard's blocks go
+through the admin service (``smtpgate/admin.py``); ``admin_service`` opens it for
+the running command and turns its errors into exit codes.
 """
 
 from __future__ import annotations
 
 import os
-from datetime import UTC, datetime
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from enum import IntEnum
 from pathlib import Path
 from typing import IO, Any
 
 import click
 
+from smtpgate.admin import AccountAdmin, AdminError, NotFoundError, default_actor, open_admin
+from smtpgate.auth.admin_store import AuditActor, NoSuchAccount
+from smtpgate.auth.directory import StoreError
+from smtpgate.auth.guard_state import GuardStoreError
+from smtpgate.auth.names import InvalidAccountName, canonical_name
+from smtpgate.auth.passwords import PasswordPolicyError
+from smtpgate.auth.sqlite_file import NewerSchema
 from smtpgate.config import Config, ConfigError, load_config
+from smtpgate.policy.timespec import parse_duration
 
 CONFIG_ENV = "SMTPGATE_CONFIG"
 
@@ -100,3 +115,76 @@ def get_config(config_path: Path | None) -> Config:
         for key, msg in e.problems:
             click.echo(f"config error: {key}: {msg}", err=True)
         raise SystemExit(ExitCode.ERROR) from None
+
+
+def parse_since(value: str | None, param_hint: str = "--since") -> datetime | None:
+    """``--since 24h``: the time that long ago (None for None); exit 2 if malformed."""
+    if value is None:
+        return None
+    try:
+        return datetime.now(UTC) - timedelta(seconds=parse_duration(value))
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint=param_hint) from None
+
+
+class AddressType(click.ParamType[str]):
+    """An account name, ``local@domain``; converts to the canonical spelling."""
+
+    name = "USER"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        try:
+            return canonical_name(str(value))
+        except InvalidAccountName as e:
+            self.fail(f"{e} (expected an address such as alice@example.com)", param, ctx)
+
+
+#: The USER argument of the account commands.
+USER = click.argument("user", type=AddressType())
+
+
+def cli_actor() -> AuditActor:
+    """The admin-log actor of the running command: OS user and command path."""
+    actor = default_actor()
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return actor
+    words = ctx.command_path.split()
+    return AuditActor(actor.os_user, " ".join(["smtpgate", *words[1:]]))
+
+
+def _hint(e: Exception, default: str) -> str:
+    return e.hint if isinstance(e, NewerSchema) else default
+
+
+@contextmanager
+def admin_service(cfg: Config) -> Iterator[AccountAdmin]:
+    """The admin service on ``cfg``'s accounts, for the running command (every change
+    goes to the admin log under its name), closed at the end. Errors become exit
+    codes: no such account (or app password, or block) 3, anything else 1, each
+    with a hint."""
+    try:
+        admin = open_admin(cfg, cli_actor())
+    except StoreError as e:
+        hint = "check [accounts].database in the config and the permissions of its directory"
+        raise OperationalError(str(e), _hint(e, hint)) from None
+    try:
+        yield admin
+    except NoSuchAccount as e:
+        raise NotFound(str(e), "'smtpgate user list' shows the accounts") from None
+    except NotFoundError as e:
+        raise NotFound(str(e), e.hint) from None
+    except AdminError as e:
+        raise OperationalError(str(e), e.hint) from None
+    except PasswordPolicyError as e:
+        raise OperationalError(str(e), "choose another password") from None
+    except GuardStoreError as e:
+        raise OperationalError(
+            str(e), _hint(e, "check [guard].database and its directory")
+        ) from None
+    except StoreError as e:
+        raise OperationalError(
+            str(e), "check the database file; another process may hold it locked"
+        ) from None
+    finally:
+        admin.close()

@@ -145,8 +145,9 @@ def init(
     For production: init --dir /etc/smtpgate --state-dir /var/lib/smtpgate
     --log-dir /var/log/smtpgate --owner smtpgate --hostname mail.example.org
     --submission 0.0.0.0:587 --submissions 0.0.0.0:465 --no-demo"""
+    from smtpgate.admin import AccountAdmin, default_actor
+    from smtpgate.auth.accounts import open_account_store
     from smtpgate.auth.guard_store import SqliteGuardStore
-    from smtpgate.auth.store import SqliteAccountStore
     from smtpgate.tls.certs import write_self_signed
 
     config_path = directory / "smtpgate.toml"
@@ -190,15 +191,16 @@ def init(
         for sub in ("tmp", "new", "cur"):
             (cfg.path(cfg.delivery.maildir) / sub).mkdir(parents=True, exist_ok=True)
     cfg.path(cfg.accounts.database).parent.mkdir(parents=True, exist_ok=True)
-    store = SqliteAccountStore(cfg.path(cfg.accounts.database), cfg.accounts)
+    # A random demo password: the [passwords] policy is for passwords people choose.
+    admin = AccountAdmin(open_account_store(cfg), cfg.accounts, actor=default_actor())
     password = ""
     user = _demo_address(hostname)
     try:
         if not no_demo:
             password = secrets.token_urlsafe(15)
-            store.add_account(user, password)
+            admin.add_account(user, password)
     finally:
-        store.close()
+        admin.close()
     # Created now, so that a first `smtpgate guard ...` run as root cannot leave a
     # root-owned file the server may not open.
     SqliteGuardStore(cfg.path(cfg.guard.database)).close()

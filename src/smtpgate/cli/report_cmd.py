@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +16,15 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from smtpgate.cli.admin_cmd import parse_since
-from smtpgate.cli.common import NotFound, config_option, get_config, iso_time
+from smtpgate.cli.common import (
+    NotFound,
+    admin_service,
+    config_option,
+    get_config,
+    iso_time,
+    parse_since,
+)
+from smtpgate.policy.report import Thresholds, build_report, read_records
 
 
 def _table(title: str, columns: tuple[str, ...], rows: list[tuple[object, ...]]) -> Table:
@@ -41,10 +47,6 @@ def report(since: str, as_json: bool, logs: tuple[Path, ...], config_path: Path 
     """Summarise authentication: successes and failures per account, mechanisms,
     legacy-mechanism users, top failing addresses, current locks and blocks, and
     brute-force and spraying episodes."""
-    from smtpgate.auth.store import SqliteAccountStore
-    from smtpgate.cli.user_policy_cmd import open_guard_store
-    from smtpgate.policy.report import Thresholds, build_report, read_records
-
     start = None if since == "all" else parse_since(since)
     cfg = get_config(config_path)
     paths = list(logs)
@@ -64,16 +66,9 @@ def report(since: str, as_json: bool, logs: tuple[Path, ...], config_path: Path 
         since=start,
         thresholds=Thresholds(cfg.guard.lockout_threshold, cfg.guard.spray_accounts),
     )
-    gstore = open_guard_store(cfg)
-    try:
-        blocks = gstore.active_blocks(time.time())
-    finally:
-        gstore.close()
-    store = SqliteAccountStore(cfg.path(cfg.accounts.database), cfg.accounts)
-    try:
-        locked = [a.name for a in store.list_accounts() if a.locked]
-    finally:
-        store.close()
+    with admin_service(cfg) as admin:
+        blocks = admin.guard_blocks()
+        locked = [a.name for a in admin.list_accounts() if a.locked]
     data["current_blocks"] = [
         {"kind": b.kind, "key": b.key, "until": iso_time(b.until), "reason": b.reason}
         for b in blocks

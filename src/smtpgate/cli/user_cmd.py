@@ -1,11 +1,17 @@
-"""``smtpgate user ...``: manage the accounts in ``[accounts].database``.
+"""``smtpgate user ...``: manage the accounts of ``[accounts]``.
+
+The ``user`` group and its account commands; ``user_policy_cmd`` and
+``user_sasl_cmd`` add theirs to the group (they import this module, never the
+other way round). Each command is a thin shell over one operation of the admin
+service (``smtpgate/admin.py``), opened with ``cli/common.admin_service``.
 
 Passwords come from a prompt (asked twice, not echoed) or, for scripts, from
 standard input with ``--password-stdin``; never from the command line, where
-``ps`` and shell history would show them. Exit codes (``cli/common.py``): 2 for a
-usage error (bad option, invalid address), 3 when the account (or the alias,
-grant, app password) does not exist, 1 for any other error, which is printed
-on stderr with a hint.
+``ps`` and shell history would show them. The admin service checks them against
+``[passwords]``. Exit codes (``cli/common.py``): 2 for a usage error (bad
+option, invalid address), 3 when the account (or the alias, grant, app
+password) does not exist, 1 for any other error, which is printed on stderr
+with a hint.
 """
 
 from __future__ import annotations
@@ -13,51 +19,25 @@ from __future__ import annotations
 import json
 import sys
 from collections import defaultdict
-from collections.abc import Iterator
-from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import click
 from rich.console import Console
 from rich.table import Table
 
-from smtpgate.auth.names import InvalidAccountName, canonical_name
-from smtpgate.auth.passwords import PasswordPolicyError, check_new_password
-from smtpgate.auth.sqlite_file import NewerSchema
-from smtpgate.auth.store import (
-    Account,
-    AccountExists,
-    NoSuchAccount,
-    SqliteAccountStore,
-    StoreError,
-)
+from smtpgate.auth.admin_store import AccountExists
+from smtpgate.auth.directory import Account
 from smtpgate.cli.common import (
-    NotFound,
+    USER,
     OperationalError,
+    admin_service,
     config_option,
     get_config,
     iso_time,
 )
-from smtpgate.config import PasswordsConfig
+from smtpgate.policy.timespec import format_duration
 
-__all__ = ["USER", "AddressType", "NotFound", "OperationalError", "user"]
-
-
-class AddressType(click.ParamType[str]):
-    """An account name, ``local@domain``; converts to the canonical spelling."""
-
-    name = "USER"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        try:
-            return canonical_name(str(value))
-        except InvalidAccountName as e:
-            self.fail(f"{e} (expected an address such as alice@example.com)", param, ctx)
-
-
-USER = click.argument("user", type=AddressType())
 password_stdin_option = click.option(
     "--password-stdin",
     is_flag=True,
@@ -66,52 +46,27 @@ password_stdin_option = click.option(
 )
 
 
-@contextmanager
-def _store(config_path: Path | None) -> Iterator[SqliteAccountStore]:
-    cfg = get_config(config_path)
-    path = cfg.path(cfg.accounts.database)
-    try:
-        from smtpgate.cli.admin_cmd import cli_actor  # every change goes to the admin log
-
-        store = SqliteAccountStore(path, cfg.accounts, actor=cli_actor())
-    except StoreError as e:
-        hint = (
-            e.hint
-            if isinstance(e, NewerSchema)
-            else "check [accounts].database in the config and the permissions of its directory"
-        )
-        raise OperationalError(str(e), hint) from None
-    try:
-        yield store
-    except NoSuchAccount as e:
-        raise NotFound(str(e), "'smtpgate user list' shows the accounts") from None
-    except StoreError as e:
-        raise OperationalError(
-            str(e), "check the database file; another process may hold it locked"
-        ) from None
-    finally:
-        store.close()
-
-
-def _read_password(
-    from_stdin: bool, user: str = "", policy: PasswordsConfig | None = None
-) -> str:
+def read_password(from_stdin: bool) -> str:
+    """A new password from standard input (up to the end; one final newline is
+    dropped) or a prompt asked twice without echo. The admin service checks it."""
     if from_stdin:
         data = sys.stdin.read()
-        password = data.removesuffix("\n").removesuffix("\r") if data.endswith("\n") else data
-    else:
-        password = str(
-            click.prompt("Password", hide_input=True, confirmation_prompt="Repeat password")
-        )
-    try:
-        check_new_password(password)
-        if policy is not None:
-            from smtpgate.policy.passwords import check_password_policy
+        return data.removesuffix("\n").removesuffix("\r") if data.endswith("\n") else data
+    return str(click.prompt("Password", hide_input=True, confirmation_prompt="Repeat password"))
 
-            check_password_policy(password, user, policy)
-    except PasswordPolicyError as e:
-        raise OperationalError(str(e), "choose another password") from None
-    return password
+
+def password_age(a: Account) -> str:
+    if a.password_changed is None:
+        return "-"
+    return format_duration((datetime.now(UTC) - a.password_changed).total_seconds())
+
+
+def password_expiry(a: Account, max_age_days: float) -> str:
+    expiry = a.password_expiry(max_age_days)
+    if expiry is None:
+        return "never"
+    text = expiry.strftime("%Y-%m-%d %H:%M")
+    return f"EXPIRED {text}" if expiry <= datetime.now(UTC) else text
 
 
 @click.group()
@@ -125,18 +80,16 @@ def user() -> None:
 @config_option
 def add(user: str, password_stdin: bool, config_path: Path | None) -> None:
     """Create account USER (an address) with a password."""
-    with _store(config_path) as store:
-        if store.get_account(user) is not None:  # before asking for a password
+    with admin_service(get_config(config_path)) as admin:
+        if admin.get_account(user) is not None:  # before asking for a password
             raise OperationalError(
                 f"account {user} already exists", "'smtpgate user passwd' changes its password"
             )
-        password = _read_password(password_stdin, user, get_config(config_path).passwords)
+        password = read_password(password_stdin)
         try:
-            store.add_account(user, password)
+            admin.add_account(user, password)
         except AccountExists:
             raise OperationalError(f"account {user} already exists") from None
-        except PasswordPolicyError as e:
-            raise OperationalError(str(e), "choose another password") from None
     click.echo(f"added account {user}")
 
 
@@ -146,17 +99,11 @@ def add(user: str, password_stdin: bool, config_path: Path | None) -> None:
 @config_option
 def passwd(user: str, password_stdin: bool, config_path: Path | None) -> None:
     """Set the password of USER (all old secrets are replaced)."""
-    with _store(config_path) as store:
-        if store.get_account(user) is None:
-            raise NoSuchAccount(f"no account {user}")
-        password = _read_password(password_stdin, user, get_config(config_path).passwords)
-        try:
-            store.set_password(user, password)
-        except PasswordPolicyError as e:
-            raise OperationalError(str(e), "choose another password") from None
-        account = store.get_account(user)
+    with admin_service(get_config(config_path)) as admin:
+        admin.require_account(user)  # before asking for a password
+        account = admin.set_password(user, read_password(password_stdin))
     click.echo(f"password of {user} changed")
-    if account is not None and account.cram_md5_enabled:
+    if account.cram_md5_enabled:
         click.echo(
             f"warning: {user} has CRAM-MD5 enabled, so a plaintext-equivalent secret of the "
             "new password is stored (anyone who reads the account database can log in with "
@@ -170,8 +117,8 @@ def passwd(user: str, password_stdin: bool, config_path: Path | None) -> None:
 @config_option
 def remove(user: str, config_path: Path | None) -> None:
     """Delete account USER and its credentials."""
-    with _store(config_path) as store:
-        store.remove_account(user)
+    with admin_service(get_config(config_path)) as admin:
+        admin.remove_account(user)
     click.echo(f"removed account {user}")
 
 
@@ -186,8 +133,8 @@ def remove(user: str, config_path: Path | None) -> None:
 @config_option
 def lock(user: str, reason: str, config_path: Path | None) -> None:
     """Refuse every login of USER (takes effect at its next login attempt)."""
-    with _store(config_path) as store:
-        store.lock(user, reason)
+    with admin_service(get_config(config_path)) as admin:
+        admin.lock(user, reason)
     click.echo(f"locked account {user}")
 
 
@@ -196,11 +143,8 @@ def lock(user: str, reason: str, config_path: Path | None) -> None:
 @config_option
 def unlock(user: str, config_path: Path | None) -> None:
     """Allow USER to log in again (administrative lock and the guard's lockouts)."""
-    from smtpgate.cli.user_policy_cmd import lift_guard_locks
-
-    with _store(config_path) as store:
-        changed = store.unlock(user)
-        changed = lift_guard_locks(config_path, user, store) or changed
+    with admin_service(get_config(config_path)) as admin:
+        changed = admin.unlock(user)
     click.echo(f"unlocked account {user}" if changed else f"account {user} was not locked")
 
 
@@ -239,7 +183,6 @@ def _accounts_table(accounts: list[Account], max_age_days: float = 0) -> Table:
     table.add_column("mechanisms allowed", overflow="fold")
     table.add_column("password age", no_wrap=True)
     table.add_column("password expires", no_wrap=True)
-    from smtpgate.cli.user_policy_cmd import password_age, password_expiry
     for a in accounts:
         locked = (
             f"yes: {a.lock_reason}" if a.locked and a.lock_reason else "yes" if a.locked else "no"
@@ -286,10 +229,11 @@ def _mechanisms_table(accounts: list[Account]) -> Table:
 @config_option
 def list_(mechanisms: bool, as_json: bool, config_path: Path | None) -> None:
     """List accounts."""
-    with _store(config_path) as store:
-        accounts = store.list_accounts()
+    cfg = get_config(config_path)
+    with admin_service(cfg) as admin:
+        accounts = admin.list_accounts()
     if as_json:
-        max_age_days = get_config(config_path).passwords.max_age_days
+        max_age_days = cfg.passwords.max_age_days
         for a in accounts:
             click.echo(json.dumps(account_json(a, max_age_days), sort_keys=True))
         return
@@ -300,7 +244,7 @@ def list_(mechanisms: bool, as_json: bool, config_path: Path | None) -> None:
     # rich fits the table to the window.
     wide = None if sys.stdout.isatty() else 4096
     console = Console(file=sys.stdout, highlight=False, width=wide)
-    max_age = get_config(config_path).passwords.max_age_days
+    max_age = cfg.passwords.max_age_days
     console.print(
         _mechanisms_table(accounts) if mechanisms else _accounts_table(accounts, max_age)
     )

@@ -1,60 +1,44 @@
 """``smtpgate user alias|domain|access|limits|max-age|rotate|show``: account policy.
 
-These add subcommands to the ``user`` group of ``user_cmd`` on import. Every
-change is recorded in the admin log by the store.
+These add subcommands to the ``user`` group of ``user_cmd`` on import. Each is a
+thin shell over one operation of the admin service, which records every change
+in the admin log, in the transaction that makes it.
 """
 
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import click
 
-from smtpgate.auth.guard_store import GuardStoreError, SqliteGuardStore
-from smtpgate.auth.names import InvalidAccountName, lookup_key
-from smtpgate.auth.sqlite_file import NewerSchema
-from smtpgate.auth.store import Account, AccountExists, AliasTaken, SqliteAccountStore
-from smtpgate.cli.common import NotFound, OperationalError, config_option, get_config, iso_time
-from smtpgate.cli.user_cmd import USER, _store, user
+from smtpgate.admin import (
+    AccessChange,
+    AnyListener,
+    AnyNetwork,
+    MessageRate,
+    RateChange,
+    RecipientRate,
+    RequireOAuth,
+    RestrictListeners,
+    RestrictNetworks,
+)
+from smtpgate.auth.admin_store import AccountExists, AliasTaken
+from smtpgate.auth.directory import Account
+from smtpgate.auth.names import InvalidAccountName
+from smtpgate.cli.common import (
+    USER,
+    NotFound,
+    OperationalError,
+    admin_service,
+    config_option,
+    get_config,
+    iso_time,
+)
+from smtpgate.cli.user_cmd import password_age, password_expiry, user
 from smtpgate.config import Config
-from smtpgate.policy.timespec import format_duration, parse_duration
-
-
-def open_guard_store(cfg: Config) -> SqliteGuardStore:
-    try:
-        return SqliteGuardStore(cfg.path(cfg.guard.database))
-    except GuardStoreError as e:
-        hint = e.hint if isinstance(e, NewerSchema) else "check [guard].database and its directory"
-        raise OperationalError(str(e), hint) from None
-
-
-def lift_guard_locks(config_path: Path | None, user_name: str, store: SqliteAccountStore) -> bool:
-    """Lift the guard's lockouts and throttle of an account (for ``user unlock``)."""
-    cfg = get_config(config_path)
-    gstore = open_guard_store(cfg)
-    try:
-        n = gstore.unlock_account(lookup_key(user_name))
-    finally:
-        gstore.close()
-    if n:
-        store.audit("guard lockout lifted", lookup_key(user_name), {"blocks": n})
-    return n > 0
-
-
-def password_age(a: Account) -> str:
-    if a.password_changed is None:
-        return "-"
-    return format_duration((datetime.now(UTC) - a.password_changed).total_seconds())
-
-
-def password_expiry(a: Account, max_age_days: float) -> str:
-    expiry = a.password_expiry(max_age_days)
-    if expiry is None:
-        return "never"
-    text = expiry.strftime("%Y-%m-%d %H:%M")
-    return f"EXPIRED {text}" if expiry <= datetime.now(UTC) else text
+from smtpgate.policy.timespec import parse_duration
 
 
 def _duration(value: str, hint: str) -> float:
@@ -78,9 +62,9 @@ def alias() -> None:
 @config_option
 def alias_add(user: str, address: str, config_path: Path | None) -> None:
     """Let USER send as ADDRESS (MAIL FROM and From header)."""
-    with _store(config_path) as store:
+    with admin_service(get_config(config_path)) as admin:
         try:
-            store.add_alias(user, address)
+            admin.add_alias(user, address)
         except InvalidAccountName as e:
             raise click.BadParameter(str(e), param_hint="ADDRESS") from None
         except AliasTaken as e:
@@ -94,10 +78,8 @@ def alias_add(user: str, address: str, config_path: Path | None) -> None:
 @config_option
 def alias_del(user: str, address: str, config_path: Path | None) -> None:
     """Stop USER from sending as ADDRESS."""
-    with _store(config_path) as store:
-        if store.get_account(user) is None:
-            raise NotFound(f"no account {user}", "'smtpgate user list' shows the accounts")
-        removed = store.remove_alias(user, address)
+    with admin_service(get_config(config_path)) as admin:
+        removed = admin.remove_alias(user, address)
     if not removed:
         raise NotFound(f"{address} is not an alias of {user}",
                        f"'smtpgate user alias list {user}' shows its aliases")
@@ -109,11 +91,11 @@ def alias_del(user: str, address: str, config_path: Path | None) -> None:
 @config_option
 def alias_list(user: str, config_path: Path | None) -> None:
     """Print USER's aliases, one per line."""
-    with _store(config_path) as store:
-        if store.get_account(user) is None:
-            raise NotFound(f"no account {user}", "'smtpgate user list' shows the accounts")
-        for a in store.aliases(user):
-            click.echo(a)
+    with admin_service(get_config(config_path)) as admin:
+        admin.require_account(user)
+        aliases = admin.aliases(user)
+    for a in aliases:
+        click.echo(a)
 
 
 # --- granted domains ---------------------------------------------------------------
@@ -130,12 +112,12 @@ def domain() -> None:
 @config_option
 def domain_grant(user: str, name: str, config_path: Path | None) -> None:
     """Let USER send as any address in domain NAME."""
-    with _store(config_path) as store:
+    with admin_service(get_config(config_path)) as admin:
         try:
-            store.grant_domain(user, name)
+            domain_name = admin.grant_domain(user, name)
         except InvalidAccountName as e:
             raise click.BadParameter(str(e), param_hint="NAME") from None
-    click.echo(f"{user} may now send as any address in {name.lower()}")
+    click.echo(f"{user} may now send as any address in {domain_name}")
 
 
 @domain.command("revoke")
@@ -144,10 +126,8 @@ def domain_grant(user: str, name: str, config_path: Path | None) -> None:
 @config_option
 def domain_revoke(user: str, name: str, config_path: Path | None) -> None:
     """Withdraw domain NAME from USER."""
-    with _store(config_path) as store:
-        if store.get_account(user) is None:
-            raise NotFound(f"no account {user}", "'smtpgate user list' shows the accounts")
-        done = store.revoke_domain(user, name)
+    with admin_service(get_config(config_path)) as admin:
+        done = admin.revoke_domain(user, name)
     if not done:
         raise NotFound(f"{name} is not granted to {user}",
                        f"'smtpgate user show {user}' lists its granted domains")
@@ -182,18 +162,22 @@ def access(
         if name not in known:
             raise click.BadParameter(f"no listener {name!r} (known: {', '.join(sorted(known))})",
                                      param_hint="--listener")
-    with _store(config_path) as store:
+    changes: list[AccessChange] = []
+    if any_network:
+        changes.append(AnyNetwork())
+    elif networks:
+        changes.append(RestrictNetworks(networks))
+    if any_listener:
+        changes.append(AnyListener())
+    elif listeners:
+        changes.append(RestrictListeners(listeners))
+    if require_oauth is not None:
+        changes.append(RequireOAuth(require_oauth))
+    with admin_service(cfg) as admin:
         try:
-            store.set_access(
-                user,
-                networks=None if any_network else (list(networks) if networks else False),
-                listeners=None if any_listener else (list(listeners) if listeners else False),
-                require_oauth=require_oauth,
-            )
+            account = admin.change_access(user, changes)
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint="--network") from None
-        account = store.get_account(user)
-    assert account is not None
     click.echo(f"access of {user}: " + _access_text(account))
 
 
@@ -207,9 +191,7 @@ def _access_text(a: Account) -> str:
 # --- rate limits and password age ------------------------------------------------------------
 
 
-def _rate(value: str | None, hint: str) -> int | None | bool:
-    if value is None:
-        return False
+def _rate(value: str, hint: str) -> int | None:
     if value == "default":
         return None
     if not value.isdigit():
@@ -226,13 +208,14 @@ def _rate(value: str | None, hint: str) -> int | None | bool:
 @config_option
 def limits(user: str, messages: str | None, recipients: str | None, config_path: Path | None) -> None:
     """Set USER's sending rates (exceeding them gets 450 4.7.1)."""
-    m = _rate(messages, "--messages-per-hour")
-    r = _rate(recipients, "--recipients-per-hour")
+    changes: list[RateChange] = []
+    if messages is not None:
+        changes.append(MessageRate(_rate(messages, "--messages-per-hour")))
+    if recipients is not None:
+        changes.append(RecipientRate(_rate(recipients, "--recipients-per-hour")))
     cfg = get_config(config_path)
-    with _store(config_path) as store:
-        store.set_rate_limits(user, messages_per_hour=m, recipients_per_hour=r)
-        account = store.get_account(user)
-    assert account is not None
+    with admin_service(cfg) as admin:
+        account = admin.change_limits(user, changes)
     click.echo(f"limits of {user}: " + _limits_text(account, cfg))
 
 
@@ -263,10 +246,8 @@ def max_age(user: str, age: str, config_path: Path | None) -> None:
         if days <= 0:
             raise click.BadParameter("must be more than 0", param_hint="AGE")
     cfg = get_config(config_path)
-    with _store(config_path) as store:
-        store.set_password_max_age(user, days)
-        account = store.get_account(user)
-    assert account is not None
+    with admin_service(cfg) as admin:
+        account = admin.set_password_max_age(user, days)
     click.echo(f"password of {user} expires: {password_expiry(account, cfg.passwords.max_age_days)}")
 
 
@@ -288,41 +269,20 @@ def rotate(user: str, app_name: str | None, new_name: str | None, grace: str | N
     """Issue a new app password for USER (printed once) and schedule the old
     secret to stop working after a grace period."""
     cfg = get_config(config_path)
-    grace_s = cfg.passwords.rotation_grace_days * 86400 if grace is None else _duration(grace, "--grace")
-    now = datetime.now(UTC)
-    deadline = now + timedelta(seconds=grace_s)
-    with _store(config_path) as store:
-        if store.get_account(user) is None:
-            raise NotFound(f"no account {user}", "'smtpgate user list' shows the accounts")
-        if app_name is not None:
-            old = next((a for a in store.app_passwords(user) if a.name == app_name), None)
-            if old is None:
-                raise NotFound(f"{user} has no app password named {app_name!r}",
-                                       "'smtpgate app-password list' shows them")
-            retired = f"{app_name} (rotated {now.strftime('%Y-%m-%d %H:%M:%S')})"
-            store.expire_app_password(user, app_name, deadline, rename_to=retired)
-            name = new_name or app_name
-            try:
-                record, secret = store.add_app_password(
-                    user, name, expires=old.expires if old.expires and old.expires > deadline else None,
-                    networks=old.networks, mechanisms=old.mechanisms,
-                    max_messages_per_hour=old.max_messages_per_hour,
-                    max_recipients_per_hour=old.max_recipients_per_hour,
+    seconds = cfg.passwords.rotation_grace_days * 86400 if grace is None else _duration(grace, "--grace")
+    with admin_service(cfg) as admin:
+        try:
+            if app_name is not None:
+                done = admin.rotate_app_password(
+                    user, app_name, new_name=new_name, grace=timedelta(seconds=seconds)
                 )
-            except AccountExists as e:
-                raise OperationalError(str(e), "pass another --name") from None
-            what = f"app password {app_name!r}"
-        else:
-            name = new_name or f"rotated-{now.strftime('%Y%m%d-%H%M%S')}"
-            try:
-                record, secret = store.add_app_password(user, name)
-            except AccountExists as e:
-                raise OperationalError(str(e), "pass another --name") from None
-            store.schedule_password_expiry(user, deadline)
-            what = "the account password"
-    click.echo(f"new app password {record.name!r} for {user}: {secret}")
+            else:
+                done = admin.rotate_password(user, new_name=new_name, grace=timedelta(seconds=seconds))
+        except AccountExists as e:
+            raise OperationalError(str(e), "pass another --name; nothing was changed") from None
+    click.echo(f"new app password {done.app_password.name!r} for {user}: {done.secret}")
     click.echo("    (shown once; it works with PLAIN and LOGIN)")
-    click.echo(f"{what} stops working at {deadline.strftime('%Y-%m-%d %H:%M')} UTC")
+    click.echo(f"{done.retired} stops working at {done.deadline.strftime('%Y-%m-%d %H:%M')} UTC")
 
 
 # --- show ----------------------------------------------------------------------------------------
@@ -336,13 +296,11 @@ def show(user: str, as_json: bool, config_path: Path | None) -> None:
     """Everything about USER's policy: access, limits, password age, aliases,
     granted domains, app passwords."""
     cfg = get_config(config_path)
-    with _store(config_path) as store:
-        a = store.get_account(user)
-        if a is None:
-            raise NotFound(f"no account {user}", "'smtpgate user list' shows the accounts")
-        aliases = store.aliases(user)
-        domains = store.granted_domains(user)
-        apps = store.app_passwords(user)
+    with admin_service(cfg) as admin:
+        a = admin.require_account(user)
+        aliases = admin.aliases(user)
+        domains = admin.granted_domains(user)
+        apps = admin.app_passwords(user)
     if as_json:
         expiry = a.password_expiry(cfg.passwords.max_age_days)
         click.echo(json.dumps({

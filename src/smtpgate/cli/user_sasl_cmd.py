@@ -4,9 +4,10 @@ Registered on the ``user`` group by import (``cli/main.py`` imports this module)
 
 - ``user cram-md5 USER --enable`` asks for the account's *current* password
   (CRAM-MD5's secret, the HMAC-MD5 intermediate key pair, is derived from it and
-  smtpgate never stores the password), checks it against the stored Argon2id
-  hash, and stores the secret. ``--disable`` deletes the secret at once. Without
-  either flag the command shows the current setting.
+  smtpgate never stores the password); the admin service checks it against the
+  account's password and stores the secret, in one transaction with the opt-in.
+  ``--disable`` deletes the secret at once. Without either flag the command
+  shows the current setting.
 - ``user mechanisms USER --allow MECH ...`` restricts the account to those
   mechanisms; ``--all`` lifts the restriction. Allowing a SCRAM mechanism also
   allows its ``-PLUS`` variant (same stored keys, plus channel binding), so a
@@ -22,19 +23,11 @@ from pathlib import Path
 import click
 
 from smtpgate import mechanism_facts
-from smtpgate.auth.credentials import ARGON2ID, CRAM_MD5, encode_cram_md5
-from smtpgate.auth.passwords import PasswordHasher, StoredHashError
-from smtpgate.auth.store import NoSuchAccount
-from smtpgate.cli.common import config_option, get_config
-from smtpgate.cli.user_cmd import (
-    USER,
-    OperationalError,
-    _store,
-    password_stdin_option,
-    user,
-)
+from smtpgate.admin import with_channel_binding_variants
+from smtpgate.auth.credentials import CRAM_MD5
+from smtpgate.cli.common import USER, admin_service, config_option, get_config
+from smtpgate.cli.user_cmd import password_stdin_option, user
 from smtpgate.config import Config
-from smtpgate.sasl.cram_md5 import cram_md5_secret_from_password
 
 CRAM_MD5_WARNING = (
     "warning: CRAM-MD5 needs a plaintext-equivalent secret. The account database now "
@@ -77,10 +70,8 @@ def cram_md5(
 ) -> None:
     """Opt account USER in to or out of CRAM-MD5 (off by default)."""
     cfg = get_config(config_path)
-    with _store(config_path) as store:
-        account = store.get_account(user)
-        if account is None:
-            raise NoSuchAccount(f"no account {user}")
+    with admin_service(cfg) as admin:
+        account = admin.require_account(user)
         if enable is None:
             if account.cram_md5_enabled:
                 secret = "stored" if CRAM_MD5 in account.schemes else "not stored yet"
@@ -89,37 +80,11 @@ def cram_md5(
                 click.echo(f"CRAM-MD5 is disabled for {account.name}")
             return
         if not enable:
-            store.set_cram_md5_enabled(account.name, False)
+            admin.disable_cram_md5(account.name)
             click.echo(f"CRAM-MD5 disabled for {account.name}; its secret is deleted")
             return
-        encoded = store.get_credential(account.name, ARGON2ID)
-        if encoded is None:
-            raise OperationalError(
-                f"account {account.name} has no password",
-                f"set one with 'smtpgate user passwd {account.name}' first",
-            )
-        password = _read_current_password(password_stdin)
-        try:
-            ok = PasswordHasher(cfg.accounts).verify(encoded, password)
-        except StoredHashError as e:
-            raise OperationalError(str(e), "reset it with 'smtpgate user passwd'") from None
-        if not ok:
-            raise OperationalError(
-                "the password does not match the account's password",
-                "CRAM-MD5's secret is derived from the current password; to set a new one "
-                f"use 'smtpgate user passwd {account.name}' after enabling",
-            )
-        secret = encode_cram_md5(cram_md5_secret_from_password(password))
-        store.set_cram_md5_enabled(account.name, True)
-        # Guarded by the generation read before the prompt: if the password
-        # changed meanwhile, this secret belongs to the old one and is not stored.
-        if not store.put_credentials(
-            account.name, {CRAM_MD5: secret}, generation=account.generation
-        ):
-            raise OperationalError(
-                f"the password of {account.name} changed while enabling CRAM-MD5",
-                "run the command again",
-            )
+        admin.require_password(account)  # before the prompt
+        admin.enable_cram_md5(account.name, _read_current_password(password_stdin))
     click.echo(f"CRAM-MD5 enabled for {account.name}")
     click.echo(CRAM_MD5_WARNING.format(user=account.name), err=True)
     if not account.allows("CRAM-MD5"):
@@ -174,10 +139,8 @@ def mechanisms(
     if allow and allow_all:
         raise click.UsageError("use --allow or --all, not both")
     cfg = get_config(config_path)
-    with _store(config_path) as store:
-        account = store.get_account(user)
-        if account is None:
-            raise NoSuchAccount(f"no account {user}")
+    with admin_service(cfg) as admin:
+        account = admin.require_account(user)
         if not allow and not allow_all:
             if account.allowed_mechanisms is None:
                 click.echo(f"{account.name} may use every mechanism a listener offers")
@@ -186,14 +149,11 @@ def mechanisms(
                 click.echo(f"{account.name} may use: {shown}")
             return
         if allow_all:
-            store.set_allowed_mechanisms(account.name, None)
+            admin.set_allowed_mechanisms(account.name, None)
             click.echo(f"{account.name} may now use every mechanism a listener offers")
             return
-        wanted = set(allow)
-        for m in allow:
-            if m.startswith("SCRAM-") and not m.endswith("-PLUS"):
-                wanted.add(m + "-PLUS")
-        store.set_allowed_mechanisms(account.name, wanted)
+        wanted = with_channel_binding_variants(allow)
+        admin.set_allowed_mechanisms(account.name, wanted)
         cram_enabled = account.cram_md5_enabled
     click.echo(f"{account.name} may now use: {' '.join(_in_strength_order(wanted))}")
     if "CRAM-MD5" in wanted and not cram_enabled:

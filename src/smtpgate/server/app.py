@@ -32,12 +32,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from smtpgate.auth.accounts import open_account_store
 from smtpgate.auth.authlog import AuthLog
+from smtpgate.auth.directory import StoreError
 from smtpgate.auth.guard import Guard
 from smtpgate.auth.guard_store import GuardStoreError, SqliteGuardStore
 from smtpgate.auth.oauth import TokenVerifier
 from smtpgate.auth.service import AuthService, build_auth_service
-from smtpgate.auth.store import SqliteAccountStore, StoreError
 from smtpgate.config import Config, ListenerConfig
 from smtpgate.policy.rates import RateLimiter
 from smtpgate.policy.sqlite_counters import SqliteRateCounters
@@ -224,7 +225,7 @@ def check_before_binding(cfg: Config) -> ServerTlsContext:
     except TlsConfigError as e:
         raise StartupError(str(e)) from None
     try:
-        SqliteAccountStore(cfg.path(cfg.accounts.database), cfg.accounts).close()
+        open_account_store(cfg).close()
     except StoreError as e:
         raise StartupError(f"accounts.database: {e}") from None
     try:

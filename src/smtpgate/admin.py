@@ -1,0 +1,642 @@
+"""Administrative operations on accounts: the service the CLI calls, and a web admin will.
+
+Theory of operation
+-------------------
+Each public method that changes something is one operation and one transaction
+of the account store (``AccountAdminStore.transaction``, ``auth/admin_store.py``):
+it happens whole, each change with its admin-log row, or, when anything is
+refused or fails half-way, not at all. What an operation needs before it writes
+happens first, outside the transaction, so that Argon2 never holds the write
+lock and a refusal costs nothing:
+
+- input is checked and normalised here (addresses, CIDRs, mechanism names,
+  app-password names and scopes), once for every backend;
+- a new password must pass ``auth/passwords.check_new_password`` (what no client
+  could send) and, when the service has a policy (the CLI passes
+  ``[passwords]``), ``policy/passwords.check_password_policy``;
+- secrets are derived from it here (``auth/credentials.derive``: Argon2id, the
+  SCRAM keys, the CRAM-MD5 secret of an account that opted in) and handed to
+  the store, which never sees a password.
+
+The guard's blocks and lockouts live in their own database. Lifting them
+(``unlock``, ``unblock``) happens inside the account transaction that records
+it, so a guard that fails undoes the account side too; lifting is idempotent, so
+running the command again after any failure is safe.
+
+Layering: this module uses both ``auth/`` and ``policy/`` (the password
+policy), so it sits above them, below ``cli/`` (a thin shell over it) and a
+future web admin.
+"""
+
+from __future__ import annotations
+
+import getpass
+import ipaddress
+import os
+import sys
+import time
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from types import TracebackType
+from typing import Protocol, Self
+
+from smtpgate import mechanism_facts
+from smtpgate.auth.accounts import open_account_store
+from smtpgate.auth.admin_store import (
+    AccountAdminStore,
+    AccountWriter,
+    AdminLogEntry,
+    AuditActor,
+    NoSuchAccount,
+)
+from smtpgate.auth.credentials import (
+    APP_PASSWORD_MECHANISMS,
+    ARGON2ID,
+    CRAM_MD5,
+    derive,
+    generate_app_password,
+    wanted_schemes,
+)
+from smtpgate.auth.directory import Account, AppPassword
+from smtpgate.auth.guard_state import Block
+from smtpgate.auth.guard_store import SqliteGuardStore
+from smtpgate.auth.names import canonical_name, lookup_key
+from smtpgate.auth.passwords import PasswordHasher, check_new_password
+from smtpgate.config import AccountsConfig, Config, PasswordsConfig
+from smtpgate.policy.passwords import check_password_policy
+
+
+class AdminError(Exception):
+    """An operation was refused and nothing changed; ``hint`` says what to do instead."""
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+class NotFoundError(AdminError):
+    """What the operation was to act on (an app password, a block) does not exist."""
+
+
+def default_actor() -> AuditActor:
+    """The OS user running this process, and its command line without options."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = f"uid={os.getuid()}"
+    words = [os.path.basename(sys.argv[0]) if sys.argv else "smtpgate"]
+    for arg in sys.argv[1:4]:
+        if arg.startswith("-"):
+            break
+        words.append(arg)
+    return AuditActor(user, " ".join(words))
+
+
+class GuardLocks(Protocol):
+    """What the admin service needs of the guard's state (``auth/guard_state.GuardState``
+    provides it)."""
+
+    def active_blocks(self, now: float) -> list[Block]: ...
+
+    def unlock_account(self, account: str) -> int: ...
+
+    def unblock(self, key: str) -> int: ...
+
+    def close(self) -> None: ...
+
+
+# --- changes of conditional access and rates: one value per change, no tri-states ----
+
+
+@dataclass(frozen=True, slots=True)
+class RestrictNetworks:
+    """Logins only from these networks (CIDR, or an address)."""
+
+    networks: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AnyNetwork:
+    """Lift the network restriction."""
+
+
+@dataclass(frozen=True, slots=True)
+class RestrictListeners:
+    """Logins only on these listeners (by name)."""
+
+    listeners: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AnyListener:
+    """Lift the listener restriction."""
+
+
+@dataclass(frozen=True, slots=True)
+class RequireOAuth:
+    """Allow only OAUTHBEARER/XOAUTH2 logins (True), or any mechanism again (False)."""
+
+    required: bool
+
+
+AccessChange = RestrictNetworks | AnyNetwork | RestrictListeners | AnyListener | RequireOAuth
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRate:
+    """Messages per hour: a number (0: unlimited), or None for ``[limits]``'s default."""
+
+    per_hour: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientRate:
+    """Recipients per hour: a number (0: unlimited), or None for ``[limits]``'s default."""
+
+    per_hour: int | None
+
+
+RateChange = MessageRate | RecipientRate
+
+
+@dataclass(frozen=True, slots=True)
+class Rotation:
+    """What a rotation did: the new app password (its secret is shown once), and
+    which old secret stops working when."""
+
+    app_password: AppPassword
+    secret: str
+    #: "app password 'phone'" or "the account password".
+    retired: str
+    deadline: datetime
+
+
+def with_channel_binding_variants(mechanisms: Iterable[str]) -> set[str]:
+    """``mechanisms`` plus the ``-PLUS`` variant of each SCRAM one: the same stored
+    keys plus channel binding, so a restriction never locks out a client for being
+    *more* careful."""
+    out = {m.upper() for m in mechanisms}
+    for m in list(out):
+        plus = f"{m}-PLUS"
+        if mechanism_facts.facts(plus) is not None:
+            out.add(plus)
+    return out
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _networks(networks: Iterable[str]) -> list[str]:
+    """Canonical CIDRs. Raises ValueError for one that is not a network or address."""
+    return [str(ipaddress.ip_network(n, strict=False)) for n in networks]
+
+
+def _mechanisms(mechanisms: Collection[str] | None) -> list[str] | None:
+    if mechanisms is None:
+        return None
+    upper = sorted({m.upper() for m in mechanisms})
+    for m in upper:
+        if mechanism_facts.facts(m) is None:
+            raise ValueError(f"unknown mechanism {m!r}")
+    return upper
+
+
+def _domain(domain: str) -> str:
+    """A domain as grants store it. Raises InvalidAccountName."""
+    return canonical_name(f"x@{domain.strip().lower().lstrip('@')}").split("@", 1)[1]
+
+
+class AccountAdmin:
+    """The administrative operations on one account store, on behalf of ``actor``.
+
+    Takes over ``store`` (``close()`` closes it). ``password_policy``: the
+    ``[passwords]`` rules new passwords must pass (None: only what no client could
+    send is refused, for imports and tests). ``open_guard``: opens the guard's
+    state when a lock is to be lifted (None: there is no guard to consult).
+    """
+
+    def __init__(
+        self,
+        store: AccountAdminStore,
+        accounts_cfg: AccountsConfig,
+        *,
+        actor: AuditActor,
+        password_policy: PasswordsConfig | None = None,
+        open_guard: Callable[[], GuardLocks] | None = None,
+        clock: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        self._store = store
+        self._cfg = accounts_cfg
+        self._hasher = PasswordHasher(accounts_cfg)
+        self._actor = actor
+        self._policy = password_policy
+        self._open_guard = open_guard
+        self._clock = clock
+
+    def close(self) -> None:
+        self._store.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # --- plumbing ------------------------------------------------------------------
+
+    def _tx(self) -> AbstractContextManager[AccountWriter]:
+        return self._store.transaction(self._actor)
+
+    @contextmanager
+    def _guard(self) -> Iterator[GuardLocks | None]:
+        if self._open_guard is None:
+            yield None
+            return
+        guard = self._open_guard()
+        try:
+            yield guard
+        finally:
+            guard.close()
+
+    def _derive(self, password: str, name: str, cram_md5_enabled: bool) -> dict[str, str]:
+        """The policy checks, then the stored forms of a new password (slow: Argon2id)."""
+        check_new_password(password)
+        if self._policy is not None:
+            check_password_policy(password, name, self._policy)
+        return derive(password, wanted_schemes(cram_md5_enabled), self._cfg, self._hasher)
+
+    # --- reads ---------------------------------------------------------------------
+
+    def get_account(self, name: str) -> Account | None:
+        return self._store.get_account(name)
+
+    def require_account(self, name: str) -> Account:
+        """Raises NoSuchAccount."""
+        account = self._store.get_account(name)
+        if account is None:
+            raise NoSuchAccount(f"no account {name}")
+        return account
+
+    def require_password(self, account: Account) -> None:
+        """Raises AdminError if ``account`` has no password (for an operation that
+        needs the current one)."""
+        if ARGON2ID not in account.schemes:
+            raise AdminError(
+                f"account {account.name} has no password",
+                f"set one with 'smtpgate user passwd {account.name}' first",
+            )
+
+    def list_accounts(self) -> list[Account]:
+        return self._store.list_accounts()
+
+    def aliases(self, name: str) -> list[str]:
+        return self._store.aliases(name)
+
+    def granted_domains(self, name: str) -> list[str]:
+        return self._store.granted_domains(name)
+
+    def app_passwords(self, name: str | None = None) -> list[AppPassword]:
+        return self._store.app_passwords(name)
+
+    def admin_log(
+        self, *, since: datetime | None = None, target: str | None = None, limit: int = 1000
+    ) -> list[AdminLogEntry]:
+        """What administrators changed, oldest first (the newest ``limit`` entries)."""
+        return self._store.admin_log(
+            since=since, target=None if target is None else lookup_key(target), limit=limit
+        )
+
+    def guard_blocks(self) -> list[Block]:
+        """The guard's blocks and lockouts in force now."""
+        with self._guard() as guard:
+            return [] if guard is None else guard.active_blocks(time.time())
+
+    # --- accounts and passwords ------------------------------------------------------
+
+    def add_account(
+        self,
+        name: str,
+        password: str | None,
+        *,
+        cram_md5_enabled: bool = False,
+        allowed_mechanisms: Collection[str] | None = None,
+    ) -> Account:
+        """Create an account; with ``password`` None it has no credentials yet.
+
+        Raises: InvalidAccountName, PasswordPolicyError, ValueError (an unknown
+        mechanism), AccountExists.
+        """
+        name = canonical_name(name)
+        allowed = _mechanisms(allowed_mechanisms)
+        creds = {} if password is None else self._derive(password, name, cram_md5_enabled)
+        with self._tx() as w:
+            w.create_account(
+                name, creds, cram_md5_enabled=cram_md5_enabled, allowed_mechanisms=allowed
+            )
+        return self.require_account(name)
+
+    def set_password(self, name: str, password: str) -> Account:
+        """Replace every secret with ones derived from ``password``; ends a scheduled
+        expiry. Raises: NoSuchAccount, PasswordPolicyError."""
+        account = self.require_account(name)
+        creds = self._derive(password, account.name, account.cram_md5_enabled)
+        with self._tx() as w:
+            w.replace_credentials(account.name, creds)
+        return self.require_account(account.name)
+
+    def remove_account(self, name: str) -> None:
+        """Delete the account, its secrets, aliases, grants and app passwords."""
+        with self._tx() as w:
+            w.remove_account(name)
+
+    def lock(self, name: str, reason: str) -> None:
+        """Refuse every login of the account, from its next attempt on."""
+        with self._tx() as w:
+            w.lock(name, reason)
+
+    def unlock(self, name: str) -> bool:
+        """Lift the administrative lock and the guard's lockouts and throttle of the
+        account; False if there was nothing to lift. Raises: NoSuchAccount."""
+        with self._guard() as guard, self._tx() as w:
+            changed = w.unlock(name)
+            if guard is not None:
+                key = lookup_key(name)
+                n = guard.unlock_account(key)
+                if n:
+                    w.record("guard lockout lifted", key, {"blocks": n})
+                    changed = True
+        return changed
+
+    def unblock(self, key: str) -> int:
+        """Lift the guard's block of an address or subnet and forget its failures.
+
+        Raises: NotFoundError (nothing blocks ``key``).
+        """
+        with self._guard() as guard, self._tx() as w:
+            n = 0 if guard is None else guard.unblock(key)
+            if not n:
+                raise NotFoundError(
+                    f"{key} is not blocked",
+                    "'smtpgate guard list' shows the blocks in force; for an account, "
+                    "'smtpgate user unlock' lifts its lockout",
+                )
+            w.record("guard block lifted", key, {"blocks": n})
+        return n
+
+    # --- mechanism policy ------------------------------------------------------------
+
+    def set_allowed_mechanisms(self, name: str, mechanisms: Collection[str] | None) -> None:
+        """Exactly these mechanisms (None: every one a listener offers).
+
+        Raises: NoSuchAccount, ValueError (an unknown mechanism).
+        """
+        allowed = _mechanisms(mechanisms)
+        with self._tx() as w:
+            w.set_allowed_mechanisms(name, allowed)
+
+    def enable_cram_md5(self, name: str, current_password: str | None = None) -> Account:
+        """Opt the account in to CRAM-MD5. With its current password (checked), the
+        secret is stored at once; without, at its next password change or PLAIN/LOGIN
+        login.
+
+        Raises: NoSuchAccount, AdminError (no password, a wrong one, or the password
+        changed meanwhile).
+        """
+        account = self.require_account(name)
+        secret = None
+        if current_password is not None:
+            self.require_password(account)
+            if not self._store.verify_password(account.name, current_password):
+                raise AdminError(
+                    "the password does not match the account's password",
+                    "CRAM-MD5's secret is derived from the current password; to set a new "
+                    f"one use 'smtpgate user passwd {account.name}' after enabling",
+                )
+            secret = derive(current_password, {CRAM_MD5}, self._cfg, self._hasher)[CRAM_MD5]
+        with self._tx() as w:
+            now = w.get_account(account.name)
+            if now is None:
+                raise NoSuchAccount(f"no account {name}")
+            if secret is not None and now.generation != account.generation:
+                # The secret belongs to the password read above, no longer the current one.
+                raise AdminError(
+                    f"the password of {account.name} changed while enabling CRAM-MD5",
+                    "run the command again",
+                )
+            w.enable_cram_md5(account.name, secret)
+        return self.require_account(account.name)
+
+    def disable_cram_md5(self, name: str) -> None:
+        """Opt out of CRAM-MD5; its secret is deleted at once."""
+        with self._tx() as w:
+            w.disable_cram_md5(name)
+
+    # --- conditional access, rates, password age -------------------------------------
+
+    def change_access(self, name: str, changes: Sequence[AccessChange]) -> Account:
+        """Apply ``changes`` together. Raises: NoSuchAccount, ValueError (a network)."""
+        normalised: list[AccessChange] = [
+            RestrictNetworks(tuple(_networks(c.networks))) if isinstance(c, RestrictNetworks)
+            else c
+            for c in changes
+        ]
+        with self._tx() as w:
+            if w.get_account(name) is None:
+                raise NoSuchAccount(f"no account {name}")
+            for c in normalised:
+                match c:
+                    case RestrictNetworks(networks):
+                        w.restrict_networks(name, networks)
+                    case AnyNetwork():
+                        w.allow_any_network(name)
+                    case RestrictListeners(listeners):
+                        w.restrict_listeners(name, listeners)
+                    case AnyListener():
+                        w.allow_any_listener(name)
+                    case RequireOAuth(required):
+                        w.set_require_oauth(name, required)
+        return self.require_account(name)
+
+    def change_limits(self, name: str, changes: Sequence[RateChange]) -> Account:
+        """Apply ``changes`` together. Raises: NoSuchAccount, ValueError (negative)."""
+        for c in changes:
+            if c.per_hour is not None and c.per_hour < 0:
+                raise ValueError("a rate is 0 (unlimited) or more")
+        with self._tx() as w:
+            if w.get_account(name) is None:
+                raise NoSuchAccount(f"no account {name}")
+            for c in changes:
+                match c:
+                    case MessageRate(n):
+                        w.set_message_rate(name, n)
+                    case RecipientRate(n):
+                        w.set_recipient_rate(name, n)
+        return self.require_account(name)
+
+    def set_password_max_age(self, name: str, days: float | None) -> Account:
+        """Days the account's password lasts; None: ``[passwords].max_age_days``; 0: forever."""
+        if days is not None and days < 0:
+            raise ValueError("a password age is 0 (forever) or more days")
+        with self._tx() as w:
+            w.set_password_max_age(name, days)
+        return self.require_account(name)
+
+    def schedule_password_expiry(self, name: str, when: datetime | None) -> None:
+        """The current password stops working at ``when`` (None: cancel)."""
+        with self._tx() as w:
+            w.schedule_password_expiry(name, when)
+
+    # --- sender ownership ------------------------------------------------------------
+
+    def add_alias(self, name: str, address: str) -> bool:
+        """Let the account send as ``address``; False if it already may.
+
+        Raises: NoSuchAccount, InvalidAccountName, AliasTaken.
+        """
+        alias = canonical_name(address)
+        with self._tx() as w:
+            return w.add_alias(name, alias)
+
+    def remove_alias(self, name: str, address: str) -> bool:
+        """False if ``address`` was not an alias of the account. Raises: NoSuchAccount."""
+        with self._tx() as w:
+            return w.remove_alias(name, lookup_key(address))
+
+    def grant_domain(self, name: str, domain: str) -> str:
+        """Let the account send as any address in ``domain``; returns the domain as
+        stored. Raises: NoSuchAccount, InvalidAccountName."""
+        d = _domain(domain)
+        with self._tx() as w:
+            w.grant_domain(name, d)
+        return d
+
+    def revoke_domain(self, name: str, domain: str) -> bool:
+        """False if ``domain`` was not granted. Raises: NoSuchAccount."""
+        with self._tx() as w:
+            return w.revoke_domain(name, domain.strip().lower().lstrip("@"))
+
+    # --- app passwords ---------------------------------------------------------------
+
+    def add_app_password(
+        self,
+        name: str,
+        app_name: str,
+        *,
+        expires: datetime | None = None,
+        networks: Collection[str] | None = None,
+        mechanisms: Collection[str] | None = None,
+        max_messages_per_hour: int | None = None,
+        max_recipients_per_hour: int | None = None,
+    ) -> tuple[AppPassword, str]:
+        """Create an app password; returns its record and its secret (show it once).
+
+        Raises: NoSuchAccount, ValueError (a bad name, network or mechanism),
+        AccountExists (the account has an app password of that name).
+        """
+        app_name = app_name.strip()
+        if not app_name or len(app_name) > 64 or any(not ch.isprintable() for ch in app_name):
+            raise ValueError("an app password name is 1-64 printable characters")
+        nets = None if networks is None else _networks(networks)
+        mechs = None
+        if mechanisms is not None:
+            mechs = sorted({m.upper() for m in mechanisms})
+            for m in mechs:
+                if m not in APP_PASSWORD_MECHANISMS:
+                    raise ValueError(
+                        f"app passwords work with {' and '.join(APP_PASSWORD_MECHANISMS)} "
+                        f"only, not {m}"
+                    )
+        secret = generate_app_password()
+        with self._tx() as w:
+            record = w.add_app_password(
+                name, app_name, secret, expires=expires, networks=nets, mechanisms=mechs,
+                max_messages_per_hour=max_messages_per_hour,
+                max_recipients_per_hour=max_recipients_per_hour,
+            )
+        return record, secret
+
+    def revoke_app_password(self, name: str, app_name: str) -> bool:
+        """Delete it (logins with it fail from now on); False if there is none of that
+        name. Raises: NoSuchAccount."""
+        with self._tx() as w:
+            return w.revoke_app_password(name, app_name)
+
+    def expire_app_password(
+        self, name: str, app_name: str, when: datetime, *, rename_to: str | None = None
+    ) -> bool:
+        """Make it stop working at ``when`` (sooner only), optionally renamed; False if
+        there is none of that name."""
+        with self._tx() as w:
+            return w.expire_app_password(name, app_name, when, rename_to=rename_to)
+
+    # --- rotation ----------------------------------------------------------------------
+
+    def rotate_app_password(
+        self, name: str, app_name: str, *, new_name: str | None = None, grace: timedelta
+    ) -> Rotation:
+        """Issue a new app password with the old one's scope and rates (named
+        ``new_name``, default the old name), and rename the old one and make it stop
+        working after ``grace``. All or nothing.
+
+        Raises: NoSuchAccount, NotFoundError (no app password ``app_name``),
+        AccountExists (``new_name`` is taken).
+        """
+        now = self._clock()
+        deadline = now + grace
+        secret = generate_app_password()
+        with self._tx() as w:
+            if w.get_account(name) is None:
+                raise NoSuchAccount(f"no account {name}")
+            old = w.app_password(name, app_name)
+            if old is None:
+                raise NotFoundError(f"{lookup_key(name)} has no app password named {app_name!r}",
+                                    "'smtpgate app-password list' shows them")
+            retired = f"{app_name} (rotated {now.strftime('%Y-%m-%d %H:%M:%S')})"
+            w.expire_app_password(name, app_name, deadline, rename_to=retired)
+            record = w.add_app_password(
+                name, new_name or app_name, secret,
+                expires=old.expires if old.expires and old.expires > deadline else None,
+                networks=old.networks, mechanisms=old.mechanisms,
+                max_messages_per_hour=old.max_messages_per_hour,
+                max_recipients_per_hour=old.max_recipients_per_hour,
+            )
+        return Rotation(record, secret, f"app password {app_name!r}", deadline)
+
+    def rotate_password(
+        self, name: str, *, new_name: str | None = None, grace: timedelta
+    ) -> Rotation:
+        """Issue an app password (named ``new_name``, default ``rotated-DATE``) and make
+        the account password stop working after ``grace``. All or nothing.
+
+        Raises: NoSuchAccount, AccountExists (``new_name`` is taken).
+        """
+        now = self._clock()
+        deadline = now + grace
+        secret = generate_app_password()
+        with self._tx() as w:
+            record = w.add_app_password(
+                name, new_name or f"rotated-{now.strftime('%Y%m%d-%H%M%S')}", secret
+            )
+            w.schedule_password_expiry(name, deadline)
+        return Rotation(record, secret, "the account password", deadline)
+
+
+def open_admin(cfg: Config, actor: AuditActor) -> AccountAdmin:
+    """The admin service on the account backend of ``cfg``, with ``[passwords]``
+    as its policy and the guard database of ``[guard]``.
+
+    Raises:
+        StoreUnavailable: the account backend cannot be opened.
+    """
+    return AccountAdmin(
+        open_account_store(cfg),
+        cfg.accounts,
+        actor=actor,
+        password_policy=cfg.passwords,
+        open_guard=lambda: SqliteGuardStore(cfg.path(cfg.guard.database)),
+    )

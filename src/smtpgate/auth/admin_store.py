@@ -1,0 +1,259 @@
+"""The admin side of an account backend: the interface ``smtpgate user ...`` writes through.
+
+Theory of operation
+-------------------
+The read side, ``AccountDirectory`` (``auth/directory.py``), is what logins
+need; every backend provides it. A backend that smtpgate manages (SQLite today,
+PostgreSQL next; for an LDAP directory, the local store of what smtpgate adds to
+its accounts) also provides ``AccountAdminStore``: the reads that listings
+need, the admin log, and ``transaction(actor)``, which yields an
+``AccountWriter``. Everything done through one writer is committed together,
+each change with its admin-log row (who, when, which command, what changed,
+never a secret), or, if anything raises, not at all: one administrative
+operation, one transaction.
+
+A writer takes derived secrets, never a password, and input already checked and
+normalised: deriving secrets, the password policy and input checks are the
+admin service's (``smtpgate/admin.py``), written once for every backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from smtpgate.auth.directory import Account, AccountDirectory, AppPassword, StoreError
+
+
+class AccountExists(StoreError):
+    """An account, or an account's app password, of that name exists already."""
+
+
+class NoSuchAccount(StoreError):
+    """A change to an account that does not exist."""
+
+
+class AliasTaken(StoreError):
+    """The alias is an account's name or another account's alias."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuditActor:
+    """Who makes administrative changes: the OS user (or admin) and the command."""
+
+    os_user: str
+    command: str
+
+
+@dataclass(frozen=True, slots=True)
+class AdminLogEntry:
+    id: int
+    time: datetime
+    os_user: str
+    command: str
+    action: str
+    target: str
+    details: dict[str, object] = field(default_factory=dict)
+
+
+class AccountWriter(Protocol):
+    """The changes of one admin transaction (``AccountAdminStore.transaction``).
+
+    Each change appends its admin-log row in the same transaction. Names are
+    account names (looked up with ``lookup_key``); every other argument arrives
+    checked and normalised by the admin service. Every change of an account that
+    does not exist raises ``NoSuchAccount``; a raise anywhere undoes the whole
+    transaction.
+    """
+
+    # --- reads inside the transaction (consistent with its writes) ---
+
+    def get_account(self, name: str) -> Account | None: ...
+
+    def app_password(self, name: str, app_name: str) -> AppPassword | None: ...
+
+    # --- accounts and their secrets ---
+
+    def create_account(
+        self,
+        name: str,
+        creds: Mapping[str, str],
+        *,
+        cram_md5_enabled: bool = False,
+        allowed_mechanisms: Collection[str] | None = None,
+    ) -> None:
+        """A new account holding ``creds`` (none: no password yet).
+
+        Raises: AccountExists.
+        """
+        ...
+
+    def remove_account(self, name: str) -> None:
+        """Delete the account and everything it owns."""
+        ...
+
+    def replace_credentials(self, name: str, creds: Mapping[str, str]) -> None:
+        """A password change: every old secret goes, ``creds`` (derived from the new
+        password) come in, a scheduled expiry is cancelled. A CRAM-MD5 secret is
+        kept only if the account still opts in."""
+        ...
+
+    def lock(self, name: str, reason: str) -> None:
+        """Refuse every login; the first lock's time is kept."""
+        ...
+
+    def unlock(self, name: str) -> bool:
+        """Allow logins again; False if it was not locked."""
+        ...
+
+    # --- mechanism policy ---
+
+    def set_allowed_mechanisms(self, name: str, mechanisms: Collection[str] | None) -> None:
+        """Restrict the account to ``mechanisms`` (upper case); None lifts it."""
+        ...
+
+    def enable_cram_md5(self, name: str, secret: str | None = None) -> None:
+        """Opt in to CRAM-MD5, storing ``secret`` (derived from the current password)
+        if given; otherwise it is made at the next password change or PLAIN/LOGIN login."""
+        ...
+
+    def disable_cram_md5(self, name: str) -> None:
+        """Opt out; the secret is deleted at once."""
+        ...
+
+    # --- conditional access ---
+
+    def restrict_networks(self, name: str, networks: Sequence[str]) -> None:
+        """Logins only from these CIDRs."""
+        ...
+
+    def allow_any_network(self, name: str) -> None: ...
+
+    def restrict_listeners(self, name: str, listeners: Collection[str]) -> None:
+        """Logins only on these listeners."""
+        ...
+
+    def allow_any_listener(self, name: str) -> None: ...
+
+    def set_require_oauth(self, name: str, required: bool) -> None: ...
+
+    # --- sending rates (None: the [limits] default; 0: unlimited) ---
+
+    def set_message_rate(self, name: str, per_hour: int | None) -> None: ...
+
+    def set_recipient_rate(self, name: str, per_hour: int | None) -> None: ...
+
+    # --- password age ---
+
+    def set_password_max_age(self, name: str, days: float | None) -> None:
+        """Days a password lasts; None: the global default; 0: forever."""
+        ...
+
+    def schedule_password_expiry(self, name: str, when: datetime | None) -> None:
+        """The current password stops working at ``when`` (None: cancel)."""
+        ...
+
+    # --- sender ownership ---
+
+    def add_alias(self, name: str, alias: str) -> bool:
+        """Let the account send as ``alias`` (canonical); False if it already may.
+
+        Raises: AliasTaken.
+        """
+        ...
+
+    def remove_alias(self, name: str, alias: str) -> bool:
+        """False if ``alias`` was not an alias of the account."""
+        ...
+
+    def grant_domain(self, name: str, domain: str) -> bool:
+        """Let the account send as any address in ``domain`` (lower case); False if
+        it already may."""
+        ...
+
+    def revoke_domain(self, name: str, domain: str) -> bool:
+        """False if ``domain`` was not granted to the account."""
+        ...
+
+    # --- app passwords ---
+
+    def add_app_password(
+        self,
+        name: str,
+        app_name: str,
+        secret: str,
+        *,
+        expires: datetime | None = None,
+        networks: Sequence[str] | None = None,
+        mechanisms: Collection[str] | None = None,
+        max_messages_per_hour: int | None = None,
+        max_recipients_per_hour: int | None = None,
+    ) -> AppPassword:
+        """Store app password ``app_name`` (its secret only as a salted hash).
+
+        Raises: AccountExists (the account has one of that name).
+        """
+        ...
+
+    def revoke_app_password(self, name: str, app_name: str) -> bool:
+        """Delete it; False if the account has none of that name."""
+        ...
+
+    def expire_app_password(
+        self, name: str, app_name: str, when: datetime, *, rename_to: str | None = None
+    ) -> bool:
+        """Make it stop working at ``when`` (sooner only), optionally renaming it (so
+        a new one can take its name); False if the account has none of that name.
+
+        Raises: AccountExists (``rename_to`` is taken).
+        """
+        ...
+
+    # --- changes made elsewhere ---
+
+    def record(self, action: str, target: str, details: Mapping[str, object]) -> None:
+        """An admin-log row for a change outside this store (a guard lock lifted)."""
+        ...
+
+
+class AccountAdminStore(Protocol):
+    """The admin side of a backend smtpgate manages (see the module docstring).
+
+    Every method may raise ``StoreUnavailable``.
+    """
+
+    def transaction(self, actor: AuditActor) -> AbstractContextManager[AccountWriter]:
+        """One write transaction on behalf of ``actor``; commits when the block ends,
+        undoes everything if it raises."""
+        ...
+
+    def get_account(self, name: str) -> Account | None: ...
+
+    def list_accounts(self) -> list[Account]: ...
+
+    def aliases(self, name: str) -> list[str]: ...
+
+    def granted_domains(self, name: str) -> list[str]: ...
+
+    def app_passwords(self, name: str | None = None) -> list[AppPassword]:
+        """The app passwords of one account, or of all accounts."""
+        ...
+
+    def verify_password(self, name: str, password: str) -> bool: ...
+
+    def admin_log(
+        self, *, since: datetime | None = None, target: str | None = None, limit: int = 1000
+    ) -> list[AdminLogEntry]:
+        """Admin-log entries, oldest first (the newest ``limit`` of them)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class AccountStore(AccountDirectory, AccountAdminStore, Protocol):
+    """Both sides in one object: what ``auth/accounts.open_account_store`` returns.
+    The server uses it as an ``AccountDirectory``, the admin service as an
+    ``AccountAdminStore``."""

@@ -1,0 +1,214 @@
+"""The admin service (smtpgate/admin.py): every operation is one transaction, so a
+failed one changes nothing; `user rotate` above all (issue 9's defect)."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from smtpgate.admin import AccountAdmin, AdminError, NotFoundError
+from smtpgate.auth.guard_state import Block, GuardStoreError
+from smtpgate.auth.store import AccountExists, AuditActor, NoSuchAccount, SqliteAccountStore
+
+from .cli_support import FAST, write_config
+from .test_policy_cli import run
+
+BOB = "bob@example.org"
+ACTOR = AuditActor("ops", "pytest")
+
+
+def app_passwords(config: Path) -> list[tuple[str, str | None]]:
+    """(name, expiry) of Bob's app passwords, read from the file as it is."""
+    store = SqliteAccountStore(config.parent / "accounts.sqlite", FAST)
+    try:
+        return [(p.name, None if p.expires is None else p.expires.isoformat())
+                for p in store.app_passwords(BOB)]
+    finally:
+        store.close()
+
+
+def admin_actions(config: Path) -> list[str]:
+    return [json.loads(x)["action"] for x in run(config, "admin-log", "--json").output.splitlines()]
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = write_config(tmp_path)
+    assert run(path, "user", "add", BOB, "--password-stdin", input="pw\n").exit_code == 0
+    for name in ("phone", "laptop"):
+        assert run(path, "app-password", "add", BOB, name).exit_code == 0
+    return path
+
+
+# --- the defect: `user rotate` was not atomic ---------------------------------------------
+
+
+def test_rotate_onto_a_taken_name_changes_nothing(config: Path) -> None:
+    before, actions = app_passwords(config), admin_actions(config)
+    r = run(config, "user", "rotate", BOB, "--app", "phone", "--name", "laptop")
+    assert r.exit_code == 1
+    assert "already has an app password named 'laptop'" in r.stderr
+    assert "hint: pass another --name" in r.stderr
+    # Before the fix, 'phone' was renamed '... (rotated ...)' and given an expiry here,
+    # with no replacement issued.
+    assert app_passwords(config) == before
+    assert admin_actions(config) == actions
+    assert "new app password" not in r.output
+
+
+def test_rotate_of_the_account_password_onto_a_taken_name_changes_nothing(config: Path) -> None:
+    actions = admin_actions(config)
+    r = run(config, "user", "rotate", BOB, "--name", "laptop")
+    assert r.exit_code == 1
+    shown = json.loads(run(config, "user", "show", BOB, "--json").output)
+    assert shown["password_expires"] is None
+    assert admin_actions(config) == actions
+
+
+def test_rotate_renames_expires_and_issues_in_one_operation(config: Path) -> None:
+    r = run(config, "user", "rotate", BOB, "--app", "phone", "--name", "phone-2", "--grace", "1h")
+    assert r.exit_code == 0, r.output
+    names = [n for n, _ in app_passwords(config)]
+    assert "phone-2" in names and "laptop" in names
+    (old,) = [(n, e) for n, e in app_passwords(config) if n.startswith("phone (rotated ")]
+    assert old[1] is not None
+    # Both changes carry the one command and the one time: one transaction.
+    rows = [json.loads(x) for x in run(config, "admin-log", "--json").output.splitlines()][-2:]
+    assert [x["action"] for x in rows] == ["app password expiry scheduled", "app password added"]
+    assert rows[0]["time"] == rows[1]["time"]
+    assert {x["command"] for x in rows} == {"smtpgate user rotate"}
+
+
+def test_rotate_of_a_missing_app_password_exits_3(config: Path) -> None:
+    r = run(config, "user", "rotate", BOB, "--app", "tablet")
+    assert r.exit_code == 3 and "no app password named 'tablet'" in r.stderr
+
+
+# --- the service itself ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SqliteAccountStore:
+    return SqliteAccountStore(tmp_path / "accounts.sqlite", FAST)
+
+
+class FailingGuard:
+    """A guard whose database fails when a lock is lifted."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def active_blocks(self, now: float) -> list[Block]:
+        return [Block("account", BOB, now - 1, now + 60, "lockout")]
+
+    def unlock_account(self, account: str) -> int:
+        raise GuardStoreError("guard database: disk I/O error")
+
+    def unblock(self, key: str) -> int:
+        raise GuardStoreError("guard database: disk I/O error")
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class CountingGuard(FailingGuard):
+    def unlock_account(self, account: str) -> int:
+        return 2 if account == BOB else 0
+
+    def unblock(self, key: str) -> int:
+        return 1 if key == "192.0.2.1" else 0
+
+
+def test_unlock_with_a_failing_guard_keeps_the_admin_lock(store: SqliteAccountStore) -> None:
+    guard = FailingGuard()
+    admin = AccountAdmin(store, FAST, actor=ACTOR, open_guard=lambda: guard)
+    admin.add_account(BOB, "pw")
+    admin.lock(BOB, "phished")
+    before = store.admin_log()
+    with pytest.raises(GuardStoreError):
+        admin.unlock(BOB)
+    account = store.get_account(BOB)
+    assert account is not None and account.locked and account.lock_reason == "phished"
+    assert store.admin_log() == before
+    assert guard.closed
+
+
+def test_unlock_lifts_guard_lockouts_and_records_them(store: SqliteAccountStore) -> None:
+    admin = AccountAdmin(store, FAST, actor=ACTOR, open_guard=CountingGuard)
+    admin.add_account(BOB, "pw")
+    assert admin.unlock(BOB)  # no admin lock, but two guard blocks
+    last = store.admin_log()[-1]
+    assert (last.action, last.target, last.details) == ("guard lockout lifted", BOB, {"blocks": 2})
+    with pytest.raises(NoSuchAccount):
+        admin.unlock("ghost@example.org")
+    assert admin.unblock("192.0.2.1") == 1
+    with pytest.raises(NotFoundError, match="not blocked"):
+        admin.unblock("192.0.2.9")
+    assert [e.action for e in store.admin_log()][-2:] == ["guard lockout lifted", "guard block lifted"]
+
+
+def test_enable_cram_md5_with_a_wrong_password_changes_nothing(store: SqliteAccountStore) -> None:
+    admin = AccountAdmin(store, FAST, actor=ACTOR)
+    admin.add_account(BOB, "pw")
+    with pytest.raises(AdminError, match="does not match"):
+        admin.enable_cram_md5(BOB, "wrong")
+    account = store.get_account(BOB)
+    assert account is not None and not account.cram_md5_enabled
+
+
+def test_enable_cram_md5_while_the_password_changes_changes_nothing(
+    store: SqliteAccountStore,
+) -> None:
+    """The secret is derived from the password checked; if another admin changes the
+    password meanwhile, neither the opt-in nor the (stale) secret is stored. Before,
+    the opt-in was committed and only the secret refused."""
+    other = AccountAdmin(SqliteAccountStore(store.path, FAST), FAST, actor=ACTOR)
+    other.add_account(BOB, "pw")
+
+    class Racing(SqliteAccountStore):
+        def verify_password(self, name: str, password: str) -> bool:
+            ok = super().verify_password(name, password)
+            other.set_password(BOB, "new")  # lands between the check and the write
+            return ok
+
+    racing = Racing(store.path, FAST)
+    try:
+        with pytest.raises(AdminError, match="changed while enabling"):
+            AccountAdmin(racing, FAST, actor=ACTOR).enable_cram_md5(BOB, "pw")
+        account = store.get_account(BOB)
+        assert account is not None and not account.cram_md5_enabled
+        assert "cram-md5" not in account.schemes
+    finally:
+        racing.close()
+        other.close()
+
+
+def test_a_change_with_a_bad_value_changes_nothing(store: SqliteAccountStore) -> None:
+    from smtpgate.admin import RequireOAuth, RestrictNetworks
+
+    admin = AccountAdmin(store, FAST, actor=ACTOR)
+    admin.add_account(BOB, "pw")
+    before = store.admin_log()
+    with pytest.raises(ValueError):
+        admin.change_access(BOB, [RequireOAuth(True), RestrictNetworks(("not-a-network",))])
+    account = store.get_account(BOB)
+    assert account is not None and not account.require_oauth
+    assert store.admin_log() == before
+
+
+def test_app_password_names_are_unique_per_account(store: SqliteAccountStore) -> None:
+    admin = AccountAdmin(store, FAST, actor=ACTOR)
+    admin.add_account(BOB, "pw")
+    admin.add_app_password(BOB, "phone")
+    with pytest.raises(AccountExists):
+        admin.add_app_password(BOB, "phone")
+    deadline_before = time.time()
+    rotation = admin.rotate_app_password(BOB, "phone", grace=timedelta(hours=1))
+    assert rotation.app_password.name == "phone"  # the new one takes the old name
+    assert rotation.deadline.timestamp() >= deadline_before + 3600 - 1
+    names = sorted(p.name for p in store.app_passwords(BOB))
+    assert names[0] == "phone" and names[1].startswith("phone (rotated ")

@@ -18,7 +18,10 @@ What a reply means, per recipient (STYLE.md §11):
   so the message may arrive twice (RFC 1047); SMTP cannot do better.
 
 Credentials are never sent in clear unless ``relay_tls`` is "none", which is an
-explicit choice (a relay on localhost).
+explicit choice (a relay on localhost). AUTH runs through the one client SASL
+driver (``smtpgate.client.auth``, shared with the tools): anything but its
+success defers the message, including a 235 after SCRAM without the relay's
+verified signature (RFC 5802 §5); the session then ends before MAIL.
 
 Every wait has a timeout (`RelayTimeouts`): a next hop that accepts the connection
 and then stalls defers the message like any other temporary failure, and the
@@ -36,6 +39,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from smtpgate.client.auth import ClientAuthResult
 from smtpgate.client.engine import xtext
 from smtpgate.client.errors import LocalProtocolError, ProtocolError
 from smtpgate.client.extensions import Extensions
@@ -47,14 +51,12 @@ from smtpgate.queue.delivery import (
     QueuedMessage,
     TempFailure,
 )
-from smtpgate.queue.smtp_io import SmtpClientConnection
-from smtpgate.sasl.base import ClientAuthError, ClientMechanism
+from smtpgate.queue.smtp_io import SmtpClientConnection, TransportTls
+from smtpgate.sasl.base import ClientMechanism
 
 log = logging.getLogger("smtpgate.queue.relay")
 
 TlsMode = Literal["opportunistic", "require", "none"]
-#: A SASL exchange longer than this is a server leading us on.
-_MAX_AUTH_ROUNDS = 10
 #: A graceful close that takes longer than this becomes an abort.
 _CLOSE_TIMEOUT = 2.0
 
@@ -79,11 +81,13 @@ class RelayTimeouts:
 
 
 class _Abort(Exception):
-    """Ends a session; every recipient without a result gets ``result``."""
+    """Ends a session; every recipient without a result gets ``result``. ``warn``:
+    also one WARNING record, for what an operator must fix (relay AUTH)."""
 
-    def __init__(self, result: TempFailure | PermFailure) -> None:
+    def __init__(self, result: TempFailure | PermFailure, *, warn: bool = False) -> None:
         super().__init__(result.reply)
         self.result = result
+        self.warn = warn
 
 
 def _temp(text: str) -> _Abort:
@@ -102,7 +106,7 @@ class _Link:
     """The connection plus the step in progress, so that a timeout can say which
     step it cut short (one per session: deliveries run concurrently)."""
 
-    def __init__(self, conn: SmtpClientConnection) -> None:
+    def __init__(self, conn: SmtpClientConnection[TransportTls]) -> None:
         self.conn = conn
         self.step = "the connection"
         self.limit = 0.0
@@ -124,7 +128,11 @@ class _Link:
 
     async def start_tls(self, context: ssl.SSLContext, host: str, limit: float) -> None:
         self._at("the TLS handshake", limit)
-        await self.conn.start_tls(context, host, limit)
+        await self.conn.start_tls(TransportTls(context, host), limit)
+
+    async def authenticate(self, mech: ClientMechanism, limit: float) -> ClientAuthResult:
+        self._at("the reply to AUTH", limit)
+        return await self.conn.authenticate(mech, limit)
 
 
 class RelayDeliverer:
@@ -181,6 +189,8 @@ class RelayDeliverer:
             conn.abort()
             raise
         except _Abort as a:
+            if a.warn:
+                log.warning("queue: %s: %s", message.queue_id, a.result.reply)
             for r in recipients:
                 results.setdefault(r, a.result)
         except TimeoutError:
@@ -314,26 +324,26 @@ class RelayDeliverer:
         return await self._hello(link)
 
     async def _authenticate(self, link: _Link, ext: Extensions, mech: ClientMechanism) -> None:
+        """AUTH through the shared client SASL driver (`smtpgate.client.auth`), which
+        decides what the replies mean; anything but success defers the message.
+
+        Temporary even for 535: a wrong relay password is ours to fix, not a reason
+        to bounce the user's mail. A 235 after SCRAM without the relay's verified
+        signature (RFC 5802 §5) is no success: the relay has not proved who it is,
+        so nothing is sent over that session.
+        """
         if mech.cleartext_credentials and not link.conn.tls and self._tls_mode != "none":
             raise _temp(f"4.7.0 not sending {mech.name} credentials to {self.host} without TLS")
         if mech.name not in ext.auth_mechanisms:
             raise _temp(f"4.7.0 relay does not offer AUTH {mech.name}")
-        engine = link.conn.engine
-        t = self._t.command
-        reply = await link.command("AUTH", engine.auth(mech.name, mech.start()), t)
-        for _ in range(_MAX_AUTH_ROUNDS):
-            if reply.code != 334:
-                break
-            try:
-                answer = mech.step(engine.challenge(reply))
-            except ClientAuthError as e:
-                await link.command("AUTH", engine.auth_cancel(), t)
-                raise _temp(f"relay AUTH exchange failed: {e}") from None
-            reply = await link.command("AUTH", engine.auth_response(answer), t)
-        if reply.code != 235:
-            # Temporary even for 535: a wrong relay password is ours to fix, not a
-            # reason to bounce the user's mail.
-            raise _temp(f"relay refused AUTH {mech.name}: {reply}")
+        result = await link.authenticate(mech, self._t.command)
+        if result.ok:
+            return
+        if result.client_ended:  # the relay misbehaved; we ended the exchange
+            text = f"4.7.0 relay {self.host}:{self.port}: AUTH {mech.name} abandoned: "
+        else:
+            text = f"relay refused AUTH {mech.name}: "
+        raise _Abort(TempFailure(text + result.detail), warn=True)
 
     @staticmethod
     def _mail_params(message: QueuedMessage, ext: Extensions, authenticated: bool) -> list[str]:

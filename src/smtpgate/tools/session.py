@@ -1,43 +1,95 @@
-"""An SMTP client session for the tools: `Wire` + `ClientEngine` + `Transcript`.
+"""An SMTP client session for the tools: the client shell over a `Wire`, with a transcript.
 
-The engine formats commands and parses replies; this class only moves bytes
-and records what went over the wire. The SASL driver (`authenticate`) runs any
-client mechanism of ``smtpgate.sasl`` over it, logging each step decoded and
-masked, and says how the exchange ended in the three ways that matter to an
-administrator: success, refused (5xx, or a server that failed to prove itself),
-temporary failure (4xx).
+The shell (``smtpgate.queue.smtp_io.SmtpClientConnection``), the engine and the
+SASL driver (``smtpgate.client.auth``) are the ones relay delivery uses; this
+module adds only what the tools need on top: one timeout for the whole session,
+and a `Transcript` of what went over the wire, with each SASL step decoded and
+its secrets masked (`TranscriptObserver`). `authenticate` says how an exchange
+ended in the three ways that matter to an administrator: success, refused (5xx,
+or a server that failed to prove itself), temporary failure (4xx).
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 import contextlib
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
 
-from smtpgate.client.engine import CLOSED, ClientEngine
-from smtpgate.client.errors import RemoteProtocolError
+from smtpgate.client.auth import MAX_AUTH_ROUNDS, AuthSend, ClientAuthResult
+from smtpgate.client.engine import ClientEngine
 from smtpgate.client.replies import ServerReply
 from smtpgate.config import hostname_problem
-from smtpgate.sasl.base import ClientAuthError, ClientMechanism, ServerErrorMessage
-from smtpgate.sasl.scram import ScramClient
-from smtpgate.tls.client import TlsClientSession
+from smtpgate.queue.smtp_io import ConnectionClosed, SessionObserver, SmtpClientConnection
+from smtpgate.sasl.base import ClientMechanism
 from smtpgate.tools.transcript import MASK, Kind, Masker, Transcript, printable
-from smtpgate.tools.wire import LegacyTls, Wire, WireClosed
+from smtpgate.tools.wire import TlsSetup, Wire
 
-#: A SASL exchange longer than this is a server leading us on (SCRAM needs 3).
-MAX_AUTH_ROUNDS = 10
+__all__ = [
+    "MAX_AUTH_ROUNDS",
+    "AuthResult",
+    "ServerClosed",
+    "SmtpSession",
+    "TranscriptObserver",
+    "authenticate",
+    "default_ehlo_name",
+]
+
+#: The server closed the connection while we waited for a reply.
+ServerClosed = ConnectionClosed
+#: How an AUTH exchange ended (the tools' name for the driver's result).
+AuthResult = ClientAuthResult
 
 
-class ServerClosed(WireClosed):
-    """The server closed the connection while we waited for a reply."""
+class TranscriptObserver(SessionObserver):
+    """Writes a session into a `Transcript`: lines as they complete, SASL payloads
+    decoded and masked."""
+
+    def __init__(self, transcript: Transcript, masker: Masker) -> None:
+        self.transcript = transcript
+        self.masker = masker
+        self._rx_partial = b""
+
+    def sent(self, data: bytes, display: str | None, tls: bool) -> None:
+        shown = display if display is not None else data.decode("utf-8", "replace")
+        for line in shown.splitlines() or [""]:
+            self.transcript.add("send", self.masker.text(line), tls)
+
+    def received(self, data: bytes, tls: bool) -> None:
+        if not data:  # the end: show what is left of a last line
+            data = b"\n" if self._rx_partial else b""
+        buf = self._rx_partial + data
+        *lines, self._rx_partial = buf.split(b"\n")
+        for raw in lines:
+            self.transcript.add("recv", raw.rstrip(b"\r").decode("utf-8", "replace"), tls)
+
+    def tls_started(self, dropped: int) -> None:
+        self._rx_partial = b""
+        if dropped:
+            self.transcript.add(
+                "error", f"discarded {dropped} bytes the server sent in clear after 220", True
+            )
+
+    def auth_step(self, mechanism: str, step: AuthSend, tls: bool) -> None:
+        if step.challenge is not None:
+            self.transcript.add("sasl-recv", printable(step.challenge) or "(empty)", tls)
+        if step.note:
+            self.transcript.add("error", step.note, tls)
+        if step.payload is None:
+            self.sent(step.data, None, tls)
+            return
+        decoded, masked = self.masker.client_sasl(mechanism, step.index, step.payload)
+        b64 = MASK if masked else base64.b64encode(step.payload).decode("ascii")
+        self.sent(step.data, f"AUTH {mechanism} {b64 or '='}" if step.command else b64, tls)
+        self.transcript.add("sasl-send", decoded or "(empty)", tls)
+
+    def auth_done(self, result: ClientAuthResult, tls: bool) -> None:
+        if not result.ok and result.reply is not None and result.reply.code == 235:
+            self.transcript.add("error", result.detail, tls)  # yes from the server, no from us
 
 
 class SmtpSession:
-    """One SMTP conversation; see the module docstring."""
+    """One SMTP conversation of a tool; see the module docstring."""
 
     def __init__(
         self,
@@ -48,11 +100,12 @@ class SmtpSession:
         masker: Masker | None = None,
     ) -> None:
         self.wire = wire
-        self.engine = ClientEngine()
         self.timeout = timeout
         self.transcript = transcript if transcript is not None else Transcript()
         self.masker = masker or Masker()
-        self._rx_partial = b""
+        self.conn: SmtpClientConnection[TlsSetup] = SmtpClientConnection(
+            wire, observer=TranscriptObserver(self.transcript, self.masker)
+        )
 
     @classmethod
     async def connect(
@@ -74,26 +127,19 @@ class SmtpSession:
         return cls(wire, timeout=timeout, transcript=transcript, masker=masker)
 
     @property
+    def engine(self) -> ClientEngine:
+        return self.conn.engine
+
+    @property
     def tls(self) -> bool:
-        return self.wire.tls is not None
+        return self.wire.tls
 
     def note(self, kind: Kind, text: str) -> None:
         self.transcript.add(kind, text, self.tls)
 
-    # --- bytes ------------------------------------------------------------------
-
     async def send(self, data: bytes, display: str | None = None) -> None:
         """Write ``data``; the transcript shows ``display`` instead when given."""
-        shown = display if display is not None else data.decode("utf-8", "replace")
-        for line in shown.splitlines() or [""]:
-            self.note("send", self.masker.text(line))
-        await self.wire.send(data)
-
-    def _log_received(self, data: bytes) -> None:
-        buf = self._rx_partial + data
-        *lines, self._rx_partial = buf.split(b"\n")
-        for raw in lines:
-            self.note("recv", raw.rstrip(b"\r").decode("utf-8", "replace"))
+        await self.conn.send(data, self.timeout, display)
 
     async def read_reply(self, timeout: float | None = None) -> ServerReply:
         """The next reply.
@@ -104,22 +150,10 @@ class SmtpSession:
             RemoteProtocolError: not SMTP.
             TlsError: a TLS record failed.
         """
-        while True:
-            event = self.engine.next_event()
-            if isinstance(event, ServerReply):
-                return event
-            if event is CLOSED:
-                raise ServerClosed("server closed the connection")
-            data = await self.wire.recv(timeout if timeout is not None else self.timeout)
-            if data:
-                self._log_received(data)
-            elif self._rx_partial:
-                self._log_received(b"\n")
-            self.engine.receive_data(data)
+        return await self.conn.read_reply(timeout if timeout is not None else self.timeout)
 
     async def command(self, data: bytes, display: str | None = None) -> ServerReply:
-        await self.send(data, display)
-        return await self.read_reply()
+        return await self.conn.command(data, self.timeout, display)
 
     async def ehlo(self, name: str) -> ServerReply:
         """EHLO, and HELO if the server refuses EHLO (RFC 5321 §3.2)."""
@@ -128,17 +162,13 @@ class SmtpSession:
             reply = await self.command(self.engine.helo(name))
         return reply
 
-    async def start_tls(self, session: TlsClientSession | LegacyTls) -> None:
+    async def start_tls(self, session: TlsSetup) -> None:
         """Handshake now (after a 220 to STARTTLS, or at once for implicit TLS).
 
         RFC 3207 §4.2: anything received in clear after the 220 is discarded and
-        the EHLO knowledge forgotten (the engine does both).
+        the EHLO knowledge forgotten (the shell does both).
         """
-        await self.wire.start_tls(session, self.timeout)
-        dropped = self.engine.tls_established() + len(self._rx_partial)
-        self._rx_partial = b""
-        if dropped:
-            self.note("error", f"discarded {dropped} bytes the server sent in clear after 220")
+        await self.conn.start_tls(session, self.timeout)
 
     async def quit(self) -> None:
         """QUIT politely, then close; never raises."""
@@ -148,126 +178,20 @@ class SmtpSession:
         await self.close()
 
     async def close(self) -> None:
-        await self.wire.close()
-
-
-@dataclass(frozen=True, slots=True)
-class AuthResult:
-    """How one AUTH exchange ended."""
-
-    mechanism: str
-    outcome: Literal["success", "refused", "tempfail"]
-    reply: ServerReply | None
-    detail: str = ""
-    #: SCRAM only: the server proved it knows the keys (RFC 5802 §5 "v=").
-    server_verified: bool | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.outcome == "success"
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "mechanism": self.mechanism,
-            "result": self.outcome,
-            "reply": str(self.reply) if self.reply is not None else None,
-            "detail": self.detail,
-            "server_verified": self.server_verified,
-        }
-
-
-def _decode_challenge(reply: ServerReply) -> bytes:
-    text = reply.lines[0].strip() if reply.lines else ""
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise RemoteProtocolError("challenge is not valid base64") from None
+        await self.conn.close(1.0)
 
 
 async def authenticate(
     session: SmtpSession, mech: ClientMechanism, *, initial_response: bool = True
 ) -> AuthResult:
-    """Run one AUTH exchange with ``mech`` (RFC 4954 §4).
+    """Run one AUTH exchange with ``mech`` (RFC 4954 §4) through the shared driver.
 
     Raises:
         ServerClosed, TimeoutError, RemoteProtocolError: the conversation broke.
     """
-    name = mech.name
-    engine = session.engine
-    masker = session.masker
-    step = 0
-
-    async def send_client(data: bytes, first: bool) -> ServerReply:
-        nonlocal step
-        decoded, masked = masker.client_sasl(name, step, data)
-        step += 1
-        b64 = base64.b64encode(data).decode("ascii")
-        if first:
-            wire = engine.auth(name, data)
-            display = f"AUTH {name} {MASK if masked else (b64 or '=')}"
-        else:
-            wire = engine.auth_response(data)
-            display = MASK if masked else b64
-        await session.send(wire, display)
-        session.note("sasl-send", decoded or "(empty)")
-        return await session.read_reply()
-
-    initial = mech.start()
-    pending: bytes | None = None
-    if initial is not None and initial_response:
-        reply = await send_client(initial, first=True)
-    else:
-        # No initial response: client-first data goes out on the empty challenge.
-        pending = initial
-        reply = await session.command(engine.auth(name, None))
-    rounds = 0
-    while reply.code == 334:
-        rounds += 1
-        challenge = _decode_challenge(reply)
-        session.note("sasl-recv", printable(challenge) if challenge else "(empty)")
-        if rounds > MAX_AUTH_ROUNDS:
-            reply = await session.command(engine.auth_cancel())
-            return AuthResult(name, "refused", reply, "too many challenges; cancelled")
-        try:
-            if pending is not None:
-                response, pending = pending, None
-            else:
-                response = mech.step(challenge)
-        except ServerErrorMessage as e:
-            # The server gave its verdict (SCRAM e=) in a 334: answer with the
-            # empty response, as RFC 4954 §4 expects, to read its final reply (535
-            # for a failure), rather than cancel with "*" and hide the outcome.
-            session.note("error", str(e))
-            reply = await send_client(b"", first=False)
-            if reply.code == 334:
-                reply = await session.command(engine.auth_cancel())
-            outcome: Literal["refused", "tempfail"] = (
-                "tempfail" if 400 <= reply.code < 500 else "refused"
-            )
-            return AuthResult(name, outcome, reply, f"{e}; then {reply}", _verified(mech, False))
-        except ClientAuthError as e:
-            session.note("error", str(e))
-            reply = await session.command(engine.auth_cancel())
-            return AuthResult(name, "refused", reply, str(e), _verified(mech, False))
-        reply = await send_client(response, first=False)
-    verified = _verified(mech, None)
-    if reply.code == 235:
-        if verified is False:
-            # RFC 5802 §5: the client authenticates the server by its signature; a
-            # 235 without one means the server never proved it knows the keys.
-            text = "235 without a SCRAM server signature: the server is not authenticated"
-            session.note("error", text)
-            return AuthResult(name, "refused", reply, text, False)
-        return AuthResult(name, "success", reply, "", verified)
-    if 400 <= reply.code < 500:
-        return AuthResult(name, "tempfail", reply, str(reply), verified)
-    return AuthResult(name, "refused", reply, str(reply), verified)
-
-
-def _verified(mech: ClientMechanism, default: bool | None) -> bool | None:
-    if isinstance(mech, ScramClient):
-        return mech.done
-    return default
+    return await session.conn.authenticate(
+        mech, session.timeout, initial_response=initial_response
+    )
 
 
 def default_ehlo_name(

@@ -346,7 +346,7 @@ class _Tester:
         except (OSError, TimeoutError, TlsError):
             return False
         try:
-            await wire.send(hello)
+            await wire.send(hello, opts.greeting_wait)
             first = await wire.recv(opts.greeting_wait)
         except (OSError, TimeoutError):
             return False

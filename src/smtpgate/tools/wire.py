@@ -2,6 +2,9 @@
 
 Theory of operation
 -------------------
+`Wire` is the tools' byte mover for the one client shell,
+``smtpgate.queue.smtp_io.SmtpClientConnection`` (a `ByteStream`): the shell, the
+SMTP engine and the SASL driver are the relay's; only how bytes move differs.
 The tools need things asyncio's own TLS cannot give: the RFC 9266 exporter
 (SCRAM-*-PLUS on TLS 1.3), a handshake that finishes even when the certificate
 does not verify (so it can be reported), and exact knowledge of which bytes came
@@ -114,6 +117,9 @@ class LegacyTls:
         return self._out.read()
 
 
+TlsSetup = TlsClientSession | LegacyTls
+
+
 class Wire:
     """A TCP connection; after `start_tls` every send/recv goes through TLS."""
 
@@ -153,8 +159,8 @@ class Wire:
         raise last or OSError(f"cannot resolve {host}")
 
     @property
-    def tls(self) -> _SansIoTls | None:
-        return self._tls
+    def tls(self) -> bool:
+        return self._tls is not None
 
     @property
     def peer(self) -> str:
@@ -164,11 +170,16 @@ class Wire:
             return "?"
         return f"{host}:{port}"
 
-    async def send(self, data: bytes) -> None:
-        """Write ``data`` (encrypted once TLS is on)."""
+    async def send(self, data: bytes, timeout: float) -> None:
+        """Write ``data`` (encrypted once TLS is on) within ``timeout``.
+
+        Raises:
+            TimeoutError, OSError.
+        """
         if self._tls is not None:
             data = self._tls.send(data)
-        await self._loop.sock_sendall(self._sock, data)
+        async with asyncio.timeout(timeout):
+            await self._loop.sock_sendall(self._sock, data)
 
     async def _recv_raw(self) -> bytes:
         try:
@@ -209,8 +220,10 @@ class Wire:
                     return plain
                 # Only handshake records (TLS 1.3 session tickets): read on.
 
-    async def start_tls(self, session: TlsClientSession | LegacyTls, timeout: float) -> None:
-        """Run the handshake on this connection.
+    async def start_tls(self, session: TlsSetup, timeout: float) -> int:
+        """Run the handshake on this connection; returns 0: bytes the server sent in
+        clear are in the engine's buffer (which the shell discards) or, unread, fail
+        the handshake.
 
         Raises:
             TlsError: the handshake failed (an alert has been sent when there was one).
@@ -240,14 +253,15 @@ class Wire:
                     await self._loop.sock_sendall(self._sock, out)
                 self._pending += plain
         self._tls = session
+        return 0
 
-    async def close(self) -> None:
-        """Send close_notify when TLS is on, then close the socket."""
+    async def close(self, timeout: float = 1.0) -> None:
+        """Send close_notify when TLS is on (within ``timeout``), then close the socket."""
         try:
             if self._tls is not None and self._tls.handshake_done:
                 out = self._tls.close()
                 if out:
-                    async with asyncio.timeout(1.0):
+                    async with asyncio.timeout(timeout):
                         await self._loop.sock_sendall(self._sock, out)
         except (OSError, TimeoutError):
             pass

@@ -288,8 +288,17 @@ class AuthConfig(Model):
         description="Minimum seconds before a failed AUTH is answered (with jitter), so "
         "timing does not tell an unknown account from a wrong password.",
     )
+    decoy_secret_file: Path | None = Field(
+        default=None,
+        description="File holding the secret (32 random bytes) that keys SCRAM's fake "
+        "salts for unknown accounts, so a probed name gets the same salt every time, "
+        "across restarts and certificate renewals, as a real account does. Default: "
+        "decoy.key in the state directory (the directory of accounts.database). `smtpgate "
+        "init` creates it; `serve` creates a missing one (mode 0600). Changing it needs a "
+        "restart (docs/security.md).",
+    )
 
-    @field_validator("log_file", mode="before")
+    @field_validator("log_file", "decoy_secret_file", mode="before")
     @classmethod
     def _empty_is_none(cls, v: object) -> object:
         return None if v == "" else v

@@ -142,7 +142,7 @@ def test_start_up_failure_is_one_line_and_a_non_zero_exit(tmp_path: Path, worker
     set_key(srv, "server", f"workers = {workers}")
     _too_new_schema(srv)
     done = serve_once(srv)
-    assert done.returncode == 1
+    assert done.returncode == 2  # a config key is at fault: restarting will not help
     errors = [line for line in done.stderr.splitlines() if " ERROR " in line]
     assert len(errors) == 1, done.stderr
     assert "cannot start: accounts.database:" in errors[0]
@@ -158,10 +158,23 @@ def test_delivery_set_up_is_checked_before_anything_listens(tmp_path: Path) -> N
                                           '\nrelay_user = "u"\nrelay_password_file = "missing"')
     srv.config.write_text(text)
     done = serve_once(srv)
-    assert done.returncode == 1
-    assert "delivery.relay_password_file" in done.stderr
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1, done.stderr
+    assert "cannot start: delivery.relay_password_file: " in errors[0]
     assert "listening" not in done.stderr and "started" not in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_config_that_does_not_validate_is_one_line_per_key_and_exit_2(tmp_path: Path) -> None:
+    srv = make_server(tmp_path / "srv")
+    set_key(srv, "limits", "max_errors = 1")
+    done = serve_once(srv)
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1, done.stderr
+    assert "cannot start: limits.max_errors: " in errors[0]
+    assert "Traceback" not in done.stderr and "listening" not in done.stderr
 
 
 def test_second_instance_leaves_the_pid_file_of_the_first(default_server: Server) -> None:
@@ -169,8 +182,11 @@ def test_second_instance_leaves_the_pid_file_of_the_first(default_server: Server
     pid_file = srv.root / "smtpgate.pid"
     assert srv.proc is not None and pid_file.read_text().strip() == str(srv.proc.pid)
     done = serve_once(srv)
-    assert done.returncode == 1
-    assert "cannot bind" in done.stderr
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1, done.stderr
+    assert "cannot start: listeners.0.address: listener 'submission' cannot bind" in errors[0]
+    assert "another server (or another smtpgate) holds it" in errors[0]
     assert pid_file.read_text().strip() == str(srv.proc.pid)
     assert srv.stop() == 0
     assert not pid_file.exists()

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import click
 
+from smtpgate.auth.decoy import create_decoy_secret, decoy_secret_path
 from smtpgate.config import Config, ConfigError, check_hostname, parse_config
 
 _TEMPLATE = """\
@@ -204,6 +205,9 @@ def init(
     # Created now, so that a first `smtpgate guard ...` run as root cannot leave a
     # root-owned file the server may not open.
     SqliteGuardStore(cfg.path(cfg.guard.database)).close()
+    # The secret behind SCRAM's fake salts for unknown names (auth/decoy.py): state,
+    # beside the databases, so a backup of the state directory carries it along.
+    create_decoy_secret(decoy_secret_path(cfg))
     log_file = cfg.path(cfg.auth.log_file) if cfg.auth.log_file is not None else None
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -291,6 +295,7 @@ def _hand_over(
         owned += [db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")]
         owned.append(db.parent)
     owned.append(cfg.path(cfg.queue.spool))
+    owned.append(decoy_secret_path(cfg))  # stays 0600: the server's alone
     if cfg.delivery.mode == "maildir":
         owned.append(cfg.path(cfg.delivery.maildir))
     if log_file is not None:
@@ -315,6 +320,7 @@ def _check_as(who: _Owner, cfg: Config, config_path: Path) -> None:
     ]
     write = os.R_OK | os.W_OK | os.X_OK
     need += [(write, cfg.path(cfg.accounts.database).parent), (write, cfg.path(cfg.queue.spool))]
+    need.append((os.R_OK, decoy_secret_path(cfg)))
     if cfg.delivery.mode == "maildir":
         need.append((write, cfg.path(cfg.delivery.maildir) / "new"))
     if cfg.auth.log_file is not None:

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from smtpgate.config import Config
+from smtpgate.errors import StartupError
 from smtpgate.queue.delivery import Deliverer
 from smtpgate.queue.maildir import MaildirDeliverer
 from smtpgate.queue.relay import RelayDeliverer, RelayTimeouts, tls_context
@@ -15,13 +16,9 @@ from smtpgate.sasl.base import ClientMechanism
 from smtpgate.sasl.plain import PlainClient
 
 
-class DeliverySetupError(Exception):
+class DeliverySetupError(StartupError):
     """The delivery settings cannot be used (e.g. the relay password file is
     unreadable); ``key`` names the setting."""
-
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(f"{key}: {message}")
-        self.key = key
 
 
 def make_spool(cfg: Config) -> Spool:
@@ -42,7 +39,10 @@ def make_deliverer(cfg: Config) -> Deliverer:
     auth: Callable[[], ClientMechanism] | None = None
     if d.relay_user:
         if d.relay_password_file is None:
-            raise DeliverySetupError("delivery.relay_password_file", "required with relay_user")
+            raise DeliverySetupError(
+                "delivery.relay_password_file", "required with relay_user",
+                "name the file that holds the relay password",
+            )
         auth = _plain(d.relay_user, _read_password(cfg.path(d.relay_password_file)))
 
     ctx = None
@@ -51,7 +51,10 @@ def make_deliverer(cfg: Config) -> Deliverer:
         try:
             ctx = tls_context(verify=d.relay_verify_cert, ca_file=ca)
         except OSError as e:
-            raise DeliverySetupError("delivery.relay_ca_file", f"cannot load {ca}: {e}") from e
+            raise DeliverySetupError(
+                "delivery.relay_ca_file", f"cannot load {ca}: {e}",
+                "point it at a PEM file of CA certificates",
+            ) from e
     return RelayDeliverer(
         d.relay_host,
         d.relay_port,
@@ -82,10 +85,15 @@ def _read_password(path: Path) -> str:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise DeliverySetupError(
-            "delivery.relay_password_file", f"cannot read {path}: {e}"
+            "delivery.relay_password_file", f"cannot read {path}: {e}",
+            "put the relay password on one line in that file, readable by the user "
+            "smtpgate runs as",
         ) from e
     # One line; the trailing newline editors add is not part of the password.
     password = text.rstrip("\r\n")
     if not password or "\n" in password:
-        raise DeliverySetupError("delivery.relay_password_file", "must hold one non-empty line")
+        raise DeliverySetupError(
+            "delivery.relay_password_file", "must hold one non-empty line",
+            "put the relay password alone on the first line",
+        )
     return password

@@ -4,8 +4,9 @@ Start-up is all-or-nothing and in this order: the config was validated by the
 caller; `smtpgate.preflight` checks the world against it (certificate, files,
 databases, directories, delivery); the parent builds the TLS context and opens
 (and migrates) the stores once; only then does it bind, and a bind that fails
-means another server owns the addresses. Every failure up to here is one log
-line naming the key, and exit status 1, before anything listens.
+means another server owns the addresses. Every failure up to here is a
+`smtpgate.errors.StartupError` naming the key, raised before anything listens;
+the CLI logs it as one line and exits 2.
 
 With ``server.workers = 1`` one process then does everything. With more, the
 parent becomes a supervisor (`server.supervisor`): it forks the workers, each
@@ -21,8 +22,7 @@ files; SIGUSR1 only reopens the log files.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
+import errno
 import logging
 import signal
 import socket
@@ -34,15 +34,17 @@ from typing import Any
 
 from smtpgate.auth.accounts import open_account_store
 from smtpgate.auth.authlog import AuthLog
+from smtpgate.auth.decoy import load_decoy_secret
 from smtpgate.auth.directory import StoreError
 from smtpgate.auth.guard import Guard
 from smtpgate.auth.guard_store import GuardStoreError, SqliteGuardStore
 from smtpgate.auth.oauth import TokenVerifier
 from smtpgate.auth.service import AuthService, build_auth_service
 from smtpgate.config import Config, ListenerConfig
+from smtpgate.errors import StartupError
 from smtpgate.policy.rates import RateLimiter
 from smtpgate.policy.sqlite_counters import SqliteRateCounters
-from smtpgate.queue.factory import DeliverySetupError, make_deliverer
+from smtpgate.queue.factory import make_deliverer
 from smtpgate.queue.spool import Spool
 from smtpgate.queue.worker import DeliveryWorker
 from smtpgate.sasl.base import ChannelBinding, ServerMechanism
@@ -73,10 +75,6 @@ log = logging.getLogger("smtpgate")
 setup_logging = logs.setup_logging
 
 
-class StartupError(Exception):
-    """The server cannot start; the message names the key or the file."""
-
-
 def offered_mechanisms(cfg: Config, listener: ListenerConfig) -> tuple[str, ...]:
     """Enabled and implemented mechanisms, strongest first (the registry's order)."""
     wanted = {m.upper() for m in (listener.mechanisms or cfg.auth.mechanisms)}
@@ -92,24 +90,10 @@ def make_token_verifier(cfg: Config) -> TokenVerifier | None:
     )
 
 
-def decoy_secret(cfg: Config) -> bytes:
-    """A secret that is stable across restarts and workers, for SCRAM's fake salts
-    of unknown users (a salt that changed on restart would reveal the account does
-    not exist). Derived from the TLS private key so there is no extra file to keep."""
-    try:
-        key = cfg.path(cfg.tls.key).read_bytes()
-    except OSError:
-        key = b""
-    return hmac.new(key, b"smtpgate scram decoy salt v1", hashlib.sha256).digest()
-
-
-def engine_settings(
-    cfg: Config, listener: ListenerConfig, secret: bytes | None = None
-) -> EngineSettings:
-    """The engine's settings for one listener. ``secret`` is the decoy secret made at
-    start-up: a reload keeps it, so a new key does not change the fake salts."""
+def engine_settings(cfg: Config, listener: ListenerConfig, secret: bytes) -> EngineSettings:
+    """The engine's settings for one listener. ``secret`` is the decoy secret
+    (`smtpgate.auth.decoy`), read at start-up and kept by a reload."""
     hostname = cfg.hostname
-    secret = decoy_secret(cfg) if secret is None else secret
     iterations = cfg.accounts.scram_iterations
     scope = cfg.auth.oauth_scope
 
@@ -172,10 +156,10 @@ def bind_sockets(cfg: Config, *, reuse_port: bool = False) -> list[socket.socket
     one shared socket, whichever worker wakes first takes a whole burst.
 
     Raises:
-        StartupError: an address cannot be bound (named with its listener).
+        StartupError: an address cannot be bound (``listeners.N.address``).
     """
     socks: list[socket.socket] = []
-    for lst in cfg.listeners:
+    for i, lst in enumerate(cfg.listeners):
         host, port = lst.host_port
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
@@ -189,12 +173,23 @@ def bind_sockets(cfg: Config, *, reuse_port: bool = False) -> list[socket.socket
             for other in socks:
                 other.close()
             raise StartupError(
-                f"listeners.{lst.name}: cannot bind {lst.address}: {e.strerror or e}"
+                f"listeners.{i}.address",
+                f"listener {lst.name!r} cannot bind {lst.address}: {e.strerror or e}",
+                _BIND_HINTS.get(e.errno or 0, ""),
             ) from None
         sock.listen(1024)
         sock.setblocking(False)
         socks.append(sock)
     return socks
+
+
+_BIND_HINTS = {
+    errno.EADDRINUSE: "another server (or another smtpgate) holds it: stop that one, "
+    "or choose another address",
+    errno.EACCES: "ports below 1024 need root or CAP_NET_BIND_SERVICE (the contrib "
+    "systemd unit grants it)",
+    errno.EADDRNOTAVAIL: "no interface of this host has that address",
+}
 
 
 def _new_loop_runner() -> Callable[[Coroutine[Any, Any, None]], None]:
@@ -213,39 +208,40 @@ def check_before_binding(cfg: Config) -> ServerTlsContext:
     issuers and the deliverer. Returns the TLS context.
 
     Raises:
-        StartupError: one line per problem, naming the key.
+        StartupError: naming the key of the first problem (the others follow it
+            in the message, each with its key).
     """
     from smtpgate.preflight import errors, run_checks
 
     problems = errors(run_checks(cfg))
     if problems:
-        raise StartupError("; ".join(f"{p.key}: {p.message}" for p in problems))
+        first, *more = problems
+        also = "".join(f"; also {p.key}: {p.message}" for p in more)
+        raise StartupError(first.key, first.message + also)
     try:
         tls = reloading.build_tls(cfg)
     except TlsConfigError as e:
-        raise StartupError(str(e)) from None
+        raise StartupError(e.key, str(e).removeprefix(f"{e.key}: ")) from None
     try:
         open_account_store(cfg).close()
     except StoreError as e:
-        raise StartupError(f"accounts.database: {e}") from None
+        raise StartupError("accounts.database", str(e)) from None
     try:
         SqliteGuardStore(cfg.path(cfg.guard.database)).close()
     except GuardStoreError as e:
-        raise StartupError(f"guard.database: {e}") from None
+        raise StartupError("guard.database", str(e)) from None
     log_path = _auth_log_path(cfg)
     if log_path is not None:
         try:
             AuthLog(log_path).close()
         except OSError as e:
-            raise StartupError(f"auth.log_file: cannot open {log_path}: {e.strerror}") from None
+            raise StartupError("auth.log_file", f"cannot open {log_path}: {e.strerror}") from None
     try:
         make_token_verifier(cfg)
     except (OSError, ValueError) as e:
-        raise StartupError(f"auth.oauth_issuers: {e}") from None
-    try:
-        make_deliverer(cfg)
-    except DeliverySetupError as e:
-        raise StartupError(str(e)) from None
+        raise StartupError("auth.oauth_issuers", str(e)) from None
+    make_deliverer(cfg)  # raises DeliverySetupError, a StartupError
+    load_decoy_secret(cfg)  # made now if missing: before any fork, so all share one
     return tls
 
 
@@ -396,7 +392,7 @@ async def serve_sockets(
         rates=rates,
         policy=cfg.policy,
     )
-    secret = decoy_secret(cfg)
+    secret = load_decoy_secret(cfg)
     # The protocol factories look their listener up here, so a reload can change
     # the settings of connections accepted after it.
     listeners = {lst.name: _listener_runtime(cfg, lst, secret) for lst in cfg.listeners}
@@ -497,36 +493,38 @@ async def deliver_only(
 
 
 def run(cfg: Config, config_path: Path | None = None) -> int:
-    """Entry point of ``smtpgate serve``; returns the exit status (docs/operations.md).
+    """Entry point of ``smtpgate serve``; returns the exit status once the server ran
+    and stopped (docs/operations.md).
 
     ``config_path`` is the file a reload reads again (None: a reload only reopens
     the log files).
+
+    Raises:
+        StartupError: the server could not start, before anything listened (or a
+            single process failed to open what it serves with); nothing is left
+            behind, not even the pid file.
     """
-    try:
-        if cfg.server.log_file is not None:
-            path = cfg.path(cfg.server.log_file)
-            try:
-                logs.log_to_file(path)
-            except OSError as e:
-                raise StartupError(f"server.log_file: cannot open {path}: {e.strerror}") from None
-        tls = check_before_binding(cfg)
-        # A plain bind first: SO_REUSEPORT would otherwise let a second smtpgate on the
-        # same addresses start silently and take half of the connections.
-        sockets = bind_sockets(cfg)
-        # From the moment the pid file names us, a reload must not kill us: ignored
-        # until the event loop (or the supervisor) takes the signals over.
-        for sig in (signal.SIGHUP, signal.SIGUSR1):
-            signal.signal(sig, signal.SIG_IGN)
-        pid_path = pidfile.pid_path(cfg)
+    if cfg.server.log_file is not None:
+        path = cfg.path(cfg.server.log_file)
         try:
-            pidfile.write(pid_path)
+            logs.log_to_file(path)
         except OSError as e:
-            for sock in sockets:
-                sock.close()
-            raise StartupError(f"server.pid_file: cannot write {pid_path}: {e.strerror}") from None
-    except StartupError as e:
-        log.error("cannot start: %s", e)
-        return EXIT_STARTUP
+            raise StartupError("server.log_file", f"cannot open {path}: {e.strerror}") from None
+    tls = check_before_binding(cfg)
+    # A plain bind first: SO_REUSEPORT would otherwise let a second smtpgate on the
+    # same addresses start silently and take half of the connections.
+    sockets = bind_sockets(cfg)
+    # From the moment the pid file names us, a reload must not kill us: ignored
+    # until the event loop (or the supervisor) takes the signals over.
+    for sig in (signal.SIGHUP, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
+    pid_path = pidfile.pid_path(cfg)
+    try:
+        pidfile.write(pid_path)
+    except OSError as e:
+        for sock in sockets:
+            sock.close()
+        raise StartupError("server.pid_file", f"cannot write {pid_path}: {e.strerror}") from None
     log_loosenings(cfg)
     log.info("certificate: %s", tls.description)
     try:
@@ -554,6 +552,8 @@ def _run_single(
             serve_sockets(cfg, sockets, tls, with_delivery=True, ready=ready, hooks=hooks)
         )
     except Exception as e:
+        if not started and isinstance(e, StartupError):
+            raise  # typed: the CLI names the key
         if not started:
             log.error("cannot start: %s", one_line(e))
             return EXIT_STARTUP

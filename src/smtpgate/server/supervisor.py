@@ -13,7 +13,9 @@ status pipe per child. A child writes one line per event on its pipe:
   the exit status, so a worker's death always names its cause.
 
 A child that fails before the first start-up completed ends the server at
-once (exit 1): it would fail the same way again. A child that dies after that
+once: it would fail the same way again. The exit status is 2 when the child's
+error was a `smtpgate.errors.StartupError` (a config key at fault; the child
+exits 2 to say so), 1 otherwise. A child that dies after that
 is logged and restarted after a back-off that doubles per consecutive failure
 of its slot; after ``give_up_failures`` deaths within ``give_up_window`` seconds
 the parent stops everything and exits 1, so a service manager sees a failure
@@ -31,12 +33,17 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from smtpgate.errors import StartupError
+
 log = logging.getLogger("smtpgate")
 
 #: ``serve`` exit codes (docs/operations.md).
 EXIT_OK = 0
 EXIT_STARTUP = 1
 EXIT_GAVE_UP = 1  # the same "error" status; the log says which
+#: A `StartupError`: the config key the log names must change; restarting as it is
+#: will not help (the contrib unit's RestartPreventExitStatus=2).
+EXIT_CONFIG = 2
 
 _HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGCHLD)
 
@@ -87,7 +94,8 @@ class ChildSpec:
 
     name: str
     kind: str  # "worker" or "delivery": how the start-up line counts it
-    #: Called in the parent before each fork. Raises OSError (e.g. a bind failed).
+    #: Called in the parent before each fork. Raises OSError or StartupError (e.g. a
+    #: bind failed); the slot then counts as failed to start.
     prepare: Callable[[], Launch]
     #: Called in the parent after the child in this slot exited.
     on_exit: Callable[[], None] = lambda: None
@@ -209,7 +217,7 @@ class Supervisor:
     def _spawn(self, spec: ChildSpec) -> bool:
         try:
             launch = spec.prepare()
-        except OSError as e:
+        except (OSError, StartupError) as e:
             log.error("cannot start %s: %s", spec.name, e)
             return False
         r, w = os.pipe()
@@ -327,14 +335,15 @@ class Supervisor:
                 -signal.SIGTERM, -signal.SIGINT)
             if clean:
                 log.debug("%s stopped", name)
-            elif self._code == EXIT_STARTUP and not self._running:
+            elif self._code in (EXIT_STARTUP, EXIT_CONFIG) and not self._running:
                 log.debug("%s %s%s", name, how, why)  # the cause was logged once already
             else:
                 log.warning("%s %s%s", name, how, why)
             return
         if not self._running:
             log.error("cannot start: %s %s%s", name, how, why)
-            self._begin_stop(EXIT_STARTUP)
+            config = os.waitstatus_to_exitcode(status) == EXIT_CONFIG
+            self._begin_stop(EXIT_CONFIG if config else EXIT_STARTUP)
             return
         log.error("%s %s%s", name, how, why)
         now = self.clock()
@@ -444,6 +453,8 @@ def _child_main(body: Body, status: StatusWriter) -> None:  # pragma: no cover -
     except BaseException as e:  # everything ends here, with one line
         if status.was_ready and not isinstance(e, (KeyboardInterrupt, SystemExit)):
             log.exception("unexpected error")
+        elif isinstance(e, StartupError):
+            code = EXIT_CONFIG
         status.fatal(one_line(e))
     finally:
         logging.shutdown()

@@ -188,3 +188,16 @@ def test_the_import_finder_sees_every_form_of_import() -> None:
     )
     found = {pkg for pkg, _ in _project_imports(text, Path("auth/sample.py"))}
     assert found == {"cli", "tools", "__version__", "queue", "policy", "auth", "server"}
+
+
+def test_every_reply_in_the_vocabulary_is_sent_somewhere() -> None:
+    """A reply constant nothing sends is dead vocabulary (docs and tests would cite a
+    reply the server never gives)."""
+    vocabulary = (PKG / "smtp" / "replies.py").read_text()
+    names = re.findall(r"^([A-Z][A-Z0-9_]+) = Reply\(", vocabulary, re.MULTILINE)
+    assert len(names) > 20
+    code = "\n".join(
+        f.read_text() for f in PKG.rglob("*.py") if f != PKG / "smtp" / "replies.py"
+    )
+    unused = [n for n in names if not re.search(rf"\b{n}\b", code)]
+    assert not unused, f"replies nothing sends: {unused}"

@@ -1,4 +1,4 @@
-"""Build the spool, the deliverer and the worker from the configuration."""
+"""Build the deliverer from the configuration."""
 
 from __future__ import annotations
 
@@ -10,8 +10,6 @@ from smtpgate.errors import StartupError
 from smtpgate.queue.delivery import Deliverer
 from smtpgate.queue.maildir import MaildirDeliverer
 from smtpgate.queue.relay import RelayDeliverer, RelayTimeouts, tls_context
-from smtpgate.queue.spool import Spool
-from smtpgate.queue.worker import DeliveryWorker
 from smtpgate.sasl.base import ClientMechanism
 from smtpgate.sasl.plain import PlainClient
 
@@ -19,11 +17,6 @@ from smtpgate.sasl.plain import PlainClient
 class DeliverySetupError(StartupError):
     """The delivery settings cannot be used (e.g. the relay password file is
     unreadable); ``key`` names the setting."""
-
-
-def make_spool(cfg: Config) -> Spool:
-    """The spool at ``queue.spool`` (created if missing; blocking, call at start-up)."""
-    return Spool(cfg.path(cfg.queue.spool))
 
 
 def make_deliverer(cfg: Config) -> Deliverer:
@@ -69,11 +62,6 @@ def make_deliverer(cfg: Config) -> Deliverer:
             data=d.relay_data_timeout,
         ),
     )
-
-
-def make_worker(cfg: Config, spool: Spool, deliverer: Deliverer) -> DeliveryWorker:
-    """The worker; on `stop` in-flight deliveries get ``server.shutdown_grace``."""
-    return DeliveryWorker(spool, deliverer, cfg.queue, stop_grace=cfg.server.shutdown_grace)
 
 
 def _plain(user: str, password: str) -> Callable[[], ClientMechanism]:

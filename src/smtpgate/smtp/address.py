@@ -8,7 +8,6 @@ obsolete forms). The grammar is small and every rule cites its source.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 # RFC 5321 §4.1.2: atext characters of a dot-atom.
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
@@ -39,14 +38,6 @@ class AddressError(ValueError):
 
 class NonAsciiWithoutSmtputf8(AddressError):
     """RFC 6531 §3.4: a UTF-8 address needs the SMTPUTF8 parameter."""
-
-
-@dataclass(frozen=True, slots=True)
-class PathArgument:
-    """``MAIL FROM:<path> params`` split up; ``address`` is "" for the null path."""
-
-    address: str
-    params: dict[str, str | None]
 
 
 def split_path_argument(arg: str, keyword: str) -> tuple[str, str]:

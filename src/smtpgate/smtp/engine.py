@@ -104,7 +104,6 @@ class ServerEngine:
         self.helo = ""
         self.esmtp = False
         self.identity = ""  # authenticated identity, "" if none
-        self.auth_mechanism = ""
         self.errors = 0
         #: Told the verb of each known command, and nothing else of the line (no
         #: arguments, never a SASL response): the I/O layer's debug log.
@@ -236,12 +235,8 @@ class ServerEngine:
         self.helo = ""
         self.esmtp = False
         self.identity = ""
-        self.auth_mechanism = ""
         self._reset_transaction()
         self.state = State.CONNECTED
-
-    def tls_failed(self) -> None:
-        self.state = State.CLOSED
 
     def abandon_auth(self, reason: str) -> AuthFinished | None:
         """The connection is gone (dropped, timed out, shut down) in the middle of an
@@ -272,9 +267,6 @@ class ServerEngine:
 
     def _send(self, reply: R.Reply, extra: tuple[str, ...] = ()) -> None:
         self._out += reply.format(extra)
-
-    def _send_raw(self, data: bytes) -> None:
-        self._out += data
 
     def _close_with(self, reply: R.Reply) -> None:
         if self.state is State.CLOSED:
@@ -707,7 +699,6 @@ class ServerEngine:
         self.state = State.GREETED
         if event.result == AuthResult.SUCCESS and final.code == 235:
             self.identity = event.identity
-            self.auth_mechanism = event.mechanism
             self._send(final)
         else:
             self._error_no_event(final)

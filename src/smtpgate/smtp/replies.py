@@ -110,7 +110,6 @@ HELO_OK = Reply(250, None, "")
 # --- STARTTLS (RFC 3207 §4) ---------------------------------------------------
 STARTTLS_READY = Reply(220, "2.0.0", "Ready to start TLS")
 TLS_ALREADY_ACTIVE = Reply(554, "5.5.1", "TLS already active")
-TLS_NOT_AVAILABLE = Reply(454, "4.7.0", "TLS not available due to local problem")
 # RFC 3207 §4: what a server that insists on TLS answers.
 MUST_STARTTLS = Reply(530, "5.7.0", "Must issue a STARTTLS command first")
 
@@ -139,8 +138,6 @@ AUTH_LINE_TOO_LONG = Reply(500, "5.5.6", "Authentication exchange line is too lo
 AUTH_SYNTAX = Reply(501, "5.5.4", "Syntax: AUTH mechanism [initial-response]")
 # RFC 4954 §6 / RFC 6409 §4.3: commands that need a login.
 AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")
-# RFC 4954 §6: mechanism too weak for this account's policy.
-AUTH_TOO_WEAK = Reply(534, "5.7.9", "Authentication mechanism is too weak")
 # Guard (brute force, spraying): a clear temporary refusal, not a misleading 535.
 # RFC 4954 §6: 454 4.7.0 is the temporary authentication failure; RFC 3463 §3.8
 # X.7.0 "other security status". The address or its subnet is blocked.
@@ -165,13 +162,9 @@ TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
 BARE_LINE_ENDING = Reply(
     550, "5.6.11", "Message contains bare CR or LF characters; use CRLF line endings"
 )
-# RFC 5321 §4.5.3.1.6: a text line over 1000 octets.
-DATA_LINE_TOO_LONG = Reply(550, "5.6.0", "Message line too long (max 1000 octets with CRLF)")
 MESSAGE_ACCEPTED = Reply(250, "2.0.0", "OK queued")
 # The spool could not make the message durable; the client keeps it.
 QUEUE_FAILED = Reply(451, "4.3.0", "Local error in processing, message not accepted")
-# RFC 6409 §4.1 / relay policy.
-RELAY_DENIED = Reply(554, "5.7.1", "Relay access denied")
 # RFC 6409 §6.1: the login may not use this sender. RFC 5321 §4.2.2: 553
 # "mailbox name not allowed"; RFC 3463 §3.8: X.7.1 "delivery not authorized".
 SENDER_NOT_OWNED = Reply(553, "5.7.1", "Sender address not owned by the authenticated user")

@@ -251,10 +251,6 @@ class AuditReport:
         return grade(f for t in reached for f in t.findings)
 
     @property
-    def any_reachable(self) -> bool:
-        return any(t.reachable for t in self.targets)
-
-    @property
     def findings(self) -> list[Finding]:
         return [f for t in self.targets for f in t.findings]
 

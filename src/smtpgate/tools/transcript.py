@@ -14,7 +14,7 @@ masked payload is masked as a whole, since it would reveal the same.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -134,7 +134,3 @@ class Masker:
             if len(secret) >= 3:
                 line = line.replace(secret, MASK)
         return line
-
-
-def join_mechanisms(names: Iterable[str]) -> str:
-    return " ".join(names) or "(none)"

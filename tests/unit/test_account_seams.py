@@ -115,3 +115,24 @@ def test_every_account_command_opens_the_accounts_through_the_admin_service() ->
     for m in CLI_MODULES[:-1]:
         text = (PKG / "cli" / f"{m}.py").read_text()
         assert "auth.store import" not in text and "SqliteAccountStore" not in text, m
+
+
+def _public(cls: type) -> set[str]:
+    """Public names of ``cls``, its annotated attributes (a Protocol's) included."""
+    names = set(dir(cls))
+    for base in cls.__mro__:
+        names |= set(getattr(base, "__annotations__", {}))
+    return {n for n in names if not n.startswith("_")}
+
+
+def test_the_sqlite_backend_has_nothing_beyond_its_interfaces() -> None:
+    """Every caller can stay on the interfaces: nothing public on the SQLite classes
+    is missing from ``AccountStore`` (both sides) or ``AccountWriter``."""
+    from smtpgate.auth.admin_store import AccountStore, AccountWriter
+    from smtpgate.auth.sqlite_file import ThreadLocalSqlite
+    from smtpgate.auth.store import _SqliteWriter
+
+    extra = _public(SqliteAccountStore) - _public(ThreadLocalSqlite) - _public(AccountStore)
+    assert extra == set()
+    assert _public(_SqliteWriter) - _public(AccountWriter) == set()
+    assert "verifies_passwords" in _public(AccountStore)

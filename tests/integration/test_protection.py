@@ -151,7 +151,9 @@ def test_brute_force_penalties_grow_lockout_spares_known_address_and_unlock_rest
     for i, t in enumerate(took):
         expected = min(PENALTY_MAX, PENALTY_BASE * 2 ** (i - 1)) if i else 0.0
         assert t >= expected + 0.1, (i, took)  # penalty + failure floor, lower bounds only
-    assert took[-1] >= took[0] + PENALTY_MAX - 0.05
+    # Only lower bounds: the growth shows in them (the last wait is at least
+    # PENALTY_MAX); comparing with the first attempt's time would depend on load.
+    assert took[-1] >= PENALTY_MAX + 0.1
     # At the threshold the account is locked for new addresses: even the right
     # password from the attacker's address gets a clear temporary reply, not 535.
     assert r.cmd(f"AUTH PLAIN {plain(USER, PASSWORD)}") == str(R.AUTH_ACCOUNT_LOCKED)

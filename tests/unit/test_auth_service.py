@@ -16,6 +16,7 @@ import pytest
 from smtpgate.admin import AccountAdmin
 from smtpgate.auth.authlog import AuthLog
 from smtpgate.auth.credentials import ARGON2ID, CRAM_MD5, SCRAM_SHA_1, SCRAM_SHA_256
+from smtpgate.auth.oauth import TokenResult as VerifiedToken
 from smtpgate.auth.passwords import PasswordHasher
 from smtpgate.auth.service import AuthContext, AuthService, build_auth_service
 from smtpgate.auth.store import Account, AuditActor, SqliteAccountStore, StoreUnavailable
@@ -451,6 +452,20 @@ async def test_token_for_unknown_account(store: SqliteAccountStore, tmp_path: Pa
     svc = make_service(store, tmp_path, SyncVerifier(lambda t: TokenResult(True, "x@example.org")))
     try:
         assert await svc.resolve(token(""), CTX) == Verdict(ok=False, reason="unknown user")
+    finally:
+        await svc.close()
+
+
+async def test_token_login_carries_its_issuer(store: SqliteAccountStore, tmp_path: Path) -> None:
+    """The login attempt puts it into the Principal (auth/login.py)."""
+    result = VerifiedToken(ok=True, identity=ALICE, issuer="https://id.example.org")
+    svc = make_service(store, tmp_path, SyncVerifier(lambda t: result))  # type: ignore[arg-type, return-value]
+    try:
+        res = await svc.resolve_detailed(token(), CTX)
+        assert res.answer == Verdict(ok=True, identity=ALICE)
+        assert res.oauth_issuer == "https://id.example.org"
+        pw = await svc.resolve_detailed(VerifyPassword(ALICE, "wrong", mechanism="PLAIN"), CTX)
+        assert pw.oauth_issuer is None
     finally:
         await svc.close()
 

@@ -136,6 +136,8 @@ class Resolution:
     refusal: str | None = None
     #: The app password that verified, if one did.
     app_password: AppPassword | None = None
+    #: The issuer of the bearer token that verified, if one did.
+    oauth_issuer: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +168,7 @@ class AuthStats:
 class VerifiesTokens(Protocol):
     """What the service needs of a token verifier (``auth/oauth.TokenVerifier``).
     ``verify`` may be sync or async; its result has ``ok`` (bool), ``identity``
-    (str) and ``reason`` (str) attributes."""
+    (str) and ``reason`` (str) attributes, and may have ``issuer`` (str)."""
 
     def verify(self, token: str) -> object: ...
 
@@ -599,35 +601,33 @@ class AuthService:
         return Resolution(Verdict(ok=True, identity=account.name))
 
     async def _verify_token(self, q: VerifyToken, ctx: AuthContext) -> Resolution:
-        return Resolution(*await self._verify_token_inner(q, ctx))
-
-    async def _verify_token_inner(
-        self, q: VerifyToken, ctx: AuthContext
-    ) -> tuple[Verdict, str | None]:
         if self._verifier is None:
-            return Verdict(ok=False, reason=OAUTH_NOT_CONFIGURED), None
+            return Resolution(Verdict(ok=False, reason=OAUTH_NOT_CONFIGURED))
         try:
             result = await self._call_verifier(q.token)
         except Exception as e:
             raise _Temporary(f"token verifier failed: {type(e).__name__}: {e}") from e
         if getattr(result, "ok", False) is not True:
             why = str(getattr(result, "reason", "") or "")
-            return Verdict(ok=False, reason=f"token rejected: {why}" if why else "token rejected"), None
+            reason = f"token rejected: {why}" if why else "token rejected"
+            return Resolution(Verdict(ok=False, reason=reason))
         identity = str(getattr(result, "identity", "") or "")
         if not identity:
-            return Verdict(ok=False, reason="token names no identity"), None
+            return Resolution(Verdict(ok=False, reason="token names no identity"))
         name = lookup_key(identity)
         if q.username and lookup_key(q.username) != name:
-            return Verdict(ok=False, reason="token identity differs from the username given"), None
+            differs = "token identity differs from the username given"
+            return Resolution(Verdict(ok=False, reason=differs))
         # A token proves an identity; sending mail still needs a local account,
         # whose lock state and access policy apply as for any login.
         account = await self._read(self._directory.get_account, name)
         if account is None:
-            return Verdict(ok=False, reason=UNKNOWN_USER), None
+            return Resolution(Verdict(ok=False, reason=UNKNOWN_USER))
         if refusal := _mechanism_refusal(account, q.mechanism.upper(), ctx):
-            return Verdict(ok=False, reason=refusal[1]), refusal[0]
+            return Resolution(Verdict(ok=False, reason=refusal[1]), refusal=refusal[0])
         self._record_login(account, q.mechanism.upper())
-        return Verdict(ok=True, identity=account.name), None
+        issuer = str(getattr(result, "issuer", "") or "")
+        return Resolution(Verdict(ok=True, identity=account.name), oauth_issuer=issuer or None)
 
     async def _call_verifier(self, token: str) -> object:
         """Accept a sync or async ``verify``; a sync one runs in a thread, since it

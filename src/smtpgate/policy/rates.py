@@ -31,8 +31,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
+from smtpgate.auth.principal import AppPasswordUse
 from smtpgate.auth.sender_profile import SenderProfile
-from smtpgate.auth.store import AppPassword
 from smtpgate.config import LimitsConfig
 from smtpgate.policy.rate_counters import BUCKET_SECONDS, RateCounters, RateCountersError
 
@@ -106,7 +106,7 @@ class RateLimiter:
         return int(self._clock() // BUCKET_SECONDS)
 
     def limits_for(
-        self, profile: SenderProfile, app: AppPassword | None
+        self, profile: SenderProfile, app: AppPasswordUse | None
     ) -> dict[str, tuple[int, int]]:
         """(messages, recipients) limit per key; 0 is unlimited."""
         out = {
@@ -119,7 +119,7 @@ class RateLimiter:
             out[f"app:{app.id}"] = (app.max_messages_per_hour or 0, app.max_recipients_per_hour or 0)
         return out
 
-    async def budget(self, profile: SenderProfile, app: AppPassword | None) -> Budget:
+    async def budget(self, profile: SenderProfile, app: AppPasswordUse | None) -> Budget:
         limits = self.limits_for(profile, app)
         keys = tuple(limits)
         if all(m == 0 and r == 0 for m, r in limits.values()):

@@ -51,12 +51,9 @@ from smtpgate.sasl.base import ChannelBinding, ServerMechanism
 from smtpgate.sasl.registry import create_server_mechanism, server_mechanism_names
 from smtpgate.server import logs, pidfile
 from smtpgate.server import reload as reloading
-from smtpgate.server.connection import (
-    ListenerRuntime,
-    ServerRuntime,
-    SmtpConnection,
-)
+from smtpgate.server.connection import SmtpConnection
 from smtpgate.server.limits import ConnectionLimiter, SharedConnectionLimiter
+from smtpgate.server.runtime import ListenerRuntime, ServerRuntime
 from smtpgate.server.supervisor import (
     EXIT_OK,
     EXIT_STARTUP,
@@ -319,7 +316,7 @@ class _Live:
         rt.limits = cfg.limits
         rt.limiter.set_limits(cfg.limits.max_connections, cfg.limits.max_connections_per_ip)
         rt.handshake_timeout = cfg.tls.handshake_timeout
-        rt.failure_floor = cfg.auth.failure_floor
+        rt.login.failure_floor = cfg.auth.failure_floor
         rt.add_received = cfg.smtp.received_header
         rt.policy = cfg.policy
         self.guard.reconfigure(cfg.guard)

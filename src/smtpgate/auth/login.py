@@ -1,0 +1,262 @@
+"""One login attempt, whichever front door it came through.
+
+Theory of operation
+-------------------
+A front door (the SMTP session today; the Dovecot auth protocol and nginx's
+auth_http next, docs/architecture.md) runs the SASL exchange with its client and
+hands this module the two moments that need the account directory and the guard:
+
+1. ``resolve(query)``, each time the mechanism needs a credential. On the first
+   query of an attempt the guard is asked before any Argon2id or PBKDF2 work: a
+   refusal answers the mechanism with a *temporary* failure (it ends as the
+   guard's 454, never a 535), and a penalty is an ``asyncio.sleep`` of this
+   attempt only. Then the auth service resolves the query. SCRAM's second query
+   (``ConfirmIdentity``) is part of the same attempt and is not checked again.
+2. ``conclude(outcome)`` when the exchange has ended, answered or not. It writes
+   the attempt's one auth-log record and says what is left before the reply: the
+   guard's commit (a failure counted, a known address remembered) and, for a
+   failure, the failure floor, a jittered minimum time so that an unknown
+   account and a wrong password look alike. Both are committed *before* the
+   reply, so the client's next attempt, on any connection and in any worker,
+   sees them. ``finish(outcome)`` is ``conclude`` plus waiting for that.
+
+An attempt the client hung up on (``answered=False``) is concluded the same way:
+logged, and a failure the server had already announced (SCRAM ``e=``, the OAuth
+error JSON) still counted, or a guesser could read the verdict, hang up before
+the 535 and never be counted. It gets no floor: nobody is waiting for it.
+
+What counts (docs/protection.md): only a wrong secret counts toward the
+account's lockout; a refusal that did not depend on the secret (conditional
+access, expiry, an administrative lock) counts toward the address only, and a
+refusal by the guard itself is not counted again. An attempt that failed before
+it named an account (a malformed exchange) counts against the address.
+
+This module knows nothing of SMTP: the result is a class of reply (success,
+failure, temporary failure with the guard's refusal if there was one,
+cancelled) that each front door words in its own protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from smtpgate.auth.directory import AppPassword
+from smtpgate.auth.guard import Guard, GuardCheck, Refusal
+from smtpgate.auth.principal import AppPasswordUse, Principal
+from smtpgate.auth.service import AuthContext, AuthService
+from smtpgate.sasl.base import (
+    ConfirmIdentity,
+    CredentialAnswer,
+    CredentialQuery,
+    LookupCramMd5,
+    LookupScram,
+    NotFound,
+    Verdict,
+)
+from smtpgate.sasl.exchange import AuthResult
+
+
+class ExchangeOutcome(Protocol):
+    """How a SASL exchange ended, as every front door's exchange reports it
+    (the SMTP engine's ``AuthFinished``, the SASL exchange's ``Outcome``)."""
+
+    @property
+    def mechanism(self) -> str: ...
+    @property
+    def result(self) -> AuthResult: ...
+    #: The name the client gave, for the log ("" if it gave none).
+    @property
+    def username(self) -> str: ...
+    #: The proven account, on success.
+    @property
+    def identity(self) -> str: ...
+    @property
+    def reason(self) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class LoginResult:
+    """The class of reply an attempt gets; each front door words it."""
+
+    #: As the exchange ended (a guard refusal is TEMPFAIL).
+    result: AuthResult
+    #: Who logged in (success only).
+    principal: Principal | None = None
+    #: The guard refused the attempt before any credential was checked (result
+    #: "tempfail"): its kind says which temporary reply fits (docs/protection.md).
+    refusal: Refusal | None = None
+
+
+@dataclass(slots=True)
+class Conclusion:
+    """``conclude``'s answer: the result, and what must finish before the reply."""
+
+    result: LoginResult
+    #: The guard's commit and the failure floor; await it before answering. None:
+    #: answer at once (the common success path writes nothing).
+    pending: Coroutine[Any, Any, None] | None = None
+
+
+class LoginAttempts:
+    """The login path of one process: the auth service, the guard, the floor.
+
+    Shared by every session and front door; use it from one event loop.
+    """
+
+    def __init__(
+        self,
+        auth: AuthService,
+        guard: Guard | None,
+        *,
+        failure_floor: float = 0.25,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.auth = auth
+        self.guard = guard
+        #: Seconds; a reload may change it (``[auth] failure_floor``).
+        self.failure_floor = failure_floor
+        #: How a penalty or the floor is waited (tests replace it).
+        self.sleep = sleep
+
+    def begin(self, source: AuthContext, alive: Callable[[], bool] = lambda: True) -> LoginAttempt:
+        """A new attempt from ``source``. ``alive`` says whether the client is still
+        there: once it is gone, no penalty is waited and no credential is checked."""
+        return LoginAttempt(self, source, alive)
+
+    async def floor(self) -> None:
+        """Wait the failure floor, with up to 50% jitter (chasquid does this)."""
+        floor = self.failure_floor
+        if floor > 0:
+            await self.sleep(floor * (1 + random.random() * 0.5))
+
+
+class LoginAttempt:
+    """One attempt, from its first credential query to its outcome."""
+
+    def __init__(self, owner: LoginAttempts, source: AuthContext, alive: Callable[[], bool]) -> None:
+        self._owner = owner
+        self.source = source
+        self._alive = alive
+        #: The guard's view, from the first query on.
+        self._check: GuardCheck | None = None
+        #: The refusal class the auth service noted (None: the secret decided).
+        self._refusal: str | None = None
+        self._app: AppPassword | None = None
+        self._issuer: str | None = None
+
+    async def resolve(self, query: CredentialQuery) -> CredentialAnswer | None:
+        """The answer for the mechanism, or None if the client went away meanwhile."""
+        owner = self._owner
+        guard = owner.guard
+        if guard is not None and not isinstance(query, ConfirmIdentity):
+            # The first look-up of an attempt (SCRAM's ConfirmIdentity is its
+            # second): the guard decides before any hashing happens.
+            self._refusal, self._app, self._issuer = None, None, None
+            check = await guard.check(self.source.client_ip, getattr(query, "username", ""))
+            if not self._alive():
+                return None
+            self._check = check
+            if check.delay > 0:
+                await owner.sleep(check.delay)  # the penalty: this attempt only
+                if not self._alive():
+                    return None
+            if check.refusal is not None:
+                return temporary_answer(query, check.refusal.reason)
+        res = await owner.auth.resolve_detailed(query, self.source)
+        if not self._alive():
+            return None
+        self._refusal = res.refusal or self._refusal
+        self._app = res.app_password or self._app
+        self._issuer = res.oauth_issuer or self._issuer
+        return res.answer
+
+    def conclude(self, outcome: ExchangeOutcome, *, answered: bool = True) -> Conclusion:
+        """Write the attempt's one auth-log record and say what is left to do.
+
+        ``answered`` is False when the client hung up before its reply: the
+        pending work is then the guard's only (no floor), for the caller to run
+        in the background. The attempt is over after this call.
+        """
+        owner = self._owner
+        check, self._check = self._check, None
+        refusal, self._refusal = self._refusal, None
+        app, self._app = self._app, None
+        issuer, self._issuer = self._issuer, None
+        auth, guard, src = owner.auth, owner.guard, self.source
+        result = AuthResult(outcome.result)
+        if result is AuthResult.TEMPFAIL and check is not None and check.refusal is not None:
+            # Refused by the guard: logged as such (fail2ban and the report count
+            # it as blocked), not counted again, answered with the guard's reply.
+            auth.record(src, outcome.mechanism, outcome.username, result,
+                        f"blocked: {check.refusal.reason}")
+            return Conclusion(LoginResult(result, refusal=check.refusal))
+        reason = outcome.reason
+        if result is AuthResult.SUCCESS and not reason and app is not None:
+            reason = f"app password {app.name!r}"
+        auth.record(src, outcome.mechanism, outcome.username, result, reason)
+        if result is AuthResult.SUCCESS:
+            principal = Principal(
+                account=outcome.identity,
+                mechanism=outcome.mechanism,
+                app_password=_app_use(app),
+                oauth_issuer=issuer,
+            )
+            pending = None
+            if guard is not None and check is not None and guard.success_needs_write(
+                check, outcome.identity
+            ):
+                pending = guard.success(check, outcome.identity)  # committed before the 235
+            return Conclusion(LoginResult(result, principal), pending)
+        if result is not AuthResult.FAILURE:
+            return Conclusion(LoginResult(result))
+        if guard is not None and check is None:
+            check = guard.bare_check(src.client_ip)  # failed before naming an account
+        # A refusal that did not depend on the secret never counts toward the
+        # account's lockout (docs/protection.md, "What counts as a failure").
+        counts_account = refusal is None
+        if not answered:
+            if guard is None or check is None:
+                return Conclusion(LoginResult(result))
+            return Conclusion(LoginResult(result), _count(guard, check, counts_account))
+        return Conclusion(LoginResult(result), self._failed(check, counts_account))
+
+    async def finish(self, outcome: ExchangeOutcome) -> LoginResult:
+        """``conclude`` an answered attempt and wait for what it left pending."""
+        done = self.conclude(outcome)
+        if done.pending is not None:
+            await done.pending
+        return done.result
+
+    async def _failed(self, check: GuardCheck | None, counts_account: bool) -> None:
+        guard = self._owner.guard
+        if guard is not None and check is not None:
+            # Committed before the 535, so the next attempt anywhere sees it.
+            await guard.failure(check, counts_account=counts_account)
+        await self._owner.floor()
+
+
+def temporary_answer(query: CredentialQuery, reason: str) -> CredentialAnswer:
+    """A temporary failure in the form ``query`` expects: the mechanism ends the
+    exchange with it, and the front door answers "try again later" (454)."""
+    if isinstance(query, (LookupScram, LookupCramMd5)):
+        return NotFound(reason=reason, temporary=True)
+    return Verdict(ok=False, reason=reason, temporary=True)
+
+
+async def _count(guard: Guard, check: GuardCheck, counts_account: bool) -> None:
+    await guard.failure(check, counts_account=counts_account)
+
+
+def _app_use(app: AppPassword | None) -> AppPasswordUse | None:
+    if app is None:
+        return None
+    return AppPasswordUse(
+        id=app.id,
+        name=app.name,
+        max_messages_per_hour=app.max_messages_per_hour,
+        max_recipients_per_hour=app.max_recipients_per_hour,
+    )

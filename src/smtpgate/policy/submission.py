@@ -1,0 +1,117 @@
+"""The sending policy of one logged-in session: who may send as whom, and how much.
+
+A session makes one `Sending` when its login succeeds, from the `Principal`, and
+asks it at each step of a transaction (docs/policy.md):
+
+- MAIL: the account's sender profile is read once per login (aliases, granted
+  domains, its rates), the envelope sender's ownership is checked
+  (`policy/sender.py`), and the rate counters give the transaction its budget
+  (`policy/rates.py`); an exhausted message budget refuses the MAIL.
+- RCPT: counted against that budget, without another read.
+- End of DATA: the From header's ownership; the accepted message's count, which
+  the intake commits alongside the spool write, before the 250.
+
+Every decision returns a reply or None (accept). A fault of the account
+directory refuses the MAIL with a temporary 451 and is logged; a fault of the
+rate counters fails open (``RateLimiter`` logs it).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Coroutine
+from typing import Any, Protocol
+
+from smtpgate.auth.directory import StoreError
+from smtpgate.auth.principal import Principal
+from smtpgate.auth.sender_profile import SenderProfile
+from smtpgate.config import PolicyConfig
+from smtpgate.policy.rates import Budget, RateLimiter
+from smtpgate.policy.sender import envelope_sender_refusal, from_header_refusal
+from smtpgate.smtp import replies as R
+
+log = logging.getLogger("smtpgate.policy")
+session_log = logging.getLogger("smtpgate.session")
+
+
+class ProfileSource(Protocol):
+    """Where sender profiles come from (the auth service, over the directory)."""
+
+    async def sender_profile(self, identity: str) -> SenderProfile:
+        """Raises ``StoreError`` on a directory fault."""
+        ...
+
+
+def needs_lookup(policy: PolicyConfig, rates: RateLimiter | None) -> bool:
+    """Whether MAIL has anything to check (else it is accepted at once)."""
+    return policy.sender_ownership != "off" or policy.from_header != "off" or rates is not None
+
+
+class Sending:
+    """One session's sending state, from its login to its end.
+
+    The log lines start with the session id and the client's address.
+    """
+
+    def __init__(
+        self, principal: Principal, profiles: ProfileSource, *, session_id: str, client_ip: str
+    ) -> None:
+        self.principal = principal
+        self._profiles = profiles
+        self._session_id = session_id
+        self._where = f"{session_id} {client_ip}"
+        self._profile: SenderProfile | None = None
+        #: The current transaction's budget (None: unlimited or not looked up).
+        self.budget: Budget | None = None
+        self._recipients = 0
+
+    async def mail(
+        self, sender: str, policy: PolicyConfig, rates: RateLimiter | None
+    ) -> R.Reply | None:
+        """MAIL FROM:<sender>; starts a transaction."""
+        self.budget, self._recipients = None, 0
+        who = self.principal
+        if self._profile is None:
+            try:
+                self._profile = await self._profiles.sender_profile(who.account)
+            except StoreError as e:
+                session_log.error("%s sending policy unavailable: %s", self._session_id, e)
+                return R.INTERNAL_ERROR
+        profile = self._profile
+        refused = envelope_sender_refusal(profile, sender, policy, where=self._where)
+        if refused is not None:
+            return refused
+        if rates is not None:
+            budget = await rates.budget(profile, who.app_password)
+            if budget.messages_left is not None and budget.messages_left <= 0:
+                log.warning("%s: user=%s message rate limit: %s", self._where, who.account,
+                            budget.detail)
+                return R.MESSAGE_RATE_EXCEEDED
+            self.budget = budget
+        return None
+
+    def rcpt(self) -> R.Reply | None:
+        """RCPT TO: within the transaction's recipient budget?"""
+        budget = self.budget
+        left = None if budget is None else budget.recipients_left
+        if left is not None and self._recipients >= left:
+            log.warning("%s: user=%s recipient rate limit reached (%d left this hour)",
+                        self._where, self.principal.account, max(left, 0))
+            return R.RECIPIENT_RATE_EXCEEDED
+        self._recipients += 1
+        return None
+
+    def message(self, data: bytes, policy: PolicyConfig) -> R.Reply | None:
+        """End of DATA: the From header's ownership (checked once MAIL read the profile)."""
+        if self._profile is None:
+            return None
+        return from_header_refusal(self._profile, data, policy, where=self._where)
+
+    def count(
+        self, rates: RateLimiter | None, recipients: int
+    ) -> Coroutine[Any, Any, None] | None:
+        """The accepted message's count, to run alongside its spool write; None if
+        nothing is counted."""
+        if rates is None or self.budget is None:
+            return None
+        return rates.count(self.budget.keys, 1, recipients)

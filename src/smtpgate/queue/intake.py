@@ -1,0 +1,124 @@
+"""Intake: a message the session accepted becomes a spooled message with its envelope.
+
+The session hands over the message bytes and how they arrived (`Arrival`); the
+intake prepends the Received trace header (RFC 5321 §4.4, ``smtp/received.py``),
+writes the envelope, and waits for the spool's group commit. The reply it
+returns is the one the client gets: 250 with the queue id only once the message
+is durable, 451 if the spool could not take it.
+
+Work that must be committed with the message (the sending-rate count) runs
+alongside the spool write and is awaited before the reply too, so a counter
+survives a crash as the message does. If the spool then fails, the account is
+charged for a message it may resend: the conservative side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from smtpgate.auth.principal import Principal
+from smtpgate.queue.envelope import Envelope
+from smtpgate.queue.spool import Spool, SpoolError
+from smtpgate.smtp import replies as R
+from smtpgate.smtp.received import received_header
+
+log = logging.getLogger("smtpgate.session")
+
+
+@dataclass(frozen=True, slots=True)
+class Arrival:
+    """How one message arrived: what its Received header and envelope record."""
+
+    session_id: str
+    listener: str
+    client_ip: str
+    helo: str
+    #: The session said EHLO (ESMTP), not HELO.
+    esmtp: bool
+    #: Who submitted it (None: a listener without AUTH).
+    principal: Principal | None
+    tls_version: str | None = None
+    tls_cipher: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """The envelope the client gave and the message bytes (dot-unstuffed, CRLF)."""
+
+    sender: str
+    recipients: tuple[str, ...]
+    data: bytes
+    smtputf8: bool = False
+    body_8bit: bool = False
+
+
+class Intake:
+    """Takes accepted messages into the spool; one per process."""
+
+    def __init__(self, spool: Spool, on_stored: Callable[[], None]) -> None:
+        self._spool = spool
+        self._on_stored = on_stored
+
+    async def accept(
+        self,
+        message: Message,
+        arrival: Arrival,
+        *,
+        hostname: str,
+        add_received: bool = True,
+        alongside: Coroutine[Any, Any, None] | None = None,
+    ) -> R.Reply:
+        """Spool ``message``; the reply for the client. ``alongside`` (which must not
+        raise) is awaited before the reply whatever the spool did."""
+        now = time.time()
+        account = arrival.principal.account if arrival.principal is not None else ""
+        data = message.data
+        if add_received:
+            data = received_header(
+                helo=arrival.helo,
+                client_ip=arrival.client_ip,
+                hostname=hostname,
+                esmtp=arrival.esmtp,
+                tls_version=arrival.tls_version,
+                cipher=arrival.tls_cipher,
+                identity=account,
+                queue_hint=arrival.session_id,
+                timestamp=now,
+                smtputf8=message.smtputf8,
+            ) + data
+        envelope = Envelope(
+            mail_from=message.sender,
+            rcpt_to=message.recipients,
+            auth_identity=account or None,
+            client_ip=arrival.client_ip,
+            helo=arrival.helo,
+            listener=arrival.listener,
+            smtputf8=message.smtputf8,
+            body_8bit=message.body_8bit,
+            received_at=now,
+        )
+        beside = asyncio.get_running_loop().create_task(alongside) if alongside else None
+        try:
+            qid = await self._spool.store(envelope, data)
+        except SpoolError as e:
+            log.error("%s spool write failed: %s", arrival.session_id, e)
+            reply = R.QUEUE_FAILED
+        except Exception:
+            log.exception("%s unexpected error while spooling", arrival.session_id)
+            reply = R.QUEUE_FAILED
+        else:
+            reply = R.MESSAGE_ACCEPTED.with_text(f"OK queued as {qid}")
+            log.info(
+                "%s queued %s from=<%s> rcpts=%d size=%d user=%s",
+                arrival.session_id, qid, message.sender, len(message.recipients), len(data),
+                account,
+            )
+            self._on_stored()
+        if beside is not None:
+            await beside
+        return reply

@@ -1,0 +1,272 @@
+"""The decisions of one SMTP session: each engine event, to the object that decides it.
+
+`server/connection.py` moves bytes; this module says what the engine's decision
+events mean and who answers them:
+
+- AuthQuery, AuthFinished: the login path (`auth/login.py`): guard, penalty,
+  credentials, auth log, the guard's commit and the failure floor. Here only what
+  is SMTP's: the guard's refusal kind becomes its 454 wording, and the
+  channel-binding fallback (docs/mechanisms.md), since only SMTP advertises -PLUS.
+- MailFrom, RcptTo, the From header: the sending policy of the logged-in
+  `Principal` (`policy/submission.py`).
+- MessageReceived: the intake (`queue/intake.py`), answered once the message is
+  durable.
+
+``handle(event)`` answers at once, or returns a `Pending`: the work, how its result
+answers the engine, and the answer if the work raises (451 4.3.0; 454 4.7.0
+during AUTH), so that no fault leaves the engine waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from smtpgate.auth.guard_store import ACCOUNT, ACCOUNT_NEW, THROTTLE
+from smtpgate.auth.login import LoginAttempt, LoginResult, temporary_answer
+from smtpgate.auth.principal import Principal
+from smtpgate.auth.service import AuthContext
+from smtpgate.policy.submission import Sending, needs_lookup
+from smtpgate.queue.intake import Arrival, Message
+from smtpgate.sasl.base import CredentialAnswer
+from smtpgate.sasl.exchange import AuthResult
+from smtpgate.server.runtime import ServerRuntime
+from smtpgate.smtp import replies as R
+from smtpgate.smtp.engine import ServerEngine
+from smtpgate.smtp.events import AuthFinished, AuthQuery, MailFrom, MessageReceived, RcptTo
+
+log = logging.getLogger("smtpgate.session")
+T = TypeVar("T")
+
+#: The guard's refusal kinds and the reply each gets.
+_REFUSAL_REPLIES = {
+    ACCOUNT: R.AUTH_ACCOUNT_LOCKED,
+    ACCOUNT_NEW: R.AUTH_ACCOUNT_LOCKED,
+    THROTTLE: R.AUTH_THROTTLED,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Pending(Generic[T]):
+    """A decision that needs I/O: run ``work``, hand its result to ``answer``; if
+    ``work`` raises, hand ``fault`` instead."""
+
+    work: Coroutine[Any, Any, T]
+    answer: Callable[[T], None]
+    fault: T
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """The session's facts the decisions log and record."""
+
+    session_id: str
+    listener: str
+    client_ip: str
+    client_port: int
+
+
+class Decisions:
+    """Answers the decision events of one session's engine.
+
+    ``engine`` is the connection's current engine (an implicit-TLS listener makes
+    a new one when the handshake is done); ``alive`` is False once the client is gone.
+    """
+
+    def __init__(
+        self, rt: ServerRuntime, peer: Peer, engine: ServerEngine, alive: Callable[[], bool]
+    ) -> None:
+        self.rt = rt
+        self.peer = peer
+        self.engine = engine
+        self._alive = alive
+        #: The AUTH attempt in progress (from its first credential query).
+        self._login: LoginAttempt | None = None
+        #: The channel-binding fallback: until when -PLUS is held back from this
+        #: client's address (None: offered). See ``_binding_hint_update``.
+        self.plus_until: float | None = None
+        #: Who logged in, and the sending policy of their transactions.
+        self.principal: Principal | None = None
+        self._sending: Sending | None = None
+
+    def handle(self, ev: object) -> Pending[Any] | None:
+        """Answer ``ev`` now (None), or say what to run before answering it."""
+        engine = self.engine
+        if isinstance(ev, RcptTo):
+            engine.respond(self._sending.rcpt() if self._sending is not None else None)
+        elif isinstance(ev, MailFrom):
+            if needs_lookup(self.rt.policy, self.rt.rates):
+                return Pending(self._mail_from(ev), engine.respond, R.INTERNAL_ERROR)
+            engine.respond(None)
+        elif isinstance(ev, MessageReceived):
+            return Pending(self._store(ev), engine.respond, R.QUEUE_FAILED)
+        elif isinstance(ev, AuthQuery):
+            fault = temporary_answer(ev.query, "internal error")
+            return Pending(self._resolve(ev), self._auth_answer, fault)
+        elif isinstance(ev, AuthFinished):
+            return self._auth_finished(ev)
+        else:
+            raise TypeError(f"not a decision event: {type(ev).__name__}")
+        return None
+
+    def tls_started(self) -> None:
+        """STARTTLS: the engine forgot the login (RFC 3207 §4.2); so do we."""
+        self.principal, self._sending = None, None
+
+    # ------------------------------------------------------------ AUTH
+
+    def _attempt(self) -> LoginAttempt:
+        if self._login is None:
+            p, tls = self.peer, self.engine.tls
+            ctx = AuthContext(
+                listener=p.listener,
+                client_ip=p.client_ip,
+                client_port=p.client_port,
+                tls_version=tls.version if tls else None,
+                session_id=p.session_id,
+            )
+            self._login = self.rt.login.begin(ctx, alive=self._alive)
+        return self._login
+
+    async def _resolve(self, ev: AuthQuery) -> CredentialAnswer | None:
+        return await self._attempt().resolve(ev.query)
+
+    def _auth_answer(self, answer: CredentialAnswer | None) -> None:
+        if answer is not None:  # None: the client is gone
+            self.engine.auth_answer(answer)
+
+    def _auth_finished(self, ev: AuthFinished) -> Pending[R.Reply | None] | None:
+        login, self._login = self._attempt(), None
+        done = login.conclude(ev)
+        # Written before the reply, so the client's next connection (which the
+        # kernel may hand to another worker) already sees it.
+        hint = self._binding_hint_update(ev)
+        refusal = done.result.refusal
+        reply = None if refusal is None else _REFUSAL_REPLIES.get(refusal.kind, R.AUTH_BLOCKED)
+        if hint is None and done.pending is None:
+            self._logged_in(done.result)
+            self.engine.respond(reply)
+            return None
+        work = self._auth_reply_after(done.result, reply, hint, done.pending)
+        return Pending(work, self.engine.respond, R.AUTH_TEMPFAIL)
+
+    async def _auth_reply_after(
+        self,
+        result: LoginResult,
+        reply: R.Reply | None,
+        hint: Coroutine[Any, Any, None] | None,
+        pending: Coroutine[Any, Any, None] | None,
+    ) -> R.Reply | None:
+        try:
+            if hint is not None:
+                await hint
+        finally:
+            if pending is not None:
+                await pending  # the guard's commit (and a failure's floor)
+        self._logged_in(result)
+        return reply
+
+    def _logged_in(self, result: LoginResult) -> None:
+        if result.principal is not None:
+            p = self.peer
+            self.principal = result.principal
+            self._sending = Sending(result.principal, self.rt.auth,
+                                    session_id=p.session_id, client_ip=p.client_ip)
+
+    def abandoned(self, ev: AuthFinished) -> None:
+        """Log an attempt the client hung up on; a failure it had already been told
+        still counts (``LoginAttempt.conclude``), in the background."""
+        login, self._login = self._attempt(), None
+        done = login.conclude(ev, answered=False)
+        hint = self._binding_hint_update(ev)
+        if hint is not None:
+            self._background(hint, "could not store the channel-binding fallback")
+        if done.pending is not None:
+            self._background(done.pending, "guard: could not count an abandoned AUTH")
+
+    def _background(self, coro: Coroutine[Any, Any, object], what: str) -> None:
+        """Run ``coro`` after the connection is gone; nobody waits for it, so its
+        errors are logged here."""
+
+        async def run() -> None:
+            try:
+                await coro
+            except Exception:
+                log.exception("%s %s", self.peer.session_id, what)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self.rt.background.add(task)
+        task.add_done_callback(self.rt.background.discard)
+
+    # --- the channel-binding fallback (docs/mechanisms.md) ---------------------
+
+    def _binding_hint_update(self, ev: AuthFinished) -> Coroutine[Any, Any, None] | None:
+        """Hold -PLUS back from an address whose client gave up on it before its
+        first message (GNU SASL in mutt and neomutt), offer it again once a client
+        there shows it can bind, and renew a held-back -PLUS on the logins it lets
+        through."""
+        guard = self.rt.guard
+        engine = self.engine
+        ip = self.peer.client_ip
+        if guard is None or not engine.plus_usable:
+            return None
+        if ev.binding == "cannot-bind" and not engine.hide_plus:
+            engine.hide_plus = True  # a retry in this session sees it too
+            self.plus_until = None
+            return guard.hold_back_plus(ip)
+        if ev.binding == "can-bind" and engine.hide_plus:
+            engine.hide_plus = False
+            self.plus_until = None
+            return guard.offer_plus_again(ip)
+        renew = engine.hide_plus and guard.plus_fallback_due(self.plus_until)
+        if ev.result is AuthResult.SUCCESS and renew:
+            self.plus_until = None
+            return guard.hold_back_plus(ip)
+        return None
+
+    def plus_fallback_look_up(self, mechanisms: tuple[str, ...]) -> Pending[None] | None:
+        """As the TLS handshake starts (-PLUS needs TLS): is -PLUS held back from this
+        address? The look-up runs during the handshake; the engine reads no command
+        until it is done (a task is pending), so the EHLO after TLS knows."""
+        if self.rt.guard is None or not any(m.endswith("-PLUS") for m in mechanisms):
+            return None
+        return Pending(self._look_up_plus_fallback(), lambda _: None, None)
+
+    async def _look_up_plus_fallback(self) -> None:
+        assert self.rt.guard is not None
+        self.plus_until = await self.rt.guard.plus_held_back(self.peer.client_ip)
+        self.engine.hide_plus = self.plus_until is not None
+
+    # ------------------------------------------------------------ sending
+
+    async def _mail_from(self, ev: MailFrom) -> R.Reply | None:
+        if self._sending is None:  # the engine asks for AUTH first; never reached
+            return R.INTERNAL_ERROR
+        return await self._sending.mail(ev.sender, self.rt.policy, self.rt.rates)
+
+    async def _store(self, ev: MessageReceived) -> R.Reply | None:
+        sending = self._sending
+        if sending is not None:
+            refused = sending.message(ev.data, self.rt.policy)
+            if refused is not None:
+                return refused
+        tls, p = self.engine.tls, self.peer
+        arrival = Arrival(
+            session_id=p.session_id,
+            listener=p.listener,
+            client_ip=p.client_ip,
+            helo=ev.helo,
+            esmtp=self.engine.esmtp,
+            principal=self.principal,
+            tls_version=tls.version if tls else None,
+            tls_cipher=tls.cipher if tls else None,
+        )
+        message = Message(ev.sender, ev.recipients, ev.data, ev.smtputf8, ev.body_8bit)
+        counting = sending.count(self.rt.rates, len(ev.recipients)) if sending else None
+        return await self.rt.intake.accept(
+            message, arrival, hostname=self.rt.hostname, add_received=self.rt.add_received,
+            alongside=counting,
+        )

@@ -1,0 +1,248 @@
+"""The login path (auth/login.py), without any front door: guard, penalty, resolution,
+auth log, the guard's commit and the failure floor, each in its place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import pytest
+
+from smtpgate.auth.directory import AppPassword
+from smtpgate.auth.guard import Refusal
+from smtpgate.auth.login import LoginAttempts
+from smtpgate.auth.principal import AppPasswordUse, Principal
+from smtpgate.auth.service import REFUSED_POLICY, AuthContext, Resolution
+from smtpgate.sasl import base as sasl
+
+USER = "alice@example.org"
+CTX = AuthContext("submission", "192.0.2.7", 40000, "TLSv1.3", "s1")
+PLAIN = sasl.VerifyPassword(USER, "pw", mechanism="PLAIN")
+SCRAM = sasl.LookupScram(USER, "sha256", mechanism="SCRAM-SHA-256")
+PHONE = AppPassword(
+    id=7, account=USER, name="phone", created=datetime(2026, 1, 1, tzinfo=UTC), expires=None,
+    networks=None, mechanisms=None, max_messages_per_hour=5, max_recipients_per_hour=50,
+    last_used=None, last_address=None,
+)
+
+
+@dataclass(frozen=True)
+class Check:
+    account: str
+    delay: float = 0.0
+    refusal: Refusal | None = None
+
+
+@dataclass
+class FakeGuard:
+    delay: float = 0.0
+    refusal: Refusal | None = None
+    needs_write: bool = True
+    calls: list[tuple[str, object]] = field(default_factory=list)
+
+    async def check(self, client_ip: str, username: str) -> Check:
+        self.calls.append(("check", username))
+        return Check(username, self.delay, self.refusal)
+
+    def bare_check(self, client_ip: str) -> Check:
+        self.calls.append(("bare_check", client_ip))
+        return Check("")
+
+    async def failure(self, check: Check, *, counts_account: bool) -> list[object]:
+        self.calls.append(("failure", (check.account, counts_account)))
+        return []
+
+    def success_needs_write(self, check: Check, identity: str) -> bool:
+        return self.needs_write
+
+    async def success(self, check: Check, identity: str) -> None:
+        self.calls.append(("success", identity))
+
+
+@dataclass
+class FakeAuth:
+    resolution: Resolution = field(default_factory=lambda: Resolution(sasl.Verdict(ok=True, identity=USER)))
+    queries: list[sasl.CredentialQuery] = field(default_factory=list)
+    records: list[tuple[str, str, str]] = field(default_factory=list)
+
+    async def resolve_detailed(self, query: sasl.CredentialQuery, ctx: AuthContext) -> Resolution:
+        self.queries.append(query)
+        return self.resolution
+
+    def record(self, ctx: AuthContext, mechanism: str, username: str, result: str, reason: str) -> None:
+        self.records.append((username, result, reason))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    mechanism: str
+    result: str
+    username: str = USER
+    identity: str = ""
+    reason: str = ""
+
+
+@dataclass
+class World:
+    auth: FakeAuth = field(default_factory=FakeAuth)
+    guard: FakeGuard = field(default_factory=FakeGuard)
+    sleeps: list[float] = field(default_factory=list)
+    alive: bool = True
+
+    def login(self) -> LoginAttempts:
+        async def sleep(seconds: float) -> None:
+            self.sleeps.append(seconds)
+
+        return LoginAttempts(self.auth, self.guard, failure_floor=0.25, sleep=sleep)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def w() -> World:
+    return World()
+
+
+async def test_success_makes_the_principal_and_commits_before_the_reply(w: World) -> None:
+    w.auth.resolution = Resolution(sasl.Verdict(ok=True, identity=USER), app_password=PHONE)
+    attempt = w.login().begin(CTX)
+    assert await attempt.resolve(PLAIN) == sasl.Verdict(ok=True, identity=USER)
+    done = attempt.conclude(Outcome("PLAIN", "success", identity=USER))
+    assert done.result.principal == Principal(
+        USER, "PLAIN", app_password=AppPasswordUse(7, "phone", 5, 50)
+    )
+    assert w.auth.records == [(USER, "success", "app password 'phone'")]
+    assert done.pending is not None
+    assert ("success", USER) not in w.guard.calls  # not yet: the caller awaits it
+    await done.pending
+    assert w.guard.calls == [("check", USER), ("success", USER)]
+    assert w.sleeps == []  # no floor on success
+
+
+async def test_a_token_login_names_its_issuer(w: World) -> None:
+    w.auth.resolution = Resolution(
+        sasl.Verdict(ok=True, identity=USER), oauth_issuer="https://id.example.org"
+    )
+    attempt = w.login().begin(CTX)
+    await attempt.resolve(sasl.VerifyToken(USER, "tok", mechanism="OAUTHBEARER"))
+    result = await attempt.finish(Outcome("OAUTHBEARER", "success", identity=USER))
+    assert result.principal == Principal(USER, "OAUTHBEARER", oauth_issuer="https://id.example.org")
+    assert w.auth.records == [(USER, "success", "")]  # the log line is as before
+
+
+async def test_success_with_nothing_to_write_answers_at_once(w: World) -> None:
+    w.guard.needs_write = False
+    attempt = w.login().begin(CTX)
+    await attempt.resolve(PLAIN)
+    done = attempt.conclude(Outcome("PLAIN", "success", identity=USER))
+    assert done.pending is None and done.result.principal is not None
+
+
+async def test_wrong_secret_counts_toward_the_account_then_waits_the_floor(w: World) -> None:
+    w.auth.resolution = Resolution(sasl.Verdict(ok=False, reason="bad password"))
+    attempt = w.login().begin(CTX)
+    await attempt.resolve(PLAIN)
+    result = await attempt.finish(Outcome("PLAIN", "failure", reason="bad password"))
+    assert result.result == "failure" and result.principal is None
+    assert w.guard.calls == [("check", USER), ("failure", (USER, True))]
+    assert len(w.sleeps) == 1 and 0.25 <= w.sleeps[0] <= 0.375
+    assert w.auth.records == [(USER, "failure", "bad password")]
+
+
+async def test_a_refusal_that_did_not_depend_on_the_secret_counts_toward_the_address_only(
+    w: World,
+) -> None:
+    w.auth.resolution = Resolution(sasl.Verdict(ok=False, reason="access policy: x"), refusal=REFUSED_POLICY)
+    attempt = w.login().begin(CTX)
+    await attempt.resolve(PLAIN)
+    await attempt.finish(Outcome("PLAIN", "failure", reason="access policy: x"))
+    assert ("failure", (USER, False)) in w.guard.calls
+
+
+async def test_a_failure_before_any_account_was_named_counts_against_the_address(w: World) -> None:
+    attempt = w.login().begin(CTX)
+    await attempt.finish(Outcome("PLAIN", "failure", username="", reason="invalid base64"))
+    assert w.guard.calls == [("bare_check", CTX.client_ip), ("failure", ("", True))]
+    assert w.auth.queries == []
+
+
+@pytest.mark.parametrize(
+    ("query", "answer"),
+    [
+        (PLAIN, sasl.Verdict(ok=False, reason="address blocked", temporary=True)),
+        (SCRAM, sasl.NotFound(reason="address blocked", temporary=True)),
+    ],
+)
+async def test_the_guard_refuses_before_any_credential_work_and_is_not_counted_again(
+    w: World, query: sasl.CredentialQuery, answer: sasl.CredentialAnswer
+) -> None:
+    w.guard.refusal = Refusal("address", "address blocked")
+    w.guard.delay = 4.0
+    attempt = w.login().begin(CTX)
+    assert await attempt.resolve(query) == answer
+    assert w.auth.queries == []  # no hashing for a refused attempt
+    assert w.sleeps == [4.0]  # answered after the penalty
+    done = attempt.conclude(Outcome(query.mechanism, "tempfail", reason="address blocked"))
+    assert done.result.refusal == w.guard.refusal and done.pending is None
+    assert w.auth.records == [(USER, "tempfail", "blocked: address blocked")]
+    assert [c for c, _ in w.guard.calls] == ["check"]
+
+
+async def test_the_penalty_is_waited_before_the_credentials_are_checked(w: World) -> None:
+    w.guard.delay = 1.5
+    attempt = w.login().begin(CTX)
+    await attempt.resolve(PLAIN)
+    assert w.sleeps == [1.5] and w.auth.queries == [PLAIN]
+
+
+async def test_a_client_gone_during_the_penalty_costs_no_credential_check(w: World) -> None:
+    w.guard.delay = 1.5
+    login = w.login()
+
+    async def sleep(seconds: float) -> None:
+        w.alive = False  # the client hangs up while it waits
+
+    login.sleep = sleep
+    attempt = login.begin(CTX, alive=lambda: w.alive)
+    assert await attempt.resolve(PLAIN) is None
+    assert w.auth.queries == []
+
+
+async def test_scram_second_query_is_the_same_attempt(w: World) -> None:
+    attempt = w.login().begin(CTX)
+    await attempt.resolve(SCRAM)
+    await attempt.resolve(sasl.ConfirmIdentity(USER, mechanism="SCRAM-SHA-256"))
+    assert [c for c, _ in w.guard.calls] == ["check"]
+
+
+async def test_an_abandoned_decided_failure_is_counted_without_a_floor(w: World) -> None:
+    attempt = w.login().begin(CTX)
+    await attempt.resolve(SCRAM)
+    done = attempt.conclude(
+        Outcome("SCRAM-SHA-256", "failure", reason="invalid-proof (connection closed during AUTH)"),
+        answered=False,
+    )
+    assert w.auth.records == [(USER, "failure", "invalid-proof (connection closed during AUTH)")]
+    assert done.pending is not None
+    await done.pending
+    assert ("failure", (USER, True)) in w.guard.calls
+    assert w.sleeps == []
+
+
+async def test_cancelled_is_logged_and_neither_counted_nor_delayed(w: World) -> None:
+    attempt = w.login().begin(CTX)
+    done = attempt.conclude(Outcome("PLAIN", "cancelled", username="", reason="client cancelled"))
+    assert done.pending is None and done.result.result == "cancelled"
+    assert w.auth.records == [("", "cancelled", "client cancelled")]
+    assert w.guard.calls == []
+
+
+async def test_without_a_guard_a_failure_still_waits_the_floor() -> None:
+    auth, sleeps = FakeAuth(Resolution(sasl.Verdict(ok=False, reason="bad password"))), []
+
+    async def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+
+    login = LoginAttempts(auth, None, failure_floor=0.5, sleep=sleep)  # type: ignore[arg-type]
+    attempt = login.begin(CTX)
+    await attempt.resolve(PLAIN)
+    await attempt.finish(Outcome("PLAIN", "failure", reason="bad password"))
+    assert len(sleeps) == 1 and sleeps[0] >= 0.5

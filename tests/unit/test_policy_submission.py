@@ -1,0 +1,87 @@
+"""A session's sending policy from its principal: ownership, budgets, the app password's
+own counter, and the directory fault."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from smtpgate.auth.directory import StoreUnavailable
+from smtpgate.auth.principal import AppPasswordUse, Principal
+from smtpgate.auth.sender_profile import SenderProfile
+from smtpgate.config import LimitsConfig, PolicyConfig
+from smtpgate.policy.rates import RateLimiter
+from smtpgate.policy.sqlite_counters import SqliteRateCounters
+from smtpgate.policy.submission import Sending, needs_lookup
+from smtpgate.smtp import replies as R
+
+ALICE = "alice@example.org"
+PHONE = AppPasswordUse(9, "phone", max_messages_per_hour=1, max_recipients_per_hour=2)
+
+
+@dataclass
+class Profiles:
+    fail: bool = False
+    asked: list[str] = field(default_factory=list)
+
+    async def sender_profile(self, identity: str) -> SenderProfile:
+        self.asked.append(identity)
+        if self.fail:
+            raise StoreUnavailable("database is locked")
+        return SenderProfile(identity, aliases=frozenset({"info@example.org"}))
+
+
+@pytest.fixture
+async def rates(tmp_path: Path) -> AsyncIterator[RateLimiter]:
+    limiter = RateLimiter(SqliteRateCounters(tmp_path / "g.sqlite"),
+                          LimitsConfig(messages_per_hour=100, recipients_per_hour=100))
+    yield limiter
+    await limiter.close()
+
+
+def sending(profiles: Profiles, app: AppPasswordUse | None = None) -> Sending:
+    return Sending(Principal(ALICE, "PLAIN", app_password=app), profiles,
+                   session_id="s1", client_ip="192.0.2.7")
+
+
+async def test_ownership_is_checked_with_the_principals_profile_read_once() -> None:
+    profiles = Profiles()
+    s = sending(profiles)
+    policy = PolicyConfig()
+    assert await s.mail("info@example.org", policy, None) is None
+    assert await s.mail("mallory@example.org", policy, None) == R.SENDER_NOT_OWNED
+    assert await s.mail("", policy, None) is None  # the null sender, allowed by default
+    assert profiles.asked == [ALICE]
+    assert s.message(b"From: mallory@example.org\r\n\r\nx", policy) == R.FROM_NOT_OWNED
+    assert s.message(b"From: <alice@example.org>\r\n\r\nx", policy) is None
+    logged_only = PolicyConfig(sender_ownership="log")
+    assert await s.mail("mallory@example.org", logged_only, None) is None
+
+
+async def test_a_directory_fault_refuses_mail_for_now(caplog: pytest.LogCaptureFixture) -> None:
+    assert await sending(Profiles(fail=True)).mail(ALICE, PolicyConfig(), None) == R.INTERNAL_ERROR
+    assert "sending policy unavailable: database is locked" in caplog.text
+
+
+async def test_the_app_password_of_the_principal_has_its_own_budget(rates: RateLimiter) -> None:
+    s = sending(Profiles(), PHONE)
+    policy = PolicyConfig()
+    assert await s.mail(ALICE, policy, rates) is None
+    assert s.budget is not None and f"app:{PHONE.id}" in s.budget.keys
+    assert s.rcpt() is None and s.rcpt() is None
+    assert s.rcpt() == R.RECIPIENT_RATE_EXCEEDED  # the app password's 2 recipients
+    counting = s.count(rates, 2)
+    assert counting is not None
+    await counting
+    assert await s.mail(ALICE, policy, rates) == R.MESSAGE_RATE_EXCEEDED  # its 1 message
+    # The same account logged in with its password is not held by the app's counter.
+    assert await sending(Profiles()).mail(ALICE, policy, rates) is None
+
+
+def test_mail_needs_no_look_up_when_every_check_is_off() -> None:
+    off = PolicyConfig(sender_ownership="off", from_header="off")
+    assert not needs_lookup(off, None)
+    assert needs_lookup(PolicyConfig(), None)

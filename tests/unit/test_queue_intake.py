@@ -1,0 +1,67 @@
+"""The intake: Received header, envelope and spool hand-off from the session's principal."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from smtpgate.auth.principal import AppPasswordUse, Principal
+from smtpgate.queue.envelope import Envelope
+from smtpgate.queue.intake import Arrival, Intake, Message
+from smtpgate.queue.spool import SpoolError
+
+ALICE = Principal("alice@example.org", "PLAIN", app_password=AppPasswordUse(3, "phone"))
+MESSAGE = Message("alice@example.org", ("bob@example.net",), b"Subject: hi\r\n\r\nhi\r\n")
+
+
+@dataclass
+class FakeSpool:
+    fail: bool = False
+    stored: list[tuple[Envelope, bytes]] = field(default_factory=list)
+
+    async def store(self, envelope: Envelope, data: bytes) -> str:
+        if self.fail:
+            raise SpoolError("disk full")
+        self.stored.append((envelope, data))
+        return "Q1"
+
+
+def arrival(principal: Principal | None = ALICE) -> Arrival:
+    return Arrival("sess1", "submission", "192.0.2.7", "client.test", True, principal,
+                   "TLSv1.3", "TLS_AES_128_GCM_SHA256")
+
+
+async def test_the_principal_goes_into_the_received_header_and_the_envelope() -> None:
+    spool, stored = FakeSpool(), []
+    intake = Intake(spool, lambda: stored.append(True))  # type: ignore[arg-type]
+    reply = await intake.accept(MESSAGE, arrival(), hostname="mx.test")
+    assert reply.code == 250 and "queued as Q1" in reply.text
+    envelope, data = spool.stored[0]
+    assert envelope.auth_identity == "alice@example.org"
+    assert (envelope.mail_from, envelope.rcpt_to, envelope.listener) == (
+        "alice@example.org", ("bob@example.net",), "submission")
+    head = data.split(b"\r\n\r\n")[0].decode()
+    assert head.startswith("Received: from client.test ([192.0.2.7])")
+    assert "(Authenticated sender: alice@example.org)" in head
+    assert "with ESMTPSA id sess1" in head
+    assert data.endswith(MESSAGE.data)
+    assert stored == [True]  # the delivery worker was woken
+
+
+async def test_without_received_header_the_bytes_are_kept_as_they_came() -> None:
+    spool = FakeSpool()
+    await Intake(spool, lambda: None).accept(  # type: ignore[arg-type]
+        MESSAGE, arrival(None), hostname="mx.test", add_received=False)
+    envelope, data = spool.stored[0]
+    assert data == MESSAGE.data and envelope.auth_identity is None
+
+
+async def test_work_alongside_is_awaited_even_when_the_spool_fails() -> None:
+    done = []
+
+    async def count() -> None:
+        done.append(True)
+
+    intake = Intake(FakeSpool(fail=True), lambda: None)  # type: ignore[arg-type]
+    reply = await intake.accept(MESSAGE, arrival(), hostname="mx.test", alongside=count())
+    assert (reply.code, reply.enhanced) == (451, "4.3.0")
+    assert done == [True]

@@ -25,7 +25,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from smtpgate.auth.guard_store import ACCOUNT, ACCOUNT_NEW, THROTTLE
+from smtpgate.auth.guard_state import ACCOUNT, ACCOUNT_NEW, THROTTLE
 from smtpgate.auth.login import LoginAttempt, LoginResult, temporary_answer
 from smtpgate.auth.principal import Principal
 from smtpgate.auth.service import AuthContext

@@ -180,3 +180,28 @@ async def test_message_decision_that_raises_answers_451(
     assert spool.stored == []
     assert (await client.cmd("RSET")).startswith("250")
     assert (await client.cmd("QUIT")).startswith("221")
+
+
+async def test_decisions_answered_without_a_task_are_covered_too(
+    session: tuple[Client, FakeAuth, FakeSpool],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """RCPT and the end of AUTH are decided inline (no task): a fault there is
+    answered the same way."""
+    client, _, _ = session
+
+    def broken(*args: Any, **kw: Any) -> None:
+        raise RuntimeError("inline bug")
+
+    with monkeypatch.context() as m:
+        m.setattr(FakeAuth, "record", broken)
+        assert (await client.cmd(f"AUTH PLAIN {plain()}")).startswith("454 4.7.0")
+    assert (await client.cmd(f"AUTH PLAIN {plain()}")).startswith("235")
+    assert (await client.cmd("MAIL FROM:<alice@example.org>")).startswith("250")
+    with monkeypatch.context() as m:
+        m.setattr("smtpgate.policy.submission.Sending.rcpt", broken)
+        assert (await client.cmd("RCPT TO:<bob@example.net>")).startswith("451 4.3.0")
+    assert (await client.cmd("RCPT TO:<bob@example.net>")).startswith("250")
+    assert len(tracebacks(caplog, "inline bug")) == 2, caplog.text
+    assert (await client.cmd("QUIT")).startswith("221")

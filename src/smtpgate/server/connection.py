@@ -1,11 +1,9 @@
 """One client connection: moves bytes between the socket, TLS and the SMTP engine.
 
-It parses nothing and decides nothing: the engine words every reply, and its
-decision events go to `server/decisions.py`, which hands them to the login path,
-the sending policy and the intake. A decision that needs I/O runs in a task,
-during which the engine reads no command; one that raises is logged with its
-traceback and answered as a temporary failure, and the session goes on. Replies
-produced by one batch of input are written in one go.
+It decides nothing: the engine words every reply, `server/decisions.py` answers its
+decision events. One that needs I/O runs in a task, during which the engine reads
+no command; one that raises is logged with its traceback and answered as a
+temporary failure. Replies produced by one batch of input are written in one go.
 """
 
 from __future__ import annotations
@@ -13,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from typing import Any, TypeVar, cast
+from collections.abc import Callable
+from functools import partial
+from typing import Any, cast
 
 from smtpgate.server.decisions import Decisions, Peer, Pending
 from smtpgate.server.runtime import ListenerRuntime, ServerRuntime
@@ -23,10 +23,10 @@ from smtpgate.smtp.events import NEED_DATA, PAUSED, CloseConnection, StartTls
 from smtpgate.tls.session import TlsError, TlsServerSession
 
 log = logging.getLogger("smtpgate.session")
-T = TypeVar("T")
 
 #: Stop reading from a client that keeps sending while we wait on a decision.
 _PAUSE_READING_AT = 1 << 20
+_FAULT = "%s %s: unexpected error in a decision; answered as a temporary failure"
 
 
 class SmtpConnection(asyncio.Protocol):
@@ -40,7 +40,8 @@ class SmtpConnection(asyncio.Protocol):
         self.client_ip = ""
         self.client_port = 0
         self.session_id = secrets.token_hex(6)
-        self.decisions: Decisions | None = None
+        self.decisions = Decisions(runtime, Peer(self.session_id, listener.name, "", 0),
+                                   self.engine, alive=lambda: not self._closed)
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._last_activity = 0.0
@@ -56,12 +57,8 @@ class SmtpConnection(asyncio.Protocol):
         self.transport = tr = cast(asyncio.Transport, transport)
         peer = tr.get_extra_info("peername") or ("", 0)
         self.client_ip, self.client_port = str(peer[0]), int(peer[1])
-        self.decisions = Decisions(
-            self.rt,
-            Peer(self.session_id, self.listener.name, self.client_ip, self.client_port),
-            self.engine,
-            alive=lambda: not self._closed,
-        )
+        self.decisions.peer = Peer(self.session_id, self.listener.name, self.client_ip,
+                                   self.client_port)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s connect from %s:%s on listener %s", self.session_id,
                       self.client_ip, self.client_port, self.listener.name)
@@ -127,7 +124,7 @@ class SmtpConnection(asyncio.Protocol):
         # A client may read a SCRAM e=invalid-proof (or the OAUTHBEARER error) and
         # hang up before the 535: the attempt must still be logged (issue 3).
         abandoned = self.engine.abandon_auth("connection closed during AUTH")
-        if abandoned is not None and self.decisions is not None:
+        if abandoned is not None:
             self.decisions.abandoned(abandoned)
         if self._counted:
             self._counted = False
@@ -140,10 +137,8 @@ class SmtpConnection(asyncio.Protocol):
 
     def _pump(self) -> None:
         """Drain the engine's events; hand decisions that need I/O to a task."""
-        engine = self.engine
-        assert self.decisions is not None
         while not self._closed:
-            ev = engine.next_event()
+            ev = self.engine.next_event()
             if ev is NEED_DATA or ev is PAUSED:
                 break
             if isinstance(ev, StartTls):
@@ -153,34 +148,44 @@ class SmtpConnection(asyncio.Protocol):
                 self._flush()
                 self._close()
                 return
-            pending = self.decisions.handle(ev)
+            try:
+                pending = self.decisions.handle(ev)
+            except Exception:
+                log.exception(_FAULT, self.session_id, self.client_ip)
+                if not self._answer(partial(self.decisions.answer_fault, ev), resume=False):
+                    return
+                continue
             if pending is not None:
                 self._flush()
-                self._run(pending)
+                self._task = self._loop.create_task(self._decide(pending))
                 break
         self._flush()
 
-    def _run(self, pending: Pending[Any]) -> None:
-        self._task = self._loop.create_task(self._decide(pending))
-
-    async def _decide(self, pending: Pending[T]) -> None:
+    async def _decide(self, pending: Pending[Any]) -> None:
         """Run a decision and answer the engine with its result. One that raises is
-        answered with its ``fault`` and logged, so the engine is never left waiting."""
+        logged and answered as a temporary failure, so the engine never waits on it."""
         try:
             result = await pending.work
         except Exception:
-            log.exception("%s %s: unexpected error in a decision; answered as a temporary "
-                          "failure", self.session_id, self.client_ip)
-            result = pending.fault
-        if self._closed:
-            return
+            log.exception(_FAULT, self.session_id, self.client_ip)
+            answer = partial(self.decisions.answer_fault, pending.event)
+        else:
+            answer = partial(pending.answer, result)
+        if not self._closed:
+            self._answer(answer, resume=True)
+
+    def _answer(self, answer: Callable[[], None], *, resume: bool) -> bool:
+        """Hand an answer to the engine (and read on); False if that raised: closed."""
         try:
-            pending.answer(result)
-            self._resume()
+            answer()
+            if resume:
+                self._resume()
         except Exception:
             log.exception("%s %s: unexpected error; closing the session",
                           self.session_id, self.client_ip)
             self._abort()
+            return False
+        return True
 
     def _resume(self) -> None:
         self._task = None
@@ -208,13 +213,12 @@ class SmtpConnection(asyncio.Protocol):
         self._start_plus_fallback_look_up()
 
     def _start_plus_fallback_look_up(self) -> None:
-        assert self.decisions is not None
         pending = self.decisions.plus_fallback_look_up(self.listener.settings.mechanisms)
         if pending is not None:
-            self._run(pending)
+            self._task = self._loop.create_task(self._decide(pending))
 
     def _tls_up(self) -> None:
-        assert self.tls is not None and self.decisions is not None
+        assert self.tls is not None
         self.tls_ready = True
         info = TlsInfo(self.tls.version, self.tls.cipher, self.tls.channel_binding())
         if self.listener.implicit_tls:

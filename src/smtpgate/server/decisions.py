@@ -12,9 +12,10 @@ events mean and who answers them:
 - MessageReceived: the intake (`queue/intake.py`), answered once the message is
   durable.
 
-``handle(event)`` answers at once, or returns a `Pending`: the work, how its result
-answers the engine, and the answer if the work raises (451 4.3.0; 454 4.7.0
-during AUTH), so that no fault leaves the engine waiting.
+``handle(event)`` answers at once, or returns a `Pending`: the work and how its
+result answers the engine. If either raises, ``answer_fault(event)`` answers it as
+a temporary failure (451 4.3.0; 454 4.7.0 during AUTH), so that no fault leaves
+the engine waiting.
 """
 
 from __future__ import annotations
@@ -51,12 +52,12 @@ _REFUSAL_REPLIES = {
 
 @dataclass(frozen=True, slots=True)
 class Pending(Generic[T]):
-    """A decision that needs I/O: run ``work``, hand its result to ``answer``; if
-    ``work`` raises, hand ``fault`` instead."""
+    """A decision that needs I/O: run ``work``, hand its result to ``answer``."""
 
     work: Coroutine[Any, Any, T]
     answer: Callable[[T], None]
-    fault: T
+    #: The decision event it answers (None: the engine is not waiting on it).
+    event: object = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,18 +100,31 @@ class Decisions:
             engine.respond(self._sending.rcpt() if self._sending is not None else None)
         elif isinstance(ev, MailFrom):
             if needs_lookup(self.rt.policy, self.rt.rates):
-                return Pending(self._mail_from(ev), engine.respond, R.INTERNAL_ERROR)
+                return Pending(self._mail_from(ev), engine.respond, ev)
             engine.respond(None)
         elif isinstance(ev, MessageReceived):
-            return Pending(self._store(ev), engine.respond, R.QUEUE_FAILED)
+            return Pending(self._store(ev), engine.respond, ev)
         elif isinstance(ev, AuthQuery):
-            fault = temporary_answer(ev.query, "internal error")
-            return Pending(self._resolve(ev), self._auth_answer, fault)
+            return Pending(self._resolve(ev), self._auth_answer, ev)
         elif isinstance(ev, AuthFinished):
             return self._auth_finished(ev)
         else:
             raise TypeError(f"not a decision event: {type(ev).__name__}")
         return None
+
+    def answer_fault(self, ev: object) -> None:
+        """Answer ``ev``, whose decision raised, as a temporary failure. A pending
+        AuthQuery gets a temporary answer: the exchange ends as ``tempfail``, which
+        is logged and answered 454 4.7.0 like any backend fault."""
+        engine = self.engine
+        if isinstance(ev, AuthQuery):
+            engine.auth_answer(temporary_answer(ev.query, "internal error"))
+        elif isinstance(ev, AuthFinished):
+            engine.respond(R.AUTH_TEMPFAIL)
+        elif isinstance(ev, MessageReceived):
+            engine.respond(R.QUEUE_FAILED)
+        elif isinstance(ev, (MailFrom, RcptTo)):
+            engine.respond(R.INTERNAL_ERROR)
 
     def tls_started(self) -> None:
         """STARTTLS: the engine forgot the login (RFC 3207 §4.2); so do we."""
@@ -151,7 +165,7 @@ class Decisions:
             self.engine.respond(reply)
             return None
         work = self._auth_reply_after(done.result, reply, hint, done.pending)
-        return Pending(work, self.engine.respond, R.AUTH_TEMPFAIL)
+        return Pending(work, self.engine.respond, ev)
 
     async def _auth_reply_after(
         self,
@@ -233,7 +247,7 @@ class Decisions:
         until it is done (a task is pending), so the EHLO after TLS knows."""
         if self.rt.guard is None or not any(m.endswith("-PLUS") for m in mechanisms):
             return None
-        return Pending(self._look_up_plus_fallback(), lambda _: None, None)
+        return Pending(self._look_up_plus_fallback(), lambda _: None)
 
     async def _look_up_plus_fallback(self) -> None:
         assert self.rt.guard is not None

@@ -206,6 +206,10 @@ def test_certificate_dates(tmp_path: Path, kind: str, finding: str) -> None:
     for t in report["targets"]:
         # An expired certificate is one finding, not also "untrusted".
         assert ids(t) == {finding}, t
+    # serve starts on it (docs/cli.md) and names it at start-up.
+    wording = "expires on" if kind == "expiring" else "expired on"
+    assert "WARNING smtpgate[" in srv.log_text()
+    assert f"tls.cert: the certificate {wording}" in srv.log_text()
 
 
 def test_nothing_reachable_exits_3() -> None:

@@ -30,7 +30,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from smtpgate.auth.accounts import open_account_store
 from smtpgate.auth.authlog import AuthLog
@@ -65,6 +65,9 @@ from smtpgate.server.supervisor import (
 )
 from smtpgate.smtp.engine import EngineSettings
 from smtpgate.tls.session import ServerTlsContext, TlsConfigError
+
+if TYPE_CHECKING:
+    from smtpgate.preflight import Problem
 
 log = logging.getLogger("smtpgate")
 
@@ -119,13 +122,12 @@ def engine_settings(cfg: Config, listener: ListenerConfig, secret: bytes) -> Eng
     )
 
 
-def log_loosenings(cfg: Config) -> None:
-    """Principle 3: every loosening of a secure default is named at start-up (the
-    list is `smtpgate.preflight.loosenings`, which ``config check`` prints too)."""
-    from smtpgate.preflight import loosenings
-
-    for problem in loosenings(cfg):
-        log.warning("%s: %s", problem.key, problem.message)
+def log_warnings(found: list[Problem]) -> None:
+    """Principle 3: every loosening of a secure default, and every other warning
+    `config check` prints (a certificate expiring or expired), is named at start-up."""
+    for problem in found:
+        if problem.severity == "warning":
+            log.warning("%s: %s", problem.key, problem.message)
 
 
 def build_guard(cfg: Config) -> Guard:
@@ -210,11 +212,13 @@ def check_before_binding(cfg: Config) -> ServerTlsContext:
     """
     from smtpgate.preflight import errors, run_checks
 
-    problems = errors(run_checks(cfg))
+    found = run_checks(cfg)
+    problems = errors(found)
     if problems:
         first, *more = problems
         also = "".join(f"; also {p.key}: {p.message}" for p in more)
         raise StartupError(first.key, first.message + also)
+    log_warnings(found)
     try:
         tls = reloading.build_tls(cfg)
     except TlsConfigError as e:
@@ -522,7 +526,6 @@ def run(cfg: Config, config_path: Path | None = None) -> int:
         for sock in sockets:
             sock.close()
         raise StartupError("server.pid_file", f"cannot write {pid_path}: {e.strerror}") from None
-    log_loosenings(cfg)
     log.info("certificate: %s", tls.description)
     try:
         if cfg.server.effective_workers == 1:

@@ -130,15 +130,9 @@ class SqliteGuardStore(ThreadLocalSqlite):
     _too_new = GuardSchemaTooNew
 
     def __init__(self, path: Path) -> None:
-        self._open_file(path)
-        try:
-            with self._errors():
-                self._upgrade_schema(
-                    MIGRATIONS, datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-                )
-        except BaseException:
-            self.close()
-            raise
+        self._open_upgraded(
+            path, MIGRATIONS, datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        )
 
     def _configure(self, conn: sqlite3.Connection) -> None:
         conn.execute("PRAGMA synchronous = NORMAL")

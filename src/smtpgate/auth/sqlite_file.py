@@ -154,6 +154,19 @@ class ThreadLocalSqlite:
             raise
         conn.execute("COMMIT")
 
+    def _open_upgraded(
+        self, path: Path, migrations: Sequence[Sequence[str]], now: str
+    ) -> None:
+        """Open the file and bring its schema up to date; a failure closes what was
+        opened (the constructor of every store on this base)."""
+        self._open_file(path)
+        try:
+            with self._errors():
+                self._upgrade_schema(migrations, now)
+        except BaseException:
+            self.close()
+            raise
+
     def _upgrade_schema(self, migrations: Sequence[Sequence[str]], now: str) -> None:
         """Bring the file's schema up to ``len(migrations)``; see "Schema upgrades".
         ``now`` is recorded as the time each version was applied."""

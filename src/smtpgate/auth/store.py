@@ -648,13 +648,7 @@ class SqliteAccountStore(ThreadLocalSqlite):
         # Verification only (``verify_password``): a hash carries its own parameters.
         self._hasher = PasswordHasher(accounts_cfg)
         self._clock = clock
-        self._open_file(path)
-        try:
-            with self._errors():
-                self._upgrade_schema(MIGRATIONS, format_time(self._clock()))
-        except BaseException:
-            self.close()
-            raise
+        self._open_upgraded(path, MIGRATIONS, format_time(self._clock()))
 
     # --- plumbing ---------------------------------------------------------------
 

@@ -5,7 +5,7 @@ PYTHON  ?= python3
 BIN     := $(VENV)/bin
 VAR     ?= ./var
 # Debian packages the integration tests drive as real peers.
-DEB_PACKAGES := swaks gsasl msmtp curl openssl socat postfix dovecot-core fail2ban mutt neomutt samba-ad-dc
+DEB_PACKAGES := swaks gsasl msmtp curl openssl socat postfix dovecot-core fail2ban mutt neomutt postgresql samba-ad-dc
 
 .PHONY: run test venv test-venv debs lint typecheck bench clean docs
 

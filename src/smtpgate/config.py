@@ -239,12 +239,64 @@ class IssuerConfig(Model):
         return bool(self.jwks_url or self.jwks_file)
 
 
+class PostgresConfig(Model):
+    """``[accounts.postgresql]``: the PostgreSQL account backend (docs/directories.md)."""
+
+    dsn: str = Field(
+        default="",
+        description="libpq connection string or URI of the account database, e.g. "
+        "'postgresql://smtpgate@127.0.0.1:5432/smtpgate'. Never with a password in it: "
+        "use password_file, or the DSN's passfile (~/.pgpass format).",
+    )
+    password_file: Path | None = Field(
+        default=None,
+        description="File holding the database password (one line; keep it mode 0600). "
+        "Empty: libpq's own ways (passfile, peer or certificate authentication).",
+    )
+    pool_size: int = Field(
+        default=4, ge=1, le=100,
+        description="Connections each server process keeps open at most.",
+    )
+    timeout: float = Field(
+        default=5.0, gt=0, le=60,
+        description="Seconds a login waits for a database connection before it is "
+        "answered 454 4.7.0 (temporary failure), never 535.",
+    )
+
+    @field_validator("dsn")
+    @classmethod
+    def _no_inline_password(cls, v: str) -> str:
+        if not v:
+            return v
+        from psycopg import conninfo  # libpq's own parser: URIs and key=value strings
+
+        try:
+            params = conninfo.conninfo_to_dict(v)
+        except Exception as e:  # psycopg.ProgrammingError: an unparseable string
+            raise ValueError(f"not a PostgreSQL connection string: {e}") from None
+        if params.get("password"):
+            raise ValueError(
+                "holds a password; remove it and put the password in "
+                "[accounts.postgresql].password_file (or the DSN's passfile)"
+            )
+        return v
+
+    @field_validator("password_file", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: object) -> object:
+        return None if v == "" else v
+
+
 class AccountsConfig(Model):
-    backend: Literal["sqlite"] = Field(
+    backend: Literal["sqlite", "postgresql"] = Field(
         default="sqlite",
-        description="Where accounts are kept: 'sqlite' (the file [accounts].database), the "
-        "only backend so far. Every server process and `smtpgate user ...` command opens "
-        "the one named here.",
+        description="Where accounts are kept: 'sqlite' (the file [accounts].database) or "
+        "'postgresql' ([accounts.postgresql]; docs/directories.md). Every server process "
+        "and `smtpgate user ...` command opens the one named here.",
+    )
+    postgresql: PostgresConfig = Field(
+        default_factory=PostgresConfig,
+        description="The PostgreSQL backend (used when backend = 'postgresql').",
     )
     database: Path = Field(default=Path("accounts.sqlite"), description="SQLite account database.")
     argon2_time_cost: int = Field(default=3, ge=1, description="Argon2id passes.")
@@ -262,6 +314,12 @@ class AccountsConfig(Model):
     hash_threads: int = Field(
         default=2, ge=1, description="Worker threads for password hashing, off the event loop."
     )
+
+    @model_validator(mode="after")
+    def _backend_settings(self) -> AccountsConfig:
+        if self.backend == "postgresql" and not self.postgresql.dsn:
+            raise ValueError('backend = "postgresql" needs [accounts.postgresql].dsn')
+        return self
 
 
 class AuthConfig(Model):

@@ -415,6 +415,8 @@ def check_account_database(cfg: Config) -> list[Problem]:
     """Opens (read-only) and has a schema this version of smtpgate knows."""
     from smtpgate.auth.store import SCHEMA_VERSION
 
+    if cfg.accounts.backend != "sqlite":
+        return []  # a server, not a file: serve checks it when it opens it
     key, path = "accounts.database", cfg.path(cfg.accounts.database)
     out, exists = _database_file(key, path, "account database")
     if not exists:

@@ -31,11 +31,13 @@ from smtpgate.admin import (
     RestrictListeners,
     RestrictNetworks,
 )
+from smtpgate.auth import postgres_store
+from smtpgate.auth.admin_store import AccountStore
 from smtpgate.auth.credentials import CRAM_MD5
 from smtpgate.auth.directory import Account, AccountDirectory, AppPassword, StoreUnavailable
 from smtpgate.auth.names import lookup_key
 from smtpgate.auth.store import AuditActor, SqliteAccountStore
-from smtpgate.config import AccountsConfig
+from smtpgate.config import AccountsConfig, PostgresConfig
 
 CFG = AccountsConfig(
     argon2_memory_kib=8192, argon2_time_cost=1, argon2_parallelism=1, scram_iterations=4096
@@ -128,7 +130,7 @@ class SqliteHarness:
     def __init__(self, tmp_path: Path) -> None:
         self._path = tmp_path / "accounts.sqlite"
         self._admin = AccountAdmin(SqliteAccountStore(self._path, CFG), CFG, actor=ACTOR)
-        self._opened: list[SqliteAccountStore] = []
+        self._opened: list[AccountStore] = []
         for a in SEED:
             self._load(a)
 
@@ -153,7 +155,7 @@ class SqliteHarness:
         admin.change_limits(a.name, rates)
         if a.locked:
             admin.lock(a.name, a.locked)
-        store = SqliteAccountStore(self._path, CFG)
+        store = self._new_store()
         try:
             with store.transaction(ACTOR) as w:  # known secrets, for the suite to try
                 for p in a.app_passwords:
@@ -164,8 +166,11 @@ class SqliteHarness:
         finally:
             store.close()
 
+    def _new_store(self) -> AccountStore:
+        return SqliteAccountStore(self._path, CFG)
+
     def open(self) -> AccountDirectory:
-        store = SqliteAccountStore(self._path, CFG)
+        store = self._new_store()
         self._opened.append(store)
         return store
 
@@ -179,6 +184,30 @@ class SqliteHarness:
         for s in self._opened:
             s.close()
         self._admin.close()
+
+
+# --- PostgreSQL: a database of its own on the tests' server, loaded the same way --------
+
+
+class PostgresHarness(SqliteHarness):
+    name = "postgresql"
+
+    def __init__(self, tmp_path: Path) -> None:
+        from tests.postgres_server import shared_cluster
+
+        cluster = shared_cluster()
+        self._pg = PostgresConfig(
+            dsn=cluster.create_database(), password_file=cluster.write_password_file(tmp_path),
+            timeout=2,
+        )
+        postgres_store.migrate(self._pg)
+        self._admin = AccountAdmin(self._new_store(), CFG, actor=ACTOR)
+        self._opened = []
+        for a in SEED:
+            self._load(a)
+
+    def _new_store(self) -> AccountStore:
+        return postgres_store.PostgresAccountStore(self._pg, CFG)
 
 
 # --- bind-only: a test double of a directory that keeps passwords ---------------------
@@ -331,4 +360,8 @@ class BindOnlyHarness:
         pass
 
 
-HARNESSES = {"sqlite": SqliteHarness, "bind-only": BindOnlyHarness}
+HARNESSES = {
+    "sqlite": SqliteHarness,
+    "postgresql": PostgresHarness,
+    "bind-only": BindOnlyHarness,
+}

@@ -9,11 +9,12 @@ a branch here, and passes ``tests/contract``; nothing else changes.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import assert_never
 
 from smtpgate.auth.admin_store import AccountStore
 from smtpgate.auth.store import SqliteAccountStore
-from smtpgate.config import Config
+from smtpgate.config import Config, PostgresConfig
 
 
 def open_account_store(cfg: Config) -> AccountStore:
@@ -26,4 +27,64 @@ def open_account_store(cfg: Config) -> AccountStore:
     backend = cfg.accounts.backend
     if backend == "sqlite":
         return SqliteAccountStore(cfg.path(cfg.accounts.database), cfg.accounts)
+    if backend == "postgresql":
+        from smtpgate.auth.postgres_store import PostgresAccountStore
+
+        return PostgresAccountStore(_postgres(cfg), cfg.accounts)
+    assert_never(backend)
+
+
+def _postgres(cfg: Config) -> PostgresConfig:
+    """``[accounts.postgresql]`` with its password file resolved against the config."""
+    pg = cfg.accounts.postgresql
+    if pg.password_file is None:
+        return pg
+    return pg.model_copy(update={"password_file": cfg.path(pg.password_file)})
+
+
+def accounts_key(cfg: Config) -> str:
+    """The config key that names where ``cfg``'s accounts are (for error messages)."""
+    backend = cfg.accounts.backend
+    if backend == "sqlite":
+        return "accounts.database"
+    if backend == "postgresql":
+        return "accounts.postgresql.dsn"
+    assert_never(backend)
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """What ``migrate_accounts`` did: where, and the schema version before and after."""
+
+    where: str
+    before: int
+    after: int
+
+
+def migrate_accounts(cfg: Config) -> Migration:
+    """Bring the account backend's schema up to date (``smtpgate db migrate``).
+
+    SQLite upgrades itself when opened (after copying the old file aside,
+    ``auth/sqlite_file.py``), so this opens it; PostgreSQL is only ever
+    migrated here (``auth/postgres_store.py``: a shared database changes when its
+    administrator says so).
+
+    Raises:
+        StoreUnavailable: the backend cannot be reached, or the migration failed
+            (nothing was applied).
+    """
+    backend = cfg.accounts.backend
+    if backend == "sqlite":
+        from smtpgate.auth.sqlite_file import schema_version_of
+
+        path = cfg.path(cfg.accounts.database)
+        before = schema_version_of(path) if path.exists() else 0
+        SqliteAccountStore(path, cfg.accounts).close()
+        return Migration(str(path), before, schema_version_of(path))
+    if backend == "postgresql":
+        from smtpgate.auth import postgres_store
+
+        pg = _postgres(cfg)
+        before, after = postgres_store.migrate(pg)
+        return Migration(postgres_store.where(pg), before, after)
     assert_never(backend)

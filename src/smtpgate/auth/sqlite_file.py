@@ -86,6 +86,23 @@ def backup_database(source: Path, dest: Path) -> None:
         raise
 
 
+def schema_version_of(path: Path) -> int:
+    """The schema version recorded in the SQLite file ``path`` (0: none), read-only.
+
+    Raises:
+        sqlite3.Error: it cannot be read as an SQLite database.
+    """
+    conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, timeout=BUSY_TIMEOUT)
+    try:
+        if conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+        ).fetchone() is None:
+            return 0
+        return int(conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0])
+    finally:
+        conn.close()
+
+
 class ThreadLocalSqlite:
     """Base of a store on one SQLite file; subclasses set the class attributes and
     may extend ``_configure`` for per-connection pragmas."""

@@ -1,4 +1,5 @@
-"""``smtpgate db backup``: consistent copies of the SQLite databases, server running or not.
+"""``smtpgate db backup``: consistent copies of the SQLite databases, server running or not;
+``smtpgate db migrate``: bring the schemas up to date (the only way for PostgreSQL).
 
 The copies go through SQLite's online backup API, not ``cp``: a file copied
 while a worker writes may be torn, and ``cp`` of the main file alone misses
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import click
 
-from smtpgate.auth.sqlite_file import backup_database
+from smtpgate.auth.sqlite_file import backup_database, schema_version_of
 from smtpgate.cli.common import NotFound, OperationalError, config_option, get_config
 
 
@@ -82,6 +83,52 @@ def backup(dest_dir: Path | None, config_path: Path | None) -> None:
 def _size(path: Path) -> str:
     n = os.stat(path).st_size
     return f"{n / 1024:.0f} KiB" if n >= 1024 else f"{n} bytes"
+
+
+@db.command("migrate")
+@config_option
+def migrate(config_path: Path | None) -> None:
+    """Bring the account database's schema (and the guard database's) up to date.
+
+    PostgreSQL is migrated only by this command: `serve` and `smtpgate user ...`
+    refuse a database whose schema is older, saying to run it. Each migration is
+    one transaction; running it again, or on several hosts at once, is harmless.
+    SQLite files upgrade themselves when opened (after copying the old file
+    aside); this command does that now, explicitly."""
+    from smtpgate.auth.accounts import migrate_accounts
+    from smtpgate.auth.directory import StoreError
+    from smtpgate.auth.guard_store import GuardStoreError, SqliteGuardStore
+    from smtpgate.auth.sqlite_file import NewerSchema
+
+    cfg = get_config(config_path)
+    try:
+        done = migrate_accounts(cfg)
+    except StoreError as e:
+        hint = (
+            NewerSchema.hint if isinstance(e, NewerSchema)
+            else "check [accounts] in the config (docs/directories.md)"
+        )
+        raise OperationalError(str(e), hint) from None
+    except sqlite3.Error as e:
+        raise OperationalError(f"account database: {e}") from None
+    click.echo(f"account database: {done.where}: {_outcome(done.before, done.after)}")
+    guard = cfg.path(cfg.guard.database)
+    if not guard.parent.is_dir():
+        return
+    try:
+        before = schema_version_of(guard) if guard.exists() else 0
+        SqliteGuardStore(guard).close()
+        after = schema_version_of(guard)
+    except (GuardStoreError, sqlite3.Error) as e:
+        hint = NewerSchema.hint if isinstance(e, NewerSchema) else ""
+        raise OperationalError(f"guard database: {e}", hint) from None
+    click.echo(f"guard database: {guard}: {_outcome(before, after)}")
+
+
+def _outcome(before: int, after: int) -> str:
+    if before == after:
+        return f"schema v{after}, up to date"
+    return f"schema v{before} -> v{after}, migrated"
 
 
 COMMANDS: list[click.Command] = [db]

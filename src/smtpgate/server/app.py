@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from smtpgate.auth.accounts import open_account_store
+from smtpgate.auth.accounts import accounts_key, open_account_store
 from smtpgate.auth.authlog import AuthLog
 from smtpgate.auth.decoy import load_decoy_secret
 from smtpgate.auth.directory import StoreError
@@ -226,7 +226,8 @@ def check_before_binding(cfg: Config) -> ServerTlsContext:
     try:
         open_account_store(cfg).close()
     except StoreError as e:
-        raise StartupError("accounts.database", str(e)) from None
+        # A backend's error may name its own key (a password file, say).
+        raise StartupError(getattr(e, "key", None) or accounts_key(cfg), str(e)) from None
     try:
         SqliteGuardStore(cfg.path(cfg.guard.database)).close()
     except GuardStoreError as e:

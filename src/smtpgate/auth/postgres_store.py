@@ -1,0 +1,952 @@
+"""Account store on PostgreSQL: the same accounts as the SQLite store, in a server
+several smtpgate hosts can share.
+
+Theory of operation
+-------------------
+``PostgresAccountStore`` implements ``AccountDirectory`` (what logins read) and
+``AccountAdminStore`` (what ``smtpgate user ...`` writes through, one database
+transaction per admin operation, each change with its admin-log row), with the
+tables, columns and rules of ``auth/store.py`` in PostgreSQL's native types
+(``timestamptz``, ``boolean``, ``jsonb``). ``auth/accounts.py`` opens it when
+``[accounts].backend`` is "postgresql".
+
+Choices, with reasons:
+
+- **psycopg 3 with its synchronous ``ConnectionPool``**, not asyncpg: the
+  directory and admin interfaces are synchronous (the auth service calls them
+  from its worker threads, the CLI from its one thread), so a thread-safe pool
+  fits them as they are; asyncpg would need an event loop per thread or a
+  bridge back into the server's loop for every look-up. psycopg is the
+  maintained libpq binding, and libpq gives every connection option (TLS,
+  passfile, service files) for free.
+- Connections run in autocommit; writes open an explicit transaction, and a
+  unique violation inside one is caught in a savepoint so the transaction
+  can still raise the store's own error (``AccountExists``, ``AliasTaken``).
+- Each connection is checked when taken from the pool (one round trip): after
+  the server restarts, the pool's old connections are dead, and handing one out
+  would turn the first login after the restart into a 454.
+- The server down or unreachable: taking a connection waits at most
+  ``[accounts.postgresql].timeout`` seconds, then ``StoreUnavailable`` (454
+  4.7.0, never 535) with the cause libpq gives. The pool keeps retrying in the
+  background (with backoff, given up and restarted every ``_RECONNECT`` seconds
+  so that it never sleeps long), so logins recover by themselves.
+- **Migrations are explicit.** Opening never changes the schema: a database
+  older than this version (or empty) is refused with a message that says to run
+  ``smtpgate db migrate``, which applies the missing versions in one
+  transaction under an advisory lock (two at once cannot both apply one). A
+  shared database upgraded silently by whichever host restarts first would
+  surprise the others; a database administrator decides when.
+- The password never sits in the DSN (config validation refuses one there); it
+  is read from ``password_file`` when the store opens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from psycopg import conninfo, errors
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
+
+from smtpgate.auth.admin_store import (
+    AccountExists,
+    AdminLogEntry,
+    AliasTaken,
+    AuditActor,
+    NoSuchAccount,
+)
+from smtpgate.auth.credentials import ARGON2ID, CRAM_MD5
+from smtpgate.auth.directory import Account, AppPassword, StoreUnavailable
+from smtpgate.auth.names import lookup_key
+from smtpgate.auth.passwords import PasswordHasher, StoredHashError
+from smtpgate.auth.sqlite_file import NewerSchema
+from smtpgate.config import AccountsConfig, PostgresConfig
+
+log = logging.getLogger("smtpgate.auth.postgres")
+
+Row = dict[str, Any]
+
+#: Seconds the pool retries a lost connection before starting its backoff over.
+_RECONNECT = 10.0
+#: pg_advisory_xact_lock key held by ``migrate`` ("smtpgate" in ASCII, truncated).
+_MIGRATE_LOCK = 0x736D747067617465
+
+
+class SchemaNotMigrated(StoreUnavailable):
+    """The database's schema is older than this version (or absent): run
+    ``smtpgate db migrate``. Nothing was changed."""
+
+    hint = "run `smtpgate db migrate` (docs/directories.md, \"PostgreSQL\")"
+
+
+class PasswordFileUnreadable(StoreUnavailable):
+    """The database password file cannot be read."""
+
+    key = "accounts.postgresql.password_file"
+
+
+class PostgresSchemaTooNew(StoreUnavailable, NewerSchema):
+    """The database was migrated by a newer smtpgate; it is left untouched."""
+
+
+# Each migration is a list of statements applied in one transaction; its version
+# is its index + 1. Never edit a released migration: append a new one.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE accounts (
+            name text PRIMARY KEY,
+            created timestamptz NOT NULL,
+            updated timestamptz NOT NULL,
+            generation bigint NOT NULL DEFAULT 0,
+            locked boolean NOT NULL DEFAULT false,
+            lock_reason text,
+            locked_at timestamptz,
+            password_changed timestamptz,
+            last_login timestamptz,
+            last_mechanism text,
+            allowed_mechanisms jsonb,
+            cram_md5_enabled boolean NOT NULL DEFAULT false,
+            allowed_networks jsonb,
+            allowed_listeners jsonb,
+            require_oauth boolean NOT NULL DEFAULT false,
+            password_max_age_days double precision,
+            password_expires timestamptz,
+            max_messages_per_hour integer,
+            max_recipients_per_hour integer
+        )""",
+        """CREATE TABLE credentials (
+            account text NOT NULL REFERENCES accounts(name)
+                ON DELETE CASCADE ON UPDATE CASCADE,
+            scheme text NOT NULL,
+            data text NOT NULL,
+            created timestamptz NOT NULL,
+            PRIMARY KEY (account, scheme)
+        )""",
+        """CREATE TABLE aliases (
+            address text PRIMARY KEY,
+            account text NOT NULL REFERENCES accounts(name)
+                ON DELETE CASCADE ON UPDATE CASCADE,
+            created timestamptz NOT NULL
+        )""",
+        "CREATE INDEX aliases_account ON aliases (account)",
+        """CREATE TABLE granted_domains (
+            account text NOT NULL REFERENCES accounts(name)
+                ON DELETE CASCADE ON UPDATE CASCADE,
+            domain text NOT NULL,
+            created timestamptz NOT NULL,
+            PRIMARY KEY (account, domain)
+        )""",
+        """CREATE TABLE app_passwords (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            account text NOT NULL REFERENCES accounts(name)
+                ON DELETE CASCADE ON UPDATE CASCADE,
+            name text NOT NULL,
+            salt text NOT NULL,
+            digest text NOT NULL,
+            created timestamptz NOT NULL,
+            expires timestamptz,
+            networks jsonb,
+            mechanisms jsonb,
+            max_messages_per_hour integer,
+            max_recipients_per_hour integer,
+            last_used timestamptz,
+            last_address text,
+            UNIQUE (account, name)
+        )""",
+        """CREATE TABLE admin_log (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            time timestamptz NOT NULL,
+            os_user text NOT NULL,
+            command text NOT NULL,
+            action text NOT NULL,
+            target text NOT NULL,
+            details jsonb NOT NULL
+        )""",
+        "CREATE INDEX admin_log_time ON admin_log (time)",
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_ACCOUNT_COLUMNS = """a.*, (SELECT string_agg(c.scheme, ' ') FROM credentials c
+    WHERE c.account = a.name) AS schemes"""
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _utc(t: datetime | None) -> datetime | None:
+    return None if t is None else t.astimezone(UTC)
+
+
+def _key(name: str) -> str:
+    """``lookup_key``, made storable: PostgreSQL text holds no NUL and only valid
+    UTF-8, and no account name has either, so such a name becomes "", which
+    matches no account (as every other malformed name)."""
+    key = lookup_key(name)
+    if "\x00" in key:
+        return ""
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        return ""
+    return key
+
+
+def _row_to_account(r: Row) -> Account:
+    allowed, listeners, nets = r["allowed_mechanisms"], r["allowed_listeners"], r["allowed_networks"]
+    return Account(
+        name=r["name"],
+        created=r["created"].astimezone(UTC),
+        updated=r["updated"].astimezone(UTC),
+        generation=r["generation"],
+        locked=r["locked"],
+        lock_reason=r["lock_reason"],
+        locked_at=_utc(r["locked_at"]),
+        password_changed=_utc(r["password_changed"]),
+        last_login=_utc(r["last_login"]),
+        last_mechanism=r["last_mechanism"],
+        allowed_mechanisms=None if allowed is None else frozenset(allowed),
+        cram_md5_enabled=r["cram_md5_enabled"],
+        schemes=frozenset((r["schemes"] or "").split()),
+        allowed_networks=None if nets is None else tuple(nets),
+        allowed_listeners=None if listeners is None else frozenset(listeners),
+        require_oauth=r["require_oauth"],
+        password_max_age_days=r["password_max_age_days"],
+        password_expires=_utc(r["password_expires"]),
+        max_messages_per_hour=r["max_messages_per_hour"],
+        max_recipients_per_hour=r["max_recipients_per_hour"],
+    )
+
+
+def _row_to_app_password(r: Row) -> AppPassword:
+    nets, mechs = r["networks"], r["mechanisms"]
+    return AppPassword(
+        id=r["id"],
+        account=r["account"],
+        name=r["name"],
+        created=r["created"].astimezone(UTC),
+        expires=_utc(r["expires"]),
+        networks=None if nets is None else tuple(nets),
+        mechanisms=None if mechs is None else frozenset(mechs),
+        max_messages_per_hour=r["max_messages_per_hour"],
+        max_recipients_per_hour=r["max_recipients_per_hour"],
+        last_used=_utc(r["last_used"]),
+        last_address=r["last_address"],
+    )
+
+
+def _app_digest(salt: str, password: str) -> str:
+    return hmac.new(
+        bytes.fromhex(salt), password.encode("utf-8", "surrogatepass"), hashlib.sha256
+    ).hexdigest()
+
+
+def _jsonb(items: Collection[str] | None) -> Jsonb | None:
+    return None if items is None else Jsonb(sorted(set(items)))
+
+
+def _details(details: Mapping[str, object]) -> Jsonb:
+    return Jsonb(dict(details), dumps=lambda o: json.dumps(o, sort_keys=True, default=str))
+
+
+def _read_account(c: psycopg.Connection[Row], name: str) -> Account | None:
+    row = c.execute(
+        f"SELECT {_ACCOUNT_COLUMNS} FROM accounts a WHERE a.name = %s", (_key(name),)
+    ).fetchone()
+    return None if row is None else _row_to_account(row)
+
+
+def _insert_credentials(
+    c: psycopg.Connection[Row], name: str, creds: Mapping[str, str], now: datetime
+) -> None:
+    if not creds:
+        return
+    with c.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO credentials (account, scheme, data, created) VALUES (%s, %s, %s, %s) "
+            "ON CONFLICT (account, scheme) DO UPDATE SET data = EXCLUDED.data, "
+            "created = EXCLUDED.created",
+            [(name, scheme, data, now) for scheme, data in creds.items()],
+        )
+
+
+def where(pg: PostgresConfig) -> str:
+    """The database named by the DSN, for messages (never a password)."""
+    try:
+        p = conninfo.conninfo_to_dict(pg.dsn)
+    except psycopg.Error:
+        return "PostgreSQL database"
+    host = p.get("host") or p.get("hostaddr") or "local socket"
+    port = f":{p['port']}" if p.get("port") else ""
+    return f"PostgreSQL database {p.get('dbname') or p.get('user') or '(default)'} on {host}{port}"
+
+
+def connection_kwargs(pg: PostgresConfig) -> dict[str, Any]:
+    """libpq options besides the DSN: the password from its file (a path already
+    resolved against the config's directory), a connect timeout.
+
+    Raises:
+        StoreUnavailable: the password file cannot be read (naming its key).
+    """
+    kwargs: dict[str, Any] = {
+        "connect_timeout": max(1, int(pg.timeout)),
+        "application_name": "smtpgate",
+        "autocommit": True,
+    }
+    if pg.password_file is not None:
+        path = pg.password_file
+        try:
+            kwargs["password"] = path.read_text().strip("\r\n")
+        except OSError as e:
+            raise PasswordFileUnreadable(
+                f"[accounts.postgresql].password_file: cannot read {path}: {e.strerror}"
+            ) from None
+    return kwargs
+
+
+def _version(c: psycopg.Connection[Row]) -> int:
+    exists = c.execute("SELECT to_regclass('schema_version') IS NOT NULL AS e").fetchone()
+    if exists is None or not exists["e"]:
+        return 0
+    row = c.execute("SELECT COALESCE(MAX(version), 0) AS v FROM schema_version").fetchone()
+    return 0 if row is None else int(row["v"])
+
+
+def _connect(pg: PostgresConfig) -> psycopg.Connection[Row]:
+    try:
+        return psycopg.connect(pg.dsn, row_factory=dict_row, **connection_kwargs(pg))
+    except psycopg.Error as e:
+        raise StoreUnavailable(f"{where(pg)}: {str(e).strip()}") from None
+
+
+def _check_version(label: str, current: int) -> None:
+    if current > SCHEMA_VERSION:
+        raise PostgresSchemaTooNew(
+            f"{label}: this database was migrated by a newer smtpgate (schema v{current}, "
+            f"this version knows up to v{SCHEMA_VERSION})"
+        )
+
+
+def schema_version(pg: PostgresConfig) -> int:
+    """The database's schema version (0: none yet)."""
+    with _connect(pg) as c:
+        try:
+            return _version(c)
+        except psycopg.Error as e:
+            raise StoreUnavailable(f"{where(pg)}: {str(e).strip()}") from None
+
+
+def migrate(
+    pg: PostgresConfig, *, clock: Callable[[], datetime] = _utcnow
+) -> tuple[int, int]:
+    """Apply the missing migrations in one transaction; (version before, version after).
+
+    Raises:
+        StoreUnavailable: the server cannot be reached, or a statement failed
+            (nothing was applied).
+        PostgresSchemaTooNew: the database is newer than this version.
+    """
+    label = where(pg)
+    with _connect(pg) as c:
+        try:
+            with c.transaction():
+                c.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATE_LOCK,))
+                current = _version(c)
+                _check_version(label, current)
+                c.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_version ("
+                    "version integer PRIMARY KEY, applied timestamptz NOT NULL)"
+                )
+                for version in range(current + 1, SCHEMA_VERSION + 1):
+                    for statement in MIGRATIONS[version - 1]:
+                        c.execute(statement)
+                    c.execute(
+                        "INSERT INTO schema_version (version, applied) VALUES (%s, %s)",
+                        (version, clock()),
+                    )
+        except psycopg.Error as e:
+            raise StoreUnavailable(f"{label}: migration failed: {str(e).strip()}") from None
+    if current < SCHEMA_VERSION:
+        log.warning("%s: schema migrated from v%d to v%d", label, current, SCHEMA_VERSION)
+    return current, SCHEMA_VERSION
+
+
+class _PgWriter:
+    """``AccountWriter`` on one open PostgreSQL transaction."""
+
+    def __init__(self, c: psycopg.Connection[Row], actor: AuditActor, now: datetime) -> None:
+        self._c = c
+        self._actor = actor
+        self._now = now
+
+    # --- plumbing ---------------------------------------------------------------------
+
+    def _audit(self, action: str, target: str, details: Mapping[str, object]) -> None:
+        self._c.execute(
+            "INSERT INTO admin_log (time, os_user, command, action, target, details) "
+            "VALUES (%s, %s, %s, %s, %s, %s)",
+            (self._now, self._actor.os_user, self._actor.command, action, target,
+             _details(details)),
+        )
+
+    def _existing(self, name: str) -> str:
+        key = _key(name)
+        if self._c.execute(
+            "SELECT 1 FROM accounts WHERE name = %s FOR UPDATE", (key,)
+        ).fetchone() is None:
+            raise NoSuchAccount(f"no account {name}")
+        return key
+
+    def _update(
+        self, name: str, assignments: Mapping[str, object], action: str,
+        details: Mapping[str, object],
+    ) -> None:
+        key = _key(name)
+        cols = ", ".join(f"{col} = %s" for col in assignments)
+        cur = self._c.execute(
+            f"UPDATE accounts SET {cols}, updated = %s, generation = generation + 1 "
+            "WHERE name = %s",
+            (*assignments.values(), self._now, key),
+        )
+        if cur.rowcount == 0:
+            raise NoSuchAccount(f"no account {name}")
+        self._audit(action, key, details)
+
+    # --- reads ------------------------------------------------------------------------
+
+    def get_account(self, name: str) -> Account | None:
+        return _read_account(self._c, name)
+
+    def app_password(self, name: str, app_name: str) -> AppPassword | None:
+        row = self._c.execute(
+            "SELECT * FROM app_passwords WHERE account = %s AND name = %s",
+            (_key(name), app_name),
+        ).fetchone()
+        return None if row is None else _row_to_app_password(row)
+
+    # --- accounts and their secrets ---------------------------------------------------
+
+    def create_account(
+        self,
+        name: str,
+        creds: Mapping[str, str],
+        *,
+        cram_md5_enabled: bool = False,
+        allowed_mechanisms: Collection[str] | None = None,
+    ) -> None:
+        key = _key(name)
+        wanted = dict(creds)
+        if not cram_md5_enabled:
+            wanted.pop(CRAM_MD5, None)
+        try:
+            with self._c.transaction():
+                self._c.execute(
+                    "INSERT INTO accounts (name, created, updated, password_changed, "
+                    "allowed_mechanisms, cram_md5_enabled) VALUES (%s, %s, %s, %s, %s, %s)",
+                    (key, self._now, self._now, self._now if wanted else None,
+                     _jsonb(allowed_mechanisms), cram_md5_enabled),
+                )
+        except errors.UniqueViolation:
+            raise AccountExists(f"account {key} already exists") from None
+        _insert_credentials(self._c, key, wanted, self._now)
+        self._audit("account created", key, {
+            "password": "set" if wanted else "none",
+            "cram_md5": cram_md5_enabled,
+            "mechanisms": None if allowed_mechanisms is None else sorted(set(allowed_mechanisms)),
+        })
+
+    def remove_account(self, name: str) -> None:
+        key = self._existing(name)
+        self._c.execute("DELETE FROM accounts WHERE name = %s", (key,))
+        self._audit("account removed", key, {})
+
+    def replace_credentials(self, name: str, creds: Mapping[str, str]) -> None:
+        key = _key(name)
+        row = self._c.execute(
+            "SELECT cram_md5_enabled FROM accounts WHERE name = %s FOR UPDATE", (key,)
+        ).fetchone()
+        if row is None:
+            raise NoSuchAccount(f"no account {name}")
+        wanted = dict(creds)
+        if not row["cram_md5_enabled"]:
+            wanted.pop(CRAM_MD5, None)
+        self._c.execute("DELETE FROM credentials WHERE account = %s", (key,))
+        _insert_credentials(self._c, key, wanted, self._now)
+        self._c.execute(
+            "UPDATE accounts SET generation = generation + 1, updated = %s, "
+            "password_changed = %s, password_expires = NULL WHERE name = %s",
+            (self._now, self._now, key),
+        )
+        self._audit("password changed", key, {"password": "changed"})
+
+    def lock(self, name: str, reason: str) -> None:
+        key = _key(name)
+        cur = self._c.execute(
+            "UPDATE accounts SET locked = true, lock_reason = %s, "
+            "locked_at = CASE WHEN locked THEN locked_at ELSE %s END, "
+            "generation = generation + 1, updated = %s WHERE name = %s",
+            (reason, self._now, self._now, key),
+        )
+        if cur.rowcount == 0:
+            raise NoSuchAccount(f"no account {name}")
+        self._audit("account locked", key, {"reason": reason})
+
+    def unlock(self, name: str) -> bool:
+        key = _key(name)
+        row = self._c.execute(
+            "SELECT locked FROM accounts WHERE name = %s FOR UPDATE", (key,)
+        ).fetchone()
+        if row is None:
+            raise NoSuchAccount(f"no account {name}")
+        if not row["locked"]:
+            return False
+        self._c.execute(
+            "UPDATE accounts SET locked = false, lock_reason = NULL, locked_at = NULL, "
+            "generation = generation + 1, updated = %s WHERE name = %s",
+            (self._now, key),
+        )
+        self._audit("account unlocked", key, {})
+        return True
+
+    # --- mechanism policy -------------------------------------------------------------
+
+    def set_allowed_mechanisms(self, name: str, mechanisms: Collection[str] | None) -> None:
+        key = _key(name)
+        cur = self._c.execute(
+            "UPDATE accounts SET allowed_mechanisms = %s, updated = %s WHERE name = %s",
+            (_jsonb(mechanisms), self._now, key),
+        )
+        if cur.rowcount == 0:
+            raise NoSuchAccount(f"no account {name}")
+        self._audit("mechanisms changed", key, {
+            "mechanisms": None if mechanisms is None else sorted(set(mechanisms))
+        })
+
+    def _set_cram_md5(self, name: str, enabled: bool) -> str:
+        key = _key(name)
+        cur = self._c.execute(
+            "UPDATE accounts SET cram_md5_enabled = %s, updated = %s WHERE name = %s",
+            (enabled, self._now, key),
+        )
+        if cur.rowcount == 0:
+            raise NoSuchAccount(f"no account {name}")
+        self._audit("cram-md5 setting changed", key, {"enabled": enabled})
+        return key
+
+    def enable_cram_md5(self, name: str, secret: str | None = None) -> None:
+        key = self._set_cram_md5(name, True)
+        if secret is not None:
+            _insert_credentials(self._c, key, {CRAM_MD5: secret}, self._now)
+
+    def disable_cram_md5(self, name: str) -> None:
+        key = self._set_cram_md5(name, False)
+        self._c.execute(
+            "DELETE FROM credentials WHERE account = %s AND scheme = %s", (key, CRAM_MD5)
+        )
+
+    # --- conditional access -----------------------------------------------------------
+
+    def restrict_networks(self, name: str, networks: Sequence[str]) -> None:
+        self._update(name, {"allowed_networks": Jsonb(list(networks))},
+                     "access changed", {"networks": list(networks)})
+
+    def allow_any_network(self, name: str) -> None:
+        self._update(name, {"allowed_networks": None}, "access changed", {"networks": None})
+
+    def restrict_listeners(self, name: str, listeners: Collection[str]) -> None:
+        names = sorted(set(listeners))
+        self._update(name, {"allowed_listeners": Jsonb(names)},
+                     "access changed", {"listeners": names})
+
+    def allow_any_listener(self, name: str) -> None:
+        self._update(name, {"allowed_listeners": None}, "access changed", {"listeners": None})
+
+    def set_require_oauth(self, name: str, required: bool) -> None:
+        self._update(name, {"require_oauth": required},
+                     "access changed", {"require_oauth": required})
+
+    # --- sending rates ----------------------------------------------------------------
+
+    def set_message_rate(self, name: str, per_hour: int | None) -> None:
+        self._update(name, {"max_messages_per_hour": per_hour},
+                     "rate limits changed", {"max_messages_per_hour": per_hour})
+
+    def set_recipient_rate(self, name: str, per_hour: int | None) -> None:
+        self._update(name, {"max_recipients_per_hour": per_hour},
+                     "rate limits changed", {"max_recipients_per_hour": per_hour})
+
+    # --- password age -----------------------------------------------------------------
+
+    def set_password_max_age(self, name: str, days: float | None) -> None:
+        self._update(name, {"password_max_age_days": days},
+                     "password max age changed", {"days": days})
+
+    def schedule_password_expiry(self, name: str, when: datetime | None) -> None:
+        stamp = None if when is None else when.astimezone(UTC)
+        self._update(name, {"password_expires": stamp}, "password expiry scheduled",
+                     {"expires": None if stamp is None else stamp.isoformat()})
+
+    # --- sender ownership -------------------------------------------------------------
+
+    def add_alias(self, name: str, alias: str) -> bool:
+        key = self._existing(name)
+        if self._c.execute("SELECT 1 FROM accounts WHERE name = %s", (alias,)).fetchone():
+            raise AliasTaken(f"{alias} is an account of its own")
+        row = self._c.execute(
+            "SELECT account FROM aliases WHERE address = %s", (alias,)
+        ).fetchone()
+        if row is not None:
+            if row["account"] == key:
+                return False
+            raise AliasTaken(f"{alias} is already an alias of {row['account']}")
+        try:
+            with self._c.transaction():
+                self._c.execute(
+                    "INSERT INTO aliases (address, account, created) VALUES (%s, %s, %s)",
+                    (alias, key, self._now),
+                )
+        except errors.UniqueViolation:  # another transaction took it meanwhile
+            raise AliasTaken(f"{alias} is already an alias of another account") from None
+        self._audit("alias added", key, {"alias": alias})
+        return True
+
+    def remove_alias(self, name: str, alias: str) -> bool:
+        key = self._existing(name)
+        n = self._c.execute(
+            "DELETE FROM aliases WHERE address = %s AND account = %s", (alias, key)
+        ).rowcount
+        if n:
+            self._audit("alias removed", key, {"alias": alias})
+        return bool(n)
+
+    def grant_domain(self, name: str, domain: str) -> bool:
+        key = self._existing(name)
+        n = self._c.execute(
+            "INSERT INTO granted_domains (account, domain, created) VALUES (%s, %s, %s) "
+            "ON CONFLICT DO NOTHING",
+            (key, domain, self._now),
+        ).rowcount
+        if n:
+            self._audit("domain granted", key, {"domain": domain})
+        return bool(n)
+
+    def revoke_domain(self, name: str, domain: str) -> bool:
+        key = self._existing(name)
+        n = self._c.execute(
+            "DELETE FROM granted_domains WHERE account = %s AND domain = %s", (key, domain)
+        ).rowcount
+        if n:
+            self._audit("domain revoked", key, {"domain": domain})
+        return bool(n)
+
+    # --- app passwords ----------------------------------------------------------------
+
+    def add_app_password(
+        self,
+        name: str,
+        app_name: str,
+        secret: str,
+        *,
+        expires: datetime | None = None,
+        networks: Sequence[str] | None = None,
+        mechanisms: Collection[str] | None = None,
+        max_messages_per_hour: int | None = None,
+        max_recipients_per_hour: int | None = None,
+    ) -> AppPassword:
+        key = self._existing(name)
+        salt = secrets.token_hex(16)
+        nets = None if networks is None else list(networks)
+        mechs = None if mechanisms is None else sorted(set(mechanisms))
+        try:
+            with self._c.transaction():
+                row = self._c.execute(
+                    "INSERT INTO app_passwords (account, name, salt, digest, created, expires, "
+                    "networks, mechanisms, max_messages_per_hour, max_recipients_per_hour) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING *",
+                    (
+                        key, app_name, salt, _app_digest(salt, secret), self._now, expires,
+                        None if nets is None else Jsonb(nets),
+                        None if mechs is None else Jsonb(mechs),
+                        max_messages_per_hour, max_recipients_per_hour,
+                    ),
+                ).fetchone()
+        except errors.UniqueViolation:
+            raise AccountExists(f"{key} already has an app password named {app_name!r}") from None
+        assert row is not None
+        record = _row_to_app_password(row)
+        self._audit("app password added", key, {
+            "name": app_name,
+            "expires": None if record.expires is None else record.expires.isoformat(),
+            "networks": nets,
+            "mechanisms": mechs,
+            "max_messages_per_hour": max_messages_per_hour,
+            "max_recipients_per_hour": max_recipients_per_hour,
+        })
+        return record
+
+    def revoke_app_password(self, name: str, app_name: str) -> bool:
+        key = self._existing(name)
+        n = self._c.execute(
+            "DELETE FROM app_passwords WHERE account = %s AND name = %s", (key, app_name)
+        ).rowcount
+        if n:
+            self._audit("app password revoked", key, {"name": app_name})
+        return bool(n)
+
+    def expire_app_password(
+        self, name: str, app_name: str, when: datetime, *, rename_to: str | None = None
+    ) -> bool:
+        key = _key(name)
+        row = self._c.execute(
+            "SELECT expires FROM app_passwords WHERE account = %s AND name = %s FOR UPDATE",
+            (key, app_name),
+        ).fetchone()
+        if row is None:
+            return False
+        old = row["expires"]
+        expires = when if old is None or old > when else old
+        try:
+            with self._c.transaction():
+                self._c.execute(
+                    "UPDATE app_passwords SET expires = %s, name = %s "
+                    "WHERE account = %s AND name = %s",
+                    (expires, rename_to or app_name, key, app_name),
+                )
+        except errors.UniqueViolation:
+            raise AccountExists(f"{key} already has an app password named {rename_to!r}") from None
+        self._audit("app password expiry scheduled", key, {
+            "name": app_name, "renamed": rename_to,
+            "expires": expires.astimezone(UTC).isoformat(),
+        })
+        return True
+
+    # --- changes made elsewhere -------------------------------------------------------
+
+    def record(self, action: str, target: str, details: Mapping[str, object]) -> None:
+        self._audit(action, target, details)
+
+
+class PostgresAccountStore:
+    """``AccountStore`` (both sides) on a PostgreSQL database, through a pool.
+
+    Opening connects once (so a wrong DSN, password or an unmigrated database is
+    reported at once, with libpq's reason) and starts the pool.
+
+    Raises:
+        StoreUnavailable: the server cannot be reached or refuses the login.
+        SchemaNotMigrated: the schema is missing or older (``smtpgate db migrate``).
+        PostgresSchemaTooNew: the schema is newer than this version knows.
+    """
+
+    #: It holds Argon2id hashes; the auth service verifies them.
+    verifies_passwords = False
+
+    def __init__(
+        self,
+        pg: PostgresConfig,
+        accounts_cfg: AccountsConfig,
+        *,
+        clock: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        self._hasher = PasswordHasher(accounts_cfg)
+        self._clock = clock
+        self._pg = pg
+        self._label = where(pg)
+        kwargs = connection_kwargs(pg)
+        current = schema_version(pg)
+        _check_version(self._label, current)
+        if current < SCHEMA_VERSION:
+            raise SchemaNotMigrated(
+                f"{self._label}: the schema is v{current}, this smtpgate needs "
+                f"v{SCHEMA_VERSION}; run `smtpgate db migrate` first"
+            )
+        self._pool: ConnectionPool[psycopg.Connection[Row]] = ConnectionPool(
+            pg.dsn,
+            connection_class=psycopg.Connection[Row],
+            kwargs={**kwargs, "row_factory": dict_row},
+            min_size=1,
+            max_size=pg.pool_size,
+            timeout=pg.timeout,
+            reconnect_timeout=_RECONNECT,
+            check=ConnectionPool.check_connection,
+            name="smtpgate-accounts",
+            open=False,
+        )
+        self._pool.open(wait=False)
+
+    # --- plumbing -------------------------------------------------------------------
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Map driver and pool errors to StoreUnavailable, with the cause."""
+        try:
+            yield
+        except PoolTimeout:
+            raise StoreUnavailable(
+                f"{self._label}: no connection within {self._pg.timeout:g}s ({self._cause()})"
+            ) from None
+        except PoolClosed:
+            raise StoreUnavailable(f"{self._label}: store is closed") from None
+        except psycopg.Error as e:
+            raise StoreUnavailable(f"{self._label}: {str(e).strip()}") from None
+
+    def _cause(self) -> str:
+        """Why the pool has no connection: one direct attempt, for the log."""
+        try:
+            with _connect(self._pg):
+                return "the server answers again"
+        except StoreUnavailable as e:
+            return str(e).removeprefix(f"{self._label}: ")
+
+    @contextmanager
+    def _conn(self) -> Iterator[psycopg.Connection[Row]]:
+        with self._errors(), self._pool.connection() as c:
+            yield c
+
+    @contextmanager
+    def _tx(self) -> Iterator[psycopg.Connection[Row]]:
+        with self._conn() as c, c.transaction():
+            yield c
+
+    # --- admin side -----------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self, actor: AuditActor) -> Iterator[_PgWriter]:
+        with self._tx() as c:
+            yield _PgWriter(c, actor, self._clock())
+
+    def get_account(self, name: str) -> Account | None:
+        with self._conn() as c:
+            return _read_account(c, name)
+
+    def list_accounts(self) -> list[Account]:
+        with self._conn() as c:
+            rows = c.execute(f"SELECT {_ACCOUNT_COLUMNS} FROM accounts a ORDER BY a.name")
+            return [_row_to_account(r) for r in rows]
+
+    def get_credential(self, name: str, scheme: str) -> str | None:
+        with self._conn() as c:
+            row = c.execute(
+                "SELECT data FROM credentials WHERE account = %s AND scheme = %s",
+                (_key(name), scheme),
+            ).fetchone()
+        return None if row is None else str(row["data"])
+
+    def verify_password(self, name: str, password: str) -> bool:
+        encoded = self.get_credential(name, ARGON2ID)
+        if encoded is None:
+            return False
+        try:
+            return self._hasher.verify(encoded, password)
+        except StoredHashError as e:
+            raise StoreUnavailable(f"{self._label}: account {name}: {e}") from e
+
+    def aliases(self, name: str) -> list[str]:
+        with self._conn() as c:
+            rows = c.execute(
+                "SELECT address FROM aliases WHERE account = %s ORDER BY address",
+                (_key(name),),
+            ).fetchall()
+        return [r["address"] for r in rows]
+
+    def granted_domains(self, name: str) -> list[str]:
+        with self._conn() as c:
+            rows = c.execute(
+                "SELECT domain FROM granted_domains WHERE account = %s ORDER BY domain",
+                (_key(name),),
+            ).fetchall()
+        return [r["domain"] for r in rows]
+
+    def app_passwords(self, name: str | None = None) -> list[AppPassword]:
+        with self._conn() as c:
+            if name is None:
+                rows = c.execute("SELECT * FROM app_passwords ORDER BY account, name").fetchall()
+            else:
+                rows = c.execute(
+                    "SELECT * FROM app_passwords WHERE account = %s ORDER BY name",
+                    (_key(name),),
+                ).fetchall()
+        return [_row_to_app_password(r) for r in rows]
+
+    def match_app_password(self, name: str, password: str) -> AppPassword | None:
+        """Constant-time per comparison."""
+        with self._conn() as c:
+            rows = c.execute(
+                "SELECT * FROM app_passwords WHERE account = %s", (_key(name),)
+            ).fetchall()
+        found = None
+        for r in rows:  # no early exit: every row costs the same
+            if hmac.compare_digest(_app_digest(r["salt"], password), r["digest"]):
+                found = r
+        return None if found is None else _row_to_app_password(found)
+
+    def admin_log(
+        self, *, since: datetime | None = None, target: str | None = None, limit: int = 1000
+    ) -> list[AdminLogEntry]:
+        where_sql: list[str] = []
+        args: list[object] = []
+        if since is not None:
+            where_sql.append("time >= %s")
+            args.append(since)
+        if target is not None:
+            where_sql.append("target = %s")
+            args.append(target)
+        clause = f"WHERE {' AND '.join(where_sql)}" if where_sql else ""
+        with self._conn() as c:
+            rows = c.execute(
+                f"SELECT * FROM (SELECT id, time, os_user, command, action, target, details "
+                f"FROM admin_log {clause} ORDER BY id DESC LIMIT %s) AS newest ORDER BY id",
+                (*args, limit),
+            ).fetchall()
+        return [
+            AdminLogEntry(r["id"], r["time"].astimezone(UTC), r["os_user"], r["command"],
+                          r["action"], r["target"], r["details"])
+            for r in rows
+        ]
+
+    # --- directory side: bookkeeping made by logins (not audited) -------------------
+
+    def put_credentials(self, name: str, creds: Mapping[str, str], *, generation: int) -> bool:
+        key = _key(name)
+        with self._tx() as c:
+            row = c.execute(
+                "SELECT generation, cram_md5_enabled FROM accounts WHERE name = %s FOR UPDATE",
+                (key,),
+            ).fetchone()
+            if row is None or row["generation"] != generation:
+                return False
+            wanted = dict(creds)
+            if not row["cram_md5_enabled"]:
+                wanted.pop(CRAM_MD5, None)
+            _insert_credentials(c, key, wanted, self._clock())
+            return True
+
+    def record_login(self, name: str, mechanism: str, when: datetime) -> None:
+        with self._conn() as c:
+            c.execute(
+                "UPDATE accounts SET last_login = %s, last_mechanism = %s "
+                "WHERE name = %s AND (last_login IS NULL OR last_login <= %s)",
+                (when, mechanism.upper(), _key(name), when),
+            )
+
+    def record_app_password_use(self, app_id: int, when: datetime, address: str) -> None:
+        with self._conn() as c:
+            c.execute(
+                "UPDATE app_passwords SET last_used = %s, last_address = %s "
+                "WHERE id = %s AND (last_used IS NULL OR last_used <= %s)",
+                (when, address, app_id, when),
+            )
+
+    def close(self) -> None:
+        self._pool.close()

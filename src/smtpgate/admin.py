@@ -37,7 +37,7 @@ import sys
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Protocol, Self
@@ -62,6 +62,7 @@ from smtpgate.auth.credentials import (
 from smtpgate.auth.directory import Account, AppPassword
 from smtpgate.auth.guard_state import Block
 from smtpgate.auth.guard_store import SqliteGuardStore
+from smtpgate.auth.imports import ImportEntry
 from smtpgate.auth.names import canonical_name, lookup_key
 from smtpgate.auth.passwords import PasswordHasher, check_new_password
 from smtpgate.config import AccountsConfig, Config, PasswordsConfig
@@ -624,6 +625,77 @@ class AccountAdmin:
             )
             w.schedule_password_expiry(name, deadline)
         return Rotation(record, secret, "the account password", deadline)
+
+    # --- migration (``smtpgate user import``) ------------------------------------------
+
+    def import_accounts(
+        self,
+        entries: Sequence[ImportEntry],
+        *,
+        source: str,
+        update: bool = False,
+        cram_md5_enabled: bool = False,
+        dry_run: bool = False,
+    ) -> ImportResult:
+        """Create the accounts of ``entries`` (read by ``auth/imports.py``), all in
+        one transaction: every good entry, or, if anything fails, none.
+
+        A plaintext password is hashed here (Argon2id, SCRAM keys) and never stored;
+        the password policy does not apply (these are the users' current passwords).
+        An existing account is skipped, or with ``update`` gets the imported secrets
+        in place of its own. ``dry_run``: decide the same, hash and write nothing.
+        """
+        if not dry_run:
+            entries = [replace(e, credentials=self._import_secrets(e, cram_md5_enabled))
+                       for e in entries]
+        created: list[ImportEntry] = []
+        updated: list[ImportEntry] = []
+        skipped: list[tuple[ImportEntry, str]] = []
+
+        def sort(e: ImportEntry, exists: bool) -> bool:
+            """Into its list; True if it is to be written."""
+            if exists and not update:
+                skipped.append((e, "account exists (use --update to replace its password)"))
+                return False
+            (updated if exists else created).append(e)
+            return True
+
+        if dry_run:
+            for e in entries:
+                sort(e, self._store.get_account(e.name) is not None)
+            return ImportResult(tuple(created), tuple(updated), tuple(skipped))
+        with self._tx() as w:
+            for e in entries:
+                exists = w.get_account(e.name) is not None
+                if not sort(e, exists):
+                    continue
+                creds = e.credentials or {}
+                if exists:
+                    w.replace_credentials(e.name, creds)
+                else:
+                    w.create_account(e.name, creds, cram_md5_enabled=cram_md5_enabled)
+                w.record("account imported", e.name, {
+                    "source": source, "scheme": e.scheme, "line": e.line,
+                })
+        return ImportResult(tuple(created), tuple(updated), tuple(skipped))
+
+    def _import_secrets(self, e: ImportEntry, cram_md5_enabled: bool) -> dict[str, str]:
+        """The credential rows of one entry (slow for a plaintext one: Argon2id)."""
+        if e.password is None:
+            return dict(e.credentials or {})
+        # strict=False: a password SASLprep refuses still works with PLAIN/LOGIN.
+        return derive(e.password, wanted_schemes(cram_md5_enabled), self._cfg, self._hasher,
+                      strict=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ImportResult:
+    """What ``import_accounts`` did (or, in a dry run, would do)."""
+
+    created: tuple[ImportEntry, ...]
+    updated: tuple[ImportEntry, ...]
+    #: Entries left alone, and why.
+    skipped: tuple[tuple[ImportEntry, str], ...]
 
 
 def open_admin(cfg: Config, actor: AuditActor) -> AccountAdmin:

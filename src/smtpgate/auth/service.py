@@ -49,6 +49,11 @@ good PLAIN/LOGIN password it derives the secrets the account lacks (SCRAM keys,
 the opted-in CRAM-MD5 secret, an Argon2id hash with current parameters; never
 a hash for a bind-only directory) and hands them to ``put_credentials``: the
 directory stores secrets, the service derives them (``auth/directory.py``).
+An account imported from Dovecot or Cyrus (``smtpgate user import``) may hold
+a ``legacy`` hash instead of an Argon2id one: it is verified with
+``legacy_hashes.verify`` (not cached before it verifies, not coalesced: a
+one-off per account), and the upgrade above then stores an Argon2id hash and
+the SCRAM keys, which replace it.
 
 Ownership: the service takes over ``directory`` and ``log``; ``close()`` drains
 the pending writes and closes both.
@@ -67,6 +72,7 @@ from functools import partial
 from typing import Protocol, TypeVar, TypeVarTuple, runtime_checkable
 
 from smtpgate import mechanism_facts
+from smtpgate.auth import legacy_hashes
 from smtpgate.auth.accounts import open_account_store
 from smtpgate.auth.authlog import AuthLog
 from smtpgate.auth.cache import CredentialCache
@@ -82,6 +88,7 @@ from smtpgate.auth.credentials import (
     wanted_schemes,
 )
 from smtpgate.auth.directory import Account, AccountDirectory, AppPassword, StoreError
+from smtpgate.auth.legacy_hashes import LEGACY
 from smtpgate.auth.names import lookup_key
 from smtpgate.auth.networks import in_networks, parse_ip, parse_networks
 from smtpgate.auth.passwords import PasswordHasher, StoredHashError
@@ -439,7 +446,11 @@ class AuthService:
             app = await self._read(self._directory.match_app_password, account.name, q.password)
             if app is not None:
                 return self._app_login(account, app, mechanism, ctx)
-        if encoded is None and not self._directory.verifies_passwords:
+        legacy = None
+        if encoded is None and LEGACY in account.schemes:
+            # An imported hash (``legacy_hashes``), until this login upgrades it.
+            legacy = await self._read(self._directory.get_credential, account.name, LEGACY)
+        if encoded is None and legacy is None and not self._directory.verifies_passwords:
             await self._burn(q.password)
             return Resolution(Verdict(ok=False, reason=NO_PASSWORD))
         if expired := self._expired(account):
@@ -449,10 +460,16 @@ class AuthService:
             self.stats.cache_hits += 1
         else:
             self.stats.cache_misses += 1
-            if not await self._check_password(account, encoded, q.password):
+            if legacy is not None:
+                self.stats.hash_verifications += 1
+                ok = await self._hash(legacy_hashes.verify, legacy, q.password)
+            else:
+                ok = await self._check_password(account, encoded, q.password)
+            if not ok:
                 return Resolution(Verdict(ok=False, reason=BAD_PASSWORD))
             self._cache.put(account.name, q.password, account.generation)
-            self._maybe_upgrade(account, q.password, encoded)
+            # A legacy string is never a current Argon2id hash: an upgrade follows.
+            self._maybe_upgrade(account, q.password, encoded if legacy is None else legacy)
         self._record_login(account, mechanism)
         return Resolution(Verdict(ok=True, identity=account.name))
 

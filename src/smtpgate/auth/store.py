@@ -57,6 +57,7 @@ from smtpgate.auth.admin_store import (
 )
 from smtpgate.auth.credentials import ARGON2ID, CRAM_MD5
 from smtpgate.auth.directory import Account, AppPassword, StoreError, StoreUnavailable
+from smtpgate.auth.legacy_hashes import LEGACY
 from smtpgate.auth.names import lookup_key
 from smtpgate.auth.passwords import PasswordHasher, StoredHashError
 from smtpgate.auth.sqlite_file import NewerSchema, ThreadLocalSqlite
@@ -797,6 +798,12 @@ class SqliteAccountStore(ThreadLocalSqlite):
             if not row[1]:
                 wanted.pop(CRAM_MD5, None)  # the opt-in is checked here, at the source
             _insert_credentials(c, key, wanted, self._now())
+            if ARGON2ID in wanted:
+                # An imported hash (``auth/legacy_hashes.py``) is replaced by the
+                # Argon2id one made from the same password at its first login.
+                c.execute(
+                    "DELETE FROM credentials WHERE account = ? AND scheme = ?", (key, LEGACY)
+                )
             return True
 
     def record_login(self, name: str, mechanism: str, when: datetime) -> None:

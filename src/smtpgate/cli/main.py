@@ -19,6 +19,7 @@ from smtpgate.cli import (
     serve_cmd,
     tester_cmd,
     user_cmd,
+    user_import_cmd,
     user_policy_cmd,
     user_sasl_cmd,
 )
@@ -31,9 +32,9 @@ def cli() -> None:
     """smtpgate: authenticated SMTP submission server."""
 
 
-# user_sasl_cmd and user_policy_cmd add subcommands to the `user` group on import,
+# user_sasl_cmd, user_policy_cmd and user_import_cmd add subcommands to the `user` group on import,
 # config_show_cmd to the `config` group.
-_ = (user_sasl_cmd, user_policy_cmd, config_show_cmd)
+_ = (user_sasl_cmd, user_policy_cmd, user_import_cmd, config_show_cmd)
 cli.add_command(init_cmd.init)
 cli.add_command(serve_cmd.serve)
 cli.add_command(config_cmd.config)

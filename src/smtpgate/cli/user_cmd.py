@@ -28,6 +28,7 @@ from rich.table import Table
 
 from smtpgate.auth.admin_store import AccountExists
 from smtpgate.auth.directory import Account
+from smtpgate.auth.legacy_hashes import LEGACY
 from smtpgate.cli.common import (
     USER,
     OperationalError,
@@ -169,6 +170,8 @@ def account_json(a: Account, max_age_days: float) -> dict[str, object]:
         "allowed_mechanisms": None if a.allowed_mechanisms is None else sorted(a.allowed_mechanisms),
         "password_changed": t(a.password_changed),
         "password_expires": t(a.password_expiry(max_age_days)),
+        # Imported (``user import``), not logged in since: the old server's hash.
+        "legacy_hash": LEGACY in a.schemes,
     }
 
 
@@ -183,6 +186,7 @@ def _accounts_table(accounts: list[Account], max_age_days: float = 0) -> Table:
     table.add_column("mechanisms allowed", overflow="fold")
     table.add_column("password age", no_wrap=True)
     table.add_column("password expires", no_wrap=True)
+    table.add_column("legacy hash", no_wrap=True)
     for a in accounts:
         locked = (
             f"yes: {a.lock_reason}" if a.locked and a.lock_reason else "yes" if a.locked else "no"
@@ -201,6 +205,8 @@ def _accounts_table(accounts: list[Account], max_age_days: float = 0) -> Table:
             allowed,
             password_age(a),
             password_expiry(a, max_age_days),
+            # Imported; upgraded to Argon2id at the account's first login.
+            "yes (until first login)" if LEGACY in a.schemes else "no",
         )
     return table
 

@@ -84,8 +84,8 @@ ALICE = ADUser(
 BOB = ADUser("bob", "bob@example.org", "Bob-Pass-Word-2!", mail="bob@example.org", disabled=True)
 #: carol: member of Mail Users only through Staff (nested).
 CAROL = ADUser("carol", "carol@example.org", "Carol-Pass-Word-3!", mail="carol@example.org")
-#: dave: in no group.
-DAVE = ADUser("dave", "dave@example.org", "Dave-Pass-Word-4!", mail="dave@example.org")
+#: dave: in no group; a mail address other than his UPN, and no proxyAddresses.
+DAVE = ADUser("dave", "dave@example.org", "Dave-Pass-Word-4!", mail="d.mail@example.org")
 USERS = (ALICE, BOB, CAROL, DAVE)
 
 
@@ -242,14 +242,8 @@ class SambaAD:
         """An ldap3 connection bound as the domain Administrator over verified LDAPS."""
         tls = ldap3.Tls(ca_certs_file=str(self.ca_file), validate=ssl.CERT_REQUIRED)
         server = ldap3.Server(self.address, port=636, use_ssl=True, tls=tls, connect_timeout=5)
-        conn = ldap3.Connection(
-            server, f"CN=Administrator,{USERS_DN}", ADMIN_PASSWORD,
-            auto_bind=True, receive_timeout=10, raise_exceptions=True,
-        )
-        try:
+        with bound(server, f"CN=Administrator,{USERS_DN}", ADMIN_PASSWORD) as conn:
             yield conn
-        finally:
-            conn.unbind()
 
     def load(self) -> None:
         """The service account, `USERS`, and Mail Users > Staff > carol (+ alice direct)."""
@@ -284,6 +278,22 @@ class SambaAD:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+
+
+@contextlib.contextmanager
+def bound(server: ldap3.Server, dn: str, password: str) -> Iterator[ldap3.Connection]:
+    """A connection bound as ``dn`` (exceptions on failure); its socket is closed after,
+    also when the bind fails."""
+    conn = ldap3.Connection(server, dn, password, receive_timeout=10, raise_exceptions=True)
+    try:
+        conn.open()
+        conn.bind()
+        yield conn
+    finally:
+        with contextlib.suppress(Exception):
+            conn.unbind()
+        if conn.socket is not None:
+            conn.socket.close()
 
 
 def available() -> str | None:

@@ -12,7 +12,6 @@ import smtplib
 import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from scramp import ScramClient

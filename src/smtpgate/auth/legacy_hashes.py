@@ -3,7 +3,8 @@
 Theory of operation
 -------------------
 ``smtpgate user import`` keeps an account's old hash as it was, in a
-``legacy`` credential row (``"{SCHEME}data"``, Dovecot's own spelling), so the
+``legacy`` credential row (``"{SCHEME}data"``, Dovecot's own spelling: the
+credentials table is keyed by scheme, so no schema migration), so the
 account logs in with its old password. At its first good PLAIN/LOGIN login the
 auth service derives an Argon2id hash and the SCRAM keys from the password it
 now knows, and the store drops the legacy row (``user list`` shows who still

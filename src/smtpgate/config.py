@@ -9,6 +9,7 @@ constructor arguments; there is no global config object.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import re
 import tomllib
@@ -287,16 +288,154 @@ class PostgresConfig(Model):
         return None if v == "" else v
 
 
+class LdapConfig(Model):
+    """``[accounts.ldap]``: an LDAP directory (OpenLDAP, Active Directory) holds the
+    accounts and their passwords (docs/directories.md, "LDAP")."""
+
+    url: str = Field(
+        default="",
+        description="ldaps://host:636, or ldap://host:389 with starttls = true. A cleartext "
+        "ldap:// without StartTLS is refused unless the host is loopback or "
+        "allow_cleartext = true.",
+    )
+    starttls: bool = Field(default=False, description="Upgrade an ldap:// connection with StartTLS.")
+    ca_file: Path | None = Field(
+        default=None,
+        description="PEM file of the CA(s) that signed the directory's certificate "
+        "(default: the system store). The certificate and its name are always checked.",
+    )
+    bind_dn: str = Field(
+        default="",
+        description="Service account that searches for users; empty = anonymous search.",
+    )
+    bind_password_file: Path | None = Field(
+        default=None, description="File holding the service account's password (never inline)."
+    )
+    base_dn: str = Field(default="", description="Where users are searched (subtree).")
+    user_filter: str = Field(
+        default="(&(objectClass=inetOrgPerson)(mail={login}))",
+        description="Search filter for a login; {login} is replaced by the name given, "
+        "escaped per RFC 4515.",
+    )
+    login_attributes: list[str] = Field(
+        default_factory=lambda: ["mail"],
+        description="Attributes of which one must equal the login exactly (domain case "
+        "aside), so a filter that matches loosely never logs in as another user.",
+    )
+    address_attributes: list[str] = Field(
+        default_factory=lambda: ["mail", "mailAlternateAddress"],
+        description="Attributes holding the addresses the account owns (sender ownership).",
+    )
+    address_prefixes: list[str] = Field(
+        default_factory=list,
+        description="If set, only address values starting with one of these (case-"
+        "insensitive, e.g. 'smtp:' for proxyAddresses) count, with the prefix removed.",
+    )
+    enabled_filter: str = Field(
+        default="", description="Optional: a user entry outside this filter is treated as locked."
+    )
+    group_filter: str = Field(
+        default="",
+        description="Optional: only user entries matching it may log in (e.g. "
+        "'(memberOf=cn=mail,ou=groups,dc=example,dc=org)').",
+    )
+    password_changed_attribute: str = Field(
+        default="entryCSN",
+        description="Attribute whose value changes when the password does. SCRAM keys "
+        "derived under another value are discarded (made again at the next PLAIN/LOGIN), "
+        "and cached logins are forgotten.",
+    )
+    connect_timeout: float = Field(
+        default=5.0, gt=0, le=60, description="Seconds to connect to the directory."
+    )
+    operation_timeout: float = Field(
+        default=10.0, gt=0, le=120,
+        description="Seconds one search or bind may take before the login gets 454 4.7.0.",
+    )
+    pool_size: int = Field(
+        default=4, ge=1, le=64,
+        description="Connections each server process keeps for searches (as many again for binds).",
+    )
+    allow_cleartext: bool = Field(
+        default=False,
+        description="Loosening: allow ldap:// without StartTLS to a non-loopback host "
+        "(passwords then cross the network in clear).",
+    )
+    flavour: Literal["openldap", "active_directory"] = Field(
+        default="openldap",
+        description="'active_directory' fills every key not set here with AD's names: "
+        "UPN/sAMAccountName logins, proxyAddresses (smtp: values), disabled accounts via "
+        "userAccountControl, pwdLastSet (docs/directories.md, \"Active Directory\").",
+    )
+    group: str = Field(
+        default="",
+        description="DN of a group whose members may log in (nested groups count with "
+        "flavour = 'active_directory'); sets group_filter, so not both.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flavour(cls, data: object) -> object:
+        from smtpgate.auth import ldap_presets
+
+        return ldap_presets.apply_preset(data)
+
+    @field_validator("ca_file", "bind_password_file", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: object) -> object:
+        return None if v == "" else v
+
+    @model_validator(mode="after")
+    def _check(self) -> LdapConfig:
+        if not self.url:
+            return self
+        parsed = urllib.parse.urlsplit(self.url)
+        if parsed.scheme not in ("ldap", "ldaps") or not parsed.hostname:
+            raise ValueError(f"url {self.url!r}: use ldaps://host[:port] or ldap://host[:port]")
+        if parsed.scheme == "ldaps" and self.starttls:
+            raise ValueError("starttls = true needs an ldap:// url (ldaps:// is TLS already)")
+        if "{login}" not in self.user_filter:
+            raise ValueError("user_filter must contain {login}")
+        if self.bind_dn and self.bind_password_file is None:
+            raise ValueError("bind_dn needs bind_password_file")
+        if self.cleartext and not self.allow_cleartext and not _loopback(parsed.hostname):
+            raise ValueError(
+                f"url {self.url!r} is cleartext to a remote host: passwords would cross "
+                "the network unencrypted; use ldaps://, set starttls = true, or (a "
+                "loosening) allow_cleartext = true"
+            )
+        return self
+
+    @property
+    def cleartext(self) -> bool:
+        return self.url.startswith("ldap://") and not self.starttls
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class AccountsConfig(Model):
-    backend: Literal["sqlite", "postgresql"] = Field(
+    backend: Literal["sqlite", "postgresql", "ldap"] = Field(
         default="sqlite",
         description="Where accounts are kept: 'sqlite' (the file [accounts].database) or "
-        "'postgresql' ([accounts.postgresql]; docs/directories.md). Every server process "
-        "and `smtpgate user ...` command opens the one named here.",
+        "'postgresql' ([accounts.postgresql]; docs/directories.md) or 'ldap' "
+        "([accounts.ldap]). Every server process and `smtpgate user ...` command opens "
+        "the one named here.",
     )
     postgresql: PostgresConfig = Field(
         default_factory=PostgresConfig,
         description="The PostgreSQL backend (used when backend = 'postgresql').",
+    )
+    ldap: LdapConfig = Field(
+        default_factory=LdapConfig,
+        description="The LDAP directory (used when backend = 'ldap'); what smtpgate adds "
+        "to its accounts stays in [accounts].database.",
     )
     database: Path = Field(default=Path("accounts.sqlite"), description="SQLite account database.")
     argon2_time_cost: int = Field(default=3, ge=1, description="Argon2id passes.")
@@ -319,6 +458,8 @@ class AccountsConfig(Model):
     def _backend_settings(self) -> AccountsConfig:
         if self.backend == "postgresql" and not self.postgresql.dsn:
             raise ValueError('backend = "postgresql" needs [accounts.postgresql].dsn')
+        if self.backend == "ldap" and not (self.ldap.url and self.ldap.base_dn):
+            raise ValueError('backend = "ldap" needs [accounts.ldap].url and base_dn')
         return self
 
 

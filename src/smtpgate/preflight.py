@@ -86,6 +86,7 @@ def run_checks(cfg: Config, *, now: dt.datetime | None = None) -> list[Problem]:
         ("tls", lambda: check_tls(cfg, when)),
         ("listeners", lambda: check_listeners(cfg)),
         ("accounts.database", lambda: check_account_database(cfg)),
+        ("accounts.ldap", lambda: check_ldap(cfg)),
         ("guard.database", lambda: check_guard_database(cfg)),
         ("auth.decoy_secret_file", lambda: check_decoy_secret(cfg)),
         ("queue.spool", lambda: check_directories(cfg)),
@@ -415,7 +416,7 @@ def check_account_database(cfg: Config) -> list[Problem]:
     """Opens (read-only) and has a schema this version of smtpgate knows."""
     from smtpgate.auth.store import SCHEMA_VERSION
 
-    if cfg.accounts.backend != "sqlite":
+    if cfg.accounts.backend not in ("sqlite", "ldap"):  # ldap: its local overlay file
         return []  # a server, not a file: serve checks it when it opens it
     key, path = "accounts.database", cfg.path(cfg.accounts.database)
     out, exists = _database_file(key, path, "account database")
@@ -425,6 +426,43 @@ def check_account_database(cfg: Config) -> list[Problem]:
                                 "`smtpgate user add` creates it"))
         return out
     return out + _schema(key, path, SCHEMA_VERSION)
+
+
+def check_ldap(cfg: Config) -> list[Problem]:
+    """The LDAP backend's files, and one connection as the service account: wrong
+    credentials are an error naming the key; a directory that does not answer is a
+    warning (serve starts, and logins get 454 until it answers)."""
+    if cfg.accounts.backend != "ldap":
+        return []
+    from smtpgate.auth.directory import StoreUnavailable
+    from smtpgate.auth.ldap_directory import BIND_PASSWORD_KEY, LdapDirectory, ServiceBindRefused
+
+    lc = cfg.accounts.ldap
+    password = b""
+    out: list[Problem] = []
+    if lc.bind_password_file is not None:
+        got = read_file(BIND_PASSWORD_KEY, cfg.path(lc.bind_password_file))
+        if isinstance(got, Problem):
+            out.append(got)
+        else:
+            password = got
+    ca = None if lc.ca_file is None else cfg.path(lc.ca_file)
+    if ca is not None and isinstance(got_ca := read_file("accounts.ldap.ca_file", ca), Problem):
+        out.append(got_ca)
+    if out:
+        return out
+    lines = password.decode("utf-8", "replace").splitlines()
+    directory = LdapDirectory(lc, bind_password=lines[0] if lines else "", ca_file=ca)
+    try:
+        directory.check_service_account()
+    except ServiceBindRefused as e:
+        out.append(_error(BIND_PASSWORD_KEY, str(e)))
+    except StoreUnavailable as e:
+        out.append(_warning("accounts.ldap.url", f"{e}; serve starts, and logins get "
+                            "454 4.7.0 until the directory answers"))
+    finally:
+        directory.close()
+    return out
 
 
 def check_guard_database(cfg: Config) -> list[Problem]:
@@ -635,6 +673,10 @@ def loosenings(cfg: Config) -> list[Problem]:
     if not cfg.passwords.reject_username:
         out.append(_warning("passwords.reject_username", "false: a password may contain the "
                             "account name"))
+    ldap = cfg.accounts.ldap
+    if cfg.accounts.backend == "ldap" and ldap.allow_cleartext and ldap.cleartext:
+        out.append(_warning("accounts.ldap.allow_cleartext", f"true: {ldap.url} is used "
+                            "without TLS, so passwords cross the network in clear"))
     d = cfg.delivery
     if d.mode == "relay":
         if d.relay_tls == "none":

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hmac
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -135,10 +135,14 @@ class SqliteHarness:
             self._load(a)
 
     def _load(self, a: SeedAccount) -> None:
+        self._admin.add_account(a.name, a.password, cram_md5_enabled=a.cram_md5,
+                                allowed_mechanisms=a.mechanisms)
+        self._load_settings(a, aliases=a.aliases)
+
+    def _load_settings(self, a: SeedAccount, *, aliases: Sequence[str]) -> None:
+        """What smtpgate adds to an account (the LDAP harness's overlay too)."""
         admin = self._admin
-        admin.add_account(a.name, a.password, cram_md5_enabled=a.cram_md5,
-                          allowed_mechanisms=a.mechanisms)
-        for alias in a.aliases:
+        for alias in aliases:
             admin.add_alias(a.name, alias)
         for domain in a.domains:
             admin.grant_domain(a.name, domain)
@@ -365,3 +369,7 @@ HARNESSES = {
     "postgresql": PostgresHarness,
     "bind-only": BindOnlyHarness,
 }
+
+from tests.contract.ldap_harness import LdapHarness  # builds on the above
+
+HARNESSES["ldap"] = LdapHarness

@@ -31,6 +31,10 @@ def open_account_store(cfg: Config) -> AccountStore:
         from smtpgate.auth.postgres_store import PostgresAccountStore
 
         return PostgresAccountStore(_postgres(cfg), cfg.accounts)
+    if backend == "ldap":
+        from smtpgate.auth.ldap_store import open_ldap_store
+
+        return open_ldap_store(cfg)
     assert_never(backend)
 
 
@@ -49,6 +53,8 @@ def accounts_key(cfg: Config) -> str:
         return "accounts.database"
     if backend == "postgresql":
         return "accounts.postgresql.dsn"
+    if backend == "ldap":
+        return "accounts.ldap.url"
     assert_never(backend)
 
 
@@ -74,7 +80,7 @@ def migrate_accounts(cfg: Config) -> Migration:
             (nothing was applied).
     """
     backend = cfg.accounts.backend
-    if backend == "sqlite":
+    if backend == "sqlite" or backend == "ldap":  # ldap: its local overlay
         from smtpgate.auth.sqlite_file import schema_version_of
 
         path = cfg.path(cfg.accounts.database)

@@ -183,8 +183,7 @@ def admin_service(cfg: Config) -> Iterator[AccountAdmin]:
             str(e), _hint(e, "check [guard].database and its directory")
         ) from None
     except StoreError as e:
-        raise OperationalError(
-            str(e), "check the database file; another process may hold it locked"
-        ) from None
+        hint = getattr(e, "hint", "") or "check the database file; another process may hold it locked"
+        raise OperationalError(str(e), hint) from None
     finally:
         admin.close()

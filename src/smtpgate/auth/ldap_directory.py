@@ -1,0 +1,361 @@
+"""The LDAP client of the LDAP account backend: find a user, check a password by binding.
+
+Theory of operation
+-------------------
+A login name is looked up by *search-then-bind*: the service account (or an
+anonymous connection) searches ``base_dn`` with ``user_filter``, where
+``{login}`` is the name escaped per RFC 4515 (so ``*``, ``(``, ``)``, ``\\`` and
+NUL are data, never filter syntax), and the entry found must hold the name
+exactly in one of ``login_attributes`` (a filter matching loosely, or an
+attribute compared case-insensitively, never logs in as someone else). The
+password is then checked by a simple bind as that entry's DN on a separate
+connection; the directory keeps the password, smtpgate never sees a hash.
+
+All of it is data: the login attribute(s), the address attributes (with
+optional prefixes such as AD's ``smtp:`` stripped), the enabled filter and the
+group filter (each evaluated on the user's entry, base scope), and the
+attribute that changes with the password. The Active Directory presets set
+these; this module knows no directory flavour.
+
+Connections: two small pools (searches as the service account; user binds),
+each connection opened on demand with a connect timeout, over ldaps or StartTLS
+with the certificate and its name checked. Every operation has a time limit. A
+connection that fails (directory restarted, network cut, timeout) is dropped
+and the operation is tried once more on a fresh one; if that fails too the
+caller gets ``StoreUnavailable`` naming the cause (454 on the wire, never 535),
+and the next login tries again, so logins recover by themselves.
+
+Why ldap3: pure Python (nothing to build against libldap, so it installs
+wherever smtpgate does), maintained, typed stubs, StartTLS and ldaps with an
+explicit CA and hostname check, per-connection timeouts, and raw attribute
+values. Its synchronous connections suit the auth service, which already runs
+every directory call on its worker threads, off the event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import ssl
+import threading
+import urllib.parse
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from ldap3 import BASE, NONE, SIMPLE, SUBTREE, Connection, Server, Tls
+from ldap3.core.exceptions import LDAPException
+
+from smtpgate.auth.directory import StoreUnavailable
+from smtpgate.auth.names import InvalidAccountName, canonical_name, lookup_key
+from smtpgate.config import LdapConfig
+
+log = logging.getLogger("smtpgate.auth.ldap")
+T = TypeVar("T")
+
+#: Bind results that mean "this password is not the entry's" (RFC 4511 §4.1.9).
+_WRONG_PASSWORD = {48, 49, 50}  # inappropriateAuthentication, invalidCredentials, insufficientAccess
+#: Entries a search may return before the name is called ambiguous.
+_MAX_ENTRIES = 5
+
+BIND_PASSWORD_KEY = "accounts.ldap.bind_password_file"
+
+
+class ServiceBindRefused(StoreUnavailable):
+    """The directory refused the service account's credentials: a configuration error
+    (``accounts.ldap.bind_dn`` / ``bind_password_file``), not an outage."""
+
+
+def escape_filter_value(value: str) -> str:
+    """``value`` as an assertion value of an RFC 4515 filter: ``*``, ``(``, ``)``,
+    ``\\`` and NUL become ``\\XX`` escapes, so they match themselves only."""
+    out = []
+    for c in value:
+        out.append(f"\\{ord(c):02x}" if c in "*()\\\0" else c)
+    return "".join(out)
+
+
+@dataclass(frozen=True, slots=True)
+class DirectoryEntry:
+    """What the backend needs of one user entry."""
+
+    dn: str
+    #: The login, canonical (the account name).
+    identity: str
+    #: Addresses the entry owns, canonical, sorted (the identity included if listed).
+    addresses: tuple[str, ...]
+    #: The value of ``password_changed_attribute`` ("" if the entry has none).
+    stamp: str
+    #: False: outside ``enabled_filter``.
+    enabled: bool
+    #: False: outside ``group_filter``.
+    member: bool
+
+
+def _values(attrs: Mapping[str, list[bytes]], name: str) -> list[str]:
+    wanted = name.lower()
+    for key, raw in attrs.items():
+        if key.lower() == wanted:
+            return [v.decode("utf-8", "replace") for v in raw]
+    return []
+
+
+def read_password_file(path: Path) -> str:
+    """The first line of ``path``.
+
+    Raises:
+        OSError: it cannot be read.
+    """
+    return path.read_text(encoding="utf-8").splitlines()[0] if path.stat().st_size else ""
+
+
+class LdapDirectory:
+    """Searches and binds against one directory; thread-safe (connections are pooled,
+    each used by one thread at a time)."""
+
+    def __init__(self, cfg: LdapConfig, *, bind_password: str, ca_file: Path | None) -> None:
+        self._cfg = cfg
+        self._bind_password = bind_password
+        parsed = urllib.parse.urlsplit(cfg.url)
+        ldaps = parsed.scheme == "ldaps"
+        host = parsed.hostname or ""
+        port = parsed.port or (636 if ldaps else 389)
+        tls = Tls(
+            validate=ssl.CERT_REQUIRED,
+            version=ssl.PROTOCOL_TLS_CLIENT,
+            ca_certs_file=None if ca_file is None else str(ca_file),
+        )
+        self._where = (host, port, ldaps, tls)
+        self._label = f"LDAP directory {cfg.url}"
+        self._search_pool = _Pool(cfg.pool_size, self._service_connection, cfg.operation_timeout)
+        self._bind_pool = _Pool(cfg.pool_size, self._plain_connection, cfg.operation_timeout)
+        self._attributes = sorted(
+            {*cfg.login_attributes, *cfg.address_attributes, cfg.password_changed_attribute}
+        )
+
+    # --- connections ----------------------------------------------------------------
+
+    def _new_server(self) -> Server:
+        # A fresh Server per connection: one that failed to connect remembers its
+        # address as unavailable for minutes, which would outlast the outage.
+        host, port, ldaps, tls = self._where
+        return Server(host, port=port, use_ssl=ldaps, tls=tls, get_info=NONE,
+                      connect_timeout=self._cfg.connect_timeout)
+
+    def _plain_connection(self) -> Connection:
+        """Open, TLS up (StartTLS if configured), not bound."""
+        conn = Connection(
+            # Whole seconds: ldap3 packs the receive timeout as integers (SO_RCVTIMEO).
+            self._new_server(), receive_timeout=math.ceil(self._cfg.operation_timeout), read_only=True,
+            raise_exceptions=False, auto_referrals=False, check_names=False, authentication=SIMPLE,
+        )
+        conn.open()
+        if self._cfg.starttls and not conn.start_tls():
+            conn.unbind()
+            raise _Fault(f"StartTLS refused: {conn.result}")
+        return conn
+
+    def _service_connection(self) -> Connection:
+        conn = self._plain_connection()
+        if not self._cfg.bind_dn:
+            return conn
+        conn.user, conn.password = self._cfg.bind_dn, self._bind_password
+        if conn.bind():
+            return conn
+        result = conn.result or {}
+        conn.unbind()
+        if result.get("result") in _WRONG_PASSWORD:
+            raise ServiceBindRefused(
+                f"{self._label} refused the service account {self._cfg.bind_dn!r} "
+                f"({result.get('description')}): check accounts.ldap.bind_dn and the "
+                f"password in {BIND_PASSWORD_KEY}"
+            )
+        raise _Fault(f"service bind failed: {result.get('description')} {result.get('message')}")
+
+    def _run(self, pool: _Pool, op: Callable[[Connection], T]) -> T:
+        """``op`` on a pooled connection; on a connection failure, once more on a fresh
+        one; then ``StoreUnavailable`` with the cause."""
+        for attempt in (1, 2):
+            try:
+                with pool.connection() as conn:
+                    return op(conn)
+            except ServiceBindRefused:
+                raise
+            except (LDAPException, OSError, _Fault) as e:
+                cause = f"{type(e).__name__}: {e}"
+                if attempt == 2:
+                    log.warning("%s unavailable: %s", self._label, cause)
+                    raise StoreUnavailable(f"{self._label} unavailable: {cause}") from e
+        raise AssertionError("unreachable")
+
+    # --- the operations -----------------------------------------------------------------
+
+    def check_service_account(self) -> None:
+        """Open one search connection now (start-up).
+
+        Raises:
+            ServiceBindRefused: wrong service credentials.
+            StoreUnavailable: the directory cannot be reached.
+        """
+        self._run(self._search_pool, lambda conn: None)
+
+    def find(self, name: str) -> DirectoryEntry | None:
+        """The entry whose login is ``name`` (a valid address), or None.
+
+        Raises:
+            StoreUnavailable: the directory failed or did not answer in time.
+        """
+        try:
+            key = canonical_name(name)
+        except InvalidAccountName:
+            return None
+        cfg = self._cfg
+        flt = cfg.user_filter.replace("{login}", escape_filter_value(key))
+
+        def search(conn: Connection) -> DirectoryEntry | None:
+            ok = conn.search(
+                cfg.base_dn, flt, SUBTREE, attributes=self._attributes,
+                size_limit=_MAX_ENTRIES, time_limit=max(1, int(cfg.operation_timeout)),
+            )
+            code = (conn.result or {}).get("result")
+            if not ok and code not in (0, 4, 32):  # success, sizeLimitExceeded, noSuchObject
+                raise _Fault(f"search failed: {conn.result}")
+            found = [
+                r for r in conn.response or []
+                if r.get("type") == "searchResEntry" and self._is_login(r, key)
+            ]
+            if len(found) != 1:
+                if found:
+                    log.warning("%s: %d entries hold the login %r; refused", self._label,
+                                len(found), key)
+                return None
+            raw: dict[str, list[bytes]] = found[0]["raw_attributes"]
+            dn = str(found[0]["dn"])
+            stamps = _values(raw, cfg.password_changed_attribute)
+            return DirectoryEntry(
+                dn=dn, identity=key, addresses=self._addresses(raw),
+                stamp=stamps[0] if stamps else "",
+                enabled=self._matches(conn, dn, cfg.enabled_filter),
+                member=self._matches(conn, dn, cfg.group_filter),
+            )
+
+        return self._run(self._search_pool, search)
+
+    def bind(self, dn: str, password: str) -> bool:
+        """True if ``password`` is the password of ``dn``.
+
+        Raises:
+            StoreUnavailable: the directory failed or did not answer in time.
+        """
+        if not password:
+            return False  # an unauthenticated bind (RFC 4513 §5.1.2) would "succeed"
+
+        def simple_bind(conn: Connection) -> bool:
+            conn.user, conn.password = dn, password
+            try:
+                if conn.bind():
+                    return True
+            finally:
+                conn.password = None  # not kept in the pool
+            result = conn.result or {}
+            if result.get("result") in _WRONG_PASSWORD:
+                return False
+            raise _Fault(f"bind failed: {result.get('description')} {result.get('message')}")
+
+        return self._run(self._bind_pool, simple_bind)
+
+    def close(self) -> None:
+        self._search_pool.close()
+        self._bind_pool.close()
+
+    # --- helpers --------------------------------------------------------------------------
+
+    def _is_login(self, r: dict[str, object], key: str) -> bool:
+        raw = r.get("raw_attributes")
+        if not isinstance(raw, Mapping):  # ldap3 gives a case-insensitive mapping
+            return False
+        return any(
+            lookup_key(v) == key for a in self._cfg.login_attributes for v in _values(raw, a)
+        )
+
+    def _addresses(self, raw: dict[str, list[bytes]]) -> tuple[str, ...]:
+        prefixes = [p.lower() for p in self._cfg.address_prefixes]
+        out: set[str] = set()
+        for attr in self._cfg.address_attributes:
+            for v in _values(raw, attr):
+                if prefixes:
+                    hit = next((p for p in prefixes if v.lower().startswith(p)), None)
+                    if hit is None:
+                        continue
+                    v = v[len(hit):]
+                try:
+                    out.add(canonical_name(v))
+                except InvalidAccountName:
+                    continue
+        return tuple(sorted(out))
+
+    def _matches(self, conn: Connection, dn: str, flt: str) -> bool:
+        if not flt:
+            return True
+        conn.search(dn, flt, BASE, attributes=["1.1"],
+                    time_limit=max(1, int(self._cfg.operation_timeout)))
+        code = (conn.result or {}).get("result")
+        if code not in (0, 32):
+            raise _Fault(f"search of {flt!r} failed: {conn.result}")
+        return any(r.get("type") == "searchResEntry" for r in conn.response or [])
+
+
+class _Fault(Exception):
+    """An LDAP operation failed for a reason other than the credentials."""
+
+
+class _Pool:
+    """At most ``size`` connections, opened on demand, each used by one thread at a time."""
+
+    def __init__(self, size: int, factory: Callable[[], Connection], wait: float) -> None:
+        self._factory = factory
+        self._slots = threading.BoundedSemaphore(size)
+        self._idle: list[Connection] = []
+        self._lock = threading.Lock()
+        self._wait = wait
+        self._closed = False
+
+    @contextmanager
+    def connection(self) -> Iterator[Connection]:
+        if self._closed:
+            raise StoreUnavailable("LDAP directory connection closed")
+        if not self._slots.acquire(timeout=self._wait):
+            raise _Fault(f"no free connection within {self._wait:g} s")
+        try:
+            with self._lock:
+                conn = self._idle.pop() if self._idle else None
+            if conn is None:
+                conn = self._factory()
+            try:
+                yield conn
+            except BaseException:
+                _close(conn)  # its state is unknown: never reused
+                raise
+            with self._lock:
+                if self._closed:
+                    _close(conn)
+                else:
+                    self._idle.append(conn)
+        finally:
+            self._slots.release()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            _close(conn)
+
+
+def _close(conn: Connection) -> None:
+    try:
+        conn.unbind()
+    except (LDAPException, OSError):
+        pass

@@ -28,6 +28,10 @@ from tests.peers.samba_ad import (
     BOB,
     CAROL,
     DAVE,
+    ERIN,
+    FRANK,
+    LOCKOUT_THRESHOLD,
+    LOCKOUT_WINDOW_MINUTES,
     MAIL_GROUP_DN,
     SERVICE_DN,
     SERVICE_PASSWORD,
@@ -118,8 +122,12 @@ def test_preset_group_filter_follows_nested_groups(service: ldap3.Connection) ->
 
 # --- through smtpgate serve ------------------------------------------------------------
 
+#: Most tests fail logins on purpose from one address: the guard is kept out of their
+#: way (the lockout tests at the end set it up).
+ALLOW_LOOPBACK = 'allowlist = ["127.0.0.0/8"]'
 
-def _ad_server(root: Path, dc: SambaAD, extra: str = "") -> Server:
+
+def _ad_server(root: Path, dc: SambaAD, extra: str = "", guard: str = ALLOW_LOOPBACK) -> Server:
     root.mkdir(parents=True, exist_ok=True)
     pw = root / "ad-bind.pw"
     pw.write_text(SERVICE_PASSWORD + "\n")
@@ -134,9 +142,7 @@ bind_password_file = "{pw}"
 base_dn = "{BASE_DN}"
 {extra}
 [guard]
-# These tests fail logins on purpose from one address: keep the guard out of the way
-# (the guard in front of the directory is tested with the LDAP backend).
-allowlist = ["127.0.0.0/8"]
+{guard}
 """)
     text = srv.config.read_text()
     srv.config.write_text(text.replace("[accounts]\n", '[accounts]\nbackend = "ldap"\n', 1))
@@ -166,10 +172,17 @@ def _client(srv: Server) -> smtplib.SMTP:
     return smtp
 
 
+def _plain(smtp: smtplib.SMTP, user: str, password: str) -> None:
+    """One AUTH PLAIN (``login()`` would try the next mechanism after a failure)."""
+    smtp.ehlo_or_helo_if_needed()
+    smtp.user, smtp.password = user, password
+    smtp.auth("PLAIN", smtp.auth_plain)
+
+
 def _login(srv: Server, user: str, password: str) -> tuple[int, bytes]:
     with _client(srv) as smtp:
         try:
-            smtp.login(user, password)
+            _plain(smtp, user, password)
         except smtplib.SMTPAuthenticationError as e:
             return e.smtp_code, e.smtp_error
         return 235, b""
@@ -208,7 +221,7 @@ def test_injection_and_loose_spellings_never_log_in(ad_server: Server, login: st
 
 def _mail_from(srv: Server, user: ADUser, sender: str) -> int:
     with _client(srv) as smtp:
-        smtp.login(user.upn, user.password)
+        _plain(smtp, user.upn, user.password)
         code, _ = smtp.mail(sender)
         smtp.rset()
         return code
@@ -243,7 +256,7 @@ def test_mail_attribute_is_owned_beside_proxy_addresses(ad_server: Server) -> No
 @NEEDS_SAM_LOGIN
 def test_sam_account_name_login_owns_the_same_addresses(ad_server: Server) -> None:
     with _client(ad_server) as smtp:
-        smtp.login(ALICE.sam, ALICE.password)
+        _plain(smtp, ALICE.sam, ALICE.password)
         assert smtp.mail("a.liddell@example.org")[0] == 250
 
 
@@ -254,3 +267,54 @@ def test_nested_group_member_logs_in(group_server: Server) -> None:
 
 def test_non_member_is_refused(group_server: Server) -> None:
     assert _login(group_server, DAVE.upn, DAVE.password)[0] == 535
+
+
+# --- AD's own lockout and the guard (docs/directories.md) ---------------------------------
+
+#: The arithmetic of docs/directories.md for the fixture's PSO (T = 5, W = 30 min) with
+#: both login names (S = 2): S x (n + k) = 2 x (1 + 1) = 4 < T, and
+#: lockout_duration = lockout_window = (T - 1) x W. No penalty, so the test is quick.
+GUARD_FOR_AD = f"""
+lockout_threshold = 1
+known_lockout_threshold = 1
+lockout_window = {(LOCKOUT_THRESHOLD - 1) * LOCKOUT_WINDOW_MINUTES * 60}.0
+lockout_duration = {(LOCKOUT_THRESHOLD - 1) * LOCKOUT_WINDOW_MINUTES * 60}.0
+penalty_base = 0.0
+penalty_max = 0.0
+"""
+
+
+def _attack(srv: Server, user: ADUser, tries: int) -> list[int]:
+    codes = []
+    for i in range(tries):
+        name = user.upn if i % 2 == 0 else user.sam
+        codes.append(_login(srv, name, f"guess-{i}")[0])
+    return codes
+
+
+def test_without_the_guard_smtpgate_would_lock_the_ad_account(
+    ad_server: Server, dc: SambaAD
+) -> None:
+    """The control: AD's threshold is real, and wrong passwords through an
+    unguarded smtpgate reach it (frank is then locked in the whole domain)."""
+    assert dc.lockout_state(FRANK) == (0, False)
+    _attack(ad_server, FRANK, 2 * LOCKOUT_THRESHOLD)
+    count, locked = dc.lockout_state(FRANK)
+    assert locked and count >= LOCKOUT_THRESHOLD
+    assert _login(ad_server, FRANK.upn, FRANK.password)[0] == 535
+
+
+def test_the_guard_keeps_ad_lockout_out_of_reach(dc: SambaAD, tmp_path: Path) -> None:
+    srv = _ad_server(tmp_path / "srv", dc, guard=GUARD_FOR_AD)
+    try:
+        codes = _attack(srv, ERIN, 4 * LOCKOUT_THRESHOLD)
+    finally:
+        srv.stop()
+    assert 454 in codes  # the guard took over...
+    count, locked = dc.lockout_state(ERIN)
+    assert count <= 2 * (1 + 1) < LOCKOUT_THRESHOLD  # ...before AD's threshold
+    assert not locked
+    tls = ldap3.Tls(ca_certs_file=str(dc.ca_file), validate=ssl.CERT_REQUIRED)
+    server = ldap3.Server(dc.address, port=636, use_ssl=True, tls=tls, connect_timeout=5)
+    with samba_ad.bound(server, ERIN.dn, ERIN.password) as conn:  # still usable in AD
+        assert conn.bound

@@ -86,7 +86,19 @@ BOB = ADUser("bob", "bob@example.org", "Bob-Pass-Word-2!", mail="bob@example.org
 CAROL = ADUser("carol", "carol@example.org", "Carol-Pass-Word-3!", mail="carol@example.org")
 #: dave: in no group; a mail address other than his UPN, and no proxyAddresses.
 DAVE = ADUser("dave", "dave@example.org", "Dave-Pass-Word-4!", mail="d.mail@example.org")
-USERS = (ALICE, BOB, CAROL, DAVE)
+#: erin and frank: under `LOCKOUT_PSO` (AD locks them after `LOCKOUT_THRESHOLD` bad
+#: passwords); erin is attacked through a guarded smtpgate, frank through an unguarded one.
+ERIN = ADUser("erin", "erin@example.org", "Erin-Pass-Word-5!", mail="erin@example.org")
+FRANK = ADUser("frank", "frank@example.org", "Frank-Pass-Word-6!", mail="frank@example.org")
+USERS = (ALICE, BOB, CAROL, DAVE, ERIN, FRANK)
+
+#: A fine-grained password policy (PSO) applied to erin and frank only, so the
+#: domain's other accounts never lock: lockout after 5 bad passwords, counted
+#: until 30 quiet minutes pass.
+LOCKOUT_PSO = "smtpgate-lockout"
+LOCKOUT_PSO_DN = f"CN={LOCKOUT_PSO},CN=Password Settings Container,CN=System,{BASE_DN}"
+LOCKOUT_THRESHOLD = 5
+LOCKOUT_WINDOW_MINUTES = 30
 
 
 def _port_free(address: str, port: int) -> bool:
@@ -209,6 +221,15 @@ class SambaAD:
             check=True, capture_output=True, timeout=300,
         )
         self.provision_seconds = time.monotonic() - started
+        subprocess.run(
+            ["samba-tool", "domain", "passwordsettings", "pso", "create", LOCKOUT_PSO, "1",
+             f"--account-lockout-threshold={LOCKOUT_THRESHOLD}",
+             f"--reset-account-lockout-after={LOCKOUT_WINDOW_MINUTES}",
+             f"--account-lockout-duration={LOCKOUT_WINDOW_MINUTES}",
+             "-H", str(self.root / "private" / "sam.ldb"),
+             "-s", str(self.root / "etc" / "smb.conf")],
+            check=True, capture_output=True, timeout=120,
+        )
         tls = self.root / "tls"
         ca, cert, key = _write_tls(tls, self.address)
         self.ca_file = ca
@@ -266,6 +287,17 @@ class SambaAD:
                      {"sAMAccountName": "Staff", "member": [CAROL.dn]})
             conn.add(MAIL_GROUP_DN, ["top", "group"],
                      {"sAMAccountName": "Mail Users", "member": [STAFF_GROUP_DN, ALICE.dn]})
+            conn.modify(LOCKOUT_PSO_DN,
+                        {"msDS-PSOAppliesTo": [(ldap3.MODIFY_ADD, [ERIN.dn, FRANK.dn])]})
+
+    def lockout_state(self, user: ADUser) -> tuple[int, bool]:
+        """The DC's ``badPwdCount`` of ``user``, and whether AD has locked it out."""
+        with self.admin() as conn:
+            conn.search(user.dn, "(objectClass=user)", ldap3.BASE,
+                        attributes=["badPwdCount", "msDS-User-Account-Control-Computed"])
+            entry = conn.entries[0]
+            computed = int(entry["msDS-User-Account-Control-Computed"].value or 0)
+            return int(entry.badPwdCount.value or 0), bool(computed & 0x10)  # UF_LOCKOUT
 
     def stop(self) -> None:
         if self.proc is None:

@@ -1070,4 +1070,9 @@ def render_reference() -> str:
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             out += [f"## `[{name}]`", "", field.description or "", ""]
             table(ann, f"{name}.")
+            for sub, subfield in ann.model_fields.items():  # [accounts.postgresql], ...
+                sub_ann = subfield.annotation
+                if isinstance(sub_ann, type) and issubclass(sub_ann, BaseModel):
+                    out += [f"### `[{name}.{sub}]`", "", subfield.description or "", ""]
+                    table(sub_ann, f"{name}.{sub}.")
     return "\n".join(out).rstrip() + "\n"

@@ -1,0 +1,228 @@
+"""The PostgreSQL account backend against a real PostgreSQL server started by the
+tests (``tests/postgres_server.py``): ``smtpgate db migrate``, start-up refusals,
+every ``smtpgate user ...`` command compared with SQLite, and the server going
+down mid-test (454, then recovery without a restart).
+
+The protection suite runs on PostgreSQL too (``test_protection.py``, parametrised
+over ``backends.BACKENDS``).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from smtpgate.smtp import replies as R
+from tests.postgres_server import PostgresCluster, shared_cluster
+
+from .backends import BACKENDS, PostgresSetup, set_accounts
+from .conftest import PASSWORD, SMTPGATE, USER, Server, make_server
+from .test_protection import login
+
+
+@pytest.fixture(scope="module")
+def cluster() -> PostgresCluster:
+    return shared_cluster()
+
+
+@pytest.fixture
+def pg_server(tmp_path: Path, cluster: PostgresCluster) -> Iterator[Server]:
+    """A configured (not started) server on a fresh, unmigrated database."""
+    srv = make_server(tmp_path / "srv")
+    cluster.write_password_file(srv.root)
+    set_accounts(srv, "postgresql", (
+        "[accounts.postgresql]\n"
+        f'dsn = "{cluster.create_database()}"\n'
+        'password_file = "pg.password"\n'
+        "timeout = 2\n"
+    ))
+    yield srv
+    if srv.proc is not None:
+        srv.stop()
+
+
+def serve_once(srv: Server) -> subprocess.CompletedProcess[str]:
+    """``smtpgate serve`` expected to refuse to start."""
+    return subprocess.run(
+        [SMTPGATE, "serve", "--config", str(srv.config)],
+        capture_output=True, text=True, env=srv.env, timeout=60, check=False,
+    )
+
+
+# --- migrations and start-up --------------------------------------------------------------
+
+
+def test_serve_and_user_commands_refuse_an_unmigrated_database_until_db_migrate(
+    pg_server: Server,
+) -> None:
+    out = serve_once(pg_server)
+    assert out.returncode != 0
+    assert "accounts.postgresql.dsn" in out.stderr
+    assert "run `smtpgate db migrate`" in out.stderr and "schema is v0" in out.stderr
+    add = pg_server.cli("user", "add", USER, "--password-stdin", stdin=PASSWORD + "\n",
+                        check=False)
+    assert add.returncode == 1 and "smtpgate db migrate" in add.stderr
+
+    first = pg_server.cli("db", "migrate")
+    assert re.search(r"account database: PostgreSQL database \S+ on 127\.0\.0\.1:\d+: "
+                     r"schema v0 -> v1, migrated", first.stdout)
+    again = pg_server.cli("db", "migrate")
+    assert "schema v1, up to date" in again.stdout
+
+    pg_server.add_user(USER, PASSWORD)
+    pg_server.start()
+    assert login(pg_server, "127.0.0.2", USER, PASSWORD).startswith("235")
+
+
+def test_concurrent_migrations_apply_each_version_once(pg_server: Server) -> None:
+    procs = [
+        subprocess.Popen([SMTPGATE, "db", "migrate", "--config", str(pg_server.config)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=pg_server.env)
+        for _ in range(3)
+    ]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], outs
+    accounts = [o.splitlines()[0] for o, _ in outs]
+    assert sum(line.endswith("schema v0 -> v1, migrated") for line in accounts) == 1
+    assert sum(line.endswith("schema v1, up to date") for line in accounts) == 2
+
+
+def test_a_dsn_with_a_password_is_refused_naming_the_key(tmp_path: Path) -> None:
+    srv = make_server(tmp_path / "srv")
+    for dsn in ("postgresql://smtpgate:hunter2@127.0.0.1:5432/smtpgate",
+                "host=127.0.0.1 user=smtpgate password=hunter2 dbname=smtpgate"):
+        text = srv.config.read_text().split("\n[accounts.postgresql]")[0]
+        srv.config.write_text(text)
+        set_accounts(srv, "postgresql", f"[accounts.postgresql]\ndsn = '{dsn}'\n")
+        out = serve_once(srv)
+        assert out.returncode != 0
+        assert "accounts.postgresql.dsn: holds a password" in out.stderr
+        assert "hunter2" not in out.stderr
+        srv.config.write_text(srv.config.read_text().replace(
+            'backend = "postgresql"\n', ""))
+
+
+def test_wrong_or_missing_password_file_is_a_clear_start_up_error(pg_server: Server) -> None:
+    pg_server.cli("db", "migrate")
+    (pg_server.root / "pg.password").write_text("not the password\n")
+    out = serve_once(pg_server)
+    assert out.returncode != 0
+    assert "accounts.postgresql.dsn" in out.stderr
+    assert "password authentication failed" in out.stderr
+    (pg_server.root / "pg.password").unlink()
+    out = serve_once(pg_server)
+    assert out.returncode != 0
+    assert "accounts.postgresql.password_file" in out.stderr and "cannot read" in out.stderr
+
+
+# --- every `smtpgate user ...` command, the same as on SQLite -------------------------------
+
+ALIAS = "sales@example.org"
+SCRIPT: list[tuple[tuple[str, ...], str | None]] = [
+    (("user", "add", USER, "--password-stdin"), PASSWORD + "\n"),
+    (("user", "add", USER, "--password-stdin"), PASSWORD + "\n"),  # exists: refused
+    (("user", "add", "bob@example.org", "--password-stdin"), "staple battery horse correct\n"),
+    (("user", "passwd", USER, "--password-stdin"), "a brand new long passphrase\n"),
+    (("user", "alias", "add", USER, ALIAS), None),
+    (("user", "alias", "add", "bob@example.org", ALIAS), None),  # taken: refused
+    (("user", "alias", "list", USER), None),
+    (("user", "alias", "del", USER, ALIAS), None),
+    (("user", "domain", "grant", USER, "example.net"), None),
+    (("user", "domain", "revoke", USER, "example.net"), None),
+    (("user", "access", USER, "--network", "10.0.0.0/8", "--listener", "submission"), None),
+    (("user", "access", USER, "--any-network", "--any-listener"), None),
+    (("user", "limits", USER, "--messages-per-hour", "5", "--recipients-per-hour", "0"), None),
+    (("user", "mechanisms", USER, "--allow", "SCRAM-SHA-256"), None),
+    (("user", "mechanisms", USER), None),
+    (("user", "mechanisms", USER, "--all"), None),
+    (("user", "cram-md5", USER, "--enable", "--password-stdin"), "a brand new long passphrase\n"),
+    (("user", "cram-md5", USER), None),
+    (("user", "cram-md5", USER, "--disable"), None),
+    (("user", "max-age", USER, "90d"), None),
+    (("user", "lock", USER), None),
+    (("user", "unlock", USER), None),
+    (("user", "rotate", USER, "--grace", "1d"), None),
+    (("app-password", "add", USER, "phone"), None),
+    (("app-password", "list", USER), None),
+    (("app-password", "revoke", USER, "phone"), None),
+    (("user", "show", USER), None),
+    (("user", "list",), None),
+    (("user", "remove", "bob@example.org"), None),
+    (("user", "remove", "nobody@example.org"), None),  # no such account
+    (("user", "list",), None),
+]
+#: What legitimately differs between two runs: times, generated secrets, paths.
+_VOLATILE = [
+    re.compile(r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d(:\d\d(\.\d+)?)?(Z|[+-]\d\d:?\d\d| UTC)?"),
+    re.compile(r"\b(?:[a-z2-9]{4}-){4}[a-z2-9]{4}\b"),
+    re.compile(r"rotated-\S+"),
+    re.compile(r"\b\d+(\.\d+)?[smhd]\b"),  # ages ("password age: 15s")
+    re.compile(r"/\S+"),
+]
+
+
+def _normalise(text: str) -> str:
+    for pattern in _VOLATILE:
+        text = pattern.sub("<x>", text)
+    return text
+
+
+def _run_script(srv: Server) -> list[tuple[int, str, str]]:
+    out = []
+    for args, stdin in SCRIPT:
+        r = srv.cli(*args, stdin=stdin, check=False)
+        out.append((r.returncode, _normalise(r.stdout), _normalise(r.stderr)))
+    return out
+
+
+def test_every_user_command_behaves_the_same_on_postgresql_as_on_sqlite(tmp_path: Path) -> None:
+    lite = make_server(tmp_path / "lite")
+    pg = make_server(tmp_path / "pg")
+    BACKENDS["postgresql"].configure(pg)
+    assert isinstance(BACKENDS["postgresql"], PostgresSetup)
+    want, got = _run_script(lite), _run_script(pg)
+    for (args, _), w, g in zip(SCRIPT, want, got, strict=True):
+        assert g == w, f"smtpgate {' '.join(args)}: sqlite {w!r} != postgresql {g!r}"
+    # The script did what it says (not two identical failures).
+    failed = [(" ".join(args), err) for (args, _), (rc, _, err) in zip(SCRIPT, got, strict=True) if rc]
+    assert len(failed) == 3, failed
+    assert "alice@example.org" in got[-1][1] and "bob@example.org" not in got[-1][1]
+    log = pg.cli("admin-log", "--json").stdout
+    assert '"account removed"' in log and '"app password added"' in log
+
+
+# --- the database going away ------------------------------------------------------------------
+
+
+def test_postgresql_stopped_mid_test_gives_454_then_logins_recover_without_restart(
+    pg_server: Server, cluster: PostgresCluster,
+) -> None:
+    pg_server.cli("db", "migrate")
+    pg_server.add_user(USER, PASSWORD)
+    pg_server.start()
+    assert login(pg_server, "127.0.0.2", USER, PASSWORD).startswith("235")
+    cluster.stop()
+    try:
+        # The right password and a wrong one: neither may be called wrong (535).
+        assert login(pg_server, "127.0.0.2", USER, PASSWORD) == str(R.AUTH_TEMPFAIL)
+        assert login(pg_server, "127.0.0.3", USER, "a wrong guess") == str(R.AUTH_TEMPFAIL)
+        log = pg_server.log_text()
+        assert "PostgreSQL database" in log and "Connection refused" in log
+    finally:
+        cluster.start()
+    deadline = time.monotonic() + 60
+    reply = ""
+    while time.monotonic() < deadline:
+        reply = login(pg_server, "127.0.0.2", USER, PASSWORD)
+        if reply.startswith("235"):
+            break
+        assert reply == str(R.AUTH_TEMPFAIL)
+        time.sleep(0.5)
+    assert reply.startswith("235"), reply
+    assert pg_server.proc is not None and pg_server.proc.poll() is None  # never restarted

@@ -31,7 +31,7 @@ from smtpgate.admin import (
     RestrictListeners,
     RestrictNetworks,
 )
-from smtpgate.auth import postgres_store
+from smtpgate.auth import postgres_schema, postgres_store
 from smtpgate.auth.admin_store import AccountStore
 from smtpgate.auth.credentials import CRAM_MD5
 from smtpgate.auth.directory import Account, AccountDirectory, AppPassword, StoreUnavailable
@@ -204,7 +204,7 @@ class PostgresHarness(SqliteHarness):
             dsn=cluster.create_database(), password_file=cluster.write_password_file(tmp_path),
             timeout=2,
         )
-        postgres_store.migrate(self._pg)
+        postgres_schema.migrate(self._pg)
         self._admin = AccountAdmin(self._new_store(), CFG, actor=ACTOR)
         self._opened = []
         for a in SEED:

@@ -72,7 +72,7 @@ def migrate_accounts(cfg: Config) -> Migration:
 
     SQLite upgrades itself when opened (after copying the old file aside,
     ``auth/sqlite_file.py``), so this opens it; PostgreSQL is only ever
-    migrated here (``auth/postgres_store.py``: a shared database changes when its
+    migrated here (``auth/postgres_schema.py``: a shared database changes when its
     administrator says so).
 
     Raises:
@@ -88,9 +88,9 @@ def migrate_accounts(cfg: Config) -> Migration:
         SqliteAccountStore(path, cfg.accounts).close()
         return Migration(str(path), before, schema_version_of(path))
     if backend == "postgresql":
-        from smtpgate.auth import postgres_store
+        from smtpgate.auth import postgres_schema
 
         pg = _postgres(cfg)
-        before, after = postgres_store.migrate(pg)
-        return Migration(postgres_store.where(pg), before, after)
+        before, after = postgres_schema.migrate(pg)
+        return Migration(postgres_schema.where(pg), before, after)
     assert_never(backend)

@@ -1,0 +1,232 @@
+"""The PostgreSQL account database: its schema, its versions and ``smtpgate db migrate``,
+and how a connection is made (the store itself is ``auth/postgres_store.py``).
+
+Migrations are explicit: opening the store never changes the schema; a database
+older than this version (or empty) is refused with a message that says to run
+``smtpgate db migrate``, which applies the missing versions in one transaction
+under an advisory lock, so that two at once cannot both apply one. A shared
+database upgraded silently by whichever host restarts first would surprise the
+others; its administrator decides when. The tables mirror ``auth/store.py``'s
+SQLite schema in PostgreSQL's own types (``timestamptz``, ``boolean``, ``jsonb``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from psycopg import conninfo
+from psycopg.rows import dict_row
+
+from smtpgate.auth.directory import StoreUnavailable
+from smtpgate.auth.sqlite_file import NewerSchema
+from smtpgate.config import PostgresConfig
+
+log = logging.getLogger("smtpgate.auth.postgres")
+
+Row = dict[str, Any]
+
+#: pg_advisory_xact_lock key held by ``migrate`` ("smtpgate" in ASCII, truncated).
+_MIGRATE_LOCK = 0x736D747067617465
+
+class SchemaNotMigrated(StoreUnavailable):
+    """The database's schema is older than this version (or absent): run
+    ``smtpgate db migrate``. Nothing was changed."""
+
+    hint = "run `smtpgate db migrate` (docs/directories.md, \"PostgreSQL\")"
+
+
+class PasswordFileUnreadable(StoreUnavailable):
+    """The database password file cannot be read."""
+
+    key = "accounts.postgresql.password_file"
+
+
+class PostgresSchemaTooNew(StoreUnavailable, NewerSchema):
+    """The database was migrated by a newer smtpgate; it is left untouched."""
+
+
+# Each migration is a list of statements applied in one transaction; its version
+# is its index + 1. Never edit a released migration: append a new one.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE accounts (
+            name text PRIMARY KEY,
+            created timestamptz NOT NULL,
+            updated timestamptz NOT NULL,
+            generation bigint NOT NULL DEFAULT 0,
+            locked boolean NOT NULL DEFAULT false,
+            lock_reason text,
+            locked_at timestamptz,
+            password_changed timestamptz,
+            last_login timestamptz,
+            last_mechanism text,
+            allowed_mechanisms jsonb,
+            cram_md5_enabled boolean NOT NULL DEFAULT false,
+            allowed_networks jsonb,
+            allowed_listeners jsonb,
+            require_oauth boolean NOT NULL DEFAULT false,
+            password_max_age_days double precision,
+            password_expires timestamptz,
+            max_messages_per_hour integer,
+            max_recipients_per_hour integer
+        )""",
+        """CREATE TABLE credentials (
+            account text NOT NULL REFERENCES accounts(name)
+                ON DELETE CASCADE ON UPDATE CASCADE,
+            scheme text NOT NULL,
+            data text NOT NULL,
+            created timestamptz NOT NULL,
+            PRIMARY KEY (account, scheme)
+        )""",
+        """CREATE TABLE aliases (
+            address text PRIMARY KEY,
+            account text NOT NULL REFERENCES accounts(name)
+                ON DELETE CASCADE ON UPDATE CASCADE,
+            created timestamptz NOT NULL
+        )""",
+        "CREATE INDEX aliases_account ON aliases (account)",
+        """CREATE TABLE granted_domains (
+            account text NOT NULL REFERENCES accounts(name)
+                ON DELETE CASCADE ON UPDATE CASCADE,
+            domain text NOT NULL,
+            created timestamptz NOT NULL,
+            PRIMARY KEY (account, domain)
+        )""",
+        """CREATE TABLE app_passwords (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            account text NOT NULL REFERENCES accounts(name)
+                ON DELETE CASCADE ON UPDATE CASCADE,
+            name text NOT NULL,
+            salt text NOT NULL,
+            digest text NOT NULL,
+            created timestamptz NOT NULL,
+            expires timestamptz,
+            networks jsonb,
+            mechanisms jsonb,
+            max_messages_per_hour integer,
+            max_recipients_per_hour integer,
+            last_used timestamptz,
+            last_address text,
+            UNIQUE (account, name)
+        )""",
+        """CREATE TABLE admin_log (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            time timestamptz NOT NULL,
+            os_user text NOT NULL,
+            command text NOT NULL,
+            action text NOT NULL,
+            target text NOT NULL,
+            details jsonb NOT NULL
+        )""",
+        "CREATE INDEX admin_log_time ON admin_log (time)",
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def where(pg: PostgresConfig) -> str:
+    """The database named by the DSN, for messages (never a password)."""
+    try:
+        p = conninfo.conninfo_to_dict(pg.dsn)
+    except psycopg.Error:
+        return "PostgreSQL database"
+    host = p.get("host") or p.get("hostaddr") or "local socket"
+    port = f":{p['port']}" if p.get("port") else ""
+    return f"PostgreSQL database {p.get('dbname') or p.get('user') or '(default)'} on {host}{port}"
+
+
+def connection_kwargs(pg: PostgresConfig) -> dict[str, Any]:
+    """libpq options besides the DSN: the password from its file (a path already
+    resolved against the config's directory), a connect timeout.
+
+    Raises:
+        StoreUnavailable: the password file cannot be read (naming its key).
+    """
+    kwargs: dict[str, Any] = {
+        "connect_timeout": max(1, int(pg.timeout)),
+        "application_name": "smtpgate",
+        "autocommit": True,
+    }
+    if pg.password_file is not None:
+        path = pg.password_file
+        try:
+            kwargs["password"] = path.read_text().strip("\r\n")
+        except OSError as e:
+            raise PasswordFileUnreadable(
+                f"[accounts.postgresql].password_file: cannot read {path}: {e.strerror}"
+            ) from None
+    return kwargs
+
+
+def current_version(c: psycopg.Connection[Row]) -> int:
+    exists = c.execute("SELECT to_regclass('schema_version') IS NOT NULL AS e").fetchone()
+    if exists is None or not exists["e"]:
+        return 0
+    row = c.execute("SELECT COALESCE(MAX(version), 0) AS v FROM schema_version").fetchone()
+    return 0 if row is None else int(row["v"])
+
+
+def connect(pg: PostgresConfig) -> psycopg.Connection[Row]:
+    try:
+        return psycopg.connect(pg.dsn, row_factory=dict_row, **connection_kwargs(pg))
+    except psycopg.Error as e:
+        raise StoreUnavailable(f"{where(pg)}: {str(e).strip()}") from None
+
+
+def check_version(label: str, current: int) -> None:
+    if current > SCHEMA_VERSION:
+        raise PostgresSchemaTooNew(
+            f"{label}: this database was migrated by a newer smtpgate (schema v{current}, "
+            f"this version knows up to v{SCHEMA_VERSION})"
+        )
+
+
+def schema_version(pg: PostgresConfig) -> int:
+    """The database's schema version (0: none yet)."""
+    with connect(pg) as c:
+        try:
+            return current_version(c)
+        except psycopg.Error as e:
+            raise StoreUnavailable(f"{where(pg)}: {str(e).strip()}") from None
+
+
+def migrate(
+    pg: PostgresConfig, *, clock: Callable[[], datetime] = utcnow
+) -> tuple[int, int]:
+    """Apply the missing migrations in one transaction; (version before, version after).
+
+    Raises:
+        StoreUnavailable: the server cannot be reached, or a statement failed
+            (nothing was applied).
+        PostgresSchemaTooNew: the database is newer than this version.
+    """
+    label = where(pg)
+    with connect(pg) as c:
+        try:
+            with c.transaction():
+                c.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATE_LOCK,))
+                current = current_version(c)
+                check_version(label, current)
+                c.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_version ("
+                    "version integer PRIMARY KEY, applied timestamptz NOT NULL)"
+                )
+                for version in range(current + 1, SCHEMA_VERSION + 1):
+                    for statement in MIGRATIONS[version - 1]:
+                        c.execute(statement)
+                    c.execute(
+                        "INSERT INTO schema_version (version, applied) VALUES (%s, %s)",
+                        (version, clock()),
+                    )
+        except psycopg.Error as e:
+            raise StoreUnavailable(f"{label}: migration failed: {str(e).strip()}") from None
+    if current < SCHEMA_VERSION:
+        log.warning("%s: schema migrated from v%d to v%d", label, current, SCHEMA_VERSION)
+    return current, SCHEMA_VERSION

@@ -123,6 +123,15 @@ class Slapd:
         return f"ldaps://127.0.0.1:{self.tls_port}"
 
     @property
+    def log(self) -> Path:
+        return self.root / "slapd.log"
+
+    def binds(self, dn: str) -> int:
+        """Simple binds as ``dn`` the server received so far (from its stats log)."""
+        needle = f'BIND dn="{dn}" method=128'.lower()
+        return self.log.read_text(errors="replace").lower().count(needle)
+
+    @property
     def conf(self) -> Path:
         return self.root / "slapd.conf"
 
@@ -185,15 +194,17 @@ ou: people
                        capture_output=True, timeout=60)
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["slapd", "-f", str(self.conf), "-d", "0",
-             "-h", f"ldap://127.0.0.1:{self.port}/ ldaps://127.0.0.1:{self.tls_port}/"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
+        # -d stats: one line per connection and operation (the tests count binds).
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                ["slapd", "-f", str(self.conf), "-d", "stats",
+                 "-h", f"ldap://127.0.0.1:{self.port}/ ldaps://127.0.0.1:{self.tls_port}/"],
+                stdout=subprocess.DEVNULL, stderr=log,
+            )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError("slapd exited:\n" + (self.root / "slapd.log").read_text())
+                raise RuntimeError("slapd exited:\n" + self.log.read_text(errors="replace"))
             try:
                 self.tool("ldapwhoami", "-H", self.url, "-x")
                 return

@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 from smtpgate.auth.admin_store import AccountExists
+from smtpgate.auth.credentials import SCRAM_SCHEMES
 from smtpgate.auth.directory import Account
 from smtpgate.auth.legacy_hashes import LEGACY
 from smtpgate.cli.common import (
@@ -172,7 +173,14 @@ def account_json(a: Account, max_age_days: float) -> dict[str, object]:
         "password_expires": t(a.password_expiry(max_age_days)),
         # Imported (``user import``), not logged in since: the old server's hash.
         "legacy_hash": LEGACY in a.schemes,
+        # Stored SCRAM keys; a directory (LDAP) account gets them at its first
+        # PLAIN/LOGIN login and again after its password changes.
+        "scram_keys": _scram_keys(a),
     }
+
+
+def _scram_keys(a: Account) -> list[str]:
+    return sorted(s for s in a.schemes if s in SCRAM_SCHEMES.values())
 
 
 def _accounts_table(accounts: list[Account], max_age_days: float = 0) -> Table:
@@ -187,6 +195,7 @@ def _accounts_table(accounts: list[Account], max_age_days: float = 0) -> Table:
     table.add_column("password age", no_wrap=True)
     table.add_column("password expires", no_wrap=True)
     table.add_column("legacy hash", no_wrap=True)
+    table.add_column("scram keys", no_wrap=True)
     for a in accounts:
         locked = (
             f"yes: {a.lock_reason}" if a.locked and a.lock_reason else "yes" if a.locked else "no"
@@ -207,6 +216,7 @@ def _accounts_table(accounts: list[Account], max_age_days: float = 0) -> Table:
             password_expiry(a, max_age_days),
             # Imported; upgraded to Argon2id at the account's first login.
             "yes (until first login)" if LEGACY in a.schemes else "no",
+            " ".join(_scram_keys(a)) or "none",
         )
     return table
 

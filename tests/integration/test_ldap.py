@@ -1,0 +1,303 @@
+"""The LDAP backend end to end: `smtpgate serve` (as a default install runs it) with
+its accounts in a real slapd (``tests/peers/slapd.py``), driven by swaks, gsasl
+and smtplib.
+
+Shown here: PLAIN/LOGIN logins and sending as directory users, with sender
+ownership following the directory's address attributes plus local aliases;
+SCRAM-SHA-256-PLUS after a first PLAIN, and what a password changed in the
+directory does to the kept SCRAM keys; a directory stopped mid-test (454, then
+recovery without a restart); the guard refusing before any bind reaches the
+directory; a wrong service-account password and a cleartext URL refused at
+start-up; LDAP filter injection in the login name; the `user ...` commands on
+directory accounts.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import smtplib
+import subprocess
+import time
+from collections.abc import Iterator
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+
+from tests.peers.slapd import Slapd, shared_slapd
+
+from .conftest import Server, make_server, require_tool
+from .ldap_setup import LdapSetup
+from .test_protection import connect
+from .test_protection import login as guard_login
+
+pytestmark = pytest.mark.interop
+
+ALICE = "alice@example.org"
+ALICE_PW = "directory password one"
+SALES = "sales@example.org"  # alice's second address, in the directory
+BOB = "bob@example.org"
+BOB_PW = "bob's directory password"
+
+
+@pytest.fixture(scope="module")
+def slapd() -> Slapd:
+    require_tool("swaks")
+    return shared_slapd()
+
+
+def _server(root: Path, extra: str = "") -> tuple[Server, LdapSetup, dict[str, str]]:
+    srv = make_server(root, extra)
+    setup = LdapSetup()
+    setup.configure(srv)
+    dns = {
+        ALICE: setup.add_user(srv, ALICE, ALICE_PW, SALES),
+        BOB: setup.add_user(srv, BOB, BOB_PW),
+    }
+    return srv, setup, dns
+
+
+@pytest.fixture
+def ldap_server(slapd: Slapd, tmp_path: Path) -> Iterator[tuple[Server, dict[str, str]]]:
+    srv, _, dns = _server(tmp_path / "srv")
+    srv.start()
+    yield srv, dns
+    if srv.proc is not None:
+        srv.stop()
+
+
+def login(server: Server, user: str, password: str, mechanism: str = "PLAIN") -> tuple[int, bytes]:
+    with smtplib.SMTP("127.0.0.1", server.submission, timeout=20) as s:
+        s.starttls(context=server.client_context())
+        s.ehlo("client.test")
+        try:
+            s.login(user, password) if mechanism == "LOGIN" else s.auth(
+                "PLAIN", lambda _=None: f"\0{user}\0{password}", initial_response_ok=True
+            )
+        except smtplib.SMTPAuthenticationError as e:
+            return e.smtp_code, e.smtp_error
+        return 235, b""
+
+
+def send(server: Server, user: str, password: str, sender: str) -> tuple[int, str]:
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = sender, "someone@example.net", "hello"
+    msg.set_content("from the directory\n")
+    with smtplib.SMTP_SSL("127.0.0.1", server.submissions, timeout=20,
+                          context=server.client_context()) as s:
+        s.login(user, password)
+        try:
+            s.send_message(msg)
+        except smtplib.SMTPSenderRefused as e:
+            return e.smtp_code, e.smtp_error.decode()
+        return 250, ""
+
+
+def gsasl(server: Server, user: str, password: str, mechanism: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [require_tool("gsasl"), "--smtp", f"--connect=127.0.0.1:{server.submission}",
+         "--starttls", f"--x509-ca-file={server.ca}", "--hostname=localhost", "-d",
+         "--quiet", "-a", user, "-p", password, "-m", mechanism],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, check=False,
+    )
+
+
+def scram_keys(server: Server, user: str) -> list[str]:
+    rows = [json.loads(x) for x in server.cli("user", "list", "--json").stdout.splitlines()]
+    return next((r["scram_keys"] for r in rows if r["name"] == user), [])
+
+
+def wait_for_scram_keys(server: Server, user: str) -> None:
+    """The keys are written after the 235, off the login path."""
+    deadline = time.monotonic() + 15
+    while "scram-sha-256" not in scram_keys(server, user):
+        assert time.monotonic() < deadline, "SCRAM keys were not kept after a PLAIN login"
+        time.sleep(0.1)
+
+
+# --- logging in and sending -----------------------------------------------------------
+
+
+def test_plain_and_login_then_send_as_the_directory_addresses(
+    ldap_server: tuple[Server, dict[str, str]],
+) -> None:
+    srv, _ = ldap_server
+    assert login(srv, ALICE, ALICE_PW) == (235, b"")
+    assert login(srv, ALICE, ALICE_PW, "LOGIN") == (235, b"")
+    assert login(srv, ALICE, "wrong password")[0] == 535
+    assert login(srv, ALICE, BOB_PW)[0] == 535  # another entry's password
+    # swaks, LOGIN over implicit TLS, sending as alice's directory alias.
+    out = subprocess.run(
+        [require_tool("swaks"), "-s", "127.0.0.1", "-p", str(srv.submissions), "-tlsc",
+         "--tls-verify", "--tls-ca-path", str(srv.ca), "-a", "LOGIN", "-au", ALICE,
+         "-ap", ALICE_PW, "-f", SALES, "-t", "friend@example.net"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    # Sender ownership: the directory's addresses, then a local alias granted.
+    assert send(srv, ALICE, ALICE_PW, ALICE)[0] == 250
+    assert send(srv, ALICE, ALICE_PW, SALES)[0] == 250
+    assert send(srv, BOB, BOB_PW, SALES)[0] == 553  # alice's address, not bob's
+    assert send(srv, ALICE, ALICE_PW, "info@example.org")[0] == 553
+    srv.cli("user", "alias", "add", ALICE, "info@example.org")
+    assert send(srv, ALICE, ALICE_PW, "info@example.org")[0] == 250
+    srv.wait_for_mail(4)
+
+
+def test_scram_plus_after_a_first_plain_and_after_a_password_change(
+    slapd: Slapd, ldap_server: tuple[Server, dict[str, str]],
+) -> None:
+    srv, dns = ldap_server
+    # No keys before the first PLAIN/LOGIN login: SCRAM fails like a wrong password.
+    assert gsasl(srv, ALICE, ALICE_PW, "SCRAM-SHA-256-PLUS").returncode != 0
+    assert scram_keys(srv, ALICE) == []
+    assert login(srv, ALICE, ALICE_PW) == (235, b"")
+    wait_for_scram_keys(srv, ALICE)
+    out = gsasl(srv, ALICE, ALICE_PW, "SCRAM-SHA-256-PLUS")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert gsasl(srv, ALICE, "wrong password", "SCRAM-SHA-256-PLUS").returncode != 0
+
+    # The password changes in the directory: the kept keys are stale.
+    new = "directory password two"
+    slapd.set_password(dns[ALICE], new)
+    assert gsasl(srv, ALICE, ALICE_PW, "SCRAM-SHA-256-PLUS").returncode != 0  # old one
+    assert gsasl(srv, ALICE, new, "SCRAM-SHA-256-PLUS").returncode != 0  # keys not made yet
+    assert scram_keys(srv, ALICE) == []
+    assert login(srv, ALICE, ALICE_PW)[0] == 535  # the old password, even cached
+    assert login(srv, ALICE, new) == (235, b"")
+    wait_for_scram_keys(srv, ALICE)
+    out = gsasl(srv, ALICE, new, "SCRAM-SHA-256-PLUS")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert gsasl(srv, ALICE, ALICE_PW, "SCRAM-SHA-256-PLUS").returncode != 0
+
+
+def test_cram_md5_is_never_available_for_directory_accounts(
+    ldap_server: tuple[Server, dict[str, str]],
+) -> None:
+    srv, _ = ldap_server
+    r = srv.cli("user", "cram-md5", ALICE, "--enable", "--password-stdin",
+                stdin=ALICE_PW + "\n", check=False)
+    assert r.returncode != 0, r.stdout
+    out = subprocess.run(
+        [require_tool("swaks"), "-s", "127.0.0.1", "-p", str(srv.submissions), "-tlsc",
+         "--tls-verify", "--tls-ca-path", str(srv.ca), "-a", "CRAM-MD5", "-au", ALICE,
+         "-ap", ALICE_PW, "--quit-after", "AUTH"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert out.returncode != 0 and "235 " not in out.stdout, out.stdout
+
+
+def test_user_commands_on_directory_accounts(
+    ldap_server: tuple[Server, dict[str, str]],
+) -> None:
+    srv, _ = ldap_server
+    for argv in (("user", "add", "carol@example.org", "--password-stdin"),
+                 ("user", "passwd", ALICE, "--password-stdin")):
+        r = srv.cli(*argv, stdin="a brand new password 42\n", check=False)
+        assert r.returncode != 0 and "passwords live in the directory" in r.stderr, r.stderr
+    # An app password, kept locally, logs in; a lock set here refuses the account.
+    r = srv.cli("app-password", "add", ALICE, "phone")
+    secret = next(w for w in r.stdout.split() if w.count("-") == 4 and len(w) == 24)
+    assert login(srv, ALICE, secret) == (235, b"")
+    srv.cli("user", "lock", ALICE, "--reason", "phished")
+    assert login(srv, ALICE, ALICE_PW)[0] == 535
+    srv.cli("user", "unlock", ALICE)
+    assert login(srv, ALICE, ALICE_PW) == (235, b"")
+    # Someone the directory does not have: nothing is made locally.
+    r = srv.cli("user", "alias", "add", "ghost@example.org", "x@example.org", check=False)
+    assert r.returncode != 0
+
+
+# --- outages and start-up -----------------------------------------------------------------
+
+
+def test_directory_down_gives_454_and_logins_recover_by_themselves(
+    slapd: Slapd, ldap_server: tuple[Server, dict[str, str]],
+) -> None:
+    srv, _ = ldap_server
+    assert login(srv, ALICE, ALICE_PW) == (235, b"")  # cached from here on
+    slapd.stop()
+    try:
+        code, text = login(srv, ALICE, ALICE_PW)
+        assert (code, text[:5]) == (454, b"4.7.0"), text
+        assert login(srv, BOB, "any password")[0] == 454  # never 535 for an outage
+    finally:
+        slapd.start()
+    assert login(srv, ALICE, ALICE_PW) == (235, b"")  # no restart
+    assert login(srv, BOB, BOB_PW) == (235, b"")
+    assert "LDAP directory" in srv.log_text() and "unavailable" in srv.log_text()
+
+
+def test_a_wrong_service_account_password_stops_start_up(slapd: Slapd, tmp_path: Path) -> None:
+    srv, _, _ = _server(tmp_path / "srv")
+    (tmp_path / "wrong.pw").write_text("not the service password\n")
+    text = srv.config.read_text().replace(str(slapd.root / "service.pw"), str(tmp_path / "wrong.pw"))
+    srv.config.write_text(text)
+    check = srv.cli("config", "check", check=False)
+    assert check.returncode != 0
+    assert "accounts.ldap.bind_password_file" in check.stdout + check.stderr
+    with pytest.raises(RuntimeError, match="accounts.ldap.bind_password_file"):
+        srv.start()
+
+
+def test_cleartext_to_a_remote_directory_is_refused(slapd: Slapd, tmp_path: Path) -> None:
+    srv, _, _ = _server(tmp_path / "srv")
+    text = srv.config.read_text()
+    remote = text.replace(f'url = "{slapd.url}"', 'url = "ldap://192.0.2.10:389"').replace(
+        "starttls = true", "starttls = false")
+    srv.config.write_text(remote)
+    check = srv.cli("config", "check", check=False)
+    assert check.returncode != 0 and "cleartext" in check.stdout + check.stderr
+    with pytest.raises(RuntimeError, match="cleartext"):
+        srv.start()
+    # The documented loosening lets it start, and is listed among the loosenings.
+    srv.config.write_text(remote.replace("starttls = false", "starttls = false\nallow_cleartext = true"))
+    check = srv.cli("config", "check", check=False)
+    assert "accounts.ldap.allow_cleartext" in check.stdout + check.stderr
+
+
+# --- attacks ------------------------------------------------------------------------------------
+
+
+HOSTILE = ["*", "*@example.org", "alice@example.org)(mail=*", "al*ce@example.org",
+           "alice\\@example.org", "(uid=*)", "*)(uid=*))(|(uid=*", "alice@example.org\0",
+           "alice\0@example.org", "ALICE@example.org", "a*@example.org"]
+
+
+def test_ldap_injection_in_the_login_name_never_logs_in(
+    ldap_server: tuple[Server, dict[str, str]],
+) -> None:
+    srv, _ = ldap_server
+    for name in HOSTILE:
+        r = connect(srv, "127.0.0.1")
+        try:
+            # AUTH LOGIN: the name travels as its own base64 string, NUL included.
+            assert r.cmd("AUTH LOGIN").startswith("334")
+            reply = r.cmd(base64.b64encode(name.encode()).decode())
+            if reply.startswith("334"):  # a NUL may be refused at once
+                reply = r.cmd(base64.b64encode(ALICE_PW.encode()).decode())
+            assert reply.startswith("535"), (name, reply)
+        finally:
+            r.close()
+    assert login(srv, ALICE, ALICE_PW) == (235, b"")  # alice herself is unaffected
+
+
+def test_the_guard_refuses_before_any_bind_reaches_the_directory(
+    slapd: Slapd, tmp_path: Path,
+) -> None:
+    guard = "\n[guard]\nallowlist = []\nlockout_threshold = 3\npenalty_base = 0.1\npenalty_max = 0.2\n"
+    srv, _, dns = _server(tmp_path / "srv", guard)
+    srv.start()
+    try:
+        before = slapd.binds(dns[BOB])
+        replies = [guard_login(srv, "127.0.0.3", BOB, f"guess {i}")[:3] for i in range(8)]
+        assert replies == ["535"] * 3 + ["454"] * 5, replies
+        assert slapd.binds(dns[BOB]) - before == 3  # the lockout's, and not one more
+        # The right password from the attacker's address: the guard answers, no bind.
+        assert guard_login(srv, "127.0.0.3", BOB, BOB_PW).startswith("454")
+        assert slapd.binds(dns[BOB]) - before == 3
+        # The directory counted no more than the guard allowed: it still binds.
+        slapd.tool("ldapwhoami", "-H", slapd.url, "-ZZ", "-x", "-D", dns[BOB], "-w", BOB_PW)
+    finally:
+        srv.stop()

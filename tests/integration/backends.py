@@ -82,9 +82,9 @@ class PostgresSetup:
             "[accounts.postgresql]\n"
             f'dsn = "{dsn}"\n'
             'password_file = "pg.password"\n'
-            "timeout = 2\n"
         ))
-        server.cli("db", "migrate")
+        out = server.cli("db", "migrate", check=False)
+        assert out.returncode == 0, f"smtpgate db migrate: {out.stderr}"
 
     def add_user(self, server: Server, name: str, password: str) -> None:
         server.add_user(name, password)

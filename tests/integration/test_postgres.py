@@ -39,7 +39,6 @@ def pg_server(tmp_path: Path, cluster: PostgresCluster) -> Iterator[Server]:
         "[accounts.postgresql]\n"
         f'dsn = "{cluster.create_database()}"\n'
         'password_file = "pg.password"\n'
-        "timeout = 2\n"
     ))
     yield srv
     if srv.proc is not None:

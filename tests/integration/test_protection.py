@@ -3,6 +3,12 @@
 Distinct clients are distinct loopback source addresses (127.0.0.2, ...).
 Thresholds are small so the tests are quick; timings are only checked as
 coarse lower bounds (the machine is shared).
+
+The whole suite runs once per account backend (the ``backend`` fixture,
+parametrised over ``backends.BACKENDS``): every server here is made with
+``make_guarded`` or ``make_backend_server``, which point it at that backend and
+create its accounts there. A new backend registers its set-up in
+``tests/integration/backends.py``; nothing here changes.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import pytest
 
 from smtpgate.smtp import replies as R
 
+from .backends import BACKENDS, BackendSetup
 from .conftest import PASSWORD, USER, Server, make_server
 from .test_attacks import Raw, plain
 
@@ -49,20 +56,37 @@ recipients_per_hour = 6
 """
 
 
-def make_guarded(root: Path, extra: str = "", allowlist: str = "[]") -> Server:
-    config = GUARDED.format(
-        allowlist=allowlist, penalty_base=PENALTY_BASE, penalty_max=PENALTY_MAX, lockout=LOCKOUT
-    )
-    srv = make_server(root, config + extra)
-    for name, pw in ((USER, PASSWORD), (BOB, BOB_PASSWORD), (CAROL, CAROL_PASSWORD)):
-        srv.add_user(name, pw)
+@pytest.fixture(params=sorted(BACKENDS))
+def backend(request: pytest.FixtureRequest) -> BackendSetup:
+    """The account backend this run of the suite keeps its accounts in."""
+    return BACKENDS[request.param]
+
+
+def make_backend_server(
+    root: Path, backend: BackendSetup, extra: str, users: list[tuple[str, str]]
+) -> Server:
+    """A started server on ``backend`` with ``users`` (name, password)."""
+    srv = make_server(root, extra)
+    backend.configure(srv)
+    for name, pw in users:
+        backend.add_user(srv, name, pw)
     srv.start()
     return srv
 
 
+def make_guarded(
+    root: Path, extra: str = "", allowlist: str = "[]", backend: BackendSetup = BACKENDS["sqlite"]
+) -> Server:
+    config = GUARDED.format(
+        allowlist=allowlist, penalty_base=PENALTY_BASE, penalty_max=PENALTY_MAX, lockout=LOCKOUT
+    )
+    users = [(USER, PASSWORD), (BOB, BOB_PASSWORD), (CAROL, CAROL_PASSWORD)]
+    return make_backend_server(root, backend, config + extra, users)
+
+
 @pytest.fixture
-def guarded(tmp_path: Path) -> Iterator[Server]:
-    srv = make_guarded(tmp_path / "srv")
+def guarded(tmp_path: Path, backend: BackendSetup) -> Iterator[Server]:
+    srv = make_guarded(tmp_path / "srv", backend=backend)
     yield srv
     if srv.proc is not None:
         srv.stop()
@@ -291,10 +315,11 @@ def test_sender_ownership_envelope_and_header_with_alias_and_granted_domain(guar
     assert {"alias added", "domain granted", "alias removed"} <= set(actions)
 
 
-def test_sender_ownership_log_only_mode(tmp_path: Path) -> None:
-    srv = make_server(tmp_path / "srv", '\n[policy]\nsender_ownership = "log"\nfrom_header = "log"\n')
-    srv.add_user(USER, PASSWORD)
-    srv.start()
+def test_sender_ownership_log_only_mode(tmp_path: Path, backend: BackendSetup) -> None:
+    srv = make_backend_server(
+        tmp_path / "srv", backend, '\n[policy]\nsender_ownership = "log"\nfrom_header = "log"\n',
+        [(USER, PASSWORD)],
+    )
     try:
         r = authed(srv, "127.0.0.2", USER, PASSWORD)
         assert send(r, BOB, ["x@example.net"], from_header=BOB)[-1].startswith("250")
@@ -478,8 +503,8 @@ def test_locks_blocks_and_counters_survive_kill_9(guarded: Server) -> None:
     assert login(guarded, "127.0.0.5", CAROL, CAROL_PASSWORD) == str(R.AUTH_BLOCKED)
 
 
-def test_allowlisted_network_is_exempt(tmp_path: Path) -> None:
-    srv = make_guarded(tmp_path / "srv", allowlist='["127.0.2.0/24"]')
+def test_allowlisted_network_is_exempt(tmp_path: Path, backend: BackendSetup) -> None:
+    srv = make_guarded(tmp_path / "srv", allowlist='["127.0.2.0/24"]', backend=backend)
     try:
         for name in [USER, BOB, CAROL, "x@example.org", "y@example.org"]:
             assert login(srv, "127.0.2.1", name, "Summer2024!") == str(R.AUTH_FAILED)

@@ -225,3 +225,12 @@ def test_postgresql_stopped_mid_test_gives_454_then_logins_recover_without_resta
         time.sleep(0.5)
     assert reply.startswith("235"), reply
     assert pg_server.proc is not None and pg_server.proc.poll() is None  # never restarted
+
+
+def test_db_backup_copies_the_guard_database_and_points_to_pg_dump(pg_server: Server) -> None:
+    pg_server.cli("db", "migrate")  # also creates the guard database
+    out = pg_server.cli("db", "backup", check=False)
+    assert out.returncode == 0, out.stderr
+    assert "account database: on the PostgreSQL server" in out.stdout and "pg_dump" in out.stdout
+    assert len(list(pg_server.root.glob("guard.sqlite.bak-*"))) == 1
+    assert not list(pg_server.root.glob("accounts.sqlite.bak-*"))

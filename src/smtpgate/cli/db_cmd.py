@@ -45,7 +45,11 @@ def backup(dest_dir: Path | None, config_path: Path | None) -> None:
     cfg = get_config(config_path)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     accounts = cfg.path(cfg.accounts.database)
-    if not accounts.is_file():
+    on_server = cfg.accounts.backend == "postgresql"
+    if on_server:
+        click.echo("account database: on the PostgreSQL server, not copied here; "
+                   "back it up with pg_dump (docs/directories.md)")
+    elif not accounts.is_file():
         raise NotFound(
             f"no account database at {accounts}",
             "check [accounts].database; `smtpgate user add` creates the file",
@@ -55,10 +59,10 @@ def backup(dest_dir: Path | None, config_path: Path | None) -> None:
             dest_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as e:
             raise OperationalError(f"cannot create {dest_dir}: {e.strerror}") from None
-    for label, source in (
-        ("account database", accounts),
-        ("guard database", cfg.path(cfg.guard.database)),
-    ):
+    sources = [("guard database", cfg.path(cfg.guard.database))]
+    if not on_server:
+        sources.insert(0, ("account database", accounts))
+    for label, source in sources:
         if not source.is_file():
             # The server creates it at its first start; nothing to lose yet.
             click.echo(f"{label}: {source} does not exist yet, nothing to copy")

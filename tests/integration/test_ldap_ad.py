@@ -41,14 +41,6 @@ from tests.peers.samba_ad import (
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
 
-#: What the LDAP backend does not do yet; strict, so each mark
-#: fails as soon as the backend does it, and is then removed.
-NEEDS_SAM_LOGIN = pytest.mark.xfail(strict=True, reason="backend: sAMAccountName logins")
-NEEDS_UNTYPED_ADDRESSES = pytest.mark.xfail(
-    strict=True, reason="backend: unprefixed values kept beside address_prefixes"
-)
-
-
 @pytest.fixture(scope="session")
 def dc() -> Iterator[SambaAD]:
     why = samba_ad.available()
@@ -192,7 +184,6 @@ def test_upn_login(ad_server: Server) -> None:
     assert _login(ad_server, ALICE.upn, ALICE.password)[0] == 235
 
 
-@NEEDS_SAM_LOGIN
 def test_sam_account_name_login(ad_server: Server) -> None:
     assert _login(ad_server, ALICE.sam, ALICE.password)[0] == 235
 
@@ -246,14 +237,12 @@ def test_other_proxy_address_types_grant_nothing(ad_server: Server, sender: str)
     assert _mail_from(ad_server, ALICE, sender) == 553
 
 
-@NEEDS_UNTYPED_ADDRESSES
 def test_mail_attribute_is_owned_beside_proxy_addresses(ad_server: Server) -> None:
     """``mail`` has no type prefix: it counts as it is, though ``address_prefixes``
     filters the typed ``proxyAddresses`` values."""
     assert _mail_from(ad_server, DAVE, "d.mail@example.org") == 250
 
 
-@NEEDS_SAM_LOGIN
 def test_sam_account_name_login_owns_the_same_addresses(ad_server: Server) -> None:
     with _client(ad_server) as smtp:
         _plain(smtp, ALICE.sam, ALICE.password)

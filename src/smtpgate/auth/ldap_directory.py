@@ -4,8 +4,9 @@ Theory of operation
 -------------------
 A login name is looked up by *search-then-bind*: the service account (or an
 anonymous connection) searches ``base_dn`` with ``user_filter``, where
-``{login}`` is the name escaped per RFC 4515 (so ``*``, ``(``, ``)``, ``\\`` and
-NUL are data, never filter syntax), and the entry found must hold the name
+``{login}`` is the name escaped per RFC 4515 (so ``*``, ``(``, ``)`` and ``\\``
+are data, never filter syntax; a name holding NUL or another control character
+is no login at all), and the entry found must hold the name
 exactly in one of ``login_attributes`` (a filter matching loosely, or an
 attribute compared case-insensitively, never logs in as someone else). The
 password is then checked by a simple bind as that entry's DN on a separate
@@ -38,6 +39,7 @@ import logging
 import math
 import ssl
 import threading
+import unicodedata
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -109,6 +111,25 @@ def read_password_file(path: Path) -> str:
         OSError: it cannot be read.
     """
     return path.read_text(encoding="utf-8").splitlines()[0] if path.stat().st_size else ""
+
+
+#: Longest plain (non-address) login searched for; AD's sAMAccountName has 20 at most.
+MAX_PLAIN_LOGIN = 256
+
+
+def login_key(name: str) -> str | None:
+    """What ``name`` is searched as: its canonical spelling if it is an address,
+    else itself if it is a plain name (no ``@``, whitespace or control character,
+    NUL included: AD cuts a filter value at an escaped NUL), else None (no account)."""
+    try:
+        return canonical_name(name)
+    except InvalidAccountName:
+        pass
+    if not name or len(name) > MAX_PLAIN_LOGIN or "@" in name:
+        return None
+    if any(c.isspace() or unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in name):
+        return None
+    return name
 
 
 class LdapDirectory:
@@ -202,14 +223,18 @@ class LdapDirectory:
         self._run(self._search_pool, lambda conn: None)
 
     def find(self, name: str) -> DirectoryEntry | None:
-        """The entry whose login is ``name`` (a valid address), or None.
+        """The entry whose login is ``name``, or None.
+
+        ``name`` is an address, or a plain name such as AD's ``sAMAccountName``
+        (see `login_key`); the account's identity is an address either way: the
+        name itself, or for a plain name the entry's first login attribute value
+        that is one (AD's UPN), so both names are one account.
 
         Raises:
             StoreUnavailable: the directory failed or did not answer in time.
         """
-        try:
-            key = canonical_name(name)
-        except InvalidAccountName:
+        key = login_key(name)
+        if key is None:
             return None
         cfg = self._cfg
         flt = cfg.user_filter.replace("{login}", escape_filter_value(key))
@@ -233,9 +258,12 @@ class LdapDirectory:
                 return None
             raw: dict[str, list[bytes]] = found[0]["raw_attributes"]
             dn = str(found[0]["dn"])
+            identity = key if "@" in key else self._address_login(raw)
+            if identity is None:
+                return None  # a plain name on an entry without an address login
             stamps = _values(raw, cfg.password_changed_attribute)
             return DirectoryEntry(
-                dn=dn, identity=key, addresses=self._addresses(raw),
+                dn=dn, identity=identity, addresses=self._addresses(raw),
                 stamp=stamps[0] if stamps else "",
                 enabled=self._matches(conn, dn, cfg.enabled_filter),
                 member=self._matches(conn, dn, cfg.group_filter),
@@ -280,16 +308,30 @@ class LdapDirectory:
             lookup_key(v) == key for a in self._cfg.login_attributes for v in _values(raw, a)
         )
 
+    def _address_login(self, raw: Mapping[str, list[bytes]]) -> str | None:
+        """The first value of the login attributes, in their order, that is an address."""
+        for attr in self._cfg.login_attributes:
+            for v in _values(raw, attr):
+                try:
+                    return canonical_name(v)
+                except InvalidAccountName:
+                    continue
+        return None
+
     def _addresses(self, raw: dict[str, list[bytes]]) -> tuple[str, ...]:
+        """With ``address_prefixes``, a value with a listed prefix counts without it, a
+        value of another type (a ':' before its '@': ``X500:``, ``sip:``; an unquoted
+        address never holds one) not at all, and an untyped one (``mail``) as it is."""
         prefixes = [p.lower() for p in self._cfg.address_prefixes]
         out: set[str] = set()
         for attr in self._cfg.address_attributes:
             for v in _values(raw, attr):
                 if prefixes:
                     hit = next((p for p in prefixes if v.lower().startswith(p)), None)
-                    if hit is None:
+                    if hit is not None:
+                        v = v[len(hit):]
+                    elif ":" in v.partition("@")[0]:
                         continue
-                    v = v[len(hit):]
                 try:
                     out.add(canonical_name(v))
                 except InvalidAccountName:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import smtplib
 import ssl
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import ldap3
 import pytest
 
 from smtpgate.auth.ldap_presets import AD_PRESET, escape_filter_value, group_filter
-from tests.integration.conftest import IN_CI, Server, make_server
+from tests.integration.conftest import IN_CI, Server, make_server, require_tool
 from tests.peers import samba_ad
 from tests.peers.samba_ad import (
     ALICE,
@@ -247,6 +248,56 @@ def test_sam_account_name_login_owns_the_same_addresses(ad_server: Server) -> No
     with _client(ad_server) as smtp:
         _plain(smtp, ALICE.sam, ALICE.password)
         assert smtp.mail("a.liddell@example.org")[0] == 250
+
+
+def test_swaks_sends_as_a_proxy_address_with_the_sam_account_name(ad_server: Server) -> None:
+    before = len(ad_server.delivered())
+    proc = subprocess.run(
+        [require_tool("swaks"), "-s", "127.0.0.1", "-p", str(ad_server.submission), "-tls",
+         "--tls-verify", "--tls-ca-path", str(ad_server.ca), "-a", "PLAIN",
+         "-au", ALICE.sam, "-ap", ALICE.password, "-f", "a.liddell@example.org",
+         "-t", "bob@example.net", "--helo", "client.test"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "235 2.7.0" in proc.stdout
+    assert len(ad_server.wait_for_mail(before + 1)) == before + 1
+
+
+def _gsasl(srv: Server, user: str, password: str) -> int:
+    return subprocess.run(
+        [require_tool("gsasl"), "--smtp", f"--connect=127.0.0.1:{srv.submission}",
+         "--starttls", f"--x509-ca-file={srv.ca}", "--hostname=localhost", "-d", "--quiet",
+         "-a", user, "-p", password, "-m", "SCRAM-SHA-256-PLUS"],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, check=False,
+    ).returncode
+
+
+def _set_ad_password(dc: SambaAD, user: ADUser, password: str) -> None:
+    with dc.admin() as conn:
+        conn.modify(user.dn, {"unicodePwd": [
+            (ldap3.MODIFY_REPLACE, [f'"{password}"'.encode("utf-16-le")])]})
+
+
+def test_scram_after_plain_for_both_names_and_after_a_password_change(
+    ad_server: Server, dc: SambaAD
+) -> None:
+    """SCRAM keys are derived at the first PLAIN and kept under the account's one
+    identity (the UPN), so the sAMAccountName uses them too; a new password in AD
+    (pwdLastSet moves) makes them stale until the next PLAIN."""
+    assert _gsasl(ad_server, CAROL.upn, CAROL.password) != 0  # no keys yet
+    assert _login(ad_server, CAROL.sam, CAROL.password)[0] == 235
+    assert _gsasl(ad_server, CAROL.upn, CAROL.password) == 0
+    assert _gsasl(ad_server, CAROL.sam, CAROL.password) == 0
+    assert _gsasl(ad_server, CAROL.upn, "wrong password") != 0
+    new = "Carol-New-Word-33!"
+    _set_ad_password(dc, CAROL, new)
+    assert _gsasl(ad_server, CAROL.upn, CAROL.password) != 0  # the old keys are stale
+    assert _gsasl(ad_server, CAROL.upn, new) != 0  # none for the new password yet
+    assert _login(ad_server, CAROL.upn, new)[0] == 235
+    assert _gsasl(ad_server, CAROL.upn, new) == 0
+    assert _gsasl(ad_server, CAROL.upn, CAROL.password) != 0
+    _set_ad_password(dc, CAROL, CAROL.password)  # as the group tests expect
 
 
 def test_nested_group_member_logs_in(group_server: Server) -> None:

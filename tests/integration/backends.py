@@ -45,6 +45,11 @@ class BackendSetup(Protocol):
         """An account ``name`` that logs in with ``password``."""
         ...
 
+    def set_password(self, server: Server, name: str, password: str) -> None:
+        """Change the password the backend's own way (``user passwd``; a directory's
+        own tool for a directory)."""
+        ...
+
 
 def set_accounts(server: Server, backend: str, table: str) -> None:
     """Set ``[accounts].backend`` and append the backend's sub-table to the config."""
@@ -64,6 +69,9 @@ class SqliteSetup:
 
     def add_user(self, server: Server, name: str, password: str) -> None:
         server.add_user(name, password)
+
+    def set_password(self, server: Server, name: str, password: str) -> None:
+        server.cli("user", "passwd", name, "--password-stdin", stdin=password + "\n")
 
 
 class PostgresSetup:
@@ -88,6 +96,9 @@ class PostgresSetup:
 
     def add_user(self, server: Server, name: str, password: str) -> None:
         server.add_user(name, password)
+
+    def set_password(self, server: Server, name: str, password: str) -> None:
+        server.cli("user", "passwd", name, "--password-stdin", stdin=password + "\n")
 
 
 BACKENDS: dict[str, BackendSetup] = {

@@ -38,6 +38,7 @@ class LdapSetup:
 
     def __init__(self) -> None:
         self._ous: dict[str, str] = {}
+        self._dns: dict[tuple[str, str], str] = {}
 
     def configure(self, server: Server) -> None:
         from .backends import set_accounts
@@ -53,4 +54,9 @@ class LdapSetup:
         dn = f"uid={name.replace('@', '.')},{ou}"
         extra = [f"mailLocalAddress: {a}" for a in addresses]
         shared_slapd().add(person_ldif(dn, name, password, *extra))
+        self._dns[str(server.root), name] = dn
         return dn
+
+    def set_password(self, server: Server, name: str, password: str) -> None:
+        """As a directory administrator does: ldappasswd."""
+        shared_slapd().set_password(self._dns[str(server.root), name], password)

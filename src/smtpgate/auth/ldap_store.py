@@ -60,6 +60,9 @@ log = logging.getLogger("smtpgate.auth.ldap")
 #: Who makes the overlay record of an account at its first login.
 LOGIN_ACTOR = AuditActor("smtpgate", "directory login")
 _SCRAM = frozenset(SCRAM_SCHEMES.values())
+#: Overlay record of the directory password a `user rotate` deadline applies to
+#: (the ``password_changed_attribute`` value then): a new password ends it.
+ROTATED_STAMP = "ldap-rotated-stamp"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -137,9 +140,15 @@ class LdapAccountStore:
         schemes = frozenset(
             s for s in base.schemes & _SCRAM if self._scram(entry, s) is not None
         )
+        expires = base.password_expires
+        if expires is not None and self._local.get_credential(
+            entry.identity, ROTATED_STAMP
+        ) != entry.stamp:
+            expires = None  # the password changed in the directory since `user rotate`
         return replace(
             base, name=entry.identity, generation=generation, locked=locked,
             lock_reason=reason, cram_md5_enabled=False, schemes=schemes,
+            password_expires=expires,
         )
 
     def _ensure_local(self, entry: DirectoryEntry, actor: AuditActor) -> Account:
@@ -194,7 +203,7 @@ class LdapAccountStore:
             entry = self._entry(key)
             if entry is None:
                 return
-            self._ensure_local(entry, LOGIN_ACTOR)
+            key = self._ensure_local(entry, LOGIN_ACTOR).name
         self._local.record_login(key, mechanism, when)
 
     def record_app_password_use(self, app_id: int, when: datetime, address: str) -> None:
@@ -222,7 +231,14 @@ class LdapAccountStore:
     @contextmanager
     def transaction(self, actor: AuditActor) -> Iterator[AccountWriter]:
         with self._local.transaction(actor) as w:
-            yield _OverlayWriter(w, self._entry)
+            writer = _OverlayWriter(w, self._entry)
+            yield writer
+        for entry in writer.rotated:  # committed: note which password the deadline is for
+            local = self._local.get_account(entry.identity)
+            if local is not None:
+                self._local.put_credentials(
+                    entry.identity, {ROTATED_STAMP: entry.stamp}, generation=local.generation
+                )
 
     def list_accounts(self) -> list[Account]:
         """The directory accounts smtpgate has a record of (logged in, or changed by
@@ -250,14 +266,19 @@ class _OverlayWriter:
     def __init__(self, w: AccountWriter, find: Callable[[str], DirectoryEntry | None]) -> None:
         self._w = w
         self._find = find
+        #: Entries given a password deadline (``user rotate``) in this transaction.
+        self.rotated: list[DirectoryEntry] = []
 
-    def _key(self, name: str) -> str:
+    def _entry(self, name: str) -> DirectoryEntry:
         entry = self._find(name)
         if entry is None:
             raise NoSuchAccount(f"no account {name} in the directory")
         if self._w.get_account(entry.identity) is None:
             self._w.create_account(entry.identity, {})
-        return entry.identity
+        return entry
+
+    def _key(self, name: str) -> str:
+        return self._entry(name).identity
 
     def get_account(self, name: str) -> Account | None:
         """The overlay record of a directory account (made now if missing: the
@@ -333,7 +354,12 @@ class _OverlayWriter:
         raise _passwords_elsewhere(name)
 
     def schedule_password_expiry(self, name: str, when: datetime | None) -> None:
-        raise _passwords_elsewhere(name)
+        """The directory password stops working *through smtpgate* at ``when`` (app
+        passwords go on), until it is changed in the directory."""
+        entry = self._entry(name)
+        self._w.schedule_password_expiry(entry.identity, when)
+        if when is not None:
+            self.rotated.append(entry)
 
     def add_alias(self, name: str, alias: str) -> bool:
         return self._w.add_alias(self._key(name), alias)

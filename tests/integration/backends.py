@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from .ad_setup import ActiveDirectorySetup
 from .conftest import Server
 from .ldap_setup import LdapSetup
 
@@ -105,4 +106,5 @@ BACKENDS: dict[str, BackendSetup] = {
     "sqlite": SqliteSetup(),
     "postgresql": PostgresSetup(),
     "ldap": LdapSetup(),
+    "active_directory": ActiveDirectorySetup(),
 }

@@ -44,13 +44,13 @@ pytestmark = [pytest.mark.interop, pytest.mark.slow]
 
 @pytest.fixture(scope="session")
 def dc() -> Iterator[SambaAD]:
+    """The test run's DC (one per run, shared with the protection suite's AD set-up)."""
     why = samba_ad.available()
     if why is not None:
         if IN_CI:
             pytest.fail(f"Samba AD DC tests cannot run: {why} (make test installs samba-ad-dc)")
         pytest.skip(why)
-    with samba_ad.running_samba_ad() as ad:
-        yield ad
+    yield samba_ad.shared_samba_ad()
 
 
 # --- the preset's filters, straight against the DC -----------------------------------

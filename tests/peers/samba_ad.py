@@ -18,9 +18,11 @@ Samba's DC runs as root; like Postfix and Dovecot, the tests need root.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime as dt
 import ipaddress
+import itertools
 import os
 import shutil
 import signal
@@ -28,6 +30,7 @@ import socket
 import ssl
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -221,19 +224,24 @@ class SambaAD:
             check=True, capture_output=True, timeout=300,
         )
         self.provision_seconds = time.monotonic() - started
+        ca, cert, key = _write_tls(self.root / "tls", self.address)
+        self.ca_file = ca
+        self.smb_conf.write_text(_smb_conf(self.root, self.address, cert, key, ca))
+        conf = ["-H", str(self.root / "private" / "sam.ldb"), "-s", str(self.smb_conf)]
+        # The suites' passwords are passphrases ("correct horse battery"), which AD's
+        # complexity rule refuses; tests also set a password back to an earlier one.
+        subprocess.run(
+            ["samba-tool", "domain", "passwordsettings", "set", "--complexity=off",
+             "--history-length=0", "--min-pwd-age=0", "--min-pwd-length=8", *conf],
+            check=True, capture_output=True, timeout=120,
+        )
         subprocess.run(
             ["samba-tool", "domain", "passwordsettings", "pso", "create", LOCKOUT_PSO, "1",
              f"--account-lockout-threshold={LOCKOUT_THRESHOLD}",
              f"--reset-account-lockout-after={LOCKOUT_WINDOW_MINUTES}",
-             f"--account-lockout-duration={LOCKOUT_WINDOW_MINUTES}",
-             "-H", str(self.root / "private" / "sam.ldb"),
-             "-s", str(self.root / "etc" / "smb.conf")],
+             f"--account-lockout-duration={LOCKOUT_WINDOW_MINUTES}", *conf],
             check=True, capture_output=True, timeout=120,
         )
-        tls = self.root / "tls"
-        ca, cert, key = _write_tls(tls, self.address)
-        self.ca_file = ca
-        self.smb_conf.write_text(_smb_conf(self.root, self.address, cert, key, ca))
 
     def start(self) -> None:
         with open(self.root / "samba.out", "ab") as out:
@@ -336,6 +344,39 @@ def available() -> str | None:
     if os.geteuid() != 0:
         return "Samba's AD DC needs root"
     return None
+
+
+_shared: SambaAD | None = None
+_shared_lock = threading.Lock()
+_ous = itertools.count(1)
+
+
+def shared_samba_ad() -> SambaAD:
+    """The test process's DC, started on first use and stopped at exit: one
+    provisioning per test run, whoever needs it first (each user of it keeps to
+    its own users, or an ``OU`` of its own, `new_ou`).
+
+    Raises:
+        RuntimeError: it cannot run here (`available` says why) or did not start.
+    """
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            why = available()
+            if why is not None:
+                raise RuntimeError(why)
+            stack = contextlib.ExitStack()
+            _shared = stack.enter_context(running_samba_ad())
+            atexit.register(stack.close)
+        return _shared
+
+
+def new_ou(ad: SambaAD) -> str:
+    """A fresh, empty organizational unit for one test's users."""
+    ou = f"OU=t{next(_ous)}-{os.getpid()},{BASE_DN}"
+    with ad.admin() as conn:
+        conn.add(ou, ["top", "organizationalUnit"])
+    return ou
 
 
 @contextlib.contextmanager

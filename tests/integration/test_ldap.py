@@ -301,3 +301,20 @@ def test_the_guard_refuses_before_any_bind_reaches_the_directory(
         slapd.tool("ldapwhoami", "-H", slapd.url, "-ZZ", "-x", "-D", dns[BOB], "-w", BOB_PW)
     finally:
         srv.stop()
+
+
+def test_serve_starts_while_the_directory_is_down_and_logins_follow_it(
+    slapd: Slapd, tmp_path: Path,
+) -> None:
+    srv, _, _ = _server(tmp_path / "srv")
+    slapd.stop()
+    try:
+        srv.start()  # a warning, not a refusal: the directory may come back first
+        assert login(srv, ALICE, ALICE_PW)[0] == 454
+    finally:
+        slapd.start()
+    try:
+        assert login(srv, ALICE, ALICE_PW) == (235, b"")
+        assert "logins get 454 4.7.0 until it answers" in srv.log_text()
+    finally:
+        srv.stop()

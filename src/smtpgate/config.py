@@ -269,11 +269,11 @@ class PostgresConfig(Model):
     def _no_inline_password(cls, v: str) -> str:
         if not v:
             return v
-        from psycopg import conninfo  # libpq's own parser: URIs and key=value strings
+        import psycopg  # libpq's own parser: URIs and key=value strings
 
         try:
-            params = conninfo.conninfo_to_dict(v)
-        except Exception as e:  # psycopg.ProgrammingError: an unparseable string
+            params = psycopg.conninfo.conninfo_to_dict(v)
+        except psycopg.Error as e:  # an unparseable string
             raise ValueError(f"not a PostgreSQL connection string: {e}") from None
         if params.get("password"):
             raise ValueError(

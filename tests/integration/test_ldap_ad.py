@@ -120,15 +120,17 @@ def test_preset_group_filter_follows_nested_groups(service: ldap3.Connection) ->
 ALLOW_LOOPBACK = 'allowlist = ["127.0.0.0/8"]'
 
 
-def _ad_server(root: Path, dc: SambaAD, extra: str = "", guard: str = ALLOW_LOOPBACK) -> Server:
+def _ad_server(root: Path, dc: SambaAD, extra: str = "", guard: str = ALLOW_LOOPBACK,
+               url: str = "", service_password: str = SERVICE_PASSWORD,
+               start: bool = True) -> Server:
     root.mkdir(parents=True, exist_ok=True)
     pw = root / "ad-bind.pw"
-    pw.write_text(SERVICE_PASSWORD + "\n")
+    pw.write_text(service_password + "\n")
     pw.chmod(0o600)
     srv = make_server(root, f"""
 [accounts.ldap]
 flavour = "active_directory"
-url = "{dc.ldaps_url}"
+url = "{url or dc.ldaps_url}"
 ca_file = "{dc.ca_file}"
 bind_dn = "{SERVICE_DN}"
 bind_password_file = "{pw}"
@@ -139,7 +141,8 @@ base_dn = "{BASE_DN}"
 """)
     text = srv.config.read_text()
     srv.config.write_text(text.replace("[accounts]\n", '[accounts]\nbackend = "ldap"\n', 1))
-    srv.start()
+    if start:
+        srv.start()
     return srv
 
 
@@ -187,6 +190,23 @@ def test_upn_login(ad_server: Server) -> None:
 
 def test_sam_account_name_login(ad_server: Server) -> None:
     assert _login(ad_server, ALICE.sam, ALICE.password)[0] == 235
+
+
+def test_starttls_on_389(dc: SambaAD, tmp_path: Path) -> None:
+    srv = _ad_server(tmp_path / "srv", dc, url=dc.ldap_url, extra="starttls = true")
+    try:
+        assert _login(srv, ALICE.upn, ALICE.password)[0] == 235
+    finally:
+        srv.stop()
+
+
+def test_a_wrong_service_account_password_stops_start_up(dc: SambaAD, tmp_path: Path) -> None:
+    srv = _ad_server(tmp_path / "srv", dc, service_password="not-the-password", start=False)
+    check = srv.cli("config", "check", check=False)
+    assert check.returncode != 0
+    assert "accounts.ldap.bind_password_file" in check.stdout + check.stderr
+    with pytest.raises(RuntimeError, match="accounts.ldap.bind_password_file"):
+        srv.start()
 
 
 def test_wrong_password_is_535(ad_server: Server) -> None:

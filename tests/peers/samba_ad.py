@@ -1,10 +1,14 @@
 """A private Samba Active Directory domain controller on loopback, for the tests.
 
 `running_samba_ad` provisions a fresh domain in a short temporary directory
-(``samba-tool domain provision``, about 4 s), starts ``samba`` in the
-foreground with only its LDAP service, loads the directory over LDAPS as the
-domain Administrator (users, a disabled account, ``proxyAddresses``, a nested
-group), yields, and always stops it and removes the directory.
+(``samba-tool domain provision``, about 4 s), relaxes its password policy for
+the suites' passphrases and adds a lockout policy for two users, starts
+``samba`` in the foreground with only its LDAP service, loads the directory
+over LDAPS as the domain Administrator (users, a disabled account,
+``proxyAddresses``, a nested group), yields, and always stops it and removes
+the directory. `shared_samba_ad` is the one DC of a test run (about 5 s from
+provisioning to the first query), stopped at exit; `new_ou` gives a test an
+OU of its own on it.
 
 AD's LDAP ports (389, and 636 for LDAPS) cannot be moved, so the DC gets a
 loopback address of its own (the first free one from 127.0.0.53 up):

@@ -318,3 +318,34 @@ def test_serve_starts_while_the_directory_is_down_and_logins_follow_it(
         assert "logins get 454 4.7.0 until it answers" in srv.log_text()
     finally:
         srv.stop()
+
+
+@pytest.mark.parametrize(
+    ("where", "ca", "works"),
+    [
+        ("ldaps", "slapd", True),
+        ("ldaps", "other", False),  # a certificate from a CA not configured
+        ("wrong-name", "slapd", False),  # the right CA, a name the certificate lacks
+    ],
+)
+def test_ldaps_and_the_directory_certificate_is_verified(
+    slapd: Slapd, tmp_path: Path, where: str, ca: str, works: bool,
+) -> None:
+    srv, _, _ = _server(tmp_path / "srv")
+    url = slapd.ldaps_url if where == "ldaps" else f"ldaps://127.0.0.2:{slapd.tls_port}"
+    ca_file = slapd.ca if ca == "slapd" else srv.ca  # srv.ca: smtpgate's own self-signed
+    text = srv.config.read_text().replace(f'url = "{slapd.url}"', f'url = "{url}"')
+    text = text.replace("starttls = true", "starttls = false")
+    srv.config.write_text(text.replace(f'ca_file = "{slapd.ca}"', f'ca_file = "{ca_file}"'))
+    out = srv.cli("config", "check", check=False)
+    check = out.stdout + out.stderr
+    assert ("unavailable" in check) is not works, check
+    srv.start()
+    try:
+        assert login(srv, ALICE, ALICE_PW)[0] == (235 if works else 454)
+        if ca == "other":
+            assert "CERTIFICATE_VERIFY_FAILED" in srv.log_text()
+        elif not works:
+            assert "doesn't match any name in ['127.0.0.2']" in srv.log_text()
+    finally:
+        srv.stop()

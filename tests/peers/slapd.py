@@ -194,11 +194,13 @@ ou: people
                        capture_output=True, timeout=60)
 
     def start(self) -> None:
+        urls = [f"ldap://127.0.0.1:{self.port}/", f"ldaps://127.0.0.1:{self.tls_port}/",
+                # The same server on a name its certificate does not hold.
+                f"ldaps://127.0.0.2:{self.tls_port}/"]
         # -d stats: one line per connection and operation (the tests count binds).
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                ["slapd", "-f", str(self.conf), "-d", "stats",
-                 "-h", f"ldap://127.0.0.1:{self.port}/ ldaps://127.0.0.1:{self.tls_port}/"],
+                ["slapd", "-f", str(self.conf), "-d", "stats", "-h", " ".join(urls)],
                 stdout=subprocess.DEVNULL, stderr=log,
             )
         deadline = time.monotonic() + 20

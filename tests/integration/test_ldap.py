@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import json
+import signal
 import smtplib
 import subprocess
 import time
@@ -349,3 +350,18 @@ def test_ldaps_and_the_directory_certificate_is_verified(
             assert "doesn't match any name in ['127.0.0.2']" in srv.log_text()
     finally:
         srv.stop()
+
+
+def test_a_directory_that_stops_answering_gives_454_not_a_hang(
+    slapd: Slapd, ldap_server: tuple[Server, dict[str, str]],
+) -> None:
+    srv, _ = ldap_server
+    assert login(srv, ALICE, ALICE_PW) == (235, b"")  # pooled connections are open
+    assert slapd.proc is not None
+    slapd.proc.send_signal(signal.SIGSTOP)  # connects still succeed (the kernel's backlog)
+    try:
+        code, text = login(srv, ALICE, ALICE_PW)
+        assert (code, text[:5]) == (454, b"4.7.0"), text
+    finally:
+        slapd.proc.send_signal(signal.SIGCONT)
+    assert login(srv, ALICE, ALICE_PW) == (235, b"")

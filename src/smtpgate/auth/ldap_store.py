@@ -24,6 +24,10 @@ record whose directory entry is gone is ignored: the account no longer exists.
   auth service follows with ``put_credentials``) stores fresh ones.
 - No password, Argon2id hash or CRAM-MD5 secret is ever stored: ``user add``,
   ``user passwd`` and CRAM-MD5 are refused ("passwords live in the directory").
+- ``user rotate`` sets the overlay's password deadline and notes the value of
+  ``password_changed_attribute`` it is for (``ROTATED_STAMP``): the directory
+  password stops working through smtpgate at the deadline, until it changes in
+  the directory.
 """
 
 from __future__ import annotations
@@ -124,6 +128,8 @@ class LdapAccountStore:
         return _unwrap(entry.stamp, self._local.get_credential(entry.identity, scheme))
 
     def _merge(self, entry: DirectoryEntry, local: Account | None) -> Account:
+        # No overlay record yet: what a new one holds (generation 0, the column's
+        # default), so the generation does not move when the first login makes it.
         base = local or Account(
             name=entry.identity, created=_EPOCH, updated=_EPOCH, generation=0, locked=False,
             lock_reason=None, locked_at=None, password_changed=None, last_login=None,

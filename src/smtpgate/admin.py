@@ -292,6 +292,18 @@ class AccountAdmin:
                 f"set one with 'smtpgate user passwd {account.name}' first",
             )
 
+    def require_cram_md5_possible(self, account: Account, *, with_password: bool) -> None:
+        """Raises AdminError if CRAM-MD5 cannot be enabled for ``account``: never for a
+        directory account, and not with its current password if it has none."""
+        if self._store.verifies_passwords:
+            raise AdminError(
+                f"{account.name}: CRAM-MD5 is not available for directory accounts",
+                "it needs a plaintext-equivalent secret and the directory keeps the "
+                "password; the client can use SCRAM-SHA-256 after one PLAIN or LOGIN login",
+            )
+        if with_password:
+            self.require_password(account)
+
     def list_accounts(self) -> list[Account]:
         return self._store.list_accounts()
 
@@ -409,9 +421,9 @@ class AccountAdmin:
         changed meanwhile).
         """
         account = self.require_account(name)
+        self.require_cram_md5_possible(account, with_password=current_password is not None)
         secret = None
         if current_password is not None:
-            self.require_password(account)
             if not self._store.verify_password(account.name, current_password):
                 raise AdminError(
                     "the password does not match the account's password",

@@ -225,6 +225,10 @@ class AccountAdminStore(Protocol):
     Every method may raise ``StoreUnavailable``.
     """
 
+    #: True where a directory keeps the passwords (LDAP, AD): operations that need
+    #: a stored secret of the account (CRAM-MD5) are refused for it.
+    verifies_passwords: bool
+
     def transaction(self, actor: AuditActor) -> AbstractContextManager[AccountWriter]:
         """One write transaction on behalf of ``actor``; commits when the block ends,
         undoes everything if it raises."""

@@ -83,7 +83,7 @@ def cram_md5(
             admin.disable_cram_md5(account.name)
             click.echo(f"CRAM-MD5 disabled for {account.name}; its secret is deleted")
             return
-        admin.require_password(account)  # before the prompt
+        admin.require_cram_md5_possible(account, with_password=True)  # before the prompt
         admin.enable_cram_md5(account.name, _read_current_password(password_stdin))
     click.echo(f"CRAM-MD5 enabled for {account.name}")
     click.echo(CRAM_MD5_WARNING.format(user=account.name), err=True)

@@ -118,6 +118,11 @@ class Harness(Protocol):
         """Change the password the backend's own way, outside the instances opened."""
         ...
 
+    def other_logins(self, account: str) -> list[str]:
+        """Login names of ``account`` besides its address (an LDAP ``uid``, AD's
+        ``sAMAccountName``): each must log in as the account and resolve to it."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -126,6 +131,9 @@ class Harness(Protocol):
 
 class SqliteHarness:
     name = "sqlite"
+
+    def other_logins(self, account: str) -> list[str]:
+        return []  # an account has one name, its address
 
     def __init__(self, tmp_path: Path) -> None:
         self._path = tmp_path / "accounts.sqlite"
@@ -258,6 +266,10 @@ class MemoryBindDirectory:
         e = self._entry(name)
         return None if e is None else e.local_creds.get(scheme)
 
+    def login_identity(self, name: str) -> str:
+        e = self._entry(name)
+        return lookup_key(name) if e is None else e.account.name
+
     def verify_password(self, name: str, password: str) -> bool:
         e = self._entry(name)
         # An empty password would be an unauthenticated bind (RFC 4513 §5.1.2),
@@ -316,6 +328,9 @@ class MemoryBindDirectory:
 
 class BindOnlyHarness:
     name = "bind-only"
+
+    def other_logins(self, account: str) -> list[str]:
+        return []
 
     def __init__(self, tmp_path: Path) -> None:
         self._shared = _Shared()

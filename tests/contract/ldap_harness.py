@@ -44,6 +44,10 @@ class LdapHarness(SqliteHarness):
             url=self._slapd.url, starttls=True, ca_file=self._slapd.ca, bind_dn=SERVICE_DN,
             bind_password_file=self._slapd.root / "service.pw", base_dn=ou,
             address_attributes=["mail", "mailLocalAddress"], operation_timeout=5,
+            # Two login names per entry (the address and the uid), so the suite sees
+            # both resolve to one account (the guard counts under it).
+            user_filter="(&(objectClass=inetOrgPerson)(|(mail={login})(uid={login})))",
+            login_attributes=["mail", "uid"],
         )
         self._path = tmp_path / "accounts.sqlite"
         self._admin = AccountAdmin(self._new_store(), CFG, actor=ACTOR)
@@ -64,3 +68,6 @@ class LdapHarness(SqliteHarness):
 
     def change_password(self, account: str, password: str) -> None:
         self._slapd.set_password(self._dns[account], password)
+
+    def other_logins(self, account: str) -> list[str]:
+        return [self._dns[account].split(",")[0].split("=", 1)[1]]  # the uid

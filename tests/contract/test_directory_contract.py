@@ -27,6 +27,7 @@ from smtpgate.auth.credentials import (
     encode_scram,
 )
 from smtpgate.auth.directory import AccountDirectory, StoreUnavailable
+from smtpgate.auth.names import lookup_key
 from smtpgate.auth.passwords import PasswordHasher
 from smtpgate.sasl.scram import scram_credentials_from_password
 from tests.contract.directories import (
@@ -99,6 +100,34 @@ def test_hostile_names_match_nothing_and_never_raise(d: AccountDirectory, name: 
     assert not d.verify_password(name, PASSWORD[ALICE] or "")
     assert d.aliases(name) == [] and d.granted_domains(name) == []
     assert d.match_app_password(name, PHONE) is None
+
+
+# --- the name the guard counts under (docs/protection.md) --------------------------------
+
+
+def test_every_login_name_of_an_account_resolves_to_its_one_name(
+    d: AccountDirectory, harness: Harness
+) -> None:
+    """The guard's per-account count is keyed on this: two names of one account
+    must give one key, or each would get its own count of wrong passwords."""
+    assert d.login_identity(ALICE) == ALICE
+    assert d.login_identity("alice@EXAMPLE.Org") == ALICE
+    assert d.login_identity("Dave@Example.ORG") == DAVE
+    for seeded in SEED:
+        for other in harness.other_logins(seeded.name):
+            assert other != seeded.name
+            assert d.login_identity(other) == seeded.name
+            if seeded.password is not None:  # the name really logs in as the account
+                assert d.verify_password(other, seeded.password)
+
+
+def test_a_name_of_no_account_resolves_to_its_normalised_spelling(d: AccountDirectory) -> None:
+    """Unknown names are counted under themselves (spraying detection), and a
+    local part in another case is another name (RFC 5321 §2.4), never alice's."""
+    assert d.login_identity("Ghost@Example.ORG") == "Ghost@example.org"
+    assert d.login_identity("Alice@example.org") == "Alice@example.org"
+    for name in HOSTILE:
+        assert d.login_identity(name) == lookup_key(name)
 
 
 # --- verify this password ---------------------------------------------------------------

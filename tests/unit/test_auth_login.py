@@ -5,14 +5,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
-from smtpgate.auth.directory import AppPassword
-from smtpgate.auth.guard import Refusal
+from smtpgate.auth.directory import AppPassword, StoreUnavailable
+from smtpgate.auth.guard import Guard, Refusal
+from smtpgate.auth.guard_store import SqliteGuardStore
 from smtpgate.auth.login import LoginAttempts
+from smtpgate.auth.names import lookup_key
 from smtpgate.auth.principal import AppPasswordUse, Principal
 from smtpgate.auth.service import REFUSED_POLICY, AuthContext, Resolution
+from smtpgate.config import GuardConfig
 from smtpgate.sasl import base as sasl
 
 USER = "alice@example.org"
@@ -39,6 +43,11 @@ class FakeGuard:
     refusal: Refusal | None = None
     needs_write: bool = True
     calls: list[tuple[str, object]] = field(default_factory=list)
+
+    watched: bool = True
+
+    def watches(self, client_ip: str) -> bool:
+        return self.watched
 
     async def check(self, client_ip: str, username: str) -> Check:
         self.calls.append(("check", username))
@@ -71,6 +80,18 @@ class FakeAuth:
 
     def record(self, ctx: AuthContext, mechanism: str, username: str, result: str, reason: str) -> None:
         self.records.append((username, result, reason))
+
+    #: Login names of an account other than its own (AD's sAMAccountName).
+    names: dict[str, str] = field(default_factory=dict)
+    #: The directory is down: resolving a name fails.
+    down: bool = False
+    resolved: list[str] = field(default_factory=list)
+
+    async def login_identity(self, username: str) -> str:
+        self.resolved.append(username)
+        if self.down:
+            raise StoreUnavailable("directory unavailable")
+        return self.names.get(username, lookup_key(username))
 
 
 @dataclass(frozen=True)
@@ -246,3 +267,84 @@ async def test_without_a_guard_a_failure_still_waits_the_floor() -> None:
     await attempt.resolve(PLAIN)
     await attempt.finish(Outcome("PLAIN", "failure", reason="bad password"))
     assert len(sleeps) == 1 and sleeps[0] >= 0.5
+
+
+# --- the name the guard counts under (docs/protection.md, "What is counted") -------------
+
+
+async def test_every_name_of_one_account_is_checked_and_counted_under_the_account(
+    w: World,
+) -> None:
+    """AD's sAMAccountName and the UPN (or an LDAP uid and mail) are one account: a
+    wrong password under either counts toward one lockout."""
+    w.auth.names = {"alice": USER}
+    w.auth.resolution = Resolution(sasl.Verdict(ok=False, reason="bad password"))
+    for name in ("alice", "alice@EXAMPLE.org", USER):
+        attempt = w.login().begin(CTX)
+        await attempt.resolve(sasl.VerifyPassword(name, "guess", mechanism="PLAIN"))
+        await attempt.finish(Outcome("PLAIN", "failure", username=name, reason="bad password"))
+    assert [c for c in w.guard.calls if c[0] == "check"] == [("check", USER)] * 3
+    assert [c for c in w.guard.calls if c[0] == "failure"] == [("failure", (USER, True))] * 3
+    # The auth log keeps the names as typed.
+    assert [r[0] for r in w.auth.records] == ["alice", "alice@EXAMPLE.org", USER]
+
+
+async def test_a_name_of_no_account_is_counted_under_itself(w: World) -> None:
+    w.auth.resolution = Resolution(sasl.Verdict(ok=False, reason="unknown user"))
+    attempt = w.login().begin(CTX)
+    await attempt.resolve(sasl.VerifyPassword("Ghost@Example.ORG", "x", mechanism="PLAIN"))
+    await attempt.finish(Outcome("PLAIN", "failure", username="Ghost@Example.ORG"))
+    assert w.guard.calls == [("check", "Ghost@example.org"),
+                             ("failure", ("Ghost@example.org", True))]
+
+
+async def test_a_directory_fault_while_resolving_the_name_checks_no_credential(
+    w: World,
+) -> None:
+    """The guard still decides (under the name as typed), then the attempt gets a
+    temporary failure: no bind that the guard could not count under the account."""
+    w.auth.down = True
+    attempt = w.login().begin(CTX)
+    answer = await attempt.resolve(sasl.VerifyPassword("alice", "guess", mechanism="PLAIN"))
+    assert isinstance(answer, sasl.Verdict) and answer.temporary and not answer.ok
+    assert w.auth.queries == []
+    done = attempt.conclude(Outcome("PLAIN", "tempfail", username="alice"))
+    assert done.result.result == "tempfail" and done.pending is None
+    assert w.guard.calls == [("check", "alice")]  # not counted
+
+
+async def test_a_client_the_guard_does_not_watch_costs_no_resolution(w: World) -> None:
+    w.guard.watched = False
+    attempt = w.login().begin(CTX)
+    await attempt.resolve(PLAIN)
+    assert w.auth.resolved == [] and w.guard.calls[0] == ("check", USER)
+
+
+async def test_two_names_of_one_account_reach_the_lockout_together(tmp_path: Path) -> None:
+    """With the real guard: ``lockout_threshold`` wrong passwords, alternating the two
+    names, lock the account for both names; not twice as many."""
+    cfg = GuardConfig(lockout_threshold=4, penalty_base=0.0, penalty_max=0.0)
+    guard = Guard(SqliteGuardStore(tmp_path / "guard.sqlite"), cfg)
+    auth = FakeAuth(Resolution(sasl.Verdict(ok=False, reason="bad password")),
+                    names={"alice": USER})
+
+    async def no_sleep(seconds: float) -> None:
+        return None
+
+    login = LoginAttempts(auth, guard, failure_floor=0.0, sleep=no_sleep)  # type: ignore[arg-type]
+    results = []
+    try:
+        for i in range(8):
+            name = "alice" if i % 2 else USER
+            attempt = login.begin(CTX)
+            answer = await attempt.resolve(
+                sasl.VerifyPassword(name, f"guess {i}", mechanism="PLAIN")
+            )
+            assert isinstance(answer, sasl.Verdict) and not answer.ok
+            outcome = "tempfail" if answer.temporary else "failure"
+            done = await attempt.finish(Outcome("PLAIN", outcome, username=name))
+            results.append(str(done.result))
+    finally:
+        await guard.close()
+    assert results == ["failure"] * 4 + ["tempfail"] * 4
+    assert len(auth.queries) == 4  # no credential checked after the lockout

@@ -145,6 +145,18 @@ class AccountDirectory(Protocol):
         False for an unknown account or one without a password."""
         ...
 
+    def login_identity(self, name: str) -> str:
+        """The account name the login name ``name`` logs in as, or
+        ``lookup_key(name)`` if no account has that login.
+
+        The guard counts failures and locks under this key (docs/protection.md),
+        so that every name of one account (AD's UPN and ``sAMAccountName``) shares
+        one count. A hash-holding backend's names are already canonical: it
+        answers ``lookup_key(name)`` without I/O. A bind-only backend searches (a
+        search does not count toward the directory's own lockout; a bind does).
+        """
+        ...
+
     def aliases(self, name: str) -> list[str]:
         """Addresses the account may send as besides its own, sorted."""
         ...

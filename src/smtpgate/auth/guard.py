@@ -22,7 +22,10 @@ administrators):
   session only. A success from the address forgets its penalty. An attempt the
   guard refuses is answered after ``penalty_max``: refusing is cheap, but a
   client that got its refusal at once would hammer (TLS handshakes included).
-- Lockout, per account name: failures from addresses the account has logged in
+- Lockout, per account: keyed on the account's one name (the login path
+  resolves the name typed with ``AccountDirectory.login_identity``, so AD's UPN
+  and ``sAMAccountName`` share one count; a name of no account is counted under
+  itself, normalised). Failures from addresses the account has logged in
   from before ("known", within ``known_address_days``) are counted apart from
   failures from all other ("new") addresses. ``lockout_threshold`` new-address
   failures lock the account *for new addresses only*; the owner's known
@@ -118,7 +121,8 @@ class GuardCheck:
     """The guard's view of one AUTH attempt, from ``check`` to its outcome."""
 
     keys: ClientKeys
-    #: Canonical account name given by the client, "" if none.
+    #: The account the client's name logs in as (or that name, normalised, if it is
+    #: no account's), "" if none: what lockouts are counted and kept under.
     account: str
     allowlisted: bool = False
     known: bool = False
@@ -305,6 +309,10 @@ class Guard:
 
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    def watches(self, client_ip: str) -> bool:
+        """False when the guard ignores this client (disabled, or allowlisted)."""
+        return self._cfg.enabled and not self.allowlisted(client_ip)
 
     def bare_check(self, client_ip: str) -> GuardCheck:
         """A check without a database read, for an attempt that failed before it

@@ -187,6 +187,12 @@ class LdapAccountStore:
         entry = self._entry(name)
         return entry is not None and self._dir.bind(entry.dn, password)
 
+    def login_identity(self, name: str) -> str:
+        # A search as the service account, no bind: the directory's lockout is not
+        # touched. Every login name of an entry gives the entry's one identity.
+        entry = self._entry(name)
+        return lookup_key(name) if entry is None else entry.identity
+
     def aliases(self, name: str) -> list[str]:
         entry = self._entry(name)
         if entry is None:

@@ -44,7 +44,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from smtpgate.auth.directory import AppPassword
+from smtpgate.auth.directory import AppPassword, StoreError
 from smtpgate.auth.guard import Guard, GuardCheck, Refusal
 from smtpgate.auth.principal import AppPasswordUse, Principal
 from smtpgate.auth.service import AuthContext, AuthService
@@ -156,7 +156,10 @@ class LoginAttempt:
             # The first look-up of an attempt (SCRAM's ConfirmIdentity is its
             # second): the guard decides before any hashing happens.
             self._refusal, self._app, self._issuer = None, None, None
-            check = await guard.check(self.source.client_ip, getattr(query, "username", ""))
+            account, fault = await self._account(guard, getattr(query, "username", ""))
+            if not self._alive():
+                return None
+            check = await guard.check(self.source.client_ip, account)
             if not self._alive():
                 return None
             self._check = check
@@ -166,6 +169,11 @@ class LoginAttempt:
                     return None
             if check.refusal is not None:
                 return temporary_answer(query, check.refusal.reason)
+            if fault is not None:
+                # The directory failed to say whose name this is: no credential
+                # check (a bind could go uncounted), a temporary failure as for
+                # any directory fault.
+                return temporary_answer(query, fault)
         res = await owner.auth.resolve_detailed(query, self.source)
         if not self._alive():
             return None
@@ -173,6 +181,23 @@ class LoginAttempt:
         self._app = res.app_password or self._app
         self._issuer = res.oauth_issuer or self._issuer
         return res.answer
+
+    async def _account(self, guard: Guard, username: str) -> tuple[str, str | None]:
+        """The name the guard counts this attempt under, and the directory fault
+        that kept it from being resolved (then: the name as given).
+
+        The account the name logs in as, so that all names of one account (AD's
+        UPN and ``sAMAccountName``) share one count and one lockout; a name of no
+        account, normalised. Resolved for known and unknown names alike (the
+        reply and its timing must not tell them apart); not for a client the
+        guard does not watch (allowlisted), whose attempts it never counts.
+        """
+        if not username or not guard.watches(self.source.client_ip):
+            return username, None
+        try:
+            return await self._owner.auth.login_identity(username), None
+        except StoreError as e:
+            return username, str(e)
 
     def conclude(self, outcome: ExchangeOutcome, *, answered: bool = True) -> Conclusion:
         """Write the attempt's one auth-log record and say what is left to do.

@@ -653,6 +653,9 @@ class PostgresAccountStore:
         except StoredHashError as e:
             raise StoreUnavailable(f"{self._label}: account {name}: {e}") from e
 
+    def login_identity(self, name: str) -> str:
+        return lookup_key(name)  # names are stored canonical: one spelling per account
+
     def aliases(self, name: str) -> list[str]:
         with self._conn() as c:
             rows = c.execute(

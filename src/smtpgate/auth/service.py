@@ -292,6 +292,25 @@ class AuthService:
             return Resolution(NotFound(reason=reason, temporary=True))
         return Resolution(Verdict(ok=False, reason=reason, temporary=True))
 
+    async def login_identity(self, username: str) -> str:
+        """The name the guard counts ``username``'s attempts under: the account it
+        logs in as, or its normalised spelling (``AccountDirectory.login_identity``).
+
+        Raises:
+            StoreError: the directory failed (a bind-only one searches for it).
+        """
+        if self._closed:
+            raise StoreError("auth service is shut down")
+        if not self._directory.verifies_passwords:
+            return self._directory.login_identity(username)  # canonical already: no I/O
+        try:
+            return await self._read(self._directory.login_identity, username)
+        except StoreError:
+            raise
+        except Exception as e:  # a bug must cost this attempt, not the session
+            log.exception("login identity of %r failed", username)
+            raise StoreError(f"internal error ({type(e).__name__})") from e
+
     async def sender_profile(self, identity: str) -> SenderProfile:
         """What ``identity`` may send as, and its rates; ``StoreError`` on a fault."""
 

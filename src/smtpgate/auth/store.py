@@ -719,6 +719,9 @@ class SqliteAccountStore(ThreadLocalSqlite):
         except StoredHashError as e:
             raise StoreUnavailable(f"{self._label} {self._path}: account {name}: {e}") from e
 
+    def login_identity(self, name: str) -> str:
+        return lookup_key(name)  # names are stored canonical: one spelling per account
+
     def aliases(self, name: str) -> list[str]:
         with self._errors():
             rows = self._conn().execute(

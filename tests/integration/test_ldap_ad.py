@@ -31,6 +31,8 @@ from tests.peers.samba_ad import (
     DAVE,
     ERIN,
     FRANK,
+    GRACE,
+    LATE_LOCKOUT_THRESHOLD,
     LOCKOUT_THRESHOLD,
     LOCKOUT_WINDOW_MINUTES,
     MAIL_GROUP_DN,
@@ -331,8 +333,8 @@ def test_non_member_is_refused(group_server: Server) -> None:
 
 # --- AD's own lockout and the guard (docs/directories.md) ---------------------------------
 
-#: The arithmetic of docs/directories.md for the fixture's PSO (T = 5, W = 30 min) with
-#: both login names (S = 2): S x (n + k) = 2 x (1 + 1) = 4 < T, and
+#: The arithmetic of docs/directories.md for the fixture's PSO (T = 5, W = 30 min): both
+#: login names share one count, so n + k = 1 + 1 = 2 < T, and
 #: lockout_duration = lockout_window = (T - 1) x W. No penalty, so the test is quick.
 GUARD_FOR_AD = f"""
 lockout_threshold = 1
@@ -372,9 +374,39 @@ def test_the_guard_keeps_ad_lockout_out_of_reach(dc: SambaAD, tmp_path: Path) ->
         srv.stop()
     assert 454 in codes  # the guard took over...
     count, locked = dc.lockout_state(ERIN)
-    assert count <= 2 * (1 + 1) < LOCKOUT_THRESHOLD  # ...before AD's threshold
+    assert count <= 1 + 1 < LOCKOUT_THRESHOLD  # ...before AD's threshold
     assert not locked
     tls = ldap3.Tls(ca_certs_file=str(dc.ca_file), validate=ssl.CERT_REQUIRED)
     server = ldap3.Server(dc.address, port=636, use_ssl=True, tls=tls, connect_timeout=5)
     with samba_ad.bound(server, ERIN.dn, ERIN.password) as conn:  # still usable in AD
+        assert conn.bound
+
+
+#: The guard's defaults (n = 10 from a new address, k = 30), the penalty aside: it
+#: slows each attempt but changes no count, and would make the test last minutes.
+NO_PENALTY = "penalty_base = 0.0\npenalty_max = 0.0\n"
+
+
+def test_two_login_names_share_one_guard_count_under_the_default_settings(
+    dc: SambaAD, tmp_path: Path
+) -> None:
+    """Wrong passwords alternating the UPN and the sAMAccountName (one AD account):
+    the guard counts them under the account, so its default lockout_threshold (10)
+    stops them below grace's AD threshold (15). Counted per name typed, each name
+    would let 10 through: 20 bad binds, and grace locked in the whole domain."""
+    assert dc.lockout_state(GRACE) == (0, False)
+    srv = _ad_server(tmp_path / "srv", dc, guard=NO_PENALTY)
+    try:
+        codes = _attack(srv, GRACE, 2 * LATE_LOCKOUT_THRESHOLD)
+        # Locked for new addresses under either name (the account, not a name).
+        assert _login(srv, GRACE.sam, GRACE.password)[0] == 454
+        assert _login(srv, GRACE.upn, GRACE.password)[0] == 454
+    finally:
+        srv.stop()
+    assert codes == [535] * 10 + [454] * (2 * LATE_LOCKOUT_THRESHOLD - 10), codes
+    count, locked = dc.lockout_state(GRACE)
+    assert count == 10 < LATE_LOCKOUT_THRESHOLD and not locked
+    tls = ldap3.Tls(ca_certs_file=str(dc.ca_file), validate=ssl.CERT_REQUIRED)
+    server = ldap3.Server(dc.address, port=636, use_ssl=True, tls=tls, connect_timeout=5)
+    with samba_ad.bound(server, GRACE.dn, GRACE.password) as conn:  # still usable in AD
         assert conn.bound

@@ -97,7 +97,10 @@ DAVE = ADUser("dave", "dave@example.org", "Dave-Pass-Word-4!", mail="d.mail@exam
 #: passwords); erin is attacked through a guarded smtpgate, frank through an unguarded one.
 ERIN = ADUser("erin", "erin@example.org", "Erin-Pass-Word-5!", mail="erin@example.org")
 FRANK = ADUser("frank", "frank@example.org", "Frank-Pass-Word-6!", mail="frank@example.org")
-USERS = (ALICE, BOB, CAROL, DAVE, ERIN, FRANK)
+#: grace: under `LATE_LOCKOUT_PSO`, a threshold above the guard's default
+#: ``lockout_threshold`` (10), attacked through a guard left at its defaults.
+GRACE = ADUser("grace", "grace@example.org", "Grace-Pass-Word-7!", mail="grace@example.org")
+USERS = (ALICE, BOB, CAROL, DAVE, ERIN, FRANK, GRACE)
 
 #: A fine-grained password policy (PSO) applied to erin and frank only, so the
 #: domain's other accounts never lock: lockout after 5 bad passwords, counted
@@ -106,6 +109,10 @@ LOCKOUT_PSO = "smtpgate-lockout"
 LOCKOUT_PSO_DN = f"CN={LOCKOUT_PSO},CN=Password Settings Container,CN=System,{BASE_DN}"
 LOCKOUT_THRESHOLD = 5
 LOCKOUT_WINDOW_MINUTES = 30
+#: The second policy, grace's: AD locks after 15 bad passwords (same window).
+LATE_LOCKOUT_PSO = "smtpgate-late-lockout"
+LATE_LOCKOUT_PSO_DN = f"CN={LATE_LOCKOUT_PSO},CN=Password Settings Container,CN=System,{BASE_DN}"
+LATE_LOCKOUT_THRESHOLD = 15
 
 
 def _port_free(address: str, port: int) -> bool:
@@ -180,6 +187,7 @@ def _smb_conf(root: Path, address: str, cert: Path, key: Path, ca: Path) -> str:
 \tbind interfaces only = yes
 \tprivate dir = {root}/private
 \tlock directory = {root}
+\tpid directory = {root}/run
 \tstate directory = {root}/state
 \tcache directory = {root}/cache
 \tbinddns dir = {root}/bind-dns
@@ -230,6 +238,9 @@ class SambaAD:
         self.provision_seconds = time.monotonic() - started
         ca, cert, key = _write_tls(self.root / "tls", self.address)
         self.ca_file = ca
+        # Its own pid directory: the default (/run/samba) is one per machine, and
+        # another test run's DC, or the system's, would stop this one starting.
+        (self.root / "run").mkdir(exist_ok=True)
         self.smb_conf.write_text(_smb_conf(self.root, self.address, cert, key, ca))
         conf = ["-H", str(self.root / "private" / "sam.ldb"), "-s", str(self.smb_conf)]
         # The suites' passwords are passphrases ("correct horse battery"), which AD's
@@ -242,6 +253,13 @@ class SambaAD:
         subprocess.run(
             ["samba-tool", "domain", "passwordsettings", "pso", "create", LOCKOUT_PSO, "1",
              f"--account-lockout-threshold={LOCKOUT_THRESHOLD}",
+             f"--reset-account-lockout-after={LOCKOUT_WINDOW_MINUTES}",
+             f"--account-lockout-duration={LOCKOUT_WINDOW_MINUTES}", *conf],
+            check=True, capture_output=True, timeout=120,
+        )
+        subprocess.run(
+            ["samba-tool", "domain", "passwordsettings", "pso", "create", LATE_LOCKOUT_PSO, "2",
+             f"--account-lockout-threshold={LATE_LOCKOUT_THRESHOLD}",
              f"--reset-account-lockout-after={LOCKOUT_WINDOW_MINUTES}",
              f"--account-lockout-duration={LOCKOUT_WINDOW_MINUTES}", *conf],
             check=True, capture_output=True, timeout=120,
@@ -301,6 +319,8 @@ class SambaAD:
                      {"sAMAccountName": "Mail Users", "member": [STAFF_GROUP_DN, ALICE.dn]})
             conn.modify(LOCKOUT_PSO_DN,
                         {"msDS-PSOAppliesTo": [(ldap3.MODIFY_ADD, [ERIN.dn, FRANK.dn])]})
+            conn.modify(LATE_LOCKOUT_PSO_DN,
+                        {"msDS-PSOAppliesTo": [(ldap3.MODIFY_ADD, [GRACE.dn])]})
 
     def lockout_state(self, user: ADUser) -> tuple[int, bool]:
         """The DC's ``badPwdCount`` of ``user``, and whether AD has locked it out."""

@@ -378,7 +378,9 @@ class AccountAdmin:
         with self._guard() as guard, self._tx() as w:
             changed = w.unlock(name)
             if guard is not None:
-                key = lookup_key(name)
+                # The guard keeps lockouts under the account's one name, whichever
+                # of its login names is given here (docs/protection.md).
+                key = self._store.login_identity(name)
                 n = guard.unlock_account(key)
                 if n:
                     w.record("guard lockout lifted", key, {"blocks": n})

@@ -310,10 +310,11 @@ def test_the_guard_refuses_before_any_bind_reaches_the_directory(
 def test_both_login_names_of_an_entry_share_one_guard_count(
     slapd: Slapd, tmp_path: Path,
 ) -> None:
-    """With ``mail`` and ``uid`` both login attributes, an entry has two names: wrong
-    passwords alternating them are counted under the one account, so the directory
-    sees ``lockout_threshold`` bad binds, not twice as many (ppolicy's pwdMaxFailure
-    must not be reachable through smtpgate faster than through the guard)."""
+    """With ``mail`` and ``uid`` both login attributes, and two ``mail`` values, bob's
+    entry has three names: wrong passwords rotating them are counted under the one
+    account, so the directory sees ``lockout_threshold`` bad binds, not that many per
+    name (ppolicy's pwdMaxFailure must not be reachable through smtpgate faster than
+    through the guard)."""
     guard = "\n[guard]\nallowlist = []\nlockout_threshold = 3\npenalty_base = 0.0\npenalty_max = 0.0\n"
     srv, _, dns = _server(tmp_path / "srv", guard)
     text = srv.config.read_text()
@@ -321,18 +322,24 @@ def test_both_login_names_of_an_entry_share_one_guard_count(
         'user_filter = "(&(objectClass=inetOrgPerson)(|(mail={login})(uid={login})))"\n'
         'login_attributes = ["mail", "uid"]\n', 1))
     uid = dns[BOB].split(",")[0].split("=", 1)[1]
+    robert = "robert@example.org"
+    slapd.modify(f"dn: {dns[BOB]}\nchangetype: modify\nadd: mail\nmail: {robert}\n")
     srv.start()
     try:
         assert login(srv, uid, BOB_PW) == (235, b"")  # the uid is a login of bob's
         before = slapd.binds(dns[BOB])
-        names = [BOB if i % 2 else uid for i in range(8)]
+        names = [(uid, BOB, robert)[i % 3] for i in range(8)]
         replies = [guard_login(srv, "127.0.0.3", n, f"guess {i}")[:3] for i, n in enumerate(names)]
         assert replies == ["535"] * 3 + ["454"] * 5, replies
         assert slapd.binds(dns[BOB]) - before == 3  # not 3 per name
         # Locked for new addresses under both names; bob's own address still works.
         assert guard_login(srv, "127.0.0.3", uid, BOB_PW).startswith("454")
         assert guard_login(srv, "127.0.0.3", BOB, BOB_PW).startswith("454")
+        assert guard_login(srv, "127.0.0.3", robert, BOB_PW).startswith("454")
         assert login(srv, uid, BOB_PW) == (235, b"")
+        # `user unlock` by any of its addresses lifts the account's one lockout.
+        srv.cli("user", "unlock", robert)
+        assert guard_login(srv, "127.0.0.3", BOB, BOB_PW).startswith("235")
     finally:
         srv.stop()
 

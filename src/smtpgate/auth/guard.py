@@ -174,6 +174,13 @@ def decide(snap: Snapshot, *, now: float, known_seconds: float, throttle_interva
     return known, None
 
 
+def _known_key(check: GuardCheck, identity: str) -> str:
+    """Whom a success makes the address known to: the key ``check`` read its
+    snapshot under (the account's one name, ``login_identity``), so the next
+    check under any of its login names sees it; the identity if none was given."""
+    return check.account or lookup_key(identity)
+
+
 def _stamp(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
@@ -325,7 +332,7 @@ class Guard:
         if check.allowlisted or not identity:
             return False
         fresh = (
-            lookup_key(identity) == check.account
+            _known_key(check, identity) == check.account
             and check.known_since is not None
             and self._clock() - check.known_since < 86400
         )
@@ -390,7 +397,7 @@ class Guard:
         # from the last use without a write on every login.
         if not self.success_needs_write(check, identity):
             return  # nothing to write on the common path
-        name = lookup_key(identity)
+        name = _known_key(check, identity)
         now = self._clock()
         try:
             await self._run(

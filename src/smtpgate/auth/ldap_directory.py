@@ -94,6 +94,10 @@ class DirectoryEntry:
     enabled: bool
     #: False: outside ``group_filter``.
     member: bool
+    #: The entry's one name whichever login found it: its first login value that
+    #: is an address (AD: the UPN). The guard counts and locks under it, so two
+    #: login names of one entry share one count.
+    canonical: str = ""
 
 
 def _values(attrs: Mapping[str, list[bytes]], name: str) -> list[str]:
@@ -258,7 +262,8 @@ class LdapDirectory:
                 return None
             raw: dict[str, list[bytes]] = found[0]["raw_attributes"]
             dn = str(found[0]["dn"])
-            identity = key if "@" in key else self._address_login(raw)
+            canonical = self._address_login(raw)
+            identity = key if "@" in key else canonical
             if identity is None:
                 return None  # a plain name on an entry without an address login
             stamps = _values(raw, cfg.password_changed_attribute)
@@ -267,6 +272,7 @@ class LdapDirectory:
                 stamp=stamps[0] if stamps else "",
                 enabled=self._matches(conn, dn, cfg.enabled_filter),
                 member=self._matches(conn, dn, cfg.group_filter),
+                canonical=canonical or identity,
             )
 
         return self._run(self._search_pool, search)

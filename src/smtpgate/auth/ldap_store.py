@@ -189,9 +189,9 @@ class LdapAccountStore:
 
     def login_identity(self, name: str) -> str:
         # A search as the service account, no bind: the directory's lockout is not
-        # touched. Every login name of an entry gives the entry's one identity.
+        # touched. Every login name of an entry gives the entry's one name.
         entry = self._entry(name)
-        return lookup_key(name) if entry is None else entry.identity
+        return lookup_key(name) if entry is None else entry.canonical
 
     def aliases(self, name: str) -> list[str]:
         entry = self._entry(name)

@@ -7,7 +7,9 @@ auth_http next, docs/architecture.md) runs the SASL exchange with its client and
 hands this module the two moments that need the account directory and the guard:
 
 1. ``resolve(query)``, each time the mechanism needs a credential. On the first
-   query of an attempt the guard is asked before any Argon2id or PBKDF2 work: a
+   query of an attempt the name given is resolved to the account's one name
+   (``login_identity``: AD's ``sAMAccountName`` and UPN are one account, one
+   count), and the guard is asked before any Argon2id or PBKDF2 work: a
    refusal answers the mechanism with a *temporary* failure (it ends as the
    guard's 454, never a 535), and a penalty is an ``asyncio.sleep`` of this
    attempt only. Then the auth service resolves the query. SCRAM's second query

@@ -376,7 +376,7 @@ class LdapConfig(Model):
     @model_validator(mode="before")
     @classmethod
     def _flavour(cls, data: object) -> object:
-        from smtpgate.auth import ldap_presets
+        from smtpgate import ldap_presets
 
         return ldap_presets.apply_preset(data)
 

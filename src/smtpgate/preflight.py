@@ -459,7 +459,7 @@ def check_ldap(cfg: Config) -> list[Problem]:
         out.append(_error(BIND_PASSWORD_KEY, str(e)))
     except StoreUnavailable as e:
         out.append(_warning("accounts.ldap.url", f"{e}; serve starts, and logins get "
-                            "454 4.7.0 until the directory answers"))
+                            "a temporary failure until the directory answers"))
     finally:
         directory.close()
     return out

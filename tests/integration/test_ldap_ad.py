@@ -20,7 +20,7 @@ from pathlib import Path
 import ldap3
 import pytest
 
-from smtpgate.auth.ldap_presets import AD_PRESET, escape_filter_value, group_filter
+from smtpgate.ldap_presets import AD_PRESET, escape_filter_value, group_filter
 from tests.integration.conftest import IN_CI, Server, make_server, require_tool
 from tests.peers import samba_ad
 from tests.peers.samba_ad import (

@@ -83,7 +83,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("tools", "queue", "policy", "auth"),
     ("smtp", "client", "tls", "sasl"),
     ("config",),
-    ("mechanism_facts", "errors"),
+    ("mechanism_facts", "errors", "ldap_presets"),
 )
 _RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 

@@ -128,7 +128,7 @@ def test_user_list_json(config: Path) -> None:
     assert (bob["locked"], bob["lock_reason"], bob["last_login"]) == (True, "phished", None)
     assert set(bob) == {"name", "locked", "lock_reason", "created", "last_login",
                         "last_mechanism", "cram_md5_enabled", "allowed_mechanisms",
-                        "password_changed", "password_expires", "legacy_hash"}
+                        "password_changed", "password_expires", "legacy_hash", "scram_keys"}
     zoned(bob["created"])
     zoned(bob["password_changed"])
     assert lines(smtpgate(config, "user", "list", "--json", "--mechanisms")) == rows

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from smtpgate.auth.ldap_presets import (
+from smtpgate.config import LdapConfig
+from smtpgate.ldap_presets import (
     AD_PRESET,
     BIT_AND,
     IN_CHAIN,
@@ -14,7 +15,6 @@ from smtpgate.auth.ldap_presets import (
     escape_filter_value,
     group_filter,
 )
-from smtpgate.config import LdapConfig
 
 AD_URL = "ldaps://dc1.example.org"
 GROUP = "CN=Mail Users,OU=Groups,DC=example,DC=org"

@@ -597,7 +597,8 @@ def table(results: list[Measurement]) -> str:
                     and r.directory == m.directory), None)
         if ref is None or not ref.rate or m.layer != "auth" or not m.target.startswith("smtpgate"):
             return "-"
-        return f"**{m.rate / ref.rate:.2f}**"
+        r = m.rate / ref.rate
+        return f"**{r:.3f}**" if r < 0.1 else f"**{r:.2f}**"
 
     for m in results:
         s = m.summary()

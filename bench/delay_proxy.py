@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
-import sys
 
 
 def _hostport(value: str) -> tuple[str, int]:
@@ -28,13 +27,14 @@ def _hostport(value: str) -> tuple[str, int]:
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Client to server, at once; the client's EOF is passed on as a half-close."""
     try:
         while data := await reader.read(65536):
             writer.write(data)
             await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
     except (ConnectionError, OSError):
-        pass
-    finally:
         writer.close()
 
 
@@ -78,6 +78,7 @@ async def serve(listen: tuple[str, int], upstream: tuple[str, int], delay: float
             c_writer.close()
             return
         await asyncio.gather(_pipe(c_reader, u_writer), _delayed_pipe(u_reader, c_writer, delay))
+        u_writer.close()
 
     server = await asyncio.start_server(handle, *listen)
     stop = asyncio.Event()
@@ -99,4 +100,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

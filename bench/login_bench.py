@@ -52,10 +52,9 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path[:0] = [str(ROOT), str(HERE)]
+sys.path.insert(0, str(ROOT))
 
-from dovecot_ldap import AuthClient, DovecotLdap
-
+from bench.dovecot_ldap import AuthClient, DovecotLdap
 from tests.peers.slapd import PEOPLE, SERVICE_DN, SERVICE_PW, Slapd, person_ldif
 
 BIN = Path(sys.executable).parent
@@ -459,7 +458,11 @@ def environment(args: argparse.Namespace) -> Iterator[Env]:
             [sys.executable, str(HERE / "delay_proxy.py"), "--listen", f"127.0.0.1:{proxy_port}",
              "--upstream", f"127.0.0.1:{slapd.port}", "--delay", str(args.delay_ms / 1000)],
             stdout=subprocess.PIPE)
-        cleanup.append(lambda: (proxy.terminate(), proxy.wait(10)))
+
+        def stop_proxy() -> None:
+            proxy.terminate()
+            proxy.wait(10)
+        cleanup.append(stop_proxy)
         assert proxy.stdout is not None
         if proxy.stdout.readline().strip() != b"ready":
             raise RuntimeError("the delaying proxy did not start")

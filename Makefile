@@ -5,9 +5,9 @@ PYTHON  ?= python3
 BIN     := $(VENV)/bin
 VAR     ?= ./var
 # Debian packages the integration tests drive as real peers.
-DEB_PACKAGES := swaks gsasl msmtp curl openssl socat postfix dovecot-core fail2ban mutt neomutt postgresql slapd ldap-utils samba-ad-dc sasl2-bin db5.3-util
+DEB_PACKAGES := swaks gsasl msmtp curl openssl socat postfix dovecot-core fail2ban mutt neomutt postgresql slapd ldap-utils samba-ad-dc sasl2-bin db5.3-util dovecot-ldap
 
-.PHONY: run test venv test-venv debs lint typecheck bench clean docs
+.PHONY: run test venv test-venv debs lint typecheck bench bench-logins clean docs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -65,8 +65,11 @@ test: test-venv debs
 	$(BIN)/ruff check src tests bench
 	SMTPGATE_CI=1 $(BIN)/pytest -q
 
-bench: test-venv
+bench: test-venv debs
 	$(BIN)/python bench/run.py
+
+bench-logins: test-venv debs
+	$(BIN)/python bench/login_bench.py
 
 docs: venv
 	$(BIN)/python -m smtpgate.smtp.states > docs/state-machine.md

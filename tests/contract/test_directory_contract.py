@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from smtpgate.auth.admin_store import AccountAdminStore
 from smtpgate.auth.credentials import (
     ARGON2ID,
     CRAM_MD5,
@@ -27,9 +28,11 @@ from smtpgate.auth.credentials import (
     encode_scram,
 )
 from smtpgate.auth.directory import AccountDirectory, StoreUnavailable
+from smtpgate.auth.legacy_hashes import LEGACY
 from smtpgate.auth.names import lookup_key
 from smtpgate.auth.passwords import PasswordHasher
 from smtpgate.sasl.scram import scram_credentials_from_password
+from tests.contract.directories import ACTOR as CONTRACT_ACTOR
 from tests.contract.directories import (
     ALICE,
     BOB,
@@ -205,6 +208,26 @@ def test_put_credentials_guarded_by_generation(d: AccountDirectory, harness: Har
     stale = encode_scram(scram_credentials_from_password("correct horse battery", "sha256", 4096))
     assert not d.put_credentials(ALICE, {SCRAM_SHA_256: stale}, generation=a.generation)
     assert d.get_credential(ALICE, SCRAM_SHA_256) != stale
+
+
+def test_an_imported_hash_goes_when_the_argon2id_one_is_kept(d: AccountDirectory) -> None:
+    """`user import` keeps an old scheme's hash (``legacy``) until the first login
+    stores the Argon2id one; then `user list` must stop saying "legacy hash". A
+    directory that keeps the passwords itself never holds one."""
+    if d.verifies_passwords:
+        assert d.get_credential(ALICE, LEGACY) is None
+        return
+    admin: AccountAdminStore = d  # type: ignore[assignment]  # hash-holding: both sides
+    with admin.transaction(CONTRACT_ACTOR) as w:
+        w.replace_credentials(ALICE, {LEGACY: "{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g="})
+    a = d.get_account(ALICE)
+    assert a is not None and LEGACY in a.schemes and ARGON2ID not in a.schemes
+    argon = PasswordHasher(CFG).hash("password")
+    assert d.put_credentials(ALICE, {ARGON2ID: argon}, generation=a.generation)
+    assert d.get_credential(ALICE, LEGACY) is None
+    assert d.get_credential(ALICE, ARGON2ID) == argon
+    b = d.get_account(ALICE)
+    assert b is not None and LEGACY not in b.schemes
 
 
 def test_a_cram_md5_secret_is_kept_only_for_accounts_that_opted_in(

@@ -63,6 +63,7 @@ from smtpgate.auth.admin_store import (
 )
 from smtpgate.auth.credentials import ARGON2ID, CRAM_MD5
 from smtpgate.auth.directory import Account, AppPassword, StoreUnavailable
+from smtpgate.auth.legacy_hashes import LEGACY
 from smtpgate.auth.names import lookup_key
 from smtpgate.auth.passwords import PasswordHasher, StoredHashError
 from smtpgate.auth.postgres_schema import (
@@ -734,6 +735,12 @@ class PostgresAccountStore:
             if not row["cram_md5_enabled"]:
                 wanted.pop(CRAM_MD5, None)
             _insert_credentials(c, key, wanted, self._clock())
+            if ARGON2ID in wanted:
+                # An imported hash (``auth/legacy_hashes.py``) is replaced by the
+                # Argon2id one made from the same password at its first login.
+                c.execute(
+                    "DELETE FROM credentials WHERE account = %s AND scheme = %s", (key, LEGACY)
+                )
             return True
 
     def record_login(self, name: str, mechanism: str, when: datetime) -> None:

@@ -110,6 +110,96 @@ class ListenerConfig(Model):
         return _parse_hostport(self.address)
 
 
+def _parse_socket_address(value: str) -> tuple[str, int] | Path:
+    """``unix:/path`` or ``HOST:PORT``."""
+    if value.startswith("unix:"):
+        path = value[len("unix:"):]
+        if not path.startswith("/"):
+            raise ValueError(f"a unix socket needs an absolute path, got {value!r}")
+        return Path(path)
+    return _parse_hostport(value)
+
+
+class AuthListenerConfig(Model):
+    """A front door for another server: the MTA or proxy asks smtpgate to decide
+    logins (docs/integration.md)."""
+
+    protocol: Literal["dovecot", "auth_http", "postfix_policy"] = Field(
+        description="'dovecot': the Dovecot authentication protocol, the SASL backend of "
+        "Postfix (smtpd_sasl_type = dovecot) and Exim (driver = dovecot); 'auth_http': "
+        "nginx's mail proxy auth_http; 'postfix_policy': Postfix SMTP access policy "
+        "delegation (check_policy_service)."
+    )
+    address: str = Field(
+        description="'unix:/absolute/path' for a unix socket, or HOST:PORT for TCP "
+        "('[::1]:12345' for IPv6). Keep TCP on loopback: these protocols carry "
+        "passwords in clear."
+    )
+    name: str | None = Field(
+        default=None,
+        description="Label in logs and the auth log's front door field; default: the protocol.",
+    )
+    mode: str = Field(
+        default="0660",
+        description="Permissions of a unix socket (octal); ignored for TCP.",
+    )
+    user: str | None = Field(
+        default=None, description="Owner of a unix socket (a user name); default: unchanged."
+    )
+    group: str | None = Field(
+        default=None, description="Group of a unix socket (a group name); default: unchanged."
+    )
+    upstream: str | None = Field(
+        default=None,
+        description="auth_http only: HOST:PORT of the smtpgate listener nginx hands "
+        "authenticated sessions to (Auth-Server/Auth-Port); required there.",
+    )
+
+    @field_validator("address")
+    @classmethod
+    def _check_address(cls, v: str) -> str:
+        _parse_socket_address(v)
+        return v
+
+    @field_validator("mode")
+    @classmethod
+    def _check_mode(cls, v: str) -> str:
+        try:
+            n = int(v, 8)
+        except ValueError:
+            raise ValueError(f"expected an octal mode such as '0660', got {v!r}") from None
+        if not 0 <= n <= 0o777:
+            raise ValueError(f"expected an octal mode such as '0660', got {v!r}")
+        return v
+
+    @field_validator("upstream")
+    @classmethod
+    def _check_upstream(cls, v: str | None) -> str | None:
+        if v is not None:
+            _parse_hostport(v)
+        return v
+
+    @property
+    def label(self) -> str:
+        return self.name or self.protocol
+
+    @property
+    def unix_path(self) -> Path | None:
+        where = _parse_socket_address(self.address)
+        return where if isinstance(where, Path) else None
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        where = _parse_socket_address(self.address)
+        if isinstance(where, Path):
+            raise TypeError(f"{self.address} is a unix socket")
+        return where
+
+    @property
+    def file_mode(self) -> int:
+        return int(self.mode, 8)
+
+
 class TlsConfig(Model):
     cert: Path = Field(default=Path("tls/cert.pem"), description="PEM certificate chain.")
     key: Path = Field(default=Path("tls/key.pem"), description="PEM private key.")
@@ -838,6 +928,11 @@ class Config(Model):
     listeners: Annotated[list[ListenerConfig], Field(min_length=1)] = Field(
         description="Listening sockets ([[listeners]] tables)."
     )
+    auth_listeners: list[AuthListenerConfig] = Field(
+        default_factory=list,
+        description="Front doors for other servers ([[auth_listeners]] tables): the Dovecot "
+        "auth protocol for Postfix and Exim, nginx's auth_http, Postfix policy delegation.",
+    )
     tls: TlsConfig = Field(default_factory=TlsConfig, description="TLS certificate and versions.")
     accounts: AccountsConfig = Field(default_factory=AccountsConfig, description="Account store.")
     auth: AuthConfig = Field(default_factory=AuthConfig, description="Authentication.")
@@ -1002,6 +1097,21 @@ def semantic_problems(cfg: Config) -> list[tuple[str, str]]:
     for i, a in enumerate(addrs):
         if addrs.count(a) > 1:
             out.append((f"listeners.{i}.address", f"address {a} used twice"))
+    taken = set(addrs)
+    labels: list[str] = []
+    for i, door in enumerate(cfg.auth_listeners):
+        if door.address in taken:
+            out.append((f"auth_listeners.{i}.address", f"address {door.address} used twice"))
+        taken.add(door.address)
+        if door.label in labels:
+            out.append((f"auth_listeners.{i}.name", f"duplicate front door name {door.label!r}"))
+        labels.append(door.label)
+        if door.protocol == "auth_http" and door.upstream is None:
+            out.append((f"auth_listeners.{i}.upstream", "required when protocol = 'auth_http'"))
+        if door.protocol != "auth_http" and door.upstream is not None:
+            out.append((f"auth_listeners.{i}.upstream", "only for protocol = 'auth_http'"))
+        if door.unix_path is None and (door.user or door.group):
+            out.append((f"auth_listeners.{i}.user", "user and group are for unix sockets only"))
     for key, p in (("tls.cert", cfg.tls.cert), ("tls.key", cfg.tls.key)):
         if not cfg.path(p).is_file():
             out.append((key, f"file not found: {cfg.path(p)}"))

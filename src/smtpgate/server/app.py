@@ -52,6 +52,12 @@ from smtpgate.sasl.registry import create_server_mechanism, server_mechanism_nam
 from smtpgate.server import logs, pidfile
 from smtpgate.server import reload as reloading
 from smtpgate.server.connection import SmtpConnection
+from smtpgate.server.front_doors import (
+    FrontDoor,
+    bind_auth_sockets,
+    close_auth_sockets,
+    start_front_doors,
+)
 from smtpgate.server.limits import ConnectionLimiter, SharedConnectionLimiter
 from smtpgate.server.runtime import ListenerRuntime, ServerRuntime
 from smtpgate.server.supervisor import (
@@ -279,7 +285,9 @@ class _Live:
         auth: AuthService,
         guard: Guard,
         secret: bytes,
+        doors: list[FrontDoor],
     ) -> None:
+        self.doors = doors
         self.cfg = cfg
         self.runtime = runtime
         self.listeners = listeners
@@ -329,6 +337,8 @@ class _Live:
             rt.rates.reconfigure(cfg.limits)
         for lst in cfg.listeners:
             self.listeners[lst.name] = _listener_runtime(cfg, lst, self.secret)
+        for door in self.doors:
+            door.cfg = cfg
         self.cfg = cfg
 
 
@@ -359,9 +369,11 @@ async def serve_sockets(
     ready: Callable[[], None] | None = None,
     limiter: ConnectionLimiter | None = None,
     hooks: ReloadHooks | None = None,
+    auth_sockets: list[socket.socket] | None = None,
 ) -> None:
     """Run listeners (and optionally delivery) until SIGTERM/SIGINT. ``ready`` is
-    called once the listeners are up and the stores open."""
+    called once the listeners are up and the stores open. ``auth_sockets`` are the
+    ``[[auth_listeners]]`` (`server.front_doors`), bound by the caller."""
     loop = asyncio.get_running_loop()
     # The event loop hands work to threads (Argon2, SQLite, the spool writer) and
     # waits for their results; with the default 5 ms GIL switch interval a busy
@@ -398,7 +410,8 @@ async def serve_sockets(
     # The protocol factories look their listener up here, so a reload can change
     # the settings of connections accepted after it.
     listeners = {lst.name: _listener_runtime(cfg, lst, secret) for lst in cfg.listeners}
-    live = _Live(cfg, runtime, listeners, auth, guard, secret)
+    doors, door_servers = await start_front_doors(cfg, auth_sockets or [], runtime, secret)
+    live = _Live(cfg, runtime, listeners, auth, guard, secret, doors)
     servers = []
     for lst, sock in zip(cfg.listeners, sockets):
         servers.append(
@@ -430,6 +443,8 @@ async def serve_sockets(
         worker.stop(grace=cfg.server.shutdown_grace)
     for srv in servers:
         srv.close()
+    for door_server in door_servers:
+        door_server.close()
     for conn in list(runtime.connections):
         conn.shutdown()
     deadline = loop.time() + cfg.server.shutdown_grace
@@ -516,6 +531,12 @@ def run(cfg: Config, config_path: Path | None = None) -> int:
     # A plain bind first: SO_REUSEPORT would otherwise let a second smtpgate on the
     # same addresses start silently and take half of the connections.
     sockets = bind_sockets(cfg)
+    try:
+        auth_sockets = bind_auth_sockets(cfg)
+    except StartupError:
+        for sock in sockets:
+            sock.close()
+        raise
     # From the moment the pid file names us, a reload must not kill us: ignored
     # until the event loop (or the supervisor) takes the signals over.
     for sig in (signal.SIGHUP, signal.SIGUSR1):
@@ -526,20 +547,26 @@ def run(cfg: Config, config_path: Path | None = None) -> int:
     except OSError as e:
         for sock in sockets:
             sock.close()
+        close_auth_sockets(cfg, auth_sockets)
         raise StartupError("server.pid_file", f"cannot write {pid_path}: {e.strerror}") from None
     log.info("certificate: %s", tls.description)
     try:
         if cfg.server.effective_workers == 1:
-            return _run_single(cfg, config_path, sockets, tls)
+            return _run_single(cfg, config_path, sockets, tls, auth_sockets)
         for sock in sockets:
             sock.close()
-        return _run_supervised(cfg, config_path, tls)
+        return _run_supervised(cfg, config_path, tls, auth_sockets)
     finally:
+        close_auth_sockets(cfg, auth_sockets)
         pidfile.remove(pid_path)
 
 
 def _run_single(
-    cfg: Config, config_path: Path | None, sockets: list[socket.socket], tls: ServerTlsContext
+    cfg: Config,
+    config_path: Path | None,
+    sockets: list[socket.socket],
+    tls: ServerTlsContext,
+    auth_sockets: list[socket.socket],
 ) -> int:
     started = False
 
@@ -550,7 +577,8 @@ def _run_single(
     hooks = ReloadHooks(config_path)
     try:
         _new_loop_runner()(
-            serve_sockets(cfg, sockets, tls, with_delivery=True, ready=ready, hooks=hooks)
+            serve_sockets(cfg, sockets, tls, with_delivery=True, ready=ready, hooks=hooks,
+                          auth_sockets=auth_sockets)
         )
     except Exception as e:
         if not started and isinstance(e, StartupError):
@@ -572,7 +600,9 @@ class _Current:
     tls: ServerTlsContext
 
 
-def _run_supervised(cfg: Config, config_path: Path | None, tls: ServerTlsContext) -> int:
+def _run_supervised(
+    cfg: Config, config_path: Path | None, tls: ServerTlsContext, auth_sockets: list[socket.socket]
+) -> int:
     current = _Current(cfg, tls)
     workers = cfg.server.effective_workers
     limiter = SharedConnectionLimiter(
@@ -592,7 +622,8 @@ def _run_supervised(cfg: Config, config_path: Path | None, tls: ServerTlsContext
                 )
                 hooks = ReloadHooks(config_path, done=status.reloaded, quiet=True)
                 runner(serve_sockets(cfg_now, mine, tls_now, with_delivery=False,
-                                     ready=status.ready, limiter=limiter, hooks=hooks))
+                                     ready=status.ready, limiter=limiter, hooks=hooks,
+                                     auth_sockets=auth_sockets))
                 return 0
 
             def after_fork() -> None:

@@ -1,0 +1,182 @@
+"""The auth listeners: sockets where other servers (Postfix, Exim, nginx) ask
+smtpgate to decide logins and submissions (docs/integration.md).
+
+They are bound once, by the parent, before any worker starts, and every worker
+serves the same sockets (inherited across ``fork``): an MTA keeps one
+connection open for hours (Postfix's smtpd multiplexes its logins over it), so
+spreading connections with ``SO_REUSEPORT`` buys nothing, and a unix socket
+cannot be shared that way anyway. The parent keeps them open while workers come
+and go, so a restarted worker never makes the MTA see a refused connection, and
+removes the unix socket files when it stops.
+
+Each protocol module provides ``protocol_factory(door: FrontDoor) -> Callable[[],
+asyncio.BaseProtocol]``: the asyncio shell around its sans-IO engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import grp
+import importlib
+import logging
+import os
+import pwd
+import socket
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import cast
+
+from smtpgate.config import AuthListenerConfig, Config
+from smtpgate.errors import StartupError
+from smtpgate.server.runtime import ServerRuntime
+
+log = logging.getLogger("smtpgate")
+
+
+@dataclass
+class FrontDoor:
+    """What one auth listener's connections share. ``cfg`` is replaced by a reload
+    (the listener's own address and protocol need a restart)."""
+
+    listener: AuthListenerConfig
+    runtime: ServerRuntime
+    cfg: Config
+    #: The decoy secret (unknown accounts get SCRAM salts derived from it).
+    secret: bytes
+
+
+ProtocolFactory = Callable[[FrontDoor], Callable[[], asyncio.BaseProtocol]]
+
+
+#: The asyncio shell of each protocol, imported on demand: a server with no front
+#: door loads none of them.
+_MODULES = {
+    "dovecot": "smtpgate.server.dovecot_door",
+    "auth_http": "smtpgate.server.auth_http_door",
+    "postfix_policy": "smtpgate.server.policy_door",
+}
+
+
+def _protocol_factory(protocol: str) -> ProtocolFactory:
+    module = importlib.import_module(_MODULES[protocol])
+    return cast(ProtocolFactory, module.protocol_factory)
+
+
+def _clear_stale_socket(path: Path, key: str) -> None:
+    """Remove a socket file left by a server that died; refuse to touch a socket
+    someone still listens on, or a file that is not a socket."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise StartupError(key, f"{path} exists and is not a socket", "remove it or choose another path")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        path.unlink(missing_ok=True)  # nobody listens: left behind
+        return
+    finally:
+        probe.close()
+    raise StartupError(key, f"{path}: another server listens on it", "stop that one, or choose another path")
+
+
+def _bind_unix(door: AuthListenerConfig, path: Path, key: str) -> socket.socket:
+    _clear_stale_socket(path, f"{key}.address")
+    uid = gid = -1
+    try:
+        if door.user:
+            uid = pwd.getpwnam(door.user).pw_uid
+        if door.group:
+            gid = grp.getgrnam(door.group).gr_gid
+    except KeyError as e:
+        field = "user" if door.user and str(e).find(door.user) >= 0 else "group"
+        raise StartupError(f"{key}.{field}", f"no such {field}: {e.args[0]}") from None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    # Created with no permission for anyone until chmod/chown have run.
+    old = os.umask(0o777)
+    try:
+        sock.bind(str(path))
+    except OSError as e:
+        sock.close()
+        raise StartupError(f"{key}.address", f"cannot bind {path}: {e.strerror or e}") from None
+    finally:
+        os.umask(old)
+    try:
+        if uid != -1 or gid != -1:
+            os.chown(path, uid, gid)
+        os.chmod(path, door.file_mode)
+    except OSError as e:
+        sock.close()
+        path.unlink(missing_ok=True)
+        raise StartupError(f"{key}.user", f"cannot set owner/mode of {path}: {e.strerror or e}") from None
+    return sock
+
+
+def _bind_tcp(door: AuthListenerConfig, key: str) -> socket.socket:
+    host, port = door.host_port
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        hint = "another server holds it" if e.errno == errno.EADDRINUSE else ""
+        raise StartupError(f"{key}.address", f"cannot bind {door.address}: {e.strerror or e}", hint) from None
+    return sock
+
+
+def bind_auth_sockets(cfg: Config) -> list[socket.socket]:
+    """One listening socket per ``[[auth_listeners]]`` table, in config order.
+
+    Raises:
+        StartupError: a socket cannot be bound or given its owner and mode
+            (``auth_listeners.N.*``); those bound before it are closed again.
+    """
+    socks: list[socket.socket] = []
+    try:
+        for i, door in enumerate(cfg.auth_listeners):
+            key = f"auth_listeners.{i}"
+            path = door.unix_path
+            sock = _bind_unix(door, path, key) if path is not None else _bind_tcp(door, key)
+            socks.append(sock)
+            sock.listen(128)
+            sock.setblocking(False)
+    except BaseException:
+        close_auth_sockets(cfg, socks)
+        raise
+    return socks
+
+
+def close_auth_sockets(cfg: Config, sockets: list[socket.socket]) -> None:
+    """Close the sockets and remove the unix socket files this process created."""
+    for door, sock in zip(cfg.auth_listeners, sockets):
+        sock.close()
+        path = door.unix_path
+        if path is not None:
+            path.unlink(missing_ok=True)
+
+
+async def start_front_doors(
+    cfg: Config, sockets: list[socket.socket], runtime: ServerRuntime, secret: bytes
+) -> tuple[list[FrontDoor], list[asyncio.AbstractServer]]:
+    """Serve each auth listener's socket in this process's event loop."""
+    loop = asyncio.get_running_loop()
+    doors: list[FrontDoor] = []
+    servers: list[asyncio.AbstractServer] = []
+    for listener, sock in zip(cfg.auth_listeners, sockets):
+        door = FrontDoor(listener, runtime, cfg, secret)
+        factory = _protocol_factory(listener.protocol)(door)
+        if sock.family == socket.AF_UNIX:
+            server = await loop.create_unix_server(factory, sock=sock)
+        else:
+            server = await loop.create_server(factory, sock=sock)
+        doors.append(door)
+        servers.append(server)
+        log.info("front door %s: %s on %s", listener.label, listener.protocol, listener.address)
+    return doors, servers

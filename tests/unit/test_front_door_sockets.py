@@ -1,0 +1,96 @@
+"""`[[auth_listeners]]`: the config names the key, and the sockets are bound with
+the permissions asked for, replacing only a socket file nobody listens on."""
+
+from __future__ import annotations
+
+import socket
+import stat
+from pathlib import Path
+
+import pytest
+
+from smtpgate.config import ConfigError, parse_config
+from smtpgate.errors import StartupError
+from smtpgate.server.front_doors import bind_auth_sockets, close_auth_sockets
+
+BASE = """
+hostname = "mx.example.org"
+[[listeners]]
+name = "submission"
+address = "127.0.0.1:2587"
+tls = "starttls"
+[tls]
+cert = "c.pem"
+key = "k.pem"
+"""
+
+
+@pytest.fixture
+def base(tmp_path: Path) -> Path:
+    (tmp_path / "c.pem").write_text("x")
+    (tmp_path / "k.pem").write_text("x")
+    return tmp_path
+
+
+def door(**keys: str) -> str:
+    return "[[auth_listeners]]\n" + "".join(f'{k} = "{v}"\n' for k, v in keys.items())
+
+
+def problems(text: str, base: Path) -> dict[str, str]:
+    with pytest.raises(ConfigError) as e:
+        parse_config(text, base)
+    return dict(e.value.problems)
+
+
+def test_auth_http_needs_an_upstream(base: Path) -> None:
+    found = problems(BASE + door(protocol="auth_http", address="127.0.0.1:9143"), base)
+    assert "auth_listeners.0.upstream" in found
+
+
+def test_upstream_is_only_for_auth_http(base: Path) -> None:
+    text = BASE + door(protocol="dovecot", address="127.0.0.1:9143", upstream="127.0.0.1:2587")
+    assert "auth_listeners.0.upstream" in problems(text, base)
+
+
+@pytest.mark.parametrize(
+    ("keys", "bad"),
+    [
+        ({"protocol": "sasl", "address": "127.0.0.1:1"}, "auth_listeners.0.protocol"),
+        ({"protocol": "dovecot", "address": "unix:relative/path"}, "auth_listeners.0.address"),
+        ({"protocol": "dovecot", "address": "nowhere"}, "auth_listeners.0.address"),
+        ({"protocol": "dovecot", "address": "unix:/x", "mode": "rw-rw----"}, "auth_listeners.0.mode"),
+        ({"protocol": "dovecot", "address": "127.0.0.1:1", "user": "postfix"}, "auth_listeners.0.user"),
+        ({"protocol": "dovecot", "address": "127.0.0.1:2587"}, "auth_listeners.0.address"),
+    ],
+)
+def test_bad_front_door_names_the_key(base: Path, keys: dict[str, str], bad: str) -> None:
+    assert bad in problems(BASE + door(**keys), base)
+
+
+def test_unix_socket_gets_its_mode_and_a_stale_file_is_replaced(base: Path) -> None:
+    path = base / "auth.sock"
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(path))
+    stale.close()  # a file with nobody listening: what a killed server leaves
+    cfg = parse_config(BASE + door(protocol="dovecot", address=f"unix:{path}", mode="0600"), base)
+    socks = bind_auth_sockets(cfg)
+    try:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        with socket.socket(socket.AF_UNIX) as client:
+            client.connect(str(path))
+        # A second server must not steal a socket that is in use.
+        with pytest.raises(StartupError) as e:
+            bind_auth_sockets(cfg)
+        assert e.value.key == "auth_listeners.0.address"
+    finally:
+        close_auth_sockets(cfg, socks)
+    assert not path.exists()
+
+
+def test_a_regular_file_is_never_removed(base: Path) -> None:
+    path = base / "auth.sock"
+    path.write_text("not a socket")
+    cfg = parse_config(BASE + door(protocol="dovecot", address=f"unix:{path}"), base)
+    with pytest.raises(StartupError):
+        bind_auth_sockets(cfg)
+    assert path.read_text() == "not a socket"

@@ -75,6 +75,10 @@ class AuthRecord:
     result: str
     reason: str
     session: str
+    #: How the attempt reached smtpgate: "smtp" (its own listeners), or the
+    #: protocol of an auth listener ("dovecot", "auth_http"); last, so that
+    #: filters written for the fields before it keep matching.
+    front_door: str = "smtp"
 
     def json_line(self) -> bytes:
         return (json.dumps(asdict(self), ensure_ascii=False) + "\n").encode("utf-8")
@@ -84,6 +88,7 @@ class AuthRecord:
             f"auth {self.result} listener={self.listener} client={self.client_ip}:{self.client_port} "
             f"tls={self.tls or 'none'} mech={self.mechanism or '-'} user={json.dumps(self.username, ensure_ascii=False)} "
             f"reason={json.dumps(self.reason, ensure_ascii=False)} session={self.session}"
+            + ("" if self.front_door == "smtp" else f" door={self.front_door}")
         )
 
 
@@ -129,6 +134,7 @@ class AuthLog:
         result: str,
         reason: str,
         session: str,
+        front_door: str = "smtp",
     ) -> AuthRecord:
         """Build a record stamped now, with every string field neutralised.
 
@@ -149,6 +155,7 @@ class AuthLog:
             result=result,
             reason=n(reason),
             session=n(session),
+            front_door=n(front_door),
         )
 
     def write(self, record: AuthRecord) -> None:

@@ -155,7 +155,11 @@ class AuthContext:
     client_ip: str
     client_port: int
     tls_version: str | None
+    #: The session id: smtpgate's own, or the MTA's (Postfix's queue id, nginx's
+    #: login attempt) for a front door.
     session_id: str
+    #: "smtp" for smtpgate's own listeners, else the auth listener's protocol.
+    front_door: str = "smtp"
 
 
 @dataclass(slots=True)
@@ -348,6 +352,7 @@ class AuthService:
                 result=result,
                 reason=reason,
                 session=ctx.session_id,
+                front_door=ctx.front_door,
             )
         )
 
@@ -601,15 +606,17 @@ class AuthService:
         scheme = SCRAM_SCHEMES.get(q.hash_name)
         if scheme is None:
             raise _Temporary(f"no SCRAM scheme for hash {q.hash_name!r}")
-        account, data = await self._read(self._load, lookup_key(q.username), scheme)
+        # Every NotFound names the key the name was looked up under, so the decoy
+        # salt is the same for each spelling of it, as a real account's is.
+        key = lookup_key(q.username)
+        account, data = await self._read(self._load, key, scheme)
         if account is None:
-            return Resolution(NotFound(reason=UNKNOWN_USER))
+            return Resolution(NotFound(reason=UNKNOWN_USER, name=key))
         if refused := self._lookup_refusal(account, q.mechanism.upper(), ctx):
-            return refused
+            return replace(refused, answer=replace(refused.answer, name=key))
         if data is None:
-            return Resolution(
-                NotFound(reason=f"no {scheme} keys for account (made at next PLAIN/LOGIN login)")
-            )
+            why = f"no {scheme} keys for account (made at next PLAIN/LOGIN login)"
+            return Resolution(NotFound(reason=why, name=key))
         return Resolution(decode_scram(data))
 
     async def _lookup_cram_md5(self, q: LookupCramMd5, ctx: AuthContext) -> Resolution:

@@ -54,6 +54,7 @@ def test_record_fields(tmp_path: Path) -> None:
         "result": "failure",
         "reason": "bad password",
         "session": "s-1",
+        "front_door": "smtp",
     }
     assert json.loads(lines[1])["tls"] is None
 

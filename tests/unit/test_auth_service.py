@@ -276,7 +276,9 @@ async def test_scram_lookup(svc: AuthService) -> None:
         c = await svc.resolve(LookupScram(ALICE, hash_name, "SCRAM"), CTX)
         assert isinstance(c, ScramCredentials)
         assert c == scram_credentials_from_password("pencil", hash_name, c.iterations, c.salt)
-    assert await svc.resolve(LookupScram("x@example.org", "sha256", ""), CTX) == NotFound()
+    assert await svc.resolve(LookupScram("x@Example.ORG", "sha256", ""), CTX) == NotFound(
+        name="x@example.org"  # the decoy is keyed on the spelling looked up
+    )
     bad = await svc.resolve(LookupScram(ALICE, "md5", ""), CTX)
     assert isinstance(bad, NotFound) and bad.temporary
 
@@ -368,7 +370,7 @@ async def test_confirm_identity(svc: AuthService, admin: AccountAdmin) -> None:
 async def test_locked_account_lookups_refused(svc: AuthService, admin: AccountAdmin) -> None:
     admin.lock(ALICE, "x")
     assert await svc.resolve(LookupScram(ALICE, "sha256", "SCRAM-SHA-256"), CTX) == NotFound(
-        reason="account locked"
+        reason="account locked", name=ALICE
     )
 
 

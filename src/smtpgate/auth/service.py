@@ -612,8 +612,10 @@ class AuthService:
         account, data = await self._read(self._load, key, scheme)
         if account is None:
             return Resolution(NotFound(reason=UNKNOWN_USER, name=key))
-        if refused := self._lookup_refusal(account, q.mechanism.upper(), ctx):
-            return replace(refused, answer=replace(refused.answer, name=key))
+        if refusal := _mechanism_refusal(account, q.mechanism.upper(), ctx):
+            return Resolution(NotFound(reason=refusal[1], name=key), refusal=refusal[0])
+        if expired := self._expired(account):
+            return Resolution(NotFound(reason=expired, name=key), refusal=REFUSED_EXPIRED)
         if data is None:
             why = f"no {scheme} keys for account (made at next PLAIN/LOGIN login)"
             return Resolution(NotFound(reason=why, name=key))

@@ -131,10 +131,17 @@ class CramMd5Secret:
 @dataclass(frozen=True, slots=True)
 class NotFound:
     """No such account, or no secret for this mechanism. The mechanism must go on with
-    a decoy so that an unknown account fails the same way as a wrong secret."""
+    a decoy so that an unknown account fails the same way as a wrong secret.
+
+    ``name`` is the name as the directory looked it up (its canonical spelling,
+    ``auth/names.py``): SCRAM keys its decoy salt on it, so every spelling that
+    would find one account gets one salt whether or not the account exists
+    (docs/security.md, "Account probing through SCRAM"). Empty: the name as the
+    client gave it."""
 
     reason: str = "unknown user"
     temporary: bool = False
+    name: str = ""
 
 
 CredentialAnswer = Verdict | ScramCredentials | CramMd5Secret | NotFound

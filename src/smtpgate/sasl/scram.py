@@ -10,10 +10,13 @@ client-final -> proof checked here with the stored keys ->
 
 The server never sees a password: it holds (salt, i, StoredKey, ServerKey) and
 checks ``H(ClientProof XOR HMAC(StoredKey, AuthMessage)) == StoredKey``. An unknown
-user gets a *decoy*: a salt derived from a per-process secret and the username
-(PostgreSQL's approach), so that repeated probes show the same salt, and keys that
-no proof can match; the exchange then fails at the proof exactly like a wrong
-password (protocol digest §4.4: never ``e=unknown-user``).
+user gets a *decoy*: a salt derived from the installation's decoy secret
+(``auth/decoy.py``) and the name *as the directory looked it up* (``NotFound.name``,
+the canonical spelling: ``alice@EXAMPLE.ORG`` and ``alice@example.org`` are one
+name), PostgreSQL's approach, so that repeated probes and other spellings show the
+same salt as they would for a real account, and keys that no proof can match; the
+exchange then fails at the proof exactly like a wrong password (protocol digest
+§4.4: never ``e=unknown-user``).
 
 Channel binding (RFC 5802 §6, RFC 5929, RFC 9266): the ``-PLUS`` mechanisms
 require a ``p=<type>`` gs2 flag with a type present in the connection's
@@ -90,6 +93,11 @@ CB_TYPE_PREFERENCE = ("tls-exporter", "tls-server-end-point", "tls-unique")
 #: header plus at most a 64-byte hash or 32-byte exporter) and a proof. 4 KiB is
 #: far beyond any honest message and bounds the work an attacker can make us do.
 MAX_MESSAGE_OCTETS = 4096
+
+#: Salt length of stored keys and of decoys alike (RFC 5802 sets none; 16 bytes is
+#: what PostgreSQL and Dovecot use). One constant, so the two cannot drift apart and
+#: a salt's length never tells a decoy from a real account.
+SALT_OCTETS = 16
 
 #: Client side: a hostile server can make the client burn CPU with a huge count.
 DEFAULT_MAX_CLIENT_ITERATIONS = 1_000_000
@@ -192,7 +200,8 @@ def scram_credentials_from_password(
 
     The password is SASLprep'd first, as clients do before hashing, and the salted
     password is ``hashlib.pbkdf2_hmac`` (exactly ``Hi``). CPU-heavy: call it from a
-    worker thread, not the event loop.
+    worker thread, not the event loop. The salt is `SALT_OCTETS` long unless given,
+    as a decoy's is.
 
     Args:
         hash_name: 'sha1' or 'sha256'.
@@ -207,7 +216,7 @@ def scram_credentials_from_password(
     if iterations < 1:
         raise ValueError("iterations must be at least 1")
     if salt is None:
-        salt = secrets.token_bytes(16)
+        salt = secrets.token_bytes(SALT_OCTETS)
     if not salt:
         raise ValueError("salt must not be empty")
     salted = hashlib.pbkdf2_hmac(info.name, _normalize_password(password), salt, iterations)
@@ -451,7 +460,9 @@ class ScramServer(ServerMechanismBase):
                     username=first.username,
                     error_data=b"e=" + E_OTHER_ERROR.encode("ascii"),
                 )
-            self._creds = self._decoy_credentials(first.username)
+            # The directory's spelling of the name (NotFound.name): a real account
+            # shows one salt to every spelling that finds it, so a decoy must too.
+            self._creds = self._decoy_credentials(result.name or first.username)
             self._decoy = True
             self._decoy_reason = result.reason
         elif isinstance(result, ScramCredentials):
@@ -485,12 +496,18 @@ class ScramServer(ServerMechanismBase):
         )
 
     def _decoy_credentials(self, username: str) -> ScramCredentials:
-        """Stable fake salt for an unknown user; keys no proof can match."""
+        """Stable fake salt for an unknown user; keys no proof can match.
+
+        Shaped as a real account's keys are (``scram_credentials_from_password``):
+        a 16-byte salt and the count stores are told to use (``decoy_iterations``),
+        with the same server nonce as any exchange: server-first is the one message
+        before any proof, so it must not differ between a real and an unknown name
+        in anything but the salt's random bytes (tests/unit/test_scram_decoy.py)."""
         label = f"{self._hash.name}\0{username}".encode()
         digest = hmac.new(self._decoy_secret, b"scram-decoy\0" + label, "sha256").digest()
         keys = hmac.new(self._decoy_secret, b"scram-decoy-keys\0" + label, "sha512").digest()
         return ScramCredentials(
-            salt=digest[:16],
+            salt=digest[:SALT_OCTETS],
             iterations=self._decoy_iterations,
             stored_key=keys[: self._hash.size],
             server_key=keys[32 : 32 + self._hash.size],

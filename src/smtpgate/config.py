@@ -655,6 +655,21 @@ class GuardConfig(Model):
         description="SQLite file with failure counters, blocks, lockouts, known addresses "
         "and rate-limit counters; survives restarts and is shared by workers.",
     )
+    store_timeout: float = Field(
+        default=0.25,
+        gt=0,
+        le=10,
+        description="Seconds the guard and the rate limits wait for their database (e.g. while "
+        "another process holds its locks) before answering without it, per "
+        "on_store_unavailable; see docs/operations.md.",
+    )
+    on_store_unavailable: Literal["known", "open", "closed"] = Field(
+        default="known",
+        description="Logins while the guard database does not answer: 'known' lets in addresses "
+        "the account logged in from (as this process remembers), others get 454 4.7.0; 'open' "
+        "lets every login try; 'closed' refuses all with 454. Penalties and lockouts are "
+        "counted in memory meanwhile. Rate limits are not applied meanwhile.",
+    )
     allowlist: list[str] = Field(
         default_factory=list,
         description="Networks (CIDR) the guard ignores entirely: no penalty, no counting, no "

@@ -35,12 +35,14 @@ class Check:
     account: str
     delay: float = 0.0
     refusal: Refusal | None = None
+    unavailable: str = ""
 
 
 @dataclass
 class FakeGuard:
     delay: float = 0.0
     refusal: Refusal | None = None
+    unavailable: str = ""
     needs_write: bool = True
     calls: list[tuple[str, object]] = field(default_factory=list)
 
@@ -51,7 +53,7 @@ class FakeGuard:
 
     async def check(self, client_ip: str, username: str) -> Check:
         self.calls.append(("check", username))
-        return Check(username, self.delay, self.refusal)
+        return Check(username, self.delay, self.refusal, self.unavailable)
 
     def bare_check(self, client_ip: str) -> Check:
         self.calls.append(("bare_check", client_ip))
@@ -204,6 +206,22 @@ async def test_the_guard_refuses_before_any_credential_work_and_is_not_counted_a
     done = attempt.conclude(Outcome(query.mechanism, "tempfail", reason="address blocked"))
     assert done.result.refusal == w.guard.refusal and done.pending is None
     assert w.auth.records == [(USER, "tempfail", "blocked: address blocked")]
+    assert [c for c, _ in w.guard.calls] == ["check"]
+
+
+async def test_an_unavailable_guard_refusal_is_a_backend_fault_not_a_block(w: World) -> None:
+    """The guard's degraded mode refuses: 454 after the penalty, logged as a plain
+    temporary failure (fail2ban counts "blocked: " lines) and not counted."""
+    w.guard.unavailable = "guard database unavailable: only known addresses"
+    w.guard.delay = 0.5
+    attempt = w.login().begin(CTX)
+    assert await attempt.resolve(PLAIN) == sasl.Verdict(
+        ok=False, reason=w.guard.unavailable, temporary=True
+    )
+    assert w.auth.queries == [] and w.sleeps == [0.5]
+    done = attempt.conclude(Outcome("PLAIN", "tempfail", reason=w.guard.unavailable))
+    assert done.result.refusal is None and done.pending is None
+    assert w.auth.records == [(USER, "tempfail", w.guard.unavailable)]
     assert [c for c, _ in w.guard.calls] == ["check"]
 
 

@@ -290,13 +290,16 @@ class BrokenStore(SqliteGuardStore):
         raise GuardStoreError("disk on fire")
 
 
-async def test_database_fault_fails_open(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    g = Guard(BrokenStore(tmp_path / "g.sqlite"), CFG)
+async def test_database_fault_fails_open_when_configured(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``on_store_unavailable = "open"``; the default is tested in test_guard_unavailable."""
+    g = Guard(BrokenStore(tmp_path / "g.sqlite"), CFG.model_copy(update={"on_store_unavailable": "open"}))
     try:
         c = await g.check("192.0.2.1", ALICE)
-        assert c.refusal is None and c.delay == 0
+        assert c.refusal is None and c.delay == 0 and not c.unavailable
         assert await g.failure(c, counts_account=True) == []
-        assert g.stats.faults == 2 and "failing open" in caplog.text
+        assert g.stats.faults == 2 and "guard database not answering (disk on fire)" in caplog.text
     finally:
         await g.close()
 

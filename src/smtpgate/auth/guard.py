@@ -55,10 +55,24 @@ its counts back, ``blocks_due`` (pure) compares them with the thresholds, and
 the state is asked to start the blocks due; ``decide`` (pure) reads a
 snapshot. A reload changes thresholds here and nothing in the state.
 
-Faults: if the guard database fails, ``check`` lets the attempt through and
-``failure``/``success`` are dropped, each logged: an unavailable guard must not
-become a denial of service for every user. The account store's own locks and
-the failure floor still apply.
+Faults: every state call is bounded (``store_timeout``, ``bounded_calls``): a
+state that fails or does not answer in time starts an *episode*, logged once
+at its start and once at its end, during which no call waits behind a stuck
+one. Meanwhile ``on_store_unavailable`` decides (here, above the state
+interface, so any backend gets the same rule):
+
+- ``known`` (default): an address this process has seen the account log in
+  from (within ``known_address_days``: from a snapshot or a success since it
+  started) proceeds; any other attempt gets the temporary failure (454 4.7.0,
+  never a 535) after a penalty. Failures and refusals are counted in this
+  process's memory meanwhile: the per-address penalty grows as usual, and
+  ``known_lockout_threshold`` failures against one account refuse it too.
+- ``open``: every attempt proceeds, with the in-memory penalty and lockout.
+- ``closed``: every attempt gets the temporary failure.
+
+``failure``/``success`` that cannot be written are dropped (the memory keeps
+what the episode needs). An unavailable guard must not become a denial of
+service for the users it knows, nor an open door for guessing.
 """
 
 from __future__ import annotations
@@ -67,10 +81,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
+from smtpgate.auth.bounded_calls import BoundedCalls, StoreUnavailable
+from smtpgate.auth.guard_memory import GuardMemory
 from smtpgate.auth.guard_state import (
     ACCOUNT,
     ACCOUNT_NEW,
@@ -102,8 +117,6 @@ PRUNE_EVERY = 60.0
 PLUS_FALLBACK_SECONDS = 30 * 86400
 #: Renew a held-back -PLUS when less than this is left of it.
 PLUS_FALLBACK_RENEW = PLUS_FALLBACK_SECONDS - 86400
-#: A look-up slower than this advertises -PLUS (fail open, as ``check`` does).
-PLUS_FALLBACK_LOOKUP_TIMEOUT = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +145,10 @@ class GuardCheck:
     penalty_failures: int = 0
     #: Last success of the account from this address (Unix time), if any.
     known_since: float | None = None
+    #: Why the attempt gets a temporary failure because the state is unavailable
+    #: (``on_store_unavailable``); "" otherwise. Not a refusal: it is answered and
+    #: logged as a backend fault (454 4.7.0), never as a block fail2ban would count.
+    unavailable: str = ""
 
 
 @dataclass(slots=True)
@@ -140,6 +157,7 @@ class GuardStats:
     refusals: int = 0
     failures: int = 0
     blocks_started: int = 0
+    #: Calls answered without the state (it failed, or did not answer in time).
     faults: int = 0
 
 
@@ -179,6 +197,15 @@ def _known_key(check: GuardCheck, identity: str) -> str:
     snapshot under (the account's one name, ``login_identity``), so the next
     check under any of its login names sees it; the identity if none was given."""
     return check.account or lookup_key(identity)
+
+
+def _degraded_text(cfg: GuardConfig) -> str:
+    """What the guard does during an episode, for its log line."""
+    return {
+        "known": "logins only from addresses known to the account (others get 454)",
+        "open": "logins from every address, with penalties and lockouts counted in memory",
+        "closed": "every login refused with 454",
+    }[cfg.on_store_unavailable]
 
 
 def _stamp(t: float) -> str:
@@ -275,8 +302,9 @@ class Guard:
 
     The state runs on one worker thread: its calls are a few indexed SQLite
     statements (or one Redis round trip) each, and one thread keeps this
-    process's reads and writes in the order they were made. ``close()`` closes
-    the state.
+    process's reads and writes in the order they were made. Each call is bounded
+    by ``store_timeout`` (``bounded_calls``); see "Faults" above for what the
+    guard does without an answer. ``close()`` closes the state.
     """
 
     def __init__(
@@ -287,7 +315,11 @@ class Guard:
         self._clock = clock
         self._allow = parse_networks(cfg.allowlist)
         self._thresholds = thresholds(cfg)
-        self._pool = ThreadPoolExecutor(1, "smtpgate-guard")
+        self._calls = BoundedCalls(
+            "guard database", cfg.store_timeout, (GuardStoreError,),
+            degraded=_degraded_text(cfg), log=log,
+        )
+        self._memory = GuardMemory()
         self._last_prune = 0.0
         self._closed = False
         self.stats = GuardStats()
@@ -301,6 +333,13 @@ class Guard:
         self._cfg = cfg
         self._allow = parse_networks(cfg.allowlist)
         self._thresholds = thresholds(cfg)
+        self._calls.timeout = cfg.store_timeout
+        self._calls.degraded = _degraded_text(cfg)
+
+    @property
+    def unavailable(self) -> bool:
+        """The state is not answering (an episode is under way)."""
+        return self._calls.unavailable
 
     def keys(self, client_ip: str) -> ClientKeys:
         c = self._cfg
@@ -315,7 +354,12 @@ class Guard:
         return in_networks(parse_ip(client_ip), self._allow)
 
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        """``fn(*args)`` on the state's thread, bounded.
+
+        Raises:
+            StoreUnavailable: the state failed or did not answer in time.
+        """
+        return await self._calls.call(fn, *args)
 
     def watches(self, client_ip: str) -> bool:
         """False when the guard ignores this client (disabled, or allowlisted)."""
@@ -352,9 +396,10 @@ class Guard:
             snap = await self._run(
                 self._store.snapshot, keys.address, keys.subnet, account, now, self._cfg.penalty_window
             )
-        except GuardStoreError as e:
-            self._fault("check", e)
-            return GuardCheck(keys, account)
+        except StoreUnavailable:
+            return self._degraded_check(keys, account, now)
+        if snap.known_since is not None:
+            self._memory.saw_known(account, keys.address, snap.known_since)
         known, refusal = decide(
             snap,
             now=now,
@@ -382,8 +427,13 @@ class Guard:
                             check.known, counts_account)
         try:
             started = await self._run(count_failure, self._store, f, self._thresholds)
-        except GuardStoreError as e:
-            self._fault("failure", e)
+        except StoreUnavailable:
+            # Not written: counted here, for the episode's penalty and lockout.
+            self.stats.faults += 1
+            c = self._cfg
+            self._memory.penalise(f.address, now, c.penalty_window)
+            if counts_account:
+                self._memory.failed(f.account, now, c.lockout_window)
             return []
         for b in started:
             self.stats.blocks_started += 1
@@ -399,14 +449,16 @@ class Guard:
             return  # nothing to write on the common path
         name = _known_key(check, identity)
         now = self._clock()
+        self._memory.saw_known(name, check.keys.address, now)
+        self._memory.succeeded(check.keys.address)
         try:
             await self._run(
                 lambda: self._store.record_success(
                     check.keys.address, name, now, reset_penalty=check.penalty_failures > 0
                 )
             )
-        except GuardStoreError as e:
-            self._fault("success", e)
+        except StoreUnavailable:
+            self.stats.faults += 1  # remembered in memory only, for this episode
 
     # --- the channel-binding fallback (docs/mechanisms.md) ---------------------------
     #
@@ -419,12 +471,9 @@ class Guard:
         """Until when -PLUS is held back from this client's address, or None."""
         address = self.keys(client_ip).address
         try:
-            return await asyncio.wait_for(
-                self._run(self._store.plus_fallback, address, self._clock()),
-                PLUS_FALLBACK_LOOKUP_TIMEOUT,
-            )
-        except (GuardStoreError, TimeoutError) as e:
-            self._fault("channel-binding fallback look-up", e)
+            return await self._run(self._store.plus_fallback, address, self._clock())
+        except StoreUnavailable:
+            self.stats.faults += 1
             return None
 
     def plus_fallback_due(self, until: float | None) -> bool:
@@ -443,8 +492,8 @@ class Guard:
         address = self.keys(client_ip).address
         try:
             await self._run(self._store.set_plus_fallback, address, until)
-        except GuardStoreError as e:
-            self._fault("channel-binding fallback", e)
+        except StoreUnavailable:
+            self.stats.faults += 1
             return
         if until is None:
             log.info("channel binding: -PLUS offered to %s again", address)
@@ -460,18 +509,35 @@ class Guard:
                    c.lockout_duration, c.throttle_duration)
         try:
             await self._run(self._store.prune, now, keep, c.known_address_days * 86400)
-        except GuardStoreError as e:
-            self._fault("prune", e)
+        except StoreUnavailable:
+            self.stats.faults += 1
 
-    def _fault(self, what: str, e: Exception) -> None:
+    def _degraded_check(self, keys: ClientKeys, account: str, now: float) -> GuardCheck:
+        """``check`` without the state, per ``on_store_unavailable`` ("Faults" above)."""
         self.stats.faults += 1
-        log.error("guard %s skipped (database fault, failing open): %s", what, e)
+        c, mem = self._cfg, self._memory
+        since = mem.known_since(account, keys.address)
+        known = since is not None and since > now - c.known_address_days * 86400
+        why = ""
+        if c.on_store_unavailable == "closed":
+            why = "guard database unavailable: every login refused meanwhile"
+        elif c.on_store_unavailable == "known" and not known:
+            why = "guard database unavailable: only addresses known to the account log in meanwhile"
+        elif mem.account_failures(account, now, c.lockout_window) >= c.known_lockout_threshold:
+            why = "guard database unavailable: too many failed logins for the account meanwhile"
+        if why:
+            # A refusal costs a penalty that grows with each one, so that a client
+            # retrying at once meets longer and longer waits.
+            failures = mem.penalise(keys.address, now, c.penalty_window)
+        else:
+            failures = mem.penalty(keys.address, now, c.penalty_window)
+        delay = penalty_delay(failures, c.penalty_base, c.penalty_max)
+        return GuardCheck(keys, account, known=known, delay=delay, penalty_failures=failures,
+                          known_since=since, unavailable=why)
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        await asyncio.get_running_loop().run_in_executor(
-            None, lambda: self._pool.shutdown(wait=True)
-        )
+        await asyncio.get_running_loop().run_in_executor(None, self._calls.close)
         self._store.close()

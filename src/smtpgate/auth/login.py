@@ -171,6 +171,10 @@ class LoginAttempt:
                     return None
             if check.refusal is not None:
                 return temporary_answer(query, check.refusal.reason)
+            if check.unavailable:
+                # The guard state is not answering and the guard's degraded mode
+                # refuses this attempt: a backend fault (454), not a block.
+                return temporary_answer(query, check.unavailable)
             if fault is not None:
                 # The directory failed to say whose name this is: no credential
                 # check (a bind could go uncounted), a temporary failure as for

@@ -18,7 +18,15 @@ each. That is the price of not holding a lock across a DATA phase.
 What is left of a budget is the pure ``budget_left``; the limiter only reads
 and bumps counters, on its own thread.
 
-A database fault fails open (logged): a broken counter must not stop mail.
+Faults fail open. Each counter call is bounded (``[guard] store_timeout``,
+``auth.bounded_calls``): counters that fail or do not answer in time start an
+episode, logged once at its start and once at its end, during which MAIL is
+not limited and accepted messages are not counted, and no call waits behind a
+stuck one. Why open: the counters are local state that an operator's tool (a
+backup, an ``sqlite3`` shell) can lock, not something a client can break;
+failing closed would turn that into an outage of all mail for every user,
+while failing open costs at most an episode's worth of unlimited sending by
+accounts that have already passed the login checks.
 """
 
 from __future__ import annotations
@@ -27,10 +35,10 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
+from smtpgate.auth.bounded_calls import BoundedCalls, StoreUnavailable
 from smtpgate.auth.principal import AppPasswordUse
 from smtpgate.auth.sender_profile import SenderProfile
 from smtpgate.config import LimitsConfig
@@ -83,24 +91,36 @@ def budget_left(
 
 class RateLimiter:
     """Reads and bumps ``RateCounters`` on one thread of its own (which keeps this
-    process's counts in order); ``close()`` closes the counters."""
+    process's counts in order), each call bounded by ``store_timeout`` seconds;
+    ``close()`` closes the counters."""
 
     def __init__(
         self, counters: RateCounters, limits: LimitsConfig, *,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.time, store_timeout: float = 0.25,
     ) -> None:
         self._counters = counters
         self._limits = limits
         self._clock = clock
-        self._pool = ThreadPoolExecutor(1, "smtpgate-rates")
+        self._calls = BoundedCalls(
+            "rate counters", store_timeout, (RateCountersError,),
+            degraded="sending limits not applied and messages not counted", log=log,
+        )
         self._closed = False
 
-    def reconfigure(self, limits: LimitsConfig) -> None:
-        """New default limits (a reload); the counters stay."""
+    def reconfigure(self, limits: LimitsConfig, store_timeout: float | None = None) -> None:
+        """New default limits (a reload), and the bound if given; the counters stay."""
         self._limits = limits
+        if store_timeout is not None:
+            self._calls.timeout = store_timeout
+
+    @property
+    def unavailable(self) -> bool:
+        """The counters are not answering (an episode is under way)."""
+        return self._calls.unavailable
 
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        """Raises ``StoreUnavailable`` (logged once per episode by the caller)."""
+        return await self._calls.call(fn, *args)
 
     def _bucket(self) -> int:
         return int(self._clock() // BUCKET_SECONDS)
@@ -127,22 +147,19 @@ class RateLimiter:
         since = self._bucket() - WINDOW_BUCKETS + 1
         try:
             used = await self._run(self._counters.usage, keys, since)
-        except RateCountersError as e:
-            log.error("rate limits not checked (database fault): %s", e)
-            return Budget(keys, None, None)
+        except StoreUnavailable:
+            return Budget(keys, None, None)  # fails open (module docstring)
         return budget_left(limits, used)
 
     async def count(self, keys: tuple[str, ...], messages: int, recipients: int) -> None:
         try:
             await self._run(self._counters.add_usage, keys, self._bucket(), messages, recipients)
-        except RateCountersError as e:
-            log.error("sending counted nowhere (database fault): %s", e)
+        except StoreUnavailable:
+            pass  # counted nowhere: fails open (module docstring)
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        await asyncio.get_running_loop().run_in_executor(
-            None, lambda: self._pool.shutdown(wait=True)
-        )
+        await asyncio.get_running_loop().run_in_executor(None, self._calls.close)
         self._counters.close()

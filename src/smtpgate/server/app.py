@@ -152,13 +152,20 @@ def build_rates(cfg: Config) -> RateLimiter:
     Raises:
         RateCountersError: the file cannot be opened.
     """
-    return RateLimiter(SqliteRateCounters(cfg.path(cfg.guard.database)), cfg.limits)
+    return RateLimiter(SqliteRateCounters(cfg.path(cfg.guard.database)), cfg.limits,
+                       store_timeout=cfg.guard.store_timeout)
 
 
-def bind_sockets(cfg: Config, *, reuse_port: bool = False) -> list[socket.socket]:
+def bind_sockets(
+    cfg: Config, *, reuse_port: bool = False, listen: bool = True
+) -> list[socket.socket]:
     """One listening socket per listener. With ``reuse_port`` every worker binds its
     own set and the kernel spreads new connections across them (SO_REUSEPORT); with
     one shared socket, whichever worker wakes first takes a whole burst.
+
+    ``listen=False`` only binds: the check that the addresses are free, without
+    a listen queue that would accept connections nobody will serve (a
+    connection arriving then is refused, not accepted and reset).
 
     Raises:
         StartupError: an address cannot be bound (``listeners.N.address``).
@@ -182,7 +189,8 @@ def bind_sockets(cfg: Config, *, reuse_port: bool = False) -> list[socket.socket
                 f"listener {lst.name!r} cannot bind {lst.address}: {e.strerror or e}",
                 _BIND_HINTS.get(e.errno or 0, ""),
             ) from None
-        sock.listen(1024)
+        if listen:
+            sock.listen(1024)
         sock.setblocking(False)
         socks.append(sock)
     return socks
@@ -334,7 +342,7 @@ class _Live:
         rt.policy = cfg.policy
         self.guard.reconfigure(cfg.guard)
         if rt.rates is not None:
-            rt.rates.reconfigure(cfg.limits)
+            rt.rates.reconfigure(cfg.limits, cfg.guard.store_timeout)
         for lst in cfg.listeners:
             self.listeners[lst.name] = _listener_runtime(cfg, lst, self.secret)
         for door in self.doors:
@@ -529,8 +537,10 @@ def run(cfg: Config, config_path: Path | None = None) -> int:
             raise StartupError("server.log_file", f"cannot open {path}: {e.strerror}") from None
     tls = check_before_binding(cfg)
     # A plain bind first: SO_REUSEPORT would otherwise let a second smtpgate on the
-    # same addresses start silently and take half of the connections.
-    sockets = bind_sockets(cfg)
+    # same addresses start silently and take half of the connections. With workers
+    # the bind is only that check: they listen on sockets of their own.
+    single = cfg.server.effective_workers == 1
+    sockets = bind_sockets(cfg, listen=single)
     try:
         auth_sockets = bind_auth_sockets(cfg)
     except StartupError:

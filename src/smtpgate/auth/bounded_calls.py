@@ -1,0 +1,137 @@
+"""Calls to a blocking store, each answered within a bound or declared unavailable.
+
+Theory of operation
+-------------------
+The guard state and the rate counters are synchronous stores (SQLite today, a
+network store later) run on one thread of their own, which keeps one process's
+reads and writes in order. A store that stops answering (another process holds
+the SQLite file's locks, Redis is unreachable) must neither stall the session
+that asked nor make the next sessions queue behind that call. So every call:
+
+- gets at most ``timeout`` seconds; past that, or on the store's own error, it
+  raises ``StoreUnavailable`` and an *episode* starts (logged once, with why);
+- during an episode, a call that would only wait behind a call still stuck on
+  the thread is not queued at all: it raises ``StoreUnavailable`` at once;
+- a call that was queued but not started when its bound passed is withdrawn,
+  so the thread never works through a backlog of stale calls;
+- once the thread is free again, the next call tries the store (bounded as
+  always); the first call that succeeds, the stuck one included, ends the
+  episode (logged once, with its length and how many calls were answered
+  without the store).
+
+What an unavailable store *means* (let a login through, refuse it, skip a
+limit) is decided by the caller, above the store interface, so the same rules
+hold for any backend (docs/operations.md, "When the guard database stops
+answering").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+class StoreUnavailable(Exception):
+    """The store did not answer within the bound, failed, or is still stuck."""
+
+
+class BoundedCalls:
+    """Runs a store's calls on one thread, each within ``timeout`` seconds.
+
+    ``name`` names the store in the log ("guard database"); ``degraded`` says
+    what the caller does meanwhile (logged once per episode); ``errors`` are the
+    store's own exception types (a fault is an episode like a timeout).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        timeout: float,
+        errors: tuple[type[Exception], ...],
+        *,
+        degraded: str,
+        log: logging.Logger,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = name
+        self.timeout = timeout
+        self.degraded = degraded
+        self._errors = errors
+        self._log = log
+        self._clock = clock
+        self._pool = ThreadPoolExecutor(1, f"smtpgate-{name.split()[0]}")
+        self._lock = threading.Lock()
+        #: Calls submitted to the thread and not finished (or withdrawn).
+        self._busy = 0
+        #: When the current episode started (monotonic), None when the store answers.
+        self._down_since: float | None = None
+        #: Calls answered without the store in the current episode.
+        self._skipped = 0
+        self._closed = False
+
+    @property
+    def unavailable(self) -> bool:
+        """An episode is under way."""
+        return self._down_since is not None
+
+    async def call(self, fn: Callable[..., T], *args: object) -> T:
+        """``fn(*args)`` on the store's thread.
+
+        Raises:
+            StoreUnavailable: no answer within the bound, a store error, or the
+                thread is still busy with a call of the current episode.
+        """
+        with self._lock:
+            if self._closed:
+                raise StoreUnavailable(f"{self.name}: closed")
+            if self._down_since is not None and self._busy > 0:
+                self._skipped += 1
+                raise StoreUnavailable(f"{self.name}: still not answering")
+            self._busy += 1
+        cf: Future[T] = self._pool.submit(fn, *args)
+        cf.add_done_callback(self._finished)
+        try:
+            # wait_for cancels the wrapper on timeout, which withdraws a call that
+            # has not started; one that has runs on and ends the episode if it succeeds.
+            return await asyncio.wait_for(asyncio.wrap_future(cf), self.timeout)
+        except TimeoutError:
+            self._down(f"no answer within {self.timeout:g} s")
+            raise StoreUnavailable(f"{self.name}: no answer within {self.timeout:g} s") from None
+        except self._errors as e:
+            self._down(str(e))
+            raise StoreUnavailable(str(e)) from e
+
+    def _finished(self, cf: Future[T]) -> None:
+        """Done callback (the store's thread, or the loop when withdrawn)."""
+        ok = not cf.cancelled() and cf.exception() is None
+        with self._lock:
+            self._busy -= 1
+            if not ok or self._down_since is None:
+                return
+            lasted, skipped = self._clock() - self._down_since, self._skipped
+            self._down_since, self._skipped = None, 0
+        self._log.warning(
+            "%s answering again after %.1f s; %d call(s) were answered without it meanwhile",
+            self.name, lasted, skipped,
+        )
+
+    def _down(self, why: str) -> None:
+        with self._lock:
+            self._skipped += 1
+            if self._down_since is not None:
+                return
+            self._down_since = self._clock()
+        self._log.error("%s not answering (%s): %s until it does", self.name, why, self.degraded)
+
+    def close(self) -> None:
+        """Stop the thread (waits for a call still running; drops queued ones)."""
+        with self._lock:
+            self._closed = True
+        self._pool.shutdown(wait=True, cancel_futures=True)

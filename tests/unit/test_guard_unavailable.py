@@ -1,0 +1,298 @@
+"""A guard state or rate counters that stop answering: bounded calls, no queue
+behind a stuck call, the degraded mode, one log line per episode, recovery.
+
+The store here is stuck on a ``threading.Event`` (what another process holding
+the SQLite file's locks does to the real one); no assertion is about time: a call
+"answered at once" is one answered while the stuck call is still stuck.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from smtpgate.auth.bounded_calls import BoundedCalls, StoreUnavailable
+from smtpgate.auth.guard import Guard
+from smtpgate.auth.guard_store import Snapshot, SqliteGuardStore
+from smtpgate.auth.sender_profile import SenderProfile
+from smtpgate.config import GuardConfig, LimitsConfig
+from smtpgate.policy.rate_counters import RateCountersError
+from smtpgate.policy.rates import RateLimiter
+
+ALICE = "alice@example.org"
+HOME, AWAY = "192.0.2.1", "198.51.100.7"
+#: Bounds short enough for a unit test; the default is 0.25 s.
+TIMEOUT = 0.05
+
+log = logging.getLogger("test.bounded")
+
+
+class Stuck:
+    """A store method that blocks while ``stuck`` is set, counting its runs."""
+
+    def __init__(self) -> None:
+        self.released = threading.Event()
+        self.released.set()
+        self.runs = 0
+
+    def hold(self) -> None:
+        self.released.clear()
+
+    def release(self) -> None:
+        self.released.set()
+
+    def __call__(self) -> str:
+        self.runs += 1
+        self.released.wait(10)
+        return "answer"
+
+
+# --- bounded calls ------------------------------------------------------------------
+
+
+async def test_a_stuck_store_is_answered_within_the_bound_and_nothing_queues_behind_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    calls = BoundedCalls("test store", TIMEOUT, (RuntimeError,), degraded="doing without", log=log)
+    store = Stuck()
+    try:
+        store.hold()
+        with pytest.raises(StoreUnavailable, match="no answer within"):
+            await calls.call(store)
+        assert calls.unavailable
+        # The thread is still stuck: these are answered without being queued.
+        for _ in range(5):
+            with pytest.raises(StoreUnavailable, match="still not answering"):
+                await calls.call(store)
+        assert not store.released.is_set() and store.runs == 1
+        store.release()
+        for _ in range(100):  # the stuck call finishes on its thread
+            if not calls.unavailable:
+                break
+            await asyncio.sleep(0.01)
+        assert await calls.call(store) == "answer"
+        assert store.runs == 2
+    finally:
+        store.release()
+        calls.close()
+    down = [r for r in caplog.records if "not answering" in r.message]
+    up = [r for r in caplog.records if "answering again" in r.message]
+    assert len(down) == 1 and down[0].levelno == logging.ERROR
+    assert "doing without" in down[0].message
+    assert len(up) == 1 and "6 call(s) were answered without it" in up[0].message
+
+
+async def test_calls_queued_behind_a_stuck_one_are_withdrawn_not_run_later() -> None:
+    calls = BoundedCalls("test store", TIMEOUT, (RuntimeError,), degraded="-", log=log)
+    store = Stuck()
+    try:
+        store.hold()
+        results = await asyncio.gather(*(calls.call(store) for _ in range(4)), return_exceptions=True)
+        assert all(isinstance(r, StoreUnavailable) for r in results)
+        store.release()
+        await asyncio.get_running_loop().run_in_executor(None, calls.close)
+        assert store.runs == 1  # the three queued ones never ran
+    finally:
+        store.release()
+
+
+async def test_a_store_error_is_an_episode_and_the_next_success_ends_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    calls = BoundedCalls("test store", TIMEOUT, (RuntimeError,), degraded="-", log=log)
+    broken = True
+
+    def fn() -> int:
+        if broken:
+            raise RuntimeError("disk on fire")
+        return 7
+
+    try:
+        for _ in range(3):
+            with pytest.raises(StoreUnavailable, match="disk on fire"):
+                await calls.call(fn)
+        broken = False
+        assert await calls.call(fn) == 7 and not calls.unavailable
+    finally:
+        calls.close()
+    assert caplog.text.count("not answering (disk on fire)") == 1
+    assert caplog.text.count("answering again") == 1
+
+
+# --- the guard's degraded mode ------------------------------------------------------
+
+
+class StuckGuardStore(SqliteGuardStore):
+    """The SQLite state, but every call first waits while ``gate`` is closed."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def snapshot(self, *a: object, **k: object) -> Snapshot:
+        self.gate.wait(10)
+        return super().snapshot(*a, **k)  # type: ignore[arg-type]
+
+    def record_failure(self, *a: object, **k: object):  # type: ignore[no-untyped-def]
+        self.gate.wait(10)
+        return super().record_failure(*a, **k)  # type: ignore[arg-type]
+
+    def record_success(self, *a: object, **k: object) -> None:
+        self.gate.wait(10)
+        super().record_success(*a, **k)  # type: ignore[arg-type]
+
+
+def cfg(mode: str = "known") -> GuardConfig:
+    return GuardConfig(store_timeout=TIMEOUT, on_store_unavailable=mode,  # type: ignore[arg-type]
+                       known_lockout_threshold=3, penalty_base=0.5, penalty_max=4.0)
+
+
+@pytest.fixture
+async def stuck(tmp_path: Path) -> AsyncIterator[tuple[Guard, StuckGuardStore]]:
+    store = StuckGuardStore(tmp_path / "guard.sqlite")
+    g = Guard(store, cfg())
+    yield g, store
+    store.gate.set()
+    await g.close()
+
+
+async def _known_from_home(g: Guard) -> None:
+    """Alice logs in from HOME while the state answers."""
+    c = await g.check(HOME, ALICE)
+    assert not c.unavailable
+    await g.success(c, ALICE)
+
+
+async def test_known_addresses_proceed_and_others_get_a_temporary_refusal(
+    stuck: tuple[Guard, StuckGuardStore], caplog: pytest.LogCaptureFixture
+) -> None:
+    g, store = stuck
+    await _known_from_home(g)
+    store.gate.clear()
+    home = await g.check(HOME, ALICE)
+    assert home.known and not home.unavailable and home.refusal is None and home.delay == 0
+    away = await g.check(AWAY, ALICE)
+    assert away.unavailable and "only addresses known" in away.unavailable
+    assert away.refusal is None  # a backend fault, not a block
+    assert away.delay == 0.5  # after a penalty ...
+    assert (await g.check(AWAY, ALICE)).delay == 1.0  # ... that grows with each retry
+    assert caplog.text.count("guard database not answering") == 1
+    store.gate.set()
+
+
+async def test_failures_meanwhile_meet_the_penalty_and_the_lockout_in_memory(
+    stuck: tuple[Guard, StuckGuardStore],
+) -> None:
+    g, store = stuck
+    await _known_from_home(g)
+    store.gate.clear()
+    for n in range(3):  # known_lockout_threshold
+        c = await g.check(HOME, ALICE)
+        assert not c.unavailable
+        assert c.delay == [0.0, 0.5, 1.0][n]
+        assert await g.failure(c, counts_account=True) == []
+    refused = await g.check(HOME, ALICE)
+    assert "too many failed logins" in refused.unavailable
+    store.gate.set()
+
+
+@pytest.mark.parametrize(("mode", "home_ok", "away_ok"), [("open", True, True), ("closed", False, False)])
+async def test_open_and_closed_modes(tmp_path: Path, mode: str, home_ok: bool, away_ok: bool) -> None:
+    store = StuckGuardStore(tmp_path / "guard.sqlite")
+    g = Guard(store, cfg(mode))
+    try:
+        await _known_from_home(g)
+        store.gate.clear()
+        assert (not (await g.check(HOME, ALICE)).unavailable) == home_ok
+        assert (not (await g.check(AWAY, ALICE)).unavailable) == away_ok
+    finally:
+        store.gate.set()
+        await g.close()
+
+
+async def test_concurrent_checks_do_not_wait_for_each_other(
+    stuck: tuple[Guard, StuckGuardStore],
+) -> None:
+    """Fifty logins at once while the state is stuck all get their answer while it
+    is still stuck: none waited for the stuck call to end."""
+    g, store = stuck
+    store.gate.clear()
+    checks = await asyncio.gather(*(g.check(f"203.0.113.{i}", ALICE) for i in range(50)))
+    assert all(c.unavailable for c in checks)
+    assert not store.gate.is_set()
+    store.gate.set()
+
+
+async def test_the_guard_recovers_by_itself(
+    stuck: tuple[Guard, StuckGuardStore], caplog: pytest.LogCaptureFixture
+) -> None:
+    g, store = stuck
+    store.gate.clear()
+    assert (await g.check(AWAY, ALICE)).unavailable
+    store.gate.set()
+    for _ in range(100):
+        c = await g.check(AWAY, ALICE)
+        if not c.unavailable:
+            break
+        await asyncio.sleep(0.01)
+    assert not c.unavailable and not g.unavailable
+    assert caplog.text.count("guard database answering again") == 1
+
+
+# --- the rate limits ----------------------------------------------------------------
+
+
+class StuckCounters:
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.added: list[tuple[str, ...]] = []
+
+    def add_usage(self, keys: Sequence[str], bucket: int, messages: int, recipients: int) -> None:
+        self.gate.wait(10)
+        self.added.append(tuple(keys))
+
+    def usage(self, keys: Sequence[str], since_bucket: int) -> dict[str, tuple[int, int]]:
+        self.gate.wait(10)
+        if not self.gate.is_set():
+            raise RateCountersError("locked")
+        return {k: (5, 5) for k in keys}
+
+    def close(self) -> None:
+        pass
+
+
+async def test_stuck_rate_counters_fail_open_without_queueing(caplog: pytest.LogCaptureFixture) -> None:
+    counters = StuckCounters()
+    limiter = RateLimiter(counters, LimitsConfig(messages_per_hour=5), store_timeout=TIMEOUT)
+    try:
+        budgets = await asyncio.gather(
+            *(limiter.budget(SenderProfile(f"u{i}@x.org"), None) for i in range(10))
+        )
+        assert all(b.messages_left is None for b in budgets)  # not limited meanwhile
+        await limiter.count(budgets[0].keys, 1, 1)
+        assert not counters.gate.is_set() and limiter.unavailable
+        assert caplog.text.count("rate counters not answering") == 1
+        counters.gate.set()
+        for _ in range(100):
+            if not limiter.unavailable:
+                break
+            await asyncio.sleep(0.01)
+        b = await limiter.budget(SenderProfile("a@x.org"), None)
+        assert b.messages_left == 0  # limited again: 5 of 5 used
+    finally:
+        counters.gate.set()
+        await limiter.close()
+    assert "rate counters answering again" in caplog.text
+
+
+def test_the_bound_and_the_mode_are_config_keys() -> None:
+    c = GuardConfig()
+    assert c.store_timeout == 0.25 and c.on_store_unavailable == "known"
+    with pytest.raises(ValueError):
+        GuardConfig(store_timeout=0)

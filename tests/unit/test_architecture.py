@@ -24,7 +24,7 @@ def _imports(path: Path) -> set[str]:
     return out
 
 
-@pytest.mark.parametrize("package", ["smtp", "sasl", "client"])
+@pytest.mark.parametrize("package", ["smtp", "sasl", "client", "frontdoor"])
 def test_sans_io_cores_import_no_io(package: str) -> None:
     files = list((PKG / package).rglob("*.py"))
     assert files
@@ -81,7 +81,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("preflight",),
     ("admin",),
     ("tools", "queue", "policy", "auth"),
-    ("smtp", "client", "tls", "sasl"),
+    ("smtp", "client", "tls", "sasl", "frontdoor"),
     ("config",),
     ("mechanism_facts", "errors", "ldap_presets"),
 )

@@ -1,0 +1,224 @@
+"""The Dovecot auth protocol front door: moves bytes between an MTA's connection
+(Postfix, Exim) and `frontdoor/dovecot.py`, and runs each request through the one
+login path (`auth/login.py`) with the client address the MTA passes (``rip``).
+
+It decides nothing: the engine frames every line and says when to close; the
+login path applies the guard (its penalty is waited before the answer, as
+Dovecot's auth penalty is), known addresses, app passwords, the mechanism policy
+and conditional access, writes the auth log (front door "dovecot", the MTA's
+session id when it sends one) and commits the guard's count before the answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import secrets
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from smtpgate.auth.login import LoginAttempt, temporary_answer
+from smtpgate.auth.service import AuthContext
+from smtpgate.frontdoor.dovecot import (
+    NEED_DATA,
+    AuthRequest,
+    CredentialsNeeded,
+    Disconnect,
+    DovecotServer,
+    DovecotSettings,
+    ExchangeEnded,
+    RequestRefused,
+)
+from smtpgate.sasl._common import NO_CHANNEL_BINDING
+from smtpgate.sasl.base import ServerMechanism
+from smtpgate.sasl.exchange import AuthResult
+from smtpgate.sasl.registry import create_server_mechanism, server_mechanism_names
+from smtpgate.server.front_doors import FrontDoor
+
+log = logging.getLogger("smtpgate.frontdoor")
+
+#: Connection ids for CUID, unique within this process.
+_CUID = itertools.count(1)
+
+
+def protocol_factory(door: FrontDoor) -> Callable[[], asyncio.BaseProtocol]:
+    return lambda: DovecotConnection(door)
+
+
+def settings_for(door: FrontDoor) -> DovecotSettings:
+    """The engine's settings from the door's current configuration."""
+    cfg = door.cfg
+    wanted = {m.upper() for m in cfg.auth.mechanisms}
+    hostname, secret = cfg.hostname, door.secret
+    iterations, scope = cfg.accounts.scram_iterations, cfg.auth.oauth_scope
+
+    def factory(name: str) -> ServerMechanism:
+        return create_server_mechanism(
+            name,
+            channel_binding=NO_CHANNEL_BINDING,
+            hostname=hostname,
+            decoy_secret=secret,
+            decoy_iterations=iterations,
+            oauth_scope=scope,
+        )
+
+    return DovecotSettings(
+        mechanisms=tuple(m for m in server_mechanism_names() if m in wanted),
+        mechanism_factory=factory,
+        spid=str(os.getpid()),
+        cuid=str(next(_CUID)),
+        cookie=secrets.token_hex(16),
+    )
+
+
+class DovecotConnection(asyncio.Protocol):
+    def __init__(self, door: FrontDoor) -> None:
+        self.door = door
+        self.engine = DovecotServer(settings_for(door))
+        self.transport: asyncio.Transport | None = None
+        self.peer = ""
+        self._closed = False
+        #: The login attempt of each request in progress, by request id.
+        self._attempts: dict[int, LoginAttempt] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------ asyncio
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix"
+        transport.write(self.engine.handshake())
+
+    def data_received(self, data: bytes) -> None:
+        self.engine.receive_data(data)
+        self._pump()
+
+    def eof_received(self) -> bool | None:
+        return None  # close: the MTA has nothing more to ask
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        for ended in self.engine.connection_lost():
+            self._conclude_unanswered(ended)
+
+    # ------------------------------------------------------------ events
+
+    def _pump(self) -> None:
+        engine = self.engine
+        while not self._closed:
+            ev = engine.next_event()
+            if ev is NEED_DATA:
+                break
+            if isinstance(ev, CredentialsNeeded):
+                self._run(self._resolve(ev), ev.request.id)
+            elif isinstance(ev, ExchangeEnded):
+                if ev.answered:
+                    self._run(self._finish(ev), ev.request.id)
+                else:
+                    self._conclude_unanswered(ev)
+            elif isinstance(ev, RequestRefused):
+                log.info("%s %s: request %d refused: %s (client %s)", self.door.listener.label,
+                         self.peer, ev.id, ev.reason, ev.remote_ip or "unknown")
+            elif isinstance(ev, Disconnect):
+                self._flush()
+                self._disconnect(ev)
+                return
+        self._flush()
+
+    def _flush(self) -> None:
+        out = self.engine.data_to_send()
+        if out and self.transport is not None and not self._closed:
+            self.transport.write(out)
+
+    def _disconnect(self, ev: Disconnect) -> None:
+        if ev.protocol_error:
+            log.warning("%s %s: closing: %s", self.door.listener.label, self.peer, ev.reason)
+        else:
+            log.info("%s %s: closing: %s", self.door.listener.label, self.peer, ev.reason)
+        if self.transport is not None:
+            self.transport.close()
+
+    def _run(self, work: Coroutine[Any, Any, None], rid: int) -> None:
+        """Run one request's I/O; a fault ends it as a temporary failure."""
+
+        async def guarded() -> None:
+            try:
+                await work
+            except Exception:
+                log.exception("%s %s: request %d: unexpected error; answered as a "
+                              "temporary failure", self.door.listener.label, self.peer, rid)
+                self._attempts.pop(rid, None)
+                if not self._closed:
+                    self._disconnect(Disconnect("internal error", protocol_error=False))
+
+        task = asyncio.get_running_loop().create_task(guarded())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _attempt(self, request: AuthRequest) -> LoginAttempt:
+        attempt = self._attempts.get(request.id)
+        if attempt is None:
+            ctx = AuthContext(
+                listener=self.door.listener.label,
+                client_ip=request.remote_ip,
+                client_port=request.remote_port,
+                tls_version="TLS" if request.secured else None,
+                session_id=request.session or secrets.token_hex(6),
+                front_door="dovecot",
+            )
+            attempt = self.door.runtime.login.begin(ctx, alive=lambda: not self._closed)
+            self._attempts[request.id] = attempt
+        return attempt
+
+    async def _resolve(self, ev: CredentialsNeeded) -> None:
+        try:
+            answer = await self._attempt(ev.request).resolve(ev.query)
+        except Exception:
+            log.exception("%s %s: request %d: credential look-up failed",
+                          self.door.listener.label, self.peer, ev.request.id)
+            answer = temporary_answer(ev.query, "internal error")
+        if answer is None or self._closed:
+            return  # the MTA is gone; connection_lost concluded the attempt
+        self.engine.answer(ev.request.id, answer)
+        self._pump()
+
+    async def _finish(self, ev: ExchangeEnded) -> None:
+        rid = ev.request.id
+        attempt = self._attempt(ev.request)
+        self._attempts.pop(rid, None)
+        done = attempt.conclude(ev.outcome)
+        if done.pending is not None:
+            await done.pending  # the guard's commit and the failure floor, before the answer
+        result = done.result
+        if result.principal is not None:
+            self.engine.finish(rid, AuthResult.SUCCESS, result.principal.account)
+        else:
+            failed = AuthResult.TEMPFAIL if result.result is AuthResult.TEMPFAIL else AuthResult.FAILURE
+            self.engine.finish(rid, failed, ev.outcome.username)
+        self._pump()
+
+    def _conclude_unanswered(self, ev: ExchangeEnded) -> None:
+        """Log an exchange nobody waits for; a failure already announced still counts."""
+        attempt = self._attempt(ev.request)
+        self._attempts.pop(ev.request.id, None)
+        done = attempt.conclude(ev.outcome, answered=False)
+        if done.pending is not None:
+            self._background(done.pending)
+
+    def _background(self, coro: Coroutine[Any, Any, None]) -> None:
+        rt = self.door.runtime
+
+        async def run() -> None:
+            try:
+                await coro
+            except Exception:
+                log.exception("%s %s: guard: could not count an abandoned request",
+                              self.door.listener.label, self.peer)
+
+        task = asyncio.get_running_loop().create_task(run())
+        rt.background.add(task)
+        task.add_done_callback(rt.background.discard)

@@ -17,7 +17,7 @@ import logging
 import os
 import secrets
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, cast
 
 from smtpgate.auth.login import LoginAttempt, temporary_answer
 from smtpgate.auth.service import AuthContext
@@ -87,8 +87,7 @@ class DovecotConnection(asyncio.Protocol):
     # ------------------------------------------------------------ asyncio
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix"
         transport.write(self.engine.handshake())

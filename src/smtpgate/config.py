@@ -616,6 +616,27 @@ class LimitsConfig(Model):
     data_timeout: float = Field(
         default=600.0, gt=0, description="Idle seconds between data chunks during DATA."
     )
+    # Deadlines (issue 16): the idle timeouts above restart on every byte, so a
+    # client trickling one byte at a time would hold its connection for ever.
+    # These bound a whole unit of work instead; docs/smtp.md explains the defaults.
+    command_deadline: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds one command line may take from its first byte to its end.",
+    )
+    auth_deadline: float = Field(
+        default=120.0,
+        gt=0,
+        description="Seconds one AUTH exchange may take, from the AUTH command to its "
+        "last client response.",
+    )
+    data_min_rate: int = Field(
+        default=500,
+        ge=0,
+        description="Octets per second DATA must average: it may last data_timeout "
+        "plus one second per this many octets received (Postfix's smtpd_min_data_rate); "
+        "0 turns the rate off.",
+    )
     max_errors: int = Field(
         default=10, ge=3, description="Errors in one session before 421 and close."
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import secrets
 from collections.abc import Callable
 from functools import partial
@@ -44,7 +45,15 @@ class SmtpConnection(asyncio.Protocol):
                                    self.engine, alive=lambda: not self._closed)
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
+        # The session's clocks (see ``_expiry``): the last byte in (idle timeouts),
+        # and the start of the unit each deadline bounds (None: none under way).
         self._last_activity = 0.0
+        self._tls_started = 0.0
+        self._line_started: float | None = None
+        self._auth_started: float | None = None
+        self._data_started: float | None = None
+        self._data_bytes = 0
         self._closed = False
         self._counted = False
         self._reading_paused = False
@@ -76,12 +85,13 @@ class SmtpConnection(asyncio.Protocol):
         self._last_activity = self._loop.time()
         if self.listener.implicit_tls:
             self.tls = TlsServerSession(self.rt.tls)
-            self._arm_timer(self.rt.handshake_timeout)
+            self._tls_started = self._last_activity
+            self._rearm()
             self._start_plus_fallback_look_up()
         else:
             self.engine.greeting()
             self._flush()
-            self._arm_timer(self.rt.limits.command_timeout)
+            self._rearm()
 
     def data_received(self, data: bytes) -> None:
         if self._closed:
@@ -105,6 +115,8 @@ class SmtpConnection(asyncio.Protocol):
                 self._tls_up()
             if not data:
                 return
+        if self._data_started is not None:
+            self._data_bytes += len(data)
         self.engine.receive_data(data)
         if self._task is None:
             self._pump()
@@ -136,6 +148,13 @@ class SmtpConnection(asyncio.Protocol):
     # ------------------------------------------------------------ the loop
 
     def _pump(self) -> None:
+        """Drain the engine's events, then start or stop the deadlines' clocks."""
+        before = self.engine.buffered
+        self._drain()
+        if not self._closed:
+            self._clocks(before)
+
+    def _drain(self) -> None:
         """Drain the engine's events; hand decisions that need I/O to a task."""
         while not self._closed:
             ev = self.engine.next_event()
@@ -209,7 +228,8 @@ class SmtpConnection(asyncio.Protocol):
         # already dropped whatever was pipelined behind STARTTLS.
         self._flush()
         self.tls = TlsServerSession(self.rt.tls)
-        self._arm_timer(self.rt.handshake_timeout)
+        self._tls_started = self._loop.time()
+        self._rearm()
         self._start_plus_fallback_look_up()
 
     def _start_plus_fallback_look_up(self) -> None:
@@ -232,36 +252,89 @@ class SmtpConnection(asyncio.Protocol):
             log.debug("%s TLS established: %s %s", self.session_id, info.version, info.cipher)
             self.engine.on_command = self._debug_command
         self._flush()
-        self._arm_timer(self.rt.limits.command_timeout)
+        self._rearm()
 
     def _debug_command(self, verb: str) -> None:
         log.debug("%s command %s", self.session_id, verb)  # the verb only: never AUTH data
 
     # ------------------------------------------------------- timers, closing
 
-    def _arm_timer(self, delay: float) -> None:
+    def _clocks(self, before: int) -> None:
+        """After the engine has read what it could (``before``: the bytes it held
+        then): start the clock of a command line, an AUTH exchange or DATA that has
+        begun, stop those that ended. The engine itself never reads a clock."""
+        now = self._loop.time()
+        engine = self.engine
+        left = engine.buffered
+        if left == 0 or engine.in_data:
+            self._line_started = None
+        elif left < before or self._line_started is None:
+            self._line_started = now  # what is left began in this read
+        if not engine.in_auth:
+            self._auth_started = None
+        elif self._auth_started is None:
+            self._auth_started = now
+        if not engine.in_data:
+            self._data_started = None
+        elif self._data_started is None:
+            self._data_started, self._data_bytes = now, 0
+        self._rearm()
+
+    def _expiry(self) -> tuple[float, bool]:
+        """When the session times out, and whether by a deadline (True) or by
+        idleness. Idle timeouts restart with every byte; deadlines do not, so a
+        client cannot hold a connection by trickling (docs/smtp.md, "Deadlines")."""
+        limits = self.rt.limits
+        if self.tls is not None and not self.tls_ready:
+            return self._tls_started + self.rt.handshake_timeout, True
+        deadline = math.inf
+        if self.engine.in_data:
+            idle = self._last_activity + limits.data_timeout
+            if limits.data_min_rate and self._data_started is not None:
+                # Postfix's smtpd_min_data_rate: data_timeout to start with, plus
+                # one second for every data_min_rate octets received.
+                deadline = (self._data_started + limits.data_timeout
+                            + self._data_bytes / limits.data_min_rate)
+        else:
+            idle = self._last_activity + limits.command_timeout
+            if self._line_started is not None:
+                deadline = self._line_started + limits.command_deadline
+            if self._auth_started is not None:
+                deadline = min(deadline, self._auth_started + limits.auth_deadline)
+        return (deadline, True) if deadline < idle else (idle, False)
+
+    def _rearm(self) -> None:
+        """Make sure the timer fires no later than the session's expiry."""
+        at, _ = self._expiry()
+        if at < self._timer_at:
+            self._arm_at(at)
+
+    def _arm_at(self, at: float) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        self._timer = self._loop.call_later(delay, self._check_idle)
+        self._timer_at = at
+        self._timer = self._loop.call_at(at, self._check_time)
 
-    def _check_idle(self) -> None:
+    def _check_time(self) -> None:
+        self._timer, self._timer_at = None, math.inf
         if self._closed:
             return
-        if self.tls is not None and not self.tls_ready:
-            limit = self.rt.handshake_timeout
-        elif self.engine.in_data:
-            limit = self.rt.limits.data_timeout
-        else:
-            limit = self.rt.limits.command_timeout
-        idle = self._loop.time() - self._last_activity
-        if self._task is not None or idle < limit:
-            self._timer = self._loop.call_later(max(limit - idle, 1.0), self._check_idle)
+        now = self._loop.time()
+        at, deadline = self._expiry()
+        if self._task is not None:
+            # A decision is running (the client waits on us): not the client's
+            # time. Look again once it is likely done.
+            self._arm_at(max(at, now + 1.0))
             return
-        log.info("%s %s:%s idle timeout", self.session_id, self.client_ip, self.client_port)
+        if now < at:
+            self._arm_at(at)
+            return
+        log.info("%s %s:%s %s", self.session_id, self.client_ip, self.client_port,
+                 "deadline passed" if deadline else "idle timeout")
         if self.tls is not None and not self.tls_ready:
             self._abort()
             return
-        self.engine.timeout()
+        self.engine.timeout(deadline=deadline)
         self._flush()
         self._close()
 

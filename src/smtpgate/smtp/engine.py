@@ -161,6 +161,11 @@ class ServerEngine:
         return self.state is State.DATA
 
     @property
+    def in_auth(self) -> bool:
+        """An AUTH exchange is open (the I/O layer's AUTH deadline runs)."""
+        return self.state is State.AUTH
+
+    @property
     def idle(self) -> bool:
         """No message in flight and no decision pending: safe to hang up."""
         return not self._paused and self.state not in (State.DATA, State.AUTH)
@@ -252,9 +257,10 @@ class ServerEngine:
         self._pending = None
         return _auth_finished(outcome)
 
-    def timeout(self) -> None:
-        """The I/O layer's idle timer fired (RFC 5321 §4.5.3.2)."""
-        self._close_with(R.TIMEOUT)
+    def timeout(self, *, deadline: bool = False) -> None:
+        """The I/O layer's idle timer fired (RFC 5321 §4.5.3.2), or with ``deadline``
+        one of its deadlines passed (a command line, an AUTH exchange, DATA rate)."""
+        self._close_with(R.TOO_SLOW if deadline else R.TIMEOUT)
 
     def shutdown(self, *, force: bool = False) -> None:
         """Server is stopping: hang up now if idle (or forced), else after the

@@ -57,6 +57,10 @@ BYE = Reply(221, "2.0.0", "Bye")
 SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, try again later")
 # RFC 5321 §4.5.3.2: idle timeout.
 TIMEOUT = Reply(421, "4.4.2", "Timeout waiting for command, closing connection")
+# A deadline passed (a command line, an AUTH exchange, DATA below its minimum
+# rate, docs/smtp.md): a client that trickles bytes is hung up on, as Postfix's
+# smtpd_per_record_deadline does.
+TOO_SLOW = Reply(421, "4.4.2", "Too slow, closing connection")
 # Too many errors in one session (chasquid closes after a few).
 TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many errors, closing connection")
 # Connection limits (total and per client address).

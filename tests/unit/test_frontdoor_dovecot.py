@@ -19,6 +19,7 @@ from smtpgate.frontdoor.dovecot import (
     Disconnect,
     DovecotServer,
     DovecotSettings,
+    Event,
     ExchangeEnded,
     RequestRefused,
 )
@@ -79,7 +80,7 @@ def plain(user: str, password: str) -> str:
 
 
 GOOD = plain(USER, PASSWORD)
-Events = list[object]
+Events = list[Event]
 
 
 def feed(
@@ -210,7 +211,7 @@ PROTOCOL_ERRORS = {
 @pytest.mark.parametrize("data", list(PROTOCOL_ERRORS.values()), ids=list(PROTOCOL_ERRORS))
 def test_malformed_lines_close_the_connection(data: str) -> None:
     eng = engine()
-    out, events = feed(eng, data.encode())
+    _out, events = feed(eng, data.encode())
     assert isinstance(events[-1], Disconnect) and events[-1].protocol_error
     # Nothing after the close is read.
     eng.receive_data(HELLO_POSTFIX.encode() + lines(f"AUTH<TAB>2<TAB>LOGIN<TAB>{PF}").encode())
@@ -293,7 +294,7 @@ def test_invalid_base64_in_cont_fails_the_request_and_the_connection_stays() -> 
         f"AUTH<TAB>2<TAB>PLAIN<TAB>{PF}<TAB>resp={GOOD}")).encode())
     assert out == lines("CONT<TAB>1<TAB>VXNlcm5hbWU6", "FAIL<TAB>1",
                         f"OK<TAB>2<TAB>user={USER}")
-    failed = [e for e in events if isinstance(e, ExchangeEnded)][0]
+    failed = next(e for e in events if isinstance(e, ExchangeEnded))
     assert failed.outcome.result is AuthResult.FAILURE
 
 
@@ -314,7 +315,8 @@ def test_flood_evicts_abandoned_requests_then_closes_when_all_wait_on_the_server
         for i in range(1, 7))
     _, events = feed(eng, flood.encode(), answer=lambda q: None)
     assert [type(e).__name__ for e in events] == ["CredentialsNeeded"] * 4 + ["Disconnect"]
-    assert "more than 4 requests" in events[-1].reason  # type: ignore[attr-defined]
+    last = events[-1]
+    assert isinstance(last, Disconnect) and "more than 4 requests" in last.reason
 
 
 def test_temporary_failure_closes_the_connection_without_a_fail_line() -> None:

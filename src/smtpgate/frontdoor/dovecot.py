@@ -69,6 +69,7 @@ __all__ = [
     "Disconnect",
     "DovecotServer",
     "DovecotSettings",
+    "Event",
     "ExchangeEnded",
     "RequestRefused",
     "mechanism_flags",

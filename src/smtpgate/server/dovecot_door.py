@@ -90,7 +90,7 @@ class DovecotConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix"
-        transport.write(self.engine.handshake())
+        self.transport.write(self.engine.handshake())
 
     def data_received(self, data: bytes) -> None:
         self.engine.receive_data(data)

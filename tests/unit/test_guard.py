@@ -299,7 +299,7 @@ async def test_database_fault_fails_open_when_configured(
         c = await g.check("192.0.2.1", ALICE)
         assert c.refusal is None and c.delay == 0 and not c.unavailable
         assert await g.failure(c, counts_account=True) == []
-        assert g.stats.faults == 2 and "guard database not answering (disk on fire)" in caplog.text
+        assert g.stats.faults == 2 and "guard database reads not answering (disk on fire)" in caplog.text
     finally:
         await g.close()
 

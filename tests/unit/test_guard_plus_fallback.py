@@ -100,6 +100,6 @@ async def test_faults_fail_open(tmp_path: Path, caplog: pytest.LogCaptureFixture
     try:
         await g.hold_back_plus("192.0.2.7")
         assert await g.plus_held_back("192.0.2.7") is None
-        assert g.stats.faults == 2 and caplog.text.count("guard database not answering") == 1
+        assert g.stats.faults == 2 and caplog.text.count("guard database writes not answering") == 1
     finally:
         await g.close()

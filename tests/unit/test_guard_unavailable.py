@@ -18,7 +18,7 @@ import pytest
 
 from smtpgate.auth.bounded_calls import BoundedCalls, StoreUnavailable
 from smtpgate.auth.guard import Guard
-from smtpgate.auth.guard_store import Snapshot, SqliteGuardStore
+from smtpgate.auth.guard_store import ADDRESS, Block, Snapshot, SqliteGuardStore
 from smtpgate.auth.sender_profile import SenderProfile
 from smtpgate.config import GuardConfig, LimitsConfig
 from smtpgate.policy.rate_counters import RateCountersError
@@ -26,8 +26,8 @@ from smtpgate.policy.rates import RateLimiter
 
 ALICE = "alice@example.org"
 HOME, AWAY = "192.0.2.1", "198.51.100.7"
-#: Bounds short enough for a unit test; the default is 0.25 s.
-TIMEOUT = 0.05
+#: Generous, so that a loaded machine never trips it by accident (the default is 0.25 s).
+TIMEOUT = 0.5
 
 log = logging.getLogger("test.bounded")
 
@@ -134,9 +134,12 @@ class StuckGuardStore(SqliteGuardStore):
         super().__init__(path)
         self.gate = threading.Event()
         self.gate.set()
+        #: Only writes wait (another process's write transaction on a WAL file).
+        self.reads_free = False
 
     def snapshot(self, *a: object, **k: object) -> Snapshot:
-        self.gate.wait(10)
+        if not self.reads_free:
+            self.gate.wait(10)
         return super().snapshot(*a, **k)  # type: ignore[arg-type]
 
     def record_failure(self, *a: object, **k: object):  # type: ignore[no-untyped-def]
@@ -182,7 +185,7 @@ async def test_known_addresses_proceed_and_others_get_a_temporary_refusal(
     assert away.refusal is None  # a backend fault, not a block
     assert away.delay == 0.5  # after a penalty ...
     assert (await g.check(AWAY, ALICE)).delay == 1.0  # ... that grows with each retry
-    assert caplog.text.count("guard database not answering") == 1
+    assert caplog.text.count("guard database reads not answering") == 1
     store.gate.set()
 
 
@@ -200,6 +203,33 @@ async def test_failures_meanwhile_meet_the_penalty_and_the_lockout_in_memory(
     refused = await g.check(HOME, ALICE)
     assert "too many failed logins" in refused.unavailable
     store.gate.set()
+
+
+async def test_when_only_writes_are_stuck_the_snapshot_still_decides(tmp_path: Path) -> None:
+    """Reads answer, writes do not: known comes from the state (a process that
+    never saw the login knows it), blocks still apply, failures meet the penalty."""
+    store = StuckGuardStore(tmp_path / "guard.sqlite")
+    first = Guard(store, cfg())
+    await _known_from_home(first)
+    await first.close()
+    store = StuckGuardStore(tmp_path / "guard.sqlite")
+    g = Guard(store, cfg())  # a fresh process: nothing in memory
+    try:
+        store.reads_free = True
+        store.start_blocks([Block(ADDRESS, "203.0.113.9", 0, 4e9, "test")])
+        store.gate.clear()
+        c = await g.check(HOME, ALICE)
+        assert not c.unavailable and c.known
+        assert await g.failure(c, counts_account=True) == []  # not recorded: bounded
+        assert g.unavailable
+        home = await g.check(HOME, ALICE)
+        assert home.known and not home.unavailable and home.delay == 0.5  # penalty from memory
+        assert (await g.check(AWAY, ALICE)).unavailable
+        assert (await g.check("203.0.113.9", ALICE)).refusal is not None  # the block holds
+        assert not store.gate.is_set()
+    finally:
+        store.gate.set()
+        await g.close()
 
 
 @pytest.mark.parametrize(("mode", "home_ok", "away_ok"), [("open", True, True), ("closed", False, False)])
@@ -242,7 +272,7 @@ async def test_the_guard_recovers_by_itself(
             break
         await asyncio.sleep(0.01)
     assert not c.unavailable and not g.unavailable
-    assert caplog.text.count("guard database answering again") == 1
+    assert caplog.text.count("guard database reads answering again") == 1
 
 
 # --- the rate limits ----------------------------------------------------------------
@@ -277,7 +307,8 @@ async def test_stuck_rate_counters_fail_open_without_queueing(caplog: pytest.Log
         assert all(b.messages_left is None for b in budgets)  # not limited meanwhile
         await limiter.count(budgets[0].keys, 1, 1)
         assert not counters.gate.is_set() and limiter.unavailable
-        assert caplog.text.count("rate counters not answering") == 1
+        assert caplog.text.count("rate counters reads not answering") == 1
+        assert caplog.text.count("rate counters writes not answering") == 1
         counters.gate.set()
         for _ in range(100):
             if not limiter.unavailable:
@@ -288,7 +319,7 @@ async def test_stuck_rate_counters_fail_open_without_queueing(caplog: pytest.Log
     finally:
         counters.gate.set()
         await limiter.close()
-    assert "rate counters answering again" in caplog.text
+    assert "rate counters reads answering again" in caplog.text
 
 
 def test_the_bound_and_the_mode_are_config_keys() -> None:

@@ -48,7 +48,7 @@ async def test_a_counter_fault_fails_open_and_is_logged(caplog: pytest.LogCaptur
         b = await limiter.budget(SenderProfile("a@x.org"), None)
         assert (b.messages_left, b.recipients_left) == (None, None)
         await limiter.count(b.keys, 1, 1)
-        assert caplog.text.count("rate counters not answering (disk on fire)") == 1  # once per episode
+        assert caplog.text.count("rate counters reads not answering (disk on fire)") == 1  # once per episode
         assert "limits not applied" in caplog.text
     finally:
         await limiter.close()

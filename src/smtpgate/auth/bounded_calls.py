@@ -19,6 +19,11 @@ that asked nor make the next sessions queue behind that call. So every call:
   episode (logged once, with its length and how many calls were answered
   without the store).
 
+``StoreCalls`` keeps reads and writes on a thread each: a lock that stalls
+writes only (an SQLite write transaction in another process; readers of a WAL
+file are not blocked) leaves the reads answering, so the guard still sees
+blocks and known addresses while it cannot record.
+
 What an unavailable store *means* (let a login through, refuse it, skip a
 limit) is decided by the caller, above the store interface, so the same rules
 hold for any backend (docs/operations.md, "When the guard database stops
@@ -66,7 +71,7 @@ class BoundedCalls:
         self._errors = errors
         self._log = log
         self._clock = clock
-        self._pool = ThreadPoolExecutor(1, f"smtpgate-{name.split()[0]}")
+        self._pool = ThreadPoolExecutor(1, "smtpgate-" + name.replace(" ", "-"))
         self._lock = threading.Lock()
         #: Calls submitted to the thread and not finished (or withdrawn).
         self._busy = 0
@@ -135,3 +140,28 @@ class BoundedCalls:
         with self._lock:
             self._closed = True
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class StoreCalls:
+    """A store's reads and its writes, each on a ``BoundedCalls`` of its own."""
+
+    def __init__(
+        self, name: str, timeout: float, errors: tuple[type[Exception], ...], *,
+        degraded: str, log: logging.Logger,
+    ) -> None:
+        self.reads = BoundedCalls(f"{name} reads", timeout, errors, degraded=degraded, log=log)
+        self.writes = BoundedCalls(f"{name} writes", timeout, errors, degraded=degraded, log=log)
+
+    def configure(self, timeout: float, degraded: str) -> None:
+        """A reload: the new bound applies to the next calls."""
+        for side in (self.reads, self.writes):
+            side.timeout, side.degraded = timeout, degraded
+
+    @property
+    def unavailable(self) -> bool:
+        """Either side is in an episode."""
+        return self.reads.unavailable or self.writes.unavailable
+
+    def close(self) -> None:
+        self.reads.close()
+        self.writes.close()

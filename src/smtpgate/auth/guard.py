@@ -84,7 +84,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from smtpgate.auth.bounded_calls import BoundedCalls, StoreUnavailable
+from smtpgate.auth.bounded_calls import StoreCalls, StoreUnavailable
 from smtpgate.auth.guard_memory import GuardMemory
 from smtpgate.auth.guard_state import (
     ACCOUNT,
@@ -315,7 +315,7 @@ class Guard:
         self._clock = clock
         self._allow = parse_networks(cfg.allowlist)
         self._thresholds = thresholds(cfg)
-        self._calls = BoundedCalls(
+        self._calls = StoreCalls(
             "guard database", cfg.store_timeout, (GuardStoreError,),
             degraded=_degraded_text(cfg), log=log,
         )
@@ -333,8 +333,7 @@ class Guard:
         self._cfg = cfg
         self._allow = parse_networks(cfg.allowlist)
         self._thresholds = thresholds(cfg)
-        self._calls.timeout = cfg.store_timeout
-        self._calls.degraded = _degraded_text(cfg)
+        self._calls.configure(cfg.store_timeout, _degraded_text(cfg))
 
     @property
     def unavailable(self) -> bool:
@@ -353,13 +352,17 @@ class Guard:
     def allowlisted(self, client_ip: str) -> bool:
         return in_networks(parse_ip(client_ip), self._allow)
 
-    async def _run(self, fn: Callable[..., T], *args: object) -> T:
-        """``fn(*args)`` on the state's thread, bounded.
+    async def _read(self, fn: Callable[..., T], *args: object) -> T:
+        """``fn(*args)`` on the state's read thread, bounded.
 
         Raises:
             StoreUnavailable: the state failed or did not answer in time.
         """
-        return await self._calls.call(fn, *args)
+        return await self._calls.reads.call(fn, *args)
+
+    async def _write(self, fn: Callable[..., T], *args: object) -> T:
+        """As ``_read``, on the write thread (a stuck write holds up no read)."""
+        return await self._calls.writes.call(fn, *args)
 
     def watches(self, client_ip: str) -> bool:
         """False when the guard ignores this client (disabled, or allowlisted)."""
@@ -393,11 +396,11 @@ class Guard:
         self.stats.checks += 1
         now = self._clock()
         try:
-            snap = await self._run(
+            snap = await self._read(
                 self._store.snapshot, keys.address, keys.subnet, account, now, self._cfg.penalty_window
             )
         except StoreUnavailable:
-            return self._degraded_check(keys, account, now)
+            return self._degraded_check(keys, account, now, None)
         if snap.known_since is not None:
             self._memory.saw_known(account, keys.address, snap.known_since)
         known, refusal = decide(
@@ -413,6 +416,10 @@ class Guard:
             return GuardCheck(keys, account, known=known, refusal=refusal,
                               delay=self._cfg.penalty_max,
                               penalty_failures=snap.penalty_failures, known_since=snap.known_since)
+        if self._calls.writes.unavailable:
+            # Reads answer but nothing can be recorded: the degraded mode, with
+            # what the snapshot says about the address.
+            return self._degraded_check(keys, account, now, snap)
         delay = penalty_delay(snap.penalty_failures, self._cfg.penalty_base, self._cfg.penalty_max)
         return GuardCheck(keys, account, known=known, delay=delay,
                           penalty_failures=snap.penalty_failures, known_since=snap.known_since)
@@ -426,7 +433,7 @@ class Guard:
         f = RecordedFailure(now, check.keys.address, check.keys.subnet, check.account,
                             check.known, counts_account)
         try:
-            started = await self._run(count_failure, self._store, f, self._thresholds)
+            started = await self._write(count_failure, self._store, f, self._thresholds)
         except StoreUnavailable:
             # Not written: counted here, for the episode's penalty and lockout.
             self.stats.faults += 1
@@ -452,7 +459,7 @@ class Guard:
         self._memory.saw_known(name, check.keys.address, now)
         self._memory.succeeded(check.keys.address)
         try:
-            await self._run(
+            await self._write(
                 lambda: self._store.record_success(
                     check.keys.address, name, now, reset_penalty=check.penalty_failures > 0
                 )
@@ -471,7 +478,7 @@ class Guard:
         """Until when -PLUS is held back from this client's address, or None."""
         address = self.keys(client_ip).address
         try:
-            return await self._run(self._store.plus_fallback, address, self._clock())
+            return await self._read(self._store.plus_fallback, address, self._clock())
         except StoreUnavailable:
             self.stats.faults += 1
             return None
@@ -491,7 +498,7 @@ class Guard:
     async def _set_plus_fallback(self, client_ip: str, until: float | None) -> None:
         address = self.keys(client_ip).address
         try:
-            await self._run(self._store.set_plus_fallback, address, until)
+            await self._write(self._store.set_plus_fallback, address, until)
         except StoreUnavailable:
             self.stats.faults += 1
             return
@@ -508,16 +515,22 @@ class Guard:
         keep = max(c.spray_window, c.lockout_window, c.penalty_window, c.block_duration,
                    c.lockout_duration, c.throttle_duration)
         try:
-            await self._run(self._store.prune, now, keep, c.known_address_days * 86400)
+            await self._write(self._store.prune, now, keep, c.known_address_days * 86400)
         except StoreUnavailable:
             self.stats.faults += 1
 
-    def _degraded_check(self, keys: ClientKeys, account: str, now: float) -> GuardCheck:
-        """``check`` without the state, per ``on_store_unavailable`` ("Faults" above)."""
+    def _degraded_check(
+        self, keys: ClientKeys, account: str, now: float, snap: Snapshot | None
+    ) -> GuardCheck:
+        """``check`` per ``on_store_unavailable`` ("Faults" above): without the state
+        (``snap`` None: known addresses from memory), or with a snapshot but no
+        way to record (its blocks were already applied; its penalty adds up with
+        the failures counted in memory)."""
         self.stats.faults += 1
         c, mem = self._cfg, self._memory
-        since = mem.known_since(account, keys.address)
+        since = mem.known_since(account, keys.address) if snap is None else snap.known_since
         known = since is not None and since > now - c.known_address_days * 86400
+        recorded = 0 if snap is None else snap.penalty_failures
         why = ""
         if c.on_store_unavailable == "closed":
             why = "guard database unavailable: every login refused meanwhile"
@@ -528,9 +541,9 @@ class Guard:
         if why:
             # A refusal costs a penalty that grows with each one, so that a client
             # retrying at once meets longer and longer waits.
-            failures = mem.penalise(keys.address, now, c.penalty_window)
+            failures = recorded + mem.penalise(keys.address, now, c.penalty_window)
         else:
-            failures = mem.penalty(keys.address, now, c.penalty_window)
+            failures = recorded + mem.penalty(keys.address, now, c.penalty_window)
         delay = penalty_delay(failures, c.penalty_base, c.penalty_max)
         return GuardCheck(keys, account, known=known, delay=delay, penalty_failures=failures,
                           known_since=since, unavailable=why)

@@ -36,16 +36,14 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TypeVar
 
-from smtpgate.auth.bounded_calls import BoundedCalls, StoreUnavailable
+from smtpgate.auth.bounded_calls import StoreCalls, StoreUnavailable
 from smtpgate.auth.principal import AppPasswordUse
 from smtpgate.auth.sender_profile import SenderProfile
 from smtpgate.config import LimitsConfig
 from smtpgate.policy.rate_counters import BUCKET_SECONDS, RateCounters, RateCountersError
 
 log = logging.getLogger("smtpgate.policy")
-T = TypeVar("T")
 
 #: Buckets (of ``BUCKET_SECONDS``) per window: a sliding hour.
 WINDOW_BUCKETS = 60
@@ -101,7 +99,7 @@ class RateLimiter:
         self._counters = counters
         self._limits = limits
         self._clock = clock
-        self._calls = BoundedCalls(
+        self._calls = StoreCalls(
             "rate counters", store_timeout, (RateCountersError,),
             degraded="sending limits not applied and messages not counted", log=log,
         )
@@ -111,16 +109,13 @@ class RateLimiter:
         """New default limits (a reload), and the bound if given; the counters stay."""
         self._limits = limits
         if store_timeout is not None:
-            self._calls.timeout = store_timeout
+            self._calls.configure(store_timeout, self._calls.reads.degraded)
 
     @property
     def unavailable(self) -> bool:
         """The counters are not answering (an episode is under way)."""
         return self._calls.unavailable
 
-    async def _run(self, fn: Callable[..., T], *args: object) -> T:
-        """Raises ``StoreUnavailable`` (logged once per episode by the caller)."""
-        return await self._calls.call(fn, *args)
 
     def _bucket(self) -> int:
         return int(self._clock() // BUCKET_SECONDS)
@@ -146,14 +141,14 @@ class RateLimiter:
             return Budget(keys, None, None)
         since = self._bucket() - WINDOW_BUCKETS + 1
         try:
-            used = await self._run(self._counters.usage, keys, since)
+            used = await self._calls.reads.call(self._counters.usage, keys, since)
         except StoreUnavailable:
             return Budget(keys, None, None)  # fails open (module docstring)
         return budget_left(limits, used)
 
     async def count(self, keys: tuple[str, ...], messages: int, recipients: int) -> None:
         try:
-            await self._run(self._counters.add_usage, keys, self._bucket(), messages, recipients)
+            await self._calls.writes.call(self._counters.add_usage, keys, self._bucket(), messages, recipients)
         except StoreUnavailable:
             pass  # counted nowhere: fails open (module docstring)
 

@@ -7,7 +7,7 @@ VAR     ?= ./var
 # Debian packages the integration tests drive as real peers.
 DEB_PACKAGES := swaks gsasl msmtp curl openssl socat postfix dovecot-core fail2ban mutt neomutt postgresql slapd ldap-utils samba-ad-dc sasl2-bin db5.3-util dovecot-ldap
 
-.PHONY: run test venv test-venv debs lint typecheck bench bench-logins clean docs
+.PHONY: run test venv test-venv debs lint typecheck bench bench-logins clean docs fuzz
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,22 @@ test: test-venv debs
 	$(BIN)/mypy
 	$(BIN)/ruff check src tests bench
 	SMTPGATE_CI=1 $(BIN)/pytest -q
+
+# Every fuzz target of fuzz/ for FUZZ_SECONDS each (docs/security.md, "Fuzzing"); the
+# corpus grows in build/fuzz/<target>, logs and any crash land in build/fuzz/logs/.
+FUZZ_SECONDS ?= 300
+FUZZ_TARGETS ?= $(patsubst fuzz/fuzz_%.py,%,$(wildcard fuzz/fuzz_*.py))
+fuzz: test-venv
+	@mkdir -p build/fuzz/logs
+	@for t in $(FUZZ_TARGETS); do \
+	  log=build/fuzz/logs/$$t-$$(date +%s).log; mkdir -p build/fuzz/$$t; \
+	  echo "fuzz $$t for $(FUZZ_SECONDS) s (log: $$log)"; \
+	  $(BIN)/python fuzz/fuzz_$$t.py -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -timeout=20 \
+	    -print_final_stats=1 -artifact_prefix=build/fuzz/logs/$$t- build/fuzz/$$t fuzz/corpus/$$t \
+	    >$$log 2>&1 || { grep -v Instrumenting $$log | tail -40; exit 1; }; \
+	  grep -E '^(Done|stat::number_of_executed_units)' $$log; \
+	done
+	$(BIN)/python fuzz/report.py
 
 bench: test-venv debs
 	$(BIN)/python bench/run.py

@@ -44,7 +44,8 @@ class Extensions:
         if "SIZE" not in self.keywords:
             return None
         value = self.keywords["SIZE"].split(" ", 1)[0]
-        return int(value) if value.isdigit() else 0
+        # RFC 1870 §3: ASCII digits; "²" passes str.isdigit() but not int().
+        return int(value) if value.isascii() and value.isdigit() else 0
 
     @property
     def auth_mechanisms(self) -> frozenset[str]:

@@ -500,8 +500,9 @@ class ServerEngine:
         auth_param: str | None = None
         for key, value in params.items():
             if key == "SIZE":
-                # RFC 1870 §6: refuse a declared size over the limit up front.
-                if value is None or not value.isdigit() or len(value) > 20:
+                # RFC 1870 §6: refuse a declared size over the limit up front. §3:
+                # size-value is ASCII digits ("²" passes str.isdigit, not int()).
+                if value is None or not (value.isascii() and value.isdigit()) or len(value) > 20:
                     return self._error(R.SYNTAX_ERROR)
                 size = int(value)
                 if size > self.settings.max_message_size:

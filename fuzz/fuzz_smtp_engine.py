@@ -117,6 +117,7 @@ class Session:
     def run(self, chunks: list[bytes], *, track_data: bool = False) -> None:
         e = self.engine
         e.greeting()
+        self.out += e.data_to_send()
         for chunk in chunks:
             if self.stopped:
                 break

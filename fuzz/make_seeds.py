@@ -188,6 +188,33 @@ def config_seeds() -> dict[str, bytes]:
     return out
 
 
+def dovecot_seeds() -> dict[str, bytes]:
+    """Byte 0: behaviour (mechanism set 0: SCRAM, PLAIN, LOGIN, CRAM-MD5); byte 1: the
+    cut seed; then what Postfix or Exim sends (their transcripts, protocol digest §3.1)."""
+    pf = b"service=smtp\tnologin\tlip=127.0.0.1\trip=127.0.0.1\tsecured"
+    ex = b"service=smtp\trip=192.0.2.7\tlip=127.0.0.1\tsecured"
+    postfix = b"VERSION\t1\t0\nCPID\t25356\n"
+    exim = b"VERSION\t1\t0\nCPID\t4242\n"
+    first, _, final, _ = scram_exchange("SCRAM-SHA-256", {})
+    out = {
+        "postfix-plain": postfix + b"AUTH\t1\tPLAIN\t" + pf + b"\tresp=" + b64(
+            b"\0user\0pencil") + b"\n",
+        "postfix-login": postfix + b"AUTH\t3\tLOGIN\t" + pf + b"\nCONT\t3\t" + b64(b"user")
+        + b"\nCONT\t3\t" + b64(b"pencil") + b"\n",
+        "postfix-scram": postfix + b"AUTH\t2\tSCRAM-SHA-256\t" + pf + b"\nCONT\t2\t" + b64(
+            first) + b"\nCONT\t2\t" + b64(final) + b"\nCONT\t2\t\n",
+        "exim-login": exim + b"AUTH\t1\tLOGIN\t" + ex + b"\tresp=\nCONT\t1\t" + b64(b"user")
+        + b"\nCONT\t1\t" + b64(b"pencil") + b"\n",
+        "cancel-and-reuse": postfix + b"AUTH\t1\tLOGIN\t" + pf + b"\nCANCEL\t1\nAUTH\t1\tPLAIN"
+        b"\t" + pf + b"\tresp=" + b64(b"\0user\0wrong") + b"\nCONT\t9\tAAAA\n",
+        "cram-md5": postfix + b"AUTH\t4\tCRAM-MD5\t" + pf + b"\nCONT\t4\t" + b64(
+            b"tim b913a602c7eda7a495b4e6e7334d3890") + b"\n",
+        "long-line": postfix + b"AUTH\t1\tPLAIN\t" + pf + b"\tresp=A\xfe\xfe\xff\n",
+    }
+    flags = {"exim-login": b"\x08", "cancel-and-reuse": b"\x08"}
+    return {k: flags.get(k, b"\x00") + b"\x05" + v for k, v in out.items()}
+
+
 def write(target: str, seeds: dict[str, bytes]) -> None:
     d = HERE / "corpus" / target
     d.mkdir(parents=True, exist_ok=True)
@@ -202,6 +229,7 @@ def main() -> None:
     write("client_replies", reply_seeds())
     write("smtp_engine", engine_seeds())
     write("config", config_seeds())
+    write("dovecot_auth", dovecot_seeds())
 
 
 if __name__ == "__main__":

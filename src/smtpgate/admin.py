@@ -59,7 +59,7 @@ from smtpgate.auth.credentials import (
     generate_app_password,
     wanted_schemes,
 )
-from smtpgate.auth.directory import Account, AppPassword
+from smtpgate.auth.directory import Account, AppPassword, CertificateRecord
 from smtpgate.auth.guard_state import Block
 from smtpgate.auth.guard_store import SqliteGuardStore
 from smtpgate.auth.imports import ImportEntry
@@ -67,6 +67,7 @@ from smtpgate.auth.names import canonical_name, lookup_key
 from smtpgate.auth.passwords import PasswordHasher, check_new_password
 from smtpgate.config import AccountsConfig, Config, PasswordsConfig
 from smtpgate.policy.passwords import check_password_policy
+from smtpgate.tls.client_certs import normalise_fingerprint, read_certificate
 
 
 class AdminError(Exception):
@@ -588,6 +589,35 @@ class AccountAdmin:
         there is none of that name."""
         with self._tx() as w:
             return w.expire_app_password(name, app_name, when, rename_to=rename_to)
+
+    # --- client certificates (SASL EXTERNAL) -------------------------------------------
+
+    def certificates(self, name: str) -> list[CertificateRecord]:
+        """The account's client certificates, removed ones included."""
+        return self._store.certificates(name)
+
+    def add_certificate(self, name: str, data: bytes) -> tuple[CertificateRecord, bool]:
+        """Register the certificate in ``data`` (PEM or DER) to the account; the
+        record, and False if it was registered already.
+
+        Raises: NoSuchAccount, CertificateFileError (no certificate in ``data``),
+        CertificateTaken (registered to another account).
+        """
+        facts = read_certificate(data)
+        with self._tx() as w:
+            added = w.add_certificate(name, facts.fingerprint, facts.subject, facts.not_after)
+        for record in self._store.certificates(name):
+            if record.fingerprint == facts.fingerprint:
+                return record, added
+        raise NoSuchAccount(f"no account {name}")  # pragma: no cover - removed meanwhile
+
+    def remove_certificate(self, name: str, fingerprint: str) -> bool:
+        """Refuse the certificate from now on; False if the account had no such
+        registered certificate. Raises: NoSuchAccount, CertificateFileError (not a
+        SHA-256 fingerprint)."""
+        fp = normalise_fingerprint(fingerprint)
+        with self._tx() as w:
+            return w.remove_certificate(name, fp)
 
     # --- rotation ----------------------------------------------------------------------
 

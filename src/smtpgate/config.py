@@ -98,12 +98,40 @@ class ListenerConfig(Model):
         default=None,
         description="Mechanisms offered on this listener; default: [auth].mechanisms.",
     )
+    client_certificates: Literal["optional", "required"] | None = Field(
+        default=None,
+        description="Ask TLS clients for a certificate, verified against client_ca (chain "
+        "and dates; no CRL): 'optional' (a missing or untrusted one only means no EXTERNAL) "
+        "or 'required' (the handshake fails without a trusted one). Default none: no "
+        "certificate asked for. Adds SASL EXTERNAL to this listener, offered only once a "
+        "certificate verified (docs/mechanisms.md).",
+    )
+    client_ca: Path | None = Field(
+        default=None,
+        description="PEM file of the CA certificates client certificates must chain to; "
+        "required with client_certificates. Default none.",
+    )
+    client_cert_san_login: bool = Field(
+        default=False,
+        description="Let a certificate from client_ca log in as the account named by its "
+        "subjectAltName email (rfc822Name), besides certificates registered with `smtpgate "
+        "user cert add`. Default false: only registered fingerprints log in. Trust the CA "
+        "to issue emails only to their owners before turning it on.",
+    )
 
     @field_validator("address")
     @classmethod
     def _check_address(cls, v: str) -> str:
         _parse_hostport(v)
         return v
+
+    @model_validator(mode="after")
+    def _check_client_certificates(self) -> ListenerConfig:
+        if self.client_certificates is not None and self.client_ca is None:
+            raise ValueError("client_certificates needs client_ca (the CAs to verify against)")
+        if self.client_certificates is None and (self.client_ca or self.client_cert_san_login):
+            raise ValueError("client_ca and client_cert_san_login need client_certificates")
+        return self
 
     @property
     def host_port(self) -> tuple[str, int]:

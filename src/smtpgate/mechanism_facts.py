@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-Family = Literal["scram", "oauth", "plain", "login", "cram-md5"]
+Family = Literal["external", "scram", "oauth", "plain", "login", "cram-md5"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,8 +51,13 @@ class MechanismFacts:
     oauth: bool = False
     #: In the default ``[auth].mechanisms``.
     default_enabled: bool = False
+    #: Proves the identity with the TLS client certificate (RFC 4422 Appendix A):
+    #: usable only on a TLS session whose client certificate verified, and offered
+    #: on a listener with ``client_certificates`` set (docs/mechanisms.md).
+    client_certificate: bool = False
 
 
+EXTERNAL = MechanismFacts("EXTERNAL", "external", client_certificate=True)
 SCRAM_SHA_256_PLUS = MechanismFacts(
     "SCRAM-SHA-256-PLUS", "scram", "sha256", channel_binding=True, default_enabled=True
 )
@@ -69,6 +74,7 @@ CRAM_MD5 = MechanismFacts("CRAM-MD5", "cram-md5", "md5", legacy=True, plaintext_
 
 #: Every mechanism smtpgate implements, strongest first.
 MECHANISMS: tuple[MechanismFacts, ...] = (
+    EXTERNAL,
     SCRAM_SHA_256_PLUS,
     SCRAM_SHA_256,
     SCRAM_SHA_1_PLUS,
@@ -89,6 +95,7 @@ DEFAULT_ENABLED: tuple[str, ...] = tuple(m.name for m in MECHANISMS if m.default
 LEGACY: frozenset[str] = frozenset(m.name for m in MECHANISMS if m.legacy)
 OAUTH: frozenset[str] = frozenset(m.name for m in MECHANISMS if m.oauth)
 CLEARTEXT: frozenset[str] = frozenset(m.name for m in MECHANISMS if m.cleartext)
+CLIENT_CERTIFICATE: frozenset[str] = frozenset(m.name for m in MECHANISMS if m.client_certificate)
 PLAINTEXT_EQUIVALENT: frozenset[str] = frozenset(
     m.name for m in MECHANISMS if m.plaintext_equivalent
 )

@@ -25,7 +25,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
-from smtpgate.auth.directory import Account, AccountDirectory, AppPassword, StoreError
+from smtpgate.auth.directory import (
+    Account,
+    AccountDirectory,
+    AppPassword,
+    CertificateRecord,
+    StoreError,
+)
 
 
 class AccountExists(StoreError):
@@ -38,6 +44,10 @@ class NoSuchAccount(StoreError):
 
 class AliasTaken(StoreError):
     """The alias is an account's name or another account's alias."""
+
+
+class CertificateTaken(StoreError):
+    """The client certificate is registered to another account."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +222,23 @@ class AccountWriter(Protocol):
         """
         ...
 
+    # --- client certificates (SASL EXTERNAL) ---
+
+    def add_certificate(
+        self, name: str, fingerprint: str, subject: str, not_after: datetime | None
+    ) -> bool:
+        """Register the certificate of ``fingerprint`` to the account (a removed one
+        comes back); False if it already was.
+
+        Raises: CertificateTaken (registered to another account).
+        """
+        ...
+
+    def remove_certificate(self, name: str, fingerprint: str) -> bool:
+        """Refuse the certificate from now on (its record stays, marked removed);
+        False if the account has no such registered certificate."""
+        ...
+
     # --- changes made elsewhere ---
 
     def record(self, action: str, target: str, details: Mapping[str, object]) -> None:
@@ -249,6 +276,10 @@ class AccountAdminStore(Protocol):
 
     def app_passwords(self, name: str | None = None) -> list[AppPassword]:
         """The app passwords of one account, or of all accounts."""
+        ...
+
+    def certificates(self, name: str) -> list[CertificateRecord]:
+        """The account's client certificates, removed ones included, oldest first."""
         ...
 
     def verify_password(self, name: str, password: str) -> bool: ...

@@ -119,6 +119,23 @@ class AppPassword:
         return self.expires is not None and self.expires <= now
 
 
+@dataclass(frozen=True, slots=True)
+class CertificateRecord:
+    """A TLS client certificate registered to an account (SASL EXTERNAL).
+
+    Removing one keeps its record with ``revoked`` set, so that the certificate is
+    refused even where its SAN email would otherwise log it in."""
+
+    #: SHA-256 of the DER certificate, lower-case hex.
+    fingerprint: str
+    account: str
+    #: The certificate's subject and expiry, as read when it was added (for listings).
+    subject: str
+    not_after: datetime | None
+    added: datetime
+    revoked: datetime | None = None
+
+
 class AccountDirectory(Protocol):
     """The read side of an account backend (see the module docstring).
 
@@ -168,6 +185,11 @@ class AccountDirectory(Protocol):
     def match_app_password(self, name: str, password: str) -> AppPassword | None:
         """The app password of account ``name`` that ``password`` is, expired or not
         (the caller decides); None if it is none of them."""
+        ...
+
+    def certificate(self, fingerprint: str) -> CertificateRecord | None:
+        """The client certificate of that SHA-256 fingerprint (lower-case hex),
+        registered or removed; None if it was never registered."""
         ...
 
     # --- bookkeeping made by logins (not administrative changes) ---------------------

@@ -47,7 +47,13 @@ from smtpgate.auth.admin_store import (
     NoSuchAccount,
 )
 from smtpgate.auth.credentials import SCRAM_SCHEMES
-from smtpgate.auth.directory import Account, AppPassword, StoreError, StoreUnavailable
+from smtpgate.auth.directory import (
+    Account,
+    AppPassword,
+    CertificateRecord,
+    StoreError,
+    StoreUnavailable,
+)
 from smtpgate.auth.ldap_directory import (
     BIND_PASSWORD_KEY,
     DirectoryEntry,
@@ -220,6 +226,14 @@ class LdapAccountStore:
 
     def record_app_password_use(self, app_id: int, when: datetime, address: str) -> None:
         self._local.record_app_password_use(app_id, when, address)
+
+    def certificate(self, fingerprint: str) -> CertificateRecord | None:
+        """Client certificates live in the overlay, under the entry's identity."""
+        return self._local.certificate(fingerprint)
+
+    def certificates(self, name: str) -> list[CertificateRecord]:
+        entry = self._entry(name)
+        return [] if entry is None else self._local.certificates(entry.identity)
 
     def put_credentials(self, name: str, creds: Mapping[str, str], *, generation: int) -> bool:
         entry = self._entry(name)
@@ -410,6 +424,14 @@ class _OverlayWriter:
         self, name: str, app_name: str, when: datetime, *, rename_to: str | None = None
     ) -> bool:
         return self._w.expire_app_password(self._key(name), app_name, when, rename_to=rename_to)
+
+    def add_certificate(
+        self, name: str, fingerprint: str, subject: str, not_after: datetime | None
+    ) -> bool:
+        return self._w.add_certificate(self._key(name), fingerprint, subject, not_after)
+
+    def remove_certificate(self, name: str, fingerprint: str) -> bool:
+        return self._w.remove_certificate(self._key(name), fingerprint)
 
     def record(self, action: str, target: str, details: Mapping[str, object]) -> None:
         self._w.record(action, target, details)

@@ -124,6 +124,19 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX admin_log_time ON admin_log (time)",
     ),
+    (
+        # Issue 16: TLS client certificates for SASL EXTERNAL (as in auth/store.py).
+        """CREATE TABLE client_certificates (
+            fingerprint text PRIMARY KEY,
+            account text NOT NULL REFERENCES accounts(name)
+                ON DELETE CASCADE ON UPDATE CASCADE,
+            subject text NOT NULL,
+            not_after timestamptz,
+            added timestamptz NOT NULL,
+            revoked timestamptz
+        )""",
+        "CREATE INDEX client_certificates_account ON client_certificates (account)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -59,10 +59,11 @@ from smtpgate.auth.admin_store import (
     AdminLogEntry,
     AliasTaken,
     AuditActor,
+    CertificateTaken,
     NoSuchAccount,
 )
 from smtpgate.auth.credentials import ARGON2ID, CRAM_MD5
-from smtpgate.auth.directory import Account, AppPassword, StoreUnavailable
+from smtpgate.auth.directory import Account, AppPassword, CertificateRecord, StoreUnavailable
 from smtpgate.auth.legacy_hashes import LEGACY
 from smtpgate.auth.names import lookup_key
 from smtpgate.auth.passwords import PasswordHasher, StoredHashError
@@ -129,6 +130,17 @@ def _row_to_account(r: Row) -> Account:
         password_expires=_utc(r["password_expires"]),
         max_messages_per_hour=r["max_messages_per_hour"],
         max_recipients_per_hour=r["max_recipients_per_hour"],
+    )
+
+
+def _row_to_certificate(r: Row) -> CertificateRecord:
+    return CertificateRecord(
+        fingerprint=r["fingerprint"],
+        account=r["account"],
+        subject=r["subject"],
+        not_after=_utc(r["not_after"]),
+        added=r["added"].astimezone(UTC),
+        revoked=_utc(r["revoked"]),
     )
 
 
@@ -533,6 +545,42 @@ class _PgWriter:
         })
         return True
 
+    # --- client certificates ----------------------------------------------------------
+
+    def add_certificate(
+        self, name: str, fingerprint: str, subject: str, not_after: datetime | None
+    ) -> bool:
+        key = self._existing(name)
+        row = self._c.execute(
+            "SELECT account, revoked FROM client_certificates WHERE fingerprint = %s FOR UPDATE",
+            (fingerprint,),
+        ).fetchone()
+        if row is not None and row["revoked"] is None:
+            if row["account"] != key:
+                raise CertificateTaken(f"the certificate is registered to {row['account']}")
+            return False
+        self._c.execute(
+            "INSERT INTO client_certificates "
+            "(fingerprint, account, subject, not_after, added, revoked) "
+            "VALUES (%s, %s, %s, %s, %s, NULL) ON CONFLICT (fingerprint) DO UPDATE SET "
+            "account = EXCLUDED.account, subject = EXCLUDED.subject, "
+            "not_after = EXCLUDED.not_after, added = EXCLUDED.added, revoked = NULL",
+            (fingerprint, key, subject, not_after, self._now),
+        )
+        self._audit("certificate added", key, {"sha256": fingerprint, "subject": subject})
+        return True
+
+    def remove_certificate(self, name: str, fingerprint: str) -> bool:
+        key = self._existing(name)
+        n = self._c.execute(
+            "UPDATE client_certificates SET revoked = %s "
+            "WHERE fingerprint = %s AND account = %s AND revoked IS NULL",
+            (self._now, fingerprint, key),
+        ).rowcount
+        if n:
+            self._audit("certificate removed", key, {"sha256": fingerprint})
+        return bool(n)
+
     # --- changes made elsewhere -------------------------------------------------------
 
     def record(self, action: str, target: str, details: Mapping[str, object]) -> None:
@@ -683,6 +731,22 @@ class PostgresAccountStore:
                     (_key(name),),
                 ).fetchall()
         return [_row_to_app_password(r) for r in rows]
+
+    def certificate(self, fingerprint: str) -> CertificateRecord | None:
+        with self._conn() as c:
+            row = c.execute(
+                "SELECT * FROM client_certificates WHERE fingerprint = %s", (fingerprint,)
+            ).fetchone()
+        return None if row is None else _row_to_certificate(row)
+
+    def certificates(self, name: str) -> list[CertificateRecord]:
+        with self._conn() as c:
+            rows = c.execute(
+                "SELECT * FROM client_certificates WHERE account = %s "
+                "ORDER BY added, fingerprint",
+                (_key(name),),
+            ).fetchall()
+        return [_row_to_certificate(r) for r in rows]
 
     def match_app_password(self, name: str, password: str) -> AppPassword | None:
         """Constant-time per comparison."""

@@ -95,6 +95,7 @@ from smtpgate.auth.passwords import PasswordHasher, StoredHashError
 from smtpgate.auth.sender_profile import SenderProfile
 from smtpgate.config import AccountsConfig, AuthConfig, Config, PasswordsConfig
 from smtpgate.sasl.base import (
+    ClientCertificate,
     ConfirmIdentity,
     CredentialAnswer,
     CredentialQuery,
@@ -102,6 +103,7 @@ from smtpgate.sasl.base import (
     LookupScram,
     NotFound,
     Verdict,
+    VerifyCertificate,
     VerifyPassword,
     VerifyToken,
 )
@@ -160,6 +162,8 @@ class AuthContext:
     session_id: str
     #: "smtp" for smtpgate's own listeners, else the auth listener's protocol.
     front_door: str = "smtp"
+    #: The TLS client certificate the session verified (EXTERNAL maps it).
+    client_certificate: ClientCertificate | None = None
 
 
 @dataclass(slots=True)
@@ -280,6 +284,8 @@ class AuthService:
                     return await self._confirm(query, ctx)
                 case VerifyToken():
                     return await self._verify_token(query, ctx)
+                case VerifyCertificate():
+                    return await self._verify_certificate(query, ctx)
             reason = f"unsupported query {type(query).__name__}"
         except (StoreError, StoredHashError, CredentialDataError, _Temporary) as e:
             reason = str(e)
@@ -673,6 +679,42 @@ class AuthService:
         self._record_login(account, q.mechanism.upper())
         issuer = str(getattr(result, "issuer", "") or "")
         return Resolution(Verdict(ok=True, identity=account.name), oauth_issuer=issuer or None)
+
+    async def _verify_certificate(self, q: VerifyCertificate, ctx: AuthContext) -> Resolution:
+        """EXTERNAL: the account the session's verified certificate maps to, by its
+        registered fingerprint or (``client_cert_san_login``) by its SAN email; a
+        removed fingerprint is refused either way (docs/mechanisms.md)."""
+        cert = ctx.client_certificate
+        if cert is None:
+            return Resolution(Verdict(ok=False, reason="no verified client certificate"))
+        label = f"certificate sha256:{cert.fingerprint[:16]}"
+        record = await self._read(self._directory.certificate, cert.fingerprint)
+        if record is not None and record.revoked is not None:
+            return Resolution(Verdict(ok=False, reason=f"{label} removed from {record.account}"))
+        wanted = lookup_key(q.username) if q.username else ""
+        if record is not None:
+            name = record.account
+        elif cert.trust_emails and cert.emails:
+            emails = [lookup_key(e) for e in cert.emails]
+            if wanted:
+                name = wanted if wanted in emails else ""
+            else:
+                name = emails[0] if len(set(emails)) == 1 else ""
+            if not name:
+                why = "names no such email" if wanted else "has several emails: give an authzid"
+                return Resolution(Verdict(ok=False, reason=f"{label} {why}"))
+        else:
+            return Resolution(Verdict(ok=False, reason=f"{label} not registered to any account"))
+        account = await self._read(self._directory.get_account, name)
+        if account is None:
+            return Resolution(Verdict(ok=False, reason=f"{label}: {UNKNOWN_USER} {name}"))
+        refusal = _mechanism_refusal(account, q.mechanism.upper(), ctx)
+        if refusal is None and wanted and wanted != account.name:
+            refusal = (REFUSED_POLICY, AUTHZID_REFUSED)  # no proxy authorization
+        if refusal is not None:
+            return Resolution(Verdict(ok=False, reason=refusal[1]), refusal=refusal[0])
+        self._record_login(account, q.mechanism.upper())
+        return Resolution(Verdict(ok=True, identity=account.name))
 
     async def _call_verifier(self, token: str) -> object:
         """Accept a sync or async ``verify``; a sync one runs in a thread, since it

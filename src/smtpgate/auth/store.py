@@ -53,10 +53,17 @@ from smtpgate.auth.admin_store import (
     AdminLogEntry,
     AliasTaken,
     AuditActor,
+    CertificateTaken,
     NoSuchAccount,
 )
 from smtpgate.auth.credentials import ARGON2ID, CRAM_MD5
-from smtpgate.auth.directory import Account, AppPassword, StoreError, StoreUnavailable
+from smtpgate.auth.directory import (
+    Account,
+    AppPassword,
+    CertificateRecord,
+    StoreError,
+    StoreUnavailable,
+)
 from smtpgate.auth.legacy_hashes import LEGACY
 from smtpgate.auth.names import lookup_key
 from smtpgate.auth.passwords import PasswordHasher, StoredHashError
@@ -169,6 +176,20 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX admin_log_time ON admin_log (time)",
     ),
+    (
+        # Issue 16: TLS client certificates for SASL EXTERNAL, by SHA-256 fingerprint;
+        # a removed one keeps its row with ``revoked`` set.
+        """CREATE TABLE client_certificates (
+            fingerprint TEXT PRIMARY KEY NOT NULL,
+            account TEXT NOT NULL REFERENCES accounts(name)
+                ON DELETE CASCADE ON UPDATE CASCADE,
+            subject TEXT NOT NULL,
+            not_after TEXT,
+            added TEXT NOT NULL,
+            revoked TEXT
+        )""",
+        "CREATE INDEX client_certificates_account ON client_certificates (account)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -221,6 +242,19 @@ def _row_to_account(r: sqlite3.Row) -> Account:
         password_expires=_parse_time(r["password_expires"]),
         max_messages_per_hour=r["max_messages_per_hour"],
         max_recipients_per_hour=r["max_recipients_per_hour"],
+    )
+
+
+def _row_to_certificate(r: sqlite3.Row) -> CertificateRecord:
+    added = _parse_time(r["added"])
+    assert added is not None
+    return CertificateRecord(
+        fingerprint=r["fingerprint"],
+        account=r["account"],
+        subject=r["subject"],
+        not_after=_parse_time(r["not_after"]),
+        added=added,
+        revoked=_parse_time(r["revoked"]),
     )
 
 
@@ -618,6 +652,41 @@ class _SqliteWriter:
                     {"name": app_name, "renamed": rename_to, "expires": expires})
         return True
 
+    # --- client certificates ------------------------------------------------------------
+
+    def add_certificate(
+        self, name: str, fingerprint: str, subject: str, not_after: datetime | None
+    ) -> bool:
+        key = self._existing(name)
+        row = self._c.execute(
+            "SELECT account, revoked FROM client_certificates WHERE fingerprint = ?",
+            (fingerprint,),
+        ).fetchone()
+        if row is not None and row["revoked"] is None:
+            if row["account"] != key:
+                raise CertificateTaken(f"the certificate is registered to {row['account']}")
+            return False
+        self._c.execute(
+            "INSERT OR REPLACE INTO client_certificates "
+            "(fingerprint, account, subject, not_after, added, revoked) "
+            "VALUES (?, ?, ?, ?, ?, NULL)",
+            (fingerprint, key, subject, None if not_after is None else format_time(not_after),
+             self._now),
+        )
+        self._audit("certificate added", key, {"sha256": fingerprint, "subject": subject})
+        return True
+
+    def remove_certificate(self, name: str, fingerprint: str) -> bool:
+        key = self._existing(name)
+        n = self._c.execute(
+            "UPDATE client_certificates SET revoked = ? "
+            "WHERE fingerprint = ? AND account = ? AND revoked IS NULL",
+            (self._now, fingerprint, key),
+        ).rowcount
+        if n:
+            self._audit("certificate removed", key, {"sha256": fingerprint})
+        return bool(n)
+
     # --- changes made elsewhere ---------------------------------------------------------
 
     def record(self, action: str, target: str, details: Mapping[str, object]) -> None:
@@ -749,6 +818,21 @@ class SqliteAccountStore(ThreadLocalSqlite):
                     (lookup_key(name),),
                 ).fetchall()
         return [_row_to_app_password(r) for r in rows]
+
+    def certificate(self, fingerprint: str) -> CertificateRecord | None:
+        with self._errors():
+            row = self._conn().execute(
+                "SELECT * FROM client_certificates WHERE fingerprint = ?", (fingerprint,)
+            ).fetchone()
+        return None if row is None else _row_to_certificate(row)
+
+    def certificates(self, name: str) -> list[CertificateRecord]:
+        with self._errors():
+            rows = self._conn().execute(
+                "SELECT * FROM client_certificates WHERE account = ? ORDER BY added, fingerprint",
+                (lookup_key(name),),
+            ).fetchall()
+        return [_row_to_certificate(r) for r in rows]
 
     def match_app_password(self, name: str, password: str) -> AppPassword | None:
         """Constant-time per comparison."""

@@ -18,6 +18,7 @@ from smtpgate.cli import (
     report_cmd,
     serve_cmd,
     tester_cmd,
+    user_cert_cmd,
     user_cmd,
     user_import_cmd,
     user_policy_cmd,
@@ -34,7 +35,7 @@ def cli() -> None:
 
 # user_sasl_cmd, user_policy_cmd and user_import_cmd add subcommands to the `user` group on import,
 # config_show_cmd to the `config` group.
-_ = (user_sasl_cmd, user_policy_cmd, user_import_cmd, config_show_cmd)
+_ = (user_sasl_cmd, user_policy_cmd, user_import_cmd, user_cert_cmd, config_show_cmd)
 cli.add_command(init_cmd.init)
 cli.add_command(serve_cmd.serve)
 cli.add_command(config_cmd.config)

@@ -81,6 +81,18 @@ class VerifyToken:
 
 
 @dataclass(frozen=True, slots=True)
+class VerifyCertificate:
+    """EXTERNAL (RFC 4422 Appendix A): map the session's verified TLS client
+    certificate to an account. The certificate is a fact of the connection, like the
+    client address: the login path has it (``AuthContext.client_certificate``), the
+    mechanism only parses the authorization identity. ``username`` is that authzid,
+    "" when the client asked for the identity the certificate maps to."""
+
+    username: str
+    mechanism: str = "EXTERNAL"
+
+
+@dataclass(frozen=True, slots=True)
 class ConfirmIdentity:
     """After a mechanism proved ``username`` by itself (SCRAM, CRAM-MD5): let the auth
     service apply account state and policy (locked, mechanism not allowed) and record it."""
@@ -89,7 +101,10 @@ class ConfirmIdentity:
     mechanism: str = ""
 
 
-CredentialQuery = VerifyPassword | LookupScram | LookupCramMd5 | VerifyToken | ConfirmIdentity
+CredentialQuery = (
+    VerifyPassword | LookupScram | LookupCramMd5 | VerifyToken | ConfirmIdentity
+    | VerifyCertificate
+)
 
 
 # --- Answers from the auth service ---------------------------------------------
@@ -212,6 +227,22 @@ class ChannelBinding:
     @property
     def available(self) -> bool:
         return bool(self.data)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientCertificate:
+    """A TLS client certificate that verified against the listener's ``client_ca``
+    (chain and validity dates; no CRL), as the TLS layer reports it.
+
+    ``fingerprint`` is the SHA-256 of the DER certificate, lower-case hex.
+    ``emails`` are its subjectAltName rfc822Name values. ``trust_emails``: the
+    listener lets such an email log in as the account of that name
+    (``client_cert_san_login``)."""
+
+    fingerprint: str
+    subject: str = ""
+    emails: tuple[str, ...] = ()
+    trust_emails: bool = False
 
 
 class ServerMechanism:

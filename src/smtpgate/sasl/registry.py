@@ -18,6 +18,7 @@ from smtpgate.mechanism_facts import MechanismFacts
 from smtpgate.sasl._common import NO_CHANNEL_BINDING, ServerContext, ServerMechanismBase
 from smtpgate.sasl.base import ChannelBinding, ClientMechanism, ServerMechanism
 from smtpgate.sasl.cram_md5 import CramMd5Client, CramMd5Server
+from smtpgate.sasl.external import ExternalClient, ExternalServer
 from smtpgate.sasl.login import LoginClient, LoginServer
 from smtpgate.sasl.oauth import (
     OAuthBearerClient,
@@ -89,7 +90,12 @@ def _cram_md5(f: MechanismFacts, c: ClientCredentials) -> ClientMechanism:
     return CramMd5Client(c.username, c.password)
 
 
+def _external(f: MechanismFacts, c: ClientCredentials) -> ClientMechanism:
+    return ExternalClient(c.authzid)
+
+
 _IMPLEMENTED = (
+    Mechanism(facts.EXTERNAL, ExternalServer, _external),
     Mechanism(facts.SCRAM_SHA_256_PLUS, ScramSha256PlusServer, _scram),
     Mechanism(facts.SCRAM_SHA_256, ScramSha256Server, _scram),
     Mechanism(facts.SCRAM_SHA_1_PLUS, ScramSha1PlusServer, _scram),

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from smtpgate import mechanism_facts
 from smtpgate.auth.accounts import accounts_key, open_account_store
 from smtpgate.auth.authlog import AuthLog
 from smtpgate.auth.decoy import load_decoy_secret
@@ -84,6 +85,10 @@ setup_logging = logs.setup_logging
 def offered_mechanisms(cfg: Config, listener: ListenerConfig) -> tuple[str, ...]:
     """Enabled and implemented mechanisms, strongest first (the registry's order)."""
     wanted = {m.upper() for m in (listener.mechanisms or cfg.auth.mechanisms)}
+    if listener.client_certificates is not None:
+        wanted |= mechanism_facts.CLIENT_CERTIFICATE  # EXTERNAL: docs/mechanisms.md
+    else:
+        wanted -= mechanism_facts.CLIENT_CERTIFICATE  # no certificate is ever asked for
     return tuple(m for m in server_mechanism_names() if m in wanted)
 
 

@@ -141,6 +141,7 @@ class Decisions:
                 client_port=p.client_port,
                 tls_version=tls.version if tls else None,
                 session_id=p.session_id,
+                client_certificate=tls.client_certificate if tls else None,
             )
             self._login = self.rt.login.begin(ctx, alive=self._alive)
         return self._login

@@ -24,7 +24,7 @@ from typing import Any
 
 from smtpgate import mechanism_facts
 from smtpgate.config import Config, ConfigError, load_config
-from smtpgate.tls.session import ServerTlsContext, TlsConfigError, make_server_context
+from smtpgate.tls.session import ClientAuth, ServerTlsContext, TlsConfigError, make_server_context
 
 
 class ReloadError(Exception):
@@ -45,8 +45,21 @@ class Reloaded:
 
 
 def build_tls(cfg: Config) -> ServerTlsContext:
-    """The server TLS context of ``cfg``. Raises TlsConfigError naming the key."""
-    return make_server_context(cfg.path(cfg.tls.cert), cfg.path(cfg.tls.key), cfg.tls.min_version)
+    """The server TLS context of ``cfg`` (with each listener's ``client_ca``, read
+    again on a reload). Raises TlsConfigError naming the key."""
+    client_auth = {
+        lst.name: ClientAuth(
+            cfg.path(lst.client_ca),
+            required=lst.client_certificates == "required",
+            trust_emails=lst.client_cert_san_login,
+            key=f"listeners.{lst.name}.client_ca",
+        )
+        for lst in cfg.listeners
+        if lst.client_certificates is not None and lst.client_ca is not None
+    }
+    return make_server_context(
+        cfg.path(cfg.tls.cert), cfg.path(cfg.tls.key), cfg.tls.min_version, client_auth
+    )
 
 
 def load(path: Path, running: Config) -> Reloaded:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from smtpgate.auth.guard import Guard
 from smtpgate.auth.login import LoginAttempts
+from smtpgate.auth.networks import IPNetwork, in_networks, parse_ip
 from smtpgate.auth.service import AuthService
 from smtpgate.config import LimitsConfig, PolicyConfig
 from smtpgate.policy.rates import RateLimiter
@@ -31,6 +32,11 @@ class ListenerRuntime:
     name: str
     implicit_tls: bool
     settings: EngineSettings
+    #: Proxies this listener takes XCLIENT from (``xclient_trusted``).
+    xclient_networks: tuple[IPNetwork, ...] = ()
+
+    def trusts_xclient(self, client_ip: str) -> bool:
+        return in_networks(parse_ip(client_ip), self.xclient_networks)
 
 
 @dataclass

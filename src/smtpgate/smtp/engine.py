@@ -92,6 +92,8 @@ class TlsInfo:
     version: str
     cipher: str
     channel_binding: sasl.ChannelBinding
+    #: The client's certificate, if it verified against the listener's client_ca.
+    client_certificate: sasl.ClientCertificate | None = None
 
 
 class ServerEngine:
@@ -397,7 +399,13 @@ class ServerEngine:
         if self.tls is None and not self.settings.auth_in_clear:
             return ()
         cb = self.tls.channel_binding if self.tls else sasl.ChannelBinding()
-        return tuple(m for m in self.settings.mechanisms if not m.endswith("-PLUS") or cb.available)
+        # EXTERNAL (RFC 4422 App. A) only where a client certificate verified:
+        # never in clear, never on a session with no credential to map.
+        cert = self.tls is not None and self.tls.client_certificate is not None
+        return tuple(
+            m for m in self.settings.mechanisms
+            if (not m.endswith("-PLUS") or cb.available) and (m != "EXTERNAL" or cert)
+        )
 
     @property
     def plus_usable(self) -> bool:

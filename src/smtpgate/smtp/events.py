@@ -12,6 +12,7 @@ from enum import Enum
 
 from smtpgate.sasl.base import CredentialQuery
 from smtpgate.sasl.exchange import AuthResult, BindingEvidence
+from smtpgate.smtp.xclient import Xclient
 
 # AuthResult and BindingEvidence are re-exported: the types of AuthFinished's fields.
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "RcptTo",
     "Sentinel",
     "StartTls",
+    "Xclient",
 ]
 
 
@@ -126,4 +128,7 @@ class CloseConnection:
     reason: str
 
 
-Event = StartTls | AuthQuery | AuthFinished | MailFrom | RcptTo | MessageReceived | CloseConnection
+Event = (
+    StartTls | AuthQuery | AuthFinished | MailFrom | RcptTo | MessageReceived | CloseConnection
+    | Xclient
+)

@@ -154,6 +154,11 @@ AUTH_ACCOUNT_LOCKED = Reply(
 # RFC 4954 §6, as above: logins from new addresses to this account are spaced out.
 AUTH_THROTTLED = Reply(454, "4.7.0", "Too many login attempts for this account, try again later")
 
+# --- XCLIENT (Postfix XCLIENT_README) --------------------------------------------
+# From a client the listener does not trust with it (xclient_trusted).
+XCLIENT_DENIED = Reply(550, "5.7.0", "Insufficient authorization for XCLIENT")
+XCLIENT_SYNTAX = Reply(501, "5.5.4", "Syntax: XCLIENT attribute=value ...")
+
 # --- MAIL / RCPT / DATA -----------------------------------------------------------
 SENDER_OK = Reply(250, "2.1.0", "Sender OK")
 RECIPIENT_OK = Reply(250, "2.1.5", "Recipient OK")

@@ -43,6 +43,7 @@ TRANSITIONS: dict[State, dict[str, State | None]] = {
         "HELO": State.GREETED,
         "STARTTLS": State.TLS,  # gsasl starts TLS before any EHLO
         "RSET": State.CONNECTED,
+        "XCLIENT": State.CONNECTED,  # trusted proxies only; a new 220, EHLO again
     },
     State.GREETED: {
         **_ANYTIME,
@@ -52,6 +53,7 @@ TRANSITIONS: dict[State, dict[str, State | None]] = {
         "AUTH": State.GREETED,  # through State.AUTH while the exchange runs
         "MAIL": State.MAIL,
         "RSET": State.GREETED,
+        "XCLIENT": State.CONNECTED,
     },
     State.MAIL: {
         **_ANYTIME,

@@ -7,20 +7,32 @@ OpenSSL through pyOpenSSL memory BIOs gives us the exporter, the Finished
 messages (``tls-unique``) and full control over the STARTTLS switch (no
 plaintext buffer can leak into the TLS session because there is none), at the
 cost of moving records by hand, which is a few lines.
+
+Client certificates (SASL EXTERNAL): a listener with ``client_certificates`` gets
+a context of its own, the server's certificate plus a CertificateRequest naming
+the CAs of its ``client_ca``. OpenSSL verifies the chain against those CAs and
+the validity dates of each certificate (no CRL or OCSP: a certificate is revoked
+by removing its fingerprint, docs/mechanisms.md). ``required``: a missing or
+untrusted certificate fails the handshake. ``optional``: the handshake goes on
+and the session simply has no ``client_certificate``, so a client with a stray
+certificate from another CA can still log in with a password.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
-from OpenSSL import SSL
+from OpenSSL import SSL, crypto
 
-from smtpgate.sasl.base import ChannelBinding
+from smtpgate.sasl.base import ChannelBinding, ClientCertificate
 from smtpgate.tls.bio import BioConnection, TlsError, describe, end_point_hash
+from smtpgate.tls.client_certs import certificate_emails, certificate_fingerprint
 
 __all__ = [
+    "ClientAuth",
     "ServerTlsContext",
     "TlsConfigError",
     "TlsError",
@@ -36,6 +48,26 @@ _TLS12_CIPHERS = (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class ClientAuth:
+    """One listener's client-certificate settings (``[[listeners]]`` keys)."""
+
+    #: PEM file of the CAs a client certificate must chain to.
+    ca: Path
+    #: Fail the handshake without a trusted certificate (else: no EXTERNAL only).
+    required: bool = False
+    #: ``client_cert_san_login``: a SAN email may name the account.
+    trust_emails: bool = False
+    #: The config key of ``ca``, for errors.
+    key: str = "listeners.client_ca"
+
+
+@dataclass(frozen=True)
+class _ListenerTls:
+    context: SSL.Context
+    auth: ClientAuth
+
+
 @dataclass(frozen=True)
 class ServerTlsContext:
     """A configured OpenSSL context plus what every connection needs from the cert."""
@@ -45,6 +77,8 @@ class ServerTlsContext:
     end_point_hash: bytes
     #: The certificate in one phrase, for start-up and reload logs.
     description: str = ""
+    #: Listeners that ask for client certificates, by name: their own context.
+    listeners: Mapping[str, _ListenerTls] = field(default_factory=dict)
 
 
 class TlsConfigError(TlsError):
@@ -63,12 +97,19 @@ def _read(key: str, path: Path) -> bytes:
         raise TlsConfigError(key, f"cannot read {path}: {e.strerror or e}") from None
 
 
-def make_server_context(cert: Path, key: Path, min_version: str = "1.2") -> ServerTlsContext:
-    """Build the server context from PEM files.
+def make_server_context(
+    cert: Path,
+    key: Path,
+    min_version: str = "1.2",
+    client_auth: Mapping[str, ClientAuth] | None = None,
+) -> ServerTlsContext:
+    """Build the server context from PEM files, and one more per listener named in
+    ``client_auth`` (the same certificate, asking for a client certificate).
 
     Raises:
         TlsConfigError: naming ``tls.cert`` or ``tls.key``: unreadable, not PEM,
-            or a key that does not belong to the certificate.
+            or a key that does not belong to the certificate; or naming a
+            listener's ``client_ca``: unreadable or holding no CA certificate.
     """
     cert_pem = _read("tls.cert", cert)
     _read("tls.key", key)
@@ -76,6 +117,16 @@ def make_server_context(cert: Path, key: Path, min_version: str = "1.2") -> Serv
         leaf = x509.load_pem_x509_certificate(cert_pem)  # the first in the chain
     except ValueError:
         raise TlsConfigError("tls.cert", f"{cert} holds no PEM certificate") from None
+    listeners = {
+        name: _ListenerTls(_client_auth_context(_context(cert, key, min_version), auth), auth)
+        for name, auth in (client_auth or {}).items()
+    }
+    return ServerTlsContext(
+        _context(cert, key, min_version), end_point_hash(leaf), _describe_cert(leaf), listeners
+    )
+
+
+def _context(cert: Path, key: Path, min_version: str) -> SSL.Context:
     ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
     ctx.set_min_proto_version(SSL.TLS1_3_VERSION if min_version == "1.3" else SSL.TLS1_2_VERSION)
     ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE)
@@ -99,7 +150,48 @@ def make_server_context(cert: Path, key: Path, min_version: str = "1.2") -> Serv
     # per-process cache is of little use with several workers: no resumption.
     ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
     ctx.set_options(SSL.OP_NO_TICKET)
-    return ServerTlsContext(ctx, end_point_hash(leaf), _describe_cert(leaf))
+    return ctx
+
+
+#: Why OpenSSL refused a client certificate, for the session log (X509_V_ERR_*).
+_VERIFY_ERRORS = {
+    2: "issuer certificate not found",
+    7: "bad signature",
+    9: "not yet valid",
+    10: "expired",
+    18: "self-signed and not in client_ca",
+    19: "self-signed CA not in client_ca",
+    20: "issuer not in client_ca",
+    21: "unable to verify the first certificate",
+    24: "issuer is not a CA",
+    26: "not meant for TLS client authentication",
+}
+
+
+def _client_auth_context(ctx: SSL.Context, auth: ClientAuth) -> SSL.Context:
+    """``ctx`` asking for a client certificate that chains to ``auth.ca``."""
+    pem = _read(auth.key, auth.ca)
+    try:
+        cas = x509.load_pem_x509_certificates(pem)
+        ctx.load_verify_locations(str(auth.ca))
+    except (ValueError, SSL.Error):
+        raise TlsConfigError(auth.key, f"{auth.ca} holds no PEM CA certificate") from None
+    # The CertificateRequest names these CAs, so a client with several
+    # certificates (msmtp, Thunderbird) picks the one that will verify.
+    ctx.set_client_ca_list([crypto.X509.from_cryptography(c).get_subject() for c in cas])
+
+    def record(conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int) -> bool:
+        if not ok:
+            problems = conn.get_app_data()
+            if isinstance(problems, list):
+                problems.append(f"{_VERIFY_ERRORS.get(errno, f'X509 error {errno}')}"
+                                f" (depth {depth})")
+        # ``optional``: never fail the handshake here; the session reads the problems.
+        return bool(ok) or not auth.required
+
+    mode = SSL.VERIFY_PEER | (SSL.VERIFY_FAIL_IF_NO_PEER_CERT if auth.required else 0)
+    ctx.set_verify(mode, record)
+    return ctx
 
 
 def _describe_cert(cert: x509.Certificate) -> str:
@@ -110,15 +202,23 @@ def _describe_cert(cert: x509.Certificate) -> str:
 
 
 class TlsServerSession(BioConnection):
-    """One server-side TLS connection: ciphertext in/out, plaintext in/out."""
+    """One server-side TLS connection: ciphertext in/out, plaintext in/out.
 
-    __slots__ = ("_ctx",)
+    ``listener`` picks that listener's context when it asks for client certificates.
+    """
 
-    def __init__(self, ctx: ServerTlsContext):
-        conn = SSL.Connection(ctx.context, None)
+    __slots__ = ("_auth", "_ctx", "_problems")
+
+    def __init__(self, ctx: ServerTlsContext, listener: str = ""):
+        own = ctx.listeners.get(listener)
+        conn = SSL.Connection(own.context if own else ctx.context, None)
         conn.set_accept_state()
         super().__init__(conn)
         self._ctx = ctx
+        self._auth = own.auth if own else None
+        #: What the verify callback found wrong with the client's certificate.
+        self._problems: list[str] = []
+        conn.set_app_data(self._problems)
 
     def receive(self, data: bytes) -> tuple[bytes, bytes]:
         """Feed ciphertext; return (plaintext received, ciphertext to send).
@@ -146,3 +246,23 @@ class TlsServerSession(BioConnection):
         data = {"tls-server-end-point": self._ctx.end_point_hash}
         data.update(self.session_bindings(self._conn.get_peer_finished()))
         return ChannelBinding(data)
+
+    def client_certificate(self) -> tuple[ClientCertificate | None, str]:
+        """After the handshake: the client's certificate if it verified against the
+        listener's ``client_ca``, else None and why (for the log; "" if none was
+        asked for or sent)."""
+        if self._auth is None:
+            return None, ""
+        peer = self._conn.get_peer_certificate()
+        if peer is None:
+            return None, ""
+        cert = peer.to_cryptography()
+        subject = cert.subject.rfc4514_string()
+        if self._problems:
+            return None, f"client certificate {subject!r} not trusted: {self._problems[0]}"
+        return ClientCertificate(
+            fingerprint=certificate_fingerprint(cert),
+            subject=subject,
+            emails=certificate_emails(cert),
+            trust_emails=self._auth.trust_emails,
+        ), ""

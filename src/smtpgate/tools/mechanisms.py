@@ -30,6 +30,8 @@ def usable(name: str, *, password: bool, token: bool, channel_binding: bool) -> 
         return False
     if mech.facts.channel_binding and not channel_binding:
         return False
+    if mech.facts.client_certificate:
+        return False  # the tools present no client certificate
     return token if mech.facts.oauth else password
 
 

@@ -1,0 +1,252 @@
+"""nginx mail proxy ``auth_http`` (ngx_mail_auth_http_module): parse the request,
+format the answer. Sans-IO: bytes in, an `AuthHttpRequest` out; an `AuthHttpAnswer`
+in, bytes out.
+
+Theory of operation
+-------------------
+nginx opens one connection per login attempt and sends one ``GET <uri>
+HTTP/1.0`` with headers and no body; it reads the answer's headers only (status
+line and body are ignored) and closes. So this is not a general HTTP server: one
+request, headers only, then the connection ends.
+
+Why hand-written rather than aiohttp: the whole exchange is one header block in
+and four header lines out, and what matters is refusing what nginx never sends
+(a body, folded or duplicated headers, control characters, more than
+``MAX_REQUEST_BYTES``) with no framework in between deciding otherwise; an HTTP
+framework would add a dependency, a routing layer and its own leniencies
+(header folding, chunked bodies) for none of that.
+
+What nginx sends (its auth_http module and documentation): ``Auth-Method``
+(``plain`` for both SMTP AUTH PLAIN and LOGIN, ``cram-md5``, ``apop``,
+``external``, ``none``), ``Auth-User`` and ``Auth-Pass`` percent-encoded (space,
+``%`` and the bytes 0x00-0x1F become ``%XX``), ``Auth-Salt`` (the CRAM-MD5
+challenge it issued), ``Auth-Protocol``, ``Auth-Login-Attempt``, ``Client-IP``,
+``Client-Host``, ``Auth-SSL``/``Auth-SSL-Protocol``, and for ``none``
+``Auth-SMTP-Helo/From/To``. What it reads back: ``Auth-Status`` (``OK`` or the
+error text for the client), ``Auth-Server`` and ``Auth-Port`` on success,
+``Auth-Wait`` (seconds before the client may try again; without it nginx closes
+the session) and ``Auth-Error-Code`` (SMTP's code and enhanced code).
+
+Header injection: a client's CR LF in its login reaches us percent-encoded
+(``%0D%0A``). The decoded name goes to the SASL exchange, which refuses control
+characters in a name; nothing the client sent is ever written back into a
+header of the answer.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+#: The request's header block, at most. nginx's requests are a few hundred bytes;
+#: ``auth_http_pass_client_cert`` adds a url-escaped PEM certificate (a few KiB).
+#: 32 KiB holds that with room, and bounds what a local client can make us buffer.
+MAX_REQUEST_BYTES = 32 * 1024
+#: Header lines, at most (nginx sends about 15, 25 with every TLS detail).
+MAX_HEADERS = 64
+#: nginx's documentation: stop sending Auth-Wait after 10-20 attempts, as it
+#: keeps memory per attempt until the session ends. After this many, a failure
+#: ends the session.
+MAX_WAITED_ATTEMPTS = 10
+
+
+class AuthHttpError(ValueError):
+    """The request is not one nginx sends; the text goes to our log only."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuthHttpRequest:
+    """One decoded ``auth_http`` request."""
+
+    method: str
+    user: str
+    password: str
+    #: The CRAM-MD5 challenge nginx issued ("" for other methods), without CRLF.
+    salt: str
+    protocol: str
+    attempt: int
+    client_ip: str
+    client_host: str
+    #: The client's TLS version as nginx reports it (None: no TLS to nginx).
+    tls_version: str | None
+    helo: str = ""
+    smtp_from: str = ""
+    smtp_to: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AuthHttpAnswer:
+    """What nginx is told: success with the upstream, or an error."""
+
+    ok: bool
+    server: str = ""
+    port: int = 0
+    #: Error text for the client (ASCII, no CR/LF: our own constants only).
+    text: str = ""
+    #: SMTP code and enhanced code prefixed to the text (AUTH_FAILED: 535, 5.7.8).
+    error_code: str = ""
+    #: Seconds nginx waits before letting the client try again (None: it closes).
+    wait: int | None = None
+
+
+def percent_decode(value: str) -> bytes:
+    """nginx's escaping of Auth-User/Auth-Pass undone: ``%XX`` to the byte.
+
+    Raises:
+        AuthHttpError: a ``%`` not followed by two hex digits.
+    """
+    raw = value.encode("latin-1")
+    out = bytearray()
+    i = 0
+    while i < len(raw):
+        b = raw[i]
+        if b == 0x25:  # '%'
+            hexpair = raw[i + 1 : i + 3]
+            if len(hexpair) != 2 or not all(c in b"0123456789abcdefABCDEF" for c in hexpair):
+                raise AuthHttpError("bad percent escape")
+            out.append(int(hexpair, 16))
+            i += 3
+        else:
+            out.append(b)
+            i += 1
+    return bytes(out)
+
+
+def _text(raw: bytes, what: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise AuthHttpError(f"{what} is not UTF-8") from None
+
+
+class AuthHttpParser:
+    """Collects one request; ``receive_data`` returns it once the header block is
+    complete (None until then).
+
+    Raises:
+        AuthHttpError: from ``receive_data``, for anything nginx would not send.
+    """
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self.done = False
+
+    def receive_data(self, data: bytes) -> AuthHttpRequest | None:
+        if self.done:
+            raise AuthHttpError("data after the request")
+        self._buf += data
+        end = self._buf.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self._buf) > MAX_REQUEST_BYTES:
+                raise AuthHttpError(f"request header over {MAX_REQUEST_BYTES} bytes")
+            return None
+        if end + 4 > MAX_REQUEST_BYTES:
+            raise AuthHttpError(f"request header over {MAX_REQUEST_BYTES} bytes")
+        if len(self._buf) > end + 4:
+            # nginx sends no body: bytes after the header are not nginx talking.
+            raise AuthHttpError("request has a body")
+        self.done = True
+        return parse_request(bytes(self._buf[:end]))
+
+
+def parse_request(head: bytes) -> AuthHttpRequest:
+    """The header block (without its final blank line) as a request.
+
+    Raises:
+        AuthHttpError: a bad request line or header, or a field nginx always sends
+            missing or malformed.
+    """
+    lines = head.split(b"\r\n")
+    request_line = lines[0].split(b" ")
+    if len(request_line) != 3 or request_line[0] != b"GET" or not request_line[2].startswith(b"HTTP/1."):
+        raise AuthHttpError("not a GET request line")
+    if len(lines) - 1 > MAX_HEADERS:
+        raise AuthHttpError(f"more than {MAX_HEADERS} headers")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        # Bare CR or LF, NUL and other controls never appear in nginx's headers
+        # (it escapes them), and folded lines are not HTTP/1.0 as nginx writes it.
+        if any(b < 0x20 and b != 0x09 for b in line) or b"\x7f" in line:
+            raise AuthHttpError("control character in a header")
+        name, sep, value = line.partition(b":")
+        if not sep or not name or name != name.strip() or line[:1] in (b" ", b"\t"):
+            raise AuthHttpError("malformed header line")
+        key = name.decode("latin-1").lower()
+        if key in headers:
+            raise AuthHttpError(f"duplicate header {key}")
+        headers[key] = value.strip(b" \t").decode("latin-1")
+
+    def need(key: str) -> str:
+        if key not in headers:
+            raise AuthHttpError(f"missing {key}")
+        return headers[key]
+
+    method = need("auth-method").lower()
+    client_ip = need("client-ip")
+    try:
+        ipaddress.ip_address(client_ip)
+    except ValueError:
+        raise AuthHttpError("Client-IP is not an address") from None
+    attempt_text = headers.get("auth-login-attempt", "1")
+    if not attempt_text.isdigit() or len(attempt_text) > 6:
+        raise AuthHttpError("bad Auth-Login-Attempt")
+    user = _text(percent_decode(headers.get("auth-user", "")), "Auth-User")
+    password = _text(percent_decode(headers.get("auth-pass", "")), "Auth-Pass")
+    ssl = headers.get("auth-ssl", "").lower() == "on"
+    return AuthHttpRequest(
+        method=method,
+        user=user,
+        password=password,
+        salt=headers.get("auth-salt", ""),
+        protocol=need("auth-protocol").lower(),
+        attempt=int(attempt_text),
+        client_ip=client_ip,
+        client_host=headers.get("client-host", ""),
+        tls_version=(headers.get("auth-ssl-protocol") or "unknown") if ssl else None,
+        helo=headers.get("auth-smtp-helo", ""),
+        smtp_from=headers.get("auth-smtp-from", ""),
+        smtp_to=headers.get("auth-smtp-to", ""),
+    )
+
+
+def format_answer(answer: AuthHttpAnswer) -> bytes:
+    """The HTTP/1.0 answer nginx reads (status 200 either way: nginx goes by
+    ``Auth-Status``).
+
+    Raises:
+        ValueError: a field would break the header framing (a bug, never client data).
+    """
+    if answer.ok:
+        fields = [("Auth-Status", "OK"), ("Auth-Server", answer.server),
+                  ("Auth-Port", str(answer.port))]
+    else:
+        fields = [("Auth-Status", answer.text)]
+        if answer.error_code:
+            fields.append(("Auth-Error-Code", answer.error_code))
+        if answer.wait is not None:
+            fields.append(("Auth-Wait", str(answer.wait)))
+    out = [b"HTTP/1.0 200 OK"]
+    for name, value in fields:
+        if not value.isascii() or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+            raise ValueError(f"{name} value would break the header: {value!r}")
+        out.append(f"{name}: {value}".encode("ascii"))
+    out.append(b"Content-Length: 0")
+    return b"\r\n".join(out) + b"\r\n\r\n"
+
+
+def bad_request_answer() -> bytes:
+    """For a request nginx would not send: HTTP 400 (nginx logs an invalid answer
+    and tells its client of a temporary problem)."""
+    return b"HTTP/1.0 400 Bad Request\r\nContent-Length: 0\r\n\r\n"
+
+
+def split_salt(salt: str) -> tuple[str, str] | None:
+    """nginx's CRAM-MD5 challenge ``<local@host>`` (it may keep a trailing CRLF) as
+    (local, host), or None if it is not a msg-id."""
+    s = salt.strip()
+    if not (s.startswith("<") and s.endswith(">")):
+        return None
+    local, sep, host = s[1:-1].partition("@")
+    if not sep or not local or not host:
+        return None
+    return local, host

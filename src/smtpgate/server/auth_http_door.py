@@ -1,0 +1,224 @@
+"""The asyncio shell of nginx's ``auth_http`` front door (docs/integration.md).
+
+One connection, one request (``frontdoor/auth_http.py`` parses it), one answer.
+The login runs the SASL exchange of the mechanism nginx names through the one
+login path (``runtime.login``): the guard with ``Client-IP`` as the client's
+address, the penalty, the credentials, the auth log (front door ``auth_http``),
+the guard's commit and the failure floor, all before the answer, as for SMTP AUTH.
+Success sends nginx to the listener's ``upstream`` (``Auth-Server``/``Auth-Port``),
+which takes the identity from nginx's ``XCLIENT LOGIN=``.
+
+What nginx is told on failure:
+
+- wrong credentials: ``535 5.7.8`` with ``Auth-Wait`` the guard's penalty for the
+  address's next attempt (at least 1 s, so nginx lets the client retry instead
+  of closing), until ``MAX_WAITED_ATTEMPTS``; then no ``Auth-Wait`` and nginx
+  ends the session;
+- the guard's refusal or a backend fault: the 454 SMTP AUTH would give, without
+  ``Auth-Wait`` (nginx closes the session: a blocked client has nothing to retry);
+- ``Auth-Method: none`` (no AUTH): ``530 5.7.0``, submission needs a login;
+  a method or protocol smtpgate does not serve here: ``504 5.5.4``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import math
+import os
+from collections.abc import Callable
+from typing import cast
+
+from smtpgate.auth.guard_state import ACCOUNT, ACCOUNT_NEW, THROTTLE
+from smtpgate.auth.service import AuthContext
+from smtpgate.frontdoor.auth_http import (
+    MAX_WAITED_ATTEMPTS,
+    AuthHttpAnswer,
+    AuthHttpError,
+    AuthHttpParser,
+    AuthHttpRequest,
+    bad_request_answer,
+    format_answer,
+    split_salt,
+)
+from smtpgate.sasl.base import Challenge, ChannelBinding
+from smtpgate.sasl.exchange import AuthResult, NeedCredentials, Outcome, ServerExchange
+from smtpgate.sasl.plain import PlainSyntaxError, encode_plain
+from smtpgate.sasl.registry import create_server_mechanism
+from smtpgate.server.front_doors import FrontDoor
+from smtpgate.smtp import replies as R
+
+log = logging.getLogger("smtpgate.session")
+
+#: Seconds a client of this socket has to send its request (nginx sends it at once).
+REQUEST_TIMEOUT = 30.0
+
+_REFUSAL_REPLIES = {
+    ACCOUNT: R.AUTH_ACCOUNT_LOCKED,
+    ACCOUNT_NEW: R.AUTH_ACCOUNT_LOCKED,
+    THROTTLE: R.AUTH_THROTTLED,
+}
+_ids = itertools.count(1)
+
+
+def _error(reply: R.Reply, wait: int | None = None) -> AuthHttpAnswer:
+    return AuthHttpAnswer(False, text=reply.text, error_code=f"{reply.code} {reply.enhanced}",
+                          wait=wait)
+
+
+class AuthHttpDecider:
+    """Decides one request; shared by the connections of one front door."""
+
+    def __init__(self, door: FrontDoor) -> None:
+        self.door = door
+        assert door.listener.upstream is not None  # config requires it for auth_http
+        host, _, port = door.listener.upstream.rpartition(":")
+        self._server = host.strip("[]")
+        self._port = int(port)
+
+    def _mechanism(self, req: AuthHttpRequest) -> tuple[str, bytes | None] | None:
+        """(mechanism, what the client sends first) for the exchange, or None if the
+        request cannot be one."""
+        if req.method == "plain":  # nginx says "plain" for SMTP AUTH PLAIN and LOGIN
+            try:
+                return "PLAIN", encode_plain(req.user, req.password)
+            except PlainSyntaxError:
+                return "PLAIN", b"\0\0"  # an empty or NUL-carrying field: the exchange refuses it
+        if req.method == "cram-md5":
+            return "CRAM-MD5", None
+        return None
+
+    async def decide(self, req: AuthHttpRequest, alive: Callable[[], bool]) -> AuthHttpAnswer:
+        if req.protocol != "smtp":
+            log.warning("auth_http: Auth-Protocol %s refused (smtpgate serves SMTP)", req.protocol)
+            return _error(R.AUTH_UNKNOWN_MECHANISM)
+        if req.method == "none":
+            return _error(R.AUTH_REQUIRED)
+        chosen = self._mechanism(req)
+        enabled = self.door.cfg.auth.mechanisms
+        if chosen is None or chosen[0] not in enabled:
+            return _error(R.AUTH_UNKNOWN_MECHANISM)
+        name, initial = chosen
+        if name == "CRAM-MD5":
+            parts = split_salt(req.salt)
+            if parts is None:
+                raise AuthHttpError("bad Auth-Salt")
+            local, host = parts
+            mech = create_server_mechanism(name, channel_binding=ChannelBinding(),
+                                           hostname=host, nonce_factory=lambda: local)
+        else:
+            mech = create_server_mechanism(name, channel_binding=ChannelBinding())
+        rt = self.door.runtime
+        ctx = AuthContext(
+            listener=self.door.listener.label,
+            client_ip=req.client_ip,
+            client_port=0,
+            tls_version=req.tls_version,
+            session_id=f"http{os.getpid()}-{next(_ids)}/{req.attempt}",
+            front_door="auth_http",
+        )
+        attempt = rt.login.begin(ctx, alive)
+        exchange = ServerExchange(name, mech)
+        step = exchange.start(initial)
+        while not isinstance(step, Outcome):
+            if isinstance(step, Challenge):
+                if name != "CRAM-MD5":
+                    step = exchange.malformed("unexpected challenge")
+                    continue
+                step = exchange.respond(f"{req.user} {req.password}".encode())
+            elif isinstance(step, NeedCredentials):
+                answer = await attempt.resolve(step.query)
+                if answer is None:  # nginx went away
+                    gone = exchange.abandon("auth_http client closed")
+                    if gone is not None:
+                        attempt.conclude(gone, answered=False)
+                    return _error(R.AUTH_TEMPFAIL)
+                step = exchange.answer(answer)
+        result = await attempt.finish(step)
+        if result.result is AuthResult.SUCCESS:
+            return AuthHttpAnswer(True, server=self._server, port=self._port)
+        if result.refusal is not None:
+            return _error(_REFUSAL_REPLIES.get(result.refusal.kind, R.AUTH_BLOCKED))
+        if result.result is not AuthResult.FAILURE:
+            return _error(R.AUTH_TEMPFAIL)
+        return _error(R.AUTH_FAILED, await self._wait(req))
+
+    async def _wait(self, req: AuthHttpRequest) -> int | None:
+        """Auth-Wait after a failure: the penalty the guard will give this address's
+        next attempt (read-only ``check``), at least 1 s; None once the client has
+        had ``MAX_WAITED_ATTEMPTS`` (nginx then ends the session)."""
+        if req.attempt >= MAX_WAITED_ATTEMPTS:
+            return None
+        guard = self.door.runtime.guard
+        if guard is None:
+            return 1
+        check = await guard.check(req.client_ip, req.user)
+        if check.refusal is not None:
+            return None
+        return max(1, math.ceil(check.delay))
+
+
+class AuthHttpProtocol(asyncio.Protocol):
+    """One nginx request: read it, decide it, answer, close."""
+
+    def __init__(self, decider: AuthHttpDecider) -> None:
+        self._decider = decider
+        self._parser = AuthHttpParser()
+        self._transport: asyncio.Transport | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._alive = True
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses; trust the duck.
+        self._transport = cast(asyncio.Transport, transport)
+        self._timer = asyncio.get_running_loop().call_later(REQUEST_TIMEOUT, self._timeout)
+
+    def _timeout(self) -> None:
+        if self._task is None and self._transport is not None:
+            self._transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        if self._task is not None:
+            return  # nginx sends nothing after its request; ignore, the answer is coming
+        try:
+            req = self._parser.receive_data(data)
+        except AuthHttpError as e:
+            self._refuse(str(e))
+            return
+        if req is not None:
+            self._task = asyncio.get_running_loop().create_task(self._answer(req))
+
+    def _refuse(self, why: str) -> None:
+        log.warning("auth_http: bad request refused: %s", why)
+        assert self._transport is not None
+        self._task = asyncio.get_running_loop().create_task(self._send(bad_request_answer()))
+
+    async def _answer(self, req: AuthHttpRequest) -> None:
+        try:
+            answer = await self._decider.decide(req, lambda: self._alive)
+            out = format_answer(answer)
+        except AuthHttpError as e:
+            log.warning("auth_http: bad request refused: %s", e)
+            out = bad_request_answer()
+        except Exception:
+            log.exception("auth_http: request from %s failed", req.client_ip)
+            out = format_answer(_error(R.AUTH_TEMPFAIL))
+        await self._send(out)
+
+    async def _send(self, out: bytes) -> None:
+        t = self._transport
+        if t is not None and not t.is_closing():
+            t.write(out)
+            t.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._alive = False
+        if self._timer is not None:
+            self._timer.cancel()
+
+
+def protocol_factory(door: FrontDoor) -> Callable[[], asyncio.BaseProtocol]:
+    decider = AuthHttpDecider(door)
+    return lambda: AuthHttpProtocol(decider)

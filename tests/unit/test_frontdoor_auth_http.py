@@ -1,0 +1,97 @@
+"""nginx auth_http request parsing and answer formatting (sans-IO)."""
+
+from __future__ import annotations
+
+import pytest
+
+from smtpgate.frontdoor.auth_http import (
+    MAX_REQUEST_BYTES,
+    AuthHttpAnswer,
+    AuthHttpError,
+    AuthHttpParser,
+    format_answer,
+    parse_request,
+    percent_decode,
+    split_salt,
+)
+
+# What nginx 1.22 sends for SMTP AUTH LOGIN (it reports LOGIN as "plain").
+NGINX_REQUEST = (
+    b"GET /auth HTTP/1.0\r\n"
+    b"Host: 127.0.0.1\r\n"
+    b"Auth-Method: plain\r\n"
+    b"Auth-User: alice@example.org\r\n"
+    b"Auth-Pass: correct%20horse%25battery\r\n"
+    b"Auth-Protocol: smtp\r\n"
+    b"Auth-Login-Attempt: 2\r\n"
+    b"Client-IP: 192.0.2.9\r\n"
+    b"Client-Host: [UNAVAILABLE]\r\n"
+    b"Auth-SMTP-Helo: client.test\r\n"
+    b"Auth-SMTP-From: MAIL FROM:<alice@example.org>\r\n"
+    b"Auth-SMTP-To: \r\n"
+    b"\r\n"
+)
+
+
+@pytest.mark.parametrize("bytewise", [False, True])
+def test_nginx_request_parsed_whole_or_byte_by_byte(bytewise: bool) -> None:
+    p = AuthHttpParser()
+    chunks = [NGINX_REQUEST[i : i + 1] for i in range(len(NGINX_REQUEST))] if bytewise else [NGINX_REQUEST]
+    results = [p.receive_data(c) for c in chunks]
+    assert all(r is None for r in results[:-1])
+    req = results[-1]
+    assert req is not None
+    assert (req.method, req.user, req.password) == ("plain", "alice@example.org", "correct horse%battery")
+    assert (req.protocol, req.attempt, req.client_ip) == ("smtp", 2, "192.0.2.9")
+    assert req.tls_version is None
+    assert req.smtp_from == "MAIL FROM:<alice@example.org>"
+
+
+def test_percent_encoded_crlf_in_auth_user_is_decoded_not_obeyed() -> None:
+    """nginx escapes a client's CR LF; decoded, it is part of the name (which the
+    SASL exchange then refuses), never a header of its own."""
+    req = parse_request(NGINX_REQUEST.replace(
+        b"Auth-User: alice@example.org", b"Auth-User: x%0D%0AAuth-Status:%20OK")[:-4])
+    assert req.user == "x\r\nAuth-Status: OK"
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda r: r.replace(b"GET /auth", b"POST /auth"),
+    lambda r: r.replace(b"Client-IP: 192.0.2.9\r\n", b""),
+    lambda r: r.replace(b"Client-IP: 192.0.2.9", b"Client-IP: evil"),
+    lambda r: r.replace(b"Auth-Method: plain\r\n", b"Auth-Method: plain\r\nAuth-Method: none\r\n"),
+    lambda r: r.replace(b"Auth-User: alice@example.org", b"Auth-User: a\rb"),  # raw CR
+    lambda r: r.replace(b"Auth-User: alice@example.org", b"Auth-User: a\x00b"),
+    lambda r: r.replace(b"Auth-User: alice@example.org", b"Auth-User: a%zzb"),
+    lambda r: r.replace(b"Auth-User: alice@example.org", b"Auth-User: %FF"),  # not UTF-8
+    lambda r: r.replace(b"Host: 127.0.0.1", b" folded"),
+    lambda r: r.replace(b"Auth-Login-Attempt: 2", b"Auth-Login-Attempt: -1"),
+    lambda r: r + b"body",
+])
+def test_requests_nginx_never_sends_are_refused(mutate: object) -> None:
+    with pytest.raises(AuthHttpError):
+        AuthHttpParser().receive_data(mutate(NGINX_REQUEST))  # type: ignore[operator]
+
+
+def test_oversize_request_is_refused_before_its_end() -> None:
+    p = AuthHttpParser()
+    with pytest.raises(AuthHttpError):
+        p.receive_data(b"GET /auth HTTP/1.0\r\nX: " + b"a" * MAX_REQUEST_BYTES)
+
+
+def test_answers() -> None:
+    ok = format_answer(AuthHttpAnswer(True, server="127.0.0.1", port=2587))
+    assert b"\r\nAuth-Status: OK\r\nAuth-Server: 127.0.0.1\r\nAuth-Port: 2587\r\n" in ok
+    assert ok.endswith(b"\r\n\r\n")
+    bad = format_answer(AuthHttpAnswer(False, text="Authentication credentials invalid",
+                                       error_code="535 5.7.8", wait=3))
+    assert b"Auth-Status: Authentication credentials invalid\r\n" in bad
+    assert b"Auth-Error-Code: 535 5.7.8\r\nAuth-Wait: 3\r\n" in bad
+    with pytest.raises(ValueError):
+        format_answer(AuthHttpAnswer(False, text="a\r\nAuth-Status: OK"))
+
+
+def test_percent_decode_and_salt() -> None:
+    assert percent_decode("a%20b%0d") == b"a b\r"
+    assert split_salt("<4711.1234@mx.test>\r\n") == ("4711.1234", "mx.test")
+    assert split_salt("nonsense") is None

@@ -18,7 +18,7 @@ import pytest
 
 from smtpgate.auth.bounded_calls import BoundedCalls, StoreUnavailable
 from smtpgate.auth.guard import Guard
-from smtpgate.auth.guard_store import ADDRESS, Block, Snapshot, SqliteGuardStore
+from smtpgate.auth.guard_store import ADDRESS, Block, GuardStoreError, Snapshot, SqliteGuardStore
 from smtpgate.auth.sender_profile import SenderProfile
 from smtpgate.config import GuardConfig, LimitsConfig
 from smtpgate.policy.rate_counters import RateCountersError
@@ -229,6 +229,38 @@ async def test_when_only_writes_are_stuck_the_snapshot_still_decides(tmp_path: P
         assert not store.gate.is_set()
     finally:
         store.gate.set()
+        await g.close()
+
+
+class LockedWrites(SqliteGuardStore):
+    """Writes fail at once while ``locked`` (SQLite's busy timeout ran out)."""
+
+    locked = False
+
+    def _tx(self):  # type: ignore[no-untyped-def]
+        if self.locked:
+            raise GuardStoreError("database is locked")
+        return super()._tx()
+
+
+async def test_a_write_episode_ends_by_itself_though_refused_logins_write_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = LockedWrites(tmp_path / "guard.sqlite")
+    g = Guard(store, cfg())
+    try:
+        store.locked = True
+        assert await g.failure(await g.check(AWAY, ALICE), counts_account=True) == []
+        assert (await g.check(AWAY, ALICE)).unavailable
+        store.locked = False
+        for _ in range(100):  # the refused checks probe with a write of their own
+            if not (await g.check(AWAY, ALICE)).unavailable:
+                break
+            await asyncio.sleep(0.01)
+        assert not g.unavailable
+        assert caplog.text.count("guard database writes not answering (") == 1
+        assert caplog.text.count("guard database writes answering again") == 1
+    finally:
         await g.close()
 
 

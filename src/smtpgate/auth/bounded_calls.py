@@ -86,6 +86,11 @@ class BoundedCalls:
         """An episode is under way."""
         return self._down_since is not None
 
+    @property
+    def idle(self) -> bool:
+        """No call is on the thread or queued: the next call reaches the store."""
+        return self._busy == 0
+
     async def call(self, fn: Callable[..., T], *args: object) -> T:
         """``fn(*args)`` on the store's thread.
 

@@ -320,6 +320,8 @@ class Guard:
             degraded=_degraded_text(cfg), log=log,
         )
         self._memory = GuardMemory()
+        #: Background write probes (``_probe_writes``), kept until done.
+        self._probes: set[asyncio.Task[None]] = set()
         self._last_prune = 0.0
         self._closed = False
         self.stats = GuardStats()
@@ -418,7 +420,9 @@ class Guard:
                               penalty_failures=snap.penalty_failures, known_since=snap.known_since)
         if self._calls.writes.unavailable:
             # Reads answer but nothing can be recorded: the degraded mode, with
-            # what the snapshot says about the address.
+            # what the snapshot says about the address. A refused attempt writes
+            # nothing, so a write is tried in the background to end the episode.
+            self._probe_writes(now)
             return self._degraded_check(keys, account, now, snap)
         delay = penalty_delay(snap.penalty_failures, self._cfg.penalty_base, self._cfg.penalty_max)
         return GuardCheck(keys, account, known=known, delay=delay,
@@ -511,6 +515,18 @@ class Guard:
         if now - self._last_prune < PRUNE_EVERY:
             return
         self._last_prune = now
+        await self._prune(now)
+
+    def _probe_writes(self, now: float) -> None:
+        """During a write episode, try one write (a prune: harmless, idempotent)
+        unless one is already on the thread; its success ends the episode."""
+        if not self._calls.writes.idle or self._closed:
+            return
+        task = asyncio.get_running_loop().create_task(self._prune(now))
+        self._probes.add(task)
+        task.add_done_callback(self._probes.discard)
+
+    async def _prune(self, now: float) -> None:
         c = self._cfg
         keep = max(c.spray_window, c.lockout_window, c.penalty_window, c.block_duration,
                    c.lockout_duration, c.throttle_duration)
@@ -552,5 +568,7 @@ class Guard:
         if self._closed:
             return
         self._closed = True
+        for task in list(self._probes):
+            task.cancel()
         await asyncio.get_running_loop().run_in_executor(None, self._calls.close)
         self._store.close()

@@ -35,7 +35,7 @@ import ipaddress
 import os
 import sys
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -248,6 +248,12 @@ class AccountAdmin:
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+    def record(self, action: str, target: str, details: Mapping[str, object]) -> None:
+        """An admin-log row for a change outside the account store (``smtpgate
+        queue delete``, ...), under this service's actor."""
+        with self._tx() as w:
+            w.record(action, target, details)
 
     # --- plumbing ------------------------------------------------------------------
 

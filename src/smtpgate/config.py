@@ -923,6 +923,13 @@ class DeliveryConfig(Model):
     relay_password_file: Path | None = Field(
         default=None, description="File holding the relay password (never inline)."
     )
+    delay_warning: float = Field(
+        default=4 * 3600.0,
+        ge=0,
+        description="Seconds a message may stay undelivered before its sender gets one delay "
+        "warning (RFC 3464, Action: delayed); 0: never. A recipient whose NOTIFY excludes DELAY "
+        "gets none.",
+    )
     # RFC 5321 §4.5.3.2 minimums as defaults; see docs/delivery.md for the choice.
     relay_connect_timeout: float = Field(
         default=30.0, gt=0, description="Seconds to wait for the TCP connection to the relay."

@@ -18,6 +18,9 @@ from smtpgate.tls.certs import write_self_signed
 from .conftest import PASSWORD, USER, Server, make_server
 
 UNKNOWN = "nobody@example.org"
+#: Each probe reads a salt and cancels, which the guard counts against the address
+#: (test_scram_probes.py); these tests are about salts, so the guard looks away.
+UNGUARDED = '\n[guard]\nallowlist = ["127.0.0.0/8"]\n'
 
 
 def scram_salt(server: Server, name: str) -> tuple[str, str]:
@@ -40,7 +43,7 @@ def probes(server: Server, name: str, count: int = 4) -> set[tuple[str, str]]:
 
 
 def test_unknown_names_salt_survives_restart_and_certificate_renewal(tmp_path: Path) -> None:
-    srv = make_server(tmp_path / "srv")
+    srv = make_server(tmp_path / "srv", UNGUARDED)
     srv.add_user(USER, PASSWORD)
     secret = srv.root / "decoy.key"
     assert secret.is_file()  # init made it
@@ -69,6 +72,26 @@ def test_unknown_names_salt_survives_restart_and_certificate_renewal(tmp_path: P
     finally:
         assert srv.stop() == 0
     assert secret.read_bytes() == created
+
+
+def test_a_spelling_of_the_domain_tells_nothing(tmp_path: Path) -> None:
+    """Issue 16: ``alice@EXAMPLE.ORG`` got alice's salt if she existed (the look-up
+    lower-cases the domain) and a salt of its own if not (the decoy was keyed on the
+    name as typed). Now a real and an unknown name answer every spelling alike."""
+    srv = make_server(tmp_path / "srv", UNGUARDED)
+    srv.add_user(USER, PASSWORD)
+    srv.start()
+    try:
+        seen = {
+            local: [scram_salt(srv, f"{local}@{domain}")
+                    for domain in ("example.org", "EXAMPLE.ORG", "Example.Org")]
+            for local in ("alice", "nobody")
+        }
+    finally:
+        assert srv.stop() == 0
+    for local, answers in seen.items():
+        assert len(set(answers)) == 1, (local, answers)  # one salt, one count
+    assert seen["alice"][0][1] == seen["nobody"][0][1]  # the same iteration count
 
 
 def test_a_decoy_secret_that_cannot_be_read_stops_the_start_naming_the_key(

@@ -103,6 +103,7 @@ class Outcome:
     username: str = USER
     identity: str = ""
     reason: str = ""
+    malformed: bool = False
 
 
 @dataclass
@@ -272,6 +273,63 @@ async def test_cancelled_is_logged_and_neither_counted_nor_delayed(w: World) -> 
     assert done.pending is None and done.result.result == "cancelled"
     assert w.auth.records == [("", "cancelled", "client cancelled")]
     assert w.guard.calls == []
+
+
+SALT = Resolution(sasl.ScramCredentials(b"s" * 16, 4096, b"k" * 32, b"k" * 32))
+
+
+@pytest.mark.parametrize("answer", [SALT, Resolution(sasl.NotFound(name=USER))])
+@pytest.mark.parametrize(
+    ("result", "malformed", "answered"),
+    [("cancelled", False, True), ("cancelled", False, False), ("failure", True, True),
+     ("failure", True, False)],
+)
+async def test_a_scram_probe_after_the_salt_counts_against_the_address_only(
+    w: World, answer: Resolution, result: str, malformed: bool, answered: bool
+) -> None:
+    """Issue 16: read the salt (a real one or a decoy), then cancel, hang up or send
+    garbage: a failed attempt for the penalty and spraying, not for the lockout."""
+    w.auth.resolution = answer
+    attempt = w.login().begin(CTX)
+    await attempt.resolve(SCRAM)
+    done = attempt.conclude(
+        Outcome("SCRAM-SHA-256", result, reason="client cancelled", malformed=malformed),
+        answered=answered,
+    )
+    assert done.result.result == result
+    assert w.auth.records == [
+        (USER, result, "client cancelled (after the salt, without a proof: counted)")
+    ]
+    assert done.pending is not None
+    await done.pending
+    assert ("failure", (USER, False)) in w.guard.calls
+    assert len(w.sleeps) == (1 if answered else 0)  # the failure floor, as for a guess
+
+
+async def test_no_salt_shown_or_a_proof_accepted_is_no_probe(w: World) -> None:
+    """A cancel before any look-up (mutt's empty -PLUS try), after a temporary
+    answer, or after the server's signature (the proof was good) counts nothing."""
+    attempt = w.login().begin(CTX)
+    done = attempt.conclude(Outcome("SCRAM-SHA-256-PLUS", "cancelled", username=""))
+    assert done.pending is None
+    w.auth.resolution = Resolution(sasl.NotFound(reason="db down", temporary=True))
+    await attempt.resolve(SCRAM)
+    assert attempt.conclude(Outcome("SCRAM-SHA-256", "cancelled")).pending is None
+    w.auth.resolution = SALT
+    await attempt.resolve(SCRAM)
+    await attempt.resolve(sasl.ConfirmIdentity(USER, mechanism="SCRAM-SHA-256"))
+    assert attempt.conclude(Outcome("SCRAM-SHA-256", "cancelled")).pending is None
+    assert [c for c, _ in w.guard.calls] == ["check", "check"]
+
+
+async def test_garbage_after_the_salt_is_no_guess_but_a_wrong_proof_is(w: World) -> None:
+    w.auth.resolution = SALT
+    for malformed in (True, False):
+        attempt = w.login().begin(CTX)
+        await attempt.resolve(SCRAM)
+        await attempt.finish(Outcome("SCRAM-SHA-256", "failure", malformed=malformed))
+    failures = [v for c, v in w.guard.calls if c == "failure"]
+    assert failures == [(USER, False), (USER, True)]
 
 
 async def test_without_a_guard_a_failure_still_waits_the_floor() -> None:

@@ -33,6 +33,15 @@ access, expiry, an administrative lock) counts toward the address only, and a
 refusal by the guard itself is not counted again. An attempt that failed before
 it named an account (a malformed exchange) counts against the address.
 
+A SCRAM exchange hands the client the account's salt and iteration count before
+any proof (the *disclosure*): a prober can read them and cancel, over and over.
+So an attempt that got that far and then ended without a proof (a cancel, a
+hang-up, a client-final the mechanism could not parse) counts as a failed attempt
+against the address and toward spraying, like a guess, but not toward the
+account's lockout: nothing was guessed, and a prober must not be able to lock
+the owner out for free. An exchange cancelled after the server's own signature
+(``v=``) had a good proof and is not counted.
+
 This module knows nothing of SMTP: the result is a class of reply (success,
 failure, temporary failure with the guard's refusal if there was one,
 cancelled) that each front door words in its own protocol.
@@ -78,6 +87,9 @@ class ExchangeOutcome(Protocol):
     def identity(self) -> str: ...
     @property
     def reason(self) -> str: ...
+    #: The client's last message could not be parsed (no secret was tried).
+    @property
+    def malformed(self) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +161,9 @@ class LoginAttempt:
         self._refusal: str | None = None
         self._app: AppPassword | None = None
         self._issuer: str | None = None
+        #: The mechanism has shown the client something of the account before any
+        #: proof (SCRAM's salt and count), and no proof has been accepted since.
+        self._disclosed = False
 
     async def resolve(self, query: CredentialQuery) -> CredentialAnswer | None:
         """The answer for the mechanism, or None if the client went away meanwhile."""
@@ -181,6 +196,10 @@ class LoginAttempt:
                 # any directory fault.
                 return temporary_answer(query, fault)
         res = await owner.auth.resolve_detailed(query, self.source)
+        # Decoys disclose as much as real keys do; a temporary answer shows nothing.
+        self._disclosed = isinstance(query, LookupScram) and not (
+            isinstance(res.answer, NotFound) and res.answer.temporary
+        )
         if not self._alive():
             return None
         self._refusal = res.refusal or self._refusal
@@ -217,6 +236,7 @@ class LoginAttempt:
         refusal, self._refusal = self._refusal, None
         app, self._app = self._app, None
         issuer, self._issuer = self._issuer, None
+        disclosed, self._disclosed = self._disclosed, False
         auth, guard, src = owner.auth, owner.guard, self.source
         result = AuthResult(outcome.result)
         if result is AuthResult.TEMPFAIL and check is not None and check.refusal is not None:
@@ -228,6 +248,12 @@ class LoginAttempt:
         reason = outcome.reason
         if result is AuthResult.SUCCESS and not reason and app is not None:
             reason = f"app password {app.name!r}"
+        # Read the salt, then no proof: counted against the address (module docstring).
+        probe = disclosed and (
+            result is AuthResult.CANCELLED or (result is AuthResult.FAILURE and outcome.malformed)
+        )
+        if probe:
+            reason = f"{reason} (after the salt, without a proof: counted)"
         auth.record(src, outcome.mechanism, outcome.username, result, reason)
         if result is AuthResult.SUCCESS:
             principal = Principal(
@@ -242,13 +268,14 @@ class LoginAttempt:
             ):
                 pending = guard.success(check, outcome.identity)  # committed before the 235
             return Conclusion(LoginResult(result, principal), pending)
-        if result is not AuthResult.FAILURE:
+        if result is not AuthResult.FAILURE and not probe:
             return Conclusion(LoginResult(result))
         if guard is not None and check is None:
             check = guard.bare_check(src.client_ip)  # failed before naming an account
         # A refusal that did not depend on the secret never counts toward the
-        # account's lockout (docs/protection.md, "What counts as a failure").
-        counts_account = refusal is None
+        # account's lockout (docs/protection.md, "What counts as a failure"); nor
+        # does a SCRAM probe that read the salt and gave no proof (see above).
+        counts_account = refusal is None and not probe
         if not answered:
             if guard is None or check is None:
                 return Conclusion(LoginResult(result))

@@ -91,6 +91,10 @@ class Outcome:
     reason: str
     authzid: str = ""
     binding: BindingEvidence = ""
+    #: The client's last message was not one the mechanism could parse (bad
+    #: base64, a SCRAM client-final without a proof): no secret was tried, so the
+    #: login path counts it against the address, not the account.
+    malformed: bool = False
 
 
 ExchangeStep = Challenge | NeedCredentials | Outcome
@@ -186,7 +190,7 @@ class ServerExchange:
         if announced is not None:
             return self._end_announced(announced, _NOT_EMPTY_AFTER_SUCCESS)
         self._spoke = True
-        return self._end(AuthResult.FAILURE, "", reason, None)
+        return self._end(AuthResult.FAILURE, "", reason, None, malformed=True)
 
     def abandon(self, reason: str) -> Outcome | None:
         """The client is gone (hung up, timed out, server shutting down): the outcome
@@ -252,14 +256,22 @@ class ServerExchange:
         return self._end(result, "", announced.reason, announced)
 
     def _end(
-        self, result: AuthResult, identity: str, reason: str, decided: Success | Failure | None
+        self,
+        result: AuthResult,
+        identity: str,
+        reason: str,
+        decided: Success | Failure | None,
+        *,
+        malformed: bool = False,
     ) -> Outcome:
         binding = self._binding_evidence(result, decided)
+        malformed = malformed or (isinstance(decided, Failure) and decided.malformed)
         self._phase = _Phase.DONE
         self._announced = None
         authzid = decided.authzid if isinstance(decided, Success) and identity else ""
         return Outcome(
-            self.mechanism, result, identity or self._username, identity, reason, authzid, binding
+            self.mechanism, result, identity or self._username, identity, reason, authzid, binding,
+            malformed,
         )
 
     def _binding_evidence(

@@ -400,7 +400,7 @@ async def serve_sockets(
     worker: DeliveryWorker | None = None
     worker_task: asyncio.Task[None] | None = None
     if with_delivery:
-        worker = DeliveryWorker(spool, make_deliverer(cfg), cfg.queue)
+        worker = DeliveryWorker(spool, make_deliverer(cfg), cfg.queue, reporting_mta=cfg.hostname)
         worker_task = loop.create_task(worker.run())
     if limiter is None:
         limiter = ConnectionLimiter(cfg.limits.max_connections, cfg.limits.max_connections_per_ip)
@@ -492,7 +492,7 @@ async def deliver_only(
     ``queue.*`` need a restart)."""
     loop = asyncio.get_running_loop()
     spool = Spool(cfg.path(cfg.queue.spool))
-    worker = DeliveryWorker(spool, make_deliverer(cfg), cfg.queue)
+    worker = DeliveryWorker(spool, make_deliverer(cfg), cfg.queue, reporting_mta=cfg.hostname)
     task = loop.create_task(worker.run())
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

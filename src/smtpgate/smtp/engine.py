@@ -729,7 +729,9 @@ _AUTH_REPLIES: dict[AuthResult, R.Reply] = {
 
 
 def _auth_finished(o: Outcome) -> AuthFinished:
-    return AuthFinished(o.mechanism, o.result, o.username, o.identity, o.reason, o.binding)
+    return AuthFinished(
+        o.mechanism, o.result, o.username, o.identity, o.reason, o.binding, o.malformed
+    )
 
 
 #: The handler of each verb of ``states.TRANSITIONS``, which has already allowed the

@@ -85,6 +85,8 @@ class AuthFinished:
     identity: str
     reason: str
     binding: BindingEvidence = ""
+    #: The exchange ended on a message the mechanism could not parse (``Outcome``).
+    malformed: bool = False
 
 
 @dataclass(frozen=True, slots=True)

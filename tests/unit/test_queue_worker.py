@@ -115,7 +115,7 @@ async def test_gives_up_after_max_age_and_logs_a_bounce(
     worker = DeliveryWorker(spool, d, CFG, clock)
     attempts = 0
     with caplog.at_level(logging.INFO, logger="smtpgate.queue"):
-        while spool.list_ids():
+        while qid in spool.list_ids():
             attempts += await worker.run_once()
             state = spool.load_state(qid)
             if state is not None:
@@ -126,6 +126,13 @@ async def test_gives_up_after_max_age_and_logs_a_bounce(
     bounces = [r for r in caplog.records if "bounce" in r.getMessage()]
     assert len(bounces) == 1 and bounces[0].levelno == logging.WARNING
     assert "expired" in bounces[0].getMessage() and "bob@example.net" in bounces[0].getMessage()
+    # RFC 3464 reports to the sender, from the null sender: one delay warning (after
+    # queue.delay_warning) and one bounce, each queued once.
+    reports = [spool.load(q) for q in spool.list_ids()]
+    assert sorted(b"Action: delayed" in data for _, data in reports) == [False, True]
+    assert [b"Action: failed" in data for _, data in reports].count(True) == 1
+    assert all(env.mail_from == "" and env.rcpt_to == ("alice@example.org",)
+               for env, _ in reports)
 
 
 async def test_permanent_failure_bounces_at_once(

@@ -14,6 +14,7 @@ from smtpgate.cli import (
     contrib_cmd,
     db_cmd,
     init_cmd,
+    queue_cmd,
     reload_cmd,
     report_cmd,
     serve_cmd,
@@ -41,7 +42,8 @@ cli.add_command(serve_cmd.serve)
 cli.add_command(config_cmd.config)
 cli.add_command(user_cmd.user)
 for module in (
-    app_password_cmd, report_cmd, admin_cmd, tester_cmd, audit_cmd, reload_cmd, db_cmd, contrib_cmd
+    app_password_cmd, report_cmd, admin_cmd, tester_cmd, audit_cmd, reload_cmd, db_cmd, contrib_cmd,
+    queue_cmd,
 ):
     for command in module.COMMANDS:
         cli.add_command(command)

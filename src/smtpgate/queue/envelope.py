@@ -32,6 +32,18 @@ class Envelope:
     smtputf8: bool = False
     body_8bit: bool = False
     received_at: float = 0.0
+    #: RFC 3461 §4.3 RET ("FULL" or "HDRS"), §4.4 ENVID (decoded from xtext).
+    dsn_ret: str | None = None
+    dsn_envid: str | None = None
+    #: RFC 3461 §4.1-4.2 per recipient: NOTIFY and ORCPT as given (absent: none given).
+    dsn_rcpts: tuple[RcptDsn, ...] = ()
+
+    def dsn_for(self, address: str) -> RcptDsn | None:
+        """The DSN parameters given with recipient ``address``, if any."""
+        for d in self.dsn_rcpts:
+            if d.address == address:
+                return d
+        return None
 
     def to_json(self) -> bytes:
         """Compact JSON. ASCII-only output: lone surrogates (undecodable bytes an
@@ -48,6 +60,15 @@ class Envelope:
             "8bit": self.body_8bit,
             "at": self.received_at,
         }
+        # Optional keys (added with DSN support): absent when unused, so envelopes
+        # without DSN parameters read the same in an older version.
+        if self.dsn_ret is not None:
+            obj["ret"] = self.dsn_ret
+        if self.dsn_envid is not None:
+            obj["envid"] = self.dsn_envid
+        if self.dsn_rcpts:
+            obj["dsn"] = [[d.address, list(d.notify) if d.notify is not None else None,
+                           d.orcpt] for d in self.dsn_rcpts]
         return json.dumps(obj, separators=(",", ":"), ensure_ascii=True).encode("ascii")
 
     @classmethod
@@ -74,6 +95,9 @@ class Envelope:
                 smtputf8=_typed(obj, "smtputf8", bool),
                 body_8bit=_typed(obj, "8bit", bool),
                 received_at=float(_typed(obj, "at", (int, float))),
+                dsn_ret=_optional_str(obj, "ret"),
+                dsn_envid=_optional_str(obj, "envid"),
+                dsn_rcpts=_rcpt_dsn(obj.get("dsn", [])),
             )
         except KeyError as e:
             raise EnvelopeFormatError(f"envelope lacks {e}") from None
@@ -82,6 +106,43 @@ class Envelope:
         if env.auth_identity is not None and not isinstance(env.auth_identity, str):
             raise EnvelopeFormatError("envelope auth identity must be a string or null")
         return env
+
+
+@dataclass(frozen=True, slots=True)
+class RcptDsn:
+    """RFC 3461 parameters of one RCPT TO. ``notify`` is None when NOTIFY was not
+    given, else the upper-cased keywords ("NEVER" alone, or any of "SUCCESS",
+    "FAILURE", "DELAY"); ``orcpt`` is "addr-type;address", decoded from xtext."""
+
+    address: str
+    notify: tuple[str, ...] | None = None
+    orcpt: str | None = None
+
+
+def _optional_str(obj: dict[str, Any], key: str) -> str | None:
+    value = obj.get(key)
+    if value is not None and not isinstance(value, str):
+        raise EnvelopeFormatError(f"envelope field {key!r} has the wrong type")
+    return value
+
+
+def _rcpt_dsn(raw: object) -> tuple[RcptDsn, ...]:
+    bad = EnvelopeFormatError("envelope field 'dsn' has the wrong shape")
+    if not isinstance(raw, list):
+        raise bad
+    out = []
+    for item in raw:
+        if not isinstance(item, list) or len(item) != 3:
+            raise bad
+        address, notify, orcpt = item
+        if not isinstance(address, str) or not (orcpt is None or isinstance(orcpt, str)):
+            raise bad
+        if notify is not None and not (
+            isinstance(notify, list) and all(isinstance(n, str) for n in notify)
+        ):
+            raise bad
+        out.append(RcptDsn(address, None if notify is None else tuple(notify), orcpt))
+    return tuple(out)
 
 
 def _typed(obj: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:

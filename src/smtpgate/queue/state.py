@@ -34,11 +34,31 @@ class RecipientState:
     #: Clock time before which no new attempt is made (0: as soon as possible).
     next_attempt: float = 0.0
     last_result: str = ""
+    #: A delay warning (RFC 3464, action "delayed") went to the sender already.
+    warned: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One line of a message's delivery history, shown by ``queue show``."""
+
+    at: float
+    address: str
+    kind: str  # an Outcome kind, or an administrator's action ("held", "flushed", ...)
+    detail: str
+
+
+#: History lines kept per message: enough to see a pattern in the retries, bounded
+#: so a message retried for days does not grow its state file without end.
+MAX_HISTORY = 50
 
 
 @dataclass(frozen=True, slots=True)
 class MessageState:
     recipients: tuple[RecipientState, ...]
+    #: Put on hold by ``smtpgate queue hold``: the worker does not touch it.
+    held: bool = False
+    history: tuple[HistoryEntry, ...] = ()
 
     @classmethod
     def initial(cls, rcpt_to: Iterable[str]) -> MessageState:
@@ -59,14 +79,26 @@ class MessageState:
         times = [r.next_attempt for r in self.recipients if r.status is RcptStatus.PENDING]
         return min(times, default=float("inf"))
 
+    def with_history(self, entries: Iterable[HistoryEntry]) -> MessageState:
+        """This state with ``entries`` appended to the history (the oldest dropped
+        beyond `MAX_HISTORY`)."""
+        return replace(self, history=(*self.history, *entries)[-MAX_HISTORY:])
+
     def to_json(self) -> bytes:
-        obj = {
+        # "held", "hist" and the sixth recipient field came later: optional on read,
+        # so a state written by an older version still loads.
+        obj: dict[str, object] = {
             "v": STATE_VERSION,
             "rcpts": [
-                [r.address, r.status.value, r.attempts, r.next_attempt, r.last_result]
+                [r.address, r.status.value, r.attempts, r.next_attempt, r.last_result,
+                 r.warned]
                 for r in self.recipients
             ],
         }
+        if self.held:
+            obj["held"] = True
+        if self.history:
+            obj["hist"] = [[h.at, h.address, h.kind, h.detail] for h in self.history]
         return json.dumps(obj, separators=(",", ":"), ensure_ascii=True).encode("ascii")
 
     @classmethod
@@ -77,14 +109,22 @@ class MessageState:
             if obj["v"] != STATE_VERSION:
                 raise StateFormatError("unknown state version")
             rcpts = tuple(
-                RecipientState(str(a), RcptStatus(s), int(n), float(t), str(last))
-                for a, s, n, t, last in obj["rcpts"]
+                RecipientState(str(r[0]), RcptStatus(r[1]), int(r[2]), float(r[3]), str(r[4]),
+                               bool(r[5]) if len(r) > 5 else False)
+                for r in obj["rcpts"]
             )
+            history = tuple(
+                HistoryEntry(float(at), str(a), str(k), str(d))
+                for at, a, k, d in obj.get("hist", ())
+            )
+            held = obj.get("held", False)
+            if not isinstance(held, bool):
+                raise StateFormatError("bad state file: 'held' must be true or false")
         except StateFormatError:
             raise
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError, IndexError) as e:
             raise StateFormatError(f"bad state file: {e}") from None
-        return cls(rcpts)
+        return cls(rcpts, held, history)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,5 +192,8 @@ def apply_results(
             new.append(replace(r, attempts=attempts, next_attempt=when,
                                last_result=result.reply))
             outcomes.append(Outcome(r.address, "deferred", result.reply, when))
-    return MessageState(tuple(new)), tuple(outcomes)
+    after = replace(state, recipients=tuple(new)).with_history(
+        HistoryEntry(now, o.address, o.kind, o.detail) for o in outcomes
+    )
+    return after, tuple(outcomes)
 

@@ -30,8 +30,13 @@ while those already recording an outcome finish recording it. So a next hop that
 hangs cannot hold a shutdown, and a message is never lost; it may reach a relay
 twice only if the cut fell after the final dot, as RFC 1047 allows.
 
-Bounces are, for now, a WARNING log record per failed recipient ("bounce ...");
-no DSN message is generated yet.
+Reports: a recipient given up (refused permanently, or still failing at
+``queue.max_age``) gets an RFC 3464 bounce to the envelope sender, and one still
+deferred after ``queue.delay_warning`` a one-time delay warning (see `dsn`). The
+report is spooled before the attempt is recorded and delivered like any other
+message. Queue commands (``smtpgate queue``) take the per-message lock the
+worker holds for an attempt (see `msglock`) and point the worker at the messages
+they flushed or released (see `control`).
 """
 
 from __future__ import annotations
@@ -43,8 +48,10 @@ import heapq
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from smtpgate.config import QueueConfig
+from smtpgate.queue import control, dsn, msglock
 from smtpgate.queue.delivery import (
     Deliverer,
     DeliveryResult,
@@ -65,6 +72,8 @@ _MIN_SCAN_GAP = 0.01
 _BUSY_POLL = 0.05
 #: After an unexpected error with a message, try it again after this long.
 _ERROR_RETRY = 60.0
+#: A queue command holds a message only while it rewrites its state: look again soon.
+_BUSY_RETRY = 0.2
 #: How long cancelled attempts get to unwind before `run` returns without them.
 #: Cancellation is immediate for every deliverer here; this only bounds a bug.
 _CANCEL_SETTLE = 5.0
@@ -88,6 +97,7 @@ class DeliveryWorker:
         concurrency: int = 8,
         poll_interval: float = 1.0,
         stop_grace: float = 30.0,
+        reporting_mta: str = "localhost",
     ) -> None:
         self._spool = spool
         self._deliverer = deliverer
@@ -99,6 +109,7 @@ class DeliveryWorker:
         self._poll_interval = poll_interval
         self._poll_gap = poll_interval  # shrinks while scans find new messages
         self._stop_grace = stop_grace
+        self._reporting_mta = reporting_mta  # our name in delivery status reports
         self._due: dict[str, float] = {}  # queue id -> next attempt (clock time)
         self._heap: list[tuple[float, str]] = []  # same, ordered; stale entries skipped
         self._inflight: dict[str, asyncio.Task[None]] = {}
@@ -203,7 +214,7 @@ class DeliveryWorker:
     async def _scan(self) -> None:
         self._scan_wanted = False
         try:
-            ids = await asyncio.to_thread(self._spool.list_ids)
+            ids, (flush_all, flush_ids) = await asyncio.to_thread(self._list)
         except OSError as e:
             log.error("queue: cannot list the spool: %s", e)
             return
@@ -224,6 +235,15 @@ class DeliveryWorker:
         for qid in [q for q in self._due if q not in present]:
             del self._due[qid]  # removed behind our back (e.g. `queue remove`)
         self._suspect &= present
+        # `smtpgate queue flush/release` moved these forward in their state files
+        # (control.py); what is in flight looks at its state again when it ends.
+        for qid in list(self._due) if flush_all else flush_ids:
+            if qid in self._due:
+                self._schedule(qid, 0.0)
+
+    def _list(self) -> tuple[list[str], tuple[bool, list[str]]]:
+        """Runs in a thread: the spool's ids and the pending flush requests."""
+        return self._spool.list_ids(), control.take_flush_requests(self._spool.directory)
 
     def _start_due(self) -> None:
         now = self._clock()
@@ -321,7 +341,24 @@ class DeliveryWorker:
             self._schedule(qid, retry_at)
 
     async def _deliver(self, qid: str) -> float | None:
-        """One attempt; returns when to look at the message again (None: gone)."""
+        """One attempt under the message lock (see `msglock`); returns when to look
+        at the message again (None: gone)."""
+        try:
+            lock = msglock.try_lock(self._spool.message_path(qid))
+        except msglock.MessageBusy:
+            return self._clock() + _BUSY_RETRY  # a queue command has it for a moment
+        except MessageNotFound:
+            lock = None
+        except OSError as e:
+            log.error("queue: cannot open %s: %s", qid, e)
+            return self._clock() + _ERROR_RETRY
+        if lock is None:
+            self._suspect.discard(qid)
+            return None
+        with lock:
+            return await self._deliver_locked(qid)
+
+    async def _deliver_locked(self, qid: str) -> float | None:
         try:
             loaded = await asyncio.to_thread(self._load, qid, self._clock())
         except MessageNotFound:
@@ -353,6 +390,11 @@ class DeliveryWorker:
                 max_age=self._cfg.max_age,
             )
             _log_outcomes(qid, envelope, outcomes)
+            reported = await self._send_reports(qid, envelope, data, state, outcomes)
+            if reported is None:
+                self._suspect.add(qid)  # delivered copies are recognised next time
+                return self._clock() + _ERROR_RETRY
+            state = reported
         self._recording.add(qid)  # from here on a stop waits for the record
         try:
             if state.finished:
@@ -364,9 +406,52 @@ class DeliveryWorker:
             return self._clock() + _ERROR_RETRY
         return state.next_attempt
 
+    async def _send_reports(
+        self, qid: str, envelope: Envelope, data: bytes, state: MessageState,
+        outcomes: tuple[Outcome, ...],
+    ) -> MessageState | None:
+        """Spool the delivery status notifications this attempt calls for (a bounce
+        for recipients given up, a delay warning once per recipient) before the
+        attempt is recorded: a crash in between repeats a report, never loses one.
+        Returns the state with the warnings marked, or None if a report could not
+        be spooled (the attempt is then not recorded, and retried)."""
+        now = self._clock()
+        failed = [o for o in outcomes if o.kind in ("bounced", "expired")]
+        delayed: list[Outcome] = []
+        warn_after = self._cfg.delay_warning
+        if warn_after > 0 and now - envelope.received_at >= warn_after:
+            warned = {r.address for r in state.recipients if r.warned}
+            delayed = [o for o in outcomes if o.kind == "deferred" and o.address not in warned]
+        for action, chosen in (("failed", failed), ("delayed", delayed)):
+            reports = dsn.reports_for(envelope, chosen, action)
+            built = dsn.build_report(envelope=envelope, queue_id=qid, data=data,
+                                     reports=reports, reporting_mta=self._reporting_mta,
+                                     now=now)
+            if built is None:
+                if chosen:
+                    log.info("queue: %s no %s report for %d recipients (null sender or "
+                             "NOTIFY)", qid, action, len(chosen))
+                continue
+            try:
+                report_id = await self._spool.store(*built)
+            except SpoolError as e:
+                log.error("queue: %s: cannot spool the %s report: %s", qid, action, e)
+                return None
+            log.info("queue: %s %s report to=<%s> queued as %s", qid, action,
+                     envelope.mail_from, report_id)
+            self._note(report_id)
+        if delayed:
+            marked = {o.address for o in delayed}
+            state = replace(state, recipients=tuple(
+                replace(r, warned=True) if r.address in marked else r for r in state.recipients
+            ))
+        return state
+
     def _load(self, qid: str, now: float) -> tuple[Envelope, bytes, MessageState] | float:
         """Runs in a thread: the state first, the (maybe large) message only if due."""
         state = self._spool.load_state(qid)
+        if state is not None and state.held:
+            return float("inf")  # until `queue release` asks for it (control.py)
         if state is not None and not state.finished and state.next_attempt > now:
             return state.next_attempt
         envelope, data = self._spool.load(qid)

@@ -1,0 +1,261 @@
+"""``smtpgate queue ...``: see and act on the mail queue, as Postfix's ``postqueue``
+and ``postsuper`` do (docs/delivery.md maps one to the other).
+
+Safe while ``serve`` runs: the commands take the per-message lock the delivery
+worker holds during an attempt (``queue/msglock.py``). Changes (hold, release,
+delete, bounce) go to the admin log with the OS user who made them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.parser
+import email.policy
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+
+from smtpgate.cli.common import (
+    NotFound,
+    OperationalError,
+    admin_service,
+    config_option,
+    get_config,
+    iso_time,
+)
+from smtpgate.config import Config
+from smtpgate.queue.manage import Entry, QueueBusy, QueueManager
+from smtpgate.queue.spool import MessageNotFound, Spool, SpoolError
+
+_WAIT = click.option(
+    "--wait", default=30.0, show_default=True, type=click.FloatRange(0),
+    help="Seconds to wait for a delivery attempt in progress on the message.",
+)
+QUEUE_ID = click.argument("queue_id", metavar="ID")
+
+
+@click.group()
+def queue() -> None:
+    """See and act on the mail queue (like postqueue and postsuper)."""
+
+
+@contextmanager
+def _manager(cfg: Config, wait: float = 30.0) -> Iterator[QueueManager]:
+    """The queue of ``cfg``; errors become exit codes (3: no such message)."""
+    try:
+        spool = Spool(cfg.path(cfg.queue.spool), prefill=False)
+    except OSError as e:
+        raise OperationalError(f"cannot open the spool: {e}",
+                               "check [queue].spool and its permissions") from None
+    try:
+        yield QueueManager(spool, wait=wait, reporting_mta=cfg.hostname)
+    except MessageNotFound as e:
+        raise NotFound(f"no message {e} in the queue",
+                       "it may have been delivered; 'smtpgate queue list' shows the queue") from None
+    except QueueBusy as e:
+        raise OperationalError(f"{e} is being delivered right now",
+                               "try again when the attempt ends, or pass a longer --wait") from None
+    except SpoolError as e:
+        raise OperationalError(str(e), "check [queue].spool and its permissions") from None
+    finally:
+        asyncio.run(spool.close())
+
+
+def _audit(cfg: Config, action: str, qid: str, details: dict[str, object]) -> None:
+    with admin_service(cfg) as admin:
+        admin.record(action, qid, details)
+
+
+def _age(seconds: int) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+@queue.command("list")
+@click.option("--json", "as_json", is_flag=True, help="A JSON array of the messages.")
+@config_option
+def list_(as_json: bool, config_path: Path | None) -> None:
+    """List the queued messages, oldest first (like postqueue -p)."""
+    cfg = get_config(config_path)
+    with _manager(cfg) as mgr:
+        entries = mgr.entries()
+    now = time.time()
+    if as_json:
+        click.echo(json.dumps([e.as_json(now) for e in entries], indent=1))
+        return
+    if not entries:
+        click.echo("the queue is empty")
+        return
+    for e in entries:
+        _echo_entry(e, now)
+    click.echo(f"-- {sum(e.size for e in entries) // 1024} KiB in {len(entries)} messages")
+
+
+def _echo_entry(e: Entry, now: float) -> None:
+    held = " (held)" if e.state.held else ""
+    age = _age(max(0, int(now - e.envelope.received_at)))
+    click.echo(f"{e.queue_id}{held}  {e.size}  {age}  <{e.envelope.mail_from}>")
+    for r in e.state.recipients:
+        line = f"    <{r.address}> {r.status.value}"
+        if r.attempts:
+            line += f", {r.attempts} attempts"
+        if r.last_result and r.status.value != "delivered":
+            line += f": {r.last_result}"
+        click.echo(line)
+
+
+@queue.command()
+@QUEUE_ID
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+@click.option("--body", is_flag=True, help="Print the whole message, not only its headers.")
+@config_option
+def show(queue_id: str, as_json: bool, body: bool, config_path: Path | None) -> None:
+    """Show one message: envelope, headers, delivery history (like postcat -q)."""
+    cfg = get_config(config_path)
+    with _manager(cfg) as mgr:
+        entry, data = mgr.show(queue_id)
+    end = data.find(b"\r\n\r\n")
+    headers = data if body or end < 0 else data[: end + 2]
+    text = headers.decode("utf-8", "replace")
+    if as_json:
+        obj = entry.as_json(time.time())
+        env = entry.envelope
+        obj.update({
+            "client_ip": env.client_ip, "helo": env.helo, "listener": env.listener,
+            "dsn": {"ret": env.dsn_ret, "envid": env.dsn_envid},
+            "headers": [[k, str(v)] for k, v in email.parser.BytesHeaderParser(
+                policy=email.policy.compat32).parsebytes(headers).items()],
+            "history": [{"time": iso_time(h.at), "recipient": h.address or None,
+                         "event": h.kind, "detail": h.detail} for h in entry.state.history],
+        })
+        click.echo(json.dumps(obj, indent=1))
+        return
+    env = entry.envelope
+    click.echo(f"id: {entry.queue_id}{' (held)' if entry.state.held else ''}")
+    click.echo(f"arrived: {iso_time(env.received_at)} from [{env.client_ip}] ({env.helo}) "
+               f"on {env.listener}" + (f" as {env.auth_identity}" if env.auth_identity else ""))
+    click.echo(f"sender: <{env.mail_from}>  size: {entry.size}")
+    for r in entry.state.recipients:
+        click.echo(f"recipient: <{r.address}> {r.status.value}, {r.attempts} attempts"
+                   + (f": {r.last_result}" if r.last_result else ""))
+    click.echo("history:")
+    for h in entry.state.history:
+        who = f" <{h.address}>" if h.address else ""
+        click.echo(f"  {iso_time(h.at)} {h.kind}{who}: {h.detail}")
+    click.echo("message:" if body else "headers:")
+    click.echo(text.rstrip("\r\n").replace("\r\n", "\n"))
+
+
+@queue.command()
+@click.argument("queue_id", metavar="[ID]", required=False)
+@config_option
+def flush(queue_id: str | None, config_path: Path | None) -> None:
+    """Attempt delivery now: one message, or every one not held (like postqueue -f).
+
+    The running server makes the attempts; with no server delivering from this
+    spool, this command makes them itself and returns when they are done."""
+    cfg = get_config(config_path)
+    with _manager(cfg) as mgr:
+        n = mgr.flush(queue_id)
+        spool_dir = cfg.path(cfg.queue.spool)
+    click.echo(f"flushed {n} message{'s' if n != 1 else ''}")
+    delivered = _deliver_here(cfg, spool_dir)
+    if delivered is not None:
+        click.echo(f"no server is delivering: made {delivered} delivery attempts here")
+
+
+def _deliver_here(cfg: Config, spool_dir: Path) -> int | None:
+    """Deliver what is due in this process if no server holds the delivery lock;
+    None when a server does (it takes the flush request)."""
+    from smtpgate.queue.factory import make_deliverer
+    from smtpgate.queue.worker import DeliveryWorker
+
+    async def run() -> int | None:
+        spool = Spool(spool_dir, prefill=False)
+        deliverer = make_deliverer(cfg)
+        worker = DeliveryWorker(spool, deliverer, cfg.queue, reporting_mta=cfg.hostname)
+        try:
+            return await worker.run_once()
+        except RuntimeError:
+            return None  # a server took the lock meanwhile: it takes the request
+        finally:
+            await deliverer.close()
+            await spool.close()
+
+    probe = Spool(spool_dir, prefill=False)
+    try:
+        lock = probe.try_lock_delivery()
+    finally:
+        asyncio.run(probe.close())
+    if lock is None:
+        return None
+    lock.release()
+    return asyncio.run(run())
+
+
+@queue.command()
+@QUEUE_ID
+@_WAIT
+@config_option
+def hold(queue_id: str, wait: float, config_path: Path | None) -> None:
+    """Stop delivery attempts of a message until released (like postsuper -h)."""
+    cfg = get_config(config_path)
+    with _manager(cfg, wait) as mgr:
+        changed = mgr.hold(queue_id)
+    if changed:
+        _audit(cfg, "queue hold", queue_id, {})
+    click.echo(f"{queue_id} {'held' if changed else 'was held already'}")
+
+
+@queue.command()
+@QUEUE_ID
+@_WAIT
+@config_option
+def release(queue_id: str, wait: float, config_path: Path | None) -> None:
+    """Release a held message; it is attempted now (like postsuper -H)."""
+    cfg = get_config(config_path)
+    with _manager(cfg, wait) as mgr:
+        changed = mgr.release(queue_id)
+    if changed:
+        _audit(cfg, "queue release", queue_id, {})
+    click.echo(f"{queue_id} {'released' if changed else 'was not held'}")
+
+
+@queue.command()
+@QUEUE_ID
+@_WAIT
+@config_option
+def delete(queue_id: str, wait: float, config_path: Path | None) -> None:
+    """Remove a message: no delivery, no bounce (like postsuper -d)."""
+    cfg = get_config(config_path)
+    with _manager(cfg, wait) as mgr:
+        env = mgr.delete(queue_id)
+    _audit(cfg, "queue delete", queue_id,
+           {"sender": env.mail_from, "recipients": list(env.rcpt_to)})
+    click.echo(f"{queue_id} deleted")
+
+
+@queue.command()
+@QUEUE_ID
+@_WAIT
+@config_option
+def bounce(queue_id: str, wait: float, config_path: Path | None) -> None:
+    """Give a message up now and return it to its sender with a bounce (like
+    postsuper -e / -f, or exim -Mg)."""
+    cfg = get_config(config_path)
+    with _manager(cfg, wait) as mgr:
+        report = mgr.bounce(queue_id)
+    _audit(cfg, "queue bounce", queue_id, {"report": report})
+    if report is None:
+        click.echo(f"{queue_id} removed; no bounce (null sender, or NOTIFY excluded failures)")
+    else:
+        click.echo(f"{queue_id} bounced; the report to the sender is {report}")
+
+
+COMMANDS = [queue]

@@ -1,0 +1,203 @@
+"""Delivery status notifications (RFC 3464) that smtpgate sends to a sender.
+
+Pure: the caller gives the time, the reporting host name and what happened; the
+result is an envelope and the bytes of a ``multipart/report`` message, which the
+worker spools like any other message so it takes the same delivery path.
+
+Loops: a report always has the null reverse-path (RFC 3461 §6.2, RFC 5321
+§4.5.5), and nothing is ever reported to a null sender, so a report that cannot
+be delivered is dropped rather than answered by another report.
+
+Who is told (RFC 3461 §4.1): a recipient whose NOTIFY parameter was given gets a
+report only for the conditions it lists (NEVER: none); without NOTIFY, failures
+and delays are reported, successes not, which is what RFC 3461 §4.1 allows.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import re
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from smtpgate.queue.envelope import Envelope
+from smtpgate.queue.state import Outcome
+
+#: An enhanced status code (RFC 3463) inside a reply or a diagnostic.
+_STATUS = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
+#: Where an SMTP reply starts inside a deliverer's detail ("RCPT TO: 550 5.1.1 ...").
+_REPLY = re.compile(r"\b[245]\d\d[ -]")
+_UNSAFE = re.compile(r"[^\x20-\x7e]")
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """One recipient's line in a report."""
+
+    address: str
+    #: RFC 3464 §2.3.3 action: "failed", "delayed", "delivered" or "relayed".
+    action: str
+    #: What the next hop replied, or smtpgate's own words when no reply came.
+    diagnostic: str
+    #: The ORCPT parameter given with the recipient ("rfc822;user@example.com"), if any.
+    original_recipient: str | None = None
+
+
+def notify_allows(notify: tuple[str, ...] | None, action: str) -> bool:
+    """Whether a recipient with this NOTIFY wants to hear of ``action``."""
+    if notify is None:
+        return action in ("failed", "delayed")
+    wanted = {"failed": "FAILURE", "delayed": "DELAY", "delivered": "SUCCESS",
+              "relayed": "SUCCESS"}[action]
+    return wanted in notify
+
+
+def reports_for(envelope: Envelope, outcomes: Sequence[Outcome], action: str) -> list[Report]:
+    """The report lines for ``outcomes`` whose recipients asked (or, without NOTIFY,
+    did not decline) to hear of ``action``."""
+    out = []
+    for o in outcomes:
+        params = envelope.dsn_for(o.address)
+        if notify_allows(params.notify if params else None, action):
+            out.append(Report(o.address, action, o.detail, params.orcpt if params else None))
+    return out
+
+
+def status_code(action: str, diagnostic: str) -> str:
+    """The Status field: the enhanced code in the diagnostic when its class fits the
+    action, else a generic one (RFC 3463: 5.0.0 / 4.0.0 / 2.0.0)."""
+    want = {"failed": "5", "delayed": "4"}.get(action, "2")
+    for m in _STATUS.finditer(diagnostic):
+        if m.group(1) == want:
+            return m.group(0)
+    if action == "failed" and "gave up" in diagnostic:
+        return "5.4.7"  # RFC 3463 §3.5: delivery time expired
+    return f"{want}.0.0"
+
+
+def diagnostic_code(diagnostic: str) -> str:
+    """RFC 3464 §2.3.6: ``smtp; <reply>`` when a next hop replied, else smtpgate's
+    own words under the ``x-smtpgate`` type."""
+    m = _REPLY.search(diagnostic)
+    if m is not None:
+        return "smtp; " + _clean(diagnostic[m.start():])
+    return "x-smtpgate; " + _clean(diagnostic)
+
+
+def build_report(
+    *,
+    envelope: Envelope,
+    queue_id: str,
+    data: bytes,
+    reports: Sequence[Report],
+    reporting_mta: str,
+    now: float,
+) -> tuple[Envelope, bytes] | None:
+    """The envelope and bytes of the report about ``reports`` (recipients of one
+    message, all with the same kind of action), or None when nobody must be told:
+    the sender is null (a report of a report) or the list is empty.
+
+    The original goes back whole (``message/rfc822``) unless the sender asked for
+    headers only (RET=HDRS), as Postfix does by default.
+    """
+    if not envelope.mail_from or not reports:
+        return None
+    failed = any(r.action == "failed" for r in reports)
+    delayed = all(r.action == "delayed" for r in reports)
+    boundary = f"{queue_id}/{secrets.token_hex(8)}"
+    date = email.utils.formatdate(now, usegmt=True)
+    host = _clean(reporting_mta)
+    if failed:
+        subject = "Undelivered Mail Returned to Sender"
+        intro = "Your message could not be delivered to the recipients below. It was given up."
+    elif delayed:
+        subject = "Delayed Mail (still being retried)"
+        intro = ("Your message has not been delivered yet to the recipients below. "
+                 "smtpgate keeps trying; you need not send it again.")
+    else:
+        subject = "Successful Mail Delivery Report"
+        intro = "Your message was delivered to the recipients below."
+    human = [intro, ""]
+    for r in reports:
+        human.append(f"<{_clean(r.address)}>: {_clean(r.diagnostic)}")
+    per_message = [f"Reporting-MTA: dns; {host}"]
+    if envelope.dsn_envid:
+        per_message.append(f"Original-Envelope-Id: {_clean(envelope.dsn_envid)}")
+    per_message.append(f"X-Smtpgate-Queue-ID: {queue_id}")
+    if envelope.received_at:
+        per_message.append(
+            "Arrival-Date: " + email.utils.formatdate(envelope.received_at, usegmt=True))
+    blocks = ["\r\n".join(per_message)]
+    for r in reports:
+        fields = []
+        if r.original_recipient:
+            fields.append(f"Original-Recipient: {_clean(r.original_recipient)}")
+        fields += [
+            f"Final-Recipient: rfc822; {_clean(r.address)}",
+            f"Action: {r.action}",
+            f"Status: {status_code(r.action, r.diagnostic)}",
+            f"Diagnostic-Code: {diagnostic_code(r.diagnostic)}",
+            f"Last-Attempt-Date: {date}",
+        ]
+        blocks.append("\r\n".join(fields))
+    if envelope.dsn_ret == "HDRS":
+        end = data.find(b"\r\n\r\n")
+        original = data if end < 0 else data[: end + 2]
+        original_type = "text/rfc822-headers"
+    else:
+        original = data
+        original_type = "message/rfc822"
+    cte = "8bit" if envelope.body_8bit or envelope.smtputf8 else "7bit"
+    head = "\r\n".join([
+        f"From: Mail Delivery System <MAILER-DAEMON@{host}>",
+        f"To: <{_clean(envelope.mail_from)}>",
+        f"Subject: {subject}",
+        f"Date: {date}",
+        f"Message-ID: <{queue_id}.{secrets.token_hex(4)}.dsn@{host}>",
+        # RFC 3834 §5: automatic responses must not trigger other responses.
+        "Auto-Submitted: auto-replied",
+        "MIME-Version: 1.0",
+        f'Content-Type: multipart/report; report-type=delivery-status; boundary="{boundary}"',
+        "",
+        "This is a MIME-encapsulated delivery status notification.",
+        "",
+        f"--{boundary}",
+        "Content-Type: text/plain; charset=us-ascii",
+        "Content-Description: Notification",
+        "",
+        "\r\n".join(human),
+        "",
+        f"--{boundary}",
+        "Content-Type: message/delivery-status",
+        "Content-Description: Delivery report",
+        "",
+        "\r\n\r\n".join(blocks),
+        "",
+        f"--{boundary}",
+        f"Content-Type: {original_type}",
+        f"Content-Transfer-Encoding: {cte}",
+        "Content-Description: The original message",
+        "",
+        "",
+    ]).encode("ascii")
+    if not original.endswith(b"\r\n"):
+        original += b"\r\n"
+    body = head + original + f"\r\n--{boundary}--\r\n".encode("ascii")
+    report_env = Envelope(
+        mail_from="",  # RFC 3461 §6.2: a report has the null reverse-path
+        rcpt_to=(envelope.mail_from,),
+        auth_identity=None,
+        client_ip="127.0.0.1",
+        helo=reporting_mta,
+        listener="dsn",
+        smtputf8=envelope.smtputf8,
+        body_8bit=envelope.body_8bit,
+        received_at=now,
+    )
+    return report_env, body
+
+
+def _clean(text: str) -> str:
+    """One header-safe line: no CR, LF or other controls can reach the report."""
+    return _UNSAFE.sub("?", text)

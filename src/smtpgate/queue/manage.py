@@ -1,0 +1,195 @@
+"""What ``smtpgate queue`` does to the spool: list, show, hold, release, flush,
+delete, bounce. Blocking; for the CLI.
+
+Safe beside a running server: every change takes the message lock the delivery
+worker holds during an attempt (`msglock`), so a command waits for an attempt in
+progress to end and then acts on what it left (a delivered message is gone: the
+command says so). Flush and release change the state file, then ask the worker
+to look (`control`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+
+from smtpgate.queue import control, dsn, msglock
+from smtpgate.queue.envelope import Envelope
+from smtpgate.queue.spool import MessageNotFound, Spool, SpoolError
+from smtpgate.queue.state import HistoryEntry, MessageState, Outcome, RcptStatus
+
+#: The diagnostic of recipients an administrator returned with ``queue bounce``.
+ADMIN_BOUNCE = "5.0.0 returned to the sender by the mail administrator"
+
+
+class QueueBusy(Exception):
+    """A delivery attempt held the message for longer than the command waits."""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One message as ``queue list`` shows it."""
+
+    queue_id: str
+    envelope: Envelope
+    size: int
+    state: MessageState
+
+    def as_json(self, now: float) -> dict[str, object]:
+        last = [r.last_result for r in self.state.recipients if r.last_result]
+        return {
+            "id": self.queue_id,
+            "sender": self.envelope.mail_from,
+            "recipients": [
+                {"address": r.address, "status": r.status.value, "attempts": r.attempts,
+                 "next_attempt": r.next_attempt or None, "last_error": _error(r.last_result,
+                                                                              r.status)}
+                for r in self.state.recipients
+            ],
+            "age": max(0, int(now - self.envelope.received_at)),
+            "arrived": self.envelope.received_at,
+            "size": self.size,
+            "held": self.state.held,
+            "last_error": next((e for e in reversed(last)), None) if any(
+                r.status is not RcptStatus.DELIVERED for r in self.state.recipients) else None,
+            "auth": self.envelope.auth_identity,
+        }
+
+
+def _error(result: str, status: RcptStatus) -> str | None:
+    return None if status is RcptStatus.DELIVERED or not result else result
+
+
+class QueueManager:
+    """The queue commands on one spool. ``wait`` bounds how long a command waits
+    for a delivery attempt in progress (one to a slow relay can take minutes)."""
+
+    def __init__(self, spool: Spool, *, wait: float = 30.0,
+                 reporting_mta: str = "localhost") -> None:
+        self._spool = spool
+        self._wait = wait
+        self._reporting_mta = reporting_mta
+
+    # --- reading --------------------------------------------------------------------
+
+    def entries(self) -> list[Entry]:
+        """Every message, oldest first; one removed meanwhile is skipped. A state
+        read without the lock is a consistent snapshot (states are replaced by
+        rename), possibly a moment old."""
+        out = []
+        for qid in self._spool.list_ids():
+            try:
+                envelope, size = self._spool.load_envelope(qid)
+                state = self._spool.load_state(qid) or MessageState.initial(envelope.rcpt_to)
+            except MessageNotFound:
+                continue
+            out.append(Entry(qid, envelope, size, state))
+        return out
+
+    def show(self, qid: str) -> tuple[Entry, bytes]:
+        """The entry and the message bytes. Raises: MessageNotFound, SpoolError."""
+        envelope, data = self._spool.load(qid)
+        state = self._spool.load_state(qid) or MessageState.initial(envelope.rcpt_to)
+        return Entry(qid, envelope, len(data), state), data
+
+    # --- changing -------------------------------------------------------------------
+
+    def hold(self, qid: str) -> bool:
+        """Stop delivery attempts; False if it was held already."""
+        return self._set_held(qid, True)
+
+    def release(self, qid: str) -> bool:
+        """Undo `hold` and ask for an attempt now; False if it was not held."""
+        changed = self._set_held(qid, False)
+        if changed:
+            control.request_flush(self._spool.directory, qid)
+        return changed
+
+    def flush(self, qid: str | None) -> int:
+        """Make ``qid`` (every message not held, if None) due now and ask the worker
+        to attempt it; how many messages were made due."""
+        ids = self._spool.list_ids() if qid is None else [qid]
+        n = 0
+        for one in ids:
+            try:
+                # Never waits: a message locked by an attempt is being tried right
+                # now, which is what a flush asks for.
+                with self._lock(one, wait=0.0):
+                    state = self._state(one)
+                    if state.held:
+                        continue
+                    due = replace(state, recipients=tuple(
+                        replace(r, next_attempt=0.0) for r in state.recipients))
+                    self._spool.save_state_sync(one, due.with_history(
+                        [HistoryEntry(time.time(), "", "flushed", "queue flush")]))
+                    n += 1
+            except QueueBusy:
+                n += 1
+            except MessageNotFound:
+                if qid is not None:
+                    raise
+        control.request_flush(self._spool.directory, qid)
+        return n
+
+    def delete(self, qid: str) -> Envelope:
+        """Remove the message without delivering or bouncing it; its envelope.
+        Raises: MessageNotFound, QueueBusy."""
+        with self._lock(qid):
+            envelope, _ = self._spool.load_envelope(qid)
+            self._spool.remove_sync(qid)
+        return envelope
+
+    def bounce(self, qid: str) -> str | None:
+        """Give up every undelivered recipient now and send the sender a bounce
+        (RFC 3464) saying so; the bounce's queue id (None when nobody is told: a
+        null sender, or NOTIFY without FAILURE). The message leaves the queue."""
+        with self._lock(qid):
+            envelope, data = self._spool.load(qid)
+            state = self._spool.load_state(qid) or MessageState.initial(envelope.rcpt_to)
+            outcomes = [Outcome(r.address, "bounced", ADMIN_BOUNCE)
+                        for r in state.recipients if r.status is RcptStatus.PENDING]
+            built = dsn.build_report(
+                envelope=envelope, queue_id=qid, data=data,
+                reports=dsn.reports_for(envelope, outcomes, "failed"),
+                reporting_mta=self._reporting_mta, now=time.time(),
+            )
+            report_id = self._spool.store_sync(*built) if built is not None else None
+            self._spool.remove_sync(qid)
+        if report_id is not None:
+            control.request_flush(self._spool.directory, report_id)
+        return report_id
+
+    # --- helpers --------------------------------------------------------------------
+
+    def _set_held(self, qid: str, held: bool) -> bool:
+        with self._lock(qid):
+            state = self._state(qid)
+            if state.held == held:
+                return False
+            kind = "held" if held else "released"
+            changed = replace(state, held=held).with_history(
+                [HistoryEntry(time.time(), "", kind, f"queue {'hold' if held else 'release'}")])
+            if not held:  # released: due now
+                changed = replace(changed, recipients=tuple(
+                    replace(r, next_attempt=0.0) for r in changed.recipients))
+            self._spool.save_state_sync(qid, changed)
+        return True
+
+    def _state(self, qid: str) -> MessageState:
+        state = self._spool.load_state(qid)
+        if state is None:
+            envelope, _ = self._spool.load_envelope(qid)
+            state = MessageState.initial(envelope.rcpt_to)
+        return state
+
+    def _lock(self, qid: str, wait: float | None = None) -> msglock.MessageLock:
+        try:
+            lock = msglock.wait_lock(self._spool.message_path(qid),
+                                     self._wait if wait is None else wait)
+        except msglock.MessageBusy:
+            raise QueueBusy(qid) from None
+        except OSError as e:
+            raise SpoolError(f"cannot open {qid}: {e}") from e
+        if lock is None:
+            raise MessageNotFound(qid)
+        return lock

@@ -1,0 +1,123 @@
+"""RFC 3464 reports built by queue/dsn.py, and RFC 3461 parameters kept in the envelope."""
+
+from __future__ import annotations
+
+import email
+import email.message
+
+import pytest
+
+from smtpgate.queue import dsn
+from smtpgate.queue.envelope import Envelope, EnvelopeFormatError, RcptDsn
+from smtpgate.queue.state import Outcome
+
+ORIGINAL = b"From: alice@example.org\r\nSubject: plans\r\n\r\nsecret body\r\n"
+
+
+def env(**kw: object) -> Envelope:
+    base = Envelope("alice@example.org", ("bob@example.net", "carol@example.net"), "alice",
+                    "192.0.2.7", "laptop", "submission", received_at=1_700_000_000.0)
+    return Envelope(**{**{f: getattr(base, f) for f in base.__slots__}, **kw})  # type: ignore[arg-type]
+
+
+def build(envelope: Envelope, outcomes: list[Outcome], action: str = "failed") -> bytes | None:
+    built = dsn.build_report(envelope=envelope, queue_id="q1", data=ORIGINAL,
+                             reports=dsn.reports_for(envelope, outcomes, action),
+                             reporting_mta="mx.example.org", now=1_700_000_100.0)
+    return None if built is None else built[1]
+
+
+def parts(data: bytes) -> list[email.message.Message]:
+    msg = email.message_from_bytes(data)
+    assert msg.get_content_type() == "multipart/report"
+    assert msg.get_param("report-type") == "delivery-status"
+    payload = msg.get_payload()
+    assert isinstance(payload, list)
+    return payload
+
+
+def test_rfc3464_bounce_names_recipient_reply_and_code() -> None:
+    data = build(env(), [Outcome("bob@example.net", "bounced",
+                                 "RCPT TO: 550 5.1.1 <bob@example.net>: no such user")])
+    assert data is not None
+    text, status, original = parts(data)
+    assert text.get_content_type() == "text/plain"
+    assert status.get_content_type() == "message/delivery-status"
+    per_message, per_rcpt = status.get_payload()
+    assert per_message["Reporting-MTA"] == "dns; mx.example.org"
+    assert per_rcpt["Final-Recipient"] == "rfc822; bob@example.net"
+    assert per_rcpt["Action"] == "failed"
+    assert per_rcpt["Status"] == "5.1.1"
+    assert per_rcpt["Diagnostic-Code"] == "smtp; 550 5.1.1 <bob@example.net>: no such user"
+    assert original.get_content_type() == "message/rfc822"
+    assert b"secret body" in data
+
+
+def test_rfc3461_s6_2_report_has_null_sender_and_goes_to_the_sender() -> None:
+    built = dsn.build_report(envelope=env(), queue_id="q1", data=ORIGINAL,
+                             reports=[dsn.Report("bob@example.net", "failed", "550 no")],
+                             reporting_mta="mx", now=0.0)
+    assert built is not None
+    report_env, _ = built
+    assert report_env.mail_from == "" and report_env.rcpt_to == ("alice@example.org",)
+
+
+def test_no_report_to_the_null_sender() -> None:
+    assert build(env(mail_from=""), [Outcome("bob@example.net", "bounced", "550 no")]) is None
+
+
+def test_rfc3461_s4_1_notify_never_and_notify_lists() -> None:
+    never = env(dsn_rcpts=(RcptDsn("bob@example.net", ("NEVER",)),))
+    assert build(never, [Outcome("bob@example.net", "bounced", "550 no")]) is None
+    success_only = env(dsn_rcpts=(RcptDsn("bob@example.net", ("SUCCESS",)),))
+    assert build(success_only, [Outcome("bob@example.net", "deferred", "451 later")],
+                 "delayed") is None
+    # Without NOTIFY: failures and delays are reported.
+    assert build(env(), [Outcome("bob@example.net", "deferred", "451 later")], "delayed")
+
+
+def test_rfc3461_ret_hdrs_returns_headers_only_and_envid_orcpt_are_reported() -> None:
+    e = env(dsn_ret="HDRS", dsn_envid="QQ314159",
+            dsn_rcpts=(RcptDsn("bob@example.net", ("FAILURE",), "rfc822;Bob@Example.net"),))
+    data = build(e, [Outcome("bob@example.net", "expired",
+                             "gave up after 9 attempts: 451 4.4.1 no answer")])
+    assert data is not None
+    _, status, original = parts(data)
+    per_message, per_rcpt = status.get_payload()
+    assert per_message["Original-Envelope-Id"] == "QQ314159"
+    assert per_rcpt["Original-Recipient"] == "rfc822;Bob@Example.net"
+    assert per_rcpt["Status"] == "5.4.7"  # RFC 3463: delivery time expired
+    assert original.get_content_type() == "text/rfc822-headers"
+    assert b"secret body" not in data
+
+
+def test_remote_text_cannot_inject_header_lines_into_the_report() -> None:
+    data = build(env(), [Outcome("bob@example.net", "bounced",
+                                 "550 5.1.1 no\r\nX-Injected: yes")])
+    assert data is not None
+    _, status, _ = parts(data)
+    assert status.get_payload()[1]["X-Injected"] is None
+
+
+@pytest.mark.parametrize("diagnostic, action, expected", [
+    ("550 5.7.1 refused", "failed", "5.7.1"),
+    ("550 refused", "failed", "5.0.0"),
+    ("451 4.2.2 mailbox full", "delayed", "4.2.2"),
+    ("connection refused", "delayed", "4.0.0"),
+])
+def test_status_code_comes_from_the_reply_when_its_class_fits(
+    diagnostic: str, action: str, expected: str
+) -> None:
+    assert dsn.status_code(action, diagnostic) == expected
+
+
+def test_envelope_keeps_dsn_parameters_and_reads_older_envelopes() -> None:
+    e = env(dsn_ret="FULL", dsn_envid="id+2B1",
+            dsn_rcpts=(RcptDsn("bob@example.net", ("SUCCESS", "FAILURE"), "rfc822;b@x"),))
+    assert Envelope.from_json(e.to_json()) == e
+    plain = env()
+    assert b"dsn" not in plain.to_json()  # unchanged format without DSN parameters
+    assert Envelope.from_json(plain.to_json()) == plain
+    bad = plain.to_json().replace(b"}", b',"dsn":[["a",7,null]]}')
+    with pytest.raises(EnvelopeFormatError):
+        Envelope.from_json(bad)

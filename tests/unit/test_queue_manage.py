@@ -1,0 +1,179 @@
+"""Queue commands on a spool (queue/manage.py), and the worker honouring them:
+hold, release, flush, delete and bounce take the message lock an attempt holds."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import threading
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from smtpgate.queue.delivery import Delivered, TempFailure
+from smtpgate.queue.manage import ADMIN_BOUNCE, QueueBusy, QueueManager
+from smtpgate.queue.spool import MessageNotFound, Spool
+from smtpgate.queue.worker import DeliveryWorker
+
+from .test_queue_worker import CFG, T0, FakeClock, FakeDeliverer, envelope
+
+MESSAGE = b"From: alice@example.org\r\nSubject: hi\r\nMessage-ID: <m1@x>\r\n\r\nbody\r\n"
+
+
+@pytest.fixture
+async def spool(tmp_path: Path) -> AsyncIterator[Spool]:
+    s = Spool(tmp_path / "spool", prefill=False)
+    yield s
+    await s.close()
+
+
+def manager(spool: Spool, wait: float = 5.0) -> QueueManager:
+    return QueueManager(spool, wait=wait, reporting_mta="mx.example.org")
+
+
+async def test_held_message_is_not_attempted_until_released(spool: Spool) -> None:
+    qid = spool.store_sync(envelope(), MESSAGE)
+    mgr = manager(spool)
+    assert mgr.hold(qid) is True and mgr.hold(qid) is False
+    d = FakeDeliverer()
+    worker = DeliveryWorker(spool, d, CFG, FakeClock())
+    assert await worker.run_once() == 0
+    assert spool.list_ids() == [qid] and d.calls == []
+    assert mgr.flush(None) == 0  # flush leaves held mail alone, as postqueue -f does
+    assert mgr.release(qid) is True
+    assert await worker.run_once() == 1
+    assert spool.list_ids() == []
+
+
+async def test_flush_makes_a_deferred_message_due_and_asks_the_worker(spool: Spool) -> None:
+    qid = spool.store_sync(envelope(), MESSAGE)
+    clock = FakeClock()
+    d = FakeDeliverer(TempFailure("451 4.3.0 later"))
+    worker = DeliveryWorker(spool, d, CFG, clock)
+    await worker.run_once()
+    state = spool.load_state(qid)
+    assert state is not None and state.next_attempt > T0
+    assert await worker.run_once() == 0  # not due yet
+    assert manager(spool).flush(qid) == 1
+    assert (spool.directory / "flush" / qid).exists()  # the request the worker takes
+    d.default = Delivered()
+    assert await worker.run_once() == 1
+    assert spool.list_ids() == []
+
+
+async def test_running_worker_takes_a_flush_request(spool: Spool) -> None:
+    spool.store_sync(envelope(), MESSAGE)
+    d = FakeDeliverer(TempFailure("451 4.3.0 later"))
+    worker = DeliveryWorker(spool, d, CFG, time.time, poll_interval=0.05)
+    task = asyncio.create_task(worker.run())
+    try:
+        while not d.calls:
+            await asyncio.sleep(0.01)
+        d.default = Delivered()
+        await asyncio.to_thread(manager(spool).flush, None)
+        async with asyncio.timeout(10):
+            while spool.list_ids():
+                await asyncio.sleep(0.02)
+        assert len(d.calls) == 2
+    finally:
+        worker.stop(0)
+        await task
+
+
+async def test_delete_waits_for_the_attempt_in_progress(spool: Spool) -> None:
+    """The attempt delivers; the delete then finds nothing to delete (no loss, no
+    second copy): it never removes a message a deliverer is handing over."""
+    qid = spool.store_sync(envelope(), MESSAGE)
+    d = FakeDeliverer()
+    d.gate = asyncio.Event()
+    worker = DeliveryWorker(spool, d, CFG, FakeClock())
+    attempt = asyncio.create_task(worker.run_once())
+    await d.called.wait()
+    loop = asyncio.get_running_loop()
+    started = threading.Event()
+
+    def delete() -> BaseException | None:
+        started.set()
+        try:
+            manager(spool, wait=10).delete(qid)
+        except BaseException as e:  # noqa: BLE001 - returned to the test
+            return e
+        return None
+
+    deleting = loop.run_in_executor(None, delete)
+    await asyncio.to_thread(started.wait)
+    await asyncio.sleep(0.2)
+    assert not deleting.done()  # waiting for the lock
+    d.gate.set()
+    assert await attempt == 1
+    assert isinstance(await deleting, MessageNotFound)
+    assert len(d.calls) == 1
+
+
+async def test_delete_gives_up_after_wait_while_an_attempt_runs(spool: Spool) -> None:
+    qid = spool.store_sync(envelope(), MESSAGE)
+    d = FakeDeliverer()
+    d.gate = asyncio.Event()
+    worker = DeliveryWorker(spool, d, CFG, FakeClock())
+    attempt = asyncio.create_task(worker.run_once())
+    await d.called.wait()
+    with pytest.raises(QueueBusy):
+        await asyncio.to_thread(manager(spool, wait=0.1).delete, qid)
+    d.gate.set()
+    await attempt
+    assert spool.list_ids() == []
+
+
+async def test_delete_removes_a_held_message_for_good(spool: Spool) -> None:
+    qid = spool.store_sync(envelope(), MESSAGE)
+    mgr = manager(spool)
+    mgr.hold(qid)
+    env = mgr.delete(qid)
+    assert env.rcpt_to == ("bob@example.net",)
+    assert spool.list_ids() == []
+    with pytest.raises(MessageNotFound):
+        mgr.delete(qid)
+
+
+def test_unknown_or_malformed_ids_are_not_found(spool: Spool) -> None:
+    mgr = manager(spool)
+    for bad in ("0-0-0-0", "../../etc/passwd", ""):
+        with pytest.raises(MessageNotFound):
+            mgr.hold(bad)
+
+
+def test_bounce_returns_the_message_to_its_sender_with_a_report(spool: Spool) -> None:
+    qid = spool.store_sync(envelope("bob@example.net", "carol@example.net"), MESSAGE)
+    report_id = manager(spool).bounce(qid)
+    assert report_id is not None and spool.list_ids() == [report_id]
+    env, data = spool.load(report_id)
+    assert env.mail_from == "" and env.rcpt_to == ("alice@example.org",)
+    msg = email.message_from_bytes(data)
+    assert msg.get_content_type() == "multipart/report"
+    status = msg.get_payload()[1]
+    assert status.get_content_type() == "message/delivery-status"
+    recipients = [b["Final-Recipient"] for b in status.get_payload()[1:]]
+    assert recipients == ["rfc822; bob@example.net", "rfc822; carol@example.net"]
+    assert ADMIN_BOUNCE in data.decode()
+
+
+def test_bounce_of_a_bounce_sends_nothing(spool: Spool) -> None:
+    """Loop prevention: a message from the null sender is never reported on."""
+    from smtpgate.queue.envelope import Envelope
+
+    qid = spool.store_sync(Envelope("", ("alice@example.org",), None, "127.0.0.1", "mx",
+                                    "dsn"), MESSAGE)
+    assert manager(spool).bounce(qid) is None
+    assert spool.list_ids() == []
+
+
+def test_list_shows_recipients_status_and_last_error(spool: Spool) -> None:
+    qid = spool.store_sync(envelope(), MESSAGE)
+    (entry,) = manager(spool).entries()
+    obj = entry.as_json(T0 + 90)
+    assert obj["id"] == qid and obj["sender"] == "alice@example.org"
+    assert obj["recipients"] == [{"address": "bob@example.net", "status": "pending",
+                                  "attempts": 0, "next_attempt": None, "last_error": None}]
+    assert obj["size"] == len(MESSAGE) and obj["last_error"] is None

@@ -168,6 +168,9 @@ def engine_seeds() -> dict[str, bytes]:
     out["utf8"] = tls + b"EHLO c\r\n" + plain + (
         "MAIL FROM:<jos\u00e9@example.org> SMTPUTF8\r\nRCPT TO:<\u00fc@x.org>\r\n".encode()) + (
         b"MAIL FROM:<a@b> AUTH=user+2Bx SIZE=1\r\nVRFY x\r\nHELP\r\nHELO h\r\n")
+    # Byte 1 bit 7: the listener trusts this peer with XCLIENT (Postfix's proxy).
+    out["xclient"] = b"\x01\x80" + b"EHLO proxy\r\nXCLIENT NAME=[UNAVAILABLE] ADDR=192.0.2.1 " + (
+        b"LOGIN=user PROTO=ESMTP HELO=c\r\nEHLO c\r\n" + mail + b"DATA\r\nx\r\n.\r\n")
     return out
 
 

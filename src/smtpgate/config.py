@@ -906,6 +906,13 @@ class QueueConfig(Model):
     max_age: float = Field(
         default=5 * 86400.0, gt=0, description="Seconds before a message is given up and bounced."
     )
+    delay_warning: float = Field(
+        default=4 * 3600.0,
+        ge=0,
+        description="Seconds a message may stay undelivered before its sender gets one delay "
+        "warning (RFC 3464, Action: delayed); 0: never. A recipient whose NOTIFY excludes DELAY "
+        "gets none.",
+    )
 
 
 class DeliveryConfig(Model):
@@ -922,13 +929,6 @@ class DeliveryConfig(Model):
     relay_user: str = Field(default="", description="AUTH PLAIN user at the relay (optional).")
     relay_password_file: Path | None = Field(
         default=None, description="File holding the relay password (never inline)."
-    )
-    delay_warning: float = Field(
-        default=4 * 3600.0,
-        ge=0,
-        description="Seconds a message may stay undelivered before its sender gets one delay "
-        "warning (RFC 3464, Action: delayed); 0: never. A recipient whose NOTIFY excludes DELAY "
-        "gets none.",
     )
     # RFC 5321 §4.5.3.2 minimums as defaults; see docs/delivery.md for the choice.
     relay_connect_timeout: float = Field(

@@ -330,6 +330,42 @@ class Spool:
             raise SpoolError(f"cannot read {qid}: {e}") from e
         return _parse_message(qid, raw)
 
+    def load_envelope(self, qid: str) -> tuple[Envelope, int]:
+        """The envelope of ``qid`` and the size of its message in bytes, without
+        reading the message (for ``smtpgate queue list``).
+
+        Raises:
+            MessageNotFound: no such message.
+            SpoolError: unreadable or corrupt.
+        """
+        path = self._path(qid, _MSG)
+        try:
+            with open(path, "rb") as f:
+                first = f.readline(256)
+                parts = first.rstrip(b"\n").split(b" ")
+                if len(parts) != 4 or b" ".join(parts[:2]) != _MAGIC:
+                    raise SpoolError(f"corrupt message {qid}: bad header line")
+                env_len, data_len = int(parts[2]), int(parts[3])
+                raw = f.read(env_len)
+        except FileNotFoundError:
+            raise MessageNotFound(qid) from None
+        except ValueError:
+            raise SpoolError(f"corrupt message {qid}: bad header line") from None
+        except OSError as e:
+            raise SpoolError(f"cannot read {qid}: {e}") from e
+        try:
+            return Envelope.from_json(raw), data_len
+        except EnvelopeFormatError as e:
+            raise SpoolError(f"corrupt message {qid}: {e}") from None
+
+    def message_path(self, qid: str) -> str:
+        """Where the message file of ``qid`` is (``queue.msglock`` locks it).
+
+        Raises:
+            MessageNotFound: ``qid`` is not a queue id.
+        """
+        return self._path(qid, _MSG)
+
     def load_state(self, qid: str) -> MessageState | None:
         """The delivery state of ``qid``; None if nothing was recorded yet.
 
@@ -384,42 +420,6 @@ class Spool:
 
 
 def _new_id() -> str:
-    def load_envelope(self, qid: str) -> tuple[Envelope, int]:
-        """The envelope of ``qid`` and the size of its message in bytes, without
-        reading the message (for ``smtpgate queue list``).
-
-        Raises:
-            MessageNotFound: no such message.
-            SpoolError: unreadable or corrupt.
-        """
-        path = self._path(qid, _MSG)
-        try:
-            with open(path, "rb") as f:
-                first = f.readline(256)
-                parts = first.rstrip(b"\n").split(b" ")
-                if len(parts) != 4 or b" ".join(parts[:2]) != _MAGIC:
-                    raise SpoolError(f"corrupt message {qid}: bad header line")
-                env_len, data_len = int(parts[2]), int(parts[3])
-                raw = f.read(env_len)
-        except FileNotFoundError:
-            raise MessageNotFound(qid) from None
-        except ValueError:
-            raise SpoolError(f"corrupt message {qid}: bad header line") from None
-        except OSError as e:
-            raise SpoolError(f"cannot read {qid}: {e}") from e
-        try:
-            return Envelope.from_json(raw), data_len
-        except EnvelopeFormatError as e:
-            raise SpoolError(f"corrupt message {qid}: {e}") from None
-
-    def message_path(self, qid: str) -> str:
-        """Where the message file of ``qid`` is (``queue.msglock`` locks it).
-
-        Raises:
-            MessageNotFound: ``qid`` is not a queue id.
-        """
-        return self._path(qid, _MSG)
-
     """time(µs)-pid-counter-random, all hex: unique across processes and hosts
     sharing a spool, and sortable by arrival time."""
     return (

@@ -1,0 +1,232 @@
+"""nginx's mail proxy in front of smtpgate (docs/integration.md, "nginx mail proxy"):
+``auth_http`` pointing at smtpgate's auth listener, ``xclient on``, and the
+upstream listener that trusts XCLIENT from nginx's address only.
+
+One smtpgate and one nginx (``master_process off``, so its one process is ours
+to stop) for the module. Clients connect to nginx from their own loopback
+addresses (127.0.0.x), which nginx passes as ``Client-IP`` and ``XCLIENT ADDR``:
+the guard and the Received header must see those, not nginx's 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import smtplib
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import Server, free_port, make_server, require_tool
+
+PASSWORD = "Tangerine-Walrus-Cable-19"
+ALICE, CAROL = "alice@example.org", "carol@example.org"
+PENALTY_BASE = 2
+
+GUARD = f"""
+[guard]
+allowlist = []
+penalty_base = {PENALTY_BASE}
+penalty_max = 8
+"""
+
+NGINX_CONF = """
+load_module /usr/lib/nginx/modules/ngx_mail_module.so;
+daemon off;
+master_process off;
+pid {root}/nginx.pid;
+error_log {root}/error.log info;
+events {{ worker_connections 64; }}
+mail {{
+    server_name mx.nginx.test;
+    auth_http 127.0.0.1:{auth_http}/auth;
+    auth_http_timeout 30s;
+    xclient on;
+    smtp_auth plain login;
+    server {{
+        listen 127.0.0.1:{port};
+        protocol smtp;
+    }}
+}}
+"""
+
+
+@dataclass
+class Stack:
+    smtpgate: Server
+    nginx_port: int
+    auth_http: int
+    upstream: int
+    nginx_root: Path
+
+    def records(self) -> list[dict[str, Any]]:
+        path = self.smtpgate.root / "auth.log"
+        return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+    def nginx_log(self) -> str:
+        p = self.nginx_root / "error.log"
+        return p.read_text(errors="replace")[-3000:] if p.exists() else ""
+
+
+def _greets(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+            return s.recv(100).startswith(b"220 ")
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    nginx = require_tool("nginx")
+    swaks_path = require_tool("swaks")
+    assert swaks_path
+    if not Path("/usr/lib/nginx/modules/ngx_mail_module.so").exists():
+        pytest.fail("libnginx-mod-mail is not installed (make test installs it)")
+    root = Path(tempfile.mkdtemp(prefix="sgnx-"))
+    auth_http, upstream, nginx_port = free_port(), free_port(), free_port()
+    doors = (
+        f'\n[[listeners]]\nname = "from-nginx"\naddress = "127.0.0.1:{upstream}"\n'
+        f'tls = "starttls"\nxclient_trusted = ["127.0.0.1/32"]\n'
+        f'\n[[auth_listeners]]\nprotocol = "auth_http"\naddress = "127.0.0.1:{auth_http}"\n'
+        f'upstream = "127.0.0.1:{upstream}"\n'
+    )
+    srv = make_server(root / "srv", doors + GUARD)
+    nginx_root = root / "nginx"
+    nginx_root.mkdir()
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        for name in (ALICE, CAROL):
+            srv.add_user(name, PASSWORD)
+        srv.start()
+        (nginx_root / "nginx.conf").write_text(NGINX_CONF.format(
+            root=nginx_root, auth_http=auth_http, port=nginx_port))
+        with open(nginx_root / "stdout.log", "wb") as out:
+            proc = subprocess.Popen(
+                [nginx, "-p", str(nginx_root), "-e", str(nginx_root / "error.log"),
+                 "-c", str(nginx_root / "nginx.conf")],
+                stdout=out, stderr=out, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while not _greets(nginx_port):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("nginx did not start:\n"
+                                   + (nginx_root / "stdout.log").read_text(errors="replace")
+                                   + (nginx_root / "error.log").read_text(errors="replace"))
+            time.sleep(0.05)
+        yield Stack(srv, nginx_port, auth_http, upstream, nginx_root)
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGQUIT)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if srv.proc is not None:
+            srv.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def swaks(stack: Stack, source: str, mech: str, user: str, password: str,
+          *extra: str) -> str:
+    proc = subprocess.run(
+        [require_tool("swaks"), "-s", "127.0.0.1", "-p", str(stack.nginx_port),
+         "--local-interface", source, "-a", mech, "-au", user, "-ap", password,
+         "--helo", "client.test", *extra],
+        capture_output=True, text=True, timeout=60, check=False, stdin=subprocess.DEVNULL)
+    return proc.stdout + proc.stderr
+
+
+def auth_http_request(stack: Stack, headers: bytes) -> bytes:
+    """What nginx would send, sent by hand: the answer's raw bytes."""
+    with socket.create_connection(("127.0.0.1", stack.auth_http), timeout=30) as s:
+        s.sendall(b"GET /auth HTTP/1.0\r\nHost: 127.0.0.1\r\n" + headers + b"\r\n")
+        out = b""
+        while chunk := s.recv(4096):
+            out += chunk
+    return out
+
+
+def header_values(answer: bytes, name: bytes) -> list[bytes]:
+    return [line.split(b":", 1)[1].strip() for line in answer.split(b"\r\n")
+            if line.lower().startswith(name.lower() + b":")]
+
+
+@pytest.mark.parametrize("mech, source", [("PLAIN", "127.0.0.2"), ("LOGIN", "127.0.0.3")])
+def test_swaks_through_nginx_delivers_as_the_authenticated_sender(
+    stack: Stack, mech: str, source: str
+) -> None:
+    before = len(stack.smtpgate.delivered())
+    out = swaks(stack, source, mech, ALICE, PASSWORD, "-f", ALICE, "-t", "bob@example.net",
+                "--header", f"Subject: through nginx {mech}")
+    assert "250 2.0.0 OK queued" in out or "250 2.0.0" in out.split("DATA")[-1], \
+        out + stack.nginx_log()
+    files = stack.smtpgate.wait_for_mail(before + 1)
+    msg = next(f.read_bytes() for f in files if f"through nginx {mech}".encode() in f.read_bytes())
+    # The client nginx served, not nginx: XCLIENT ADDR, its HELO, and LOGIN as the sender.
+    assert f"from client.test ([{source}])".encode() in msg
+    assert f"(Authenticated sender: {ALICE})".encode() in msg
+    assert b"with ESMTPA" in msg
+    rec = [r for r in stack.records() if r.get("front_door") == "auth_http"
+           and r.get("client_ip", r.get("client")) == source]
+    assert rec and rec[-1]["result"] == "success", stack.records()[-3:]
+
+
+def test_wrong_password_gets_535_and_the_guards_auth_wait(stack: Stack) -> None:
+    out = swaks(stack, "127.0.0.4", "PLAIN", CAROL, "wrong-password", "--quit-after", "AUTH")
+    assert "535 5.7.8" in out, out + stack.nginx_log()
+    # The next failure from a fresh address, asked as nginx asks: Auth-Wait is the
+    # guard's penalty for that address's next attempt (penalty_base after one).
+    answer = auth_http_request(stack, (
+        b"Auth-Method: plain\r\nAuth-User: " + CAROL.encode() + b"\r\nAuth-Pass: nope\r\n"
+        b"Auth-Protocol: smtp\r\nAuth-Login-Attempt: 1\r\nClient-IP: 127.0.0.5\r\n"))
+    assert header_values(answer, b"Auth-Status") == [b"Authentication credentials invalid"]
+    assert header_values(answer, b"Auth-Error-Code") == [b"535 5.7.8"]
+    assert header_values(answer, b"Auth-Wait") == [str(PENALTY_BASE).encode()]
+    failures = [r for r in stack.records() if r.get("front_door") == "auth_http"
+                and r.get("result") == "failure"]
+    assert len(failures) >= 2
+
+
+def test_header_injection_in_auth_user_is_refused(stack: Stack) -> None:
+    """A client's CR LF reaches us percent-encoded: it stays inside the name, which
+    no account has, and nothing is echoed back into the answer."""
+    answer = auth_http_request(stack, (
+        b"Auth-Method: plain\r\nAuth-User: x%0D%0AAuth-Status:%20OK%0D%0AAuth-Server:%201.2.3.4"
+        b"\r\nAuth-Pass: whatever\r\nAuth-Protocol: smtp\r\nAuth-Login-Attempt: 1\r\n"
+        b"Client-IP: 127.0.0.6\r\n"))
+    assert header_values(answer, b"Auth-Status") == [b"Authentication credentials invalid"]
+    assert header_values(answer, b"Auth-Server") == []
+    # A raw CR in a header is not something nginx sends: 400, no Auth-Status at all.
+    raw = auth_http_request(stack, (
+        b"Auth-Method: plain\r\nAuth-User: x\rAuth-Status: OK\r\nAuth-Pass: p\r\n"
+        b"Auth-Protocol: smtp\r\nClient-IP: 127.0.0.6\r\n"))
+    assert raw.startswith(b"HTTP/1.0 400") and header_values(raw, b"Auth-Status") == []
+
+
+def test_oversize_auth_http_request_is_refused(stack: Stack) -> None:
+    answer = auth_http_request(stack, b"X-Filler: " + b"a" * 40000 + b"\r\n")
+    assert answer.startswith(b"HTTP/1.0 400")
+
+
+def test_xclient_from_an_untrusted_address_is_refused(stack: Stack) -> None:
+    # The upstream listener trusts 127.0.0.1/32 only; this client comes from .7.
+    with smtplib.SMTP("127.0.0.1", stack.upstream, source_address=("127.0.0.7", 0),
+                      timeout=10) as s:
+        code, caps = s.ehlo("attacker.test")
+        assert code == 250 and b"XCLIENT" not in caps
+        assert s.docmd(f"XCLIENT ADDR=192.0.2.1 LOGIN={ALICE}") == (
+            550, b"5.7.0 Insufficient authorization for XCLIENT")
+        assert s.docmd(f"MAIL FROM:<{ALICE}>")[0] == 530  # still not logged in
+    # The regular submission listener trusts no one.
+    with smtplib.SMTP("127.0.0.1", stack.smtpgate.submission, timeout=10) as s:
+        s.ehlo("proxy.test")
+        assert s.docmd(f"XCLIENT LOGIN={ALICE}")[0] == 550

@@ -172,13 +172,13 @@ def _client_auth_context(ctx: SSL.Context, auth: ClientAuth) -> SSL.Context:
     """``ctx`` asking for a client certificate that chains to ``auth.ca``."""
     pem = _read(auth.key, auth.ca)
     try:
-        cas = x509.load_pem_x509_certificates(pem)
+        x509.load_pem_x509_certificates(pem)
         ctx.load_verify_locations(str(auth.ca))
+        # The CertificateRequest names these CAs, so a client with several
+        # certificates (msmtp, Thunderbird) picks the one that will verify.
+        ctx.load_client_ca(str(auth.ca).encode())
     except (ValueError, SSL.Error):
         raise TlsConfigError(auth.key, f"{auth.ca} holds no PEM CA certificate") from None
-    # The CertificateRequest names these CAs, so a client with several
-    # certificates (msmtp, Thunderbird) picks the one that will verify.
-    ctx.set_client_ca_list([crypto.X509.from_cryptography(c).get_subject() for c in cas])
 
     def record(conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int) -> bool:
         if not ok:

@@ -218,6 +218,40 @@ def dovecot_seeds() -> dict[str, bytes]:
     return {k: flags.get(k, b"\x00") + b"\x05" + v for k, v in out.items()}
 
 
+def auth_http_seeds() -> dict[str, bytes]:
+    """Byte 0: the cut seed; then nginx's request (its mail auth_http module)."""
+    base = (b"GET /auth HTTP/1.0\r\nHost: localhost\r\nAuth-Method: {m}\r\nAuth-User: user\r\n"
+            b"Auth-Pass: pencil\r\nAuth-Protocol: smtp\r\nAuth-Login-Attempt: {n}\r\n"
+            b"Client-IP: 192.0.2.1\r\nClient-Host: [UNAVAILABLE]\r\n{extra}\r\n")
+    smtp = (b"Auth-SMTP-Helo: client.example\r\nAuth-SMTP-From: MAIL FROM:<user@example.org>\r\n"
+            b"Auth-SMTP-To: RCPT TO:<bob@example.net>\r\n")
+    def req(m: bytes, n: bytes, extra: bytes) -> bytes:
+        return base.replace(b"{m}", m).replace(b"{n}", n).replace(b"{extra}", extra)
+    return {
+        "plain": b"\x03" + req(b"plain", b"1", smtp),
+        "plain-tls": b"\x05" + req(b"plain", b"2", b"Auth-SSL: on\r\nAuth-SSL-Protocol: TLSv1.3\r\n"),
+        "cram-md5": b"\x07" + req(b"cram-md5", b"1", b"Auth-Salt: <4193.1@mx.test>\r\n"),
+        "escaped": b"\x01" + req(b"plain", b"3", b"").replace(
+            b"Auth-User: user", b"Auth-User: us%0D%0Aer%25").replace(b"1\r\n", b"1\r\n"),
+        "none": b"\x02" + req(b"none", b"1", smtp),
+    }
+
+
+def policy_seeds() -> dict[str, bytes]:
+    """Byte 0: the cut seed; then requests as Postfix's check_policy_service sends them."""
+    req = (b"request=smtpd_access_policy\nprotocol_state=RCPT\nprotocol_name=ESMTP\n"
+           b"client_address=192.0.2.1\nclient_name=client.example\nhelo_name=client.example\n"
+           b"sender=user@example.org\nrecipient=bob@example.net\nrecipient_count=0\nqueue_id=\n"
+           b"instance=1a2b.5f3c.1\nsize=12345\nsasl_method=plain\nsasl_username=user\n"
+           b"sasl_sender=\nencryption_protocol=TLSv1.3\nserver_port=587\n\n")
+    return {
+        "rcpt": b"\x03" + req,
+        "two": b"\x05" + req + req.replace(b"RCPT", b"DATA").replace(b"count=0", b"count=1"),
+        "crlf": b"\x01" + req.replace(b"\n", b"\r\n"),
+        "end-of-message": b"\x02" + req.replace(b"RCPT", b"END-OF-MESSAGE"),
+    }
+
+
 def write(target: str, seeds: dict[str, bytes]) -> None:
     d = HERE / "corpus" / target
     d.mkdir(parents=True, exist_ok=True)
@@ -233,6 +267,8 @@ def main() -> None:
     write("smtp_engine", engine_seeds())
     write("config", config_seeds())
     write("dovecot_auth", dovecot_seeds())
+    write("auth_http", auth_http_seeds())
+    write("policy", policy_seeds())
 
 
 if __name__ == "__main__":

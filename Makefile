@@ -7,7 +7,7 @@ VAR     ?= ./var
 # Debian packages the integration tests drive as real peers.
 DEB_PACKAGES := swaks gsasl msmtp curl openssl socat postfix dovecot-core fail2ban mutt neomutt postgresql slapd ldap-utils samba-ad-dc sasl2-bin db5.3-util dovecot-ldap nginx libnginx-mod-mail
 
-.PHONY: run test venv test-venv debs lint typecheck bench bench-logins clean docs fuzz
+.PHONY: run test venv test-venv debs exim lint typecheck bench bench-logins bench-frontdoor clean docs fuzz
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,13 +54,38 @@ debs:
 	  fi; \
 	fi
 
+# Exim 4.96 for the Dovecot-protocol front door tests: as a Debian package it
+# conflicts with Postfix, so it is unpacked into build/exim/root (never installed)
+# with any library it needs that is not installed; the binary wants the
+# Debian-exim system user (tests/peers/exim.py runs it with its own config).
+# The heavy build: Debian's exim4-daemon-light has no dovecot authenticator.
+EXIM_DIR  := build/exim
+EXIM_DEBS := exim4-daemon-heavy exim4-base
+EXIM_LIBS := libgnutls-dane0 libgnutls30 libidn12 libidn2-0 libnsl2 libdb5.3 libpcre2-8-0 \
+	libcrypt1 libldap-2.5-0 libmariadb3 libpam0g libperl5.36 libpq5 libsasl2-2 libspf2-2 \
+	libsqlite3-0
+exim: $(EXIM_DIR)/root/usr/sbin/exim4
+	@id Debian-exim >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    useradd --system --user-group --no-create-home --home-dir /nonexistent \
+	      --shell /usr/sbin/nologin Debian-exim; \
+	  else echo "error: the Exim tests need the Debian-exim user (run make test as root)"; exit 1; fi; }
+
+$(EXIM_DIR)/root/usr/sbin/exim4:
+	@rm -rf $(EXIM_DIR) && mkdir -p $(EXIM_DIR)/debs
+	@libs=""; for p in $(EXIM_LIBS); do dpkg -s $$p >/dev/null 2>&1 || libs="$$libs $$p"; done; \
+	cd $(EXIM_DIR)/debs && { apt-get download -qq $(EXIM_DEBS) $$libs 2>/dev/null \
+	  || { apt-get update -qq && apt-get download -qq $(EXIM_DEBS) $$libs; }; }
+	@for d in $(EXIM_DIR)/debs/*.deb; do dpkg-deb -x $$d $(EXIM_DIR)/root; done
+	@test -x $@ && echo "exim unpacked into $(EXIM_DIR)/root"
+
 typecheck: test-venv
 	$(BIN)/mypy
 
 lint: test-venv
 	$(BIN)/ruff check src tests
 
-test: test-venv debs
+test: test-venv debs exim
 	$(BIN)/mypy
 	$(BIN)/ruff check src tests bench
 	SMTPGATE_CI=1 $(BIN)/pytest -q
@@ -86,6 +111,9 @@ bench: test-venv debs
 
 bench-logins: test-venv debs
 	$(BIN)/python bench/login_bench.py
+
+bench-frontdoor: test-venv debs
+	$(BIN)/python bench/frontdoor_bench.py
 
 docs: venv
 	$(BIN)/python -m smtpgate.smtp.states > docs/state-machine.md

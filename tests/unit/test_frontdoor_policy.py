@@ -9,7 +9,6 @@ from smtpgate.frontdoor.policy import (
     MAX_LINE,
     MAX_REQUEST,
     PolicyParser,
-    PolicyProtocolError,
     action_for,
     format_action,
 )
@@ -55,23 +54,34 @@ def test_several_requests_per_connection(bytewise: bool) -> None:
     b"\n",
 ])
 def test_malformed_requests_are_protocol_errors(data: bytes) -> None:
-    with pytest.raises(PolicyProtocolError):
-        PolicyParser().receive_data(data)
+    p = PolicyParser()
+    assert p.receive_data(data) == []
+    assert p.error
+    assert p.receive_data(REQUEST) == []  # nothing more is read
 
 
 def test_oversize_line_refused_before_its_newline() -> None:
-    with pytest.raises(PolicyProtocolError):
-        PolicyParser().receive_data(b"sender=" + b"a" * MAX_LINE)
+    p = PolicyParser()
+    p.receive_data(b"sender=" + b"a" * MAX_LINE)
+    assert p.error == f"line over {MAX_LINE} bytes"
+
+
+def test_requests_before_an_error_are_returned() -> None:
+    p = PolicyParser()
+    got = p.receive_data(REQUEST + b"garbage\n\n")
+    assert len(got) == 1 and p.error
 
 
 def test_too_many_attributes_and_oversize_request() -> None:
     many = b"request=smtpd_access_policy\n" + b"".join(
         b"a%d=x\n" % i for i in range(MAX_ATTRIBUTES + 1))
-    with pytest.raises(PolicyProtocolError):
-        PolicyParser().receive_data(many)
+    p = PolicyParser()
+    p.receive_data(many)
+    assert p.error == f"more than {MAX_ATTRIBUTES} attributes"
     big = b"".join(b"a%d=%s\n" % (i, b"x" * 2000) for i in range(MAX_REQUEST // 2000 + 2))
-    with pytest.raises(PolicyProtocolError):
-        PolicyParser().receive_data(big)
+    p = PolicyParser()
+    p.receive_data(big)
+    assert p.error == f"request over {MAX_REQUEST} bytes"
 
 
 def test_actions() -> None:

@@ -11,13 +11,13 @@ carries the SMTP session's facts (``request=smtpd_access_policy``,
 ``recipient_count``, ``client_address``, ``size``, ``instance`` and more; Postfix
 adds attributes over its versions, so unknown names are kept, not refused).
 
-``PolicyParser.receive_data`` returns the complete requests; anything that is
-not this protocol (a line without ``=``, bytes that are not UTF-8, a line, a
-request or an attribute count over the limits below, a request that is not
-``smtpd_access_policy``) raises `PolicyProtocolError`, and the shell closes the
-connection: Postfix then answers its client with a temporary error (``451 4.3.5
-Server configuration problem``) and tries again later, so a broken peer fails
-closed, never open.
+``PolicyParser.receive_data`` returns the complete requests; at the first thing
+that is not this protocol (a line without ``=``, bytes that are not UTF-8, a
+line, a request or an attribute count over the limits below, a request that is
+not ``smtpd_access_policy``) it sets ``error`` and reads no further. The shell
+answers the requests before it, then closes the connection: Postfix then answers
+its client with a temporary error (``451 4.3.5 Server configuration problem``)
+and tries again later, so a broken peer fails closed, never open.
 """
 
 from __future__ import annotations
@@ -66,21 +66,30 @@ class PolicyParser:
         self._buf = bytearray()
         self._attrs: dict[str, str] = {}
         self._size = 0
+        #: Why the stream stopped being the policy protocol (None: it has not).
+        self.error: str | None = None
 
     def receive_data(self, data: bytes) -> list[PolicyRequest]:
-        """The requests ``data`` completed, in order.
-
-        Raises:
-            PolicyProtocolError: see the module docstring.
-        """
-        self._buf += data
+        """The requests ``data`` completed, in order, up to the first protocol error
+        (then ``error`` is set and nothing more is read)."""
+        if self.error is not None:
+            return []
         out: list[PolicyRequest] = []
+        self._buf += data
+        try:
+            self._parse(out)
+        except PolicyProtocolError as e:
+            self.error = str(e)
+            self._buf.clear()
+        return out
+
+    def _parse(self, out: list[PolicyRequest]) -> None:
         while True:
             nl = self._buf.find(b"\n")
             if nl < 0:
                 if len(self._buf) > MAX_LINE:
                     raise PolicyProtocolError(f"line over {MAX_LINE} bytes")
-                return out
+                return
             line = bytes(self._buf[:nl])
             del self._buf[: nl + 1]
             if len(line) > MAX_LINE:

@@ -31,7 +31,6 @@ from smtpgate.auth.directory import StoreError
 from smtpgate.frontdoor.policy import (
     DUNNO,
     PolicyParser,
-    PolicyProtocolError,
     PolicyRequest,
     action_for,
     format_action,
@@ -108,7 +107,8 @@ class PolicyProtocol(asyncio.Protocol):
         self._decider = decider
         self._parser = PolicyParser()
         self._transport: asyncio.Transport | None = None
-        self._queue: asyncio.Queue[PolicyRequest] = asyncio.Queue()
+        #: Requests to answer in order; None: close once those before it are answered.
+        self._queue: asyncio.Queue[PolicyRequest | None] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         #: Recipients answered DUNNO so far, per transaction (``instance``).
         self._recipients: OrderedDict[str, int] = OrderedDict()
@@ -120,25 +120,27 @@ class PolicyProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         t = self._transport
-        if t is None or t.is_closing():
+        if t is None or t.is_closing() or self._parser.error is not None:
             return
-        try:
-            requests = self._parser.receive_data(data)
-        except PolicyProtocolError as e:
-            log.warning("policy: protocol error, closing the connection: %s", e)
-            t.close()
-            return
-        for req in requests:
+        for req in self._parser.receive_data(data):
             if self._queue.qsize() >= MAX_QUEUED:
                 log.warning("policy: more than %d requests waiting, closing the connection",
                             MAX_QUEUED)
                 t.close()
                 return
             self._queue.put_nowait(req)
+        if self._parser.error is not None:
+            log.warning("policy: protocol error, closing the connection: %s", self._parser.error)
+            self._queue.put_nowait(None)
 
     async def _serve(self) -> None:
         while True:
             req = await self._queue.get()
+            t = self._transport
+            if req is None:
+                if t is not None:
+                    t.close()
+                return
             try:
                 action = await self._decider.decide(req, self._recipients)
             except Exception:

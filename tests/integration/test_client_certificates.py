@@ -28,6 +28,7 @@ import pytest
 
 from tests.client_pki import Issued, TestCa
 
+from .backends import BACKENDS
 from .conftest import Server, free_port, make_server, require_tool
 
 ALICE = "alice@example.org"
@@ -81,19 +82,17 @@ class CertServer:
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _with_client_certs(srv: Server, required_port: int) -> None:
+def _with_client_certs(srv: Server, required_port: int, ca: Path) -> None:
     text = srv.config.read_text()
     for tls in ('tls = "starttls"\n', 'tls = "implicit"\n'):
-        text = text.replace(
-            tls, tls + 'client_certificates = "optional"\nclient_ca = "pki/trusted-ca.pem"\n', 1
-        )
+        text = text.replace(tls, tls + f'client_certificates = "optional"\nclient_ca = "{ca}"\n', 1)
     text += f"""
 [[listeners]]
 name = "certonly"
 address = "127.0.0.1:{required_port}"
 tls = "implicit"
 client_certificates = "required"
-client_ca = "pki/trusted-ca.pem"
+client_ca = "{ca}"
 client_cert_san_login = true
 
 [guard]
@@ -110,7 +109,7 @@ def cs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CertServer]:
     srv = make_server(root)
     pki = Pki(root / "pki")
     required_port = free_port()
-    _with_client_certs(srv, required_port)
+    _with_client_certs(srv, required_port, pki.ca.pem)
     srv.add_user(ALICE, PASSWORD)
     srv.add_user(CAROL, PASSWORD)
     srv.cli("user", "cert", "add", ALICE, str(pki.alice.cert))
@@ -277,3 +276,26 @@ def test_user_cert_list_shows_active_and_removed(cs: CertServer) -> None:
     assert rows[cs.pki.removed.fingerprint]["removed"] is not None
     again = cs.srv.cli("user", "cert", "remove", ALICE, cs.pki.removed.fingerprint, check=False)
     assert again.returncode == 3
+
+
+def test_postgresql_store_maps_and_refuses_certificates(cs: CertServer, tmp_path: Path) -> None:
+    """The same table on PostgreSQL (schema v2, `smtpgate db migrate`): a registered
+    certificate logs in, a removed one is refused."""
+    srv = make_server(tmp_path / "pg")
+    _with_client_certs(srv, free_port(), cs.pki.ca.pem)
+    BACKENDS["postgresql"].configure(srv)
+    srv.add_user(ALICE, PASSWORD)
+    for cmd in (("add", ALICE, str(cs.pki.alice.cert)), ("add", ALICE, str(cs.pki.removed.cert)),
+                ("remove", ALICE, cs.pki.removed.fingerprint)):
+        srv.cli("user", "cert", *cmd)
+    srv.start()
+    try:
+        pg = CertServer(srv, cs.pki, 0)
+        with pg.starttls(cs.pki.alice) as s:
+            assert _external(s)[0] == 235
+        with pg.implicit(cs.pki.removed) as s:
+            assert _external(s)[0] == 535
+        listed = srv.cli("user", "cert", "list", ALICE, "--json").stdout
+        assert listed.count('"removed": null') == 1
+    finally:
+        srv.stop()

@@ -47,8 +47,6 @@ Decisions where the protocol leaves room (each documented in docs/integration.md
 
 from __future__ import annotations
 
-import base64
-import binascii
 import ipaddress
 import re
 from collections import deque
@@ -59,6 +57,7 @@ from enum import Enum
 from smtpgate import mechanism_facts as facts
 from smtpgate.sasl.base import CredentialAnswer, CredentialQuery, ServerMechanism
 from smtpgate.sasl.exchange import AuthResult, Challenge, NeedCredentials, Outcome, ServerExchange
+from smtpgate.sasl.framing import decode_base64_strict, encode_base64
 
 __all__ = [
     "MAX_LINE",
@@ -101,7 +100,6 @@ NEED_DATA = _Sentinel.NEED_DATA
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
 _SESSION = re.compile(r"[A-Za-z0-9._:@/+-]{1,64}")
 _DIGITS = re.compile(r"[0-9]{1,10}")
-_B64 = re.compile(rb"[A-Za-z0-9+/]*={0,2}")
 
 #: Texts of the FAIL replies that carry one; Postfix appends ``reason=`` to its 535
 #: reply to the SMTP client, so they tell how to fix the request, never whether a
@@ -495,7 +493,7 @@ class DovecotServer:
         rid = entry.request.id
         if isinstance(step, Challenge):
             entry.wait = _Wait.CLIENT
-            self._send("CONT", str(rid), base64.b64encode(step.data).decode())
+            self._send("CONT", str(rid), encode_base64(step.data))
         elif isinstance(step, NeedCredentials):
             entry.wait = _Wait.SERVER
             self._events.append(CredentialsNeeded(entry.request, step.query))
@@ -555,17 +553,11 @@ class DovecotServer:
 
 
 def _b64decode(text: str) -> bytes | None:
-    """Strict base64 (RFC 4648 alphabet, correct padding); "=" is the empty
+    """Strict base64 (``sasl/framing.py``, shared with SMTP); "=" is the empty
     response, as in SMTP (RFC 4954 §4)."""
     if text == "=":
         return b""
-    raw = text.encode("ascii", "replace")
-    if len(raw) % 4 or not _B64.fullmatch(raw):
-        return None
-    try:
-        return base64.b64decode(raw, validate=True)
-    except binascii.Error:
-        return None
+    return decode_base64_strict(text.encode("ascii", "replace"))
 
 
 def _address(text: str) -> str:

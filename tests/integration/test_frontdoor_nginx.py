@@ -54,6 +54,13 @@ mail {{
     server {{
         listen 127.0.0.1:{port};
         protocol smtp;
+        starttls only;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+    }}
+    server {{
+        listen 127.0.0.1:{clear_port};
+        protocol smtp;
     }}
 }}
 """
@@ -63,6 +70,7 @@ mail {{
 class Stack:
     smtpgate: Server
     nginx_port: int
+    clear_port: int
     auth_http: int
     upstream: int
     nginx_root: Path
@@ -92,7 +100,7 @@ def stack() -> Iterator[Stack]:
     if not Path("/usr/lib/nginx/modules/ngx_mail_module.so").exists():
         pytest.fail("libnginx-mod-mail is not installed (make test installs it)")
     root = Path(tempfile.mkdtemp(prefix="sgnx-"))
-    auth_http, upstream, nginx_port = free_port(), free_port(), free_port()
+    auth_http, upstream, nginx_port, clear_port = free_port(), free_port(), free_port(), free_port()
     doors = (
         f'\n[[listeners]]\nname = "from-nginx"\naddress = "127.0.0.1:{upstream}"\n'
         f'tls = "starttls"\nxclient_trusted = ["127.0.0.1/32"]\n'
@@ -112,7 +120,8 @@ def stack() -> Iterator[Stack]:
         srv.cli("user", "cram-md5", ALICE, "--enable", "--password-stdin", stdin=PASSWORD + "\n")
         srv.start()
         (nginx_root / "nginx.conf").write_text(NGINX_CONF.format(
-            root=nginx_root, auth_http=auth_http, port=nginx_port))
+            root=nginx_root, auth_http=auth_http, port=nginx_port, clear_port=clear_port,
+            cert=srv.ca, key=srv.root / "tls" / "key.pem"))
         with open(nginx_root / "stdout.log", "wb") as out:
             proc = subprocess.Popen(
                 [nginx, "-p", str(nginx_root), "-e", str(nginx_root / "error.log"),
@@ -125,7 +134,7 @@ def stack() -> Iterator[Stack]:
                                    + (nginx_root / "stdout.log").read_text(errors="replace")
                                    + (nginx_root / "error.log").read_text(errors="replace"))
             time.sleep(0.05)
-        yield Stack(srv, nginx_port, auth_http, upstream, nginx_root)
+        yield Stack(srv, nginx_port, clear_port, auth_http, upstream, nginx_root)
     finally:
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGQUIT)
@@ -140,9 +149,10 @@ def stack() -> Iterator[Stack]:
 
 
 def swaks(stack: Stack, source: str, mech: str, user: str, password: str,
-          *extra: str) -> str:
+          *extra: str, tls: bool = True) -> str:
+    port = stack.nginx_port if tls else stack.clear_port
     proc = subprocess.run(
-        [require_tool("swaks"), "-s", "127.0.0.1", "-p", str(stack.nginx_port),
+        [require_tool("swaks"), "-s", "127.0.0.1", "-p", str(port), *(["-tls"] if tls else []),
          "--local-interface", source, "-a", mech, "-au", user, "-ap", password,
          "--helo", "client.test", *extra],
         capture_output=True, text=True, timeout=60, check=False, stdin=subprocess.DEVNULL)
@@ -189,6 +199,7 @@ def test_swaks_through_nginx_delivers_as_the_authenticated_sender(
     assert rec and rec[-1]["result"] == "success", stack.records()[-3:]
     # nginx reports SMTP AUTH LOGIN as "plain".
     assert rec[-1]["mechanism"] == ("CRAM-MD5" if mech == "CRAM-MD5" else "PLAIN")
+    assert str(rec[-1]["tls"]).startswith("TLSv1.")  # nginx's Auth-SSL-Protocol
 
 
 def test_wrong_password_gets_535_and_the_guards_auth_wait(stack: Stack) -> None:
@@ -198,7 +209,8 @@ def test_wrong_password_gets_535_and_the_guards_auth_wait(stack: Stack) -> None:
     # guard's penalty for that address's next attempt (penalty_base after one).
     answer = auth_http_request(stack, (
         b"Auth-Method: plain\r\nAuth-User: " + CAROL.encode() + b"\r\nAuth-Pass: nope\r\n"
-        b"Auth-Protocol: smtp\r\nAuth-Login-Attempt: 1\r\nClient-IP: 127.0.0.5\r\n"))
+        b"Auth-Protocol: smtp\r\nAuth-Login-Attempt: 1\r\nClient-IP: 127.0.0.5\r\n"
+        b"Auth-SSL: on\r\nAuth-SSL-Protocol: TLSv1.3\r\n"))
     assert header_values(answer, b"Auth-Status") == [b"Authentication credentials invalid"]
     assert header_values(answer, b"Auth-Error-Code") == [b"535 5.7.8"]
     assert header_values(answer, b"Auth-Wait") == [str(PENALTY_BASE).encode()]
@@ -207,13 +219,22 @@ def test_wrong_password_gets_535_and_the_guards_auth_wait(stack: Stack) -> None:
     assert len(failures) >= 2
 
 
+def test_password_in_clear_to_nginx_is_refused_unchecked(stack: Stack) -> None:
+    """nginx without TLS to its client (no Auth-SSL): the right password is refused
+    with SMTP's 530, as smtpgate refuses AUTH before STARTTLS itself."""
+    before = len(stack.records())
+    out = swaks(stack, "127.0.0.9", "PLAIN", ALICE, PASSWORD, "--quit-after", "AUTH", tls=False)
+    assert "530 5.7.0 Must issue a STARTTLS command first" in out, out + stack.nginx_log()
+    assert stack.records()[before:] == []  # no password was checked
+
+
 def test_header_injection_in_auth_user_is_refused(stack: Stack) -> None:
     """A client's CR LF reaches us percent-encoded: it stays inside the name, which
     no account has, and nothing is echoed back into the answer."""
     answer = auth_http_request(stack, (
         b"Auth-Method: plain\r\nAuth-User: x%0D%0AAuth-Status:%20OK%0D%0AAuth-Server:%201.2.3.4"
         b"\r\nAuth-Pass: whatever\r\nAuth-Protocol: smtp\r\nAuth-Login-Attempt: 1\r\n"
-        b"Client-IP: 127.0.0.6\r\n"))
+        b"Client-IP: 127.0.0.6\r\nAuth-SSL: on\r\n"))
     assert header_values(answer, b"Auth-Status") == [b"Authentication credentials invalid"]
     assert header_values(answer, b"Auth-Server") == []
     # A raw CR in a header is not something nginx sends: 400, no Auth-Status at all.

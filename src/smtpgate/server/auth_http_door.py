@@ -16,6 +16,9 @@ What nginx is told on failure:
   ends the session;
 - the guard's refusal or a backend fault: the 454 SMTP AUTH would give, without
   ``Auth-Wait`` (nginx closes the session: a blocked client has nothing to retry);
+- a password (``plain``: AUTH PLAIN or LOGIN) from a client nginx does not
+  report as on TLS (no ``Auth-SSL: on``): the 530 SMTP gives AUTH before
+  STARTTLS, nothing checked (CRAM-MD5 sends no password and is let through);
 - ``Auth-Method: none`` (no AUTH): ``530 5.7.0``, submission needs a login;
   a method or protocol smtpgate does not serve here: ``504 5.5.4``.
 """
@@ -100,6 +103,12 @@ class AuthHttpDecider:
         if chosen is None or chosen[0] not in enabled:
             return _error(R.AUTH_UNKNOWN_MECHANISM)
         name, initial = chosen
+        if name == "PLAIN" and req.tls_version is None:
+            # smtpgate's own rule (no password in clear) moved to the proxy: nginx
+            # says Auth-SSL: on when its client's connection is TLS.
+            log.warning("auth_http: %s sent a password without TLS to nginx; refused",
+                        req.client_ip)
+            return _error(R.MUST_STARTTLS)
         if name == "CRAM-MD5":
             parts = split_salt(req.salt)
             if parts is None:

@@ -21,13 +21,16 @@ from aiosmtpd.smtp import SMTP
 
 
 class Recorder:
-    def __init__(self, out: Path) -> None:
+    def __init__(self, out: Path, delay: float = 0.0) -> None:
         self.out = out
+        self.delay = delay
         self.counter = itertools.count()
         for sub in ("tmp", "new"):
             (out / sub).mkdir(parents=True, exist_ok=True)
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.delay:
+            await asyncio.sleep(self.delay)  # a slow next hop: deliveries stay in flight
         name = f"{os.getpid()}-{next(self.counter)}.eml"
         head = f"X-Hop-From: {envelope.mail_from}\r\n" + "".join(
             f"X-Hop-To: {rcpt}\r\n" for rcpt in envelope.rcpt_tos
@@ -42,8 +45,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--delay", type=float, default=0.0,
+                        help="Seconds to wait before answering the end of DATA.")
     args = parser.parse_args()
-    handler = Recorder(args.out)
+    handler = Recorder(args.out, args.delay)
 
     async def serve() -> None:
         loop = asyncio.get_running_loop()

@@ -85,6 +85,7 @@ def run_checks(cfg: Config, *, now: dt.datetime | None = None) -> list[Problem]:
     checks: list[tuple[str, Callable[[], list[Problem]]]] = [
         ("tls", lambda: check_tls(cfg, when)),
         ("listeners", lambda: check_listeners(cfg)),
+        ("listeners.client_ca", lambda: check_client_cas(cfg, when)),
         ("accounts.database", lambda: check_account_database(cfg)),
         ("accounts.ldap", lambda: check_ldap(cfg)),
         ("guard.database", lambda: check_guard_database(cfg)),
@@ -372,6 +373,32 @@ def check_listeners(cfg: Config) -> list[Problem]:
                                   f"both use port {port}, and one of them listens on every "
                                   "address: the second cannot bind"))
         bound.append((port, ip, lst.name))
+    return out
+
+
+def check_client_cas(cfg: Config, now: dt.datetime) -> list[Problem]:
+    """Each listener's ``client_ca`` (SASL EXTERNAL) is readable and holds PEM CA
+    certificates, none of them expired (its client certificates would not verify)."""
+    out: list[Problem] = []
+    for lst in cfg.listeners:
+        if lst.client_ca is None:
+            continue
+        key, path = f"listeners.{lst.name}.client_ca", cfg.path(lst.client_ca)
+        data = read_file(key, path)
+        if not isinstance(data, bytes):
+            out.append(data)
+            continue
+        try:
+            cas = x509.load_pem_x509_certificates(data)
+        except ValueError:
+            out.append(_error(key, f"{path} holds no PEM certificate (the CAs that issue "
+                               "client certificates)"))
+            continue
+        for ca in cas:
+            if ca.not_valid_after_utc <= now:
+                out.append(_warning(key, f"CA {ca.subject.rfc4514_string()!r} in {path} "
+                                    f"expired on {_day(ca.not_valid_after_utc)}: no client "
+                                    "certificate it issued verifies"))
     return out
 
 

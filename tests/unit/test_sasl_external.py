@@ -5,12 +5,14 @@ The wire itself is tests/integration/test_client_certificates.py."""
 
 from __future__ import annotations
 
+import datetime as dt
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from pydantic import ValidationError
 
 from smtpgate.admin import AccountAdmin
@@ -18,7 +20,9 @@ from smtpgate.auth.admin_store import CertificateTaken
 from smtpgate.auth.authlog import AuthLog
 from smtpgate.auth.service import REFUSED_LOCKED, REFUSED_POLICY, AuthContext, AuthService
 from smtpgate.auth.store import AuditActor, SqliteAccountStore
-from smtpgate.config import AccountsConfig, AuthConfig, ListenerConfig
+from smtpgate.cli.main import cli
+from smtpgate.config import AccountsConfig, AuthConfig, ListenerConfig, load_config
+from smtpgate.preflight import run_checks
 from smtpgate.sasl import base as sasl
 from smtpgate.sasl.external import ExternalClient, ExternalServer
 from smtpgate.sasl.registry import create_client_mechanism
@@ -305,3 +309,30 @@ def test_an_unreadable_client_ca_names_its_key(tls_files: Path, tmp_path: Path) 
         with pytest.raises(TlsConfigError) as e:
             make_server_context(tls_files / "cert.pem", tls_files / "key.pem", "1.2", {"s": auth})
         assert e.value.key == "listeners.s.client_ca"
+
+
+# --- `config check` / start-up: the listener's client_ca --------------------------------
+
+
+def test_config_check_names_a_missing_unparsable_or_expired_client_ca(tmp_path: Path) -> None:
+    root = tmp_path / "gate"
+    r = CliRunner().invoke(cli, ["init", "--dir", str(root), "--no-demo"])
+    assert r.exit_code == 0, r.output
+    path = root / "smtpgate.toml"
+    path.write_text(path.read_text().replace(
+        'tls = "starttls"\n', 'tls = "starttls"\nclient_certificates = "optional"\nclient_ca = "ca.pem"\n'
+    ))
+    key = "listeners.submission.client_ca"
+    assert "does not exist" in _findings(path)[key]
+    (root / "ca.pem").write_text("not a certificate\n")
+    assert "holds no PEM certificate" in _findings(path)[key]
+    TestCa(root, "ok")  # writes ok-ca.pem, valid for 30 days
+    (root / "ca.pem").write_bytes((root / "ok-ca.pem").read_bytes())
+    assert key not in _findings(path)
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=60)
+    warnings = {p.key: p.message for p in run_checks(load_config(path), now=later)}
+    assert "expired on" in warnings[key]
+
+
+def _findings(path: Path) -> dict[str, str]:
+    return {p.key: p.message for p in run_checks(load_config(path))}

@@ -34,7 +34,13 @@ from smtpgate.admin import (
 from smtpgate.auth import postgres_schema, postgres_store
 from smtpgate.auth.admin_store import AccountStore
 from smtpgate.auth.credentials import CRAM_MD5
-from smtpgate.auth.directory import Account, AccountDirectory, AppPassword, StoreUnavailable
+from smtpgate.auth.directory import (
+    Account,
+    AccountDirectory,
+    AppPassword,
+    CertificateRecord,
+    StoreUnavailable,
+)
 from smtpgate.auth.names import lookup_key
 from smtpgate.auth.store import AuditActor, SqliteAccountStore
 from smtpgate.config import AccountsConfig, PostgresConfig
@@ -285,6 +291,9 @@ class MemoryBindDirectory:
     def granted_domains(self, name: str) -> list[str]:
         e = self._entry(name)
         return [] if e is None else sorted(e.domains)
+
+    def certificate(self, fingerprint: str) -> CertificateRecord | None:
+        return None  # a bind-only directory in tests: no EXTERNAL registrations
 
     def match_app_password(self, name: str, password: str) -> AppPassword | None:
         e = self._entry(name)

@@ -93,6 +93,7 @@ def test_unknown_user_is_none_everywhere(d: AccountDirectory) -> None:
     assert not d.verify_password(ghost, PASSWORD[ALICE] or "")
     assert d.aliases(ghost) == [] and d.granted_domains(ghost) == []
     assert d.match_app_password(ghost, PHONE) is None
+    assert d.certificate("00" * 32) is None  # EXTERNAL: a fingerprint never registered
     d.record_login(ghost, "PLAIN", datetime.now(UTC))  # no error
     assert not d.put_credentials(ghost, {SCRAM_SHA_256: "{}"}, generation=0)
 

@@ -844,8 +844,15 @@ class PolicyConfig(Model):
     )
     from_header: Literal["enforce", "log", "off"] = Field(
         default="enforce",
-        description="The same rule for the addresses in the message's From header; "
-        "'enforce' refuses the message with 550 5.7.1 after its end.",
+        description="The same rule for the addresses in the message's From and Sender "
+        "headers (read as docs/policy.md says: obsolete syntax, folding, groups, encoded "
+        "words, every From field, display names holding addresses); 'enforce' refuses the "
+        "message with 550 5.7.1 after its end, 'log' only logs, 'off' skips the check.",
+    )
+    allow_missing_from_header: bool = Field(
+        default=False,
+        description="Accept a message with no From header (RFC 5322 requires one). False: "
+        "with from_header = 'enforce' it is refused with 554 5.6.0 ('log' logs it).",
     )
     allow_null_sender: bool = Field(
         default=True,

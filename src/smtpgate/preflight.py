@@ -688,6 +688,9 @@ def loosenings(cfg: Config) -> list[Problem]:
     ):
         if mode != "enforce":
             out.append(_warning(key, f"{mode}: accounts may send as addresses they do not own"))
+    if cfg.policy.allow_missing_from_header and cfg.policy.from_header != "off":
+        out.append(_warning("policy.allow_missing_from_header", "true: messages without a "
+                            "From header are accepted (their author is not checked)"))
     if cfg.limits.messages_per_hour == 0:
         out.append(_warning("limits.messages_per_hour", "0: no limit on messages per account, "
                             "so a stolen password can send without bound"))

@@ -321,6 +321,7 @@ enabled = false
 allowlist = ["127.0.2.0/24"]
 [policy]
 sender_ownership = "log"
+allow_missing_from_header = true
 [smtp]
 bare_line_endings = "normalize"
 [passwords]
@@ -345,7 +346,7 @@ def test_every_loosening_is_a_warning_and_serve_logs_the_same_list(gate: Path) -
     assert [p.key for p in listed] == [
         "listeners.0.auth_in_clear", "auth.mechanisms", "smtp.bare_line_endings",
         "guard.enabled", "guard.allowlist", "policy.sender_ownership",
-        "passwords.min_strength", "delivery.relay_verify_cert",
+        "policy.allow_missing_from_header", "passwords.min_strength", "delivery.relay_verify_cert",
     ]
     assert {p.severity for p in listed} == {"warning"}
     assert [p for p in run_checks(cfg) if p.severity == "warning"][-len(listed):] == listed

@@ -6,21 +6,54 @@ refuse or fix a sender the user is not allowed to use. An account owns its own
 address, its aliases (``smtpgate user alias add``) and every address in the
 domains granted to it (``smtpgate user domain grant``): its
 `smtpgate.auth.sender_profile.SenderProfile`, which the account directory
-provides. The check applies to the envelope sender (MAIL FROM) and to each
-address in the From header; this module reads the From header and decides both.
+provides. The check applies to the envelope sender (MAIL FROM) and to the From
+and Sender header fields; this module reads those fields and decides both.
 
 The decisions are functions of the principal's profile and the envelope (or the
-message) that return a reply or None, so that every front door that submits or
-vets mail (the SMTP session; a Postfix policy service next) applies the same
-rule. Each refusal, and each mismatch ``log`` mode lets through, is logged.
+message's header section) that return a reply or None, so that every front door
+that submits or vets mail (the SMTP session; a Postfix policy service next)
+applies the same rule. Each refusal, and each mismatch ``log`` mode lets
+through, is logged.
+
+Reading From and Sender (docs/policy.md, "The From and Sender headers")
+-----------------------------------------------------------------------
+What a reader shows as the author must be an address the account owns, so the
+check reads the header section the way the most lenient reader would, and
+refuses what it cannot read:
+
+- *Which lines are From and Sender fields* is hand-written (one regular
+  expression): Python's ``email`` parser does not accept RFC 5322 §4.5.1's
+  obsolete ``From :`` / ``From<TAB>:`` (white space before the colon, which
+  Postfix and many readers take as From): it files the first as a Unix "From "
+  line and ends the header section at the second, so a forged From could pass
+  unseen. Every line of the whole header section is looked at (up to the first
+  empty line, RFC 5322 §2.1; all of it if there is none), a field's folded
+  lines are unfolded (§2.2.3), and field names match in any case. The engine
+  bounds the section's size (``smtp/data.py``, 552 5.3.4), not this module.
+- *The addresses in a field* come from ``email.headerregistry`` (RFC 5322
+  address lists with groups, comments, quoted strings, route addresses and the
+  obsolete list forms; RFC 2047 encoded words in display names; RFC 6532
+  UTF-8). A value it reads only with a defect other than obsolete syntax (two
+  addresses where one is allowed, unbalanced brackets, control characters) is
+  unreadable, and an unreadable field owns nothing.
+- *Anything that looks like an address* (``local@domain.tld``) anywhere in the
+  field, in a display name, a comment or an encoded word once decoded, must be
+  owned too: readers differ in what they show (``"ceo@bank.example"
+  <alice@example.org>``), and a display name naming someone else's address is
+  the spoof this check exists to stop.
+
+A message with no From field (RFC 5322 §3.6 requires one) is refused unless
+``policy.allow_missing_from_header`` says otherwise; a Sender field is checked
+when present.
 """
 
 from __future__ import annotations
 
-import email.parser
+import email.header
 import email.policy
-import email.utils
 import logging
+import re
+from email.errors import HeaderParseError, ObsoleteHeaderDefect
 
 from smtpgate.auth.sender_profile import SenderProfile
 from smtpgate.config import PolicyConfig
@@ -28,27 +61,77 @@ from smtpgate.smtp import replies as R
 
 log = logging.getLogger("smtpgate.policy")
 
-#: Header bytes read at most when looking for From: headers beyond this are
-#: not headers a mail client writes, and the parse stays cheap on the loop.
-MAX_HEADER_BYTES = 256 * 1024
+#: The fields whose addresses the account must own.
+CHECKED_FIELDS = ("From", "Sender")
+
+# RFC 5322 §3.6.2 from/sender with §4.5.1's obs-from/obs-sender (*WSP before the
+# colon); a field starts a line, and its folded lines start with WSP (§2.2.3).
+_FIELD = re.compile(
+    rb"^(from|sender)[ \t]*:([^\r\n]*(?:\r?\n[ \t][^\r\n]*)*)", re.IGNORECASE | re.MULTILINE
+)
+_FOLD = re.compile(r"\r?\n(?=[ \t])")
+# Something a reader may show as an address: dot-atom text, "@", a dotted domain.
+_ADDRESS_LIKE = re.compile(r"[\w.!#$%&'*+/=?^`{|}~-]+@[\w-]+(?:\.[\w-]+)+")
+
+
+def header_section(message: bytes) -> bytes:
+    """The header section of ``message`` (each field's CRLF included, not the empty
+    line): everything before the first empty line (RFC 5322 §2.1), all of it if
+    there is none. Given a header section, returns it unchanged."""
+    if message.startswith(b"\r\n"):
+        return b""  # no header fields at all
+    end = message.find(b"\r\n\r\n")
+    return message if end < 0 else message[: end + 2]
+
+
+def header_fields(message: bytes, name: str) -> list[str]:
+    """The unfolded values of every ``name`` field (From or Sender) in the header
+    section of ``message``, in order; a value that is not UTF-8 becomes "\ufffd"
+    text, which owns nothing."""
+    wanted = name.lower().encode()
+    out = []
+    for m in _FIELD.finditer(header_section(message)):
+        if m[1].lower() == wanted:
+            out.append(_FOLD.sub("", m[2].decode("utf-8", "replace")))
+        # A bare LF is refused or made CRLF by the engine; either way a field
+        # cannot hide behind one here, since "^" matches after every LF.
+    return out
+
+
+def field_addresses(value: str, name: str = "From") -> list[str]:
+    """Every address a reader could take from one field value: the mailboxes, and
+    anything address-like in display names and comments. "" stands for a value
+    with no mailbox or one that does not parse cleanly: it owns nothing."""
+    try:
+        parsed = email.policy.default.header_factory(name, value)
+        mailboxes = [a.addr_spec for a in parsed.addresses]
+        clean = not any(not isinstance(d, ObsoleteHeaderDefect) for d in parsed.defects)
+        shown = str(parsed)
+    except (HeaderParseError, ValueError, IndexError, AttributeError):
+        mailboxes, clean, shown = [], False, ""
+    try:
+        decoded = str(email.header.make_header(email.header.decode_header(value)))
+    except (HeaderParseError, ValueError, LookupError, UnicodeError):
+        decoded, clean = "", False
+    out = list(dict.fromkeys(mailboxes))
+    for text in (value, shown, decoded):
+        out += [a.rstrip(".") for a in _ADDRESS_LIKE.findall(text) if a not in out]
+    if not mailboxes or not clean or "\ufffd" in value:
+        out.append("")
+    return list(dict.fromkeys(out))
 
 
 def header_from_addresses(message: bytes) -> list[str] | None:
-    """The addresses in the From header(s) of ``message``; None if it has none.
+    """The addresses of the From field(s) of ``message`` (a whole message or its
+    header section); None if it has none. See `field_addresses`."""
+    return _addresses(message, "From")
 
-    An unparsable From yields the raw text, which then owns nothing: a From
-    that cannot be read cannot be shown to belong to the account.
-    """
-    end = message.find(b"\r\n\r\n")
-    head = message[: end + 2 if end >= 0 else MAX_HEADER_BYTES][:MAX_HEADER_BYTES]
-    parsed = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(head)
-    values = parsed.get_all("From")
+
+def _addresses(message: bytes, name: str) -> list[str] | None:
+    values = header_fields(message, name)
     if not values:
         return None
-    out = []
-    for name, addr in email.utils.getaddresses([str(v) for v in values]):
-        out.append(addr or name)
-    return out or [""]
+    return list(dict.fromkeys(a for v in values for a in field_addresses(v, name)))
 
 
 def envelope_sender_refusal(
@@ -70,18 +153,34 @@ def envelope_sender_refusal(
 
 
 def from_header_refusal(
-    profile: SenderProfile, message: bytes, policy: PolicyConfig, *, where: str
+    profile: SenderProfile, header: bytes, policy: PolicyConfig, *, where: str
 ) -> R.Reply | None:
-    """End of DATA: the refusal for a From header naming an address the account
-    does not own, or None (a message without From is left to the next hop)."""
+    """End of DATA: the refusal for a From or Sender field naming an address the
+    account does not own, or for a message without From, or None.
+
+    ``header`` is the message's header section (a whole message does as well:
+    its header section is what is read). The module docstring says how it is read.
+    """
     mode = policy.from_header
     if mode == "off":
         return None
-    bad = [a for a in header_from_addresses(message) or () if not profile.owns(a)]
-    if not bad:
-        return None
-    log.warning(
-        "%s: user=%s From: %s not owned by the account%s",
-        where, profile.name, ", ".join(bad), "" if mode == "enforce" else " (logged only)",
-    )
-    return R.FROM_NOT_OWNED if mode == "enforce" else None
+    enforce = mode == "enforce"
+    found = header_from_addresses(header)
+    if found is None and not policy.allow_missing_from_header:
+        log.warning("%s: user=%s message has no From header%s",
+                    where, profile.name, "" if enforce else " (logged only)")
+        if enforce:
+            return R.FROM_MISSING
+    for field, addresses, reply in (
+        ("From", found, R.FROM_NOT_OWNED),
+        ("Sender", _addresses(header, "Sender"), R.SENDER_HEADER_NOT_OWNED),
+    ):
+        bad = [a or "(unreadable)" for a in addresses or () if not profile.owns(a)]
+        if bad:
+            log.warning(
+                "%s: user=%s %s: %s not owned by the account%s",
+                where, profile.name, field, ", ".join(bad), "" if enforce else " (logged only)",
+            )
+            if enforce:
+                return reply
+    return None

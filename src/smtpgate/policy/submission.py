@@ -8,8 +8,10 @@ asks it at each step of a transaction (docs/policy.md):
   (`policy/sender.py`), and the rate counters give the transaction its budget
   (`policy/rates.py`); an exhausted message budget refuses the MAIL.
 - RCPT: counted against that budget, without another read.
-- End of DATA: the From header's ownership; the accepted message's count, which
-  the intake commits alongside the spool write, before the 250.
+- End of DATA: the From and Sender headers' ownership, and that there is a From
+  (`policy/sender.py` says how the header section is read); the accepted
+  message's count, which the intake commits alongside the spool write, before
+  the 250.
 
 Every decision returns a reply or None (accept). A fault of the account
 directory refuses the MAIL with a temporary 451 and is logged; a fault of the
@@ -101,11 +103,13 @@ class Sending:
         self._recipients += 1
         return None
 
-    def message(self, data: bytes, policy: PolicyConfig) -> R.Reply | None:
-        """End of DATA: the From header's ownership (checked once MAIL read the profile)."""
+    def message(self, header: bytes, policy: PolicyConfig) -> R.Reply | None:
+        """End of DATA: the From and Sender headers' ownership, and a From at all
+        (checked once MAIL read the profile). ``header`` is the message's header
+        section; the whole message does as well (`policy.sender.header_section`)."""
         if self._profile is None:
             return None
-        return from_header_refusal(self._profile, data, policy, where=self._where)
+        return from_header_refusal(self._profile, header, policy, where=self._where)
 
     def count(
         self, rates: RateLimiter | None, recipients: int

@@ -50,7 +50,7 @@ from smtpgate.queue.spool import Spool
 from smtpgate.queue.worker import DeliveryWorker
 from smtpgate.sasl.base import ChannelBinding, ServerMechanism
 from smtpgate.sasl.registry import create_server_mechanism, server_mechanism_names
-from smtpgate.server import logs, pidfile
+from smtpgate.server import logs, pidfile, systemd
 from smtpgate.server import reload as reloading
 from smtpgate.server.connection import SmtpConnection
 from smtpgate.server.front_doors import (
@@ -440,16 +440,26 @@ async def serve_sockets(
     hooks = hooks or ReloadHooks(None)
 
     def on_reload(full: bool) -> None:
+        # A no-op in a supervised worker: only the main process talks to systemd.
+        if full:
+            systemd.reloading()
         ok = live.reopen_logs()
         if full and hooks.config_path is not None:
             ok = live.reload(hooks.config_path, quiet=hooks.quiet) and ok
         hooks.done(ok)
+        if full:
+            systemd.ready("serving; reload done")
 
     loop.add_signal_handler(signal.SIGHUP, on_reload, True)
     loop.add_signal_handler(signal.SIGUSR1, on_reload, False)
     if ready is not None:
         ready()
+    systemd.ready(f"serving on {len(servers)} listeners")
+    pinger = _watchdog_task()
     await stop.wait()
+    systemd.stopping()
+    if pinger is not None:
+        pinger.cancel()
     log.info("stopping: no new connections; %d open", len(runtime.connections))
     if worker is not None:
         # Deliveries get the sessions' grace, then are cancelled and stay queued.
@@ -479,6 +489,21 @@ async def serve_sockets(
     await rates.close()
     await spool.close()
     log.info("stopped")
+
+
+def _watchdog_task() -> asyncio.Task[None] | None:
+    """Ping systemd's watchdog from the event loop, so a loop that hangs stops the
+    pings (None: no watchdog, or a supervised worker)."""
+    every = systemd.watchdog_interval()
+    if every is None:
+        return None
+
+    async def ping() -> None:
+        while True:
+            systemd.watchdog()
+            await asyncio.sleep(every)
+
+    return asyncio.get_running_loop().create_task(ping())
 
 
 async def deliver_only(

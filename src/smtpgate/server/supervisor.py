@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from smtpgate.errors import StartupError
+from smtpgate.server import systemd
 
 log = logging.getLogger("smtpgate")
 
@@ -146,12 +147,16 @@ class Supervisor:
     _sel: selectors.BaseSelector = field(default_factory=selectors.DefaultSelector)
     _wake_r: int = -1
     _wake_w: int = -1
+    #: systemd's watchdog: seconds between pings, and when the next is due.
+    _watchdog_every: float | None = None
+    _watchdog_at: float = 0.0
 
     # --- the loop -------------------------------------------------------------------
 
     def run(self) -> int:
         """Start every child, supervise until stopped; returns the exit code."""
         self._install_signals()
+        self._watchdog_every = systemd.watchdog_interval()
         try:
             deadline = self.clock() + self.startup_timeout
             for spec in self.specs:
@@ -173,6 +178,8 @@ class Supervisor:
 
     def _next_timer(self, startup_deadline: float) -> float | None:
         times = list(self._restart_at.values())
+        if self._watchdog_every is not None:
+            times.append(self._watchdog_at)
         if not self._running and not self._stopping:
             times.append(startup_deadline)
         if self._stop_deadline is not None:
@@ -193,6 +200,9 @@ class Supervisor:
                 self._read(child)
 
     def _timers(self, now: float) -> None:
+        if self._watchdog_every is not None and now >= self._watchdog_at:
+            systemd.watchdog()
+            self._watchdog_at = now + self._watchdog_every
         if self._stop_deadline is not None and now >= self._stop_deadline:
             for child in self._children.values():
                 log.error("%s (pid %d) did not stop within %.0f s: killing it",
@@ -251,6 +261,7 @@ class Supervisor:
         and SIGUSR1 are ignored until the child's own loop handles them, so a reload
         that arrives during start-up cannot kill it (it is re-sent once ready)."""
         signal.set_wakeup_fd(-1)
+        systemd.forget_in_child()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
         for sig in (signal.SIGHUP, signal.SIGUSR1):
@@ -306,6 +317,7 @@ class Supervisor:
         extra = "".join(f"; {c.spec.name} process: {c.pid}" for c in others)
         log.info("started %d worker processes: %s%s", len(workers),
                  ", ".join(str(c.pid) for c in workers), extra)
+        systemd.ready(f"serving with {len(workers)} worker processes")
 
     def _reap(self) -> None:
         for pid in list(self._children):
@@ -402,6 +414,7 @@ class Supervisor:
 
     def _begin_stop(self, code: int, sig: int = signal.SIGTERM) -> None:
         if not self._stopping:
+            systemd.stopping()
             self._code = code
             self._stopping = True
             self._restart_at.clear()
@@ -410,8 +423,12 @@ class Supervisor:
             _kill(child.pid, sig)
 
     def _reload(self, sig: int) -> None:
+        if sig == signal.SIGHUP:
+            systemd.reloading()
         forward = self.on_reload(sig)
         if forward is None:
+            if sig == signal.SIGHUP:
+                systemd.ready("serving (reload did nothing)")
             return
         self._generation += 1
         self._last_forward = forward
@@ -425,6 +442,7 @@ class Supervisor:
         if self._reload_waiting or self._last_forward is None:
             return
         what = "reload" if self._last_forward == signal.SIGHUP else "log reopen"
+        systemd.ready(f"serving; {what} done")  # ends a SIGHUP's RELOADING=1
         if self._reload_failed:
             log.warning("%s done; %d processes reported an error (see above)",
                         what, self._reload_failed)

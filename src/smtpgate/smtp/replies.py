@@ -180,6 +180,14 @@ SENDER_NOT_OWNED = Reply(553, "5.7.1", "Sender address not owned by the authenti
 # RFC 6409 §6.1 for the From header, refused after the end of data: RFC 5321
 # §4.3.2 lists 550 (not 553) among the replies to DATA for policy rejections.
 FROM_NOT_OWNED = Reply(550, "5.7.1", "From header address not owned by the authenticated user")
+# The same for the Sender field (RFC 5322 §3.6.2), checked when present.
+SENDER_HEADER_NOT_OWNED = Reply(
+    550, "5.7.1", "Sender header address not owned by the authenticated user"
+)
+# RFC 5322 §3.6: every message has a From field; RFC 6409 §6.3 lets an MSA refuse
+# message data that breaks RFC 5322 with 554. RFC 3463 §3.7: X.6.0 "other or
+# undefined media error".
+FROM_MISSING = Reply(554, "5.6.0", "Message has no From header")
 # Per-identity sending rates: RFC 5321 §4.2.5 450 (temporary, the client retries
 # later) with RFC 3463 §3.8 X.7.1 "delivery not authorized, message refused".
 MESSAGE_RATE_EXCEEDED = Reply(

@@ -1,0 +1,92 @@
+"""The From/Sender check (policy/sender.py) on the forms issue 16 found or feared,
+and on what real clients send: each forgery refused, each honest header accepted."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from smtpgate.auth.sender_profile import SenderProfile
+from smtpgate.config import PolicyConfig
+from smtpgate.policy.sender import from_header_refusal, header_fields, header_section
+from smtpgate.smtp import replies as R
+from tests.header_samples import (
+    ACCEPTED,
+    CLIENTS,
+    FORGED,
+    FORGERIES,
+    OWNER,
+    client_header,
+)
+
+ALICE = SenderProfile(OWNER)
+ENFORCE = PolicyConfig()
+
+
+def refusal(header: str | bytes, policy: PolicyConfig = ENFORCE) -> R.Reply | None:
+    data = header.encode() if isinstance(header, str) else header
+    return from_header_refusal(ALICE, data, policy, where="s1 192.0.2.7")
+
+
+@pytest.mark.parametrize("name", sorted(FORGERIES))
+def test_forgery_is_refused(name: str) -> None:
+    header = FORGERIES[name]
+    expected = R.SENDER_HEADER_NOT_OWNED if name.startswith("sender") else R.FROM_NOT_OWNED
+    assert refusal(header) == expected
+    # The same, handed over as a whole message (what the check received before
+    # DATA was streamed): only the header section counts.
+    assert refusal(header + "\r\nbody\r\n") == expected
+
+
+@pytest.mark.parametrize("name", sorted(ACCEPTED))
+def test_own_addresses_are_accepted(name: str) -> None:
+    assert refusal(ACCEPTED[name]) is None
+
+
+@pytest.mark.parametrize("client", sorted(CLIENTS))
+def test_real_clients(client: str) -> None:
+    assert refusal(client_header(client)) is None
+    assert refusal(client_header(client, FORGED)) == R.FROM_NOT_OWNED
+
+
+def test_a_from_after_a_megabyte_of_other_fields_is_read() -> None:
+    """The old check read 256 KiB and took "no From found" as fine."""
+    filler = "".join(f"X-Filler-{i}: {'x' * 990}\r\n" for i in range(1100))
+    assert refusal(f"Subject: hi\r\n{filler}From: {FORGED}\r\n") == R.FROM_NOT_OWNED
+    assert refusal(f"From: {OWNER}\r\n{filler}") is None
+
+
+def test_a_from_in_the_body_is_not_a_header() -> None:
+    assert refusal(f"From: {OWNER}\r\n\r\nFrom: {FORGED}\r\n") is None
+    assert header_section(b"\r\nFrom: x@y.example\r\n") == b""
+
+
+def test_no_from_is_refused_unless_allowed(caplog: pytest.LogCaptureFixture) -> None:
+    assert refusal("Subject: no author\r\nTo: bob@example.net\r\n") == R.FROM_MISSING
+    assert refusal(b"") == R.FROM_MISSING
+    allowed = PolicyConfig(allow_missing_from_header=True)
+    assert refusal("Subject: no author\r\n", allowed) is None
+    # ... but a Sender is still checked.
+    assert refusal(f"Sender: {FORGED}\r\n", allowed) == R.SENDER_HEADER_NOT_OWNED
+    with caplog.at_level(logging.WARNING, "smtpgate.policy"):
+        assert refusal("Subject: x\r\n", PolicyConfig(from_header="log")) is None
+    assert "has no From header (logged only)" in caplog.text
+    assert refusal("Subject: x\r\n", PolicyConfig(from_header="off")) is None
+
+
+def test_log_mode_logs_the_forgery_and_lets_it_through(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, "smtpgate.policy"):
+        assert refusal(FORGERIES["space-before-colon"], PolicyConfig(from_header="log")) is None
+    assert f"From: {FORGED} not owned by the account (logged only)" in caplog.text
+
+
+def test_unreadable_values_own_nothing() -> None:
+    for value in (b"<<<", b"\xff\xfe@example.org", b"<>", b"undisclosed-recipients:;"):
+        assert refusal(b"From: " + value + b"\r\n") == R.FROM_NOT_OWNED, value
+
+
+def test_fields_are_unfolded_and_found_in_any_case() -> None:
+    raw = b"sender :\r\n a@x.example\r\nX: 1\r\nFROM\t:b@x.example\r\n"
+    assert header_fields(raw, "Sender") == [" a@x.example"]
+    assert header_fields(raw, "From") == ["b@x.example"]

@@ -29,6 +29,15 @@ from .conftest import IN_CI, Server, free_port, make_server, require_tool
 PASSWORD = "Lantern-Quartz-Harbor-58"
 ALICE, BOB = "alice@example.org", "bob@example.org"
 
+#: Spraying is blocked after three accounts, so one test shows a guard refusal.
+GUARD = """
+[guard]
+allowlist = []
+penalty_base = 0.1
+penalty_max = 0.4
+spray_accounts = 3
+"""
+
 
 @dataclass
 class Stack:
@@ -75,7 +84,7 @@ def stack() -> Iterator[Stack]:
     srv: Server | None = None
     exims: dict[str, exim_peer.Exim] = {}
     try:
-        srv = make_server(root / "srv", doors)
+        srv = make_server(root / "srv", doors + GUARD)
         for name in (ALICE, BOB):
             srv.add_user(name, PASSWORD)
         srv.start()
@@ -98,8 +107,9 @@ def run(cmd: list[str], stdin: str | None = None) -> subprocess.CompletedProcess
                           input=stdin, stdin=None if stdin is not None else subprocess.DEVNULL)
 
 
-def swaks(e: exim_peer.Exim, mech: str, user: str, password: str) -> str:
-    proc = run([require_tool("swaks"), "-s", "127.0.0.1", "-p", str(e.port), "-tls",
+def swaks(e: exim_peer.Exim, mech: str, user: str, password: str, source: str = "127.0.0.1"
+          ) -> str:
+    proc = run([require_tool("swaks"), "-s", "127.0.0.1", "-p", str(e.port), "-tls", "-li", source,
                 "--tls-verify", "--tls-ca-path", str(e.ca), "-a", mech, "-au", user,
                 "-ap", password, "--quit-after", "AUTH", "--helo", "client.test"])
     return proc.stdout + proc.stderr
@@ -153,3 +163,14 @@ def test_wrong_password_fails_through_exim(stack: Stack) -> None:
     assert "535 Incorrect authentication data" in out and "235 " not in out, out
     rec = stack.wait_record(before, result="failure", username=BOB)
     assert rec["reason"] == "bad password" and rec["listener"] == "exim-unix"
+
+
+def test_guard_refusal_is_a_temporary_failure_through_exim(stack: Stack) -> None:
+    """Spraying from 127.0.0.5 (the rip Exim passes) is blocked; the refusal closes the
+    request, which Exim answers as a temporary failure, never 535."""
+    e = stack.exims["tcp"]
+    outs = [swaks(e, "PLAIN", f"nobody{i}@example.org", "Summer2024!", "127.0.0.5")
+            for i in range(4)]
+    assert all("535 Incorrect authentication data" in o for o in outs[:3]), outs
+    assert "435 Unable to authenticate at present" in outs[3], outs[3]
+    assert "235 " in swaks(e, "PLAIN", BOB, PASSWORD, "127.0.0.6")

@@ -202,6 +202,12 @@ def test_swaks_through_nginx_delivers_as_the_authenticated_sender(
     assert str(rec[-1]["tls"]).startswith("TLSv1.")  # nginx's Auth-SSL-Protocol
 
 
+def test_sender_ownership_applies_to_the_xclient_login(stack: Stack) -> None:
+    out = swaks(stack, "127.0.0.10", "PLAIN", ALICE, PASSWORD, "-f", "mallory@elsewhere.test",
+                "-t", "bob@example.net")
+    assert "553 5.7.1 Sender address not owned by the authenticated user" in out, out
+
+
 def test_wrong_password_gets_535_and_the_guards_auth_wait(stack: Stack) -> None:
     out = swaks(stack, "127.0.0.4", "PLAIN", CAROL, "wrong-password", "--quit-after", "AUTH")
     assert "535 5.7.8" in out, out + stack.nginx_log()

@@ -1,0 +1,122 @@
+"""RFC 3461 DSN parameters of MAIL FROM (RET, ENVID) and RCPT TO (NOTIFY, ORCPT).
+
+Parsing only: the engine keeps what these return with the transaction, the
+queue stores it with the envelope and ``queue/dsn.py`` acts on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from smtpgate.smtp.address import AddressError, decode_xtext
+
+#: RFC 3461 §4.4: ENVID is at most 100 characters (of xtext, before decoding).
+MAX_ENVID = 100
+#: RFC 3461 §4.2: "the ORCPT parameter MUST NOT exceed 500 characters".
+MAX_ORCPT = 500
+_NOTIFY = frozenset({"NEVER", "SUCCESS", "FAILURE", "DELAY"})
+
+
+class DsnParamError(ValueError):
+    """A DSN parameter is malformed (the reply is 501)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RcptParams:
+    """NOTIFY (upper-cased keywords; None if not given) and ORCPT ("type;address",
+    decoded from xtext; None if not given) of one RCPT TO."""
+
+    notify: tuple[str, ...] | None = None
+    orcpt: str | None = None
+
+
+def parse_ret(value: str | None) -> str:
+    """RFC 3461 §4.3: RET=FULL or RET=HDRS.
+
+    Raises:
+        DsnParamError: anything else.
+    """
+    if value is None or value.upper() not in ("FULL", "HDRS"):
+        raise DsnParamError("RET must be FULL or HDRS")
+    return value.upper()
+
+
+def parse_envid(value: str | None) -> str:
+    """RFC 3461 §4.4: ENVID=<xtext>, kept decoded.
+
+    Raises:
+        DsnParamError: missing, too long, or not xtext (controls refused).
+    """
+    if not value or len(value) > MAX_ENVID:
+        raise DsnParamError("ENVID must be 1 to 100 characters of xtext")
+    try:
+        return decode_xtext(value)
+    except AddressError as e:
+        raise DsnParamError(f"ENVID: {e}") from None
+
+
+def parse_notify(value: str | None) -> tuple[str, ...]:
+    """RFC 3461 §4.1: NOTIFY=NEVER, or a comma list of SUCCESS, FAILURE, DELAY.
+
+    Raises:
+        DsnParamError: empty, unknown keyword, repeated, or NEVER with others.
+    """
+    if not value:
+        raise DsnParamError("NOTIFY needs a value")
+    words = tuple(w.upper() for w in value.split(","))
+    if not set(words) <= _NOTIFY or len(set(words)) != len(words):
+        raise DsnParamError("NOTIFY takes NEVER or SUCCESS, FAILURE, DELAY")
+    # RFC 3461 §4.1: "NEVER ... MUST NOT be combined with any other value"
+    if "NEVER" in words and len(words) > 1:
+        raise DsnParamError("NOTIFY=NEVER cannot be combined")
+    return words
+
+
+def parse_orcpt(value: str | None) -> str:
+    """RFC 3461 §4.2: ORCPT=addr-type;xtext, kept as "addr-type;decoded".
+
+    Raises:
+        DsnParamError: no type, too long, or not xtext (controls refused).
+    """
+    if not value or len(value) > MAX_ORCPT:
+        raise DsnParamError("ORCPT must be 1 to 500 characters")
+    addr_type, semi, address = value.partition(";")
+    if not semi or not addr_type or not address or not addr_type.isascii():
+        raise DsnParamError("ORCPT must be addr-type;address")
+    try:
+        return f"{addr_type};{decode_xtext(address)}"
+    except AddressError as e:
+        raise DsnParamError(f"ORCPT: {e}") from None
+
+
+def parse_rcpt_params(params: dict[str, str | None]) -> RcptParams:
+    """NOTIFY and ORCPT from RCPT TO's parameters.
+
+    Raises:
+        DsnParamError: one is malformed.
+        KeyError: a parameter other than these two (the caller answers 555).
+    """
+    notify: tuple[str, ...] | None = None
+    orcpt: str | None = None
+    for key, value in params.items():
+        if key == "NOTIFY":
+            notify = parse_notify(value)
+        elif key == "ORCPT":
+            orcpt = parse_orcpt(value)
+        else:
+            raise KeyError(key)
+    return RcptParams(notify, orcpt)
+
+
+@dataclass(frozen=True, slots=True)
+class TransactionDsn:
+    """The DSN parameters of one mail transaction: RET and ENVID of MAIL FROM, and
+    NOTIFY/ORCPT of each accepted recipient that gave any."""
+
+    ret: str | None = None
+    envid: str | None = None
+    rcpts: tuple[tuple[str, RcptParams], ...] = ()
+
+
+#: A transaction without DSN parameters.
+NO_DSN = TransactionDsn()

@@ -14,6 +14,7 @@ import base64
 import json
 import shutil
 import smtplib
+import socket
 import ssl
 import subprocess
 import tempfile
@@ -56,6 +57,8 @@ class Stack:
     postfix: PostfixDovecot
     issuer: LocalIssuer
     broken: LocalIssuer
+    #: smtpgate's TCP auth listener (the one Postfix's "tcp" service uses).
+    door: int
 
     def port(self, service: str) -> int:
         return self.postfix.ports[service]
@@ -117,7 +120,7 @@ def stack() -> Iterator[Stack]:
         # smtpgate first: each smtpd reads the mechanism list once, at its first AUTH.
         srv, issuer, broken = _smtpgate(root / "srv", sock, tcp)
         with running(services) as pd:
-            yield Stack(srv, pd, issuer, broken)
+            yield Stack(srv, pd, issuer, broken, tcp)
     finally:
         if srv is not None and srv.proc is not None:
             srv.stop()
@@ -260,3 +263,57 @@ def test_backend_fault_is_454_through_postfix_and_the_next_login_works(stack: St
     assert rec["client_ip"] == "127.0.0.7" and rec["front_door"] == "dovecot"
     # Postfix reconnects for the next AUTH: the door is open again.
     assert plain("127.0.0.7", ALICE, PASSWORD, stack) == 235
+
+
+# --- straight on the auth listener: what Postfix never sends --------------------------
+
+
+def door_session(stack: Stack) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", stack.door), timeout=10)
+    sock.sendall(b"VERSION\t1\t0\nCPID\t4242\n")
+    buf = b""
+    while not buf.endswith(b"DONE\n"):
+        chunk = sock.recv(4096)
+        assert chunk, buf
+        buf += chunk
+    assert b"MECH\tSCRAM-SHA-256\tmutual-auth\n" in buf and b"-PLUS" not in buf
+    return sock
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    out = b""
+    while chunk := sock.recv(4096):
+        out += chunk
+    return out
+
+
+def test_a_peer_that_hangs_up_mid_exchange_leaves_one_cancelled_record(stack: Stack) -> None:
+    before = len(stack.records())
+    sock = door_session(stack)
+    sock.sendall(b"AUTH\t1\tLOGIN\tservice=smtp\trip=127.0.0.8\tsecured\n")
+    assert sock.recv(4096) == b"CONT\t1\tVXNlcm5hbWU6\n"
+    sock.close()
+    rec = stack.wait_record(before, client_ip="127.0.0.8")
+    assert (rec["result"], rec["mechanism"], rec["front_door"]) == ("cancelled", "LOGIN", "dovecot")
+    assert rec["reason"] == "connection closed"
+
+
+@pytest.mark.parametrize("garbage", [
+    b"HELLO\tthere\n",                                   # unknown command
+    b"AUTH\t1\tLOGIN\tservice=smtp\trip=127.0.0.8\tsecured\nCONT\t1\t" + b"A" * 20000,  # overlong
+    b"AUTH\tone\tPLAIN\tservice=smtp\n",               # malformed id
+], ids=["unknown-command", "overlong-line", "malformed-id"])
+def test_protocol_errors_close_the_connection_and_the_listener_keeps_serving(
+    stack: Stack, garbage: bytes
+) -> None:
+    sock = door_session(stack)
+    sock.sendall(garbage)
+    rest = read_until_closed(sock)  # closed by smtpgate: recv returns b""
+    assert b"OK" not in rest
+    sock.close()
+    assert "closing:" in stack.smtpgate.log_text()
+    again = door_session(stack)
+    resp = base64.b64encode(f"\0{ALICE}\0{PASSWORD}".encode())
+    again.sendall(b"AUTH\t1\tPLAIN\tservice=smtp\trip=127.0.0.1\tsecured\tresp=" + resp + b"\n")
+    assert again.recv(4096) == f"OK\t1\tuser={ALICE}\n".encode()
+    again.close()

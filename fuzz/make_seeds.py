@@ -252,6 +252,42 @@ def policy_seeds() -> dict[str, bytes]:
     }
 
 
+def from_header_seeds() -> dict[str, bytes]:
+    """Messages as mail clients write them, and issue 16's From spoofs; the account
+    owns alice@example.org."""
+    tb = (b"Message-ID: <0f3e@example.org>\r\nDate: Tue, 1 Dec 2026 03:00:00 +0000\r\n"
+          b"MIME-Version: 1.0\r\nUser-Agent: Mozilla Thunderbird\r\nContent-Language: en-US\r\n"
+          b"To: Bob <bob@example.net>\r\nFrom: Alice Example <alice@example.org>\r\n"
+          b"Subject: hi\r\nContent-Type: text/plain; charset=UTF-8; format=flowed\r\n"
+          b"Content-Transfer-Encoding: 7bit\r\n\r\nhello\r\n")
+    apple = (b"From: =?utf-8?Q?Alice_Ex=C3=A4mple?= <alice@example.org>\r\nContent-Type: text/plain;"
+             b"\r\n\tcharset=us-ascii\r\nContent-Transfer-Encoding: 7bit\r\nMime-Version: 1.0 "
+             b"(Mac OS X Mail 16.0 \\(3774.600.62\\))\r\nSubject: hi\r\nMessage-Id: <1@x>\r\n"
+             b"Date: Tue, 1 Dec 2026 03:00:00 +0100\r\nTo: bob@example.net\r\n\r\nhello\r\n")
+    outlook = (b"From: \"Example, Alice\" <alice@example.org>\r\nTo: \"bob@example.net\"\r\n"
+               b"\t<bob@example.net>\r\nSubject: hi\r\nThread-Topic: hi\r\nThread-Index: AQHX\r\n"
+               b"Date: Tue, 1 Dec 2026 03:00:00 +0000\r\nMessage-ID:\r\n <AM0P@eurprd.outlook.com>\r\n"
+               b"Content-Language: en-US\r\nX-MS-Has-Attach:\r\nContent-Type: text/plain; "
+               b"charset=\"us-ascii\"\r\nMIME-Version: 1.0\r\n\r\nhello\r\n")
+    return {
+        "thunderbird": tb,
+        "apple-mail": apple,
+        "outlook": outlook,
+        "obs-from-space": b"From : ceo@bank.example\r\nTo: x@y.org\r\n\r\nx\r\n",
+        "obs-from-tab": b"From\t: ceo@bank.example\r\n\r\n",
+        "late-from": b"X-Pad: " + b"a\xfe\xfe\xff\r\n" * 4 + b"From: ceo@bank.example\r\n\r\n",
+        "display-name": b"From: \"ceo@bank.example\" <alice@example.org>\r\n\r\n",
+        "encoded-word": b"From: =?utf-8?b?Y2VvQGJhbmsuZXhhbXBsZQ==?= <alice@example.org>\r\n\r\n",
+        "two-froms": b"From: alice@example.org\r\nFROM: ceo@bank.example\r\n\r\n",
+        "folded": b"From: Alice\r\n <alice@example.org>,\r\n\tceo@bank.example\r\n\r\n",
+        "group": b"From: team: alice@example.org, ceo@bank.example;\r\n\r\n",
+        "sender": b"From: alice@example.org\r\nSender: ceo@bank.example\r\n\r\n",
+        "no-from": b"Subject: x\r\n\r\nFrom: alice@example.org\r\n",
+        "comment": b"From: alice@example.org (ceo@bank.example)\r\n\r\n",
+        "route": b"From: <@relay.example:alice@example.org>\r\n\r\n",
+    }
+
+
 def write(target: str, seeds: dict[str, bytes]) -> None:
     d = HERE / "corpus" / target
     d.mkdir(parents=True, exist_ok=True)
@@ -269,6 +305,7 @@ def main() -> None:
     write("dovecot_auth", dovecot_seeds())
     write("auth_http", auth_http_seeds())
     write("policy", policy_seeds())
+    write("from_header", from_header_seeds())
 
 
 if __name__ == "__main__":

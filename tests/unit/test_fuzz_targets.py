@@ -1,7 +1,7 @@
 """The coverage-guided fuzz targets of fuzz/ (docs/security.md, "Fuzzing").
 
 Each target runs for a short bounded time under atheris (a fixed libFuzzer seed,
-a few thousand inputs or ~10 s, whichever comes first) and the test fails when it
+3,000 inputs or 6 s, whichever comes first) and the test fails when it
 finds a crash or a broken invariant, printing the reproducer's path. `make fuzz`
 runs the same targets for long. The seeds must pass, and each invariant check
 must be able to fail: a few hand-made violations prove the checks are not empty.
@@ -21,10 +21,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 FUZZ = ROOT / "fuzz"
 TARGETS = sorted(p.stem.removeprefix("fuzz_") for p in FUZZ.glob("fuzz_*.py"))
-#: Inputs per target in `make test` (the time bound below usually ends it first on
+#: Inputs per target in `make test` (the time bound below ends it first on
 #: a loaded machine).
-RUNS = 4000
-SECONDS = 10
+RUNS = 3000
+SECONDS = 6
 
 
 def load(target: str) -> ModuleType:

@@ -153,6 +153,12 @@ class ClientEngine:
         self._extensions = None
         return self._command(f"EHLO {name}", _Awaiting.EHLO)
 
+    def lhlo(self, name: str) -> bytes:
+        """RFC 2033 §4.1: LMTP's EHLO; a 250 reply updates `extensions` likewise."""
+        self._check_domain(name)
+        self._extensions = None
+        return self._command(f"LHLO {name}", _Awaiting.EHLO)
+
     def helo(self, name: str) -> bytes:
         """RFC 5321 §4.1.1.1: for servers that refuse EHLO (no extensions then)."""
         self._check_domain(name)

@@ -20,7 +20,8 @@ class DeliverySetupError(StartupError):
 
 
 def make_deliverer(cfg: Config) -> Deliverer:
-    """The deliverer for ``delivery.mode``. Reads the relay password file now, so a
+    """The deliverer for ``delivery.mode`` (LMTP is the relay client speaking
+    RFC 2033, with the relay timeouts). Reads the relay password file now, so a
     bad path fails at start-up rather than at the first message.
 
     Raises:
@@ -29,6 +30,19 @@ def make_deliverer(cfg: Config) -> Deliverer:
     d = cfg.delivery
     if d.mode == "maildir":
         return MaildirDeliverer(cfg.path(d.maildir))
+    timeouts = RelayTimeouts(
+        connect=d.relay_connect_timeout,
+        greeting=d.relay_greeting_timeout,
+        command=d.relay_command_timeout,
+        data=d.relay_data_timeout,
+    )
+    if d.mode == "lmtp":
+        endpoint = d.lmtp_endpoint
+        if isinstance(endpoint, Path):
+            return RelayDeliverer("localhost", 0, helo_name=cfg.hostname, tls_mode="none",
+                                  timeouts=timeouts, lmtp=True, unix_path=str(endpoint))
+        return RelayDeliverer(endpoint[0], endpoint[1], helo_name=cfg.hostname,
+                              tls_mode="none", timeouts=timeouts, lmtp=True)
     auth: Callable[[], ClientMechanism] | None = None
     if d.relay_user:
         if d.relay_password_file is None:
@@ -55,12 +69,7 @@ def make_deliverer(cfg: Config) -> Deliverer:
         tls_mode=d.relay_tls,
         tls_context=ctx,
         auth=auth,
-        timeouts=RelayTimeouts(
-            connect=d.relay_connect_timeout,
-            greeting=d.relay_greeting_timeout,
-            command=d.relay_command_timeout,
-            data=d.relay_data_timeout,
-        ),
+        timeouts=timeouts,
     )
 
 

@@ -23,6 +23,11 @@ driver (``smtpgate.client.auth``, shared with the tools): anything but its
 success defers the message, including a 235 after SCRAM without the relay's
 verified signature (RFC 5802 §5); the session then ends before MAIL.
 
+LMTP (RFC 2033, ``lmtp=True``) is the same session with three differences: LHLO
+instead of EHLO, no STARTTLS or AUTH (a local delivery agent on a unix socket or
+loopback), and after the final dot one reply per accepted recipient, in RCPT
+order (§4.2), so one recipient can be refused while the others are delivered.
+
 Every wait has a timeout (`RelayTimeouts`): a next hop that accepts the connection
 and then stalls defers the message like any other temporary failure, and the
 reply text and a WARNING record name the step that timed out and the host. A
@@ -152,7 +157,11 @@ class RelayDeliverer:
         tls_context: ssl.SSLContext | None = None,
         auth: Callable[[], ClientMechanism] | None = None,
         timeouts: RelayTimeouts = RelayTimeouts(),
+        lmtp: bool = False,
+        unix_path: str | None = None,
     ) -> None:
+        if lmtp and (tls_mode != "none" or auth is not None):
+            raise ValueError("LMTP delivery has no STARTTLS or AUTH")
         if tls_mode != "none" and tls_context is None:
             raise ValueError(f"tls_mode {tls_mode!r} needs a TLS context")
         self.host = host
@@ -162,26 +171,41 @@ class RelayDeliverer:
         self._tls_context = tls_context
         self._auth = auth
         self._t = timeouts
+        self._lmtp = lmtp
+        self._unix_path = unix_path
 
     @property
     def timeouts(self) -> RelayTimeouts:
         return self._t
+
+    @property
+    def where(self) -> str:
+        """The next hop in log lines and deferral reasons."""
+        kind = "lmtp" if self._lmtp else "relay"
+        if self._unix_path is not None:
+            return f"{kind} unix:{self._unix_path}"
+        return f"{kind} {self.host}:{self.port}"
 
     async def deliver(
         self, message: QueuedMessage, recipients: tuple[str, ...]
     ) -> Mapping[str, DeliveryResult]:
         """One session; a cancelled delivery drops the connection at once (the
         worker keeps the message queued)."""
-        where = f"{self.host}:{self.port}"
+        where = self.where
         results: dict[str, DeliveryResult] = {}
         try:
-            conn = await SmtpClientConnection.open(self.host, self.port, timeout=self._t.connect)
+            if self._unix_path is not None:
+                conn = await SmtpClientConnection.open_unix(self._unix_path,
+                                                            timeout=self._t.connect)
+            else:
+                conn = await SmtpClientConnection.open(self.host, self.port,
+                                                       timeout=self._t.connect)
         except TimeoutError:
             why = f"no connection within {self._t.connect:g} s"
-            return self._session_failed(message, recipients, results, f"4.4.1 relay {where}: {why}")
+            return self._session_failed(message, recipients, results, f"4.4.1 {where}: {why}")
         except OSError as e:
             why = f"cannot connect: {e.strerror or e}"
-            return self._session_failed(message, recipients, results, f"4.4.1 relay {where}: {why}")
+            return self._session_failed(message, recipients, results, f"4.4.1 {where}: {why}")
         link = _Link(conn)
         try:
             await self._session(link, message, recipients, results)
@@ -196,11 +220,10 @@ class RelayDeliverer:
         except TimeoutError:
             conn.abort()  # a peer that stalled would stall a graceful close too
             why = f"timed out after {link.limit:g} s waiting for {link.step}"
-            return self._session_failed(message, recipients, results,
-                                        f"4.4.2 relay {where}: {why}")
+            return self._session_failed(message, recipients, results, f"4.4.2 {where}: {why}")
         except (OSError, ProtocolError, ssl.SSLError) as e:
             why = f"session failed during {link.step}: {str(e) or type(e).__name__}"
-            self._session_failed(message, recipients, results, f"4.4.2 relay {where}: {why}")
+            self._session_failed(message, recipients, results, f"4.4.2 {where}: {why}")
         await conn.close(timeout=_CLOSE_TIMEOUT)
         return results
 
@@ -234,7 +257,10 @@ class RelayDeliverer:
         greeting = await link.reply("the greeting", t.greeting)
         if greeting.code != 220:
             raise _temp(f"relay greeting: {greeting}")
-        ext = await self._hello(link)
+        if self._lmtp:
+            ext = await self._lhlo(link)
+        else:
+            ext = await self._hello(link)
         if self._tls_mode != "none":
             ext = await self._starttls(link, ext)
         authenticated = False
@@ -288,6 +314,14 @@ class RelayDeliverer:
         # to be taken; §4.5.3.2.6: the reply to the final dot gets ``data``.
         await link.send("the relay to take the message", engine.message(message.data),
                         t.command)
+        if self._lmtp:
+            # RFC 2033 §4.2: one reply per accepted recipient, in RCPT order.
+            for rcpt in accepted:
+                each = await link.reply("the reply to the final dot", t.data)
+                results[rcpt] = (Delivered(f"{self.where}: {each}") if each.is_positive
+                                 else _by_code(each, "lmtp refused message"))
+            await self._quit(link)
+            return
         final = await link.reply("the reply to the final dot", t.data)
         if final.is_positive:
             for rcpt in accepted:
@@ -305,6 +339,13 @@ class RelayDeliverer:
         reply = await link.command("HELO", engine.helo(self._helo), self._t.command)
         if reply.code != 250:
             raise _temp(f"relay refused HELO: {reply}")
+        return engine.extensions
+
+    async def _lhlo(self, link: _Link) -> Extensions:
+        engine = link.conn.engine
+        reply = await link.command("LHLO", engine.lhlo(self._helo), self._t.command)
+        if reply.code != 250:
+            raise _temp(f"lmtp refused LHLO: {reply}")
         return engine.extensions
 
     async def _starttls(self, link: _Link, ext: Extensions) -> Extensions:

@@ -128,6 +128,15 @@ class SmtpClientConnection(Generic[TlsSetup]):
         """
         return SmtpClientConnection(await TransportStream.connect(host, port, timeout))
 
+    @staticmethod
+    async def open_unix(path: str, *, timeout: float) -> SmtpClientConnection[TransportTls]:
+        """`open` on a unix socket (an LMTP server such as Dovecot's).
+
+        Raises:
+            OSError (UnusableTransport among them), TimeoutError: no connection.
+        """
+        return SmtpClientConnection(await TransportStream.connect_unix(path, timeout))
+
     @property
     def tls(self) -> bool:
         return self.stream.tls
@@ -349,6 +358,17 @@ class TransportStream:
         inbox = _Inbox()
         async with asyncio.timeout(timeout):
             _, protocol = await loop.create_connection(lambda: _Protocol(inbox), host, port)
+        if protocol.transport is None:
+            raise UnusableTransport(f"unusable event loop transport: {protocol.unusable}")
+        return cls(protocol.transport, protocol, inbox)
+
+    @classmethod
+    async def connect_unix(cls, path: str, timeout: float) -> TransportStream:
+        """`connect` to a unix socket. Raises: OSError, TimeoutError."""
+        loop = asyncio.get_running_loop()
+        inbox = _Inbox()
+        async with asyncio.timeout(timeout):
+            _, protocol = await loop.create_unix_connection(lambda: _Protocol(inbox), path)
         if protocol.transport is None:
             raise UnusableTransport(f"unusable event loop transport: {protocol.unusable}")
         return cls(protocol.transport, protocol, inbox)

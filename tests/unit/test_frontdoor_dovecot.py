@@ -58,7 +58,8 @@ def engine(max_pending: int = 32, mechanisms: tuple[str, ...] | None = None) -> 
         return create_server_mechanism(name, channel_binding=NO_CHANNEL_BINDING,
                                        nonce_factory=lambda: V_NONCE)
 
-    names = mechanisms or ("SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN", "LOGIN", "CRAM-MD5")
+    names = mechanisms or ("SCRAM-SHA-256", "SCRAM-SHA-1", "OAUTHBEARER", "PLAIN", "LOGIN",
+                           "CRAM-MD5")
     return DovecotServer(DovecotSettings(names, factory, "100", "7", "0" * 32,
                                          max_pending=max_pending))
 
@@ -72,6 +73,8 @@ def resolve(query: sasl.CredentialQuery) -> sasl.CredentialAnswer:
         return V_CREDS if query.username == "user" else sasl.NotFound()
     if isinstance(query, sasl.ConfirmIdentity):
         return sasl.Verdict(ok=True, identity=query.username)
+    if isinstance(query, sasl.VerifyToken):
+        return sasl.Verdict(ok=False, reason="bad token")
     raise AssertionError(query)
 
 
@@ -362,3 +365,29 @@ def test_cancel_answers_cancelled_to_minor_4_clients_only() -> None:
                                       f"AUTH<TAB>1<TAB>LOGIN<TAB>{PF}", "CANCEL<TAB>1").encode())
         assert out == "CONT\t1\tVXNlcm5hbWU6\n" + expected
         assert isinstance(events[-1], ExchangeEnded) and not events[-1].answered
+
+
+# The RFC 7677 client with its proof's last byte flipped: a wrong password.
+_proof = bytearray(base64.b64decode(V_CLIENT_FINAL.rsplit(b"p=", 1)[1]))
+_proof[-1] ^= 1
+V_CLIENT_FINAL_BAD = V_CLIENT_FINAL.rsplit(b"p=", 1)[0] + b"p=" + base64.b64encode(bytes(_proof))
+BEARER = b64(b"n,a=user,\x01auth=Bearer not-a-token\x01\x01")
+
+
+@pytest.mark.parametrize("exchange", [
+    [f"AUTH<TAB>1<TAB>SCRAM-SHA-256<TAB>{PF}", f"CONT<TAB>1<TAB>{b64(V_CLIENT_FIRST)}",
+     f"CONT<TAB>1<TAB>{b64(V_CLIENT_FINAL_BAD)}"],
+    [f"AUTH<TAB>1<TAB>OAUTHBEARER<TAB>{PF}<TAB>resp={BEARER}"],
+], ids=["scram-e=", "oauth-error-json"])
+def test_an_announced_failure_is_fail_at_once_not_relayed(exchange: list[str]) -> None:
+    """SCRAM e= and the OAuth error JSON are not relayed (Dovecot answers FAIL): Postfix
+    would never report a client that read them and gave up, and the guess would be
+    counted only when the request is dropped."""
+    eng = engine()
+    out, events = feed(eng, (HELLO_POSTFIX + lines(*exchange)).encode())
+    assert out.splitlines()[-1] == "FAIL\t1\tuser=user"
+    assert not any(base64.b64decode(x.split("\t")[2]).startswith((b"e=", b"{"))
+                   for x in out.splitlines() if x.startswith("CONT") and x.split("\t")[2])
+    ended = [e for e in events if isinstance(e, ExchangeEnded)]
+    assert [(e.answered, e.outcome.result) for e in ended] == [(True, AuthResult.FAILURE)]
+    assert eng.pending == 0

@@ -43,6 +43,11 @@ Decisions where the protocol leaves room (each documented in docs/integration.md
   Dovecot's ``disable_plaintext_auth = yes`` default moved to the auth server.
 - ``-PLUS`` and EXTERNAL are never offered: Postfix and Exim pass neither the
   channel-binding data nor the client certificate.
+- A failure a mechanism announces in a challenge (SCRAM ``e=``, the OAuth error
+  JSON) is answered ``FAIL`` at once, as Dovecot does, not relayed: Postfix never
+  reports a client that read it and gave up, so the guess would be counted late.
+  A success's ``v=`` is relayed (the client checks it) and completes with the
+  MTA's empty ``CONT``.
 """
 
 from __future__ import annotations
@@ -53,9 +58,16 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
+from typing import ClassVar
 
 from smtpgate import mechanism_facts as facts
-from smtpgate.sasl.base import CredentialAnswer, CredentialQuery, ServerMechanism
+from smtpgate.sasl.base import (
+    CredentialAnswer,
+    CredentialQuery,
+    Failure,
+    ServerMechanism,
+    Step,
+)
 from smtpgate.sasl.exchange import AuthResult, Challenge, NeedCredentials, Outcome, ServerExchange
 from smtpgate.sasl.framing import decode_base64_strict, encode_base64
 
@@ -216,6 +228,35 @@ class Disconnect:
 Event = CredentialsNeeded | ExchangeEnded | RequestRefused | Disconnect
 
 
+class _VerdictWatch(ServerMechanism):
+    """Passes a mechanism's steps through and notes a failure it would announce in a
+    challenge (SCRAM ``e=``, the OAuth error JSON).
+
+    Through an MTA that verdict is not relayed: Dovecot answers ``FAIL`` at once, and
+    Postfix would never tell us about a client that read ``e=`` and gave up (it
+    sends nothing for a ``*`` or a hang-up), so the failure would be counted only
+    when the request is dropped. The engine answers such a challenge itself."""
+
+    name: ClassVar[str] = "verdict-watch"
+
+    def __init__(self, inner: ServerMechanism) -> None:
+        self._inner = inner
+        self.announced_failure = False
+
+    def _note(self, step: Step) -> Step:
+        self.announced_failure = isinstance(step, Failure) and step.error_data is not None
+        return step
+
+    def start(self, initial: bytes | None) -> Step:
+        return self._note(self._inner.start(initial))
+
+    def step(self, response: bytes) -> Step:
+        return self._note(self._inner.step(response))
+
+    def answer(self, result: CredentialAnswer) -> Step:
+        return self._note(self._inner.answer(result))
+
+
 class _Wait(Enum):
     CLIENT = "the client's CONT"
     SERVER = "the auth service"
@@ -226,6 +267,7 @@ class _Wait(Enum):
 class _Request:
     request: AuthRequest
     exchange: ServerExchange
+    watch: _VerdictWatch
     wait: _Wait = _Wait.CLIENT
     order: int = 0
 
@@ -377,7 +419,9 @@ class DovecotServer:
             self._refuse(rid, REASON_MECHANISM, fields)
             return
         self._counter += 1
-        entry = _Request(request, ServerExchange(request.mechanism, mech), order=self._counter)
+        watch = _VerdictWatch(mech)
+        entry = _Request(request, ServerExchange(request.mechanism, watch), watch,
+                         order=self._counter)
         self._requests[rid] = entry
         self._step(entry, entry.exchange.start(initial))
 
@@ -491,7 +535,10 @@ class DovecotServer:
 
     def _step(self, entry: _Request, step: Challenge | NeedCredentials | Outcome) -> None:
         rid = entry.request.id
-        if isinstance(step, Challenge):
+        if isinstance(step, Challenge) and entry.watch.announced_failure:
+            # The failure goes out as FAIL now (see _VerdictWatch).
+            self._step(entry, entry.exchange.respond(b""))
+        elif isinstance(step, Challenge):
             entry.wait = _Wait.CLIENT
             self._send("CONT", str(rid), encode_base64(step.data))
         elif isinstance(step, NeedCredentials):

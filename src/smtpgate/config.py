@@ -923,8 +923,17 @@ class QueueConfig(Model):
 
 
 class DeliveryConfig(Model):
-    mode: Literal["maildir", "relay"] = Field(default="maildir", description="Where mail goes.")
+    mode: Literal["maildir", "relay", "lmtp"] = Field(
+        default="maildir",
+        description="Where mail goes: one Maildir, a relay host over SMTP, or an LMTP "
+        "server (RFC 2033, e.g. Dovecot's) that delivers to each recipient's mailbox.",
+    )
     maildir: Path = Field(default=Path("mail"), description="Maildir for mode 'maildir'.")
+    lmtp_address: str = Field(
+        default="",
+        description="The LMTP server for mode 'lmtp': 'unix:/absolute/path' (e.g. "
+        "'unix:/run/dovecot/lmtp') or HOST:PORT. No STARTTLS or AUTH: keep it local.",
+    )
     relay_host: str = Field(default="", description="Relay host for mode 'relay'.")
     relay_port: int = Field(default=25, ge=1, le=65535, description="Relay port.")
     relay_tls: Literal["opportunistic", "require", "none"] = Field(
@@ -955,6 +964,24 @@ class DeliveryConfig(Model):
         gt=0,
         description="Seconds to wait for the relay's reply after the whole message was sent.",
     )
+
+    @field_validator("lmtp_address")
+    @classmethod
+    def _check_lmtp_address(cls, v: str) -> str:
+        if v:
+            _parse_socket_address(v)
+        return v
+
+    @model_validator(mode="after")
+    def _check_mode(self) -> DeliveryConfig:
+        if self.mode == "lmtp" and not self.lmtp_address:
+            raise ValueError("mode 'lmtp' needs lmtp_address ('unix:/path' or HOST:PORT)")
+        return self
+
+    @property
+    def lmtp_endpoint(self) -> tuple[str, int] | Path:
+        """Where the LMTP server listens (a host and port, or a socket path)."""
+        return _parse_socket_address(self.lmtp_address)
 
 
 class ServerConfig(Model):

@@ -18,6 +18,7 @@ from smtpgate.cli import (
     reload_cmd,
     report_cmd,
     serve_cmd,
+    status_cmd,
     tester_cmd,
     user_cert_cmd,
     user_cmd,
@@ -43,7 +44,7 @@ cli.add_command(config_cmd.config)
 cli.add_command(user_cmd.user)
 for module in (
     app_password_cmd, report_cmd, admin_cmd, tester_cmd, audit_cmd, reload_cmd, db_cmd, contrib_cmd,
-    queue_cmd,
+    queue_cmd, status_cmd,
 ):
     for command in module.COMMANDS:
         cli.add_command(command)

@@ -50,7 +50,7 @@ from smtpgate.queue.spool import Spool
 from smtpgate.queue.worker import DeliveryWorker
 from smtpgate.sasl.base import ChannelBinding, ServerMechanism
 from smtpgate.sasl.registry import create_server_mechanism, server_mechanism_names
-from smtpgate.server import logs, pidfile, systemd
+from smtpgate.server import logs, pidfile, status_file, systemd
 from smtpgate.server import reload as reloading
 from smtpgate.server.connection import SmtpConnection
 from smtpgate.server.front_doors import (
@@ -61,6 +61,7 @@ from smtpgate.server.front_doors import (
 )
 from smtpgate.server.limits import ConnectionLimiter, SharedConnectionLimiter
 from smtpgate.server.runtime import ListenerRuntime, ServerRuntime
+from smtpgate.server.status_file import ProcessInfo, ServerStatus
 from smtpgate.server.supervisor import (
     EXIT_OK,
     EXIT_STARTUP,
@@ -383,10 +384,12 @@ async def serve_sockets(
     limiter: ConnectionLimiter | None = None,
     hooks: ReloadHooks | None = None,
     auth_sockets: list[socket.socket] | None = None,
+    status: ServerStatus | None = None,
 ) -> None:
     """Run listeners (and optionally delivery) until SIGTERM/SIGINT. ``ready`` is
     called once the listeners are up and the stores open. ``auth_sockets`` are the
-    ``[[auth_listeners]]`` (`server.front_doors`), bound by the caller."""
+    ``[[auth_listeners]]`` (`server.front_doors`), bound by the caller. ``status``:
+    this is the main process, which keeps the status file (`server.status_file`)."""
     loop = asyncio.get_running_loop()
     # The event loop hands work to threads (Argon2, SQLite, the spool writer) and
     # waits for their results; with the default 5 ms GIL switch interval a busy
@@ -445,7 +448,10 @@ async def serve_sockets(
             systemd.reloading()
         ok = live.reopen_logs()
         if full and hooks.config_path is not None:
-            ok = live.reload(hooks.config_path, quiet=hooks.quiet) and ok
+            reloaded = live.reload(hooks.config_path, quiet=hooks.quiet)
+            if reloaded and status is not None:
+                status.reloaded(live.cfg)
+            ok = reloaded and ok
         hooks.done(ok)
         if full:
             systemd.ready("serving; reload done")
@@ -456,10 +462,13 @@ async def serve_sockets(
         ready()
     systemd.ready(f"serving on {len(servers)} listeners")
     pinger = _watchdog_task()
+    reporter = None if status is None else loop.create_task(
+        _keep_status(status_file.status_path(cfg), status, runtime))
     await stop.wait()
     systemd.stopping()
-    if pinger is not None:
-        pinger.cancel()
+    for task in (pinger, reporter):
+        if task is not None:
+            task.cancel()
     log.info("stopping: no new connections; %d open", len(runtime.connections))
     if worker is not None:
         # Deliveries get the sessions' grace, then are cancelled and stay queued.
@@ -489,6 +498,13 @@ async def serve_sockets(
     await rates.close()
     await spool.close()
     log.info("stopped")
+
+
+async def _keep_status(path: Path, status: ServerStatus, runtime: ServerRuntime) -> None:
+    while True:
+        status.sessions = len(runtime.connections)
+        status_file.write(path, status)
+        await asyncio.sleep(status_file.INTERVAL)
 
 
 def _watchdog_task() -> asyncio.Task[None] | None:
@@ -598,6 +614,7 @@ def run(cfg: Config, config_path: Path | None = None) -> int:
         return _run_supervised(cfg, config_path, tls, auth_sockets)
     finally:
         close_auth_sockets(cfg, auth_sockets)
+        status_file.remove(status_file.status_path(cfg))
         pidfile.remove(pid_path)
 
 
@@ -615,10 +632,11 @@ def _run_single(
         started = True
 
     hooks = ReloadHooks(config_path)
+    status = ServerStatus.starting(cfg, config_path, 1)
     try:
         _new_loop_runner()(
             serve_sockets(cfg, sockets, tls, with_delivery=True, ready=ready, hooks=hooks,
-                          auth_sockets=auth_sockets)
+                          auth_sockets=auth_sockets, status=status)
         )
     except Exception as e:
         if not started and isinstance(e, StartupError):
@@ -701,12 +719,23 @@ def _run_supervised(
             return signal.SIGUSR1  # the log files are still reopened everywhere
         _log_reload(current.cfg, new)
         current.cfg, current.tls = new.cfg, new.tls
+        status.reloaded(new.cfg)
         return signal.SIGHUP
+
+    status = ServerStatus.starting(cfg, config_path, workers)
+    where = status_file.status_path(cfg)
+
+    def on_tick() -> None:
+        status.processes = [ProcessInfo(*p) for p in supervisor.processes()]
+        status.sessions = limiter.server_total()
+        status_file.write(where, status)
 
     supervisor = Supervisor(
         [*(worker_spec(i) for i in range(workers)), delivery_spec()],
         on_reload=on_reload,
         stop_timeout=cfg.server.shutdown_grace + 30,
+        on_tick=on_tick,
+        tick_every=status_file.INTERVAL,
     )
     try:
         return supervisor.run()

@@ -131,6 +131,10 @@ class Supervisor:
     give_up_failures: int = 5
     give_up_window: float = 60.0
     clock: Callable[[], float] = time.monotonic
+    #: Called every ``tick_every`` seconds and when a child becomes ready (the
+    #: status file is written from here).
+    on_tick: Callable[[], None] = lambda: None
+    tick_every: float = 2.0
 
     _children: dict[int, _Child] = field(default_factory=dict)
     _restart_at: dict[str, float] = field(default_factory=dict)
@@ -150,6 +154,7 @@ class Supervisor:
     #: systemd's watchdog: seconds between pings, and when the next is due.
     _watchdog_every: float | None = None
     _watchdog_at: float = 0.0
+    _tick_at: float = 0.0
 
     # --- the loop -------------------------------------------------------------------
 
@@ -180,6 +185,7 @@ class Supervisor:
         times = list(self._restart_at.values())
         if self._watchdog_every is not None:
             times.append(self._watchdog_at)
+        times.append(self._tick_at)
         if not self._running and not self._stopping:
             times.append(startup_deadline)
         if self._stop_deadline is not None:
@@ -203,6 +209,9 @@ class Supervisor:
         if self._watchdog_every is not None and now >= self._watchdog_at:
             systemd.watchdog()
             self._watchdog_at = now + self._watchdog_every
+        if now >= self._tick_at:
+            self._tick_at = now + self.tick_every
+            self.on_tick()
         if self._stop_deadline is not None and now >= self._stop_deadline:
             for child in self._children.values():
                 log.error("%s (pid %d) did not stop within %.0f s: killing it",
@@ -289,10 +298,17 @@ class Supervisor:
             for line in lines:
                 self._message(child, line.decode("utf-8", "replace"))
 
+    def processes(self) -> list[tuple[str, int, bool, float]]:
+        """(name, pid, ready, started as wall-clock time) of each running child."""
+        offset = time.time() - self.clock()
+        return [(c.spec.name, c.pid, c.ready, c.started + offset)
+                for c in sorted(self._children.values(), key=lambda c: c.spec.name)]
+
     def _message(self, child: _Child, line: str) -> None:
         if line == "ready":
             child.ready = True
             child.ready_at = self.clock()
+            self._tick_at = 0.0  # the status file shows it now
             if not self._running:
                 if all(c.ready for c in self._children.values()) and len(self._children) == len(
                     self.specs

@@ -105,6 +105,8 @@ NUL_IN_COMMAND = Reply(501, "5.5.2", "NUL characters are not allowed in SMTP com
 UTF8_NOT_DECLARED = Reply(553, "5.6.7", "Non-ASCII address requires the SMTPUTF8 parameter")
 # RFC 6152: BODY= values.
 BAD_BODY_PARAMETER = Reply(501, "5.5.4", "BODY must be 7BIT or 8BITMIME")
+# RFC 3461 §4: a malformed RET, ENVID, NOTIFY or ORCPT.
+BAD_DSN_PARAMETER = Reply(501, "5.5.4", "Malformed DSN parameter (RFC 3461)")
 
 # --- EHLO/HELO ----------------------------------------------------------------
 # EHLO and HELO replies carry no enhanced code (RFC 2034 §3); text filled per session.

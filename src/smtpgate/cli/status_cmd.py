@@ -1,0 +1,164 @@
+"""``smtpgate status``: the running server in one screen (or one JSON object).
+
+What the server itself knows (processes, sessions, when and from which file its
+config was loaded) comes from the status file it keeps beside the pid file
+(`server/status_file.py`); the rest is read where it lives: the queue from the
+spool, the guard's blocks through the admin service, the certificate's expiry
+from the certificate file. So it works with the server stopped too, and says so.
+
+Exit status: 0 running, 3 not running (as ``smtpgate reload``), 1 running but
+its status file is stale (the main loop has not written it for three intervals).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+from cryptography import x509
+
+from smtpgate.cli.common import ExitCode, admin_service, config_option, get_config, iso_time
+from smtpgate.config import Config
+from smtpgate.queue.manage import QueueManager
+from smtpgate.queue.spool import Spool, SpoolError
+from smtpgate.server import status_file
+from smtpgate.server.pidfile import NotRunning, pid_path, running_pid
+
+
+def _server(cfg: Config) -> tuple[dict[str, Any], int]:
+    try:
+        pid = running_pid(pid_path(cfg))
+    except NotRunning as e:
+        return {"running": False, "why": str(e)}, ExitCode.NOT_FOUND
+    out: dict[str, Any] = {"running": True, "pid": pid}
+    try:
+        doc = status_file.read(status_file.status_path(cfg))
+    except (OSError, ValueError) as e:
+        out["stale"] = True
+        out["why"] = f"no status file yet ({e})"
+        return out, ExitCode.ERROR
+    age = time.time() - float(doc.get("updated", 0))
+    stale = doc.get("pid") != pid or age > 3 * status_file.INTERVAL
+    out.update(doc, pid=pid, stale=stale)
+    if stale:
+        out["why"] = f"the status file was last written {age:.0f} s ago"
+    return out, ExitCode.ERROR if stale else ExitCode.OK
+
+
+def _queue(cfg: Config) -> dict[str, Any]:
+    try:
+        entries = QueueManager(Spool(cfg.path(cfg.queue.spool), prefill=False)).entries()
+    except (OSError, SpoolError) as e:
+        return {"error": str(e)}
+    now = time.time()
+    ages = [now - e.envelope.received_at for e in entries]
+    return {
+        "messages": len(entries),
+        "held": sum(1 for e in entries if e.state.held),
+        "bytes": sum(e.size for e in entries),
+        "oldest_age": int(max(ages)) if ages else None,
+    }
+
+
+def _guard(cfg: Config) -> dict[str, Any]:
+    try:
+        with admin_service(cfg) as admin:
+            blocks = admin.guard_blocks()
+    except click.ClickException as e:
+        return {"error": e.format_message()}
+    kinds: dict[str, int] = {}
+    for b in blocks:
+        kinds[b.kind] = kinds.get(b.kind, 0) + 1
+    return {"blocks": len(blocks), "by_kind": kinds}
+
+
+def _certificate(cfg: Config) -> dict[str, Any]:
+    path = cfg.path(cfg.tls.cert)
+    try:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+    except (OSError, ValueError) as e:
+        return {"file": str(path), "error": str(e)}
+    until = cert.not_valid_after_utc
+    return {
+        "file": str(path),
+        "subject": cert.subject.rfc4514_string(),
+        "not_after": iso_time(until),
+        "days_left": (until - datetime.now(UTC)).days,
+    }
+
+
+def _ago(t: float) -> str:
+    seconds = int(time.time() - t)
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds // size} {unit} ago"
+    return f"{seconds} s ago"
+
+
+def _print(doc: dict[str, Any]) -> None:
+    srv = doc["server"]
+    if not srv["running"]:
+        click.echo(f"server:       not running ({srv['why']})")
+    else:
+        line = f"server:       running, pid {srv['pid']}"
+        if "version" in srv:
+            line += f", smtpgate {srv['version']}, up since {_ago(srv['started'])}"
+        click.echo(line + (f"  [STALE: {srv['why']}]" if srv.get("stale") else ""))
+        if "config_file" in srv:
+            click.echo(f"config:       {srv['config_file'] or '(embedded)'}, loaded "
+                       f"{_ago(srv['config_loaded'])}")
+            for lst in srv["listeners"]:
+                click.echo(f"listener:     {lst['name']} {lst['address']} ({lst['tls']})")
+            for door in srv["auth_listeners"]:
+                click.echo(f"front door:   {door['name']} {door['address']} ({door['protocol']})")
+            procs = srv["processes"] or [{"name": "single process", "pid": srv["pid"],
+                                          "ready": True}]
+            for p in procs:
+                click.echo(f"process:      {p['name']} pid {p['pid']}"
+                           + ("" if p["ready"] else " (starting)"))
+            click.echo(f"sessions:     {srv['sessions']} open")
+    q = doc["queue"]
+    if "error" in q:
+        click.echo(f"queue:        cannot read: {q['error']}")
+    else:
+        oldest = "" if q["oldest_age"] is None else f", oldest {q['oldest_age']} s"
+        click.echo(f"queue:        {q['messages']} messages ({q['held']} held, "
+                   f"{q['bytes']} bytes){oldest}")
+    g = doc["guard"]
+    if "error" in g:
+        click.echo(f"guard:        cannot read: {g['error']}")
+    else:
+        kinds = ", ".join(f"{n} {k}" for k, n in sorted(g["by_kind"].items()))
+        click.echo(f"guard:        {g['blocks']} blocks and lockouts in force"
+                   + (f" ({kinds})" if kinds else ""))
+    c = doc["certificate"]
+    if "error" in c:
+        click.echo(f"certificate:  {c['file']}: cannot read: {c['error']}")
+    else:
+        warn = "  [EXPIRED]" if c["days_left"] < 0 else (
+            "  [renew soon]" if c["days_left"] < 14 else "")
+        click.echo(f"certificate:  {c['subject']}, valid until {c['not_after']} "
+                   f"({c['days_left']} days){warn}")
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object (docs/operations.md).")
+@config_option
+def status(as_json: bool, config_path: Path | None) -> None:
+    """Listeners, processes, sessions, queue, guard and certificate expiry."""
+    cfg = get_config(config_path)
+    server, code = _server(cfg)
+    doc = {"server": server, "queue": _queue(cfg), "guard": _guard(cfg),
+           "certificate": _certificate(cfg)}
+    if as_json:
+        click.echo(json.dumps(doc, sort_keys=True))
+    else:
+        _print(doc)
+    raise SystemExit(int(code))
+
+
+COMMANDS = [status]

@@ -1,0 +1,118 @@
+"""The status file: what the running server is doing, for ``smtpgate status``.
+
+The main process (the single serving process, or the supervisor) rewrites a
+small JSON document beside the pid file every ``INTERVAL`` seconds and whenever
+something changes (start, reload, a worker restarted). The CLI reads it; no
+socket, no privileges beyond reading the state directory, and it works while the
+server is busy. An age over a few intervals tells that the main loop is stuck.
+
+Written to a temporary name and renamed, so a reader never sees half a file;
+removed when the server stops, like the pid file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from smtpgate import __version__
+from smtpgate.config import Config
+from smtpgate.server import pidfile
+
+#: Seconds between rewrites; ``smtpgate status`` calls a file older than three of
+#: these stale.
+INTERVAL = 2.0
+
+
+def status_path(cfg: Config) -> Path:
+    """``smtpgate.status.json`` beside the pid file."""
+    pid = pidfile.pid_path(cfg)
+    return pid.with_name(pid.stem + ".status.json")
+
+
+@dataclass
+class ProcessInfo:
+    name: str
+    pid: int
+    ready: bool
+    started: float
+
+
+@dataclass
+class ServerStatus:
+    """The document; field names are the JSON keys (docs/operations.md)."""
+
+    pid: int
+    version: str
+    started: float
+    config_file: str | None
+    config_loaded: float
+    listeners: list[dict[str, str]]
+    auth_listeners: list[dict[str, str]]
+    workers: int
+    processes: list[ProcessInfo] = field(default_factory=list)
+    sessions: int = 0
+    updated: float = 0.0
+
+    @classmethod
+    def starting(cls, cfg: Config, config_file: Path | None, workers: int) -> ServerStatus:
+        now = time.time()
+        return cls(
+            pid=os.getpid(),
+            version=__version__,
+            started=now,
+            config_file=None if config_file is None else str(config_file.resolve()),
+            config_loaded=now,
+            listeners=listeners_of(cfg),
+            auth_listeners=[
+                {"name": d.label, "protocol": d.protocol, "address": d.address}
+                for d in cfg.auth_listeners
+            ],
+            workers=workers,
+        )
+
+    def reloaded(self, cfg: Config) -> None:
+        self.config_loaded = time.time()
+        self.listeners = listeners_of(cfg)
+
+
+def listeners_of(cfg: Config) -> list[dict[str, str]]:
+    return [{"name": lst.name, "address": lst.address, "tls": lst.tls} for lst in cfg.listeners]
+
+
+def write(path: Path, status: ServerStatus) -> None:
+    """Replace the file; a failure (full disk) is not the server's problem, so it
+    is swallowed: ``status`` then reports the file as stale."""
+    status.updated = time.time()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(asdict(status), sort_keys=True) + "\n")
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+
+
+def remove(path: Path) -> None:
+    """Remove the file if this process wrote it."""
+    try:
+        if read(path).get("pid") == os.getpid():
+            path.unlink()
+    except (OSError, ValueError):
+        pass
+
+
+def read(path: Path) -> dict[str, Any]:
+    """The document as written.
+
+    Raises:
+        OSError: the file cannot be read.
+        ValueError: it is not the JSON object this module writes.
+    """
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a status document")  # noqa: TRY004 - bad content, not a bad argument
+    return data

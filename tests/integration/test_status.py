@@ -1,0 +1,92 @@
+"""``smtpgate status``: what a running server reports of itself, and what the
+command says when it is stopped or stuck."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import PASSWORD, USER, Server, make_server
+from .test_processes import set_key
+
+
+@pytest.fixture(params=["0", "1"], ids=["workers=0", "workers=1"])
+def running(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
+    srv = make_server(tmp_path / "srv")
+    srv.add_user(USER, PASSWORD)
+    set_key(srv, "server", f"workers = {request.param}")
+    srv.start()
+    yield srv
+    if srv.proc is not None:
+        srv.stop()
+
+
+def status(srv: Server) -> tuple[int, dict[str, Any]]:
+    done = srv.cli("status", "--json", check=False)
+    assert "Traceback" not in done.stderr
+    return done.returncode, json.loads(done.stdout)
+
+
+def wait_status(srv: Server, ok: Any, timeout: float = 15) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        code, doc = status(srv)
+        if code == 0 and ok(doc["server"]):
+            return doc
+        if time.monotonic() > deadline:
+            raise AssertionError(doc)
+        time.sleep(0.2)
+
+
+def test_running_server_reports_itself(running: Server) -> None:
+    srv = running
+    assert srv.proc is not None
+    with socket.create_connection(("127.0.0.1", srv.submission)) as held:
+        assert held.recv(100).startswith(b"220 ")
+        doc = wait_status(srv, lambda s: s["sessions"] == 1 and all(
+            p["ready"] for p in s["processes"]))
+    server = doc["server"]
+    assert server["pid"] == srv.proc.pid and server["stale"] is False
+    assert server["config_file"] == str(srv.config.resolve())
+    assert [lst["address"] for lst in server["listeners"]] == [
+        f"127.0.0.1:{srv.submission}", f"127.0.0.1:{srv.submissions}"]
+    names = sorted(p["name"] for p in server["processes"])
+    if server["workers"] > 1:
+        assert names == sorted([*(f"worker {i + 1}" for i in range(server["workers"])), "delivery"])
+    else:
+        assert names == []
+    assert doc["queue"] == {"messages": 0, "held": 0, "bytes": 0, "oldest_age": None}
+    assert doc["guard"]["blocks"] == 0
+    assert doc["certificate"]["days_left"] > 300
+    loaded = server["config_loaded"]
+    srv.cli("reload")
+    wait_status(srv, lambda s: s["config_loaded"] > loaded)
+    text = srv.cli("status").stdout
+    assert f"running, pid {srv.proc.pid}" in text and "queue:        0 messages" in text
+
+
+def test_stuck_and_stopped(running: Server) -> None:
+    srv = running
+    assert srv.proc is not None
+    wait_status(srv, lambda s: True)
+    srv.proc.send_signal(signal.SIGSTOP)  # a main loop that no longer runs
+    try:
+        deadline = time.monotonic() + 20
+        while (code := status(srv)[0]) == 0 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert code == 1
+        assert "STALE" in srv.cli("status", check=False).stdout
+    finally:
+        srv.proc.send_signal(signal.SIGCONT)
+    assert srv.stop() == 0
+    code, doc = status(srv)
+    assert code == 3 and doc["server"]["running"] is False
+    assert not list(srv.root.glob("*.status.json"))
+    assert "not running" in srv.cli("status", check=False).stdout

@@ -336,3 +336,21 @@ def test_config_check_names_a_missing_unparsable_or_expired_client_ca(tmp_path: 
 
 def _findings(path: Path) -> dict[str, str]:
     return {p.key: p.message for p in run_checks(load_config(path))}
+
+
+def test_user_mechanisms_allow_external_notes_where_it_is_offered(tmp_path: Path) -> None:
+    root = tmp_path / "gate"
+    assert CliRunner().invoke(cli, ["init", "--dir", str(root), "--no-demo"]).exit_code == 0
+    path = root / "smtpgate.toml"
+    run = CliRunner()
+    args = ["user", "mechanisms", "demo@example.org", "--allow", "EXTERNAL", "--config", str(path)]
+    assert run.invoke(cli, ["user", "add", "demo@example.org", "--password-stdin",
+                            "--config", str(path)], input="a long enough passphrase 1\n").exit_code == 0
+    first = run.invoke(cli, args)
+    assert first.exit_code == 0 and "unusable for now: EXTERNAL" in first.output
+    TestCa(root, "ok")
+    path.write_text(path.read_text().replace(
+        'tls = "starttls"\n', 'tls = "starttls"\nclient_certificates = "optional"\nclient_ca = "ok-ca.pem"\n'
+    ))
+    second = run.invoke(cli, args)
+    assert second.exit_code == 0 and "unusable" not in second.output

@@ -40,6 +40,8 @@ CRAM_MD5_WARNING = (
 
 def _server_offers(cfg: Config, mechanism: str) -> bool:
     """True if ``mechanism`` is enabled server-wide or on some listener."""
+    if mechanism in mechanism_facts.CLIENT_CERTIFICATE:  # EXTERNAL: where certificates are asked for
+        return any(lst.client_certificates is not None for lst in cfg.listeners)
     if any(mechanism in [m.upper() for m in (lst.mechanisms or [])] for lst in cfg.listeners):
         return True
     return any(mechanism in cfg.auth.mechanisms for lst in cfg.listeners if lst.mechanisms is None)

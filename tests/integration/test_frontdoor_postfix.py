@@ -11,12 +11,14 @@ so the guard's state of one test does not reach another.
 from __future__ import annotations
 
 import base64
+import grp
 import json
 import shutil
 import smtplib
 import socket
 import ssl
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -59,6 +61,8 @@ class Stack:
     broken: LocalIssuer
     #: smtpgate's TCP auth listener (the one Postfix's "tcp" service uses).
     door: int
+    #: smtpgate's unix-socket auth listener (mode 0660, group postfix).
+    door_socket: Path
 
     def port(self, service: str) -> int:
         return self.postfix.ports[service]
@@ -120,7 +124,7 @@ def stack() -> Iterator[Stack]:
         # smtpgate first: each smtpd reads the mechanism list once, at its first AUTH.
         srv, issuer, broken = _smtpgate(root / "srv", sock, tcp)
         with running(services) as pd:
-            yield Stack(srv, pd, issuer, broken, tcp)
+            yield Stack(srv, pd, issuer, broken, tcp, sock)
     finally:
         if srv is not None and srv.proc is not None:
             srv.stop()
@@ -317,3 +321,17 @@ def test_protocol_errors_close_the_connection_and_the_listener_keeps_serving(
     again.sendall(b"AUTH\t1\tPLAIN\tservice=smtp\trip=127.0.0.1\tsecured\tresp=" + resp + b"\n")
     assert again.recv(4096) == f"OK\t1\tuser={ALICE}\n".encode()
     again.close()
+
+
+def test_a_local_user_outside_the_group_cannot_reach_the_unix_listener(stack: Stack) -> None:
+    """mode 0660, group postfix: Postfix's smtpd gets in (the tests above); "nobody"
+    gets nothing, not even the handshake."""
+    probe = ("import socket, sys\n"
+             "s = socket.socket(socket.AF_UNIX)\n"
+             "try:\n    s.connect(sys.argv[1])\nexcept PermissionError:\n    print('refused')\n"
+             "else:\n    print('connected', s.recv(100))\n")
+    proc = run([require_tool("setpriv"), "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                sys.executable, "-c", probe, str(stack.door_socket)])
+    assert proc.stdout.strip() == "refused", proc.stdout + proc.stderr
+    st = stack.door_socket.stat()
+    assert (oct(st.st_mode & 0o777), st.st_gid) == ("0o660", grp.getgrnam("postfix").gr_gid)

@@ -59,6 +59,8 @@ def oracle(message: bytes) -> tuple[list[str], bool]:
                     shown += [a for _, a in email.utils.getaddresses([str(v) for v in values])]
         except Exception:  # noqa: BLE001, S112 - a message this reader cannot take
             continue
+    # compat32 keeps undecodable bytes as surrogates; a reader shows U+FFFD there.
+    shown = [a.encode("utf-8", "surrogateescape").decode("utf-8", "replace") for a in shown]
     return [a for a in shown if _SHOWN.match(a)], has_from
 
 

@@ -35,3 +35,38 @@ def test_ehlo_size_of_a_non_ascii_digit_reads_as_no_limit() -> None:
     assert Extensions.from_ehlo_lines(["SIZE ²"]).size == 0
     assert Extensions.from_ehlo_lines(["SIZE ١٢٣"]).size == 0
     assert Extensions.from_ehlo_lines(["SIZE 35000000"]).size == 35_000_000
+
+
+def test_xclient_port_of_a_non_ascii_digit_is_a_syntax_error() -> None:
+    """XCLIENT PORT=+C2+B2 (xtext for "²") raised ValueError from a trusted proxy's
+    command instead of 501."""
+    d = Driver.new(tls=True)
+    d.engine.xclient_trusted = True
+    d.feed(b"EHLO proxy.test\r\n")
+    assert d.feed(b"XCLIENT PORT=+C2+B2\r\n") == R.XCLIENT_SYNTAX.format()
+    d.feed(b"XCLIENT PORT=+31+32\r\n")  # "12": the proxy's attributes, for the I/O layer
+    assert getattr(d.events[-1], "port", None) == 12
+
+
+def test_policy_recipient_count_of_a_non_ascii_digit_reads_as_zero() -> None:
+    """recipient_count=² made PolicyRequest.recipient_count raise ValueError."""
+    from smtpgate.frontdoor.policy import PolicyParser
+
+    (req,) = PolicyParser().receive_data(
+        "request=smtpd_access_policy\nrecipient_count=²\n\n".encode()
+    )
+    assert req.recipient_count == 0
+
+
+def test_auth_http_login_attempt_of_a_non_ascii_digit_is_refused() -> None:
+    """Auth-Login-Attempt: ² (0xB2 in the Latin-1 header) raised ValueError instead
+    of AuthHttpError (answered 400)."""
+    import pytest
+
+    from smtpgate.frontdoor.auth_http import AuthHttpError, parse_request
+
+    head = (b"GET /auth HTTP/1.0\r\nAuth-Method: plain\r\nAuth-Protocol: smtp\r\n"
+            b"Client-IP: 192.0.2.1\r\nAuth-Login-Attempt: ")
+    with pytest.raises(AuthHttpError, match="Auth-Login-Attempt"):
+        parse_request(head + b"\xb2")
+    assert parse_request(head + b"2").attempt == 2

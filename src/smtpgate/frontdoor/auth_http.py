@@ -188,7 +188,8 @@ def parse_request(head: bytes) -> AuthHttpRequest:
     except ValueError:
         raise AuthHttpError("Client-IP is not an address") from None
     attempt_text = headers.get("auth-login-attempt", "1")
-    if not attempt_text.isdigit() or len(attempt_text) > 6:
+    # ASCII digits only: "²" (0xB2 in Latin-1) passes str.isdigit() but not int().
+    if not (attempt_text.isascii() and attempt_text.isdigit()) or len(attempt_text) > 6:
         raise AuthHttpError("bad Auth-Login-Attempt")
     user = _text(percent_decode(headers.get("auth-user", "")), "Auth-User")
     password = _text(percent_decode(headers.get("auth-pass", "")), "Auth-Pass")

@@ -56,7 +56,8 @@ class PolicyRequest:
     @property
     def recipient_count(self) -> int:
         text = self.get("recipient_count")
-        return int(text) if text.isdigit() and len(text) < 10 else 0
+        # ASCII digits only: "²" passes str.isdigit() but not int().
+        return int(text) if text.isascii() and text.isdigit() and len(text) < 10 else 0
 
 
 class PolicyParser:

@@ -78,7 +78,8 @@ def _address(value: str) -> str:
 
 
 def _port(value: str) -> int:
-    if not value.isdigit() or not 0 <= int(value) <= 65535:
+    # ASCII digits only: "²" passes str.isdigit() but not int().
+    if not (value.isascii() and value.isdigit()) or not 0 <= int(value) <= 65535:
         raise XclientSyntaxError("PORT is not a port number")
     return int(value)
 

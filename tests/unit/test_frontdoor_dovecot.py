@@ -391,3 +391,18 @@ def test_an_announced_failure_is_fail_at_once_not_relayed(exchange: list[str]) -
     ended = [e for e in events if isinstance(e, ExchangeEnded)]
     assert [(e.answered, e.outcome.result) for e in ended] == [(True, AuthResult.FAILURE)]
     assert eng.pending == 0
+
+
+def test_a_request_left_waiting_on_the_client_expires_only_at_the_same_challenge() -> None:
+    eng = engine()
+    feed(eng, (HELLO_POSTFIX + lines(f"AUTH<TAB>1<TAB>LOGIN<TAB>{PF}")).encode())
+    assert eng.waiting_on_client() == [(1, 1)]
+    feed(eng, lines(f"CONT<TAB>1<TAB>{b64(USER)}").encode())  # the client moved on
+    eng.expire(1, 1)  # the timer of the first challenge: too late, nothing happens
+    assert eng.next_event() is NEED_DATA and eng.waiting_on_client() == [(1, 2)]
+    eng.expire(1, 2)
+    ev = eng.next_event()
+    assert isinstance(ev, ExchangeEnded) and not ev.answered
+    assert (ev.outcome.result, ev.outcome.reason) == (
+        AuthResult.CANCELLED, "no answer from the peer in time")
+    assert eng.pending == 0 and eng.data_to_send() == b""

@@ -37,7 +37,7 @@ Decisions where the protocol leaves room (each documented in docs/integration.md
 - At most ``MAX_PENDING`` requests at once per connection. Postfix never cancels
   a request its client gave up on (``*``), so a new request evicts the oldest
   one that waits on the client; when none does, the peer is flooding and the
-  connection is closed.
+  connection is closed. The caller also times such requests out (``expire``).
 - A mechanism that sends the password itself (flag ``plaintext``) is refused
   unless the MTA says the client's session is protected (``secured``), which is
   Dovecot's ``disable_plaintext_auth = yes`` default moved to the auth server.
@@ -270,6 +270,9 @@ class _Request:
     watch: _VerdictWatch
     wait: _Wait = _Wait.CLIENT
     order: int = 0
+    #: Challenges sent so far: ``expire`` drops a request only if it still waits on
+    #: the client for the same one.
+    challenges: int = 0
 
 
 @dataclass(slots=True)
@@ -540,6 +543,7 @@ class DovecotServer:
             self._step(entry, entry.exchange.respond(b""))
         elif isinstance(step, Challenge):
             entry.wait = _Wait.CLIENT
+            entry.challenges += 1
             self._send("CONT", str(rid), encode_base64(step.data))
         elif isinstance(step, NeedCredentials):
             entry.wait = _Wait.SERVER
@@ -592,6 +596,21 @@ class DovecotServer:
             if outcome is not None:
                 ended.append(ExchangeEnded(entry.request, outcome, answered=False))
         return ended
+
+    def waiting_on_client(self) -> list[tuple[int, int]]:
+        """(id, challenge number) of each request waiting for the client's CONT: the
+        caller times them out with ``expire`` (Postfix never cancels a request its
+        client gave up)."""
+        return [(rid, e.challenges) for rid, e in self._requests.items()
+                if e.wait is _Wait.CLIENT]
+
+    def expire(self, rid: int, challenge: int) -> None:
+        """Drop request ``rid`` if it still waits on the client for challenge number
+        ``challenge`` (no answer in the caller's time): it ends as ``ExchangeEnded``
+        (not answered), like a request dropped to make room."""
+        entry = self._requests.get(rid)
+        if entry is not None and entry.wait is _Wait.CLIENT and entry.challenges == challenge:
+            self._drop(entry, "no answer from the peer in time")
 
     @property
     def pending(self) -> int:

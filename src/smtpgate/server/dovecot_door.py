@@ -41,6 +41,9 @@ log = logging.getLogger("smtpgate.frontdoor")
 
 #: Connection ids for CUID, unique within this process.
 _CUID = itertools.count(1)
+#: Seconds a request may wait for the peer's next CONT (Dovecot's own limit): Postfix
+#: never cancels a request its client gave up, so it is concluded then.
+REQUEST_TIMEOUT = 150.0
 
 
 def protocol_factory(door: FrontDoor) -> Callable[[], asyncio.BaseProtocol]:
@@ -83,6 +86,8 @@ class DovecotConnection(asyncio.Protocol):
         #: The login attempt of each request in progress, by request id.
         self._attempts: dict[int, LoginAttempt] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        #: A timer per request waiting on the peer, by (id, challenge number).
+        self._timers: dict[tuple[int, int], asyncio.TimerHandle] = {}
 
     # ------------------------------------------------------------ asyncio
 
@@ -101,6 +106,9 @@ class DovecotConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
         for ended in self.engine.connection_lost():
             self._conclude_unanswered(ended)
 
@@ -127,6 +135,23 @@ class DovecotConnection(asyncio.Protocol):
                 self._disconnect(ev)
                 return
         self._flush()
+        self._arm_timers()
+
+    def _arm_timers(self) -> None:
+        """One timer per request left waiting on the peer; a request that moved on
+        loses its timer."""
+        waiting = set(self.engine.waiting_on_client())
+        for key in [k for k in self._timers if k not in waiting]:
+            self._timers.pop(key).cancel()
+        loop = asyncio.get_running_loop()
+        for key in waiting - self._timers.keys():
+            self._timers[key] = loop.call_later(REQUEST_TIMEOUT, self._expire, key)
+
+    def _expire(self, key: tuple[int, int]) -> None:
+        self._timers.pop(key, None)
+        if not self._closed:
+            self.engine.expire(*key)
+            self._pump()
 
     def _flush(self) -> None:
         out = self.engine.data_to_send()

@@ -100,7 +100,8 @@ fuzz: test-venv
 	@for t in $(FUZZ_TARGETS); do \
 	  log=build/fuzz/logs/$$t-$$(date +%s).log; mkdir -p build/fuzz/$$t; \
 	  echo "fuzz $$t for $(FUZZ_SECONDS) s (log: $$log)"; \
-	  $(BIN)/python fuzz/fuzz_$$t.py -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -timeout=20 \
+	  dict=; [ -f fuzz/dict/$$t.dict ] && dict=-dict=fuzz/dict/$$t.dict; \
+	  $(BIN)/python fuzz/fuzz_$$t.py -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -timeout=20 $$dict \
 	    -print_final_stats=1 -artifact_prefix=build/fuzz/logs/$$t- build/fuzz/$$t fuzz/corpus/$$t \
 	    >$$log 2>&1 || { grep -v Instrumenting $$log | tail -40; exit 1; }; \
 	  grep -E '^(Done|stat::number_of_executed_units)' $$log; \

@@ -60,11 +60,13 @@ def test_seeds_pass(target: str) -> None:
 def test_fuzz_target_briefly(target: str, tmp_path: Path) -> None:
     work = tmp_path / "corpus"
     work.mkdir()
+    dictionary = FUZZ / "dict" / f"{target}.dict"
+    extra = [f"-dict={dictionary}"] if dictionary.exists() else []
     proc = subprocess.run(
         [
             sys.executable, str(FUZZ / f"fuzz_{target}.py"),
             f"-runs={RUNS}", f"-max_total_time={SECONDS}", "-seed=1", "-max_len=1024",
-            "-timeout=20", f"-artifact_prefix={tmp_path}/", str(work),
+            "-timeout=20", *extra, f"-artifact_prefix={tmp_path}/", str(work),
             str(FUZZ / "corpus" / target),
         ],
         check=False, capture_output=True, text=True, timeout=SECONDS * 12, cwd=ROOT,

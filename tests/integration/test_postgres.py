@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from smtpgate.auth.postgres_schema import SCHEMA_VERSION
 from smtpgate.smtp import replies as R
 from tests.postgres_server import PostgresCluster, shared_cluster
 
@@ -69,9 +70,9 @@ def test_serve_and_user_commands_refuse_an_unmigrated_database_until_db_migrate(
 
     first = pg_server.cli("db", "migrate")
     assert re.search(r"account database: PostgreSQL database \S+ on 127\.0\.0\.1:\d+: "
-                     r"schema v0 -> v1, migrated", first.stdout)
+                     rf"schema v0 -> v{SCHEMA_VERSION}, migrated", first.stdout)
     again = pg_server.cli("db", "migrate")
-    assert "schema v1, up to date" in again.stdout
+    assert f"schema v{SCHEMA_VERSION}, up to date" in again.stdout
 
     pg_server.add_user(USER, PASSWORD)
     pg_server.start()
@@ -88,8 +89,8 @@ def test_concurrent_migrations_apply_each_version_once(pg_server: Server) -> Non
     outs = [p.communicate(timeout=60) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], outs
     accounts = [o.splitlines()[0] for o, _ in outs]
-    assert sum(line.endswith("schema v0 -> v1, migrated") for line in accounts) == 1
-    assert sum(line.endswith("schema v1, up to date") for line in accounts) == 2
+    assert sum(line.endswith(f"schema v0 -> v{SCHEMA_VERSION}, migrated") for line in accounts) == 1
+    assert sum(line.endswith(f"schema v{SCHEMA_VERSION}, up to date") for line in accounts) == 2
 
 
 def test_a_dsn_with_a_password_is_refused_naming_the_key(tmp_path: Path) -> None:

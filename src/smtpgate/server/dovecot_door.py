@@ -77,6 +77,8 @@ def settings_for(door: FrontDoor) -> DovecotSettings:
 
 
 class DovecotConnection(asyncio.Protocol):
+    """One MTA connection: its requests run concurrently, each as one login attempt."""
+
     def __init__(self, door: FrontDoor) -> None:
         self.door = door
         self.engine = DovecotServer(settings_for(door))

@@ -19,7 +19,10 @@ from smtpgate.smtp.events import (
     AuthQuery,
     CloseConnection,
     MailFrom,
+    MessageAborted,
+    MessageData,
     MessageReceived,
+    MessageStart,
     RcptTo,
     StartTls,
 )
@@ -38,11 +41,25 @@ def settings(**kw: object) -> EngineSettings:
     return EngineSettings(**base)  # type: ignore[arg-type]
 
 
+@dataclass(frozen=True)
+class Delivered:
+    """A message the engine handed over: its MessageReceived and the bytes of its
+    MessageData events (what the server writes to the spool)."""
+
+    event: MessageReceived
+    data: bytes
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.event, name)
+
+
 @dataclass
 class Driver:
     engine: ServerEngine
     events: list[object] = field(default_factory=list)
-    messages: list[MessageReceived] = field(default_factory=list)
+    messages: list[Delivered] = field(default_factory=list)
+    #: The message being written (MessageStart to MessageReceived/MessageAborted).
+    writing: bytearray | None = None
     auth_store_down: bool = False
     closed: bool = False
     starttls_pending: bool = False
@@ -71,8 +88,18 @@ class Driver:
             self.events.append(ev)
             if isinstance(ev, (MailFrom, RcptTo)):
                 e.respond(None)
+            elif isinstance(ev, MessageStart):
+                assert self.writing is None
+                self.writing = bytearray()
+            elif isinstance(ev, MessageData):
+                assert self.writing is not None
+                self.writing += ev.data
+            elif isinstance(ev, MessageAborted):
+                self.writing = None
             elif isinstance(ev, MessageReceived):
-                self.messages.append(ev)
+                assert self.writing is not None and len(self.writing) == ev.size
+                self.messages.append(Delivered(ev, bytes(self.writing)))
+                self.writing = None
                 e.respond(R.MESSAGE_ACCEPTED)
             elif isinstance(ev, AuthQuery):
                 e.auth_answer(self.answer(ev.query))

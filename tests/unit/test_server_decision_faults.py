@@ -59,12 +59,38 @@ class FakeAuth:
 
 
 @dataclass
+class FakeIncoming:
+    """What `Spool.receive` hands out, kept in memory."""
+
+    data: bytearray = field(default_factory=bytearray)
+    backlog: int = 0
+    discarded: bool = False
+    on_flushed: Any = None
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    def discard(self) -> None:
+        self.discarded = True
+
+
+@dataclass
 class FakeSpool:
     stored: list[bytes] = field(default_factory=list)
 
     async def store(self, envelope: object, data: bytes) -> str:
         self.stored.append(data)
         return f"Q{len(self.stored)}"
+
+    def receive(self, envelope: object, prefix: bytes = b"") -> FakeIncoming:
+        return FakeIncoming(bytearray(prefix))
+
+    async def publish(self, incoming: FakeIncoming) -> str:
+        return await self.store(None, bytes(incoming.data))
 
 
 class Client:

@@ -6,6 +6,10 @@ writes the envelope, and waits for the spool's group commit. The reply it
 returns is the one the client gets: 250 with the queue id only once the message
 is durable, 451 if the spool could not take it.
 
+A message arrives in parts (`begin`, then `Incoming.write` as DATA comes in,
+then `finish`): it is written to the spool as it arrives, so a session never
+holds it in memory (`queue/incoming.py`). ``accept`` takes a whole message.
+
 Work that must be committed with the message (the sending-rate count) runs
 alongside the spool write and is awaited before the reply too, so a counter
 survives a crash as the message does. If the spool then fails, the account is
@@ -23,6 +27,7 @@ from typing import Any
 
 from smtpgate.auth.principal import Principal
 from smtpgate.queue.envelope import Envelope
+from smtpgate.queue.incoming import Incoming
 from smtpgate.queue.spool import Spool, SpoolError
 from smtpgate.smtp import replies as R
 from smtpgate.smtp.received import received_header
@@ -57,12 +62,99 @@ class Message:
     body_8bit: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Receiving:
+    """A message on its way in: where its content goes (``incoming.write``) and
+    what `Intake.finish` logs."""
+
+    incoming: Incoming
+    sender: str
+    recipients: tuple[str, ...]
+    arrival: Arrival
+    account: str
+
+
 class Intake:
     """Takes accepted messages into the spool; one per process."""
 
     def __init__(self, spool: Spool, on_stored: Callable[[], None]) -> None:
         self._spool = spool
         self._on_stored = on_stored
+
+    def begin(
+        self,
+        message: Message,
+        arrival: Arrival,
+        *,
+        hostname: str,
+        add_received: bool = True,
+    ) -> Receiving:
+        """DATA started: the spool file of ``message`` (its ``data`` is ignored),
+        with its envelope and Received header (stamped now, as Postfix does when
+        DATA starts). Its content is then written with ``incoming.write``."""
+        now = time.time()
+        account, envelope = self._envelope(message, arrival, now)
+        received = self._received(message, arrival, hostname, now) if add_received else b""
+        incoming = self._spool.receive(envelope, received)
+        return Receiving(incoming, message.sender, message.recipients, arrival, account)
+
+    async def finish(
+        self, receiving: Receiving, *, alongside: Coroutine[Any, Any, None] | None = None
+    ) -> R.Reply:
+        """The end of DATA: make the message durable; the reply for the client (as
+        `accept`)."""
+        beside = asyncio.get_running_loop().create_task(alongside) if alongside else None
+        arrival = receiving.arrival
+        try:
+            qid = await self._spool.publish(receiving.incoming)
+        except SpoolError as e:
+            log.error("%s spool write failed: %s", arrival.session_id, e)
+            reply = R.QUEUE_FAILED
+        except Exception:
+            log.exception("%s unexpected error while spooling", arrival.session_id)
+            reply = R.QUEUE_FAILED
+        else:
+            reply = R.MESSAGE_ACCEPTED.with_text(f"OK queued as {qid}")
+            log.info(
+                "%s queued %s from=<%s> rcpts=%d size=%d user=%s",
+                arrival.session_id, qid, receiving.sender, len(receiving.recipients),
+                receiving.incoming.size, receiving.account,
+            )
+            self._on_stored()
+        if beside is not None:
+            await beside
+        return reply
+
+    @staticmethod
+    def _envelope(message: Message, arrival: Arrival, now: float) -> tuple[str, Envelope]:
+        account = arrival.principal.account if arrival.principal is not None else ""
+        return account, Envelope(
+            mail_from=message.sender,
+            rcpt_to=message.recipients,
+            auth_identity=account or None,
+            client_ip=arrival.client_ip,
+            helo=arrival.helo,
+            listener=arrival.listener,
+            smtputf8=message.smtputf8,
+            body_8bit=message.body_8bit,
+            received_at=now,
+        )
+
+    @staticmethod
+    def _received(message: Message, arrival: Arrival, hostname: str, now: float) -> bytes:
+        account = arrival.principal.account if arrival.principal is not None else ""
+        return received_header(
+            helo=arrival.helo,
+            client_ip=arrival.client_ip,
+            hostname=hostname,
+            esmtp=arrival.esmtp,
+            tls_version=arrival.tls_version,
+            cipher=arrival.tls_cipher,
+            identity=account,
+            queue_hint=arrival.session_id,
+            timestamp=now,
+            smtputf8=message.smtputf8,
+        )
 
     async def accept(
         self,
@@ -76,32 +168,10 @@ class Intake:
         """Spool ``message``; the reply for the client. ``alongside`` (which must not
         raise) is awaited before the reply whatever the spool did."""
         now = time.time()
-        account = arrival.principal.account if arrival.principal is not None else ""
+        account, envelope = self._envelope(message, arrival, now)
         data = message.data
         if add_received:
-            data = received_header(
-                helo=arrival.helo,
-                client_ip=arrival.client_ip,
-                hostname=hostname,
-                esmtp=arrival.esmtp,
-                tls_version=arrival.tls_version,
-                cipher=arrival.tls_cipher,
-                identity=account,
-                queue_hint=arrival.session_id,
-                timestamp=now,
-                smtputf8=message.smtputf8,
-            ) + data
-        envelope = Envelope(
-            mail_from=message.sender,
-            rcpt_to=message.recipients,
-            auth_identity=account or None,
-            client_ip=arrival.client_ip,
-            helo=arrival.helo,
-            listener=arrival.listener,
-            smtputf8=message.smtputf8,
-            body_8bit=message.body_8bit,
-            received_at=now,
-        )
+            data = self._received(message, arrival, hostname, now) + data
         beside = asyncio.get_running_loop().create_task(alongside) if alongside else None
         try:
             qid = await self._spool.store(envelope, data)

@@ -49,6 +49,7 @@ from typing import Self
 from smtpgate.queue import tmpfiles
 from smtpgate.queue.committer import CommitStats, CommitterClosed, GroupCommitter, Op
 from smtpgate.queue.envelope import Envelope, EnvelopeFormatError
+from smtpgate.queue.incoming import SIZE_WIDTH, Incoming
 from smtpgate.queue.state import MessageState, StateFormatError
 
 log = logging.getLogger("smtpgate.queue")
@@ -78,6 +79,14 @@ class _Store:
 
 
 @dataclass(frozen=True, slots=True)
+class _Publish:
+    """A message written by `Incoming`, sealed: give it its name in queue/."""
+
+    qid: str
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
 class _SaveState:
     qid: str
     state: MessageState
@@ -89,7 +98,7 @@ class _Remove:
     recycle: tmpfiles.TempPool | None
 
 
-_Work = _Store | _SaveState | _Remove
+_Work = _Store | _SaveState | _Remove | _Publish
 
 
 class DeliveryLock:
@@ -163,6 +172,41 @@ class Spool:
         """
         return await self._submit(_Store(_new_id(), _stamped(envelope), data))
 
+    def receive(self, envelope: Envelope, prefix: bytes = b"") -> Incoming:
+        """Start a message whose content arrives in parts (`Incoming`): the
+        envelope now, ``prefix`` (the Received header) first in its data. Nothing
+        touches the disk here; `publish` makes it durable, ``discard`` drops it."""
+        envelope = _stamped(envelope)
+        qid = _new_id()
+        header = envelope.to_json()
+        first = b"%s %d %0*d\n" % (_MAGIC, len(header), SIZE_WIDTH, 0)
+        data_from = len(first) + len(header) + 1
+        fallback = f"{tmpfiles.prefix(self._tdir)}{qid}.{next(_counter):x}"
+        pool = self._pool
+
+        def open_file() -> tuple[int, str]:
+            taken = pool.take() if pool is not None else None
+            if taken is None:
+                taken = (tmpfiles.open_new(fallback), fallback)
+            return taken
+
+        return Incoming(qid, open_file, first + header + b"\n" + prefix,
+                        size_at=len(first) - 1 - SIZE_WIDTH, data_from=data_from)
+
+    async def publish(self, incoming: Incoming) -> str:
+        """Make a received message durable (its content fsynced, then its name in
+        ``queue/`` and that directory fsynced, group-committed like `store`);
+        returns its queue id.
+
+        Raises:
+            SpoolError: the message was not stored (and is not in the queue).
+        """
+        try:
+            path = await incoming.seal()
+        except OSError as e:
+            raise SpoolError(f"cannot write {incoming.qid}{_MSG}: {e}") from e
+        return await self._submit(_Publish(incoming.qid, path))
+
     def store_sync(self, envelope: Envelope, data: bytes) -> str:
         """`store` in the calling thread, without batching (tests and tools).
 
@@ -227,6 +271,16 @@ class Spool:
         changed: list[Op[_Work, str]] = []
         for op in batch:
             work = op.payload
+            if isinstance(work, _Publish):
+                final = f"{self._qdir}/{work.qid}{_MSG}"
+                try:
+                    os.rename(work.path, final)  # step 2 for a received message
+                except OSError as e:
+                    op.error = SpoolError(f"cannot publish {work.qid}{_MSG}: {e}")
+                    tmpfiles.unlink_quietly(work.path)
+                else:
+                    changed.append(op)
+                continue
             if isinstance(work, _Remove):
                 try:
                     self._remove(work, prefix)
@@ -269,7 +323,7 @@ class Spool:
             except OSError as e:
                 for op in changed:
                     op.error = SpoolError(f"cannot sync the spool directory: {e}")
-                    if isinstance(op.payload, _Store):
+                    if isinstance(op.payload, (_Store, _Publish)):
                         # The client will be told 451 and resend: take the name
                         # back, so it is not delivered as well.
                         tmpfiles.unlink_quietly(f"{self._qdir}/{op.payload.qid}{_MSG}")

@@ -16,11 +16,12 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any, cast
 
+from smtpgate.queue.incoming import Incoming
 from smtpgate.server.decisions import Decisions, Peer, Pending
 from smtpgate.server.runtime import ListenerRuntime, ServerRuntime
 from smtpgate.smtp import replies as R
 from smtpgate.smtp.engine import ServerEngine, TlsInfo
-from smtpgate.smtp.events import NEED_DATA, PAUSED, CloseConnection, StartTls
+from smtpgate.smtp.events import NEED_DATA, PAUSED, CloseConnection, MessageStart, StartTls
 from smtpgate.tls.session import TlsError, TlsServerSession
 
 log = logging.getLogger("smtpgate.session")
@@ -57,6 +58,8 @@ class SmtpConnection(asyncio.Protocol):
         self._closed = False
         self._counted = False
         self._reading_paused = False
+        #: Reading stopped until the message being received is written out.
+        self._disk_paused = False
         self._loop = asyncio.get_running_loop()
 
     # ------------------------------------------------------- asyncio callbacks
@@ -84,7 +87,7 @@ class SmtpConnection(asyncio.Protocol):
         self.rt.connections.add(self)
         self._last_activity = self._loop.time()
         if self.listener.implicit_tls:
-            self.tls = TlsServerSession(self.rt.tls, self.listener.name)
+            self.tls = TlsServerSession(self.rt.tls)
             self._tls_started = self._last_activity
             self._rearm()
             self._start_plus_fallback_look_up()
@@ -123,6 +126,13 @@ class SmtpConnection(asyncio.Protocol):
         elif self.engine.buffered > _PAUSE_READING_AT and self.transport is not None:
             self.transport.pause_reading()
             self._reading_paused = True
+        receiving = self.decisions.receiving
+        if (receiving is not None and receiving.incoming.backlog > _PAUSE_READING_AT
+                and not self._disk_paused and self.transport is not None):
+            # The disk is behind the client: stop reading, so that a session holds
+            # a bounded buffer whatever the message size (queue/incoming.py).
+            self.transport.pause_reading()
+            self._disk_paused = True
 
     def eof_received(self) -> bool | None:
         return None  # let the transport close
@@ -138,6 +148,9 @@ class SmtpConnection(asyncio.Protocol):
         abandoned = self.engine.abandon_auth("connection closed during AUTH")
         if abandoned is not None:
             self.decisions.abandoned(abandoned)
+        # Gone in the middle of DATA: its temp file goes (a message already handed
+        # to the spool is not in ``receiving`` any more, and finishes).
+        self.decisions.message_dropped()
         if self._counted:
             self._counted = False
             self.rt.limiter.release(self.client_ip)
@@ -174,6 +187,9 @@ class SmtpConnection(asyncio.Protocol):
                 if not self._answer(partial(self.decisions.answer_fault, ev), resume=False):
                     return
                 continue
+            if isinstance(ev, MessageStart) and self.decisions.receiving is not None:
+                incoming = self.decisions.receiving.incoming
+                incoming.on_flushed = partial(self._disk_flushed, incoming)
             if pending is not None:
                 self._flush()
                 self._task = self._loop.create_task(self._decide(pending))
@@ -210,8 +226,17 @@ class SmtpConnection(asyncio.Protocol):
         self._task = None
         if self._reading_paused and self.transport is not None:
             self._reading_paused = False
-            self.transport.resume_reading()
+            if not self._disk_paused:
+                self.transport.resume_reading()
         self._pump()
+
+    def _disk_flushed(self, incoming: Incoming) -> None:
+        """A part of the message is on its way to disk: read on if it caught up."""
+        if (self._disk_paused and incoming.backlog <= _PAUSE_READING_AT // 2
+                and not self._closed):
+            self._disk_paused = False
+            if not self._reading_paused and self.transport is not None:
+                self.transport.resume_reading()
 
     def _flush(self) -> None:
         out = self.engine.data_to_send()
@@ -227,7 +252,7 @@ class SmtpConnection(asyncio.Protocol):
         # The 220 goes out in clear; from here on every byte is TLS. The engine
         # already dropped whatever was pipelined behind STARTTLS.
         self._flush()
-        self.tls = TlsServerSession(self.rt.tls, self.listener.name)
+        self.tls = TlsServerSession(self.rt.tls)
         self._tls_started = self._loop.time()
         self._rearm()
         self._start_plus_fallback_look_up()
@@ -240,10 +265,7 @@ class SmtpConnection(asyncio.Protocol):
     def _tls_up(self) -> None:
         assert self.tls is not None
         self.tls_ready = True
-        cert, untrusted = self.tls.client_certificate()
-        if untrusted:  # 'optional': the session goes on, without EXTERNAL
-            log.info("%s %s:%s %s", self.session_id, self.client_ip, self.client_port, untrusted)
-        info = TlsInfo(self.tls.version, self.tls.cipher, self.tls.channel_binding(), cert)
+        info = TlsInfo(self.tls.version, self.tls.cipher, self.tls.channel_binding())
         if self.listener.implicit_tls:
             self.engine = self.decisions.engine = ServerEngine(self.listener.settings, tls=info)
             self.engine.hide_plus = self.decisions.plus_until is not None
@@ -324,9 +346,9 @@ class SmtpConnection(asyncio.Protocol):
             return
         now = self._loop.time()
         at, deadline = self._expiry()
-        if self._task is not None:
-            # A decision is running (the client waits on us): not the client's
-            # time. Look again once it is likely done.
+        if self._task is not None or self._disk_paused:
+            # A decision is running (the client waits on us), or we stopped reading
+            # until the disk catches up: not the client's time. Look again later.
             self._arm_at(max(at, now + 1.0))
             return
         if now < at:

@@ -9,8 +9,9 @@ events mean and who answers them:
   channel-binding fallback (docs/mechanisms.md), since only SMTP advertises -PLUS.
 - MailFrom, RcptTo, the From header: the sending policy of the logged-in
   `Principal` (`policy/submission.py`).
-- MessageReceived: the intake (`queue/intake.py`), answered once the message is
-  durable.
+- MessageStart, MessageData, MessageAborted: the message as it arrives, written
+  to the spool by the intake (`queue/intake.py`); MessageReceived, answered once
+  it is durable.
 
 ``handle(event)`` answers at once, or returns a `Pending`: the work and how its
 result answers the engine. If either raises, ``answer_fault(event)`` answers it as
@@ -31,13 +32,22 @@ from smtpgate.auth.login import LoginAttempt, LoginResult, temporary_answer
 from smtpgate.auth.principal import Principal
 from smtpgate.auth.service import AuthContext
 from smtpgate.policy.submission import Sending, needs_lookup
-from smtpgate.queue.intake import Arrival, Message
+from smtpgate.queue.intake import Arrival, Message, Receiving
 from smtpgate.sasl.base import CredentialAnswer
 from smtpgate.sasl.exchange import AuthResult
 from smtpgate.server.runtime import ServerRuntime
 from smtpgate.smtp import replies as R
 from smtpgate.smtp.engine import ServerEngine
-from smtpgate.smtp.events import AuthFinished, AuthQuery, MailFrom, MessageReceived, RcptTo
+from smtpgate.smtp.events import (
+    AuthFinished,
+    AuthQuery,
+    MailFrom,
+    MessageAborted,
+    MessageData,
+    MessageReceived,
+    MessageStart,
+    RcptTo,
+)
 
 log = logging.getLogger("smtpgate.session")
 T = TypeVar("T")
@@ -92,9 +102,12 @@ class Decisions:
         #: Who logged in, and the sending policy of their transactions.
         self.principal: Principal | None = None
         self._sending: Sending | None = None
+        #: The message being received (MessageStart to its end).
+        self.receiving: Receiving | None = None
 
     def handle(self, ev: object) -> Pending[Any] | None:
-        """Answer ``ev`` now (None), or say what to run before answering it."""
+        """Answer ``ev`` now (None), or say what to run before answering it. The
+        message's own events (start, data, abort) are carried out here too."""
         engine = self.engine
         if isinstance(ev, RcptTo):
             engine.respond(self._sending.rcpt() if self._sending is not None else None)
@@ -102,6 +115,13 @@ class Decisions:
             if needs_lookup(self.rt.policy, self.rt.rates):
                 return Pending(self._mail_from(ev), engine.respond, ev)
             engine.respond(None)
+        elif isinstance(ev, MessageData):
+            if self.receiving is not None:
+                self.receiving.incoming.write(ev.data)
+        elif isinstance(ev, MessageStart):
+            self.message_start(ev)
+        elif isinstance(ev, MessageAborted):
+            self.message_dropped()
         elif isinstance(ev, MessageReceived):
             return Pending(self._store(ev), engine.respond, ev)
         elif isinstance(ev, AuthQuery):
@@ -262,12 +282,8 @@ class Decisions:
             return R.INTERNAL_ERROR
         return await self._sending.mail(ev.sender, self.rt.policy, self.rt.rates)
 
-    async def _store(self, ev: MessageReceived) -> R.Reply | None:
-        sending = self._sending
-        if sending is not None:
-            refused = sending.message(ev.data, self.rt.policy)
-            if refused is not None:
-                return refused
+    def message_start(self, ev: MessageStart) -> Receiving:
+        """DATA started: the spool file its content is written to as it arrives."""
         tls, p = self.engine.tls, self.peer
         arrival = Arrival(
             session_id=p.session_id,
@@ -279,9 +295,31 @@ class Decisions:
             tls_version=tls.version if tls else None,
             tls_cipher=tls.cipher if tls else None,
         )
-        message = Message(ev.sender, ev.recipients, ev.data, ev.smtputf8, ev.body_8bit)
-        counting = sending.count(self.rt.rates, len(ev.recipients)) if sending else None
-        return await self.rt.intake.accept(
-            message, arrival, hostname=self.rt.hostname, add_received=self.rt.add_received,
-            alongside=counting,
-        )
+        message = Message(ev.sender, ev.recipients, b"", ev.smtputf8, ev.body_8bit)
+        self.receiving = self.rt.intake.begin(
+            message, arrival, hostname=self.rt.hostname, add_received=self.rt.add_received)
+        return self.receiving
+
+    def message_dropped(self) -> None:
+        """The message in progress is refused or its client gone: no file stays."""
+        receiving, self.receiving = self.receiving, None
+        if receiving is not None:
+            receiving.incoming.discard()
+
+    async def _store(self, ev: MessageReceived) -> R.Reply | None:
+        receiving, self.receiving = self.receiving, None
+        if receiving is None:  # the engine always starts a message first
+            return R.QUEUE_FAILED
+        try:
+            sending = self._sending
+            if sending is not None:
+                # The From/Sender checks read the header section the engine kept.
+                refused = sending.message(ev.header, self.rt.policy)
+                if refused is not None:
+                    receiving.incoming.discard()
+                    return refused
+            counting = sending.count(self.rt.rates, len(ev.recipients)) if sending else None
+            return await self.rt.intake.finish(receiving, alongside=counting)
+        except BaseException:
+            receiving.incoming.discard()  # a no-op once it was sealed
+            raise

@@ -12,6 +12,17 @@ inside the message: that is the SMTP-smuggling defence. Whether a message that
 
 The scan is done with ``bytes.find`` over the new bytes only, not line by line,
 so large messages cost a few C-level passes rather than a Python loop per line.
+
+Streaming
+---------
+The engine uses `DataStream`, which never holds the message: each ``feed``
+returns the unstuffed bytes that are final so far, for the I/O layer to write to
+the spool. It keeps back the last 4 raw bytes (they may begin the terminator)
+and remembers the 2 bytes before them, which are all the context every rule
+needs: whether a dot starts a line, whether an LF is bare (the byte before it),
+whether a CR is bare (the byte after it, always among the bytes kept back). So
+any split of the same bytes gives the same output and the same verdict as
+`DataReader` with `unstuff` (a property test holds this).
 """
 
 from __future__ import annotations
@@ -87,3 +98,138 @@ def unstuff(body_with_lead: bytes, *, normalize_lf: bool) -> bytes:
     if normalize_lf:
         body_with_lead = _BARE_LF.sub(b"\r\n", body_with_lead)
     return body_with_lead.replace(b"\r\n.", b"\r\n")[2:]
+
+
+#: Largest header section the engine collects for the From/Sender checks (the
+#: header bytes up to the empty line). A message whose header section is longer
+#: is refused (552 5.3.4): mail clients write a few KiB; 256 KiB leaves room for
+#: long ARC/DKIM chains and keeps the per-session buffer small.
+MAX_HEADER_SECTION = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class DataEnd:
+    """How a streamed message ended. ``size`` counts the octets ``DataStream``
+    returned (unstuffed); ``raw_size`` the octets the client sent for it."""
+
+    too_big: bool
+    bare_lf: bool
+    bare_cr: bool
+    size: int
+    raw_size: int
+
+
+class DataStream:
+    """The DATA reader that hands the message on as it arrives (see "Streaming").
+
+    ``normalize_lf``: a bare LF becomes CRLF in the output (Postfix's ``normalize``).
+    Whether the message is acceptable is known from the flags once it has ended;
+    ``doomed`` says early that it will not be (the caller may stop writing it).
+    """
+
+    __slots__ = ("_bare_cr", "_bare_lf", "_max_size", "_normalize", "_prev", "_prev_out",
+                 "_raw", "_raw_size", "_size")
+
+    def __init__(self, max_size: int, *, normalize_lf: bool = False):
+        self._max_size = max_size
+        self._normalize = normalize_lf
+        self._raw = bytearray()
+        # The 2 raw octets before ``_raw`` (at first the virtual CRLF), and the 2
+        # octets of the normalized stream before it (dot-unstuffing looks at those).
+        self._prev = b"\r\n"
+        self._prev_out = b"\r\n"
+        self._raw_size = 0
+        self._size = 0
+        self._bare_lf = False
+        self._bare_cr = False
+
+    @property
+    def too_big(self) -> bool:
+        return self._raw_size > self._max_size
+
+    @property
+    def doomed(self) -> bool:
+        """The message will be refused whatever follows (too big, bare CR, or bare
+        LF when not normalizing)."""
+        return self.too_big or self._bare_cr or (self._bare_lf and not self._normalize)
+
+    def feed(self, data: bytes | bytearray) -> tuple[bytes, DataEnd | None, bytes]:
+        """Take bytes; return (output, end, leftover). ``output`` is unstuffed
+        message content now final (empty once the message is doomed); ``end`` is
+        set when the terminator was seen, and ``leftover`` is what followed it
+        (pipelined commands)."""
+        self._raw += data
+        buf = self._prev + self._raw
+        end = buf.find(_END)
+        cut = end + 2 if end >= 0 else len(buf) - 4
+        out = self._take(buf, cut) if cut > 2 else b""
+        if end < 0:
+            if cut > 2:
+                self._prev = bytes(buf[cut - 2 : cut])
+                del self._raw[: cut - 2]
+            return out, None, b""
+        leftover = bytes(buf[end + 5 :])
+        self._raw.clear()
+        return out, DataEnd(self.too_big, self._bare_lf, self._bare_cr, self._size,
+                            self._raw_size), leftover
+
+    def _take(self, buf: bytes, cut: int) -> bytes:
+        """Account for and unstuff ``buf[2:cut]``; ``buf[:2]`` is context and
+        ``buf[cut]`` exists (a byte kept back, or the terminator's dot)."""
+        seg = buf[2:cut]
+        self._raw_size += len(seg)
+        # An LF is bare unless the byte before it is CR; a CR unless the next is LF.
+        if seg.count(b"\n") != buf[1:cut].count(b"\r\n"):
+            self._bare_lf = True
+        if seg.count(b"\r") != buf[2 : cut + 1].count(b"\r\n"):
+            self._bare_cr = True
+        if self.doomed:
+            return b""
+        if self._normalize and self._bare_lf:
+            if seg[:1] == b"\n" and buf[1:2] == b"\r":
+                seg = b"\n" + _BARE_LF.sub(b"\r\n", seg[1:])
+            else:
+                seg = _BARE_LF.sub(b"\r\n", seg)
+        joined = self._prev_out + seg
+        self._prev_out = joined[-2:]
+        # A dot is removed where the normalized stream has CRLF before it; the two
+        # context octets are never changed (a removed dot is at index 2 or later).
+        out = joined.replace(b"\r\n.", b"\r\n")[2:]
+        self._size += len(out)
+        return out
+
+
+class HeaderSection:
+    """Collects the header section of a streamed message (RFC 5322 §2.1: up to
+    the first empty line), at most ``limit`` octets."""
+
+    __slots__ = ("_buf", "_limit", "done", "too_big")
+
+    def __init__(self, limit: int = MAX_HEADER_SECTION):
+        self._buf = bytearray()
+        self._limit = limit
+        self.done = False
+        self.too_big = False
+
+    def feed(self, out: bytes) -> None:
+        """Take the next unstuffed message octets."""
+        if self.done or self.too_big or not out:
+            return
+        start = max(0, len(self._buf) - 3)
+        self._buf += out
+        if self._buf.startswith(b"\r\n"):
+            end = 0  # no header fields at all
+        else:
+            found = self._buf.find(b"\r\n\r\n", start)
+            end = found + 2 if found >= 0 else -1
+        if end >= 0 and end <= self._limit:
+            del self._buf[end:]
+            self.done = True
+        elif len(self._buf) > self._limit:
+            self.too_big = True
+            self._buf.clear()
+
+    def header(self) -> bytes:
+        """The header section (each field's CRLF included, not the empty line); a
+        message without an empty line is all header."""
+        return bytes(self._buf)

@@ -34,7 +34,7 @@ from smtpgate.smtp.address import (
     parse_path,
     split_path_argument,
 )
-from smtpgate.smtp.data import DataReader, DataResult, unstuff
+from smtpgate.smtp.data import DataEnd, DataStream, HeaderSection
 from smtpgate.smtp.events import (
     NEED_DATA,
     PAUSED,
@@ -43,7 +43,10 @@ from smtpgate.smtp.events import (
     CloseConnection,
     Event,
     MailFrom,
+    MessageAborted,
+    MessageData,
     MessageReceived,
+    MessageStart,
     RcptTo,
     Sentinel,
     StartTls,
@@ -121,7 +124,9 @@ class ServerEngine:
         self._recipients: list[str] = []
         self._body_8bit = False
         self._smtputf8 = False
-        self._data: DataReader | None = None
+        self._data: DataStream | None = None
+        self._header: HeaderSection | None = None
+        self._aborted = False
         # Pending decision, and an event waiting to be returned by next_event()
         self._pending: Event | None = None
         self._emit: Event | None = None
@@ -181,16 +186,9 @@ class ServerEngine:
             return PAUSED
         while self.state is not State.CLOSED and self.state is not State.TLS:
             if self.state is State.DATA:
-                assert self._data is not None
                 if not self._inbuf:
                     return NEED_DATA
-                chunk = bytes(self._inbuf)
-                self._inbuf.clear()
-                result, leftover = self._data.feed(chunk)
-                if result is None:
-                    return NEED_DATA
-                self._inbuf += leftover
-                event = self._end_of_data(result)
+                event = self._data_received()
                 if event is not None:
                     return event
                 continue
@@ -587,33 +585,75 @@ class ServerEngine:
         if not self._recipients:
             return self._error(R.NO_VALID_RECIPIENTS)
         self._send(R.START_DATA)
-        self._data = DataReader(self.settings.max_message_size)
+        self._data = DataStream(self.settings.max_message_size,
+                                normalize_lf=self.settings.normalize_bare_lf)
+        self._header = HeaderSection()
+        self._aborted = False
         self.state = State.DATA
-        return None
+        return MessageStart(
+            sender=self._sender,
+            recipients=tuple(self._recipients),
+            identity=self.identity,
+            helo=self.helo,
+            body_8bit=self._body_8bit,
+            smtputf8=self._smtputf8,
+        )
 
-    def _end_of_data(self, result: DataResult) -> Event | None:
-        self._data = None
-        if result.too_big or result.data is None:
-            self._send(R.MESSAGE_TOO_BIG)
-            self._after_message()
-            return None
-        normalize = self.settings.normalize_bare_lf
-        if result.bare_cr or (result.bare_lf and not normalize):
+    def _data_received(self) -> Event | None:
+        """Feed what arrived to the DATA reader: the message content that is final
+        goes out as a `MessageData` (or, once the message cannot be accepted, one
+        `MessageAborted`); at its end the decision follows (held in ``_emit`` when
+        both come from the same bytes)."""
+        data, header = self._data, self._header
+        assert data is not None and header is not None
+        chunk = bytes(self._inbuf)
+        self._inbuf.clear()
+        out, end, leftover = data.feed(chunk)
+        event: Event | None = None
+        if not self._aborted:
+            header.feed(out)
+            reason = ("message too big" if data.too_big
+                      else "bare CR or LF" if data.doomed
+                      else "header section too big" if header.too_big else "")
+            if reason:
+                self._aborted = True
+                event = MessageAborted(reason)
+            elif out:
+                event = MessageData(out)
+        if end is None:
+            return event
+        self._inbuf += leftover
+        final = self._end_of_data(end, header)
+        if event is None:
+            return final
+        self._emit = final
+        return event
+
+    def _end_of_data(self, end: DataEnd, header: HeaderSection) -> Event | None:
+        self._data = self._header = None
+        refusal = None
+        if end.too_big:
+            refusal = R.MESSAGE_TOO_BIG
+        elif end.bare_cr or (end.bare_lf and not self.settings.normalize_bare_lf):
             # Refused after the real end, so nothing the client sent is lost
             # track of and nothing behind a bare LF is run as a command.
-            self._send(R.BARE_LINE_ENDING)
+            refusal = R.BARE_LINE_ENDING
+        elif header.too_big:
+            refusal = R.HEADER_TOO_BIG
+        if refusal is not None:
+            self._send(refusal)
             self._after_message()
             return None
-        body = unstuff(result.data, normalize_lf=normalize and result.bare_lf)
         return self._decide(
             MessageReceived(
                 sender=self._sender,
                 recipients=tuple(self._recipients),
-                data=body,
                 identity=self.identity,
                 helo=self.helo,
                 body_8bit=self._body_8bit,
                 smtputf8=self._smtputf8,
+                header=header.header(),
+                size=end.size,
             )
         )
 
@@ -629,6 +669,7 @@ class ServerEngine:
         self._body_8bit = False
         self._smtputf8 = False
         self._data = None
+        self._header = None
 
     # ----------------------------------------------------------------- AUTH
 

@@ -25,7 +25,10 @@ __all__ = [
     "CloseConnection",
     "Event",
     "MailFrom",
+    "MessageAborted",
+    "MessageData",
     "MessageReceived",
+    "MessageStart",
     "RcptTo",
     "Sentinel",
     "StartTls",
@@ -108,19 +111,53 @@ class RcptTo:
 
 
 @dataclass(frozen=True, slots=True)
-class MessageReceived:
-    """Decision: make the message durable, then ``respond(MESSAGE_ACCEPTED...)``.
-
-    ``data`` is dot-unstuffed, CRLF line ends, without the terminating dot.
-    """
+class MessageStart:
+    """DATA was accepted (354 sent): open somewhere to write the message to. Its
+    content follows as `MessageData`, then one `MessageReceived` or `MessageAborted`."""
 
     sender: str
     recipients: tuple[str, ...]
-    data: bytes
     identity: str
     helo: str
     body_8bit: bool
     smtputf8: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MessageData:
+    """The next part of the message: dot-unstuffed, CRLF line ends. Append it;
+    the engine never holds the message (memory stays bounded whatever its size)."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class MessageAborted:
+    """The message in progress will be refused (too big, bare CR or LF, header
+    section too long): discard what was written. The engine reads on to the real
+    end of the data and answers it then."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class MessageReceived:
+    """Decision: the message written from `MessageData` ended; make it durable,
+    then ``respond(MESSAGE_ACCEPTED...)``.
+
+    ``header`` is its header section (each field's CRLF included, not the empty
+    line after it; all of a message without one), for the From/Sender checks;
+    ``size`` the octets of all its `MessageData`.
+    """
+
+    sender: str
+    recipients: tuple[str, ...]
+    identity: str
+    helo: str
+    body_8bit: bool
+    smtputf8: bool
+    header: bytes
+    size: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,5 +169,5 @@ class CloseConnection:
 
 Event = (
     StartTls | AuthQuery | AuthFinished | MailFrom | RcptTo | MessageReceived | CloseConnection
-    | Xclient
+    | Xclient | MessageStart | MessageData | MessageAborted
 )

@@ -167,6 +167,9 @@ RECIPIENT_OK = Reply(250, "2.1.5", "Recipient OK")
 START_DATA = Reply(354, None, "End data with <CR><LF>.<CR><LF>")
 # RFC 1870 §6: declared SIZE over the limit, or actual data over it.
 MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
+# The header section is over smtp/data.py's MAX_HEADER_SECTION (docs/smtp.md): the
+# From/Sender checks need all of it, and the session holds no more than that.
+HEADER_TOO_BIG = Reply(552, "5.3.4", "Message header section exceeds fixed maximum size")
 # RFC 5321 §4.5.3.1.10: too many recipients.
 TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
 # SMTP smuggling defence: bare CR or LF inside message data.

@@ -1,0 +1,161 @@
+"""A message being received, written to a spool temp file as it arrives.
+
+Why: holding DATA in memory made the server's memory grow with the bytes in
+flight (three parallel 30 MB messages: 1.7-2.2 times that; 1,000 connections at
+``max_message_size`` would be tens of gigabytes). Here a session holds at most
+`FLUSH_AT` octets waiting plus one write in flight; the session's reader stops
+reading while `backlog` is over its high-water mark.
+
+The file is the spool's own format (`spool.py`), written front to back: the
+header line (its data length a fixed-width placeholder), the envelope, the
+Received header, then the message as it comes. `seal` fills in the length and
+fsyncs; only then does the spool give the file a name in ``queue/``. Every disk
+call runs in a thread, one at a time per message, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Callable
+
+from smtpgate.queue import tmpfiles
+
+#: Octets gathered before they are handed to a write (a few socket reads' worth).
+FLUSH_AT = 256 * 1024
+#: Width of the data-length field of the header line, zero-padded (20 digits
+#: hold any 64-bit size; ``int()`` reads leading zeros, so readers are unchanged).
+SIZE_WIDTH = 20
+
+
+class Incoming:
+    """See the module docstring. Created by `Spool.receive`; ``write`` and
+    ``discard`` are called on the event loop, ``seal`` is awaited there."""
+
+    def __init__(
+        self,
+        qid: str,
+        open_file: Callable[[], tuple[int, str]],
+        head: bytes,
+        *,
+        size_at: int,
+        data_from: int,
+        on_flushed: Callable[[], None] | None = None,
+    ) -> None:
+        self.qid = qid
+        #: The temp file, once the first write created it ("" before).
+        self.path = ""
+        self._open = open_file
+        self._pending = bytearray(head)
+        self._taken = len(head)
+        self._in_flight = 0
+        self._written = 0
+        self._size_at = size_at
+        self._data_from = data_from
+        self._fd = -1
+        self._flush: asyncio.Task[None] | None = None
+        self._error: OSError | None = None
+        self._done = False  # sealed or discarded: no more writes
+        #: Called after each background write (the reader may read on).
+        self.on_flushed = on_flushed
+
+    @property
+    def size(self) -> int:
+        """Octets of the message's data so far (the Received header included)."""
+        return self._taken - self._data_from
+
+    @property
+    def backlog(self) -> int:
+        """Octets taken but not yet on their way to the disk or being written."""
+        return len(self._pending) + self._in_flight
+
+    def write(self, data: bytes) -> None:
+        """Append ``data``; written in the background once enough has gathered."""
+        if self._done or self._error is not None:
+            return
+        self._pending += data
+        self._taken += len(data)
+        if len(self._pending) >= FLUSH_AT and self._flush is None:
+            self._start_flush()
+
+    def _start_flush(self) -> None:
+        chunk = bytes(self._pending)
+        self._pending.clear()
+        self._in_flight = len(chunk)
+        self._flush = asyncio.get_running_loop().create_task(self._write_in_thread(chunk))
+
+    async def _write_in_thread(self, chunk: bytes) -> None:
+        try:
+            await asyncio.to_thread(self._write, chunk)
+        except OSError as e:
+            self._error = e
+        finally:
+            self._in_flight = 0
+            self._flush = None
+        if not self._done and self._error is None and len(self._pending) >= FLUSH_AT:
+            self._start_flush()
+        if self.on_flushed is not None:
+            self.on_flushed()
+
+    def _write(self, chunk: bytes) -> None:
+        """In a thread: append ``chunk`` to the file, creating it the first time."""
+        if self._fd < 0:
+            self._fd, self.path = self._open()
+        tmpfiles.write_all(self._fd, (chunk,))
+        self._written += len(chunk)
+
+    async def seal(self) -> str:
+        """Write the rest, fill in the data length, fsync and close; the temp
+        file's path. On an error the file is gone.
+
+        Raises:
+            OSError: the message is not on disk.
+        """
+        self._done = True
+        while self._flush is not None:
+            await asyncio.shield(self._flush)
+        if self._error is not None:
+            await asyncio.to_thread(self._remove)
+            raise self._error
+        rest = bytes(self._pending)
+        self._pending.clear()
+        try:
+            await asyncio.to_thread(self._seal, rest)
+        except OSError:
+            await asyncio.to_thread(self._remove)
+            raise
+        return self.path
+
+    def _seal(self, rest: bytes) -> None:
+        self._write(rest)
+        size = self._written - self._data_from
+        os.pwrite(self._fd, b"%0*d" % (SIZE_WIDTH, size), self._size_at)
+        # Durability step 1 (spool.py): the content is on disk before it has a
+        # name in queue/.
+        os.fsync(self._fd)
+        fd, self._fd = self._fd, -1
+        os.close(fd)
+
+    def discard(self) -> None:
+        """The message will not be kept (refused, or the client went away): stop
+        writing and delete the temp file, in the background."""
+        if self._done:
+            return
+        self._done = True
+        self._pending.clear()
+        loop = asyncio.get_running_loop()
+        flush = self._flush
+        if flush is None:
+            loop.run_in_executor(None, self._remove)
+        else:
+            flush.add_done_callback(lambda _: loop.run_in_executor(None, self._remove))
+
+    def _remove(self) -> None:
+        """In a thread, with no write in flight: close and delete the temp file."""
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        if self.path:
+            tmpfiles.unlink_quietly(self.path)

@@ -70,3 +70,19 @@ def test_auth_http_login_attempt_of_a_non_ascii_digit_is_refused() -> None:
     with pytest.raises(AuthHttpError, match="Auth-Login-Attempt"):
         parse_request(head + b"\xb2")
     assert parse_request(head + b"2").attempt == 2
+
+
+def test_from_header_display_name_starting_with_a_dot_is_unreadable_not_a_crash() -> None:
+    """`From:  .x <a@b.c>` (white space, then an obsolete phrase starting with ".")
+    made Python's header parser raise TypeError out of the From check, so the
+    message got 451 and the client retried for ever. It is unreadable: refused."""
+    from smtpgate.auth.sender_profile import SenderProfile
+    from smtpgate.config import PolicyConfig
+    from smtpgate.policy.sender import field_addresses, from_header_refusal
+
+    assert "" in field_addresses(" .x <alice@example.org>")
+    header = b"From: (c).x <alice@example.org>\r\n"
+    refusal = from_header_refusal(
+        SenderProfile("alice@example.org"), header, PolicyConfig(), where="test"
+    )
+    assert refusal == R.FROM_NOT_OWNED

@@ -107,7 +107,9 @@ def field_addresses(value: str, name: str = "From") -> list[str]:
         mailboxes = [a.addr_spec for a in parsed.addresses]
         clean = not any(not isinstance(d, ObsoleteHeaderDefect) for d in parsed.defects)
         shown = str(parsed)
-    except (HeaderParseError, ValueError, IndexError, AttributeError):
+    # TypeError too: CPython's parser raises it on white space before an obsolete
+    # phrase that starts with "." (`From:  .x <a@b.c>`).
+    except (HeaderParseError, ValueError, IndexError, AttributeError, TypeError):
         mailboxes, clean, shown = [], False, ""
     try:
         decoded = str(email.header.make_header(email.header.decode_header(value)))

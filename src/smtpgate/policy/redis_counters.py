@@ -1,0 +1,93 @@
+"""``RateCounters`` in Redis: one hourly limit for several nodes (docs/scale-out.md).
+
+Per key ``K`` (``acct:NAME``, ``app:ID``), under the configured prefix ``P``:
+``P rate:K`` is a hash with fields ``m:BUCKET`` and ``r:BUCKET`` (messages and
+recipients), ``P rateb:K`` a sorted set of the buckets present. ``add_usage`` is
+one Lua script for all keys (``HINCRBY``; buckets more than ``KEEP_BUCKETS``
+older than the one added are deleted; the keys expire after the newest bucket's
+keep time), ``usage`` one script that sums the buckets of the window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import redis
+
+from smtpgate.policy.rate_counters import BUCKET_SECONDS, KEEP_BUCKETS, RateCountersError
+
+_ADD = r"""
+local P, bucket, m, r = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local keep, secs = tonumber(ARGV[5]), tonumber(ARGV[6])
+for i = 7, #ARGV do
+  local h, z = P .. 'rate:' .. ARGV[i], P .. 'rateb:' .. ARGV[i]
+  redis.call('HINCRBY', h, 'm:' .. bucket, m)
+  redis.call('HINCRBY', h, 'r:' .. bucket, r)
+  redis.call('ZADD', z, bucket, bucket)
+  for _, old in ipairs(redis.call('ZRANGEBYSCORE', z, '-inf', '(' .. (bucket - keep))) do
+    redis.call('HDEL', h, 'm:' .. old, 'r:' .. old)
+  end
+  redis.call('ZREMRANGEBYSCORE', z, '-inf', '(' .. (bucket - keep))
+  local top = tonumber(redis.call('ZRANGE', z, -1, -1)[1])
+  local at = (top + keep + 1) * secs
+  redis.call('EXPIREAT', h, at)
+  redis.call('EXPIREAT', z, at)
+end
+return 1
+"""
+
+_USAGE = r"""
+local P, since = ARGV[1], tonumber(ARGV[2])
+local out = {}
+for i = 3, #ARGV do
+  local h, z = P .. 'rate:' .. ARGV[i], P .. 'rateb:' .. ARGV[i]
+  local m, r = 0, 0
+  for _, b in ipairs(redis.call('ZRANGEBYSCORE', z, since, '+inf')) do
+    local v = redis.call('HMGET', h, 'm:' .. b, 'r:' .. b)
+    m = m + (tonumber(v[1]) or 0)
+    r = r + (tonumber(v[2]) or 0)
+  end
+  table.insert(out, m)
+  table.insert(out, r)
+end
+return out
+"""
+
+
+class RedisRateCounters:
+    """See the module docstring; every method raises ``RateCountersError`` when
+    Redis fails or does not answer within the client's timeout."""
+
+    def __init__(self, client: redis.Redis, prefix: str = "smtpgate:") -> None:
+        self._prefix = prefix
+        self._closed = False
+        self._add: Callable[..., Any] = client.register_script(_ADD)
+        self._usage: Callable[..., Any] = client.register_script(_USAGE)
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        if self._closed:
+            raise RateCountersError("the sending counters (Redis) are closed")
+        try:
+            yield
+        except redis.RedisError as e:
+            raise RateCountersError(f"Redis: {e}") from e
+
+    def add_usage(self, keys: Sequence[str], bucket: int, messages: int, recipients: int) -> None:
+        if not keys:
+            return
+        with self._errors():
+            self._add(args=[self._prefix, bucket, messages, recipients, KEEP_BUCKETS,
+                            BUCKET_SECONDS, *keys])
+
+    def usage(self, keys: Sequence[str], since_bucket: int) -> dict[str, tuple[int, int]]:
+        if not keys:
+            return {}
+        with self._errors():
+            sums = self._usage(args=[self._prefix, since_bucket, *keys])
+        return {k: (int(sums[2 * i]), int(sums[2 * i + 1])) for i, k in enumerate(keys)}
+
+    def close(self) -> None:
+        self._closed = True

@@ -61,10 +61,10 @@ from smtpgate.auth.credentials import (
 )
 from smtpgate.auth.directory import Account, AppPassword, CertificateRecord
 from smtpgate.auth.guard_state import Block
-from smtpgate.auth.guard_store import SqliteGuardStore
 from smtpgate.auth.imports import ImportEntry
 from smtpgate.auth.names import canonical_name, lookup_key
 from smtpgate.auth.passwords import PasswordHasher, check_new_password
+from smtpgate.auth.state_backend import open_guard_state
 from smtpgate.config import AccountsConfig, Config, PasswordsConfig
 from smtpgate.policy.passwords import check_password_policy
 from smtpgate.tls.client_certs import normalise_fingerprint, read_certificate
@@ -760,5 +760,5 @@ def open_admin(cfg: Config, actor: AuditActor) -> AccountAdmin:
         cfg.accounts,
         actor=actor,
         password_policy=cfg.passwords,
-        open_guard=lambda: SqliteGuardStore(cfg.path(cfg.guard.database)),
+        open_guard=lambda: open_guard_state(cfg),
     )

@@ -984,6 +984,56 @@ class DeliveryConfig(Model):
         return _parse_socket_address(self.lmtp_address)
 
 
+class StateConfig(Model):
+    """Where the guard's state and the sending counters live (docs/scale-out.md)."""
+
+    backend: Literal["sqlite", "redis"] = Field(
+        default="sqlite",
+        description="'sqlite': in [guard].database, for one node. 'redis': in Redis, shared "
+        "by every node that names the same server and key_prefix, so the guard's "
+        "thresholds and the hourly limits hold for the cluster as a whole.",
+    )
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        description="redis://HOST:PORT/DB, rediss://... for TLS, or unix:///path/to/socket. "
+        "No password in the URL: use password_file.",
+    )
+    password_file: Path | None = Field(
+        default=None,
+        description="File whose first line is the Redis password (requirepass or an ACL "
+        "user's). Default: none.",
+    )
+    key_prefix: str = Field(
+        default="smtpgate:",
+        min_length=1,
+        description="Prefix of every key smtpgate writes, so several clusters (or other "
+        "applications) can share one Redis.",
+    )
+    node_name: str | None = Field(
+        default=None,
+        description="This node's name in `smtpgate cluster status`; default: the host name "
+        "and the config file's directory.",
+    )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, v: str) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(v)
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"expected redis://, rediss:// or unix://, got {v!r}")
+        if parts.password:
+            raise ValueError("a password in the URL ends up in logs and `config show`: "
+                             "put it in state.password_file")
+        return v
+
+    @field_validator("password_file", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: object) -> object:
+        return None if v == "" else v
+
+
 class ServerConfig(Model):
     workers: int = Field(
         default=0,
@@ -1055,6 +1105,9 @@ class Config(Model):
     queue: QueueConfig = Field(default_factory=QueueConfig, description="Spool and retries.")
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig, description="Delivery.")
     server: ServerConfig = Field(default_factory=ServerConfig, description="Processes.")
+    state: StateConfig = Field(
+        default_factory=StateConfig, description="Shared guard state and counters."
+    )
 
     #: Directory of the config file; relative paths are resolved against it.
     base_dir: Path = Field(default=Path("."), exclude=True, description="(internal)")

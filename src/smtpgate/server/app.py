@@ -38,13 +38,14 @@ from smtpgate.auth.authlog import AuthLog
 from smtpgate.auth.decoy import load_decoy_secret
 from smtpgate.auth.directory import StoreError
 from smtpgate.auth.guard import Guard
-from smtpgate.auth.guard_store import GuardStoreError, SqliteGuardStore
+from smtpgate.auth.guard_state import GuardStoreError
 from smtpgate.auth.oauth import TokenVerifier
 from smtpgate.auth.service import AuthService, build_auth_service
+from smtpgate.auth.state_backend import open_guard_state
 from smtpgate.config import Config, ListenerConfig
 from smtpgate.errors import StartupError
+from smtpgate.policy.counters_backend import open_rate_counters
 from smtpgate.policy.rates import RateLimiter
-from smtpgate.policy.sqlite_counters import SqliteRateCounters
 from smtpgate.queue.factory import make_deliverer
 from smtpgate.queue.spool import Spool
 from smtpgate.queue.worker import DeliveryWorker
@@ -148,7 +149,7 @@ def build_guard(cfg: Config) -> Guard:
     Raises:
         GuardStoreError: the file cannot be opened.
     """
-    return Guard(SqliteGuardStore(cfg.path(cfg.guard.database)), cfg.guard)
+    return Guard(open_guard_state(cfg), cfg.guard)
 
 
 def build_rates(cfg: Config) -> RateLimiter:
@@ -158,7 +159,7 @@ def build_rates(cfg: Config) -> RateLimiter:
     Raises:
         RateCountersError: the file cannot be opened.
     """
-    return RateLimiter(SqliteRateCounters(cfg.path(cfg.guard.database)), cfg.limits,
+    return RateLimiter(open_rate_counters(cfg), cfg.limits,
                        store_timeout=cfg.guard.store_timeout)
 
 
@@ -249,9 +250,10 @@ def check_before_binding(cfg: Config) -> ServerTlsContext:
         # A backend's error may name its own key (a password file, say).
         raise StartupError(getattr(e, "key", None) or accounts_key(cfg), str(e)) from None
     try:
-        SqliteGuardStore(cfg.path(cfg.guard.database)).close()
+        open_guard_state(cfg).close()
     except GuardStoreError as e:
-        raise StartupError("guard.database", str(e)) from None
+        key = "state.password_file" if cfg.state.backend == "redis" else "guard.database"
+        raise StartupError(key, str(e)) from None
     log_path = _auth_log_path(cfg)
     if log_path is not None:
         try:

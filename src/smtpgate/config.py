@@ -922,6 +922,33 @@ class QueueConfig(Model):
     )
 
 
+class RouteConfig(Model):
+    """One ``[[delivery.routes]]`` entry: mail for ``domain`` goes to ``next_hop``."""
+
+    domain: str = Field(description="Recipient domain, e.g. 'example.net' (exact match, "
+                        "case-insensitive).")
+    next_hop: str = Field(description="HOST:PORT of the relay for that domain; the relay_tls "
+                          "and AUTH settings apply to it as to relay_host.")
+
+    @field_validator("domain")
+    @classmethod
+    def _check_domain(cls, v: str) -> str:
+        v = v.strip().lower().rstrip(".")
+        if not v or "@" in v or " " in v:
+            raise ValueError(f"not a domain: {v!r}")
+        return v
+
+    @field_validator("next_hop")
+    @classmethod
+    def _check_next_hop(cls, v: str) -> str:
+        _parse_hostport(v)
+        return v
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        return _parse_hostport(self.next_hop)
+
+
 class DeliveryConfig(Model):
     mode: Literal["maildir", "relay", "lmtp"] = Field(
         default="maildir",
@@ -942,9 +969,29 @@ class DeliveryConfig(Model):
     )
     relay_verify_cert: bool = Field(default=True, description="Verify the relay's certificate.")
     relay_ca_file: Path | None = Field(default=None, description="CA bundle for the relay.")
-    relay_user: str = Field(default="", description="AUTH PLAIN user at the relay (optional).")
+    relay_user: str = Field(default="", description="AUTH user at the relay (optional).")
     relay_password_file: Path | None = Field(
         default=None, description="File holding the relay password (never inline)."
+    )
+    relay_auth_mechanism: Literal[
+        "PLAIN", "LOGIN", "SCRAM-SHA-256", "SCRAM-SHA-256-PLUS", "XOAUTH2", "OAUTHBEARER"
+    ] = Field(
+        default="PLAIN",
+        description="SASL mechanism for AUTH at the relay. SCRAM checks the relay's "
+        "signature (a relay that cannot prove it knows the password gets nothing); -PLUS "
+        "binds to the relay's certificate (tls-server-end-point). XOAUTH2 and OAUTHBEARER "
+        "send the token in relay_token_file. Every mechanism waits for TLS unless "
+        "relay_tls = 'none'.",
+    )
+    relay_token_file: Path | None = Field(
+        default=None,
+        description="File holding the OAuth 2.0 access token for XOAUTH2/OAUTHBEARER; read "
+        "again for every connection, so an external refresher can keep it current.",
+    )
+    routes: list[RouteConfig] = Field(
+        default_factory=list,
+        description="Per-domain next hops for mode 'relay' ([[delivery.routes]] with domain "
+        "and next_hop); a recipient domain without a route goes to relay_host:relay_port.",
     )
     # RFC 5321 §4.5.3.2 minimums as defaults; see docs/delivery.md for the choice.
     relay_connect_timeout: float = Field(
@@ -965,6 +1012,11 @@ class DeliveryConfig(Model):
         description="Seconds to wait for the relay's reply after the whole message was sent.",
     )
 
+    @field_validator("relay_auth_mechanism", mode="before")
+    @classmethod
+    def _upper_mechanism(cls, v: object) -> object:
+        return v.upper() if isinstance(v, str) else v
+
     @field_validator("lmtp_address")
     @classmethod
     def _check_lmtp_address(cls, v: str) -> str:
@@ -976,6 +1028,13 @@ class DeliveryConfig(Model):
     def _check_mode(self) -> DeliveryConfig:
         if self.mode == "lmtp" and not self.lmtp_address:
             raise ValueError("mode 'lmtp' needs lmtp_address ('unix:/path' or HOST:PORT)")
+        token = self.relay_auth_mechanism in ("XOAUTH2", "OAUTHBEARER")
+        if self.relay_user and token and self.relay_token_file is None:
+            raise ValueError(f"relay_auth_mechanism {self.relay_auth_mechanism} needs "
+                             "relay_token_file")
+        domains = [r.domain for r in self.routes]
+        if len(set(domains)) != len(domains):
+            raise ValueError("two [[delivery.routes]] for the same domain")
         return self
 
     @property

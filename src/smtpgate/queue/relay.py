@@ -56,8 +56,8 @@ from smtpgate.queue.delivery import (
     QueuedMessage,
     TempFailure,
 )
-from smtpgate.queue.smtp_io import SmtpClientConnection, TransportTls
-from smtpgate.sasl.base import ClientMechanism
+from smtpgate.queue.smtp_io import SmtpClientConnection, TransportStream, TransportTls
+from smtpgate.sasl.base import ChannelBinding, ClientMechanism
 
 log = logging.getLogger("smtpgate.queue.relay")
 
@@ -157,10 +157,13 @@ class RelayDeliverer:
         tls_context: ssl.SSLContext | None = None,
         auth: Callable[[], ClientMechanism] | None = None,
         timeouts: RelayTimeouts = RelayTimeouts(),
+        auth_for: Callable[[ChannelBinding], ClientMechanism] | None = None,
         lmtp: bool = False,
         unix_path: str | None = None,
     ) -> None:
-        if lmtp and (tls_mode != "none" or auth is not None):
+        if auth is not None and auth_for is None:
+            auth_for = _ignore_binding(auth)
+        if lmtp and (tls_mode != "none" or auth_for is not None):
             raise ValueError("LMTP delivery has no STARTTLS or AUTH")
         if tls_mode != "none" and tls_context is None:
             raise ValueError(f"tls_mode {tls_mode!r} needs a TLS context")
@@ -169,7 +172,7 @@ class RelayDeliverer:
         self._helo = helo_name
         self._tls_mode = tls_mode
         self._tls_context = tls_context
-        self._auth = auth
+        self._auth = auth_for
         self._t = timeouts
         self._lmtp = lmtp
         self._unix_path = unix_path
@@ -265,7 +268,11 @@ class RelayDeliverer:
             ext = await self._starttls(link, ext)
         authenticated = False
         if self._auth is not None:
-            await self._authenticate(link, ext, self._auth())
+            try:
+                mech = self._auth(_binding(link.conn))
+            except (OSError, ValueError) as e:  # an unreadable token file, no binding data
+                raise _Abort(TempFailure(f"4.7.0 relay AUTH not possible: {e}"), warn=True) from None
+            await self._authenticate(link, ext, mech)
             authenticated = True
 
         params = self._mail_params(message, ext, authenticated)
@@ -373,7 +380,9 @@ class RelayDeliverer:
         signature (RFC 5802 §5) is no success: the relay has not proved who it is,
         so nothing is sent over that session.
         """
-        if mech.cleartext_credentials and not link.conn.tls and self._tls_mode != "none":
+        # Every mechanism, not only those sending the password: SCRAM over a clear
+        # link still gives away the user name and an offline-guessable proof.
+        if not link.conn.tls and self._tls_mode != "none":
             raise _temp(f"4.7.0 not sending {mech.name} credentials to {self.host} without TLS")
         if mech.name not in ext.auth_mechanisms:
             raise _temp(f"4.7.0 relay does not offer AUTH {mech.name}")
@@ -421,6 +430,21 @@ class RelayDeliverer:
             await link.command("QUIT", link.conn.engine.quit(), self._t.quit)
         except (OSError, TimeoutError, ProtocolError):
             pass
+
+
+def _ignore_binding(auth: Callable[[], ClientMechanism]) -> Callable[[ChannelBinding],
+                                                                    ClientMechanism]:
+    return lambda _binding: auth()
+
+
+def _binding(conn: SmtpClientConnection[TransportTls]) -> ChannelBinding:
+    """What SCRAM-*-PLUS can bind to on this connection (RFC 5929): the relay's
+    certificate (tls-server-end-point), and tls-unique below TLS 1.3. The standard
+    ``ssl`` module offers no keying-material exporter, so no tls-exporter."""
+    stream = conn.stream
+    if not isinstance(stream, TransportStream):
+        return ChannelBinding()
+    return stream.channel_binding()
 
 
 def tls_context(*, verify: bool, ca_file: str | None) -> ssl.SSLContext:

@@ -35,10 +35,13 @@ import ssl
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar, cast
 
+from cryptography import x509
+
 from smtpgate.client.auth import AuthSend, ClientAuthExchange, ClientAuthResult
 from smtpgate.client.engine import CLOSED, ClientEngine
 from smtpgate.client.replies import ServerReply
-from smtpgate.sasl.base import ClientMechanism
+from smtpgate.sasl.base import ChannelBinding, ClientMechanism
+from smtpgate.tls.bio import end_point_hash
 
 #: What this module calls on a transport. asyncio's and uvloop's both have them.
 _TRANSPORT_METHODS = ("write", "is_closing", "close", "abort", "get_extra_info")
@@ -376,6 +379,22 @@ class TransportStream:
     @property
     def tls(self) -> bool:
         return self._transport.get_extra_info("sslcontext") is not None
+
+    def channel_binding(self) -> ChannelBinding:
+        """RFC 5929 binding data of the TLS link (empty in clear): tls-server-end-point
+        from the peer's certificate, and tls-unique when the protocol has it."""
+        ssl_object = self._transport.get_extra_info("ssl_object")
+        if ssl_object is None:
+            return ChannelBinding()
+        data: dict[str, bytes] = {}
+        der = ssl_object.getpeercert(binary_form=True)
+        if der:
+            data["tls-server-end-point"] = end_point_hash(x509.load_der_x509_certificate(der))
+        if ssl_object.version() != "TLSv1.3":  # RFC 9266: no tls-unique in TLS 1.3
+            unique = ssl_object.get_channel_binding("tls-unique")
+            if unique:
+                data["tls-unique"] = unique
+        return ChannelBinding(data)
 
     async def send(self, data: bytes, timeout: float) -> None:
         """Write ``data`` in blocks, honouring flow control; ``timeout`` bounds each

@@ -1,0 +1,162 @@
+"""Relay AUTH choices (``relay_auth_mechanism``, the token file), TLS before any AUTH,
+routes, and LMTP replies per recipient: the pieces the integration tests run end
+to end against smtpgate, Postfix+Dovecot and Dovecot LMTP."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from smtpgate.config import DeliveryConfig
+from smtpgate.queue.delivery import Delivered, DeliveryResult, PermFailure, QueuedMessage
+from smtpgate.queue.factory import _relay_auth, make_deliverer
+from smtpgate.queue.relay import RelayDeliverer
+from smtpgate.queue.routing import RoutingDeliverer, domain_of
+from smtpgate.sasl.base import ChannelBinding
+
+from .test_queue_relay import _config, aiosmtpd_peer, message
+
+
+def test_oauth_token_file_is_read_for_every_connection(tmp_path: Path) -> None:
+    """An external refresher rewrites the file: the next connection sends the new token."""
+    token = tmp_path / "token"
+    token.write_text("first-token\n")
+    cfg = _config(tmp_path, mode="relay", relay_host="h", relay_user="me@example.org",
+                  relay_auth_mechanism="xoauth2", relay_token_file=Path("token"))
+    factory = _relay_auth(cfg)
+    assert factory is not None
+    first = factory(ChannelBinding()).start()
+    token.write_text("second-token\n")
+    second = factory(ChannelBinding()).start()
+    assert first is not None and b"Bearer first-token" in first
+    assert second is not None and b"Bearer second-token" in second
+    token.unlink()
+    with pytest.raises(OSError, match="relay_token_file"):  # the message is deferred
+        factory(ChannelBinding())
+
+
+def test_token_mechanisms_need_a_token_file() -> None:
+    with pytest.raises(ValidationError, match="relay_token_file"):
+        DeliveryConfig(mode="relay", relay_host="h", relay_user="me",
+                       relay_auth_mechanism="OAUTHBEARER")
+
+
+def test_scram_plus_gets_the_binding_plain_scram_does_not(tmp_path: Path) -> None:
+    """Plain SCRAM with binding data would send RFC 5802's "y" flag, which a relay
+    offering -PLUS takes for a downgrade attack and refuses."""
+    (tmp_path / "pw").write_text("pencil\n")
+    binding = ChannelBinding({"tls-server-end-point": b"\x01" * 32})
+    for name, gs2 in (("SCRAM-SHA-256", b"n,,"), ("SCRAM-SHA-256-PLUS",
+                                                   b"p=tls-server-end-point,,")):
+        cfg = _config(tmp_path, mode="relay", relay_host="h", relay_user="user",
+                      relay_password_file=Path("pw"), relay_auth_mechanism=name)
+        factory = _relay_auth(cfg)
+        assert factory is not None
+        first = factory(binding).start()
+        assert first is not None and first.startswith(gs2)
+
+
+async def test_scram_is_not_sent_in_clear_either(tmp_path: Path) -> None:
+    (tmp_path / "pw").write_text("relay-secret\n")
+    cfg = _config(tmp_path, mode="relay", relay_host="127.0.0.1", relay_user="relay",
+                  relay_password_file=Path("pw"), relay_auth_mechanism="SCRAM-SHA-256",
+                  relay_tls="opportunistic")
+    async with aiosmtpd_peer(auth=True, auth_require_tls=False) as peer:
+        deliverer = make_deliverer(cfg.model_copy(update={"delivery": cfg.delivery.model_copy(
+            update={"relay_port": peer.port})}))
+        results = await deliverer.deliver(message(), ("bob@example.net",))
+    assert "without TLS" in str(results["bob@example.net"])
+    assert peer.handler.received == []
+
+
+class Recorder:
+    def __init__(self, result: DeliveryResult) -> None:
+        self.result = result
+        self.calls: list[tuple[str, ...]] = []
+        self.closed = 0
+
+    async def deliver(self, message: QueuedMessage,
+                      recipients: tuple[str, ...]) -> Mapping[str, DeliveryResult]:
+        self.calls.append(recipients)
+        await asyncio.sleep(0)
+        return dict.fromkeys(recipients, self.result)
+
+    async def close(self) -> None:
+        self.closed += 1
+
+
+async def test_routes_split_recipients_by_domain_and_merge_the_results() -> None:
+    routed, default = Recorder(Delivered("routed")), Recorder(PermFailure("550 no"))
+    d = RoutingDeliverer({"example.net": routed}, default)
+    results = await d.deliver(message(), ("a@Example.NET", "b@other.test", "c@example.net"))
+    assert routed.calls == [("a@Example.NET", "c@example.net")]
+    assert default.calls == [("b@other.test",)]
+    assert results == {"a@Example.NET": Delivered("routed"), "c@example.net": Delivered("routed"),
+                       "b@other.test": PermFailure("550 no")}
+    await d.close()
+    assert (routed.closed, default.closed) == (1, 1)
+    assert domain_of("x@Sub.Example.") == "sub.example"
+
+
+def test_routes_config_builds_one_relay_per_domain(tmp_path: Path) -> None:
+    cfg = _config(tmp_path, mode="relay", relay_host="default.test", relay_tls="none",
+                  routes=[{"domain": "Example.NET", "next_hop": "hop.test:2525"}])
+    d = make_deliverer(cfg)
+    assert isinstance(d, RoutingDeliverer)
+    hop = d.route("bob@example.net")
+    assert isinstance(hop, RelayDeliverer) and (hop.host, hop.port) == ("hop.test", 2525)
+    other = d.route("bob@else.test")
+    assert isinstance(other, RelayDeliverer) and other.host == "default.test"
+
+
+@pytest.mark.parametrize("routes", [
+    [{"domain": "a.test", "next_hop": "h:1"}, {"domain": "A.test", "next_hop": "h:2"}],
+    [{"domain": "a.test", "next_hop": "no-port"}],
+])
+def test_bad_routes_are_refused(routes: list[dict[str, Any]]) -> None:
+    with pytest.raises(ValidationError):
+        DeliveryConfig(mode="relay", relay_host="h", routes=routes)
+
+
+async def test_rfc2033_s4_2_lmtp_reply_per_recipient() -> None:
+    """After the final dot an LMTP server answers once per accepted recipient."""
+    replies = [b"220 lmtp.test LMTP\r\n", b"250-lmtp.test\r\n250 PIPELINING\r\n",
+               b"250 2.1.0 ok\r\n", b"250 2.1.5 ok\r\n", b"550 5.1.1 no such user\r\n",
+               b"250 2.1.5 ok\r\n", b"354 go\r\n",
+               b"250 2.0.0 <a@x> saved\r\n452 4.2.2 <c@x> mailbox full\r\n", b"221 bye\r\n"]
+    got: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(replies[0])
+        step = 1
+        while step < len(replies):
+            line = await reader.readline()
+            if not line:
+                break
+            got.append(line)
+            # Commands get the next reply; message lines get none.
+            if line.startswith((b"RCPT", b"MAIL", b"LHLO")) or line in (
+                    b"DATA\r\n", b".\r\n", b"QUIT\r\n"):
+                writer.write(replies[step])
+                step += 1
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        d = RelayDeliverer("127.0.0.1", port, helo_name="smtpgate.test", tls_mode="none",
+                           lmtp=True)
+        results = await d.deliver(message(), ("a@x", "b@x", "c@x"))
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert got[0] == b"LHLO smtpgate.test\r\n"
+    assert isinstance(results["a@x"], Delivered)
+    assert isinstance(results["b@x"], PermFailure) and "550 5.1.1" in results["b@x"].reply
+    assert "452 4.2.2" in str(results["c@x"]) and not isinstance(results["c@x"], PermFailure)

@@ -278,13 +278,17 @@ def test_user_cert_list_shows_active_and_removed(cs: CertServer) -> None:
     assert again.returncode == 3
 
 
-def test_postgresql_store_maps_and_refuses_certificates(cs: CertServer, tmp_path: Path) -> None:
-    """The same table on PostgreSQL (schema v2, `smtpgate db migrate`): a registered
-    certificate logs in, a removed one is refused."""
-    srv = make_server(tmp_path / "pg")
+@pytest.mark.parametrize("backend", ["postgresql", "ldap"])
+def test_other_backends_map_and_refuse_certificates(
+    cs: CertServer, tmp_path: Path, backend: str
+) -> None:
+    """The same on PostgreSQL (its table, schema v2 by `smtpgate db migrate`) and on
+    LDAP (the overlay beside the directory): a registered certificate logs in, a
+    removed one is refused."""
+    srv = make_server(tmp_path / backend)
     _with_client_certs(srv, free_port(), cs.pki.ca.pem)
-    BACKENDS["postgresql"].configure(srv)
-    srv.add_user(ALICE, PASSWORD)
+    BACKENDS[backend].configure(srv)
+    BACKENDS[backend].add_user(srv, ALICE, PASSWORD)
     for cmd in (("add", ALICE, str(cs.pki.alice.cert)), ("add", ALICE, str(cs.pki.removed.cert)),
                 ("remove", ALICE, cs.pki.removed.fingerprint)):
         srv.cli("user", "cert", *cmd)

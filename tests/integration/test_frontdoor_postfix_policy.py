@@ -96,6 +96,17 @@ def test_rate_limit_defers_the_n_plus_first_message_and_is_shared(stack: Stack) 
         assert (code, text[:5]) == (450, b"4.7.1"), text
 
 
+def test_a_locked_account_may_not_send_through_postfix(stack: Stack) -> None:
+    """Postfix's Dovecot still accepts the password; smtpgate's lock still applies."""
+    stack.smtpgate.cli("user", "lock", SCRAM_USER)
+    try:
+        out = swaks(stack, SCRAM_USER, "while locked")
+    finally:
+        stack.smtpgate.cli("user", "unlock", SCRAM_USER)
+    assert "5.7.1" in out and "Sending not allowed for this account" in out, out
+    assert f"user={SCRAM_USER} refused: account locked" in stack.smtpgate.log_text()
+
+
 def _exchange(port: int, data: bytes) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         s.sendall(data)

@@ -321,6 +321,15 @@ class AuthService:
             log.exception("login identity of %r failed", username)
             raise StoreError(f"internal error ({type(e).__name__})") from e
 
+    async def access_refusal(self, identity: str, mechanism: str, ctx: AuthContext) -> str | None:
+        """Why ``identity``, logged in elsewhere with ``mechanism``, may not act from
+        ``ctx`` (a lock, conditional access), or None. For a front door that vets a
+        login another server checked (the Postfix policy service); an account the
+        directory does not have: None (nothing to apply). ``StoreError`` on a fault."""
+        account = await self._read(self._directory.get_account, lookup_key(identity))
+        found = None if account is None else _mechanism_refusal(account, mechanism, ctx)
+        return None if found is None else found[1]
+
     async def sender_profile(self, identity: str) -> SenderProfile:
         """What ``identity`` may send as, and its rates; ``StoreError`` on a fault."""
 

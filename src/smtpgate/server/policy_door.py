@@ -4,7 +4,10 @@ docs/integration.md): requests in (``frontdoor/policy.py`` parses them), actions
 What it decides, for a request with a ``sasl_username`` (without one it answers
 ``DUNNO``: who did not log in is for Postfix's own restrictions):
 
-- MAIL and RCPT states: the envelope sender's ownership by the account
+- MAIL and RCPT states: the account's lock and conditional access (allowed
+  networks against ``client_address``, allowed listeners against this auth
+  listener's name, allowed mechanisms against ``sasl_method``), then the
+  envelope sender's ownership by the account
   (``policy/sender.py``, its aliases, granted domains and directory addresses),
   then its message budget (``RateLimiter``, the ``acct:NAME`` counters smtpgate's
   own listeners use), and at RCPT its recipient budget, counting the recipients
@@ -28,6 +31,7 @@ from collections.abc import Callable
 from typing import cast
 
 from smtpgate.auth.directory import StoreError
+from smtpgate.auth.service import AuthContext
 from smtpgate.frontdoor.policy import (
     DUNNO,
     PolicyParser,
@@ -63,12 +67,27 @@ class PolicyDecider:
             return DUNNO
         rt = self.door.runtime
         where = f"policy {req.get('queue_id') or req.get('instance') or '-'} {req.get('client_address')}"
+        ctx = AuthContext(
+            listener=self.door.listener.label,
+            client_ip=req.get("client_address"),
+            client_port=int(port) if (port := req.get("client_port")).isdigit() else 0,
+            tls_version=req.get("encryption_protocol") or None,
+            session_id=req.get("queue_id") or req.get("instance"),
+            front_door="postfix_policy",
+        )
         try:
             account = await rt.auth.login_identity(user)
             profile = await rt.auth.sender_profile(account)
+            refusal = None
+            if state != "END-OF-MESSAGE":
+                refusal = await rt.auth.access_refusal(
+                    account, req.get("sasl_method").upper(), ctx)
         except StoreError as e:
             log.error("%s: sending policy unavailable: %s", where, e)
             return action_for(R.INTERNAL_ERROR)
+        if refusal is not None:
+            log.warning("%s: user=%s refused: %s", where, profile.name, refusal)
+            return action_for(R.ACCOUNT_MAY_NOT_SEND)
         instance = req.get("instance")
         rates = rt.rates
         if state == "END-OF-MESSAGE":

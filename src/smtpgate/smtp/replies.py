@@ -201,6 +201,10 @@ MESSAGE_RATE_EXCEEDED = Reply(
 RECIPIENT_RATE_EXCEEDED = Reply(
     450, "4.7.1", "Recipient rate limit reached for this account, try again later"
 )
+# The Postfix policy service: the account Postfix logged in is locked, or its
+# conditional access does not allow this address (RFC 3463 §3.8 X.7.1); the
+# reason goes to the log only, as for a refused AUTH.
+ACCOUNT_MAY_NOT_SEND = Reply(550, "5.7.1", "Sending not allowed for this account")
 NO_VALID_RECIPIENTS = Reply(554, "5.5.1", "No valid recipients")
 # Unexpected internal error: logged with traceback, client sees no detail.
 INTERNAL_ERROR = Reply(451, "4.3.0", "Internal error, try again later")

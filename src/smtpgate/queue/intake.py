@@ -26,10 +26,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from smtpgate.auth.principal import Principal
-from smtpgate.queue.envelope import Envelope
+from smtpgate.queue.envelope import Envelope, RcptDsn
 from smtpgate.queue.incoming import Incoming
 from smtpgate.queue.spool import Spool, SpoolError
 from smtpgate.smtp import replies as R
+from smtpgate.smtp.dsn_params import NO_DSN, TransactionDsn
 from smtpgate.smtp.received import received_header
 
 log = logging.getLogger("smtpgate.session")
@@ -60,6 +61,8 @@ class Message:
     data: bytes
     smtputf8: bool = False
     body_8bit: bool = False
+    #: RFC 3461 parameters, kept with the envelope for the reports (queue/dsn.py).
+    dsn: TransactionDsn = NO_DSN
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +141,9 @@ class Intake:
             smtputf8=message.smtputf8,
             body_8bit=message.body_8bit,
             received_at=now,
+            dsn_ret=message.dsn.ret,
+            dsn_envid=message.dsn.envid,
+            dsn_rcpts=tuple(RcptDsn(a, p.notify, p.orcpt) for a, p in message.dsn.rcpts),
         )
 
     @staticmethod

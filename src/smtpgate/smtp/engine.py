@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from smtpgate.sasl import base as sasl
 from smtpgate.sasl.exchange import AuthResult, ExchangeStep, Outcome, ServerExchange
@@ -35,6 +35,13 @@ from smtpgate.smtp.address import (
     split_path_argument,
 )
 from smtpgate.smtp.data import DataEnd, DataStream, HeaderSection
+from smtpgate.smtp.dsn_params import (
+    DsnParamError,
+    TransactionDsn,
+    parse_envid,
+    parse_rcpt_params,
+    parse_ret,
+)
 from smtpgate.smtp.events import (
     NEED_DATA,
     PAUSED,
@@ -122,6 +129,7 @@ class ServerEngine:
         # Transaction
         self._sender = ""
         self._recipients: list[str] = []
+        self._dsn = TransactionDsn()
         self._body_8bit = False
         self._smtputf8 = False
         self._data: DataStream | None = None
@@ -373,6 +381,7 @@ class ServerEngine:
             "8BITMIME",
             "SMTPUTF8",
             "ENHANCEDSTATUSCODES",
+            "DSN",  # RFC 3461
         ]
         if s.starttls and self.tls is None:
             lines.append("STARTTLS")
@@ -504,6 +513,8 @@ class ServerEngine:
         size: int | None = None
         body_8bit = False
         auth_param: str | None = None
+        dsn_ret: str | None = None
+        dsn_envid: str | None = None
         for key, value in params.items():
             if key == "SIZE":
                 # RFC 1870 §6: refuse a declared size over the limit up front. §3:
@@ -520,6 +531,15 @@ class ServerEngine:
                 body_8bit = value.upper() == "8BITMIME"
             elif key == "SMTPUTF8":
                 pass
+            elif key in ("RET", "ENVID"):
+                # RFC 3461 §4.3, §4.4 (dsn_params.py)
+                try:
+                    if key == "RET":
+                        dsn_ret = parse_ret(value)
+                    else:
+                        dsn_envid = parse_envid(value)
+                except DsnParamError:
+                    return self._error(R.BAD_DSN_PARAMETER)
             elif key == "AUTH":
                 # RFC 4954 §5: accepted from anyone, trusted from no one: the
                 # envelope always records the session's own identity.
@@ -532,6 +552,7 @@ class ServerEngine:
             else:
                 return self._error(R.UNKNOWN_PARAMETER)
         self._sender, self._body_8bit, self._smtputf8 = sender, body_8bit, smtputf8
+        self._dsn = TransactionDsn(dsn_ret, dsn_envid)
         return self._decide(MailFrom(sender, size, body_8bit, smtputf8, auth_param))
 
     def _respond_mail(self, event: MailFrom, reply: R.Reply | None) -> None:
@@ -551,8 +572,12 @@ class ServerEngine:
             params = parse_params(rest)
         except AddressError:
             return self._error(R.SYNTAX_RCPT)
-        if params:
+        try:
+            dsn = parse_rcpt_params(params)  # RFC 3461 §4.1, §4.2
+        except KeyError:
             return self._error(R.UNKNOWN_PARAMETER)
+        except DsnParamError:
+            return self._error(R.BAD_DSN_PARAMETER)
         try:
             rcpt = parse_path(path, allow_null=False, utf8=self._smtputf8)
         except NonAsciiWithoutSmtputf8:
@@ -563,11 +588,14 @@ class ServerEngine:
             # RFC 5321 §4.5.3.1.10: 452 and the client sends the rest later.
             self._send(R.TOO_MANY_RECIPIENTS)
             return None
-        return self._decide(RcptTo(rcpt))
+        return self._decide(RcptTo(rcpt, dsn if params else None))
 
     def _respond_rcpt(self, event: RcptTo, reply: R.Reply | None) -> None:
         if reply is None or reply.code < 400:
             self._recipients.append(event.recipient)
+            if event.dsn is not None:
+                self._dsn = replace(self._dsn, rcpts=(*self._dsn.rcpts,
+                                                      (event.recipient, event.dsn)))
             self._send(reply or R.RECIPIENT_OK)
             self.state = State.RCPT
         else:
@@ -597,6 +625,7 @@ class ServerEngine:
             helo=self.helo,
             body_8bit=self._body_8bit,
             smtputf8=self._smtputf8,
+            dsn=self._dsn,
         )
 
     def _data_received(self) -> Event | None:
@@ -666,6 +695,7 @@ class ServerEngine:
     def _reset_transaction(self) -> None:
         self._sender = ""
         self._recipients = []
+        self._dsn = TransactionDsn()
         self._body_8bit = False
         self._smtputf8 = False
         self._data = None

@@ -12,6 +12,7 @@ from enum import Enum
 
 from smtpgate.sasl.base import CredentialQuery
 from smtpgate.sasl.exchange import AuthResult, BindingEvidence
+from smtpgate.smtp.dsn_params import NO_DSN, RcptParams, TransactionDsn
 from smtpgate.smtp.xclient import Xclient
 
 # AuthResult and BindingEvidence are re-exported: the types of AuthFinished's fields.
@@ -108,6 +109,8 @@ class RcptTo:
     """Decision: accept ``recipient``? ``respond(None)`` accepts."""
 
     recipient: str
+    #: RFC 3461 NOTIFY/ORCPT given with it (None: neither).
+    dsn: RcptParams | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +124,8 @@ class MessageStart:
     helo: str
     body_8bit: bool
     smtputf8: bool
+    #: RFC 3461 parameters of the transaction (RET, ENVID, NOTIFY, ORCPT).
+    dsn: TransactionDsn = NO_DSN
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,78 @@
+"""RFC 3461 DSN parameters in the server engine: advertised, parsed, kept with the
+transaction, and malformed ones refused with 501 (never a traceback)."""
+
+from __future__ import annotations
+
+import pytest
+
+from smtpgate.smtp import replies as R
+from smtpgate.smtp.dsn_params import RcptParams, TransactionDsn
+from smtpgate.smtp.events import MessageStart
+
+from .test_smtp_engine import authed, codes
+
+
+def start_of(d: object) -> MessageStart:
+    (start,) = [e for e in d.events if isinstance(e, MessageStart)]  # type: ignore[attr-defined]
+    return start
+
+
+def test_rfc3461_s4_dsn_is_advertised() -> None:
+    d = authed()
+    assert "250-DSN" in d.feed(b"EHLO again.test\r\n").decode()
+
+
+@pytest.mark.parametrize("bytewise", [False, True])
+def test_rfc3461_parameters_reach_the_transaction(bytewise: bool) -> None:
+    d = authed()
+    out = d.feed(
+        b"MAIL FROM:<alice@example.org> RET=HDRS ENVID=QQ+2B314159\r\n"
+        b"RCPT TO:<bob@example.net> NOTIFY=FAILURE,delay ORCPT=rfc822;Bob+40example.net\r\n"
+        b"RCPT TO:<carol@example.net>\r\n"
+        b"RCPT TO:<dave@example.net> NOTIFY=NEVER\r\n"
+        b"DATA\r\n", bytewise=bytewise)
+    assert codes(out) == [str(R.SENDER_OK)] + [str(R.RECIPIENT_OK)] * 3 + [str(R.START_DATA)]
+    assert start_of(d).dsn == TransactionDsn(
+        ret="HDRS", envid="QQ+314159",
+        rcpts=(("bob@example.net", RcptParams(("FAILURE", "DELAY"), "rfc822;Bob@example.net")),
+               ("dave@example.net", RcptParams(("NEVER",), None))),
+    )
+
+
+def test_rset_forgets_the_parameters() -> None:
+    d = authed()
+    d.feed(b"MAIL FROM:<a@example.org> RET=FULL\r\nRCPT TO:<b@example.net> NOTIFY=SUCCESS\r\n"
+           b"RSET\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n")
+    assert start_of(d).dsn == TransactionDsn()
+
+
+@pytest.mark.parametrize("command", [
+    b"MAIL FROM:<a@example.org> RET=BODY\r\n",
+    b"MAIL FROM:<a@example.org> RET\r\n",
+    b"MAIL FROM:<a@example.org> ENVID=" + b"x" * 101 + b"\r\n",
+    b"MAIL FROM:<a@example.org> ENVID=a+0D+0AX-Injected:+20yes\r\n",  # encoded CR LF
+])
+def test_malformed_mail_parameters_get_501(command: bytes) -> None:
+    d = authed()
+    assert codes(d.feed(command)) == [str(R.BAD_DSN_PARAMETER)]
+
+
+@pytest.mark.parametrize("param", [
+    b"NOTIFY=NEVER,FAILURE",  # RFC 3461 §4.1: NEVER stands alone
+    b"NOTIFY=SOMETIMES",
+    b"NOTIFY=FAILURE,FAILURE",
+    b"NOTIFY",
+    b"ORCPT=bob@example.net",  # no addr-type
+    b"ORCPT=rfc822;b+0Ab",  # an encoded LF
+])
+def test_malformed_rcpt_parameters_get_501(param: bytes) -> None:
+    d = authed()
+    d.feed(b"MAIL FROM:<a@example.org>\r\n")
+    assert codes(d.feed(b"RCPT TO:<b@example.net> " + param + b"\r\n")) == [
+        str(R.BAD_DSN_PARAMETER)]
+
+
+def test_other_rcpt_parameters_are_still_unknown() -> None:
+    d = authed()
+    d.feed(b"MAIL FROM:<a@example.org>\r\n")
+    assert codes(d.feed(b"RCPT TO:<b@example.net> FOO=1\r\n")) == [str(R.UNKNOWN_PARAMETER)]

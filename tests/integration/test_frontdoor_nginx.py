@@ -268,3 +268,35 @@ def test_xclient_from_an_untrusted_address_is_refused(stack: Stack) -> None:
     with smtplib.SMTP("127.0.0.1", stack.smtpgate.submission, timeout=10) as s:
         s.ehlo("proxy.test")
         assert s.docmd(f"XCLIENT LOGIN={ALICE}")[0] == 550
+
+
+BASE = (b"Auth-User: " + ALICE.encode() + b"\r\nAuth-Pass: " + PASSWORD.encode()
+        + b"\r\nClient-IP: 127.0.0.11\r\nAuth-SSL: on\r\n")
+
+
+@pytest.mark.parametrize("extra, status, code", [
+    # smtp_auth none: submission needs a login, even for a good password.
+    (b"Auth-Method: none\r\nAuth-Protocol: smtp\r\n", b"Authentication required", b"530 5.7.0"),
+    # smtpgate serves SMTP only.
+    (b"Auth-Method: plain\r\nAuth-Protocol: imap\r\n", b"Unrecognized authentication mechanism",
+     b"504 5.5.4"),
+    (b"Auth-Method: apop\r\nAuth-Protocol: smtp\r\n", b"Unrecognized authentication mechanism",
+     b"504 5.5.4"),
+])
+def test_what_smtpgate_does_not_serve_is_refused(
+    stack: Stack, extra: bytes, status: bytes, code: bytes
+) -> None:
+    answer = auth_http_request(stack, BASE + extra)
+    assert header_values(answer, b"Auth-Status") == [status]
+    assert header_values(answer, b"Auth-Error-Code") == [code]
+    assert header_values(answer, b"Auth-Server") == []
+
+
+def test_no_auth_wait_after_ten_attempts(stack: Stack) -> None:
+    """nginx keeps memory per attempt: after 10, the failure ends the session."""
+    answer = auth_http_request(stack, (
+        b"Auth-Method: plain\r\nAuth-User: nobody@example.org\r\nAuth-Pass: x\r\n"
+        b"Auth-Protocol: smtp\r\nAuth-Login-Attempt: 10\r\nClient-IP: 127.0.0.12\r\n"
+        b"Auth-SSL: on\r\n"))
+    assert header_values(answer, b"Auth-Error-Code") == [b"535 5.7.8"]
+    assert header_values(answer, b"Auth-Wait") == []

@@ -75,6 +75,15 @@ def check_hostname(name: str) -> str:
     return name
 
 
+def _check_networks(items: list[str]) -> list[str]:
+    for item in items:
+        try:
+            ipaddress.ip_network(item.strip(), strict=False)
+        except ValueError:
+            raise ValueError(f"not a network: {item!r}") from None
+    return items
+
+
 def _parse_hostport(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not (0 <= int(port) <= 65535):
@@ -93,6 +102,18 @@ class ListenerConfig(Model):
         default=False,
         description="Offer and accept AUTH before STARTTLS. Default false; a loosening that "
         "is logged at start-up. Only for test rigs that cannot do TLS.",
+    )
+    proxy_protocol: bool = Field(
+        default=False,
+        description="Expect a PROXY protocol header (v1 or v2, as HAProxy's send-proxy / "
+        "send-proxy-v2 write it) first on every connection: the client it names is the "
+        "one the guard, the limits, the logs and Received see. Requires trusted_proxies.",
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Networks (CIDR) allowed to connect to a proxy_protocol listener; a "
+        "connection from elsewhere, or a missing or malformed header, is closed before any "
+        "SMTP byte. E.g. ['127.0.0.1/32', '10.0.0.0/24'].",
     )
     mechanisms: list[str] | None = Field(
         default=None,
@@ -124,6 +145,11 @@ class ListenerConfig(Model):
     def _check_address(cls, v: str) -> str:
         _parse_hostport(v)
         return v
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_trusted_proxies(cls, v: list[str]) -> list[str]:
+        return _check_networks(v)
 
     @model_validator(mode="after")
     def _check_client_certificates(self) -> ListenerConfig:
@@ -182,6 +208,20 @@ class AuthListenerConfig(Model):
         description="auth_http only: HOST:PORT of the smtpgate listener nginx hands "
         "authenticated sessions to (Auth-Server/Auth-Port); required there.",
     )
+    proxy_protocol: bool = Field(
+        default=False,
+        description="TCP only: expect a PROXY protocol header first (an MTA behind a TCP "
+        "load balancer); requires trusted_proxies.",
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Networks (CIDR) allowed to send the PROXY header on this front door.",
+    )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_trusted_proxies(cls, v: list[str]) -> list[str]:
+        return _check_networks(v)
 
     @field_validator("address")
     @classmethod
@@ -1327,8 +1367,19 @@ def semantic_problems(cfg: Config) -> list[tuple[str, str]]:
             out.append((f"auth_listeners.{i}.upstream", "required when protocol = 'auth_http'"))
         if door.protocol != "auth_http" and door.upstream is not None:
             out.append((f"auth_listeners.{i}.upstream", "only for protocol = 'auth_http'"))
+        if door.unix_path is not None and door.proxy_protocol:
+            out.append((f"auth_listeners.{i}.proxy_protocol", "for TCP front doors only"))
         if door.unix_path is None and (door.user or door.group):
             out.append((f"auth_listeners.{i}.user", "user and group are for unix sockets only"))
+    proxied: list[tuple[str, ListenerConfig | AuthListenerConfig]] = [
+        *((f"listeners.{i}", t) for i, t in enumerate(cfg.listeners)),
+        *((f"auth_listeners.{i}", t) for i, t in enumerate(cfg.auth_listeners)),
+    ]
+    for where, t in proxied:
+        if t.proxy_protocol and not t.trusted_proxies:
+            out.append((f"{where}.trusted_proxies", (
+                "proxy_protocol = true needs the load balancers' networks here; nobody "
+                "else may send the header")))
     for key, p in (("tls.cert", cfg.tls.cert), ("tls.key", cfg.tls.key)):
         if not cfg.path(p).is_file():
             out.append((key, f"file not found: {cfg.path(p)}"))

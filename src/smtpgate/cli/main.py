@@ -9,6 +9,7 @@ from smtpgate.cli import (
     admin_cmd,
     app_password_cmd,
     audit_cmd,
+    cluster_cmd,
     config_cmd,
     config_show_cmd,
     contrib_cmd,
@@ -44,7 +45,7 @@ cli.add_command(config_cmd.config)
 cli.add_command(user_cmd.user)
 for module in (
     app_password_cmd, report_cmd, admin_cmd, tester_cmd, audit_cmd, reload_cmd, db_cmd, contrib_cmd,
-    queue_cmd, status_cmd,
+    queue_cmd, status_cmd, cluster_cmd,
 ):
     for command in module.COMMANDS:
         cli.add_command(command)

@@ -39,6 +39,7 @@ from smtpgate.auth.decoy import load_decoy_secret
 from smtpgate.auth.directory import StoreError
 from smtpgate.auth.guard import Guard
 from smtpgate.auth.guard_state import GuardStoreError
+from smtpgate.auth.networks import parse_networks
 from smtpgate.auth.oauth import TokenVerifier
 from smtpgate.auth.service import AuthService, build_auth_service
 from smtpgate.auth.state_backend import open_guard_state
@@ -51,7 +52,7 @@ from smtpgate.queue.spool import Spool
 from smtpgate.queue.worker import DeliveryWorker
 from smtpgate.sasl.base import ChannelBinding, ServerMechanism
 from smtpgate.sasl.registry import create_server_mechanism, server_mechanism_names
-from smtpgate.server import logs, pidfile, status_file, systemd
+from smtpgate.server import logs, pidfile, proxied, status_file, systemd
 from smtpgate.server import reload as reloading
 from smtpgate.server.connection import SmtpConnection
 from smtpgate.server.front_doors import (
@@ -60,6 +61,7 @@ from smtpgate.server.front_doors import (
     close_auth_sockets,
     start_front_doors,
 )
+from smtpgate.server.heartbeat import Heartbeat
 from smtpgate.server.limits import ConnectionLimiter, SharedConnectionLimiter
 from smtpgate.server.runtime import ListenerRuntime, ServerRuntime
 from smtpgate.server.status_file import ProcessInfo, ServerStatus
@@ -144,7 +146,7 @@ def log_warnings(found: list[Problem]) -> None:
 
 
 def build_guard(cfg: Config) -> Guard:
-    """The guard on its own SQLite file (``[guard].database``).
+    """The guard on its state (``[state] backend``: its own SQLite file, or Redis).
 
     Raises:
         GuardStoreError: the file cannot be opened.
@@ -153,8 +155,8 @@ def build_guard(cfg: Config) -> Guard:
 
 
 def build_rates(cfg: Config) -> RateLimiter:
-    """The rate limiter, its counters in the guard's file (opened by ``build_guard``
-    first, which brings the schema up to date).
+    """The rate limiter, its counters beside the guard's state (the guard's file,
+    opened by ``build_guard`` first, which brings the schema up to date; or Redis).
 
     Raises:
         RateCountersError: the file cannot be opened.
@@ -432,12 +434,11 @@ async def serve_sockets(
     live = _Live(cfg, runtime, listeners, auth, guard, secret, doors)
     servers = []
     for lst, sock in zip(cfg.listeners, sockets):
-        servers.append(
-            await loop.create_server(
-                lambda name=lst.name: SmtpConnection(runtime, listeners[name]),  # type: ignore[misc]
-                sock=sock,
-            )
-        )
+        factory: Callable[[], asyncio.BaseProtocol] = (
+            lambda name=lst.name: SmtpConnection(runtime, listeners[name]))  # type: ignore[misc]
+        if lst.proxy_protocol:
+            factory = proxied.wrap(factory, parse_networks(lst.trusted_proxies), lst.name)
+        servers.append(await loop.create_server(factory, sock=sock))
         log.info("listening on %s (%s, %s)", lst.address, lst.name, lst.tls)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -465,7 +466,7 @@ async def serve_sockets(
     systemd.ready(f"serving on {len(servers)} listeners")
     pinger = _watchdog_task()
     reporter = None if status is None else loop.create_task(
-        _keep_status(status_file.status_path(cfg), status, runtime))
+        _keep_status(cfg, status, runtime))
     await stop.wait()
     systemd.stopping()
     for task in (pinger, reporter):
@@ -502,10 +503,14 @@ async def serve_sockets(
     log.info("stopped")
 
 
-async def _keep_status(path: Path, status: ServerStatus, runtime: ServerRuntime) -> None:
+async def _keep_status(cfg: Config, status: ServerStatus, runtime: ServerRuntime) -> None:
+    path = status_file.status_path(cfg)
+    beat = Heartbeat(cfg) if cfg.state.backend == "redis" else None
     while True:
         status.sessions = len(runtime.connections)
         status_file.write(path, status)
+        if beat is not None:
+            await asyncio.to_thread(beat.beat, status)
         await asyncio.sleep(status_file.INTERVAL)
 
 
@@ -726,11 +731,14 @@ def _run_supervised(
 
     status = ServerStatus.starting(cfg, config_path, workers)
     where = status_file.status_path(cfg)
+    beat = Heartbeat(cfg) if cfg.state.backend == "redis" else None
 
     def on_tick() -> None:
         status.processes = [ProcessInfo(*p) for p in supervisor.processes()]
         status.sessions = limiter.server_total()
         status_file.write(where, status)
+        if beat is not None:
+            beat.beat(status)
 
     supervisor = Supervisor(
         [*(worker_spec(i) for i in range(workers)), delivery_spec()],

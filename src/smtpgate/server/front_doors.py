@@ -29,8 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
+from smtpgate.auth.networks import parse_networks
 from smtpgate.config import AuthListenerConfig, Config
 from smtpgate.errors import StartupError
+from smtpgate.server import proxied
 from smtpgate.server.runtime import ServerRuntime
 
 log = logging.getLogger("smtpgate")
@@ -172,6 +174,9 @@ async def start_front_doors(
     for listener, sock in zip(cfg.auth_listeners, sockets):
         door = FrontDoor(listener, runtime, cfg, secret)
         factory = _protocol_factory(listener.protocol)(door)
+        if listener.proxy_protocol:
+            factory = proxied.wrap(factory, parse_networks(listener.trusted_proxies),
+                                   listener.label)
         if sock.family == socket.AF_UNIX:
             server = await loop.create_unix_server(factory, sock=sock)
         else:

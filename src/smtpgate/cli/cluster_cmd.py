@@ -1,0 +1,52 @@
+"""``smtpgate cluster status``: the nodes sharing this config's Redis
+(``[state] backend = "redis"``), from the heartbeats they wrote in the last minute
+(`server/heartbeat.py`)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+import redis
+
+from smtpgate.cli.common import OperationalError, config_option, get_config
+from smtpgate.server.heartbeat import nodes
+
+
+@click.group()
+def cluster() -> None:
+    """Nodes that share one Redis (docs/scale-out.md)."""
+
+
+@cluster.command("status")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per node, per line.")
+@config_option
+def cluster_status(as_json: bool, config_path: Path | None) -> None:
+    """Nodes seen in the last minute: version, listeners, sessions, queue."""
+    cfg = get_config(config_path)
+    if cfg.state.backend != "redis":
+        raise OperationalError("[state] backend is not 'redis': this node is on its own",
+                               "docs/scale-out.md shows how nodes share one Redis")
+    try:
+        found = nodes(cfg)
+    except (redis.RedisError, OSError) as e:
+        raise OperationalError(f"cannot read the heartbeats from Redis: {e}",
+                               "check [state] redis_url and password_file") from None
+    now = time.time()
+    if as_json:
+        for doc in found:
+            click.echo(json.dumps(doc, sort_keys=True))
+        return
+    if not found:
+        click.echo("no node has written a heartbeat in the last minute")
+        return
+    for doc in found:
+        listeners = ", ".join(f"{lst['name']} {lst['address']}" for lst in doc["listeners"])
+        click.echo(f"{doc['node']}: smtpgate {doc['version']}, pid {doc['pid']}, "
+                   f"seen {now - doc['updated']:.0f} s ago, {doc['sessions']} sessions, "
+                   f"queue {doc['queue']}; {listeners}")
+
+
+COMMANDS = [cluster]

@@ -1,0 +1,93 @@
+"""Each node's heartbeat in Redis, for ``smtpgate cluster status`` (docs/scale-out.md).
+
+With ``[state] backend = "redis"`` the main process (the one that keeps the
+status file) also writes its status document to ``PREFIX node:NAME`` every
+``EVERY`` seconds with a one-minute expiry: a node that stops or loses Redis
+drops out of the list within a minute by itself, and nothing needs cleaning up.
+Redis being down is logged once and otherwise ignored here: the guard has its
+own account of that (docs/scale-out.md, "Redis down").
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from smtpgate.auth.state_backend import redis_client
+from smtpgate.config import Config
+from smtpgate.server.status_file import ServerStatus
+
+log = logging.getLogger("smtpgate")
+
+#: Seconds between heartbeats; a node is listed while its last one is younger
+#: than ``TTL``.
+EVERY = 10.0
+TTL = 60
+
+
+def node_name(cfg: Config) -> str:
+    return cfg.state.node_name or f"{socket.gethostname()}:{cfg.base_dir.resolve()}"
+
+
+def _queue_size(spool: Path) -> int:
+    try:
+        return sum(1 for n in os.listdir(spool / "queue") if n.endswith(".msg"))
+    except OSError:
+        return -1
+
+
+class Heartbeat:
+    """Writes this node's status; ``beat`` is cheap to call often (it writes every
+    ``EVERY`` seconds) and never raises."""
+
+    def __init__(self, cfg: Config) -> None:
+        self._key = cfg.state.key_prefix + "node:" + node_name(cfg)
+        self._name = node_name(cfg)
+        self._spool = cfg.path(cfg.queue.spool)
+        self._client: redis.Redis | None = None
+        self._cfg = cfg
+        self._next = 0.0
+        self._failing = False
+
+    def beat(self, status: ServerStatus) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            return
+        self._next = now + EVERY
+        doc: dict[str, Any] = {**asdict(status), "node": self._name,
+                               "queue": _queue_size(self._spool)}
+        try:
+            if self._client is None:
+                self._client = redis_client(self._cfg)
+            self._client.set(self._key, json.dumps(doc, sort_keys=True), ex=TTL)
+        except (redis.RedisError, OSError) as e:
+            if not self._failing:
+                log.warning("cluster heartbeat: cannot write to Redis: %s", e)
+            self._failing = True
+            return
+        if self._failing:
+            log.info("cluster heartbeat: Redis answers again")
+        self._failing = False
+
+
+def nodes(cfg: Config) -> list[dict[str, Any]]:
+    """The heartbeats of the last minute, by node name.
+
+    Raises:
+        redis.RedisError, OSError: Redis cannot be read.
+    """
+    client = redis_client(cfg)
+    try:
+        keys = sorted(client.scan_iter(match=cfg.state.key_prefix + "node:*", count=500))
+        docs = [client.get(k) for k in keys]
+    finally:
+        client.close()
+    return [json.loads(d) for d in docs if d is not None]

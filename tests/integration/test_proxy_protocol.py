@@ -1,0 +1,133 @@
+"""``proxy_protocol = true`` on the real server: the client a PROXY header names is
+the one the guard, the auth log and the Received line see; a header from an
+untrusted address, a malformed one or none at all closes the connection before
+any SMTP byte."""
+
+from __future__ import annotations
+
+import json
+import smtplib
+import socket
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from smtpgate.frontdoor.proxy_header import V2_SIGNATURE
+
+from .conftest import PASSWORD, USER, Server, make_server
+from .test_attacks import plain
+
+
+def _proxied(config: str) -> str:
+    """The init-written listeners with a PROXY header required, trusting 127.0.0.1 only."""
+    return config.replace(
+        'tls = "starttls"',
+        'tls = "starttls"\nproxy_protocol = true\ntrusted_proxies = ["127.0.0.1/32"]',
+    ).replace(
+        'tls = "implicit"',
+        'tls = "implicit"\nproxy_protocol = true\ntrusted_proxies = ["127.0.0.1/32"]',
+    )
+
+
+@pytest.fixture(scope="module")
+def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    srv = make_server(tmp_path_factory.mktemp("proxied") / "srv")
+    srv.add_user(USER, PASSWORD)
+    srv.config.write_text(_proxied(srv.config.read_text()))
+    # Server.start's readiness probe speaks SMTP without a header: start by hand.
+    import subprocess
+    import time
+
+    from .conftest import SMTPGATE
+
+    with open(srv.log_path, "ab") as log:
+        srv.proc = subprocess.Popen([SMTPGATE, "serve", "--config", str(srv.config)],
+                                    stdout=log, stderr=log, env=srv.env)
+    deadline = time.monotonic() + 30
+    while "listening on" not in srv.log_text() or srv.log_text().count("listening on") < 2:
+        assert srv.proc.poll() is None, srv.log_text()
+        assert time.monotonic() < deadline, srv.log_text()
+        time.sleep(0.05)
+    yield srv
+    srv.stop()
+
+
+def v1(client: str, port: int = 50123) -> bytes:
+    return f"PROXY TCP4 {client} 127.0.0.1 {port} 587\r\n".encode()
+
+
+def v2(client: str, port: int = 50123) -> bytes:
+    body = socket.inet_aton(client) + socket.inet_aton("127.0.0.1") + struct.pack("!HH", port, 465)
+    return V2_SIGNATURE + b"\x21\x11" + struct.pack("!H", len(body)) + body
+
+
+def auth_records(srv: Server) -> list[dict[str, object]]:
+    path = srv.root / "auth.log"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_v1_client_is_what_the_server_sees(proxied: Server) -> None:
+    sock = socket.create_connection(("127.0.0.1", proxied.submission), timeout=10)
+    sock.sendall(v1("198.51.100.7"))
+    smtp = smtplib.SMTP()
+    smtp.sock, smtp.file, smtp._host = sock, None, "localhost"
+    code, _ = smtp.getreply()
+    assert code == 220
+    smtp.ehlo("client.example")
+    smtp.starttls(context=proxied.client_context())
+    smtp.ehlo("client.example")
+    smtp.login(USER, PASSWORD)
+    smtp.sendmail(USER, [USER], b"From: alice@example.org\r\nSubject: via proxy\r\n\r\nhi\r\n")
+    smtp.quit()
+    (msg,) = proxied.wait_for_mail(1)
+    assert "198.51.100.7" in msg.read_text().split("\n\n", 1)[0]
+    assert any(r["client_ip"] == "198.51.100.7" and r["result"] == "success"
+               for r in auth_records(proxied))
+
+
+def test_v2_header_then_tls_on_the_implicit_port(proxied: Server) -> None:
+    raw = socket.create_connection(("127.0.0.1", proxied.submissions), timeout=10)
+    raw.sendall(v2("203.0.113.9", 40000))
+    tls = proxied.client_context().wrap_socket(raw, server_hostname="localhost")
+    assert tls.recv(100).startswith(b"220 ")
+    tls.sendall(b"EHLO c\r\n")
+    while not tls.recv(4096).endswith(b"\r\n"):
+        pass
+    tls.sendall(f"AUTH PLAIN {plain(USER, 'wrong password')}\r\n".encode())
+    assert tls.recv(200).startswith(b"535 ")
+    tls.close()
+    assert any(r["client_ip"] == "203.0.113.9" and r["client_port"] == 40000
+               and r["result"] == "failure" for r in auth_records(proxied))
+
+
+@pytest.mark.parametrize("first", [
+    b"EHLO no-header\r\n",                       # a client that bypassed the balancer
+    b"PROXY TCP4 198.51.100.7 127.0.0.1 1\r\n",  # malformed
+    V2_SIGNATURE + b"\x21\x11\x00\x04abcd",      # address block too short
+])
+def test_no_valid_header_closes_before_any_smtp_byte(proxied: Server, first: bytes) -> None:
+    with socket.create_connection(("127.0.0.1", proxied.submission), timeout=10) as s:
+        s.sendall(first)
+        assert s.recv(100) == b""
+
+
+def test_header_from_an_untrusted_address_is_refused(proxied: Server) -> None:
+    with socket.create_connection(("127.0.0.1", proxied.submission), timeout=10,
+                                  source_address=("127.0.0.2", 0)) as s:
+        try:
+            s.sendall(v1("198.51.100.7"))
+            assert s.recv(100) == b""
+        except ConnectionResetError:
+            pass  # closed before reading: as good
+    assert "127.0.0.2" in proxied.log_text() and "not one (trusted_proxies)" in proxied.log_text()
+
+
+def test_config_names_the_missing_trusted_proxies(tmp_path: Path) -> None:
+    srv = make_server(tmp_path / "srv")
+    srv.config.write_text(srv.config.read_text().replace(
+        'tls = "starttls"', 'tls = "starttls"\nproxy_protocol = true'))
+    out = srv.cli("config", "check", check=False)
+    assert out.returncode == 1
+    assert "listeners.0.trusted_proxies" in out.stdout + out.stderr

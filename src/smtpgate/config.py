@@ -119,6 +119,13 @@ class ListenerConfig(Model):
         default=None,
         description="Mechanisms offered on this listener; default: [auth].mechanisms.",
     )
+    xclient_trusted: list[str] = Field(
+        default_factory=list,
+        description="Networks (CIDR) of proxies allowed to send XCLIENT on this listener "
+        "(Postfix's XCLIENT: the real client's address, and with LOGIN= its login, so no "
+        "AUTH is asked again), e.g. ['127.0.0.1/32'] for nginx's mail proxy on the same "
+        "host. Default empty: XCLIENT is not advertised and refused with 550 5.7.0.",
+    )
     client_certificates: Literal["optional", "required"] | None = Field(
         default=None,
         description="Ask TLS clients for a certificate, verified against client_ca (chain "
@@ -144,6 +151,16 @@ class ListenerConfig(Model):
     @classmethod
     def _check_address(cls, v: str) -> str:
         _parse_hostport(v)
+        return v
+
+    @field_validator("xclient_trusted")
+    @classmethod
+    def _check_xclient_trusted(cls, v: list[str]) -> list[str]:
+        for item in v:
+            try:
+                ipaddress.ip_network(item.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"not a network: {item!r}") from None
         return v
 
     @field_validator("trusted_proxies")

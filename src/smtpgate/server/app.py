@@ -40,6 +40,7 @@ from smtpgate.auth.directory import StoreError
 from smtpgate.auth.guard import Guard
 from smtpgate.auth.guard_state import GuardStoreError
 from smtpgate.auth.networks import parse_networks
+from smtpgate.auth.networks import parse_networks
 from smtpgate.auth.oauth import TokenVerifier
 from smtpgate.auth.service import AuthService, build_auth_service
 from smtpgate.auth.state_backend import open_guard_state
@@ -375,7 +376,8 @@ def _log_reload(old: Config, new: reloading.Reloaded) -> None:
 
 
 def _listener_runtime(cfg: Config, lst: ListenerConfig, secret: bytes) -> ListenerRuntime:
-    return ListenerRuntime(lst.name, lst.tls == "implicit", engine_settings(cfg, lst, secret))
+    return ListenerRuntime(lst.name, lst.tls == "implicit", engine_settings(cfg, lst, secret),
+                           parse_networks(lst.xclient_trusted))
 
 
 async def serve_sockets(

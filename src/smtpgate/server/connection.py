@@ -71,6 +71,7 @@ class SmtpConnection(asyncio.Protocol):
         self.client_ip, self.client_port = str(peer[0]), int(peer[1])
         self.decisions.peer = Peer(self.session_id, self.listener.name, self.client_ip,
                                    self.client_port)
+        self.engine.xclient_trusted = self.listener.trusts_xclient(self.client_ip)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s connect from %s:%s on listener %s", self.session_id,
                       self.client_ip, self.client_port, self.listener.name)
@@ -269,6 +270,7 @@ class SmtpConnection(asyncio.Protocol):
         if self.listener.implicit_tls:
             self.engine = self.decisions.engine = ServerEngine(self.listener.settings, tls=info)
             self.engine.hide_plus = self.decisions.plus_until is not None
+            self.engine.xclient_trusted = self.listener.trusts_xclient(self.client_ip)
             self.engine.greeting()
         else:
             self.engine.tls_established(info)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar
 
 from smtpgate.auth.guard_state import ACCOUNT, ACCOUNT_NEW, THROTTLE
@@ -47,6 +47,7 @@ from smtpgate.smtp.events import (
     MessageReceived,
     MessageStart,
     RcptTo,
+    Xclient,
 )
 
 log = logging.getLogger("smtpgate.session")
@@ -128,6 +129,8 @@ class Decisions:
             return Pending(self._resolve(ev), self._auth_answer, ev)
         elif isinstance(ev, AuthFinished):
             return self._auth_finished(ev)
+        elif isinstance(ev, Xclient):
+            return Pending(self._xclient(ev), self._xclient_answer, ev)
         else:
             raise TypeError(f"not a decision event: {type(ev).__name__}")
         return None
@@ -145,6 +148,8 @@ class Decisions:
             engine.respond(R.QUEUE_FAILED)
         elif isinstance(ev, (MailFrom, RcptTo)):
             engine.respond(R.INTERNAL_ERROR)
+        elif isinstance(ev, Xclient):
+            engine.xclient_answer(None, R.INTERNAL_ERROR)
 
     def tls_started(self) -> None:
         """STARTTLS: the engine forgot the login (RFC 3207 §4.2); so do we."""
@@ -274,6 +279,37 @@ class Decisions:
         assert self.rt.guard is not None
         self.plus_until = await self.rt.guard.plus_held_back(self.peer.client_ip)
         self.engine.hide_plus = self.plus_until is not None
+
+    # ------------------------------------------------------------ XCLIENT
+
+    async def _xclient(self, ev: Xclient) -> str | None:
+        """A trusted proxy's XCLIENT (the engine refused it from anyone else): its
+        ADDR/PORT become the session's client for the guard, the auth log, the
+        logs and Received; its LOGIN, the account the session is logged in as,
+        as if by AUTH (sender ownership and rate limits apply to it). Returns the
+        identity for the engine (None: LOGIN not given)."""
+        p = self.peer
+        proxy = p.client_ip
+        self.peer = replace(p, client_ip=ev.addr or p.client_ip,
+                            client_port=ev.port if ev.port is not None else p.client_port)
+        self.principal, self._sending = None, None
+        if ev.login is None:
+            identity = self.engine.identity or None
+            if identity:  # still logged in: the policy follows the new address
+                self._logged_in(LoginResult(AuthResult.SUCCESS,
+                                            Principal(identity, "XCLIENT")))
+        elif ev.login == "":
+            identity = ""
+        else:
+            identity = await self.rt.auth.login_identity(ev.login)
+            self._logged_in(LoginResult(AuthResult.SUCCESS, Principal(identity, "XCLIENT")))
+        log.info("%s XCLIENT from %s: client %s:%s name=%s login=%s", p.session_id, proxy,
+                 self.peer.client_ip, self.peer.client_port, ev.name or "unknown",
+                 identity if identity else "-")
+        return identity
+
+    def _xclient_answer(self, identity: str | None) -> None:
+        self.engine.xclient_answer(identity)
 
     # ------------------------------------------------------------ sending
 

@@ -59,6 +59,8 @@ from smtpgate.smtp.events import (
     StartTls,
 )
 from smtpgate.smtp.states import KNOWN_VERBS, OUT_OF_SEQUENCE, TRANSITIONS, State
+from smtpgate.smtp.xclient import ATTRIBUTES as XCLIENT_ATTRIBUTES
+from smtpgate.smtp.xclient import Xclient, XclientSyntaxError, parse_xclient
 
 #: RFC 5321 §4.5.3.1.6 text line limit, applied to command lines (with CRLF).
 #: §4.5.3.1.4 says 512 for commands, but MAIL FROM may grow by 500 octets for
@@ -144,6 +146,9 @@ class ServerEngine:
         #: Set by the I/O layer: do not advertise -PLUS on this connection (the
         #: channel-binding fallback, docs/mechanisms.md). -PLUS stays usable.
         self.hide_plus = False
+        #: Set by the I/O layer when the peer is a proxy this listener trusts with
+        #: XCLIENT (``xclient_trusted``): only then is it advertised and accepted.
+        self.xclient_trusted = False
 
     # ------------------------------------------------------------------ I/O API
 
@@ -240,6 +245,26 @@ class ServerEngine:
         self._pending = None
         self._paused = False
         self._emit = self._auth_step(exchange.answer(answer))
+
+    def xclient_answer(self, identity: str | None, reply: R.Reply | None = None) -> None:
+        """Answer an Xclient event: ``reply`` (>= 400) refuses it; otherwise the
+        session starts again as the proxy's client (Postfix's XCLIENT: a new 220
+        greeting, EHLO needed), logged in as ``identity`` when LOGIN gave one."""
+        pending = self._pending
+        if not isinstance(pending, Xclient):
+            raise TypeError("xclient_answer() without a pending Xclient")
+        self._pending = None
+        self._paused = False
+        if reply is not None and reply.code >= 400:
+            self._error_no_event(reply)
+            return
+        self._reset_transaction()
+        self.state = State.CONNECTED
+        self.helo = pending.helo or ""
+        self.esmtp = pending.proto == "ESMTP"
+        if identity is not None:
+            self.identity = identity
+        self.greeting()
 
     def tls_established(self, info: TlsInfo) -> None:
         """RFC 3207 §4.2: forget everything learned before TLS; a new EHLO is needed."""
@@ -388,6 +413,8 @@ class ServerEngine:
         mechs = self.offered_mechanisms()
         if mechs:
             lines.append("AUTH " + " ".join(mechs))
+        if self.xclient_trusted:
+            lines.append("XCLIENT " + " ".join(XCLIENT_ATTRIBUTES))
         return tuple(lines)
 
     def offered_mechanisms(self) -> tuple[str, ...]:
@@ -483,6 +510,17 @@ class ServerEngine:
         self._reset_transaction()
         self.state = State.TLS
         return StartTls(discarded)
+
+    def _cmd_xclient(self, arg: str) -> Event | None:
+        # Postfix XCLIENT_README: only from authorized clients, never inside a
+        # transaction (the states table answers 503 there).
+        if not self.xclient_trusted:
+            return self._error(R.XCLIENT_DENIED)
+        try:
+            attrs = parse_xclient(arg)
+        except XclientSyntaxError:
+            return self._error(R.XCLIENT_SYNTAX)
+        return self._decide(attrs)
 
     def _require_auth(self) -> R.Reply | None:
         """RFC 6409 §4.3: submission needs authentication; in clear, RFC 3207 §4."""
@@ -821,4 +859,5 @@ _COMMANDS: dict[str, Callable[[ServerEngine, str], Event | None]] = {
     "RCPT": ServerEngine._cmd_rcpt,
     "DATA": ServerEngine._cmd_data,
     "AUTH": ServerEngine._cmd_auth,
+    "XCLIENT": ServerEngine._cmd_xclient,
 }

@@ -30,11 +30,15 @@ future web admin.
 
 from __future__ import annotations
 
+import base64
 import getpass
 import ipaddress
 import os
+import re
+import secrets
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
@@ -50,6 +54,7 @@ from smtpgate.auth.admin_store import (
     AdminLogEntry,
     AuditActor,
     NoSuchAccount,
+    WebAdmin,
 )
 from smtpgate.auth.credentials import (
     APP_PASSWORD_MECHANISMS,
@@ -175,6 +180,28 @@ class Rotation:
     deadline: datetime
 
 
+#: A web admin's name: lower-case letters, digits and ``._@-``, 1-64 characters.
+_WEB_ADMIN_NAME = re.compile(r"[a-z0-9][a-z0-9._@-]{0,63}")
+
+
+def web_admin_name(name: str) -> str:
+    """The name as stored (lower case). Raises ValueError for one that is not valid."""
+    n = name.strip().lower()
+    if not _WEB_ADMIN_NAME.fullmatch(n):
+        raise ValueError("an admin name is 1-64 of a-z, 0-9 and . _ @ -, starting with a "
+                         "letter or digit")
+    return n
+
+
+def totp_uri(name: str, secret: str, issuer: str) -> str:
+    """The ``otpauth://`` enrolment URI of a TOTP key (RFC 6238: SHA-1, 6 digits, 30 s,
+    what every authenticator app reads)."""
+    label = urllib.parse.quote(f"{issuer}:{name}", safe="")
+    query = urllib.parse.urlencode({"secret": secret, "issuer": issuer, "algorithm": "SHA1",
+                                    "digits": 6, "period": 30})
+    return f"otpauth://totp/{label}?{query}"
+
+
 def with_channel_binding_variants(mechanisms: Iterable[str]) -> set[str]:
     """``mechanisms`` plus the ``-PLUS`` variant of each SCRAM one: the same stored
     keys plus channel binding, so a restriction never locks out a client for being
@@ -209,6 +236,22 @@ def _mechanisms(mechanisms: Collection[str] | None) -> list[str] | None:
 def _domain(domain: str) -> str:
     """A domain as grants store it. Raises InvalidAccountName."""
     return canonical_name(f"x@{domain.strip().lower().lstrip('@')}").split("@", 1)[1]
+
+
+class _DummyHash:
+    """A hash of a random password with the service's parameters, made once, so that a
+    login as an unknown admin spends the same Argon2 time as a wrong password."""
+
+    def __init__(self) -> None:
+        self._encoded: str | None = None
+
+    def get(self, hasher: PasswordHasher) -> str:
+        if self._encoded is None:
+            self._encoded = hasher.hash(secrets.token_urlsafe(16))
+        return self._encoded
+
+
+_DUMMY_HASH = _DummyHash()
 
 
 class AccountAdmin:
@@ -335,6 +378,48 @@ class AccountAdmin:
         """The guard's blocks and lockouts in force now."""
         with self._guard() as guard:
             return [] if guard is None else guard.active_blocks(time.time())
+
+    # --- web admin accounts (``smtpgate admin add``; docs/operations.md) ----------------
+
+    def web_admins(self) -> list[WebAdmin]:
+        return self._store.web_admins()
+
+    def get_web_admin(self, name: str) -> WebAdmin | None:
+        try:
+            key = web_admin_name(name)
+        except ValueError:
+            return None
+        return next((a for a in self._store.web_admins() if a.name == key), None)
+
+    def add_web_admin(self, name: str, password: str) -> tuple[WebAdmin, str]:
+        """Create a web admin with an Argon2id hash of ``password`` (the password policy
+        applies) and a new TOTP key; returns it and the key (base32, show it once).
+
+        Raises: ValueError (a bad name), PasswordPolicyError, AccountExists.
+        """
+        key = web_admin_name(name)
+        check_new_password(password)
+        if self._policy is not None:
+            check_password_policy(password, key, self._policy)
+        encoded = self._hasher.hash(password)
+        totp = base64.b32encode(secrets.token_bytes(20)).decode("ascii")
+        with self._tx() as w:
+            w.add_web_admin(key, encoded, totp)
+        added = self.get_web_admin(key)
+        assert added is not None
+        return added, totp
+
+    def remove_web_admin(self, name: str) -> bool:
+        """False if there was no admin of that name."""
+        with self._tx() as w:
+            return w.remove_web_admin(web_admin_name(name))
+
+    def verify_web_admin_password(self, admin: WebAdmin | None, password: str) -> bool:
+        """Argon2id verification (slow, on purpose); an unknown admin costs the same."""
+        if admin is None:
+            self._hasher.verify(_DUMMY_HASH.get(self._hasher), password)
+            return False
+        return self._hasher.verify(admin.password_hash, password)
 
     # --- accounts and passwords ------------------------------------------------------
 
@@ -755,8 +840,14 @@ def open_admin(cfg: Config, actor: AuditActor) -> AccountAdmin:
     Raises:
         StoreUnavailable: the account backend cannot be opened.
     """
+    return admin_on(open_account_store(cfg), cfg, actor)
+
+
+def admin_on(store: AccountAdminStore, cfg: Config, actor: AuditActor) -> AccountAdmin:
+    """The admin service of ``open_admin`` on a store already open (the web admin keeps
+    one open and makes a service per request, with the logged-in admin as ``actor``)."""
     return AccountAdmin(
-        open_account_store(cfg),
+        store,
         cfg.accounts,
         actor=actor,
         password_policy=cfg.passwords,

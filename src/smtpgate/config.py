@@ -1190,6 +1190,32 @@ class ServerConfig(Model):
         return self.workers or max(1, min(4, os.cpu_count() or 1))
 
 
+class AdminConfig(Model):
+    listen: str = Field(
+        default="",
+        description="HOST:PORT of the web admin (docs/operations.md, \"Web admin\"), e.g. "
+        "'127.0.0.1:9480'; empty disables it. On a loopback address it speaks plain HTTP; "
+        "on any other it speaks HTTPS with the [tls] certificate. Changing it needs a restart.",
+    )
+    session_lifetime: float = Field(
+        default=28800.0, gt=0, le=7 * 86400,
+        description="Seconds a web admin login lasts (then the admin logs in again). "
+        "Sessions are kept in the serving process: a restart ends them all.",
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, v: str) -> str:
+        if v.strip():
+            _parse_hostport(v.strip())
+        return v.strip()
+
+    @property
+    def endpoint(self) -> tuple[str, int] | None:
+        """(host, port), or None when the web admin is off."""
+        return _parse_hostport(self.listen) if self.listen else None
+
+
 class Config(Model):
     hostname: str = Field(
         default="localhost",
@@ -1223,6 +1249,9 @@ class Config(Model):
     server: ServerConfig = Field(default_factory=ServerConfig, description="Processes.")
     state: StateConfig = Field(
         default_factory=StateConfig, description="Shared guard state and counters."
+    )
+    admin: AdminConfig = Field(
+        default_factory=AdminConfig, description="The web admin (off by default)."
     )
 
     #: Directory of the config file; relative paths are resolved against it.

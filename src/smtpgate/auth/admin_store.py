@@ -69,6 +69,18 @@ class AdminLogEntry:
     details: dict[str, object] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class WebAdmin:
+    """An administrator of the web admin (``smtpgate admin add``): not a mail account,
+    and no mail login works with it. ``password_hash`` is Argon2id; ``totp_secret``
+    is the base32 TOTP key (RFC 6238), the second factor."""
+
+    name: str
+    password_hash: str
+    totp_secret: str
+    created: datetime
+
+
 class AccountWriter(Protocol):
     """The changes of one admin transaction (``AccountAdminStore.transaction``).
 
@@ -239,6 +251,16 @@ class AccountWriter(Protocol):
         False if the account has no such registered certificate."""
         ...
 
+    # --- web admin accounts ---
+
+    def add_web_admin(self, name: str, password_hash: str, totp_secret: str) -> None:
+        """Raises AccountExists (an admin of that name exists)."""
+        ...
+
+    def remove_web_admin(self, name: str) -> bool:
+        """False if there was no admin of that name."""
+        ...
+
     # --- changes made elsewhere ---
 
     def record(self, action: str, target: str, details: Mapping[str, object]) -> None:
@@ -288,6 +310,10 @@ class AccountAdminStore(Protocol):
         self, *, since: datetime | None = None, target: str | None = None, limit: int = 1000
     ) -> list[AdminLogEntry]:
         """Admin-log entries, oldest first (the newest ``limit`` of them)."""
+        ...
+
+    def web_admins(self) -> list[WebAdmin]:
+        """The web admin's administrators, by name."""
         ...
 
     def close(self) -> None: ...

@@ -45,6 +45,7 @@ from smtpgate.auth.admin_store import (
     AdminLogEntry,
     AuditActor,
     NoSuchAccount,
+    WebAdmin,
 )
 from smtpgate.auth.credentials import SCRAM_SCHEMES
 from smtpgate.auth.directory import (
@@ -284,6 +285,10 @@ class LdapAccountStore:
     ) -> list[AdminLogEntry]:
         return self._local.admin_log(since=since, target=target, limit=limit)
 
+    def web_admins(self) -> list[WebAdmin]:
+        """Web admin accounts live in the overlay, never in the directory."""
+        return self._local.web_admins()
+
 
 class _OverlayWriter:
     """The overlay's writer, for directory accounts: a change to an account the
@@ -432,6 +437,12 @@ class _OverlayWriter:
 
     def remove_certificate(self, name: str, fingerprint: str) -> bool:
         return self._w.remove_certificate(self._key(name), fingerprint)
+
+    def add_web_admin(self, name: str, password_hash: str, totp_secret: str) -> None:
+        self._w.add_web_admin(name, password_hash, totp_secret)
+
+    def remove_web_admin(self, name: str) -> bool:
+        return self._w.remove_web_admin(name)
 
     def record(self, action: str, target: str, details: Mapping[str, object]) -> None:
         self._w.record(action, target, details)

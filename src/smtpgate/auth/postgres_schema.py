@@ -137,6 +137,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX client_certificates_account ON client_certificates (account)",
     ),
+    (
+        # Issue 14: the web admin's administrators (as in auth/store.py).
+        """CREATE TABLE web_admins (
+            name text PRIMARY KEY,
+            password_hash text NOT NULL,
+            totp_secret text NOT NULL,
+            created timestamptz NOT NULL
+        )""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

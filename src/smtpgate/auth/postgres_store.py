@@ -61,6 +61,7 @@ from smtpgate.auth.admin_store import (
     AuditActor,
     CertificateTaken,
     NoSuchAccount,
+    WebAdmin,
 )
 from smtpgate.auth.credentials import ARGON2ID, CRAM_MD5
 from smtpgate.auth.directory import Account, AppPassword, CertificateRecord, StoreUnavailable
@@ -581,6 +582,24 @@ class _PgWriter:
             self._audit("certificate removed", key, {"sha256": fingerprint})
         return bool(n)
 
+    # --- web admin accounts ------------------------------------------------------------
+
+    def add_web_admin(self, name: str, password_hash: str, totp_secret: str) -> None:
+        try:
+            with self._c.transaction():  # a savepoint: the error leaves the rest usable
+                self._c.execute(
+                    "INSERT INTO web_admins (name, password_hash, totp_secret, created) "
+                    "VALUES (%s, %s, %s, %s)", (name, password_hash, totp_secret, self._now))
+        except errors.UniqueViolation:
+            raise AccountExists(f"admin {name} already exists") from None
+        self._audit("web admin created", name, {})
+
+    def remove_web_admin(self, name: str) -> bool:
+        n = self._c.execute("DELETE FROM web_admins WHERE name = %s", (name,)).rowcount
+        if n:
+            self._audit("web admin removed", name, {})
+        return bool(n)
+
     # --- changes made elsewhere -------------------------------------------------------
 
     def record(self, action: str, target: str, details: Mapping[str, object]) -> None:
@@ -783,6 +802,14 @@ class PostgresAccountStore:
                           r["action"], r["target"], r["details"])
             for r in rows
         ]
+
+    def web_admins(self) -> list[WebAdmin]:
+        with self._conn() as c:
+            rows = c.execute(
+                "SELECT name, password_hash, totp_secret, created FROM web_admins ORDER BY name"
+            ).fetchall()
+        return [WebAdmin(r["name"], r["password_hash"], r["totp_secret"],
+                         r["created"].astimezone(UTC)) for r in rows]
 
     # --- directory side: bookkeeping made by logins (not audited) -------------------
 

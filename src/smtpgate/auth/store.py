@@ -55,6 +55,7 @@ from smtpgate.auth.admin_store import (
     AuditActor,
     CertificateTaken,
     NoSuchAccount,
+    WebAdmin,
 )
 from smtpgate.auth.credentials import ARGON2ID, CRAM_MD5
 from smtpgate.auth.directory import (
@@ -189,6 +190,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             revoked TEXT
         )""",
         "CREATE INDEX client_certificates_account ON client_certificates (account)",
+    ),
+    (
+        # Issue 14: the web admin's administrators (not mail accounts).
+        """CREATE TABLE web_admins (
+            name TEXT PRIMARY KEY NOT NULL,
+            password_hash TEXT NOT NULL,
+            totp_secret TEXT NOT NULL,
+            created TEXT NOT NULL
+        )""",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -687,6 +697,23 @@ class _SqliteWriter:
             self._audit("certificate removed", key, {"sha256": fingerprint})
         return bool(n)
 
+    # --- web admin accounts --------------------------------------------------------------
+
+    def add_web_admin(self, name: str, password_hash: str, totp_secret: str) -> None:
+        try:
+            self._c.execute(
+                "INSERT INTO web_admins (name, password_hash, totp_secret, created) "
+                "VALUES (?, ?, ?, ?)", (name, password_hash, totp_secret, self._now))
+        except sqlite3.IntegrityError:
+            raise AccountExists(f"admin {name} already exists") from None
+        self._audit("web admin created", name, {})
+
+    def remove_web_admin(self, name: str) -> bool:
+        n = self._c.execute("DELETE FROM web_admins WHERE name = ?", (name,)).rowcount
+        if n:
+            self._audit("web admin removed", name, {})
+        return bool(n)
+
     # --- changes made elsewhere ---------------------------------------------------------
 
     def record(self, action: str, target: str, details: Mapping[str, object]) -> None:
@@ -870,6 +897,14 @@ class SqliteAccountStore(ThreadLocalSqlite):
             out.append(AdminLogEntry(r["id"], t, r["os_user"], r["command"], r["action"],
                                      r["target"], json.loads(r["details"])))
         return out
+
+    def web_admins(self) -> list[WebAdmin]:
+        with self._errors():
+            rows = self._conn().execute(
+                "SELECT name, password_hash, totp_secret, created FROM web_admins ORDER BY name"
+            ).fetchall()
+        return [WebAdmin(r["name"], r["password_hash"], r["totp_secret"],
+                         _parse_time(r["created"]) or _utcnow()) for r in rows]
 
     # --- directory side: bookkeeping made by logins (not audited) -------------------
 

@@ -6,6 +6,7 @@ import click
 
 from smtpgate import __version__
 from smtpgate.cli import (
+    admin_account_cmd,
     admin_cmd,
     app_password_cmd,
     audit_cmd,
@@ -44,7 +45,7 @@ cli.add_command(serve_cmd.serve)
 cli.add_command(config_cmd.config)
 cli.add_command(user_cmd.user)
 for module in (
-    app_password_cmd, report_cmd, admin_cmd, tester_cmd, audit_cmd, reload_cmd, db_cmd, contrib_cmd,
+    app_password_cmd, report_cmd, admin_cmd, admin_account_cmd, tester_cmd, audit_cmd, reload_cmd, db_cmd, contrib_cmd,
     queue_cmd, status_cmd, cluster_cmd,
 ):
     for command in module.COMMANDS:

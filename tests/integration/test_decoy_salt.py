@@ -11,10 +11,14 @@ from __future__ import annotations
 import base64
 import smtplib
 import stat
+import time
 from pathlib import Path
+
+import pytest
 
 from smtpgate.tls.certs import write_self_signed
 
+from .backends import BACKENDS
 from .conftest import PASSWORD, USER, Server, make_server
 
 UNKNOWN = "nobody@example.org"
@@ -74,14 +78,46 @@ def test_unknown_names_salt_survives_restart_and_certificate_renewal(tmp_path: P
     assert secret.read_bytes() == created
 
 
-def test_a_spelling_of_the_domain_tells_nothing(tmp_path: Path) -> None:
+def scram_login(server: Server, name: str, password: str) -> str:
+    """A whole SCRAM-SHA-256 login (scramp as the client); the final reply."""
+    from scramp import ScramClient
+
+    client = ScramClient(["SCRAM-SHA-256"], name, password)
+    with smtplib.SMTP_SSL("127.0.0.1", server.submissions, timeout=20,
+                          context=server.client_context()) as s:
+        s.ehlo()
+        first = base64.b64encode(client.get_client_first().encode()).decode()
+        code, answer = s.docmd("AUTH", f"SCRAM-SHA-256 {first}")
+        if code != 334:
+            return f"{code} {answer.decode()}"
+        client.set_server_first(base64.b64decode(answer).decode())
+        code, answer = s.docmd(base64.b64encode(client.get_client_final().encode()).decode())
+        if code == 334:  # v=: the server's signature, then the empty response
+            code, answer = s.docmd("")
+        return f"{code} {answer.decode()}"
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql", "ldap"])
+def test_a_spelling_of_the_domain_tells_nothing(tmp_path: Path, backend: str) -> None:
     """Issue 16: ``alice@EXAMPLE.ORG`` got alice's salt if she existed (the look-up
     lower-cases the domain) and a salt of its own if not (the decoy was keyed on the
-    name as typed). Now a real and an unknown name answer every spelling alike."""
+    name as typed). Now a real and an unknown name answer every spelling alike, on
+    every account backend (the look-up key is the auth service's, not the store's)."""
+    setup = BACKENDS[backend]
     srv = make_server(tmp_path / "srv", UNGUARDED)
-    srv.add_user(USER, PASSWORD)
+    setup.configure(srv)
+    setup.add_user(srv, USER, PASSWORD)
     srv.start()
     try:
+        # A directory account has SCRAM keys from its first PLAIN login on (made in
+        # the background): wait until SCRAM logs in, so alice's salt is a real one.
+        with smtplib.SMTP_SSL("127.0.0.1", srv.submissions, timeout=20,
+                              context=srv.client_context()) as s:
+            s.login(USER, PASSWORD)
+        deadline = time.monotonic() + 20
+        while not scram_login(srv, USER, PASSWORD).startswith("235"):
+            assert time.monotonic() < deadline, "SCRAM never worked for the real account"
+            time.sleep(0.2)
         seen = {
             local: [scram_salt(srv, f"{local}@{domain}")
                     for domain in ("example.org", "EXAMPLE.ORG", "Example.Org")]

@@ -1,0 +1,111 @@
+"""What nginx is told for each way a login ends (server/auth_http_door.py), with a
+fake login path: the wording of the guard's refusal, a backend fault, success."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any, cast
+
+import pytest
+
+from smtpgate.auth.guard import Refusal
+from smtpgate.auth.login import LoginResult
+from smtpgate.auth.principal import Principal
+from smtpgate.config import AuthListenerConfig
+from smtpgate.frontdoor.auth_http import AuthHttpRequest
+from smtpgate.sasl.base import CredentialAnswer, CredentialQuery, Verdict
+from smtpgate.sasl.exchange import AuthResult
+from smtpgate.server.auth_http_door import AuthHttpDecider
+from smtpgate.server.front_doors import FrontDoor
+from smtpgate.smtp import replies as R
+
+
+@dataclass
+class FakeAttempt:
+    answer: CredentialAnswer
+    result: LoginResult
+    queries: list[CredentialQuery] = field(default_factory=list)
+
+    async def resolve(self, query: CredentialQuery) -> CredentialAnswer:
+        self.queries.append(query)
+        return self.answer
+
+    async def finish(self, outcome: object) -> LoginResult:
+        return self.result
+
+
+def decider(attempt: FakeAttempt, contexts: list[Any]) -> AuthHttpDecider:
+    def begin(ctx: Any, alive: Any) -> FakeAttempt:
+        contexts.append(ctx)
+        return attempt
+
+    runtime = SimpleNamespace(login=SimpleNamespace(begin=begin), guard=None)
+    listener = AuthListenerConfig(protocol="auth_http", address="127.0.0.1:9143",
+                                  upstream="127.0.0.1:2587")
+    cfg = SimpleNamespace(auth=SimpleNamespace(mechanisms=["PLAIN", "LOGIN"]))
+    return AuthHttpDecider(cast(FrontDoor, SimpleNamespace(
+        listener=listener, runtime=runtime, cfg=cfg, secret=b"")))
+
+
+def request(**kw: Any) -> AuthHttpRequest:
+    base: dict[str, Any] = {
+        "method": "plain", "user": "alice@example.org", "password": "pw", "salt": "",
+        "protocol": "smtp", "attempt": 1, "client_ip": "192.0.2.5", "client_host": "",
+        "tls_version": "TLSv1.3",
+    }
+    return AuthHttpRequest(**{**base, **kw})
+
+
+def run(d: AuthHttpDecider, req: AuthHttpRequest) -> Any:
+    return asyncio.run(d.decide(req, lambda: True))
+
+
+def test_success_sends_nginx_to_the_upstream_and_the_guard_sees_client_ip() -> None:
+    contexts: list[Any] = []
+    ok = FakeAttempt(Verdict(ok=True, identity="alice@example.org"),
+                     LoginResult(AuthResult.SUCCESS, Principal("alice@example.org", "PLAIN")))
+    answer = run(decider(ok, contexts), request())
+    assert (answer.ok, answer.server, answer.port) == (True, "127.0.0.1", 2587)
+    assert contexts[0].client_ip == "192.0.2.5" and contexts[0].front_door == "auth_http"
+    assert contexts[0].tls_version == "TLSv1.3"
+
+
+@pytest.mark.parametrize("kind, reply", [
+    ("address", R.AUTH_BLOCKED), ("account", R.AUTH_ACCOUNT_LOCKED), ("throttle", R.AUTH_THROTTLED),
+])
+def test_a_guard_refusal_is_its_454_without_auth_wait(kind: str, reply: R.Reply) -> None:
+    refused = FakeAttempt(Verdict(ok=False, reason="blocked", temporary=True),
+                          LoginResult(AuthResult.TEMPFAIL, refusal=Refusal(kind, "blocked")))
+    answer = run(decider(refused, []), request())
+    assert (answer.ok, answer.text, answer.error_code, answer.wait) == (
+        False, reply.text, "454 4.7.0", None)
+
+
+def test_a_backend_fault_is_454_never_535() -> None:
+    fault = FakeAttempt(Verdict(ok=False, reason="db down", temporary=True),
+                        LoginResult(AuthResult.TEMPFAIL))
+    answer = run(decider(fault, []), request())
+    assert (answer.text, answer.error_code, answer.wait) == (R.AUTH_TEMPFAIL.text, "454 4.7.0", None)
+
+
+def test_a_wrong_password_is_535_with_auth_wait() -> None:
+    bad = FakeAttempt(Verdict(ok=False, reason="wrong password"), LoginResult(AuthResult.FAILURE))
+    answer = run(decider(bad, []), request())
+    assert (answer.error_code, answer.wait) == ("535 5.7.8", 1)  # no guard: 1 s
+    late = run(decider(bad, []), request(attempt=10))
+    assert late.wait is None
+
+
+def test_a_password_without_tls_to_nginx_is_not_checked() -> None:
+    never = FakeAttempt(Verdict(ok=True, identity="alice@example.org"),
+                        LoginResult(AuthResult.SUCCESS, Principal("alice@example.org", "PLAIN")))
+    answer = run(decider(never, []), request(tls_version=None))
+    assert answer.error_code == "530 5.7.0" and never.queries == []
+
+
+def test_a_disabled_mechanism_is_504() -> None:
+    never = FakeAttempt(Verdict(ok=True), LoginResult(AuthResult.SUCCESS))
+    answer = run(decider(never, []), request(method="cram-md5", salt="<1.2@mx>"))
+    assert answer.error_code == "504 5.5.4" and never.queries == []

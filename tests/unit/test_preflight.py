@@ -388,7 +388,7 @@ def test_config_check_with_only_warnings_exits_0(gate: Path) -> None:
     r = CliRunner().invoke(cli, ["config", "check", "--config", str(gate / "smtpgate.toml")])
     assert r.exit_code == 0, r.output
     assert ": warning: guard.enabled: false: no penalties" in r.output
-    assert "OK (2 listeners, delivery relay), 8 warnings" in r.output
+    assert "OK (2 listeners, delivery relay), 9 warnings" in r.output
 
 
 def test_config_check_json(gate: Path) -> None:
@@ -399,7 +399,7 @@ def test_config_check_json(gate: Path) -> None:
     assert r.exit_code == 1
     doc = json.loads(r.stdout)
     assert doc["config"] == str(path) and doc["ok"] is False
-    assert doc["errors"] == 1 and doc["warnings"] == 8
+    assert doc["errors"] == 1 and doc["warnings"] == 9
     assert doc["problems"][0] == {
         "severity": "error", "key": "tls.key",
         "message": f"{gate}/tls/key.pem is not a PEM private key (no '-----BEGIN PRIVATE "

@@ -1,0 +1,260 @@
+"""Two smtpgate nodes behind a real HAProxy (TCP mode, ``send-proxy-v2``, round
+robin), sharing one Redis for the guard and the sending counters and one
+PostgreSQL database for the accounts, as docs/scale-out.md sets them up. N
+nodes must behave as one: guesses spread over the nodes are blocked at the
+one-node threshold, an hourly limit holds across nodes, a lock made on one node
+refuses the next login on the other, and the nodes see the clients' addresses
+that HAProxy passes (distinct 127.0.0.x sources)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import ssl
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from smtpgate.smtp import replies as R
+from tests.peers.haproxy import HAProxy
+from tests.peers.redis_server import RedisServer, available
+
+from .backends import set_accounts
+from .conftest import SMTPGATE, Server, make_server, require_tool
+from .test_attacks import Raw, plain
+from .test_protection import (
+    BOB,
+    BOB_PASSWORD,
+    CAROL,
+    CAROL_PASSWORD,
+    GUARDED,
+    LOCKOUT,
+    PASSWORD,
+    PENALTY_BASE,
+    PENALTY_MAX,
+    USER,
+)
+
+DAVE, DAVE_PASSWORD = "dave@example.org", "plum-orbit-canvas-47"
+
+
+@dataclass
+class Cluster:
+    nodes: list[Server]
+    proxy: HAProxy
+    redis: RedisServer
+    ctx: ssl.SSLContext
+
+    def connect(self, source: str) -> Raw:
+        """An EHLO'd session over implicit TLS through HAProxy, from ``source``."""
+        sock = socket.create_connection(("127.0.0.1", self.proxy.submissions), timeout=20,
+                                        source_address=(source, 0))
+        r = Raw.__new__(Raw)
+        r.ctx, r.buf = self.ctx, b""
+        r.sock = self.ctx.wrap_socket(sock, server_hostname="localhost")
+        r.banner = r.reply()
+        r.cmd("EHLO client.example")
+        return r
+
+    def login(self, source: str, user: str, password: str) -> str:
+        r = self.connect(source)
+        try:
+            return r.cmd(f"AUTH PLAIN {plain(user, password)}")
+        finally:
+            r.close()
+
+    def records(self, node: Server) -> list[dict[str, object]]:
+        path = node.root / "auth.log"
+        return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def _node_config(srv: Server, redis: RedisServer, name: str) -> None:
+    text = srv.config.read_text()
+    for tls in ("starttls", "implicit"):
+        text = text.replace(f'tls = "{tls}"', f'tls = "{tls}"\nproxy_protocol = true\n'
+                            'trusted_proxies = ["127.0.0.1/32"]')
+    text += (f'\n[state]\nbackend = "redis"\nredis_url = "{redis.url}"\n'
+             f'password_file = "{redis.password_file}"\nkey_prefix = "cluster:"\n'
+             f'node_name = "{name}"\n')
+    srv.config.write_text(text)
+
+
+def start_node(srv: Server) -> None:
+    """Start and wait until every process is ready (the listeners want a PROXY
+    header, so the fixture's SMTP probe cannot tell)."""
+    with open(srv.log_path, "ab") as log:
+        srv.proc = subprocess.Popen([SMTPGATE, "serve", "--config", str(srv.config)],
+                                    stdout=log, stderr=log, env=srv.env)
+    status = srv.root / "smtpgate.status.json"
+    deadline = time.monotonic() + 60
+    while True:
+        assert srv.proc.poll() is None, srv.log_text()
+        assert time.monotonic() < deadline, srv.log_text()
+        try:
+            doc = json.loads(status.read_text())
+            if doc["pid"] == srv.proc.pid and doc["processes"] and all(
+                    p["ready"] for p in doc["processes"]):
+                return
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    for tool in ("haproxy", "redis-server"):
+        if tool == "haproxy" and Path("/usr/sbin/haproxy").exists():
+            continue
+        if available() is not None and tool == "redis-server":
+            require_tool("redis-server")
+    if not Path("/usr/sbin/haproxy").exists():
+        require_tool("haproxy")
+    from tests.postgres_server import shared_cluster
+
+    root = tmp_path_factory.mktemp("cluster")
+    redis = RedisServer(root / "redis")
+    redis.start()
+    pg = shared_cluster()
+    dsn = pg.create_database()
+    guarded = GUARDED.format(allowlist="[]", penalty_base=PENALTY_BASE,
+                             penalty_max=PENALTY_MAX, lockout=LOCKOUT)
+    nodes = []
+    for name in ("a", "b"):
+        srv = make_server(root / name, guarded)
+        pg.write_password_file(srv.root)
+        set_accounts(srv, "postgresql", f'[accounts.postgresql]\ndsn = "{dsn}"\n'
+                                        'password_file = "pg.password"\n')
+        _node_config(srv, redis, name)
+        nodes.append(srv)
+    # One certificate for the cluster's name, as behind a balancer.
+    for part in ("cert.pem", "key.pem"):
+        (nodes[1].root / "tls" / part).write_bytes((nodes[0].root / "tls" / part).read_bytes())
+    assert nodes[0].cli("db", "migrate", check=False).returncode == 0
+    for user, pw in ((USER, PASSWORD), (BOB, BOB_PASSWORD), (CAROL, CAROL_PASSWORD),
+                     (DAVE, DAVE_PASSWORD)):
+        nodes[0].add_user(user, pw)
+    for srv in nodes:
+        start_node(srv)
+    proxy = HAProxy(root / "haproxy", [("a", nodes[0].submission, nodes[0].submissions),
+                                       ("b", nodes[1].submission, nodes[1].submissions)])
+    proxy.start()
+    ctx = ssl.create_default_context(cafile=str(nodes[0].ca))
+    yield Cluster(nodes, proxy, redis, ctx)
+    proxy.stop()
+    for srv in nodes:
+        if srv.proc is not None:
+            srv.stop()
+    redis.stop()
+
+
+def served_by(c: Cluster, source: str) -> set[int]:
+    """Which nodes logged an AUTH from ``source``."""
+    return {i for i, n in enumerate(c.nodes) if any(r["client_ip"] == source for r in c.records(n))}
+
+
+def test_brute_force_over_both_nodes_is_blocked_at_the_one_node_threshold(c: Cluster) -> None:
+    assert c.login("127.0.0.21", USER, PASSWORD).startswith("235")  # the owner: known address
+    replies = [c.login("127.0.0.20", USER, f"guess{i}") for i in range(LOCKOUT)]
+    assert replies == [str(R.AUTH_FAILED)] * LOCKOUT
+    # Locked for new addresses, whichever node answers (round robin: both do).
+    for _ in range(2):
+        assert c.login("127.0.0.20", USER, PASSWORD) == str(R.AUTH_ACCOUNT_LOCKED)
+    assert served_by(c, "127.0.0.20") == {0, 1}
+    for _ in range(2):
+        assert c.login("127.0.0.21", USER, PASSWORD).startswith("235")
+    assert served_by(c, "127.0.0.21") == {0, 1}
+
+
+def test_a_spray_over_both_nodes_is_blocked_at_the_threshold(c: Cluster) -> None:
+    targets = [BOB, CAROL, DAVE] + [f"user{i}@example.org" for i in range(3)]
+    replies = [c.login("127.0.0.22", name, "Summer2024!") for name in targets]
+    assert replies[:3] == [str(R.AUTH_FAILED)] * 3
+    assert replies[3:] == [str(R.AUTH_BLOCKED)] * 3, replies
+    assert served_by(c, "127.0.0.22") == {0, 1}
+    assert c.login("127.0.0.22", BOB, BOB_PASSWORD) == str(R.AUTH_BLOCKED)
+
+
+def test_an_hourly_limit_holds_across_nodes(c: Cluster) -> None:
+    replies = []
+    for i in range(5):  # one message per session: the sessions alternate between nodes
+        r = c.connect("127.0.0.23")
+        assert r.cmd(f"AUTH PLAIN {plain(DAVE, DAVE_PASSWORD)}").startswith("235")
+        reply = r.cmd(f"MAIL FROM:<{DAVE}>")
+        if reply.startswith("250"):
+            assert r.cmd("RCPT TO:<x@example.net>").startswith("250")
+            assert r.cmd("DATA").startswith("354")
+            reply = r.cmd(f"From: {DAVE}\r\nSubject: n{i}\r\n\r\nbody\r\n.")
+        replies.append(reply)
+        r.close()
+    assert [x[:3] for x in replies[:3]] == ["250"] * 3  # messages_per_hour = 3
+    assert replies[3:] == [str(R.MESSAGE_RATE_EXCEEDED)] * 2
+
+
+def test_a_lock_made_on_one_node_refuses_the_next_login_on_the_other(c: Cluster) -> None:
+    assert c.login("127.0.0.24", CAROL, CAROL_PASSWORD).startswith("235")
+    c.nodes[0].cli("user", "lock", CAROL)
+    replies = [c.login("127.0.0.24", CAROL, CAROL_PASSWORD) for _ in range(2)]
+    assert all(x.startswith("535") for x in replies), replies
+    refused = [i for i, n in enumerate(c.nodes) if any(
+        r["username"] == CAROL and r["result"] == "failure" for r in c.records(n))]
+    assert refused == [0, 1]
+    c.nodes[1].cli("user", "unlock", CAROL)
+    assert c.login("127.0.0.24", CAROL, CAROL_PASSWORD).startswith("235")
+
+
+def test_cluster_status_lists_both_nodes(c: Cluster) -> None:
+    out = c.nodes[1].cli("cluster", "status", "--json").stdout
+    docs = {d["node"]: d for d in map(json.loads, out.splitlines())}
+    assert set(docs) == {"a", "b"}
+    assert docs["a"]["pid"] == c.nodes[0].proc.pid  # type: ignore[union-attr]
+    assert "a:" in c.nodes[0].cli("cluster", "status").stdout
+
+
+def test_kill_9_of_one_node_under_load_loses_no_acknowledged_message(c: Cluster) -> None:
+    acknowledged: list[str] = []
+    c.nodes[1].cli("user", "limits", BOB, "--messages-per-hour", "0", "--recipients-per-hour", "0")
+    victim = c.nodes[0]
+    assert victim.proc is not None
+    for i in range(16):
+        if i == 6:
+            victim.proc.send_signal(signal.SIGKILL)
+            victim.proc.wait()
+            victim.proc = None
+        subject = f"load-{i}"
+        try:
+            r = c.connect("127.0.0.25")
+            assert r.cmd(f"AUTH PLAIN {plain(BOB, BOB_PASSWORD)}").startswith("235")
+            mail = r.cmd(f"MAIL FROM:<{BOB}>")
+            if mail.startswith("250") and r.cmd(
+                    "RCPT TO:<bob@example.org>").startswith("250") and r.cmd(
+                    "DATA").startswith("354"):
+                end = r.cmd(f"From: {BOB}\r\nSubject: {subject}\r\n\r\nx\r\n.")
+                if end.startswith("250"):
+                    acknowledged.append(subject)
+            r.close()
+        except (OSError, EOFError):
+            pass  # a session cut by the kill: not acknowledged
+    assert len(acknowledged) >= 10  # the surviving node kept serving
+    start_node(victim)  # its spool is delivered after the restart
+    deadline = time.monotonic() + 60
+    while True:
+        got = {line.split(":", 1)[1].strip() for n in c.nodes for m in n.delivered()
+               for line in m.read_text(errors="replace").splitlines()
+               if line.startswith("Subject: load-")}
+        if set(acknowledged) <= got:
+            break
+        assert time.monotonic() < deadline, (sorted(acknowledged), sorted(got))
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def c(cluster: Cluster) -> Cluster:
+    for srv in cluster.nodes:
+        if srv.proc is None:
+            start_node(srv)
+    return cluster

@@ -1,0 +1,89 @@
+"""A private HAProxy (Debian ``haproxy``) balancing the submission ports over
+several smtpgate nodes in TCP mode with ``send-proxy-v2``, as docs/scale-out.md
+sets it up. Round robin, so consecutive connections alternate between nodes;
+``retries`` and ``option redispatch`` send a connection to the other node when
+one is down (the kill -9 test)."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+CONFIG = """\
+global
+    maxconn 2000
+
+defaults
+    mode tcp
+    timeout connect 2s
+    timeout client 60s
+    timeout server 60s
+    retries 3
+    option redispatch
+
+frontend submission
+    bind 127.0.0.1:{submission}
+    default_backend submission_nodes
+
+frontend submissions
+    bind 127.0.0.1:{submissions}
+    default_backend submissions_nodes
+
+backend submission_nodes
+    balance roundrobin
+{submission_servers}
+
+backend submissions_nodes
+    balance roundrobin
+{submissions_servers}
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class HAProxy:
+    """``nodes``: (name, submission port, submissions port) of each smtpgate node."""
+
+    def __init__(self, root: Path, nodes: list[tuple[str, int, int]]) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.submission, self.submissions = _free_port(), _free_port()
+        self.config = root / "haproxy.cfg"
+        self.config.write_text(CONFIG.format(
+            submission=self.submission, submissions=self.submissions,
+            submission_servers="\n".join(
+                f"    server {name} 127.0.0.1:{sub} send-proxy-v2" for name, sub, _ in nodes),
+            submissions_servers="\n".join(
+                f"    server {name} 127.0.0.1:{subs} send-proxy-v2" for name, _, subs in nodes),
+        ))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        binary = shutil.which("haproxy") or "/usr/sbin/haproxy"
+        with open(self.root / "haproxy.log", "ab") as log:
+            self.proc = subprocess.Popen([binary, "-f", str(self.config), "-db"],
+                                         stdout=log, stderr=log)
+        deadline = time.monotonic() + 20
+        for port in (self.submission, self.submissions):
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    if self.proc.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError("haproxy did not start: " + (
+                            self.root / "haproxy.log").read_text(errors="replace")) from None
+                    time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=20)
+            self.proc = None

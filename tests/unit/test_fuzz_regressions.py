@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 
+import pytest
+
 from smtpgate.client.extensions import Extensions
 from smtpgate.smtp import replies as R
 
@@ -61,8 +63,6 @@ def test_policy_recipient_count_of_a_non_ascii_digit_reads_as_zero() -> None:
 def test_auth_http_login_attempt_of_a_non_ascii_digit_is_refused() -> None:
     """Auth-Login-Attempt: ² (0xB2 in the Latin-1 header) raised ValueError instead
     of AuthHttpError (answered 400)."""
-    import pytest
-
     from smtpgate.frontdoor.auth_http import AuthHttpError, parse_request
 
     head = (b"GET /auth HTTP/1.0\r\nAuth-Method: plain\r\nAuth-Protocol: smtp\r\n"
@@ -86,3 +86,22 @@ def test_from_header_display_name_starting_with_a_dot_is_unreadable_not_a_crash(
         SenderProfile("alice@example.org"), header, PolicyConfig(), where="test"
     )
     assert refusal == R.FROM_NOT_OWNED
+
+
+@pytest.mark.timeout(120)
+def test_from_header_long_address_like_run_is_read_in_linear_time() -> None:
+    """A From value of one long run of address characters not followed by a dotted
+    domain made the address-like search quadratic (16,000 characters: seconds;
+    the 256 KiB a header section may hold: most of an hour of CPU per message, from
+    any authenticated user). Found by the from_header target (a timeout). The
+    test's bound is the hang guard: before the fix it runs for far longer."""
+    from smtpgate.policy.sender import field_addresses
+
+    value = " " + "a" * 200_000 + "b@example x.org"
+    assert "" in field_addresses(value)  # no readable mailbox: owns nothing
+    # Addresses are still found next to long runs and right after another one.
+    found = field_addresses("Alice <alice@example.org> " + "x" * 100 + "ceo@bank.example")
+    assert "alice@example.org" in found
+    assert any(a.endswith("ceo@bank.example") for a in found)
+    found = field_addresses("x alice@example.org!ceo@bank.example")
+    assert any(a.endswith("ceo@bank.example") for a in found)

@@ -71,7 +71,11 @@ _FIELD = re.compile(
 )
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
 # Something a reader may show as an address: dot-atom text, "@", a dotted domain.
-_ADDRESS_LIKE = re.compile(r"[\w.!#$%&'*+/=?^`{|}~-]+@[\w-]+(?:\.[\w-]+)+")
+# The local part is bounded, or a long run of its characters not followed by "@"
+# is rescanned from each of its positions (quadratic: found by fuzzing). A longer
+# run still matches, as its last 65 characters: never an address anyone owns
+# (RFC 5321 §4.5.3.1.1 limits a local part to 64 octets).
+_ADDRESS_LIKE = re.compile(r"[\w.!#$%&'*+/=?^`{|}~-]{1,65}@[\w-]+(?:\.[\w-]+)+")
 
 
 def header_section(message: bytes) -> bytes:

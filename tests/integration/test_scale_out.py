@@ -258,3 +258,25 @@ def c(cluster: Cluster) -> Cluster:
         if srv.proc is None:
             start_node(srv)
     return cluster
+
+
+def test_redis_down_degrades_as_documented_and_recovers_without_restart(c: Cluster) -> None:
+    """docs/scale-out.md, "Redis down": never a 535 for the fault; addresses this
+    node has not seen log in to nothing (454) while Redis is down; rate limits are
+    not applied; each node logs the episode; service is whole again once Redis
+    answers, without restarting the nodes."""
+    c.redis.stop()
+    try:
+        replies = [c.login("127.0.0.26", BOB, BOB_PASSWORD) for _ in range(2)]
+        assert all(x.startswith("454 ") for x in replies), replies  # a new address
+        assert c.login("127.0.0.26", BOB, "wrong").startswith(("454 ", "535 "))
+        for node in c.nodes:
+            assert "unavailable" in node.log_text()
+    finally:
+        c.redis.start()  # empty: no persistence in this test set-up
+    deadline = time.monotonic() + 30
+    while not c.login("127.0.0.26", BOB, BOB_PASSWORD).startswith("235"):
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    # Both nodes answer normally again.
+    assert all(c.login("127.0.0.27", BOB, BOB_PASSWORD).startswith("235") for _ in range(2))

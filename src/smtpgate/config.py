@@ -1431,7 +1431,8 @@ def semantic_problems(cfg: Config) -> list[tuple[str, str]]:
             out.append((key, f"file not found: {cfg.path(p)}"))
     if cfg.delivery.mode == "relay" and not cfg.delivery.relay_host:
         out.append(("delivery.relay_host", "required when delivery.mode = 'relay'"))
-    if cfg.delivery.relay_user and cfg.delivery.relay_password_file is None:
+    token_auth = cfg.delivery.relay_auth_mechanism in ("XOAUTH2", "OAUTHBEARER")
+    if cfg.delivery.relay_user and cfg.delivery.relay_password_file is None and not token_auth:
         out.append(("delivery.relay_password_file", "required when delivery.relay_user is set"))
     enabled = set(cfg.auth.mechanisms) | {
         m.upper() for lst in cfg.listeners for m in (lst.mechanisms or [])

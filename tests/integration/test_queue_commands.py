@@ -147,6 +147,8 @@ def test_commands_during_delivery_never_deliver_twice_nor_lose_mail(
     assert missing.returncode == EXIT_NOT_FOUND and "no message" in missing.stderr
     shown = srv.cli("queue", "show", ids["held"])
     assert "(held)" in shown.stdout and "Subject: held" in shown.stdout
+    # The Received id is the queue id (the client's copy of the header finds it).
+    assert re.search(rf"with ESMTPSA id {ids['held']}\s*(\(|;)", shown.stdout), shown.stdout
     assert "deferred" in shown.stdout  # the delivery history
 
     hop2 = SlowHop(port, tmp_path / "hop2", delay=0)

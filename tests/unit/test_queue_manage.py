@@ -7,12 +7,13 @@ import asyncio
 import email
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from smtpgate.queue.delivery import Delivered, TempFailure
+from smtpgate.queue.delivery import Delivered, DeliveryResult, QueuedMessage, TempFailure
 from smtpgate.queue.manage import ADMIN_BOUNCE, QueueBusy, QueueManager
 from smtpgate.queue.spool import MessageNotFound, Spool
 from smtpgate.queue.worker import DeliveryWorker
@@ -27,6 +28,15 @@ async def spool(tmp_path: Path) -> AsyncIterator[Spool]:
     s = Spool(tmp_path / "spool", prefill=False)
     yield s
     await s.close()
+
+
+class FirstFails(FakeDeliverer):
+    """The first attempt is deferred (451), later ones deliver."""
+
+    async def deliver(self, message: QueuedMessage,
+                      recipients: tuple[str, ...]) -> Mapping[str, DeliveryResult]:
+        self.default = TempFailure("451 4.3.0 later") if not self.calls else Delivered()
+        return await super().deliver(message, recipients)
 
 
 def manager(spool: Spool, wait: float = 5.0) -> QueueManager:
@@ -64,15 +74,39 @@ async def test_flush_makes_a_deferred_message_due_and_asks_the_worker(spool: Spo
 
 
 async def test_running_worker_takes_a_flush_request(spool: Spool) -> None:
-    spool.store_sync(envelope(), MESSAGE)
+    # Arrived now (the worker runs on the real clock): deferred, not expired.
+    spool.store_sync(replace(envelope(), received_at=time.time()), MESSAGE)
     d = FakeDeliverer(TempFailure("451 4.3.0 later"))
     worker = DeliveryWorker(spool, d, CFG, time.time, poll_interval=0.05)
     task = asyncio.create_task(worker.run())
     try:
-        while not d.calls:
-            await asyncio.sleep(0.01)
+        async with asyncio.timeout(10):
+            while not (spool.load_state(spool.list_ids()[0]) or None):
+                await asyncio.sleep(0.01)  # the first attempt is recorded: retry in 60 s
         d.default = Delivered()
         await asyncio.to_thread(manager(spool).flush, None)
+        async with asyncio.timeout(10):
+            while spool.list_ids():
+                await asyncio.sleep(0.02)
+        assert len(d.calls) == 2
+    finally:
+        worker.stop(0)
+        await task
+
+
+async def test_flush_during_an_attempt_gets_one_more_attempt_after_it(spool: Spool) -> None:
+    """The command cannot reset a state the attempt is about to write; the worker
+    remembers the request and tries again as soon as the attempt ends."""
+    spool.store_sync(replace(envelope(), received_at=time.time()), MESSAGE)
+    d = FirstFails()
+    d.gate = asyncio.Event()
+    worker = DeliveryWorker(spool, d, CFG, time.time, poll_interval=0.05)
+    task = asyncio.create_task(worker.run())
+    try:
+        await d.called.wait()
+        assert await asyncio.to_thread(manager(spool).flush, None) == 1  # busy: in progress
+        await asyncio.sleep(0.2)  # the worker's next scans take the request
+        d.gate.set()
         async with asyncio.timeout(10):
             while spool.list_ids():
                 await asyncio.sleep(0.02)

@@ -28,7 +28,7 @@ from typing import Any
 from smtpgate.auth.principal import Principal
 from smtpgate.queue.envelope import Envelope, RcptDsn
 from smtpgate.queue.incoming import Incoming
-from smtpgate.queue.spool import Spool, SpoolError
+from smtpgate.queue.spool import Spool, SpoolError, new_queue_id
 from smtpgate.smtp import replies as R
 from smtpgate.smtp.dsn_params import NO_DSN, TransactionDsn
 from smtpgate.smtp.received import received_header
@@ -97,8 +97,9 @@ class Intake:
         DATA starts). Its content is then written with ``incoming.write``."""
         now = time.time()
         account, envelope = self._envelope(message, arrival, now)
-        received = self._received(message, arrival, hostname, now) if add_received else b""
-        incoming = self._spool.receive(envelope, received)
+        qid = new_queue_id()  # named in the Received header: the client's copy finds it
+        received = self._received(message, arrival, hostname, now, qid) if add_received else b""
+        incoming = self._spool.receive(envelope, received, qid)
         return Receiving(incoming, message.sender, message.recipients, arrival, account)
 
     async def finish(
@@ -147,7 +148,9 @@ class Intake:
         )
 
     @staticmethod
-    def _received(message: Message, arrival: Arrival, hostname: str, now: float) -> bytes:
+    def _received(
+        message: Message, arrival: Arrival, hostname: str, now: float, qid: str
+    ) -> bytes:
         account = arrival.principal.account if arrival.principal is not None else ""
         return received_header(
             helo=arrival.helo,
@@ -157,7 +160,7 @@ class Intake:
             tls_version=arrival.tls_version,
             cipher=arrival.tls_cipher,
             identity=account,
-            queue_hint=arrival.session_id,
+            queue_hint=qid,
             timestamp=now,
             smtputf8=message.smtputf8,
         )
@@ -176,11 +179,12 @@ class Intake:
         now = time.time()
         account, envelope = self._envelope(message, arrival, now)
         data = message.data
+        qid = new_queue_id()
         if add_received:
-            data = self._received(message, arrival, hostname, now) + data
+            data = self._received(message, arrival, hostname, now, qid) + data
         beside = asyncio.get_running_loop().create_task(alongside) if alongside else None
         try:
-            qid = await self._spool.store(envelope, data)
+            qid = await self._spool.store(envelope, data, qid)
         except SpoolError as e:
             log.error("%s spool write failed: %s", arrival.session_id, e)
             reply = R.QUEUE_FAILED

@@ -159,8 +159,9 @@ class Spool:
 
     # --- storing ----------------------------------------------------------------
 
-    async def store(self, envelope: Envelope, data: bytes) -> str:
-        """Make the message durable; returns its queue id.
+    async def store(self, envelope: Envelope, data: bytes, qid: str | None = None) -> str:
+        """Make the message durable; returns its queue id (``qid`` if given: one from
+        `new_queue_id`, already written into its Received header).
 
         Resolves only after the file and ``queue/`` are fsynced. Never blocks the
         event loop. If the caller is cancelled meanwhile, the write still completes:
@@ -170,14 +171,16 @@ class Spool:
         Raises:
             SpoolError: the message was not stored (and is not visible in the queue).
         """
-        return await self._submit(_Store(_new_id(), _stamped(envelope), data))
+        return await self._submit(_Store(_fresh(qid), _stamped(envelope), data))
 
-    def receive(self, envelope: Envelope, prefix: bytes = b"") -> Incoming:
+    def receive(
+        self, envelope: Envelope, prefix: bytes = b"", qid: str | None = None
+    ) -> Incoming:
         """Start a message whose content arrives in parts (`Incoming`): the
         envelope now, ``prefix`` (the Received header) first in its data. Nothing
         touches the disk here; `publish` makes it durable, ``discard`` drops it."""
         envelope = _stamped(envelope)
-        qid = _new_id()
+        qid = _fresh(qid)
         header = envelope.to_json()
         first = b"%s %d %0*d\n" % (_MAGIC, len(header), SIZE_WIDTH, 0)
         data_from = len(first) + len(header) + 1
@@ -471,6 +474,20 @@ class Spool:
         if not _ID.match(qid):
             raise MessageNotFound(f"not a queue id: {qid!r}")
         return f"{self._qdir}/{qid}{suffix}"
+
+
+def new_queue_id() -> str:
+    """A queue id for a message about to be stored (`Spool.store`/`receive` take
+    it), so its Received header can name it before the message is written."""
+    return _new_id()
+
+
+def _fresh(qid: str | None) -> str:
+    if qid is None:
+        return _new_id()
+    if not _ID.match(qid):
+        raise ValueError(f"not a queue id: {qid!r}")
+    return qid
 
 
 def _new_id() -> str:

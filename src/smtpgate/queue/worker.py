@@ -115,6 +115,7 @@ class DeliveryWorker:
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._recording: set[str] = set()  # in flight, past the deliverer: not cancelled
         self._suspect: set[str] = set()  # ids that may have been delivered unrecorded
+        self._forced: set[str] = set()  # flushed: attempt whatever the state's next attempt
         self._first_scan = True
         self._scan_wanted = True
         self._last_scan = -float("inf")
@@ -237,8 +238,13 @@ class DeliveryWorker:
         self._suspect &= present
         # `smtpgate queue flush/release` moved these forward in their state files
         # (control.py); what is in flight looks at its state again when it ends.
-        for qid in list(self._due) if flush_all else flush_ids:
-            if qid in self._due:
+        for qid in [*self._due, *self._inflight] if flush_all else flush_ids:
+            if qid in self._inflight:
+                # Asked for after this attempt began: one more attempt once it ends
+                # (the command could not reset the state the attempt is writing).
+                self._forced.add(qid)
+            elif qid in self._due:
+                self._forced.add(qid)
                 self._schedule(qid, 0.0)
 
     def _list(self) -> tuple[list[str], tuple[bool, list[str]]]:
@@ -337,7 +343,11 @@ class DeliveryWorker:
             del self._inflight[qid]
             self._recording.discard(qid)
             self._wakeup.set()
-        if retry_at is not None:
+        if retry_at is None:
+            self._forced.discard(qid)
+        else:
+            if qid in self._forced:  # flushed during the attempt
+                retry_at = min(retry_at, self._clock())
             self._schedule(qid, retry_at)
 
     async def _deliver(self, qid: str) -> float | None:
@@ -360,7 +370,9 @@ class DeliveryWorker:
 
     async def _deliver_locked(self, qid: str) -> float | None:
         try:
-            loaded = await asyncio.to_thread(self._load, qid, self._clock())
+            force = qid in self._forced
+            self._forced.discard(qid)
+            loaded = await asyncio.to_thread(self._load, qid, self._clock(), force)
         except MessageNotFound:
             self._suspect.discard(qid)
             return None
@@ -447,12 +459,14 @@ class DeliveryWorker:
             ))
         return state
 
-    def _load(self, qid: str, now: float) -> tuple[Envelope, bytes, MessageState] | float:
+    def _load(
+        self, qid: str, now: float, force: bool = False
+    ) -> tuple[Envelope, bytes, MessageState] | float:
         """Runs in a thread: the state first, the (maybe large) message only if due."""
         state = self._spool.load_state(qid)
         if state is not None and state.held:
             return float("inf")  # until `queue release` asks for it (control.py)
-        if state is not None and not state.finished and state.next_attempt > now:
+        if state is not None and not state.finished and state.next_attempt > now and not force:
             return state.next_attempt
         envelope, data = self._spool.load(qid)
         if state is None:

@@ -105,3 +105,42 @@ def test_from_header_long_address_like_run_is_read_in_linear_time() -> None:
     assert any(a.endswith("ceo@bank.example") for a in found)
     found = field_addresses("x alice@example.org!ceo@bank.example")
     assert any(a.endswith("ceo@bank.example") for a in found)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="open (docs/security.md, Fuzzing): Python's email header parser is quadratic "
+    "on some values (8,000 dots: ~1 s; the 256 KiB a header section may hold: minutes "
+    "of CPU per message); the From check hands it From/Sender values of any length. "
+    "Needs a documented bound (a longer value unreadable, so refused) in policy/sender.py",
+)
+def test_from_header_check_bounds_what_the_stdlib_parser_reads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import email.header
+    import email.policy
+    from types import SimpleNamespace
+
+    from smtpgate.auth.sender_profile import SenderProfile
+    from smtpgate.config import PolicyConfig
+    from smtpgate.policy import sender
+
+    given: list[int] = []
+
+    def factory(name: str, value: str) -> object:
+        given.append(len(value))
+        if sum(given) > 16 * 1024:
+            raise ValueError("stand-in: too long to parse here")  # keeps the test fast
+        return email.policy.default.header_factory(name, value)
+
+    fake = SimpleNamespace(
+        policy=SimpleNamespace(default=SimpleNamespace(header_factory=factory)),
+        header=email.header,
+    )
+    monkeypatch.setattr(sender, "email", fake)
+    header = b"From: " + b"." * 200_000 + b"\r\nSender: " + b"." * 50_000 + b"\r\n"
+    refusal = sender.from_header_refusal(
+        SenderProfile("alice@example.org"), header, PolicyConfig(), where="test"
+    )
+    assert refusal is not None  # refused either way
+    assert sum(given) <= 16 * 1024, f"the stdlib parser was given {sum(given)} characters"

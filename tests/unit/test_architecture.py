@@ -78,6 +78,7 @@ def test_no_reply_string_literals_outside_replies_module() -> None:
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("cli",),
     ("server",),
+    ("web",),
     ("preflight",),
     ("admin",),
     ("tools", "queue", "policy", "auth"),

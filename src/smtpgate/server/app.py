@@ -77,6 +77,7 @@ from smtpgate.server.supervisor import (
 )
 from smtpgate.smtp.engine import EngineSettings
 from smtpgate.tls.session import ServerTlsContext, TlsConfigError
+from smtpgate.web.server import AdminServer, bind_admin_socket
 
 if TYPE_CHECKING:
     from smtpgate.preflight import Problem
@@ -391,6 +392,7 @@ async def serve_sockets(
     hooks: ReloadHooks | None = None,
     auth_sockets: list[socket.socket] | None = None,
     status: ServerStatus | None = None,
+    admin_sock: socket.socket | None = None,
 ) -> None:
     """Run listeners (and optionally delivery) until SIGTERM/SIGINT. ``ready`` is
     called once the listeners are up and the stores open. ``auth_sockets`` are the
@@ -463,6 +465,9 @@ async def serve_sockets(
 
     loop.add_signal_handler(signal.SIGHUP, on_reload, True)
     loop.add_signal_handler(signal.SIGUSR1, on_reload, False)
+    # The web admin is served by the process that delivers (web/server.py).
+    admin = None if admin_sock is None else await AdminServer.start(
+        cfg, admin_sock, status_file.status_path(cfg))
     if ready is not None:
         ready()
     systemd.ready(f"serving on {len(servers)} listeners")
@@ -501,6 +506,8 @@ async def serve_sockets(
     await auth.close()
     await guard.close()
     await rates.close()
+    if admin is not None:
+        await admin.stop()
     await spool.close()
     log.info("stopped")
 
@@ -536,6 +543,7 @@ async def deliver_only(
     *,
     ready: Callable[[], None] | None = None,
     hooks: ReloadHooks | None = None,
+    admin_sock: socket.socket | None = None,
 ) -> None:
     """The delivery process beside several workers: the spool to its destination,
     until SIGTERM/SIGINT. A reload only reopens its log file (``delivery.*`` and
@@ -560,12 +568,16 @@ async def deliver_only(
 
     for sig in (signal.SIGHUP, signal.SIGUSR1):
         loop.add_signal_handler(sig, on_reload)
+    admin = None if admin_sock is None else await AdminServer.start(
+        cfg, admin_sock, status_file.status_path(cfg))
     if ready is not None:
         ready()
     await stop.wait()
     worker.stop(grace=cfg.server.shutdown_grace)  # as in serve_sockets
     worker.stop()
     await task
+    if admin is not None:
+        await admin.stop()
     await spool.close()
 
 
@@ -602,6 +614,13 @@ def run(cfg: Config, config_path: Path | None = None) -> int:
         for sock in sockets:
             sock.close()
         raise
+    try:
+        admin_sock = bind_admin_socket(cfg)
+    except StartupError:
+        for sock in sockets:
+            sock.close()
+        close_auth_sockets(cfg, auth_sockets)
+        raise
     # From the moment the pid file names us, a reload must not kill us: ignored
     # until the event loop (or the supervisor) takes the signals over.
     for sig in (signal.SIGHUP, signal.SIGUSR1):
@@ -613,16 +632,20 @@ def run(cfg: Config, config_path: Path | None = None) -> int:
         for sock in sockets:
             sock.close()
         close_auth_sockets(cfg, auth_sockets)
+        if admin_sock is not None:
+            admin_sock.close()
         raise StartupError("server.pid_file", f"cannot write {pid_path}: {e.strerror}") from None
     log.info("certificate: %s", tls.description)
     try:
         if cfg.server.effective_workers == 1:
-            return _run_single(cfg, config_path, sockets, tls, auth_sockets)
+            return _run_single(cfg, config_path, sockets, tls, auth_sockets, admin_sock)
         for sock in sockets:
             sock.close()
-        return _run_supervised(cfg, config_path, tls, auth_sockets)
+        return _run_supervised(cfg, config_path, tls, auth_sockets, admin_sock)
     finally:
         close_auth_sockets(cfg, auth_sockets)
+        if admin_sock is not None:
+            admin_sock.close()
         status_file.remove(status_file.status_path(cfg))
         pidfile.remove(pid_path)
 
@@ -633,6 +656,7 @@ def _run_single(
     sockets: list[socket.socket],
     tls: ServerTlsContext,
     auth_sockets: list[socket.socket],
+    admin_sock: socket.socket | None = None,
 ) -> int:
     started = False
 
@@ -645,7 +669,7 @@ def _run_single(
     try:
         _new_loop_runner()(
             serve_sockets(cfg, sockets, tls, with_delivery=True, ready=ready, hooks=hooks,
-                          auth_sockets=auth_sockets, status=status)
+                          auth_sockets=auth_sockets, status=status, admin_sock=admin_sock)
         )
     except Exception as e:
         if not started and isinstance(e, StartupError):
@@ -668,7 +692,8 @@ class _Current:
 
 
 def _run_supervised(
-    cfg: Config, config_path: Path | None, tls: ServerTlsContext, auth_sockets: list[socket.socket]
+    cfg: Config, config_path: Path | None, tls: ServerTlsContext, auth_sockets: list[socket.socket],
+    admin_sock: socket.socket | None = None,
 ) -> int:
     current = _Current(cfg, tls)
     workers = cfg.server.effective_workers
@@ -707,7 +732,8 @@ def _run_supervised(
 
             def body(status: StatusWriter) -> int:
                 hooks = ReloadHooks(None, done=status.reloaded, quiet=True)
-                runner(deliver_only(cfg_now, ready=status.ready, hooks=hooks))
+                runner(deliver_only(cfg_now, ready=status.ready, hooks=hooks,
+                                    admin_sock=admin_sock))
                 return 0
 
             return Launch(body)

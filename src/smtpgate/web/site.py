@@ -1,0 +1,514 @@
+"""The web admin's pages: an aiohttp application over the admin service.
+
+Security model (docs/operations.md, "Web admin"):
+
+- Login is an admin's password (Argon2id) and a TOTP code (RFC 6238), both
+  checked every time; a code is accepted once (a replayed code is refused). The
+  guard counts failures under the client's address and under ``admin:NAME`` (so
+  an admin login failure never locks out the mail account of the same name, but
+  the address's penalties and blocks are the same as for SMTP), and refuses as it
+  refuses SMTP logins.
+- The session is a random id in a cookie (HttpOnly, SameSite=Strict, Secure and
+  ``__Host-`` when the listener speaks TLS), looked up in ``sessions.Sessions``.
+- Every POST carries the session's CSRF token; without it, or with another
+  session's, it is refused with 403 and changes nothing. The login form has its
+  own token (a cookie and a field that must match).
+- Every page is rendered by Jinja2 with autoescaping; charts are SVG drawn with
+  every label escaped; the Content-Security-Policy allows scripts only from this
+  server's /static/, so an injected ``<script>`` would not run even if it were
+  not escaped.
+- Every change goes through ``admin.AccountAdmin`` with the admin as the actor
+  (``web:NAME``), so the admin log says who changed what, as for the CLI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+import jinja2
+import pyotp
+from aiohttp import web
+
+from smtpgate.admin import (
+    AccountAdmin,
+    AdminError,
+    MessageRate,
+    RecipientRate,
+    admin_on,
+    totp_uri,
+)
+from smtpgate.auth.accounts import open_account_store
+from smtpgate.auth.admin_store import AccountStore, AuditActor, NoSuchAccount, WebAdmin
+from smtpgate.auth.directory import AppPassword, StoreError
+from smtpgate.auth.guard import Guard
+from smtpgate.auth.guard_state import GuardStoreError
+from smtpgate.auth.state_backend import open_guard_state
+from smtpgate.config import Config
+from smtpgate.policy.counters_backend import open_rate_counters
+from smtpgate.policy.rate_counters import RateCounters, RateCountersError
+from smtpgate.queue.manage import QueueManager
+from smtpgate.queue.spool import Spool
+from smtpgate.tools.audit import AuditOptions, AuditReport, Target, run_audit
+from smtpgate.web import authlog_view, charts, status
+from smtpgate.web.sessions import Session, Sessions
+
+log = logging.getLogger("smtpgate.web")
+
+T = TypeVar("T")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+_LOGIN_COOKIE = "smtpgate_login"
+_RESULTS = ("success", "failure", "tempfail", "cancelled")
+
+
+def _guard_key(name: str) -> str:
+    """The guard's account key of an admin: never a mail account's name."""
+    return f"admin:{name}"
+
+
+class AdminSite:
+    """The application and what it keeps: sessions, the open stores, the last audit."""
+
+    def __init__(self, cfg: Config, *, tls: bool, status_path: Path | None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.cfg = cfg
+        self.tls = tls
+        self.status_path = status_path
+        self.clock = clock
+        self.sessions = Sessions(cfg.admin.session_lifetime, clock=clock)
+        self.cookie = "__Host-smtpgate_admin" if tls else "smtpgate_admin"
+        self.templates = jinja2.Environment(
+            loader=jinja2.PackageLoader("smtpgate.web", "templates"),
+            autoescape=True, undefined=jinja2.StrictUndefined,
+        )
+        self.templates.filters["stamp"] = _stamp
+        self._store: AccountStore | None = None
+        self._guard: Guard | None = None
+        self._counters: RateCounters | None = None
+        self._spool: Spool | None = None
+        #: The TOTP time step last used by each admin: a code is good once.
+        self._last_step: dict[str, int] = {}
+        self.last_audit: AuditReport | None = None
+        self.last_audit_time: float | None = None
+
+    # --- life cycle ------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Open the stores. Raises StoreError, GuardStoreError."""
+        self._store = await asyncio.to_thread(open_account_store, self.cfg)
+        self._guard = Guard(await asyncio.to_thread(open_guard_state, self.cfg), self.cfg.guard)
+        try:
+            self._counters = await asyncio.to_thread(open_rate_counters, self.cfg)
+        except RateCountersError as e:
+            log.warning("web admin: no rate counters, no messages-per-hour chart: %s", e)
+        self._spool = Spool(self.cfg.path(self.cfg.queue.spool), prefill=False)
+
+    async def close(self) -> None:
+        if self._guard is not None:
+            await self._guard.close()
+        if self._counters is not None:
+            self._counters.close()
+        if self._spool is not None:
+            await self._spool.close()
+        if self._store is not None:
+            self._store.close()
+
+    @property
+    def guard(self) -> Guard:
+        assert self._guard is not None, "open() first"
+        return self._guard
+
+    def service(self, admin: str, action: str) -> AccountAdmin:
+        """The admin service acting for ``admin`` (its changes are logged under
+        ``web:ADMIN``). Not closed after use: the store stays open."""
+        assert self._store is not None, "open() first"
+        return admin_on(self._store, self.cfg, AuditActor(f"web:{admin}", f"web admin {action}"))
+
+    async def call(self, admin: str, action: str, fn: Callable[[AccountAdmin], T]) -> T:
+        """``fn(service)`` in a thread (Argon2 and SQL block)."""
+        return await asyncio.to_thread(fn, self.service(admin, action))
+
+    # --- application -----------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._headers], client_max_size=64 * 1024)
+        app.router.add_static("/static/", Path(__file__).parent / "static")
+        get, post = app.router.add_get, app.router.add_post
+        get("/login", self.login_page)
+        post("/login", self.login)
+        post("/logout", self.page(self.logout))
+        get("/", self.page(self.overview))
+        get("/accounts", self.page(self.accounts))
+        get("/accounts/{name}", self.page(self.account))
+        post("/accounts/{name}/{action}", self.page(self.account_change))
+        get("/guard", self.page(self.guard_page))
+        post("/guard/unblock", self.page(self.unblock))
+        get("/authlog", self.page(self.authlog))
+        get("/queue", self.page(self.queue))
+        get("/audit", self.page(self.audit))
+        post("/audit", self.page(self.run_audit))
+        get("/admin-log", self.page(self.admin_log))
+        return app
+
+    @web.middleware
+    async def _headers(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            resp = await handler(request)
+        except web.HTTPException as e:
+            resp = e
+        resp.headers["Content-Security-Policy"] = _CSP
+        resp.headers["X-Content-Type-Options"] = "nosniff"
+        resp.headers["Referrer-Policy"] = "no-referrer"
+        resp.headers["X-Frame-Options"] = "DENY"
+        resp.headers.setdefault("Cache-Control", "no-store")
+        if isinstance(resp, web.HTTPException):
+            raise resp
+        return resp
+
+    def render(self, request: web.Request, template: str, session: Session | None,
+               code: int = 200, **context: Any) -> web.Response:
+        flash = [] if session is None else session_flash(session)
+        html = self.templates.get_template(template).render(
+            session=session, csrf=session.csrf if session else "", flash=flash,
+            hostname=self.cfg.hostname, **context)
+        return web.Response(text=html, content_type="text/html", status=code)
+
+    def page(self, handler: Callable[[web.Request, Session], Awaitable[web.StreamResponse]]
+             ) -> Handler:
+        """A page behind the login: no session (or an admin since removed) goes to the
+        login page; a POST without this session's CSRF token is refused, 403."""
+
+        async def wrapped(request: web.Request) -> web.StreamResponse:
+            session = self.sessions.get(request.cookies.get(self.cookie))
+            if session is not None:
+                who = session.admin
+                admin = await asyncio.to_thread(
+                    lambda: self.service(who, "session").get_web_admin(who))
+                if admin is None:
+                    self.sessions.end(session.id)
+                    session = None
+            if session is None:
+                if request.method == "POST":
+                    raise web.HTTPForbidden(text="not logged in")
+                raise web.HTTPSeeOther("/login")
+            if request.method == "POST":
+                form = await request.post()
+                token = form.get("csrf")
+                if not self.sessions.csrf_ok(session, token if isinstance(token, str) else None):
+                    log.warning("web admin: POST %s without a valid CSRF token (admin %s, "
+                                "from %s): refused", request.path, session.admin, request.remote)
+                    raise web.HTTPForbidden(text="invalid or missing CSRF token")
+                request["form"] = form
+            return await handler(request, session)
+
+        return wrapped
+
+    # --- login -----------------------------------------------------------------------
+
+    def _login_form(self, request: web.Request, error: str = "", status: int = 200
+                    ) -> web.Response:
+        token = secrets.token_urlsafe(24)
+        resp = self.render(request, "login.html", None, code=status, login_token=token,
+                           error=error)
+        resp.set_cookie(_LOGIN_COOKIE, token, httponly=True, samesite="Strict",
+                        secure=self.tls, path="/login", max_age=3600)
+        return resp
+
+    async def login_page(self, request: web.Request) -> web.StreamResponse:
+        if self.sessions.get(request.cookies.get(self.cookie)) is not None:
+            raise web.HTTPSeeOther("/")
+        return self._login_form(request)
+
+    async def login(self, request: web.Request) -> web.StreamResponse:
+        form = await request.post()
+        token, cookie = form.get("login_token"), request.cookies.get(_LOGIN_COOKIE)
+        if not (isinstance(token, str) and cookie
+                and hmac.compare_digest(token.encode(), cookie.encode())):
+            raise web.HTTPForbidden(text="invalid or missing CSRF token")
+        name = str(form.get("name", "")).strip().lower()[:64]
+        password = str(form.get("password", ""))
+        code = str(form.get("code", "")).strip()
+        ip = request.remote or ""
+        check = await self.guard.check(ip, _guard_key(name))
+        if check.refusal is not None:
+            log.warning("web admin: login of %r from %s refused by the guard: %s",
+                        name, ip, check.refusal.reason)
+            return self._login_form(
+                request, "Too many failed logins from your address or for this admin; "
+                "try again later.", status=429)
+        if check.delay:
+            await asyncio.sleep(check.delay)
+        service = self.service(name or "-", "login")
+        admin = await asyncio.to_thread(service.get_web_admin, name)
+        ok = await asyncio.to_thread(service.verify_web_admin_password, admin, password)
+        if admin is None or not ok or not self._totp_ok(admin, code):
+            await self.guard.failure(check, counts_account=admin is not None)
+            log.warning("web admin: failed login as %r from %s", name, ip)
+            return self._login_form(request, "Wrong name, password or code.", status=401)
+        await self.guard.success(check, _guard_key(admin.name))
+        await asyncio.to_thread(service.record, "web admin login", admin.name, {"address": ip})
+        session = self.sessions.create(admin.name)
+        log.info("web admin: %s logged in from %s", admin.name, ip)
+        resp = web.HTTPSeeOther("/")
+        resp.set_cookie(self.cookie, session.id, httponly=True, samesite="Strict",
+                        secure=self.tls, path="/",
+                        max_age=int(self.cfg.admin.session_lifetime))
+        resp.del_cookie(_LOGIN_COOKIE, path="/login")
+        raise resp
+
+    def _totp_ok(self, admin: WebAdmin, code: str) -> bool:
+        """The code of this 30 s step or its neighbours, never one used before."""
+        if not (len(code) == 6 and code.isascii() and code.isdigit()):
+            return False
+        totp = pyotp.TOTP(admin.totp_secret)
+        now = self.clock()
+        for offset in (0, -1, 1):
+            step = int(now // 30) + offset
+            if hmac.compare_digest(totp.at(step * 30), code):
+                if step <= self._last_step.get(admin.name, -1):
+                    return False  # replayed
+                self._last_step[admin.name] = step
+                return True
+        return False
+
+    async def logout(self, request: web.Request, session: Session) -> web.StreamResponse:
+        self.sessions.end(session.id)
+        resp = web.HTTPSeeOther("/login")
+        resp.del_cookie(self.cookie, path="/")
+        raise resp
+
+    # --- overview and charts ------------------------------------------------------------
+
+    def _attempts(self) -> list[authlog_view.Attempt]:
+        path = self.cfg.auth.log_file
+        return authlog_view.read_attempts(None if path is None else self.cfg.path(path))
+
+    async def overview(self, request: web.Request, session: Session) -> web.StreamResponse:
+        hours = _int(request.query.get("hours"), 24, 1, 24 * 30)
+        attempts = await asyncio.to_thread(self._attempts)
+        now = datetime.now(UTC)
+        since = now - timedelta(hours=hours)
+        g = self.cfg.guard
+        ips, nets = authlog_view.top_offenders(attempts, since, v4_prefix=g.subnet_ipv4_prefix,
+                                               v6_prefix=g.subnet_ipv6_prefix)
+        usage = await self._usage()
+        return self.render(
+            request, "overview.html", session,
+            hours=hours, server=status.read(self.status_path),
+            log_file=self.cfg.auth.log_file,
+            timeline=charts.timeline(authlog_view.over_time(attempts, now, hours=hours),
+                                     label=f"logins in the last {hours} h"),
+            top_ips=charts.bars([(k, v, None) for k, v in ips],
+                                label="failures by address"),
+            top_nets=charts.bars([(k, v, None) for k, v in nets],
+                                 label="failures by subnet"),
+            sprays=authlog_view.spraying(attempts, since),
+            legacy=authlog_view.legacy_users(attempts, since),
+            usage=charts.bars(usage, label="messages in the last hour against the limit",
+                              colour=charts.LIMIT) if usage is not None else None,
+        )
+
+    async def _usage(self) -> list[tuple[str, int, int | None]] | None:
+        """(account, messages in the sliding hour, limit or None) for accounts that sent."""
+        counters = self._counters
+        if counters is None:
+            return None
+        accounts = await asyncio.to_thread(self.service("-", "read").list_accounts)
+        keys = [f"acct:{a.name}" for a in accounts]
+        try:
+            used = await asyncio.to_thread(counters.usage, keys, int(time.time() // 60) - 59)
+        except RateCountersError:
+            return None
+        default = self.cfg.limits.messages_per_hour
+        rows: list[tuple[str, int, int | None]] = []
+        for a in accounts:
+            n = used.get(f"acct:{a.name}", (0, 0))[0]
+            limit = default if a.max_messages_per_hour is None else a.max_messages_per_hour
+            if n:
+                rows.append((a.name, n, limit or None))
+        return sorted(rows, key=lambda r: -r[1])[:20]
+
+    # --- accounts -------------------------------------------------------------------------
+
+    async def accounts(self, request: web.Request, session: Session) -> web.StreamResponse:
+        q = request.query.get("q", "").strip().lower()
+        found = await self.call(session.admin, "read", lambda s: s.list_accounts())
+        if q:
+            found = [a for a in found if q in a.name]
+        return self.render(request, "accounts.html", session, q=q, accounts=found[:500],
+                           more=len(found) > 500)
+
+    async def account(self, request: web.Request, session: Session, *,
+                      secret: tuple[str, str] | None = None, status_code: int = 200
+                      ) -> web.StreamResponse:
+        name = request.match_info["name"]
+
+        def read(s: AccountAdmin) -> dict[str, Any]:
+            a = s.require_account(name)
+            return {"account": a, "aliases": s.aliases(a.name),
+                    "domains": s.granted_domains(a.name), "apps": s.app_passwords(a.name),
+                    "changes": s.admin_log(target=a.name, limit=20)}
+
+        try:
+            data = await self.call(session.admin, "read", read)
+        except NoSuchAccount:
+            raise web.HTTPNotFound(text="no such account") from None
+        acct = data["account"]
+        history = authlog_view.filtered(
+            await asyncio.to_thread(self._attempts), authlog_view.Filter(), limit=100000)
+        history = [h for h in history if h.username.lower() == acct.name][:50]
+        return self.render(request, "account.html", session, code=status_code, secret=secret,
+                           history=history, limits=self.cfg.limits, **data)
+
+    async def account_change(self, request: web.Request, session: Session
+                             ) -> web.StreamResponse:
+        name = request.match_info["name"]
+        action = request.match_info["action"]
+        form = request["form"]
+
+        def field(key: str) -> str:
+            v = form.get(key, "")
+            return v.strip() if isinstance(v, str) else ""
+
+        def rate(key: str) -> int | None:
+            v = field(key)
+            return None if v == "" else int(v)
+
+        ops: dict[str, Callable[[AccountAdmin], object]] = {
+            "lock": lambda s: s.lock(name, field("reason") or "locked in the web admin"),
+            "unlock": lambda s: s.unlock(name),
+            "password": lambda s: s.set_password(name, str(form.get("password", ""))),
+            "app-password": lambda s: s.add_app_password(name, field("app")),
+            "revoke": lambda s: s.revoke_app_password(name, field("app")),
+            "alias-add": lambda s: s.add_alias(name, field("alias")),
+            "alias-remove": lambda s: s.remove_alias(name, field("alias")),
+            "domain-grant": lambda s: s.grant_domain(name, field("domain")),
+            "domain-revoke": lambda s: s.revoke_domain(name, field("domain")),
+            "mechanisms": lambda s: s.set_allowed_mechanisms(
+                name, field("mechanisms").replace(",", " ").split() or None),
+            "limits": lambda s: s.change_limits(
+                name, [MessageRate(rate("messages")), RecipientRate(rate("recipients"))]),
+        }
+        op = ops.get(action)
+        if op is None:
+            raise web.HTTPNotFound(text="no such action")
+        try:
+            result = await self.call(session.admin, action, op)
+        except NoSuchAccount:
+            raise web.HTTPNotFound(text="no such account") from None
+        except (AdminError, ValueError, StoreError) as e:  # a policy refusal is a ValueError
+            flash_add(session, "error", f"{action}: {e}")
+            return await self.account(request, session, status_code=400)
+        if action == "app-password":
+            record, secret = cast("tuple[AppPassword, str]", result)
+            flash_add(session, "ok", f"app password {record.name!r} added")
+            return await self.account(request, session, secret=(record.name, secret))
+        flash_add(session, "ok", f"{action}: done")
+        raise web.HTTPSeeOther(f"/accounts/{_quote(name)}")
+
+    # --- guard, auth log, queue, audit, admin log ------------------------------------
+
+    async def guard_page(self, request: web.Request, session: Session) -> web.StreamResponse:
+        blocks = await self.call(session.admin, "read", lambda s: s.guard_blocks())
+        return self.render(request, "guard.html", session, blocks=blocks)
+
+    async def unblock(self, request: web.Request, session: Session) -> web.StreamResponse:
+        key = str(request["form"].get("key", ""))
+        kind = str(request["form"].get("kind", ""))
+        try:
+            if kind == "account":
+                await self.call(session.admin, "guard unlock", lambda s: s.unlock(key))
+            else:
+                await self.call(session.admin, "guard unblock", lambda s: s.unblock(key))
+            flash_add(session, "ok", f"lifted: {key}")
+        except (AdminError, StoreError, GuardStoreError) as e:
+            flash_add(session, "error", str(e))
+        raise web.HTTPSeeOther("/guard")
+
+    async def authlog(self, request: web.Request, session: Session) -> web.StreamResponse:
+        q = request.query
+        f = authlog_view.Filter(q.get("account", "").strip(), q.get("address", "").strip(),
+                                q.get("result", "").strip(), q.get("mechanism", "").strip())
+        rows = authlog_view.filtered(await asyncio.to_thread(self._attempts), f)
+        return self.render(request, "authlog.html", session, f=f, rows=rows,
+                           results=_RESULTS, log_file=self.cfg.auth.log_file)
+
+    async def queue(self, request: web.Request, session: Session) -> web.StreamResponse:
+        assert self._spool is not None
+        manager = QueueManager(self._spool, reporting_mta=self.cfg.hostname)
+        now = time.time()
+        entries = [e.as_json(now) for e in await asyncio.to_thread(manager.entries)]
+        return self.render(request, "queue.html", session, entries=entries)
+
+    async def audit(self, request: web.Request, session: Session) -> web.StreamResponse:
+        return self.render(request, "audit.html", session, report=self.last_audit,
+                           when=self.last_audit_time)
+
+    async def run_audit(self, request: web.Request, session: Session) -> web.StreamResponse:
+        targets = []
+        for lst in self.cfg.listeners:
+            host, port = lst.host_port
+            if host in ("0.0.0.0", "::", ""):
+                host = "127.0.0.1" if host != "::" else "::1"
+            targets.append(Target(host, port, lst.tls))
+        opts = AuditOptions(tls_name=self.cfg.hostname, timeout=10.0, ehlo_name="localhost")
+        self.last_audit = await run_audit(targets, opts)
+        self.last_audit_time = time.time()
+        await self.call(session.admin, "audit", lambda s: s.record(
+            "audit run", "listeners", {"grade": self.last_audit.grade if self.last_audit
+                                       else "-"}))
+        raise web.HTTPSeeOther("/audit")
+
+    async def admin_log(self, request: web.Request, session: Session) -> web.StreamResponse:
+        entries = await self.call(session.admin, "read", lambda s: s.admin_log(limit=200))
+        return self.render(request, "adminlog.html", session, entries=entries[::-1])
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+_FLASH: dict[str, list[tuple[str, str]]] = {}
+
+
+def flash_add(session: Session, kind: str, text: str) -> None:
+    """A message for the next page this session sees."""
+    _FLASH.setdefault(session.id, []).append((kind, text))
+
+
+def session_flash(session: Session) -> list[tuple[str, str]]:
+    return _FLASH.pop(session.id, [])
+
+
+def _quote(name: str) -> str:
+    from urllib.parse import quote
+
+    return quote(name, safe="@")
+
+
+def _int(v: str | None, default: int, lo: int, hi: int) -> int:
+    try:
+        return max(lo, min(hi, int(v or default)))
+    except ValueError:
+        return default
+
+
+def _stamp(v: object) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, (int, float)):
+        v = datetime.fromtimestamp(v, UTC)
+    if isinstance(v, datetime):
+        return v.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return str(v)
+
+
+__all__ = ["AdminSite", "totp_uri"]

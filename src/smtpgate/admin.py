@@ -196,7 +196,7 @@ def web_admin_name(name: str) -> str:
 def totp_uri(name: str, secret: str, issuer: str) -> str:
     """The ``otpauth://`` enrolment URI of a TOTP key (RFC 6238: SHA-1, 6 digits, 30 s,
     what every authenticator app reads)."""
-    label = urllib.parse.quote(f"{issuer}:{name}", safe="")
+    label = urllib.parse.quote(issuer, safe="") + ":" + urllib.parse.quote(name, safe="")
     query = urllib.parse.urlencode({"secret": secret, "issuer": issuer, "algorithm": "SHA1",
                                     "digits": 6, "period": 30})
     return f"otpauth://totp/{label}?{query}"

@@ -1,0 +1,42 @@
+"""Web admin accounts (``web_admins``) on every account backend that keeps them:
+SQLite, PostgreSQL, and the LDAP backend's local overlay. Added, listed, refused
+twice, removed, each change in the admin log, a refused change leaving nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from smtpgate.auth.admin_store import AccountExists, AccountStore, AuditActor
+from tests.contract.directories import HARNESSES
+
+ACTOR = AuditActor("web:root", "web admin test")
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "ldap"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AccountStore]:
+    h: Any = HARNESSES[request.param](tmp_path)
+    s: AccountStore = h.open()
+    yield s
+    h.close()
+
+
+def test_web_admins_are_added_listed_removed_and_logged(store: AccountStore) -> None:
+    assert store.web_admins() == []
+    with store.transaction(ACTOR) as w:
+        w.add_web_admin("root", "$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$aGFzaA", "JBSWY3DPEHPK3PXP")
+    admins = store.web_admins()
+    assert [(a.name, a.totp_secret) for a in admins] == [("root", "JBSWY3DPEHPK3PXP")]
+    with pytest.raises(AccountExists), store.transaction(ACTOR) as w:
+        w.record("before", "root", {})
+        w.add_web_admin("root", "x", "y")
+    assert len(store.web_admins()) == 1
+    with store.transaction(ACTOR) as w:
+        assert w.remove_web_admin("root")
+        assert not w.remove_web_admin("root")
+    assert store.web_admins() == []
+    log = [(e.os_user, e.action) for e in store.admin_log(target="root")]
+    assert log == [("web:root", "web admin created"), ("web:root", "web admin removed")]

@@ -1,0 +1,151 @@
+"""The web admin's parts without a browser: sessions, TOTP checks, the auth-log
+reading and aggregation, the SVG charts (escaping), admin names and the enrolment
+URI. The browser tests are tests/integration/test_web_admin.py."""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pyotp
+import pytest
+
+from smtpgate.admin import totp_uri, web_admin_name
+from smtpgate.auth.admin_store import WebAdmin
+from smtpgate.config import AdminConfig, Config, ListenerConfig
+from smtpgate.web import authlog_view, charts
+from smtpgate.web.authlog_view import Attempt, Filter
+from smtpgate.web.sessions import Sessions
+from smtpgate.web.site import AdminSite
+
+NOW = datetime(2026, 1, 2, 12, 0, tzinfo=UTC)
+
+
+class Clock:
+    def __init__(self, t: float = 1_000_000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_sessions_expire_and_unknown_ids_are_no_session() -> None:
+    clock = Clock()
+    s = Sessions(60, clock=clock)
+    a = s.create("root")
+    assert s.get(a.id) is a
+    assert s.get("forged") is None and s.get("") is None and s.get(None) is None
+    clock.t += 61
+    assert s.get(a.id) is None  # expired, and forgotten
+    clock.t -= 61
+    assert s.get(a.id) is None
+
+
+def test_csrf_token_is_the_sessions_own() -> None:
+    s = Sessions(60)
+    a, b = s.create("root"), s.create("eve")
+    assert Sessions.csrf_ok(a, a.csrf)
+    assert not Sessions.csrf_ok(a, b.csrf)
+    assert not Sessions.csrf_ok(a, "")
+    assert not Sessions.csrf_ok(a, None)
+
+
+def _cfg(tmp_path: Path) -> Config:
+    return Config(listeners=[ListenerConfig(name="s", address="127.0.0.1:2587", tls="starttls")],
+                  admin=AdminConfig(listen="127.0.0.1:9480"), base_dir=tmp_path)
+
+
+def test_a_totp_code_is_good_once_and_only_near_its_time(tmp_path: Path) -> None:
+    clock = Clock(1_700_000_000.0)
+    site = AdminSite(_cfg(tmp_path), tls=False, status_path=None, clock=clock)
+    secret = pyotp.random_base32()
+    admin = WebAdmin("root", "-", secret, NOW)
+    totp = pyotp.TOTP(secret)
+    code = totp.at(clock.t)
+    assert site._totp_ok(admin, code)
+    assert not site._totp_ok(admin, code)  # replayed
+    assert not site._totp_ok(admin, totp.at(clock.t - 30))  # older than the last used
+    assert site._totp_ok(admin, totp.at(clock.t + 30))  # the next step, once
+    assert not site._totp_ok(admin, totp.at(clock.t + 120))
+    for bad in ("", "12345", "1234567", "abcdef", "１２３４５６"):
+        assert not site._totp_ok(admin, bad)
+
+
+def test_admin_names_and_the_enrolment_uri() -> None:
+    assert web_admin_name(" Root ") == "root"
+    for bad in ("", "-x", "a b", "a/b", "<script>", "x" * 65):
+        with pytest.raises(ValueError):
+            web_admin_name(bad)
+    uri = totp_uri("root", "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP", "smtpgate mail.example.org")
+    parsed = pyotp.parse_uri(uri)
+    assert isinstance(parsed, pyotp.TOTP)
+    assert parsed.secret == "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP" and parsed.name == "root"
+    assert parsed.issuer == "smtpgate mail.example.org"
+    assert urllib.parse.urlparse(uri).scheme == "otpauth"
+
+
+def _att(minutes_ago: float, result: str, *, ip: str = "192.0.2.1", user: str = "a@x.org",
+         mech: str = "PLAIN", tls: str = "TLSv1.3", door: str = "smtp") -> Attempt:
+    return Attempt(NOW - timedelta(minutes=minutes_ago), "s", ip, tls, mech, user, result, "",
+                   door)
+
+
+def test_auth_log_tail_skips_what_is_not_a_record(tmp_path: Path) -> None:
+    log = tmp_path / "auth.log"
+    good = {"time": "2026-01-02T11:59:00.000Z", "listener": "s", "client_ip": "192.0.2.1",
+            "client_port": 1, "tls": None, "mechanism": "PLAIN", "username": "<b>",
+            "result": "failure", "reason": "bad password", "session": "x"}
+    log.write_text("not json\n" + json.dumps(good) + "\n[1, 2]\n{\"time\": 5}\n{\"partial")
+    rows = authlog_view.read_attempts(log)
+    assert [(r.username, r.tls, r.front_door) for r in rows] == [("<b>", "", "smtp")]
+    assert authlog_view.read_attempts(tmp_path / "missing") == []
+    assert authlog_view.read_attempts(None) == []
+
+
+def test_over_time_counts_each_attempt_in_its_bucket() -> None:
+    attempts = [_att(5, "failure"), _att(5, "failure"), _att(65, "success"),
+                _att(5, "tempfail"), _att(60 * 30, "failure")]
+    buckets = authlog_view.over_time(attempts, NOW, hours=2, buckets=4)
+    assert [(b.successes, b.failures) for b in buckets] == [(0, 0), (1, 0), (0, 0), (0, 2)]
+
+
+def test_offenders_sprays_and_legacy_users() -> None:
+    attempts = [_att(1, "failure", ip="192.0.2.7", user=f"u{i}@x.org") for i in range(3)]
+    attempts += [_att(1, "failure", ip="192.0.2.8"), _att(1, "failure", ip="2001:db8::1")]
+    attempts += [_att(1, "success", mech="CRAM-MD5", user="old@x.org"),
+                 _att(1, "success", mech="PLAIN", tls="", user="clear@x.org", door="dovecot"),
+                 _att(1, "success", mech="PLAIN", user="fine@x.org"),
+                 _att(1, "success", mech="SCRAM-SHA-256", tls="", user="scram@x.org")]
+    ips, nets = authlog_view.top_offenders(attempts, NOW - timedelta(hours=1), v4_prefix=24,
+                                           v6_prefix=48)
+    assert ips[0] == ("192.0.2.7", 3)
+    assert nets == [("192.0.2.0/24", 4), ("2001:db8::/48", 1)]
+    sprays = authlog_view.spraying(attempts, NOW - timedelta(hours=1))
+    assert [(s.address, s.accounts) for s in sprays] == [("192.0.2.7", 3)]
+    legacy = authlog_view.legacy_users(attempts, NOW - timedelta(hours=1))
+    assert legacy == [("clear@x.org", "PLAIN without TLS via dovecot", 1),
+                      ("old@x.org", "CRAM-MD5", 1)]
+
+
+def test_filter_by_account_address_result_and_mechanism() -> None:
+    attempts = [_att(3, "failure", user="Bob@x.org", ip="192.0.2.9"), _att(2, "success"),
+                _att(1, "failure", mech="LOGIN")]
+    assert len(authlog_view.filtered(attempts, Filter(account="bob"))) == 1
+    assert len(authlog_view.filtered(attempts, Filter(address="192.0.2.9"))) == 1
+    assert len(authlog_view.filtered(attempts, Filter(result="failure"))) == 2
+    newest = authlog_view.filtered(attempts, Filter(mechanism="login"))
+    assert [a.mechanism for a in newest] == ["LOGIN"]
+    assert authlog_view.filtered(attempts, Filter())[0].mechanism == "LOGIN"  # newest first
+
+
+def test_chart_labels_are_escaped() -> None:
+    svg = str(charts.bars([("<script>alert(1)</script>", 3, 10)], label="<b>x</b>"))
+    assert "<script>" not in svg and "&lt;script&gt;" in svg and "<b>" not in svg
+    assert 'data-value="3"' in svg and "limit 10" in svg
+    empty = str(charts.bars([], label="<i>none</i>"))
+    assert "<i>" not in empty
+    tl = str(charts.timeline(authlog_view.over_time([_att(1, "failure")], NOW, hours=1),
+                             label="<x>"))
+    assert 'data-total-failures="1"' in tl and "<x>" not in tl

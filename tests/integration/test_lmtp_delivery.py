@@ -42,9 +42,10 @@ def dovecot() -> Iterator[DovecotLmtp]:
         yield server
 
 
-@pytest.fixture
-def lmtp_server(tmp_path: Path, dovecot: DovecotLmtp) -> Iterator[Server]:
-    srv = make_server(tmp_path / "srv")
+@pytest.fixture(scope="module")
+def lmtp_server(tmp_path_factory: pytest.TempPathFactory,
+                dovecot: DovecotLmtp) -> Iterator[Server]:
+    srv = make_server(tmp_path_factory.mktemp("lmtp") / "srv")
     text = srv.config.read_text().replace('mode = "maildir"\n', "")
     text = _in_table(text, "delivery", f'mode = "lmtp"\nlmtp_address = "unix:{dovecot.socket}"')
     srv.config.write_text(text)
@@ -102,3 +103,37 @@ def test_lmtp_delivers_per_recipient_and_bounces_the_refused_one(
     assert rcpt["Diagnostic-Code"].startswith(f"smtp; 550 5.1.1 <{NOBODY}>")
     assert b"Subject: lmtp" in bounces[0]  # the original comes back
     assert f"delivered to=<{BOB}> lmtp unix:" in srv.log_text()
+
+
+def submit(srv: Server, tag: str, rcpts: list[str], mail_options: list[str],
+           rcpt_options: list[str]) -> None:
+    msg = (f"From: {USER}\r\nTo: {', '.join(rcpts)}\r\nSubject: {tag}\r\n\r\n"
+           f"body of {tag}\r\n")
+    with smtplib.SMTP("127.0.0.1", srv.submission, timeout=20) as s:
+        s.starttls(context=srv.client_context())
+        s.login(USER, PASSWORD)
+        assert s.has_extn("dsn")  # RFC 3461 advertised
+        s.sendmail(USER, rcpts, msg, mail_options=mail_options, rcpt_options=rcpt_options)
+
+
+def test_rfc3461_parameters_reach_the_bounce(lmtp_server: Server, dovecot: DovecotLmtp) -> None:
+    """NOTIFY=NEVER: no bounce. RET=HDRS and ENVID: the bounce carries only the
+    header of the original and names the envelope id."""
+    srv = lmtp_server
+    before = len(dovecot.messages(USER))
+    submit(srv, "never", [NOBODY], [], ["NOTIFY=NEVER"])
+    submit(srv, "hdrs", [NOBODY], ["RET=HDRS", "ENVID=batch+2B42"], ["NOTIFY=FAILURE,DELAY"])
+    (bounce,) = wait_for(dovecot, USER, before + 1)[before:]
+    deadline = time.monotonic() + 30
+    while spooled(srv) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not spooled(srv), srv.log_text()
+    assert len(dovecot.messages(USER)) == before + 1  # none for NOTIFY=NEVER
+    report = email.message_from_bytes(bounce)
+    parts = report.get_payload()
+    assert isinstance(parts, list)
+    types = [p.get_content_type() for p in parts if isinstance(p, email.message.Message)]
+    assert types == ["text/plain", "message/delivery-status", "text/rfc822-headers"]
+    assert b"Original-Envelope-Id: batch+42" in bounce
+    assert b"Subject: hdrs" in bounce and b"body of hdrs" not in bounce
+    assert "no failed report for 1 recipients" in srv.log_text()

@@ -149,3 +149,24 @@ def test_chart_labels_are_escaped() -> None:
     tl = str(charts.timeline(authlog_view.over_time([_att(1, "failure")], NOW, hours=1),
                              label="<x>"))
     assert 'data-total-failures="1"' in tl and "<x>" not in tl
+
+
+def test_tls_off_loopback_only_with_the_servers_certificate(tmp_path: Path) -> None:
+    import ssl
+
+    from smtpgate.errors import StartupError
+    from smtpgate.tls.certs import write_self_signed
+    from smtpgate.web.server import is_loopback, tls_context
+
+    cfg = _cfg(tmp_path)
+    assert tls_context(cfg) is None and is_loopback("::1") and is_loopback("localhost")
+    public = cfg.model_copy(update={"admin": AdminConfig(listen="0.0.0.0:9480")})
+    with pytest.raises(StartupError) as e:
+        tls_context(public)  # no certificate yet: refused at start, never plain HTTP
+    assert e.value.key == "tls.cert"
+    (tmp_path / "tls").mkdir()
+    write_self_signed(tmp_path / "tls/cert.pem", tmp_path / "tls/key.pem", "localhost")
+    ctx = tls_context(public)
+    assert isinstance(ctx, ssl.SSLContext) and ctx.minimum_version >= ssl.TLSVersion.TLSv1_2
+    site = AdminSite(public, tls=True, status_path=None)
+    assert site.cookie == "__Host-smtpgate_admin"  # Secure, path /, no Domain

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from smtpgate.smtp import replies as R
-from smtpgate.smtp.data import DataReader
+from smtpgate.smtp.data import MAX_HEADER_SECTION, DataReader, DataStream, unstuff
+from smtpgate.smtp.events import MessageAborted, MessageData
 
 from .test_smtp_engine import authed, codes
 
@@ -114,3 +117,112 @@ def test_bytewise_feeding_same_message() -> None:
     assert a.messages[0].data == b.messages[0].data == b"Subject: x\r\n\r\ndot\r\nline\r\n"
 
 
+
+
+# --- Streaming (issue 16): DataStream hands the message on in parts --------------
+
+#: Bytes that exercise every rule: line ends, bare CR/LF, dots, the terminator.
+_PIECES = st.sampled_from([b"\r", b"\n", b".", b"a", b"\r\n", b"\r\n.", b"\r\n.\r\n", b"\n.\n"])
+
+
+def _batch(stream: bytes, max_size: int, normalize: bool) -> tuple[object, ...]:
+    """What the whole-message reader says of ``stream``: the reference."""
+    res, left = DataReader(max_size).feed(stream)
+    assert res is not None
+    if res.too_big or res.data is None:
+        return ("too big", left)
+    if res.bare_cr or (res.bare_lf and not normalize):
+        return ("refused", res.bare_lf, res.bare_cr, left)
+    return (unstuff(res.data, normalize_lf=normalize and res.bare_lf), left)
+
+
+def _streamed(
+    stream: bytes, cuts: list[int], max_size: int, normalize: bool
+) -> tuple[object, ...]:
+    s = DataStream(max_size, normalize_lf=normalize)
+    out = b""
+    bounds = [0, *sorted(c % (len(stream) + 1) for c in cuts), len(stream)]
+    for a, b in itertools.pairwise(bounds):
+        got, end, left = s.feed(stream[a:b])
+        out += got
+        if end is not None:
+            rest = left + stream[b:]
+            if end.too_big:
+                return ("too big", rest)
+            if end.bare_cr or (end.bare_lf and not normalize):
+                return ("refused", end.bare_lf, end.bare_cr, rest)
+            assert end.size == len(out)
+            return (out, rest)
+    raise AssertionError("terminator never found")
+
+
+@given(
+    st.lists(_PIECES, max_size=30),
+    st.lists(st.integers(min_value=0, max_value=200), max_size=8),
+    st.integers(min_value=0, max_value=40),
+    st.booleans(),
+)
+def test_any_chunking_streams_the_same_message_as_the_whole_reader(
+    pieces: list[bytes], cuts: list[int], max_size: int, normalize: bool
+) -> None:
+    """The same bytes, split anywhere: the same unstuffed message, the same verdict
+    (too big, bare CR/LF) and the same bytes left over after the terminator."""
+    stream = b"".join(pieces) + b"\r\n.\r\nQUIT\r\n"
+    assert _streamed(stream, cuts, max_size, normalize) == _batch(stream, max_size, normalize)
+
+
+@pytest.mark.parametrize("fake_end", SMUGGLE_ENDINGS, ids=repr)
+def test_smuggled_ending_split_at_every_byte_is_still_content(fake_end: bytes) -> None:
+    """The smuggling defence across chunk boundaries: the fake ending fed one byte
+    at a time never ends the message."""
+    d = authed(normalize_bare_lf=True)
+    d.feed(b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n")
+    out = d.feed(b"first" + fake_end + b"MAIL FROM:<ceo@example.org>\r\n.\r\n", bytewise=True)
+    assert len(codes(out)) == 1
+
+
+@given(st.lists(st.integers(min_value=0, max_value=120), max_size=6))
+def test_header_section_is_the_same_however_the_message_is_split(cuts: list[int]) -> None:
+    msg = b"From: alice@example.org\r\nSubject: x\r\n folded\r\n\r\nbody\r\n\r\nmore\r\n.\r\n"
+    pre = b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n"
+    d = authed()
+    d.feed(pre)
+    bounds = [0, *sorted(c % (len(msg) + 1) for c in cuts), len(msg)]
+    for a, b in itertools.pairwise(bounds):
+        d.feed(msg[a:b])
+    [m] = d.messages
+    assert m.header == b"From: alice@example.org\r\nSubject: x\r\n folded\r\n"
+    assert m.data == msg[:-3] and m.size == len(m.data)
+
+
+def test_message_without_header_fields_has_an_empty_header_section() -> None:
+    d = authed()
+    d.feed(b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n"
+           b"\r\nbody only\r\n.\r\n")
+    assert d.messages[0].header == b""
+
+
+def test_header_section_over_its_limit_is_552_and_never_handed_over() -> None:
+    d = authed(max_message_size=10 * MAX_HEADER_SECTION)
+    d.feed(b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n")
+    line = b"X-Padding: " + b"p" * 985 + b"\r\n"
+    out = d.feed(line * (MAX_HEADER_SECTION // len(line) + 1) + b"From: a@b\r\n\r\nx\r\n.\r\n")
+    assert codes(out) == [str(R.HEADER_TOO_BIG)]
+    assert not d.messages and d.writing is None
+    assert any(isinstance(e, MessageAborted) for e in d.events)
+    assert codes(d.feed(b"NOOP\r\n")) == [str(R.NOOP_OK)]
+
+
+def test_a_doomed_message_is_aborted_at_once_and_written_no_further() -> None:
+    """Bare LF (refused by default): the I/O layer is told to drop the message as
+    soon as it shows, and gets no more data; the reply still waits for the end."""
+    d = authed()
+    d.feed(b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n")
+    out = d.feed(b"Subject: a\r\n\r\nbare\nLF\r\n" + b"z" * 100)
+    assert out == b""
+    kinds = [type(e) for e in d.events]
+    assert MessageAborted in kinds
+    after = kinds[kinds.index(MessageAborted) + 1 :]
+    d.feed(b"more\r\n" * 10)
+    assert MessageData not in after + [type(e) for e in d.events[len(kinds):]]
+    assert codes(d.feed(b".\r\n")) == [str(R.BARE_LINE_ENDING)]

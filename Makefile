@@ -7,7 +7,7 @@ VAR     ?= ./var
 # Debian packages the integration tests drive as real peers.
 DEB_PACKAGES := swaks gsasl msmtp curl openssl socat postfix dovecot-core fail2ban mutt neomutt postgresql slapd ldap-utils samba-ad-dc sasl2-bin db5.3-util dovecot-ldap nginx libnginx-mod-mail dovecot-lmtpd redis-server haproxy chromium
 
-.PHONY: run test venv test-venv debs exim lint typecheck bench bench-logins bench-frontdoor clean docs fuzz
+.PHONY: run test venv test-venv debs exim lint typecheck bench bench-logins bench-frontdoor bench-scale clean docs fuzz
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -116,6 +116,9 @@ bench-logins: test-venv debs
 
 bench-frontdoor: test-venv debs
 	$(BIN)/python bench/frontdoor_bench.py
+
+bench-scale: test-venv debs
+	$(BIN)/python bench/scale_bench.py
 
 docs: venv
 	$(BIN)/python -m smtpgate.smtp.states > docs/state-machine.md

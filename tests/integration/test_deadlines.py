@@ -120,6 +120,12 @@ def test_trickled_data_gets_421_below_the_minimum_rate(slow: Server) -> None:
     assert closed_after < 3.0 + 0.3 + SLACK
     assert got.decode().startswith(str(R.TOO_SLOW))
     r.close()
+    # What was written of the message went with it (queue/incoming.py).
+    tmp = slow.root / "spool" / "tmp"
+    deadline = time.monotonic() + 10
+    while [p for p in tmp.iterdir() if ".pool." not in p.name] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [p.name for p in tmp.iterdir() if ".pool." not in p.name] == []
 
 
 def test_a_fast_client_is_not_hit_by_the_deadlines(slow: Server) -> None:

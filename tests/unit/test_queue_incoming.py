@@ -103,3 +103,24 @@ async def test_backlog_is_bounded_by_background_writes(spool: Spool) -> None:
     assert inc.backlog == 1  # under FLUSH_AT: gathered, not written yet
     inc.discard()
     await settle()
+
+
+async def test_a_failed_background_write_drops_the_backlog(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection waits for the backlog to fall before reading on: after a
+    write error it must fall too (the message is then answered 451)."""
+
+    def full(path: str) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tmpfiles, "open_new", full)
+    inc = spool.receive(ENV)
+    flushed = asyncio.Event()
+    inc.on_flushed = flushed.set
+    inc.write(b"w" * incoming_mod.FLUSH_AT)
+    inc.write(b"w" * 5 * incoming_mod.FLUSH_AT)  # gathered while the write fails
+    await asyncio.wait_for(flushed.wait(), 5)
+    assert inc.backlog == 0
+    with pytest.raises(SpoolError):
+        await spool.publish(inc)

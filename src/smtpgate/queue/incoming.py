@@ -90,6 +90,7 @@ class Incoming:
             await asyncio.to_thread(self._write, chunk)
         except OSError as e:
             self._error = e
+            self._pending.clear()  # never written now: the backlog is gone
         finally:
             self._in_flight = 0
             self._flush = None

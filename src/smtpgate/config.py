@@ -1030,6 +1030,13 @@ class DeliveryConfig(Model):
     relay_password_file: Path | None = Field(
         default=None, description="File holding the relay password (never inline)."
     )
+    relay_tls_pins: list[str] = Field(
+        default_factory=list,
+        description="SHA-256 fingerprints (hex, colons allowed) of the relay certificates to "
+        "accept; any other is refused and the message deferred. Checked on top of the CA check; "
+        "with relay_verify_cert = false, instead of it (a self-signed relay). A refusal names "
+        "the fingerprint seen.",
+    )
     relay_auth_mechanism: Literal[
         "PLAIN", "LOGIN", "SCRAM-SHA-256", "SCRAM-SHA-256-PLUS", "XOAUTH2", "OAUTHBEARER"
     ] = Field(
@@ -1068,6 +1075,17 @@ class DeliveryConfig(Model):
         gt=0,
         description="Seconds to wait for the relay's reply after the whole message was sent.",
     )
+
+    @field_validator("relay_tls_pins")
+    @classmethod
+    def _check_pins(cls, v: list[str]) -> list[str]:
+        out = []
+        for pin in v:
+            hexpin = pin.replace(":", "").strip().lower()
+            if len(hexpin) != 64 or any(c not in "0123456789abcdef" for c in hexpin):
+                raise ValueError(f"not a SHA-256 fingerprint: {pin!r}")
+            out.append(hexpin)
+        return out
 
     @field_validator("relay_auth_mechanism", mode="before")
     @classmethod

@@ -5,6 +5,7 @@ to end against smtpgate, Postfix+Dovecot and Dovecot LMTP."""
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,9 @@ from smtpgate.queue.relay import RelayDeliverer
 from smtpgate.queue.routing import RoutingDeliverer, domain_of
 from smtpgate.sasl.base import ChannelBinding
 
-from .test_queue_relay import _config, aiosmtpd_peer, message
+from .test_queue_relay import Pki, _config, aiosmtpd_peer, message, pki
+
+__all__ = ["pki"]  # the module-scoped certificate fixture, shared with the relay tests
 
 
 def test_oauth_token_file_is_read_for_every_connection(tmp_path: Path) -> None:
@@ -160,3 +163,32 @@ async def test_rfc2033_s4_2_lmtp_reply_per_recipient() -> None:
     assert isinstance(results["a@x"], Delivered)
     assert isinstance(results["b@x"], PermFailure) and "550 5.1.1" in results["b@x"].reply
     assert "452 4.2.2" in str(results["c@x"]) and not isinstance(results["c@x"], PermFailure)
+
+
+async def test_pinned_certificate_is_required(tmp_path: Path, pki: Pki) -> None:
+    """relay_tls_pins: a relay whose certificate is not pinned gets nothing; the
+    refusal names the fingerprint seen, which pinned makes it deliver."""
+    async with aiosmtpd_peer(tls=pki.server_context) as peer:
+        def pinned(pins: list[str]) -> RelayDeliverer:
+            cfg = _config(tmp_path, mode="relay", relay_host="127.0.0.1", relay_port=peer.port,
+                          relay_tls="require", relay_verify_cert=False, relay_tls_pins=pins)
+            d = make_deliverer(cfg)
+            assert isinstance(d, RelayDeliverer)
+            return d
+
+        wrong = await pinned(["ab" * 32]).deliver(message(), ("bob@example.net",))
+        refusal = str(wrong["bob@example.net"])
+        assert "is not one of relay_tls_pins" in refusal and peer.handler.received == []
+        seen = re.search(r"sha256 ([0-9a-f]{64})", refusal)
+        assert seen is not None
+        colons = ":".join(seen.group(1)[i:i + 2] for i in range(0, 64, 2)).upper()
+        right = await pinned([colons]).deliver(message(), ("bob@example.net",))
+        assert isinstance(right["bob@example.net"], Delivered)
+
+
+async def test_a_pin_never_falls_back_to_clear(tmp_path: Path) -> None:
+    async with aiosmtpd_peer() as peer:  # no STARTTLS offered
+        cfg = _config(tmp_path, mode="relay", relay_host="127.0.0.1", relay_port=peer.port,
+                      relay_tls="opportunistic", relay_tls_pins=["ab" * 32])
+        results = await make_deliverer(cfg).deliver(message(), ("bob@example.net",))
+    assert "not TLS" in str(results["bob@example.net"]) and peer.handler.received == []

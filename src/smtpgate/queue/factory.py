@@ -58,7 +58,8 @@ def make_deliverer(cfg: Config) -> Deliverer:
 
     def relay(host: str, port: int) -> RelayDeliverer:
         return RelayDeliverer(host, port, helo_name=cfg.hostname, tls_mode=d.relay_tls,
-                              tls_context=ctx, auth_for=auth, timeouts=timeouts)
+                              tls_context=ctx, auth_for=auth, timeouts=timeouts,
+                              pins=frozenset(d.relay_tls_pins))
 
     default = relay(d.relay_host, d.relay_port)
     if not d.routes:

@@ -158,6 +158,7 @@ class RelayDeliverer:
         auth: Callable[[], ClientMechanism] | None = None,
         timeouts: RelayTimeouts = RelayTimeouts(),
         auth_for: Callable[[ChannelBinding], ClientMechanism] | None = None,
+        pins: frozenset[str] = frozenset(),
         lmtp: bool = False,
         unix_path: str | None = None,
     ) -> None:
@@ -176,6 +177,7 @@ class RelayDeliverer:
         self._t = timeouts
         self._lmtp = lmtp
         self._unix_path = unix_path
+        self._pins = pins
 
     @property
     def timeouts(self) -> RelayTimeouts:
@@ -266,6 +268,9 @@ class RelayDeliverer:
             ext = await self._hello(link)
         if self._tls_mode != "none":
             ext = await self._starttls(link, ext)
+        if self._pins and not link.conn.tls:
+            # A pin means "this relay and no other": never fall back to clear.
+            raise _temp("4.7.0 relay_tls_pins is set but the session is not TLS")
         authenticated = False
         if self._auth is not None:
             try:
@@ -368,8 +373,22 @@ class RelayDeliverer:
             return ext
         assert self._tls_context is not None
         await link.start_tls(self._tls_context, self.host, self._t.command)
+        if self._pins:
+            self._check_pin(link.conn)
         # RFC 3207 §4.2: forget what the server said in clear; ask again.
         return await self._hello(link)
+
+    def _check_pin(self, conn: SmtpClientConnection[TransportTls]) -> None:
+        """``relay_tls_pins``: the relay's certificate must be one of these (SHA-256
+        of the DER certificate), on top of (or, with relay_verify_cert = false,
+        instead of) the CA check. A mismatch defers the message and names the
+        fingerprint seen, for an operator who renewed the certificate."""
+        stream = conn.stream
+        seen = stream.peer_fingerprint() if isinstance(stream, TransportStream) else None
+        if seen not in self._pins:
+            raise _Abort(TempFailure(
+                f"4.7.0 relay {self.host}:{self.port}: certificate sha256 {seen} is not "
+                "one of relay_tls_pins"), warn=True)
 
     async def _authenticate(self, link: _Link, ext: Extensions, mech: ClientMechanism) -> None:
         """AUTH through the shared client SASL driver (`smtpgate.client.auth`), which

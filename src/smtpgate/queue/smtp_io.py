@@ -31,6 +31,7 @@ delivery forever.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ssl
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar, cast
@@ -379,6 +380,12 @@ class TransportStream:
     @property
     def tls(self) -> bool:
         return self._transport.get_extra_info("sslcontext") is not None
+
+    def peer_fingerprint(self) -> str | None:
+        """SHA-256 of the peer's DER certificate, lower-case hex (None in clear)."""
+        ssl_object = self._transport.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        return hashlib.sha256(der).hexdigest() if der else None
 
     def channel_binding(self) -> ChannelBinding:
         """RFC 5929 binding data of the TLS link (empty in clear): tls-server-end-point

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
 
 from smtpgate.auth.principal import AppPasswordUse, Principal
+from smtpgate.queue import tmpfiles
 from smtpgate.queue.envelope import Envelope
 from smtpgate.queue.intake import Arrival, Intake, Message
-from smtpgate.queue.spool import SpoolError
+from smtpgate.queue.spool import Spool, SpoolError
 
 ALICE = Principal("alice@example.org", "PLAIN", app_password=AppPasswordUse(3, "phone"))
 MESSAGE = Message("alice@example.org", ("bob@example.net",), b"Subject: hi\r\n\r\nhi\r\n")
@@ -69,3 +75,43 @@ async def test_work_alongside_is_awaited_even_when_the_spool_fails() -> None:
     reply = await intake.accept(MESSAGE, arrival(), hostname="mx.test", alongside=count())
     assert (reply.code, reply.enhanced) == (451, "4.3.0")
     assert done == [True]
+
+
+async def test_a_message_received_in_parts_has_its_received_header_first(tmp_path: Path) -> None:
+    """The streaming path (begin, incoming.write, finish) stores what `accept` does."""
+    spool = Spool(tmp_path / "spool", prefill=False)
+    woken: list[bool] = []
+    intake = Intake(spool, lambda: woken.append(True))
+    receiving = intake.begin(MESSAGE, arrival(), hostname="mx.test")
+    for part in (b"Subject: hi\r\n", b"\r\n", b"hi\r\n"):
+        receiving.incoming.write(part)
+    reply = await intake.finish(receiving)
+    [qid] = spool.list_ids()
+    assert reply.code == 250 and f"queued as {qid}" in reply.text and woken == [True]
+    envelope, data = spool.load(qid)
+    assert envelope.auth_identity == "alice@example.org" and data.endswith(MESSAGE.data)
+    assert data.startswith(b"Received: from client.test ([192.0.2.7])")
+    assert f"with ESMTPSA id {qid}\r\n".encode() in data
+    await spool.close()
+
+
+async def test_a_message_received_in_parts_that_cannot_be_written_is_451(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(path: str) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tmpfiles, "open_new", full)
+    spool = Spool(tmp_path / "spool", prefill=False)
+    done: list[bool] = []
+
+    async def count() -> None:
+        done.append(True)
+
+    intake = Intake(spool, lambda: None)
+    receiving = intake.begin(MESSAGE, arrival(), hostname="mx.test")
+    receiving.incoming.write(b"x" * 10)
+    reply = await intake.finish(receiving, alongside=count())
+    assert (reply.code, reply.enhanced) == (451, "4.3.0") and done == [True]
+    assert spool.list_ids() == [] and os.listdir(tmp_path / "spool" / "tmp") == []
+    await spool.close()

@@ -131,3 +131,34 @@ def test_config_names_the_missing_trusted_proxies(tmp_path: Path) -> None:
     out = srv.cli("config", "check", check=False)
     assert out.returncode == 1
     assert "listeners.0.trusted_proxies" in out.stdout + out.stderr
+
+
+def test_a_tcp_front_door_takes_the_header_too(tmp_path: Path) -> None:
+    """A Dovecot-protocol auth listener behind a TCP balancer: its handshake comes
+    after a valid header only."""
+    import subprocess
+    import time
+
+    from .conftest import SMTPGATE, free_port
+
+    port = free_port()
+    srv = make_server(tmp_path / "srv", (
+        "\n[[auth_listeners]]\nprotocol = \"dovecot\"\n"
+        f"address = \"127.0.0.1:{port}\"\nproxy_protocol = true\n"
+        "trusted_proxies = [\"127.0.0.1/32\"]\n"))
+    with open(srv.log_path, "ab") as log:
+        srv.proc = subprocess.Popen([SMTPGATE, "serve", "--config", str(srv.config)],
+                                    stdout=log, stderr=log, env=srv.env)
+    try:
+        deadline = time.monotonic() + 30
+        while "front door" not in srv.log_text():
+            assert srv.proc.poll() is None and time.monotonic() < deadline, srv.log_text()
+            time.sleep(0.05)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(v1("192.0.2.44"))
+            assert s.recv(4096).startswith(b"VERSION\t1\t")
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"VERSION\t1\t2\n")
+            assert s.recv(4096) == b""
+    finally:
+        srv.stop()

@@ -414,6 +414,18 @@ class AccountAdmin:
         with self._tx() as w:
             return w.remove_web_admin(web_admin_name(name))
 
+    def unlock_web_admin(self, name: str) -> int:
+        """Lift the guard's lockouts of the admin's logins (kept under ``admin:NAME``,
+        never a mail account's name). Raises: NotFoundError (nothing to lift)."""
+        key = f"admin:{web_admin_name(name.removeprefix('admin:'))}"
+        with self._guard() as guard, self._tx() as w:
+            n = 0 if guard is None else guard.unlock_account(key)
+            if not n:
+                raise NotFoundError(f"{key} is not locked out",
+                                    "'smtpgate guard list' shows the lockouts in force")
+            w.record("guard lockout lifted", key, {"blocks": n})
+        return n
+
     def verify_web_admin_password(self, admin: WebAdmin | None, password: str) -> bool:
         """Argon2id verification (slow, on purpose); an unknown admin costs the same."""
         if admin is None:

@@ -170,3 +170,42 @@ def test_tls_off_loopback_only_with_the_servers_certificate(tmp_path: Path) -> N
     assert isinstance(ctx, ssl.SSLContext) and ctx.minimum_version >= ssl.TLSVersion.TLSv1_2
     site = AdminSite(public, tls=True, status_path=None)
     assert site.cookie == "__Host-smtpgate_admin"  # Secure, path /, no Domain
+
+
+class _AdminLockouts:
+    """Guard state with one lockout, of ``admin:root``."""
+
+    def __init__(self) -> None:
+        self.keys = {"admin:root": 1}
+
+    def active_blocks(self, now: float) -> list[object]:
+        return []
+
+    def unlock_account(self, account: str) -> int:
+        return self.keys.pop(account, 0)
+
+    def unblock(self, key: str) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+
+def test_an_admin_lockout_is_lifted_under_its_own_key_never_a_mail_accounts(
+        tmp_path: Path) -> None:
+    from smtpgate.admin import AccountAdmin, NotFoundError
+    from smtpgate.auth.admin_store import AuditActor
+    from smtpgate.auth.store import SqliteAccountStore
+    from smtpgate.config import AccountsConfig
+
+    accounts = AccountsConfig(argon2_memory_kib=8192, argon2_time_cost=1)
+    guard = _AdminLockouts()
+    store = SqliteAccountStore(tmp_path / "a.sqlite", accounts)
+    service = AccountAdmin(store, accounts, actor=AuditActor("web:ops", "web admin test"),
+                           open_guard=lambda: guard)  # type: ignore[arg-type, return-value]
+    with service:
+        assert service.unlock_web_admin("admin:Root") == 1
+        with pytest.raises(NotFoundError):
+            service.unlock_web_admin("root")  # nothing left to lift
+        log = [(e.os_user, e.action, e.target) for e in service.admin_log()]
+        assert log == [("web:ops", "guard lockout lifted", "admin:root")]

@@ -1,4 +1,4 @@
-"""``smtpgate admin add|list|remove``: the administrators of the web admin.
+"""``smtpgate admin add|list|remove|unlock``: the administrators of the web admin.
 
 An admin is not a mail account: it has an Argon2id password and a TOTP key (the
 second factor) and logs in to the web admin only (docs/operations.md, "Web
@@ -85,6 +85,17 @@ def remove(name: str, config_path: Path | None) -> None:
         if not service.remove_web_admin(key):
             raise NotFound(f"no admin {key}", "'smtpgate admin list' shows them")
     click.echo(f"removed admin {key}")
+
+
+@admin.command("unlock")
+@click.argument("name")
+@config_option
+def unlock(name: str, config_path: Path | None) -> None:
+    """Lift the guard's lockout of admin NAME's logins (after failed admin logins)."""
+    key = _name(name.removeprefix("admin:"))
+    with admin_service(get_config(config_path)) as service:
+        n = service.unlock_web_admin(key)
+    click.echo(f"lifted {n} lockout(s) of admin {key}")
 
 
 COMMANDS: list[click.Command] = [admin]

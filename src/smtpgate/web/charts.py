@@ -71,7 +71,7 @@ def bars(rows: Sequence[tuple[str, int, int | None]], *, label: str, width: int 
     """Horizontal bars, one per (label, value, limit or None); a limit is a dark tick."""
     if not rows:
         return Markup(f'<p class="empty">{escape(label)}: nothing to show.</p>')
-    row_h, name_w = 22, 260
+    row_h, name_w = 22, width // 3
     height = row_h * len(rows) + 8
     top = max([max(v, lim or 0) for _, v, lim in rows] + [1])
     plot_w = width - name_w - 60

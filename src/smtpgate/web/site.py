@@ -49,7 +49,7 @@ from smtpgate.auth.accounts import open_account_store
 from smtpgate.auth.admin_store import AccountStore, AuditActor, NoSuchAccount, WebAdmin
 from smtpgate.auth.directory import AppPassword, StoreError
 from smtpgate.auth.guard import Guard
-from smtpgate.auth.guard_state import GuardStoreError
+from smtpgate.auth.guard_state import ACCOUNT_KINDS, GuardStoreError
 from smtpgate.auth.state_backend import open_guard_state
 from smtpgate.config import Config
 from smtpgate.policy.counters_backend import open_rate_counters
@@ -309,9 +309,9 @@ class AdminSite:
             timeline=charts.timeline(authlog_view.over_time(attempts, now, hours=hours),
                                      label=f"logins in the last {hours} h"),
             top_ips=charts.bars([(k, v, None) for k, v in ips],
-                                label="failures by address"),
+                                label="failures by address", width=480),
             top_nets=charts.bars([(k, v, None) for k, v in nets],
-                                 label="failures by subnet"),
+                                 label="failures by subnet", width=480),
             sprays=authlog_view.spraying(attempts, since),
             legacy=authlog_view.legacy_users(attempts, since),
             usage=charts.bars(usage, label="messages in the last hour against the limit",
@@ -420,18 +420,22 @@ class AdminSite:
 
     async def guard_page(self, request: web.Request, session: Session) -> web.StreamResponse:
         blocks = await self.call(session.admin, "read", lambda s: s.guard_blocks())
-        return self.render(request, "guard.html", session, blocks=blocks)
+        return self.render(request, "guard.html", session, blocks=blocks,
+                           account_kinds=ACCOUNT_KINDS)
 
     async def unblock(self, request: web.Request, session: Session) -> web.StreamResponse:
         key = str(request["form"].get("key", ""))
         kind = str(request["form"].get("kind", ""))
         try:
-            if kind == "account":
+            if kind == "account" and key.startswith("admin:"):
+                await self.call(session.admin, "guard unlock",
+                                lambda s: s.unlock_web_admin(key))
+            elif kind == "account":
                 await self.call(session.admin, "guard unlock", lambda s: s.unlock(key))
             else:
                 await self.call(session.admin, "guard unblock", lambda s: s.unblock(key))
             flash_add(session, "ok", f"lifted: {key}")
-        except (AdminError, StoreError, GuardStoreError) as e:
+        except (AdminError, StoreError, GuardStoreError, ValueError) as e:
             flash_add(session, "error", str(e))
         raise web.HTTPSeeOther("/guard")
 

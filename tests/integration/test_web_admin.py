@@ -18,7 +18,7 @@ import subprocess
 import time
 import urllib.parse
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,8 @@ ATTACKER = "127.0.0.77"
 class Admin:
     name: str
     totp: pyotp.TOTP
+    #: TOTP steps whose code this test used (the server takes a code once).
+    used: set[int] = field(default_factory=set)
 
 
 @dataclass
@@ -67,12 +69,10 @@ def _code(admin: Admin) -> str:
     """A TOTP code not used before: a code is good once, so wait for the next step
     if this one's was taken (at most 30 s, only when two logins share a step)."""
     step = int(time.time() // 30)
-    used = getattr(admin, "_used", set())
-    while step in used:
+    while step in admin.used:
         time.sleep(30 - time.time() % 30 + 0.05)
         step = int(time.time() // 30)
-    used.add(step)
-    admin._used = used  # type: ignore[attr-defined]
+    admin.used.add(step)
     return admin.totp.at(step * 30)
 
 

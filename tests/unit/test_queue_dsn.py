@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import email.message
+from pathlib import Path
 
 import pytest
 
@@ -121,3 +122,44 @@ def test_envelope_keeps_dsn_parameters_and_reads_older_envelopes() -> None:
     bad = plain.to_json().replace(b"}", b',"dsn":[["a",7,null]]}')
     with pytest.raises(EnvelopeFormatError):
         Envelope.from_json(bad)
+
+
+async def test_rfc3461_notify_success_gets_a_success_report(tmp_path: Path) -> None:
+    from smtpgate.config import QueueConfig
+    from smtpgate.queue.delivery import Delivered, DeliveryResult, QueuedMessage
+    from smtpgate.queue.spool import Spool
+    from smtpgate.queue.worker import DeliveryWorker
+
+    class Hop:
+        def __init__(self) -> None:
+            self.seen: list[QueuedMessage] = []
+
+        async def deliver(self, message: QueuedMessage,
+                          recipients: tuple[str, ...]) -> dict[str, DeliveryResult]:
+            self.seen.append(message)
+            return dict.fromkeys(recipients, Delivered("relay hop: 250 ok", "relayed"))
+
+        async def close(self) -> None:
+            pass
+
+    spool = Spool(tmp_path / "spool", prefill=False)
+    hop = Hop()
+    try:
+        asked = env(rcpt_to=("bob@example.net",),
+                    dsn_rcpts=(RcptDsn("bob@example.net", ("SUCCESS",)),))
+        spool.store_sync(asked, ORIGINAL)
+        spool.store_sync(env(rcpt_to=("carol@example.net",)), ORIGINAL)  # no NOTIFY
+        worker = DeliveryWorker(spool, hop, QueueConfig(), lambda: 1_700_000_100.0,
+                                reporting_mta="mx.example.org")
+        await worker.run_once()
+        # The report took the same path: the hop got it, from the null sender.
+        (report,) = [m for m in hop.seen if m.envelope.mail_from == ""]
+        assert report.envelope.rcpt_to == ("alice@example.org",)
+        _, status, original = parts(report.data)
+        assert status.get_payload()[1]["Action"] == "relayed"
+        assert status.get_payload()[1]["Status"] == "2.0.0"
+        assert original.get_content_type() == "text/rfc822-headers"  # success: header only
+        assert b"carol" not in report.data and len(hop.seen) == 3
+        assert spool.list_ids() == []
+    finally:
+        await spool.close()

@@ -192,3 +192,62 @@ async def test_a_pin_never_falls_back_to_clear(tmp_path: Path) -> None:
                       relay_tls="opportunistic", relay_tls_pins=["ab" * 32])
         results = await make_deliverer(cfg).deliver(message(), ("bob@example.net",))
     assert "not TLS" in str(results["bob@example.net"]) and peer.handler.received == []
+
+
+async def scripted(replies: dict[bytes, bytes], greeting: bytes = b"220 hop.test\r\n",
+                   ) -> tuple[asyncio.Server, list[bytes]]:
+    """A next hop answering each command by its verb (``replies``); message lines
+    get nothing. Returns the server and the lines it read."""
+    got: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(greeting)
+        in_data = False
+        while line := await reader.readline():
+            got.append(line)
+            if in_data:
+                if line == b".\r\n":
+                    in_data = False
+                    writer.write(replies[b"."])
+            else:
+                verb = line.split(b" ", 1)[0].split(b":", 1)[0].strip().upper()
+                writer.write(replies.get(verb, b"250 2.0.0 ok\r\n"))
+                in_data = verb == b"DATA"
+                if verb == b"QUIT":
+                    break
+            await writer.drain()
+        writer.close()
+
+    return await asyncio.start_server(serve, "127.0.0.1", 0), got
+
+
+async def test_rfc3461_parameters_go_on_to_a_next_hop_that_speaks_dsn() -> None:
+    from dataclasses import replace
+
+    from smtpgate.queue.envelope import RcptDsn
+
+    env = replace(message().envelope, dsn_ret="HDRS", dsn_envid="id 1",
+                  dsn_rcpts=(RcptDsn("bob@example.net", ("SUCCESS", "FAILURE"),
+                                     "rfc822;Bob+@example.net"),))
+    msg = QueuedMessage("18f00000000-1-0-00000000", env, message().data)
+    for dsn_ext, action in ((b"250-DSN\r\n", ""), (b"", "relayed")):
+        server, got = await scripted({b"EHLO": b"250-hop.test\r\n" + dsn_ext + b"250 8BITMIME\r\n",
+                                      b"DATA": b"354 go\r\n", b".": b"250 2.0.0 queued\r\n",
+                                      b"QUIT": b"221 bye\r\n"})
+        try:
+            d = RelayDeliverer("127.0.0.1", server.sockets[0].getsockname()[1],
+                               helo_name="smtpgate.test", tls_mode="none")
+            results = await d.deliver(msg, ("bob@example.net",))
+        finally:
+            server.close()
+            await server.wait_closed()
+        result = results["bob@example.net"]
+        assert isinstance(result, Delivered) and result.dsn_action == action
+        mail = next(line for line in got if line.startswith(b"MAIL"))
+        rcpt = next(line for line in got if line.startswith(b"RCPT"))
+        if dsn_ext:
+            assert b" RET=HDRS ENVID=id+201" in mail
+            assert rcpt == (b"RCPT TO:<bob@example.net> NOTIFY=SUCCESS,FAILURE "
+                            b"ORCPT=rfc822;Bob+2B@example.net\r\n")
+        else:  # RFC 3461 §5.2: nothing a next hop without DSN would refuse
+            assert b"RET=" not in mail and rcpt == b"RCPT TO:<bob@example.net>\r\n"

@@ -17,9 +17,15 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, slots=True)
 class Delivered:
-    """The recipient's copy is safe at the next hop (``detail`` is for the log)."""
+    """The recipient's copy is safe at the next hop (``detail`` is for the log).
+
+    ``dsn_action`` is what a success report (RFC 3464 §2.3.3, for NOTIFY=SUCCESS)
+    would say: "delivered" (a mailbox has it), "relayed" (a next hop without DSN
+    has it), or "" when the next hop speaks DSN and reports itself.
+    """
 
     detail: str = ""
+    dsn_action: str = "delivered"
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,8 +9,9 @@ Loops: a report always has the null reverse-path (RFC 3461 §6.2, RFC 5321
 be delivered is dropped rather than answered by another report.
 
 Who is told (RFC 3461 §4.1): a recipient whose NOTIFY parameter was given gets a
-report only for the conditions it lists (NEVER: none); without NOTIFY, failures
-and delays are reported, successes not, which is what RFC 3461 §4.1 allows.
+report only for the conditions it lists (NEVER: none; SUCCESS: "delivered" into a
+mailbox, or "relayed" to a next hop without DSN); without NOTIFY, failures and
+delays are reported, successes not, which is what RFC 3461 §4.1 allows.
 """
 
 from __future__ import annotations
@@ -98,8 +99,9 @@ def build_report(
     message, all with the same kind of action), or None when nobody must be told:
     the sender is null (a report of a report) or the list is empty.
 
-    The original goes back whole (``message/rfc822``) unless the sender asked for
-    headers only (RET=HDRS), as Postfix does by default.
+    A failure report returns the original whole (``message/rfc822``) unless the
+    sender asked for headers only (RET=HDRS), as Postfix does by default; other
+    reports return its header only.
     """
     if not envelope.mail_from or not reports:
         return None
@@ -141,7 +143,9 @@ def build_report(
             f"Last-Attempt-Date: {date}",
         ]
         blocks.append("\r\n".join(fields))
-    if envelope.dsn_ret == "HDRS":
+    # RFC 3461 §4.3: RET is about failure reports; delay warnings and success
+    # reports carry the header only, as Postfix's do.
+    if envelope.dsn_ret == "HDRS" or not failed:
         end = data.find(b"\r\n\r\n")
         original = data if end < 0 else data[: end + 2]
         original_type = "text/rfc822-headers"

@@ -288,7 +288,7 @@ class RelayDeliverer:
         rcpt_cmds: list[tuple[str, bytes]] = []
         for rcpt in recipients:
             try:
-                rcpt_cmds.append((rcpt, engine.rcpt(rcpt)))
+                rcpt_cmds.append((rcpt, engine.rcpt(rcpt, _rcpt_dsn(message, rcpt, ext))))
             except LocalProtocolError as e:
                 results[rcpt] = PermFailure(f"5.1.3 cannot send this recipient: {e}")
         if ext.pipelining:
@@ -336,8 +336,10 @@ class RelayDeliverer:
             return
         final = await link.reply("the reply to the final dot", t.data)
         if final.is_positive:
+            # RFC 3461 §6.2.4: past a next hop without DSN, success is ours to report.
+            action = "" if ext.has("DSN") else "relayed"
             for rcpt in accepted:
-                results[rcpt] = Delivered(f"relay {self.host}: {final}")
+                results[rcpt] = Delivered(f"relay {self.host}: {final}", dsn_action=action)
         else:
             raise _Abort(_by_code(final, "relay refused message"))
         await self._quit(link)
@@ -436,6 +438,12 @@ class RelayDeliverer:
                 # RFC 6531 §3.2: without SMTPUTF8 at the next hop we cannot proceed.
                 raise _Abort(PermFailure("5.6.7 relay does not support SMTPUTF8"))
             params.append("SMTPUTF8")
+        if ext.has("DSN"):
+            # RFC 3461 §4: a next hop that speaks DSN gets the sender's choices.
+            if env.dsn_ret is not None:
+                params.append(f"RET={env.dsn_ret}")
+            if env.dsn_envid is not None:
+                params.append(f"ENVID={xtext(env.dsn_envid)}")
         if authenticated and ext.has("AUTH"):
             # RFC 4954 §5: tell a relay we authenticated to who submitted the
             # message, or "<>" if no one did.
@@ -449,6 +457,21 @@ class RelayDeliverer:
             await link.command("QUIT", link.conn.engine.quit(), self._t.quit)
         except (OSError, TimeoutError, ProtocolError):
             pass
+
+
+def _rcpt_dsn(message: QueuedMessage, rcpt: str, ext: Extensions) -> list[str]:
+    """NOTIFY and ORCPT of ``rcpt`` for a next hop that advertises DSN (RFC 3461
+    §4.1, §4.2; ORCPT's address re-encoded as xtext)."""
+    params = message.envelope.dsn_for(rcpt)
+    if params is None or not ext.has("DSN"):
+        return []
+    out = []
+    if params.notify is not None:
+        out.append("NOTIFY=" + ",".join(params.notify))
+    if params.orcpt is not None:
+        addr_type, _, address = params.orcpt.partition(";")
+        out.append(f"ORCPT={addr_type};{xtext(address)}")
+    return out
 
 
 def _ignore_binding(auth: Callable[[], ClientMechanism]) -> Callable[[ChannelBinding],

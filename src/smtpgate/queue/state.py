@@ -129,12 +129,14 @@ class MessageState:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """What one attempt meant for one recipient, for the log (and later for DSNs)."""
+    """What one attempt meant for one recipient, for the log and the DSNs."""
 
     address: str
     kind: str  # "delivered" | "bounced" | "expired" | "deferred"
     detail: str
     next_attempt: float = 0.0
+    #: For "delivered": the action of a success report (`Delivered.dsn_action`).
+    dsn_action: str = ""
 
 
 def retry_delay(attempts: int, initial: float, maximum: float) -> float:
@@ -177,7 +179,8 @@ def apply_results(
         if isinstance(result, Delivered):
             new.append(replace(r, status=RcptStatus.DELIVERED, attempts=attempts,
                                last_result=result.detail or "delivered"))
-            outcomes.append(Outcome(r.address, "delivered", result.detail))
+            outcomes.append(Outcome(r.address, "delivered", result.detail,
+                                    dsn_action=result.dsn_action))
         elif isinstance(result, PermFailure):
             new.append(replace(r, status=RcptStatus.FAILED, attempts=attempts,
                                last_result=result.reply))

@@ -423,7 +423,8 @@ class DeliveryWorker:
         outcomes: tuple[Outcome, ...],
     ) -> MessageState | None:
         """Spool the delivery status notifications this attempt calls for (a bounce
-        for recipients given up, a delay warning once per recipient) before the
+        for recipients given up, a delay warning once per recipient, a success report
+        where NOTIFY asked for one) before the
         attempt is recorded: a crash in between repeats a report, never loses one.
         Returns the state with the warnings marked, or None if a report could not
         be spooled (the attempt is then not recorded, and retried)."""
@@ -434,13 +435,15 @@ class DeliveryWorker:
         if warn_after > 0 and now - envelope.received_at >= warn_after:
             warned = {r.address for r in state.recipients if r.warned}
             delayed = [o for o in outcomes if o.kind == "deferred" and o.address not in warned]
-        for action, chosen in (("failed", failed), ("delayed", delayed)):
+        succeeded = [(a, [o for o in outcomes if o.kind == "delivered" and o.dsn_action == a])
+                     for a in ("delivered", "relayed")]
+        for action, chosen in (("failed", failed), ("delayed", delayed), *succeeded):
             reports = dsn.reports_for(envelope, chosen, action)
             built = dsn.build_report(envelope=envelope, queue_id=qid, data=data,
                                      reports=reports, reporting_mta=self._reporting_mta,
                                      now=now)
             if built is None:
-                if chosen:
+                if chosen and action in ("failed", "delayed"):
                     log.info("queue: %s no %s report for %d recipients (null sender or "
                              "NOTIFY)", qid, action, len(chosen))
                 continue

@@ -61,10 +61,11 @@ at its start and once at its end, during which no call waits behind a stuck
 one. Meanwhile ``on_store_unavailable`` decides (here, above the state
 interface, so any backend gets the same rule):
 
-- ``known`` (default): an address this process has seen the account log in
-  from (within ``known_address_days``: from a snapshot or a success since it
-  started) proceeds; any other attempt gets the temporary failure (454 4.7.0,
-  never a 535) after a penalty. Failures and refusals are counted in this
+- ``known`` (default): an address the account logged in from (within
+  ``known_address_days``: as the snapshot says while reads still answer, else
+  as this process remembers from its snapshots and successes, ``guard_memory``)
+  proceeds; any other attempt gets the temporary failure (454 4.7.0, never a
+  535) after a penalty. Failures and refusals are counted in this
   process's memory meanwhile: the per-address penalty grows as usual, and
   ``known_lockout_threshold`` failures against one account refuse it too.
 - ``open``: every attempt proceeds, with the in-memory penalty and lockout.
@@ -300,9 +301,10 @@ def thresholds(cfg: GuardConfig) -> Thresholds:
 class Guard:
     """Async front of a ``GuardState``; use from one event loop.
 
-    The state runs on one worker thread: its calls are a few indexed SQLite
-    statements (or one Redis round trip) each, and one thread keeps this
-    process's reads and writes in the order they were made. Each call is bounded
+    The state runs on two worker threads, one for reads and one for writes: its
+    calls are a few indexed SQLite statements (or one Redis round trip) each,
+    and a stuck write (another process's lock) holds up no read. A login's
+    write is awaited before its reply, so the next check sees it. Each call is bounded
     by ``store_timeout`` (``bounded_calls``); see "Faults" above for what the
     guard does without an answer. ``close()`` closes the state.
     """

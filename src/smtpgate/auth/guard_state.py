@@ -17,8 +17,10 @@ threshold is reached). Every time is Unix seconds from the guard's clock,
 passed in; an implementation that expires entries by TTL derives each TTL from
 those times (a failure at ``t`` is never counted after ``t + window``).
 
-The calls are synchronous: the guard runs them on its own worker thread, and
-the CLI and admin tools call them directly. ``SqliteGuardStore``
+The calls are synchronous: the guard runs them on threads of its own (reads
+and writes apart), each bounded in time; what an unanswered call means is the
+guard's decision, not the state's (``guard.py``, "Faults"). The CLI and admin
+tools call them directly. ``SqliteGuardStore``
 (``guard_store.py``) is the implementation for one node;
 ``tests/contract/test_guard_state_contract.py`` is the contract every
 implementation passes.

@@ -15,7 +15,9 @@ then forgotten, so nothing grows without bound: once a bucket that much newer
 has been added, or, for an implementation that expires by TTL, at
 ``(bucket + KEEP_BUCKETS + 1) * BUCKET_SECONDS`` of the clock.
 
-The calls are synchronous; the limiter runs them on its own thread.
+The calls are synchronous; the limiter runs them on threads of its own (reads
+and writes apart), each bounded in time, and decides what an unanswered call
+means (``rates.py``).
 ``SqliteRateCounters`` (``sqlite_counters.py``) keeps them in the guard's file for
 one node; ``tests/contract/test_rate_counters_contract.py`` is the contract
 every implementation passes.

@@ -88,8 +88,9 @@ def budget_left(
 
 
 class RateLimiter:
-    """Reads and bumps ``RateCounters`` on one thread of its own (which keeps this
-    process's counts in order), each call bounded by ``store_timeout`` seconds;
+    """Reads and bumps ``RateCounters`` on a thread each for reads and writes
+    (the write one keeps this process's counts in order), each call bounded by
+    ``store_timeout`` seconds;
     ``close()`` closes the counters."""
 
     def __init__(

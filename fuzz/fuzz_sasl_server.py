@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -52,7 +53,7 @@ def _hash_of(name: str) -> str:
     return "sha256" if name.startswith("SCRAM-SHA-256") else "sha1"
 
 
-def _nonce_factory(name: str):  # type: ignore[no-untyped-def]
+def _nonce_factory(name: str) -> Callable[[], str]:
     if name.startswith("SCRAM-"):
         nonce = C.RFC_SCRAM[_hash_of(name)][3]
     else:
@@ -73,6 +74,8 @@ class Session:
         self.challenges: list[bytes] = []
         self.server_first: bytes | None = None
         self.granted: set[str] = set()
+        #: SCRAM: the reference ServerSignature, once a proof checked out.
+        self.signature = b""
 
     def answer(self, q: S.CredentialQuery) -> S.CredentialAnswer:
         user = q.username

@@ -278,6 +278,13 @@ def test_app_password_added_in_the_browser_works_with_swaks(site: Site, page: Pa
          "--auth-password", secret, "--from", BOB, "--to", USER, "--silent", "2"],
         check=False, capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stdout + run.stderr
+    # The message counts against bob's hourly limit (200, the default), on the chart.
+    page.goto(site.url + "/")
+    bar = page.locator(f"svg[data-chart=bars] rect[data-label='{BOB}']")
+    assert bar.get_attribute("data-value") == "1"
+    chart = page.locator(f"svg[data-chart=bars]:has(rect[data-label='{BOB}'])")
+    assert "1 / 200" in (chart.text_content() or "")
+    _shot(page, "overview-messages")
     page.goto(f"{site.url}/accounts/{BOB}")
     row = page.locator("#apps tbody tr", has_text="phone")
     assert "127.0.0.1" in (row.inner_text())  # last use, from where

@@ -1198,10 +1198,28 @@ class ServerConfig(Model):
         "Changing it needs a restart.",
     )
 
+    user: str = Field(
+        default="",
+        description="Run as this user (docs/operations.md, \"Running as an unprivileged "
+        "user\"): started as root, smtpgate binds its listeners (ports below 1024 too), hands "
+        "its state files to the user, then drops root for the user and its group before "
+        "serving. Empty: stay as started (a warning when that is root). Needs a restart.",
+    )
+    group: str = Field(
+        default="",
+        description="The group to run as with `user`; empty: the user's login group.",
+    )
+
     @field_validator("pid_file", "log_file", mode="before")
     @classmethod
     def _empty_path_is_none(cls, v: object) -> object:
         return None if v == "" else v
+
+    @model_validator(mode="after")
+    def _group_needs_user(self) -> ServerConfig:
+        if self.group and not self.user:
+            raise ValueError("group is set without user")
+        return self
 
     @property
     def effective_workers(self) -> int:
@@ -1231,6 +1249,29 @@ class AdminConfig(Model):
     @property
     def endpoint(self) -> tuple[str, int] | None:
         """(host, port), or None when the web admin is off."""
+        return _parse_hostport(self.listen) if self.listen else None
+
+
+class MetricsConfig(Model):
+    listen: str = Field(
+        default="",
+        description="HOST:PORT of the Prometheus endpoint (/metrics, plain HTTP; "
+        "docs/operations.md, \"Metrics\"), e.g. '127.0.0.1:9465'; empty disables it. "
+        "Keep it on loopback or a monitoring network: it has no authentication. A reload "
+        "moves or closes it (to a port the running user may bind); opening it on a server "
+        "started without it needs a restart.",
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, v: str) -> str:
+        if v.strip():
+            _parse_hostport(v.strip())
+        return v.strip()
+
+    @property
+    def endpoint(self) -> tuple[str, int] | None:
+        """(host, port), or None when metrics are off."""
         return _parse_hostport(self.listen) if self.listen else None
 
 
@@ -1270,6 +1311,9 @@ class Config(Model):
     )
     admin: AdminConfig = Field(
         default_factory=AdminConfig, description="The web admin (off by default)."
+    )
+    metrics: MetricsConfig = Field(
+        default_factory=MetricsConfig, description="Prometheus metrics (off by default)."
     )
 
     #: Directory of the config file; relative paths are resolved against it.

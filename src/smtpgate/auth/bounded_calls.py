@@ -40,6 +40,8 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
+from smtpgate import metrics
+
 T = TypeVar("T")
 
 
@@ -80,6 +82,8 @@ class BoundedCalls:
         #: Calls answered without the store in the current episode.
         self._skipped = 0
         self._closed = False
+        #: (store, operation) in the metrics (``smtpgate_backend_*``); None: not counted.
+        self.metric: tuple[str, str] | None = None
 
     @property
     def unavailable(self) -> bool:
@@ -107,16 +111,23 @@ class BoundedCalls:
             self._busy += 1
         cf: Future[T] = self._pool.submit(fn, *args)
         cf.add_done_callback(self._finished)
+        started = time.monotonic()
+        failed = True
         try:
             # wait_for cancels the wrapper on timeout, which withdraws a call that
             # has not started; one that has runs on and ends the episode if it succeeds.
-            return await asyncio.wait_for(asyncio.wrap_future(cf), self.timeout)
+            answer = await asyncio.wait_for(asyncio.wrap_future(cf), self.timeout)
+            failed = False
+            return answer
         except TimeoutError:
             self._down(f"no answer within {self.timeout:g} s")
             raise StoreUnavailable(f"{self.name}: no answer within {self.timeout:g} s") from None
         except self._errors as e:
             self._down(str(e))
             raise StoreUnavailable(str(e)) from e
+        finally:
+            if self.metric is not None:
+                metrics.backend_call(*self.metric, time.monotonic() - started, failed=failed)
 
     def _finished(self, cf: Future[T]) -> None:
         """Done callback (the store's thread, or the loop when withdrawn)."""
@@ -156,6 +167,8 @@ class StoreCalls:
     ) -> None:
         self.reads = BoundedCalls(f"{name} reads", timeout, errors, degraded=degraded, log=log)
         self.writes = BoundedCalls(f"{name} writes", timeout, errors, degraded=degraded, log=log)
+        store = name.replace("guard database", "guard_state").replace(" ", "_")
+        self.reads.metric, self.writes.metric = (store, "read"), (store, "write")
 
     def configure(self, timeout: float, degraded: str) -> None:
         """A reload: the new bound applies to the next calls."""

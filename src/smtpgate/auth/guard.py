@@ -85,6 +85,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from smtpgate import metrics
 from smtpgate.auth.bounded_calls import StoreCalls, StoreUnavailable
 from smtpgate.auth.guard_memory import GuardMemory
 from smtpgate.auth.guard_state import (
@@ -450,6 +451,7 @@ class Guard:
             return []
         for b in started:
             self.stats.blocks_started += 1
+            metrics.guard_block_started(b.kind)
             log.warning("guard: %s %s blocked until %s: %s", b.kind, b.key, _stamp(b.until), b.reason)
         await self._maybe_prune(now)
         return started

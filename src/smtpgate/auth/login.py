@@ -51,10 +51,12 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from smtpgate import metrics
 from smtpgate.auth.directory import AppPassword, StoreError
 from smtpgate.auth.guard import Guard, GuardCheck, Refusal
 from smtpgate.auth.principal import AppPasswordUse, Principal
@@ -164,11 +166,15 @@ class LoginAttempt:
         #: The mechanism has shown the client something of the account before any
         #: proof (SCRAM's salt and count), and no proof has been accepted since.
         self._disclosed = False
+        #: When the attempt's first credential query came (its login latency).
+        self._started: float | None = None
 
     async def resolve(self, query: CredentialQuery) -> CredentialAnswer | None:
         """The answer for the mechanism, or None if the client went away meanwhile."""
         owner = self._owner
         guard = owner.guard
+        if self._started is None:
+            self._started = time.monotonic()
         if guard is not None and not isinstance(query, ConfirmIdentity):
             # The first look-up of an attempt (SCRAM's ConfirmIdentity is its
             # second): the guard decides before any hashing happens.
@@ -239,6 +245,8 @@ class LoginAttempt:
         disclosed, self._disclosed = self._disclosed, False
         auth, guard, src = owner.auth, owner.guard, self.source
         result = AuthResult(outcome.result)
+        self._count(outcome.mechanism, result, refusal,
+                    guard_refused=check is not None and check.refusal is not None)
         if result is AuthResult.TEMPFAIL and check is not None and check.refusal is not None:
             # Refused by the guard: logged as such (fail2ban and the report count
             # it as blocked), not counted again, answered with the guard's reply.
@@ -282,6 +290,19 @@ class LoginAttempt:
             return Conclusion(LoginResult(result), _count(guard, check, counts_account))
         return Conclusion(LoginResult(result), self._failed(check, counts_account))
 
+    def _count(self, mechanism: str, result: AuthResult, refusal: str | None, *,
+               guard_refused: bool) -> None:
+        """The attempt in the metrics: its result class and its login latency."""
+        started, self._started = self._started, None
+        if result is AuthResult.TEMPFAIL:
+            kind = "refused_guard" if guard_refused else "temporary"
+        elif result is AuthResult.FAILURE and refusal is not None:
+            kind = "refused_policy"  # a lock, conditional access, expiry: not the secret
+        else:
+            kind = _METRIC_RESULTS[result]
+        seconds = None if started is None else time.monotonic() - started
+        metrics.auth_attempt(mechanism, self.source.front_door, kind, seconds)
+
     async def finish(self, outcome: ExchangeOutcome) -> LoginResult:
         """``conclude`` an answered attempt and wait for what it left pending."""
         done = self.conclude(outcome)
@@ -295,6 +316,14 @@ class LoginAttempt:
             # Committed before the 535, so the next attempt anywhere sees it.
             await guard.failure(check, counts_account=counts_account)
         await self._owner.floor()
+
+
+_METRIC_RESULTS = {
+    AuthResult.SUCCESS: "success",
+    AuthResult.FAILURE: "failure",
+    AuthResult.TEMPFAIL: "temporary",
+    AuthResult.CANCELLED: "cancelled",
+}
 
 
 def temporary_answer(query: CredentialQuery, reason: str) -> CredentialAnswer:

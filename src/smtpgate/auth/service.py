@@ -64,6 +64,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -71,7 +72,7 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Protocol, TypeVar, TypeVarTuple, runtime_checkable
 
-from smtpgate import mechanism_facts
+from smtpgate import mechanism_facts, metrics
 from smtpgate.auth import legacy_hashes
 from smtpgate.auth.accounts import open_account_store
 from smtpgate.auth.authlog import AuthLog
@@ -408,7 +409,15 @@ class AuthService:
         return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
     async def _read(self, fn: Callable[[*Ts], T], *args: *Ts) -> T:
-        return await self._run(self._read_pool, fn, *args)
+        started = time.monotonic()
+        failed = True
+        try:
+            answer = await self._run(self._read_pool, fn, *args)
+            failed = False
+            return answer
+        finally:
+            metrics.backend_call("directory", "read", time.monotonic() - started,
+                                 failed=failed)
 
     async def _hash(self, fn: Callable[[*Ts], T], *args: *Ts) -> T:
         return await self._run(self._hash_pool, fn, *args)

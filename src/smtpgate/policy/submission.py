@@ -24,6 +24,7 @@ import logging
 from collections.abc import Coroutine
 from typing import Any, Protocol
 
+from smtpgate import metrics
 from smtpgate.auth.directory import StoreError
 from smtpgate.auth.principal import Principal
 from smtpgate.auth.sender_profile import SenderProfile
@@ -88,6 +89,7 @@ class Sending:
             if budget.messages_left is not None and budget.messages_left <= 0:
                 log.warning("%s: user=%s message rate limit: %s", self._where, who.account,
                             budget.detail)
+                metrics.rate_limited("messages")
                 return R.MESSAGE_RATE_EXCEEDED
             self.budget = budget
         return None
@@ -99,6 +101,7 @@ class Sending:
         if left is not None and self._recipients >= left:
             log.warning("%s: user=%s recipient rate limit reached (%d left this hour)",
                         self._where, self.principal.account, max(left, 0))
+            metrics.rate_limited("recipients")
             return R.RECIPIENT_RATE_EXCEEDED
         self._recipients += 1
         return None

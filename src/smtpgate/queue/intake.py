@@ -25,6 +25,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+from smtpgate import metrics
 from smtpgate.auth.principal import Principal
 from smtpgate.queue.envelope import Envelope, RcptDsn
 from smtpgate.queue.incoming import Incoming
@@ -109,15 +110,20 @@ class Intake:
         `accept`)."""
         beside = asyncio.get_running_loop().create_task(alongside) if alongside else None
         arrival = receiving.arrival
+        started = time.monotonic()
         try:
             qid = await self._spool.publish(receiving.incoming)
         except SpoolError as e:
             log.error("%s spool write failed: %s", arrival.session_id, e)
+            metrics.spool_failed()
             reply = R.QUEUE_FAILED
         except Exception:
             log.exception("%s unexpected error while spooling", arrival.session_id)
+            metrics.spool_failed()
             reply = R.QUEUE_FAILED
         else:
+            metrics.message_accepted(arrival.listener, receiving.incoming.size,
+                                     time.monotonic() - started)
             reply = R.MESSAGE_ACCEPTED.with_text(f"OK queued as {qid}")
             log.info(
                 "%s queued %s from=<%s> rcpts=%d size=%d user=%s",

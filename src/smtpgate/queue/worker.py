@@ -50,6 +50,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
+from smtpgate import metrics
 from smtpgate.config import QueueConfig
 from smtpgate.queue import control, dsn, msglock
 from smtpgate.queue.delivery import (
@@ -491,6 +492,7 @@ class DeliveryWorker:
 
 def _log_outcomes(qid: str, envelope: Envelope, outcomes: tuple[Outcome, ...]) -> None:
     for o in outcomes:
+        metrics.delivered(o.kind)
         if o.kind == "delivered":
             log.info("queue: %s delivered to=<%s> %s", qid, o.address, o.detail)
         elif o.kind == "deferred":

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from smtpgate import mechanism_facts
+from smtpgate import mechanism_facts, metrics
 from smtpgate.auth.accounts import accounts_key, open_account_store
 from smtpgate.auth.authlog import AuthLog
 from smtpgate.auth.decoy import load_decoy_secret
@@ -53,7 +53,7 @@ from smtpgate.queue.spool import Spool
 from smtpgate.queue.worker import DeliveryWorker
 from smtpgate.sasl.base import ChannelBinding, ServerMechanism
 from smtpgate.sasl.registry import create_server_mechanism, server_mechanism_names
-from smtpgate.server import logs, pidfile, proxied, status_file, systemd
+from smtpgate.server import logs, metrics_http, pidfile, privileges, proxied, status_file, systemd
 from smtpgate.server import reload as reloading
 from smtpgate.server.connection import SmtpConnection
 from smtpgate.server.front_doors import (
@@ -64,6 +64,7 @@ from smtpgate.server.front_doors import (
 )
 from smtpgate.server.heartbeat import Heartbeat
 from smtpgate.server.limits import ConnectionLimiter, SharedConnectionLimiter
+from smtpgate.server.metrics_http import bind_metrics_socket
 from smtpgate.server.runtime import ListenerRuntime, ServerRuntime
 from smtpgate.server.status_file import ProcessInfo, ServerStatus
 from smtpgate.server.supervisor import (
@@ -393,6 +394,7 @@ async def serve_sockets(
     auth_sockets: list[socket.socket] | None = None,
     status: ServerStatus | None = None,
     admin_sock: socket.socket | None = None,
+    metrics_sock: socket.socket | None = None,
 ) -> None:
     """Run listeners (and optionally delivery) until SIGTERM/SIGINT. ``ready`` is
     called once the listeners are up and the stores open. ``auth_sockets`` are the
@@ -448,6 +450,7 @@ async def serve_sockets(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     hooks = hooks or ReloadHooks(None)
+    served: metrics_http.MetricsServer | None = None
 
     def on_reload(full: bool) -> None:
         # A no-op in a supervised worker: only the main process talks to systemd.
@@ -458,6 +461,8 @@ async def serve_sockets(
             reloaded = live.reload(hooks.config_path, quiet=hooks.quiet)
             if reloaded and status is not None:
                 status.reloaded(live.cfg)
+            if reloaded and served is not None:
+                _follow(served, live.cfg)
             ok = reloaded and ok
         hooks.done(ok)
         if full:
@@ -468,6 +473,8 @@ async def serve_sockets(
     # The web admin is served by the process that delivers (web/server.py).
     admin = None if admin_sock is None else await AdminServer.start(
         cfg, admin_sock, status_file.status_path(cfg))
+    # The metrics endpoint too (server/metrics_http.py).
+    served = await metrics_http.maybe_start(cfg, metrics_sock) if with_delivery else None
     if ready is not None:
         ready()
     systemd.ready(f"serving on {len(servers)} listeners")
@@ -508,8 +515,20 @@ async def serve_sockets(
     await rates.close()
     if admin is not None:
         await admin.stop()
+    if served is not None:
+        await served.stop()
     await spool.close()
     log.info("stopped")
+
+
+def _follow(served: metrics_http.MetricsServer, cfg: Config) -> None:
+    """A reload: the metrics endpoint follows ``[metrics] listen`` (in the background)."""
+    task = asyncio.get_running_loop().create_task(served.reconfigure(cfg))
+    _reconfiguring.add(task)
+    task.add_done_callback(_reconfiguring.discard)
+
+
+_reconfiguring: set[asyncio.Task[None]] = set()
 
 
 async def _keep_status(cfg: Config, status: ServerStatus, runtime: ServerRuntime) -> None:
@@ -544,10 +563,11 @@ async def deliver_only(
     ready: Callable[[], None] | None = None,
     hooks: ReloadHooks | None = None,
     admin_sock: socket.socket | None = None,
+    metrics_sock: socket.socket | None = None,
 ) -> None:
     """The delivery process beside several workers: the spool to its destination,
-    until SIGTERM/SIGINT. A reload only reopens its log file (``delivery.*`` and
-    ``queue.*`` need a restart)."""
+    until SIGTERM/SIGINT. A reload reopens its log file and moves the metrics
+    endpoint (``delivery.*`` and ``queue.*`` need a restart)."""
     loop = asyncio.get_running_loop()
     spool = Spool(cfg.path(cfg.queue.spool))
     worker = DeliveryWorker(spool, make_deliverer(cfg), cfg.queue, reporting_mta=cfg.hostname)
@@ -555,21 +575,32 @@ async def deliver_only(
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    done = (hooks or ReloadHooks(None)).done
+    hooks = hooks or ReloadHooks(None)
+    done = hooks.done
+    served: metrics_http.MetricsServer | None = None
 
-    def on_reload() -> None:
+    def on_reload(full: bool) -> None:
         try:
             logs.reopen_log_file()
         except OSError as e:
             log.error("reload: server.log_file: cannot reopen: %s", e)
             done(False)
             return
+        if full and served is not None and hooks.config_path is not None:
+            try:
+                new = reloading.load(hooks.config_path, served.cfg)
+            except reloading.ReloadError as e:
+                log.error("reload failed, keeping the running configuration: %s", e)
+                done(False)
+                return
+            _follow(served, new.cfg)
         done(True)
 
-    for sig in (signal.SIGHUP, signal.SIGUSR1):
-        loop.add_signal_handler(sig, on_reload)
+    loop.add_signal_handler(signal.SIGHUP, on_reload, True)
+    loop.add_signal_handler(signal.SIGUSR1, on_reload, False)
     admin = None if admin_sock is None else await AdminServer.start(
         cfg, admin_sock, status_file.status_path(cfg))
+    served = await metrics_http.maybe_start(cfg, metrics_sock)
     if ready is not None:
         ready()
     await stop.wait()
@@ -578,6 +609,8 @@ async def deliver_only(
     await task
     if admin is not None:
         await admin.stop()
+    if served is not None:
+        await served.stop()
     await spool.close()
 
 
@@ -621,6 +654,16 @@ def run(cfg: Config, config_path: Path | None = None) -> int:
             sock.close()
         close_auth_sockets(cfg, auth_sockets)
         raise
+    try:
+        metrics_sock = bind_metrics_socket(cfg)
+        run_as = privileges.resolve(cfg)
+    except StartupError:
+        for sock in sockets:
+            sock.close()
+        close_auth_sockets(cfg, auth_sockets)
+        if admin_sock is not None:
+            admin_sock.close()
+        raise
     # From the moment the pid file names us, a reload must not kill us: ignored
     # until the event loop (or the supervisor) takes the signals over.
     for sig in (signal.SIGHUP, signal.SIGUSR1):
@@ -628,24 +671,36 @@ def run(cfg: Config, config_path: Path | None = None) -> int:
     pid_path = pidfile.pid_path(cfg)
     try:
         pidfile.write(pid_path)
-    except OSError as e:
+        if metrics_sock is not None:
+            # Before any fork and any count: every process counts in files there.
+            metrics.use_multiprocess(metrics_http.fresh_dir(cfg))
+        if run_as is not None:
+            privileges.hand_over(cfg, run_as)
+    except (OSError, StartupError) as e:
         for sock in sockets:
             sock.close()
         close_auth_sockets(cfg, auth_sockets)
-        if admin_sock is not None:
-            admin_sock.close()
+        for other in (admin_sock, metrics_sock):
+            if other is not None:
+                other.close()
+        pidfile.remove(pid_path)
+        if isinstance(e, StartupError):
+            raise
         raise StartupError("server.pid_file", f"cannot write {pid_path}: {e.strerror}") from None
     log.info("certificate: %s", tls.description)
     try:
         if cfg.server.effective_workers == 1:
-            return _run_single(cfg, config_path, sockets, tls, auth_sockets, admin_sock)
+            return _run_single(cfg, config_path, sockets, tls, auth_sockets, admin_sock,
+                               metrics_sock, run_as)
         for sock in sockets:
             sock.close()
-        return _run_supervised(cfg, config_path, tls, auth_sockets, admin_sock)
+        return _run_supervised(cfg, config_path, tls, auth_sockets, admin_sock,
+                               metrics_sock, run_as)
     finally:
         close_auth_sockets(cfg, auth_sockets)
-        if admin_sock is not None:
-            admin_sock.close()
+        for other in (admin_sock, metrics_sock):
+            if other is not None:
+                other.close()
         status_file.remove(status_file.status_path(cfg))
         pidfile.remove(pid_path)
 
@@ -657,6 +712,8 @@ def _run_single(
     tls: ServerTlsContext,
     auth_sockets: list[socket.socket],
     admin_sock: socket.socket | None = None,
+    metrics_sock: socket.socket | None = None,
+    run_as: privileges.RunAs | None = None,
 ) -> int:
     started = False
 
@@ -667,9 +724,11 @@ def _run_single(
     hooks = ReloadHooks(config_path)
     status = ServerStatus.starting(cfg, config_path, 1)
     try:
+        _drop(run_as)
         _new_loop_runner()(
             serve_sockets(cfg, sockets, tls, with_delivery=True, ready=ready, hooks=hooks,
-                          auth_sockets=auth_sockets, status=status, admin_sock=admin_sock)
+                          auth_sockets=auth_sockets, status=status, admin_sock=admin_sock,
+                          metrics_sock=metrics_sock)
         )
     except Exception as e:
         if not started and isinstance(e, StartupError):
@@ -689,13 +748,33 @@ class _Current:
 
     cfg: Config
     tls: ServerTlsContext
+    #: The metrics socket bound at start, until a reload moves the endpoint (the
+    #: delivery process then binds the new address itself).
+    metrics_sock: socket.socket | None = None
+
+
+def _drop(run_as: privileges.RunAs | None) -> None:
+    """Become ``[server] user`` before serving (server/privileges.py).
+
+    Raises:
+        StartupError: the kernel refused.
+    """
+    try:
+        privileges.drop(run_as)
+    except OSError as e:
+        raise StartupError("server.user", f"cannot switch to {run_as.user if run_as else ''!r}"
+                                          f": {e.strerror or e}") from None
+    if run_as is not None:
+        log.debug("serving as %s (uid %d, gid %d)", run_as.user, run_as.uid, run_as.gid)
 
 
 def _run_supervised(
     cfg: Config, config_path: Path | None, tls: ServerTlsContext, auth_sockets: list[socket.socket],
     admin_sock: socket.socket | None = None,
+    metrics_sock: socket.socket | None = None,
+    run_as: privileges.RunAs | None = None,
 ) -> int:
-    current = _Current(cfg, tls)
+    current = _Current(cfg, tls, metrics_sock)
     workers = cfg.server.effective_workers
     limiter = SharedConnectionLimiter(
         cfg.limits.max_connections, cfg.limits.max_connections_per_ip, workers
@@ -708,6 +787,7 @@ def _run_supervised(
             cfg_now, tls_now = current.cfg, current.tls
 
             def body(status: StatusWriter) -> int:
+                _drop(run_as)
                 limiter.attach(slot)
                 limiter.set_limits(
                     cfg_now.limits.max_connections, cfg_now.limits.max_connections_per_ip
@@ -728,12 +808,13 @@ def _run_supervised(
 
     def delivery_spec() -> ChildSpec:
         def prepare() -> Launch:
-            cfg_now = current.cfg
+            cfg_now, metrics_now = current.cfg, current.metrics_sock
 
             def body(status: StatusWriter) -> int:
-                hooks = ReloadHooks(None, done=status.reloaded, quiet=True)
+                _drop(run_as)
+                hooks = ReloadHooks(config_path, done=status.reloaded, quiet=True)
                 runner(deliver_only(cfg_now, ready=status.ready, hooks=hooks,
-                                    admin_sock=admin_sock))
+                                    admin_sock=admin_sock, metrics_sock=metrics_now))
                 return 0
 
             return Launch(body)
@@ -753,6 +834,12 @@ def _run_supervised(
             log.error("reload failed, keeping the running configuration and certificate: %s", e)
             return signal.SIGUSR1  # the log files are still reopened everywhere
         _log_reload(current.cfg, new)
+        if (new.cfg.metrics.listen != current.cfg.metrics.listen
+                and current.metrics_sock is not None):
+            # The delivery process moves the endpoint; our copy would keep the old
+            # address listening with nobody answering.
+            current.metrics_sock.close()
+            current.metrics_sock = None
         current.cfg, current.tls = new.cfg, new.tls
         status.reloaded(new.cfg)
         return signal.SIGHUP
@@ -771,6 +858,7 @@ def _run_supervised(
     supervisor = Supervisor(
         [*(worker_spec(i) for i in range(workers)), delivery_spec()],
         on_reload=on_reload,
+        on_reaped=lambda pid: metrics_http.mark_dead(cfg, pid),
         stop_timeout=cfg.server.shutdown_grace + 30,
         on_tick=on_tick,
         tick_every=status_file.INTERVAL,

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any, cast
 
+from smtpgate import metrics
 from smtpgate.queue.incoming import Incoming
 from smtpgate.server.decisions import Decisions, Peer, Pending
 from smtpgate.server.runtime import ListenerRuntime, ServerRuntime
@@ -80,11 +81,13 @@ class SmtpConnection(asyncio.Protocol):
         if refused is not None:
             reply = R.TOO_MANY_CONNECTIONS if refused == "total" else R.TOO_MANY_CONNECTIONS_FROM_IP
             log.warning("refused %s:%s: %s connection limit", self.client_ip, self.client_port, refused)
+            metrics.connection_refused(self.listener.name, "total" if refused == "total" else "per_ip")
             tr.write(reply.format())
             tr.close()
             self._closed = True
             return
         self._counted = True
+        metrics.connection_opened(self.listener.name)
         self.rt.connections.add(self)
         self._last_activity = self._loop.time()
         if self.listener.implicit_tls:
@@ -156,6 +159,8 @@ class SmtpConnection(asyncio.Protocol):
             self._counted = False
             self.rt.limiter.release(self.client_ip)
             self.rt.connections.discard(self)
+            tls = self.tls.version if self.tls is not None and self.tls_ready else None
+            metrics.session_ended(self.listener.name, tls)
         # An in-flight spool write is left to finish (its result is simply not
         # sent); an in-flight auth lookup is harmless to finish too.
 

@@ -7,7 +7,8 @@ config and certificate stay, and the error names the key. Otherwise the
 
 - ``hostname``, ``tls.*`` (certificate, key, versions, handshake timeout),
   ``limits.*``, ``guard.*`` (except ``guard.database``), ``policy.*``,
-  ``smtp.*``, ``auth.mechanisms`` and ``auth.failure_floor``.
+  ``smtp.*``, ``auth.mechanisms`` and ``auth.failure_floor``; ``metrics.listen``
+  when metrics were on (moved or closed; opening it needs a restart).
 
 Everything else (listeners, ``server.*``, ``accounts.*``, ``queue.*``,
 ``delivery.*``, ``passwords.*``, the other ``auth.*`` keys, ``guard.database``)
@@ -102,6 +103,9 @@ def merge(running: Config, new: Config) -> Config:
             "policy": new.policy,
             "smtp": new.smtp,
             "auth": auth,
+            # Moved or closed by a reload; opened only by a restart (the processes
+            # count in files only when it was open at start: server/metrics_http.py).
+            "metrics": new.metrics if running.metrics.listen else running.metrics,
         }
     )
 

@@ -135,6 +135,8 @@ class Supervisor:
     #: status file is written from here).
     on_tick: Callable[[], None] = lambda: None
     tick_every: float = 2.0
+    #: Called with the pid of each child that exited (its metrics files: metrics_http).
+    on_reaped: Callable[[int], None] = lambda pid: None
 
     _children: dict[int, _Child] = field(default_factory=dict)
     _restart_at: dict[str, float] = field(default_factory=dict)
@@ -349,6 +351,7 @@ class Supervisor:
                 self._sel.unregister(child.fd)
             os.close(child.fd)
             child.spec.on_exit()
+            self.on_reaped(pid)
             self._exited(child, status)
 
     def _exited(self, child: _Child, status: int) -> None:

@@ -1,0 +1,172 @@
+"""The server's Prometheus metrics: every count is made through the functions here.
+
+Theory of operation
+-------------------
+The asyncio layer and the services (``server/``, ``auth/login.py``, the guard's and
+rate counters' store calls, the queue) call one function per event
+(``auth_attempt``, ``message_accepted``...); the sans-IO cores never do. Labels
+are bounded sets: a listener's or front door's name from the config, a mechanism
+from ``mechanism_facts`` (anything else is ``other``), a result or kind from a
+fixed list. Never an account, an address or a client's text.
+
+The metric objects are ``prometheus_client``'s. With the default value class they
+live in this process's memory (the CLI, the unit tests, a server without
+``[metrics] listen``: nothing reads them). A server that serves metrics calls
+``use_multiprocess(directory)`` before it forks: each process then keeps its
+values in a file of its own there (prometheus_client's multiprocess mode), and
+whichever process answers a scrape adds them up (``server/metrics_http.py``).
+docs/operations.md, "Metrics", gives the figures behind that choice.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from prometheus_client import Counter, Gauge, Histogram, values
+
+from smtpgate.mechanism_facts import KNOWN as _KNOWN_MECHANISMS
+
+#: Results of an AUTH attempt (``smtpgate_auth_attempts_total{result}``).
+AUTH_RESULTS = ("success", "failure", "temporary", "refused_guard", "refused_policy",
+                "cancelled")
+#: How one recipient's delivery attempt ended (``queue/state.py`` outcome kinds).
+DELIVERY_OUTCOMES = ("delivered", "deferred", "bounced", "expired")
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class _Metrics:
+    """Every metric of the server (not registered: the scrape reads them)."""
+
+    def __init__(self) -> None:
+        self.connections = Counter(
+            "smtpgate_connections", "SMTP connections accepted, by listener.",
+            ["listener"], registry=None)
+        self.connections_refused = Counter(
+            "smtpgate_connections_refused",
+            "SMTP connections refused by a connection limit (reason: total, per_ip).",
+            ["listener", "reason"], registry=None)
+        self.sessions_active = Gauge(
+            "smtpgate_sessions_active", "SMTP sessions open now, by listener.",
+            ["listener"], registry=None, multiprocess_mode="livesum")
+        self.sessions = Counter(
+            "smtpgate_sessions",
+            "SMTP sessions ended, by listener and the TLS version they used ('none').",
+            ["listener", "tls_version"], registry=None)
+        self.auth_attempts = Counter(
+            "smtpgate_auth_attempts", "AUTH attempts, by mechanism, front door and result.",
+            ["mechanism", "front_door", "result"], registry=None)
+        self.login_seconds = Histogram(
+            "smtpgate_login_duration_seconds",
+            "From an attempt's first credential look-up to its verdict (guard check, "
+            "penalty, directory, hashing), by result.",
+            ["result"], registry=None, buckets=_LATENCY_BUCKETS)
+        self.guard_blocks = Counter(
+            "smtpgate_guard_blocks_started",
+            "Blocks the guard started, by kind (address, subnet, account, account-new, "
+            "throttle).", ["kind"], registry=None)
+        self.rate_limited = Counter(
+            "smtpgate_rate_limit_refusals",
+            "MAIL or RCPT refused by an hourly rate limit (limit: messages, recipients).",
+            ["limit"], registry=None)
+        self.messages = Counter(
+            "smtpgate_messages_accepted", "Messages accepted (250 after DATA), by listener.",
+            ["listener"], registry=None)
+        self.message_bytes = Counter(
+            "smtpgate_messages_accepted_bytes",
+            "Bytes of the messages accepted, as spooled, by listener.",
+            ["listener"], registry=None)
+        self.spool_failures = Counter(
+            "smtpgate_spool_failures", "Messages the spool failed to commit (451 sent).",
+            registry=None)
+        self.spool_commit = Histogram(
+            "smtpgate_spool_commit_duration_seconds",
+            "From the end of DATA to the message durable in the spool (fsynced).",
+            registry=None, buckets=_FAST_BUCKETS)
+        self.deliveries = Counter(
+            "smtpgate_deliveries", "Delivery attempts per recipient, by outcome.",
+            ["outcome"], registry=None)
+        self.backend_seconds = Histogram(
+            "smtpgate_backend_duration_seconds",
+            "Calls to a store (directory, guard_state, rate_counters), by operation.",
+            ["store", "operation"], registry=None, buckets=_FAST_BUCKETS)
+        self.backend_errors = Counter(
+            "smtpgate_backend_errors",
+            "Store calls that failed or timed out, by store and operation.",
+            ["store", "operation"], registry=None)
+
+
+_m = _Metrics()
+
+
+def use_multiprocess(directory: Path) -> None:
+    """Keep every value of this process, and of the processes it forks, in files in
+    ``directory`` (prometheus_client's multiprocess mode). Call once, before any
+    fork and before counting; ``directory`` exists and holds no stale files."""
+    global _m
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+    values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
+    _m = _Metrics()
+
+
+def _mechanism(name: str) -> str:
+    upper = name.upper()
+    return upper if upper in _KNOWN_MECHANISMS else "other"
+
+
+# --- the counting calls -----------------------------------------------------------------
+
+
+def connection_opened(listener: str) -> None:
+    _m.connections.labels(listener).inc()
+    _m.sessions_active.labels(listener).inc()
+
+
+def connection_refused(listener: str, reason: str) -> None:
+    _m.connections_refused.labels(listener, reason).inc()
+
+
+def session_ended(listener: str, tls_version: str | None) -> None:
+    """A session that was counted open ended (``tls_version``: None in clear)."""
+    _m.sessions_active.labels(listener).dec()
+    _m.sessions.labels(listener, tls_version or "none").inc()
+
+
+def auth_attempt(mechanism: str, front_door: str, result: str, seconds: float | None) -> None:
+    """One finished AUTH attempt (``result`` from ``AUTH_RESULTS``); ``seconds``: its
+    login latency, None if it never reached a credential look-up."""
+    _m.auth_attempts.labels(_mechanism(mechanism), front_door, result).inc()
+    if seconds is not None:
+        _m.login_seconds.labels(result).observe(seconds)
+
+
+def guard_block_started(kind: str) -> None:
+    _m.guard_blocks.labels(kind).inc()
+
+
+def rate_limited(limit: str) -> None:
+    """``limit``: "messages" or "recipients"."""
+    _m.rate_limited.labels(limit).inc()
+
+
+def message_accepted(listener: str, size: int, seconds: float) -> None:
+    _m.messages.labels(listener).inc()
+    _m.message_bytes.labels(listener).inc(size)
+    _m.spool_commit.observe(seconds)
+
+
+def spool_failed() -> None:
+    _m.spool_failures.inc()
+
+
+def delivered(outcome: str) -> None:
+    """One recipient's attempt ended (``outcome`` from ``DELIVERY_OUTCOMES``)."""
+    _m.deliveries.labels(outcome).inc()
+
+
+def backend_call(store: str, operation: str, seconds: float, *, failed: bool) -> None:
+    _m.backend_seconds.labels(store, operation).observe(seconds)
+    if failed:
+        _m.backend_errors.labels(store, operation).inc()

@@ -1,0 +1,266 @@
+"""The Prometheus endpoint (``[metrics] listen``): its socket, its files, its scrape.
+
+Which process answers: the one that delivers, as for the web admin
+(``web/server.py``): the single serving process, or with several workers the
+delivery process. The main process binds the socket before anything forks (a
+plain bind, no SO_REUSEPORT: a second smtpgate on the address fails at start-up,
+and the SMTP workers, which bind only their own listeners, never race for it),
+and the serving process inherits it.
+
+Several processes count (`smtpgate.metrics`): each writes its values to a file of
+its own in the metrics directory (prometheus_client's multiprocess mode), and a
+scrape adds the files up. The directory, ``smtpgate.metrics`` beside the pid
+file, is emptied at start-up; the supervisor drops the files of the live gauges
+of a process that exited (``mark_dead``), while the counters of a dead process
+stay, so that totals never go down. A scrape also reads what no process counts:
+the queue (the spool directory) and the guard's active blocks (its state), on a
+thread of its own, off the event loop.
+
+A reload may move, open or close the endpoint: the serving process binds the new
+address itself (as the user it runs as), and keeps the old one if it cannot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import socket
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from smtpgate.auth.guard_state import ACCOUNT_KINDS, BLOCK_KINDS, GuardState, GuardStoreError
+from smtpgate.auth.state_backend import open_guard_state
+from smtpgate.config import Config
+from smtpgate.errors import StartupError
+from smtpgate.server import pidfile
+
+log = logging.getLogger("smtpgate.metrics")
+
+
+def metrics_dir(cfg: Config) -> Path:
+    """``smtpgate.metrics`` beside the pid file (the state directory)."""
+    pid = pidfile.pid_path(cfg)
+    return pid.with_name(pid.stem + ".metrics")
+
+
+def fresh_dir(cfg: Config) -> Path:
+    """The metrics directory, created empty (the files of a previous run go: their
+    processes are gone, and a scrape would add them to this run's).
+
+    Raises:
+        StartupError: it cannot be made.
+    """
+    path = metrics_dir(cfg)
+    try:
+        if path.exists():
+            shutil.rmtree(path)
+        path.mkdir(mode=0o755)
+    except OSError as e:
+        raise StartupError("server.pid_file", f"cannot make {path}: {e.strerror or e}") from None
+    return path
+
+
+def mark_dead(cfg: Config, pid: int) -> None:
+    """A process exited: its live gauges (sessions open) stop counting."""
+    try:
+        multiprocess.mark_process_dead(pid, str(metrics_dir(cfg)))  # type: ignore[no-untyped-call]
+    except OSError as e:  # pragma: no cover - the directory is ours
+        log.warning("metrics: cannot drop the files of process %d: %s", pid, e)
+
+
+def bind_metrics_socket(cfg: Config) -> socket.socket | None:
+    """The endpoint's socket, bound and listening (None: metrics are off).
+
+    Raises:
+        StartupError: the address cannot be bound.
+    """
+    endpoint = cfg.metrics.endpoint
+    if endpoint is None:
+        return None
+    try:
+        return _bind(*endpoint)
+    except OSError as e:
+        raise StartupError("metrics.listen", f"cannot listen on {cfg.metrics.listen}: "
+                                             f"{e.strerror or e}") from None
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(64)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class StateCollector(Collector):
+    """What a scrape reads rather than counts: the queue and the guard's blocks.
+    Runs on the scrape thread only (the guard state is opened there, once)."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self._guard: GuardState | None = None
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        yield from self._queue()
+        yield from self._blocks()
+
+    def _queue(self) -> Iterator[GaugeMetricFamily]:
+        qdir = self.cfg.path(self.cfg.queue.spool) / "queue"
+        try:
+            ids = sorted(n for n in os.listdir(qdir) if n.endswith(".msg"))
+        except FileNotFoundError:
+            ids = []
+        except OSError as e:
+            log.warning("metrics: cannot list the spool: %s", e)
+            return
+        size = GaugeMetricFamily("smtpgate_queue_messages", "Messages in the queue.")
+        size.add_metric([], len(ids))
+        age = GaugeMetricFamily("smtpgate_queue_oldest_age_seconds",
+                                "Age of the oldest message in the queue (0 when empty).")
+        # A queue id starts with its arrival time in microseconds, in hex (queue/spool.py).
+        oldest = _arrival(ids[0]) if ids else None
+        age.add_metric([], max(0.0, time.time() - oldest) if oldest is not None else 0.0)
+        yield size
+        yield age
+
+    def _blocks(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            if self._guard is None:
+                self._guard = open_guard_state(self.cfg)
+            blocks = self._guard.active_blocks(time.time())
+        except (GuardStoreError, OSError) as e:
+            log.warning("metrics: cannot read the guard's blocks: %s", e)
+            return
+        counts = dict.fromkeys(BLOCK_KINDS, 0)
+        for b in blocks:
+            counts[b.kind] = counts.get(b.kind, 0) + 1
+        g = GaugeMetricFamily(
+            "smtpgate_guard_blocks_active",
+            "Blocks in force now, by kind: address and subnet blocks, account lockouts "
+            "(account, account-new), throttles.", labels=["kind"])
+        for kind, n in counts.items():
+            g.add_metric([kind], n)
+        yield g
+        locked = GaugeMetricFamily(
+            "smtpgate_guard_accounts_locked", "Distinct accounts with a lockout or throttle.")
+        locked.add_metric([], len({b.key for b in blocks if b.kind in ACCOUNT_KINDS}))
+        yield locked
+
+    def close(self) -> None:
+        if self._guard is not None:
+            self._guard.close()
+            self._guard = None
+
+
+def _arrival(name: str) -> float | None:
+    try:
+        return int(name.split("-", 1)[0], 16) / 1e6
+    except ValueError:
+        return None
+
+
+class MetricsServer:
+    """The running endpoint; ``reconfigure`` follows a reload, ``stop`` ends it."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self._state = StateCollector(cfg)
+        self._registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(  # type: ignore[no-untyped-call]
+            self._registry, path=str(metrics_dir(cfg)))
+        self._registry.register(self._state)
+        # One thread: the guard state is opened and read there, scrapes go in turn.
+        self._pool = ThreadPoolExecutor(1, "smtpgate-metrics")
+        self._runner: web.AppRunner | None = None
+        self._listen = ""
+
+    @classmethod
+    async def start(cls, cfg: Config, sock: socket.socket) -> MetricsServer:
+        server = cls(cfg)
+        await server._serve(sock, cfg.metrics.listen)
+        return server
+
+    async def _serve(self, sock: socket.socket, listen: str) -> None:
+        app = web.Application()
+        app.router.add_get("/metrics", self._scrape)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        await web.SockSite(runner, sock).start()
+        self._runner, self._listen = runner, listen
+        log.info("metrics on http://%s/metrics", listen)
+
+    async def _scrape(self, request: web.Request) -> web.Response:
+        loop = asyncio.get_running_loop()
+        body = await loop.run_in_executor(self._pool, generate_latest, self._registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def reconfigure(self, cfg: Config) -> None:
+        """A reload: a new ``[metrics] listen`` is bound here and the old one closed;
+        if the new one cannot be bound, the old one stays (logged)."""
+        self._state.cfg = cfg
+        self.cfg = cfg
+        if cfg.metrics.listen == self._listen:
+            return
+        sock = None
+        endpoint = cfg.metrics.endpoint
+        if endpoint is not None:
+            try:
+                sock = _bind(*endpoint)
+            except OSError as e:
+                log.error("reload: metrics.listen: cannot listen on %s: %s; still on %s",
+                          cfg.metrics.listen, e.strerror or e, self._listen or "nothing")
+                return
+        await self._close_site()
+        if sock is not None:
+            await self._serve(sock, cfg.metrics.listen)
+        else:
+            log.info("metrics endpoint closed")
+
+    async def _close_site(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner, self._listen = None, ""
+
+    async def stop(self) -> None:
+        await self._close_site()
+        await asyncio.get_running_loop().run_in_executor(self._pool, self._state.close)
+        self._pool.shutdown(wait=True)
+
+
+async def maybe_start(cfg: Config, sock: socket.socket | None) -> MetricsServer | None:
+    """The endpoint, on ``sock`` (inherited from the main process); None when the
+    server started without metrics. Without ``sock`` (a delivery process restarted
+    after a reload moved the endpoint) it binds ``[metrics] listen`` itself."""
+    if not counting_in_files(cfg):
+        return None
+    server = MetricsServer(cfg)
+    endpoint = cfg.metrics.endpoint
+    if sock is None and endpoint is not None:
+        try:
+            sock = _bind(*endpoint)
+        except OSError as e:
+            log.error("metrics.listen: cannot listen on %s: %s", cfg.metrics.listen,
+                      e.strerror or e)
+    if sock is not None:
+        await server._serve(sock, cfg.metrics.listen)
+    return server
+
+
+def counting_in_files(cfg: Config) -> bool:
+    """Metrics were on at start-up: every process counts in the metrics directory."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") == str(metrics_dir(cfg))

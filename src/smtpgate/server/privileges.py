@@ -1,0 +1,174 @@
+"""Running as an unprivileged user without systemd (``[server] user``, ``group``).
+
+Started as root, ``serve`` checks and binds everything as root (ports 465 and
+587, the auth front doors' unix sockets, the admin and metrics listeners), then
+hands the state files it may have created to the user (``hand_over``) and drops
+root for good (``drop``: supplementary groups, group, user, in that order)
+before a byte is served:
+
+- with one process, the process itself drops, right after binding;
+- with several, the supervisor stays root, as nginx's and Postfix's master
+  processes do: it binds each worker's own ``SO_REUSEPORT`` sockets again
+  whenever it restarts one, and it reads no client input. Every worker and the
+  delivery process drops as the first thing it does after the fork.
+
+Without ``user``, a server started as root serves as root, with a warning.
+docs/operations.md, "Running as an unprivileged user", has the details.
+"""
+
+from __future__ import annotations
+
+import grp
+import logging
+import os
+import pwd
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from smtpgate.config import Config
+from smtpgate.errors import StartupError
+
+log = logging.getLogger("smtpgate")
+
+_SQLITE_SIDE_FILES = ("", "-wal", "-shm", "-journal")
+
+
+@dataclass(frozen=True, slots=True)
+class RunAs:
+    """Who the serving processes become."""
+
+    user: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+
+
+def resolve(cfg: Config) -> RunAs | None:
+    """The user to drop to; None when there is nothing to drop (no ``user``, or
+    already running as that user).
+
+    Raises:
+        StartupError: the user or group does not exist, or ``user`` is set and
+            the server was started neither as root nor as that user.
+    """
+    name = cfg.server.user
+    if not name:
+        if os.geteuid() == 0:
+            log.warning("server.user: not set: serving as root (set it to an unprivileged "
+                        "user, e.g. \"smtpgate\"; docs/operations.md)")
+        return None
+    try:
+        pw = pwd.getpwnam(name)
+    except KeyError:
+        raise StartupError("server.user", f"no such user: {name!r}") from None
+    gid = pw.pw_gid
+    if cfg.server.group:
+        try:
+            gid = grp.getgrnam(cfg.server.group).gr_gid
+        except KeyError:
+            raise StartupError("server.group", f"no such group: {cfg.server.group!r}") from None
+    if pw.pw_uid == 0:
+        raise StartupError("server.user", f"{name!r} is root: name an unprivileged user")
+    if os.geteuid() != 0:
+        if os.geteuid() == pw.pw_uid and os.getegid() == gid:
+            return None  # started as that user already (systemd's User=)
+        raise StartupError("server.user", f"running as uid {os.geteuid()}: switching to "
+                                          f"{name!r} needs starting as root")
+    groups = tuple(sorted(set(os.getgrouplist(name, gid))))
+    return RunAs(name, pw.pw_uid, gid, groups)
+
+
+def state_paths(cfg: Config) -> Iterator[Path]:
+    """The files and trees serve writes, which a start as root may have created:
+    the SQLite databases (with their side files), the logs, the decoy secret, the
+    pid and status files, the metrics directory, the spool and the Maildir."""
+    from smtpgate.auth.decoy import decoy_secret_path
+    from smtpgate.server import metrics_http, pidfile, status_file
+
+    dbs = [cfg.path(cfg.guard.database)]
+    if cfg.accounts.backend != "postgresql":
+        dbs.append(cfg.path(cfg.accounts.database))
+    for db in dbs:
+        for side in _SQLITE_SIDE_FILES:
+            yield db.with_name(db.name + side)
+    for f in (cfg.auth.log_file, cfg.server.log_file):
+        if f is not None and str(f) not in ("", "."):
+            yield cfg.path(f)
+    yield decoy_secret_path(cfg)
+    yield pidfile.pid_path(cfg)
+    yield status_file.status_path(cfg)
+    yield metrics_http.metrics_dir(cfg)
+    yield cfg.path(cfg.queue.spool)
+    if cfg.delivery.mode == "maildir":
+        yield cfg.path(cfg.delivery.maildir)
+
+
+def hand_over(cfg: Config, who: RunAs) -> None:
+    """Give ``who`` the state files (trees: everything under them), and check that
+    it can write the directories SQLite makes its side files in.
+
+    Raises:
+        StartupError: a database's directory is not writable by the user.
+    """
+    for path in state_paths(cfg):
+        _chown_tree(path, who)
+    for key, db in (("guard.database", cfg.path(cfg.guard.database)),
+                    ("accounts.database", cfg.path(cfg.accounts.database))):
+        if key == "accounts.database" and cfg.accounts.backend == "postgresql":
+            continue
+        if not _writable_by(db.parent, who):
+            raise StartupError(key, f"{db.parent} is not writable by {who.user!r} (SQLite "
+                                    "writes its journal there): chown it, or make the state "
+                                    "directory with `smtpgate init --owner`")
+
+
+def _chown_tree(path: Path, who: RunAs) -> None:
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    _chown(path, st, who)
+    if stat.S_ISDIR(st.st_mode):
+        for root, dirs, files in os.walk(path):
+            for name in (*dirs, *files):
+                p = Path(root, name)
+                _chown(p, p.lstat(), who)
+
+
+def _chown(path: Path, st: os.stat_result, who: RunAs) -> None:
+    if stat.S_ISLNK(st.st_mode) or (st.st_uid, st.st_gid) == (who.uid, who.gid):
+        return
+    if st.st_uid not in (0, who.uid):
+        return  # someone else's file: not ours to take
+    os.chown(path, who.uid, who.gid, follow_symlinks=False)
+
+
+def _writable_by(directory: Path, who: RunAs) -> bool:
+    try:
+        st = directory.stat()
+    except OSError:
+        return False
+    if st.st_uid == who.uid:
+        return bool(st.st_mode & stat.S_IWUSR)
+    if st.st_gid in who.groups or st.st_gid == who.gid:
+        return bool(st.st_mode & stat.S_IWGRP)
+    return bool(st.st_mode & stat.S_IWOTH)
+
+
+def drop(who: RunAs | None) -> None:
+    """Become ``who`` for good (no way back to root); None: nothing to do.
+
+    Raises:
+        OSError: the kernel refused (then the process must not serve).
+    """
+    if who is None:
+        return
+    os.setgroups(list(who.groups))
+    os.setgid(who.gid)
+    os.setuid(who.uid)
+    if os.getuid() != who.uid or os.geteuid() != who.uid:  # pragma: no cover - kernel bug
+        raise OSError("privileges were not dropped")
+    os.environ["HOME"] = pwd.getpwuid(who.uid).pw_dir
+    os.environ["USER"] = os.environ["LOGNAME"] = who.user

@@ -12,10 +12,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pwd
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -219,3 +222,27 @@ def test_kill_9_during_queue_flush_loses_and_duplicates_nothing(tmp_path: Path) 
     contents = Counter(re.search(rb"Message-ID: <([^>]+)>", p.read_bytes()).group(1)  # type: ignore[union-attr]
                        for p in srv.delivered())
     assert len(contents) == len(total) and all(c == 1 for c in contents.values())
+
+
+def test_run_as_root_the_commands_act_as_the_spool_owner() -> None:
+    """What root writes into the spool (a state file, a flush request) must stay
+    readable and removable by the user ``serve`` runs as."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to change users")
+    root = Path(tempfile.mkdtemp(prefix="sgq-", dir="/tmp"))
+    try:
+        root.chmod(0o755)
+        srv = make_server(root / "srv")
+        (qid,) = _seed(srv.root / "spool", 1, "owner")
+        nobody = pwd.getpwnam("nobody")
+        for path in [srv.root, *srv.root.rglob("*")]:
+            os.chown(path, nobody.pw_uid, nobody.pw_gid)
+        assert srv.cli("queue", "hold", qid).returncode == 0
+        assert srv.cli("queue", "flush", qid).returncode == 0
+        state = srv.root / "spool" / "queue" / f"{qid}.state"
+        assert state.stat().st_uid == nobody.pw_uid
+        assert (srv.root / "spool" / "flush").stat().st_uid == nobody.pw_uid
+        log = srv.cli("admin-log", "--json").stdout
+        assert '"queue hold"' in log
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -2,8 +2,11 @@
 and ``postsuper`` do (docs/delivery.md maps one to the other).
 
 Safe while ``serve`` runs: the commands take the per-message lock the delivery
-worker holds during an attempt (``queue/msglock.py``). Changes (hold, release,
-delete, bounce) go to the admin log with the OS user who made them.
+worker holds during an attempt (``queue/msglock.py``). Run as root, they act as
+the spool's owner, so the server can read and remove what they write; everything
+they need is imported before that (the owner may not be able to read the Python
+installation's files). Changes (hold, release, delete, bounce) go to the admin log
+with the OS user who ran the command.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import asyncio
 import email.parser
 import email.policy
 import json
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,8 +32,10 @@ from smtpgate.cli.common import (
     iso_time,
 )
 from smtpgate.config import Config
+from smtpgate.queue.factory import make_deliverer
 from smtpgate.queue.manage import Entry, QueueBusy, QueueManager
 from smtpgate.queue.spool import MessageNotFound, Spool, SpoolError
+from smtpgate.queue.worker import DeliveryWorker
 
 _WAIT = click.option(
     "--wait", default=30.0, show_default=True, type=click.FloatRange(0),
@@ -46,6 +52,7 @@ def queue() -> None:
 @contextmanager
 def _manager(cfg: Config, wait: float = 30.0) -> Iterator[QueueManager]:
     """The queue of ``cfg``; errors become exit codes (3: no such message)."""
+    _become_spool_owner(cfg.path(cfg.queue.spool))
     try:
         spool = Spool(cfg.path(cfg.queue.spool), prefill=False)
     except OSError as e:
@@ -63,6 +70,27 @@ def _manager(cfg: Config, wait: float = 30.0) -> Iterator[QueueManager]:
         raise OperationalError(str(e), "check [queue].spool and its permissions") from None
     finally:
         asyncio.run(spool.close())
+
+
+def _become_spool_owner(spool_dir: Path) -> None:
+    """Run as root, act as the owner of the spool (the user ``serve`` runs as), as
+    Postfix's postsuper acts as the mail owner: a state file, a flush request or a
+    bounce written by root would be one the server cannot read or remove."""
+    if os.geteuid() != 0:
+        return
+    try:
+        st = os.stat(spool_dir)
+    except OSError:
+        return  # no spool yet: Spool() creates it, owned by whoever runs this
+    if st.st_uid == 0:
+        return
+    try:
+        os.setgroups([st.st_gid])
+        os.setgid(st.st_gid)
+        os.setuid(st.st_uid)
+    except OSError as e:
+        raise OperationalError(f"cannot act as the spool's owner (uid {st.st_uid}): {e}",
+                               "run this as that user") from None
 
 
 def _audit(cfg: Config, action: str, qid: str, details: dict[str, object]) -> None:
@@ -173,9 +201,6 @@ def flush(queue_id: str | None, config_path: Path | None) -> None:
 def _deliver_here(cfg: Config, spool_dir: Path) -> int | None:
     """Deliver what is due in this process if no server holds the delivery lock;
     None when a server does (it takes the flush request)."""
-    from smtpgate.queue.factory import make_deliverer
-    from smtpgate.queue.worker import DeliveryWorker
-
     async def run() -> int | None:
         spool = Spool(spool_dir, prefill=False)
         deliverer = make_deliverer(cfg)

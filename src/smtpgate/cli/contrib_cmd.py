@@ -1,7 +1,7 @@
 """``smtpgate contrib NAME``: print a file for the system around smtpgate.
 
-The systemd unit, fail2ban filter and jail, logrotate stanza and certbot hook
-ship inside the package (``smtpgate/contrib/``; the repository's ``contrib/``
+The systemd unit, fail2ban filter and jail, logrotate stanza, certbot hook and
+Grafana dashboard ship inside the package (``smtpgate/contrib/``; the repository's ``contrib/``
 is the same directory), so an installed smtpgate can write them out without a
 source checkout. Each agrees with the production layout of the README.
 """
@@ -22,6 +22,7 @@ FILES: dict[str, tuple[str, str]] = {
         "certbot/smtpgate-deploy-hook",
         "/etc/letsencrypt/renewal-hooks/deploy/smtpgate",
     ),
+    "grafana": ("grafana/smtpgate-dashboard.json", "Grafana: Dashboards > New > Import"),
 }
 
 

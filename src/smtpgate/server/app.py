@@ -475,6 +475,7 @@ async def serve_sockets(
         cfg, admin_sock, status_file.status_path(cfg))
     # The metrics endpoint too (server/metrics_http.py).
     served = await metrics_http.maybe_start(cfg, metrics_sock) if with_delivery else None
+    metrics.prime(lst.name for lst in cfg.listeners)
     if ready is not None:
         ready()
     systemd.ready(f"serving on {len(servers)} listeners")

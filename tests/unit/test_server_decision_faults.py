@@ -82,11 +82,13 @@ class FakeIncoming:
 class FakeSpool:
     stored: list[bytes] = field(default_factory=list)
 
-    async def store(self, envelope: object, data: bytes) -> str:
+    async def store(self, envelope: object, data: bytes, qid: str | None = None) -> str:
         self.stored.append(data)
         return f"Q{len(self.stored)}"
 
-    def receive(self, envelope: object, prefix: bytes = b"") -> FakeIncoming:
+    def receive(
+        self, envelope: object, prefix: bytes = b"", qid: str | None = None
+    ) -> FakeIncoming:
         return FakeIncoming(bytearray(prefix))
 
     async def publish(self, incoming: FakeIncoming) -> str:

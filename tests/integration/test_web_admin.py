@@ -24,11 +24,9 @@ from typing import Any
 
 import pyotp
 import pytest
+from playwright.sync_api import Page, sync_playwright  # a test extra; the browser is Debian's
 
 from tests.integration.conftest import PASSWORD, USER, Server, free_port, make_server, require_tool
-
-pytest.importorskip("playwright.sync_api")
-from playwright.sync_api import Page, sync_playwright
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(os.environ.get("SMTPGATE_ARTIFACTS", Path(__file__).parents[2] / "test-artifacts"))

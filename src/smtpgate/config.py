@@ -153,6 +153,11 @@ class ListenerConfig(Model):
         _parse_hostport(v)
         return v
 
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_trusted_proxies(cls, v: list[str]) -> list[str]:
+        return _check_networks(v)
+
     @field_validator("xclient_trusted")
     @classmethod
     def _check_xclient_trusted(cls, v: list[str]) -> list[str]:
@@ -162,11 +167,6 @@ class ListenerConfig(Model):
             except ValueError:
                 raise ValueError(f"not a network: {item!r}") from None
         return v
-
-    @field_validator("trusted_proxies")
-    @classmethod
-    def _check_trusted_proxies(cls, v: list[str]) -> list[str]:
-        return _check_networks(v)
 
     @model_validator(mode="after")
     def _check_client_certificates(self) -> ListenerConfig:
@@ -761,21 +761,6 @@ class GuardConfig(Model):
         description="SQLite file with failure counters, blocks, lockouts, known addresses "
         "and rate-limit counters; survives restarts and is shared by workers.",
     )
-    store_timeout: float = Field(
-        default=0.25,
-        gt=0,
-        le=10,
-        description="Seconds the guard and the rate limits wait for their database (e.g. while "
-        "another process holds its locks) before answering without it, per "
-        "on_store_unavailable; see docs/operations.md.",
-    )
-    on_store_unavailable: Literal["known", "open", "closed"] = Field(
-        default="known",
-        description="Logins while the guard database does not answer: 'known' lets in addresses "
-        "the account logged in from (as this process remembers), others get 454 4.7.0; 'open' "
-        "lets every login try; 'closed' refuses all with 454. Penalties and lockouts are "
-        "counted in memory meanwhile. Rate limits are not applied meanwhile.",
-    )
     allowlist: list[str] = Field(
         default_factory=list,
         description="Networks (CIDR) the guard ignores entirely: no penalty, no counting, no "
@@ -1147,6 +1132,22 @@ class StateConfig(Model):
         default=None,
         description="This node's name in `smtpgate cluster status`; default: the host name "
         "and the config file's directory.",
+    )
+    timeout: float = Field(
+        default=0.25,
+        gt=0,
+        le=10,
+        description="Seconds a guard or sending-counter call may wait for the state (the "
+        "SQLite file while another process holds its locks, or Redis) before it is answered "
+        "without it, per on_unavailable; no call waits behind a stuck one. See "
+        "docs/operations.md and docs/scale-out.md.",
+    )
+    on_unavailable: Literal["known", "open", "closed"] = Field(
+        default="known",
+        description="Logins while the state does not answer: 'known' lets in addresses the "
+        "account logged in from (as this process remembers), others get 454 4.7.0; 'open' "
+        "lets every login try; 'closed' refuses all with 454. Penalties and lockouts are "
+        "counted in memory meanwhile. Sending limits are not applied meanwhile.",
     )
 
     @field_validator("redis_url")

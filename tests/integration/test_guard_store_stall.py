@@ -1,7 +1,7 @@
 """Issue 16: another process holds the guard database's locks.
 
 The real ``smtpgate serve`` as installed (``smtpgate init``'s config: two workers
-on this machine, ``guard.store_timeout = 0.25``, ``on_store_unavailable =
+on this machine, ``state.timeout = 0.25``, ``state.on_unavailable =
 "known"``), and a second process holding ``guard.sqlite``'s locks as an
 ``sqlite3`` shell in ``BEGIN EXCLUSIVE`` does. Before the fix each login waited
 for SQLite's busy timeout on the worker's one guard thread (so concurrent logins

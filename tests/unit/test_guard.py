@@ -31,7 +31,7 @@ from smtpgate.auth.guard_store import (
     SqliteGuardStore,
 )
 from smtpgate.auth.networks import client_keys
-from smtpgate.config import GuardConfig
+from smtpgate.config import GuardConfig, StateConfig
 from smtpgate.policy.sqlite_counters import SqliteRateCounters
 
 CFG = GuardConfig(
@@ -293,8 +293,8 @@ class BrokenStore(SqliteGuardStore):
 async def test_database_fault_fails_open_when_configured(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """``on_store_unavailable = "open"``; the default is tested in test_guard_unavailable."""
-    g = Guard(BrokenStore(tmp_path / "g.sqlite"), CFG.model_copy(update={"on_store_unavailable": "open"}))
+    """``[state] on_unavailable = "open"``; the default is tested in test_guard_unavailable."""
+    g = Guard(BrokenStore(tmp_path / "g.sqlite"), CFG, StateConfig(on_unavailable="open"))
     try:
         c = await g.check("192.0.2.1", ALICE)
         assert c.refusal is None and c.delay == 0 and not c.unavailable

@@ -20,7 +20,7 @@ from smtpgate.auth.bounded_calls import BoundedCalls, StoreUnavailable
 from smtpgate.auth.guard import Guard
 from smtpgate.auth.guard_store import ADDRESS, Block, GuardStoreError, Snapshot, SqliteGuardStore
 from smtpgate.auth.sender_profile import SenderProfile
-from smtpgate.config import GuardConfig, LimitsConfig
+from smtpgate.config import GuardConfig, LimitsConfig, StateConfig
 from smtpgate.policy.rate_counters import RateCountersError
 from smtpgate.policy.rates import RateLimiter
 
@@ -151,15 +151,18 @@ class StuckGuardStore(SqliteGuardStore):
         super().record_success(*a, **k)  # type: ignore[arg-type]
 
 
-def cfg(mode: str = "known") -> GuardConfig:
-    return GuardConfig(store_timeout=TIMEOUT, on_store_unavailable=mode,  # type: ignore[arg-type]
-                       known_lockout_threshold=3, penalty_base=0.5, penalty_max=4.0)
+def cfg() -> GuardConfig:
+    return GuardConfig(known_lockout_threshold=3, penalty_base=0.5, penalty_max=4.0)
+
+
+def state(mode: str = "known") -> StateConfig:
+    return StateConfig(timeout=TIMEOUT, on_unavailable=mode)  # type: ignore[arg-type]
 
 
 @pytest.fixture
 async def stuck(tmp_path: Path) -> AsyncIterator[tuple[Guard, StuckGuardStore]]:
     store = StuckGuardStore(tmp_path / "guard.sqlite")
-    g = Guard(store, cfg())
+    g = Guard(store, cfg(), state())
     yield g, store
     store.gate.set()
     await g.close()
@@ -209,11 +212,11 @@ async def test_when_only_writes_are_stuck_the_snapshot_still_decides(tmp_path: P
     """Reads answer, writes do not: known comes from the state (a process that
     never saw the login knows it), blocks still apply, failures meet the penalty."""
     store = StuckGuardStore(tmp_path / "guard.sqlite")
-    first = Guard(store, cfg())
+    first = Guard(store, cfg(), state())
     await _known_from_home(first)
     await first.close()
     store = StuckGuardStore(tmp_path / "guard.sqlite")
-    g = Guard(store, cfg())  # a fresh process: nothing in memory
+    g = Guard(store, cfg(), state())  # a fresh process: nothing in memory
     try:
         store.reads_free = True
         store.start_blocks([Block(ADDRESS, "203.0.113.9", 0, 4e9, "test")])
@@ -247,7 +250,7 @@ async def test_a_write_episode_ends_by_itself_though_refused_logins_write_nothin
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     store = LockedWrites(tmp_path / "guard.sqlite")
-    g = Guard(store, cfg())
+    g = Guard(store, cfg(), state())
     try:
         store.locked = True
         assert await g.failure(await g.check(AWAY, ALICE), counts_account=True) == []
@@ -267,7 +270,7 @@ async def test_a_write_episode_ends_by_itself_though_refused_logins_write_nothin
 @pytest.mark.parametrize(("mode", "home_ok", "away_ok"), [("open", True, True), ("closed", False, False)])
 async def test_open_and_closed_modes(tmp_path: Path, mode: str, home_ok: bool, away_ok: bool) -> None:
     store = StuckGuardStore(tmp_path / "guard.sqlite")
-    g = Guard(store, cfg(mode))
+    g = Guard(store, cfg(), state(mode))
     try:
         await _known_from_home(g)
         store.gate.clear()
@@ -355,7 +358,7 @@ async def test_stuck_rate_counters_fail_open_without_queueing(caplog: pytest.Log
 
 
 def test_the_bound_and_the_mode_are_config_keys() -> None:
-    c = GuardConfig()
-    assert c.store_timeout == 0.25 and c.on_store_unavailable == "known"
+    c = StateConfig()
+    assert c.timeout == 0.25 and c.on_unavailable == "known"
     with pytest.raises(ValueError):
-        GuardConfig(store_timeout=0)
+        StateConfig(timeout=0)

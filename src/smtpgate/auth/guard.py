@@ -55,10 +55,10 @@ its counts back, ``blocks_due`` (pure) compares them with the thresholds, and
 the state is asked to start the blocks due; ``decide`` (pure) reads a
 snapshot. A reload changes thresholds here and nothing in the state.
 
-Faults: every state call is bounded (``store_timeout``, ``bounded_calls``): a
+Faults: every state call is bounded (``[state] timeout``, ``bounded_calls``): a
 state that fails or does not answer in time starts an *episode*, logged once
 at its start and once at its end, during which no call waits behind a stuck
-one. Meanwhile ``on_store_unavailable`` decides (here, above the state
+one. Meanwhile ``[state] on_unavailable`` decides (here, above the state
 interface, so any backend gets the same rule):
 
 - ``known`` (default): an address the account logged in from (within
@@ -104,7 +104,7 @@ from smtpgate.auth.guard_state import (
 )
 from smtpgate.auth.names import lookup_key
 from smtpgate.auth.networks import ClientKeys, client_keys, in_networks, parse_ip, parse_networks
-from smtpgate.config import GuardConfig
+from smtpgate.config import GuardConfig, StateConfig
 
 log = logging.getLogger("smtpgate.guard")
 T = TypeVar("T")
@@ -148,7 +148,7 @@ class GuardCheck:
     #: Last success of the account from this address (Unix time), if any.
     known_since: float | None = None
     #: Why the attempt gets a temporary failure because the state is unavailable
-    #: (``on_store_unavailable``); "" otherwise. Not a refusal: it is answered and
+    #: (``[state] on_unavailable``); "" otherwise. Not a refusal: it is answered and
     #: logged as a backend fault (454 4.7.0), never as a block fail2ban would count.
     unavailable: str = ""
 
@@ -201,13 +201,13 @@ def _known_key(check: GuardCheck, identity: str) -> str:
     return check.account or lookup_key(identity)
 
 
-def _degraded_text(cfg: GuardConfig) -> str:
+def _degraded_text(cfg: StateConfig) -> str:
     """What the guard does during an episode, for its log line."""
     return {
         "known": "logins only from addresses known to the account (others get 454)",
         "open": "logins from every address, with penalties and lockouts counted in memory",
         "closed": "every login refused with 454",
-    }[cfg.on_store_unavailable]
+    }[cfg.on_unavailable]
 
 
 def _stamp(t: float) -> str:
@@ -306,21 +306,23 @@ class Guard:
     calls are a few indexed SQLite statements (or one Redis round trip) each,
     and a stuck write (another process's lock) holds up no read. A login's
     write is awaited before its reply, so the next check sees it. Each call is bounded
-    by ``store_timeout`` (``bounded_calls``); see "Faults" above for what the
+    by ``[state] timeout`` (``bounded_calls``); see "Faults" above for what the
     guard does without an answer. ``close()`` closes the state.
     """
 
     def __init__(
-        self, store: GuardState, cfg: GuardConfig, *, clock: Callable[[], float] = time.time
+        self, store: GuardState, cfg: GuardConfig, state: StateConfig | None = None, *,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
         self._cfg = cfg
+        self._state = state or StateConfig()
         self._clock = clock
         self._allow = parse_networks(cfg.allowlist)
         self._thresholds = thresholds(cfg)
         self._calls = StoreCalls(
-            "guard database", cfg.store_timeout, (GuardStoreError,),
-            degraded=_degraded_text(cfg), log=log,
+            "guard database", self._state.timeout, (GuardStoreError,),
+            degraded=_degraded_text(self._state), log=log,
         )
         self._memory = GuardMemory()
         #: Background write probes (``_probe_writes``), kept until done.
@@ -333,12 +335,15 @@ class Guard:
     def store(self) -> GuardState:
         return self._store
 
-    def reconfigure(self, cfg: GuardConfig) -> None:
-        """New thresholds, windows and allowlist (a reload); the store stays."""
+    def reconfigure(self, cfg: GuardConfig, state: StateConfig | None = None) -> None:
+        """New thresholds, windows, allowlist and ``[state]`` bound and mode (a
+        reload); the store stays."""
         self._cfg = cfg
+        if state is not None:
+            self._state = state
         self._allow = parse_networks(cfg.allowlist)
         self._thresholds = thresholds(cfg)
-        self._calls.configure(cfg.store_timeout, _degraded_text(cfg))
+        self._calls.configure(self._state.timeout, _degraded_text(self._state))
 
     @property
     def unavailable(self) -> bool:
@@ -542,7 +547,7 @@ class Guard:
     def _degraded_check(
         self, keys: ClientKeys, account: str, now: float, snap: Snapshot | None
     ) -> GuardCheck:
-        """``check`` per ``on_store_unavailable`` ("Faults" above): without the state
+        """``check`` per ``[state] on_unavailable`` ("Faults" above): without the state
         (``snap`` None: known addresses from memory), or with a snapshot but no
         way to record (its blocks were already applied; its penalty adds up with
         the failures counted in memory)."""
@@ -552,9 +557,9 @@ class Guard:
         known = since is not None and since > now - c.known_address_days * 86400
         recorded = 0 if snap is None else snap.penalty_failures
         why = ""
-        if c.on_store_unavailable == "closed":
+        if self._state.on_unavailable == "closed":
             why = "guard database unavailable: every login refused meanwhile"
-        elif c.on_store_unavailable == "known" and not known:
+        elif self._state.on_unavailable == "known" and not known:
             why = "guard database unavailable: only addresses known to the account log in meanwhile"
         elif mem.account_failures(account, now, c.lockout_window) >= c.known_lockout_threshold:
             why = "guard database unavailable: too many failed logins for the account meanwhile"

@@ -21,7 +21,7 @@ def redis_client(cfg: Config) -> redis.Redis:
     """
     state = cfg.state
     password_file = None if state.password_file is None else cfg.path(state.password_file)
-    return connect(state.redis_url, read_password(password_file), cfg.guard.store_timeout)
+    return connect(state.redis_url, read_password(password_file), cfg.state.timeout)
 
 
 def open_guard_state(cfg: Config) -> GuardState:

@@ -18,7 +18,7 @@ each. That is the price of not holding a lock across a DATA phase.
 What is left of a budget is the pure ``budget_left``; the limiter only reads
 and bumps counters, on its own thread.
 
-Faults fail open. Each counter call is bounded (``[guard] store_timeout``,
+Faults fail open. Each counter call is bounded (``[state] timeout``,
 ``auth.bounded_calls``): counters that fail or do not answer in time start an
 episode, logged once at its start and once at its end, during which MAIL is
 not limited and accepted messages are not counted, and no call waits behind a

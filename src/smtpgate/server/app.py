@@ -40,7 +40,6 @@ from smtpgate.auth.directory import StoreError
 from smtpgate.auth.guard import Guard
 from smtpgate.auth.guard_state import GuardStoreError
 from smtpgate.auth.networks import parse_networks
-from smtpgate.auth.networks import parse_networks
 from smtpgate.auth.oauth import TokenVerifier
 from smtpgate.auth.service import AuthService, build_auth_service
 from smtpgate.auth.state_backend import open_guard_state
@@ -154,7 +153,7 @@ def build_guard(cfg: Config) -> Guard:
     Raises:
         GuardStoreError: the file cannot be opened.
     """
-    return Guard(open_guard_state(cfg), cfg.guard)
+    return Guard(open_guard_state(cfg), cfg.guard, cfg.state)
 
 
 def build_rates(cfg: Config) -> RateLimiter:
@@ -165,7 +164,7 @@ def build_rates(cfg: Config) -> RateLimiter:
         RateCountersError: the file cannot be opened.
     """
     return RateLimiter(open_rate_counters(cfg), cfg.limits,
-                       store_timeout=cfg.guard.store_timeout)
+                       store_timeout=cfg.state.timeout)
 
 
 def bind_sockets(
@@ -353,9 +352,9 @@ class _Live:
         rt.login.failure_floor = cfg.auth.failure_floor
         rt.add_received = cfg.smtp.received_header
         rt.policy = cfg.policy
-        self.guard.reconfigure(cfg.guard)
+        self.guard.reconfigure(cfg.guard, cfg.state)
         if rt.rates is not None:
-            rt.rates.reconfigure(cfg.limits, cfg.guard.store_timeout)
+            rt.rates.reconfigure(cfg.limits, cfg.state.timeout)
         for lst in cfg.listeners:
             self.listeners[lst.name] = _listener_runtime(cfg, lst, self.secret)
         for door in self.doors:

@@ -100,6 +100,9 @@ def merge(running: Config, new: Config) -> Config:
             "tls": new.tls,
             "limits": new.limits,
             "guard": guard,
+            # The bound and the mode apply at once; where the state lives needs a restart.
+            "state": running.state.model_copy(update={
+                "timeout": new.state.timeout, "on_unavailable": new.state.on_unavailable}),
             "policy": new.policy,
             "smtp": new.smtp,
             "auth": auth,

@@ -1,0 +1,110 @@
+"""What the login path counts (smtpgate.metrics), and who may be dropped to
+(server/privileges.py): the result classes, bounded labels, refusals."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from smtpgate import metrics
+from smtpgate.auth.guard import Refusal
+from smtpgate.auth.service import REFUSED_POLICY, Resolution
+from smtpgate.config import Config
+from smtpgate.errors import StartupError
+from smtpgate.sasl import base as sasl
+from smtpgate.server import privileges
+from tests.unit.test_auth_login import CTX, PLAIN, USER, Outcome, World
+
+
+def count(mechanism: str, result: str, front_door: str = "smtp") -> float:
+    return metrics._m.auth_attempts.labels(mechanism, front_door, result)._value.get()
+
+
+def observed(result: str) -> float:
+    """How many login latencies were observed for ``result``."""
+    for family in metrics._m.login_seconds.collect():
+        for s in family.samples:
+            if s.name.endswith("_count") and s.labels == {"result": result}:
+                return s.value
+    return 0.0
+
+
+@pytest.mark.parametrize(
+    ("resolution", "outcome", "guard_refusal", "expected"),
+    [
+        (Resolution(sasl.Verdict(ok=True, identity=USER)),
+         Outcome("PLAIN", "success", identity=USER), None, "success"),
+        (Resolution(sasl.Verdict(ok=False, reason="bad password")),
+         Outcome("PLAIN", "failure", reason="bad password"), None, "failure"),
+        (Resolution(sasl.Verdict(ok=False, reason="locked"), refusal=REFUSED_POLICY),
+         Outcome("PLAIN", "failure", reason="locked"), None, "refused_policy"),
+        (Resolution(sasl.Verdict(ok=False, reason="db down", temporary=True)),
+         Outcome("PLAIN", "tempfail", reason="db down"), None, "temporary"),
+        (Resolution(sasl.Verdict(ok=True, identity=USER)),
+         Outcome("PLAIN", "tempfail", reason="address blocked"),
+         Refusal("address", "address blocked"), "refused_guard"),
+    ],
+)
+async def test_each_attempt_is_counted_once_in_its_class_with_its_latency(
+    resolution: Resolution, outcome: Outcome, guard_refusal: Refusal | None, expected: str
+) -> None:
+    w = World()
+    w.auth.resolution = resolution
+    w.guard.refusal = guard_refusal
+    before = {r: count("PLAIN", r) for r in metrics.AUTH_RESULTS}
+    latencies = observed(expected)
+    attempt = w.login().begin(CTX)
+    await attempt.resolve(PLAIN)
+    await attempt.finish(outcome)
+    after = {r: count("PLAIN", r) for r in metrics.AUTH_RESULTS}
+    assert {r: after[r] - before[r] for r in after} == {
+        r: (1.0 if r == expected else 0.0) for r in metrics.AUTH_RESULTS}
+    assert observed(expected) == latencies + 1
+
+
+async def test_a_mechanism_the_client_made_up_is_not_a_label() -> None:
+    """The mechanism comes from the wire: anything unknown is "other", so a client
+    cannot create series (nor smuggle an account name into the metrics)."""
+    w = World()
+    before = count("other", "failure")
+    attempt = w.login().begin(CTX)
+    await attempt.finish(Outcome("ALICE@EXAMPLE.ORG", "failure", username=""))
+    assert count("other", "failure") == before + 1
+    assert "ALICE@EXAMPLE.ORG" not in {
+        s.labels.get("mechanism") for f in metrics._m.auth_attempts.collect() for s in f.samples}
+
+
+def _cfg(tmp_path: Path, **server: str) -> Config:
+    return Config.model_validate({
+        "listeners": [{"name": "s", "address": "127.0.0.1:2525", "tls": "starttls"}],
+        "server": server, "base_dir": tmp_path})
+
+
+def test_an_unknown_user_or_group_is_named(tmp_path: Path) -> None:
+    with pytest.raises(StartupError) as e:
+        privileges.resolve(_cfg(tmp_path, user="no-such-user-xyz"))
+    assert e.value.key == "server.user"
+    with pytest.raises(StartupError) as e:
+        privileges.resolve(_cfg(tmp_path, user="nobody", group="no-such-group-xyz"))
+    assert e.value.key == "server.group"
+
+
+def test_root_is_not_an_unprivileged_user(tmp_path: Path) -> None:
+    with pytest.raises(StartupError) as e:
+        privileges.resolve(_cfg(tmp_path, user="root"))
+    assert e.value.key == "server.user"
+
+
+def test_a_group_without_a_user_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="group is set without user"):
+        _cfg(tmp_path, group="nogroup")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the drop target is resolved only as root")
+def test_nobody_resolves_with_its_groups(tmp_path: Path) -> None:
+    who = privileges.resolve(_cfg(tmp_path, user="nobody"))
+    assert who is not None and who.user == "nobody" and who.uid != 0
+    assert who.gid in who.groups

@@ -288,6 +288,37 @@ def from_header_seeds() -> dict[str, bytes]:
     }
 
 
+def proxy_header_seeds() -> dict[str, bytes]:
+    """Byte 0: the cut seed; then what HAProxy sends (send-proxy, send-proxy-v2)."""
+    import struct
+
+    sys.path.insert(0, str(ROOT / "src"))
+    from smtpgate.frontdoor.proxy_header import V2_SIGNATURE, crc32c
+
+    def v2(ver_cmd: int, fam: int, body: bytes, tlvs: bytes = b"", crc: bool = False) -> bytes:
+        if crc:
+            tlvs += b"\x03\x00\x04\x00\x00\x00\x00"
+        head = V2_SIGNATURE + bytes([ver_cmd, fam]) + struct.pack(">H", len(body + tlvs))
+        out = head + body + tlvs
+        if crc:
+            out = out[:-4] + struct.pack(">I", crc32c(out))
+        return out
+
+    ip4 = bytes([192, 0, 2, 1, 198, 51, 100, 2]) + struct.pack(">HH", 56324, 465)
+    ip6 = bytes(10) + b"\xff\xff" + bytes([192, 0, 2, 1]) + bytes(15) + b"\x01" + struct.pack(
+        ">HH", 1, 587)
+    ssl = b"\x20\x00\x0b\x07\x00\x00\x00\x00\x21\x00\x03TLS"
+    return {
+        "v1-tcp4": b"\x03PROXY TCP4 192.0.2.1 198.51.100.2 56324 587\r\nEHLO c\r\n",
+        "v1-tcp6": b"\x05PROXY TCP6 2001:db8::1 2001:db8::2 4000 465\r\n\x16\x03\x01",
+        "v1-unknown": b"\x01PROXY UNKNOWN ffff::1 ffff::2 1 2\r\n",
+        "v2-ipv4": b"\x03" + v2(0x21, 0x11, ip4) + b"\x16\x03\x01\x00",
+        "v2-ipv6-mapped-tlvs-crc": b"\x07" + v2(0x21, 0x21, ip6, b"\x01\x00\x02h2" + ssl, crc=True),
+        "v2-local": b"\x02" + v2(0x20, 0x00, b""),
+        "v2-unix": b"\x04" + v2(0x21, 0x31, bytes(216)),
+    }
+
+
 def write(target: str, seeds: dict[str, bytes]) -> None:
     d = HERE / "corpus" / target
     d.mkdir(parents=True, exist_ok=True)
@@ -306,6 +337,7 @@ def main() -> None:
     write("auth_http", auth_http_seeds())
     write("policy", policy_seeds())
     write("from_header", from_header_seeds())
+    write("proxy_header", proxy_header_seeds())
 
 
 if __name__ == "__main__":

@@ -108,3 +108,23 @@ def test_nobody_resolves_with_its_groups(tmp_path: Path) -> None:
     who = privileges.resolve(_cfg(tmp_path, user="nobody"))
     assert who is not None and who.user == "nobody" and who.uid != 0
     assert who.gid in who.groups
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_handing_over_a_tree_follows_no_link(tmp_path: Path) -> None:
+    """The user owns the state directory and could plant links in the spool: the
+    root start-up must give it what is in the tree, never what a link points to."""
+    who = privileges.RunAs("nobody", 65534, 65534, (65534,))
+    outside = tmp_path / "outside"
+    outside.write_text("root's")
+    spool = tmp_path / "spool"
+    (spool / "queue").mkdir(parents=True)
+    (spool / "queue" / "m.msg").write_text("a message")
+    (spool / "queue" / "link").symlink_to(outside)
+    (spool / "dirlink").symlink_to(tmp_path)
+    os.link(outside, spool / "queue" / "hard")
+    privileges._chown_tree(spool, who)
+    assert spool.stat().st_uid == (spool / "queue").stat().st_uid == 65534
+    assert (spool / "queue" / "m.msg").stat().st_uid == 65534
+    assert outside.stat().st_uid == 0  # neither through the symlink nor the hard link
+    assert tmp_path.stat().st_uid == 0

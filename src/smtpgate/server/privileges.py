@@ -125,24 +125,41 @@ def hand_over(cfg: Config, who: RunAs) -> None:
 
 
 def _chown_tree(path: Path, who: RunAs) -> None:
+    """Give ``who`` the file at ``path``, or the tree under it.
+
+    The user may own the directories walked (the state directory is theirs), so
+    as root this must not be led elsewhere by a symlink swapped in meanwhile: the
+    walk holds each directory open (``os.fwalk``) and changes names relative to
+    it without following links; a link, a file with other links (a hard link to
+    a file elsewhere) and a file of a third user are left alone.
+    """
     try:
         st = path.lstat()
     except FileNotFoundError:
         return
-    _chown(path, st, who)
-    if stat.S_ISDIR(st.st_mode):
-        for root, dirs, files in os.walk(path):
-            for name in (*dirs, *files):
-                p = Path(root, name)
-                _chown(p, p.lstat(), who)
+    if not stat.S_ISDIR(st.st_mode):
+        _chown(str(path), st, who, None)
+        return
+    for root, dirs, files, dir_fd in os.fwalk(path):
+        if Path(root) == path:
+            _chown(".", os.fstat(dir_fd), who, dir_fd)
+        for name in (*dirs, *files):
+            try:
+                entry = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            _chown(name, entry, who, dir_fd)
 
 
-def _chown(path: Path, st: os.stat_result, who: RunAs) -> None:
+def _chown(name: str, st: os.stat_result, who: RunAs, dir_fd: int | None) -> None:
     if stat.S_ISLNK(st.st_mode) or (st.st_uid, st.st_gid) == (who.uid, who.gid):
         return
     if st.st_uid not in (0, who.uid):
         return  # someone else's file: not ours to take
-    os.chown(path, who.uid, who.gid, follow_symlinks=False)
+    if not stat.S_ISDIR(st.st_mode) and st.st_nlink > 1:
+        log.warning("server.user: %s has other hard links; left as it is", name)
+        return
+    os.chown(name, who.uid, who.gid, dir_fd=dir_fd, follow_symlinks=False)
 
 
 def _writable_by(directory: Path, who: RunAs) -> bool:

@@ -144,3 +144,21 @@ def test_from_header_check_bounds_what_the_stdlib_parser_reads(
     )
     assert refusal is not None  # refused either way
     assert sum(given) <= 16 * 1024, f"the stdlib parser was given {sum(given)} characters"
+
+
+def test_proxy_v1_line_with_a_bare_lf_is_refused_however_it_arrives() -> None:
+    """`PROXY UNKNOWN ...<LF>...<CR><LF>` was accepted when it arrived in one read
+    (the line up to the CRLF parsed as UNKNOWN) and refused when the LF arrived
+    before the CRLF: the same bytes, two verdicts (found by the proxy_header target).
+    A v1 header is one line ended by CRLF; a bare LF in it is refused."""
+    from smtpgate.frontdoor.proxy_header import ProxyHeaderError, ProxyHeaderParser
+
+    data = b"PROXY UNKNOWN ffff::0 ffff::2\n!\x11\x00\r\n"
+    with pytest.raises(ProxyHeaderError):
+        ProxyHeaderParser().feed(data)
+    parser = ProxyHeaderParser()
+    with pytest.raises(ProxyHeaderError):
+        for i in range(len(data)):
+            parser.feed(data[i : i + 1])
+    info = ProxyHeaderParser().feed(b"PROXY UNKNOWN ffff::0 ffff::2\r\n")
+    assert info is not None and info.source is None

@@ -93,6 +93,10 @@ class ProxyHeaderParser:
             if len(buf) >= V1_MAX or b"\n" in buf:
                 raise ProxyHeaderError("PROXY v1 line too long or not ended by CRLF")
             return None
+        if b"\n" in buf[:end]:
+            # Refused whether or not the CRLF came in the same read (a bare LF
+            # alone is refused above): the same bytes, one verdict.
+            raise ProxyHeaderError("PROXY v1 line not ended by CRLF")
         self.rest = buf[end + 2 :]
         return parse_v1(buf[:end])
 

@@ -136,11 +136,14 @@ def _shot(page: Page, name: str) -> None:
 
 
 def _http(port: int, method: str, path: str, body: dict[str, str] | None = None,
-          cookie: str = "", source: str = "127.0.0.1") -> tuple[int, str, dict[str, str]]:
+          cookie: str = "", source: str = "127.0.0.1", origin: str = ""
+          ) -> tuple[int, str, dict[str, str]]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30, source_address=(source, 0))
     headers = {"Content-Type": "application/x-www-form-urlencoded"}
     if cookie:
         headers["Cookie"] = cookie
+    if origin:
+        headers["Origin"] = origin
     conn.request(method, path, urllib.parse.urlencode(body or {}), headers)
     resp = conn.getresponse()
     text = resp.read().decode("utf-8", "replace")
@@ -306,6 +309,9 @@ def test_posts_without_this_sessions_csrf_token_are_refused(site: Site, page: Pa
                  cookie=mine)[0] == 403
     assert _http(site.port, "POST", f"/accounts/{BOB}/lock", {"csrf": my_csrf},
                  cookie=eve_cookie)[0] == 403
+    # This session's cookie and token, sent by a page of another site: refused.
+    assert _http(site.port, "POST", f"/accounts/{BOB}/lock", {"csrf": my_csrf}, cookie=mine,
+                 origin="http://evil.example")[0] == 403
     # A forged cookie is no session: the page sends to the login, a POST is refused.
     forged = "smtpgate_admin=" + base64.urlsafe_b64encode(b"root" * 8).decode()
     status, _, headers = _http(site.port, "GET", "/accounts", cookie=forged)

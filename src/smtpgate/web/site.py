@@ -12,7 +12,8 @@ Security model (docs/operations.md, "Web admin"):
   ``__Host-`` when the listener speaks TLS), looked up in ``sessions.Sessions``.
 - Every POST carries the session's CSRF token; without it, or with another
   session's, it is refused with 403 and changes nothing. The login form has its
-  own token (a cookie and a field that must match).
+  own token (a cookie and a field that must match). A POST whose ``Origin`` is
+  another site is refused too.
 - Every page is rendered by Jinja2 with autoescaping; charts are SVG drawn with
   every label escaped; the Content-Security-Policy allows scripts only from this
   server's /static/, so an injected ``<script>`` would not run even if it were
@@ -32,6 +33,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar, cast
+from urllib.parse import urlsplit
 
 import jinja2
 import pyotp
@@ -168,7 +170,7 @@ class AdminSite:
             resp = e
         resp.headers["Content-Security-Policy"] = _CSP
         resp.headers["X-Content-Type-Options"] = "nosniff"
-        resp.headers["Referrer-Policy"] = "no-referrer"
+        resp.headers["Referrer-Policy"] = "same-origin"  # "no-referrer" makes Origin "null"
         resp.headers["X-Frame-Options"] = "DENY"
         resp.headers.setdefault("Cache-Control", "no-store")
         if isinstance(resp, web.HTTPException):
@@ -202,6 +204,7 @@ class AdminSite:
                     raise web.HTTPForbidden(text="not logged in")
                 raise web.HTTPSeeOther("/login")
             if request.method == "POST":
+                _same_origin(request)
                 form = await request.post()
                 token = form.get("csrf")
                 if not self.sessions.csrf_ok(session, token if isinstance(token, str) else None):
@@ -230,6 +233,7 @@ class AdminSite:
         return self._login_form(request)
 
     async def login(self, request: web.Request) -> web.StreamResponse:
+        _same_origin(request)
         form = await request.post()
         token, cookie = form.get("login_token"), request.cookies.get(_LOGIN_COOKIE)
         if not (isinstance(token, str) and cookie
@@ -490,6 +494,16 @@ def flash_add(session: Session, kind: str, text: str) -> None:
 
 def session_flash(session: Session) -> list[tuple[str, str]]:
     return _FLASH.pop(session.id, [])
+
+
+def _same_origin(request: web.Request) -> None:
+    """A browser names the page a POST comes from (``Origin``); one from another site
+    is refused before its form is read (besides the CSRF token, which it lacks)."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return  # not a browser, or an old one: the CSRF token decides
+    if origin == "null" or urlsplit(origin).netloc != request.host:
+        raise web.HTTPForbidden(text="cross-origin request refused")
 
 
 def _quote(name: str) -> str:

@@ -13,7 +13,8 @@ touches a socket: timeouts and shutdown arrive as method calls.
 
 Line endings: a command line may end in CRLF or, as a named leniency, a bare
 LF (gsasl sends them; Postfix accepts them); a bare CR never ends a line. In
-DATA only CRLF.CRLF ends the message (see ``data.py``).
+DATA only CRLF.CRLF ends the message (see ``data.py``); a BDAT chunk ends after
+exactly its declared octets (see ``bdat.py``).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from smtpgate.smtp.address import (
     parse_path,
     split_path_argument,
 )
+from smtpgate.smtp.bdat import BdatSyntaxError, ChunkStream, parse_bdat
 from smtpgate.smtp.data import DataEnd, DataStream, HeaderSection
 from smtpgate.smtp.dsn_params import (
     DsnParamError,
@@ -134,9 +136,17 @@ class ServerEngine:
         self._dsn = TransactionDsn()
         self._body_8bit = False
         self._smtputf8 = False
+        self._body_binary = False  # BODY=BINARYMIME: BDAT only (RFC 3030 §3)
         self._data: DataStream | None = None
         self._header: HeaderSection | None = None
         self._aborted = False
+        # BDAT (RFC 3030): the message's chunks, the octets of the current chunk
+        # still to read and whether it is the LAST; ``_skip``: octets of a refused
+        # BDAT still to read and drop (they are never commands).
+        self._chunks: ChunkStream | None = None
+        self._chunk_left = 0
+        self._chunk_last = False
+        self._skip = 0
         # Pending decision, and an event waiting to be returned by next_event()
         self._pending: Event | None = None
         self._emit: Event | None = None
@@ -178,7 +188,9 @@ class ServerEngine:
 
     @property
     def in_data(self) -> bool:
-        return self.state is State.DATA
+        """Message octets are being read (DATA, a BDAT chunk, or a refused chunk
+        being dropped): the I/O layer's data timeouts apply."""
+        return self.state is State.DATA or self.state is State.BDAT or self._skip > 0
 
     @property
     def in_auth(self) -> bool:
@@ -188,7 +200,8 @@ class ServerEngine:
     @property
     def idle(self) -> bool:
         """No message in flight and no decision pending: safe to hang up."""
-        return not self._paused and self.state not in (State.DATA, State.AUTH)
+        return not self._paused and self.state not in (
+            State.DATA, State.AUTH, State.BDAT, State.CHUNKS)
 
     def next_event(self) -> Event | Sentinel:
         if self._emit is not None:
@@ -198,6 +211,20 @@ class ServerEngine:
         if self._paused:
             return PAUSED
         while self.state is not State.CLOSED and self.state is not State.TLS:
+            if self._skip:
+                if not self._inbuf:
+                    return NEED_DATA
+                n = min(self._skip, len(self._inbuf))
+                del self._inbuf[:n]
+                self._skip -= n
+                continue
+            if self.state is State.BDAT:
+                if not self._inbuf and self._chunk_left:
+                    return NEED_DATA
+                event = self._chunk_received()
+                if event is not None:
+                    return event
+                continue
             if self.state is State.DATA:
                 if not self._inbuf:
                     return NEED_DATA
@@ -385,6 +412,9 @@ class ServerEngine:
             return self._error(R.UNKNOWN_COMMAND)
         if self.on_command is not None:
             self.on_command(verb)
+        if verb == "BDAT":
+            # Its octets follow whatever the answer: framing comes first.
+            return self._cmd_bdat(arg)
         if verb in _NEED_AUTH and not self.identity:
             # RFC 6409 §4.3 / RFC 3207 §4: refuse before looking at sequence, so a
             # relay probe learns nothing but "authenticate first".
@@ -407,6 +437,8 @@ class ServerEngine:
             "SMTPUTF8",
             "ENHANCEDSTATUSCODES",
             "DSN",  # RFC 3461
+            "CHUNKING",  # RFC 3030
+            "BINARYMIME",
         ]
         if s.starttls and self.tls is None:
             lines.append("STARTTLS")
@@ -450,19 +482,21 @@ class ServerEngine:
         if not arg or " " in arg:
             return self._error(R.SYNTAX_EHLO)
         self.helo, self.esmtp = arg, True
+        dropped = self._drop_chunks()
         self._reset_transaction()
         self.state = State.GREETED
         self._send(R.EHLO_OK.with_text(self.settings.hostname), self._ehlo_lines())
-        return None
+        return dropped
 
     def _cmd_helo(self, arg: str) -> Event | None:
         if not arg or " " in arg:
             return self._error(R.SYNTAX_HELO)
         self.helo, self.esmtp = arg, False
+        dropped = self._drop_chunks()
         self._reset_transaction()
         self.state = State.GREETED
         self._send(R.HELO_OK.with_text(self.settings.hostname))
-        return None
+        return dropped
 
     def _cmd_noop(self, arg: str) -> Event | None:
         self._send(R.NOOP_OK)
@@ -485,11 +519,12 @@ class ServerEngine:
     def _cmd_rset(self, arg: str) -> Event | None:
         if arg:
             return self._error(R.SYNTAX_NO_ARGS)
+        dropped = self._drop_chunks()
         self._reset_transaction()
-        if self.state in (State.MAIL, State.RCPT):
+        if self.state in (State.MAIL, State.RCPT, State.CHUNKS):
             self.state = State.GREETED
         self._send(R.RESET_OK)
-        return None
+        return dropped
 
     def _cmd_quit(self, arg: str) -> Event | None:
         self._close_with(R.BYE)
@@ -549,7 +584,7 @@ class ServerEngine:
         except AddressError:
             return self._error(R.BAD_SENDER_ADDRESS)
         size: int | None = None
-        body_8bit = False
+        body_8bit = body_binary = False
         auth_param: str | None = None
         dsn_ret: str | None = None
         dsn_envid: str | None = None
@@ -563,10 +598,11 @@ class ServerEngine:
                 if size > self.settings.max_message_size:
                     return self._error(R.MESSAGE_TOO_BIG)
             elif key == "BODY":
-                # RFC 6152 §2
-                if value is None or value.upper() not in ("7BIT", "8BITMIME"):
+                # RFC 6152 §2; RFC 3030 §3 (BINARYMIME: sent with BDAT only)
+                body = value.upper() if value is not None else ""
+                if body not in ("7BIT", "8BITMIME", "BINARYMIME"):
                     return self._error(R.BAD_BODY_PARAMETER)
-                body_8bit = value.upper() == "8BITMIME"
+                body_8bit, body_binary = body != "7BIT", body == "BINARYMIME"
             elif key == "SMTPUTF8":
                 pass
             elif key in ("RET", "ENVID"):
@@ -590,6 +626,7 @@ class ServerEngine:
             else:
                 return self._error(R.UNKNOWN_PARAMETER)
         self._sender, self._body_8bit, self._smtputf8 = sender, body_8bit, smtputf8
+        self._body_binary = body_binary
         self._dsn = TransactionDsn(dsn_ret, dsn_envid)
         return self._decide(MailFrom(sender, size, body_8bit, smtputf8, auth_param))
 
@@ -650,12 +687,17 @@ class ServerEngine:
             return self._error(R.SYNTAX_NO_ARGS)
         if not self._recipients:
             return self._error(R.NO_VALID_RECIPIENTS)
+        if self._body_binary:
+            return self._error(R.BINARYMIME_NEEDS_BDAT)
         self._send(R.START_DATA)
         self._data = DataStream(self.settings.max_message_size,
                                 normalize_lf=self.settings.normalize_bare_lf)
+        self.state = State.DATA
+        return self._message_start()
+
+    def _message_start(self) -> MessageStart:
         self._header = HeaderSection()
         self._aborted = False
-        self.state = State.DATA
         return MessageStart(
             sender=self._sender,
             recipients=tuple(self._recipients),
@@ -724,6 +766,78 @@ class ServerEngine:
             )
         )
 
+    # ----------------------------------------------------------------- BDAT
+
+    def _cmd_bdat(self, arg: str) -> Event | None:
+        """RFC 3030 §2. Once the size is read, the chunk's octets are read too,
+        whether the command is accepted or not: a refused chunk is dropped
+        (``_skip``), never parsed as commands."""
+        try:
+            size, last = parse_bdat(arg)
+        except BdatSyntaxError:
+            self._close_with(R.BDAT_SYNTAX)
+            return self._close_event()
+        refusal = self._require_auth()
+        if refusal is None and self.state not in (State.RCPT, State.CHUNKS):
+            refusal = OUT_OF_SEQUENCE.get((self.state, "BDAT"), R.BAD_SEQUENCE)
+        if refusal is not None:
+            self._skip = size
+            return self._error(refusal)
+        self._chunk_left, self._chunk_last = size, last
+        start: Event | None = None
+        if self.state is State.RCPT:
+            self._chunks = ChunkStream(self.settings.max_message_size,
+                                       normalize_lf=self.settings.normalize_bare_lf)
+            start = self._message_start()
+        self.state = State.BDAT
+        return start
+
+    def _chunk_received(self) -> Event | None:
+        """Read the chunk's octets that arrived: the content goes out as
+        `MessageData` (or one `MessageAborted`); at the chunk's end its reply, or
+        after the LAST the decision (held in ``_emit`` when both are due)."""
+        chunks, header = self._chunks, self._header
+        assert chunks is not None and header is not None
+        n = min(self._chunk_left, len(self._inbuf))
+        piece = bytes(self._inbuf[:n])
+        del self._inbuf[:n]
+        self._chunk_left -= n
+        out = chunks.feed(piece) if n else b""
+        # After the LAST octet a CR held back is judged (bare) before the verdict.
+        end = chunks.end() if not self._chunk_left and self._chunk_last else None
+        event: Event | None = None
+        if not self._aborted:
+            header.feed(out)
+            reason = ("message too big" if chunks.too_big
+                      else "bare CR or LF" if chunks.doomed
+                      else "header section too big" if header.too_big else "")
+            if reason:
+                self._aborted = True
+                event = MessageAborted(reason)
+            elif out:
+                event = MessageData(out)
+        if self._chunk_left:
+            return event
+        final: Event | None = None
+        if self._chunk_last or self._aborted:
+            # The LAST chunk, or a refusal (the transaction ends: any chunk the
+            # client pipelined behind it gets 503 and is dropped).
+            final = self._end_of_data(end or chunks.end(), header)
+        else:
+            self._send(R.CHUNK_RECEIVED)
+            self.state = State.CHUNKS
+        if event is None:
+            return final
+        self._emit = final
+        return event
+
+    def _drop_chunks(self) -> Event | None:
+        """RSET, EHLO or HELO between chunks: the message written so far goes."""
+        if self.state is not State.CHUNKS or self._aborted:
+            return None
+        self._aborted = True
+        return MessageAborted("transaction reset")
+
     def _after_message(self) -> None:
         self._reset_transaction()
         self.state = State.GREETED
@@ -735,9 +849,13 @@ class ServerEngine:
         self._recipients = []
         self._dsn = TransactionDsn()
         self._body_8bit = False
+        self._body_binary = False
         self._smtputf8 = False
         self._data = None
         self._header = None
+        self._chunks = None
+        self._chunk_left = 0
+        self._chunk_last = False
 
     # ----------------------------------------------------------------- AUTH
 
@@ -858,6 +976,7 @@ _COMMANDS: dict[str, Callable[[ServerEngine, str], Event | None]] = {
     "MAIL": ServerEngine._cmd_mail,
     "RCPT": ServerEngine._cmd_rcpt,
     "DATA": ServerEngine._cmd_data,
+    "BDAT": ServerEngine._cmd_bdat,
     "AUTH": ServerEngine._cmd_auth,
     "XCLIENT": ServerEngine._cmd_xclient,
 }

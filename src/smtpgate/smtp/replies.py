@@ -104,7 +104,7 @@ NUL_IN_COMMAND = Reply(501, "5.5.2", "NUL characters are not allowed in SMTP com
 # RFC 6531 §3.4: SMTPUTF8 content without the parameter.
 UTF8_NOT_DECLARED = Reply(553, "5.6.7", "Non-ASCII address requires the SMTPUTF8 parameter")
 # RFC 6152: BODY= values.
-BAD_BODY_PARAMETER = Reply(501, "5.5.4", "BODY must be 7BIT or 8BITMIME")
+BAD_BODY_PARAMETER = Reply(501, "5.5.4", "BODY must be 7BIT, 8BITMIME or BINARYMIME")
 # RFC 3461 §4: a malformed RET, ENVID, NOTIFY or ORCPT.
 BAD_DSN_PARAMETER = Reply(501, "5.5.4", "Malformed DSN parameter (RFC 3461)")
 
@@ -177,6 +177,16 @@ BARE_LINE_ENDING = Reply(
     550, "5.6.11", "Message contains bare CR or LF characters; use CRLF line endings"
 )
 MESSAGE_ACCEPTED = Reply(250, "2.0.0", "OK queued")
+# --- BDAT (RFC 3030) ----------------------------------------------------------------
+# RFC 3030 §2: each chunk but the LAST is answered 250 once its octets are read.
+CHUNK_RECEIVED = Reply(250, "2.0.0", "Chunk received")
+# RFC 3030 §2: "BDAT" SP chunk-size [SP "LAST"]. Without a size the chunk's end is
+# unknown, so the session ends (nothing after it can be told from data).
+BDAT_SYNTAX = Reply(501, "5.5.4", "Syntax: BDAT chunk-size [LAST]; closing connection")
+# RFC 3030 §2: DATA and BDAT may not be mixed in one transaction.
+DATA_AFTER_BDAT = Reply(503, "5.5.1", "DATA not allowed after BDAT in this transaction")
+# RFC 3030 §3: DATA after MAIL ... BODY=BINARYMIME MUST get 503.
+BINARYMIME_NEEDS_BDAT = Reply(503, "5.5.1", "BODY=BINARYMIME requires BDAT, not DATA")
 # The spool could not make the message durable; the client keeps it.
 QUEUE_FAILED = Reply(451, "4.3.0", "Local error in processing, message not accepted")
 # RFC 6409 §6.1: the login may not use this sender. RFC 5321 §4.2.2: 553

@@ -28,6 +28,8 @@ class State(Enum):
     MAIL = "mail"  # MAIL accepted, no RCPT yet
     RCPT = "rcpt"  # at least one RCPT accepted
     DATA = "data"  # reading message content
+    BDAT = "bdat"  # reading the octets of an accepted BDAT chunk (RFC 3030)
+    CHUNKS = "chunks"  # a BDAT message in progress, between chunks
     AUTH = "auth"  # inside a SASL exchange: lines are SASL responses
     TLS = "tls"  # STARTTLS accepted; waiting for the handshake
     CLOSED = "closed"
@@ -69,8 +71,16 @@ TRANSITIONS: dict[State, dict[str, State | None]] = {
         "HELO": State.GREETED,
         "RCPT": State.RCPT,
         "DATA": State.DATA,
+        "BDAT": State.CHUNKS,  # through State.BDAT while its octets are read
         "RSET": State.GREETED,
         "STARTTLS": State.TLS,
+    },
+    State.CHUNKS: {
+        **_ANYTIME,
+        "BDAT": State.CHUNKS,  # LAST: through State.BDAT to State.GREETED
+        "EHLO": State.GREETED,  # these three drop the message in progress
+        "HELO": State.GREETED,
+        "RSET": State.GREETED,
     },
 }
 
@@ -80,6 +90,10 @@ SPECIAL = {
     (State.AUTH, State.GREETED): "SASL exchange ended",
     (State.RCPT, State.DATA): "DATA answered START_DATA (354)",
     (State.DATA, State.GREETED): "message ended (accepted or not)",
+    (State.RCPT, State.BDAT): "first BDAT accepted: its octets are read",
+    (State.CHUNKS, State.BDAT): "next BDAT accepted: its octets are read",
+    (State.BDAT, State.CHUNKS): "chunk read, not LAST (250)",
+    (State.BDAT, State.GREETED): "LAST chunk read, or the message refused",
     (State.TLS, State.CONNECTED): "TLS handshake completed (RFC 3207 §4.2 reset)",
 }
 
@@ -96,6 +110,12 @@ OUT_OF_SEQUENCE: dict[tuple[State, str], R.Reply] = {
     (State.MAIL, "AUTH"): R.AUTH_IN_TRANSACTION,
     (State.RCPT, "MAIL"): R.NESTED_MAIL,
     (State.RCPT, "AUTH"): R.AUTH_IN_TRANSACTION,
+    (State.CONNECTED, "BDAT"): R.NEED_MAIL,
+    (State.GREETED, "BDAT"): R.NEED_MAIL,
+    (State.MAIL, "BDAT"): R.NEED_RCPT,
+    (State.CHUNKS, "MAIL"): R.NESTED_MAIL,
+    (State.CHUNKS, "DATA"): R.DATA_AFTER_BDAT,  # RFC 3030 §2
+    (State.CHUNKS, "AUTH"): R.AUTH_IN_TRANSACTION,
 }
 
 KNOWN_VERBS = frozenset(v for table in TRANSITIONS.values() for v in table)
@@ -117,7 +137,10 @@ def render_markdown() -> str:
     lines += ["", "Out-of-band moves:", ""]
     for (a, b), why in SPECIAL.items():
         lines.append(f"- {a.value} -> {b.value}: {why}")
-    lines += ["", "Any other command in a state gets a 503 5.5.1 reply and changes nothing."]
+    lines += ["", "Any other command in a state gets a 503 5.5.1 reply and changes nothing.",
+              "A refused BDAT whose size could be read still has its octets read and",
+              "discarded (never run as commands); one whose size cannot be read ends the",
+              "session (501)."]
     return "\n".join(lines) + "\n"
 
 

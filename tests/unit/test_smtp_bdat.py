@@ -1,0 +1,218 @@
+"""BDAT (RFC 3030 CHUNKING) and BINARYMIME in the engine: framing by length only,
+the same content rules and limits as DATA, and refused chunks dropped, never run."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from smtpgate.smtp import replies as R
+from smtpgate.smtp.bdat import BdatSyntaxError, ChunkStream, parse_bdat
+from smtpgate.smtp.events import MessageAborted, MessageData, MessageReceived, MessageStart
+from smtpgate.smtp.states import State
+
+from .test_smtp_engine import authed, codes
+
+ENVELOPE = b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@example.net>\r\n"
+OK2 = [str(R.SENDER_OK), str(R.RECIPIENT_OK)]
+
+
+def bdat(data: bytes, *, last: bool = True) -> bytes:
+    return b"BDAT %d%s\r\n" % (len(data), b" LAST" if last else b"") + data
+
+
+@pytest.mark.parametrize("bytewise", [False, True])
+def test_rfc3030_chunks_make_one_message_each_answered(bytewise: bool) -> None:
+    d = authed()
+    out = d.feed(ENVELOPE + bdat(b"From: alice@example.org\r\n", last=False)
+                 + bdat(b"\r\nbody\r\n", last=False) + bdat(b"", last=True), bytewise=bytewise)
+    assert codes(out) == [*OK2, str(R.CHUNK_RECEIVED), str(R.CHUNK_RECEIVED),
+                          str(R.MESSAGE_ACCEPTED)]
+    assert d.messages[0].data == b"From: alice@example.org\r\n\r\nbody\r\n"
+    assert d.messages[0].header == b"From: alice@example.org\r\n"
+    assert d.engine.state is State.GREETED
+
+
+def test_ehlo_advertises_chunking_and_binarymime() -> None:
+    d = authed()
+    out = d.feed(b"EHLO client.test\r\n").decode()
+    assert "250-CHUNKING\r\n" in out and "250-BINARYMIME\r\n" in out
+
+
+def test_smuggling_end_of_data_and_commands_inside_a_chunk_are_message_data() -> None:
+    inner = b"Subject: x\r\n\r\nhi\r\n.\r\nMAIL FROM:<evil@example.com>\r\nRCPT TO:<v@example.net>\r\n"
+    d = authed()
+    out = d.feed(ENVELOPE + bdat(inner) + b"NOOP\r\n", bytewise=True)
+    assert codes(out) == [*OK2, str(R.MESSAGE_ACCEPTED), str(R.NOOP_OK)]
+    assert len(d.messages) == 1 and d.messages[0].data == inner
+
+
+def test_pipelined_command_right_after_the_chunk_octets_is_a_command() -> None:
+    d = authed()
+    out = d.feed(ENVELOPE + bdat(b"x\r\n", last=False) + b"RSET\r\n")
+    assert codes(out) == [*OK2, str(R.CHUNK_RECEIVED), str(R.RESET_OK)]
+    assert isinstance(d.events[-1], MessageAborted)  # the message written so far goes
+    assert d.messages == [] and d.engine.state is State.GREETED
+
+
+@pytest.mark.parametrize(("before", "reply"), [
+    (b"", R.NEED_MAIL),
+    (b"MAIL FROM:<alice@example.org>\r\n", R.NEED_RCPT),
+])
+def test_bdat_out_of_sequence_is_503_and_its_octets_are_dropped(before: bytes, reply: R.Reply) -> None:
+    d = authed()
+    out = d.feed(before + bdat(b"RCPT TO:<x@example.net>\r\nNOOP\r\n") + b"NOOP\r\n", bytewise=True)
+    assert codes(out)[-2:] == [str(reply), str(R.NOOP_OK)]  # one NOOP: the real one
+    assert not any(isinstance(e, MessageStart) for e in d.events)
+
+
+def test_bdat_before_auth_is_refused_and_octets_dropped() -> None:
+    from .engine_driver import Driver
+    d = Driver.new(tls=True)
+    out = d.feed(b"EHLO c.test\r\n" + bdat(b"QUIT\r\n") + b"NOOP\r\n")
+    assert codes(out)[-2:] == [str(R.AUTH_REQUIRED), str(R.NOOP_OK)]
+    assert not d.closed
+
+
+@pytest.mark.parametrize("arg", [b"", b"abc", b"-1", b"10 MORE", b"1 LAST x", b"1" * 19, b"\xc2\xb2"])
+def test_bdat_without_a_readable_size_is_501_and_closes(arg: bytes) -> None:
+    d = authed()
+    out = d.feed(ENVELOPE + b"BDAT " + arg + b"\r\nNOOP\r\n")
+    assert codes(out)[-1] == str(R.BDAT_SYNTAX)
+    assert d.closed
+
+
+def test_data_after_bdat_is_503_and_binarymime_with_data_is_503() -> None:
+    d = authed()
+    out = d.feed(ENVELOPE + bdat(b"a\r\n", last=False) + b"DATA\r\n" + bdat(b"b\r\n"))
+    assert codes(out) == [*OK2, str(R.CHUNK_RECEIVED), str(R.DATA_AFTER_BDAT),
+                          str(R.MESSAGE_ACCEPTED)]
+    assert d.messages[0].data == b"a\r\nb\r\n"
+    out = d.feed(b"MAIL FROM:<alice@example.org> BODY=BINARYMIME\r\nRCPT TO:<b@example.net>\r\n"
+                 b"DATA\r\n" + bdat(b"\xff\x00\r\n"))
+    assert codes(out) == [*OK2, str(R.BINARYMIME_NEEDS_BDAT), str(R.MESSAGE_ACCEPTED)]
+    assert d.messages[1].data == b"\xff\x00\r\n" and d.messages[1].body_8bit
+
+
+@pytest.mark.parametrize("body", ["7BIT", "8BITMIME", "BINARYMIME", "binarymime"])
+def test_mail_accepts_body_values(body: str) -> None:
+    d = authed()
+    out = d.feed(f"MAIL FROM:<alice@example.org> BODY={body}\r\n".encode())
+    assert codes(out) == [str(R.SENDER_OK)]
+
+
+def test_size_limit_across_chunks_is_552_and_the_rest_of_the_chunk_is_drained() -> None:
+    d = authed(max_message_size=100)
+    out = d.feed(ENVELOPE + bdat(b"a" * 60, last=False) + bdat(b"b" * 50 + b"\r\nQUIT\r\n", last=False)
+                 + bdat(b"c", last=True) + b"NOOP\r\n", bytewise=True)
+    assert codes(out) == [*OK2, str(R.CHUNK_RECEIVED), str(R.MESSAGE_TOO_BIG), str(R.NEED_MAIL),
+                          str(R.NOOP_OK)]
+    assert any(isinstance(e, MessageAborted) for e in d.events)
+    assert d.messages == [] and not d.closed
+
+
+def test_declared_chunk_size_over_the_limit_is_552_after_its_octets() -> None:
+    d = authed(max_message_size=100)
+    out = d.feed(ENVELOPE + bdat(b"z" * 500) + b"NOOP\r\n")
+    assert codes(out) == [*OK2, str(R.MESSAGE_TOO_BIG), str(R.NOOP_OK)]
+
+
+def test_header_section_over_256_kib_is_552_5_3_4() -> None:
+    d = authed()
+    header = b"X-Long: " + b"h" * 70 + b"\r\n"
+    out = d.feed(ENVELOPE + bdat(header * 4000, last=False) + bdat(b"\r\nbody\r\n"))
+    assert codes(out)[-2:] == [str(R.HEADER_TOO_BIG), str(R.NEED_MAIL)]
+    assert d.messages == []
+
+
+@pytest.mark.parametrize("content", [b"a\nb\r\n", b"a\rb\r\n", b"a\r\n\r", b"x\r"])
+def test_bare_cr_or_lf_in_bdat_is_refused_as_in_data(content: bytes) -> None:
+    d = authed()
+    out = d.feed(ENVELOPE + bdat(content[:2], last=False) + bdat(content[2:]) + b"NOOP\r\n")
+    assert str(R.BARE_LINE_ENDING) in codes(out)
+    assert codes(out)[-1] == str(R.NOOP_OK) and d.messages == []
+
+
+def test_bare_lf_normalized_with_the_leniency() -> None:
+    d = authed(normalize_bare_lf=True)
+    d.feed(ENVELOPE + bdat(b"a\n", last=False) + bdat(b"\nb\r", last=False) + bdat(b"\n"))
+    assert d.messages[0].data == b"a\r\n\r\nb\r\n"
+
+
+def test_cr_at_a_chunk_end_pairs_with_lf_of_the_next_chunk() -> None:
+    d = authed()
+    d.feed(ENVELOPE + bdat(b"a\r", last=False) + bdat(b"\nb\r\n"))
+    assert d.messages[0].data == b"a\r\nb\r\n"
+
+
+def test_rset_between_chunks_drops_the_message_and_bdat_then_needs_mail() -> None:
+    d = authed()
+    out = d.feed(ENVELOPE + bdat(b"a\r\n", last=False) + b"RSET\r\n" + bdat(b"b\r\n"))
+    assert codes(out)[-2:] == [str(R.RESET_OK), str(R.NEED_MAIL)]
+    assert d.messages == []
+
+
+@pytest.mark.parametrize("arg", ["10", "10 LAST", "0 last", "0"])
+def test_parse_bdat(arg: str) -> None:
+    size, last = parse_bdat(arg)
+    assert size == int(arg.split()[0]) and last == ("LAST" in arg.upper())
+
+
+def test_parse_bdat_refuses_a_sign() -> None:
+    with pytest.raises(BdatSyntaxError):
+        parse_bdat("+5")
+
+
+SESSION = (ENVELOPE + bdat(b"From: a@example.org\r\n\r\n", last=False)
+           + bdat(b"x\r\n.\r\nQUIT\r\n", last=False) + bdat(b"tail\r\n")
+           + b"MAIL FROM:<alice@example.org>\r\n" + bdat(b"no rcpt\r\n")
+           + b"RCPT TO:<c@example.net>\r\n" + bdat(b"y" * 300, last=False) + bdat(b"\r\n")
+           + b"NOOP\r\n")
+
+
+def _run(cuts: list[int]) -> tuple[bytes, list[object]]:
+    d = authed(max_message_size=200)
+    out, prev = b"", 0
+    for cut in [*sorted(cuts), len(SESSION)]:
+        out += d.feed(SESSION[prev:cut])
+        prev = cut
+    events: list[object] = []
+    for e in d.events:
+        if isinstance(e, MessageAborted):
+            while isinstance(events[-1], MessageData):  # written, then discarded: moot
+                events.pop()
+        if isinstance(e, MessageData) and events and isinstance(events[-1], MessageData):
+            events[-1] = MessageData(events[-1].data + e.data)  # split data is the same data
+        else:
+            events.append(e)
+    return out, events
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=len(SESSION)), max_size=12))
+def test_any_chunking_of_a_bdat_session_gives_the_same_replies_and_events(cuts: list[int]) -> None:
+    assert _run(cuts) == _run([])
+
+
+def test_the_reference_session_has_the_expected_outcome() -> None:
+    out, events = _run([])
+    received = [e for e in events if isinstance(e, MessageReceived)]
+    assert len(received) == 1 and received[0].size == len(b"From: a@example.org\r\n\r\nx\r\n.\r\nQUIT\r\ntail\r\n")
+    assert codes(out)[-11:] == [
+        *OK2, str(R.CHUNK_RECEIVED), str(R.CHUNK_RECEIVED), str(R.MESSAGE_ACCEPTED),
+        str(R.SENDER_OK), str(R.NEED_RCPT), str(R.RECIPIENT_OK), str(R.MESSAGE_TOO_BIG),
+        str(R.NEED_MAIL), str(R.NOOP_OK)]
+
+
+@given(st.binary(max_size=300), st.lists(st.integers(min_value=0, max_value=300), max_size=6))
+def test_chunk_stream_verdict_does_not_depend_on_the_split(data: bytes, cuts: list[int]) -> None:
+    def run(parts: list[bytes]) -> tuple[bytes | None, object]:
+        s = ChunkStream(1000)
+        out = b"".join(s.feed(p) for p in parts)
+        end = s.end()
+        return (None if end.bare_cr or end.bare_lf else out), end
+    bounds = [0, *sorted(c for c in cuts if c <= len(data)), len(data)]
+    assert run([data[a:b] for a, b in itertools.pairwise(bounds)]) == run([data])

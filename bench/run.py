@@ -43,6 +43,7 @@ import ipaddress
 import json
 import os
 import platform
+import resource
 import secrets
 import shutil
 import signal
@@ -423,6 +424,9 @@ class Settings:
     postfix_user: str
     postfix_password: str
     postfix_ca: Path | None
+    own_postfix: bool = True
+    idle: int = 2000
+    extras: bool = True
 
 
 def loadgen_argv(s: Settings, target: Target, w: Workload, max_seconds: int) -> list[str]:
@@ -570,9 +574,12 @@ def setup_smtpgate(s: Settings, tmp: Path, procs: Processes, password: str) -> t
     # the hourly sending limits and the per-address connection cap (aiosmtpd has
     # neither; the cap holds for the whole server, and at exactly 20 a client that
     # reconnects before the server has seen its last FIN gets 421), nothing else.
+    # Workload D holds `--idle` sessions from one address: both connection caps sit
+    # above that (nothing else depends on them here).
+    cap = max(100, s.idle + 200)
     with open(config, "a", encoding="utf-8") as f:
         f.write("\n[limits]\nmessages_per_hour = 0\nrecipients_per_hour = 0\n"
-                "max_connections_per_ip = 100\n")
+                f"max_connections_per_ip = {cap}\nmax_connections = {max(1000, cap)}\n")
     run_checked([str(s.smtpgate), "user", "add", BENCH_USER, "--password-stdin",
                  "--config", str(config)], "smtpgate user add", stdin=password.encode())
     log = tmp / "smtpgate-serve.log"
@@ -601,6 +608,189 @@ def setup_reference(s: Settings, tmp: Path, procs: Processes, sg_dir: Path,
         time.sleep(0.1)
     wait_for_banner(LOOPBACK, port, proc, log, "ref_aiosmtpd.py")
     return Target("aiosmtpd", LOOPBACK, port, BENCH_USER, password, cert), spool, log
+
+
+#: Postfix's own default (postconf -d default_process_limit); the test fixture uses 50.
+POSTFIX_DEFAULT_PROCESS_LIMIT = 100
+
+
+def raise_nofile_limit() -> None:
+    """Soft RLIMIT_NOFILE up to the hard limit: workload D holds thousands of sockets
+    in this process and in the servers (children inherit the limit)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def start_own_postfix(sg_dir: Path) -> Any:
+    """The test suite's private Postfix+Dovecot (tests/peers/postfix_dovecot.py) on its
+    own free ports, one submission service (the suite's "good" one: STARTTLS required,
+    AUTH through Dovecot), serving smtpgate's certificate and key, with Postfix's
+    default process limit. Needs root and the Debian packages (``make debs``)."""
+    if os.geteuid() != 0:
+        raise RuntimeError("needs root (Postfix and Dovecot drop to their own users)")
+    for tool in ("postfix", "dovecot", "doveadm", "script"):
+        if shutil.which(tool) is None:
+            raise RuntimeError(f"{tool} not installed (make debs)")
+    if str(REPO_DIR) not in sys.path:
+        sys.path.insert(0, str(REPO_DIR))
+    from tests.peers.postfix_dovecot import GOOD, make_postfix_dovecot
+
+    pd = make_postfix_dovecot({"bench": GOOD})
+    try:
+        pf = pd.postfix_dir
+        shutil.copyfile(sg_dir / "tls" / "cert.pem", pf / "cert.pem")
+        shutil.copyfile(sg_dir / "tls" / "key.pem", pf / "key.pem")
+        (pf / "key.pem").chmod(0o600)
+        main_cf = pf / "etc" / "main.cf"
+        text = main_cf.read_text()
+        text = text.replace("default_process_limit = 50",
+                            f"default_process_limit = {POSTFIX_DEFAULT_PROCESS_LIMIT}")
+        main_cf.write_text(text)
+        pd.start()
+    except BaseException:
+        pd.cleanup()
+        raise
+    return pd
+
+
+def _pid_of(procs: Processes, label: str) -> int | None:
+    return next((p.pid for name, p in procs.children if name == label), None)
+
+
+def _extra_line(rows: list[list[str]], *cells: Any) -> None:
+    rows.append(["-" if c is None else str(c) for c in cells])
+
+
+def run_extras(s: Settings, sg_dir: Path, procs: Processes, targets: Sequence[Target],
+               own_pf: Any, tmp: Path, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Workloads C-TLS, D, E and F (bench/workloads.py); returns figures and a table."""
+    if str(REPO_DIR) not in sys.path:
+        sys.path.insert(0, str(REPO_DIR))
+    from bench import workloads as wl
+
+    by_name = {t.name: t for t in targets}
+    sg = by_name["smtpgate"]
+    out: dict[str, Any] = {}
+    table: list[list[str]] = [["workload", "smtpgate", "aiosmtpd", "postfix / dovecot / ref",
+                               "ratio", "target", "met"]]
+
+    # C-TLS: the bare handshake rate, same certificate, as many processes as workers.
+    c = next(r for r in rows if r["workload"] == "C")
+    c_work = next(w for w in (QUICK_WORKLOADS if s.quick else FULL_WORKLOADS) if w.key == "C")
+    port = free_port()
+    log = tmp / "tls-ref.log"
+    tls_proc = procs.start("tls_ref.py", [str(s.python), str(BENCH_DIR / "tls_ref.py"),
+                                          str(port), str(sg_dir / "tls" / "cert.pem"),
+                                          str(sg_dir / "tls" / "key.pem"),
+                                          "--procs", str(s.workers)], log)
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while True:
+        try:
+            with socket.create_connection((LOOPBACK, port), timeout=1):
+                break
+        except OSError:
+            if tls_proc.poll() is not None or time.monotonic() > deadline:
+                raise HarnessError(f"tls_ref.py did not start:\n{tail(log)}") from None
+            time.sleep(0.1)
+    runs = []
+    for _ in range(s.repeat):
+        runs.append(wl.run_async(lambda: wl.bare_tls(port, sg.cafile, c_work.sessions,
+                                                     c_work.concurrency)))
+    bare = wl.median_of([r["handshakes_per_s"] for r in runs])
+    out["c_tls"] = {"runs": runs, "median_handshakes_per_s": bare,
+                    "loadavg_after": loadavg()}
+    sg_c = c["targets"]["smtpgate"]["figure"]
+    pf_c = c["targets"].get("postfix", {}).get("figure")
+    frac = round(sg_c / bare, 2) if sg_c and bare else None
+    use_bare = bool(bare and pf_c and bare < 1.2 * pf_c)
+    _extra_line(table, "C: sess/s vs bare TLS handshakes/s", sg_c,
+                c["targets"].get("aiosmtpd", {}).get("figure"), f"bare TLS {bare}",
+                f"sg/bare {frac}", ">= 0.9 of bare if bare < 1.2 x postfix",
+                (frac is not None and frac >= 0.9) if use_bare else
+                f"n/a (bare >= 1.2 x postfix {pf_c})")
+    print(f"  C-TLS bare handshakes/s {bare} (runs {[r['handshakes_per_s'] for r in runs]})",
+          flush=True)
+
+    # D: idle authenticated sessions.
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    n = min(s.idle, max(10, soft - 1000))
+    out["d"] = {"requested": s.idle, "held_target": n, "nofile_soft": soft}
+    for t in targets:
+        pgid = {"smtpgate": _pid_of(procs, "smtpgate serve"),
+                "aiosmtpd": _pid_of(procs, "ref_aiosmtpd.py")}.get(t.name)
+        before = loadavg()
+        res = wl.run_async(lambda t=t, pgid=pgid: wl.idle_sessions(  # type: ignore[misc]
+            t.port, t.cafile, t.user, t.password, n, pgid,
+            setup_deadline=30.0 if t.name == "postfix" else 120.0))
+        res["loadavg_before"], res["loadavg_after"] = before, loadavg()
+        out["d"][t.name] = res
+        print(f"  D {t.name:9s} held {res['authenticated']}/{n}, RSS "
+              f"{res.get('rss_held_mb', '-')} MB, new client 220 p99 "
+              f"{res['new_client_220']['p99_ms']} ms, timeouts "
+              f"{res['new_client_220_timeouts']}  load {before[0]}", flush=True)
+    d = out["d"]
+    sgd = d["smtpgate"]
+    rss_ok = sgd.get("rss_held_mb") is not None and sgd["rss_held_mb"] <= 300
+    p99 = sgd["new_client_220"]["p99_ms"]
+    _extra_line(table, f"D: {n} idle sessions: RSS MB (all processes)",
+                sgd.get("rss_held_mb"), d.get("aiosmtpd", {}).get("rss_held_mb"),
+                "-", f"held {sgd['authenticated']}/{n}", "<= 300 MB (at 10,000)",
+                rss_ok and sgd["authenticated"] == n)
+    pfd = d.get("postfix")
+    _extra_line(table, f"D: {n} idle sessions: new client 220 p99 ms", p99,
+                d.get("aiosmtpd", {}).get("new_client_220", {}).get("p99_ms"),
+                (f"held {pfd['authenticated']}/{n}; 220 p99 {pfd['new_client_220']['p99_ms']}"
+                 f", {pfd['new_client_220_timeouts']} of 50 timed out")
+                if pfd else None, "-", "<= 100 ms", p99 is not None and p99 <= 100
+                and sgd["new_client_220_timeouts"] == 0)
+
+    # E: logins under a wrong-password flood (smtpgate only: the target is self-relative).
+    before = loadavg()
+    e = wl.run_async(lambda: wl.login_under_flood(sg.port, sg.cafile, sg.user, sg.password,
+                                                  15 if s.quick else 60))
+    e["loadavg_before"], e["loadavg_after"] = before, loadavg()
+    out["e"] = e
+    ratio = e["p99_ratio_flooded_unloaded"]
+    _extra_line(table, "E: login p99 ms flooded / unloaded", f"{e['flooded_login']['p99_ms']}"
+                f" / {e['unloaded_login']['p99_ms']}", "-", "-", ratio, "<= 2.0",
+                ratio is not None and ratio <= 2.0 and not e["flooded_failures"])
+    print(f"  E flooded/unloaded login p99 {e['flooded_login']['p99_ms']} / "
+          f"{e['unloaded_login']['p99_ms']} ms (ratio {ratio}), failures "
+          f"{e['flooded_failures']}, flood {e['flood']}  load {before[0]}", flush=True)
+
+    # F: SCRAM-SHA-256 verifications per CPU-second.
+    count = 2000 if s.quick else 10000
+    sg_runs, dc_runs = [], []
+    sock = master = None
+    if own_pf is not None:
+        sock = own_pf.root / "dovecot" / "auth-postfix"
+        pid_text = (own_pf.root / "dovecot" / "run" / "master.pid").read_text().split()
+        master = int(pid_text[0]) if pid_text else None
+    from tests.peers.postfix_dovecot import SCRAM_PASSWORD, SCRAM_USER
+    for _ in range(s.repeat):
+        sg_runs.append(wl.scram_inprocess(count))
+        if sock is not None and master is not None:
+            dc_runs.append(wl.run_async(lambda: wl.scram_dovecot(
+                sock, master, SCRAM_USER, SCRAM_PASSWORD, None, count)))
+    sg_f = wl.median_of([r["per_cpu_second"] for r in sg_runs])
+    dc_f = wl.median_of([r["per_cpu_second"] for r in dc_runs]) if dc_runs else None
+    out["f"] = {"smtpgate": sg_runs, "dovecot": dc_runs, "smtpgate_median": sg_f,
+                "dovecot_median": dc_f, "loadavg_after": loadavg()}
+    _extra_line(table, "F: SCRAM-SHA-256 verifications / CPU-s", sg_f, "-",
+                f"dovecot {dc_f}" + (f" (wall {wl.median_of([r['wall_per_second'] for r in dc_runs])}/s)"
+                                     if dc_runs else ""),
+                round(sg_f / dc_f, 2) if sg_f and dc_f else None, ">= 5000",
+                sg_f is not None and sg_f >= 5000)
+    print(f"  F smtpgate {sg_f}/CPU-s, dovecot {dc_f}/CPU-s", flush=True)
+
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    lines = ["| " + " | ".join(cell.ljust(wd) for cell, wd in zip(r, widths, strict=True))
+             + " |" for r in table]
+    lines.insert(1, "|" + "|".join("-" * (wd + 2) for wd in widths) + "|")
+    out["table"] = "\n".join(lines)
+    return out
 
 
 def log_problems(log: Path, limit: int = 10) -> list[str]:
@@ -685,13 +875,29 @@ def benchmark(s: Settings) -> int:
     ref_log: Path | None = None
     sg_dir: Path | None = None
     ref_spool: Path | None = None
+    cleanups: list[Any] = []
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    raise_nofile_limit()
     try:
         password = "Pw-" + secrets.token_urlsafe(15)
         sg, sg_dir, sg_log = setup_smtpgate(s, tmp, procs, password)
         ref, ref_spool, ref_log = setup_reference(s, tmp, procs, sg_dir, password)
         targets = [sg, ref]
         probes: dict[str, Any] = {}
+        own_pf: Any = None
+        if s.postfix is None and s.own_postfix:
+            try:
+                own_pf = start_own_postfix(sg_dir)
+                cleanups.append(own_pf.cleanup)
+                from tests.peers.postfix_dovecot import SCRAM_PASSWORD, SCRAM_USER
+                s.postfix = (LOOPBACK, own_pf.ports["bench"])
+                s.postfix_user, s.postfix_password = SCRAM_USER, SCRAM_PASSWORD
+                s.postfix_ca = sg_dir / "tls" / "cert.pem"
+                meta["postfix_own"] = {"root": str(own_pf.root), "ports": own_pf.ports,
+                                       "default_process_limit": POSTFIX_DEFAULT_PROCESS_LIMIT}
+            except (OSError, RuntimeError, subprocess.SubprocessError, ImportError) as e:
+                meta["postfix"] = f"could not start its own Postfix+Dovecot: {e}"
+                print(f"Postfix+Dovecot: {meta['postfix'][:300]}")
         if s.postfix is not None:
             assert s.postfix_ca is not None
             pf = Target("postfix", s.postfix[0], s.postfix[1], s.postfix_user,
@@ -704,10 +910,11 @@ def benchmark(s: Settings) -> int:
                 meta["postfix"] = f"unreachable at {pf.host}:{pf.port}: {e}; skipped"
                 print(f"Postfix+Dovecot: {meta['postfix']}")
         else:
-            meta["postfix"] = "not running, skipped"
+            meta.setdefault("postfix", "not running, skipped")
             print("Postfix+Dovecot: not running, skipped "
-                  "(pass --postfix HOST:PORT --postfix-user U --postfix-password P "
-                  "--postfix-ca FILE to include one)")
+                  "(needs root, postfix, dovecot, doveadm and script for its own; or pass "
+                  "--postfix HOST:PORT --postfix-user U --postfix-password P "
+                  "--postfix-ca FILE)")
         for t in (sg, ref):
             probes[t.name] = probe_tls(t)
         meta["probes"] = probes
@@ -744,14 +951,20 @@ def benchmark(s: Settings) -> int:
         rows = summarise(workloads, targets, records)
         names = [t.name for t in targets]
         table = render_table(rows, names)
+        extra: dict[str, Any] = {}
+        if s.extras:
+            extra = run_extras(s, sg_dir, procs, targets, own_pf, tmp, rows)
         meta["loadavg_end"] = loadavg()
         print()
         print(table)
+        if extra:
+            print()
+            print(extra["table"])
         print(f"\nratios > 1: smtpgate faster; '!' = errors or missing messages in a run.\n"
               f"Medians of {s.repeat} run(s); latency = one message, MAIL sent -> 250 after "
               f"the final dot.\nLoad average at start {meta['loadavg_start']}, "
               f"at end {meta['loadavg_end']}.")
-        outcome = {"status": "ok", "summary": rows, "table": table}
+        outcome = {"status": "ok", "summary": rows, "table": table, "extra": extra}
         bad = [r for r in records if r.problem or r.errors()]
         if bad:
             outcome["status"] = "ok_with_errors"
@@ -775,6 +988,11 @@ def benchmark(s: Settings) -> int:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             try:
                 meta["stop_notes"] = procs.stop_all()
+                for c in cleanups:
+                    try:
+                        c()
+                    except Exception as e:  # noqa: BLE001 - record, keep cleaning up
+                        meta["stop_notes"].append(f"clean-up: {e!r}")
             finally:
                 signal.signal(signal.SIGINT, old_int)
                 signal.signal(signal.SIGTERM, previous)
@@ -828,6 +1046,13 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     ap.add_argument("--ref-server", type=Path, default=DEFAULT_REF_SERVER)
     ap.add_argument("--results-dir", type=Path, default=BENCH_DIR / "results")
     ap.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (logs, spools)")
+    ap.add_argument("--no-postfix", action="store_true",
+                    help="do not start the harness's own Postfix+Dovecot reference")
+    ap.add_argument("--idle", type=int, default=None,
+                    help="workload D: idle authenticated sessions to hold (default 2000, "
+                    "200 with --quick; capped by the file descriptor limit)")
+    ap.add_argument("--no-extras", action="store_true",
+                    help="only workloads A-C (skip C-TLS, D, E and F)")
     a = ap.parse_args(argv)
     if a.workers is None:
         workers, source = (2 if cpu_count() >= 2 else 1), f"default for {cpu_count()} core(s)"
@@ -851,7 +1076,9 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         workers=workers, workers_source=source, repeat=a.repeat, uvloop=a.uvloop, tls12=a.tls12,
         quick=a.quick, keep_tmp=a.keep_tmp, results_dir=a.results_dir, postfix=a.postfix,
         postfix_user=a.postfix_user, postfix_password=a.postfix_password,
-        postfix_ca=a.postfix_ca,
+        postfix_ca=a.postfix_ca, own_postfix=not a.no_postfix,
+        idle=a.idle if a.idle is not None else (200 if a.quick else 2000),
+        extras=not a.no_extras,
     )
 
 

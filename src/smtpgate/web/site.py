@@ -108,7 +108,8 @@ class AdminSite:
     async def open(self) -> None:
         """Open the stores. Raises StoreError, GuardStoreError."""
         self._store = await asyncio.to_thread(open_account_store, self.cfg)
-        self._guard = Guard(await asyncio.to_thread(open_guard_state, self.cfg), self.cfg.guard)
+        self._guard = Guard(await asyncio.to_thread(open_guard_state, self.cfg), self.cfg.guard,
+                            self.cfg.state)
         try:
             self._counters = await asyncio.to_thread(open_rate_counters, self.cfg)
         except RateCountersError as e:

@@ -228,6 +228,14 @@ class ClientEngine:
         self._awaiting.append(_Awaiting.OTHER)
         return dot_stuff(content)
 
+    def bdat(self, chunk: bytes, *, last: bool = False) -> bytes:
+        """RFC 3030 §2: ``BDAT <size> [LAST]`` and the chunk's octets, sent as they
+        are (no dot-stuffing; the size frames them). One reply is due. The caller
+        checks `Extensions.chunking` first; the content rules are the caller's:
+        a message for a server that refuses bare CR/LF must already use CRLF."""
+        line = f"BDAT {len(chunk)}{' LAST' if last else ''}"
+        return self._command(line) + chunk
+
     def rset(self) -> bytes:
         return self._command("RSET")
 

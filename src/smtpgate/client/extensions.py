@@ -75,3 +75,13 @@ class Extensions:
     @property
     def smtputf8(self) -> bool:
         return "SMTPUTF8" in self.keywords
+
+    @property
+    def chunking(self) -> bool:
+        """RFC 3030 §2: the server takes BDAT."""
+        return "CHUNKING" in self.keywords
+
+    @property
+    def binarymime(self) -> bool:
+        """RFC 3030 §3: BODY=BINARYMIME (needs CHUNKING too)."""
+        return "BINARYMIME" in self.keywords

@@ -2,7 +2,8 @@
 
 One log per run (``<target>-<n>.log``, the output of libFuzzer with
 ``-print_final_stats=1``); a run that ended with a crash counts its inputs up to
-the crash and names its reproducer (``<target>-crash-*``). Corpus sizes are those
+the crash (its time estimated from its average rate) and names its reproducer
+(``<target>-crash-*``, ``-timeout-*``, ``-oom-*``). Corpus sizes are those
 of build/fuzz/<target> now.
 """
 
@@ -32,6 +33,9 @@ def main() -> None:
                 seconds += int(done.group(2))
             elif units:  # ended by a crash or a signal: the stats still count
                 runs += int(units.group(1))
+                rate = re.search(r"^stat::average_exec_per_sec: +(\d+)", text, re.MULTILINE)
+                if rate and int(rate.group(1)):
+                    seconds += int(units.group(1)) // int(rate.group(1))
             stints += 1
         corpus = [p for p in (WORK / t).glob("*") if p.is_file()]
         crashes = sorted(p.name for p in logs.glob(f"{t}-crash-*")) + sorted(

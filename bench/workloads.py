@@ -143,6 +143,8 @@ async def bare_tls(port: int, cafile: Path, count: int, concurrency: int) -> dic
                 lat.append((time.perf_counter() - t0) * 1000)
                 ok += 1
                 w.close()
+                with contextlib.suppress(OSError, ssl.SSLError, ConnectionError):
+                    await w.wait_closed()
             except (OSError, ssl.SSLError):
                 errors += 1
 
@@ -157,34 +159,41 @@ async def bare_tls(port: int, cafile: Path, count: int, concurrency: int) -> dic
 # --------------------------------------------------------------------------- D
 
 
-def rss_of_group(pgid: int) -> tuple[int, int]:
-    """(processes, summed VmRSS in KiB) of every process in process group ``pgid``."""
-    n, kib = 0, 0
+def rss_of_tree(root: int) -> tuple[int, int]:
+    """(processes, summed VmRSS in KiB) of ``root`` and all its descendants."""
+    parent: dict[int, int] = {}
     for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            stat = (d / "stat").read_text()
-            if int(stat.rsplit(")", 1)[1].split()[2]) != pgid:
+        if d.name.isdigit():
+            try:
+                parent[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
                 continue
-            for line in (d / "status").read_text().splitlines():
+    tree, grew = {root}, True
+    while grew:
+        more = {p for p, pp in parent.items() if pp in tree} - tree
+        grew = bool(more)
+        tree |= more
+    n, kib = 0, 0
+    for pid in tree:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
                     kib += int(line.split()[1])
                     n += 1
-        except (OSError, ValueError, IndexError):
+        except (OSError, ValueError):
             continue
     return n, kib
 
 
 async def idle_sessions(port: int, cafile: Path, user: str, password: str, n: int,
-                        pgid: int | None, probes: int = 50, setup_concurrency: int = 100,
+                        root_pid: int | None, probes: int = 50, setup_concurrency: int = 100,
                         setup_deadline: float = 60.0, probe_timeout: float = 2.0
                         ) -> dict[str, Any]:
     """Hold ``n`` authenticated sessions, then time ``probes`` new clients' 220."""
     ctx = client_ctx(cafile)
     result: dict[str, Any] = {"requested": n}
-    if pgid is not None:
-        result["rss_before_kib"] = rss_of_group(pgid)[1]
+    if root_pid is not None:
+        result["rss_before_kib"] = rss_of_tree(root_pid)[1]
     held: list[Login] = []
     failures: dict[str, int] = {}
     sem = asyncio.Semaphore(setup_concurrency)
@@ -210,8 +219,8 @@ async def idle_sessions(port: int, cafile: Path, user: str, password: str, n: in
     result["failures"] = failures
     try:
         await asyncio.sleep(1.0)  # let the server settle after the burst
-        if pgid is not None:
-            procs, kib = rss_of_group(pgid)
+        if root_pid is not None:
+            procs, kib = rss_of_tree(root_pid)
             result["processes"] = procs
             result["rss_held_kib"] = kib
             result["rss_held_mb"] = round(kib / 1024, 1)
@@ -270,7 +279,8 @@ async def login_latencies(port: int, ctx: ssl.SSLContext, user: str, password: s
 
 
 async def wrong_password_flood(port: int, ctx: ssl.SSLContext, user: str, stop: asyncio.Event,
-                               source: str, counts: dict[str, int]) -> None:
+                               source: str, counts: dict[str, int],
+                               live: set[asyncio.StreamWriter]) -> None:
     """One flooding connection: STARTTLS, then AUTH PLAIN with wrong passwords until the
     server closes it; reconnect; until ``stop``."""
     while not stop.is_set():
@@ -278,6 +288,7 @@ async def wrong_password_flood(port: int, ctx: ssl.SSLContext, user: str, stop: 
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", port,
                                                            local_addr=(source, 0))
+            live.add(writer)
             await _reply(reader)
             await _cmd(reader, writer, b"EHLO flood.test", 250)
             await _cmd(reader, writer, b"STARTTLS", 220)
@@ -299,7 +310,10 @@ async def wrong_password_flood(port: int, ctx: ssl.SSLContext, user: str, stop: 
             await asyncio.sleep(0.01)
         finally:
             if writer is not None:
+                live.discard(writer)
                 writer.close()
+                with contextlib.suppress(OSError, ssl.SSLError, ConnectionError):
+                    await writer.wait_closed()
 
 
 async def login_under_flood(port: int, cafile: Path, user: str, password: str, count: int,
@@ -310,7 +324,9 @@ async def login_under_flood(port: int, cafile: Path, user: str, password: str, c
                                                                 count)
     stop = asyncio.Event()
     counts = {"sessions": 0, "closed_or_failed": 0}
-    flood = [asyncio.create_task(wrong_password_flood(port, ctx, user, stop, source, counts))
+    live: set[asyncio.StreamWriter] = set()
+    flood = [asyncio.create_task(wrong_password_flood(port, ctx, user, stop, source, counts,
+                                                      live))
              for _ in range(flooders)]
     await asyncio.sleep(1.0)  # let the flood start
     try:
@@ -318,7 +334,12 @@ async def login_under_flood(port: int, cafile: Path, user: str, password: str, c
                                                                  count)
     finally:
         stop.set()
-        for t in flood:
+        # Abort the flooders' connections so each loop ends by itself and closes its
+        # socket (a task cancelled inside start_tls would leak it).
+        for w in list(live):
+            w.transport.abort()
+        _done, pending = await asyncio.wait(flood, timeout=15)
+        for t in pending:
             t.cancel()
         await asyncio.gather(*flood, return_exceptions=True)
     qp99, bp99 = pct(quiet_total, 0.99), pct(busy_total, 0.99)

@@ -39,6 +39,7 @@ with C.instrument(__name__ == "__main__"):
     from smtpgate.sasl.scram import scram_credentials_from_password
     from smtpgate.smtp import replies as R
     from smtpgate.smtp.engine import EngineSettings, ServerEngine, TlsInfo
+    from smtpgate.smtp.states import State
     from smtpgate.smtp.events import (
         NEED_DATA,
         PAUSED,
@@ -128,7 +129,7 @@ class Session:
         for chunk in chunks:
             if self.stopped:
                 break
-            was_in_data = e.in_data
+            was_in_data = e.state is State.DATA  # DATA only (in_data covers BDAT too)
             e.receive_data(chunk)
             self.fed += chunk
             self.pump()
@@ -138,10 +139,11 @@ class Session:
 
     def track(self, was_in_data: bool) -> None:
         e = self.engine
-        if not was_in_data and e.in_data:
+        in_data = e.state is State.DATA
+        if not was_in_data and in_data:
             self.data_start = len(self.fed)
             self.received_at_data = len(self.received)
-        elif was_in_data and not e.in_data and not self.stopped:
+        elif was_in_data and not in_data and not self.stopped:
             assert self.data_start is not None
             seg = bytes(self.fed[self.data_start :])
             if not (b"\r\n" + seg).endswith(b"\r\n.\r\n"):

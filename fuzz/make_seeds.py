@@ -143,6 +143,8 @@ def engine_seeds() -> dict[str, bytes]:
         b"DATA\r\n.\r\nRSET\r\nNOOP\r\nQUIT\r\n")
     out["smuggling"] = tls + b"EHLO c\r\n" + plain + mail + (
         b"DATA\r\nx\n.\nMAIL FROM:<evil@x>\r\n\r.\r\n.\n\r\n.\r\nQUIT\r\n")
+    out["bdat"] = tls + b"EHLO c\r\n" + plain + b"BDAT 3\r\nx\r\n" + mail + (
+        b"BDAT 12\r\nx\r\n.\r\nMAIL F\r\nDATA\r\nBDAT 1 LAST\r\n\rRSET\r\nBDAT q\r\n")
     out["bare-lf-normalized"] = b"\x05\x09" + b"EHLO c\n" + plain + mail + (
         b"DATA\nline\nmore\r\n.\r\n")
     out["too-big"] = b"\x09\x02" + b"EHLO c\r\n" + plain + mail.replace(b" SIZE=100", b"") + (

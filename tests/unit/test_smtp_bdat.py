@@ -216,3 +216,34 @@ def test_chunk_stream_verdict_does_not_depend_on_the_split(data: bytes, cuts: li
         return (None if end.bare_cr or end.bare_lf else out), end
     bounds = [0, *sorted(c for c in cuts if c <= len(data)), len(data)]
     assert run([data[a:b] for a, b in itertools.pairwise(bounds)]) == run([data])
+
+
+def test_starttls_auth_and_mail_between_chunks_are_503_and_the_message_goes_on() -> None:
+    # Exim's 2026 BDAT use-after-free came from STARTTLS x CHUNKING: never mixed here.
+    d = authed()
+    out = d.feed(ENVELOPE + bdat(b"a\r\n", last=False) + b"STARTTLS\r\nAUTH PLAIN\r\n"
+                 b"MAIL FROM:<alice@example.org>\r\n" + bdat(b"b\r\n"))
+    assert codes(out) == [*OK2, str(R.CHUNK_RECEIVED), str(R.BAD_SEQUENCE),
+                          str(R.AUTH_IN_TRANSACTION), str(R.NESTED_MAIL), str(R.MESSAGE_ACCEPTED)]
+    assert d.messages[0].data == b"a\r\nb\r\n" and not d.starttls_pending
+
+
+def test_octets_of_a_chunk_are_data_for_the_io_layer_timeouts() -> None:
+    d = authed()
+    d.feed(ENVELOPE + b"BDAT 10\r\nabc")
+    assert d.engine.in_data and not d.engine.idle  # the data deadlines apply
+    d.feed(b"defghij")
+    assert not d.engine.in_data and not d.engine.idle  # between chunks: a command
+    d.feed(b"RSET\r\nBDAT 5\r\nab")  # refused (no MAIL): its octets are still data
+    assert d.engine.in_data
+    d.feed(b"cde")
+    assert not d.engine.in_data and d.engine.idle
+
+
+def test_shutdown_between_chunks_waits_for_the_last_chunk() -> None:
+    d = authed()
+    d.feed(ENVELOPE + bdat(b"a\r\n", last=False))
+    d.engine.shutdown()
+    assert not d.closed
+    out = d.feed(bdat(b"b\r\n"))
+    assert codes(out)[0] == str(R.MESSAGE_ACCEPTED) and d.engine.closed

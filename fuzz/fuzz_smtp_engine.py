@@ -39,7 +39,6 @@ with C.instrument(__name__ == "__main__"):
     from smtpgate.sasl.scram import scram_credentials_from_password
     from smtpgate.smtp import replies as R
     from smtpgate.smtp.engine import EngineSettings, ServerEngine, TlsInfo
-    from smtpgate.smtp.states import State
     from smtpgate.smtp.events import (
         NEED_DATA,
         PAUSED,
@@ -51,6 +50,7 @@ with C.instrument(__name__ == "__main__"):
         RcptTo,
         StartTls,
     )
+    from smtpgate.smtp.states import State
 
 HOST = "mx.test"
 PASSWORDS = {

@@ -784,9 +784,13 @@ def _run_supervised(
     def worker_spec(slot: int) -> ChildSpec:
         def prepare() -> Launch:
             mine = bind_sockets(current.cfg, reuse_port=True)
-            cfg_now, tls_now = current.cfg, current.tls
+            cfg_now, tls_now, inherited = current.cfg, current.tls, current.metrics_sock
 
             def body(status: StatusWriter) -> int:
+                if inherited is not None:
+                    # Not ours to serve; kept open here, it would outlive a reload
+                    # that moves the endpoint, accepting connections nobody answers.
+                    inherited.close()
                 _drop(run_as)
                 limiter.attach(slot)
                 limiter.set_limits(

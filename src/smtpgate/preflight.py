@@ -716,4 +716,15 @@ def loosenings(cfg: Config) -> list[Problem]:
         elif not d.relay_verify_cert:
             out.append(_warning("delivery.relay_verify_cert", "false: the relay's certificate "
                                 "is not checked, so anyone on the path can pose as the relay"))
+    endpoint = cfg.metrics.endpoint
+    if endpoint is not None and not _loopback(endpoint[0]):
+        out.append(_warning("metrics.listen", f"{cfg.metrics.listen}: /metrics (no "
+                            "authentication) is served beyond this host"))
     return out
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from smtpgate import metrics
 from smtpgate.auth.guard import Refusal
 from smtpgate.auth.service import REFUSED_POLICY, Resolution
-from smtpgate.config import Config
+from smtpgate.config import Config, MetricsConfig
 from smtpgate.errors import StartupError
 from smtpgate.sasl import base as sasl
 from smtpgate.server import privileges
@@ -128,3 +128,14 @@ def test_handing_over_a_tree_follows_no_link(tmp_path: Path) -> None:
     assert (spool / "queue" / "m.msg").stat().st_uid == 65534
     assert outside.stat().st_uid == 0  # neither through the symlink nor the hard link
     assert tmp_path.stat().st_uid == 0
+
+
+@pytest.mark.parametrize(("listen", "loose"), [("127.0.0.1:9465", False), ("[::1]:9465", False),
+                                                ("0.0.0.0:9465", True), ("192.0.2.1:9465", True)])
+def test_metrics_beyond_loopback_is_named_a_loosening(
+    tmp_path: Path, listen: str, loose: bool
+) -> None:
+    from smtpgate.preflight import loosenings
+
+    cfg = _cfg(tmp_path).model_copy(update={"metrics": MetricsConfig(listen=listen)})
+    assert ("metrics.listen" in {p.key for p in loosenings(cfg)}) is loose

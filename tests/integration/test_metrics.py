@@ -1,8 +1,9 @@
 """Prometheus metrics end to end: a real Prometheus scrapes ``smtpgate serve``.
 
 The server runs as ``smtpgate init`` writes it (``workers = 0``: one per core, so
-several processes on any CI machine with two cores) plus ``[metrics] listen`` and a
-guard that locks an account after three wrong passwords. A scripted mix of
+several processes on any CI machine with two cores) plus ``[metrics] listen``, a
+guard that locks an account after three wrong passwords and a limit of three
+messages an hour. A scripted mix of
 logins and messages is run, then Prometheus' HTTP API must report exactly what
 the script did. A direct scrape checks that two workers' counts add up and
 survive a worker's death, and that the Grafana dashboard names only metrics the
@@ -44,6 +45,9 @@ GUARD = """
 lockout_threshold = 3
 penalty_base = 0.01
 penalty_max = 0.05
+
+[limits]
+messages_per_hour = 3
 """
 
 
@@ -174,11 +178,15 @@ def _mix(srv: Server, port: int, tmp_path: Path) -> None:
     base_conns = sample(before, "smtpgate_connections_total", listener="submission")
     assert sample(before, "smtpgate_auth_attempts_total") == 0
 
-    # 3 good logins, each sending one message.
+    # 3 good logins, each sending one message; a 4th message is over the hourly limit.
     for _ in range(3):
         s = login(srv, USER, PASSWORD)
         send_one(s)
         s.quit()
+    s = login(srv, USER, PASSWORD)
+    with pytest.raises(smtplib.SMTPSenderRefused):
+        send_one(s)
+    s.quit()
     # 2 wrong passwords for alice (a known address: far from her lockout).
     for _ in range(2):
         login(srv, USER, "wrong password").quit()
@@ -194,11 +202,11 @@ def _mix(srv: Server, port: int, tmp_path: Path) -> None:
     try:
         expected = {
             'sum(smtpgate_auth_attempts_total{result="success",mechanism="PLAIN",'
-            'front_door="smtp"})': 3,
+            'front_door="smtp"})': 4,
             'sum(smtpgate_auth_attempts_total{result="failure"})': 5,
             'sum(smtpgate_auth_attempts_total{result="refused_guard"})': 1,
-            "sum(smtpgate_auth_attempts_total)": 9,
-            "sum(smtpgate_login_duration_seconds_count)": 9,
+            "sum(smtpgate_auth_attempts_total)": 10,
+            "sum(smtpgate_login_duration_seconds_count)": 10,
             'sum(smtpgate_guard_blocks_started_total{kind="account-new"})': 1,
             "sum(smtpgate_guard_blocks_started_total)": 1,
             'smtpgate_guard_blocks_active{kind="account-new"}': 1,
@@ -209,10 +217,11 @@ def _mix(srv: Server, port: int, tmp_path: Path) -> None:
             'sum(smtpgate_deliveries_total{outcome="delivered"})': 3,
             'sum(smtpgate_deliveries_total{outcome="deferred"})': 0,
             "smtpgate_queue_messages": 0,
-            'sum(smtpgate_connections_total{listener="submission"})': base_conns + 9,
-            'sum(smtpgate_sessions_total{listener="submission",tls_version="TLSv1.3"})': 9,
+            'sum(smtpgate_connections_total{listener="submission"})': base_conns + 10,
+            'sum(smtpgate_sessions_total{listener="submission",tls_version="TLSv1.3"})': 10,
             'sum(smtpgate_sessions_active{listener="submission"})': 0,
-            "sum(smtpgate_rate_limit_refusals_total)": 0,
+            'smtpgate_rate_limit_refusals_total{limit="messages"}': 1,
+            'smtpgate_rate_limit_refusals_total{limit="recipients"}': 0,
             "sum(smtpgate_backend_errors_total)": 0,
         }
         got = {q: prom.settle(q, v) for q, v in expected.items()}

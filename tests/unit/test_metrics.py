@@ -139,3 +139,18 @@ def test_metrics_beyond_loopback_is_named_a_loosening(
 
     cfg = _cfg(tmp_path).model_copy(update={"metrics": MetricsConfig(listen=listen)})
     assert ("metrics.listen" in {p.key for p in loosenings(cfg)}) is loose
+
+
+def test_a_reload_moves_or_closes_the_endpoint_but_opens_it_only_by_a_restart(
+    tmp_path: Path,
+) -> None:
+    from smtpgate.server.reload import changed_keys, merge
+
+    on = _cfg(tmp_path).model_copy(update={"metrics": MetricsConfig(listen="127.0.0.1:9465")})
+    moved = on.model_copy(update={"metrics": MetricsConfig(listen="127.0.0.1:9466")})
+    off = _cfg(tmp_path)
+    assert merge(on, moved).metrics.listen == "127.0.0.1:9466"
+    assert merge(on, off).metrics.listen == ""
+    kept = merge(off, on)
+    assert kept.metrics.listen == ""  # no files were counted in: needs a restart
+    assert "metrics.listen" in changed_keys(kept, on)

@@ -129,6 +129,19 @@ def test_trickled_data_gets_421_below_the_minimum_rate(slow: Server) -> None:
     assert [p.name for p in tmp.iterdir() if ".pool." not in p.name] == []
 
 
+def test_trickled_bdat_chunk_gets_421_below_the_minimum_rate(slow: Server) -> None:
+    """A BDAT chunk's octets are data (RFC 3030): the same minimum rate holds."""
+    r = tls_session(slow)
+    assert r.cmd(f"AUTH PLAIN {plain(USER, PASSWORD)}").startswith("235")
+    assert r.cmd(f"MAIL FROM:<{USER}>").startswith("250")
+    assert r.cmd("RCPT TO:<bob@example.net>").startswith("250")
+    r.sock.sendall(b"BDAT 1000 LAST\r\n")
+    got, closed_after = trickle(r.sock, b"Subject: slow\r\n\r\n" + b"y" * 40)
+    assert closed_after < 3.0 + 0.3 + SLACK
+    assert got.decode().startswith(str(R.TOO_SLOW))
+    r.close()
+
+
 def test_a_fast_client_is_not_hit_by_the_deadlines(slow: Server) -> None:
     """A whole session that takes longer than every deadline, each unit in time."""
     r = tls_session(slow)

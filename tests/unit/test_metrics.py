@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -154,3 +155,12 @@ def test_a_reload_moves_or_closes_the_endpoint_but_opens_it_only_by_a_restart(
     kept = merge(off, on)
     assert kept.metrics.listen == ""  # no files were counted in: needs a restart
     assert "metrics.listen" in changed_keys(kept, on)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the warning is for a start as root")
+def test_serving_as_root_without_a_user_is_warned(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="smtpgate"):
+        assert privileges.resolve(_cfg(tmp_path)) is None
+    assert "server.user: not set: serving as root" in caplog.text

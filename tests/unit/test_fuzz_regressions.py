@@ -107,13 +107,6 @@ def test_from_header_long_address_like_run_is_read_in_linear_time() -> None:
     assert any(a.endswith("ceo@bank.example") for a in found)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open (docs/security.md, Fuzzing): Python's email header parser is quadratic "
-    "on some values (8,000 dots: ~1 s; the 256 KiB a header section may hold: minutes "
-    "of CPU per message); the From check hands it From/Sender values of any length. "
-    "Needs a documented bound (a longer value unreadable, so refused) in policy/sender.py",
-)
 def test_from_header_check_bounds_what_the_stdlib_parser_reads(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

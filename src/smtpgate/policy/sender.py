@@ -102,10 +102,23 @@ def header_fields(message: bytes, name: str) -> list[str]:
     return out
 
 
+#: The longest From or Sender value handed to the stdlib's header parser, and the
+#: most characters of such values per message: that parser takes time quadratic in
+#: some values (8,000 dots: about a second; found by fuzzing), and a real author
+#: list is far shorter (RFC 5322 wants lines under 78 characters; a From naming a
+#: hundred people is about 4,000). A longer value is unreadable, which owns
+#: nothing: the message is refused (docs/policy.md).
+MAX_FIELD_CHARS = 4096
+MAX_PARSED_CHARS = 8192
+
+
 def field_addresses(value: str, name: str = "From") -> list[str]:
     """Every address a reader could take from one field value: the mailboxes, and
     anything address-like in display names and comments. "" stands for a value
-    with no mailbox or one that does not parse cleanly: it owns nothing."""
+    with no mailbox, one that does not parse cleanly, or one over
+    ``MAX_FIELD_CHARS``: it owns nothing."""
+    if len(value) > MAX_FIELD_CHARS:
+        return [*dict.fromkeys(a.rstrip(".") for a in _ADDRESS_LIKE.findall(value)), ""]
     try:
         parsed = email.policy.default.header_factory(name, value)
         mailboxes = [a.addr_spec for a in parsed.addresses]
@@ -139,6 +152,9 @@ def _addresses(message: bytes, name: str) -> list[str] | None:
     values = header_fields(message, name)
     if not values:
         return None
+    if sum(len(v) for v in values) > MAX_PARSED_CHARS:
+        # Too much for the parser in all (several fields): unreadable as a whole.
+        return [*dict.fromkeys(a.rstrip(".") for v in values for a in _ADDRESS_LIKE.findall(v)), ""]
     return list(dict.fromkeys(a for v in values for a in field_addresses(v, name)))
 
 

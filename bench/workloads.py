@@ -159,8 +159,20 @@ async def bare_tls(port: int, cafile: Path, count: int, concurrency: int) -> dic
 # --------------------------------------------------------------------------- D
 
 
-def rss_of_tree(root: int) -> tuple[int, int]:
-    """(processes, summed VmRSS in KiB) of ``root`` and all its descendants."""
+def pss_of_tree(root: int) -> int:
+    """Summed PSS in KiB of ``root`` and its descendants: pages shared after fork are
+    split between the processes that share them, so this is what they cost together
+    (summed RSS counts every shared page once per process)."""
+    kib = 0
+    for pid in tree_of(root):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    kib += int(line.split()[1])
+    return kib
+
+
+def tree_of(root: int) -> set[int]:
     parent: dict[int, int] = {}
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
@@ -173,6 +185,12 @@ def rss_of_tree(root: int) -> tuple[int, int]:
         more = {p for p, pp in parent.items() if pp in tree} - tree
         grew = bool(more)
         tree |= more
+    return tree
+
+
+def rss_of_tree(root: int) -> tuple[int, int]:
+    """(processes, summed VmRSS in KiB) of ``root`` and all its descendants."""
+    tree = tree_of(root)
     n, kib = 0, 0
     for pid in tree:
         try:
@@ -194,6 +212,7 @@ async def idle_sessions(port: int, cafile: Path, user: str, password: str, n: in
     result: dict[str, Any] = {"requested": n}
     if root_pid is not None:
         result["rss_before_kib"] = rss_of_tree(root_pid)[1]
+        result["pss_before_kib"] = pss_of_tree(root_pid)
     held: list[Login] = []
     failures: dict[str, int] = {}
     sem = asyncio.Semaphore(setup_concurrency)
@@ -224,19 +243,26 @@ async def idle_sessions(port: int, cafile: Path, user: str, password: str, n: in
             result["processes"] = procs
             result["rss_held_kib"] = kib
             result["rss_held_mb"] = round(kib / 1024, 1)
+            pss = pss_of_tree(root_pid)
+            result["pss_held_mb"] = round(pss / 1024, 1)
             if held:
                 result["rss_per_1000_sessions_mb"] = round(
                     (kib - result["rss_before_kib"]) / 1024 / len(held) * 1000, 1)
+                result["pss_per_1000_sessions_mb"] = round(
+                    (pss - result["pss_before_kib"]) / 1024 / len(held) * 1000, 1)
         lat: list[float] = []
         timeouts = 0
         for _ in range(probes):
             ms = await banner_ms(port, probe_timeout)
             if ms is None:
                 timeouts += 1
+                if timeouts >= 5 and not lat:
+                    break  # a server that greets nobody new: 5 are enough to say so
             else:
                 lat.append(ms)
         result["new_client_220"] = lat_summary(lat)
         result["new_client_220_timeouts"] = timeouts
+        result["new_client_220_tried"] = len(lat) + timeouts
         result["probe_timeout_s"] = probe_timeout
         # Still alive? A NOOP on a sample of the held sessions.
         sample = held[:: max(1, len(held) // 20)]

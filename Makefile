@@ -7,7 +7,7 @@ VAR     ?= ./var
 # Debian packages the integration tests drive as real peers.
 DEB_PACKAGES := swaks gsasl msmtp curl openssl socat postfix dovecot-core fail2ban mutt neomutt postgresql slapd ldap-utils samba-ad-dc sasl2-bin db5.3-util dovecot-ldap nginx libnginx-mod-mail dovecot-lmtpd redis-server haproxy chromium prometheus
 
-.PHONY: run test venv test-venv debs exim lint typecheck bench bench-logins bench-frontdoor bench-scale clean docs fuzz
+.PHONY: run test venv test-venv debs exim lint typecheck bench bench-quick bench-logins bench-frontdoor bench-scale clean docs fuzz
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -109,7 +109,10 @@ fuzz: test-venv
 	$(BIN)/python fuzz/report.py
 
 bench: test-venv debs
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py --repeat 3
+
+bench-quick: test-venv debs
+	$(BIN)/python bench/run.py --quick
 
 bench-logins: test-venv debs
 	$(BIN)/python bench/login_bench.py

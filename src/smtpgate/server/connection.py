@@ -91,7 +91,7 @@ class SmtpConnection(asyncio.Protocol):
         self.rt.connections.add(self)
         self._last_activity = self._loop.time()
         if self.listener.implicit_tls:
-            self.tls = TlsServerSession(self.rt.tls)
+            self.tls = TlsServerSession(self.rt.tls, self.listener.name)
             self._tls_started = self._last_activity
             self._rearm()
             self._start_plus_fallback_look_up()
@@ -258,7 +258,7 @@ class SmtpConnection(asyncio.Protocol):
         # The 220 goes out in clear; from here on every byte is TLS. The engine
         # already dropped whatever was pipelined behind STARTTLS.
         self._flush()
-        self.tls = TlsServerSession(self.rt.tls)
+        self.tls = TlsServerSession(self.rt.tls, self.listener.name)
         self._tls_started = self._loop.time()
         self._rearm()
         self._start_plus_fallback_look_up()
@@ -271,7 +271,10 @@ class SmtpConnection(asyncio.Protocol):
     def _tls_up(self) -> None:
         assert self.tls is not None
         self.tls_ready = True
-        info = TlsInfo(self.tls.version, self.tls.cipher, self.tls.channel_binding())
+        cert, untrusted = self.tls.client_certificate()
+        if untrusted:  # 'optional': the session goes on, without EXTERNAL
+            log.info("%s %s:%s %s", self.session_id, self.client_ip, self.client_port, untrusted)
+        info = TlsInfo(self.tls.version, self.tls.cipher, self.tls.channel_binding(), cert)
         if self.listener.implicit_tls:
             self.engine = self.decisions.engine = ServerEngine(self.listener.settings, tls=info)
             self.engine.hide_plus = self.decisions.plus_until is not None

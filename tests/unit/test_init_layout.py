@@ -8,6 +8,7 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from smtpgate.cli.main import cli
@@ -63,3 +64,14 @@ def test_existing_state_is_never_taken_over(tmp_path: Path) -> None:
     assert "accounts.sqlite exists; init does not touch existing state" in out
     assert not (tmp_path / "etc").exists()
     assert (tmp_path / "lib/accounts.sqlite").read_bytes() == b"someone's accounts"
+
+
+def test_the_demo_password_never_starts_with_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:
+    """swaks (the README's second way to send a test message) takes
+    ``--auth-password -abc`` for an unknown option: the demo password must not
+    start with "-" (token_urlsafe gives one about one time in 64)."""
+    from smtpgate.cli import init_cmd
+
+    draws = iter(["-startsWithDash_xxxxx", "_underscoreFirst_xxxx", "GoodPassword-_-xxxxx"])
+    monkeypatch.setattr(init_cmd.secrets, "token_urlsafe", lambda n: next(draws))
+    assert init_cmd.demo_password() == "GoodPassword-_-xxxxx"

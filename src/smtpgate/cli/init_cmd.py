@@ -85,6 +85,16 @@ def _hostname(value: str) -> str:
         raise click.BadParameter(str(e), param_hint="--hostname") from None
 
 
+def demo_password() -> str:
+    """20 random URL-safe characters (120 bits) that start with a letter or digit:
+    a password starting with "-" is taken for an option by swaks and other tools
+    the README has newcomers paste it into."""
+    while True:
+        password = secrets.token_urlsafe(15)
+        if password[0].isalnum():
+            return password
+
+
 def _demo_address(hostname: str) -> str:
     return f"demo@{hostname.lower()}"
 
@@ -198,7 +208,7 @@ def init(
     user = _demo_address(hostname)
     try:
         if not no_demo:
-            password = secrets.token_urlsafe(15)
+            password = demo_password()
             admin.add_account(user, password)
     finally:
         admin.close()

@@ -1227,7 +1227,25 @@ class ServerConfig(Model):
         return self.workers or max(1, min(4, os.cpu_count() or 1))
 
 
-class AdminConfig(Model):
+class HttpListener(Model):
+    """A table with one ``listen = "HOST:PORT"`` key for an HTTP endpoint; empty: off."""
+
+    listen: str
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, v: str) -> str:
+        if v.strip():
+            _parse_hostport(v.strip())
+        return v.strip()
+
+    @property
+    def endpoint(self) -> tuple[str, int] | None:
+        """(host, port), or None when the endpoint is off."""
+        return _parse_hostport(self.listen) if self.listen else None
+
+
+class AdminConfig(HttpListener):
     listen: str = Field(
         default="",
         description="HOST:PORT of the web admin (docs/operations.md, \"Web admin\"), e.g. "
@@ -1240,20 +1258,8 @@ class AdminConfig(Model):
         "Sessions are kept in the serving process: a restart ends them all.",
     )
 
-    @field_validator("listen")
-    @classmethod
-    def _check_listen(cls, v: str) -> str:
-        if v.strip():
-            _parse_hostport(v.strip())
-        return v.strip()
 
-    @property
-    def endpoint(self) -> tuple[str, int] | None:
-        """(host, port), or None when the web admin is off."""
-        return _parse_hostport(self.listen) if self.listen else None
-
-
-class MetricsConfig(Model):
+class MetricsConfig(HttpListener):
     listen: str = Field(
         default="",
         description="HOST:PORT of the Prometheus endpoint (/metrics, plain HTTP; "
@@ -1262,18 +1268,6 @@ class MetricsConfig(Model):
         "moves or closes it (to a port the running user may bind); opening it on a server "
         "started without it needs a restart.",
     )
-
-    @field_validator("listen")
-    @classmethod
-    def _check_listen(cls, v: str) -> str:
-        if v.strip():
-            _parse_hostport(v.strip())
-        return v.strip()
-
-    @property
-    def endpoint(self) -> tuple[str, int] | None:
-        """(host, port), or None when metrics are off."""
-        return _parse_hostport(self.listen) if self.listen else None
 
 
 class Config(Model):

@@ -126,8 +126,12 @@ def _port_free(address: str, port: int) -> bool:
 
 
 def pick_address() -> str:
-    """The first loopback address from 127.0.0.53 whose ports 389 and 636 are free."""
-    for last in range(53, 80):
+    """The first loopback address whose ports 389 and 636 are free, from 127.0.0.53
+    up; under pytest-xdist each worker has a range of its own (gw0 from .53, gw1
+    from .66), so two workers that each start a DC never race for one address."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    first = 53 + 13 * (int(worker) % 2 if worker.isdigit() else 0)
+    for last in range(first, 80):
         address = f"127.0.0.{last}"
         if _port_free(address, 389) and _port_free(address, 636):
             return address

@@ -37,7 +37,7 @@ from smtpgate.auth.guard_state import (
 from tests.contract.implementations import GUARD_STATES, open_guard_state, target_for
 
 ROOT = Path(__file__).resolve().parents[2]
-NOW = float(int(time.time()))
+NOW = float(int(time.time()))  # set again before each test (``_now``)
 W = Windows(lockout=900.0, spray=600.0, penalty=300.0)
 ALICE, BOB, CAROL, DAVE = "alice@example.org", "bob@example.org", "carol@example.org", "dave@x.org"
 
@@ -54,6 +54,15 @@ class Impl:
         s = open_guard_state(self.name, self.target)
         self.opened.append(s)
         return s
+
+
+@pytest.fixture(autouse=True)
+def _now() -> None:
+    """Times are anchored to the real clock when the test runs, not when the module
+    was imported (under xdist that can be many minutes earlier), so that an
+    implementation expiring entries by TTL sees them as in service."""
+    global NOW
+    NOW = float(int(time.time()))
 
 
 @pytest.fixture(params=GUARD_STATES)

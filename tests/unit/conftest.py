@@ -17,5 +17,8 @@ def _smtpgate_logger_restored() -> Iterator[None]:
     logger = logging.getLogger("smtpgate")
     saved = (logger.handlers[:], logger.level, logger.propagate)
     logger.propagate = True
+    for name, child in logging.root.manager.loggerDict.items():
+        if name.startswith("smtpgate.") and isinstance(child, logging.Logger):
+            child.disabled = False  # a fuzz target, say, silenced it when imported
     yield
     logger.handlers[:], logger.level, logger.propagate = saved

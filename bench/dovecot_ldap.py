@@ -21,10 +21,11 @@ import base64
 import itertools
 import os
 import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
+
+from tests.peers.pidfile import stop_by_pid_file
 
 LDAP_MODULE = Path("/usr/lib/dovecot/modules/auth/libauthdb_ldap.so")
 
@@ -115,22 +116,7 @@ service anvil {{
 
     def stop(self) -> None:
         """SIGTERM to the master by its pid file (it stops its children), then wait."""
-        try:
-            pid = int((self.root / "run" / "master.pid").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.05)
-        os.kill(pid, signal.SIGKILL)
+        stop_by_pid_file(self.root / "run" / "master.pid")
 
 
 class AuthClient:

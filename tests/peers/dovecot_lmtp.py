@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import contextlib
 import grp
-import os
 import pwd
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.peers.pidfile import stop_by_pid_file
 
 _CONF = """\
 # Dovecot 2.3 as an LMTP server only, written by tests/peers/dovecot_lmtp.py.
@@ -95,17 +95,7 @@ class DovecotLmtp:
         if not self.started:
             return
         self.started = False
-        try:
-            pid = int((self.root / "run" / "master.pid").read_text().strip())
-        except (OSError, ValueError):
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                os.kill(pid, 0)
-                time.sleep(0.05)
-            os.kill(pid, signal.SIGKILL)
+        stop_by_pid_file(self.root / "run" / "master.pid")
 
 
 def make_dovecot_lmtp(users: Iterable[str]) -> DovecotLmtp:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -25,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from smtpgate.tls.certs import write_self_signed
+from tests.peers.pidfile import stop_by_pid_file
 
 ROOT = Path(__file__).resolve().parents[2] / "build" / "exim" / "root"
 BINARY = ROOT / "usr" / "sbin" / "exim4"
@@ -141,22 +141,7 @@ class Exim:
         if not self.started:
             return
         self.started = False
-        try:
-            pid = int((self.root / "exim.pid").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.05)
-        os.kill(pid, signal.SIGKILL)
+        stop_by_pid_file(self.root / "exim.pid")
 
     def cleanup(self) -> None:
         self.stop()

@@ -230,12 +230,7 @@ def _deliver_here(cfg: Config, spool_dir: Path) -> int | None:
 @config_option
 def hold(queue_id: str, wait: float, config_path: Path | None) -> None:
     """Stop delivery attempts of a message until released (like postsuper -h)."""
-    cfg = get_config(config_path)
-    with _manager(cfg, wait) as mgr:
-        changed = mgr.hold(queue_id)
-    if changed:
-        _audit(cfg, "queue hold", queue_id, {})
-    click.echo(f"{queue_id} {'held' if changed else 'was held already'}")
+    _set_held(queue_id, wait, config_path, held=True)
 
 
 @queue.command()
@@ -244,12 +239,17 @@ def hold(queue_id: str, wait: float, config_path: Path | None) -> None:
 @config_option
 def release(queue_id: str, wait: float, config_path: Path | None) -> None:
     """Release a held message; it is attempted now (like postsuper -H)."""
+    _set_held(queue_id, wait, config_path, held=False)
+
+
+def _set_held(queue_id: str, wait: float, config_path: Path | None, *, held: bool) -> None:
     cfg = get_config(config_path)
     with _manager(cfg, wait) as mgr:
-        changed = mgr.release(queue_id)
+        changed = mgr.hold(queue_id) if held else mgr.release(queue_id)
     if changed:
-        _audit(cfg, "queue release", queue_id, {})
-    click.echo(f"{queue_id} {'released' if changed else 'was not held'}")
+        _audit(cfg, "queue hold" if held else "queue release", queue_id, {})
+    done, already = ("held", "was held already") if held else ("released", "was not held")
+    click.echo(f"{queue_id} {done if changed else already}")
 
 
 @queue.command()

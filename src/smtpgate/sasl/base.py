@@ -280,3 +280,27 @@ class ClientMechanism:
     @property
     def done(self) -> bool:
         raise NotImplementedError
+
+
+class SingleMessageClient(ClientMechanism):
+    """A client mechanism whose whole exchange is one message (PLAIN, EXTERNAL): the
+    initial response, or the answer to the server's empty challenge if the transport
+    sent none; any other challenge is the server misbehaving."""
+
+    def __init__(self, message: bytes) -> None:
+        self._message = message
+        self._sent = False
+
+    def start(self) -> bytes | None:
+        self._sent = True
+        return self._message
+
+    def step(self, challenge: bytes) -> bytes:
+        if challenge == b"" and not self._sent:
+            self._sent = True
+            return self._message
+        raise ClientAuthError(f"{self.name}: unexpected challenge from the server")
+
+    @property
+    def done(self) -> bool:
+        return self._sent

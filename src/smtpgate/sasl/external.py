@@ -23,11 +23,10 @@ from smtpgate.sasl._common import (
 )
 from smtpgate.sasl.base import (
     Challenge,
-    ClientAuthError,
-    ClientMechanism,
     CredentialAnswer,
     Failure,
     NeedCredentials,
+    SingleMessageClient,
     Step,
     VerifyCertificate,
 )
@@ -69,7 +68,7 @@ class ExternalServer(ServerMechanismBase):
         return verdict_step(self.name, result, username=authzid, authzid=authzid)
 
 
-class ExternalClient(ClientMechanism):
+class ExternalClient(SingleMessageClient):
     """Client side of EXTERNAL: the authzid ("" for the certificate's own identity)
     is the initial response; an empty challenge gets it once if it was not sent."""
 
@@ -78,19 +77,4 @@ class ExternalClient(ClientMechanism):
     def __init__(self, authzid: str = "") -> None:
         if "\0" in authzid:
             raise ValueError("EXTERNAL: NUL in the authorization identity")
-        self._message = authzid.encode("utf-8")
-        self._sent = False
-
-    def start(self) -> bytes | None:
-        self._sent = True
-        return self._message
-
-    def step(self, challenge: bytes) -> bytes:
-        if challenge == b"" and not self._sent:
-            self._sent = True
-            return self._message
-        raise ClientAuthError("EXTERNAL: unexpected challenge from the server")
-
-    @property
-    def done(self) -> bool:
-        return self._sent
+        super().__init__(authzid.encode("utf-8"))

@@ -22,11 +22,10 @@ from smtpgate.sasl._common import (
 )
 from smtpgate.sasl.base import (
     Challenge,
-    ClientAuthError,
-    ClientMechanism,
     CredentialAnswer,
     Failure,
     NeedCredentials,
+    SingleMessageClient,
     Step,
     VerifyPassword,
 )
@@ -128,7 +127,7 @@ class PlainServer(ServerMechanismBase):
         return verdict_step(self.name, result, username=msg.authcid, authzid=msg.authzid)
 
 
-class PlainClient(ClientMechanism):
+class PlainClient(SingleMessageClient):
     """Client side of PLAIN: the whole message is the initial response.
 
     If the transport does not send an initial response, it answers the server's
@@ -139,19 +138,4 @@ class PlainClient(ClientMechanism):
     cleartext_credentials = True
 
     def __init__(self, username: str, password: str, authzid: str = "") -> None:
-        self._message = encode_plain(username, password, authzid)
-        self._sent = False
-
-    def start(self) -> bytes | None:
-        self._sent = True
-        return self._message
-
-    def step(self, challenge: bytes) -> bytes:
-        if challenge == b"" and not self._sent:
-            self._sent = True
-            return self._message
-        raise ClientAuthError("PLAIN: unexpected challenge from the server")
-
-    @property
-    def done(self) -> bool:
-        return self._sent
+        super().__init__(encode_plain(username, password, authzid))

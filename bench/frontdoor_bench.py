@@ -93,7 +93,8 @@ class Smtpgate:
         self.root, self.sock = root, sock
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
-        subprocess.run([SMTPGATE, "init", "--dir", str(root), "--no-demo", "--submission",
+        subprocess.run([SMTPGATE, "init", "--dir", str(root), "--no-demo", "--metrics", "",
+                        "--admin", "", "--submission",
                         f"127.0.0.1:{self.port}", "--submissions", f"127.0.0.1:{free_port()}"],
                        check=True, capture_output=True, timeout=60)
         cfg = root / "smtpgate.toml"

@@ -81,7 +81,7 @@ def start_server(root: Path, *, guard: bool, password: str) -> Server:
     env = {**os.environ}
     env.pop("SMTPGATE_CONFIG", None)
     subprocess.run(
-        [SMTPGATE, "init", "--dir", str(root), "--no-demo",
+        [SMTPGATE, "init", "--dir", str(root), "--no-demo", "--metrics", "", "--admin", "",
          "--submission", f"127.0.0.1:{sub}", "--submissions", f"127.0.0.1:{subs}"],
         check=True, capture_output=True, env=env, timeout=60,
     )

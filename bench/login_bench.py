@@ -204,7 +204,7 @@ def init_dir(tmp: Path, name: str, accounts_table: str | None) -> SgDir:
     root = tmp / f"sg-{name}"
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "SMTPGATE_CONFIG"}
-    subprocess.run([SMTPGATE, "init", "--dir", str(root), "--no-demo",
+    subprocess.run([SMTPGATE, "init", "--dir", str(root), "--no-demo", "--metrics", "", "--admin", "",
                     "--submission", f"127.0.0.1:{port}",
                     "--submissions", f"127.0.0.1:{free_port()}"],
                    check=True, capture_output=True, env=env, timeout=60)

@@ -565,7 +565,9 @@ def setup_smtpgate(s: Settings, tmp: Path, procs: Processes, password: str) -> t
     sub_port, subs_port = free_port(), free_port()
     while subs_port == sub_port:
         subs_port = free_port()
+    # The default install's metrics and web admin, on free ports (init's own may be taken).
     run_checked([str(s.smtpgate), "init", "--dir", str(sg_dir), "--no-demo",
+                 "--metrics", f"{LOOPBACK}:{free_port()}", "--admin", f"{LOOPBACK}:{free_port()}",
                  "--submission", f"{LOOPBACK}:{sub_port}",
                  "--submissions", f"{LOOPBACK}:{subs_port}"], "smtpgate init")
     config = sg_dir / "smtpgate.toml"

@@ -160,8 +160,10 @@ def make_server(root: Path, extra_config: str = "") -> Server:
     sub, subs = free_port(), free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("SMTPGATE_CONFIG", None)
+    # init's metrics and web admin ports are fixed (9465, 9480): servers running side by
+    # side would collide on them, so tests that want them append their own tables.
     subprocess.run(
-        [SMTPGATE, "init", "--dir", str(root), "--no-demo",
+        [SMTPGATE, "init", "--dir", str(root), "--no-demo", "--metrics", "", "--admin", "",
          "--submission", f"127.0.0.1:{sub}", "--submissions", f"127.0.0.1:{subs}"],
         check=True, capture_output=True, env=env, timeout=60,
     )

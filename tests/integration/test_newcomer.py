@@ -11,6 +11,7 @@ import re
 import signal
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,8 +51,29 @@ def test_init_prints_a_working_test_command(tmp_path: Path) -> None:
         assert "== result: success" in sent.stdout
         files = server.wait_for_mail(1)
         assert b"with ESMTPSA" in files[0].read_bytes()
+        # The default install's web admin and metrics, where init's output says.
+        assert "web admin:   http://127.0.0.1:9480/" in out
+        assert "metrics:     http://127.0.0.1:9465/metrics" in out
+        login_page = _get("http://127.0.0.1:9480/login")
+        assert 'name="code"' in login_page and "smtpgate admin add" in login_page, login_page
+        scrape = _get("http://127.0.0.1:9465/metrics")
+        assert 'smtpgate_messages_accepted_total{listener="submission"} 1.0' in scrape, scrape
     finally:
         server.stop()
+
+
+def _get(url: str) -> str:
+    """The body of a GET, retried while the endpoint starts (it may come after SMTP)."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                body: str = response.read().decode()
+                return body
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def section(title: str) -> str:

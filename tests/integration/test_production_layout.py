@@ -83,6 +83,8 @@ def init(base: Path, *extra: str) -> tuple[Path, int, int]:
         [SMTPGATE, "init", "--dir", f"{base}/etc/smtpgate",
          "--state-dir", f"{base}/var/lib/smtpgate", "--log-dir", f"{base}/var/log/smtpgate",
          "--submission", f"127.0.0.1:{sub}", "--submissions", f"127.0.0.1:{subs}",
+         # init's metrics and web admin, on free ports (a test beside may hold init's own)
+         "--metrics", f"127.0.0.1:{free_port()}", "--admin", f"127.0.0.1:{free_port()}",
          "--no-demo", *extra],
         capture_output=True, text=True, timeout=60, check=False,
     )

@@ -22,6 +22,16 @@ def test_listeners_one_line_each(tmp_path: Path) -> None:
     assert result.output == "submission 127.0.0.1:5870 starttls\ntls [::1]:4650 implicit\n"
 
 
+def test_listeners_name_the_web_admin_and_metrics_when_on(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    config.write_text(config.read_text() + '\n[admin]\nlisten = "192.0.2.1:9480"\n'
+                      '\n[metrics]\nlisten = "127.0.0.1:9465"\n')
+    result = CliRunner().invoke(cli, ["config", "show", "--listeners", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[1:] == ["admin 192.0.2.1:9480 https",
+                                              "metrics 127.0.0.1:9465 http"]
+
+
 def test_json_has_defaults_and_resolved_paths(tmp_path: Path) -> None:
     config = write_config(tmp_path)
     result = CliRunner().invoke(cli, ["config", "show", "--config", str(config)])

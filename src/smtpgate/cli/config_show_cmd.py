@@ -21,7 +21,8 @@ from smtpgate.cli.config_cmd import config
 @click.option(
     "--listeners",
     is_flag=True,
-    help="Only the listeners: one line each, NAME ADDRESS TLS (starttls or implicit).",
+    help="Only the listeners: one line each, NAME ADDRESS TLS (starttls or implicit); "
+    "then the web admin and metrics endpoints when on, as admin|metrics ADDRESS http|https.",
 )
 @config_option
 def show(listeners: bool, config_path: Path | None) -> None:
@@ -31,6 +32,13 @@ def show(listeners: bool, config_path: Path | None) -> None:
     if listeners:
         for lst in cfg.listeners:
             click.echo(f"{lst.name} {lst.address} {lst.tls}")
+        if cfg.admin.endpoint is not None:
+            from smtpgate.web.server import is_loopback
+
+            scheme = "http" if is_loopback(cfg.admin.endpoint[0]) else "https"
+            click.echo(f"admin {cfg.admin.listen} {scheme}")
+        if cfg.metrics.endpoint is not None:
+            click.echo(f"metrics {cfg.metrics.listen} http")
         return
     data = cfg.model_dump(mode="json")
     for section, value in cfg:

@@ -26,6 +26,11 @@ import click
 from smtpgate.auth.decoy import create_decoy_secret, decoy_secret_path
 from smtpgate.config import Config, ConfigError, check_hostname, parse_config
 
+#: Where the config init writes serves metrics and the web admin: loopback, the
+#: ports of issue 14's contract. A config written by hand opens only what it names.
+DEFAULT_METRICS = "127.0.0.1:9465"
+DEFAULT_ADMIN = "127.0.0.1:9480"
+
 _TEMPLATE = """\
 # smtpgate configuration, written by `smtpgate init`.
 # Every key is described in docs/configuration.md; `smtpgate config check` validates it.
@@ -56,7 +61,7 @@ spool = {spool}
 
 [delivery]
 {delivery}
-"""
+{http}"""
 
 
 def _quote(value: str) -> str:
@@ -75,6 +80,18 @@ def _delivery_block(deliver: str, state: Path | None) -> str:
             raise click.BadParameter("expected relay:HOST:PORT", param_hint="--deliver")
         return f'mode = "relay"\nrelay_host = "{host}"\nrelay_port = {port}'
     raise click.BadParameter("expected maildir:PATH or relay:HOST:PORT", param_hint="--deliver")
+
+
+def _http_blocks(metrics: str, admin: str) -> str:
+    """The [metrics] and [admin] tables; an empty address leaves a table out (off)."""
+    out = ""
+    if metrics:
+        out += (f"\n[metrics]\nlisten = {_quote(metrics)}"
+                "        # Prometheus /metrics (docs/operations.md); \"\" turns it off\n")
+    if admin:
+        out += (f"\n[admin]\nlisten = {_quote(admin)}"
+                "        # the web admin; log in after `smtpgate admin add NAME`; \"\" turns it off\n")
+    return out
 
 
 def _hostname(value: str) -> str:
@@ -117,6 +134,14 @@ def _demo_address(hostname: str) -> str:
     show_default=True,
     help="maildir:PATH or relay:HOST:PORT.",
 )
+@click.option(
+    "--metrics", default=DEFAULT_METRICS, show_default=True, metavar="HOST:PORT",
+    help="Prometheus /metrics endpoint; '' leaves it off.",
+)
+@click.option(
+    "--admin", default=DEFAULT_ADMIN, show_default=True, metavar="HOST:PORT",
+    help="Web admin (plain HTTP on loopback, HTTPS elsewhere); '' leaves it off.",
+)
 @click.option("--no-demo", is_flag=True, help="Do not create the demo account.")
 @click.option(
     "--state-dir",
@@ -145,6 +170,8 @@ def init(
     submission: str,
     submissions: str,
     deliver: str,
+    metrics: str,
+    admin: str,
     no_demo: bool,
     state_dir: Path | None,
     log_dir: Path | None,
@@ -160,6 +187,7 @@ def init(
     from smtpgate.auth.accounts import open_account_store
     from smtpgate.auth.guard_store import SqliteGuardStore
     from smtpgate.tls.certs import write_self_signed
+    from smtpgate.web.server import is_loopback
 
     config_path = directory / "smtpgate.toml"
     if config_path.exists():
@@ -178,6 +206,7 @@ def init(
         guard=f"\n[guard]\ndatabase = {_quote(str(state / 'guard.sqlite'))}\n" if state else "",
         spool=_quote(str(state / "spool") if state else "spool"),
         delivery=_delivery_block(deliver, state),
+        http=_http_blocks(metrics.strip(), admin.strip()),
     )
     home = state or directory.resolve()
     for db in (home / "accounts.sqlite", home / "guard.sqlite"):
@@ -203,15 +232,15 @@ def init(
             (cfg.path(cfg.delivery.maildir) / sub).mkdir(parents=True, exist_ok=True)
     cfg.path(cfg.accounts.database).parent.mkdir(parents=True, exist_ok=True)
     # A random demo password: the [passwords] policy is for passwords people choose.
-    admin = AccountAdmin(open_account_store(cfg), cfg.accounts, actor=default_actor())
+    accounts_admin = AccountAdmin(open_account_store(cfg), cfg.accounts, actor=default_actor())
     password = ""
     user = _demo_address(hostname)
     try:
         if not no_demo:
             password = demo_password()
-            admin.add_account(user, password)
+            accounts_admin.add_account(user, password)
     finally:
-        admin.close()
+        accounts_admin.close()
     # Created now, so that a first `smtpgate guard ...` run as root cannot leave a
     # root-owned file the server may not open.
     SqliteGuardStore(cfg.path(cfg.guard.database)).close()
@@ -230,6 +259,12 @@ def init(
     click.echo(f"wrote {config_path}")
     click.echo(f"  certificate: {directory / 'tls/cert.pem'} (self-signed, ECDSA P-256)")
     click.echo(f"  accounts:    {cfg.path(cfg.accounts.database)}")
+    if cfg.metrics.endpoint is not None:
+        click.echo(f"  metrics:     http://{cfg.metrics.listen}/metrics (after `smtpgate serve`)")
+    if cfg.admin.endpoint is not None:
+        scheme = "http" if is_loopback(cfg.admin.endpoint[0]) else "https"
+        click.echo(f"  web admin:   {scheme}://{cfg.admin.listen}/ (create a login with "
+                   "`smtpgate admin add NAME`)")
     if state is not None or logs is not None:
         click.echo(f"  state:       {state or directory}")
         click.echo(f"  logs:        {logs or directory}")

@@ -192,13 +192,17 @@ def test_reload_takes_reloadable_keys_and_names_the_others(tmp_path: Path) -> No
     assert new.needs_restart == ("guard.database", "server.workers")
 
 
-def test_reload_keeps_oauth_mechanisms_off_without_issuers(tmp_path: Path) -> None:
+def test_reload_takes_oauth_mechanisms_with_their_issuers(tmp_path: Path) -> None:
     path = _cfg(tmp_path)
     running = parse_config(path.read_text(), tmp_path)
-    merged = reloading.merge(running, running.model_copy(
-        update={"auth": running.auth.model_copy(update={"mechanisms": ["OAUTHBEARER", "PLAIN"]})}
-    ))
-    assert merged.auth.mechanisms == running.auth.mechanisms
+    (tmp_path / "jwks.json").write_text('{"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}')
+    _cfg(tmp_path, "[auth]\nmechanisms = ['OAUTHBEARER', 'PLAIN']\n[[auth.oauth_issuers]]\n"
+                   "issuer = 'https://id.example'\naudience = ['smtp']\n"
+                   "jwks_file = 'jwks.json'\nalgorithms = ['HS256']\n")
+    new = reloading.load(path, running)
+    assert new.cfg.auth.mechanisms == ["OAUTHBEARER", "PLAIN"]
+    assert [i.issuer for i in new.cfg.auth.oauth_issuers] == ["https://id.example"]
+    assert new.needs_restart == ()
 
 
 @pytest.mark.parametrize(

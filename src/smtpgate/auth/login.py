@@ -14,6 +14,15 @@ hands this module the two moments that need the account directory and the guard:
    guard's 454, never a 535), and a penalty is an ``asyncio.sleep`` of this
    attempt only. Then the auth service resolves the query. SCRAM's second query
    (``ConfirmIdentity``) is part of the same attempt and is not checked again.
+   The guard's check also says where the attempt's password verification
+   queues (``_lane``): one from an address the account knows, with no recent
+   failures, goes before every other; any other waits its turn, one at a time
+   per address, on lower-priority threads (``verify_scheduler.py``, why there).
+   A wrong password is still verified and answered 535 exactly as before; only
+   the order and the CPU share change, so the owner's logins do not queue
+   behind a guesser's Argon2id runs. No negative cache of wrong secrets: a
+   guesser sends a new password each time, so it would not spare a single run
+   (measured: bench/README.md, issue 13, workload E).
 2. ``conclude(outcome)`` when the exchange has ended, answered or not. It writes
    the attempt's one auth-log record and says what is left before the reply: the
    guard's commit (a failure counted, a known address remembered) and, for a
@@ -61,6 +70,8 @@ from smtpgate.auth.directory import AppPassword, StoreError
 from smtpgate.auth.guard import Guard, GuardCheck, Refusal
 from smtpgate.auth.principal import AppPasswordUse, Principal
 from smtpgate.auth.service import AuthContext, AuthService
+from smtpgate.auth.services import AuthServices
+from smtpgate.auth.verify_scheduler import TRUSTED, Lane
 from smtpgate.sasl.base import (
     ConfirmIdentity,
     CredentialAnswer,
@@ -131,12 +142,18 @@ class LoginAttempts:
         failure_floor: float = 0.25,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        self.auth = auth
+        #: The auth service now and the ones a reload replaced (auth/services.py).
+        self.services = AuthServices(auth)
         self.guard = guard
         #: Seconds; a reload may change it (``[auth] failure_floor``).
         self.failure_floor = failure_floor
         #: How a penalty or the floor is waited (tests replace it).
         self.sleep = sleep
+
+    @property
+    def auth(self) -> AuthService:
+        """The service new attempts use."""
+        return self.services.current
 
     def begin(self, source: AuthContext, alive: Callable[[], bool] = lambda: True) -> LoginAttempt:
         """A new attempt from ``source``. ``alive`` says whether the client is still
@@ -168,6 +185,14 @@ class LoginAttempt:
         self._disclosed = False
         #: When the attempt's first credential query came (its login latency).
         self._started: float | None = None
+        #: The service held from the first query to the conclusion: a reload
+        #: in between does not change the directory under the exchange.
+        self._auth: AuthService | None = None
+
+    def _service(self) -> AuthService:
+        if self._auth is None:
+            self._auth = self._owner.services.hold()
+        return self._auth
 
     async def resolve(self, query: CredentialQuery) -> CredentialAnswer | None:
         """The answer for the mechanism, or None if the client went away meanwhile."""
@@ -201,7 +226,7 @@ class LoginAttempt:
                 # check (a bind could go uncounted), a temporary failure as for
                 # any directory fault.
                 return temporary_answer(query, fault)
-        res = await owner.auth.resolve_detailed(query, self.source)
+        res = await self._service().resolve_detailed(query, self.source, self._lane())
         # Decoys disclose as much as real keys do; a temporary answer shows nothing.
         self._disclosed = isinstance(query, LookupScram) and not (
             isinstance(res.answer, NotFound) and res.answer.temporary
@@ -212,6 +237,15 @@ class LoginAttempt:
         self._app = res.app_password or self._app
         self._issuer = res.oauth_issuer or self._issuer
         return res.answer
+
+    def _lane(self) -> Lane:
+        """Where this attempt's password verification queues: the owner's from a
+        known address first, every other one by its address, one at a time
+        (``verify_scheduler.py``). Without a guard there is nothing to tell them apart."""
+        check = self._check
+        if check is None or check.trusted:
+            return TRUSTED
+        return Lane.untrusted(check.keys.address)
 
     async def _account(self, guard: Guard, username: str) -> tuple[str, str | None]:
         """The name the guard counts this attempt under, and the directory fault
@@ -226,7 +260,7 @@ class LoginAttempt:
         if not username or not guard.watches(self.source.client_ip):
             return username, None
         try:
-            return await self._owner.auth.login_identity(username), None
+            return await self._service().login_identity(username), None
         except StoreError as e:
             return username, str(e)
 
@@ -243,7 +277,12 @@ class LoginAttempt:
         app, self._app = self._app, None
         issuer, self._issuer = self._issuer, None
         disclosed, self._disclosed = self._disclosed, False
-        auth, guard, src = owner.auth, owner.guard, self.source
+        auth, self._auth = self._auth, None
+        if auth is None:
+            auth = owner.auth  # ended before any query (nothing held)
+        else:
+            owner.services.release(auth)  # record() below is synchronous
+        guard, src = owner.guard, self.source
         result = AuthResult(outcome.result)
         self._count(outcome.mechanism, result, refusal,
                     guard_refused=check is not None and check.refusal is not None)

@@ -41,7 +41,7 @@ from smtpgate.auth.guard import Guard
 from smtpgate.auth.guard_state import GuardStoreError
 from smtpgate.auth.networks import parse_networks
 from smtpgate.auth.oauth import TokenVerifier
-from smtpgate.auth.service import AuthService, build_auth_service
+from smtpgate.auth.service import build_auth_service
 from smtpgate.auth.state_backend import open_guard_state
 from smtpgate.config import Config, ListenerConfig
 from smtpgate.errors import StartupError
@@ -77,7 +77,7 @@ from smtpgate.server.supervisor import (
 )
 from smtpgate.smtp.engine import EngineSettings
 from smtpgate.tls.session import ServerTlsContext, TlsConfigError
-from smtpgate.web.server import AdminServer, bind_admin_socket
+from smtpgate.web.server import AdminEndpoint, bind_admin_socket
 
 if TYPE_CHECKING:
     from smtpgate.preflight import Problem
@@ -302,7 +302,6 @@ class _Live:
         cfg: Config,
         runtime: ServerRuntime,
         listeners: dict[str, ListenerRuntime],
-        auth: AuthService,
         guard: Guard,
         secret: bytes,
         doors: list[FrontDoor],
@@ -311,7 +310,6 @@ class _Live:
         self.cfg = cfg
         self.runtime = runtime
         self.listeners = listeners
-        self.auth = auth
         self.guard = guard
         self.secret = secret
 
@@ -323,7 +321,7 @@ class _Live:
             log.error("reload: server.log_file: cannot reopen: %s", e)
             ok = False
         try:
-            self.auth.reopen_log()
+            self.runtime.auth.reopen_log()
         except OSError as e:
             log.error("reload: auth.log_file: cannot reopen: %s", e)
             ok = False
@@ -337,12 +335,16 @@ class _Live:
             return False
         if not quiet:
             _log_reload(self.cfg, new)
-        self.apply(new.cfg, new.tls)
-        return True
+        return self.apply(new.cfg, new.tls)
 
-    def apply(self, cfg: Config, tls: ServerTlsContext) -> None:
+    def apply(self, cfg: Config, tls: ServerTlsContext) -> bool:
         """New handshakes use ``tls``; sessions in flight keep their TLS session and
-        their listener settings, and see the new limits and policy from now on."""
+        their listener settings, and see the new limits and policy from now on.
+        A new directory or issuer list gives new logins a new auth service (False:
+        it could not be built, and the running one stays)."""
+        ok = True
+        if reloading.directory_changed(self.cfg, cfg) or reloading.oauth_changed(self.cfg, cfg):
+            cfg, ok = self._new_auth(cfg)
         rt = self.runtime
         rt.tls = tls
         rt.hostname = cfg.hostname
@@ -360,6 +362,23 @@ class _Live:
         for door in self.doors:
             door.cfg = cfg
         self.cfg = cfg
+        return ok
+
+    def _new_auth(self, cfg: Config) -> tuple[Config, bool]:
+        """Build the auth service of ``cfg`` and make it current (auth/services.py);
+        if it cannot be built, ``cfg`` with the running directory and issuers."""
+        try:
+            auth = build_auth_service(cfg, make_token_verifier(cfg))
+        except (StoreError, OSError, ValueError) as e:
+            key = (accounts_key(cfg) if reloading.directory_changed(self.cfg, cfg)
+                   else "auth.oauth_issuers")
+            log.error("reload: %s: %s; logins keep the running directory and issuers", key, e)
+            keep = {k: getattr(self.cfg.auth, k) for k in ("mechanisms", *reloading.OAUTH_KEYS)}
+            return cfg.model_copy(update={"accounts": self.cfg.accounts,
+                                          "auth": cfg.auth.model_copy(update=keep)}), False
+        self.runtime.login.services.replace(auth)
+        self.runtime.auth = auth
+        return cfg, True
 
 
 def _log_reload(old: Config, new: reloading.Reloaded) -> None:
@@ -436,7 +455,7 @@ async def serve_sockets(
     # the settings of connections accepted after it.
     listeners = {lst.name: _listener_runtime(cfg, lst, secret) for lst in cfg.listeners}
     doors, door_servers = await start_front_doors(cfg, auth_sockets or [], runtime, secret)
-    live = _Live(cfg, runtime, listeners, auth, guard, secret, doors)
+    live = _Live(cfg, runtime, listeners, guard, secret, doors)
     servers = []
     for lst, sock in zip(cfg.listeners, sockets):
         factory: Callable[[], asyncio.BaseProtocol] = (
@@ -450,6 +469,8 @@ async def serve_sockets(
         loop.add_signal_handler(sig, stop.set)
     hooks = hooks or ReloadHooks(None)
     served: metrics_http.MetricsServer | None = None
+    # The web admin is served by the process that delivers (web/server.py).
+    admin = AdminEndpoint(status_file.status_path(cfg)) if with_delivery else None
 
     def on_reload(full: bool) -> None:
         # A no-op in a supervised worker: only the main process talks to systemd.
@@ -462,6 +483,8 @@ async def serve_sockets(
                 status.reloaded(live.cfg)
             if reloaded and served is not None:
                 _follow(served, live.cfg)
+            if reloaded and admin is not None:
+                _background(admin.reconfigure(live.cfg))
             ok = reloaded and ok
         hooks.done(ok)
         if full:
@@ -469,9 +492,8 @@ async def serve_sockets(
 
     loop.add_signal_handler(signal.SIGHUP, on_reload, True)
     loop.add_signal_handler(signal.SIGUSR1, on_reload, False)
-    # The web admin is served by the process that delivers (web/server.py).
-    admin = None if admin_sock is None else await AdminServer.start(
-        cfg, admin_sock, status_file.status_path(cfg))
+    if admin is not None:
+        await admin.start(cfg, admin_sock)
     # The metrics endpoint too (server/metrics_http.py).
     served = await metrics_http.maybe_start(cfg, metrics_sock) if with_delivery else None
     metrics.prime(lst.name for lst in cfg.listeners)
@@ -510,7 +532,7 @@ async def serve_sockets(
         await worker_task
     if runtime.background:
         await asyncio.gather(*runtime.background, return_exceptions=True)
-    await auth.close()
+    await runtime.login.services.close()  # with any a reload replaced
     await guard.close()
     await rates.close()
     if admin is not None:
@@ -523,7 +545,12 @@ async def serve_sockets(
 
 def _follow(served: metrics_http.MetricsServer, cfg: Config) -> None:
     """A reload: the metrics endpoint follows ``[metrics] listen`` (in the background)."""
-    task = asyncio.get_running_loop().create_task(served.reconfigure(cfg))
+    _background(served.reconfigure(cfg))
+
+
+def _background(work: Coroutine[Any, Any, None]) -> None:
+    """Run a reload's asynchronous part (an endpoint moving) off the signal handler."""
+    task = asyncio.get_running_loop().create_task(work)
     _reconfiguring.add(task)
     task.add_done_callback(_reconfiguring.discard)
 
@@ -578,28 +605,33 @@ async def deliver_only(
     hooks = hooks or ReloadHooks(None)
     done = hooks.done
     served: metrics_http.MetricsServer | None = None
+    admin = AdminEndpoint(status_file.status_path(cfg))
+    running = cfg
 
     def on_reload(full: bool) -> None:
+        nonlocal running
         try:
             logs.reopen_log_file()
         except OSError as e:
             log.error("reload: server.log_file: cannot reopen: %s", e)
             done(False)
             return
-        if full and served is not None and hooks.config_path is not None:
+        if full and hooks.config_path is not None:
             try:
-                new = reloading.load(hooks.config_path, served.cfg)
+                new = reloading.load(hooks.config_path, running)
             except reloading.ReloadError as e:
                 log.error("reload failed, keeping the running configuration: %s", e)
                 done(False)
                 return
-            _follow(served, new.cfg)
+            running = new.cfg
+            if served is not None:
+                _follow(served, running)
+            _background(admin.reconfigure(running))
         done(True)
 
     loop.add_signal_handler(signal.SIGHUP, on_reload, True)
     loop.add_signal_handler(signal.SIGUSR1, on_reload, False)
-    admin = None if admin_sock is None else await AdminServer.start(
-        cfg, admin_sock, status_file.status_path(cfg))
+    await admin.start(cfg, admin_sock)
     served = await metrics_http.maybe_start(cfg, metrics_sock)
     if ready is not None:
         ready()
@@ -607,8 +639,7 @@ async def deliver_only(
     worker.stop(grace=cfg.server.shutdown_grace)  # as in serve_sockets
     worker.stop()
     await task
-    if admin is not None:
-        await admin.stop()
+    await admin.stop()
     if served is not None:
         await served.stop()
     await spool.close()
@@ -751,6 +782,8 @@ class _Current:
     #: The metrics socket bound at start, until a reload moves the endpoint (the
     #: delivery process then binds the new address itself).
     metrics_sock: socket.socket | None = None
+    #: The web admin's socket, likewise.
+    admin_sock: socket.socket | None = None
 
 
 def _drop(run_as: privileges.RunAs | None) -> None:
@@ -774,7 +807,7 @@ def _run_supervised(
     metrics_sock: socket.socket | None = None,
     run_as: privileges.RunAs | None = None,
 ) -> int:
-    current = _Current(cfg, tls, metrics_sock)
+    current = _Current(cfg, tls, metrics_sock, admin_sock)
     workers = cfg.server.effective_workers
     limiter = SharedConnectionLimiter(
         cfg.limits.max_connections, cfg.limits.max_connections_per_ip, workers
@@ -784,13 +817,15 @@ def _run_supervised(
     def worker_spec(slot: int) -> ChildSpec:
         def prepare() -> Launch:
             mine = bind_sockets(current.cfg, reuse_port=True)
-            cfg_now, tls_now, inherited = current.cfg, current.tls, current.metrics_sock
+            cfg_now, tls_now = current.cfg, current.tls
+            inherited = (current.metrics_sock, current.admin_sock)
 
             def body(status: StatusWriter) -> int:
-                if inherited is not None:
+                for other in inherited:
                     # Not ours to serve; kept open here, it would outlive a reload
                     # that moves the endpoint, accepting connections nobody answers.
-                    inherited.close()
+                    if other is not None:
+                        other.close()
                 _drop(run_as)
                 limiter.attach(slot)
                 limiter.set_limits(
@@ -812,13 +847,13 @@ def _run_supervised(
 
     def delivery_spec() -> ChildSpec:
         def prepare() -> Launch:
-            cfg_now, metrics_now = current.cfg, current.metrics_sock
+            cfg_now, metrics_now, admin_now = current.cfg, current.metrics_sock, current.admin_sock
 
             def body(status: StatusWriter) -> int:
                 _drop(run_as)
                 hooks = ReloadHooks(config_path, done=status.reloaded, quiet=True)
                 runner(deliver_only(cfg_now, ready=status.ready, hooks=hooks,
-                                    admin_sock=admin_sock, metrics_sock=metrics_now))
+                                    admin_sock=admin_now, metrics_sock=metrics_now))
                 return 0
 
             return Launch(body)
@@ -844,6 +879,9 @@ def _run_supervised(
             # address listening with nobody answering.
             current.metrics_sock.close()
             current.metrics_sock = None
+        if new.cfg.admin.listen != current.cfg.admin.listen and current.admin_sock is not None:
+            current.admin_sock.close()  # likewise for the web admin
+            current.admin_sock = None
         current.cfg, current.tls = new.cfg, new.tls
         status.reloaded(new.cfg)
         return signal.SIGHUP

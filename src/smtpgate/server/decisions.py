@@ -213,7 +213,8 @@ class Decisions:
         if result.principal is not None:
             p = self.peer
             self.principal = result.principal
-            self._sending = Sending(result.principal, self.rt.auth,
+            # The current directory's profile, also after a reload (auth/services.py).
+            self._sending = Sending(result.principal, self.rt.login.services,
                                     session_id=p.session_id, client_ip=p.client_ip)
 
     def abandoned(self, ev: AuthFinished) -> None:

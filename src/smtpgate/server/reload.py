@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from smtpgate import mechanism_facts
 from smtpgate.config import Config, ConfigError, load_config
 from smtpgate.tls.session import ClientAuth, ServerTlsContext, TlsConfigError, make_server_context
 
@@ -81,18 +80,74 @@ def load(path: Path, running: Config) -> Reloaded:
         tls = build_tls(merged)
     except TlsConfigError as e:
         raise ReloadError(e.key, str(e).removeprefix(f"{e.key}: ")) from None
+    if directory_changed(running, merged):
+        check_directory(merged)
+    if oauth_changed(running, merged):
+        check_oauth(merged)
     return Reloaded(merged, tls, changed_keys(merged, new))
+
+
+#: The ``[auth]`` keys the token verifier and the OAuth mechanisms are built from.
+OAUTH_KEYS = ("oauth_issuers", "oauth_scope")
+
+
+def directory_changed(a: Config, b: Config) -> bool:
+    """The account store must be opened again (``[accounts]``)."""
+    return a.accounts != b.accounts
+
+
+def oauth_changed(a: Config, b: Config) -> bool:
+    """The token verifier must be built again."""
+    return any(getattr(a.auth, k) != getattr(b.auth, k) for k in OAUTH_KEYS)
+
+
+def check_directory(cfg: Config) -> None:
+    """Open the account store of ``cfg`` once and close it, as start-up does: a
+    missing password file or a service account the directory refuses is an error;
+    a directory that does not answer is only logged (logins get 454 until it does).
+    Blocks for at most the directory's ``connect_timeout``.
+
+    Raises:
+        ReloadError: naming the key.
+    """
+    from smtpgate.auth.accounts import accounts_key, open_account_store
+    from smtpgate.auth.directory import StoreError
+    from smtpgate.preflight import check_account_database, errors
+
+    for p in errors(check_account_database(cfg)):
+        raise ReloadError(p.key, p.message)
+    try:
+        open_account_store(cfg).close()
+    except StoreError as e:
+        message = str(e)
+        key = getattr(e, "key", None) or message.split(" ", 1)[0].rstrip(":")
+        if type(e).__name__ == "ServiceBindRefused":
+            key = "accounts.ldap.bind_password_file"  # or bind_dn: as preflight names it
+        elif not key.startswith("accounts."):
+            key = accounts_key(cfg)
+        raise ReloadError(key, message.removeprefix(key).lstrip(": ")) from None
+
+
+def check_oauth(cfg: Config) -> None:
+    """The key-set and secret files of the issuers, as start-up checks them.
+
+    Raises:
+        ReloadError: naming the key (``auth.oauth_issuers.N.jwks_file``...).
+    """
+    from smtpgate.preflight import check_oauth as problems
+    from smtpgate.preflight import errors
+
+    for p in errors(problems(cfg)):
+        raise ReloadError(p.key, p.message)
 
 
 def merge(running: Config, new: Config) -> Config:
     """``running`` with the reloadable keys of ``new``."""
-    mechanisms = new.auth.mechanisms
-    # OAuth mechanisms need an issuer, which only a restart can add.
-    if set(mechanisms) & mechanism_facts.OAUTH and not running.auth.oauth_issuers:
-        mechanisms = running.auth.mechanisms  # the verifier is built at start-up only
-    auth = running.auth.model_copy(
-        update={"mechanisms": mechanisms, "failure_floor": new.auth.failure_floor}
-    )
+    # The mechanisms and the issuers together: the config refuses OAuth
+    # mechanisms without an issuer, and a reload may add both at once.
+    auth = running.auth.model_copy(update={
+        key: getattr(new.auth, key) for key in (
+            "mechanisms", "failure_floor", *OAUTH_KEYS)})
     guard = new.guard.model_copy(update={"database": running.guard.database})
     return running.model_copy(
         update={
@@ -106,6 +161,10 @@ def merge(running: Config, new: Config) -> Config:
             "policy": new.policy,
             "smtp": new.smtp,
             "auth": auth,
+            # A new auth service per serving process (auth/services.py).
+            "accounts": new.accounts,
+            # Moved, opened or closed by the serving process (web/server.py).
+            "admin": new.admin,
             # Moved or closed by a reload; opened only by a restart (the processes
             # count in files only when it was open at start: server/metrics_http.py).
             "metrics": new.metrics if running.metrics.listen else running.metrics,

@@ -9,11 +9,20 @@ which bind only their own listeners, never race for it; the serving process
 inherits it (``fork``) and a restarted delivery process takes the same socket.
 
 On a loopback address the admin speaks plain HTTP; on any other it speaks HTTPS
-with the server's certificate and key (``[tls] cert``/``key``), read at start.
+with the server's certificate and key (``[tls] cert``/``key``), read at start and
+again by a reload.
+
+A reload (``AdminEndpoint.reconfigure``) may move, open or close the listener:
+the serving process binds the new address itself (as the user it runs as) and
+keeps the old one if it cannot; the sessions in memory survive a move (an admin
+stays logged in, unless the move switches between HTTP and HTTPS, which renames
+the cookie). The other ``[admin]`` keys, the directory and the guard's
+thresholds apply to the next request.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import socket
@@ -47,7 +56,14 @@ def bind_admin_socket(cfg: Config) -> socket.socket | None:
     endpoint = cfg.admin.endpoint
     if endpoint is None:
         return None
-    host, port = endpoint
+    try:
+        return _bind(*endpoint)
+    except OSError as e:
+        raise StartupError("admin.listen", f"cannot listen on {cfg.admin.listen}: "
+                                           f"{e.strerror or e}") from None
+
+
+def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -55,10 +71,9 @@ def bind_admin_socket(cfg: Config) -> socket.socket | None:
         sock.bind((host, port))
         sock.listen(64)
         sock.setblocking(False)
-    except OSError as e:
+    except OSError:
         sock.close()
-        raise StartupError("admin.listen", f"cannot listen on {cfg.admin.listen}: "
-                                           f"{e.strerror or e}") from None
+        raise
     return sock
 
 
@@ -84,9 +99,13 @@ def tls_context(cfg: Config) -> ssl.SSLContext | None:
 class AdminServer:
     """The running web admin; ``stop()`` ends it and closes its stores."""
 
-    def __init__(self, site: AdminSite, runner: web.AppRunner) -> None:
+    def __init__(self, site: AdminSite, runner: web.AppRunner, listening: web.SockSite,
+                 ctx: ssl.SSLContext | None, listen: str) -> None:
         self.site = site
         self._runner = runner
+        self._listening = listening
+        self._ctx = ctx
+        self.listen = listen
 
     @classmethod
     async def start(cls, cfg: Config, sock: socket.socket, status_path: Path | None
@@ -96,10 +115,91 @@ class AdminServer:
         await site.open()
         runner = web.AppRunner(site.app(), access_log=None, handle_signals=False)
         await runner.setup()
-        await web.SockSite(runner, sock, ssl_context=ctx).start()
+        listening = web.SockSite(runner, sock, ssl_context=ctx)
+        await listening.start()
         log.info("web admin on %s://%s/", "https" if ctx else "http", cfg.admin.listen)
-        return cls(site, runner)
+        return cls(site, runner, listening, ctx, cfg.admin.listen)
+
+    async def reconfigure(self, cfg: Config) -> None:
+        """A reload: a new ``[admin] listen`` is bound here before the old one is
+        closed (if it cannot be bound, the old one stays, logged); the certificate
+        is read again; the site takes the rest (``AdminSite.reconfigure``)."""
+        if cfg.admin.listen != self.listen:
+            await self._move(cfg)
+        elif self._ctx is not None:
+            # Read again even under the same name: a renewal replaces the file.
+            try:  # new handshakes use it
+                self._ctx.load_cert_chain(cfg.path(cfg.tls.cert), cfg.path(cfg.tls.key))
+            except (OSError, ssl.SSLError) as e:
+                log.error("reload: tls.cert: the web admin keeps its certificate: %s", e)
+        await self.site.reconfigure(cfg, tls=self._ctx is not None)
+
+    async def _move(self, cfg: Config) -> None:
+        endpoint = cfg.admin.endpoint
+        assert endpoint is not None, "AdminEndpoint closes a web admin turned off"
+        try:
+            ctx = tls_context(cfg)
+            sock = _bind(*endpoint)
+        except (OSError, StartupError) as e:
+            why = e.strerror or e if isinstance(e, OSError) else e
+            log.error("reload: admin.listen: cannot listen on %s: %s; still on %s",
+                      cfg.admin.listen, why, self.listen)
+            return
+        listening = web.SockSite(self._runner, sock, ssl_context=ctx)
+        await listening.start()
+        await self._listening.stop()  # the old address: closed, requests in flight end
+        self._listening, self._ctx, self.listen = listening, ctx, cfg.admin.listen
+        log.info("web admin moved to %s://%s/", "https" if ctx else "http", cfg.admin.listen)
 
     async def stop(self) -> None:
         await self._runner.cleanup()
         await self.site.close()
+
+
+class AdminEndpoint:
+    """The web admin of the process that serves it, following reloads: it may be
+    opened (bound here) by a reload, moved, or closed."""
+
+    def __init__(self, status_path: Path | None) -> None:
+        self.status_path = status_path
+        self.server: AdminServer | None = None
+        # Reloads are applied in the background, one at a time, in order.
+        self._lock = asyncio.Lock()
+
+    async def start(self, cfg: Config, sock: socket.socket | None) -> None:
+        """On ``sock`` (inherited from the main process); without one, the address
+        of ``cfg`` is bound here (a delivery process restarted after a reload
+        opened or moved the web admin)."""
+        if sock is None:
+            if cfg.admin.endpoint is None:
+                return
+            try:
+                sock = _bind(*cfg.admin.endpoint)
+            except OSError as e:
+                log.error("admin.listen: cannot listen on %s: %s", cfg.admin.listen,
+                          e.strerror or e)
+                return
+        self.server = await AdminServer.start(cfg, sock, self.status_path)
+
+    async def reconfigure(self, cfg: Config) -> None:
+        async with self._lock:
+            try:
+                await self._reconfigure(cfg)
+            except Exception:  # a reload never stops the server
+                log.exception("reload: the web admin could not follow the new [admin]")
+
+    async def _reconfigure(self, cfg: Config) -> None:
+        if self.server is None:
+            await self.start(cfg, None)
+        elif cfg.admin.endpoint is None:
+            server, self.server = self.server, None
+            await server.stop()
+            log.info("web admin closed")
+        else:
+            await self.server.reconfigure(cfg)
+
+    async def stop(self) -> None:
+        async with self._lock:
+            if self.server is not None:
+                await self.server.stop()
+                self.server = None

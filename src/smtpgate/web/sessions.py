@@ -31,7 +31,8 @@ class Session:
 
 class Sessions:
     def __init__(self, lifetime: float, *, clock: Callable[[], float] = time.time) -> None:
-        self._lifetime = lifetime
+        #: Seconds; a reload may change it (``[admin] session_lifetime``).
+        self.lifetime = lifetime
         self._clock = clock
         self._by_id: dict[str, Session] = {}
 
@@ -40,7 +41,7 @@ class Sessions:
             oldest = min(self._by_id.values(), key=lambda s: s.expires)
             del self._by_id[oldest.id]
         s = Session(secrets.token_urlsafe(32), admin, secrets.token_urlsafe(32),
-                    self._clock() + self._lifetime)
+                    self._clock() + self.lifetime)
         self._by_id[s.id] = s
         return s
 

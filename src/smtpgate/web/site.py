@@ -102,6 +102,10 @@ class AdminSite:
         self._last_step: dict[str, int] = {}
         self.last_audit: AuditReport | None = None
         self.last_audit_time: float | None = None
+        #: Requests being answered, and the stores a reload replaced, closed once
+        #: no request that may use them is left (``reconfigure``).
+        self._requests = 0
+        self._retired: list[AccountStore] = []
 
     # --- life cycle ------------------------------------------------------------------
 
@@ -116,7 +120,39 @@ class AdminSite:
             log.warning("web admin: no rate counters, no messages-per-hour chart: %s", e)
         self._spool = Spool(self.cfg.path(self.cfg.queue.spool), prefill=False)
 
+    async def reconfigure(self, cfg: Config, *, tls: bool) -> None:
+        """A reload: the next request sees ``cfg`` (``[admin]``, the guard's
+        thresholds, the limits); a changed ``[accounts]`` opens the new store (if
+        it cannot be opened, the old one stays, logged)."""
+        old, self.cfg = self.cfg, cfg
+        self.tls = tls
+        self.cookie = "__Host-smtpgate_admin" if tls else "smtpgate_admin"
+        self.sessions.lifetime = cfg.admin.session_lifetime
+        if self._guard is not None:
+            self._guard.reconfigure(cfg.guard, cfg.state)
+        if old.accounts == cfg.accounts:
+            return
+        try:
+            store = await asyncio.to_thread(open_account_store, cfg)
+        except StoreError as e:
+            log.error("reload: web admin keeps its account store: %s", e)
+            self.cfg = cfg.model_copy(update={"accounts": old.accounts})
+            return
+        if self._store is not None:
+            self._retired.append(self._store)
+        self._store = store
+        await self._close_retired()
+
+    async def _close_retired(self) -> None:
+        if self._requests == 0 and self._retired:
+            stores, self._retired = self._retired, []
+            for store in stores:
+                await asyncio.to_thread(store.close)
+
     async def close(self) -> None:
+        for store in self._retired:
+            store.close()
+        self._retired = []
         if self._guard is not None:
             await self._guard.close()
         if self._counters is not None:
@@ -165,10 +201,14 @@ class AdminSite:
 
     @web.middleware
     async def _headers(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        self._requests += 1
         try:
             resp = await handler(request)
         except web.HTTPException as e:
             resp = e
+        finally:
+            self._requests -= 1
+            await self._close_retired()
         resp.headers["Content-Security-Policy"] = _CSP
         resp.headers["X-Content-Type-Options"] = "nosniff"
         resp.headers["Referrer-Policy"] = "same-origin"  # "no-referrer" makes Origin "null"

@@ -1,0 +1,189 @@
+"""A reload of the directory, OAuth and web admin settings: what ``server.reload``
+takes and refuses, and how ``auth.services`` hands the auth service over."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from smtpgate.auth.login import LoginAttempts
+from smtpgate.auth.service import AuthContext
+from smtpgate.auth.services import AuthServices
+from smtpgate.config import parse_config
+from smtpgate.sasl.base import VerifyPassword
+from smtpgate.sasl.exchange import AuthResult
+from smtpgate.server import reload as reloading
+from smtpgate.tls.certs import write_self_signed
+
+BASE = """
+hostname = "mail.example.org"
+[[listeners]]
+name = "submission"
+address = "127.0.0.1:587"
+tls = "starttls"
+"""
+
+LDAP = """
+[accounts]
+backend = "ldap"
+[accounts.ldap]
+url = "ldap://127.0.0.1:9"
+base_dn = "dc=example,dc=org"
+bind_dn = "cn=svc,dc=example,dc=org"
+bind_password_file = "{password_file}"
+connect_timeout = 1
+"""
+
+ISSUER = """
+[auth]
+mechanisms = ["XOAUTH2", "PLAIN"]
+[[auth.oauth_issuers]]
+issuer = "https://id.example"
+audience = ["smtp"]
+jwks_file = "{jwks}"
+algorithms = ["HS256"]
+"""
+
+
+def _write(tmp_path: Path, extra: str = "") -> Path:
+    tls = tmp_path / "tls"
+    if not tls.exists():
+        tls.mkdir()
+        write_self_signed(tls / "cert.pem", tls / "key.pem", "mail.example.org")
+    path = tmp_path / "smtpgate.toml"
+    path.write_text(BASE + extra)
+    return path
+
+
+def test_directory_oauth_and_admin_keys_are_taken_not_named_for_a_restart(tmp_path: Path) -> None:
+    path = _write(tmp_path)
+    running = parse_config(path.read_text(), tmp_path)
+    (tmp_path / "jwks.json").write_text('{"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}')
+    _write(tmp_path, ISSUER.format(jwks="jwks.json")
+           + "[accounts]\ndatabase = 'other.sqlite'\ncache_ttl = 5\n"
+           + "[admin]\nlisten = '127.0.0.1:9481'\nsession_lifetime = 60\n")
+    new = reloading.load(path, running)
+    assert new.cfg.accounts.database == Path("other.sqlite")
+    assert new.cfg.accounts.cache_ttl == 5
+    assert new.cfg.admin.listen == "127.0.0.1:9481"
+    assert new.cfg.admin.session_lifetime == 60
+    assert new.cfg.auth.mechanisms == ["XOAUTH2", "PLAIN"]
+    assert new.needs_restart == ()
+    assert reloading.directory_changed(running, new.cfg)
+    assert reloading.oauth_changed(running, new.cfg)
+
+
+def test_changed_keys_still_names_what_needs_a_restart(tmp_path: Path) -> None:
+    path = _write(tmp_path)
+    running = parse_config(path.read_text(), tmp_path)
+    _write(tmp_path, "[accounts]\ncache_ttl = 5\n[auth]\ndecoy_secret_file = 'd.key'\n")
+    new = reloading.load(path, running)
+    assert new.cfg.accounts.cache_ttl == 5
+    assert new.needs_restart == ("auth.decoy_secret_file",)
+    assert reloading.changed_keys(running, new.cfg) == ("accounts.cache_ttl",)
+
+
+def test_a_missing_bind_password_file_refuses_the_reload_naming_the_key(tmp_path: Path) -> None:
+    path = _write(tmp_path)
+    running = parse_config(path.read_text(), tmp_path)
+    _write(tmp_path, LDAP.format(password_file="missing.secret"))
+    with pytest.raises(reloading.ReloadError) as e:
+        reloading.load(path, running)
+    assert e.value.key == "accounts.ldap.bind_password_file"
+    assert "missing.secret" in str(e.value)
+
+
+def test_a_missing_key_set_file_refuses_the_reload_naming_the_key(tmp_path: Path) -> None:
+    path = _write(tmp_path)
+    running = parse_config(path.read_text(), tmp_path)
+    _write(tmp_path, ISSUER.format(jwks="nowhere/jwks.json"))
+    with pytest.raises(reloading.ReloadError) as e:
+        reloading.load(path, running)
+    assert e.value.key == "auth.oauth_issuers.0.jwks_file"
+
+
+def test_an_unchanged_directory_is_not_opened_again(tmp_path: Path) -> None:
+    # The running LDAP settings name a password file gone since: a reload that
+    # does not touch [accounts] does not read it (only a change is checked).
+    secret = tmp_path / "bind.secret"
+    secret.write_text("pw\n")
+    path = _write(tmp_path, LDAP.format(password_file=secret))
+    running = parse_config(path.read_text(), tmp_path)
+    secret.unlink()
+    _write(tmp_path, LDAP.format(password_file=secret) + "[limits]\nmax_connections = 9\n")
+    assert reloading.load(path, running).cfg.limits.max_connections == 9
+
+
+class FakeService:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.closed = False
+        self.asked: list[str] = []
+
+    async def close(self) -> None:
+        self.closed = True
+
+    async def resolve_detailed(self, query: object, ctx: object) -> object:
+        self.asked.append("resolve")
+        await asyncio.sleep(0)
+        from smtpgate.auth.service import Resolution
+        from smtpgate.sasl.base import Verdict
+
+        return Resolution(Verdict(ok=True))
+
+    def record(self, *args: object) -> None:
+        self.asked.append("record")
+
+
+def closed(svc: FakeService) -> bool:
+    return svc.closed
+
+
+def test_a_replaced_service_closes_once_the_last_login_holding_it_ends() -> None:
+    async def run() -> None:
+        old, new = FakeService("old"), FakeService("new")
+        services = AuthServices(old)  # type: ignore[arg-type]
+        held = services.hold()
+        services.replace(new)  # type: ignore[arg-type]
+        assert id(services.current) == id(new) and id(held) == id(old)
+        await asyncio.sleep(0)
+        assert not closed(old)  # a login still holds it
+        services.release(held)
+        await asyncio.sleep(0)
+        assert closed(old) and not closed(new)
+        services.replace(FakeService("newer"))  # type: ignore[arg-type]
+        await asyncio.sleep(0)
+        assert closed(new)  # nobody held it: closed at once
+        await services.close()
+
+    asyncio.run(run())
+
+
+@dataclass(frozen=True)
+class Outcome:
+    mechanism: str
+    result: AuthResult
+    username: str
+    identity: str
+    reason: str = ""
+    malformed: bool = False
+
+
+def test_a_login_under_way_finishes_with_the_service_it_started_with() -> None:
+    async def run() -> None:
+        old, new = FakeService("old"), FakeService("new")
+        login = LoginAttempts(old, None, failure_floor=0.0)  # type: ignore[arg-type]
+        attempt = login.begin(AuthContext("submission", "127.0.0.1", 1, "TLSv1.3", "s"))
+        await attempt.resolve(VerifyPassword(username="a@example.org", password="pw"))
+        login.services.replace(new)  # type: ignore[arg-type]
+        attempt.conclude(Outcome("PLAIN", AuthResult.SUCCESS, "a@example.org", "a@example.org"))
+        assert old.asked == ["resolve", "record"] and new.asked == []
+        await asyncio.sleep(0)
+        assert old.closed
+        assert id(login.auth) == id(new)
+        await login.services.close()
+
+    asyncio.run(run())

@@ -44,6 +44,13 @@ administrators):
   distinct new addresses throttle the account: a new address may try only if
   no new address failed against it in the last ``throttle_interval`` seconds.
 
+Verification order: ``GuardCheck.trusted`` (a known address without recent
+failures, or an allowlisted one) puts an attempt's password verification ahead
+of all others (``verify_scheduler.py``), and every other attempt waits its
+turn, one at a time per address. The guard throttles a flood to a trickle,
+but each guess it lets through still costs a full Argon2id run, and the owner's
+logins must not wait behind those. This changes no count and no reply.
+
 Only wrong secrets count toward an account's lockout; refusals that do not
 depend on the secret (conditional access, an expired or administratively
 locked password) count toward the address only, since guessing cannot get past
@@ -151,6 +158,14 @@ class GuardCheck:
     #: (``[state] on_unavailable``); "" otherwise. Not a refusal: it is answered and
     #: logged as a backend fault (454 4.7.0), never as a block fail2ban would count.
     unavailable: str = ""
+
+    @property
+    def trusted(self) -> bool:
+        """The owner's kind of attempt: an allowlisted client (or no guard), or an
+        address the account has logged in from with no recent failures. Its
+        password verification goes before those of all other attempts
+        (``verify_scheduler.py``); nothing else about the attempt changes."""
+        return self.allowlisted or (self.known and self.penalty_failures == 0)
 
 
 @dataclass(slots=True)

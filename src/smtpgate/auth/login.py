@@ -15,7 +15,7 @@ hands this module the two moments that need the account directory and the guard:
    attempt only. Then the auth service resolves the query. SCRAM's second query
    (``ConfirmIdentity``) is part of the same attempt and is not checked again.
    The guard's check also says where the attempt's password verification
-   queues (``_lane``): one from an address the account knows, with no recent
+   queues (``_source``): one from an address the account knows, with no recent
    failures, goes before every other; any other waits its turn, one at a time
    per address, on lower-priority threads (``verify_scheduler.py``, why there).
    A wrong password is still verified and answered 535 exactly as before; only
@@ -62,7 +62,7 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from smtpgate import metrics
@@ -71,7 +71,7 @@ from smtpgate.auth.guard import Guard, GuardCheck, Refusal
 from smtpgate.auth.principal import AppPasswordUse, Principal
 from smtpgate.auth.service import AuthContext, AuthService
 from smtpgate.auth.services import AuthServices
-from smtpgate.auth.verify_scheduler import TRUSTED, Lane
+from smtpgate.auth.verify_scheduler import Lane
 from smtpgate.sasl.base import (
     ConfirmIdentity,
     CredentialAnswer,
@@ -226,7 +226,7 @@ class LoginAttempt:
                 # check (a bind could go uncounted), a temporary failure as for
                 # any directory fault.
                 return temporary_answer(query, fault)
-        res = await self._service().resolve_detailed(query, self.source, self._lane())
+        res = await self._service().resolve_detailed(query, self._source())
         # Decoys disclose as much as real keys do; a temporary answer shows nothing.
         self._disclosed = isinstance(query, LookupScram) and not (
             isinstance(res.answer, NotFound) and res.answer.temporary
@@ -238,14 +238,15 @@ class LoginAttempt:
         self._issuer = res.oauth_issuer or self._issuer
         return res.answer
 
-    def _lane(self) -> Lane:
-        """Where this attempt's password verification queues: the owner's from a
-        known address first, every other one by its address, one at a time
-        (``verify_scheduler.py``). Without a guard there is nothing to tell them apart."""
+    def _source(self) -> AuthContext:
+        """The source, with the lane its password verification queues in: the
+        owner's from a known address first, every other one by its address, one
+        at a time (``verify_scheduler.py``). Without the guard's check there is
+        nothing to tell them apart: the front door's default (trusted)."""
         check = self._check
-        if check is None or check.trusted:
-            return TRUSTED
-        return Lane.untrusted(check.keys.address)
+        if not isinstance(check, GuardCheck) or check.trusted:
+            return self.source
+        return replace(self.source, lane=Lane.untrusted(check.keys.address))
 
     async def _account(self, guard: Guard, username: str) -> tuple[str, str | None]:
         """The name the guard counts this attempt under, and the directory fault

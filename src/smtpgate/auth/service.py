@@ -9,9 +9,13 @@ answer (``Verdict(ok=False, temporary=True)`` or ``NotFound(temporary=True)``,
 454 on the wire), never a wrong-credentials answer (535), so that an outage
 neither locks users out for good nor counts against them.
 
-Blocking work runs off the event loop, on three executors:
+Blocking work runs off the event loop, on these executors:
 
-- ``hash_threads`` workers for Argon2id and PBKDF2 (the C code releases the GIL);
+- ``hash_threads`` workers for Argon2id and PBKDF2 (the C code releases the GIL),
+  and as many at a lower CPU priority for the verifications of attempts the
+  guard does not trust; a ``VerificationScheduler`` (``verify_scheduler.py``)
+  decides which verification runs next, so that the owner's never queue
+  behind a guesser's and at most ``hash_threads`` run at once;
 - two workers for account reads: two, so that one read stuck behind a busy
   database does not stall every login, and not more, since a read takes tens
   of microseconds;
@@ -62,6 +66,8 @@ the pending writes and closes both.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import inspect
 import logging
 import time
@@ -94,6 +100,12 @@ from smtpgate.auth.names import lookup_key
 from smtpgate.auth.networks import in_networks, parse_ip, parse_networks
 from smtpgate.auth.passwords import PasswordHasher, StoredHashError
 from smtpgate.auth.sender_profile import SenderProfile
+from smtpgate.auth.verify_scheduler import (
+    TRUSTED,
+    Lane,
+    VerificationScheduler,
+    lower_thread_priority,
+)
 from smtpgate.config import AccountsConfig, AuthConfig, Config, PasswordsConfig
 from smtpgate.sasl.base import (
     ClientCertificate,
@@ -165,6 +177,9 @@ class AuthContext:
     front_door: str = "smtp"
     #: The TLS client certificate the session verified (EXTERNAL maps it).
     client_certificate: ClientCertificate | None = None
+    #: Where the attempt's password verification queues: set by the login path
+    #: from the guard's check (``verify_scheduler.py``); the front door leaves it.
+    lane: Lane = TRUSTED
 
 
 @dataclass(slots=True)
@@ -245,6 +260,10 @@ class AuthService:
         #: Argon2 runs in flight, so identical concurrent attempts share one.
         self._inflight: dict[bytes, asyncio.Future[bool]] = {}
         self._hash_pool = ThreadPoolExecutor(accounts_cfg.hash_threads, "smtpgate-hash")
+        self._untrusted_pool = ThreadPoolExecutor(
+            accounts_cfg.hash_threads, "smtpgate-hash-untrusted", initializer=lower_thread_priority
+        )
+        self._lanes = VerificationScheduler(accounts_cfg.hash_threads)
         self._read_pool = ThreadPoolExecutor(DB_THREADS, "smtpgate-db-read")
         self._write_pool = ThreadPoolExecutor(1, "smtpgate-db-write")
         self._background: set[asyncio.Future[object]] = set()
@@ -391,7 +410,7 @@ class AuthService:
             return
         self._closed = True
         await self.flush()
-        pools = (self._hash_pool, self._read_pool, self._write_pool)
+        pools = (self._hash_pool, self._untrusted_pool, self._read_pool, self._write_pool)
 
         def shutdown() -> None:
             for pool in pools:
@@ -419,8 +438,30 @@ class AuthService:
             metrics.backend_call("directory", "read", time.monotonic() - started,
                                  failed=failed)
 
-    async def _hash(self, fn: Callable[[*Ts], T], *args: *Ts) -> T:
-        return await self._run(self._hash_pool, fn, *args)
+    async def _hash(self, fn: Callable[[*Ts], T], *args: *Ts, lane: Lane = TRUSTED) -> T:
+        """``fn(*args)`` on a hash thread once ``lane`` has a slot (verify_scheduler.py).
+        The slot is held until the thread is done, even if the caller went away,
+        so that no more than ``hash_threads`` runs ever compete for the CPU."""
+        if self._closed:
+            raise _Temporary("auth service is shut down")
+        lanes = self._lanes
+        await lanes.acquire(lane)
+        try:
+            if self._closed:  # closed while this waited: the pools are gone
+                raise _Temporary("auth service is shut down")
+            pool = self._hash_pool if lane.trusted else self._untrusted_pool
+            job = pool.submit(fn, *args)
+        except BaseException:
+            lanes.release(lane)
+            raise
+        loop = asyncio.get_running_loop()
+
+        def done(_: concurrent.futures.Future[T]) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
+                loop.call_soon_threadsafe(lanes.release, lane)
+
+        job.add_done_callback(done)
+        return await asyncio.wrap_future(job)
 
     def _track(self, fut: asyncio.Future[object]) -> None:
         self._background.add(fut)
@@ -459,10 +500,11 @@ class AuthService:
             return account, None
         return account, self._directory.get_credential(account.name, scheme)
 
-    async def _burn(self, password: str) -> None:
-        """Do the work of a verification that is going to fail anyway."""
+    async def _burn(self, password: str, lane: Lane) -> None:
+        """Do the work of a verification that is going to fail anyway, in the lane
+        a real one would take (an unknown account must look like a wrong password)."""
         self.stats.hash_verifications += 1
-        await self._hash(self._hasher.verify_decoy, password)
+        await self._hash(self._hasher.verify_decoy, password, lane=lane)
 
     def _record_login(self, account: Account, mechanism: str) -> None:
         self._write_later(
@@ -479,16 +521,17 @@ class AuthService:
 
     async def _verify_password(self, q: VerifyPassword, ctx: AuthContext) -> Resolution:
         mechanism = q.mechanism.upper()
+        lane = ctx.lane
         account, encoded = await self._read(self._load, lookup_key(q.username), ARGON2ID)
         if account is None:
-            await self._burn(q.password)
+            await self._burn(q.password, lane)
             return Resolution(Verdict(ok=False, reason=UNKNOWN_USER))
         refusal = _mechanism_refusal(account, mechanism, ctx)
         if refusal is None and q.authzid and lookup_key(q.authzid) != account.name:
             # No proxy authorization (RFC 4616 §2 leaves it to us).
             refusal = (REFUSED_POLICY, AUTHZID_REFUSED)
         if refusal is not None:
-            await self._burn(q.password)
+            await self._burn(q.password, lane)
             return Resolution(Verdict(ok=False, reason=refusal[1]), refusal=refusal[0])
         if APP_PASSWORD_RE.fullmatch(q.password):
             app = await self._read(self._directory.match_app_password, account.name, q.password)
@@ -499,10 +542,10 @@ class AuthService:
             # An imported hash (``legacy_hashes``), until this login upgrades it.
             legacy = await self._read(self._directory.get_credential, account.name, LEGACY)
         if encoded is None and legacy is None and not self._directory.verifies_passwords:
-            await self._burn(q.password)
+            await self._burn(q.password, lane)
             return Resolution(Verdict(ok=False, reason=NO_PASSWORD))
         if expired := self._expired(account):
-            await self._burn(q.password)
+            await self._burn(q.password, lane)
             return Resolution(Verdict(ok=False, reason=expired), refusal=REFUSED_EXPIRED)
         if self._cache.check(account.name, q.password, account.generation):
             self.stats.cache_hits += 1
@@ -510,9 +553,9 @@ class AuthService:
             self.stats.cache_misses += 1
             if legacy is not None:
                 self.stats.hash_verifications += 1
-                ok = await self._hash(legacy_hashes.verify, legacy, q.password)
+                ok = await self._hash(legacy_hashes.verify, legacy, q.password, lane=lane)
             else:
-                ok = await self._check_password(account, encoded, q.password)
+                ok = await self._check_password(account, encoded, q.password, lane)
             if not ok:
                 return Resolution(Verdict(ok=False, reason=BAD_PASSWORD))
             self._cache.put(account.name, q.password, account.generation)
@@ -521,14 +564,16 @@ class AuthService:
         self._record_login(account, mechanism)
         return Resolution(Verdict(ok=True, identity=account.name))
 
-    async def _check_password(self, account: Account, encoded: str | None, password: str) -> bool:
+    async def _check_password(
+        self, account: Account, encoded: str | None, password: str, lane: Lane
+    ) -> bool:
         """The directory's hash, verified here; or, for a bind-only directory (no
         hash), the directory's own check."""
         if encoded is None:
             return await self._read(self._directory.verify_password, account.name, password)
-        return await self._verify_coalesced(account.name, encoded, password)
+        return await self._verify_coalesced(account.name, encoded, password, lane)
 
-    async def _verify_coalesced(self, name: str, encoded: str, password: str) -> bool:
+    async def _verify_coalesced(self, name: str, encoded: str, password: str, lane: Lane) -> bool:
         """Argon2 verification, run once for identical concurrent attempts.
 
         A mail client often opens several connections at once with a cold cache;
@@ -549,7 +594,7 @@ class AuthService:
         self._inflight[key] = fut
         try:
             self.stats.hash_verifications += 1
-            ok = bool(await self._hash(self._hasher.verify, encoded, password))
+            ok = bool(await self._hash(self._hasher.verify, encoded, password, lane=lane))
         except asyncio.CancelledError:
             fut.cancel()
             raise

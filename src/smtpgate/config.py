@@ -1258,6 +1258,24 @@ class AdminConfig(HttpListener):
         "Sessions are kept in the serving process: a restart ends them all.",
     )
 
+    @property
+    def url(self) -> str:
+        """Where the web admin answers ("" when off): plain HTTP on loopback only."""
+        endpoint = self.endpoint
+        if endpoint is None:
+            return ""
+        return f"{'http' if is_loopback_host(endpoint[0]) else 'https'}://{self.listen}/"
+
+
+def is_loopback_host(host: str) -> bool:
+    """``localhost`` or a loopback IP address (a bracketed IPv6 literal too)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
 
 class MetricsConfig(HttpListener):
     listen: str = Field(
@@ -1268,6 +1286,11 @@ class MetricsConfig(HttpListener):
         "moves or closes it (to a port the running user may bind); opening it on a server "
         "started without it needs a restart.",
     )
+
+    @property
+    def url(self) -> str:
+        """The scrape URL ("" when off)."""
+        return f"http://{self.listen}/metrics" if self.listen else ""
 
 
 class Config(Model):

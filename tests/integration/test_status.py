@@ -4,6 +4,7 @@ command says when it is stopped or stuck."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import time
@@ -13,13 +14,15 @@ from typing import Any
 
 import pytest
 
-from .conftest import PASSWORD, USER, Server, make_server
+from .conftest import PASSWORD, USER, Server, free_port, make_server
 from .test_processes import set_key
 
 
 @pytest.fixture(params=["0", "1"], ids=["workers=0", "workers=1"])
 def running(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
-    srv = make_server(tmp_path / "srv")
+    # The web admin and metrics on, as in the config init writes (on free ports).
+    srv = make_server(tmp_path / "srv", f'\n[admin]\nlisten = "127.0.0.1:{free_port()}"\n'
+                      f'\n[metrics]\nlisten = "127.0.0.1:{free_port()}"\n')
     srv.add_user(USER, PASSWORD)
     set_key(srv, "server", f"workers = {request.param}")
     srv.start()
@@ -62,6 +65,12 @@ def test_running_server_reports_itself(running: Server) -> None:
         assert names == sorted([*(f"worker {i + 1}" for i in range(server["workers"])), "delivery"])
     else:
         assert names == []
+    config = srv.config.read_text()
+    admin = re.search(r'\[admin\]\nlisten = "([^"]+)"', config)
+    metrics = re.search(r'\[metrics\]\nlisten = "([^"]+)"', config)
+    assert admin is not None and metrics is not None
+    assert server["admin"] == f"http://{admin.group(1)}/"
+    assert server["metrics"] == f"http://{metrics.group(1)}/metrics"
     assert doc["queue"] == {"messages": 0, "held": 0, "bytes": 0, "oldest_age": None}
     assert doc["guard"]["blocks"] == 0
     assert doc["certificate"]["days_left"] > 300
@@ -70,6 +79,8 @@ def test_running_server_reports_itself(running: Server) -> None:
     wait_status(srv, lambda s: s["config_loaded"] > loaded)
     text = srv.cli("status").stdout
     assert f"running, pid {srv.proc.pid}" in text and "queue:        0 messages" in text
+    assert f"web admin:    http://{admin.group(1)}/\n" in text
+    assert f"metrics:      http://{metrics.group(1)}/metrics\n" in text
 
 
 def test_stuck_and_stopped(running: Server) -> None:

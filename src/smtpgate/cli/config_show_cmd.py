@@ -32,12 +32,9 @@ def show(listeners: bool, config_path: Path | None) -> None:
     if listeners:
         for lst in cfg.listeners:
             click.echo(f"{lst.name} {lst.address} {lst.tls}")
-        if cfg.admin.endpoint is not None:
-            from smtpgate.web.server import is_loopback
-
-            scheme = "http" if is_loopback(cfg.admin.endpoint[0]) else "https"
-            click.echo(f"admin {cfg.admin.listen} {scheme}")
-        if cfg.metrics.endpoint is not None:
+        if cfg.admin.url:
+            click.echo(f"admin {cfg.admin.listen} {cfg.admin.url.partition(':')[0]}")
+        if cfg.metrics.url:
             click.echo(f"metrics {cfg.metrics.listen} http")
         return
     data = cfg.model_dump(mode="json")

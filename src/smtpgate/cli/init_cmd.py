@@ -187,7 +187,6 @@ def init(
     from smtpgate.auth.accounts import open_account_store
     from smtpgate.auth.guard_store import SqliteGuardStore
     from smtpgate.tls.certs import write_self_signed
-    from smtpgate.web.server import is_loopback
 
     config_path = directory / "smtpgate.toml"
     if config_path.exists():
@@ -259,11 +258,10 @@ def init(
     click.echo(f"wrote {config_path}")
     click.echo(f"  certificate: {directory / 'tls/cert.pem'} (self-signed, ECDSA P-256)")
     click.echo(f"  accounts:    {cfg.path(cfg.accounts.database)}")
-    if cfg.metrics.endpoint is not None:
-        click.echo(f"  metrics:     http://{cfg.metrics.listen}/metrics (after `smtpgate serve`)")
-    if cfg.admin.endpoint is not None:
-        scheme = "http" if is_loopback(cfg.admin.endpoint[0]) else "https"
-        click.echo(f"  web admin:   {scheme}://{cfg.admin.listen}/ (create a login with "
+    if cfg.metrics.url:
+        click.echo(f"  metrics:     {cfg.metrics.url} (after `smtpgate serve`)")
+    if cfg.admin.url:
+        click.echo(f"  web admin:   {cfg.admin.url} (create a login with "
                    "`smtpgate admin add NAME`)")
     if state is not None or logs is not None:
         click.echo(f"  state:       {state or directory}")

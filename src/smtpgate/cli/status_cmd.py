@@ -115,6 +115,9 @@ def _print(doc: dict[str, Any]) -> None:
                 click.echo(f"listener:     {lst['name']} {lst['address']} ({lst['tls']})")
             for door in srv["auth_listeners"]:
                 click.echo(f"front door:   {door['name']} {door['address']} ({door['protocol']})")
+            for label, key in (("web admin:", "admin"), ("metrics:", "metrics")):
+                if srv.get(key):
+                    click.echo(f"{label:<14}{srv[key]}")
             procs = srv["processes"] or [{"name": "single process", "pid": srv["pid"],
                                           "ready": True}]
             for p in procs:

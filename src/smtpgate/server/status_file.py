@@ -54,6 +54,9 @@ class ServerStatus:
     listeners: list[dict[str, str]]
     auth_listeners: list[dict[str, str]]
     workers: int
+    #: The web admin's and the metrics endpoint's URLs ("" when off).
+    admin: str = ""
+    metrics: str = ""
     processes: list[ProcessInfo] = field(default_factory=list)
     sessions: int = 0
     updated: float = 0.0
@@ -73,11 +76,15 @@ class ServerStatus:
                 for d in cfg.auth_listeners
             ],
             workers=workers,
+            admin=cfg.admin.url,
+            metrics=cfg.metrics.url,
         )
 
     def reloaded(self, cfg: Config) -> None:
         self.config_loaded = time.time()
         self.listeners = listeners_of(cfg)
+        self.admin = cfg.admin.url
+        self.metrics = cfg.metrics.url
 
 
 def listeners_of(cfg: Config) -> list[dict[str, str]]:

@@ -1,0 +1,223 @@
+"""A reload (SIGHUP) of the web admin's listener, the directory and the OAuth
+issuers, against the real ``smtpgate serve`` as a default install runs it
+(``workers = 0``: a parent, a worker per core and the delivery process, which
+serves the web admin), with its accounts in the tests' slapd.
+
+Each test writes the whole config it needs (the base plus its change) and
+reloads, so the tests do not depend on each other's order; one server serves
+them all.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import re
+import signal
+import smtplib
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.peers.slapd import SERVICE_DN, Slapd, new_ou, person_ldif, shared_slapd
+
+from .conftest import Server, free_port, make_server, require_tool
+from .ldap_setup import ldap_table
+from .oauth_issuer import LocalIssuer
+
+ALICE = "alice@example.org"
+FIRST_PW = "password in the first ou"
+SECOND_PW = "password in the second ou"
+WAIT = 30.0
+
+
+class Live:
+    """The server, its base config and the two directory subtrees."""
+
+    def __init__(self, srv: Server, slapd: Slapd, base: str, ous: tuple[str, str]) -> None:
+        self.srv, self.slapd, self.base, self.ous = srv, slapd, base, ous
+        self.issuer = LocalIssuer()
+        self.issuer.write_jwks(srv.root / "jwks.json")
+
+    def configure(self, *, base_dn: str | None = None, ldap: dict[str, str] | None = None,
+                  admin: str = "", mechanisms: str | None = None, tail: str = "") -> None:
+        """Write the base config with ``[accounts.ldap]`` on ``base_dn`` (default: the
+        first ou) and ``ldap`` keys replaced, ``[admin] listen``, ``[auth]
+        mechanisms``, plus ``tail``; then reload and wait for every process to
+        report."""
+        table = ldap_table(self.slapd, base_dn or self.ous[0])
+        for key, value in (ldap or {}).items():
+            table = re.sub(rf"(?m)^{key} = .*$", f"{key} = {value}", table)
+        text = self.base
+        if mechanisms is not None:
+            text = text.replace("\n[auth]\n", f"\n[auth]\nmechanisms = {mechanisms}\n", 1)
+        text += f'\n[admin]\nlisten = "{admin}"\n'
+        self.srv.config.write_text(text + table + tail)
+        self.reload()
+
+    def reload(self) -> None:
+        done = r"(reload|log reopen) complete in every process"
+        before = len(re.findall(done, self.srv.log_text()))
+        assert self.srv.proc is not None
+        self.srv.proc.send_signal(signal.SIGHUP)  # what `smtpgate reload` sends
+        wait_until(lambda: len(re.findall(done, self.srv.log_text())) > before, self.srv)
+
+
+def wait_until(cond: object, srv: Server) -> None:
+    deadline = time.monotonic() + WAIT
+    while not cond():  # type: ignore[operator]
+        assert time.monotonic() < deadline, srv.log_text()
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    require_tool("slapd")
+    slapd = shared_slapd()
+    srv = make_server(tmp_path_factory.mktemp("reload-live") / "srv")
+    first, second = new_ou(slapd), new_ou(slapd)
+    slapd.add(person_ldif(f"uid=alice,{first}", ALICE, FIRST_PW))
+    slapd.add(person_ldif(f"uid=alice,{second}", ALICE, SECOND_PW))
+    text = srv.config.read_text()
+    base = text.replace("\n[accounts]\n", '\n[accounts]\nbackend = "ldap"\n', 1) + "\n"
+    # The test sets [admin] itself (init may write the table).
+    base = re.sub(r"(?ms)^\[admin\]\n.*?(?=^\[|\Z)", "", base)
+    srv.config.write_text(base + ldap_table(slapd, first))
+    srv.start()
+    yield Live(srv, slapd, base, (first, second))
+    if srv.proc is not None:
+        srv.stop()
+
+
+def login(srv: Server, password: str, mechanism: str = "PLAIN") -> int:
+    with smtplib.SMTP("127.0.0.1", srv.submission, timeout=20) as s:
+        s.starttls(context=srv.client_context())
+        s.ehlo("client.test")
+        if mechanism == "XOAUTH2":
+            blob = f"user={ALICE}\x01auth=Bearer {password}\x01\x01".encode()
+            code, _ = s.docmd("AUTH", "XOAUTH2 " + base64.b64encode(blob).decode())
+            if code == 334:  # the error, as a challenge: answered empty, then 535
+                code, _ = s.docmd("")
+            return code
+        try:
+            s.auth("PLAIN", lambda _=None: f"\0{ALICE}\0{password}", initial_response_ok=True)
+        except smtplib.SMTPAuthenticationError as e:
+            return e.smtp_code
+        return 235
+
+
+def offered(srv: Server) -> list[str]:
+    with smtplib.SMTP("127.0.0.1", srv.submission, timeout=20) as s:
+        s.starttls(context=srv.client_context())
+        s.ehlo("client.test")
+        return s.esmtp_features.get("auth", "").split()
+
+
+def admin_login_page(port: int) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", "/login")
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def answers(port: int) -> bool:
+    try:
+        return admin_login_page(port) == 200
+    except OSError:
+        return False
+
+
+def refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def test_the_web_admin_is_opened_moved_and_closed_by_a_reload(live: Live) -> None:
+    srv = live.srv
+    first, second = free_port(), free_port()
+    live.configure()  # no [admin] listen: off
+    assert refused(first)
+    live.configure(admin=f"127.0.0.1:{first}")
+    wait_until(lambda: answers(first), srv)
+    live.configure(admin=f"127.0.0.1:{second}")
+    wait_until(lambda: answers(second), srv)
+    # The old address is closed in every process, not left listening unanswered.
+    assert refused(first)
+    live.configure()
+    wait_until(lambda: refused(second), srv)
+    assert "needs a restart" not in srv.log_text() and "admin.listen changed" not in srv.log_text()
+
+
+def test_a_new_base_dn_takes_effect_on_the_next_login(live: Live) -> None:
+    live.configure()
+    assert login(live.srv, FIRST_PW) == 235
+    live.configure(base_dn=live.ous[1])
+    assert login(live.srv, SECOND_PW) == 235
+    assert login(live.srv, FIRST_PW) == 535
+    live.configure()
+    assert login(live.srv, FIRST_PW) == 235
+
+
+def test_a_new_bind_dn_and_password_file_take_effect_and_a_wrong_one_is_refused(
+        live: Live, tmp_path: Path) -> None:
+    # The directory's root DN as the service account: its password in a new file.
+    from tests.peers.slapd import ROOT_DN, ROOT_PW
+
+    root_pw = tmp_path / "root.pw"
+    root_pw.write_text(ROOT_PW + "\n")
+    before = live.slapd.binds(ROOT_DN)
+    live.configure(ldap={"bind_dn": f'"{ROOT_DN}"', "bind_password_file": f'"{root_pw}"'})
+    assert login(live.srv, FIRST_PW) == 235
+    assert live.slapd.binds(ROOT_DN) > before  # searched as the new account
+    # A password the directory refuses: the reload fails naming the key, and
+    # logins keep the running directory.
+    root_pw.write_text("not the password\n")
+    live.configure(ldap={"bind_dn": f'"{SERVICE_DN}"', "bind_password_file": f'"{root_pw}"'})
+    failed = re.findall(r"ERROR .*reload failed[^\n]*", live.srv.log_text())
+    assert failed and "accounts.ldap.bind_password_file" in failed[-1]
+    assert login(live.srv, FIRST_PW) == 235
+
+
+def test_a_missing_bind_password_file_keeps_the_running_directory(live: Live) -> None:
+    live.configure()
+    failures = len(re.findall(r"reload failed", live.srv.log_text()))
+    live.configure(base_dn=live.ous[1], ldap={"bind_password_file": '"/nonexistent/service.pw"'})
+    failed = re.findall(r"ERROR .*reload failed[^\n]*", live.srv.log_text())
+    assert len(failed) == failures + 1, live.srv.log_text()
+    assert "accounts.ldap.bind_password_file" in failed[-1] and "/nonexistent" in failed[-1]
+    # Still the first ou: the new base DN was not taken either.
+    assert login(live.srv, FIRST_PW) == 235
+    assert login(live.srv, SECOND_PW) == 535
+
+
+def test_a_reload_that_adds_an_issuer_enables_xoauth2(live: Live) -> None:
+    srv = live.srv
+    live.configure()
+    assert "XOAUTH2" not in offered(srv)
+    token = live.issuer.token(ALICE)
+    assert login(srv, token, "XOAUTH2") != 235  # not offered: refused
+    live.configure(mechanisms='["XOAUTH2", "PLAIN"]',
+                   tail=live.issuer.config(str(srv.root / "jwks.json")))
+    assert "XOAUTH2" in offered(srv)
+    assert login(srv, token, "XOAUTH2") == 235
+    assert login(srv, live.issuer.bad_tokens(ALICE)["bad-signature"], "XOAUTH2") != 235
+
+
+def test_a_broken_key_set_file_keeps_the_running_issuers(live: Live) -> None:
+    srv = live.srv
+    live.configure()
+    junk = srv.root / "junk-jwks.json"
+    junk.write_text("this is not a JSON Web Key Set\n")
+    live.configure(mechanisms='["XOAUTH2", "PLAIN"]', tail=live.issuer.config(str(junk)))
+    failed = re.findall(r"ERROR .*reload failed[^\n]*", srv.log_text())
+    assert failed and "auth.oauth_issuers.0.jwks_file" in failed[-1]
+    assert "XOAUTH2" not in offered(srv)
+    assert login(srv, FIRST_PW) == 235

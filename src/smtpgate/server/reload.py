@@ -7,14 +7,24 @@ config and certificate stay, and the error names the key. Otherwise the
 
 - ``hostname``, ``tls.*`` (certificate, key, versions, handshake timeout),
   ``limits.*``, ``guard.*`` (except ``guard.database``), ``policy.*``,
-  ``smtp.*``, ``auth.mechanisms`` and ``auth.failure_floor``; ``metrics.listen``
-  when metrics were on (moved or closed; opening it needs a restart).
+  ``smtp.*``, ``auth.mechanisms`` and ``auth.failure_floor``;
+- ``accounts.*`` and the OAuth keys (``auth.oauth_issuers``, ``auth.oauth_scope``):
+  each serving process builds a new auth service for new logins
+  (``auth/services.py``). A changed directory is opened once here, and changed
+  issuers checked as ``config check`` does, so that a setting start-up would
+  refuse (a missing bind password file, a key set that is not one) fails the
+  reload with its key instead of reaching the serving processes;
+- ``admin.*``: the web admin is opened, moved or closed (``web/server.py``);
+- ``metrics.listen`` when metrics were on at start (moved or closed; opening it
+  needs a restart: the processes count in memory, not in files, when metrics
+  were off at start; docs/operations.md says why that is not switched live).
 
-Everything else (listeners, ``server.*``, ``accounts.*``, ``queue.*``,
-``delivery.*``, ``passwords.*``, the other ``auth.*`` keys, ``guard.database``)
-is bound to sockets, processes, open files or thread pools made at start-up;
-a reload that changes them keeps the running values and names the keys so the
-administrator knows a restart is needed. docs/operations.md has the table.
+Everything else (listeners, ``server.*``, ``queue.*``, ``delivery.*``,
+``passwords.*``, ``auth.log_file``, ``auth.decoy_secret_file``,
+``guard.database``, where the state lives) is bound to sockets, processes, open
+files or thread pools made at start-up; a reload that changes them keeps the
+running values and names the keys so the administrator knows a restart is
+needed. docs/operations.md has the table.
 """
 
 from __future__ import annotations

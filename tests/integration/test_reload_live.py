@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import base64
 import http.client
+import json
+import os
 import re
 import signal
 import smtplib
@@ -31,6 +33,8 @@ from .oauth_issuer import LocalIssuer
 ALICE = "alice@example.org"
 FIRST_PW = "password in the first ou"
 SECOND_PW = "password in the second ou"
+BOB = "bob@example.org"
+BOB_PW = "bob's password"
 WAIT = 30.0
 
 
@@ -92,18 +96,20 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         srv.stop()
 
 
-def login(srv: Server, password: str, mechanism: str = "PLAIN") -> int:
-    with smtplib.SMTP("127.0.0.1", srv.submission, timeout=20) as s:
+def login(srv: Server, password: str, mechanism: str = "PLAIN", *, user: str = ALICE,
+          source: str = "127.0.0.1") -> int:
+    with smtplib.SMTP("127.0.0.1", srv.submission, timeout=20,
+                      source_address=(source, 0)) as s:
         s.starttls(context=srv.client_context())
         s.ehlo("client.test")
         if mechanism == "XOAUTH2":
-            blob = f"user={ALICE}\x01auth=Bearer {password}\x01\x01".encode()
+            blob = f"user={user}\x01auth=Bearer {password}\x01\x01".encode()
             code, _ = s.docmd("AUTH", "XOAUTH2 " + base64.b64encode(blob).decode())
             if code == 334:  # the error, as a challenge: answered empty, then 535
                 code, _ = s.docmd("")
             return code
         try:
-            s.auth("PLAIN", lambda _=None: f"\0{ALICE}\0{password}", initial_response_ok=True)
+            s.auth("PLAIN", lambda _=None: f"\0{user}\0{password}", initial_response_ok=True)
         except smtplib.SMTPAuthenticationError as e:
             return e.smtp_code
         return 235
@@ -151,9 +157,47 @@ def test_the_web_admin_is_opened_moved_and_closed_by_a_reload(live: Live) -> Non
     wait_until(lambda: answers(second), srv)
     # The old address is closed in every process, not left listening unanswered.
     assert refused(first)
+    # A delivery process started after the move serves the new address.
+    delivery = processes(srv)["delivery"]
+    os.kill(delivery, signal.SIGKILL)
+    wait_until(lambda: processes(srv).get("delivery") not in (None, delivery), srv)
+    wait_until(lambda: answers(second), srv)
+    assert refused(first)
     live.configure()
     wait_until(lambda: refused(second), srv)
     assert "needs a restart" not in srv.log_text() and "admin.listen changed" not in srv.log_text()
+
+
+def processes(srv: Server) -> dict[str, int]:
+    status = srv.root / "smtpgate.status.json"
+    wait_until(lambda: status.exists() and json.loads(status.read_text()).get("processes"), srv)
+    return {p["name"]: p["pid"] for p in json.loads(status.read_text())["processes"]}
+
+
+def test_one_process_moves_its_web_admin_too(tmp_path: Path) -> None:
+    first, second = free_port(), free_port()
+    srv = make_server(tmp_path / "srv", "\n[server]\nworkers = 1\n")
+    text = re.sub(r"(?ms)^\[admin\]\n.*?(?=^\[|\Z)", "", srv.config.read_text())
+    srv.config.write_text(text + f'\n[admin]\nlisten = "127.0.0.1:{first}"\n')
+    srv.start()
+    assert srv.proc is not None
+    try:
+        wait_until(lambda: answers(first), srv)
+        srv.config.write_text(text + f'\n[admin]\nlisten = "127.0.0.1:{second}"\n')
+        srv.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: answers(second), srv)
+        assert refused(first)
+    finally:
+        assert srv.stop() == 0
+
+
+def test_the_guard_thresholds_follow_a_reload(live: Live) -> None:
+    # From an address of its own (127.0.0.2), for an account no other test uses.
+    live.slapd.add(person_ldif(f"uid=bob,{live.ous[0]}", BOB, BOB_PW))
+    live.configure(tail="\n[guard]\nlockout_threshold = 2\npenalty_base = 0\n")
+    assert login(live.srv, "wrong", user=BOB, source="127.0.0.2") == 535
+    assert login(live.srv, "wrong", user=BOB, source="127.0.0.2") == 535
+    assert login(live.srv, BOB_PW, user=BOB, source="127.0.0.2") == 454  # locked out
 
 
 def test_a_new_base_dn_takes_effect_on_the_next_login(live: Live) -> None:

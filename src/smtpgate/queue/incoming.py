@@ -7,9 +7,14 @@ flight (three parallel 30 MB messages: 1.7-2.2 times that; 1,000 connections at
 reading while `backlog` is over its high-water mark.
 
 The file is the spool's own format (`spool.py`), written front to back: the
-header line (its data length a fixed-width placeholder), the envelope, the
-Received header, then the message as it comes. `seal` fills in the length and
-fsyncs; only then does the spool give the file a name in ``queue/``. Every disk
+header line (its data length and checksum fixed-width placeholders), the
+envelope, the Received header, then the message as it comes. `seal` fills in
+the length and the checksum (CRC-32 of the queue id and everything after the
+header line, computed as the file is written) and syncs the data once. A file
+taken from the spool's slot pool (`slots`) already has a durable name in
+``queue/``, so that one sync is all a 250 waits for; `seal` then renames it to
+its message name, no directory fsync needed. A temp file (no slot ready) is
+given its name by the spool afterwards (rename, directory fsync). Every disk
 call runs in a thread, one at a time per message, never on the event loop.
 """
 
@@ -18,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import zlib
 from collections.abc import Callable
 
 from smtpgate.queue import tmpfiles
@@ -27,6 +33,8 @@ FLUSH_AT = 256 * 1024
 #: Width of the data-length field of the header line, zero-padded (20 digits
 #: hold any 64-bit size; ``int()`` reads leading zeros, so readers are unchanged).
 SIZE_WIDTH = 20
+#: The checksum field after the length: 8 hex digits; this placeholder until sealed.
+UNSEALED = b"--------"
 
 
 class Incoming:
@@ -36,7 +44,7 @@ class Incoming:
     def __init__(
         self,
         qid: str,
-        open_file: Callable[[], tuple[int, str]],
+        open_file: Callable[[], tuple[int, str, str]],
         head: bytes,
         *,
         size_at: int,
@@ -44,9 +52,16 @@ class Incoming:
         on_flushed: Callable[[], None] | None = None,
     ) -> None:
         self.qid = qid
-        #: The temp file, once the first write created it ("" before).
+        #: The file, once the first write created it ("" before); after a sealed
+        #: slot's rename, the message's path in ``queue/``.
         self.path = ""
+        #: True once `seal` has given the file its message name itself (a slot).
+        self.published = False
+        self._final = ""
         self._open = open_file
+        # The checksum covers the id and everything after the header line.
+        self._crc = zlib.crc32(qid.encode())
+        self._crc_from = head.index(b"\n") + 1
         self._pending = bytearray(head)
         self._taken = len(head)
         self._in_flight = 0
@@ -102,13 +117,16 @@ class Incoming:
     def _write(self, chunk: bytes) -> None:
         """In a thread: append ``chunk`` to the file, creating it the first time."""
         if self._fd < 0:
-            self._fd, self.path = self._open()
+            self._fd, self.path, self._final = self._open()
         tmpfiles.write_all(self._fd, (chunk,))
+        skip = self._crc_from - self._written
+        self._crc = zlib.crc32(chunk[skip:] if skip > 0 else chunk, self._crc)
         self._written += len(chunk)
 
     async def seal(self) -> str:
-        """Write the rest, fill in the data length, fsync and close; the temp
-        file's path. On an error the file is gone.
+        """Write the rest, fill in the data length and checksum, sync once and
+        close; for a slot, rename it to its message name (`published`). Returns
+        the file's path. On an error the file is gone.
 
         Raises:
             OSError: the message is not on disk.
@@ -131,12 +149,18 @@ class Incoming:
     def _seal(self, rest: bytes) -> None:
         self._write(rest)
         size = self._written - self._data_from
-        os.pwrite(self._fd, b"%0*d" % (SIZE_WIDTH, size), self._size_at)
-        # Durability step 1 (spool.py): the content is on disk before it has a
-        # name in queue/.
-        os.fsync(self._fd)
+        os.pwrite(self._fd, b"%0*d %08x" % (SIZE_WIDTH, size, self._crc), self._size_at)
+        # The one sync before the 250 (spool.py): the content, its length and
+        # checksum are on disk. A slot's name was durable already, so from here
+        # the message survives a power cut and is found again.
+        os.fdatasync(self._fd)
         fd, self._fd = self._fd, -1
         os.close(fd)
+        if self._final:
+            # No fsync of queue/: if a crash loses this rename, start-up finds the
+            # sealed slot and renames it then.
+            os.rename(self.path, self._final)
+            self.path, self.published = self._final, True
 
     def discard(self) -> None:
         """The message will not be kept (refused, or the client went away): stop

@@ -7,15 +7,50 @@ Layout under the spool directory::
     tmp/                 files being written; never read by anyone
     queue/<id>.msg       a message: header line, envelope JSON, message bytes
     queue/<id>.state     per-recipient delivery state (absent = nothing tried yet)
+    queue/<pid>.<token>.<n>.slot   a received message's file before its 250
     corrupt/             files that failed to parse, kept for a human
     delivery.lock        flock()ed by the one process that delivers
 
-Every file reaches ``queue/`` the same way: written to ``tmp/``, fsynced, renamed
-into ``queue/``, and then ``queue/`` itself is fsynced. The rename is atomic, so a
-reader sees either no file or a complete one; the directory fsync is what makes
-the new name survive a power cut (the step chasquid's safeio skips). Nothing in
-``tmp/`` is ever delivered, so a crash mid-write loses only a message that was
-never acknowledged.
+Header line (format 2; format 1, without the last two fields, is still read)::
+
+    SMTPGATE-SPOOL 2 <envelope length> <data length, 20 digits> <crc32, 8 hex> <id>
+
+The CRC-32 covers the id and everything after the header line; "--------" in
+its place means "not sealed yet".
+
+A received message (the SMTP path: `receive`, then `publish`) pays ONE sync
+before its 250. It is written into a *slot* (`slots`): an empty file whose name
+in ``queue/`` was made durable ahead of time, a batch of slots per directory
+fsync, by a helper thread. Sealing fills in the data length and the checksum and
+fdatasyncs the file: from then on the message survives a power cut and is found
+again under the slot's name. The slot is then renamed to ``<id>.msg`` without a
+directory fsync; if a crash loses that rename, start-up (`_recover_slots`)
+renames every sealed, intact slot of a dead writer, removes the unsealed ones
+(never acknowledged) and moves sealed ones that fail the checksum or the sizes
+(torn: their sync never returned, so no 250) to ``corrupt/`` with a warning,
+rather than deleting what might be damage to an acknowledged message. A live
+writer's slots are never touched.
+
+Why a rename at all, when the slot itself could be the message: every reader of
+``queue/`` (delivery, ``smtpgate queue``, the status and metrics counts) lists
+``.msg`` names only, so keeping that rename (microseconds, no sync) leaves them
+all unchanged and an unsealed slot invisible by construction; the only new
+reader is start-up recovery. Why not an append-only journal: it would change
+every reader and the removal path for the same single sync per message (one
+sync per batch under load, which concurrent fdatasyncs of separate slots
+already share in the file system's journal commit). Measured on this machine's
+ext4 (one process, 1 KiB messages, stored one after another): 1,250-1,290
+msg/s at 0.55-0.59 ms p50 the old way, 2,160-2,180 msg/s at 0.38-0.39 ms p50 with
+slots.
+
+If no slot is ready (the pool empties under a burst, or the first message of a
+process) a message takes the old path, which every other file takes too:
+written to ``tmp/``, fsynced, renamed into ``queue/``, and then ``queue/`` itself
+is fsynced. The rename is atomic, so a reader sees either no file or a complete
+one; the directory fsync is what makes the new name survive a power cut (the
+step chasquid's safeio skips). Nothing in ``tmp/`` is ever delivered, so a crash
+mid-write loses only a message that was never acknowledged. State files,
+removals after delivery and `store` (bounces, tools) keep that path.
 
 Throughput comes from group commit (see `committer`). `store`, `save_state` and
 `remove` never touch the disk on the event loop: one writer thread takes every
@@ -41,20 +76,22 @@ import os
 import re
 import secrets
 import time
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Self
 
-from smtpgate.queue import tmpfiles
+from smtpgate.queue import slots, tmpfiles
 from smtpgate.queue.committer import CommitStats, CommitterClosed, GroupCommitter, Op
 from smtpgate.queue.envelope import Envelope, EnvelopeFormatError
-from smtpgate.queue.incoming import SIZE_WIDTH, Incoming
+from smtpgate.queue.incoming import SIZE_WIDTH, UNSEALED, Incoming
 from smtpgate.queue.state import MessageState, StateFormatError
 
 log = logging.getLogger("smtpgate.queue")
 
 _MAGIC = b"SMTPGATE-SPOOL 1"
+_MAGIC2 = b"SMTPGATE-SPOOL 2"
 _ID = re.compile(r"[0-9a-f]{1,16}(?:-[0-9a-f]{1,16}){3}\Z")
 _MSG = ".msg"
 _STATE = ".state"
@@ -142,6 +179,7 @@ class Spool:
         self._tdir = str(self._tmp_dir)
         self._dir_fd = os.open(self._qdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self._pool = tmpfiles.TempPool(self._tdir) if prefill else None
+        self._slots = slots.SlotPool(self._qdir) if prefill else None
         self._syncer = tmpfiles.Syncer()
         self._writer: GroupCommitter[_Work, str] = GroupCommitter(
             self._commit,
@@ -150,7 +188,13 @@ class Spool:
         removed = tmpfiles.remove_stale(self._tdir, only_ours=False)
         if removed:
             log.info("spool: removed %d temp files left by dead writers", len(removed))
+        self._recover_slots()
         self._remove_orphan_state()
+
+    @property
+    def slots(self) -> slots.SlotPool | None:
+        """The pool of durably named message files (None without ``prefill``)."""
+        return self._slots
 
     @property
     def stats(self) -> CommitStats:
@@ -182,19 +226,26 @@ class Spool:
         envelope = _stamped(envelope)
         qid = _fresh(qid)
         header = envelope.to_json()
-        first = b"%s %d %0*d\n" % (_MAGIC, len(header), SIZE_WIDTH, 0)
+        lead = b"%s %d " % (_MAGIC2, len(header))
+        first = b"%s%0*d %s %s\n" % (lead, SIZE_WIDTH, 0, UNSEALED, qid.encode())
         data_from = len(first) + len(header) + 1
         fallback = f"{tmpfiles.prefix(self._tdir)}{qid}.{next(_counter):x}"
-        pool = self._pool
+        final = f"{self._qdir}/{qid}{_MSG}"
+        pool, slot_pool = self._pool, self._slots
+        if slot_pool is not None:
+            slot_pool.start()  # from the first message on, so later ones find slots
 
-        def open_file() -> tuple[int, str]:
+        def open_file() -> tuple[int, str, str]:
+            slot = slot_pool.take() if slot_pool is not None else None
+            if slot is not None:
+                return slot[0], slot[1], final  # one sync, renamed by seal
             taken = pool.take() if pool is not None else None
             if taken is None:
                 taken = (tmpfiles.open_new(fallback), fallback)
-            return taken
+            return taken[0], taken[1], ""  # published by the group commit
 
         return Incoming(qid, open_file, first + header + b"\n" + prefix,
-                        size_at=len(first) - 1 - SIZE_WIDTH, data_from=data_from)
+                        size_at=len(lead), data_from=data_from)
 
     async def publish(self, incoming: Incoming) -> str:
         """Make a received message durable (its content fsynced, then its name in
@@ -208,6 +259,8 @@ class Spool:
             path = await incoming.seal()
         except OSError as e:
             raise SpoolError(f"cannot write {incoming.qid}{_MSG}: {e}") from e
+        if incoming.published:  # a slot: durable and named already
+            return incoming.qid
         return await self._submit(_Publish(incoming.qid, path))
 
     def store_sync(self, envelope: Envelope, data: bytes) -> str:
@@ -226,6 +279,8 @@ class Spool:
         self._syncer.close()
         if self._pool is not None:
             await asyncio.to_thread(self._pool.stop)
+        if self._slots is not None:
+            await asyncio.to_thread(self._slots.stop)
         os.close(self._dir_fd)
         self._dir_fd = -1
 
@@ -294,7 +349,10 @@ class Spool:
                 continue
             if isinstance(work, _Store):
                 header = work.envelope.to_json()
-                first = b"%s %d %d\n" % (_MAGIC, len(header), len(work.data))
+                crc = zlib.crc32(work.data, zlib.crc32(b"\n", zlib.crc32(
+                    header, zlib.crc32(work.qid.encode()))))
+                first = b"%s %d %d %08x %s\n" % (_MAGIC2, len(header), len(work.data), crc,
+                                                  work.qid.encode())
                 chunks: tuple[bytes, ...] = (first, header, b"\n", work.data)
                 final = f"{self._qdir}/{work.qid}{_MSG}"
             else:
@@ -399,10 +457,10 @@ class Spool:
         try:
             with open(path, "rb") as f:
                 first = f.readline(256)
-                parts = first.rstrip(b"\n").split(b" ")
-                if len(parts) != 4 or b" ".join(parts[:2]) != _MAGIC:
+                head = _header(first.rstrip(b"\n"))
+                if head is None:
                     raise SpoolError(f"corrupt message {qid}: bad header line")
-                env_len, data_len = int(parts[2]), int(parts[3])
+                env_len, data_len = head[0], head[1]
                 raw = f.read(env_len)
         except FileNotFoundError:
             raise MessageNotFound(qid) from None
@@ -463,6 +521,41 @@ class Spool:
 
     # --- helpers ------------------------------------------------------------------
 
+    def _recover_slots(self) -> None:
+        """Slots of dead writers: a sealed, intact one is a message whose rename a
+        crash lost (it may have had its 250): renamed to its message name now. An
+        unsealed one was never acknowledged: removed. A sealed one that fails its
+        checksum or sizes is a torn write (its sync never returned, so no 250):
+        moved to ``corrupt/`` with a warning rather than deleted, in case it is
+        damage to an acknowledged message. A live writer's slots are left alone."""
+        counts = {"sealed": 0, "unsealed": 0, "torn": 0}
+        for name in os.listdir(self._qdir):
+            if not slots.is_slot(name):
+                continue
+            path = f"{self._qdir}/{name}"
+            if slots.writer_may_be_alive(name, path):
+                continue
+            try:
+                with open(path, "rb") as f:
+                    raw = f.read()
+                verdict, qid = _check_slot(raw)
+                if verdict == "unsealed":
+                    os.unlink(path)
+                elif verdict == "sealed":
+                    os.rename(path, f"{self._qdir}/{qid}{_MSG}")
+                else:
+                    log.warning("spool: slot %s is a torn write (%s), moved to corrupt/",
+                                name, qid)
+                    os.rename(path, self._corrupt_dir / name)
+            except FileNotFoundError:
+                continue  # another process's start-up took it first
+            counts[verdict] += 1
+        if any(counts.values()):
+            os.fsync(self._dir_fd)
+            log.info("spool: slots left by dead writers: %d recovered as messages, "
+                     "%d unsealed removed, %d torn", counts["sealed"], counts["unsealed"],
+                     counts["torn"])
+
     def _remove_orphan_state(self) -> None:
         names = set(os.listdir(self._qdir))
         for name in names:
@@ -503,17 +596,59 @@ def _stamped(envelope: Envelope) -> Envelope:
     return envelope if envelope.received_at else replace(envelope, received_at=time.time())
 
 
+def _header(line: bytes) -> tuple[int, int, bytes | None, bytes | None] | None:
+    """(envelope length, data length, checksum field, queue id) of a header line;
+    the last two None for format 1 (no checksum). None if it is not one."""
+    parts = line.split(b" ")
+    try:
+        if len(parts) == 4 and b" ".join(parts[:2]) == _MAGIC:
+            return int(parts[2]), int(parts[3]), None, None
+        if len(parts) == 6 and b" ".join(parts[:2]) == _MAGIC2:
+            return int(parts[2]), int(parts[3]), parts[4], parts[5]
+    except ValueError:
+        return None
+    return None
+
+
+def _check_slot(raw: bytes) -> tuple[str, str]:
+    """("unsealed" | "sealed" | "torn", queue id or what stood for it) of a slot's
+    content."""
+    nl = raw.find(b"\n")
+    if nl < 0:
+        return "unsealed", ""  # not even the header line reached the disk
+    head = _header(raw[:nl])
+    if head is None or head[3] is None:
+        return "torn", "bad header line"
+    qid = head[3].decode("ascii", "replace")
+    if head[2] == UNSEALED:
+        return "unsealed", qid
+    if not _ID.match(qid):
+        return "torn", "bad queue id"
+    try:
+        _parse_message(qid, raw)
+    except SpoolError:
+        return "torn", qid
+    return "sealed", qid
+
+
 def _parse_message(qid: str, raw: bytes) -> tuple[Envelope, bytes]:
     nl = raw.find(b"\n")
-    parts = raw[:nl].split(b" ") if nl > 0 else []
+    head = _header(raw[:nl]) if nl > 0 else None
     try:
-        if len(parts) != 4 or b" ".join(parts[:2]) != _MAGIC:
+        if head is None:
             raise ValueError("bad header line")
-        env_len, data_len = int(parts[2]), int(parts[3])
+        env_len, data_len, crc, named = head
         start = nl + 1
         # The sizes make a truncated or padded file detectable, not just a torn one.
         if len(raw) != start + env_len + 1 + data_len or raw[start + env_len] != 0x0A:
             raise ValueError("size mismatch")
+        if named is not None:
+            # Format 2: the checksum catches a write torn inside the file (a sync
+            # that never returned), which the sizes alone may not.
+            if named != qid.encode():
+                raise ValueError("queue id mismatch")
+            if crc != b"%08x" % zlib.crc32(memoryview(raw)[start:], zlib.crc32(named)):
+                raise ValueError("checksum mismatch")
         envelope = Envelope.from_json(raw[start : start + env_len])
     except (ValueError, EnvelopeFormatError) as e:
         raise SpoolError(f"corrupt message {qid}: {e}") from None

@@ -262,14 +262,15 @@ def remove_stale(directory: str, *, only_ours: bool) -> list[str]:
         ours = _OURS.match(name)
         if ours is None and only_ours:
             continue
-        if ours and age < STALE_AGE and _writer_alive(int(ours.group(1)), ours.group(2)):
+        if ours and age < STALE_AGE and writer_alive(int(ours.group(1)), ours.group(2)):
             continue
         unlink_quietly(path)
         removed.append(name)
     return removed
 
 
-def _writer_alive(pid: int, token: str) -> bool:
+def writer_alive(pid: int, token: str) -> bool:
+    """Whether the process (``pid``, ``token``) that named a file may still run."""
     if pid == os.getpid():
         return token == _token
     try:

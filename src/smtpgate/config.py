@@ -1037,6 +1037,33 @@ class DeliveryConfig(Model):
         description="File holding the OAuth 2.0 access token for XOAUTH2/OAUTHBEARER; read "
         "again for every connection, so an external refresher can keep it current.",
     )
+    relay_oauth_token_url: str = Field(
+        default="",
+        description="OAuth 2.0 token endpoint for XOAUTH2/OAUTHBEARER instead of "
+        "relay_token_file: smtpgate gets its own access tokens there with the client "
+        "credentials grant (RFC 6749 §4.4), keeps each until shortly before it expires and "
+        "fetches a new one when the relay refuses it. https:// (http only for localhost).",
+    )
+    relay_oauth_client_id: str = Field(
+        default="", description="Client id at relay_oauth_token_url (HTTP Basic, RFC 6749 "
+        "§2.3.1)."
+    )
+    relay_oauth_client_secret_file: Path | None = Field(
+        default=None,
+        description="File holding the client secret for relay_oauth_token_url (never "
+        "inline); read for every token request, so a rotated secret needs no restart.",
+    )
+    relay_oauth_scope: str = Field(
+        default="", description="'scope' asked of relay_oauth_token_url (space-separated; "
+        "empty: none sent), e.g. 'https://outlook.office365.com/.default'."
+    )
+    relay_oauth_audience: str = Field(
+        default="", description="'audience' asked of relay_oauth_token_url (empty: none "
+        "sent), for token endpoints that mint tokens per audience (Auth0, Okta)."
+    )
+    relay_oauth_timeout: float = Field(
+        default=30.0, gt=0, description="Seconds a request to relay_oauth_token_url may take."
+    )
     routes: list[RouteConfig] = Field(
         default_factory=list,
         description="Per-domain next hops for mode 'relay' ([[delivery.routes]] with domain "
@@ -1088,14 +1115,31 @@ class DeliveryConfig(Model):
     def _check_mode(self) -> DeliveryConfig:
         if self.mode == "lmtp" and not self.lmtp_address:
             raise ValueError("mode 'lmtp' needs lmtp_address ('unix:/path' or HOST:PORT)")
-        token = self.relay_auth_mechanism in ("XOAUTH2", "OAUTHBEARER")
-        if self.relay_user and token and self.relay_token_file is None:
-            raise ValueError(f"relay_auth_mechanism {self.relay_auth_mechanism} needs "
-                             "relay_token_file")
+        self._check_relay_oauth()
         domains = [r.domain for r in self.routes]
         if len(set(domains)) != len(domains):
             raise ValueError("two [[delivery.routes]] for the same domain")
         return self
+
+    def _check_relay_oauth(self) -> None:
+        """A token mechanism has exactly one token source; the client credentials grant
+        has its id, secret file and an https URL."""
+        token = self.relay_auth_mechanism in ("XOAUTH2", "OAUTHBEARER")
+        grant = bool(self.relay_oauth_token_url)
+        if self.relay_user and token and self.relay_token_file is None and not grant:
+            raise ValueError(f"relay_auth_mechanism {self.relay_auth_mechanism} needs "
+                             "relay_token_file or relay_oauth_token_url")
+        if not grant:
+            return
+        if self.relay_token_file is not None:
+            raise ValueError("relay_token_file and relay_oauth_token_url exclude each other")
+        if not (token and self.relay_user):
+            raise ValueError("relay_oauth_token_url needs relay_user and relay_auth_mechanism "
+                             "XOAUTH2 or OAUTHBEARER")
+        if not self.relay_oauth_client_id or self.relay_oauth_client_secret_file is None:
+            raise ValueError("relay_oauth_token_url needs relay_oauth_client_id and "
+                             "relay_oauth_client_secret_file")
+        _check_url(self.relay_oauth_token_url, "relay_oauth_token_url")
 
     @property
     def lmtp_endpoint(self) -> tuple[str, int] | Path:

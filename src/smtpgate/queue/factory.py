@@ -9,7 +9,8 @@ from smtpgate.config import Config
 from smtpgate.errors import StartupError
 from smtpgate.queue.delivery import Deliverer
 from smtpgate.queue.maildir import MaildirDeliverer
-from smtpgate.queue.relay import RelayDeliverer, RelayTimeouts, tls_context
+from smtpgate.queue.oauth_fetch import OAuthTokenSource
+from smtpgate.queue.relay import RelayDeliverer, RelayTimeouts, TokenAuth, tls_context
 from smtpgate.queue.routing import RoutingDeliverer
 from smtpgate.sasl.base import ChannelBinding, ClientMechanism
 from smtpgate.sasl.registry import create_client_mechanism
@@ -44,7 +45,8 @@ def make_deliverer(cfg: Config) -> Deliverer:
                                   timeouts=timeouts, lmtp=True, unix_path=str(endpoint))
         return RelayDeliverer(endpoint[0], endpoint[1], helo_name=cfg.hostname,
                               tls_mode="none", timeouts=timeouts, lmtp=True)
-    auth = _relay_auth(cfg)
+    token_auth = _relay_token_auth(cfg)
+    auth = None if token_auth is not None else _relay_auth(cfg)
     ctx = None
     if d.relay_tls != "none":
         ca = str(cfg.path(d.relay_ca_file)) if d.relay_ca_file is not None else None
@@ -59,12 +61,29 @@ def make_deliverer(cfg: Config) -> Deliverer:
     def relay(host: str, port: int) -> RelayDeliverer:
         return RelayDeliverer(host, port, helo_name=cfg.hostname, tls_mode=d.relay_tls,
                               tls_context=ctx, auth_for=auth, timeouts=timeouts,
-                              pins=frozenset(d.relay_tls_pins))
+                              pins=frozenset(d.relay_tls_pins), token_auth=token_auth)
 
     default = relay(d.relay_host, d.relay_port)
     if not d.routes:
         return default
     return RoutingDeliverer({r.domain: relay(*r.host_port) for r in d.routes}, default)
+
+
+def _relay_token_auth(cfg: Config) -> TokenAuth | None:
+    """XOAUTH2/OAUTHBEARER with tokens from ``relay_oauth_token_url`` (None: not
+    configured). One token source for every next hop, so routes share its cache.
+    The secret file is read now, so a bad path fails at start-up, and again for
+    every token request (rotation)."""
+    d = cfg.delivery
+    if not (d.relay_user and d.relay_oauth_token_url):
+        return None
+    assert d.relay_oauth_client_secret_file is not None  # the config validator requires it
+    secret_file = cfg.path(d.relay_oauth_client_secret_file)
+    _read_secret(secret_file, "delivery.relay_oauth_client_secret_file", "the client secret")
+    source = OAuthTokenSource(d.relay_oauth_token_url, d.relay_oauth_client_id, secret_file,
+                              scope=d.relay_oauth_scope, audience=d.relay_oauth_audience,
+                              timeout=d.relay_oauth_timeout)
+    return TokenAuth(d.relay_auth_mechanism, d.relay_user, source)
 
 
 def _relay_auth(cfg: Config) -> Callable[[ChannelBinding], ClientMechanism] | None:

@@ -23,6 +23,12 @@ driver (``smtpgate.client.auth``, shared with the tools): anything but its
 success defers the message, including a 235 after SCRAM without the relay's
 verified signature (RFC 5802 §5); the session then ends before MAIL.
 
+XOAUTH2/OAUTHBEARER with tokens from a token endpoint (`TokenAuth`, the client
+credentials grant of ``oauth_grant``) fetch the token only once TLS is up and the
+relay offers the mechanism. A refusal of the token gets one more try on the same
+session with a new token (the relay may have stopped taking one we still think
+valid); no token at all (endpoint down, client refused) defers the message.
+
 LMTP (RFC 2033, ``lmtp=True``) is the same session with three differences: LHLO
 instead of EHLO, no STARTTLS or AUTH (a local delivery agent on a unix socket or
 loopback), and after the final dot one reply per accepted recipient, in RCPT
@@ -40,9 +46,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 from smtpgate.client.auth import ClientAuthResult
 from smtpgate.client.engine import xtext
@@ -56,8 +62,10 @@ from smtpgate.queue.delivery import (
     QueuedMessage,
     TempFailure,
 )
+from smtpgate.queue.oauth_grant import TokenUnavailable
 from smtpgate.queue.smtp_io import SmtpClientConnection, TransportStream, TransportTls
 from smtpgate.sasl.base import ChannelBinding, ClientMechanism
+from smtpgate.sasl.registry import create_client_mechanism
 
 log = logging.getLogger("smtpgate.queue.relay")
 
@@ -83,6 +91,24 @@ class RelayTimeouts:
     command: float = 300.0
     data: float = 600.0
     quit: float = 10.0
+
+
+class TokenSource(Protocol):
+    """Access tokens from a token endpoint (``oauth_fetch.OAuthTokenSource``); both
+    raise `TokenUnavailable`."""
+
+    async def token(self) -> str: ...
+
+    async def refresh(self, refused: str) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class TokenAuth:
+    """AUTH ``mechanism`` (XOAUTH2 or OAUTHBEARER) as ``user`` with tokens from ``source``."""
+
+    mechanism: str
+    user: str
+    source: TokenSource
 
 
 class _Abort(Exception):
@@ -161,10 +187,13 @@ class RelayDeliverer:
         pins: frozenset[str] = frozenset(),
         lmtp: bool = False,
         unix_path: str | None = None,
+        token_auth: TokenAuth | None = None,
     ) -> None:
         if auth is not None and auth_for is None:
             auth_for = _ignore_binding(auth)
-        if lmtp and (tls_mode != "none" or auth_for is not None):
+        if auth_for is not None and token_auth is not None:
+            raise ValueError("one of auth_for and token_auth")
+        if lmtp and (tls_mode != "none" or auth_for is not None or token_auth is not None):
             raise ValueError("LMTP delivery has no STARTTLS or AUTH")
         if tls_mode != "none" and tls_context is None:
             raise ValueError(f"tls_mode {tls_mode!r} needs a TLS context")
@@ -174,6 +203,7 @@ class RelayDeliverer:
         self._tls_mode = tls_mode
         self._tls_context = tls_context
         self._auth = auth_for
+        self._token_auth = token_auth
         self._t = timeouts
         self._lmtp = lmtp
         self._unix_path = unix_path
@@ -272,7 +302,10 @@ class RelayDeliverer:
             # A pin means "this relay and no other": never fall back to clear.
             raise _temp("4.7.0 relay_tls_pins is set but the session is not TLS")
         authenticated = False
-        if self._auth is not None:
+        if self._token_auth is not None:
+            await self._authenticate_with_tokens(link, ext, self._token_auth)
+            authenticated = True
+        elif self._auth is not None:
             try:
                 mech = self._auth(_binding(link.conn))
             except (OSError, ValueError) as e:  # an unreadable token file, no binding data
@@ -401,20 +434,64 @@ class RelayDeliverer:
         signature (RFC 5802 §5) is no success: the relay has not proved who it is,
         so nothing is sent over that session.
         """
+        self._may_authenticate(link, ext, mech.name)
+        result = await link.authenticate(mech, self._t.command)
+        if not result.ok:
+            raise self._refused(result)
+
+    def _may_authenticate(self, link: _Link, ext: Extensions, name: str) -> None:
         # Every mechanism, not only those sending the password: SCRAM over a clear
         # link still gives away the user name and an offline-guessable proof.
         if not link.conn.tls and self._tls_mode != "none":
-            raise _temp(f"4.7.0 not sending {mech.name} credentials to {self.host} without TLS")
-        if mech.name not in ext.auth_mechanisms:
-            raise _temp(f"4.7.0 relay does not offer AUTH {mech.name}")
-        result = await link.authenticate(mech, self._t.command)
-        if result.ok:
-            return
+            raise _temp(f"4.7.0 not sending {name} credentials to {self.host} without TLS")
+        if name not in ext.auth_mechanisms:
+            raise _temp(f"4.7.0 relay does not offer AUTH {name}")
+
+    def _refused(self, result: ClientAuthResult) -> _Abort:
         if result.client_ended:  # the relay misbehaved; we ended the exchange
-            text = f"4.7.0 relay {self.host}:{self.port}: AUTH {mech.name} abandoned: "
+            text = f"4.7.0 relay {self.host}:{self.port}: AUTH {result.mechanism} abandoned: "
         else:
-            text = f"relay refused AUTH {mech.name}: "
-        raise _Abort(TempFailure(text + result.detail), warn=True)
+            text = f"relay refused AUTH {result.mechanism}: "
+        return _Abort(TempFailure(text + result.detail), warn=True)
+
+    async def _authenticate_with_tokens(self, link: _Link, ext: Extensions,
+                                        auth: TokenAuth) -> None:
+        """XOAUTH2/OAUTHBEARER with a token from the token endpoint, fetched only once
+        the token may be sent (TLS, the mechanism offered).
+
+        A refusal (535, after the mechanism's error JSON, RFC 7628 §3.2.2) may mean
+        the relay no longer takes a token we still think valid (revoked, keys
+        rotated): one new token, one more AUTH on the same session (RFC 4954 §4
+        allows another AUTH after a failed one). A temporary reply (454) or a
+        relay that misbehaved is not about the token: no second try.
+        """
+        self._may_authenticate(link, ext, auth.mechanism)
+        token = await self._token(auth.source.token())
+        result = await link.authenticate(self._token_mechanism(auth, token), self._t.command)
+        if not result.ok and result.outcome == "refused" and not result.client_ended:
+            log.info("relay %s:%s refused the access token (%s); trying a new one",
+                     self.host, self.port, result.detail)
+            token = await self._token(auth.source.refresh(token))
+            result = await link.authenticate(self._token_mechanism(auth, token),
+                                              self._t.command)
+        if not result.ok:
+            raise self._refused(result)
+
+    @staticmethod
+    async def _token(fetch: Awaitable[str]) -> str:
+        """No token is ours to fix (endpoint, client registration): deferred, with
+        one WARNING record naming the key and the URL."""
+        try:
+            return await fetch
+        except TokenUnavailable as e:
+            raise _Abort(TempFailure(f"4.7.0 relay AUTH not possible: {e}"), warn=True) from None
+
+    @staticmethod
+    def _token_mechanism(auth: TokenAuth, token: str) -> ClientMechanism:
+        try:
+            return create_client_mechanism(auth.mechanism, username=auth.user, token=token)
+        except ValueError as e:  # a user name XOAUTH2 cannot carry
+            raise _Abort(TempFailure(f"4.7.0 relay AUTH not possible: {e}"), warn=True) from None
 
     @staticmethod
     def _mail_params(message: QueuedMessage, ext: Extensions, authenticated: bool) -> list[str]:

@@ -133,6 +133,16 @@ async def test_a_torn_message_fails_its_checksum_and_is_not_delivered(spool: Spo
     assert (spool.directory / "corrupt" / f"{qid}.msg").exists()
 
 
+async def test_a_format_1_message_from_before_the_upgrade_still_loads(spool: Spool) -> None:
+    qid = "18f00000000-1-0-00000001"
+    header = ENV.to_json()
+    (spool.directory / "queue" / f"{qid}.msg").write_bytes(
+        b"SMTPGATE-SPOOL 1 %d %d\n%s\n%s" % (len(header), len(BODY), header, BODY))
+    assert spool.list_ids() == [qid]
+    assert spool.load(qid) == (ENV, BODY)
+    assert spool.load_envelope(qid) == (ENV, len(BODY))
+
+
 def _dead_pid() -> int:
     p = subprocess.Popen([sys.executable, "-c", "pass"])
     p.wait()

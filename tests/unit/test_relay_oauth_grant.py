@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import ssl
 from pathlib import Path
 
 import pytest
@@ -427,6 +428,25 @@ async def test_no_token_is_fetched_for_a_relay_without_the_mechanism(tmp_path: P
         await server.wait_closed()
     assert isinstance(result, TempFailure) and "does not offer AUTH XOAUTH2" in result.reply
     assert endpoint.requests == []
+
+
+async def test_no_token_is_fetched_for_a_session_without_tls(tmp_path: Path) -> None:
+    """relay_tls "opportunistic" and a relay without STARTTLS: the token would go in
+    clear, so it is neither sent nor even asked for."""
+    endpoint = Endpoint((200, _ok()))
+    server, got = await smarthost({TOKEN})
+    try:
+        relay = RelayDeliverer("127.0.0.1", server.sockets[0].getsockname()[1],
+                               helo_name="smtpgate.test", tls_mode="opportunistic",
+                               tls_context=ssl.create_default_context(),
+                               token_auth=TokenAuth("OAUTHBEARER", "me@example.org",
+                                                    _source(tmp_path, endpoint)))
+        result = (await relay.deliver(message(), ("bob@example.net",)))["bob@example.net"]
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert isinstance(result, TempFailure) and "without TLS" in result.reply
+    assert endpoint.requests == [] and not any(line.startswith(b"AUTH") for line in got)
 
 
 # --- configuration ----------------------------------------------------------------------------

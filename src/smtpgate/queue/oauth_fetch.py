@@ -83,8 +83,6 @@ class OAuthTokenSource:
         self._clock = clock
         self._cache = TokenCache()
         self._inflight: asyncio.Future[str] | None = None
-        #: Requests made to the endpoint (for tests and metrics).
-        self.requests = 0
 
     async def token(self) -> str:
         """The cached token, or a new one from the endpoint."""
@@ -115,7 +113,6 @@ class OAuthTokenSource:
         request = token_request(self.url, self._client_id, secret, scope=self._scope,
                                 audience=self._audience)
         asked_at = self._clock()
-        self.requests += 1
         try:
             status, body = await self._post(request, self._timeout)
         except TimeoutError:

@@ -187,3 +187,46 @@ def test_a_login_under_way_finishes_with_the_service_it_started_with() -> None:
         await login.services.close()
 
     asyncio.run(run())
+
+
+def test_a_serving_process_that_cannot_open_the_new_directory_keeps_the_running_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    # The main process checked the new directory; this process still failed to open
+    # it (the password file went in between): its logins keep the running one.
+    from types import SimpleNamespace
+
+    from smtpgate.auth.directory import StoreUnavailable
+    from smtpgate.server import app
+
+    path = _write(tmp_path)
+    running = parse_config(path.read_text(), tmp_path)
+    _write(tmp_path, ISSUER.format(jwks="jwks.json") + "[accounts]\ncache_ttl = 5\n")
+    (tmp_path / "jwks.json").write_text('{"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}')
+    new = reloading.load(path, running).cfg
+    old = FakeService("old")
+    login = LoginAttempts(old, None)  # type: ignore[arg-type]
+    live = app._Live.__new__(app._Live)
+    live.cfg = running
+    live.runtime = SimpleNamespace(login=login, auth=old)  # type: ignore[assignment]
+
+    def broken(cfg: object, verifier: object) -> object:
+        raise StoreUnavailable("accounts.ldap.bind_password_file /x: gone")
+
+    monkeypatch.setattr(app, "build_auth_service", broken)
+    kept, ok = live._new_auth(new)
+    assert not ok and kept.accounts == running.accounts
+    assert kept.auth.oauth_issuers == [] and kept.auth.mechanisms == running.auth.mechanisms
+    assert login.auth is old  # type: ignore[comparison-overlap]
+    assert "logins keep the running directory" in caplog.text
+
+    fresh = FakeService("fresh")
+    monkeypatch.setattr(app, "build_auth_service", lambda cfg, verifier: fresh)
+
+    async def swap() -> None:
+        taken, ok = live._new_auth(new)
+        assert ok and taken.accounts.cache_ttl == 5
+        assert login.auth is fresh  # type: ignore[comparison-overlap]
+        await asyncio.sleep(0)
+        assert closed(old)
+
+    asyncio.run(swap())

@@ -478,13 +478,17 @@ async def serve_sockets(
             systemd.reloading()
         ok = live.reopen_logs()
         if full and hooks.config_path is not None:
+            before = live.cfg
             reloaded = live.reload(hooks.config_path, quiet=hooks.quiet)
-            if reloaded and status is not None:
-                status.reloaded(live.cfg)
-            if reloaded and served is not None:
-                _follow(served, live.cfg)
-            if reloaded and admin is not None:
-                _background(admin.reconfigure(live.cfg))
+            # Taken (perhaps with the running directory, if the new one could not
+            # be opened here: then ``reloaded`` is False and the error logged).
+            if live.cfg is not before:
+                if status is not None:
+                    status.reloaded(live.cfg)
+                if served is not None:
+                    _follow(served, live.cfg)
+                if admin is not None:
+                    _background(admin.reconfigure(live.cfg))
             ok = reloaded and ok
         hooks.done(ok)
         if full:

@@ -1294,7 +1294,8 @@ class AdminConfig(HttpListener):
         default="",
         description="HOST:PORT of the web admin (docs/operations.md, \"Web admin\"), e.g. "
         "'127.0.0.1:9480'; empty disables it. On a loopback address it speaks plain HTTP; "
-        "on any other it speaks HTTPS with the [tls] certificate. Changing it needs a restart.",
+        "on any other it speaks HTTPS with the [tls] certificate. A reload opens, moves or "
+        "closes it (to a port the running user may bind).",
     )
     session_lifetime: float = Field(
         default=28800.0, gt=0, le=7 * 86400,

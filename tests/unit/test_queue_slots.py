@@ -197,6 +197,27 @@ async def test_start_up_recovers_dead_writers_slots_and_leaves_live_ones(
     await restarted.close()
 
 
+async def test_a_slot_it_may_not_touch_does_not_stop_a_start_up(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """E.g. ``smtpgate queue list`` run by a user who may read the spool only."""
+    inc = spool.receive(ENV)
+    inc.write(BODY)
+    qid = await spool.publish(inc)
+    slot = spool.directory / "queue" / f"{_dead_pid()}.sgabcd1234.1.slot"
+    os.rename(spool.directory / "queue" / f"{qid}.msg", slot)
+
+    def refused(src: object, dst: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(os, "rename", refused)
+    with caplog.at_level(logging.WARNING, logger="smtpgate.queue"):
+        reader = Spool(spool.directory, prefill=False)
+    assert slot.exists() and reader.list_ids() == []
+    assert "cannot recover slot" in caplog.text
+    await reader.close()
+
+
 class _NoDelivery:
     def __init__(self) -> None:
         self.calls = 0

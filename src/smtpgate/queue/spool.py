@@ -544,11 +544,14 @@ class Spool:
                 elif verdict == "sealed":
                     os.rename(path, f"{self._qdir}/{qid}{_MSG}")
                 else:
+                    os.rename(path, self._corrupt_dir / name)
                     log.warning("spool: slot %s is a torn write (%s), moved to corrupt/",
                                 name, qid)
-                    os.rename(path, self._corrupt_dir / name)
             except FileNotFoundError:
                 continue  # another process's start-up took it first
+            except OSError as e:  # e.g. a tool run by a user who may only read
+                log.warning("spool: cannot recover slot %s: %s", name, e)
+                continue
             counts[verdict] += 1
         if any(counts.values()):
             os.fsync(self._dir_fd)

@@ -1328,8 +1328,7 @@ class MetricsConfig(HttpListener):
         description="HOST:PORT of the Prometheus endpoint (/metrics, plain HTTP; "
         "docs/operations.md, \"Metrics\"), e.g. '127.0.0.1:9465'; empty disables it. "
         "Keep it on loopback or a monitoring network: it has no authentication. A reload "
-        "moves or closes it (to a port the running user may bind); opening it on a server "
-        "started without it needs a restart.",
+        "opens, moves or closes it (to a port the running user may bind).",
     )
 
     @property

@@ -10,11 +10,12 @@ from ``mechanism_facts`` (anything else is ``other``), a result or kind from a
 fixed list. Never an account, an address or a client's text.
 
 The metric objects are ``prometheus_client``'s. With the default value class they
-live in this process's memory (the CLI, the unit tests, a server without
-``[metrics] listen``: nothing reads them). A server that serves metrics calls
-``use_multiprocess(directory)`` before it forks: each process then keeps its
-values in a file of its own there (prometheus_client's multiprocess mode), and
-whichever process answers a scrape adds them up (``server/metrics_http.py``).
+live in this process's memory (the CLI, the unit tests: nothing reads them).
+``smtpgate serve`` calls ``use_multiprocess(directory)`` before it forks, with
+``[metrics] listen`` or without (so that a reload can open the endpoint with the
+counts since start-up): each process then keeps its values in a file of its own
+there (prometheus_client's multiprocess mode), and whichever process answers a
+scrape adds them up (``server/metrics_http.py``).
 docs/operations.md, "Metrics", gives the figures behind that choice.
 """
 

@@ -191,6 +191,41 @@ def test_one_process_moves_its_web_admin_too(tmp_path: Path) -> None:
         assert srv.stop() == 0
 
 
+def test_a_reload_opens_metrics_with_the_counts_since_start_up(tmp_path: Path) -> None:
+    from .conftest import PASSWORD, USER
+    from .test_metrics import sample, scrape
+
+    port = free_port()
+    srv = make_server(tmp_path / "srv")  # init's config, without [metrics]
+    srv.add_user(USER, PASSWORD)
+    text = srv.config.read_text()
+    assert "\n[metrics]" not in text
+    srv.start()
+    assert srv.proc is not None
+    try:
+        for password in (PASSWORD, "wrong"):
+            with smtplib.SMTP("127.0.0.1", srv.submission, timeout=20) as s:
+                s.starttls(context=srv.client_context())
+                s.ehlo("client.test")
+                try:
+                    s.auth("PLAIN", lambda _=None, p=password: f"\0{USER}\0{p}",
+                           initial_response_ok=True)
+                except smtplib.SMTPAuthenticationError:
+                    pass
+        assert refused(port)
+        srv.config.write_text(text + f'\n[metrics]\nlisten = "127.0.0.1:{port}"\n')
+        srv.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: not refused(port), srv)
+        body = scrape(port)
+        # Counted before the endpoint was opened, in every worker.
+        assert sample(body, "smtpgate_auth_attempts_total", result="success") == 1
+        assert sample(body, "smtpgate_auth_attempts_total", result="failure") == 1
+        assert sample(body, "smtpgate_sessions_active") == 0
+        assert "metrics.listen changed" not in srv.log_text()
+    finally:
+        assert srv.stop() == 0
+
+
 def test_the_guard_thresholds_follow_a_reload(live: Live) -> None:
     # From an address of its own (127.0.0.2), for an account no other test uses.
     live.slapd.add(person_ldif(f"uid=bob,{live.ous[0]}", BOB, BOB_PW))

@@ -706,9 +706,10 @@ def run(cfg: Config, config_path: Path | None = None) -> int:
     pid_path = pidfile.pid_path(cfg)
     try:
         pidfile.write(pid_path)
-        if metrics_sock is not None:
-            # Before any fork and any count: every process counts in files there.
-            metrics.use_multiprocess(metrics_http.fresh_dir(cfg))
+        # Before any fork and any count: every process counts in files there, with
+        # [metrics] listen or not, so that a reload can open the endpoint with the
+        # counts since start-up (docs/operations.md, "Metrics", for the cost).
+        metrics.use_multiprocess(metrics_http.fresh_dir(cfg))
         if run_as is not None:
             privileges.hand_over(cfg, run_as)
     except (OSError, StartupError) as e:

@@ -244,8 +244,10 @@ class MetricsServer:
 
 async def maybe_start(cfg: Config, sock: socket.socket | None) -> MetricsServer | None:
     """The endpoint, on ``sock`` (inherited from the main process); None when the
-    server started without metrics. Without ``sock`` (a delivery process restarted
-    after a reload moved the endpoint) it binds ``[metrics] listen`` itself."""
+    processes do not count in files (not started by ``serve``). Without ``sock``
+    (metrics off at start, or a delivery process restarted after a reload opened
+    or moved the endpoint) it binds ``[metrics] listen`` itself, if set; with
+    nothing to listen on, it waits for a reload to open it (``reconfigure``)."""
     if not counting_in_files(cfg):
         return None
     server = MetricsServer(cfg)

@@ -15,9 +15,9 @@ config and certificate stay, and the error names the key. Otherwise the
   refuse (a missing bind password file, a key set that is not one) fails the
   reload with its key instead of reaching the serving processes;
 - ``admin.*``: the web admin is opened, moved or closed (``web/server.py``);
-- ``metrics.listen`` when metrics were on at start (moved or closed; opening it
-  needs a restart: the processes count in memory, not in files, when metrics
-  were off at start; docs/operations.md says why that is not switched live).
+- ``metrics.listen``: the endpoint is opened, moved or closed by the serving
+  process (``server/metrics_http.py``); every process counts in files from the
+  start, so an endpoint opened later reports the counts since start-up.
 
 Everything else (listeners, ``server.*``, ``queue.*``, ``delivery.*``,
 ``passwords.*``, ``auth.log_file``, ``auth.decoy_secret_file``,
@@ -175,9 +175,9 @@ def merge(running: Config, new: Config) -> Config:
             "accounts": new.accounts,
             # Moved, opened or closed by the serving process (web/server.py).
             "admin": new.admin,
-            # Moved or closed by a reload; opened only by a restart (the processes
-            # count in files only when it was open at start: server/metrics_http.py).
-            "metrics": new.metrics if running.metrics.listen else running.metrics,
+            # Opened, moved or closed by the serving process (server/metrics_http.py):
+            # every process counts in files from the start.
+            "metrics": new.metrics,
         }
     )
 

@@ -230,3 +230,31 @@ def test_a_serving_process_that_cannot_open_the_new_directory_keeps_the_running_
         assert closed(old)
 
     asyncio.run(swap())
+
+
+def test_the_web_admin_opens_the_new_account_store_and_closes_the_old_one(
+        tmp_path: Path) -> None:
+    from smtpgate.web.site import AdminSite
+
+    path = _write(tmp_path)
+    running = parse_config(path.read_text(), tmp_path)
+    _write(tmp_path, "[accounts]\ndatabase = 'other.sqlite'\n[admin]\nsession_lifetime = 60\n")
+    new = reloading.load(path, running).cfg
+
+    async def run() -> None:
+        site = AdminSite(running, tls=False, status_path=None)
+        await site.open()
+        old = site._store
+        assert old is not None
+        closed: list[bool] = []
+        old.close = lambda: closed.append(True)  # type: ignore[method-assign]
+        site._requests = 1  # a request in flight may still use the old store
+        await site.reconfigure(new, tls=False)
+        assert site._store is not old and (tmp_path / "other.sqlite").exists()
+        assert site.sessions.lifetime == 60 and closed == []
+        site._requests = 0  # as the middleware does when the request ends
+        await site._close_retired()
+        assert closed == [True]
+        await site.close()
+
+    asyncio.run(run())

@@ -179,7 +179,11 @@ class AdminEndpoint:
                 log.error("admin.listen: cannot listen on %s: %s", cfg.admin.listen,
                           e.strerror or e)
                 return
-        self.server = await AdminServer.start(cfg, sock, self.status_path)
+        try:
+            self.server = await AdminServer.start(cfg, sock, self.status_path)
+        except BaseException:
+            sock.close()  # not left listening with nobody answering
+            raise
 
     async def reconfigure(self, cfg: Config) -> None:
         async with self._lock:

@@ -147,7 +147,10 @@ class AdminSite:
         if self._requests == 0 and self._retired:
             stores, self._retired = self._retired, []
             for store in stores:
-                await asyncio.to_thread(store.close)
+                try:
+                    await asyncio.to_thread(store.close)
+                except Exception as e:  # noqa: BLE001 - never the request's failure
+                    log.warning("web admin: closing the replaced account store: %s", e)
 
     async def close(self) -> None:
         for store in self._retired:

@@ -197,6 +197,41 @@ async def test_start_up_recovers_dead_writers_slots_and_leaves_live_ones(
     await restarted.close()
 
 
+async def test_a_sealed_slot_whose_pid_was_reused_is_recovered_at_once(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a reboot (or a restart in a container) a dead writer's pid may belong to
+    another process; one that started after the slot was last changed is not its
+    writer, so the acknowledged message in it is recovered, not left for good."""
+    qdir = spool.directory / "queue"
+    inc = spool.receive(ENV)
+    inc.write(BODY)
+    sealed = await spool.publish(inc)
+    slot = qdir / f"{os.getppid()}.sgabcd1234.1.slot"  # a pid that is alive
+    os.rename(qdir / f"{sealed}.msg", slot)
+    assert Spool(spool.directory, prefill=False).list_ids() == []  # its writer may run
+    late = slot.stat().st_ctime + 60
+    monkeypatch.setattr(tmpfiles, "process_start", lambda pid: late)
+    restarted = Spool(spool.directory, prefill=False)
+    assert restarted.list_ids() == [sealed]
+    assert restarted.load(sealed)[1] == BODY
+    await restarted.close()
+
+
+def test_writer_alive_compares_the_process_start_with_the_file_change() -> None:
+    proc = subprocess.Popen(["sleep", "60"])
+    try:
+        started = tmpfiles.process_start(proc.pid)
+        assert started is not None and abs(started - time.time()) < 30
+        assert tmpfiles.writer_alive(proc.pid, "sgabcd1234", changed=started - 10) is False
+        assert tmpfiles.writer_alive(proc.pid, "sgabcd1234", changed=started + 1) is True
+        assert tmpfiles.writer_alive(proc.pid, "sgabcd1234") is True
+    finally:
+        proc.kill()
+        proc.wait()
+    assert tmpfiles.writer_alive(proc.pid, "sgabcd1234") is False
+
+
 async def test_a_slot_it_may_not_touch_does_not_stop_a_start_up(
     spool: Spool, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

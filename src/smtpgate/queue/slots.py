@@ -140,8 +140,9 @@ def is_slot(name: str) -> bool:
 
 def writer_may_be_alive(name: str, path: str) -> bool:
     """Whether the process that owns slot ``name`` may still use it: that process
-    exists and, for a slot with content, wrote it within `tmpfiles.STALE_AGE` (a
-    sealed slot whose pid was reused after a crash is still recovered). An empty
+    exists, started before the slot's last change (else the pid was reused: after a
+    reboot, or a restart in a container) and, for a slot with content, wrote it
+    within `tmpfiles.STALE_AGE`. An empty
     slot of a live process is never taken, however old: it is its pool's, and a
     quiet night must not turn the next message into a 451."""
     m = NAME.match(name)
@@ -153,4 +154,4 @@ def writer_may_be_alive(name: str, path: str) -> bool:
         return True  # gone already: nothing to do
     if st.st_size and time.time() - st.st_mtime >= tmpfiles.STALE_AGE:
         return False
-    return tmpfiles.writer_alive(int(m.group(1)), m.group(2))
+    return tmpfiles.writer_alive(int(m.group(1)), m.group(2), changed=st.st_ctime)

@@ -12,7 +12,9 @@ writer simply creates its file.
 Names are ``<pid>.sg<token>.<rest>``: the pid of the writing process and a random
 token drawn when the process starts. Start-up clean-up keeps a file only if its
 writer may still be alive: the pid exists and, if it is our own pid, the token is
-ours (in a container every restart is pid 1 again).
+ours (in a container every restart is pid 1 again); callers that must not wait for
+a reused pid (spool slots holding acknowledged mail) also pass the file's ctime,
+and a process that started after it is not the writer.
 """
 
 from __future__ import annotations
@@ -269,8 +271,13 @@ def remove_stale(directory: str, *, only_ours: bool) -> list[str]:
     return removed
 
 
-def writer_alive(pid: int, token: str) -> bool:
-    """Whether the process (``pid``, ``token``) that named a file may still run."""
+def writer_alive(pid: int, token: str, changed: float | None = None) -> bool:
+    """Whether the process (``pid``, ``token``) that named a file may still run.
+
+    ``changed``: when the file was last changed (its ctime). A process with that
+    pid that started after it is not the writer: the pid was reused (after a
+    reboot, or a crash and a restart in a container, where pids start again).
+    """
     if pid == os.getpid():
         return token == _token
     try:
@@ -278,5 +285,33 @@ def writer_alive(pid: int, token: str) -> bool:
     except (ProcessLookupError, OverflowError):
         return False
     except PermissionError:
-        return True  # exists, owned by another user
+        pass  # exists, owned by another user
+    if changed is not None:
+        started = process_start(pid)
+        if started is not None and started > changed + _CLOCK_SLACK:
+            return False
     return True
+
+
+#: Seconds of tolerance between the kernel's boot time (whole seconds) plus a
+#: process's start ticks and a file's ctime.
+_CLOCK_SLACK = 2.0
+
+
+def process_start(pid: int) -> float | None:
+    """When process ``pid`` started (epoch seconds), from /proc; None if unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        with open("/proc/stat", "rb") as f:
+            btime = next(int(ln.split()[1]) for ln in f if ln.startswith(b"btime "))
+    except (OSError, StopIteration, ValueError):
+        return None
+    # Field 22 (starttime, clock ticks after boot); the command name in field 2 may
+    # hold spaces and parentheses, so count from the last ")".
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    try:
+        ticks = int(fields[19])
+    except (IndexError, ValueError):
+        return None
+    return btime + ticks / os.sysconf("SC_CLK_TCK")

@@ -49,9 +49,9 @@ log = logging.getLogger("smtpgate.auth.service")
 
 #: The nice value of the threads that run untrusted verifications (Linux only:
 #: there nice is per thread, and Argon2id's lane threads inherit it). A choice,
-#: measured (bench/README.md, issue 13, "E: verification lanes"): at 10 an event
-#: loop competing with one such run kept its p99 within 1.5x of an idle machine's
-#: (4x at 0), while the run still gets a tenth of a busy core's time, so a
+#: measured (bench/README.md, issue 13, "verification lanes (workload E)"): beside
+#: two such runs a busy thread's p99 was 1.4-2x an idle machine's at 10 (2.8-8.5x
+#: at 0, about 1x at 19), while a run still gets a tenth of a busy core, so a
 #: login from a new address is slowed, not starved, when the machine is saturated.
 UNTRUSTED_NICE = 10
 

@@ -29,9 +29,9 @@ The rules (docs/protection.md, "Who verifies first"):
 
 Nothing here decides an outcome: a queued attempt is verified like any other,
 the guard counts exactly what it counted before, and every reply is the same.
-Only the order and the CPU share change. Sans-IO: no threads, no clock; the
-auth service acquires a slot, runs the verification on a pool, and releases
-the slot when the thread is done (``AuthService._hash``).
+Only the order and the CPU share change. ``VerificationScheduler`` touches no
+thread and no clock: the auth service acquires a slot, runs the verification on
+a pool, and releases the slot when the thread is done (``AuthService._hash``).
 """
 
 from __future__ import annotations

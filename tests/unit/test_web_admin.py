@@ -209,3 +209,65 @@ def test_an_admin_lockout_is_lifted_under_its_own_key_never_a_mail_accounts(
             service.unlock_web_admin("root")  # nothing left to lift
         log = [(e.os_user, e.action, e.target) for e in service.admin_log()]
         assert log == [("web:ops", "guard lockout lifted", "admin:root")]
+
+
+# The site keeps the parsed form under a str key (aiohttp 3.14 warns; harmless).
+@pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
+async def test_logout_deletes_the_host_cookie_with_secure_under_tls(tmp_path: Path) -> None:
+    """Under TLS the session cookie is ``__Host-``: a browser ignores a Set-Cookie of
+    that name without Secure, so the deletion at logout must carry it too."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from smtpgate.config import AccountsConfig
+
+    cfg = _cfg(tmp_path).model_copy(update={"accounts": AccountsConfig(
+        argon2_memory_kib=8192, argon2_time_cost=1)})
+    site = AdminSite(cfg, tls=True, status_path=None)
+    await site.open()
+    try:
+        site.service("-", "test").add_web_admin("root", "admin passphrase 4 tests")
+        session = site.sessions.create("root")
+        async with TestClient(TestServer(site.app())) as client:
+            resp = await client.post("/logout", data={"csrf": session.csrf},
+                                     headers={"Cookie": f"{site.cookie}={session.id}"},
+                                     allow_redirects=False)
+            assert resp.status == 303
+            deletion = resp.headers.getall("Set-Cookie")
+            assert any(c.startswith("__Host-smtpgate_admin=") and "Secure" in c
+                       for c in deletion), deletion
+        assert site.sessions.get(session.id) is None
+    finally:
+        await site.close()
+
+
+@pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
+async def test_concurrent_wrong_logins_from_one_address_stop_at_the_guards_limit(
+        tmp_path: Path) -> None:
+    """An attacker sending many logins at once from one address gets no more guesses
+    verified than the guard's address limit: each waits for the one before it."""
+    import asyncio
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from smtpgate.config import AccountsConfig, GuardConfig
+
+    cfg = _cfg(tmp_path).model_copy(update={
+        "accounts": AccountsConfig(argon2_memory_kib=8192, argon2_time_cost=1),
+        "guard": GuardConfig(address_failure_limit=3, penalty_base=0.01, penalty_max=0.02)})
+    site = AdminSite(cfg, tls=False, status_path=None)
+    await site.open()
+    try:
+        site.service("-", "test").add_web_admin("root", "admin passphrase 4 tests")
+        async with TestClient(TestServer(site.app())) as client:
+            async def guess(i: int) -> int:
+                resp = await client.post(
+                    "/login", data={"login_token": "t" * 16, "name": "root",
+                                    "password": f"guess {i}", "code": "123456"},
+                    headers={"Cookie": "smtpgate_login=" + "t" * 16}, allow_redirects=False)
+                return resp.status
+
+            statuses = await asyncio.gather(*(guess(i) for i in range(12)))
+        assert sorted(statuses) == [401] * 3 + [429] * 9, statuses
+        assert site._logins == {}  # nothing kept once the attempts are answered
+    finally:
+        await site.close()

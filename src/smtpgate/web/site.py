@@ -100,6 +100,9 @@ class AdminSite:
         self._spool: Spool | None = None
         #: The TOTP time step last used by each admin: a code is good once.
         self._last_step: dict[str, int] = {}
+        #: Logins being answered per client address (the guard's address key):
+        #: one at a time, so each sees the failures of the one before.
+        self._logins: dict[str, _Turn] = {}
         self.last_audit: AuditReport | None = None
         self.last_audit_time: float | None = None
         #: Requests being answered, and the stores a reload replaced, closed once
@@ -287,6 +290,21 @@ class AdminSite:
         password = str(form.get("password", ""))
         code = str(form.get("code", "")).strip()
         ip = request.remote or ""
+        # One attempt per address at a time: concurrent ones would all pass the
+        # guard's check before any failure is counted (40 guesses, limit 6).
+        key = self.guard.keys(ip).address
+        turn = self._logins.setdefault(key, _Turn())
+        turn.users += 1
+        try:
+            async with turn.lock:
+                return await self._login(request, name, password, code, ip)
+        finally:
+            turn.users -= 1
+            if turn.users == 0:
+                del self._logins[key]
+
+    async def _login(self, request: web.Request, name: str, password: str, code: str,
+                     ip: str) -> web.StreamResponse:
         check = await self.guard.check(ip, _guard_key(name))
         if check.refusal is not None:
             log.warning("web admin: login of %r from %s refused by the guard: %s",
@@ -332,7 +350,8 @@ class AdminSite:
     async def logout(self, request: web.Request, session: Session) -> web.StreamResponse:
         self.sessions.end(session.id)
         resp = web.HTTPSeeOther("/login")
-        resp.del_cookie(self.cookie, path="/")
+        # A browser ignores a __Host- cookie without Secure, deletions included.
+        resp.del_cookie(self.cookie, path="/", secure=self.tls)
         raise resp
 
     # --- overview and charts ------------------------------------------------------------
@@ -527,6 +546,17 @@ class AdminSite:
 
 
 # --- helpers ------------------------------------------------------------------------------
+
+
+class _Turn:
+    """The login attempts of one address: one holds the lock, ``users`` counts all."""
+
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0
+
 
 _FLASH: dict[str, list[tuple[str, str]]] = {}
 

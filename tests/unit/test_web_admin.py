@@ -271,3 +271,46 @@ async def test_concurrent_wrong_logins_from_one_address_stop_at_the_guards_limit
         assert site._logins == {}  # nothing kept once the attempts are answered
     finally:
         await site.close()
+
+
+async def test_a_malformed_http_request_is_one_log_line_not_a_traceback(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Request-smuggling shapes get aiohttp's 400; the log gets one line each."""
+    import asyncio
+    import logging
+
+    from smtpgate.config import AccountsConfig
+    from smtpgate.web.server import AdminServer, bind_admin_socket
+
+    port = _free_port()
+    cfg = _cfg(tmp_path).model_copy(update={
+        "admin": AdminConfig(listen=f"127.0.0.1:{port}"),
+        "accounts": AccountsConfig(argon2_memory_kib=8192, argon2_time_cost=1)})
+    sock = bind_admin_socket(cfg)
+    assert sock is not None
+    server = await AdminServer.start(cfg, sock, None)
+    caplog.set_level(logging.DEBUG)
+    try:
+        for raw in ((b"POST /login HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+                    b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+                    b"GET / HTTP/1.1\r\nHost: x\r\nX: a\rb\r\n\r\n"):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(raw)
+            assert (await reader.readline()).split()[1] == b"400"
+            writer.close()
+            await reader.read()
+    finally:
+        await server.stop()
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+    lines = [r.getMessage() for r in caplog.records if "malformed HTTP request" in r.getMessage()]
+    assert len(lines) == 3 and all("\n" not in m for m in lines), lines
+    assert "Transfer-Encoding" in lines[0] and "127.0.0.1" in lines[0]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

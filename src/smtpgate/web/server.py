@@ -30,12 +30,35 @@ import ssl
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from smtpgate.config import Config
 from smtpgate.errors import StartupError
 from smtpgate.web.site import AdminSite
 
 log = logging.getLogger("smtpgate.web")
+
+
+class OneLineBadRequests(logging.Filter):
+    """aiohttp answers a malformed request (smuggling attempts: two lengths, a bad
+    ``Transfer-Encoding``; a bare CR) with 400 and logs a traceback: anyone who
+    can connect could fill the log with them. Such a record becomes one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            reason = (str(exc.message).splitlines() or ["?"])[0].rstrip(": ")
+            record.msg = "web admin: malformed HTTP request from %s refused (400): %s"
+            record.args = (record.args[0] if isinstance(record.args, tuple) and record.args
+                           else "?", reason)
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+#: The logger the admin's HTTP server reports its errors on (aiohttp's own).
+http_log = logging.getLogger("smtpgate.web.http")
+http_log.addFilter(OneLineBadRequests())
 
 
 def is_loopback(host: str) -> bool:
@@ -113,7 +136,8 @@ class AdminServer:
         ctx = tls_context(cfg)
         site = AdminSite(cfg, tls=ctx is not None, status_path=status_path)
         await site.open()
-        runner = web.AppRunner(site.app(), access_log=None, handle_signals=False)
+        runner = web.AppRunner(site.app(), access_log=None, handle_signals=False,
+                               logger=http_log)
         await runner.setup()
         listening = web.SockSite(runner, sock, ssl_context=ctx)
         await listening.start()

@@ -34,7 +34,7 @@ from smtpgate.cli.common import (
 from smtpgate.config import Config
 from smtpgate.queue.factory import make_deliverer
 from smtpgate.queue.manage import Entry, QueueBusy, QueueManager
-from smtpgate.queue.spool import MessageNotFound, Spool, SpoolError
+from smtpgate.queue.spool import MessageNotFound, NotAQueueId, Spool, SpoolError
 from smtpgate.queue.worker import DeliveryWorker
 
 _WAIT = click.option(
@@ -60,6 +60,9 @@ def _manager(cfg: Config, wait: float = 30.0) -> Iterator[QueueManager]:
                                "check [queue].spool and its permissions") from None
     try:
         yield QueueManager(spool, wait=wait, reporting_mta=cfg.hostname)
+    except NotAQueueId as e:
+        raise NotFound(str(e), "'smtpgate queue list' shows the ids of the messages "
+                               "in the queue") from None
     except MessageNotFound as e:
         raise NotFound(f"no message {e} in the queue",
                        "it may have been delivered; 'smtpgate queue list' shows the queue") from None

@@ -108,6 +108,11 @@ class MessageNotFound(SpoolError):
     """No message with that id (already delivered and removed, or never existed)."""
 
 
+class NotAQueueId(MessageNotFound):
+    """The id is not of the form queue ids have (``../x``, a slot's name): refused
+    before it names any path."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Store:
     qid: str
@@ -568,7 +573,7 @@ class Spool:
     def _path(self, qid: str, suffix: str) -> str:
         # Ids reach us from tools and logs: never let one name a path elsewhere.
         if not _ID.match(qid):
-            raise MessageNotFound(f"not a queue id: {qid!r}")
+            raise NotAQueueId(f"not a queue id: {qid!r}")
         return f"{self._qdir}/{qid}{suffix}"
 
 

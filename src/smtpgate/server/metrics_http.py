@@ -42,6 +42,7 @@ from smtpgate.auth.state_backend import open_guard_state
 from smtpgate.config import Config
 from smtpgate.errors import StartupError
 from smtpgate.server import pidfile
+from smtpgate.server.http_socket import bind_endpoint, bind_tcp
 
 log = logging.getLogger("smtpgate.metrics")
 
@@ -83,28 +84,7 @@ def bind_metrics_socket(cfg: Config) -> socket.socket | None:
     Raises:
         StartupError: the address cannot be bound.
     """
-    endpoint = cfg.metrics.endpoint
-    if endpoint is None:
-        return None
-    try:
-        return _bind(*endpoint)
-    except OSError as e:
-        raise StartupError("metrics.listen", f"cannot listen on {cfg.metrics.listen}: "
-                                             f"{e.strerror or e}") from None
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(64)
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
-    return sock
+    return bind_endpoint(cfg.metrics, "metrics.listen")
 
 
 class StateCollector(Collector):
@@ -220,7 +200,7 @@ class MetricsServer:
         endpoint = cfg.metrics.endpoint
         if endpoint is not None:
             try:
-                sock = _bind(*endpoint)
+                sock = bind_tcp(*endpoint)
             except OSError as e:
                 log.error("reload: metrics.listen: cannot listen on %s: %s; still on %s",
                           cfg.metrics.listen, e.strerror or e, self._listen or "nothing")
@@ -254,7 +234,7 @@ async def maybe_start(cfg: Config, sock: socket.socket | None) -> MetricsServer 
     endpoint = cfg.metrics.endpoint
     if sock is None and endpoint is not None:
         try:
-            sock = _bind(*endpoint)
+            sock = bind_tcp(*endpoint)
         except OSError as e:
             log.error("metrics.listen: cannot listen on %s: %s", cfg.metrics.listen,
                       e.strerror or e)

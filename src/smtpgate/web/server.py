@@ -34,6 +34,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from smtpgate.config import Config
 from smtpgate.errors import StartupError
+from smtpgate.server.http_socket import bind_endpoint, bind_tcp
 from smtpgate.web.site import AdminSite
 
 log = logging.getLogger("smtpgate.web")
@@ -76,28 +77,7 @@ def bind_admin_socket(cfg: Config) -> socket.socket | None:
     Raises:
         StartupError: the address cannot be bound.
     """
-    endpoint = cfg.admin.endpoint
-    if endpoint is None:
-        return None
-    try:
-        return _bind(*endpoint)
-    except OSError as e:
-        raise StartupError("admin.listen", f"cannot listen on {cfg.admin.listen}: "
-                                           f"{e.strerror or e}") from None
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(64)
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
-    return sock
+    return bind_endpoint(cfg.admin, "admin.listen")
 
 
 def tls_context(cfg: Config) -> ssl.SSLContext | None:
@@ -163,7 +143,7 @@ class AdminServer:
         assert endpoint is not None, "AdminEndpoint closes a web admin turned off"
         try:
             ctx = tls_context(cfg)
-            sock = _bind(*endpoint)
+            sock = bind_tcp(*endpoint)
         except (OSError, StartupError) as e:
             why = e.strerror or e if isinstance(e, OSError) else e
             log.error("reload: admin.listen: cannot listen on %s: %s; still on %s",
@@ -198,7 +178,7 @@ class AdminEndpoint:
             if cfg.admin.endpoint is None:
                 return
             try:
-                sock = _bind(*cfg.admin.endpoint)
+                sock = bind_tcp(*cfg.admin.endpoint)
             except OSError as e:
                 log.error("admin.listen: cannot listen on %s: %s", cfg.admin.listen,
                           e.strerror or e)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from smtpgate.auth.sender_profile import SenderProfile
@@ -49,3 +51,36 @@ def test_header_from_addresses(message: bytes, addresses: list[str] | None) -> N
 def test_an_unreadable_from_owns_nothing() -> None:
     got = header_from_addresses(b"From: <<<\r\n\r\n")
     assert got is not None and not any(P.owns(a) for a in got)
+
+
+def test_a_repeated_from_value_is_parsed_once_and_read_the_same(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 13: the stdlib parser ran on every message; a value seen before is
+    answered from the per-process cache, with the same addresses, and a caller
+    that changes the list it got does not change what the next caller gets."""
+    import email.policy
+
+    from smtpgate.policy import sender
+
+    calls: list[str] = []
+    real = email.policy.default.header_factory
+
+    def counting(name: str, value: str) -> Any:
+        calls.append(value)
+        return real(name, value)
+
+    monkeypatch.setattr(email.policy, "default",
+                        email.policy.default.clone(header_factory=counting))
+    sender._parsed_addresses.cache_clear()
+    value = '"ceo@bank.example" <alice@example.org>'
+    first = sender.field_addresses(value)
+    first.append("mutated@x.org")
+    second = sender.field_addresses(value)
+    assert second == ["alice@example.org", "ceo@bank.example"]
+    assert calls == [value]  # parsed once
+    assert sender.field_addresses("Bob <bob@x.org>") == ["bob@x.org"]
+    assert calls == [value, "Bob <bob@x.org>"]
+    # Unreadable stays unreadable when remembered: still owns nothing.
+    unreadable = sender.field_addresses("<<<")
+    assert "" in unreadable and sender.field_addresses("<<<") == unreadable

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import email.header
 import email.policy
+import functools
 import logging
 import re
 from email.errors import ObsoleteHeaderDefect
@@ -112,6 +113,13 @@ MAX_FIELD_CHARS = 4096
 MAX_PARSED_CHARS = 8192
 
 
+#: Field values whose addresses are remembered per process (`field_addresses`):
+#: a sender's From is the same in message after message, and the stdlib parser
+#: costs ~80 us of a session's event loop per message (issue 13, bench/README.md).
+#: Bounded: at most this many values of at most ``MAX_FIELD_CHARS`` each (~1 MB).
+PARSED_CACHE_SIZE = 256
+
+
 def field_addresses(value: str, name: str = "From") -> list[str]:
     """Every address a reader could take from one field value: the mailboxes, and
     anything address-like in display names and comments. "" stands for a value
@@ -119,6 +127,13 @@ def field_addresses(value: str, name: str = "From") -> list[str]:
     ``MAX_FIELD_CHARS``: it owns nothing."""
     if len(value) > MAX_FIELD_CHARS:
         return [*dict.fromkeys(a.rstrip(".") for a in _ADDRESS_LIKE.findall(value)), ""]
+    return list(_parsed_addresses(value, name))
+
+
+@functools.lru_cache(maxsize=PARSED_CACHE_SIZE)
+def _parsed_addresses(value: str, name: str) -> tuple[str, ...]:
+    """`field_addresses` of a value the parser may read; a pure function of its
+    arguments, so remembered (`PARSED_CACHE_SIZE`)."""
     try:
         parsed = email.policy.default.header_factory(name, value)
         mailboxes = [a.addr_spec for a in parsed.addresses]
@@ -139,7 +154,7 @@ def field_addresses(value: str, name: str = "From") -> list[str]:
         out += [a.rstrip(".") for a in _ADDRESS_LIKE.findall(text) if a not in out]
     if not mailboxes or not clean or "\ufffd" in value:
         out.append("")
-    return list(dict.fromkeys(out))
+    return tuple(dict.fromkeys(out))
 
 
 def header_from_addresses(message: bytes) -> list[str] | None:

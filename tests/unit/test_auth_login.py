@@ -14,6 +14,7 @@ from smtpgate.auth.guard import Guard, Refusal
 from smtpgate.auth.guard_store import SqliteGuardStore
 from smtpgate.auth.login import LoginAttempts
 from smtpgate.auth.names import lookup_key
+from smtpgate.auth.networks import ClientKeys, client_keys
 from smtpgate.auth.principal import AppPasswordUse, Principal
 from smtpgate.auth.service import REFUSED_POLICY, AuthContext, Resolution
 from smtpgate.config import GuardConfig
@@ -50,6 +51,9 @@ class FakeGuard:
 
     def watches(self, client_ip: str) -> bool:
         return self.watched
+
+    def keys(self, client_ip: str) -> ClientKeys:
+        return client_keys(client_ip)
 
     async def check(self, client_ip: str, username: str) -> Check:
         self.calls.append(("check", username))

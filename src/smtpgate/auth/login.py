@@ -61,11 +61,13 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from smtpgate import metrics
+from smtpgate.auth.attempt_gate import AttemptGate
 from smtpgate.auth.directory import AppPassword, StoreError
 from smtpgate.auth.guard import Guard, GuardCheck, Refusal
 from smtpgate.auth.principal import AppPasswordUse, Principal
@@ -149,6 +151,9 @@ class LoginAttempts:
         self.failure_floor = failure_floor
         #: How a penalty or the floor is waited (tests replace it).
         self.sleep = sleep
+        #: One attempt at a time per address, check to committed failure
+        #: (``attempt_gate.py``: concurrent guesses must not outrun the limits).
+        self.gate = AttemptGate()
 
     @property
     def auth(self) -> AuthService:
@@ -188,6 +193,9 @@ class LoginAttempt:
         #: The service held from the first query to the conclusion: a reload
         #: in between does not change the directory under the exchange.
         self._auth: AuthService | None = None
+        #: Releases this attempt's hold on its address's gate (once; also when the
+        #: attempt is garbage-collected without a conclusion). None: not held.
+        self._gate: weakref.finalize[..., Any] | None = None
 
     def _service(self) -> AuthService:
         if self._auth is None:
@@ -205,6 +213,9 @@ class LoginAttempt:
             # second): the guard decides before any hashing happens.
             self._refusal, self._app, self._issuer = None, None, None
             account, fault = await self._account(guard, getattr(query, "username", ""))
+            if not self._alive():
+                return None
+            await self._enter_gate(guard)
             if not self._alive():
                 return None
             check = await guard.check(self.source.client_ip, account)
@@ -237,6 +248,21 @@ class LoginAttempt:
         self._app = res.app_password or self._app
         self._issuer = res.oauth_issuer or self._issuer
         return res.answer
+
+    async def _enter_gate(self, guard: Guard) -> None:
+        """Wait until no other attempt from this address is between its check and
+        its committed failure (``attempt_gate.py``); hold the gate until ours is."""
+        ip = self.source.client_ip
+        if self._gate is not None or not guard.watches(ip):
+            return
+        gate, key = self._owner.gate, guard.keys(ip).address
+        if await gate.acquire(key):
+            self._gate = weakref.finalize(self, gate.release, key)
+
+    def _leave_gate(self) -> None:
+        held, self._gate = self._gate, None
+        if held is not None:
+            held()
 
     def _source(self) -> AuthContext:
         """The source, with the lane its password verification queues in: the
@@ -290,6 +316,7 @@ class LoginAttempt:
         if result is AuthResult.TEMPFAIL and check is not None and check.refusal is not None:
             # Refused by the guard: logged as such (fail2ban and the report count
             # it as blocked), not counted again, answered with the guard's reply.
+            self._leave_gate()
             auth.record(src, outcome.mechanism, outcome.username, result,
                         f"blocked: {check.refusal.reason}")
             return Conclusion(LoginResult(result, refusal=check.refusal))
@@ -304,6 +331,7 @@ class LoginAttempt:
             reason = f"{reason} (after the salt, without a proof: counted)"
         auth.record(src, outcome.mechanism, outcome.username, result, reason)
         if result is AuthResult.SUCCESS:
+            self._leave_gate()
             principal = Principal(
                 account=outcome.identity,
                 mechanism=outcome.mechanism,
@@ -317,6 +345,7 @@ class LoginAttempt:
                 pending = guard.success(check, outcome.identity)  # committed before the 235
             return Conclusion(LoginResult(result, principal), pending)
         if result is not AuthResult.FAILURE and not probe:
+            self._leave_gate()
             return Conclusion(LoginResult(result))
         if guard is not None and check is None:
             check = guard.bare_check(src.client_ip)  # failed before naming an account
@@ -326,8 +355,9 @@ class LoginAttempt:
         counts_account = refusal is None and not probe
         if not answered:
             if guard is None or check is None:
+                self._leave_gate()
                 return Conclusion(LoginResult(result))
-            return Conclusion(LoginResult(result), _count(guard, check, counts_account))
+            return Conclusion(LoginResult(result), self._counted(guard, check, counts_account))
         return Conclusion(LoginResult(result), self._failed(check, counts_account))
 
     def _count(self, mechanism: str, result: AuthResult, refusal: str | None, *,
@@ -352,10 +382,20 @@ class LoginAttempt:
 
     async def _failed(self, check: GuardCheck | None, counts_account: bool) -> None:
         guard = self._owner.guard
-        if guard is not None and check is not None:
-            # Committed before the 535, so the next attempt anywhere sees it.
-            await guard.failure(check, counts_account=counts_account)
+        try:
+            if guard is not None and check is not None:
+                # Committed before the 535, so the next attempt anywhere sees it.
+                await guard.failure(check, counts_account=counts_account)
+        finally:
+            self._leave_gate()  # the next attempt from this address reads it
         await self._owner.floor()
+
+    async def _counted(self, guard: Guard, check: GuardCheck, counts_account: bool) -> None:
+        """An unanswered attempt's failure, committed in the background."""
+        try:
+            await guard.failure(check, counts_account=counts_account)
+        finally:
+            self._leave_gate()
 
 
 _METRIC_RESULTS = {
@@ -372,10 +412,6 @@ def temporary_answer(query: CredentialQuery, reason: str) -> CredentialAnswer:
     if isinstance(query, (LookupScram, LookupCramMd5)):
         return NotFound(reason=reason, temporary=True)
     return Verdict(ok=False, reason=reason, temporary=True)
-
-
-async def _count(guard: Guard, check: GuardCheck, counts_account: bool) -> None:
-    await guard.failure(check, counts_account=counts_account)
 
 
 def _app_use(app: AppPassword | None) -> AppPasswordUse | None:

@@ -52,14 +52,16 @@ def plain(password: str) -> str:
     return base64.b64encode(f"\0{USER}\0{password}".encode()).decode()
 
 
-def guesses_at_once(srv: Server, source: str) -> Counter[int]:
-    """GUESSES connections from ``source``, each ready for AUTH, then every wrong
-    password sent at the same moment; the count of each reply code."""
+def guesses_at_once(srv: Server, source: str | list[str]) -> Counter[int]:
+    """GUESSES connections from ``source`` (or one from each of several), each ready
+    for AUTH, then every wrong password sent at the same moment; the count of each
+    reply code."""
+    sources = source if isinstance(source, list) else [source] * GUESSES
     ready = threading.Barrier(GUESSES)
 
     def one(n: int) -> int:
         with smtplib.SMTP("127.0.0.1", srv.submission, timeout=60,
-                          source_address=(source, 0)) as s:
+                          source_address=(sources[n], 0)) as s:
             s.ehlo("guess.test")
             s.starttls(context=srv.client_context())
             s.ehlo("guess.test")
@@ -67,6 +69,7 @@ def guesses_at_once(srv: Server, source: str) -> Counter[int]:
             code, _ = s.docmd("AUTH", "PLAIN " + plain(f"wrong guess {n}"))
             return code
 
+    assert len(sources) == GUESSES
     with ThreadPoolExecutor(GUESSES) as pool:
         return Counter(pool.map(one, range(GUESSES)))
 
@@ -97,3 +100,38 @@ def test_simultaneous_guesses_stop_at_the_address_limit(srv: Server, known: bool
     assert replies[454] == GUESSES - replies[535], replies
     # The address is now blocked, for the right password too: the guesses counted.
     assert login(srv, source) == 454
+
+
+ACCOUNT_GUARD = f"""
+[guard]
+address_failure_limit = 1000
+penalty_base = 0.01
+penalty_max = 0.05
+lockout_threshold = {LIMIT}
+known_lockout_threshold = 1000
+distributed_addresses = 1000
+"""
+
+
+@pytest.fixture(scope="module")
+def srv_account(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    server = make_server(tmp_path_factory.mktemp("concurrent-account") / "srv", ACCOUNT_GUARD)
+    server.add_user(USER, PASSWORD)
+    server.start()
+    yield server
+    if server.proc is not None:
+        server.stop()
+
+
+def test_simultaneous_guesses_from_many_addresses_stop_at_the_account_lockout(
+    srv_account: Server,
+) -> None:
+    """The same race one level up: one guess from each of 16 new addresses at once
+    against one account, whose lockout (for new addresses) comes after 4."""
+    srv = srv_account
+    assert login(srv, "127.0.0.90") == 235  # the owner's address
+    replies = guesses_at_once(srv, [f"127.0.1.{n + 1}" for n in range(GUESSES)])
+    assert set(replies) <= {535, 454}, replies
+    assert 1 <= replies[535] <= LIMIT + workers(srv) - 1, replies
+    assert login(srv, "127.0.2.1") == 454  # locked for new addresses ...
+    assert login(srv, "127.0.0.90") == 235  # ... not for the owner's

@@ -37,6 +37,7 @@ class Check:
     delay: float = 0.0
     refusal: Refusal | None = None
     unavailable: str = ""
+    known: bool = True
 
 
 @dataclass

@@ -9,6 +9,10 @@ auth_http with one ``Client-IP``) were all checked against a limit of 6. With
 it, each attempt from an address waits until the one before it has committed
 its failure, and reads a record that includes it: the limit holds exactly.
 
+The same race one level up (one guess from each of many new addresses against
+one account's lockout) is closed the same way: the login path also takes the
+gate of the account for an attempt from an address the account does not know.
+
 Scope: one process (each worker has its own gate; with W workers an address
 can have W attempts in flight, so at most W - 1 guesses beyond a limit). Keyed
 by the guard's address key (an IPv4 address, an IPv6 /64). Every watched

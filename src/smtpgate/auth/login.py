@@ -193,9 +193,9 @@ class LoginAttempt:
         #: The service held from the first query to the conclusion: a reload
         #: in between does not change the directory under the exchange.
         self._auth: AuthService | None = None
-        #: Releases this attempt's hold on its address's gate (once; also when the
-        #: attempt is garbage-collected without a conclusion). None: not held.
-        self._gate: weakref.finalize[..., Any] | None = None
+        #: Release this attempt's holds on its address's and account's gates (each
+        #: once; also when the attempt is garbage-collected without a conclusion).
+        self._gates: dict[str, weakref.finalize[..., Any]] = {}
 
     def _service(self) -> AuthService:
         if self._auth is None:
@@ -219,6 +219,10 @@ class LoginAttempt:
             if not self._alive():
                 return None
             check = await guard.check(self.source.client_ip, account)
+            if (check.refusal is None and not check.unavailable and not check.known
+                    and account and await self._enter_gate(guard, account=account)):
+                # Waited for another new-address attempt on this account: read again.
+                check = await guard.check(self.source.client_ip, account)
             if not self._alive():
                 return None
             self._check = check
@@ -249,20 +253,27 @@ class LoginAttempt:
         self._issuer = res.oauth_issuer or self._issuer
         return res.answer
 
-    async def _enter_gate(self, guard: Guard) -> None:
-        """Wait until no other attempt from this address is between its check and
-        its committed failure (``attempt_gate.py``); hold the gate until ours is."""
+    async def _enter_gate(self, guard: Guard, *, account: str = "") -> bool:
+        """Wait until no other attempt from this address (or, with ``account``, no
+        other attempt on that account from an address it does not know) is between
+        its check and its committed failure (``attempt_gate.py``); hold the gate
+        until ours is. True if another attempt held it (the record has changed)."""
         ip = self.source.client_ip
-        if self._gate is not None or not guard.watches(ip):
-            return
-        gate, key = self._owner.gate, guard.keys(ip).address
+        if not guard.watches(ip):
+            return False
+        gate = self._owner.gate
+        key = f"account {account}" if account else f"address {guard.keys(ip).address}"
+        if key in self._gates:
+            return False  # a second first query of this attempt: held already
+        waited = gate.busy(key)
         if await gate.acquire(key):
-            self._gate = weakref.finalize(self, gate.release, key)
+            self._gates[key] = weakref.finalize(self, gate.release, key)
+        return waited
 
     def _leave_gate(self) -> None:
-        held, self._gate = self._gate, None
-        if held is not None:
-            held()
+        held, self._gates = self._gates, {}
+        for release in reversed(held.values()):
+            release()
 
     def _source(self) -> AuthContext:
         """The source, with the lane its password verification queues in: the

@@ -164,3 +164,38 @@ def test_serving_as_root_without_a_user_is_warned(
     with caplog.at_level(logging.WARNING, logger="smtpgate"):
         assert privileges.resolve(_cfg(tmp_path)) is None
     assert "server.user: not set: serving as root" in caplog.text
+
+
+async def test_a_malformed_request_to_metrics_is_one_log_line_not_a_traceback(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As for the web admin (server/http_socket.py): anyone who reaches /metrics
+    must not be able to fill the log with tracebacks."""
+    import asyncio
+    import socket
+
+    from smtpgate.server.http_socket import bind_endpoint
+    from smtpgate.server.metrics_http import MetricsServer, fresh_dir
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    cfg = _cfg(tmp_path).model_copy(
+        update={"metrics": MetricsConfig(listen=f"127.0.0.1:{port}")})
+    fresh_dir(cfg)
+    sock = bind_endpoint(cfg.metrics, "metrics.listen")
+    assert sock is not None
+    server = await MetricsServer.start(cfg, sock)
+    caplog.set_level(logging.DEBUG)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n"
+                     b"Content-Length: 2\r\n\r\nab")
+        assert (await reader.readline()).split()[1] == b"400"
+        writer.close()
+        await reader.read()
+    finally:
+        await server.stop()
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+    lines = [r.getMessage() for r in caplog.records if "malformed HTTP request" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].startswith("metrics: "), lines

@@ -154,12 +154,15 @@ def test_chart_labels_are_escaped() -> None:
 def test_tls_off_loopback_only_with_the_servers_certificate(tmp_path: Path) -> None:
     import ssl
 
+    from smtpgate.config import is_loopback_host
     from smtpgate.errors import StartupError
     from smtpgate.tls.certs import write_self_signed
-    from smtpgate.web.server import is_loopback, tls_context
+    from smtpgate.web.server import tls_context
 
     cfg = _cfg(tmp_path)
-    assert tls_context(cfg) is None and is_loopback("::1") and is_loopback("localhost")
+    assert tls_context(cfg) is None and is_loopback_host("::1")
+    assert is_loopback_host("localhost") and is_loopback_host("[::1]")
+    assert not is_loopback_host("192.0.2.1") and not is_loopback_host("mail.example.org")
     public = cfg.model_copy(update={"admin": AdminConfig(listen="0.0.0.0:9480")})
     with pytest.raises(StartupError) as e:
         tls_context(public)  # no certificate yet: refused at start, never plain HTTP

@@ -1,4 +1,5 @@
-"""The listening socket of an HTTP endpoint (the web admin, /metrics).
+"""The listening socket of an HTTP endpoint (the web admin, /metrics), and the
+logger its aiohttp server reports errors on.
 
 Bound by the main process before anything forks, with a plain bind (no
 SO_REUSEPORT): a second smtpgate on the same address fails at start-up instead
@@ -8,7 +9,10 @@ race for it. A reload that moves an endpoint binds the new address the same way.
 
 from __future__ import annotations
 
+import logging
 import socket
+
+from aiohttp.http_exceptions import HttpProcessingError
 
 from smtpgate.config import HttpListener
 from smtpgate.errors import StartupError
@@ -43,3 +47,32 @@ def bind_endpoint(listener: HttpListener, key: str) -> socket.socket | None:
     except OSError as e:
         raise StartupError(key, f"cannot listen on {listener.listen}: "
                                 f"{e.strerror or e}") from None
+
+
+class OneLineBadRequests(logging.Filter):
+    """aiohttp answers a malformed request (smuggling attempts: two lengths, a bad
+    ``Transfer-Encoding``; a bare CR) with 400 and logs a traceback: anyone who
+    can connect could fill the log with them. Such a record becomes one line."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__()
+        self._what = what
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            reason = (str(exc.message).splitlines() or ["?"])[0].rstrip(": ")
+            record.msg = f"{self._what}: malformed HTTP request from %s refused (400): %s"
+            record.args = (record.args[0] if isinstance(record.args, tuple) and record.args
+                           else "?", reason)
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def http_logger(name: str, what: str) -> logging.Logger:
+    """The logger for an endpoint's aiohttp server: malformed requests in one line."""
+    logger = logging.getLogger(name)
+    if not any(isinstance(f, OneLineBadRequests) for f in logger.filters):
+        logger.addFilter(OneLineBadRequests(what))
+    return logger

@@ -42,7 +42,7 @@ from smtpgate.auth.state_backend import open_guard_state
 from smtpgate.config import Config
 from smtpgate.errors import StartupError
 from smtpgate.server import pidfile
-from smtpgate.server.http_socket import bind_endpoint, bind_tcp
+from smtpgate.server.http_socket import bind_endpoint, bind_tcp, http_logger
 
 log = logging.getLogger("smtpgate.metrics")
 
@@ -178,7 +178,8 @@ class MetricsServer:
     async def _serve(self, sock: socket.socket, listen: str) -> None:
         app = web.Application()
         app.router.add_get("/metrics", self._scrape)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                               logger=http_logger("smtpgate.metrics.http", "metrics"))
         await runner.setup()
         await web.SockSite(runner, sock).start()
         self._runner, self._listen = runner, listen

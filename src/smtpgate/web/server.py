@@ -23,52 +23,23 @@ thresholds apply to the next request.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import socket
 import ssl
 from pathlib import Path
 
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
 
-from smtpgate.config import Config
+from smtpgate.config import Config, is_loopback_host
 from smtpgate.errors import StartupError
-from smtpgate.server.http_socket import bind_endpoint, bind_tcp
+from smtpgate.server.http_socket import bind_endpoint, bind_tcp, http_logger
 from smtpgate.web.site import AdminSite
 
 log = logging.getLogger("smtpgate.web")
 
 
-class OneLineBadRequests(logging.Filter):
-    """aiohttp answers a malformed request (smuggling attempts: two lengths, a bad
-    ``Transfer-Encoding``; a bare CR) with 400 and logs a traceback: anyone who
-    can connect could fill the log with them. Such a record becomes one line."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, HttpProcessingError):
-            reason = (str(exc.message).splitlines() or ["?"])[0].rstrip(": ")
-            record.msg = "web admin: malformed HTTP request from %s refused (400): %s"
-            record.args = (record.args[0] if isinstance(record.args, tuple) and record.args
-                           else "?", reason)
-            record.exc_info, record.exc_text = None, None
-            record.levelno, record.levelname = logging.WARNING, "WARNING"
-        return True
-
-
 #: The logger the admin's HTTP server reports its errors on (aiohttp's own).
-http_log = logging.getLogger("smtpgate.web.http")
-http_log.addFilter(OneLineBadRequests())
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+http_log = http_logger("smtpgate.web.http", "web admin")
 
 
 def bind_admin_socket(cfg: Config) -> socket.socket | None:
@@ -87,7 +58,7 @@ def tls_context(cfg: Config) -> ssl.SSLContext | None:
         StartupError: the certificate or key cannot be loaded.
     """
     endpoint = cfg.admin.endpoint
-    if endpoint is None or is_loopback(endpoint[0]):
+    if endpoint is None or is_loopback_host(endpoint[0]):
         return None
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = (ssl.TLSVersion.TLSv1_3 if cfg.tls.min_version == "1.3"

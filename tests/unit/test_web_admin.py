@@ -276,6 +276,40 @@ async def test_concurrent_wrong_logins_from_one_address_stop_at_the_guards_limit
         await site.close()
 
 
+@pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
+async def test_a_lockout_does_not_tell_a_real_admin_name_from_an_unknown_one(
+        tmp_path: Path) -> None:
+    """Before: failures for a name of no admin were not counted toward a lockout, so
+    after the threshold a real name got 429 and an unknown one still 401."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from smtpgate.config import AccountsConfig, GuardConfig
+
+    cfg = _cfg(tmp_path).model_copy(update={
+        "accounts": AccountsConfig(argon2_memory_kib=8192, argon2_time_cost=1),
+        "guard": GuardConfig(address_failure_limit=1000, lockout_threshold=3,
+                             penalty_base=0.01, penalty_max=0.02)})
+    site = AdminSite(cfg, tls=False, status_path=None)
+    await site.open()
+    try:
+        site.service("-", "test").add_web_admin("root", "admin passphrase 4 tests")
+        seen: dict[str, list[int]] = {}
+        async with TestClient(TestServer(site.app())) as client:
+            for name in ("root", "nobody"):
+                seen[name] = []
+                for i in range(5):
+                    client.session.cookie_jar.clear()  # the form's own cookie only
+                    resp = await client.post(
+                        "/login", data={"login_token": "t" * 16, "name": name,
+                                        "password": f"guess {i}", "code": "123456"},
+                        headers={"Cookie": "smtpgate_login=" + "t" * 16},
+                        allow_redirects=False)
+                    seen[name].append(resp.status)
+        assert seen["root"] == seen["nobody"] == [401, 401, 401, 429, 429], seen
+    finally:
+        await site.close()
+
+
 async def test_a_malformed_http_request_is_one_log_line_not_a_traceback(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Request-smuggling shapes get aiohttp's 400; the log gets one line each."""

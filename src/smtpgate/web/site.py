@@ -318,7 +318,9 @@ class AdminSite:
         admin = await asyncio.to_thread(service.get_web_admin, name)
         ok = await asyncio.to_thread(service.verify_web_admin_password, admin, password)
         if admin is None or not ok or not self._totp_ok(admin, code):
-            await self.guard.failure(check, counts_account=admin is not None)
+            # Counted for a name of no admin too: a lockout only real names got
+            # would tell which names exist (the SMTP path counts unknown names alike).
+            await self.guard.failure(check, counts_account=True)
             log.warning("web admin: failed login as %r from %s", name, ip)
             return self._login_form(request, "Wrong name, password or code.", status=401)
         await self.guard.success(check, _guard_key(admin.name))

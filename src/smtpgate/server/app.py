@@ -61,6 +61,7 @@ from smtpgate.server.front_doors import (
     close_auth_sockets,
     start_front_doors,
 )
+from smtpgate.server.heap import freeze_startup_heap
 from smtpgate.server.heartbeat import Heartbeat
 from smtpgate.server.limits import ConnectionLimiter, SharedConnectionLimiter
 from smtpgate.server.metrics_http import bind_metrics_socket
@@ -501,6 +502,7 @@ async def serve_sockets(
     # The metrics endpoint too (server/metrics_http.py).
     served = await metrics_http.maybe_start(cfg, metrics_sock) if with_delivery else None
     metrics.prime(lst.name for lst in cfg.listeners)
+    freeze_startup_heap()  # heap.py: the collector skips start-up objects from here
     if ready is not None:
         ready()
     systemd.ready(f"serving on {len(servers)} listeners")
@@ -637,6 +639,7 @@ async def deliver_only(
     loop.add_signal_handler(signal.SIGUSR1, on_reload, False)
     await admin.start(cfg, admin_sock)
     served = await metrics_http.maybe_start(cfg, metrics_sock)
+    freeze_startup_heap()
     if ready is not None:
         ready()
     await stop.wait()

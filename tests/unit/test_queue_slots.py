@@ -344,3 +344,19 @@ def test_kill_9_on_the_slot_path_loses_nothing_and_duplicates_nothing(tmp_path: 
 
 if __name__ == "__main__":
     asyncio.run(_child(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])))
+
+
+async def test_the_admin_tools_leave_the_slots_to_the_server(spool: Spool) -> None:
+    """``smtpgate queue``/``status`` open the spool with ``tidy=False``: a tool in
+    another pid namespace would take a live writer for dead and remove its slot."""
+    qdir = spool.directory / "queue"
+    inc = await flushed_into_slot(spool, b"u" * incoming_mod.FLUSH_AT)
+    looks_dead = qdir / f"{_dead_pid()}.sgabcd1234.1.slot"
+    looks_dead.write_bytes(Path(inc.path).read_bytes())
+    tool = Spool(spool.directory, prefill=False, tidy=False)
+    assert looks_dead.exists() and tool.list_ids() == []
+    await tool.close()
+    inc.discard()
+    server = Spool(spool.directory, prefill=False)  # the server's start-up tidies
+    assert not looks_dead.exists()
+    await server.close()

@@ -54,7 +54,7 @@ def _manager(cfg: Config, wait: float = 30.0) -> Iterator[QueueManager]:
     """The queue of ``cfg``; errors become exit codes (3: no such message)."""
     _become_spool_owner(cfg.path(cfg.queue.spool))
     try:
-        spool = Spool(cfg.path(cfg.queue.spool), prefill=False)
+        spool = Spool(cfg.path(cfg.queue.spool), prefill=False, tidy=False)
     except OSError as e:
         raise OperationalError(f"cannot open the spool: {e}",
                                "check [queue].spool and its permissions") from None
@@ -216,7 +216,7 @@ def _deliver_here(cfg: Config, spool_dir: Path) -> int | None:
             await deliverer.close()
             await spool.close()
 
-    probe = Spool(spool_dir, prefill=False)
+    probe = Spool(spool_dir, prefill=False, tidy=False)
     try:
         lock = probe.try_lock_delivery()
     finally:

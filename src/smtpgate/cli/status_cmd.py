@@ -51,7 +51,8 @@ def _server(cfg: Config) -> tuple[dict[str, Any], int]:
 
 def _queue(cfg: Config) -> dict[str, Any]:
     try:
-        entries = QueueManager(Spool(cfg.path(cfg.queue.spool), prefill=False)).entries()
+        entries = QueueManager(Spool(cfg.path(cfg.queue.spool), prefill=False,
+                                           tidy=False)).entries()
     except (OSError, SpoolError) as e:
         return {"error": str(e)}
     now = time.time()

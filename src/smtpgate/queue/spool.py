@@ -171,9 +171,15 @@ class Spool:
 
     ``prefill`` keeps a pool of pre-created temp files (see `tmpfiles`); off only
     for tests that want every write to create its own file.
+
+    ``tidy`` (the server's start-up): remove dead writers' temp files and unsealed
+    slots, recover sealed ones, drop orphan state files. Off for the admin tools
+    (`smtpgate queue`, `status`) that open the spool beside a running server: they
+    decide "dead" by process id, which another pid namespace (a tool run in a
+    sidecar container) would get wrong, removing a live writer's files.
     """
 
-    def __init__(self, directory: Path, *, prefill: bool = True) -> None:
+    def __init__(self, directory: Path, *, prefill: bool = True, tidy: bool = True) -> None:
         self.directory = directory
         self._queue_dir = directory / "queue"
         self._tmp_dir = directory / "tmp"
@@ -190,11 +196,12 @@ class Spool:
             self._commit,
             name="smtpgate-spool-writer",
         )
-        removed = tmpfiles.remove_stale(self._tdir, only_ours=False)
-        if removed:
-            log.info("spool: removed %d temp files left by dead writers", len(removed))
-        self._recover_slots()
-        self._remove_orphan_state()
+        if tidy:
+            removed = tmpfiles.remove_stale(self._tdir, only_ours=False)
+            if removed:
+                log.info("spool: removed %d temp files left by dead writers", len(removed))
+            self._recover_slots()
+            self._remove_orphan_state()
 
     @property
     def slots(self) -> slots.SlotPool | None:

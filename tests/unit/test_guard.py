@@ -87,6 +87,31 @@ def test_client_keys_ipv4_is_one_address_ipv6_is_its_64() -> None:
     assert client_keys("2001:db8:1:2:bbbb::9").address == k.address
 
 
+def test_client_keys_are_computed_once_per_address_and_prefixes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 13: ``ipaddress`` ran on each of a login's several key look-ups; a
+    repeated address (with the same prefixes) is answered from the per-process
+    cache, the same keys; other prefixes are computed for themselves."""
+    from smtpgate.auth import networks
+
+    parsed: list[str] = []
+    real = networks.parse_ip
+
+    def counting(text: str) -> networks.IPAddress | None:
+        parsed.append(text)
+        return real(text)
+
+    monkeypatch.setattr(networks, "parse_ip", counting)
+    networks.client_keys.cache_clear()
+    first = networks.client_keys("2001:db8:1:2:aaaa::1")
+    assert networks.client_keys("2001:db8:1:2:aaaa::1") == first
+    assert parsed == ["2001:db8:1:2:aaaa::1"]
+    wider = networks.client_keys("2001:db8:1:2:aaaa::1", ipv6_prefix=56)
+    assert wider.address == "2001:db8:1::/56" and len(parsed) == 2
+    networks.client_keys.cache_clear()  # later tests see no counting parser's entries
+
+
 def snap(*blocks: Block, known_since: float | None = None, last_new: float | None = None) -> Snapshot:
     return Snapshot(tuple(blocks), known_since, 0, last_new)
 

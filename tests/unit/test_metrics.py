@@ -169,13 +169,13 @@ def test_serving_as_root_without_a_user_is_warned(
 async def test_a_malformed_request_to_metrics_is_one_log_line_not_a_traceback(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """As for the web admin (server/http_socket.py): anyone who reaches /metrics
+    """As for the web admin (web/http_socket.py): anyone who reaches /metrics
     must not be able to fill the log with tracebacks."""
     import asyncio
     import socket
 
-    from smtpgate.server.http_socket import bind_endpoint
     from smtpgate.server.metrics_http import MetricsServer, fresh_dir
+    from smtpgate.web.http_socket import bind_endpoint
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

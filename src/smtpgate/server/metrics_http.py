@@ -42,7 +42,7 @@ from smtpgate.auth.state_backend import open_guard_state
 from smtpgate.config import Config
 from smtpgate.errors import StartupError
 from smtpgate.server import pidfile
-from smtpgate.server.http_socket import bind_endpoint, bind_tcp, http_logger
+from smtpgate.web.http_socket import bind_endpoint, bind_tcp, http_logger
 
 log = logging.getLogger("smtpgate.metrics")
 

@@ -32,7 +32,7 @@ from aiohttp import web
 
 from smtpgate.config import Config, is_loopback_host
 from smtpgate.errors import StartupError
-from smtpgate.server.http_socket import bind_endpoint, bind_tcp, http_logger
+from smtpgate.web.http_socket import bind_endpoint, bind_tcp, http_logger
 from smtpgate.web.site import AdminSite
 
 log = logging.getLogger("smtpgate.web")

@@ -1,5 +1,6 @@
 """The listening socket of an HTTP endpoint (the web admin, /metrics), and the
-logger its aiohttp server reports errors on.
+logger its aiohttp server reports errors on. In ``web`` (the lower layer of the
+two that serve HTTP), so that ``server/metrics_http.py`` can use it too.
 
 Bound by the main process before anything forks, with a plain bind (no
 SO_REUSEPORT): a second smtpgate on the same address fails at start-up instead

@@ -1,4 +1,5 @@
-"""Exim 4.96 with ``driver = dovecot`` authenticators (PLAIN, LOGIN, SCRAM-SHA-256)
+"""Exim 4.96 with ``driver = dovecot`` authenticators (PLAIN, LOGIN, SCRAM-SHA-256,
+OAUTHBEARER)
 on smtpgate's auth listener, over a unix socket and over TCP (docs/integration.md).
 
 Exim opens one connection per AUTH, waits for the whole handshake before it
@@ -25,6 +26,7 @@ import pytest
 from tests.peers import exim as exim_peer
 
 from .conftest import IN_CI, Server, free_port, make_server, require_tool
+from .oauth_issuer import SCOPE, LocalIssuer
 
 PASSWORD = "Lantern-Quartz-Harbor-58"
 ALICE, BOB = "alice@example.org", "bob@example.org"
@@ -43,6 +45,7 @@ spray_accounts = 3
 class Stack:
     smtpgate: Server
     exims: dict[str, exim_peer.Exim]
+    issuer: LocalIssuer
 
     def records(self) -> list[dict[str, Any]]:
         path = self.smtpgate.root / "auth.log"
@@ -83,8 +86,13 @@ def stack() -> Iterator[Stack]:
     )
     srv: Server | None = None
     exims: dict[str, exim_peer.Exim] = {}
+    issuer = LocalIssuer()
     try:
-        srv = make_server(root / "srv", doors + GUARD)
+        srv = make_server(root / "srv", doors + GUARD + issuer.config("oauth/jwks.json"))
+        mechs = '"SCRAM-SHA-256", "SCRAM-SHA-1", "OAUTHBEARER", "XOAUTH2", "PLAIN", "LOGIN"'
+        srv.config.write_text(srv.config.read_text().replace(
+            "\n[auth]\n", f'\n[auth]\nmechanisms = [{mechs}]\noauth_scope = "{SCOPE}"\n', 1))
+        issuer.write_jwks(root / "srv" / "oauth" / "jwks.json")
         for name in (ALICE, BOB):
             srv.add_user(name, PASSWORD)
         srv.start()
@@ -92,7 +100,7 @@ def stack() -> Iterator[Stack]:
                  "tcp": exim_peer.make_exim(f"127.0.0.1 {tcp}")}
         for e in exims.values():
             e.start()
-        yield Stack(srv, exims)
+        yield Stack(srv, exims, issuer)
     finally:
         for e in exims.values():
             e.cleanup()
@@ -155,6 +163,33 @@ def test_msmtp_scram_sha256_through_exim(stack: Stack, tmp_path: Path) -> None:
     assert proc.returncode == 0 and "<-- 235 Authentication succeeded" in proc.stdout, (
         proc.stdout + proc.stderr + e.log())
     stack.wait_record(before, mechanism="SCRAM-SHA-256", result="success")
+
+
+def curl_oauthbearer(e: exim_peer.Exim, token: str) -> subprocess.CompletedProcess[str]:
+    return run([require_tool("curl"), "-sS", "-v", "--max-time", "30", "--url",
+                f"smtp://127.0.0.1:{e.port}/client.test", "--ssl-reqd", "--cacert", str(e.ca),
+                "--user", ALICE, "--oauth2-bearer", token, "--mail-from", ALICE,
+                "--mail-rcpt", "bob@example.net", "-T", "-"],
+               stdin=f"From: {ALICE}\nTo: bob@example.net\nSubject: curl\n\nhello\n")
+
+
+@pytest.mark.parametrize("service", ["unix", "tcp"])
+def test_curl_oauthbearer_through_exim(stack: Stack, service: str) -> None:
+    """A token from the issuer smtpgate trusts, relayed by Exim's dovecot driver; a
+    token signed by another key is refused (535), never let through."""
+    e = stack.exims[service]
+    before = len(stack.records())
+    proc = curl_oauthbearer(e, stack.issuer.token(ALICE))
+    assert proc.returncode == 0, proc.stderr + e.log()
+    assert "> AUTH OAUTHBEARER" in proc.stderr and "< 235 " in proc.stderr, proc.stderr
+    rec = stack.wait_record(before, mechanism="OAUTHBEARER", result="success", username=ALICE)
+    assert rec["listener"] == f"exim-{service}"
+    forged = LocalIssuer().token(ALICE)  # the same issuer name, another key
+    before = len(stack.records())
+    proc = curl_oauthbearer(e, forged)
+    assert proc.returncode != 0 and "< 235 " not in proc.stderr, proc.stderr
+    assert "< 535 " in proc.stderr, proc.stderr
+    stack.wait_record(before, mechanism="OAUTHBEARER", result="failure")
 
 
 def test_wrong_password_fails_through_exim(stack: Stack) -> None:

@@ -31,7 +31,7 @@ BINARY = ROOT / "usr" / "sbin" / "exim4"
 USER = "Debian-exim"
 
 #: One authenticator per mechanism; the public name must be a MECH smtpgate lists.
-MECHANISMS = ("PLAIN", "LOGIN", "SCRAM-SHA-256")
+MECHANISMS = ("PLAIN", "LOGIN", "SCRAM-SHA-256", "OAUTHBEARER")
 
 CONFIG = """\
 # A private Exim for smtpgate's front-door tests (tests/peers/exim.py).

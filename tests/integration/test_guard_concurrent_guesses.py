@@ -38,14 +38,19 @@ distributed_addresses = 1000
 """
 
 
-@pytest.fixture(scope="module")
-def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = make_server(tmp_path_factory.mktemp("concurrent") / "srv", GUARD)
+def running(tmp_path_factory: pytest.TempPathFactory, guard: str) -> Iterator[Server]:
+    """A server with alice and ``guard``'s settings, for one module-scoped fixture."""
+    server = make_server(tmp_path_factory.mktemp("concurrent") / "srv", guard)
     server.add_user(USER, PASSWORD)
     server.start()
     yield server
     if server.proc is not None:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    yield from running(tmp_path_factory, GUARD)
 
 
 def plain(password: str) -> str:
@@ -115,12 +120,7 @@ distributed_addresses = 1000
 
 @pytest.fixture(scope="module")
 def srv_account(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = make_server(tmp_path_factory.mktemp("concurrent-account") / "srv", ACCOUNT_GUARD)
-    server.add_user(USER, PASSWORD)
-    server.start()
-    yield server
-    if server.proc is not None:
-        server.stop()
+    yield from running(tmp_path_factory, ACCOUNT_GUARD)
 
 
 def test_simultaneous_guesses_from_many_addresses_stop_at_the_account_lockout(

@@ -11,6 +11,7 @@ import gc
 import ssl
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,43 +37,51 @@ def main(kind: str, n: int) -> None:
     pyo.set_mode(SSL.MODE_RELEASE_BUFFERS)
     kept: list[Any] = []
 
+    def std_server() -> tuple[Any, Callable[[bytes], tuple[bool, bytes]]]:
+        sin, sout = ssl.MemoryBIO(), ssl.MemoryBIO()
+        conn = std.wrap_bio(sin, sout, server_side=True)
+
+        def step(data: bytes) -> tuple[bool, bytes]:
+            sin.write(data)
+            try:
+                conn.do_handshake()
+                done = True
+            except ssl.SSLWantReadError:
+                done = False
+            return done, sout.read()
+
+        return conn, step
+
+    def pyo_server() -> tuple[Any, Callable[[bytes], tuple[bool, bytes]]]:
+        conn = SSL.Connection(pyo, None)
+        conn.set_accept_state()
+
+        def step(data: bytes) -> tuple[bool, bytes]:
+            if data:
+                conn.bio_write(data)
+            try:
+                conn.do_handshake()
+                done = True
+            except SSL.WantReadError:
+                done = False
+            try:
+                return done, conn.bio_read(65536)
+            except SSL.WantReadError:
+                return done, b""
+
+        return conn, step
+
     def one() -> None:
         cin, cout = ssl.MemoryBIO(), ssl.MemoryBIO()
         client = client_ctx.wrap_bio(cin, cout, server_hostname="localhost")
-        if kind == "stdlib":
-            sin, sout = ssl.MemoryBIO(), ssl.MemoryBIO()
-            server: Any = std.wrap_bio(sin, sout, server_side=True)
-        else:
-            server = SSL.Connection(pyo, None)
-            server.set_accept_state()
+        server, step = std_server() if kind == "stdlib" else pyo_server()
         for _ in range(10):
             try:
                 client.do_handshake()
                 client_done = True
             except ssl.SSLWantReadError:
                 client_done = False
-            sent = cout.read()
-            if kind == "stdlib":
-                if sent:
-                    sin.write(sent)
-                try:
-                    server.do_handshake()
-                    server_done = True
-                except ssl.SSLWantReadError:
-                    server_done = False
-                back = sout.read()
-            else:
-                if sent:
-                    server.bio_write(sent)
-                try:
-                    server.do_handshake()
-                    server_done = True
-                except SSL.WantReadError:
-                    server_done = False
-                try:
-                    back = server.bio_read(65536)
-                except SSL.WantReadError:
-                    back = b""
+            server_done, back = step(cout.read())
             if back:
                 cin.write(back)
             if client_done and server_done:

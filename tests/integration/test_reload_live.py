@@ -11,7 +11,6 @@ them all.
 from __future__ import annotations
 
 import base64
-import http.client
 import json
 import os
 import re
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.test_web_admin_process import admin_login_status
 from tests.peers.slapd import SERVICE_DN, Slapd, new_ou, person_ldif, shared_slapd
 
 from .conftest import Server, free_port, make_server, require_tool
@@ -122,18 +122,9 @@ def offered(srv: Server) -> list[str]:
         return s.esmtp_features.get("auth", "").split()
 
 
-def admin_login_page(port: int) -> int:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        conn.request("GET", "/login")
-        return conn.getresponse().status
-    finally:
-        conn.close()
-
-
 def answers(port: int) -> bool:
     try:
-        return admin_login_page(port) == 200
+        return admin_login_status(port) == 200
     except OSError:
         return False
 

@@ -16,7 +16,8 @@ from pathlib import Path
 from tests.integration.conftest import SMTPGATE, free_port, make_server
 
 
-def _get_login(port: int) -> int:
+def admin_login_status(port: int) -> int:
+    """The HTTP status of the web admin's login page."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:
         conn.request("GET", "/login")
@@ -29,7 +30,7 @@ def _wait_admin(port: int, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            if _get_login(port) == 200:
+            if admin_login_status(port) == 200:
                 return
         except OSError:
             pass

@@ -16,15 +16,7 @@ from smtpgate.config import parse_config
 from smtpgate.sasl.base import VerifyPassword
 from smtpgate.sasl.exchange import AuthResult
 from smtpgate.server import reload as reloading
-from smtpgate.tls.certs import write_self_signed
-
-BASE = """
-hostname = "mail.example.org"
-[[listeners]]
-name = "submission"
-address = "127.0.0.1:587"
-tls = "starttls"
-"""
+from tests.unit.test_server_processes import _cfg as write_config
 
 LDAP = """
 [accounts]
@@ -49,13 +41,8 @@ algorithms = ["HS256"]
 
 
 def _write(tmp_path: Path, extra: str = "") -> Path:
-    tls = tmp_path / "tls"
-    if not tls.exists():
-        tls.mkdir()
-        write_self_signed(tls / "cert.pem", tls / "key.pem", "mail.example.org")
-    path = tmp_path / "smtpgate.toml"
-    path.write_text(BASE + extra)
-    return path
+    """The reload tests' config (tests/unit/test_server_processes.py) plus ``extra``."""
+    return write_config(tmp_path, extra)
 
 
 def test_directory_oauth_and_admin_keys_are_taken_not_named_for_a_restart(tmp_path: Path) -> None:
@@ -86,23 +73,20 @@ def test_changed_keys_still_names_what_needs_a_restart(tmp_path: Path) -> None:
     assert reloading.changed_keys(running, new.cfg) == ("accounts.cache_ttl",)
 
 
-def test_a_missing_bind_password_file_refuses_the_reload_naming_the_key(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("extra", "key"), [
+    (LDAP.format(password_file="missing.secret"), "accounts.ldap.bind_password_file"),
+    (ISSUER.format(jwks="nowhere/jwks.json"), "auth.oauth_issuers.0.jwks_file"),
+], ids=["bind password file", "key set file"])
+def test_a_missing_file_refuses_the_reload_naming_the_key(
+    tmp_path: Path, extra: str, key: str
+) -> None:
     path = _write(tmp_path)
     running = parse_config(path.read_text(), tmp_path)
-    _write(tmp_path, LDAP.format(password_file="missing.secret"))
+    _write(tmp_path, extra)
     with pytest.raises(reloading.ReloadError) as e:
         reloading.load(path, running)
-    assert e.value.key == "accounts.ldap.bind_password_file"
-    assert "missing.secret" in str(e.value)
-
-
-def test_a_missing_key_set_file_refuses_the_reload_naming_the_key(tmp_path: Path) -> None:
-    path = _write(tmp_path)
-    running = parse_config(path.read_text(), tmp_path)
-    _write(tmp_path, ISSUER.format(jwks="nowhere/jwks.json"))
-    with pytest.raises(reloading.ReloadError) as e:
-        reloading.load(path, running)
-    assert e.value.key == "auth.oauth_issuers.0.jwks_file"
+    assert e.value.key == key
+    assert ("missing.secret" in str(e.value)) is (key == "accounts.ldap.bind_password_file")
 
 
 def test_an_unchanged_directory_is_not_opened_again(tmp_path: Path) -> None:

@@ -313,7 +313,6 @@ async def test_a_lockout_does_not_tell_a_real_admin_name_from_an_unknown_one(
 async def test_a_malformed_http_request_is_one_log_line_not_a_traceback(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Request-smuggling shapes get aiohttp's 400; the log gets one line each."""
-    import asyncio
     import logging
 
     from smtpgate.config import AccountsConfig
@@ -332,17 +331,30 @@ async def test_a_malformed_http_request_is_one_log_line_not_a_traceback(
                      b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
                     b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
                     b"GET / HTTP/1.1\r\nHost: x\r\nX: a\rb\r\n\r\n"):
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(raw)
-            assert (await reader.readline()).split()[1] == b"400"
-            writer.close()
-            await reader.read()
+            assert await http_status(port, raw) == 400
     finally:
         await server.stop()
-    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
-    lines = [r.getMessage() for r in caplog.records if "malformed HTTP request" in r.getMessage()]
+    lines = malformed_lines(caplog)
     assert len(lines) == 3 and all("\n" not in m for m in lines), lines
     assert "Transfer-Encoding" in lines[0] and "127.0.0.1" in lines[0]
+
+
+async def http_status(port: int, raw: bytes) -> int:
+    """The status code a loopback HTTP server answers ``raw`` with."""
+    import asyncio
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(raw)
+    status = int((await reader.readline()).split()[1])
+    writer.close()
+    await reader.read()
+    return status
+
+
+def malformed_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The log's "malformed HTTP request" lines; no record may carry a traceback."""
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+    return [r.getMessage() for r in caplog.records if "malformed HTTP request" in r.getMessage()]
 
 
 def _free_port() -> int:

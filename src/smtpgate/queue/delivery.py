@@ -5,7 +5,7 @@ STYLE.md §11: retry decisions are made on these types, never on reply strings.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -83,3 +83,16 @@ class Recycling(Protocol):
 
     @property
     def recycle_pool(self) -> TempPool | None: ...
+
+
+@runtime_checkable
+class BlockingBatch(Protocol):
+    """A deliverer whose work is all local disk I/O (the Maildir): the worker hands
+    it every message due at once from one thread of its own, together with the
+    message locks, the reads and the spool removals, so a batch costs one thread
+    hop instead of several per message (see `worker`)."""
+
+    def deliver_blocking(self, messages: Sequence[QueuedMessage]) -> list[DeliveryResult]:
+        """One result per message, for all its recipients. Blocks; never raises for
+        delivery problems (they are results)."""
+        ...

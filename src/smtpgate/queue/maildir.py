@@ -12,8 +12,10 @@ to ``new/<name>``, fsync ``new/``, remove the ``tmp/`` name. The link is the
 commit point and it fails with EEXIST if the name exists, which is what makes
 delivery idempotent: ``<name>`` is derived from the queue id alone, so a second
 attempt for the same message can only find its own earlier copy. As in the
-spool, one thread group-commits concurrent deliveries (one fsync of ``new/`` per
-batch) and temp files come from a pool created ahead of time.
+spool, concurrent deliveries share one fsync of ``new/`` per batch: the delivery
+worker hands every message due at once to `deliver_blocking` from its own
+thread, and `deliver` (one message, from the event loop) goes through a
+group-commit thread. Temp files come from a pool created ahead of time.
 
 The spool forgets a message only after the deliverer returns, so a crash in
 between makes the worker try again with ``maybe_delivered`` set. The copy may then
@@ -29,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import os
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -43,6 +46,8 @@ from smtpgate.queue.delivery import Delivered, DeliveryResult, QueuedMessage, Te
 _RECENT_LINKS = 10_000
 #: How long a listing of new/ + cur/ may be reused for crash-recovery checks.
 _LISTING_TTL = 60.0
+#: Placeholder until `_write` sets every message's result.
+_NOT_TRIED = TempFailure("4.3.0 maildir delivery not attempted")
 
 
 def maildir_name(message: QueuedMessage) -> str:
@@ -75,6 +80,9 @@ class MaildirDeliverer:
         self._listing: tuple[float, frozenset[str]] | None = None
         self._pool = tmpfiles.TempPool(self._tmp) if prefill else None
         self._syncer = tmpfiles.Syncer()
+        # The group committer's thread and the worker's batch thread (`deliver_blocking`)
+        # take turns: _recent, _listing and the pool are not shared safely otherwise.
+        self._lock = threading.Lock()
         self._writer: GroupCommitter[QueuedMessage, DeliveryResult] = GroupCommitter(
             self._commit,
             name="smtpgate-maildir-writer",
@@ -102,27 +110,40 @@ class MaildirDeliverer:
         if self._pool is not None:
             await asyncio.to_thread(self._pool.stop)
 
+    def deliver_blocking(self, messages: Sequence[QueuedMessage]) -> list[DeliveryResult]:
+        """Deliver ``messages`` in the calling thread (the worker's batch thread),
+        one fsync of ``new/`` for all of them; one result per message."""
+        with self._lock:
+            return self._write(messages)
+
     def _commit(self, batch: Sequence[Op[QueuedMessage, DeliveryResult]]) -> None:
+        with self._lock:
+            results = self._write([op.payload for op in batch])
+        for op, result in zip(batch, results, strict=True):
+            op.result = result
+
+    def _write(self, messages: Sequence[QueuedMessage]) -> list[DeliveryResult]:
         prefix = tmpfiles.prefix(self._tmp)
-        to_write: list[tuple[Op[QueuedMessage, DeliveryResult], str]] = []
+        results: list[DeliveryResult] = [_NOT_TRIED] * len(messages)
+        to_write: list[tuple[int, str]] = []  # (index, name)
         jobs: list[tuple[str, tuple[bytes, ...]]] = []
-        synced: list[Op[QueuedMessage, DeliveryResult]] = []  # need the fsync of new/
-        for op in batch:
-            message = op.payload
+        synced: list[int] = []  # need the fsync of new/
+        for i, message in enumerate(messages):
             name = maildir_name(message)
             if name in self._recent or (message.maybe_delivered and self._present(name)):
                 # An earlier attempt linked it; the fsync below makes sure it stays.
-                op.result = Delivered(f"already in maildir as {name}")
-                synced.append(op)
+                results[i] = Delivered(f"already in maildir as {name}")
+                synced.append(i)
             else:
-                to_write.append((op, name))
+                to_write.append((i, name))
                 jobs.append((f"{prefix}{name}",
                              (return_path(message.envelope.mail_from), message.data)))
         # Durability step 1: content fsynced (concurrently) before it is in new/.
         written = tmpfiles.write_synced(jobs, pool=self._pool, syncer=self._syncer)
-        for (op, name), (tmp, error) in zip(to_write, written, strict=True):
+        for (i, name), (tmp, error) in zip(to_write, written, strict=True):
             if error is not None:
-                op.result = TempFailure(f"4.3.0 maildir delivery failed: {error.strerror or error}")
+                results[i] = TempFailure(
+                    f"4.3.0 maildir delivery failed: {error.strerror or error}")
                 continue
             try:
                 # Step 2, the commit point: link() never replaces an existing name.
@@ -130,21 +151,22 @@ class MaildirDeliverer:
             except FileExistsError:
                 pass  # an earlier attempt got here: this is that copy
             except OSError as e:
-                op.result = TempFailure(f"4.3.0 maildir delivery failed: {e.strerror or e}")
+                results[i] = TempFailure(f"4.3.0 maildir delivery failed: {e.strerror or e}")
                 continue
             finally:
                 tmpfiles.unlink_quietly(tmp)
             self._remember(name)
-            op.result = Delivered(f"maildir {name}")
-            synced.append(op)
+            results[i] = Delivered(f"maildir {name}")
+            synced.append(i)
         if synced:
             try:
                 # Step 3: one fsync of new/ makes every link of the batch durable.
                 tmpfiles.fsync_dir(self._new)
             except OSError as e:
                 # Retried soon; _recent makes the retry only repeat this fsync.
-                for op in synced:
-                    op.result = TempFailure(f"4.3.0 cannot sync maildir: {e.strerror or e}")
+                for i in synced:
+                    results[i] = TempFailure(f"4.3.0 cannot sync maildir: {e.strerror or e}")
+        return results
 
     def _present(self, name: str) -> bool:
         if os.path.exists(f"{self._new}/{name}") or os.path.exists(f"{self._cur}/{name}"):

@@ -138,6 +138,8 @@ class _SaveState:
 class _Remove:
     qid: str
     recycle: tmpfiles.TempPool | None
+    #: False when the caller, holding the message's lock, saw no state file.
+    has_state: bool = True
 
 
 _Work = _Store | _SaveState | _Remove | _Publish
@@ -327,6 +329,34 @@ class Spool:
         self._path(qid, _MSG)
         self._writer.run_now(_Remove(qid, None))
 
+    def remove_now(
+        self, qids: Sequence[tuple[str, bool]], *, recycle: tmpfiles.TempPool | None = None
+    ) -> list[SpoolError | None]:
+        """`remove` for several messages in the calling thread (blocking: the delivery
+        worker's batch thread, which holds each message's lock), with one fsync of
+        ``queue/`` for all of them. Each item is (id, whether a state file may
+        exist: False only if the caller holds the lock and saw none). Returns the
+        error of each (None: removed durably)."""
+        prefix = tmpfiles.prefix(self._tdir)
+        errors: list[SpoolError | None] = []
+        for qid, has_state in qids:
+            try:
+                self._path(qid, _MSG)
+                self._remove(_Remove(qid, recycle, has_state), prefix)
+            except OSError as e:
+                errors.append(SpoolError(f"cannot remove {qid}: {e}"))
+            except SpoolError as e:
+                errors.append(e)
+            else:
+                errors.append(None)
+        if any(e is None for e in errors):
+            try:
+                os.fsync(self._dir_fd)  # one fsync makes every unlink durable
+            except OSError as e:
+                failed = SpoolError(f"cannot sync the spool directory: {e}")
+                errors = [failed if err is None else err for err in errors]
+        return errors
+
     async def _submit(self, work: _Work) -> str:
         try:
             return await self._writer.submit(work)
@@ -429,8 +459,9 @@ class Spool:
                     adopted = False
                 if not adopted:
                     tmpfiles.unlink_quietly(spare)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(f"{self._qdir}/{work.qid}{_STATE}")
+        if work.has_state:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{self._qdir}/{work.qid}{_STATE}")
 
     # --- reading ----------------------------------------------------------------
 

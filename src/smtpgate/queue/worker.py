@@ -47,13 +47,14 @@ import datetime as dt
 import heapq
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 from smtpgate import metrics
 from smtpgate.config import QueueConfig
 from smtpgate.queue import control, dsn, msglock
 from smtpgate.queue.delivery import (
+    BlockingBatch,
     Deliverer,
     DeliveryResult,
     QueuedMessage,
@@ -78,6 +79,10 @@ _BUSY_RETRY = 0.2
 #: How long cancelled attempts get to unwind before `run` returns without them.
 #: Cancellation is immediate for every deliverer here; this only bounds a bug.
 _CANCEL_SETTLE = 5.0
+#: Messages in one batch of a `BlockingBatch` deliverer, and batches in flight:
+#: while one batch is on the disk the next one collects what falls due meanwhile.
+_MAX_BATCH = 64
+_BATCHES = 2
 
 
 class DeliveryWorker:
@@ -104,6 +109,9 @@ class DeliveryWorker:
         self._deliverer = deliverer
         # A deliverer that writes files can reuse the inodes of delivered messages.
         self._recycle = deliverer.recycle_pool if isinstance(deliverer, Recycling) else None
+        # A local deliverer takes whole batches in the worker's own thread.
+        self._batcher = deliverer if isinstance(deliverer, BlockingBatch) else None
+        self._batches = 0  # batch tasks in flight
         self._cfg = queue_cfg
         self._clock = clock
         self._concurrency = concurrency
@@ -195,7 +203,7 @@ class DeliveryWorker:
             self._start_due()
             while self._inflight:
                 await asyncio.wait(
-                    list(self._inflight.values()), return_when=asyncio.FIRST_COMPLETED
+                    set(self._inflight.values()), return_when=asyncio.FIRST_COMPLETED
                 )
                 self._start_due()
             return self.deliveries - before
@@ -254,6 +262,9 @@ class DeliveryWorker:
 
     def _start_due(self) -> None:
         now = self._clock()
+        if self._batcher is not None:
+            self._start_batches(now)
+            return
         while len(self._inflight) < self._concurrency and not self._stopping:
             head = self._peek()
             if head is None or head[0] > now:
@@ -262,6 +273,32 @@ class DeliveryWorker:
             qid = head[1]
             del self._due[qid]
             self._inflight[qid] = asyncio.create_task(self._attempt(qid), name=f"deliver {qid}")
+
+    def _start_batches(self, now: float) -> None:
+        """Everything due now, in batches of up to `_MAX_BATCH` (see `_attempt_batch`)."""
+        while self._batches < self._batch_limit() and not self._stopping:
+            qids: list[str] = []
+            while len(qids) < _MAX_BATCH:
+                head = self._peek()
+                if head is None or head[0] > now:
+                    break
+                heapq.heappop(self._heap)
+                del self._due[head[1]]
+                qids.append(head[1])
+            if not qids:
+                return
+            task = asyncio.create_task(self._attempt_batch(qids), name=f"deliver {qids[0]}")
+            self._batches += 1
+            for qid in qids:
+                self._inflight[qid] = task
+
+    def _batch_limit(self) -> int:
+        return min(self._concurrency, _BATCHES)
+
+    def _has_room(self) -> bool:
+        if self._batcher is not None:
+            return self._batches < self._batch_limit()
+        return len(self._inflight) < self._concurrency
 
     def _peek(self) -> tuple[float, str] | None:
         """The earliest live schedule entry (entries replaced by a reschedule or
@@ -277,7 +314,7 @@ class DeliveryWorker:
         if self._scan_wanted:
             wait = min(wait, _MIN_SCAN_GAP - since_scan)
         head = self._peek()
-        if head is not None and len(self._inflight) < self._concurrency:
+        if head is not None and self._has_room():
             wait = min(wait, head[0] - self._clock())
         return max(0.0, wait)
 
@@ -309,7 +346,7 @@ class DeliveryWorker:
         not yet recording an outcome (see the module docstring)."""
         if not self._inflight:
             return
-        tasks = list(self._inflight.values())
+        tasks = set(self._inflight.values())
         _, pending = await asyncio.wait(
             tasks, timeout=max(0.0, self._deadline - time.monotonic())
         )
@@ -344,6 +381,9 @@ class DeliveryWorker:
             del self._inflight[qid]
             self._recording.discard(qid)
             self._wakeup.set()
+        self._reschedule(qid, retry_at)
+
+    def _reschedule(self, qid: str, retry_at: float | None) -> None:
         if retry_at is None:
             self._forced.discard(qid)
         else:
@@ -383,7 +423,7 @@ class DeliveryWorker:
             return None
         if isinstance(loaded, float):
             return loaded  # not due yet (a restart rescans everything)
-        envelope, data, state = loaded
+        envelope, data, state, _ = loaded
         if not state.finished:
             suspect = qid in self._suspect
             self._suspect.discard(qid)  # put back if this attempt ends abnormally
@@ -393,21 +433,31 @@ class DeliveryWorker:
                       ", ".join(f"<{r}>" for r in state.pending),
                       " (may have been delivered before a crash)" if suspect else "")
             results = await self._call_deliverer(message, state.pending)
-            state, outcomes = apply_results(
-                state,
-                results,
-                now=self._clock(),
-                received_at=envelope.received_at,
-                retry_initial=self._cfg.retry_initial,
-                retry_max=self._cfg.retry_max,
-                max_age=self._cfg.max_age,
-            )
+            state, outcomes = self._apply(state, results, envelope)
             _log_outcomes(qid, envelope, outcomes)
             reported = await self._send_reports(qid, envelope, data, state, outcomes)
             if reported is None:
                 self._suspect.add(qid)  # delivered copies are recognised next time
                 return self._clock() + _ERROR_RETRY
             state = reported
+        return await self._record(qid, state)
+
+    def _apply(
+        self, state: MessageState, results: dict[str, DeliveryResult], envelope: Envelope
+    ) -> tuple[MessageState, tuple[Outcome, ...]]:
+        return apply_results(
+            state,
+            results,
+            now=self._clock(),
+            received_at=envelope.received_at,
+            retry_initial=self._cfg.retry_initial,
+            retry_max=self._cfg.retry_max,
+            max_age=self._cfg.max_age,
+        )
+
+    async def _record(self, qid: str, state: MessageState) -> float | None:
+        """Write the attempt's outcome (or remove the finished message); returns when
+        to look at it again."""
         self._recording.add(qid)  # from here on a stop waits for the record
         try:
             if state.finished:
@@ -418,6 +468,182 @@ class DeliveryWorker:
             log.error("queue: %s: %s", qid, e)
             return self._clock() + _ERROR_RETRY
         return state.next_attempt
+
+    # --- batches (a BlockingBatch deliverer) -------------------------------------
+
+    async def _attempt_batch(self, qids: list[str]) -> None:
+        """One attempt for each of ``qids`` with a `BlockingBatch` deliverer: the
+        message locks, the reads, the delivery and the removal of what it delivered
+        happen in ONE thread call (`_run_batch`), instead of a thread hop or two per
+        message. What needs the event loop (a report to spool, a state to save) is
+        finished here afterwards, under the message's lock, as `_deliver_locked`
+        does. A batch is not cancelled at the stop deadline: it is on the local
+        disk, and it records what it did."""
+        self._recording.update(qids)
+        forced = frozenset(q for q in qids if q in self._forced)
+        self._forced.difference_update(forced)
+        suspect = frozenset(q for q in qids if q in self._suspect)
+        retry: dict[str, float | None] = {}
+        done: list[_Done] = []
+        try:
+            future = asyncio.get_running_loop().run_in_executor(
+                None, self._run_batch, qids, forced, suspect)
+            try:
+                done = await asyncio.shield(future)
+            except asyncio.CancelledError:
+                self._suspect.update(qids)
+                future.add_done_callback(_release_unfinished)
+                raise
+            except Exception:
+                log.exception("queue: unexpected error delivering %s", ", ".join(qids))
+                self._suspect.update(qids)
+                done = [_Done(q, retry_at=self._clock() + _ERROR_RETRY) for q in qids]
+            for d in done:
+                retry[d.qid] = await self._settle(d)
+        finally:
+            for d in done:
+                if d.finish is not None:  # not settled: cancelled meanwhile
+                    self._suspect.add(d.qid)
+                    d.finish[0].release()
+            self._batches -= 1
+            for qid in qids:
+                del self._inflight[qid]
+                self._recording.discard(qid)
+            for qid, retry_at in retry.items():
+                self._reschedule(qid, retry_at)
+            self._wakeup.set()
+
+    async def _settle(self, d: _Done) -> float | None:
+        """The event loop's part of one message of a batch; returns when to look at
+        it again (None: gone)."""
+        qid = d.qid
+        if d.attempted:
+            self.deliveries += 1
+        if d.forget:
+            self._suspect.discard(qid)
+        if d.suspect:
+            self._suspect.add(qid)
+        if d.envelope is not None:
+            _log_outcomes(qid, d.envelope, d.outcomes)
+        if d.finish is None:
+            return d.retry_at
+        lock, envelope, data, state = d.finish
+        d.finish = None
+        with lock:
+            reported = await self._send_reports(qid, envelope, data, state, d.outcomes)
+            if reported is None:
+                self._suspect.add(qid)  # delivered copies are recognised next time
+                return self._clock() + _ERROR_RETRY
+            return await self._record(qid, reported)
+
+    def _run_batch(
+        self, qids: list[str], forced: frozenset[str], suspect: frozenset[str]
+    ) -> list[_Done]:
+        """Runs in a thread: lock and read each message, deliver those due in one
+        call, then remove the spool copy of each message the deliverer made durable
+        and that needs no report (one fsync of ``queue/``): only after the copy is
+        safe, as `_deliver_locked` orders it. The others come back still locked,
+        for `_settle`."""
+        assert self._batcher is not None
+        done = [_Done(qid) for qid in qids]
+        held: list[msglock.MessageLock] = []  # released on return, unless handed back
+        try:
+            now = self._clock()
+            todo: list[tuple[_Done, msglock.MessageLock, Envelope, bytes, MessageState, bool]] = []
+            for d in done:
+                lock = self._lock_one(d, now)
+                if lock is None:
+                    continue
+                held.append(lock)
+                loaded = self._load_one(d, now, d.qid in forced)
+                if loaded is not None:
+                    todo.append((d, lock, *loaded))
+            due = [t for t in todo if not t[4].finished]
+            messages = [QueuedMessage(d.qid, envelope, data, maybe_delivered=d.qid in suspect)
+                        for d, _, envelope, data, _, _ in due]
+            for m, (_, _, _, _, state, _) in zip(messages, due, strict=True):
+                log.debug("queue: %s delivery attempt to %s%s", m.queue_id,
+                          ", ".join(f"<{r}>" for r in state.pending),
+                          " (may have been delivered before a crash)" if m.maybe_delivered
+                          else "")
+            try:
+                results = self._batcher.deliver_blocking(messages) if messages else []
+            except Exception:
+                # An exception is a bug (see `_call_deliverer`): temporary, suspect.
+                log.exception("queue: deliverer raised for %s",
+                              ", ".join(m.queue_id for m in messages))
+                results = [TempFailure("4.3.0 internal error in delivery")] * len(messages)
+                for d, *_ in due:
+                    d.suspect = True
+            removals = [t for t in todo if t[4].finished]
+            for (d, lock, envelope, data, state, has_state), result in zip(
+                    due, results, strict=True):
+                d.attempted = d.forget = True
+                after, outcomes = self._apply(state, dict.fromkeys(state.pending, result),
+                                              envelope)
+                d.envelope, d.outcomes = envelope, outcomes
+                if after.finished and _quiet(envelope, outcomes):
+                    removals.append((d, lock, envelope, data, after, has_state))
+                else:
+                    d.finish = (lock, envelope, data, after)
+                    held.remove(lock)
+            errors = self._spool.remove_now(
+                [(d.qid, has_state) for d, _, _, _, _, has_state in removals],
+                recycle=self._recycle)
+            for (d, *_), error in zip(removals, errors, strict=True):
+                if error is not None:
+                    log.error("queue: %s: %s", d.qid, error)
+                    d.retry_at = self._clock() + _ERROR_RETRY
+        except BaseException:
+            for d in done:
+                if d.finish is not None:
+                    held.append(d.finish[0])
+                    d.finish = None
+            raise
+        finally:
+            for lock in held:
+                lock.release()
+        return done
+
+    def _lock_one(self, d: _Done, now: float) -> msglock.MessageLock | None:
+        """`_deliver`'s lock step, in the batch thread; None: no attempt (``d`` says
+        what next)."""
+        try:
+            lock = msglock.try_lock(self._spool.message_path(d.qid))
+        except msglock.MessageBusy:
+            d.retry_at = now + _BUSY_RETRY  # a queue command has it for a moment
+            return None
+        except MessageNotFound:
+            lock = None
+        except OSError as e:
+            log.error("queue: cannot open %s: %s", d.qid, e)
+            d.retry_at = now + _ERROR_RETRY
+            return None
+        if lock is None:
+            d.forget = True  # gone
+        return lock
+
+    def _load_one(
+        self, d: _Done, now: float, force: bool
+    ) -> tuple[Envelope, bytes, MessageState, bool] | None:
+        """`_deliver_locked`'s read step, in the batch thread; None: no attempt."""
+        try:
+            loaded = self._load(d.qid, now, force)
+        except MessageNotFound:
+            d.forget = True
+            return None
+        except SpoolError as e:
+            log.error("queue: %s is unreadable, moving it to corrupt/: %s", d.qid, e)
+            try:
+                self._spool.quarantine(d.qid)
+            except OSError as q:
+                log.error("queue: cannot move %s to corrupt/: %s", d.qid, q)
+                d.retry_at = now + _ERROR_RETRY
+            return None
+        if isinstance(loaded, float):
+            d.retry_at = loaded  # not due yet, or held
+            return None
+        return loaded
 
     async def _send_reports(
         self, qid: str, envelope: Envelope, data: bytes, state: MessageState,
@@ -465,8 +691,9 @@ class DeliveryWorker:
 
     def _load(
         self, qid: str, now: float, force: bool = False
-    ) -> tuple[Envelope, bytes, MessageState] | float:
-        """Runs in a thread: the state first, the (maybe large) message only if due."""
+    ) -> tuple[Envelope, bytes, MessageState, bool] | float:
+        """Runs in a thread: the state first, the (maybe large) message only if due.
+        The last item says whether a state file exists."""
         state = self._spool.load_state(qid)
         if state is not None and state.held:
             return float("inf")  # until `queue release` asks for it (control.py)
@@ -474,8 +701,8 @@ class DeliveryWorker:
             return state.next_attempt
         envelope, data = self._spool.load(qid)
         if state is None:
-            state = MessageState.initial(envelope.rcpt_to)
-        return envelope, data, state
+            return envelope, data, MessageState.initial(envelope.rcpt_to), False
+        return envelope, data, state, True
 
     async def _call_deliverer(
         self, message: QueuedMessage, recipients: tuple[str, ...]
@@ -488,6 +715,42 @@ class DeliveryWorker:
             log.exception("queue: deliverer raised for %s", message.queue_id)
             self._suspect.add(message.queue_id)
             return dict.fromkeys(recipients, TempFailure("4.3.0 internal error in delivery"))
+
+
+@dataclass(slots=True)
+class _Done:
+    """What the batch thread did with one message (see `_attempt_batch`)."""
+
+    qid: str
+    #: When to look at the message again (None: it is gone), unless ``finish`` is set.
+    retry_at: float | None = None
+    attempted: bool = False  # handed to the deliverer
+    forget: bool = False  # no longer suspect: attempted, or gone
+    suspect: bool = False  # may have been delivered without a record
+    envelope: Envelope | None = None  # with ``outcomes``: what to log
+    outcomes: tuple[Outcome, ...] = ()
+    #: Still to do on the event loop, under the lock: reports, then the record.
+    finish: tuple[msglock.MessageLock, Envelope, bytes, MessageState] | None = None
+
+
+def _release_unfinished(future: asyncio.Future[list[_Done]]) -> None:
+    """A cancelled batch's thread still finished: drop the locks it handed back."""
+    if future.cancelled() or future.exception() is not None:
+        return
+    for d in future.result():
+        if d.finish is not None:
+            d.finish[0].release()
+
+
+def _quiet(envelope: Envelope, outcomes: Sequence[Outcome]) -> bool:
+    """Whether an attempt with these outcomes calls for no report (`_send_reports`
+    would spool none): everything delivered, and nobody asked for NOTIFY=SUCCESS."""
+    if any(o.kind != "delivered" for o in outcomes):
+        return False
+    if not envelope.mail_from:
+        return True
+    return not any(dsn.reports_for(envelope, [o], o.dsn_action)
+                   for o in outcomes if o.dsn_action in ("delivered", "relayed"))
 
 
 def _log_outcomes(qid: str, envelope: Envelope, outcomes: tuple[Outcome, ...]) -> None:

@@ -1,10 +1,13 @@
 """Channel bindings from real TLS sessions (tls/session.py), checked against the
 client side of the same handshake, and spliced between two connections.
 
-Both ends run in memory: the server is ``TlsServerSession`` (pyOpenSSL memory BIOs,
-as in production), the client a pyOpenSSL connection on memory BIOs too. What the
-client computes for each binding type is what an honest SCRAM-PLUS client sends,
-so the server's value must equal it byte for byte (RFC 5929, RFC 9266).
+Both ends run in memory. The server is each of the two sessions production uses,
+every test running once with each: ``NativeServerSession`` (the stdlib ``ssl``
+object, tls-exporter through tls/exporter.py) and ``TlsServerSession`` (pyOpenSSL,
+for listeners with client certificates). The client is a pyOpenSSL connection on
+memory BIOs. What the client computes for each binding type is what an honest
+SCRAM-PLUS client sends, so the server's value must equal it byte for byte
+(RFC 5929, RFC 9266).
 """
 
 from __future__ import annotations
@@ -24,9 +27,26 @@ from smtpgate.sasl.base import ChannelBinding, Failure, NeedCredentials, Success
 from smtpgate.sasl.registry import create_server_mechanism
 from smtpgate.sasl.scram import ScramClient, scram_credentials_from_password
 from smtpgate.tls.certs import write_self_signed
+from smtpgate.tls.native_session import NativeServerSession
 from smtpgate.tls.session import ServerTlsContext, TlsServerSession, make_server_context
 
 PASSWORD = "pencil"
+Session = TlsServerSession | NativeServerSession
+_IMPLEMENTATION = {"name": "native"}
+
+
+@pytest.fixture(autouse=True, params=["native", "pyopenssl"])
+def implementation(request: pytest.FixtureRequest) -> str:
+    """Which server session ``handshake`` builds (both are in production use)."""
+    _IMPLEMENTATION["name"] = request.param
+    return str(request.param)
+
+
+def _server(ctx: ServerTlsContext) -> Session:
+    if _IMPLEMENTATION["name"] == "pyopenssl":
+        return TlsServerSession(ctx)
+    assert ctx.native is not None, "the stdlib context must be available on this machine"
+    return NativeServerSession(ctx.native, ctx.end_point_hash)
 
 
 @pytest.fixture(scope="module")
@@ -65,10 +85,8 @@ def _pump_out(conn: SSL.Connection) -> bytes:
         out += chunk
 
 
-def handshake(
-    server_ctx: ServerTlsContext, version: str
-) -> tuple[TlsServerSession, SSL.Connection]:
-    server = TlsServerSession(server_ctx)
+def handshake(server_ctx: ServerTlsContext, version: str) -> tuple[Session, SSL.Connection]:
+    server = _server(server_ctx)
     client = _client(version)
     for _ in range(10):
         try:

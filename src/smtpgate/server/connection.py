@@ -23,7 +23,8 @@ from smtpgate.server.runtime import ListenerRuntime, ServerRuntime
 from smtpgate.smtp import replies as R
 from smtpgate.smtp.engine import ServerEngine, TlsInfo
 from smtpgate.smtp.events import NEED_DATA, PAUSED, CloseConnection, MessageStart, StartTls
-from smtpgate.tls.session import TlsError, TlsServerSession
+from smtpgate.tls.native_session import NativeServerSession
+from smtpgate.tls.session import TlsError, TlsServerSession, open_server_session
 
 log = logging.getLogger("smtpgate.session")
 
@@ -38,7 +39,7 @@ class SmtpConnection(asyncio.Protocol):
         self.listener = listener
         self.engine = ServerEngine(listener.settings)
         self.transport: asyncio.Transport | None = None
-        self.tls: TlsServerSession | None = None
+        self.tls: TlsServerSession | NativeServerSession | None = None
         self.tls_ready = False
         self.client_ip = ""
         self.client_port = 0
@@ -91,7 +92,7 @@ class SmtpConnection(asyncio.Protocol):
         self.rt.connections.add(self)
         self._last_activity = self._loop.time()
         if self.listener.implicit_tls:
-            self.tls = TlsServerSession(self.rt.tls, self.listener.name)
+            self.tls = open_server_session(self.rt.tls, self.listener.name)
             self._tls_started = self._last_activity
             self._rearm()
             self._start_plus_fallback_look_up()
@@ -258,7 +259,7 @@ class SmtpConnection(asyncio.Protocol):
         # The 220 goes out in clear; from here on every byte is TLS. The engine
         # already dropped whatever was pipelined behind STARTTLS.
         self._flush()
-        self.tls = TlsServerSession(self.rt.tls, self.listener.name)
+        self.tls = open_server_session(self.rt.tls, self.listener.name)
         self._tls_started = self._loop.time()
         self._rearm()
         self._start_plus_fallback_look_up()

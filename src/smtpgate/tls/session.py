@@ -20,6 +20,7 @@ certificate from another CA can still log in with a password.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,8 @@ from OpenSSL import SSL, crypto
 from smtpgate.sasl.base import ChannelBinding, ClientCertificate
 from smtpgate.tls.bio import BioConnection, TlsError, describe, end_point_hash
 from smtpgate.tls.client_certs import certificate_emails, certificate_fingerprint
+from smtpgate.tls.exporter import available as native_exporter_available
+from smtpgate.tls.native_session import NativeServerSession
 
 __all__ = [
     "ClientAuth",
@@ -38,6 +41,7 @@ __all__ = [
     "TlsError",
     "TlsServerSession",
     "make_server_context",
+    "open_server_session",
 ]
 
 #: Modern ciphers only; TLS 1.3 suites are configured separately by OpenSSL.
@@ -79,6 +83,9 @@ class ServerTlsContext:
     description: str = ""
     #: Listeners that ask for client certificates, by name: their own context.
     listeners: Mapping[str, _ListenerTls] = field(default_factory=dict)
+    #: The same settings on the stdlib ``ssl`` module, for every other listener
+    #: (``native_session.py``); None where its exporter failed the self-test.
+    native: ssl.SSLContext | None = None
 
 
 class TlsConfigError(TlsError):
@@ -121,9 +128,41 @@ def make_server_context(
         name: _ListenerTls(_client_auth_context(_context(cert, key, min_version), auth), auth)
         for name, auth in (client_auth or {}).items()
     }
+    native = _native_context(cert, key, min_version) if native_exporter_available() else None
     return ServerTlsContext(
-        _context(cert, key, min_version), end_point_hash(leaf), _describe_cert(leaf), listeners
+        _context(cert, key, min_version), end_point_hash(leaf), _describe_cert(leaf), listeners,
+        native,
     )
+
+
+def _native_context(cert: Path, key: Path, min_version: str) -> ssl.SSLContext | None:
+    """The settings of ``_context`` on the stdlib module. The files were just
+    loaded by pyOpenSSL, so a failure here is the module's, not the admin's: the
+    listeners then stay on pyOpenSSL."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = (ssl.TLSVersion.TLSv1_3 if min_version == "1.3"
+                           else ssl.TLSVersion.TLSv1_2)
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_TICKET
+    # No TLS 1.3 tickets either, as on pyOpenSSL; the stdlib already sets
+    # SSL_MODE_RELEASE_BUFFERS (workload D). TLS 1.2 session-ID resumption within
+    # one process stays possible: the stdlib's tls-unique follows it.
+    ctx.num_tickets = 0
+    try:
+        ctx.set_ciphers(_TLS12_CIPHERS.decode())
+        ctx.load_cert_chain(cert, key)
+    except (ssl.SSLError, OSError):
+        return None
+    return ctx
+
+
+def open_server_session(
+    ctx: ServerTlsContext, listener: str = ""
+) -> TlsServerSession | NativeServerSession:
+    """A new server-side session for ``listener``: the stdlib's unless the listener
+    asks for client certificates or the stdlib context is unavailable."""
+    if ctx.native is not None and listener not in ctx.listeners:
+        return NativeServerSession(ctx.native, ctx.end_point_hash)
+    return TlsServerSession(ctx, listener)
 
 
 def _context(cert: Path, key: Path, min_version: str) -> SSL.Context:

@@ -1,0 +1,158 @@
+"""The stdlib TLS session (tls/native_session.py) and its exporter (tls/exporter.py).
+
+The bindings themselves are checked against a client in test_sasl_channel_binding.py
+(every test there runs on both sessions); here: that production picks it, that it
+is built like the pyOpenSSL context, and how it fails.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ssl
+from pathlib import Path
+
+import pytest
+from OpenSSL import SSL
+
+from smtpgate.tls import exporter
+from smtpgate.tls.bio import TlsError
+from smtpgate.tls.certs import write_self_signed
+from smtpgate.tls.native_session import NativeServerSession
+from smtpgate.tls.session import (
+    ClientAuth,
+    ServerTlsContext,
+    TlsServerSession,
+    make_server_context,
+    open_server_session,
+)
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> ServerTlsContext:
+    d = tmp_path_factory.mktemp("tls")
+    write_self_signed(d / "cert.pem", d / "key.pem", "localhost", days=2)
+    return make_server_context(d / "cert.pem", d / "key.pem",
+                               client_auth={"ext": ClientAuth(ca=d / "cert.pem")})
+
+
+def _client(max_version: int | None = None) -> SSL.Connection:
+    ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    if max_version is not None:
+        ctx.set_max_proto_version(max_version)
+    conn = SSL.Connection(ctx, None)
+    conn.set_connect_state()
+    return conn
+
+
+def _out(conn: SSL.Connection) -> bytes:
+    data = b""
+    while True:
+        try:
+            chunk = conn.bio_read(65536)
+        except SSL.WantReadError:
+            return data
+        if not chunk:
+            return data
+        data += chunk
+
+
+def _handshake(server: NativeServerSession, client: SSL.Connection) -> None:
+    for _ in range(10):
+        try:
+            client.do_handshake()
+            if server.handshake_done:
+                return
+        except SSL.WantReadError:
+            pass
+        _plain, back = server.receive(_out(client))
+        if back:
+            client.bio_write(back)
+    raise AssertionError("no handshake")
+
+
+def test_the_self_test_passes_here_so_production_uses_the_stdlib(tls: ServerTlsContext) -> None:
+    # CI runs on the same Python build as production: a failing self-test there
+    # would silently cost the speed this module exists for.
+    assert exporter.available()
+    assert tls.native is not None
+    assert isinstance(open_server_session(tls, "submission"), NativeServerSession)
+
+
+def test_listeners_with_client_certificates_keep_pyopenssl(tls: ServerTlsContext) -> None:
+    assert isinstance(open_server_session(tls, "ext"), TlsServerSession)
+
+
+def test_the_stdlib_context_is_built_like_the_pyopenssl_one(tls: ServerTlsContext) -> None:
+    ctx = tls.native
+    assert ctx is not None
+    assert ctx.minimum_version == ssl.TLSVersion.TLSv1_2
+    assert ctx.options & ssl.OP_NO_COMPRESSION and ctx.options & ssl.OP_NO_TICKET
+    assert ctx.num_tickets == 0
+    tls12 = {c["name"] for c in ctx.get_ciphers() if c["protocol"] == "TLSv1.2"}
+    assert tls12 and all(name.startswith("ECDHE-") and ("GCM" in name or "CHACHA" in name)
+                         for name in tls12)
+    # Idle sessions hold no record buffers (workload D): SSL_CTX_get_mode through
+    # SSL_CTX_ctrl(SSL_CTRL_MODE = 33, 0), on the SSL_CTX* after PyObject_HEAD.
+    lib = exporter._library()
+    assert lib is not None
+    lib.SSL_CTX_ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
+    lib.SSL_CTX_ctrl.restype = ctypes.c_long
+    ssl_ctx = ctypes.c_void_p.from_address(id(ctx) + 2 * ctypes.sizeof(ctypes.c_void_p)).value
+    release_buffers = 0x10
+    assert lib.SSL_CTX_ctrl(ssl_ctx, 33, 0, None) & release_buffers
+
+
+def test_the_exporter_refuses_a_connection_without_a_handshake(tls: ServerTlsContext) -> None:
+    assert tls.native is not None
+    obj = tls.native.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_side=True)
+    assert exporter.tls_exporter(obj) is None
+
+
+def test_tls12_sessions_offer_tls_unique_and_no_exporter(tls: ServerTlsContext) -> None:
+    assert tls.native is not None
+    server = NativeServerSession(tls.native, tls.end_point_hash)
+    client = _client(SSL.TLS1_2_VERSION)
+    _handshake(server, client)
+    assert server.version == "TLSv1.2"
+    assert server.cipher.startswith("ECDHE-")
+    assert set(server.channel_binding().data) == {"tls-unique", "tls-server-end-point"}
+
+
+def test_records_both_ways_and_close_notify(tls: ServerTlsContext) -> None:
+    assert tls.native is not None
+    server = NativeServerSession(tls.native, tls.end_point_hash)
+    client = _client()
+    _handshake(server, client)
+    client.bio_write(server.send(b"220 ready\r\n"))
+    assert client.recv(100) == b"220 ready\r\n"
+    client.send(b"EHLO x\r\n")
+    plain, _ = server.receive(_out(client))
+    assert plain == b"EHLO x\r\n"
+    client.shutdown()
+    with pytest.raises(EOFError):
+        server.receive(_out(client))
+    assert server.close()  # our close_notify
+
+
+def test_a_client_speaking_plain_smtp_fails_the_handshake_with_a_reason(
+    tls: ServerTlsContext,
+) -> None:
+    assert tls.native is not None
+    server = NativeServerSession(tls.native, tls.end_point_hash)
+    with pytest.raises(TlsError, match=r"^handshake failed: [a-z ]+$"):
+        server.receive(b"EHLO client.example\r\n")
+
+
+def test_a_tls10_only_client_is_refused(tls: ServerTlsContext) -> None:
+    assert tls.native is not None
+    server = NativeServerSession(tls.native, tls.end_point_hash)
+    ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    ctx.set_min_proto_version(SSL.TLS1_VERSION)
+    ctx.set_max_proto_version(SSL.TLS1_VERSION)
+    ctx.set_cipher_list(b"DEFAULT:@SECLEVEL=0")
+    client = SSL.Connection(ctx, None)
+    client.set_connect_state()
+    with pytest.raises(SSL.WantReadError):
+        client.do_handshake()
+    with pytest.raises(TlsError, match="handshake failed"):
+        server.receive(_out(client))

@@ -33,6 +33,18 @@ class MessageLock:
     def __init__(self, fd: int) -> None:
         self._fd: int | None = fd
 
+    @property
+    def fd(self) -> int:
+        """The locked file, open for reading (the holder may read the message
+        through it instead of opening it again).
+
+        Raises:
+            ValueError: the lock was released.
+        """
+        if self._fd is None:
+            raise ValueError("message lock released")
+        return self._fd
+
     def release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)  # closing the descriptor drops the flock

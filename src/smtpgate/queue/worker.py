@@ -407,13 +407,13 @@ class DeliveryWorker:
             self._suspect.discard(qid)
             return None
         with lock:
-            return await self._deliver_locked(qid)
+            return await self._deliver_locked(qid, lock)
 
-    async def _deliver_locked(self, qid: str) -> float | None:
+    async def _deliver_locked(self, qid: str, lock: msglock.MessageLock) -> float | None:
         try:
             force = qid in self._forced
             self._forced.discard(qid)
-            loaded = await asyncio.to_thread(self._load, qid, self._clock(), force)
+            loaded = await asyncio.to_thread(self._load, qid, self._clock(), force, lock.fd)
         except MessageNotFound:
             self._suspect.discard(qid)
             return None
@@ -555,7 +555,7 @@ class DeliveryWorker:
                 if lock is None:
                     continue
                 held.append(lock)
-                loaded = self._load_one(d, now, d.qid in forced)
+                loaded = self._load_one(d, now, d.qid in forced, lock.fd)
                 if loaded is not None:
                     todo.append((d, lock, *loaded))
             due = [t for t in todo if not t[4].finished]
@@ -624,11 +624,11 @@ class DeliveryWorker:
         return lock
 
     def _load_one(
-        self, d: _Done, now: float, force: bool
+        self, d: _Done, now: float, force: bool, fd: int
     ) -> tuple[Envelope, bytes, MessageState, bool] | None:
         """`_deliver_locked`'s read step, in the batch thread; None: no attempt."""
         try:
-            loaded = self._load(d.qid, now, force)
+            loaded = self._load(d.qid, now, force, fd)
         except MessageNotFound:
             d.forget = True
             return None
@@ -690,16 +690,17 @@ class DeliveryWorker:
         return state
 
     def _load(
-        self, qid: str, now: float, force: bool = False
+        self, qid: str, now: float, force: bool = False, fd: int | None = None
     ) -> tuple[Envelope, bytes, MessageState, bool] | float:
-        """Runs in a thread: the state first, the (maybe large) message only if due.
-        The last item says whether a state file exists."""
+        """Runs in a thread: the state first, the (maybe large) message only if due
+        (through ``fd``, the locked message file, if given). The last item says
+        whether a state file exists."""
         state = self._spool.load_state(qid)
         if state is not None and state.held:
             return float("inf")  # until `queue release` asks for it (control.py)
         if state is not None and not state.finished and state.next_attempt > now and not force:
             return state.next_attempt
-        envelope, data = self._spool.load(qid)
+        envelope, data = self._spool.load(qid, fd)
         if state is None:
             return envelope, data, MessageState.initial(envelope.rcpt_to), False
         return envelope, data, state, True

@@ -428,6 +428,7 @@ class Settings:
     idle: int = 2000
     extras: bool = True
     skip_abc: bool = False
+    ceiling: bool = True
 
 
 def loadgen_argv(s: Settings, target: Target, w: Workload, max_seconds: int) -> list[str]:
@@ -518,6 +519,15 @@ def summarise(workloads: Sequence[Workload], targets: Sequence[Target],
         for other in ("aiosmtpd", "postfix"):
             of = row["targets"].get(other, {}).get("figure")
             row[f"ratio_smtpgate_{other}"] = round(sg / of, 2) if sg and of else None
+        # The ceiling (bench/probes/canned_smtp.py): the most any server could show
+        # here, so the best ratio to each peer that this client and machine allow.
+        top = row["targets"].get("ceiling", {}).get("figure")
+        for name in ("smtpgate", "aiosmtpd", "postfix"):
+            f = row["targets"].get(name, {}).get("figure")
+            row[f"share_of_ceiling_{name}"] = round(f / top, 2) if f and top else None
+        for other in ("aiosmtpd", "postfix"):
+            of = row["targets"].get(other, {}).get("figure")
+            row[f"ceiling_ratio_{other}"] = round(top / of, 2) if top and of else None
         rows.append(row)
     return rows
 
@@ -534,8 +544,11 @@ def _figure_cell(cell: dict[str, Any]) -> str:
 
 def render_table(rows: list[dict[str, Any]], target_names: Sequence[str]) -> str:
     has_pf = "postfix" in target_names
+    has_top = "ceiling" in target_names
     head = ["workload", "unit", "smtpgate", "aiosmtpd"] + (["postfix"] if has_pf else [])
     head += ["sg/aio"] + (["sg/pf"] if has_pf else [])
+    if has_top:
+        head += ["ceiling", "ceil/aio"] + (["ceil/pf"] if has_pf else []) + ["sg/ceil"]
     head += [f"{n} p50/p99 ms" for n in target_names]
     body: list[list[str]] = []
     for row in rows:
@@ -547,6 +560,11 @@ def render_table(rows: list[dict[str, Any]], target_names: Sequence[str]) -> str
         line.append(_fmt(row["ratio_smtpgate_aiosmtpd"], ".2f"))
         if has_pf:
             line.append(_fmt(row["ratio_smtpgate_postfix"], ".2f"))
+        if has_top:
+            line += [_figure_cell(t["ceiling"]), _fmt(row["ceiling_ratio_aiosmtpd"], ".2f")]
+            if has_pf:
+                line.append(_fmt(row["ceiling_ratio_postfix"], ".2f"))
+            line.append(_fmt(row["share_of_ceiling_smtpgate"], ".2f"))
         line += [f"{_fmt(t[n]['msg_p50_ms'], '.2f')} / {_fmt(t[n]['msg_p99_ms'], '.2f')}"
                  for n in target_names]
         body.append(line)
@@ -611,6 +629,21 @@ def setup_reference(s: Settings, tmp: Path, procs: Processes, sg_dir: Path,
         time.sleep(0.1)
     wait_for_banner(LOOPBACK, port, proc, log, "ref_aiosmtpd.py")
     return Target("aiosmtpd", LOOPBACK, port, BENCH_USER, password, cert), spool, log
+
+
+def setup_ceiling(s: Settings, tmp: Path, procs: Processes, sg_dir: Path,
+                  password: str) -> Target:
+    """The canned server (bench/probes/canned_smtp.py) with the same certificate and
+    as many processes as smtpgate has workers: what no server can beat here."""
+    port = free_port()
+    cert, key = sg_dir / "tls" / "cert.pem", sg_dir / "tls" / "key.pem"
+    log = tmp / "ceiling.log"
+    proc = procs.start("canned_smtp.py", [str(s.python), str(BENCH_DIR / "probes" /
+                                                              "canned_smtp.py"),
+                                          str(port), str(cert), str(key),
+                                          "--procs", str(max(1, s.workers))], log)
+    wait_for_banner(LOOPBACK, port, proc, log, "canned_smtp.py")
+    return Target("ceiling", LOOPBACK, port, BENCH_USER, password, cert)
 
 
 #: Postfix's own default (postconf -d default_process_limit); the test fixture uses 50.
@@ -721,7 +754,7 @@ def run_extras(s: Settings, sg_dir: Path, procs: Processes, targets: Sequence[Ta
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     n = min(s.idle, max(10, soft - 1000))
     out["d"] = {"requested": s.idle, "held_target": n, "nofile_soft": soft}
-    for t in targets:
+    for t in [t for t in targets if t.name != "ceiling"]:
         pgid = {"smtpgate": _pid_of(procs, "smtpgate serve"),
                 "aiosmtpd": _pid_of(procs, "ref_aiosmtpd.py")}.get(t.name)
         before = loadavg()
@@ -894,6 +927,8 @@ def benchmark(s: Settings) -> int:
         sg, sg_dir, sg_log = setup_smtpgate(s, tmp, procs, password)
         ref, ref_spool, ref_log = setup_reference(s, tmp, procs, sg_dir, password)
         targets = [sg, ref]
+        if s.ceiling:
+            targets.append(setup_ceiling(s, tmp, procs, sg_dir, password))
         probes: dict[str, Any] = {}
         own_pf: Any = None
         if s.postfix is None and s.own_postfix:
@@ -926,8 +961,9 @@ def benchmark(s: Settings) -> int:
                   "(needs root, postfix, dovecot, doveadm and script for its own; or pass "
                   "--postfix HOST:PORT --postfix-user U --postfix-password P "
                   "--postfix-ca FILE)")
-        for t in (sg, ref):
-            probes[t.name] = probe_tls(t)
+        for t in targets:
+            if t.name != "postfix":
+                probes[t.name] = probe_tls(t)
         meta["probes"] = probes
         same = probes["smtpgate"]["cert_sha256"] == probes["aiosmtpd"]["cert_sha256"]
         meta["same_certificate_smtpgate_aiosmtpd"] = same
@@ -1066,6 +1102,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
                     help="only the warm-up and C-TLS, D, E, F (e.g. with --idle 10000)")
     ap.add_argument("--no-extras", action="store_true",
                     help="only workloads A-C (skip C-TLS, D, E and F)")
+    ap.add_argument("--no-ceiling", action="store_true",
+                    help="leave out the canned server that shows the machine's ceiling for A-C")
     a = ap.parse_args(argv)
     if a.workers is None:
         workers, source = (2 if cpu_count() >= 2 else 1), f"default for {cpu_count()} core(s)"
@@ -1091,7 +1129,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         postfix_user=a.postfix_user, postfix_password=a.postfix_password,
         postfix_ca=a.postfix_ca, own_postfix=not a.no_postfix,
         idle=a.idle if a.idle is not None else (200 if a.quick else 2000),
-        extras=not a.no_extras, skip_abc=a.skip_abc,
+        extras=not a.no_extras, skip_abc=a.skip_abc, ceiling=not a.no_ceiling,
     )
 
 

@@ -57,7 +57,8 @@ Throughput comes from group commit (see `committer`). `store`, `save_state` and
 operation queued so far, writes and fsyncs each new file, renames and unlinks,
 and fsyncs ``queue/`` once for the whole batch. Under load the batch grows and
 the directory fsync is shared, by stores and by the delivery side's removals
-alike. Temp files come from a pool created ahead of time (see `tmpfiles`).
+alike. The delivery worker's Maildir batches remove their messages themselves
+(`remove_now`, in the worker's batch thread, one fsync of ``queue/`` per batch). Temp files come from a pool created ahead of time (see `tmpfiles`).
 
 Several processes may share a spool (server worker processes). Ids embed time,
 pid, a per-process counter and random bits, so they are unique without any

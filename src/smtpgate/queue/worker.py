@@ -30,6 +30,15 @@ while those already recording an outcome finish recording it. So a next hop that
 hangs cannot hold a shutdown, and a message is never lost; it may reach a relay
 twice only if the cut fell after the final dot, as RFC 1047 allows.
 
+Batches: with a deliverer whose work is all local disk I/O (`BlockingBatch`, the
+Maildir), everything due at once is one batch in one thread call: lock and read
+each message, deliver them all (one fsync of the Maildir's ``new/``), then remove
+from the spool those delivered and needing no report (one fsync of ``queue/``).
+The rest come back to the event loop still locked and finish as a single attempt
+does. A thread hop costs more CPU than the work of a small message, so this
+halves the delivery process's CPU per message. Batches are not cancelled at the
+stop deadline: they only touch the local disk, and they record what they did.
+
 Reports: a recipient given up (refused permanently, or still failing at
 ``queue.max_age``) gets an RFC 3464 bounce to the envelope sender, and one still
 deferred after ``queue.delay_warning`` a one-time delay warning (see `dsn`). The

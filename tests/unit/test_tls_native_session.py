@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ctypes
 import ssl
-from pathlib import Path
 
 import pytest
 from OpenSSL import SSL

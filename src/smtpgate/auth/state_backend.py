@@ -3,13 +3,14 @@ several (docs/scale-out.md)."""
 
 from __future__ import annotations
 
-import redis
+from typing import TYPE_CHECKING
 
 from smtpgate.auth.guard_state import GuardState, GuardStoreError
 from smtpgate.auth.guard_store import SqliteGuardStore
-from smtpgate.auth.redis_client import connect, read_password
-from smtpgate.auth.redis_guard_state import RedisGuardState
 from smtpgate.config import Config
+
+if TYPE_CHECKING:  # redis is imported only with backend = "redis" (workload D)
+    import redis
 
 
 def redis_client(cfg: Config) -> redis.Redis:
@@ -19,6 +20,8 @@ def redis_client(cfg: Config) -> redis.Redis:
     Raises:
         OSError: the password file cannot be read.
     """
+    from smtpgate.auth.redis_client import connect, read_password
+
     state = cfg.state
     password_file = None if state.password_file is None else cfg.path(state.password_file)
     return connect(state.redis_url, read_password(password_file), cfg.state.timeout)
@@ -30,6 +33,8 @@ def open_guard_state(cfg: Config) -> GuardState:
             cannot be read.
     """
     if cfg.state.backend == "redis":
+        from smtpgate.auth.redis_guard_state import RedisGuardState
+
         try:
             return RedisGuardState(redis_client(cfg), cfg.state.key_prefix)
         except OSError as e:

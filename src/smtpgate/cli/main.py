@@ -1,55 +1,72 @@
-"""Entry point of the ``smtpgate`` command: a click group of noun-verb commands."""
+"""Entry point of the ``smtpgate`` command: a click group of noun-verb commands.
+
+Each command's module is imported only when that command runs (``_LazyGroup``):
+``smtpgate serve`` forks its workers from this process, and every module imported
+here before the fork sits in each of them (the web admin, the audit, password
+strength lists: about 40 MB per process that a worker never uses; bench/README.md,
+workload D). ``--help`` and shell completion still list every command.
+"""
 
 from __future__ import annotations
+
+import importlib
 
 import click
 
 from smtpgate import __version__
-from smtpgate.cli import (
-    admin_account_cmd,
-    admin_cmd,
-    app_password_cmd,
-    audit_cmd,
-    cluster_cmd,
-    config_cmd,
-    config_show_cmd,
-    contrib_cmd,
-    db_cmd,
-    init_cmd,
-    queue_cmd,
-    reload_cmd,
-    report_cmd,
-    serve_cmd,
-    status_cmd,
-    tester_cmd,
-    user_cert_cmd,
-    user_cmd,
-    user_import_cmd,
-    user_policy_cmd,
-    user_sasl_cmd,
-)
 from smtpgate.cli.common import ExitCode, OperationalError
 
+#: command name -> (its module in smtpgate.cli, the attribute, modules that add
+#: subcommands to it when imported).
+_COMMANDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "init": ("init_cmd", "init", ()),
+    "serve": ("serve_cmd", "serve", ()),
+    "config": ("config_cmd", "config", ("config_show_cmd",)),
+    "user": ("user_cmd", "user",
+             ("user_sasl_cmd", "user_policy_cmd", "user_import_cmd", "user_cert_cmd")),
+    "app-password": ("app_password_cmd", "app_password", ()),
+    "report": ("report_cmd", "report", ()),
+    "admin-log": ("admin_cmd", "admin_log", ()),
+    "guard": ("admin_cmd", "guard", ()),
+    "admin": ("admin_account_cmd", "admin", ()),
+    "test": ("tester_cmd", "test", ()),
+    "audit": ("audit_cmd", "audit", ()),
+    "reload": ("reload_cmd", "reload", ()),
+    "db": ("db_cmd", "db", ()),
+    "contrib": ("contrib_cmd", "contrib", ()),
+    "queue": ("queue_cmd", "queue", ()),
+    "status": ("status_cmd", "status", ()),
+    "cluster": ("cluster_cmd", "cluster", ()),
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+def load_command(name: str) -> click.Command:
+    """Import the module of ``name`` (and those that extend it); its command."""
+    module, attr, extensions = _COMMANDS[name]
+    for extra in extensions:
+        importlib.import_module(f"smtpgate.cli.{extra}")
+    mod = importlib.import_module(f"smtpgate.cli.{module}")
+    by_name = {c.name: c for c in getattr(mod, "COMMANDS", ())}
+    command = by_name.get(name) or getattr(mod, attr)
+    if not isinstance(command, click.Command):
+        raise TypeError(f"smtpgate.cli.{module}.{attr} is not a click command")
+    return command
+
+
+class _LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(_COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in _COMMANDS:
+            return None
+        return load_command(cmd_name)
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="smtpgate")
 def cli() -> None:
     """smtpgate: authenticated SMTP submission server."""
-
-
-# user_sasl_cmd, user_policy_cmd and user_import_cmd add subcommands to the `user` group on import,
-# config_show_cmd to the `config` group.
-_ = (user_sasl_cmd, user_policy_cmd, user_import_cmd, user_cert_cmd, config_show_cmd)
-cli.add_command(init_cmd.init)
-cli.add_command(serve_cmd.serve)
-cli.add_command(config_cmd.config)
-cli.add_command(user_cmd.user)
-for module in (
-    app_password_cmd, report_cmd, admin_cmd, admin_account_cmd, tester_cmd, audit_cmd, reload_cmd, db_cmd, contrib_cmd,
-    queue_cmd, status_cmd, cluster_cmd,
-):
-    for command in module.COMMANDS:
-        cli.add_command(command)
 
 
 def main() -> None:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from smtpgate.auth.state_backend import redis_client
 from smtpgate.config import Config
 from smtpgate.policy.rate_counters import RateCounters, RateCountersError
-from smtpgate.policy.redis_counters import RedisRateCounters
 from smtpgate.policy.sqlite_counters import SqliteRateCounters
 
 
@@ -15,6 +13,10 @@ def open_rate_counters(cfg: Config) -> RateCounters:
             file cannot be read.
     """
     if cfg.state.backend == "redis":
+        # Imported only here: redis stays out of single-node processes (workload D).
+        from smtpgate.auth.state_backend import redis_client
+        from smtpgate.policy.redis_counters import RedisRateCounters
+
         try:
             return RedisRateCounters(redis_client(cfg), cfg.state.key_prefix)
         except OSError as e:

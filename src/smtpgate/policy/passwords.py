@@ -17,8 +17,6 @@ need a weak password can still make one through the library.
 
 from __future__ import annotations
 
-from zxcvbn import zxcvbn
-
 from smtpgate.auth.passwords import PasswordPolicyError, check_new_password
 from smtpgate.config import PasswordsConfig
 
@@ -50,6 +48,10 @@ def check_password_policy(password: str, username: str, cfg: PasswordsConfig) ->
                 raise PasswordPolicyError("the password contains the account name")
     if cfg.min_strength > 0:
         inputs = [p for p in (username, local, *domain.split(".")) if p]
+        # Imported here: its dictionaries are 14 MB, which serving processes
+        # never need (workload D).
+        from zxcvbn import zxcvbn
+
         result = zxcvbn(password[:ZXCVBN_MAX_CHARS], user_inputs=inputs)
         score = int(result["score"])
         if score < cfg.min_strength:

@@ -15,8 +15,6 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import aiohttp
-
 from smtpgate.queue.oauth_grant import (
     MAX_RESPONSE,
     Grant,
@@ -36,6 +34,12 @@ URL_KEY = "delivery.relay_oauth_token_url"
 SECRET_KEY = "delivery.relay_oauth_client_secret_file"
 
 
+def _client_error() -> type[Exception]:
+    import aiohttp
+
+    return aiohttp.ClientError
+
+
 async def aiohttp_post(request: TokenRequest, timeout: float) -> tuple[int, bytes]:
     """POST ``request`` without following redirects (a redirect would carry the
     credentials elsewhere); the body is read up to `MAX_RESPONSE` plus one chunk.
@@ -43,6 +47,8 @@ async def aiohttp_post(request: TokenRequest, timeout: float) -> tuple[int, byte
     Raises:
         aiohttp.ClientError, OSError, TimeoutError: no answer.
     """
+    import aiohttp  # here: only a relay with relay_oauth_token_url needs it (workload D)
+
     async with (
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session,
         session.post(request.url, data=request.body, headers=request.headers,
@@ -118,7 +124,7 @@ class OAuthTokenSource:
         except TimeoutError:
             raise self._error(f"no answer within {self._timeout:g} s "
                               "(relay_oauth_timeout)") from None
-        except (aiohttp.ClientError, OSError) as e:
+        except (_client_error(), OSError) as e:
             raise self._error(f"unreachable: {str(e) or type(e).__name__}") from None
         try:
             grant = parse_token_response(status, body)

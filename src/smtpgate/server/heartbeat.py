@@ -17,13 +17,14 @@ import socket
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
-
-import redis
+from typing import TYPE_CHECKING, Any
 
 from smtpgate.auth.state_backend import redis_client
 from smtpgate.config import Config
 from smtpgate.server.status_file import ServerStatus
+
+if TYPE_CHECKING:  # imported by `Heartbeat`, which only a redis backend builds
+    import redis
 
 log = logging.getLogger("smtpgate")
 
@@ -49,6 +50,9 @@ class Heartbeat:
     ``EVERY`` seconds) and never raises."""
 
     def __init__(self, cfg: Config) -> None:
+        import redis  # here, not at the top: single-node processes never need it
+
+        self._error: type[Exception] = redis.RedisError
         self._key = cfg.state.key_prefix + "node:" + node_name(cfg)
         self._name = node_name(cfg)
         self._spool = cfg.path(cfg.queue.spool)
@@ -68,7 +72,7 @@ class Heartbeat:
             if self._client is None:
                 self._client = redis_client(self._cfg)
             self._client.set(self._key, json.dumps(doc, sort_keys=True), ex=TTL)
-        except (redis.RedisError, OSError) as e:
+        except (self._error, OSError) as e:
             if not self._failing:
                 log.warning("cluster heartbeat: cannot write to Redis: %s", e)
             self._failing = True

@@ -31,8 +31,8 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -43,6 +43,9 @@ from smtpgate.config import Config
 from smtpgate.errors import StartupError
 from smtpgate.server import pidfile
 from smtpgate.web.http_socket import bind_endpoint, bind_tcp, http_logger
+
+if TYPE_CHECKING:  # aiohttp: imported by the process that serves /metrics (workload D)
+    from aiohttp import web
 
 log = logging.getLogger("smtpgate.metrics")
 
@@ -176,6 +179,8 @@ class MetricsServer:
         return server
 
     async def _serve(self, sock: socket.socket, listen: str) -> None:
+        from aiohttp import web
+
         app = web.Application()
         app.router.add_get("/metrics", self._scrape)
         runner = web.AppRunner(app, access_log=None, handle_signals=False,
@@ -188,6 +193,8 @@ class MetricsServer:
     async def _scrape(self, request: web.Request) -> web.Response:
         loop = asyncio.get_running_loop()
         body = await loop.run_in_executor(self._pool, generate_latest, self._registry)
+        from aiohttp import web
+
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def reconfigure(self, cfg: Config) -> None:

@@ -13,8 +13,6 @@ from __future__ import annotations
 import logging
 import socket
 
-from aiohttp.http_exceptions import HttpProcessingError
-
 from smtpgate.config import HttpListener
 from smtpgate.errors import StartupError
 
@@ -60,6 +58,9 @@ class OneLineBadRequests(logging.Filter):
         self._what = what
 
     def filter(self, record: logging.LogRecord) -> bool:
+        # aiohttp is loaded by whoever logs here (an HTTP server), not by importing us.
+        from aiohttp.http_exceptions import HttpProcessingError
+
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, HttpProcessingError):
             reason = (str(exc.message).splitlines() or ["?"])[0].rstrip(": ")

@@ -27,13 +27,19 @@ import logging
 import socket
 import ssl
 from pathlib import Path
-
-from aiohttp import web
+from typing import TYPE_CHECKING
 
 from smtpgate.config import Config, is_loopback_host
 from smtpgate.errors import StartupError
 from smtpgate.web.http_socket import bind_endpoint, bind_tcp, http_logger
-from smtpgate.web.site import AdminSite
+
+if TYPE_CHECKING:
+    # The site (aiohttp, Jinja2, the audit) is imported by the process that serves
+    # it when it starts: the parent that binds the socket forks the workers, which
+    # would otherwise each carry it (cli/main.py, workload D).
+    from aiohttp import web
+
+    from smtpgate.web.site import AdminSite
 
 log = logging.getLogger("smtpgate.web")
 
@@ -84,6 +90,10 @@ class AdminServer:
     @classmethod
     async def start(cls, cfg: Config, sock: socket.socket, status_path: Path | None
                     ) -> AdminServer:
+        from aiohttp import web
+
+        from smtpgate.web.site import AdminSite
+
         ctx = tls_context(cfg)
         site = AdminSite(cfg, tls=ctx is not None, status_path=status_path)
         await site.open()
@@ -120,6 +130,8 @@ class AdminServer:
             log.error("reload: admin.listen: cannot listen on %s: %s; still on %s",
                       cfg.admin.listen, why, self.listen)
             return
+        from aiohttp import web
+
         listening = web.SockSite(self._runner, sock, ssl_context=ctx)
         await listening.start()
         await self._listening.stop()  # the old address: closed, requests in flight end

@@ -338,12 +338,11 @@ class Spool:
         ``queue/`` for all of them. Each item is (id, whether a state file may
         exist: False only if the caller holds the lock and saw none). Returns the
         error of each (None: removed durably)."""
-        prefix = tmpfiles.prefix(self._tdir)
         errors: list[SpoolError | None] = []
         for qid, has_state in qids:
             try:
                 self._path(qid, _MSG)
-                self._remove(_Remove(qid, recycle, has_state), prefix)
+                self._remove(_Remove(qid, recycle, has_state))
             except OSError as e:
                 errors.append(SpoolError(f"cannot remove {qid}: {e}"))
             except SpoolError as e:
@@ -384,7 +383,7 @@ class Spool:
                 continue
             if isinstance(work, _Remove):
                 try:
-                    self._remove(work, prefix)
+                    self._remove(work)
                 except OSError as e:
                     op.error = SpoolError(f"cannot remove {work.qid}: {e}")
                 else:
@@ -439,27 +438,26 @@ class Spool:
             log.error("spool: %d of %d operations failed: %s", len(failed), len(batch),
                       failed[0].error)
 
-    def _remove(self, work: _Remove, prefix: str) -> None:
+    def _remove(self, work: _Remove) -> None:
         msg = f"{self._qdir}/{work.qid}{_MSG}"
         if work.recycle is None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(msg)
         else:
-            # Out of queue/ first (atomically), then emptied: a crash in between
-            # leaves a stale temp file, never a truncated message in the queue.
-            spare = f"{prefix}{work.qid}.spare"
-            try:
-                os.rename(msg, spare)
-            except FileNotFoundError:
-                pass
+            # Out of queue/ first (atomically, straight into the pool's directory),
+            # then emptied: a crash in between leaves a stale temp file, never a
+            # truncated message in the queue.
+            spare = work.recycle.claim(msg)
+            if spare is None:  # full, or on another file system
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(msg)
             else:
                 try:
                     os.truncate(spare, 0)
-                    adopted = work.recycle.adopt(spare)
                 except OSError:
-                    adopted = False
-                if not adopted:
                     tmpfiles.unlink_quietly(spare)
+                else:
+                    work.recycle.add(spare)
         if work.has_state:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(f"{self._qdir}/{work.qid}{_STATE}")
@@ -632,9 +630,9 @@ def _read_fd(fd: int) -> bytes:
     want = os.fstat(fd).st_size + 1  # one more: a file that grew is still read whole
     while True:
         chunk = os.pread(fd, want, offset)
-        if not chunk:
-            return b"".join(parts)
         parts.append(chunk)
+        if len(chunk) < want:  # a regular file reads short only at its end
+            return b"".join(parts)
         offset += len(chunk)
         want = 1 << 16
 

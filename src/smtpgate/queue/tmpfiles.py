@@ -216,15 +216,29 @@ class TempPool:
         the pool is full or the file is on another file system (then the caller
         deletes it). Recycling an inode saves creating one, the costliest step of
         writing a small file on the file systems we measured."""
-        if self._stopping or len(self._files) >= 2 * self._target:
+        new = self.claim(path)
+        if new is None:
             return False
+        self.add(new)
+        return True
+
+    def claim(self, path: str) -> str | None:
+        """Move the file at ``path`` into the pool's directory under a pool name and
+        return that name, without offering it yet (the caller empties it, then
+        `add`s it); None if the pool is full or the file cannot be moved (another
+        file system, or gone: the caller deals with ``path``)."""
+        if self._stopping or len(self._files) >= 2 * self._target:
+            return None
         new = f"{prefix(self._dir)}pool.r{next(self._seq):x}"
         try:
             os.rename(path, new)
         except OSError:
-            return False
-        self._files.append(new)
-        return True
+            return None
+        return new
+
+    def add(self, path: str) -> None:
+        """Offer a file `claim` returned, now empty."""
+        self._files.append(path)
 
     def stop(self) -> None:
         """Stop the helper and delete the unused files (blocks for one create)."""

@@ -59,3 +59,86 @@ def test_the_rate_limiter_depends_on_its_counters_not_on_the_guard() -> None:
     imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     assert "smtpgate.policy.rate_counters" in imported
     assert not {m for m in imported if m and m.startswith("smtpgate.auth.guard")}
+
+
+class RecordingCounters:
+    """In memory; records each write and can hold writes until released."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.writes: list[tuple[tuple[str, ...], int, int, int]] = []
+        self.used: dict[str, list[int]] = {}
+        self.release = threading.Event()
+        self.release.set()
+        self.fail = False
+
+    def add_usage(self, keys: Sequence[str], bucket: int, messages: int, recipients: int) -> None:
+        self.release.wait(5)
+        if self.fail:
+            raise ValueError("a bug in a counters backend")
+        self.writes.append((tuple(keys), bucket, messages, recipients))
+        for k in keys:
+            used = self.used.setdefault(k, [0, 0])
+            used[0] += messages
+            used[1] += recipients
+
+    def usage(self, keys: Sequence[str], since_bucket: int) -> dict[str, tuple[int, int]]:
+        return {k: (self.used.get(k, [0, 0])[0], self.used.get(k, [0, 0])[1]) for k in keys}
+
+    def close(self) -> None:
+        pass
+
+
+async def test_counts_made_during_a_write_go_out_together_and_each_waits_for_its_own() -> None:
+    import asyncio
+
+    counters = RecordingCounters()
+    limiter = RateLimiter(counters, LimitsConfig(messages_per_hour=100), store_timeout=5)
+    try:
+        counters.release.clear()  # the first write stalls on the write thread
+        first = asyncio.ensure_future(limiter.count((A,), 1, 2))
+        await asyncio.sleep(0.05)
+        rest = [asyncio.ensure_future(limiter.count((A, P), 1, 1)) for _ in range(5)]
+        await asyncio.sleep(0.05)
+        assert not first.done() and not any(t.done() for t in rest)  # nobody answered early
+        counters.release.set()
+        await asyncio.gather(first, *rest)
+        # One write for the first, one for the five that came while it ran.
+        assert [w[2:] for w in counters.writes] == [(1, 2), (5, 5)]
+        # Returned means counted: the next MAIL sees all six.
+        budget = await limiter.budget(SenderProfile("a@x.org"), None)
+        assert budget.messages_left == 100 - 6
+    finally:
+        await limiter.close()
+
+
+async def test_a_session_that_goes_away_does_not_cancel_the_others_count() -> None:
+    import asyncio
+
+    counters = RecordingCounters()
+    limiter = RateLimiter(counters, LimitsConfig(messages_per_hour=100), store_timeout=5)
+    try:
+        counters.release.clear()
+        leaving = asyncio.ensure_future(limiter.count((A,), 1, 1))
+        staying = asyncio.ensure_future(limiter.count((A,), 1, 1))
+        await asyncio.sleep(0.05)
+        leaving.cancel()
+        counters.release.set()
+        await staying
+        assert sum(w[2] for w in counters.writes) == 2  # the cancelled one is counted too
+    finally:
+        await limiter.close()
+
+
+async def test_a_backend_bug_is_logged_and_the_accepted_messages_are_not_refused_late(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    counters = RecordingCounters()
+    counters.fail = True
+    limiter = RateLimiter(counters, LimitsConfig(messages_per_hour=100), store_timeout=5)
+    try:
+        await limiter.count((A,), 1, 3)  # returns: its message is on disk already
+        assert "cannot count 1 accepted message(s)" in caplog.text
+    finally:
+        await limiter.close()

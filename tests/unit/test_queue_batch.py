@@ -215,3 +215,31 @@ async def test_a_batch_under_way_at_the_stop_deadline_finishes_and_records(
     await asyncio.wait_for(runner, 10)
     assert spool.list_ids() == [] and len(mail(maildir)) == 1
     assert qid in maildir.batches[0]
+
+
+async def test_an_error_finishing_one_message_does_not_strand_the_rest(
+    spool: Spool, maildir: CountingMaildir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked = envelope(dsn_rcpts=(RcptDsn("bob@example.net", ("SUCCESS",)),))
+    first = spool.store_sync(asked, DATA)  # finished on the event loop: its report
+    second = spool.store_sync(asked, DATA)
+    clock = Clock()
+    worker = DeliveryWorker(spool, maildir, CFG, clock)
+    calls: list[str] = []
+
+    async def broken_once(qid: str, *args: object) -> object:
+        calls.append(qid)
+        if len(calls) == 1:
+            raise RuntimeError("a bug in the report")
+        return await real(qid, *args)  # type: ignore[arg-type]
+
+    real = worker._send_reports
+    monkeypatch.setattr(worker, "_send_reports", broken_once)
+    await worker.run_once()
+    assert calls[:2] == [first, second]
+    assert spool.list_ids()[0] == first  # kept, retried later; the second went on
+    assert second not in spool.list_ids()
+    clock.now += 60.0
+    await worker.run_once()
+    assert first not in spool.list_ids()
+    assert len([m for m in mail(maildir) if b"Return-Path: <alice" in m]) == 2

@@ -508,7 +508,12 @@ class DeliveryWorker:
                 self._suspect.update(qids)
                 done = [_Done(q, retry_at=self._clock() + _ERROR_RETRY) for q in qids]
             for d in done:
-                retry[d.qid] = await self._settle(d)
+                try:
+                    retry[d.qid] = await self._settle(d)
+                except Exception:
+                    log.exception("queue: unexpected error delivering %s", d.qid)
+                    self._suspect.add(d.qid)
+                    retry[d.qid] = self._clock() + _ERROR_RETRY
         finally:
             for d in done:
                 if d.finish is not None:  # not settled: cancelled meanwhile

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from OpenSSL import SSL
 
+from smtpgate.tls.bio import BioConnection
 from smtpgate.tls.certs import write_self_signed
 from smtpgate.tls.native_session import NativeServerSession
 from smtpgate.tls.session import ServerTlsContext, TlsServerSession, make_server_context
@@ -33,16 +34,6 @@ _LINES = [b"MAIL FROM:<a@test.local>\r\n", b"RCPT TO:<b@example.com>\r\n", b"DAT
 _REPLY = b"250 2.1.0 Ok\r\n"
 
 
-def _out(conn: SSL.Connection) -> bytes:
-    data = b""
-    while True:
-        try:
-            chunk = conn.bio_read(65536)
-        except SSL.WantReadError:
-            return data
-        if not chunk:
-            return data
-        data += chunk
 
 
 def _connect(make: Callable[[], Session]) -> tuple[Session, SSL.Connection, float]:
@@ -58,7 +49,7 @@ def _connect(make: Callable[[], Session]) -> tuple[Session, SSL.Connection, floa
                 break
         except SSL.WantReadError:
             pass
-        data = _out(client)
+        data = BioConnection(client).outgoing()
         t = time.thread_time()
         _plain, back = server.receive(data)
         spent += time.thread_time() - t
@@ -78,7 +69,7 @@ def measure(make: Callable[[], Session], handshakes: int, exchanges: int) -> tup
     for _ in range(exchanges):
         for line in _LINES:
             client.send(line)
-            data = _out(client)
+            data = BioConnection(client).outgoing()
             t = time.thread_time()
             server.receive(data)
             reply = server.send(_REPLY)

@@ -26,6 +26,7 @@ from OpenSSL import SSL
 from smtpgate.sasl.base import ChannelBinding, Failure, NeedCredentials, Success, Verdict
 from smtpgate.sasl.registry import create_server_mechanism
 from smtpgate.sasl.scram import ScramClient, scram_credentials_from_password
+from smtpgate.tls.bio import BioConnection
 from smtpgate.tls.certs import write_self_signed
 from smtpgate.tls.native_session import NativeServerSession
 from smtpgate.tls.session import ServerTlsContext, TlsServerSession, make_server_context
@@ -73,16 +74,6 @@ def _client(version: str) -> SSL.Connection:
     return conn
 
 
-def _pump_out(conn: SSL.Connection) -> bytes:
-    out = b""
-    while True:
-        try:
-            chunk = conn.bio_read(65536)
-        except SSL.WantReadError:
-            return out
-        if not chunk:
-            return out
-        out += chunk
 
 
 def handshake(server_ctx: ServerTlsContext, version: str) -> tuple[Session, SSL.Connection]:
@@ -93,7 +84,7 @@ def handshake(server_ctx: ServerTlsContext, version: str) -> tuple[Session, SSL.
             client.do_handshake()
         except SSL.WantReadError:
             pass
-        to_server = _pump_out(client)
+        to_server = BioConnection(client).outgoing()
         if to_server:
             _plain, to_client = server.receive(to_server)
             if to_client:

@@ -14,7 +14,7 @@ import pytest
 from OpenSSL import SSL
 
 from smtpgate.tls import exporter
-from smtpgate.tls.bio import TlsError
+from smtpgate.tls.bio import BioConnection, TlsError
 from smtpgate.tls.certs import write_self_signed
 from smtpgate.tls.native_session import NativeServerSession
 from smtpgate.tls.session import (
@@ -43,16 +43,6 @@ def _client(max_version: int | None = None) -> SSL.Connection:
     return conn
 
 
-def _out(conn: SSL.Connection) -> bytes:
-    data = b""
-    while True:
-        try:
-            chunk = conn.bio_read(65536)
-        except SSL.WantReadError:
-            return data
-        if not chunk:
-            return data
-        data += chunk
 
 
 def _handshake(server: NativeServerSession, client: SSL.Connection) -> None:
@@ -63,7 +53,7 @@ def _handshake(server: NativeServerSession, client: SSL.Connection) -> None:
                 return
         except SSL.WantReadError:
             pass
-        _plain, back = server.receive(_out(client))
+        _plain, back = server.receive(BioConnection(client).outgoing())
         if back:
             client.bio_write(back)
     raise AssertionError("no handshake")
@@ -125,11 +115,11 @@ def test_records_both_ways_and_close_notify(tls: ServerTlsContext) -> None:
     client.bio_write(server.send(b"220 ready\r\n"))
     assert client.recv(100) == b"220 ready\r\n"
     client.send(b"EHLO x\r\n")
-    plain, _ = server.receive(_out(client))
+    plain, _ = server.receive(BioConnection(client).outgoing())
     assert plain == b"EHLO x\r\n"
     client.shutdown()
     with pytest.raises(EOFError):
-        server.receive(_out(client))
+        server.receive(BioConnection(client).outgoing())
     assert server.close()  # our close_notify
 
 
@@ -154,4 +144,4 @@ def test_a_tls10_only_client_is_refused(tls: ServerTlsContext) -> None:
     with pytest.raises(SSL.WantReadError):
         client.do_handshake()
     with pytest.raises(TlsError, match="handshake failed"):
-        server.receive(_out(client))
+        server.receive(BioConnection(client).outgoing())

@@ -132,16 +132,19 @@ def _self_test() -> bool:
                                                serialization.PrivateFormat.PKCS8,
                                                serialization.NoEncryption()))
         ctx.load_cert_chain(cert_file, key_file)
+    from smtpgate.tls.bio import BioConnection
+
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     server = ctx.wrap_bio(incoming, outgoing, server_side=True)
     client = SSL.Connection(SSL.Context(SSL.TLS_CLIENT_METHOD), None)
     client.set_connect_state()
+    records = BioConnection(client)
     for _ in range(10):
         try:
             client.do_handshake()
         except SSL.WantReadError:
             pass
-        _pump(client, incoming)
+        incoming.write(records.outgoing())
         try:
             server.do_handshake()
         except ssl.SSLWantReadError:
@@ -158,17 +161,3 @@ def _self_test() -> bool:
     theirs = client.export_keying_material(_LABEL, _LENGTH, b"")
     ours = tls_exporter(server)
     return ours is not None and ours == theirs
-
-
-def _pump(client: object, incoming: ssl.MemoryBIO) -> None:
-    from OpenSSL import SSL
-
-    assert isinstance(client, SSL.Connection)
-    while True:
-        try:
-            chunk = client.bio_read(65536)
-        except SSL.WantReadError:
-            return
-        if not chunk:
-            return
-        incoming.write(chunk)

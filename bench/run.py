@@ -790,21 +790,33 @@ def run_extras(s: Settings, sg_dir: Path, procs: Processes, targets: Sequence[Ta
                 and sgd["new_client_220_timeouts"] == 0)
 
     # E: logins under a wrong-password flood (smtpgate only: the target is self-relative).
-    before = loadavg()
-    e = wl.run_async(lambda: wl.login_under_flood(sg.port, sg.cafile, sg.user, sg.password,
-                                                  15 if s.quick else 100))
-    e["loadavg_before"], e["loadavg_after"] = before, loadavg()
-    out["e"] = e
-    ratio = e["p99_ratio_flooded_unloaded"]
-    _extra_line(table, "E: login p99 ms flooded / unloaded", f"{e['flooded_login']['p99_ms']}"
-                f" / {e['unloaded_login']['p99_ms']}", "-",
-                "wrong passwords answered: "
-                + str(sum(v for k, v in e["flood"].items() if k.startswith("auth_"))),
+    # Each repetition floods from an address in another /24, so that the guard meets a
+    # new attacker every time (the account itself remembers the earlier floods, as it
+    # would in life); the median of the repetitions' ratios is the figure.
+    e_runs: list[dict[str, Any]] = []
+    for rep in range(s.repeat):
+        before = loadavg()
+        source = f"127.0.{rep + 1}.9"
+        e = wl.run_async(lambda source=source: wl.login_under_flood(  # type: ignore[misc]
+            sg.port, sg.cafile, sg.user, sg.password, 15 if s.quick else 100,
+            source=source))
+        e["loadavg_before"], e["loadavg_after"] = before, loadavg()
+        e_runs.append(e)
+        print(f"  E rep {rep + 1}/{s.repeat} flooded/unloaded login p99 "
+              f"{e['flooded_login']['p99_ms']} / {e['unloaded_login']['p99_ms']} ms (ratio "
+              f"{e['p99_ratio_flooded_unloaded']}), failures {e['flooded_failures']}, flood "
+              f"from {source} {e['flood']}  load {before[0]}", flush=True)
+    ratios = [e["p99_ratio_flooded_unloaded"] for e in e_runs]
+    ratio = wl.median_of(list(ratios))
+    out["e"] = {"runs": e_runs, "median_p99_ratio": ratio}
+    answered = sum(v for e in e_runs for k, v in e["flood"].items() if k.startswith("auth_"))
+    _extra_line(table, "E: login p99 ms flooded / unloaded (median ratio)",
+                "; ".join(f"{e['flooded_login']['p99_ms']} / {e['unloaded_login']['p99_ms']}"
+                          for e in e_runs), "-",
+                f"ratios {ratios}; wrong passwords answered: {answered}",
                 ratio, "<= 2.0",
-                ratio is not None and ratio <= 2.0 and not e["flooded_failures"])
-    print(f"  E flooded/unloaded login p99 {e['flooded_login']['p99_ms']} / "
-          f"{e['unloaded_login']['p99_ms']} ms (ratio {ratio}), failures "
-          f"{e['flooded_failures']}, flood {e['flood']}  load {before[0]}", flush=True)
+                ratio is not None and ratio <= 2.0
+                and not any(e["flooded_failures"] for e in e_runs))
 
     # F: SCRAM-SHA-256 verifications per CPU-second.
     count = 2000 if s.quick else 10000

@@ -82,13 +82,49 @@ def test_the_stdlib_context_is_built_like_the_pyopenssl_one(tls: ServerTlsContex
                          for name in tls12)
     # Idle sessions hold no record buffers (workload D): SSL_CTX_get_mode through
     # SSL_CTX_ctrl(SSL_CTRL_MODE = 33, 0), on the SSL_CTX* after PyObject_HEAD.
-    lib = exporter._library()
+    lib = exporter.libssl()
     assert lib is not None
     lib.SSL_CTX_ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
     lib.SSL_CTX_ctrl.restype = ctypes.c_long
     ssl_ctx = ctypes.c_void_p.from_address(id(ctx) + 2 * ctypes.sizeof(ctypes.c_void_p)).value
     release_buffers = 0x10
     assert lib.SSL_CTX_ctrl(ssl_ctx, 33, 0, None) & release_buffers
+    # No session cache (docs/security.md): SSL_CTRL_GET_SESS_CACHE_MODE = 45 reads 0.
+    assert lib.SSL_CTX_ctrl(ssl_ctx, 45, 0, None) == 0
+
+
+def _stdlib_handshake(server: NativeServerSession, client: ssl.SSLObject,
+                      out: ssl.MemoryBIO, into: ssl.MemoryBIO) -> None:
+    for _ in range(10):
+        try:
+            client.do_handshake()
+            if server.handshake_done:
+                return
+        except ssl.SSLWantReadError:
+            pass
+        _plain, back = server.receive(out.read())
+        into.write(back)
+    raise AssertionError("no handshake")
+
+
+def test_tls12_handshakes_leave_nothing_in_a_session_cache(tls: ServerTlsContext) -> None:
+    """No cache a client could fill (up to 20,480 sessions a worker for two hours
+    with OpenSSL's defaults), and so no resumption: tls-unique is always the
+    client's Finished. With the cache on, each of these handshakes adds one."""
+    assert tls.native is not None
+    cctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    cctx.check_hostname, cctx.verify_mode = False, ssl.CERT_NONE
+    cctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    session = None
+    for attempt in range(3):
+        into, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        client = cctx.wrap_bio(into, out, server_hostname="localhost", session=session)
+        server = NativeServerSession(tls.native, tls.end_point_hash)
+        _stdlib_handshake(server, client, out, into)
+        assert client.version() == "TLSv1.2"
+        assert not client.session_reused, f"connection {attempt + 1} resumed"
+        session = client.session
+    assert tls.native.session_stats()["number"] == 0
 
 
 def test_the_exporter_refuses_a_connection_without_a_handshake(tls: ServerTlsContext) -> None:

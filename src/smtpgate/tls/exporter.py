@@ -52,7 +52,8 @@ def _libssl_path() -> str | None:
 
 
 @functools.cache
-def _library() -> ctypes.CDLL | None:
+def libssl() -> ctypes.CDLL | None:
+    """The ``libssl`` of the ``ssl`` module, its functions typed; None if not found."""
     path = _libssl_path()
     if path is None:
         return None
@@ -67,7 +68,30 @@ def _library() -> ctypes.CDLL | None:
     export.restype = ctypes.c_int
     version.argtypes = [ctypes.c_void_p]
     version.restype = ctypes.c_int
+    lib.SSL_CTX_ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
+    lib.SSL_CTX_ctrl.restype = ctypes.c_long
     return lib
+
+
+#: ``PySSLContext``: PyObject_HEAD, then ``SSL_CTX *ctx``.
+_CTX_POINTER_OFFSET = 2 * ctypes.sizeof(ctypes.c_void_p)
+#: SSL_CTRL_SET_SESS_CACHE_MODE, SSL_CTRL_GET_SESS_CACHE_MODE; SSL_SESS_CACHE_SERVER.
+_SET_CACHE_MODE, _GET_CACHE_MODE, _CACHE_SERVER = 44, 45, 2
+
+
+def disable_session_cache(ctx: ssl.SSLContext) -> bool:
+    """Turn OpenSSL's server session cache off (the ``ssl`` module cannot): no
+    session-ID resumption, and no cache of up to 20,480 sessions a worker for two
+    hours that any client could fill. True when done; the mode is read back before
+    and after, so a pointer that is not an ``SSL_CTX`` is never written through."""
+    lib = libssl()
+    if lib is None:
+        return False
+    ptr = ctypes.c_void_p.from_address(id(ctx) + _CTX_POINTER_OFFSET).value
+    if not ptr or lib.SSL_CTX_ctrl(ptr, _GET_CACHE_MODE, 0, None) != _CACHE_SERVER:
+        return False
+    lib.SSL_CTX_ctrl(ptr, _SET_CACHE_MODE, 0, None)
+    return int(lib.SSL_CTX_ctrl(ptr, _GET_CACHE_MODE, 0, None)) == 0
 
 
 def _pointer(obj: ssl.SSLObject) -> int | None:
@@ -81,7 +105,7 @@ def _pointer(obj: ssl.SSLObject) -> int | None:
 def tls_exporter(obj: ssl.SSLObject) -> bytes | None:
     """The RFC 9266 binding of a TLS 1.3 connection after its handshake, or None
     when it cannot be computed safely (then SCRAM-PLUS fails, never binds wrong)."""
-    lib = _library()
+    lib = libssl()
     expected = _VERSIONS.get(obj.version() or "")
     if lib is None or expected is None:
         return None
@@ -114,7 +138,7 @@ def _self_test() -> bool:
     from cryptography.x509.oid import NameOID
     from OpenSSL import SSL
 
-    if _library() is None:
+    if libssl() is None:
         return False
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "self-test")])

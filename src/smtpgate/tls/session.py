@@ -32,6 +32,7 @@ from smtpgate.sasl.base import ChannelBinding, ClientCertificate
 from smtpgate.tls.bio import BioConnection, TlsError, describe, end_point_hash
 from smtpgate.tls.client_certs import certificate_emails, certificate_fingerprint
 from smtpgate.tls.exporter import available as native_exporter_available
+from smtpgate.tls.exporter import disable_session_cache
 from smtpgate.tls.native_session import NativeServerSession
 
 __all__ = [
@@ -143,10 +144,11 @@ def _native_context(cert: Path, key: Path, min_version: str) -> ssl.SSLContext |
     ctx.minimum_version = (ssl.TLSVersion.TLSv1_3 if min_version == "1.3"
                            else ssl.TLSVersion.TLSv1_2)
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_TICKET
-    # No TLS 1.3 tickets either, as on pyOpenSSL; the stdlib already sets
-    # SSL_MODE_RELEASE_BUFFERS (workload D). TLS 1.2 session-ID resumption within
-    # one process stays possible: the stdlib's tls-unique follows it.
+    # No TLS 1.3 tickets and no session cache either, as on pyOpenSSL; the stdlib
+    # already sets SSL_MODE_RELEASE_BUFFERS (workload D).
     ctx.num_tickets = 0
+    if not disable_session_cache(ctx):
+        return None  # keep pyOpenSSL rather than a cache we cannot switch off
     try:
         ctx.set_ciphers(_TLS12_CIPHERS.decode())
         ctx.load_cert_chain(cert, key)

@@ -307,3 +307,21 @@ def test_times_are_utc_text_in_sql_order(db: Path, store: SqliteAccountStore, ad
     admin.set_allowed_mechanisms("a@x.org", ["PLAIN", "login"])
     ((allowed,),) = raw(db, "SELECT allowed_mechanisms FROM accounts")
     assert json.loads(str(allowed)) == ["LOGIN", "PLAIN"]
+
+
+def test_stored_times_read_back_exactly_by_the_fast_parser() -> None:
+    """``_parse_time`` reads ``format_time``'s text with ``fromisoformat`` (a login
+    reads up to five of them): the same instants, in UTC, as strptime gives."""
+    import random
+    from datetime import UTC, datetime, timedelta
+
+    from smtpgate.auth.store import _TIME_FORMAT, _parse_time, format_time
+
+    rng = random.Random(13)
+    for _ in range(2000):
+        t = datetime(1990, 1, 1, tzinfo=UTC) + timedelta(
+            seconds=rng.random() * 2e9, microseconds=rng.randint(0, 999_999))
+        text = format_time(t)
+        parsed = _parse_time(text)
+        assert parsed == t == datetime.strptime(text, _TIME_FORMAT).replace(tzinfo=UTC)
+        assert parsed is not None and parsed.tzinfo is UTC

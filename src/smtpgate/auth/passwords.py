@@ -11,11 +11,21 @@ server's failure floor (``[auth].failure_floor``) hides what remains.
 from __future__ import annotations
 
 import secrets
+import threading
 
 import argon2
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
+from smtpgate.auth.argon2_one_thread import verify_on_one_thread
 from smtpgate.config import AccountsConfig
+
+_here = threading.local()
+
+
+def verify_on_one_thread_here() -> None:
+    """From now on this thread verifies with one thread per hash, not one per
+    lane (``argon2_one_thread.py``): a pool initializer, for the untrusted lane."""
+    _here.one_thread = True
 
 
 class PasswordPolicyError(ValueError):
@@ -65,6 +75,10 @@ class PasswordHasher:
         Raises:
             StoredHashError: ``encoded`` is not an Argon2 hash (corrupt record).
         """
+        if getattr(_here, "one_thread", False):
+            verdict = verify_on_one_thread(encoded, password)
+            if verdict is not None:
+                return verdict
         try:
             return self._ph.verify(encoded, password)
         except VerifyMismatchError:

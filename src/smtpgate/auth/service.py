@@ -98,7 +98,7 @@ from smtpgate.auth.directory import Account, AccountDirectory, AppPassword, Stor
 from smtpgate.auth.legacy_hashes import LEGACY
 from smtpgate.auth.names import lookup_key
 from smtpgate.auth.networks import in_networks, parse_ip, parse_networks
-from smtpgate.auth.passwords import PasswordHasher, StoredHashError
+from smtpgate.auth.passwords import PasswordHasher, StoredHashError, verify_on_one_thread_here
 from smtpgate.auth.sender_profile import SenderProfile
 from smtpgate.auth.verify_scheduler import (
     TRUSTED,
@@ -208,6 +208,14 @@ class _Temporary(Exception):
     """A backend fault found inside a handler; ``resolve`` turns it into a 454 answer."""
 
 
+def _untrusted_thread() -> None:
+    """Initializer of the untrusted lane's threads (verify_scheduler.py): a lower
+    CPU priority, and all of a hash's lanes on this one thread, so that a guesser's
+    Argon2id does not take every core's caches at once (argon2_one_thread.py)."""
+    lower_thread_priority()
+    verify_on_one_thread_here()
+
+
 def _mechanism_refusal(
     account: Account, mechanism: str, ctx: AuthContext | None = None
 ) -> tuple[str, str] | None:
@@ -261,7 +269,7 @@ class AuthService:
         self._inflight: dict[bytes, asyncio.Future[bool]] = {}
         self._hash_pool = ThreadPoolExecutor(accounts_cfg.hash_threads, "smtpgate-hash")
         self._untrusted_pool = ThreadPoolExecutor(
-            accounts_cfg.hash_threads, "smtpgate-hash-untrusted", initializer=lower_thread_priority
+            accounts_cfg.hash_threads, "smtpgate-hash-untrusted", initializer=_untrusted_thread
         )
         self._lanes = VerificationScheduler(accounts_cfg.hash_threads)
         self._read_pool = ThreadPoolExecutor(DB_THREADS, "smtpgate-db-read")

@@ -48,7 +48,8 @@ from dataclasses import dataclass
 log = logging.getLogger("smtpgate.auth.service")
 
 #: The nice value of the threads that run untrusted verifications (Linux only:
-#: there nice is per thread, and Argon2id's lane threads inherit it). A choice,
+#: there nice is per thread; the thread computes all of a hash's lanes itself,
+#: argon2_one_thread.py, and threads it would start inherit it). A choice,
 #: measured (bench/README.md, issue 13, "verification lanes (workload E)"): beside
 #: two such runs a busy thread's p99 was 1.4-2x an idle machine's at 10 (2.8-8.5x
 #: at 0, about 1x at 19), while a run still gets a tenth of a busy core, so a
@@ -170,7 +171,7 @@ def lower_thread_priority(nice: int = UNTRUSTED_NICE) -> None:
     """Raise the calling thread's nice value (a pool initializer).
 
     Linux only: there nice is a property of the thread, inherited by the threads
-    it starts (Argon2id's lanes). Elsewhere PRIO_PROCESS would renice the whole
+    it starts. Elsewhere PRIO_PROCESS would renice the whole
     process, so nothing is done. A refusal (a sandbox) leaves the priority as it
     is: the lane rules still apply, only the CPU share does not change.
     """

@@ -18,14 +18,15 @@ Usage: canned_smtp.py PORT CERT KEY [--procs N]
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import os
-import signal
 import socket
 import ssl
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from bench.forked_server import run_forked
 
 _EHLO = (b"250-localhost\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-STARTTLS\r\n"
          b"250 AUTH PLAIN\r\n")
@@ -87,7 +88,7 @@ class Canned(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         with contextlib.suppress(OSError, ssl.SSLError, ConnectionError):
             self.transport = await loop.start_tls(self.transport, self, self.ctx,
-                                                  server_side=True)  # type: ignore[assignment]
+                                                  server_side=True)
 
 
 async def _serve(sock: socket.socket, ctx: ssl.SSLContext) -> None:
@@ -97,51 +98,5 @@ async def _serve(sock: socket.socket, ctx: ssl.SSLContext) -> None:
         await server.serve_forever()
 
 
-def _child(sock: socket.socket, cert: str, key: str) -> None:
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        uvloop.install()
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(cert, key)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(sock, ctx))
-
-
-def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("port", type=int)
-    ap.add_argument("cert")
-    ap.add_argument("key")
-    ap.add_argument("--procs", type=int, default=1)
-    a = ap.parse_args()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", a.port))
-    sock.listen(1024)
-    pids = []
-    for _ in range(max(1, a.procs)):
-        pid = os.fork()
-        if pid == 0:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            _child(sock, a.cert, a.key)
-            os._exit(0)
-        pids.append(pid)
-    print("ready", flush=True)
-
-    def stop(*_: object) -> None:
-        for p in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(p, signal.SIGTERM)
-        sys.exit(0)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    for _ in pids:
-        with contextlib.suppress(ChildProcessError):
-            os.wait()
-    return 0
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_forked(_serve, reuse_port=False))

@@ -1,8 +1,9 @@
 """RSS per handshaken server-side TLS connection kept over memory BIOs: the stdlib
 ``ssl`` module (the system's OpenSSL) against pyOpenSSL (cryptography's bundled
 OpenSSL, with ``MODE_RELEASE_BUFFERS`` as tls/session.py sets it), for workload D
-(bench/README.md). Client and server run in this one process; only the server
-sides are kept. Usage: ``python bench/probes/tls_memory.py stdlib|pyopenssl N``.
+(bench/README.md). The server sides are smtpgate's own sessions on the contexts
+``make_server_context`` builds; client and server run in this one process, and only
+the server sides are kept. Usage: ``python bench/probes/tls_memory.py stdlib|pyopenssl N``.
 """
 
 from __future__ import annotations
@@ -11,13 +12,15 @@ import gc
 import ssl
 import sys
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from OpenSSL import SSL
 
 from smtpgate.tls.certs import write_self_signed
+from smtpgate.tls.memory_handshake import handshake, session_step, sslobject_step
+from smtpgate.tls.native_session import NativeServerSession
+from smtpgate.tls.session import TlsServerSession, make_server_context
 
 
 def rss_kib() -> int:
@@ -29,63 +32,19 @@ def main(kind: str, n: int) -> None:
     d = Path(tempfile.mkdtemp())
     write_self_signed(d / "c.pem", d / "k.pem", "localhost")
     client_ctx = ssl.create_default_context(cafile=str(d / "c.pem"))
-    std = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    std.load_cert_chain(d / "c.pem", d / "k.pem")
-    pyo = SSL.Context(SSL.TLS_SERVER_METHOD)
-    pyo.use_certificate_file(str(d / "c.pem"))
-    pyo.use_privatekey_file(str(d / "k.pem"))
-    pyo.set_mode(SSL.MODE_RELEASE_BUFFERS)
+    # The server sessions production uses, on the contexts it builds.
+    tls = make_server_context(d / "c.pem", d / "k.pem")
+    native = tls.native
+    if kind == "stdlib" and native is None:
+        raise SystemExit("the stdlib session is not available here (exporter self-test)")
     kept: list[Any] = []
-
-    def std_server() -> tuple[Any, Callable[[bytes], tuple[bool, bytes]]]:
-        sin, sout = ssl.MemoryBIO(), ssl.MemoryBIO()
-        conn = std.wrap_bio(sin, sout, server_side=True)
-
-        def step(data: bytes) -> tuple[bool, bytes]:
-            sin.write(data)
-            try:
-                conn.do_handshake()
-                done = True
-            except ssl.SSLWantReadError:
-                done = False
-            return done, sout.read()
-
-        return conn, step
-
-    def pyo_server() -> tuple[Any, Callable[[bytes], tuple[bool, bytes]]]:
-        conn = SSL.Connection(pyo, None)
-        conn.set_accept_state()
-
-        def step(data: bytes) -> tuple[bool, bytes]:
-            if data:
-                conn.bio_write(data)
-            try:
-                conn.do_handshake()
-                done = True
-            except SSL.WantReadError:
-                done = False
-            try:
-                return done, conn.bio_read(65536)
-            except SSL.WantReadError:
-                return done, b""
-
-        return conn, step
 
     def one() -> None:
         cin, cout = ssl.MemoryBIO(), ssl.MemoryBIO()
         client = client_ctx.wrap_bio(cin, cout, server_hostname="localhost")
-        server, step = std_server() if kind == "stdlib" else pyo_server()
-        for _ in range(10):
-            try:
-                client.do_handshake()
-                client_done = True
-            except ssl.SSLWantReadError:
-                client_done = False
-            server_done, back = step(cout.read())
-            if back:
-                cin.write(back)
-            if client_done and server_done:
-                break
+        server = (NativeServerSession(native, tls.end_point_hash) if native is not None
+                  and kind == "stdlib" else TlsServerSession(tls))
+        handshake(sslobject_step(client, cin, cout), session_step(server))
         kept.append(server)
 
     for _ in range(200):  # warm the allocator and OpenSSL's caches

@@ -26,8 +26,9 @@ from OpenSSL import SSL
 from smtpgate.sasl.base import ChannelBinding, Failure, NeedCredentials, Success, Verdict
 from smtpgate.sasl.registry import create_server_mechanism
 from smtpgate.sasl.scram import ScramClient, scram_credentials_from_password
-from smtpgate.tls.bio import BioConnection
+from smtpgate.tls import memory_handshake
 from smtpgate.tls.certs import write_self_signed
+from smtpgate.tls.memory_handshake import pyopenssl_step, session_step
 from smtpgate.tls.native_session import NativeServerSession
 from smtpgate.tls.session import ServerTlsContext, TlsServerSession, make_server_context
 
@@ -79,23 +80,7 @@ def _client(version: str) -> SSL.Connection:
 def handshake(server_ctx: ServerTlsContext, version: str) -> tuple[Session, SSL.Connection]:
     server = _server(server_ctx)
     client = _client(version)
-    for _ in range(10):
-        try:
-            client.do_handshake()
-        except SSL.WantReadError:
-            pass
-        to_server = BioConnection(client).outgoing()
-        if to_server:
-            _plain, to_client = server.receive(to_server)
-            if to_client:
-                client.bio_write(to_client)
-        if server.handshake_done:
-            try:
-                client.do_handshake()
-            except SSL.WantReadError:
-                pass
-            if client.get_protocol_version_name() != "Unknown":
-                break
+    memory_handshake.handshake(pyopenssl_step(client), session_step(server))
     assert server.handshake_done
     # TLS 1.3: the server's NewSessionTicket-free flight may still be pending.
     client.bio_write(server.send(b"220 ready\r\n"))

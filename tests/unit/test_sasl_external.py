@@ -30,6 +30,7 @@ from smtpgate.smtp import replies as R
 from smtpgate.tls.bio import TlsError
 from smtpgate.tls.certs import write_self_signed
 from smtpgate.tls.client_certs import CertificateFileError, normalise_fingerprint
+from smtpgate.tls.memory_handshake import handshake, session_step, sslobject_step
 from smtpgate.tls.session import ClientAuth, TlsConfigError, TlsServerSession, make_server_context
 from tests.client_pki import TestCa
 
@@ -262,17 +263,8 @@ def _handshake(
         client_ctx.load_cert_chain(*cert)
     inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
     client = client_ctx.wrap_bio(inc, out, server_hostname="localhost")
-    for _ in range(10):
-        try:
-            client.do_handshake()
-            done = True
-        except ssl.SSLWantReadError:
-            done = False
-        if data := out.read():  # TLS 1.3: the client's certificate comes last
-            _, records = server.receive(data)
-            inc.write(records)
-        if done and server.handshake_done:
-            break
+    # TLS 1.3: the client's certificate comes last, after the client is done.
+    handshake(sslobject_step(client, inc, out), session_step(server))
     assert server.handshake_done
     return server
 

@@ -16,6 +16,7 @@ from OpenSSL import SSL
 from smtpgate.tls import exporter
 from smtpgate.tls.bio import BioConnection, TlsError
 from smtpgate.tls.certs import write_self_signed
+from smtpgate.tls.memory_handshake import handshake, pyopenssl_step, session_step, sslobject_step
 from smtpgate.tls.native_session import NativeServerSession
 from smtpgate.tls.session import (
     ClientAuth,
@@ -43,20 +44,6 @@ def _client(max_version: int | None = None) -> SSL.Connection:
     return conn
 
 
-
-
-def _handshake(server: NativeServerSession, client: SSL.Connection) -> None:
-    for _ in range(10):
-        try:
-            client.do_handshake()
-            if server.handshake_done:
-                return
-        except SSL.WantReadError:
-            pass
-        _plain, back = server.receive(BioConnection(client).outgoing())
-        if back:
-            client.bio_write(back)
-    raise AssertionError("no handshake")
 
 
 def test_the_self_test_passes_here_so_production_uses_the_stdlib(tls: ServerTlsContext) -> None:
@@ -93,20 +80,6 @@ def test_the_stdlib_context_is_built_like_the_pyopenssl_one(tls: ServerTlsContex
     assert lib.SSL_CTX_ctrl(ssl_ctx, 45, 0, None) == 0
 
 
-def _stdlib_handshake(server: NativeServerSession, client: ssl.SSLObject,
-                      out: ssl.MemoryBIO, into: ssl.MemoryBIO) -> None:
-    for _ in range(10):
-        try:
-            client.do_handshake()
-            if server.handshake_done:
-                return
-        except ssl.SSLWantReadError:
-            pass
-        _plain, back = server.receive(out.read())
-        into.write(back)
-    raise AssertionError("no handshake")
-
-
 def test_tls12_handshakes_leave_nothing_in_a_session_cache(tls: ServerTlsContext) -> None:
     """No cache a client could fill (up to 20,480 sessions a worker for two hours
     with OpenSSL's defaults), and so no resumption: tls-unique is always the
@@ -120,7 +93,7 @@ def test_tls12_handshakes_leave_nothing_in_a_session_cache(tls: ServerTlsContext
         into, out = ssl.MemoryBIO(), ssl.MemoryBIO()
         client = cctx.wrap_bio(into, out, server_hostname="localhost", session=session)
         server = NativeServerSession(tls.native, tls.end_point_hash)
-        _stdlib_handshake(server, client, out, into)
+        handshake(sslobject_step(client, into, out), session_step(server))
         assert client.version() == "TLSv1.2"
         assert not client.session_reused, f"connection {attempt + 1} resumed"
         session = client.session
@@ -137,7 +110,7 @@ def test_tls12_sessions_offer_tls_unique_and_no_exporter(tls: ServerTlsContext) 
     assert tls.native is not None
     server = NativeServerSession(tls.native, tls.end_point_hash)
     client = _client(SSL.TLS1_2_VERSION)
-    _handshake(server, client)
+    handshake(pyopenssl_step(client), session_step(server))
     assert server.version == "TLSv1.2"
     assert server.cipher.startswith("ECDHE-")
     assert set(server.channel_binding().data) == {"tls-unique", "tls-server-end-point"}
@@ -147,7 +120,7 @@ def test_records_both_ways_and_close_notify(tls: ServerTlsContext) -> None:
     assert tls.native is not None
     server = NativeServerSession(tls.native, tls.end_point_hash)
     client = _client()
-    _handshake(server, client)
+    handshake(pyopenssl_step(client), session_step(server))
     client.bio_write(server.send(b"220 ready\r\n"))
     assert client.recv(100) == b"220 ready\r\n"
     client.send(b"EHLO x\r\n")
@@ -181,3 +154,11 @@ def test_a_tls10_only_client_is_refused(tls: ServerTlsContext) -> None:
         client.do_handshake()
     with pytest.raises(TlsError, match="handshake failed"):
         server.receive(BioConnection(client).outgoing())
+
+
+def test_a_handshake_that_never_ends_is_an_error_not_a_hang() -> None:
+    def silent_server(data: bytes) -> tuple[bool, bytes]:
+        return False, b""  # takes the bytes, answers nothing
+
+    with pytest.raises(TlsError, match="no TLS handshake after 3 exchanges"):
+        handshake(pyopenssl_step(_client()), silent_server, rounds=3)

@@ -129,59 +129,26 @@ def available() -> bool:
 
 
 def _self_test() -> bool:
-    import datetime as dt
     import tempfile
 
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
     from OpenSSL import SSL
+
+    from smtpgate.tls.certs import write_self_signed
+    from smtpgate.tls.memory_handshake import handshake, pyopenssl_step, sslobject_step
 
     if libssl() is None:
         return False
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "self-test")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(1)
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(minutes=5)).sign(key, hashes.SHA256()))
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     with tempfile.TemporaryDirectory() as tmp:
         cert_file, key_file = Path(tmp) / "c.pem", Path(tmp) / "k.pem"
-        cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                               serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()))
+        write_self_signed(cert_file, key_file, "self-test", days=1)
         ctx.load_cert_chain(cert_file, key_file)
-    from smtpgate.tls.bio import BioConnection
-
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     server = ctx.wrap_bio(incoming, outgoing, server_side=True)
     client = SSL.Connection(SSL.Context(SSL.TLS_CLIENT_METHOD), None)
     client.set_connect_state()
-    records = BioConnection(client)
-    for _ in range(10):
-        try:
-            client.do_handshake()
-        except SSL.WantReadError:
-            pass
-        incoming.write(records.outgoing())
-        try:
-            server.do_handshake()
-        except ssl.SSLWantReadError:
-            pass
-        data = outgoing.read()
-        if data:
-            client.bio_write(data)
-        if server.version() and client.get_protocol_version_name() == "TLSv1.3":
-            try:
-                client.do_handshake()
-            except SSL.WantReadError:
-                continue
-            break
+    handshake(pyopenssl_step(client), sslobject_step(server, incoming, outgoing))
     theirs = client.export_keying_material(_LABEL, _LENGTH, b"")
     ours = tls_exporter(server)
     return ours is not None and ours == theirs

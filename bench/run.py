@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime as dt
 import hashlib
 import ipaddress
@@ -63,6 +64,10 @@ from typing import Any, Literal
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
+if str(REPO_DIR) not in sys.path:
+    sys.path.insert(0, str(REPO_DIR))
+from bench import bounds
+
 DEFAULT_LOADGEN = Path("/work/shared/bench/loadgen.py")
 DEFAULT_REF_SERVER = Path("/work/shared/bench/ref_aiosmtpd.py")
 LOOPBACK = "127.0.0.1"
@@ -116,6 +121,10 @@ class Target:
     user: str
     password: str
     cafile: Path
+    #: The server's first process: its process tree's CPU is measured per run.
+    pid: int | None = None
+    #: smtpgate's delivery process (its CPU is also shown on its own).
+    delivery_pid: int | None = None
 
 
 @dataclass
@@ -129,6 +138,9 @@ class RunRecord:
     result: dict[str, Any] | None
     problem: str | None = None
     stderr_tail: str = ""
+    #: CPU seconds the target's processes used during the run ('server'; for
+    #: smtpgate also 'delivery'), for the "what bounds it" report (bench/bounds.py).
+    cpu: dict[str, float] | None = None
 
     def figure(self, metric: Metric) -> float | None:
         if self.result is None:
@@ -457,6 +469,7 @@ def run_loadgen(s: Settings, target: Target, w: Workload, rep: int,
                 max_seconds: int = LOADGEN_MAX_SECONDS) -> RunRecord:
     argv = loadgen_argv(s, target, w, max_seconds)
     rec = RunRecord(w.key, target.name, rep, loadavg(), redact(argv, target.password), None, None)
+    cpu_before = bounds.tree_cpu(target.pid) if target.pid else None
     # Own session: a Ctrl-C reaches only this script, which kills the run in `finally`.
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, start_new_session=True)
@@ -471,6 +484,11 @@ def run_loadgen(s: Settings, target: Target, w: Workload, rep: int,
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     rec.returncode = proc.returncode
+    if cpu_before is not None and target.pid:
+        used = bounds.cpu_between(cpu_before, bounds.tree_cpu(target.pid))
+        rec.cpu = {"server": round(sum(used.values()), 6)}
+        if target.delivery_pid in used:
+            rec.cpu["delivery"] = used[target.delivery_pid]
     rec.stderr_tail = "\n".join(err.decode(errors="replace").splitlines()[-10:])
     lines = [ln for ln in out.decode(errors="replace").splitlines() if ln.strip()]
     if lines:
@@ -607,7 +625,7 @@ def setup_smtpgate(s: Settings, tmp: Path, procs: Processes, password: str) -> t
     proc = procs.start("smtpgate serve", [str(s.smtpgate), "serve", "--config", str(config)], log)
     wait_for_banner(LOOPBACK, sub_port, proc, log, "smtpgate serve")
     cert = sg_dir / "tls" / "cert.pem"
-    return Target("smtpgate", LOOPBACK, sub_port, BENCH_USER, password, cert), sg_dir, log
+    return Target("smtpgate", LOOPBACK, sub_port, BENCH_USER, password, cert, proc.pid), sg_dir, log
 
 
 def setup_reference(s: Settings, tmp: Path, procs: Processes, sg_dir: Path,
@@ -628,7 +646,7 @@ def setup_reference(s: Settings, tmp: Path, procs: Processes, sg_dir: Path,
             raise HarnessError(f"ref_aiosmtpd.py printed no 'ready' within {STARTUP_TIMEOUT} s")
         time.sleep(0.1)
     wait_for_banner(LOOPBACK, port, proc, log, "ref_aiosmtpd.py")
-    return Target("aiosmtpd", LOOPBACK, port, BENCH_USER, password, cert), spool, log
+    return Target("aiosmtpd", LOOPBACK, port, BENCH_USER, password, cert, proc.pid), spool, log
 
 
 def setup_ceiling(s: Settings, tmp: Path, procs: Processes, sg_dir: Path,
@@ -643,7 +661,7 @@ def setup_ceiling(s: Settings, tmp: Path, procs: Processes, sg_dir: Path,
                                           str(port), str(cert), str(key),
                                           "--procs", str(max(1, s.workers))], log)
     wait_for_banner(LOOPBACK, port, proc, log, "canned_smtp.py")
-    return Target("ceiling", LOOPBACK, port, BENCH_USER, password, cert)
+    return Target("ceiling", LOOPBACK, port, BENCH_USER, password, cert, proc.pid)
 
 
 #: Postfix's own default (postconf -d default_process_limit); the test fixture uses 50.
@@ -994,6 +1012,10 @@ def benchmark(s: Settings) -> int:
             if wr.problem:
                 print(f"  warm-up {t.name}: {wr.problem} {json.dumps(wr.errors())}", flush=True)
 
+        # The delivery process is logged once the workers are up (by now, surely).
+        if sg.delivery_pid is None:
+            sg = dataclasses.replace(sg, delivery_pid=bounds.delivery_pid(sg_log))
+            targets[0] = sg
         for w in workloads if not s.skip_abc else ():
             for rep in range(s.repeat):
                 order = targets if rep % 2 == 0 else list(reversed(targets))
@@ -1015,17 +1037,27 @@ def benchmark(s: Settings) -> int:
         extra: dict[str, Any] = {}
         if s.extras:
             extra = run_extras(s, sg_dir, procs, targets, own_pf, tmp, rows)
+        # The floors, on a machine the loadgen runs have left quiet.
+        floors = bounds.measure_floors(s.python, BENCH_DIR / "probes" / "floors.py", sg_dir)
+        units = {w.key: w.sessions * (w.messages if w.metric == "messages_per_s" else 1)
+                 for w in workloads}
+        bound = bounds.report(rows, records, units, floors, cpu_count(), extra.get("d"))
         meta["loadavg_end"] = loadavg()
         print()
         print(table)
         if extra:
             print()
             print(extra["table"])
+        if bound["lines"]:
+            print("\nWhat bounds each unmet target (measured in this run; bench/bounds.py):")
+            for line in bound["lines"]:
+                print(f"* {line}")
         print(f"\nratios > 1: smtpgate faster; '!' = errors or missing messages in a run.\n"
               f"Medians of {s.repeat} run(s); latency = one message, MAIL sent -> 250 after "
               f"the final dot.\nLoad average at start {meta['loadavg_start']}, "
               f"at end {meta['loadavg_end']}.")
-        outcome = {"status": "ok", "summary": rows, "table": table, "extra": extra}
+        outcome = {"status": "ok", "summary": rows, "table": table, "extra": extra,
+                   "bounds": bound}
         bad = [r for r in records if r.problem or r.errors()]
         if bad:
             outcome["status"] = "ok_with_errors"

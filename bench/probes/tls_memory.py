@@ -9,6 +9,7 @@ the server sides are kept. Usage: ``python bench/probes/tls_memory.py stdlib|pyo
 from __future__ import annotations
 
 import gc
+import shutil
 import ssl
 import sys
 import tempfile
@@ -28,12 +29,14 @@ def rss_kib() -> int:
         return next(int(ln.split()[1]) for ln in f if ln.startswith("VmRSS"))
 
 
-def main(kind: str, n: int) -> None:
+def kib_per_connection(kind: str, n: int) -> float:
+    """RSS KiB each of ``n`` handshaken server sessions of ``kind`` holds."""
     d = Path(tempfile.mkdtemp())
     write_self_signed(d / "c.pem", d / "k.pem", "localhost")
     client_ctx = ssl.create_default_context(cafile=str(d / "c.pem"))
     # The server sessions production uses, on the contexts it builds.
     tls = make_server_context(d / "c.pem", d / "k.pem")
+    shutil.rmtree(d)  # loaded: the files are not needed any more
     native = tls.native
     if kind == "stdlib" and native is None:
         raise SystemExit("the stdlib session is not available here (exporter self-test)")
@@ -55,7 +58,12 @@ def main(kind: str, n: int) -> None:
     for _ in range(n):
         one()
     gc.collect()
-    print(f"{kind}: {n} connections, {(rss_kib() - base) / n:.1f} KiB RSS each; "
+    return (rss_kib() - base) / n
+
+
+def main(kind: str, n: int) -> None:
+    each = kib_per_connection(kind, n)
+    print(f"{kind}: {n} connections, {each:.1f} KiB RSS each; "
           f"stdlib {ssl.OPENSSL_VERSION}, pyOpenSSL "
           f"{SSL.OpenSSL_version(SSL.OPENSSL_VERSION).decode()}")
 

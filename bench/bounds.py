@@ -1,0 +1,219 @@
+"""What bounds each target `make bench` does not meet, measured in the same run.
+
+The issue's rule for an unmet target is "the profile that shows what bounds it and
+why it cannot move on this machine: measured, not argued". Two kinds of figure go
+into that, both taken during the run whose ratios they explain:
+
+* the CPU each server's processes used per unit of work in A, B and C (utime +
+  stime of its whole process tree before and after each loadgen run, and
+  loadgen's own, from its JSON);
+* the floors of `bench/probes/floors.py`: one fdatasync on the spool's disk, one
+  loop-to-thread round trip, the sans-IO engine's CPU per message, and OpenSSL's
+  memory per idle TLS session.
+
+Each unmet target then gets one line: what the target needs per unit, what the
+floor is (the ceiling server's own cost plus what no durable, non-blocking SMTP
+server in Python can skip), and what smtpgate spends. A floor above the need means
+the target is out of reach on this machine; a floor below it means it is not ruled
+out, and the line says how far smtpgate is above the floor, and where its CPU goes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import statistics
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.workloads import tree_of
+
+#: The targets of the issue (ratios to each peer).
+NEEDS = {"A": {"aiosmtpd": 2.0, "postfix": 1.3}, "B": {"aiosmtpd": 2.0, "postfix": 1.5},
+         "C": {"aiosmtpd": 1.5, "postfix": 1.2}}
+
+
+def process_cpu(pid: int) -> float | None:
+    """CPU seconds of ``pid``'s live threads (the scheduler's nanosecond counts:
+    /proc/PID/stat counts in 10 ms ticks, too coarse for a one-second run), None if
+    it is gone. The servers' threads live as long as they do."""
+    total = 0
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                total += int((task / "schedstat").read_text().split()[0])
+    except OSError:
+        return None
+    return total / 1e9
+
+
+def tree_cpu(root: int) -> dict[int, float]:
+    """CPU seconds of ``root`` and each descendant, by pid."""
+    out = {}
+    for pid in tree_of(root):
+        cpu = process_cpu(pid)
+        if cpu is not None:
+            out[pid] = cpu
+    return out
+
+
+def cpu_between(before: dict[int, float], after: dict[int, float]) -> dict[int, float]:
+    """CPU seconds each process used in between (processes present at both ends)."""
+    return {p: round(after[p] - before[p], 6) for p in after if p in before}
+
+
+def delivery_pid(serve_log: Path) -> int | None:
+    """The delivery process's pid, as `smtpgate serve` logs it at start-up."""
+    try:
+        m = re.search(r"delivery process: (\d+)", serve_log.read_text(errors="replace"))
+    except OSError:
+        return None
+    return int(m.group(1)) if m else None
+
+
+def measure_floors(python: Path, probe: Path, spool_dir: Path) -> dict[str, Any]:
+    """Run `bench/probes/floors.py` in the servers' Python; its figures, or an error."""
+    try:
+        done = subprocess.run([str(python), str(probe), str(spool_dir)], capture_output=True,
+                              timeout=300, check=True)
+        return dict(json.loads(done.stdout.decode().strip().splitlines()[-1]))
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError) as e:
+        return {"error": repr(e)[:300]}
+
+
+def _median(values: Sequence[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def per_unit_cpu(records: Sequence[Any], workload: str, target: str, units: int,
+                 key: str) -> float | None:
+    """Median CPU ms per unit of ``key`` ('server', 'delivery', 'loadgen') over the runs."""
+    vals: list[float | None] = []
+    for r in records:
+        if r.workload != workload or r.target != target:
+            continue
+        if key == "loadgen":
+            cpu = (r.result or {}).get("loadgen_cpu_s")
+        else:
+            cpu = (r.cpu or {}).get(key)
+        vals.append(cpu / units * 1e3 if isinstance(cpu, (int, float)) and units else None)
+    m = _median(vals)
+    return round(m, 3) if m is not None else None
+
+
+def _r(v: float | None, spec: str = ".3f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def report(rows: Sequence[dict[str, Any]], records: Sequence[Any], units: dict[str, int],
+           floors: dict[str, Any], nproc: int, d: dict[str, Any] | None) -> dict[str, Any]:
+    """The lines of the "what bounds it" report and the figures behind them."""
+    lines: list[str] = []
+    data: dict[str, Any] = {"floors": floors, "cpu_ms_per_unit": {}, "targets": {}}
+    fl = floors if "error" not in floors else {}
+    if not fl:
+        lines.append(f"floors not measured: {floors.get('error')}")
+    for row in rows:
+        w = row["workload"]
+        if w not in NEEDS:
+            continue
+        t = row["targets"]
+        n = units.get(w, 0)
+        cpu = {name: {k: per_unit_cpu(records, w, name, n, k)
+                      for k in ("server", "delivery", "loadgen")} for name in t}
+        data["cpu_ms_per_unit"][w] = cpu
+        unit = "message" if row["metric"] == "messages_per_s" else "session"
+        sg = t.get("smtpgate", {}).get("figure")
+        top = t.get("ceiling", {}).get("figure")
+        sgc = cpu.get("smtpgate", {})
+        for peer, factor in NEEDS[w].items():
+            of = t.get(peer, {}).get("figure")
+            if not of or not sg:
+                continue
+            if sg / of >= factor:
+                continue  # met: nothing to explain
+            rate = factor * of
+            item: dict[str, Any] = {"peer": peer, "factor": factor, "needs_per_s": round(rate, 1)}
+            if w == "A":
+                # One session: the time each message takes is the bound.
+                need = 1e3 / rate
+                parts = {"ceiling": 1e3 / top if top else None,
+                         "fdatasync": fl.get("fdatasync_ms"), "hop": fl.get("hop_ms"),
+                         "engine": fl.get("engine_cpu_ms")}
+                known = [v for v in parts.values() if v is not None]
+                floor = sum(known) if len(known) == len(parts) else None
+                item.update(need_ms=round(need, 3), floor_ms=_round(floor), parts=parts,
+                            smtpgate_ms=round(1e3 / sg, 3))
+                verdict = _verdict(floor, need)
+                lines.append(
+                    f"A vs {peer} ({factor}x = {rate:.0f} msg/s): needs <= {need:.3f} ms a "
+                    f"message; floor {_r(floor)} ms = ceiling's {_r(parts['ceiling'])} + one "
+                    f"fdatasync {_r(parts['fdatasync'])} + one thread round trip "
+                    f"{_r(parts['hop'])} + the engine's CPU {_r(parts['engine'])}; smtpgate "
+                    f"{1e3 / sg:.3f} ms: {verdict}")
+            else:
+                # Many sessions at once: the machine's CPU is the bound.
+                budget = nproc * 1e3 / rate
+                client = sgc.get("loadgen")
+                allowance = budget - client if client is not None else None
+                top_cpu = cpu.get("ceiling", {}).get("server")
+                parts = {"ceiling_cpu": top_cpu, "engine": fl.get("engine_cpu_ms"),
+                         "hop_cpu": fl.get("hop_cpu_ms")}
+                known = [v for v in parts.values() if v is not None]
+                floor = sum(known) if len(known) == len(parts) else None
+                spent, deliv = sgc.get("server"), sgc.get("delivery")
+                item.update(budget_ms=round(budget, 3), client_ms=client,
+                            allowance_ms=_round(allowance), floor_ms=_round(floor),
+                            parts=parts, smtpgate_cpu_ms=spent, delivery_cpu_ms=deliv)
+                verdict = _verdict(floor, allowance)
+                lines.append(
+                    f"{w} vs {peer} ({factor}x = {rate:.0f} {unit}s/s): {nproc} cores give "
+                    f"{budget:.3f} ms of CPU a {unit}, loadgen takes {_r(client)}, leaving "
+                    f"{_r(allowance)}; floor {_r(floor)} = ceiling server's {_r(top_cpu)} + "
+                    f"engine {_r(parts['engine'])} + one thread hop {_r(parts['hop_cpu'])}; "
+                    f"smtpgate spends {_r(spent)} (delivery process {_r(deliv)}): {verdict}")
+            data["targets"][f"{w}:{peer}"] = item
+    if d is not None and fl.get("tls_kib") is not None:
+        sgd = d.get("smtpgate", {})
+        base = sgd.get("rss_before_kib")
+        procs = sgd.get("processes")
+        if base is not None:
+            tls_mb = 10_000 * fl["tls_kib"] / 1024
+            floor_mb = base / 1024 + tls_mb
+            held = sgd.get("rss_held_mb")
+            bare = fl.get("bare_process_mb")
+            item = {"rss_idle_mb": round(base / 1024, 1), "processes": procs,
+                    "tls_kib": fl["tls_kib"], "floor_mb": round(floor_mb, 1),
+                    "bare_process_mb": bare}
+            data["targets"]["D"] = item
+            if floor_mb > 300 or (held is not None and d.get("held_target", 0) >= 10_000
+                                  and held > 300):
+                room = 300 - tls_mb
+                line = (f"D at 10,000 sessions: needs <= 300 MB RSS; 10,000 x "
+                        f"{fl['tls_kib']:.1f} KiB of TLS state (OpenSSL's, on smtpgate's own "
+                        f"session) is {tls_mb:.1f} MB, which leaves {room:.1f} MB for the "
+                        f"processes themselves; smtpgate's {procs or '?'} processes hold "
+                        f"{base / 1024:.1f} MB with no session, so {floor_mb:.1f} MB at "
+                        f"10,000: {_verdict(floor_mb, 300.0)} for this process design")
+                if bare is not None and procs:
+                    line += (f"; {procs} bare interpreters with asyncio, ssl and uvloop alone "
+                             f"hold {procs * bare:.1f} MB")
+                lines.append(line)
+    data["lines"] = lines
+    return data
+
+
+def _round(v: float | None) -> float | None:
+    return None if v is None else round(v, 3)
+
+
+def _verdict(floor: float | None, need: float | None) -> str:
+    if floor is None or need is None:
+        return "floor not measured"
+    if floor > need:
+        return "out of reach on this machine (floor above the need)"
+    return f"not ruled out by the floor ({need - floor:.3f} to spare)"

@@ -85,3 +85,34 @@ def test_mail_needs_no_look_up_when_every_check_is_off() -> None:
     off = PolicyConfig(sender_ownership="off", from_header="off")
     assert not needs_lookup(off, None)
     assert needs_lookup(PolicyConfig(), None)
+
+
+async def test_mail_is_answered_without_io_only_when_nothing_needs_a_read(
+    tmp_path: Path,
+) -> None:
+    policy = PolicyConfig()
+    unlimited = RateLimiter(SqliteRateCounters(tmp_path / "u.sqlite"),
+                            LimitsConfig(messages_per_hour=0, recipients_per_hour=0))
+    limited = RateLimiter(SqliteRateCounters(tmp_path / "l.sqlite"),
+                          LimitsConfig(messages_per_hour=1, recipients_per_hour=0))
+    try:
+        s = sending(Profiles())
+        assert not s.answers_now(unlimited)  # the profile is not read yet
+        assert await s.mail(ALICE, policy, unlimited) is None
+        assert s.answers_now(unlimited) and s.answers_now(None)
+        # The same verdicts as `mail`: ownership refused, owned accepted with a budget
+        # that counts but limits nothing.
+        assert s.mail_now("mallory@example.org", policy, unlimited) == R.SENDER_NOT_OWNED
+        assert s.budget is None
+        assert s.mail_now("info@example.org", policy, unlimited) is None
+        assert s.budget is not None and s.budget.messages_left is None
+        assert s.budget.keys == (f"acct:{ALICE}",)
+        # A limit means a read of the counters at every MAIL: never answered at once.
+        assert not s.answers_now(limited)
+        # An app password with its own limit also needs the read.
+        app = sending(Profiles(), PHONE)
+        await app.mail(ALICE, policy, unlimited)
+        assert not app.answers_now(unlimited)
+    finally:
+        await unlimited.close()
+        await limited.close()

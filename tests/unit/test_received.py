@@ -42,3 +42,17 @@ def test_received_header_parses_and_names_login() -> None:
     assert "with ESMTPSA" in value and "Authenticated sender: alice@example.org" in value
     assert value.endswith("Thu, 01 Jan 1970 00:00:00 GMT")
     assert all(line.startswith((b"Received:", b"\t")) for line in raw.split(b"\r\n")[:-1])
+
+
+def test_the_date_is_the_timestamps_own_second_also_when_remembered() -> None:
+    import email.utils
+
+    # The date string is cached per second (received.py); each stamp must still be
+    # its own second's, whatever came before it.
+    for ts in (1_764_590_400.999, 1_764_590_401.0, 1_764_590_400.2, 86_399.5, 1_764_590_401.7):
+        raw = received_header(helo="c", client_ip="192.0.2.1", hostname="mx", esmtp=True,
+                              tls_version=None, cipher=None, identity="", queue_hint="Q",
+                              timestamp=ts)
+        expected = email.utils.formatdate(int(ts), usegmt=True)
+        assert raw.decode().rstrip("\r\n").endswith("\t" + expected)
+        assert expected == email.utils.formatdate(ts, usegmt=True)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import time
@@ -235,3 +236,36 @@ def test_log_times_are_iso_8601_with_the_zone() -> None:
     stamp = IsoFormatter("%(asctime)s").format(record)
     assert len(stamp) == len("2026-03-01T14:03:07.412+01:00")
     assert stamp[10] == "T" and stamp[-6] in "+-" and stamp[-3] == ":"
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.0004999, 0.0005, 0.412, 0.9994999, 0.9995,
+                                      0.9999994, 0.9999996])
+def test_log_times_match_datetime_to_the_millisecond_also_at_second_edges(
+    fraction: float,
+) -> None:
+    # The second is cached (logs.py); the stamp must still be datetime's own.
+    for whole in (1_764_590_400, 1_801_463_896, int(time.time())):
+        record = logging.LogRecord("smtpgate", logging.INFO, __file__, 1, "x", None, None)
+        record.created = whole + fraction
+        expected = dt.datetime.fromtimestamp(record.created).astimezone().isoformat(
+            timespec="milliseconds")
+        assert IsoFormatter("%(asctime)s").format(record) == expected
+
+
+def test_server_log_records_do_not_walk_the_stack_for_their_caller() -> None:
+    from smtpgate.server.logs import setup_logging
+
+    saved = (logging._srcfile, logging.logThreads, logging.logMultiprocessing)
+    root = logging.getLogger("smtpgate")
+    handlers, level, propagate = root.handlers[:], root.level, root.propagate
+    seen: list[logging.LogRecord] = []
+    try:
+        setup_logging()
+        root.handlers.append(type("H", (logging.Handler,), {"emit": lambda s, r: seen.append(r)})())
+        logging.getLogger("smtpgate.session").info("x %s", 1)
+    finally:
+        logging._srcfile, logging.logThreads, logging.logMultiprocessing = saved
+        root.handlers[:], root.propagate = handlers, propagate
+        root.setLevel(level)
+    # No caller looked up (the stack walk is the costly part), the format needs none.
+    assert seen[0].lineno == 0 and seen[0].getMessage() == "x 1"

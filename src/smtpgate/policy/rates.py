@@ -144,11 +144,20 @@ class RateLimiter:
             out[f"app:{app.id}"] = (app.max_messages_per_hour or 0, app.max_recipients_per_hour or 0)
         return out
 
+    def unlimited_budget(self, profile: SenderProfile, app: AppPasswordUse | None
+                         ) -> Budget | None:
+        """The budget when no limit applies (nothing to read: counts only), else None."""
+        limits = self.limits_for(profile, app)
+        if all(m == 0 and r == 0 for m, r in limits.values()):
+            return Budget(tuple(limits), None, None)
+        return None
+
     async def budget(self, profile: SenderProfile, app: AppPasswordUse | None) -> Budget:
+        unlimited = self.unlimited_budget(profile, app)
+        if unlimited is not None:
+            return unlimited
         limits = self.limits_for(profile, app)
         keys = tuple(limits)
-        if all(m == 0 and r == 0 for m, r in limits.values()):
-            return Budget(keys, None, None)
         since = self._bucket() - WINDOW_BUCKETS + 1
         try:
             used = await self._calls.reads.call(self._counters.usage, keys, since)

@@ -84,14 +84,40 @@ class Sending:
         refused = envelope_sender_refusal(profile, sender, policy, where=self._where)
         if refused is not None:
             return refused
-        if rates is not None:
-            budget = await rates.budget(profile, who.app_password)
-            if budget.messages_left is not None and budget.messages_left <= 0:
-                log.warning("%s: user=%s message rate limit: %s", self._where, who.account,
-                            budget.detail)
-                metrics.rate_limited("messages")
-                return R.MESSAGE_RATE_EXCEEDED
-            self.budget = budget
+        if rates is None:
+            return None
+        return self._take(await rates.budget(profile, who.app_password))
+
+    def answers_now(self, rates: RateLimiter | None) -> bool:
+        """Whether `mail` needs no I/O: the profile is read and no limit applies,
+        so the session can answer MAIL without a task (``mail_now``)."""
+        if self._profile is None:
+            return False
+        return rates is None or rates.unlimited_budget(
+            self._profile, self.principal.app_password) is not None
+
+    def mail_now(
+        self, sender: str, policy: PolicyConfig, rates: RateLimiter | None
+    ) -> R.Reply | None:
+        """`mail`, when ``answers_now`` says it needs no I/O."""
+        self.budget, self._recipients = None, 0
+        profile = self._profile
+        assert profile is not None  # answers_now
+        refused = envelope_sender_refusal(profile, sender, policy, where=self._where)
+        if refused is not None or rates is None:
+            return refused
+        budget = rates.unlimited_budget(profile, self.principal.app_password)
+        assert budget is not None  # answers_now
+        return self._take(budget)
+
+    def _take(self, budget: Budget) -> R.Reply | None:
+        """The transaction's budget; a spent message budget refuses the MAIL."""
+        if budget.messages_left is not None and budget.messages_left <= 0:
+            log.warning("%s: user=%s message rate limit: %s", self._where,
+                        self.principal.account, budget.detail)
+            metrics.rate_limited("messages")
+            return R.MESSAGE_RATE_EXCEEDED
+        self.budget = budget
         return None
 
     def rcpt(self) -> R.Reply | None:

@@ -113,9 +113,14 @@ class Decisions:
         if isinstance(ev, RcptTo):
             engine.respond(self._sending.rcpt() if self._sending is not None else None)
         elif isinstance(ev, MailFrom):
-            if needs_lookup(self.rt.policy, self.rt.rates):
+            rt, sending = self.rt, self._sending
+            if not needs_lookup(rt.policy, rt.rates):
+                engine.respond(None)
+            elif sending is not None and sending.answers_now(rt.rates):
+                # The profile was read at the first MAIL and no limit needs a read.
+                engine.respond(sending.mail_now(ev.sender, rt.policy, rt.rates))
+            else:
                 return Pending(self._mail_from(ev), engine.respond, ev)
-            engine.respond(None)
         elif isinstance(ev, MessageData):
             if self.receiving is not None:
                 self.receiving.incoming.write(ev.data)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -31,6 +32,8 @@ from typing import Any
 
 from bench.workloads import tree_of
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
 #: The targets of the issue (ratios to each peer).
 NEEDS = {"A": {"aiosmtpd": 2.0, "postfix": 1.3}, "B": {"aiosmtpd": 2.0, "postfix": 1.5},
          "C": {"aiosmtpd": 1.5, "postfix": 1.2}}
@@ -38,31 +41,38 @@ NEEDS = {"A": {"aiosmtpd": 2.0, "postfix": 1.3}, "B": {"aiosmtpd": 2.0, "postfix
 
 def process_cpu(pid: int) -> float | None:
     """CPU seconds of ``pid``'s live threads (the scheduler's nanosecond counts:
-    /proc/PID/stat counts in 10 ms ticks, too coarse for a one-second run), None if
-    it is gone. The servers' threads live as long as they do."""
+    /proc/PID/stat counts in 10 ms ticks, too coarse for a one-second run) plus
+    those of its children that exited and were reaped (Postfix's smtpd processes
+    end after 100 sessions), None if it is gone."""
     total = 0
     try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         for task in Path(f"/proc/{pid}/task").iterdir():
             with contextlib.suppress(OSError, ValueError, IndexError):
                 total += int((task / "schedstat").read_text().split()[0])
-    except OSError:
+    except (OSError, IndexError):
         return None
-    return total / 1e9
+    return total / 1e9 + (int(fields[13]) + int(fields[14])) / _TICK
 
 
-def tree_cpu(root: int) -> dict[int, float]:
-    """CPU seconds of ``root`` and each descendant, by pid."""
+def tree_cpu(*roots: int) -> dict[int, float]:
+    """CPU seconds of each root and each of its descendants, by pid."""
     out = {}
-    for pid in tree_of(root):
-        cpu = process_cpu(pid)
-        if cpu is not None:
-            out[pid] = cpu
+    for root in roots:
+        for pid in tree_of(root):
+            cpu = process_cpu(pid)
+            if cpu is not None:
+                out[pid] = cpu
     return out
 
 
 def cpu_between(before: dict[int, float], after: dict[int, float]) -> dict[int, float]:
-    """CPU seconds each process used in between (processes present at both ends)."""
-    return {p: round(after[p] - before[p], 6) for p in after if p in before}
+    """CPU seconds each process used in between: all of it for one born meanwhile.
+    One that ended meanwhile shows up in its parent's reaped-children time with its
+    whole life, so what it had used before is taken off here (a negative entry)."""
+    used = {p: round(after[p] - before.get(p, 0.0), 6) for p in after}
+    used.update({p: -before[p] for p in before if p not in after})
+    return used
 
 
 def delivery_pid(serve_log: Path) -> int | None:
@@ -166,16 +176,19 @@ def report(rows: Sequence[dict[str, Any]], records: Sequence[Any], units: dict[s
                 known = [v for v in parts.values() if v is not None]
                 floor = sum(known) if len(known) == len(parts) else None
                 spent, deliv = sgc.get("server"), sgc.get("delivery")
+                peer_cpu = cpu.get(peer, {}).get("server")
                 item.update(budget_ms=round(budget, 3), client_ms=client,
                             allowance_ms=_round(allowance), floor_ms=_round(floor),
-                            parts=parts, smtpgate_cpu_ms=spent, delivery_cpu_ms=deliv)
+                            parts=parts, smtpgate_cpu_ms=spent, delivery_cpu_ms=deliv,
+                            peer_cpu_ms=peer_cpu)
                 verdict = _verdict(floor, allowance)
                 lines.append(
                     f"{w} vs {peer} ({factor}x = {rate:.0f} {unit}s/s): {nproc} cores give "
                     f"{budget:.3f} ms of CPU a {unit}, loadgen takes {_r(client)}, leaving "
                     f"{_r(allowance)}; floor {_r(floor)} = ceiling server's {_r(top_cpu)} + "
                     f"engine {_r(parts['engine'])} + one thread hop {_r(parts['hop_cpu'])}; "
-                    f"smtpgate spends {_r(spent)} (delivery process {_r(deliv)}): {verdict}")
+                    f"smtpgate spends {_r(spent)} (delivery process {_r(deliv)}), {peer} "
+                    f"{_r(peer_cpu)}: {verdict}")
             data["targets"][f"{w}:{peer}"] = item
     if d is not None and fl.get("tls_kib") is not None:
         sgd = d.get("smtpgate", {})

@@ -121,8 +121,8 @@ class Target:
     user: str
     password: str
     cafile: Path
-    #: The server's first process: its process tree's CPU is measured per run.
-    pid: int | None = None
+    #: The server's first processes: their process trees' CPU is measured per run.
+    pids: tuple[int, ...] = ()
     #: smtpgate's delivery process (its CPU is also shown on its own).
     delivery_pid: int | None = None
 
@@ -469,7 +469,7 @@ def run_loadgen(s: Settings, target: Target, w: Workload, rep: int,
                 max_seconds: int = LOADGEN_MAX_SECONDS) -> RunRecord:
     argv = loadgen_argv(s, target, w, max_seconds)
     rec = RunRecord(w.key, target.name, rep, loadavg(), redact(argv, target.password), None, None)
-    cpu_before = bounds.tree_cpu(target.pid) if target.pid else None
+    cpu_before = bounds.tree_cpu(*target.pids) if target.pids else None
     # Own session: a Ctrl-C reaches only this script, which kills the run in `finally`.
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, start_new_session=True)
@@ -484,8 +484,8 @@ def run_loadgen(s: Settings, target: Target, w: Workload, rep: int,
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     rec.returncode = proc.returncode
-    if cpu_before is not None and target.pid:
-        used = bounds.cpu_between(cpu_before, bounds.tree_cpu(target.pid))
+    if cpu_before is not None:
+        used = bounds.cpu_between(cpu_before, bounds.tree_cpu(*target.pids))
         rec.cpu = {"server": round(sum(used.values()), 6)}
         if target.delivery_pid in used:
             rec.cpu["delivery"] = used[target.delivery_pid]
@@ -625,7 +625,7 @@ def setup_smtpgate(s: Settings, tmp: Path, procs: Processes, password: str) -> t
     proc = procs.start("smtpgate serve", [str(s.smtpgate), "serve", "--config", str(config)], log)
     wait_for_banner(LOOPBACK, sub_port, proc, log, "smtpgate serve")
     cert = sg_dir / "tls" / "cert.pem"
-    return Target("smtpgate", LOOPBACK, sub_port, BENCH_USER, password, cert, proc.pid), sg_dir, log
+    return Target("smtpgate", LOOPBACK, sub_port, BENCH_USER, password, cert, (proc.pid,)), sg_dir, log
 
 
 def setup_reference(s: Settings, tmp: Path, procs: Processes, sg_dir: Path,
@@ -646,7 +646,7 @@ def setup_reference(s: Settings, tmp: Path, procs: Processes, sg_dir: Path,
             raise HarnessError(f"ref_aiosmtpd.py printed no 'ready' within {STARTUP_TIMEOUT} s")
         time.sleep(0.1)
     wait_for_banner(LOOPBACK, port, proc, log, "ref_aiosmtpd.py")
-    return Target("aiosmtpd", LOOPBACK, port, BENCH_USER, password, cert, proc.pid), spool, log
+    return Target("aiosmtpd", LOOPBACK, port, BENCH_USER, password, cert, (proc.pid,)), spool, log
 
 
 def setup_ceiling(s: Settings, tmp: Path, procs: Processes, sg_dir: Path,
@@ -661,7 +661,7 @@ def setup_ceiling(s: Settings, tmp: Path, procs: Processes, sg_dir: Path,
                                           str(port), str(cert), str(key),
                                           "--procs", str(max(1, s.workers))], log)
     wait_for_banner(LOOPBACK, port, proc, log, "canned_smtp.py")
-    return Target("ceiling", LOOPBACK, port, BENCH_USER, password, cert, proc.pid)
+    return Target("ceiling", LOOPBACK, port, BENCH_USER, password, cert, (proc.pid,))
 
 
 #: Postfix's own default (postconf -d default_process_limit); the test fixture uses 50.
@@ -707,6 +707,18 @@ def start_own_postfix(sg_dir: Path) -> Any:
         pd.cleanup()
         raise
     return pd
+
+
+def postfix_pids(own_pf: Any) -> tuple[int, ...]:
+    """Our own Postfix's and Dovecot's master processes (their trees do the work)."""
+    if own_pf is None:
+        return ()
+    pids = []
+    for pid_file in (own_pf.postfix_dir / "spool" / "pid" / "master.pid",
+                     own_pf.root / "dovecot" / "run" / "master.pid"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            pids.append(int(pid_file.read_text().split()[0]))
+    return tuple(pids)
 
 
 def _pid_of(procs: Processes, label: str) -> int | None:
@@ -979,7 +991,7 @@ def benchmark(s: Settings) -> int:
         if s.postfix is not None:
             assert s.postfix_ca is not None
             pf = Target("postfix", s.postfix[0], s.postfix[1], s.postfix_user,
-                        s.postfix_password, s.postfix_ca)
+                        s.postfix_password, s.postfix_ca, postfix_pids(own_pf))
             try:
                 probes["postfix"] = probe_tls(pf)
                 targets.append(pf)

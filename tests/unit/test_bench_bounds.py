@@ -1,0 +1,68 @@
+"""The "what bounds it" report of `make bench` (bench/bounds.py): which unmet
+target gets which verdict, from the figures of one run."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench import bounds
+
+
+@dataclass
+class Run:
+    workload: str
+    target: str
+    cpu: dict[str, float] | None = None
+    result: dict[str, Any] = field(default_factory=dict)
+
+
+def row(w: str, metric: str, **figures: float) -> dict[str, Any]:
+    return {"workload": w, "metric": metric,
+            "targets": {name: {"figure": f} for name, f in figures.items()}}
+
+
+FLOORS = {"fdatasync_ms": 0.2, "hop_ms": 0.08, "hop_cpu_ms": 0.07, "engine_cpu_ms": 0.05,
+          "tls_kib": 14.8, "bare_process_mb": 20.0}
+
+
+def test_a_floor_above_the_need_is_out_of_reach_and_below_it_is_not_ruled_out() -> None:
+    # aiosmtpd 600 msg/s: 2x needs 0.833 ms a message; the floor is 0.5 (ceiling at
+    # 2,000/s) + 0.2 + 0.08 + 0.05 = 0.83 ms: not ruled out. At 700/s it is 0.714: out.
+    for aio, verdict in ((600.0, "not ruled out"), (700.0, "out of reach")):
+        rows = [row("A", "messages_per_s", smtpgate=500.0, aiosmtpd=aio, ceiling=2000.0)]
+        out = bounds.report(rows, [], {"A": 500}, FLOORS, 2, None)
+        assert len(out["lines"]) == 1 and verdict in out["lines"][0]
+        item = out["targets"]["A:aiosmtpd"]
+        assert abs(item["floor_ms"] - 0.83) < 1e-9 and abs(item["need_ms"] - 1e3 / (2 * aio)) < 1e-3
+
+
+def test_met_targets_get_no_line_and_cpu_comes_per_unit_from_each_run() -> None:
+    rows = [row("B", "messages_per_s", smtpgate=1000.0, aiosmtpd=400.0, postfix=900.0,
+                ceiling=8000.0)]
+    runs = [Run("B", "smtpgate", {"server": 1.5, "delivery": 0.3}, {"loadgen_cpu_s": 0.3}),
+            Run("B", "ceiling", {"server": 0.1}), Run("B", "postfix", {"server": 2.0})]
+    out = bounds.report(rows, runs, {"B": 1000}, FLOORS, 2, None)
+    assert [ln.split(" (")[0] for ln in out["lines"]] == ["B vs postfix"]  # 2.5x aio: met
+    item = out["targets"]["B:postfix"]
+    # 2 cores at 1.5 x 900 msg/s: 1.481 ms a message, loadgen 0.3, so 1.181 left.
+    assert item["smtpgate_cpu_ms"] == 1.5 and item["delivery_cpu_ms"] == 0.3
+    assert item["peer_cpu_ms"] == 2.0 and abs(item["allowance_ms"] - 1.181) < 1e-3
+    assert abs(item["floor_ms"] - (0.1 + 0.05 + 0.07)) < 1e-9
+
+
+def test_d_is_judged_on_the_processes_memory_plus_each_sessions_tls_state() -> None:
+    d = {"held_target": 2000, "smtpgate": {"rss_before_kib": 250 * 1024, "processes": 4}}
+    out = bounds.report([], [], {}, FLOORS, 2, d)
+    assert out["targets"]["D"]["floor_mb"] == round(250 + 10_000 * 14.8 / 1024, 1)
+    assert "out of reach" in out["lines"][0] and "80.0 MB" in out["lines"][0]
+    lean = {"held_target": 2000, "smtpgate": {"rss_before_kib": 100 * 1024, "processes": 4}}
+    assert bounds.report([], [], {}, FLOORS, 2, lean)["lines"] == []
+
+
+def test_cpu_between_counts_new_processes_whole_and_takes_off_the_past_of_ended_ones() -> None:
+    before = {1: 10.0, 2: 5.0}
+    after = {1: 12.5, 3: 0.7}  # 2 ended (its life shows in 1's reaped time), 3 is new
+    assert sum(bounds.cpu_between(before, after).values()) == 2.5 + 0.7 - 5.0
+    assert bounds.process_cpu(os.getpid()) is not None

@@ -22,7 +22,6 @@ import glob
 import itertools
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
@@ -30,6 +29,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
+
+from tests.ports import free_port as _free_port
 
 ROLE = "smtpgate"
 ROLE_PASSWORD = "pg-test-Secret-42"
@@ -52,12 +53,6 @@ def require_postgres() -> Path:
     if os.geteuid() == 0 and shutil.which("runuser") is None:
         pytest.fail("runuser is needed to run PostgreSQL as the postgres user")
     return bindir
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class PostgresCluster:

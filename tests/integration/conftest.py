@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.peers.postfix_dovecot import PostfixDovecot, running
+from tests.ports import free_port
 
 BIN = Path(sys.executable).parent
 SMTPGATE = str(BIN / "smtpgate")
@@ -35,12 +36,6 @@ def require_tool(name: str) -> str:
             pytest.fail(f"peer program {name!r} is not installed (make test installs it)")
         pytest.skip(f"{name} not installed")
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

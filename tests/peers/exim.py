@@ -25,6 +25,7 @@ from pathlib import Path
 
 from smtpgate.tls.certs import write_self_signed
 from tests.peers.pidfile import stop_by_pid_file
+from tests.ports import free_port as _free_port
 
 ROOT = Path(__file__).resolve().parents[2] / "build" / "exim" / "root"
 BINARY = ROOT / "usr" / "sbin" / "exim4"
@@ -87,12 +88,6 @@ def available() -> bool:
 def _env() -> dict[str, str]:
     libs = [str(ROOT / "usr" / "lib" / "x86_64-linux-gnu"), str(ROOT / "usr" / "lib")]
     return {**os.environ, "LD_LIBRARY_PATH": ":".join(libs)}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

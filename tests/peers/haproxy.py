@@ -12,6 +12,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests.ports import free_port as _free_port
+
 CONFIG = """\
 global
     maxconn 2000
@@ -40,12 +42,6 @@ backend submissions_nodes
     balance roundrobin
 {submissions_servers}
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class HAProxy:

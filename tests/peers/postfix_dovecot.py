@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from smtpgate.tls.certs import write_self_signed
+from tests.ports import free_port as _free_port
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -73,12 +74,6 @@ MECHANISMS = "plain login cram-md5 scram-sha-1 scram-sha-256"
 
 SCRAM_USER = "scram@test.local"
 SCRAM_PASSWORD = "Sc-Only-Pass1"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _fill(template: str, values: Mapping[str, str]) -> str:

@@ -13,7 +13,6 @@ import atexit
 import itertools
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
@@ -22,13 +21,9 @@ from pathlib import Path
 
 import redis
 
+from tests.ports import free_port as _free_port
+
 PASSWORD = "redis secret for tests"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class RedisServer:

@@ -16,6 +16,7 @@ import itertools
 import os
 import random
 import socket
+from collections.abc import Iterable
 
 #: Below this, ports of services a developer's machine may run.
 _LOWEST = 10_000
@@ -46,15 +47,23 @@ _PORTS = _own_slice()
 _NEXT = itertools.count(random.randrange(len(_PORTS)) if len(_PORTS) else 0)
 
 
-def free_port() -> int:
-    """A port on 127.0.0.1 that nothing is bound to now (TIME_WAIT included)."""
-    for _ in range(len(_PORTS)):
-        port = _PORTS[next(_NEXT) % len(_PORTS)]
+def first_free(candidates: Iterable[int]) -> int | None:
+    """The first of ``candidates`` that nothing on 127.0.0.1 is bound to now (TIME_WAIT
+    included), or None."""
+    for port in candidates:
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
+        return port
+    return None
+
+
+def free_port() -> int:
+    """A free port on 127.0.0.1 from this process's slice."""
+    port = first_free(_PORTS[next(_NEXT) % len(_PORTS)] for _ in range(len(_PORTS)))
+    if port is not None:
         return port
     with socket.socket() as s:  # no room outside the ephemeral range: the old way
         s.bind(("127.0.0.1", 0))

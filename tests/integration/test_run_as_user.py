@@ -25,6 +25,7 @@ import smtpgate
 from tests.integration import conftest
 from tests.integration.conftest import IN_CI, PASSWORD, USER, Server, make_server
 from tests.integration.test_production_layout import owner_python
+from tests.ports import first_free
 
 pytestmark = pytest.mark.slow
 
@@ -56,14 +57,9 @@ def root_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 
 def low_port() -> int:
     """A free loopback port below 1024."""
-    for port in range(1000, 600, -7):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise AssertionError("no free port below 1024")
+    port = first_free(range(1000, 600, -7))
+    assert port is not None, "no free port below 1024"
+    return port
 
 
 def uids(pid: int) -> tuple[int, int]:

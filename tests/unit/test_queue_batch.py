@@ -8,7 +8,7 @@ import asyncio
 import os
 import shutil
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -138,39 +138,50 @@ async def test_held_and_locked_messages_are_left_alone(
     assert spool.list_ids() == [held] and len(mail(maildir)) == 1
 
 
-async def test_a_failed_write_is_deferred_and_retried_once(
-    spool: Spool, maildir: CountingMaildir
+async def retried_a_minute_later(
+    spool: Spool, maildir: CountingMaildir, *, trouble: Callable[[], object],
+    cure: Callable[[], object], meanwhile: Callable[[str], None],
 ) -> None:
+    """One message attempted while ``trouble`` holds (``meanwhile`` checks what that
+    left), then again a minute later once ``cure`` undid it: delivered exactly once,
+    and gone from the spool."""
     qid = spool.store_sync(envelope(), DATA)
     clock = Clock()
     worker = DeliveryWorker(spool, maildir, CFG, clock)
-    shutil.rmtree(maildir.path / "tmp")
-    assert await worker.run_once() == 1
-    state = spool.load_state(qid)
-    assert state is not None and state.next_attempt == T0 + 60.0
-    (maildir.path / "tmp").mkdir()
+    trouble()
+    await worker.run_once()
+    meanwhile(qid)
+    cure()
     clock.now += 60.0
-    assert await worker.run_once() == 1
+    await worker.run_once()
     assert spool.list_ids() == [] and len(mail(maildir)) == 1
+
+
+async def test_a_failed_write_is_deferred_and_retried_once(
+    spool: Spool, maildir: CountingMaildir
+) -> None:
+    def deferred(qid: str) -> None:
+        state = spool.load_state(qid)
+        assert state is not None and state.next_attempt == T0 + 60.0
+        assert mail(maildir) == []
+
+    await retried_a_minute_later(
+        spool, maildir, trouble=lambda: shutil.rmtree(maildir.path / "tmp"),
+        cure=lambda: (maildir.path / "tmp").mkdir(), meanwhile=deferred)
 
 
 async def test_a_failed_spool_removal_never_delivers_twice(
     spool: Spool, maildir: CountingMaildir, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    qid = spool.store_sync(envelope(), DATA)
-    clock = Clock()
-    worker = DeliveryWorker(spool, maildir, CFG, clock)
-
     def broken(qids: Sequence[tuple[str, bool]], **kw: object) -> list[SpoolError | None]:
         return [SpoolError("disk trouble")] * len(qids)
 
-    monkeypatch.setattr(spool, "remove_now", broken)
-    await worker.run_once()
-    assert spool.list_ids() == [qid] and len(mail(maildir)) == 1
-    monkeypatch.undo()
-    clock.now += 60.0
-    await worker.run_once()
-    assert spool.list_ids() == [] and len(mail(maildir)) == 1
+    def delivered_and_kept(qid: str) -> None:
+        assert spool.list_ids() == [qid] and len(mail(maildir)) == 1
+
+    await retried_a_minute_later(
+        spool, maildir, trouble=lambda: monkeypatch.setattr(spool, "remove_now", broken),
+        cure=monkeypatch.undo, meanwhile=delivered_and_kept)
 
 
 async def test_a_corrupt_message_in_a_batch_is_quarantined_and_the_rest_delivered(
@@ -189,16 +200,12 @@ async def test_a_corrupt_message_in_a_batch_is_quarantined_and_the_rest_delivere
 async def test_a_deliverer_exception_keeps_the_messages_and_suspects_them(
     spool: Spool, maildir: CountingMaildir
 ) -> None:
-    qid = spool.store_sync(envelope(), DATA)
-    clock = Clock()
-    worker = DeliveryWorker(spool, maildir, CFG, clock)
-    maildir.fail = True
-    await worker.run_once()
-    assert spool.list_ids() == [qid] and mail(maildir) == []
-    maildir.fail = False
-    clock.now += 60.0
-    await worker.run_once()
-    assert spool.list_ids() == [] and len(mail(maildir)) == 1
+    def kept(qid: str) -> None:
+        assert spool.list_ids() == [qid] and mail(maildir) == []
+
+    await retried_a_minute_later(
+        spool, maildir, trouble=lambda: setattr(maildir, "fail", True),
+        cure=lambda: setattr(maildir, "fail", False), meanwhile=kept)
 
 
 async def test_a_batch_under_way_at_the_stop_deadline_finishes_and_records(

@@ -7,6 +7,7 @@ Python's ``ssl`` has no keying-material exporter).
 from __future__ import annotations
 
 import hashlib
+from typing import ClassVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -36,37 +37,131 @@ def end_point_hash(cert: x509.Certificate) -> bytes:
     return hashlib.new(name, cert.public_bytes(Encoding.DER)).digest()
 
 
-class BioConnection:
-    """One ``SSL.Connection`` over memory BIOs: ciphertext in/out, plaintext in/out."""
+class RecordSession:
+    """``receive`` and ``read_plaintext`` for a TLS connection over memory BIOs, in
+    either library smtpgate drives (pyOpenSSL, ``BioConnection``; the stdlib ``ssl``
+    object, ``native_session.py``).
 
-    __slots__ = ("_conn", "handshake_done")
+    Why one base with hooks: the libraries name the steps and the errors
+    differently, but what each outcome means (wait for more ciphertext, the peer's
+    close_notify, a failure) is one rule for the server and client sessions alike.
+    """
 
-    def __init__(self, conn: SSL.Connection) -> None:
-        self._conn = conn
+    __slots__ = ("handshake_done",)
+
+    #: The library's errors: more ciphertext needed, close_notify received, any other.
+    _WANT_READ: ClassVar[type[Exception]]
+    _ZERO_RETURN: ClassVar[type[Exception]]
+    _ERROR: ClassVar[type[Exception]]
+    #: ``receive`` hands over data read just before the peer's close_notify (a client
+    #: reading the server's 221 and its close in one go) rather than failing.
+    _EOF_AFTER_DATA: ClassVar[bool] = False
+
+    def __init__(self) -> None:
         self.handshake_done = False
 
-    def read_plaintext(self, *, eof_after_data: bool = False) -> bytes:
-        """Every plaintext byte OpenSSL can decrypt now.
+    def receive(self, data: bytes) -> tuple[bytes, bytes]:
+        """Feed ciphertext; return (plaintext received, ciphertext to send).
 
         Raises:
-            EOFError: the peer sent close_notify (unless data came first and
-                ``eof_after_data`` is set).
+            TlsError: the handshake or a record failed.
+            EOFError: the peer sent close_notify.
+        """
+        if data:
+            self._feed(data)
+        if not self.handshake_done:
+            try:
+                self._handshake()
+            except self._WANT_READ:
+                return b"", self.outgoing()
+            except self._ERROR as e:
+                self._handshake_failed()
+                raise TlsError(f"handshake failed: {self._describe(e)}") from None
+            self.handshake_done = True
+        return self.read_plaintext(eof_after_data=self._EOF_AFTER_DATA), self.outgoing()
+
+    def read_plaintext(self, *, eof_after_data: bool = False) -> bytes:
+        """Every plaintext byte the library can decrypt now.
+
+        Raises:
+            EOFError: the peer sent close_notify, or the stream ended without one
+                (unless data came first and ``eof_after_data`` is set).
             TlsError: a record failed.
         """
-        chunks = []
-        conn = self._conn
-        while True:
+        chunks: list[bytes] = []
+        while self._more(chunks):
             try:
-                chunks.append(conn.recv(READ_SIZE))
-            except SSL.WantReadError:
+                chunk = self._read_record()
+            except self._WANT_READ:
                 break
-            except SSL.ZeroReturnError:
+            except self._ZERO_RETURN:
                 if chunks and eof_after_data:
                     break
                 raise EOFError from None
-            except SSL.Error as e:
-                raise TlsError(f"TLS error: {describe(e)}") from None
+            except self._ERROR as e:
+                raise TlsError(f"TLS error: {self._describe(e)}") from None
+            if not chunk:  # a clean end without close_notify
+                if chunks and eof_after_data:
+                    break
+                raise EOFError
+            chunks.append(chunk)
         return b"".join(chunks)
+
+    # --- what each library provides ----------------------------------------------
+
+    def _feed(self, data: bytes) -> None:
+        """Hand ciphertext to the library."""
+        raise NotImplementedError
+
+    def _handshake(self) -> None:
+        """One step of the handshake; raises ``_WANT_READ`` until it is done."""
+        raise NotImplementedError
+
+    def _handshake_failed(self) -> None:
+        """Called before a failed handshake raises (the client keeps the alert)."""
+
+    def _read_record(self) -> bytes:
+        """Up to ``READ_SIZE`` decrypted bytes."""
+        raise NotImplementedError
+
+    def _more(self, chunks: list[bytes]) -> bool:
+        """Whether to read again (the stdlib session stops before the error)."""
+        return True
+
+    def outgoing(self) -> bytes:
+        """Records the library has queued for the peer."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _describe(e: Exception) -> str:
+        return str(e)
+
+
+class BioConnection(RecordSession):
+    """One ``SSL.Connection`` over memory BIOs: ciphertext in/out, plaintext in/out."""
+
+    __slots__ = ("_conn",)
+
+    _WANT_READ = SSL.WantReadError
+    _ZERO_RETURN = SSL.ZeroReturnError
+    _ERROR = SSL.Error
+
+    def __init__(self, conn: SSL.Connection) -> None:
+        super().__init__()
+        self._conn = conn
+
+    def _feed(self, data: bytes) -> None:
+        self._conn.bio_write(data)
+
+    def _handshake(self) -> None:
+        self._conn.do_handshake()
+
+    def _read_record(self) -> bytes:
+        return self._conn.recv(READ_SIZE)
+
+    @staticmethod
+    def _describe(e: Exception) -> str:
+        return describe(e) if isinstance(e, SSL.Error) else str(e)
 
     def send(self, plaintext: bytes) -> bytes:
         """Encrypt ``plaintext``; return the records to write."""

@@ -197,6 +197,9 @@ class TlsClientSession(BioConnection):
 
     __slots__ = ("_chain_error", "_chain_error_code", "_hostname", "alert")
 
+    #: The server's last reply and its close_notify often come in one read.
+    _EOF_AFTER_DATA = True
+
     def __init__(self, ctx: SSL.Context, server_hostname: str) -> None:
         super().__init__(SSL.Connection(ctx, None))
         self._conn.set_connect_state()
@@ -230,26 +233,8 @@ class TlsClientSession(BioConnection):
             raise TlsError(f"handshake failed: {_describe(e)}") from None
         return self.outgoing()
 
-    def receive(self, data: bytes) -> tuple[bytes, bytes]:
-        """Feed ciphertext; return (plaintext received, ciphertext to send).
-
-        Raises:
-            TlsError: the handshake or a record failed.
-            EOFError: the server sent close_notify.
-        """
-        conn = self._conn
-        if data:
-            conn.bio_write(data)
-        if not self.handshake_done:
-            try:
-                conn.do_handshake()
-                self.handshake_done = True
-            except SSL.WantReadError:
-                return b"", self.outgoing()
-            except SSL.Error as e:
-                self.alert = self.outgoing()  # OpenSSL's alert, for the caller to send
-                raise TlsError(f"handshake failed: {_describe(e)}") from None
-        return self.read_plaintext(eof_after_data=True), self.outgoing()
+    def _handshake_failed(self) -> None:
+        self.alert = self.outgoing()  # OpenSSL's alert, for the caller to send
 
     # --- what the handshake established ----------------------------------------
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import ssl
 
 from smtpgate.sasl.base import ChannelBinding, ClientCertificate
-from smtpgate.tls.bio import READ_SIZE, TlsError
+from smtpgate.tls.bio import READ_SIZE, RecordSession, TlsError
 from smtpgate.tls.exporter import tls_exporter
 
 
@@ -30,59 +30,40 @@ def describe_ssl_error(e: ssl.SSLError) -> str:
     return str(e) or type(e).__name__
 
 
-class NativeServerSession:
+class NativeServerSession(RecordSession):
     """One server-side TLS connection on ``ssl.SSLObject``."""
 
-    __slots__ = ("_end_point", "_in", "_obj", "_out", "handshake_done")
+    __slots__ = ("_end_point", "_in", "_obj", "_out")
+
+    _WANT_READ = ssl.SSLWantReadError
+    _ZERO_RETURN = ssl.SSLZeroReturnError
+    _ERROR = ssl.SSLError
 
     def __init__(self, context: ssl.SSLContext, end_point_hash: bytes) -> None:
+        super().__init__()
         self._in = ssl.MemoryBIO()
         self._out = ssl.MemoryBIO()
         self._obj = context.wrap_bio(self._in, self._out, server_side=True)
         self._end_point = end_point_hash
-        self.handshake_done = False
 
-    def receive(self, data: bytes) -> tuple[bytes, bytes]:
-        """Feed ciphertext; return (plaintext received, ciphertext to send).
-
-        Raises TlsError on a handshake or record failure, and EOFError when the
-        peer sent close_notify.
-        """
+    def _feed(self, data: bytes) -> None:
         self._in.write(data)
-        if not self.handshake_done:
-            try:
-                self._obj.do_handshake()
-                self.handshake_done = True
-            except ssl.SSLWantReadError:
-                return b"", self._out.read()
-            except ssl.SSLError as e:
-                raise TlsError(f"handshake failed: {describe_ssl_error(e)}") from None
-        return self.read_plaintext(), self._out.read()
 
-    def read_plaintext(self, *, eof_after_data: bool = False) -> bytes:
-        chunks: list[bytes] = []
-        obj = self._obj
-        incoming = self._in
+    def _handshake(self) -> None:
+        self._obj.do_handshake()
+
+    def _read_record(self) -> bytes:
+        return self._obj.read(READ_SIZE)
+
+    def _more(self, chunks: list[bytes]) -> bool:
         # Stop once no ciphertext and no decrypted byte is left, rather than by the
         # SSLWantReadError of one read too many: raising it cost a sixth of the CPU
         # of a NOOP (bench/README.md). A partial record still ends in that error.
-        while incoming.pending or obj.pending() or not chunks:
-            try:
-                chunk = obj.read(READ_SIZE)
-            except ssl.SSLWantReadError:
-                break
-            except ssl.SSLZeroReturnError:
-                if chunks and eof_after_data:
-                    break
-                raise EOFError from None
-            except ssl.SSLError as e:
-                raise TlsError(f"TLS error: {describe_ssl_error(e)}") from None
-            if not chunk:  # a clean EOF without close_notify
-                if chunks and eof_after_data:
-                    break
-                raise EOFError
-            chunks.append(chunk)
-        return b"".join(chunks)
+        return bool(self._in.pending or self._obj.pending() or not chunks)
+
+    @staticmethod
+    def _describe(e: Exception) -> str:
+        return describe_ssl_error(e) if isinstance(e, ssl.SSLError) else str(e)
 
     def send(self, plaintext: bytes) -> bytes:
         """Encrypt ``plaintext``; return the records to write."""

@@ -265,23 +265,6 @@ class TlsServerSession(BioConnection):
         self._problems: list[str] = []
         conn.set_app_data(self._problems)
 
-    def receive(self, data: bytes) -> tuple[bytes, bytes]:
-        """Feed ciphertext; return (plaintext received, ciphertext to send).
-
-        Raises TlsError on a handshake or record failure, and EOFError when the
-        peer sent close_notify.
-        """
-        self._conn.bio_write(data)
-        if not self.handshake_done:
-            try:
-                self._conn.do_handshake()
-                self.handshake_done = True
-            except SSL.WantReadError:
-                return b"", self.outgoing()
-            except SSL.Error as e:
-                raise TlsError(f"handshake failed: {describe(e)}") from None
-        return self.read_plaintext(), self.outgoing()
-
     def channel_binding(self) -> ChannelBinding:
         """Every binding type computable on this connection (RFC 5929, RFC 9266).
 

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import sqlite3
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,6 +183,117 @@ async def test_success_records_last_login(svc: AuthService, admin: AccountAdmin)
 async def test_concurrent_logins(svc: AuthService) -> None:
     results = await asyncio.gather(*(login(svc) for _ in range(20)))
     assert all(v.ok for v in results)
+
+
+class _CountedReads:
+    """The store, counting the sender-profile reads (aliases, granted domains)."""
+
+    def __init__(self, store: SqliteAccountStore) -> None:
+        self._store = store
+        self.profile_reads = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def aliases(self, name: str) -> Any:
+        self.profile_reads += 1
+        return self._store.aliases(name)
+
+
+async def test_a_cache_hit_login_reads_the_sender_profile_in_its_account_hop(
+    store: SqliteAccountStore, admin: AccountAdmin, tmp_path: Path
+) -> None:
+    admin.add_alias(ALICE, "sales@example.org")
+    counted = _CountedReads(store)
+    svc = make_service(counted, tmp_path)
+    try:
+        query = VerifyPassword(ALICE, "pencil", mechanism="PLAIN")
+        first = await svc.resolve_detailed(query, CTX)  # verified by Argon2: not cached yet
+        assert first.answer == Verdict(ok=True, identity=ALICE) and first.profile is None
+        assert counted.profile_reads == 0
+        # Guesses never read the profile, before or after the cache holds the password.
+        for pw in ("crayon", "pencil2", ""):
+            bad = await svc.resolve_detailed(VerifyPassword(ALICE, pw, mechanism="PLAIN"), CTX)
+            assert not isinstance(bad.answer, Verdict) or not bad.answer.ok
+            assert bad.profile is None
+        assert counted.profile_reads == 0
+        hit = await svc.resolve_detailed(query, CTX)
+        assert hit.answer == Verdict(ok=True, identity=ALICE)
+        assert hit.profile is not None and hit.profile.owns("sales@example.org")
+        assert counted.profile_reads == 1
+        # The password changed since it was cached: the read came along, the login fails.
+        admin.set_password(ALICE, "new-Pencil-123")
+        stale = await svc.resolve_detailed(query, CTX)
+        assert stale.answer == Verdict(ok=False, reason="bad password")
+        assert stale.profile is None
+    finally:
+        await svc.close()
+
+
+class _HeldLastLogin:
+    """The store, with last-login writes recorded and held until ``go`` is set."""
+
+    def __init__(self, store: SqliteAccountStore) -> None:
+        self._store = store
+        self.writes: list[tuple[str, str]] = []
+        self.go = threading.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def record_login(self, name: str, mechanism: str, when: Any) -> None:
+        assert self.go.wait(10)
+        self.writes.append((name, mechanism))
+        self._store.record_login(name, mechanism, when)
+
+
+async def test_last_logins_are_group_committed_newest_per_account(
+    store: SqliteAccountStore, admin: AccountAdmin, tmp_path: Path
+) -> None:
+    admin.add_account("bob@example.org", "crayon")
+    slow = _HeldLastLogin(store)
+    svc = make_service(slow, tmp_path)
+    try:
+        assert (await login(svc, mechanism="login")).ok  # its write starts, and is held
+        # While that write runs, ten logins of two accounts arrive: one write each.
+        logins = [login(svc, mechanism="plain") for _ in range(6)]
+        logins += [login(svc, "bob@example.org", "crayon", mechanism="login") for _ in range(4)]
+        assert all(v.ok for v in await asyncio.gather(*logins))
+    finally:
+        slow.go.set()
+        await svc.close()  # writes what is queued before the writer goes
+    assert slow.writes[0] == (ALICE, "LOGIN")
+    assert sorted(slow.writes[1:]) == [(ALICE, "PLAIN"), ("bob@example.org", "LOGIN")]
+    a, b = admin.get_account(ALICE), admin.get_account("bob@example.org")
+    assert a is not None and a.last_mechanism == "PLAIN"
+    assert b is not None and b.last_mechanism == "LOGIN"
+
+
+async def test_a_failed_last_login_write_costs_only_its_account(
+    store: SqliteAccountStore, admin: AccountAdmin, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    admin.add_account("bob@example.org", "crayon")
+
+    class Failing(_HeldLastLogin):
+        def record_login(self, name: str, mechanism: str, when: Any) -> None:
+            if name == ALICE:
+                raise StoreUnavailable("disk I/O error")
+            super().record_login(name, mechanism, when)
+
+    failing = Failing(store)
+    failing.go.set()
+    svc = make_service(failing, tmp_path)
+    try:
+        assert (await login(svc, "bob@example.org", "crayon")).ok
+        assert all(v.ok for v in await asyncio.gather(
+            login(svc), login(svc, "bob@example.org", "crayon", mechanism="login")))
+        await svc.flush()
+    finally:
+        await svc.close()
+    b = admin.get_account("bob@example.org")
+    assert b is not None and b.last_mechanism == "LOGIN"
+    assert "last login of alice@example.org: disk I/O error" in caplog.text
 
 
 # --- backend faults are temporary ---------------------------------------------------

@@ -116,3 +116,16 @@ async def test_mail_is_answered_without_io_only_when_nothing_needs_a_read(
     finally:
         await unlimited.close()
         await limited.close()
+
+
+async def test_a_profile_the_login_read_is_used_without_asking_again() -> None:
+    profiles = Profiles()
+    read_at_login = SenderProfile(ALICE, aliases=frozenset({"sales@example.org"}))
+    s = Sending(Principal(ALICE, "PLAIN"), profiles, session_id="s1", client_ip="192.0.2.7",
+                profile=read_at_login)
+    policy = PolicyConfig()
+    assert s.answers_now(None)
+    assert await s.mail("sales@example.org", policy, None) is None
+    assert await s.mail("info@example.org", policy, None) == R.SENDER_NOT_OWNED
+    assert s.mail_now("mallory@example.org", policy, None) == R.SENDER_NOT_OWNED
+    assert profiles.asked == []

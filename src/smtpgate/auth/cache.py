@@ -93,6 +93,14 @@ class CredentialCache:
         self._entries.move_to_end(name)
         return True
 
+    def holds(self, name: str, password: str) -> bool:
+        """Whether ``password`` verified for ``name`` within the TTL, at any
+        generation; a peek (nothing moves or goes) for deciding what to read along
+        with the account, never for letting a login in (that is ``check``)."""
+        entry = self._entries.get(name)
+        return (entry is not None and self._clock() < entry.expires
+                and hmac.compare_digest(entry.digest, self._digest(name, password)))
+
     def put(self, name: str, password: str, generation: int) -> None:
         """Remember a successful verification (replacing any older one for ``name``)."""
         if not self.enabled:

@@ -71,6 +71,7 @@ from smtpgate.auth.attempt_gate import AttemptGate
 from smtpgate.auth.directory import AppPassword, StoreError
 from smtpgate.auth.guard import Guard, GuardCheck, Refusal
 from smtpgate.auth.principal import AppPasswordUse, Principal
+from smtpgate.auth.sender_profile import SenderProfile
 from smtpgate.auth.service import AuthContext, AuthService
 from smtpgate.auth.services import AuthServices
 from smtpgate.auth.verify_scheduler import Lane
@@ -118,6 +119,9 @@ class LoginResult:
     #: The guard refused the attempt before any credential was checked (result
     #: "tempfail"): its kind says which temporary reply fits (docs/protection.md).
     refusal: Refusal | None = None
+    #: The account's sender profile if the login read it (success only; else the
+    #: session reads it at its first MAIL).
+    profile: SenderProfile | None = None
 
 
 @dataclass(slots=True)
@@ -185,6 +189,7 @@ class LoginAttempt:
         self._refusal: str | None = None
         self._app: AppPassword | None = None
         self._issuer: str | None = None
+        self._profile: SenderProfile | None = None
         #: The mechanism has shown the client something of the account before any
         #: proof (SCRAM's salt and count), and no proof has been accepted since.
         self._disclosed = False
@@ -211,7 +216,7 @@ class LoginAttempt:
         if guard is not None and not isinstance(query, ConfirmIdentity):
             # The first look-up of an attempt (SCRAM's ConfirmIdentity is its
             # second): the guard decides before any hashing happens.
-            self._refusal, self._app, self._issuer = None, None, None
+            self._refusal, self._app, self._issuer, self._profile = None, None, None, None
             account, fault = await self._account(guard, getattr(query, "username", ""))
             if not self._alive():
                 return None
@@ -251,6 +256,7 @@ class LoginAttempt:
         self._refusal = res.refusal or self._refusal
         self._app = res.app_password or self._app
         self._issuer = res.oauth_issuer or self._issuer
+        self._profile = res.profile or self._profile
         return res.answer
 
     async def _enter_gate(self, guard: Guard, *, account: str = "") -> bool:
@@ -314,6 +320,7 @@ class LoginAttempt:
         refusal, self._refusal = self._refusal, None
         app, self._app = self._app, None
         issuer, self._issuer = self._issuer, None
+        profile, self._profile = self._profile, None
         disclosed, self._disclosed = self._disclosed, False
         auth, self._auth = self._auth, None
         if auth is None:
@@ -354,7 +361,9 @@ class LoginAttempt:
                 check, outcome.identity
             ):
                 pending = guard.success(check, outcome.identity)  # committed before the 235
-            return Conclusion(LoginResult(result, principal), pending)
+            if profile is not None and profile.name != outcome.identity:
+                profile = None  # not the account that logged in: MAIL reads its own
+            return Conclusion(LoginResult(result, principal, profile=profile), pending)
         if result is not AuthResult.FAILURE and not probe:
             self._leave_gate()
             return Conclusion(LoginResult(result))

@@ -21,7 +21,9 @@ Blocking work runs off the event loop, on these executors:
   of microseconds;
 - one writer for bookkeeping (last login, re-derived secrets): a single thread
   runs the writes in the order they were made, and the store's SQL refuses to
-  move a last-login time backwards for what comes from other processes.
+  move a last-login time backwards for what comes from other processes. Last
+  logins are group-committed: those that arrive while a write is under way go
+  out together in the next one (one hop per batch, not per login).
 
 Every failure path for a password does one Argon2id verification (against the
 account's hash or the decoy), so response times do not tell an unknown or
@@ -160,6 +162,9 @@ class Resolution:
     app_password: AppPassword | None = None
     #: The issuer of the bearer token that verified, if one did.
     oauth_issuer: str | None = None
+    #: The account's sender profile, when it was read along with the login's
+    #: account (a credential-cache hit: ``_verify_password``); else None.
+    profile: SenderProfile | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,6 +281,9 @@ class AuthService:
         self._write_pool = ThreadPoolExecutor(1, "smtpgate-db-write")
         self._background: set[asyncio.Future[object]] = set()
         self._pending_writes = 0
+        #: Last logins not written yet, the newest per account (``_record_login``).
+        self._logins: dict[str, tuple[str, datetime]] = {}
+        self._logins_writing = False
         self._upgrading: set[str] = set()
         self._closed = False
         self.stats = AuthStats()
@@ -363,16 +371,19 @@ class AuthService:
 
         def load() -> SenderProfile:
             name = lookup_key(identity)
-            account = self._directory.get_account(name)
-            return SenderProfile(
-                name=name,
-                aliases=frozenset(self._directory.aliases(name)),
-                domains=frozenset(self._directory.granted_domains(name)),
-                max_messages_per_hour=account.max_messages_per_hour if account else None,
-                max_recipients_per_hour=account.max_recipients_per_hour if account else None,
-            )
+            return self._profile(name, self._directory.get_account(name))
 
         return await self._read(load)
+
+    def _profile(self, name: str, account: Account | None) -> SenderProfile:
+        """Worker thread: ``name``'s sender profile, its account row already read."""
+        return SenderProfile(
+            name=name,
+            aliases=frozenset(self._directory.aliases(name)),
+            domains=frozenset(self._directory.granted_domains(name)),
+            max_messages_per_hour=account.max_messages_per_hour if account else None,
+            max_recipients_per_hour=account.max_recipients_per_hour if account else None,
+        )
 
     def record(
         self, ctx: AuthContext, mechanism: str, username: str, result: str, reason: str
@@ -508,6 +519,13 @@ class AuthService:
             return account, None
         return account, self._directory.get_credential(account.name, scheme)
 
+    def _load_with_profile(
+        self, name: str, scheme: str
+    ) -> tuple[Account | None, str | None, SenderProfile | None]:
+        """Worker thread: ``_load`` and the account's sender profile, in one hop."""
+        account, encoded = self._load(name, scheme)
+        return account, encoded, None if account is None else self._profile(account.name, account)
+
     async def _burn(self, password: str, lane: Lane) -> None:
         """Do the work of a verification that is going to fail anyway, in the lane
         a real one would take (an unknown account must look like a wrong password)."""
@@ -515,9 +533,37 @@ class AuthService:
         await self._hash(self._hasher.verify_decoy, password, lane=lane)
 
     def _record_login(self, account: Account, mechanism: str) -> None:
-        self._write_later(
-            self._directory.record_login, account.name, mechanism, datetime.now(UTC)
-        )
+        """Queue the account's last login. Group-committed: logins that arrive while
+        a write is under way go out together in the next one, the newest per
+        account, so that a burst of logins (a client opening ten connections, a
+        busy relay) costs the writer one hop instead of one each."""
+        if self._closed:
+            self.stats.dropped_writes += 1
+            return
+        self._logins[account.name] = (mechanism, datetime.now(UTC))
+        if not self._logins_writing:
+            self._logins_writing = True
+            self._spawn(self._write_logins())
+
+    async def _write_logins(self) -> None:
+        """Write queued last logins until none is left. Not stopped by ``close``,
+        which waits for it (``flush``) before the writer thread goes."""
+        loop = asyncio.get_running_loop()
+        try:
+            while self._logins:
+                batch, self._logins = self._logins, {}
+                await loop.run_in_executor(self._write_pool, self._write_login_batch, batch)
+        finally:
+            self._logins_writing = False
+
+    def _write_login_batch(self, batch: dict[str, tuple[str, datetime]]) -> None:
+        """On the writer thread: one record per account; a failure costs its own."""
+        for name, (mechanism, when) in batch.items():
+            try:
+                self._directory.record_login(name, mechanism, when)
+            except StoreError as e:
+                log.warning("background account update failed: last login of %s: %s",
+                            name, e)
 
     # --- handlers --------------------------------------------------------------------
 
@@ -530,7 +576,15 @@ class AuthService:
     async def _verify_password(self, q: VerifyPassword, ctx: AuthContext) -> Resolution:
         mechanism = q.mechanism.upper()
         lane = ctx.lane
-        account, encoded = await self._read(self._load, lookup_key(q.username), ARGON2ID)
+        name = lookup_key(q.username)
+        profile = None
+        if self._cache.holds(name, q.password):
+            # Most likely a login that succeeds (only a password that verified is
+            # cached): its first MAIL's profile comes in the same hop. A guess
+            # never gets here, so guessing costs no extra read.
+            account, encoded, profile = await self._read(self._load_with_profile, name, ARGON2ID)
+        else:
+            account, encoded = await self._read(self._load, name, ARGON2ID)
         if account is None:
             await self._burn(q.password, lane)
             return Resolution(Verdict(ok=False, reason=UNKNOWN_USER))
@@ -570,7 +624,7 @@ class AuthService:
             # A legacy string is never a current Argon2id hash: an upgrade follows.
             self._maybe_upgrade(account, q.password, encoded if legacy is None else legacy)
         self._record_login(account, mechanism)
-        return Resolution(Verdict(ok=True, identity=account.name))
+        return Resolution(Verdict(ok=True, identity=account.name), profile=profile)
 
     async def _check_password(
         self, account: Account, encoded: str | None, password: str, lane: Lane

@@ -4,7 +4,9 @@ A session makes one `Sending` when its login succeeds, from the `Principal`, and
 asks it at each step of a transaction (docs/policy.md):
 
 - MAIL: the account's sender profile is read once per login (aliases, granted
-  domains, its rates), the envelope sender's ownership is checked
+  domains, its rates: with the login's account row when the password was a
+  credential-cache hit, else at the first MAIL), the envelope sender's ownership
+  is checked
   (`policy/sender.py`), and the rate counters give the transaction its budget
   (`policy/rates.py`); an exhausted message budget refuses the MAIL.
 - RCPT: counted against that budget, without another read.
@@ -57,13 +59,15 @@ class Sending:
     """
 
     def __init__(
-        self, principal: Principal, profiles: ProfileSource, *, session_id: str, client_ip: str
+        self, principal: Principal, profiles: ProfileSource, *, session_id: str, client_ip: str,
+        profile: SenderProfile | None = None,
     ) -> None:
         self.principal = principal
         self._profiles = profiles
         self._session_id = session_id
         self._where = f"{session_id} {client_ip}"
-        self._profile: SenderProfile | None = None
+        #: Read by the login (``LoginResult.profile``) or at the first MAIL.
+        self._profile = profile
         #: The current transaction's budget (None: unlimited or not looked up).
         self.budget: Budget | None = None
         self._recipients = 0

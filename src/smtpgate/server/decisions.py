@@ -220,7 +220,8 @@ class Decisions:
             self.principal = result.principal
             # The current directory's profile, also after a reload (auth/services.py).
             self._sending = Sending(result.principal, self.rt.login.services,
-                                    session_id=p.session_id, client_ip=p.client_ip)
+                                    session_id=p.session_id, client_ip=p.client_ip,
+                                    profile=result.profile)
 
     def abandoned(self, ev: AuthFinished) -> None:
         """Log an attempt the client hung up on; a failure it had already been told

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from smtpgate.auth.sender_profile import SenderProfile
-from smtpgate.config import LimitsConfig
+from smtpgate.config import LimitsConfig, PolicyConfig
 from smtpgate.policy import rates
 from smtpgate.policy.rate_counters import RateCountersError
 from smtpgate.policy.rates import Budget, RateLimiter, budget_left
@@ -142,3 +142,53 @@ async def test_a_backend_bug_is_logged_and_the_accepted_messages_are_not_refused
         assert "cannot count 1 accepted message(s)" in caplog.text
     finally:
         await limiter.close()
+
+
+async def test_counts_no_limit_applies_to_are_gathered_and_written_later_in_one_write() -> None:
+    import asyncio
+
+    from smtpgate.auth.principal import Principal
+    from smtpgate.policy.submission import Sending
+
+    class Profiles:
+        async def sender_profile(self, identity: str) -> SenderProfile:
+            return SenderProfile(identity)
+
+    counters = RecordingCounters()
+    limiter = RateLimiter(counters, LimitsConfig(messages_per_hour=0, recipients_per_hour=0),
+                          later_seconds=0.2)
+    try:
+        sending = Sending(Principal("a@x.org", "PLAIN"), Profiles(), session_id="s",
+                          client_ip="192.0.2.7")
+        for recipients in (1, 2, 3):
+            assert await sending.mail("a@x.org", PolicyConfig(), limiter) is None
+            assert sending.count(limiter, recipients) is None  # nothing to wait for
+        assert counters.writes == []  # gathered, not written yet
+        await asyncio.sleep(0.6)
+        assert [w[0] + w[2:] for w in counters.writes] == [(A, 3, 6)]  # one write for three
+        # A limited account's count is still written before its 250 (the caller awaits).
+        limited = RateLimiter(counters, LimitsConfig(messages_per_hour=10), later_seconds=60)
+        try:
+            s2 = Sending(Principal("a@x.org", "PLAIN"), Profiles(), session_id="s2",
+                         client_ip="192.0.2.7")
+            assert await s2.mail("a@x.org", PolicyConfig(), limited) is None
+            counting = s2.count(limited, 1)
+            assert counting is not None
+            await counting
+            assert counters.writes[-1][2:] == (1, 1)
+        finally:
+            await limited.close()
+    finally:
+        await limiter.close()
+
+
+async def test_gathered_counts_are_written_when_the_limiter_closes() -> None:
+    counters = RecordingCounters()
+    limiter = RateLimiter(counters, LimitsConfig(messages_per_hour=0, recipients_per_hour=0),
+                          later_seconds=3600)
+    limiter.count_later((A,), 1, 4)
+    limiter.count_later((A, P), 1, 1)
+    await limiter.close()
+    assert sorted((w[0], w[2:]) for w in counters.writes) == [((A,), (1, 4)), ((A, P), (1, 1))]
+    limiter.count_later((A,), 1, 1)  # after close: dropped, no timer left behind
+    assert len(counters.writes) == 2

@@ -13,7 +13,11 @@ goes out, so the next MAIL (on any connection, in any worker) sees it. Counts
 are group-committed: those that arrive while a write is under way go out
 together in the next one, and each waits for the write that holds it, so the
 rule above holds with one thread hop per batch instead of one per message
-(bench/README.md, workload B).
+(bench/README.md, workload B). A message whose keys no limit applies to (an
+account or app password set to unlimited) gates no MAIL: its count is gathered
+for up to a second and written with the others, and its 250 does not wait for
+it (``count_later``). A limit set on such a key afterwards (a reload, ``user
+limits``) may therefore miss the last second's messages.
 
 The check and the count are not one atomic step: sessions of one account
 running in parallel can together overshoot a limit by at most one message
@@ -51,6 +55,10 @@ log = logging.getLogger("smtpgate.policy")
 
 #: Buckets (of ``BUCKET_SECONDS``) per window: a sliding hour.
 WINDOW_BUCKETS = 60
+
+#: How long the counts of senders no limit applies to wait, to be written together
+#: (``count_later``): one write a second for such a sender, not one per message.
+LATER_SECONDS = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +108,7 @@ class RateLimiter:
     def __init__(
         self, counters: RateCounters, limits: LimitsConfig, *,
         clock: Callable[[], float] = time.time, store_timeout: float = 0.25,
+        later_seconds: float = LATER_SECONDS,
     ) -> None:
         self._counters = counters
         self._limits = limits
@@ -114,6 +123,10 @@ class RateLimiter:
         self._pending: dict[tuple[tuple[str, ...], int], list[int]] = {}
         self._pending_written: asyncio.Future[None] | None = None
         self._writer: asyncio.Task[None] | None = None
+        #: Counts that gate nothing, gathered for ``later_seconds`` (``count_later``).
+        self._later: dict[tuple[tuple[str, ...], int], list[int]] = {}
+        self._later_seconds = later_seconds
+        self._later_timer: asyncio.TimerHandle | None = None
 
     def reconfigure(self, limits: LimitsConfig, store_timeout: float | None = None) -> None:
         """New default limits (a reload), and the bound if given; the counters stay."""
@@ -180,6 +193,33 @@ class RateLimiter:
         # Shielded: a session that goes away must not cancel the others' write.
         await asyncio.shield(written)
 
+    def count_later(self, keys: tuple[str, ...], messages: int, recipients: int) -> None:
+        """Add an accepted message to ``keys`` that no limit applies to: no 250
+        waits for it (no MAIL's budget depends on it); written within
+        ``later_seconds``, together with whatever else is pending, for what the
+        counts are still read for (the web admin's sent-this-hour)."""
+        if self._closed:
+            return
+        entry = self._later.setdefault((keys, self._bucket()), [0, 0])
+        entry[0] += messages
+        entry[1] += recipients
+        if self._later_timer is None:
+            self._later_timer = asyncio.get_running_loop().call_later(
+                self._later_seconds, self._write_later)
+
+    def _write_later(self) -> None:
+        """The gathered counts join the pending ones; the writer takes them."""
+        if self._later_timer is not None:
+            self._later_timer.cancel()
+            self._later_timer = None
+        later, self._later = self._later, {}
+        for key, (messages, recipients) in later.items():
+            entry = self._pending.setdefault(key, [0, 0])
+            entry[0] += messages
+            entry[1] += recipients
+        if self._pending and self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._write_pending())
+
     async def _write_pending(self) -> None:
         try:
             while self._pending:
@@ -209,6 +249,7 @@ class RateLimiter:
         if self._closed:
             return
         self._closed = True
+        self._write_later()
         if self._writer is not None:
             await asyncio.shield(self._writer)  # counts already promised
         await asyncio.get_running_loop().run_in_executor(None, self._calls.close)

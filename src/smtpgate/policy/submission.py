@@ -148,7 +148,12 @@ class Sending:
         self, rates: RateLimiter | None, recipients: int
     ) -> Coroutine[Any, Any, None] | None:
         """The accepted message's count, to run alongside its spool write; None if
-        nothing is counted."""
-        if rates is None or self.budget is None:
+        nothing waits for it (no budget, or one no limit applies to: gathered and
+        written within a second, ``RateLimiter.count_later``)."""
+        budget = self.budget
+        if rates is None or budget is None:
             return None
-        return rates.count(self.budget.keys, 1, recipients)
+        if budget.messages_left is None and budget.recipients_left is None:
+            rates.count_later(budget.keys, 1, recipients)  # gates nothing: no wait
+            return None
+        return rates.count(budget.keys, 1, recipients)

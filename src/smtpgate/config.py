@@ -1224,6 +1224,16 @@ class ServerConfig(Model):
         "handshakes and Argon2 are CPU-bound: this is how smtpgate uses more than one core.",
     )
 
+    worker_cpu_affinity: Literal["auto", "off"] = Field(
+        default="auto",
+        description="auto: with more than one worker, each worker process is bound to one "
+        "of the CPUs smtpgate may run on (worker 1 to the first, and so on, round-robin), so "
+        "that its event loop and its threads hand work to each other on one core; the parent "
+        "and the delivery process are not bound. off: the kernel places every process. Set "
+        "off when other work on the host keeps CPUs busy and the workers should be free to "
+        "move away from them (docs/operations.md). Needs a restart.",
+    )
+
     shutdown_grace: float = Field(
         default=10.0, ge=0, description=(
             "Seconds in-flight sessions and deliveries get on SIGTERM: then sessions get"

@@ -340,6 +340,52 @@ def test_single_worker_reloads_too(tmp_path: Path) -> None:
     assert srv.stop() == 0
 
 
+def _cpus_allowed(pid: int) -> set[int]:
+    return os.sched_getaffinity(pid)
+
+
+def _worker_pids(srv: Server) -> tuple[list[int], int]:
+    started = wait_for_log(srv, r"started (\d+) worker processes: ([\d, ]+); delivery process: (\d+)")[0]
+    return [int(p) for p in started.group(2).split(", ")], int(started.group(3))
+
+
+@pytest.mark.parametrize("mode", ["auto", "off"])
+def test_each_worker_is_bound_to_its_own_cpu_unless_off(tmp_path: Path, mode: str) -> None:
+    mine = os.sched_getaffinity(0)
+    srv = make_server(tmp_path / "srv")
+    srv.add_user(USER, PASSWORD)
+    set_key(srv, "server", "workers = 2")
+    if mode == "off":
+        set_key(srv, "server", 'worker_cpu_affinity = "off"')
+    srv.start()
+    try:
+        workers, delivery = _worker_pids(srv)
+        parent = srv.proc.pid if srv.proc is not None else 0
+        bound = [_cpus_allowed(pid) for pid in workers]
+        if mode == "auto" and len(mine) >= 2:
+            first, second = sorted(mine)[:2]
+            assert bound == [{first}, {second}]
+            wait_for_log(srv, rf"worker 1 bound to CPU {first} \(server.worker_cpu_affinity\)")
+            wait_for_log(srv, rf"worker 2 bound to CPU {second} ")
+            # Threads a worker starts later (its spool and database threads) inherit it.
+            with smtplib.SMTP_SSL("127.0.0.1", srv.submissions,
+                                  context=srv.client_context()) as s:
+                s.login(USER, PASSWORD)
+                s.sendmail(USER, ["bob@example.net"], f"From: {USER}\r\nSubject: a\r\n\r\nx\r\n")
+            srv.wait_for_mail(1)
+            for pid in workers:
+                tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+                assert len(tids) > 1
+                assert {frozenset(_cpus_allowed(t)) for t in tids} == {frozenset(_cpus_allowed(pid))}
+        else:
+            assert bound == [mine, mine]
+            assert "bound to CPU" not in srv.log_text()
+        # The parent and the delivery process are left to the kernel either way.
+        assert _cpus_allowed(parent) == mine and _cpus_allowed(delivery) == mine
+    finally:
+        assert srv.stop() == 0
+
+
 # --- limits for the whole server -------------------------------------------------------------
 
 

@@ -55,6 +55,7 @@ from smtpgate.sasl.registry import create_server_mechanism, server_mechanism_nam
 from smtpgate.server import logs, metrics_http, pidfile, privileges, proxied, status_file, systemd
 from smtpgate.server import reload as reloading
 from smtpgate.server.connection import SmtpConnection
+from smtpgate.server.cpu_affinity import bind_worker
 from smtpgate.server.front_doors import (
     FrontDoor,
     bind_auth_sockets,
@@ -829,6 +830,9 @@ def _run_supervised(
             inherited = (current.metrics_sock, current.admin_sock)
 
             def body(status: StatusWriter) -> int:
+                cpu = bind_worker(slot, cfg_now.server.worker_cpu_affinity)
+                if cpu is not None:
+                    log.info("worker %d bound to CPU %d (server.worker_cpu_affinity)", slot + 1, cpu)
                 for other in inherited:
                     # Not ours to serve; kept open here, it would outlive a reload
                     # that moves the endpoint, accepting connections nobody answers.

@@ -7,7 +7,7 @@ inter-processor interrupt, which in a virtual machine is a trip through the
 hypervisor; the workers also drift onto the same CPU while another idles. Bound
 to one CPU each, as nginx's ``worker_cpu_affinity auto`` does, the hand-offs stay
 on one core and each worker keeps one. Measured on the 2-CPU VM of
-bench/README.md ("2026-12-01, 14:00-15:00 UTC"): 11-33 % more messages per
+bench/README.md ("2026-12-01, 14:00-15:05 UTC"): 11-33 % more messages per
 second with ten parallel sessions and 0-21 % more new sessions per second, at
 about the same CPU per message. The cost: a bound worker cannot move away from a CPU that
 other work on the host keeps busy; ``off`` lets the kernel place it.

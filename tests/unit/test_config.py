@@ -161,3 +161,11 @@ def test_state_machine_page_is_current() -> None:
     from smtpgate.smtp.states import render_markdown
 
     assert (ROOT / "docs" / "state-machine.md").read_text() == render_markdown()
+
+
+def test_worker_cpu_affinity_is_auto_or_off_and_names_itself_otherwise(base: Path) -> None:
+    assert parse_config(GOOD, base).server.worker_cpu_affinity == "auto"
+    off = parse_config(GOOD + '[server]\nworker_cpu_affinity = "off"\n', base)
+    assert off.server.worker_cpu_affinity == "off"
+    assert list(problems(GOOD + '[server]\nworker_cpu_affinity = "yes"\n', base)) == [
+        "server.worker_cpu_affinity"]

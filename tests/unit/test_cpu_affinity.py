@@ -4,24 +4,11 @@ kernel refuses (``server/cpu_affinity.py``)."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 
-from smtpgate.config import ConfigError, parse_config
 from smtpgate.server import cpu_affinity
 from smtpgate.server.cpu_affinity import bind_worker, cpu_for
-
-GOOD = """
-hostname = "mx.example.org"
-[[listeners]]
-name = "submission"
-address = "127.0.0.1:2587"
-tls = "starttls"
-[tls]
-cert = "c.pem"
-key = "k.pem"
-"""
 
 
 def test_workers_take_the_allowed_cpus_in_order_round_robin() -> None:
@@ -60,14 +47,3 @@ def test_a_refusal_is_logged_and_the_worker_runs_unbound(
     assert bind_worker(1, "auto") is None
     assert "worker 2: cannot bind to CPU 1 (Operation not permitted); running unbound" in caplog.text
     assert cpu_affinity.log.name == "smtpgate"
-
-
-def test_the_key_takes_auto_or_off_and_names_itself_otherwise(tmp_path: Path) -> None:
-    (tmp_path / "c.pem").write_text("x")
-    (tmp_path / "k.pem").write_text("x")
-    assert parse_config(GOOD, tmp_path).server.worker_cpu_affinity == "auto"
-    off = parse_config(GOOD + '[server]\nworker_cpu_affinity = "off"\n', tmp_path)
-    assert off.server.worker_cpu_affinity == "off"
-    with pytest.raises(ConfigError) as e:
-        parse_config(GOOD + '[server]\nworker_cpu_affinity = "yes"\n', tmp_path)
-    assert list(dict(e.value.problems)) == ["server.worker_cpu_affinity"]

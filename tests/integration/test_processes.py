@@ -386,6 +386,18 @@ def test_each_worker_is_bound_to_its_own_cpu_unless_off(tmp_path: Path, mode: st
         assert srv.stop() == 0
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_every_process_logs_stopped_and_the_parent_last(default_server: Server, sig: int) -> None:
+    srv = default_server
+    workers, delivery = _worker_pids(srv)
+    parent = srv.proc.pid if srv.proc is not None else 0
+    assert srv.stop(sig) == 0
+    stopped = [int(m.group(1)) for m in re.finditer(r"INFO smtpgate\[(\d+)\]: stopped$",
+                                                    srv.log_text(), re.MULTILINE)]
+    assert sorted(stopped) == sorted([parent, *workers, delivery])
+    assert stopped[-1] == parent
+
+
 # --- limits for the whole server -------------------------------------------------------------
 
 

@@ -651,6 +651,7 @@ async def deliver_only(
     if served is not None:
         await served.stop()
     await spool.close()
+    log.info("stopped")
 
 
 # --- start-up ---------------------------------------------------------------------------

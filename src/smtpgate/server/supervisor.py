@@ -179,6 +179,8 @@ class Supervisor:
                               ", ".join(late), self.startup_timeout)
                     self._begin_stop(EXIT_STARTUP)
                 self._timers(now)
+            if self._code == EXIT_OK:
+                log.info("stopped")  # every child is gone; an error exit said why already
             return self._code
         finally:
             self._restore_signals()

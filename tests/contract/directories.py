@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from smtpgate.admin import (
     AccessChange,
@@ -50,6 +50,17 @@ CFG = AccountsConfig(
 )
 ACTOR = AuditActor("contract", "pytest")
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
+
+
+class Forwarding:
+    """A directory (or store) that forwards every call to ``inner``: a test
+    overrides the calls it counts, holds or breaks, and calls ``inner``'s."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
 
 
 @dataclass(frozen=True)

@@ -11,26 +11,20 @@ import pytest
 
 from smtpgate.auth.authlog import AuthLog
 from smtpgate.auth.credentials import ARGON2ID, SCRAM_SHA_1, SCRAM_SHA_256
-from smtpgate.auth.directory import AccountDirectory
 from smtpgate.auth.service import AuthContext, AuthService
 from smtpgate.config import AuthConfig
 from smtpgate.sasl.base import LookupScram, NotFound, ScramCredentials, Verdict, VerifyPassword
 from smtpgate.sasl.scram import scram_credentials_from_password
-from tests.contract.directories import ALICE, BOB, CFG, BindOnlyHarness
+from tests.contract.directories import ALICE, BOB, CFG, BindOnlyHarness, Forwarding
 
 CTX = AuthContext("submission", "192.0.2.7", 50123, "TLSv1.3", "s")
 PW = "correct horse battery"
 
 
-class Counting:
+class Counting(Forwarding):
     """Counts the directory's password checks (binds)."""
 
-    def __init__(self, inner: AccountDirectory) -> None:
-        self.inner = inner
-        self.binds = 0
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self.inner, name)
+    binds = 0
 
     def verify_password(self, name: str, password: str) -> bool:
         self.binds += 1

@@ -34,6 +34,7 @@ from smtpgate.sasl.base import (
     VerifyToken,
 )
 from smtpgate.sasl.scram import scram_credentials_from_password
+from tests.contract.directories import Forwarding
 
 CFG = AccountsConfig(
     argon2_memory_kib=8192, argon2_time_cost=1, argon2_parallelism=1, scram_iterations=4096
@@ -185,19 +186,14 @@ async def test_concurrent_logins(svc: AuthService) -> None:
     assert all(v.ok for v in results)
 
 
-class _CountedReads:
+class _CountedReads(Forwarding):
     """The store, counting the sender-profile reads (aliases, granted domains)."""
 
-    def __init__(self, store: SqliteAccountStore) -> None:
-        self._store = store
-        self.profile_reads = 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
+    profile_reads = 0
 
     def aliases(self, name: str) -> Any:
         self.profile_reads += 1
-        return self._store.aliases(name)
+        return self.inner.aliases(name)
 
 
 async def test_a_cache_hit_login_reads_the_sender_profile_in_its_account_hop(
@@ -230,21 +226,18 @@ async def test_a_cache_hit_login_reads_the_sender_profile_in_its_account_hop(
         await svc.close()
 
 
-class _HeldLastLogin:
+class _HeldLastLogin(Forwarding):
     """The store, with last-login writes recorded and held until ``go`` is set."""
 
     def __init__(self, store: SqliteAccountStore) -> None:
-        self._store = store
+        super().__init__(store)
         self.writes: list[tuple[str, str]] = []
         self.go = threading.Event()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
 
     def record_login(self, name: str, mechanism: str, when: Any) -> None:
         assert self.go.wait(10)
         self.writes.append((name, mechanism))
-        self._store.record_login(name, mechanism, when)
+        self.inner.record_login(name, mechanism, when)
 
 
 async def test_last_logins_are_group_committed_newest_per_account(

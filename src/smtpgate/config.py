@@ -1234,6 +1234,19 @@ class ServerConfig(Model):
         "move away from them (docs/operations.md). Needs a restart.",
     )
 
+    sqlite_reads_on_loop: bool = Field(
+        default=True,
+        description="Row reads of the local SQLite files (the account database, the guard "
+        "state, the rate counters) are made on the worker's event loop instead of a thread: "
+        "a hop to a thread costs more CPU than such a read from the page cache. The loop's "
+        "reads never wait for a lock (they go to a thread instead), and a read that fails, or "
+        "three that take over 20 ms within a minute, send that file's reads to a thread for a "
+        "minute (logged). Set "
+        "false when the files sit on storage that can stall for seconds: a stalled read "
+        "then holds up one session instead of the worker (docs/operations.md). Needs a "
+        "restart.",
+    )
+
     shutdown_grace: float = Field(
         default=10.0, ge=0, description=(
             "Seconds in-flight sessions and deliveries get on SIGTERM: then sessions get"

@@ -169,3 +169,11 @@ def test_worker_cpu_affinity_is_auto_or_off_and_names_itself_otherwise(base: Pat
     assert off.server.worker_cpu_affinity == "off"
     assert list(problems(GOOD + '[server]\nworker_cpu_affinity = "yes"\n', base)) == [
         "server.worker_cpu_affinity"]
+
+
+def test_sqlite_reads_on_loop_is_on_by_default_and_a_boolean(base: Path) -> None:
+    assert parse_config(GOOD, base).server.sqlite_reads_on_loop is True
+    off = parse_config(GOOD + "[server]\nsqlite_reads_on_loop = false\n", base)
+    assert off.server.sqlite_reads_on_loop is False
+    assert list(problems(GOOD + '[server]\nsqlite_reads_on_loop = "sometimes"\n', base)) == [
+        "server.sqlite_reads_on_loop"]

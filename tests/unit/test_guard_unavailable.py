@@ -128,7 +128,10 @@ async def test_a_store_error_is_an_episode_and_the_next_success_ends_it(
 
 
 class StuckGuardStore(SqliteGuardStore):
-    """The SQLite state, but every call first waits while ``gate`` is closed."""
+    """The SQLite state, but every call first waits while ``gate`` is closed: storage
+    that stalls, for which ``server.sqlite_reads_on_loop`` is set false (the guards
+    over it get ``reads_on_loop=False``; a lock is what stops a local file's reads,
+    and the loop never waits for one: test_loop_reads.py)."""
 
     def __init__(self, path: Path) -> None:
         super().__init__(path)
@@ -162,7 +165,7 @@ def state(mode: str = "known") -> StateConfig:
 @pytest.fixture
 async def stuck(tmp_path: Path) -> AsyncIterator[tuple[Guard, StuckGuardStore]]:
     store = StuckGuardStore(tmp_path / "guard.sqlite")
-    g = Guard(store, cfg(), state())
+    g = Guard(store, cfg(), state(), reads_on_loop=False)
     yield g, store
     store.gate.set()
     await g.close()
@@ -212,11 +215,11 @@ async def test_when_only_writes_are_stuck_the_snapshot_still_decides(tmp_path: P
     """Reads answer, writes do not: known comes from the state (a process that
     never saw the login knows it), blocks still apply, failures meet the penalty."""
     store = StuckGuardStore(tmp_path / "guard.sqlite")
-    first = Guard(store, cfg(), state())
+    first = Guard(store, cfg(), state(), reads_on_loop=False)
     await _known_from_home(first)
     await first.close()
     store = StuckGuardStore(tmp_path / "guard.sqlite")
-    g = Guard(store, cfg(), state())  # a fresh process: nothing in memory
+    g = Guard(store, cfg(), state(), reads_on_loop=False)  # a fresh process: nothing in memory
     try:
         store.reads_free = True
         store.start_blocks([Block(ADDRESS, "203.0.113.9", 0, 4e9, "test")])
@@ -270,7 +273,7 @@ async def test_a_write_episode_ends_by_itself_though_refused_logins_write_nothin
 @pytest.mark.parametrize(("mode", "home_ok", "away_ok"), [("open", True, True), ("closed", False, False)])
 async def test_open_and_closed_modes(tmp_path: Path, mode: str, home_ok: bool, away_ok: bool) -> None:
     store = StuckGuardStore(tmp_path / "guard.sqlite")
-    g = Guard(store, cfg(), state(mode))
+    g = Guard(store, cfg(), state(mode), reads_on_loop=False)
     try:
         await _known_from_home(g)
         store.gate.clear()

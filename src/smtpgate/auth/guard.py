@@ -109,6 +109,7 @@ from smtpgate.auth.guard_state import (
     Snapshot,
     Windows,
 )
+from smtpgate.auth.loop_reads import loop_reads_for
 from smtpgate.auth.names import lookup_key
 from smtpgate.auth.networks import ClientKeys, client_keys, in_networks, parse_ip, parse_networks
 from smtpgate.config import GuardConfig, StateConfig
@@ -327,7 +328,7 @@ class Guard:
 
     def __init__(
         self, store: GuardState, cfg: GuardConfig, state: StateConfig | None = None, *,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.time, reads_on_loop: bool = True,
     ) -> None:
         self._store = store
         self._cfg = cfg
@@ -338,6 +339,7 @@ class Guard:
         self._calls = StoreCalls(
             "guard database", self._state.timeout, (GuardStoreError,),
             degraded=_degraded_text(self._state), log=log,
+            loop_reads=loop_reads_for(store, "guard database") if reads_on_loop else None,
         )
         self._memory = GuardMemory()
         #: Background write probes (``_probe_writes``), kept until done.

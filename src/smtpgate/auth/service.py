@@ -98,6 +98,7 @@ from smtpgate.auth.credentials import (
 )
 from smtpgate.auth.directory import Account, AccountDirectory, AppPassword, StoreError
 from smtpgate.auth.legacy_hashes import LEGACY
+from smtpgate.auth.loop_reads import Missed, loop_reads_for
 from smtpgate.auth.names import lookup_key
 from smtpgate.auth.networks import in_networks, parse_ip, parse_networks
 from smtpgate.auth.passwords import PasswordHasher, StoredHashError, verify_on_one_thread_here
@@ -257,6 +258,7 @@ class AuthService:
         token_verifier: object | None = None,
         *,
         passwords_cfg: PasswordsConfig | None = None,
+        reads_on_loop: bool = True,
     ) -> None:
         self._directory = directory
         self._passwords = passwords_cfg or PasswordsConfig()
@@ -278,6 +280,8 @@ class AuthService:
         )
         self._lanes = VerificationScheduler(accounts_cfg.hash_threads)
         self._read_pool = ThreadPoolExecutor(DB_THREADS, "smtpgate-db-read")
+        #: Row reads made on the loop (a local SQLite directory only: loop_reads.py).
+        self._loop_reads = loop_reads_for(directory, "account database") if reads_on_loop else None
         self._write_pool = ThreadPoolExecutor(1, "smtpgate-db-write")
         self._background: set[asyncio.Future[object]] = set()
         self._pending_writes = 0
@@ -362,7 +366,7 @@ class AuthService:
         ``ctx`` (a lock, conditional access), or None. For a front door that vets a
         login another server checked (the Postfix policy service); an account the
         directory does not have: None (nothing to apply). ``StoreError`` on a fault."""
-        account = await self._read(self._directory.get_account, lookup_key(identity))
+        account = await self._read_row(self._directory.get_account, lookup_key(identity))
         found = None if account is None else _mechanism_refusal(account, mechanism, ctx)
         return None if found is None else found[1]
 
@@ -373,7 +377,7 @@ class AuthService:
             name = lookup_key(identity)
             return self._profile(name, self._directory.get_account(name))
 
-        return await self._read(load)
+        return await self._read_row(load)
 
     def _profile(self, name: str, account: Account | None) -> SenderProfile:
         """Worker thread: ``name``'s sender profile, its account row already read."""
@@ -456,6 +460,19 @@ class AuthService:
         finally:
             metrics.backend_call("directory", "read", time.monotonic() - started,
                                  failed=failed)
+
+    async def _read_row(self, fn: Callable[[*Ts], T], *args: *Ts) -> T:
+        """``_read`` for a read of rows (never a bind, a hash or a write): made on
+        the loop when the directory is a local SQLite file (``loop_reads``)."""
+        inline = self._loop_reads
+        if inline is not None and not self._closed:
+            started = time.monotonic()
+            answer = inline.read(fn, *args)
+            if not isinstance(answer, Missed):
+                metrics.backend_call("directory", "read", time.monotonic() - started,
+                                     failed=False)
+                return answer
+        return await self._read(fn, *args)
 
     async def _hash(self, fn: Callable[[*Ts], T], *args: *Ts, lane: Lane = TRUSTED) -> T:
         """``fn(*args)`` on a hash thread once ``lane`` has a slot (verify_scheduler.py).
@@ -582,9 +599,9 @@ class AuthService:
             # Most likely a login that succeeds (only a password that verified is
             # cached): its first MAIL's profile comes in the same hop. A guess
             # never gets here, so guessing costs no extra read.
-            account, encoded, profile = await self._read(self._load_with_profile, name, ARGON2ID)
+            account, encoded, profile = await self._read_row(self._load_with_profile, name, ARGON2ID)
         else:
-            account, encoded = await self._read(self._load, name, ARGON2ID)
+            account, encoded = await self._read_row(self._load, name, ARGON2ID)
         if account is None:
             await self._burn(q.password, lane)
             return Resolution(Verdict(ok=False, reason=UNKNOWN_USER))
@@ -596,13 +613,13 @@ class AuthService:
             await self._burn(q.password, lane)
             return Resolution(Verdict(ok=False, reason=refusal[1]), refusal=refusal[0])
         if APP_PASSWORD_RE.fullmatch(q.password):
-            app = await self._read(self._directory.match_app_password, account.name, q.password)
+            app = await self._read_row(self._directory.match_app_password, account.name, q.password)
             if app is not None:
                 return self._app_login(account, app, mechanism, ctx)
         legacy = None
         if encoded is None and LEGACY in account.schemes:
             # An imported hash (``legacy_hashes``), until this login upgrades it.
-            legacy = await self._read(self._directory.get_credential, account.name, LEGACY)
+            legacy = await self._read_row(self._directory.get_credential, account.name, LEGACY)
         if encoded is None and legacy is None and not self._directory.verifies_passwords:
             await self._burn(q.password, lane)
             return Resolution(Verdict(ok=False, reason=NO_PASSWORD))
@@ -740,7 +757,7 @@ class AuthService:
         # Every NotFound names the key the name was looked up under, so the decoy
         # salt is the same for each spelling of it, as a real account's is.
         key = lookup_key(q.username)
-        account, data = await self._read(self._load, key, scheme)
+        account, data = await self._read_row(self._load, key, scheme)
         if account is None:
             return Resolution(NotFound(reason=UNKNOWN_USER, name=key))
         if refusal := _mechanism_refusal(account, q.mechanism.upper(), ctx):
@@ -753,7 +770,7 @@ class AuthService:
         return Resolution(decode_scram(data))
 
     async def _lookup_cram_md5(self, q: LookupCramMd5, ctx: AuthContext) -> Resolution:
-        account, data = await self._read(self._load, lookup_key(q.username), CRAM_MD5)
+        account, data = await self._read_row(self._load, lookup_key(q.username), CRAM_MD5)
         if account is None:
             return Resolution(NotFound(reason=UNKNOWN_USER))
         if refused := self._lookup_refusal(account, q.mechanism.upper() or "CRAM-MD5", ctx):
@@ -768,7 +785,7 @@ class AuthService:
 
     async def _confirm(self, q: ConfirmIdentity, ctx: AuthContext) -> Resolution:
         mechanism = q.mechanism.upper()
-        account = await self._read(self._directory.get_account, lookup_key(q.username))
+        account = await self._read_row(self._directory.get_account, lookup_key(q.username))
         if account is None:
             return Resolution(Verdict(ok=False, reason=UNKNOWN_USER))
         if refusal := _mechanism_refusal(account, mechanism, ctx):
@@ -796,7 +813,7 @@ class AuthService:
             return Resolution(Verdict(ok=False, reason=differs))
         # A token proves an identity; sending mail still needs a local account,
         # whose lock state and access policy apply as for any login.
-        account = await self._read(self._directory.get_account, name)
+        account = await self._read_row(self._directory.get_account, name)
         if account is None:
             return Resolution(Verdict(ok=False, reason=UNKNOWN_USER))
         if refusal := _mechanism_refusal(account, q.mechanism.upper(), ctx):
@@ -813,7 +830,7 @@ class AuthService:
         if cert is None:
             return Resolution(Verdict(ok=False, reason="no verified client certificate"))
         label = f"certificate sha256:{cert.fingerprint[:16]}"
-        record = await self._read(self._directory.certificate, cert.fingerprint)
+        record = await self._read_row(self._directory.certificate, cert.fingerprint)
         if record is not None and record.revoked is not None:
             return Resolution(Verdict(ok=False, reason=f"{label} removed from {record.account}"))
         wanted = lookup_key(q.username) if q.username else ""
@@ -830,7 +847,7 @@ class AuthService:
                 return Resolution(Verdict(ok=False, reason=f"{label} {why}"))
         else:
             return Resolution(Verdict(ok=False, reason=f"{label} not registered to any account"))
-        account = await self._read(self._directory.get_account, name)
+        account = await self._read_row(self._directory.get_account, name)
         if account is None:
             return Resolution(Verdict(ok=False, reason=f"{label}: {UNKNOWN_USER} {name}"))
         refusal = _mechanism_refusal(account, q.mechanism.upper(), ctx)
@@ -871,5 +888,6 @@ def build_auth_service(cfg: Config, token_verifier: object | None = None) -> Aut
         auth_log.close()
         raise
     return AuthService(
-        directory, cfg.accounts, cfg.auth, auth_log, token_verifier, passwords_cfg=cfg.passwords
+        directory, cfg.accounts, cfg.auth, auth_log, token_verifier, passwords_cfg=cfg.passwords,
+        reads_on_loop=cfg.server.sqlite_reads_on_loop,
     )

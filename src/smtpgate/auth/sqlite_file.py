@@ -145,19 +145,34 @@ class ThreadLocalSqlite:
         """Per-connection settings (pragmas, row factory)."""
 
     def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        local = self._local
+        slot = "no_wait_conn" if getattr(local, "no_wait", False) else "conn"
+        conn: sqlite3.Connection | None = getattr(local, slot, None)
         if conn is not None:
             return conn
         with self._lock:
             if self._closed:
                 raise self._error(f"{self._label} {self._path}: store is closed")
             conn = sqlite3.connect(
-                self._path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+                self._path, timeout=0 if slot == "no_wait_conn" else BUSY_TIMEOUT,
+                isolation_level=None, check_same_thread=False,
             )
             self._all.append(conn)
         self._configure(conn)
-        self._local.conn = conn
+        setattr(local, slot, conn)
         return conn
+
+    @contextmanager
+    def without_waiting(self) -> Iterator[None]:
+        """Calls made inside, on this thread, use a connection of its own that
+        never waits for a lock (busy timeout 0): the event loop's reads
+        (``loop_reads``). Other calls on the same thread keep the waiting one."""
+        local = self._local
+        local.no_wait = True
+        try:
+            yield
+        finally:
+            local.no_wait = False
 
     @contextmanager
     def _transaction(self, conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:

@@ -46,6 +46,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from smtpgate.auth.bounded_calls import StoreCalls, StoreUnavailable
+from smtpgate.auth.loop_reads import loop_reads_for
 from smtpgate.auth.principal import AppPasswordUse
 from smtpgate.auth.sender_profile import SenderProfile
 from smtpgate.config import LimitsConfig
@@ -108,7 +109,7 @@ class RateLimiter:
     def __init__(
         self, counters: RateCounters, limits: LimitsConfig, *,
         clock: Callable[[], float] = time.time, store_timeout: float = 0.25,
-        later_seconds: float = LATER_SECONDS,
+        later_seconds: float = LATER_SECONDS, reads_on_loop: bool = True,
     ) -> None:
         self._counters = counters
         self._limits = limits
@@ -116,6 +117,7 @@ class RateLimiter:
         self._calls = StoreCalls(
             "rate counters", store_timeout, (RateCountersError,),
             degraded="sending limits not applied and messages not counted", log=log,
+            loop_reads=loop_reads_for(counters, "rate counters") if reads_on_loop else None,
         )
         self._closed = False
         #: Counts waiting for the next write, by (keys, bucket), and the future

@@ -155,7 +155,8 @@ def build_guard(cfg: Config) -> Guard:
     Raises:
         GuardStoreError: the file cannot be opened.
     """
-    return Guard(open_guard_state(cfg), cfg.guard, cfg.state)
+    return Guard(open_guard_state(cfg), cfg.guard, cfg.state,
+                 reads_on_loop=cfg.server.sqlite_reads_on_loop)
 
 
 def build_rates(cfg: Config) -> RateLimiter:
@@ -166,7 +167,8 @@ def build_rates(cfg: Config) -> RateLimiter:
         RateCountersError: the file cannot be opened.
     """
     return RateLimiter(open_rate_counters(cfg), cfg.limits,
-                       store_timeout=cfg.state.timeout)
+                       store_timeout=cfg.state.timeout,
+                       reads_on_loop=cfg.server.sqlite_reads_on_loop)
 
 
 def bind_sockets(

@@ -116,7 +116,7 @@ class AdminSite:
         """Open the stores. Raises StoreError, GuardStoreError."""
         self._store = await asyncio.to_thread(open_account_store, self.cfg)
         self._guard = Guard(await asyncio.to_thread(open_guard_state, self.cfg), self.cfg.guard,
-                            self.cfg.state)
+                            self.cfg.state, reads_on_loop=self.cfg.server.sqlite_reads_on_loop)
         try:
             self._counters = await asyncio.to_thread(open_rate_counters, self.cfg)
         except RateCountersError as e:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -157,3 +158,12 @@ def test_reopen_after_rotation(tmp_path: Path) -> None:
         log.close()
         log.close()
     assert json.loads(path.read_text("utf-8"))["session"] == "after"
+
+
+def test_every_ascii_character_is_escaped_exactly_when_its_category_says_so() -> None:
+    """The printable-ASCII shortcut (no per-character look-up) changes no output."""
+    for o in range(128):
+        c = chr(o)
+        escaped = c == "\\" or unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp", "Cs")
+        assert (neutralize(f"a{c}b") != f"a{c}b") == escaped, repr(c)
+        assert neutralize(f"a{c}b").isprintable()

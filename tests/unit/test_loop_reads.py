@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,28 @@ def test_the_loops_connection_never_waits_for_a_lock_and_the_others_still_do(
     with store.without_waiting():
         assert store._conn().execute(timeout).fetchone()[0] == 0
     assert store._conn().execute(timeout).fetchone()[0] == 5000  # same thread, after
+    store.close()
+
+
+def test_a_write_among_the_loops_reads_is_refused(tmp_path: Path) -> None:
+    store = SqliteGuardStore(tmp_path / "guard.sqlite")
+    with store.without_waiting(), pytest.raises(GuardStoreError, match="a write among"):
+        store.set_plus_fallback(HOME, 4e9)
+    store.set_plus_fallback(HOME, 4e9)  # outside: written
+    assert store.plus_fallback(HOME, 0) == 4e9
+    store.close()
+
+
+def test_the_loops_connection_leaves_an_admin_writes_durability_alone(tmp_path: Path) -> None:
+    """A bookkeeping write (synchronous NORMAL), then the loop's connection opens on
+    the same thread: the next admin write still runs with synchronous FULL."""
+    store = SqliteAccountStore(tmp_path / "accounts.sqlite", CFG)
+    AccountAdmin(store, CFG, actor=AuditActor("ops", "pytest")).add_account(ALICE, "pencil")
+    store.record_login(ALICE, "PLAIN", datetime.now(UTC))
+    with store.without_waiting():
+        assert store.get_account(ALICE) is not None
+    with store._tx() as c:
+        assert c.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     store.close()
 
 

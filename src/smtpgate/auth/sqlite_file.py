@@ -178,6 +178,8 @@ class ThreadLocalSqlite:
     def _transaction(self, conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         """One write transaction; BEGIN IMMEDIATE takes the write lock up front so a
         read-then-write cannot fail half-way with SQLITE_BUSY."""
+        if getattr(self._local, "no_wait", False):
+            raise self._error(f"{self._label} {self._path}: a write among the loop's reads")
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn

@@ -766,7 +766,6 @@ class SqliteAccountStore(ThreadLocalSqlite):
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute("PRAGMA synchronous = FULL")
-        self._local.durable = True
 
     @contextmanager
     def _tx(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
@@ -774,7 +773,9 @@ class SqliteAccountStore(ThreadLocalSqlite):
         must survive a power cut once reported; NORMAL for bookkeeping."""
         with self._errors():
             conn = self._conn()
-            if self._local.durable != durable:
+            # Per thread: only its waiting connection writes (``without_waiting``'s
+            # is the loop's, for reads); unset until its first transaction.
+            if getattr(self._local, "durable", None) != durable:
                 conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
                 self._local.durable = durable
             with self._transaction(conn) as c:

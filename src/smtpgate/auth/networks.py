@@ -18,8 +18,13 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_ip(text: str) -> IPAddress | None:
-    """The address in ``text`` (a zone suffix such as ``%eth0`` dropped), or None."""
+    """The address in ``text`` (a zone suffix such as ``%eth0`` dropped), or None.
+
+    Cached: a session asks for its client's address several times (the guard's
+    allowlist, XCLIENT trust, the guard's keys), 3-4 us each time otherwise; the
+    answers are immutable."""
     try:
         ip = ipaddress.ip_address(text.split("%", 1)[0])
     except ValueError:

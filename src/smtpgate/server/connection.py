@@ -184,8 +184,7 @@ class SmtpConnection(asyncio.Protocol):
                 self._start_tls()
                 return
             if isinstance(ev, CloseConnection):
-                self._flush()
-                self._close()
+                self._close(flush=True)
                 return
             try:
                 pending = self.decisions.handle(ev)
@@ -391,15 +390,24 @@ class SmtpConnection(asyncio.Protocol):
             self._flush()
             self._close()
 
-    def _close(self) -> None:
+    def _close(self, *, flush: bool = False) -> None:
+        """Close; with ``flush``, the engine's last reply (221, 421) goes out first,
+        in one write with the close_notify (one send instead of two a session)."""
         if self._closed or self.transport is None:
             return
+        out = b""
+        if flush:
+            out = self.engine.data_to_send()
+            if out and self.tls is not None:
+                out = self.tls.send(out)
         if self.tls is not None and self.tls_ready:
             try:
-                self.transport.write(self.tls.close())
+                out += self.tls.close()
             except Exception as e:  # noqa: BLE001 - close_notify is best effort
                 log.debug("%s close_notify not sent: %s", self.session_id, e)
         self._closed = True
+        if out:
+            self.transport.write(out)
         self.transport.close()
 
     def _abort(self) -> None:

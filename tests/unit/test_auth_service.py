@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from smtpgate.admin import AccountAdmin
+from smtpgate.auth import service as service_module
 from smtpgate.auth.authlog import AuthLog
 from smtpgate.auth.credentials import ARGON2ID, CRAM_MD5, SCRAM_SHA_1, SCRAM_SHA_256
 from smtpgate.auth.oauth import TokenResult as VerifiedToken
@@ -240,26 +241,61 @@ class _HeldLastLogin(Forwarding):
         self.inner.record_login(name, mechanism, when)
 
 
-async def test_last_logins_are_group_committed_newest_per_account(
-    store: SqliteAccountStore, admin: AccountAdmin, tmp_path: Path
+async def test_last_logins_are_gathered_for_a_second_and_written_newest_per_account(
+    store: SqliteAccountStore, admin: AccountAdmin, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(service_module, "LOGINS_LATER", 0.3)
     admin.add_account("bob@example.org", "crayon")
     slow = _HeldLastLogin(store)
+    slow.go.set()
     svc = make_service(slow, tmp_path)
     try:
-        assert (await login(svc, mechanism="login")).ok  # its write starts, and is held
-        # While that write runs, ten logins of two accounts arrive: one write each.
+        # Eleven logins of two accounts within the window: one write each, the newest.
+        assert (await login(svc, mechanism="login")).ok
         logins = [login(svc, mechanism="plain") for _ in range(6)]
         logins += [login(svc, "bob@example.org", "crayon", mechanism="login") for _ in range(4)]
         assert all(v.ok for v in await asyncio.gather(*logins))
+        assert slow.writes == []  # gathered, not written yet
+        for _ in range(100):
+            if slow.writes:
+                break
+            await asyncio.sleep(0.02)
+        assert sorted(slow.writes) == [(ALICE, "PLAIN"), ("bob@example.org", "LOGIN")]
+        # Logins that arrive while a write is held go out together in the next one.
+        slow.go.clear()
+        assert (await login(svc, mechanism="login")).ok
+        for _ in range(100):  # the write of that login has started, and is held
+            if svc.stats.cache_hits and not svc._logins:
+                break
+            await asyncio.sleep(0.02)
+        assert all(v.ok for v in await asyncio.gather(
+            login(svc, mechanism="plain"), login(svc, "bob@example.org", "crayon")))
     finally:
         slow.go.set()
         await svc.close()  # writes what is queued before the writer goes
-    assert slow.writes[0] == (ALICE, "LOGIN")
-    assert sorted(slow.writes[1:]) == [(ALICE, "PLAIN"), ("bob@example.org", "LOGIN")]
+    assert slow.writes[2] == (ALICE, "LOGIN")
+    assert sorted(slow.writes[3:]) == [(ALICE, "PLAIN"), ("bob@example.org", "PLAIN")]
     a, b = admin.get_account(ALICE), admin.get_account("bob@example.org")
     assert a is not None and a.last_mechanism == "PLAIN"
-    assert b is not None and b.last_mechanism == "LOGIN"
+    assert b is not None and b.last_mechanism == "PLAIN"
+
+
+async def test_flush_writes_the_gathered_last_logins_at_once(
+    store: SqliteAccountStore, admin: AccountAdmin, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(service_module, "LOGINS_LATER", 30.0)
+    svc = make_service(store, tmp_path)
+    try:
+        assert (await login(svc)).ok
+        a = admin.get_account(ALICE)
+        assert a is not None and a.last_login is None  # gathered for 30 s
+        await asyncio.wait_for(svc.flush(), 5)
+        a = admin.get_account(ALICE)
+        assert a is not None and a.last_mechanism == "PLAIN"
+    finally:
+        await svc.close()
 
 
 async def test_a_failed_last_login_write_costs_only_its_account(

@@ -130,6 +130,8 @@ Ts = TypeVarTuple("Ts")
 
 #: Account-read workers (see the module docstring for why two).
 DB_THREADS = 2
+#: Seconds last logins are gathered before they are written (``_write_logins``).
+LOGINS_LATER = 1.0
 #: Bookkeeping writes queued at most; past this (a database stuck for seconds
 #: under a login storm) last-login updates are dropped and counted, rather than
 #: queued without bound. Logins themselves are unaffected.
@@ -288,6 +290,8 @@ class AuthService:
         #: Last logins not written yet, the newest per account (``_record_login``).
         self._logins: dict[str, tuple[str, datetime]] = {}
         self._logins_writing = False
+        #: Set by ``flush``: write the gathered logins now.
+        self._logins_now = asyncio.Event()
         self._upgrading: set[str] = set()
         self._closed = False
         self.stats = AuthStats()
@@ -415,9 +419,14 @@ class AuthService:
         )
 
     async def flush(self) -> None:
-        """Wait until background writes (last login, secret upgrades) are done."""
-        while self._background:
-            await asyncio.gather(*list(self._background), return_exceptions=True)
+        """Wait until background writes (last login, secret upgrades) are done; the
+        gathered last logins are written at once."""
+        self._logins_now.set()
+        try:
+            while self._background:
+                await asyncio.gather(*list(self._background), return_exceptions=True)
+        finally:
+            self._logins_now.clear()
 
     def reopen_log(self) -> None:
         """Open the auth log file anew, after log rotation moved it (SIGHUP).
@@ -550,10 +559,11 @@ class AuthService:
         await self._hash(self._hasher.verify_decoy, password, lane=lane)
 
     def _record_login(self, account: Account, mechanism: str) -> None:
-        """Queue the account's last login. Group-committed: logins that arrive while
-        a write is under way go out together in the next one, the newest per
-        account, so that a burst of logins (a client opening ten connections, a
-        busy relay) costs the writer one hop instead of one each."""
+        """Queue the account's last login. Group-committed: the logins of the next
+        ``LOGINS_LATER`` seconds (and those that arrive while a write is under way)
+        go out together, the newest per account, so that a busy server's logins
+        cost the writer one hop a second instead of one each. Bookkeeping only
+        (``smtpgate user list``, the web admin): nothing waits for it."""
         if self._closed:
             self.stats.dropped_writes += 1
             return
@@ -568,6 +578,9 @@ class AuthService:
         loop = asyncio.get_running_loop()
         try:
             while self._logins:
+                if not self._logins_now.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._logins_now.wait(), LOGINS_LATER)
                 batch, self._logins = self._logins, {}
                 await loop.run_in_executor(self._write_pool, self._write_login_batch, batch)
         finally:

@@ -15,6 +15,7 @@ import pytest
 
 from smtpgate.admin import AccountAdmin
 from smtpgate.auth.authlog import AuthLog
+from smtpgate.auth.bounded_calls import BoundedCalls, StoreUnavailable
 from smtpgate.auth.guard import Guard
 from smtpgate.auth.guard_store import GuardStoreError, Snapshot, SqliteGuardStore
 from smtpgate.auth.loop_reads import MISSED, LoopReads, loop_reads_for
@@ -276,3 +277,22 @@ async def test_a_limited_accounts_budget_is_read_on_the_loop(tmp_path: Path, on_
         assert len(threads) == 2 and all((t == LOOP) == on_loop for t in threads)
     finally:
         await limiter.close()
+
+
+async def test_a_closed_stores_reads_are_not_made_on_the_loop(tmp_path: Path) -> None:
+    store = SqliteGuardStore(tmp_path / "guard.sqlite")
+    calls = BoundedCalls("guard database reads", 1.0, (GuardStoreError,), degraded="-",
+                         log=logging.getLogger("t"))
+    calls.loop_reads = loop_reads_for(store, "guard database")
+    made: list[int] = []
+
+    def read() -> int:
+        made.append(threading.get_ident())
+        return 1
+
+    assert await calls.call(read) == 1 and made == [LOOP]
+    calls.close()
+    with pytest.raises(StoreUnavailable, match="closed"):
+        await calls.call(read)
+    assert made == [LOOP]
+    store.close()

@@ -110,7 +110,8 @@ class BoundedCalls:
                 thread is still busy with a call of the current episode.
         """
         inline = self.loop_reads
-        if inline is not None and self._busy == 0 and self._down_since is None:
+        if (inline is not None and self._busy == 0 and self._down_since is None
+                and not self._closed):
             started = time.monotonic()
             answer = inline.read(fn, *args)
             if answer is not MISSED:

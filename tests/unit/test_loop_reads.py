@@ -20,12 +20,20 @@ from smtpgate.auth.guard import Guard
 from smtpgate.auth.guard_store import GuardStoreError, Snapshot, SqliteGuardStore
 from smtpgate.auth.loop_reads import MISSED, LoopReads, loop_reads_for
 from smtpgate.auth.sender_profile import SenderProfile
-from smtpgate.auth.service import AuthContext, AuthService
+from smtpgate.auth.service import AuthContext, AuthService, build_auth_service
 from smtpgate.auth.store import Account, AuditActor, SqliteAccountStore
-from smtpgate.config import AccountsConfig, AuthConfig, GuardConfig, LimitsConfig, StateConfig
+from smtpgate.config import (
+    AccountsConfig,
+    AuthConfig,
+    Config,
+    GuardConfig,
+    LimitsConfig,
+    StateConfig,
+)
 from smtpgate.policy.rates import RateLimiter
 from smtpgate.policy.sqlite_counters import SqliteRateCounters
 from smtpgate.sasl.base import VerifyPassword
+from smtpgate.server.app import build_guard, build_rates
 from tests.contract.directories import Forwarding
 
 ALICE = "alice@example.org"
@@ -296,3 +304,32 @@ async def test_a_closed_stores_reads_are_not_made_on_the_loop(tmp_path: Path) ->
         await calls.call(read)
     assert made == [LOOP]
     store.close()
+
+
+@pytest.mark.parametrize("on_loop", [True, False])
+async def test_the_key_reaches_the_guard_the_counters_and_the_accounts(
+    tmp_path: Path, on_loop: bool
+) -> None:
+    """``server.sqlite_reads_on_loop`` as ``smtpgate serve`` builds its services."""
+    cfg = Config.model_validate({
+        "listeners": [{"name": "s", "address": "127.0.0.1:0", "tls": "starttls"}],
+        "accounts": CFG.model_dump(),
+        "server": {"sqlite_reads_on_loop": on_loop},
+        "base_dir": tmp_path,
+    })
+    guard, rates, svc = build_guard(cfg), build_rates(cfg), build_auth_service(cfg)
+    try:
+        # What each hands its reads to: the loop's reader, or nothing (the thread).
+        assert (guard._calls.reads.loop_reads is not None) == on_loop
+        assert (rates._calls.reads.loop_reads is not None) == on_loop
+        assert (svc._loop_reads is not None) == on_loop
+        AccountAdmin(svc._directory, CFG, actor=AuditActor("ops", "pytest")).add_account(  # type: ignore[arg-type]
+            ALICE, "pencil")
+        check = await guard.check(HOME, ALICE)
+        assert not check.unavailable
+        assert (await svc.resolve_detailed(VerifyPassword(ALICE, "pencil", mechanism="PLAIN"),
+                                           CTX)).answer.ok  # type: ignore[union-attr]
+    finally:
+        await guard.close()
+        await rates.close()
+        await svc.close()

@@ -34,6 +34,37 @@ _FAULT = "%s %s: unexpected error in a decision; answered as a temporary failure
 
 
 class SmtpConnection(asyncio.Protocol):
+    """One client connection: moves bytes between the transport, the TLS session
+    and the engine, and runs the engine's decisions as tasks."""
+
+    # One per connection, like the engine's and the decisions' (workload D).
+    __slots__ = (
+        "_auth_started",
+        "_closed",
+        "_counted",
+        "_data_bytes",
+        "_data_started",
+        "_disk_paused",
+        "_last_activity",
+        "_line_started",
+        "_loop",
+        "_reading_paused",
+        "_task",
+        "_timer",
+        "_timer_at",
+        "_tls_started",
+        "client_ip",
+        "client_port",
+        "decisions",
+        "engine",
+        "listener",
+        "rt",
+        "session_id",
+        "tls",
+        "tls_ready",
+        "transport",
+    )
+
     def __init__(self, runtime: ServerRuntime, listener: ListenerRuntime):
         self.rt = runtime
         self.listener = listener

@@ -88,6 +88,8 @@ class Decisions:
     a new one when the handshake is done); ``alive`` is False once the client is gone.
     """
 
+    __slots__ = ("_alive", "_login", "_sending", "engine", "peer", "plus_until", "principal", "receiving", "rt")
+
     def __init__(
         self, rt: ServerRuntime, peer: Peer, engine: ServerEngine, alive: Callable[[], bool]
     ) -> None:

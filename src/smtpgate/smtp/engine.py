@@ -113,6 +113,44 @@ class TlsInfo:
 class ServerEngine:
     """One SMTP session, from greeting to close."""
 
+    # One per connection: without a __dict__ an idle session holds about 1.3 KiB
+    # less (workload D, bench/README.md).
+    __slots__ = (
+        "_aborted",
+        "_auth_default",
+        "_body_8bit",
+        "_body_binary",
+        "_chunk_last",
+        "_chunk_left",
+        "_chunks",
+        "_closing",
+        "_data",
+        "_discarding",
+        "_dsn",
+        "_emit",
+        "_exchange",
+        "_header",
+        "_inbuf",
+        "_out",
+        "_paused",
+        "_pending",
+        "_recipients",
+        "_sender",
+        "_shutdown",
+        "_skip",
+        "_smtputf8",
+        "errors",
+        "esmtp",
+        "helo",
+        "hide_plus",
+        "identity",
+        "on_command",
+        "settings",
+        "state",
+        "tls",
+        "xclient_trusted",
+    )
+
     def __init__(self, settings: EngineSettings, *, tls: TlsInfo | None = None):
         self.settings = settings
         self.state = State.CONNECTED

@@ -215,6 +215,12 @@ def report(rows: Sequence[dict[str, Any]], records: Sequence[Any], units: dict[s
                 if bare is not None and procs:
                     line += (f"; {procs} bare interpreters with asyncio, ssl and uvloop alone "
                              f"hold {procs * bare:.1f} MB")
+                one = d.get("smtpgate_workers_1", {})
+                if one.get("rss_held_mb") is not None:
+                    line += (f"; with workers = 1 (one process, {one['rss_before_kib'] / 1024:.1f}"
+                             f" MB with no session) {one['authenticated']} sessions take "
+                             f"{one['rss_held_mb']} MB")
+                    item["workers_1_rss_held_mb"] = one["rss_held_mb"]
                 lines.append(line)
     data["lines"] = lines
     return data

@@ -190,9 +190,21 @@ class Processes:
         self.children.append((label, proc))
         return proc
 
+    def stop(self, label: str) -> list[str]:
+        """Stop the children started as ``label`` (as `stop_all` does)."""
+        mine = [c for c in self.children if c[0] == label]
+        self.children = [c for c in self.children if c[0] != label]
+        return self._stop(mine)
+
     def stop_all(self) -> list[str]:
+        notes = self._stop(self.children)
+        self.children = []
+        return notes
+
+    @staticmethod
+    def _stop(children: list[tuple[str, subprocess.Popen[bytes]]]) -> list[str]:
         notes: list[str] = []
-        for label, proc in reversed(self.children):
+        for label, proc in reversed(children):
             if proc.poll() is None:
                 try:
                     proc.send_signal(signal.SIGTERM)
@@ -208,7 +220,6 @@ class Processes:
                 proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 notes.append(f"{label} (pid {proc.pid}) did not exit")
-        self.children.clear()
         return notes
 
 
@@ -598,9 +609,12 @@ def render_table(rows: list[dict[str, Any]], target_names: Sequence[str]) -> str
     return "\n".join([fmt_line(head), sep, *(fmt_line(b) for b in body)])
 
 
-def setup_smtpgate(s: Settings, tmp: Path, procs: Processes, password: str) -> tuple[Target, Path,
-                                                                                      Path]:
-    sg_dir = tmp / "sg"
+def setup_smtpgate(s: Settings, tmp: Path, procs: Processes, password: str, *,
+                   workers: int | None = None, name: str = "sg",
+                   label: str = "smtpgate serve") -> tuple[Target, Path, Path]:
+    """A default install in ``tmp/name`` with ``workers`` (default: ``--workers``),
+    started as ``label``."""
+    sg_dir = tmp / name
     sub_port, subs_port = free_port(), free_port()
     while subs_port == sub_port:
         subs_port = free_port()
@@ -610,7 +624,7 @@ def setup_smtpgate(s: Settings, tmp: Path, procs: Processes, password: str) -> t
                  "--submission", f"{LOOPBACK}:{sub_port}",
                  "--submissions", f"{LOOPBACK}:{subs_port}"], "smtpgate init")
     config = sg_dir / "smtpgate.toml"
-    set_workers(config, s.workers)
+    set_workers(config, s.workers if workers is None else workers)
     # The workloads send 500+ messages per hour from one account, and workload C
     # keeps 20 sessions open from one address while the previous ones close: lift
     # the hourly sending limits and the per-address connection cap (aiosmtpd has
@@ -624,9 +638,9 @@ def setup_smtpgate(s: Settings, tmp: Path, procs: Processes, password: str) -> t
                 f"max_connections_per_ip = {cap}\nmax_connections = {max(1000, cap)}\n")
     run_checked([str(s.smtpgate), "user", "add", BENCH_USER, "--password-stdin",
                  "--config", str(config)], "smtpgate user add", stdin=password.encode())
-    log = tmp / "smtpgate-serve.log"
-    proc = procs.start("smtpgate serve", [str(s.smtpgate), "serve", "--config", str(config)], log)
-    wait_for_banner(LOOPBACK, sub_port, proc, log, "smtpgate serve")
+    log = tmp / ("smtpgate-serve.log" if name == "sg" else f"smtpgate-serve-{name}.log")
+    proc = procs.start(label, [str(s.smtpgate), "serve", "--config", str(config)], log)
+    wait_for_banner(LOOPBACK, sub_port, proc, log, label)
     cert = sg_dir / "tls" / "cert.pem"
     return Target("smtpgate", LOOPBACK, sub_port, BENCH_USER, password, cert, (proc.pid,)), sg_dir, log
 
@@ -800,6 +814,22 @@ def run_extras(s: Settings, sg_dir: Path, procs: Processes, targets: Sequence[Ta
               f"{res.get('rss_held_mb', '-')} MB, new client 220 p99 "
               f"{res['new_client_220']['p99_ms']} ms, timeouts "
               f"{res['new_client_220_timeouts']}  load {before[0]}", flush=True)
+    # D again with one process (`workers = 1`: no parent, no delivery process of its
+    # own), the layout docs/operations.md gives for many idle sessions on little memory.
+    one_label = "smtpgate serve (workers = 1)"
+    one, _, _ = setup_smtpgate(s, tmp, procs, sg.password, workers=1, name="sg-one",
+                               label=one_label)
+    before = loadavg()
+    one_res = wl.run_async(lambda: wl.idle_sessions(
+        one.port, one.cafile, one.user, one.password, n, _pid_of(procs, one_label),
+        setup_deadline=120.0))
+    one_res["loadavg_before"], one_res["loadavg_after"] = before, loadavg()
+    procs.stop(one_label)
+    out["d"]["smtpgate_workers_1"] = one_res
+    print(f"  D smtpgate (workers = 1) held {one_res['authenticated']}/{n}, RSS "
+          f"{one_res.get('rss_held_mb', '-')} MB, new client 220 p99 "
+          f"{one_res['new_client_220']['p99_ms']} ms, timeouts "
+          f"{one_res['new_client_220_timeouts']}  load {before[0]}", flush=True)
     d = out["d"]
     sgd = d["smtpgate"]
     rss_ok = sgd.get("rss_held_mb") is not None and sgd["rss_held_mb"] <= 300
@@ -811,6 +841,17 @@ def run_extras(s: Settings, sg_dir: Path, procs: Processes, targets: Sequence[Ta
                 "-", f"held {sgd['authenticated']}/{n}", "<= 300 MB (at 10,000)",
                 (rss_ok and sgd["authenticated"] == n) if n >= 10_000
                 else f"n/a (run with --idle 10000; {rss_ok and sgd['authenticated'] == n} here)")
+    one_ok = one_res.get("rss_held_mb") is not None and one_res["rss_held_mb"] <= 300
+    one_p99 = one_res["new_client_220"]["p99_ms"]
+    _extra_line(table, f"D: {n} idle sessions, workers = 1: RSS MB (its one process)",
+                one_res.get("rss_held_mb"), "-", "-",
+                f"held {one_res['authenticated']}/{n}; 220 p99 {one_p99} ms",
+                "<= 300 MB (at 10,000)",
+                (one_ok and one_res["authenticated"] == n and one_p99 is not None
+                 and one_p99 <= 100 and one_res["new_client_220_timeouts"] == 0)
+                if n >= 10_000
+                else f"n/a (run with --idle 10000; {one_ok and one_res['authenticated'] == n}"
+                     " here)")
     _extra_line(table, f"D: {n} idle sessions: PSS MB (shared pages split)",
                 sgd.get("pss_held_mb"), aio.get("pss_held_mb"), "-",
                 f"{sgd.get('pss_per_1000_sessions_mb')} MB / 1000 sessions", "-", "-")

@@ -61,6 +61,16 @@ def test_d_is_judged_on_the_processes_memory_plus_each_sessions_tls_state() -> N
     assert bounds.report([], [], {}, FLOORS, 2, lean)["lines"] == []
 
 
+def test_d_names_what_one_process_holds_when_it_was_measured() -> None:
+    d = {"held_target": 10_000, "smtpgate": {"rss_before_kib": 250 * 1024, "processes": 4},
+         "smtpgate_workers_1": {"rss_before_kib": 85 * 1024, "authenticated": 10_000,
+                                "rss_held_mb": 292.5}}
+    out = bounds.report([], [], {}, FLOORS, 2, d)
+    assert "with workers = 1 (one process, 85.0 MB with no session) 10000 sessions take " \
+           "292.5 MB" in out["lines"][0]
+    assert out["targets"]["D"]["workers_1_rss_held_mb"] == 292.5
+
+
 def test_cpu_between_counts_new_processes_whole_and_takes_off_the_past_of_ended_ones() -> None:
     before = {1: 10.0, 2: 5.0}
     after = {1: 12.5, 3: 0.7}  # 2 ended (its life shows in 1's reaped time), 3 is new

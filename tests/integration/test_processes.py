@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import signal
 import smtplib
 import socket
@@ -486,3 +487,55 @@ def test_log_times_are_iso_8601_with_a_zone(default_server: Server) -> None:
     assert lines
     for line in lines:
         assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d ", line), line
+
+
+def _soft_nofile(pid: int) -> int:
+    with open(f"/proc/{pid}/limits") as f:
+        line = next(ln for ln in f if ln.startswith("Max open files"))
+    return int(line.split()[3])
+
+
+def test_the_open_file_limit_is_raised_for_max_connections_in_every_process(
+        tmp_path: Path) -> None:
+    """A service manager's soft limit of 1,024 (systemd's default) is below what
+    ``limits.max_connections`` needs: serve raises it, and every worker has it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 3300:
+        pytest.fail(f"this test needs a hard open-file limit of 3300 or more, not {hard}")
+    srv = make_server(tmp_path / "srv")
+    srv.add_user(USER, PASSWORD)
+    set_key(srv, "limits", "max_connections = 3000")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+    try:
+        srv.start()  # inherits the low soft limit
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    try:
+        workers, delivery = _worker_pids(srv)
+        parent = srv.proc.pid if srv.proc is not None else 0
+        for pid in (parent, *workers, delivery):
+            assert _soft_nofile(pid) == 3000 + 256
+        assert "open files" not in srv.log_text()  # no warning: the hard limit allowed it
+    finally:
+        assert srv.stop() == 0
+
+
+def test_a_hard_open_file_limit_below_max_connections_is_a_warning_naming_the_key(
+        tmp_path: Path) -> None:
+    """LimitNOFILE=1024 in a unit (soft and hard) with the default 1,000 connections:
+    the server starts, uses the whole limit and says which key and which setting."""
+    srv = make_server(tmp_path / "srv")
+    srv.add_user(USER, PASSWORD)
+    with open(srv.log_path, "ab") as log:  # prlimit sets the limits, then execs serve
+        srv.proc = subprocess.Popen(["prlimit", "--nofile=512:1024", SMTPGATE, "serve",
+                                     "--config", str(srv.config)],
+                                    stdout=log, stderr=log, env=srv.env)
+    try:
+        workers, _ = _worker_pids(srv)
+        found = wait_for_log(srv, r"WARNING.*limits.max_connections = 1000 needs about 1256 "
+                                  r"open files per process; the limit is 1024 \(hard 1024\)")
+        assert "LimitNOFILE=" in found[0].group(0) or "LimitNOFILE=" in srv.log_text()
+        assert len(re.findall("needs about 1256 open files", srv.log_text())) == 1  # once
+        assert [_soft_nofile(pid) for pid in workers] == [1024, 1024]
+    finally:
+        assert srv.stop() == 0

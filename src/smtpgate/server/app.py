@@ -52,7 +52,16 @@ from smtpgate.queue.spool import Spool
 from smtpgate.queue.worker import DeliveryWorker
 from smtpgate.sasl.base import ChannelBinding, ServerMechanism
 from smtpgate.sasl.registry import create_server_mechanism, server_mechanism_names
-from smtpgate.server import logs, metrics_http, pidfile, privileges, proxied, status_file, systemd
+from smtpgate.server import (
+    logs,
+    metrics_http,
+    open_files,
+    pidfile,
+    privileges,
+    proxied,
+    status_file,
+    systemd,
+)
 from smtpgate.server import reload as reloading
 from smtpgate.server.connection import SmtpConnection
 from smtpgate.server.cpu_affinity import bind_worker
@@ -354,6 +363,8 @@ class _Live:
         rt.hostname = cfg.hostname
         rt.limits = cfg.limits
         rt.limiter.set_limits(cfg.limits.max_connections, cfg.limits.max_connections_per_ip)
+        if cfg.limits.max_connections != self.cfg.limits.max_connections:
+            open_files.raise_limit(cfg.limits.max_connections)  # this process's own
         rt.handshake_timeout = cfg.tls.handshake_timeout
         rt.login.failure_floor = cfg.auth.failure_floor
         rt.add_received = cfg.smtp.received_header
@@ -678,6 +689,7 @@ def run(cfg: Config, config_path: Path | None = None) -> int:
         except OSError as e:
             raise StartupError("server.log_file", f"cannot open {path}: {e.strerror}") from None
     tls = check_before_binding(cfg)
+    open_files.raise_limit(cfg.limits.max_connections)
     # A plain bind first: SO_REUSEPORT would otherwise let a second smtpgate on the
     # same addresses start silently and take half of the connections. With workers
     # the bind is only that check: they listen on sockets of their own.
@@ -898,6 +910,8 @@ def _run_supervised(
             current.admin_sock.close()  # likewise for the web admin
             current.admin_sock = None
         current.cfg, current.tls = new.cfg, new.tls
+        # For workers forked from now on (the running ones raise their own and warn).
+        open_files.raise_limit(new.cfg.limits.max_connections, warn=False)
         status.reloaded(new.cfg)
         return signal.SIGHUP
 

@@ -539,3 +539,58 @@ def test_a_hard_open_file_limit_below_max_connections_is_a_warning_naming_the_ke
         assert [_soft_nofile(pid) for pid in workers] == [1024, 1024]
     finally:
         assert srv.stop() == 0
+
+
+def _connect_burst(port: int, n: int, wait: float) -> tuple[list[socket.socket], int]:
+    """``n`` non-blocking connects at once; how many the kernel completed within
+    ``wait`` seconds (a SYN dropped on a full accept queue is only retried after 1 s)."""
+    import selectors
+
+    socks = []
+    sel = selectors.DefaultSelector()
+    for _ in range(n):
+        s = socket.socket()
+        s.setblocking(False)
+        s.connect_ex(("127.0.0.1", port))
+        sel.register(s, selectors.EVENT_WRITE)
+        socks.append(s)
+    done = 0
+    deadline = time.monotonic() + wait
+    while done < n and (left := deadline - time.monotonic()) > 0:
+        for key, _ in sel.select(left):
+            sel.unregister(key.fileobj)
+            sock = key.fileobj
+            assert isinstance(sock, socket.socket)
+            if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
+                done += 1
+    sel.close()
+    return socks, done
+
+
+def test_a_burst_of_connections_waits_in_the_backlog_while_the_server_is_busy(
+        tmp_path: Path) -> None:
+    """400 clients connect while the server cannot accept (stopped): the listen backlog
+    (1,024) holds them all, and each gets its 220 once the server runs again. With
+    asyncio's default of 100 the kernel dropped the SYNs of all but about 100."""
+    srv = make_server(tmp_path / "srv")
+    srv.add_user(USER, PASSWORD)
+    set_key(srv, "server", "workers = 1")
+    set_key(srv, "limits", "max_connections = 2000\nmax_connections_per_ip = 2000")
+    srv.start()
+    assert srv.proc is not None
+    pid = srv.proc.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        socks, connected = _connect_burst(srv.submission, 400, wait=0.8)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    try:
+        assert connected == 400
+        for s in socks:
+            s.setblocking(True)
+            s.settimeout(WAIT)
+            assert s.recv(200).startswith(b"220 ")
+    finally:
+        for s in socks:
+            s.close()
+        assert srv.stop() == 0

@@ -180,6 +180,13 @@ def build_rates(cfg: Config) -> RateLimiter:
                        reads_on_loop=cfg.server.sqlite_reads_on_loop)
 
 
+#: Connections the kernel completes and holds for a listener until the worker accepts
+#: them (the kernel caps it at net.core.somaxconn): a burst of clients (a restart, a
+#: mail client fleet waking up) waits there instead of having its SYNs dropped, which
+#: costs each such client a one-second retransmission or more.
+LISTEN_BACKLOG = 1024
+
+
 def bind_sockets(
     cfg: Config, *, reuse_port: bool = False, listen: bool = True
 ) -> list[socket.socket]:
@@ -214,7 +221,7 @@ def bind_sockets(
                 _BIND_HINTS.get(e.errno or 0, ""),
             ) from None
         if listen:
-            sock.listen(1024)
+            sock.listen(LISTEN_BACKLOG)
         sock.setblocking(False)
         socks.append(sock)
     return socks
@@ -477,7 +484,8 @@ async def serve_sockets(
             lambda name=lst.name: SmtpConnection(runtime, listeners[name]))  # type: ignore[misc]
         if lst.proxy_protocol:
             factory = proxied.wrap(factory, parse_networks(lst.trusted_proxies), lst.name)
-        servers.append(await loop.create_server(factory, sock=sock))
+        # The backlog again: create_server listens once more, with 100 unless told.
+        servers.append(await loop.create_server(factory, sock=sock, backlog=LISTEN_BACKLOG))
         log.info("listening on %s (%s, %s)", lst.address, lst.name, lst.tls)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -37,6 +37,10 @@ from smtpgate.server.runtime import ServerRuntime
 
 log = logging.getLogger("smtpgate")
 
+#: Pending connections a front door holds (MTAs and nginx connect to it per login or
+#: keep a few connections; the kernel caps it at net.core.somaxconn).
+DOOR_BACKLOG = 128
+
 
 @dataclass
 class FrontDoor:
@@ -147,7 +151,7 @@ def bind_auth_sockets(cfg: Config) -> list[socket.socket]:
             path = door.unix_path
             sock = _bind_unix(door, path, key) if path is not None else _bind_tcp(door, key)
             socks.append(sock)
-            sock.listen(128)
+            sock.listen(DOOR_BACKLOG)
             sock.setblocking(False)
     except BaseException:
         close_auth_sockets(cfg, socks)
@@ -177,10 +181,11 @@ async def start_front_doors(
         if listener.proxy_protocol:
             factory = proxied.wrap(factory, parse_networks(listener.trusted_proxies),
                                    listener.label)
+        # create_*_server listens again, with 100 unless told.
         if sock.family == socket.AF_UNIX:
-            server = await loop.create_unix_server(factory, sock=sock)
+            server = await loop.create_unix_server(factory, sock=sock, backlog=DOOR_BACKLOG)
         else:
-            server = await loop.create_server(factory, sock=sock)
+            server = await loop.create_server(factory, sock=sock, backlog=DOOR_BACKLOG)
         doors.append(door)
         servers.append(server)
         log.info("front door %s: %s on %s", listener.label, listener.protocol, listener.address)

@@ -15,6 +15,27 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL
 
 READ_SIZE = 16384
+#: Ciphertext handed to the library at a time. Its input buffer keeps the largest
+#: size it ever held for the life of the connection (4/3 of it): a 256 KiB socket
+#: read fed whole left every session that had sent a large message holding 350 KB.
+FEED_SIZE = 16384
+
+
+def record_slices(data: bytes, size: int) -> list[tuple[int, int]]:
+    """``data`` cut into pieces of about ``size`` at TLS record boundaries (a record
+    longer than ``size`` is one piece; a partial record at the end is the last), so
+    that the library never waits for the rest of a record it was half fed."""
+    cuts: list[tuple[int, int]] = []
+    start = at = 0
+    end = len(data)
+    while at + 5 <= end:
+        after = at + 5 + ((data[at + 3] << 8) | data[at + 4])
+        if after - start > size and at > start:
+            cuts.append((start, at))
+            start = at
+        at = after
+    cuts.append((start, end))
+    return cuts
 
 
 class TlsError(Exception):
@@ -67,6 +88,21 @@ class RecordSession:
             TlsError: the handshake or a record failed.
             EOFError: the peer sent close_notify.
         """
+        if len(data) <= FEED_SIZE or not self.handshake_done:
+            return self._receive(data)
+        view = memoryview(data)
+        chunks: list[bytes] = []
+        for start, end in record_slices(data, FEED_SIZE):
+            self._feed(view[start:end])
+            try:
+                self._read_into(chunks, eof_after_data=self._EOF_AFTER_DATA)
+            except EOFError:
+                if not (self._EOF_AFTER_DATA and chunks):
+                    raise
+                break  # as within one feed: the data first, the close on the next call
+        return b"".join(chunks), self.outgoing()
+
+    def _receive(self, data: bytes) -> tuple[bytes, bytes]:
         if data:
             self._feed(data)
         if not self.handshake_done:
@@ -89,6 +125,11 @@ class RecordSession:
             TlsError: a record failed.
         """
         chunks: list[bytes] = []
+        self._read_into(chunks, eof_after_data=eof_after_data)
+        return b"".join(chunks)
+
+    def _read_into(self, chunks: list[bytes], *, eof_after_data: bool) -> None:
+        """`read_plaintext` appending to ``chunks`` (what came before included)."""
         while self._more(chunks):
             try:
                 chunk = self._read_record()
@@ -105,11 +146,10 @@ class RecordSession:
                     break
                 raise EOFError
             chunks.append(chunk)
-        return b"".join(chunks)
 
     # --- what each library provides ----------------------------------------------
 
-    def _feed(self, data: bytes) -> None:
+    def _feed(self, data: bytes | memoryview) -> None:
         """Hand ciphertext to the library."""
         raise NotImplementedError
 
@@ -150,7 +190,7 @@ class BioConnection(RecordSession):
         super().__init__()
         self._conn = conn
 
-    def _feed(self, data: bytes) -> None:
+    def _feed(self, data: bytes | memoryview) -> None:
         self._conn.bio_write(data)
 
     def _handshake(self) -> None:

@@ -46,7 +46,7 @@ class NativeServerSession(RecordSession):
         self._obj = context.wrap_bio(self._in, self._out, server_side=True)
         self._end_point = end_point_hash
 
-    def _feed(self, data: bytes) -> None:
+    def _feed(self, data: bytes | memoryview) -> None:
         self._in.write(data)
 
     def _handshake(self) -> None:

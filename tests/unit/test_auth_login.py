@@ -19,6 +19,7 @@ from smtpgate.auth.principal import AppPasswordUse, Principal
 from smtpgate.auth.service import REFUSED_POLICY, AuthContext, Resolution
 from smtpgate.config import GuardConfig
 from smtpgate.sasl import base as sasl
+from tests.unit.patient_state import PATIENT_STATE
 
 USER = "alice@example.org"
 CTX = AuthContext("submission", "192.0.2.7", 40000, "TLSv1.3", "s1")
@@ -405,7 +406,7 @@ async def test_two_names_of_one_account_reach_the_lockout_together(tmp_path: Pat
     """With the real guard: ``lockout_threshold`` wrong passwords, alternating the two
     names, lock the account for both names; not twice as many."""
     cfg = GuardConfig(lockout_threshold=4, penalty_base=0.0, penalty_max=0.0)
-    guard = Guard(SqliteGuardStore(tmp_path / "guard.sqlite"), cfg)
+    guard = Guard(SqliteGuardStore(tmp_path / "guard.sqlite"), cfg, PATIENT_STATE)
     auth = FakeAuth(Resolution(sasl.Verdict(ok=False, reason="bad password")),
                     names={"alice": USER})
 

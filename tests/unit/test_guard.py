@@ -33,6 +33,7 @@ from smtpgate.auth.guard_store import (
 from smtpgate.auth.networks import client_keys
 from smtpgate.config import GuardConfig, StateConfig
 from smtpgate.policy.sqlite_counters import SqliteRateCounters
+from tests.unit.patient_state import PATIENT_STATE
 
 CFG = GuardConfig(
     lockout_threshold=3,
@@ -271,7 +272,7 @@ def test_unusable_file_is_guard_store_error(tmp_path: Path) -> None:
 @pytest.fixture
 async def guard(tmp_path: Path) -> AsyncIterator[tuple[Guard, Clock]]:
     clock = Clock()
-    g = Guard(SqliteGuardStore(tmp_path / "guard.sqlite"), CFG, clock=clock)
+    g = Guard(SqliteGuardStore(tmp_path / "guard.sqlite"), CFG, PATIENT_STATE, clock=clock)
     yield g, clock
     await g.close()
 
@@ -296,7 +297,8 @@ async def test_check_penalty_lock_and_known_owner(guard: tuple[Guard, Clock]) ->
 
 
 async def test_allowlisted_addresses_are_invisible(tmp_path: Path) -> None:
-    g = Guard(SqliteGuardStore(tmp_path / "g.sqlite"), CFG.model_copy(update={"allowlist": ["10.0.0.0/8"]}))
+    g = Guard(SqliteGuardStore(tmp_path / "g.sqlite"),
+              CFG.model_copy(update={"allowlist": ["10.0.0.0/8"]}), PATIENT_STATE)
     try:
         for i in range(10):
             c = await g.check("10.1.2.3", f"u{i}@x.org")

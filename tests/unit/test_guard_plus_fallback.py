@@ -15,6 +15,7 @@ import pytest
 from smtpgate.auth.guard import PLUS_FALLBACK_SECONDS, Guard
 from smtpgate.auth.guard_store import GuardStoreError, SqliteGuardStore
 from smtpgate.config import GuardConfig
+from tests.unit.patient_state import PATIENT_STATE
 
 
 class Clock:
@@ -28,7 +29,7 @@ class Clock:
 @pytest.fixture
 async def guard(tmp_path: Path) -> AsyncIterator[tuple[Guard, Clock]]:
     clock = Clock()
-    g = Guard(SqliteGuardStore(tmp_path / "guard.sqlite"), GuardConfig(), clock=clock)
+    g = Guard(SqliteGuardStore(tmp_path / "guard.sqlite"), GuardConfig(), PATIENT_STATE, clock=clock)
     yield g, clock
     await g.close()
 
@@ -64,8 +65,8 @@ async def test_offered_again_and_renewal_is_due_after_a_day(guard: tuple[Guard, 
 async def test_shared_by_every_process_on_the_file(tmp_path: Path) -> None:
     """What one worker stores, another (its own store on the same file) reads."""
     path = tmp_path / "guard.sqlite"
-    a = Guard(SqliteGuardStore(path), GuardConfig())
-    b = Guard(SqliteGuardStore(path), GuardConfig())
+    a = Guard(SqliteGuardStore(path), GuardConfig(), PATIENT_STATE)
+    b = Guard(SqliteGuardStore(path), GuardConfig(), PATIENT_STATE)
     try:
         await a.hold_back_plus("192.0.2.7")
         assert await b.plus_held_back("192.0.2.7") is not None

@@ -1,4 +1,5 @@
-"""A ``[state]`` for tests that are not about the state timing out.
+"""A ``[state]`` (and a rate limiter's timeout) for tests that are not about the state
+timing out.
 
 The default ``timeout`` (0.25 s) is what a login may wait for the guard's SQLite file
 in production; on the test machines a commit (an fsync) under the suite's own load

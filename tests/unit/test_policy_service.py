@@ -40,6 +40,7 @@ from smtpgate.sasl.base import (
     Verdict,
     VerifyPassword,
 )
+from tests.unit.patient_state import PATIENT_STATE
 
 CFG = AccountsConfig(argon2_memory_kib=8192, argon2_time_cost=1, argon2_parallelism=1,
                      scram_iterations=4096)
@@ -160,7 +161,8 @@ class Clock:
 async def test_rate_limiter_budget_sliding_hour_and_app_limits(tmp_path: Path) -> None:
     clock = Clock()
     rates = RateLimiter(SqliteRateCounters(tmp_path / "g.sqlite"),
-                        LimitsConfig(messages_per_hour=3, recipients_per_hour=10), clock=clock)
+                        LimitsConfig(messages_per_hour=3, recipients_per_hour=10), clock=clock,
+                        store_timeout=PATIENT_STATE.timeout)
     try:
         profile = SenderProfile(ALICE)
         b = await rates.budget(profile, None)

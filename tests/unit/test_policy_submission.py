@@ -17,6 +17,7 @@ from smtpgate.policy.rates import RateLimiter
 from smtpgate.policy.sqlite_counters import SqliteRateCounters
 from smtpgate.policy.submission import Sending, needs_lookup
 from smtpgate.smtp import replies as R
+from tests.unit.patient_state import PATIENT_STATE
 
 ALICE = "alice@example.org"
 PHONE = AppPasswordUse(9, "phone", max_messages_per_hour=1, max_recipients_per_hour=2)
@@ -37,7 +38,8 @@ class Profiles:
 @pytest.fixture
 async def rates(tmp_path: Path) -> AsyncIterator[RateLimiter]:
     limiter = RateLimiter(SqliteRateCounters(tmp_path / "g.sqlite"),
-                          LimitsConfig(messages_per_hour=100, recipients_per_hour=100))
+                          LimitsConfig(messages_per_hour=100, recipients_per_hour=100),
+                          store_timeout=PATIENT_STATE.timeout)
     yield limiter
     await limiter.close()
 
@@ -92,9 +94,11 @@ async def test_mail_is_answered_without_io_only_when_nothing_needs_a_read(
 ) -> None:
     policy = PolicyConfig()
     unlimited = RateLimiter(SqliteRateCounters(tmp_path / "u.sqlite"),
-                            LimitsConfig(messages_per_hour=0, recipients_per_hour=0))
+                            LimitsConfig(messages_per_hour=0, recipients_per_hour=0),
+                            store_timeout=PATIENT_STATE.timeout)
     limited = RateLimiter(SqliteRateCounters(tmp_path / "l.sqlite"),
-                          LimitsConfig(messages_per_hour=1, recipients_per_hour=0))
+                          LimitsConfig(messages_per_hour=1, recipients_per_hour=0),
+                          store_timeout=PATIENT_STATE.timeout)
     try:
         s = sending(Profiles())
         assert not s.answers_now(unlimited)  # the profile is not read yet

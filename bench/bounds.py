@@ -6,7 +6,8 @@ into that, both taken during the run whose ratios they explain:
 
 * the CPU each server's processes used per unit of work in A, B and C (utime +
   stime of its whole process tree before and after each loadgen run, and
-  loadgen's own, from its JSON);
+  loadgen's own, from its JSON), and the share of it spent in the kernel (system
+  calls, context switches, fsync: what faster Python would not make faster);
 * the floors of `bench/probes/floors.py`: one fdatasync on the spool's disk, one
   loop-to-thread round trip, the sans-IO engine's CPU per message, and OpenSSL's
   memory per idle TLS session.
@@ -66,6 +67,47 @@ def tree_cpu(*roots: int) -> dict[int, float]:
     return out
 
 
+def process_ticks(pid: int) -> tuple[int, int] | None:
+    """User and system clock ticks of ``pid`` (all its threads) and of its reaped
+    children, None if it is gone. Ticks are coarse (10 ms), but a run's server
+    CPU is hundreds of them: enough for a share."""
+    try:
+        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(f[11]) + int(f[13]), int(f[12]) + int(f[14])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def tree_ticks(*roots: int) -> dict[int, tuple[int, int]]:
+    """`process_ticks` of each root and each of its descendants, by pid."""
+    out = {}
+    for root in roots:
+        for pid in tree_of(root):
+            ticks = process_ticks(pid)
+            if ticks is not None:
+                out[pid] = ticks
+    return out
+
+
+#: Fewer ticks than this in a run give no share (one tick is 10 ms).
+_MIN_TICKS = 20
+
+
+def kernel_share(before: dict[int, tuple[int, int]],
+                 after: dict[int, tuple[int, int]]) -> float | None:
+    """The system ticks' share of the ticks used in between (as `cpu_between`: a
+    process born meanwhile counts whole, an ended one's past is taken off)."""
+    user = system = 0
+    for pid, (u, s) in after.items():
+        bu, bs = before.get(pid, (0, 0))
+        user, system = user + u - bu, system + s - bs
+    for pid, (bu, bs) in before.items():
+        if pid not in after:
+            user, system = user - bu, system - bs
+    total = user + system
+    return round(system / total, 3) if total >= _MIN_TICKS and system >= 0 else None
+
+
 def cpu_between(before: dict[int, float], after: dict[int, float]) -> dict[int, float]:
     """CPU seconds each process used in between: all of it for one born meanwhile.
     One that ended meanwhile shows up in its parent's reaped-children time with its
@@ -115,6 +157,17 @@ def per_unit_cpu(records: Sequence[Any], workload: str, target: str, units: int,
     return round(m, 3) if m is not None else None
 
 
+def kernel_share_of(records: Sequence[Any], workload: str, target: str) -> float | None:
+    """Median share of the server's CPU spent in the kernel over the runs."""
+    m = _median([(r.cpu or {}).get("kernel_share") for r in records
+                 if r.workload == workload and r.target == target])
+    return round(m, 3) if m is not None else None
+
+
+def _share(v: float | None, lead: str = ", ") -> str:
+    return "" if v is None else f"{lead}{v * 100:.0f} % of it in the kernel"
+
+
 def _r(v: float | None, spec: str = ".3f") -> str:
     return "-" if v is None else format(v, spec)
 
@@ -135,6 +188,8 @@ def report(rows: Sequence[dict[str, Any]], records: Sequence[Any], units: dict[s
         n = units.get(w, 0)
         cpu = {name: {k: per_unit_cpu(records, w, name, n, k)
                       for k in ("server", "delivery", "loadgen")} for name in t}
+        for name in t:
+            cpu[name]["kernel_share"] = kernel_share_of(records, w, name)
         data["cpu_ms_per_unit"][w] = cpu
         unit = "message" if row["metric"] == "messages_per_s" else "session"
         sg = t.get("smtpgate", {}).get("figure")
@@ -164,7 +219,8 @@ def report(rows: Sequence[dict[str, Any]], records: Sequence[Any], units: dict[s
                     f"message; floor {_r(floor)} ms = ceiling's {_r(parts['ceiling'])} + one "
                     f"fdatasync {_r(parts['fdatasync'])} + one thread round trip "
                     f"{_r(parts['hop'])} + the engine's CPU {_r(parts['engine'])}; smtpgate "
-                    f"{1e3 / sg:.3f} ms: {verdict}")
+                    f"{1e3 / sg:.3f} ms (its CPU {_r(sgc.get('server'))} ms a message"
+                    f"{_share(sgc.get('kernel_share'))}): {verdict}")
             else:
                 # Many sessions at once: the machine's CPU is the bound.
                 budget = nproc * 1e3 / rate
@@ -177,6 +233,7 @@ def report(rows: Sequence[dict[str, Any]], records: Sequence[Any], units: dict[s
                 floor = sum(known) if len(known) == len(parts) else None
                 spent, deliv = sgc.get("server"), sgc.get("delivery")
                 peer_cpu = cpu.get(peer, {}).get("server")
+                peer_share = cpu.get(peer, {}).get("kernel_share")
                 item.update(budget_ms=round(budget, 3), client_ms=client,
                             allowance_ms=_round(allowance), floor_ms=_round(floor),
                             parts=parts, smtpgate_cpu_ms=spent, delivery_cpu_ms=deliv,
@@ -187,8 +244,10 @@ def report(rows: Sequence[dict[str, Any]], records: Sequence[Any], units: dict[s
                     f"{budget:.3f} ms of CPU a {unit}, loadgen takes {_r(client)}, leaving "
                     f"{_r(allowance)}; floor {_r(floor)} = ceiling server's {_r(top_cpu)} + "
                     f"engine {_r(parts['engine'])} + one thread hop {_r(parts['hop_cpu'])}; "
-                    f"smtpgate spends {_r(spent)} (delivery process {_r(deliv)}), {peer} "
-                    f"{_r(peer_cpu)}: {verdict}")
+                    f"smtpgate spends {_r(spent)} (delivery process {_r(deliv)}"
+                    f"{_share(sgc.get('kernel_share'))}), {peer} {_r(peer_cpu)}"
+                    f"{_share(peer_share, ' (')}{'' if peer_share is None else ')'}: "
+                    f"{verdict}")
             data["targets"][f"{w}:{peer}"] = item
     if d is not None and fl.get("tls_kib") is not None:
         sgd = d.get("smtpgate", {})

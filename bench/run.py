@@ -484,6 +484,7 @@ def run_loadgen(s: Settings, target: Target, w: Workload, rep: int,
     argv = loadgen_argv(s, target, w, max_seconds)
     rec = RunRecord(w.key, target.name, rep, loadavg(), redact(argv, target.password), None, None)
     cpu_before = bounds.tree_cpu(*target.pids) if target.pids else None
+    ticks_before = bounds.tree_ticks(*target.pids) if target.pids else None
     # Own session: a Ctrl-C reaches only this script, which kills the run in `finally`.
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, start_new_session=True)
@@ -501,6 +502,10 @@ def run_loadgen(s: Settings, target: Target, w: Workload, rep: int,
     if cpu_before is not None:
         used = bounds.cpu_between(cpu_before, bounds.tree_cpu(*target.pids))
         rec.cpu = {"server": round(sum(used.values()), 6)}
+        if ticks_before is not None:
+            share = bounds.kernel_share(ticks_before, bounds.tree_ticks(*target.pids))
+            if share is not None:
+                rec.cpu["kernel_share"] = share
         if target.delivery_pid in used:
             rec.cpu["delivery"] = used[target.delivery_pid]
     rec.stderr_tail = "\n".join(err.decode(errors="replace").splitlines()[-10:])

@@ -76,3 +76,28 @@ def test_cpu_between_counts_new_processes_whole_and_takes_off_the_past_of_ended_
     after = {1: 12.5, 3: 0.7}  # 2 ended (its life shows in 1's reaped time), 3 is new
     assert sum(bounds.cpu_between(before, after).values()) == 2.5 + 0.7 - 5.0
     assert bounds.process_cpu(os.getpid()) is not None
+
+
+def test_kernel_share_counts_the_system_ticks_of_the_tree_and_needs_enough_of_them() -> None:
+    before = {10: (100, 50), 11: (40, 10)}
+    # 10 used 30 user + 30 system; 11 used 5 + 5 more and ended (its whole life,
+    # 45 + 15, is now in 10's children's ticks, so its past comes off); 12 was born
+    # and used 20 + 0. In between: 55 user, 35 system.
+    after = {10: (100 + 30 + 45, 50 + 30 + 15), 12: (20, 0)}
+    assert bounds.kernel_share(before, after) == round(35 / 90, 3)
+    assert bounds.kernel_share({1: (0, 0)}, {1: (10, 5)}) is None  # 15 ticks: too few
+
+
+def test_each_b_line_says_how_much_of_each_servers_cpu_is_the_kernels() -> None:
+    rows = [row("B", "messages_per_s", smtpgate=1000.0, aiosmtpd=900.0, postfix=900.0,
+                ceiling=8000.0)]
+    runs = [Run("B", "smtpgate", {"server": 1.5, "delivery": 0.3, "kernel_share": s},
+                {"loadgen_cpu_s": 0.3}) for s in (0.40, 0.45, 0.50)]
+    runs += [Run("B", "aiosmtpd", {"server": 1.4, "kernel_share": 0.3}),
+             Run("B", "postfix", {"server": 2.0})]
+    out = bounds.report(rows, runs, {"B": 1000}, FLOORS, 2, None)
+    aio = next(ln for ln in out["lines"] if ln.startswith("B vs aiosmtpd"))
+    assert "(delivery process 0.300, 45 % of it in the kernel), aiosmtpd 1.400 (30 % of it" in aio
+    pf = next(ln for ln in out["lines"] if ln.startswith("B vs postfix"))
+    assert "postfix 2.000: " in pf  # no share measured: none claimed
+    assert out["cpu_ms_per_unit"]["B"]["smtpgate"]["kernel_share"] == 0.45

@@ -228,6 +228,27 @@ def test_relay_delivers_under_uvloop_with_default_workers(
     assert srv.stop() == 0
 
 
+def test_a_relay_server_offers_no_binarymime_and_refuses_it(
+    tmp_path: Path, cleanup: list[NextHop | StuckHop | Server]
+) -> None:
+    # RFC 3030 §3: the relay sends DATA, so binary content could not be passed on.
+    port = free_port()
+    hop = NextHop(port, tmp_path / "hop")
+    cleanup.append(hop)
+    srv = relay_server(tmp_path / "srv", port)
+    cleanup.append(srv)
+    srv.start()
+    with smtplib.SMTP_SSL("127.0.0.1", srv.submissions, timeout=20,
+                          context=srv.client_context()) as s:
+        s.ehlo()
+        assert s.has_extn("chunking") and not s.has_extn("binarymime")
+        s.login(USER, PASSWORD)
+        code, text = s.mail(USER, ["BODY=BINARYMIME"])
+        assert (code, text[:5]) == (555, b"5.5.4")
+        assert s.mail(USER, ["BODY=8BITMIME"])[0] == 250
+    assert srv.stop() == 0
+
+
 @pytest.mark.parametrize(
     ("greet", "step"), [(False, "the greeting"), (True, "the reply to EHLO")],
     ids=["never-greets", "greets-then-stalls"],

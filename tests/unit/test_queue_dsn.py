@@ -163,3 +163,12 @@ async def test_rfc3461_notify_success_gets_a_success_report(tmp_path: Path) -> N
         assert spool.list_ids() == []
     finally:
         await spool.close()
+
+
+def test_rfc3030_a_binary_original_comes_back_as_its_header_only() -> None:
+    data = build(env(body_8bit=True, body_binary=True),
+                 [Outcome("bob@example.net", "bounced", "5.6.3 message is binary")])
+    assert data is not None
+    _, _, original = parts(data)
+    assert original.get_content_type() == "text/rfc822-headers"
+    assert b"secret body" not in data

@@ -739,3 +739,15 @@ async def test_worker_stop_cuts_a_stuck_relay_delivery_and_keeps_the_message(
         assert spool.load_state(qid) is None  # as before the attempt
     finally:
         await spool.close()
+
+
+async def test_rfc3030_binary_message_is_not_given_to_a_relay_or_lmtp_hop() -> None:
+    # Accepted as BODY=BINARYMIME while delivery.mode was 'maildir', queued when the
+    # mode changed: DATA cannot carry it, so it bounces and the hop gets nothing.
+    env = Envelope("a@example.org", ("b@example.net",), None, "192.0.2.1", "h", "l",
+                   body_8bit=True, body_binary=True)
+    async with aiosmtpd_peer() as peer:
+        results = await relay(peer.port).deliver(message(env, b"\xff\x00bin\r\n"), env.rcpt_to)
+    assert isinstance(results["b@example.net"], PermFailure)
+    assert "5.6.3" in results["b@example.net"].reply and "BINARYMIME" in results["b@example.net"].reply
+    assert peer.handler.received == []

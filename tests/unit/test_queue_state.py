@@ -39,6 +39,8 @@ ENV = Envelope(
                  smtputf8=True),
         # Undecodable bytes an engine kept with surrogateescape survive too.
         Envelope("a\udcff@example.org", ("b@example.net",), None, "192.0.2.1", "h", "l"),
+        Envelope("a@example.org", ("b@example.net",), None, "192.0.2.1", "h", "l",
+                 body_8bit=True, body_binary=True),
     ],
 )
 def test_envelope_round_trip(env: Envelope) -> None:
@@ -63,6 +65,7 @@ def _mutated(**changes: object) -> bytes:
         _mutated(to=[1]),
         _mutated(at=True),  # bool is an int in Python, not a time here
         _mutated(auth=7),
+        _mutated(binary="yes"),
         b'{"v": 1, "from": "a"}',
     ],
 )
@@ -150,3 +153,7 @@ def test_last_retry_is_at_the_deadline_not_after_it() -> None:
     deadline = KW["received_at"] + KW["max_age"]
     new, _ = apply_results(state, {"a@x": TempFailure("451")}, now=deadline - 10, **KW)
     assert new.next_attempt == deadline
+
+
+def test_envelope_without_binary_reads_as_not_binary_and_writes_no_key() -> None:
+    assert b'"binary"' not in ENV.to_json() and not Envelope.from_json(ENV.to_json()).body_binary

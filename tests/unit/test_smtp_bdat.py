@@ -247,3 +247,28 @@ def test_shutdown_between_chunks_waits_for_the_last_chunk() -> None:
     assert not d.closed
     out = d.feed(bdat(b"b\r\n"))
     assert codes(out)[0] == str(R.MESSAGE_ACCEPTED) and d.engine.closed
+
+
+def test_binarymime_is_marked_on_the_message_start() -> None:
+    d = authed()
+    d.feed(b"MAIL FROM:<alice@example.org> BODY=BINARYMIME\r\nRCPT TO:<b@example.net>\r\n"
+           + bdat(b"\xff\x00\r\n"))
+    starts = [e for e in d.events if isinstance(e, MessageStart)]
+    assert len(starts) == 1 and starts[0].body_binary and starts[0].body_8bit
+    d.feed(ENVELOPE + bdat(b"plain\r\n"))
+    starts = [e for e in d.events if isinstance(e, MessageStart)]
+    assert not starts[-1].body_binary
+
+
+def test_where_binarymime_is_not_offered_it_is_refused_and_chunking_stays() -> None:
+    # delivery.mode 'relay' or 'lmtp' (server/app.py): the next hop may lack it.
+    d = authed(binarymime=False)
+    out = d.feed(b"EHLO client.test\r\n").decode()
+    assert "250-CHUNKING\r\n" in out and "BINARYMIME" not in out
+    out = d.feed(b"MAIL FROM:<alice@example.org> BODY=BINARYMIME\r\nRSET\r\n"
+                 b"MAIL FROM:<alice@example.org> BODY=8BITMIME\r\nRCPT TO:<b@example.net>\r\n"
+                 + bdat(b"caf\xc3\xa9\r\n"))
+    assert codes(out) == [str(R.BINARYMIME_NOT_OFFERED), str(R.RESET_OK), *OK2,
+                          str(R.MESSAGE_ACCEPTED)]
+    assert str(R.BINARYMIME_NOT_OFFERED).startswith("555 5.5.4")
+    assert len(d.messages) == 1 and d.messages[0].body_8bit

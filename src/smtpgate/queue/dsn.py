@@ -145,7 +145,8 @@ def build_report(
         blocks.append("\r\n".join(fields))
     # RFC 3461 §4.3: RET is about failure reports; delay warnings and success
     # reports carry the header only, as Postfix's do.
-    if envelope.dsn_ret == "HDRS" or not failed:
+    # A binary original (BINARYMIME) would make the report binary: its header only.
+    if envelope.dsn_ret == "HDRS" or not failed or envelope.body_binary:
         end = data.find(b"\r\n\r\n")
         original = data if end < 0 else data[: end + 2]
         original_type = "text/rfc822-headers"

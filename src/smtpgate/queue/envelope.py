@@ -37,6 +37,8 @@ class Envelope:
     dsn_envid: str | None = None
     #: RFC 3461 §4.1-4.2 per recipient: NOTIFY and ORCPT as given (absent: none given).
     dsn_rcpts: tuple[RcptDsn, ...] = ()
+    #: Received as BODY=BINARYMIME (RFC 3030): only a hop that offers it may take it.
+    body_binary: bool = False
 
     def dsn_for(self, address: str) -> RcptDsn | None:
         """The DSN parameters given with recipient ``address``, if any."""
@@ -69,6 +71,8 @@ class Envelope:
         if self.dsn_rcpts:
             obj["dsn"] = [[d.address, list(d.notify) if d.notify is not None else None,
                            d.orcpt] for d in self.dsn_rcpts]
+        if self.body_binary:
+            obj["binary"] = True
         return json.dumps(obj, separators=(",", ":"), ensure_ascii=True).encode("ascii")
 
     @classmethod
@@ -98,6 +102,7 @@ class Envelope:
                 dsn_ret=_optional_str(obj, "ret"),
                 dsn_envid=_optional_str(obj, "envid"),
                 dsn_rcpts=_rcpt_dsn(obj.get("dsn", [])),
+                body_binary=_typed(obj, "binary", bool) if "binary" in obj else False,
             )
         except KeyError as e:
             raise EnvelopeFormatError(f"envelope lacks {e}") from None

@@ -64,6 +64,8 @@ class Message:
     body_8bit: bool = False
     #: RFC 3461 parameters, kept with the envelope for the reports (queue/dsn.py).
     dsn: TransactionDsn = NO_DSN
+    #: BODY=BINARYMIME: kept so that no hop without it is given the message.
+    body_binary: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +149,7 @@ class Intake:
             listener=arrival.listener,
             smtputf8=message.smtputf8,
             body_8bit=message.body_8bit,
+            body_binary=message.body_binary,
             received_at=now,
             dsn_ret=message.dsn.ret,
             dsn_envid=message.dsn.envid,

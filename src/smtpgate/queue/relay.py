@@ -504,6 +504,14 @@ class RelayDeliverer:
                 raise _Abort(PermFailure(f"5.3.4 message size {size} exceeds relay limit "
                                          f"{ext.size}"))
             params.append(f"SIZE={size}")
+        if env.body_binary:
+            # RFC 3030 §3: binary content goes only to a hop that offers BINARYMIME,
+            # with BDAT; this client sends DATA, so no hop may take it. Such a
+            # message was accepted while delivery.mode was 'maildir' (the only mode
+            # that offers BINARYMIME) and is still queued after a change of mode.
+            raise _Abort(PermFailure(
+                "5.6.3 message is binary (BODY=BINARYMIME) and cannot be passed on by "
+                "relay or LMTP"))
         if env.body_8bit:
             if not ext.eightbitmime:
                 # RFC 6152 §3: no 8-bit data to a server without 8BITMIME; we do

@@ -147,6 +147,7 @@ def engine_settings(cfg: Config, listener: ListenerConfig, secret: bytes) -> Eng
         starttls=listener.tls == "starttls",
         auth_in_clear=listener.auth_in_clear,
         normalize_bare_lf=cfg.smtp.bare_line_endings == "normalize",
+        binarymime=cfg.delivery.mode == "maildir",
     )
 
 

@@ -340,7 +340,8 @@ class Decisions:
             tls_version=tls.version if tls else None,
             tls_cipher=tls.cipher if tls else None,
         )
-        message = Message(ev.sender, ev.recipients, b"", ev.smtputf8, ev.body_8bit, ev.dsn)
+        message = Message(ev.sender, ev.recipients, b"", ev.smtputf8, ev.body_8bit, ev.dsn,
+                          ev.body_binary)
         self.receiving = self.rt.intake.begin(
             message, arrival, hostname=self.rt.hostname, add_received=self.rt.add_received)
         return self.receiving

@@ -99,6 +99,11 @@ class EngineSettings:
     auth_in_clear: bool = False
     #: 'normalize' leniency for bare LF in message content (Postfix's mode).
     normalize_bare_lf: bool = False
+    #: Offer BODY=BINARYMIME (RFC 3030): only where a message reaches its
+    #: destination as it came. A relay or LMTP hop may lack BINARYMIME, and binary
+    #: content must not be passed to one that does (RFC 3030 §3), so there it is not
+    #: offered and clients send 8BITMIME or encode.
+    binarymime: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -476,8 +481,9 @@ class ServerEngine:
             "ENHANCEDSTATUSCODES",
             "DSN",  # RFC 3461
             "CHUNKING",  # RFC 3030
-            "BINARYMIME",
         ]
+        if s.binarymime:
+            lines.append("BINARYMIME")
         if s.starttls and self.tls is None:
             lines.append("STARTTLS")
         mechs = self.offered_mechanisms()
@@ -640,6 +646,8 @@ class ServerEngine:
                 body = value.upper() if value is not None else ""
                 if body not in ("7BIT", "8BITMIME", "BINARYMIME"):
                     return self._error(R.BAD_BODY_PARAMETER)
+                if body == "BINARYMIME" and not self.settings.binarymime:
+                    return self._error(R.BINARYMIME_NOT_OFFERED)
                 body_8bit, body_binary = body != "7BIT", body == "BINARYMIME"
             elif key == "SMTPUTF8":
                 pass
@@ -744,6 +752,7 @@ class ServerEngine:
             body_8bit=self._body_8bit,
             smtputf8=self._smtputf8,
             dsn=self._dsn,
+            body_binary=self._body_binary,
         )
 
     def _data_received(self) -> Event | None:

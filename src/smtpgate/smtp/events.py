@@ -126,6 +126,8 @@ class MessageStart:
     smtputf8: bool
     #: RFC 3461 parameters of the transaction (RET, ENVID, NOTIFY, ORCPT).
     dsn: TransactionDsn = NO_DSN
+    #: BODY=BINARYMIME (RFC 3030): sent with BDAT, may hold any octets.
+    body_binary: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -187,6 +187,9 @@ BDAT_SYNTAX = Reply(501, "5.5.4", "Syntax: BDAT chunk-size [LAST]; closing conne
 DATA_AFTER_BDAT = Reply(503, "5.5.1", "DATA not allowed after BDAT in this transaction")
 # RFC 3030 §3: DATA after MAIL ... BODY=BINARYMIME MUST get 503.
 BINARYMIME_NEEDS_BDAT = Reply(503, "5.5.1", "BODY=BINARYMIME requires BDAT, not DATA")
+# RFC 5321 §4.1.1.11: a parameter value not implemented here (the next hop may not
+# carry binary content: EngineSettings.binarymime).
+BINARYMIME_NOT_OFFERED = Reply(555, "5.5.4", "BODY=BINARYMIME not offered here: use 8BITMIME")
 # The spool could not make the message durable; the client keeps it.
 QUEUE_FAILED = Reply(451, "4.3.0", "Local error in processing, message not accepted")
 # RFC 6409 §6.1: the login may not use this sender. RFC 5321 §4.2.2: 553

@@ -962,6 +962,21 @@ class QueueConfig(Model):
         "warning (RFC 3464, Action: delayed); 0: never. A recipient whose NOTIFY excludes DELAY "
         "gets none.",
     )
+    min_free_space: int | None = Field(
+        default=None,
+        ge=0,
+        description="Bytes of free space kept on the spool's file system: while less is "
+        "free (or less than this plus a SIZE the client declared), MAIL is answered 452 4.3.1 "
+        "and the client tries again later, so the disk never fills up under the spool and the "
+        "SQLite files beside it. Unset: 1.5 x limits.max_message_size (Postfix's rule). 0: no "
+        "check at MAIL (a write that finds the disk full is still answered 452 4.3.1).",
+    )
+
+    def free_space_reserve(self, max_message_size: int) -> int:
+        """The reserve in bytes (``min_free_space``, or its default)."""
+        if self.min_free_space is not None:
+            return self.min_free_space
+        return int(1.5 * max_message_size)
 
 
 class RouteConfig(Model):

@@ -177,3 +177,14 @@ def test_sqlite_reads_on_loop_is_on_by_default_and_a_boolean(base: Path) -> None
     assert off.server.sqlite_reads_on_loop is False
     assert list(problems(GOOD + '[server]\nsqlite_reads_on_loop = "sometimes"\n', base)) == [
         "server.sqlite_reads_on_loop"]
+
+
+def test_queue_min_free_space_defaults_to_one_and_a_half_messages_and_is_named_when_bad(
+        base: Path) -> None:
+    cfg = parse_config(GOOD, base)
+    assert cfg.queue.free_space_reserve(cfg.limits.max_message_size) == 52_500_000
+    cfg = parse_config(GOOD + "\n[queue]\nmin_free_space = 0\n", base)
+    assert cfg.queue.free_space_reserve(35_000_000) == 0
+    cfg = parse_config(GOOD + "\n[queue]\nmin_free_space = 2_000_000_000\n", base)
+    assert cfg.queue.free_space_reserve(35_000_000) == 2_000_000_000
+    assert "queue.min_free_space" in problems(GOOD + "\n[queue]\nmin_free_space = -1\n", base)

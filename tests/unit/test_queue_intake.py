@@ -95,13 +95,18 @@ async def test_a_message_received_in_parts_has_its_received_header_first(tmp_pat
     await spool.close()
 
 
-async def test_a_message_received_in_parts_that_cannot_be_written_is_451(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(("code", "reply"), [
+    (errno.ENOSPC, (452, "4.3.1")),  # RFC 5321 §4.2.2: insufficient system storage
+    (errno.EDQUOT, (452, "4.3.1")),
+    (errno.EIO, (451, "4.3.0")),  # any other failure: local error in processing
+])
+async def test_a_message_received_in_parts_that_cannot_be_written_is_a_temporary_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, reply: tuple[int, str]
 ) -> None:
-    def full(path: str) -> int:
-        raise OSError(errno.ENOSPC, "No space left on device")
+    def failing(path: str) -> int:
+        raise OSError(code, os.strerror(code))
 
-    monkeypatch.setattr(tmpfiles, "open_new", full)
+    monkeypatch.setattr(tmpfiles, "open_new", failing)
     spool = Spool(tmp_path / "spool", prefill=False)
     done: list[bool] = []
 
@@ -111,7 +116,7 @@ async def test_a_message_received_in_parts_that_cannot_be_written_is_451(
     intake = Intake(spool, lambda: None)
     receiving = intake.begin(MESSAGE, arrival(), hostname="mx.test")
     receiving.incoming.write(b"x" * 10)
-    reply = await intake.finish(receiving, alongside=count())
-    assert (reply.code, reply.enhanced) == (451, "4.3.0") and done == [True]
+    got = await intake.finish(receiving, alongside=count())
+    assert (got.code, got.enhanced) == reply and done == [True]
     assert spool.list_ids() == [] and os.listdir(tmp_path / "spool" / "tmp") == []
     await spool.close()

@@ -29,6 +29,7 @@ from smtpgate import metrics
 from smtpgate.auth.principal import Principal
 from smtpgate.queue.envelope import Envelope, RcptDsn
 from smtpgate.queue.incoming import Incoming
+from smtpgate.queue.space import out_of_space
 from smtpgate.queue.spool import Spool, SpoolError, new_queue_id
 from smtpgate.smtp import replies as R
 from smtpgate.smtp.dsn_params import NO_DSN, TransactionDsn
@@ -118,7 +119,7 @@ class Intake:
         except SpoolError as e:
             log.error("%s spool write failed: %s", arrival.session_id, e)
             metrics.spool_failed()
-            reply = R.QUEUE_FAILED
+            reply = R.INSUFFICIENT_STORAGE if out_of_space(e) else R.QUEUE_FAILED
         except Exception:
             log.exception("%s unexpected error while spooling", arrival.session_id)
             metrics.spool_failed()
@@ -196,7 +197,7 @@ class Intake:
             qid = await self._spool.store(envelope, data, qid)
         except SpoolError as e:
             log.error("%s spool write failed: %s", arrival.session_id, e)
-            reply = R.QUEUE_FAILED
+            reply = R.INSUFFICIENT_STORAGE if out_of_space(e) else R.QUEUE_FAILED
         except Exception:
             log.exception("%s unexpected error while spooling", arrival.session_id)
             reply = R.QUEUE_FAILED

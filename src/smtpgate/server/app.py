@@ -48,6 +48,7 @@ from smtpgate.errors import StartupError
 from smtpgate.policy.counters_backend import open_rate_counters
 from smtpgate.policy.rates import RateLimiter
 from smtpgate.queue.factory import make_deliverer
+from smtpgate.queue.space import SpoolSpace
 from smtpgate.queue.spool import Spool
 from smtpgate.queue.worker import DeliveryWorker
 from smtpgate.sasl.base import ChannelBinding, ServerMechanism
@@ -149,6 +150,18 @@ def engine_settings(cfg: Config, listener: ListenerConfig, secret: bytes) -> Eng
         normalize_bare_lf=cfg.smtp.bare_line_endings == "normalize",
         binarymime=cfg.delivery.mode == "maildir",
     )
+
+
+def spool_space(cfg: Config) -> SpoolSpace:
+    """The free-space reserve MAIL keeps (``queue.min_free_space``), measured once
+    now; a file system whose space cannot be read is not checked until it can."""
+    space = SpoolSpace(cfg.path(cfg.queue.spool),
+                       cfg.queue.free_space_reserve(cfg.limits.max_message_size))
+    try:
+        space.measure_now()
+    except OSError as e:
+        log.warning("queue.spool: cannot read the free space of %s: %s", space.directory, e)
+    return space
 
 
 def log_warnings(found: list[Problem]) -> None:
@@ -377,6 +390,8 @@ class _Live:
         rt.login.failure_floor = cfg.auth.failure_floor
         rt.add_received = cfg.smtp.received_header
         rt.policy = cfg.policy
+        if rt.space is not None:  # queue.* is kept as running; the default follows the limit
+            rt.space.reserve = cfg.queue.free_space_reserve(cfg.limits.max_message_size)
         self.guard.reconfigure(cfg.guard, cfg.state)
         if rt.rates is not None:
             rt.rates.reconfigure(cfg.limits, cfg.state.timeout)
@@ -451,6 +466,7 @@ async def serve_sockets(
     guard = build_guard(cfg)
     rates = build_rates(cfg)
     spool = Spool(cfg.path(cfg.queue.spool))
+    space = spool_space(cfg)
     worker: DeliveryWorker | None = None
     worker_task: asyncio.Task[None] | None = None
     if with_delivery:
@@ -472,6 +488,7 @@ async def serve_sockets(
         guard=guard,
         rates=rates,
         policy=cfg.policy,
+        space=space,
     )
     secret = load_decoy_secret(cfg)
     # The protocol factories look their listener up here, so a reload can change

@@ -325,6 +325,9 @@ class Decisions:
     async def _mail_from(self, ev: MailFrom) -> R.Reply | None:
         if self._sending is None:  # the engine asks for AUTH first; never reached
             return R.INTERNAL_ERROR
+        space = self.rt.space
+        if space is not None and (full := space.refused(ev.size)) is not None:
+            return full
         return await self._sending.mail(ev.sender, self.rt.policy, self.rt.rates)
 
     def message_start(self, ev: MessageStart) -> Receiving:

@@ -18,6 +18,7 @@ from smtpgate.auth.service import AuthService
 from smtpgate.config import LimitsConfig, PolicyConfig
 from smtpgate.policy.rates import RateLimiter
 from smtpgate.queue.intake import Intake
+from smtpgate.queue.space import SpoolSpace
 from smtpgate.queue.spool import Spool
 from smtpgate.server.limits import ConnectionLimiter
 from smtpgate.smtp.engine import EngineSettings
@@ -58,6 +59,8 @@ class ServerRuntime:
     guard: Guard | None = None
     rates: RateLimiter | None = None
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    #: The free-space reserve MAIL keeps on the spool's file system (None: unchecked).
+    space: SpoolSpace | None = None
     #: Fire-and-forget tasks of closed connections (held so they are not collected).
     background: set[asyncio.Task[None]] = field(default_factory=set)
     #: The login path (guard, credentials, auth log, failure floor).

@@ -190,6 +190,10 @@ BINARYMIME_NEEDS_BDAT = Reply(503, "5.5.1", "BODY=BINARYMIME requires BDAT, not 
 # RFC 5321 §4.1.1.11: a parameter value not implemented here (the next hop may not
 # carry binary content: EngineSettings.binarymime).
 BINARYMIME_NOT_OFFERED = Reply(555, "5.5.4", "BODY=BINARYMIME not offered here: use 8BITMIME")
+# RFC 5321 §4.2.2, RFC 3463 X.3.1: the spool's file system is (nearly) full, at
+# MAIL (queue.min_free_space, RFC 1870 §6.2 for a declared SIZE) or at the end of
+# the data; the client keeps the message and tries again later (queue/space.py).
+INSUFFICIENT_STORAGE = Reply(452, "4.3.1", "Insufficient system storage")
 # The spool could not make the message durable; the client keeps it.
 QUEUE_FAILED = Reply(451, "4.3.0", "Local error in processing, message not accepted")
 # RFC 6409 §6.1: the login may not use this sender. RFC 5321 §4.2.2: 553

@@ -27,13 +27,15 @@ import os
 import re
 import statistics
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bench.workloads import tree_of
 
 _TICK = os.sysconf("SC_CLK_TCK")
+
+T = TypeVar("T")
 
 #: The targets of the issue (ratios to each peer).
 NEEDS = {"A": {"aiosmtpd": 2.0, "postfix": 1.3}, "B": {"aiosmtpd": 2.0, "postfix": 1.5},
@@ -56,15 +58,20 @@ def process_cpu(pid: int) -> float | None:
     return total / 1e9 + (int(fields[13]) + int(fields[14])) / _TICK
 
 
-def tree_cpu(*roots: int) -> dict[int, float]:
-    """CPU seconds of each root and each of its descendants, by pid."""
+def _over_tree(read: Callable[[int], T | None], roots: Sequence[int]) -> dict[int, T]:
+    """``read`` of each root and each of its descendants, by pid (None: gone)."""
     out = {}
     for root in roots:
         for pid in tree_of(root):
-            cpu = process_cpu(pid)
-            if cpu is not None:
-                out[pid] = cpu
+            value = read(pid)
+            if value is not None:
+                out[pid] = value
     return out
+
+
+def tree_cpu(*roots: int) -> dict[int, float]:
+    """CPU seconds of each root and each of its descendants, by pid."""
+    return _over_tree(process_cpu, roots)
 
 
 def process_ticks(pid: int) -> tuple[int, int] | None:
@@ -80,13 +87,7 @@ def process_ticks(pid: int) -> tuple[int, int] | None:
 
 def tree_ticks(*roots: int) -> dict[int, tuple[int, int]]:
     """`process_ticks` of each root and each of its descendants, by pid."""
-    out = {}
-    for root in roots:
-        for pid in tree_of(root):
-            ticks = process_ticks(pid)
-            if ticks is not None:
-                out[pid] = ticks
-    return out
+    return _over_tree(process_ticks, roots)
 
 
 #: Fewer ticks than this in a run give no share (one tick is 10 ms).

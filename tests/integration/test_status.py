@@ -71,7 +71,9 @@ def test_running_server_reports_itself(running: Server) -> None:
     assert admin is not None and metrics is not None
     assert server["admin"] == f"http://{admin.group(1)}/"
     assert server["metrics"] == f"http://{metrics.group(1)}/metrics"
-    assert doc["queue"] == {"messages": 0, "held": 0, "bytes": 0, "oldest_age": None}
+    queue = dict(doc["queue"])
+    assert queue.pop("free_bytes") > 0 and queue.pop("reserve_bytes") == 52_500_000
+    assert queue == {"messages": 0, "held": 0, "bytes": 0, "oldest_age": None}
     assert doc["guard"]["blocks"] == 0
     assert doc["certificate"]["days_left"] > 300
     loaded = server["config_loaded"]
@@ -79,6 +81,8 @@ def test_running_server_reports_itself(running: Server) -> None:
     wait_status(srv, lambda s: s["config_loaded"] > loaded)
     text = srv.cli("status").stdout
     assert f"running, pid {srv.proc.pid}" in text and "queue:        0 messages" in text
+    assert re.search(r"spool disk:   \d+ MB free, 52 MB kept in reserve \(queue.min_free_space\)\n",
+                     text)
     assert f"web admin:    http://{admin.group(1)}/\n" in text
     assert f"metrics:      http://{metrics.group(1)}/metrics\n" in text
 

@@ -24,6 +24,7 @@ from cryptography import x509
 from smtpgate.cli.common import ExitCode, admin_service, config_option, get_config, iso_time
 from smtpgate.config import Config
 from smtpgate.queue.manage import QueueManager
+from smtpgate.queue.space import free_bytes
 from smtpgate.queue.spool import Spool, SpoolError
 from smtpgate.server import status_file
 from smtpgate.server.pidfile import NotRunning, pid_path, running_pid
@@ -57,12 +58,29 @@ def _queue(cfg: Config) -> dict[str, Any]:
         return {"error": str(e)}
     now = time.time()
     ages = [now - e.envelope.received_at for e in entries]
+    try:
+        free: int | None = free_bytes(cfg.path(cfg.queue.spool))
+    except OSError:
+        free = None
     return {
         "messages": len(entries),
         "held": sum(1 for e in entries if e.state.held),
         "bytes": sum(e.size for e in entries),
         "oldest_age": int(max(ages)) if ages else None,
+        # queue.min_free_space: under it, MAIL is answered 452 4.3.1 (queue/space.py).
+        "free_bytes": free,
+        "reserve_bytes": cfg.queue.free_space_reserve(cfg.limits.max_message_size),
     }
+
+
+def _space(free: int | None, reserve: int) -> str:
+    kept = f"{reserve // 1_000_000} MB kept in reserve (queue.min_free_space)"
+    if free is None:
+        return f"free space unreadable; {kept}"
+    line = f"{free // 1_000_000} MB free, {kept}"
+    if reserve and free < reserve:
+        line += ": MAIL is answered 452 4.3.1 until there is room"
+    return line
 
 
 def _guard(cfg: Config) -> dict[str, Any]:
@@ -132,6 +150,7 @@ def _print(doc: dict[str, Any]) -> None:
         oldest = "" if q["oldest_age"] is None else f", oldest {q['oldest_age']} s"
         click.echo(f"queue:        {q['messages']} messages ({q['held']} held, "
                    f"{q['bytes']} bytes){oldest}")
+        click.echo(f"spool disk:   {_space(q['free_bytes'], q['reserve_bytes'])}")
     g = doc["guard"]
     if "error" in g:
         click.echo(f"guard:        cannot read: {g['error']}")

@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from smtpgate import mechanism_facts
 from smtpgate.config import Config, hostname_problem
+from smtpgate.queue.space import free_bytes
 
 Severity = Literal["error", "warning"]
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -91,6 +92,7 @@ def run_checks(cfg: Config, *, now: dt.datetime | None = None) -> list[Problem]:
         ("guard.database", lambda: check_guard_database(cfg)),
         ("auth.decoy_secret_file", lambda: check_decoy_secret(cfg)),
         ("queue.spool", lambda: check_directories(cfg)),
+        ("queue.min_free_space", lambda: check_spool_space(cfg)),
         ("delivery", lambda: check_delivery(cfg)),
         ("auth.oauth_issuers", lambda: check_oauth(cfg)),
     ]
@@ -568,6 +570,24 @@ def check_directories(cfg: Config) -> list[Problem]:
     if cfg.auth.log_file is not None:
         out += _writable_file("auth.log_file", cfg.path(cfg.auth.log_file), "auth log")
     return out
+
+
+def check_spool_space(cfg: Config) -> list[Problem]:
+    """The spool's file system has the free space MAIL asks for (queue/space.py);
+    a warning, not an error: the server starts and answers 452 4.3.1 until it has."""
+    reserve = cfg.queue.free_space_reserve(cfg.limits.max_message_size)
+    where = cfg.path(cfg.queue.spool)
+    while not where.exists() and where != where.parent:
+        where = where.parent  # not made yet (init makes it): its file system
+    if reserve <= 0:
+        return []
+    free = free_bytes(where)
+    if free >= reserve:
+        return []
+    return [_warning("queue.min_free_space",
+                     f"the spool's file system ({where}) has {free // 1_000_000} MB free, under "
+                     f"the {reserve // 1_000_000} MB kept in reserve: MAIL will be answered "
+                     f"452 4.3.1 until there is room (docs/operations.md, \"Disk space\")")]
 
 
 def check_delivery(cfg: Config) -> list[Problem]:

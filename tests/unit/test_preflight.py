@@ -423,3 +423,14 @@ def test_config_check_of_a_missing_file_exits_3(tmp_path: Path) -> None:
     r = CliRunner().invoke(cli, ["config", "check", "--config", str(tmp_path / "nope.toml")])
     assert r.exit_code == 3
     assert "nope.toml does not exist" in r.output
+
+
+def test_a_spool_disk_under_the_reserve_is_a_warning_naming_the_key(gate: Path) -> None:
+    st = os.statvfs(gate)
+    too_much = st.f_bavail * st.f_frsize + 10**12
+    cfg = config(gate, **{"[queue]\n": f"[queue]\nmin_free_space = {too_much}\n"})
+    found = run_checks(cfg)
+    assert only(found) == {}  # the server still starts
+    warning = only(found, "warning")["queue.min_free_space"]
+    assert "MAIL will be answered 452 4.3.1 until there is room" in warning
+    assert run_checks(config(gate, **{f"min_free_space = {too_much}\n": ""})) == []

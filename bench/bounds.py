@@ -248,7 +248,7 @@ def report(rows: Sequence[dict[str, Any]], records: Sequence[Any], units: dict[s
                     f"smtpgate spends {_r(spent)} (delivery process {_r(deliv)}"
                     f"{_share(sgc.get('kernel_share'))}), {peer} {_r(peer_cpu)}"
                     f"{_share(peer_share, ' (')}{'' if peer_share is None else ')'}: "
-                    f"{verdict}")
+                    f"{verdict}{_user_room(spent, sgc.get('kernel_share'), allowance, item)}")
             data["targets"][f"{w}:{peer}"] = item
     if d is not None and fl.get("tls_kib") is not None:
         sgd = d.get("smtpgate", {})
@@ -284,6 +284,24 @@ def report(rows: Sequence[dict[str, Any]], records: Sequence[Any], units: dict[s
                 lines.append(line)
     data["lines"] = lines
     return data
+
+
+def _user_room(spent: float | None, share: float | None, allowance: float | None,
+               item: dict[str, Any]) -> str:
+    """If smtpgate's kernel time stayed what it is: what the allowance leaves for its
+    user space (the Python, OpenSSL), against what that spends now."""
+    if spent is None or share is None or allowance is None:
+        return ""
+    kernel, user = spent * share, spent * (1 - share)
+    room = allowance - kernel
+    item.update(kernel_cpu_ms=round(kernel, 3), user_cpu_ms=round(user, 3),
+                user_room_ms=round(room, 3))
+    if room <= 0:
+        return (f"; its kernel time alone ({kernel:.3f}) is over the allowance, so no speed-up "
+                f"of its own code reaches the target")
+    return (f"; with its kernel time as it is ({kernel:.3f}), its own code (Python, OpenSSL) "
+            f"would have to fit in {room:.3f} instead of {user:.3f}: "
+            f"{user / room:.1f}x less CPU")
 
 
 def _round(v: float | None) -> float | None:

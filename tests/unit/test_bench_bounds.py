@@ -101,3 +101,18 @@ def test_each_b_line_says_how_much_of_each_servers_cpu_is_the_kernels() -> None:
     pf = next(ln for ln in out["lines"] if ln.startswith("B vs postfix"))
     assert "postfix 2.000: " in pf  # no share measured: none claimed
     assert out["cpu_ms_per_unit"]["B"]["smtpgate"]["kernel_share"] == 0.45
+    # 2 cores at 2 x 900 msg/s: 1.111 ms a message, loadgen 0.3: 0.811 left; the
+    # kernel's 0.675 (45 % of 1.5) leaves 0.136 for the 0.825 its code spends now.
+    assert "its own code (Python, OpenSSL) would have to fit in 0.136 instead of 0.825: " \
+        "6.1x less CPU" in aio
+    item = out["targets"]["B:aiosmtpd"]
+    assert (item["kernel_cpu_ms"], item["user_room_ms"]) == (0.675, 0.136)
+
+
+def test_a_kernel_time_over_the_allowance_says_no_code_speed_up_reaches_it() -> None:
+    rows = [row("C", "sessions_per_s", smtpgate=300.0, aiosmtpd=330.0, ceiling=600.0)]
+    runs = [Run("C", "smtpgate", {"server": 0.9, "kernel_share": 0.8}, {"loadgen_cpu_s": 0.6}),
+            Run("C", "aiosmtpd", {"server": 0.9})]
+    out = bounds.report(rows, runs, {"C": 300}, FLOORS, 2, None)
+    # 2 cores at 1.5 x 330: 4.04 ms a session, loadgen 2.0: 2.04 left < kernel 2.4.
+    assert "its kernel time alone (2.400) is over the allowance" in out["lines"][0]

@@ -41,6 +41,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from smtpgate import mechanism_facts
 from smtpgate.config import Config, hostname_problem
 from smtpgate.queue.space import free_bytes
+from smtpgate.smtp import replies as R
 
 Severity = Literal["error", "warning"]
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -584,10 +585,12 @@ def check_spool_space(cfg: Config) -> list[Problem]:
     free = free_bytes(where)
     if free >= reserve:
         return []
+    full = R.INSUFFICIENT_STORAGE
     return [_warning("queue.min_free_space",
                      f"the spool's file system ({where}) has {free // 1_000_000} MB free, under "
                      f"the {reserve // 1_000_000} MB kept in reserve: MAIL will be answered "
-                     f"452 4.3.1 until there is room (docs/operations.md, \"Disk space\")")]
+                     f"{full.code} {full.enhanced} until there is room (docs/operations.md, "
+                     f"\"Disk space\")")]
 
 
 def check_delivery(cfg: Config) -> list[Problem]:

@@ -28,6 +28,7 @@ from smtpgate.queue.space import free_bytes
 from smtpgate.queue.spool import Spool, SpoolError
 from smtpgate.server import status_file
 from smtpgate.server.pidfile import NotRunning, pid_path, running_pid
+from smtpgate.smtp import replies as R
 
 
 def _server(cfg: Config) -> tuple[dict[str, Any], int]:
@@ -79,7 +80,8 @@ def _space(free: int | None, reserve: int) -> str:
         return f"free space unreadable; {kept}"
     line = f"{free // 1_000_000} MB free, {kept}"
     if reserve and free < reserve:
-        line += ": MAIL is answered 452 4.3.1 until there is room"
+        full = R.INSUFFICIENT_STORAGE
+        line += f": MAIL is answered {full.code} {full.enhanced} until there is room"
     return line
 
 

@@ -95,9 +95,10 @@ class SpoolSpace:
             self._warned = now
             log.warning(
                 "spool file system of %s has %d MB free, under the %d MB kept in reserve "
-                "(queue.min_free_space)%s: MAIL is answered 452 4.3.1 until there is room",
+                "(queue.min_free_space)%s: MAIL is answered %d %s until there is room",
                 self.directory, free // 1_000_000, self.reserve // 1_000_000,
                 f" plus a declared SIZE of {declared}" if declared else "",
+                R.INSUFFICIENT_STORAGE.code, R.INSUFFICIENT_STORAGE.enhanced,
             )
         return R.INSUFFICIENT_STORAGE
 

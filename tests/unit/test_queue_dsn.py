@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import email.message
+import email.policy
 from pathlib import Path
 
 import pytest
@@ -172,3 +173,58 @@ def test_rfc3030_a_binary_original_comes_back_as_its_header_only() -> None:
     _, _, original = parts(data)
     assert original.get_content_type() == "text/rfc822-headers"
     assert b"secret body" not in data
+
+
+def _global_parts(data: bytes) -> tuple[email.message.Message, list[email.message.Message]]:
+    msg = email.message_from_string(data.decode("utf-8"), policy=email.policy.SMTPUTF8)
+    assert msg.get_content_type() == "multipart/report"
+    assert msg.get_param("report-type") == "global-delivery-status"
+    payload = msg.get_payload()
+    assert isinstance(payload, list)
+    return msg, payload
+
+
+def test_rfc6533_an_internationalized_message_gets_a_global_report() -> None:
+    e = env(mail_from="アリス@例子.广告", rcpt_to=("用户@例子.广告",), smtputf8=True,
+            dsn_rcpts=(RcptDsn("用户@例子.广告", ("FAILURE",), "utf-8;用户+1@例子.广告"),))
+    data = build(e, [Outcome("用户@例子.广告", "bounced", "550 5.1.1 no such user")])
+    assert data is not None
+    msg, (text, status, original) = _global_parts(data)
+    assert "To: <アリス@例子.广告>\r\n".encode() in data  # RFC 6532: UTF-8, not "?"
+    assert msg["To"].addresses[0].addr_spec == "アリス@例子.广告"
+    assert text.get_content_charset() == "utf-8"
+    assert "\r\n<用户@例子.广告>: 550 5.1.1 no such user\r\n".encode() in data
+    assert status.get_content_type() == "message/global-delivery-status"
+    fields = data.decode("utf-8")
+    assert "Final-Recipient: utf-8; 用户@例子.广告\r\n" in fields
+    assert "Original-Recipient: utf-8;用户\\x{2B}1@例子.广告\r\n" in fields
+    assert original.get_content_type() == "message/global"
+    assert b"secret body" in data
+
+
+def test_rfc6533_headers_only_of_an_internationalized_message() -> None:
+    e = env(rcpt_to=("用户@例子.广告",), smtputf8=True, dsn_ret="HDRS")
+    data = build(e, [Outcome("用户@例子.广告", "bounced", "550 5.1.1 no")])
+    assert data is not None
+    _, (_, _, original) = _global_parts(data)
+    assert original.get_content_type() == "message/global-headers"
+    assert b"secret body" not in data
+
+
+def test_rfc6533_an_ascii_report_writes_a_utf8_orcpt_in_its_7bit_form() -> None:
+    e = env(dsn_rcpts=(RcptDsn("bob@example.net", ("FAILURE",), "utf-8;用户@example.net"),))
+    data = build(e, [Outcome("bob@example.net", "bounced", "550 5.1.1 no")])
+    assert data is not None and data.isascii()
+    _, status, _ = parts(data)
+    per_rcpt = status.get_payload()[1]
+    assert per_rcpt["Original-Recipient"] == "utf-8;\\x{7528}\\x{6237}@example.net"
+    assert per_rcpt["Final-Recipient"] == "rfc822; bob@example.net"
+
+
+def test_rfc6533_an_escaped_line_break_stays_escaped_in_the_report() -> None:
+    e = env(rcpt_to=("用户@例子.广告",), smtputf8=True,
+            dsn_rcpts=(RcptDsn("用户@例子.广告", None, "utf-8;a\r\nX-Injected: yes"),))
+    data = build(e, [Outcome("用户@例子.广告", "bounced", "550 no")])
+    assert data is not None
+    assert b"\r\nX-Injected" not in data
+    assert b"Original-Recipient: utf-8;a\\x{0D}\\x{0A}X-Injected:\\x{20}yes" in data

@@ -251,3 +251,26 @@ async def test_rfc3461_parameters_go_on_to_a_next_hop_that_speaks_dsn() -> None:
                             b"ORCPT=rfc822;Bob+2B@example.net\r\n")
         else:  # RFC 3461 §5.2: nothing a next hop without DSN would refuse
             assert b"RET=" not in mail and rcpt == b"RCPT TO:<bob@example.net>\r\n"
+
+
+async def test_rfc6533_a_utf8_orcpt_goes_on_in_its_7bit_form() -> None:
+    from dataclasses import replace
+
+    from smtpgate.queue.envelope import RcptDsn
+
+    env = replace(message().envelope,
+                  dsn_rcpts=(RcptDsn("bob@example.net", None, "utf-8;用户+1@example.net"),))
+    msg = QueuedMessage("18f00000000-1-0-00000000", env, message().data)
+    server, got = await scripted({b"EHLO": b"250-hop.test\r\n250 DSN\r\n",
+                                  b"DATA": b"354 go\r\n", b".": b"250 2.0.0 queued\r\n",
+                                  b"QUIT": b"221 bye\r\n"})
+    try:
+        d = RelayDeliverer("127.0.0.1", server.sockets[0].getsockname()[1],
+                           helo_name="smtpgate.test", tls_mode="none")
+        results = await d.deliver(msg, ("bob@example.net",))
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert isinstance(results["bob@example.net"], Delivered)
+    rcpt = next(line for line in got if line.startswith(b"RCPT"))
+    assert rcpt == b"RCPT TO:<bob@example.net> ORCPT=utf-8;\\x{7528}\\x{6237}\\x{2B}1@example.net\r\n"

@@ -76,3 +76,31 @@ def test_other_rcpt_parameters_are_still_unknown() -> None:
     d = authed()
     d.feed(b"MAIL FROM:<a@example.org>\r\n")
     assert codes(d.feed(b"RCPT TO:<b@example.net> FOO=1\r\n")) == [str(R.UNKNOWN_PARAMETER)]
+
+
+def test_rfc6533_utf8_orcpt_in_an_smtputf8_transaction_is_kept_decoded() -> None:
+    d = authed()
+    out = d.feed(
+        "MAIL FROM:<alice@example.org> SMTPUTF8\r\n"
+        "RCPT TO:<用户@例子.广告> ORCPT=utf-8;用户@例子.广告\r\n"
+        "RCPT TO:<bob@example.net> ORCPT=UTF-8;b\\x{2B}1@\\x{4F8B}.example\r\n"
+        "DATA\r\n".encode())
+    assert codes(out) == [str(R.SENDER_OK)] + [str(R.RECIPIENT_OK)] * 2 + [str(R.START_DATA)]
+    assert start_of(d).dsn.rcpts == (
+        ("用户@例子.广告", RcptParams(None, "utf-8;用户@例子.广告")),
+        ("bob@example.net", RcptParams(None, "utf-8;b+1@例.example")),
+    )
+
+
+@pytest.mark.parametrize("param", [
+    "ORCPT=utf-8;用户@example.org".encode(),  # UTF-8 as it is needs SMTPUTF8
+    b"ORCPT=utf-8;a+b@example.org",  # "+" must be \x{2B} in this type
+    b"ORCPT=utf-8;a\\x{0D}\\x{0A}X-Injected:\\x{20}yes@example.org",  # an escaped CR LF
+    b"ORCPT=utf-8;a\\x{D800}@example.org",  # a surrogate is no character
+    b"ORCPT=utf-8;a\\b@example.org",  # a backslash that escapes nothing
+])
+def test_rfc6533_malformed_utf8_orcpt_gets_501(param: bytes) -> None:
+    d = authed()
+    d.feed(b"MAIL FROM:<a@example.org>\r\n")
+    assert codes(d.feed(b"RCPT TO:<b@example.net> " + param + b"\r\n")) == [
+        str(R.BAD_DSN_PARAMETER)]

@@ -8,6 +8,11 @@ Loops: a report always has the null reverse-path (RFC 3461 §6.2, RFC 5321
 §4.5.5), and nothing is ever reported to a null sender, so a report that cannot
 be delivered is dropped rather than answered by another report.
 
+Internationalized mail (SMTPUTF8) gets an RFC 6533 report: ``global-delivery-status``
+with ``utf-8`` addresses and the original as ``message/global`` (or
+``message/global-headers``); UTF-8 appears as it is only there, never in an ASCII
+report, where a ``utf-8`` ORCPT is written in its 7-bit form.
+
 Who is told (RFC 3461 §4.1): a recipient whose NOTIFY parameter was given gets a
 report only for the conditions it lists (NEVER: none; SUCCESS: "delivered" into a
 mailbox, or "relayed" to a next hop without DSN); without NOTIFY, failures and
@@ -24,12 +29,15 @@ from dataclasses import dataclass
 
 from smtpgate.queue.envelope import Envelope
 from smtpgate.queue.state import Outcome
+from smtpgate.smtp import utf8_addr
 
 #: An enhanced status code (RFC 3463) inside a reply or a diagnostic.
 _STATUS = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
 #: Where an SMTP reply starts inside a deliverer's detail ("RCPT TO: 550 5.1.1 ...").
 _REPLY = re.compile(r"\b[245]\d\d[ -]")
 _UNSAFE = re.compile(r"[^\x20-\x7e]")
+#: Control characters (C0, DEL, C1): never in a report, even an internationalized one.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +113,8 @@ def build_report(
     """
     if not envelope.mail_from or not reports:
         return None
+    utf8 = envelope.smtputf8  # RFC 6533: a global report for internationalized mail
+    clean = _clean_utf8 if utf8 else _clean
     failed = any(r.action == "failed" for r in reports)
     delayed = all(r.action == "delayed" for r in reports)
     boundary = f"{queue_id}/{secrets.token_hex(8)}"
@@ -122,7 +132,7 @@ def build_report(
         intro = "Your message was delivered to the recipients below."
     human = [intro, ""]
     for r in reports:
-        human.append(f"<{_clean(r.address)}>: {_clean(r.diagnostic)}")
+        human.append(f"<{clean(r.address)}>: {_clean(r.diagnostic)}")
     per_message = [f"Reporting-MTA: dns; {host}"]
     if envelope.dsn_envid:
         per_message.append(f"Original-Envelope-Id: {_clean(envelope.dsn_envid)}")
@@ -134,9 +144,9 @@ def build_report(
     for r in reports:
         fields = []
         if r.original_recipient:
-            fields.append(f"Original-Recipient: {_clean(r.original_recipient)}")
+            fields.append(f"Original-Recipient: {_original(r.original_recipient, utf8)}")
         fields += [
-            f"Final-Recipient: rfc822; {_clean(r.address)}",
+            f"Final-Recipient: {_final(r.address, utf8)}",
             f"Action: {r.action}",
             f"Status: {status_code(r.action, r.diagnostic)}",
             f"Diagnostic-Code: {diagnostic_code(r.diagnostic)}",
@@ -149,32 +159,35 @@ def build_report(
     if envelope.dsn_ret == "HDRS" or not failed or envelope.body_binary:
         end = data.find(b"\r\n\r\n")
         original = data if end < 0 else data[: end + 2]
-        original_type = "text/rfc822-headers"
+        original_type = "message/global-headers" if utf8 else "text/rfc822-headers"
     else:
         original = data
-        original_type = "message/rfc822"
+        original_type = "message/global" if utf8 else "message/rfc822"
+    report_type = "global-delivery-status" if utf8 else "delivery-status"
     cte = "8bit" if envelope.body_8bit or envelope.smtputf8 else "7bit"
     head = "\r\n".join([
         f"From: Mail Delivery System <MAILER-DAEMON@{host}>",
-        f"To: <{_clean(envelope.mail_from)}>",
+        f"To: <{clean(envelope.mail_from)}>",
         f"Subject: {subject}",
         f"Date: {date}",
         f"Message-ID: <{queue_id}.{secrets.token_hex(4)}.dsn@{host}>",
         # RFC 3834 §5: automatic responses must not trigger other responses.
         "Auto-Submitted: auto-replied",
         "MIME-Version: 1.0",
-        f'Content-Type: multipart/report; report-type=delivery-status; boundary="{boundary}"',
+        f'Content-Type: multipart/report; report-type={report_type}; boundary="{boundary}"',
         "",
         "This is a MIME-encapsulated delivery status notification.",
         "",
         f"--{boundary}",
-        "Content-Type: text/plain; charset=us-ascii",
+        f"Content-Type: text/plain; charset={'utf-8' if utf8 else 'us-ascii'}",
+        *(["Content-Transfer-Encoding: 8bit"] if utf8 else []),
         "Content-Description: Notification",
         "",
         "\r\n".join(human),
         "",
         f"--{boundary}",
-        "Content-Type: message/delivery-status",
+        f"Content-Type: message/{report_type}",
+        *(["Content-Transfer-Encoding: 8bit"] if utf8 else []),
         "Content-Description: Delivery report",
         "",
         "\r\n\r\n".join(blocks),
@@ -185,7 +198,7 @@ def build_report(
         "Content-Description: The original message",
         "",
         "",
-    ]).encode("ascii")
+    ]).encode("utf-8" if utf8 else "ascii")
     if not original.endswith(b"\r\n"):
         original += b"\r\n"
     body = head + original + f"\r\n--{boundary}--\r\n".encode("ascii")
@@ -206,3 +219,25 @@ def build_report(
 def _clean(text: str) -> str:
     """One header-safe line: no CR, LF or other controls can reach the report."""
     return _UNSAFE.sub("?", text)
+
+
+def _clean_utf8(text: str) -> str:
+    """`_clean` for an internationalized report: UTF-8 stays, controls do not."""
+    return _CONTROL.sub("?", text)
+
+
+def _final(address: str, utf8: bool) -> str:
+    """Final-Recipient: ``rfc822`` for an ASCII address, RFC 6533's ``utf-8``
+    otherwise (escapes leave no control character or line break in it)."""
+    if address.isascii():
+        return "rfc822; " + _clean(address)
+    return f"{utf8_addr.UTF8_TYPE}; " + utf8_addr.encode(address, unitext=utf8)
+
+
+def _original(orcpt: str, utf8: bool) -> str:
+    """Original-Recipient from the ORCPT kept as "type;address"; a ``utf-8`` one in
+    the form the report's type allows (RFC 6533 §3)."""
+    addr_type, _, address = orcpt.partition(";")
+    if utf8_addr.is_utf8_type(addr_type):
+        return f"{addr_type};" + utf8_addr.encode(address, unitext=utf8)
+    return _clean(orcpt)

@@ -66,6 +66,7 @@ from smtpgate.queue.oauth_grant import TokenUnavailable
 from smtpgate.queue.smtp_io import SmtpClientConnection, TransportStream, TransportTls
 from smtpgate.sasl.base import ChannelBinding, ClientMechanism
 from smtpgate.sasl.registry import create_client_mechanism
+from smtpgate.smtp import utf8_addr
 
 log = logging.getLogger("smtpgate.queue.relay")
 
@@ -546,7 +547,8 @@ class RelayDeliverer:
 
 def _rcpt_dsn(message: QueuedMessage, rcpt: str, ext: Extensions) -> list[str]:
     """NOTIFY and ORCPT of ``rcpt`` for a next hop that advertises DSN (RFC 3461
-    §4.1, §4.2; ORCPT's address re-encoded as xtext)."""
+    §4.1, §4.2; ORCPT's address re-encoded as xtext, or for the ``utf-8`` type in
+    RFC 6533's 7-bit form, which every next hop can take)."""
     params = message.envelope.dsn_for(rcpt)
     if params is None or not ext.has("DSN"):
         return []
@@ -555,7 +557,10 @@ def _rcpt_dsn(message: QueuedMessage, rcpt: str, ext: Extensions) -> list[str]:
         out.append("NOTIFY=" + ",".join(params.notify))
     if params.orcpt is not None:
         addr_type, _, address = params.orcpt.partition(";")
-        out.append(f"ORCPT={addr_type};{xtext(address)}")
+        if utf8_addr.is_utf8_type(addr_type):
+            out.append(f"ORCPT={addr_type};{utf8_addr.encode(address, unitext=False)}")
+        else:
+            out.append(f"ORCPT={addr_type};{xtext(address)}")
     return out
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from smtpgate.smtp import utf8_addr
 from smtpgate.smtp.address import AddressError, decode_xtext
 
 #: RFC 3461 §4.4: ENVID is at most 100 characters (of xtext, before decoding).
@@ -72,8 +73,10 @@ def parse_notify(value: str | None) -> tuple[str, ...]:
     return words
 
 
-def parse_orcpt(value: str | None) -> str:
-    """RFC 3461 §4.2: ORCPT=addr-type;xtext, kept as "addr-type;decoded".
+def parse_orcpt(value: str | None, *, utf8: bool = False) -> str:
+    """RFC 3461 §4.2: ORCPT=addr-type;xtext, kept as "addr-type;decoded". The
+    ``utf-8`` type (RFC 6533 §3) is written with ``\\x{HEX}`` escapes instead, and
+    in an SMTPUTF8 transaction (``utf8``) may carry UTF-8 as it is.
 
     Raises:
         DsnParamError: no type, too long, or not xtext (controls refused).
@@ -84,13 +87,16 @@ def parse_orcpt(value: str | None) -> str:
     if not semi or not addr_type or not address or not addr_type.isascii():
         raise DsnParamError("ORCPT must be addr-type;address")
     try:
+        if utf8_addr.is_utf8_type(addr_type):
+            return f"{utf8_addr.UTF8_TYPE};{utf8_addr.decode(address, unitext=utf8)}"
         return f"{addr_type};{decode_xtext(address)}"
     except AddressError as e:
         raise DsnParamError(f"ORCPT: {e}") from None
 
 
-def parse_rcpt_params(params: dict[str, str | None]) -> RcptParams:
-    """NOTIFY and ORCPT from RCPT TO's parameters.
+def parse_rcpt_params(params: dict[str, str | None], *, utf8: bool = False) -> RcptParams:
+    """NOTIFY and ORCPT from RCPT TO's parameters (``utf8``: in an SMTPUTF8
+    transaction).
 
     Raises:
         DsnParamError: one is malformed.
@@ -102,7 +108,7 @@ def parse_rcpt_params(params: dict[str, str | None]) -> RcptParams:
         if key == "NOTIFY":
             notify = parse_notify(value)
         elif key == "ORCPT":
-            orcpt = parse_orcpt(value)
+            orcpt = parse_orcpt(value, utf8=utf8)
         else:
             raise KeyError(key)
     return RcptParams(notify, orcpt)

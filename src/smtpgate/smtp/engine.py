@@ -694,7 +694,7 @@ class ServerEngine:
         except AddressError:
             return self._error(R.SYNTAX_RCPT)
         try:
-            dsn = parse_rcpt_params(params)  # RFC 3461 §4.1, §4.2
+            dsn = parse_rcpt_params(params, utf8=self._smtputf8)  # RFC 3461, RFC 6533
         except KeyError:
             return self._error(R.UNKNOWN_PARAMETER)
         except DsnParamError:

@@ -24,16 +24,15 @@ itself:
 
 Explicit keys always win: the preset only fills what is missing, so a site can
 keep AD's address handling and still write its own login filter. Data and pure
-functions only; ``LdapConfig`` calls `apply_preset` before it validates.
+functions only; ``LdapConfig`` calls `apply_preset` before it validates, also for
+a server without LDAP accounts, so ldap3 (5.5 MB in every process) is imported
+only when a group DN is there to parse.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Final
-
-from ldap3.core.exceptions import LDAPInvalidDnError
-from ldap3.utils.dn import parse_dn
 
 OPENLDAP: Final = "openldap"
 ACTIVE_DIRECTORY: Final = "active_directory"
@@ -72,6 +71,9 @@ def group_filter(flavour: str, group_dn: str) -> str:
     Raises:
         ValueError: the DN does not parse.
     """
+    from ldap3.core.exceptions import LDAPInvalidDnError
+    from ldap3.utils.dn import parse_dn
+
     try:
         parse_dn(group_dn)
     except LDAPInvalidDnError as e:

@@ -3,6 +3,10 @@ explicit key keeps, the group filter it builds, and the escaping of filter value
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -110,3 +114,23 @@ def test_filter_values_are_escaped(login: str, escaped: str) -> None:
     flt = built.replace("{login}", escape_filter_value(login))
     # The filter's structure is the preset's whatever the login holds.
     assert flt.count("(") == flt.count(")") == built.count("(")
+
+
+def test_a_server_without_ldap_accounts_does_not_load_ldap3(tmp_path: Path) -> None:
+    """``init``'s config (SQLite accounts) must not pull ldap3 into every process
+    (5.5 MB each, bench/README.md); a group DN does, to parse it."""
+    smtpgate = Path(sys.executable).parent / "smtpgate"
+    subprocess.run([str(smtpgate), "init", "--dir", str(tmp_path), "--no-demo"],
+                   capture_output=True, check=True)
+    probe = (
+        "import sys, pathlib\n"
+        "from smtpgate.config import LdapConfig, load_config\n"
+        f"load_config(pathlib.Path({str(tmp_path / 'smtpgate.toml')!r}))\n"
+        "LdapConfig.model_validate({'url': 'ldaps://x'})\n"
+        "print('ldap3' in sys.modules)\n"
+        "LdapConfig.model_validate({'url': 'ldaps://x', 'group': 'CN=g,DC=x'})\n"
+        "print('ldap3' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["False", "True"]

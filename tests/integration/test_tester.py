@@ -180,7 +180,8 @@ def test_text_transcript_shows_tls_and_decoded_steps_and_masks_secrets(
                  "== certificate subject: CN=localhost", "== certificate issuer:  CN=localhost",
                  "== certificate expires:", "== chain verified: yes",
                  "== hostname '127.0.0.1' verified: yes", "-> AUTH SCRAM-SHA-256 ",
-                 "  > n,,n=alice@example.org,r=", "  < r=", "p=********", "  < v=",
+                 "  > n,,n=alice@example.org,r=", "  < r=", "p=********", "<- 334 ********",
+                 "  < v=********",
                  "<- 235 2.7.0", "== result: success (exit 0)"):
         assert line in out, line
     assert PASSWORD not in out

@@ -65,3 +65,34 @@ def test_transcript_renders_and_serialises() -> None:
     assert t.lines() == ["-> EHLO x", "<- 250 ok", "  > n,,n=a,r=b"]
     assert t.to_json()[1] == {"dir": "<-", "kind": "recv", "text": "250 ok", "tls": True}
     assert seen == t.entries
+
+
+def test_scram_server_signature_is_masked() -> None:
+    # RFC 5802: v= is HMAC(ServerKey, AuthMessage); with the salt, the iteration
+    # count and the nonces shown, it tests a guessed password as well as p= does.
+    text, masked = M.server_sasl("SCRAM-SHA-256", b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=")
+    assert (text, masked) == (f"v={MASK}", True)
+    first = b"r=abc,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096"
+    assert M.server_sasl("SCRAM-SHA-256", first) == (first.decode(), False)
+    assert M.server_sasl("SCRAM-SHA-1", b"e=invalid-proof") == ("e=invalid-proof", False)
+    assert M.server_sasl("LOGIN", b"Password:") == ("Password:", False)
+
+
+def test_observer_masks_the_334_line_that_carries_the_server_signature() -> None:
+    import base64
+
+    from smtpgate.client.auth import AuthSend
+    from smtpgate.tools.session import TranscriptObserver
+
+    t = Transcript()
+    obs = TranscriptObserver(t, M)
+    final = b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4="
+    line = b"334 " + base64.b64encode(final) + b"\r\n"
+    obs.auth_step("SCRAM-SHA-256", AuthSend(b"Yz1iaXdz\r\n", b"c=biws,r=a,p=x", 1), False)
+    obs.received(line, False)
+    obs.auth_step("SCRAM-SHA-256", AuthSend(b"\r\n", b"", 2, challenge=final), False)
+    shown = "\n".join(t.lines())
+    assert "<- 334 " + MASK in shown
+    assert "  < v=" + MASK in shown
+    assert base64.b64encode(final).decode() not in shown
+    assert "6rriTRBi23WpRR" not in shown

@@ -29,6 +29,19 @@ MAX_REPLY_LINES = 200
 _ENHANCED = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})(?: |\Z)")
 
 
+#: RFC 4954 §4: the code of a SASL challenge ("334 " base64).
+AUTH_CHALLENGE_CODE = 334
+
+
+def split_challenge(line: bytes) -> tuple[bytes, bytes] | None:
+    """(code and space, base64 text) of one reply line that is a SASL challenge,
+    else None; the line without its CRLF."""
+    head, text = line[:4], line[4:]
+    if head != b"%d " % AUTH_CHALLENGE_CODE:
+        return None
+    return head, text
+
+
 @dataclass(frozen=True, slots=True)
 class ServerReply:
     """One complete reply. ``enhanced`` is the RFC 3463 code ("5.1.1") when the

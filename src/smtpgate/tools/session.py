@@ -18,11 +18,11 @@ from collections.abc import Callable
 
 from smtpgate.client.auth import MAX_AUTH_ROUNDS, AuthSend, ClientAuthResult
 from smtpgate.client.engine import ClientEngine
-from smtpgate.client.replies import ServerReply
+from smtpgate.client.replies import ServerReply, split_challenge
 from smtpgate.config import hostname_problem
 from smtpgate.queue.smtp_io import ConnectionClosed, SessionObserver, SmtpClientConnection
 from smtpgate.sasl.base import ClientMechanism
-from smtpgate.tools.transcript import MASK, Kind, Masker, Transcript, printable
+from smtpgate.tools.transcript import MASK, Kind, Masker, Transcript
 from smtpgate.tools.wire import TlsSetup, Wire
 
 __all__ = [
@@ -49,6 +49,8 @@ class TranscriptObserver(SessionObserver):
         self.transcript = transcript
         self.masker = masker
         self._rx_partial = b""
+        #: The mechanism of the AUTH exchange in progress (its 334 lines may need masking).
+        self._auth_mechanism: str | None = None
 
     def sent(self, data: bytes, display: str | None, tls: bool) -> None:
         shown = display if display is not None else data.decode("utf-8", "replace")
@@ -61,7 +63,23 @@ class TranscriptObserver(SessionObserver):
         buf = self._rx_partial + data
         *lines, self._rx_partial = buf.split(b"\n")
         for raw in lines:
-            self.transcript.add("recv", raw.rstrip(b"\r").decode("utf-8", "replace"), tls)
+            self.transcript.add("recv", self._shown(raw.rstrip(b"\r")).decode(
+                "utf-8", "replace"), tls)
+
+    def _shown(self, line: bytes) -> bytes:
+        """The line, or its code and a mask for a challenge of the exchange in
+        progress whose decoded payload must not show (the SCRAM ``v=``)."""
+        parts = split_challenge(line)
+        if parts is None or self._auth_mechanism is None:
+            return line
+        head, text = parts
+        try:
+            challenge = base64.b64decode(text.strip(), validate=True)
+        except ValueError:
+            return line
+        if self.masker.server_sasl(self._auth_mechanism, challenge)[1]:
+            return head + MASK.encode()
+        return line
 
     def tls_started(self, dropped: int) -> None:
         self._rx_partial = b""
@@ -71,8 +89,10 @@ class TranscriptObserver(SessionObserver):
             )
 
     def auth_step(self, mechanism: str, step: AuthSend, tls: bool) -> None:
+        self._auth_mechanism = mechanism
         if step.challenge is not None:
-            self.transcript.add("sasl-recv", printable(step.challenge) or "(empty)", tls)
+            shown, _ = self.masker.server_sasl(mechanism, step.challenge)
+            self.transcript.add("sasl-recv", shown or "(empty)", tls)
         if step.note:
             self.transcript.add("error", step.note, tls)
         if step.payload is None:
@@ -84,6 +104,7 @@ class TranscriptObserver(SessionObserver):
         self.transcript.add("sasl-send", decoded or "(empty)", tls)
 
     def auth_done(self, result: ClientAuthResult, tls: bool) -> None:
+        self._auth_mechanism = None
         if not result.ok and result.reply is not None and result.reply.code == 235:
             self.transcript.add("error", result.detail, tls)  # yes from the server, no from us
 

@@ -7,8 +7,10 @@ carries exactly what the text shows.
 
 Masking (what never appears in a transcript, text or JSON): the password, the
 bearer token, and anything that allows an offline guess of the password from a
-pasted transcript: the SCRAM ClientProof and the CRAM-MD5 digest. The base64 of a
-masked payload is masked as a whole, since it would reveal the same.
+pasted transcript: the SCRAM ClientProof, the SCRAM ServerSignature (``v=``: with
+the salt, the iteration count and the nonces shown, it tests a guessed password as
+well as the proof does) and the CRAM-MD5 digest. The base64 of a masked payload is
+masked as a whole, since it would reveal the same.
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ def printable(data: bytes) -> str:
 
 
 _SCRAM_PROOF = re.compile(rb"(,p=)[^,]*")
+_SCRAM_SIGNATURE = re.compile(rb"(^|,)(v=)[^,]*")
 _BEARER = re.compile(rb"(auth=Bearer )[^\x01]*", re.IGNORECASE)
 
 
@@ -128,6 +131,18 @@ class Masker:
             if len(secret) >= 3 and secret in text:
                 text = text.replace(secret, MASK)
         return text, masked != data or MASK in text
+
+    def server_sasl(self, mechanism: str, data: bytes) -> tuple[str, bool]:
+        """(decoded text to show, whether anything was masked) for a server challenge.
+
+        The SCRAM server-final message's ``v=`` (ServerSignature) is masked: it is
+        HMAC(ServerKey, AuthMessage), and everything else in AuthMessage is shown,
+        so it would let a pasted transcript be used to guess the password offline.
+        """
+        masked = data
+        if mechanism.upper().startswith("SCRAM-"):
+            masked = _SCRAM_SIGNATURE.sub(rb"\1\2" + MASK.encode(), data)
+        return printable(masked), masked != data
 
     def text(self, line: str) -> str:
         for secret in self.secrets:

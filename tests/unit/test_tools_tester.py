@@ -104,6 +104,26 @@ async def test_full_session_without_tls_succeeds_and_masks(serve: Serve) -> None
     assert "warning: PLAIN sends the secret itself" in text
 
 
+async def test_json_envelope_is_what_was_sent_when_from_and_to_default(serve: Serve) -> None:
+    # No --from, no --to: MAIL and RCPT use the --user address; the JSON record must
+    # say so, not null and [] (docs/tester.md's example shows the addresses).
+    script = Scripted(b"220 fake.test ESMTP\r\n", [
+        EHLO_PLAIN, b"235 2.7.0 ok\r\n", b"250 2.1.0 ok\r\n", b"250 2.1.5 ok\r\n",
+        b"354 go\r\n", b"250 2.0.0 queued as X\r\n", b"221 bye\r\n",
+    ])
+    port = await serve(script)
+    report = await run_test(_opts(port, auth="PLAIN", user="alice@example.org",
+                                  password=PASSWORD, rcpt_to=()))
+    assert report.exit_code == ExitCode.SUCCESS, report.error
+    assert script.received[2:4] == [b"MAIL FROM:<alice@example.org>\r\n",
+                                    b"RCPT TO:<alice@example.org>\r\n"]
+    message = report.to_json()["message"]
+    assert isinstance(message, dict)
+    assert message["from"] == "alice@example.org"
+    assert message["to"] == ["alice@example.org"]
+    assert message["accepted"] == ["alice@example.org"]
+
+
 @pytest.mark.parametrize(
     ("greeting", "replies", "opts", "code", "message"),
     [

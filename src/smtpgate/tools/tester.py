@@ -162,6 +162,7 @@ class TestReport:
 
     def to_json(self) -> dict[str, object]:
         o = self.options
+        sender, recipients = envelope(o)
         return {
             "server": o.host,
             "port": o.port,
@@ -176,8 +177,8 @@ class TestReport:
             "tls": self.tls.to_json() if self.tls else None,
             "auth": self.auth.to_json() if self.auth else None,
             "message": {
-                "from": o.mail_from,
-                "to": list(o.rcpt_to),
+                "from": sender,
+                "to": list(recipients),
                 "accepted": self.accepted,
                 "refused": self.refused,
                 "queued": self.queued or None,
@@ -185,6 +186,15 @@ class TestReport:
             "elapsed_seconds": round(self.elapsed, 3),
             "transcript": self.transcript.to_json(),
         }
+
+
+def envelope(opts: TesterOptions) -> tuple[str, tuple[str, ...]]:
+    """The envelope the session uses: ``--from`` (default: ``--user`` if it is an
+    address, else the null sender) and ``--to`` (default: the sender)."""
+    sender = opts.mail_from
+    if sender is None:
+        sender = opts.user if "@" in opts.user else ""
+    return sender, opts.rcpt_to or ((sender,) if sender else ())
 
 
 def build_message(opts: TesterOptions, sender: str, recipients: tuple[str, ...]) -> bytes:
@@ -461,10 +471,7 @@ class _Tester:
     async def _message(self) -> None:
         opts = self.opts
         s = self.s
-        sender = opts.mail_from
-        if sender is None:
-            sender = opts.user if "@" in opts.user else ""
-        recipients = opts.rcpt_to or ((sender,) if sender else ())
+        sender, recipients = envelope(opts)
         if not recipients:
             raise _Stop(ExitCode.ERROR, "no recipient: pass --to ADDRESS")
         reply = await s.command(s.engine.mail(sender))

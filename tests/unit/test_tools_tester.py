@@ -14,6 +14,7 @@ import socket
 import ssl
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -378,3 +379,28 @@ def test_cli_ehlo_default_is_what_help_says() -> None:
     help_text = CliRunner().invoke(cli, ["test", "--help"]).output
     assert "this machine's fully qualified name, else its host name" in " ".join(
         help_text.split())
+
+
+async def test_certificate_hints_fit_the_problem(tmp_path: Path) -> None:
+    # A name mismatch with a trusted CA: "--ca FILE to trust it" cannot help
+    # (it was the hint for every verification failure); --tls-name can.
+    from smtpgate.tls.certs import write_self_signed
+
+    write_self_signed(tmp_path / "cert.pem", tmp_path / "key.pem", "localhost")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    script = Scripted(b"220 x\r\n", [EHLO_PLAIN, b"221 bye\r\n"])
+    server = await asyncio.start_server(script.handle, "127.0.0.1", 0, ssl=ctx)
+    port = int(server.sockets[0].getsockname()[1])
+    try:
+        named = await run_test(_opts(port, tls_mode="implicit", quit_after="ehlo",
+                                     ca_file=tmp_path / "cert.pem",
+                                     tls_name="mail.other.test"))
+        untrusted = await run_test(_opts(port, tls_mode="implicit", quit_after="ehlo"))
+    finally:
+        server.close()
+    assert named.exit_code == ExitCode.TLS
+    assert "does not match the name 'mail.other.test'" in named.error
+    assert "--tls-name NAME" in named.error and "--ca FILE" not in named.error
+    assert untrusted.exit_code == ExitCode.TLS
+    assert "--ca FILE to trust it" in untrusted.error and "--tls-name" not in untrusted.error

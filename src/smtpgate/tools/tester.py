@@ -318,11 +318,20 @@ class _Tester:
         self.report.tls = report
         for line in report.lines():
             self.info(line)
-        if opts.tls_verify and not report.verification.ok:
+        v = report.verification
+        if opts.tls_verify and not v.ok:
+            # Say only what can help: a CA file does not make an expired certificate
+            # valid, nor does it change the names a certificate holds.
+            hints = []
+            if not v.chain_ok and not v.only_validity_period:
+                hints.append("--ca FILE to trust it")
+            if not v.hostname_ok:
+                hints.append("--tls-name NAME to check it for the name it holds")
+            hints.append("--no-tls-verify to go on anyway")
             raise _Stop(
                 ExitCode.TLS,
-                "certificate not accepted: " + "; ".join(report.verification.problems())
-                + " (--ca FILE to trust it, --no-tls-verify to go on anyway)",
+                "certificate not accepted: " + "; ".join(v.problems())
+                + f" ({', '.join(hints)})",
             )
 
     async def _greeting(self) -> ServerReply:

@@ -376,6 +376,27 @@ def check_listeners(cfg: Config) -> list[Problem]:
                                   f"both use port {port}, and one of them listens on every "
                                   "address: the second cannot bind"))
         bound.append((port, ip, lst.name))
+    # The web admin and the metrics endpoint bind plainly in the same server: on an
+    # SMTP listener's address (or overlapping it), one of the two cannot bind.
+    named = [(f"listener {name!r}", p, ip) for p, ip, name in bound]
+    for key, label, endpoint in (("admin.listen", "the web admin", cfg.admin.endpoint),
+                                 ("metrics.listen", "the metrics endpoint",
+                                  cfg.metrics.endpoint)):
+        if endpoint is None:
+            continue
+        host, port = endpoint
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            ip = None
+        for other, other_port, other_ip in named:
+            if other_port == port and port != 0 and (
+                _overlap(ip, other_ip) or (ip is not None and ip == other_ip)
+            ):
+                out.append(_error(key, f"{label} and {other} both use port {port} on "
+                                  "overlapping addresses: the second cannot bind; give "
+                                  f"{key} another port"))
+        named.append((label, port, ip))
     return out
 
 

@@ -299,6 +299,33 @@ def test_listeners_that_cannot_both_bind(
         assert errors == {}
 
 
+@pytest.mark.parametrize(
+    ("admin", "metrics", "clash"),
+    [
+        ("0.0.0.0:{port}", "127.0.0.1:9465", "admin.listen"),  # init --admin 0.0.0.0:587 ...
+        ("127.0.0.1:{port}", "127.0.0.1:9465", "admin.listen"),
+        ("127.0.0.1:9480", "[::]:{port}", "metrics.listen"),
+        ("127.0.0.1:9480", "127.0.0.1:9480", "metrics.listen"),
+        ("127.0.0.2:{port}", "127.0.0.1:9465", None),
+    ],
+)
+def test_http_endpoints_that_cannot_bind_beside_a_listener(
+    gate: Path, admin: str, metrics: str, clash: str | None
+) -> None:
+    # config check said OK, and serve then failed on listeners.0.address with "another
+    # server (or another smtpgate) holds it", naming neither admin.listen nor its own admin.
+    port = load_config(gate / "smtpgate.toml").listeners[0].host_port[1]
+    cfg = config(gate, **{'listen = "127.0.0.1:9480"': f'listen = "{admin.format(port=port)}"',
+                          'listen = "127.0.0.1:9465"':
+                          f'listen = "{metrics.format(port=port)}"'})
+    errors = only(run_checks(cfg))
+    if clash is None:
+        assert errors == {}
+    else:
+        assert list(errors) == [clash]
+        assert "the second cannot bind" in errors[clash]
+
+
 def test_oauth_key_set_file_must_be_a_key_set(gate: Path) -> None:
     (gate / "jwks.json").write_text("{not json")
     cfg = config(gate, '\n[[auth.oauth_issuers]]\nissuer = "https://id.example"\n'

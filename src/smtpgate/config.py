@@ -1537,7 +1537,9 @@ def _problems(err: ValidationError) -> list[tuple[str, str]]:
     return out
 
 
-def parse_config(text: str, base_dir: Path) -> Config:
+def parse_config(text: str, base_dir: Path, *, tls_files: bool = True) -> Config:
+    """Validate ``text``; ``tls_files`` False skips the check that the certificate
+    and key exist (``init`` validates its config before it writes them)."""
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -1546,13 +1548,13 @@ def parse_config(text: str, base_dir: Path) -> Config:
         cfg = Config.model_validate({**raw, "base_dir": base_dir})
     except ValidationError as e:
         raise ConfigError(_problems(e)) from None
-    problems = semantic_problems(cfg)
+    problems = semantic_problems(cfg, tls_files=tls_files)
     if problems:
         raise ConfigError(problems)
     return cfg
 
 
-def semantic_problems(cfg: Config) -> list[tuple[str, str]]:
+def semantic_problems(cfg: Config, *, tls_files: bool = True) -> list[tuple[str, str]]:
     """Checks that span keys or touch the file system."""
     out: list[tuple[str, str]] = []
     names = [lst.name for lst in cfg.listeners]
@@ -1593,7 +1595,7 @@ def semantic_problems(cfg: Config) -> list[tuple[str, str]]:
                 "proxy_protocol = true needs the load balancers' networks here; nobody "
                 "else may send the header")))
     for key, p in (("tls.cert", cfg.tls.cert), ("tls.key", cfg.tls.key)):
-        if not cfg.path(p).is_file():
+        if tls_files and not cfg.path(p).is_file():
             out.append((key, f"file not found: {cfg.path(p)}"))
     if cfg.delivery.mode == "relay" and not cfg.delivery.relay_host:
         out.append(("delivery.relay_host", "required when delivery.mode = 'relay'"))

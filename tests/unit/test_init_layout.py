@@ -75,3 +75,25 @@ def test_the_demo_password_never_starts_with_a_dash(monkeypatch: pytest.MonkeyPa
     draws = iter(["-startsWithDash_xxxxx", "_underscoreFirst_xxxx", "GoodPassword-_-xxxxx"])
     monkeypatch.setattr(init_cmd.secrets, "token_urlsafe", lambda n: next(draws))
     assert init_cmd.demo_password() == "GoodPassword-_-xxxxx"
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["--submission", "127.0.0.1:99999"], "--submission (listeners.0.address)"),
+        (["--submissions", "nonsense"], "--submissions (listeners.1.address)"),
+        (["--metrics", "bogus"], "--metrics (metrics.listen)"),
+        # Valid one by one, but serve could never bind both.
+        (["--submission", "0.0.0.0:2587", "--admin", "0.0.0.0:2587"], "--admin (admin.listen)"),
+    ],
+)
+def test_a_bad_option_names_the_option_and_writes_nothing(
+    tmp_path: Path, args: list[str], option: str
+) -> None:
+    # It exited 1 naming only the config key, after writing DIR/tls/key.pem and
+    # cert.pem; the clash was not noticed at all.
+    code, out = init("--dir", str(tmp_path / "var"), *args)
+    assert code == 2, out
+    assert f"Invalid value for {option}" in out
+    assert not (tmp_path / "var").exists()
+

@@ -25,6 +25,7 @@ import click
 
 from smtpgate.auth.decoy import create_decoy_secret, decoy_secret_path
 from smtpgate.config import Config, ConfigError, check_hostname, parse_config
+from smtpgate.preflight import check_listeners
 
 #: Where the config init writes serves metrics and the web admin: loopback, the
 #: ports of issue 14's contract. A config written by hand opens only what it names.
@@ -216,15 +217,19 @@ def init(
                 err=True,
             )
             raise SystemExit(1)
+    # Validate the options before anything is written: a bad --submission must not
+    # leave a directory with a key in it behind.
+    try:
+        cfg = parse_config(text, directory.resolve(), tls_files=False)
+    except ConfigError as e:
+        key, msg = e.problems[0]
+        raise click.BadParameter(msg, param_hint=_option_for(key)) from None
+    clash = next((p for p in check_listeners(cfg) if p.severity == "error"), None)
+    if clash is not None:
+        raise click.BadParameter(clash.message, param_hint=_option_for(clash.key))
     created_config_dir = not directory.exists()
     directory.mkdir(parents=True, exist_ok=True)
     write_self_signed(directory / "tls/cert.pem", directory / "tls/key.pem", hostname)
-    try:
-        cfg = parse_config(text, directory.resolve())
-    except ConfigError as e:
-        for key, msg in e.problems:
-            click.echo(f"error: {key}: {msg}", err=True)
-        raise SystemExit(1) from None
     cfg.path(cfg.queue.spool).mkdir(parents=True, exist_ok=True)
     if cfg.delivery.mode == "maildir":
         for sub in ("tmp", "new", "cur"):
@@ -288,6 +293,23 @@ def init(
             f"--ca {directory / 'tls/cert.pem'} --user {user} --password-stdin "
             f"--from {user} --to {user}"
         )
+
+
+#: The option of ``init`` behind each config key it writes from one.
+_OPTION_KEYS = (
+    ("listeners.0.", "--submission"),
+    ("listeners.1.", "--submissions"),
+    ("metrics.", "--metrics"),
+    ("admin.", "--admin"),
+    ("delivery.", "--deliver"),
+    ("hostname", "--hostname"),
+)
+
+
+def _option_for(key: str) -> str:
+    """'--submission (listeners.0.address)' for a problem with a config key."""
+    option = next((o for prefix, o in _OPTION_KEYS if key.startswith(prefix)), None)
+    return f"{option} ({key})" if option else key
 
 
 @dataclass(frozen=True, slots=True)

@@ -97,3 +97,13 @@ def test_a_bad_option_names_the_option_and_writes_nothing(
     assert f"Invalid value for {option}" in out
     assert not (tmp_path / "var").exists()
 
+
+def test_the_printed_test_command_goes_to_loopback_for_a_wildcard(tmp_path: Path) -> None:
+    # "--server 0.0.0.0:2587" reaches the server but 0.0.0.0 is not in the
+    # certificate, so the command init printed stopped with exit 4.
+    code, out = init("--dir", str(tmp_path / "a"), "--submission", "0.0.0.0:2587")
+    assert code == 0, out
+    assert "test --server 127.0.0.1:2587 --starttls" in out
+    code, out = init("--dir", str(tmp_path / "b"), "--submission", "[::]:2587")
+    assert code == 0, out
+    assert "test --server [::1]:2587 --starttls" in out

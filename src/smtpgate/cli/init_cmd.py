@@ -287,9 +287,12 @@ def init(
         click.echo(f"    password: {password}    (shown once; change it with `smtpgate user passwd`)")
         click.echo("send a test message (after `smtpgate serve`):")
         host, port = cfg.listeners[0].host_port
+        # A wildcard address is not in the certificate: the test goes to loopback.
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+        server = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         prog = sys.argv[0] if sys.argv and sys.argv[0].endswith("smtpgate") else "smtpgate"
         click.echo(
-            f"  echo '{password}' | {prog} test --server {host}:{port} --starttls "
+            f"  echo '{password}' | {prog} test --server {server} --starttls "
             f"--ca {directory / 'tls/cert.pem'} --user {user} --password-stdin "
             f"--from {user} --to {user}"
         )

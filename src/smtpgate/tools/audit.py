@@ -48,7 +48,7 @@ from smtpgate.tls.client import TlsClientSession, make_client_context
 from smtpgate.tls.session import TlsError
 from smtpgate.tools import mechanisms
 from smtpgate.tools.findings import Finding, finding, grade, worst
-from smtpgate.tools.session import AuthResult, SmtpSession, authenticate
+from smtpgate.tools.session import AuthResult, SmtpSession, authenticate, speaks_tls
 from smtpgate.tools.tlsreport import TlsReport
 from smtpgate.tools.transcript import Masker
 from smtpgate.tools.wire import LegacyTls, WireClosed
@@ -337,10 +337,17 @@ class _Auditor:
                     greeting = await s.read_reply(GREETING_SNIFF_SECONDS)
                     mode = "starttls"
                 except TimeoutError:
-                    # Nothing said first: a server waiting for a TLS ClientHello.
-                    await s.close()
-                    s = await self._connect()
-                    mode = "implicit"
+                    # Nothing said yet: a server waiting for a TLS ClientHello, or
+                    # one slow to greet (a greet pause). A second connection asks.
+                    if await speaks_tls(self.t.host, self.t.port, self.tls_name,
+                                        GREETING_SNIFF_SECONDS):
+                        await s.close()
+                        s = await self._connect()
+                        mode = "implicit"
+                    else:
+                        mode = "starttls"
+                        greeting = await s.read_reply(
+                            max(self.opts.timeout - GREETING_SNIFF_SECONDS, 1.0))
             if mode == "implicit":
                 await self._implicit(s)
             else:

@@ -22,6 +22,8 @@ from smtpgate.client.replies import ServerReply, split_challenge
 from smtpgate.config import hostname_problem
 from smtpgate.queue.smtp_io import ConnectionClosed, SessionObserver, SmtpClientConnection
 from smtpgate.sasl.base import ClientMechanism
+from smtpgate.tls.client import TlsClientSession, make_client_context
+from smtpgate.tls.session import TlsError
 from smtpgate.tools.transcript import MASK, Kind, Masker, Transcript
 from smtpgate.tools.wire import TlsSetup, Wire
 
@@ -33,6 +35,7 @@ __all__ = [
     "TranscriptObserver",
     "authenticate",
     "default_ehlo_name",
+    "speaks_tls",
 ]
 
 #: The server closed the connection while we waited for a reply.
@@ -213,6 +216,25 @@ async def authenticate(
     return await session.conn.authenticate(
         mech, session.timeout, initial_response=initial_response
     )
+
+
+async def speaks_tls(host: str, port: int, server_name: str, timeout: float) -> bool:
+    """Does a new connection to ``host:port`` answer a ClientHello with a TLS record
+    (a handshake, 0x16, or an alert, 0x15)? How the tools tell an implicit-TLS port,
+    which waits silently for the client, from an SMTP server slow to greet."""
+    try:
+        hello = TlsClientSession(make_client_context(), server_name).start()
+        wire = await Wire.connect(host, port, timeout)
+    except (OSError, TimeoutError, TlsError):
+        return False
+    try:
+        await wire.send(hello, timeout)
+        first = await wire.recv(timeout)
+    except (OSError, TimeoutError):
+        return False
+    finally:
+        await wire.close()
+    return first[:1] in (b"\x15", b"\x16")
 
 
 def default_ehlo_name(

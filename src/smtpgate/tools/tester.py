@@ -48,10 +48,16 @@ from smtpgate.sasl.base import ChannelBinding
 from smtpgate.tls.client import TlsClientSession, make_client_context
 from smtpgate.tls.session import TlsError
 from smtpgate.tools import mechanisms
-from smtpgate.tools.session import AuthResult, ServerClosed, SmtpSession, authenticate
+from smtpgate.tools.session import (
+    AuthResult,
+    ServerClosed,
+    SmtpSession,
+    authenticate,
+    speaks_tls,
+)
 from smtpgate.tools.tlsreport import TlsReport
 from smtpgate.tools.transcript import Masker, Transcript
-from smtpgate.tools.wire import Wire, WireClosed
+from smtpgate.tools.wire import WireClosed
 
 #: The form of the app passwords ``smtpgate app-password add`` prints (five groups
 #: of four from a 31-letter alphabet); see ``auth/store.py``.
@@ -356,22 +362,9 @@ class _Tester:
         return await self.s.read_reply(opts.timeout - opts.greeting_wait)
 
     async def _speaks_tls(self) -> bool:
-        """Does a new connection to the server answer a ClientHello with a TLS record
-        (a handshake, 0x16, or an alert, 0x15)?"""
         opts = self.opts
-        try:
-            hello = TlsClientSession(make_client_context(), opts.tls_name or opts.host).start()
-            wire = await Wire.connect(opts.host, opts.port, opts.greeting_wait)
-        except (OSError, TimeoutError, TlsError):
-            return False
-        try:
-            await wire.send(hello, opts.greeting_wait)
-            first = await wire.recv(opts.greeting_wait)
-        except (OSError, TimeoutError):
-            return False
-        finally:
-            await wire.close()
-        return first[:1] in (b"\x15", b"\x16")
+        return await speaks_tls(opts.host, opts.port, opts.tls_name or opts.host,
+                                opts.greeting_wait)
 
     async def _ehlo(self) -> None:
         reply = await self.s.ehlo(self.opts.ehlo_name)

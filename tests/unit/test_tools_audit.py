@@ -167,3 +167,24 @@ def test_report_renders_tables_and_json() -> None:
     assert {f["id"] for f in data["targets"][0]["findings"]} == {
         "auth-offered-in-clear", "auth-accepted-in-clear"}
     assert data["targets"][1]["grade"] == "-"
+
+
+@pytest.mark.parametrize(
+    ("offered", "opts", "note"),
+    [
+        (("LOGIN", "PLAIN"), {"token": "tok"}, "(LOGIN PLAIN) can be used with a token"),
+        ((), {"password": "pw"}, "(no AUTH) can be used with a password"),
+    ],
+)
+async def test_credentials_that_no_mechanism_can_use_are_noted(
+    offered: tuple[str, ...], opts: dict[str, str], note: str
+) -> None:
+    # `audit --user U --token-file F` against a PLAIN/LOGIN server said nothing at
+    # all about the credentials asked for: no row, no note, no finding.
+    auditor = _Auditor(Target("127.0.0.1", 1, "starttls"), AuditOptions(user="u", **opts))
+    auditor.r.mechanisms_tls = offered
+    await auditor.credentials()  # nothing to try: no connection is opened
+    assert auditor.r.credentials == []
+    assert len(auditor.r.notes) == 1
+    assert auditor.r.notes[0].startswith("credentials not tried: no mechanism offered")
+    assert auditor.r.notes[0].endswith(note)

@@ -565,10 +565,16 @@ class _Auditor:
         mode: Literal["starttls", "implicit"] = (
             "implicit" if self.r.mode_used == "implicit" else "starttls"
         )
-        for name in self.r.mechanisms_tls or ():
-            if not mechanisms.usable(name, password=bool(o.password), token=bool(o.token),
-                                     channel_binding=True):
-                continue
+        offered = self.r.mechanisms_tls or ()
+        usable = [n for n in offered
+                  if mechanisms.usable(n, password=bool(o.password), token=bool(o.token),
+                                       channel_binding=True)]
+        if not usable:
+            secret = "a token" if o.token and not o.password else "a password"
+            self.r.notes.append(
+                "credentials not tried: no mechanism offered after TLS "
+                f"({' '.join(offered) or 'no AUTH'}) can be used with {secret}")
+        for name in usable:
             s, tls = await self._open(mode)
             try:
                 cb = tls.channel_binding()

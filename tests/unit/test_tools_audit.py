@@ -188,3 +188,18 @@ async def test_credentials_that_no_mechanism_can_use_are_noted(
     assert len(auditor.r.notes) == 1
     assert auditor.r.notes[0].startswith("credentials not tried: no mechanism offered")
     assert auditor.r.notes[0].endswith(note)
+
+
+@pytest.mark.parametrize(
+    ("host", "banner", "domain"),
+    [
+        ("::1", "localhost ESMTP smtpgate", "localhost"),  # was "::1": relay-probe-x@::1
+        ("127.0.0.1", "192.0.2.25 ESMTP", "localhost"),  # was the IP from the banner
+        ("127.0.0.1", "mx.test.local ESMTP Postfix", "mx.test.local"),
+        ("mail.example.org", "localhost ESMTP", "mail.example.org"),
+    ],
+)
+def test_relay_domain_is_never_an_ip_address(host: str, banner: str, domain: str) -> None:
+    auditor = _Auditor(Target(host, 587, "starttls"), AuditOptions())
+    auditor.r.banner = banner
+    assert auditor._relay_domain() == domain

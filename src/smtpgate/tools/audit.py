@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import functools
+import ipaddress
 import secrets
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
@@ -94,6 +95,14 @@ def _mode_for(port: int) -> Mode:
     if port in (25, 587):
         return "starttls"
     return "auto"
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def parse_targets(specs: Sequence[str], *, port25: bool = False) -> list[Target]:
@@ -403,10 +412,12 @@ class _Auditor:
     def _relay_domain(self) -> str:
         if self.opts.relay_domain:
             return self.opts.relay_domain
+        # An IP address is no domain: "relay-probe@::1" is not even an address.
         first = self.r.banner.split(" ", 1)[0] if self.r.banner else ""
-        if "." in first and all(c.isalnum() or c in ".-" for c in first):
+        if "." in first and all(c.isalnum() or c in ".-" for c in first) \
+                and not _is_ip(first):
             return first
-        return self.t.host if not self.t.host.replace(".", "").isdigit() else "localhost"
+        return "localhost" if _is_ip(self.t.host) else self.t.host
 
     async def _relay(self, s: SmtpSession) -> None:
         domain = self._relay_domain()

@@ -211,3 +211,28 @@ def test_list_shows_recipients_status_and_last_error(spool: Spool) -> None:
     assert obj["recipients"] == [{"address": "bob@example.net", "status": "pending",
                                   "attempts": 0, "next_attempt": None, "last_error": None}]
     assert obj["size"] == len(MESSAGE) and obj["last_error"] is None
+
+
+def test_cli_flush_of_a_held_message_says_it_is_held(tmp_path: Path) -> None:
+    """``queue flush ID`` on a held message said "flushed 0 messages"; it now says
+    why nothing happened and how to let it go, as ``hold``/``release`` do."""
+    from click.testing import CliRunner
+
+    from smtpgate.cli.main import cli
+    from smtpgate.config import load_config
+
+    from .cli_support import write_config
+
+    config = write_config(tmp_path)
+    cfg = load_config(config)
+    spool = Spool(cfg.path(cfg.queue.spool), prefill=False)
+    try:
+        qid = spool.store_sync(envelope(), MESSAGE)
+        assert manager(spool).hold(qid) is True
+    finally:
+        asyncio.run(spool.close())
+    out = CliRunner().invoke(cli, ["queue", "flush", qid, "--config", str(config)])
+    assert out.exit_code == 0, out.output
+    assert out.output == (f"{qid} is held: not flushed (`smtpgate queue release {qid}` "
+                          "lets it go)\n")
+    assert "flushed 0" not in out.output

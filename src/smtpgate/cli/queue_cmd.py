@@ -195,6 +195,12 @@ def flush(queue_id: str | None, config_path: Path | None) -> None:
     with _manager(cfg) as mgr:
         n = mgr.flush(queue_id)
         spool_dir = cfg.path(cfg.queue.spool)
+    if queue_id is not None and n == 0:
+        # Only a held message is skipped (an unknown one raised): say so, as
+        # hold and release do, instead of a bare "flushed 0 messages".
+        click.echo(f"{queue_id} is held: not flushed (`smtpgate queue release "
+                   f"{queue_id}` lets it go)")
+        return
     click.echo(f"flushed {n} message{'s' if n != 1 else ''}")
     delivered = _deliver_here(cfg, spool_dir)
     if delivered is not None:

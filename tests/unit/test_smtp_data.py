@@ -226,3 +226,32 @@ def test_a_doomed_message_is_aborted_at_once_and_written_no_further() -> None:
     d.feed(b"more\r\n" * 10)
     assert MessageData not in after + [type(e) for e in d.events[len(kinds):]]
     assert codes(d.feed(b".\r\n")) == [str(R.BARE_LINE_ENDING)]
+
+
+def test_rfc1870_s4_quoting_dots_do_not_count_toward_the_size_limit() -> None:
+    """A message of exactly limits.max_message_size octets whose lines start with
+    a dot is accepted: SIZE counts the message without dot-stuffing's quoting
+    dots (RFC 1870 §4), so a client that declared SIZE at the limit is not
+    refused after sending it (found with a 2 MB message of dot lines: 552)."""
+    body = b"From: alice@example.org\r\n\r\n" + b".dot line\r\n" * 50
+    stuffed = body.replace(b"\r\n.", b"\r\n..")
+    pre = f"MAIL FROM:<alice@example.org> SIZE={len(body)}\r\nRCPT TO:<b@example.net>\r\n"
+    d = authed(max_message_size=len(body))
+    out = d.feed(pre.encode() + b"DATA\r\n" + stuffed + b".\r\n")
+    assert codes(out)[-1] == str(R.MESSAGE_ACCEPTED)
+    assert d.messages[0].data == body
+    d = authed(max_message_size=len(body) - 1)
+    out = d.feed(b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n"
+                 + stuffed + b".\r\n")
+    assert codes(out)[-1] == str(R.MESSAGE_TOO_BIG)
+    assert not d.messages
+
+
+@pytest.mark.parametrize(("limit", "too_big"), [(5, False), (4, True)])
+def test_a_quoting_dot_at_the_very_start_is_not_counted_either(limit: int, too_big: bool) -> None:
+    """``..ab`` CRLF is the 5-octet message ``.ab`` CRLF, for both readers."""
+    res, _ = DataReader(limit).feed(b"..ab\r\n.\r\n")
+    assert res is not None and res.too_big is too_big
+    out, end, _ = DataStream(limit).feed(b"..ab\r\n.\r\n")
+    assert end is not None and end.too_big is too_big
+    assert out == (b"" if too_big else b".ab\r\n")

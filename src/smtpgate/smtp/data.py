@@ -31,6 +31,8 @@ import re
 from dataclasses import dataclass
 
 _END = b"\r\n.\r\n"
+#: A dot that starts a line: dot-stuffing's quoting dot, not counted in the size.
+_QUOTING_DOT = b"\r\n."
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 
 
@@ -65,7 +67,9 @@ class DataReader:
         end = buf.find(_END, self._scan_from)
         if end < 0:
             self._scan_from = max(0, len(buf) - 4)
-            if len(buf) - 2 > self._max_size + 5:
+            # Dot-stuffing at most doubles the octets sent, so past twice the
+            # limit the message is too big whatever its quoting dots.
+            if len(buf) - 2 > 2 * self._max_size + 5:
                 # Over the limit: keep scanning for the end but stop storing. Keep
                 # only the last 4 real bytes (they may start the terminator); the
                 # virtual CRLF must go, or it could fake a line start.
@@ -74,7 +78,8 @@ class DataReader:
                 self._scan_from = 0
             return None, b""
         leftover = bytes(buf[end + 5 :])
-        if self._too_big or end > self._max_size:
+        # RFC 1870 §4: the size excludes the quoting dots (buf starts with CRLF).
+        if self._too_big or end - buf.count(_QUOTING_DOT, 0, end + 2) > self._max_size:
             return DataResult(None, True, False, False), leftover
         # The message is buf[2 : end + 2]: from after the virtual CRLF up to and
         # including the CRLF before the final dot.
@@ -128,7 +133,7 @@ class DataStream:
     """
 
     __slots__ = ("_bare_cr", "_bare_lf", "_max_size", "_normalize", "_prev", "_prev_out",
-                 "_raw", "_raw_size", "_size")
+                 "_quoting", "_raw", "_raw_size", "_size")
 
     def __init__(self, max_size: int, *, normalize_lf: bool = False):
         self._max_size = max_size
@@ -139,13 +144,17 @@ class DataStream:
         self._prev = b"\r\n"
         self._prev_out = b"\r\n"
         self._raw_size = 0
+        self._quoting = 0  # quoting dots among the _raw_size octets
         self._size = 0
         self._bare_lf = False
         self._bare_cr = False
 
     @property
     def too_big(self) -> bool:
-        return self._raw_size > self._max_size
+        """RFC 1870 §4: the message size counts the octets sent, less the dots
+        that dot-stuffing added (a message a client declared with SIZE at the
+        limit is not refused for its lines that start with a dot)."""
+        return self._raw_size - self._quoting > self._max_size
 
     @property
     def doomed(self) -> bool:
@@ -178,6 +187,8 @@ class DataStream:
         ``buf[cut]`` exists (a byte kept back, or the terminator's dot)."""
         seg = buf[2:cut]
         self._raw_size += len(seg)
+        # Each quoting dot is in ``seg`` (at index 2 or later of ``buf[:cut]``).
+        self._quoting += buf.count(_QUOTING_DOT, 0, cut)
         # An LF is bare unless the byte before it is CR; a CR unless the next is LF.
         if seg.count(b"\n") != buf[1:cut].count(b"\r\n"):
             self._bare_lf = True

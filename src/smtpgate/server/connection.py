@@ -141,7 +141,9 @@ class SmtpConnection(asyncio.Protocol):
                 data, out = self.tls.receive(data)
             except TlsError as e:
                 log.info("%s %s:%s %s", self.session_id, self.client_ip, self.client_port, e)
-                self._abort()
+                # The library's alert (protocol_version, handshake_failure, ...) tells
+                # the client why; without it the client sees only the connection end.
+                self._abort(self.tls.outgoing())
                 return
             except EOFError:
                 self._abort()
@@ -441,7 +443,10 @@ class SmtpConnection(asyncio.Protocol):
             self.transport.write(out)
         self.transport.close()
 
-    def _abort(self) -> None:
+    def _abort(self, last: bytes = b"") -> None:
+        """Close without a word of SMTP; ``last``: TLS records still owed (an alert)."""
         self._closed = True
         if self.transport is not None:
+            if last:
+                self.transport.write(last)
             self.transport.close()

@@ -1,0 +1,68 @@
+"""A TLS handshake the server refuses ends with the library's alert, not a bare close.
+
+Found with `openssl s_client -tls1_1` against the submission listener: the client
+reported "unexpected eof while reading" instead of "tlsv1 alert protocol version",
+because the session dropped the alert OpenSSL had queued for the client. An old
+mail client (TLS 1.0/1.1 only) then shows a connection error that says nothing of
+the TLS version. These run the real connection on a loopback socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from OpenSSL import SSL
+
+from smtpgate.config import LimitsConfig
+from smtpgate.server.connection import ListenerRuntime, ServerRuntime, SmtpConnection
+from smtpgate.server.limits import ConnectionLimiter
+from smtpgate.tls.bio import BioConnection
+from smtpgate.tls.certs import write_self_signed
+from smtpgate.tls.session import make_server_context
+
+from .engine_driver import settings
+
+NO_REPLY = 10.0
+
+
+def _tls11_client() -> SSL.Connection:
+    ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    ctx.set_min_proto_version(SSL.TLS1_VERSION)
+    ctx.set_max_proto_version(SSL.TLS1_1_VERSION)
+    ctx.set_cipher_list(b"DEFAULT:@SECLEVEL=0")
+    conn = SSL.Connection(ctx, None)
+    conn.set_connect_state()
+    return conn
+
+
+async def test_a_refused_handshake_sends_the_alert_before_closing(tmp_path: Path) -> None:
+    write_self_signed(tmp_path / "cert.pem", tmp_path / "key.pem", "localhost", days=2)
+    runtime = ServerRuntime(
+        hostname="mx.test",
+        auth=None,  # type: ignore[arg-type]  # never reached: the handshake fails
+        spool=None,  # type: ignore[arg-type]
+        tls=make_server_context(tmp_path / "cert.pem", tmp_path / "key.pem"),
+        limits=LimitsConfig(),
+        limiter=ConnectionLimiter(10, 10),
+        on_stored=lambda: None,
+        failure_floor=0.0,
+    )
+    listener = ListenerRuntime("submissions", True, settings(starttls=False))
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: SmtpConnection(runtime, listener), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    client = _tls11_client()
+    with pytest.raises(SSL.WantReadError):
+        client.do_handshake()
+    writer.write(BioConnection(client).outgoing())
+    answer = await asyncio.wait_for(reader.read(), NO_REPLY)  # up to the close
+    writer.close()
+    server.close()
+    await server.wait_closed()
+    assert answer[:1] == b"\x15", answer  # a TLS alert record, not nothing
+    client.bio_write(answer)
+    with pytest.raises(SSL.Error, match="protocol version"):
+        client.do_handshake()

@@ -90,3 +90,18 @@ def test_fields_are_unfolded_and_found_in_any_case() -> None:
     raw = b"sender :\r\n a@x.example\r\nX: 1\r\nFROM\t:b@x.example\r\n"
     assert header_fields(raw, "Sender") == [" a@x.example"]
     assert header_fields(raw, "From") == ["b@x.example"]
+
+
+def test_rfc6532_utf8_local_part_of_the_account_is_its_own() -> None:
+    """An account with a UTF-8 local part owns its address in From (RFC 6532 §3.2):
+    the stdlib parser reports a UTF-8 local part as a defect, which was taken as
+    "unreadable" and refused 550 5.7.1 (found with AUTH PLAIN as jörg@localhost,
+    MAIL FROM:<jörg@localhost> SMTPUTF8 and From: Jörg <jörg@localhost>)."""
+    jorg = SenderProfile("j\u00f6rg@example.org")
+    for value in ("j\u00f6rg@example.org", "J\u00f6rg <j\u00f6rg@example.org>"):
+        header = f"From: {value}\r\nSubject: hi\r\n".encode()
+        assert from_header_refusal(jorg, header, ENFORCE, where="s1 192.0.2.7") is None
+    # Still only its own: another UTF-8 address, or a look-alike, is refused.
+    for value in ("j\u00fcrg@example.org", "J\u00f6rg <jo\u0308rg@example.org>"):
+        header = f"From: {value}\r\n".encode()
+        assert from_header_refusal(jorg, header, ENFORCE, where="s1 192.0.2.7") == R.FROM_NOT_OWNED

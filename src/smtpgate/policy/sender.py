@@ -54,7 +54,7 @@ import email.policy
 import functools
 import logging
 import re
-from email.errors import ObsoleteHeaderDefect
+from email.errors import NonASCIILocalPartDefect, ObsoleteHeaderDefect
 
 from smtpgate.auth.sender_profile import SenderProfile
 from smtpgate.config import PolicyConfig
@@ -130,6 +130,12 @@ def field_addresses(value: str, name: str = "From") -> list[str]:
     return list(_parsed_addresses(value, name))
 
 
+#: What the stdlib parser calls a defect but a reader takes as an address: RFC 5322
+#: §4.5's obsolete syntax, and a UTF-8 local part, which RFC 6532 §3.2 allows (an
+#: account named ``jörg@example.org`` sends ``From: Jörg <jörg@example.org>``).
+_HARMLESS_DEFECTS = (ObsoleteHeaderDefect, NonASCIILocalPartDefect)
+
+
 @functools.lru_cache(maxsize=PARSED_CACHE_SIZE)
 def _parsed_addresses(value: str, name: str) -> tuple[str, ...]:
     """`field_addresses` of a value the parser may read; a pure function of its
@@ -137,7 +143,7 @@ def _parsed_addresses(value: str, name: str) -> tuple[str, ...]:
     try:
         parsed = email.policy.default.header_factory(name, value)
         mailboxes = [a.addr_spec for a in parsed.addresses]
-        clean = not any(not isinstance(d, ObsoleteHeaderDefect) for d in parsed.defects)
+        clean = not any(not isinstance(d, _HARMLESS_DEFECTS) for d in parsed.defects)
         shown = str(parsed)
     # Any exception: the stdlib parser has raised more than HeaderParseError on
     # hostile input (TypeError on white space before an obsolete phrase that starts

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email
+import email.header
 
 import pytest
 
@@ -56,3 +57,18 @@ def test_the_date_is_the_timestamps_own_second_also_when_remembered() -> None:
         expected = email.utils.formatdate(int(ts), usegmt=True)
         assert raw.decode().rstrip("\r\n").endswith("\t" + expected)
         assert expected == email.utils.formatdate(ts, usegmt=True)
+
+
+@pytest.mark.parametrize("smtputf8", [True, False])
+def test_a_utf8_account_is_named_not_replaced_by_question_marks(smtputf8: bool) -> None:
+    """Found with AUTH PLAIN as jörg@localhost: the header said "Authenticated
+    sender: j?rg@localhost", which names no one (jürg? jårg?). In an SMTPUTF8
+    message the name is UTF-8 (RFC 6532); otherwise RFC 2047 encoded words."""
+    raw = received_header(helo="c", client_ip="192.0.2.1", hostname="mx", esmtp=True,
+                          tls_version=None, cipher=None, identity="j\u00f6rg@example.org",
+                          queue_hint="Q", timestamp=0, smtputf8=smtputf8)
+    assert raw.isascii() is not smtputf8
+    value = raw.decode()
+    if not smtputf8:
+        value = str(email.header.make_header(email.header.decode_header(value)))
+    assert "(Authenticated sender: j\u00f6rg@example.org)" in " ".join(value.split())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email.header
 import email.utils
 import re
 from functools import lru_cache
@@ -14,6 +15,18 @@ def _date(second: int) -> str:
     """RFC 5322 date of a whole second: the header names no fraction, and a busy
     server stamps many messages in the same second (email.utils takes ~4 µs)."""
     return email.utils.formatdate(second, localtime=False, usegmt=True)
+
+
+def _account(identity: str, smtputf8: bool) -> str:
+    """The account name as the Received comment shows it: printable ASCII as it
+    is; a UTF-8 name (``jörg@example.org``) as UTF-8 in an SMTPUTF8 message (RFC
+    6532 §3.2), else as RFC 2047 encoded words (§5 (2): allowed in a comment),
+    never as ``j?rg``, which names no one."""
+    if identity.isascii():
+        return _UNSAFE.sub("?", identity)
+    if smtputf8:
+        return "".join(c if c.isprintable() and not c.isspace() else "?" for c in identity)
+    return email.header.Header(identity, "utf-8").encode(linesep=" ")
 
 
 def protocol_keyword(esmtp: bool, tls: bool, authenticated: bool, utf8: bool = False) -> str:
@@ -47,7 +60,7 @@ def received_header(
     with_kw = protocol_keyword(esmtp, tls_version is not None, bool(identity), smtputf8)
     lines = [f"Received: from {helo_safe} ([{client_ip}])"]
     if identity:
-        lines.append(f"\t(Authenticated sender: {_UNSAFE.sub('?', identity)})")
+        lines.append(f"\t(Authenticated sender: {_account(identity, smtputf8)})")
     by = f"\tby {hostname} (smtpgate) with {with_kw} id {queue_hint}"
     if tls_version and cipher:
         by += f"\n\t(using {tls_version} with cipher {cipher})"

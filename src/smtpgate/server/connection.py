@@ -114,7 +114,12 @@ class SmtpConnection(asyncio.Protocol):
             reply = R.TOO_MANY_CONNECTIONS if refused == "total" else R.TOO_MANY_CONNECTIONS_FROM_IP
             log.warning("refused %s:%s: %s connection limit", self.client_ip, self.client_port, refused)
             metrics.connection_refused(self.listener.name, "total" if refused == "total" else "per_ip")
-            tr.write(reply.format())
+            if not self.listener.implicit_tls:
+                # RFC 8314 §3.3: on an implicit-TLS port nothing goes in clear. A
+                # cleartext 421 there is a broken TLS record to the client ("wrong
+                # version number"), which blames TLS for a connection limit; a
+                # handshake only to say 421 would spend what the limit protects.
+                tr.write(reply.format())
             tr.close()
             self._closed = True
             return

@@ -1,4 +1,6 @@
-"""A TLS handshake the server refuses ends with the library's alert, not a bare close.
+"""What a TLS client is told when the server refuses it.
+
+A TLS handshake the server refuses ends with the library's alert, not a bare close.
 
 Found with `openssl s_client -tls1_1` against the submission listener: the client
 reported "unexpected eof while reading" instead of "tlsv1 alert protocol version",
@@ -66,3 +68,37 @@ async def test_a_refused_handshake_sends_the_alert_before_closing(tmp_path: Path
     client.bio_write(answer)
     with pytest.raises(SSL.Error, match="protocol version"):
         client.do_handshake()
+
+
+async def test_over_the_connection_limit_an_implicit_tls_port_sends_nothing_in_clear(
+    tmp_path: Path,
+) -> None:
+    """Found with 20 idle connections to the 465 listener, then curl smtps:// and
+    msmtp --tls=on: they reported "wrong version number" / "An unexpected TLS
+    packet was received", because the 421 went out in clear (RFC 8314 §3.3: TLS
+    from the first byte). A STARTTLS port still says 421 before its greeting."""
+    write_self_signed(tmp_path / "cert.pem", tmp_path / "key.pem", "localhost", days=2)
+    runtime = ServerRuntime(
+        hostname="mx.test",
+        auth=None,  # type: ignore[arg-type]  # never reached: refused at connect
+        spool=None,  # type: ignore[arg-type]
+        tls=make_server_context(tmp_path / "cert.pem", tmp_path / "key.pem"),
+        limits=LimitsConfig(),
+        limiter=ConnectionLimiter(10, 0),  # every connection is over the limit
+        on_stored=lambda: None,
+        failure_floor=0.0,
+    )
+    loop = asyncio.get_running_loop()
+    got = {}
+    for implicit in (True, False):
+        listener = ListenerRuntime("l", implicit, settings(starttls=not implicit))
+        server = await loop.create_server(lambda l=listener: SmtpConnection(runtime, l),
+                                          "127.0.0.1", 0)
+        reader, writer = await asyncio.open_connection("127.0.0.1",
+                                                       server.sockets[0].getsockname()[1])
+        got[implicit] = await asyncio.wait_for(reader.read(), NO_REPLY)  # up to the close
+        writer.close()
+        server.close()
+        await server.wait_closed()
+    assert got[True] == b""
+    assert got[False].startswith(b"421 4.7.0 Too many connections from your address")

@@ -416,3 +416,14 @@ def test_illegal_command_in_each_state_is_503_and_keeps_state(state: State) -> N
         assert codes(out)[0].startswith(expected), (state, verb, out)
         assert d.engine.state is state
         d.engine.errors = 0
+
+
+def test_rfc5321_s4_1_1_8_help_names_the_commands_not_a_dead_link() -> None:
+    """HELP answered "See RFC 5321 and https://smtpgate.invalid/docs", a URL under
+    the reserved .invalid name (found with HELP over openssl s_client)."""
+    d = Driver.new()
+    [reply] = codes(d.feed(b"HELP\r\n"))
+    assert reply.startswith("214 2.0.0 ") and ".invalid" not in reply
+    named = reply.removeprefix("214 2.0.0 Commands: ").split()
+    known = {v for table in TRANSITIONS.values() for v in table}
+    assert set(named) <= known and {"EHLO", "AUTH", "MAIL", "RCPT", "DATA", "QUIT"} <= set(named)

@@ -77,7 +77,10 @@ NOOP_OK = Reply(250, "2.0.0", "OK")
 RESET_OK = Reply(250, "2.0.0", "Reset state")
 # RFC 5321 §4.1.1.6: VRFY may answer 252 without revealing anything.
 VRFY_CANNOT = Reply(252, "2.1.5", "Cannot VRFY user, but will accept message and attempt delivery")
-HELP = Reply(214, "2.0.0", "See RFC 5321 and https://smtpgate.invalid/docs")
+# RFC 5321 §4.1.1.8: information for the human at the keyboard; it used to point
+# at https://smtpgate.invalid/docs, a name that never resolves (RFC 2606 §2).
+HELP = Reply(214, "2.0.0",
+             "Commands: EHLO HELO STARTTLS AUTH MAIL RCPT DATA BDAT RSET NOOP VRFY QUIT")
 # RFC 5321 §4.2.4
 UNKNOWN_COMMAND = Reply(500, "5.5.2", "Command not recognized")
 # RFC 5321 §4.5.3.1.4 / §4.5.3.1.6

@@ -427,3 +427,17 @@ def test_rfc5321_s4_1_1_8_help_names_the_commands_not_a_dead_link() -> None:
     named = reply.removeprefix("214 2.0.0 Commands: ").split()
     known = {v for table in TRANSITIONS.values() for v in table}
     assert set(named) <= known and {"EHLO", "AUTH", "MAIL", "RCPT", "DATA", "QUIT"} <= set(named)
+
+
+def test_an_idle_timeout_inside_data_does_not_say_waiting_for_command() -> None:
+    """A client that stalled after DATA's 354 was told "Timeout waiting for
+    command" (found with data_timeout = 4 and a socket that stopped mid-message);
+    no command was due."""
+    d = Driver.new(tls=True)
+    d.feed(f"EHLO c\r\nAUTH PLAIN {PLAIN_OK}\r\n".encode())
+    d.feed(b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<b@example.net>\r\nDATA\r\nSubject: x\r\n")
+    d.engine.timeout()
+    assert codes(d.engine.data_to_send()) == [str(R.DATA_TIMEOUT)]
+    idle = Driver.new()
+    idle.engine.timeout()
+    assert codes(idle.engine.data_to_send()) == [str(R.TIMEOUT)]

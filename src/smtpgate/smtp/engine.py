@@ -363,7 +363,8 @@ class ServerEngine:
     def timeout(self, *, deadline: bool = False) -> None:
         """The I/O layer's idle timer fired (RFC 5321 §4.5.3.2), or with ``deadline``
         one of its deadlines passed (a command line, an AUTH exchange, DATA rate)."""
-        self._close_with(R.TOO_SLOW if deadline else R.TIMEOUT)
+        idle = R.DATA_TIMEOUT if self.in_data else R.TIMEOUT
+        self._close_with(R.TOO_SLOW if deadline else idle)
 
     def shutdown(self, *, force: bool = False) -> None:
         """Server is stopping: hang up now if idle (or forced), else after the

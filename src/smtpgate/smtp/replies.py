@@ -57,6 +57,8 @@ BYE = Reply(221, "2.0.0", "Bye")
 SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, try again later")
 # RFC 5321 §4.5.3.2: idle timeout.
 TIMEOUT = Reply(421, "4.4.2", "Timeout waiting for command, closing connection")
+# The same in the middle of a message (limits.data_timeout): no command was due.
+DATA_TIMEOUT = Reply(421, "4.4.2", "Timeout waiting for message data, closing connection")
 # A deadline passed (a command line, an AUTH exchange, DATA below its minimum
 # rate, docs/smtp.md): a client that trickles bytes is hung up on, as Postfix's
 # smtpd_per_record_deadline does.

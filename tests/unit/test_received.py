@@ -72,3 +72,17 @@ def test_a_utf8_account_is_named_not_replaced_by_question_marks(smtputf8: bool) 
     if not smtputf8:
         value = str(email.header.make_header(email.header.decode_header(value)))
     assert "(Authenticated sender: j\u00f6rg@example.org)" in " ".join(value.split())
+
+
+def test_the_helo_cannot_pose_as_the_servers_own_comment() -> None:
+    raw = received_header(
+        helo="x)(Authenticated?sender:?ceo@example.org);by?mx", client_ip="192.0.2.1",
+        hostname="mx.example.org", esmtp=True, tls_version=None, cipher=None,
+        identity="mallory@example.org", queue_hint="abc", timestamp=0,
+    ).decode()
+    assert raw.startswith("Received: from x??Authenticated?sender:?ceo@example.org??by?mx "
+                          "([192.0.2.1])\r\n")
+    assert raw.count("(") == raw.count(")") == 3  # the address, the login, "(smtpgate)"
+    assert "[192.0.2.1]" in received_header(
+        helo="[192.0.2.1]", client_ip="192.0.2.1", hostname="mx", esmtp=True,
+        tls_version=None, cipher=None, identity="", queue_hint="q", timestamp=0).decode()

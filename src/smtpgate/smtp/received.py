@@ -8,6 +8,10 @@ import re
 from functools import lru_cache
 
 _UNSAFE = re.compile(r"[^\x21-\x7e]")
+#: In the client's HELO also what would end the "from" clause or open or close a
+#: comment (RFC 5322 §3.2.2), so ``EHLO x)(Authenticated...`` cannot pose as the
+#: server's own words; square brackets stay for an address literal.
+_HELO_UNSAFE = re.compile(r"[^\x21-\x7e]|[();\\]")
 
 
 @lru_cache(maxsize=4)
@@ -54,9 +58,10 @@ def received_header(
 
     The authenticated identity goes into a comment, as Postfix's
     ``(Authenticated sender: ...)``; the client-supplied HELO is stripped of
-    anything that is not printable ASCII so it cannot break the header.
+    anything that is not printable ASCII, and of comment and clause delimiters, so
+    it can neither break the header nor add words that look like the server's.
     """
-    helo_safe = _UNSAFE.sub("?", helo)[:255] or "unknown"
+    helo_safe = _HELO_UNSAFE.sub("?", helo)[:255] or "unknown"
     with_kw = protocol_keyword(esmtp, tls_version is not None, bool(identity), smtputf8)
     lines = [f"Received: from {helo_safe} ([{client_ip}])"]
     if identity:

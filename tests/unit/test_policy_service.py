@@ -185,3 +185,17 @@ async def test_rate_limiter_budget_sliding_hour_and_app_limits(tmp_path: Path) -
         assert (b.messages_left, b.recipients_left) == (None, None)
     finally:
         await rates.close()
+
+
+async def test_an_alias_that_became_another_account_is_not_owned(
+    svc: AuthService, admin: AccountAdmin
+) -> None:
+    """Found by audit B: ``user alias add alice sales@...`` then ``user add
+    sales@...`` let alice send as the new account (MAIL FROM and From:)."""
+    admin.add_alias(ALICE, "sales@example.org")
+    admin.add_alias(ALICE, "info@example.org")
+    admin.add_account("sales@example.org", "crayon")
+    p = await svc.sender_profile(ALICE)
+    assert not p.owns("sales@example.org")
+    assert p.owns("info@example.org") and p.owns(ALICE)
+    assert (await svc.sender_profile("sales@example.org")).owns("sales@example.org")

@@ -384,10 +384,19 @@ class AuthService:
         return await self._read_row(load)
 
     def _profile(self, name: str, account: Account | None) -> SenderProfile:
-        """Worker thread: ``name``'s sender profile, its account row already read."""
+        """Worker thread: ``name``'s sender profile, its account row already read.
+
+        An alias is never another account's name (docs/policy.md). ``alias add``
+        refuses one, but an account made after the alias (``user add``, an import,
+        a new directory entry) would otherwise leave the alias's owner sending as
+        that account; so an alias that names an account is not owned."""
+        aliases = frozenset(
+            alias for alias in self._directory.aliases(name)
+            if lookup_key(alias) == name or self._directory.get_account(lookup_key(alias)) is None
+        )
         return SenderProfile(
             name=name,
-            aliases=frozenset(self._directory.aliases(name)),
+            aliases=aliases,
             domains=frozenset(self._directory.granted_domains(name)),
             max_messages_per_hour=account.max_messages_per_hour if account else None,
             max_recipients_per_hour=account.max_recipients_per_hour if account else None,

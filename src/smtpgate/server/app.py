@@ -64,7 +64,7 @@ from smtpgate.server import (
     systemd,
 )
 from smtpgate.server import reload as reloading
-from smtpgate.server.connection import SmtpConnection
+from smtpgate.server.connection import MAX_PENDING_OUTPUT, SmtpConnection
 from smtpgate.server.cpu_affinity import bind_worker
 from smtpgate.server.front_doors import (
     FrontDoor,
@@ -149,6 +149,7 @@ def engine_settings(cfg: Config, listener: ListenerConfig, secret: bytes) -> Eng
         auth_in_clear=listener.auth_in_clear,
         normalize_bare_lf=cfg.smtp.bare_line_endings == "normalize",
         binarymime=cfg.delivery.mode == "maildir",
+        max_pending_output=MAX_PENDING_OUTPUT,
     )
 
 

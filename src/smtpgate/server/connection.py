@@ -22,7 +22,14 @@ from smtpgate.server.decisions import Decisions, Peer, Pending
 from smtpgate.server.runtime import ListenerRuntime, ServerRuntime
 from smtpgate.smtp import replies as R
 from smtpgate.smtp.engine import ServerEngine, TlsInfo
-from smtpgate.smtp.events import NEED_DATA, PAUSED, CloseConnection, MessageStart, StartTls
+from smtpgate.smtp.events import (
+    NEED_DATA,
+    OUTPUT_FULL,
+    PAUSED,
+    CloseConnection,
+    MessageStart,
+    StartTls,
+)
 from smtpgate.tls.native_session import NativeServerSession
 from smtpgate.tls.session import TlsError, TlsServerSession, open_server_session
 
@@ -30,6 +37,11 @@ log = logging.getLogger("smtpgate.session")
 
 #: Stop reading from a client that keeps sending while we wait on a decision.
 _PAUSE_READING_AT = 1 << 20
+#: Replies the engine holds before it reads the next command (its listeners'
+#: ``EngineSettings.max_pending_output``): they are then written out, so that the
+#: transport can tell us (``pause_writing``) that the client is not reading them.
+#: A pipelined batch of a well-behaved client stays far below.
+MAX_PENDING_OUTPUT = 64 * 1024
 _FAULT = "%s %s: unexpected error in a decision; answered as a temporary failure"
 
 
@@ -53,6 +65,7 @@ class SmtpConnection(asyncio.Protocol):
         "_timer",
         "_timer_at",
         "_tls_started",
+        "_writing_paused",
         "client_ip",
         "client_port",
         "decisions",
@@ -93,6 +106,9 @@ class SmtpConnection(asyncio.Protocol):
         self._reading_paused = False
         #: Reading stopped until the message being received is written out.
         self._disk_paused = False
+        #: Reading and command processing stopped: the client does not read its
+        #: replies (the transport's buffer is over its high-water mark).
+        self._writing_paused = False
         self._loop = asyncio.get_running_loop()
 
     # ------------------------------------------------------- asyncio callbacks
@@ -180,6 +196,23 @@ class SmtpConnection(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         return None  # let the transport close
 
+    def pause_writing(self) -> None:
+        """The client is not reading its replies: read and run no more commands
+        until it does. Without this a client that pipelines commands and never
+        reads made the server buffer every reply (12.6 MB of ``EHLO x`` lines,
+        never read, grew a worker by 240 MB)."""
+        self._writing_paused = True
+        if self.transport is not None and not self._closed:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        if self._closed:
+            return
+        self._read_on()
+        if self._task is None:
+            self._pump()  # the commands read before the pause
+
     def connection_lost(self, exc: Exception | None) -> None:
         log.debug("%s disconnect %s:%s%s", self.session_id, self.client_ip, self.client_port,
                   f" ({exc})" if exc else "")
@@ -215,7 +248,12 @@ class SmtpConnection(asyncio.Protocol):
     def _drain(self) -> None:
         """Drain the engine's events; hand decisions that need I/O to a task."""
         while not self._closed:
+            if self._writing_paused:
+                break
             ev = self.engine.next_event()
+            if ev is OUTPUT_FULL:
+                self._flush()  # may pause writing: then the loop ends
+                continue
             if ev is NEED_DATA or ev is PAUSED:
                 break
             if isinstance(ev, StartTls):
@@ -268,19 +306,24 @@ class SmtpConnection(asyncio.Protocol):
 
     def _resume(self) -> None:
         self._task = None
-        if self._reading_paused and self.transport is not None:
+        if self._reading_paused:
             self._reading_paused = False
-            if not self._disk_paused:
-                self.transport.resume_reading()
+            self._read_on()
         self._pump()
+
+    def _read_on(self) -> None:
+        """Read from the client again unless something still stops it: a decision
+        under way, the disk behind, or replies the client has not read."""
+        if (self.transport is not None and not self._reading_paused
+                and not self._disk_paused and not self._writing_paused):
+            self.transport.resume_reading()
 
     def _disk_flushed(self, incoming: Incoming) -> None:
         """A part of the message is on its way to disk: read on if it caught up."""
         if (self._disk_paused and incoming.backlog <= _PAUSE_READING_AT // 2
                 and not self._closed):
             self._disk_paused = False
-            if not self._reading_paused and self.transport is not None:
-                self.transport.resume_reading()
+            self._read_on()
 
     def _flush(self) -> None:
         out = self.engine.data_to_send()

@@ -5,6 +5,9 @@ Theory of operation
 The I/O layer calls ``receive_data(bytes)``, then ``next_event()`` until it
 returns ``NEED_DATA`` or ``PAUSED``, and writes ``data_to_send()`` once per
 batch, so the replies to a pipelined group go out in one write (RFC 2920 §3).
+With ``EngineSettings.max_pending_output`` it also returns ``OUTPUT_FULL`` when
+that many octets of replies wait: the I/O layer writes them and asks again once
+the client reads them, so unread replies stay bounded.
 Protocol-level replies (syntax, sequence, limits) are decided here; anything
 that needs the outside world (credentials, the spool, policy) is an event the
 I/O layer answers with ``respond()`` or ``auth_answer()``, during which the
@@ -46,6 +49,7 @@ from smtpgate.smtp.dsn_params import (
 )
 from smtpgate.smtp.events import (
     NEED_DATA,
+    OUTPUT_FULL,
     PAUSED,
     AuthFinished,
     AuthQuery,
@@ -104,6 +108,12 @@ class EngineSettings:
     #: content must not be passed to one that does (RFC 3030 §3), so there it is not
     #: offered and clients send 8BITMIME or encode.
     binarymime: bool = True
+    #: Replies (octets) that may wait for ``data_to_send()`` before the next
+    #: command line is read (``next_event()`` returns ``OUTPUT_FULL``); 0: no
+    #: bound, for a driver that takes the output only at the end. The server sets
+    #: it: a client that pipelines commands and never reads the replies (an
+    #: ``EHLO x`` of 8 octets is answered with 200) must not make it hold them all.
+    max_pending_output: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +235,7 @@ class ServerEngine:
     def buffered(self) -> int:
         return len(self._inbuf)
 
+
     @property
     def closed(self) -> bool:
         return self.state is State.CLOSED
@@ -275,6 +286,9 @@ class ServerEngine:
                 if event is not None:
                     return event
                 continue
+            limit = self.settings.max_pending_output
+            if limit and len(self._out) >= limit:
+                return OUTPUT_FULL
             line = self._take_line()
             if line is None:
                 return NEED_DATA

@@ -18,6 +18,7 @@ from smtpgate.smtp.xclient import Xclient
 # AuthResult and BindingEvidence are re-exported: the types of AuthFinished's fields.
 __all__ = [
     "NEED_DATA",
+    "OUTPUT_FULL",
     "PAUSED",
     "AuthFinished",
     "AuthQuery",
@@ -42,10 +43,15 @@ class Sentinel(Enum):
     NEED_DATA = "NEED_DATA"
     #: Waiting for the I/O layer to answer the last decision event.
     PAUSED = "PAUSED"
+    #: ``EngineSettings.max_pending_output`` octets of replies are waiting: take
+    #: them (``data_to_send()``), and call ``next_event()`` again once the client
+    #: reads them. The commands behind them stay unread until then.
+    OUTPUT_FULL = "OUTPUT_FULL"
 
 
 NEED_DATA = Sentinel.NEED_DATA
 PAUSED = Sentinel.PAUSED
+OUTPUT_FULL = Sentinel.OUTPUT_FULL
 
 
 @dataclass(frozen=True, slots=True)

@@ -94,6 +94,11 @@ FORGERIES = {
     "empty-from": "From: \r\nSubject: hi\r\n",
     "sender": f"From: {OWNER}\r\nSender: {FORGED}\r\nSubject: hi\r\n",
     "sender-space-before-colon": f"From: {OWNER}\r\nSender : {FORGED}\r\n",
+    # Audit B: look-alike "@" and "." in a display name (NFKC makes them real).
+    "fullwidth-at-display-name": f'From: "ceo\uff20bank.example" <{OWNER}>\r\n',
+    "small-at-display-name": f'From: "ceo\ufe6bbank.example" <{OWNER}>\r\n',
+    "fullwidth-dot-comment": f'From: {OWNER} (ceo@bank\uff0eexample)\r\n',
+    "encoded-fullwidth-at": f"From: =?utf-8?b?Y2Vv77ygYmFuay5leGFtcGxl?= <{OWNER}>\r\n",
 }
 
 #: Header sections alice may send (name: header section).
@@ -105,4 +110,6 @@ ACCEPTED = {
     "obsolete-own": f"From : {OWNER}\r\n",
     "sender-own": f"From: {OWNER}\r\nSender: {OWNER}\r\n",
     "utf8-display-name": f"From: J\u00fcrgen <{OWNER}>\r\n",
+    "fullwidth-display-name": f"From: \uff21\uff4c\uff49\uff43\uff45\u3000\u5c71\u7530 <{OWNER}>\r\n",
+    "own-fullwidth-at": f'From: "alice\uff20example.org" <{OWNER}>\r\n',
 }

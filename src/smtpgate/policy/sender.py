@@ -40,7 +40,10 @@ refuses what it cannot read:
   field, in a display name, a comment or an encoded word once decoded, must be
   owned too: readers differ in what they show (``"ceo@bank.example"
   <alice@example.org>``), and a display name naming someone else's address is
-  the spoof this check exists to stop.
+  the spoof this check exists to stop. That text is also looked for in the
+  field's NFKC form, where a look-alike "@" or "." (``\uff20`` FULLWIDTH
+  COMMERCIAL AT, ``\ufe6b`` SMALL COMMERCIAL AT, ``\uff0e``) is the real one:
+  ``"ceo\uff20bank.example" <alice@example.org>`` shows a reader the address.
 
 A message with no From field (RFC 5322 §3.6 requires one) is refused unless
 ``policy.allow_missing_from_header`` says otherwise; a Sender field is checked
@@ -54,6 +57,7 @@ import email.policy
 import functools
 import logging
 import re
+import unicodedata
 from email.errors import NonASCIILocalPartDefect, ObsoleteHeaderDefect
 
 from smtpgate.auth.sender_profile import SenderProfile
@@ -156,7 +160,9 @@ def _parsed_addresses(value: str, name: str) -> tuple[str, ...]:
     except Exception:  # noqa: BLE001 - as above
         decoded, clean = "", False
     out = list(dict.fromkeys(mailboxes))
-    for text in (value, shown, decoded):
+    texts = (value, shown, decoded)
+    # NFKC: a look-alike "@" or "." (fullwidth, small form) shows as the real one.
+    for text in (*texts, *(unicodedata.normalize("NFKC", t) for t in texts)):
         out += [a.rstrip(".") for a in _ADDRESS_LIKE.findall(text) if a not in out]
     if not mailboxes or not clean or "\ufffd" in value:
         out.append("")

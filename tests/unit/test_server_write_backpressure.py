@@ -9,6 +9,11 @@ were allowed). Now the engine stops reading commands while
 ``max_pending_output`` octets of replies wait (``OUTPUT_FULL``), and the
 connection stops reading from the client while the transport says the client
 is behind (``pause_writing``), and reads on once it catches up.
+
+The same audit found that such a client, once its session was closed (the
+command deadline passed), kept its connection slot for ever: the transport
+stays open until its unread replies are written, which never happens. A closed
+session is now reset when they are still unwritten after ``_CLOSE_LINGER``.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import pytest
 
 from smtpgate.auth.decoy import SECRET_BYTES
 from smtpgate.config import LimitsConfig, parse_config
+from smtpgate.server import connection
 from smtpgate.server.app import engine_settings
 from smtpgate.server.connection import ListenerRuntime, ServerRuntime, SmtpConnection
 from smtpgate.server.limits import ConnectionLimiter
@@ -60,6 +66,10 @@ def test_the_engine_reads_no_command_while_its_replies_pile_up(tmp_path: Path) -
     assert answered == len(FLOOD) // len(EHLO)  # every command answered, in the end
 
 
+#: A command deadline short enough for a test (the default is 60 s).
+LIMITS = LimitsConfig(command_deadline=1.0, command_timeout=2.0)
+
+
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[tuple[ServerRuntime, int]]:
     runtime = ServerRuntime(
@@ -67,8 +77,8 @@ async def server(tmp_path: Path) -> AsyncIterator[tuple[ServerRuntime, int]]:
         auth=None,  # type: ignore[arg-type]  # never asked: no AUTH here
         spool=None,  # type: ignore[arg-type]
         tls=None,  # type: ignore[arg-type]  # no STARTTLS here
-        limits=LimitsConfig(),
-        limiter=ConnectionLimiter(10, 10),
+        limits=LIMITS,
+        limiter=ConnectionLimiter(10, 1),
         on_stored=lambda: None,
         failure_floor=0.0,
     )
@@ -82,24 +92,29 @@ async def server(tmp_path: Path) -> AsyncIterator[tuple[ServerRuntime, int]]:
     await srv.wait_closed()
 
 
-async def test_a_client_that_never_reads_its_replies_gets_no_more_buffered(
-    server: tuple[ServerRuntime, int],
-) -> None:
-    runtime, port = server
+async def flood_without_reading(port: int) -> tuple[socket.socket, int]:
+    """A client that sends what the kernel takes and reads nothing; the octets sent."""
     loop = asyncio.get_running_loop()
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.setblocking(False)
     await loop.sock_connect(sock, ("127.0.0.1", port))
     sent, stalled = 0, 0
-    # Send what the kernel takes, never reading; the server stops reading too.
-    while sent < len(FLOOD) and stalled < 20:
+    while sent < len(FLOOD) and stalled < 10:
         try:
             sent += sock.send(FLOOD[sent:sent + 65536])
             stalled = 0
         except BlockingIOError:
             stalled += 1
         await asyncio.sleep(0.05)
+    return sock, sent
+
+
+async def test_a_client_that_never_reads_its_replies_gets_no_more_buffered(
+    server: tuple[ServerRuntime, int],
+) -> None:
+    runtime, port = server
+    sock, sent = await flood_without_reading(port)
     await asyncio.sleep(0.2)
     (conn,) = runtime.connections
     assert conn.transport is not None
@@ -120,4 +135,24 @@ async def test_a_client_that_never_reads_its_replies_gets_no_more_buffered(
         return replies
 
     assert want > 0 and await asyncio.to_thread(read_all) == want
+    sock.close()
+
+
+async def test_a_closed_session_whose_client_reads_nothing_gives_its_slot_back(
+    server: tuple[ServerRuntime, int], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(connection, "_CLOSE_LINGER", 0.5, raising=False)
+    runtime, port = server
+    sock, _ = await flood_without_reading(port)
+    # The command deadline closes the session; its replies stay unread.
+    for _ in range(60):
+        if not runtime.connections:
+            break
+        await asyncio.sleep(0.1)
+    assert not runtime.connections, "the closed session still holds its slot"
+    # The address's one slot (max_per_ip = 1) is free again.
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    await asyncio.sleep(0.1)
+    assert len(runtime.connections) == 1
+    writer.close()
     sock.close()

@@ -43,6 +43,11 @@ _PAUSE_READING_AT = 1 << 20
 #: A pipelined batch of a well-behaved client stays far below.
 MAX_PENDING_OUTPUT = 64 * 1024
 _FAULT = "%s %s: unexpected error in a decision; answered as a temporary failure"
+#: Seconds a closed session's last replies may wait for a client that reads
+#: nothing before the connection is reset: until they are written the transport
+#: stays open and the session keeps its connection slot (its address's and the
+#: server's), so without a bound such clients could hold every slot for ever.
+_CLOSE_LINGER = 10.0
 
 
 class SmtpConnection(asyncio.Protocol):
@@ -490,6 +495,7 @@ class SmtpConnection(asyncio.Protocol):
         if out:
             self.transport.write(out)
         self.transport.close()
+        self._loop.call_later(_CLOSE_LINGER, self._linger_over)
 
     def _abort(self, last: bytes = b"") -> None:
         """Close without a word of SMTP; ``last``: TLS records still owed (an alert)."""
@@ -498,3 +504,12 @@ class SmtpConnection(asyncio.Protocol):
             if last:
                 self.transport.write(last)
             self.transport.close()
+            self._loop.call_later(_CLOSE_LINGER, self._linger_over)
+
+    def _linger_over(self) -> None:
+        """Closed a while ago and still not gone: the client is not reading what
+        is left to write. Drop it and free the connection slot."""
+        if self._counted and self.transport is not None:
+            log.info("%s %s:%s closed session still unread after %.0f s: reset",
+                     self.session_id, self.client_ip, self.client_port, _CLOSE_LINGER)
+            self.transport.abort()

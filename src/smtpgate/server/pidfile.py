@@ -31,11 +31,27 @@ def write(path: Path) -> None:
     Raises:
         OSError: the file cannot be written.
     """
+    replace_file(path, f"{os.getpid()}\n")
+
+
+def replace_file(path: Path, text: str) -> None:
+    """Replace ``path`` with a new file holding ``text``, through a temporary name
+    beside it, so that a reader never sees half a file.
+
+    The state directory belongs to ``[server] user`` while the process writing
+    here (the supervisor) may be root: the temporary name is predictable, so a
+    link or file the user planted there is removed, never written through
+    (``O_EXCL``: a name that exists again is an error, not a file to follow).
+
+    Raises:
+        OSError: the file cannot be written.
+    """
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        tmp.unlink(missing_ok=True)  # a link is removed, not followed
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
         with os.fdopen(fd, "w") as f:
-            f.write(f"{os.getpid()}\n")
+            f.write(text)
         os.replace(tmp, path)
     except OSError:
         tmp.unlink(missing_ok=True)

@@ -95,12 +95,12 @@ def write(path: Path, status: ServerStatus) -> None:
     """Replace the file; a failure (full disk) is not the server's problem, so it
     is swallowed: ``status`` then reports the file as stale."""
     status.updated = time.time()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
     try:
-        tmp.write_text(json.dumps(asdict(status), sort_keys=True) + "\n")
-        os.replace(tmp, path)
+        # Never through a link the state directory's owner planted (the
+        # supervisor writing this may be root): see ``pidfile.replace_file``.
+        pidfile.replace_file(path, json.dumps(asdict(status), sort_keys=True) + "\n")
     except OSError:
-        tmp.unlink(missing_ok=True)
+        pass
 
 
 def remove(path: Path) -> None:

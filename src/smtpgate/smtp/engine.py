@@ -235,7 +235,6 @@ class ServerEngine:
     def buffered(self) -> int:
         return len(self._inbuf)
 
-
     @property
     def closed(self) -> bool:
         return self.state is State.CLOSED

@@ -222,8 +222,9 @@ class AuthListenerConfig(Model):
     )
     upstream: str | None = Field(
         default=None,
-        description="auth_http only: HOST:PORT of the smtpgate listener nginx hands "
-        "authenticated sessions to (Auth-Server/Auth-Port); required there.",
+        description="auth_http only: IP:PORT of the smtpgate listener nginx hands "
+        "authenticated sessions to (Auth-Server/Auth-Port; nginx takes an IP address "
+        "there, never a host name); required there.",
     )
     proxy_protocol: bool = Field(
         default=False,
@@ -261,7 +262,17 @@ class AuthListenerConfig(Model):
     @classmethod
     def _check_upstream(cls, v: str | None) -> str | None:
         if v is not None:
-            _parse_hostport(v)
+            host, port = _parse_hostport(v)
+            # nginx parses Auth-Server as an IP address (ngx_parse_addr): a host name
+            # there fails every login with its "invalid server address".
+            try:
+                ipaddress.ip_address(host)
+            except ValueError:
+                raise ValueError(
+                    f"nginx needs an IP address in Auth-Server, not a host name: "
+                    f"got {v!r} (e.g. '127.0.0.1:2587')") from None
+            if port == 0:
+                raise ValueError(f"expected a port above 0, got {v!r}")
         return v
 
     @property

@@ -52,6 +52,21 @@ def test_upstream_is_only_for_auth_http(base: Path) -> None:
     assert "auth_listeners.0.upstream" in problems(text, base)
 
 
+@pytest.mark.parametrize("upstream", ["localhost:2587", "mx.example.org:2587", "127.0.0.1:0"])
+def test_upstream_must_be_an_ip_address_nginx_can_use(base: Path, upstream: str) -> None:
+    # nginx reads Auth-Server with ngx_parse_addr: a host name there made every login
+    # through nginx fail ("invalid server address", 451 4.3.2 to the client) while
+    # config check said OK.
+    text = BASE + door(protocol="auth_http", address="127.0.0.1:9143", upstream=upstream)
+    assert "auth_listeners.0.upstream" in problems(text, base)
+
+
+@pytest.mark.parametrize("upstream", ["127.0.0.1:2587", "[::1]:2587"])
+def test_upstream_ip_addresses_are_accepted(base: Path, upstream: str) -> None:
+    text = BASE + door(protocol="auth_http", address="127.0.0.1:9143", upstream=upstream)
+    parse_config(text, base)
+
+
 @pytest.mark.parametrize(
     ("keys", "bad"),
     [

@@ -571,20 +571,52 @@ class LdapConfig(Model):
     def _empty_is_none(cls, v: object) -> object:
         return None if v == "" else v
 
+    @field_validator("url")
+    @classmethod
+    def _check_ldap_url(cls, v: str) -> str:
+        if not v:
+            return v
+        parsed = urllib.parse.urlsplit(v)
+        try:
+            port = parsed.port
+        except ValueError:  # not a number, or over 65535
+            port = 0
+        if port == 0:
+            raise ValueError(f"{v!r}: the port must be a number from 1 to 65535")
+        if parsed.scheme not in ("ldap", "ldaps") or not parsed.hostname:
+            raise ValueError(f"{v!r}: use ldaps://host[:port] or ldap://host[:port]")
+        if parsed.path not in ("", "/") or parsed.query or parsed.fragment:
+            raise ValueError(f"{v!r}: only ldaps://host[:port] or ldap://host[:port]; "
+                             "the search base is base_dn")
+        return v
+
+    @field_validator("user_filter", "enabled_filter", "group_filter")
+    @classmethod
+    def _check_filter(cls, v: str) -> str:
+        """A filter ldap3 cannot parse would fail every login (454) at the directory."""
+        if v:
+            from ldap3.core.exceptions import LDAPException
+            from ldap3.operation.search import parse_filter
+
+            try:
+                parse_filter(  # type: ignore[no-untyped-call]
+                    v.replace("{login}", "x"), None, False, True, None, False)
+            except LDAPException as e:
+                raise ValueError(f"{v!r} is not an LDAP filter (RFC 4515): {e}") from None
+        return v
+
     @model_validator(mode="after")
     def _check(self) -> LdapConfig:
         if not self.url:
             return self
         parsed = urllib.parse.urlsplit(self.url)
-        if parsed.scheme not in ("ldap", "ldaps") or not parsed.hostname:
-            raise ValueError(f"url {self.url!r}: use ldaps://host[:port] or ldap://host[:port]")
         if parsed.scheme == "ldaps" and self.starttls:
             raise ValueError("starttls = true needs an ldap:// url (ldaps:// is TLS already)")
         if "{login}" not in self.user_filter:
             raise ValueError("user_filter must contain {login}")
         if self.bind_dn and self.bind_password_file is None:
             raise ValueError("bind_dn needs bind_password_file")
-        if self.cleartext and not self.allow_cleartext and not _loopback(parsed.hostname):
+        if self.cleartext and not self.allow_cleartext and not _loopback(parsed.hostname or ""):
             raise ValueError(
                 f"url {self.url!r} is cleartext to a remote host: passwords would cross "
                 "the network unencrypted; use ldaps://, set starttls = true, or (a "

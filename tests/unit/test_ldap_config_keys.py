@@ -1,0 +1,88 @@
+"""``[accounts.ldap]`` mistakes that used to pass ``config check`` and ``serve`` and
+then failed every login: the error names the key at load time instead."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from smtpgate.config import ConfigError, parse_config
+
+BASE = """
+hostname = "mx.example.org"
+[[listeners]]
+name = "submission"
+address = "127.0.0.1:2587"
+tls = "starttls"
+[tls]
+cert = "c.pem"
+key = "k.pem"
+[accounts]
+backend = "ldap"
+"""
+
+GOOD = {
+    "url": '"ldap://127.0.0.1:389"',
+    "starttls": "true",
+    "base_dn": '"ou=people,dc=example,dc=org"',
+}
+
+
+def ldap(**keys: str) -> str:
+    return BASE + "[accounts.ldap]\n" + "".join(
+        f"{k} = {v}\n" for k, v in {**GOOD, **keys}.items())
+
+
+@pytest.fixture
+def base(tmp_path: Path) -> Path:
+    (tmp_path / "c.pem").write_text("x")
+    (tmp_path / "k.pem").write_text("x")
+    return tmp_path
+
+
+def problems(text: str, base: Path) -> dict[str, str]:
+    with pytest.raises(ConfigError) as e:
+        parse_config(text, base)
+    return dict(e.value.problems)
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    # An unbalanced filter: every login was 454 "LDAP directory ... unavailable:
+    # LDAPInvalidFilterError" with the directory up and config check saying OK.
+    ("user_filter", '"(&(objectClass=inetOrgPerson)(mail={login})"'),
+    ("user_filter", '"mail={login}"'),
+    ("enabled_filter", '"(!(pwdAccountLockedTime=*)"'),
+    ("group_filter", '"(memberOf=cn=mail,ou=groups,dc=example,dc=org"'),
+    ("group_filter", '"(a=1)(b=2)"'),
+])
+def test_a_filter_that_is_not_one_names_its_key(base: Path, key: str, value: str) -> None:
+    found = problems(ldap(**{key: value}), base)
+    assert f"accounts.ldap.{key}" in found
+    assert "not an LDAP filter" in found[f"accounts.ldap.{key}"]
+
+
+@pytest.mark.parametrize("url", [
+    # Was "accounts.ldap: could not be checked: ValueError: Port could not be cast ..."
+    '"ldap://127.0.0.1:abc"',
+    '"ldap://127.0.0.1:99999"',
+    '"ldap://127.0.0.1:0"',
+    '"ldapx://127.0.0.1:389"',
+    '"127.0.0.1:389"',
+    # A search base in the URL was silently ignored (base_dn is what is searched).
+    '"ldap://127.0.0.1:389/dc=example,dc=org"',
+])
+def test_a_bad_url_names_accounts_ldap_url(base: Path, url: str) -> None:
+    assert "accounts.ldap.url" in problems(ldap(url=url), base)
+
+
+@pytest.mark.parametrize("keys", [
+    {},
+    {"url": '"ldaps://[::1]:636"', "starttls": "false"},
+    {"url": '"ldap://127.0.0.1/"'},
+    {"enabled_filter": '"(!(userAccountControl:1.2.840.113556.1.4.803:=2))"',
+     "group_filter": '"(memberOf:1.2.840.113556.1.4.1941:=CN=Mail Users,DC=example,DC=org)"'},
+    {"flavour": '"active_directory"', "group": '"CN=Mail (EU),OU=Groups,DC=example,DC=org"'},
+])
+def test_good_settings_still_load(base: Path, keys: dict[str, str]) -> None:
+    parse_config(ldap(**keys), base)

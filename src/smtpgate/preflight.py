@@ -486,7 +486,11 @@ def check_ldap(cfg: Config) -> list[Problem]:
     if cfg.accounts.backend != "ldap":
         return []
     from smtpgate.auth.directory import StoreUnavailable
-    from smtpgate.auth.ldap_directory import BIND_PASSWORD_KEY, LdapDirectory, ServiceBindRefused
+    from smtpgate.auth.ldap_directory import (
+        BIND_PASSWORD_KEY,
+        DirectoryMisconfigured,
+        LdapDirectory,
+    )
 
     lc = cfg.accounts.ldap
     password = b""
@@ -506,8 +510,8 @@ def check_ldap(cfg: Config) -> list[Problem]:
     directory = LdapDirectory(lc, bind_password=lines[0] if lines else "", ca_file=ca)
     try:
         directory.check_service_account()
-    except ServiceBindRefused as e:
-        out.append(_error(BIND_PASSWORD_KEY, str(e)))
+    except DirectoryMisconfigured as e:
+        out.append(_error(e.key, str(e)))
     except StoreUnavailable as e:
         out.append(_warning("accounts.ldap.url", f"{e}; serve starts, and logins get "
                             "a temporary failure until the directory answers"))

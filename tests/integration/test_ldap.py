@@ -245,6 +245,43 @@ def test_a_wrong_service_account_password_stops_start_up(slapd: Slapd, tmp_path:
         srv.start()
 
 
+def test_a_base_dn_the_directory_lacks_stops_start_up_naming_the_key(
+    slapd: Slapd, tmp_path: Path,
+) -> None:
+    # A typo in base_dn used to pass config check and serve: every name was then
+    # "unknown user", every login a 535 the guard counted, with nothing in the log.
+    srv, _, _ = _server(tmp_path / "srv")
+    text = srv.config.read_text()
+    srv.config.write_text(text.replace('base_dn = "', 'base_dn = "ou=typo,', 1))
+    check = srv.cli("config", "check", check=False)
+    assert check.returncode != 0
+    assert "accounts.ldap.base_dn" in check.stdout + check.stderr
+    with pytest.raises(RuntimeError, match="accounts.ldap.base_dn"):
+        srv.start()
+
+
+def test_a_base_dn_gone_while_serving_is_454_not_535(slapd: Slapd, tmp_path: Path) -> None:
+    from smtpgate.auth.directory import StoreUnavailable
+    from smtpgate.auth.ldap_directory import LdapDirectory
+    from smtpgate.config import LdapConfig
+    from tests.peers.slapd import SERVICE_DN, SERVICE_PW, new_ou, person_ldif
+
+    ou = new_ou(slapd)
+    slapd.add(person_ldif(f"uid=carol,{ou}", "carol@example.org", "carol's password"))
+    cfg = LdapConfig(url=slapd.url, starttls=True, ca_file=slapd.ca, bind_dn=SERVICE_DN,
+                     bind_password_file=slapd.root / "service.pw", base_dn=ou,
+                     address_attributes=["mail"], operation_timeout=5)
+    directory = LdapDirectory(cfg, bind_password=SERVICE_PW, ca_file=slapd.ca)
+    try:
+        directory.check_service_account()
+        assert directory.find("carol@example.org") is not None
+        slapd.admin("ldapdelete", "-r", ou)  # the subtree moved or was restored elsewhere
+        with pytest.raises(StoreUnavailable, match="accounts.ldap.base_dn"):
+            directory.find("carol@example.org")  # 454 for the login, never "unknown user"
+    finally:
+        directory.close()
+
+
 def test_cleartext_to_a_remote_directory_is_refused(slapd: Slapd, tmp_path: Path) -> None:
     srv, _, _ = _server(tmp_path / "srv")
     text = srv.config.read_text()

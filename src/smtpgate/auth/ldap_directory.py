@@ -63,11 +63,37 @@ _WRONG_PASSWORD = {48, 49, 50}  # inappropriateAuthentication, invalidCredential
 _MAX_ENTRIES = 5
 
 BIND_PASSWORD_KEY = "accounts.ldap.bind_password_file"
+BASE_DN_KEY = "accounts.ldap.base_dn"
+#: LDAP result code noSuchObject (RFC 4511 §4.1.9): for a search, the base is missing.
+_NO_SUCH_OBJECT = 32
 
 
-class ServiceBindRefused(StoreUnavailable):
-    """The directory refused the service account's credentials: a configuration error
-    (``accounts.ldap.bind_dn`` / ``bind_password_file``), not an outage."""
+class DirectoryMisconfigured(StoreUnavailable):
+    """The directory answers, but not as the configuration expects: a configuration
+    error naming its ``key``, not an outage. ``config check``, start-up and reload
+    stop on it; a login meeting it gets 454 (never 535: the user is not at fault)."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class ServiceBindRefused(DirectoryMisconfigured):
+    """The directory refused the service account's credentials
+    (``accounts.ldap.bind_dn`` / ``bind_password_file``)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(BIND_PASSWORD_KEY, message)
+
+
+class BaseDnNotFound(DirectoryMisconfigured):
+    """``base_dn`` names no entry the service account can see (noSuchObject): every
+    name would be "unknown", so every login would fail as a wrong password."""
+
+    def __init__(self, label: str, base_dn: str) -> None:
+        super().__init__(BASE_DN_KEY, (
+            f"{label}: base_dn {base_dn!r} does not exist, or the service account may "
+            f"not read it (noSuchObject): check {BASE_DN_KEY} and the directory's ACL"))
 
 
 def escape_filter_value(value: str) -> str:
@@ -206,7 +232,7 @@ class LdapDirectory:
             try:
                 with pool.connection() as conn:
                     return op(conn)
-            except ServiceBindRefused:
+            except DirectoryMisconfigured:
                 raise
             except (LDAPException, OSError, _Fault) as e:
                 cause = f"{type(e).__name__}: {e}"
@@ -218,13 +244,25 @@ class LdapDirectory:
     # --- the operations -----------------------------------------------------------------
 
     def check_service_account(self) -> None:
-        """Open one search connection now (start-up).
+        """Open one search connection now (start-up), and look at ``base_dn``.
 
         Raises:
             ServiceBindRefused: wrong service credentials.
+            BaseDnNotFound: ``base_dn`` is not there for the service account.
             StoreUnavailable: the directory cannot be reached.
         """
-        self._run(self._search_pool, lambda conn: None)
+        cfg = self._cfg
+
+        def look(conn: Connection) -> None:
+            conn.search(cfg.base_dn, "(objectClass=*)", BASE, attributes=["1.1"],
+                        time_limit=max(1, int(cfg.operation_timeout)))
+            code = (conn.result or {}).get("result")
+            if code == _NO_SUCH_OBJECT:
+                raise BaseDnNotFound(self._label, cfg.base_dn)
+            if code != 0:
+                raise _Fault(f"search of base_dn failed: {conn.result}")
+
+        self._run(self._search_pool, look)
 
     def find(self, name: str) -> DirectoryEntry | None:
         """The entry whose login is ``name``, or None.
@@ -249,7 +287,11 @@ class LdapDirectory:
                 size_limit=_MAX_ENTRIES, time_limit=max(1, int(cfg.operation_timeout)),
             )
             code = (conn.result or {}).get("result")
-            if not ok and code not in (0, 4, 32):  # success, sizeLimitExceeded, noSuchObject
+            if code == _NO_SUCH_OBJECT:
+                # The base is missing, not the user: 454 and the log say so, where
+                # "unknown user" would fail every login as a wrong password.
+                raise BaseDnNotFound(self._label, cfg.base_dn)
+            if not ok and code not in (0, 4):  # success, sizeLimitExceeded
                 raise _Fault(f"search failed: {conn.result}")
             found = [
                 r for r in conn.response or []

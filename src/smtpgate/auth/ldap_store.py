@@ -58,8 +58,8 @@ from smtpgate.auth.directory import (
 from smtpgate.auth.ldap_directory import (
     BIND_PASSWORD_KEY,
     DirectoryEntry,
+    DirectoryMisconfigured,
     LdapDirectory,
-    ServiceBindRefused,
     read_password_file,
 )
 from smtpgate.auth.names import lookup_key
@@ -455,7 +455,8 @@ def open_ldap_store(cfg: Config) -> LdapAccountStore:
     cannot be reached is only logged (logins get 454 until it answers).
 
     Raises:
-        ServiceBindRefused: the directory refused the service account.
+        DirectoryMisconfigured: the directory refused the service account
+            (``ServiceBindRefused``), or has no ``base_dn`` (``BaseDnNotFound``).
         StoreUnavailable: the password file or the overlay cannot be read.
     """
     lc = cfg.accounts.ldap
@@ -470,7 +471,7 @@ def open_ldap_store(cfg: Config) -> LdapAccountStore:
     directory = LdapDirectory(lc, bind_password=password, ca_file=ca)
     try:
         directory.check_service_account()
-    except ServiceBindRefused:
+    except DirectoryMisconfigured:
         directory.close()
         raise
     except StoreUnavailable as e:

@@ -156,3 +156,17 @@ def test_unusable_database_is_operational_error(config: Path) -> None:
     r = run(config, "list")
     assert r.exit_code == 1
     assert r.stderr.startswith("error: account database") and "hint:" in r.stderr
+
+
+def test_an_unreachable_postgresql_store_hints_at_its_dsn(tmp_path: Path) -> None:
+    # The hint was "check [accounts].database ... the permissions of its directory",
+    # a file the PostgreSQL backend does not use. Port 1 on loopback: refused at once.
+    config = write_config(tmp_path)
+    text = config.read_text().replace("[accounts]\n", '[accounts]\nbackend = "postgresql"\n', 1)
+    config.write_text(text + (
+        '[accounts.postgresql]\ndsn = "postgresql://smtpgate@127.0.0.1:1/smtpgate"\n'
+        "timeout = 1\n"))
+    r = run(config, "list")
+    assert r.exit_code == 1, r.output
+    assert "accounts.postgresql.dsn" in r.output
+    assert "[accounts].database" not in r.output

@@ -153,8 +153,24 @@ def cli_actor() -> AuditActor:
     return AuditActor(actor.os_user, " ".join(["smtpgate", *words[1:]]))
 
 
+def open_hint(cfg: Config) -> str:
+    """What to check when the account store of ``cfg`` cannot be opened."""
+    backend = cfg.accounts.backend
+    if backend == "postgresql":
+        return ("check accounts.postgresql.dsn and password_file, and that the "
+                "database server is running and reachable")
+    if backend == "ldap":
+        return ("check [accounts.ldap] (url, bind_dn, bind_password_file, base_dn), "
+                "that the directory is reachable, and [accounts].database")
+    return "check [accounts].database in the config and the permissions of its directory"
+
+
 def _hint(e: Exception, default: str) -> str:
-    return e.hint if isinstance(e, NewerSchema) else default
+    """The error's own hint (a newer schema, a PostgreSQL schema to migrate), else ``default``."""
+    if isinstance(e, NewerSchema):
+        return e.hint
+    own = getattr(e, "hint", None)
+    return own if isinstance(own, str) and own else default
 
 
 @contextmanager
@@ -166,8 +182,7 @@ def admin_service(cfg: Config) -> Iterator[AccountAdmin]:
     try:
         admin = open_admin(cfg, cli_actor())
     except StoreError as e:
-        hint = "check [accounts].database in the config and the permissions of its directory"
-        raise OperationalError(str(e), _hint(e, hint)) from None
+        raise OperationalError(str(e), _hint(e, open_hint(cfg))) from None
     try:
         yield admin
     except NoSuchAccount as e:

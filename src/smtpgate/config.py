@@ -531,6 +531,22 @@ class LdapConfig(Model):
         "derived under another value are discarded (made again at the next PLAIN/LOGIN), "
         "and cached logins are forgotten.",
     )
+    expires_attribute: str = Field(
+        default="",
+        description="Optional: attribute holding when the account expires, in Active "
+        "Directory's accountExpires form (100-ns intervals since 1601-01-01 UTC; 0 or "
+        "9223372036854775807: never). Past it the account is treated as locked, for "
+        "SCRAM and cached logins too, which make no bind.",
+    )
+    locked_flags_attribute: str = Field(
+        default="",
+        description="Optional: an integer attribute read at each login; an entry with "
+        "any bit of locked_flags set in it is treated as locked (AD: "
+        "msDS-User-Account-Control-Computed: locked out, password expired).",
+    )
+    locked_flags: int = Field(
+        default=0, ge=0, description="The bits of locked_flags_attribute that lock the account."
+    )
     connect_timeout: float = Field(
         default=5.0, gt=0, le=60, description="Seconds to connect to the directory."
     )

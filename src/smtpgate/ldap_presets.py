@@ -18,6 +18,12 @@ itself:
   (ACCOUNTDISABLE), tested with the bitwise-AND matching rule, since AD has no
   "enabled" attribute;
 - ``password_changed_attribute``: ``pwdLastSet`` (AD has no ``entryCSN``);
+- ``expires_attribute``: ``accountExpires``, and ``locked_flags_attribute`` /
+  ``locked_flags``: the UF_LOCKOUT and UF_PASSWORD_EXPIRED bits of the
+  constructed ``msDS-User-Account-Control-Computed``: an expired account, one
+  AD has locked out and one whose password has expired are refused like a
+  disabled one, also for SCRAM and cached logins (which never bind, so AD's
+  own refusal would not be seen);
 - ``group``: a group DN turned into ``group_filter`` with
   LDAP_MATCHING_RULE_IN_CHAIN, so members of nested groups count (OpenLDAP's
   memberOf overlay is flat, so there the DN is matched directly).
@@ -44,6 +50,9 @@ BIT_AND: Final = "1.2.840.113556.1.4.803"
 IN_CHAIN: Final = "1.2.840.113556.1.4.1941"
 #: userAccountControl bit of a disabled account.
 ACCOUNTDISABLE: Final = 0x2
+#: msDS-User-Account-Control-Computed bits: locked out by AD, password expired.
+UF_LOCKOUT: Final = 0x10
+UF_PASSWORD_EXPIRED: Final = 0x800000
 
 #: The keys the Active Directory flavour fills in, with their values.
 AD_PRESET: Final[Mapping[str, object]] = {
@@ -54,6 +63,9 @@ AD_PRESET: Final[Mapping[str, object]] = {
     "address_prefixes": ["smtp:"],
     "enabled_filter": f"(!(userAccountControl:{BIT_AND}:={ACCOUNTDISABLE}))",
     "password_changed_attribute": "pwdLastSet",
+    "expires_attribute": "accountExpires",
+    "locked_flags_attribute": "msDS-User-Account-Control-Computed",
+    "locked_flags": UF_LOCKOUT | UF_PASSWORD_EXPIRED,
 }
 
 _ESCAPES: Final = {"\\": r"\5c", "*": r"\2a", "(": r"\28", ")": r"\29", "\0": r"\00"}

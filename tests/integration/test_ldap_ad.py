@@ -14,6 +14,7 @@ from __future__ import annotations
 import smtplib
 import ssl
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -320,6 +321,78 @@ def test_scram_after_plain_for_both_names_and_after_a_password_change(
     assert _gsasl(ad_server, CAROL.upn, new) == 0
     assert _gsasl(ad_server, CAROL.upn, CAROL.password) != 0
     _set_ad_password(dc, CAROL, CAROL.password)  # as the group tests expect
+
+
+def _add_ad_user(dc: SambaAD, user: ADUser, pso_dn: str = "") -> None:
+    """One more enabled user in CN=Users (``pso_dn``: the password settings it gets)."""
+    with dc.admin() as conn:
+        conn.add(user.dn, ["top", "person", "organizationalPerson", "user"], {
+            "sAMAccountName": user.sam, "userPrincipalName": user.upn,
+            "unicodePwd": f'"{user.password}"'.encode("utf-16-le"),
+            "userAccountControl": 0x200, "mail": user.mail or user.upn,
+        })
+        assert conn.result["result"] == 0, conn.result
+        if pso_dn:
+            conn.modify(pso_dn, {"msDS-PSOAppliesTo": [(ldap3.MODIFY_ADD, [user.dn])]})
+
+
+def _set_ad_attribute(dc: SambaAD, user: ADUser, name: str, value: str) -> None:
+    with dc.admin() as conn:
+        conn.modify(user.dn, {name: [(ldap3.MODIFY_REPLACE, [value])]})
+        assert conn.result["result"] == 0, conn.result
+
+
+def _scram_works(srv: Server, user: ADUser) -> bool:
+    """The keys are stored after the first PLAIN's 235, off the login path."""
+    deadline = time.monotonic() + 15
+    while _gsasl(srv, user.upn, user.password) != 0:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def test_an_expired_account_is_refused_also_by_scram_and_the_login_cache(
+    ad_server: Server, dc: SambaAD
+) -> None:
+    """accountExpires in the past: AD refuses the bind (data 701), but SCRAM and a
+    cached PLAIN make no bind and pwdLastSet does not move, so they used to let the
+    expired account in for as long as it had SCRAM keys."""
+    henry = ADUser("henry", "henry@example.org", "Henry-Pass-Word-8!", mail="henry@example.org")
+    _add_ad_user(dc, henry)
+    assert _login(ad_server, henry.upn, henry.password)[0] == 235
+    assert _scram_works(ad_server, henry)
+    _set_ad_attribute(dc, henry, "accountExpires", "1")  # 1601: long past
+    assert _login(ad_server, henry.upn, henry.password)[0] == 535
+    assert _login(ad_server, henry.sam, henry.password)[0] == 535
+    assert _gsasl(ad_server, henry.upn, henry.password) != 0
+    _set_ad_attribute(dc, henry, "accountExpires", "0")  # never
+    assert _login(ad_server, henry.upn, henry.password)[0] == 235
+    assert _gsasl(ad_server, henry.upn, henry.password) == 0
+
+
+def test_an_account_ad_has_locked_out_is_refused_also_by_scram(
+    ad_server: Server, dc: SambaAD
+) -> None:
+    """Locked out by AD (wrong passwords straight at the DC, not through smtpgate):
+    Windows refuses even the right password until the lockout ends, and so does
+    smtpgate now, with no bind (msDS-User-Account-Control-Computed's UF_LOCKOUT)."""
+    ivan = ADUser("ivan", "ivan@example.org", "Ivan-Pass-Word-9!", mail="ivan@example.org")
+    _add_ad_user(dc, ivan, samba_ad.LOCKOUT_PSO_DN)
+    assert _login(ad_server, ivan.upn, ivan.password)[0] == 235
+    assert _scram_works(ad_server, ivan)
+    tls = ldap3.Tls(ca_certs_file=str(dc.ca_file), validate=ssl.CERT_REQUIRED)
+    server = ldap3.Server(dc.address, port=636, use_ssl=True, tls=tls, connect_timeout=5)
+    for i in range(LOCKOUT_THRESHOLD):
+        conn = ldap3.Connection(server, ivan.dn, f"guess-{i}", raise_exceptions=False)
+        conn.open()
+        assert not conn.bind()
+        conn.unbind()
+    assert dc.lockout_state(ivan)[1]
+    assert _gsasl(ad_server, ivan.upn, ivan.password) != 0
+    assert _login(ad_server, ivan.upn, ivan.password)[0] == 535
+    _set_ad_attribute(dc, ivan, "lockoutTime", "0")  # an administrator unlocks it
+    assert _gsasl(ad_server, ivan.upn, ivan.password) == 0
 
 
 def test_nested_group_member_logs_in(group_server: Server) -> None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
+from smtpgate.auth.ldap_directory import account_expired
 from smtpgate.config import LdapConfig
 from smtpgate.ldap_presets import (
     AD_PRESET,
@@ -134,3 +136,27 @@ def test_a_server_without_ldap_accounts_does_not_load_ldap3(tmp_path: Path) -> N
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          check=True).stdout.split()
     assert out == ["False", "True"]
+
+
+def test_active_directory_refuses_expired_locked_out_and_password_expired_accounts() -> None:
+    cfg = LdapConfig.model_validate({"url": AD_URL, "flavour": "active_directory"})
+    assert cfg.expires_attribute == "accountExpires"
+    assert cfg.locked_flags_attribute == "msDS-User-Account-Control-Computed"
+    assert cfg.locked_flags == 0x10 | 0x800000  # UF_LOCKOUT | UF_PASSWORD_EXPIRED
+    plain = LdapConfig.model_validate({"url": AD_URL})
+    assert (plain.expires_attribute, plain.locked_flags_attribute) == ("", "")
+
+
+@pytest.mark.parametrize(("value", "expired"), [
+    ("0", False),                       # never
+    ("9223372036854775807", False),     # never
+    ("1", True),                        # 1601
+    ("133485408000000000", True),       # 2024-01-01
+    ("159725088000000000", False),      # 2107
+    ("2650467743999999999", False),     # past the year 9999: as never
+    ("", None),
+    ("soon", None),                     # unreadable: the caller refuses
+])
+def test_account_expires_is_read_as_a_filetime(value: str, expired: bool | None) -> None:
+    now = datetime(2026, 6, 1, tzinfo=UTC)
+    assert account_expired(value, now) is expired

@@ -44,6 +44,7 @@ import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 
@@ -116,7 +117,7 @@ class DirectoryEntry:
     addresses: tuple[str, ...]
     #: The value of ``password_changed_attribute`` ("" if the entry has none).
     stamp: str
-    #: False: outside ``enabled_filter``.
+    #: False: outside ``enabled_filter``, expired, or a ``locked_flags`` bit set.
     enabled: bool
     #: False: outside ``group_filter``.
     member: bool
@@ -124,6 +125,31 @@ class DirectoryEntry:
     #: is an address (AD: the UPN). The guard counts and locks under it, so two
     #: login names of one entry share one count.
     canonical: str = ""
+    #: Why the entry is not enabled, when its status attributes say ("": they do not,
+    #: or ``enabled_filter`` decided).
+    lock_reason: str = ""
+
+
+#: Active Directory's accountExpires: 100-ns intervals since 1601-01-01 UTC; 0 and
+#: the largest 64-bit value mean "never" (MS-ADA1, Account-Expires).
+_FILETIME_EPOCH = datetime(1601, 1, 1, tzinfo=UTC)
+_FILETIME_NEVER = 0x7FFFFFFFFFFFFFFF
+
+
+def account_expired(value: str, now: datetime) -> bool | None:
+    """Whether an accountExpires ``value`` lies before ``now``; None if it is not a
+    number (the caller refuses the account: an unreadable expiry is not "never")."""
+    try:
+        ticks = int(value)
+    except ValueError:
+        return None
+    if ticks <= 0 or ticks >= _FILETIME_NEVER:
+        return False
+    try:
+        expires = _FILETIME_EPOCH + timedelta(microseconds=ticks // 10)
+    except OverflowError:  # past the year 9999
+        return False
+    return expires <= now
 
 
 def _values(attrs: Mapping[str, list[bytes]], name: str) -> list[str]:
@@ -182,8 +208,10 @@ class LdapDirectory:
         self._label = f"LDAP directory {cfg.url}"
         self._search_pool = _Pool(cfg.pool_size, self._service_connection, cfg.operation_timeout)
         self._bind_pool = _Pool(cfg.pool_size, self._plain_connection, cfg.operation_timeout)
+        status = {cfg.expires_attribute, cfg.locked_flags_attribute} - {""}
         self._attributes = sorted(
-            {*cfg.login_attributes, *cfg.address_attributes, cfg.password_changed_attribute}
+            {*cfg.login_attributes, *cfg.address_attributes, cfg.password_changed_attribute,
+             *status}
         )
 
     # --- connections ----------------------------------------------------------------
@@ -309,12 +337,14 @@ class LdapDirectory:
             if identity is None:
                 return None  # a plain name on an entry without an address login
             stamps = _values(raw, cfg.password_changed_attribute)
+            locked = self._status_lock(raw)
             return DirectoryEntry(
                 dn=dn, identity=identity, addresses=self._addresses(raw),
                 stamp=stamps[0] if stamps else "",
-                enabled=self._matches(conn, dn, cfg.enabled_filter),
+                enabled=not locked and self._matches(conn, dn, cfg.enabled_filter),
                 member=self._matches(conn, dn, cfg.group_filter),
                 canonical=canonical or identity,
+                lock_reason=locked,
             )
 
         return self._run(self._search_pool, search)
@@ -385,6 +415,30 @@ class LdapDirectory:
                 except InvalidAccountName:
                     continue
         return tuple(sorted(out))
+
+    def _status_lock(self, raw: Mapping[str, list[bytes]]) -> str:
+        """Why the entry's status attributes lock it, or "": expired
+        (``expires_attribute``), or a bit of ``locked_flags`` set. SCRAM and cached
+        logins make no bind, so the directory's own refusal of such an account (AD:
+        "data 701/775/532") would never be seen; this reads the state instead."""
+        cfg = self._cfg
+        if cfg.expires_attribute:
+            for v in _values(raw, cfg.expires_attribute):
+                expired = account_expired(v, datetime.now(UTC))
+                if expired is None:
+                    return f"{cfg.expires_attribute} unreadable ({v[:32]!r})"
+                if expired:
+                    return f"expired in the directory ({cfg.expires_attribute})"
+        if cfg.locked_flags_attribute and cfg.locked_flags:
+            for v in _values(raw, cfg.locked_flags_attribute):
+                try:
+                    bits = int(v)
+                except ValueError:
+                    return f"{cfg.locked_flags_attribute} unreadable ({v[:32]!r})"
+                if bits & cfg.locked_flags:
+                    return (f"locked out or password expired in the directory "
+                            f"({cfg.locked_flags_attribute} {bits:#x})")
+        return ""
 
     def _matches(self, conn: Connection, dn: str, flt: str) -> bool:
         if not flt:

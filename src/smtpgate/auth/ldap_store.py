@@ -145,7 +145,8 @@ class LdapAccountStore:
         )
         locked, reason = base.locked, base.lock_reason
         if not entry.enabled:
-            locked, reason = True, reason or "disabled in the directory (enabled_filter)"
+            locked, reason = True, reason or entry.lock_reason or (
+                "disabled in the directory (enabled_filter)")
         if not entry.member:
             locked, reason = True, reason or "not a member (group_filter)"
         mix = f"{base.generation}\0{entry.stamp}\0{entry.enabled}\0{entry.member}\0{entry.dn}"

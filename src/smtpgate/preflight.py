@@ -88,6 +88,7 @@ def run_checks(cfg: Config, *, now: dt.datetime | None = None) -> list[Problem]:
         ("tls", lambda: check_tls(cfg, when)),
         ("listeners", lambda: check_listeners(cfg)),
         ("listeners.client_ca", lambda: check_client_cas(cfg, when)),
+        ("auth_listeners", lambda: check_front_doors(cfg)),
         ("accounts.database", lambda: check_account_database(cfg)),
         ("accounts.ldap", lambda: check_ldap(cfg)),
         ("guard.database", lambda: check_guard_database(cfg)),
@@ -397,6 +398,34 @@ def check_listeners(cfg: Config) -> list[Problem]:
                                   "overlapping addresses: the second cannot bind; give "
                                   f"{key} another port"))
         named.append((label, port, ip))
+    return out
+
+
+def check_front_doors(cfg: Config) -> list[Problem]:
+    """Each unix socket of ``[[auth_listeners]]`` can be made where ``serve`` binds it:
+    its directory exists and can be written in, its ``user`` and ``group`` exist."""
+    import grp
+    import pwd
+
+    out: list[Problem] = []
+    for i, door in enumerate(cfg.auth_listeners):
+        path = door.unix_path
+        if path is None:
+            continue
+        key = f"auth_listeners.{i}"
+        if not path.parent.is_dir():
+            out.append(_error(f"{key}.address", f"{path.parent} is not a directory, so the "
+                              f"socket {path} cannot be made there; create it first"))
+        elif not os.access(path.parent, os.W_OK | os.X_OK):
+            out.append(_error(f"{key}.address", f"cannot make the socket {path}: "
+                              + _denied(path.parent, "write in")))
+        for field, name, lookup in (("user", door.user, pwd.getpwnam),
+                                    ("group", door.group, grp.getgrnam)):
+            if name:
+                try:
+                    lookup(name)
+                except KeyError:
+                    out.append(_error(f"{key}.{field}", f"no such {field}: {name!r}"))
     return out
 
 
@@ -715,6 +744,12 @@ def loosenings(cfg: Config) -> list[Problem]:
         for m in _plaintext_equivalent(lst.mechanisms or []):
             out.append(_warning(f"listeners.{i}.mechanisms", f"listener {lst.name!r} offers "
                                 f"{m}, which needs plaintext-equivalent secrets"))
+    for i, door in enumerate(cfg.auth_listeners):
+        if door.unix_path is None and not _loopback(door.host_port[0]):
+            out.append(_warning(f"auth_listeners.{i}.address", f"{door.address} is not on "
+                                "loopback: whoever reaches it may check passwords in clear, "
+                                "for any client address it names (the guard counts per "
+                                "that address)"))
     for m in _plaintext_equivalent(cfg.auth.mechanisms):
         out.append(_warning("auth.mechanisms", f"{m} is enabled: it needs "
                             "plaintext-equivalent secrets in the account database"))

@@ -109,3 +109,34 @@ def test_a_regular_file_is_never_removed(base: Path) -> None:
     with pytest.raises(StartupError):
         bind_auth_sockets(cfg)
     assert path.read_text() == "not a socket"
+
+
+def _checked(text: str, base: Path) -> dict[str, tuple[str, str]]:
+    from smtpgate.preflight import check_front_doors, loosenings
+
+    cfg = parse_config(text, base)
+    return {p.key: (p.severity, p.message) for p in check_front_doors(cfg) + loosenings(cfg)}
+
+
+def test_config_check_finds_a_socket_serve_could_not_bind(base: Path) -> None:
+    # config check said OK; serve then stopped with "cannot bind ...": the systemd
+    # unit's ExecStartPre passed and the start failed.
+    text = BASE + door(protocol="dovecot", address=f"unix:{base}/missing/auth")
+    found = _checked(text, base)
+    assert found["auth_listeners.0.address"][0] == "error"
+    assert "missing" in found["auth_listeners.0.address"][1]
+    text = BASE + door(protocol="dovecot", address=f"unix:{base}/auth",
+                       group="no-such-group-here", user="no-such-user-here")
+    found = _checked(text, base)
+    assert found["auth_listeners.0.group"][0] == "error"
+    assert found["auth_listeners.0.user"][0] == "error"
+    assert not any(k.startswith("auth_listeners") for k in _checked(
+        BASE + door(protocol="dovecot", address=f"unix:{base}/auth"), base))
+
+
+def test_a_front_door_beyond_loopback_is_a_loosening(base: Path) -> None:
+    found = _checked(BASE + door(protocol="dovecot", address="0.0.0.0:12345"), base)
+    assert found["auth_listeners.0.address"][0] == "warning"
+    for address in ("127.0.0.1:12345", "[::1]:12345"):
+        assert "auth_listeners.0.address" not in _checked(
+            BASE + door(protocol="dovecot", address=address), base)

@@ -50,6 +50,7 @@ from smtpgate import mechanism_facts
 from smtpgate.auth.accounts import open_account_store
 from smtpgate.auth.admin_store import (
     AccountAdminStore,
+    AccountExists,
     AccountWriter,
     AdminLogEntry,
     AuditActor,
@@ -820,7 +821,12 @@ class AccountAdmin:
                 if exists:
                     w.replace_credentials(e.name, creds)
                 else:
-                    w.create_account(e.name, creds, cram_md5_enabled=cram_md5_enabled)
+                    try:
+                        w.create_account(e.name, creds, cram_md5_enabled=cram_md5_enabled)
+                    except AccountExists as refused:  # another's alias, or case twin
+                        created.remove(e)
+                        skipped.append((e, str(refused)))
+                        continue
                 w.record("account imported", e.name, {
                     "source": source, "scheme": e.scheme, "line": e.line,
                 })

@@ -28,7 +28,7 @@ from smtpgate.auth.service import (
     AuthService,
     Resolution,
 )
-from smtpgate.auth.store import AuditActor, SqliteAccountStore
+from smtpgate.auth.store import AccountExists, AuditActor, SqliteAccountStore
 from smtpgate.config import AccountsConfig, AuthConfig, LimitsConfig, PasswordsConfig
 from smtpgate.policy.rates import RateLimiter
 from smtpgate.policy.sqlite_counters import SqliteRateCounters
@@ -188,13 +188,21 @@ async def test_rate_limiter_budget_sliding_hour_and_app_limits(tmp_path: Path) -
 
 
 async def test_an_alias_that_became_another_account_is_not_owned(
-    svc: AuthService, admin: AccountAdmin
+    svc: AuthService, admin: AccountAdmin, store: SqliteAccountStore
 ) -> None:
     """Found by audit B: ``user alias add alice sales@...`` then ``user add
-    sales@...`` let alice send as the new account (MAIL FROM and From:)."""
+    sales@...`` let alice send as the new account (MAIL FROM and From:). ``user
+    add`` now refuses that order (test_policy_store.py); a database written before,
+    or a directory entry made behind smtpgate's back, can still hold both."""
     admin.add_alias(ALICE, "sales@example.org")
     admin.add_alias(ALICE, "info@example.org")
+    with pytest.raises(AccountExists, match="is an alias of"):
+        admin.add_account("sales@example.org", "crayon")
+    store._conn().execute("UPDATE aliases SET address = 'tmp@example.org' "
+                          "WHERE address = 'sales@example.org'")
     admin.add_account("sales@example.org", "crayon")
+    store._conn().execute("UPDATE aliases SET address = 'sales@example.org' "
+                          "WHERE address = 'tmp@example.org'")
     p = await svc.sender_profile(ALICE)
     assert not p.owns("sales@example.org")
     assert p.owns("info@example.org") and p.owns(ALICE)

@@ -171,3 +171,34 @@ def test_bookkeeping_writes_are_not_audited(store: SqliteAccountStore) -> None:
     before = len(store.admin_log())
     store.record_login(ALICE, "PLAIN", datetime.now(UTC))
     assert len(store.admin_log()) == before
+
+
+def test_no_account_gets_another_s_address_but_for_letter_case(
+    store: SqliteAccountStore, admin: AccountAdmin
+) -> None:
+    """Local parts compare exactly, so ALICE@ is another address than alice@, but a
+    mail reader shows it as alice's: bob must not get it as an alias, nor anyone
+    as an account (found in the attack audit: ``alias add demo ALICE@...`` passed)."""
+    with pytest.raises(AliasTaken, match="differs from alice@example.org only in letter case"):
+        admin.add_alias("bob@example.org", "ALICE@example.org")
+    with pytest.raises(AccountExists, match="only in letter case"):
+        admin.add_account("Alice@example.org", "pencil")
+    admin.add_alias(ALICE, "Sales@example.org")
+    with pytest.raises(AliasTaken, match="differs from Sales@example.org"):
+        admin.add_alias("bob@example.org", "sales@example.org")
+    with pytest.raises(AccountExists, match="only in letter case"):
+        admin.add_account("SALES@example.org", "pencil")
+    # An account's own names may differ in case among themselves.
+    assert admin.add_alias(ALICE, "Alice@example.org") is True
+    assert admin.add_alias(ALICE, "SALES@example.org") is True
+    assert store.get_account("Alice@example.org") is None  # still no such account
+
+
+def test_an_account_is_not_made_of_another_account_s_alias(
+    store: SqliteAccountStore, admin: AccountAdmin
+) -> None:
+    admin.add_alias(ALICE, "info@example.org")
+    with pytest.raises(AccountExists, match="is an alias of alice@example.org"):
+        admin.add_account("info@example.org", "pencil")
+    assert admin.remove_alias(ALICE, "info@example.org") is True
+    admin.add_account("info@example.org", "pencil")

@@ -281,3 +281,16 @@ async def test_corrupt_stored_legacy_hash_is_temporary(
         c.execute("UPDATE credentials SET data = '{SSHA}@@@' WHERE account = 'alice@example.org'")
     v = await plain(svc, "alice@example.org", "pencil")
     assert (v.ok, v.temporary) == (False, True)
+
+
+def test_a_name_that_differs_from_an_account_only_in_case_is_skipped(
+    config: Path, tmp_path: Path
+) -> None:
+    assert run(config, "add", "alice@example.org", "--password-stdin", input="mine\n").exit_code == 0
+    f = passwd_file(tmp_path, [dovecot_line("Alice@example.org", "{PLAIN}pencil"),
+                               dovecot_line("bob@example.org", "{PLAIN}crayon")])
+    r = run(config, "import", "dovecot-passwd", str(f))
+    assert r.exit_code == 0, r.output
+    assert "differs from alice@example.org only in letter case" in r.output
+    assert "created bob@example.org" in r.output
+    assert set(accounts(config)) == {"alice@example.org", "bob@example.org"}

@@ -323,3 +323,17 @@ class AccountStore(AccountDirectory, AccountAdminStore, Protocol):
     """Both sides in one object: what ``auth/accounts.open_account_store`` returns.
     The server uses it as an ``AccountDirectory``, the admin service as an
     ``AccountAdminStore``."""
+
+
+def refuse_taken_name(key: str, alias_of: Sequence[object] | None, twin: str | None) -> None:
+    """A new account's name must be no other account's alias (the alias's holder
+    would send as it) nor another name but for letter case (the stores' ``_case_twin``).
+
+    Raises:
+        AccountExists: it is one of those.
+    """
+    if alias_of is not None:
+        raise AccountExists(f"{key} is an alias of {alias_of[0]}; remove the alias first "
+                            f"(smtpgate user alias del {alias_of[0]} {key})")
+    if twin is not None:
+        raise AccountExists(f"{key} differs from {twin} only in letter case")

@@ -62,6 +62,7 @@ from smtpgate.auth.admin_store import (
     CertificateTaken,
     NoSuchAccount,
     WebAdmin,
+    refuse_taken_name,
 )
 from smtpgate.auth.credentials import ARGON2ID, CRAM_MD5
 from smtpgate.auth.directory import Account, AppPassword, CertificateRecord, StoreUnavailable
@@ -215,6 +216,17 @@ class _PgWriter:
              _details(details)),
         )
 
+    def _case_twin(self, address: str, owner: str = "") -> str | None:
+        """As `SqliteAccountStore._case_twin`: another account's name or alias
+        that differs from ``address`` in letter case only."""
+        row = self._c.execute(
+            "SELECT name AS twin FROM accounts WHERE lower(name) = lower(%s) AND name <> %s "
+            "AND name <> %s UNION ALL SELECT address FROM aliases WHERE "
+            "lower(address) = lower(%s) AND address <> %s AND account <> %s LIMIT 1",
+            (address, address, owner, address, address, owner),
+        ).fetchone()
+        return None if row is None else str(row["twin"])
+
     def _existing(self, name: str) -> str:
         key = _key(name)
         if self._c.execute(
@@ -261,6 +273,10 @@ class _PgWriter:
         allowed_mechanisms: Collection[str] | None = None,
     ) -> None:
         key = _key(name)
+        alias_of = self._c.execute(
+            "SELECT account FROM aliases WHERE address = %s", (key,)).fetchone()
+        refuse_taken_name(key, None if alias_of is None else (alias_of["account"],),
+                          self._case_twin(key))
         wanted = dict(creds)
         if not cram_md5_enabled:
             wanted.pop(CRAM_MD5, None)
@@ -425,6 +441,8 @@ class _PgWriter:
             if row["account"] == key:
                 return False
             raise AliasTaken(f"{alias} is already an alias of {row['account']}")
+        if (twin := self._case_twin(alias, key)) is not None:
+            raise AliasTaken(f"{alias} differs from {twin} only in letter case")
         try:
             with self._c.transaction():
                 self._c.execute(

@@ -56,6 +56,7 @@ from smtpgate.auth.admin_store import (
     CertificateTaken,
     NoSuchAccount,
     WebAdmin,
+    refuse_taken_name,
 )
 from smtpgate.auth.credentials import ARGON2ID, CRAM_MD5
 from smtpgate.auth.directory import (
@@ -351,6 +352,20 @@ class _SqliteWriter:
             ),
         )
 
+    def _case_twin(self, address: str, owner: str = "") -> str | None:
+        """An account name or alias that differs from ``address`` in letter case
+        only and is not ``owner``'s (its own names may differ in case). Local
+        parts compare exactly, so both would be valid addresses, but a mail reader
+        shows ``ALICE@example.org`` as alice's: one account must not get another's
+        address that way (docs/policy.md)."""
+        row = self._c.execute(
+            "SELECT name FROM accounts WHERE lower(name) = lower(?) AND name != ? "
+            "AND name != ? UNION ALL SELECT address FROM aliases WHERE "
+            "lower(address) = lower(?) AND address != ? AND account != ? LIMIT 1",
+            (address, address, owner, address, address, owner),
+        ).fetchone()
+        return None if row is None else str(row[0])
+
     def _existing(self, name: str) -> str:
         """The account's key; NoSuchAccount if there is none."""
         key = lookup_key(name)
@@ -396,6 +411,9 @@ class _SqliteWriter:
     ) -> None:
         key = lookup_key(name)
         allowed = _json_list(allowed_mechanisms)
+        refuse_taken_name(key, self._c.execute(
+            "SELECT account FROM aliases WHERE address = ?", (key,)).fetchone(),
+            self._case_twin(key))
         wanted = dict(creds)
         if not cram_md5_enabled:
             wanted.pop(CRAM_MD5, None)
@@ -559,6 +577,8 @@ class _SqliteWriter:
             if row[0] == key:
                 return False
             raise AliasTaken(f"{alias} is already an alias of {row[0]}")
+        if (twin := self._case_twin(alias, key)) is not None:
+            raise AliasTaken(f"{alias} differs from {twin} only in letter case")
         self._c.execute(
             "INSERT INTO aliases (address, account, created) VALUES (?, ?, ?)",
             (alias, key, self._now),
@@ -957,3 +977,4 @@ class SqliteAccountStore(ThreadLocalSqlite):
                 "WHERE id = ? AND (last_used IS NULL OR last_used <= ?)",
                 (stamp, address, app_id, stamp),
             )
+

@@ -90,8 +90,8 @@ def add(user: str, password_stdin: bool, config_path: Path | None) -> None:
         password = read_password(password_stdin)
         try:
             admin.add_account(user, password)
-        except AccountExists:
-            raise OperationalError(f"account {user} already exists") from None
+        except AccountExists as e:  # also: another's alias, or a name but for case
+            raise OperationalError(str(e)) from None
     click.echo(f"added account {user}")
 
 

@@ -221,6 +221,22 @@ async def scripted(replies: dict[bytes, bytes], greeting: bytes = b"220 hop.test
     return await asyncio.start_server(serve, "127.0.0.1", 0), got
 
 
+async def _relay_to_bob(msg: QueuedMessage, ehlo_tail: bytes) -> tuple[object, list[bytes]]:
+    """Relay ``msg`` to bob@example.net through a scripted next hop whose EHLO reply
+    ends with ``ehlo_tail``: bob's result and the lines the hop got."""
+    server, got = await scripted({b"EHLO": b"250-hop.test\r\n" + ehlo_tail,
+                                  b"DATA": b"354 go\r\n", b".": b"250 2.0.0 queued\r\n",
+                                  b"QUIT": b"221 bye\r\n"})
+    try:
+        d = RelayDeliverer("127.0.0.1", server.sockets[0].getsockname()[1],
+                           helo_name="smtpgate.test", tls_mode="none")
+        results = await d.deliver(msg, ("bob@example.net",))
+    finally:
+        server.close()
+        await server.wait_closed()
+    return results["bob@example.net"], got
+
+
 async def test_rfc3461_parameters_go_on_to_a_next_hop_that_speaks_dsn() -> None:
     from dataclasses import replace
 
@@ -231,17 +247,7 @@ async def test_rfc3461_parameters_go_on_to_a_next_hop_that_speaks_dsn() -> None:
                                      "rfc822;Bob+@example.net"),))
     msg = QueuedMessage("18f00000000-1-0-00000000", env, message().data)
     for dsn_ext, action in ((b"250-DSN\r\n", ""), (b"", "relayed")):
-        server, got = await scripted({b"EHLO": b"250-hop.test\r\n" + dsn_ext + b"250 8BITMIME\r\n",
-                                      b"DATA": b"354 go\r\n", b".": b"250 2.0.0 queued\r\n",
-                                      b"QUIT": b"221 bye\r\n"})
-        try:
-            d = RelayDeliverer("127.0.0.1", server.sockets[0].getsockname()[1],
-                               helo_name="smtpgate.test", tls_mode="none")
-            results = await d.deliver(msg, ("bob@example.net",))
-        finally:
-            server.close()
-            await server.wait_closed()
-        result = results["bob@example.net"]
+        result, got = await _relay_to_bob(msg, dsn_ext + b"250 8BITMIME\r\n")
         assert isinstance(result, Delivered) and result.dsn_action == action
         mail = next(line for line in got if line.startswith(b"MAIL"))
         rcpt = next(line for line in got if line.startswith(b"RCPT"))
@@ -261,16 +267,7 @@ async def test_rfc6533_a_utf8_orcpt_goes_on_in_its_7bit_form() -> None:
     env = replace(message().envelope,
                   dsn_rcpts=(RcptDsn("bob@example.net", None, "utf-8;用户+1@example.net"),))
     msg = QueuedMessage("18f00000000-1-0-00000000", env, message().data)
-    server, got = await scripted({b"EHLO": b"250-hop.test\r\n250 DSN\r\n",
-                                  b"DATA": b"354 go\r\n", b".": b"250 2.0.0 queued\r\n",
-                                  b"QUIT": b"221 bye\r\n"})
-    try:
-        d = RelayDeliverer("127.0.0.1", server.sockets[0].getsockname()[1],
-                           helo_name="smtpgate.test", tls_mode="none")
-        results = await d.deliver(msg, ("bob@example.net",))
-    finally:
-        server.close()
-        await server.wait_closed()
-    assert isinstance(results["bob@example.net"], Delivered)
+    result, got = await _relay_to_bob(msg, b"250 DSN\r\n")
+    assert isinstance(result, Delivered)
     rcpt = next(line for line in got if line.startswith(b"RCPT"))
     assert rcpt == b"RCPT TO:<bob@example.net> ORCPT=utf-8;\\x{7528}\\x{6237}\\x{2B}1@example.net\r\n"

@@ -184,6 +184,9 @@ REFUSED = [
     ("missing scope", lambda: mint(claims(scope="openid email")), "missing scope mail.send"),
     ("no identity claim", lambda: mint(claims(email=None)), "no email claim"),
     ("email not verified", lambda: mint(claims(email_verified=False)), "not verified"),
+    ("email not verified, as a string", lambda: mint(claims(email_verified="false")),
+     "not verified"),
+    ("email_verified not a flag", lambda: mint(claims(email_verified=0)), "not verified"),
     ("bad signature", lambda: mint(key=OTHER_RSA_KEY), "bad signature"),
     (
         "bad EC signature",
@@ -438,3 +441,9 @@ def test_verifier_refuses_duplicate_and_ambiguous_issuers(tmp_path: Path) -> Non
                 _introspection_issuer(tmp_path, issuer="https://second.example"),
             ]
         )
+
+
+def test_email_verified_as_the_string_true_or_absent_is_accepted() -> None:
+    """Issuers that send the flag as a string ("true") or not at all still log in."""
+    assert verifier().verify(mint(claims(email_verified="true"))).ok
+    assert verifier().verify(mint(claims(email_verified=None))).ok

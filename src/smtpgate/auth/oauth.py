@@ -324,7 +324,9 @@ class TokenVerifier:
             value = claims.get("username")  # RFC 7662 §2.2 spells it "username"
         if not isinstance(value, str) or not value:
             raise _Reject(f"no {cfg.identity_claim} claim")
-        if cfg.identity_claim == "email" and claims.get("email_verified") is False:
+        # Some issuers (AWS Cognito) send the flag as a string: "false" is no proof.
+        verified = claims.get("email_verified", True)
+        if cfg.identity_claim == "email" and verified is not True and verified != "true":
             raise _Reject("email not verified")
         return value
 

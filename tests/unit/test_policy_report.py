@@ -58,3 +58,14 @@ def test_read_records_skips_garbage(tmp_path: Path) -> None:
     log = tmp_path / "auth.log"
     log.write_text(json.dumps(RECORDS[1]) + "\nnot json\n[1, 2]\n" + json.dumps(RECORDS[2]) + "\n")
     assert list(read_records([log, tmp_path / "missing.log"])) == RECORDS[1:3]
+
+
+def test_read_records_reads_rotated_gzip_files(tmp_path: Path) -> None:
+    """contrib/logrotate.d compresses rotated auth logs (auth.log.2.gz ...): the
+    report must count their records, not skip every line of them as garbage."""
+    import gzip
+
+    rotated = tmp_path / "auth.log.2.gz"
+    with gzip.open(rotated, "wt", encoding="utf-8") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in RECORDS))
+    assert list(read_records([rotated])) == RECORDS

@@ -41,7 +41,7 @@ def _table(title: str, columns: tuple[str, ...], rows: list[tuple[object, ...]])
               help="Period: 24h, 7d, 30m ... ('all' for the whole log).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object (for SIEMs).")
 @click.option("--log", "logs", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Auth log file(s) to read (default: [auth].log_file); repeat for rotated files.")
+              help="Auth log file(s) to read (default: [auth].log_file); repeat for rotated files (.gz too).")
 @config_option
 def report(since: str, as_json: bool, logs: tuple[Path, ...], config_path: Path | None) -> None:
     """Summarise authentication: successes and failures per account, mechanisms,

@@ -21,6 +21,7 @@ Pure functions over plain data, so a test can feed records and compare figures.
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 from collections import Counter, defaultdict
@@ -28,7 +29,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from smtpgate import mechanism_facts
 
@@ -45,10 +46,15 @@ def parse_time(text: str) -> datetime | None:
 
 
 def read_records(paths: Iterable[Path]) -> Iterator[dict[str, Any]]:
-    """Records from JSON-lines files; unreadable lines are skipped."""
+    """Records from JSON-lines files; unreadable lines are skipped. A file ending in
+    ``.gz`` is read through gzip (logrotate's ``compress``, contrib/logrotate.d)."""
     for path in paths:
         try:
-            f = path.open(encoding="utf-8", errors="replace")
+            f: TextIO = (
+                gzip.open(path, "rt", encoding="utf-8", errors="replace")  # noqa: SIM115
+                if path.suffix == ".gz"
+                else path.open(encoding="utf-8", errors="replace")
+            )
         except FileNotFoundError:
             continue
         with f:

@@ -69,3 +69,22 @@ def test_read_records_reads_rotated_gzip_files(tmp_path: Path) -> None:
     with gzip.open(rotated, "wt", encoding="utf-8") as f:
         f.write("".join(json.dumps(r) + "\n" for r in RECORDS))
     assert list(read_records([rotated])) == RECORDS
+
+
+def test_a_gzip_log_cut_short_gives_what_it_holds_and_says_so(tmp_path: Path) -> None:
+    """A rotated log cut off mid-compression (a full disk during logrotate) ended the
+    report in a traceback (EOFError); now its readable records count and the file
+    is named as read only in part. The same for a file that is not gzip at all."""
+    import gzip
+
+    whole = gzip.compress("".join(json.dumps(r) + "\n" for r in RECORDS * 50).encode())
+    cut = tmp_path / "auth.log.3.gz"
+    cut.write_bytes(whole[: len(whole) * 2 // 3])
+    fake = tmp_path / "auth.log.4.gz"
+    fake.write_text(json.dumps(RECORDS[0]) + "\n")
+    problems: list[str] = []
+    got = list(read_records([cut, fake], problems))
+    assert 0 < len(got) < len(RECORDS) * 50
+    assert all(r in RECORDS for r in got)
+    assert [p.split(":")[0] for p in problems] == [str(cut), str(fake)]
+    assert all("read only in part" in p for p in problems)

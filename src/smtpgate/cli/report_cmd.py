@@ -61,8 +61,9 @@ def report(since: str, as_json: bool, logs: tuple[Path, ...], config_path: Path 
             f"no auth log at {missing[0]}",
             "the server writes it at its first login attempt; check --log or [auth].log_file",
         )
+    problems: list[str] = []
     data = build_report(
-        read_records(paths),
+        read_records(paths, problems),
         since=start,
         thresholds=Thresholds(cfg.guard.lockout_threshold, cfg.guard.spray_accounts),
     )
@@ -74,6 +75,8 @@ def report(since: str, as_json: bool, logs: tuple[Path, ...], config_path: Path 
         for b in blocks
     ]
     data["locked_accounts"] = locked
+    for problem in problems:
+        click.echo(f"warning: {problem}; the figures leave out the rest of it", err=True)
     if as_json:
         click.echo(json.dumps(data, sort_keys=True))
         return

@@ -45,9 +45,14 @@ def parse_time(text: str) -> datetime | None:
         return None
 
 
-def read_records(paths: Iterable[Path]) -> Iterator[dict[str, Any]]:
+def read_records(
+    paths: Iterable[Path], problems: list[str] | None = None
+) -> Iterator[dict[str, Any]]:
     """Records from JSON-lines files; unreadable lines are skipped. A file ending in
-    ``.gz`` is read through gzip (logrotate's ``compress``, contrib/logrotate.d)."""
+    ``.gz`` is read through gzip (logrotate's ``compress``, contrib/logrotate.d). A
+    file that breaks off (a ``.gz`` cut short, or not gzip at all) gives what was
+    read before, and a line naming it in ``problems``: the report must not look
+    complete when it is not, nor end in a traceback."""
     for path in paths:
         try:
             f: TextIO = (
@@ -58,13 +63,17 @@ def read_records(paths: Iterable[Path]) -> Iterator[dict[str, Any]]:
         except FileNotFoundError:
             continue
         with f:
-            for line in f:
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(rec, dict):
-                    yield rec
+            try:
+                for line in f:
+                    try:
+                        rec = json.loads(line)
+                    except ValueError:
+                        continue
+                    if isinstance(rec, dict):
+                        yield rec
+            except (EOFError, OSError) as e:  # gzip's truncated stream, BadGzipFile
+                if problems is not None:
+                    problems.append(f"{path}: read only in part ({e})")
 
 
 @dataclass(frozen=True, slots=True)

@@ -94,6 +94,9 @@ class AdminSite:
             autoescape=True, undefined=jinja2.StrictUndefined,
         )
         self.templates.filters["stamp"] = _stamp
+        # A path segment: Jinja's ``urlencode`` keeps "/", which splits an account
+        # name such as ``a/b@example.org`` over two segments (405, 404).
+        self.templates.filters["path"] = _quote
         self._store: AccountStore | None = None
         self._guard: Guard | None = None
         self._counters: RateCounters | None = None

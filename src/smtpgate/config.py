@@ -1372,6 +1372,14 @@ class HttpListener(Model):
     """A table with one ``listen = "HOST:PORT"`` key for an HTTP endpoint; empty: off."""
 
     listen: str
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Other names a client may send in the HTTP Host header, e.g. "
+        "['admin.example.org'] behind a reverse proxy that passes its own Host on. "
+        "Always accepted: IP addresses, 'localhost', the listen host, `hostname` and "
+        "the machine's host name; any other Host is refused with 421, so that a web "
+        "page whose DNS name is rebound to this address cannot read it (DNS rebinding).",
+    )
 
     @field_validator("listen")
     @classmethod
@@ -1379,6 +1387,15 @@ class HttpListener(Model):
         if v.strip():
             _parse_hostport(v.strip())
         return v.strip()
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _check_hosts(cls, v: list[str]) -> list[str]:
+        names = [h.strip().lower().rstrip(".") for h in v]
+        for h in names:
+            if not h or any(c in h for c in "/:@[] "):
+                raise ValueError(f"{h!r} is not a host name (no port, no scheme)")
+        return names
 
     @property
     def endpoint(self) -> tuple[str, int] | None:

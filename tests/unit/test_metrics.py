@@ -194,3 +194,42 @@ async def test_a_malformed_request_to_metrics_is_one_log_line_not_a_traceback(
         await server.stop()
     lines = malformed_lines(caplog)
     assert len(lines) == 1 and lines[0].startswith("metrics: "), lines
+
+
+async def test_metrics_refuse_a_host_of_another_name_dns_rebinding(tmp_path: Path) -> None:
+    """Before: any Host was answered, so a page on attacker.example rebound to
+    127.0.0.1 read /metrics from a browser on this machine (found with
+    ``curl -H 'Host: attacker.example:PORT'``)."""
+    import socket
+
+    from smtpgate.server.metrics_http import MetricsServer, fresh_dir
+    from smtpgate.web.http_socket import bind_endpoint
+    from tests.unit.test_web_admin import http_status
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    cfg = _cfg(tmp_path).model_copy(update={"metrics": MetricsConfig(
+        listen=f"127.0.0.1:{port}", allowed_hosts=["metrics.example.net"])})
+    fresh_dir(cfg)
+    sock = bind_endpoint(cfg.metrics, "metrics.listen")
+    assert sock is not None
+    server = await MetricsServer.start(cfg, sock)
+    try:
+        def get(host: str) -> bytes:
+            return f"GET /metrics HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
+
+        assert await http_status(port, get(f"attacker.example:{port}")) == 421
+        assert await http_status(port, get("127.0.0.1.attacker.example")) == 421
+        for host in (f"127.0.0.1:{port}", "localhost", f"[::1]:{port}", "192.0.2.1",
+                     f"{socket.gethostname()}:{port}", "Metrics.Example.NET.", cfg.hostname):
+            assert await http_status(port, get(host)) == 200, host
+    finally:
+        await server.stop()
+
+
+def test_allowed_hosts_are_names_without_a_port() -> None:
+    assert MetricsConfig(listen="", allowed_hosts=[" A.example. "]).allowed_hosts == ["a.example"]
+    for bad in ("a.example:80", "http://a.example", ""):
+        with pytest.raises(ValidationError):
+            MetricsConfig(listen="", allowed_hosts=[bad])

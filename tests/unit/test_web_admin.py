@@ -406,3 +406,28 @@ async def test_an_account_name_with_a_slash_is_linked_and_changed_as_one_segment
         assert site.service("-", "test").require_account("a/b@x.org").locked
     finally:
         await site.close()
+
+
+@pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
+async def test_the_admin_refuses_a_host_of_another_name_dns_rebinding(tmp_path: Path) -> None:
+    """Before: any Host was answered: a page on attacker.example rebound to 127.0.0.1
+    was same-origin with the admin (its Origin matched its Host), could load the login
+    form and its token and post guesses from the victim's loopback address."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    site, cookie, _ = await _logged_in_site(tmp_path)
+    try:
+        async with TestClient(TestServer(site.app())) as client:
+            evil = await client.get("/login", headers={"Host": "attacker.example:9480"})
+            assert evil.status == 421 and evil.headers["X-Frame-Options"] == "DENY"
+            assert "login_token" not in await evil.text()
+            resp = await client.post("/login", data={"login_token": "t" * 16},
+                                     headers={"Host": "attacker.example:9480",
+                                              "Origin": "http://attacker.example:9480",
+                                              "Cookie": "smtpgate_login=" + "t" * 16})
+            assert resp.status == 421
+            for host in ("127.0.0.1:9480", "localhost:9480", "[::1]:9480", "localhost"):
+                ok = await client.get("/", headers={"Host": host, "Cookie": cookie})
+                assert ok.status == 200, host
+    finally:
+        await site.close()

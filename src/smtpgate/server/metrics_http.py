@@ -42,10 +42,14 @@ from smtpgate.auth.state_backend import open_guard_state
 from smtpgate.config import Config
 from smtpgate.errors import StartupError
 from smtpgate.server import pidfile
-from smtpgate.web.http_socket import bind_endpoint, bind_tcp, http_logger
+from smtpgate.web.http_socket import bind_endpoint, bind_tcp, http_logger, known_host
 
 if TYPE_CHECKING:  # aiohttp: imported by the process that serves /metrics (workload D)
+    from collections.abc import Awaitable, Callable
+
     from aiohttp import web
+
+    Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 log = logging.getLogger("smtpgate.metrics")
 
@@ -181,7 +185,12 @@ class MetricsServer:
     async def _serve(self, sock: socket.socket, listen: str) -> None:
         from aiohttp import web
 
-        app = web.Application()
+        @web.middleware
+        async def known_host_only(request: web.Request, handler: Handler) -> web.StreamResponse:
+            known_host(request, self.cfg, self.cfg.metrics, "metrics")
+            return await handler(request)
+
+        app = web.Application(middlewares=[known_host_only])
         app.router.add_get("/metrics", self._scrape)
         runner = web.AppRunner(app, access_log=None, handle_signals=False,
                                logger=http_logger("smtpgate.metrics.http", "metrics"))

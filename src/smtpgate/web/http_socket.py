@@ -10,11 +10,17 @@ race for it. A reload that moves an endpoint binds the new address the same way.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import socket
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
-from smtpgate.config import HttpListener
+from smtpgate.config import Config, HttpListener
 from smtpgate.errors import StartupError
+
+if TYPE_CHECKING:  # aiohttp is imported by the process that serves HTTP
+    from aiohttp import web
 
 
 def bind_tcp(host: str, port: int) -> socket.socket:
@@ -46,6 +52,49 @@ def bind_endpoint(listener: HttpListener, key: str) -> socket.socket | None:
     except OSError as e:
         raise StartupError(key, f"cannot listen on {listener.listen}: "
                                 f"{e.strerror or e}") from None
+
+
+def host_allowed(host: str | None, cfg: Config, listener: HttpListener) -> bool:
+    """Whether a request's ``Host`` names this server (DNS rebinding defence).
+
+    A page on ``attacker.example`` whose name is rebound to 127.0.0.1 reaches a
+    loopback endpoint from the victim's browser as same-origin, but its requests
+    carry ``Host: attacker.example``. Accepted: no Host (not a browser), an IP
+    address, ``localhost``, the listen host, ``hostname``, this machine's host name
+    and ``allowed_hosts``; the port is not compared."""
+    if host is None:
+        return True
+    try:
+        name = (urlsplit("//" + host).hostname or "").rstrip(".")
+    except ValueError:
+        return False
+    if not name:
+        return False
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        pass
+    endpoint = listener.endpoint
+    names = {"localhost", cfg.hostname.lower(), socket.gethostname().lower(),
+             *listener.allowed_hosts}
+    if endpoint is not None:
+        names.add(endpoint[0].strip("[]").lower())
+    return name in names
+
+
+def known_host(request: web.Request, cfg: Config, listener: HttpListener, what: str) -> None:
+    """Refuse (421) a request whose ``Host`` is not this server's (``host_allowed``)."""
+    from aiohttp import web
+
+    host = request.headers.get("Host")
+    if not host_allowed(host, cfg, listener):
+        logging.getLogger("smtpgate.web").warning(
+            "%s: request for Host %r from %s refused (421; add the name to "
+            "allowed_hosts if it is this server's)", what, host[:100] if host else host,
+            request.remote)
+        raise web.HTTPMisdirectedRequest(text="unknown Host: this server does not "
+                                              "answer for that name\n")
 
 
 class OneLineBadRequests(logging.Filter):

@@ -60,6 +60,7 @@ from smtpgate.queue.manage import QueueManager
 from smtpgate.queue.spool import Spool
 from smtpgate.tools.audit import AuditOptions, AuditReport, Target, run_audit
 from smtpgate.web import authlog_view, charts, status
+from smtpgate.web.http_socket import known_host as _known_host
 from smtpgate.web.sessions import Session, Sessions
 
 log = logging.getLogger("smtpgate.web")
@@ -212,6 +213,7 @@ class AdminSite:
     async def _headers(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         self._requests += 1
         try:
+            _known_host(request, self.cfg, self.cfg.admin, "web admin")
             resp = await handler(request)
         except web.HTTPException as e:
             resp = e

@@ -431,3 +431,26 @@ async def test_the_admin_refuses_a_host_of_another_name_dns_rebinding(tmp_path: 
                 assert ok.status == 200, host
     finally:
         await site.close()
+
+
+@pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
+async def test_removing_what_is_not_there_is_not_reported_done(tmp_path: Path) -> None:
+    """Before: revoking an app password, removing an alias or a domain the account
+    does not have flashed "revoke: done" (the service returned False, the CLI says
+    "has no app password named ..."). Found with a stale form in the browser."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    site, cookie, csrf = await _logged_in_site(tmp_path)
+    try:
+        site.service("-", "test").add_account("a@x.org", "a long passphrase 4 tests")
+        async with TestClient(TestServer(site.app())) as client:
+            for action, field in (("revoke", "app"), ("alias-remove", "alias"),
+                                  ("domain-revoke", "domain")):
+                resp = await client.post(f"/accounts/a@x.org/{action}",
+                                         data={"csrf": csrf, field: "nothere.example"},
+                                         headers={"Cookie": cookie})
+                page = await resp.text()
+                assert f"{action}: done" not in page, action
+                assert 'class="flash error"' in page, action
+    finally:
+        await site.close()

@@ -72,6 +72,11 @@ _CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'
         "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 _LOGIN_COOKIE = "smtpgate_login"
 _RESULTS = ("success", "failure", "tempfail", "cancelled")
+#: What an account change that returned False did not find.
+_NOTHING_DONE = {"revoke": "no app password of that name",
+                 "alias-remove": "not an alias of this account",
+                 "domain-revoke": "no such domain granted",
+                 "unlock": "the account was not locked"}
 
 
 def _guard_key(name: str) -> str:
@@ -487,7 +492,10 @@ class AdminSite:
             record, secret = cast("tuple[AppPassword, str]", result)
             flash_add(session, "ok", f"app password {record.name!r} added")
             return await self.account(request, session, secret=(record.name, secret))
-        flash_add(session, "ok", f"{action}: done")
+        if result is False:  # the service's "nothing of that name" (the CLI's error)
+            flash_add(session, "error", f"{action}: {_NOTHING_DONE.get(action, 'nothing to do')}")
+        else:
+            flash_add(session, "ok", f"{action}: done")
         raise web.HTTPSeeOther(f"/accounts/{_quote(name)}")
 
     # --- guard, auth log, queue, audit, admin log ------------------------------------

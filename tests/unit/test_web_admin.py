@@ -454,3 +454,23 @@ async def test_removing_what_is_not_there_is_not_reported_done(tmp_path: Path) -
                 assert 'class="flash error"' in page, action
     finally:
         await site.close()
+
+
+@pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
+async def test_lifting_the_lockout_of_an_account_not_locked_is_not_reported_lifted(
+        tmp_path: Path) -> None:
+    """Before: the Guard page's Lift for an account flashed "lifted: NAME" though
+    ``unlock`` returned False (a lockout expired since the page was drawn)."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    site, cookie, csrf = await _logged_in_site(tmp_path)
+    try:
+        site.service("-", "test").add_account("a@x.org", "a long passphrase 4 tests")
+        async with TestClient(TestServer(site.app())) as client:
+            resp = await client.post("/guard/unblock",
+                                     data={"csrf": csrf, "kind": "account", "key": "a@x.org"},
+                                     headers={"Cookie": cookie})
+            page = await resp.text()
+        assert "lifted: a@x.org" not in page and "a@x.org is not locked out" in page
+    finally:
+        await site.close()

@@ -513,7 +513,9 @@ class AdminSite:
                 await self.call(session.admin, "guard unlock",
                                 lambda s: s.unlock_web_admin(key))
             elif kind == "account":
-                await self.call(session.admin, "guard unlock", lambda s: s.unlock(key))
+                if not await self.call(session.admin, "guard unlock", lambda s: s.unlock(key)):
+                    flash_add(session, "error", f"{key} is not locked out")
+                    raise web.HTTPSeeOther("/guard")
             else:
                 await self.call(session.admin, "guard unblock", lambda s: s.unblock(key))
             flash_add(session, "ok", f"lifted: {key}")

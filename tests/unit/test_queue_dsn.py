@@ -175,6 +175,39 @@ def test_rfc3030_a_binary_original_comes_back_as_its_header_only() -> None:
     assert b"secret body" not in data
 
 
+
+@pytest.mark.parametrize("reply", [
+    "5.3.4 message size 2184 exceeds relay limit 200",
+    "5.6.3 relay does not accept 8-bit data (8BITMIME)",
+    "relay refused message: 552 5.3.4 message too big",
+])
+def test_a_report_about_content_the_relay_refused_carries_the_header_only(reply: str) -> None:
+    # Found by a relay advertising SIZE 200 (or no 8BITMIME): the bounce returned
+    # the whole original, so it was as big (as 8-bit) as the message the relay had
+    # refused, met the same refusal and was dropped: the sender was never told.
+    data = ORIGINAL.replace(b"secret body", "caf\u00e9 body".encode()) + b"x" * 5000
+    built = dsn.build_report(envelope=env(body_8bit=True), queue_id="q1", data=data,
+                             reports=[dsn.Report("bob@example.net", "failed", reply)],
+                             reporting_mta="mx.example.org", now=1_700_000_100.0)
+    assert built is not None
+    report_env, report = built
+    _, _, original = parts(report)
+    assert original.get_content_type() == "text/rfc822-headers"
+    assert b"body" not in report and len(report) < 2000
+    assert report_env.body_8bit is False and b"Content-Transfer-Encoding: 8bit" not in report
+
+
+def test_a_report_is_marked_8bit_when_it_carries_8bit_data() -> None:
+    # 8-bit data sent without BODY=8BITMIME: the report must not claim 7bit.
+    data = ORIGINAL.replace(b"secret body", "caf\u00e9".encode())
+    built = dsn.build_report(envelope=env(), queue_id="q1", data=data,
+                             reports=[dsn.Report("bob@example.net", "failed", "550 5.1.1 no")],
+                             reporting_mta="mx.example.org", now=1_700_000_100.0)
+    assert built is not None
+    assert built[0].body_8bit is True
+    assert b"Content-Transfer-Encoding: 8bit" in built[1]
+
+
 def _global_parts(data: bytes) -> tuple[email.message.Message, list[email.message.Message]]:
     msg = email.message_from_string(data.decode("utf-8"), policy=email.policy.SMTPUTF8)
     assert msg.get_content_type() == "multipart/report"

@@ -38,6 +38,12 @@ _REPLY = re.compile(r"\b[245]\d\d[ -]")
 _UNSAFE = re.compile(r"[^\x20-\x7e]")
 #: Control characters (C0, DEL, C1): never in a report, even an internationalized one.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+#: Statuses (RFC 3463) saying the next hop cannot take the message's content as it
+#: is: too big (5.3.4), or 8-bit/binary data it cannot take (5.6.3). A report that
+#: returned the whole original would meet the same refusal on its way back to the
+#: sender (it takes the same delivery path) and be dropped, so it carries the
+#: original's header only.
+_CONTENT_REFUSED = frozenset({"5.3.4", "5.6.3"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +162,9 @@ def build_report(
     # RFC 3461 §4.3: RET is about failure reports; delay warnings and success
     # reports carry the header only, as Postfix's do.
     # A binary original (BINARYMIME) would make the report binary: its header only.
-    if envelope.dsn_ret == "HDRS" or not failed or envelope.body_binary:
+    content_refused = any(status_code(r.action, r.diagnostic) in _CONTENT_REFUSED
+                          for r in reports)
+    if envelope.dsn_ret == "HDRS" or not failed or envelope.body_binary or content_refused:
         end = data.find(b"\r\n\r\n")
         original = data if end < 0 else data[: end + 2]
         original_type = "message/global-headers" if utf8 else "text/rfc822-headers"
@@ -164,7 +172,10 @@ def build_report(
         original = data
         original_type = "message/global" if utf8 else "message/rfc822"
     report_type = "global-delivery-status" if utf8 else "delivery-status"
-    cte = "8bit" if envelope.body_8bit or envelope.smtputf8 else "7bit"
+    # What the report really carries: a header-only report of an 8-bit message is
+    # 7-bit, and 8-bit data the client sent without BODY=8BITMIME is still 8-bit.
+    eight_bit = not original.isascii()
+    cte = "8bit" if eight_bit or envelope.smtputf8 else "7bit"
     head = "\r\n".join([
         f"From: Mail Delivery System <MAILER-DAEMON@{host}>",
         f"To: <{clean(envelope.mail_from)}>",
@@ -210,7 +221,7 @@ def build_report(
         helo=reporting_mta,
         listener="dsn",
         smtputf8=envelope.smtputf8,
-        body_8bit=envelope.body_8bit,
+        body_8bit=not body.isascii(),  # what it carries, not what the original said
         received_at=now,
     )
     return report_env, body

@@ -235,6 +235,34 @@ def test_rfc6533_an_internationalized_message_gets_a_global_report() -> None:
     assert b"secret body" in data
 
 
+
+def test_rfc6533_a_report_for_a_hop_without_smtputf8_is_not_itself_smtputf8() -> None:
+    # Found with a relay that does not advertise SMTPUTF8: the 5.6.7 bounce was an
+    # SMTPUTF8 report, refused by that relay for the same reason and dropped, so an
+    # ASCII sender never heard of it. Now it is a plain (downgraded) report.
+    e = env(rcpt_to=("用户@例子.广告",), smtputf8=True)
+    built = dsn.build_report(
+        envelope=e, queue_id="q1", data=ORIGINAL,
+        reports=dsn.reports_for(e, [Outcome("用户@例子.广告", "bounced",
+                                            "5.6.7 relay does not support SMTPUTF8")],
+                                "failed"),
+        reporting_mta="mx.example.org", now=1_700_000_100.0)
+    assert built is not None
+    report_env, data = built
+    assert report_env.smtputf8 is False and report_env.body_8bit is False
+    _, status, original = parts(data)
+    assert status.get_payload()[1]["Final-Recipient"].startswith("utf-8; \\x{7528}")
+    assert original.get_content_type() == "text/rfc822-headers"
+    assert b"secret body" not in data
+    # A UTF-8 sender can only be reached with SMTPUTF8: the global report stays.
+    e = env(mail_from="アリス@例子.广告", smtputf8=True)
+    built = dsn.build_report(
+        envelope=e, queue_id="q1", data=ORIGINAL,
+        reports=[dsn.Report("bob@example.net", "failed", "5.6.7 no SMTPUTF8")],
+        reporting_mta="mx.example.org", now=1_700_000_100.0)
+    assert built is not None and built[0].smtputf8 is True
+
+
 def test_rfc6533_headers_only_of_an_internationalized_message() -> None:
     e = env(rcpt_to=("用户@例子.广告",), smtputf8=True, dsn_ret="HDRS")
     data = build(e, [Outcome("用户@例子.广告", "bounced", "550 5.1.1 no")])

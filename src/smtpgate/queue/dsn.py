@@ -42,8 +42,10 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 #: is: too big (5.3.4), or 8-bit/binary data it cannot take (5.6.3). A report that
 #: returned the whole original would meet the same refusal on its way back to the
 #: sender (it takes the same delivery path) and be dropped, so it carries the
-#: original's header only.
-_CONTENT_REFUSED = frozenset({"5.3.4", "5.6.3"})
+#: original's header only. The same for a next hop without SMTPUTF8 (5.6.7), whose
+#: report must also not need SMTPUTF8 (see `build_report`).
+_CONTENT_REFUSED = frozenset({"5.3.4", "5.6.3", "5.6.7"})
+_NO_SMTPUTF8 = "5.6.7"
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +121,11 @@ def build_report(
     """
     if not envelope.mail_from or not reports:
         return None
-    utf8 = envelope.smtputf8  # RFC 6533: a global report for internationalized mail
+    statuses = {status_code(r.action, r.diagnostic) for r in reports}
+    # RFC 6533: a global report for internationalized mail, unless the message failed
+    # because the next hop lacks SMTPUTF8: the report takes the same way back, so to
+    # an ASCII sender it is a plain one (UTF-8 addresses in their 7-bit form).
+    utf8 = envelope.smtputf8 and not (_NO_SMTPUTF8 in statuses and envelope.mail_from.isascii())
     clean = _clean_utf8 if utf8 else _clean
     failed = any(r.action == "failed" for r in reports)
     delayed = all(r.action == "delayed" for r in reports)
@@ -162,8 +168,7 @@ def build_report(
     # RFC 3461 §4.3: RET is about failure reports; delay warnings and success
     # reports carry the header only, as Postfix's do.
     # A binary original (BINARYMIME) would make the report binary: its header only.
-    content_refused = any(status_code(r.action, r.diagnostic) in _CONTENT_REFUSED
-                          for r in reports)
+    content_refused = not statuses.isdisjoint(_CONTENT_REFUSED)
     if envelope.dsn_ret == "HDRS" or not failed or envelope.body_binary or content_refused:
         end = data.find(b"\r\n\r\n")
         original = data if end < 0 else data[: end + 2]
@@ -175,7 +180,7 @@ def build_report(
     # What the report really carries: a header-only report of an 8-bit message is
     # 7-bit, and 8-bit data the client sent without BODY=8BITMIME is still 8-bit.
     eight_bit = not original.isascii()
-    cte = "8bit" if eight_bit or envelope.smtputf8 else "7bit"
+    cte = "8bit" if eight_bit or utf8 else "7bit"
     head = "\r\n".join([
         f"From: Mail Delivery System <MAILER-DAEMON@{host}>",
         f"To: <{clean(envelope.mail_from)}>",
@@ -220,7 +225,7 @@ def build_report(
         client_ip="127.0.0.1",
         helo=reporting_mta,
         listener="dsn",
-        smtputf8=envelope.smtputf8,
+        smtputf8=utf8,
         body_8bit=not body.isascii(),  # what it carries, not what the original said
         received_at=now,
     )

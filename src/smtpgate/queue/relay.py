@@ -443,10 +443,12 @@ class RelayDeliverer:
     def _may_authenticate(self, link: _Link, ext: Extensions, name: str) -> None:
         # Every mechanism, not only those sending the password: SCRAM over a clear
         # link still gives away the user name and an offline-guessable proof.
+        # Both are ours to fix, like a refused AUTH: one WARNING record each.
         if not link.conn.tls and self._tls_mode != "none":
-            raise _temp(f"4.7.0 not sending {name} credentials to {self.host} without TLS")
+            raise _Abort(TempFailure(
+                f"4.7.0 not sending {name} credentials to {self.host} without TLS"), warn=True)
         if name not in ext.auth_mechanisms:
-            raise _temp(f"4.7.0 relay does not offer AUTH {name}")
+            raise _Abort(TempFailure(f"4.7.0 relay does not offer AUTH {name}"), warn=True)
 
     def _refused(self, result: ClientAuthResult) -> _Abort:
         if result.client_ended:  # the relay misbehaved; we ended the exchange

@@ -467,6 +467,29 @@ async def test_rfc2920_mail_and_rcpts_are_pipelined() -> None:
     assert seen[5] == b"QUIT\r\n"
 
 
+
+async def test_rfc2920_refused_sender_then_close_bounces_every_recipient() -> None:
+    """A pipelining relay that refuses MAIL with 5xx and hangs up without answering
+    the RCPTs: the 550 is the outcome (found with a scripted relay: it was read as a
+    dropped connection, a temporary failure retried until queue.max_age)."""
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 strict.test ESMTP\r\n")
+        await reader.readline()  # EHLO
+        writer.write(b"250-strict.test\r\n250 PIPELINING\r\n")
+        await _lines(reader, 3)  # MAIL and two RCPTs, in one group
+        writer.write(b"550 5.7.1 sender refused\r\n")
+        await writer.drain()
+
+    async with scripted(script) as port:
+        results = await relay(port, timeouts=RelayTimeouts(command=5)).deliver(
+            message(), ("a@example.net", "b@example.net")
+        )
+    for r in ("a@example.net", "b@example.net"):
+        assert isinstance(results[r], PermFailure), results[r]
+        assert "550 5.7.1 sender refused" in results[r].reply
+
+
 async def test_connection_lost_after_data_is_temporary() -> None:
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"220 flaky.test\r\n")

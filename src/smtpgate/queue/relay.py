@@ -330,11 +330,13 @@ class RelayDeliverer:
             group = mail_cmd + b"".join(cmd for _, cmd in rcpt_cmds)
             await link.send("the relay to take MAIL FROM and RCPT TO", group, t.command)
             mail_reply = await link.reply("the reply to MAIL FROM", t.command)
+            if not mail_reply.is_positive:
+                # Decided already: the RCPT replies cannot change it, and a relay
+                # may hang up without sending them (the session ends here anyway).
+                raise _Abort(_by_code(mail_reply, "relay refused sender"))
             rcpt_replies = [
                 await link.reply("the reply to RCPT TO", t.command) for _ in rcpt_cmds
             ]
-            if not mail_reply.is_positive:
-                raise _Abort(_by_code(mail_reply, "relay refused sender"))
         else:
             mail_reply = await link.command("MAIL FROM", mail_cmd, t.command)
             if not mail_reply.is_positive:

@@ -474,3 +474,29 @@ async def test_lifting_the_lockout_of_an_account_not_locked_is_not_reported_lift
         assert "lifted: a@x.org" not in page and "a@x.org is not locked out" in page
     finally:
         await site.close()
+
+
+@pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
+async def test_an_unexpected_error_is_a_500_with_the_security_headers(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Before: a handler's unexpected exception went past the headers middleware, so
+    aiohttp's 500 had no CSP and no frame ban (noticed in the web admin audit)."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    site, cookie, _ = await _logged_in_site(tmp_path)
+
+    async def broken(request: object, session: object) -> None:
+        raise RuntimeError("boom: secret detail")
+
+    monkeypatch.setattr(site, "overview", broken, raising=False)
+    try:
+        async with TestClient(TestServer(site.app())) as client:
+            resp = await client.get("/", headers={"Cookie": cookie})
+            assert resp.status == 500
+            assert resp.headers["X-Frame-Options"] == "DENY"
+            assert "frame-ancestors 'none'" in resp.headers["Content-Security-Policy"]
+            assert "boom" not in await resp.text()
+        assert "boom: secret detail" in caplog.text
+    finally:
+        await site.close()

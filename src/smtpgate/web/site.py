@@ -222,6 +222,13 @@ class AdminSite:
             resp = await handler(request)
         except web.HTTPException as e:
             resp = e
+        except Exception:
+            # aiohttp's own 500 would leave this middleware without the headers
+            # below (no CSP, no frame ban); the traceback goes to the log only.
+            log.exception("web admin: unexpected error answering %s %s",
+                          request.method, request.path)
+            resp = web.HTTPInternalServerError(
+                text="Internal error: the server log has the details.\n")
         finally:
             self._requests -= 1
             await self._close_retired()

@@ -500,3 +500,23 @@ async def test_an_unexpected_error_is_a_500_with_the_security_headers(
         assert "boom: secret detail" in caplog.text
     finally:
         await site.close()
+
+
+def test_messages_of_sessions_that_never_came_back_are_bounded() -> None:
+    """A message waits for the page its action redirects to; sessions that never
+    followed the redirect left theirs for ever (noticed in the web admin audit)."""
+    from smtpgate.web import site as site_mod
+    from smtpgate.web.sessions import Session
+
+    site_mod._FLASH.clear()
+    try:
+        for i in range(site_mod._FLASH_MAX + 50):
+            site_mod.flash_add(Session(f"s{i}", "root", "c", 0.0), "ok", "done")
+        assert len(site_mod._FLASH) == site_mod._FLASH_MAX
+        assert "s0" not in site_mod._FLASH and f"s{site_mod._FLASH_MAX + 49}" in site_mod._FLASH
+        last = Session(f"s{site_mod._FLASH_MAX + 49}", "root", "c", 0.0)
+        site_mod.flash_add(last, "ok", "again")  # a session's second message keeps the rest
+        assert len(site_mod._FLASH) == site_mod._FLASH_MAX
+        assert site_mod.session_flash(last) == [("ok", "done"), ("ok", "again")]
+    finally:
+        site_mod._FLASH.clear()

@@ -368,6 +368,7 @@ class AdminSite:
 
     async def logout(self, request: web.Request, session: Session) -> web.StreamResponse:
         self.sessions.end(session.id)
+        _FLASH.pop(session.id, None)
         resp = web.HTTPSeeOther("/login")
         # A browser ignores a __Host- cookie without Secure, deletions included.
         resp.del_cookie(self.cookie, path="/", secure=self.tls)
@@ -583,10 +584,16 @@ class _Turn:
 
 
 _FLASH: dict[str, list[tuple[str, str]]] = {}
+#: Sessions with a message waiting. A message is taken by the page its action
+#: redirects to; one whose redirect was never followed (a closed tab, a script)
+#: would stay for ever, so the oldest go first past this many.
+_FLASH_MAX = 1024
 
 
 def flash_add(session: Session, kind: str, text: str) -> None:
     """A message for the next page this session sees."""
+    if session.id not in _FLASH and len(_FLASH) >= _FLASH_MAX:
+        del _FLASH[next(iter(_FLASH))]
     _FLASH.setdefault(session.id, []).append((kind, text))
 
 

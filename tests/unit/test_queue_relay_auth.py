@@ -278,3 +278,60 @@ async def test_rfc6533_a_utf8_orcpt_goes_on_in_its_7bit_form() -> None:
     assert isinstance(result, Delivered)
     rcpt = next(line for line in got if line.startswith(b"RCPT"))
     assert rcpt == b"RCPT TO:<bob@example.net> ORCPT=utf-8;\\x{7528}\\x{6237}\\x{2B}1@example.net\r\n"
+
+
+async def _hop_that_hangs_up(after: bytes, say: bytes, *, pipelining: bool = False
+                             ) -> tuple[asyncio.Server, int]:
+    """A next hop that answers normally until it reads a line starting with
+    ``after``, then writes ``say`` and closes at once, unread data and all."""
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 hop.test\r\n")
+        while line := await reader.readline():
+            if line.startswith(after):
+                writer.write(say)
+                await writer.drain()
+                writer.transport.abort()
+                return
+            verb = line.split(b" ", 1)[0].split(b":", 1)[0].strip().upper()
+            if verb == b"EHLO":
+                writer.write(b"250-hop.test\r\n" + (b"250-PIPELINING\r\n" if pipelining
+                                                     else b"") + b"250 8BITMIME\r\n")
+            elif verb == b"DATA":
+                writer.write(b"354 go\r\n")
+            elif verb in (b"MAIL", b"RCPT", b"QUIT", b"RSET"):
+                writer.write(b"250 2.0.0 ok\r\n")
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def test_a_5xx_in_the_middle_of_the_data_then_a_hang_up_bounces() -> None:
+    """Before: a relay that refused a big message part-way (552 5.3.4) and hung up
+    was 'session failed' (4.4.2), retried until queue.max_age (delivery audit)."""
+    from dataclasses import replace
+
+    big = replace(message(), data=b"Subject: big\r\n\r\n" + (b"y" * 998 + b"\r\n") * 8000)
+    server, port = await _hop_that_hangs_up(b"yyyy", b"552 5.3.4 Message too big\r\n")
+    try:
+        d = RelayDeliverer("127.0.0.1", port, helo_name="smtpgate.test", tls_mode="none")
+        result = (await d.deliver(big, ("bob@example.net",)))["bob@example.net"]
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert isinstance(result, PermFailure) and "552 5.3.4" in result.reply, result
+
+
+async def test_pipelined_rcpt_refusals_read_before_a_hang_up_are_kept() -> None:
+    """Before: with PIPELINING, a relay that refused the first recipient (550) and
+    hung up before the other replies had every recipient retried (delivery audit)."""
+    server, port = await _hop_that_hangs_up(
+        b"RCPT", b"550 5.1.1 no such user\r\n", pipelining=True)
+    try:
+        d = RelayDeliverer("127.0.0.1", port, helo_name="smtpgate.test", tls_mode="none")
+        results = await d.deliver(message(), ("gone@example.net", "bob@example.net"))
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert isinstance(results["gone@example.net"], PermFailure), results
+    assert "550 5.1.1" in results["gone@example.net"].reply
+    assert not isinstance(results["bob@example.net"], (Delivered, PermFailure)), results

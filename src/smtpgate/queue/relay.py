@@ -73,6 +73,9 @@ log = logging.getLogger("smtpgate.queue.relay")
 TlsMode = Literal["opportunistic", "require", "none"]
 #: A graceful close that takes longer than this becomes an abort.
 _CLOSE_TIMEOUT = 2.0
+#: How long to look for a reply a relay sent before it broke the connection (it is
+#: already received, or it is not coming).
+_EARLY_REPLY_WAIT = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,9 +337,14 @@ class RelayDeliverer:
                 # Decided already: the RCPT replies cannot change it, and a relay
                 # may hang up without sending them (the session ends here anyway).
                 raise _Abort(_by_code(mail_reply, "relay refused sender"))
-            rcpt_replies = [
-                await link.reply("the reply to RCPT TO", t.command) for _ in rcpt_cmds
-            ]
+            rcpt_replies = []
+            for rcpt, _ in rcpt_cmds:
+                reply = await link.reply("the reply to RCPT TO", t.command)
+                rcpt_replies.append(reply)
+                if not reply.is_positive:
+                    # Kept at once: a relay that hangs up before the rest still
+                    # refused this one (a 5xx bounces, not retried with the others).
+                    results[rcpt] = _by_code(reply, "relay refused recipient")
         else:
             mail_reply = await link.command("MAIL FROM", mail_cmd, t.command)
             if not mail_reply.is_positive:
@@ -360,8 +368,16 @@ class RelayDeliverer:
             raise _Abort(_by_code(data_reply, "relay refused DATA"))
         # RFC 5321 §4.5.3.2.5: each block of the message gets the command timeout
         # to be taken; §4.5.3.2.6: the reply to the final dot gets ``data``.
-        await link.send("the relay to take the message", engine.message(message.data),
-                        t.command)
+        try:
+            await link.send("the relay to take the message", engine.message(message.data),
+                            t.command)
+        except (OSError, ProtocolError):
+            # A relay may refuse in the middle of the data (552 message too big) and
+            # hang up: its reply is already here, and it decides (a 5xx bounces).
+            early = await _reply_if_any(link)
+            if early is None or early.is_positive:
+                raise
+            raise _Abort(_by_code(early, "relay refused message")) from None
         if self._lmtp:
             # RFC 2033 §4.2: one reply per accepted recipient, in RCPT order.
             for rcpt in accepted:
@@ -547,6 +563,14 @@ class RelayDeliverer:
             await link.command("QUIT", link.conn.engine.quit(), self._t.quit)
         except (OSError, TimeoutError, ProtocolError):
             pass
+
+
+async def _reply_if_any(link: _Link) -> ServerReply | None:
+    """A reply the relay sent before the connection broke, if one came."""
+    try:
+        return await link.conn.read_reply(_EARLY_REPLY_WAIT)
+    except (OSError, ProtocolError, TimeoutError, ssl.SSLError):
+        return None
 
 
 def _rcpt_dsn(message: QueuedMessage, rcpt: str, ext: Extensions) -> list[str]:

@@ -8,33 +8,18 @@ import pytest
 from click.testing import CliRunner
 
 from smtpgate.cli.main import cli
-from smtpgate.config import ConfigError, parse_config, render_reference
+from smtpgate.config import parse_config, render_reference
+
+from .config_support import MINIMAL, config_dir, problems
 
 ROOT = Path(__file__).resolve().parents[2]
 
-GOOD = """
-hostname = "mx.example.org"
-[[listeners]]
-name = "submission"
-address = "127.0.0.1:2587"
-tls = "starttls"
-[tls]
-cert = "c.pem"
-key = "k.pem"
-"""
+GOOD = MINIMAL
 
 
 @pytest.fixture
 def base(tmp_path: Path) -> Path:
-    (tmp_path / "c.pem").write_text("x")
-    (tmp_path / "k.pem").write_text("x")
-    return tmp_path
-
-
-def problems(text: str, base: Path) -> dict[str, str]:
-    with pytest.raises(ConfigError) as e:
-        parse_config(text, base)
-    return dict(e.value.problems)
+    return config_dir(tmp_path)
 
 
 def test_good_config_parses(base: Path) -> None:

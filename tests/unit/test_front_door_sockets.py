@@ -9,37 +9,24 @@ from pathlib import Path
 
 import pytest
 
-from smtpgate.config import ConfigError, parse_config
+from smtpgate.config import parse_config
 from smtpgate.errors import StartupError
 from smtpgate.server.front_doors import bind_auth_sockets, close_auth_sockets
 
-BASE = """
-hostname = "mx.example.org"
-[[listeners]]
-name = "submission"
-address = "127.0.0.1:2587"
-tls = "starttls"
-[tls]
-cert = "c.pem"
-key = "k.pem"
-"""
+from .config_support import MINIMAL, config_dir, problems
+
+BASE = MINIMAL
 
 
 @pytest.fixture
 def base(tmp_path: Path) -> Path:
-    (tmp_path / "c.pem").write_text("x")
-    (tmp_path / "k.pem").write_text("x")
-    return tmp_path
+    return config_dir(tmp_path)
 
 
 def door(**keys: str) -> str:
     return "[[auth_listeners]]\n" + "".join(f'{k} = "{v}"\n' for k, v in keys.items())
 
 
-def problems(text: str, base: Path) -> dict[str, str]:
-    with pytest.raises(ConfigError) as e:
-        parse_config(text, base)
-    return dict(e.value.problems)
 
 
 def test_auth_http_needs_an_upstream(base: Path) -> None:

@@ -7,18 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from smtpgate.config import ConfigError, parse_config
+from smtpgate.config import parse_config
 
-BASE = """
-hostname = "mx.example.org"
-[[listeners]]
-name = "submission"
-address = "127.0.0.1:2587"
-tls = "starttls"
-[tls]
-cert = "c.pem"
-key = "k.pem"
-[accounts]
+from .config_support import MINIMAL, config_dir, problems
+
+BASE = MINIMAL + """[accounts]
 backend = "ldap"
 """
 
@@ -36,15 +29,7 @@ def ldap(**keys: str) -> str:
 
 @pytest.fixture
 def base(tmp_path: Path) -> Path:
-    (tmp_path / "c.pem").write_text("x")
-    (tmp_path / "k.pem").write_text("x")
-    return tmp_path
-
-
-def problems(text: str, base: Path) -> dict[str, str]:
-    with pytest.raises(ConfigError) as e:
-        parse_config(text, base)
-    return dict(e.value.problems)
+    return config_dir(tmp_path)
 
 
 @pytest.mark.parametrize(("key", "value"), [

@@ -25,38 +25,35 @@ from smtpgate.tls.certs import write_self_signed
 from smtpgate.tls.session import make_server_context
 
 from .engine_driver import settings
+from .legacy_tls import legacy_client
 
 NO_REPLY = 10.0
 
 
-def _tls11_client() -> SSL.Connection:
-    ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
-    ctx.set_min_proto_version(SSL.TLS1_VERSION)
-    ctx.set_max_proto_version(SSL.TLS1_1_VERSION)
-    ctx.set_cipher_list(b"DEFAULT:@SECLEVEL=0")
-    conn = SSL.Connection(ctx, None)
-    conn.set_connect_state()
-    return conn
-
-
-async def test_a_refused_handshake_sends_the_alert_before_closing(tmp_path: Path) -> None:
+def _runtime(tmp_path: Path, limiter: ConnectionLimiter) -> ServerRuntime:
+    """A server that never gets as far as a login or a message: the refusal comes
+    first (so no auth service and no spool)."""
     write_self_signed(tmp_path / "cert.pem", tmp_path / "key.pem", "localhost", days=2)
-    runtime = ServerRuntime(
+    return ServerRuntime(
         hostname="mx.test",
-        auth=None,  # type: ignore[arg-type]  # never reached: the handshake fails
+        auth=None,  # type: ignore[arg-type]
         spool=None,  # type: ignore[arg-type]
         tls=make_server_context(tmp_path / "cert.pem", tmp_path / "key.pem"),
         limits=LimitsConfig(),
-        limiter=ConnectionLimiter(10, 10),
+        limiter=limiter,
         on_stored=lambda: None,
         failure_floor=0.0,
     )
+
+
+async def test_a_refused_handshake_sends_the_alert_before_closing(tmp_path: Path) -> None:
+    runtime = _runtime(tmp_path, ConnectionLimiter(10, 10))
     listener = ListenerRuntime("submissions", True, settings(starttls=False))
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: SmtpConnection(runtime, listener), "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    client = _tls11_client()
+    client = legacy_client(SSL.TLS1_1_VERSION)
     with pytest.raises(SSL.WantReadError):
         client.do_handshake()
     writer.write(BioConnection(client).outgoing())
@@ -77,17 +74,7 @@ async def test_over_the_connection_limit_an_implicit_tls_port_sends_nothing_in_c
     msmtp --tls=on: they reported "wrong version number" / "An unexpected TLS
     packet was received", because the 421 went out in clear (RFC 8314 §3.3: TLS
     from the first byte). A STARTTLS port still says 421 before its greeting."""
-    write_self_signed(tmp_path / "cert.pem", tmp_path / "key.pem", "localhost", days=2)
-    runtime = ServerRuntime(
-        hostname="mx.test",
-        auth=None,  # type: ignore[arg-type]  # never reached: refused at connect
-        spool=None,  # type: ignore[arg-type]
-        tls=make_server_context(tmp_path / "cert.pem", tmp_path / "key.pem"),
-        limits=LimitsConfig(),
-        limiter=ConnectionLimiter(10, 0),  # every connection is over the limit
-        on_stored=lambda: None,
-        failure_floor=0.0,
-    )
+    runtime = _runtime(tmp_path, ConnectionLimiter(10, 0))  # every one over the limit
     loop = asyncio.get_running_loop()
     got = {}
     for implicit in (True, False):

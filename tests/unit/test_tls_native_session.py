@@ -26,6 +26,8 @@ from smtpgate.tls.session import (
     open_server_session,
 )
 
+from .legacy_tls import legacy_client
+
 
 @pytest.fixture(scope="module")
 def tls(tmp_path_factory: pytest.TempPathFactory) -> ServerTlsContext:
@@ -144,12 +146,7 @@ def test_a_client_speaking_plain_smtp_fails_the_handshake_with_a_reason(
 def test_a_tls10_only_client_is_refused(tls: ServerTlsContext) -> None:
     assert tls.native is not None
     server = NativeServerSession(tls.native, tls.end_point_hash)
-    ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
-    ctx.set_min_proto_version(SSL.TLS1_VERSION)
-    ctx.set_max_proto_version(SSL.TLS1_VERSION)
-    ctx.set_cipher_list(b"DEFAULT:@SECLEVEL=0")
-    client = SSL.Connection(ctx, None)
-    client.set_connect_state()
+    client = legacy_client(SSL.TLS1_VERSION)
     with pytest.raises(SSL.WantReadError):
         client.do_handshake()
     with pytest.raises(TlsError, match="handshake failed"):

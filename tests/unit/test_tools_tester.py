@@ -83,11 +83,16 @@ def _opts(port: int, **kw: object) -> TesterOptions:
     return TesterOptions(**base)  # type: ignore[arg-type]
 
 
-async def test_full_session_without_tls_succeeds_and_masks(serve: Serve) -> None:
-    script = Scripted(b"220 fake.test ESMTP\r\n", [
+def _plain_session() -> Scripted:
+    """A server that takes AUTH PLAIN and one message, without TLS."""
+    return Scripted(b"220 fake.test ESMTP\r\n", [
         EHLO_PLAIN, b"235 2.7.0 ok\r\n", b"250 2.1.0 ok\r\n", b"250 2.1.5 ok\r\n",
         b"354 go\r\n", b"250 2.0.0 queued as X\r\n", b"221 bye\r\n",
     ])
+
+
+async def test_full_session_without_tls_succeeds_and_masks(serve: Serve) -> None:
+    script = _plain_session()
     port = await serve(script)
     report = await run_test(_opts(port, auth="PLAIN", user="alice@example.org",
                                   password=PASSWORD, body="hello\n.dot"))
@@ -108,10 +113,7 @@ async def test_full_session_without_tls_succeeds_and_masks(serve: Serve) -> None
 async def test_json_envelope_is_what_was_sent_when_from_and_to_default(serve: Serve) -> None:
     # No --from, no --to: MAIL and RCPT use the --user address; the JSON record must
     # say so, not null and [] (docs/tester.md's example shows the addresses).
-    script = Scripted(b"220 fake.test ESMTP\r\n", [
-        EHLO_PLAIN, b"235 2.7.0 ok\r\n", b"250 2.1.0 ok\r\n", b"250 2.1.5 ok\r\n",
-        b"354 go\r\n", b"250 2.0.0 queued as X\r\n", b"221 bye\r\n",
-    ])
+    script = _plain_session()
     port = await serve(script)
     report = await run_test(_opts(port, auth="PLAIN", user="alice@example.org",
                                   password=PASSWORD, rcpt_to=()))

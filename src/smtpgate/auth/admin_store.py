@@ -325,6 +325,24 @@ class AccountStore(AccountDirectory, AccountAdminStore, Protocol):
     ``AccountAdminStore``."""
 
 
+def case_twin_query(placeholder: str) -> str:
+    """The stores' query for an account name or alias that differs from an address
+    in letter case only and is not a given account's own, with ``placeholder``
+    (``?``, ``%s``) for `case_twin_params`.
+    Local parts compare exactly, so both would be valid addresses, but a mail
+    reader shows ``ALICE@example.org`` as alice's (docs/policy.md)."""
+    p = placeholder
+    return (f"SELECT name AS twin FROM accounts WHERE lower(name) = lower({p}) "
+            f"AND name <> {p} AND name <> {p} UNION ALL SELECT address FROM aliases "
+            f"WHERE lower(address) = lower({p}) AND address <> {p} AND account <> {p} "
+            "LIMIT 1")
+
+
+def case_twin_params(address: str, owner: str) -> tuple[str, ...]:
+    """The parameters of `case_twin_query` (``owner`` "": no account's own)."""
+    return (address, address, owner, address, address, owner)
+
+
 def refuse_taken_name(key: str, alias_of: Sequence[object] | None, twin: str | None) -> None:
     """A new account's name must be no other account's alias (the alias's holder
     would send as it) nor another name but for letter case (the stores' ``_case_twin``).

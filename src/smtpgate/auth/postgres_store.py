@@ -62,6 +62,8 @@ from smtpgate.auth.admin_store import (
     CertificateTaken,
     NoSuchAccount,
     WebAdmin,
+    case_twin_params,
+    case_twin_query,
     refuse_taken_name,
 )
 from smtpgate.auth.credentials import ARGON2ID, CRAM_MD5
@@ -84,6 +86,8 @@ from smtpgate.config import AccountsConfig, PostgresConfig
 
 log = logging.getLogger("smtpgate.auth.postgres")
 
+#: The account name or alias that is an address but for letter case (admin_store).
+_CASE_TWIN = case_twin_query("%s")
 #: Seconds the pool retries a lost connection before starting its backoff over.
 _RECONNECT = 10.0
 
@@ -217,14 +221,8 @@ class _PgWriter:
         )
 
     def _case_twin(self, address: str, owner: str = "") -> str | None:
-        """As `SqliteAccountStore._case_twin`: another account's name or alias
-        that differs from ``address`` in letter case only."""
-        row = self._c.execute(
-            "SELECT name AS twin FROM accounts WHERE lower(name) = lower(%s) AND name <> %s "
-            "AND name <> %s UNION ALL SELECT address FROM aliases WHERE "
-            "lower(address) = lower(%s) AND address <> %s AND account <> %s LIMIT 1",
-            (address, address, owner, address, address, owner),
-        ).fetchone()
+        """As `SqliteAccountStore._case_twin` (``case_twin_query``)."""
+        row = self._c.execute(_CASE_TWIN, case_twin_params(address, owner)).fetchone()
         return None if row is None else str(row["twin"])
 
     def _existing(self, name: str) -> str:

@@ -56,6 +56,8 @@ from smtpgate.auth.admin_store import (
     CertificateTaken,
     NoSuchAccount,
     WebAdmin,
+    case_twin_params,
+    case_twin_query,
     refuse_taken_name,
 )
 from smtpgate.auth.credentials import ARGON2ID, CRAM_MD5
@@ -92,6 +94,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("smtpgate.auth.store")
+
+#: The account name or alias that is an address but for letter case (admin_store).
+_CASE_TWIN = case_twin_query("?")
 
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
@@ -353,17 +358,9 @@ class _SqliteWriter:
         )
 
     def _case_twin(self, address: str, owner: str = "") -> str | None:
-        """An account name or alias that differs from ``address`` in letter case
-        only and is not ``owner``'s (its own names may differ in case). Local
-        parts compare exactly, so both would be valid addresses, but a mail reader
-        shows ``ALICE@example.org`` as alice's: one account must not get another's
-        address that way (docs/policy.md)."""
-        row = self._c.execute(
-            "SELECT name FROM accounts WHERE lower(name) = lower(?) AND name != ? "
-            "AND name != ? UNION ALL SELECT address FROM aliases WHERE "
-            "lower(address) = lower(?) AND address != ? AND account != ? LIMIT 1",
-            (address, address, owner, address, address, owner),
-        ).fetchone()
+        """Another account's name or alias that is ``address`` but for letter case
+        (``case_twin_query``); ``owner``'s own names may differ in case."""
+        row = self._c.execute(_CASE_TWIN, case_twin_params(address, owner)).fetchone()
         return None if row is None else str(row[0])
 
     def _existing(self, name: str) -> str:

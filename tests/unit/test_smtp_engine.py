@@ -194,6 +194,24 @@ def test_rfc4954_s4_auth_line_over_limit_is_500_5_5_6() -> None:
     assert codes(out) == [str(R.AUTH_LINE_TOO_LONG), str(R.NOOP_OK)]
 
 
+def test_rfc4954_s4_auth_command_with_initial_response_over_limit_is_500_5_5_6() -> None:
+    # The initial response is an authentication exchange line too: a token too
+    # big for the AUTH line gets the AUTH reply, not the generic 500 5.5.2.
+    d = Driver.new(tls=True)
+    d.feed(b"EHLO c\r\n")
+    out = d.feed(b"AUTH XOAUTH2 " + b"A" * 13000 + b"\r\nNOOP\r\n")
+    assert codes(out) == [str(R.AUTH_LINE_TOO_LONG), str(R.NOOP_OK)]
+    # Arriving in pieces (the rest of the line discarded unparsed), lower case.
+    out = d.feed(b"auth plain " + b"A" * 20000)
+    assert out == b""
+    out = d.feed(b"A" * 20000 + b"\r\nNOOP\r\n")
+    assert codes(out) == [str(R.AUTH_LINE_TOO_LONG), str(R.NOOP_OK)]
+    assert d.engine.buffered == 0
+    # Any other over-long command keeps the generic reply.
+    out = d.feed(b"NOOP " + b"A" * 20000 + b"\r\nNOOP\r\n")
+    assert codes(out) == [str(R.LINE_TOO_LONG), str(R.NOOP_OK)]
+
+
 def test_rfc4954_s6_plain_authzid_other_than_authcid_is_535() -> None:
     d = Driver.new(tls=True)
     ir = base64.b64encode(b"bob@example.org\0alice@example.org\0correct horse").decode()

@@ -79,6 +79,12 @@ MAX_AUTH_LINE = 12288 + 2
 #: Commands an unauthenticated/cleartext client may always use (RFC 3207 §4,
 #: RFC 4954 §6).
 _HTTP_VERBS = frozenset({"GET", "POST", "HEAD", "PUT", "CONNECT", "OPTIONS", "DELETE"})
+#: What ``_take_line`` returns for a line over its limit; NUL never reaches a
+#: command (it is refused) nor a SASL response (it is not base64).
+_TOO_LONG = b"\x00TOOLONG"
+#: ... for an AUTH command over MAX_AUTH_LINE: its initial response is an
+#: authentication exchange line (RFC 4954 §4), so it gets 500 5.5.6.
+_AUTH_TOO_LONG = b"\x00AUTHTOOLONG"
 _NEED_AUTH = frozenset({"MAIL", "RCPT", "DATA"})
 _VERB = re.compile(r"[A-Za-z]{1,16}")
 
@@ -180,7 +186,9 @@ class ServerEngine:
         self._inbuf = bytearray()
         self._out = bytearray()
         self._paused = False
-        self._discarding = False  # inside an over-long line
+        #: Inside an over-long line: what to return at its end (_TOO_LONG or
+        #: _AUTH_TOO_LONG), None otherwise.
+        self._discarding: bytes | None = None
         self._shutdown = False
         self._closing = False
         # Transaction
@@ -422,33 +430,44 @@ class ServerEngine:
         buf = self._inbuf
         limit = MAX_AUTH_LINE if self.state is State.AUTH else MAX_COMMAND_LINE
         nl = buf.find(b"\n")
-        if self._discarding:
+        if self._discarding is not None:
             if nl < 0:
                 buf.clear()
                 return None
             del buf[: nl + 1]
-            self._discarding = False
-            return b"\x00TOOLONG"
+            marker, self._discarding = self._discarding, None
+            return marker
         if nl < 0:
             if len(buf) > MAX_AUTH_LINE:
                 # Over any limit: swallow the rest of this line, never parse it.
+                self._discarding = self._too_long(buf)
                 buf.clear()
-                self._discarding = True
             return None
         line = bytes(buf[: nl + 1])
         del buf[: nl + 1]
         if len(line) > limit and not (
-            limit == MAX_COMMAND_LINE and len(line) <= MAX_AUTH_LINE and line[:5].upper() == b"AUTH "
+            limit == MAX_COMMAND_LINE and len(line) <= MAX_AUTH_LINE and _is_auth_command(line)
         ):
-            return b"\x00TOOLONG"
+            return self._too_long(line)
         # CRLF, or a bare LF as a named leniency; a CR elsewhere stays in the line.
         return line[:-2] if line.endswith(b"\r\n") else line[:-1]
 
+    def _too_long(self, line: bytes | bytearray) -> bytes:
+        """The marker for an over-long line: an AUTH command whose initial response
+        is over the RFC 4954 §4 limit is an authentication exchange line too."""
+        if self.state is not State.AUTH and _is_auth_command(line):
+            return _AUTH_TOO_LONG
+        return _TOO_LONG
+
     def _handle_line(self, raw: bytes) -> Event | None:
-        if raw == b"\x00TOOLONG":
+        if raw == _TOO_LONG:
             if self.state is State.AUTH:
                 return self._auth_malformed("authentication line too long", R.AUTH_LINE_TOO_LONG)
             return self._error(R.LINE_TOO_LONG)
+        if raw == _AUTH_TOO_LONG:
+            # RFC 4954 §4/§6: 500 5.5.6, as for a response over the limit; no
+            # exchange was started, so there is no attempt to log.
+            return self._error(R.AUTH_LINE_TOO_LONG)
         if self.state is State.AUTH:
             return self._auth_response(raw)
         if b"\x00" in raw:
@@ -1014,6 +1033,12 @@ _AUTH_REPLIES: dict[AuthResult, R.Reply] = {
     AuthResult.TEMPFAIL: R.AUTH_TEMPFAIL,
     AuthResult.CANCELLED: R.AUTH_CANCELLED,
 }
+
+
+def _is_auth_command(line: bytes | bytearray) -> bool:
+    """The line is an AUTH command with an argument (a mechanism, maybe an initial
+    response)."""
+    return bytes(line[:5]).upper() == b"AUTH "
 
 
 def _auth_finished(o: Outcome) -> AuthFinished:

@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from smtpgate import mechanism_facts
-from smtpgate.config import Config, hostname_problem
+from smtpgate.config import Config, ListenerConfig, hostname_problem
 from smtpgate.queue.space import free_bytes
 from smtpgate.smtp import replies as R
 
@@ -377,6 +377,7 @@ def check_listeners(cfg: Config) -> list[Problem]:
                                   f"both use port {port}, and one of them listens on every "
                                   "address: the second cannot bind"))
         bound.append((port, ip, lst.name))
+        out += _cram_md5_beside_passwords(cfg, i, lst)
     # The web admin and the metrics endpoint bind plainly in the same server: on an
     # SMTP listener's address (or overlapping it), one of the two cannot bind.
     named = [(f"listener {name!r}", p, ip) for p, ip, name in bound]
@@ -399,6 +400,28 @@ def check_listeners(cfg: Config) -> list[Problem]:
                                   f"{key} another port"))
         named.append((label, port, ip))
     return out
+
+
+#: What clients that prefer CRAM-MD5 could have used instead on the same listener.
+_PASSWORD_MECHANISMS = frozenset({"PLAIN", "LOGIN", "SCRAM-SHA-1", "SCRAM-SHA-1-PLUS",
+                                  "SCRAM-SHA-256", "SCRAM-SHA-256-PLUS"})
+
+
+def _cram_md5_beside_passwords(cfg: Config, i: int, lst: ListenerConfig) -> list[Problem]:
+    """CRAM-MD5 works only for accounts that opted in, but clients that prefer it
+    cannot know that: PHPMailer picks it whenever it is offered and never falls
+    back, Python's smtplib tries it first and falls back after a failure the guard
+    counts. On a listener that also offers the other password mechanisms, every
+    other account of theirs fails (docs/mechanisms.md, CRAM-MD5)."""
+    offered = {m.upper() for m in (lst.mechanisms or cfg.auth.mechanisms)}
+    if "CRAM-MD5" not in offered or not offered & _PASSWORD_MECHANISMS:
+        return []
+    return [_warning(f"listeners.{i}.mechanisms", f"listener {lst.name!r} offers CRAM-MD5 "
+                     "beside PLAIN, LOGIN or SCRAM: PHPMailer (by default) then picks CRAM-MD5 and "
+                     "Python's smtplib tries it first, so for each account not opted in with "
+                     "`smtpgate user cram-md5` PHPMailer fails and smtplib leaves a failed "
+                     "login, counted by the guard, at every login; offer CRAM-MD5 on a "
+                     "listener of its own (docs/mechanisms.md)")]
 
 
 def check_front_doors(cfg: Config) -> list[Problem]:

@@ -386,6 +386,20 @@ def test_every_loosening_is_a_warning_and_serve_logs_the_same_list(gate: Path) -
     assert collect.messages[-len(listed):] == [f"{p.key}: {p.message}" for p in listed]
 
 
+def test_cram_md5_beside_password_mechanisms_is_a_warning_per_listener(gate: Path) -> None:
+    # PHPMailer picks CRAM-MD5 whenever offered (no fallback) and smtplib tries it
+    # first: on a listener with PLAIN/LOGIN/SCRAM too, accounts not opted in fail.
+    auth = 'log_file = "auth.log"\nmechanisms = ["SCRAM-SHA-256", "PLAIN", "CRAM-MD5"]'
+    warned = [p for p in run_checks(config(gate, **{'log_file = "auth.log"': auth}))
+              if p.severity == "warning" and "PHPMailer" in p.message]
+    assert [p.key for p in warned] == ["listeners.0.mechanisms", "listeners.1.mechanisms"]
+    assert "listener of its own" in warned[0].message
+    # CRAM-MD5 on a listener of its own, the others without it: no such warning.
+    own = config(gate, **{'tls = "implicit"': 'tls = "implicit"\nmechanisms = ["CRAM-MD5"]',
+                          'tls = "starttls"': 'tls = "starttls"\nmechanisms = ["PLAIN"]'})
+    assert not [p for p in run_checks(own) if "PHPMailer" in p.message]
+
+
 def test_secure_defaults_have_no_loosening(gate: Path) -> None:
     assert loosenings(config(gate)) == []
 
@@ -415,7 +429,7 @@ def test_config_check_with_only_warnings_exits_0(gate: Path) -> None:
     r = CliRunner().invoke(cli, ["config", "check", "--config", str(gate / "smtpgate.toml")])
     assert r.exit_code == 0, r.output
     assert ": warning: guard.enabled: false: no penalties" in r.output
-    assert "OK (2 listeners, delivery relay), 9 warnings" in r.output
+    assert "OK (2 listeners, delivery relay), 11 warnings" in r.output
 
 
 def test_config_check_json(gate: Path) -> None:
@@ -426,7 +440,7 @@ def test_config_check_json(gate: Path) -> None:
     assert r.exit_code == 1
     doc = json.loads(r.stdout)
     assert doc["config"] == str(path) and doc["ok"] is False
-    assert doc["errors"] == 1 and doc["warnings"] == 9
+    assert doc["errors"] == 1 and doc["warnings"] == 11
     assert doc["problems"][0] == {
         "severity": "error", "key": "tls.key",
         "message": f"{gate}/tls/key.pem is not a PEM private key (no '-----BEGIN PRIVATE "

@@ -267,6 +267,9 @@ class SmtpConnection(asyncio.Protocol):
             if isinstance(ev, CloseConnection):
                 self._close(flush=True)
                 return
+            starts = isinstance(ev, MessageStart)
+            if starts:
+                self._flush()  # the 354 goes out while the spool file is set up
             try:
                 pending = self.decisions.handle(ev)
             except Exception:
@@ -274,7 +277,7 @@ class SmtpConnection(asyncio.Protocol):
                 if not self._answer(partial(self.decisions.answer_fault, ev), resume=False):
                     return
                 continue
-            if isinstance(ev, MessageStart) and self.decisions.receiving is not None:
+            if starts and self.decisions.receiving is not None:
                 incoming = self.decisions.receiving.incoming
                 incoming.on_flushed = partial(self._disk_flushed, incoming)
             if pending is not None:

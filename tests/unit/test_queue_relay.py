@@ -297,6 +297,18 @@ async def test_8bit_body_is_announced() -> None:
     assert "BODY=8BITMIME" in peer.handler.received[0].mail_options
 
 
+async def test_undeclared_8bit_body_is_announced_and_7bit_is_not() -> None:
+    # RFC 6152 §3: 8-bit data its client sent without BODY=8BITMIME is still 8-bit;
+    # the next hop is told so, and plain ASCII keeps no BODY parameter.
+    env = Envelope("a@example.org", ("b@example.net",), None, "192.0.2.1", "h", "l")
+    async with aiosmtpd_peer() as peer:
+        await relay(peer.port).deliver(message(env, "Grüße\r\n".encode()), env.rcpt_to)
+        await relay(peer.port).deliver(message(env, b"plain\r\n"), env.rcpt_to)
+    eight, seven = peer.handler.received
+    assert "BODY=8BITMIME" in eight.mail_options
+    assert not any(o.startswith("BODY=") for o in seven.mail_options)
+
+
 async def test_connection_refused_is_temporary() -> None:
     async with aiosmtpd_peer() as peer:
         port = peer.port

@@ -539,6 +539,11 @@ class RelayDeliverer:
                 # not downgrade, so the message is undeliverable this way.
                 raise _Abort(PermFailure("5.6.3 relay does not accept 8-bit data (8BITMIME)"))
             params.append("BODY=8BITMIME")
+        elif ext.eightbitmime and not message.data.isascii():
+            # 8-bit data its client sent without BODY=8BITMIME: declared to a hop
+            # that takes it (RFC 6152 §3), so the hop does not treat it as 7-bit. A
+            # hop without 8BITMIME gets it as it came, as before: not bounced.
+            params.append("BODY=8BITMIME")
         if env.smtputf8:
             if not ext.smtputf8:
                 # RFC 6531 §3.2: without SMTPUTF8 at the next hop we cannot proceed.

@@ -221,6 +221,8 @@ def test_parse_server() -> None:
         ["--server", "x", "--data", "f", "--body", "b"],
         ["--server", "x", "--quit-after", "data"],
         ["--server", "x", "-u", "a@b", "--password-env", "NOT_SET_ANYWHERE_X"],
+        ["--server", "x", "--starttls", "--tls"],  # not the last one silently winning
+        ["--server", "x", "--tls", "--plain"],
     ],
 )
 def test_usage_errors_exit_2(args: list[str]) -> None:

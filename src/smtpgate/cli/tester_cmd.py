@@ -50,11 +50,11 @@ def _read_secret_file(path: Path, what: str) -> str:
 @click.command("test")
 @click.option("--server", "-s", required=True, metavar="HOST[:PORT]",
               help="Server to test; port 587 by default (465 with --tls).")
-@click.option("--starttls", "tls_mode", flag_value="starttls",
+@click.option("--starttls", "starttls", is_flag=True,
               help="Plain connection, then STARTTLS (required). Default except on port 465.")
-@click.option("--tls", "tls_mode", flag_value="implicit",
+@click.option("--tls", "implicit_tls", is_flag=True,
               help="Implicit TLS from the first byte (RFC 8314). Default on port 465.")
-@click.option("--plain", "tls_mode", flag_value="plain", help="No TLS at all.")
+@click.option("--plain", "no_tls", is_flag=True, help="No TLS at all.")
 @click.option("--auth", "-a", "auth", metavar="MECH",
               help="SASL mechanism, or 'auto' for the strongest offered (default with --user).")
 @click.option("--user", "-u", default="", help="User name to authenticate as.")
@@ -89,7 +89,9 @@ def _read_secret_file(path: Path, what: str) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON record instead of text.")
 def test(
     server: str,
-    tls_mode: str | None,
+    starttls: bool,
+    implicit_tls: bool,
+    no_tls: bool,
     auth: str | None,
     user: str,
     password_stdin: bool,
@@ -115,6 +117,12 @@ def test(
     failure, 5 auth refused, 6 auth temporary failure, 7 message refused,
     8 protocol error.
     """
+    chosen = [flag for flag, on in (("--starttls", starttls), ("--tls", implicit_tls),
+                                    ("--plain", no_tls)) if on]
+    if len(chosen) > 1:
+        raise click.UsageError(f"use only one of {', '.join(chosen)}")
+    tls_mode = ("starttls" if starttls else "implicit" if implicit_tls
+                else "plain" if no_tls else None)
     if password_stdin and password_env:
         raise click.UsageError("use --password-stdin or --password-env, not both")
     if data_file is not None and body is not None:

@@ -86,3 +86,19 @@ def test_the_helo_cannot_pose_as_the_servers_own_comment() -> None:
     assert "[192.0.2.1]" in received_header(
         helo="[192.0.2.1]", client_ip="192.0.2.1", hostname="mx", esmtp=True,
         tls_version=None, cipher=None, identity="", queue_hint="q", timestamp=0).decode()
+
+
+@pytest.mark.parametrize(
+    ("client_ip", "literal"),
+    [
+        ("192.0.2.1", "[192.0.2.1]"),
+        ("2001:db8::1", "[IPv6:2001:db8::1]"),
+        ("::ffff:192.0.2.1", "[IPv6:::ffff:192.0.2.1]"),  # a dual-stack listener's IPv4 client
+    ],
+)
+def test_the_client_address_is_an_rfc5321_address_literal(client_ip: str, literal: str) -> None:
+    # RFC 5321 §4.4 TCP-info is an address-literal (§4.1.3): IPv6 needs its "IPv6:" tag.
+    raw = received_header(helo="client.example", client_ip=client_ip, hostname="mx",
+                          esmtp=True, tls_version=None, cipher=None, identity="",
+                          queue_hint="Q", timestamp=0)
+    assert raw.startswith(f"Received: from client.example ({literal})\r\n".encode())

@@ -33,6 +33,12 @@ def _account(identity: str, smtputf8: bool) -> str:
     return email.header.Header(identity, "utf-8").encode(linesep=" ")
 
 
+def _address_literal(client_ip: str) -> str:
+    """RFC 5321 §4.1.3 address-literal: an IPv6 address is tagged ``IPv6:``
+    (``[IPv6:2001:db8::1]``; a bare ``[2001:db8::1]`` is no literal at all)."""
+    return f"[IPv6:{client_ip}]" if ":" in client_ip else f"[{client_ip}]"
+
+
 def protocol_keyword(esmtp: bool, tls: bool, authenticated: bool, utf8: bool = False) -> str:
     """RFC 3848: ESMTP, ESMTPA, ESMTPS or ESMTPSA (SMTP for HELO sessions);
     RFC 6531 §3.7.3: UTF8SMTP, UTF8SMTPA, UTF8SMTPS, UTF8SMTPSA for SMTPUTF8 mail."""
@@ -63,7 +69,7 @@ def received_header(
     """
     helo_safe = _HELO_UNSAFE.sub("?", helo)[:255] or "unknown"
     with_kw = protocol_keyword(esmtp, tls_version is not None, bool(identity), smtputf8)
-    lines = [f"Received: from {helo_safe} ([{client_ip}])"]
+    lines = [f"Received: from {helo_safe} ({_address_literal(client_ip)})"]
     if identity:
         lines.append(f"\t(Authenticated sender: {_account(identity, smtputf8)})")
     by = f"\tby {hostname} (smtpgate) with {with_kw} id {queue_hint}"

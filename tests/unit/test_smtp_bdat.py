@@ -161,6 +161,20 @@ def test_parse_bdat(arg: str) -> None:
     assert size == int(arg.split()[0]) and last == ("LAST" in arg.upper())
 
 
+@pytest.mark.parametrize("arg", [b"26 ", b"26  LAST", b" 26 LAST ", b"26 LAST "])
+def test_bdat_with_extra_spaces_is_read_not_a_closed_session(arg: bytes) -> None:
+    # Every other command has its trailing spaces stripped; a BDAT that had them
+    # got 501 and the session closed, though its size was plain to read.
+    d = authed()
+    content = b"From: a@example.org\r\n\r\nx\r\n"
+    assert len(content) == 26
+    out = d.feed(ENVELOPE + b"BDAT " + arg + b"\r\n" + content
+                 + (b"" if b"LAST" in arg else b"BDAT 0 LAST\r\n"))
+    expected = [] if b"LAST" in arg else [str(R.CHUNK_RECEIVED)]
+    assert codes(out) == [*OK2, *expected, str(R.MESSAGE_ACCEPTED)]
+    assert not d.closed and len(d.messages) == 1
+
+
 def test_parse_bdat_refuses_a_sign() -> None:
     with pytest.raises(BdatSyntaxError):
         parse_bdat("+5")

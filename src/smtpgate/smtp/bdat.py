@@ -34,8 +34,10 @@ class BdatSyntaxError(ValueError):
 
 def parse_bdat(arg: str) -> tuple[int, bool]:
     """``BDAT`` argument to (chunk size, last). RFC 3030 §2:
-    ``bdat-cmd ::= "BDAT" SP chunk-size [ SP end-marker ] CR LF``."""
-    parts = arg.split(" ")
+    ``bdat-cmd ::= "BDAT" SP chunk-size [ SP end-marker ] CR LF``. Extra spaces
+    around the words are let pass, as for every other command (and Postfix): the
+    size is still read exactly, and a refusal here ends the session."""
+    parts = [p for p in arg.split(" ") if p]
     if not 1 <= len(parts) <= 2:
         raise BdatSyntaxError(arg)
     size = parts[0]

@@ -7,6 +7,7 @@ obsolete forms). The grammar is small and every rule cites its source.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 # RFC 5321 §4.1.2: atext characters of a dot-atom.
@@ -17,8 +18,12 @@ _QUOTED = re.compile(r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*"')
 # RFC 5321 §4.1.2 Domain: sub-domain *("." sub-domain), Let-dig [Ldh-str].
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _DOMAIN = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
-# RFC 5321 §4.1.3 address literals (IPv4, IPv6, general).
-_ADDR_LITERAL = re.compile(r"\[(?:[0-9.]+|IPv6:[0-9A-Fa-f:.]+|[A-Za-z0-9-]*[A-Za-z0-9]:[\x21-\x5a\x5e-\x7e]+)\]")
+# RFC 5321 §4.1.3 address literals: IPv4 (four Snum of 0-255), IPv6 (the "IPv6:" tag,
+# case-insensitive as every ABNF string, then an address: ``_address_literal``), or a
+# General-address-literal (Standardized-tag ":" 1*dcontent; the tag is an Ldh-str).
+_IPV4_LITERAL = re.compile(r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[0-9]{1,2}|0[0-9]{2})"
+                           r"(?:\.(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[0-9]{1,2}|0[0-9]{2})){3}")
+_GENERAL_LITERAL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?:[\x21-\x5a\x5e-\x7e]+")
 # RFC 6531 §3.3: with SMTPUTF8, atext and sub-domains may also hold UTF-8 (UTF8-non-ascii).
 _U_ATEXT = r"(?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]|[^\x00-\x7f])"
 _U_DOT_ATOM = re.compile(rf"{_U_ATEXT}+(?:\.{_U_ATEXT}+)*")
@@ -105,11 +110,30 @@ def parse_mailbox(mailbox: str, *, utf8: bool) -> str:
     if len(domain.encode()) > MAX_DOMAIN:
         raise AddressError("domain too long")
     if domain.startswith("["):
-        if not _ADDR_LITERAL.fullmatch(domain):
+        if not _address_literal(domain):
             raise AddressError("bad address literal")
     elif not (_U_DOMAIN if utf8 else _DOMAIN).fullmatch(domain):
         raise AddressError("bad domain")
     return f"{local}@{domain.lower()}"
+
+
+def _address_literal(domain: str) -> bool:
+    """``[...]`` is an RFC 5321 §4.1.3 address literal: ``[192.0.2.1]`` but not
+    ``[300.1.1.1]``, ``[IPv6:2001:db8::1]`` but not ``[IPv6:zzz]`` (nor a zone
+    index: ``%eth0`` is no part of IPv6-addr)."""
+    if not domain.endswith("]"):
+        return False
+    inner = domain[1:-1]
+    if inner[:5].upper() == "IPV6:":
+        addr = inner[5:]
+        if not addr or "%" in addr:
+            return False
+        try:
+            ipaddress.IPv6Address(addr)
+        except ValueError:
+            return False
+        return True
+    return bool(_IPV4_LITERAL.fullmatch(inner) or _GENERAL_LITERAL.fullmatch(inner))
 
 
 # RFC 5321 §4.1.2: esmtp-keyword = (ALPHA / DIGIT) *(ALPHA / DIGIT / "-"),

@@ -1,0 +1,36 @@
+"""Envelope address syntax (RFC 5321 §4.1.2, §4.1.3) as MAIL and RCPT see it."""
+
+from __future__ import annotations
+
+import pytest
+
+from smtpgate.smtp import replies as R
+from smtpgate.smtp.address import AddressError, parse_mailbox
+
+from .test_smtp_engine import authed, codes
+
+
+@pytest.mark.parametrize("domain", [
+    "[192.0.2.1]", "[0.0.0.0]", "[255.255.255.255]", "[010.1.1.1]",
+    "[IPv6:2001:db8::1]", "[ipv6:2001:DB8::1]", "[IPv6:::1]", "[IPv6:::ffff:192.0.2.1]",
+    "[IPv6:2001:db8:0:0:0:0:0:1]", "[x-tag:anything]",
+])
+def test_rfc5321_s4_1_3_address_literals_accepted(domain: str) -> None:
+    assert parse_mailbox(f"bob@{domain}", utf8=False) == f"bob@{domain.lower()}"
+
+
+@pytest.mark.parametrize("domain", [
+    "[300.1.1.1]", "[1.2.3]", "[1.2.3.4.5]", "[1.2.3.1000]", "[1..2.3]",
+    "[IPv6:zzz]", "[IPv6:]", "[IPv6:2001:db8::1::2]", "[IPv6:1:2:3:4:5:6:7:8:9]",
+    "[IPv6:fe80::1%eth0]", "[IPv6:12345::1]", "[]", "[:x]",
+])
+def test_rfc5321_s4_1_3_malformed_address_literals_refused(domain: str) -> None:
+    with pytest.raises(AddressError):
+        parse_mailbox(f"bob@{domain}", utf8=False)
+
+
+def test_a_malformed_address_literal_in_rcpt_is_553_5_1_3() -> None:
+    d = authed()
+    out = d.feed(b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@[300.1.1.1]>\r\n"
+                 b"RCPT TO:<bob@[IPv6:zzz]>\r\nRCPT TO:<bob@[IPv6:2001:db8::1]>\r\n")
+    assert codes(out)[1:] == [str(R.BAD_ADDRESS), str(R.BAD_ADDRESS), str(R.RECIPIENT_OK)]

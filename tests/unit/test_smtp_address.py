@@ -34,3 +34,17 @@ def test_a_malformed_address_literal_in_rcpt_is_553_5_1_3() -> None:
     out = d.feed(b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@[300.1.1.1]>\r\n"
                  b"RCPT TO:<bob@[IPv6:zzz]>\r\nRCPT TO:<bob@[IPv6:2001:db8::1]>\r\n")
     assert codes(out)[1:] == [str(R.BAD_ADDRESS), str(R.BAD_ADDRESS), str(R.RECIPIENT_OK)]
+
+
+def test_rfc6531_s3_3_a_quoted_local_part_may_hold_utf8_with_smtputf8() -> None:
+    assert parse_mailbox('"jörg müller"@example.org', utf8=True) == '"jörg müller"@example.org'
+    d = authed()
+    out = d.feed('MAIL FROM:<alice@example.org> SMTPUTF8\r\n'
+                 'RCPT TO:<"jörg müller"@example.org>\r\n'.encode())
+    assert codes(out)[1:] == [str(R.RECIPIENT_OK)]
+
+
+def test_without_smtputf8_a_quoted_utf8_local_part_is_still_553_5_6_7() -> None:
+    d = authed()
+    out = d.feed('MAIL FROM:<alice@example.org>\r\nRCPT TO:<"jörg"@example.org>\r\n'.encode())
+    assert codes(out)[1:] == [str(R.UTF8_NOT_DECLARED)]

@@ -29,6 +29,8 @@ _U_ATEXT = r"(?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]|[^\x00-\x7f])"
 _U_DOT_ATOM = re.compile(rf"{_U_ATEXT}+(?:\.{_U_ATEXT}+)*")
 _U_LABEL = r"(?:[A-Za-z0-9]|[^\x00-\x7f])(?:(?:[A-Za-z0-9-]|[^\x00-\x7f]){0,61}(?:[A-Za-z0-9]|[^\x00-\x7f]))?"
 _U_DOMAIN = re.compile(rf"{_U_LABEL}(?:\.{_U_LABEL})*")
+# RFC 6531 §3.3: qtextSMTP =/ UTF8-non-ascii (a quoted local part may hold UTF-8 too).
+_U_QUOTED = re.compile(r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|[^\x00-\x7f]|\\[\x20-\x7e])*"')
 # RFC 5321 §4.1.2 A-d-l (source route), which §3.6.1 says to accept and ignore.
 _ROUTE = re.compile(rf"@{_LABEL}(?:\.{_LABEL})*(?:,@{_LABEL}(?:\.{_LABEL})*)*:")
 
@@ -101,7 +103,7 @@ def parse_mailbox(mailbox: str, *, utf8: bool) -> str:
             return "postmaster"
         raise AddressError("address must have a domain")
     if local.startswith('"'):
-        if not _QUOTED.fullmatch(local):
+        if not (_U_QUOTED if utf8 else _QUOTED).fullmatch(local):
             raise AddressError("bad quoted local part")
     elif not (_U_DOT_ATOM if utf8 else _DOT_ATOM).fullmatch(local):
         raise AddressError("bad local part")

@@ -48,3 +48,13 @@ def test_without_smtputf8_a_quoted_utf8_local_part_is_still_553_5_6_7() -> None:
     d = authed()
     out = d.feed('MAIL FROM:<alice@example.org>\r\nRCPT TO:<"jörg"@example.org>\r\n'.encode())
     assert codes(out)[1:] == [str(R.UTF8_NOT_DECLARED)]
+
+
+def test_rfc5321_s4_1_1_3_bare_postmaster_is_a_recipient_never_a_sender() -> None:
+    # A reverse-path is a Mailbox with a domain (RFC 5321 §4.1.2); a submission
+    # server must not pass on an envelope domain that is not qualified (RFC 6409 §4.2).
+    d = authed()
+    out = d.feed(b"MAIL FROM:<postmaster>\r\nMAIL FROM:<alice@example.org>\r\n"
+                 b"RCPT TO:<Postmaster>\r\n")
+    assert codes(out) == [str(R.BAD_SENDER_ADDRESS), str(R.SENDER_OK), str(R.RECIPIENT_OK)]
+    assert d.events[-1].recipient == "postmaster"  # type: ignore[attr-defined]

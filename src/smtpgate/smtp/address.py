@@ -76,8 +76,9 @@ def _closing_bracket(s: str) -> int:
     raise AddressError("unterminated path")
 
 
-def parse_path(path: str, *, allow_null: bool, utf8: bool) -> str:
-    """Return the mailbox of ``<[route:]mailbox>``; "" for ``<>`` when allowed."""
+def parse_path(path: str, *, allow_null: bool, utf8: bool, postmaster: bool = False) -> str:
+    """Return the mailbox of ``<[route:]mailbox>``; "" for ``<>`` when allowed;
+    ``postmaster``: the bare ``<Postmaster>`` of a RCPT (see `parse_mailbox`)."""
     if not (path.startswith("<") and path.endswith(">")):
         raise AddressError("path must be in angle brackets")
     inner = path[1:-1]
@@ -89,17 +90,19 @@ def parse_path(path: str, *, allow_null: bool, utf8: bool) -> str:
     if m:
         # RFC 5321 §4.1.1.3 / Appendix C: source routes are accepted and ignored.
         inner = inner[m.end() :]
-    return parse_mailbox(inner, utf8=utf8)
+    return parse_mailbox(inner, utf8=utf8, postmaster=postmaster)
 
 
-def parse_mailbox(mailbox: str, *, utf8: bool) -> str:
-    """Validate ``local@domain``; return it with the domain lower-cased (ASCII only)."""
+def parse_mailbox(mailbox: str, *, utf8: bool, postmaster: bool = False) -> str:
+    """Validate ``local@domain``; return it with the domain lower-cased (ASCII only).
+    With ``postmaster`` (a forward-path) the bare ``Postmaster`` is one too."""
     if not mailbox.isascii() and not utf8:
         raise NonAsciiWithoutSmtputf8("non-ASCII address without SMTPUTF8")
     local, at, domain = mailbox.rpartition("@")
     if not at:
-        # RFC 5321 §4.1.1.3: "postmaster" without a domain is a valid recipient.
-        if mailbox.lower() == "postmaster":
+        # RFC 5321 §4.1.1.3: "postmaster" without a domain is a valid recipient,
+        # and only that: a reverse-path is a Mailbox, domain and all (§4.1.2).
+        if postmaster and mailbox.lower() == "postmaster":
             return "postmaster"
         raise AddressError("address must have a domain")
     if local.startswith('"'):

@@ -733,7 +733,7 @@ class ServerEngine:
         except DsnParamError:
             return self._error(R.BAD_DSN_PARAMETER)
         try:
-            rcpt = parse_path(path, allow_null=False, utf8=self._smtputf8)
+            rcpt = parse_path(path, allow_null=False, utf8=self._smtputf8, postmaster=True)
         except NonAsciiWithoutSmtputf8:
             return self._error(R.UTF8_NOT_DECLARED)
         except AddressError:

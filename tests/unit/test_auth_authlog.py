@@ -167,3 +167,63 @@ def test_every_ascii_character_is_escaped_exactly_when_its_category_says_so() ->
         escaped = c == "\\" or unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp", "Cs")
         assert (neutralize(f"a{c}b") != f"a{c}b") == escaped, repr(c)
         assert neutralize(f"a{c}b").isprintable()
+
+
+def _disk_full_after(monkeypatch: pytest.MonkeyPatch, room: int) -> None:
+    """The next os.write of the auth log takes ``room`` bytes, then fails as a full
+    disk does: a short write if any byte fitted, ENOSPC if none."""
+    real_write = os.write
+    left = [room]
+
+    def write(fd: int, data: bytes) -> int:
+        if left[0] <= 0:
+            raise OSError(28, "No space left on device")
+        n = real_write(fd, data[: left[0]])
+        left[0] -= n
+        return n
+
+    monkeypatch.setattr("smtpgate.auth.authlog.os.write", write)
+
+
+def test_record_cut_short_by_a_full_disk_leaves_no_broken_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A record the disk took only in part is cut off again: the next record, from
+    this process or another, is a line of its own (it used to be glued to the half
+    record, and both were lost to every reader of the JSON lines)."""
+    path = tmp_path / "auth.log"
+    a, b = AuthLog(path), AuthLog(path)
+    try:
+        write_one(a, session="before")
+        with monkeypatch.context() as m:
+            _disk_full_after(m, 40)
+            write_one(a, session="cut")
+            write_one(b, session="refused")
+        write_one(b, session="after-b")
+        write_one(a, session="after-a")
+    finally:
+        a.close()
+        b.close()
+    lines = [line for line in path.read_text("utf-8").splitlines() if line]
+    assert [json.loads(line)["session"] for line in lines] == ["before", "after-b", "after-a"]
+
+
+def test_half_record_of_another_writer_is_ended_by_the_next_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the half record cannot be cut off (another process wrote it, and only
+    its own writer may truncate), the next record of a writer that saw the disk full
+    starts on a new line."""
+    path = tmp_path / "auth.log"
+    log = AuthLog(path)
+    try:
+        with monkeypatch.context() as m:
+            _disk_full_after(m, 0)
+            write_one(log, session="refused")
+        with path.open("ab") as other:  # another process's record, cut short
+            other.write(b'{"time": "2030-01-02T03:04:05.678Z", "list')
+        write_one(log, session="after")
+    finally:
+        log.close()
+    last = path.read_text("utf-8").splitlines()[-1]
+    assert json.loads(last)["session"] == "after"

@@ -174,9 +174,15 @@ class AuthLog:
         if self._fd is None:
             return
         line = record.json_line()
+        if self._failing:
+            # A record cut short by a full disk may end the file, this process's or
+            # another's: a newline first, so that this record starts a line of its
+            # own instead of being glued to the broken one (readers skip blank lines).
+            line = b"\n" + line
         try:
             written = os.write(self._fd, line)
             if written != len(line):
+                self._drop_partial(written)
                 raise OSError(f"short write ({written} of {len(line)} bytes)")
         except OSError as e:
             if not self._failing:
@@ -184,6 +190,19 @@ class AuthLog:
             self._failing = True
         else:
             self._failing = False
+
+    def _drop_partial(self, written: int) -> None:
+        """Cut off the ``written`` bytes of a record the disk took only in part, if
+        they still end the file (no other process appended since), so the file
+        keeps whole lines; else the newline of the next write ends them."""
+        if self._fd is None or written <= 0:
+            return
+        try:
+            end = os.lseek(self._fd, 0, os.SEEK_CUR)
+            if os.fstat(self._fd).st_size == end:
+                os.ftruncate(self._fd, end - written)
+        except OSError:
+            pass
 
     def reopen(self) -> None:
         """Open the file anew (after log rotation moved it away)."""

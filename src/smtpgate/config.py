@@ -1336,8 +1336,9 @@ class ServerConfig(Model):
     log_file: Path | None = Field(
         default=None,
         description="Append the server log to this file instead of stderr; it is reopened "
-        "on SIGHUP and SIGUSR1 (log rotation). Default: stderr (the journal under systemd). "
-        "Changing it needs a restart.",
+        "on SIGHUP and SIGUSR1 (log rotation). Until the server serves, errors go to "
+        "stderr as well, so a start that fails says why where it was started. Default: "
+        "stderr (the journal under systemd). Changing it needs a restart.",
     )
 
     user: str = Field(

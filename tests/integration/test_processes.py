@@ -153,6 +153,41 @@ def test_start_up_failure_is_one_line_and_a_non_zero_exit(tmp_path: Path, worker
     assert not (srv.root / "smtpgate.pid").exists()
 
 
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_start_up_failure_with_a_log_file_is_said_on_stderr_too(tmp_path: Path, workers: str) -> None:
+    # With server.log_file set, the reason was written to that file only: `serve` in
+    # a terminal, or a systemd unit's journal, showed an exit status 2 and nothing else.
+    srv = make_server(tmp_path / "srv")
+    srv.add_user(USER, PASSWORD)
+    set_key(srv, "server", f'workers = {workers}\nlog_file = "file.log"')
+    _too_new_schema(srv)
+    done = serve_once(srv)
+    assert done.returncode == 2
+    for text in (done.stderr, (srv.root / "file.log").read_text()):
+        errors = [line for line in text.splitlines() if " ERROR " in line]
+        assert len(errors) == 1, text
+        assert "cannot start: accounts.database:" in errors[0]
+    assert "INFO" not in done.stderr and "WARNING" not in done.stderr
+
+
+def test_after_start_up_the_log_file_alone_gets_the_errors(tmp_path: Path) -> None:
+    srv = make_server(tmp_path / "srv")
+    srv.add_user(USER, PASSWORD)
+    set_key(srv, "server", 'log_file = "file.log"')
+    srv.start()
+    log = srv.root / "file.log"
+    good = srv.config.read_text()
+    srv.config.write_text(good + "\nbogus = 1\n")
+    sighup(srv)
+    deadline = time.monotonic() + WAIT
+    while "reload failed" not in log.read_text():
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)
+    srv.config.write_text(good)
+    assert srv.stop() == 0
+    assert "reload failed" not in srv.log_text()  # the serve process's stderr
+
+
 def test_delivery_set_up_is_checked_before_anything_listens(tmp_path: Path) -> None:
     srv = make_server(tmp_path / "srv")
     text = srv.config.read_text().replace('mode = "maildir"', 'mode = "relay"\nrelay_host = "127.0.0.1"'

@@ -802,6 +802,7 @@ def _run_single(
     def ready() -> None:
         nonlocal started
         started = True
+        logs.end_startup_echo()
 
     hooks = ReloadHooks(config_path)
     status = ServerStatus.starting(cfg, config_path, 1)

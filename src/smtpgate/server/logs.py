@@ -74,19 +74,40 @@ def setup_logging(level: int = logging.INFO) -> None:
     root.propagate = False
 
 
+#: While the server starts, errors also go to stderr beside ``server.log_file``:
+#: a start that fails must say why where it was started (a terminal, the journal
+#: of a systemd unit), not only in a file nobody is looking at yet.
+_startup_echo: logging.Handler | None = None
+
+
 def log_to_file(path: Path) -> None:
-    """Send the log to ``path`` instead of stderr.
+    """Send the log to ``path`` instead of stderr; errors keep going to stderr too
+    until ``end_startup_echo``.
 
     Raises:
         OSError: the file cannot be opened for appending.
     """
+    global _startup_echo
     handler = ReopenableFileHandler(path, mode="a", encoding="utf-8")
     handler.setFormatter(IsoFormatter(_FORMAT))
+    echo = logging.StreamHandler(sys.stderr)
+    echo.setLevel(logging.ERROR)
+    echo.setFormatter(IsoFormatter(_FORMAT))
     root = _root()
     old = root.handlers[:]
-    root.handlers[:] = [handler]
+    root.handlers[:] = [handler, echo]
+    _startup_echo = echo
     for h in old:
         h.close()
+
+
+def end_startup_echo() -> None:
+    """The server serves (or this is a worker process, whose start-up errors its
+    parent reports): errors go to the log file only from now on."""
+    global _startup_echo
+    echo, _startup_echo = _startup_echo, None
+    if echo is not None:
+        _root().removeHandler(echo)
 
 
 def reopen_log_file() -> None:

@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from smtpgate.errors import StartupError
-from smtpgate.server import systemd
+from smtpgate.server import logs, systemd
 
 log = logging.getLogger("smtpgate")
 
@@ -275,6 +275,7 @@ class Supervisor:
         that arrives during start-up cannot kill it (it is re-sent once ready)."""
         signal.set_wakeup_fd(-1)
         systemd.forget_in_child()
+        logs.end_startup_echo()  # the parent reports a child's failure to start
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
         for sig in (signal.SIGHUP, signal.SIGUSR1):
@@ -338,6 +339,7 @@ class Supervisor:
         log.info("started %d worker processes: %s%s", len(workers),
                  ", ".join(str(c.pid) for c in workers), extra)
         systemd.ready(f"serving with {len(workers)} worker processes")
+        logs.end_startup_echo()
 
     def _reap(self) -> None:
         for pid in list(self._children):

@@ -28,6 +28,7 @@ import json
 import os
 import re
 import sqlite3
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,6 +146,20 @@ def read_file(key: str, path: Path) -> bytes | Problem:
     if len(data) > _MAX_READ:
         return _error(key, f"{path} is larger than {_MAX_READ} bytes; is it the right file?")
     return data
+
+
+def secret_readable_by_all(key: str, path: Path) -> list[Problem]:
+    """A warning when the secret file ``path`` may be read by every user of the
+    machine (its mode grants "other" read): the fix is the mode, not smtpgate."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return []  # reading it already said what is wrong
+    if not mode & stat.S_IROTH:
+        return []
+    return [_warning(key, f"{path} is readable by every user of this machine (mode "
+                     f"{stat.S_IMODE(mode):04o}); it holds a secret: chmod o-rwx {path} "
+                     "(0640 with the group smtpgate runs as, or 0600)")]
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -335,7 +350,7 @@ def check_tls(cfg: Config, now: dt.datetime) -> list[Problem]:
                             "connect by that name will not verify it"))
     if not errors(out):
         out += _openssl_loads(cfg, cert_path, key_path)
-    return out
+    return out + secret_readable_by_all("tls.key", key_path)
 
 
 def _openssl_loads(cfg: Config, cert: Path, key: Path) -> list[Problem]:
@@ -600,7 +615,9 @@ def check_decoy_secret(cfg: Config) -> list[Problem]:
     if isinstance(data, Problem):
         return [data]
     problem = decoy_secret_problem(data, path)
-    return [_error(KEY, problem + "; remove it and serve makes a new one")] if problem else []
+    if problem:
+        return [_error(KEY, problem + "; remove it and serve makes a new one")]
+    return secret_readable_by_all(KEY, path)
 
 
 def _schema(key: str, path: Path, latest: int) -> list[Problem]:
@@ -687,6 +704,9 @@ def check_delivery(cfg: Config) -> list[Problem]:
                 out.append(data)
     if out:
         return out
+    if d.relay_password_file is not None:
+        out += secret_readable_by_all("delivery.relay_password_file",
+                                      cfg.path(d.relay_password_file))
     from smtpgate.queue.factory import DeliverySetupError, make_deliverer
 
     try:
@@ -695,7 +715,7 @@ def check_delivery(cfg: Config) -> list[Problem]:
         return [_error(e.key, f"{e.message}; {e.hint}" if e.hint else e.message)]
     except (ValueError, OSError) as e:
         return [_error("delivery", f"the relay delivery cannot be set up: {e}")]
-    return []
+    return out
 
 
 def check_oauth(cfg: Config) -> list[Problem]:

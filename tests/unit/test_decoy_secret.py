@@ -68,6 +68,7 @@ def test_a_configured_path_is_used(tmp_path: Path) -> None:
     cfg = _config(tmp_path, '[auth]\ndecoy_secret_file = "secret/decoy"\n')
     (tmp_path / "secret").mkdir()
     (tmp_path / "secret" / "decoy").write_bytes(b"k" * 40)
+    (tmp_path / "secret" / "decoy").chmod(0o600)  # 0644 is a warning (test_preflight)
     assert decoy_secret_path(cfg) == tmp_path / "secret" / "decoy"
     assert load_decoy_secret(cfg) == b"k" * 40
     assert check_decoy_secret(cfg) == []

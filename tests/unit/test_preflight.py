@@ -475,3 +475,26 @@ def test_a_spool_disk_under_the_reserve_is_a_warning_naming_the_key(gate: Path) 
     warning = only(found, "warning")["queue.min_free_space"]
     assert "MAIL will be answered 452 4.3.1 until there is room" in warning
     assert run_checks(config(gate, **{f"min_free_space = {too_much}\n": ""})) == []
+
+
+def test_a_secret_file_every_user_may_read_is_a_warning_naming_the_key(gate: Path) -> None:
+    # A key copied with cp or written under umask 022 (0644) passed without a word.
+    assert run_checks(config(gate)) == []
+    (gate / "tls" / "key.pem").chmod(0o644)
+    (gate / "decoy.key").chmod(0o604)
+    password = gate / "relay.password"
+    password.write_text("secret\n")
+    password.chmod(0o644)
+    cfg = config(gate, **{'mode = "maildir"': 'mode = "relay"\nrelay_host = "127.0.0.1"\n'
+                          'relay_user = "u"\nrelay_password_file = "relay.password"'})
+    problems = run_checks(cfg)
+    assert only(problems) == {}
+    warnings = only(problems, "warning")
+    assert "readable by every user of this machine (mode 0644)" in warnings["tls.key"]
+    assert "chmod o-rwx" in warnings["tls.key"]
+    assert "(mode 0604)" in warnings["auth.decoy_secret_file"]
+    assert "(mode 0644)" in warnings["delivery.relay_password_file"]
+    for path in (gate / "tls" / "key.pem", gate / "decoy.key", password):
+        path.chmod(0o640)
+    assert not {"tls.key", "auth.decoy_secret_file", "delivery.relay_password_file"} & set(
+        only(run_checks(cfg), "warning"))

@@ -90,6 +90,19 @@ def test_unit_matches_the_layout(production: tuple[Path, dict[str, object]]) -> 
         assert Path(table[key]).is_relative_to(state), (section, key)
 
 
+def test_a_configuration_error_stops_the_unit_instead_of_restarting_it() -> None:
+    # The unit ran `config check` as ExecStartPre: its exit status 1 for an error is
+    # not in RestartPreventExitStatus, and Restart= applies to ExecStartPre too, so a
+    # broken config was started again and again until systemd's start limit. serve
+    # runs the same checks and exits 2 for them, which the unit does not restart.
+    unit = unit_settings()
+    assert unit["Restart"] == ["on-failure"]
+    assert "2" in unit["RestartPreventExitStatus"][0].split()
+    for pre in unit.get("ExecStartPre", []):
+        assert "config check" not in pre, pre
+    assert unit["ExecStart"] == ["/opt/smtpgate/.venv/bin/smtpgate serve"]
+
+
 def test_fail2ban_jail_and_logrotate_read_the_auth_log_init_configures(
     production: tuple[Path, dict[str, object]],
 ) -> None:

@@ -269,3 +269,21 @@ def test_server_log_records_do_not_walk_the_stack_for_their_caller() -> None:
         root.setLevel(level)
     # No caller looked up (the stack walk is the costly part), the format needs none.
     assert seen[0].lineno == 0 and seen[0].getMessage() == "x 1"
+
+
+def test_server_log_file_is_created_0640_and_keeps_an_existing_mode(tmp_path: Path) -> None:
+    # Its lines name accounts and client addresses: not for every local user.
+    from smtpgate.server.logs import ReopenableFileHandler
+
+    old_umask = os.umask(0o022)
+    try:
+        made = ReopenableFileHandler(tmp_path / "new.log", mode="a", encoding="utf-8")
+        (tmp_path / "kept.log").touch(mode=0o600)
+        kept = ReopenableFileHandler(tmp_path / "kept.log", mode="a", encoding="utf-8")
+        made.reopen()
+    finally:
+        os.umask(old_umask)
+    made.close()
+    kept.close()
+    assert (tmp_path / "new.log").stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / "kept.log").stat().st_mode & 0o777 == 0o600

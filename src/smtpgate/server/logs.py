@@ -4,7 +4,9 @@ SIGUSR1 so that log rotation can move the file away."""
 
 from __future__ import annotations
 
+import io
 import logging
+import os
 import sys
 from datetime import datetime
 from functools import lru_cache
@@ -39,6 +41,13 @@ def _second(second: int) -> tuple[str, str]:
 class ReopenableFileHandler(logging.FileHandler):
     """Appends (``O_APPEND``: several processes share the file, each record is one
     write); ``reopen`` opens the path anew after the file was renamed."""
+
+    def _open(self) -> io.TextIOWrapper:
+        # Created 0640 like the auth log: the lines name accounts and client
+        # addresses (an existing file keeps its mode, as after logrotate's create).
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                     0o640)
+        return open(fd, "a", encoding=self.encoding, errors=self.errors)
 
     def reopen(self) -> None:
         """Raises OSError when the path cannot be opened (the old file is kept)."""

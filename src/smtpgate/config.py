@@ -93,6 +93,8 @@ def _parse_hostport(value: str) -> tuple[str, int]:
 
 
 class ListenerConfig(Model):
+    """One table per listening socket."""
+
     name: str = Field(description="Label used in logs and policies, e.g. 'submission'.")
     address: str = Field(description="HOST:PORT to listen on; '[::1]:587' for IPv6.")
     tls: Literal["starttls", "implicit"] = Field(
@@ -1039,7 +1041,7 @@ class QueueConfig(Model):
 
 
 class RouteConfig(Model):
-    """One ``[[delivery.routes]]`` entry: mail for ``domain`` goes to ``next_hop``."""
+    """One table per route: mail for `domain` goes to `next_hop` (mode 'relay')."""
 
     domain: str = Field(description="Recipient domain, e.g. 'example.net' (exact match, "
                         "case-insensitive).")
@@ -1731,10 +1733,20 @@ def render_reference() -> str:
             out.append(f"| `{prefix}{name}` | `{default}` | {desc} |")
         out.append("")
 
+    def arrays(model: type[BaseModel], dotted: str, level: str) -> None:
+        """A section for each list of tables in ``model`` ([[auth.oauth_issuers]], ...),
+        its keys named as written inside each of those tables."""
+        for name, field in model.model_fields.items():
+            inner = _model_in(field.annotation)
+            if inner is None or inner is field.annotation:
+                continue
+            intro = (inner.__doc__ or "").strip().split("\n\n")[0]
+            out.extend([f"{level} `[[{dotted}{name}]]`", "", " ".join(intro.split()), ""])
+            table(inner, "")
+
     out += ["## Top level", ""]
     table(Config, "")
-    out += ["## `[[listeners]]`", "", "One table per listening socket.", ""]
-    table(ListenerConfig, "")
+    arrays(Config, "", "##")
     for name, field in Config.model_fields.items():
         ann = field.annotation
         if isinstance(ann, type) and issubclass(ann, BaseModel):
@@ -1745,4 +1757,5 @@ def render_reference() -> str:
                 if isinstance(sub_ann, type) and issubclass(sub_ann, BaseModel):
                     out += [f"### `[{name}.{sub}]`", "", subfield.description or "", ""]
                     table(sub_ann, f"{name}.{sub}.")
+            arrays(ann, f"{name}.", "###")
     return "\n".join(out).rstrip() + "\n"

@@ -142,6 +142,63 @@ def test_reference_page_is_current() -> None:
     assert page.read_text() == render_reference(), "run: smtpgate config docs > docs/configuration.md"
 
 
+def _schema_tables() -> dict[str, set[str]]:
+    """Every table of the schema as the reference page heads it, with its keys."""
+    from typing import get_args
+
+    from pydantic import BaseModel
+
+    from smtpgate.config import Config
+
+    def model_of(ann: object) -> tuple[type[BaseModel], bool] | None:
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            return ann, False
+        for arg in get_args(ann):
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                return arg, True
+        return None
+
+    out: dict[str, set[str]] = {}
+
+    def walk(model: type[BaseModel], heading: str, prefix: str) -> None:
+        keys = out.setdefault(heading, set())
+        for name, field in model.model_fields.items():
+            inner = model_of(field.annotation)
+            if name == "base_dir":
+                continue
+            if inner is None or inner[1]:
+                keys.add(prefix + name)
+            if inner is None:
+                continue
+            dotted = f"{prefix}{name}" if heading != "Top level" else name
+            if inner[1]:
+                walk(inner[0], f"`[[{dotted}]]`", "")
+            else:
+                walk(inner[0], f"`[{dotted}]`", f"{dotted}.")
+
+    walk(Config, "Top level", "")
+    return out
+
+
+def test_reference_page_lists_every_key_of_every_table() -> None:
+    """Lists of tables too ([[auth_listeners]], [[auth.oauth_issuers]],
+    [[delivery.routes]]), whose keys the page once left out."""
+    import re
+
+    page = (ROOT / "docs" / "configuration.md").read_text()
+    sections: dict[str, set[str]] = {}
+    heading = ""
+    for line in page.splitlines():
+        if m := re.match(r"#{2,3} (.+)$", line):
+            heading = m.group(1)
+        elif m := re.match(r"\| `([^`]+)` \|", line):
+            sections.setdefault(heading, set()).add(m.group(1))
+    expected = _schema_tables()
+    assert {"`[[auth_listeners]]`", "`[[auth.oauth_issuers]]`", "`[[delivery.routes]]`",
+            "`[accounts.ldap]`"} <= set(expected)
+    assert sections == expected
+
+
 def test_state_machine_page_is_current() -> None:
     from smtpgate.smtp.states import render_markdown
 

@@ -1,7 +1,7 @@
 """Every ```toml example in docs/*.md works when pasted into a config `smtpgate init`
 wrote, the way the docs say to.
 
-The convention the docs follow (docs/configuration.md states it):
+The convention the docs follow (README.md states it, under "Running it for real"):
 
 - keys under a comment ``# In the [TABLE] table:`` are set in that table, which
   init's config already has (an existing key's line is changed, a new one added);

@@ -9,6 +9,7 @@ import signal
 import socket
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,12 @@ def status(srv: Server) -> tuple[int, dict[str, Any]]:
     done = srv.cli("status", "--json", check=False)
     assert "Traceback" not in done.stderr
     return done.returncode, json.loads(done.stdout)
+
+
+def zoned(value: str) -> datetime:
+    t = datetime.fromisoformat(value)
+    assert t.utcoffset() is not None, value
+    return t
 
 
 def wait_status(srv: Server, ok: Any, timeout: float = 15) -> dict[str, Any]:
@@ -76,9 +83,12 @@ def test_running_server_reports_itself(running: Server) -> None:
     assert queue == {"messages": 0, "held": 0, "bytes": 0, "oldest_age": None}
     assert doc["guard"]["blocks"] == 0
     assert doc["certificate"]["days_left"] > 300
-    loaded = server["config_loaded"]
+    # Times in ISO 8601 with their zone, as in every command's JSON (docs/cli.md).
+    loaded = zoned(server["config_loaded"])
+    assert zoned(server["updated"]) >= zoned(server["started"])
+    assert all(zoned(p["started"]) for p in server["processes"])
     srv.cli("reload")
-    wait_status(srv, lambda s: s["config_loaded"] > loaded)
+    wait_status(srv, lambda s: zoned(s["config_loaded"]) > loaded)
     text = srv.cli("status").stdout
     assert f"running, pid {srv.proc.pid}" in text and "queue:        0 messages" in text
     assert re.search(r"spool disk:   \d+ MB free, 52 MB kept in reserve \(queue.min_free_space\)\n",

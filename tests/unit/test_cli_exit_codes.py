@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -166,3 +167,32 @@ def test_every_other_json_time_has_a_zone(config: Path) -> None:
         zoned(row["time"])
     shown = json.loads(smtpgate(config, "user", "show", ALICE, "--json").stdout)
     zoned(shown["password_expires"])
+
+
+def test_queue_json_times_have_a_zone(config: Path) -> None:
+    """`queue list --json` and `queue show --json` gave `arrived` and `next_attempt`
+    as seconds since the epoch, unlike every other time in JSON (docs/cli.md)."""
+    import asyncio
+
+    from smtpgate.queue.envelope import Envelope
+    from smtpgate.queue.spool import Spool
+    from smtpgate.queue.state import MessageState
+
+    spool = Spool(config.parent / "spool", prefill=False)
+    env = Envelope(ALICE, ("bob@example.net", "carol@example.net"), ALICE, "127.0.0.1",
+                   "test", "submission", received_at=time.time() - 60)
+    qid = spool.store_sync(env, b"From: alice@example.org\r\nSubject: hi\r\n\r\nbody\r\n")
+    later = time.time() + 3600
+    first, second = MessageState.initial(env.rcpt_to).recipients
+    spool.save_state_sync(qid, MessageState((replace(first, next_attempt=later, attempts=1),
+                                             second)))
+    asyncio.run(spool.close())
+
+    (listed,) = json.loads(smtpgate(config, "queue", "list", "--json").stdout)
+    shown = json.loads(smtpgate(config, "queue", "show", qid, "--json").stdout)
+    for obj in (listed, shown):
+        assert abs(zoned(obj["arrived"]).timestamp() - env.received_at) < 0.001
+        rows = obj["recipients"]
+        assert isinstance(rows, list)
+        assert abs(zoned(rows[0]["next_attempt"]).timestamp() - later) < 0.001
+        assert rows[1]["next_attempt"] is None

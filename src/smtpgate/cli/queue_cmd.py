@@ -118,7 +118,7 @@ def list_(as_json: bool, config_path: Path | None) -> None:
         entries = mgr.entries()
     now = time.time()
     if as_json:
-        click.echo(json.dumps([e.as_json(now) for e in entries], indent=1))
+        click.echo(json.dumps([_json(e, now) for e in entries], indent=1))
         return
     if not entries:
         click.echo("the queue is empty")
@@ -126,6 +126,18 @@ def list_(as_json: bool, config_path: Path | None) -> None:
     for e in entries:
         _echo_entry(e, now)
     click.echo(f"-- {sum(e.size for e in entries) // 1024} KiB in {len(entries)} messages")
+
+
+def _json(e: Entry, now: float) -> dict[str, object]:
+    """``Entry.as_json`` with its times as every command's JSON gives them (ISO 8601
+    with the zone, docs/cli.md), not seconds since the epoch."""
+    obj = e.as_json(now)
+    obj["arrived"] = iso_time(e.envelope.received_at)
+    rows = obj["recipients"]
+    assert isinstance(rows, list)
+    for r, row in zip(e.state.recipients, rows, strict=True):
+        row["next_attempt"] = iso_time(r.next_attempt) if r.next_attempt else None
+    return obj
 
 
 def _echo_entry(e: Entry, now: float) -> None:
@@ -155,7 +167,7 @@ def show(queue_id: str, as_json: bool, body: bool, config_path: Path | None) -> 
     headers = data if body or end < 0 else data[: end + 2]
     text = headers.decode("utf-8", "replace")
     if as_json:
-        obj = entry.as_json(time.time())
+        obj = _json(entry, time.time())
         env = entry.envelope
         obj.update({
             "client_ip": env.client_ip, "helo": env.helo, "listener": env.listener,

@@ -170,6 +170,21 @@ def _print(doc: dict[str, Any]) -> None:
                    f"({c['days_left']} days){warn}")
 
 
+def _iso_times(doc: dict[str, Any]) -> dict[str, Any]:
+    """The status file keeps seconds since the epoch; the JSON gives its times as
+    every command's JSON does (ISO 8601 with the zone, docs/cli.md)."""
+    server = dict(doc["server"])
+    for key in ("started", "config_loaded", "updated"):
+        if isinstance(server.get(key), int | float):
+            server[key] = iso_time(server[key])
+    if isinstance(server.get("processes"), list):
+        server["processes"] = [
+            {**p, "started": iso_time(p["started"])}
+            if isinstance(p, dict) and isinstance(p.get("started"), int | float) else p
+            for p in server["processes"]]
+    return {**doc, "server": server}
+
+
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="One JSON object (docs/operations.md).")
 @config_option
@@ -180,7 +195,7 @@ def status(as_json: bool, config_path: Path | None) -> None:
     doc = {"server": server, "queue": _queue(cfg), "guard": _guard(cfg),
            "certificate": _certificate(cfg)}
     if as_json:
-        click.echo(json.dumps(doc, sort_keys=True))
+        click.echo(json.dumps(_iso_times(doc), sort_keys=True))
     else:
         _print(doc)
     raise SystemExit(int(code))

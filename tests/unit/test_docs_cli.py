@@ -1,0 +1,109 @@
+"""Every `smtpgate ...` command line in README.md and docs/*.md names a command that
+exists, with options that command has: a renamed option or command fails here, not
+for the administrator who copies the line.
+
+Checked: lines of fenced code blocks that run smtpgate (after an optional `$ ` or
+`# ` prompt, `sudo -u USER` and a path to the program; a trailing `\\` continues
+the line), and inline code spans that start with `smtpgate `. Shell syntax after
+the command (a pipe, a redirection, a comment) ends it; `A|B` alternatives and
+`[...]` brackets of a synopsis are read as their first word.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import click
+import pytest
+
+from smtpgate.cli.main import cli
+
+ROOT = Path(__file__).resolve().parents[2]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+#: Placeholders the pages use for "any command".
+PLACEHOLDERS = {"COMMAND"}
+
+
+def command_lines(text: str) -> list[tuple[int, str]]:
+    out: list[tuple[int, str]] = []
+    lines = text.splitlines()
+    fenced = False
+    for n, line in enumerate(lines, 1):
+        if line.startswith("```"):
+            fenced = not fenced
+            continue
+        if fenced:
+            cmd = re.sub(r"^(\$|#)\s+", "", line.strip())
+            cmd = re.sub(r"^sudo( -u \S+)? ", "", cmd)
+            cmd = re.sub(r"^\S*/smtpgate\b", "smtpgate", cmd)
+            if cmd.startswith("smtpgate "):
+                j = n
+                while cmd.endswith("\\") and j < len(lines):
+                    cmd = cmd[:-1] + " " + lines[j].strip()
+                    j += 1
+                out.append((n, cmd))
+        else:
+            out.extend((n, m.group(1)) for m in re.finditer(r"`(smtpgate [^`]+)`", line))
+    return out
+
+
+def words_of(command: str) -> list[str]:
+    rest = re.split(r"\s[|;&<>]|\s#|\$\(|\s2>", command[len("smtpgate "):])[0]
+    try:
+        words = shlex.split(rest)
+    except ValueError:
+        words = rest.split()
+    words = [w.split("|")[0].strip("[]") for w in words if w not in ("...", "…")]
+    return [w for w in words if w]
+
+
+def problem(words: list[str]) -> str | None:
+    """What is wrong with ``smtpgate WORDS``, or None."""
+    ctx = click.Context(cli)
+    command: click.Command = cli
+    path = ["smtpgate"]
+    i = 0
+    while i < len(words) and isinstance(command, click.Group) and not words[i].startswith("-"):
+        if words[i] in PLACEHOLDERS:
+            return None
+        sub = command.get_command(ctx, words[i])
+        if sub is None:
+            return f"no command `{' '.join(path)} {words[i]}`"
+        command = sub
+        path.append(words[i])
+        i += 1
+    known = {"--help", "-h"}
+    for param in command.params:
+        known.update(param.opts)
+        known.update(param.secondary_opts)
+    unknown = [w.split("=")[0] for w in words[i:]
+               if (w.startswith("--") and w != "--") or re.fullmatch(r"-[A-Za-z]", w)]
+    unknown = [w for w in unknown if w not in known]
+    if unknown:
+        return f"`{' '.join(path)}` has no option {', '.join(unknown)}"
+    return None
+
+
+def all_command_lines() -> list[tuple[str, str]]:
+    return [(f"{page.name}:{n}", cmd) for page in PAGES
+            for n, cmd in command_lines(page.read_text(encoding="utf-8"))]
+
+
+def test_there_are_command_lines_to_check() -> None:
+    where = {w.split(":")[0] for w, _ in all_command_lines()}
+    assert {"README.md", "cli.md", "accounts.md", "delivery.md", "tester.md"} <= where
+
+
+@pytest.mark.parametrize(("where", "command"), all_command_lines(),
+                         ids=[w for w, _ in all_command_lines()])
+def test_docs_command_line_exists(where: str, command: str) -> None:
+    assert problem(words_of(command)) is None, f"{where}: {command}"
+
+
+def test_the_check_catches_a_renamed_option_or_command() -> None:
+    assert problem(words_of("smtpgate user add alice@example.org --pasword-stdin"))
+    assert problem(words_of("smtpgate queue purge"))
+    assert problem(words_of("smtpgate user list --json | jq .name")) is None
+    assert problem(words_of("smtpgate user add|passwd|remove USER")) is None

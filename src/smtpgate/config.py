@@ -448,8 +448,9 @@ class PostgresConfig(Model):
     )
     timeout: float = Field(
         default=5.0, gt=0, le=60,
-        description="Seconds a login waits for a database connection before it is "
-        "answered 454 4.7.0 (temporary failure), never 535.",
+        description="Seconds a login waits for a database connection, and a query "
+        "(a lock included) may take, before it is answered 454 4.7.0 (temporary "
+        "failure), never 535.",
     )
 
     @field_validator("dsn")

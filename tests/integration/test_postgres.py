@@ -233,6 +233,33 @@ def test_postgresql_stopped_mid_test_gives_454_then_logins_recover_without_resta
     assert pg_server.proc is not None and pg_server.proc.poll() is None  # never restarted
 
 
+def test_a_table_locked_on_the_database_gives_454_within_the_timeout_not_a_hang(
+    pg_server: Server, cluster: PostgresCluster,
+) -> None:
+    """Another host's `db migrate` (or a VACUUM FULL) holds an exclusive lock: each
+    read waits for it. Bounded by `timeout`, logins get 454 meanwhile, not a wait
+    without end that also holds every other login behind the two read threads."""
+    text = pg_server.config.read_text().replace(
+        'password_file = "pg.password"\n', 'password_file = "pg.password"\ntimeout = 1\n')
+    pg_server.config.write_text(text)
+    found = re.search(r'dsn = "[^"]*/(\w+)"', text)
+    assert found is not None
+    pg_server.cli("db", "migrate")
+    pg_server.add_user(USER, PASSWORD)
+    pg_server.start()
+    assert login(pg_server, "127.0.0.2", USER, PASSWORD).startswith("235")
+    with cluster.admin(found.group(1)) as locker:
+        locker.autocommit = False
+        locker.execute("LOCK TABLE accounts IN ACCESS EXCLUSIVE MODE")
+        started = time.monotonic()
+        assert login(pg_server, "127.0.0.2", USER, PASSWORD) == str(R.AUTH_TEMPFAIL)
+        assert login(pg_server, "127.0.0.3", USER, "a wrong guess") == str(R.AUTH_TEMPFAIL)
+        assert time.monotonic() - started < 8  # two logins of ~1 s each, not a hang
+        locker.rollback()
+    assert login(pg_server, "127.0.0.2", USER, PASSWORD).startswith("235")
+    assert "statement timeout" in pg_server.log_text() + (pg_server.root / "auth.log").read_text()
+
+
 def test_db_backup_copies_the_guard_database_and_points_to_pg_dump(pg_server: Server) -> None:
     pg_server.cli("db", "migrate")  # also creates the guard database
     out = pg_server.cli("db", "backup", check=False)

@@ -27,7 +27,11 @@ Choices, with reasons:
   would turn the first login after the restart into a 454.
 - The server down or unreachable: taking a connection waits at most
   ``[accounts.postgresql].timeout`` seconds, then ``StoreUnavailable`` (454
-  4.7.0, never 535) with the cause libpq gives. The pool keeps retrying in the
+  4.7.0, never 535) with the cause libpq gives. A statement gets as long
+  (``statement_timeout``, set on every pooled connection): a table locked by a
+  migration or a ``VACUUM FULL`` on another host, or a query gone slow, costs a
+  login 454 after that bound, not a wait without end that holds the auth
+  service's two read threads, and with them every other login. The pool keeps retrying in the
   background (with backoff, given up and restarted every ``_RECONNECT`` seconds
   so that it never sleeps long), so logins recover by themselves.
 - **Migrations are explicit** (``auth/postgres_schema.py``): opening never
@@ -49,7 +53,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import psycopg
-from psycopg import errors
+from psycopg import errors, sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
@@ -664,6 +668,7 @@ class PostgresAccountStore:
             max_size=pg.pool_size,
             timeout=pg.timeout,
             reconnect_timeout=_RECONNECT,
+            configure=self._configure,
             check=ConnectionPool.check_connection,
             name="smtpgate-accounts",
             open=False,
@@ -671,6 +676,12 @@ class PostgresAccountStore:
         self._pool.open(wait=False)
 
     # --- plumbing -------------------------------------------------------------------
+
+    def _configure(self, c: psycopg.Connection[Row]) -> None:
+        """A new pooled connection: no statement runs (or waits for a lock) longer
+        than ``timeout``; past it the server cancels it (``QueryCanceled``, 454)."""
+        c.execute(sql.SQL("SET statement_timeout = {}").format(
+            sql.Literal(max(1, round(self._pg.timeout * 1000)))))
 
     @contextmanager
     def _errors(self) -> Iterator[None]:

@@ -6,6 +6,8 @@ import base64
 import hashlib
 import hmac
 import json
+import threading
+import time
 import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from smtpgate.auth.oauth import (
+    RETRY_FAILED_FETCH,
     IssuerConfig,
     TokenResult,
     TokenVerifier,
@@ -299,6 +302,67 @@ def test_fetch_failure_with_cache_keeps_last_good_keys() -> None:
     fetch.error = OSError("down")
     clock.now += 20
     assert v.verify(mint(claims(exp=int(clock.now) + 300))).ok
+
+
+def test_a_failed_refresh_is_not_tried_again_by_every_login() -> None:
+    """The issuer down after its set went stale: logins keep the last good set, and
+    neither they nor made-up key ids fetch again (each a wait of up to
+    HTTP_TIMEOUT) until the retry interval has passed."""
+    fetch, clock = FakeFetch(), Clock()
+    v = verifier(issuer(jwks_refresh_seconds=100), fetch=fetch, clock=clock)
+    assert v.verify(mint()).ok
+    fetch.error = OSError("connection refused")
+    clock.now += 101
+    for n in range(5):
+        assert v.verify(mint(claims(exp=int(clock.now) + 300))).ok
+        assert not v.verify(mint(kid=f"made-up-{n}")).ok
+    assert len(fetch.calls) == 2  # the first fetch and one failed refresh
+    clock.now += RETRY_FAILED_FETCH
+    fetch.error = None
+    assert v.verify(mint(claims(exp=int(clock.now) + 300))).ok
+    assert len(fetch.calls) == 3
+
+
+def test_without_a_key_set_a_failed_fetch_is_454_at_once_until_the_retry() -> None:
+    fetch, clock = FakeFetch(), Clock()
+    fetch.error = OSError("connection refused")
+    v = verifier(fetch=fetch, clock=clock)
+    for _ in range(3):
+        with pytest.raises(TokenVerifierUnavailable, match="connection refused"):
+            v.verify(mint())
+    assert len(fetch.calls) == 1
+    fetch.error = None
+    clock.now += RETRY_FAILED_FETCH
+    assert v.verify(mint()).ok
+    assert len(fetch.calls) == 2
+
+
+def test_a_hanging_key_set_fetch_holds_up_no_login_that_has_keys() -> None:
+    """One login waits on the issuer's refresh (up to HTTP_TIMEOUT); the others
+    verify with the cached set meanwhile instead of queueing behind it."""
+    fetch, clock = FakeFetch(), Clock()
+    v = verifier(issuer(jwks_refresh_seconds=100), fetch=fetch, clock=clock)
+    assert v.verify(mint()).ok
+    release, entered = threading.Event(), threading.Event()
+
+    def hanging(url: str) -> bytes:
+        entered.set()
+        assert release.wait(10)
+        return DEFAULT_JWKS
+
+    v._fetch = hanging
+    clock.now += 101
+    token = mint(claims(exp=int(clock.now) + 300))
+    waiting = threading.Thread(target=v.verify, args=(token,))
+    waiting.start()
+    try:
+        assert entered.wait(10)
+        started = time.monotonic()
+        assert v.verify(token).ok
+        assert time.monotonic() - started < 2
+    finally:
+        release.set()
+        waiting.join(10)
 
 
 @pytest.mark.parametrize("body", [b"not json", b"[]", b'{"keys": 3}'])

@@ -47,6 +47,9 @@ MAX_TOKEN_OCTETS = 16 * 1024
 MAX_RESPONSE_OCTETS = 1024 * 1024
 #: Seconds to wait for a key set or introspection endpoint.
 HTTP_TIMEOUT = 10.0
+#: Longest wait before a key set whose fetch failed is fetched again (shorter if
+#: the issuer's ``jwks_min_refresh_seconds`` is).
+RETRY_FAILED_FETCH = 10.0
 
 @dataclass(frozen=True, slots=True)
 class TokenResult:
@@ -95,6 +98,12 @@ class _KeySet:
     fetched_at: float
 
 
+@dataclass(frozen=True)
+class _FailedFetch:
+    at: float
+    why: str
+
+
 class _Reject(Exception):
     """Internal: the token is refused for ``reason``."""
 
@@ -136,8 +145,13 @@ class TokenVerifier:
         self._post = post
         self._read_file = read_file
         self._clock = clock
-        self._lock = threading.Lock()
+        #: Guards the three dicts below; never held while a key set is fetched.
+        self._lock = threading.Condition()
         self._key_sets: dict[str, _KeySet] = {}
+        #: The last failed fetch per issuer, until one succeeds.
+        self._failed: dict[str, _FailedFetch] = {}
+        #: Issuers whose key set one thread is fetching now.
+        self._fetching: set[str] = set()
 
     # -- public ---------------------------------------------------------------------
 
@@ -243,28 +257,68 @@ class TokenVerifier:
                 and k.get("alg", alg) == alg
             ]
 
-        with self._lock:
-            found = matching(self._keys(cfg, force=False))
-            if not found and kid is not None:
-                found = matching(self._keys(cfg, force=True))
+        found = matching(self._keys(cfg, force=False))
+        if not found and kid is not None:
+            found = matching(self._keys(cfg, force=True))
         return found
 
     def _keys(self, cfg: IssuerConfig, *, force: bool) -> list[dict[str, Any]]:
-        now = self._clock()
-        cached = self._key_sets.get(cfg.issuer)
-        if cached is not None:
-            age = now - cached.fetched_at
-            fresh = age < cfg.jwks_refresh_seconds
-            if (fresh and not force) or (force and age < cfg.jwks_min_refresh_seconds):
-                return cached.keys
+        """The issuer's key set: the cached one while it is fresh, else fetched.
+
+        One thread fetches at a time, without the lock: the others use the cached
+        set meanwhile, or (none yet) wait for that fetch. A failed fetch is not
+        tried again for ``RETRY_FAILED_FETCH`` seconds (or the issuer's
+        ``jwks_min_refresh_seconds`` if shorter): the last good set is used, or
+        with none every login is unavailable at once, so an issuer that is down
+        or hangs costs one login in that interval a wait, not every login one
+        ``HTTP_TIMEOUT`` after the other behind the lock.
+        """
+        issuer = cfg.issuer
+        with self._lock:
+            while True:
+                now = self._clock()
+                cached = self._key_sets.get(issuer)
+                if cached is not None:
+                    age = now - cached.fetched_at
+                    if (age < cfg.jwks_refresh_seconds and not force) or (
+                            force and age < cfg.jwks_min_refresh_seconds):
+                        return cached.keys
+                failed = self._failed.get(issuer)
+                retry = min(cfg.jwks_min_refresh_seconds, RETRY_FAILED_FETCH)
+                if failed is not None and 0 <= now - failed.at < retry:
+                    if cached is not None:
+                        return cached.keys  # keep serving the last good set
+                    raise TokenVerifierUnavailable(
+                        f"{failed.why} (tried again {retry:g} s after it failed)")
+                if issuer not in self._fetching:
+                    self._fetching.add(issuer)
+                    break
+                if cached is not None:
+                    return cached.keys  # another thread is fetching the new set
+                if not self._lock.wait(HTTP_TIMEOUT + 1):
+                    raise TokenVerifierUnavailable(f"key set of {issuer}: fetch under way")
+        keys: list[dict[str, Any]] | None = None
+        error: TokenVerifierUnavailable | None = None
         try:
             keys = self._load_key_set(cfg)
-        except TokenVerifierUnavailable:
-            if cached is not None:
-                return cached.keys  # keep serving the last good set
-            raise
-        self._key_sets[cfg.issuer] = _KeySet(keys=keys, fetched_at=now)
-        return keys
+        except TokenVerifierUnavailable as exc:
+            error = exc
+        finally:
+            with self._lock:  # the outcome is recorded before the waiters look
+                if keys is not None:
+                    self._key_sets[issuer] = _KeySet(keys=keys, fetched_at=now)
+                    self._failed.pop(issuer, None)
+                else:
+                    why = str(error) if error is not None else f"key set of {issuer}: fetch failed"
+                    self._failed[issuer] = _FailedFetch(self._clock(), why)
+                self._fetching.discard(issuer)
+                self._lock.notify_all()
+        if keys is not None:
+            return keys
+        if cached is not None:
+            return cached.keys  # keep serving the last good set
+        assert error is not None
+        raise error
 
     def _load_key_set(self, cfg: IssuerConfig) -> list[dict[str, Any]]:
         try:

@@ -9,6 +9,7 @@ over ``backends.BACKENDS``).
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import time
@@ -258,6 +259,47 @@ def test_a_table_locked_on_the_database_gives_454_within_the_timeout_not_a_hang(
         locker.rollback()
     assert login(pg_server, "127.0.0.2", USER, PASSWORD).startswith("235")
     assert "statement timeout" in pg_server.log_text() + (pg_server.root / "auth.log").read_text()
+
+
+def test_a_rotated_database_password_is_used_without_a_restart(
+    tmp_path: Path, cluster: PostgresCluster,
+) -> None:
+    """The DBA changes the role's password and the admin writes the new one to the
+    password file: the pool's next connection (after a database restart, or its
+    hourly renewal) logs in with it, instead of 454 for every login until a restart."""
+    role = f"rotating_{os.getpid()}"
+    with cluster.admin() as c:
+        c.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'first-Secret-1'")
+        c.execute(f"CREATE DATABASE {role} OWNER {role}")
+    srv = make_server(tmp_path / "srv")
+    (srv.root / "pg.password").write_text("first-Secret-1\n")
+    set_accounts(srv, "postgresql", (
+        "[accounts.postgresql]\n"
+        f'dsn = "postgresql://{role}@127.0.0.1:{cluster.port}/{role}"\n'
+        'password_file = "pg.password"\ntimeout = 2\n'
+    ))
+    try:
+        srv.cli("db", "migrate")
+        srv.add_user(USER, PASSWORD)
+        srv.start()
+        assert login(srv, "127.0.0.2", USER, PASSWORD).startswith("235")
+        with cluster.admin() as c:
+            c.execute(f"ALTER ROLE {role} PASSWORD 'second-Secret-2'")
+            (srv.root / "pg.password").write_text("second-Secret-2\n")
+            c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                      "WHERE usename = %s", (role,))
+        deadline = time.monotonic() + 30
+        reply = ""
+        while time.monotonic() < deadline:
+            reply = login(srv, "127.0.0.2", USER, PASSWORD)
+            if reply.startswith("235"):
+                break
+            assert reply == str(R.AUTH_TEMPFAIL)
+            time.sleep(0.5)
+        assert reply.startswith("235"), srv.log_text()[-1500:]
+    finally:
+        if srv.proc is not None:
+            srv.stop()
 
 
 def test_db_backup_copies_the_guard_database_and_points_to_pg_dump(pg_server: Server) -> None:

@@ -38,7 +38,10 @@ Choices, with reasons:
   changes the schema; a database older than this version (or empty) is refused
   with a message that says to run ``smtpgate db migrate``.
 - The password never sits in the DSN (config validation refuses one there); it
-  is read from ``password_file`` when the store opens.
+  is read from ``password_file`` when the store opens, and again for every new
+  connection of the pool: a rotated password (ALTER ROLE, then the new one in
+  the file) is in use from the next connection, which a database restart or the
+  pool's hourly renewal of its connections will open anyway.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ import secrets
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from typing import Any
 
 import psycopg
 from psycopg import errors, sql
@@ -660,10 +664,12 @@ class PostgresAccountStore:
                 f"{self._label}: the schema is v{current}, this smtpgate needs "
                 f"v{SCHEMA_VERSION}; run `smtpgate db migrate` first"
             )
+        #: What new connections log in with: read again for each (``_kwargs``).
+        self._last_kwargs = kwargs
         self._pool: ConnectionPool[psycopg.Connection[Row]] = ConnectionPool(
             pg.dsn,
             connection_class=psycopg.Connection[Row],
-            kwargs={**kwargs, "row_factory": dict_row},
+            kwargs=self._kwargs,
             min_size=1,
             max_size=pg.pool_size,
             timeout=pg.timeout,
@@ -676,6 +682,17 @@ class PostgresAccountStore:
         self._pool.open(wait=False)
 
     # --- plumbing -------------------------------------------------------------------
+
+    def _kwargs(self) -> dict[str, Any]:
+        """A pool thread, for each new connection: the password file read again, so
+        that a password the database administrator rotated (and wrote to the
+        file) is used by the next connection without a restart or a reload; if
+        the file cannot be read now, the last password read, and a warning."""
+        try:
+            self._last_kwargs = connection_kwargs(self._pg)
+        except StoreUnavailable as e:
+            log.warning("%s; new connections use the password read before", e)
+        return {**self._last_kwargs, "row_factory": dict_row}
 
     def _configure(self, c: psycopg.Connection[Row]) -> None:
         """A new pooled connection: no statement runs (or waits for a lock) longer

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.peers.slapd import Slapd, shared_slapd
+from tests.peers.slapd import SERVICE_DN, SERVICE_PW, Slapd, shared_slapd
 
 from .conftest import Server, make_server, require_tool
 from .ldap_setup import LdapSetup
@@ -231,6 +231,29 @@ def test_directory_down_gives_454_and_logins_recover_by_themselves(
     assert login(srv, ALICE, ALICE_PW) == (235, b"")  # no restart
     assert login(srv, BOB, BOB_PW) == (235, b"")
     assert "LDAP directory" in srv.log_text() and "unavailable" in srv.log_text()
+
+
+def test_a_rotated_service_account_password_is_used_without_a_restart(
+    slapd: Slapd, tmp_path: Path,
+) -> None:
+    """The directory's administrator changes the service account's password and the
+    new one goes into bind_password_file: after the directory restarts, the new
+    search connections bind with it instead of failing every login with 454."""
+    srv, _, _ = _server(tmp_path / "srv")
+    own = tmp_path / "service.pw"
+    own.write_text(SERVICE_PW + "\n")
+    srv.config.write_text(srv.config.read_text().replace(str(slapd.root / "service.pw"), str(own)))
+    srv.start()
+    try:
+        assert login(srv, ALICE, ALICE_PW) == (235, b"")
+        slapd.set_password(SERVICE_DN, "the rotated service secret")
+        own.write_text("the rotated service secret\n")
+        slapd.stop()
+        slapd.start()  # connections bound with the old password are gone
+        assert login(srv, BOB, BOB_PW) == (235, b"")  # not cached: a search and a bind
+    finally:
+        slapd.set_password(SERVICE_DN, SERVICE_PW)
+        srv.stop()
 
 
 def test_a_wrong_service_account_password_stops_start_up(slapd: Slapd, tmp_path: Path) -> None:

@@ -24,7 +24,9 @@ with the certificate and its name checked. Every operation has a time limit. A
 connection that fails (directory restarted, network cut, timeout) is dropped
 and the operation is tried once more on a fresh one; if that fails too the
 caller gets ``StoreUnavailable`` naming the cause (454 on the wire, never 535),
-and the next login tries again, so logins recover by themselves.
+and the next login tries again, so logins recover by themselves. The service
+account's password file is read again for each new search connection, so a
+rotated password is picked up without a restart.
 
 Why ldap3: pure Python (nothing to build against libldap, so it installs
 wherever smtpgate does), maintained, typed stubs, StartTLS and ldaps with an
@@ -192,9 +194,14 @@ class LdapDirectory:
     """Searches and binds against one directory; thread-safe (connections are pooled,
     each used by one thread at a time)."""
 
-    def __init__(self, cfg: LdapConfig, *, bind_password: str, ca_file: Path | None) -> None:
+    def __init__(
+        self, cfg: LdapConfig, *, bind_password: str, ca_file: Path | None,
+        bind_password_file: Path | None = None,
+    ) -> None:
         self._cfg = cfg
         self._bind_password = bind_password
+        #: Read again for each new service connection (``_service_password``).
+        self._bind_password_file = bind_password_file
         parsed = urllib.parse.urlsplit(cfg.url)
         ldaps = parsed.scheme == "ldaps"
         host = parsed.hostname or ""
@@ -240,7 +247,7 @@ class LdapDirectory:
         conn = self._plain_connection()
         if not self._cfg.bind_dn:
             return conn
-        conn.user, conn.password = self._cfg.bind_dn, self._bind_password
+        conn.user, conn.password = self._cfg.bind_dn, self._service_password()
         if conn.bind():
             return conn
         result = conn.result or {}
@@ -252,6 +259,20 @@ class LdapDirectory:
                 f"password in {BIND_PASSWORD_KEY}"
             )
         raise _Fault(f"service bind failed: {result.get('description')} {result.get('message')}")
+
+    def _service_password(self) -> str:
+        """The service account's password, from its file as it is now: a password the
+        directory's administrator rotated (and wrote to the file) is used by the
+        next connection, without a restart or a reload; if the file cannot be read
+        now, the one read before, and a warning."""
+        if self._bind_password_file is not None:
+            try:
+                self._bind_password = read_password_file(self._bind_password_file)
+            except OSError as e:
+                log.warning("%s %s: %s; the service account binds with the password "
+                            "read before", BIND_PASSWORD_KEY, self._bind_password_file,
+                            e.strerror or e)
+        return self._bind_password
 
     def _run(self, pool: _Pool, op: Callable[[Connection], T]) -> T:
         """``op`` on a pooled connection; on a connection failure, once more on a fresh

@@ -462,14 +462,14 @@ def open_ldap_store(cfg: Config) -> LdapAccountStore:
     """
     lc = cfg.accounts.ldap
     password = ""
-    if lc.bind_password_file is not None:
-        path = cfg.path(lc.bind_password_file)
+    path = None if lc.bind_password_file is None else cfg.path(lc.bind_password_file)
+    if path is not None:
         try:
             password = read_password_file(path)
         except OSError as e:
             raise StoreUnavailable(f"{BIND_PASSWORD_KEY} {path}: {e.strerror or e}") from e
     ca = None if lc.ca_file is None else cfg.path(lc.ca_file)
-    directory = LdapDirectory(lc, bind_password=password, ca_file=ca)
+    directory = LdapDirectory(lc, bind_password=password, ca_file=ca, bind_password_file=path)
     try:
         directory.check_service_account()
     except DirectoryMisconfigured:

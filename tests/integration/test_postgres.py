@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -259,6 +260,52 @@ def test_a_table_locked_on_the_database_gives_454_within_the_timeout_not_a_hang(
         locker.rollback()
     assert login(pg_server, "127.0.0.2", USER, PASSWORD).startswith("235")
     assert "statement timeout" in pg_server.log_text() + (pg_server.root / "auth.log").read_text()
+
+
+def _server_processes(cluster: PostgresCluster) -> list[int]:
+    """The postmaster of ``cluster`` and its children (the backends)."""
+    postmaster = int((cluster.data / "postmaster.pid").read_text().split()[0])
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == postmaster:
+            children.append(int(stat.parent.name))
+    return [postmaster, *children]
+
+
+def test_a_database_that_stops_answering_gives_454_within_a_bound_not_a_hang(
+    pg_server: Server, cluster: PostgresCluster,
+) -> None:
+    """A frozen server (its host paused, a network cut that drops packets): the
+    pooled connection's check, or a query, waits on a socket that never answers.
+    The login gets 454 within twice `timeout` and a second, and logins after it
+    too; once the server answers again, logins succeed."""
+    text = pg_server.config.read_text().replace(
+        'password_file = "pg.password"\n', 'password_file = "pg.password"\ntimeout = 1\n')
+    pg_server.config.write_text(text)
+    pg_server.cli("db", "migrate")
+    pg_server.add_user(USER, PASSWORD)
+    pg_server.start()
+    assert login(pg_server, "127.0.0.2", USER, PASSWORD).startswith("235")
+    frozen = _server_processes(cluster)
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        for source in ("127.0.0.2", "127.0.0.3", "127.0.0.4"):
+            started = time.monotonic()
+            assert login(pg_server, source, USER, PASSWORD) == str(R.AUTH_TEMPFAIL)
+            assert time.monotonic() - started < 8
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+    deadline = time.monotonic() + 30
+    reply = ""
+    while time.monotonic() < deadline and not reply.startswith("235"):
+        reply = login(pg_server, "127.0.0.2", USER, PASSWORD)
+    assert reply.startswith("235"), reply
 
 
 def test_a_rotated_database_password_is_used_without_a_restart(

@@ -655,6 +655,10 @@ class PostgresAccountStore:
         self._hasher = PasswordHasher(accounts_cfg)
         self._clock = clock
         self._pg = pg
+        #: What the auth service waits for one read hop at most (service.py): the
+        #: pool's wait, the probe of the cause and a margin. libpq has no bound of
+        #: its own on a server that stops answering without closing the connection.
+        self.read_bound = 2 * pg.timeout + 1
         self._label = where(pg)
         kwargs = connection_kwargs(pg)
         current = schema_version(pg)

@@ -18,7 +18,8 @@ Blocking work runs off the event loop, on these executors:
   behind a guesser's and at most ``hash_threads`` run at once;
 - two workers for account reads: two, so that one read stuck behind a busy
   database does not stall every login, and not more, since a read takes tens
-  of microseconds;
+  of microseconds; a directory with a ``read_bound`` (PostgreSQL) has each
+  read answered within it, or 454;
 - one writer for bookkeeping (last login, re-derived secrets): a single thread
   runs the writes in the order they were made, and the store's SQL refuses to
   move a last-login time backwards for what comes from other processes. Last
@@ -96,7 +97,13 @@ from smtpgate.auth.credentials import (
     derive,
     wanted_schemes,
 )
-from smtpgate.auth.directory import Account, AccountDirectory, AppPassword, StoreError
+from smtpgate.auth.directory import (
+    Account,
+    AccountDirectory,
+    AppPassword,
+    StoreError,
+    StoreUnavailable,
+)
 from smtpgate.auth.legacy_hashes import LEGACY
 from smtpgate.auth.loop_reads import Missed, loop_reads_for
 from smtpgate.auth.names import lookup_key
@@ -282,6 +289,9 @@ class AuthService:
         )
         self._lanes = VerificationScheduler(accounts_cfg.hash_threads)
         self._read_pool = ThreadPoolExecutor(DB_THREADS, "smtpgate-db-read")
+        #: Seconds a read hop may take before its login gets 454 (the directory's
+        #: ``read_bound``; None: the directory bounds its own calls).
+        self._read_bound: float | None = getattr(directory, "read_bound", None)
         #: Row reads made on the loop (a local SQLite directory only: loop_reads.py).
         self._loop_reads = loop_reads_for(directory, "account database") if reads_on_loop else None
         self._write_pool = ThreadPoolExecutor(1, "smtpgate-db-write")
@@ -469,10 +479,27 @@ class AuthService:
         return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
     async def _read(self, fn: Callable[[*Ts], T], *args: *Ts) -> T:
+        """``fn(*args)`` on a read thread, within the directory's ``read_bound``: a
+        server that stops answering without closing the connection (frozen, its
+        host gone, a network cut) costs the login 454 after the bound, where the
+        thread could wait on its socket for many minutes, the logins queued
+        behind it too; a read queued and not started by then is withdrawn.
+
+        Raises:
+            StoreUnavailable: no answer within the bound.
+        """
         started = time.monotonic()
         failed = True
         try:
-            answer = await self._run(self._read_pool, fn, *args)
+            if self._read_bound is None:
+                answer = await self._run(self._read_pool, fn, *args)
+            else:
+                try:
+                    answer = await asyncio.wait_for(
+                        self._run(self._read_pool, fn, *args), self._read_bound)
+                except TimeoutError:
+                    raise StoreUnavailable(
+                        f"account directory: no answer within {self._read_bound:g} s") from None
             failed = False
             return answer
         finally:

@@ -92,6 +92,7 @@ def run_checks(cfg: Config, *, now: dt.datetime | None = None) -> list[Problem]:
         ("auth_listeners", lambda: check_front_doors(cfg)),
         ("accounts.database", lambda: check_account_database(cfg)),
         ("accounts.ldap", lambda: check_ldap(cfg)),
+        ("accounts.postgresql", lambda: check_postgres(cfg)),
         ("guard.database", lambda: check_guard_database(cfg)),
         ("auth.decoy_secret_file", lambda: check_decoy_secret(cfg)),
         ("queue.spool", lambda: check_directories(cfg)),
@@ -585,6 +586,22 @@ def check_ldap(cfg: Config) -> list[Problem]:
     finally:
         directory.close()
     return out
+
+
+def check_postgres(cfg: Config) -> list[Problem]:
+    """The PostgreSQL backend opened once, as ``serve`` opens it: the password file,
+    the server's answer (down, a refused login) and the schema version. ``serve``
+    refuses to start on each, so each is an error here too."""
+    if cfg.accounts.backend != "postgresql":
+        return []
+    from smtpgate.auth.accounts import accounts_key, open_account_store
+    from smtpgate.auth.directory import StoreError
+
+    try:
+        open_account_store(cfg).close()
+    except StoreError as e:
+        return [_error(getattr(e, "key", None) or accounts_key(cfg), str(e))]
+    return []
 
 
 def check_guard_database(cfg: Config) -> list[Problem]:

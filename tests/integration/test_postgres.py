@@ -123,6 +123,31 @@ def test_wrong_or_missing_password_file_is_a_clear_start_up_error(pg_server: Ser
     assert "accounts.postgresql.password_file" in out.stderr and "cannot read" in out.stderr
 
 
+def test_config_check_names_what_serve_would_refuse_on_postgresql(
+    pg_server: Server, cluster: PostgresCluster,
+) -> None:
+    """`config check` said OK for a database serve then refused to start on: not
+    migrated, a wrong password, a server that does not answer."""
+    def check() -> tuple[int, str]:
+        out = pg_server.cli("config", "check", check=False)
+        return out.returncode, out.stdout + out.stderr
+
+    code, text = check()
+    assert code == 1 and "accounts.postgresql.dsn" in text and "db migrate" in text, text
+    pg_server.cli("db", "migrate")
+    assert check()[0] == 0
+    (pg_server.root / "pg.password").write_text("not the password\n")
+    code, text = check()
+    assert code == 1 and "password authentication failed" in text, text
+    cluster.write_password_file(pg_server.root)
+    cluster.stop()
+    try:
+        code, text = check()
+        assert code == 1 and "Connection refused" in text, text
+    finally:
+        cluster.start()
+
+
 # --- every `smtpgate user ...` command, the same as on SQLite -------------------------------
 
 ALIAS = "sales@example.org"

@@ -75,7 +75,12 @@ def test_probing_many_names_from_one_address_is_blocked(guarded: Server) -> None
     # The guard refuses before any look-up: SCRAM announces it, the reply is 454.
     blocked = [(x, f) for x, f in replies if x == "e=other-error"]
     assert len(salts) + len(blocked) == 60, replies
-    assert {f for _, f in blocked} <= {str(R.AUTH_BLOCKED), ""}
+    refusals = {str(R.AUTH_BLOCKED), ""}
+    if "guard database writes not answering" in guarded.log_text():
+        # A disk too slow for the guard's 0.25 s (a loaded machine) fails closed:
+        # 454 tempfail for addresses the account does not know (docs/protection.md).
+        refusals.add(str(R.AUTH_TEMPFAIL))
+    assert {f for _, f in blocked} <= refusals
     # spray_accounts = 3: the fourth name is refused, bar probes already under way.
     assert len(salts) <= 3 + PROBERS and len(blocked) >= 60 - 3 - PROBERS
     kinds = {(b["kind"], b["key"]) for b in guard_blocks(guarded)}

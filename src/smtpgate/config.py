@@ -1328,6 +1328,7 @@ class ServerConfig(Model):
         default=10.0, ge=0, description=(
             "Seconds in-flight sessions and deliveries get on SIGTERM: then sessions get"
             " 421 and unfinished deliveries are cancelled (their messages stay queued)."
+            " Under systemd keep TimeoutStopSec above it (the contrib unit has 30)."
         ),
     )
     pid_file: Path | None = Field(

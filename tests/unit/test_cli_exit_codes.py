@@ -196,3 +196,12 @@ def test_queue_json_times_have_a_zone(config: Path) -> None:
         assert isinstance(rows, list)
         assert abs(zoned(rows[0]["next_attempt"]).timestamp() - later) < 0.001
         assert rows[1]["next_attempt"] is None
+
+
+def test_reload_with_a_broken_config_says_the_server_was_not_signalled(tmp_path: Path) -> None:
+    bad = tmp_path / "smtpgate.toml"
+    bad.write_text('hostname = "mail.example.org"\n[tls\n', encoding="utf-8")
+    result = CliRunner().invoke(cli, ["reload", "--config", str(bad)])
+    assert result.exit_code == ExitCode.ERROR
+    assert "config error" in result.output
+    assert "not signalled" in result.output and "keeps the configuration" in result.output

@@ -28,7 +28,13 @@ def reload(config_path: Path | None, logs_only: bool) -> None:
     """Tell the running server to reload its certificate and config (SIGHUP)."""
     from smtpgate.server.pidfile import NotRunning, pid_path, running_pid
 
-    cfg = get_config(config_path)
+    try:
+        cfg = get_config(config_path)
+    except SystemExit:
+        # The problems are printed; the server would refuse this file as well.
+        click.echo("the running server was not signalled: it keeps the configuration "
+                   "it has", err=True)
+        raise
     path = pid_path(cfg)
     try:
         pid = running_pid(path)

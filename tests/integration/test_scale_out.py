@@ -16,6 +16,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -212,6 +213,7 @@ def test_cluster_status_lists_both_nodes(c: Cluster) -> None:
     docs = {d["node"]: d for d in map(json.loads, out.splitlines())}
     assert set(docs) == {"a", "b"}
     assert docs["a"]["pid"] == c.nodes[0].proc.pid  # type: ignore[union-attr]
+    assert datetime.fromisoformat(docs["a"]["updated"]).tzinfo is not None  # docs/cli.md
     assert "a:" in c.nodes[0].cli("cluster", "status").stdout
 
 

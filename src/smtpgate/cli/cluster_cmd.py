@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 import redis
 
-from smtpgate.cli.common import OperationalError, config_option, get_config
+from smtpgate.cli.common import OperationalError, config_option, get_config, iso_time
 from smtpgate.server.heartbeat import nodes
 
 
@@ -37,7 +37,10 @@ def cluster_status(as_json: bool, config_path: Path | None) -> None:
     now = time.time()
     if as_json:
         for doc in found:
-            click.echo(json.dumps(doc, sort_keys=True))
+            # Times as in every command's JSON: ISO 8601 with the zone (docs/cli.md).
+            updated = doc.get("updated")
+            shown = {**doc, "updated": iso_time(updated)} if isinstance(updated, int | float) else doc
+            click.echo(json.dumps(shown, sort_keys=True))
         return
     if not found:
         click.echo("no node has written a heartbeat in the last minute")

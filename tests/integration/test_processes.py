@@ -136,13 +136,20 @@ def _too_new_schema(server: Server) -> None:
         db.execute("INSERT INTO schema_version (version, applied) VALUES (999, 'future')")
 
 
-@pytest.mark.parametrize("workers", ["0", "1"])
-def test_start_up_failure_is_one_line_and_a_non_zero_exit(tmp_path: Path, workers: str) -> None:
+def _start_with_a_too_new_schema(
+    tmp_path: Path, server_keys: str
+) -> tuple[Server, subprocess.CompletedProcess[str]]:
+    """``serve`` once, with ``server_keys`` in [server], on a database it must refuse."""
     srv = make_server(tmp_path / "srv")
     srv.add_user(USER, PASSWORD)
-    set_key(srv, "server", f"workers = {workers}")
+    set_key(srv, "server", server_keys)
     _too_new_schema(srv)
-    done = serve_once(srv)
+    return srv, serve_once(srv)
+
+
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_start_up_failure_is_one_line_and_a_non_zero_exit(tmp_path: Path, workers: str) -> None:
+    srv, done = _start_with_a_too_new_schema(tmp_path, f"workers = {workers}")
     assert done.returncode == 2  # a config key is at fault: restarting will not help
     errors = [line for line in done.stderr.splitlines() if " ERROR " in line]
     assert len(errors) == 1, done.stderr
@@ -157,11 +164,8 @@ def test_start_up_failure_is_one_line_and_a_non_zero_exit(tmp_path: Path, worker
 def test_start_up_failure_with_a_log_file_is_said_on_stderr_too(tmp_path: Path, workers: str) -> None:
     # With server.log_file set, the reason was written to that file only: `serve` in
     # a terminal, or a systemd unit's journal, showed an exit status 2 and nothing else.
-    srv = make_server(tmp_path / "srv")
-    srv.add_user(USER, PASSWORD)
-    set_key(srv, "server", f'workers = {workers}\nlog_file = "file.log"')
-    _too_new_schema(srv)
-    done = serve_once(srv)
+    srv, done = _start_with_a_too_new_schema(
+        tmp_path, f'workers = {workers}\nlog_file = "file.log"')
     assert done.returncode == 2
     for text in (done.stderr, (srv.root / "file.log").read_text()):
         errors = [line for line in text.splitlines() if " ERROR " in line]

@@ -197,6 +197,21 @@ def test_a_report_about_content_the_relay_refused_carries_the_header_only(reply:
     assert report_env.body_8bit is False and b"Content-Transfer-Encoding: 8bit" not in report
 
 
+def test_a_content_refused_report_of_a_raw_8bit_header_is_7bit() -> None:
+    # A relay without 8BITMIME refused the message (5.6.3); its header held raw UTF-8
+    # (no SMTPUTF8). Its header copied as it was made the report 8-bit: refused too.
+    data = ORIGINAL.replace(b"Subject: ", "Subject: caf\u00e9 ".encode())
+    assert not data.split(b"\r\n\r\n")[0].isascii()
+    built = dsn.build_report(envelope=env(body_8bit=True), queue_id="q1", data=data,
+                             reports=[dsn.Report("bob@example.net", "failed",
+                                                 "5.6.3 relay does not accept 8-bit data (8BITMIME)")],
+                             reporting_mta="mx.example.org", now=1_700_000_100.0)
+    assert built is not None
+    report_env, report = built
+    assert report.isascii() and report_env.body_8bit is False
+    assert b"Subject: caf?? " in report
+
+
 def test_a_report_is_marked_8bit_when_it_carries_8bit_data() -> None:
     # 8-bit data sent without BODY=8BITMIME: the report must not claim 7bit.
     data = ORIGINAL.replace(b"secret body", "caf\u00e9".encode())

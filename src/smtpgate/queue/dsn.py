@@ -173,6 +173,11 @@ def build_report(
         end = data.find(b"\r\n\r\n")
         original = data if end < 0 else data[: end + 2]
         original_type = "message/global-headers" if utf8 else "text/rfc822-headers"
+        if content_refused and not utf8 and not original.isascii():
+            # Raw 8-bit octets in the header (a Subject in UTF-8 without SMTPUTF8):
+            # the report would be 8-bit and meet the refusal it reports. Each
+            # such octet becomes "?": the header stays readable, the report 7-bit.
+            original = original.translate(_ASCII_ONLY)
     else:
         original = data
         original_type = "message/global" if utf8 else "message/rfc822"
@@ -230,6 +235,10 @@ def build_report(
         received_at=now,
     )
     return report_env, body
+
+
+#: Octets 0x80-0xFF as "?", the rest unchanged (`bytes.translate`).
+_ASCII_ONLY = bytes(range(128)) + b"?" * 128
 
 
 def _clean(text: str) -> str:

@@ -1007,6 +1007,12 @@ class SmtpConfig(Model):
     received_header: bool = Field(
         default=True, description="Prepend a Received header naming ESMTPSA and the login."
     )
+    add_missing_headers: bool = Field(
+        default=True,
+        description="Add `Date:` (the arrival time) and `Message-ID: <queue id@hostname>` "
+        "at the top of a message's header section when it has none (RFC 6409 §8.2, §8.3); "
+        "a message that has them is never changed.",
+    )
     banner: str = Field(default="ESMTP smtpgate", description="Text after the hostname in 220.")
 
 

@@ -64,6 +64,8 @@ class Incoming:
         self._crc_from = head.index(b"\n") + 1
         self._pending = bytearray(head)
         self._taken = len(head)
+        #: Where the message's own data starts in the file (after the prefix).
+        self._top = len(head)
         self._in_flight = 0
         self._written = 0
         self._size_at = size_at
@@ -77,7 +79,8 @@ class Incoming:
 
     @property
     def size(self) -> int:
-        """Octets of the message's data so far (the Received header included)."""
+        """Octets of the message's data so far (the Received header and added fields
+        included)."""
         return self._taken - self._data_from
 
     @property
@@ -93,6 +96,19 @@ class Incoming:
         self._taken += len(data)
         if len(self._pending) >= FLUSH_AT and self._flush is None:
             self._start_flush()
+
+    def insert_at_top(self, data: bytes) -> bool:
+        """Put ``data`` at the top of the message, right after the prefix
+        `Spool.receive` was given (the Received header), moving nothing the client
+        wrote. Only while the file's first write has not started: the length and
+        checksum are counted as octets are written, so they stay right. False (and
+        nothing changed) once it has, or after `seal` or `discard`."""
+        if self._done or self._error is not None or self._written or self._flush is not None:
+            return False
+        top = self._top
+        self._pending[top:top] = data
+        self._taken += len(data)
+        return True
 
     def _start_flush(self) -> None:
         chunk = bytes(self._pending)

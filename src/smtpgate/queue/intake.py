@@ -19,6 +19,7 @@ charged for a message it may resend: the conservative side.
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import logging
 import time
 from collections.abc import Callable, Coroutine
@@ -32,6 +33,7 @@ from smtpgate.queue.incoming import Incoming
 from smtpgate.queue.space import out_of_space
 from smtpgate.queue.spool import Spool, SpoolError, new_queue_id
 from smtpgate.smtp import replies as R
+from smtpgate.smtp.data import DATE, MESSAGE_ID
 from smtpgate.smtp.dsn_params import NO_DSN, TransactionDsn
 from smtpgate.smtp.received import received_header
 
@@ -79,6 +81,37 @@ class Receiving:
     recipients: tuple[str, ...]
     arrival: Arrival
     account: str
+    #: The Received header's clock reading (DATA's start) and the server's host
+    #: name: an added Date and Message-ID are made of them and the queue id.
+    received_at: float = 0.0
+    hostname: str = ""
+
+    def add_missing(self, missing: tuple[str, ...]) -> bool:
+        """Add the fields the message lacks (``Date``, ``Message-ID``; RFC 6409
+        §8.2, §8.3) at the top of its header section, before any of it is written
+        (`Incoming.insert_at_top`); False, logged, if some already was (a header
+        section near the 256 KiB limit): the message stays as the client wrote it."""
+        fields = missing_fields(missing, qid=self.incoming.qid, hostname=self.hostname,
+                                now=self.received_at)
+        if self.incoming.insert_at_top(fields):
+            return True
+        log.info("%s no %s added: the header section ended after the spool file's first "
+                 "write", self.arrival.session_id, " or ".join(missing))
+        return False
+
+
+def missing_fields(missing: tuple[str, ...], *, qid: str, hostname: str, now: float) -> bytes:
+    """The header fields an MSA adds (RFC 6409 §8.2, §8.3), ASCII, in the order of
+    ``missing``: ``Date:`` the time ``now`` in the server's local time zone, as an
+    RFC 5322 §3.3 date-time with a numeric offset; ``Message-ID: <QUEUEID@HOSTNAME>``
+    (the queue id is unique, the host name the server's own)."""
+    out = []
+    for name in missing:
+        if name == DATE:
+            out.append(b"Date: %s\r\n" % email.utils.formatdate(int(now), localtime=True).encode())
+        elif name == MESSAGE_ID:
+            out.append(b"Message-ID: <%s@%s>\r\n" % (qid.encode(), hostname.encode()))
+    return b"".join(out)
 
 
 class Intake:
@@ -98,13 +131,15 @@ class Intake:
     ) -> Receiving:
         """DATA started: the spool file of ``message`` (its ``data`` is ignored),
         with its envelope and Received header (stamped now, as Postfix does when
-        DATA starts). Its content is then written with ``incoming.write``."""
+        DATA starts). Its content is then written with ``incoming.write``; the
+        fields the message lacks are added with `Receiving.add_missing`."""
         now = time.time()
         account, envelope = self._envelope(message, arrival, now)
         qid = new_queue_id()  # named in the Received header: the client's copy finds it
         received = self._received(message, arrival, hostname, now, qid) if add_received else b""
         incoming = self._spool.receive(envelope, received, qid)
-        return Receiving(incoming, message.sender, message.recipients, arrival, account)
+        return Receiving(incoming, message.sender, message.recipients, arrival, account,
+                         received_at=now, hostname=hostname)
 
     async def finish(
         self, receiving: Receiving, *, alongside: Coroutine[Any, Any, None] | None = None

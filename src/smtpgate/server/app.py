@@ -150,6 +150,7 @@ def engine_settings(cfg: Config, listener: ListenerConfig, secret: bytes) -> Eng
         normalize_bare_lf=cfg.smtp.bare_line_endings == "normalize",
         binarymime=cfg.delivery.mode == "maildir",
         max_pending_output=MAX_PENDING_OUTPUT,
+        note_missing_fields=cfg.smtp.add_missing_headers,
     )
 
 

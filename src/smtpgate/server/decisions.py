@@ -124,8 +124,11 @@ class Decisions:
             else:
                 return Pending(self._mail_from(ev), engine.respond, ev)
         elif isinstance(ev, MessageData):
-            if self.receiving is not None:
-                self.receiving.incoming.write(ev.data)
+            receiving = self.receiving
+            if receiving is not None:
+                if ev.missing:  # the header section ended here without Date or Message-ID
+                    receiving.add_missing(ev.missing)
+                receiving.incoming.write(ev.data)
         elif isinstance(ev, MessageStart):
             self.message_start(ev)
         elif isinstance(ev, MessageAborted):
@@ -360,6 +363,8 @@ class Decisions:
         if receiving is None:  # the engine always starts a message first
             return R.QUEUE_FAILED
         try:
+            if ev.missing:  # a message all header, without Date or Message-ID
+                receiving.add_missing(ev.missing)
             sending = self._sending
             if sending is not None:
                 # The From/Sender checks read the header section the engine kept.

@@ -120,6 +120,10 @@ class EngineSettings:
     #: it: a client that pipelines commands and never reads the replies (an
     #: ``EHLO x`` of 8 octets is answered with 200) must not make it hold them all.
     max_pending_output: int = 0
+    #: Look for ``Date`` and ``Message-ID`` once the header section is complete and
+    #: name the missing ones in `MessageData.missing` (``smtp.add_missing_headers``):
+    #: off, the header section is only collected, as before.
+    note_missing_fields: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -800,13 +804,15 @@ class ServerEngine:
         out, end, leftover = data.feed(chunk)
         event: Event | None = None
         if not self._aborted:
-            header.feed(out)
+            ended = header.feed(out)
             reason = ("message too big" if data.too_big
                       else "bare CR or LF" if data.doomed
                       else "header section too big" if header.too_big else "")
             if reason:
                 self._aborted = True
                 event = MessageAborted(reason)
+            elif ended and self.settings.note_missing_fields:
+                event = MessageData(out, header.missing())
             elif out:
                 event = MessageData(out)
         if end is None:
@@ -843,6 +849,9 @@ class ServerEngine:
                 smtputf8=self._smtputf8,
                 header=header.header(),
                 size=end.size,
+                # A message without an empty line is all header: it ends here.
+                missing=header.missing()
+                if self.settings.note_missing_fields and not header.done else (),
             )
         )
 
@@ -887,13 +896,15 @@ class ServerEngine:
         end = chunks.end() if not self._chunk_left and self._chunk_last else None
         event: Event | None = None
         if not self._aborted:
-            header.feed(out)
+            ended = header.feed(out)
             reason = ("message too big" if chunks.too_big
                       else "bare CR or LF" if chunks.doomed
                       else "header section too big" if header.too_big else "")
             if reason:
                 self._aborted = True
                 event = MessageAborted(reason)
+            elif ended and self.settings.note_missing_fields:
+                event = MessageData(out, header.missing())
             elif out:
                 event = MessageData(out)
         if self._chunk_left:

@@ -139,9 +139,17 @@ class MessageStart:
 @dataclass(frozen=True, slots=True)
 class MessageData:
     """The next part of the message: dot-unstuffed, CRLF line ends. Append it;
-    the engine never holds the message (memory stays bounded whatever its size)."""
+    the engine never holds the message (memory stays bounded whatever its size).
+
+    ``missing``: the header section ended in this part and lacks these of
+    ``Date`` and ``Message-ID`` (``smtp.data.DATE``, ``MESSAGE_ID``), for the I/O
+    layer to add at the top of the message before it writes this part (RFC 6409
+    §8.2, §8.3). Empty in every other part, when both are there, and when
+    ``EngineSettings.note_missing_fields`` is off.
+    """
 
     data: bytes
+    missing: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +168,9 @@ class MessageReceived:
 
     ``header`` is its header section (each field's CRLF included, not the empty
     line after it; all of a message without one), for the From/Sender checks;
-    ``size`` the octets of all its `MessageData`.
+    ``size`` the octets of all its `MessageData`. ``missing``: as
+    `MessageData.missing`, for a message that ended without an empty line (all
+    header), whose header section ends only here.
     """
 
     sender: str
@@ -171,6 +181,7 @@ class MessageReceived:
     smtputf8: bool
     header: bytes
     size: int
+    missing: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

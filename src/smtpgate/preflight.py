@@ -62,6 +62,10 @@ class Problem:
     severity: Severity
     key: str
     message: str
+    #: A warning about a service that is down now, not about the config (the
+    #: account database not answering): ``serve`` starts, but logs it as an ERROR,
+    #: since no login succeeds until the service is back.
+    outage: bool = False
 
     def to_json(self) -> dict[str, str]:
         return {"severity": self.severity, "key": self.key, "message": self.message}
@@ -590,15 +594,24 @@ def check_ldap(cfg: Config) -> list[Problem]:
 
 def check_postgres(cfg: Config) -> list[Problem]:
     """The PostgreSQL backend opened once, as ``serve`` opens it: the password file,
-    the server's answer (down, a refused login) and the schema version. ``serve``
-    refuses to start on each, so each is an error here too."""
+    the server's answer and the schema version. A refused login, no such
+    database and a schema to migrate (or newer than this version) stop ``serve``,
+    so each is an error here too; a server that does not answer (refused, timed
+    out, no such host, starting up) is a warning: ``serve`` starts, and answers
+    logins 454 4.7.0 until it does (docs/directories.md)."""
     if cfg.accounts.backend != "postgresql":
         return []
     from smtpgate.auth.accounts import accounts_key, open_account_store
     from smtpgate.auth.directory import StoreError
+    from smtpgate.auth.postgres_schema import PostgresUnreachable
 
     try:
         open_account_store(cfg).close()
+    except PostgresUnreachable as e:
+        reason = " ".join(str(e).split())  # libpq's reason spans lines: one line here
+        return [Problem("warning", accounts_key(cfg), f"{reason}; serve starts anyway, and "
+                        "answers logins 454 4.7.0 (temporary failure) until the database "
+                        "answers", outage=True)]
     except StoreError as e:
         return [_error(getattr(e, "key", None) or accounts_key(cfg), str(e))]
     return []

@@ -127,7 +127,8 @@ def test_config_check_names_what_serve_would_refuse_on_postgresql(
     pg_server: Server, cluster: PostgresCluster,
 ) -> None:
     """`config check` said OK for a database serve then refused to start on: not
-    migrated, a wrong password, a server that does not answer."""
+    migrated, a wrong password (errors); a server that does not answer is a warning,
+    as serve starts then and answers logins 454 until it does."""
     def check() -> tuple[int, str]:
         out = pg_server.cli("config", "check", check=False)
         return out.returncode, out.stdout + out.stderr
@@ -142,8 +143,10 @@ def test_config_check_names_what_serve_would_refuse_on_postgresql(
     cluster.write_password_file(pg_server.root)
     cluster.stop()
     try:
+        # Down now is no config error: serve starts and answers 454 until it is back.
         code, text = check()
-        assert code == 1 and "Connection refused" in text, text
+        assert code == 0 and "warning: accounts.postgresql.dsn" in text, text
+        assert "Connection refused" in text and "454 4.7.0" in text, text
     finally:
         cluster.start()
 
@@ -258,6 +261,80 @@ def test_postgresql_stopped_mid_test_gives_454_then_logins_recover_without_resta
         time.sleep(0.5)
     assert reply.startswith("235"), reply
     assert pg_server.proc is not None and pg_server.proc.poll() is None  # never restarted
+
+
+def _short_timeout(srv: Server) -> None:
+    srv.config.write_text(srv.config.read_text().replace(
+        'password_file = "pg.password"\n', 'password_file = "pg.password"\ntimeout = 1\n'))
+
+
+def _until_235(srv: Server, seconds: float) -> str:
+    """Logins until one succeeds (each other one a 454) within ``seconds``; the last reply."""
+    deadline = time.monotonic() + seconds
+    reply = ""
+    while time.monotonic() < deadline:
+        reply = login(srv, "127.0.0.2", USER, PASSWORD)
+        if reply.startswith("235"):
+            break
+        assert reply == str(R.AUTH_TEMPFAIL), reply
+        time.sleep(0.5)
+    return reply
+
+
+def test_serve_started_while_the_database_is_down_answers_454_then_serves_when_it_is_back(
+    pg_server: Server, cluster: PostgresCluster,
+) -> None:
+    """A host that boots before its database (or restarts while the database does)
+    refused to start, exit 2, and stayed down: now it starts, logs the outage once as
+    an ERROR naming the key and libpq's reason, answers logins 454 4.7.0 (neither the
+    right password nor a wrong one is called wrong), and serves them once the
+    database answers, without a restart."""
+    _short_timeout(pg_server)
+    pg_server.cli("db", "migrate")
+    pg_server.add_user(USER, PASSWORD)
+    cluster.stop()
+    try:
+        pg_server.start()
+        assert login(pg_server, "127.0.0.2", USER, PASSWORD) == str(R.AUTH_TEMPFAIL)
+        assert login(pg_server, "127.0.0.3", USER, "a wrong guess") == str(R.AUTH_TEMPFAIL)
+        errors = [line for line in pg_server.log_text().splitlines()
+                  if "ERROR" in line and "accounts.postgresql.dsn" in line]
+        assert len(errors) == 1, pg_server.log_text()
+        assert "Connection refused" in errors[0] and "454 4.7.0" in errors[0]
+        assert "cannot start" not in pg_server.log_text()
+    finally:
+        cluster.start()
+    reply = _until_235(pg_server, 60)
+    assert reply.startswith("235"), reply
+    assert pg_server.proc is not None and pg_server.proc.poll() is None  # never restarted
+    assert login(pg_server, "127.0.0.3", USER, PASSWORD).startswith("235")  # not counted
+
+
+def test_a_schema_found_unmigrated_when_the_database_comes_back_is_logged_and_454(
+    pg_server: Server, cluster: PostgresCluster,
+) -> None:
+    """The schema could not be checked at start (the database was down); when the
+    database answers, it is checked: an unmigrated one is an ERROR naming `smtpgate
+    db migrate`, logins keep getting 454 (the workers keep running), and after the
+    migration logins are served without a restart."""
+    _short_timeout(pg_server)
+    cluster.stop()
+    try:
+        pg_server.start()
+    finally:
+        cluster.start()
+    deadline = time.monotonic() + 60
+    while "smtpgate db migrate" not in pg_server.log_text() and time.monotonic() < deadline:
+        assert login(pg_server, "127.0.0.2", USER, PASSWORD) == str(R.AUTH_TEMPFAIL)
+        time.sleep(0.5)
+    assert any("ERROR" in line and "schema is v0" in line and "smtpgate db migrate" in line
+               for line in pg_server.log_text().splitlines()), pg_server.log_text()
+    assert login(pg_server, "127.0.0.2", USER, PASSWORD) == str(R.AUTH_TEMPFAIL)
+    pg_server.cli("db", "migrate")
+    pg_server.add_user(USER, PASSWORD)
+    reply = _until_235(pg_server, 60)
+    assert reply.startswith("235"), reply
+    assert pg_server.proc is not None and pg_server.proc.poll() is None
 
 
 def test_a_table_locked_on_the_database_gives_454_within_the_timeout_not_a_hang(

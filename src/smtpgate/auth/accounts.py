@@ -17,12 +17,19 @@ from smtpgate.auth.store import SqliteAccountStore
 from smtpgate.config import Config, PostgresConfig
 
 
-def open_account_store(cfg: Config) -> AccountStore:
+def open_account_store(cfg: Config, *, outage_ok: bool = False) -> AccountStore:
     """The account backend of ``cfg``, both sides (read and admin).
+
+    ``outage_ok`` (what ``serve`` opens): a PostgreSQL server that cannot be
+    reached now is no reason to fail; the store opens, says why in its
+    ``outage``, and logins get 454 4.7.0 until the server answers. (The LDAP
+    backend always opens so; the admin commands leave it False, to stop at once.)
 
     Raises:
         StoreUnavailable: it cannot be opened (a file that is not a database,
-            a missing directory, a schema newer than this version knows).
+            a missing directory, a schema newer than this version knows, a
+            database server that refuses the login; ``PostgresUnreachable``: one
+            that does not answer, without ``outage_ok``).
     """
     backend = cfg.accounts.backend
     if backend == "sqlite":
@@ -30,7 +37,7 @@ def open_account_store(cfg: Config) -> AccountStore:
     if backend == "postgresql":
         from smtpgate.auth.postgres_store import PostgresAccountStore
 
-        return PostgresAccountStore(_postgres(cfg), cfg.accounts)
+        return PostgresAccountStore(_postgres(cfg), cfg.accounts, outage_ok=outage_ok)
     if backend == "ldap":
         from smtpgate.auth.ldap_store import open_ldap_store
 

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
-from psycopg import conninfo
+from psycopg import conninfo, pq
 from psycopg.rows import dict_row
 
 from smtpgate.auth.directory import StoreUnavailable
@@ -37,6 +37,13 @@ class SchemaNotMigrated(StoreUnavailable):
     ``smtpgate db migrate``. Nothing was changed."""
 
     hint = "run `smtpgate db migrate` (docs/directories.md, \"PostgreSQL\")"
+
+
+class PostgresUnreachable(StoreUnavailable):
+    """The server could not be reached (refused, timed out, no such host), or it is
+    not taking connections now (starting up, shutting down): an outage, not a
+    configuration that can never work. ``serve`` starts anyway and answers logins
+    454 4.7.0 until the database answers (``outage``)."""
 
 
 class PasswordFileUnreadable(StoreUnavailable):
@@ -195,11 +202,68 @@ def current_version(c: psycopg.Connection[Row]) -> int:
     return 0 if row is None else int(row["v"])
 
 
-def connect(pg: PostgresConfig) -> psycopg.Connection[Row]:
+#: SQLSTATE classes of a server that is there but cannot serve now: 08 connection
+#: exception, 53 insufficient resources (too many connections, disk full), 57
+#: operator intervention (shutting down, starting up, a statement cancelled).
+_OUTAGE_CLASSES = frozenset({"08", "53", "57"})
+
+
+def outage_state(sqlstate: str | None) -> bool:
+    """Whether an error with this SQLSTATE is an outage (it passes by itself) rather
+    than a configuration that can never work: a wrong password or no such role
+    (class 28), no such database (3D000), no right to read the schema (42501)...
+    An error without one never came from the server: the connection broke."""
+    return sqlstate is None or sqlstate[:2] in _OUTAGE_CLASSES
+
+
+def _answers(pg: PostgresConfig) -> bool:
+    """Whether the server answers at all (libpq's ``PQping``, which needs no valid
+    login): a failed connection carries no SQLSTATE in psycopg, and libpq's message
+    is localised text, never parsed. ``PQping`` decides on the server's SQLSTATE
+    itself: "starting up" or "shutting down" (57P03) is a rejection, any other
+    answer (a refused login, no such database) means the server is there."""
     try:
-        return psycopg.connect(pg.dsn, row_factory=dict_row, **connection_kwargs(pg))
-    except psycopg.Error as e:
-        raise StoreUnavailable(f"{where(pg)}: {str(e).strip()}") from None
+        info = conninfo.make_conninfo(pg.dsn, connect_timeout=max(1, int(pg.timeout)))
+    except psycopg.Error:
+        return True  # a DSN libpq cannot parse is no outage
+    # NO_ATTEMPT: libpq found the parameters invalid, which no waiting mends.
+    return ping(info) in (pq.Ping.OK, pq.Ping.NO_ATTEMPT)
+
+
+def ping(info: str) -> pq.Ping:
+    """libpq's ``PQping`` of the connection string ``info`` (no password in it)."""
+    return pq.Ping(pq.PGconn.ping(info.encode()))
+
+
+def connect(pg: PostgresConfig, *, classify: bool = True) -> psycopg.Connection[Row]:
+    """A new connection (autocommit).
+
+    Raises:
+        PostgresUnreachable: the server cannot be reached or takes no connections now
+            (only with ``classify``, which may take a ``PQping`` and a second try).
+        StoreUnavailable: the server refused the login (a wrong password, no such
+            role or database), or the password file cannot be read.
+    """
+    kwargs = connection_kwargs(pg)
+    tries = 2
+    while True:
+        tries -= 1
+        try:
+            return psycopg.connect(pg.dsn, row_factory=dict_row, **kwargs)
+        except psycopg.Error as e:
+            error = e
+        if not classify:
+            outage = False
+        elif error.sqlstate is not None:
+            outage = outage_state(error.sqlstate)
+        elif not _answers(pg):
+            outage = True
+        elif tries:
+            continue  # it answers: it may have come up in between, so ask it again
+        else:
+            outage = False
+        kind = PostgresUnreachable if outage else StoreUnavailable
+        raise kind(f"{where(pg)}: {str(error).strip()}") from None
 
 
 def check_version(label: str, current: int) -> None:
@@ -211,12 +275,18 @@ def check_version(label: str, current: int) -> None:
 
 
 def schema_version(pg: PostgresConfig) -> int:
-    """The database's schema version (0: none yet)."""
+    """The database's schema version (0: none yet).
+
+    Raises:
+        PostgresUnreachable: the server cannot be reached, or went away.
+        StoreUnavailable: it refused the login, or the reading of the version.
+    """
     with connect(pg) as c:
         try:
             return current_version(c)
         except psycopg.Error as e:
-            raise StoreUnavailable(f"{where(pg)}: {str(e).strip()}") from None
+            kind = PostgresUnreachable if outage_state(e.sqlstate) else StoreUnavailable
+            raise kind(f"{where(pg)}: {str(e).strip()}") from None
 
 
 def migrate(

@@ -34,6 +34,13 @@ Choices, with reasons:
   service's two read threads, and with them every other login. The pool keeps retrying in the
   background (with backoff, given up and restarted every ``_RECONNECT`` seconds
   so that it never sleeps long), so logins recover by themselves.
+- The server down **at start-up** is the same outage, not a reason to refuse
+  to start (``outage_ok``, what ``serve`` opens with): the store opens, logins
+  get 454 until the server answers, and the schema version, which could not be
+  read, is checked on the pool's first connection; a wrong one fails that
+  connection (logged once), so logins stay 454 until ``smtpgate db migrate``.
+  What cannot pass by itself still refuses the opening: a refused login, no
+  such database, a wrong schema (``postgres_schema.connect`` tells them apart).
 - **Migrations are explicit** (``auth/postgres_schema.py``): opening never
   changes the schema; a database older than this version (or empty) is refused
   with a message that says to run ``smtpgate db migrate``.
@@ -51,6 +58,7 @@ import hmac
 import json
 import logging
 import secrets
+import threading
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -81,11 +89,14 @@ from smtpgate.auth.names import lookup_key
 from smtpgate.auth.passwords import PasswordHasher, StoredHashError
 from smtpgate.auth.postgres_schema import (
     SCHEMA_VERSION,
+    PostgresSchemaTooNew,
+    PostgresUnreachable,
     Row,
     SchemaNotMigrated,
     check_version,
     connect,
     connection_kwargs,
+    current_version,
     schema_version,
     utcnow,
     where,
@@ -94,6 +105,9 @@ from smtpgate.config import AccountsConfig, PostgresConfig
 
 log = logging.getLogger("smtpgate.auth.postgres")
 
+#: The key that names the database, in what is logged about it.
+DSN_KEY = "accounts.postgresql.dsn"
+
 #: The account name or alias that is an address but for letter case (admin_store).
 _CASE_TWIN = case_twin_query("%s")
 #: Seconds the pool retries a lost connection before starting its backoff over.
@@ -101,6 +115,17 @@ _RECONNECT = 10.0
 
 _ACCOUNT_COLUMNS = """a.*, (SELECT string_agg(c.scheme, ' ') FROM credentials c
     WHERE c.account = a.name) AS schemes"""
+
+
+def _require_schema(label: str, current: int) -> None:
+    """Raises ``PostgresSchemaTooNew`` or ``SchemaNotMigrated`` for a schema version
+    this smtpgate cannot serve logins from."""
+    check_version(label, current)
+    if current < SCHEMA_VERSION:
+        raise SchemaNotMigrated(
+            f"{label}: the schema is v{current}, this smtpgate needs "
+            f"v{SCHEMA_VERSION}; run `smtpgate db migrate` first"
+        )
 
 
 def _utc(t: datetime | None) -> datetime | None:
@@ -634,10 +659,15 @@ class PostgresAccountStore:
     """``AccountStore`` (both sides) on a PostgreSQL database, through a pool.
 
     Opening connects once (so a wrong DSN, password or an unmigrated database is
-    reported at once, with libpq's reason) and starts the pool.
+    reported at once, with libpq's reason) and starts the pool. With
+    ``outage_ok`` (``serve``), a server that cannot be reached now does not stop
+    the opening: ``outage`` says why, logins get 454 4.7.0, the pool keeps trying,
+    and the schema is checked on its first connection (``_configure``).
 
     Raises:
-        StoreUnavailable: the server cannot be reached or refuses the login.
+        PostgresUnreachable: the server cannot be reached (without ``outage_ok``).
+        StoreUnavailable: the server refuses the login (or the password file
+            cannot be read).
         SchemaNotMigrated: the schema is missing or older (``smtpgate db migrate``).
         PostgresSchemaTooNew: the schema is newer than this version knows.
     """
@@ -651,6 +681,7 @@ class PostgresAccountStore:
         accounts_cfg: AccountsConfig,
         *,
         clock: Callable[[], datetime] = utcnow,
+        outage_ok: bool = False,
     ) -> None:
         self._hasher = PasswordHasher(accounts_cfg)
         self._clock = clock
@@ -661,13 +692,21 @@ class PostgresAccountStore:
         self.read_bound = 2 * pg.timeout + 1
         self._label = where(pg)
         kwargs = connection_kwargs(pg)
-        current = schema_version(pg)
-        check_version(self._label, current)
-        if current < SCHEMA_VERSION:
-            raise SchemaNotMigrated(
-                f"{self._label}: the schema is v{current}, this smtpgate needs "
-                f"v{SCHEMA_VERSION}; run `smtpgate db migrate` first"
-            )
+        #: Why the database could not be reached at opening (None: it answered).
+        self.outage: str | None = None
+        #: The schema's refusal, as last logged (None: not refused since).
+        self._schema_refusal: str | None = None
+        self._schema_lock = threading.Lock()
+        try:
+            current = schema_version(pg)
+        except PostgresUnreachable as e:
+            if not outage_ok:
+                raise
+            self.outage = str(e)
+            self._schema_checked = False
+        else:
+            _require_schema(self._label, current)
+            self._schema_checked = True
         #: What new connections log in with: read again for each (``_kwargs``).
         self._last_kwargs = kwargs
         self._pool: ConnectionPool[psycopg.Connection[Row]] = ConnectionPool(
@@ -700,9 +739,44 @@ class PostgresAccountStore:
 
     def _configure(self, c: psycopg.Connection[Row]) -> None:
         """A new pooled connection: no statement runs (or waits for a lock) longer
-        than ``timeout``; past it the server cancels it (``QueryCanceled``, 454)."""
-        c.execute(sql.SQL("SET statement_timeout = {}").format(
-            sql.Literal(max(1, round(self._pg.timeout * 1000)))))
+        than ``timeout``; past it the server cancels it (``QueryCanceled``, 454).
+        If the schema could not be checked at opening, it is checked now; a wrong
+        one fails the connection (the pool tries again later), so logins keep
+        getting 454 until ``smtpgate db migrate``."""
+        try:
+            if not self._schema_checked:
+                self._check_schema(c)
+            c.execute(sql.SQL("SET statement_timeout = {}").format(
+                sql.Literal(max(1, round(self._pg.timeout * 1000)))))
+        except BaseException:
+            c.close()
+            raise
+
+    def _check_schema(self, c: psycopg.Connection[Row]) -> None:
+        """The schema version on a pool thread's first connection after an outage at
+        opening: logged once as an ERROR while it is wrong, once as INFO when good.
+
+        Raises:
+            SchemaNotMigrated, PostgresSchemaTooNew: it is wrong.
+            psycopg.Error: it could not be read.
+        """
+        current = current_version(c)
+        with self._schema_lock:
+            try:
+                _require_schema(self._label, current)
+            except (SchemaNotMigrated, PostgresSchemaTooNew) as e:
+                # SchemaNotMigrated names `smtpgate db migrate` itself.
+                refusal = str(e) if isinstance(e, SchemaNotMigrated) else f"{e}; {e.hint}"
+                if refusal != self._schema_refusal:
+                    log.error("%s: %s; logins get 454 4.7.0 until then",
+                              DSN_KEY, refusal)
+                self._schema_refusal = refusal
+                raise
+            if not self._schema_checked:
+                log.info("%s: %s answers (schema v%d): logins are served", DSN_KEY,
+                         self._label, current)
+            self._schema_checked = True
+            self._schema_refusal = None
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
@@ -720,8 +794,11 @@ class PostgresAccountStore:
 
     def _cause(self) -> str:
         """Why the pool has no connection: one direct attempt, for the log."""
+        refusal = self._schema_refusal
+        if refusal is not None:
+            return refusal.removeprefix(f"{self._label}: ")
         try:
-            with connect(self._pg):
+            with connect(self._pg, classify=False):  # one attempt: read_bound counts it
                 return "the server answers again"
         except StoreUnavailable as e:
             return str(e).removeprefix(f"{self._label}: ")

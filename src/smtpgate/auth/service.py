@@ -923,6 +923,9 @@ class AuthService:
 def build_auth_service(cfg: Config, token_verifier: object | None = None) -> AuthService:
     """Open the account directory and auth log named in ``cfg`` and wrap them in a service.
 
+    A database server that does not answer yet is no error: logins get 454 4.7.0
+    until it does (``open_account_store``'s ``outage_ok``).
+
     Raises:
         StoreUnavailable: the account database cannot be opened.
         OSError: the auth log cannot be opened.
@@ -932,7 +935,7 @@ def build_auth_service(cfg: Config, token_verifier: object | None = None) -> Aut
     log_path = None if log_file is None or str(log_file) in ("", ".") else cfg.path(log_file)
     auth_log = AuthLog(log_path)
     try:
-        directory = open_account_store(cfg)
+        directory = open_account_store(cfg, outage_ok=True)  # 454 until it answers
     except BaseException:
         auth_log.close()
         raise

@@ -171,7 +171,9 @@ def log_warnings(found: list[Problem]) -> None:
     `config check` prints (a certificate expiring or expired), is named at start-up."""
     for problem in found:
         if problem.severity == "warning":
-            log.warning("%s: %s", problem.key, problem.message)
+            # An outage (the account database down) stops every login: an ERROR.
+            (log.error if problem.outage else log.warning)("%s: %s", problem.key,
+                                                           problem.message)
 
 
 def build_guard(cfg: Config) -> Guard:
@@ -285,7 +287,10 @@ def check_before_binding(cfg: Config) -> ServerTlsContext:
     except TlsConfigError as e:
         raise StartupError(e.key, str(e).removeprefix(f"{e.key}: ")) from None
     try:
-        open_account_store(cfg).close()
+        # A database down now was logged above (preflight): serve starts anyway, and
+        # is not kept waiting for it a second time here.
+        if not any(p.outage for p in found):
+            open_account_store(cfg, outage_ok=True).close()
     except StoreError as e:
         # A backend's error may name its own key (a password file, say).
         raise StartupError(getattr(e, "key", None) or accounts_key(cfg), str(e)) from None

@@ -123,7 +123,7 @@ class AdminSite:
 
     async def open(self) -> None:
         """Open the stores. Raises StoreError, GuardStoreError."""
-        self._store = await asyncio.to_thread(open_account_store, self.cfg)
+        self._store = await asyncio.to_thread(open_account_store, self.cfg, outage_ok=True)
         self._guard = Guard(await asyncio.to_thread(open_guard_state, self.cfg), self.cfg.guard,
                             self.cfg.state, reads_on_loop=self.cfg.server.sqlite_reads_on_loop)
         try:

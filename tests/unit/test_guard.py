@@ -296,6 +296,28 @@ async def test_check_penalty_lock_and_known_owner(guard: tuple[Guard, Clock]) ->
     assert (await g.failure(refused, counts_account=True)) == []  # refusals are not counted
 
 
+async def test_the_first_prune_comes_a_minute_after_start_not_with_the_first_failure(
+    tmp_path: Path,
+) -> None:
+    clock = Clock()
+    pruned: list[float] = []
+
+    class CountingStore(SqliteGuardStore):
+        def prune(self, now: float, keep_seconds: float, known_seconds: float) -> None:
+            pruned.append(now)
+            super().prune(now, keep_seconds, known_seconds)
+
+    g = Guard(CountingStore(tmp_path / "g.sqlite"), CFG, PATIENT_STATE, clock=clock)
+    try:
+        await g.failure(await g.check("203.0.113.9", ALICE), counts_account=True)
+        assert pruned == []  # the workers' first logins do not queue behind prunes
+        clock.now += 61
+        await g.failure(await g.check("203.0.113.10", ALICE), counts_account=True)
+        assert pruned == [clock.now]
+    finally:
+        await g.close()
+
+
 async def test_allowlisted_addresses_are_invisible(tmp_path: Path) -> None:
     g = Guard(SqliteGuardStore(tmp_path / "g.sqlite"),
               CFG.model_copy(update={"allowlist": ["10.0.0.0/8"]}), PATIENT_STATE)

@@ -344,7 +344,10 @@ class Guard:
         self._memory = GuardMemory()
         #: Background write probes (``_probe_writes``), kept until done.
         self._probes: set[asyncio.Task[None]] = set()
-        self._last_prune = 0.0
+        # The first prune a minute after start, not with the first failure: the
+        # workers start together, and their first logins' writes queued behind
+        # two prunes of the same file stalled past the state timeout (454s).
+        self._last_prune = clock()
         self._closed = False
         self.stats = GuardStats()
 

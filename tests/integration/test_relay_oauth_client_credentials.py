@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import threading
+import time
 import urllib.parse
 from collections import Counter
 from collections.abc import Iterator
@@ -158,7 +159,13 @@ def test_wrong_client_secret_keeps_the_message_until_the_secret_is_fixed(
     try:
         send(srv, "cc-wrong")
         wait_for_log(srv, "deferred to=<bob@example.net>")
-        [entry] = json.loads(srv.cli("queue", "list", "--json").stdout)
+        # The attempt is logged, then its state saved: read the queue once it is.
+        deadline = time.monotonic() + 30
+        while True:
+            [entry] = json.loads(srv.cli("queue", "list", "--json").stdout)
+            if entry["last_error"] is not None or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
         assert (f"relay_oauth_token_url {endpoint.url}: refused the request: HTTP 401 "
                 "invalid_client (client authentication failed)") in entry["last_error"]
         assert entry["last_error"].startswith("4.7.0")  # temporary: kept, not bounced

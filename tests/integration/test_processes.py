@@ -180,6 +180,10 @@ def test_after_start_up_the_log_file_alone_gets_the_errors(tmp_path: Path) -> No
     set_key(srv, "server", 'log_file = "file.log"')
     srv.start()
     log = srv.root / "file.log"
+    deadline = time.monotonic() + WAIT
+    while " started " not in log.read_text():  # every worker ready: start-up is over
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)
     good = srv.config.read_text()
     srv.config.write_text(good + "\nbogus = 1\n")
     sighup(srv)

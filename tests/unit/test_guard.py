@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -314,6 +315,40 @@ async def test_the_first_prune_comes_a_minute_after_start_not_with_the_first_fai
         clock.now += 61
         await g.failure(await g.check("203.0.113.10", ALICE), counts_account=True)
         assert pruned == [clock.now]
+    finally:
+        await g.close()
+
+
+async def test_warm_up_writes_once_before_serving_and_a_slow_one_is_no_episode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = Clock()
+    pruned: list[float] = []
+
+    class SlowStore(SqliteGuardStore):
+        delay = 0.0
+
+        def prune(self, now: float, keep_seconds: float, known_seconds: float) -> None:
+            time.sleep(self.delay)  # another process's start-up holding the write lock
+            pruned.append(now)
+            super().prune(now, keep_seconds, known_seconds)
+
+    store = SlowStore(tmp_path / "g.sqlite")
+    g = Guard(store, CFG, StateConfig(timeout=0.05), clock=clock)
+    try:
+        await g.warm_up()
+        assert pruned == [clock.now]
+        # Slower than the state timeout: waited for at start, not an episode.
+        monkeypatch.setattr("smtpgate.auth.guard.WARM_UP_WAIT", 0.1)
+        store.delay = 0.3
+        await g.warm_up()
+        assert not g.unavailable
+        store.delay = 0.0
+        await asyncio.sleep(0.35)  # it runs on, and ends
+        check = await g.check("203.0.113.9", ALICE)
+        assert check.refusal is None
+        await g.failure(check, counts_account=True)
+        assert not g.unavailable and len(pruned) == 2
     finally:
         await g.close()
 

@@ -145,6 +145,26 @@ class BoundedCalls:
             if self.metric is not None:
                 metrics.backend_call(*self.metric, time.monotonic() - started, failed=failed)
 
+    async def warm(self, fn: Callable[..., object], *args: object, wait: float) -> bool:
+        """``fn(*args)`` on the store's thread before the first real call (its
+        connection opened, its lock taken once), waited for up to ``wait`` rather
+        than the call bound: nothing is answered meanwhile, and a slow start is
+        not an episode. True if it ended in time without an error; a call still
+        running goes on, and the calls after it queue behind it under their bound."""
+        with self._lock:
+            if self._closed:
+                return False
+            self._busy += 1
+        cf: Future[object] = self._pool.submit(fn, *args)
+        cf.add_done_callback(self._finished)
+        try:
+            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(cf)), wait)
+        except TimeoutError:
+            return False
+        except self._errors:
+            return False
+        return True
+
     def _finished(self, cf: Future[T]) -> None:
         """Done callback (the store's thread, or the loop when withdrawn)."""
         ok = not cf.cancelled() and cf.exception() is None

@@ -119,6 +119,8 @@ T = TypeVar("T")
 
 #: Prune old records at most this often (seconds), from the write path.
 PRUNE_EVERY = 60.0
+#: Seconds a process waits at start for its first write to the state (``warm_up``).
+WARM_UP_WAIT = 5.0
 
 #: How long -PLUS stays held back from an address whose client could not bind
 #: (docs/mechanisms.md). A choice, not a rule: long enough that a mutt user meets
@@ -555,14 +557,29 @@ class Guard:
         self._probes.add(task)
         task.add_done_callback(self._probes.discard)
 
-    async def _prune(self, now: float) -> None:
+    def _prune_ages(self) -> tuple[float, float]:
+        """What a prune keeps: the longest window, and known addresses' age."""
         c = self._cfg
         keep = max(c.spray_window, c.lockout_window, c.penalty_window, c.block_duration,
                    c.lockout_duration, c.throttle_duration)
+        return keep, c.known_address_days * 86400
+
+    async def _prune(self, now: float) -> None:
         try:
-            await self._write(self._store.prune, now, keep, c.known_address_days * 86400)
+            await self._write(self._store.prune, now, *self._prune_ages())
         except StoreUnavailable:
             self.stats.faults += 1
+
+    async def warm_up(self) -> None:
+        """Before a process serves: one prune on the write thread, so that its
+        connection is open and the other processes' start-up writes are behind
+        it. The first login's write paid for both and, with every process
+        starting at once on a busy disk, went past the state timeout (a 454 from
+        a healthy server); here it may take up to ``WARM_UP_WAIT``."""
+        now = self._clock()
+        if await self._calls.writes.warm(self._store.prune, now, *self._prune_ages(),
+                                          wait=WARM_UP_WAIT):
+            self._last_prune = now
 
     def _degraded_check(
         self, keys: ClientKeys, account: str, now: float, snap: Snapshot | None

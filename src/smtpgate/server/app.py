@@ -471,6 +471,7 @@ async def serve_sockets(
     sys.setswitchinterval(0.0005)
     auth = build_auth_service(cfg, make_token_verifier(cfg))
     guard = build_guard(cfg)
+    await guard.warm_up()  # before the listeners: the first login's write is no start-up's
     rates = build_rates(cfg)
     spool = Spool(cfg.path(cfg.queue.spool))
     space = spool_space(cfg)

@@ -724,6 +724,13 @@ class AuthConfig(Model):
         description="Minimum seconds before a failed AUTH is answered (with jitter), so "
         "timing does not tell an unknown account from a wrong password.",
     )
+    session_recheck: float = Field(
+        default=10.0,
+        ge=0,
+        description="Seconds after which a logged-in session reads its account again, at "
+        "its next MAIL: a lock, removal, password change or access rule made since ends "
+        "the session (421 4.7.0); alias and rate changes apply. 0: at every MAIL.",
+    )
     decoy_secret_file: Path | None = Field(
         default=None,
         description="File holding the secret (32 random bytes) that keys SCRAM's fake "

@@ -63,6 +63,8 @@ class Driver:
     auth_store_down: bool = False
     closed: bool = False
     starttls_pending: bool = False
+    #: What MAIL is answered (None: the default 250).
+    mail_reply: R.Reply | None = None
 
     @classmethod
     def new(cls, *, tls: bool = False, greet: bool = True, **kw: object) -> Driver:
@@ -86,7 +88,9 @@ class Driver:
             if ev is NEED_DATA or ev is PAUSED:
                 return
             self.events.append(ev)
-            if isinstance(ev, (MailFrom, RcptTo)):
+            if isinstance(ev, MailFrom):
+                e.respond(self.mail_reply)
+            elif isinstance(ev, RcptTo):
                 e.respond(None)
             elif isinstance(ev, MessageStart):
                 assert self.writing is None

@@ -9,6 +9,7 @@ import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -704,3 +705,64 @@ async def test_concurrent_identical_logins_share_one_argon2_run(svc: AuthService
     verdicts = await asyncio.gather(*[login(svc) for _ in range(6)], login(svc, pw="wrong"))
     assert [v.ok for v in verdicts] == [True] * 6 + [False]
     assert svc.stats.hash_verifications == 2  # one per distinct (account, password)
+
+
+# --- an open session's account read again ([auth] session_recheck) ------------------
+
+
+def _login_time() -> datetime:
+    return datetime.now(UTC)
+
+
+async def test_session_refusal_ends_what_a_login_now_would_not_get(
+    svc: AuthService, admin: AccountAdmin
+) -> None:
+    from smtpgate.admin import RestrictNetworks
+    from smtpgate.auth.principal import Principal
+
+    who = Principal(ALICE, "PLAIN")
+    since = _login_time()
+    reason, profile = await svc.session_refusal(who, CTX, since)
+    assert reason is None and profile is not None and profile.name == ALICE
+    admin.change_access(ALICE, [RestrictNetworks(("198.51.100.0/24",))])
+    reason, profile = await svc.session_refusal(who, CTX, since)
+    assert reason is not None and "192.0.2.7 not in the account's networks" in reason
+    assert profile is None
+    admin.change_access(ALICE, [RestrictNetworks(("192.0.2.0/24",))])
+    assert (await svc.session_refusal(who, CTX, since))[0] is None
+    admin.lock(ALICE, "compromised")
+    assert (await svc.session_refusal(who, CTX, since)) == ("account locked", None)
+    admin.remove_account(ALICE)
+    assert (await svc.session_refusal(who, CTX, since)) == ("account removed", None)
+
+
+async def test_session_refusal_password_change_ends_only_logins_with_that_password(
+    svc: AuthService, admin: AccountAdmin
+) -> None:
+    from smtpgate.auth.principal import AppPasswordUse, Principal
+
+    since = _login_time()
+    await asyncio.sleep(0.01)  # the change comes after the login
+    admin.set_password(ALICE, "new-Pencil-123")
+    for mechanism in ("PLAIN", "LOGIN", "SCRAM-SHA-256", "CRAM-MD5"):
+        reason, _ = await svc.session_refusal(Principal(ALICE, mechanism), CTX, since)
+        assert reason == "password changed"
+    # Logged in after the change: the new password.
+    assert (await svc.session_refusal(Principal(ALICE, "PLAIN"), CTX, _login_time()))[0] is None
+    # An app password, a token or a certificate was not the password that changed.
+    for who in (
+        Principal(ALICE, "PLAIN", app_password=AppPasswordUse(1, "phone")),
+        Principal(ALICE, "XOAUTH2", oauth_issuer="https://idp.example"),
+        Principal(ALICE, "EXTERNAL"),
+    ):
+        assert (await svc.session_refusal(who, CTX, since))[0] is None
+
+
+async def test_session_refusal_an_expired_password_ends_the_session(
+    svc: AuthService, admin: AccountAdmin
+) -> None:
+    from smtpgate.auth.principal import Principal
+
+    admin.schedule_password_expiry(ALICE, datetime.now(UTC))
+    reason, _ = await svc.session_refusal(Principal(ALICE, "PLAIN"), CTX, _login_time())
+    assert reason is not None and reason.startswith("password expired at")

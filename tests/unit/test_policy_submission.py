@@ -133,3 +133,20 @@ async def test_a_profile_the_login_read_is_used_without_asking_again() -> None:
     assert await s.mail("info@example.org", policy, None) == R.SENDER_NOT_OWNED
     assert s.mail_now("mallory@example.org", policy, None) == R.SENDER_NOT_OWNED
     assert profiles.asked == []
+
+
+async def test_recheck_is_due_after_the_interval_and_replaces_the_profile() -> None:
+    profiles = Profiles()
+    s = sending(profiles)
+    assert s.recheck_due(0.0)  # 0: at every MAIL
+    assert not s.recheck_due(3600.0)
+    policy = PolicyConfig()
+    assert await s.mail("info@example.org", policy, None) is None
+    s.rechecked(SenderProfile(ALICE, aliases=frozenset({"sales@example.org"})))
+    assert not s.recheck_due(3600.0)
+    # The profile read again is the one MAIL now checks, without another read.
+    assert await s.mail("sales@example.org", policy, None) is None
+    assert await s.mail("info@example.org", policy, None) == R.SENDER_NOT_OWNED
+    s.rechecked(None)  # a directory fault: the held profile stays
+    assert await s.mail("sales@example.org", policy, None) is None
+    assert profiles.asked == [ALICE]

@@ -150,6 +150,24 @@ def test_rfc4954_s4_second_auth_after_success_is_503() -> None:
     assert codes(d.feed(f"AUTH PLAIN {PLAIN_OK}\r\n".encode())) == [str(R.AUTH_ALREADY)]
 
 
+def test_rfc5321_s3_8_a_421_to_mail_closes_the_session() -> None:
+    """A decision that ends the session (a login revoked since, `[auth] session_recheck`)
+    answers MAIL 421 and closes: nothing pipelined after it is answered."""
+    d = authed()
+    d.mail_reply = R.LOGIN_REVOKED
+    out = d.feed(b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@example.net>\r\nNOOP\r\n")
+    assert codes(out) == ["421 4.7.0 Authentication no longer valid, closing connection"]
+    assert d.closed
+
+
+def test_a_5xx_to_mail_keeps_the_session() -> None:
+    d = authed()
+    d.mail_reply = R.Reply(553, "5.7.1", "Sender address not owned by you")
+    out = d.feed(b"MAIL FROM:<boss@example.org>\r\nNOOP\r\n")
+    assert codes(out) == ["553 5.7.1 Sender address not owned by you", "250 2.0.0 OK"]
+    assert not d.closed
+
+
 def test_rfc4954_s4_auth_inside_transaction_is_503() -> None:
     d = Driver.new(tls=True, auth_in_clear=True)
     d.feed(f"EHLO c\r\nAUTH PLAIN {PLAIN_OK}\r\n".encode())

@@ -109,6 +109,7 @@ from smtpgate.auth.loop_reads import Missed, loop_reads_for
 from smtpgate.auth.names import lookup_key
 from smtpgate.auth.networks import in_networks, parse_ip, parse_networks
 from smtpgate.auth.passwords import PasswordHasher, StoredHashError, verify_on_one_thread_here
+from smtpgate.auth.principal import Principal
 from smtpgate.auth.sender_profile import SenderProfile
 from smtpgate.auth.verify_scheduler import (
     TRUSTED,
@@ -383,6 +384,38 @@ class AuthService:
         account = await self._read_row(self._directory.get_account, lookup_key(identity))
         found = None if account is None else _mechanism_refusal(account, mechanism, ctx)
         return None if found is None else found[1]
+
+    async def session_refusal(
+        self, principal: Principal, ctx: AuthContext, logged_in: datetime
+    ) -> tuple[str | None, SenderProfile | None]:
+        """A session's account read again (``[auth] session_recheck``): why the session
+        of ``principal``, logged in at ``logged_in``, must end now, or None and its
+        current sender profile; ``StoreError`` on a fault.
+
+        It ends for what would refuse the login now: the account removed or locked, a
+        mechanism or access rule that no longer lets it in from ``ctx``; and, for a
+        login with the account's own password, that password changed or expired
+        since (an app password, a token or a certificate is not the password)."""
+        name = lookup_key(principal.account)
+        mechanism = principal.mechanism
+        by_password = principal.app_password is None and not (
+            mechanism in mechanism_facts.OAUTH or mechanism in mechanism_facts.CLIENT_CERTIFICATE)
+
+        def load() -> tuple[str | None, SenderProfile | None]:
+            account = self._directory.get_account(name)
+            if account is None:
+                return "account removed", None
+            if found := _mechanism_refusal(account, mechanism, ctx):
+                return found[1], None
+            if by_password:
+                changed = account.password_changed
+                if changed is not None and changed > logged_in:
+                    return "password changed", None
+                if expired := self._expired(account):
+                    return expired, None
+            return None, self._profile(name, account)
+
+        return await self._read_row(load)
 
     async def sender_profile(self, identity: str) -> SenderProfile:
         """What ``identity`` may send as, and its rates; ``StoreError`` on a fault."""

@@ -16,8 +16,11 @@ import logging
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
+    from smtpgate.auth.principal import Principal
     from smtpgate.auth.sender_profile import SenderProfile
-    from smtpgate.auth.service import AuthService
+    from smtpgate.auth.service import AuthContext, AuthService
 
 log = logging.getLogger("smtpgate")
 
@@ -66,6 +69,12 @@ class AuthServices:
         """From the current directory (a session's first MAIL after a reload reads
         the new one)."""
         return await self.current.sender_profile(identity)
+
+    async def session_refusal(
+        self, principal: Principal, ctx: AuthContext, logged_in: datetime
+    ) -> tuple[str | None, SenderProfile | None]:
+        """``AuthService.session_refusal`` of the current directory."""
+        return await self.current.session_refusal(principal, ctx, logged_in)
 
     def _close(self, svc: AuthService) -> None:
         task = asyncio.get_running_loop().create_task(svc.close())

@@ -1,7 +1,10 @@
 """The sending policy of one logged-in session: who may send as whom, and how much.
 
 A session makes one `Sending` when its login succeeds, from the `Principal`, and
-asks it at each step of a transaction (docs/policy.md):
+asks it at each step of a transaction (docs/policy.md). A MAIL that comes
+``[auth] session_recheck`` seconds after the account was last read reads it again
+first (``recheck_due``; the session layer ends a session whose login would now be
+refused, and hands the fresh profile to ``rechecked``):
 
 - MAIL: the account's sender profile is read once per login (aliases, granted
   domains, its rates: with the login's account row when the password was a
@@ -23,7 +26,9 @@ rate counters fails open (``RateLimiter`` logs it).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Coroutine
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from smtpgate import metrics
@@ -68,9 +73,24 @@ class Sending:
         self._where = f"{session_id} {client_ip}"
         #: Read by the login (``LoginResult.profile``) or at the first MAIL.
         self._profile = profile
+        #: When the login succeeded (a password changed after it ends the session).
+        self.logged_in = datetime.now(UTC)
+        #: When the account was last read for this session (monotonic).
+        self._checked = time.monotonic()
         #: The current transaction's budget (None: unlimited or not looked up).
         self.budget: Budget | None = None
         self._recipients = 0
+
+    def recheck_due(self, every: float) -> bool:
+        """Whether MAIL must read the account again first (``[auth] session_recheck``)."""
+        return time.monotonic() - self._checked >= every
+
+    def rechecked(self, profile: SenderProfile | None) -> None:
+        """The account was read again: ``profile`` is its current sender profile
+        (None: keep the one held, as after a directory fault)."""
+        self._checked = time.monotonic()
+        if profile is not None:
+            self._profile = profile
 
     async def mail(
         self, sender: str, policy: PolicyConfig, rates: RateLimiter | None

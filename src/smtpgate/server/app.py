@@ -395,6 +395,7 @@ class _Live:
             open_files.raise_limit(cfg.limits.max_connections)  # this process's own
         rt.handshake_timeout = cfg.tls.handshake_timeout
         rt.login.failure_floor = cfg.auth.failure_floor
+        rt.session_recheck = cfg.auth.session_recheck
         rt.add_received = cfg.smtp.received_header
         rt.policy = cfg.policy
         if rt.space is not None:  # queue.* is kept as running; the default follows the limit
@@ -492,6 +493,7 @@ async def serve_sockets(
         on_stored=worker.wake if worker else (lambda: None),
         handshake_timeout=cfg.tls.handshake_timeout,
         failure_floor=cfg.auth.failure_floor,
+        session_recheck=cfg.auth.session_recheck,
         add_received=cfg.smtp.received_header,
         guard=guard,
         rates=rates,

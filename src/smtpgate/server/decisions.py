@@ -27,6 +27,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar
 
+from smtpgate.auth.directory import StoreError
 from smtpgate.auth.guard_state import ACCOUNT, ACCOUNT_NEW, THROTTLE
 from smtpgate.auth.login import LoginAttempt, LoginResult, temporary_answer
 from smtpgate.auth.principal import Principal
@@ -116,6 +117,8 @@ class Decisions:
             engine.respond(self._sending.rcpt() if self._sending is not None else None)
         elif isinstance(ev, MailFrom):
             rt, sending = self.rt, self._sending
+            if sending is not None and sending.recheck_due(rt.session_recheck):
+                return Pending(self._mail_from(ev, recheck=True), engine.respond, ev)
             if not needs_lookup(rt.policy, rt.rates):
                 engine.respond(None)
             elif sending is not None and sending.answers_now(rt.rates):
@@ -167,18 +170,20 @@ class Decisions:
 
     # ------------------------------------------------------------ AUTH
 
+    def _context(self) -> AuthContext:
+        p, tls = self.peer, self.engine.tls
+        return AuthContext(
+            listener=p.listener,
+            client_ip=p.client_ip,
+            client_port=p.client_port,
+            tls_version=tls.version if tls else None,
+            session_id=p.session_id,
+            client_certificate=tls.client_certificate if tls else None,
+        )
+
     def _attempt(self) -> LoginAttempt:
         if self._login is None:
-            p, tls = self.peer, self.engine.tls
-            ctx = AuthContext(
-                listener=p.listener,
-                client_ip=p.client_ip,
-                client_port=p.client_port,
-                tls_version=tls.version if tls else None,
-                session_id=p.session_id,
-                client_certificate=tls.client_certificate if tls else None,
-            )
-            self._login = self.rt.login.begin(ctx, alive=self._alive)
+            self._login = self.rt.login.begin(self._context(), alive=self._alive)
         return self._login
 
     async def _resolve(self, ev: AuthQuery) -> CredentialAnswer | None:
@@ -325,13 +330,38 @@ class Decisions:
 
     # ------------------------------------------------------------ sending
 
-    async def _mail_from(self, ev: MailFrom) -> R.Reply | None:
+    async def _mail_from(self, ev: MailFrom, recheck: bool = False) -> R.Reply | None:
         if self._sending is None:  # the engine asks for AUTH first; never reached
             return R.INTERNAL_ERROR
+        if recheck and (ended := await self._recheck(self._sending)) is not None:
+            return ended
+        rt = self.rt
+        if not needs_lookup(rt.policy, rt.rates):
+            return None
         space = self.rt.space
         if space is not None and (full := space.refused(ev.size)) is not None:
             return full
         return await self._sending.mail(ev.sender, self.rt.policy, self.rt.rates)
+
+    async def _recheck(self, sending: Sending) -> R.Reply | None:
+        """Read the session's account again (``[auth] session_recheck``): a login that
+        would be refused now ends the session. A directory fault lets it go on, on
+        what it held: it logged in, and the next recheck will tell."""
+        who, p = sending.principal, self.peer
+        try:
+            reason, profile = await self.rt.login.services.session_refusal(
+                who, self._context(), sending.logged_in)
+        except StoreError as e:
+            log.warning("%s %s user=%s account could not be read again (session goes on): %s",
+                        p.session_id, p.client_ip, who.account, e)
+            sending.rechecked(None)
+            return None
+        if reason is None:
+            sending.rechecked(profile)
+            return None
+        log.warning("%s %s user=%s session ended: %s", p.session_id, p.client_ip,
+                    who.account, reason)
+        return R.LOGIN_REVOKED
 
     def message_start(self, ev: MessageStart) -> Receiving:
         """DATA started: the spool file its content is written to as it arrives."""

@@ -717,6 +717,8 @@ class ServerEngine:
         if reply is None or reply.code < 400:
             self._send(reply or R.SENDER_OK)
             self.state = State.MAIL
+        elif reply.code == 421:  # RFC 5321 §3.8: the server closes the channel
+            self._close_with(reply)
         else:
             self._sender = ""
             self._error_no_event(reply)

@@ -65,6 +65,8 @@ DATA_TIMEOUT = Reply(421, "4.4.2", "Timeout waiting for message data, closing co
 TOO_SLOW = Reply(421, "4.4.2", "Too slow, closing connection")
 # Too many errors in one session (chasquid closes after a few).
 TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many errors, closing connection")
+#: A logged-in session whose account was since locked, removed or given a new password.
+LOGIN_REVOKED = Reply(421, "4.7.0", "Authentication no longer valid, closing connection")
 # Connection limits (total and per client address).
 TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections, try again later")
 TOO_MANY_CONNECTIONS_FROM_IP = Reply(

@@ -316,6 +316,10 @@ class MemoryBindDirectory:
                 found = record
         return found
 
+    def app_passwords(self, name: str | None = None) -> list[AppPassword]:
+        entries = self._shared.entries.values() if name is None else filter(None, [self._entry(name)])
+        return [record for e in entries for record, _ in e.apps]
+
     def record_login(self, name: str, mechanism: str, when: datetime) -> None:
         with self._shared.lock:
             e = self._entry(name)

@@ -276,6 +276,17 @@ def test_an_expired_app_password_still_matches_for_the_caller_to_refuse(
     assert app is not None and app.name == "old tablet" and app.expired(datetime.now(UTC))
 
 
+def test_app_passwords_are_listed_by_account_with_the_ids_matching_gives(
+    d: AccountDirectory,
+) -> None:
+    """What an open session's recheck reads (``AuthService.session_refusal``)."""
+    phone = d.match_app_password(ALICE, PHONE)
+    listed = {a.name: a for a in d.app_passwords(ALICE)}
+    assert phone is not None and set(listed) == {"phone", "old tablet"}
+    assert listed["phone"].id == phone.id and listed["phone"].account == ALICE
+    assert d.app_passwords(BOB) == [] and d.app_passwords("nobody@example.org") == []
+
+
 def test_app_password_use_is_recorded_and_never_goes_back(d: AccountDirectory) -> None:
     app = d.match_app_password(ALICE, PHONE)
     assert app is not None

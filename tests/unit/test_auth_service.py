@@ -741,6 +741,7 @@ async def test_session_refusal_password_change_ends_only_logins_with_that_passwo
 ) -> None:
     from smtpgate.auth.principal import AppPasswordUse, Principal
 
+    phone, _ = admin.add_app_password(ALICE, "phone")
     since = _login_time()
     await asyncio.sleep(0.01)  # the change comes after the login
     admin.set_password(ALICE, "new-Pencil-123")
@@ -751,7 +752,7 @@ async def test_session_refusal_password_change_ends_only_logins_with_that_passwo
     assert (await svc.session_refusal(Principal(ALICE, "PLAIN"), CTX, _login_time()))[0] is None
     # An app password, a token or a certificate was not the password that changed.
     for who in (
-        Principal(ALICE, "PLAIN", app_password=AppPasswordUse(1, "phone")),
+        Principal(ALICE, "PLAIN", app_password=AppPasswordUse(phone.id, "phone")),
         Principal(ALICE, "XOAUTH2", oauth_issuer="https://idp.example"),
         Principal(ALICE, "EXTERNAL"),
     ):
@@ -766,3 +767,23 @@ async def test_session_refusal_an_expired_password_ends_the_session(
     admin.schedule_password_expiry(ALICE, datetime.now(UTC))
     reason, _ = await svc.session_refusal(Principal(ALICE, "PLAIN"), CTX, _login_time())
     assert reason is not None and reason.startswith("password expired at")
+
+
+async def test_session_refusal_an_app_password_revoked_or_fenced_off_ends_its_sessions(
+    svc: AuthService, admin: AccountAdmin
+) -> None:
+    from smtpgate.auth.principal import AppPasswordUse, Principal
+
+    phone, _ = admin.add_app_password(ALICE, "phone")
+    laptop, _ = admin.add_app_password(ALICE, "laptop", networks=["198.51.100.0/24"])
+    since = _login_time()
+    on_phone = Principal(ALICE, "PLAIN", app_password=AppPasswordUse(phone.id, "phone"))
+    on_laptop = Principal(ALICE, "PLAIN", app_password=AppPasswordUse(laptop.id, "laptop"))
+    assert (await svc.session_refusal(on_phone, CTX, since))[0] is None
+    assert (await svc.session_refusal(on_laptop, CTX, since)) == (
+        "app password 'laptop' not allowed from 192.0.2.7", None)
+    assert admin.revoke_app_password(ALICE, "phone")
+    assert (await svc.session_refusal(on_phone, CTX, since)) == (
+        "app password 'phone' revoked", None)
+    # The account's own password sessions are not the app password's.
+    assert (await svc.session_refusal(Principal(ALICE, "PLAIN"), CTX, since))[0] is None

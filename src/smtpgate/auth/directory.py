@@ -187,6 +187,11 @@ class AccountDirectory(Protocol):
         (the caller decides); None if it is none of them."""
         ...
 
+    def app_passwords(self, name: str | None = None) -> list[AppPassword]:
+        """The account's app passwords (None: every account's), expired ones included,
+        never their secrets."""
+        ...
+
     def certificate(self, fingerprint: str) -> CertificateRecord | None:
         """The client certificate of that SHA-256 fingerprint (lower-case hex),
         registered or removed; None if it was never registered."""

@@ -393,12 +393,15 @@ class AuthService:
         current sender profile; ``StoreError`` on a fault.
 
         It ends for what would refuse the login now: the account removed or locked, a
-        mechanism or access rule that no longer lets it in from ``ctx``; and, for a
-        login with the account's own password, that password changed or expired
-        since (an app password, a token or a certificate is not the password)."""
+        mechanism or access rule that no longer lets it in from ``ctx``; for a login
+        with the account's own password, that password changed or expired since (an
+        app password, a token or a certificate is not the password); for a login with
+        an app password, that app password revoked, expired or not allowed from
+        ``ctx``'s address any more."""
         name = lookup_key(principal.account)
         mechanism = principal.mechanism
-        by_password = principal.app_password is None and not (
+        app = principal.app_password
+        by_password = app is None and not (
             mechanism in mechanism_facts.OAUTH or mechanism in mechanism_facts.CLIENT_CERTIFICATE)
 
         def load() -> tuple[str | None, SenderProfile | None]:
@@ -413,6 +416,17 @@ class AuthService:
                     return "password changed", None
                 if expired := self._expired(account):
                     return expired, None
+            if app is not None:
+                record = next((a for a in self._directory.app_passwords(name) if a.id == app.id),
+                              None)
+                label = f"app password {app.name!r}"
+                if record is None:
+                    return f"{label} revoked", None
+                if record.expired(datetime.now(UTC)):
+                    return f"{label} expired", None
+                if record.networks is not None and not in_networks(
+                        parse_ip(ctx.client_ip), parse_networks(record.networks)):
+                    return f"{label} not allowed from {ctx.client_ip}", None
             return None, self._profile(name, account)
 
         return await self._read_row(load)

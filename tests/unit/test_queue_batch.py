@@ -250,3 +250,36 @@ async def test_an_error_finishing_one_message_does_not_strand_the_rest(
     await worker.run_once()
     assert first not in spool.list_ids()
     assert len([m for m in mail(maildir) if b"Return-Path: <alice" in m]) == 2
+
+
+async def test_an_intact_message_whose_state_is_corrupt_is_delivered_not_quarantined(
+    spool: Spool, maildir: CountingMaildir
+) -> None:
+    # The message got its 250 and is intact; only its delivery record is damaged.
+    # Losing the record must not lose the message: it goes out (once: the Maildir
+    # recognises an earlier copy) and the bad state is kept in corrupt/.
+    qid = spool.store_sync(envelope(), DATA)
+    Path(spool.message_path(qid)).with_suffix(".state").write_bytes(b"{garbage")
+    worker = DeliveryWorker(spool, maildir, CFG, Clock())
+    assert await worker.run_once() == 1
+    assert maildir.batches == [[qid]] and spool.list_ids() == [] and len(mail(maildir)) == 1
+    assert os.listdir(spool.directory / "corrupt") == [f"{qid}.state"]
+
+
+async def test_a_message_that_cannot_be_read_stays_queued_and_is_retried(
+    spool: Spool, maildir: CountingMaildir
+) -> None:
+    # A read that fails (here EISDIR; in life EIO, EMFILE, EACCES) says nothing
+    # about the message: it is tried again later, never moved to corrupt/.
+    qid = spool.store_sync(envelope(), DATA)
+    state = Path(spool.message_path(qid)).with_suffix(".state")
+    state.mkdir()
+    clock = Clock()
+    worker = DeliveryWorker(spool, maildir, CFG, clock)
+    await worker.run_once()
+    assert spool.list_ids() == [qid] and os.listdir(spool.directory / "corrupt") == []
+    assert mail(maildir) == []
+    state.rmdir()
+    clock.now += 60
+    await worker.run_once()
+    assert spool.list_ids() == [] and len(mail(maildir)) == 1

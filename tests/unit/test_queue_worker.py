@@ -377,3 +377,40 @@ async def test_an_outcome_being_recorded_is_not_cancelled_at_the_deadline(
     await asyncio.wait_for(runner, 10)
     assert spool.list_ids() == []
     assert len(d.calls) == 1
+
+
+async def test_a_corrupt_state_is_set_aside_and_the_message_delivered_maybe_delivered(
+    spool: Spool,
+) -> None:
+    qid = await spool.store(envelope(), b"m")
+    d = FakeDeliverer(TempFailure("4.4.1 down"))
+    clock = FakeClock()
+    worker = DeliveryWorker(spool, d, CFG, clock)
+    await worker.run_once()  # deferred: a state file now records the attempt
+    state = spool.directory / "queue" / f"{qid}.state"
+    assert state.exists()
+    state.write_bytes(b"")  # damaged
+    d.default = Delivered()
+    clock.now += 60
+    await worker.run_once()
+    # Delivered, flagged as possibly delivered before (the record of it is gone).
+    assert [m.maybe_delivered for m, _ in d.calls] == [True, True]
+    assert spool.list_ids() == []
+    assert (spool.directory / "corrupt" / f"{qid}.state").exists()
+    assert not (spool.directory / "corrupt" / f"{qid}.msg").exists()
+
+
+async def test_an_unreadable_message_is_retried_not_quarantined(spool: Spool) -> None:
+    qid = await spool.store(envelope(), b"m")
+    state = spool.directory / "queue" / f"{qid}.state"
+    state.mkdir()  # reading it fails with EISDIR: a read error, not a corrupt file
+    d = FakeDeliverer()
+    clock = FakeClock()
+    worker = DeliveryWorker(spool, d, CFG, clock)
+    await worker.run_once()
+    assert d.calls == [] and spool.list_ids() == [qid]
+    assert list((spool.directory / "corrupt").iterdir()) == []
+    state.rmdir()
+    clock.now += 60
+    await worker.run_once()
+    assert len(d.calls) == 1 and spool.list_ids() == []

@@ -105,6 +105,16 @@ class SpoolError(Exception):
     and the client must be told to retry (451)."""
 
 
+class SpoolCorrupt(SpoolError):
+    """A spool file was read and does not parse (torn, truncated, edited by hand):
+    kept for a human in ``corrupt/``. Not raised for a file that could not be read
+    (EIO, EMFILE, EACCES...): that is a plain `SpoolError`, worth another try."""
+
+
+class StateCorrupt(SpoolCorrupt):
+    """A message's state file does not parse. The message itself may be intact."""
+
+
 class MessageNotFound(SpoolError):
     """No message with that id (already delivered and removed, or never existed)."""
 
@@ -501,19 +511,19 @@ class Spool:
                 first = f.readline(256)
                 head = _header(first.rstrip(b"\n"))
                 if head is None:
-                    raise SpoolError(f"corrupt message {qid}: bad header line")
+                    raise SpoolCorrupt(f"corrupt message {qid}: bad header line")
                 env_len, data_len = head[0], head[1]
                 raw = f.read(env_len)
         except FileNotFoundError:
             raise MessageNotFound(qid) from None
         except ValueError:
-            raise SpoolError(f"corrupt message {qid}: bad header line") from None
+            raise SpoolCorrupt(f"corrupt message {qid}: bad header line") from None
         except OSError as e:
             raise SpoolError(f"cannot read {qid}: {e}") from e
         try:
             return Envelope.from_json(raw), data_len
         except EnvelopeFormatError as e:
-            raise SpoolError(f"corrupt message {qid}: {e}") from None
+            raise SpoolCorrupt(f"corrupt message {qid}: {e}") from None
 
     def message_path(self, qid: str) -> str:
         """Where the message file of ``qid`` is (``queue.msglock`` locks it).
@@ -538,7 +548,7 @@ class Spool:
         try:
             return MessageState.from_json(raw)
         except StateFormatError as e:
-            raise SpoolError(f"corrupt state of {qid}: {e}") from None
+            raise StateCorrupt(f"corrupt state of {qid}: {e}") from None
 
     def quarantine(self, qid: str) -> None:
         """Move an unparsable message (and its state) to ``corrupt/`` for a human.
@@ -546,6 +556,13 @@ class Spool:
         for suffix in (_MSG, _STATE):
             with contextlib.suppress(FileNotFoundError):
                 os.rename(self._path(qid, suffix), self._corrupt_dir / f"{qid}{suffix}")
+        os.fsync(self._dir_fd)
+
+    def quarantine_state(self, qid: str) -> None:
+        """Move an unparsable state file to ``corrupt/``, leaving the message: it
+        is then delivered as if never tried (see `StateCorrupt`). Blocking."""
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(self._path(qid, _STATE), self._corrupt_dir / f"{qid}{_STATE}")
         os.fsync(self._dir_fd)
 
     def try_lock_delivery(self) -> DeliveryLock | None:
@@ -719,6 +736,6 @@ def _parse_message(qid: str, raw: bytes) -> tuple[Envelope, bytes]:
                 raise ValueError("checksum mismatch")
         envelope = Envelope.from_json(raw[start : start + env_len])
     except (ValueError, EnvelopeFormatError) as e:
-        raise SpoolError(f"corrupt message {qid}: {e}") from None
+        raise SpoolCorrupt(f"corrupt message {qid}: {e}") from None
     return envelope, raw[start + env_len + 1 :]
 

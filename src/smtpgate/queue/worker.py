@@ -71,7 +71,14 @@ from smtpgate.queue.delivery import (
     TempFailure,
 )
 from smtpgate.queue.envelope import Envelope
-from smtpgate.queue.spool import DeliveryLock, MessageNotFound, Spool, SpoolError
+from smtpgate.queue.spool import (
+    DeliveryLock,
+    MessageNotFound,
+    Spool,
+    SpoolCorrupt,
+    SpoolError,
+    StateCorrupt,
+)
 from smtpgate.queue.state import MessageState, Outcome, apply_results
 
 log = logging.getLogger("smtpgate.queue")
@@ -137,6 +144,9 @@ class DeliveryWorker:
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._recording: set[str] = set()  # in flight, past the deliverer: not cancelled
         self._suspect: set[str] = set()  # ids that may have been delivered unrecorded
+        # Ids whose state file did not parse and was moved aside (`_load`, maybe in
+        # the batch thread): their next attempt is flagged maybe_delivered too.
+        self._lost_state: set[str] = set()
         self._forced: set[str] = set()  # flushed: attempt whatever the state's next attempt
         self._first_scan = True
         self._scan_wanted = True
@@ -430,16 +440,25 @@ class DeliveryWorker:
         except MessageNotFound:
             self._suspect.discard(qid)
             return None
-        except SpoolError as e:
-            log.error("queue: %s is unreadable, moving it to corrupt/: %s", qid, e)
-            await asyncio.to_thread(self._spool.quarantine, qid)
+        except SpoolCorrupt as e:
+            log.error("queue: %s is corrupt, moving it to corrupt/: %s", qid, e)
+            try:
+                await asyncio.to_thread(self._spool.quarantine, qid)
+            except OSError as q:
+                log.error("queue: cannot move %s to corrupt/: %s", qid, q)
+                return self._clock() + _ERROR_RETRY
             return None
+        except SpoolError as e:
+            # Not the file's fault (EIO, EMFILE, EACCES...): the message stays queued.
+            log.error("queue: %s: %s; trying again in %d s", qid, e, _ERROR_RETRY)
+            return self._clock() + _ERROR_RETRY
         if isinstance(loaded, float):
             return loaded  # not due yet (a restart rescans everything)
         envelope, data, state, _ = loaded
         if not state.finished:
-            suspect = qid in self._suspect
+            suspect = qid in self._suspect or qid in self._lost_state
             self._suspect.discard(qid)  # put back if this attempt ends abnormally
+            self._lost_state.discard(qid)
             message = QueuedMessage(qid, envelope, data, maybe_delivered=suspect)
             self.deliveries += 1
             log.debug("queue: %s delivery attempt to %s%s", qid,
@@ -577,8 +596,11 @@ class DeliveryWorker:
                 if loaded is not None:
                     todo.append((d, lock, *loaded))
             due = [t for t in todo if not t[4].finished]
-            messages = [QueuedMessage(d.qid, envelope, data, maybe_delivered=d.qid in suspect)
+            messages = [QueuedMessage(d.qid, envelope, data,
+                                      maybe_delivered=d.qid in suspect
+                                      or d.qid in self._lost_state)
                         for d, _, envelope, data, _, _ in due]
+            self._lost_state.difference_update(m.queue_id for m in messages)
             for m, (_, _, _, _, state, _) in zip(messages, due, strict=True):
                 log.debug("queue: %s delivery attempt to %s%s", m.queue_id,
                           ", ".join(f"<{r}>" for r in state.pending),
@@ -650,13 +672,18 @@ class DeliveryWorker:
         except MessageNotFound:
             d.forget = True
             return None
-        except SpoolError as e:
-            log.error("queue: %s is unreadable, moving it to corrupt/: %s", d.qid, e)
+        except SpoolCorrupt as e:
+            log.error("queue: %s is corrupt, moving it to corrupt/: %s", d.qid, e)
             try:
                 self._spool.quarantine(d.qid)
             except OSError as q:
                 log.error("queue: cannot move %s to corrupt/: %s", d.qid, q)
                 d.retry_at = now + _ERROR_RETRY
+            return None
+        except SpoolError as e:
+            # Not the file's fault (EIO, EMFILE, EACCES...): the message stays queued.
+            log.error("queue: %s: %s; trying again in %d s", d.qid, e, _ERROR_RETRY)
+            d.retry_at = now + _ERROR_RETRY
             return None
         if isinstance(loaded, float):
             d.retry_at = loaded  # not due yet, or held
@@ -712,8 +739,24 @@ class DeliveryWorker:
     ) -> tuple[Envelope, bytes, MessageState, bool] | float:
         """Runs in a thread: the state first, the (maybe large) message only if due
         (through ``fd``, the locked message file, if given). The last item says
-        whether a state file exists."""
-        state = self._spool.load_state(qid)
+        whether a state file exists.
+
+        A state file that does not parse is moved to ``corrupt/`` and the message,
+        when it is intact, delivered to every recipient as if never tried (flagged
+        maybe_delivered): the acknowledged message must not go with its state. A
+        recipient already served may get it twice, never zero times (RFC 1047)."""
+        try:
+            state = self._spool.load_state(qid)
+        except StateCorrupt as e:
+            self._spool.load(qid, fd)  # a corrupt message too: quarantine them both
+            log.warning("queue: %s; moving the state to corrupt/ and delivering the "
+                        "message as if never tried", e)
+            try:
+                self._spool.quarantine_state(qid)
+            except OSError as q:
+                raise SpoolError(f"cannot move the state of {qid} to corrupt/: {q}") from q
+            self._lost_state.add(qid)
+            state = None
         if state is not None and state.held:
             return float("inf")  # until `queue release` asks for it (control.py)
         if state is not None and not state.finished and state.next_attempt > now and not force:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import email
+import json
 import threading
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -236,3 +237,63 @@ def test_cli_flush_of_a_held_message_says_it_is_held(tmp_path: Path) -> None:
     assert out.output == (f"{qid} is held: not flushed (`smtpgate queue release {qid}` "
                           "lets it go)\n")
     assert "flushed 0" not in out.output
+
+
+def _corrupt_queue(config: Path) -> tuple[str, str, str]:
+    """A good message, one whose state file is damaged, one whose header is."""
+    from smtpgate.config import load_config
+
+    cfg = load_config(config)
+    spool = Spool(cfg.path(cfg.queue.spool), prefill=False)
+    try:
+        good, bad_state, bad_msg = (spool.store_sync(envelope(), MESSAGE) for _ in range(3))
+        Path(spool.message_path(bad_state)).with_suffix(".state").write_bytes(b"{garbage")
+        msg = Path(spool.message_path(bad_msg))
+        msg.write_bytes(b"SMTPGATE-SPOOL 2 x" + msg.read_bytes()[18:])
+    finally:
+        asyncio.run(spool.close())
+    return good, bad_state, bad_msg
+
+
+def test_cli_list_goes_past_an_unreadable_message_and_names_it(tmp_path: Path) -> None:
+    """One damaged file made ``queue list`` print nothing but its error: the
+    administrator lost sight of the whole queue."""
+    from click.testing import CliRunner
+
+    from smtpgate.cli.main import cli
+
+    from .cli_support import write_config
+
+    config = write_config(tmp_path)
+    good, bad_state, bad_msg = _corrupt_queue(config)
+    out = CliRunner().invoke(cli, ["queue", "list", "--config", str(config)])
+    assert out.exit_code == 1
+    assert out.stdout.startswith(f"{good}  ")
+    assert f"{bad_state}  (unreadable)\n" in out.stdout
+    assert f"{bad_msg}  (unreadable)\n" in out.stdout
+    assert "1 messages, 2 unreadable" in out.stdout
+    assert f"error: corrupt state of {bad_state}" in out.stderr
+    assert f"error: corrupt message {bad_msg}" in out.stderr
+    js = CliRunner().invoke(cli, ["queue", "list", "--json", "--config", str(config)])
+    assert js.exit_code == 1
+    assert [e["id"] for e in json.loads(js.stdout)] == [good]
+
+
+def test_manager_flush_of_the_whole_queue_goes_past_an_unreadable_message(
+    tmp_path: Path,
+) -> None:
+    from .cli_support import write_config
+
+    config = write_config(tmp_path)
+    _good, bad_state, bad_msg = _corrupt_queue(config)
+    from smtpgate.config import load_config
+
+    cfg = load_config(config)
+    spool = Spool(cfg.path(cfg.queue.spool), prefill=False)
+    try:
+        mgr = manager(spool)
+        assert mgr.flush(None) == 1
+        assert [u.queue_id for u in mgr.unreadable] == [bad_state, bad_msg]
+        assert (spool.directory / "flush" / "all").exists()  # the worker is still asked
+    finally:
+        asyncio.run(spool.close())

@@ -33,7 +33,7 @@ from smtpgate.cli.common import (
 )
 from smtpgate.config import Config
 from smtpgate.queue.factory import make_deliverer
-from smtpgate.queue.manage import Entry, QueueBusy, QueueManager
+from smtpgate.queue.manage import Entry, QueueBusy, QueueManager, Unreadable
 from smtpgate.queue.spool import MessageNotFound, NotAQueueId, Spool, SpoolError
 from smtpgate.queue.worker import DeliveryWorker
 
@@ -119,13 +119,30 @@ def list_(as_json: bool, config_path: Path | None) -> None:
     now = time.time()
     if as_json:
         click.echo(json.dumps([_json(e, now) for e in entries], indent=1))
-        return
-    if not entries:
+    elif not entries and not mgr.unreadable:
         click.echo("the queue is empty")
+    else:
+        for e in entries:
+            _echo_entry(e, now)
+        for u in mgr.unreadable:
+            click.echo(f"{u.queue_id}  (unreadable)")
+        click.echo(f"-- {sum(e.size for e in entries) // 1024} KiB in {len(entries)} messages"
+                   + (f", {len(mgr.unreadable)} unreadable" if mgr.unreadable else ""))
+    _unreadable(mgr.unreadable)
+
+
+def _unreadable(problems: list[Unreadable]) -> None:
+    """Name each message a command went past (stderr), then exit 1."""
+    if not problems:
         return
-    for e in entries:
-        _echo_entry(e, now)
-    click.echo(f"-- {sum(e.size for e in entries) // 1024} KiB in {len(entries)} messages")
+    for u in problems:
+        click.echo(f"error: {u.error}", err=True)
+    raise OperationalError(
+        f"{len(problems)} message{'s' if len(problems) != 1 else ''} in the queue could "
+        "not be read",
+        "the delivery worker moves a corrupt message to corrupt/ under [queue].spool, "
+        "and a corrupt state file alone there, then delivers the message; "
+        "'smtpgate queue delete ID' removes one by hand")
 
 
 def _json(e: Entry, now: float) -> dict[str, object]:
@@ -217,6 +234,7 @@ def flush(queue_id: str | None, config_path: Path | None) -> None:
     delivered = _deliver_here(cfg, spool_dir)
     if delivered is not None:
         click.echo(f"no server is delivering: made {delivered} delivery attempts here")
+    _unreadable(mgr.unreadable)
 
 
 def _deliver_here(cfg: Config, spool_dir: Path) -> int | None:

@@ -53,8 +53,8 @@ def _server(cfg: Config) -> tuple[dict[str, Any], int]:
 
 def _queue(cfg: Config) -> dict[str, Any]:
     try:
-        entries = QueueManager(Spool(cfg.path(cfg.queue.spool), prefill=False,
-                                           tidy=False)).entries()
+        manager = QueueManager(Spool(cfg.path(cfg.queue.spool), prefill=False, tidy=False))
+        entries = manager.entries()
     except (OSError, SpoolError) as e:
         return {"error": str(e)}
     now = time.time()
@@ -65,6 +65,7 @@ def _queue(cfg: Config) -> dict[str, Any]:
         free = None
     return {
         "messages": len(entries),
+        "unreadable": len(manager.unreadable),
         "held": sum(1 for e in entries if e.state.held),
         "bytes": sum(e.size for e in entries),
         "oldest_age": int(max(ages)) if ages else None,
@@ -150,8 +151,9 @@ def _print(doc: dict[str, Any]) -> None:
         click.echo(f"queue:        cannot read: {q['error']}")
     else:
         oldest = "" if q["oldest_age"] is None else f", oldest {q['oldest_age']} s"
+        bad = f", {q['unreadable']} unreadable" if q.get("unreadable") else ""
         click.echo(f"queue:        {q['messages']} messages ({q['held']} held, "
-                   f"{q['bytes']} bytes){oldest}")
+                   f"{q['bytes']} bytes{bad}){oldest}")
         click.echo(f"spool disk:   {_space(q['free_bytes'], q['reserve_bytes'])}")
     g = doc["guard"]
     if "error" in g:

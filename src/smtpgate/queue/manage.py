@@ -56,6 +56,15 @@ class Entry:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class Unreadable:
+    """A message ``queue list`` or ``queue flush`` could not read or parse: shown to
+    the administrator instead of stopping the command for every other message."""
+
+    queue_id: str
+    error: str
+
+
 def _error(result: str, status: RcptStatus) -> str | None:
     return None if status is RcptStatus.DELIVERED or not result else result
 
@@ -69,19 +78,26 @@ class QueueManager:
         self._spool = spool
         self._wait = wait
         self._reporting_mta = reporting_mta
+        #: What the last `entries` or `flush` of the whole queue could not read.
+        self.unreadable: list[Unreadable] = []
 
     # --- reading --------------------------------------------------------------------
 
     def entries(self) -> list[Entry]:
-        """Every message, oldest first; one removed meanwhile is skipped. A state
+        """Every message, oldest first; one removed meanwhile is skipped, and one
+        that cannot be read or parsed is left out and named in `unreadable`. A state
         read without the lock is a consistent snapshot (states are replaced by
         rename), possibly a moment old."""
         out = []
+        self.unreadable = []
         for qid in self._spool.list_ids():
             try:
                 envelope, size = self._spool.load_envelope(qid)
                 state = self._spool.load_state(qid) or MessageState.initial(envelope.rcpt_to)
             except MessageNotFound:
+                continue
+            except SpoolError as e:
+                self.unreadable.append(Unreadable(qid, str(e)))
                 continue
             out.append(Entry(qid, envelope, size, state))
         return out
@@ -107,9 +123,12 @@ class QueueManager:
 
     def flush(self, qid: str | None) -> int:
         """Make ``qid`` (every message not held, if None) due now and ask the worker
-        to attempt it; how many messages were made due."""
+        to attempt it; how many messages were made due. Flushing the whole queue
+        goes past a message it cannot read (named in `unreadable`); the worker is
+        asked to look at every message all the same."""
         ids = self._spool.list_ids() if qid is None else [qid]
         n = 0
+        self.unreadable = []
         for one in ids:
             try:
                 # Never waits: a message locked by an attempt is being tried right
@@ -128,6 +147,10 @@ class QueueManager:
             except MessageNotFound:
                 if qid is not None:
                     raise
+            except SpoolError as e:
+                if qid is not None:
+                    raise
+                self.unreadable.append(Unreadable(one, str(e)))
         control.request_flush(self._spool.directory, qid)
         return n
 

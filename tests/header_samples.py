@@ -99,6 +99,15 @@ FORGERIES = {
     "small-at-display-name": f'From: "ceo\ufe6bbank.example" <{OWNER}>\r\n',
     "fullwidth-dot-comment": f'From: {OWNER} (ceo@bank\uff0eexample)\r\n',
     "encoded-fullwidth-at": f"From: =?utf-8?b?Y2Vv77ygYmFuay5leGFtcGxl?= <{OWNER}>\r\n",
+    # Audit P: an address split by characters a reader draws as nothing, or with
+    # IDNA's ideographic full stop (UTS #46 maps it to ".").
+    "zero-width-space-display-name": f'From: "ceo\u200b@bank.example" <{OWNER}>\r\n',
+    "soft-hyphen-display-name": f'From: "ceo@bank\u00ad.example" <{OWNER}>\r\n',
+    "word-joiner-comment": f"From: {OWNER} (ceo@\u2060bank.example)\r\n",
+    "bidi-mark-display-name": f'From: "ceo\u200e@bank.example" <{OWNER}>\r\n',
+    "encoded-zero-width-space": f"From: =?utf-8?q?ceo=E2=80=8B=40bank=2Eexample?= <{OWNER}>\r\n",
+    "ideographic-full-stop": f'From: "ceo@bank\u3002example" <{OWNER}>\r\n',
+    "halfwidth-ideographic-full-stop": f'From: "ceo@bank\uff61example" <{OWNER}>\r\n',
 }
 
 #: Header sections alice may send (name: header section).
@@ -112,4 +121,6 @@ ACCEPTED = {
     "utf8-display-name": f"From: J\u00fcrgen <{OWNER}>\r\n",
     "fullwidth-display-name": f"From: \uff21\uff4c\uff49\uff43\uff45\u3000\u5c71\u7530 <{OWNER}>\r\n",
     "own-fullwidth-at": f'From: "alice\uff20example.org" <{OWNER}>\r\n',
+    "own-zero-width-space": f'From: "alice\u200b@example.org" <{OWNER}>\r\n',
+    "zero-width-joiner-name": f"From: \u0915\u094d\u200d\u0937 \U0001f469\u200d\U0001f4bb <{OWNER}>\r\n",
 }

@@ -44,6 +44,11 @@ refuses what it cannot read:
   field's NFKC form, where a look-alike "@" or "." (``\uff20`` FULLWIDTH
   COMMERCIAL AT, ``\ufe6b`` SMALL COMMERCIAL AT, ``\uff0e``) is the real one:
   ``"ceo\uff20bank.example" <alice@example.org>`` shows a reader the address.
+  And in the form a reader draws: without the characters it draws as nothing
+  (Unicode's default-ignorable code points: zero-width space, soft hyphen,
+  joiners, bidi controls, variation selectors), and with IDNA's other full stops
+  (``\u3002``, ``\uff61``; UTS #46 maps them to ".") as ".":
+  ``"ceo\u200b@bank.example" <alice@example.org>`` shows ``ceo@bank.example``.
 
 A message with no From field (RFC 5322 §3.6 requires one) is refused unless
 ``policy.allow_missing_from_header`` says otherwise; a Sender field is checked
@@ -81,6 +86,22 @@ _FOLD = re.compile(r"\r?\n(?=[ \t])")
 # run still matches, as its last 65 characters: never an address anyone owns
 # (RFC 5321 §4.5.3.1.1 limits a local part to 64 octets).
 _ADDRESS_LIKE = re.compile(r"[\w.!#$%&'*+/=?^`{|}~-]{1,65}@[\w-]+(?:\.[\w-]+)+")
+# What a reader draws as nothing: Unicode's Default_Ignorable_Code_Point
+# (DerivedCoreProperties.txt), less the unassigned ranges no renderer has a glyph
+# for anyway. Removed before the address-like search of a field's drawn form.
+_INVISIBLE = re.compile(
+    "[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f"
+    "\u202a-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8"
+    "\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff]"
+)
+# UTS #46 maps these full stops to "." in a domain (NFKC makes U+FF61 U+3002).
+_FULL_STOPS = str.maketrans({"\u3002": "."})
+
+
+def _drawn(text: str) -> str:
+    """``text`` as a reader draws it, for the address-like search: look-alike "@"
+    and "." made real (NFKC, IDNA's full stops), invisible characters removed."""
+    return unicodedata.normalize("NFKC", _INVISIBLE.sub("", text)).translate(_FULL_STOPS)
 
 
 def header_section(message: bytes) -> bytes:
@@ -161,8 +182,10 @@ def _parsed_addresses(value: str, name: str) -> tuple[str, ...]:
         decoded, clean = "", False
     out = list(dict.fromkeys(mailboxes))
     texts = (value, shown, decoded)
-    # NFKC: a look-alike "@" or "." (fullwidth, small form) shows as the real one.
-    for text in (*texts, *(unicodedata.normalize("NFKC", t) for t in texts)):
+    # NFKC: a look-alike "@" or "." (fullwidth, small form) shows as the real one;
+    # the drawn form: an address split by invisible characters shows whole.
+    drawn = (*(unicodedata.normalize("NFKC", t) for t in texts), *(_drawn(t) for t in texts))
+    for text in (*texts, *drawn):
         out += [a.rstrip(".") for a in _ADDRESS_LIKE.findall(text) if a not in out]
     if not mailboxes or not clean or "\ufffd" in value:
         out.append("")

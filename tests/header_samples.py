@@ -108,6 +108,9 @@ FORGERIES = {
     "encoded-zero-width-space": f"From: =?utf-8?q?ceo=E2=80=8B=40bank=2Eexample?= <{OWNER}>\r\n",
     "ideographic-full-stop": f'From: "ceo@bank\u3002example" <{OWNER}>\r\n',
     "halfwidth-ideographic-full-stop": f'From: "ceo@bank\uff61example" <{OWNER}>\r\n',
+    # Audit P: RFC 5322's quoted local part of the forged address in a display name.
+    "quoted-local-part-display-name": f'From: "\\"ceo\\"@bank.example" <{OWNER}>\r\n',
+    "encoded-quoted-local-part": f"From: =?utf-8?q?=22ceo=22=40bank=2Eexample?= <{OWNER}>\r\n",
 }
 
 #: Header sections alice may send (name: header section).
@@ -122,5 +125,7 @@ ACCEPTED = {
     "fullwidth-display-name": f"From: \uff21\uff4c\uff49\uff43\uff45\u3000\u5c71\u7530 <{OWNER}>\r\n",
     "own-fullwidth-at": f'From: "alice\uff20example.org" <{OWNER}>\r\n',
     "own-zero-width-space": f'From: "alice\u200b@example.org" <{OWNER}>\r\n',
+    "own-quoted-local-part": 'From: "\\"alice\\"@example.org" <"alice"@example.org>\r\n',
+    "quoted-nickname": f'From: "Alice \\"Al\\" Example" <{OWNER}>\r\n',
     "zero-width-joiner-name": f"From: \u0915\u094d\u200d\u0937 \U0001f469\u200d\U0001f4bb <{OWNER}>\r\n",
 }

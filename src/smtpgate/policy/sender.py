@@ -49,6 +49,8 @@ refuses what it cannot read:
   joiners, bidi controls, variation selectors), and with IDNA's other full stops
   (``\u3002``, ``\uff61``; UTS #46 maps them to ".") as ".":
   ``"ceo\u200b@bank.example" <alice@example.org>`` shows ``ceo@bank.example``.
+  Quotes and backslashes are removed there too: a display name
+  ``"\\"ceo\\"@bank.example"`` shows the quoted-local-part form of that address.
 
 A message with no From field (RFC 5322 §3.6 requires one) is refused unless
 ``policy.allow_missing_from_header`` says otherwise; a Sender field is checked
@@ -98,10 +100,17 @@ _INVISIBLE = re.compile(
 _FULL_STOPS = str.maketrans({"\u3002": "."})
 
 
+# A quoted local part ('"ceo"@bank.example', RFC 5322 §3.4.1) is the address
+# without its quotes; a quote or a backslash is never part of an address-like run.
+_QUOTING = re.compile(r'["\\]')
+
+
 def _drawn(text: str) -> str:
     """``text`` as a reader draws it, for the address-like search: look-alike "@"
-    and "." made real (NFKC, IDNA's full stops), invisible characters removed."""
-    return unicodedata.normalize("NFKC", _INVISIBLE.sub("", text)).translate(_FULL_STOPS)
+    and "." made real (NFKC, IDNA's full stops), invisible characters, quotes and
+    backslashes removed."""
+    text = _QUOTING.sub("", _INVISIBLE.sub("", text))
+    return unicodedata.normalize("NFKC", text).translate(_FULL_STOPS)
 
 
 def header_section(message: bytes) -> bytes:

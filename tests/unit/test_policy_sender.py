@@ -33,6 +33,38 @@ def test_owns(address: str, owned: bool) -> None:
     assert P.owns(address) is owned
 
 
+IDN = SenderProfile(
+    "user@b\u00fccher.example",  # U-label
+    aliases=frozenset({"info@xn--caf-dma.example"}),  # A-label of café.example
+    domains=frozenset({"xn--mnchen-3ya.example"}),  # münchen.example
+)
+
+
+@pytest.mark.parametrize(
+    ("address", "owned"),
+    [
+        ("user@b\u00fccher.example", True),
+        ("user@xn--bcher-kva.example", True),  # RFC 5890 §2.3.2.1: the same domain
+        ("user@XN--BCHER-KVA.example", True),
+        ("User@xn--bcher-kva.example", False),  # the local part still exact
+        ("info@caf\u00e9.example", True),
+        ("info@xn--caf-dma.example", True),
+        ("anyone@m\u00fcnchen.example", True),
+        ("anyone@xn--mnchen-3ya.example", True),
+        ("anyone@sub.m\u00fcnchen.example", False),
+        ("user@bucher.example", False),
+        ("user@xn--bcher-kvb.example", False),  # another domain
+        ("user@xn--bcher-kva-.example", False),  # not Punycode of anything
+        ("user@xn--.example", False),
+    ],
+)
+def test_rfc5890_a_label_and_u_label_of_an_owned_domain_are_owned(address: str, owned: bool) -> None:
+    """A client without SMTPUTF8 can send an internationalised domain only as its
+    A-label (RFC 6531 §3.2): 'MAIL FROM:<user@xn--bcher-kva.example>' from the
+    account user@bücher.example got 553 5.7.1 until audit P."""
+    assert IDN.owns(address) is owned
+
+
 @pytest.mark.parametrize(
     ("message", "addresses"),
     [

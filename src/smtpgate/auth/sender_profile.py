@@ -4,11 +4,15 @@ The account directory provides it (`AuthService.sender_profile`); the sending
 policy (``policy/sender.py``, the rate limits) reads it. It lives here, beside the
 directory, so that policy imports auth and never the other way round.
 Comparison follows ``auth/names.py``: the domain is case-insensitive, the local
-part is compared exactly (RFC 5321 §2.4).
+part is compared exactly (RFC 5321 §2.4). An internationalised domain is the same
+domain in its A-label (``xn--bcher-kva.example``) and U-label (``bücher.example``)
+forms (RFC 5890 §2.3.2.1): a client without SMTPUTF8 can only send the A-label
+(RFC 6531 §3.2), so each form owns the other.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from smtpgate.auth.names import InvalidAccountName, canonical_name
@@ -31,4 +35,36 @@ class SenderProfile:
             return False
         if addr == self.name or addr in self.aliases:
             return True
-        return addr.rpartition("@")[2] in self.domains
+        if addr.rpartition("@")[2] in self.domains:
+            return True
+        # The other form of an internationalised domain: compared in U-labels.
+        if "xn--" not in addr and all("xn--" not in a for a in (self.name, *self.aliases, *self.domains)):
+            return False
+        local, _, domain = addr.rpartition("@")
+        key = f"{local}@{u_labels(domain)}"
+        if any(key == _u_address(a) for a in (self.name, *self.aliases)):
+            return True
+        return u_labels(domain) in {u_labels(d) for d in self.domains}
+
+
+def _u_address(address: str) -> str:
+    local, _, domain = address.rpartition("@")
+    return f"{local}@{u_labels(domain)}"
+
+
+@functools.lru_cache(maxsize=256)
+def u_labels(domain: str) -> str:
+    """``domain`` (lower case) with each A-label (``xn--`` and Punycode, RFC 3492)
+    as its U-label. A label that is not the exact Punycode encoding of its
+    decoding stays as it is, so no two spellings map to one domain unless DNS sees
+    them as one."""
+    labels = domain.split(".")
+    for i, label in enumerate(labels):
+        if label.startswith("xn--"):
+            try:
+                decoded = label[4:].encode("ascii").decode("punycode")
+                if decoded.encode("punycode").decode("ascii") == label[4:] and not decoded.isascii():
+                    labels[i] = decoded
+            except (UnicodeError, ValueError):
+                pass
+    return ".".join(labels)

@@ -26,6 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from OpenSSL import SSL, crypto
 
 from smtpgate.sasl.base import ChannelBinding, ClientCertificate
@@ -51,6 +54,10 @@ _TLS12_CIPHERS = (
     b"ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
     b"ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
 )
+
+#: The private keys pyOpenSSL can hand to OpenSSL (``PKey.from_cryptography_key``).
+_SIGNING_KEYS = (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey,
+                 ed448.Ed448PrivateKey, dsa.DSAPrivateKey)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,15 +132,36 @@ def make_server_context(
         leaf = x509.load_pem_x509_certificate(cert_pem)  # the first in the chain
     except ValueError:
         raise TlsConfigError("tls.cert", f"{cert} holds no PEM certificate") from None
+    # pyOpenSSL's context first: it says what is wrong with the files, where the
+    # stdlib's (None on any failure) would only prompt or give up.
+    server = _context(cert, key, min_version)
     listeners = {
         name: _ListenerTls(_client_auth_context(_context(cert, key, min_version), auth), auth)
         for name, auth in (client_auth or {}).items()
     }
     native = _native_context(cert, key, min_version) if native_exporter_available() else None
-    return ServerTlsContext(
-        _context(cert, key, min_version), end_point_hash(leaf), _describe_cert(leaf), listeners,
-        native,
-    )
+    return ServerTlsContext(server, end_point_hash(leaf), _describe_cert(leaf), listeners, native)
+
+
+def _private_key(key: Path) -> crypto.PKey:
+    """The key in ``key``, read by ``cryptography``. Never OpenSSL's own PEM
+    reader: given a key protected by a passphrase, that one asks for it on the
+    terminal, and a server reloaded under a terminal (``smtpgate serve`` in the
+    foreground) waited there for ever, deaf to SIGTERM."""
+    data = _read("tls.key", key)
+    try:
+        private = serialization.load_pem_private_key(data, password=None)
+    except TypeError:  # encrypted, and no password given
+        raise TlsConfigError(
+            "tls.key", f"{key} is protected by a passphrase, which smtpgate cannot ask for; "
+            f"store it without one (openssl pkey -in {key} -out NEWFILE), readable only by "
+            "the server's user") from None
+    except (ValueError, UnsupportedAlgorithm) as e:
+        raise TlsConfigError("tls.key", f"{key} holds no usable PEM private key: {e}") from None
+    if not isinstance(private, _SIGNING_KEYS):
+        raise TlsConfigError("tls.key", f"{key} holds a {type(private).__name__}, which cannot "
+                             "sign a TLS handshake; use an RSA or ECDSA key")
+    return crypto.PKey.from_cryptography_key(private)
 
 
 def _native_context(cert: Path, key: Path, min_version: str) -> ssl.SSLContext | None:
@@ -151,7 +179,8 @@ def _native_context(cert: Path, key: Path, min_version: str) -> ssl.SSLContext |
         return None  # keep pyOpenSSL rather than a cache we cannot switch off
     try:
         ctx.set_ciphers(_TLS12_CIPHERS.decode())
-        ctx.load_cert_chain(cert, key)
+        # A password, so that OpenSSL never prompts for one on the terminal.
+        ctx.load_cert_chain(cert, key, password=b"")
     except (ssl.SSLError, OSError):
         return None
     return ctx
@@ -177,8 +206,9 @@ def _context(cert: Path, key: Path, min_version: str) -> SSL.Context:
     except SSL.Error as e:
         raise TlsConfigError("tls.cert", f"cannot load {cert}: {describe(e)}") from None
     mismatch = TlsConfigError("tls.key", f"{key} does not belong to the certificate {cert}")
+    private = _private_key(key)
     try:
-        ctx.use_privatekey_file(str(key))
+        ctx.use_privatekey(private)
     except SSL.Error as e:
         if "mismatch" in describe(e):
             raise mismatch from None

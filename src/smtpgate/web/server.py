@@ -69,8 +69,8 @@ def tls_context(cfg: Config) -> ssl.SSLContext | None:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = (ssl.TLSVersion.TLSv1_3 if cfg.tls.min_version == "1.3"
                            else ssl.TLSVersion.TLSv1_2)
-    try:
-        ctx.load_cert_chain(cfg.path(cfg.tls.cert), cfg.path(cfg.tls.key))
+    try:  # a password, so that OpenSSL never prompts for one on the terminal
+        ctx.load_cert_chain(cfg.path(cfg.tls.cert), cfg.path(cfg.tls.key), password=b"")
     except (OSError, ssl.SSLError) as e:
         raise StartupError("tls.cert", f"the web admin cannot load the certificate: {e}") from None
     return ctx
@@ -114,7 +114,8 @@ class AdminServer:
         elif self._ctx is not None:
             # Read again even under the same name: a renewal replaces the file.
             try:  # new handshakes use it
-                self._ctx.load_cert_chain(cfg.path(cfg.tls.cert), cfg.path(cfg.tls.key))
+                self._ctx.load_cert_chain(cfg.path(cfg.tls.cert), cfg.path(cfg.tls.key),
+                                          password=b"")
             except (OSError, ssl.SSLError) as e:
                 log.error("reload: tls.cert: the web admin keeps its certificate: %s", e)
         await self.site.reconfigure(cfg, tls=self._ctx is not None)

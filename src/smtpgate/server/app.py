@@ -430,6 +430,8 @@ class _Live:
 def _log_reload(old: Config, new: reloading.Reloaded) -> None:
     """What a successful reload did, once (by the single process or the supervisor)."""
     log.info("reloaded %s; certificate: %s", "configuration", new.tls.description)
+    for warning in new.warnings:
+        log.warning("reload: %s", warning)
     if new.needs_restart:
         log.warning("reload: %s changed in the file; kept as running until a restart",
                     ", ".join(new.needs_restart))

@@ -1,8 +1,9 @@
 """What a reload (SIGHUP, ``smtpgate reload``) may change, and loading it safely.
 
 A reload reads the config file again and builds the TLS context from the
-certificate and key it names. If either is broken nothing changes: the running
-config and certificate stay, and the error names the key. Otherwise the
+certificate and key it names, checked as start-up checks them. If either is
+broken (or start-up would refuse it) nothing changes: the running config and
+certificate stay, and the error names the key. Otherwise the
 *reloadable* part of the new config replaces the running one:
 
 - ``hostname``, ``tls.*`` (certificate, key, versions, handshake timeout),
@@ -52,6 +53,9 @@ class Reloaded:
     tls: ServerTlsContext
     #: Keys that differ in the file but take effect only after a restart.
     needs_restart: tuple[str, ...]
+    #: What start-up would warn about the certificate and key (expired, expiring,
+    #: not naming ``hostname``, a key readable by all), as ``key: message``.
+    warnings: tuple[str, ...] = ()
 
 
 def build_tls(cfg: Config) -> ServerTlsContext:
@@ -90,11 +94,30 @@ def load(path: Path, running: Config) -> Reloaded:
         tls = build_tls(merged)
     except TlsConfigError as e:
         raise ReloadError(e.key, str(e).removeprefix(f"{e.key}: ")) from None
+    warnings = check_certificate(merged)
     if directory_changed(running, merged):
         check_directory(merged)
     if oauth_changed(running, merged):
         check_oauth(merged)
-    return Reloaded(merged, tls, changed_keys(merged, new))
+    return Reloaded(merged, tls, changed_keys(merged, new), warnings)
+
+
+def check_certificate(cfg: Config) -> tuple[str, ...]:
+    """The certificate checks of start-up (``preflight.check_tls``): what start-up
+    refuses (a certificate not yet valid) fails the reload too, rather than being
+    served until the next restart fails; its warnings are returned to be logged.
+
+    Raises:
+        ReloadError: naming the key, as start-up would.
+    """
+    import datetime as dt
+
+    from smtpgate.preflight import check_tls, errors
+
+    found = check_tls(cfg, dt.datetime.now(dt.UTC))
+    for problem in errors(found):
+        raise ReloadError(problem.key, problem.message)
+    return tuple(f"{p.key}: {p.message}" for p in found)
 
 
 #: The ``[auth]`` keys the token verifier and the OAuth mechanisms are built from.

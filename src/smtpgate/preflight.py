@@ -349,7 +349,15 @@ def check_tls(cfg: Config, now: dt.datetime) -> list[Problem]:
         out.append(_error("tls.cert", f"the certificate is not valid before "
                           f"{_day(not_before)}; check this machine's clock"))
     names = _names(leaf)
-    if names and not _names_host(names, cfg.hostname):
+    if not names:
+        # Clients that follow RFC 6125 §6.4.4 (Chrome, Go) read the names only here:
+        # a certificate naming the host in its subject CN alone verifies for none.
+        subject = leaf.subject.rfc4514_string() or "empty"
+        out.append(_warning("tls.cert", f"the certificate names no host in a "
+                            f"subjectAltName (its subject is {subject}); clients that "
+                            "read names only there (Chrome, Go) will not verify it; have it "
+                            f"issued with a subjectAltName for {cfg.hostname!r}"))
+    elif not _names_host(names, cfg.hostname):
         out.append(_warning("tls.cert", f"the certificate does not name hostname "
                             f"{cfg.hostname!r} (it names {', '.join(names)}); clients that "
                             "connect by that name will not verify it"))

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from smtpgate.cli.main import cli
@@ -145,6 +145,32 @@ def test_certificate_not_naming_the_hostname_is_a_warning(gate: Path) -> None:
     cfg = config(gate, **{'hostname = "localhost"': 'hostname = "mail.example.org"'})
     warnings = only(run_checks(cfg), "warning")
     assert "does not name hostname 'mail.example.org'" in warnings["tls.cert"]
+
+
+@pytest.mark.parametrize("common_name", ["localhost", "other.example"])
+def test_certificate_naming_no_host_in_a_subject_alt_name_is_a_warning(
+    gate: Path, common_name: str
+) -> None:
+    """A certificate with its name in the subject CN only (``openssl req -x509
+    -subj /CN=...`` without ``-addext subjectAltName``) passed without a word, even
+    for another name; clients that ignore the CN refuse it."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, common_name)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=90)).sign(key, hashes.SHA256()))
+    (gate / "tls/cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (gate / "tls/key.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    problems = run_checks(config(gate))
+    assert only(problems) == {}
+    assert only(problems, "warning")["tls.cert"] == (
+        f"the certificate names no host in a subjectAltName (its subject is "
+        f"CN={common_name}); clients that read names only there (Chrome, Go) will not "
+        "verify it; have it issued with a subjectAltName for 'localhost'")
 
 
 def as_other_user(fn: Callable[[], list[Problem]]) -> list[dict[str, str]]:

@@ -73,6 +73,11 @@ class _Metrics:
             "smtpgate_rate_limit_refusals",
             "MAIL or RCPT refused by an hourly rate limit (limit: messages, recipients).",
             ["limit"], registry=None)
+        self.sender_policy = Counter(
+            "smtpgate_sender_policy_violations",
+            "Senders the account does not own, by where they were found (mail_from, from, "
+            "sender, no_from) and what was done (refused; logged: policy in 'log' mode).",
+            ["field", "action"], registry=None)
         self.messages = Counter(
             "smtpgate_messages_accepted", "Messages accepted (250 after DATA), by listener.",
             ["listener"], registry=None)
@@ -99,6 +104,9 @@ class _Metrics:
             "Store calls that failed or timed out, by store and operation.",
             ["store", "operation"], registry=None)
 
+
+#: Where the sending policy finds a sender the account does not own.
+SENDER_FIELDS = ("mail_from", "from", "sender", "no_from")
 
 _m = _Metrics()
 
@@ -130,6 +138,9 @@ def prime(listeners: Iterable[str]) -> None:
         _m.message_bytes.labels(name)
     for limit in ("messages", "recipients"):
         _m.rate_limited.labels(limit)
+    for field in SENDER_FIELDS:
+        for action in ("refused", "logged"):
+            _m.sender_policy.labels(field, action)
     for outcome in DELIVERY_OUTCOMES:
         _m.deliveries.labels(outcome)
     for kind in ("address", "subnet", "account", "account-new", "throttle"):
@@ -171,6 +182,11 @@ def auth_attempt(mechanism: str, front_door: str, result: str, seconds: float | 
 
 def guard_block_started(kind: str) -> None:
     _m.guard_blocks.labels(kind).inc()
+
+
+def sender_policy_violation(field: str, enforced: bool) -> None:
+    """``field``: one of SENDER_FIELDS; ``enforced``: refused, not only logged."""
+    _m.sender_policy.labels(field, "refused" if enforced else "logged").inc()
 
 
 def rate_limited(limit: str) -> None:

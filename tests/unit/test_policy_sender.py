@@ -116,3 +116,32 @@ def test_a_repeated_from_value_is_parsed_once_and_read_the_same(
     # Unreadable stays unreadable when remembered: still owns nothing.
     unreadable = sender.field_addresses("<<<")
     assert "" in unreadable and sender.field_addresses("<<<") == unreadable
+
+
+def _violations(field: str, action: str) -> float:
+    from smtpgate import metrics
+
+    return metrics._m.sender_policy.labels(field, action)._value.get()
+
+
+@pytest.mark.parametrize("mode", ["enforce", "log"])
+def test_every_sender_not_owned_is_counted_by_field_and_action(mode: str) -> None:
+    from smtpgate.config import PolicyConfig
+    from smtpgate.policy.sender import envelope_sender_refusal, from_header_refusal
+
+    action = "refused" if mode == "enforce" else "logged"
+    policy = PolicyConfig(sender_ownership=mode, from_header=mode)
+    alice = SenderProfile("alice@example.org")
+    fields = ("mail_from", "from", "sender", "no_from")
+    before = {f: _violations(f, action) for f in fields}
+    other = {f: _violations(f, "logged" if mode == "enforce" else "refused") for f in fields}
+    envelope_sender_refusal(alice, "alice@example.org", policy, where="s1")  # owned
+    envelope_sender_refusal(alice, "bob@example.org", policy, where="s1")
+    from_header_refusal(alice, b"From: alice@example.org\r\n\r\nx", policy, where="s1")  # owned
+    from_header_refusal(alice, b"Sender: bob@example.org\r\nFrom: <alice@example.org>\r\n\r\nx",
+                        policy, where="s1")
+    from_header_refusal(alice, b"From: bob@example.org\r\n\r\nx", policy, where="s1")
+    from_header_refusal(alice, b"Subject: none\r\n\r\nx", policy, where="s1")
+    assert {f: _violations(f, action) - before[f] for f in fields} == dict.fromkeys(fields, 1)
+    assert {f: _violations(f, a) for f in fields
+            for a in ["logged" if mode == "enforce" else "refused"]} == other

@@ -67,6 +67,7 @@ import re
 import unicodedata
 from email.errors import NonASCIILocalPartDefect, ObsoleteHeaderDefect
 
+from smtpgate import metrics
 from smtpgate.auth.sender_profile import SenderProfile
 from smtpgate.config import PolicyConfig
 from smtpgate.smtp import replies as R
@@ -232,6 +233,7 @@ def envelope_sender_refusal(
         "%s: user=%s MAIL FROM:<%s> not owned by the account%s",
         where, profile.name, sender, "" if mode == "enforce" else " (logged only)",
     )
+    metrics.sender_policy_violation("mail_from", mode == "enforce")
     return R.SENDER_NOT_OWNED if mode == "enforce" else None
 
 
@@ -252,6 +254,7 @@ def from_header_refusal(
     if found is None and not policy.allow_missing_from_header:
         log.warning("%s: user=%s message has no From header%s",
                     where, profile.name, "" if enforce else " (logged only)")
+        metrics.sender_policy_violation("no_from", enforce)
         if enforce:
             return R.FROM_MISSING
     for field, addresses, reply in (
@@ -264,6 +267,7 @@ def from_header_refusal(
                 "%s: user=%s %s: %s not owned by the account%s",
                 where, profile.name, field, ", ".join(bad), "" if enforce else " (logged only)",
             )
+            metrics.sender_policy_violation(field.lower(), enforce)
             if enforce:
                 return reply
     return None

@@ -28,7 +28,9 @@ import json
 import os
 import re
 import sqlite3
+import ssl
 import stat
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -361,9 +363,35 @@ def check_tls(cfg: Config, now: dt.datetime) -> list[Problem]:
         out.append(_warning("tls.cert", f"the certificate does not name hostname "
                             f"{cfg.hostname!r} (it names {', '.join(names)}); clients that "
                             "connect by that name will not verify it"))
+    if len(chain) == 1 and leaf.issuer != leaf.subject and not _issued_by_a_root(leaf):
+        # certbot's cert.pem in place of fullchain.pem: the server sends no
+        # intermediate, and clients that verify cannot build a path to their roots.
+        issuer = leaf.issuer.rfc4514_string() or "an empty name"
+        out.append(_warning("tls.cert", f"{cert_path} holds only the server's certificate, "
+                            f"issued by {issuer}, which is not a root certificate this "
+                            "machine trusts: clients that verify certificates will fail "
+                            "unless the file also holds the intermediate certificates, "
+                            "after it (with certbot: fullchain.pem, not cert.pem); if "
+                            "that issuer is a private CA your clients trust, ignore this"))
     if not errors(out):
         out += _openssl_loads(cfg, cert_path, key_path)
     return out + secret_readable_by_all("tls.key", key_path)
+
+
+def _issued_by_a_root(leaf: x509.Certificate) -> bool:
+    """Whether ``leaf``'s issuer is one of the roots in this machine's default CA
+    file (OpenSSL's, as Python finds it; ``SSL_CERT_FILE`` moves it)."""
+    paths = ssl.get_default_verify_paths()
+    for name in dict.fromkeys(p for p in (paths.cafile, paths.openssl_cafile) if p):
+        try:
+            with warnings.catch_warnings():  # a bundle's old roots (negative serials)
+                warnings.simplefilter("ignore")
+                roots = x509.load_pem_x509_certificates(Path(name).read_bytes())
+        except (OSError, ValueError):
+            continue
+        if any(root.subject == leaf.issuer for root in roots):
+            return True
+    return False
 
 
 def _openssl_loads(cfg: Config, cert: Path, key: Path) -> list[Problem]:

@@ -524,3 +524,66 @@ def test_a_secret_file_every_user_may_read_is_a_warning_naming_the_key(gate: Pat
         path.chmod(0o640)
     assert not {"tls.key", "auth.decoy_secret_file", "delivery.relay_password_file"} & set(
         only(run_checks(cfg), "warning"))
+
+
+def _issue(subject: str, issuer: str, issuer_key: ec.EllipticCurvePrivateKey,
+           key: ec.EllipticCurvePrivateKey, *, ca: bool = False) -> x509.Certificate:
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, subject)]))
+        .issuer_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, issuer)]))
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=90))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if not ca:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+@pytest.mark.parametrize("with_intermediate", [False, True])
+def test_a_leaf_without_its_intermediate_is_a_warning(
+    gate: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, with_intermediate: bool
+) -> None:
+    """certbot's cert.pem configured in place of fullchain.pem: the server sends no
+    intermediate and verifying clients fail ("unable to get local issuer
+    certificate"); config check said nothing."""
+    root_key, mid_key, key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
+    root = _issue("Test Root", "Test Root", root_key, root_key, ca=True)
+    mid = _issue("Test Intermediate", "Test Root", root_key, mid_key, ca=True)
+    leaf = _issue("localhost", "Test Intermediate", mid_key, key)
+    roots = tmp_path / "roots.pem"
+    roots.write_bytes(root.public_bytes(serialization.Encoding.PEM))
+    monkeypatch.setenv("SSL_CERT_FILE", str(roots))  # this machine's trusted roots
+    chain = [leaf, mid] if with_intermediate else [leaf]
+    (gate / "tls/cert.pem").write_bytes(
+        b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain))
+    (gate / "tls/key.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    problems = run_checks(config(gate))
+    assert only(problems) == {}
+    warning = only(problems, "warning").get("tls.cert", "")
+    if with_intermediate:
+        assert warning == ""
+    else:
+        assert "holds only the server's certificate, issued by CN=Test Intermediate" in warning
+        assert "fullchain.pem, not cert.pem" in warning
+
+
+def test_a_leaf_issued_directly_by_a_trusted_root_is_no_warning(
+    gate: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    root = _issue("Test Root", "Test Root", root_key, root_key, ca=True)
+    leaf = _issue("localhost", "Test Root", root_key, key)
+    roots = tmp_path / "roots.pem"
+    roots.write_bytes(root.public_bytes(serialization.Encoding.PEM))
+    monkeypatch.setenv("SSL_CERT_FILE", str(roots))
+    (gate / "tls/cert.pem").write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    (gate / "tls/key.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    assert run_checks(config(gate)) == []

@@ -267,7 +267,7 @@ async def test_last_logins_are_gathered_for_a_second_and_written_newest_per_acco
         # Logins that arrive while a write is held go out together in the next one.
         slow.go.clear()
         assert (await login(svc, mechanism="login")).ok
-        for _ in range(100):  # the write of that login has started, and is held
+        for _ in range(400):  # the write of that login has started, and is held
             if svc.stats.cache_hits and not svc._logins:
                 break
             await asyncio.sleep(0.02)

@@ -233,3 +233,58 @@ def test_allowed_hosts_are_names_without_a_port() -> None:
     for bad in ("a.example:80", "http://a.example", ""):
         with pytest.raises(ValidationError):
             MetricsConfig(listen="", allowed_hosts=[bad])
+
+
+_MULTIPROCESS_SCRIPT = r"""
+import os, sys
+from pathlib import Path
+from smtpgate import metrics
+directory = Path(sys.argv[1])
+metrics.use_multiprocess(directory)
+metrics.rate_limited("messages")
+calls = 0
+def profile(frame, event, arg):
+    global calls
+    if event == "c_call" and arg is os.getpid:
+        calls += 1
+sys.setprofile(profile)
+for _ in range(100):
+    metrics.rate_limited("messages")
+sys.setprofile(None)
+print("getpid calls", calls)
+child = os.fork()
+if child == 0:
+    metrics.rate_limited("recipients")  # counted in the child's own file
+    os._exit(0)
+os.waitpid(child, 0)
+print("child", child)
+"""
+
+
+def test_multiprocess_values_follow_a_fork_without_a_getpid_per_count(tmp_path: Path) -> None:
+    """prometheus_client asks for the process id on every count to notice a fork;
+    ``os.getpid`` made that a system call per count (28 a session). The id is now
+    kept up to date at fork, and a forked child still counts into its own file."""
+    import subprocess
+    import sys
+
+    from prometheus_client.mmap_dict import MmapedDict
+
+    out = subprocess.run([sys.executable, "-c", _MULTIPROCESS_SCRIPT, str(tmp_path)],
+                         capture_output=True, text=True, check=True, timeout=60).stdout
+    lines = dict(line.rsplit(" ", 1) for line in out.splitlines())
+    assert int(lines["getpid calls"]) == 0
+    files = sorted(p.name for p in tmp_path.glob("counter_*.db"))
+    assert f"counter_{lines['child']}.db" in files and len(files) == 2
+
+    def total(name: str, limit: str) -> float:
+        d = MmapedDict(str(tmp_path / name))
+        try:
+            return sum(v for k, v, _ in d.read_all_values() if f'"{limit}"' in k)
+        finally:
+            d.close()
+
+    child_file = f"counter_{lines['child']}.db"
+    parent_file = next(f for f in files if f != child_file)
+    assert total(parent_file, "messages") == 101 and total(parent_file, "recipients") == 0
+    assert total(child_file, "recipients") == 1 and total(child_file, "messages") == 0

@@ -428,7 +428,13 @@ def check_listeners(cfg: Config) -> list[Problem]:
             out.append(_warning(key, f"port 0 in {lst.address!r}: the kernel picks a free port "
                                 "at each start, so clients cannot know it"))
         for other_port, other_ip, other_name in bound:
-            if other_port == port and port != 0 and _overlap(ip, other_ip):
+            if other_port != port or port == 0:
+                continue
+            if ip is not None and ip == other_ip:  # '127.0.0.1:587' and '127.0.0.1:0587'
+                out.append(_error(key, f"listener {lst.name!r} and listener {other_name!r} "
+                                  f"both use {ip} port {port}: give each listener a port "
+                                  "of its own"))
+            elif _overlap(ip, other_ip):
                 out.append(_error(key, f"listener {lst.name!r} and listener {other_name!r} "
                                   f"both use port {port}, and one of them listens on every "
                                   "address: the second cannot bind"))

@@ -305,6 +305,7 @@ def test_spool_that_is_a_file(gate: Path) -> None:
         ("[::1]", "[::]", True),
         ("0.0.0.0", "[::1]", False),
         ("127.0.0.1", "127.0.0.2", False),
+        ("[::1]", "[0::1]", True),  # one address, spelt twice: both would bind (SO_REUSEPORT)
     ],
 )
 def test_listeners_that_cannot_both_bind(
@@ -320,9 +321,20 @@ def test_listeners_that_cannot_both_bind(
     errors = only(run_checks(load_config(gate / "smtpgate.toml")))
     if clash:
         assert list(errors) == ["listeners.2.address"]
-        assert "both use port" in errors["listeners.2.address"]
+        assert "both use" in errors["listeners.2.address"]
     else:
         assert errors == {}
+
+
+def test_one_listener_address_with_its_port_spelt_twice(gate: Path) -> None:
+    text = (gate / "smtpgate.toml").read_text()
+    port = load_config(gate / "smtpgate.toml").listeners[0].host_port[1]
+    extra = f'\n[[listeners]]\nname = "other"\naddress = "127.0.0.1:0{port}"\ntls = "implicit"\n'
+    head, sep, tail = text.partition("[tls]")
+    (gate / "smtpgate.toml").write_text(head + extra + sep + tail)
+    errors = only(run_checks(load_config(gate / "smtpgate.toml")))
+    assert list(errors) == ["listeners.2.address"]
+    assert f"both use 127.0.0.1 port {port}" in errors["listeners.2.address"]
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from smtpgate.config import Config, parse_config
+from smtpgate.config import Config, ListenerConfig, parse_config
 from smtpgate.errors import StartupError
 from smtpgate.server import app
 from smtpgate.tls.certs import write_self_signed
@@ -67,3 +67,20 @@ def test_run_listens_itself_only_when_it_serves(
     with pytest.raises(StartupError, match="stop here"):
         app.run(_config(tmp_path, _free_port(), workers))
     assert calls == [{"listen": listens}]
+
+
+@pytest.mark.parametrize("reuse_port", [False, True])
+@pytest.mark.parametrize("second", ["localhost:{port}", "0.0.0.0:{port}", "127.0.0.1:0{port}"])
+def test_two_listeners_on_one_port_are_refused_where_the_kernel_lets_both_bind(
+    tmp_path: Path, reuse_port: bool, second: str
+) -> None:
+    """The parent's check binds without listening (SO_REUSEADDR lets a second socket
+    bind then) and the workers bind with SO_REUSEPORT: neither fails in the kernel,
+    and a STARTTLS and an implicit-TLS listener would share the port's connections."""
+    port = _free_port()
+    cfg = _config(tmp_path, port, 2)
+    other = ListenerConfig(name="submissions", address=second.format(port=port), tls="implicit")
+    cfg = cfg.model_copy(update={"listeners": [*cfg.listeners, other]})
+    with pytest.raises(StartupError, match="both bind port") as raised:
+        app.bind_sockets(cfg, listen=False, reuse_port=reuse_port)
+    assert raised.value.key == "listeners.1.address"

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
 import logging
 import signal
 import socket
@@ -242,7 +243,47 @@ def bind_sockets(
             sock.listen(LISTEN_BACKLOG)
         sock.setblocking(False)
         socks.append(sock)
+    _refuse_shared_ports(cfg, socks)
     return socks
+
+
+def _refuse_shared_ports(cfg: Config, socks: list[socket.socket]) -> None:
+    """Two listeners of ours on one port and overlapping addresses ('localhost:587'
+    and '127.0.0.1:587', or '0.0.0.0:587' beside either) are an error: the kernel
+    does not always refuse them. The parent's check binds without listening, where
+    SO_REUSEADDR lets the second bind succeed, and the workers bind with
+    SO_REUSEPORT, which does too; the two listeners would then share the port's
+    connections, a client getting STARTTLS or implicit TLS at random.
+
+    Raises:
+        StartupError: ``listeners.N.address`` of the second listener.
+    """
+    seen: list[tuple[int, ipaddress.IPv4Address | ipaddress.IPv6Address, str]] = []
+    for i, (lst, sock) in enumerate(zip(cfg.listeners, socks, strict=True)):
+        name = sock.getsockname()
+        ip, port = ipaddress.ip_address(name[0]), int(name[1])
+        for other_port, other_ip, other_name in seen:
+            if port == other_port and _same_or_covered(ip, other_ip):
+                for s in socks:
+                    s.close()
+                raise StartupError(
+                    f"listeners.{i}.address",
+                    f"listener {lst.name!r} ({lst.address}) and listener {other_name!r} "
+                    f"both bind port {port} on {ip if ip == other_ip else 'overlapping addresses'}",
+                    "give each listener a port of its own",
+                )
+        seen.append((port, ip, lst.name))
+
+
+def _same_or_covered(
+    a: ipaddress.IPv4Address | ipaddress.IPv6Address,
+    b: ipaddress.IPv4Address | ipaddress.IPv6Address,
+) -> bool:
+    """One address, or one a wildcard covering the other (``::`` covers IPv4 too:
+    Linux binds it dual-stack)."""
+    if a == b or any(x.version == 6 and x.is_unspecified for x in (a, b)):
+        return True
+    return a.version == b.version and (a.is_unspecified or b.is_unspecified)
 
 
 _BIND_HINTS = {

@@ -1714,6 +1714,11 @@ def load_config(path: Path) -> Config:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError([("(file)", f"cannot read {path}: {e.strerror}")]) from None
+    except UnicodeDecodeError as e:
+        # TOML 1.0 §"Spec": "A TOML file must be a valid UTF-8 encoded Unicode document."
+        raise ConfigError([("(file)", (
+            f"{path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
+            "TOML files are UTF-8: convert it, e.g. with iconv -t UTF-8"))]) from None
     return parse_config(text, path.resolve().parent)
 
 

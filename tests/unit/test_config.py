@@ -110,6 +110,19 @@ def test_invalid_toml(base: Path) -> None:
     assert "(file)" in problems("hostname = ", base)
 
 
+@pytest.mark.parametrize("command", [["config", "check"], ["config", "check", "--json"],
+                                     ["config", "show"], ["user", "list"], ["reload"]])
+def test_a_config_file_that_is_not_utf8_is_one_error_not_a_traceback(
+    base: Path, command: list[str]
+) -> None:
+    cfg = base / "smtpgate.toml"
+    cfg.write_bytes(GOOD.encode() + b'\n[smtp]\nbanner = "caf\xe9"\n')  # saved as Latin-1
+    r = CliRunner().invoke(cli, [*command, "--config", str(cfg)])
+    assert r.exit_code == 1, r.output
+    assert r.exception is None or isinstance(r.exception, SystemExit)
+    assert "is not UTF-8 text (byte 0xe9" in r.output
+
+
 def real_certificate(base: Path) -> None:
     from smtpgate.tls.certs import write_self_signed
 

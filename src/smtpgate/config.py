@@ -1709,9 +1709,22 @@ def semantic_problems(cfg: Config, *, tls_files: bool = True) -> list[tuple[str,
     return out
 
 
+def _running_user() -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:  # pragma: no cover - no passwd entry
+        return f"uid {os.geteuid()}"
+
+
 def load_config(path: Path) -> Config:
     try:
         text = path.read_text(encoding="utf-8")
+    except PermissionError:
+        raise ConfigError([("(file)", (
+            f"permission denied: user {_running_user()} cannot read {path}; give that user "
+            "access (chown or chmod), or run smtpgate as the user that owns it"))]) from None
     except OSError as e:
         raise ConfigError([("(file)", f"cannot read {path}: {e.strerror}")]) from None
     except UnicodeDecodeError as e:

@@ -4,6 +4,9 @@ is offered, with times in ISO 8601 carrying their zone (issue 8)."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 import time
 from dataclasses import replace
 from datetime import datetime
@@ -205,3 +208,62 @@ def test_reload_with_a_broken_config_says_the_server_was_not_signalled(tmp_path:
     assert result.exit_code == ExitCode.ERROR
     assert "config error" in result.output
     assert "not signalled" in result.output and "keeps the configuration" in result.output
+
+
+def _invoke_as_other_user(args: list[str]) -> tuple[int, str, str]:
+    """Run the command in a child as user nobody (when we are root; else as
+    ourselves, the file's mode then keeping us out too): exit code, output, and the
+    exception's type name if it ended in one."""
+    import os
+
+    CliRunner().invoke(cli, [*args[:-2], "--help"])  # import the command while we still can
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.close(read)
+            if os.geteuid() == 0:
+                os.setgroups([])
+                os.setgid(65534)
+                os.setuid(65534)
+            r = CliRunner().invoke(cli, args)
+            crashed = "" if r.exception is None or isinstance(r.exception, SystemExit) else (
+                type(r.exception).__name__)
+            os.write(write, json.dumps([r.exit_code, r.output, crashed]).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    code, output, crashed = json.loads(data)
+    return code, output, crashed
+
+
+@pytest.mark.parametrize("locked", ["file", "directory"])
+@pytest.mark.parametrize("command", [["config", "check"], ["config", "show"], ["user", "list"]])
+def test_a_config_the_user_may_not_read_is_permission_denied_exit_1(
+    tmp_path: Path, locked: str, command: list[str]
+) -> None:
+    """/etc/smtpgate mode 0750 and an admin running `smtpgate user list` as
+    themselves: was a PermissionError traceback (the directory) or click's usage
+    error, exit 2 (the file)."""
+    top = Path(tempfile.mkdtemp(prefix="smtpgate-cli-"))  # world-traversable, unlike tmp_path
+    top.chmod(0o755)
+    etc = top / "etc"
+    etc.mkdir()
+    path = write_config(etc)
+    if locked == "file":
+        path.chmod(0o600 if os.geteuid() == 0 else 0o000)
+    else:
+        etc.chmod(0o700 if os.geteuid() == 0 else 0o000)
+    try:
+        code, output, crashed = _invoke_as_other_user([*command, "--config", str(path)])
+    finally:
+        etc.chmod(0o755)
+        path.chmod(0o644)
+        shutil.rmtree(top)
+    assert crashed == ""
+    assert code == ExitCode.ERROR, output
+    assert f"permission denied: user nobody cannot read {path}" in output or (
+        "permission denied: user " in output and os.geteuid() != 0)

@@ -81,7 +81,9 @@ def iso_time(t: datetime | float) -> str:
 config_option = click.option(
     "--config",
     "config_path",
-    type=click.Path(dir_okay=False, path_type=Path),
+    # readable=False: an unreadable file is load_config's "permission denied: user
+    # X cannot read ..." (exit 1, as for every other file), not a usage error.
+    type=click.Path(dir_okay=False, readable=False, path_type=Path),
     default=None,
     help=f"Config file (default: ${CONFIG_ENV}).",
 )
@@ -96,10 +98,22 @@ def config_file(config_path: Path | None) -> Path:
     raise click.UsageError(f"no config: pass --config PATH or set {CONFIG_ENV}")
 
 
+def config_missing(path: Path) -> bool:
+    """No file at ``path``. One in a directory we may not search is there, as far
+    as we know: reading it then says "permission denied" (Path.exists() raises)."""
+    try:
+        path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:
+        return False
+    return False
+
+
 def require_config_file(config_path: Path | None) -> Path:
     """The config path; exit 3 when there is no file there."""
     path = config_file(config_path)
-    if not path.exists():
+    if config_missing(path):
         raise NotFound(f"no config file {path}",
                        f"pass --config PATH or set {CONFIG_ENV}; `smtpgate init` writes one")
     return path

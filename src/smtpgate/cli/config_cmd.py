@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from smtpgate.cli.common import ExitCode, config_file, config_option
+from smtpgate.cli.common import ExitCode, config_file, config_missing, config_option
 from smtpgate.config import ConfigError, load_config
 from smtpgate.preflight import Problem, run_checks
 
@@ -37,7 +37,7 @@ def check(as_json: bool, config_path: Path | None) -> None:
     path = config_file(config_path)
     problems: list[Problem]
     summary = ""
-    if not path.exists():
+    if config_missing(path):
         problems = [Problem("error", "(file)", f"{path} does not exist; `smtpgate init` writes one")]
         code = ExitCode.NOT_FOUND
     else:

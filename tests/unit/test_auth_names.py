@@ -47,6 +47,20 @@ def test_invalid_names_refused(bad: str) -> None:
         canonical_name(bad)
 
 
+@pytest.mark.parametrize(
+    ("bad", "why"),
+    [
+        ("alice@example.org@example.org", "'alice@example.org' before the last '@' holds another '@'"),
+        ('"a b"@example.org', "whitespace"),
+        ('"ab"@example.org', "quoted local parts are not supported"),
+    ],
+)
+def test_the_refusal_says_what_is_wrong_with_the_name(bad: str, why: str) -> None:
+    """A domain pasted twice was refused as "quoted local parts are not supported"."""
+    with pytest.raises(InvalidAccountName, match=why):
+        canonical_name(bad)
+
+
 def test_lookup_key_passes_invalid_names_through() -> None:
     assert lookup_key("Bob@EXAMPLE.com") == "Bob@example.com"
     assert lookup_key("not an address") == "not an address"

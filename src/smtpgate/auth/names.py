@@ -66,8 +66,10 @@ def _check_local(local: str) -> None:
         raise InvalidAccountName("local part holds whitespace or control characters")
     # Quoted local parts ("a b"@x) are legal in RFC 5321 but nobody logs in with
     # one; refusing '@' and '"' keeps the split at the last '@' unambiguous.
-    if "@" in local or '"' in local:
+    if '"' in local:
         raise InvalidAccountName("quoted local parts are not supported")
+    if "@" in local:  # alice@example.org@example.org: a domain pasted twice
+        raise InvalidAccountName(f"{local!r} before the last '@' holds another '@'")
     if local.startswith(".") or local.endswith(".") or ".." in local:
         raise InvalidAccountName("local part has a leading, trailing or double dot")
 

@@ -38,7 +38,7 @@ def test_parse_duration(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("bad", ["", "h", "-1d", "3y", "1 d d"])
+@pytest.mark.parametrize("bad", ["", "h", "-1d", "3y", "1 d d", "36501d", "9" * 400])
 def test_parse_duration_refuses(bad: str) -> None:
     with pytest.raises(ValueError):
         parse_duration(bad)
@@ -114,3 +114,21 @@ def test_user_show_and_limits(config: Path) -> None:
     assert run(config, "user", "access", ALICE, "--listener", "nope").exit_code == 2
     shown = json.loads(run(config, "user", "show", ALICE, "--json").output)
     assert shown["max_messages_per_hour"] == 7 and shown["password_expires"] is not None
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["user", "rotate", ALICE, "--grace", "99999999999d"],
+        ["user", "max-age", ALICE, "9999999d"],
+        ["app-password", "add", ALICE, "phone", "--expires", "9999999d"],
+        ["admin-log", "--since", "99999999999d"],
+        ["report", "--since", "99999999999d"],
+    ],
+)
+def test_a_duration_past_year_9999_is_bad_input_not_a_traceback(
+    config: Path, args: list[str]
+) -> None:
+    r = CliRunner().invoke(cli, [*args, "--config", str(config)])
+    assert r.exit_code == 2, r.output
+    assert "is longer than 100 years" in r.output

@@ -8,16 +8,26 @@ _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0}
 _SPEC = re.compile(r"(\d+(?:\.\d+)?)([smhdw]?)")
 
 
+#: The longest duration accepted: 100 years. A choice, not a rule: every duration
+#: here is added to or taken from the present (an expiry, a grace period, --since),
+#: and Python's dates end at year 9999 (a longer one was an OverflowError traceback).
+MAX_DURATION = 36500 * 86400.0
+
+
 def parse_duration(text: str) -> float:
     """Seconds in ``text``; a bare number is seconds.
 
     Raises:
-        ValueError: not a number followed by one of s, m, h, d, w.
+        ValueError: not a number followed by one of s, m, h, d, w; or longer than
+            `MAX_DURATION`.
     """
     m = _SPEC.fullmatch(text.strip().lower())
     if m is None:
         raise ValueError(f"{text!r} is not a duration such as 90s, 30m, 24h, 7d or 2w")
-    return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+    seconds = float(m.group(1)) * _UNITS[m.group(2) or "s"]
+    if not seconds <= MAX_DURATION:
+        raise ValueError(f"{text!r} is longer than 100 years (36500d)")
+    return seconds
 
 
 def format_duration(seconds: float) -> str:

@@ -123,6 +123,28 @@ def test_a_config_file_that_is_not_utf8_is_one_error_not_a_traceback(
     assert "is not UTF-8 text (byte 0xe9" in r.output
 
 
+@pytest.mark.parametrize(
+    ("extra", "key"),
+    [
+        ('[queue]\nspool = ""', "queue.spool"),
+        ('[delivery]\nmaildir = ""', "delivery.maildir"),
+        ('[accounts]\ndatabase = ""', "accounts.database"),
+        ('[guard]\ndatabase = ""', "guard.database"),
+    ],
+)
+def test_an_empty_path_is_an_error_not_the_config_directory(
+    base: Path, extra: str, key: str
+) -> None:
+    """Path("") is "."; `spool = ""` made the config file's directory the spool."""
+    p = problems(GOOD + "\n" + extra + "\n", base)
+    assert "is empty; give a path" in p[key]
+
+
+def test_an_empty_optional_path_is_its_default(base: Path) -> None:
+    cfg = parse_config(GOOD + '\n[server]\npid_file = ""\nlog_file = ""\n', base)
+    assert cfg.server.pid_file is None and cfg.server.log_file is None
+
+
 def real_certificate(base: Path) -> None:
     from smtpgate.tls.certs import write_self_signed
 

@@ -1109,7 +1109,11 @@ class DeliveryConfig(Model):
         description="The LMTP server for mode 'lmtp': 'unix:/absolute/path' (e.g. "
         "'unix:/run/dovecot/lmtp') or HOST:PORT. No STARTTLS or AUTH: keep it local.",
     )
-    relay_host: str = Field(default="", description="Relay host for mode 'relay'.")
+    relay_host: str = Field(
+        default="",
+        description="Relay host for mode 'relay': a host name or an IP address, without "
+        "the port (relay_port) or Postfix's [brackets].",
+    )
     relay_port: int = Field(default=25, ge=1, le=65535, description="Relay port.")
     relay_tls: Literal["opportunistic", "require", "none"] = Field(
         default="opportunistic",
@@ -1204,6 +1208,32 @@ class DeliveryConfig(Model):
                 raise ValueError(f"not a SHA-256 fingerprint: {pin!r}")
             out.append(hexpin)
         return out
+
+    @field_validator("relay_host")
+    @classmethod
+    def _check_relay_host(cls, v: str) -> str:
+        """The mistakes a relay_host is likely to carry: it was used as written, so
+        each deferred every message with a name that does not resolve."""
+        v = v.strip()
+        try:
+            ipaddress.ip_address(v)  # an IPv6 address, unbracketed, holds colons
+            return v
+        except ValueError:
+            pass
+        if "://" in v:
+            host = urllib.parse.urlsplit(v).hostname or "smtp.example.org"
+            raise ValueError(f"{v!r} is a URL; give the host name alone, e.g. {host!r}")
+        if v.startswith("[") and v.endswith("]"):
+            # Postfix's relayhost = [host] turns off MX look-ups; smtpgate makes none.
+            raise ValueError(f"{v!r}: drop the brackets (smtpgate never looks up MX records "
+                             f"for relay_host), e.g. {v[1:-1]!r}")
+        host, sep, port = v.rpartition(":")
+        if sep and port.isdigit():
+            raise ValueError(f"{v!r} holds a port; put it in relay_port: relay_host = "
+                             f"{host.strip('[]')!r}, relay_port = {int(port)}")
+        if any(c.isspace() for c in v) or "/" in v or "@" in v:
+            raise ValueError(f"{v!r} is not a host name or an IP address")
+        return v
 
     @field_validator("relay_auth_mechanism", mode="before")
     @classmethod

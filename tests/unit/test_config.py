@@ -145,6 +145,28 @@ def test_an_empty_optional_path_is_its_default(base: Path) -> None:
     assert cfg.server.pid_file is None and cfg.server.log_file is None
 
 
+@pytest.mark.parametrize(
+    ("host", "why"),
+    [
+        ("smtp.example.org:587", "holds a port; put it in relay_port: relay_host = 'smtp.example.org', relay_port = 587"),
+        ("[smtp.example.org]", "drop the brackets"),
+        ("smtp://smtp.example.org", "is a URL; give the host name alone, e.g. 'smtp.example.org'"),
+    ],
+)
+def test_relay_host_with_a_port_brackets_or_a_scheme_is_named(
+    base: Path, host: str, why: str
+) -> None:
+    """Used as written, each made every message defer: the name does not resolve."""
+    p = problems(GOOD + f'\n[delivery]\nmode = "relay"\nrelay_host = "{host}"\n', base)
+    assert why in p["delivery.relay_host"]
+
+
+@pytest.mark.parametrize("host", ["smtp.example.org", "192.0.2.1", "2001:db8::1", "relay_1"])
+def test_relay_host_names_and_addresses_pass(base: Path, host: str) -> None:
+    cfg = parse_config(GOOD + f'\n[delivery]\nmode = "relay"\nrelay_host = "{host}"\n', base)
+    assert cfg.delivery.relay_host == host
+
+
 def real_certificate(base: Path) -> None:
     from smtpgate.tls.certs import write_self_signed
 

@@ -167,6 +167,23 @@ def test_relay_host_names_and_addresses_pass(base: Path, host: str) -> None:
     assert cfg.delivery.relay_host == host
 
 
+@pytest.mark.parametrize(
+    ("extra", "key", "why"),
+    [
+        ("[guard]\nlockout_duration = inf", "guard.lockout_duration", "finite"),
+        ("[guard]\nblock_duration = 1e300", "guard.block_duration", "longer than 100 years"),
+        ("handshake_timeout = inf", "tls.handshake_timeout", "finite"),  # in [tls], the last table
+        ("[passwords]\nmax_age_days = 1e9", "passwords.max_age_days", "36500 days"),
+    ],
+)
+def test_a_duration_that_never_ends_is_refused(base: Path, extra: str, key: str, why: str) -> None:
+    """TOML has inf: lockout_duration = inf passed, and `smtpgate guard list` then
+    died on the lockout's end (OverflowError), as user list did on a password
+    expiring past year 9999."""
+    p = problems(GOOD + extra + "\n", base)
+    assert why in p[key]
+
+
 def real_certificate(base: Path) -> None:
     from smtpgate.tls.certs import write_self_signed
 

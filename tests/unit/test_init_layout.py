@@ -107,3 +107,22 @@ def test_the_printed_test_command_goes_to_loopback_for_a_wildcard(tmp_path: Path
     code, out = init("--dir", str(tmp_path / "b"), "--submission", "[::]:2587")
     assert code == 0, out
     assert "test --server [::1]:2587 --starttls" in out
+
+
+@pytest.mark.parametrize("which", ["--dir", "--state-dir", "--log-dir"])
+def test_a_directory_init_cannot_make_is_one_error_not_a_traceback(
+    tmp_path: Path, which: str
+) -> None:
+    """/etc/smtpgate as a user other than root, or a read-only file system: init
+    died with a traceback. A regular file in the way fails the same way as root."""
+    (tmp_path / "file").write_text("not a directory\n")
+    blocked = tmp_path / "file" / "smtpgate"
+    args = ["init", "--dir", str(tmp_path / "etc"), "--no-demo"]
+    if which == "--dir":
+        args[2] = str(blocked)
+    else:
+        args += [which, str(blocked)]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 1, r.output
+    assert r.exception is None or isinstance(r.exception, SystemExit), r.exception
+    assert f"error: cannot create {blocked}" in r.output

@@ -24,6 +24,7 @@ from pathlib import Path
 import click
 
 from smtpgate.auth.decoy import create_decoy_secret, decoy_secret_path
+from smtpgate.cli.common import OperationalError
 from smtpgate.config import Config, ConfigError, check_hostname, parse_config
 from smtpgate.preflight import check_listeners
 
@@ -184,6 +185,26 @@ def init(
     For production: init --dir /etc/smtpgate --state-dir /var/lib/smtpgate
     --log-dir /var/log/smtpgate --owner smtpgate --hostname mail.example.org
     --submission 0.0.0.0:587 --submissions 0.0.0.0:465 --no-demo"""
+    try:
+        _create(directory, hostname, submission, submissions, deliver, metrics, admin,
+                no_demo, state_dir, log_dir, owner)
+    except OSError as e:
+        # A directory that cannot be made or written in (/etc/smtpgate as a user
+        # other than root, a read-only file system) was a traceback.
+        where = e.filename if e.filename is not None else directory
+        raise OperationalError(
+            f"cannot create {where}: {e.strerror or e}",
+            "run init as a user that may write there (root for /etc/smtpgate), or "
+            "choose other directories; remove what it made before running it again",
+        ) from None
+
+
+def _create(
+    directory: Path, hostname: str, submission: str, submissions: str, deliver: str,
+    metrics: str, admin: str, no_demo: bool, state_dir: Path | None, log_dir: Path | None,
+    owner: str | None,
+) -> None:
+    """What `init` does (its docstring is its --help)."""
     from smtpgate.admin import AccountAdmin, default_actor
     from smtpgate.auth.accounts import open_account_store
     from smtpgate.auth.guard_store import SqliteGuardStore

@@ -1753,7 +1753,9 @@ def semantic_problems(cfg: Config, *, tls_files: bool = True) -> list[tuple[str,
                 "proxy_protocol = true needs the load balancers' networks here; nobody "
                 "else may send the header")))
     for key, p in (("tls.cert", cfg.tls.cert), ("tls.key", cfg.tls.key)):
-        if tls_files and not cfg.path(p).is_file():
+        if tls_files and cfg.path(p).is_dir():
+            out.append((key, f"{cfg.path(p)} is a directory, not a PEM file"))
+        elif tls_files and not cfg.path(p).is_file():
             out.append((key, f"file not found: {cfg.path(p)}"))
     if cfg.delivery.mode == "relay" and not cfg.delivery.relay_host:
         out.append(("delivery.relay_host", "required when delivery.mode = 'relay'"))

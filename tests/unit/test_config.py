@@ -184,6 +184,13 @@ def test_a_duration_that_never_ends_is_refused(base: Path, extra: str, key: str,
     assert why in p[key]
 
 
+def test_a_certificate_path_that_is_a_directory_says_so(base: Path) -> None:
+    """key = "tls" (the directory, not tls/key.pem) was "file not found: .../tls"."""
+    (base / "tls").mkdir()
+    p = problems(GOOD.replace('key = "k.pem"', 'key = "tls"'), base)
+    assert p["tls.key"] == f"{base / 'tls'} is a directory, not a PEM file"
+
+
 def real_certificate(base: Path) -> None:
     from smtpgate.tls.certs import write_self_signed
 

@@ -1682,6 +1682,15 @@ def _near(name: str, keys: list[str]) -> str | None:
     return by_lower[near[0]] if near else None
 
 
+def _is_table_list(loc: tuple[int | str, ...]) -> bool:
+    """``loc`` names a list of tables ([[listeners]], [[auth.oauth_issuers]], ...)."""
+    if not loc or not isinstance(loc[-1], str):
+        return False
+    parent = _model_at(loc[:-1])
+    field = None if parent is None else parent.model_fields.get(loc[-1])
+    return field is not None and _model_in(field.annotation) is not None
+
+
 def _problems(err: ValidationError) -> list[tuple[str, str]]:
     out = []
     for e in err.errors():
@@ -1689,6 +1698,11 @@ def _problems(err: ValidationError) -> list[tuple[str, str]]:
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = unknown_key_message(tuple(e["loc"]))
+        elif e["type"] == "list_type" and isinstance(e["input"], dict) and _is_table_list(
+            tuple(e["loc"])
+        ):
+            # [listeners] where [[listeners]] was meant: one table, not a list of them.
+            msg = f"write [[{key}]] (double brackets): one such table for each, not [{key}]"
         elif e["type"] == "value_error":
             msg = msg.removeprefix("Value error, ")
         out.append((key, msg))

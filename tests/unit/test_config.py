@@ -191,6 +191,14 @@ def test_a_certificate_path_that_is_a_directory_says_so(base: Path) -> None:
     assert p["tls.key"] == f"{base / 'tls'} is a directory, not a PEM file"
 
 
+def test_a_list_of_tables_written_with_single_brackets_says_to_double_them(base: Path) -> None:
+    """[listeners] for [[listeners]] was "Input should be a valid list"."""
+    p = problems(GOOD.replace("[[listeners]]", "[listeners]"), base)
+    assert p["listeners"].startswith("write [[listeners]] (double brackets)")
+    p = problems(GOOD + '[delivery.routes]\ndomain = "a.org"\nnext_hop = "b:25"\n', base)
+    assert p["delivery.routes"].startswith("write [[delivery.routes]] (double brackets)")
+
+
 def real_certificate(base: Path) -> None:
     from smtpgate.tls.certs import write_self_signed
 

@@ -440,6 +440,7 @@ def check_listeners(cfg: Config) -> list[Problem]:
                                   "address: the second cannot bind"))
         bound.append((port, ip, lst.name))
         out += _cram_md5_beside_passwords(cfg, i, lst)
+        out += _no_way_to_log_in(cfg, i, lst)
     # The web admin and the metrics endpoint bind plainly in the same server: on an
     # SMTP listener's address (or overlapping it), one of the two cannot bind.
     named = [(f"listener {name!r}", p, ip) for p, ip, name in bound]
@@ -484,6 +485,19 @@ def _cram_md5_beside_passwords(cfg: Config, i: int, lst: ListenerConfig) -> list
                      "`smtpgate user cram-md5` PHPMailer fails and smtplib leaves a failed "
                      "login, counted by the guard, at every login; offer CRAM-MD5 on a "
                      "listener of its own (docs/mechanisms.md)")]
+
+
+def _no_way_to_log_in(cfg: Config, i: int, lst: ListenerConfig) -> list[Problem]:
+    """``mechanisms = []`` (here or in [auth]) leaves a listener where nobody can
+    authenticate, so nobody can send, unless a proxy logs clients in with XCLIENT or
+    client certificates bring EXTERNAL."""
+    offered = lst.mechanisms if lst.mechanisms is not None else cfg.auth.mechanisms
+    if offered or lst.xclient_trusted or lst.client_certificates is not None:
+        return []
+    key = f"listeners.{i}.mechanisms" if lst.mechanisms is not None else "auth.mechanisms"
+    return [_warning(key, f"listener {lst.name!r} offers no SASL mechanism: no client can "
+                     "log in there, so none can send; name the mechanisms to offer, or leave "
+                     "the key out for the default")]
 
 
 def check_front_doors(cfg: Config) -> list[Problem]:

@@ -438,6 +438,23 @@ def test_cram_md5_beside_password_mechanisms_is_a_warning_per_listener(gate: Pat
     assert not [p for p in run_checks(own) if "PHPMailer" in p.message]
 
 
+def test_a_listener_without_any_mechanism_is_a_warning(gate: Path) -> None:
+    """mechanisms = [] started a server nobody could log in to, without a word."""
+    original = (gate / "smtpgate.toml").read_text()
+    none = config(gate, **{'log_file = "auth.log"': 'log_file = "auth.log"\nmechanisms = []'})
+    warned = [p for p in run_checks(none) if "offers no SASL mechanism" in p.message]
+    assert [(p.severity, p.key) for p in warned] == [("warning", "auth.mechanisms")] * 2
+    (gate / "smtpgate.toml").write_text(original)  # config() keeps its changes
+    one = config(gate, **{'tls = "implicit"': 'tls = "implicit"\nmechanisms = []'})
+    assert [p.key for p in run_checks(one) if "offers no SASL" in p.message] == [
+        "listeners.1.mechanisms"]
+    # A proxy that logs clients in with XCLIENT needs none.
+    (gate / "smtpgate.toml").write_text(original)
+    proxied = config(gate, **{'tls = "implicit"': 'tls = "implicit"\nmechanisms = []\n'
+                              'xclient_trusted = ["127.0.0.1/32"]'})
+    assert not [p for p in run_checks(proxied) if "offers no SASL" in p.message]
+
+
 def test_secure_defaults_have_no_loosening(gate: Path) -> None:
     assert loosenings(config(gate)) == []
 

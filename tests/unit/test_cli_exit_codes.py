@@ -267,3 +267,22 @@ def test_a_config_the_user_may_not_read_is_permission_denied_exit_1(
     assert code == ExitCode.ERROR, output
     assert f"permission denied: user nobody cannot read {path}" in output or (
         "permission denied: user " in output and os.geteuid() != 0)
+
+
+def test_an_import_file_the_user_may_not_read_is_an_error_exit_1() -> None:
+    """docs/cli.md: "1 with nothing changed when the file cannot be read"; it was
+    click's usage error, exit 2."""
+    top = Path(tempfile.mkdtemp(prefix="smtpgate-cli-"))
+    top.chmod(0o755)
+    try:
+        config = write_config(top)
+        users = top / "users"
+        users.write_text("bob@example.org:{PLAIN}Winter-Plum-Kettle-42\n")
+        users.chmod(0o600 if os.geteuid() == 0 else 0o000)
+        code, output, crashed = _invoke_as_other_user(
+            ["user", "import", "dovecot-passwd", str(users), "--dry-run", "--config", str(config)])
+    finally:
+        shutil.rmtree(top)
+    assert crashed == ""
+    assert code == ExitCode.ERROR, output
+    assert f"{users}: permission denied" in output

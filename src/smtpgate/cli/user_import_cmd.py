@@ -98,7 +98,10 @@ def _run(
 
 
 @import_.command("dovecot-passwd")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+# readable=False: a file the user may not read is the command's own error, exit 1
+# (docs/cli.md), not click's usage error.
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, readable=False,
+                                        path_type=Path))
 @click.option("--domain", help="Domain appended to user names without @domain.")
 @_options
 def dovecot_passwd(
@@ -108,6 +111,9 @@ def dovecot_passwd(
     """Import a Dovecot passwd-file (user:{SCHEME}hash:...), hashes and all."""
     try:
         text = file.read_text(encoding="utf-8")
+    except PermissionError:
+        raise OperationalError(f"{file}: permission denied: run the import as a user that "
+                               "may read it (root for /etc/dovecot/users)") from None
     except (OSError, UnicodeDecodeError) as e:
         raise OperationalError(f"{file}: {e}", "give a Dovecot passwd-file in UTF-8") from None
     entries, problems = read_dovecot_passwd(text, domain=domain)

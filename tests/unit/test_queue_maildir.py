@@ -13,7 +13,12 @@ import pytest
 
 from smtpgate.queue.delivery import Delivered, QueuedMessage, TempFailure
 from smtpgate.queue.envelope import Envelope
-from smtpgate.queue.maildir import MaildirDeliverer, maildir_name, return_path
+from smtpgate.queue.maildir import (
+    MaildirDeliverer,
+    maildir_name,
+    return_path,
+    without_return_path,
+)
 
 ENV = Envelope(
     mail_from="alice@example.org",
@@ -74,6 +79,39 @@ async def test_one_copy_with_return_path_for_all_recipients(
 def test_return_path_for_null_sender_and_no_header_injection() -> None:
     assert return_path("") == b"Return-Path: <>\r\n"
     assert return_path("a@x\r\nBcc: victim@y") == b"Return-Path: <a@xBcc: victim@y>\r\n"
+
+
+async def test_rfc5321_s4_4_return_path_from_the_client_is_dropped(
+    tmp_path: Path, make: Factory
+) -> None:
+    """A submitted message that carries Return-Path fields (a saved .eml sent again,
+    an application copying a received message) is delivered with one Return-Path,
+    the envelope's: RFC 5321 §4.4 lets final delivery remove the others, and
+    Postfix drops them (message_drop_headers). Folded and any-case fields go;
+    the body and look-alike fields stay."""
+    data = (
+        b"Received: from laptop ([192.0.2.7])\r\n\tby mail.example.org\r\n"
+        b"Return-Path: <ceo@bank.example>\r\n"
+        b"From: alice@example.org\r\n"
+        b"return-path :\r\n <other@bank.example>\r\n"
+        b"X-Original-Return-Path: <kept@example.net>\r\n"
+        b"Subject: resent\r\n"
+        b"\r\n"
+        b"Return-Path: <in-the-body@example.net>\r\n"
+    )
+    message = QueuedMessage("18f00000000-1-0-00000001", ENV, data)
+    md = tmp_path / "Maildir"
+    results = await make(md).deliver(message, ENV.rcpt_to)
+    assert all(isinstance(r, Delivered) for r in results.values())
+    assert (md / "new" / maildir_name(message)).read_bytes() == (
+        b"Return-Path: <alice@example.org>\r\n"
+        b"Received: from laptop ([192.0.2.7])\r\n\tby mail.example.org\r\n"
+        b"From: alice@example.org\r\n"
+        b"X-Original-Return-Path: <kept@example.net>\r\n"
+        b"Subject: resent\r\n"
+        b"\r\n"
+        b"Return-Path: <in-the-body@example.net>\r\n"
+    )
 
 
 async def test_redelivery_after_crash_finds_the_copy_in_new(tmp_path: Path, make: Factory) -> None:
@@ -168,3 +206,17 @@ async def test_delivered_spool_files_are_recycled_into_the_maildir_pool(
     # The spent spool inode, emptied, now waits to hold the next Maildir copy.
     assert [(f.stat().st_ino, f.stat().st_size) for f in spare] == [(inode, 0)]
     assert os.listdir(tmp_path / "spool" / "tmp") == []
+
+
+@pytest.mark.parametrize(
+    ("data", "kept"),
+    [
+        (b"Subject: x\r\n\r\nbody\r\n", b"Subject: x\r\n\r\nbody\r\n"),
+        (b"\r\nReturn-Path: <body@example.net>\r\n", b"\r\nReturn-Path: <body@example.net>\r\n"),
+        # All header (BDAT may end without CRLF): the last field goes too.
+        (b"Subject: x\r\nReturn-Path: <a@b>", b"Subject: x\r\n"),
+        (b"RETURN-PATH:<a@b>\r\n\t<c@d>\r\nSubject: x\r\n\r\n", b"Subject: x\r\n\r\n"),
+    ],
+)
+def test_without_return_path_looks_at_the_header_section_only(data: bytes, kept: bytes) -> None:
+    assert b"".join(without_return_path(data)) == kept

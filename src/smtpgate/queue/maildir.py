@@ -4,7 +4,8 @@ Theory of operation
 -------------------
 One copy per message, not per recipient: every recipient shares the one mailbox.
 The copy is the message as spooled with ``Return-Path: <sender>`` prepended (RFC
-5321 §4.4: the final delivery adds it). Line ends stay CRLF as received; Dovecot
+5321 §4.4: the final delivery adds it), and without any Return-Path field the
+client put in its header section (`without_return_path`). Line ends stay CRLF as received; Dovecot
 and mutt read both.
 
 Delivery is the Maildir protocol: write a file in ``tmp/``, fsync, hard-link it
@@ -31,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import os
+import re
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -61,6 +63,32 @@ def return_path(sender: str) -> bytes:
     envelope can never inject a header."""
     clean = sender.replace("\r", "").replace("\n", "")
     return b"Return-Path: <" + clean.encode("utf-8", "surrogateescape") + b">\r\n"
+
+
+# A Return-Path field of the header section with its folded continuation lines
+# (the spool holds CRLF line ends only, so ``.`` stops at the CR; a BDAT message
+# may end without one).
+_RETURN_PATH_FIELD = re.compile(
+    rb"^return-path[ \t]*:.*(?:\r\n|\Z)(?:[ \t].*(?:\r\n|\Z))*", re.IGNORECASE | re.MULTILINE)
+
+
+def without_return_path(data: bytes) -> tuple[bytes, ...]:
+    """``data`` as chunks to write, without the Return-Path fields of its header
+    section. RFC 5321 §4.4: a message-originating system "SHOULD NOT send a message
+    that already contains a Return-path header field", and the final delivery "MAY
+    remove" such fields before adding its own; Postfix drops them from every
+    message (``message_drop_headers``). Kept, a client's ``Return-Path:
+    <ceo@bank.example>`` (a saved message sent again, often) sits below ours and
+    readers that take the last one, or a filter, believe it. The body is never
+    looked at; a message without such a field is passed on as it is, uncopied."""
+    if data.startswith(b"\r\n"):
+        return (data,)  # no header section at all
+    end = data.find(b"\r\n\r\n")
+    head_end = end + 2 if end >= 0 else len(data)  # no empty line: all header
+    head = data[:head_end]
+    if not _RETURN_PATH_FIELD.search(head):
+        return (data,)
+    return (_RETURN_PATH_FIELD.sub(b"", head), data[head_end:])
 
 
 class MaildirDeliverer:
@@ -137,7 +165,8 @@ class MaildirDeliverer:
             else:
                 to_write.append((i, name))
                 jobs.append((f"{prefix}{name}",
-                             (return_path(message.envelope.mail_from), message.data)))
+                             (return_path(message.envelope.mail_from),
+                              *without_return_path(message.data))))
         # Durability step 1: content fsynced (concurrently) before it is in new/.
         written = tmpfiles.write_synced(jobs, pool=self._pool, syncer=self._syncer)
         for (i, name), (tmp, error) in zip(to_write, written, strict=True):

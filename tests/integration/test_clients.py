@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import email
+import os
 import smtplib
 import subprocess
 
@@ -88,3 +90,31 @@ def test_swaks_wrong_password_535(server: Server) -> None:
     )
     assert proc.returncode != 0
     assert "535 5.7.8" in proc.stdout
+
+
+@pytest.mark.parametrize("implicit", [False, True])
+def test_smtplib_large_attachments_then_more_commands(server: Server, implicit: bool) -> None:
+    """Two messages of about 15 MB in one session, then NOOP and QUIT. When a
+    message ended while the spool's disk writes were behind the client, the
+    session stopped reading: the 250 came, but QUIT (or the next MAIL) was never
+    read and the client hung until its own timeout (seen with Perl Net::SMTP,
+    Ruby net-smtp and smtplib). The unit test is tests/unit/test_queue_incoming.py's
+    test_the_end_of_the_message_reports_the_backlog_gone."""
+    attachment = base64.encodebytes(os.urandom(11_000_000)).replace(b"\n", b"\r\n")
+    message = (
+        f"From: {USER}\r\nTo: bob@example.net\r\nSubject: big\r\nMIME-Version: 1.0\r\n"
+        "Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+    ).encode() + attachment
+    if implicit:
+        s: smtplib.SMTP = smtplib.SMTP_SSL(
+            "127.0.0.1", server.submissions, timeout=30, context=server.client_context())
+    else:
+        s = smtplib.SMTP("127.0.0.1", server.submission, timeout=30)
+        s.starttls(context=server.client_context())
+    with s:
+        s.login(USER, PASSWORD)
+        for _ in range(2):
+            s.sendmail(USER, ["bob@example.net"], message)
+        assert s.noop()[0] == 250  # read, not left unread behind a paused socket
+    files = server.wait_for_mail(2)
+    assert all(attachment in f.read_bytes() for f in files)

@@ -124,3 +124,25 @@ async def test_a_failed_background_write_drops_the_backlog(
     assert inc.backlog == 0
     with pytest.raises(SpoolError):
         await spool.publish(inc)
+
+
+@pytest.mark.parametrize("outcome", ["sealed", "discarded"])
+async def test_the_end_of_the_message_reports_the_backlog_gone(spool: Spool, outcome: str) -> None:
+    """The connection stops reading while the backlog is over its mark and reads on
+    only when `on_flushed` reports it fallen. Sealing writes the rest itself: it must
+    report that too, or a client whose message ended while the disk was behind (a
+    large attachment, seen with Perl Net::SMTP and smtplib) never has its next
+    command (QUIT, the next MAIL) read."""
+    inc = spool.receive(ENV)
+    seen: list[int] = []
+    inc.on_flushed = lambda: seen.append(inc.backlog)
+    inc.write(b"v" * incoming_mod.FLUSH_AT)  # handed to a background write
+    inc.write(b"v" * 5 * incoming_mod.FLUSH_AT)  # gathered behind it
+    if outcome == "sealed":
+        await spool.publish(inc)
+    else:
+        await asyncio.sleep(0)  # the write is in flight
+        inc.discard()
+        await settle()
+    assert seen and seen[-1] == 0
+    assert inc.backlog == 0

@@ -74,7 +74,8 @@ class Incoming:
         self._flush: asyncio.Task[None] | None = None
         self._error: OSError | None = None
         self._done = False  # sealed or discarded: no more writes
-        #: Called after each background write (the reader may read on).
+        #: Called after each background write, and once sealing wrote the rest:
+        #: the backlog fell (the reader may read on).
         self.on_flushed = on_flushed
 
     @property
@@ -160,6 +161,11 @@ class Incoming:
         except OSError:
             await asyncio.to_thread(self._remove)
             raise
+        finally:
+            # The rest is written (or dropped) here, not by a background write: say
+            # so, or a reader that paused for the backlog is never told it is gone.
+            if self.on_flushed is not None:
+                self.on_flushed()
         return self.path
 
     def _seal(self, rest: bytes) -> None:

@@ -289,6 +289,31 @@ async def test_rfc6531_smtputf8_message_to_a_relay_without_it_bounces() -> None:
     assert peer.handler.received == []
 
 
+async def test_rfc6531_smtputf8_asked_for_but_not_needed_goes_to_a_relay_without_it() -> None:
+    """Go's net/smtp and Jakarta Mail (mail.mime.allowutf8) put SMTPUTF8 on every
+    MAIL FROM the server offers it on, ASCII or not. RFC 6531 §3.2 forbids only
+    internationalized addresses and header fields to a hop without SMTPUTF8: a
+    message with neither goes as it is (Postfix does the same), not bounced."""
+    env = Envelope("alice@example.org", ("bob@example.net",), None, "192.0.2.1", "h", "l",
+                   smtputf8=True, body_8bit=True)
+    data = "Subject: hi\r\n\r\nGrüße in the body only\r\n".encode()
+    async with aiosmtpd_peer() as peer:  # no SMTPUTF8, 8BITMIME offered
+        results = await relay(peer.port).deliver(message(env, data), env.rcpt_to)
+    assert isinstance(results["bob@example.net"], Delivered)
+    assert "SMTPUTF8" not in peer.handler.received[0].mail_options
+
+
+async def test_rfc6531_utf8_header_field_to_a_relay_without_smtputf8_bounces() -> None:
+    env = Envelope("alice@example.org", ("bob@example.net",), None, "192.0.2.1", "h", "l",
+                   smtputf8=True)
+    data = "From: jöran@example.se\r\nSubject: hi\r\n\r\nbody\r\n".encode()
+    async with aiosmtpd_peer() as peer:
+        results = await relay(peer.port).deliver(message(env, data), env.rcpt_to)
+    assert isinstance(results["bob@example.net"], PermFailure)
+    assert "5.6.7" in results["bob@example.net"].reply
+    assert peer.handler.received == []
+
+
 async def test_8bit_body_is_announced() -> None:
     env = Envelope("a@example.org", ("b@example.net",), None, "192.0.2.1", "h", "l",
                    body_8bit=True)

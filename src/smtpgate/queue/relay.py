@@ -545,10 +545,14 @@ class RelayDeliverer:
             # hop without 8BITMIME gets it as it came, as before: not bounced.
             params.append("BODY=8BITMIME")
         if env.smtputf8:
-            if not ext.smtputf8:
+            if ext.smtputf8:
+                params.append("SMTPUTF8")
+            elif _needs_smtputf8(message):
                 # RFC 6531 §3.2: without SMTPUTF8 at the next hop we cannot proceed.
                 raise _Abort(PermFailure("5.6.7 relay does not support SMTPUTF8"))
-            params.append("SMTPUTF8")
+            # Else asked for but not needed (Go's net/smtp and Jakarta Mail ask on
+            # every message): nothing in it is internationalized, so it goes as
+            # plain ESMTP, as Postfix sends it.
         if ext.has("DSN"):
             # RFC 3461 §4: a next hop that speaks DSN gets the sender's choices.
             if env.dsn_ret is not None:
@@ -576,6 +580,19 @@ async def _reply_if_any(link: _Link) -> ServerReply | None:
         return await link.conn.read_reply(_EARLY_REPLY_WAIT)
     except (OSError, ProtocolError, TimeoutError, ssl.SSLError):
         return None
+
+
+def _needs_smtputf8(message: QueuedMessage) -> bool:
+    """Whether the message has what RFC 6531 §3.2 keeps from a hop without SMTPUTF8:
+    a non-ASCII envelope address, or a non-ASCII octet in its header section
+    (RFC 6532 header fields; the Received header smtpgate wrote for a UTF-8 account
+    is one). An 8-bit body alone needs 8BITMIME, not SMTPUTF8."""
+    env = message.envelope
+    if not env.mail_from.isascii() or not all(r.isascii() for r in env.rcpt_to):
+        return True
+    data = message.data
+    end = 0 if data.startswith(b"\r\n") else data.find(b"\r\n\r\n")
+    return not data[: end if end >= 0 else len(data)].isascii()
 
 
 def _rcpt_dsn(message: QueuedMessage, rcpt: str, ext: Extensions) -> list[str]:

@@ -362,7 +362,12 @@ class _Auditor:
             else:
                 await self._after_greeting(s, greeting or await s.read_reply())
             if not self.r.tls_error:
-                await self._relay(s)
+                try:
+                    await self._relay(s)
+                except TimeoutError:
+                    self.r.notes.append("relay probe: timed out")
+                except (OSError, WireClosed, ProtocolError, TlsError) as e:
+                    self.r.notes.append(f"relay probe: {e}")
         finally:
             await s.quit()
 
@@ -697,13 +702,25 @@ class _Auditor:
                 raise
             self.r.notes.append(f"{name} probe: {e}")
         except TimeoutError:
-            if fatal and not self.r.reachable:
-                raise _Probe("timed out waiting for the server") from None
+            if fatal:
+                # Also after the greeting: without the main probe's answers (TLS,
+                # AUTH after TLS) there is nothing to grade, and "no findings"
+                # would pass a server that hangs or hangs up mid-dialogue.
+                raise _Probe("timed out waiting for the server"
+                             + self._where()) from None
             self.r.notes.append(f"{name} probe: timed out")
         except (OSError, WireClosed, ProtocolError, TlsError) as e:
-            if fatal and not self.r.reachable:
-                raise _Probe(f"connection failed: {e}") from None
+            if fatal:
+                raise _Probe(f"connection failed: {e}{self._where()}") from None
             self.r.notes.append(f"{name} probe: {e}")
+
+    def _where(self) -> str:
+        """Where the main probe stopped, once the server had greeted."""
+        if not self.r.reachable:
+            return ""
+        if self.r.tls is not None:
+            return " (after the TLS handshake)"
+        return " (after the greeting)"
 
 
 async def audit_target(target: Target, opts: AuditOptions) -> TargetReport:

@@ -1,0 +1,71 @@
+"""The auditor against servers that break off the dialogue: a target whose main
+probe did not finish is not audited (grade "-"), never graded A for what could
+not be seen; a server that hangs up only during the relay probe is still graded,
+with a note."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from smtpgate.tools.audit import AuditOptions, AuditReport, Target, audit_target
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+def _server(hang_up_at: bytes) -> Handler:
+    """A plain SMTP server (no STARTTLS) that closes the connection when it reads
+    the command ``hang_up_at``."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            writer.write(b"220 broken.test ESMTP\r\n")
+            while line := await reader.readline():
+                verb = line[:4].upper()
+                if verb == hang_up_at:
+                    break
+                writer.write({
+                    b"EHLO": b"250-broken.test\r\n250 PIPELINING\r\n",
+                    b"MAIL": b"250 2.1.0 ok\r\n",
+                    b"RCPT": b"554 5.7.1 relay denied\r\n",
+                    b"QUIT": b"221 2.0.0 bye\r\n",
+                }.get(verb, b"503 5.5.1 no\r\n"))
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    return handle
+
+
+async def _audit(handler: Handler) -> AuditReport:
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    port = int(server.sockets[0].getsockname()[1])
+    try:
+        report = await audit_target(Target("127.0.0.1", port, "starttls"),
+                                    AuditOptions(timeout=5.0, ehlo_name="client.test"))
+    finally:
+        server.close()
+    return AuditReport([report])
+
+
+async def test_a_server_hanging_up_after_the_greeting_is_not_audited() -> None:
+    # It was: grade A, "no findings" and exit 0 (a note said "connection probe:
+    # server closed the connection"), for a server of which nothing but the
+    # banner had been seen: not even whether it has TLS.
+    report = await _audit(_server(hang_up_at=b"EHLO"))
+    t = report.targets[0]
+    assert not t.complete
+    assert t.grade == "-" and report.grade == "-"
+    assert t.error == "connection failed: server closed the connection (after the greeting)"
+    assert t.findings == []
+
+
+async def test_a_server_hanging_up_in_the_relay_probe_is_graded_with_a_note() -> None:
+    report = await _audit(_server(hang_up_at=b"RCPT"))
+    t = report.targets[0]
+    assert t.complete
+    assert "relay probe: server closed the connection" in t.notes
+    assert [f.id for f in t.findings] == ["no-tls"]
+    assert t.grade == "D"

@@ -281,6 +281,9 @@ class _Auditor:
         self.opts = opts
         self.r = TargetReport(target)
         self.masker = Masker(tuple(s for s in (opts.password, opts.token) if s))
+        #: The main probe's handshake failed (as opposed to no STARTTLS, or refused):
+        #: the server does speak TLS, perhaps only an old version.
+        self.handshake_failed = False
 
     @property
     def tls_name(self) -> str:
@@ -379,6 +382,7 @@ class _Auditor:
         except (TlsError, WireClosed) as e:
             self.r.reachable = True
             self.r.tls_error = f"implicit TLS handshake failed: {e}"
+            self.handshake_failed = True
             return
         self.r.tls = TlsReport.from_session(tls, self.opts.now())
         self.r.reachable = True
@@ -409,6 +413,7 @@ class _Auditor:
             await s.start_tls(tls)
         except (TlsError, WireClosed) as e:
             self.r.tls_error = f"TLS handshake after STARTTLS failed: {e}"
+            self.handshake_failed = True
             return
         self.r.tls = TlsReport.from_session(tls, self.opts.now())
         await self._ehlo(s)
@@ -679,17 +684,27 @@ class _Auditor:
             if r.mode_used == "starttls":
                 await self._step("STARTTLS injection", self.injection)
             if r.tls is not None:
-                for name, version in (("TLS 1.0", ssl.TLSVersion.TLSv1),
-                                      ("TLS 1.1", ssl.TLSVersion.TLSv1_1)):
-                    await self._step(name, functools.partial(self.legacy_version, name, version))
+                await self._legacy_versions()
             if (self.opts.user and r.tls is not None):
                 await self._step("credentials", self.credentials)
             elif self.opts.user:
                 r.notes.append("credentials not tried: no TLS (they are never sent in clear)")
         elif r.reachable and r.mode_used in ("starttls", "plain"):
             await self._step("AUTH in clear", self.auth_in_clear)
+            if self.handshake_failed:
+                await self._legacy_versions()
+        elif r.reachable and self.handshake_failed:
+            await self._legacy_versions()
         self.evaluate()
         return r
+
+    async def _legacy_versions(self) -> None:
+        # Also after a failed handshake: a server that speaks only TLS 1.0 or 1.1
+        # fails ours (1.2 and newer) and is then "no TLS"; say which old version
+        # it does speak.
+        for name, version in (("TLS 1.0", ssl.TLSVersion.TLSv1),
+                              ("TLS 1.1", ssl.TLSVersion.TLSv1_1)):
+            await self._step(name, functools.partial(self.legacy_version, name, version))
 
     async def _step(
         self, name: str, probe: Callable[[], Awaitable[None]], fatal: bool = False

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import warnings
 from typing import Protocol
 
 from smtpgate.tls.client import TlsClientSession
@@ -59,8 +60,10 @@ class LegacyTls:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
-        ctx.minimum_version = version
-        ctx.maximum_version = version
+        with warnings.catch_warnings():  # asking for TLS 1.0/1.1 is this probe's purpose
+            warnings.simplefilter("ignore", DeprecationWarning)
+            ctx.minimum_version = version
+            ctx.maximum_version = version
         ctx.set_ciphers("ALL:@SECLEVEL=0")
         self._in = ssl.MemoryBIO()
         self._out = ssl.MemoryBIO()

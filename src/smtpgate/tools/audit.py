@@ -466,6 +466,15 @@ class _Auditor:
             self.r.relay.append(RelayAttempt(trick, rcpt, str(reply), accepted))
         await s.command(s.engine.rset())  # never DATA
 
+    async def relay_in_clear(self) -> None:
+        s = await self._connect()
+        try:
+            await self._greeting(s)
+            await self._ehlo(s)
+            await self._relay(s)
+        finally:
+            await s.quit()
+
     # 2. AUTH in clear ------------------------------------------------------------
 
     async def auth_in_clear(self) -> None:
@@ -691,6 +700,9 @@ class _Auditor:
                 r.notes.append("credentials not tried: no TLS (they are never sent in clear)")
         elif r.reachable and r.mode_used in ("starttls", "plain"):
             await self._step("AUTH in clear", self.auth_in_clear)
+            # TLS failed on the main connection, so its relay probe did not run: an
+            # open relay does not need TLS to relay, so ask in clear.
+            await self._step("relay", self.relay_in_clear)
             if self.handshake_failed:
                 await self._legacy_versions()
         elif r.reachable and self.handshake_failed:

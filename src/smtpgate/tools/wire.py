@@ -20,6 +20,7 @@ Every method that waits takes a timeout; nothing here retries or sleeps.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import ssl
 import warnings
@@ -152,7 +153,9 @@ class Wire:
                     await loop.sock_connect(sock, addr)
                 except OSError as e:
                     sock.close()
-                    last = e
+                    # asyncio words it "Connect call failed ('127.0.0.1', 25)" in
+                    # strerror; an administrator wants "Connection refused".
+                    last = OSError(e.errno, os.strerror(e.errno)) if e.errno else e
                     continue
                 except BaseException:
                     sock.close()

@@ -203,3 +203,26 @@ def test_relay_domain_is_never_an_ip_address(host: str, banner: str, domain: str
     auditor = _Auditor(Target(host, 587, "starttls"), AuditOptions())
     auditor.r.banner = banner
     assert auditor._relay_domain() == domain
+
+
+@pytest.mark.parametrize(
+    ("tls", "note"),
+    [
+        (_tls(chain_ok=False), "certificate chain does not verify: self-signed certificate"),
+        (_tls(hostname_ok=False), "certificate does not match the name 'mx.example.org'"),
+    ],
+)
+async def test_credentials_never_go_to_a_certificate_that_did_not_verify(
+    tls: TlsReport, note: str
+) -> None:
+    # It was: `audit --user U --password-stdin` against a self-signed or wrongly named
+    # certificate sent the real password with PLAIN and LOGIN to whoever answered
+    # (the report then said cert-untrusted, too late), where `smtpgate test` stops.
+    auditor = _Auditor(Target("127.0.0.1", 1, "starttls"),
+                       AuditOptions(user="u", password="real secret"))
+    auditor.r = _clean(tls=tls)
+    await auditor._credentials_if_safe()  # nothing is tried: no connection is opened
+    assert auditor.r.credentials == []
+    (only,) = auditor.r.notes
+    assert only.startswith("credentials not tried: the certificate did not verify")
+    assert note in only and "--ca FILE" in only

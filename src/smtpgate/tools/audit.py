@@ -694,10 +694,8 @@ class _Auditor:
                 await self._step("STARTTLS injection", self.injection)
             if r.tls is not None:
                 await self._legacy_versions()
-            if (self.opts.user and r.tls is not None):
-                await self._step("credentials", self.credentials)
-            elif self.opts.user:
-                r.notes.append("credentials not tried: no TLS (they are never sent in clear)")
+            if self.opts.user:
+                await self._credentials_if_safe()
         elif r.reachable and r.mode_used in ("starttls", "plain"):
             await self._step("AUTH in clear", self.auth_in_clear)
             # TLS failed on the main connection, so its relay probe did not run: an
@@ -709,6 +707,22 @@ class _Auditor:
             await self._legacy_versions()
         self.evaluate()
         return r
+
+    async def _credentials_if_safe(self) -> None:
+        """The credentials probe, only over TLS whose certificate verified: a real
+        password must not go to whoever answers in the server's place (the tester
+        refuses the same, unless --no-tls-verify)."""
+        r = self.r
+        if r.tls is None:
+            r.notes.append("credentials not tried: no TLS (they are never sent in clear)")
+        elif not r.tls.verification.ok:
+            r.notes.append(
+                "credentials not tried: the certificate did not verify ("
+                + "; ".join(r.tls.verification.problems())
+                + "), so the server may not be the one asked (--ca FILE trusts a private "
+                "CA, --tls-name NAME checks another name)")
+        else:
+            await self._step("credentials", self.credentials)
 
     async def _legacy_versions(self) -> None:
         # Also after a failed handshake: a server that speaks only TLS 1.0 or 1.1

@@ -69,3 +69,18 @@ async def test_a_server_hanging_up_in_the_relay_probe_is_graded_with_a_note() ->
     assert "relay probe: server closed the connection" in t.notes
     assert [f.id for f in t.findings] == ["no-tls"]
     assert t.grade == "D"
+
+
+async def test_an_implicit_tls_target_that_greets_in_clear_is_told_to_use_smtp() -> None:
+    # It was "implicit TLS handshake failed: handshake failed: wrong version number".
+    server = await asyncio.start_server(_server(hang_up_at=b"QUIT"), "127.0.0.1", 0)
+    port = int(server.sockets[0].getsockname()[1])
+    try:
+        t = await audit_target(Target("127.0.0.1", port, "implicit"),
+                               AuditOptions(timeout=5.0, ehlo_name="client.test"))
+    finally:
+        server.close()
+    assert t.tls_error == (
+        "implicit TLS handshake failed: the server answered in clear, not with TLS: "
+        f"'220 broken.test ESMTP' (this port speaks SMTP first: audit it as "
+        f"smtp://127.0.0.1:{port})")

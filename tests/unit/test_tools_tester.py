@@ -410,3 +410,14 @@ async def test_certificate_hints_fit_the_problem(tmp_path: Path) -> None:
     assert "--tls-name NAME" in named.error and "--ca FILE" not in named.error
     assert untrusted.exit_code == ExitCode.TLS
     assert "--ca FILE to trust it" in untrusted.error and "--tls-name" not in untrusted.error
+
+
+async def test_implicit_tls_to_a_port_that_greets_in_clear_says_so(serve: Serve) -> None:
+    # It was "handshake failed: wrong version number" (OpenSSL's words for a
+    # record that is not TLS): now the greeting that came instead, and the option.
+    port = await serve(Scripted(b"220 plain.test ESMTP\r\n", []))
+    report = await run_test(_opts(port, tls_mode="implicit"))
+    assert report.exit_code == ExitCode.TLS
+    assert report.error == (
+        "TLS handshake failed: the server answered in clear, not with TLS: "
+        "'220 plain.test ESMTP': this port speaks SMTP without TLS first, use --starttls")

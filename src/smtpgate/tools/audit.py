@@ -52,7 +52,7 @@ from smtpgate.tools.findings import Finding, finding, grade, worst
 from smtpgate.tools.session import AuthResult, SmtpSession, authenticate, speaks_tls
 from smtpgate.tools.tlsreport import TlsReport
 from smtpgate.tools.transcript import Masker
-from smtpgate.tools.wire import LegacyTls, WireClosed
+from smtpgate.tools.wire import ClearTextAnswer, LegacyTls, WireClosed
 
 Mode = Literal["starttls", "implicit", "auto"]
 
@@ -382,6 +382,9 @@ class _Auditor:
         except (TlsError, WireClosed) as e:
             self.r.reachable = True
             self.r.tls_error = f"implicit TLS handshake failed: {e}"
+            if isinstance(e, ClearTextAnswer):
+                self.r.tls_error += (" (this port speaks SMTP first: audit it as "
+                                     f"smtp://{self.t.label})")
             self.handshake_failed = True
             return
         self.r.tls = TlsReport.from_session(tls, self.opts.now())

@@ -57,7 +57,7 @@ from smtpgate.tools.session import (
 )
 from smtpgate.tools.tlsreport import TlsReport
 from smtpgate.tools.transcript import Masker, Transcript
-from smtpgate.tools.wire import WireClosed
+from smtpgate.tools.wire import ClearTextAnswer, WireClosed
 
 #: The form of the app passwords ``smtpgate app-password add`` prints (five groups
 #: of four from a 31-letter alphabet); see ``auth/store.py``.
@@ -310,6 +310,11 @@ class _Tester:
             ctx = make_client_context(opts.ca_file, version=opts.tls_version)
             tls = TlsClientSession(ctx, name)
             await self.s.start_tls(tls)
+        except ClearTextAnswer as e:
+            self._broken = True
+            hint = (": this port speaks SMTP without TLS first, use --starttls"
+                    if opts.tls_mode == "implicit" else "")
+            raise _Stop(ExitCode.TLS, f"TLS handshake failed: {e}{hint}") from None
         except TlsError as e:
             self._broken = True
             raise _Stop(ExitCode.TLS, str(e)) from None

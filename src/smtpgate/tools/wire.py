@@ -36,6 +36,22 @@ class WireClosed(ConnectionError):
     """The server closed the connection."""
 
 
+class ClearTextAnswer(TlsError):
+    """The server answered our ClientHello with text, not TLS: it speaks plain SMTP
+    on this port (a STARTTLS port taken for implicit TLS)."""
+
+    def __init__(self, line: str) -> None:
+        super().__init__(f"the server answered in clear, not with TLS: {line!r}")
+        self.line = line
+
+
+def _clear_text_line(raw: bytes) -> str | None:
+    """The first line of ``raw`` if it is an SMTP-like text line (not a TLS record)."""
+    if not raw[:3].isdigit():  # a TLS record starts with 0x14-0x17
+        return None
+    return raw.split(b"\n", 1)[0].rstrip(b"\r")[:200].decode("utf-8", "replace")
+
+
 class _SansIoTls(Protocol):
     handshake_done: bool
 
@@ -238,11 +254,16 @@ class Wire:
         """
         async with asyncio.timeout(timeout):
             await self._loop.sock_sendall(self._sock, session.start())
+            first = True
             while not session.handshake_done:
                 raw = await self._recv_raw()
                 if not raw:
                     self._eof = True
                     raise WireClosed("server closed the connection during the TLS handshake")
+                if first and (line := _clear_text_line(raw)) is not None:
+                    # OpenSSL would say "wrong version number"; say what came.
+                    raise ClearTextAnswer(line)
+                first = False
                 try:
                     plain, out = session.receive(raw)
                 except TlsError:

@@ -48,3 +48,26 @@ async def test_scram_error_is_answered_empty_and_the_final_reply_reported(
     assert str(report.auth.reply) == final.decode().strip()
     assert "server error 'other-error'" in report.auth.detail
     assert final.decode().strip() in report.error
+
+
+async def test_a_scram_server_that_does_not_prove_itself_gets_no_app_password_hint(
+    serve: Serve,
+) -> None:
+    # It was: "235 without a SCRAM server signature: the server is not authenticated
+    # (if this is an smtpgate app password: ... try --auth PLAIN)", steering the
+    # user to send the password itself to a server that failed to prove itself.
+    port = await serve(Scripted(b"220 fake.test ESMTP\r\n", [EHLO_PLAIN, b"235 2.7.0 ok\r\n"]))
+    report = await run_test(_opts(port, auth="SCRAM-SHA-256", user="alice@example.org",
+                                  password=PASSWORD))
+    assert report.exit_code == ExitCode.AUTH_REFUSED
+    assert report.error == ("SCRAM-SHA-256 refused: 235 without a SCRAM server signature: "
+                            "the server is not authenticated")
+
+
+async def test_a_refused_scram_login_keeps_the_app_password_hint(serve: Serve) -> None:
+    port = await serve(Scripted(b"220 fake.test ESMTP\r\n",
+                                [EHLO_PLAIN, b"535 5.7.8 Authentication credentials invalid\r\n"]))
+    report = await run_test(_opts(port, auth="SCRAM-SHA-256", user="alice@example.org",
+                                  password=PASSWORD))
+    assert report.exit_code == ExitCode.AUTH_REFUSED
+    assert report.error.endswith("try --auth PLAIN)")

@@ -470,7 +470,11 @@ class _Tester:
         if result.outcome == "tempfail":
             raise _Stop(ExitCode.AUTH_TEMPFAIL, f"{name}: temporary failure: {result.detail}")
         if result.outcome == "refused":
-            hint = f" ({APP_PASSWORD_HINT})" if name.startswith("SCRAM-") and opts.password else ""
+            # Only when the server said no: after a 235 without a server signature
+            # the password was not the problem (the server is).
+            said_no = result.reply is not None and result.reply.code != 235
+            hint = (f" ({APP_PASSWORD_HINT})"
+                    if name.startswith("SCRAM-") and opts.password and said_no else "")
             raise _Stop(ExitCode.AUTH_REFUSED, f"{name} refused: {result.detail}{hint}")
         verified = " (server signature verified)" if result.server_verified else ""
         self.info(f"authenticated as {opts.user} with {name}{verified}")

@@ -100,6 +100,8 @@ def _cred(ok: bool) -> AuthResult:
         ({"legacy_versions": {"TLS 1.0": None}}, []),  # not tested is not a finding
         ({"mechanisms_clear": ("PLAIN",)}, ["auth-offered-in-clear"]),
         ({"auth_clear_accepted": True}, ["auth-accepted-in-clear"]),
+        ({"auth_clear_accepted": True, "auth_dummy_accepted": True},
+         ["auth-accepted-in-clear", "auth-accepts-anything"]),
         ({"mechanisms_tls": ("SCRAM-SHA-256", "CRAM-MD5")}, ["weak-mechanisms"]),
         ({"mechanisms_tls": ("DIGEST-MD5", "PLAIN")}, ["weak-mechanisms"]),
         ({"mechanisms_tls": ("PLAIN", "LOGIN")}, ["no-scram"]),

@@ -84,3 +84,32 @@ async def test_an_implicit_tls_target_that_greets_in_clear_is_told_to_use_smtp()
         "implicit TLS handshake failed: the server answered in clear, not with TLS: "
         f"'220 broken.test ESMTP' (this port speaks SMTP first: audit it as "
         f"smtp://127.0.0.1:{port})")
+
+
+async def test_a_server_accepting_the_dummy_identity_is_critical() -> None:
+    # It was only auth-accepted-in-clear (high, grade D), its detail "a dummy
+    # identity then got: 235": a server where anyone logs in (and so relays).
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            writer.write(b"220 yes.test ESMTP\r\n")
+            while line := await reader.readline():
+                writer.write({
+                    b"EHLO": b"250-yes.test\r\n250 AUTH PLAIN LOGIN\r\n",
+                    b"AUTH": b"334 \r\n",
+                    b"MAIL": b"250 2.1.0 ok\r\n",
+                    b"RCPT": b"554 5.7.1 relay denied\r\n",
+                    b"RSET": b"250 2.0.0 ok\r\n",
+                    b"QUIT": b"221 2.0.0 bye\r\n",
+                }.get(line[:4].upper(), b"235 2.7.0 ok\r\n"))  # any credential line
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    report = await _audit(handle)
+    t = report.targets[0]
+    assert t.auth_clear_detail.endswith("a dummy identity then got: 235 2.7.0 ok")
+    assert [f.id for f in t.findings] == [
+        "no-tls", "auth-offered-in-clear", "auth-accepted-in-clear", "auth-accepts-anything"]
+    assert t.grade == "F"

@@ -185,6 +185,8 @@ class TargetReport:
     mechanisms_tls: tuple[str, ...] | None = None
     auth_clear_accepted: bool | None = None
     auth_clear_detail: str = ""
+    #: The dummy identity of the AUTH-in-clear probe got 235.
+    auth_dummy_accepted: bool = False
     legacy_versions: dict[str, bool | None] = field(default_factory=dict)
     injection: Literal["vulnerable", "not-vulnerable", "inconclusive", "not-tested"] = (
         "not-tested"
@@ -496,11 +498,13 @@ class _Auditor:
             if reply.code == 334:
                 final = await self._dummy_exchange(s, mech)
                 self.r.auth_clear_accepted = True
+                self.r.auth_dummy_accepted = final.code == 235
                 self.r.auth_clear_detail = (
                     f"AUTH {mech} in clear got 334; a dummy identity then got: {final}"
                 )
-            elif reply.code == 235:
+            elif reply.code == 235:  # without any credential at all
                 self.r.auth_clear_accepted = True
+                self.r.auth_dummy_accepted = True
                 self.r.auth_clear_detail = f"AUTH {mech} in clear got {reply}"
             else:
                 self.r.auth_clear_accepted = False
@@ -663,6 +667,8 @@ class _Auditor:
                         + " ".join(r.mechanisms_clear)))
         if r.auth_clear_accepted:
             add(finding("auth-accepted-in-clear", r.auth_clear_detail))
+        if r.auth_dummy_accepted:
+            add(finding("auth-accepts-anything", r.auth_clear_detail))
         in_use = r.mechanisms_in_use
         weak = [m for m in in_use if m in mechanisms.PLAINTEXT_EQUIVALENT]
         if weak:

@@ -55,6 +55,12 @@ CATALOGUE: dict[str, Kind] = {
             "or narrow mynetworks; keep reject_unauth_destination).",
         ),
         _k(
+            "auth-accepts-anything", Severity.CRITICAL,
+            "A made-up user name and a random password were accepted: anyone can log in",
+            "Make the authentication back end check the password (no passdb or "
+            "authenticator that accepts every login, no test set-up left on).",
+        ),
+        _k(
             "auth-accepted-in-clear", Severity.HIGH,
             "AUTH is accepted before TLS: passwords can cross the network in clear",
             "Refuse AUTH until TLS is up (Postfix: smtpd_tls_auth_only = yes; Dovecot: "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import shutil
 import subprocess
@@ -11,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from smtpgate.queue import tmpfiles
 from smtpgate.queue.delivery import Delivered, QueuedMessage, TempFailure
 from smtpgate.queue.envelope import Envelope
 from smtpgate.queue.maildir import (
@@ -175,6 +178,36 @@ async def test_unwritable_maildir_is_a_temporary_failure(tmp_path: Path, make: F
     shutil.rmtree(md / "tmp")
     results = await deliverer.deliver(MSG, ("bob@example.net",))
     assert isinstance(results["bob@example.net"], TempFailure)
+    assert os.listdir(md / "new") == []
+
+
+@pytest.mark.parametrize(("code", "status"), [
+    (errno.ENOSPC, "4.3.1"),  # RFC 3463 X.3.1: mail system full
+    (errno.EDQUOT, "4.3.1"),
+    (errno.EIO, "4.3.0"),
+])
+async def test_full_maildir_defers_with_4_3_1_and_warns_naming_the_maildir(
+    tmp_path: Path, make: Factory, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture, code: int, status: str,
+) -> None:
+    """A Maildir on a full file system was deferred with 4.3.0 and only the INFO
+    "deferred" record, which names neither the Maildir nor the cause's class."""
+    md = tmp_path / "Maildir"
+    deliverer = make(md)
+
+    def full(fd: int, chunks: object) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(tmpfiles, "write_all", full)
+    other = QueuedMessage("18f00000000-1-1-00000001", ENV, b"other")
+    with caplog.at_level(logging.WARNING, logger="smtpgate.queue"):
+        results = deliverer.deliver_blocking([MSG, other])
+    for result in results:
+        assert isinstance(result, TempFailure)
+        assert result.reply.startswith(f"{status} maildir delivery failed: "), result.reply
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    want = f"maildir {md}: cannot write into {md / 'tmp'}: {os.strerror(code)}; 2 messages"
+    assert warnings == [want + " deferred"]
     assert os.listdir(md / "new") == []
 
 

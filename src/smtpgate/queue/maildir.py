@@ -25,12 +25,19 @@ sit in ``new/`` or, if a mail reader has seen it, in ``cur/`` as
 (after this process started, hence after any copy the crashed process made) and
 reuse that listing for a minute. A copy the user already deleted cannot be
 recognised; that window is the time between the crash and the restart.
+
+A write that fails defers the message (a temporary failure) and is logged as a
+WARNING naming the Maildir, once per batch and kind of failure: the deferral
+record alone says neither where nor that an operator must act. A full file
+system or an exhausted quota (``ENOSPC``, ``EDQUOT``) is ``4.3.1`` (RFC 3463
+X.3.1, mail system full), as the spool answers it; any other error ``4.3.0``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import os
 import re
 import threading
@@ -41,6 +48,9 @@ from pathlib import Path
 from smtpgate.queue import tmpfiles
 from smtpgate.queue.committer import CommitterClosed, GroupCommitter, Op
 from smtpgate.queue.delivery import Delivered, DeliveryResult, QueuedMessage, TempFailure
+from smtpgate.queue.space import OUT_OF_SPACE
+
+log = logging.getLogger("smtpgate.queue")
 
 #: Names linked by this process, remembered so a retry after a failure *after*
 #: the link (fsync of new/ failed, cancelled await) does not link a second copy
@@ -169,10 +179,11 @@ class MaildirDeliverer:
                               *without_return_path(message.data))))
         # Durability step 1: content fsynced (concurrently) before it is in new/.
         written = tmpfiles.write_synced(jobs, pool=self._pool, syncer=self._syncer)
+        failures = _Failures(str(self.path))
         for (i, name), (tmp, error) in zip(to_write, written, strict=True):
             if error is not None:
-                results[i] = TempFailure(
-                    f"4.3.0 maildir delivery failed: {error.strerror or error}")
+                results[i] = failures.add("maildir delivery failed", f"write into {self._tmp}",
+                                          error)
                 continue
             try:
                 # Step 2, the commit point: link() never replaces an existing name.
@@ -180,7 +191,7 @@ class MaildirDeliverer:
             except FileExistsError:
                 pass  # an earlier attempt got here: this is that copy
             except OSError as e:
-                results[i] = TempFailure(f"4.3.0 maildir delivery failed: {e.strerror or e}")
+                results[i] = failures.add("maildir delivery failed", f"link into {self._new}", e)
                 continue
             finally:
                 tmpfiles.unlink_quietly(tmp)
@@ -194,7 +205,8 @@ class MaildirDeliverer:
             except OSError as e:
                 # Retried soon; _recent makes the retry only repeat this fsync.
                 for i in synced:
-                    results[i] = TempFailure(f"4.3.0 cannot sync maildir: {e.strerror or e}")
+                    results[i] = failures.add("cannot sync maildir", f"sync {self._new}", e)
+        failures.log()
         return results
 
     def _present(self, name: str) -> bool:
@@ -212,3 +224,24 @@ class MaildirDeliverer:
         self._recent[name] = None
         if len(self._recent) > _RECENT_LINKS:
             self._recent.popitem(last=False)
+
+
+class _Failures:
+    """The failed writes of one batch: each message's temporary failure, and one
+    WARNING per kind of failure naming the Maildir (see the module docstring)."""
+
+    def __init__(self, maildir: str) -> None:
+        self._maildir = maildir
+        self._seen: dict[tuple[str, str], int] = {}
+
+    def add(self, reply: str, step: str, error: OSError) -> TempFailure:
+        why = error.strerror or str(error)
+        code = "4.3.1" if error.errno in OUT_OF_SPACE else "4.3.0"
+        key = (step, why)
+        self._seen[key] = self._seen.get(key, 0) + 1
+        return TempFailure(f"{code} {reply}: {why}")
+
+    def log(self) -> None:
+        for (step, why), count in self._seen.items():
+            log.warning("maildir %s: cannot %s: %s; %d %s deferred", self._maildir, step, why,
+                        count, "message" if count == 1 else "messages")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import logging
 import os
 import shutil
 import subprocess
@@ -139,6 +141,50 @@ async def test_failed_directory_fsync_takes_the_batch_back(
     assert all(isinstance(r, SpoolError) for r in results)
     # The client will be told 451 and resend: nothing may stay to be delivered.
     assert _visible(spool) == []
+
+
+async def test_disk_errors_name_the_spool_directory(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A failed write, directory sync or read names the spool's directory, not only
+    the file's name: a machine with several spools (or a spool moved by a config
+    change) left an operator guessing where the disk was full."""
+    queue_dir = str(spool.directory / "queue")
+    qid = await spool.store(ENV, DATA)
+
+    def full(fd: int, chunks: tuple[bytes, ...]) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(tmpfiles, "write_all", full)
+        with caplog.at_level(logging.ERROR, logger="smtpgate.queue"), \
+                pytest.raises(SpoolError) as written:
+            await spool.store(ENV, DATA)
+    assert f"cannot write {queue_dir}/" in str(written.value)
+    assert f"cannot write {queue_dir}/" in caplog.text  # "spool: 1 of 1 operations failed"
+
+    dir_fd = spool._dir_fd
+    real_fsync = os.fsync
+
+    def failing_fsync(fd: int) -> None:
+        if fd == dir_fd:
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync(fd)
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "fsync", failing_fsync)
+        with pytest.raises(SpoolError) as synced:
+            await spool.store(ENV, DATA)
+    assert f"cannot sync the spool directory {queue_dir}: " in str(synced.value)
+
+    os.chmod(spool.message_path(qid), 0)
+    if os.access(spool.message_path(qid), os.R_OK):  # root reads it anyway
+        os.chmod(spool.message_path(qid), 0o600)
+        os.rename(spool.message_path(qid), spool.message_path(qid) + ".x")
+        os.mkdir(spool.message_path(qid))  # EISDIR on read
+    with pytest.raises(SpoolError) as read:
+        spool.load(qid)
+    assert f"({queue_dir}/{qid}.msg)" in str(read.value)
 
 
 async def test_store_after_close_is_refused(tmp_path: Path) -> None:

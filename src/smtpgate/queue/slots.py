@@ -111,7 +111,7 @@ class SlotPool:
                 try:
                     os.fsync(dir_fd)  # the batch's names survive a power cut from here on
                 except OSError as e:
-                    log.error("spool: cannot sync new slots: %s", e)
+                    log.error("spool: cannot sync new slots in %s: %s", self._dir, e)
                     for path in made:
                         tmpfiles.unlink_quietly(path)
                     continue

@@ -283,7 +283,7 @@ class Spool:
         try:
             path = await incoming.seal()
         except OSError as e:
-            raise SpoolError(f"cannot write {incoming.qid}{_MSG}: {e}") from e
+            raise SpoolError(f"cannot write {self._qdir}/{incoming.qid}{_MSG}: {e}") from e
         if incoming.published:  # a slot: durable and named already
             return incoming.qid
         return await self._submit(_Publish(incoming.qid, path))
@@ -354,7 +354,7 @@ class Spool:
                 self._path(qid, _MSG)
                 self._remove(_Remove(qid, recycle, has_state))
             except OSError as e:
-                errors.append(SpoolError(f"cannot remove {qid}: {e}"))
+                errors.append(SpoolError(f"cannot remove {self._qdir}/{qid}{_MSG}: {e}"))
             except SpoolError as e:
                 errors.append(e)
             else:
@@ -363,7 +363,7 @@ class Spool:
             try:
                 os.fsync(self._dir_fd)  # one fsync makes every unlink durable
             except OSError as e:
-                failed = SpoolError(f"cannot sync the spool directory: {e}")
+                failed = SpoolError(f"cannot sync the spool directory {self._qdir}: {e}")
                 errors = [failed if err is None else err for err in errors]
         return errors
 
@@ -386,7 +386,7 @@ class Spool:
                 try:
                     os.rename(work.path, final)  # step 2 for a received message
                 except OSError as e:
-                    op.error = SpoolError(f"cannot publish {work.qid}{_MSG}: {e}")
+                    op.error = SpoolError(f"cannot publish {final}: {e}")
                     tmpfiles.unlink_quietly(work.path)
                 else:
                     changed.append(op)
@@ -395,7 +395,7 @@ class Spool:
                 try:
                     self._remove(work)
                 except OSError as e:
-                    op.error = SpoolError(f"cannot remove {work.qid}: {e}")
+                    op.error = SpoolError(f"cannot remove {self._qdir}/{work.qid}{_MSG}: {e}")
                 else:
                     changed.append(op)
                 continue
@@ -417,14 +417,14 @@ class Spool:
         written = tmpfiles.write_synced(jobs, pool=self._pool, syncer=self._syncer)
         for (op, final), (tmp, error) in zip(writes, written, strict=True):
             if error is not None:
-                op.error = SpoolError(f"cannot write {os.path.basename(final)}: {error}")
+                op.error = SpoolError(f"cannot write {final}: {error}")
                 continue
             try:
                 # Step 2: atomic publication; a reader sees nothing or everything
                 # (for a state file: the old state or the new one).
                 os.rename(tmp, final)
             except OSError as e:
-                op.error = SpoolError(f"cannot publish {os.path.basename(final)}: {e}")
+                op.error = SpoolError(f"cannot publish {final}: {e}")
                 tmpfiles.unlink_quietly(tmp)
             else:
                 changed.append(op)
@@ -435,7 +435,7 @@ class Spool:
                 os.fsync(self._dir_fd)
             except OSError as e:
                 for op in changed:
-                    op.error = SpoolError(f"cannot sync the spool directory: {e}")
+                    op.error = SpoolError(f"cannot sync the spool directory {self._qdir}: {e}")
                     if isinstance(op.payload, (_Store, _Publish)):
                         # The client will be told 451 and resend: take the name
                         # back, so it is not delivered as well.
@@ -494,7 +494,7 @@ class Spool:
         except FileNotFoundError:
             raise MessageNotFound(qid) from None
         except OSError as e:
-            raise SpoolError(f"cannot read {qid}: {e}") from e
+            raise SpoolError(f"cannot read {qid} ({path}): {e}") from e
         return _parse_message(qid, raw)
 
     def load_envelope(self, qid: str) -> tuple[Envelope, int]:
@@ -519,7 +519,7 @@ class Spool:
         except ValueError:
             raise SpoolCorrupt(f"corrupt message {qid}: bad header line") from None
         except OSError as e:
-            raise SpoolError(f"cannot read {qid}: {e}") from e
+            raise SpoolError(f"cannot read {qid} ({path}): {e}") from e
         try:
             return Envelope.from_json(raw), data_len
         except EnvelopeFormatError as e:
@@ -544,7 +544,8 @@ class Spool:
         except FileNotFoundError:
             return None
         except OSError as e:
-            raise SpoolError(f"cannot read state of {qid}: {e}") from e
+            where = self._path(qid, _STATE)
+            raise SpoolError(f"cannot read the state of {qid} ({where}): {e}") from e
         try:
             return MessageState.from_json(raw)
         except StateFormatError as e:

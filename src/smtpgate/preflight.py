@@ -137,6 +137,24 @@ def _denied(path: Path, access: str) -> str:
     )
 
 
+def _read_only(path: Path) -> bool:
+    """Whether ``path`` is on a file system mounted read-only: access(2) then fails
+    for writing (EROFS) whatever the owner and mode, so "permission denied ...
+    chown or chmod" would send an operator the wrong way."""
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def _not_writable(path: Path, access: str) -> str:
+    """Why ``path`` cannot be written: a read-only file system, or a permission."""
+    if _read_only(path):
+        return (f"{path} is on a read-only file system (chown or chmod cannot help): "
+                "remount it read-write, or point the setting at a writable directory")
+    return _denied(path, access)
+
+
 def read_file(key: str, path: Path) -> bytes | Problem:
     """The bytes of ``path``, or a Problem saying in plain words why not."""
     try:
@@ -182,13 +200,13 @@ def _writable_dir(key: str, path: Path, what: str) -> list[Problem]:
         if not path.is_dir():
             return [_error(key, f"{path} is not a directory ({what})")]
         if not os.access(path, os.W_OK | os.X_OK):
-            return [_error(key, _denied(path, f"write in the {what} directory"))]
+            return [_error(key, _not_writable(path, f"write in the {what} directory"))]
         return []
     parent = _nearest_existing(path.parent)
     if not parent.is_dir():
         return [_error(key, f"cannot create {path}: {parent} is not a directory")]
     if not os.access(parent, os.W_OK | os.X_OK):
-        return [_error(key, f"cannot create {path}: " + _denied(parent, "write in"))]
+        return [_error(key, f"cannot create {path}: " + _not_writable(parent, "write in"))]
     return []
 
 
@@ -198,7 +216,7 @@ def _writable_file(key: str, path: Path, what: str) -> list[Problem]:
         if path.is_dir():
             return [_error(key, f"{path} is a directory, not a file ({what})")]
         if not os.access(path, os.W_OK):
-            return [_error(key, _denied(path, f"write the {what}"))]
+            return [_error(key, _not_writable(path, f"write the {what}"))]
         return []
     return _writable_dir(key, path.parent, f"directory of the {what}")
 
@@ -743,8 +761,9 @@ def check_directories(cfg: Config) -> list[Problem]:
     out = _writable_dir("queue.spool", cfg.path(cfg.queue.spool), "spool")
     if cfg.delivery.mode == "maildir":
         maildir = cfg.path(cfg.delivery.maildir)
-        out += _writable_dir("delivery.maildir", maildir, "Maildir")
-        if maildir.is_dir():
+        found = _writable_dir("delivery.maildir", maildir, "Maildir")
+        out += found
+        if maildir.is_dir() and not found:  # else the same cause, four times
             for sub in ("tmp", "new", "cur"):
                 if (maildir / sub).exists():
                     out += _writable_dir("delivery.maildir", maildir / sub, "Maildir")

@@ -212,6 +212,40 @@ def test_unreadable_key_and_relay_password_say_permission_denied(gate: Path) -> 
         assert "[('" not in found[key]  # no OpenSSL error tuples
 
 
+def test_read_only_maildir_says_read_only_not_chown_or_chmod(
+    gate: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Maildir on a file system mounted read-only (EROFS) was reported as
+    "permission denied ... give that user access (chown or chmod)" for the Maildir
+    and each of tmp/, new/ and cur/: advice that cannot work."""
+    maildir = gate / "mail"
+    for sub in ("tmp", "new", "cur"):
+        (maildir / sub).mkdir(parents=True, exist_ok=True)
+    cfg = config(gate)
+    real_access, real_statvfs = os.access, os.statvfs
+
+    def on_ro_mount(path: os.PathLike[str] | str) -> bool:
+        return Path(path) == maildir or maildir in Path(path).parents
+
+    def access(path: os.PathLike[str] | str, mode: int, **kw: object) -> bool:
+        if on_ro_mount(path) and mode & os.W_OK:
+            return False  # access(2) fails with EROFS
+        return real_access(path, mode)
+
+    class ReadOnly:
+        f_flag = os.ST_RDONLY
+
+    def statvfs(path: os.PathLike[str] | str) -> object:
+        return ReadOnly() if on_ro_mount(path) else real_statvfs(path)
+
+    monkeypatch.setattr(os, "access", access)
+    monkeypatch.setattr(os, "statvfs", statvfs)
+    found = [p for p in run_checks(cfg) if p.key == "delivery.maildir"]
+    want = (f"{maildir} is on a read-only file system (chown or chmod cannot help): "
+            "remount it read-write, or point the setting at a writable directory")
+    assert [p.message for p in found] == [want]
+
+
 def test_database_log_file_left_by_another_user_is_named(gate: Path) -> None:
     db, shm = gate / "accounts.sqlite", gate / "accounts.sqlite-shm"
     with sqlite3.connect(db) as conn:  # WAL mode: opening leaves -shm beside the file

@@ -113,6 +113,31 @@ def test_status_code_comes_from_the_reply_when_its_class_fits(
     assert dsn.status_code(action, diagnostic) == expected
 
 
+@pytest.mark.parametrize("diagnostic, action, status, code", [
+    # A relay given by its IPv4 address: its numbers are no enhanced status code.
+    # The expired connection failure read "5.1.1" (bad mailbox), the success "2.4.5".
+    ("gave up after 3 attempts: 4.4.1 relay 192.5.1.1:25: cannot connect: Connection refused",
+     "failed", "5.4.7",
+     ("x-smtpgate; gave up after 3 attempts: 4.4.1 relay 192.5.1.1:25: cannot connect: "
+      "Connection refused")),
+    ("relay 10.2.4.5: 250 2.0.0 queued", "relayed", "2.0.0", "smtp; 250 2.0.0 queued"),
+    # smtpgate's own number ("250 s") is no SMTP reply: it was "smtp; 250 s waiting ...".
+    ("4.4.2 relay mx.example.net:25: timed out after 250 s waiting for the reply to DATA",
+     "delayed", "4.4.2",
+     ("x-smtpgate; 4.4.2 relay mx.example.net:25: timed out after 250 s waiting for the "
+      "reply to DATA")),
+    ("gave up after 2 attempts: relay refused recipient: 450 4.2.0 busy", "failed", "5.4.7",
+     "smtp; 450 4.2.0 busy"),
+    ("relay refused recipient: 550 5.1.1 no such user.", "failed", "5.1.1",
+     "smtp; 550 5.1.1 no such user."),
+])
+def test_rfc3464_status_and_diagnostic_come_from_the_reply_only(
+    diagnostic: str, action: str, status: str, code: str
+) -> None:
+    assert dsn.status_code(action, diagnostic) == status
+    assert dsn.diagnostic_code(diagnostic) == code
+
+
 def test_envelope_keeps_dsn_parameters_and_reads_older_envelopes() -> None:
     e = env(dsn_ret="FULL", dsn_envid="id+2B1",
             dsn_rcpts=(RcptDsn("bob@example.net", ("SUCCESS", "FAILURE"), "rfc822;b@x"),))

@@ -31,10 +31,13 @@ from smtpgate.queue.envelope import Envelope
 from smtpgate.queue.state import Outcome
 from smtpgate.smtp import utf8_addr
 
-#: An enhanced status code (RFC 3463) inside a reply or a diagnostic.
-_STATUS = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
-#: Where an SMTP reply starts inside a deliverer's detail ("RCPT TO: 550 5.1.1 ...").
-_REPLY = re.compile(r"\b[245]\d\d[ -]")
+#: An enhanced status code (RFC 3463) inside a reply or a diagnostic; not three
+#: numbers of a dotted IPv4 address ("relay 192.5.1.1:25" holds no 5.1.1).
+_STATUS = re.compile(r"(?<![\w.])([245])\.(\d{1,3})\.(\d{1,3})(?!\w|\.\d)")
+#: Where an SMTP reply starts inside a deliverer's detail: after "...: " ("relay
+#: refused recipient: 550 5.1.1 ..."), never a number in smtpgate's own words
+#: ("timed out after 250 s").
+_REPLY = re.compile(r"(?:^|: )([245]\d\d[ -])")
 _UNSAFE = re.compile(r"[^\x20-\x7e]")
 #: Control characters (C0, DEL, C1): never in a report, even an internationalized one.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -98,7 +101,7 @@ def diagnostic_code(diagnostic: str) -> str:
     own words under the ``x-smtpgate`` type."""
     m = _REPLY.search(diagnostic)
     if m is not None:
-        return "smtp; " + _clean(diagnostic[m.start():])
+        return "smtp; " + _clean(diagnostic[m.start(1):])
     return "x-smtpgate; " + _clean(diagnostic)
 
 

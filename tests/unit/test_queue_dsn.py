@@ -329,3 +329,76 @@ def test_rfc6533_an_escaped_line_break_stays_escaped_in_the_report() -> None:
     assert data is not None
     assert b"\r\nX-Injected" not in data
     assert b"Original-Recipient: utf-8;a\\x{0D}\\x{0A}X-Injected:\\x{20}yes" in data
+
+
+@pytest.mark.parametrize("notify", [None, ("SUCCESS", "FAILURE")])
+async def test_a_report_the_spool_cannot_take_never_sends_a_relay_the_message_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, notify: tuple[str, ...] | None
+) -> None:
+    """The relay took bob and refused carol; the bounce for carol could not be
+    spooled (a full spool). The attempt was then not recorded at all, so bob got
+    the message again a minute later, and again, until the spool had room. Now
+    bob's delivery is recorded and only what the lost report was about is tried
+    again (with NOTIFY=SUCCESS bob's report is one of them, as Postfix defers a
+    recipient whose success record it cannot write)."""
+    from smtpgate.config import QueueConfig
+    from smtpgate.queue.delivery import (
+        Delivered,
+        DeliveryResult,
+        PermFailure,
+        QueuedMessage,
+    )
+    from smtpgate.queue.spool import Spool, SpoolError
+    from smtpgate.queue.state import RcptStatus
+    from smtpgate.queue.worker import DeliveryWorker
+
+    class Hop:
+        def __init__(self) -> None:
+            self.seen: list[tuple[str, tuple[str, ...]]] = []
+
+        async def deliver(self, message: QueuedMessage,
+                          recipients: tuple[str, ...]) -> dict[str, DeliveryResult]:
+            self.seen.append((message.envelope.mail_from, recipients))
+            return {r: Delivered("relay hop: 250 ok", "relayed") if r.startswith("bob")
+                    else PermFailure("relay refused recipient: 550 5.1.1 no such user")
+                    for r in recipients}
+
+        async def close(self) -> None:
+            pass
+
+    class Clock:
+        now = 1_700_000_100.0
+
+        def __call__(self) -> float:
+            return self.now
+
+    spool = Spool(tmp_path / "spool", prefill=False)
+    hop, clock = Hop(), Clock()
+    try:
+        rcpts = ("bob@example.net", "carol@example.net")
+        dsn_rcpts = tuple(RcptDsn(r, notify) for r in rcpts) if notify else ()
+        qid = spool.store_sync(env(rcpt_to=rcpts, dsn_rcpts=dsn_rcpts), ORIGINAL)
+        worker = DeliveryWorker(spool, hop, QueueConfig(), clock)
+        real_store = spool.store
+
+        async def full(envelope: Envelope, data: bytes) -> str:
+            raise SpoolError("cannot write /spool/queue/x.msg: [Errno 28] No space left")
+
+        monkeypatch.setattr(spool, "store", full)
+        await worker.run_once()
+        state = spool.load_state(qid)
+        assert state is not None
+        status = {r.address: r.status for r in state.recipients}
+        assert status["carol@example.net"] is RcptStatus.PENDING  # its bounce is owed
+        assert status["bob@example.net"] is (
+            RcptStatus.PENDING if notify else RcptStatus.DELIVERED)
+        monkeypatch.setattr(spool, "store", real_store)
+        clock.now += 61
+        await worker.run_once()
+        to_bob = [rs for sender, rs in hop.seen if sender and "bob@example.net" in rs]
+        assert len(to_bob) == (2 if notify else 1)
+        reports = [rs for sender, rs in hop.seen if not sender]
+        assert reports and all(rs == ("alice@example.org",) for rs in reports)
+        assert spool.list_ids() == []
+    finally:
+        await spool.close()

@@ -465,13 +465,16 @@ class DeliveryWorker:
                       ", ".join(f"<{r}>" for r in state.pending),
                       " (may have been delivered before a crash)" if suspect else "")
             results = await self._call_deliverer(message, state.pending)
+            before = state
             state, outcomes = self._apply(state, results, envelope)
             _log_outcomes(qid, envelope, outcomes)
-            reported = await self._send_reports(qid, envelope, data, state, outcomes)
-            if reported is None:
-                self._suspect.add(qid)  # delivered copies are recognised next time
-                return self._clock() + _ERROR_RETRY
-            state = reported
+            state, unreported = await self._send_reports(qid, envelope, data, state, outcomes)
+            if unreported:
+                # The outcome of these recipients is not recorded, so that their
+                # report is not lost: they are tried again in a minute. Everyone
+                # else's is, so a relay never gets a recipient it took twice.
+                self._suspect.add(qid)
+                state = _not_recorded(state, before, unreported, self._clock() + _ERROR_RETRY)
         return await self._record(qid, state)
 
     def _apply(
@@ -567,10 +570,16 @@ class DeliveryWorker:
         lock, envelope, data, state = d.finish
         d.finish = None
         with lock:
-            reported = await self._send_reports(qid, envelope, data, state, d.outcomes)
-            if reported is None:
-                self._suspect.add(qid)  # delivered copies are recognised next time
-                return self._clock() + _ERROR_RETRY
+            reported, unreported = await self._send_reports(qid, envelope, data, state,
+                                                            d.outcomes)
+            if unreported:
+                # As in `_deliver_locked`; the Maildir recognises its copy of a
+                # recipient tried again (maybe_delivered).
+                self._suspect.add(qid)
+                if d.before is None:  # not expected: then the whole attempt again
+                    return self._clock() + _ERROR_RETRY
+                reported = _not_recorded(reported, d.before, unreported,
+                                         self._clock() + _ERROR_RETRY)
             return await self._record(qid, reported)
 
     def _run_batch(
@@ -626,6 +635,7 @@ class DeliveryWorker:
                     removals.append((d, lock, envelope, data, after, has_state))
                 else:
                     d.finish = (lock, envelope, data, after)
+                    d.before = state
                     held.remove(lock)
             errors = self._spool.remove_now(
                 [(d.qid, has_state) for d, _, _, _, _, has_state in removals],
@@ -693,13 +703,15 @@ class DeliveryWorker:
     async def _send_reports(
         self, qid: str, envelope: Envelope, data: bytes, state: MessageState,
         outcomes: tuple[Outcome, ...],
-    ) -> MessageState | None:
+    ) -> tuple[MessageState, frozenset[str]]:
         """Spool the delivery status notifications this attempt calls for (a bounce
         for recipients given up, a delay warning once per recipient, a success report
         where NOTIFY asked for one) before the
         attempt is recorded: a crash in between repeats a report, never loses one.
-        Returns the state with the warnings marked, or None if a report could not
-        be spooled (the attempt is then not recorded, and retried)."""
+        Returns the state with the warnings marked, and the recipients of a failure
+        or success report that could not be spooled (a full spool): their outcome
+        must not be recorded, or the report would be lost. A delay warning that
+        could not be spooled is only not marked: the next attempt sends it."""
         now = self._clock()
         failed = [o for o in outcomes if o.kind in ("bounced", "expired")]
         delayed: list[Outcome] = []
@@ -709,6 +721,7 @@ class DeliveryWorker:
             delayed = [o for o in outcomes if o.kind == "deferred" and o.address not in warned]
         succeeded = [(a, [o for o in outcomes if o.kind == "delivered" and o.dsn_action == a])
                      for a in ("delivered", "relayed")]
+        unreported: set[str] = set()
         for action, chosen in (("failed", failed), ("delayed", delayed), *succeeded):
             reports = dsn.reports_for(envelope, chosen, action)
             built = dsn.build_report(envelope=envelope, queue_id=qid, data=data,
@@ -722,8 +735,13 @@ class DeliveryWorker:
             try:
                 report_id = await self._spool.store(*built)
             except SpoolError as e:
-                log.error("queue: %s: cannot spool the %s report: %s", qid, action, e)
-                return None
+                log.error("queue: %s: cannot spool the %s report: %s; trying again in %d s",
+                          qid, action, e, _ERROR_RETRY)
+                if action == "delayed":
+                    delayed = []
+                else:
+                    unreported.update(r.address for r in reports)
+                continue
             log.info("queue: %s %s report to=<%s> queued as %s", qid, action,
                      envelope.mail_from, report_id)
             self._note(report_id)
@@ -732,7 +750,7 @@ class DeliveryWorker:
             state = replace(state, recipients=tuple(
                 replace(r, warned=True) if r.address in marked else r for r in state.recipients
             ))
-        return state
+        return state, frozenset(unreported)
 
     def _load(
         self, qid: str, now: float, force: bool = False, fd: int | None = None
@@ -793,6 +811,7 @@ class _Done:
     outcomes: tuple[Outcome, ...] = ()
     #: Still to do on the event loop, under the lock: reports, then the record.
     finish: tuple[msglock.MessageLock, Envelope, bytes, MessageState] | None = None
+    before: MessageState | None = None  # with ``finish``: the state before the attempt
 
 
 def _release_unfinished(future: asyncio.Future[list[_Done]]) -> None:
@@ -813,6 +832,16 @@ def _quiet(envelope: Envelope, outcomes: Sequence[Outcome]) -> bool:
         return True
     return not any(dsn.reports_for(envelope, [o], o.dsn_action)
                    for o in outcomes if o.dsn_action in ("delivered", "relayed"))
+
+
+def _not_recorded(after: MessageState, before: MessageState, addresses: frozenset[str],
+                  retry_at: float) -> MessageState:
+    """``after`` with the recipients in ``addresses`` back as they were ``before`` the
+    attempt, due again at ``retry_at`` (see `_send_reports`)."""
+    old = {r.address: r for r in before.recipients}
+    return replace(after, recipients=tuple(
+        replace(old[r.address], next_attempt=retry_at) if r.address in addresses else r
+        for r in after.recipients))
 
 
 def _log_outcomes(qid: str, envelope: Envelope, outcomes: tuple[Outcome, ...]) -> None:

@@ -402,3 +402,76 @@ async def test_a_report_the_spool_cannot_take_never_sends_a_relay_the_message_tw
         assert spool.list_ids() == []
     finally:
         await spool.close()
+
+
+@pytest.mark.parametrize("second", ["delivered", "refused"])
+async def test_a_state_the_spool_cannot_save_never_sends_a_relay_the_message_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, second: str
+) -> None:
+    """The relay took bob, carol was deferred, and the state could not be saved (a
+    full spool): the next attempt started from the state on the disk and gave bob
+    the message again, every minute until the spool had room. Now it starts from
+    the outcome it could not record."""
+    from smtpgate.config import QueueConfig
+    from smtpgate.queue.delivery import (
+        Delivered,
+        DeliveryResult,
+        PermFailure,
+        QueuedMessage,
+        TempFailure,
+    )
+    from smtpgate.queue.spool import Spool, SpoolError
+    from smtpgate.queue.worker import DeliveryWorker
+
+    class Hop:
+        def __init__(self) -> None:
+            self.seen: list[tuple[str, tuple[str, ...]]] = []
+
+        async def deliver(self, message: QueuedMessage,
+                          recipients: tuple[str, ...]) -> dict[str, DeliveryResult]:
+            self.seen.append((message.envelope.mail_from, recipients))
+            out: dict[str, DeliveryResult] = {}
+            for r in recipients:
+                if r.startswith("bob") or (r.startswith("carol") and second == "delivered"
+                                           and len(self.seen) > 1):
+                    out[r] = Delivered("relay hop: 250 ok", "relayed")
+                elif r.startswith("carol") and len(self.seen) > 1:
+                    out[r] = PermFailure("relay refused recipient: 550 5.1.1 no such user")
+                else:
+                    out[r] = TempFailure("relay refused recipient: 451 4.3.0 later")
+            return out
+
+        async def close(self) -> None:
+            pass
+
+    class Clock:
+        now = 1_700_000_100.0
+
+        def __call__(self) -> float:
+            return self.now
+
+    spool = Spool(tmp_path / "spool", prefill=False)
+    hop, clock = Hop(), Clock()
+    try:
+        qid = spool.store_sync(env(rcpt_to=("bob@example.net", "carol@example.net")),
+                               ORIGINAL)
+        worker = DeliveryWorker(spool, hop, QueueConfig(), clock)
+        real_save = spool.save_state
+
+        async def full(qid: str, state: object) -> None:
+            raise SpoolError("cannot write /spool/queue/x.state: [Errno 28] No space left")
+
+        monkeypatch.setattr(spool, "save_state", full)
+        await worker.run_once()
+        assert spool.load_state(qid) is None  # nothing recorded
+        monkeypatch.setattr(spool, "save_state", real_save)
+        clock.now += 61
+        await worker.run_once()
+        to_bob = [rs for sender, rs in hop.seen if sender and "bob@example.net" in rs]
+        assert len(to_bob) == 1
+        assert hop.seen[1] == ("alice@example.org", ("carol@example.net",))
+        reports = [rs for sender, rs in hop.seen if not sender]
+        assert reports == ([] if second == "delivered" else [("alice@example.org",)])
+        assert qid not in spool.list_ids()  # every recipient done, recorded
+    finally:
+        await spool.close()

@@ -79,7 +79,7 @@ from smtpgate.queue.spool import (
     SpoolError,
     StateCorrupt,
 )
-from smtpgate.queue.state import MessageState, Outcome, apply_results
+from smtpgate.queue.state import MessageState, Outcome, RcptStatus, apply_results
 
 log = logging.getLogger("smtpgate.queue")
 
@@ -148,6 +148,10 @@ class DeliveryWorker:
         # the batch thread): their next attempt is flagged maybe_delivered too.
         self._lost_state: set[str] = set()
         self._forced: set[str] = set()  # flushed: attempt whatever the state's next attempt
+        # Outcomes the spool could not record (`_record`), for the next attempt: a
+        # relay must not get again a recipient it took (not for a batch deliverer,
+        # whose Maildir recognises its copies).
+        self._unrecorded: dict[str, MessageState] = {}
         self._first_scan = True
         self._scan_wanted = True
         self._last_scan = -float("inf")
@@ -428,6 +432,7 @@ class DeliveryWorker:
             return self._clock() + _ERROR_RETRY
         if lock is None:
             self._suspect.discard(qid)
+            self._unrecorded.pop(qid, None)
             return None
         with lock:
             return await self._deliver_locked(qid, lock)
@@ -439,6 +444,7 @@ class DeliveryWorker:
             loaded = await asyncio.to_thread(self._load, qid, self._clock(), force, lock.fd)
         except MessageNotFound:
             self._suspect.discard(qid)
+            self._unrecorded.pop(qid, None)
             return None
         except SpoolCorrupt as e:
             log.error("queue: %s is corrupt, moving it to corrupt/: %s", qid, e)
@@ -455,6 +461,9 @@ class DeliveryWorker:
         if isinstance(loaded, float):
             return loaded  # not due yet (a restart rescans everything)
         envelope, data, state, _ = loaded
+        unrecorded = self._unrecorded.pop(qid, None)
+        if unrecorded is not None:
+            state = _with_unrecorded(state, unrecorded)
         if not state.finished:
             suspect = qid in self._suspect or qid in self._lost_state
             self._suspect.discard(qid)  # put back if this attempt ends abnormally
@@ -500,7 +509,11 @@ class DeliveryWorker:
                 return None
             await self._spool.save_state(qid, state)
         except SpoolError as e:
-            log.error("queue: %s: %s", qid, e)
+            log.error("queue: %s: %s; trying again in %d s", qid, e, _ERROR_RETRY)
+            if self._batcher is None:
+                # The next attempt starts from this state, not from the one on the
+                # disk: the recipients the next hop took are not sent again.
+                self._unrecorded[qid] = state
             return self._clock() + _ERROR_RETRY
         return state.next_attempt
 
@@ -832,6 +845,21 @@ def _quiet(envelope: Envelope, outcomes: Sequence[Outcome]) -> bool:
         return True
     return not any(dsn.reports_for(envelope, [o], o.dsn_action)
                    for o in outcomes if o.dsn_action in ("delivered", "relayed"))
+
+
+def _with_unrecorded(on_disk: MessageState, unrecorded: MessageState) -> MessageState:
+    """The state on the disk with the outcomes an attempt could not record (`_record`):
+    a recipient pending on the disk but finished in ``unrecorded`` takes that outcome.
+    What a queue command changed on the disk meanwhile (a hold, a flush) stays."""
+    done = {r.address: r for r in unrecorded.recipients if r.status is not RcptStatus.PENDING}
+    if not any(r.address in done and r.status is RcptStatus.PENDING
+               for r in on_disk.recipients):
+        return on_disk
+    known = set(on_disk.history)
+    return replace(on_disk, recipients=tuple(
+        done[r.address] if r.status is RcptStatus.PENDING and r.address in done else r
+        for r in on_disk.recipients)).with_history(
+            h for h in unrecorded.history if h not in known)
 
 
 def _not_recorded(after: MessageState, before: MessageState, addresses: frozenset[str],

@@ -249,6 +249,22 @@ async def test_rcpt_replies_map_per_recipient() -> None:
     assert peer.handler.received[0].rcpt_tos == ["ok@example.net"]
 
 
+async def test_each_outcome_names_the_next_hop_that_replied() -> None:
+    """With routes, a refusal read "relay refused recipient: 550 ..." in `queue list`,
+    the log and the bounce, whichever next hop refused; now it names it, as
+    Postfix's "host mx.example.net[192.0.2.1] said: ..." does."""
+    rcpts = ("ok@example.net", "temp@example.net", "perm@example.net")
+    async with aiosmtpd_peer() as peer:
+        results = await relay(peer.port).deliver(message(), rcpts)
+        where = f"relay 127.0.0.1:{peer.port}"
+        assert results["temp@example.net"] == TempFailure(
+            f"{where} refused recipient: 450 4.2.0 Mailbox busy")
+        assert results["perm@example.net"] == PermFailure(
+            f"{where} refused recipient: 550 5.1.1 No such user")
+        ok = results["ok@example.net"]
+        assert isinstance(ok, Delivered) and ok.detail.startswith(f"{where}: 250 ")
+
+
 async def test_no_accepted_recipient_sends_no_data() -> None:
     async with aiosmtpd_peer() as peer:
         results = await relay(peer.port).deliver(message(), ("perm@example.net",))

@@ -295,7 +295,7 @@ class RelayDeliverer:
         t = self._t
         greeting = await link.reply("the greeting", t.greeting)
         if greeting.code != 220:
-            raise _temp(f"relay greeting: {greeting}")
+            raise _temp(f"{self.where} greeting: {greeting}")
         if self._lmtp:
             ext = await self._lhlo(link)
         else:
@@ -336,7 +336,7 @@ class RelayDeliverer:
             if not mail_reply.is_positive:
                 # Decided already: the RCPT replies cannot change it, and a relay
                 # may hang up without sending them (the session ends here anyway).
-                raise _Abort(_by_code(mail_reply, "relay refused sender"))
+                raise _Abort(_by_code(mail_reply, f"{self.where} refused sender"))
             rcpt_replies = []
             for rcpt, _ in rcpt_cmds:
                 reply = await link.reply("the reply to RCPT TO", t.command)
@@ -344,11 +344,11 @@ class RelayDeliverer:
                 if not reply.is_positive:
                     # Kept at once: a relay that hangs up before the rest still
                     # refused this one (a 5xx bounces, not retried with the others).
-                    results[rcpt] = _by_code(reply, "relay refused recipient")
+                    results[rcpt] = _by_code(reply, f"{self.where} refused recipient")
         else:
             mail_reply = await link.command("MAIL FROM", mail_cmd, t.command)
             if not mail_reply.is_positive:
-                raise _Abort(_by_code(mail_reply, "relay refused sender"))
+                raise _Abort(_by_code(mail_reply, f"{self.where} refused sender"))
             rcpt_replies = [
                 await link.command("RCPT TO", cmd, t.command) for _, cmd in rcpt_cmds
             ]
@@ -358,14 +358,14 @@ class RelayDeliverer:
             if reply.is_positive:  # 250, or 251/252 (RFC 5321 §3.4)
                 accepted.append(rcpt)
             else:
-                results[rcpt] = _by_code(reply, "relay refused recipient")
+                results[rcpt] = _by_code(reply, f"{self.where} refused recipient")
         if not accepted:
             await self._quit(link)
             return
 
         data_reply = await link.command("DATA", engine.data(), t.command)
         if data_reply.code != 354:
-            raise _Abort(_by_code(data_reply, "relay refused DATA"))
+            raise _Abort(_by_code(data_reply, f"{self.where} refused DATA"))
         # RFC 5321 §4.5.3.2.5: each block of the message gets the command timeout
         # to be taken; §4.5.3.2.6: the reply to the final dot gets ``data``.
         try:
@@ -377,13 +377,13 @@ class RelayDeliverer:
             early = await _reply_if_any(link)
             if early is None or early.is_positive:
                 raise
-            raise _Abort(_by_code(early, "relay refused message")) from None
+            raise _Abort(_by_code(early, f"{self.where} refused message")) from None
         if self._lmtp:
             # RFC 2033 §4.2: one reply per accepted recipient, in RCPT order.
             for rcpt in accepted:
                 each = await link.reply("the reply to the final dot", t.data)
                 results[rcpt] = (Delivered(f"{self.where}: {each}") if each.is_positive
-                                 else _by_code(each, "lmtp refused message"))
+                                 else _by_code(each, f"{self.where} refused message"))
             await self._quit(link)
             return
         final = await link.reply("the reply to the final dot", t.data)
@@ -391,9 +391,9 @@ class RelayDeliverer:
             # RFC 3461 §6.2.4: past a next hop without DSN, success is ours to report.
             action = "" if ext.has("DSN") else "relayed"
             for rcpt in accepted:
-                results[rcpt] = Delivered(f"relay {self.host}: {final}", dsn_action=action)
+                results[rcpt] = Delivered(f"{self.where}: {final}", dsn_action=action)
         else:
-            raise _Abort(_by_code(final, "relay refused message"))
+            raise _Abort(_by_code(final, f"{self.where} refused message"))
         await self._quit(link)
 
     async def _hello(self, link: _Link) -> Extensions:
@@ -404,14 +404,14 @@ class RelayDeliverer:
         # RFC 5321 §3.2: a server that refuses EHLO may still accept HELO.
         reply = await link.command("HELO", engine.helo(self._helo), self._t.command)
         if reply.code != 250:
-            raise _temp(f"relay refused HELO: {reply}")
+            raise _temp(f"{self.where} refused HELO: {reply}")
         return engine.extensions
 
     async def _lhlo(self, link: _Link) -> Extensions:
         engine = link.conn.engine
         reply = await link.command("LHLO", engine.lhlo(self._helo), self._t.command)
         if reply.code != 250:
-            raise _temp(f"lmtp refused LHLO: {reply}")
+            raise _temp(f"{self.where} refused LHLO: {reply}")
         return engine.extensions
 
     async def _starttls(self, link: _Link, ext: Extensions) -> Extensions:
@@ -422,7 +422,7 @@ class RelayDeliverer:
         reply = await link.command("STARTTLS", link.conn.engine.starttls(), self._t.command)
         if reply.code != 220:
             if self._tls_mode == "require":
-                raise _temp(f"relay refused STARTTLS: {reply}")
+                raise _temp(f"{self.where} refused STARTTLS: {reply}")
             log.warning("relay %s refused STARTTLS (%s); continuing in clear", self.host, reply)
             return ext
         assert self._tls_context is not None

@@ -297,3 +297,35 @@ def test_manager_flush_of_the_whole_queue_goes_past_an_unreadable_message(
         assert (spool.directory / "flush" / "all").exists()  # the worker is still asked
     finally:
         asyncio.run(spool.close())
+
+
+def test_cli_list_says_when_a_deferred_recipient_is_tried_next(tmp_path: Path) -> None:
+    """`queue list` gave the reason of a deferral but not when the next attempt is
+    (only --json had it): whether to wait or `queue flush` was a guess."""
+    import time
+
+    from click.testing import CliRunner
+
+    from smtpgate.cli.main import cli
+    from smtpgate.config import load_config
+    from smtpgate.queue.state import MessageState, RcptStatus, RecipientState
+
+    from .cli_support import write_config
+
+    config = write_config(tmp_path)
+    cfg = load_config(config)
+    spool = Spool(cfg.path(cfg.queue.spool), prefill=False)
+    try:
+        later = spool.store_sync(envelope(), MESSAGE)
+        due = spool.store_sync(envelope(), MESSAGE)
+        for qid, when in ((later, time.time() + 5 * 3600 + 1800), (due, 1.0)):
+            spool.save_state_sync(qid, MessageState((
+                RecipientState("bob@example.net", RcptStatus.PENDING, 3, when,
+                               "4.4.1 relay mx.example.net:25: cannot connect"),)))
+    finally:
+        asyncio.run(spool.close())
+    out = CliRunner().invoke(cli, ["queue", "list", "--config", str(config)])
+    assert out.exit_code == 0, out.output
+    assert ("<bob@example.net> pending, 3 attempts, next in 5h: 4.4.1 relay "
+            "mx.example.net:25: cannot connect\n") in out.stdout
+    assert "<bob@example.net> pending, 3 attempts, due now: 4.4.1 relay" in out.stdout

@@ -165,6 +165,11 @@ def _echo_entry(e: Entry, now: float) -> None:
         line = f"    <{r.address}> {r.status.value}"
         if r.attempts:
             line += f", {r.attempts} attempts"
+            if r.status.value == "pending" and not e.state.held:
+                # When the next attempt is (Postfix's mailq does not say; `queue
+                # flush ID` makes it now).
+                wait = int(r.next_attempt - now)
+                line += f", next in {_age(wait)}" if wait > 0 else ", due now"
         if r.last_result and r.status.value != "delivered":
             line += f": {r.last_result}"
         click.echo(line)

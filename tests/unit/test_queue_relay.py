@@ -543,6 +543,30 @@ async def test_rfc2920_refused_sender_then_close_bounces_every_recipient() -> No
         assert "550 5.7.1 sender refused" in results[r].reply
 
 
+async def test_refused_recipient_then_close_without_pipelining_bounces_that_one() -> None:
+    """Without PIPELINING, a 550 to the first RCPT and a hang-up at the second: the
+    550 was dropped with the connection, and the recipient retried as a temporary
+    failure until the relay came back (the pipelined path kept it already)."""
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 plain.test ESMTP\r\n")
+        await reader.readline()  # EHLO
+        writer.write(b"250 plain.test\r\n")
+        await reader.readline()  # MAIL
+        writer.write(b"250 2.1.0 ok\r\n")
+        await reader.readline()  # RCPT a
+        writer.write(b"550 5.1.1 no such user\r\n")
+        await reader.readline()  # RCPT b: no reply, the connection drops
+        await writer.drain()
+
+    async with scripted(script) as port:
+        results = await relay(port, timeouts=RelayTimeouts(command=5)).deliver(
+            message(), ("a@example.net", "b@example.net"))
+    assert results["a@example.net"] == PermFailure(
+        f"relay 127.0.0.1:{port} refused recipient: 550 5.1.1 no such user")
+    assert isinstance(results["b@example.net"], TempFailure)
+
+
 async def test_connection_lost_after_data_is_temporary() -> None:
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"220 flaky.test\r\n")

@@ -349,9 +349,14 @@ class RelayDeliverer:
             mail_reply = await link.command("MAIL FROM", mail_cmd, t.command)
             if not mail_reply.is_positive:
                 raise _Abort(_by_code(mail_reply, f"{self.where} refused sender"))
-            rcpt_replies = [
-                await link.command("RCPT TO", cmd, t.command) for _, cmd in rcpt_cmds
-            ]
+            rcpt_replies = []
+            for rcpt, cmd in rcpt_cmds:
+                reply = await link.command("RCPT TO", cmd, t.command)
+                rcpt_replies.append(reply)
+                if not reply.is_positive:
+                    # Kept at once, as above: a relay that hangs up at the next
+                    # RCPT still refused this one.
+                    results[rcpt] = _by_code(reply, f"{self.where} refused recipient")
 
         accepted = []
         for (rcpt, _), reply in zip(rcpt_cmds, rcpt_replies, strict=True):

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import ipaddress
+import logging
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -392,6 +393,23 @@ async def test_required_tls_not_offered_is_temporary(pki: Pki) -> None:
     result = results["bob@example.net"]
     assert isinstance(result, TempFailure) and "STARTTLS" in result.reply
     assert peer.handler.received == []
+
+
+async def test_required_tls_not_offered_warns_naming_the_hop(
+    pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Deferred, with the hop named and one WARNING record: a relay_tls = require
+    the next hop cannot meet is for an operator to fix, as a refused relay AUTH is
+    (it was only the INFO deferral, naming no hop)."""
+    with caplog.at_level(logging.WARNING, logger="smtpgate.queue.relay"):
+        async with aiosmtpd_peer() as peer:
+            results = await relay(peer.port, tls_mode="require", ca_file=pki.ca_file).deliver(
+                message(), ("bob@example.net",)
+            )
+    want = f"4.7.0 relay 127.0.0.1:{peer.port} does not offer STARTTLS (relay_tls = require)"
+    assert results["bob@example.net"] == TempFailure(want)
+    assert peer.handler.received == []
+    assert [r.getMessage() for r in caplog.records] == [f"queue: {message().queue_id}: {want}"]
 
 
 async def test_unverifiable_certificate_is_temporary_and_sends_nothing(pki: Pki) -> None:

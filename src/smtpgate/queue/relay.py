@@ -422,12 +422,15 @@ class RelayDeliverer:
     async def _starttls(self, link: _Link, ext: Extensions) -> Extensions:
         if not ext.starttls:
             if self._tls_mode == "require":
-                raise _temp("4.7.0 relay does not offer STARTTLS (relay_tls = require)")
+                # Ours to fix (the relay's or our TLS settings): one WARNING record.
+                raise _Abort(TempFailure(f"4.7.0 {self.where} does not offer STARTTLS "
+                                         "(relay_tls = require)"), warn=True)
             return ext
         reply = await link.command("STARTTLS", link.conn.engine.starttls(), self._t.command)
         if reply.code != 220:
             if self._tls_mode == "require":
-                raise _temp(f"{self.where} refused STARTTLS: {reply}")
+                raise _Abort(TempFailure(f"4.7.0 {self.where} refused STARTTLS "
+                                         f"(relay_tls = require): {reply}"), warn=True)
             log.warning("relay %s refused STARTTLS (%s); continuing in clear", self.host, reply)
             return ext
         assert self._tls_context is not None

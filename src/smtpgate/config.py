@@ -12,6 +12,7 @@ import difflib
 import ipaddress
 import os
 import re
+import stat
 import tomllib
 import urllib.parse
 from pathlib import Path
@@ -1115,6 +1116,10 @@ class RouteConfig(Model):
         return _parse_hostport(self.next_hop)
 
 
+#: ``delivery.drop_fields``'s default: Postfix's ``message_drop_headers``.
+DEFAULT_DROP_FIELDS = ("bcc", "resent-bcc", "return-path", "content-length")
+
+
 class DeliveryConfig(Model):
     mode: Literal["maildir", "relay", "lmtp"] = Field(
         default="maildir",
@@ -1122,6 +1127,13 @@ class DeliveryConfig(Model):
         "server (RFC 2033, e.g. Dovecot's) that delivers to each recipient's mailbox.",
     )
     maildir: Path = Field(default=Path("mail"), description="Maildir for mode 'maildir'.")
+    drop_fields: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_DROP_FIELDS),
+        description="Header fields removed from every message when it is delivered "
+        "(Maildir, relay, LMTP), as Postfix's message_drop_headers: a Bcc left in by the "
+        "client would show the blind copies to every recipient. The spool keeps the "
+        "message as received. [] keeps every field.",
+    )
     lmtp_address: str = Field(
         default="",
         description="The LMTP server for mode 'lmtp': 'unix:/absolute/path' (e.g. "
@@ -1274,6 +1286,15 @@ class DeliveryConfig(Model):
         if len(set(domains)) != len(domains):
             raise ValueError("two [[delivery.routes]] for the same domain")
         return self
+
+    @field_validator("drop_fields")
+    @classmethod
+    def _field_names(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if not re.fullmatch(r"[!-9;-~]+", name):
+                raise ValueError(f"{name!r} is not a header field name (printable ASCII, "
+                                 "no space or colon), e.g. 'bcc'")
+        return v
 
     def _check_relay_oauth(self) -> None:
         """A token mechanism has exactly one token source; the client credentials grant
@@ -1726,6 +1747,22 @@ def parse_config(text: str, base_dir: Path, *, tls_files: bool = True) -> Config
     return cfg
 
 
+def _not_a_file(path: Path) -> str | None:
+    """Why ``path`` is no file to read, or None. ``Path.is_dir`` raises for a name
+    too long or a directory it may not search (found by the config fuzzer)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return f"file not found: {path}"
+    except OSError as e:
+        return f"cannot read {path}: {e.strerror}"
+    if stat.S_ISDIR(st.st_mode):
+        return f"{path} is a directory, not a PEM file"
+    if not stat.S_ISREG(st.st_mode):
+        return f"file not found: {path}"
+    return None
+
+
 def semantic_problems(cfg: Config, *, tls_files: bool = True) -> list[tuple[str, str]]:
     """Checks that span keys or touch the file system."""
     out: list[tuple[str, str]] = []
@@ -1767,10 +1804,8 @@ def semantic_problems(cfg: Config, *, tls_files: bool = True) -> list[tuple[str,
                 "proxy_protocol = true needs the load balancers' networks here; nobody "
                 "else may send the header")))
     for key, p in (("tls.cert", cfg.tls.cert), ("tls.key", cfg.tls.key)):
-        if tls_files and cfg.path(p).is_dir():
-            out.append((key, f"{cfg.path(p)} is a directory, not a PEM file"))
-        elif tls_files and not cfg.path(p).is_file():
-            out.append((key, f"file not found: {cfg.path(p)}"))
+        if tls_files and (why := _not_a_file(cfg.path(p))):
+            out.append((key, why))
     if cfg.delivery.mode == "relay" and not cfg.delivery.relay_host:
         out.append(("delivery.relay_host", "required when delivery.mode = 'relay'"))
     token_auth = cfg.delivery.relay_auth_mechanism in ("XOAUTH2", "OAUTHBEARER")

@@ -161,6 +161,18 @@ def test_relay_host_with_a_port_brackets_or_a_scheme_is_named(
     assert why in p["delivery.relay_host"]
 
 
+@pytest.mark.parametrize("name", ["Bcc:", "x originating ip", "", "bcc\\n"])
+def test_a_drop_field_that_is_no_header_field_name_is_named(base: Path, name: str) -> None:
+    p = problems(GOOD + f'\n[delivery]\ndrop_fields = ["bcc", "{name}"]\n', base)
+    assert "is not a header field name" in p["delivery.drop_fields"]
+
+
+def test_drop_fields_default_and_empty(base: Path) -> None:
+    assert parse_config(GOOD, base).delivery.drop_fields == [
+        "bcc", "resent-bcc", "return-path", "content-length"]
+    assert parse_config(GOOD + "\n[delivery]\ndrop_fields = []\n", base).delivery.drop_fields == []
+
+
 @pytest.mark.parametrize("host", ["smtp.example.org", "192.0.2.1", "2001:db8::1", "relay_1"])
 def test_relay_host_names_and_addresses_pass(base: Path, host: str) -> None:
     cfg = parse_config(GOOD + f'\n[delivery]\nmode = "relay"\nrelay_host = "{host}"\n', base)
@@ -189,6 +201,12 @@ def test_a_certificate_path_that_is_a_directory_says_so(base: Path) -> None:
     (base / "tls").mkdir()
     p = problems(GOOD.replace('key = "k.pem"', 'key = "tls"'), base)
     assert p["tls.key"] == f"{base / 'tls'} is a directory, not a PEM file"
+
+
+def test_a_certificate_path_too_long_to_look_at_is_named_not_raised(base: Path) -> None:
+    """Found by the config fuzzer: ``Path.is_dir`` raised OSError (ENAMETOOLONG)."""
+    p = problems(GOOD.replace('key = "k.pem"', f'key = "{"k" * 300}.pem"'), base)
+    assert p["tls.key"].startswith("cannot read ") and "File name too long" in p["tls.key"]
 
 
 def test_a_list_of_tables_written_with_single_brackets_says_to_double_them(base: Path) -> None:

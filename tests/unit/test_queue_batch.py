@@ -283,3 +283,31 @@ async def test_a_message_that_cannot_be_read_stays_queued_and_is_retried(
     clock.now += 60
     await worker.run_once()
     assert spool.list_ids() == [] and len(mail(maildir)) == 1
+
+
+BCC_DATA = (b"From: alice@example.org\r\nTo: bob@example.net\r\nBcc: boss@example.org,\r\n"
+            b" auditor@example.org\r\nRETURN-PATH: <ceo@bank.example>\r\nSubject: hi\r\n\r\n"
+            b"Bcc: this line is the body's\r\n")
+
+
+@pytest.mark.parametrize("drop", [None, []])
+async def test_bcc_and_the_other_drop_fields_leave_on_delivery_not_in_the_spool(
+    spool: Spool, maildir: CountingMaildir, drop: list[str] | None
+) -> None:
+    """A Bcc the client left in would show the blind copies to every recipient
+    (Postfix's message_drop_headers removes it); ``delivery.drop_fields = []`` keeps
+    every field but the client's Return-Path, which final delivery replaces."""
+    qid = spool.store_sync(envelope(), BCC_DATA)
+    worker = (DeliveryWorker(spool, maildir, CFG, Clock()) if drop is None
+              else DeliveryWorker(spool, maildir, CFG, Clock(), drop_fields=drop))
+    as_received = spool.load(qid)[1]
+    assert await worker.run_once() == 1
+    [delivered] = mail(maildir)
+    assert delivered.startswith(b"Return-Path: <alice@example.org>\r\n")
+    assert b"ceo@bank.example" not in delivered
+    assert delivered.endswith(b"Subject: hi\r\n\r\nBcc: this line is the body's\r\n")
+    if drop is None:
+        assert b"boss@" not in delivered and b"auditor@" not in delivered
+    else:
+        assert b"Bcc: boss@example.org,\r\n auditor@example.org\r\n" in delivered
+    assert as_received == BCC_DATA  # the spool held it as received

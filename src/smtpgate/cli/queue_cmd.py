@@ -248,7 +248,8 @@ def _deliver_here(cfg: Config, spool_dir: Path) -> int | None:
     async def run() -> int | None:
         spool = Spool(spool_dir, prefill=False)
         deliverer = make_deliverer(cfg)
-        worker = DeliveryWorker(spool, deliverer, cfg.queue, reporting_mta=cfg.hostname)
+        worker = DeliveryWorker(spool, deliverer, cfg.queue, reporting_mta=cfg.hostname,
+                                drop_fields=cfg.delivery.drop_fields)
         try:
             return await worker.run_once()
         except RuntimeError:

@@ -39,13 +39,12 @@ import asyncio
 import collections
 import logging
 import os
-import re
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from smtpgate.queue import tmpfiles
+from smtpgate.queue import header_drop, tmpfiles
 from smtpgate.queue.committer import CommitterClosed, GroupCommitter, Op
 from smtpgate.queue.delivery import Delivered, DeliveryResult, QueuedMessage, TempFailure
 from smtpgate.queue.space import OUT_OF_SPACE
@@ -75,11 +74,7 @@ def return_path(sender: str) -> bytes:
     return b"Return-Path: <" + clean.encode("utf-8", "surrogateescape") + b">\r\n"
 
 
-# A Return-Path field of the header section with its folded continuation lines
-# (the spool holds CRLF line ends only, so ``.`` stops at the CR; a BDAT message
-# may end without one).
-_RETURN_PATH_FIELD = re.compile(
-    rb"^return-path[ \t]*:.*(?:\r\n|\Z)(?:[ \t].*(?:\r\n|\Z))*", re.IGNORECASE | re.MULTILINE)
+_RETURN_PATH_FIELD = header_drop.field_pattern(["return-path"])
 
 
 def without_return_path(data: bytes) -> tuple[bytes, ...]:
@@ -91,12 +86,9 @@ def without_return_path(data: bytes) -> tuple[bytes, ...]:
     <ceo@bank.example>`` (a saved message sent again, often) sits below ours and
     readers that take the last one, or a filter, believe it. The body is never
     looked at; a message without such a field is passed on as it is, uncopied."""
-    if data.startswith(b"\r\n"):
-        return (data,)  # no header section at all
-    end = data.find(b"\r\n\r\n")
-    head_end = end + 2 if end >= 0 else len(data)  # no empty line: all header
+    head_end = header_drop.header_end(data)
     head = data[:head_end]
-    if not _RETURN_PATH_FIELD.search(head):
+    if _RETURN_PATH_FIELD is None or not _RETURN_PATH_FIELD.search(head):
         return (data,)
     return (_RETURN_PATH_FIELD.sub(b"", head), data[head_end:])
 

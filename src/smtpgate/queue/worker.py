@@ -71,6 +71,7 @@ from smtpgate.queue.delivery import (
     TempFailure,
 )
 from smtpgate.queue.envelope import Envelope
+from smtpgate.queue.header_drop import DEFAULT_DROP_FIELDS, field_pattern, without_fields
 from smtpgate.queue.spool import (
     DeliveryLock,
     MessageNotFound,
@@ -124,8 +125,11 @@ class DeliveryWorker:
         poll_interval: float = 1.0,
         stop_grace: float = 30.0,
         reporting_mta: str = "localhost",
+        drop_fields: Sequence[str] = DEFAULT_DROP_FIELDS,
     ) -> None:
         self._spool = spool
+        #: The header fields a message loses on delivery (``delivery.drop_fields``).
+        self._drop = field_pattern(drop_fields)
         self._deliverer = deliverer
         # A deliverer that writes files can reuse the inodes of delivered messages.
         self._recycle = deliverer.recycle_pool if isinstance(deliverer, Recycling) else None
@@ -468,7 +472,8 @@ class DeliveryWorker:
             suspect = qid in self._suspect or qid in self._lost_state
             self._suspect.discard(qid)  # put back if this attempt ends abnormally
             self._lost_state.discard(qid)
-            message = QueuedMessage(qid, envelope, data, maybe_delivered=suspect)
+            message = QueuedMessage(qid, envelope, without_fields(data, self._drop),
+                                    maybe_delivered=suspect)
             self.deliveries += 1
             log.debug("queue: %s delivery attempt to %s%s", qid,
                       ", ".join(f"<{r}>" for r in state.pending),
@@ -618,7 +623,7 @@ class DeliveryWorker:
                 if loaded is not None:
                     todo.append((d, lock, *loaded))
             due = [t for t in todo if not t[4].finished]
-            messages = [QueuedMessage(d.qid, envelope, data,
+            messages = [QueuedMessage(d.qid, envelope, without_fields(data, self._drop),
                                       maybe_delivered=d.qid in suspect
                                       or d.qid in self._lost_state)
                         for d, _, envelope, data, _, _ in due]

@@ -522,7 +522,8 @@ async def serve_sockets(
     worker: DeliveryWorker | None = None
     worker_task: asyncio.Task[None] | None = None
     if with_delivery:
-        worker = DeliveryWorker(spool, make_deliverer(cfg), cfg.queue, reporting_mta=cfg.hostname)
+        worker = DeliveryWorker(spool, make_deliverer(cfg), cfg.queue, reporting_mta=cfg.hostname,
+                            drop_fields=cfg.delivery.drop_fields)
         worker_task = loop.create_task(worker.run())
     if limiter is None:
         limiter = ConnectionLimiter(cfg.limits.max_connections, cfg.limits.max_connections_per_ip)
@@ -696,7 +697,8 @@ async def deliver_only(
     endpoint (``delivery.*`` and ``queue.*`` need a restart)."""
     loop = asyncio.get_running_loop()
     spool = Spool(cfg.path(cfg.queue.spool))
-    worker = DeliveryWorker(spool, make_deliverer(cfg), cfg.queue, reporting_mta=cfg.hostname)
+    worker = DeliveryWorker(spool, make_deliverer(cfg), cfg.queue, reporting_mta=cfg.hostname,
+                            drop_fields=cfg.delivery.drop_fields)
     task = loop.create_task(worker.run())
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -421,3 +421,21 @@ async def test_implicit_tls_to_a_port_that_greets_in_clear_says_so(serve: Serve)
     assert report.error == (
         "TLS handshake failed: the server answered in clear, not with TLS: "
         "'220 plain.test ESMTP': this port speaks SMTP without TLS first, use --starttls")
+
+
+async def test_a_server_that_echoes_the_password_never_shows_it(serve: Serve) -> None:
+    """The transcript masked what the tester sent, not what came back: a server
+    answering ``535 5.7.8 bad password 'pass-Word-123'`` (or a 334 challenge
+    holding it) put the password in the output a user pastes into a ticket."""
+    echoed = base64.b64encode(f"you said {PASSWORD}".encode())
+    script = Scripted(b"220 fake.test ESMTP\r\n", [
+        EHLO_PLAIN, b"334 " + echoed + b"\r\n",
+        f"535 5.7.8 bad password '{PASSWORD}'\r\n".encode(), b"221 bye\r\n",
+    ])
+    port = await serve(script)
+    report = await run_test(_opts(port, auth="LOGIN", user="alice@example.org",
+                                  password=PASSWORD))
+    assert report.exit_code != ExitCode.SUCCESS
+    text = "\n".join(report.transcript.lines())
+    assert "bad password '********'" in text
+    assert PASSWORD not in text and PASSWORD not in json.dumps(report.to_json())

@@ -96,3 +96,18 @@ def test_observer_masks_the_334_line_that_carries_the_server_signature() -> None
     assert "  < v=" + MASK in shown
     assert base64.b64encode(final).decode() not in shown
     assert "6rriTRBi23WpRR" not in shown
+
+
+def test_an_auth_result_quoting_the_secret_is_masked() -> None:
+    """What the audit's credentials probe and the tester keep of a refused login:
+    a server that echoes the password into its reply must not put it in a report."""
+    from smtpgate.client.auth import ClientAuthResult
+    from smtpgate.client.replies import ServerReply
+
+    result = ClientAuthResult("LOGIN", "failure",
+                              ServerReply(535, "5.7.8", ("bad password 's3cret-pw'",)),
+                              detail="535 5.7.8 bad password 's3cret-pw'")
+    masked = Masker(("s3cret-pw",)).auth_result(result)
+    assert "s3cret-pw" not in str(masked.to_json())
+    assert masked.detail == "535 5.7.8 bad password '********'"
+    assert masked.reply is not None and masked.reply.lines == ("bad password '********'",)

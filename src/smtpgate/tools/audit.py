@@ -624,7 +624,7 @@ class _Auditor:
                 except ValueError as e:
                     self.r.notes.append(f"{name}: credentials not usable: {e}")
                     continue
-                self.r.credentials.append(await authenticate(s, mech))
+                self.r.credentials.append(self.masker.auth_result(await authenticate(s, mech)))
             finally:
                 await s.quit()
 

@@ -66,8 +66,10 @@ class TranscriptObserver(SessionObserver):
         buf = self._rx_partial + data
         *lines, self._rx_partial = buf.split(b"\n")
         for raw in lines:
-            self.transcript.add("recv", self._shown(raw.rstrip(b"\r")).decode(
-                "utf-8", "replace"), tls)
+            # A server may echo what it was sent (a broken one, or a trap): the
+            # secret never shows in a line received either.
+            self.transcript.add("recv", self.masker.text(self._shown(raw.rstrip(b"\r")).decode(
+                "utf-8", "replace")), tls)
 
     def _shown(self, line: bytes) -> bytes:
         """The line, or its code and a mask for a challenge of the exchange in
@@ -95,7 +97,7 @@ class TranscriptObserver(SessionObserver):
         self._auth_mechanism = mechanism
         if step.challenge is not None:
             shown, _ = self.masker.server_sasl(mechanism, step.challenge)
-            self.transcript.add("sasl-recv", shown or "(empty)", tls)
+            self.transcript.add("sasl-recv", self.masker.text(shown) or "(empty)", tls)
         if step.note:
             self.transcript.add("error", step.note, tls)
         if step.payload is None:

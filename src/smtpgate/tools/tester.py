@@ -233,6 +233,7 @@ class _Tester:
         self.report = TestReport(opts, transcript)
         secrets = tuple(s for s in (opts.password, opts.token) if s)
         self.masker = Masker(secrets)
+        transcript.scrub = self.masker.text
         self.session: SmtpSession | None = None
         self.tls_session: TlsClientSession | None = None
 
@@ -255,7 +256,7 @@ class _Tester:
             await self._run()
         except _Stop as e:
             self.report.exit_code = e.code
-            self.report.error = e.message
+            self.report.error = self.masker.text(e.message)
             self.report.transcript.add("error", e.message)
         finally:
             if self.session is not None:
@@ -465,7 +466,7 @@ class _Tester:
             )
         except ValueError as e:
             raise _Stop(ExitCode.ERROR, f"cannot use these credentials with {name}: {e}") from None
-        result = await authenticate(self.s, mech)
+        result = self.masker.auth_result(await authenticate(self.s, mech))
         self.report.auth = result
         if result.outcome == "tempfail":
             raise _Stop(ExitCode.AUTH_TEMPFAIL, f"{name}: temporary failure: {result.detail}")

@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Literal
 
 from smtpgate import mechanism_facts as facts
+
+if TYPE_CHECKING:
+    from smtpgate.client.auth import ClientAuthResult
 
 MASK = "********"
 
@@ -56,9 +59,12 @@ class Transcript:
 
     entries: list[Entry] = field(default_factory=list)
     listener: Callable[[Entry], None] | None = None
+    #: Applied to every text added (the session's ``Masker.text``): a server's reply
+    #: quoted in an error line may hold what it was sent.
+    scrub: Callable[[str], str] | None = None
 
     def add(self, kind: Kind, text: str, tls: bool = False) -> None:
-        entry = Entry(kind, text, tls)
+        entry = Entry(kind, self.scrub(text) if self.scrub is not None else text, tls)
         self.entries.append(entry)
         if self.listener is not None:
             self.listener(entry)
@@ -149,3 +155,13 @@ class Masker:
             if len(secret) >= 3:
                 line = line.replace(secret, MASK)
         return line
+
+    def auth_result(self, result: ClientAuthResult) -> ClientAuthResult:
+        """``result`` with the secret masked wherever the server quoted it: a broken
+        server, or a trap, may echo what it was sent into its reply."""
+        reply, detail = result.reply, self.text(result.detail)
+        if reply is not None and (lines := tuple(self.text(ln) for ln in reply.lines)) != reply.lines:
+            reply = replace(reply, lines=lines)
+        if reply is result.reply and detail == result.detail:
+            return result  # nothing quoted: the very result
+        return replace(result, reply=reply, detail=detail)

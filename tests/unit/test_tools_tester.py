@@ -439,3 +439,14 @@ async def test_a_server_that_echoes_the_password_never_shows_it(serve: Serve) ->
     text = "\n".join(report.transcript.lines())
     assert "bad password '********'" in text
     assert PASSWORD not in text and PASSWORD not in json.dumps(report.to_json())
+
+
+async def test_a_421_to_ehlo_is_not_called_a_refused_helo(serve: Serve) -> None:
+    """The session sends no HELO after a 421 (the server is closing); the error said
+    "EHLO and HELO refused" all the same."""
+    script = Scripted(b"220 fake.test ESMTP\r\n", [b"421 4.3.2 shutting down\r\n"])
+    port = await serve(script)
+    report = await run_test(_opts(port))
+    assert report.exit_code == ExitCode.PROTOCOL
+    assert report.error == "EHLO refused, the server is closing: 421 4.3.2 shutting down"
+    assert [line for line in script.received if line.upper().startswith(b"HELO")] == []

@@ -374,6 +374,8 @@ class _Tester:
 
     async def _ehlo(self) -> None:
         reply = await self.s.ehlo(self.opts.ehlo_name)
+        if reply.code == 421:  # the server is closing (RFC 5321 §3.8): HELO was not tried
+            raise _Stop(ExitCode.PROTOCOL, f"EHLO refused, the server is closing: {reply}")
         if reply.code != 250:
             raise _Stop(ExitCode.PROTOCOL, f"EHLO and HELO refused: {reply}")
         self.report.extensions = self.s.engine.extensions

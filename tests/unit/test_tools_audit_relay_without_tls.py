@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from smtpgate.tools.audit import AuditOptions, Target, audit_target
+from tests.unit.test_tools_audit_broken import _audit as audit_of
 
 REPLIES = {
     b"EHLO": b"250-relay.test\r\n250-STARTTLS\r\n250 PIPELINING\r\n",
@@ -37,13 +37,7 @@ async def test_a_server_with_broken_starttls_is_still_probed_for_relaying(relays
         finally:
             writer.close()
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    port = int(server.sockets[0].getsockname()[1])
-    try:
-        report = await audit_target(Target("127.0.0.1", port, "starttls"),
-                                    AuditOptions(timeout=5.0, ehlo_name="client.test"))
-    finally:
-        server.close()
+    [report] = (await audit_of(handle)).targets
     assert report.tls_error.startswith("STARTTLS refused: 454")
     assert len(report.relay) == 7
     ids = [f.id for f in report.findings]

@@ -20,6 +20,7 @@ from smtpgate.auth.guard_store import RecordedFailure, SqliteGuardStore
 from smtpgate.cli.common import ExitCode
 from smtpgate.cli.main import cli
 from smtpgate.config import GuardConfig
+from tests.unit.as_nobody import run_as_nobody
 from tests.unit.cli_support import write_config
 
 ALICE = "alice@example.org"
@@ -211,32 +212,17 @@ def test_reload_with_a_broken_config_says_the_server_was_not_signalled(tmp_path:
 
 
 def _invoke_as_other_user(args: list[str]) -> tuple[int, str, str]:
-    """Run the command in a child as user nobody (when we are root; else as
-    ourselves, the file's mode then keeping us out too): exit code, output, and the
+    """Run the command as user nobody (``as_nobody``): exit code, output, and the
     exception's type name if it ended in one."""
-    import os
-
     CliRunner().invoke(cli, [*args[:-2], "--help"])  # import the command while we still can
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        try:
-            os.close(read)
-            if os.geteuid() == 0:
-                os.setgroups([])
-                os.setgid(65534)
-                os.setuid(65534)
-            r = CliRunner().invoke(cli, args)
-            crashed = "" if r.exception is None or isinstance(r.exception, SystemExit) else (
-                type(r.exception).__name__)
-            os.write(write, json.dumps([r.exit_code, r.output, crashed]).encode())
-        finally:
-            os._exit(0)
-    os.close(write)
-    with os.fdopen(read, "rb") as f:
-        data = f.read()
-    os.waitpid(pid, 0)
-    code, output, crashed = json.loads(data)
+
+    def invoke() -> list[object]:
+        r = CliRunner().invoke(cli, args)
+        crashed = "" if r.exception is None or isinstance(r.exception, SystemExit) else (
+            type(r.exception).__name__)
+        return [r.exit_code, r.output, crashed]
+
+    code, output, crashed = run_as_nobody(invoke)
     return code, output, crashed
 
 

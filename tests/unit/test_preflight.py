@@ -24,8 +24,7 @@ from smtpgate.cli.main import cli
 from smtpgate.config import Config, load_config
 from smtpgate.preflight import Problem, loosenings, run_checks
 from smtpgate.tls.certs import write_self_signed
-
-NOBODY = 65534
+from tests.unit.as_nobody import NOBODY, run_as_nobody
 
 
 @pytest.fixture
@@ -174,27 +173,9 @@ def test_certificate_naming_no_host_in_a_subject_alt_name_is_a_warning(
 
 
 def as_other_user(fn: Callable[[], list[Problem]]) -> list[dict[str, str]]:
-    """Run ``fn`` as user nobody (forked and setuid, when we are root) or as
-    ourselves (not root: a mode-0 file is unreadable to us too)."""
+    """Run ``fn`` as user nobody (``as_nobody``)."""
     fn()  # import everything the checks import while we still can
-    if os.geteuid() != 0:
-        return [p.to_json() for p in fn()]
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        try:
-            os.close(read)
-            os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
-            os.write(write, json.dumps([p.to_json() for p in fn()]).encode())
-        finally:
-            os._exit(0)
-    os.close(write)
-    with os.fdopen(read, "rb") as f:
-        data = f.read()
-    os.waitpid(pid, 0)
-    out: list[dict[str, str]] = json.loads(data)
+    out: list[dict[str, str]] = run_as_nobody(lambda: [p.to_json() for p in fn()])
     return out
 
 

@@ -5,13 +5,24 @@ from __future__ import annotations
 import email
 import email.message
 import email.policy
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from smtpgate.config import QueueConfig
 from smtpgate.queue import dsn
+from smtpgate.queue.delivery import (
+    Delivered,
+    DeliveryResult,
+    PermFailure,
+    QueuedMessage,
+    TempFailure,
+)
 from smtpgate.queue.envelope import Envelope, EnvelopeFormatError, RcptDsn
-from smtpgate.queue.state import Outcome
+from smtpgate.queue.spool import Spool, SpoolError
+from smtpgate.queue.state import Outcome, RcptStatus
+from smtpgate.queue.worker import DeliveryWorker
 
 ORIGINAL = b"From: alice@example.org\r\nSubject: plans\r\n\r\nsecret body\r\n"
 
@@ -152,7 +163,7 @@ def test_envelope_keeps_dsn_parameters_and_reads_older_envelopes() -> None:
 
 async def test_rfc3461_notify_success_gets_a_success_report(tmp_path: Path) -> None:
     from smtpgate.config import QueueConfig
-    from smtpgate.queue.delivery import Delivered, DeliveryResult, QueuedMessage
+    from smtpgate.queue.delivery import Delivered
     from smtpgate.queue.spool import Spool
     from smtpgate.queue.worker import DeliveryWorker
 
@@ -331,6 +342,30 @@ def test_rfc6533_an_escaped_line_break_stays_escaped_in_the_report() -> None:
     assert b"Original-Recipient: utf-8;a\\x{0D}\\x{0A}X-Injected:\\x{20}yes" in data
 
 
+class _Hop:
+    """A relay next hop that answers each recipient with ``answer(recipient, attempt)``
+    (attempts counted from 1) and remembers each attempt's sender and recipients."""
+
+    def __init__(self, answer: Callable[[str, int], DeliveryResult]) -> None:
+        self.answer = answer
+        self.seen: list[tuple[str, tuple[str, ...]]] = []
+
+    async def deliver(self, message: QueuedMessage,
+                      recipients: tuple[str, ...]) -> dict[str, DeliveryResult]:
+        self.seen.append((message.envelope.mail_from, recipients))
+        return {r: self.answer(r, len(self.seen)) for r in recipients}
+
+    async def close(self) -> None:
+        pass
+
+
+class _Clock:
+    now = 1_700_000_100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @pytest.mark.parametrize("notify", [None, ("SUCCESS", "FAILURE")])
 async def test_a_report_the_spool_cannot_take_never_sends_a_relay_the_message_twice(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, notify: tuple[str, ...] | None
@@ -341,39 +376,12 @@ async def test_a_report_the_spool_cannot_take_never_sends_a_relay_the_message_tw
     bob's delivery is recorded and only what the lost report was about is tried
     again (with NOTIFY=SUCCESS bob's report is one of them, as Postfix defers a
     recipient whose success record it cannot write)."""
-    from smtpgate.config import QueueConfig
-    from smtpgate.queue.delivery import (
-        Delivered,
-        DeliveryResult,
-        PermFailure,
-        QueuedMessage,
-    )
-    from smtpgate.queue.spool import Spool, SpoolError
-    from smtpgate.queue.state import RcptStatus
-    from smtpgate.queue.worker import DeliveryWorker
-
-    class Hop:
-        def __init__(self) -> None:
-            self.seen: list[tuple[str, tuple[str, ...]]] = []
-
-        async def deliver(self, message: QueuedMessage,
-                          recipients: tuple[str, ...]) -> dict[str, DeliveryResult]:
-            self.seen.append((message.envelope.mail_from, recipients))
-            return {r: Delivered("relay hop: 250 ok", "relayed") if r.startswith("bob")
-                    else PermFailure("relay refused recipient: 550 5.1.1 no such user")
-                    for r in recipients}
-
-        async def close(self) -> None:
-            pass
-
-    class Clock:
-        now = 1_700_000_100.0
-
-        def __call__(self) -> float:
-            return self.now
+    def answer(rcpt: str, attempt: int) -> DeliveryResult:
+        return (Delivered("relay hop: 250 ok", "relayed") if rcpt.startswith("bob")
+                else PermFailure("relay refused recipient: 550 5.1.1 no such user"))
 
     spool = Spool(tmp_path / "spool", prefill=False)
-    hop, clock = Hop(), Clock()
+    hop, clock = _Hop(answer), _Clock()
     try:
         rcpts = ("bob@example.net", "carol@example.net")
         dsn_rcpts = tuple(RcptDsn(r, notify) for r in rcpts) if notify else ()
@@ -412,46 +420,16 @@ async def test_a_state_the_spool_cannot_save_never_sends_a_relay_the_message_twi
     full spool): the next attempt started from the state on the disk and gave bob
     the message again, every minute until the spool had room. Now it starts from
     the outcome it could not record."""
-    from smtpgate.config import QueueConfig
-    from smtpgate.queue.delivery import (
-        Delivered,
-        DeliveryResult,
-        PermFailure,
-        QueuedMessage,
-        TempFailure,
-    )
-    from smtpgate.queue.spool import Spool, SpoolError
-    from smtpgate.queue.worker import DeliveryWorker
-
-    class Hop:
-        def __init__(self) -> None:
-            self.seen: list[tuple[str, tuple[str, ...]]] = []
-
-        async def deliver(self, message: QueuedMessage,
-                          recipients: tuple[str, ...]) -> dict[str, DeliveryResult]:
-            self.seen.append((message.envelope.mail_from, recipients))
-            out: dict[str, DeliveryResult] = {}
-            for r in recipients:
-                if r.startswith("bob") or (r.startswith("carol") and second == "delivered"
-                                           and len(self.seen) > 1):
-                    out[r] = Delivered("relay hop: 250 ok", "relayed")
-                elif r.startswith("carol") and len(self.seen) > 1:
-                    out[r] = PermFailure("relay refused recipient: 550 5.1.1 no such user")
-                else:
-                    out[r] = TempFailure("relay refused recipient: 451 4.3.0 later")
-            return out
-
-        async def close(self) -> None:
-            pass
-
-    class Clock:
-        now = 1_700_000_100.0
-
-        def __call__(self) -> float:
-            return self.now
+    def answer(rcpt: str, attempt: int) -> DeliveryResult:
+        if rcpt.startswith("bob") or (rcpt.startswith("carol") and second == "delivered"
+                                      and attempt > 1):
+            return Delivered("relay hop: 250 ok", "relayed")
+        if rcpt.startswith("carol") and attempt > 1:
+            return PermFailure("relay refused recipient: 550 5.1.1 no such user")
+        return TempFailure("relay refused recipient: 451 4.3.0 later")
 
     spool = Spool(tmp_path / "spool", prefill=False)
-    hop, clock = Hop(), Clock()
+    hop, clock = _Hop(answer), _Clock()
     try:
         qid = spool.store_sync(env(rcpt_to=("bob@example.net", "carol@example.net")),
                                ORIGINAL)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from smtpgate.tools.audit import AuditOptions, AuditReport, Target, audit_target
+from smtpgate.tools.audit import AuditOptions, AuditReport, Mode, Target, audit_target
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -39,11 +39,12 @@ def _server(hang_up_at: bytes) -> Handler:
     return handle
 
 
-async def _audit(handler: Handler) -> AuditReport:
+async def _audit(handler: Handler, mode: Mode = "starttls") -> AuditReport:
+    """The audit of one server that ``handler`` plays, on a port of its own."""
     server = await asyncio.start_server(handler, "127.0.0.1", 0)
     port = int(server.sockets[0].getsockname()[1])
     try:
-        report = await audit_target(Target("127.0.0.1", port, "starttls"),
+        report = await audit_target(Target("127.0.0.1", port, mode),
                                     AuditOptions(timeout=5.0, ehlo_name="client.test"))
     finally:
         server.close()
@@ -73,17 +74,11 @@ async def test_a_server_hanging_up_in_the_relay_probe_is_graded_with_a_note() ->
 
 async def test_an_implicit_tls_target_that_greets_in_clear_is_told_to_use_smtp() -> None:
     # It was "implicit TLS handshake failed: handshake failed: wrong version number".
-    server = await asyncio.start_server(_server(hang_up_at=b"QUIT"), "127.0.0.1", 0)
-    port = int(server.sockets[0].getsockname()[1])
-    try:
-        t = await audit_target(Target("127.0.0.1", port, "implicit"),
-                               AuditOptions(timeout=5.0, ehlo_name="client.test"))
-    finally:
-        server.close()
+    [t] = (await _audit(_server(hang_up_at=b"QUIT"), "implicit")).targets
     assert t.tls_error == (
         "implicit TLS handshake failed: the server answered in clear, not with TLS: "
         f"'220 broken.test ESMTP' (this port speaks SMTP first: audit it as "
-        f"smtp://127.0.0.1:{port})")
+        f"smtp://127.0.0.1:{t.target.port})")
 
 
 async def test_a_server_accepting_the_dummy_identity_is_critical() -> None:

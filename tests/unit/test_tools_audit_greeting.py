@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from smtpgate.tools import audit
-from smtpgate.tools.audit import AuditOptions, Target, audit_target
+from tests.unit.test_tools_audit_broken import _audit as audit_of
 
 REPLIES = {
     b"EHLO": b"250-slow.test\r\n250 PIPELINING\r\n",
@@ -43,13 +43,7 @@ async def test_a_slow_greeting_is_not_taken_for_implicit_tls(
     # wrong version number" (a false high finding, grade D, for a STARTTLS server
     # with a greet pause; a private Postfix behind a 5 s delay showed it).
     monkeypatch.setattr(audit, "GREETING_SNIFF_SECONDS", 0.3)
-    server = await asyncio.start_server(_slow_greeter, "127.0.0.1", 0)
-    port = int(server.sockets[0].getsockname()[1])
-    try:
-        report = await audit_target(Target("127.0.0.1", port, "auto"),
-                                    AuditOptions(timeout=5.0, ehlo_name="client.test"))
-    finally:
-        server.close()
+    [report] = (await audit_of(_slow_greeter, "auto")).targets
     assert report.mode_used == "plain"
     assert report.banner == "slow.test ESMTP"
     assert report.tls_error == ""

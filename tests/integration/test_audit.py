@@ -99,6 +99,48 @@ def test_default_config_gets_a_clean_report(variants: tuple[Server, dict[str, in
     assert tricks == {"plain", "percent-hack", "source-route", "quoted-local-part", "bang-path"}
 
 
+def test_a_scheme_for_the_other_tls_mode_is_audited_as_the_port_speaks(
+    variants: tuple[Server, dict[str, int]]
+) -> None:
+    # smtps:// for the STARTTLS port was "no-tls", grade D (though STARTTLS is
+    # offered); smtp:// for the implicit port waited out the timeout and audited
+    # nothing. The user's scheme was wrong, not the server: a note, no finding.
+    srv, _ = variants
+    rc, report = audit("--ca", str(srv.ca), f"smtps://127.0.0.1:{srv.submission}",
+                       f"smtp://127.0.0.1:{srv.submissions}")
+    assert rc == 0, report
+    sub, subs = by_target(report)[srv.submission], by_target(report)[srv.submissions]
+    assert sub["mode"] == "starttls" and subs["mode"] == "implicit"
+    for t in (sub, subs):
+        assert t["grade"] == "A" and t["findings"] == [], t
+        assert t["tls"]["version"] == "TLSv1.3"
+        assert t["notes"] == [t["mode_mismatch"]]
+    assert sub["mode_mismatch"].startswith(
+        "expected implicit TLS (RFC 8314) as its scheme asked, found an SMTP greeting")
+    assert sub["starttls_injection"]["result"] == "not-vulnerable"
+    assert subs["mode_mismatch"].startswith(
+        "expected STARTTLS (an SMTP greeting first) as its scheme asked, found implicit TLS")
+
+
+@pytest.mark.parametrize("expected", ["implicit", "starttls"])
+def test_a_port_speaking_the_other_mode_than_its_number_is_a_finding(
+    variants: tuple[Server, dict[str, int]], expected: str
+) -> None:
+    # As 465 (implicit by convention) greeting in clear, or 587 speaking implicit
+    # TLS: clients set up by the port number cannot connect.
+    import asyncio
+
+    from smtpgate.tools.audit import AuditOptions, Target, audit_target
+
+    srv, _ = variants
+    port = srv.submission if expected == "implicit" else srv.submissions
+    t = asyncio.run(audit_target(Target("127.0.0.1", port, expected),  # type: ignore[arg-type]
+                                 AuditOptions(ca_file=srv.ca, timeout=5.0)))
+    assert [f.id for f in t.findings] == ["tls-mode-mismatch"]
+    assert t.grade == "C" and t.tls is not None  # medium
+    assert t.mode_used == ("starttls" if expected == "implicit" else "implicit")
+
+
 def test_findings_smtpgate_can_be_configured_into(
     variants: tuple[Server, dict[str, int]]
 ) -> None:

@@ -41,7 +41,8 @@ def test_parse_targets_defaults_and_schemes() -> None:
         Target("mx.example.org", 587, "starttls"), Target("mx.example.org", 465, "implicit")]
     assert [t.port for t in parse_targets(["mx.example.org"], port25=True)] == [587, 465, 25]
     assert parse_targets(["a:2525", "smtps://a:2465", "smtp://[::1]:10025/"]) == [
-        Target("a", 2525, "auto"), Target("a", 2465, "implicit"), Target("::1", 10025, "starttls")]
+        Target("a", 2525, "auto"), Target("a", 2465, "implicit", scheme_given=True),
+        Target("::1", 10025, "starttls", scheme_given=True)]
     assert parse_targets(["a:25", "a:25"]) == [Target("a", 25, "starttls")]
     assert Target("::1", 25, "starttls").label == "[::1]:25"
     for bad in (":25", "a:0", "a:x", "a:70000"):

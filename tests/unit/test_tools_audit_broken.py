@@ -72,13 +72,16 @@ async def test_a_server_hanging_up_in_the_relay_probe_is_graded_with_a_note() ->
     assert t.grade == "D"
 
 
-async def test_an_implicit_tls_target_that_greets_in_clear_is_told_to_use_smtp() -> None:
-    # It was "implicit TLS handshake failed: handshake failed: wrong version number".
+async def test_an_implicit_tls_target_that_greets_in_clear_is_audited_in_clear() -> None:
+    # It was "implicit TLS handshake failed: handshake failed: wrong version number",
+    # then "no-tls" with a hint: the server was graded on the mode it does not speak.
     [t] = (await _audit(_server(hang_up_at=b"QUIT"), "implicit")).targets
-    assert t.tls_error == (
-        "implicit TLS handshake failed: the server answered in clear, not with TLS: "
-        f"'220 broken.test ESMTP' (this port speaks SMTP first: audit it as "
-        f"smtp://127.0.0.1:{t.target.port})")
+    assert t.mode_used == "plain" and t.tls_error == ""
+    assert t.mode_mismatch == (
+        "expected implicit TLS (RFC 8314) as port "
+        f"{t.target.port} conventionally does, found an SMTP greeting in clear, before "
+        f"any TLS; audited as it speaks (smtp://127.0.0.1:{t.target.port})")
+    assert [f.id for f in t.findings] == ["tls-mode-mismatch", "no-tls"]
 
 
 async def test_a_server_accepting_the_dummy_identity_is_critical() -> None:

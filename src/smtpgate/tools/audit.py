@@ -82,6 +82,9 @@ class Target:
     host: str
     port: int
     mode: Mode
+    #: The mode came from an ``smtp://``/``smtps://`` scheme the user wrote, not
+    #: from the port's convention (465 implicit, 25/587 STARTTLS).
+    scheme_given: bool = False
 
     @property
     def label(self) -> str:
@@ -138,7 +141,7 @@ def parse_targets(specs: Sequence[str], *, port25: bool = False) -> list[Target]
         else:
             ports = [*DEFAULT_PORTS, *([MX_PORT] if port25 else [])]
         for port in ports:
-            t = Target(host, port, mode or _mode_for(port))
+            t = Target(host, port, mode or _mode_for(port), scheme_given=mode is not None)
             if t not in out:
                 out.append(t)
     return out
@@ -180,6 +183,9 @@ class TargetReport:
     banner: str = ""
     starttls_offered: bool | None = None
     tls_error: str = ""
+    #: The port speaks another TLS mode than the one expected of it (and was
+    #: audited in the mode it speaks): what was expected and what was found.
+    mode_mismatch: str = ""
     tls: TlsReport | None = None
     mechanisms_clear: tuple[str, ...] | None = None  # None: no clear phase (implicit TLS)
     mechanisms_tls: tuple[str, ...] | None = None
@@ -227,6 +233,7 @@ class TargetReport:
             "banner": self.banner,
             "starttls_offered": self.starttls_offered,
             "tls_error": self.tls_error or None,
+            "mode_mismatch": self.mode_mismatch or None,
             "tls": self.tls.to_json() if self.tls else None,
             "legacy_versions_accepted": self.legacy_versions,
             "auth_before_tls": {
@@ -362,9 +369,28 @@ class _Auditor:
                         mode = "starttls"
                         greeting = await s.read_reply(
                             max(self.opts.timeout - GREETING_SNIFF_SECONDS, 1.0))
-            if mode == "implicit":
-                await self._implicit(s)
-            else:
+            elif mode == "starttls":
+                try:
+                    greeting = await s.read_reply()
+                except TimeoutError:
+                    # No greeting in the whole timeout (a greet pause is shorter):
+                    # an implicit-TLS port waits for the client's ClientHello.
+                    if not await speaks_tls(self.t.host, self.t.port, self.tls_name,
+                                            GREETING_SNIFF_SECONDS):
+                        raise
+                    await s.close()
+                    s = await self._connect()
+                    mode = "implicit"
+                    self._mismatch("STARTTLS (an SMTP greeting first)",
+                                   "implicit TLS: no greeting, but a TLS handshake")
+            if mode == "implicit" and not await self._implicit(s):
+                # The port greets in clear: audit what it does speak.
+                await s.close()
+                s = await self._connect()
+                self._mismatch("implicit TLS (RFC 8314)",
+                               "an SMTP greeting in clear, before any TLS")
+                mode = "starttls"
+            if mode != "implicit":
                 await self._after_greeting(s, greeting or await s.read_reply())
             if not self.r.tls_error:
                 try:
@@ -376,25 +402,35 @@ class _Auditor:
         finally:
             await s.quit()
 
-    async def _implicit(self, s: SmtpSession) -> None:
+    def _mismatch(self, expected: str, found: str) -> None:
+        scheme = "smtps" if self.t.mode == "starttls" else "smtp"
+        why = ("as its scheme asked" if self.t.scheme_given
+               else f"as port {self.t.port} conventionally does")
+        self.r.mode_mismatch = (f"expected {expected} {why}, found {found}; audited as "
+                                f"it speaks ({scheme}://{self.t.label})")
+        self.r.notes.append(self.r.mode_mismatch)
+
+    async def _implicit(self, s: SmtpSession) -> bool:
+        """Implicit TLS, greeting and EHLO; False when the port answered in clear
+        (then nothing is recorded: the caller audits it as what it speaks)."""
         self.r.mode_used = "implicit"
         tls = self._tls_session()
         try:
             await s.start_tls(tls)
+        except ClearTextAnswer:
+            return False
         except (TlsError, WireClosed) as e:
             self.r.reachable = True
             self.r.tls_error = f"implicit TLS handshake failed: {e}"
-            if isinstance(e, ClearTextAnswer):
-                self.r.tls_error += (" (this port speaks SMTP first: audit it as "
-                                     f"smtp://{self.t.label})")
             self.handshake_failed = True
-            return
+            return True
         self.r.tls = TlsReport.from_session(tls, self.opts.now())
         self.r.reachable = True
         greeting = await self._greeting(s)
         self.r.banner = greeting.text
         await self._ehlo(s)
         self.r.mechanisms_tls = s.engine.extensions.auth_mechanism_list
+        return True
 
     async def _after_greeting(self, s: SmtpSession, greeting: ServerReply) -> None:
         self.r.reachable = True
@@ -635,6 +671,8 @@ class _Auditor:
         add = r.findings.append
         if not r.reachable:
             return
+        if r.mode_mismatch and not r.target.scheme_given:
+            add(finding("tls-mode-mismatch", r.mode_mismatch))
         if r.tls is None:
             if r.tls_error:
                 add(finding("no-tls", r.tls_error))

@@ -73,6 +73,13 @@ CATALOGUE: dict[str, Kind] = {
             "(RFC 8314).",
         ),
         _k(
+            "tls-mode-mismatch", Severity.MEDIUM,
+            "The port speaks the other TLS mode than its number promises: clients set "
+            "up for it cannot connect",
+            "Serve implicit TLS on 465 and STARTTLS on 587 (RFC 8314 §3.3, RFC 6409), or "
+            "tell clients the port and mode it really speaks.",
+        ),
+        _k(
             "cert-untrusted", Severity.HIGH,
             "The certificate chain does not verify",
             "Install a certificate from a CA the clients trust, with the full chain "

@@ -404,7 +404,9 @@ async def test_checks_do_not_block_the_event_loop(guard: tuple[Guard, Clock]) ->
         c: GuardCheck = await g.check("192.0.2.1", f"u{i}@x.org")
         await g.failure(c, counts_account=True)
     task.cancel()
-    assert ticks > 20
+    # Each write awaited on the thread lets the ticker run at least once (SQL on the
+    # loop would let it run never); on a loaded machine about once, not many times.
+    assert ticks >= 10
 
 
 # --- blocks_due: counts and thresholds to blocks (pure) ------------------------------------

@@ -15,7 +15,11 @@ What a reply means, per recipient (STYLE.md §11):
 * MAIL and RCPT replies: 4xx temporary, 5xx permanent, RCPT per recipient;
 * the reply to DATA and after the final dot applies to every accepted recipient;
 * losing the connection after the final dot but before its reply is temporary,
-  so the message may arrive twice (RFC 1047); SMTP cannot do better.
+  so the message may arrive twice (RFC 1047); SMTP cannot do better;
+* a hop's recipient limit (``452 4.5.3`` after it took a recipient, RFC 5321
+  §4.5.3.1.10) is no failure: the recipients it turned away go in a further
+  transaction at once, on the same connection or a new one (`_over_limit`,
+  `_MAX_RECONNECTS`).
 
 Credentials are never sent in clear unless ``relay_tls`` is "none", which is an
 explicit choice (a relay on localhost). AUTH runs through the one client SASL
@@ -73,6 +77,11 @@ log = logging.getLogger("smtpgate.queue.relay")
 TlsMode = Literal["opportunistic", "require", "none"]
 #: A graceful close that takes longer than this becomes an abort.
 _CLOSE_TIMEOUT = 2.0
+#: New connections one delivery may open for recipients a hop's recipient limit
+#: (452 4.5.3) left over after it hung up; the rest wait for the next attempt.
+#: Further transactions on a connection that stays up need no bound: each one
+#: delivers at least one recipient.
+_MAX_RECONNECTS = 10
 #: How long to look for a reply a relay sent before it broke the connection (it is
 #: already received, or it is not coming).
 _EARLY_REPLY_WAIT = 1.0
@@ -123,6 +132,26 @@ class _Abort(Exception):
         super().__init__(result.reply)
         self.result = result
         self.warn = warn
+
+
+class _Reconnect(Exception):
+    """The hop took a transaction, then hung up (or said 421) at the next one:
+    ``recipients``, left over by its recipient limit, go over a new connection."""
+
+    def __init__(self, recipients: tuple[str, ...]) -> None:
+        super().__init__(len(recipients))
+        self.recipients = recipients
+
+
+def _over_limit(reply: ServerReply) -> bool:
+    """A RCPT reply that means "no more recipients in this transaction", not "not
+    this recipient": 452 without an enhanced code or with 4.5.3 (RFC 5321
+    §4.5.3.1.10; RFC 3463 X.5.3 "too many recipients"). ``452 4.3.1`` (our
+    own spool full, RFC 5321 §4.2.2 "insufficient system storage") and the other
+    4.x.x are about the hop, and wait for the retry like any 4xx. The caller asks
+    only after the transaction took a recipient, so the next transaction is sure
+    to make progress."""
+    return reply.code == 452 and reply.enhanced in (None, "4.5.3")
 
 
 def _temp(text: str) -> _Abort:
@@ -230,8 +259,29 @@ class RelayDeliverer:
     ) -> Mapping[str, DeliveryResult]:
         """One session; a cancelled delivery drops the connection at once (the
         worker keeps the message queued)."""
-        where = self.where
         results: dict[str, DeliveryResult] = {}
+        pending = await self._connection(message, recipients, results)
+        for _ in range(_MAX_RECONNECTS):
+            if not pending:
+                break
+            log.info("queue: %s: %s ended the session with %d recipient(s) over its "
+                     "recipient limit (452) still to send; a new connection for them",
+                     message.queue_id, self.where, len(pending))
+            pending = await self._connection(message, pending, results)
+        for r in pending:  # _MAX_RECONNECTS spent: the next attempt takes them
+            results.setdefault(r, TempFailure(
+                f"4.5.3 {self.where}: recipient limit reached on {_MAX_RECONNECTS} "
+                "connections in a row; the rest wait for the next attempt"))
+        return results
+
+    async def _connection(
+        self, message: QueuedMessage, recipients: tuple[str, ...],
+        results: dict[str, DeliveryResult],
+    ) -> tuple[str, ...]:
+        """One connection; returns the recipients a recipient limit (452) left over
+        that this connection could not take in a further transaction (the hop hung
+        up or said 421 after a transaction that delivered), for a new one."""
+        where = self.where
         try:
             if self._unix_path is not None:
                 conn = await SmtpClientConnection.open_unix(self._unix_path,
@@ -241,13 +291,18 @@ class RelayDeliverer:
                                                        timeout=self._t.connect)
         except TimeoutError:
             why = f"no connection within {self._t.connect:g} s"
-            return self._session_failed(message, recipients, results, f"4.4.1 {where}: {why}")
+            self._session_failed(message, recipients, results, f"4.4.1 {where}: {why}")
+            return ()
         except OSError as e:
             why = f"cannot connect: {e.strerror or e}"
-            return self._session_failed(message, recipients, results, f"4.4.1 {where}: {why}")
+            self._session_failed(message, recipients, results, f"4.4.1 {where}: {why}")
+            return ()
         link = _Link(conn)
         try:
             await self._session(link, message, recipients, results)
+        except _Reconnect as again:
+            conn.abort()
+            return again.recipients
         except asyncio.CancelledError:
             conn.abort()
             raise
@@ -259,12 +314,13 @@ class RelayDeliverer:
         except TimeoutError:
             conn.abort()  # a peer that stalled would stall a graceful close too
             why = f"timed out after {link.limit:g} s waiting for {link.step}"
-            return self._session_failed(message, recipients, results, f"4.4.2 {where}: {why}")
+            self._session_failed(message, recipients, results, f"4.4.2 {where}: {why}")
+            return ()
         except (OSError, ProtocolError, ssl.SSLError) as e:
             why = f"session failed during {link.step}: {str(e) or type(e).__name__}"
             self._session_failed(message, recipients, results, f"4.4.2 {where}: {why}")
         await conn.close(timeout=_CLOSE_TIMEOUT)
-        return results
+        return ()
 
     @staticmethod
     def _session_failed(
@@ -291,7 +347,6 @@ class RelayDeliverer:
         recipients: tuple[str, ...],
         results: dict[str, DeliveryResult],
     ) -> None:
-        engine = link.conn.engine
         t = self._t
         greeting = await link.reply("the greeting", t.greeting)
         if greeting.code != 220:
@@ -318,12 +373,42 @@ class RelayDeliverer:
             authenticated = True
 
         params = self._mail_params(message, ext, authenticated)
+        batch, follow_up = recipients, False
+        while batch:
+            left = await self._transaction(link, message, batch, params, ext, results,
+                                           follow_up=follow_up)
+            if len(left) == len(batch):  # no progress: never loop on a hop
+                break
+            batch, follow_up = left, True
+        await self._quit(link)
+
+    async def _transaction(
+        self,
+        link: _Link,
+        message: QueuedMessage,
+        recipients: tuple[str, ...],
+        params: list[str],
+        ext: Extensions,
+        results: dict[str, DeliveryResult],
+        *,
+        follow_up: bool,
+    ) -> tuple[str, ...]:
+        """One mail transaction (MAIL, RCPTs, DATA) for ``recipients``; returns those
+        a recipient limit left over for a further transaction (see `_over_limit`).
+
+        A follow-up transaction (``follow_up``) whose MAIL finds the hop gone, or
+        answered 421, raises `_Reconnect`: the hop took the transaction before, so
+        the rest goes over a new connection.
+        """
+        engine = link.conn.engine
+        t = self._t
         try:
             mail_cmd = engine.mail(message.envelope.mail_from, params)
         except LocalProtocolError as e:
             raise _Abort(PermFailure(f"5.1.7 cannot send this sender: {e}")) from None
         rcpt_cmds: list[tuple[str, bytes]] = []
         for rcpt in recipients:
+            results.pop(rcpt, None)  # a 452 of the transaction before, tried again
             try:
                 rcpt_cmds.append((rcpt, engine.rcpt(rcpt, _rcpt_dsn(message, rcpt, ext))))
             except LocalProtocolError as e:
@@ -331,42 +416,43 @@ class RelayDeliverer:
         if ext.pipelining:
             # RFC 2920 §3.1: MAIL and the RCPTs may go as one group; DATA waits below.
             group = mail_cmd + b"".join(cmd for _, cmd in rcpt_cmds)
-            await link.send("the relay to take MAIL FROM and RCPT TO", group, t.command)
-            mail_reply = await link.reply("the reply to MAIL FROM", t.command)
-            if not mail_reply.is_positive:
-                # Decided already: the RCPT replies cannot change it, and a relay
-                # may hang up without sending them (the session ends here anyway).
-                raise _Abort(_by_code(mail_reply, f"{self.where} refused sender"))
-            rcpt_replies = []
-            for rcpt, _ in rcpt_cmds:
-                reply = await link.reply("the reply to RCPT TO", t.command)
-                rcpt_replies.append(reply)
-                if not reply.is_positive:
-                    # Kept at once: a relay that hangs up before the rest still
-                    # refused this one (a 5xx bounces, not retried with the others).
-                    results[rcpt] = _by_code(reply, f"{self.where} refused recipient")
+            try:
+                await link.send("the relay to take MAIL FROM and RCPT TO", group, t.command)
+                mail_reply = await link.reply("the reply to MAIL FROM", t.command)
+            except (OSError, ProtocolError):
+                if follow_up:
+                    raise _Reconnect(recipients) from None
+                raise
         else:
-            mail_reply = await link.command("MAIL FROM", mail_cmd, t.command)
-            if not mail_reply.is_positive:
-                raise _Abort(_by_code(mail_reply, f"{self.where} refused sender"))
-            rcpt_replies = []
-            for rcpt, cmd in rcpt_cmds:
+            try:
+                mail_reply = await link.command("MAIL FROM", mail_cmd, t.command)
+            except (OSError, ProtocolError):
+                if follow_up:
+                    raise _Reconnect(recipients) from None
+                raise
+        if follow_up and mail_reply.code == 421:
+            raise _Reconnect(recipients)
+        if not mail_reply.is_positive:
+            # Decided already: the RCPT replies cannot change it, and a relay may
+            # hang up without sending them (the session ends here anyway).
+            raise _Abort(_by_code(mail_reply, f"{self.where} refused sender"))
+        accepted: list[str] = []
+        left: list[str] = []
+        for rcpt, cmd in rcpt_cmds:
+            if ext.pipelining:
+                reply = await link.reply("the reply to RCPT TO", t.command)
+            else:
                 reply = await link.command("RCPT TO", cmd, t.command)
-                rcpt_replies.append(reply)
-                if not reply.is_positive:
-                    # Kept at once, as above: a relay that hangs up at the next
-                    # RCPT still refused this one.
-                    results[rcpt] = _by_code(reply, f"{self.where} refused recipient")
-
-        accepted = []
-        for (rcpt, _), reply in zip(rcpt_cmds, rcpt_replies, strict=True):
             if reply.is_positive:  # 250, or 251/252 (RFC 5321 §3.4)
                 accepted.append(rcpt)
-            else:
-                results[rcpt] = _by_code(reply, f"{self.where} refused recipient")
+                continue
+            # Kept at once: a relay that hangs up before the rest still refused
+            # this one (a 5xx bounces, not retried with the others).
+            results[rcpt] = _by_code(reply, f"{self.where} refused recipient")
+            if accepted and _over_limit(reply):
+                left.append(rcpt)
         if not accepted:
-            await self._quit(link)
-            return
+            return ()
 
         data_reply = await link.command("DATA", engine.data(), t.command)
         if data_reply.code != 354:
@@ -389,17 +475,15 @@ class RelayDeliverer:
                 each = await link.reply("the reply to the final dot", t.data)
                 results[rcpt] = (Delivered(f"{self.where}: {each}") if each.is_positive
                                  else _by_code(each, f"{self.where} refused message"))
-            await self._quit(link)
-            return
+            return tuple(left)
         final = await link.reply("the reply to the final dot", t.data)
-        if final.is_positive:
-            # RFC 3461 §6.2.4: past a next hop without DSN, success is ours to report.
-            action = "" if ext.has("DSN") else "relayed"
-            for rcpt in accepted:
-                results[rcpt] = Delivered(f"{self.where}: {final}", dsn_action=action)
-        else:
+        if not final.is_positive:
             raise _Abort(_by_code(final, f"{self.where} refused message"))
-        await self._quit(link)
+        # RFC 3461 §6.2.4: past a next hop without DSN, success is ours to report.
+        action = "" if ext.has("DSN") else "relayed"
+        for rcpt in accepted:
+            results[rcpt] = Delivered(f"{self.where}: {final}", dsn_action=action)
+        return tuple(left)
 
     async def _hello(self, link: _Link) -> Extensions:
         engine = link.conn.engine

@@ -1,0 +1,172 @@
+"""A next hop with a recipient limit per transaction (RFC 5321 §4.5.3.1.10):
+the recipients its ``452 4.5.3`` turns away go in further transactions at once,
+on the same connection or a new one, never in a loop.
+
+The hop is a small scripted SMTP/LMTP server on 127.0.0.1 port 0 that keeps
+what each transaction carried, so a test sees what a real hop would receive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import pytest
+
+from smtpgate.queue.delivery import Delivered, QueuedMessage, TempFailure
+from smtpgate.queue.envelope import Envelope
+from smtpgate.queue.relay import RelayDeliverer, RelayTimeouts
+
+RCPTS = tuple(f"r{i}@example.net" for i in range(5))
+ENV = Envelope(
+    mail_from="alice@example.org",
+    rcpt_to=RCPTS,
+    auth_identity="alice@example.org",
+    client_ip="192.0.2.7",
+    helo="laptop.example.org",
+    listener="submission",
+    received_at=1_700_000_000.0,
+)
+MESSAGE = QueuedMessage("18f00000000-1-0-00000000", ENV, b"Subject: hi\r\n\r\nhello\r\n")
+
+
+@dataclass
+class CappedHop:
+    """Takes at most ``cap`` recipients per transaction (0: none at all, ever),
+    answering the rest ``over``; ``close_after`` hangs up after each transaction's
+    final reply (a hop that takes one transaction per connection)."""
+
+    cap: int
+    pipelining: bool = True
+    close_after: bool = False
+    lmtp: bool = False
+    over: bytes = b"452 4.5.3 Too many recipients\r\n"
+    connections: int = 0
+    transactions: list[list[str]] = field(default_factory=list)
+    mails: int = 0
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        writer.write(b"220 capped.test ESMTP\r\n")
+        rcpts: list[str] = []
+        while line := await reader.readline():
+            verb = line[:4].upper()
+            if verb in (b"EHLO", b"LHLO"):
+                ext = b"250-capped.test\r\n250-PIPELINING\r\n" if self.pipelining else \
+                    b"250-capped.test\r\n"
+                writer.write(ext + b"250 8BITMIME\r\n")
+            elif verb == b"MAIL":
+                self.mails += 1
+                rcpts = []
+                writer.write(b"250 2.1.0 ok\r\n")
+            elif verb == b"RCPT":
+                if len(rcpts) < self.cap:
+                    rcpts.append(line[9:].strip().strip(b"<>").decode())
+                    writer.write(b"250 2.1.5 ok\r\n")
+                else:
+                    writer.write(self.over)
+            elif verb == b"DATA":
+                if not rcpts:
+                    writer.write(b"503 5.5.1 no valid recipients\r\n")
+                    continue
+                writer.write(b"354 go\r\n")
+                await reader.readuntil(b"\r\n.\r\n")
+                self.transactions.append(rcpts)
+                n = len(rcpts) if self.lmtp else 1
+                writer.write(b"250 2.0.0 queued\r\n" * n)
+                await writer.drain()
+                if self.close_after:
+                    break
+            elif verb == b"QUIT":
+                writer.write(b"221 bye\r\n")
+                break
+            else:
+                writer.write(b"502 5.5.1 ?\r\n")
+            await writer.drain()
+        writer.close()
+
+
+@asynccontextmanager
+async def running(hop: CappedHop) -> AsyncIterator[int]:
+    server = await asyncio.start_server(hop.serve, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def deliverer(port: int, *, lmtp: bool = False) -> RelayDeliverer:
+    return RelayDeliverer("127.0.0.1", port, helo_name="smtpgate.test", tls_mode="none",
+                          lmtp=lmtp, timeouts=RelayTimeouts(command=5, data=5))
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+async def test_rfc5321_s4_5_3_1_10_rest_goes_in_further_transactions_at_once(
+        pipelining: bool) -> None:
+    """A hop taking two recipients per transaction: five recipients go in three
+    transactions on one connection, all in this one attempt (they waited for
+    retry_initial, one transaction's worth at a time)."""
+    hop = CappedHop(cap=2, pipelining=pipelining)
+    async with running(hop) as port:
+        results = await deliverer(port).deliver(MESSAGE, RCPTS)
+    assert all(isinstance(results[r], Delivered) for r in RCPTS), results
+    assert hop.transactions == [list(RCPTS[0:2]), list(RCPTS[2:4]), list(RCPTS[4:])]
+    assert hop.connections == 1
+
+
+async def test_rest_goes_over_a_new_connection_when_the_hop_hangs_up() -> None:
+    """A hop that takes one transaction per connection: the rest goes over a new
+    connection, each recipient delivered once."""
+    hop = CappedHop(cap=2, close_after=True)
+    async with running(hop) as port:
+        results = await deliverer(port).deliver(MESSAGE, RCPTS)
+    assert all(isinstance(results[r], Delivered) for r in RCPTS), results
+    assert hop.transactions == [list(RCPTS[0:2]), list(RCPTS[2:4]), list(RCPTS[4:])]
+    assert hop.connections == 3
+
+
+async def test_lmtp_rest_goes_in_further_transactions() -> None:
+    hop = CappedHop(cap=3, lmtp=True)
+    async with running(hop) as port:
+        results = await deliverer(port, lmtp=True).deliver(MESSAGE, RCPTS)
+    assert all(isinstance(results[r], Delivered) for r in RCPTS), results
+    assert hop.transactions == [list(RCPTS[0:3]), list(RCPTS[3:])]
+
+
+async def test_hop_refusing_every_recipient_with_452_is_not_looped_on() -> None:
+    """A 452 to the first recipient is no limit that another transaction gets
+    past: one transaction, every recipient deferred to the retry."""
+    hop = CappedHop(cap=0)
+    async with running(hop) as port:
+        results = await deliverer(port).deliver(MESSAGE, RCPTS)
+    assert all(isinstance(results[r], TempFailure) for r in RCPTS), results
+    assert "452 4.5.3" in results[RCPTS[0]].reply  # type: ignore[union-attr]
+    assert hop.mails == 1 and hop.connections == 1
+
+
+async def test_452_insufficient_storage_is_not_a_recipient_limit() -> None:
+    """``452 4.3.1`` is the hop's disk, not a limit per transaction: the rest waits
+    for the retry as before."""
+    hop = CappedHop(cap=2, over=b"452 4.3.1 Insufficient system storage\r\n")
+    async with running(hop) as port:
+        results = await deliverer(port).deliver(MESSAGE, RCPTS)
+    assert [type(results[r]) for r in RCPTS] == [Delivered] * 2 + [TempFailure] * 3
+    assert hop.mails == 1
+
+
+async def test_a_hop_that_keeps_hanging_up_costs_a_bounded_number_of_connections() -> None:
+    """One recipient per connection and many recipients: at most 11 connections in
+    one attempt; the rest wait for the retry with a reason that says why."""
+    many = tuple(f"m{i}@example.net" for i in range(15))
+    hop = CappedHop(cap=1, close_after=True)
+    async with running(hop) as port:
+        results = await deliverer(port).deliver(MESSAGE, many)
+    delivered = [r for r in many if isinstance(results[r], Delivered)]
+    assert delivered == list(many[:11])
+    assert hop.connections == 11
+    for r in many[11:]:
+        assert isinstance(results[r], TempFailure), results[r]
+        assert "4.5.3" in results[r].reply  # type: ignore[union-attr]

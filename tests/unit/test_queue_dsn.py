@@ -453,3 +453,50 @@ async def test_a_state_the_spool_cannot_save_never_sends_a_relay_the_message_twi
         assert qid not in spool.list_ids()  # every recipient done, recorded
     finally:
         await spool.close()
+
+
+@pytest.mark.parametrize(("diagnostic", "remote"), [
+    ("relay mx.example.net:25 refused recipient: 550 5.1.1 no such user",
+     "dns; mx.example.net"),
+    ("gave up after 4 attempts: relay 192.0.2.1:587 refused message: 451 4.3.0 later",
+     "dns; 192.0.2.1"),
+    ("relay ::1:25 refused sender: 553 5.7.1 not you", "dns; ::1"),
+    ("lmtp unix:/run/dovecot/lmtp refused message: 552 5.2.2 over quota",
+     "x-unix; /run/dovecot/lmtp"),
+    ("relay mx.example.net:25: 250 2.0.0 queued as 4711", "dns; mx.example.net"),
+    ("relay mx.example.net:25 greeting: 554 5.3.2 go away", "dns; mx.example.net"),
+    # No reply from a hop: no Remote-MTA (nothing the hop said is reported).
+    ("4.4.1 relay mx.example.net:25: cannot connect: Connection refused", None),
+    ("4.4.2 relay mx.example.net:25: timed out after 250 s waiting for the greeting", None),
+    ("4.3.1 maildir /var/mail/bob: No space left on device", None),
+    ("RCPT TO: 550 5.1.1 no such user", None),
+])
+def test_rfc3464_s2_3_5_remote_mta_names_the_hop_that_replied(
+    diagnostic: str, remote: str | None
+) -> None:
+    assert dsn.remote_mta(diagnostic) == remote
+
+
+@pytest.mark.parametrize("action", ["failed", "delayed"])
+def test_rfc3464_s2_3_5_report_carries_remote_mta_before_diagnostic_code(action: str) -> None:
+    """A bounce or delay notice of a refusal by a relay says which MTA refused: the
+    per-recipient block had Diagnostic-Code but no Remote-MTA (RFC 3464 §2.3.5: "MUST
+    be supplied" when relaying via SMTP). The report stays a valid multipart/report."""
+    kind = "bounced" if action == "failed" else "deferred"
+    code = "550 5.1.1 no such user" if action == "failed" else "450 4.2.1 try later"
+    data = build(env(), [
+        Outcome("bob@example.net", kind, f"relay mx.example.net:25 refused recipient: {code}"),
+        Outcome("carol@example.net", kind, "4.4.1 relay mx.example.net:25: cannot connect: "
+                "Connection refused"),
+    ], action)
+    assert data is not None
+    _, status, _ = parts(data)
+    per_message, bob, carol = status.get_payload()
+    assert per_message["Reporting-MTA"] == "dns; mx.example.org"
+    assert bob["Remote-MTA"] == "dns; mx.example.net"
+    assert bob["Diagnostic-Code"] == f"smtp; {code}"
+    assert bob.keys() == ["Final-Recipient", "Action", "Status", "Remote-MTA",
+                          "Diagnostic-Code", "Last-Attempt-Date"]
+    assert carol["Remote-MTA"] is None
+    assert carol["Diagnostic-Code"].startswith("x-smtpgate; 4.4.1")
+    assert email.message_from_bytes(data, policy=email.policy.strict).defects == []

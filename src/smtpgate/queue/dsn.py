@@ -38,6 +38,10 @@ _STATUS = re.compile(r"(?<![\w.])([245])\.(\d{1,3})\.(\d{1,3})(?!\w|\.\d)")
 #: refused recipient: 550 5.1.1 ..."), never a number in smtpgate's own words
 #: ("timed out after 250 s").
 _REPLY = re.compile(r"(?:^|: )([245]\d\d[ -])")
+#: The next hop a relay or LMTP detail names (`RelayDeliverer.where`): "relay
+#: mx.example.net:25", "relay ::1:25", "lmtp unix:/run/dovecot/lmtp", each followed
+#: by " refused ...", " greeting", ":" or the end.
+_HOP = re.compile(r"(?:^|[ ])(?:relay|lmtp) (unix:[^ ]+?|[^ ]+:\d+)(?=:? |:?$)")
 _UNSAFE = re.compile(r"[^\x20-\x7e]")
 #: Control characters (C0, DEL, C1): never in a report, even an internationalized one.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -105,6 +109,25 @@ def diagnostic_code(diagnostic: str) -> str:
     return "x-smtpgate; " + _clean(diagnostic)
 
 
+def remote_mta(diagnostic: str) -> str | None:
+    """RFC 3464 §2.3.5: the Remote-MTA field's value, ``dns; <host>`` of the next
+    hop whose reply the diagnostic holds, or None when no hop replied (a
+    connection that failed, a timeout, a Maildir). The port is not part of an MTA's
+    name; an LMTP server on a unix socket has no DNS name, so it is named by its
+    path under the ``x-unix`` type (RFC 3464 §2.1.2 allows ``x-`` types)."""
+    reply = _REPLY.search(diagnostic)
+    if reply is None:
+        return None
+    hops = list(_HOP.finditer(diagnostic, 0, reply.start(1)))
+    if not hops:
+        return None
+    hop = hops[-1].group(1)
+    if hop.startswith("unix:"):
+        return "x-unix; " + _clean(hop.removeprefix("unix:"))
+    host = hop.rpartition(":")[0]
+    return "dns; " + _clean(host) if host else None
+
+
 def build_report(
     *,
     envelope: Envelope,
@@ -164,6 +187,11 @@ def build_report(
             f"Final-Recipient: {_final(r.address, utf8)}",
             f"Action: {r.action}",
             f"Status: {status_code(r.action, r.diagnostic)}",
+        ]
+        remote = remote_mta(r.diagnostic)
+        if remote is not None:
+            fields.append(f"Remote-MTA: {remote}")
+        fields += [
             f"Diagnostic-Code: {diagnostic_code(r.diagnostic)}",
             f"Last-Attempt-Date: {date}",
         ]

@@ -457,12 +457,38 @@ def test_illegal_command_in_each_state_is_503_and_keeps_state(state: State) -> N
 def test_rfc5321_s4_1_1_8_help_names_the_commands_not_a_dead_link() -> None:
     """HELP answered "See RFC 5321 and https://smtpgate.invalid/docs", a URL under
     the reserved .invalid name (found with HELP over openssl s_client)."""
-    d = Driver.new()
+    d = Driver.new(tls=True)
     [reply] = codes(d.feed(b"HELP\r\n"))
     assert reply.startswith("214 2.0.0 ") and ".invalid" not in reply
     named = reply.removeprefix("214 2.0.0 Commands: ").split()
     known = {v for table in TRANSITIONS.values() for v in table}
     assert set(named) <= known and {"EHLO", "AUTH", "MAIL", "RCPT", "DATA", "QUIT"} <= set(named)
+
+
+def _help(d: Driver) -> list[str]:
+    [reply] = codes(d.feed(b"HELP\r\n"))
+    return reply.removeprefix("214 2.0.0 Commands: ").split()
+
+
+def _ehlo(d: Driver) -> str:
+    return d.feed(b"EHLO client.test\r\n").decode()
+
+
+def test_rfc5321_s4_1_1_8_help_follows_the_session_as_ehlo_does() -> None:
+    """HELP listed STARTTLS inside TLS (where it is 503) and AUTH in clear (where it
+    is 530 and EHLO offers none): it names what EHLO would offer now."""
+    d = Driver.new()
+    assert "STARTTLS" in _help(d) and "AUTH" not in _help(d)
+    assert "STARTTLS" in _ehlo(d) and "AUTH" not in _ehlo(d)
+    d.feed(b"STARTTLS\r\n")
+    d.start_tls()
+    assert "STARTTLS" not in _help(d) and "AUTH" in _help(d)
+    assert "STARTTLS" not in _ehlo(d) and "AUTH" in _ehlo(d)
+
+
+def test_help_names_auth_in_clear_only_where_the_listener_allows_it() -> None:
+    assert "AUTH" in _help(Driver.new(auth_in_clear=True))
+    assert "STARTTLS" not in _help(Driver.new(tls=True))
 
 
 def test_an_idle_timeout_inside_data_does_not_say_waiting_for_command() -> None:

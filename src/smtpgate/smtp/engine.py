@@ -584,7 +584,18 @@ class ServerEngine:
         return None
 
     def _cmd_help(self, arg: str) -> Event | None:
-        self._send(R.HELP)
+        # What EHLO would offer now: it listed STARTTLS inside TLS (where STARTTLS
+        # is 503) and AUTH where no mechanism is offered (in clear, 530).
+        s = self.settings
+        names = ["EHLO", "HELO"]
+        if s.starttls and self.tls is None:
+            names.append("STARTTLS")
+        if self.offered_mechanisms():
+            names.append("AUTH")
+        names += ["MAIL", "RCPT", "DATA", "BDAT", "RSET", "NOOP", "VRFY", "QUIT"]
+        if self.xclient_trusted:
+            names.append("XCLIENT")
+        self._send(R.help_reply(tuple(names)))
         return None
 
     def _cmd_vrfy(self, arg: str) -> Event | None:

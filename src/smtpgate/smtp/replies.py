@@ -82,9 +82,14 @@ RESET_OK = Reply(250, "2.0.0", "Reset state")
 # RFC 5321 §4.1.1.6: VRFY may answer 252 without revealing anything.
 VRFY_CANNOT = Reply(252, "2.1.5", "Cannot VRFY user, but will accept message and attempt delivery")
 # RFC 5321 §4.1.1.8: information for the human at the keyboard; it used to point
-# at https://smtpgate.invalid/docs, a name that never resolves (RFC 2606 §2).
-HELP = Reply(214, "2.0.0",
-             "Commands: EHLO HELO STARTTLS AUTH MAIL RCPT DATA BDAT RSET NOOP VRFY QUIT")
+# at https://smtpgate.invalid/docs, a name that never resolves (RFC 2606 §2). The
+# engine sends it through `help_reply`, naming only what this session can use.
+HELP = Reply(214, "2.0.0", "Commands:")
+
+
+def help_reply(commands: tuple[str, ...]) -> Reply:
+    """HELP naming ``commands``, the ones the session offers now (as EHLO does)."""
+    return HELP.with_text(" ".join((HELP.text, *commands)))
 # RFC 5321 §4.2.4
 UNKNOWN_COMMAND = Reply(500, "5.5.2", "Command not recognized")
 # RFC 5321 §4.5.3.1.4 / §4.5.3.1.6

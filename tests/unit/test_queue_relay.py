@@ -869,3 +869,31 @@ async def test_rfc3030_binary_message_is_not_given_to_a_relay_or_lmtp_hop() -> N
     assert isinstance(results["b@example.net"], PermFailure)
     assert "5.6.3" in results["b@example.net"].reply and "BINARYMIME" in results["b@example.net"].reply
     assert peer.handler.received == []
+
+
+@pytest.mark.parametrize("lmtp", [False, True])
+async def test_nul_in_the_body_reaches_the_next_hop_unchanged(lmtp: bool) -> None:
+    """docs/smtp.md "NUL octets": the body passes as it came, over SMTP and LMTP."""
+    data = b"Subject: nul\r\n\r\nbin\x00ary\r\n\x00\r\n"
+    got: list[bytes] = []
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 hop.test\r\n")
+        await reader.readline()  # EHLO or LHLO
+        writer.write(b"250 hop.test\r\n")
+        for _ in range(2):  # MAIL, RCPT
+            await reader.readline()
+            writer.write(b"250 ok\r\n")
+        await reader.readline()
+        writer.write(b"354 go\r\n")
+        got.append(await reader.readuntil(b"\r\n.\r\n"))
+        writer.write(b"250 2.0.0 queued\r\n")
+        await reader.readline()
+        writer.write(b"221 bye\r\n")
+
+    async with scripted(script) as port:
+        hop = RelayDeliverer("127.0.0.1", port, helo_name="smtpgate.test", tls_mode="none",
+                             lmtp=lmtp, timeouts=RelayTimeouts(command=5, data=5))
+        results = await hop.deliver(message(data=data), ("a@example.net",))
+    assert isinstance(results["a@example.net"], Delivered), results
+    assert got == [data + b".\r\n"]

@@ -92,9 +92,9 @@ def test_data_after_bdat_is_503_and_binarymime_with_data_is_503() -> None:
                           str(R.MESSAGE_ACCEPTED)]
     assert d.messages[0].data == b"a\r\nb\r\n"
     out = d.feed(b"MAIL FROM:<alice@example.org> BODY=BINARYMIME\r\nRCPT TO:<b@example.net>\r\n"
-                 b"DATA\r\n" + bdat(b"\xff\x00\r\n"))
+                 b"DATA\r\n" + bdat(b"\r\n\xff\x00\r\n"))  # binary body, no header field
     assert codes(out) == [*OK2, str(R.BINARYMIME_NEEDS_BDAT), str(R.MESSAGE_ACCEPTED)]
-    assert d.messages[1].data == b"\xff\x00\r\n" and d.messages[1].body_8bit
+    assert d.messages[1].data == b"\r\n\xff\x00\r\n" and d.messages[1].body_8bit
 
 
 @pytest.mark.parametrize("body", ["7BIT", "8BITMIME", "BINARYMIME", "binarymime"])
@@ -290,3 +290,17 @@ def test_where_binarymime_is_not_offered_it_is_refused_and_chunking_stays() -> N
                           str(R.MESSAGE_ACCEPTED)]
     assert str(R.BINARYMIME_NOT_OFFERED).startswith("555 5.5.4")
     assert len(d.messages) == 1 and d.messages[0].body_8bit
+
+
+@pytest.mark.parametrize("body", ["", " BODY=BINARYMIME"])
+def test_nul_in_the_header_section_is_refused_as_in_data(body: str) -> None:
+    """BINARYMIME lets the body carry any octet (RFC 3030 §3), not the header."""
+    d = authed(binarymime=True)
+    envelope = f"MAIL FROM:<alice@example.org>{body}\r\nRCPT TO:<b@example.net>\r\n".encode()
+    out = d.feed(envelope + bdat(b"Subject: a\x00", last=False) + bdat(b"\r\n\r\nx\r\n")
+                 + b"NOOP\r\n")
+    assert codes(out)[-2:] == [str(R.NUL_IN_HEADER), str(R.NOOP_OK)]
+    assert d.messages == []
+    out = d.feed(envelope + bdat(b"Subject: a\r\n\r\n\x00\x01\x02") + b"NOOP\r\n")
+    assert codes(out)[-2:] == [str(R.MESSAGE_ACCEPTED), str(R.NOOP_OK)]
+    assert d.messages[0].data == b"Subject: a\r\n\r\n\x00\x01\x02"

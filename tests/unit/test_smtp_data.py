@@ -255,3 +255,40 @@ def test_a_quoting_dot_at_the_very_start_is_not_counted_either(limit: int, too_b
     out, end, _ = DataStream(limit).feed(b"..ab\r\n.\r\n")
     assert end is not None and end.too_big is too_big
     assert out == (b"" if too_big else b".ab\r\n")
+
+
+# --- NUL octets (docs/smtp.md "NUL octets") --------------------------------------------
+
+NUL_ENVELOPE = b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n"
+
+
+@pytest.mark.parametrize("bytewise", [False, True])
+@pytest.mark.parametrize("message", [
+    b"Subject: a\x00b\r\nFrom: alice@example.org\r\n\r\nbody\r\n",
+    b"X-Tag:\x00\r\n\r\nbody\r\n",
+    b"Subject: all header, no body\x00\r\n",  # no empty line: all of it is header
+])
+def test_rfc5322_s2_2_nul_in_the_header_section_is_554_and_never_handed_over(
+    message: bytes, bytewise: bool
+) -> None:
+    """A NUL in a header field was queued and delivered: each reader of the field
+    (a C filter, a mail reader) sees it end at the NUL, or not. Refused after the
+    final dot; the message is dropped, the session goes on."""
+    d = authed()
+    d.feed(NUL_ENVELOPE)
+    out = d.feed(message + b".\r\nNOOP\r\n", bytewise=bytewise)
+    assert codes(out) == [str(R.NUL_IN_HEADER), str(R.NOOP_OK)]
+    assert not d.messages and d.writing is None
+    assert any(isinstance(e, MessageAborted) for e in d.events)
+
+
+@pytest.mark.parametrize("bytewise", [False, True])
+def test_nul_in_the_body_passes_unchanged(bytewise: bool) -> None:
+    """The body is the sender's data: a NUL there is kept as it came (as Postfix
+    does); only the header section is read by smtpgate and by filters."""
+    body = b"Subject: a\r\n\r\nbin\x00ary\r\n\x00\r\n"
+    d = authed()
+    d.feed(NUL_ENVELOPE)
+    out = d.feed(body + b".\r\n", bytewise=bytewise)
+    assert codes(out) == [str(R.MESSAGE_ACCEPTED)]
+    assert d.messages[0].data == body

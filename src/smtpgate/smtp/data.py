@@ -281,3 +281,10 @@ class HeaderSection:
         """The header section (each field's CRLF included, not the empty line); a
         message without an empty line is all header."""
         return bytes(self._buf)
+
+    @property
+    def has_nul(self) -> bool:
+        """The header section kept so far holds a NUL octet (RFC 5322 §2.2: field
+        bodies are printable US-ASCII and white space; §4.1's obsolete NUL must not
+        be generated). Asked once the section is complete: one C-level scan."""
+        return b"\x00" in self._buf

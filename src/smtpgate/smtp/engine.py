@@ -820,7 +820,9 @@ class ServerEngine:
             ended = header.feed(out)
             reason = ("message too big" if data.too_big
                       else "bare CR or LF" if data.doomed
-                      else "header section too big" if header.too_big else "")
+                      else "header section too big" if header.too_big
+                      else "NUL in the header section"
+                      if (ended or end is not None) and header.has_nul else "")
             if reason:
                 self._aborted = True
                 event = MessageAborted(reason)
@@ -848,6 +850,11 @@ class ServerEngine:
             refusal = R.BARE_LINE_ENDING
         elif header.too_big:
             refusal = R.HEADER_TOO_BIG
+        elif header.has_nul:
+            # docs/smtp.md "NUL octets": every reader of the header (our From check,
+            # filters and mail readers in C) must see the same fields; a NUL ends a
+            # C string, so a field would read differently to each. The body passes.
+            refusal = R.NUL_IN_HEADER
         if refusal is not None:
             self._send(refusal)
             self._after_message()
@@ -912,7 +919,9 @@ class ServerEngine:
             ended = header.feed(out)
             reason = ("message too big" if chunks.too_big
                       else "bare CR or LF" if chunks.doomed
-                      else "header section too big" if header.too_big else "")
+                      else "header section too big" if header.too_big
+                      else "NUL in the header section"
+                      if (ended or end is not None) and header.has_nul else "")
             if reason:
                 self._aborted = True
                 event = MessageAborted(reason)

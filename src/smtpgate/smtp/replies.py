@@ -188,6 +188,9 @@ TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
 BARE_LINE_ENDING = Reply(
     550, "5.6.11", "Message contains bare CR or LF characters; use CRLF line endings"
 )
+# RFC 5322 §2.2 / §4.1: no NUL in a header field (docs/smtp.md "NUL octets"); RFC
+# 3463 X.6.0, other media error, as the content cannot be taken as it is.
+NUL_IN_HEADER = Reply(554, "5.6.0", "Message header contains NUL characters")
 MESSAGE_ACCEPTED = Reply(250, "2.0.0", "OK queued")
 # --- BDAT (RFC 3030) ----------------------------------------------------------------
 # RFC 3030 §2: each chunk but the LAST is answered 250 once its octets are read.

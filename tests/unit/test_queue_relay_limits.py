@@ -9,15 +9,21 @@ what each transaction carried, so a test sees what a real hop would receive.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
+from smtpgate.config import QueueConfig
 from smtpgate.queue.delivery import Delivered, QueuedMessage, TempFailure
 from smtpgate.queue.envelope import Envelope
 from smtpgate.queue.relay import RelayDeliverer, RelayTimeouts
+from smtpgate.queue.spool import Spool
+from smtpgate.queue.worker import DeliveryWorker
 
 RCPTS = tuple(f"r{i}@example.net" for i in range(5))
 ENV = Envelope(
@@ -170,3 +176,89 @@ async def test_a_hop_that_keeps_hanging_up_costs_a_bounded_number_of_connections
     for r in many[11:]:
         assert isinstance(results[r], TempFailure), results[r]
         assert "4.5.3" in results[r].reply  # type: ignore[union-attr]
+
+
+# --- a stop after the hop took the message ---------------------------------------------
+
+
+@dataclass
+class SilentAtQuit:
+    """Takes the message (250 to the final dot), then never answers QUIT: the
+    outcome is known while the session still waits."""
+
+    took: asyncio.Event = field(default_factory=asyncio.Event)
+    gone: asyncio.Event = field(default_factory=asyncio.Event)
+    transactions: int = 0
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 slow-quit.test ESMTP\r\n")
+        await reader.readline()  # EHLO
+        writer.write(b"250 slow-quit.test\r\n")
+        for _ in range(2):  # MAIL, RCPT
+            await reader.readline()
+            writer.write(b"250 ok\r\n")
+        await reader.readline()
+        writer.write(b"354 go\r\n")
+        await reader.readuntil(b"\r\n.\r\n")
+        self.transactions += 1
+        writer.write(b"250 2.0.0 queued\r\n")
+        await writer.drain()
+        self.took.set()
+        await reader.read()  # QUIT, and then nothing more
+        writer.close()
+        self.gone.set()
+
+
+async def test_a_stop_while_waiting_for_quit_keeps_the_delivered_outcome(
+        tmp_path: Path) -> None:
+    """The server stopping (its grace over) while the relay session waited for the
+    reply to QUIT: the hop had taken the message, but the cancelled delivery
+    dropped that outcome and the message stayed queued, to be sent again on the
+    next start. The outcome the hop gave is now recorded."""
+    hop = SilentAtQuit()
+    server = await asyncio.start_server(hop.serve, "127.0.0.1", 0)
+    spool = Spool(tmp_path / "spool")
+    try:
+        one = dataclasses.replace(ENV, rcpt_to=("bob@example.net",), received_at=time.time())
+        await spool.store(one, MESSAGE.data)
+        port = server.sockets[0].getsockname()[1]
+        worker = DeliveryWorker(spool, deliverer(port), QueueConfig(), poll_interval=60.0)
+        runner = asyncio.create_task(worker.run())
+        await asyncio.wait_for(hop.took.wait(), 10)
+        worker.stop(grace=0.05)
+        await asyncio.wait_for(runner, 10)
+        assert spool.list_ids() == []  # delivered: nothing to send again
+        assert hop.transactions == 1
+        await asyncio.wait_for(hop.gone.wait(), 10)  # the session was dropped
+    finally:
+        await spool.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_cancel_before_the_hop_decided_anything_still_raises() -> None:
+    """Nothing decided: the cancellation reaches the caller, which keeps the
+    message queued as before."""
+    started, gone = asyncio.Event(), asyncio.Event()
+
+    async def greet_and_stall(reader: asyncio.StreamReader,
+                              writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 stall.test ESMTP\r\n")
+        started.set()
+        await reader.read()
+        writer.close()
+        gone.set()
+
+    server = await asyncio.start_server(greet_and_stall, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        task = asyncio.create_task(deliverer(port).deliver(MESSAGE, RCPTS))
+        await asyncio.wait_for(started.wait(), 10)
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.wait_for(gone.wait(), 10)  # the connection was dropped
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -42,7 +42,10 @@ Every wait has a timeout (`RelayTimeouts`): a next hop that accepts the connecti
 and then stalls defers the message like any other temporary failure, and the
 reply text and a WARNING record name the step that timed out and the host. A
 cancelled delivery (the server shutting down) drops the connection at once; the
-worker keeps the message queued.
+worker keeps the message queued; but once the hop has decided a recipient (it
+took the message and the session waits for the reply to QUIT, say), the
+cancellation ends in `RelayDeliverer._cut_short` and those outcomes are returned,
+so a restart does not send the hop what it already took.
 """
 
 from __future__ import annotations
@@ -260,14 +263,19 @@ class RelayDeliverer:
         """One session; a cancelled delivery drops the connection at once (the
         worker keeps the message queued)."""
         results: dict[str, DeliveryResult] = {}
-        pending = await self._connection(message, recipients, results)
-        for _ in range(_MAX_RECONNECTS):
-            if not pending:
-                break
-            log.info("queue: %s: %s ended the session with %d recipient(s) over its "
-                     "recipient limit (452) still to send; a new connection for them",
-                     message.queue_id, self.where, len(pending))
-            pending = await self._connection(message, pending, results)
+        try:
+            pending = await self._connection(message, recipients, results)
+            for _ in range(_MAX_RECONNECTS):
+                if not pending:
+                    break
+                log.info("queue: %s: %s ended the session with %d recipient(s) over its "
+                         "recipient limit (452) still to send; a new connection for them",
+                         message.queue_id, self.where, len(pending))
+                pending = await self._connection(message, pending, results)
+        except asyncio.CancelledError:
+            if not any(isinstance(r, Delivered | PermFailure) for r in results.values()):
+                raise  # nothing decided: the message stays queued as it was
+            return self._cut_short(message, recipients, results)
         for r in pending:  # _MAX_RECONNECTS spent: the next attempt takes them
             results.setdefault(r, TempFailure(
                 f"4.5.3 {self.where}: recipient limit reached on {_MAX_RECONNECTS} "
@@ -335,6 +343,28 @@ class RelayDeliverer:
         failure = TempFailure(text)
         for r in recipients:
             results.setdefault(r, failure)
+        return results
+
+    def _cut_short(
+        self,
+        message: QueuedMessage,
+        recipients: tuple[str, ...],
+        results: dict[str, DeliveryResult],
+    ) -> dict[str, DeliveryResult]:
+        """A cancelled delivery (the server stopping) after the hop decided some
+        recipients: while waiting for the reply to QUIT, or in a further transaction
+        after a recipient limit. Raising would drop what the hop said, and the
+        recipients it took would get the message again after the restart; so the
+        cancellation ends here (``uncancel``: the worker records the outcome, a
+        moment's disk work) and the undecided recipients are retried."""
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+        text = f"4.4.2 {self.where}: delivery cut short by a stop"
+        log.warning("queue: %s: %s; the outcome of %d recipient(s) the hop gave is kept",
+                    message.queue_id, text, len(results))
+        for r in recipients:
+            results.setdefault(r, TempFailure(text))
         return results
 
     async def close(self) -> None:

@@ -98,7 +98,7 @@ def test_wrong_relay_password_defers_and_sends_nothing(tmp_path: Path, smarthost
                    RELAY_ACCOUNT, "not the password", "SCRAM-SHA-256")
     try:
         send(srv, "wrong-password")
-        wait_for_log(srv, "relay refused AUTH SCRAM-SHA-256", "deferred to=<bob@example.net>")
+        wait_for_log(srv, f"relay 127.0.0.1:{smarthost.submission} refused AUTH SCRAM-SHA-256", "deferred to=<bob@example.net>")
         assert len(spooled(srv)) == 1  # kept for a retry: the password is ours to fix
         assert received_by(smarthost, "wrong-password") == 0
     finally:

@@ -100,7 +100,7 @@ async def test_relay_with_a_wrong_password_is_refused_by_the_honest_hop() -> Non
         results = await _scram_relay(hop.port, "wrong").deliver(MESSAGE, ENV.rcpt_to)
     result = results["bob@example.net"]
     assert isinstance(result, TempFailure)
-    assert "relay refused AUTH SCRAM-SHA-256: 535 5.7.8" in result.reply
+    assert f"relay 127.0.0.1:{hop.port} refused AUTH SCRAM-SHA-256: 535 5.7.8" in result.reply
     assert hop.messages == []
 
 

@@ -465,6 +465,8 @@ async def test_a_state_the_spool_cannot_save_never_sends_a_relay_the_message_twi
      "x-unix; /run/dovecot/lmtp"),
     ("relay mx.example.net:25: 250 2.0.0 queued as 4711", "dns; mx.example.net"),
     ("relay mx.example.net:25 greeting: 554 5.3.2 go away", "dns; mx.example.net"),
+    ("relay mx.example.net:587 refused AUTH PLAIN: 535 5.7.8 bad credentials",
+     "dns; mx.example.net"),
     # No reply from a hop: no Remote-MTA (nothing the hop said is reported).
     ("4.4.1 relay mx.example.net:25: cannot connect: Connection refused", None),
     ("4.4.2 relay mx.example.net:25: timed out after 250 s waiting for the greeting", None),

@@ -399,7 +399,8 @@ async def test_a_second_refusal_defers_without_a_third_try(tmp_path: Path) -> No
     source = _source(tmp_path, endpoint)
     result, got = await _deliver(source, set())
     assert isinstance(result, TempFailure)  # not a bounce: the credentials are ours to fix
-    assert "relay refused AUTH OAUTHBEARER: 535 5.7.8" in result.reply
+    assert "refused AUTH OAUTHBEARER: 535 5.7.8" in result.reply
+    assert result.reply.startswith("relay 127.0.0.1:")  # the hop that refused
     assert sum(line.startswith(b"AUTH") for line in got) == 2
     assert len(endpoint.requests) == 2
     assert not any(line.startswith(b"MAIL") for line in got)

@@ -588,13 +588,14 @@ class RelayDeliverer:
             raise _Abort(TempFailure(
                 f"4.7.0 not sending {name} credentials to {self.host} without TLS"), warn=True)
         if name not in ext.auth_mechanisms:
-            raise _Abort(TempFailure(f"4.7.0 relay does not offer AUTH {name}"), warn=True)
+            raise _Abort(TempFailure(f"4.7.0 {self.where} does not offer AUTH {name}"),
+                         warn=True)
 
     def _refused(self, result: ClientAuthResult) -> _Abort:
         if result.client_ended:  # the relay misbehaved; we ended the exchange
             text = f"4.7.0 relay {self.host}:{self.port}: AUTH {result.mechanism} abandoned: "
         else:
-            text = f"relay refused AUTH {result.mechanism}: "
+            text = f"{self.where} refused AUTH {result.mechanism}: "
         return _Abort(TempFailure(text + result.detail), warn=True)
 
     async def _authenticate_with_tokens(self, link: _Link, ext: Extensions,

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from smtpgate.config import QueueConfig
-from smtpgate.queue.delivery import Delivered, QueuedMessage, TempFailure
+from smtpgate.queue.delivery import Delivered, PermFailure, QueuedMessage, TempFailure
 from smtpgate.queue.envelope import Envelope
 from smtpgate.queue.relay import RelayDeliverer, RelayTimeouts
 from smtpgate.queue.spool import Spool
@@ -262,3 +262,33 @@ async def test_a_cancel_before_the_hop_decided_anything_still_raises() -> None:
     finally:
         server.close()
         await server.wait_closed()
+
+
+@pytest.mark.parametrize("over", [b"552 5.5.3 Too many recipients\r\n",
+                                  b"552 Too many recipients\r\n"])
+async def test_rfc5321_s4_5_3_1_10_a_552_for_too_many_recipients_is_a_limit_not_a_bounce(
+        over: bytes) -> None:
+    """RFC 821 named 552 for too many recipients and hops still send it; RFC 5321
+    §4.5.3.1.10 says to treat it as temporary. Those recipients bounced (a 5xx);
+    they now go in the next transaction like a 452's."""
+    hop = CappedHop(cap=2, over=over)
+    async with running(hop) as port:
+        results = await deliverer(port).deliver(MESSAGE, RCPTS)
+    assert all(isinstance(results[r], Delivered) for r in RCPTS), results
+    assert len(hop.transactions) == 3
+
+
+async def test_552_5_5_3_to_the_first_recipient_is_temporary() -> None:
+    hop = CappedHop(cap=0, over=b"552 5.5.3 Too many recipients\r\n")
+    async with running(hop) as port:
+        results = await deliverer(port).deliver(MESSAGE, RCPTS)
+    assert all(isinstance(results[r], TempFailure) for r in RCPTS), results
+    assert hop.mails == 1
+
+
+async def test_552_mailbox_full_after_an_accepted_recipient_still_bounces() -> None:
+    hop = CappedHop(cap=2, over=b"552 5.2.2 Mailbox full\r\n")
+    async with running(hop) as port:
+        results = await deliverer(port).deliver(MESSAGE, RCPTS)
+    assert [type(results[r]) for r in RCPTS] == [Delivered] * 2 + [PermFailure] * 3
+    assert hop.mails == 1

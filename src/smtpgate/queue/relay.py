@@ -16,8 +16,8 @@ What a reply means, per recipient (STYLE.md §11):
 * the reply to DATA and after the final dot applies to every accepted recipient;
 * losing the connection after the final dot but before its reply is temporary,
   so the message may arrive twice (RFC 1047); SMTP cannot do better;
-* a hop's recipient limit (``452 4.5.3`` after it took a recipient, RFC 5321
-  §4.5.3.1.10) is no failure: the recipients it turned away go in a further
+* a hop's recipient limit (``452 4.5.3``, or RFC 821's ``552``, after it took a
+  recipient, RFC 5321 §4.5.3.1.10) is no failure: the recipients it turned away go in a further
   transaction at once, on the same connection or a new one (`_over_limit`,
   `_MAX_RECONNECTS`).
 
@@ -149,12 +149,23 @@ class _Reconnect(Exception):
 def _over_limit(reply: ServerReply) -> bool:
     """A RCPT reply that means "no more recipients in this transaction", not "not
     this recipient": 452 without an enhanced code or with 4.5.3 (RFC 5321
-    §4.5.3.1.10; RFC 3463 X.5.3 "too many recipients"). ``452 4.3.1`` (our
-    own spool full, RFC 5321 §4.2.2 "insufficient system storage") and the other
-    4.x.x are about the hop, and wait for the retry like any 4xx. The caller asks
-    only after the transaction took a recipient, so the next transaction is sure
-    to make progress."""
-    return reply.code == 452 and reply.enhanced in (None, "4.5.3")
+    §4.5.3.1.10; RFC 3463 X.5.3 "too many recipients"), or the 552 RFC 821 named
+    for it, which the same section says to treat as temporary (552 with 5.5.3,
+    or a bare 552; a 552 with another code, 5.2.2 mailbox full, is about the
+    recipient). ``452 4.3.1`` (the hop's disk full, RFC 5321 §4.2.2 "insufficient
+    system storage") and the other 4.x.x are about the hop, and wait for the retry
+    like any 4xx. The caller asks only after the transaction took a recipient, so
+    the next transaction is sure to make progress."""
+    return reply.code in (452, 552) and reply.enhanced in (None, "4.5.3", "5.5.3")
+
+
+def _rcpt_refused(reply: ServerReply, what: str, *, limit: bool) -> TempFailure | PermFailure:
+    """A refused RCPT's result: by its code, except that a recipient limit is never
+    permanent (RFC 5321 §4.5.3.1.10: a ``552 5.5.3`` is taken as temporary even
+    to the transaction's first recipient, where it leaves nothing to try next)."""
+    if limit or (reply.code == 552 and reply.enhanced == "5.5.3"):
+        return TempFailure(f"{what}: {reply}")
+    return _by_code(reply, what)
 
 
 def _temp(text: str) -> _Abort:
@@ -478,8 +489,10 @@ class RelayDeliverer:
                 continue
             # Kept at once: a relay that hangs up before the rest still refused
             # this one (a 5xx bounces, not retried with the others).
-            results[rcpt] = _by_code(reply, f"{self.where} refused recipient")
-            if accepted and _over_limit(reply):
+            limit = bool(accepted) and _over_limit(reply)
+            results[rcpt] = _rcpt_refused(reply, f"{self.where} refused recipient",
+                                          limit=limit)
+            if limit:
                 left.append(rcpt)
         if not accepted:
             return ()

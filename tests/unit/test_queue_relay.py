@@ -897,3 +897,38 @@ async def test_nul_in_the_body_reaches_the_next_hop_unchanged(lmtp: bool) -> Non
         results = await hop.deliver(message(data=data), ("a@example.net",))
     assert isinstance(results["a@example.net"], Delivered), results
     assert got == [data + b".\r\n"]
+
+
+async def test_multiline_replies_arriving_a_byte_at_a_time_are_read_whole() -> None:
+    """A hop (or a middlebox) that sends its multi-line replies in pieces: each
+    reply is read whole, its last line deciding (checked with a real socket, one
+    octet per write)."""
+    got: list[bytes] = []
+
+    async def dribble(writer: asyncio.StreamWriter, data: bytes) -> None:
+        for i in range(len(data)):
+            writer.write(data[i : i + 1])
+            await writer.drain()
+            await asyncio.sleep(0)
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await dribble(writer, b"220-pieces.test ESMTP\r\n220 welcome\r\n")
+        await reader.readline()  # EHLO
+        await dribble(writer, b"250-pieces.test\r\n250-PIPELINING\r\n250-SIZE 1000000\r\n"
+                              b"250 8BITMIME\r\n")
+        await _lines(reader, 2)  # MAIL and RCPT, pipelined
+        await dribble(writer, b"250-2.1.0 sender\r\n250 2.1.0 ok\r\n250-2.1.5 rcpt\r\n"
+                              b"250 2.1.5 ok\r\n")
+        await reader.readline()  # DATA
+        await dribble(writer, b"354-go\r\n354 ahead\r\n")
+        got.append(await reader.readuntil(b"\r\n.\r\n"))
+        await dribble(writer, b"250-2.0.0 queued\r\n250 2.0.0 as 4711\r\n")
+        await reader.readline()
+        await dribble(writer, b"221 bye\r\n")
+
+    async with scripted(script) as port:
+        results = await relay(port, timeouts=RelayTimeouts(command=5, data=5)).deliver(
+            message(), ("a@example.net",))
+    result = results["a@example.net"]
+    assert isinstance(result, Delivered) and result.detail.endswith("250 2.0.0 queued as 4711")
+    assert len(got) == 1

@@ -326,9 +326,26 @@ async def test_rfc6531_utf8_header_field_to_a_relay_without_smtputf8_bounces() -
     data = "From: jöran@example.se\r\nSubject: hi\r\n\r\nbody\r\n".encode()
     async with aiosmtpd_peer() as peer:
         results = await relay(peer.port).deliver(message(env, data), env.rcpt_to)
-    assert isinstance(results["bob@example.net"], PermFailure)
-    assert "5.6.7" in results["bob@example.net"].reply
+    assert results["bob@example.net"] == PermFailure(
+        f"5.6.7 relay 127.0.0.1:{peer.port} does not support SMTPUTF8")
     assert peer.handler.received == []
+
+
+async def test_a_message_the_hop_announced_it_cannot_take_names_the_hop() -> None:
+    """A bounce for a size over the hop's SIZE said 'exceeds relay limit 200', not
+    which relay (with routes, one of several); it names the hop now."""
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 small.test ESMTP\r\n")
+        await reader.readline()  # EHLO
+        writer.write(b"250-small.test\r\n250 SIZE 20\r\n")
+        await reader.readline()  # QUIT
+        writer.write(b"221 bye\r\n")
+
+    async with scripted(script) as port:
+        results = await relay(port, timeouts=RelayTimeouts(command=5)).deliver(
+            message(), ("a@example.net",))
+    assert results["a@example.net"] == PermFailure(
+        f"5.3.4 relay 127.0.0.1:{port}: message size {len(DATA)} exceeds its limit 20")
 
 
 async def test_8bit_body_is_announced() -> None:

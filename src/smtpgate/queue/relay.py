@@ -400,7 +400,8 @@ class RelayDeliverer:
             ext = await self._starttls(link, ext)
         if self._pins and not link.conn.tls:
             # A pin means "this relay and no other": never fall back to clear.
-            raise _temp("4.7.0 relay_tls_pins is set but the session is not TLS")
+            raise _temp(f"4.7.0 {self.where}: relay_tls_pins is set but the session is "
+                        "not TLS")
         authenticated = False
         if self._token_auth is not None:
             await self._authenticate_with_tokens(link, ext, self._token_auth)
@@ -413,7 +414,7 @@ class RelayDeliverer:
             await self._authenticate(link, ext, mech)
             authenticated = True
 
-        params = self._mail_params(message, ext, authenticated)
+        params = self._mail_params(message, ext, authenticated, self.where)
         batch, follow_up = recipients, False
         while batch:
             left = await self._transaction(link, message, batch, params, ext, results,
@@ -599,7 +600,8 @@ class RelayDeliverer:
         # Both are ours to fix, like a refused AUTH: one WARNING record each.
         if not link.conn.tls and self._tls_mode != "none":
             raise _Abort(TempFailure(
-                f"4.7.0 not sending {name} credentials to {self.host} without TLS"), warn=True)
+                f"4.7.0 not sending {name} credentials to {self.where} without TLS"),
+                warn=True)
         if name not in ext.auth_mechanisms:
             raise _Abort(TempFailure(f"4.7.0 {self.where} does not offer AUTH {name}"),
                          warn=True)
@@ -651,15 +653,18 @@ class RelayDeliverer:
             raise _Abort(TempFailure(f"4.7.0 relay AUTH not possible: {e}"), warn=True) from None
 
     @staticmethod
-    def _mail_params(message: QueuedMessage, ext: Extensions, authenticated: bool) -> list[str]:
+    def _mail_params(message: QueuedMessage, ext: Extensions, authenticated: bool,
+                     where: str) -> list[str]:
+        """MAIL's parameters for this hop (``where``, named in a refusal: with routes
+        the bounce says which hop cannot take the message)."""
         env = message.envelope
         params: list[str] = []
         size = len(message.data)
         if ext.size is not None:
             if ext.size and size > ext.size:
                 # RFC 1870 §6.1: the relay has told us it will refuse this.
-                raise _Abort(PermFailure(f"5.3.4 message size {size} exceeds relay limit "
-                                         f"{ext.size}"))
+                raise _Abort(PermFailure(f"5.3.4 {where}: message size {size} exceeds its "
+                                         f"limit {ext.size}"))
             params.append(f"SIZE={size}")
         if env.body_binary:
             # RFC 3030 §3: binary content goes only to a hop that offers BINARYMIME,
@@ -673,7 +678,8 @@ class RelayDeliverer:
             if not ext.eightbitmime:
                 # RFC 6152 §3: no 8-bit data to a server without 8BITMIME; we do
                 # not downgrade, so the message is undeliverable this way.
-                raise _Abort(PermFailure("5.6.3 relay does not accept 8-bit data (8BITMIME)"))
+                raise _Abort(PermFailure(f"5.6.3 {where} does not accept 8-bit data "
+                                         "(8BITMIME)"))
             params.append("BODY=8BITMIME")
         elif ext.eightbitmime and not message.data.isascii():
             # 8-bit data its client sent without BODY=8BITMIME: declared to a hop
@@ -685,7 +691,7 @@ class RelayDeliverer:
                 params.append("SMTPUTF8")
             elif _needs_smtputf8(message):
                 # RFC 6531 §3.2: without SMTPUTF8 at the next hop we cannot proceed.
-                raise _Abort(PermFailure("5.6.7 relay does not support SMTPUTF8"))
+                raise _Abort(PermFailure(f"5.6.7 {where} does not support SMTPUTF8"))
             # Else asked for but not needed (Go's net/smtp and Jakarta Mail ask on
             # every message): nothing in it is internationalized, so it goes as
             # plain ESMTP, as Postfix sends it.

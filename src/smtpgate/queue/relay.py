@@ -410,7 +410,8 @@ class RelayDeliverer:
             try:
                 mech = self._auth(_binding(link.conn))
             except (OSError, ValueError) as e:  # an unreadable token file, no binding data
-                raise _Abort(TempFailure(f"4.7.0 relay AUTH not possible: {e}"), warn=True) from None
+                raise _Abort(TempFailure(f"4.7.0 {self.where}: AUTH not possible: {e}"),
+                         warn=True) from None
             await self._authenticate(link, ext, mech)
             authenticated = True
 
@@ -636,21 +637,21 @@ class RelayDeliverer:
         if not result.ok:
             raise self._refused(result)
 
-    @staticmethod
-    async def _token(fetch: Awaitable[str]) -> str:
+    async def _token(self, fetch: Awaitable[str]) -> str:
         """No token is ours to fix (endpoint, client registration): deferred, with
         one WARNING record naming the key and the URL."""
         try:
             return await fetch
         except TokenUnavailable as e:
-            raise _Abort(TempFailure(f"4.7.0 relay AUTH not possible: {e}"), warn=True) from None
+            raise _Abort(TempFailure(f"4.7.0 {self.where}: AUTH not possible: {e}"),
+                         warn=True) from None
 
-    @staticmethod
-    def _token_mechanism(auth: TokenAuth, token: str) -> ClientMechanism:
+    def _token_mechanism(self, auth: TokenAuth, token: str) -> ClientMechanism:
         try:
             return create_client_mechanism(auth.mechanism, username=auth.user, token=token)
         except ValueError as e:  # a user name XOAUTH2 cannot carry
-            raise _Abort(TempFailure(f"4.7.0 relay AUTH not possible: {e}"), warn=True) from None
+            raise _Abort(TempFailure(f"4.7.0 {self.where}: AUTH not possible: {e}"),
+                         warn=True) from None
 
     @staticmethod
     def _mail_params(message: QueuedMessage, ext: Extensions, authenticated: bool,

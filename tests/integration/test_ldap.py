@@ -347,6 +347,28 @@ def test_ldap_injection_in_the_login_name_never_logs_in(
     assert login(srv, ALICE, ALICE_PW) == (235, b"")  # alice herself is unaffected
 
 
+def test_an_idn_address_in_the_directory_logs_in_by_either_spelling(
+    slapd: Slapd, tmp_path: Path
+) -> None:
+    """LDAP's mail is an IA5String, so a directory holds an internationalised
+    domain as its A-label; the name is searched in both spellings (auth/names.py:
+    the canonical one is the U-label spelling), so neither logs in as no one."""
+    srv, setup, _ = _server(tmp_path / "srv")
+    setup.add_user(srv, "idn@xn--bcher-kva.example", "idn directory password")
+    srv.start()
+    try:
+        for name in ("idn@xn--bcher-kva.example", "idn@bücher.example"):
+            r = connect(srv, "127.0.0.1")  # smtplib sends an ASCII AUTH PLAIN only
+            try:
+                plain = f"\0{name}\0idn directory password".encode()
+                reply = r.cmd(f"AUTH PLAIN {base64.b64encode(plain).decode()}")
+                assert reply.startswith("235"), (name, reply)
+            finally:
+                r.close()
+    finally:
+        srv.stop()
+
+
 def test_the_guard_refuses_before_any_bind_reaches_the_directory(
     slapd: Slapd, tmp_path: Path,
 ) -> None:

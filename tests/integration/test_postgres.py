@@ -444,3 +444,39 @@ def test_db_backup_copies_the_guard_database_and_points_to_pg_dump(pg_server: Se
     assert "account database: on the PostgreSQL server" in out.stdout and "pg_dump" in out.stdout
     assert len(list(pg_server.root.glob("guard.sqlite.bak-*"))) == 1
     assert not list(pg_server.root.glob("accounts.sqlite.bak-*"))
+
+
+def test_db_migrate_renames_a_labels_to_the_one_spelling(
+    pg_server: Server, cluster: PostgresCluster
+) -> None:
+    """v4 (auth/names.py): an account, alias and granted domain stored with A-labels
+    get their U-label spelling, the rows naming the account following; where both
+    spellings were two accounts, both stay."""
+    import psycopg
+
+    from smtpgate.auth.postgres_schema import MIGRATIONS
+    from tests.postgres_server import ROLE_PASSWORD
+
+    dsn = re.search(r'dsn = "([^"]+)"', pg_server.config.read_text())
+    assert dsn is not None
+    with psycopg.connect(dsn.group(1), password=ROLE_PASSWORD) as c:
+        c.execute("CREATE TABLE schema_version (version integer PRIMARY KEY, "
+                  "applied timestamptz NOT NULL)")
+        for version in range(3):  # as v3 left it
+            for statement in MIGRATIONS[version]:
+                c.execute(statement)
+            c.execute("INSERT INTO schema_version VALUES (%s, now())", (version + 1,))
+        for name in ("user@xn--bcher-kva.example", "twin@xn--bcher-kva.example",
+                     "twin@bücher.example"):
+            c.execute("INSERT INTO accounts (name, created, updated) VALUES (%s, now(), now())",
+                      (name,))
+        c.execute("INSERT INTO aliases VALUES ('info@xn--bcher-kva.example', "
+                  "'user@xn--bcher-kva.example', now())")
+        c.execute("INSERT INTO granted_domains VALUES ('user@xn--bcher-kva.example', "
+                  "'xn--mnchen-3ya.example', now())")
+    assert "migrated" in pg_server.cli("db", "migrate").stdout
+    listed = pg_server.cli("user", "list").stdout
+    assert "user@bücher.example" in listed and "user@xn--" not in listed
+    assert "twin@bücher.example" in listed and "twin@xn--bcher-kva.example" in listed
+    shown = pg_server.cli("user", "show", "user@xn--bcher-kva.example").stdout
+    assert "info@bücher.example" in shown and "münchen.example" in shown

@@ -54,7 +54,12 @@ from ldap3 import BASE, NONE, SIMPLE, SUBTREE, Connection, Server, Tls
 from ldap3.core.exceptions import LDAPException
 
 from smtpgate.auth.directory import StoreUnavailable
-from smtpgate.auth.names import InvalidAccountName, canonical_name, lookup_key
+from smtpgate.auth.names import (
+    InvalidAccountName,
+    a_label_spelling,
+    canonical_name,
+    lookup_key,
+)
 from smtpgate.config import LdapConfig
 
 log = logging.getLogger("smtpgate.auth.ldap")
@@ -169,6 +174,11 @@ def read_password_file(path: Path) -> str:
         OSError: it cannot be read.
     """
     return path.read_text(encoding="utf-8").splitlines()[0] if path.stat().st_size else ""
+
+
+def _parenthesised(flt: str) -> str:
+    """A filter as an item of an ``(|...)`` (ldap3 also takes one without parentheses)."""
+    return flt if flt.startswith("(") else f"({flt})"
 
 
 #: Longest plain (non-address) login searched for; AD's sAMAccountName has 20 at most.
@@ -329,6 +339,12 @@ class LdapDirectory:
             return None
         cfg = self._cfg
         flt = cfg.user_filter.replace("{login}", escape_filter_value(key))
+        if "@" in key and not key.rpartition("@")[2].isascii():
+            # An internationalised domain is searched in both spellings (auth/names.py):
+            # a directory may hold either; _is_login compares canonical spellings.
+            other = cfg.user_filter.replace(
+                "{login}", escape_filter_value(a_label_spelling(key)))
+            flt = f"(|{_parenthesised(flt)}{_parenthesised(other)})"
 
         def search(conn: Connection) -> DirectoryEntry | None:
             ok = conn.search(

@@ -4,6 +4,15 @@ The domain is case-insensitive (RFC 5321 §2.4) so it is lower-cased; the local
 part "MUST be treated as case sensitive" by the receiving host (same section),
 so it is kept exactly as given. Two spellings that differ only in the domain's
 case therefore name one account, and ``Bob@x`` and ``bob@x`` name two.
+
+An internationalised domain has two spellings, its U-labels (``bücher.example``)
+and its A-labels (``xn--bcher-kva.example``, RFC 5890 §2.3.2.1), and they are
+one domain: DNS sees only the A-label, and a client without SMTPUTF8 can only
+send that (RFC 6531 §3.2). The canonical spelling is the U-label one, in
+Unicode NFC (what an administrator types and reads; RFC 5891 §5.3 maps input to
+NFC): ``user@xn--bcher-kva.example`` and ``user@bücher.example`` are one
+account, stored once. Databases from before this rule are brought to it when
+they are upgraded (``auth/store.py`` v5, ``auth/postgres_schema.py`` v4).
 """
 
 from __future__ import annotations
@@ -39,8 +48,79 @@ def canonical_name(name: str) -> str:
         raise InvalidAccountName(f"{name!r} is not an address of the form local@domain")
     _check_local(local)
     domain = domain.lower()
+    if not domain.isascii():
+        domain = unicodedata.normalize("NFC", domain)
     _check_domain(domain)
-    return f"{local}@{domain}"
+    return f"{local}@{unified_domain(domain)}"
+
+
+def unified_domain(domain: str) -> str:
+    """``domain`` (valid, lower case, NFC) in its one spelling: each A-label whose
+    U-label is a valid label of ours written as that U-label.
+
+    ASCII without an A-label (nearly every domain) comes back as it is, at the
+    cost of one scan."""
+    if domain.isascii() and "xn--" not in domain:
+        return domain
+    labels = u_labels(domain).split(".")
+    for i, label in enumerate(labels):
+        # A U-label we would refuse typed as such (a symbol, an emoji) stays an A-label.
+        if not label.isascii() and not _good_label(label):
+            labels[i] = "xn--" + label.encode("punycode").decode("ascii")
+    return ".".join(labels)
+
+
+@functools.lru_cache(maxsize=256)
+def u_labels(domain: str) -> str:
+    """``domain`` (lower case) with each A-label (``xn--`` and Punycode, RFC 3492)
+    as its U-label. A label that is not the exact Punycode encoding of its
+    decoding stays as it is, so no two spellings map to one domain unless DNS sees
+    them as one."""
+    labels = domain.split(".")
+    for i, label in enumerate(labels):
+        if label.startswith("xn--"):
+            try:
+                decoded = label[4:].encode("ascii").decode("punycode")
+                if decoded.encode("punycode").decode("ascii") == label[4:] and not decoded.isascii():
+                    labels[i] = decoded
+            except (UnicodeError, ValueError):
+                pass
+    return ".".join(labels)
+
+
+def a_label_spelling(name: str) -> str:
+    """A canonical ``local@domain`` with each non-ASCII label of its domain as its
+    A-label: how a directory that holds only ASCII (LDAP's ``mail`` is an
+    IA5String) stores it."""
+    local, _, domain = name.rpartition("@")
+    labels = [
+        label if label.isascii() else "xn--" + label.encode("punycode").decode("ascii")
+        for label in domain.split(".")
+    ]
+    return f"{local}@{'.'.join(labels)}"
+
+
+def _good_label(label: str) -> bool:
+    return (
+        bool(label) and len(label.encode("utf-8")) <= MAX_LABEL_OCTETS
+        and all(c == "-" or c.isalnum() for c in label)
+        and not label.startswith("-") and not label.endswith("-")
+        and label == label.lower() and unicodedata.is_normalized("NFC", label)
+    )
+
+
+def unified_spelling(stored: str) -> str:
+    """A stored account name, alias (``local@domain``) or granted domain with its
+    domain in the one spelling (``unified_domain``), the rest as it is; what the
+    schema upgrades rename rows written before the rule to. Something that is
+    not a valid domain comes back unchanged."""
+    local, at, domain = stored.rpartition("@")
+    domain = unicodedata.normalize("NFC", domain.lower())
+    try:
+        _check_domain(domain)
+    except InvalidAccountName:
+        return stored
+    return f"{local}{at}{unified_domain(domain)}"
 
 
 def lookup_key(name: str) -> str:

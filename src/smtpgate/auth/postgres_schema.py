@@ -22,6 +22,7 @@ from psycopg import conninfo, pq
 from psycopg.rows import dict_row
 
 from smtpgate.auth.directory import StoreUnavailable
+from smtpgate.auth.names import unified_spelling
 from smtpgate.auth.sqlite_file import NewerSchema
 from smtpgate.config import PostgresConfig
 
@@ -153,8 +154,49 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             created timestamptz NOT NULL
         )""",
     ),
+    # One spelling per internationalised domain (auth/names.py): rows renamed by
+    # ``_unify_idn_spellings``, below, as SQL cannot decode Punycode.
+    (),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+
+#: (table, column, its primary key's columns): what ``_unify_idn_spellings`` renames.
+_SPELLED = (
+    ("accounts", "name", ("name",)),
+    ("aliases", "address", ("address",)),
+    ("granted_domains", "domain", ("account", "domain")),
+)
+
+
+def _unify_idn_spellings(c: psycopg.Connection[Row]) -> None:
+    """Migration 4 (the SQLite file's 5, ``auth/store.py``): a name, alias or granted domain stored
+    with A-labels is renamed to its U-labels (the rows naming an account follow,
+    ON UPDATE CASCADE). Where the other spelling is stored too, both stay
+    (docs/accounts.md). Only rows holding ``xn--`` or a non-ASCII character are read."""
+    for table, column, key in _SPELLED:
+        cols = ", ".join(key)
+        rows = c.execute(
+            f"SELECT {cols} FROM {table} WHERE {column} LIKE '%%xn--%%' "
+            f"OR {column} ~ '[^\x01-\x7f]'"
+        ).fetchall()
+        for row in rows:
+            old = row[column]
+            new = unified_spelling(old)
+            if new == old:
+                continue
+            where = " AND ".join(f"{k} = %({k})s" for k in key)
+            clash = " AND ".join(
+                f"{k} = %(new)s" if k == column else f"{k} = %({k})s" for k in key
+            )
+            c.execute(
+                f"UPDATE {table} SET {column} = %(new)s WHERE {where} "
+                f"AND NOT EXISTS (SELECT 1 FROM {table} WHERE {clash})",
+                {**row, "new": new},
+            )
+
+
+#: Steps in Python run after a version's statements, in the same transaction.
+_DATA_STEPS: dict[int, Callable[[psycopg.Connection[Row]], None]] = {4: _unify_idn_spellings}
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -313,6 +355,8 @@ def migrate(
                 for version in range(current + 1, SCHEMA_VERSION + 1):
                     for statement in MIGRATIONS[version - 1]:
                         c.execute(statement)
+                    if (step := _DATA_STEPS.get(version)) is not None:
+                        step(c)
                     c.execute(
                         "INSERT INTO schema_version (version, applied) VALUES (%s, %s)",
                         (version, clock()),

@@ -12,10 +12,11 @@ forms (RFC 5890 §2.3.2.1): a client without SMTPUTF8 can only send the A-label
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
-from smtpgate.auth.names import InvalidAccountName, canonical_name
+from smtpgate.auth.names import InvalidAccountName, canonical_name, u_labels
+
+__all__ = ["SenderProfile", "u_labels"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,21 +51,3 @@ class SenderProfile:
 def _u_address(address: str) -> str:
     local, _, domain = address.rpartition("@")
     return f"{local}@{u_labels(domain)}"
-
-
-@functools.lru_cache(maxsize=256)
-def u_labels(domain: str) -> str:
-    """``domain`` (lower case) with each A-label (``xn--`` and Punycode, RFC 3492)
-    as its U-label. A label that is not the exact Punycode encoding of its
-    decoding stays as it is, so no two spellings map to one domain unless DNS sees
-    them as one."""
-    labels = domain.split(".")
-    for i, label in enumerate(labels):
-        if label.startswith("xn--"):
-            try:
-                decoded = label[4:].encode("ascii").decode("punycode")
-                if decoded.encode("punycode").decode("ascii") == label[4:] and not decoded.isascii():
-                    labels[i] = decoded
-            except (UnicodeError, ValueError):
-                pass
-    return ".".join(labels)

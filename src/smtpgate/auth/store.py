@@ -69,7 +69,7 @@ from smtpgate.auth.directory import (
     StoreUnavailable,
 )
 from smtpgate.auth.legacy_hashes import LEGACY
-from smtpgate.auth.names import lookup_key
+from smtpgate.auth.names import lookup_key, unified_spelling
 from smtpgate.auth.passwords import PasswordHasher, StoredHashError
 from smtpgate.auth.sqlite_file import NewerSchema, ThreadLocalSqlite
 from smtpgate.config import AccountsConfig
@@ -104,6 +104,9 @@ _TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 class SchemaTooNew(StoreUnavailable, NewerSchema):
     """The database was written by a newer smtpgate; it is left untouched."""
 
+
+#: The SQL function (``unified_spelling``) each connection has, for migration 5.
+_UNIFIED = "smtpgate_unified_spelling"
 
 # Each migration is a list of statements run in one transaction; its version is
 # its index + 1. Never edit a released migration: append a new one.
@@ -205,6 +208,16 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             totp_secret TEXT NOT NULL,
             created TEXT NOT NULL
         )""",
+    ),
+    (
+        # One spelling per internationalised domain (auth/names.py): a name, alias
+        # or granted domain stored with A-labels (user@xn--bcher-kva.example) is
+        # renamed to its U-labels, the rows that name it following (ON UPDATE
+        # CASCADE). Where both spellings were stored as two rows, OR IGNORE keeps
+        # both; docs/accounts.md says how to find and merge them.
+        f"UPDATE OR IGNORE accounts SET name = {_UNIFIED}(name) WHERE name <> {_UNIFIED}(name)",
+        f"UPDATE OR IGNORE aliases SET address = {_UNIFIED}(address) WHERE address <> {_UNIFIED}(address)",
+        f"UPDATE OR IGNORE granted_domains SET domain = {_UNIFIED}(domain) WHERE domain <> {_UNIFIED}(domain)",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -783,6 +796,7 @@ class SqliteAccountStore(ThreadLocalSqlite):
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute("PRAGMA synchronous = FULL")
+        conn.create_function(_UNIFIED, 1, unified_spelling, deterministic=True)
 
     @contextmanager
     def _tx(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:

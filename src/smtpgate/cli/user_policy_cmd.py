@@ -26,7 +26,7 @@ from smtpgate.admin import (
 )
 from smtpgate.auth.admin_store import AccountExists, AliasTaken
 from smtpgate.auth.directory import Account
-from smtpgate.auth.names import InvalidAccountName
+from smtpgate.auth.names import InvalidAccountName, canonical_name
 from smtpgate.cli.common import (
     USER,
     NotFound,
@@ -64,12 +64,12 @@ def alias_add(user: str, address: str, config_path: Path | None) -> None:
     """Let USER send as ADDRESS (MAIL FROM and From header)."""
     with admin_service(get_config(config_path)) as admin:
         try:
-            admin.add_alias(user, address)
+            added = admin.add_alias(user, address)
         except InvalidAccountName as e:
             raise click.BadParameter(str(e), param_hint="ADDRESS") from None
         except AliasTaken as e:
             raise OperationalError(str(e), "'smtpgate user show' lists an account's aliases") from None
-    click.echo(f"{user} may now send as {address}")
+    click.echo(f"{user} may {'now' if added else 'already'} send as {canonical_name(address)}")
 
 
 @alias.command("del")

@@ -1433,7 +1433,9 @@ class ServerConfig(Model):
         default=None,
         description="File where `serve` writes its process id, for `smtpgate reload` (and "
         "removes on exit). Default: smtpgate.pid in the directory of accounts.database (the "
-        "state directory). Changing it needs a restart.",
+        "state directory), where it was at start-up: a reload that moves accounts.database leaves "
+        "it there until a restart (`reload` and `status` find the server by its config file "
+        "meanwhile). Changing it needs a restart.",
     )
     log_file: Path | None = Field(
         default=None,

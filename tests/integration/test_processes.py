@@ -7,6 +7,7 @@ the delivery process), unless a test is about ``workers = 1``.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import resource
@@ -345,6 +346,40 @@ def test_reload_command_finds_the_server_and_says_when_none_runs(tmp_path: Path)
     (srv.root / "smtpgate.pid").write_text(f"{_dead_pid()}\n")
     stale = srv.cli("reload", check=False)
     assert stale.returncode == 3 and "not running" in stale.stderr
+
+
+def test_reload_and_status_find_the_server_after_accounts_database_moved(
+    tmp_path: Path,
+) -> None:
+    """The default pid file is beside accounts.database, which a reload may move: the
+    server keeps its pid file where it started, and `reload`/`status`, reading the
+    edited config, found no pid file in the new directory and said "not running"."""
+    srv = make_server(tmp_path / "srv")
+    srv.add_user(USER, PASSWORD)
+    srv.start()
+    wait_for_log(srv, "started")
+    assert srv.proc is not None
+    moved = srv.root / "moved"
+    moved.mkdir()
+    with sqlite3.connect(srv.root / "accounts.sqlite") as old, \
+            sqlite3.connect(moved / "accounts.sqlite") as new:
+        old.backup(new)
+    srv.config.write_text(srv.config.read_text().replace(
+        'database = "accounts.sqlite"', 'database = "moved/accounts.sqlite"', 1))
+    done = srv.cli("reload", check=False)
+    assert done.returncode == 0, done.stderr
+    assert f"asked smtpgate (pid {srv.proc.pid}) to reload" in done.stdout
+    assert "note: no pid file" in done.stderr and "until it restarts" in done.stderr
+    wait_for_log(srv, "reload complete in every process")
+    status = srv.cli("status", "--json", check=False)
+    doc = json.loads(status.stdout)
+    assert doc["server"]["running"] is True and doc["server"]["pid"] == srv.proc.pid
+    assert "until it restarts" in doc["server"]["why"]
+    assert srv.cli("reload", check=False).returncode == 0  # and again
+    assert srv.stop() == 0
+    assert not (srv.root / "smtpgate.pid").exists()
+    none = srv.cli("reload", check=False)
+    assert none.returncode == 3 and "no pid file" in none.stderr
 
 
 def _dead_pid() -> int:

@@ -26,7 +26,8 @@ EXIT_NOT_RUNNING = 3
 )
 def reload(config_path: Path | None, logs_only: bool) -> None:
     """Tell the running server to reload its certificate and config (SIGHUP)."""
-    from smtpgate.server.pidfile import NotRunning, pid_path, running_pid
+    from smtpgate.cli.common import config_file
+    from smtpgate.server.pidfile import NotRunning, find_running, pid_path
 
     try:
         cfg = get_config(config_path)
@@ -37,10 +38,13 @@ def reload(config_path: Path | None, logs_only: bool) -> None:
         raise
     path = pid_path(cfg)
     try:
-        pid = running_pid(path)
+        found = find_running(path, config_file(config_path))
     except NotRunning as e:
         click.echo(f"error: {e}", err=True)
         raise SystemExit(EXIT_NOT_RUNNING) from None
+    pid = found.pid
+    if not found.at_pid_file:
+        click.echo(moved_note(path, pid), err=True)
     sig = signal.SIGUSR1 if logs_only else signal.SIGHUP
     try:
         os.kill(pid, sig)
@@ -53,6 +57,13 @@ def reload(config_path: Path | None, logs_only: bool) -> None:
         raise SystemExit(1) from None
     what = "reopen its log files" if logs_only else "reload"
     click.echo(f"asked smtpgate (pid {pid}) to {what}; the server log says how it went")
+
+
+def moved_note(path: Path, pid: int) -> str:
+    """What ``reload`` and ``status`` say when the server was found by its config file."""
+    return (f"note: no pid file {path}; smtpgate serve (pid {pid}) runs with this config "
+            "file: it keeps its pid and status files where the config named them when it "
+            "started (accounts.database or server.pid_file changed since) until it restarts")
 
 
 COMMANDS = [reload]

@@ -21,22 +21,38 @@ from typing import Any
 import click
 from cryptography import x509
 
-from smtpgate.cli.common import ExitCode, admin_service, config_option, get_config, iso_time
+from smtpgate.cli.common import (
+    ExitCode,
+    admin_service,
+    config_file,
+    config_option,
+    get_config,
+    iso_time,
+)
+from smtpgate.cli.reload_cmd import moved_note
 from smtpgate.config import Config
 from smtpgate.queue.manage import QueueManager
 from smtpgate.queue.space import free_bytes
 from smtpgate.queue.spool import Spool, SpoolError
 from smtpgate.server import status_file
-from smtpgate.server.pidfile import NotRunning, pid_path, running_pid
+from smtpgate.server.pidfile import NotRunning, find_running, pid_path
 from smtpgate.smtp import replies as R
 
 
-def _server(cfg: Config) -> tuple[dict[str, Any], int]:
+def _server(cfg: Config, config: Path | None) -> tuple[dict[str, Any], int]:
+    path = pid_path(cfg)
     try:
-        pid = running_pid(pid_path(cfg))
+        found = find_running(path, config)
     except NotRunning as e:
         return {"running": False, "why": str(e)}, ExitCode.NOT_FOUND
+    pid = found.pid
     out: dict[str, Any] = {"running": True, "pid": pid}
+    if not found.at_pid_file:
+        # Its status file is beside the pid file it started with, which this config
+        # no longer names: running, its state unknown here (exit 1, as stale).
+        out["stale"] = True
+        out["why"] = moved_note(path, pid).removeprefix("note: ")
+        return out, ExitCode.ERROR
     try:
         doc = status_file.read(status_file.status_path(cfg))
     except (OSError, ValueError) as e:
@@ -193,7 +209,7 @@ def _iso_times(doc: dict[str, Any]) -> dict[str, Any]:
 def status(as_json: bool, config_path: Path | None) -> None:
     """Listeners, processes, sessions, queue, guard and certificate expiry."""
     cfg = get_config(config_path)
-    server, code = _server(cfg)
+    server, code = _server(cfg, config_file(config_path))
     doc = {"server": server, "queue": _queue(cfg), "guard": _guard(cfg),
            "certificate": _certificate(cfg)}
     if as_json:

@@ -5,18 +5,42 @@
 that fails to bind never overwrites it, and removes it when it stops. The
 default is ``smtpgate.pid`` beside the account database: the state directory,
 which the server can always write.
+
+Where the file is is decided once, at start-up: a reload that moves
+``accounts.database`` (or edits ``server.pid_file``, which needs a restart) leaves
+the pid file, the status file beside it and the metrics directory where they
+were until the server restarts. The commands that look for the server
+(``reload``, ``status``) read the config as it is now, so when the file is not
+where that config names it they look for the ``smtpgate serve`` started with the
+same config file among the running processes (``find_running``), as ``pgrep``
+would, before saying that none runs.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from smtpgate.config import Config
 
 
 class NotRunning(Exception):
-    """No running server was found; the message says why, in plain words."""
+    """No running server was found; the message says why, in plain words.
+    ``missing``: there was no pid file at all (the case ``find_running`` looks further)."""
+
+    def __init__(self, message: str, *, missing: bool = False) -> None:
+        super().__init__(message)
+        self.missing = missing
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """A running server: its pid, and whether its pid file is where the config names
+    it (False: found by its config file among the processes, ``find_running``)."""
+
+    pid: int
+    at_pid_file: bool = True
 
 
 def pid_path(cfg: Config) -> Path:
@@ -77,7 +101,8 @@ def running_pid(path: Path) -> int:
     try:
         text = path.read_text().strip()
     except FileNotFoundError:
-        raise NotRunning(f"no pid file {path}: is smtpgate serve running with this config?") from None
+        raise NotRunning(f"no pid file {path}: is smtpgate serve running with this config?",
+                         missing=True) from None
     except OSError as e:
         raise NotRunning(f"cannot read the pid file {path}: {e.strerror or e}") from None
     if not text.isdigit() or int(text) <= 1:
@@ -96,3 +121,86 @@ def running_pid(path: Path) -> int:
     if b"smtpgate" not in cmdline:
         raise NotRunning(f"smtpgate is not running (stale pid file {path}: process {pid} is another program)")
     return pid
+
+
+def find_running(path: Path, config_file: Path | None) -> Found:
+    """The server named by the pid file ``path``; if there is no such file, the one
+    ``smtpgate serve`` process (the supervisor, not its workers) started with
+    ``config_file``, the config having moved the pid file since it started.
+
+    Raises:
+        NotRunning: neither (the pid file's message), or several such processes.
+    """
+    try:
+        return Found(running_pid(path))
+    except NotRunning as e:
+        if not e.missing or config_file is None:
+            raise
+        pids = serving(config_file)
+        if not pids:
+            raise
+        if len(pids) > 1:
+            raise NotRunning(
+                f"no pid file {path}, and several smtpgate serve processes run with "
+                f"{config_file}: {', '.join(map(str, pids))}") from None
+        return Found(pids[0], at_pid_file=False)
+
+
+def serving(config_file: Path) -> list[int]:
+    """The pids of the ``smtpgate serve`` processes whose config file is
+    ``config_file`` (``--config``, else ``SMTPGATE_CONFIG`` in their environment),
+    parents only: a worker forked by one is not listed. Processes this user may not
+    look into (another user's, without root) are not seen: nor could they be signalled."""
+    try:
+        target = config_file.resolve()
+        entries = [d for d in Path("/proc").iterdir() if d.name.isdigit()]
+    except OSError:
+        return []
+    found: dict[int, int] = {}  # pid: parent pid
+    for d in entries:
+        pid = int(d.name)
+        if pid == os.getpid():
+            continue
+        try:
+            argv = [os.fsdecode(a) for a in (d / "cmdline").read_bytes().split(b"\0")[:-1]]
+            if not _is_serve(argv):
+                continue
+            given = _config_arg(argv) or _environ(d).get("SMTPGATE_CONFIG")
+            if not given:
+                continue
+            where = Path(given)
+            if not where.is_absolute():
+                where = Path(os.readlink(d / "cwd")) / where
+            if where.resolve() != target:
+                continue
+            stat = (d / "stat").read_text()
+            found[pid] = int(stat[stat.rindex(")") + 2:].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # gone, or not ours to read
+    return sorted(pid for pid, parent in found.items() if parent not in found)
+
+
+def _is_serve(argv: list[str]) -> bool:
+    """``.../smtpgate serve ...`` or ``python -m smtpgate serve ...``."""
+    if "serve" not in argv:
+        return False
+    before = argv[: argv.index("serve")]
+    return any(Path(a).name == "smtpgate" or a == "smtpgate.cli.main" for a in before)
+
+
+def _config_arg(argv: list[str]) -> str | None:
+    for i, a in enumerate(argv):
+        if a == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--config="):
+            return a.removeprefix("--config=")
+    return None
+
+
+def _environ(d: Path) -> dict[str, str]:
+    out = {}
+    for item in (d / "environ").read_bytes().split(b"\0"):
+        k, eq, v = os.fsdecode(item).partition("=")
+        if eq:
+            out[k] = v
+    return out

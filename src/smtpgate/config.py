@@ -205,6 +205,11 @@ class ListenerConfig(Model):
                 raise ValueError(f"not a network: {item!r}") from None
         return v
 
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, v: str) -> str:
+        return _label(v)
+
     @model_validator(mode="after")
     def _check_client_certificates(self) -> ListenerConfig:
         if self.client_certificates is not None and self.client_ca is None:
@@ -216,6 +221,18 @@ class ListenerConfig(Model):
     @property
     def host_port(self) -> tuple[str, int]:
         return _parse_hostport(self.address)
+
+
+def _label(v: str) -> str:
+    """A listener's or front door's name: what the logs, the auth log, the metrics'
+    ``listener`` label and ``user access --listener`` call it. An empty one (or blank,
+    or holding a control character) would name it as nothing in each of them."""
+    if not v.strip():
+        raise ValueError("a name is needed (it labels the logs, the auth log and the "
+                         "metrics, and `user access --listener` names it), e.g. 'submission'")
+    if any(not c.isprintable() for c in v):
+        raise ValueError(f"{v!r} holds a control character")
+    return v
 
 
 def _parse_socket_address(value: str) -> tuple[str, int] | Path:
@@ -283,6 +300,11 @@ class AuthListenerConfig(Model):
     def _check_address(cls, v: str) -> str:
         _parse_socket_address(v)
         return v
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, v: str | None) -> str | None:
+        return None if v is None else _label(v)
 
     @field_validator("mode")
     @classmethod
@@ -891,7 +913,8 @@ class GuardConfig(Model):
         "recent failure; doubles with each further failure (Dovecot's auth penalty).",
     )
     penalty_max: float = Field(
-        default=4.0, ge=0, description="Cap of the penalty delay, in seconds."
+        default=4.0, ge=0, description="Cap of the penalty delay, in seconds; not below "
+        "penalty_base, or 0: no delay."
     )
     penalty_window: float = Field(
         default=900.0,
@@ -976,6 +999,19 @@ class GuardConfig(Model):
                 ipaddress.ip_network(net, strict=False)
             except ValueError as e:
                 raise ValueError(f"{net!r} is not a network: {e}") from None
+        return v
+
+    @field_validator("penalty_max")
+    @classmethod
+    def _check_penalty_max(cls, v: float, info: ValidationInfo) -> float:
+        """A cap below the first delay makes penalty_base mean nothing: every delay,
+        the first included, would be penalty_max. 0 is "no delay" (configs written
+        before this check turned the delay off so; they still start)."""
+        base = info.data.get("penalty_base")
+        if isinstance(base, float | int) and 0 < v < base:
+            raise ValueError(f"{v} is below penalty_base ({base}), so every delay would be "
+                             f"{v} s whatever penalty_base says; raise penalty_max to "
+                             "penalty_base or more, or set it to 0 for no delay")
         return v
 
 

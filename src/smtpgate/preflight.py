@@ -520,7 +520,9 @@ def _no_way_to_log_in(cfg: Config, i: int, lst: ListenerConfig) -> list[Problem]
 
 def check_front_doors(cfg: Config) -> list[Problem]:
     """Each unix socket of ``[[auth_listeners]]`` can be made where ``serve`` binds it:
-    its directory exists and can be written in, its ``user`` and ``group`` exist."""
+    its directory exists and can be written in, its ``user`` and ``group`` exist; a
+    socket every user may connect to (``mode`` with the others' write bit) is a
+    warning: a password oracle for every local account, but a choice, not a fault."""
     import grp
     import pwd
 
@@ -530,6 +532,12 @@ def check_front_doors(cfg: Config) -> list[Problem]:
         if path is None:
             continue
         key = f"auth_listeners.{i}"
+        if door.file_mode & 0o002:
+            # Connecting to a unix socket takes write permission on it (unix(7)).
+            out.append(_warning(f"{key}.mode", f"{door.mode} lets every user of this machine "
+                                f"connect to {path} and test passwords there (or, for a "
+                                "policy door, ask for any account's decision); give the MTA's "
+                                "group access instead: mode = \"0660\" with group = its group"))
         if not path.parent.is_dir():
             out.append(_error(f"{key}.address", f"{path.parent} is not a directory, so the "
                               f"socket {path} cannot be made there; create it first"))

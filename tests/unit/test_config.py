@@ -337,3 +337,29 @@ def test_queue_min_free_space_defaults_to_one_and_a_half_messages_and_is_named_w
     cfg = parse_config(GOOD + "\n[queue]\nmin_free_space = 2_000_000_000\n", base)
     assert cfg.queue.free_space_reserve(35_000_000) == 2_000_000_000
     assert "queue.min_free_space" in problems(GOOD + "\n[queue]\nmin_free_space = -1\n", base)
+
+
+@pytest.mark.parametrize("name", ["", "   ", "sub\tmission"])
+def test_a_listener_without_a_usable_name_is_named(base: Path, name: str) -> None:
+    """name = "" was accepted: the logs, the auth log and the metrics then named the
+    listener as nothing, and `user access --listener ""` had to match it."""
+    p = problems(GOOD.replace('name = "submission"', f'name = "{name}"'), base)
+    assert list(p) == ["listeners.0.name"]
+    door = '\n[[auth_listeners]]\nprotocol = "dovecot"\naddress = "127.0.0.1:12345"\nname = ""\n'
+    assert list(problems(GOOD + door, base)) == ["auth_listeners.0.name"]
+
+
+@pytest.mark.parametrize(("base_s", "max_s", "ok"), [
+    ("0.5", "4.0", True), ("0.5", "0.5", True), ("0.0", "0.0", True),
+    ("0.5", "0.0", True),  # 0: no delay, as configs turned it off before the check
+    ("2.0", "1.0", False), ("0.5", "0.1", False),
+])
+def test_penalty_max_below_penalty_base_is_named(
+    base: Path, base_s: str, max_s: str, ok: bool
+) -> None:
+    text = GOOD + f"\n[guard]\npenalty_base = {base_s}\npenalty_max = {max_s}\n"
+    if ok:
+        parse_config(text, base)
+    else:
+        p = problems(text, base)
+        assert list(p) == ["guard.penalty_max"] and "below penalty_base" in p["guard.penalty_max"]

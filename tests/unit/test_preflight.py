@@ -631,3 +631,19 @@ def test_a_leaf_issued_directly_by_a_trusted_root_is_no_warning(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption()))
     assert run_checks(config(gate)) == []
+
+
+@pytest.mark.parametrize(("mode", "warned"), [("0666", True), ("0662", True),
+                                              ("0660", False), ("0600", False)])
+def test_a_front_door_socket_every_user_may_connect_to_is_a_warning(
+    gate: Path, mode: str, warned: bool
+) -> None:
+    """Connecting to a unix socket needs write permission on it: mode = "0666" let every
+    local user test passwords through the Dovecot door, with no word said."""
+    door = (f'\n[[auth_listeners]]\nprotocol = "dovecot"\naddress = "unix:{gate}/auth.sock"\n'
+            f'mode = "{mode}"\n')
+    found = only(run_checks(config(gate, door)), "warning")
+    if warned:
+        assert "every user of this machine" in found["auth_listeners.0.mode"]
+    else:
+        assert "auth_listeners.0.mode" not in found

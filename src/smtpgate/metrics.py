@@ -76,7 +76,7 @@ class _Metrics:
         self.sender_policy = Counter(
             "smtpgate_sender_policy_violations",
             "Senders the account does not own, by where they were found (mail_from, from, "
-            "sender, no_from) and what was done (refused; logged: policy in 'log' mode).",
+            "sender, resent_from, resent_sender, no_from) and what was done (refused; logged: policy in 'log' mode).",
             ["field", "action"], registry=None)
         self.messages = Counter(
             "smtpgate_messages_accepted", "Messages accepted (250 after DATA), by listener.",
@@ -106,7 +106,7 @@ class _Metrics:
 
 
 #: Where the sending policy finds a sender the account does not own.
-SENDER_FIELDS = ("mail_from", "from", "sender", "no_from")
+SENDER_FIELDS = ("mail_from", "from", "sender", "resent_from", "resent_sender", "no_from")
 
 _m = _Metrics()
 

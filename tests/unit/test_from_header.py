@@ -105,3 +105,44 @@ def test_rfc6532_utf8_local_part_of_the_account_is_its_own() -> None:
     for value in ("j\u00fcrg@example.org", "J\u00f6rg <jo\u0308rg@example.org>"):
         header = f"From: {value}\r\n".encode()
         assert from_header_refusal(jorg, header, ENFORCE, where="s1 192.0.2.7") == R.FROM_NOT_OWNED
+
+
+BOUNCED = "From: Carol <carol@elsewhere.example>\r\nTo: alice@example.org\r\nSubject: hi\r\n"
+
+
+@pytest.mark.parametrize(("block", "expected"), [
+    # RFC 5322 §3.6.6: the resender's addresses, checked as From and Sender are.
+    ("Resent-From: alice@example.org\r\n", None),
+    ("Resent-From: Alice <alice@example.org>\r\nResent-Date: Mon, 1 Dec 2026 10:00:00 +0000\r\n",
+     None),
+    ("Resent-From: ceo@bank.example\r\n", R.RESENT_FROM_NOT_OWNED),
+    ("resent-from : ceo@bank.example\r\n", R.RESENT_FROM_NOT_OWNED),  # §4.5.1, any case
+    ('Resent-From: "ceo@bank.example" <alice@example.org>\r\n', R.RESENT_FROM_NOT_OWNED),
+    ("Resent-From: <<<\r\n", R.RESENT_FROM_NOT_OWNED),  # unreadable owns nothing
+    ("Resent-Sender: ceo@bank.example\r\nResent-From: alice@example.org\r\n",
+     R.RESENT_SENDER_NOT_OWNED),
+    ("Resent-Sender: alice@example.org\r\nResent-From: alice@example.org\r\n", None),
+    # Under the topmost block: an earlier resending, not the account's to own.
+    (("Resent-From: alice@example.org\r\nResent-Date: Mon, 1 Dec 2026 10:00:00 +0000\r\n"
+     "Resent-From: carol@elsewhere.example\r\nResent-Sender: bob@example.net\r\n"
+     "Resent-Date: Sun, 30 Nov 2026 10:00:00 +0000\r\n"), None),
+    (("Resent-Date: Mon, 1 Dec 2026 10:00:00 +0000\r\nResent-From: alice@example.org\r\n"
+     "Resent-Date: Sun, 30 Nov 2026 10:00:00 +0000\r\nResent-From: bob@example.net\r\n"), None),
+])
+def test_resent_from_and_resent_sender_are_checked_in_the_topmost_block(
+    block: str, expected: R.Reply | None
+) -> None:
+    """Resent-From and Resent-Sender were not read at all: a client could put any
+    address there. The bounced message keeps its author's From, so the From check
+    is off here to show the resent fields' own verdict."""
+    policy = PolicyConfig(from_header="enforce")
+    alice_or_carol = SenderProfile(OWNER, aliases=frozenset({"carol@elsewhere.example"}))
+    assert from_header_refusal(alice_or_carol, (block + BOUNCED).encode(), policy,
+                               where="s1") == expected
+
+
+def test_resent_from_in_log_mode_is_logged_not_refused(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        assert refusal(f"Resent-From: {FORGED}\r\nFrom: {OWNER}\r\n",
+                       PolicyConfig(from_header="log")) is None
+    assert f"Resent-From: {FORGED} not owned by the account (logged only)" in caplog.text

@@ -132,7 +132,7 @@ def test_every_sender_not_owned_is_counted_by_field_and_action(mode: str) -> Non
     action = "refused" if mode == "enforce" else "logged"
     policy = PolicyConfig(sender_ownership=mode, from_header=mode)
     alice = SenderProfile("alice@example.org")
-    fields = ("mail_from", "from", "sender", "no_from")
+    fields = ("mail_from", "from", "sender", "resent_from", "resent_sender", "no_from")
     before = {f: _violations(f, action) for f in fields}
     other = {f: _violations(f, "logged" if mode == "enforce" else "refused") for f in fields}
     envelope_sender_refusal(alice, "alice@example.org", policy, where="s1")  # owned
@@ -142,6 +142,11 @@ def test_every_sender_not_owned_is_counted_by_field_and_action(mode: str) -> Non
                         policy, where="s1")
     from_header_refusal(alice, b"From: bob@example.org\r\n\r\nx", policy, where="s1")
     from_header_refusal(alice, b"Subject: none\r\n\r\nx", policy, where="s1")
+    from_header_refusal(alice, b"Resent-From: bob@example.org\r\nFrom: alice@example.org\r\n"
+                        b"\r\nx", policy, where="s1")
+    from_header_refusal(alice, b"Resent-Sender: bob@example.org\r\nResent-From: "
+                        b"alice@example.org\r\nFrom: alice@example.org\r\n\r\nx",
+                        policy, where="s1")
     assert {f: _violations(f, action) - before[f] for f in fields} == dict.fromkeys(fields, 1)
     assert {f: _violations(f, a) for f in fields
             for a in ["logged" if mode == "enforce" else "refused"]} == other

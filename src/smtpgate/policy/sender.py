@@ -55,6 +55,14 @@ refuses what it cannot read:
 A message with no From field (RFC 5322 §3.6 requires one) is refused unless
 ``policy.allow_missing_from_header`` says otherwise; a Sender field is checked
 when present.
+
+A message sent on again (mutt's bounce, a client's "redirect") keeps its From and
+Sender and gets a resent block (RFC 5322 §3.6.6): Resent-From names who sent it
+on, Resent-Sender who did so for them, and these are checked as From and Sender
+are. Each further resending puts its block on top, so only the topmost block is
+the account's: the Resent-From and Resent-Sender fields before the second
+Resent-From or Resent-Date field (each block has one of each, §3.6.6); the blocks
+below record earlier resenders, as Received fields record earlier hops.
 """
 
 from __future__ import annotations
@@ -74,13 +82,16 @@ from smtpgate.smtp import replies as R
 
 log = logging.getLogger("smtpgate.policy")
 
-#: The fields whose addresses the account must own.
-CHECKED_FIELDS = ("From", "Sender")
+#: The fields whose addresses the account must own (the resent ones: the topmost block).
+CHECKED_FIELDS = ("From", "Sender", "Resent-From", "Resent-Sender")
 
-# RFC 5322 §3.6.2 from/sender with §4.5.1's obs-from/obs-sender (*WSP before the
-# colon); a field starts a line, and its folded lines start with WSP (§2.2.3).
+# RFC 5322 §3.6.2 from/sender and §3.6.6 resent-from/resent-sender (resent-date
+# delimits a resent block) with §4.5.1's obsolete forms (*WSP before the colon); a
+# field starts a line, and its folded lines start with WSP (§2.2.3).
 _FIELD = re.compile(
-    rb"^(from|sender)[ \t]*:([^\r\n]*(?:\r?\n[ \t][^\r\n]*)*)", re.IGNORECASE | re.MULTILINE
+    rb"^(from|sender|resent-from|resent-sender|resent-date)[ \t]*:"
+    rb"([^\r\n]*(?:\r?\n[ \t][^\r\n]*)*)",
+    re.IGNORECASE | re.MULTILINE,
 )
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
 # Something a reader may show as an address: dot-atom text, "@", a dotted domain.
@@ -125,13 +136,21 @@ def header_section(message: bytes) -> bytes:
 
 
 def header_fields(message: bytes, name: str) -> list[str]:
-    """The unfolded values of every ``name`` field (From or Sender) in the header
-    section of ``message``, in order; a value that is not UTF-8 becomes "\ufffd"
-    text, which owns nothing."""
+    """The unfolded values of every ``name`` field (From or Sender; Resent-From or
+    Resent-Sender: of the topmost resent block only) in the header section of
+    ``message``, in order; a value that is not UTF-8 becomes "\ufffd" text, which
+    owns nothing."""
     wanted = name.lower().encode()
+    resent = wanted.startswith(b"resent-")
+    seen: dict[bytes, int] = {}
     out = []
     for m in _FIELD.finditer(header_section(message)):
-        if m[1].lower() == wanted:
+        field = m[1].lower()
+        if resent and field in (b"resent-from", b"resent-date"):
+            seen[field] = seen.get(field, 0) + 1
+            if seen[field] > 1:
+                break  # an earlier resending's block (RFC 5322 §3.6.6)
+        if field == wanted:
             out.append(_FOLD.sub("", m[2].decode("utf-8", "replace")))
         # A bare LF is refused or made CRLF by the engine; either way a field
         # cannot hide behind one here, since "^" matches after every LF.
@@ -240,8 +259,9 @@ def envelope_sender_refusal(
 def from_header_refusal(
     profile: SenderProfile, header: bytes, policy: PolicyConfig, *, where: str
 ) -> R.Reply | None:
-    """End of DATA: the refusal for a From or Sender field naming an address the
-    account does not own, or for a message without From, or None.
+    """End of DATA: the refusal for a From, Sender, Resent-From or Resent-Sender
+    field naming an address the account does not own, or for a message without
+    From, or None.
 
     ``header`` is the message's header section (a whole message does as well:
     its header section is what is read). The module docstring says how it is read.
@@ -260,6 +280,8 @@ def from_header_refusal(
     for field, addresses, reply in (
         ("From", found, R.FROM_NOT_OWNED),
         ("Sender", _addresses(header, "Sender"), R.SENDER_HEADER_NOT_OWNED),
+        ("Resent-From", _addresses(header, "Resent-From"), R.RESENT_FROM_NOT_OWNED),
+        ("Resent-Sender", _addresses(header, "Resent-Sender"), R.RESENT_SENDER_NOT_OWNED),
     ):
         bad = [a or "(unreadable)" for a in addresses or () if not profile.owns(a)]
         if bad:
@@ -267,7 +289,7 @@ def from_header_refusal(
                 "%s: user=%s %s: %s not owned by the account%s",
                 where, profile.name, field, ", ".join(bad), "" if enforce else " (logged only)",
             )
-            metrics.sender_policy_violation(field.lower(), enforce)
+            metrics.sender_policy_violation(field.lower().replace("-", "_"), enforce)
             if enforce:
                 return reply
     return None

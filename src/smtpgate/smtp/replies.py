@@ -221,6 +221,14 @@ FROM_NOT_OWNED = Reply(550, "5.7.1", "From header address not owned by the authe
 SENDER_HEADER_NOT_OWNED = Reply(
     550, "5.7.1", "Sender header address not owned by the authenticated user"
 )
+# The same for a resent message's Resent-From and Resent-Sender fields (RFC 5322
+# §3.6.6: the resender's addresses, as From and Sender are the author's).
+RESENT_FROM_NOT_OWNED = Reply(
+    550, "5.7.1", "Resent-From header address not owned by the authenticated user"
+)
+RESENT_SENDER_NOT_OWNED = Reply(
+    550, "5.7.1", "Resent-Sender header address not owned by the authenticated user"
+)
 # RFC 5322 §3.6: every message has a From field; RFC 6409 §6.3 lets an MSA refuse
 # message data that breaks RFC 5322 with 554. RFC 3463 §3.7: X.6.0 "other or
 # undefined media error".

@@ -111,6 +111,12 @@ FORGERIES = {
     # Audit P: RFC 5322's quoted local part of the forged address in a display name.
     "quoted-local-part-display-name": f'From: "\\"ceo\\"@bank.example" <{OWNER}>\r\n',
     "encoded-quoted-local-part": f"From: =?utf-8?q?=22ceo=22=40bank=2Eexample?= <{OWNER}>\r\n",
+    # A single-label domain in a display name or comment: an address to a reader on
+    # a network where "localhost" or "intranet" resolves (only dotted ones were seen).
+    "single-label-display-name": f'From: "ceo@localhost" <{OWNER}>\r\n',
+    "single-label-comment": f"From: {OWNER} (admin@intranet)\r\n",
+    "encoded-single-label": f"From: =?utf-8?q?admin=40intranet?= <{OWNER}>\r\n",
+    "sender-single-label-display-name": f'From: {OWNER}\r\nSender: "root@localhost" <{OWNER}>\r\n',
 }
 
 #: Header sections alice may send (name: header section).
@@ -127,5 +133,7 @@ ACCEPTED = {
     "own-zero-width-space": f'From: "alice\u200b@example.org" <{OWNER}>\r\n',
     "own-quoted-local-part": 'From: "\\"alice\\"@example.org" <"alice"@example.org>\r\n',
     "quoted-nickname": f'From: "Alice \\"Al\\" Example" <{OWNER}>\r\n',
+    "at-sign-between-words": f'From: "Alice @ Home" <{OWNER}>\r\n',
+    "handle-without-local-part": f'From: "Alice (@alice)" <{OWNER}>\r\n',
     "zero-width-joiner-name": f"From: \u0915\u094d\u200d\u0937 \U0001f469\u200d\U0001f4bb <{OWNER}>\r\n",
 }

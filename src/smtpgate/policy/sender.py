@@ -36,7 +36,8 @@ refuses what it cannot read:
   UTF-8). A value it reads only with a defect other than obsolete syntax (two
   addresses where one is allowed, unbalanced brackets, control characters) is
   unreadable, and an unreadable field owns nothing.
-- *Anything that looks like an address* (``local@domain.tld``) anywhere in the
+- *Anything that looks like an address* (``local@domain.tld``, or with a domain
+  of one label: ``ceo@localhost``, ``admin@intranet``) anywhere in the
   field, in a display name, a comment or an encoded word once decoded, must be
   owned too: readers differ in what they show (``"ceo@bank.example"
   <alice@example.org>``), and a display name naming someone else's address is
@@ -94,12 +95,15 @@ _FIELD = re.compile(
     re.IGNORECASE | re.MULTILINE,
 )
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
-# Something a reader may show as an address: dot-atom text, "@", a dotted domain.
-# The local part is bounded, or a long run of its characters not followed by "@"
+# Something a reader may show as an address: dot-atom text, "@", a domain, dotted
+# or not: "ceo@localhost" or "admin@intranet" in a display name is an address to a
+# reader on a network where single-label names resolve (RFC 5321 §2.3.5 wants
+# fully qualified names on the wire; a display name is not the wire), and it
+# looked like one before a dot was required. The local part is bounded, or a long run of its characters not followed by "@"
 # is rescanned from each of its positions (quadratic: found by fuzzing). A longer
 # run still matches, as its last 65 characters: never an address anyone owns
 # (RFC 5321 §4.5.3.1.1 limits a local part to 64 octets).
-_ADDRESS_LIKE = re.compile(r"[\w.!#$%&'*+/=?^`{|}~-]{1,65}@[\w-]+(?:\.[\w-]+)+")
+_ADDRESS_LIKE = re.compile(r"[\w.!#$%&'*+/=?^`{|}~-]{1,65}@[\w-]+(?:\.[\w-]+)*")
 # What a reader draws as nothing: Unicode's Default_Ignorable_Code_Point
 # (DerivedCoreProperties.txt), less the unassigned ranges no renderer has a glyph
 # for anyway. Removed before the address-like search of a field's drawn form.

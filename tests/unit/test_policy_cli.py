@@ -91,6 +91,14 @@ def test_app_password_cli_prints_once_and_lists_without_secret(config: Path) -> 
     assert run(config, "app-password", "revoke", ALICE, "phone").exit_code == 3  # not found
 
 
+@pytest.mark.parametrize("zero", ["0", "0d", "0s", "0.0h"])
+def test_an_app_password_that_would_expire_at_once_is_refused(config: Path, zero: str) -> None:
+    """--expires 0d printed a secret already listed as EXPIRED: one no device could use."""
+    r = run(config, "app-password", "add", ALICE, "phone", "--expires", zero)
+    assert r.exit_code == 2 and "expire at once" in r.output, r.output
+    assert "phone" not in run(config, "app-password", "list").output
+
+
 def test_guard_list_unblock_and_user_unlock(config: Path) -> None:
     g = SqliteGuardStore(config.parent / "guard.sqlite")
     t = thresholds(GuardConfig(lockout_threshold=1, spray_accounts=2))

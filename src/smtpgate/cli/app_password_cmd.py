@@ -75,9 +75,15 @@ def add(
     when = None
     if expires is not None:
         try:
-            when = datetime.now(UTC) + timedelta(seconds=parse_duration(expires))
+            lifetime = parse_duration(expires)
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint="--expires") from None
+        if lifetime <= 0:
+            # It would be printed (once) already expired: a secret no device can use.
+            raise click.BadParameter(
+                f"{expires!r} would make it expire at once; leave --expires out for an app "
+                "password that does not expire", param_hint="--expires")
+        when = datetime.now(UTC) + timedelta(seconds=lifetime)
     with admin_service(get_config(config_path)) as admin:
         try:
             record, secret = admin.add_app_password(

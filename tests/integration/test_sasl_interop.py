@@ -610,3 +610,54 @@ def wait_until(cond: Callable[[], bool], timeout: float = 20) -> None:
     while not cond():
         assert time.monotonic() < deadline, "condition not reached"
         time.sleep(0.1)
+
+
+# --- SASLprep: one password through PLAIN, LOGIN and SCRAM ----------------------------
+
+#: Set with a non-breaking space (U+00A0) and "é" precomposed (NFC).
+UNICODE_USER = "unicode@example.org"
+UNICODE_PASSWORD = "Caf\u00e9\u00a0Quartz-Harbor-58"
+#: The same password as other clients type it: a plain space, "é" as e + U+0301 (NFD).
+UNICODE_SPACE = "Caf\u00e9 Quartz-Harbor-58"
+UNICODE_NFD = "Cafe\u0301\u00a0Quartz-Harbor-58"
+
+
+@pytest.fixture(scope="module")
+def unicode_user(srv: SaslServer) -> str:
+    srv.server.add_user(UNICODE_USER, UNICODE_PASSWORD)
+    return UNICODE_USER
+
+
+@pytest.mark.parametrize(("mech", "password"), [
+    ("PLAIN", UNICODE_NFD), ("LOGIN", UNICODE_SPACE), ("PLAIN", UNICODE_PASSWORD),
+])
+def test_swaks_password_in_another_unicode_form_logs_in(
+    srv: SaslServer, unicode_user: str, mech: str, password: str
+) -> None:
+    """RFC 4616 §2: PLAIN (and LOGIN) passwords are SASLprep'd as SCRAM's are, so the
+    NFD spelling and a plain space for the non-breaking one log in too."""
+    swaks = require_tool("swaks")
+    log = AuthLog(srv)
+    proc = run(
+        [swaks, "-s", "127.0.0.1", "-p", str(srv.submission), "-tls", "--tls-verify",
+         "--tls-ca-path", str(srv.ca), "-a", mech, "-au", unicode_user, "-ap", password,
+         "--quit-after", "AUTH"],
+    )  # fmt: skip
+    assert "235 2.7.0" in proc.stdout, proc.stdout + proc.stderr
+    log.one(mechanism=mech, result="success")
+
+
+@pytest.mark.parametrize("mech", ["SCRAM-SHA-256", "SCRAM-SHA-1"])
+def test_gsasl_scram_with_the_password_in_another_unicode_form(
+    srv: SaslServer, unicode_user: str, mech: str
+) -> None:
+    gsasl = require_tool("gsasl")
+    log = AuthLog(srv)
+    proc = run(
+        [gsasl, "--smtp", f"--connect=127.0.0.1:{srv.submission}", "--starttls",
+         f"--x509-ca-file={srv.ca}", "--hostname=localhost", "-d", "--no-cb",
+         "-m", mech, "-a", unicode_user, "-p", UNICODE_NFD]
+    )  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "235 2.7.0" in out, out
+    log.one(mechanism=mech, result="success")

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import argon2
 import pytest
 
 from smtpgate.auth.passwords import (
     PasswordHasher,
+    PasswordMatch,
     PasswordPolicyError,
     StoredHashError,
     check_new_password,
+    prepare_password,
 )
 from smtpgate.config import AccountsConfig
 
@@ -66,3 +69,36 @@ def test_unusable_passwords_refused(bad: str) -> None:
 
 def test_usable_password_accepted() -> None:
     check_new_password(" spaces are fine ")
+
+
+# --- SASLprep: one password whichever form or mechanism carries it -----------------
+
+#: "pass word" typed with a non-breaking space (U+00A0), and "café" in NFC and
+#: NFD: SASLprep (RFC 4013) makes each pair one password, as SCRAM's keys do.
+NBSP, SPACE = "pass\u00a0word", "pass word"
+NFC, NFD = "caf\u00e9", "cafe\u0301"
+
+
+@pytest.mark.parametrize(("stored", "typed"), [(NBSP, SPACE), (SPACE, NBSP), (NFC, NFD),
+                                               (NFD, NFC), (NFD, NFD)])
+def test_a_password_in_another_unicode_form_is_the_same_password(stored: str, typed: str) -> None:
+    ph = PasswordHasher(FAST)
+    h = ph.hash(stored)
+    assert ph.match(h, typed) is PasswordMatch.PREPARED
+    assert not ph.verify(h, "pass-word")
+
+
+def test_a_hash_made_over_the_password_as_typed_still_verifies_and_says_so() -> None:
+    ph = PasswordHasher(FAST)
+    old = argon2.PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1).hash(NBSP)
+    assert ph.match(old, NBSP) is PasswordMatch.AS_SENT  # re-hash it, prepared
+    assert ph.match(old, SPACE) is PasswordMatch.NONE  # only the form it was made from
+    assert ph.match(ph.hash(NBSP), NBSP) is PasswordMatch.PREPARED
+
+
+def test_prepare_password_keeps_what_saslprep_refuses() -> None:
+    assert prepare_password(NBSP) == SPACE
+    assert prepare_password("a\x07b") == "a\x07b"  # a control character: kept as sent
+    assert prepare_password("\u00ad") == "\u00ad"  # mapped to nothing: kept as sent
+    ph = PasswordHasher(FAST)
+    assert ph.verify(ph.hash("a\x07b"), "a\x07b")

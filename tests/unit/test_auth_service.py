@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import argon2
 import pytest
 
 from smtpgate.admin import AccountAdmin
@@ -20,7 +21,7 @@ from smtpgate.auth import service as service_module
 from smtpgate.auth.authlog import AuthLog
 from smtpgate.auth.credentials import ARGON2ID, CRAM_MD5, SCRAM_SHA_1, SCRAM_SHA_256
 from smtpgate.auth.oauth import TokenResult as VerifiedToken
-from smtpgate.auth.passwords import PasswordHasher
+from smtpgate.auth.passwords import PasswordHasher, PasswordMatch
 from smtpgate.auth.service import AuthContext, AuthService, build_auth_service
 from smtpgate.auth.store import Account, AuditActor, SqliteAccountStore, StoreUnavailable
 from smtpgate.config import AccountsConfig, AuthConfig, Config
@@ -117,13 +118,13 @@ async def test_unknown_user_same_reply_and_same_work(svc: AuthService) -> None:
 
 async def test_cache_hit_skips_argon2(svc: AuthService, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
-    real = svc._hasher.verify
+    real = svc._hasher.match
 
-    def counting(encoded: str, password: str) -> bool:
+    def counting(encoded: str, password: str) -> PasswordMatch:
         calls.append(password)
         return real(encoded, password)
 
-    monkeypatch.setattr(svc._hasher, "verify", counting)
+    monkeypatch.setattr(svc._hasher, "match", counting)
     for _ in range(5):
         assert (await login(svc)).ok
     assert len(calls) == 1
@@ -794,3 +795,34 @@ async def test_session_refusal_an_app_password_revoked_or_fenced_off_ends_its_se
         "app password 'phone' revoked", None)
     # The account's own password sessions are not the app password's.
     assert (await svc.session_refusal(Principal(ALICE, "PLAIN"), CTX, since))[0] is None
+
+
+async def test_a_password_with_a_non_breaking_space_logs_in_as_scram_derives_it(
+    svc: AuthService, admin: AccountAdmin
+) -> None:
+    """RFC 4616 §2 / RFC 5802 §2.2: PLAIN and LOGIN prepare the password with
+    SASLprep, as SCRAM's keys are made, so U+00A0 and a space are one password."""
+    admin.set_password(ALICE, "pass\u00a0word")
+    assert (await login(svc, pw="pass word")).ok
+    assert (await login(svc, pw="pass\u00a0word", mechanism="LOGIN")).ok
+    c = await svc.resolve(LookupScram(ALICE, "sha256", "SCRAM-SHA-256"), CTX)
+    assert isinstance(c, ScramCredentials)
+    assert c == scram_credentials_from_password("pass word", "sha256", c.iterations, c.salt)
+
+
+async def test_a_hash_made_over_the_password_as_typed_logs_in_and_is_made_again_prepared(
+    svc: AuthService, admin: AccountAdmin, store: SqliteAccountStore
+) -> None:
+    """A hash stored before passwords were prepared (over "café" in NFD, as typed)
+    still logs in with that form, and the login re-hashes it over the prepared form,
+    after which the NFC spelling logs in too."""
+    nfd, nfc = "cafe\u0301", "caf\u00e9"
+    old = admin.add_account("old@example.org", None)
+    raw = argon2.PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1).hash(nfd)
+    store.put_credentials(old.name, {ARGON2ID: raw}, generation=old.generation)
+    assert not (await login(svc, old.name, nfc)).ok
+    assert (await login(svc, old.name, nfd)).ok
+    await svc.flush()
+    assert store.get_credential(old.name, ARGON2ID) != raw
+    svc._cache.clear()
+    assert (await login(svc, old.name, nfc)).ok

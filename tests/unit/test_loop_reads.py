@@ -244,13 +244,13 @@ async def test_a_logins_account_read_runs_on_the_loop_and_its_hash_never_does(
     svc = AuthService(store, CFG, AuthConfig(), AuthLog(tmp_path / "auth.log"),
                       reads_on_loop=on_loop)
     hashed_on: list[int] = []
-    verify = svc._hasher.verify
+    match = svc._hasher.match
 
-    def noting_verify(*a: Any, **k: Any) -> Any:
+    def noting_match(*a: Any, **k: Any) -> Any:
         hashed_on.append(threading.get_ident())
-        return verify(*a, **k)
+        return match(*a, **k)
 
-    svc._hasher.verify = noting_verify  # type: ignore[method-assign]
+    svc._hasher.match = noting_match  # type: ignore[method-assign]
     try:
         for password, ok in (("pencil", True), ("wrong", False), ("pencil", True)):
             v = (await svc.resolve_detailed(VerifyPassword(ALICE, password, mechanism="PLAIN"), CTX)).answer

@@ -20,6 +20,7 @@ from smtpgate.auth.authlog import AuthLog
 from smtpgate.auth.guard import Guard
 from smtpgate.auth.guard_store import SqliteGuardStore
 from smtpgate.auth.login import LoginAttempts
+from smtpgate.auth.passwords import PasswordMatch
 from smtpgate.auth.service import AuthContext, AuthService, Resolution
 from smtpgate.auth.store import AuditActor, SqliteAccountStore
 from smtpgate.auth.verify_scheduler import (
@@ -194,10 +195,10 @@ CFG = AccountsConfig(argon2_memory_kib=8192, argon2_time_cost=1, argon2_parallel
 
 @dataclass
 class GatedHasher:
-    """Stands in for ``PasswordHasher.verify`` on the hash threads: each run notes
+    """Stands in for ``PasswordHasher.match`` on the hash threads: each run notes
     its password and its thread's nice value, then waits for its gate."""
 
-    real: Callable[[str, str], bool]
+    real: Callable[[str, str], PasswordMatch]
     began: dict[str, threading.Event] = field(default_factory=dict)
     gates: dict[str, threading.Event] = field(default_factory=dict)
     order: list[str] = field(default_factory=list)
@@ -211,7 +212,7 @@ class GatedHasher:
         for p in passwords:
             self.began[p], self.gates[p] = threading.Event(), threading.Event()
 
-    def verify(self, encoded: str, password: str) -> bool:
+    def match(self, encoded: str, password: str) -> PasswordMatch:
         guess = password != "pencil"
         with self.lock:
             self.order.append(password)
@@ -253,8 +254,8 @@ async def test_service_verifies_the_owner_first_and_guesses_one_at_a_time(
     svc: AuthService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     hasher = svc._hasher
-    gated = GatedHasher(hasher.verify)
-    monkeypatch.setattr(hasher, "verify", gated.verify)
+    gated = GatedHasher(hasher.match)
+    monkeypatch.setattr(hasher, "match", gated.match)
     gated.expect("g1", "g2", "g3", "h1", "pencil")
     lanes = svc._lanes
 

@@ -1,5 +1,15 @@
 """Argon2id password hashes: hashing, verification, rehash checks, and a decoy.
 
+Why passwords are prepared: SCRAM keys are derived from SASLprep(password)
+(RFC 5802 §2.2), and RFC 4616 §2 asks a PLAIN server to prepare the password the
+same way, so a password typed with a non-breaking space, or in another Unicode
+normalisation form, is one password whichever mechanism carries it. The Argon2id
+hash is therefore made over ``prepare_password(password)``. Hashes made before
+(over the password as typed) still verify: when the prepared form differs from
+what the client sent and does not match, the password as sent is tried too (one
+more Argon2id run, for such passwords only), and ``match`` says so, so the
+caller can re-hash the prepared form.
+
 Why a decoy: an unknown account must cost the same work as a wrong password,
 or the response time tells an attacker which accounts exist. ``verify_decoy``
 runs a full verification against a hash made at start-up with the configured
@@ -10,6 +20,7 @@ server's failure floor (``[auth].failure_floor``) hides what remains.
 
 from __future__ import annotations
 
+import enum
 import secrets
 import threading
 
@@ -18,6 +29,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 
 from smtpgate.auth.argon2_one_thread import verify_on_one_thread
 from smtpgate.config import AccountsConfig
+from smtpgate.sasl.saslprep import SaslprepError, saslprep
 
 _here = threading.local()
 
@@ -49,6 +61,29 @@ def check_new_password(password: str) -> None:
         raise PasswordPolicyError("the password holds a NUL character")
 
 
+def prepare_password(password: str) -> str:
+    """SASLprep (RFC 4013, stored-string rules, as SCRAM's Normalize) of
+    ``password``; the password as it is when SASLprep refuses it (a control
+    character, an unassigned code point) or leaves nothing: such a password has
+    no SCRAM keys, and PLAIN and LOGIN still compare it octet for octet."""
+    try:
+        prepared = saslprep(password)
+    except SaslprepError:
+        return password
+    return prepared or password
+
+
+class PasswordMatch(enum.Enum):
+    """How a password matched a stored hash."""
+
+    NONE = "none"
+    #: The prepared form matched: the hash is current.
+    PREPARED = "prepared"
+    #: Only the password as sent matched: a hash made before passwords were
+    #: prepared, to be made again over the prepared form.
+    AS_SENT = "as-sent"
+
+
 class PasswordHasher:
     """Argon2id with the parameters of ``[accounts]``.
 
@@ -66,15 +101,33 @@ class PasswordHasher:
         self._decoy: str | None = None
 
     def hash(self, password: str) -> str:
-        """Return a PHC-format Argon2id hash of ``password`` with a fresh salt."""
-        return self._ph.hash(password)
+        """Return a PHC-format Argon2id hash of ``prepare_password(password)``
+        with a fresh salt."""
+        return self._ph.hash(prepare_password(password))
 
     def verify(self, encoded: str, password: str) -> bool:
-        """True if ``password`` matches ``encoded``.
+        """True if ``password`` matches ``encoded`` (see ``match``).
 
         Raises:
             StoredHashError: ``encoded`` is not an Argon2 hash (corrupt record).
         """
+        return self.match(encoded, password) is not PasswordMatch.NONE
+
+    def match(self, encoded: str, password: str) -> PasswordMatch:
+        """Whether ``password`` matches ``encoded``: its prepared form, or (a hash
+        made before passwords were prepared) the password as sent.
+
+        Raises:
+            StoredHashError: ``encoded`` is not an Argon2 hash (corrupt record).
+        """
+        prepared = prepare_password(password)
+        if self._verify(encoded, prepared):
+            return PasswordMatch.PREPARED
+        if prepared != password and self._verify(encoded, password):
+            return PasswordMatch.AS_SENT
+        return PasswordMatch.NONE
+
+    def _verify(self, encoded: str, password: str) -> bool:
         if getattr(_here, "one_thread", False):
             verdict = verify_on_one_thread(encoded, password)
             if verdict is not None:

@@ -108,7 +108,12 @@ from smtpgate.auth.legacy_hashes import LEGACY
 from smtpgate.auth.loop_reads import Missed, loop_reads_for
 from smtpgate.auth.names import lookup_key
 from smtpgate.auth.networks import in_networks, parse_ip, parse_networks
-from smtpgate.auth.passwords import PasswordHasher, StoredHashError, verify_on_one_thread_here
+from smtpgate.auth.passwords import (
+    PasswordHasher,
+    PasswordMatch,
+    StoredHashError,
+    verify_on_one_thread_here,
+)
 from smtpgate.auth.principal import Principal
 from smtpgate.auth.sender_profile import SenderProfile
 from smtpgate.auth.verify_scheduler import (
@@ -283,7 +288,7 @@ class AuthService:
         self._hasher = PasswordHasher(accounts_cfg)
         self._cache = CredentialCache(accounts_cfg.cache_ttl)
         #: Argon2 runs in flight, so identical concurrent attempts share one.
-        self._inflight: dict[bytes, asyncio.Future[bool]] = {}
+        self._inflight: dict[bytes, asyncio.Future[PasswordMatch]] = {}
         self._hash_pool = ThreadPoolExecutor(accounts_cfg.hash_threads, "smtpgate-hash")
         self._untrusted_pool = ThreadPoolExecutor(
             accounts_cfg.hash_threads, "smtpgate-hash-untrusted", initializer=_untrusted_thread
@@ -729,26 +734,33 @@ class AuthService:
             if legacy is not None:
                 self.stats.hash_verifications += 1
                 ok = await self._hash(legacy_hashes.verify, legacy, q.password, lane=lane)
+                match = PasswordMatch.AS_SENT if ok else PasswordMatch.NONE
             else:
-                ok = await self._check_password(account, encoded, q.password, lane)
-            if not ok:
+                match = await self._check_password(account, encoded, q.password, lane)
+            if match is PasswordMatch.NONE:
                 return Resolution(Verdict(ok=False, reason=BAD_PASSWORD))
             self._cache.put(account.name, q.password, account.generation)
-            # A legacy string is never a current Argon2id hash: an upgrade follows.
-            self._maybe_upgrade(account, q.password, encoded if legacy is None else legacy)
+            # A legacy string is never a current Argon2id hash, nor one made over
+            # the password as sent rather than prepared: an upgrade follows.
+            self._maybe_upgrade(account, q.password, encoded if legacy is None else legacy,
+                                rehash=match is PasswordMatch.AS_SENT)
         self._record_login(account, mechanism)
         return Resolution(Verdict(ok=True, identity=account.name), profile=profile)
 
     async def _check_password(
         self, account: Account, encoded: str | None, password: str, lane: Lane
-    ) -> bool:
+    ) -> PasswordMatch:
         """The directory's hash, verified here; or, for a bind-only directory (no
-        hash), the directory's own check."""
+        hash), the directory's own check (of the password as sent: the directory
+        prepares it as it prepared what it stores)."""
         if encoded is None:
-            return await self._read(self._directory.verify_password, account.name, password)
+            ok = await self._read(self._directory.verify_password, account.name, password)
+            return PasswordMatch.PREPARED if ok else PasswordMatch.NONE
         return await self._verify_coalesced(account.name, encoded, password, lane)
 
-    async def _verify_coalesced(self, name: str, encoded: str, password: str, lane: Lane) -> bool:
+    async def _verify_coalesced(
+        self, name: str, encoded: str, password: str, lane: Lane
+    ) -> PasswordMatch:
         """Argon2 verification, run once for identical concurrent attempts.
 
         A mail client often opens several connections at once with a cold cache;
@@ -764,12 +776,12 @@ class AuthService:
                 if pending.cancelled():
                     continue  # its owner went away; run it here instead
                 raise
-        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[PasswordMatch] = asyncio.get_running_loop().create_future()
         fut.add_done_callback(lambda f: f.cancelled() or f.exception())  # never "unretrieved"
         self._inflight[key] = fut
         try:
             self.stats.hash_verifications += 1
-            ok = bool(await self._hash(self._hasher.verify, encoded, password, lane=lane))
+            ok = await self._hash(self._hasher.match, encoded, password, lane=lane)
         except asyncio.CancelledError:
             fut.cancel()
             raise
@@ -805,16 +817,19 @@ class AuthService:
         self._record_login(account, mechanism)
         return Resolution(Verdict(ok=True, identity=account.name), app_password=app)
 
-    def _maybe_upgrade(self, account: Account, password: str, encoded: str | None) -> None:
+    def _maybe_upgrade(
+        self, account: Account, password: str, encoded: str | None, *, rehash: bool = False
+    ) -> None:
         """After a good PLAIN/LOGIN password: derive what the account lacks (SCRAM
         keys of accounts made before them or kept by a bind-only directory, the
         CRAM-MD5 secret of an account that opted in since) and re-hash an Argon2id
-        hash made with old parameters. ``encoded`` None: the directory checked the
-        password itself, and no hash of it is made."""
+        hash made with old parameters, or (``rehash``) over the password as sent
+        rather than prepared. ``encoded`` None: the directory checked the password
+        itself, and no hash of it is made."""
         missing = set(wanted_schemes(account.cram_md5_enabled) - account.schemes)
         if encoded is None:
             missing.discard(ARGON2ID)
-        elif self._hasher.needs_rehash(encoded):
+        elif rehash or self._hasher.needs_rehash(encoded):
             missing.add(ARGON2ID)
         if missing and account.name not in self._upgrading and not self._closed:
             self._upgrading.add(account.name)

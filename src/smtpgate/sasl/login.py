@@ -6,7 +6,7 @@ every deployed server and client (MS-XLOGIN §3.1.5.1, Cyrus, Postfix, Dovecot)
 uses ``Username:``/``Password:``, which is what clients expect, so we send those.
 An initial response (``AUTH LOGIN dXNlcg==``, as Python's smtplib sends it) is the
 username, and only the password prompt follows. Like PLAIN, the password goes to
-the auth service as sent.
+the auth service as sent, which prepares it with SASLprep (``auth/passwords.py``).
 """
 
 from __future__ import annotations

@@ -4,9 +4,10 @@ Theory of operation: the whole credential arrives in one message,
 ``[authzid] NUL authcid NUL passwd``. The server checks the syntax, refuses an
 authzid other than the authcid (we have no proxy-authorization policy), and asks
 the auth service to verify the password with ``VerifyPassword``. The password is
-passed on exactly as the client sent it (decoded UTF-8, no SASLprep): RFC 4616 §2
-allows "other preparation algorithms (including none)", and the account store must
-prepare the presented password the same way it prepared the stored one.
+passed on exactly as the client sent it (decoded UTF-8): the password hasher
+prepares it with SASLprep (RFC 4616 §2, as SCRAM's keys are made), and still needs
+the form as sent for hashes made before passwords were prepared
+(``auth/passwords.py``).
 """
 
 from __future__ import annotations

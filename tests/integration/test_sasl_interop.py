@@ -425,11 +425,45 @@ def test_bad_token_refused_after_error_flow(srv: SaslServer, mech: str, kind: st
         assert exc.value.smtp_code == 535 and exc.value.smtp_error.startswith(b"5.7.8")
     assert len(auth.challenges) == 1
     status = json.loads(auth.challenges[0])
+    # RFC 7628 §3.2.2 / RFC 6750 §3.1: a good token short of the scope is
+    # insufficient_scope (XOAUTH2: 403); any other refusal invalid_token (401).
+    scoped = kind == "missing-scope"
     if mech == "OAUTHBEARER":
-        assert status == {"status": "invalid_token", "schemes": "bearer", "scope": SCOPE}
+        want = "insufficient_scope" if scoped else "invalid_token"
     else:
-        assert status == {"status": "401", "schemes": "bearer", "scope": SCOPE}
+        want = "403" if scoped else "401"
+    assert status == {"status": want, "schemes": "bearer", "scope": SCOPE}
     log.one(mechanism=mech, result="failure")
+
+
+class MalformedBearer(BearerAuth):
+    """A request that is not 'Bearer <b64token>' (a Basic credential)."""
+
+    def __call__(self, challenge: bytes | None = None) -> str:
+        if challenge is None:
+            if self.mech == "OAUTHBEARER":
+                return f"n,a={self.user},\x01auth=Basic {self.token}\x01\x01"
+            return f"user={self.user}\x01auth=Basic {self.token}\x01\x01"
+        return super().__call__(challenge)
+
+
+@pytest.mark.parametrize(("mech", "want"), [("OAUTHBEARER", "invalid_request"),
+                                            ("XOAUTH2", "400")])
+def test_malformed_bearer_request_is_announced_as_invalid_request(
+    srv: SaslServer, mech: str, want: str
+) -> None:
+    """RFC 7628 §3.2.2: a request the server cannot parse gets the error JSON with
+    status invalid_request (XOAUTH2: 400), then 535."""
+    auth = MalformedBearer(mech, USER, base64.b64encode(b"alice:pw").decode())
+    with smtplib.SMTP_SSL(
+        "127.0.0.1", srv.submissions, timeout=20, context=srv.server.client_context()
+    ) as s:
+        s.ehlo("client.test")
+        with pytest.raises(smtplib.SMTPAuthenticationError) as exc:
+            s.auth(mech, auth)
+        assert exc.value.smtp_code == 535
+    assert [json.loads(c) for c in auth.challenges] == [
+        {"status": want, "schemes": "bearer", "scope": SCOPE}]
 
 
 # --- wire-level SCRAM: channel binding, downgrade, tampering -------------------------

@@ -209,6 +209,8 @@ def test_refused_tokens(why: str, make: Any, fragment: str) -> None:
     result = verifier().verify(make())
     assert not result.ok and not result.identity, why
     assert fragment in result.reason, (why, result.reason)
+    # RFC 6750 §3.1: only a good token short of a scope is insufficient_scope.
+    assert result.error == ("insufficient_scope" if why == "missing scope" else ""), why
 
 
 def _b64url(data: bytes) -> str:

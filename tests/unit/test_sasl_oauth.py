@@ -187,8 +187,35 @@ OAUTHBEARER_FAILURES = [
 
 @pytest.mark.parametrize(("why", "message"), OAUTHBEARER_FAILURES)
 def test_rfc7628_s3_1_negative_cases(why: str, message: bytes) -> None:
-    step = OAuthBearerServer().start(message)
+    step = OAuthBearerServer(scope="mail").start(message)
     assert isinstance(step, Failure) and step.malformed, why
+    # RFC 7628 §3.2.2: announced by the error JSON, as the request's fault.
+    assert step.error_data is not None, why
+    assert json.loads(step.error_data) == {
+        "status": "invalid_request", "schemes": "bearer", "scope": "mail"}, why
+
+
+@pytest.mark.parametrize(("token_error", "status", "xoauth2"), [
+    ("insufficient_scope", "insufficient_scope", "403"),
+    ("", "invalid_token", "401"),
+    ("something new", "invalid_token", "401"),
+])
+def test_rfc7628_s3_2_2_status_says_why_the_token_is_refused(
+    token_error: str, status: str, xoauth2: str
+) -> None:
+    refused = Verdict(ok=False, reason="token rejected", token_error=token_error)
+    server = OAuthBearerServer(scope="mail", openid_configuration="https://id.example/.wk")
+    server.start(base64.b64decode(RFC7628_SMTP_IR))
+    step = server.answer(refused)
+    assert isinstance(step, Failure) and step.error_data is not None and not step.malformed
+    assert json.loads(step.error_data) == {"status": status, "schemes": "bearer",
+                                           "scope": "mail",
+                                           "openid-configuration": "https://id.example/.wk"}
+    x = XOAuth2Server(scope="mail")
+    x.start(b"user=a@example.org\x01auth=Bearer abc\x01\x01")
+    step = x.answer(refused)
+    assert isinstance(step, Failure) and step.error_data is not None
+    assert json.loads(step.error_data) == {"status": xoauth2, "schemes": "bearer", "scope": "mail"}
 
 
 # --- XOAUTH2 ------------------------------------------------------------------------
@@ -241,6 +268,8 @@ XOAUTH2_FAILURES = [
 def test_xoauth2_negative_cases(why: str, message: bytes) -> None:
     step = XOAuth2Server().start(message)
     assert isinstance(step, Failure) and step.malformed, why
+    assert step.error_data is not None, why
+    assert json.loads(step.error_data) == {"status": "400", "schemes": "bearer"}, why
 
 
 def test_xoauth2_unknown_fields_ignored() -> None:

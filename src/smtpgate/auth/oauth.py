@@ -59,6 +59,13 @@ class TokenResult:
     identity: str = ""
     reason: str = ""
     issuer: str = ""
+    #: RFC 6750 §3.1 error code of a refusal: "insufficient_scope" when the token
+    #: is good but lacks a required scope; "" for any other refusal (invalid_token).
+    error: str = ""
+
+
+#: RFC 6750 §3.1: the token is valid but does not grant a scope the server needs.
+INSUFFICIENT_SCOPE = "insufficient_scope"
 
 
 class TokenVerifierUnavailable(Exception):
@@ -105,7 +112,11 @@ class _FailedFetch:
 
 
 class _Reject(Exception):
-    """Internal: the token is refused for ``reason``."""
+    """Internal: the token is refused for ``reason`` (``error``: see TokenResult)."""
+
+    def __init__(self, reason: str, *, error: str = "") -> None:
+        super().__init__(reason)
+        self.error = error
 
 
 class TokenVerifier:
@@ -178,7 +189,7 @@ class TokenVerifier:
                     self._introspect(cfg, token)
             return TokenResult(ok=True, identity=self._identity(cfg, claims), issuer=issuer)
         except _Reject as exc:
-            return TokenResult(ok=False, reason=str(exc), issuer=issuer)
+            return TokenResult(ok=False, reason=str(exc), issuer=issuer, error=exc.error)
 
     # -- JWT ----------------------------------------------------------------------------
 
@@ -369,7 +380,7 @@ class TokenVerifier:
             granted.update(scp.split())
         missing = [s for s in cfg.required_scopes if s not in granted]
         if missing:
-            raise _Reject(f"missing scope {' '.join(missing)}")
+            raise _Reject(f"missing scope {' '.join(missing)}", error=INSUFFICIENT_SCOPE)
 
     @staticmethod
     def _identity(cfg: IssuerConfig, claims: Mapping[str, Any]) -> str:

@@ -914,7 +914,8 @@ class AuthService:
         if getattr(result, "ok", False) is not True:
             why = str(getattr(result, "reason", "") or "")
             reason = f"token rejected: {why}" if why else "token rejected"
-            return Resolution(Verdict(ok=False, reason=reason))
+            error = str(getattr(result, "error", "") or "")
+            return Resolution(Verdict(ok=False, reason=reason, token_error=error))
         identity = str(getattr(result, "identity", "") or "")
         if not identity:
             return Resolution(Verdict(ok=False, reason="token names no identity"))

@@ -123,6 +123,10 @@ class Verdict:
     identity: str = ""
     reason: str = ""
     temporary: bool = False
+    #: For a refused token only: the RFC 6750 §3.1 error code the OAuth mechanisms
+    #: report ("insufficient_scope"); "" means the token itself is refused
+    #: (invalid_token).
+    token_error: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,12 @@ OAUTHBEARER, RFC 7628 §3.2.3; an empty response for XOAUTH2, Google's documente
 flow). Whatever the client answers, or if it hangs up, the attempt is that
 failure. A backend fault (temporary) fails without the JSON, so SMTP can answer
 454 without a round trip.
+
+The JSON's status says why (RFC 7628 §3.2.2, with RFC 6750 §3.1's codes): a
+message that does not parse is ``invalid_request``, a token that is good but
+lacks a required scope ``insufficient_scope`` (the auth service's
+``Verdict.token_error``), any other refusal ``invalid_token``. XOAUTH2 says the
+same with the HTTP codes RFC 6750 §3.1 pairs with them: 400, 403, 401.
 """
 
 from __future__ import annotations
@@ -167,6 +173,12 @@ def _json(obj: dict[str, str]) -> bytes:
 
 _State = Literal["request", "verify"]
 
+#: RFC 6750 §3.1 error codes, as RFC 7628 §3.2.2 uses them in the status field.
+INVALID_REQUEST = "invalid_request"
+INVALID_TOKEN = "invalid_token"
+INSUFFICIENT_SCOPE = "insufficient_scope"
+_STATUSES = (INVALID_REQUEST, INVALID_TOKEN, INSUFFICIENT_SCOPE)
+
 
 class _BearerServer(ServerMechanismBase):
     """Shared flow: request -> VerifyToken -> Success, or Failure with the error JSON."""
@@ -185,7 +197,8 @@ class _BearerServer(ServerMechanismBase):
     def _parse(self, data: bytes) -> BearerRequest:
         raise NotImplementedError
 
-    def _error_json(self) -> bytes:
+    def _error_json(self, status: str) -> bytes:
+        """The error JSON for ``status``, one of ``_STATUSES``."""
         raise NotImplementedError
 
     def _start(self, initial: bytes | None) -> Step:
@@ -197,11 +210,14 @@ class _BearerServer(ServerMechanismBase):
         try:
             request = self._parse(response)
         except OAuthSyntaxError as exc:
-            return Failure(reason=f"{self.name}: {exc}", malformed=True)
+            # RFC 7628 §3.2.2: a failure is announced by the error JSON, the
+            # request's own fault as invalid_request.
+            return Failure(reason=f"{self.name}: {exc}", malformed=True,
+                           error_data=self._error_json(INVALID_REQUEST))
         self._request = request
         if not request.token:
             # Protocol digest §2.7: an empty auth= asks for the error JSON (discovery).
-            return self._error("discovery request", request.username)
+            return self._error("discovery request", request.username, INVALID_TOKEN)
         self._state = "verify"
         return NeedCredentials(VerifyToken(request.username, request.token, mechanism=self.name))
 
@@ -213,12 +229,14 @@ class _BearerServer(ServerMechanismBase):
         if isinstance(result, (Verdict, NotFound)):
             if result.temporary:
                 return Failure(reason=result.reason, temporary=True, username=request.username)
-            return self._error(result.reason or "token rejected", request.username)
+            token_error = result.token_error if isinstance(result, Verdict) else ""
+            status = token_error if token_error in _STATUSES else INVALID_TOKEN
+            return self._error(result.reason or "token rejected", request.username, status)
         return unexpected_answer(self.name, result, request.username)
 
-    def _error(self, reason: str, username: str) -> Failure:
+    def _error(self, reason: str, username: str, status: str) -> Failure:
         """RFC 7628 §3.2.2: the failure, announced by the error JSON in a 334."""
-        return Failure(reason=reason, username=username, error_data=self._error_json())
+        return Failure(reason=reason, username=username, error_data=self._error_json(status))
 
 
 class OAuthBearerServer(_BearerServer):
@@ -234,14 +252,17 @@ class OAuthBearerServer(_BearerServer):
     def _parse(self, data: bytes) -> BearerRequest:
         return parse_oauthbearer(data)
 
-    def _error_json(self) -> bytes:
+    def _error_json(self, status: str) -> bytes:
         # RFC 7628 §3.2.2: status is required; scope and openid-configuration optional.
-        body = {"status": "invalid_token", "schemes": "bearer"}
+        body = {"status": status, "schemes": "bearer"}
         if self._scope:
             body["scope"] = self._scope
         if self._openid_configuration:
             body["openid-configuration"] = self._openid_configuration
         return _json(body)
+
+
+_XOAUTH2_STATUS = {INVALID_REQUEST: "400", INVALID_TOKEN: "401", INSUFFICIENT_SCOPE: "403"}
 
 
 class XOAuth2Server(_BearerServer):
@@ -252,9 +273,10 @@ class XOAuth2Server(_BearerServer):
     def _parse(self, data: bytes) -> BearerRequest:
         return parse_xoauth2(data)
 
-    def _error_json(self) -> bytes:
-        # Google's XOAUTH2 page: HTTP-like status string, schemes, scope.
-        body = {"status": "401", "schemes": "bearer"}
+    def _error_json(self, status: str) -> bytes:
+        # Google's XOAUTH2 page: HTTP-like status string, schemes, scope; the code
+        # is the one RFC 6750 §3.1 gives each error.
+        body = {"status": _XOAUTH2_STATUS[status], "schemes": "bearer"}
         if self._scope:
             body["scope"] = self._scope
         return _json(body)

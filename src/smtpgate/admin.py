@@ -427,6 +427,13 @@ class AccountAdmin:
             w.record("guard lockout lifted", key, {"blocks": n})
         return n
 
+    def use_web_admin_totp_step(self, name: str, step: int) -> bool:
+        """Spend the admin's TOTP time step ``step`` (kept in the account store, so a
+        code used once is refused after a restart too); False if it, or a later
+        step, was spent already."""
+        with self._tx() as w:
+            return w.use_totp_step(web_admin_name(name), step)
+
     def verify_web_admin_password(self, admin: WebAdmin | None, password: str) -> bool:
         """Argon2id verification (slow, on purpose); an unknown admin costs the same."""
         if admin is None:

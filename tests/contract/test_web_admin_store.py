@@ -40,3 +40,18 @@ def test_web_admins_are_added_listed_removed_and_logged(store: AccountStore) -> 
     assert store.web_admins() == []
     log = [(e.os_user, e.action) for e in store.admin_log(target="root")]
     assert log == [("web:root", "web admin created"), ("web:root", "web admin removed")]
+
+
+def test_a_totp_time_step_is_spent_once_and_kept(store: AccountStore) -> None:
+    """``use_totp_step``: a step (or an earlier one) used once is refused after; it
+    is kept in the backend's table (tests/unit/test_web_admin.py reopens the file,
+    tests/integration/test_web_admin.py restarts the server)."""
+    with store.transaction(ACTOR) as w:
+        w.add_web_admin("root", "$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$aGFzaA", "JBSWY3DPEHPK3PXP")
+    with store.transaction(ACTOR) as w:
+        assert w.use_totp_step("root", 56_666_667)
+    with store.transaction(ACTOR) as w:
+        assert not w.use_totp_step("root", 56_666_667)
+        assert not w.use_totp_step("root", 56_666_666)
+        assert not w.use_totp_step("nobody", 56_666_668)
+        assert w.use_totp_step("root", 56_666_668)

@@ -367,3 +367,39 @@ def test_admin_login_failures_get_the_guards_penalties(site: Site, page: Page) -
     page.goto(site.url + "/guard")
     page.locator("#blocks tbody tr", has_text=bad).locator("button:has-text('Lift')").click()
     assert page.locator("#blocks tbody tr", has_text=bad).count() == 0
+
+
+def _wait_login_page(srv: Server, port: int) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if _http(port, "GET", "/login")[0] == 200:
+                return
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, srv.log_text()
+        time.sleep(0.1)
+
+
+def test_a_totp_code_used_to_log_in_is_refused_after_a_restart(tmp_path: Path) -> None:
+    """The last time step used is kept in the account store, not only in memory: a
+    code seen (shoulder-surfed, logged by a proxy) cannot log in again once the
+    server restarts within its 90 s window."""
+    port = free_port()
+    srv = make_server(tmp_path / "srv", f'\n[admin]\nlisten = "127.0.0.1:{port}"\n')
+    admin = _add_admin(srv, "root")
+    site = Site(srv, port, admin, admin, admin)
+    srv.start()
+    try:
+        _wait_login_page(srv, port)
+        code = _code(admin)
+        assert _login(site, "root", ADMIN_PASSWORD, code)[0] == 303
+        assert _login(site, "root", ADMIN_PASSWORD, code)[0] == 401  # replayed
+        assert srv.stop() == 0
+        srv.start()
+        _wait_login_page(srv, port)
+        assert _login(site, "root", ADMIN_PASSWORD, code)[0] == 401  # and after a restart
+        assert _login(site, "root", ADMIN_PASSWORD, _code(admin))[0] == 303  # the next one
+    finally:
+        if srv.proc is not None:
+            srv.stop()

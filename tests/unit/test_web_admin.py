@@ -12,9 +12,9 @@ from pathlib import Path
 import pyotp
 import pytest
 
-from smtpgate.admin import totp_uri, web_admin_name
-from smtpgate.auth.admin_store import WebAdmin
-from smtpgate.config import AdminConfig, Config, ListenerConfig
+from smtpgate.admin import AccountAdmin, totp_uri, web_admin_name
+from smtpgate.auth.store import AuditActor, SqliteAccountStore
+from smtpgate.config import AccountsConfig, AdminConfig, Config, ListenerConfig
 from smtpgate.web import authlog_view, charts
 from smtpgate.web.authlog_view import Attempt, Filter
 from smtpgate.web.sessions import Sessions
@@ -60,17 +60,30 @@ def _cfg(tmp_path: Path) -> Config:
 def test_a_totp_code_is_good_once_and_only_near_its_time(tmp_path: Path) -> None:
     clock = Clock(1_700_000_000.0)
     site = AdminSite(_cfg(tmp_path), tls=False, status_path=None, clock=clock)
-    secret = pyotp.random_base32()
-    admin = WebAdmin("root", "-", secret, NOW)
-    totp = pyotp.TOTP(secret)
-    code = totp.at(clock.t)
-    assert site._totp_ok(admin, code)
-    assert not site._totp_ok(admin, code)  # replayed
-    assert not site._totp_ok(admin, totp.at(clock.t - 30))  # older than the last used
-    assert site._totp_ok(admin, totp.at(clock.t + 30))  # the next step, once
-    assert not site._totp_ok(admin, totp.at(clock.t + 120))
-    for bad in ("", "12345", "1234567", "abcdef", "１２３４５６"):
-        assert not site._totp_ok(admin, bad)
+    db = tmp_path / "accounts.sqlite"
+    cfg = AccountsConfig(argon2_memory_kib=8192, argon2_time_cost=1, argon2_parallelism=1)
+    actor = AuditActor("ops", "pytest")
+    with AccountAdmin(SqliteAccountStore(db, cfg), cfg, actor=actor) as service:
+        admin, secret = service.add_web_admin("root", "a long admin passphrase")
+        totp = pyotp.TOTP(secret)
+
+        def ok(code: str) -> bool:
+            step = site._totp_step(admin, code)
+            return step is not None and service.use_web_admin_totp_step(admin.name, step)
+
+        code = totp.at(clock.t)
+        assert ok(code)
+        assert not ok(code)  # replayed
+        assert not ok(totp.at(clock.t - 30))  # older than the last used
+        for bad in ("", "12345", "1234567", "abcdef", "１２３４５６"):
+            assert site._totp_step(admin, bad) is None
+        assert site._totp_step(admin, totp.at(clock.t + 120)) is None
+    # A restart: a new store on the same file still knows the step was used.
+    with AccountAdmin(SqliteAccountStore(db, cfg), cfg, actor=actor) as service:
+        assert not ok(code)
+        assert ok(totp.at(clock.t + 30))  # the next step, once
+        assert not ok(totp.at(clock.t + 30))
+        assert not service.use_web_admin_totp_step("nobody", 10**9)
 
 
 def test_admin_names_and_the_enrolment_uri() -> None:

@@ -261,6 +261,12 @@ class AccountWriter(Protocol):
         """False if there was no admin of that name."""
         ...
 
+    def use_totp_step(self, name: str, step: int) -> bool:
+        """Record that the admin logged in with the TOTP code of time step ``step``;
+        False (nothing changed) if that step or a later one was used already, or
+        there is no such admin: a code is good once, across restarts."""
+        ...
+
     # --- changes made elsewhere ---
 
     def record(self, action: str, target: str, details: Mapping[str, object]) -> None:

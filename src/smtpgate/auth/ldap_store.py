@@ -445,6 +445,9 @@ class _OverlayWriter:
     def remove_web_admin(self, name: str) -> bool:
         return self._w.remove_web_admin(name)
 
+    def use_totp_step(self, name: str, step: int) -> bool:
+        return self._w.use_totp_step(name, step)
+
     def record(self, action: str, target: str, details: Mapping[str, object]) -> None:
         self._w.record(action, target, details)
 

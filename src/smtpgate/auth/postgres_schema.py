@@ -157,6 +157,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # One spelling per internationalised domain (auth/names.py): rows renamed by
     # ``_unify_idn_spellings``, below, as SQL cannot decode Punycode.
     (),
+    (
+        # The TOTP time step each admin last logged in with (as in auth/store.py).
+        "ALTER TABLE web_admins ADD COLUMN totp_last_step bigint NOT NULL DEFAULT -1",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -649,6 +649,12 @@ class _PgWriter:
             self._audit("web admin removed", name, {})
         return bool(n)
 
+    def use_totp_step(self, name: str, step: int) -> bool:
+        n = self._c.execute(
+            "UPDATE web_admins SET totp_last_step = %s WHERE name = %s AND totp_last_step < %s",
+            (step, name, step)).rowcount
+        return bool(n)
+
     # --- changes made elsewhere -------------------------------------------------------
 
     def record(self, action: str, target: str, details: Mapping[str, object]) -> None:

@@ -219,6 +219,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         f"UPDATE OR IGNORE aliases SET address = {_UNIFIED}(address) WHERE address <> {_UNIFIED}(address)",
         f"UPDATE OR IGNORE granted_domains SET domain = {_UNIFIED}(domain) WHERE domain <> {_UNIFIED}(domain)",
     ),
+    (
+        # The TOTP time step each admin last logged in with: a code is good once,
+        # across restarts and processes (web/site.py).
+        "ALTER TABLE web_admins ADD COLUMN totp_last_step INTEGER NOT NULL DEFAULT -1",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -751,6 +756,12 @@ class _SqliteWriter:
         n = self._c.execute("DELETE FROM web_admins WHERE name = ?", (name,)).rowcount
         if n:
             self._audit("web admin removed", name, {})
+        return bool(n)
+
+    def use_totp_step(self, name: str, step: int) -> bool:
+        n = self._c.execute(
+            "UPDATE web_admins SET totp_last_step = ? WHERE name = ? AND totp_last_step < ?",
+            (step, name, step)).rowcount
         return bool(n)
 
     # --- changes made elsewhere ---------------------------------------------------------

@@ -107,8 +107,6 @@ class AdminSite:
         self._guard: Guard | None = None
         self._counters: RateCounters | None = None
         self._spool: Spool | None = None
-        #: The TOTP time step last used by each admin: a code is good once.
-        self._last_step: dict[str, int] = {}
         #: Logins being answered per client address (the guard's address key):
         #: one at a time, so each sees the failures of the one before.
         self._logins: dict[str, _Turn] = {}
@@ -334,7 +332,13 @@ class AdminSite:
         service = self.service(name or "-", "login")
         admin = await asyncio.to_thread(service.get_web_admin, name)
         ok = await asyncio.to_thread(service.verify_web_admin_password, admin, password)
-        if admin is None or not ok or not self._totp_ok(admin, code):
+        if ok and admin is not None:
+            step = self._totp_step(admin, code)
+            # A code is good once: the step is spent in the account store, so a
+            # restart (or another process) does not make it good again.
+            ok = step is not None and await asyncio.to_thread(
+                service.use_web_admin_totp_step, admin.name, step)
+        if admin is None or not ok:
             # Counted for a name of no admin too: a lockout only real names got
             # would tell which names exist (the SMTP path counts unknown names alike).
             await self.guard.failure(check, counts_account=True)
@@ -351,20 +355,18 @@ class AdminSite:
         resp.del_cookie(_LOGIN_COOKIE, path="/login")
         raise resp
 
-    def _totp_ok(self, admin: WebAdmin, code: str) -> bool:
-        """The code of this 30 s step or its neighbours, never one used before."""
+    def _totp_step(self, admin: WebAdmin, code: str) -> int | None:
+        """The 30 s time step, this one or a neighbour, whose code ``code`` is; None
+        if none. Whether it was used before is the store's to say."""
         if not (len(code) == 6 and code.isascii() and code.isdigit()):
-            return False
+            return None
         totp = pyotp.TOTP(admin.totp_secret)
         now = self.clock()
         for offset in (0, -1, 1):
             step = int(now // 30) + offset
             if hmac.compare_digest(totp.at(step * 30), code):
-                if step <= self._last_step.get(admin.name, -1):
-                    return False  # replayed
-                self._last_step[admin.name] = step
-                return True
-        return False
+                return step
+        return None
 
     async def logout(self, request: web.Request, session: Session) -> web.StreamResponse:
         self.sessions.end(session.id)

@@ -17,11 +17,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from smtpgate.auth.postgres_schema import SCHEMA_VERSION
 from smtpgate.smtp import replies as R
-from tests.postgres_server import PostgresCluster, shared_cluster
+from tests.postgres_server import PostgresCluster, require_postgres, shared_cluster
 
 from .backends import BACKENDS, PostgresSetup, set_accounts
 from .conftest import PASSWORD, SMTPGATE, USER, Server, make_server
@@ -480,3 +481,88 @@ def test_db_migrate_renames_a_labels_to_the_one_spelling(
     assert "twin@bücher.example" in listed and "twin@xn--bcher-kva.example" in listed
     shown = pg_server.cli("user", "show", "user@xn--bcher-kva.example").stdout
     assert "info@bücher.example" in shown and "münchen.example" in shown
+def _connection_limit(cluster: PostgresCluster, srv: Server, limit: int) -> None:
+    """``CONNECTION LIMIT`` of the server's database (0: every new connection is
+    refused with 53300 too_many_connections, "too many connections for database"),
+    and, for 0, its open connections ended, so the pool has to connect anew."""
+    dsn = next(line for line in srv.config.read_text().splitlines() if line.startswith("dsn"))
+    name = dsn.rsplit("/", 1)[1].rstrip('"')
+    with cluster.admin() as c:
+        c.execute(f"ALTER DATABASE {name} CONNECTION LIMIT {limit}")
+        if limit == 0:
+            c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                      "WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
+
+
+def test_too_many_connections_at_a_login_is_454_never_535(
+    pg_server: Server, cluster: PostgresCluster,
+) -> None:
+    """A database refusing new connections with "too many connections" (53300)
+    while the server runs: the right password and a wrong one both get 454 4.7.0,
+    and logins recover once it accepts connections again."""
+    _short_timeout(pg_server)
+    pg_server.cli("db", "migrate")
+    pg_server.add_user(USER, PASSWORD)
+    pg_server.start()
+    try:
+        assert login(pg_server, "127.0.0.2", USER, PASSWORD).startswith("235")
+        _connection_limit(cluster, pg_server, 0)
+        assert login(pg_server, "127.0.0.2", USER, PASSWORD) == str(R.AUTH_TEMPFAIL)
+        assert login(pg_server, "127.0.0.3", USER, "a wrong guess") == str(R.AUTH_TEMPFAIL)
+        assert "too many connections" in pg_server.log_text()
+    finally:
+        _connection_limit(cluster, pg_server, -1)
+    reply = _until_235(pg_server, 60)
+    assert reply.startswith("235"), reply
+
+
+class FullCluster(PostgresCluster):
+    """A private server of three connection slots, none reserved for superusers:
+    three held connections fill it, and the next one is refused with "sorry, too
+    many clients already" (53300) before any login."""
+
+    def start(self) -> None:
+        options = (f"-c listen_addresses=127.0.0.1 -p {self.port} "
+                   f"-c unix_socket_directories={self.root} -c fsync=off "
+                   "-c max_connections=3 -c superuser_reserved_connections=0 "
+                   "-c shared_buffers=16MB")
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "server.log"),
+                  "-o", options, "-w", "-t", "60", "start")
+
+
+def test_a_server_full_at_start_up_is_an_outage_not_a_configuration_error(
+    tmp_path: Path,
+) -> None:
+    """serve started while PostgreSQL has no connection slot left used to stop
+    ("cannot start", exit 2) as if the password were wrong: psycopg gives no
+    SQLSTATE for a failed connection and PQping calls a full server up. Now it
+    starts, answers 454 4.7.0, and serves once a slot is free, without a restart."""
+    full = FullCluster(require_postgres())
+    held: list[psycopg.Connection[tuple[object, ...]]] = []
+    try:
+        srv = make_server(tmp_path / "srv")
+        full.write_password_file(srv.root)
+        set_accounts(srv, "postgresql", (
+            "[accounts.postgresql]\n"
+            f'dsn = "{full.create_database()}"\n'
+            'password_file = "pg.password"\n'
+        ))
+        _short_timeout(srv)
+        srv.cli("db", "migrate")
+        srv.add_user(USER, PASSWORD)
+        held = [full.admin() for _ in range(3)]
+        srv.start()
+        try:
+            assert login(srv, "127.0.0.2", USER, PASSWORD) == str(R.AUTH_TEMPFAIL)
+            assert login(srv, "127.0.0.3", USER, "a wrong guess") == str(R.AUTH_TEMPFAIL)
+            assert "cannot start" not in srv.log_text()
+            for c in held:
+                c.close()
+            reply = _until_235(srv, 60)
+            assert reply.startswith("235"), reply
+        finally:
+            srv.stop()
+    finally:
+        for c in held:
+            c.close()
+        full.destroy()

@@ -7,6 +7,9 @@ needed: psycopg's connect and libpq's ping are replaced."""
 from __future__ import annotations
 
 import logging
+import socket
+import struct
+import threading
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -15,7 +18,7 @@ import psycopg
 import pytest
 from psycopg import errors, pq
 
-from smtpgate.auth import postgres_schema, postgres_store
+from smtpgate.auth import postgres_probe, postgres_schema, postgres_store
 from smtpgate.auth.directory import StoreUnavailable
 from smtpgate.auth.postgres_schema import (
     SCHEMA_VERSION,
@@ -233,3 +236,48 @@ def test_config_check_warns_of_an_outage_and_serve_logs_it_as_an_error(
                         raising(StoreUnavailable("PostgreSQL database x: auth failed")))
     [p] = preflight.check_postgres(cfg)
     assert (p.severity, p.outage) == ("error", False)
+
+
+def _answering(answer: bytes) -> tuple[socket.socket, threading.Thread, list[bytes]]:
+    """A one-connection listener that reads the startup packet and sends ``answer``."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    got: list[bytes] = []
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            got.append(conn.recv(4096))
+            conn.sendall(answer)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    return listener, t, got
+
+
+def _error_response(sqlstate: str) -> bytes:
+    fields = b"SFATAL\0VFATAL\0C" + sqlstate.encode() + b"\0Msorry, too many clients already\0\0"
+    return b"E" + struct.pack("!I", len(fields) + 4) + fields
+
+
+@pytest.mark.parametrize(("answer", "sqlstate"), [
+    (_error_response("53300"), "53300"),           # full: before any login
+    (b"R" + struct.pack("!II", 12, 10) + b"SCRAM-SHA-256\0\0", None),  # asks to log in
+    (b"", None),                                    # hung up
+    (b"E\0\0", None),                               # garbage
+])
+def test_the_probe_reads_the_sqlstate_a_server_refuses_a_connection_with(
+    answer: bytes, sqlstate: str | None
+) -> None:
+    listener, t, got = _answering(answer)
+    with listener:
+        port = listener.getsockname()[1]
+        dsn = f"postgresql://smtpgate@127.0.0.1:{port}/accounts"
+        assert postgres_probe.refusal_sqlstate(dsn, 2) == sqlstate
+        t.join(5)
+    assert got == [postgres_probe.startup_packet("smtpgate", "accounts")]
+    assert b"user\0smtpgate\0database\0accounts\0" in got[0]
+
+
+def test_the_probe_of_nothing_listening_is_none() -> None:
+    assert postgres_probe.refusal_sqlstate(PG.dsn, 1) is None
+    assert postgres_probe.refusal_sqlstate("not a dsn ===", 1) is None

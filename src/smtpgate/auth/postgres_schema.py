@@ -23,6 +23,7 @@ from psycopg.rows import dict_row
 
 from smtpgate.auth.directory import StoreUnavailable
 from smtpgate.auth.names import unified_spelling
+from smtpgate.auth.postgres_probe import refusal_sqlstate
 from smtpgate.auth.sqlite_file import NewerSchema
 from smtpgate.config import PostgresConfig
 
@@ -304,6 +305,10 @@ def connect(pg: PostgresConfig, *, classify: bool = True) -> psycopg.Connection[
             outage = outage_state(error.sqlstate)
         elif not _answers(pg):
             outage = True
+        elif (refused := refusal_sqlstate(pg.dsn, max(1.0, pg.timeout))) is not None:
+            # It answers, but full ("too many clients already", before any
+            # login): an outage, which psycopg's error does not say (postgres_probe.py).
+            outage = outage_state(refused)
         elif tries:
             continue  # it answers: it may have come up in between, so ask it again
         else:

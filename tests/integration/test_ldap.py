@@ -233,6 +233,30 @@ def test_directory_down_gives_454_and_logins_recover_by_themselves(
     assert "LDAP directory" in srv.log_text() and "unavailable" in srv.log_text()
 
 
+def test_directory_down_at_start_up_gives_454_then_logins_are_served(
+    slapd: Slapd, tmp_path: Path,
+) -> None:
+    """A directory that is down when serve starts is an outage, not a configuration
+    error: serve starts, the right password and a wrong one get 454 4.7.0 (never
+    535), and logins are served once the directory is back, without a restart."""
+    srv, _, _ = _server(tmp_path / "srv")
+    slapd.stop()
+    try:
+        srv.start()
+        code, text = login(srv, ALICE, ALICE_PW)
+        assert (code, text[:5]) == (454, b"4.7.0"), text
+        assert login(srv, BOB, "a wrong guess")[0] == 454
+    finally:
+        slapd.start()
+    try:
+        deadline = time.monotonic() + 60
+        while (reply := login(srv, ALICE, ALICE_PW)) != (235, b""):
+            assert reply[0] == 454 and time.monotonic() < deadline, reply
+            time.sleep(0.5)
+    finally:
+        srv.stop()
+
+
 def test_a_rotated_service_account_password_is_used_without_a_restart(
     slapd: Slapd, tmp_path: Path,
 ) -> None:

@@ -103,6 +103,29 @@ def test_end_of_data_and_commands_inside_a_chunk_are_message_data(srv: Server) -
     assert any(f.read_bytes().endswith(smuggled) for f in files)
 
 
+@pytest.mark.parametrize("size", [b"xyz", b"-1", b"99999999999999999999", b"+5", b"0x10",
+                                  b"5 MORE", b""])
+def test_an_unreadable_chunk_size_closes_before_the_chunk_is_read_as_commands(
+    srv: Server, size: bytes
+) -> None:
+    """Without a size the chunk's end is unknown: a server that answered and went
+    on would read the chunk's octets as commands (a second, smuggled message).
+    smtpgate answers 501 and closes; nothing after the BDAT line is a command."""
+    before = len(srv.delivered())
+    smuggled = (f"MAIL FROM:<{USER}>\r\nRCPT TO:<victim@example.net>\r\nDATA\r\n"
+                f"From: <{USER}>\r\n\r\nsmuggled\r\n.\r\nNOOP\r\n").encode()
+    s = login(srv.submission, srv.client_context(), USER, PASSWORD)
+    assert s.sock is not None
+    s.sock.settimeout(3)
+    codes = exchange(s, f"MAIL FROM:<{USER}>\r\nRCPT TO:<bob@example.net>\r\n".encode()
+                     + b"BDAT " + size + b"\r\n" + smuggled, 8)
+    assert codes == [250, 250, 501, 0], codes  # and then the connection is closed
+    with pytest.raises((smtplib.SMTPServerDisconnected, OSError)):
+        s.noop()
+    s.close()
+    assert len(srv.delivered()) == before  # neither message
+
+
 def cases(user: str) -> list[tuple[str, bytes, int]]:
     """(name, wire after the login, replies to read): the edge cases of the issue."""
     u = user.encode()

@@ -313,6 +313,27 @@ def test_curl_xoauth2_on_xoauth2_only_listener(srv: SaslServer, mode: str) -> No
     check_delivered(srv, marker)
 
 
+def test_xoauth2_and_oauthbearer_for_an_internationalised_address(srv: SaslServer) -> None:
+    """An SMTPUTF8 account (RFC 6531) logs in with a token through XOAUTH2, whose
+    user= was refused as not printable ASCII, and through OAUTHBEARER."""
+    user = "jos\u00e9@example.org"
+    srv.server.add_user(user, "Glacier-Tulip-Anvil-62")
+    token = srv.issuer.token(user)
+    log = AuthLog(srv)
+    for mech, port, blob in (
+        ("XOAUTH2", srv.ports["xoauth2-implicit"],
+         f"user={user}\x01auth=Bearer {token}\x01\x01"),
+        ("OAUTHBEARER", srv.submissions, f"n,a={user},\x01auth=Bearer {token}\x01\x01"),
+    ):
+        with smtplib.SMTP_SSL(
+            "127.0.0.1", port, timeout=20, context=srv.server.client_context()
+        ) as s:
+            s.ehlo("client.test")
+            code, text = s.docmd("AUTH", f"{mech} " + base64.b64encode(blob.encode()).decode())
+            assert code == 235, (mech, code, text)
+        log.one(mechanism=mech, result="success")
+
+
 def test_curl_expired_token_refused(srv: SaslServer) -> None:
     log = AuthLog(srv)
     token = srv.issuer.bad_tokens(USER)["expired"]

@@ -27,6 +27,7 @@ from smtpgate.sasl.oauth import (
     XOAuth2Client,
     XOAuth2Server,
     encode_oauthbearer,
+    encode_xoauth2,
     parse_oauthbearer,
     parse_xoauth2,
 )
@@ -275,6 +276,21 @@ def test_xoauth2_negative_cases(why: str, message: bytes) -> None:
 def test_xoauth2_unknown_fields_ignored() -> None:
     req = parse_xoauth2(b"user=u\x01foo=bar\x01auth=Bearer abc\x01\x01")
     assert (req.username, req.token) == ("u", "abc")
+
+
+def test_xoauth2_user_may_be_an_internationalised_address() -> None:
+    """An SMTPUTF8 account (RFC 6531) logs in with XOAUTH2 as with OAUTHBEARER,
+    whose authzid is UTF-8 already; controls in it stay refused."""
+    req = parse_xoauth2("user=jos\u00e9@b\u00fccher.example\x01auth=Bearer abc\x01\x01".encode())
+    assert (req.username, req.token) == ("jos\u00e9@b\u00fccher.example", "abc")
+    step = XOAuth2Server().start(encode_xoauth2("jos\u00e9@example.org", "abc"))
+    assert isinstance(step, NeedCredentials)
+    assert step.query == VerifyToken("jos\u00e9@example.org", "abc", mechanism="XOAUTH2")
+    for bad in ("a\u0085b@example.org", "a\tb@example.org", ""):
+        with pytest.raises(OAuthSyntaxError):
+            parse_xoauth2(f"user={bad}\x01auth=Bearer abc\x01\x01".encode())
+    with pytest.raises(OAuthSyntaxError):  # other values stay printable ASCII
+        parse_xoauth2("user=u@example.org\x01auth=Bearer abc\x01x=\u00e9\x01\x01".encode())
 
 
 # --- clients --------------------------------------------------------------------------

@@ -177,10 +177,12 @@ def decode_utf8(data: bytes) -> str | None:
 
 
 def is_safe_name(name: str) -> bool:
-    """Reject empty names and C0 controls/DEL.
+    """Reject empty names and control characters (C0, DEL, C1).
 
     Usernames travel on to line-based backends (Dovecot auth protocol: TAB, LF, CR,
     NUL and 0x01 are separators, protocol digest §2.10) and into logs, so a control
-    character in a name is never legitimate.
+    character in a name is never legitimate (NEL, U+0085, ends a line for some
+    readers); no account name holds one (``auth/names.py``).
     """
-    return bool(name) and not any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in name)
+    return bool(name) and not any(
+        ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 for ch in name)

@@ -80,11 +80,15 @@ class BearerRequest:
     fields: dict[str, str]
 
 
-def _parse_kvpairs(pairs: list[str]) -> dict[str, str]:
+def _parse_kvpairs(pairs: list[str], *, names: frozenset[str] = frozenset()) -> dict[str, str]:
+    """The pairs as a dict. Values follow RFC 7628 §3.1 (printable ASCII), except
+    those of the keys in ``names``, which hold a user name: any character but a
+    control one, so that an internationalised address (RFC 6531) fits."""
     fields: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep or not _KEY.fullmatch(key) or not _VALUE.fullmatch(value):
+        ok = (is_safe_name(value) or not value) if key in names else _VALUE.fullmatch(value)
+        if not sep or not _KEY.fullmatch(key) or not ok:
             raise OAuthSyntaxError("bad key=value pair")
         # Protocol digest §2.7: reject a duplicate auth (and any duplicate key:
         # which one would count is exactly the ambiguity an attacker wants).
@@ -156,7 +160,9 @@ def parse_xoauth2(data: bytes) -> BearerRequest:
     pieces = text.split(KVSEP)
     if len(pieces) < 3 or pieces[-1] != "" or pieces[-2] != "":
         raise OAuthSyntaxError("fields not terminated by 0x01 0x01")
-    fields = _parse_kvpairs(pieces[:-2])
+    # XOAUTH2's user= is an address, which may be internationalised; OAUTHBEARER
+    # carries it in the gs2 header (UTF-8 there already).
+    fields = _parse_kvpairs(pieces[:-2], names=frozenset({"user"}))
     if "user" not in fields or "auth" not in fields:
         raise OAuthSyntaxError("user and auth are required")
     if not is_safe_name(fields["user"]):

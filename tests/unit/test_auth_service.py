@@ -826,3 +826,23 @@ async def test_a_hash_made_over_the_password_as_typed_logs_in_and_is_made_again_
     assert store.get_credential(old.name, ARGON2ID) != raw
     svc._cache.clear()
     assert (await login(svc, old.name, nfc)).ok
+
+
+async def test_a_user_name_in_another_unicode_form_finds_the_account(
+    svc: AuthService, admin: AccountAdmin
+) -> None:
+    """RFC 4616 §2: PLAIN's authcid is SASLprep'd, as SCRAM's user name is: "josé"
+    sent in NFD logs in to the account made in NFC, under the account's spelling."""
+    nfc, nfd = "jos\u00e9@example.org", "jose\u0301@example.org"
+    admin.add_account(nfc, "pencil")
+    assert await login(svc, nfd) == Verdict(ok=True, identity=nfc)
+    assert await login(svc, nfd, mechanism="LOGIN") == Verdict(ok=True, identity=nfc)
+    assert not (await login(svc, nfd, "wrong")).ok
+    assert (await login(svc, nfd, authzid=nfd)).ok  # the same name as authzid
+    assert not (await login(svc, nfd, authzid=ALICE)).ok
+    c = await svc.resolve(LookupScram(nfc, "sha256", "SCRAM-SHA-256"), CTX)
+    assert isinstance(c, ScramCredentials)
+    # A name SASLprep would change still logs in by its own spelling.
+    odd = "\ufb01le@example.org"  # the "fi" ligature: SASLprep makes it "file@..."
+    admin.add_account(odd, "pencil")
+    assert await login(svc, odd) == Verdict(ok=True, identity=odd)

@@ -136,6 +136,7 @@ from smtpgate.sasl.base import (
     VerifyPassword,
     VerifyToken,
 )
+from smtpgate.sasl.saslprep import SaslprepError, saslprep
 
 log = logging.getLogger("smtpgate.auth.service")
 T = TypeVar("T")
@@ -227,6 +228,14 @@ class VerifiesTokens(Protocol):
 
 class _Temporary(Exception):
     """A backend fault found inside a handler; ``resolve`` turns it into a 454 answer."""
+
+
+def _prepared_name(name: str) -> str:
+    """``name`` SASLprep'd (query rules) and canonical; ``name`` if SASLprep refuses it."""
+    try:
+        return lookup_key(saslprep(name, allow_unassigned=True)) or name
+    except SaslprepError:
+        return name
 
 
 def _untrusted_thread() -> None:
@@ -627,8 +636,15 @@ class AuthService:
     # --- shared steps ----------------------------------------------------------------
 
     def _load(self, name: str, scheme: str) -> tuple[Account | None, str | None]:
-        """Worker thread: the account and one of its credentials, in one hop."""
+        """Worker thread: the account and one of its credentials, in one hop.
+
+        A name no account has is tried SASLprep'd (RFC 4616 §2 prepares PLAIN's
+        authcid, RFC 5802 §5.1 SCRAM's user name): "josé" sent in NFD finds the
+        account SCRAM finds, and an account whose name SASLprep would change
+        still logs in by its own spelling."""
         account = self._directory.get_account(name)
+        if account is None and (prepared := _prepared_name(name)) != name:
+            account = self._directory.get_account(prepared)
         if account is None or scheme not in account.schemes:
             return account, None
         return account, self._directory.get_credential(account.name, scheme)
@@ -707,7 +723,8 @@ class AuthService:
             await self._burn(q.password, lane)
             return Resolution(Verdict(ok=False, reason=UNKNOWN_USER))
         refusal = _mechanism_refusal(account, mechanism, ctx)
-        if refusal is None and q.authzid and lookup_key(q.authzid) != account.name:
+        if refusal is None and q.authzid and account.name not in (
+                lookup_key(q.authzid), _prepared_name(lookup_key(q.authzid))):
             # No proxy authorization (RFC 4616 §2 leaves it to us).
             refusal = (REFUSED_POLICY, AUTHZID_REFUSED)
         if refusal is not None:

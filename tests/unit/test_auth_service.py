@@ -842,6 +842,11 @@ async def test_a_user_name_in_another_unicode_form_finds_the_account(
     assert not (await login(svc, nfd, authzid=ALICE)).ok
     c = await svc.resolve(LookupScram(nfc, "sha256", "SCRAM-SHA-256"), CTX)
     assert isinstance(c, ScramCredentials)
+    # Every spelling that logs in to the account shares its guard count.
+    fullwidth = "\uff4a\uff4f\uff53\u00e9@example.org"  # ｊｏｓé: NFKC gives josé
+    assert (await login(svc, fullwidth)).ok
+    for spelling in (nfc, nfd, fullwidth):
+        assert await svc.login_identity(spelling) == nfc
     # A name SASLprep would change still logs in by its own spelling.
     odd = "\ufb01le@example.org"  # the "fi" ligature: SASLprep makes it "file@..."
     admin.add_account(odd, "pencil")

@@ -375,11 +375,16 @@ class AuthService:
         """The name the guard counts ``username``'s attempts under: the account it
         logs in as, or its normalised spelling (``AccountDirectory.login_identity``).
 
+        The name is SASLprep'd first: every spelling that logs in to one account
+        (``_load``: "josé" in NFD or in full-width letters) must share its count,
+        or each would get its own allowance of guesses.
+
         Raises:
             StoreError: the directory failed (a bind-only one searches for it).
         """
         if self._closed:
             raise StoreError("auth service is shut down")
+        username = _prepared_name(username)
         if not self._directory.verifies_passwords:
             return self._directory.login_identity(username)  # canonical already: no I/O
         try:

@@ -4,8 +4,9 @@ guard store have in common.
 Each thread gets its own connection (``sqlite3`` objects are not thread-safe);
 ``check_same_thread=False`` only so that ``close()`` can close every thread's
 connection. The file is created with mode 0600 because both stores hold data an
-attacker would like to read. Errors from sqlite3 and the OS are mapped, at this
-boundary, to the store's own exception type.
+attacker would like to read, and, made by root (an administrator's ``sudo smtpgate
+...``), is given to the owner of its directory, the user the server runs as. Errors from
+sqlite3 and the OS are mapped, at this boundary, to the store's own exception type.
 
 Schema upgrades
 ---------------
@@ -48,6 +49,28 @@ class NewerSchema(Exception):
     )
 
 
+def take_directory_owner(fd: int, directory: Path) -> None:
+    """Run as root, give the file just created at ``fd`` to the owner of the directory
+    it is in.
+
+    The server runs as its own user (``server.user``, systemd's ``User=``), which owns
+    the state directory; a database an administrator created with ``sudo smtpgate db
+    migrate`` or ``user add``, or a copy ``db backup`` made beside it, would otherwise
+    be root's, and the server could not open it (or SQLite could not write its journal).
+    SQLite itself gives a ``-wal``, ``-shm`` or ``-journal`` file its database's owner
+    when run as root, so the database file is the one to get right. Not root: the file
+    is ours, as it should be.
+
+    Raises:
+        OSError: the directory cannot be looked at, or the change was refused.
+    """
+    if os.geteuid() != 0:
+        return
+    st = os.stat(directory)
+    if (st.st_uid, st.st_gid) != (0, 0):
+        os.fchown(fd, st.st_uid, st.st_gid)
+
+
 def _timestamp() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
 
@@ -57,7 +80,8 @@ def backup_database(source: Path, dest: Path) -> None:
 
     The copy is consistent even while other processes write (in WAL mode it
     reads one snapshot and never blocks them). ``dest`` is created with mode
-    0600, since the stores hold secrets, and is never overwritten.
+    0600, since the stores hold secrets, and is never overwritten; run as root, it
+    is given to the owner of its directory (``take_directory_owner``).
 
     Raises:
         FileNotFoundError: ``source`` does not exist (it is not created).
@@ -67,6 +91,12 @@ def backup_database(source: Path, dest: Path) -> None:
     if not source.is_file():
         raise FileNotFoundError(2, "No such file", str(source))
     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        take_directory_owner(fd, dest.parent)
+    except BaseException:
+        os.close(fd)
+        dest.unlink(missing_ok=True)
+        raise
     os.close(fd)
     try:
         # mode=rw: never create the source by accident.
@@ -127,7 +157,10 @@ class ThreadLocalSqlite:
             except FileExistsError:
                 pass
             else:
-                os.close(fd)
+                try:
+                    take_directory_owner(fd, path.parent)
+                finally:
+                    os.close(fd)
 
     @property
     def path(self) -> Path:

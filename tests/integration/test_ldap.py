@@ -225,12 +225,19 @@ def test_directory_down_gives_454_and_logins_recover_by_themselves(
     try:
         code, text = login(srv, ALICE, ALICE_PW)
         assert (code, text[:5]) == (454, b"4.7.0"), text
-        assert login(srv, BOB, "any password")[0] == 454  # never 535 for an outage
+        for _ in range(5):  # never 535 for an outage
+            assert login(srv, BOB, "any password")[0] == 454
     finally:
         slapd.start()
     assert login(srv, ALICE, ALICE_PW) == (235, b"")  # no restart
     assert login(srv, BOB, BOB_PW) == (235, b"")
-    assert "LDAP directory" in srv.log_text() and "unavailable" in srv.log_text()
+    lines = [line for line in srv.log_text().splitlines() if " smtpgate.auth.ldap[" in line]
+    # Once per worker that saw it (two on a 2-CPU machine), not once per failed
+    # operation (six logins, several operations each); and once when it is back.
+    # (The auth log keeps its one record per attempt, "auth tempfail ... reason=".)
+    down = [line for line in lines if " unavailable: " in line]
+    assert 1 <= len(down) <= 2, "\n".join(lines)
+    assert any("answering again after" in line for line in lines), lines
 
 
 def test_directory_down_at_start_up_gives_454_then_logins_are_served(

@@ -60,6 +60,7 @@ from smtpgate.auth.names import (
     canonical_name,
     lookup_key,
 )
+from smtpgate.auth.outage_log import OutageLog
 from smtpgate.config import LdapConfig
 
 log = logging.getLogger("smtpgate.auth.ldap")
@@ -223,6 +224,9 @@ class LdapDirectory:
         )
         self._where = (host, port, ldaps, tls)
         self._label = f"LDAP directory {cfg.url}"
+        #: A directory down under login load fails every login: logged once, then a
+        #: summary a minute, then once when it answers (``outage_log``).
+        self._outage = OutageLog(self._label, log)
         self._search_pool = _Pool(cfg.pool_size, self._service_connection, cfg.operation_timeout)
         self._bind_pool = _Pool(cfg.pool_size, self._plain_connection, cfg.operation_timeout)
         status = {cfg.expires_attribute, cfg.locked_flags_attribute} - {""}
@@ -290,14 +294,17 @@ class LdapDirectory:
         for attempt in (1, 2):
             try:
                 with pool.connection() as conn:
-                    return op(conn)
+                    answer = op(conn)
             except DirectoryMisconfigured:
                 raise
             except (LDAPException, OSError, _Fault) as e:
                 cause = f"{type(e).__name__}: {e}"
                 if attempt == 2:
-                    log.warning("%s unavailable: %s", self._label, cause)
+                    self._outage.failed(cause)
                     raise StoreUnavailable(f"{self._label} unavailable: {cause}") from e
+            else:
+                self._outage.answered()
+                return answer
         raise AssertionError("unreachable")
 
     # --- the operations -----------------------------------------------------------------

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import threading
 import time
 import urllib.parse
@@ -39,6 +40,7 @@ from typing import Any, TypeGuard
 
 import jwt
 
+from smtpgate.auth.outage_log import OutageLog
 from smtpgate.config import JWT_ALGORITHMS, IssuerConfig
 
 #: Protocol digest §2.7: cap the token before parsing it.
@@ -50,6 +52,8 @@ HTTP_TIMEOUT = 10.0
 #: Longest wait before a key set whose fetch failed is fetched again (shorter if
 #: the issuer's ``jwks_min_refresh_seconds`` is).
 RETRY_FAILED_FETCH = 10.0
+
+log = logging.getLogger("smtpgate.auth.oauth")
 
 @dataclass(frozen=True, slots=True)
 class TokenResult:
@@ -163,6 +167,10 @@ class TokenVerifier:
         self._failed: dict[str, _FailedFetch] = {}
         #: Issuers whose key set one thread is fetching now.
         self._fetching: set[str] = set()
+        #: Each issuer's failed fetches in the log: the first at once, then a summary a
+        #: minute, then one line when a fetch succeeds (``outage_log``).
+        self._outages = {issuer: OutageLog(f"key set of {issuer}", log)
+                         for issuer, cfg in self._issuers.items() if cfg.has_key_set}
 
     # -- public ---------------------------------------------------------------------
 
@@ -316,12 +324,19 @@ class TokenVerifier:
             error = exc
         finally:
             with self._lock:  # the outcome is recorded before the waiters look
+                outage = self._outages.get(issuer)
                 if keys is not None:
                     self._key_sets[issuer] = _KeySet(keys=keys, fetched_at=now)
                     self._failed.pop(issuer, None)
+                    if outage is not None:
+                        outage.answered()
                 else:
                     why = str(error) if error is not None else f"key set of {issuer}: fetch failed"
                     self._failed[issuer] = _FailedFetch(self._clock(), why)
+                    if outage is not None:
+                        outage.failed(why.removeprefix(f"key set of {issuer}: ")
+                                      + ("; the last good key set is used meanwhile"
+                                         if cached is not None else ""))
                 self._fetching.discard(issuer)
                 self._lock.notify_all()
         if keys is not None:

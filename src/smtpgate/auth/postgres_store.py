@@ -86,6 +86,7 @@ from smtpgate.auth.credentials import ARGON2ID, CRAM_MD5
 from smtpgate.auth.directory import Account, AppPassword, CertificateRecord, StoreUnavailable
 from smtpgate.auth.legacy_hashes import LEGACY
 from smtpgate.auth.names import lookup_key
+from smtpgate.auth.outage_log import OutageLog
 from smtpgate.auth.passwords import PasswordHasher, StoredHashError
 from smtpgate.auth.postgres_schema import (
     SCHEMA_VERSION,
@@ -697,6 +698,9 @@ class PostgresAccountStore:
         #: its own on a server that stops answering without closing the connection.
         self.read_bound = 2 * pg.timeout + 1
         self._label = where(pg)
+        #: A database down under login load fails every login: logged once, then a
+        #: summary a minute, then once when it answers (``outage_log``).
+        self._outage = OutageLog(self._label, log)
         kwargs = connection_kwargs(pg)
         #: Why the database could not be reached at opening (None: it answered).
         self.outage: str | None = None
@@ -786,17 +790,23 @@ class PostgresAccountStore:
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
-        """Map driver and pool errors to StoreUnavailable, with the cause."""
+        """Map driver and pool errors to StoreUnavailable, with the cause; an outage
+        (no connection, a connection lost, a statement cancelled) goes to the log
+        through ``_outage``, as does the first operation that succeeds after it."""
         try:
             yield
         except PoolTimeout:
-            raise StoreUnavailable(
-                f"{self._label}: no connection within {self._pg.timeout:g}s ({self._cause()})"
-            ) from None
+            cause = f"no connection within {self._pg.timeout:g}s ({self._cause()})"
+            self._outage.failed(cause)
+            raise StoreUnavailable(f"{self._label}: {cause}") from None
         except PoolClosed:
             raise StoreUnavailable(f"{self._label}: store is closed") from None
         except psycopg.Error as e:
-            raise StoreUnavailable(f"{self._label}: {str(e).strip()}") from None
+            cause = str(e).strip()
+            if isinstance(e, psycopg.OperationalError):
+                self._outage.failed(cause)
+            raise StoreUnavailable(f"{self._label}: {cause}") from None
+        self._outage.answered()
 
     def _cause(self) -> str:
         """Why the pool has no connection: one direct attempt, for the log."""

@@ -242,3 +242,30 @@ def test_the_web_admin_opens_the_new_account_store_and_closes_the_old_one(
         await site.close()
 
     asyncio.run(run())
+
+
+def test_session_recheck_and_the_password_policy_are_taken_not_named_for_a_restart(
+    tmp_path: Path,
+) -> None:
+    """Both were named "kept as running until a restart" though the serving process
+    applies them (the session's recheck interval, the auth service's and the web
+    admin's password policy)."""
+    path = _write(tmp_path)
+    running = parse_config(path.read_text(), tmp_path)
+    _write(tmp_path, "[auth]\nsession_recheck = 3\n[passwords]\nmin_length = 20\n"
+                     "max_age_days = 90\n")
+    new = reloading.load(path, running)
+    assert new.needs_restart == () and new.partly == ()
+    assert new.cfg.auth.session_recheck == 3
+    assert new.cfg.passwords.min_length == 20 and new.cfg.passwords.max_age_days == 90
+
+
+def test_a_new_hostname_is_taken_and_delivery_keeping_the_old_one_is_said(tmp_path: Path) -> None:
+    path = _write(tmp_path)
+    running = parse_config(path.read_text(), tmp_path)
+    path.write_text(path.read_text().replace("mail.example.org", "smtp.example.org", 1))
+    new = reloading.load(path, running)
+    assert new.cfg.hostname == "smtp.example.org" and new.needs_restart == ()
+    (note,) = new.partly
+    assert note.startswith("hostname: new sessions use it now; delivery keeps "
+                           "'mail.example.org' (its EHLO to the next hop")

@@ -285,7 +285,8 @@ class AuthService:
         reads_on_loop: bool = True,
     ) -> None:
         self._directory = directory
-        self._passwords = passwords_cfg or PasswordsConfig()
+        #: ``[passwords]``; a reload replaces it (``server/app.py``).
+        self.passwords = passwords_cfg or PasswordsConfig()
         self._cfg = accounts_cfg
         # [auth].mechanisms and failure_floor are applied by the session layer;
         # kept here for the guard (rate limits, penalties) that will use them.
@@ -707,7 +708,7 @@ class AuthService:
     # --- handlers --------------------------------------------------------------------
 
     def _expired(self, account: Account) -> str | None:
-        expiry = account.password_expiry(self._passwords.max_age_days)
+        expiry = account.password_expiry(self.passwords.max_age_days)
         if expiry is not None and expiry <= datetime.now(UTC):
             return f"{PASSWORD_EXPIRED} at {expiry.strftime('%Y-%m-%d %H:%M')} UTC"
         return None

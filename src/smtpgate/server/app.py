@@ -437,6 +437,7 @@ class _Live:
         rt.handshake_timeout = cfg.tls.handshake_timeout
         rt.login.failure_floor = cfg.auth.failure_floor
         rt.session_recheck = cfg.auth.session_recheck
+        rt.auth.passwords = cfg.passwords  # the current service; a new one has them
         rt.add_received = cfg.smtp.received_header
         rt.policy = cfg.policy
         if rt.space is not None:  # queue.* is kept as running; the default follows the limit
@@ -476,6 +477,8 @@ def _log_reload(old: Config, new: reloading.Reloaded) -> None:
     if new.needs_restart:
         log.warning("reload: %s changed in the file; kept as running until a restart",
                     ", ".join(new.needs_restart))
+    for note in new.partly:
+        log.warning("reload: %s", note)
     from smtpgate.preflight import loosenings
 
     before = {(p.key, p.message) for p in loosenings(old)}

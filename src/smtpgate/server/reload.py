@@ -8,7 +8,11 @@ certificate stay, and the error names the key. Otherwise the
 
 - ``hostname``, ``tls.*`` (certificate, key, versions, handshake timeout),
   ``limits.*``, ``guard.*`` (except ``guard.database``), ``policy.*``,
-  ``smtp.*``, ``auth.mechanisms`` and ``auth.failure_floor``;
+  ``smtp.*``, ``auth.mechanisms``, ``auth.failure_floor``, ``auth.session_recheck``
+  and ``passwords.*`` (the auth service's ``max_age_days``, the web admin's policy
+  for a new password; the CLI reads the file each time anyway). A new ``hostname``
+  is taken by the sessions; delivery keeps the running one (its EHLO to the next
+  hop, the DSNs' Reporting-MTA) until a restart, and the reload says so (``partly``);
 - ``accounts.*`` and the OAuth keys (``auth.oauth_issuers``, ``auth.oauth_scope``):
   each serving process builds a new auth service for new logins
   (``auth/services.py``). A changed directory is opened once here, and changed
@@ -21,7 +25,7 @@ certificate stay, and the error names the key. Otherwise the
   start, so an endpoint opened later reports the counts since start-up.
 
 Everything else (listeners, ``server.*``, ``queue.*``, ``delivery.*``,
-``passwords.*``, ``auth.log_file``, ``auth.decoy_secret_file``,
+``auth.log_file``, ``auth.decoy_secret_file``,
 ``guard.database``, where the state lives) is bound to sockets, processes, open
 files or thread pools made at start-up; a reload that changes them keeps the
 running values and names the keys so the administrator knows a restart is
@@ -56,6 +60,8 @@ class Reloaded:
     #: What start-up would warn about the certificate and key (expired, expiring,
     #: not naming ``hostname``, a key readable by all), as ``key: message``.
     warnings: tuple[str, ...] = ()
+    #: Keys taken, but not everywhere until a restart, as ``key: what keeps the old``.
+    partly: tuple[str, ...] = ()
 
 
 def build_tls(cfg: Config) -> ServerTlsContext:
@@ -99,7 +105,19 @@ def load(path: Path, running: Config) -> Reloaded:
         check_directory(merged)
     if oauth_changed(running, merged):
         check_oauth(merged)
-    return Reloaded(merged, tls, changed_keys(merged, new), warnings)
+    return Reloaded(merged, tls, changed_keys(merged, new), warnings, partly_taken(running, merged))
+
+
+def partly_taken(running: Config, merged: Config) -> tuple[str, ...]:
+    """Changed keys that new sessions use at once but the delivery side keeps until a
+    restart: it was built at start-up with them (``queue/factory.py``), as with
+    ``delivery.*`` itself."""
+    if running.hostname == merged.hostname:
+        return ()
+    note = ("hostname: new sessions use it now; delivery keeps "
+            f"{running.hostname!r} (its EHLO to the next hop, the Reporting-MTA of "
+            "delivery status notifications) until a restart")
+    return (note,)
 
 
 def check_certificate(cfg: Config) -> tuple[str, ...]:
@@ -180,7 +198,7 @@ def merge(running: Config, new: Config) -> Config:
     # mechanisms without an issuer, and a reload may add both at once.
     auth = running.auth.model_copy(update={
         key: getattr(new.auth, key) for key in (
-            "mechanisms", "failure_floor", *OAUTH_KEYS)})
+            "mechanisms", "failure_floor", "session_recheck", *OAUTH_KEYS)})
     guard = new.guard.model_copy(update={"database": running.guard.database})
     return running.model_copy(
         update={
@@ -196,6 +214,9 @@ def merge(running: Config, new: Config) -> Config:
             "auth": auth,
             # A new auth service per serving process (auth/services.py).
             "accounts": new.accounts,
+            # Read where a password is checked or set: the auth service (max_age_days)
+            # and the web admin (the policy of a new password).
+            "passwords": new.passwords,
             # Moved, opened or closed by the serving process (web/server.py).
             "admin": new.admin,
             # Opened, moved or closed by the serving process (server/metrics_http.py):

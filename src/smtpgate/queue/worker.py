@@ -22,6 +22,16 @@ its earlier copy (the Maildir deliverer can; an SMTP relay cannot, RFC 1047).
 All times come from the injected ``clock``; only the waiting itself uses the
 event loop, so the retry schedule is tested by moving a fake clock.
 
+Clock steps: the state files keep wall-clock times (they outlive the process), but
+the schedule in memory follows the monotonic clock: when the wall clock steps
+(NTP at boot, ``date -s``), every entry moves by the step, so a message deferred
+for a minute is tried a minute later whichever way the clock jumped, not a day
+later after a step back of a day nor at once after a step forward. A time read
+from a state file written before a step back can still lie in the future by the
+step: one more than ``queue.retry_max`` ahead (no attempt schedules one so far)
+is taken as due now, so a step back delays a retry by ``retry_max`` at most.
+docs/delivery.md, "Clock steps", says what a step does to ``max_age``.
+
 Stopping is bounded: `stop` sets a deadline (``grace`` seconds, the server's
 ``shutdown_grace``). In-flight attempts may finish until then; at the deadline
 those still waiting on the deliverer are cancelled, which leaves their spool
@@ -97,6 +107,14 @@ _BUSY_POLL = 0.25
 _ERROR_RETRY = 60.0
 #: A queue command holds a message only while it rewrites its state: look again soon.
 _BUSY_RETRY = 0.2
+#: Seconds the wall clock may disagree with the monotonic one between two turns
+#: of the loop before it counts as stepped (NTP at boot, an administrator's
+#: ``date -s``); a slewed clock (adjtime) never drifts this far that fast.
+_CLOCK_STEP = 2.0
+#: Seconds a stored next attempt may lie beyond ``queue.retry_max`` from now:
+#: no attempt ever schedules one later, so one that does was written before the
+#: clock went back (see `_load`).
+_FUTURE_SLACK = 120.0
 #: How long cancelled attempts get to unwind before `run` returns without them.
 #: Cancellation is immediate for every deliverer here; this only bounds a bug.
 _CANCEL_SETTLE = 5.0
@@ -121,6 +139,7 @@ class DeliveryWorker:
         queue_cfg: QueueConfig,
         clock: Callable[[], float] = time.time,
         *,
+        monotonic: Callable[[], float] | None = None,
         concurrency: int = 8,
         poll_interval: float = 1.0,
         stop_grace: float = 30.0,
@@ -138,6 +157,10 @@ class DeliveryWorker:
         self._batches = 0  # batch tasks in flight
         self._cfg = queue_cfg
         self._clock = clock
+        # What tells a step of ``clock`` from time passing; a fake ``clock`` in a
+        # test moves alone, as time passing, unless a fake monotonic clock is given.
+        self._monotonic = monotonic or (time.monotonic if clock is time.time else clock)
+        self._marks = (clock(), self._monotonic())
         self._concurrency = concurrency
         self._poll_interval = poll_interval
         self._poll_gap = poll_interval  # shrinks while scans find new messages
@@ -210,6 +233,7 @@ class DeliveryWorker:
                     self._scan_wanted and now_mono - self._last_scan >= _MIN_SCAN_GAP
                 ):
                     await self._scan()
+                self._follow_clock_step()
                 self._start_due()
                 await self._sleep(self._next_wait())
         finally:
@@ -251,6 +275,21 @@ class DeliveryWorker:
     def _schedule(self, qid: str, when: float) -> None:
         self._due[qid] = when
         heapq.heappush(self._heap, (when, qid))
+
+    def _follow_clock_step(self) -> None:
+        """Move the schedule by a step of the wall clock since the last turn (see the
+        module docstring, "Clock steps"), so that it keeps monotonic time."""
+        wall, mono = self._clock(), self._monotonic()
+        step = (wall - self._marks[0]) - (mono - self._marks[1])
+        self._marks = (wall, mono)
+        if abs(step) < _CLOCK_STEP:
+            return
+        log.warning("queue: the system clock stepped %+.0f s; the retry schedule of %d "
+                    "message(s) moves with it", step, len(self._due))
+        self._due = {qid: when + step if when != float("inf") else when
+                     for qid, when in self._due.items()}
+        self._heap = [(when, qid) for qid, when in self._due.items()]
+        heapq.heapify(self._heap)
 
     async def _scan(self) -> None:
         self._scan_wanted = False
@@ -796,7 +835,14 @@ class DeliveryWorker:
         if state is not None and state.held:
             return float("inf")  # until `queue release` asks for it (control.py)
         if state is not None and not state.finished and state.next_attempt > now and not force:
-            return state.next_attempt
+            if state.next_attempt <= now + self._cfg.retry_max + _FUTURE_SLACK:
+                return state.next_attempt
+            # No attempt schedules one this far ahead: written before the clock went
+            # back (module docstring, "Clock steps"). Due now, not in a day.
+            log.warning("queue: %s: its next attempt is %.0f s ahead, more than "
+                        "queue.retry_max (the clock went back, or retry_max was lowered): "
+                        "trying it now",
+                        qid, state.next_attempt - now)
         envelope, data = self._spool.load(qid, fd)
         if state is None:
             return envelope, data, MessageState.initial(envelope.rcpt_to), False

@@ -81,6 +81,17 @@ interface, so any backend gets the same rule):
 ``failure``/``success`` that cannot be written are dropped (the memory keeps
 what the episode needs). An unavailable guard must not become a denial of
 service for the users it knows, nor an open door for guessing.
+
+Clock steps: the state keeps wall-clock times, shared by every worker and kept
+across restarts. When the clock steps back (a step of a day, say) a block started
+before the step would last a day longer; a block whose start lies more than
+``CLOCK_SLACK`` ahead of now can only come from before such a step, so ``check``
+starts it again from now for its own length (``restart_stepped``: lifted and
+started anew, which also forgets the failures from the future that would keep
+counting), and a throttle ignores a failure that far ahead. A step forward
+shortens the blocks and windows by the step: from the times alone a step cannot
+be told from time passing while the server was down. docs/protection.md, "Clock
+steps", says this for administrators.
 """
 
 from __future__ import annotations
@@ -88,8 +99,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from smtpgate import metrics
@@ -97,6 +108,7 @@ from smtpgate.auth.bounded_calls import StoreCalls, StoreUnavailable
 from smtpgate.auth.guard_memory import GuardMemory
 from smtpgate.auth.guard_state import (
     ACCOUNT,
+    ACCOUNT_KINDS,
     ACCOUNT_NEW,
     ADDRESS,
     SUBNET,
@@ -129,6 +141,10 @@ WARM_UP_WAIT = 5.0
 PLUS_FALLBACK_SECONDS = 30 * 86400
 #: Renew a held-back -PLUS when less than this is left of it.
 PLUS_FALLBACK_RENEW = PLUS_FALLBACK_SECONDS - 86400
+#: Seconds a recorded time may lie ahead of this process's clock (several nodes'
+#: clocks sharing one state never agree to the millisecond) before it counts as
+#: written before a step back of the clock ("Clock steps" above).
+CLOCK_SLACK = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,7 +223,8 @@ def decide(snap: Snapshot, *, now: float, known_seconds: float, throttle_interva
                 return known, Refusal(
                     kind, f"account locked for new addresses until {_stamp(b.until)}: {b.reason}"
                 )
-            if snap.last_new_failure is not None and now - snap.last_new_failure < throttle_interval:
+            last = snap.last_new_failure
+            if last is not None and now - throttle_interval < last <= now + CLOCK_SLACK:
                 return known, Refusal(kind, f"account throttled for new addresses: {b.reason}")
     return known, None
 
@@ -298,6 +315,18 @@ def count_failure(state: GuardState, f: RecordedFailure, t: Thresholds) -> list[
     thread. Two round trips when a threshold is reached, one otherwise."""
     due = blocks_due(f, state.record_failure(f, t.windows), t)
     return state.start_blocks(due) if due else []
+
+
+def restart_stepped(state: GuardState, blocks: Sequence[Block], now: float) -> list[Block]:
+    """Start ``blocks`` again from ``now``, each for its own length: the blocks of a
+    snapshot one of which began more than ``CLOCK_SLACK`` after ``now`` (the clock
+    went back since). Their keys are lifted first (``unblock``, ``unlock_account``:
+    the failures recorded from the future go too); of concurrent callers one
+    restarts each block. Blocking I/O: run on the guard's write thread."""
+    for key, account in {(b.key, b.kind in ACCOUNT_KINDS) for b in blocks}:
+        (state.unlock_account if account else state.unblock)(key)
+    return state.start_blocks(
+        [replace(b, since=now, until=now + max(0.0, b.until - b.since)) for b in blocks])
 
 
 def thresholds(cfg: GuardConfig) -> Thresholds:
@@ -435,6 +464,8 @@ class Guard:
             return self._degraded_check(keys, account, now, None)
         if snap.known_since is not None:
             self._memory.saw_known(account, keys.address, snap.known_since)
+        if any(b.since > now + CLOCK_SLACK for b in snap.blocks):
+            snap = await self._restart_stepped(snap, now)
         known, refusal = decide(
             snap,
             now=now,
@@ -457,6 +488,20 @@ class Guard:
         delay = penalty_delay(snap.penalty_failures, self._cfg.penalty_base, self._cfg.penalty_max)
         return GuardCheck(keys, account, known=known, delay=delay,
                           penalty_failures=snap.penalty_failures, known_since=snap.known_since)
+
+    async def _restart_stepped(self, snap: Snapshot, now: float) -> Snapshot:
+        """``snap`` with its blocks started again from ``now`` (``restart_stepped``);
+        unchanged if they cannot be written (they keep refusing meanwhile)."""
+        ahead = max(b.since for b in snap.blocks) - now
+        try:
+            await self._write(restart_stepped, self._store, snap.blocks, now)
+        except StoreUnavailable:
+            return snap
+        log.warning("guard: a block of %s began %.0f s after now: the clock went back; its "
+                    "blocks start again from now, each for its own length",
+                    ", ".join(sorted({b.key for b in snap.blocks})), ahead)
+        return replace(snap, blocks=tuple(
+            replace(b, since=now, until=now + max(0.0, b.until - b.since)) for b in snap.blocks))
 
     async def failure(self, check: GuardCheck, *, counts_account: bool) -> list[Block]:
         """Record a failed attempt (not a refused one); return the blocks it started."""

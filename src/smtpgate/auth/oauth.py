@@ -298,9 +298,11 @@ class TokenVerifier:
                 now = self._clock()
                 cached = self._key_sets.get(issuer)
                 if cached is not None:
+                    # A set fetched "in the future" was fetched before the clock went
+                    # back: stale, or it would be kept for as long as the step.
                     age = now - cached.fetched_at
-                    if (age < cfg.jwks_refresh_seconds and not force) or (
-                            force and age < cfg.jwks_min_refresh_seconds):
+                    if 0 <= age and ((age < cfg.jwks_refresh_seconds and not force) or (
+                            force and age < cfg.jwks_min_refresh_seconds)):
                         return cached.keys
                 failed = self._failed.get(issuer)
                 retry = min(cfg.jwks_min_refresh_seconds, RETRY_FAILED_FETCH)

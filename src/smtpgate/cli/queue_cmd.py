@@ -51,8 +51,15 @@ def queue() -> None:
 
 @contextmanager
 def _manager(cfg: Config, wait: float = 30.0) -> Iterator[QueueManager]:
-    """The queue of ``cfg``; errors become exit codes (3: no such message)."""
-    _become_spool_owner(cfg.path(cfg.queue.spool))
+    """The queue of ``cfg``; errors become exit codes (3: no such message, or no
+    spool at all)."""
+    spool_dir = cfg.path(cfg.queue.spool)
+    if not spool_dir.is_dir():
+        # Not made here: root's spool (mode 0700) would keep out a server running
+        # as its own user, and an empty queue from a mistyped path misleads.
+        raise NotFound(f"no spool at {spool_dir}",
+                       "check [queue].spool; `smtpgate serve` creates it at its first start")
+    _become_spool_owner(spool_dir)
     try:
         spool = Spool(cfg.path(cfg.queue.spool), prefill=False, tidy=False)
     except OSError as e:

@@ -68,6 +68,10 @@ def _server(cfg: Config, config: Path | None) -> tuple[dict[str, Any], int]:
 
 
 def _queue(cfg: Config) -> dict[str, Any]:
+    spool_dir = cfg.path(cfg.queue.spool)
+    if not spool_dir.is_dir():  # not made here (``queue_cmd._manager`` says why)
+        return {"error": f"no spool at {spool_dir} (`smtpgate serve` creates it at its "
+                         "first start; check [queue].spool)"}
     try:
         manager = QueueManager(Spool(cfg.path(cfg.queue.spool), prefill=False, tidy=False))
         entries = manager.entries()

@@ -88,3 +88,26 @@ def test_a_gzip_log_cut_short_gives_what_it_holds_and_says_so(tmp_path: Path) ->
     assert all(r in RECORDS for r in got)
     assert [p.split(":")[0] for p in problems] == [str(cut), str(fake)]
     assert all("read only in part" in p for p in problems)
+
+
+def test_a_record_without_a_zone_is_read_as_utc_not_a_traceback(tmp_path: Path) -> None:
+    """`smtpgate report` ended in "TypeError: can't compare offset-naive and
+    offset-aware datetimes" at the first such line (another tool's, a hand-made test)."""
+    from click.testing import CliRunner
+
+    from smtpgate.cli.main import cli
+
+    from .cli_support import write_config
+
+    config = write_config(tmp_path)
+    config.write_text(config.read_text() + '\n[auth]\nlog_file = "auth.log"\n')
+    now = datetime.now(UTC)
+    lines = [json.dumps({**rec("00:00:00", "192.0.2.9", "a@x.org", "failure"),
+                         "time": now.replace(tzinfo=None).isoformat()}),
+             json.dumps({**rec("00:00:00", "192.0.2.9", "a@x.org", "failure"),
+                         "time": "2020-01-01T00:00:00"})]
+    (tmp_path / "auth.log").write_text("\n".join(lines) + "\n")
+    for args in ([], ["--json"]):
+        result = CliRunner().invoke(cli, ["report", *args, "--config", str(config)])
+        assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["totals"]["failure"] == 1  # the 2020 one is too old

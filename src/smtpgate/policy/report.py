@@ -27,7 +27,7 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -39,10 +39,14 @@ TOP_ADDRESSES = 10
 
 
 def parse_time(text: str) -> datetime | None:
+    """A record's time; one without a zone (not smtpgate's, which ends in Z: a line
+    another tool or a person wrote) is read as UTC, since comparing it with
+    ``--since`` raised TypeError, a traceback for the whole report."""
     try:
-        return datetime.fromisoformat(text)  # Python 3.11 reads the trailing Z
+        t = datetime.fromisoformat(text)  # Python 3.11 reads the trailing Z
     except (ValueError, AttributeError):
         return None
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
 
 
 def read_records(

@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from smtpgate.auth.guard import count_failure, thresholds
+from smtpgate.auth.guard_state import ADDRESS, SUBNET, Block
 from smtpgate.auth.guard_store import RecordedFailure, SqliteGuardStore
 from smtpgate.cli.main import cli
 from smtpgate.config import GuardConfig
@@ -140,3 +141,21 @@ def test_a_duration_past_year_9999_is_bad_input_not_a_traceback(
     r = CliRunner().invoke(cli, [*args, "--config", str(config)])
     assert r.exit_code == 2, r.output
     assert "is longer than 100 years" in r.output
+
+
+def test_guard_unblock_takes_a_client_address_as_the_logs_show_it(config: Path) -> None:
+    """An IPv6 client is blocked by its /64 (`2001:db8:1:2::/64`): the address pasted
+    from the auth log, `2001:DB8:1:2::5`, was "not blocked" (exit 3)."""
+    g = SqliteGuardStore(config.parent / "guard.sqlite")
+    now = time.time()
+    g.start_blocks([Block(ADDRESS, "2001:db8:1:2::/64", now, now + 600, "test"),
+                    Block(SUBNET, "198.51.100.0/24", now, now + 600, "test")])
+    g.close()
+    r = run(config, "guard", "unblock", "2001:DB8:1:2::5")
+    assert r.exit_code == 0, r.output
+    assert r.output.strip() == ("lifted 1 block(s) of 2001:db8:1:2::/64 "
+                                "(the guard's key of 2001:DB8:1:2::5)")
+    r = run(config, "guard", "unblock", "198.51.100.7/24")
+    assert r.exit_code == 0 and "of 198.51.100.0/24" in r.output, r.output
+    r = run(config, "guard", "unblock", "alice@example.org")  # an account: as it is
+    assert r.exit_code == 3 and "alice@example.org is not blocked" in r.output

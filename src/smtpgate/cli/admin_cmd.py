@@ -9,6 +9,7 @@ command, the account, and what changed, never a secret.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import sys
 import time
@@ -18,7 +19,9 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from smtpgate.auth.networks import client_keys, parse_ip
 from smtpgate.cli.common import admin_service, config_option, get_config, iso_time, parse_since
+from smtpgate.config import GuardConfig
 
 
 def _console() -> Console:
@@ -101,11 +104,30 @@ def guard_list(as_json: bool, config_path: Path | None) -> None:
 @click.argument("key")
 @config_option
 def guard_unblock(key: str, config_path: Path | None) -> None:
-    """Lift the block of an address or subnet KEY (as `guard list` shows it) and
-    forget its failures. For an account, use `smtpgate user unlock`."""
-    with admin_service(get_config(config_path)) as admin:
-        n = admin.unblock(key)
-    click.echo(f"lifted {n} block(s) of {key}")
+    """Lift the block of an address or subnet KEY (as `guard list` shows it, or a
+    client address as the logs show it) and forget its failures. For an account,
+    use `smtpgate user unlock`."""
+    cfg = get_config(config_path)
+    normal = guard_key(key, cfg.guard)
+    with admin_service(cfg) as admin:
+        n = admin.unblock(normal)
+    click.echo(f"lifted {n} block(s) of {normal}"
+               + (f" (the guard's key of {key})" if normal != key else ""))
+
+
+def guard_key(key: str, g: GuardConfig) -> str:
+    """The key the guard blocks ``key`` under: a client address as the logs show
+    it becomes its address key (an IPv6 address its /64, ``guard.ipv6_prefix``; an
+    IPv4-mapped one its IPv4 address; any spelling the one ``guard list`` shows),
+    a network its canonical form; anything else is taken as it is. An operator
+    pasting ``2001:db8:1:2::5`` from the auth log was told it "is not blocked"."""
+    if parse_ip(key) is not None:
+        return client_keys(key, ipv6_prefix=g.ipv6_prefix, v4_subnet=g.subnet_ipv4_prefix,
+                           v6_subnet=g.subnet_ipv6_prefix).address
+    try:
+        return str(ipaddress.ip_network(key, strict=False))
+    except ValueError:
+        return key
 
 
 COMMANDS: list[click.Command] = [admin_log, guard]

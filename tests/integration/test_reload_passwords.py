@@ -11,6 +11,8 @@ import smtplib
 import time
 from pathlib import Path
 
+import pytest
+
 from .conftest import Server, make_server
 
 ALICE = "alice@example.org"
@@ -63,5 +65,56 @@ def test_password_max_age_and_hostname_follow_a_reload(tmp_path: Path) -> None:
         srv.config.write_text(base)
         reload(srv)
         assert login(srv) == 235
+    finally:
+        srv.stop()
+
+
+@pytest.mark.parametrize("processes", ["", "[server]\nworkers = 1\n"],
+                         ids=["supervisor", "one process"])
+def test_smtpgate_reload_prints_what_needs_a_restart_and_why_a_reload_failed(
+    tmp_path: Path, processes: str,
+) -> None:
+    """`smtpgate reload` said only "asked ...; the server log says how it went" (exit
+    0) after a reload that failed or kept keys until a restart."""
+    srv = make_server(tmp_path / "srv", processes)
+    base = srv.config.read_text()
+    srv.start()
+    try:
+        r = srv.cli("reload")
+        assert r.returncode == 0 and "reloaded the configuration and certificate (pid " in r.stdout
+        assert r.stderr == ""
+        srv.config.write_text(base.replace('spool = "spool"', 'spool = "spool"\nretry_max = 7200.0')
+                              + "\n[passwords]\nmin_length = 20\n")
+        r = srv.cli("reload")
+        assert r.returncode == 0, r.stderr
+        assert r.stderr == ("warning: changed in the file, kept as running until a restart: "
+                            "queue.retry_max\n")
+        srv.config.write_text(base)
+        cert = srv.root / "tls" / "cert.pem"
+        good = cert.read_bytes()
+        cert.write_text("not a certificate\n")
+        try:
+            r = srv.cli("reload", check=False)
+        finally:
+            cert.write_bytes(good)
+        assert r.returncode == 1, (r.stdout, r.stderr)
+        assert "reload failed (pid " in r.stderr
+        assert "the running configuration and certificate are kept: " in r.stderr
+        assert "tls.cert" in r.stderr
+    finally:
+        srv.stop()
+
+
+def test_status_json_gives_the_last_reload_with_an_iso_time(tmp_path: Path) -> None:
+    import json
+
+    srv = make_server(tmp_path / "srv", "[server]\nworkers = 1\n")
+    srv.start()
+    try:
+        assert json.loads(srv.cli("status", "--json").stdout)["server"]["last_reload"] is None
+        srv.cli("reload")
+        last = json.loads(srv.cli("status", "--json").stdout)["server"]["last_reload"]
+        assert last["ok"] is True and last["kept"] == [] and last["error"] is None
+        assert last["at"].endswith("Z")
     finally:
         srv.stop()

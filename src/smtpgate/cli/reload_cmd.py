@@ -1,13 +1,18 @@
 """``smtpgate reload``: make the running server reload (SIGHUP to the pid in its
 pid file). The server reloads the certificate and the reloadable keys and
 reopens its log files; docs/operations.md says what reloads and what needs a
-restart. The result is in the server's log."""
+restart. The outcome (taken; which changed keys need a restart; or why it failed,
+nothing changed) is read back from the status file the server rewrites at once
+(``server/status_file.py``, ``last_reload``) and printed; it used to be only in the
+server's log, so a changed key that needs a restart went unnoticed."""
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -15,6 +20,9 @@ from smtpgate.cli.common import config_option, get_config
 
 #: No running server: the thing acted on does not exist (the CLI's "not found").
 EXIT_NOT_RUNNING = 3
+#: Seconds to wait for the outcome: a reload that opens a directory may take
+#: ``accounts.ldap.connect_timeout``.
+OUTCOME_WAIT = 15.0
 
 
 @click.command()
@@ -46,6 +54,7 @@ def reload(config_path: Path | None, logs_only: bool) -> None:
     if not found.at_pid_file:
         click.echo(moved_note(path, pid), err=True)
     sig = signal.SIGUSR1 if logs_only else signal.SIGHUP
+    asked = time.time()
     try:
         os.kill(pid, sig)
     except ProcessLookupError:
@@ -56,7 +65,40 @@ def reload(config_path: Path | None, logs_only: bool) -> None:
                    "server's user or as root", err=True)
         raise SystemExit(1) from None
     what = "reopen its log files" if logs_only else "reload"
-    click.echo(f"asked smtpgate (pid {pid}) to {what}; the server log says how it went")
+    outcome = None if logs_only else _outcome(cfg, pid, asked)
+    if outcome is None:
+        click.echo(f"asked smtpgate (pid {pid}) to {what}; the server log says how it went")
+        return
+    if not outcome.get("ok"):
+        click.echo(f"error: reload failed (pid {pid}); the running configuration and "
+                   f"certificate are kept: {outcome.get('error')}", err=True)
+        raise SystemExit(1)
+    click.echo(f"reloaded the configuration and certificate (pid {pid})")
+    kept = outcome.get("kept") or []
+    if kept:
+        click.echo(f"warning: changed in the file, kept as running until a restart: "
+                   f"{', '.join(kept)}", err=True)
+    for note in outcome.get("notes") or []:
+        click.echo(f"warning: {note}", err=True)
+
+
+def _outcome(cfg: Any, pid: int, asked: float) -> dict[str, Any] | None:
+    """The server's ``last_reload`` once it is from this request (None: no answer
+    within ``OUTCOME_WAIT``, e.g. a server older than this command)."""
+    from smtpgate.server import status_file
+
+    path = status_file.status_path(cfg)
+    deadline = time.monotonic() + OUTCOME_WAIT
+    while time.monotonic() < deadline:
+        try:
+            doc = status_file.read(path)
+        except (OSError, ValueError):
+            doc = {}
+        last = doc.get("last_reload")
+        if doc.get("pid") == pid and isinstance(last, dict) and last.get("at", 0) >= asked:
+            return last
+        time.sleep(0.1)
+    return None
 
 
 def moved_note(path: Path, pid: int) -> str:

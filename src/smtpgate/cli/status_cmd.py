@@ -199,6 +199,9 @@ def _iso_times(doc: dict[str, Any]) -> dict[str, Any]:
     for key in ("started", "config_loaded", "updated"):
         if isinstance(server.get(key), int | float):
             server[key] = iso_time(server[key])
+    last = server.get("last_reload")
+    if isinstance(last, dict) and isinstance(last.get("at"), int | float):
+        server["last_reload"] = {**last, "at": iso_time(last["at"])}
     if isinstance(server.get("processes"), list):
         server["processes"] = [
             {**p, "started": iso_time(p["started"])}

@@ -394,6 +394,8 @@ class _Live:
         self.listeners = listeners
         self.guard = guard
         self.secret = secret
+        #: The last ``reload``'s (error, kept, notes), for the status file.
+        self.last: tuple[str | None, tuple[str, ...], tuple[str, ...]] = (None, (), ())
 
     def reopen_logs(self) -> bool:
         ok = True
@@ -414,10 +416,15 @@ class _Live:
             new = reloading.load(path, self.cfg)
         except reloading.ReloadError as e:
             log.error("reload failed, keeping the running configuration and certificate: %s", e)
+            self.last = (str(e), (), ())
             return False
         if not quiet:
             _log_reload(self.cfg, new)
-        return self.apply(new.cfg, new.tls)
+        ok = self.apply(new.cfg, new.tls)
+        error = None if ok else ("the new directory or issuers could not be opened: logins "
+                                 "keep the running ones (the server log says why)")
+        self.last = (error, new.needs_restart, new.partly)
+        return ok
 
     def apply(self, cfg: Config, tls: ServerTlsContext) -> bool:
         """New handshakes use ``tls``; sessions in flight keep their TLS session and
@@ -587,6 +594,10 @@ async def serve_sockets(
                     _follow(served, live.cfg)
                 if admin is not None:
                     _background(admin.reconfigure(live.cfg))
+            if status is not None:  # for `smtpgate reload` to print, at once
+                error, kept, notes = live.last
+                status.reload_outcome(ok=reloaded, error=error, kept=kept, notes=notes)
+                status_file.write(status_file.status_path(live.cfg), status)
             ok = reloaded and ok
         hooks.done(ok)
         if full:
@@ -983,6 +994,8 @@ def _run_supervised(
             new = reloading.load(config_path, current.cfg)
         except reloading.ReloadError as e:
             log.error("reload failed, keeping the running configuration and certificate: %s", e)
+            status.reload_outcome(ok=False, error=str(e))
+            status_file.write(where, status)
             return signal.SIGUSR1  # the log files are still reopened everywhere
         _log_reload(current.cfg, new)
         if (new.cfg.metrics.listen != current.cfg.metrics.listen
@@ -998,6 +1011,8 @@ def _run_supervised(
         # For workers forked from now on (the running ones raise their own and warn).
         open_files.raise_limit(new.cfg.limits.max_connections, warn=False)
         status.reloaded(new.cfg)
+        status.reload_outcome(ok=True, kept=new.needs_restart, notes=new.partly)
+        status_file.write(where, status)
         return signal.SIGHUP
 
     status = ServerStatus.starting(cfg, config_path, workers)

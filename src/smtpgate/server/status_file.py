@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,10 @@ class ServerStatus:
     processes: list[ProcessInfo] = field(default_factory=list)
     sessions: int = 0
     updated: float = 0.0
+    #: The last reload's outcome, for ``smtpgate reload`` to print: ``at`` (seconds
+    #: since the epoch), ``ok``, ``error`` (why it failed), ``kept`` (keys changed in
+    #: the file that need a restart), ``notes`` (keys taken only in part).
+    last_reload: dict[str, Any] | None = None
 
     @classmethod
     def starting(cls, cfg: Config, config_file: Path | None, workers: int) -> ServerStatus:
@@ -79,6 +84,11 @@ class ServerStatus:
             admin=cfg.admin.url,
             metrics=cfg.metrics.url,
         )
+
+    def reload_outcome(self, *, ok: bool, error: str | None = None,
+                       kept: Sequence[str] = (), notes: Sequence[str] = ()) -> None:
+        self.last_reload = {"at": time.time(), "ok": ok, "error": error,
+                            "kept": list(kept), "notes": list(notes)}
 
     def reloaded(self, cfg: Config) -> None:
         self.config_loaded = time.time()

@@ -3,6 +3,7 @@ before they name a file, with an error that says so (exit 3, like an unknown id)
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -46,3 +47,20 @@ def test_a_missing_spool_is_said_and_not_made_by_an_admin_command(
     else:
         assert result.exit_code == 3, result.output
         assert f"error: no spool at {spool}" in result.output
+
+
+def test_queue_list_totals_round_up_and_count_in_words(tmp_path: Path) -> None:
+    """Two small messages read "-- 0 KiB in 2 messages", one "in 1 messages"."""
+    from smtpgate.queue.envelope import Envelope
+    from smtpgate.queue.spool import Spool
+
+    config = write_config(tmp_path)
+    spool = Spool(tmp_path / "spool", prefill=False)
+    env = Envelope("a@example.org", ("b@example.net",), "a", "192.0.2.7", "h", "submission")
+    spool.store_sync(env, b"Subject: x\r\n\r\nhi\r\n")
+    out = CliRunner().invoke(cli, ["queue", "list", "--config", str(config)]).output
+    assert out.splitlines()[-1] == "-- 1 KiB in 1 message"
+    spool.store_sync(env, b"Subject: y\r\n\r\nhi\r\n")
+    asyncio.run(spool.close())
+    out = CliRunner().invoke(cli, ["queue", "list", "--config", str(config)]).output
+    assert out.splitlines()[-1] == "-- 1 KiB in 2 messages"

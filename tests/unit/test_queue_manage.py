@@ -271,7 +271,7 @@ def test_cli_list_goes_past_an_unreadable_message_and_names_it(tmp_path: Path) -
     assert out.stdout.startswith(f"{good}  ")
     assert f"{bad_state}  (unreadable)\n" in out.stdout
     assert f"{bad_msg}  (unreadable)\n" in out.stdout
-    assert "1 messages, 2 unreadable" in out.stdout
+    assert "1 message, 2 unreadable" in out.stdout
     assert f"error: corrupt state of {bad_state}" in out.stderr
     assert f"error: corrupt message {bad_msg}" in out.stderr
     js = CliRunner().invoke(cli, ["queue", "list", "--json", "--config", str(config)])

@@ -133,7 +133,10 @@ def list_(as_json: bool, config_path: Path | None) -> None:
             _echo_entry(e, now)
         for u in mgr.unreadable:
             click.echo(f"{u.queue_id}  (unreadable)")
-        click.echo(f"-- {sum(e.size for e in entries) // 1024} KiB in {len(entries)} messages"
+        # KiB rounded up, as Postfix's mailq: a queue of small messages read "0 KiB".
+        kib = -(-sum(e.size for e in entries) // 1024)
+        n = len(entries)
+        click.echo(f"-- {kib} KiB in {n} message{'' if n == 1 else 's'}"
                    + (f", {len(mgr.unreadable)} unreadable" if mgr.unreadable else ""))
     _unreadable(mgr.unreadable)
 

@@ -88,3 +88,13 @@ async def test_a_stored_time_beyond_retry_max_is_due_now(
     # Within retry_max: a time an attempt may have scheduled, kept.
     clock.now = state.next_attempt - 100
     assert await restarted.run_once() == 0
+
+
+def test_the_default_monotonic_clock_counts_a_suspend() -> None:
+    """CLOCK_MONOTONIC stops while the host sleeps: a suspend of an hour would read
+    as a step forward of an hour, and every retry due meanwhile would wait an hour."""
+    import time
+
+    from smtpgate.queue import worker
+
+    assert abs(worker._boottime() - time.clock_gettime(time.CLOCK_BOOTTIME)) < 1.0

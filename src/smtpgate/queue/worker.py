@@ -115,6 +115,12 @@ _CLOCK_STEP = 2.0
 #: no attempt ever schedules one later, so one that does was written before the
 #: clock went back (see `_load`).
 _FUTURE_SLACK = 120.0
+
+
+def _boottime() -> float:
+    """Monotonic time that counts a suspend too (Linux's CLOCK_BOOTTIME): a host
+    that slept an hour has not had its clock stepped."""
+    return time.clock_gettime(getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC))
 #: How long cancelled attempts get to unwind before `run` returns without them.
 #: Cancellation is immediate for every deliverer here; this only bounds a bug.
 _CANCEL_SETTLE = 5.0
@@ -159,7 +165,7 @@ class DeliveryWorker:
         self._clock = clock
         # What tells a step of ``clock`` from time passing; a fake ``clock`` in a
         # test moves alone, as time passing, unless a fake monotonic clock is given.
-        self._monotonic = monotonic or (time.monotonic if clock is time.time else clock)
+        self._monotonic = monotonic or (_boottime if clock is time.time else clock)
         self._marks = (clock(), self._monotonic())
         self._concurrency = concurrency
         self._poll_interval = poll_interval

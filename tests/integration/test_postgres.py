@@ -447,6 +447,35 @@ def test_db_backup_copies_the_guard_database_and_points_to_pg_dump(pg_server: Se
     assert not list(pg_server.root.glob("accounts.sqlite.bak-*"))
 
 
+def test_db_migrate_lowers_the_letter_case_of_names(
+    pg_server: Server, cluster: PostgresCluster
+) -> None:
+    """v6 (auth/names.py): login names have no letter case; an account and an alias
+    stored with capitals are renamed to lower case, the rows naming them following."""
+    import psycopg
+
+    from smtpgate.auth.postgres_schema import MIGRATIONS
+    from tests.postgres_server import ROLE_PASSWORD
+
+    dsn = re.search(r'dsn = "([^"]+)"', pg_server.config.read_text())
+    assert dsn is not None
+    with psycopg.connect(dsn.group(1), password=ROLE_PASSWORD) as c:
+        c.execute("CREATE TABLE schema_version (version integer PRIMARY KEY, "
+                  "applied timestamptz NOT NULL)")
+        for version in range(5):  # as v5 left it
+            for statement in MIGRATIONS[version]:
+                c.execute(statement)
+            c.execute("INSERT INTO schema_version VALUES (%s, now())", (version + 1,))
+        c.execute("INSERT INTO accounts (name, created, updated) "
+                  "VALUES ('Carol@example.org', now(), now())")
+        c.execute("INSERT INTO aliases VALUES ('Sales@example.org', 'Carol@example.org', now())")
+    assert "migrated" in pg_server.cli("db", "migrate").stdout
+    listed = pg_server.cli("user", "list").stdout
+    assert "carol@example.org" in listed and "Carol@" not in listed
+    shown = pg_server.cli("user", "show", "CAROL@example.org").stdout
+    assert "sales@example.org" in shown
+
+
 def test_db_migrate_renames_a_labels_to_the_one_spelling(
     pg_server: Server, cluster: PostgresCluster
 ) -> None:

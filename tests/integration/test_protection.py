@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import smtplib
 import socket
 import time
 from collections.abc import Iterator
@@ -201,6 +202,28 @@ def test_brute_force_penalties_grow_lockout_spares_known_address_and_unlock_rest
     assert login(guarded, "127.0.0.3", USER, PASSWORD).startswith("235")
     log = json.loads(guarded.cli("admin-log", "--json", "--user", USER).stdout.splitlines()[-1])
     assert log["action"] == "guard lockout lifted" and log["command"] == "smtpgate user unlock"
+
+
+def test_capitalised_logins_reach_the_account_and_share_its_lockout(guarded: Server) -> None:
+    # Typed from a business card: Alice@example.org got 535 and could not send as
+    # Alice@... (553). Login names have no letter case now; and a guesser varying
+    # the capitals gets no more guesses than with one spelling.
+    capitalised = "Alice@" + USER.split("@")[1]
+    with smtplib.SMTP("127.0.0.1", guarded.submission, local_hostname="phone.test") as s:
+        s.starttls(context=guarded.client_context())
+        assert s.login(capitalised, PASSWORD)[0] == 235
+        assert s.sendmail(capitalised, [BOB], f"From: {capitalised}\r\n"
+                          "Subject: capitals\r\n\r\nHello.\r\n") == {}
+    r = connect(guarded, "127.0.0.3")
+    spellings = [capitalised, "ALICE@example.org", "aLiCe@example.org", USER]
+    for i in range(LOCKOUT):
+        assert r.cmd(f"AUTH PLAIN {plain(spellings[i], f'guess{i}')}") == str(R.AUTH_FAILED)
+    for name in spellings:
+        assert r.cmd(f"AUTH PLAIN {plain(name, PASSWORD)}") == str(R.AUTH_ACCOUNT_LOCKED)
+    r.close()
+    assert [(b["kind"], b["key"]) for b in guard_blocks(guarded)] == [("account-new", USER)]
+    assert "unlocked account" in guarded.cli("user", "unlock", capitalised).stdout
+    assert guard_blocks(guarded) == []
 
 
 def _scram_guess_and_hang_up(server: Server, source: str, password: str) -> str:

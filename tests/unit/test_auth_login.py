@@ -376,8 +376,8 @@ async def test_a_name_of_no_account_is_counted_under_itself(w: World) -> None:
     attempt = w.login().begin(CTX)
     await attempt.resolve(sasl.VerifyPassword("Ghost@Example.ORG", "x", mechanism="PLAIN"))
     await attempt.finish(Outcome("PLAIN", "failure", username="Ghost@Example.ORG"))
-    assert w.guard.calls == [("check", "Ghost@example.org"),
-                             ("failure", ("Ghost@example.org", True))]
+    assert w.guard.calls == [("check", "ghost@example.org"),
+                             ("failure", ("ghost@example.org", True))]
 
 
 async def test_a_directory_fault_while_resolving_the_name_checks_no_credential(

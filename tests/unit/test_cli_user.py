@@ -31,7 +31,7 @@ def verify(config: Path, user: str, password: str) -> bool:
 def test_add_with_password_stdin(config: Path) -> None:
     r = run(config, "add", "Alice@EXAMPLE.org", "--password-stdin", input="pen cil\n")
     assert r.exit_code == 0, r.output
-    assert "added account Alice@example.org" in r.output
+    assert "added account alice@example.org" in r.output
     assert verify(config, "Alice@example.org", "pen cil")  # trailing newline dropped only
 
 

@@ -335,8 +335,8 @@ def case_twin_query(placeholder: str) -> str:
     """The stores' query for an account name or alias that differs from an address
     in letter case only and is not a given account's own, with ``placeholder``
     (``?``, ``%s``) for `case_twin_params`.
-    Local parts compare exactly, so both would be valid addresses, but a mail
-    reader shows ``ALICE@example.org`` as alice's (docs/policy.md)."""
+    New names are lower-cased (auth/names.py), so this finds only a capitalised
+    name kept from before that rule (a pair the upgrade could not merge)."""
     p = placeholder
     return (f"SELECT name AS twin FROM accounts WHERE lower(name) = lower({p}) "
             f"AND name <> {p} AND name <> {p} UNION ALL SELECT address FROM aliases "

@@ -1,9 +1,14 @@
 """Account names: one canonical spelling of ``local@domain`` per account.
 
-The domain is case-insensitive (RFC 5321 §2.4) so it is lower-cased; the local
-part "MUST be treated as case sensitive" by the receiving host (same section),
-so it is kept exactly as given. Two spellings that differ only in the domain's
-case therefore name one account, and ``Bob@x`` and ``bob@x`` name two.
+Both parts are lower-cased. The domain is case-insensitive (RFC 5321 §2.4). The
+local part is the receiving host's to interpret (same section), and a login name is
+no mailbox: people type ``Alice@example.org`` from a business card, mail readers
+show ``ALICE@example.org`` as alice's, and Dovecot sites match logins without case
+(``auth_username_format = %Lu``). So ``Alice@x``, ``ALICE@x`` and ``alice@x`` are
+one account, stored once as ``alice@x``, with one guard count and one SCRAM salt
+(a capitalisation that found another account or a decoy would tell a prober which
+names exist). Databases from before this rule are brought to it when they are
+upgraded (``auth/store.py`` v7, ``auth/postgres_schema.py`` v6).
 
 An internationalised domain has two spellings, its U-labels (``bücher.example``)
 and its A-labels (``xn--bcher-kva.example``, RFC 5890 §2.3.2.1), and they are
@@ -46,6 +51,7 @@ def canonical_name(name: str) -> str:
     local, at, domain = name.rpartition("@")
     if not at or not local or not domain:
         raise InvalidAccountName(f"{name!r} is not an address of the form local@domain")
+    local = local.lower()
     _check_local(local)
     domain = domain.lower()
     if not domain.isascii():
@@ -111,7 +117,7 @@ def _good_label(label: str) -> bool:
 
 def unified_spelling(stored: str) -> str:
     """A stored account name, alias (``local@domain``) or granted domain with its
-    domain in the one spelling (``unified_domain``), the rest as it is; what the
+    domain in the one spelling (``unified_domain``) and its local part in lower case; what the
     schema upgrades rename rows written before the rule to. Something that is
     not a valid domain comes back unchanged."""
     local, at, domain = stored.rpartition("@")
@@ -120,7 +126,7 @@ def unified_spelling(stored: str) -> str:
         _check_domain(domain)
     except InvalidAccountName:
         return stored
-    return f"{local}{at}{unified_domain(domain)}"
+    return f"{local.lower()}{at}{unified_domain(domain)}"
 
 
 def lookup_key(name: str) -> str:

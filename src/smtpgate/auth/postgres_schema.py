@@ -162,6 +162,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # The TOTP time step each admin last logged in with (as in auth/store.py).
         "ALTER TABLE web_admins ADD COLUMN totp_last_step bigint NOT NULL DEFAULT -1",
     ),
+    # Login names without letter case (auth/names.py): rows renamed by
+    # ``_lower_local_parts``, below.
+    (),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -178,11 +181,18 @@ def _unify_idn_spellings(c: psycopg.Connection[Row]) -> None:
     with A-labels is renamed to its U-labels (the rows naming an account follow,
     ON UPDATE CASCADE). Where the other spelling is stored too, both stay
     (docs/accounts.md). Only rows holding ``xn--`` or a non-ASCII character are read."""
-    for table, column, key in _SPELLED:
+    _rename_spellings(c, "{column} LIKE '%%xn--%%' OR {column} ~ '[^\x01-\x7f]'", _SPELLED)
+
+
+def _rename_spellings(
+    c: psycopg.Connection[Row], selects: str, spelled: tuple[tuple[str, str, tuple[str, ...]], ...]
+) -> None:
+    """Rename the rows ``selects`` picks (a condition on ``{column}``) to their
+    ``unified_spelling``, unless that spelling is taken."""
+    for table, column, key in spelled:
         cols = ", ".join(key)
         rows = c.execute(
-            f"SELECT {cols} FROM {table} WHERE {column} LIKE '%%xn--%%' "
-            f"OR {column} ~ '[^\x01-\x7f]'"
+            f"SELECT {cols} FROM {table} WHERE " + selects.format(column=column)
         ).fetchall()
         for row in rows:
             old = row[column]
@@ -200,8 +210,17 @@ def _unify_idn_spellings(c: psycopg.Connection[Row]) -> None:
             )
 
 
+def _lower_local_parts(c: psycopg.Connection[Row]) -> None:
+    """Migration 6 (the SQLite file's 7): a name or alias stored with capitals is
+    renamed to lower case (``unified_spelling``), as ``_unify_idn_spellings`` renames;
+    only rows that ``lower()`` would change are read."""
+    _rename_spellings(c, "{column} <> lower({column})", _SPELLED[:2])
+
+
 #: Steps in Python run after a version's statements, in the same transaction.
-_DATA_STEPS: dict[int, Callable[[psycopg.Connection[Row]], None]] = {4: _unify_idn_spellings}
+_DATA_STEPS: dict[int, Callable[[psycopg.Connection[Row]], None]] = {
+    4: _unify_idn_spellings, 6: _lower_local_parts}
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)

@@ -3,8 +3,8 @@
 The account directory provides it (`AuthService.sender_profile`); the sending
 policy (``policy/sender.py``, the rate limits) reads it. It lives here, beside the
 directory, so that policy imports auth and never the other way round.
-Comparison follows ``auth/names.py``: the domain is case-insensitive, the local
-part is compared exactly (RFC 5321 §2.4). An internationalised domain is the same
+Comparison follows ``auth/names.py``: an address is compared in its canonical
+spelling, without letter case in the domain (RFC 5321 §2.4) or the local part. An internationalised domain is the same
 domain in its A-label (``xn--bcher-kva.example``) and U-label (``bücher.example``)
 forms (RFC 5890 §2.3.2.1): a client without SMTPUTF8 can only send the A-label
 (RFC 6531 §3.2), so each form owns the other.

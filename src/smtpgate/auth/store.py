@@ -105,7 +105,7 @@ class SchemaTooNew(StoreUnavailable, NewerSchema):
     """The database was written by a newer smtpgate; it is left untouched."""
 
 
-#: The SQL function (``unified_spelling``) each connection has, for migration 5.
+#: The SQL function (``unified_spelling``) each connection has, for migrations 5 and 7.
 _UNIFIED = "smtpgate_unified_spelling"
 
 # Each migration is a list of statements run in one transaction; its version is
@@ -223,6 +223,14 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # The TOTP time step each admin last logged in with: a code is good once,
         # across restarts and processes (web/site.py).
         "ALTER TABLE web_admins ADD COLUMN totp_last_step INTEGER NOT NULL DEFAULT -1",
+    ),
+    (
+        # Login names without letter case (auth/names.py): a name or alias stored with
+        # capitals (Alice@example.org) is renamed to lower case, the rows naming it
+        # following. Accounts and aliases differing only in case were refused before,
+        # so none collide; OR IGNORE keeps both if a Unicode capital made a pair.
+        f"UPDATE OR IGNORE accounts SET name = {_UNIFIED}(name) WHERE name <> {_UNIFIED}(name)",
+        f"UPDATE OR IGNORE aliases SET address = {_UNIFIED}(address) WHERE address <> {_UNIFIED}(address)",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -3,8 +3,11 @@ the permissions asked for, replacing only a socket file nobody listens on."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
 import stat
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,7 @@ from smtpgate.config import parse_config
 from smtpgate.errors import StartupError
 from smtpgate.server.front_doors import bind_auth_sockets, close_auth_sockets
 
+from .as_nobody import run_as_nobody
 from .config_support import MINIMAL, config_dir, problems
 
 BASE = MINIMAL
@@ -127,3 +131,34 @@ def test_a_front_door_beyond_loopback_is_a_loosening(base: Path) -> None:
     for address in ("127.0.0.1:12345", "[::1]:12345"):
         assert "auth_listeners.0.address" not in _checked(
             BASE + door(protocol="dovecot", address=address), base)
+
+
+def test_a_live_socket_nobody_may_connect_to_is_never_removed(base: Path) -> None:
+    """Another service's socket in a directory smtpgate may write: a connect refused
+    for permission (EACCES) says nothing about whether anyone listens; only a refused
+    connection (ECONNREFUSED) marks a socket file a dead server left."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to run the server's side as another user")
+    shared = Path(tempfile.mkdtemp(prefix="sgsock-", dir="/tmp"))
+    try:
+        shared.chmod(0o777)  # writable by all, not sticky: nobody may unlink in it
+        path = shared / "auth"
+        live = socket.socket(socket.AF_UNIX)
+        live.bind(str(path))
+        live.listen(1)
+        path.chmod(0o600)  # the other service's, reachable only by its owner
+        cfg = parse_config(BASE + door(protocol="dovecot", address=f"unix:{path}"), base)
+
+        def bind() -> str:
+            try:
+                close_auth_sockets(cfg, bind_auth_sockets(cfg))
+            except StartupError as e:
+                return f"refused: {e.key}"
+            return "bound"
+
+        assert run_as_nobody(bind) == "refused: auth_listeners.0.address"
+        with socket.socket(socket.AF_UNIX) as client:
+            client.connect(str(path))  # the other service still has its socket
+        live.close()
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)

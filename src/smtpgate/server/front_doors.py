@@ -73,7 +73,13 @@ def _protocol_factory(protocol: str) -> ProtocolFactory:
 
 def _clear_stale_socket(path: Path, key: str) -> None:
     """Remove a socket file left by a server that died; refuse to touch a socket
-    someone still listens on, or a file that is not a socket."""
+    someone still listens on, a file that is not a socket, or a socket whose state
+    a connection cannot tell.
+
+    Only a refused connection (ECONNREFUSED) says nobody listens. A connect refused
+    for permission (EACCES: another service's socket, mode 0600, in a directory
+    smtpgate may write) or one that does not complete (a full backlog) says
+    nothing of the kind, and removing that file would cut the other service off."""
     try:
         st = path.lstat()
     except FileNotFoundError:
@@ -81,11 +87,18 @@ def _clear_stale_socket(path: Path, key: str) -> None:
     if not stat.S_ISSOCK(st.st_mode):
         raise StartupError(key, f"{path} exists and is not a socket", "remove it or choose another path")
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(2.0)
     try:
         probe.connect(str(path))
-    except OSError:
+    except ConnectionRefusedError:
         path.unlink(missing_ok=True)  # nobody listens: left behind
         return
+    except FileNotFoundError:
+        return  # removed meanwhile
+    except OSError as e:
+        raise StartupError(
+            key, f"{path} exists and cannot be probed ({e.strerror or e}): it may be "
+            "another server's socket", "remove it if it is stale, or choose another path") from None
     finally:
         probe.close()
     raise StartupError(key, f"{path}: another server listens on it", "stop that one, or choose another path")

@@ -335,3 +335,28 @@ def test_a_local_user_outside_the_group_cannot_reach_the_unix_listener(stack: St
     assert proc.stdout.strip() == "refused", proc.stdout + proc.stderr
     st = stack.door_socket.stat()
     assert (oct(st.st_mode & 0o777), st.st_gid) == ("0o660", grp.getgrnam("postfix").gr_gid)
+
+
+def test_a_peer_that_never_reads_is_not_read_from_either(stack: Stack) -> None:
+    """A CONT for an unknown id is answered with a FAIL line seven times its size.
+    A peer that sends them and reads nothing must stop being read once its answers
+    back up, not grow smtpgate's write buffer (and log) without end."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(str(stack.door_socket))
+        sock.sendall(b"VERSION\t1\t0\nCPID\t4243\n")
+        sock.settimeout(3)
+        chunk = b"CONT\t7\tx\n" * 8192
+        sent = 0
+        try:
+            while sent < 4_000_000:
+                sock.sendall(chunk)
+                sent += len(chunk)
+        except TimeoutError:
+            pass
+        assert sent < 1_000_000, f"{sent} bytes read from a peer that reads nothing"
+    # The listener still serves.
+    again = door_session(stack)
+    resp = base64.b64encode(f"\0{ALICE}\0{PASSWORD}".encode())
+    again.sendall(b"AUTH\t1\tPLAIN\tservice=smtp\trip=127.0.0.1\tsecured\tresp=" + resp + b"\n")
+    assert again.recv(4096) == f"OK\t1\tuser={ALICE}\n".encode()
+    again.close()

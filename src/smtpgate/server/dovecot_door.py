@@ -106,6 +106,20 @@ class DovecotConnection(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         return None  # close: the MTA has nothing more to ask
 
+    def pause_writing(self) -> None:
+        """The peer does not read our answers: stop reading its lines until it does.
+        Each line can cost an answer several times its size (a ``CONT`` for an
+        unknown id, 9 bytes, is answered with a 60-byte ``FAIL``), so a peer that
+        only writes would otherwise grow our write buffer without bound."""
+        t = self.transport
+        if t is not None and not self._closed and not t.is_closing():
+            t.pause_reading()
+
+    def resume_writing(self) -> None:
+        t = self.transport
+        if t is not None and not self._closed and not t.is_closing():
+            t.resume_reading()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         for timer in self._timers.values():

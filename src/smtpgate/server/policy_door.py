@@ -170,6 +170,18 @@ class PolicyProtocol(asyncio.Protocol):
                 return
             t.write(format_action(action))
 
+    def pause_writing(self) -> None:
+        """The peer does not read its answers: stop reading its requests until it
+        does, so that what a peer that only writes costs us stays bounded."""
+        t = self._transport
+        if t is not None and not t.is_closing():
+            t.pause_reading()
+
+    def resume_writing(self) -> None:
+        t = self._transport
+        if t is not None and not t.is_closing():
+            t.resume_reading()
+
     def connection_lost(self, exc: Exception | None) -> None:
         if self._worker is not None:
             self._worker.cancel()

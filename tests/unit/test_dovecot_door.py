@@ -159,3 +159,26 @@ def test_a_request_the_peer_leaves_waiting_is_concluded_after_the_timeout(
     [(outcome, answered)] = login.concluded
     assert (outcome.result, outcome.reason, answered) == (
         AuthResult.CANCELLED, "no answer from the peer in time", False)
+
+
+def test_refused_requests_do_not_flood_the_log(caplog: pytest.LogCaptureFixture) -> None:
+    """A CONT for an unknown id is 9 bytes; a log line for each one let a peer write
+    ten times what it sent into the server log. The first few are logged, the rest
+    counted, and the count is logged when the window ends or the connection closes."""
+    caplog.set_level("INFO", logger="smtpgate.frontdoor")
+
+    async def go() -> FakeTransport:
+        conn = dovecot_door.DovecotConnection(door(FakeLogin()))
+        t = FakeTransport()
+        conn.connection_made(cast(asyncio.Transport, t))
+        conn.data_received(HELLO + b"CONT\t7\tx\n" * 5000)
+        await settle()
+        conn.connection_lost(None)
+        return t
+
+    t = asyncio.run(go())
+    assert t.out.count(b"FAIL\t7\t") == 5000  # each one is still answered
+    lines = [r.getMessage() for r in caplog.records]
+    refused = [x for x in lines if "request 7 refused" in x]
+    assert 0 < len(refused) <= dovecot_door.REFUSALS_LOGGED
+    assert any(f"{5000 - len(refused)} more requests refused" in x for x in lines), lines[-3:]

@@ -16,6 +16,7 @@ import itertools
 import logging
 import os
 import secrets
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
@@ -44,6 +45,11 @@ _CUID = itertools.count(1)
 #: Seconds a request may wait for the peer's next CONT (Dovecot's own limit): Postfix
 #: never cancels a request its client gave up, so it is concluded then.
 REQUEST_TIMEOUT = 150.0
+#: Refused requests logged one by one per connection in each ``REFUSAL_WINDOW``
+#: seconds; the others are counted and logged as one line. A refusal costs the
+#: peer a 9-byte line (a ``CONT`` for an unknown id) and the log ten times that.
+REFUSALS_LOGGED = 10
+REFUSAL_WINDOW = 60.0
 
 
 def protocol_factory(door: FrontDoor) -> Callable[[], asyncio.BaseProtocol]:
@@ -90,6 +96,10 @@ class DovecotConnection(asyncio.Protocol):
         self._tasks: set[asyncio.Task[None]] = set()
         #: A timer per request waiting on the peer, by (id, challenge number).
         self._timers: dict[tuple[int, int], asyncio.TimerHandle] = {}
+        #: The refusal log's window: when it began, lines logged, refusals not logged.
+        self._refusal_window = time.monotonic()
+        self._refusals_logged = 0
+        self._refusals_unlogged = 0
 
     # ------------------------------------------------------------ asyncio
 
@@ -127,6 +137,7 @@ class DovecotConnection(asyncio.Protocol):
         self._timers.clear()
         for ended in self.engine.connection_lost():
             self._conclude_unanswered(ended)
+        self._report_unlogged_refusals()
 
     # ------------------------------------------------------------ events
 
@@ -144,14 +155,34 @@ class DovecotConnection(asyncio.Protocol):
                 else:
                     self._conclude_unanswered(ev)
             elif isinstance(ev, RequestRefused):
-                log.info("%s %s: request %d refused: %s (client %s)", self.door.listener.label,
-                         self.peer, ev.id, ev.reason, ev.remote_ip or "unknown")
+                self._log_refusal(ev)
             elif isinstance(ev, Disconnect):
                 self._flush()
                 self._disconnect(ev)
                 return
         self._flush()
         self._arm_timers()
+
+    def _log_refusal(self, ev: RequestRefused) -> None:
+        """The first ``REFUSALS_LOGGED`` refusals of each window one by one, the rest
+        counted (``_report_unlogged_refusals``)."""
+        now = time.monotonic()
+        if now - self._refusal_window >= REFUSAL_WINDOW:
+            self._report_unlogged_refusals()
+            self._refusal_window, self._refusals_logged = now, 0
+        if self._refusals_logged < REFUSALS_LOGGED:
+            self._refusals_logged += 1
+            log.info("%s %s: request %d refused: %s (client %s)", self.door.listener.label,
+                     self.peer, ev.id, ev.reason, ev.remote_ip or "unknown")
+        else:
+            self._refusals_unlogged += 1
+
+    def _report_unlogged_refusals(self) -> None:
+        if self._refusals_unlogged:
+            log.info("%s %s: %d more requests refused (more than %d in %.0f s are not "
+                     "logged one by one)", self.door.listener.label, self.peer,
+                     self._refusals_unlogged, REFUSALS_LOGGED, REFUSAL_WINDOW)
+            self._refusals_unlogged = 0
 
     def _arm_timers(self) -> None:
         """One timer per request left waiting on the peer; a request that moved on

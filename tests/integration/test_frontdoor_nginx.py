@@ -62,6 +62,13 @@ mail {{
         listen 127.0.0.1:{clear_port};
         protocol smtp;
     }}
+    server {{
+        listen [::]:{dual_port} ipv6only=off;
+        protocol smtp;
+        starttls only;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+    }}
 }}
 """
 
@@ -71,6 +78,8 @@ class Stack:
     smtpgate: Server
     nginx_port: int
     clear_port: int
+    #: A dual-stack listener: IPv4 clients reach nginx as ::ffff:a.b.c.d.
+    dual_port: int
     auth_http: int
     upstream: int
     nginx_root: Path
@@ -101,6 +110,7 @@ def stack() -> Iterator[Stack]:
         pytest.fail("libnginx-mod-mail is not installed (make test installs it)")
     root = Path(tempfile.mkdtemp(prefix="sgnx-"))
     auth_http, upstream, nginx_port, clear_port = free_port(), free_port(), free_port(), free_port()
+    dual_port = free_port()
     doors = (
         f'\n[[listeners]]\nname = "from-nginx"\naddress = "127.0.0.1:{upstream}"\n'
         f'tls = "starttls"\nxclient_trusted = ["127.0.0.1/32"]\n'
@@ -121,6 +131,7 @@ def stack() -> Iterator[Stack]:
         srv.start()
         (nginx_root / "nginx.conf").write_text(NGINX_CONF.format(
             root=nginx_root, auth_http=auth_http, port=nginx_port, clear_port=clear_port,
+            dual_port=dual_port,
             cert=srv.ca, key=srv.root / "tls" / "key.pem"))
         with open(nginx_root / "stdout.log", "wb") as out:
             proc = subprocess.Popen(
@@ -134,7 +145,7 @@ def stack() -> Iterator[Stack]:
                                    + (nginx_root / "stdout.log").read_text(errors="replace")
                                    + (nginx_root / "error.log").read_text(errors="replace"))
             time.sleep(0.05)
-        yield Stack(srv, nginx_port, clear_port, auth_http, upstream, nginx_root)
+        yield Stack(srv, nginx_port, clear_port, dual_port, auth_http, upstream, nginx_root)
     finally:
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGQUIT)
@@ -149,8 +160,8 @@ def stack() -> Iterator[Stack]:
 
 
 def swaks(stack: Stack, source: str, mech: str, user: str, password: str,
-          *extra: str, tls: bool = True) -> str:
-    port = stack.nginx_port if tls else stack.clear_port
+          *extra: str, tls: bool = True, port: int | None = None) -> str:
+    port = port or (stack.nginx_port if tls else stack.clear_port)
     proc = subprocess.run(
         [require_tool("swaks"), "-s", "127.0.0.1", "-p", str(port), *(["-tls"] if tls else []),
          "--local-interface", source, "-a", mech, "-au", user, "-ap", password,
@@ -300,3 +311,16 @@ def test_no_auth_wait_after_ten_attempts(stack: Stack) -> None:
         b"Auth-SSL: on\r\n"))
     assert header_values(answer, b"Auth-Error-Code") == [b"535 5.7.8"]
     assert header_values(answer, b"Auth-Wait") == []
+
+
+def test_an_ipv4_client_of_a_dual_stack_nginx_is_logged_by_its_ipv4_address(stack: Stack) -> None:
+    """nginx on [::] with ipv6only=off sends Client-IP ::ffff:127.0.0.13 for an IPv4
+    client: the auth log names 127.0.0.13, the address the guard counts and fail2ban
+    can ban, not '::ffff:7f00:d'."""
+    before = len(stack.records())
+    out = swaks(stack, "127.0.0.13", "PLAIN", CAROL, "wrong-again", "--quit-after", "AUTH",
+                port=stack.dual_port)
+    assert "535 5.7.8" in out, out + stack.nginx_log()
+    [rec] = [r for r in stack.records()[before:] if r.get("front_door") == "auth_http"]
+    assert (rec["client_ip"], rec["result"]) == ("127.0.0.13", "failure"), rec
+

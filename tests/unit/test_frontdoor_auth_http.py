@@ -95,3 +95,11 @@ def test_percent_decode_and_salt() -> None:
     assert percent_decode("a%20b%0d") == b"a b\r"
     assert split_salt("<4711.1234@mx.test>\r\n") == ("4711.1234", "mx.test")
     assert split_salt("nonsense") is None
+
+
+def test_an_ipv4_client_in_ipv6_form_is_its_ipv4_address() -> None:
+    """nginx on a dual-stack socket (listen [::]:587 ipv6only=off) reports IPv4
+    clients as ::ffff:a.b.c.d; the auth log names the address the guard counts
+    and a firewall can ban."""
+    head = NGINX_REQUEST[:-2].replace(b"Client-IP: 192.0.2.9", b"Client-IP: ::ffff:192.0.2.9")
+    assert parse_request(head.removesuffix(b"\r\n")).client_ip == "192.0.2.9"

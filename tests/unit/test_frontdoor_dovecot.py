@@ -406,3 +406,18 @@ def test_a_request_left_waiting_on_the_client_expires_only_at_the_same_challenge
     assert (ev.outcome.result, ev.outcome.reason) == (
         AuthResult.CANCELLED, "no answer from the peer in time")
     assert eng.pending == 0 and eng.data_to_send() == b""
+
+
+@pytest.mark.parametrize(("rip", "seen"), [
+    ("::ffff:192.0.2.7", "192.0.2.7"),   # a dual-stack socket's IPv4 client
+    ("2001:DB8::1", "2001:db8::1"),
+    ("192.0.2.8", "192.0.2.8"),
+])
+def test_the_client_address_is_the_one_the_guard_counts(rip: str, seen: str) -> None:
+    """An IPv4 client in IPv6 form is its IPv4 address, as the guard counts it: the
+    auth log (and fail2ban reading it) must name the address a firewall can ban."""
+    _, events = feed(engine(), (HELLO_POSTFIX + lines(
+        f"AUTH<TAB>1<TAB>SCRAM-SHA-256<TAB>service=smtp<TAB>rip={rip}<TAB>lip=::ffff:10.0.0.1",
+        "CONT<TAB>1<TAB>" + b64(V_CLIENT_FIRST))).encode())
+    needed = next(e for e in events if isinstance(e, CredentialsNeeded))
+    assert (needed.request.remote_ip, needed.request.local_ip) == (seen, "10.0.0.1")

@@ -182,11 +182,15 @@ def parse_request(head: bytes) -> AuthHttpRequest:
         return headers[key]
 
     method = need("auth-method").lower()
-    client_ip = need("client-ip")
     try:
-        ipaddress.ip_address(client_ip)
+        ip = ipaddress.ip_address(need("client-ip"))
     except ValueError:
         raise AuthHttpError("Client-IP is not an address") from None
+    # nginx on a dual-stack socket reports an IPv4 client as ::ffff:a.b.c.d: the
+    # IPv4 address is the one the guard counts and the auth log must name.
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    client_ip = str(ip)
     attempt_text = headers.get("auth-login-attempt", "1")
     # ASCII digits only: "²" (0xB2 in Latin-1) passes str.isdigit() but not int().
     if not (attempt_text.isascii() and attempt_text.isdigit()) or len(attempt_text) > 6:

@@ -627,10 +627,16 @@ def _b64decode(text: str) -> bytes | None:
 
 
 def _address(text: str) -> str:
+    """The address in its one spelling ("" if it is none): an IPv4 client a
+    dual-stack socket reports as ``::ffff:a.b.c.d`` is its IPv4 address, as the
+    guard counts it, so the auth log names what a firewall can ban."""
     try:
-        return str(ipaddress.ip_address(text))
+        ip = ipaddress.ip_address(text)
     except ValueError:
         return ""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
 
 
 def _port(text: str) -> int:

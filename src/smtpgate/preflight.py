@@ -532,18 +532,20 @@ def check_front_doors(cfg: Config) -> list[Problem]:
         if path is None:
             continue
         key = f"auth_listeners.{i}"
-        if door.file_mode & 0o002:
-            # Connecting to a unix socket takes write permission on it (unix(7)).
-            out.append(_warning(f"{key}.mode", f"{door.mode} lets every user of this machine "
-                                f"connect to {path} and test passwords there (or, for a "
-                                "policy door, ask for any account's decision); give the MTA's "
-                                "group access instead: mode = \"0660\" with group = its group"))
+        # A mode every user may connect with is among the leniencies (`leniencies`).
         if not path.parent.is_dir():
             out.append(_error(f"{key}.address", f"{path.parent} is not a directory, so the "
                               f"socket {path} cannot be made there; create it first"))
         elif not os.access(path.parent, os.W_OK | os.X_OK):
             out.append(_error(f"{key}.address", f"cannot make the socket {path}: "
                               + _denied(path.parent, "write in")))
+        elif path.parent.stat().st_mode & stat.S_IWOTH:
+            # Sticky or not: another user can make the path first, while smtpgate is
+            # down, and the MTA would then take that socket's OK for any password.
+            out.append(_warning(f"{key}.address", f"others may write in {path.parent}: a "
+                                f"local user could put a socket of their own at {path} while "
+                                "smtpgate is stopped, and the MTA would believe its answers; "
+                                "use a directory of its own (docs/integration.md)"))
         for field, name, lookup in (("user", door.user, pwd.getpwnam),
                                     ("group", door.group, grp.getgrnam)):
             if name:
@@ -901,6 +903,11 @@ def loosenings(cfg: Config) -> list[Problem]:
             out.append(_warning(f"listeners.{i}.mechanisms", f"listener {lst.name!r} offers "
                                 f"{m}, which needs plaintext-equivalent secrets"))
     for i, door in enumerate(cfg.auth_listeners):
+        if door.unix_path is not None and door.file_mode & stat.S_IWOTH:
+            out.append(_warning(f"auth_listeners.{i}.mode", f"{door.mode}: every local user "
+                                "may connect to the socket and check passwords in clear, for "
+                                "any client address it names (the guard counts per that "
+                                "address); give it to the MTA's group only (0660)"))
         if door.unix_path is None and not _loopback(door.host_port[0]):
             out.append(_warning(f"auth_listeners.{i}.address", f"{door.address} is not on "
                                 "loopback: whoever reaches it may check passwords in clear, "

@@ -162,3 +162,21 @@ def test_a_live_socket_nobody_may_connect_to_is_never_removed(base: Path) -> Non
         live.close()
     finally:
         shutil.rmtree(shared, ignore_errors=True)
+
+
+def test_a_socket_others_may_reach_or_replace_is_warned_about(base: Path) -> None:
+    """Whoever can connect may check passwords for any address it names; whoever may
+    write in the socket's directory may put a socket of their own there while
+    smtpgate is down, and the MTA would take that one's OK for any password."""
+    open_dir = base / "shared"
+    open_dir.mkdir()
+    open_dir.chmod(0o1777)  # as /tmp
+    found = _checked(BASE + door(protocol="dovecot", address=f"unix:{open_dir}/auth"), base)
+    severity, message = found["auth_listeners.0.address"]
+    assert severity == "warning" and "others may write" in message
+    found = _checked(BASE + door(protocol="dovecot", address=f"unix:{base}/auth",
+                                 mode="0666"), base)
+    severity, message = found["auth_listeners.0.mode"]
+    assert severity == "warning" and "every local user" in message
+    assert not any(k.startswith("auth_listeners") for k in _checked(
+        BASE + door(protocol="dovecot", address=f"unix:{base}/auth", mode="0660"), base))

@@ -324,3 +324,16 @@ def test_an_ipv4_client_of_a_dual_stack_nginx_is_logged_by_its_ipv4_address(stac
     [rec] = [r for r in stack.records()[before:] if r.get("front_door") == "auth_http"]
     assert (rec["client_ip"], rec["result"]) == ("127.0.0.13", "failure"), rec
 
+
+
+def test_a_dual_stack_nginx_hands_over_an_ipv4_client_as_its_ipv4_address(stack: Stack) -> None:
+    """nginx passes the same client as XCLIENT ADDR=IPV6:::ffff:127.0.0.14: the
+    session behind it (its Received line, its log, the connection limits keyed by
+    the client) is the IPv4 client, not '[IPv6:::ffff:7f00:e]'."""
+    before = len(stack.smtpgate.delivered())
+    out = swaks(stack, "127.0.0.14", "PLAIN", ALICE, PASSWORD, "-f", ALICE, "-t",
+                "bob@example.net", "--header", "Subject: dual-stack", port=stack.dual_port)
+    assert "250 2.0.0" in out.split("DATA")[-1], out + stack.nginx_log()
+    files = stack.smtpgate.wait_for_mail(before + 1)
+    msg = next(f.read_bytes() for f in files if b"Subject: dual-stack" in f.read_bytes())
+    assert b"from client.test ([127.0.0.14])" in msg, msg[:300]

@@ -117,3 +117,9 @@ def test_xtext_is_decoded_bytewise() -> None:
         decode_xtext_utf8("a+zz")
     with pytest.raises(XclientSyntaxError):
         decode_xtext_utf8("+FF")  # not UTF-8
+
+
+def test_an_ipv4_client_in_ipv6_form_is_its_ipv4_address() -> None:
+    """nginx on a dual-stack socket: ADDR=IPV6:::ffff:192.0.2.7 is the IPv4 client."""
+    assert parse_xclient("ADDR=IPV6:::ffff:192.0.2.7").addr == "192.0.2.7"
+    assert parse_xclient("ADDR=IPV6:2001:DB8::1").addr == "2001:db8::1"

@@ -70,11 +70,17 @@ def decode_xtext_utf8(value: str) -> str:
 
 
 def _address(value: str) -> str:
+    """ADDR's address in its one spelling. An IPv4 client a dual-stack proxy
+    (nginx on ``[::]`` with ``ipv6only=off``) reports as ``IPV6:::ffff:a.b.c.d`` is
+    its IPv4 address: the one the guard and the front door's auth log name."""
     text = value[5:] if value.upper().startswith("IPV6:") else value
     try:
-        return str(ipaddress.ip_address(text))
+        ip = ipaddress.ip_address(text)
     except ValueError:
         raise XclientSyntaxError("ADDR is not an address") from None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
 
 
 def _port(value: str) -> int:

@@ -521,8 +521,9 @@ def _no_way_to_log_in(cfg: Config, i: int, lst: ListenerConfig) -> list[Problem]
 def check_front_doors(cfg: Config) -> list[Problem]:
     """Each unix socket of ``[[auth_listeners]]`` can be made where ``serve`` binds it:
     its directory exists and can be written in, its ``user`` and ``group`` exist; a
-    socket every user may connect to (``mode`` with the others' write bit) is a
-    warning: a password oracle for every local account, but a choice, not a fault."""
+    directory others may write in is a warning (another user could put a socket of
+    their own there first). A ``mode`` every user may connect with is a leniency
+    (`leniencies`): a password oracle for every local account, but a choice."""
     import grp
     import pwd
 

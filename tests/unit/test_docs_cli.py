@@ -107,3 +107,88 @@ def test_the_check_catches_a_renamed_option_or_command() -> None:
     assert problem(words_of("smtpgate queue purge"))
     assert problem(words_of("smtpgate user list --json | jq .name")) is None
     assert problem(words_of("smtpgate user add|passwd|remove USER")) is None
+
+
+def _commands(command: click.Command, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], click.Command]]:
+    """Every command under ``command`` with its path (``("user", "cert", "add")``)."""
+    out = [(path, command)] if path else []
+    if isinstance(command, click.Group):
+        ctx = click.Context(command)
+        for name in command.list_commands(ctx):
+            sub = command.get_command(ctx, name)
+            assert sub is not None
+            out += _commands(sub, (*path, name))
+    return out
+
+
+def command_table() -> dict[tuple[str, ...], set[Path]]:
+    """docs/cli.md's table: each command path a row names, with the pages it links.
+
+    A row's first cell names commands as ``user add|passwd|remove [--json]``: the first
+    alternative gives the command's path, the others are its siblings (or their
+    subcommands: ``user cert add USER FILE|list USER``). A row naming a group covers
+    the group's subcommands.
+    """
+    cli_md = ROOT / "docs" / "cli.md"
+    out: dict[tuple[str, ...], set[Path]] = {}
+    for line in cli_md.read_text(encoding="utf-8").splitlines():
+        cells = line.split(" | ")
+        if not line.startswith("| `") or len(cells) < 3:
+            continue
+        first = re.match(r"\| `([^`]+)`", line)
+        assert first is not None
+        pages = {(cli_md.parent / m).resolve() for m in re.findall(r"\]\(([^)#]+)", cells[-1])}
+        if "below" in cells[-1] or not pages:
+            pages.add(cli_md)
+        parent: tuple[str, ...] = ()
+        for n, alternative in enumerate(first.group(1).replace("\\|", "|").split("|")):
+            command: click.Command = cli
+            path = () if n == 0 else parent
+            if n:
+                group = cli
+                for name in parent:
+                    got = group.get_command(click.Context(group), name)
+                    assert isinstance(got, click.Group)
+                    group = got
+                command = group
+            for word in alternative.split():
+                sub = command.get_command(click.Context(command), word) if isinstance(
+                    command, click.Group) else None
+                if sub is None:
+                    break
+                command, path = sub, (*path, word)
+            if n == 0:
+                parent = path[:-1]
+            out.setdefault(path, set()).update(pages)
+    return out
+
+
+def _pages_of(path: tuple[str, ...], table: dict[tuple[str, ...], set[Path]]) -> set[Path] | None:
+    """The pages of the row naming ``path`` or the group it is in; None if no row does."""
+    for n in range(len(path), 0, -1):
+        if path[:n] in table:
+            return table[path[:n]]
+    return None
+
+
+def test_every_command_is_in_the_cli_table() -> None:
+    table = command_table()
+    missing = [" ".join(p) for p, c in _commands(cli)
+               if not isinstance(c, click.Group) and _pages_of(p, table) is None]
+    assert not missing, f"docs/cli.md's table does not name: {missing}"
+
+
+def test_every_option_is_documented_where_the_cli_table_points() -> None:
+    """An option `--help` lists is named in docs/cli.md or a page its row links to."""
+    table = command_table()
+    text = {page: page.read_text(encoding="utf-8") for page in PAGES}
+    cli_md = ROOT / "docs" / "cli.md"
+    missing = []
+    for path, command in [((), cli), *_commands(cli)]:
+        pages = {cli_md} | (_pages_of(path, table) or set())
+        for param in command.params:
+            for opt in (*param.opts, *param.secondary_opts):
+                if opt.startswith("--") and opt not in ("--help", "--config") and not any(
+                        re.search(re.escape(opt) + r"(?![\w-])", text[p]) for p in pages):
+                    missing.append(f"smtpgate {' '.join(path)} {opt}".replace("  ", " "))
+    assert not missing, f"options no page of the cli.md table names: {missing}"

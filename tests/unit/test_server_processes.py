@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -191,6 +192,67 @@ def test_reload_takes_reloadable_keys_and_names_the_others(tmp_path: Path) -> No
     assert new.cfg.server.workers == running.server.workers
     assert new.cfg.guard.database == running.guard.database
     assert new.needs_restart == ("guard.database", "server.workers")
+
+
+def _documented_reload_keys() -> tuple[list[str], list[str], list[str]]:
+    """The keys docs/operations.md lists under "Reloaded keys" and "Keys that need a
+    restart" (``tls.*`` for a whole table; ``(except `guard.database`)`` left out)."""
+    page = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+
+    def bullet(title: str) -> tuple[list[str], list[str]]:
+        m = re.search(r"- \*\*" + re.escape(title) + r"\*\*:(.*?)(?=\n- \*\*|\n\n)", page, re.DOTALL)
+        assert m, f"docs/operations.md has no bullet **{title}**"
+        text = m.group(1).split(". ")[0]
+        excepted = re.findall(r"`([a-z_.]+)`", " ".join(re.findall(r"\(except\s([^)]*)\)", text)))
+        text = re.sub(r"\(except\s[^)]*\)", "", text)
+        return re.findall(r"`([a-z_]+(?:\.[a-z_*]+)?)`", text), excepted
+
+    reloaded, excepted = bullet("Reloaded keys")
+    restart, _ = bullet("Keys that need a restart")
+    return reloaded, excepted, restart
+
+
+def _expand(keys: list[str], cfg: object) -> list[str]:
+    out = []
+    for key in keys:
+        table, _, name = key.partition(".")
+        if name == "*":
+            out += [f"{table}.{f}" for f in type(getattr(cfg, table)).model_fields]
+        else:
+            out.append(key)
+    return out
+
+
+def _with(cfg: object, key: str, value: object) -> object:
+    """``cfg`` with ``key`` (``table.name`` or a top-level name) set, unvalidated."""
+    table, _, name = key.partition(".")
+    if not name:
+        return cfg.model_copy(update={table: value})  # type: ignore[attr-defined]
+    inner = getattr(cfg, table).model_copy(update={name: value})
+    return cfg.model_copy(update={table: inner})  # type: ignore[attr-defined]
+
+
+def _get(cfg: object, key: str) -> object:
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def test_reload_takes_the_keys_docs_operations_md_says_it_takes(tmp_path: Path) -> None:
+    """Each key the page calls reloadable is taken from the file by a reload; each it
+    says needs a restart keeps its running value. `auth.session_recheck` was documented
+    as reloaded and was kept ('changed in the file; kept as running until a restart')."""
+    running = parse_config(_cfg(tmp_path).read_text(), tmp_path)
+    reloaded, excepted, restart = _documented_reload_keys()
+    assert "auth.session_recheck" in reloaded and "auth.log_file" in restart
+    assert excepted == ["guard.database"]
+    for key in [k for k in _expand(reloaded, running) if k not in excepted]:
+        changed = object()
+        merged = reloading.merge(running, _with(running, key, changed))  # type: ignore[arg-type]
+        assert _get(merged, key) is changed, f"{key}: documented as reloaded, kept as running"
+    for key in _expand([k for k in restart if "." in k] + excepted, running):
+        merged = reloading.merge(running, _with(running, key, object()))  # type: ignore[arg-type]
+        assert _get(merged, key) is _get(running, key), f"{key}: documented as needing a restart"
 
 
 def test_reload_takes_oauth_mechanisms_with_their_issuers(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ certificate stay, and the error names the key. Otherwise the
   for a new password; the CLI reads the file each time anyway). A new ``hostname``
   is taken by the sessions; delivery keeps the running one (its EHLO to the next
   hop, the DSNs' Reporting-MTA) until a restart, and the reload says so (``partly``);
+  ``state.timeout`` and ``state.on_unavailable``;
 - ``accounts.*`` and the OAuth keys (``auth.oauth_issuers``, ``auth.oauth_scope``):
   each serving process builds a new auth service for new logins
   (``auth/services.py``). A changed directory is opened once here, and changed

@@ -20,6 +20,7 @@ from smtpgate.auth.guard_store import RecordedFailure, SqliteGuardStore
 from smtpgate.cli.common import ExitCode
 from smtpgate.cli.main import cli
 from smtpgate.config import GuardConfig
+from tests.client_pki import TestCa
 from tests.unit.as_nobody import run_as_nobody
 from tests.unit.cli_support import write_config
 
@@ -101,6 +102,20 @@ def test_removing_what_is_there_exits_0_and_a_no_op_state_change_too(config: Pat
     assert smtpgate(config, "user", "domain", "revoke", ALICE, "example.com").exit_code == 0
     r = smtpgate(config, "user", "unlock", ALICE)  # not locked: nothing to do, not an error
     assert r.exit_code == 0 and "was not locked" in r.output
+
+
+def test_removing_a_removed_certificate_is_a_no_op_exit_0(config: Path) -> None:
+    """A removed certificate stays listed as removed, so a second `user cert remove`
+    finds the state it asks for: exit 0, as `user unlock` of an unlocked account. It was
+    exit 3, 'has no registered certificate', for one `user cert list` shows."""
+    leaf = TestCa(config.parent / "pki", "ours").issue("laptop")
+    assert smtpgate(config, "user", "cert", "add", ALICE, str(leaf.cert)).exit_code == 0
+    colons = ":".join(leaf.fingerprint[i:i + 2] for i in range(0, 64, 2)).upper()
+    assert smtpgate(config, "user", "cert", "remove", ALICE, colons).exit_code == 0
+    r = smtpgate(config, "user", "cert", "remove", ALICE, leaf.fingerprint)
+    assert r.exit_code == 0 and "was removed already" in r.output, r.output
+    r = smtpgate(config, "user", "cert", "remove", ALICE, "ab" * 32)  # never registered
+    assert r.exit_code == ExitCode.NOT_FOUND and "has no registered certificate" in r.stderr
 
 
 def test_other_errors_exit_1(config: Path) -> None:

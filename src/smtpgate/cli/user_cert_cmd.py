@@ -32,7 +32,7 @@ from smtpgate.cli.common import (
     iso_time,
 )
 from smtpgate.cli.user_cmd import user
-from smtpgate.tls.client_certs import CertificateFileError
+from smtpgate.tls.client_certs import CertificateFileError, normalise_fingerprint
 
 
 @user.group("cert")
@@ -103,12 +103,22 @@ def list_(user: str, as_json: bool, config_path: Path | None) -> None:
 @click.argument("fingerprint")
 @config_option
 def remove(user: str, fingerprint: str, config_path: Path | None) -> None:
-    """Refuse USER's certificate of SHA-256 FINGERPRINT from now on."""
+    """Refuse USER's certificate of SHA-256 FINGERPRINT from now on.
+
+    A certificate removed before stays listed as removed: removing it again finds
+    the state asked for, and exits 0 like `user unlock` of an unlocked account
+    (docs/cli.md, "Exit codes")."""
     with admin_service(get_config(config_path)) as admin:
         try:
             done = admin.remove_certificate(user, fingerprint)
         except CertificateFileError as e:
             raise click.BadParameter(str(e), param_hint="FINGERPRINT") from None
+        removed_before = not done and any(
+            c.fingerprint == normalise_fingerprint(fingerprint) and c.revoked is not None
+            for c in admin.certificates(user))
+    if removed_before:
+        click.echo(f"certificate {fingerprint} of {user} was removed already")
+        return
     if not done:
         raise NotFound(f"{user} has no registered certificate {fingerprint}",
                        f"'smtpgate user cert list {user}' shows them")

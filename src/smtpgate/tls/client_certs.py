@@ -69,12 +69,14 @@ def read_certificate(data: bytes) -> CertificateFacts:
 
 
 def normalise_fingerprint(text: str) -> str:
-    """``AB:CD:...``, ``sha256:abcd...`` or bare hex, to lower-case hex.
+    """``AB:CD:...``, ``sha256:abcd...``, bare hex, or the whole line of ``openssl x509
+    -noout -fingerprint -sha256`` (``sha256 Fingerprint=AB:CD:...``), to lower-case hex.
 
     Raises:
         CertificateFileError: not 64 hex digits once colons and spaces are gone.
     """
-    hexed = re.sub(r"[\s:]", "", text.strip().lower().removeprefix("sha256:").removeprefix("sha256="))
+    plain = re.sub(r"^sha256\s+fingerprint=", "", text.strip().lower())
+    hexed = re.sub(r"[\s:]", "", plain.removeprefix("sha256:").removeprefix("sha256="))
     if not _HEX64.fullmatch(hexed):
         raise CertificateFileError(f"{text!r} is not a SHA-256 fingerprint (64 hex digits)")
     return hexed

@@ -155,7 +155,7 @@ class NotFound:
     ``name`` is the name as the directory looked it up (its canonical spelling,
     ``auth/names.py``): SCRAM keys its decoy salt on it, so every spelling that
     would find one account gets one salt whether or not the account exists
-    (docs/security.md, "Account probing through SCRAM"). Empty: the name as the
+    (docs/security.md, "What SCRAM's server-first message shows"). Empty: the name as the
     client gave it."""
 
     reason: str = "unknown user"

@@ -357,7 +357,7 @@ def test_cleartext_to_a_remote_directory_is_refused(slapd: Slapd, tmp_path: Path
 
 HOSTILE = ["*", "*@example.org", "alice@example.org)(mail=*", "al*ce@example.org",
            "alice\\@example.org", "(uid=*)", "*)(uid=*))(|(uid=*", "alice@example.org\0",
-           "alice\0@example.org", "ALICE@example.org", "a*@example.org"]
+           "alice\0@example.org", "a*@example.org"]
 
 
 def test_ldap_injection_in_the_login_name_never_logs_in(
@@ -376,6 +376,8 @@ def test_ldap_injection_in_the_login_name_never_logs_in(
         finally:
             r.close()
     assert login(srv, ALICE, ALICE_PW) == (235, b"")  # alice herself is unaffected
+    # An address in capitals is the same login name (docs/accounts.md).
+    assert login(srv, ALICE.upper(), ALICE_PW) == (235, b"")
 
 
 def test_an_idn_address_in_the_directory_logs_in_by_either_spelling(

@@ -226,12 +226,18 @@ def test_disabled_account_is_refused_like_a_wrong_password(ad_server: Server) ->
 
 @pytest.mark.parametrize("login", [
     "*", "alice*", "*@example.org", "alice)(sAMAccountName=*", ")(", "alice\0",
-    "alice\\", "\\2a", "ALICE", "Alice@example.org",
+    "alice\\", "\\2a", "ALICE",
 ])
 def test_injection_and_loose_spellings_never_log_in(ad_server: Server, login: str) -> None:
-    """Filter syntax in the name is data; a name the directory would match only
-    loosely (another case) is no login either."""
+    """Filter syntax in the name is data; a sAMAccountName the directory would match
+    only loosely (another case) is no login either. (An address in another case is
+    the same login name: auth/names.py, test_an_address_in_capitals_is_the_account.)"""
     assert _login(ad_server, login, ALICE.password)[0] == 535
+
+
+def test_an_address_in_capitals_is_the_account(ad_server: Server) -> None:
+    """Login names that are addresses have no letter case (docs/accounts.md)."""
+    assert _login(ad_server, ALICE.upn.capitalize(), ALICE.password)[0] == 235
 
 
 def _mail_from(srv: Server, user: ADUser, sender: str) -> int:

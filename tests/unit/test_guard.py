@@ -404,9 +404,10 @@ async def test_checks_do_not_block_the_event_loop(guard: tuple[Guard, Clock]) ->
         c: GuardCheck = await g.check("192.0.2.1", f"u{i}@x.org")
         await g.failure(c, counts_account=True)
     task.cancel()
-    # Each write awaited on the thread lets the ticker run at least once (SQL on the
-    # loop would let it run never); on a loaded machine about once, not many times.
-    assert ticks >= 10
+    # The writes awaited on the thread let the ticker run (SQL on the loop would let
+    # it run never); how often depends on the machine's load (9 for 20 writes seen
+    # under a full test run), so only that it ran is asserted.
+    assert ticks > 0
 
 
 # --- blocks_due: counts and thresholds to blocks (pure) ------------------------------------

@@ -215,8 +215,9 @@ def test_list_shows_recipients_status_and_last_error(spool: Spool) -> None:
 
 
 def test_cli_flush_of_a_held_message_says_it_is_held(tmp_path: Path) -> None:
-    """``queue flush ID`` on a held message said "flushed 0 messages"; it now says
-    why nothing happened and how to let it go, as ``hold``/``release`` do."""
+    """``queue flush ID`` on a held message said "flushed 0 messages", then that it is
+    held but exited 0; it now says why nothing happened and how to let it go, as an
+    error (exit 1), for nothing was done and the message is still not on its way."""
     from click.testing import CliRunner
 
     from smtpgate.cli.main import cli
@@ -233,10 +234,13 @@ def test_cli_flush_of_a_held_message_says_it_is_held(tmp_path: Path) -> None:
     finally:
         asyncio.run(spool.close())
     out = CliRunner().invoke(cli, ["queue", "flush", qid, "--config", str(config)])
-    assert out.exit_code == 0, out.output
-    assert out.output == (f"{qid} is held: not flushed (`smtpgate queue release {qid}` "
-                          "lets it go)\n")
-    assert "flushed 0" not in out.output
+    # Nothing done and the message stays undelivered: an error (docs/cli.md, exit 1),
+    # so `queue flush ID && ...` does not go on as if it had been sent on its way.
+    assert out.exit_code == 1, out.output
+    assert out.stdout == ""
+    assert out.stderr == (f"error: {qid} is held: not flushed\n"
+                          f"hint: `smtpgate queue release {qid}` lets it go "
+                          "(it is attempted now)\n")
 
 
 def _corrupt_queue(config: Path) -> tuple[str, str, str]:

@@ -240,11 +240,13 @@ def flush(queue_id: str | None, config_path: Path | None) -> None:
         n = mgr.flush(queue_id)
         spool_dir = cfg.path(cfg.queue.spool)
     if queue_id is not None and n == 0:
-        # Only a held message is skipped (an unknown one raised): say so, as
-        # hold and release do, instead of a bare "flushed 0 messages".
-        click.echo(f"{queue_id} is held: not flushed (`smtpgate queue release "
-                   f"{queue_id}` lets it go)")
-        return
+        # Only a held message is skipped (an unknown one raised). Nothing was
+        # done and nothing asked for holds (the message stays undelivered), so
+        # it is an error, exit 1: `queue flush ID && ...` must not go on as if
+        # the message had been sent on its way.
+        raise OperationalError(
+            f"{queue_id} is held: not flushed",
+            f"`smtpgate queue release {queue_id}` lets it go (it is attempted now)")
     click.echo(f"flushed {n} message{'s' if n != 1 else ''}")
     delivered = _deliver_here(cfg, spool_dir)
     if delivered is not None:

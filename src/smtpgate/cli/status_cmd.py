@@ -3,7 +3,8 @@
 What the server itself knows (processes, sessions, when and from which file its
 config was loaded) comes from the status file it keeps beside the pid file
 (`server/status_file.py`); the rest is read where it lives: the queue from the
-spool, the guard's blocks through the admin service, the certificate's expiry
+spool, whether the account backend answers, the guard's blocks from the guard state
+(each on its own line, so a failure names its own store), the certificate's expiry
 from the certificate file. So it works with the server stopped too, and says so.
 
 Exit status: 0 running, 3 not running (as ``smtpgate reload``), 1 running but
@@ -21,9 +22,12 @@ from typing import Any
 import click
 from cryptography import x509
 
+from smtpgate.auth.accounts import accounts_key, open_account_store
+from smtpgate.auth.directory import StoreError
+from smtpgate.auth.guard_state import GuardStoreError
+from smtpgate.auth.state_backend import open_guard_state
 from smtpgate.cli.common import (
     ExitCode,
-    admin_service,
     config_file,
     config_option,
     get_config,
@@ -106,12 +110,35 @@ def _space(free: int | None, reserve: int) -> str:
     return line
 
 
-def _guard(cfg: Config) -> dict[str, Any]:
+def _accounts(cfg: Config) -> dict[str, Any]:
+    """Whether the account backend opens and answers one read, named by the key that
+    says where it is: a database that is down is reported as itself, not as the guard
+    (which, read through the admin service, opened the account database first)."""
+    out: dict[str, Any] = {"backend": cfg.accounts.backend, "key": accounts_key(cfg)}
     try:
-        with admin_service(cfg) as admin:
-            blocks = admin.guard_blocks()
-    except click.ClickException as e:
-        return {"error": e.format_message()}
+        store = open_account_store(cfg)
+        try:
+            store.get_account("postmaster")
+        finally:
+            store.close()
+    except StoreError as e:
+        out["error"] = str(e)
+    return out
+
+
+def _guard(cfg: Config) -> dict[str, Any]:
+    """The blocks in force, read from the guard state alone (``[guard].database``, or
+    Redis with ``[state]``), so a failure here is the guard's own."""
+    where = ("state.redis_url" if cfg.state.backend == "redis"
+             else f"guard.database {cfg.path(cfg.guard.database)}")
+    try:
+        guard = open_guard_state(cfg)
+        try:
+            blocks = guard.active_blocks(time.time())
+        finally:
+            guard.close()
+    except GuardStoreError as e:
+        return {"error": f"{where}: {e}"}
     kinds: dict[str, int] = {}
     for b in blocks:
         kinds[b.kind] = kinds.get(b.kind, 0) + 1
@@ -175,6 +202,11 @@ def _print(doc: dict[str, Any]) -> None:
         click.echo(f"queue:        {q['messages']} messages ({q['held']} held, "
                    f"{q['bytes']} bytes{bad}){oldest}")
         click.echo(f"spool disk:   {_space(q['free_bytes'], q['reserve_bytes'])}")
+    a = doc["accounts"]
+    if "error" in a:
+        click.echo(f"accounts:     cannot read ({a['backend']}, {a['key']}): {a['error']}")
+    else:
+        click.echo(f"accounts:     {a['backend']} answers ({a['key']})")
     g = doc["guard"]
     if "error" in g:
         click.echo(f"guard:        cannot read: {g['error']}")
@@ -214,10 +246,11 @@ def _iso_times(doc: dict[str, Any]) -> dict[str, Any]:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object (docs/operations.md).")
 @config_option
 def status(as_json: bool, config_path: Path | None) -> None:
-    """Listeners, processes, sessions, queue, guard and certificate expiry."""
+    """Listeners, processes, sessions, queue, accounts, guard and certificate expiry."""
     cfg = get_config(config_path)
     server, code = _server(cfg, config_file(config_path))
-    doc = {"server": server, "queue": _queue(cfg), "guard": _guard(cfg),
+    doc = {"server": server, "queue": _queue(cfg), "accounts": _accounts(cfg),
+           "guard": _guard(cfg),
            "certificate": _certificate(cfg)}
     if as_json:
         click.echo(json.dumps(_iso_times(doc), sort_keys=True))

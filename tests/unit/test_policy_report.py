@@ -111,3 +111,25 @@ def test_a_record_without_a_zone_is_read_as_utc_not_a_traceback(tmp_path: Path) 
         result = CliRunner().invoke(cli, ["report", *args, "--config", str(config)])
         assert result.exit_code == 0, result.output
     assert json.loads(result.output)["totals"]["failure"] == 1  # the 2020 one is too old
+
+
+def test_times_with_other_offsets_are_ordered_as_times() -> None:
+    """First and last times (of the report and of each episode) were the least and
+    greatest strings: 11:30+02:00 (09:30 UTC) came after 10:00Z, so an episode's
+    'first' was its latest failure and 'last' an earlier one."""
+    def failure(stamp: str) -> dict[str, object]:
+        return {"time": stamp, "client_ip": "198.51.100.7", "username": "a@x.org",
+                "mechanism": "PLAIN", "result": "failure", "reason": "bad password"}
+
+    records = [failure("2026-01-01T10:00:00.000Z"),
+               failure("2026-01-01T11:30:00.000+02:00"),   # 09:30 UTC: the first
+               failure("2026-01-01T05:15:00.000-05:00")]   # 10:15 UTC: the last
+    r = build_report(records, since=None,
+                     thresholds=Thresholds(brute_force_failures=3, spray_accounts=1))
+    assert (r["first_record"], r["last_record"]) == (
+        "2026-01-01T11:30:00.000+02:00", "2026-01-01T05:15:00.000-05:00")
+    [brute] = r["episodes"]["brute_force"]
+    [spray] = r["episodes"]["spraying"]
+    for episode in (brute, spray):
+        assert (episode["first"], episode["last"]) == (
+            "2026-01-01T11:30:00.000+02:00", "2026-01-01T05:15:00.000-05:00")

@@ -105,15 +105,19 @@ def build_report(
     fail_by_addr: Counter[str] = Counter()
     accounts_by_addr: dict[str, set[str]] = defaultdict(set)
     pair: Counter[tuple[str, str]] = Counter()
-    span: dict[object, list[str]] = {}
-    first = last = None
+    # Times are compared as times, each kept with its text as the record wrote it
+    # (what a grep of the log finds): as strings, 10:30+02:00 sorted after 09:00Z.
+    span: dict[object, list[tuple[datetime, str]]] = {}
+    first: tuple[datetime, str] | None = None
+    last: tuple[datetime, str] | None = None
     for rec in records:
         stamp = str(rec.get("time", ""))
         t = parse_time(stamp)
         if t is None or (since is not None and t < since):
             continue
-        first = stamp if first is None or stamp < first else first
-        last = stamp if last is None or stamp > last else last
+        at = (t, stamp)
+        first = at if first is None or t < first[0] else first
+        last = at if last is None or t > last[0] else last
         outcome = _outcome(rec)
         account = str(rec.get("username", ""))
         address = str(rec.get("client_ip", ""))
@@ -135,25 +139,29 @@ def build_report(
                 accounts_by_addr[address].add(account)
                 pair[(address, account)] += 1
             for key in (address, (address, account)):
-                s = span.setdefault(key, [stamp, stamp])
-                s[0], s[1] = min(s[0], stamp), max(s[1], stamp)
+                s = span.setdefault(key, [at, at])
+                if t < s[0][0]:
+                    s[0] = at
+                if t > s[1][0]:
+                    s[1] = at
     top = sorted(fail_by_addr.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_ADDRESSES]
     brute = [
-        {"address": a, "account": u, "failures": n, "first": span[(a, u)][0], "last": span[(a, u)][1]}
+        {"address": a, "account": u, "failures": n, "first": span[(a, u)][0][1],
+         "last": span[(a, u)][1][1]}
         for (a, u), n in sorted(pair.items(), key=lambda kv: (-kv[1], kv[0]))
         if n >= thresholds.brute_force_failures
     ]
     spray = [
         {"address": a, "accounts": len(us), "failures": fail_by_addr[a],
-         "first": span[a][0], "last": span[a][1]}
+         "first": span[a][0][1], "last": span[a][1][1]}
         for a, us in sorted(accounts_by_addr.items(), key=lambda kv: (-len(kv[1]), kv[0]))
         if len(us) >= thresholds.spray_accounts
     ]
     results = ("success", "failure", "blocked", "tempfail", "cancelled")
     return {
         "since": None if since is None else since.isoformat().replace("+00:00", "Z"),
-        "first_record": first,
-        "last_record": last,
+        "first_record": None if first is None else first[1],
+        "last_record": None if last is None else last[1],
         "totals": {k: totals[k] for k in ("attempts", *results)},
         "accounts": {
             a: {k: c[k] for k in ("success", "failure", "blocked")}

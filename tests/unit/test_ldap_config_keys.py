@@ -71,3 +71,31 @@ def test_a_bad_url_names_accounts_ldap_url(base: Path, url: str) -> None:
 ])
 def test_good_settings_still_load(base: Path, keys: dict[str, str]) -> None:
     parse_config(ldap(**keys), base)
+
+
+def test_a_directory_down_at_start_up_is_one_warning(
+    base: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """open_ldap_store logged its own "... unavailable: ... (logins get 454 4.7.0 until
+    it answers)" after the directory's outage log had written the outage's first line
+    (auth/outage_log.py): two WARNINGs for one refused connection."""
+    import gc
+    import logging
+    import warnings
+
+    from smtpgate.auth.ldap_store import open_ldap_store
+
+    # Nothing listens on this port (this clone's helper range): refused at once.
+    cfg = parse_config(ldap(url='"ldap://127.0.0.1:62502"', starttls="false",
+                            connect_timeout="1", operation_timeout="1"), base)
+    with caplog.at_level(logging.WARNING):
+        store = open_ldap_store(cfg)
+        store.close()
+    with warnings.catch_warnings():
+        # ldap3 leaves the socket of a refused connection to the garbage collector.
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("LDAP directory ldap://127.0.0.1:62502 unavailable: ")
+    assert lines[0].endswith(" (logins get 454 4.7.0 until it answers)")

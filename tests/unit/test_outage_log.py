@@ -62,6 +62,21 @@ def test_first_failure_at_once_then_a_summary_a_minute_then_once_when_back(
     assert lines(caplog, LOG.name)[3] == "LDAP directory ldap://x unavailable: timeout"
 
 
+def test_the_effect_is_said_on_the_first_line_only(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger=LOG.name)
+    ticks = Ticks()
+    outage = OutageLog("LDAP directory ldap://x", LOG, clock=ticks,
+                       effect="logins get 454 4.7.0 until it answers")
+    outage.failed("Connection refused")
+    ticks.now += SUMMARY_EVERY
+    outage.failed("Connection refused")
+    outage.answered()
+    got = lines(caplog, LOG.name)
+    assert got[0] == ("LDAP directory ldap://x unavailable: Connection refused "
+                      "(logins get 454 4.7.0 until it answers)")
+    assert len(got) == 3 and not any("454" in line for line in got[1:])
+
+
 def test_a_backwards_clock_step_neither_floods_nor_silences() -> None:
     """Monotonic time by default; with any clock, time going back makes no line."""
     ticks = Ticks()

@@ -226,7 +226,10 @@ class LdapDirectory:
         self._label = f"LDAP directory {cfg.url}"
         #: A directory down under login load fails every login: logged once, then a
         #: summary a minute, then once when it answers (``outage_log``).
-        self._outage = OutageLog(self._label, log)
+        # Its first line is also the one line of a directory down at start-up
+        # (``open_ldap_store`` adds none of its own).
+        self._outage = OutageLog(self._label, log,
+                                 effect="logins get 454 4.7.0 until it answers")
         self._search_pool = _Pool(cfg.pool_size, self._service_connection, cfg.operation_timeout)
         self._bind_pool = _Pool(cfg.pool_size, self._plain_connection, cfg.operation_timeout)
         status = {cfg.expires_attribute, cfg.locked_flags_attribute} - {""}

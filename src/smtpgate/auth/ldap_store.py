@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
@@ -65,8 +64,6 @@ from smtpgate.auth.ldap_directory import (
 from smtpgate.auth.names import lookup_key
 from smtpgate.auth.store import SqliteAccountStore
 from smtpgate.config import Config
-
-log = logging.getLogger("smtpgate.auth.ldap")
 
 #: Who makes the overlay record of an account at its first login.
 LOGIN_ACTOR = AuditActor("smtpgate", "directory login")
@@ -478,8 +475,10 @@ def open_ldap_store(cfg: Config) -> LdapAccountStore:
     except DirectoryMisconfigured:
         directory.close()
         raise
-    except StoreUnavailable as e:
-        log.warning("%s (logins get 454 4.7.0 until it answers)", e)
+    except StoreUnavailable:
+        # Logged once already, as the first line of the directory's outage
+        # (auth/outage_log.py), which also says when it answers again.
+        pass
     try:
         overlay = SqliteAccountStore(cfg.path(cfg.accounts.database), cfg.accounts)
     except BaseException:

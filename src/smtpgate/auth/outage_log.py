@@ -9,7 +9,7 @@ once each way (``bounded_calls``); the network backends (the LDAP directory, the
 PostgreSQL account database, an OAuth issuer's key set) do it through this class,
 which also says how many operations failed meanwhile:
 
-    WARNING LDAP directory ldap://ldap.example.org unavailable: LDAPSocketOpenError: ...
+    WARNING LDAP directory ldap://ldap.example.org unavailable: LDAPSocketOpenError: ... (logins get 454 4.7.0 until it answers)
     WARNING LDAP directory ldap://ldap.example.org still unavailable: 812 failed operations in the last 60 s, the last: LDAPSocketOpenError: ...
     WARNING LDAP directory ldap://ldap.example.org answering again after 143 s; 1904 operations failed meanwhile
 
@@ -38,8 +38,12 @@ class OutageLog:
         *,
         every: float = SUMMARY_EVERY,
         clock: Callable[[], float] = time.monotonic,
+        effect: str = "",
     ) -> None:
         self.name = name
+        #: What the outage means for the service, said once, on its first line (the
+        #: one an administrator reads first), e.g. "logins get 454 4.7.0 until it answers".
+        self._effect = f" ({effect})" if effect else ""
         self._log = log
         self._every = every
         self._clock = clock
@@ -63,7 +67,7 @@ class OutageLog:
             if self._since is None:
                 self._since = self._last_line = now
                 self._failed_total, self._failed_since_line = 1, 0
-                self._log.warning("%s unavailable: %s", self.name, cause)
+                self._log.warning("%s unavailable: %s%s", self.name, cause, self._effect)
                 return
             self._failed_total += 1
             self._failed_since_line += 1

@@ -145,9 +145,30 @@ _BACKENDS = (("directory", "read"), ("guard_state", "read"), ("guard_state", "wr
              ("rate_counters", "read"), ("rate_counters", "write"))
 
 
-def prime(listeners: Iterable[str]) -> None:
+def prime(
+    listeners: Iterable[str],
+    *,
+    sessions: Iterable[tuple[str, str]] = (),
+    logins: Iterable[tuple[str, str]] = (),
+) -> None:
     """Make the bounded label sets appear at 0 from the start, so that a rate or a
-    dashboard panel has a series before the first event (Prometheus' advice)."""
+    dashboard panel has a series before the first event (Prometheus' advice): an
+    alert on ``rate(smtpgate_auth_attempts_total{result="failure"}[5m])`` has
+    nothing to compute until a series exists, and the first failure after a start
+    would be counted from 1, not from 0, so ``increase()`` missed it.
+
+    ``sessions``: the (listener, TLS version or "none") pairs a session can end
+    with; ``logins``: the (mechanism, front door) pairs an attempt can be counted
+    under, each with every result of ``AUTH_RESULTS``. In multiprocess mode each
+    serving process calls it after the fork, so the zeros are in its own file.
+    """
+    for listener, tls_version in sessions:
+        _m.sessions.labels(listener, tls_version)
+    for mechanism, front_door in logins:
+        for result in AUTH_RESULTS:
+            _m.auth_attempts.labels(_mechanism(mechanism), front_door, result)
+    for result in AUTH_RESULTS:
+        _m.login_seconds.labels(result)
     for name in listeners:
         _m.connections.labels(name)
         _m.sessions_active.labels(name)

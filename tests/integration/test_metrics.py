@@ -304,6 +304,45 @@ def test_two_workers_add_up_and_survive_a_worker_death(tmp_path: Path) -> None:
         srv.stop()
 
 
+def _series(text: str, name: str) -> set[tuple[tuple[str, str], ...]]:
+    """The label sets of ``name``'s samples in a scrape."""
+    out = set()
+    for line in text.splitlines():
+        m = re.match(r"([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$", line)
+        if m and m.group(1) == name:
+            out.add(tuple(sorted(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))))
+    return out
+
+
+def test_labelled_series_are_there_at_zero_before_their_first_event(tmp_path: Path) -> None:
+    """smtpgate_auth_attempts_total and smtpgate_sessions_total had no series until
+    their first event after a start (in the worker that saw it), so an alert on
+    rate(...{result="failure"}) had nothing to compute and increase() missed the
+    first failures. Two workers: each process's file holds the zeros."""
+    port = free_port()
+    srv = make_server(tmp_path / "srv", f'\n[server]\nworkers = 2\n'
+                                        f'\n[metrics]\nlisten = "127.0.0.1:{port}"\n')
+    srv.start()
+    try:
+        # (The start-up probes' sessions are counted; TLS 1.2 and the logins are not
+        # used by anything before the scrape.)
+        text = scrape(port)
+        attempts = _series(text, "smtpgate_auth_attempts_total")
+        for result in ("success", "failure", "temporary", "refused_guard",
+                       "refused_policy", "cancelled"):
+            key = (("front_door", "smtp"), ("mechanism", "PLAIN"), ("result", result))
+            assert key in attempts, sorted(attempts)
+        assert sample(text, "smtpgate_auth_attempts_total") == 0
+        sessions = _series(text, "smtpgate_sessions_total")
+        for version in ("none", "TLSv1.2", "TLSv1.3"):
+            assert (("listener", "submission"), ("tls_version", version)) in sessions, sessions
+        assert (("listener", "submissions"), ("tls_version", "none")) not in sessions
+        durations = _series(text, "smtpgate_login_duration_seconds_count")
+        assert (("result", "failure"),) in durations, durations
+    finally:
+        srv.stop()
+
+
 @pytest.mark.parametrize("workers", [1, 0])
 def test_reload_moves_and_closes_the_endpoint(tmp_path: Path, workers: int) -> None:
     port, moved = free_port(), free_port()

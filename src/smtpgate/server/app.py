@@ -111,6 +111,21 @@ def offered_mechanisms(cfg: Config, listener: ListenerConfig) -> tuple[str, ...]
     return tuple(m for m in server_mechanism_names() if m in wanted)
 
 
+def prime_metrics(cfg: Config) -> None:
+    """The label sets ``cfg`` can produce, at 0 (``metrics.prime``): each listener's
+    sessions in clear (STARTTLS listeners only) and under each TLS version
+    ``tls.min_version`` allows; each mechanism a listener offers, at the SMTP door,
+    and each of ``auth.mechanisms`` at each front door, with every result."""
+    versions = ("TLSv1.2", "TLSv1.3") if cfg.tls.min_version == "1.2" else ("TLSv1.3",)
+    sessions = [(lst.name, v) for lst in cfg.listeners
+                for v in (("none", *versions) if lst.tls == "starttls" else versions)]
+    logins = {(m, "smtp") for lst in cfg.listeners for m in offered_mechanisms(cfg, lst)}
+    logins |= {(m.upper(), door.protocol) for door in cfg.auth_listeners
+               for m in cfg.auth.mechanisms}
+    metrics.prime((lst.name for lst in cfg.listeners), sessions=sessions,
+                  logins=sorted(logins))
+
+
 def make_token_verifier(cfg: Config) -> TokenVerifier | None:
     """The OAuth token verifier, when issuers are configured (paths relative to the config)."""
     if not cfg.auth.oauth_issuers:
@@ -588,6 +603,7 @@ async def serve_sockets(
             # Taken (perhaps with the running directory, if the new one could not
             # be opened here: then ``reloaded`` is False and the error logged).
             if live.cfg is not before:
+                prime_metrics(live.cfg)  # mechanisms a reload enabled, at 0 too
                 if status is not None:
                     status.reloaded(live.cfg)
                 if served is not None:
@@ -609,7 +625,7 @@ async def serve_sockets(
         await admin.start(cfg, admin_sock)
     # The metrics endpoint too (server/metrics_http.py).
     served = await metrics_http.maybe_start(cfg, metrics_sock) if with_delivery else None
-    metrics.prime(lst.name for lst in cfg.listeners)
+    prime_metrics(cfg)
     freeze_startup_heap()  # heap.py: the collector skips start-up objects from here
     if ready is not None:
         ready()

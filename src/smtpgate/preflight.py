@@ -561,10 +561,11 @@ def check_client_cas(cfg: Config, now: dt.datetime) -> list[Problem]:
     """Each listener's ``client_ca`` (SASL EXTERNAL) is readable and holds PEM CA
     certificates, none of them expired (its client certificates would not verify)."""
     out: list[Problem] = []
-    for lst in cfg.listeners:
+    for i, lst in enumerate(cfg.listeners):
         if lst.client_ca is None:
             continue
-        key, path = f"listeners.{lst.name}.client_ca", cfg.path(lst.client_ca)
+        # By index, as every listener key (and the schema's errors) is named.
+        key, path = f"listeners.{i}.client_ca", cfg.path(lst.client_ca)
         data = read_file(key, path)
         if not isinstance(data, bytes):
             out.append(data)

@@ -26,6 +26,7 @@ from smtpgate.preflight import run_checks
 from smtpgate.sasl import base as sasl
 from smtpgate.sasl.external import ExternalClient, ExternalServer
 from smtpgate.sasl.registry import create_client_mechanism
+from smtpgate.server.reload import build_tls
 from smtpgate.smtp import replies as R
 from smtpgate.tls.bio import TlsError
 from smtpgate.tls.certs import write_self_signed
@@ -300,10 +301,10 @@ def test_an_unreadable_client_ca_names_its_key(tls_files: Path, tmp_path: Path) 
     bad = tmp_path / "ca.pem"
     bad.write_text("not a certificate\n")
     for path in (bad, tmp_path / "missing.pem"):
-        auth = ClientAuth(path, key="listeners.s.client_ca")
+        auth = ClientAuth(path, key="listeners.0.client_ca")
         with pytest.raises(TlsConfigError) as e:
             make_server_context(tls_files / "cert.pem", tls_files / "key.pem", "1.2", {"s": auth})
-        assert e.value.key == "listeners.s.client_ca"
+        assert e.value.key == "listeners.0.client_ca"
 
 
 # --- `config check` / start-up: the listener's client_ca --------------------------------
@@ -317,10 +318,16 @@ def test_config_check_names_a_missing_unparsable_or_expired_client_ca(tmp_path: 
     path.write_text(path.read_text().replace(
         'tls = "starttls"\n', 'tls = "starttls"\nclient_certificates = "optional"\nclient_ca = "ca.pem"\n'
     ))
-    key = "listeners.submission.client_ca"
+    # By index, as every other listener key and the schema's errors name it (it was
+    # "listeners.submission.client_ca" here and "listeners.0.mechanisms" elsewhere).
+    key = "listeners.0.client_ca"
     assert "does not exist" in _findings(path)[key]
     (root / "ca.pem").write_text("not a certificate\n")
     assert "holds no PEM certificate" in _findings(path)[key]
+    # A reload (and start-up) that cannot read it names it so too.
+    with pytest.raises(TlsConfigError) as e:
+        build_tls(load_config(path))
+    assert e.value.key == key
     TestCa(root, "ok")  # writes ok-ca.pem, valid for 30 days
     (root / "ca.pem").write_bytes((root / "ok-ca.pem").read_bytes())
     assert key not in _findings(path)

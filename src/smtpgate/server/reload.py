@@ -73,9 +73,9 @@ def build_tls(cfg: Config) -> ServerTlsContext:
             cfg.path(lst.client_ca),
             required=lst.client_certificates == "required",
             trust_emails=lst.client_cert_san_login,
-            key=f"listeners.{lst.name}.client_ca",
+            key=f"listeners.{i}.client_ca",  # by index, as preflight names it
         )
-        for lst in cfg.listeners
+        for i, lst in enumerate(cfg.listeners)
         if lst.client_certificates is not None and lst.client_ca is not None
     }
     return make_server_context(

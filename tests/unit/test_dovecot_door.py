@@ -182,3 +182,53 @@ def test_refused_requests_do_not_flood_the_log(caplog: pytest.LogCaptureFixture)
     refused = [x for x in lines if "request 7 refused" in x]
     assert 0 < len(refused) <= dovecot_door.REFUSALS_LOGGED
     assert any(f"{5000 - len(refused)} more requests refused" in x for x in lines), lines[-3:]
+
+
+@dataclass
+class FakeAuth:
+    records: list[tuple[AuthContext, str, str, str, str]] = field(default_factory=list)
+
+    def record(self, ctx: AuthContext, mechanism: str, username: str, result: str,
+               reason: str) -> None:
+        self.records.append((ctx, mechanism, username, result, reason))
+
+
+def test_a_client_request_refused_for_its_session_is_in_the_auth_log(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A plaintext mechanism without ``secured`` and a request without a usable
+    ``rip`` were answered FAIL with a server-log line only: no auth-log record (no
+    trace of a password sent in clear, nothing for fail2ban) and no metric. They are
+    now auth-log failures; the guard counts none (no credential was checked), and
+    the peer's protocol faults stay server-log lines."""
+    from smtpgate import metrics
+
+    counted: list[tuple[str, str, str]] = []
+
+    async def go() -> tuple[FakeTransport, FakeLogin, FakeAuth]:
+        login, auth = FakeLogin(), FakeAuth()
+        cast(Any, login).auth = auth
+        conn = dovecot_door.DovecotConnection(door(login))
+        t = FakeTransport()
+        conn.connection_made(cast(asyncio.Transport, t))
+        t.out = b""
+        conn.data_received(HELLO + b"AUTH\t1\tPLAIN\tservice=smtp\trip=192.0.2.7\trport=5555"
+                           b"\tsession=abc123\tresp=" + plain(PASSWORD) + b"\n")
+        conn.data_received(b"AUTH\t2\tLOGIN\tservice=smtp\trip=bogus\tsecured\n")
+        conn.data_received(b"CONT\t9\tx\n")  # the peer's fault: not a client's attempt
+        await settle()
+        return t, login, auth
+
+    monkeypatch.setattr(metrics, "auth_attempt", lambda m, d, r, s: counted.append((m, d, r)))
+    t, login, auth = asyncio.run(go())
+    assert b"FAIL\t1\treason=Plaintext authentication needs a TLS session\n" in t.out
+    assert b"FAIL\t2\treason=Missing or invalid client address (rip)\n" in t.out
+    assert login.contexts == [] and login.concluded == []  # no login attempt: no guard
+    (c1, *r1), (c2, *r2) = auth.records
+    assert r1 == ["PLAIN", "", "failure", "Plaintext authentication needs a TLS session"]
+    assert (c1.client_ip, c1.client_port, c1.session_id, c1.front_door, c1.listener,
+            c1.tls_version) == ("192.0.2.7", 5555, "abc123", "dovecot", "postfix", None)
+    assert r2 == ["LOGIN", "", "failure", "Missing or invalid client address (rip)"]
+    assert (c2.client_ip, c2.tls_version) == ("", "TLS")
+    assert counted == [("PLAIN", "dovecot", "refused_policy"),
+                       ("LOGIN", "dovecot", "refused_policy")]

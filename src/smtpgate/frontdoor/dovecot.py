@@ -123,6 +123,9 @@ REASON_MECHANISM = "Unsupported authentication mechanism"
 REASON_BASE64 = "Invalid base64 data in initial response"
 REASON_NO_RIP = "Missing or invalid client address (rip)"
 REASON_NOT_SECURED = "Plaintext authentication needs a TLS session"
+#: Refusals of what a client did (through the MTA), not of the peer's protocol: each
+#: is an attempt in the auth log (``RequestRefused.client_attempt``).
+CLIENT_REFUSALS = frozenset({REASON_NOT_SECURED, REASON_NO_RIP})
 
 
 def offerable(name: str) -> bool:
@@ -208,12 +211,21 @@ class ExchangeEnded:
 
 @dataclass(frozen=True, slots=True)
 class RequestRefused:
-    """A request answered ``FAIL`` before any exchange began (for the log; no
-    credential was looked at, so it is not a login attempt)."""
+    """A request answered ``FAIL`` before any exchange began. No credential was
+    looked at, so the guard counts none; but one refused for what the client's
+    session lacks (``client_attempt``: a plaintext mechanism without ``secured``, no
+    usable ``rip``) is a client's AUTH the MTA passed on, and the shell writes it
+    to the auth log as such. The others are the peer's protocol faults (the server
+    log)."""
 
     id: int
     reason: str
     remote_ip: str = ""
+    mechanism: str = ""
+    remote_port: int = 0
+    session: str = ""
+    secured: bool = False
+    client_attempt: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -482,8 +494,19 @@ class DovecotServer:
 
     def _refuse(self, rid: int, reason: str, fields: list[str]) -> None:
         self._send("FAIL", str(rid), f"reason={reason}")
-        rip = next((f[4:] for f in fields if f.startswith("rip=")), "")
-        self._events.append(RequestRefused(rid, reason, _address(rip)))
+
+        def param(name: str) -> str:
+            return next((f[len(name) + 1:] for f in fields[3:] if f.startswith(name + "=")), "")
+
+        session = param("session")
+        self._events.append(RequestRefused(
+            rid, reason, _address(param("rip")),
+            mechanism=_printable(fields[2].upper())[:32] if len(fields) > 2 else "",
+            remote_port=_port(param("rport")),
+            session=session if _SESSION.fullmatch(session) else "",
+            secured=any(f == "secured" or f.startswith("secured=") for f in fields[3:]),
+            client_attempt=reason in CLIENT_REFUSALS,
+        ))
 
     def _make_room(self) -> bool:
         """Below ``max_pending`` requests: evict the oldest that waits on the client

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
+from smtpgate import metrics
 from smtpgate.auth.login import LoginAttempt, temporary_answer
 from smtpgate.auth.service import AuthContext
 from smtpgate.frontdoor.dovecot import (
@@ -155,13 +156,35 @@ class DovecotConnection(asyncio.Protocol):
                 else:
                     self._conclude_unanswered(ev)
             elif isinstance(ev, RequestRefused):
-                self._log_refusal(ev)
+                if ev.client_attempt:
+                    self._record_refusal(ev)
+                else:
+                    self._log_refusal(ev)
             elif isinstance(ev, Disconnect):
                 self._flush()
                 self._disconnect(ev)
                 return
         self._flush()
         self._arm_timers()
+
+    def _record_refusal(self, ev: RequestRefused) -> None:
+        """A client's AUTH refused for what its session lacks (plaintext without TLS,
+        no client address): an auth-log ``failure`` with the reason, as a refused
+        SMTP login has (the administrator sees whose MTA sends passwords in clear, and
+        fail2ban sees the address), and ``refused_policy`` in the metrics. The guard
+        counts none: no credential was checked, so nothing was guessed, and what is
+        refused is the MTA's configuration (its ``secured``, its ``rip``), which a
+        count would turn into blocks of its legitimate clients' addresses."""
+        ctx = AuthContext(
+            listener=self.door.listener.label,
+            client_ip=ev.remote_ip,
+            client_port=ev.remote_port,
+            tls_version="TLS" if ev.secured else None,
+            session_id=ev.session or secrets.token_hex(6),
+            front_door="dovecot",
+        )
+        self.door.runtime.login.auth.record(ctx, ev.mechanism, "", "failure", ev.reason)
+        metrics.auth_attempt(ev.mechanism, "dovecot", "refused_policy", None)
 
     def _log_refusal(self, ev: RequestRefused) -> None:
         """The first ``REFUSALS_LOGGED`` refusals of each window one by one, the rest

@@ -602,6 +602,45 @@ async def test_refused_recipient_then_close_without_pipelining_bounces_that_one(
     assert isinstance(results["b@example.net"], TempFailure)
 
 
+async def test_rfc5321_421_to_a_rcpt_without_pipelining_ends_the_transaction() -> None:
+    """A 421 to a RCPT (RFC 5321 §3.8: the server is closing the channel) was taken
+    as one recipient's temporary failure, and the next RCPT went to a hop that was
+    closing. Nothing more goes after it but the QUIT, no DATA for the recipient it
+    accepted before: every recipient without an outcome is deferred with the 421."""
+    after: list[bytes] = []
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 plain.test ESMTP\r\n")
+        await reader.readline()  # EHLO
+        writer.write(b"250 plain.test\r\n")
+        await reader.readline()  # MAIL
+        writer.write(b"250 2.1.0 ok\r\n")
+        await reader.readline()  # RCPT a
+        writer.write(b"250 2.1.5 ok\r\n")
+        await reader.readline()  # RCPT b
+        writer.write(b"550 5.1.1 no such user\r\n")
+        await reader.readline()  # RCPT c
+        writer.write(b"421 4.3.2 shutting down\r\n")
+        await writer.drain()
+        # What the client sends to a hop that said it is closing (bounded).
+        with contextlib.suppress(TimeoutError):
+            while line := await asyncio.wait_for(reader.readline(), 2):
+                after.append(line)
+                if line == b"QUIT\r\n":
+                    writer.write(b"221 bye\r\n")
+                    break
+
+    async with scripted(script) as port:
+        results = await relay(port, timeouts=RelayTimeouts(command=5)).deliver(
+            message(), ("a@example.net", "b@example.net", "c@example.net", "d@example.net"))
+    assert all(not line.startswith((b"RCPT", b"DATA")) for line in after), after
+    assert results["b@example.net"] == PermFailure(
+        f"relay 127.0.0.1:{port} refused recipient: 550 5.1.1 no such user")
+    for r in ("a@example.net", "c@example.net", "d@example.net"):
+        assert isinstance(results[r], TempFailure), results[r]
+        assert "421 4.3.2 shutting down" in results[r].reply, results[r]
+
+
 async def test_connection_lost_after_data_is_temporary() -> None:
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"220 flaky.test\r\n")

@@ -489,6 +489,12 @@ class RelayDeliverer:
             if reply.is_positive:  # 250, or 251/252 (RFC 5321 §3.4)
                 accepted.append(rcpt)
                 continue
+            if reply.code == 421:
+                # RFC 5321 §3.8: the hop is closing the channel. No further RCPT
+                # (nor, pipelined, a wait for replies that will not come) and no
+                # DATA: this recipient, those after it and those it accepted are
+                # deferred with its reply; refusals already given stand.
+                raise _Abort(_by_code(reply, f"{self.where} refused recipient"))
             # Kept at once: a relay that hangs up before the rest still refused
             # this one (a 5xx bounces, not retried with the others).
             limit = bool(accepted) and _over_limit(reply)

@@ -120,7 +120,8 @@ class Driver:
         if self.auth_store_down:
             return sasl.Verdict(ok=False, temporary=True, reason="store down")
         if isinstance(q, sasl.VerifyPassword):
-            ok = ACCOUNTS.get(q.username) == q.password
+            # As the auth service: no proxy authorization (auth/service.py).
+            ok = ACCOUNTS.get(q.username) == q.password and q.authzid in ("", q.username)
             return sasl.Verdict(ok=ok, identity=q.username if ok else "", reason="" if ok else "bad")
         return sasl.NotFound()
 

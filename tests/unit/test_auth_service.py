@@ -26,17 +26,22 @@ from smtpgate.auth.service import AuthContext, AuthService, build_auth_service
 from smtpgate.auth.store import Account, AuditActor, SqliteAccountStore, StoreUnavailable
 from smtpgate.config import AccountsConfig, AuthConfig, Config
 from smtpgate.sasl.base import (
+    Challenge,
     ConfirmIdentity,
     CramMd5Secret,
+    Failure,
     LookupCramMd5,
     LookupScram,
+    NeedCredentials,
     NotFound,
     ScramCredentials,
+    Success,
     Verdict,
     VerifyPassword,
     VerifyToken,
 )
-from smtpgate.sasl.scram import scram_credentials_from_password
+from smtpgate.sasl.plain import PlainClient, PlainServer
+from smtpgate.sasl.scram import ScramClient, ScramSha256Server, scram_credentials_from_password
 from tests.contract.directories import Forwarding
 
 CFG = AccountsConfig(
@@ -855,3 +860,52 @@ async def test_a_user_name_in_another_unicode_form_finds_the_account(
     odd = "\ufb01le@example.org"  # the "fi" ligature: SASLprep makes it "file@..."
     admin.add_account(odd, "pencil")
     assert await login(svc, odd) == Verdict(ok=True, identity=odd)
+
+
+# --- authzid through the real mechanisms -------------------------------------------
+
+
+async def _drive(svc: AuthService, mech: Any, client: Any) -> object:
+    """Run a server mechanism against our client, its queries answered by ``svc``."""
+    step = mech.start(client.start())
+    while True:
+        if isinstance(step, NeedCredentials):
+            step = mech.answer(await svc.resolve(step.query, CTX))
+        elif isinstance(step, Challenge):
+            step = mech.step(client.step(step.data))
+        else:
+            return step
+
+
+@pytest.mark.parametrize("authzid", [
+    "Alice@example.org", "alice@EXAMPLE.ORG", "ALICE@Example.Org", ALICE,
+])
+async def test_authzid_in_another_spelling_of_the_name_logs_in(
+    svc: AuthService, authzid: str
+) -> None:
+    """The login name has no letter case (auth/names.py), so an authzid that spells
+    the account's name otherwise is the account itself, through PLAIN and SCRAM
+    (the mechanisms compared the strings and refused it)."""
+    plain = await _drive(svc, PlainServer(), PlainClient(ALICE, "pencil", authzid))
+    assert plain == Success(identity=ALICE, authzid=authzid)
+    scram = await _drive(
+        svc, ScramSha256Server(), ScramClient("sha256", ALICE, "pencil", authzid=authzid))
+    assert isinstance(scram, Success) and scram.identity == ALICE
+    other = await _drive(
+        svc, ScramSha256Server(), ScramClient("sha256", ALICE, "pencil", authzid="bob@example.org"))
+    assert isinstance(other, Failure) and other.reason == "authorization identity differs from account"
+    other = await _drive(svc, PlainServer(), PlainClient(ALICE, "pencil", "bob@example.org"))
+    assert isinstance(other, Failure) and other.reason == "authorization identity differs from account"
+
+
+async def test_authzid_in_nfd_logs_in_through_plain_and_scram(
+    svc: AuthService, admin: AccountAdmin
+) -> None:
+    """An authzid in NFD names the account made in NFC, as the user name does."""
+    nfc, nfd = "jos\u00e9@example.org", "jose\u0301@Example.org"
+    admin.add_account(nfc, "pencil")
+    plain = await _drive(svc, PlainServer(), PlainClient(nfc, "pencil", nfd))
+    assert isinstance(plain, Success) and plain.identity == nfc
+    scram = await _drive(
+        svc, ScramSha256Server(), ScramClient("sha256", nfc, "pencil", authzid=nfd))
+    assert isinstance(scram, Success) and scram.identity == nfc

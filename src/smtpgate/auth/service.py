@@ -238,6 +238,19 @@ def _prepared_name(name: str) -> str:
         return name
 
 
+def _names_another(account: Account, authzid: str) -> bool:
+    """True when a PLAIN or SCRAM ``authzid`` names someone other than ``account``.
+
+    We have no proxy authorization (RFC 4616 §2 and RFC 5802 §5.1 leave it to the
+    server), so the authzid may only name the account itself, in any spelling a
+    login name may have: letter case (``auth/names.py``) and SASLprep's mappings
+    (NFD, full-width letters), as the user name itself is matched."""
+    if not authzid:
+        return False
+    key = lookup_key(authzid)
+    return account.name not in (key, _prepared_name(key))
+
+
 def _untrusted_thread() -> None:
     """Initializer of the untrusted lane's threads (verify_scheduler.py): a lower
     CPU priority, and all of a hash's lanes on this one thread, so that a guesser's
@@ -729,9 +742,7 @@ class AuthService:
             await self._burn(q.password, lane)
             return Resolution(Verdict(ok=False, reason=UNKNOWN_USER))
         refusal = _mechanism_refusal(account, mechanism, ctx)
-        if refusal is None and q.authzid and account.name not in (
-                lookup_key(q.authzid), _prepared_name(lookup_key(q.authzid))):
-            # No proxy authorization (RFC 4616 §2 leaves it to us).
+        if refusal is None and _names_another(account, q.authzid):
             refusal = (REFUSED_POLICY, AUTHZID_REFUSED)
         if refusal is not None:
             await self._burn(q.password, lane)
@@ -922,7 +933,10 @@ class AuthService:
         account = await self._read_row(self._directory.get_account, lookup_key(q.username))
         if account is None:
             return Resolution(Verdict(ok=False, reason=UNKNOWN_USER))
-        if refusal := _mechanism_refusal(account, mechanism, ctx):
+        refusal = _mechanism_refusal(account, mechanism, ctx)
+        if refusal is None and _names_another(account, q.authzid):
+            refusal = (REFUSED_POLICY, AUTHZID_REFUSED)
+        if refusal is not None:
             return Resolution(Verdict(ok=False, reason=refusal[1]), refusal=refusal[0])
         self._record_login(account, mechanism)
         return Resolution(Verdict(ok=True, identity=account.name))

@@ -95,10 +95,12 @@ class VerifyCertificate:
 @dataclass(frozen=True, slots=True)
 class ConfirmIdentity:
     """After a mechanism proved ``username`` by itself (SCRAM, CRAM-MD5): let the auth
-    service apply account state and policy (locked, mechanism not allowed) and record it."""
+    service apply account state and policy (locked, mechanism not allowed, an
+    ``authzid`` that names another account) and record it."""
 
     username: str
     mechanism: str = ""
+    authzid: str = ""
 
 
 CredentialQuery = (

@@ -1,9 +1,11 @@
 """SASL PLAIN (RFC 4616), server and client side.
 
 Theory of operation: the whole credential arrives in one message,
-``[authzid] NUL authcid NUL passwd``. The server checks the syntax, refuses an
-authzid other than the authcid (we have no proxy-authorization policy), and asks
-the auth service to verify the password with ``VerifyPassword``. The password is
+``[authzid] NUL authcid NUL passwd``. The server checks the syntax and asks the
+auth service to verify the password with ``VerifyPassword``, authzid included: the
+service refuses an authzid that names another account (we have no
+proxy-authorization policy), and only it can tell, since ``Alice@Example.org``
+and "josé" in NFD name the account ``alice@example.org`` and "josé" in NFC name. The password is
 passed on exactly as the client sent it (decoded UTF-8): the password hasher
 prepares it with SASLprep (RFC 4616 §2, as SCRAM's keys are made), and still needs
 the form as sent for hashes made before passwords were prepared
@@ -112,10 +114,9 @@ class PlainServer(ServerMechanismBase):
             return Failure(reason=f"PLAIN: {exc}", malformed=True)
         if not is_safe_name(msg.authcid) or (msg.authzid and not is_safe_name(msg.authzid)):
             return Failure(reason="PLAIN: control character in name", malformed=True)
-        # RFC 4616 §2: the server decides whether authcid may act as authzid; our
-        # policy allows only the identity itself (no proxy authorization).
-        if msg.authzid and msg.authzid != msg.authcid:
-            return Failure(reason="PLAIN: authzid differs from authcid", username=msg.authcid)
+        # RFC 4616 §2: the server decides whether authcid may act as authzid. Our
+        # policy (only the account itself) is the auth service's to apply: a
+        # comparison of the strings here refused another spelling of the same name.
         self._message = msg
         return NeedCredentials(
             VerifyPassword(msg.authcid, msg.password, msg.authzid, mechanism=self.name)

@@ -255,6 +255,10 @@ class _ClientFirst:
     gs2_header: str
     cb_type: str | None
     username: str  # prepared (SASLprep query rules)
+    #: As sent, "" for none. Whether it names the account (our policy, as for
+    #: PLAIN: only the user itself) is the auth service's to decide at
+    #: ``ConfirmIdentity``, which knows every spelling of the account's name.
+    authzid: str
     client_nonce: str
     bare: str
 
@@ -349,6 +353,7 @@ class ScramServer(ServerMechanismBase):
             self.name,
             result,
             username=first.username,
+            authzid=first.authzid,
             final_data=b"v=" + _b64(self._server_signature).encode("ascii"),
             error_data=b"e=" + E_OTHER_ERROR.encode("ascii"),
         )
@@ -413,13 +418,13 @@ class ScramServer(ServerMechanismBase):
         client_nonce = attrs[1][2:]
         if not _PRINTABLE.fullmatch(client_nonce):
             raise _ScramError(E_INVALID_ENCODING, "bad client nonce", malformed=True)
-        # Our policy (as for PLAIN): the authzid may only name the user itself.
-        if authzid and authzid not in (raw_user, username):
-            raise _ScramError(E_OTHER_ERROR, "authzid differs from username")
+        if authzid and not is_safe_name(authzid):
+            raise _ScramError(E_INVALID_ENCODING, "unusable authzid", malformed=True)
         return _ClientFirst(
             gs2_header=f"{flag},{authz_attr},",
             cb_type=cb_type,
             username=username,
+            authzid=authzid,
             client_nonce=client_nonce,
             bare=bare,
         )
@@ -568,7 +573,8 @@ class ScramServer(ServerMechanismBase):
             raise _ScramError(E_INVALID_PROOF, "invalid proof")
         self._server_signature = _hmac(self._hash.name, creds.server_key, auth_message)
         self._state = "confirm"
-        return NeedCredentials(ConfirmIdentity(first.username, mechanism=self.name))
+        return NeedCredentials(
+            ConfirmIdentity(first.username, mechanism=self.name, authzid=first.authzid))
 
 
 class ScramSha1Server(ScramServer):

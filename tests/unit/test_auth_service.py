@@ -909,3 +909,37 @@ async def test_authzid_in_nfd_logs_in_through_plain_and_scram(
     scram = await _drive(
         svc, ScramSha256Server(), ScramClient("sha256", nfc, "pencil", authzid=nfd))
     assert isinstance(scram, Success) and scram.identity == nfc
+
+
+class _BindOnly(Forwarding):
+    """A bind-only directory (LDAP's shape): no hash, it checks the password itself,
+    octet for octet, as a directory's simple bind compares what it stores."""
+
+    verifies_passwords = True
+
+    def __init__(self, inner: Any, password: str) -> None:
+        super().__init__(inner)
+        self.password = password
+        self.binds: list[str] = []
+
+    def verify_password(self, name: str, password: str) -> bool:
+        self.binds.append(password)
+        return password == self.password
+
+
+async def test_a_bind_only_directory_gets_the_password_as_sent_once(
+    store: SqliteAccountStore, admin: AccountAdmin, tmp_path: Path
+) -> None:
+    """docs/directories.md: the directory prepares what it stores its own way, so
+    it is asked once, with the password as sent; a second bind with the prepared
+    form would count one wrong password twice in its lockout policy."""
+    admin.add_account("dir@example.org", None)
+    directory = _BindOnly(store, "pass\u00a0word")
+    svc = make_service(directory, tmp_path)
+    try:
+        assert not (await login(svc, "dir@example.org", "pass word")).ok
+        assert directory.binds == ["pass word"]
+        assert (await login(svc, "dir@example.org", "pass\u00a0word")).ok
+        assert directory.binds == ["pass word", "pass\u00a0word"]
+    finally:
+        await svc.close()

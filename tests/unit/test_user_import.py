@@ -295,3 +295,35 @@ def test_a_name_that_differs_from_an_account_only_in_case_is_skipped(
     assert "alice@example.org: account exists" in r.output
     assert "created bob@example.org" in r.output
     assert set(accounts(config)) == {"alice@example.org", "bob@example.org"}
+
+
+async def test_a_legacy_hash_over_a_space_logs_in_typed_with_a_non_breaking_space(
+    tmp_path: Path
+) -> None:
+    """docs/mechanisms.md: a password is one password whether its space is typed as
+    U+0020 or U+00A0 (SASLprep maps one to the other). A hash doveadm made over
+    "pass word" was checked only against the password as sent, so the same
+    password typed with U+00A0 failed until some other login upgraded it. A hash
+    made over U+00A0 itself logs in with that; after the first login re-hashed it,
+    with either."""
+    store = SqliteAccountStore(tmp_path / "a.sqlite", FAST)
+    entries, problems = read_dovecot_passwd(
+        dovecot_line("alice@example.org", doveadm_pw("SHA512-CRYPT", "pass word")) + "\n"
+        + dovecot_line("bob@example.org", doveadm_pw("SSHA256", "pass\u00a0word")) + "\n"
+    )
+    assert not problems
+    AccountAdmin(SqliteAccountStore(tmp_path / "a.sqlite", FAST), FAST, actor=ACTOR).import_accounts(
+        entries, source="test")
+    svc = AuthService(store, FAST, AuthConfig(), AuthLog(tmp_path / "auth.log"))
+    try:
+        assert not (await plain(svc, "alice@example.org", "pass\u00a0words")).ok
+        assert (await plain(svc, "alice@example.org", "pass\u00a0word")).ok
+        assert not (await plain(svc, "bob@example.org", "pass word")).ok  # not knowable
+        assert (await plain(svc, "bob@example.org", "pass\u00a0word")).ok
+        await svc.flush()
+        for name in ("alice@example.org", "bob@example.org"):
+            assert LEGACY not in store.get_account(name).schemes  # type: ignore[union-attr]
+            assert (await plain(svc, name, "pass word")).ok
+            assert (await plain(svc, name, "pass\u00a0word")).ok
+    finally:
+        await svc.close()

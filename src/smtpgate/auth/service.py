@@ -112,6 +112,7 @@ from smtpgate.auth.passwords import (
     PasswordHasher,
     PasswordMatch,
     StoredHashError,
+    prepare_password,
     verify_on_one_thread_here,
 )
 from smtpgate.auth.principal import Principal
@@ -766,9 +767,7 @@ class AuthService:
         else:
             self.stats.cache_misses += 1
             if legacy is not None:
-                self.stats.hash_verifications += 1
-                ok = await self._hash(legacy_hashes.verify, legacy, q.password, lane=lane)
-                match = PasswordMatch.AS_SENT if ok else PasswordMatch.NONE
+                match = await self._check_legacy(legacy, q.password, lane)
             else:
                 match = await self._check_password(account, encoded, q.password, lane)
             if match is PasswordMatch.NONE:
@@ -780,6 +779,27 @@ class AuthService:
                                 rehash=match is PasswordMatch.AS_SENT)
         self._record_login(account, mechanism)
         return Resolution(Verdict(ok=True, identity=account.name), profile=profile)
+
+    async def _check_legacy(self, legacy: str, password: str, lane: Lane) -> PasswordMatch:
+        """An imported hash (``legacy_hashes``) checked against the password as sent,
+        then, if that fails and SASLprep changes it, against the prepared password.
+
+        The other system hashed what its user typed, unprepared, so the form as
+        sent is the likely match. The prepared form is the one smtpgate's own
+        hashes and SCRAM keys are made over: a password set there with a plain
+        space still logs in typed with U+00A0 (a Mac's Option-Space), as it will
+        once this login has re-hashed it (one more run, for such passwords only).
+        A hash made over a U+00A0 itself matches only that until then: which of
+        the spaces typed now was one is not known."""
+        self.stats.hash_verifications += 1
+        if await self._hash(legacy_hashes.verify, legacy, password, lane=lane):
+            return PasswordMatch.AS_SENT
+        prepared = prepare_password(password)
+        if prepared == password:
+            return PasswordMatch.NONE
+        self.stats.hash_verifications += 1
+        ok = await self._hash(legacy_hashes.verify, legacy, prepared, lane=lane)
+        return PasswordMatch.PREPARED if ok else PasswordMatch.NONE
 
     async def _check_password(
         self, account: Account, encoded: str | None, password: str, lane: Lane

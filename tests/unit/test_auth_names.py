@@ -40,6 +40,9 @@ def test_canonical_name(given: str, canonical: str) -> None:
         "a" * 65 + "@example.com",
         "alice@" + "a" * 64 + ".com",
         "alice\u202e@example.com",
+        "ali\u2028ce@example.com",  # line separator
+        "ali\u2029ce@example.com",  # paragraph separator
+        "alice@exam\u2028ple.com",
     ],
 )
 def test_invalid_names_refused(bad: str) -> None:

@@ -286,7 +286,7 @@ def test_xoauth2_user_may_be_an_internationalised_address() -> None:
     step = XOAuth2Server().start(encode_xoauth2("jos\u00e9@example.org", "abc"))
     assert isinstance(step, NeedCredentials)
     assert step.query == VerifyToken("jos\u00e9@example.org", "abc", mechanism="XOAUTH2")
-    for bad in ("a\u0085b@example.org", "a\tb@example.org", ""):
+    for bad in ("a\u0085b@example.org", "a\tb@example.org", "a\u2028b@example.org", ""):
         with pytest.raises(OAuthSyntaxError):
             parse_xoauth2(f"user={bad}\x01auth=Bearer abc\x01\x01".encode())
     with pytest.raises(OAuthSyntaxError):  # other values stay printable ASCII

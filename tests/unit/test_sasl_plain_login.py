@@ -66,6 +66,9 @@ PLAIN_FAILURES = [
     ("overlong field", b"\0" + b"u" * 1025 + b"\0pencil", True),
     ("control character in authcid", b"\0us\ter\0pencil", True),
     ("LF in authcid", b"\0user\n\0pencil", True),
+    ("line separator U+2028 in authcid", "\0user\u2028x\0pencil".encode(), True),
+    ("paragraph separator U+2029 in authcid", "\0user\u2029x\0pencil".encode(), True),
+    ("line separator U+2028 in authzid", "a\u2028b\0user\0pencil".encode(), True),
 ]
 
 
@@ -253,6 +256,8 @@ LOGIN_FAILURES = [
     ("empty username", [b""]),
     ("invalid UTF-8 username", [b"\xffuser"]),
     ("control char in username", [b"us\0er"]),
+    ("line separator U+2028 in username", ["user\u2028x@example.org".encode()]),
+    ("paragraph separator U+2029 in username", ["user\u2029x@example.org".encode()]),
     ("overlong username", [b"u" * 1025]),
     ("empty password", [b"user", b""]),
     ("invalid UTF-8 password", [b"user", b"\xc3"]),

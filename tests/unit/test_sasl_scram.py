@@ -705,3 +705,11 @@ def test_scram_credentials_refuse_bad_input(
 ) -> None:
     with pytest.raises(ValueError):
         scram_credentials_from_password(password, hash_name, iterations, salt)
+
+
+def test_line_and_paragraph_separators_in_a_name_are_refused() -> None:
+    """U+2028 and U+2029 end a line for many log readers: refused in the user name
+    (SASLprep prohibits them, RFC 3454 C.2.2) and in the authzid like controls."""
+    for first in ("n,,n=a\u2028b,r=abc", "n,,n=a\u2029b,r=abc", "n,a=a\u2028b,n=user,r=abc"):
+        failure = _fail(ScramSha256Server().start(first.encode()))
+        assert failure.malformed, first

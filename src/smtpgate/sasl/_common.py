@@ -177,12 +177,15 @@ def decode_utf8(data: bytes) -> str | None:
 
 
 def is_safe_name(name: str) -> bool:
-    """Reject empty names and control characters (C0, DEL, C1).
+    """Reject empty names, control characters (C0, DEL, C1) and the line and
+    paragraph separators (U+2028, U+2029).
 
     Usernames travel on to line-based backends (Dovecot auth protocol: TAB, LF, CR,
     NUL and 0x01 are separators, protocol digest §2.10) and into logs, so a control
     character in a name is never legitimate (NEL, U+0085, ends a line for some
-    readers); no account name holds one (``auth/names.py``).
+    readers, and U+2028 and U+2029 for editors, browsers and JavaScript log
+    viewers); no account name holds one (``auth/names.py``), and SASLprep
+    prohibits them all (RFC 3454 C.2).
     """
     return bool(name) and not any(
-        ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 for ch in name)
+        ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 or ch in "\u2028\u2029" for ch in name)

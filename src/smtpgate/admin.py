@@ -465,6 +465,25 @@ class AccountAdmin:
             )
         return self.require_account(name)
 
+    def check_new_account(self, name: str) -> str:
+        """The canonical spelling of ``name`` if an account of that name could be
+        made now; for a command to ask before it prompts for the password.
+
+        The store is asked by making the account in a transaction that is then
+        undone, so every backend refuses here exactly as ``add_account`` will (an
+        existing account, another's alias, a directory that keeps its own).
+
+        Raises: InvalidAccountName, AccountExists, AdminError.
+        """
+        key = canonical_name(name)
+        try:
+            with self._tx() as w:
+                w.create_account(key, {})
+                raise _Undo
+        except _Undo:
+            pass
+        return key
+
     def set_password(self, name: str, password: str) -> Account:
         """Replace every secret with ones derived from ``password``; ends a scheduled
         expiry. Raises: NoSuchAccount, PasswordPolicyError."""
@@ -846,6 +865,10 @@ class AccountAdmin:
         # strict=False: a password SASLprep refuses still works with PLAIN/LOGIN.
         return derive(e.password, wanted_schemes(cram_md5_enabled), self._cfg, self._hasher,
                       strict=False)
+
+
+class _Undo(Exception):
+    """Raised inside a transaction to roll it back (``check_new_account``)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -81,6 +81,21 @@ def test_add_existing_fails_before_prompting(config: Path) -> None:
     assert "already exists" in r.stderr and "user passwd" in r.stderr
 
 
+def test_add_of_another_accounts_alias_fails_before_prompting(config: Path) -> None:
+    """The name is another account's alias: said before the password is asked for
+    (it was asked for twice, then refused)."""
+    run(config, "add", "a@example.org", "--password-stdin", input="p\n")
+    assert run(config, "alias", "add", "a@example.org", "sales@example.org").exit_code == 0
+    r = run(config, "add", "Sales@example.org", input="pencil\npencil\n")
+    assert r.exit_code == 1
+    assert "Password" not in r.output
+    assert "sales@example.org is an alias of a@example.org" in r.stderr
+    r = run(config, "add", "a@EXAMPLE.ORG")
+    assert "account a@example.org already exists" in r.stderr  # as stored
+    r = run(config, "add", "New@Example.org", "--password-stdin", input="p\n")
+    assert r.exit_code == 0 and r.output == "added account new@example.org\n"
+
+
 def test_passwd(config: Path) -> None:
     run(config, "add", "a@example.org", "--password-stdin", input="old\n")
     r = run(config, "passwd", "a@example.org", "--password-stdin", input="new\r\n")

@@ -83,16 +83,20 @@ def user() -> None:
 def add(user: str, password_stdin: bool, config_path: Path | None) -> None:
     """Create account USER (an address) with a password."""
     with admin_service(get_config(config_path)) as admin:
-        if admin.get_account(user) is not None:  # before asking for a password
-            raise OperationalError(
-                f"account {user} already exists", "'smtpgate user passwd' changes its password"
-            )
+        # Every refusal the store would make (the account exists, the name is
+        # another's alias) before the password is asked for, not after.
+        try:
+            name = admin.check_new_account(user)
+        except AccountExists as e:
+            hint = ("'smtpgate user passwd' changes its password"
+                    if admin.get_account(user) is not None else "")
+            raise OperationalError(str(e), hint) from None
         password = read_password(password_stdin)
         try:
-            admin.add_account(user, password)
-        except AccountExists as e:  # also: another's alias, or a name but for case
+            account = admin.add_account(name, password)
+        except AccountExists as e:  # made by someone else meanwhile
             raise OperationalError(str(e)) from None
-    click.echo(f"added account {user}")
+    click.echo(f"added account {account.name}")
 
 
 @user.command("passwd")

@@ -494,9 +494,22 @@ class AccountAdmin:
         return self.require_account(account.name)
 
     def remove_account(self, name: str) -> None:
-        """Delete the account, its secrets, aliases, grants and app passwords."""
-        with self._tx() as w:
+        """Delete the account, its secrets, aliases, grants and app passwords, and
+        lift the guard's lockouts and throttle of its name, as ``unlock`` does: an
+        account added again under that name is a new one, and must not inherit a
+        lockout earned by guesses at the old one. A directory account (a store
+        that ``verifies_passwords``: LDAP) keeps them: only its local record is
+        forgotten, and its entry goes on logging in.
+
+        Raises: NoSuchAccount.
+        """
+        with self._guard() as guard, self._tx() as w:
+            key = self._store.login_identity(name)  # while the account is there
             w.remove_account(name)
+            if guard is not None and not self._store.verifies_passwords:
+                n = guard.unlock_account(key)
+                if n:
+                    w.record("guard lockout lifted", key, {"blocks": n})
 
     def lock(self, name: str, reason: str) -> None:
         """Refuse every login of the account, from its next attempt on."""

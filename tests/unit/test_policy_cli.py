@@ -116,6 +116,34 @@ def test_guard_list_unblock_and_user_unlock(config: Path) -> None:
     assert actions[-2:] == ["guard block lifted", "guard lockout lifted"]
 
 
+def test_user_remove_lifts_the_guards_lockout_so_a_new_account_starts_clean(
+    config: Path
+) -> None:
+    """A name removed and added again is a new account: it did not inherit the
+    lockout, nor the throttle's failures, earned by guesses at the old one."""
+    g = SqliteGuardStore(config.parent / "guard.sqlite")
+    t = thresholds(GuardConfig(lockout_threshold=2))
+    now = time.time()
+    for address in ("192.0.2.1", "192.0.2.2"):
+        count_failure(g, RecordedFailure(now, address, "192.0.2.0/24", ALICE, False, True), t)
+    assert [b.key for b in g.active_blocks(now)] == [ALICE]
+    g.close()
+    assert run(config, "user", "remove", "Alice@example.org").exit_code == 0
+    r = run(config, "user", "add", ALICE, "--password-stdin", input="Winter-Plum-Kettle-42\n")
+    assert r.exit_code == 0, r.output
+    assert "no blocks or lockouts in force" in run(config, "guard", "list").output
+    # The old failures are forgotten: one more is one, not the third.
+    g = SqliteGuardStore(config.parent / "guard.sqlite")
+    try:
+        failure = RecordedFailure(now + 1, "192.0.2.3", "192.0.2.0/24", ALICE, False, True)
+        assert count_failure(g, failure, t) == []
+    finally:
+        g.close()
+    rows = [json.loads(x) for x in run(config, "admin-log", "--json").output.splitlines()]
+    assert [(r["action"], r["target"]) for r in rows][-3:] == [
+        ("account removed", ALICE), ("guard lockout lifted", ALICE), ("account created", ALICE)]
+
+
 def test_user_show_and_limits(config: Path) -> None:
     assert run(config, "user", "limits", ALICE, "--messages-per-hour", "7").exit_code == 0
     assert run(config, "user", "limits", ALICE, "--messages-per-hour", "lots").exit_code == 2

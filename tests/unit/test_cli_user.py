@@ -96,6 +96,17 @@ def test_add_of_another_accounts_alias_fails_before_prompting(config: Path) -> N
     assert r.exit_code == 0 and r.output == "added account new@example.org\n"
 
 
+def test_alias_del_names_the_alias_as_stored(config: Path) -> None:
+    """`alias add` says the address as stored; `alias del` said it as typed."""
+    run(config, "add", "a@example.org", "--password-stdin", input="p\n")
+    r = run(config, "alias", "add", "a@example.org", "Sales@Example.ORG")
+    assert r.output == "a@example.org may now send as sales@example.org\n"
+    r = run(config, "alias", "del", "a@example.org", "SALES@example.org")
+    assert r.exit_code == 0 and r.output == "removed alias sales@example.org of a@example.org\n"
+    r = run(config, "alias", "del", "a@example.org", "Sales@example.org")
+    assert r.exit_code == 3 and "error: sales@example.org is not an alias" in r.stderr
+
+
 def test_passwd(config: Path) -> None:
     run(config, "add", "a@example.org", "--password-stdin", input="old\n")
     r = run(config, "passwd", "a@example.org", "--password-stdin", input="new\r\n")

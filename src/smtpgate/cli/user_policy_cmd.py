@@ -26,7 +26,7 @@ from smtpgate.admin import (
 )
 from smtpgate.auth.admin_store import AccountExists, AliasTaken
 from smtpgate.auth.directory import Account
-from smtpgate.auth.names import InvalidAccountName, canonical_name
+from smtpgate.auth.names import InvalidAccountName, canonical_name, lookup_key
 from smtpgate.cli.common import (
     USER,
     NotFound,
@@ -80,10 +80,11 @@ def alias_del(user: str, address: str, config_path: Path | None) -> None:
     """Stop USER from sending as ADDRESS."""
     with admin_service(get_config(config_path)) as admin:
         removed = admin.remove_alias(user, address)
+    stored = lookup_key(address)  # the spelling removed, as `alias list` shows it
     if not removed:
-        raise NotFound(f"{address} is not an alias of {user}",
+        raise NotFound(f"{stored} is not an alias of {user}",
                        f"'smtpgate user alias list {user}' shows its aliases")
-    click.echo(f"removed alias {address} of {user}")
+    click.echo(f"removed alias {stored} of {user}")
 
 
 @alias.command("list")

@@ -773,7 +773,18 @@ class AuthConfig(Model):
     )
     oauth_scope: str = Field(
         default="",
-        description="Scope named in the OAUTHBEARER error reply (RFC 7628 §3.2.2).",
+        description="Scope named in the OAUTHBEARER and XOAUTH2 error reply (RFC 7628 "
+        "§3.2.2). Empty: the issuers' required_scopes (space-separated) when every issuer "
+        "requires the same ones; left out when they differ or there are none.",
+    )
+    oauth_openid_configuration: str = Field(
+        default="auto",
+        description="'openid-configuration' of the OAUTHBEARER error reply (RFC 7628 "
+        "§3.2.2), where a client finds the identity provider to get a token from. auto: "
+        "with exactly one issuer, whose issuer is an https URL, that issuer's OpenID "
+        "Connect discovery document (issuer + '/.well-known/openid-configuration'); "
+        "otherwise left out. off: never sent (an issuer that is no OpenID provider). Or "
+        "the document's https URL.",
     )
     failure_floor: float = Field(
         default=0.25,
@@ -802,6 +813,14 @@ class AuthConfig(Model):
     @classmethod
     def _empty_is_none(cls, v: object) -> object:
         return None if v == "" else v
+
+    @field_validator("oauth_openid_configuration")
+    @classmethod
+    def _auto_off_or_url(cls, v: str) -> str:
+        if v not in ("auto", "off") and not (
+                urllib.parse.urlsplit(v).scheme == "https" or _is_loopback_http(v)):
+            raise ValueError("must be 'auto', 'off' or an https:// URL (http only for localhost)")
+        return v
 
     @field_validator("mechanisms")
     @classmethod

@@ -31,7 +31,7 @@ from smtpgate.sasl.cram_md5 import CramMd5Client
 from smtpgate.sasl.scram import ScramClient
 
 from .conftest import require_tool
-from .oauth_issuer import SCOPE
+from .oauth_issuer import ISSUER, SCOPE
 from .sasl_server import (
     PASSWORD,
     PLAIN_PASSWORD,
@@ -453,8 +453,17 @@ def test_bad_token_refused_after_error_flow(srv: SaslServer, mech: str, kind: st
         want = "insufficient_scope" if scoped else "invalid_token"
     else:
         want = "403" if scoped else "401"
-    assert status == {"status": want, "schemes": "bearer", "scope": SCOPE}
+    assert status == error_json(mech, want)
     log.one(mechanism=mech, result="failure")
+
+
+def error_json(mech: str, status: str) -> dict[str, str]:
+    """The error JSON of RFC 7628 §3.2.2 (XOAUTH2: Google's), from the one issuer:
+    OAUTHBEARER also names its OpenID Connect discovery document."""
+    body = {"status": status, "schemes": "bearer", "scope": SCOPE}
+    if mech == "OAUTHBEARER":
+        body["openid-configuration"] = f"{ISSUER}/.well-known/openid-configuration"
+    return body
 
 
 class MalformedBearer(BearerAuth):
@@ -483,8 +492,7 @@ def test_malformed_bearer_request_is_announced_as_invalid_request(
         with pytest.raises(smtplib.SMTPAuthenticationError) as exc:
             s.auth(mech, auth)
         assert exc.value.smtp_code == 535
-    assert [json.loads(c) for c in auth.challenges] == [
-        {"status": want, "schemes": "bearer", "scope": SCOPE}]
+    assert [json.loads(c) for c in auth.challenges] == [error_json(mech, want)]
 
 
 # --- wire-level SCRAM: channel binding, downgrade, tampering -------------------------

@@ -70,7 +70,8 @@ class FakeTransport:
 
 def door(login: FakeLogin) -> FrontDoor:
     cfg = SimpleNamespace(
-        auth=SimpleNamespace(mechanisms=["PLAIN", "LOGIN", "SCRAM-SHA-256-PLUS"], oauth_scope=""),
+        auth=SimpleNamespace(mechanisms=["PLAIN", "LOGIN", "SCRAM-SHA-256-PLUS"], oauth_scope="",
+                            oauth_issuers=[], oauth_openid_configuration="auto"),
         accounts=SimpleNamespace(scram_iterations=4096), hostname="mx.test")
     listener = SimpleNamespace(label="postfix")
     runtime = SimpleNamespace(login=login, background=set())

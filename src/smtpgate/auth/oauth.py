@@ -41,7 +41,7 @@ from typing import Any, TypeGuard
 import jwt
 
 from smtpgate.auth.outage_log import OutageLog
-from smtpgate.config import JWT_ALGORITHMS, IssuerConfig
+from smtpgate.config import JWT_ALGORITHMS, AuthConfig, IssuerConfig
 
 #: Protocol digest §2.7: cap the token before parsing it.
 MAX_TOKEN_OCTETS = 16 * 1024
@@ -465,3 +465,28 @@ class TokenVerifier:
 
 def _is_number(value: object) -> TypeGuard[float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def error_reply_fields(auth: AuthConfig) -> tuple[str, str]:
+    """``scope`` and ``openid-configuration`` of the OAUTHBEARER error JSON (RFC
+    7628 §3.2.2), "" for a field to leave out.
+
+    Both tell a client how to get a token that will do, so both come from the
+    issuers when the administrator named none: the scope a token must carry is
+    the issuers' ``required_scopes``, if every issuer asks the same (with several
+    issuers that differ, one answer would be wrong for the others); the
+    discovery document is the one issuer's, at the place OpenID Connect
+    Discovery §4 puts it (an issuer that is no OpenID provider: set ``off``)."""
+    scope = auth.oauth_scope
+    wanted = {tuple(sorted(set(i.required_scopes))) for i in auth.oauth_issuers}
+    if not scope and len(wanted) == 1:
+        scope = " ".join(wanted.pop())
+    openid = auth.oauth_openid_configuration
+    if openid == "off":
+        openid = ""
+    elif openid == "auto":
+        issuers = auth.oauth_issuers
+        issuer = issuers[0].issuer if len(issuers) == 1 else ""
+        openid = (f"{issuer.rstrip('/')}/.well-known/openid-configuration"
+                  if urllib.parse.urlsplit(issuer).scheme == "https" else "")
+    return scope, openid

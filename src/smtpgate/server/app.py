@@ -41,7 +41,7 @@ from smtpgate.auth.directory import StoreError
 from smtpgate.auth.guard import Guard
 from smtpgate.auth.guard_state import GuardStoreError
 from smtpgate.auth.networks import parse_networks
-from smtpgate.auth.oauth import TokenVerifier
+from smtpgate.auth.oauth import TokenVerifier, error_reply_fields
 from smtpgate.auth.service import build_auth_service
 from smtpgate.auth.state_backend import open_guard_state
 from smtpgate.config import Config, ListenerConfig
@@ -140,7 +140,7 @@ def engine_settings(cfg: Config, listener: ListenerConfig, secret: bytes) -> Eng
     (`smtpgate.auth.decoy`), read at start-up and kept by a reload."""
     hostname = cfg.hostname
     iterations = cfg.accounts.scram_iterations
-    scope = cfg.auth.oauth_scope
+    scope, openid = error_reply_fields(cfg.auth)
 
     def factory(name: str, cb: ChannelBinding, plus_advertised: bool) -> ServerMechanism:
         return create_server_mechanism(
@@ -151,6 +151,7 @@ def engine_settings(cfg: Config, listener: ListenerConfig, secret: bytes) -> Eng
             decoy_secret=secret,
             decoy_iterations=iterations,
             oauth_scope=scope,
+            openid_configuration=openid,
         )
 
     return EngineSettings(

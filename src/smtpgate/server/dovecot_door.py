@@ -22,6 +22,7 @@ from typing import Any, cast
 
 from smtpgate import metrics
 from smtpgate.auth.login import LoginAttempt, temporary_answer
+from smtpgate.auth.oauth import error_reply_fields
 from smtpgate.auth.service import AuthContext
 from smtpgate.frontdoor.dovecot import (
     NEED_DATA,
@@ -62,7 +63,8 @@ def settings_for(door: FrontDoor) -> DovecotSettings:
     cfg = door.cfg
     wanted = {m.upper() for m in cfg.auth.mechanisms}
     hostname, secret = cfg.hostname, door.secret
-    iterations, scope = cfg.accounts.scram_iterations, cfg.auth.oauth_scope
+    iterations = cfg.accounts.scram_iterations
+    scope, openid = error_reply_fields(cfg.auth)
 
     def factory(name: str) -> ServerMechanism:
         return create_server_mechanism(
@@ -72,6 +74,7 @@ def settings_for(door: FrontDoor) -> DovecotSettings:
             decoy_secret=secret,
             decoy_iterations=iterations,
             oauth_scope=scope,
+            openid_configuration=openid,
         )
 
     return DovecotSettings(

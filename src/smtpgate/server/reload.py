@@ -140,7 +140,7 @@ def check_certificate(cfg: Config) -> tuple[str, ...]:
 
 
 #: The ``[auth]`` keys the token verifier and the OAuth mechanisms are built from.
-OAUTH_KEYS = ("oauth_issuers", "oauth_scope")
+OAUTH_KEYS = ("oauth_issuers", "oauth_scope", "oauth_openid_configuration")
 
 
 def directory_changed(a: Config, b: Config) -> bool:

@@ -7,7 +7,7 @@ beyond "no exception" (a protocol error is ``parser.error``):
 * the same bytes cut differently give the same requests and the same error;
 * every request is an ``smtpd_access_policy`` one of at most MAX_ATTRIBUTES
   attributes, names and values without control characters, and its derived
-  facts (protocol_state, recipient_count) answer without raising;
+  facts (protocol_state, recipient_count, client_port) answer without raising;
 * an action formatted for any reply is one ``action=`` line and a blank line.
 """
 
@@ -53,6 +53,8 @@ def TestOneInput(data: bytes) -> None:
                 C.fail("empty name or control character", (name, value))
         if req.recipient_count < 0:
             C.fail("negative recipient count", req)
+        if not 0 <= req.client_port <= 65535:
+            C.fail("client port out of range", req)
         _ = req.protocol_state
     wire = format_action(action_for(R.SENDER_NOT_OWNED))
     if not wire.startswith(b"action=") or not wire.endswith(b"\n\n") or wire.count(b"\n") != 2:

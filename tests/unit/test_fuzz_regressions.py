@@ -60,6 +60,20 @@ def test_policy_recipient_count_of_a_non_ascii_digit_reads_as_zero() -> None:
     assert req.recipient_count == 0
 
 
+@pytest.mark.parametrize(("value", "port"), [
+    ("²", 0), ("١٢", 0), ("-1", 0), ("65536", 0), ("9" * 30, 0), ("", 0), ("65535", 65535),
+    ("40123", 40123),
+])
+def test_policy_client_port_is_ascii_digits_of_a_port(value: str, port: int) -> None:
+    """client_port=² made the policy door's decision raise ValueError (an
+    'Internal error' deferral)."""
+    from smtpgate.frontdoor.policy import PolicyParser
+
+    (req,) = PolicyParser().receive_data(
+        f"request=smtpd_access_policy\nclient_port={value}\n\n".encode())
+    assert req.client_port == port
+
+
 def test_auth_http_login_attempt_of_a_non_ascii_digit_is_refused() -> None:
     """Auth-Login-Attempt: ² (0xB2 in the Latin-1 header) raised ValueError instead
     of AuthHttpError (answered 400)."""

@@ -59,6 +59,14 @@ class PolicyRequest:
         # ASCII digits only: "²" passes str.isdigit() but not int().
         return int(text) if text.isascii() and text.isdigit() and len(text) < 10 else 0
 
+    @property
+    def client_port(self) -> int:
+        """The SMTP client's TCP port; 0 when Postfix sent none or something that is
+        no port (ASCII digits up to 65535 only: "²" and "١٢" pass str.isdigit())."""
+        text = self.get("client_port")
+        port = int(text) if text.isascii() and text.isdigit() and len(text) <= 5 else 0
+        return port if port <= 65535 else 0
+
 
 class PolicyParser:
     """Splits the byte stream into requests."""

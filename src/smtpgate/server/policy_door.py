@@ -70,7 +70,7 @@ class PolicyDecider:
         ctx = AuthContext(
             listener=self.door.listener.label,
             client_ip=req.get("client_address"),
-            client_port=int(port) if (port := req.get("client_port")).isdigit() else 0,
+            client_port=req.client_port,
             tls_version=req.get("encryption_protocol") or None,
             session_id=req.get("queue_id") or req.get("instance"),
             front_door="postfix_policy",

@@ -204,3 +204,15 @@ def mta() -> Iterator[PostfixDovecot]:
     require_mta()
     with running() as pd:
         yield pd
+
+
+def send_and_read_all(port: int, data: bytes) -> bytes:
+    """Send ``data`` to a line-protocol door on loopback, half-close, and read until it
+    closes: one whole exchange (the Postfix policy protocol's tests)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        out = b""
+        while chunk := s.recv(4096):
+            out += chunk
+    return out

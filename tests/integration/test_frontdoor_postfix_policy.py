@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import shutil
 import smtplib
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ import pytest
 
 from tests.peers.postfix_dovecot import GOOD, SCRAM_PASSWORD, SCRAM_USER, PostfixDovecot, running
 
-from .conftest import Server, free_port, make_server, require_mta, require_tool
+from .conftest import Server, free_port, make_server, require_mta, require_tool, send_and_read_all
 
 MESSAGES_PER_HOUR = 2
 
@@ -107,16 +106,6 @@ def test_a_locked_account_may_not_send_through_postfix(stack: Stack) -> None:
     assert f"user={SCRAM_USER} refused: account locked" in stack.smtpgate.log_text()
 
 
-def _exchange(port: int, data: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(data)
-        s.shutdown(socket.SHUT_WR)
-        out = b""
-        while chunk := s.recv(4096):
-            out += chunk
-    return out
-
-
 REQUEST = (b"request=smtpd_access_policy\nprotocol_state=RCPT\nsasl_username=" + SCRAM_USER.encode()
            + b"\nsender=" + SCRAM_USER.encode() + b"\nrecipient=x@example.net\n"
            b"client_address=127.0.0.9\ninstance=t1\n\n")
@@ -124,7 +113,7 @@ REQUEST = (b"request=smtpd_access_policy\nprotocol_state=RCPT\nsasl_username=" +
 
 def test_requests_without_login_are_dunno_and_several_share_a_connection(stack: Stack) -> None:
     anonymous = b"request=smtpd_access_policy\nprotocol_state=RCPT\nsender=a@b.test\n\n"
-    assert _exchange(stack.policy_port, anonymous * 3) == b"action=DUNNO\n\n" * 3
+    assert send_and_read_all(stack.policy_port, anonymous * 3) == b"action=DUNNO\n\n" * 3
 
 
 @pytest.mark.parametrize("garbage", [
@@ -136,4 +125,4 @@ def test_requests_without_login_are_dunno_and_several_share_a_connection(stack: 
 def test_malformed_or_oversize_requests_close_the_connection(stack: Stack, garbage: bytes) -> None:
     # A good request first is answered; the garbage after it gets nothing but the close.
     anonymous = b"request=smtpd_access_policy\nprotocol_state=RCPT\nsender=a@b.test\n\n"
-    assert _exchange(stack.policy_port, anonymous + garbage) == b"action=DUNNO\n\n"
+    assert send_and_read_all(stack.policy_port, anonymous + garbage) == b"action=DUNNO\n\n"

@@ -6,7 +6,6 @@ No Postfix needed (``test_frontdoor_postfix_policy.py`` has the whole stack)."""
 from __future__ import annotations
 
 import shutil
-import socket
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Server, free_port, make_server
+from .conftest import Server, free_port, make_server, send_and_read_all
 
 USER = "alice@example.org"
 
@@ -41,16 +40,6 @@ def door() -> Iterator[Door]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _exchange(port: int, data: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(data)
-        s.shutdown(socket.SHUT_WR)
-        out = b""
-        while chunk := s.recv(4096):
-            out += chunk
-    return out
-
-
 def request(client_port: str) -> bytes:
     return (f"request=smtpd_access_policy\nprotocol_state=RCPT\nsasl_username={USER}\n"
             f"sasl_method=PLAIN\nsender={USER}\nrecipient=x@example.net\n"
@@ -63,9 +52,9 @@ def test_a_client_port_that_is_no_port_is_read_as_none(door: Door, client_port: 
     ValueError and a 'Internal error' deferral (action=451 ...) for a sender the
     account owns; a value that is no port number is now read as 0, like a
     missing one."""
-    assert _exchange(door.port, request(client_port)) == b"action=DUNNO\n\n"
+    assert send_and_read_all(door.port, request(client_port)) == b"action=DUNNO\n\n"
     assert "policy: request failed" not in door.smtpgate.log_text()
 
 
 def test_a_good_client_port_is_read(door: Door) -> None:
-    assert _exchange(door.port, request("40123")) == b"action=DUNNO\n\n"
+    assert send_and_read_all(door.port, request("40123")) == b"action=DUNNO\n\n"

@@ -9,6 +9,7 @@ over ``backends.BACKENDS``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -16,6 +17,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -448,13 +450,10 @@ def test_db_backup_copies_the_guard_database_and_points_to_pg_dump(pg_server: Se
     assert not list(pg_server.root.glob("accounts.sqlite.bak-*"))
 
 
-def test_db_migrate_lowers_the_letter_case_of_names(
-    pg_server: Server, cluster: PostgresCluster
-) -> None:
-    """v6 (auth/names.py): login names have no letter case; an account and an alias
-    stored with capitals are renamed to lower case, the rows naming them following."""
-    import psycopg
-
+@contextlib.contextmanager
+def _schema_as_left_by(pg_server: Server, version: int) -> Iterator[Any]:
+    """A connection to the server's database with the schema as ``version`` left
+    it (its migrations applied by hand, no data): for ``db migrate`` to take on."""
     from smtpgate.auth.postgres_schema import MIGRATIONS
     from tests.postgres_server import ROLE_PASSWORD
 
@@ -463,10 +462,19 @@ def test_db_migrate_lowers_the_letter_case_of_names(
     with psycopg.connect(dsn.group(1), password=ROLE_PASSWORD) as c:
         c.execute("CREATE TABLE schema_version (version integer PRIMARY KEY, "
                   "applied timestamptz NOT NULL)")
-        for version in range(5):  # as v5 left it
-            for statement in MIGRATIONS[version]:
+        for v in range(version):
+            for statement in MIGRATIONS[v]:
                 c.execute(statement)
-            c.execute("INSERT INTO schema_version VALUES (%s, now())", (version + 1,))
+            c.execute("INSERT INTO schema_version VALUES (%s, now())", (v + 1,))
+        yield c
+
+
+def test_db_migrate_lowers_the_letter_case_of_names(
+    pg_server: Server, cluster: PostgresCluster
+) -> None:
+    """v6 (auth/names.py): login names have no letter case; an account and an alias
+    stored with capitals are renamed to lower case, the rows naming them following."""
+    with _schema_as_left_by(pg_server, 5) as c:
         c.execute("INSERT INTO accounts (name, created, updated) "
                   "VALUES ('Carol@example.org', now(), now())")
         c.execute("INSERT INTO aliases VALUES ('Sales@example.org', 'Carol@example.org', now())")
@@ -483,20 +491,7 @@ def test_db_migrate_renames_a_labels_to_the_one_spelling(
     """v4 (auth/names.py): an account, alias and granted domain stored with A-labels
     get their U-label spelling, the rows naming the account following; where both
     spellings were two accounts, both stay."""
-    import psycopg
-
-    from smtpgate.auth.postgres_schema import MIGRATIONS
-    from tests.postgres_server import ROLE_PASSWORD
-
-    dsn = re.search(r'dsn = "([^"]+)"', pg_server.config.read_text())
-    assert dsn is not None
-    with psycopg.connect(dsn.group(1), password=ROLE_PASSWORD) as c:
-        c.execute("CREATE TABLE schema_version (version integer PRIMARY KEY, "
-                  "applied timestamptz NOT NULL)")
-        for version in range(3):  # as v3 left it
-            for statement in MIGRATIONS[version]:
-                c.execute(statement)
-            c.execute("INSERT INTO schema_version VALUES (%s, now())", (version + 1,))
+    with _schema_as_left_by(pg_server, 3) as c:
         for name in ("user@xn--bcher-kva.example", "twin@xn--bcher-kva.example",
                      "twin@bücher.example"):
             c.execute("INSERT INTO accounts (name, created, updated) VALUES (%s, now(), now())",

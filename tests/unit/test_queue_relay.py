@@ -578,17 +578,23 @@ async def test_rfc2920_refused_sender_then_close_bounces_every_recipient() -> No
         assert "550 5.7.1 sender refused" in results[r].reply
 
 
+async def _plain_hop_takes_mail(reader: asyncio.StreamReader,
+                                writer: asyncio.StreamWriter) -> None:
+    """A scripted hop without PIPELINING, up to its 250 to MAIL FROM."""
+    writer.write(b"220 plain.test ESMTP\r\n")
+    await reader.readline()  # EHLO
+    writer.write(b"250 plain.test\r\n")
+    await reader.readline()  # MAIL
+    writer.write(b"250 2.1.0 ok\r\n")
+
+
 async def test_refused_recipient_then_close_without_pipelining_bounces_that_one() -> None:
     """Without PIPELINING, a 550 to the first RCPT and a hang-up at the second: the
     550 was dropped with the connection, and the recipient retried as a temporary
     failure until the relay came back (the pipelined path kept it already)."""
 
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"220 plain.test ESMTP\r\n")
-        await reader.readline()  # EHLO
-        writer.write(b"250 plain.test\r\n")
-        await reader.readline()  # MAIL
-        writer.write(b"250 2.1.0 ok\r\n")
+        await _plain_hop_takes_mail(reader, writer)
         await reader.readline()  # RCPT a
         writer.write(b"550 5.1.1 no such user\r\n")
         await reader.readline()  # RCPT b: no reply, the connection drops
@@ -610,11 +616,7 @@ async def test_rfc5321_421_to_a_rcpt_without_pipelining_ends_the_transaction() -
     after: list[bytes] = []
 
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"220 plain.test ESMTP\r\n")
-        await reader.readline()  # EHLO
-        writer.write(b"250 plain.test\r\n")
-        await reader.readline()  # MAIL
-        writer.write(b"250 2.1.0 ok\r\n")
+        await _plain_hop_takes_mail(reader, writer)
         await reader.readline()  # RCPT a
         writer.write(b"250 2.1.5 ok\r\n")
         await reader.readline()  # RCPT b

@@ -178,14 +178,7 @@ class DovecotConnection(asyncio.Protocol):
         counts none: no credential was checked, so nothing was guessed, and what is
         refused is the MTA's configuration (its ``secured``, its ``rip``), which a
         count would turn into blocks of its legitimate clients' addresses."""
-        ctx = AuthContext(
-            listener=self.door.listener.label,
-            client_ip=ev.remote_ip,
-            client_port=ev.remote_port,
-            tls_version="TLS" if ev.secured else None,
-            session_id=ev.session or secrets.token_hex(6),
-            front_door="dovecot",
-        )
+        ctx = self._context(ev.remote_ip, ev.remote_port, ev.secured, ev.session)
         self.door.runtime.login.auth.record(ctx, ev.mechanism, "", "failure", ev.reason)
         metrics.auth_attempt(ev.mechanism, "dovecot", "refused_policy", None)
 
@@ -256,17 +249,23 @@ class DovecotConnection(asyncio.Protocol):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _context(self, ip: str, port: int, secured: bool, session: str) -> AuthContext:
+        """The login context of a request the MTA sent for its client at ``ip``:
+        ``secured`` (the client's TLS) is all Dovecot's protocol says of it."""
+        return AuthContext(
+            listener=self.door.listener.label,
+            client_ip=ip,
+            client_port=port,
+            tls_version="TLS" if secured else None,
+            session_id=session or secrets.token_hex(6),
+            front_door="dovecot",
+        )
+
     def _attempt(self, request: AuthRequest) -> LoginAttempt:
         attempt = self._attempts.get(request.id)
         if attempt is None:
-            ctx = AuthContext(
-                listener=self.door.listener.label,
-                client_ip=request.remote_ip,
-                client_port=request.remote_port,
-                tls_version="TLS" if request.secured else None,
-                session_id=request.session or secrets.token_hex(6),
-                front_door="dovecot",
-            )
+            ctx = self._context(request.remote_ip, request.remote_port, request.secured,
+                                request.session)
             attempt = self.door.runtime.login.begin(ctx, alive=lambda: not self._closed)
             self._attempts[request.id] = attempt
         return attempt

@@ -442,9 +442,13 @@ def test_rotation_new_app_password_and_old_secret_expires_after_grace(
     assert login(guarded, "127.0.0.2", BOB, "ochre lantern river 77").startswith("235")
 
 
-def test_password_policy_on_user_add(guarded: Server) -> None:
+def test_password_policy_on_user_add(guarded: Server, backend: BackendSetup) -> None:
     weak = guarded.cli("user", "add", "dave@example.org", "--password-stdin", stdin="password1234\n",
                        check=False)
+    if backend.name in ("ldap", "active_directory"):
+        # The name is checked before the password: the directory holds accounts.
+        assert weak.returncode == 1 and "live in the directory" in weak.stderr
+        return
     assert weak.returncode == 1 and "too weak" in weak.stderr
     mine = guarded.cli("user", "add", "dave@example.org", "--password-stdin",
                        stdin="dave@example.org-2024-xyz\n", check=False)

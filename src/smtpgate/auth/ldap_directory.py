@@ -254,7 +254,11 @@ class LdapDirectory:
             self._new_server(), receive_timeout=math.ceil(self._cfg.operation_timeout), read_only=True,
             raise_exceptions=False, auto_referrals=False, check_names=False, authentication=SIMPLE,
         )
-        conn.open()
+        try:
+            conn.open()
+        except BaseException:
+            _drop_socket(conn)
+            raise
         if self._cfg.starttls and not conn.start_tls():
             conn.unbind()
             raise _Fault(f"StartTLS refused: {conn.result}")
@@ -543,6 +547,18 @@ class _Pool:
             idle, self._idle = self._idle, []
         for conn in idle:
             _close(conn)
+
+
+def _drop_socket(conn: Connection) -> None:
+    """Close the socket of a connection that failed to open: ldap3 keeps it on the
+    connection (``conn.socket``) and closes it only when garbage-collected, one open
+    descriptor per refused attempt while the directory is down."""
+    sock = getattr(conn, "socket", None)
+    if sock is not None:
+        try:
+            sock.close()
+        except OSError:
+            pass
 
 
 def _close(conn: Connection) -> None:

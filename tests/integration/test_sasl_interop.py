@@ -437,13 +437,8 @@ def test_bad_token_refused_after_error_flow(srv: SaslServer, mech: str, kind: st
     user = "nobody@example.org" if kind == "unknown-account" else USER
     auth = BearerAuth(mech, user, bad_token(srv, kind))
     log = AuthLog(srv)
-    with smtplib.SMTP_SSL(
-        "127.0.0.1", srv.submissions, timeout=20, context=srv.server.client_context()
-    ) as s:
-        s.ehlo("client.test")
-        with pytest.raises(smtplib.SMTPAuthenticationError) as exc:
-            s.auth(mech, auth)
-        assert exc.value.smtp_code == 535 and exc.value.smtp_error.startswith(b"5.7.8")
+    refusal = _refused(srv, mech, auth)
+    assert refusal.smtp_code == 535 and refusal.smtp_error.startswith(b"5.7.8")
     assert len(auth.challenges) == 1
     status = json.loads(auth.challenges[0])
     # RFC 7628 §3.2.2 / RFC 6750 §3.1: a good token short of the scope is
@@ -455,6 +450,17 @@ def test_bad_token_refused_after_error_flow(srv: SaslServer, mech: str, kind: st
         want = "403" if scoped else "401"
     assert status == error_json(mech, want)
     log.one(mechanism=mech, result="failure")
+
+
+def _refused(srv: SaslServer, mech: str, auth: BearerAuth) -> smtplib.SMTPAuthenticationError:
+    """AUTH ``mech`` over implicit TLS with ``auth`` answering; the refusal it gets."""
+    with smtplib.SMTP_SSL(
+        "127.0.0.1", srv.submissions, timeout=20, context=srv.server.client_context()
+    ) as s:
+        s.ehlo("client.test")
+        with pytest.raises(smtplib.SMTPAuthenticationError) as exc:
+            s.auth(mech, auth)
+    return exc.value
 
 
 def error_json(mech: str, status: str) -> dict[str, str]:
@@ -485,13 +491,7 @@ def test_malformed_bearer_request_is_announced_as_invalid_request(
     """RFC 7628 §3.2.2: a request the server cannot parse gets the error JSON with
     status invalid_request (XOAUTH2: 400), then 535."""
     auth = MalformedBearer(mech, USER, base64.b64encode(b"alice:pw").decode())
-    with smtplib.SMTP_SSL(
-        "127.0.0.1", srv.submissions, timeout=20, context=srv.server.client_context()
-    ) as s:
-        s.ehlo("client.test")
-        with pytest.raises(smtplib.SMTPAuthenticationError) as exc:
-            s.auth(mech, auth)
-        assert exc.value.smtp_code == 535
+    assert _refused(srv, mech, auth).smtp_code == 535
     assert [json.loads(c) for c in auth.challenges] == [error_json(mech, want)]
 
 

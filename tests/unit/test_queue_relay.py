@@ -643,17 +643,24 @@ async def test_rfc5321_421_to_a_rcpt_without_pipelining_ends_the_transaction() -
         assert "421 4.3.2 shutting down" in results[r].reply, results[r]
 
 
+async def hop_until_the_dot(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                            name: bytes) -> bytes:
+    """A scripted hop for one recipient: greeting, 250 to EHLO (or LHLO), MAIL and
+    RCPT, 354 to DATA; the message up to its final dot, before any reply to it."""
+    writer.write(b"220 " + name + b"\r\n")
+    await reader.readline()  # EHLO or LHLO
+    writer.write(b"250 " + name + b"\r\n")
+    for _ in range(2):  # MAIL, RCPT
+        await reader.readline()
+        writer.write(b"250 ok\r\n")
+    await reader.readline()
+    writer.write(b"354 go\r\n")
+    return await reader.readuntil(b"\r\n.\r\n")
+
+
 async def test_connection_lost_after_data_is_temporary() -> None:
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"220 flaky.test\r\n")
-        await reader.readline()
-        writer.write(b"250 flaky.test\r\n")
-        for _ in range(2):  # MAIL, RCPT
-            await reader.readline()
-            writer.write(b"250 ok\r\n")
-        await reader.readline()
-        writer.write(b"354 go\r\n")
-        await reader.readuntil(b"\r\n.\r\n")
+        await hop_until_the_dot(reader, writer, b"flaky.test")
         # ... and the connection drops before the final reply.
 
     async with scripted(script) as port:
@@ -936,15 +943,7 @@ async def test_nul_in_the_body_reaches_the_next_hop_unchanged(lmtp: bool) -> Non
     got: list[bytes] = []
 
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"220 hop.test\r\n")
-        await reader.readline()  # EHLO or LHLO
-        writer.write(b"250 hop.test\r\n")
-        for _ in range(2):  # MAIL, RCPT
-            await reader.readline()
-            writer.write(b"250 ok\r\n")
-        await reader.readline()
-        writer.write(b"354 go\r\n")
-        got.append(await reader.readuntil(b"\r\n.\r\n"))
+        got.append(await hop_until_the_dot(reader, writer, b"hop.test"))
         writer.write(b"250 2.0.0 queued\r\n")
         await reader.readline()
         writer.write(b"221 bye\r\n")

@@ -24,6 +24,7 @@ from smtpgate.queue.envelope import Envelope
 from smtpgate.queue.relay import RelayDeliverer, RelayTimeouts
 from smtpgate.queue.spool import Spool
 from smtpgate.queue.worker import DeliveryWorker
+from tests.unit.test_queue_relay import hop_until_the_dot
 
 RCPTS = tuple(f"r{i}@example.net" for i in range(5))
 ENV = Envelope(
@@ -191,15 +192,7 @@ class SilentAtQuit:
     transactions: int = 0
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"220 slow-quit.test ESMTP\r\n")
-        await reader.readline()  # EHLO
-        writer.write(b"250 slow-quit.test\r\n")
-        for _ in range(2):  # MAIL, RCPT
-            await reader.readline()
-            writer.write(b"250 ok\r\n")
-        await reader.readline()
-        writer.write(b"354 go\r\n")
-        await reader.readuntil(b"\r\n.\r\n")
+        await hop_until_the_dot(reader, writer, b"slow-quit.test ESMTP")
         self.transactions += 1
         writer.write(b"250 2.0.0 queued\r\n")
         await writer.drain()

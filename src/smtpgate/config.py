@@ -362,6 +362,10 @@ class TlsConfig(Model):
         default="1.2", description="Lowest TLS version accepted (RFC 8997: never below 1.2)."
     )
     handshake_timeout: float = Field(default=30.0, gt=0, description="Seconds for a handshake.")
+    session_tickets: bool = Field(
+        default=True,
+        description="Give TLS 1.3 clients a session ticket to resume with (docs/security.md).",
+    )
 
 
 # --- OAuth issuers ([[auth.oauth_issuers]]; the verifier is auth/oauth.py) ----------------

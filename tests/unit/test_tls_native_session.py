@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import ctypes
 import ssl
+from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from OpenSSL import SSL
 
+from smtpgate.cli.main import cli
+from smtpgate.config import load_config
+from smtpgate.server.reload import build_tls
 from smtpgate.tls import exporter
 from smtpgate.tls.bio import BioConnection, TlsError
 from smtpgate.tls.certs import write_self_signed
@@ -64,8 +69,10 @@ def test_the_stdlib_context_is_built_like_the_pyopenssl_one(tls: ServerTlsContex
     ctx = tls.native
     assert ctx is not None
     assert ctx.minimum_version == ssl.TLSVersion.TLSv1_2
-    assert ctx.options & ssl.OP_NO_COMPRESSION and ctx.options & ssl.OP_NO_TICKET
-    assert ctx.num_tickets == 0
+    assert ctx.options & ssl.OP_NO_COMPRESSION
+    # Stateless TLS 1.3 tickets, one a handshake (tls/tickets.py).
+    assert not ctx.options & ssl.OP_NO_TICKET
+    assert ctx.num_tickets == 1
     tls12 = {c["name"] for c in ctx.get_ciphers() if c["protocol"] == "TLSv1.2"}
     assert tls12 and all(name.startswith("ECDHE-") and ("GCM" in name or "CHACHA" in name)
                          for name in tls12)
@@ -82,24 +89,92 @@ def test_the_stdlib_context_is_built_like_the_pyopenssl_one(tls: ServerTlsContex
     assert lib.SSL_CTX_ctrl(ssl_ctx, 45, 0, None) == 0
 
 
-def test_tls12_handshakes_leave_nothing_in_a_session_cache(tls: ServerTlsContext) -> None:
-    """No cache a client could fill (up to 20,480 sessions a worker for two hours
-    with OpenSSL's defaults), and so no resumption: tls-unique is always the
-    client's Finished. With the cache on, each of these handshakes adds one."""
+def _connect(
+    tls: ServerTlsContext, cctx: ssl.SSLContext, session: ssl.SSLSession | None = None,
+    server_hostname: str | None = "localhost",
+) -> tuple[ssl.SSLObject, NativeServerSession]:
+    """A handshake, then one record each way, so that the client has read the
+    server's session ticket (TLS 1.3 sends it after the handshake)."""
     assert tls.native is not None
+    into, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = cctx.wrap_bio(into, out, server_hostname=server_hostname, session=session)
+    server = NativeServerSession(tls.native, tls.end_point_hash)
+    handshake(sslobject_step(client, into, out), session_step(server))
+    client.write(b"EHLO x\r\n")
+    got, reply = server.receive(out.read())
+    assert got == b"EHLO x\r\n"
+    into.write(reply + server.send(b"250 ok\r\n"))
+    assert client.read(100) == b"250 ok\r\n"
+    return client, server
+
+
+def _client_context(max_version: ssl.TLSVersion) -> ssl.SSLContext:
     cctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     cctx.check_hostname, cctx.verify_mode = False, ssl.CERT_NONE
-    cctx.maximum_version = ssl.TLSVersion.TLSv1_2
-    session = None
-    for attempt in range(3):
-        into, out = ssl.MemoryBIO(), ssl.MemoryBIO()
-        client = cctx.wrap_bio(into, out, server_hostname="localhost", session=session)
-        server = NativeServerSession(tls.native, tls.end_point_hash)
-        handshake(sslobject_step(client, into, out), session_step(server))
-        assert client.version() == "TLSv1.2"
-        assert not client.session_reused, f"connection {attempt + 1} resumed"
-        session = client.session
+    cctx.maximum_version = max_version
+    return cctx
+
+
+def test_tls13_sessions_resume_from_a_ticket_and_keep_the_exporter(
+    tls: ServerTlsContext,
+) -> None:
+    cctx = _client_context(ssl.TLSVersion.TLSv1_3)
+    first, _ = _connect(tls, cctx)
+    assert first.version() == "TLSv1.3" and first.session is not None
+    assert first.session.has_ticket
+    again, server = _connect(tls, cctx, first.session)
+    assert again.session_reused
+    assert set(server.channel_binding().data) == {"tls-exporter", "tls-server-end-point"}
+
+
+def test_tickets_leave_nothing_in_a_session_cache(tls: ServerTlsContext) -> None:
+    """No cache a client could fill (up to 20,480 sessions a worker for two hours
+    with OpenSSL's defaults): tickets are stateless, so resumption holds no memory
+    in the server. With the cache on, each of these handshakes adds one."""
+    assert tls.native is not None
+    for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+        cctx, session = _client_context(version), None
+        for _ in range(3):
+            client, _ = _connect(tls, cctx, session)
+            session = client.session
     assert tls.native.session_stats()["number"] == 0
+
+
+@pytest.mark.parametrize("sni", ["localhost", None])
+def test_tls12_gets_no_ticket_and_never_resumes(tls: ServerTlsContext, sni: str | None) -> None:
+    """A TLS 1.2 ticket would hold the master secret (forward secrecy lost to
+    whoever reads the ticket key) and a resumed TLS 1.2 session makes tls-unique
+    unsafe without the extended master secret: tickets are for TLS 1.3 only, with
+    or without SNI (the callback that decides runs for every ClientHello)."""
+    cctx = _client_context(ssl.TLSVersion.TLSv1_2)
+    first, full = _connect(tls, cctx, server_hostname=sni)
+    assert first.version() == "TLSv1.2" and first.session is not None
+    assert not first.session.has_ticket
+    assert set(full.channel_binding().data) == {"tls-unique", "tls-server-end-point"}
+    again, _ = _connect(tls, cctx, first.session, server_hostname=sni)
+    assert not again.session_reused
+
+
+def test_every_worker_takes_the_tickets_of_the_others_after_a_reload(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Each worker builds its own context on a reload: with the same certificate
+    they seal tickets alike, so a client resumes on whichever worker it reaches.
+    A new certificate ends the old tickets: a full handshake, not an error."""
+    d = tmp_path_factory.mktemp("reload")
+    write_self_signed(d / "cert.pem", d / "key.pem", "localhost", days=2)
+    worker_1 = make_server_context(d / "cert.pem", d / "key.pem")
+    worker_2 = make_server_context(d / "cert.pem", d / "key.pem")
+    cctx = _client_context(ssl.TLSVersion.TLSv1_3)
+    first, _ = _connect(worker_1, cctx)
+    again, server = _connect(worker_2, cctx, first.session)
+    assert again.session_reused
+    assert "tls-exporter" in server.channel_binding().data
+    write_self_signed(d / "cert.pem", d / "key.pem", "localhost", days=2)
+    renewed = make_server_context(d / "cert.pem", d / "key.pem")
+    after, server = _connect(renewed, cctx, again.session)
+    assert not after.session_reused
+    assert "tls-exporter" in server.channel_binding().data
 
 
 def test_the_exporter_refuses_a_connection_without_a_handshake(tls: ServerTlsContext) -> None:
@@ -159,3 +234,37 @@ def test_a_handshake_that_never_ends_is_an_error_not_a_hang() -> None:
 
     with pytest.raises(TlsError, match="no TLS handshake after 3 exchanges"):
         handshake(pyopenssl_step(_client()), silent_server, rounds=3)
+
+
+def test_a_resumed_tls13_session_exports_what_the_client_exports(
+    tls: ServerTlsContext,
+) -> None:
+    """SCRAM-PLUS after resumption: both ends of the resumed connection compute
+    the same tls-exporter binding (RFC 9266 holds for PSK handshakes), and it is
+    not the first connection's."""
+    cctx = _client_context(ssl.TLSVersion.TLSv1_3)
+    first, full = _connect(tls, cctx)
+    again, resumed = _connect(tls, cctx, first.session)
+    assert again.session_reused
+    theirs = exporter.tls_exporter(again)
+    assert theirs is not None
+    assert resumed.channel_binding().data["tls-exporter"] == theirs
+    assert full.channel_binding().data["tls-exporter"] != theirs
+
+
+def test_tls_session_tickets_false_issues_none(tmp_path: Path) -> None:
+    """`[tls] session_tickets = false` in the config init wrote: the context start-up
+    and reload build (`build_tls`) gives no ticket, so nothing resumes."""
+    root = tmp_path / "gate"
+    assert CliRunner().invoke(cli, ["init", "--dir", str(root), "--no-demo"]).exit_code == 0
+    path = root / "smtpgate.toml"
+    text = path.read_text()
+    assert "\n[tls]\n" in text
+    cctx = _client_context(ssl.TLSVersion.TLSv1_3)
+    for setting, resumes in (("", True), ("session_tickets = false\n", False)):
+        path.write_text(text.replace("\n[tls]\n", "\n[tls]\n" + setting))
+        tls = build_tls(load_config(path))
+        first, _ = _connect(tls, cctx)
+        assert first.session is not None and first.session.has_ticket == resumes
+        again, _ = _connect(tls, cctx, first.session)
+        assert again.session_reused == resumes

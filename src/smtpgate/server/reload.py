@@ -79,7 +79,8 @@ def build_tls(cfg: Config) -> ServerTlsContext:
         if lst.client_certificates is not None and lst.client_ca is not None
     }
     return make_server_context(
-        cfg.path(cfg.tls.cert), cfg.path(cfg.tls.key), cfg.tls.min_version, client_auth
+        cfg.path(cfg.tls.cert), cfg.path(cfg.tls.key), cfg.tls.min_version, client_auth,
+        session_tickets=cfg.tls.session_tickets,
     )
 
 

@@ -79,6 +79,12 @@ _CTX_POINTER_OFFSET = 2 * ctypes.sizeof(ctypes.c_void_p)
 _SET_CACHE_MODE, _GET_CACHE_MODE, _CACHE_SERVER = 44, 45, 2
 
 
+def ctx_pointer(ctx: ssl.SSLContext) -> int | None:
+    """The ``SSL_CTX *`` of ``ctx``."""
+    value = ctypes.c_void_p.from_address(id(ctx) + _CTX_POINTER_OFFSET).value
+    return int(value) if value else None
+
+
 def disable_session_cache(ctx: ssl.SSLContext) -> bool:
     """Turn OpenSSL's server session cache off (the ``ssl`` module cannot): no
     session-ID resumption, and no cache of up to 20,480 sessions a worker for two
@@ -87,14 +93,15 @@ def disable_session_cache(ctx: ssl.SSLContext) -> bool:
     lib = libssl()
     if lib is None:
         return False
-    ptr = ctypes.c_void_p.from_address(id(ctx) + _CTX_POINTER_OFFSET).value
+    ptr = ctx_pointer(ctx)
     if not ptr or lib.SSL_CTX_ctrl(ptr, _GET_CACHE_MODE, 0, None) != _CACHE_SERVER:
         return False
     lib.SSL_CTX_ctrl(ptr, _SET_CACHE_MODE, 0, None)
     return int(lib.SSL_CTX_ctrl(ptr, _GET_CACHE_MODE, 0, None)) == 0
 
 
-def _pointer(obj: ssl.SSLObject) -> int | None:
+def ssl_pointer(obj: ssl.SSLObject) -> int | None:
+    """The ``SSL *`` of ``obj`` (valid only where `available` is true)."""
     inner = getattr(obj, "_sslobj", None)
     if inner is None:
         return None
@@ -109,7 +116,7 @@ def tls_exporter(obj: ssl.SSLObject) -> bytes | None:
     expected = _VERSIONS.get(obj.version() or "")
     if lib is None or expected is None:
         return None
-    ptr = _pointer(obj)
+    ptr = ssl_pointer(obj)
     if ptr is None or lib.SSL_version(ptr) != expected:
         return None
     out = ctypes.create_string_buffer(_LENGTH)

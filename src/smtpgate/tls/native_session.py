@@ -102,7 +102,7 @@ class NativeServerSession(RecordSession):
             if exported is not None:
                 data["tls-exporter"] = exported
         elif version == "TLSv1.2":
-            # The stdlib picks the first Finished of the handshake, resumed or not.
+            # TLS 1.2 is never resumed (tickets.py): the client's Finished.
             unique = self._obj.get_channel_binding("tls-unique")
             if unique:
                 data["tls-unique"] = unique

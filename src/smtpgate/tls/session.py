@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, r
 from OpenSSL import SSL, crypto
 
 from smtpgate.sasl.base import ChannelBinding, ClientCertificate
+from smtpgate.tls import tickets
 from smtpgate.tls.bio import BioConnection, TlsError, describe, end_point_hash
 from smtpgate.tls.client_certs import certificate_emails, certificate_fingerprint
 from smtpgate.tls.exporter import available as native_exporter_available
@@ -117,6 +118,8 @@ def make_server_context(
     key: Path,
     min_version: str = "1.2",
     client_auth: Mapping[str, ClientAuth] | None = None,
+    *,
+    session_tickets: bool = True,
 ) -> ServerTlsContext:
     """Build the server context from PEM files, and one more per listener named in
     ``client_auth`` (the same certificate, asking for a client certificate).
@@ -139,8 +142,10 @@ def make_server_context(
         name: _ListenerTls(_client_auth_context(_context(cert, key, min_version), auth), auth)
         for name, auth in (client_auth or {}).items()
     }
-    native = _native_context(cert, key, min_version) if native_exporter_available() else None
-    return ServerTlsContext(server, end_point_hash(leaf), _describe_cert(leaf), listeners, native)
+    end_point = end_point_hash(leaf)
+    native = (_native_context(cert, key, min_version, end_point if session_tickets else None)
+              if native_exporter_available() else None)
+    return ServerTlsContext(server, end_point, _describe_cert(leaf), listeners, native)
 
 
 def _private_key(key: Path) -> crypto.PKey:
@@ -164,19 +169,25 @@ def _private_key(key: Path) -> crypto.PKey:
     return crypto.PKey.from_cryptography_key(private)
 
 
-def _native_context(cert: Path, key: Path, min_version: str) -> ssl.SSLContext | None:
-    """The settings of ``_context`` on the stdlib module. The files were just
+def _native_context(
+    cert: Path, key: Path, min_version: str, tickets_for: bytes | None
+) -> ssl.SSLContext | None:
+    """The settings of ``_context`` on the stdlib module, and TLS 1.3 session
+    tickets sealed for the certificate with hash ``tickets_for`` (none if None:
+    ``tls.session_tickets = false``). The files were just
     loaded by pyOpenSSL, so a failure here is the module's, not the admin's: the
     listeners then stay on pyOpenSSL."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = (ssl.TLSVersion.TLSv1_3 if min_version == "1.3"
                            else ssl.TLSVersion.TLSv1_2)
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_TICKET
-    # No TLS 1.3 tickets and no session cache either, as on pyOpenSSL; the stdlib
-    # already sets SSL_MODE_RELEASE_BUFFERS (workload D).
+    # No session cache (a client could fill it); TLS 1.3 tickets only, stateless
+    # (tickets.py). The stdlib already sets SSL_MODE_RELEASE_BUFFERS (workload D).
     ctx.num_tickets = 0
     if not disable_session_cache(ctx):
         return None  # keep pyOpenSSL rather than a cache we cannot switch off
+    if tickets_for is not None and not tickets.enable(ctx, tickets_for):
+        return None
     try:
         ctx.set_ciphers(_TLS12_CIPHERS.decode())
         # A password, so that OpenSSL never prompts for one on the terminal.

@@ -1,0 +1,82 @@
+"""Session tickets on the stdlib TLS context: TLS 1.3 only, one key for all workers.
+
+A client that kept its ticket resumes without the certificate and the signature
+of a full handshake (docs/security.md, "Session resumption"). Why by hand
+(ctypes, on the pointers `exporter` checks with its self-test): the ``ssl``
+module turns tickets on or off for a whole context, never per protocol version,
+and cannot set the key that seals them.
+
+- TLS 1.3 only. A TLS 1.2 ticket holds the session's master secret: whoever later
+  reads the ticket key from the server's memory decrypts every recorded TLS 1.2
+  session that got a ticket, and a resumed TLS 1.2 session makes ``tls-unique``
+  unsafe without the extended master secret (RFC 7627), which the ``ssl`` module
+  cannot see. A TLS 1.3 ticket holds a one-way resumption secret, and OpenSSL
+  resumes only with a fresh (EC)DHE (``psk_dhe_ke``): forward secrecy holds. So a
+  TLS 1.2 handshake gets ``SSL_OP_NO_TICKET`` on its own ``SSL`` from the
+  servername callback, which OpenSSL runs for every ClientHello (with or without
+  SNI) once the version is chosen and before the ServerHello.
+- One key. OpenSSL draws a random key per ``SSL_CTX``; the workers would share the
+  parent's through the fork, but a reload builds a context in each worker, and a
+  ticket would then resume only on the worker that issued it. The key is derived
+  instead from a secret drawn once per server start and the certificate's hash:
+  every worker seals alike, a restart or a new certificate ends every ticket.
+  OpenSSL's ticket lifetime stays (two hours); there is no server-side cache.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import secrets
+import ssl
+
+from smtpgate.tls import exporter
+
+#: SSL_OP_NO_TICKET; SSL_CTRL_GET/SET_TLSEXT_TICKET_KEYS; TLS1_3_VERSION.
+_NO_TICKET = 0x4000
+_GET_KEYS, _SET_KEYS = 58, 59
+_TLS13 = 0x0304
+#: Key name (16), HMAC key (32), AES key (32): OpenSSL 1.1.0 and later.
+_KEYS_LENGTH = 80
+#: Drawn when the parent imports this module, before any fork: the same in every
+#: worker, new at every start.
+_START_SECRET = secrets.token_bytes(32)
+
+
+def ticket_keys(cert_hash: bytes) -> bytes:
+    """The 80 bytes of ticket keys for the certificate with hash ``cert_hash``."""
+    return hashlib.shake_256(b"smtpgate tickets\0" + _START_SECRET + cert_hash).digest(
+        _KEYS_LENGTH)
+
+
+def enable(ctx: ssl.SSLContext, cert_hash: bytes) -> bool:
+    """Turn on TLS 1.3 tickets on ``ctx`` as the module docstring says. False (and
+    ``ctx`` left without tickets) when a step cannot be done or checked."""
+    lib = exporter.libssl()
+    ptr = exporter.ctx_pointer(ctx)
+    if lib is None or ptr is None or not exporter.available():
+        return False
+    lib.SSL_set_options.argtypes = [ctypes.c_void_p, ctypes.c_uint64]
+    lib.SSL_set_options.restype = ctypes.c_uint64
+    keys = ticket_keys(cert_hash)
+    if lib.SSL_CTX_ctrl(ptr, _SET_KEYS, _KEYS_LENGTH, keys) != 1:
+        return False
+    back = ctypes.create_string_buffer(_KEYS_LENGTH)
+    if lib.SSL_CTX_ctrl(ptr, _GET_KEYS, _KEYS_LENGTH, back) != 1 or back.raw != keys:
+        return False
+    ctx.sni_callback = _no_tls12_ticket
+    ctx.options &= ~ssl.OP_NO_TICKET
+    ctx.num_tickets = 1  # one a handshake: a client resumes with one at a time
+    return True
+
+
+def _no_tls12_ticket(obj: ssl.SSLObject | ssl.SSLSocket, name: str | None,
+                     ctx: ssl.SSLContext) -> None:
+    """The servername callback: no ticket for a connection below TLS 1.3."""
+    lib = exporter.libssl()
+    ptr = exporter.ssl_pointer(obj) if isinstance(obj, ssl.SSLObject) else None
+    if lib is None or ptr is None:
+        return
+    if lib.SSL_version(ptr) != _TLS13:
+        lib.SSL_set_options(ptr, _NO_TICKET)
+    return

@@ -830,7 +830,9 @@ class AccountAdmin:
         A plaintext password is hashed here (Argon2id, SCRAM keys) and never stored;
         the password policy does not apply (these are the users' current passwords).
         An existing account is skipped, or with ``update`` gets the imported secrets
-        in place of its own. ``dry_run``: decide the same, hash and write nothing.
+        in place of its own. ``dry_run``: the same transaction with the entries'
+        secrets left unhashed, then undone, so the store refuses (another's alias, a
+        case twin) exactly as the import will, and the dry run reports what it will do.
         """
         if not dry_run:
             entries = [replace(e, credentials=self._import_secrets(e, cram_md5_enabled))
@@ -847,28 +849,29 @@ class AccountAdmin:
             (updated if exists else created).append(e)
             return True
 
-        if dry_run:
-            for e in entries:
-                sort(e, self._store.get_account(e.name) is not None)
-            return ImportResult(tuple(created), tuple(updated), tuple(skipped))
-        with self._tx() as w:
-            for e in entries:
-                exists = w.get_account(e.name) is not None
-                if not sort(e, exists):
-                    continue
-                creds = e.credentials or {}
-                if exists:
-                    w.replace_credentials(e.name, creds)
-                else:
-                    try:
-                        w.create_account(e.name, creds, cram_md5_enabled=cram_md5_enabled)
-                    except AccountExists as refused:  # another's alias, or case twin
-                        created.remove(e)
-                        skipped.append((e, str(refused)))
+        try:
+            with self._tx() as w:
+                for e in entries:
+                    exists = w.get_account(e.name) is not None
+                    if not sort(e, exists):
                         continue
-                w.record("account imported", e.name, {
-                    "source": source, "scheme": e.scheme, "line": e.line,
-                })
+                    creds = e.credentials or {}
+                    if exists:
+                        w.replace_credentials(e.name, creds)
+                    else:
+                        try:
+                            w.create_account(e.name, creds, cram_md5_enabled=cram_md5_enabled)
+                        except AccountExists as refused:  # another's alias, or case twin
+                            created.remove(e)
+                            skipped.append((e, str(refused)))
+                            continue
+                    w.record("account imported", e.name, {
+                        "source": source, "scheme": e.scheme, "line": e.line,
+                    })
+                if dry_run:
+                    raise _Undo
+        except _Undo:
+            pass
         return ImportResult(tuple(created), tuple(updated), tuple(skipped))
 
     def _import_secrets(self, e: ImportEntry, cram_md5_enabled: bool) -> dict[str, str]:
@@ -881,7 +884,8 @@ class AccountAdmin:
 
 
 class _Undo(Exception):
-    """Raised inside a transaction to roll it back (``check_new_account``)."""
+    """Raised inside a transaction to roll it back (``check_new_account``, a dry-run
+    import)."""
 
 
 @dataclass(frozen=True, slots=True)

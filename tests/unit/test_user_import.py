@@ -138,6 +138,28 @@ def test_dry_run_changes_nothing(config: Path, tmp_path: Path) -> None:
     assert accounts(config) == {}
 
 
+def test_dry_run_says_what_the_import_will_do(config: Path, tmp_path: Path) -> None:
+    """A name that is another account's alias is skipped by the import: the dry
+    run says so, not 'would create'."""
+    assert run(config, "add", "alice@example.org", "--password-stdin", input="mine\n").exit_code == 0
+    assert run(config, "alias", "add", "alice@example.org", "sales@example.org").exit_code == 0
+    f = passwd_file(tmp_path, [dovecot_line("sales@example.org", "{PLAIN}pencil"),
+                               dovecot_line("carol@example.org", "{PLAIN}crayon")])
+    dry = run(config, "import", "dovecot-passwd", str(f), "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert "would create sales@example.org" not in dry.output
+    assert f"{f}:1: sales@example.org: " in dry.output and "skipped" in dry.output
+    assert "would create carol@example.org" in dry.output
+    assert "1 would create, 0 would update, 1 skipped, 0 bad" in dry.output
+    assert set(accounts(config)) == {"alice@example.org"}
+    real = run(config, "import", "dovecot-passwd", str(f))
+    assert real.exit_code == 0, real.output
+    assert "1 created, 0 updated, 1 skipped, 0 bad" in real.output
+    # The dry run's lines are the import's, word for word but the verbs.
+    assert dry.output.replace("would create", "created").replace(
+        "would update", "updated").replace(" (dry run: nothing changed)", "") == real.output
+
+
 def test_existing_account_is_skipped_unless_update(config: Path, tmp_path: Path) -> None:
     assert run(config, "add", "alice@example.org", "--password-stdin", input="mine\n").exit_code == 0
     before = stored(config, "alice@example.org", ARGON2ID)

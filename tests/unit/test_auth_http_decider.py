@@ -109,3 +109,17 @@ def test_a_disabled_mechanism_is_504() -> None:
     never = FakeAttempt(Verdict(ok=True), LoginResult(AuthResult.SUCCESS))
     answer = run(decider(never, []), request(method="cram-md5", salt="<1.2@mx>"))
     assert answer.error_code == "504 5.5.4" and never.queries == []
+
+
+def test_a_refused_auth_protocol_is_logged_without_controls(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """nginx's header values are Latin-1 (a UTF-8 U+202E arrives as 'â\\x80®', with
+    a C1 control): what the door logs of them is escaped, never raw."""
+    attempt = FakeAttempt(Verdict(ok=True), LoginResult(AuthResult.SUCCESS))
+    with caplog.at_level("WARNING"):
+        answer = run(decider(attempt, []), request(protocol="sm\u202etp\x85x"))
+    assert not answer.ok
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "\u202e" not in line and "\x85" not in line
+    assert "sm\\u202etp\\x85x" in line

@@ -421,3 +421,15 @@ def test_the_client_address_is_the_one_the_guard_counts(rip: str, seen: str) -> 
         "CONT<TAB>1<TAB>" + b64(V_CLIENT_FIRST))).encode())
     needed = next(e for e in events if isinstance(e, CredentialsNeeded))
     assert (needed.request.remote_ip, needed.request.local_ip) == (seen, "10.0.0.1")
+
+
+@pytest.mark.parametrize("char", ["\u202e", "\u2066", "\u200b", "\u2028", "\x85", "\x1b"])
+def test_a_refused_mechanism_name_carries_no_control_or_bidi_character(char: str) -> None:
+    """The refusal event's mechanism and service go to the auth log and the server
+    log: a bidi override, zero-width, line-separator or C1 character the client put
+    in them is replaced, as account names refuse them."""
+    _, events = feed(engine(), (HELLO_POSTFIX + lines(
+        f"AUTH<TAB>1<TAB>PL{char}AIN<TAB>rip=127.0.0.1")).encode())
+    (ev,) = events
+    assert isinstance(ev, RequestRefused)
+    assert ev.mechanism == "PL?AIN"

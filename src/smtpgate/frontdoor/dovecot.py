@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import unicodedata
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -668,6 +669,17 @@ def _port(text: str) -> int:
     return 0
 
 
+#: What ``_printable`` replaces: controls (C0, DEL, C1), format characters (bidi
+#: overrides and isolates, zero-width ones), line and paragraph separators,
+#: surrogates. Account names refuse the same; a log line must not carry them raw.
+_UNPRINTABLE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+
+
 def _printable(text: str) -> str:
-    return _UNSAFE.sub("?", text)[:64]
+    """``text`` cut to 64 characters, each one of ``_UNPRINTABLE_CATEGORIES`` a '?'."""
+    text = text[:64]
+    if text.isascii() and text.isprintable():
+        return text
+    return "".join("?" if unicodedata.category(c) in _UNPRINTABLE_CATEGORIES else c
+                   for c in text)
 

@@ -33,6 +33,7 @@ import os
 from collections.abc import Callable
 from typing import cast
 
+from smtpgate.auth.authlog import neutralize
 from smtpgate.auth.guard_state import ACCOUNT, ACCOUNT_NEW, THROTTLE
 from smtpgate.auth.service import AuthContext
 from smtpgate.frontdoor.auth_http import (
@@ -94,7 +95,8 @@ class AuthHttpDecider:
 
     async def decide(self, req: AuthHttpRequest, alive: Callable[[], bool]) -> AuthHttpAnswer:
         if req.protocol != "smtp":
-            log.warning("auth_http: Auth-Protocol %s refused (smtpgate serves SMTP)", req.protocol)
+            log.warning("auth_http: Auth-Protocol %s refused (smtpgate serves SMTP)",
+                        neutralize(req.protocol, 32))
             return _error(R.AUTH_UNKNOWN_MECHANISM)
         if req.method == "none":
             return _error(R.AUTH_REQUIRED)

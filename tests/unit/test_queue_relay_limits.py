@@ -43,7 +43,9 @@ MESSAGE = QueuedMessage("18f00000000-1-0-00000000", ENV, b"Subject: hi\r\n\r\nhe
 class CappedHop:
     """Takes at most ``cap`` recipients per transaction (0: none at all, ever),
     answering the rest ``over``; ``close_after`` hangs up after each transaction's
-    final reply (a hop that takes one transaction per connection)."""
+    final reply (a hop that takes one transaction per connection); ``rcpt_421``:
+    the first connection's RCPT of that number (counted over its transactions) is
+    answered ``421`` and the connection closed (a hop shutting down)."""
 
     cap: int
     pipelining: bool = True
@@ -53,11 +55,15 @@ class CappedHop:
     connections: int = 0
     transactions: list[list[str]] = field(default_factory=list)
     mails: int = 0
+    rcpt_421: int = 0
+    #: Refused for good (550) when the cap would take them.
+    refuse: frozenset[str] = frozenset()
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         writer.write(b"220 capped.test ESMTP\r\n")
         rcpts: list[str] = []
+        rcpts_seen = 0
         while line := await reader.readline():
             verb = line[:4].upper()
             if verb in (b"EHLO", b"LHLO"):
@@ -69,8 +75,16 @@ class CappedHop:
                 rcpts = []
                 writer.write(b"250 2.1.0 ok\r\n")
             elif verb == b"RCPT":
-                if len(rcpts) < self.cap:
-                    rcpts.append(line[9:].strip().strip(b"<>").decode())
+                rcpts_seen += 1
+                if self.connections == 1 and rcpts_seen == self.rcpt_421:
+                    writer.write(b"421 4.3.2 shutting down\r\n")
+                    await writer.drain()
+                    break
+                rcpt = line[9:].strip().strip(b"<>").decode()
+                if len(rcpts) < self.cap and rcpt in self.refuse:
+                    writer.write(b"550 5.1.1 no such user\r\n")
+                elif len(rcpts) < self.cap:
+                    rcpts.append(rcpt)
                     writer.write(b"250 2.1.5 ok\r\n")
                 else:
                     writer.write(self.over)
@@ -133,6 +147,35 @@ async def test_rest_goes_over_a_new_connection_when_the_hop_hangs_up() -> None:
     assert all(isinstance(results[r], Delivered) for r in RCPTS), results
     assert hop.transactions == [list(RCPTS[0:2]), list(RCPTS[2:4]), list(RCPTS[4:])]
     assert hop.connections == 3
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+async def test_a_421_to_rcpt_in_a_further_transaction_reconnects_at_once(
+        pipelining: bool) -> None:
+    """The hop took r0 and r1, turned r2-r4 away with 452 4.5.3, took r2 in the
+    further transaction, then said 421 to r3 (RFC 5321 §3.8: it is closing the
+    channel). As for a 421 to that MAIL, the rest goes over a new connection at
+    once, not to the retry schedule: everything delivered in this attempt, once."""
+    hop = CappedHop(cap=2, pipelining=pipelining, rcpt_421=7)  # 5 RCPTs, then r2, r3
+    async with running(hop) as port:
+        results = await deliverer(port).deliver(MESSAGE, RCPTS)
+    assert all(isinstance(results[r], Delivered) for r in RCPTS), results
+    assert hop.transactions == [list(RCPTS[0:2]), list(RCPTS[2:4]), list(RCPTS[4:])]
+    assert hop.connections == 2
+
+
+async def test_a_421_to_rcpt_keeps_the_refusals_given_before_it() -> None:
+    """In the further transaction the hop took r2, refused r3 for good, then said
+    421 to r4: r3's bounce stands and is not asked again; r2 and r4 go over the new
+    connection."""
+    hop = CappedHop(cap=2, rcpt_421=8, refuse=frozenset({RCPTS[3]}))
+    async with running(hop) as port:
+        results = await deliverer(port).deliver(MESSAGE, RCPTS)
+    assert isinstance(results[RCPTS[3]], PermFailure), results
+    assert "550 5.1.1" in results[RCPTS[3]].reply  # type: ignore[union-attr]
+    assert all(isinstance(results[r], Delivered) for r in RCPTS if r != RCPTS[3]), results
+    assert hop.transactions == [list(RCPTS[0:2]), [RCPTS[2], RCPTS[4]]]
+    assert hop.connections == 2
 
 
 async def test_lmtp_rest_goes_in_further_transactions() -> None:

@@ -138,8 +138,9 @@ class _Abort(Exception):
 
 
 class _Reconnect(Exception):
-    """The hop took a transaction, then hung up (or said 421) at the next one:
-    ``recipients``, left over by its recipient limit, go over a new connection."""
+    """The hop took a transaction, then hung up (or said 421 to MAIL or a RCPT) at
+    the next one: ``recipients``, left over by its recipient limit, go over a new
+    connection."""
 
     def __init__(self, recipients: tuple[str, ...]) -> None:
         super().__init__(len(recipients))
@@ -440,8 +441,8 @@ class RelayDeliverer:
         a recipient limit left over for a further transaction (see `_over_limit`).
 
         A follow-up transaction (``follow_up``) whose MAIL finds the hop gone, or
-        answered 421, raises `_Reconnect`: the hop took the transaction before, so
-        the rest goes over a new connection.
+        whose MAIL or a RCPT is answered 421, raises `_Reconnect`: the hop took the
+        transaction before, so the rest goes over a new connection.
         """
         engine = link.conn.engine
         t = self._t
@@ -492,8 +493,14 @@ class RelayDeliverer:
             if reply.code == 421:
                 # RFC 5321 §3.8: the hop is closing the channel. No further RCPT
                 # (nor, pipelined, a wait for replies that will not come) and no
-                # DATA: this recipient, those after it and those it accepted are
-                # deferred with its reply; refusals already given stand.
+                # DATA; refusals already given stand. In a follow-up transaction
+                # the connection is gone as after a 421 to its MAIL: this
+                # recipient, those after it and those it accepted go over a new
+                # one at once (bounded by _MAX_RECONNECTS). Otherwise they are
+                # deferred with its reply.
+                if follow_up:
+                    raise _Reconnect(tuple(r for r in recipients
+                                           if r not in results or r in left))
                 raise _Abort(_by_code(reply, f"{self.where} refused recipient"))
             # Kept at once: a relay that hangs up before the rest still refused
             # this one (a 5xx bounces, not retried with the others).

@@ -297,7 +297,8 @@ def test_sigterm_during_a_stuck_delivery_exits_within_grace_and_keeps_the_messag
         pytest.fail("still running after shutdown_grace + margin:\n" + srv.log_text())
     srv.proc = None
     assert rc == 0
-    assert "cancelled 1 deliveries in progress" in srv.log_text()
+    assert "cancelled 1 delivery in progress; " in srv.log_text()
+    assert "stays queued as before" in srv.log_text()
     assert len(spooled(srv)) == 1  # still queued
 
     stuck.close()

@@ -58,6 +58,9 @@ class CappedHop:
     rcpt_421: int = 0
     #: Refused for good (550) when the cap would take them.
     refuse: frozenset[str] = frozenset()
+    #: The MAIL of this number is never answered (``stalled`` is set).
+    stall_mail: int = 0
+    stalled: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -72,6 +75,10 @@ class CappedHop:
                 writer.write(ext + b"250 8BITMIME\r\n")
             elif verb == b"MAIL":
                 self.mails += 1
+                if self.mails == self.stall_mail:
+                    self.stalled.set()
+                    await reader.read()
+                    break
                 rcpts = []
                 writer.write(b"250 2.1.0 ok\r\n")
             elif verb == b"RCPT":
@@ -246,11 +253,12 @@ class SilentAtQuit:
 
 
 async def test_a_stop_while_waiting_for_quit_keeps_the_delivered_outcome(
-        tmp_path: Path) -> None:
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """The server stopping (its grace over) while the relay session waited for the
     reply to QUIT: the hop had taken the message, but the cancelled delivery
     dropped that outcome and the message stayed queued, to be sent again on the
-    next start. The outcome the hop gave is now recorded."""
+    next start. The outcome the hop gave is now recorded, and the stop's log says
+    so (it said 'they stay queued')."""
     hop = SilentAtQuit()
     server = await asyncio.start_server(hop.serve, "127.0.0.1", 0)
     spool = Spool(tmp_path / "spool")
@@ -262,10 +270,46 @@ async def test_a_stop_while_waiting_for_quit_keeps_the_delivered_outcome(
         runner = asyncio.create_task(worker.run())
         await asyncio.wait_for(hop.took.wait(), 10)
         worker.stop(grace=0.05)
-        await asyncio.wait_for(runner, 10)
+        with caplog.at_level("INFO", logger="smtpgate.queue"):
+            await asyncio.wait_for(runner, 10)
         assert spool.list_ids() == []  # delivered: nothing to send again
+        stop_lines = [r.getMessage() for r in caplog.records
+                      if r.getMessage().startswith("queue: stopping")]
+        assert stop_lines and not any("stay queued" in x for x in stop_lines), stop_lines
+        assert any("every recipient has an outcome" in x for x in stop_lines), stop_lines
         assert hop.transactions == 1
         await asyncio.wait_for(hop.gone.wait(), 10)  # the session was dropped
+    finally:
+        await spool.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_stop_in_a_further_transaction_says_what_was_recorded(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The hop took r0 and r1, then never answered the further transaction's MAIL
+    when the server stopped: r0 and r1 are recorded delivered, r2-r4 stay queued,
+    and the stop's log says both, not 'they stay queued'."""
+    hop = CappedHop(cap=2, stall_mail=2)
+    server = await asyncio.start_server(hop.serve, "127.0.0.1", 0)
+    spool = Spool(tmp_path / "spool")
+    try:
+        env = dataclasses.replace(ENV, received_at=time.time())
+        qid = await spool.store(env, MESSAGE.data)
+        port = server.sockets[0].getsockname()[1]
+        worker = DeliveryWorker(spool, deliverer(port), QueueConfig(), poll_interval=60.0)
+        runner = asyncio.create_task(worker.run())
+        await asyncio.wait_for(hop.stalled.wait(), 10)
+        worker.stop(grace=0.05)
+        with caplog.at_level("INFO", logger="smtpgate.queue"):
+            await asyncio.wait_for(runner, 10)
+        state = spool.load_state(qid)
+        assert state is not None and set(state.pending) == set(RCPTS[2:]), state
+        (line,) = [r.getMessage() for r in caplog.records
+                   if r.getMessage().startswith("queue: stopping")]
+        assert line == (f"queue: stopping: cancelled 1 delivery in progress; {qid}: the "
+                        "outcomes the next hop gave are recorded, the other recipients "
+                        "stay queued")
     finally:
         await spool.close()
         server.close()

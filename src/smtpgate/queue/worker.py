@@ -66,7 +66,7 @@ import datetime as dt
 import heapq
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from smtpgate import metrics
@@ -176,6 +176,9 @@ class DeliveryWorker:
         self._heap: list[tuple[float, str]] = []  # same, ordered; stale entries skipped
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._recording: set[str] = set()  # in flight, past the deliverer: not cancelled
+        # Attempts that ended while stopping: queue id -> the message left the queue
+        # (every recipient has an outcome), for the stop's log (`_finish_inflight`).
+        self._ended_in_stop: dict[str, bool] = {}
         self._suspect: set[str] = set()  # ids that may have been delivered unrecorded
         # Ids whose state file did not parse and was moved aside (`_load`, maybe in
         # the batch thread): their next attempt is flagged maybe_delivered too.
@@ -428,18 +431,41 @@ class DeliveryWorker:
         )
         if not pending:
             return
-        cut = [qid for qid, task in self._inflight.items()
-               if task in pending and qid not in self._recording]
-        for qid in cut:
-            self._inflight[qid].cancel()
-        if cut:
-            log.warning("queue: stopping: cancelled %d deliveries in progress (%s); "
-                        "they stay queued", len(cut), ", ".join(cut))
+        cut = {qid: task for qid, task in self._inflight.items()
+               if task in pending and qid not in self._recording}
+        for task in cut.values():
+            task.cancel()
         # Cancelled attempts leave the spool as it was before them: retried later.
         _, stuck = await asyncio.wait(pending, timeout=_CANCEL_SETTLE)
+        if cut:
+            self._log_cut(cut)
         if stuck:
             log.error("queue: stopping without %d deliveries that did not end: %s", len(stuck),
                       ", ".join(t.get_name() for t in stuck))
+
+    def _log_cut(self, cut: Mapping[str, asyncio.Task[None]]) -> None:
+        """What the stop did to each delivery it cancelled. Most end cancelled, and
+        their messages stay queued as they were; a relay that the next hop had
+        already answered for some recipients keeps those outcomes (the deliverer
+        ends the cancellation, see relay.py ``_cut_short``), and they are recorded:
+        saying "they stay queued" of those would send an operator looking for a
+        message that was delivered, or bounced."""
+        kept = [qid for qid, t in cut.items() if t.done() and t.cancelled()]
+        gone = [qid for qid in cut if self._ended_in_stop.get(qid) is True]
+        partly = [qid for qid in cut if self._ended_in_stop.get(qid) is False]
+        said = []
+        if kept:
+            said.append(f"{', '.join(kept)} stay{'s' if len(kept) == 1 else ''} queued "
+                        "as before")
+        if partly:
+            said.append(f"{', '.join(partly)}: the outcomes the next hop gave are "
+                        "recorded, the other recipients stay queued")
+        if gone:
+            said.append(f"{', '.join(gone)}: every recipient has an outcome (recorded), "
+                        "nothing left queued")
+        n = len(cut)
+        log.warning("queue: stopping: cancelled %d deliver%s in progress; %s",
+                    n, "y" if n == 1 else "ies", "; ".join(said) or "none has ended yet")
 
     # --- one attempt ------------------------------------------------------------
 
@@ -457,6 +483,8 @@ class DeliveryWorker:
             del self._inflight[qid]
             self._recording.discard(qid)
             self._wakeup.set()
+        if self._stopping:
+            self._ended_in_stop[qid] = retry_at is None
         self._reschedule(qid, retry_at)
 
     def _reschedule(self, qid: str, retry_at: float | None) -> None:

@@ -29,6 +29,9 @@ Decisions where the protocol leaves room (each documented in docs/integration.md
   closing the connection, not with ``FAIL ... temp``: Postfix and Exim read every
   ``FAIL`` as a permanent 535, and a lost connection as a temporary failure
   (Postfix: ``454 4.7.0``; Exim: ``435``). Postfix reconnects on its next AUTH.
+  The close ends the other requests on the connection too, but a Postfix smtpd
+  has one in flight at a time (the rest are ones its clients abandoned) and Exim
+  opens a connection per AUTH (tests/integration/test_frontdoor_postfix_temp_fail.py).
 - ``CONT`` for an unknown id gets ``FAIL id`` and the connection stays (as in
   Dovecot: the request may have been dropped to make room); a ``CONT`` for a
   request the server is still deciding, a duplicate or malformed id, an unknown

@@ -222,18 +222,44 @@ def test_sender_ownership_applies_to_the_xclient_login(stack: Stack) -> None:
 def test_wrong_password_gets_535_and_the_guards_auth_wait(stack: Stack) -> None:
     out = swaks(stack, "127.0.0.4", "PLAIN", CAROL, "wrong-password", "--quit-after", "AUTH")
     assert "535 5.7.8" in out, out + stack.nginx_log()
-    # The next failure from a fresh address, asked as nginx asks: Auth-Wait is the
-    # guard's penalty for that address's next attempt (penalty_base after one).
+    # The next failure from a fresh address, asked as nginx asks: Auth-Wait is 1 s
+    # (nginx's least for a retry); the guard's penalty is waited by smtpgate.
     answer = auth_http_request(stack, (
         b"Auth-Method: plain\r\nAuth-User: " + CAROL.encode() + b"\r\nAuth-Pass: nope\r\n"
         b"Auth-Protocol: smtp\r\nAuth-Login-Attempt: 1\r\nClient-IP: 127.0.0.5\r\n"
         b"Auth-SSL: on\r\nAuth-SSL-Protocol: TLSv1.3\r\n"))
     assert header_values(answer, b"Auth-Status") == [b"Authentication credentials invalid"]
     assert header_values(answer, b"Auth-Error-Code") == [b"535 5.7.8"]
-    assert header_values(answer, b"Auth-Wait") == [str(PENALTY_BASE).encode()]
+    assert header_values(answer, b"Auth-Wait") == [b"1"]
     failures = [r for r in stack.records() if r.get("front_door") == "auth_http"
                 and r.get("result") == "failure"]
     assert len(failures) >= 2
+
+
+def test_the_penalty_is_waited_once_not_as_auth_wait_and_again_in_smtpgate(
+    stack: Stack,
+) -> None:
+    """Auth-Wait was the guard's penalty: nginx waited it before the client's next
+    try, and smtpgate waited the same penalty again before checking that try. Now
+    Auth-Wait is 1 s and the penalty is waited once, by smtpgate."""
+
+    def ask(attempt: int) -> tuple[bytes, float]:
+        start = time.monotonic()
+        answer = auth_http_request(stack, (
+            b"Auth-Method: plain\r\nAuth-User: Waiter@Example.ORG\r\nAuth-Pass: nope\r\n"
+            b"Auth-Protocol: smtp\r\nAuth-Login-Attempt: " + str(attempt).encode() +
+            b"\r\nClient-IP: 127.0.0.21\r\nAuth-SSL: on\r\nAuth-SSL-Protocol: TLSv1.3\r\n"))
+        assert header_values(answer, b"Auth-Error-Code") == [b"535 5.7.8"], answer
+        return answer, time.monotonic() - start
+
+    first, _ = ask(1)
+    answered = time.monotonic()
+    (wait,) = header_values(first, b"Auth-Wait")
+    time.sleep(int(wait))  # what nginx does before the client's next try
+    _, took = ask(2)
+    between = time.monotonic() - answered
+    assert took >= PENALTY_BASE - 0.1, took  # the penalty, waited by smtpgate
+    assert between < 2 * PENALTY_BASE, between  # and not twice
 
 
 def test_password_in_clear_to_nginx_is_refused_unchecked(stack: Stack) -> None:

@@ -27,6 +27,8 @@ class FakeAttempt:
     answer: CredentialAnswer
     result: LoginResult
     queries: list[CredentialQuery] = field(default_factory=list)
+    #: The name the guard counted the attempt under (LoginAttempt.account).
+    account: str = ""
 
     async def resolve(self, query: CredentialQuery) -> CredentialAnswer:
         self.queries.append(query)
@@ -123,3 +125,45 @@ def test_a_refused_auth_protocol_is_logged_without_controls(
     (line,) = [r.getMessage() for r in caplog.records]
     assert "\u202e" not in line and "\x85" not in line
     assert "sm\\u202etp\\x85x" in line
+
+
+@dataclass
+class NamedGuard:
+    """A guard that refuses (the account locked) under one name only."""
+
+    locked: str
+    asked: list[str] = field(default_factory=list)
+
+    async def check(self, client_ip: str, username: str) -> Any:
+        self.asked.append(username)
+        refusal = Refusal("account", "locked") if username == self.locked else None
+        return SimpleNamespace(refusal=refusal, delay=4.0)
+
+
+@pytest.mark.parametrize("typed", ["ALICE@Example.ORG", "\uff41lice@example.org", "alice"])
+def test_auth_wait_is_read_under_the_account_the_attempt_was_counted_under(typed: str) -> None:
+    """The wrong password that locked alice, typed in full-width letters (SASLprep
+    makes them alice) or as a directory's other name for her (AD's
+    sAMAccountName): nginx must get no Auth-Wait (nothing to retry), as for
+    alice@example.org. The guard was asked under the name as typed (its own
+    look-up key folds only letter case and IDN), which is no account, and
+    Auth-Wait let the client try again. Now it is asked under the name the login
+    path counted the attempt under."""
+    bad = FakeAttempt(Verdict(ok=False, reason="wrong password"),
+                      LoginResult(AuthResult.FAILURE), account="alice@example.org")
+    d = decider(bad, [])
+    guard = NamedGuard("alice@example.org")
+    d.door.runtime.guard = guard  # type: ignore[attr-defined]
+    answer = run(d, request(user=typed))
+    assert guard.asked == ["alice@example.org"]
+    assert (answer.error_code, answer.wait) == ("535 5.7.8", None)
+
+
+def test_auth_wait_is_not_the_penalty_which_smtpgate_waits_itself() -> None:
+    """Auth-Wait was the penalty, which nginx waited and then smtpgate again before
+    the retry's check: it is 1 s now, the least that lets nginx retry."""
+    bad = FakeAttempt(Verdict(ok=False, reason="wrong password"),
+                      LoginResult(AuthResult.FAILURE), account="alice@example.org")
+    d = decider(bad, [])
+    d.door.runtime.guard = NamedGuard("someone-else@example.org")  # type: ignore[attr-defined]
+    assert run(d, request()).wait == 1

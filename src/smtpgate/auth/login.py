@@ -183,6 +183,9 @@ class LoginAttempt:
         self._owner = owner
         self.source = source
         self._alive = alive
+        #: The name the guard counts this attempt under (the account's canonical
+        #: name, ``_account``), from the first credential query on; "" before.
+        self.account = ""
         #: The guard's view, from the first query on.
         self._check: GuardCheck | None = None
         #: The refusal class the auth service noted (None: the secret decided).
@@ -218,6 +221,7 @@ class LoginAttempt:
             # second): the guard decides before any hashing happens.
             self._refusal, self._app, self._issuer, self._profile = None, None, None, None
             account, fault = await self._account(guard, getattr(query, "username", ""))
+            self.account = account
             if not self._alive():
                 return None
             await self._enter_gate(guard)

@@ -10,10 +10,15 @@ which takes the identity from nginx's ``XCLIENT LOGIN=``.
 
 What nginx is told on failure:
 
-- wrong credentials: ``535 5.7.8`` with ``Auth-Wait`` the guard's penalty for the
-  address's next attempt (at least 1 s, so nginx lets the client retry instead
-  of closing), until ``MAX_WAITED_ATTEMPTS``; then no ``Auth-Wait`` and nginx
-  ends the session;
+- wrong credentials: ``535 5.7.8`` with ``Auth-Wait: 1``, the least that makes
+  nginx let the client retry instead of closing, until ``MAX_WAITED_ATTEMPTS``
+  or while the guard would refuse the next attempt under the account's canonical
+  name; then no ``Auth-Wait`` and nginx ends the session. The guard's penalty is
+  waited once, here, before the next attempt's credentials are checked (as for
+  SMTP AUTH, inside the address's attempt gate, so parallel nginx sessions from
+  one address still queue behind it); an ``Auth-Wait`` of the penalty made the
+  client wait it twice, and nginx's wait is per session, so it cannot stand in
+  for the gated one;
 - the guard's refusal or a backend fault: the 454 SMTP AUTH would give, without
   ``Auth-Wait`` (nginx closes the session: a blocked client has nothing to retry);
 - a password (``plain``: AUTH PLAIN or LOGIN) from a client nginx does not
@@ -28,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import math
 import os
 from collections.abc import Callable
 from typing import cast
@@ -64,6 +68,11 @@ _REFUSAL_REPLIES = {
     THROTTLE: R.AUTH_THROTTLED,
 }
 _ids = itertools.count(1)
+
+#: Seconds of ``Auth-Wait`` after wrong credentials: nginx closes the session on
+#: 0 or none, so 1 is the least that lets the client try again. The guard's
+#: penalty is not added: smtpgate waits it before checking the next attempt.
+AUTH_WAIT = 1
 
 
 def _error(reply: R.Reply, wait: int | None = None) -> AuthHttpAnswer:
@@ -153,21 +162,26 @@ class AuthHttpDecider:
             return _error(_REFUSAL_REPLIES.get(result.refusal.kind, R.AUTH_BLOCKED))
         if result.result is not AuthResult.FAILURE:
             return _error(R.AUTH_TEMPFAIL)
-        return _error(R.AUTH_FAILED, await self._wait(req))
+        return _error(R.AUTH_FAILED, await self._wait(req, attempt.account))
 
-    async def _wait(self, req: AuthHttpRequest) -> int | None:
-        """Auth-Wait after a failure: the penalty the guard will give this address's
-        next attempt (read-only ``check``), at least 1 s; None once the client has
-        had ``MAX_WAITED_ATTEMPTS`` (nginx then ends the session)."""
+    async def _wait(self, req: AuthHttpRequest, account: str) -> int | None:
+        """Auth-Wait after a failure: ``AUTH_WAIT``; None once the client has had
+        ``MAX_WAITED_ATTEMPTS``, or when the guard would refuse its next attempt
+        (read-only ``check``): nginx then ends the session, nothing to retry.
+
+        ``account``: the name the login path counted the attempt under (the
+        account's canonical name: letter case, IDN and SASLprep spellings and a
+        directory's other names are one), so it is that account's lockout and
+        throttle that are read; the name as typed when no look-up named one."""
         if req.attempt >= MAX_WAITED_ATTEMPTS:
             return None
         guard = self.door.runtime.guard
         if guard is None:
-            return 1
-        check = await guard.check(req.client_ip, req.user)
+            return AUTH_WAIT
+        check = await guard.check(req.client_ip, account or req.user)
         if check.refusal is not None:
             return None
-        return max(1, math.ceil(check.delay))
+        return AUTH_WAIT
 
 
 class AuthHttpProtocol(asyncio.Protocol):

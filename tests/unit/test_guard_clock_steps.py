@@ -94,3 +94,37 @@ def test_a_key_set_fetched_before_a_step_back_is_fetched_again() -> None:
     assert v.verify(mint(claims(iat=int(clock.now) - 10, nbf=int(clock.now) - 10,
                                 exp=int(clock.now) + 300))).ok
     assert len(fetch.calls) == 2
+
+
+# --- the in-memory fallback (guard_memory.py) -------------------------------------------
+
+
+@pytest.mark.parametrize("step", [DAY, -DAY], ids=["forward", "back"])
+async def test_the_in_memory_lockout_ignores_steps_of_the_wall_clock(
+    tmp_path: Path, step: float,
+) -> None:
+    """While the guard database does not answer, failures are counted in memory.
+    Those windows used the wall clock: a step forward of a day lifted the lockout at
+    once, a step back made it last a day longer. They follow the monotonic clock
+    now; the known addresses stay in wall-clock time (they come from the state)."""
+    from .test_guard_unavailable import HOME, StuckGuardStore, _known_from_home, cfg, state
+
+    wall, mono = Clock(), Clock()
+    store = StuckGuardStore(tmp_path / "guard.sqlite")
+    c = cfg()
+    g = Guard(store, c, state(), reads_on_loop=False, clock=wall, monotonic=mono)
+    try:
+        await _known_from_home(g)
+        store.gate.clear()
+        for _ in range(c.known_lockout_threshold):
+            await g.failure(await g.check(HOME, ALICE), counts_account=True)
+            mono.now += 1
+            wall.now += 1
+        assert "too many failed logins" in (await g.check(HOME, ALICE)).unavailable
+        wall.now += step
+        assert "too many failed logins" in (await g.check(HOME, ALICE)).unavailable
+        mono.now += c.lockout_window
+        assert not (await g.check(HOME, ALICE)).unavailable  # over on time
+    finally:
+        store.gate.set()
+        await g.close()

@@ -360,6 +360,7 @@ class Guard:
     def __init__(
         self, store: GuardState, cfg: GuardConfig, state: StateConfig | None = None, *,
         clock: Callable[[], float] = time.time, reads_on_loop: bool = True,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
         self._cfg = cfg
@@ -372,7 +373,8 @@ class Guard:
             degraded=_degraded_text(self._state), log=log,
             loop_reads=loop_reads_for(store, "guard database") if reads_on_loop else None,
         )
-        self._memory = GuardMemory()
+        # Its failure windows on the monotonic clock (guard_memory.py, "Clocks").
+        self._memory = GuardMemory(clock=monotonic)
         #: Background write probes (``_probe_writes``), kept until done.
         self._probes: set[asyncio.Task[None]] = set()
         # The first prune a minute after start, not with the first failure: the
@@ -517,9 +519,9 @@ class Guard:
             # Not written: counted here, for the episode's penalty and lockout.
             self.stats.faults += 1
             c = self._cfg
-            self._memory.penalise(f.address, now, c.penalty_window)
+            self._memory.penalise(f.address, c.penalty_window)
             if counts_account:
-                self._memory.failed(f.account, now, c.lockout_window)
+                self._memory.failed(f.account, c.lockout_window)
             return []
         for b in started:
             self.stats.blocks_started += 1
@@ -643,14 +645,14 @@ class Guard:
             why = "guard database unavailable: every login refused meanwhile"
         elif self._state.on_unavailable == "known" and not known:
             why = "guard database unavailable: only addresses known to the account log in meanwhile"
-        elif mem.account_failures(account, now, c.lockout_window) >= c.known_lockout_threshold:
+        elif mem.account_failures(account, c.lockout_window) >= c.known_lockout_threshold:
             why = "guard database unavailable: too many failed logins for the account meanwhile"
         if why:
             # A refusal costs a penalty that grows with each one, so that a client
             # retrying at once meets longer and longer waits.
-            failures = recorded + mem.penalise(keys.address, now, c.penalty_window)
+            failures = recorded + mem.penalise(keys.address, c.penalty_window)
         else:
-            failures = recorded + mem.penalty(keys.address, now, c.penalty_window)
+            failures = recorded + mem.penalty(keys.address, c.penalty_window)
         delay = penalty_delay(failures, c.penalty_base, c.penalty_max)
         return GuardCheck(keys, account, known=known, delay=delay, penalty_failures=failures,
                           known_since=since, unavailable=why)

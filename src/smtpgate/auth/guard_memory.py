@@ -10,11 +10,19 @@ only while it does not. It is per process and starts empty, so a worker started
 during an episode knows no address yet. Each table is bounded
 (``MEMORY_ENTRIES``, the least recently touched entry goes first) so that a
 flood of names or addresses cannot grow it.
+
+Clocks: the failures counted here live for one episode in one process, so their
+windows (penalty, lockout) are measured on the monotonic clock: a step of the
+wall clock (NTP, a VM resumed) neither lifts an in-memory lockout nor makes it
+last longer. The known addresses are wall-clock times, as the state keeps them
+(shared by every worker, kept across restarts), and are compared as such.
 """
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 K = TypeVar("K")
@@ -50,15 +58,19 @@ class _Bounded(Generic[K, V]):
 class GuardMemory:
     """Known addresses, and failures counted while the state is unavailable.
 
-    Times are Unix seconds from the guard's clock. Not thread-safe: the guard uses
-    it from its event loop only.
+    Known-address times are Unix seconds from the guard's clock; the failure
+    windows use ``clock``, a monotonic one (module docstring). Not thread-safe:
+    the guard uses it from its event loop only.
     """
 
-    def __init__(self, limit: int = MEMORY_ENTRIES) -> None:
+    def __init__(
+        self, limit: int = MEMORY_ENTRIES, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._clock = clock
         self._known: _Bounded[tuple[str, str], float] = _Bounded(limit)
-        #: address -> (failures, last), restarting after the penalty window.
+        #: address -> (failures, last, monotonic), restarting after the penalty window.
         self._penalty: _Bounded[str, tuple[int, float]] = _Bounded(limit)
-        #: account -> (failures, first), restarting after the lockout window.
+        #: account -> (failures, first, monotonic), restarting after the lockout window.
         self._accounts: _Bounded[str, tuple[int, float]] = _Bounded(limit)
 
     def saw_known(self, account: str, address: str, when: float) -> None:
@@ -71,25 +83,26 @@ class GuardMemory:
     def known_since(self, account: str, address: str) -> float | None:
         return self._known.get((account, address)) if account else None
 
-    def penalty(self, address: str, now: float, window: float) -> int:
+    def penalty(self, address: str, window: float) -> int:
         """Recent failures (and refusals) from the address, for the penalty."""
         entry = self._penalty.get(address)
-        return entry[0] if entry is not None and entry[1] > now - window else 0
+        return entry[0] if entry is not None and entry[1] > self._clock() - window else 0
 
-    def account_failures(self, account: str, now: float, window: float) -> int:
+    def account_failures(self, account: str, window: float) -> int:
         entry = self._accounts.get(account) if account else None
-        return entry[0] if entry is not None and entry[1] > now - window else 0
+        return entry[0] if entry is not None and entry[1] > self._clock() - window else 0
 
-    def penalise(self, address: str, now: float, window: float) -> int:
+    def penalise(self, address: str, window: float) -> int:
         """One more failed or refused attempt from the address; its new count."""
-        n = self.penalty(address, now, window) + 1
-        self._penalty.set(address, (n, now))
+        n = self.penalty(address, window) + 1
+        self._penalty.set(address, (n, self._clock()))
         return n
 
-    def failed(self, account: str, now: float, window: float) -> None:
+    def failed(self, account: str, window: float) -> None:
         """One more wrong secret for the account (lockout counting)."""
         if not account:
             return
+        now = self._clock()
         entry = self._accounts.get(account)
         if entry is None or entry[1] <= now - window:
             entry = (0, now)

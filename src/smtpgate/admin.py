@@ -168,6 +168,16 @@ class RecipientRate:
 
 RateChange = MessageRate | RecipientRate
 
+#: The highest rate stored: the databases' integer column (PostgreSQL ``integer``;
+#: SQLite refuses a Python int past 64 bits with OverflowError, a 500 in the web
+#: admin). Far beyond any real limit; 0 is the way to say unlimited.
+MAX_RATE = 2**31 - 1
+
+
+def _check_rate(per_hour: int | None) -> None:
+    if per_hour is not None and not 0 <= per_hour <= MAX_RATE:
+        raise ValueError(f"a rate is 0 (unlimited) to {MAX_RATE} per hour")
+
 
 @dataclass(frozen=True, slots=True)
 class Rotation:
@@ -624,8 +634,7 @@ class AccountAdmin:
     def change_limits(self, name: str, changes: Sequence[RateChange]) -> Account:
         """Apply ``changes`` together. Raises: NoSuchAccount, ValueError (negative)."""
         for c in changes:
-            if c.per_hour is not None and c.per_hour < 0:
-                raise ValueError("a rate is 0 (unlimited) or more")
+            _check_rate(c.per_hour)
         with self._tx() as w:
             if w.get_account(name) is None:
                 raise NoSuchAccount(f"no account {name}")
@@ -700,6 +709,8 @@ class AccountAdmin:
         app_name = app_name.strip()
         if not app_name or len(app_name) > 64 or any(not ch.isprintable() for ch in app_name):
             raise ValueError("an app password name is 1-64 printable characters")
+        _check_rate(max_messages_per_hour)
+        _check_rate(max_recipients_per_hour)
         nets = None if networks is None else _networks(networks)
         mechs = None
         if mechanisms is not None:

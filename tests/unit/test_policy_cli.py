@@ -147,6 +147,11 @@ def test_user_remove_lifts_the_guards_lockout_so_a_new_account_starts_clean(
 def test_user_show_and_limits(config: Path) -> None:
     assert run(config, "user", "limits", ALICE, "--messages-per-hour", "7").exit_code == 0
     assert run(config, "user", "limits", ALICE, "--messages-per-hour", "lots").exit_code == 2
+    # A superscript two passed isdigit() and failed int() (a traceback); a number past
+    # the databases' integer raised SQLite's OverflowError.
+    assert run(config, "user", "limits", ALICE, "--messages-per-hour", "²").exit_code == 2
+    huge = run(config, "user", "limits", ALICE, "--messages-per-hour", "9" * 25)
+    assert huge.exit_code == 2 and "2147483647" in huge.output
     assert run(config, "user", "max-age", ALICE, "90d").exit_code == 0
     assert run(config, "user", "access", ALICE, "--listener", "nope").exit_code == 2
     shown = json.loads(run(config, "user", "show", ALICE, "--json").output)

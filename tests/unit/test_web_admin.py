@@ -533,3 +533,36 @@ def test_messages_of_sessions_that_never_came_back_are_bounded() -> None:
         assert site_mod.session_flash(last) == [("ok", "done"), ("ok", "again")]
     finally:
         site_mod._FLASH.clear()
+
+
+@pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
+async def test_a_rate_out_of_range_or_not_ascii_digits_is_a_400_not_a_500(
+        tmp_path: Path) -> None:
+    """Before: a limit of 99999999999999999999999 messages/hour got 500 (SQLite's
+    OverflowError), "٣" (an Arabic-Indic three, which int() reads) was stored as 3,
+    and "abc" flashed Python's "invalid literal for int() with base 10". Found
+    posting the account page's limits form by hand."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    site, cookie, csrf = await _logged_in_site(tmp_path)
+    try:
+        site.service("-", "test").add_account("a@x.org", "a long passphrase 4 tests")
+        async with TestClient(TestServer(site.app())) as client:
+            for value in ("99999999999999999999999", "2147483648", "٣", "²", "abc", "-1",
+                          "1e3"):
+                resp = await client.post("/accounts/a@x.org/limits",
+                                         data={"csrf": csrf, "messages": value},
+                                         headers={"Cookie": cookie})
+                page = await resp.text()
+                assert resp.status == 400, (value, resp.status)
+                assert 'class="flash error"' in page and "per hour" in page, value
+                assert "invalid literal" not in page, value
+            ok = await client.post("/accounts/a@x.org/limits",
+                                   data={"csrf": csrf, "messages": "2147483647",
+                                         "recipients": " 7 "},
+                                   headers={"Cookie": cookie}, allow_redirects=False)
+            assert ok.status == 303
+        a = site.service("-", "test").require_account("a@x.org")
+        assert (a.max_messages_per_hour, a.max_recipients_per_hour) == (2147483647, 7)
+    finally:
+        await site.close()

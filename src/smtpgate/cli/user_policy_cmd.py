@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from smtpgate.admin import (
+    MAX_RATE,
     AccessChange,
     AnyListener,
     AnyNetwork,
@@ -195,8 +196,10 @@ def _access_text(a: Account) -> str:
 def _rate(value: str, hint: str) -> int | None:
     if value == "default":
         return None
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()):  # int() also reads "٣"; "²" fails it
         raise click.BadParameter("a number (0 = unlimited) or 'default'", param_hint=hint)
+    if int(value) > MAX_RATE:
+        raise click.BadParameter(f"at most {MAX_RATE} (0 = unlimited)", param_hint=hint)
     return int(value)
 
 

@@ -469,9 +469,15 @@ class AdminSite:
             v = form.get(key, "")
             return v.strip() if isinstance(v, str) else ""
 
-        def rate(key: str) -> int | None:
+        def rate(key: str, what: str) -> int | None:
+            # ASCII digits only: int() also reads "٣" and " 3_0 ".
             v = field(key)
-            return None if v == "" else int(v)
+            if v == "":
+                return None
+            if not (v.isascii() and v.isdigit()):
+                raise ValueError(f"{what} per hour: a whole number (0: unlimited), "
+                                 "or empty for the default")
+            return int(v)
 
         ops: dict[str, Callable[[AccountAdmin], object]] = {
             "lock": lambda s: s.lock(name, field("reason") or "locked in the web admin"),
@@ -486,7 +492,8 @@ class AdminSite:
             "mechanisms": lambda s: s.set_allowed_mechanisms(
                 name, field("mechanisms").replace(",", " ").split() or None),
             "limits": lambda s: s.change_limits(
-                name, [MessageRate(rate("messages")), RecipientRate(rate("recipients"))]),
+                name, [MessageRate(rate("messages", "messages")),
+                       RecipientRate(rate("recipients", "recipients"))]),
         }
         op = ops.get(action)
         if op is None:

@@ -191,6 +191,31 @@ class Rotation:
     deadline: datetime
 
 
+#: The longest lock reason kept, in characters: a line in ``user list``, the
+#: admin log and the web admin's account page.
+MAX_LOCK_REASON = 200
+
+
+def lock_reason(reason: str) -> str:
+    """``reason`` stripped, if it is 1-``MAX_LOCK_REASON`` printable characters.
+
+    A reason is typed by one admin (in the web admin, perhaps not root) and shown
+    to the others, on their terminals by ``admin-log`` and ``user list``: an escape
+    sequence there would drive the terminal, a newline forge a line, a bidi
+    override (U+202E) reverse what follows. ``str.isprintable`` refuses every
+    control, format and separator character but the space.
+
+    Raises: AdminError.
+    """
+    text = reason.strip()
+    if not text or len(text) > MAX_LOCK_REASON or not text.isprintable():
+        raise AdminError(
+            f"a lock reason is 1-{MAX_LOCK_REASON} printable characters "
+            "(no control characters, line breaks or bidi overrides)",
+            "write the reason on one plain line")
+    return text
+
+
 #: A web admin's name: lower-case letters, digits and ``._@-``, 1-64 characters.
 _WEB_ADMIN_NAME = re.compile(r"[a-z0-9][a-z0-9._@-]{0,63}")
 
@@ -522,9 +547,13 @@ class AccountAdmin:
                     w.record("guard lockout lifted", key, {"blocks": n})
 
     def lock(self, name: str, reason: str) -> None:
-        """Refuse every login of the account, from its next attempt on."""
+        """Refuse every login of the account, from its next attempt on.
+
+        Raises: NoSuchAccount, AdminError (a reason of no or too many characters, or
+        one that is not printable).
+        """
         with self._tx() as w:
-            w.lock(name, reason)
+            w.lock(name, lock_reason(reason))
 
     def unlock(self, name: str) -> bool:
         """Lift the administrative lock and the guard's lockouts and throttle of the

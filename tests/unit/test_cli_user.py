@@ -138,6 +138,10 @@ def test_lock_unlock_and_list(config: Path) -> None:
     assert "unlocked" in run(config, "unlock", "a@example.org").output
     assert "was not locked" in run(config, "unlock", "a@example.org").output
     assert run(config, "lock", "nobody@example.org").exit_code == 3
+    # An escape sequence in the reason would reach the terminal of `user list`.
+    r = run(config, "lock", "b@example.org", "--reason", "\x1b[2Jgone")
+    assert r.exit_code == 1 and "printable" in r.stderr
+    assert "\x1b" not in run(config, "list").output
 
 
 def test_list_empty(config: Path) -> None:

@@ -566,3 +566,32 @@ async def test_a_rate_out_of_range_or_not_ascii_digits_is_a_400_not_a_500(
         assert (a.max_messages_per_hour, a.max_recipients_per_hour) == (2147483647, 7)
     finally:
         await site.close()
+
+
+@pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
+async def test_a_lock_reason_with_control_or_bidi_characters_is_refused(tmp_path: Path) -> None:
+    """Before: the lock reason was stored as typed, any length: an admin (or a script
+    with a session) could lock with "\\x1b[2J..." and the escape reached the terminal
+    of whoever ran ``smtpgate admin-log`` or ``user list``; a U+202E reversed the
+    rest of the admin log's line; a newline split it. Found locking an account in
+    the web admin with a hostile reason."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    site, cookie, csrf = await _logged_in_site(tmp_path)
+    try:
+        site.service("-", "test").add_account("a@x.org", "a long passphrase 4 tests")
+        async with TestClient(TestServer(site.app())) as client:
+            for reason in ("x\x1b[31mred", "line1\nline2", "evil\u202etxt.exe", "r" * 201):
+                resp = await client.post("/accounts/a@x.org/lock",
+                                         data={"csrf": csrf, "reason": reason},
+                                         headers={"Cookie": cookie})
+                assert resp.status == 400, repr(reason)
+                assert 'class="flash error"' in await resp.text()
+            assert not site.service("-", "test").require_account("a@x.org").locked
+            ok = await client.post("/accounts/a@x.org/lock",
+                                   data={"csrf": csrf, "reason": "phished: see ticket #42 ü"},
+                                   headers={"Cookie": cookie}, allow_redirects=False)
+            assert ok.status == 303
+        assert site.service("-", "test").require_account("a@x.org").locked
+    finally:
+        await site.close()

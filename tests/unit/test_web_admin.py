@@ -135,7 +135,7 @@ def test_offenders_sprays_and_legacy_users() -> None:
                                            v6_prefix=48)
     assert ips[0] == ("192.0.2.7", 3)
     assert nets == [("192.0.2.0/24", 4), ("2001:db8::/48", 1)]
-    sprays = authlog_view.spraying(attempts, NOW - timedelta(hours=1))
+    sprays = authlog_view.spraying(attempts, NOW - timedelta(hours=1), 3)
     assert [(s.address, s.accounts) for s in sprays] == [("192.0.2.7", 3)]
     legacy = authlog_view.legacy_users(attempts, NOW - timedelta(hours=1))
     assert legacy == [("clear@x.org", "PLAIN without TLS via dovecot", 1),
@@ -595,3 +595,39 @@ async def test_a_lock_reason_with_control_or_bidi_characters_is_refused(tmp_path
         assert site.service("-", "test").require_account("a@x.org").locked
     finally:
         await site.close()
+
+
+@pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
+async def test_the_overviews_spraying_episodes_are_the_reports(tmp_path: Path) -> None:
+    """Before: the overview called an address that failed against three accounts a
+    spraying episode, ``smtpgate report`` only one that failed against
+    ``[guard].spray_accounts`` (10): an admin saw "spraying" on one and none on the
+    other for the same log. Found comparing the two after five failed logins."""
+    import re
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from smtpgate.config import AuthConfig, GuardConfig
+    from smtpgate.policy.report import Thresholds, build_report
+
+    log = tmp_path / "auth.log"
+    now = datetime.now(UTC)
+    records = [{"time": (now - timedelta(minutes=30 - i)).isoformat(), "listener": "s",
+                "client_ip": ip, "tls": "TLSv1.3", "mechanism": "PLAIN",
+                "username": f"u{i}@x.org", "result": "failure", "reason": "unknown user"}
+               for ip, n in (("192.0.2.5", 5), ("192.0.2.6", 12)) for i in range(n)]
+    log.write_text("".join(json.dumps(r) + "\n" for r in records))
+    guard = GuardConfig(spray_accounts=10)
+    site, cookie, _ = await _logged_in_site(tmp_path, auth=AuthConfig(log_file=str(log)),
+                                            guard=guard)
+    try:
+        async with TestClient(TestServer(site.app())) as client:
+            page = await (await client.get("/", headers={"Cookie": cookie})).text()
+        section = page.split("Spraying episodes", 1)[1].split("</section>", 1)[0]
+        shown = re.findall(r"<tr><td>([^<]+)</td><td>(\d+)</td>", section)
+    finally:
+        await site.close()
+    report = build_report(records, since=now - timedelta(hours=24),
+                          thresholds=Thresholds(guard.lockout_threshold, guard.spray_accounts))
+    assert [(s["address"], str(s["accounts"])) for s in report["episodes"]["spraying"]] \
+        == shown == [("192.0.2.6", "12")]

@@ -107,8 +107,9 @@ class Bucket:
 
 def over_time(attempts: Sequence[Attempt], now: datetime, *, hours: int,
               buckets: int = 48) -> list[Bucket]:
-    """Successes and failures (failures, refusals by the guard included) in
-    ``buckets`` equal slices of the last ``hours``."""
+    """Successes and failures in ``buckets`` equal slices of the last ``hours``
+    (a refusal by the guard is a ``tempfail`` "blocked: ...", not a failure, as
+    ``smtpgate report`` counts it)."""
     width = timedelta(hours=hours) / buckets
     start = now - width * buckets
     ok = [0] * buckets
@@ -157,7 +158,13 @@ class Spray:
     last: datetime
 
 
-def spraying(attempts: Iterable[Attempt], since: datetime, min_accounts: int = 3) -> list[Spray]:
+def spraying(attempts: Iterable[Attempt], since: datetime, min_accounts: int) -> list[Spray]:
+    """Addresses that failed against ``min_accounts`` or more names since ``since``.
+
+    As ``smtpgate report`` counts an episode (``policy/report.py``; the overview
+    passes ``[guard].spray_accounts``, as the report does): names as the clients
+    sent them, failures only (a refusal by the guard is a ``tempfail``), so both
+    show the same episodes for the same log."""
     names: dict[str, set[str]] = defaultdict(set)
     count: Counter[str] = Counter()
     first: dict[str, datetime] = {}
@@ -165,7 +172,8 @@ def spraying(attempts: Iterable[Attempt], since: datetime, min_accounts: int = 3
     for a in attempts:
         if a.result != "failure" or a.time < since:
             continue
-        names[a.client_ip].add(a.username.lower())
+        if a.username:
+            names[a.client_ip].add(a.username)
         count[a.client_ip] += 1
         first.setdefault(a.client_ip, a.time)
         last[a.client_ip] = a.time

@@ -17,7 +17,7 @@ from smtpgate.auth.store import AuditActor, SqliteAccountStore
 from smtpgate.config import AccountsConfig, AdminConfig, Config, ListenerConfig
 from smtpgate.web import authlog_view, charts
 from smtpgate.web.authlog_view import Attempt, Filter
-from smtpgate.web.sessions import Sessions
+from smtpgate.web.sessions import Sessions, credentials_of
 from smtpgate.web.site import AdminSite
 
 NOW = datetime(2026, 1, 2, 12, 0, tzinfo=UTC)
@@ -34,7 +34,7 @@ class Clock:
 def test_sessions_expire_and_unknown_ids_are_no_session() -> None:
     clock = Clock()
     s = Sessions(60, clock=clock)
-    a = s.create("root")
+    a = s.create("root", "c")
     assert s.get(a.id) is a
     assert s.get("forged") is None and s.get("") is None and s.get(None) is None
     clock.t += 61
@@ -45,7 +45,7 @@ def test_sessions_expire_and_unknown_ids_are_no_session() -> None:
 
 def test_csrf_token_is_the_sessions_own() -> None:
     s = Sessions(60)
-    a, b = s.create("root"), s.create("eve")
+    a, b = s.create("root", "c"), s.create("eve", "c")
     assert Sessions.csrf_ok(a, a.csrf)
     assert not Sessions.csrf_ok(a, b.csrf)
     assert not Sessions.csrf_ok(a, "")
@@ -241,8 +241,8 @@ async def test_logout_deletes_the_host_cookie_with_secure_under_tls(tmp_path: Pa
     site = AdminSite(cfg, tls=True, status_path=None)
     await site.open()
     try:
-        site.service("-", "test").add_web_admin("root", "admin passphrase 4 tests")
-        session = site.sessions.create("root")
+        admin, _ = site.service("-", "test").add_web_admin("root", "admin passphrase 4 tests")
+        session = site.sessions.create("root", credentials_of(admin))
         async with TestClient(TestServer(site.app())) as client:
             resp = await client.post("/logout", data={"csrf": session.csrf},
                                      headers={"Cookie": f"{site.cookie}={session.id}"},
@@ -386,8 +386,8 @@ async def _logged_in_site(tmp_path: Path, **update: object) -> tuple[AdminSite, 
         argon2_memory_kib=8192, argon2_time_cost=1), **update})
     site = AdminSite(cfg, tls=False, status_path=None)
     await site.open()
-    site.service("-", "test").add_web_admin("root", "admin passphrase 4 tests")
-    session = site.sessions.create("root")
+    admin, _ = site.service("-", "test").add_web_admin("root", "admin passphrase 4 tests")
+    session = site.sessions.create("root", credentials_of(admin))
     return site, f"{site.cookie}={session.id}", session.csrf
 
 
@@ -524,10 +524,10 @@ def test_messages_of_sessions_that_never_came_back_are_bounded() -> None:
     site_mod._FLASH.clear()
     try:
         for i in range(site_mod._FLASH_MAX + 50):
-            site_mod.flash_add(Session(f"s{i}", "root", "c", 0.0), "ok", "done")
+            site_mod.flash_add(Session(f"s{i}", "root", "c", 0.0, ""), "ok", "done")
         assert len(site_mod._FLASH) == site_mod._FLASH_MAX
         assert "s0" not in site_mod._FLASH and f"s{site_mod._FLASH_MAX + 49}" in site_mod._FLASH
-        last = Session(f"s{site_mod._FLASH_MAX + 49}", "root", "c", 0.0)
+        last = Session(f"s{site_mod._FLASH_MAX + 49}", "root", "c", 0.0, "")
         site_mod.flash_add(last, "ok", "again")  # a session's second message keeps the rest
         assert len(site_mod._FLASH) == site_mod._FLASH_MAX
         assert site_mod.session_flash(last) == [("ok", "done"), ("ok", "again")]
@@ -631,3 +631,35 @@ async def test_the_overviews_spraying_episodes_are_the_reports(tmp_path: Path) -
                           thresholds=Thresholds(guard.lockout_threshold, guard.spray_accounts))
     assert [(s["address"], str(s["accounts"])) for s in report["episodes"]["spraying"]] \
         == shown == [("192.0.2.6", "12")]
+
+
+@pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
+async def test_a_session_ends_when_its_admin_is_removed_and_added_again(tmp_path: Path) -> None:
+    """Before: a session named its admin only by name, checked at each request. An
+    admin whose password or phone was stolen is reset with ``admin remove`` and
+    ``admin add`` (no other way); a session the thief opened before, and did not use
+    between the two commands, came back to life under the new credentials. Found
+    reading sessions.py after removing and re-adding an admin."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    site, cookie, csrf = await _logged_in_site(tmp_path)
+    try:
+        service = site.service("-", "test")
+        assert service.remove_web_admin("root")
+        service.add_web_admin("root", "a new admin passphrase 4 tests")
+        async with TestClient(TestServer(site.app())) as client:
+            page = await client.get("/", headers={"Cookie": cookie}, allow_redirects=False)
+            assert page.status == 303 and page.headers["Location"] == "/login"
+            post = await client.post("/accounts/x@x.org/lock", data={"csrf": csrf},
+                                     headers={"Cookie": cookie})
+            assert post.status == 403
+        # A session opened under the new credentials is a session.
+        new = site.service("-", "t").get_web_admin("root")
+        assert new is not None
+        fresh = site.sessions.create("root", credentials_of(new))
+        async with TestClient(TestServer(site.app())) as client:
+            page = await client.get("/", headers={"Cookie": f"{site.cookie}={fresh.id}"},
+                                    allow_redirects=False)
+            assert page.status == 200
+    finally:
+        await site.close()

@@ -1,11 +1,15 @@
 """Web admin sessions: kept in the serving process, named by a random cookie.
 
 A session is a 256-bit random id (the cookie's value) mapped to the admin, its
-expiry and its CSRF token. Nothing in the cookie is trusted: a forged, expired or
+expiry, its CSRF token and a fingerprint of the credentials it logged in with
+(``credentials_of``). Nothing in the cookie is trusted: a forged, expired or
 unknown id is no session at all, and one admin's id says nothing about another's.
 Keeping them in memory means a restart logs everyone out, and removing an admin
 (``smtpgate admin remove``) ends its sessions at their next request (the admin
-is looked up on every request).
+is looked up on every request). So does giving the name new credentials: an
+admin whose password or TOTP key leaked is reset by ``admin remove`` and ``admin
+add``, and a session opened with the old ones, perhaps the thief's, must not
+survive under the new ones even if it made no request in between.
 """
 
 from __future__ import annotations
@@ -15,6 +19,9 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from hashlib import sha256
+
+from smtpgate.auth.admin_store import WebAdmin
 
 #: Sessions kept at most; the oldest go first (a bound on memory, not a limit
 #: anyone reaches by logging in properly).
@@ -27,6 +34,15 @@ class Session:
     admin: str
     csrf: str
     expires: float
+    #: ``credentials_of`` the admin at login.
+    credentials: str
+
+
+def credentials_of(admin: WebAdmin) -> str:
+    """A digest of the admin's password hash and TOTP key: another after ``admin
+    remove`` and ``admin add`` (a new salt, a new key), never the secrets themselves
+    kept a second time."""
+    return sha256(f"{admin.password_hash}\0{admin.totp_secret}".encode()).hexdigest()
 
 
 class Sessions:
@@ -36,12 +52,12 @@ class Sessions:
         self._clock = clock
         self._by_id: dict[str, Session] = {}
 
-    def create(self, admin: str) -> Session:
+    def create(self, admin: str, credentials: str) -> Session:
         if len(self._by_id) >= MAX_SESSIONS:
             oldest = min(self._by_id.values(), key=lambda s: s.expires)
             del self._by_id[oldest.id]
         s = Session(secrets.token_urlsafe(32), admin, secrets.token_urlsafe(32),
-                    self._clock() + self.lifetime)
+                    self._clock() + self.lifetime, credentials)
         self._by_id[s.id] = s
         return s
 
@@ -59,6 +75,11 @@ class Sessions:
 
     def end(self, sid: str) -> None:
         self._by_id.pop(sid, None)
+
+    @staticmethod
+    def same_credentials(session: Session, admin: WebAdmin) -> bool:
+        """The admin still has the credentials the session logged in with."""
+        return hmac.compare_digest(session.credentials, credentials_of(admin))
 
     @staticmethod
     def csrf_ok(session: Session, token: str | None) -> bool:

@@ -61,7 +61,7 @@ from smtpgate.queue.spool import Spool
 from smtpgate.tools.audit import AuditOptions, AuditReport, Target, run_audit
 from smtpgate.web import authlog_view, charts, status
 from smtpgate.web.http_socket import known_host as _known_host
-from smtpgate.web.sessions import Session, Sessions
+from smtpgate.web.sessions import Session, Sessions, credentials_of
 
 log = logging.getLogger("smtpgate.web")
 
@@ -249,8 +249,8 @@ class AdminSite:
 
     def page(self, handler: Callable[[web.Request, Session], Awaitable[web.StreamResponse]]
              ) -> Handler:
-        """A page behind the login: no session (or an admin since removed) goes to the
-        login page; a POST without this session's CSRF token is refused, 403."""
+        """A page behind the login: no session (or an admin since removed, or given
+        new credentials) goes to the login page; a POST without this session's CSRF token is refused, 403."""
 
         async def wrapped(request: web.Request) -> web.StreamResponse:
             session = self.sessions.get(request.cookies.get(self.cookie))
@@ -258,7 +258,7 @@ class AdminSite:
                 who = session.admin
                 admin = await asyncio.to_thread(
                     lambda: self.service(who, "session").get_web_admin(who))
-                if admin is None:
+                if admin is None or not self.sessions.same_credentials(session, admin):
                     self.sessions.end(session.id)
                     session = None
             if session is None:
@@ -346,7 +346,7 @@ class AdminSite:
             return self._login_form(request, "Wrong name, password or code.", status=401)
         await self.guard.success(check, _guard_key(admin.name))
         await asyncio.to_thread(service.record, "web admin login", admin.name, {"address": ip})
-        session = self.sessions.create(admin.name)
+        session = self.sessions.create(admin.name, credentials_of(admin))
         log.info("web admin: %s logged in from %s", admin.name, ip)
         resp = web.HTTPSeeOther("/")
         resp.set_cookie(self.cookie, session.id, httponly=True, samesite="Strict",

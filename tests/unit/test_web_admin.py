@@ -663,3 +663,40 @@ async def test_a_session_ends_when_its_admin_is_removed_and_added_again(tmp_path
             assert page.status == 200
     finally:
         await site.close()
+
+
+@pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
+async def test_a_login_name_that_no_admin_can_have_puts_nothing_in_the_guards_keys(
+        tmp_path: Path) -> None:
+    """Before: failures were counted under ``admin:`` + the name as typed, so anyone
+    who could reach the login page put an escape sequence or a U+202E into the
+    guard's lockout keys, which ``smtpgate report``, ``status``, ``guard list`` and
+    the Guard page show: ``admin:^[[31mevil`` drove root's terminal. Found posting
+    a hostile name ten times and running ``smtpgate report``. A name that is not
+    an admin name (``[a-z0-9][a-z0-9._@-]{0,63}``) counts against the address
+    only; a well-formed unknown name is still counted as a real one is."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from smtpgate.config import AccountsConfig, GuardConfig
+
+    cfg = _cfg(tmp_path).model_copy(update={
+        "accounts": AccountsConfig(argon2_memory_kib=8192, argon2_time_cost=1),
+        "guard": GuardConfig(address_failure_limit=1000, lockout_threshold=2,
+                             penalty_base=0.01, penalty_max=0.02)})
+    site = AdminSite(cfg, tls=False, status_path=None)
+    await site.open()
+    try:
+        async with TestClient(TestServer(site.app())) as client:
+            for name in ("\x1b[31mevil", "evil\u202etxt", "a b", "nobody"):
+                for i in range(2):
+                    client.session.cookie_jar.clear()  # the form's own cookie only
+                    resp = await client.post(
+                        "/login", data={"login_token": "t" * 16, "name": name,
+                                        "password": f"guess {i}", "code": "123456"},
+                        headers={"Cookie": "smtpgate_login=" + "t" * 16},
+                        allow_redirects=False)
+                    assert resp.status == 401, (name, i)
+        keys = {b.key for b in site.service("-", "t").guard_blocks() if b.kind != "address"}
+        assert keys == {"admin:nobody"}, keys
+    finally:
+        await site.close()

@@ -46,6 +46,7 @@ from smtpgate.admin import (
     RecipientRate,
     admin_on,
     totp_uri,
+    web_admin_name,
 )
 from smtpgate.auth.accounts import open_account_store
 from smtpgate.auth.admin_store import AccountStore, AuditActor, NoSuchAccount, WebAdmin
@@ -80,8 +81,17 @@ _NOTHING_DONE = {"revoke": "no app password of that name",
 
 
 def _guard_key(name: str) -> str:
-    """The guard's account key of an admin: never a mail account's name."""
-    return f"admin:{name}"
+    """The guard's account key of an admin: never a mail account's name.
+
+    "" (the failure counts against the address only) for a name no admin can
+    have: the key is shown by ``smtpgate report``, ``status``, ``guard list`` and
+    the Guard page, and a name as typed by anyone who reaches the login page
+    would put escape sequences and bidi overrides there. Which names are
+    well-formed is no secret, so this tells nothing of which admins exist."""
+    try:
+        return f"admin:{web_admin_name(name)}"
+    except ValueError:
+        return ""
 
 
 class AdminSite:
@@ -320,7 +330,8 @@ class AdminSite:
 
     async def _login(self, request: web.Request, name: str, password: str, code: str,
                      ip: str) -> web.StreamResponse:
-        check = await self.guard.check(ip, _guard_key(name))
+        guard_key = _guard_key(name)
+        check = await self.guard.check(ip, guard_key)
         if check.refusal is not None:
             log.warning("web admin: login of %r from %s refused by the guard: %s",
                         name, ip, check.refusal.reason)
@@ -341,7 +352,7 @@ class AdminSite:
         if admin is None or not ok:
             # Counted for a name of no admin too: a lockout only real names got
             # would tell which names exist (the SMTP path counts unknown names alike).
-            await self.guard.failure(check, counts_account=True)
+            await self.guard.failure(check, counts_account=bool(guard_key))
             log.warning("web admin: failed login as %r from %s", name, ip)
             return self._login_form(request, "Wrong name, password or code.", status=401)
         await self.guard.success(check, _guard_key(admin.name))

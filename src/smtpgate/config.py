@@ -1580,6 +1580,26 @@ class AdminConfig(HttpListener):
         description="Seconds a web admin login lasts (then the admin logs in again). "
         "Sessions are kept in the serving process: a restart ends them all.",
     )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Networks (CIDR) of reverse proxies in front of the web admin, e.g. "
+        "['127.0.0.1/32']. From them, X-Forwarded-For names the client (its rightmost "
+        "address outside these networks: what the guard counts logins under) and "
+        "X-Forwarded-Proto: https makes the session cookie Secure; from anyone else both "
+        "headers are ignored. Empty: the connection's address is the client.",
+    )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxy_networks(cls, v: list[str]) -> list[str]:
+        import ipaddress
+
+        for net in v:
+            try:
+                ipaddress.ip_network(net.strip(), strict=False)
+            except ValueError as e:
+                raise ValueError(f"{net!r} is not a network: {e}") from None
+        return [net.strip() for net in v]
 
     @property
     def url(self) -> str:

@@ -700,3 +700,52 @@ async def test_a_login_name_that_no_admin_can_have_puts_nothing_in_the_guards_ke
         assert keys == {"admin:nobody"}, keys
     finally:
         await site.close()
+
+
+@pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
+@pytest.mark.parametrize("trusted", [[], ["127.0.0.0/8", "::1/128"]])
+async def test_behind_a_trusted_proxy_the_guard_counts_the_browsers_address(
+        tmp_path: Path, trusted: list[str]) -> None:
+    """Before: behind a reverse proxy on the same host (the documented way to give
+    the admin a public name), every login came from 127.0.0.1: a stranger's guesses
+    blocked 127.0.0.1, so local programs lost SMTP submission too, one admin's
+    login from the proxy made every address "known" to the guard, and the session
+    cookie lacked Secure though the browser spoke HTTPS. ``[admin] trusted_proxies``
+    names the proxies whose X-Forwarded-For and X-Forwarded-Proto are believed;
+    nobody else's are."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from smtpgate.config import AccountsConfig, GuardConfig
+
+    cfg = _cfg(tmp_path).model_copy(update={
+        "accounts": AccountsConfig(argon2_memory_kib=8192, argon2_time_cost=1),
+        "admin": AdminConfig(listen="127.0.0.1:9480", trusted_proxies=trusted),
+        "guard": GuardConfig(address_failure_limit=1, penalty_base=0.01, penalty_max=0.02)})
+    site = AdminSite(cfg, tls=False, status_path=None, clock=lambda: 1_700_000_000.0)
+    await site.open()
+    try:
+        _, secret = site.service("-", "t").add_web_admin("root", "admin passphrase 4 tests")
+        proxied = {"X-Forwarded-For": "203.0.113.9, 198.51.100.7",
+                   "X-Forwarded-Proto": "https", "Cookie": "smtpgate_login=" + "t" * 16}
+        async with TestClient(TestServer(site.app())) as client:
+            client.session.cookie_jar.clear()
+            resp = await client.post("/login", data={
+                "login_token": "t" * 16, "name": "eve", "password": "guess", "code": "1"},
+                headers=proxied, allow_redirects=False)
+            assert resp.status == 401
+            blocked = {b.key for b in site.service("-", "t").guard_blocks()
+                       if b.kind == "address"}
+            # The rightmost address the trusted proxy saw, not one the client wrote.
+            assert blocked == ({"198.51.100.7"} if trusted else {"127.0.0.1"}), blocked
+            site.service("-", "t").unblock(next(iter(blocked)))
+            client.session.cookie_jar.clear()
+            resp = await client.post("/login", data={
+                "login_token": "t" * 16, "name": "root", "password": "admin passphrase 4 tests",
+                "code": pyotp.TOTP(secret).at(1_700_000_000)},
+                headers=proxied, allow_redirects=False)
+            assert resp.status == 303
+            cookie = next(c for c in resp.headers.getall("Set-Cookie")
+                          if c.startswith("smtpgate_admin="))
+            assert ("Secure" in cookie) == bool(trusted), cookie
+    finally:
+        await site.close()

@@ -62,6 +62,7 @@ from smtpgate.queue.spool import Spool
 from smtpgate.tools.audit import AuditOptions, AuditReport, Target, run_audit
 from smtpgate.web import authlog_view, charts, status
 from smtpgate.web.http_socket import known_host as _known_host
+from smtpgate.web.proxy import Client, client_of, trusted_networks
 from smtpgate.web.sessions import Session, Sessions, credentials_of
 
 log = logging.getLogger("smtpgate.web")
@@ -104,6 +105,7 @@ class AdminSite:
         self.status_path = status_path
         self.clock = clock
         self.sessions = Sessions(cfg.admin.session_lifetime, clock=clock)
+        self._proxies = trusted_networks(cfg.admin.trusted_proxies)
         self.cookie = "__Host-smtpgate_admin" if tls else "smtpgate_admin"
         self.templates = jinja2.Environment(
             loader=jinja2.PackageLoader("smtpgate.web", "templates"),
@@ -148,6 +150,7 @@ class AdminSite:
         self.tls = tls
         self.cookie = "__Host-smtpgate_admin" if tls else "smtpgate_admin"
         self.sessions.lifetime = cfg.admin.session_lifetime
+        self._proxies = trusted_networks(cfg.admin.trusted_proxies)
         if self._guard is not None:
             self._guard.reconfigure(cfg.guard, cfg.state)
         if old.accounts == cfg.accounts:
@@ -199,6 +202,16 @@ class AdminSite:
     async def call(self, admin: str, action: str, fn: Callable[[AccountAdmin], T]) -> T:
         """``fn(service)`` in a thread (Argon2 and SQL block)."""
         return await asyncio.to_thread(fn, self.service(admin, action))
+
+    def client(self, request: web.Request) -> Client:
+        """The client's address and whether it spoke HTTPS to a trusted proxy
+        (``web/proxy.py``)."""
+        return client_of(request, self._proxies)
+
+    def secure(self, request: web.Request) -> bool:
+        """Whether cookies get ``Secure``: this listener speaks TLS, or a trusted
+        proxy says the browser did."""
+        return self.tls or self.client(request).https_via_proxy
 
     # --- application -----------------------------------------------------------------
 
@@ -281,7 +294,8 @@ class AdminSite:
                 token = form.get("csrf")
                 if not self.sessions.csrf_ok(session, token if isinstance(token, str) else None):
                     log.warning("web admin: POST %s without a valid CSRF token (admin %s, "
-                                "from %s): refused", request.path, session.admin, request.remote)
+                                "from %s): refused", request.path, session.admin,
+                                self.client(request).address)
                     raise web.HTTPForbidden(text="invalid or missing CSRF token")
                 request["form"] = form
             return await handler(request, session)
@@ -296,7 +310,7 @@ class AdminSite:
         resp = self.render(request, "login.html", None, code=status, login_token=token,
                            error=error)
         resp.set_cookie(_LOGIN_COOKIE, token, httponly=True, samesite="Strict",
-                        secure=self.tls, path="/login", max_age=3600)
+                        secure=self.secure(request), path="/login", max_age=3600)
         return resp
 
     async def login_page(self, request: web.Request) -> web.StreamResponse:
@@ -314,7 +328,7 @@ class AdminSite:
         name = str(form.get("name", "")).strip().lower()[:64]
         password = str(form.get("password", ""))
         code = str(form.get("code", "")).strip()
-        ip = request.remote or ""
+        ip = self.client(request).address
         # One attempt per address at a time: concurrent ones would all pass the
         # guard's check before any failure is counted (40 guesses, limit 6).
         key = self.guard.keys(ip).address
@@ -361,7 +375,7 @@ class AdminSite:
         log.info("web admin: %s logged in from %s", admin.name, ip)
         resp = web.HTTPSeeOther("/")
         resp.set_cookie(self.cookie, session.id, httponly=True, samesite="Strict",
-                        secure=self.tls, path="/",
+                        secure=self.secure(request), path="/",
                         max_age=int(self.cfg.admin.session_lifetime))
         resp.del_cookie(_LOGIN_COOKIE, path="/login")
         raise resp
@@ -384,7 +398,7 @@ class AdminSite:
         _FLASH.pop(session.id, None)
         resp = web.HTTPSeeOther("/login")
         # A browser ignores a __Host- cookie without Secure, deletions included.
-        resp.del_cookie(self.cookie, path="/", secure=self.tls)
+        resp.del_cookie(self.cookie, path="/", secure=self.secure(request))
         raise resp
 
     # --- overview and charts ------------------------------------------------------------

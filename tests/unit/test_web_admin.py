@@ -749,3 +749,41 @@ async def test_behind_a_trusted_proxy_the_guard_counts_the_browsers_address(
             assert ("Secure" in cookie) == bool(trusted), cookie
     finally:
         await site.close()
+
+
+@pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
+async def test_accounts_are_added_and_removed_in_the_web_admin(tmp_path: Path) -> None:
+    """Before: the docs said anything done with the CLI was possible in the web
+    admin, but there was no way to add or remove a mail account there, an admin's
+    most common task. Found using the admin as its administrator would."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    site, cookie, csrf = await _logged_in_site(tmp_path)
+    h = {"Cookie": cookie}
+    try:
+        async with TestClient(TestServer(site.app())) as client:
+            listing = await (await client.get("/accounts", headers=h)).text()
+            assert 'action="/accounts/add"' in listing
+            long_one = "a long passphrase 4 tests"
+            for name, password in (("new@x.org", "short"), ("not an address", long_one)):
+                bad = await client.post("/accounts/add", headers=h, data={
+                    "csrf": csrf, "name": name, "password": password})
+                assert bad.status == 400 and 'class="flash error"' in await bad.text()
+            ok = await client.post("/accounts/add", headers=h, allow_redirects=False, data={
+                "csrf": csrf, "name": "New@X.org", "password": "a long passphrase 4 tests"})
+            assert ok.status == 303 and ok.headers["Location"] == "/accounts/new@x.org"
+            again = await client.post("/accounts/add", headers=h, data={
+                "csrf": csrf, "name": "new@x.org", "password": "a long passphrase 4 tests"})
+            assert again.status == 400
+            assert site.service("-", "t").require_account("new@x.org")
+            page = await (await client.get("/accounts/new@x.org", headers=h)).text()
+            assert 'action="/accounts/new@x.org/remove"' in page
+            gone = await client.post("/accounts/new@x.org/remove", headers=h,
+                                     allow_redirects=False, data={"csrf": csrf})
+            assert gone.status == 303 and gone.headers["Location"] == "/accounts"
+            assert (await client.get("/accounts/new@x.org", headers=h)).status == 404
+        log = site.service("-", "t").admin_log(target="new@x.org", limit=10)
+        assert {(e.os_user, e.action) for e in log} >= {
+            ("web:root", "account created"), ("web:root", "account removed")}, log
+    finally:
+        await site.close()

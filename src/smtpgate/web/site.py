@@ -224,6 +224,7 @@ class AdminSite:
         post("/logout", self.page(self.logout))
         get("/", self.page(self.overview))
         get("/accounts", self.page(self.accounts))
+        post("/accounts/add", self.page(self.account_add))
         get("/accounts/{name}", self.page(self.account))
         post("/accounts/{name}/{action}", self.page(self.account_change))
         get("/guard", self.page(self.guard_page))
@@ -455,13 +456,29 @@ class AdminSite:
 
     # --- accounts -------------------------------------------------------------------------
 
-    async def accounts(self, request: web.Request, session: Session) -> web.StreamResponse:
+    async def accounts(self, request: web.Request, session: Session, *,
+                       status_code: int = 200, typed: str = "") -> web.StreamResponse:
         q = request.query.get("q", "").strip().lower()
         found = await self.call(session.admin, "read", lambda s: s.list_accounts())
         if q:
             found = [a for a in found if q in a.name]
-        return self.render(request, "accounts.html", session, q=q, accounts=found[:500],
-                           more=len(found) > 500)
+        return self.render(request, "accounts.html", session, code=status_code, q=q,
+                           accounts=found[:500], more=len(found) > 500, typed=typed)
+
+    async def account_add(self, request: web.Request, session: Session
+                          ) -> web.StreamResponse:
+        """A new account with a password (the policy applies), as ``user add``."""
+        form = request["form"]
+        name = str(form.get("name", "")).strip()
+        password = str(form.get("password", ""))
+        try:
+            account = await self.call(session.admin, "add",
+                                      lambda s: s.add_account(name, password))
+        except (AdminError, ValueError, StoreError) as e:
+            flash_add(session, "error", f"add {name!r}: {e}")
+            return await self.accounts(request, session, status_code=400, typed=name)
+        flash_add(session, "ok", f"account {account.name} added")
+        raise web.HTTPSeeOther(f"/accounts/{_quote(account.name)}")
 
     async def account(self, request: web.Request, session: Session, *,
                       secret: tuple[str, str] | None = None, status_code: int = 200
@@ -521,6 +538,16 @@ class AdminSite:
                 name, [MessageRate(rate("messages", "messages")),
                        RecipientRate(rate("recipients", "recipients"))]),
         }
+        if action == "remove":  # as `user remove`; the page is gone, back to the list
+            try:
+                await self.call(session.admin, action, lambda s: s.remove_account(name))
+            except NoSuchAccount:
+                raise web.HTTPNotFound(text="no such account") from None
+            except (AdminError, StoreError) as e:
+                flash_add(session, "error", f"remove: {e}")
+                raise web.HTTPSeeOther(f"/accounts/{_quote(name)}") from None
+            flash_add(session, "ok", f"account {name} removed")
+            raise web.HTTPSeeOther("/accounts")
         op = ops.get(action)
         if op is None:
             raise web.HTTPNotFound(text="no such action")

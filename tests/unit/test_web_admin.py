@@ -43,6 +43,19 @@ def test_sessions_expire_and_unknown_ids_are_no_session() -> None:
     assert s.get(a.id) is None
 
 
+def test_a_shorter_session_lifetime_applies_to_the_sessions_already_open() -> None:
+    """Before: a session's end was fixed at login, so an admin who lowered
+    ``session_lifetime`` (after an incident) and reloaded left every open session
+    its old 8 hours; the docs say a reload applies it from the next request."""
+    clock = Clock()
+    s = Sessions(8 * 3600, clock=clock)
+    a = s.create("root", "c")
+    clock.t += 120
+    assert s.get(a.id) is a
+    s.lifetime = 60  # the reload
+    assert s.get(a.id) is None
+
+
 def test_csrf_token_is_the_sessions_own() -> None:
     s = Sessions(60)
     a, b = s.create("root", "c"), s.create("eve", "c")

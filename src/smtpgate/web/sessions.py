@@ -33,7 +33,9 @@ class Session:
     id: str
     admin: str
     csrf: str
-    expires: float
+    #: When it logged in; it ends ``Sessions.lifetime`` later, the lifetime in
+    #: force at each request (a reload that shortens it ends old sessions too).
+    created: float
     #: ``credentials_of`` the admin at login.
     credentials: str
 
@@ -54,10 +56,10 @@ class Sessions:
 
     def create(self, admin: str, credentials: str) -> Session:
         if len(self._by_id) >= MAX_SESSIONS:
-            oldest = min(self._by_id.values(), key=lambda s: s.expires)
+            oldest = min(self._by_id.values(), key=lambda s: s.created)
             del self._by_id[oldest.id]
         s = Session(secrets.token_urlsafe(32), admin, secrets.token_urlsafe(32),
-                    self._clock() + self.lifetime, credentials)
+                    self._clock(), credentials)
         self._by_id[s.id] = s
         return s
 
@@ -68,7 +70,7 @@ class Sessions:
         s = self._by_id.get(sid)
         if s is None:
             return None
-        if s.expires <= self._clock():
+        if s.created + self.lifetime <= self._clock():
             del self._by_id[sid]
             return None
         return s

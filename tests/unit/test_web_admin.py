@@ -800,3 +800,21 @@ async def test_accounts_are_added_and_removed_in_the_web_admin(tmp_path: Path) -
             ("web:root", "account created"), ("web:root", "account removed")}, log
     finally:
         await site.close()
+
+
+@pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
+async def test_the_server_header_names_no_python_or_aiohttp_version(tmp_path: Path) -> None:
+    """Before: every answer, the login page to anyone included, said
+    ``Server: Python/3.11 aiohttp/3.14.5``: the exact versions to look up
+    advisories for. Found reading the login page's headers with curl."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    site, cookie, _ = await _logged_in_site(tmp_path)
+    try:
+        async with TestClient(TestServer(site.app())) as client:
+            for path, headers in (("/login", {}), ("/", {"Cookie": cookie}),
+                                  ("/static/admin.css", {}), ("/nothere", {})):
+                resp = await client.get(path, headers=headers, allow_redirects=False)
+                assert resp.headers.get("Server") == "smtpgate", (path, resp.headers)
+    finally:
+        await site.close()

@@ -259,6 +259,7 @@ class AdminSite:
         resp.headers["Referrer-Policy"] = "same-origin"  # "no-referrer" makes Origin "null"
         resp.headers["X-Frame-Options"] = "DENY"
         resp.headers.setdefault("Cache-Control", "no-store")
+        resp.headers["Server"] = "smtpgate"  # not aiohttp's "Python/3.x aiohttp/3.y.z"
         if isinstance(resp, web.HTTPException):
             raise resp
         return resp

@@ -818,3 +818,44 @@ async def test_the_server_header_names_no_python_or_aiohttp_version(tmp_path: Pa
                 assert resp.headers.get("Server") == "smtpgate", (path, resp.headers)
     finally:
         await site.close()
+
+
+@pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
+async def test_concurrent_wrong_logins_from_many_addresses_stop_at_the_lockout(
+        tmp_path: Path) -> None:
+    """Before: logins were answered one at a time per address only, so forty guesses
+    at ``root`` sent at once from forty addresses all passed the guard's check
+    before the first failure was counted: forty passwords verified against a
+    lockout threshold of 3 (the SMTP path waits per account too). Found flooding a
+    running server's login page from 40 loopback addresses: 40 answers of 401."""
+    import asyncio
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from smtpgate.config import AccountsConfig, GuardConfig
+
+    cfg = _cfg(tmp_path).model_copy(update={
+        "accounts": AccountsConfig(argon2_memory_kib=8192, argon2_time_cost=1),
+        "admin": AdminConfig(listen="127.0.0.1:9480", trusted_proxies=["127.0.0.1/32"]),
+        "guard": GuardConfig(lockout_threshold=3, address_failure_limit=1000,
+                             distributed_addresses=1000, penalty_base=0.01,
+                             penalty_max=0.02)})
+    site = AdminSite(cfg, tls=False, status_path=None)
+    await site.open()
+    try:
+        site.service("-", "test").add_web_admin("root", "admin passphrase 4 tests")
+        async with TestClient(TestServer(site.app())) as client:
+            async def guess(i: int) -> int:
+                resp = await client.post(
+                    "/login", data={"login_token": "t" * 16, "name": "root",
+                                    "password": f"guess {i}", "code": "123456"},
+                    headers={"Cookie": "smtpgate_login=" + "t" * 16,
+                             "X-Forwarded-For": f"198.51.100.{i + 1}"},
+                    allow_redirects=False)
+                return resp.status
+
+            statuses = await asyncio.gather(*(guess(i) for i in range(12)))
+        assert sorted(statuses) == [401] * 3 + [429] * 9, statuses
+        assert site._logins == {}
+    finally:
+        await site.close()

@@ -25,11 +25,12 @@ Security model (docs/operations.md, "Web admin"):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -119,8 +120,9 @@ class AdminSite:
         self._guard: Guard | None = None
         self._counters: RateCounters | None = None
         self._spool: Spool | None = None
-        #: Logins being answered per client address (the guard's address key):
-        #: one at a time, so each sees the failures of the one before.
+        #: Logins being answered per client address (the guard's address key) and
+        #: per admin name (``admin:NAME``): one at a time, so each sees the
+        #: failures of the one before.
         self._logins: dict[str, _Turn] = {}
         self.last_audit: AuditReport | None = None
         self.last_audit_time: float | None = None
@@ -331,14 +333,26 @@ class AdminSite:
         password = str(form.get("password", ""))
         code = str(form.get("code", "")).strip()
         ip = self.client(request).address
-        # One attempt per address at a time: concurrent ones would all pass the
-        # guard's check before any failure is counted (40 guesses, limit 6).
-        key = self.guard.keys(ip).address
+        # One attempt per address, and one per admin name, at a time: concurrent
+        # ones would all pass the guard's check before any failure is counted (40
+        # guesses from one address against a limit of 6; from 40 addresses against
+        # a lockout threshold of 10). The address first, then the name, always in
+        # that order, so no two attempts wait for each other.
+        async with self._turn("address:" + self.guard.keys(ip).address):
+            guard_key = _guard_key(name)
+            if not guard_key:
+                return await self._login(request, name, password, code, ip)
+            async with self._turn(guard_key):
+                return await self._login(request, name, password, code, ip)
+
+    @contextlib.asynccontextmanager
+    async def _turn(self, key: str) -> AsyncIterator[None]:
+        """Wait for the attempts of ``key`` before this one; forgotten when none is left."""
         turn = self._logins.setdefault(key, _Turn())
         turn.users += 1
         try:
             async with turn.lock:
-                return await self._login(request, name, password, code, ip)
+                yield
         finally:
             turn.users -= 1
             if turn.users == 0:

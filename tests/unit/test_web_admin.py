@@ -859,3 +859,28 @@ async def test_concurrent_wrong_logins_from_many_addresses_stop_at_the_lockout(
         assert site._logins == {}
     finally:
         await site.close()
+
+
+@pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
+async def test_control_and_bidi_characters_are_shown_as_escapes_on_every_page(
+        tmp_path: Path) -> None:
+    """Before: text the admin did not write reached the pages as it was: a relay's
+    refusal ``451 ... \\u202egnp.exe`` on the Queue page showed as "exe.png", and a
+    lock reason or guard key stored before their checks existed reversed the rest
+    of its cell. Found queueing a message behind a relay that answers so. Every
+    value a template prints now shows such characters as ``\\uNNNN``."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    site, cookie, _ = await _logged_in_site(tmp_path)
+    try:
+        service = site.service("-", "test")
+        service.add_account("a@x.org", "a long passphrase 4 tests")
+        with service._tx() as w:  # as an older version stored it, unchecked
+            w.lock("a@x.org", "evil\u202etxt.exe \x1b[31mred")
+        async with TestClient(TestServer(site.app())) as client:
+            for path in ("/accounts/a@x.org", "/accounts", "/admin-log"):
+                page = await (await client.get(path, headers={"Cookie": cookie})).text()
+                assert "\u202e" not in page and "\x1b" not in page, path
+                assert "evil\\u202etxt.exe \\x1b[31mred" in page, path
+    finally:
+        await site.close()

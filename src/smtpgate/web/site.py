@@ -30,6 +30,7 @@ import hmac
 import logging
 import secrets
 import time
+import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -39,6 +40,7 @@ from urllib.parse import urlsplit
 import jinja2
 import pyotp
 from aiohttp import web
+from markupsafe import Markup
 
 from smtpgate.admin import (
     AccountAdmin,
@@ -110,7 +112,7 @@ class AdminSite:
         self.cookie = "__Host-smtpgate_admin" if tls else "smtpgate_admin"
         self.templates = jinja2.Environment(
             loader=jinja2.PackageLoader("smtpgate.web", "templates"),
-            autoescape=True, undefined=jinja2.StrictUndefined,
+            autoescape=True, undefined=jinja2.StrictUndefined, finalize=_visible,
         )
         self.templates.filters["stamp"] = _stamp
         # A path segment: Jinja's ``urlencode`` keeps "/", which splits an account
@@ -686,6 +688,22 @@ def _same_origin(request: web.Request) -> None:
         return  # not a browser, or an old one: the CSRF token decides
     if origin == "null" or urlsplit(origin).netloc != request.host:
         raise web.HTTPForbidden(text="cross-origin request refused")
+
+
+def _visible(value: object) -> object:
+    r"""Every value a template prints, with control, format and separator characters
+    (Unicode Cc, Cf, Zl, Zp, Cs: ESC, U+202E, U+2028 ...) shown as ``\xNN`` or
+    ``\uNNNN``. Escaping for HTML does not cover them: a relay's refusal on the
+    Queue page, or a value stored before the checks that now refuse such input,
+    could otherwise reverse what a cell shows (``\u202egnp.exe`` reads
+    "exe.png"). Markup (the charts, escaped already) and non-strings pass."""
+    if not isinstance(value, str) or isinstance(value, Markup) or value.isprintable():
+        return value
+    return "".join(
+        c if c == " " or unicodedata.category(c) not in ("Cc", "Cf", "Zl", "Zp", "Cs")
+        else f"\\x{ord(c):02x}" if ord(c) < 0x100
+        else f"\\u{ord(c):04x}" if ord(c) < 0x10000 else f"\\U{ord(c):08x}"
+        for c in value)
 
 
 def _quote(name: str) -> str:

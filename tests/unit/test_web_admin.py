@@ -884,3 +884,29 @@ async def test_control_and_bidi_characters_are_shown_as_escapes_on_every_page(
                 assert "evil\\u202etxt.exe \\x1b[31mred" in page, path
     finally:
         await site.close()
+
+
+@pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
+async def test_a_stale_login_form_gets_a_fresh_one_not_a_bare_403(tmp_path: Path) -> None:
+    """Before: each login page sets a new form cookie, so with two login tabs open
+    (the session ended in both) the first one submitted got a plain-text "403
+    invalid or missing CSRF token" and a dead end. Found logging in again after a
+    restart with two tabs. Still no login happens; the answer is the form again."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    site, _, _ = await _logged_in_site(tmp_path)
+    try:
+        async with TestClient(TestServer(site.app())) as client:
+            client.session.cookie_jar.clear()
+            resp = await client.post("/login", data={
+                "login_token": "old" * 8, "name": "root",
+                "password": "admin passphrase 4 tests", "code": "123456"},
+                headers={"Cookie": "smtpgate_login=" + "new" * 8}, allow_redirects=False)
+            page = await resp.text()
+            assert resp.status == 403
+            assert 'name="login_token"' in page and "try again" in page
+            assert "smtpgate_admin" not in resp.headers.get("Set-Cookie", "") or \
+                all(not c.startswith("smtpgate_admin=")
+                    for c in resp.headers.getall("Set-Cookie"))
+    finally:
+        await site.close()

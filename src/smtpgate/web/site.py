@@ -330,7 +330,13 @@ class AdminSite:
         token, cookie = form.get("login_token"), request.cookies.get(_LOGIN_COOKIE)
         if not (isinstance(token, str) and cookie
                 and hmac.compare_digest(token.encode(), cookie.encode())):
-            raise web.HTTPForbidden(text="invalid or missing CSRF token")
+            # Nothing is checked and nobody logged in; a fresh form, since the
+            # usual cause is another login tab that replaced this form's cookie.
+            log.info("web admin: login form without its cookie's token from %s: "
+                     "a fresh form sent", self.client(request).address)
+            return self._login_form(request, "This login form had expired (another "
+                                    "login page was opened since); please try again.",
+                                    status=403)
         name = str(form.get("name", "")).strip().lower()[:64]
         password = str(form.get("password", ""))
         code = str(form.get("code", "")).strip()

@@ -910,3 +910,26 @@ async def test_a_stale_login_form_gets_a_fresh_one_not_a_bare_403(tmp_path: Path
                     for c in resp.headers.getall("Set-Cookie"))
     finally:
         await site.close()
+
+
+@pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
+async def test_a_form_posted_after_the_session_ended_gets_the_login_form(
+        tmp_path: Path) -> None:
+    """Before: a form sent from a page left open while the session ended (a restart
+    ends them all, a login lasts 8 h) got a plain-text "not logged in": a dead end.
+    It is still refused (403, nothing changed), now with the login form."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    site, cookie, csrf = await _logged_in_site(tmp_path)
+    try:
+        site.service("-", "test").add_account("a@x.org", "a long passphrase 4 tests")
+        site.sessions.end(cookie.split("=", 1)[1])
+        async with TestClient(TestServer(site.app())) as client:
+            resp = await client.post("/accounts/a@x.org/lock", data={"csrf": csrf},
+                                     headers={"Cookie": cookie}, allow_redirects=False)
+            page = await resp.text()
+        assert resp.status == 403
+        assert 'name="login_token"' in page and "session has ended" in page
+        assert not site.service("-", "test").require_account("a@x.org").locked
+    finally:
+        await site.close()

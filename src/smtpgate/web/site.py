@@ -292,7 +292,12 @@ class AdminSite:
                     session = None
             if session is None:
                 if request.method == "POST":
-                    raise web.HTTPForbidden(text="not logged in")
+                    # Refused, nothing changed; the login form rather than a dead
+                    # end (a page left open while a restart or the lifetime ended it).
+                    return self._login_form(
+                        request, "Your session has ended (a restart, a logout, or "
+                        "admin.session_lifetime): log in again; nothing was changed.",
+                        status=403)
                 raise web.HTTPSeeOther("/login")
             if request.method == "POST":
                 _same_origin(request)

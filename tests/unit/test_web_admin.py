@@ -933,3 +933,28 @@ async def test_a_form_posted_after_the_session_ended_gets_the_login_form(
         assert not site.service("-", "test").require_account("a@x.org").locked
     finally:
         await site.close()
+
+
+@pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
+async def test_a_form_of_an_earlier_session_is_refused_with_a_way_back(tmp_path: Path) -> None:
+    """Before: a form from a page drawn under an earlier session (the admin logged
+    out and in again in another tab) got a plain-text "invalid or missing CSRF
+    token". Still 403 and nothing changed, now a page that says so and links
+    back to the page the form was on."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    site, cookie, _ = await _logged_in_site(tmp_path)
+    try:
+        site.service("-", "test").add_account("a@x.org", "a long passphrase 4 tests")
+        async with TestClient(TestServer(site.app())) as client:
+            for path, back in (("/accounts/a@x.org/lock", "/accounts/a@x.org"),
+                               ("/guard/unblock", "/guard"), ("/accounts/add", "/accounts"),
+                               ("/audit", "/audit")):
+                resp = await client.post(path, data={"csrf": "an earlier session's"},
+                                         headers={"Cookie": cookie}, allow_redirects=False)
+                page = await resp.text()
+                assert resp.status == 403, path
+                assert "nothing was changed" in page and f'href="{back}"' in page, path
+        assert not site.service("-", "test").require_account("a@x.org").locked
+    finally:
+        await site.close()

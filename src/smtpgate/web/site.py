@@ -279,7 +279,8 @@ class AdminSite:
     def page(self, handler: Callable[[web.Request, Session], Awaitable[web.StreamResponse]]
              ) -> Handler:
         """A page behind the login: no session (or an admin since removed, or given
-        new credentials) goes to the login page; a POST without this session's CSRF token is refused, 403."""
+        new credentials) goes to the login page; a POST without this session's CSRF
+        token is refused, 403."""
 
         async def wrapped(request: web.Request) -> web.StreamResponse:
             session = self.sessions.get(request.cookies.get(self.cookie))
@@ -307,7 +308,10 @@ class AdminSite:
                     log.warning("web admin: POST %s without a valid CSRF token (admin %s, "
                                 "from %s): refused", request.path, session.admin,
                                 self.client(request).address)
-                    raise web.HTTPForbidden(text="invalid or missing CSRF token")
+                    return self.render(
+                        request, "refused.html", session, code=403, back=_form_page(request),
+                        why="This form was not drawn for this session (a page from before "
+                            "a logout and a new login, or another site's): refused.")
                 request["form"] = form
             return await handler(request, session)
 
@@ -715,6 +719,17 @@ def _visible(value: object) -> object:
         else f"\\x{ord(c):02x}" if ord(c) < 0x100
         else f"\\u{ord(c):04x}" if ord(c) < 0x10000 else f"\\U{ord(c):08x}"
         for c in value)
+
+
+def _form_page(request: web.Request) -> str:
+    """The page whose form posts to ``request``'s path (a path of this site only:
+    never taken from the request's headers)."""
+    parts = request.path.strip("/").split("/")
+    if parts[0] == "accounts" and len(parts) == 3:
+        return f"/accounts/{_quote(request.match_info.get('name', ''))}"
+    if parts[0] in ("accounts", "guard", "audit"):
+        return "/" + parts[0]
+    return "/"
 
 
 def _quote(name: str) -> str:

@@ -958,3 +958,38 @@ async def test_a_form_of_an_earlier_session_is_refused_with_a_way_back(tmp_path:
         assert not site.service("-", "test").require_account("a@x.org").locked
     finally:
         await site.close()
+
+
+@pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
+async def test_the_overview_shows_the_queue_and_guard_figures_of_smtpgate_status(
+        tmp_path: Path) -> None:
+    """Before: the overview showed the server's start and sessions from the status
+    file but not the two figures ``smtpgate status`` opens with after them, the
+    queue and the guard's blocks in force; an admin had to open two more pages
+    (or a shell) to see that anything was wrong. Found comparing the two."""
+    import re
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from smtpgate.cli import status_cmd
+    from smtpgate.config import GuardConfig
+
+    site, cookie, _ = await _logged_in_site(tmp_path, guard=GuardConfig(
+        address_failure_limit=1, penalty_base=0.01, penalty_max=0.02))
+    try:
+        async with TestClient(TestServer(site.app())) as client:
+            client.session.cookie_jar.clear()
+            await client.post("/login", data={  # blocks 127.0.0.1: one block in force
+                "login_token": "t" * 16, "name": "root", "password": "guess", "code": "1"},
+                headers={"Cookie": "smtpgate_login=" + "t" * 16})
+            page = await (await client.get("/", headers={"Cookie": cookie})).text()
+        queue = re.search(r'id="queue-summary"><a href="/queue">(\d+) messages?</a> \((\d+) held',
+                          page)
+        guard = re.search(r'id="guard-summary"><a href="/guard">(\d+) blocks', page)
+        assert queue and guard, page
+        want_q, want_g = status_cmd._queue(site.cfg), status_cmd._guard(site.cfg)
+        assert (int(queue.group(1)), int(queue.group(2))) == (want_q["messages"],
+                                                                want_q["held"])
+        assert int(guard.group(1)) == want_g["blocks"] == 1
+    finally:
+        await site.close()

@@ -449,8 +449,20 @@ class AdminSite:
         ips, nets = authlog_view.top_offenders(attempts, since, v4_prefix=g.subnet_ipv4_prefix,
                                                v6_prefix=g.subnet_ipv6_prefix)
         usage = await self._usage()
+        # The figures `smtpgate status` gives after the processes: the queue and
+        # the guard's blocks in force, read as it reads them.
+        assert self._spool is not None
+        manager = QueueManager(self._spool, reporting_mta=self.cfg.hostname)
+        entries = await asyncio.to_thread(manager.entries)
+        queue = {"messages": len(entries), "held": sum(1 for e in entries if e.state.held),
+                 "bytes": sum(e.size for e in entries)}
+        try:
+            blocks: int | None = len(await self.call(session.admin, "read",
+                                                     lambda s: s.guard_blocks()))
+        except (GuardStoreError, StoreError):
+            blocks = None
         return self.render(
-            request, "overview.html", session,
+            request, "overview.html", session, queue=queue, blocks=blocks,
             hours=hours, server=status.read(self.status_path),
             log_file=self.cfg.auth.log_file,
             timeline=charts.timeline(authlog_view.over_time(attempts, now, hours=hours),

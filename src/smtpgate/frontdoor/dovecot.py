@@ -74,6 +74,7 @@ from smtpgate.sasl.base import (
 )
 from smtpgate.sasl.exchange import AuthResult, Challenge, NeedCredentials, Outcome, ServerExchange
 from smtpgate.sasl.framing import decode_base64_strict, encode_base64
+from smtpgate.smtp.ascii_case import upper_ascii
 
 __all__ = [
     "MAX_LINE",
@@ -446,7 +447,7 @@ class DovecotServer:
 
     def _parse_auth(self, rid: int, fields: list[str]) -> tuple[AuthRequest, bytes | None] | str:
         """The request and its decoded initial response, or the reason to refuse it."""
-        mechanism = fields[2].upper()
+        mechanism = upper_ascii(fields[2])
         params: dict[str, str] = {}
         flags: set[str] = set()
         resp: str | None = None

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 
+from smtpgate.smtp.ascii_case import upper_ascii
 from smtpgate.smtp.data import DataEnd
 
 _BARE_LF = re.compile(rb"(?<!\r)\n")
@@ -43,7 +44,7 @@ def parse_bdat(arg: str) -> tuple[int, bool]:
     size = parts[0]
     if not (size.isascii() and size.isdigit()) or len(size) > MAX_SIZE_DIGITS:
         raise BdatSyntaxError(arg)
-    if len(parts) == 2 and parts[1].upper() != "LAST":
+    if len(parts) == 2 and upper_ascii(parts[1]) != "LAST":
         raise BdatSyntaxError(arg)
     return int(size), len(parts) == 2
 

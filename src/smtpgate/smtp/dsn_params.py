@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from smtpgate.smtp import utf8_addr
 from smtpgate.smtp.address import AddressError, decode_xtext
+from smtpgate.smtp.ascii_case import upper_ascii
 
 #: RFC 3461 §4.4: ENVID is at most 100 characters (of xtext, before decoding).
 MAX_ENVID = 100
@@ -37,9 +38,9 @@ def parse_ret(value: str | None) -> str:
     Raises:
         DsnParamError: anything else.
     """
-    if value is None or value.upper() not in ("FULL", "HDRS"):
+    if value is None or upper_ascii(value) not in ("FULL", "HDRS"):
         raise DsnParamError("RET must be FULL or HDRS")
-    return value.upper()
+    return upper_ascii(value)
 
 
 def parse_envid(value: str | None) -> str:
@@ -64,7 +65,7 @@ def parse_notify(value: str | None) -> tuple[str, ...]:
     """
     if not value:
         raise DsnParamError("NOTIFY needs a value")
-    words = tuple(w.upper() for w in value.split(","))
+    words = tuple(upper_ascii(w) for w in value.split(","))
     if not set(words) <= _NOTIFY or len(set(words)) != len(words):
         raise DsnParamError("NOTIFY takes NEVER or SUCCESS, FAILURE, DELAY")
     # RFC 3461 §4.1: "NEVER ... MUST NOT be combined with any other value"

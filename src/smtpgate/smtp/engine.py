@@ -38,6 +38,7 @@ from smtpgate.smtp.address import (
     parse_path,
     split_path_argument,
 )
+from smtpgate.smtp.ascii_case import upper_ascii
 from smtpgate.smtp.bdat import BdatSyntaxError, ChunkStream, parse_bdat
 from smtpgate.smtp.data import DataEnd, DataStream, HeaderSection
 from smtpgate.smtp.dsn_params import (
@@ -691,7 +692,7 @@ class ServerEngine:
                     return self._error(R.MESSAGE_TOO_BIG)
             elif key == "BODY":
                 # RFC 6152 §2; RFC 3030 §3 (BINARYMIME: sent with BDAT only)
-                body = value.upper() if value is not None else ""
+                body = upper_ascii(value) if value is not None else ""
                 if body not in ("7BIT", "8BITMIME", "BINARYMIME"):
                     return self._error(R.BAD_BODY_PARAMETER)
                 if body == "BINARYMIME" and not self.settings.binarymime:
@@ -981,7 +982,7 @@ class ServerEngine:
         parts = arg.split(" ")
         if not arg or len(parts) > 2:
             return self._error(R.AUTH_SYNTAX)
-        name = parts[0].upper()
+        name = upper_ascii(parts[0])
         if name not in self.usable_mechanisms():
             return self._error(R.AUTH_UNKNOWN_MECHANISM)
         initial: bytes | None = None

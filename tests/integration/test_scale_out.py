@@ -217,6 +217,24 @@ def test_cluster_status_lists_both_nodes(c: Cluster) -> None:
     assert "a:" in c.nodes[0].cli("cluster", "status").stdout
 
 
+def test_a_node_that_stops_leaves_cluster_status_at_once(c: Cluster) -> None:
+    """docs/scale-out.md, draining: after ``systemctl stop`` the node is gone from
+    ``cluster status`` (it took its heartbeat out), not listed for another minute as
+    "seen 10 s ago"; started again, it is back."""
+    def listed() -> set[str]:
+        out = c.nodes[0].cli("cluster", "status", "--json").stdout
+        return {json.loads(line)["node"] for line in out.splitlines()}
+
+    assert listed() == {"a", "b"}
+    c.nodes[1].stop()
+    assert listed() == {"a"}
+    start_node(c.nodes[1])
+    deadline = time.monotonic() + 15
+    while listed() != {"a", "b"}:
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+
+
 def test_kill_9_of_one_node_under_load_loses_no_acknowledged_message(c: Cluster) -> None:
     acknowledged: list[str] = []
     c.nodes[1].cli("user", "limits", BOB, "--messages-per-hour", "0", "--recipients-per-hour", "0")
@@ -282,3 +300,26 @@ def test_redis_down_degrades_as_documented_and_recovers_without_restart(c: Clust
         time.sleep(0.5)
     # Both nodes answer normally again.
     assert all(c.login("127.0.0.27", BOB, BOB_PASSWORD).startswith("235") for _ in range(2))
+
+
+def test_a_stopping_node_removes_only_its_own_heartbeat(c: Cluster) -> None:
+    """Two processes under one ``node_name`` (a node restarted while its old process
+    still shuts down): the one that stops removes its own heartbeat, never the
+    other's."""
+    from smtpgate.config import load_config
+    from smtpgate.server.heartbeat import Heartbeat, nodes
+    from smtpgate.server.status_file import ServerStatus
+
+    cfg = load_config(c.nodes[0].config)
+    cfg = cfg.model_copy(update={"state": cfg.state.model_copy(update={"node_name": "twin"})})
+    def status(pid: int) -> ServerStatus:
+        return ServerStatus(pid, "0", 0.0, None, 0.0, [], [], 1, updated=time.time())
+
+    old, new = Heartbeat(cfg), Heartbeat(cfg)
+    old.beat(status(1))
+    assert [d["pid"] for d in nodes(cfg) if d["node"] == "twin"] == [1]
+    new.beat(status(2))
+    old.stop()
+    assert [d["pid"] for d in nodes(cfg) if d["node"] == "twin"] == [2]
+    new.stop()
+    assert [d for d in nodes(cfg) if d["node"] == "twin"] == []

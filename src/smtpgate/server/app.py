@@ -632,8 +632,9 @@ async def serve_sockets(
         ready()
     systemd.ready(f"serving on {len(servers)} listeners")
     pinger = _watchdog_task()
+    beat = Heartbeat(cfg) if status is not None and cfg.state.backend == "redis" else None
     reporter = None if status is None else loop.create_task(
-        _keep_status(cfg, status, runtime))
+        _keep_status(cfg, status, runtime, beat))
     await stop.wait()
     systemd.stopping()
     for task in (pinger, reporter):
@@ -671,6 +672,8 @@ async def serve_sockets(
     if served is not None:
         await served.stop()
     await spool.close()
+    if beat is not None:
+        await asyncio.to_thread(beat.stop)  # cluster status: gone now, not in a minute
     log.info("stopped")
 
 
@@ -689,9 +692,9 @@ def _background(work: Coroutine[Any, Any, None]) -> None:
 _reconfiguring: set[asyncio.Task[None]] = set()
 
 
-async def _keep_status(cfg: Config, status: ServerStatus, runtime: ServerRuntime) -> None:
+async def _keep_status(cfg: Config, status: ServerStatus, runtime: ServerRuntime,
+                       beat: Heartbeat | None) -> None:
     path = status_file.status_path(cfg)
-    beat = Heartbeat(cfg) if cfg.state.backend == "redis" else None
     while True:
         status.sessions = len(runtime.connections)
         status_file.write(path, status)
@@ -1055,3 +1058,5 @@ def _run_supervised(
         return supervisor.run()
     finally:
         limiter.close()
+        if beat is not None:
+            beat.stop()  # cluster status: gone now, not in a minute

@@ -2,8 +2,12 @@
 
 With ``[state] backend = "redis"`` the main process (the one that keeps the
 status file) also writes its status document to ``PREFIX node:NAME`` every
-``EVERY`` seconds with a one-minute expiry: a node that stops or loses Redis
+``EVERY`` seconds with a one-minute expiry: a node that dies or loses Redis
 drops out of the list within a minute by itself, and nothing needs cleaning up.
+A node that stops (SIGTERM, ``systemctl stop``) takes its heartbeat out as its
+last act (``Heartbeat.stop``), so ``cluster status`` stops listing it at once:
+an administrator draining a node reads there that it is gone, not that it was
+"seen 20 s ago" for another minute.
 Redis being down is logged once and otherwise ignored here: the guard has its
 own account of that (docs/scale-out.md, "Redis down").
 """
@@ -33,6 +37,13 @@ log = logging.getLogger("smtpgate")
 EVERY = 10.0
 TTL = 60
 
+#: Deletes the heartbeat only if it is still the one this process wrote: a node
+#: started meanwhile under the same ``node_name`` keeps its own.
+_DELETE_OWN = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
 
 def node_name(cfg: Config) -> str:
     return cfg.state.node_name or f"{socket.gethostname()}:{cfg.base_dir.resolve()}"
@@ -60,6 +71,8 @@ class Heartbeat:
         self._cfg = cfg
         self._next = 0.0
         self._failing = False
+        #: The last document written (what ``stop`` deletes, if still there).
+        self._written: str | None = None
 
     def beat(self, status: ServerStatus) -> None:
         now = time.monotonic()
@@ -68,10 +81,12 @@ class Heartbeat:
         self._next = now + EVERY
         doc: dict[str, Any] = {**asdict(status), "node": self._name,
                                "queue": _queue_size(self._spool)}
+        text = json.dumps(doc, sort_keys=True)
         try:
             if self._client is None:
                 self._client = redis_client(self._cfg)
-            self._client.set(self._key, json.dumps(doc, sort_keys=True), ex=TTL)
+            self._client.set(self._key, text, ex=TTL)
+            self._written = text
         except (self._error, OSError) as e:
             if not self._failing:
                 log.warning("cluster heartbeat: cannot write to Redis: %s", e)
@@ -80,6 +95,25 @@ class Heartbeat:
         if self._failing:
             log.info("cluster heartbeat: Redis answers again")
         self._failing = False
+
+    def stop(self) -> None:
+        """The node stops: delete its heartbeat (never raises; with Redis down the
+        heartbeat expires by itself)."""
+        if self._written is None:
+            return
+        try:
+            if self._client is None:
+                self._client = redis_client(self._cfg)
+            self._client.eval(_DELETE_OWN, 1, self._key, self._written)
+        except (self._error, OSError) as e:
+            log.info("cluster heartbeat: could not remove it from Redis (it expires "
+                     "within %d s): %s", TTL, e)
+        finally:
+            self._written = None
+            self._next = float("inf")  # no beat after the stop
+            if self._client is not None:
+                self._client.close()
+                self._client = None
 
 
 def nodes(cfg: Config) -> list[dict[str, Any]]:

@@ -323,3 +323,33 @@ def test_a_stopping_node_removes_only_its_own_heartbeat(c: Cluster) -> None:
     assert [d["pid"] for d in nodes(cfg) if d["node"] == "twin"] == [2]
     new.stop()
     assert [d for d in nodes(cfg) if d["node"] == "twin"] == []
+
+
+@pytest.mark.parametrize("version", ["send-proxy", "send-proxy-v2"])
+def test_haproxy_health_checks_leave_no_warnings(c: Cluster, version: str) -> None:
+    """docs/scale-out.md's HAProxy set-up has ``check`` on each server: a TCP
+    connect that HAProxy resets at once, so the node may find its peer already gone
+    when it looks at the address. That is the balancer checking, not an untrusted
+    client: nothing is logged for it (one warning per check per listener per node
+    was tens of thousands of false lines a day). Sessions through that balancer, in
+    either PROXY version, still see the client's own address."""
+    n = c.nodes
+    checked = HAProxy(c.proxy.root.parent / f"checked-{version}",
+                      [("a", n[0].submission, n[0].submissions),
+                       ("b", n[1].submission, n[1].submissions)],
+                      server_options=f"{version} check inter 100")
+    marks = [len(node.log_text()) for node in n]
+    checked.start()
+    main, c.proxy = c.proxy, checked
+    try:
+        time.sleep(3)  # about 30 checks per listener and node
+        source = "127.0.0.28" if version == "send-proxy" else "127.0.0.29"
+        for _ in range(2):
+            assert c.login(source, BOB, BOB_PASSWORD).startswith("235")
+    finally:
+        c.proxy = main
+        checked.stop()
+    assert served_by(c, source) == {0, 1}
+    for node, mark in zip(n, marks):
+        warnings = [line for line in node.log_text()[mark:].splitlines() if " WARNING " in line]
+        assert warnings == [], warnings

@@ -45,9 +45,12 @@ backend submissions_nodes
 
 
 class HAProxy:
-    """``nodes``: (name, submission port, submissions port) of each smtpgate node."""
+    """``nodes``: (name, submission port, submissions port) of each smtpgate node;
+    ``server_options`` ends each ``server`` line (``send-proxy`` for version 1, a
+    ``check`` for health checks)."""
 
-    def __init__(self, root: Path, nodes: list[tuple[str, int, int]]) -> None:
+    def __init__(self, root: Path, nodes: list[tuple[str, int, int]], *,
+                 server_options: str = "send-proxy-v2") -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.submission, self.submissions = _free_port(), _free_port()
@@ -55,9 +58,9 @@ class HAProxy:
         self.config.write_text(CONFIG.format(
             submission=self.submission, submissions=self.submissions,
             submission_servers="\n".join(
-                f"    server {name} 127.0.0.1:{sub} send-proxy-v2" for name, sub, _ in nodes),
+                f"    server {name} 127.0.0.1:{sub} {server_options}" for name, sub, _ in nodes),
             submissions_servers="\n".join(
-                f"    server {name} 127.0.0.1:{subs} send-proxy-v2" for name, _, subs in nodes),
+                f"    server {name} 127.0.0.1:{subs} {server_options}" for name, _, subs in nodes),
         ))
         self.proc: subprocess.Popen[bytes] | None = None
 

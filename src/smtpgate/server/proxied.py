@@ -81,7 +81,15 @@ class ProxyHeaderProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses; trust the duck.
         self._transport = tr = cast(asyncio.Transport, transport)
-        peer = tr.get_extra_info("peername") or ("", 0)
+        peer = tr.get_extra_info("peername")
+        if not peer:
+            # The peer reset the connection before it was looked at: HAProxy's
+            # ``check`` does exactly that (connect, then RST), every few seconds
+            # per listener. Nobody is there to refuse or to name in a warning.
+            log.debug("listener %s: a connection closed before it could be read: closed",
+                      self._label)
+            tr.abort()
+            return
         self._peer = (str(peer[0]), int(peer[1]))
         if not trusted(self._peer[0], self._networks):
             log.warning("listener %s: PROXY header expected from a trusted proxy; "

@@ -353,3 +353,35 @@ def test_haproxy_health_checks_leave_no_warnings(c: Cluster, version: str) -> No
     for node, mark in zip(n, marks):
         warnings = [line for line in node.log_text()[mark:].splitlines() if " WARNING " in line]
         assert warnings == [], warnings
+
+
+def test_two_nodes_under_one_node_name_are_warned_about(
+        c: Cluster, caplog: pytest.LogCaptureFixture) -> None:
+    """Two nodes left with one ``node_name`` (a copied config) overwrite each
+    other's heartbeat, and ``cluster status`` lists one node where two serve: each
+    says so in its log, once; a node restarted after a crash, which finds its
+    predecessor's heartbeat, does not."""
+    from smtpgate.config import load_config
+    from smtpgate.server import heartbeat
+    from smtpgate.server.status_file import ServerStatus
+
+    cfg = load_config(c.nodes[0].config)
+    cfg = cfg.model_copy(update={"state": cfg.state.model_copy(update={"node_name": "copied"})})
+
+    def status(pid: int) -> ServerStatus:
+        return ServerStatus(pid, "0", float(pid), None, 0.0, [], [], 1, updated=time.time())
+
+    crashed, restarted = heartbeat.Heartbeat(cfg), heartbeat.Heartbeat(cfg)
+    crashed.beat(status(1))
+    restarted.beat(status(2))  # finds pid 1's heartbeat on its first write: no warning
+    assert "another process" not in caplog.text
+    twin = heartbeat.Heartbeat(cfg)
+    for _ in range(3):
+        for hb, pid in ((twin, 3), (restarted, 2)):
+            hb._next = 0.0  # the next beat is due
+            hb.beat(status(pid))
+    warned = [r.getMessage() for r in caplog.records if "another process" in r.getMessage()]
+    assert len(warned) == 2, warned  # once by each of the two
+    assert "'copied'" in warned[0] and "pid 3" in warned[0] and "pid 2" in warned[1]
+    for hb in (twin, restarted):
+        hb.stop()

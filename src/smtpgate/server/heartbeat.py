@@ -37,6 +37,9 @@ log = logging.getLogger("smtpgate")
 EVERY = 10.0
 TTL = 60
 
+#: What tells one process's heartbeat from another's under the same name.
+_IDENTITY = ("host", "pid", "started")
+
 #: Deletes the heartbeat only if it is still the one this process wrote: a node
 #: started meanwhile under the same ``node_name`` keeps its own.
 _DELETE_OWN = """
@@ -73,20 +76,25 @@ class Heartbeat:
         self._failing = False
         #: The last document written (what ``stop`` deletes, if still there).
         self._written: str | None = None
+        self._host = socket.gethostname()
+        #: Another process writes under this node's name (warned once).
+        self._twin = False
 
     def beat(self, status: ServerStatus) -> None:
         now = time.monotonic()
         if now < self._next:
             return
         self._next = now + EVERY
-        doc: dict[str, Any] = {**asdict(status), "node": self._name,
+        doc: dict[str, Any] = {**asdict(status), "node": self._name, "host": self._host,
                                "queue": _queue_size(self._spool)}
         text = json.dumps(doc, sort_keys=True)
         try:
             if self._client is None:
                 self._client = redis_client(self._cfg)
-            self._client.set(self._key, text, ex=TTL)
-            self._written = text
+            pipe = self._client.pipeline(transaction=False)
+            pipe.get(self._key)
+            pipe.set(self._key, text, ex=TTL)
+            before, _ = pipe.execute()
         except (self._error, OSError) as e:
             if not self._failing:
                 log.warning("cluster heartbeat: cannot write to Redis: %s", e)
@@ -95,6 +103,34 @@ class Heartbeat:
         if self._failing:
             log.info("cluster heartbeat: Redis answers again")
         self._failing = False
+        ours_before, self._written = self._written, text
+        self._check_twin(before, doc, wrote_before=ours_before is not None)
+
+    def _check_twin(self, before: bytes | None, doc: dict[str, Any], *,
+                    wrote_before: bool) -> None:
+        """Warn (once) when the heartbeat replaced was written by another live
+        process: two nodes configured with one ``node_name`` overwrite each other,
+        and ``cluster status`` would list one node where two serve. A heartbeat
+        found on the first write may be a predecessor's (a node restarted after a
+        crash): only one found after this process wrote its own says "twin"."""
+        other = None
+        if before is not None and wrote_before:
+            try:
+                found = json.loads(before)
+            except ValueError:
+                found = None
+            if isinstance(found, dict) and [found.get(k) for k in _IDENTITY] != [
+                    doc.get(k) for k in _IDENTITY]:
+                other = found
+        if other is None:
+            self._twin = False
+            return
+        if not self._twin:
+            log.warning("cluster heartbeat: another process writes the heartbeat of node "
+                        "%r (host %s, pid %s): give each node its own [state] node_name; "
+                        "until then cluster status lists one node where two serve",
+                        self._name, other.get("host", "?"), other.get("pid", "?"))
+        self._twin = True
 
     def stop(self) -> None:
         """The node stops: delete its heartbeat (never raises; with Redis down the

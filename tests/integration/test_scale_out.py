@@ -385,3 +385,29 @@ def test_two_nodes_under_one_node_name_are_warned_about(
     assert "'copied'" in warned[0] and "pid 3" in warned[0] and "pid 2" in warned[1]
     for hb in (twin, restarted):
         hb.stop()
+
+
+def test_a_postgresql_outage_is_logged_by_smtpgate_alone(c: Cluster) -> None:
+    """docs/scale-out.md, "PostgreSQL down": each process says so once when it
+    starts and once when it ends (``outage_log``). The connection pool's own line
+    per reconnection attempt (about one a second per process, unformatted, to
+    stderr even with ``server.log_file``) repeated that, and buried the rest."""
+    from tests.postgres_server import shared_cluster
+
+    marks = [len(node.log_text()) for node in c.nodes]
+    pg = shared_cluster()
+    pg.stop()
+    try:
+        replies = [c.login("127.0.0.30", BOB, BOB_PASSWORD) for _ in range(2)]
+        assert all(x.startswith("454 ") for x in replies), replies
+        time.sleep(12)  # beyond the pool's reconnection attempt (10 s)
+    finally:
+        pg.start()
+    deadline = time.monotonic() + 30
+    while not all(c.login("127.0.0.30", BOB, BOB_PASSWORD).startswith("235") for _ in range(2)):
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    texts = [node.log_text()[mark:] for node, mark in zip(c.nodes, marks)]
+    assert "unavailable" in "".join(texts) and "answering again" in "".join(texts)
+    for text in texts:
+        assert "error connecting in" not in text and "reconnection attempt" not in text, text

@@ -106,6 +106,33 @@ from smtpgate.config import AccountsConfig, PostgresConfig
 
 log = logging.getLogger("smtpgate.auth.postgres")
 
+#: psycopg_pool's lines for one failed connection attempt (the format strings of
+#: its log calls). The pool retries about once a second while the database is
+#: down, in every process: the outage they belong to is ``OutageLog``'s to report
+#: (once, a summary a minute, once at the end), so these are dropped.
+_POOL_CONNECT_FAILURES = frozenset({
+    "error connecting in %r: %s",
+    "reconnection attempt in pool %r failed after %s sec",
+})
+
+
+class _PoolLog(logging.Handler):
+    """The pool's other warnings (a broken connection discarded, one returned in a
+    transaction), in the server log's own format: without a handler, Python's last
+    resort wrote them bare to stderr, beside ``server.log_file`` rather than in it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.msg in _POOL_CONNECT_FAILURES:
+            return
+        logging.getLogger("smtpgate").handle(record)
+
+
+def _route_pool_log() -> None:
+    pool_log = logging.getLogger("psycopg.pool")
+    if not any(isinstance(h, _PoolLog) for h in pool_log.handlers):
+        pool_log.addHandler(_PoolLog())
+        pool_log.propagate = False
+
 #: The key that names the database, in what is logged about it.
 DSN_KEY = "accounts.postgresql.dsn"
 
@@ -701,6 +728,7 @@ class PostgresAccountStore:
         #: A database down under login load fails every login: logged once, then a
         #: summary a minute, then once when it answers (``outage_log``).
         self._outage = OutageLog(self._label, log)
+        _route_pool_log()
         kwargs = connection_kwargs(pg)
         #: Why the database could not be reached at opening (None: it answered).
         self.outage: str | None = None

@@ -301,6 +301,11 @@ def ping(info: str) -> pq.Ping:
     return pq.Ping(pq.PGconn.ping(info.encode()))
 
 
+def one_line(text: str) -> str:
+    """``text`` with its line breaks and runs of white space as single spaces."""
+    return " ".join(text.split())
+
+
 def connect(pg: PostgresConfig, *, classify: bool = True) -> psycopg.Connection[Row]:
     """A new connection (autocommit).
 
@@ -333,7 +338,9 @@ def connect(pg: PostgresConfig, *, classify: bool = True) -> psycopg.Connection[
         else:
             outage = False
         kind = PostgresUnreachable if outage else StoreUnavailable
-        raise kind(f"{where(pg)}: {str(error).strip()}") from None
+        # libpq's messages run over lines ("...refused\n\tIs the server running
+        # ...?"): one line, so each log record that quotes it stays one line.
+        raise kind(f"{where(pg)}: {one_line(str(error))}") from None
 
 
 def check_version(label: str, current: int) -> None:

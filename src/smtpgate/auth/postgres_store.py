@@ -98,6 +98,7 @@ from smtpgate.auth.postgres_schema import (
     connect,
     connection_kwargs,
     current_version,
+    one_line,
     schema_version,
     utcnow,
     where,
@@ -830,7 +831,7 @@ class PostgresAccountStore:
         except PoolClosed:
             raise StoreUnavailable(f"{self._label}: store is closed") from None
         except psycopg.Error as e:
-            cause = str(e).strip()
+            cause = one_line(str(e))
             if isinstance(e, psycopg.OperationalError):
                 self._outage.failed(cause)
             raise StoreUnavailable(f"{self._label}: {cause}") from None

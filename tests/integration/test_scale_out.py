@@ -9,6 +9,7 @@ that HAProxy passes (distinct 127.0.0.x sources)."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import ssl
@@ -416,3 +417,26 @@ def test_a_postgresql_outage_is_logged_by_smtpgate_alone(c: Cluster) -> None:
         # outage lines in two for anything reading the log line by line.
         stray = [line for line in text.splitlines() if not line[:4].isdigit()]
         assert stray == [], text
+
+
+def test_cluster_status_marks_a_node_whose_heartbeats_stopped(c: Cluster) -> None:
+    """A node killed with ``kill -9`` (or cut off from Redis) stays listed until its
+    last heartbeat expires: "seen 40 s ago" alone reads like a node that is up;
+    the line says that heartbeats are late, and ``--json`` has ``late``."""
+    import redis as redis_py
+
+    client = redis_py.Redis(port=c.redis.port, password=c.redis.password_file.read_text().strip())
+    doc = json.loads(client.get("cluster:node:a") or b"{}")
+    doc.update(node="gone", pid=4242, updated=time.time() - 40)
+    client.set("cluster:node:gone", json.dumps(doc), ex=30)
+    try:
+        lines = c.nodes[0].cli("cluster", "status").stdout.splitlines()
+        gone = [x for x in lines if x.startswith("gone:")]
+        assert gone and re.search(r"seen 4\d s ago \(late: ", gone[0]), lines
+        assert not any("late" in x for x in lines if x.startswith(("a:", "b:"))), lines
+        docs = {d["node"]: d for d in map(json.loads, c.nodes[0].cli(
+            "cluster", "status", "--json").stdout.splitlines())}
+        assert docs["gone"]["late"] is True and docs["a"]["late"] is False
+    finally:
+        client.delete("cluster:node:gone")
+        client.close()

@@ -12,7 +12,11 @@ import click
 import redis
 
 from smtpgate.cli.common import OperationalError, config_option, get_config, iso_time
-from smtpgate.server.heartbeat import nodes
+from smtpgate.server.heartbeat import EVERY, nodes
+
+#: A heartbeat older than this is late: three missed beats. The node died (``kill
+#: -9``, power) or cannot reach Redis; one that stops says so by removing its own.
+LATE = 3 * EVERY
 
 
 @click.group()
@@ -39,7 +43,8 @@ def cluster_status(as_json: bool, config_path: Path | None) -> None:
         for doc in found:
             # Times as in every command's JSON: ISO 8601 with the zone (docs/cli.md).
             updated = doc.get("updated")
-            shown = {**doc, "updated": iso_time(updated)} if isinstance(updated, int | float) else doc
+            shown = ({**doc, "updated": iso_time(updated), "late": now - updated > LATE}
+                     if isinstance(updated, int | float) else doc)
             click.echo(json.dumps(shown, sort_keys=True))
         return
     if not found:
@@ -47,8 +52,11 @@ def cluster_status(as_json: bool, config_path: Path | None) -> None:
         return
     for doc in found:
         listeners = ", ".join(f"{lst['name']} {lst['address']}" for lst in doc["listeners"])
+        age = now - doc["updated"]
+        late = (f" (late: heartbeats come every {EVERY:.0f} s; the node died or cannot "
+                f"reach Redis)" if age > LATE else "")
         click.echo(f"{doc['node']}: smtpgate {doc['version']}, pid {doc['pid']}, "
-                   f"seen {now - doc['updated']:.0f} s ago, {doc['sessions']} sessions, "
+                   f"seen {age:.0f} s ago{late}, {doc['sessions']} sessions, "
                    f"queue {doc['queue']}; {listeners}")
 
 

@@ -143,6 +143,24 @@ def test_bare_lf_cr_end_of_data_does_not_split_a_message(server: Server, fake_en
     r.close()
     time.sleep(0.3)
     assert server.delivered() == []
+    # The refusal is in the log, with the session and the account: an
+    # administrator can tell a smuggling probe from a broken client.
+    assert f"user={USER} message refused: bare CR or LF" in server.log_text()
+    assert "Traceback" not in server.log_text()
+
+
+def test_a_session_closed_for_too_many_errors_is_logged(server: Server) -> None:
+    """A client probing until ``limits.max_errors`` closes its session left no
+    line in the log; now the close and its cause are there."""
+    r = tls_session(server)
+    reply = ""
+    for line in ["AUTH SCRAM-SHA-256", "*"] * 30:  # above the fixture's max_errors
+        if (reply := r.cmd(line)).startswith("421"):
+            break
+    assert reply == "421 4.7.0 Too many errors, closing connection"
+    r.close()
+    time.sleep(0.3)
+    assert "closed: too many errors" in server.log_text()
 
 
 def test_over_long_line_is_500(server: Server) -> None:

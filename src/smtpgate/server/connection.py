@@ -21,7 +21,7 @@ from smtpgate.queue.incoming import Incoming
 from smtpgate.server.decisions import Decisions, Peer, Pending
 from smtpgate.server.runtime import ListenerRuntime, ServerRuntime
 from smtpgate.smtp import replies as R
-from smtpgate.smtp.engine import ServerEngine, TlsInfo
+from smtpgate.smtp.engine import QUIT_REASON, SESSION_ENDED, ServerEngine, TlsInfo
 from smtpgate.smtp.events import (
     NEED_DATA,
     OUTPUT_FULL,
@@ -265,6 +265,11 @@ class SmtpConnection(asyncio.Protocol):
                 self._start_tls()
                 return
             if isinstance(ev, CloseConnection):
+                if ev.reason not in (QUIT_REASON, SESSION_ENDED):
+                    # Too many errors, an HTTP request, an unreadable BDAT: a probe
+                    # or a broken client, which the administrator should see.
+                    log.info("%s %s:%s closed: %s", self.session_id, self.client_ip,
+                             self.client_port, ev.reason)
                 self._close(flush=True)
                 return
             starts = isinstance(ev, MessageStart)

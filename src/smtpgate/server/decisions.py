@@ -38,7 +38,7 @@ from smtpgate.sasl.base import CredentialAnswer
 from smtpgate.sasl.exchange import AuthResult
 from smtpgate.server.runtime import ServerRuntime
 from smtpgate.smtp import replies as R
-from smtpgate.smtp.engine import ServerEngine
+from smtpgate.smtp.engine import TRANSACTION_RESET, ServerEngine
 from smtpgate.smtp.events import (
     AuthFinished,
     AuthQuery,
@@ -135,6 +135,13 @@ class Decisions:
         elif isinstance(ev, MessageStart):
             self.message_start(ev)
         elif isinstance(ev, MessageAborted):
+            if ev.reason != TRANSACTION_RESET:
+                # A smuggling probe (bare CR or LF), an oversized message, a NUL in
+                # the header: refused at the real end of the data, and logged here.
+                p = self.peer
+                who = self.principal.account if self.principal is not None else ""
+                log.warning("%s %s user=%s message refused: %s", p.session_id,
+                            p.client_ip, who, ev.reason)
             self.message_dropped()
         elif isinstance(ev, MessageReceived):
             return Pending(self._store(ev), engine.respond, ev)

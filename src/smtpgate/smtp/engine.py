@@ -79,6 +79,13 @@ MAX_COMMAND_LINE = 1000
 MAX_AUTH_LINE = 12288 + 2
 #: Commands an unauthenticated/cleartext client may always use (RFC 3207 §4,
 #: RFC 4954 §6).
+#: The `CloseConnection` reason of a client's QUIT: the one close nobody logs.
+QUIT_REASON = "QUIT"
+#: The reason of a close after a 421 the server sent on its own (timeout, shutdown,
+#: revoked login): whoever sent that 421 has logged why.
+SESSION_ENDED = "session ended"
+#: The `MessageAborted` reason of a RSET (or STARTTLS) mid-BDAT: no refusal to log.
+TRANSACTION_RESET = "transaction reset"
 _HTTP_VERBS = frozenset({"GET", "POST", "HEAD", "PUT", "CONNECT", "OPTIONS", "DELETE"})
 #: What ``_take_line`` returns for a line over its limit; NUL never reaches a
 #: command (it is refused) nor a SASL response (it is not base64).
@@ -149,6 +156,7 @@ class ServerEngine:
         "_chunk_last",
         "_chunk_left",
         "_chunks",
+        "_close_reason",
         "_closing",
         "_data",
         "_discarding",
@@ -196,6 +204,8 @@ class ServerEngine:
         self._discarding: bytes | None = None
         self._shutdown = False
         self._closing = False
+        #: Why the session is closing: the reason of the `CloseConnection` to come.
+        self._close_reason = SESSION_ENDED
         # Transaction
         self._sender = ""
         self._recipients: list[str] = []
@@ -309,7 +319,7 @@ class ServerEngine:
                 return event
         if self.state is State.CLOSED and self._closing:
             self._closing = False
-            return CloseConnection("session ended")
+            return CloseConnection(self._close_reason)
         return NEED_DATA
 
     def respond(self, reply: R.Reply | None) -> None:
@@ -419,12 +429,15 @@ class ServerEngine:
         self.errors += 1
         if self.errors >= self.settings.max_errors:
             self._close_with(R.TOO_MANY_ERRORS)
-            return self._close_event()
+            # An error answered through a decision closes later, from next_event().
+            self._close_reason = "too many errors"
+            return self._close_event(self._close_reason)
         return None
 
-    def _close_event(self) -> Event:
+    def _close_event(self, reason: str) -> Event:
+        """``reason`` goes to the log unless it is QUIT: why the server closed."""
         self._closing = False
-        return CloseConnection("closed by server")
+        return CloseConnection(reason)
 
     def _decide(self, event: Event) -> Event:
         self._pending = event
@@ -488,7 +501,7 @@ class ServerEngine:
         if verb in _HTTP_VERBS and self.state is State.CONNECTED and not self.helo:
             # ALPACA: an HTTP client (or a cross-protocol attack) on an SMTP port.
             self._close_with(R.HTTP_REFUSED)
-            return self._close_event()
+            return self._close_event(f"HTTP request line ({verb}) as the first command")
         if verb not in KNOWN_VERBS:
             return self._error(R.UNKNOWN_COMMAND)
         if self.on_command is not None:
@@ -621,7 +634,7 @@ class ServerEngine:
 
     def _cmd_quit(self, arg: str) -> Event | None:
         self._close_with(R.BYE)
-        return self._close_event()
+        return self._close_event(QUIT_REASON)
 
     def _cmd_starttls(self, arg: str) -> Event | None:
         if self.tls is not None:
@@ -886,7 +899,7 @@ class ServerEngine:
             size, last = parse_bdat(arg)
         except BdatSyntaxError:
             self._close_with(R.BDAT_SYNTAX)
-            return self._close_event()
+            return self._close_event("BDAT size unreadable")
         refusal = self._require_auth()
         if refusal is None and self.state not in (State.RCPT, State.CHUNKS):
             refusal = OUT_OF_SEQUENCE.get((self.state, "BDAT"), R.BAD_SEQUENCE)
@@ -950,7 +963,7 @@ class ServerEngine:
         if self.state is not State.CHUNKS or self._aborted:
             return None
         self._aborted = True
-        return MessageAborted("transaction reset")
+        return MessageAborted(TRANSACTION_RESET)
 
     def _after_message(self) -> None:
         self._reset_transaction()

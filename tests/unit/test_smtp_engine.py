@@ -286,6 +286,27 @@ def test_rfc4954_s5_auth_param_with_encoded_crlf_refused() -> None:
     assert codes(out) == [str(R.SYNTAX_ERROR)]
 
 
+@pytest.mark.parametrize(("line", "reply"), [
+    # Postfix: "503 5.5.4 Error: multiple AUTH= options"; the address is not at fault.
+    (b"MAIL FROM:<alice@example.org> AUTH=<> AUTH=<>", R.DUPLICATE_PARAMETER),
+    (b"MAIL FROM:<alice@example.org> SIZE=10 size=10", R.DUPLICATE_PARAMETER),
+    (b"MAIL FROM:<alice@example.org> AUTH=", R.SYNTAX_ERROR),
+    (b"MAIL FROM:<alice@example.org> AUTH=a=b", R.SYNTAX_ERROR),
+    (b"MAIL FROM:<alice@example.org> -X=1", R.SYNTAX_ERROR),
+    (b"MAIL FROM:alice@example.org", R.SYNTAX_MAIL),
+    (b"RCPT TO:<bob@example.net> NOTIFY=NEVER NOTIFY=NEVER", R.DUPLICATE_PARAMETER),
+    (b"RCPT TO:<bob@example.net> NOTIFY=", R.SYNTAX_ERROR),
+    (b"RCPT TO:bob@example.net", R.SYNTAX_RCPT),
+])
+def test_a_bad_parameter_is_named_not_the_address(line: bytes, reply: R.Reply) -> None:
+    """A duplicate or malformed MAIL/RCPT parameter was answered "Syntax: MAIL
+    FROM:<address>", pointing the sender at an address that was fine."""
+    d = authed()
+    if line.startswith(b"RCPT"):
+        d.feed(b"MAIL FROM:<alice@example.org>\r\n")
+    assert codes(d.feed(line + b"\r\n")) == [str(reply)]
+
+
 # --- Transactions -------------------------------------------------------------------
 
 

@@ -43,6 +43,15 @@ class AddressError(ValueError):
     """The path or mailbox is not valid RFC 5321 (or RFC 6531) syntax."""
 
 
+class ParameterError(AddressError):
+    """A MAIL or RCPT parameter (RFC 5321 §4.1.2 esmtp-param) is malformed: the
+    path is fine, so the reply must not point at it."""
+
+
+class DuplicateParameter(ParameterError):
+    """A MAIL or RCPT parameter given twice (``AUTH=<> AUTH=<>``)."""
+
+
 class NonAsciiWithoutSmtputf8(AddressError):
     """RFC 6531 §3.4: a UTF-8 address needs the SMTPUTF8 parameter."""
 
@@ -155,12 +164,12 @@ def parse_params(rest: str) -> dict[str, str | None]:
             continue
         key, eq, value = item.partition("=")
         if not _PARAM_KEY.fullmatch(key):
-            raise AddressError(f"bad parameter {key!r}")
+            raise ParameterError(f"bad parameter {key!r}")
         if eq and not _PARAM_VALUE.fullmatch(value):
-            raise AddressError(f"bad value for {key}")
+            raise ParameterError(f"bad value for {key}")
         ukey = key.upper()
         if ukey in out:
-            raise AddressError(f"duplicate parameter {ukey}")
+            raise DuplicateParameter(f"duplicate parameter {ukey}")
         out[ukey] = value if eq else None
     return out
 

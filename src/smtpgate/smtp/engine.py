@@ -32,7 +32,9 @@ from smtpgate.sasl.framing import decode_base64_strict, encode_base64
 from smtpgate.smtp import replies as R
 from smtpgate.smtp.address import (
     AddressError,
+    DuplicateParameter,
     NonAsciiWithoutSmtputf8,
+    ParameterError,
     decode_xtext,
     parse_params,
     parse_path,
@@ -677,9 +679,14 @@ class ServerEngine:
             return self._error(refusal)
         try:
             path, rest = split_path_argument(arg, "FROM")
-            params = parse_params(rest)
         except AddressError:
             return self._error(R.SYNTAX_MAIL)
+        try:
+            params = parse_params(rest)
+        except DuplicateParameter:
+            return self._error(R.DUPLICATE_PARAMETER)
+        except ParameterError:
+            return self._error(R.SYNTAX_ERROR)
         smtputf8 = "SMTPUTF8" in params
         if smtputf8 and params["SMTPUTF8"] is not None:
             return self._error(R.SYNTAX_ERROR)
@@ -754,9 +761,14 @@ class ServerEngine:
             return self._error(refusal)
         try:
             path, rest = split_path_argument(arg, "TO")
-            params = parse_params(rest)
         except AddressError:
             return self._error(R.SYNTAX_RCPT)
+        try:
+            params = parse_params(rest)
+        except DuplicateParameter:
+            return self._error(R.DUPLICATE_PARAMETER)
+        except ParameterError:
+            return self._error(R.SYNTAX_ERROR)
         try:
             dsn = parse_rcpt_params(params, utf8=self._smtputf8)  # RFC 3461, RFC 6533
         except KeyError:

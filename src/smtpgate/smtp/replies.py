@@ -112,6 +112,9 @@ BAD_ADDRESS = Reply(553, "5.1.3", "Address syntax error")
 BAD_SENDER_ADDRESS = Reply(553, "5.1.7", "Sender address syntax error")
 # RFC 5321 §4.1.1.11 / RFC 1870 §6: unknown MAIL/RCPT parameter.
 UNKNOWN_PARAMETER = Reply(555, "5.5.4", "Unsupported MAIL/RCPT parameter")
+# A parameter given twice (Postfix: "503 5.5.4 Error: multiple AUTH= options"); 501
+# as for any other bad argument (RFC 5321 §4.2.4 keeps 503 for command order).
+DUPLICATE_PARAMETER = Reply(501, "5.5.4", "Duplicate MAIL/RCPT parameter")
 NUL_IN_COMMAND = Reply(501, "5.5.2", "NUL characters are not allowed in SMTP commands")
 # RFC 6531 §3.4: SMTPUTF8 content without the parameter.
 UTF8_NOT_DECLARED = Reply(553, "5.6.7", "Non-ASCII address requires the SMTPUTF8 parameter")

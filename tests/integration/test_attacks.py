@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import socket
 import ssl
 import time
@@ -161,6 +162,26 @@ def test_a_session_closed_for_too_many_errors_is_logged(server: Server) -> None:
     r.close()
     time.sleep(0.3)
     assert "closed: too many errors" in server.log_text()
+
+
+def test_a_client_that_half_closes_after_its_message_gets_the_250(server: Server) -> None:
+    """A client that sends its message and QUIT, then shuts its side down (``nc
+    -N``, a script) had its message stored but never saw the 250 or the 221: the
+    connection closed at the EOF while the spool write was under way, so the
+    client would send the message again. The replies now go out, then the close."""
+    r = tls_session(server)
+    assert r.cmd(f"AUTH PLAIN {plain(USER, PASSWORD)}").startswith("235")
+    body = b"From: alice@example.org\r\nSubject: half-close\r\n\r\nbody\r\n"
+    r.send(f"MAIL FROM:<{USER}>\r\nRCPT TO:<bob@example.net>\r\n".encode()
+           + b"BDAT %d LAST\r\n" % len(body) + body + b"QUIT\r\n")
+    # A TCP half-close under the TLS layer (SSLSocket.shutdown would drop it).
+    dup = socket.socket(fileno=os.dup(r.sock.fileno()))
+    dup.shutdown(socket.SHUT_WR)
+    dup.close()
+    replies = [r.reply() for _ in range(4)]
+    assert [x[:3] for x in replies] == ["250", "250", "250", "221"], replies
+    r.close()
+    assert len(server.wait_for_mail(1)) == 1
 
 
 def test_over_long_line_is_500(server: Server) -> None:

@@ -62,6 +62,7 @@ class SmtpConnection(asyncio.Protocol):
         "_data_bytes",
         "_data_started",
         "_disk_paused",
+        "_eof",
         "_last_activity",
         "_line_started",
         "_loop",
@@ -111,6 +112,8 @@ class SmtpConnection(asyncio.Protocol):
         self._reading_paused = False
         #: Reading stopped until the message being received is written out.
         self._disk_paused = False
+        #: The client half-closed: answer what it sent, then close.
+        self._eof = False
         #: Reading and command processing stopped: the client does not read its
         #: replies (the transport's buffer is over its high-water mark).
         self._writing_paused = False
@@ -199,7 +202,15 @@ class SmtpConnection(asyncio.Protocol):
             self._disk_paused = True
 
     def eof_received(self) -> bool | None:
-        return None  # let the transport close
+        """The client has sent all it will (a TCP half-close, as ``nc -N`` or a
+        script does after QUIT). What it sent before is answered: with a decision
+        under way (the message's spool write, a MAIL look-up) the transport stays
+        open until its reply and those of the commands behind it are out, or a
+        client whose message was stored would see no 250 and send it again."""
+        if self._closed or self._task is None:
+            return None  # everything read was answered already: let the transport close
+        self._eof = True
+        return True
 
     def pause_writing(self) -> None:
         """The client is not reading its replies: read and run no more commands
@@ -247,6 +258,8 @@ class SmtpConnection(asyncio.Protocol):
         """Drain the engine's events, then start or stop the deadlines' clocks."""
         before = self.engine.buffered
         self._drain()
+        if self._eof and self._task is None and not self._closed:
+            self._close(flush=True)  # the half-closed client's last command answered
         if not self._closed:
             self._clocks(before)
 

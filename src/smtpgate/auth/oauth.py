@@ -32,7 +32,6 @@ import logging
 import threading
 import time
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ from typing import Any, TypeGuard
 
 import jwt
 
+from smtpgate.auth import oauth_http
 from smtpgate.auth.outage_log import OutageLog
 from smtpgate.config import JWT_ALGORITHMS, AuthConfig, IssuerConfig
 
@@ -47,7 +47,7 @@ from smtpgate.config import JWT_ALGORITHMS, AuthConfig, IssuerConfig
 MAX_TOKEN_OCTETS = 16 * 1024
 #: A key set or introspection answer larger than this is not one.
 MAX_RESPONSE_OCTETS = 1024 * 1024
-#: Seconds to wait for a key set or introspection endpoint.
+#: Seconds a key set or introspection exchange may take in all (not per read).
 HTTP_TIMEOUT = 10.0
 #: Longest wait before a key set whose fetch failed is fetched again (shorter if
 #: the issuer's ``jwks_min_refresh_seconds`` is).
@@ -82,25 +82,18 @@ Post = Callable[[str, bytes, Mapping[str, str]], bytes]
 ReadFile = Callable[[Path], bytes]
 
 
-def _read_limited(response: Any) -> bytes:
-    data: bytes = response.read(MAX_RESPONSE_OCTETS + 1)
-    if len(data) > MAX_RESPONSE_OCTETS:
-        raise TokenVerifierUnavailable("response too large")
-    return data
-
-
 def urllib_fetch(url: str) -> bytes:
-    """GET ``url`` (the default key-set fetcher)."""
-    request = urllib.request.Request(url, headers={"Accept": "application/json"})
-    with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT) as response:
-        return _read_limited(response)
+    """GET ``url`` (the default key-set fetcher): within ``HTTP_TIMEOUT`` in all
+    (``oauth_http``)."""
+    return oauth_http.request(url, timeout=HTTP_TIMEOUT, limit=MAX_RESPONSE_OCTETS,
+                              headers={"Accept": "application/json"})
 
 
 def urllib_post(url: str, body: bytes, headers: Mapping[str, str]) -> bytes:
-    """POST ``body`` to ``url`` (the default introspection client)."""
-    request = urllib.request.Request(url, data=body, headers=dict(headers), method="POST")
-    with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT) as response:
-        return _read_limited(response)
+    """POST ``body`` to ``url`` (the default introspection client): within
+    ``HTTP_TIMEOUT`` in all (``oauth_http``)."""
+    return oauth_http.request(url, timeout=HTTP_TIMEOUT, limit=MAX_RESPONSE_OCTETS,
+                              data=body, headers=headers)
 
 
 @dataclass

@@ -1,0 +1,131 @@
+"""HTTP for the token verifier: one request, all of it within one deadline.
+
+Why not plain ``urllib.request.urlopen(url, timeout=...)``: its timeout bounds
+each socket operation, not the exchange. A key-set endpoint that sends its answer
+a byte every few seconds (broken, or hostile on the path) keeps a fetch going for
+as long as it likes: the login waiting for it hangs, every later login without
+keys waits for it in turn, and ``serve`` cannot stop while the thread is in it.
+Here each connection's socket is shut down when the exchange's deadline passes,
+whatever state it is in (connecting, TLS handshake, headers, body).
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import threading
+import time
+import urllib.request
+from collections.abc import Mapping
+from typing import Any
+
+
+class HttpFetchError(OSError):
+    """The exchange did not give a usable answer (deadline, size)."""
+
+
+class _Deadline:
+    """Shuts down every socket opened for one exchange once ``seconds`` have passed."""
+
+    def __init__(self, seconds: float) -> None:
+        self._at = time.monotonic() + seconds
+        self._seconds = seconds
+        self._lock = threading.Lock()
+        self._timers: list[threading.Timer] = []
+        self._socks: list[socket.socket] = []
+        self.passed = False
+
+    def remaining(self) -> float:
+        left = self._at - time.monotonic()
+        if left <= 0:
+            self.passed = True
+            raise HttpFetchError(f"no complete answer within {self._seconds:g} s")
+        return left
+
+    def connect(self, address: tuple[str, int], timeout: float | None = None,
+                source_address: tuple[str, int] | None = None) -> socket.socket:
+        """``socket.create_connection`` under the deadline (http.client's hook)."""
+        left = self.remaining()
+        sock = socket.create_connection(address, min(timeout or left, left), source_address)
+        # A second handle on the same socket: TLS wrapping detaches the first.
+        watched = sock.dup()
+        timer = threading.Timer(self.remaining(), self._cut, (watched,))
+        timer.daemon = True
+        with self._lock:
+            self._socks.append(watched)
+            self._timers.append(timer)
+        timer.start()
+        return sock
+
+    def _cut(self, sock: socket.socket) -> None:
+        self.passed = True
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # closed already
+
+    def close(self) -> None:
+        with self._lock:
+            for timer in self._timers:
+                timer.cancel()
+            for sock in self._socks:
+                sock.close()
+
+
+def _watched(base: type[http.client.HTTPConnection], deadline: _Deadline) -> Any:
+    class Watched(base):  # type: ignore[valid-type,misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._create_connection = deadline.connect
+
+    return Watched
+
+
+class _HTTP(urllib.request.HTTPHandler):
+    def __init__(self, deadline: _Deadline) -> None:
+        super().__init__()
+        self._deadline = deadline
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(_watched(http.client.HTTPConnection, self._deadline), req)
+
+
+class _HTTPS(urllib.request.HTTPSHandler):
+    def __init__(self, deadline: _Deadline) -> None:
+        super().__init__()
+        self._deadline = deadline
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        # No context: http.client makes the default one (system CAs, SSL_CERT_FILE;
+        # certificate and host name checked).
+        return self.do_open(_watched(http.client.HTTPSConnection, self._deadline), req)
+
+
+def request(url: str, *, timeout: float, limit: int, data: bytes | None = None,
+            headers: Mapping[str, str] | None = None) -> bytes:
+    """GET (or POST ``data`` to) ``url``; the body, all within ``timeout`` seconds.
+
+    Raises:
+        HttpFetchError: deadline passed, redirect refused, body over ``limit``.
+        OSError, urllib.error.URLError, http.client.HTTPException: no answer.
+    """
+    deadline = _Deadline(timeout)
+    opener = urllib.request.build_opener(_HTTP(deadline), _HTTPS(deadline))
+    req = urllib.request.Request(url, data=data, headers=dict(headers or {}),
+                                 method="POST" if data is not None else "GET")
+    try:
+        with opener.open(req, timeout=timeout) as response:
+            body: bytes = response.read(limit + 1)
+        if deadline.passed:  # a body without a length ends where it was cut
+            raise HttpFetchError(f"no complete answer within {timeout:g} s")
+        if len(body) > limit:
+            raise HttpFetchError(f"answer larger than {limit} octets")
+        return body
+    except HttpFetchError:
+        raise
+    except (OSError, http.client.HTTPException) as exc:
+        if deadline.passed:
+            raise HttpFetchError(f"no complete answer within {timeout:g} s") from exc
+        raise
+    finally:
+        deadline.close()

@@ -1,0 +1,286 @@
+"""The OAuth login path attacked by a client holding tokens from a real-looking issuer.
+
+One ``smtpgate serve`` trusts several issuers whose key sets come over HTTPS on
+loopback (``jwks_https.JwksHttps``, a throw-away CA given to the server with
+``SSL_CERT_FILE``): ``good`` and ``partner`` answer normally, the others are down,
+drip-feed, are too large, are not JSON or redirect to plain http. The client speaks
+SMTP over STARTTLS with smtplib and writes the SASL messages itself, so malformed
+ones reach the server as sent. A fault on the issuer's side must answer ``454
+4.7.0`` at once; a refused token ``535 5.7.8`` after the error JSON (RFC 7628
+§3.2.2); a malformed message ``501`` (base64) or the error JSON with
+``invalid_request``; never a traceback in the log.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import smtplib
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from smtpgate.sasl.oauth import encode_oauthbearer, encode_xoauth2
+
+from .conftest import Server, make_server
+from .jwks_https import JwksHttps
+from .oauth_issuer import SCOPE, LocalIssuer
+
+ALICE = "alice@example.org"
+BOB = "bob@example.org"
+#: The issuers whose key set endpoints misbehave, each for a login that has no key set yet.
+BROKEN = ("down", "drip", "huge", "not-json")
+
+
+class Idp:
+    """The server, its key-set endpoint and the issuers behind it."""
+
+    def __init__(self, server: Server, https: JwksHttps) -> None:
+        self.server = server
+        self.https = https
+        self.issuers = https.issuers
+
+
+def _issuer_table(issuer: LocalIssuer, url: str, *, algorithms: str = '["ES256"]') -> str:
+    return (
+        "\n[[auth.oauth_issuers]]\n"
+        f'issuer = "{issuer.issuer}"\n'
+        f'audience = ["{issuer.audience}"]\n'
+        f'jwks_url = "{url}"\n'
+        f"algorithms = {algorithms}\n"
+        f'required_scopes = ["{SCOPE}"]\n'
+        'identity_claim = "email"\n'
+        "leeway_seconds = 30\n"
+    )
+
+
+@pytest.fixture(scope="module")
+def idp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Idp]:
+    root = tmp_path_factory.mktemp("oauth-idp")
+    https = JwksHttps(root / "idp")
+    tables = ""
+    for name in ("good", "partner", *BROKEN):
+        issuer = LocalIssuer(issuer=f"https://{name}.idp.example.test/realms/mail")
+        url = https.add(name, issuer, "ok" if name in ("good", "partner") else name)
+        # HS256 is allowed for "good" so that alg confusion reaches the key lookup.
+        tables += _issuer_table(issuer, url, algorithms='["ES256", "HS256"]'
+                                if name == "good" else '["ES256"]')
+    srv = make_server(root / "srv", tables)
+    text = srv.config.read_text().replace(
+        "\n[auth]\n", '\n[auth]\nmechanisms = ["OAUTHBEARER", "XOAUTH2", "PLAIN"]\n'
+        'oauth_openid_configuration = "off"\n', 1)
+    # Hundreds of refusals from 127.0.0.1 on purpose: the guard would rightly stop them.
+    srv.config.write_text(text + "\n[guard]\nenabled = false\n"
+                          if "\n[guard]" not in text else text)
+    srv.env["SSL_CERT_FILE"] = str(https.ca.pem)
+    for user in (ALICE, BOB):
+        srv.add_user(user, secrets.token_urlsafe(24))  # never used: tokens only
+    srv.start()
+    yield Idp(srv, https)
+    if srv.proc is not None:
+        srv.stop()
+    https.close()
+    assert "Traceback" not in srv.log_text()
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def login(idp: Idp, mech: str, message: bytes | str, *, dummy: str = "AQ==",
+          timeout: float = 60) -> list[tuple[int, str]]:
+    """AUTH ``mech`` with ``message`` (bytes: base64-encoded here; str: sent as is)
+    as the initial response; each reply, the dummy answer sent after a 334."""
+    replies: list[tuple[int, str]] = []
+    with smtplib.SMTP("127.0.0.1", idp.server.submission, timeout=timeout) as smtp:
+        smtp.ehlo("attacker.example.test")
+        smtp.starttls(context=idp.server.client_context())
+        smtp.ehlo("attacker.example.test")
+        wire = _b64(message) if isinstance(message, bytes) else message
+        code, text = smtp.docmd("AUTH", f"{mech} {wire}")
+        replies.append((code, text.decode()))
+        if code == 334:
+            code, text = smtp.docmd(dummy)
+            replies.append((code, text.decode()))
+    return replies
+
+
+def bearer(idp: Idp, token: str, *, user: str = ALICE, mech: str = "OAUTHBEARER",
+           **kw: Any) -> list[tuple[int, str]]:
+    message = encode_oauthbearer(user, token) if mech == "OAUTHBEARER" else encode_xoauth2(user, token)
+    return login(idp, mech, message, **kw)
+
+
+def error_json(reply: tuple[int, str]) -> dict[str, Any]:
+    code, text = reply
+    assert code == 334, reply
+    parsed: dict[str, Any] = json.loads(base64.b64decode(text))
+    return parsed
+
+
+def refused(replies: list[tuple[int, str]], status: str = "invalid_token") -> None:
+    assert len(replies) == 2, replies
+    assert error_json(replies[0])["status"] == status
+    assert replies[1][0] == 535 and replies[1][1].startswith("5.7.8"), replies
+
+
+def unavailable(replies: list[tuple[int, str]]) -> None:
+    assert len(replies) == 1 and replies[0][0] == 454, replies
+    assert replies[0][1].startswith("4.7.0"), replies
+
+
+def test_a_good_token_logs_in_with_either_mechanism(idp: Idp) -> None:
+    good = idp.issuers["good"]
+    assert bearer(idp, good.token(ALICE))[-1][0] == 235
+    assert bearer(idp, good.token(ALICE), mech="XOAUTH2")[-1][0] == 235
+
+
+# -- the token's signature and algorithm ----------------------------------------------
+
+
+def test_alg_none_is_refused(idp: Idp) -> None:
+    refused(bearer(idp, idp.issuers["good"].unsigned_token(ALICE)))
+
+
+@pytest.mark.parametrize("secret_form", ["pem", "jwk"])
+def test_hs256_signed_with_the_issuers_public_key_is_refused(idp: Idp, secret_form: str) -> None:
+    good = idp.issuers["good"]
+    public = good.key.public_key()
+    secret = (public.public_bytes(serialization.Encoding.PEM,
+                                  serialization.PublicFormat.SubjectPublicKeyInfo)
+              if secret_form == "pem" else json.dumps(good.jwks()["keys"][0]).encode())
+    # PyJWT refuses to HMAC with something that looks like a key: sign by hand.
+    import hashlib
+    import hmac
+    header = base64.urlsafe_b64encode(json.dumps(
+        {"alg": "HS256", "kid": good.kid, "typ": "JWT"}).encode()).rstrip(b"=")
+    body = base64.urlsafe_b64encode(json.dumps(good.claims(ALICE)).encode()).rstrip(b"=")
+    signing = header + b"." + body
+    sig = base64.urlsafe_b64encode(hmac.new(secret, signing, hashlib.sha256).digest()).rstrip(b"=")
+    refused(bearer(idp, (signing + b"." + sig).decode()))
+
+
+def test_a_token_signed_by_another_issuer_under_this_issuers_name_is_refused(idp: Idp) -> None:
+    good, partner = idp.issuers["good"], idp.issuers["partner"]
+    forged = jwt.encode(good.claims(ALICE), partner.key, algorithm="ES256",
+                        headers={"kid": partner.kid})
+    refused(bearer(idp, forged))
+    forged = jwt.encode(good.claims(ALICE), partner.key, algorithm="ES256",
+                        headers={"kid": good.kid})
+    refused(bearer(idp, forged))
+
+
+def test_made_up_kids_do_not_make_a_fetch_each(idp: Idp) -> None:
+    good = idp.issuers["good"]
+    assert bearer(idp, good.token(ALICE))[-1][0] == 235  # the set is cached
+    before = idp.https.gets["good"]
+    for _ in range(100):
+        token = jwt.encode(good.claims(ALICE), good.key, algorithm="ES256",
+                           headers={"kid": "k-" + secrets.token_hex(8)})
+        refused(bearer(idp, token))
+    # One refresh for the first unknown kid at most, then jwks_min_refresh_seconds (60).
+    assert idp.https.gets["good"] - before <= 1
+
+
+# -- a key set endpoint on a bad day -----------------------------------------------------
+
+
+@pytest.mark.parametrize("name", BROKEN)
+def test_a_broken_key_set_endpoint_is_a_temporary_failure_at_once(idp: Idp, name: str) -> None:
+    start = time.monotonic()
+    unavailable(bearer(idp, idp.issuers[name].token(ALICE)))
+    # The fetch timeout is 10 s: no login waits much longer for an issuer.
+    assert time.monotonic() - start < 20
+    assert idp.https.gets[name] >= 1
+
+
+# -- claims --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("offset", [-40, 20])
+def test_exp_and_nbf_with_the_leeway(idp: Idp, offset: int) -> None:
+    """Leeway 30 s: exp 20 s ago and nbf 20 s ahead still pass, 40 s do not."""
+    good, now = idp.issuers["good"], int(time.time())
+    expired = good.token(ALICE, iat=now - 600, nbf=now - 600, exp=now + offset)
+    early = good.token(ALICE, iat=now, nbf=now - offset, exp=now + 600)
+    for token in (expired, early):
+        replies = bearer(idp, token)
+        if offset > 0:
+            assert replies[-1][0] == 235, replies
+        else:
+            refused(replies)
+
+
+@pytest.mark.parametrize("claims", [
+    {"aud": "other-service.example.test"},
+    {"aud": ["other-service.example.test"]},
+    {"iss": "https://unknown.idp.example.test/realms/mail"},
+    {"iss": "https://partner.idp.example.test/realms/mail"},  # good's key, partner's name
+    {"email_verified": False},
+    {"email_verified": "false"},
+    {"email": None},
+    {"exp": None},
+])
+def test_refused_claims(idp: Idp, claims: dict[str, Any]) -> None:
+    claims = {"email": ALICE, **claims}
+    refused(bearer(idp, idp.issuers["good"].token(**claims)))
+
+
+def test_missing_scope_says_insufficient_scope(idp: Idp) -> None:
+    refused(bearer(idp, idp.issuers["good"].token(ALICE, scope="openid")), "insufficient_scope")
+
+
+@pytest.mark.parametrize("mech", ["OAUTHBEARER", "XOAUTH2"])
+def test_a_token_for_another_user_than_the_one_named_is_refused(idp: Idp, mech: str) -> None:
+    replies = bearer(idp, idp.issuers["good"].token(BOB), user=ALICE, mech=mech)
+    assert replies[-1][0] == 535, replies
+
+
+def test_the_identity_is_the_email_claim_not_sub(idp: Idp) -> None:
+    good = idp.issuers["good"]
+    refused(bearer(idp, good.token("mallory@example.org", sub=ALICE), user=""))
+    assert bearer(idp, good.token(ALICE, sub=BOB), user="")[-1][0] == 235
+
+
+# -- the SASL message itself --------------------------------------------------------------
+
+
+def test_malformed_base64_is_501(idp: Idp) -> None:
+    [(code, text)] = login(idp, "OAUTHBEARER", "bixhPWFsaWNl!!!")
+    assert code == 501 and text.startswith("5.5.2"), (code, text)
+
+
+@pytest.mark.parametrize("message", [
+    b"n,,\x01auth=Bearer \x01\x01x",
+    b"n,a=alice@example.org\x01auth=Bearer abc\x01\x01",
+    b"\xff\xfe",
+    b"n,,\x01auth=Bearer abc\x01auth=Bearer def\x01\x01",
+])
+def test_malformed_messages_get_invalid_request(idp: Idp, message: bytes) -> None:
+    refused(login(idp, "OAUTHBEARER", message), "invalid_request")
+
+
+def test_a_token_that_is_not_json_is_refused(idp: Idp) -> None:
+    for token in ("eyJhbGciOiJFUzI1NiJ9.bm90IGpzb24.c2ln", "a.b.c", "W1tbW1tbW1tb" * 100 + ".e30.x"):
+        refused(bearer(idp, token))
+
+
+@pytest.mark.parametrize("octets", [16 * 1024 - 200, 16 * 1024 + 1, 64 * 1024])
+def test_very_long_tokens_get_a_precise_reply(idp: Idp, octets: int) -> None:
+    token = "A" * octets
+    replies = bearer(idp, token)
+    assert replies[0][0] in (334, 500, 501), replies
+    if replies[0][0] == 334:
+        assert replies[-1][0] == 535
+
+
+@pytest.mark.parametrize("dummy", ["AQ==", "", "*", "eyJ4Ijp0cnVlfQ=="])
+def test_any_answer_to_the_error_json_ends_the_attempt(idp: Idp, dummy: str) -> None:
+    replies = bearer(idp, idp.issuers["good"].token(ALICE, aud="x"), dummy=dummy)
+    assert error_json(replies[0])["status"] == "invalid_token"
+    assert replies[1][0] in (535, 501), replies

@@ -7,6 +7,8 @@ endpoint does on a bad day: ``down`` (503), ``drip`` (a 200 whose body comes a
 byte at a time, never finishing within any socket timeout), ``huge`` (more than
 the 1 MiB cap), ``not-json``, ``redirect-http`` (a 302 to a plain-http copy of the
 set). Every GET is counted per path, so a test can tell one fetch from a storm.
+A POST is an RFC 7662 introspection request: active unless the token is in
+``revoked``, or (mode ``redirect-http``) a 302 to the plain-http port.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import ssl
 import threading
 import time
+import urllib.parse
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -68,13 +71,38 @@ class JwksHttps:
         self.issuers: dict[str, LocalIssuer] = {}
         self.modes: dict[str, str] = {}
         self.gets: Counter[str] = Counter()
+        #: Introspection: tokens the issuer has revoked; every request's (scheme,
+        #: path, Authorization) as it arrived, on either port.
+        self.revoked: set[str] = set()
+        self.seen: list[tuple[str, str, str]] = []
         self._stop = threading.Event()
         idp = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
+            def _record(self) -> None:
+                scheme = "https" if self.server is idp.httpd else "http"
+                idp.seen.append((scheme, self.path, self.headers.get("Authorization", "")))
+
+            def do_POST(self) -> None:
+                """RFC 7662 introspection: active unless revoked; ``redirect-http``
+                sends the client to the plain-http port instead."""
+                self._record()
+                name = self.path.strip("/")
+                form = urllib.parse.parse_qs(
+                    self.rfile.read(int(self.headers.get("Content-Length", "0"))).decode())
+                if self.server is idp.httpd and idp.modes.get(name) == "redirect-http":
+                    self.send_response(302)
+                    self.send_header("Location", f"http://127.0.0.1:{idp.plain_port}/{name}")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                token = form.get("token", [""])[0]
+                self._send(200, json.dumps({"active": token not in idp.revoked}).encode())
+
             def do_GET(self) -> None:
+                self._record()
                 name = self.path.strip("/")
                 idp.gets[name] += 1
                 # The plain-http copy (where redirect-http points) always answers.

@@ -20,6 +20,7 @@ import smtplib
 import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote_plus
 
 import jwt
 import pytest
@@ -34,7 +35,8 @@ from .oauth_issuer import SCOPE, LocalIssuer
 ALICE = "alice@example.org"
 BOB = "bob@example.org"
 #: The issuers whose key set endpoints misbehave, each for a login that has no key set yet.
-BROKEN = ("down", "drip", "huge", "not-json")
+INTROSPECTION_SECRET = "introspection secret: only for the issuer"
+BROKEN = ("down", "drip", "huge", "not-json", "redirect-http")
 
 
 class Idp:
@@ -46,7 +48,8 @@ class Idp:
         self.issuers = https.issuers
 
 
-def _issuer_table(issuer: LocalIssuer, url: str, *, algorithms: str = '["ES256"]') -> str:
+def _issuer_table(issuer: LocalIssuer, url: str, *, algorithms: str = '["ES256"]',
+                  introspection: str = "") -> str:
     return (
         "\n[[auth.oauth_issuers]]\n"
         f'issuer = "{issuer.issuer}"\n'
@@ -56,6 +59,8 @@ def _issuer_table(issuer: LocalIssuer, url: str, *, algorithms: str = '["ES256"]
         f'required_scopes = ["{SCOPE}"]\n'
         'identity_claim = "email"\n'
         "leeway_seconds = 30\n"
+        + (f'introspection_url = "{introspection}"\nintrospection_client_id = "smtpgate"\n'
+           'introspection_client_secret_file = "introspection.secret"\n' if introspection else "")
     )
 
 
@@ -70,7 +75,14 @@ def idp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Idp]:
         # HS256 is allowed for "good" so that alg confusion reaches the key lookup.
         tables += _issuer_table(issuer, url, algorithms='["ES256", "HS256"]'
                                 if name == "good" else '["ES256"]')
+    # JWTs checked offline and introspected (revocation); "leaky"'s endpoint redirects.
+    for name, mode in (("revoking", "ok"), ("leaky", "redirect-http")):
+        issuer = LocalIssuer(issuer=f"https://{name}.idp.example.test/realms/mail")
+        url = https.add(name, issuer)
+        https.modes[f"{name}-introspect"] = mode
+        tables += _issuer_table(issuer, url, introspection=url + "-introspect")
     srv = make_server(root / "srv", tables)
+    (srv.root / "introspection.secret").write_text(INTROSPECTION_SECRET + "\n")
     text = srv.config.read_text().replace(
         "\n[auth]\n", '\n[auth]\nmechanisms = ["OAUTHBEARER", "XOAUTH2", "PLAIN"]\n'
         'oauth_openid_configuration = "off"\n', 1)
@@ -284,3 +296,21 @@ def test_any_answer_to_the_error_json_ends_the_attempt(idp: Idp, dummy: str) -> 
     replies = bearer(idp, idp.issuers["good"].token(ALICE, aud="x"), dummy=dummy)
     assert error_json(replies[0])["status"] == "invalid_token"
     assert replies[1][0] in (535, 501), replies
+
+
+# -- introspection ------------------------------------------------------------------------
+
+
+def test_a_revoked_token_replayed_is_refused(idp: Idp) -> None:
+    token = idp.issuers["revoking"].token(ALICE)
+    assert bearer(idp, token)[-1][0] == 235
+    idp.https.revoked.add(token)
+    refused(bearer(idp, token))
+
+
+def test_an_introspection_redirect_is_not_followed_with_the_client_secret(idp: Idp) -> None:
+    unavailable(bearer(idp, idp.issuers["leaky"].token(ALICE)))
+    # RFC 6749 §2.3.1: id and secret form-urlencoded, then Basic.
+    basic = base64.b64encode(f"smtpgate:{quote_plus(INTROSPECTION_SECRET)}".encode()).decode()
+    assert ("https", "/leaky-introspect", f"Basic {basic}") in idp.https.seen
+    assert not [s for s in idp.https.seen if s[0] == "http"], idp.https.seen

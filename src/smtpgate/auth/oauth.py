@@ -83,17 +83,17 @@ ReadFile = Callable[[Path], bytes]
 
 
 def urllib_fetch(url: str) -> bytes:
-    """GET ``url`` (the default key-set fetcher): within ``HTTP_TIMEOUT`` in all
-    (``oauth_http``)."""
+    """GET ``url`` (the default key-set fetcher): within ``HTTP_TIMEOUT`` in all,
+    redirects to https only (``oauth_http``)."""
     return oauth_http.request(url, timeout=HTTP_TIMEOUT, limit=MAX_RESPONSE_OCTETS,
                               headers={"Accept": "application/json"})
 
 
 def urllib_post(url: str, body: bytes, headers: Mapping[str, str]) -> bytes:
     """POST ``body`` to ``url`` (the default introspection client): within
-    ``HTTP_TIMEOUT`` in all (``oauth_http``)."""
+    ``HTTP_TIMEOUT`` in all, no redirect (it would carry the client secret)."""
     return oauth_http.request(url, timeout=HTTP_TIMEOUT, limit=MAX_RESPONSE_OCTETS,
-                              data=body, headers=headers)
+                              data=body, headers=headers, follow_redirects=False)
 
 
 @dataclass

@@ -7,6 +7,13 @@ as long as it likes: the login waiting for it hangs, every later login without
 keys waits for it in turn, and ``serve`` cannot stop while the thread is in it.
 Here each connection's socket is shut down when the exchange's deadline passes,
 whatever state it is in (connecting, TLS handshake, headers, body).
+
+Redirects: a key set may move from https to https (and a loopback http URL,
+which the configuration allows for a local test issuer, to loopback http), but
+never from https to plain http, which would let anyone on the path supply the
+keys. An introspection
+request follows none: urllib would carry its Authorization header (the client
+secret) to wherever the answer points.
 """
 
 from __future__ import annotations
@@ -15,13 +22,20 @@ import http.client
 import socket
 import threading
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
 
 class HttpFetchError(OSError):
-    """The exchange did not give a usable answer (deadline, size)."""
+    """The exchange did not give a usable answer (deadline, redirect refused, size)."""
+
+
+def _loopback_or_https(url: str) -> bool:
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme == "https" or (
+        parts.scheme == "http" and parts.hostname in ("localhost", "127.0.0.1", "::1"))
 
 
 class _Deadline:
@@ -101,8 +115,26 @@ class _HTTPS(urllib.request.HTTPSHandler):
         return self.do_open(_watched(http.client.HTTPSConnection, self._deadline), req)
 
 
+class _Redirects(urllib.request.HTTPRedirectHandler):
+    max_redirections = 3
+
+    def __init__(self, follow: bool) -> None:
+        super().__init__()
+        self._follow = follow
+
+    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str,
+                         headers: Any, newurl: str) -> urllib.request.Request | None:
+        if not self._follow:
+            raise HttpFetchError(f"HTTP {code} redirect to {newurl} not followed")
+        # https stays https; only a loopback http URL (a test rig) may stay loopback http.
+        scheme = urllib.parse.urlsplit(req.full_url).scheme
+        if not (_loopback_or_https(newurl) and (scheme == "http" or newurl.startswith("https:"))):
+            raise HttpFetchError(f"HTTP {code} redirect to {newurl} refused: not https")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
 def request(url: str, *, timeout: float, limit: int, data: bytes | None = None,
-            headers: Mapping[str, str] | None = None) -> bytes:
+            headers: Mapping[str, str] | None = None, follow_redirects: bool = True) -> bytes:
     """GET (or POST ``data`` to) ``url``; the body, all within ``timeout`` seconds.
 
     Raises:
@@ -110,7 +142,8 @@ def request(url: str, *, timeout: float, limit: int, data: bytes | None = None,
         OSError, urllib.error.URLError, http.client.HTTPException: no answer.
     """
     deadline = _Deadline(timeout)
-    opener = urllib.request.build_opener(_HTTP(deadline), _HTTPS(deadline))
+    opener = urllib.request.build_opener(
+        _HTTP(deadline), _HTTPS(deadline), _Redirects(follow_redirects))
     req = urllib.request.Request(url, data=data, headers=dict(headers or {}),
                                  method="POST" if data is not None else "GET")
     try:

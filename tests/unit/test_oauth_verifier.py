@@ -513,3 +513,14 @@ def test_email_verified_as_the_string_true_or_absent_is_accepted() -> None:
     """Issuers that send the flag as a string ("true") or not at all still log in."""
     assert verifier().verify(mint(claims(email_verified="true"))).ok
     assert verifier().verify(mint(claims(email_verified=None))).ok
+
+
+@pytest.mark.parametrize(("claim", "value"), [
+    ("exp", float("nan")), ("exp", float("inf")), ("exp", 1e400),
+    ("nbf", float("nan")), ("nbf", float("-inf")), ("iat", float("nan")),
+])
+def test_a_time_claim_that_is_no_finite_number_is_refused(claim: str, value: float) -> None:
+    """Python's JSON reads NaN, Infinity and 1e400 (inf): an exp of one of them
+    compared as never reached, so the token never expired."""
+    result = verifier().verify(mint(claims(**{claim: value})))
+    assert not result.ok and claim in result.reason, result

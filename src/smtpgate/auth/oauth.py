@@ -29,6 +29,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import math
 import threading
 import time
 import urllib.parse
@@ -366,7 +367,7 @@ class TokenVerifier:
         exp, nbf, iat = claims.get("exp"), claims.get("nbf"), claims.get("iat")
         # RFC 7519 §4.1.4: reject at or after exp (we add the leeway for skew).
         if not _is_number(exp):
-            raise _Reject("exp missing or not a number")
+            raise _Reject("exp missing or not a finite number")
         if now >= exp + leeway:
             raise _Reject("token expired")
         # RFC 7519 §4.1.5: reject before nbf.
@@ -457,7 +458,12 @@ class TokenVerifier:
 
 
 def _is_number(value: object) -> TypeGuard[float]:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    """A time claim's number (RFC 7519 §2 NumericDate). Python's JSON reads NaN,
+    Infinity and 1e400 (inf) too; compared with the clock, an exp of NaN or inf is
+    never reached and the token never expires, so they are no number here."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return isinstance(value, int) or math.isfinite(value)
 
 
 def error_reply_fields(auth: AuthConfig) -> tuple[str, str]:

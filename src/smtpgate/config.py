@@ -439,6 +439,13 @@ class IssuerConfig(Model):
         description="Scopes the token must all carry, read from 'scope' (space-separated) "
         "or 'scp' (list). Default none.",
     )
+    domains: list[str] = Field(
+        default_factory=list,
+        description="Mail domains whose accounts this issuer may log in (compared as "
+        "account names are: any case, either IDN spelling); a token naming an account "
+        "elsewhere is refused. Default none: any account. Set it on every issuer when "
+        "there are several, so that none speaks for another's users.",
+    )
     identity_claim: Literal["email", "preferred_username", "sub"] = Field(
         default="email",
         description="Claim that names the mail account. With 'email', a token whose "
@@ -482,6 +489,9 @@ class IssuerConfig(Model):
             raise ValueError("introspection_url needs a client id and a client secret file")
         _check_url(self.jwks_url, "jwks_url")
         _check_url(self.introspection_url, "introspection_url")
+        for domain in self.domains:
+            if not domain or "@" in domain or domain != domain.strip():
+                raise ValueError(f"domains: {domain!r} is not a domain (no '@', no spaces)")
         return self
 
     @property

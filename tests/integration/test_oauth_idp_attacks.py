@@ -34,6 +34,7 @@ from .oauth_issuer import SCOPE, LocalIssuer
 
 ALICE = "alice@example.org"
 BOB = "bob@example.org"
+CAROL = "carol@partner.example"  # the partner issuer's user
 #: The issuers whose key set endpoints misbehave, each for a login that has no key set yet.
 INTROSPECTION_SECRET = "introspection secret: only for the issuer"
 BROKEN = ("down", "drip", "huge", "not-json", "redirect-http")
@@ -49,7 +50,7 @@ class Idp:
 
 
 def _issuer_table(issuer: LocalIssuer, url: str, *, algorithms: str = '["ES256"]',
-                  introspection: str = "") -> str:
+                  introspection: str = "", domains: str = "") -> str:
     return (
         "\n[[auth.oauth_issuers]]\n"
         f'issuer = "{issuer.issuer}"\n'
@@ -59,6 +60,7 @@ def _issuer_table(issuer: LocalIssuer, url: str, *, algorithms: str = '["ES256"]
         f'required_scopes = ["{SCOPE}"]\n'
         'identity_claim = "email"\n'
         "leeway_seconds = 30\n"
+        + (f"domains = {domains}\n" if domains else "")
         + (f'introspection_url = "{introspection}"\nintrospection_client_id = "smtpgate"\n'
            'introspection_client_secret_file = "introspection.secret"\n' if introspection else "")
     )
@@ -74,7 +76,8 @@ def idp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Idp]:
         url = https.add(name, issuer, "ok" if name in ("good", "partner") else name)
         # HS256 is allowed for "good" so that alg confusion reaches the key lookup.
         tables += _issuer_table(issuer, url, algorithms='["ES256", "HS256"]'
-                                if name == "good" else '["ES256"]')
+                                if name == "good" else '["ES256"]',
+                                domains='["partner.example"]' if name == "partner" else "")
     # JWTs checked offline and introspected (revocation); "leaky"'s endpoint redirects.
     for name, mode in (("revoking", "ok"), ("leaky", "redirect-http")):
         issuer = LocalIssuer(issuer=f"https://{name}.idp.example.test/realms/mail")
@@ -90,7 +93,7 @@ def idp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Idp]:
     srv.config.write_text(text + "\n[guard]\nenabled = false\n"
                           if "\n[guard]" not in text else text)
     srv.env["SSL_CERT_FILE"] = str(https.ca.pem)
-    for user in (ALICE, BOB):
+    for user in (ALICE, BOB, CAROL):
         srv.add_user(user, secrets.token_urlsafe(24))  # never used: tokens only
     srv.start()
     yield Idp(srv, https)
@@ -212,6 +215,15 @@ def test_a_broken_key_set_endpoint_is_a_temporary_failure_at_once(idp: Idp, name
 
 
 # -- claims --------------------------------------------------------------------------------
+
+
+def test_an_issuer_limited_to_its_domains_cannot_speak_for_other_accounts(idp: Idp) -> None:
+    """``partner`` has ``domains = ["partner.example"]``: its validly signed token
+    naming alice@example.org is refused, its own user logs in."""
+    partner = idp.issuers["partner"]
+    refused(bearer(idp, partner.token(ALICE)))
+    refused(bearer(idp, partner.token(ALICE), user=""))
+    assert bearer(idp, partner.token(CAROL), user=CAROL)[-1][0] == 235
 
 
 @pytest.mark.parametrize("offset", [-40, 20])

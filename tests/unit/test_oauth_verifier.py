@@ -524,3 +524,19 @@ def test_a_time_claim_that_is_no_finite_number_is_refused(claim: str, value: flo
     compared as never reached, so the token never expired."""
     result = verifier().verify(mint(claims(**{claim: value})))
     assert not result.ok and claim in result.reason, result
+
+
+@pytest.mark.parametrize(("email", "ok"), [
+    ("alice@example.org", True),
+    ("Alice@EXAMPLE.org", True),
+    ("anna@xn--bcher-kva.example", True),  # BÜCHER.example's A-label
+    ("alice@example.org.evil.example", False),
+    ("alice@evil.example", False),
+    ("alice", False),
+])
+def test_an_issuer_with_domains_names_accounts_there_only(email: str, ok: bool) -> None:
+    v = verifier(issuer(domains=["example.org", "BÜCHER.example"]))
+    result = v.verify(mint(claims(email=email)))
+    assert result.ok is ok, result
+    if not ok:
+        assert "outside the issuer's domains" in result.reason

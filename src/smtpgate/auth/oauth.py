@@ -41,6 +41,7 @@ from typing import Any, TypeGuard
 import jwt
 
 from smtpgate.auth import oauth_http
+from smtpgate.auth.names import lookup_key
 from smtpgate.auth.outage_log import OutageLog
 from smtpgate.config import JWT_ALGORITHMS, AuthConfig, IssuerConfig
 
@@ -150,6 +151,9 @@ class TokenVerifier:
             # endpoints would leak it to all of them.
             raise ValueError("at most one issuer may be configured without a key set")
         self._opaque_issuer = opaque[0] if opaque else None
+        #: Each issuer's ``domains`` as account names spell them; empty: any.
+        self._domains = {cfg.issuer: frozenset(_account_domain(f"x@{d}") for d in cfg.domains)
+                         for cfg in issuers}
         self._fetch = fetch
         self._post = post
         self._read_file = read_file
@@ -189,7 +193,9 @@ class TokenVerifier:
                 issuer = cfg.issuer
                 if cfg.introspection_url:
                     self._introspect(cfg, token)
-            return TokenResult(ok=True, identity=self._identity(cfg, claims), issuer=issuer)
+            identity = self._identity(cfg, claims)
+            self._check_domain(cfg, identity)
+            return TokenResult(ok=True, identity=identity, issuer=issuer)
         except _Reject as exc:
             return TokenResult(ok=False, reason=str(exc), issuer=issuer, error=exc.error)
 
@@ -406,6 +412,14 @@ class TokenVerifier:
             raise _Reject("email not verified")
         return value
 
+    def _check_domain(self, cfg: IssuerConfig, identity: str) -> None:
+        """An issuer with ``domains`` names accounts there only: with several issuers,
+        each would otherwise speak for every account, the partner's or a test
+        issuer's token logging in as anyone it liked to put in the claim."""
+        allowed = self._domains.get(cfg.issuer)
+        if allowed and _account_domain(identity) not in allowed:
+            raise _Reject(f"{cfg.identity_claim} {identity!r} is outside the issuer's domains")
+
     # -- introspection --------------------------------------------------------------------
 
     def _introspect(self, cfg: IssuerConfig, token: str) -> dict[str, Any]:
@@ -455,6 +469,12 @@ class TokenVerifier:
             self._check_times(cfg, answer)
         self._check_scopes(cfg, answer)
         return answer
+
+
+def _account_domain(name: str) -> str:
+    """The domain of ``name`` as account names spell it ("" if it has none)."""
+    local, at, domain = lookup_key(name).rpartition("@")
+    return domain if at and local else ""
 
 
 def _is_number(value: object) -> TypeGuard[float]:

@@ -432,7 +432,8 @@ class IssuerConfig(Model):
         default_factory=lambda: ["RS256", "ES256"],
         min_length=1,
         description="Signature algorithms accepted (RS*, PS*, ES*, EdDSA, HS*). 'none' is "
-        "never accepted; HS* only with a symmetric ('oct') key. Default RS256, ES256.",
+        "never accepted; HS* only with a symmetric ('oct') key from jwks_file (a key set "
+        "at a URL is public). Default RS256, ES256.",
     )
     required_scopes: list[str] = Field(
         default_factory=list,
@@ -489,6 +490,12 @@ class IssuerConfig(Model):
             raise ValueError("introspection_url needs a client id and a client secret file")
         _check_url(self.jwks_url, "jwks_url")
         _check_url(self.introspection_url, "introspection_url")
+        hmac = sorted(a for a in self.algorithms if JWT_ALGORITHMS[a] == "oct")
+        if hmac and self.jwks_url:
+            # A key set at a URL is published: an HMAC key in it is a secret everyone
+            # has, and everyone could sign tokens with it.
+            raise ValueError(f"{', '.join(hmac)} needs jwks_file, not jwks_url: an HMAC "
+                             "key is a shared secret, and a key set at a URL is public")
         for domain in self.domains:
             if not domain or "@" in domain or domain != domain.strip():
                 raise ValueError(f"domains: {domain!r} is not a domain (no '@', no spaces)")

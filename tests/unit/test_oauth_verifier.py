@@ -168,9 +168,15 @@ def test_token_without_kid_tries_keys_of_the_right_type() -> None:
 def test_hs256_with_symmetric_key_when_allowed() -> None:
     secret = b"s" * 32
     key = {"kty": "oct", "k": base64.urlsafe_b64encode(secret).rstrip(b"=").decode(), "kid": "h"}
-    fetch = FakeFetch(jwks(key))
-    cfg = issuer(algorithms=["HS256"])
-    assert verifier(cfg, fetch=fetch).verify(mint(key=secret, alg="HS256", kid="h")).ok
+    cfg = issuer(algorithms=["HS256"], jwks_url=None, jwks_file=Path("hs.jwks"))
+    v = verifier(cfg, read_file=lambda path: jwks(key))
+    assert v.verify(mint(key=secret, alg="HS256", kid="h")).ok
+
+
+@pytest.mark.parametrize("alg", ["HS256", "HS512"])
+def test_hs_algorithms_need_a_key_set_file_not_a_url(alg: str) -> None:
+    with pytest.raises(pydantic.ValidationError, match="needs jwks_file"):
+        issuer(algorithms=["ES256", alg])
 
 
 # --- refused tokens ---------------------------------------------------------------------
@@ -245,7 +251,8 @@ def test_rfc8725_hs256_signed_with_rsa_public_key_is_refused() -> None:
     forged = _hand_made(
         claims(), "HS256", lambda data: hmac.new(pem, data, hashlib.sha256).digest()
     )
-    result = verifier(issuer(algorithms=["RS256", "HS256"])).verify(forged)
+    cfg = issuer(algorithms=["RS256", "HS256"], jwks_url=None, jwks_file=Path("k.jwks"))
+    result = verifier(cfg, read_file=lambda path: DEFAULT_JWKS).verify(forged)
     assert not result.ok and "no oct key" in result.reason
 
 

@@ -428,6 +428,14 @@ class IssuerConfig(Model):
         description="Shortest interval between refreshes caused by an unknown 'kid', so "
         "tokens with made-up key ids cannot make us hammer the issuer. Default 60.",
     )
+    jwks_stale_seconds: float = Field(
+        default=86400.0,
+        ge=0,
+        description="How long past jwks_refresh_seconds the last good key set is still "
+        "used while the issuer's cannot be fetched; then OAuth logins get 454 until a "
+        "fetch succeeds, so a key the issuer withdrew is not trusted for ever by a server "
+        "cut off from it. Default 86400 (a day).",
+    )
     algorithms: list[str] = Field(
         default_factory=lambda: ["RS256", "ES256"],
         min_length=1,

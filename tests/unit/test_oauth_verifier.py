@@ -547,3 +547,21 @@ def test_an_issuer_with_domains_names_accounts_there_only(email: str, ok: bool) 
     assert result.ok is ok, result
     if not ok:
         assert "outside the issuer's domains" in result.reason
+
+
+def test_the_last_good_key_set_stands_in_for_jwks_stale_seconds_at_most() -> None:
+    """Cut off from its issuer (down, or blocked by whoever holds a withdrawn key),
+    the server keeps the last good set for a while, then fails closed (454)."""
+    fetch, clock = FakeFetch(), Clock()
+    v = verifier(issuer(jwks_refresh_seconds=3600, jwks_stale_seconds=7200),
+                 fetch=fetch, clock=clock)
+    assert v.verify(mint()).ok
+    fetch.error = OSError("down")
+    clock.now += 3600 + 7200 - 30
+    assert v.verify(mint(claims(exp=int(clock.now) + 300))).ok
+    clock.now += 60
+    with pytest.raises(TokenVerifierUnavailable):
+        v.verify(mint(claims(exp=int(clock.now) + 300)))
+    fetch.error = None
+    clock.now += 20  # past the retry interval of the failed fetch
+    assert v.verify(mint(claims(exp=int(clock.now) + 300))).ok

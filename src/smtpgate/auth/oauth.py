@@ -290,7 +290,8 @@ class TokenVerifier:
         ``jwks_min_refresh_seconds`` if shorter): the last good set is used, or
         with none every login is unavailable at once, so an issuer that is down
         or hangs costs one login in that interval a wait, not every login one
-        ``HTTP_TIMEOUT`` after the other behind the lock.
+        ``HTTP_TIMEOUT`` after the other behind the lock. The last good set stands
+        in for ``jwks_stale_seconds`` past its refresh at most.
         """
         issuer = cfg.issuer
         with self._lock:
@@ -304,6 +305,10 @@ class TokenVerifier:
                     if 0 <= age and ((age < cfg.jwks_refresh_seconds and not force) or (
                             force and age < cfg.jwks_min_refresh_seconds)):
                         return cached.keys
+                    # Past its refresh by more than jwks_stale_seconds, the last good
+                    # set is no fallback: the issuer may have withdrawn a key in it.
+                    if not 0 <= age < cfg.jwks_refresh_seconds + cfg.jwks_stale_seconds:
+                        cached = None
                 failed = self._failed.get(issuer)
                 retry = min(cfg.jwks_min_refresh_seconds, RETRY_FAILED_FETCH)
                 if failed is not None and 0 <= now - failed.at < retry:

@@ -951,6 +951,12 @@ def loosenings(cfg: Config) -> list[Problem]:
     if not cfg.passwords.reject_username:
         out.append(_warning("passwords.reject_username", "false: a password may contain the "
                             "account name"))
+    issuers = cfg.auth.oauth_issuers
+    for i, iss in enumerate(issuers if len(issuers) > 1 else []):
+        if not iss.domains:
+            out.append(_warning(f"auth.oauth_issuers.{i}.domains", f"not set, with "
+                                f"{len(issuers)} issuers: {iss.issuer} may log in as any "
+                                "account, the other issuers' users included"))
     ldap = cfg.accounts.ldap
     if cfg.accounts.backend == "ldap" and ldap.allow_cleartext and ldap.cleartext:
         out.append(_warning("accounts.ldap.allow_cleartext", f"true: {ldap.url} is used "

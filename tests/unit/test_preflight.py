@@ -668,3 +668,28 @@ def test_a_front_door_socket_every_user_may_connect_to_is_a_warning(
         assert "every local user may connect" in found["auth_listeners.0.mode"]
     else:
         assert "auth_listeners.0.mode" not in found
+
+
+def _issuers(gate: Path, *domains: str) -> str:
+    (gate / "jwks.json").write_text('{"keys": []}')
+    return "".join(
+        f'\n[[auth.oauth_issuers]]\nissuer = "https://id{i}.example.test"\n'
+        f'audience = ["smtp"]\njwks_file = "jwks.json"\n' + (f"domains = {d}\n" if d else "")
+        for i, d in enumerate(domains))
+
+
+@pytest.mark.parametrize(("domains", "warned"), [
+    (("",), []),
+    (('["example.org"]', ""), ["auth.oauth_issuers.1.domains"]),
+    (("", ""), ["auth.oauth_issuers.0.domains", "auth.oauth_issuers.1.domains"]),
+    (('["example.org"]', '["partner.example"]'), []),
+])
+def test_several_issuers_without_domains_is_a_warning(
+    gate: Path, domains: tuple[str, ...], warned: list[str]
+) -> None:
+    """With two issuers and no domains, each may log in as any account: the partner's
+    tenant as the company's users, and the other way round."""
+    found = only(loosenings(config(gate, _issuers(gate, *domains))), "warning")
+    assert sorted(k for k in found if k.startswith("auth.oauth_issuers")) == warned
+    for key in warned:
+        assert "may log in as any account" in found[key]

@@ -67,3 +67,12 @@ def test_the_refusal_says_what_is_wrong_with_the_name(bad: str, why: str) -> Non
 def test_lookup_key_passes_invalid_names_through() -> None:
     assert lookup_key("Bob@EXAMPLE.com") == "bob@example.com"
     assert lookup_key("not an address") == "not an address"
+
+
+def test_a_local_part_lower_cased_into_a_decomposed_letter_is_composed_again() -> None:
+    """U+01F0 (j with caron) has no capital: its upper case is "J" + U+030C, whose
+    lower case is decomposed. The name typed either way is one account."""
+    typed_lower = "r\u01f0@example.org"
+    typed_upper = typed_lower.upper()
+    assert typed_upper == "RJ\u030c@EXAMPLE.ORG"
+    assert canonical_name(typed_upper) == canonical_name(typed_lower) == typed_lower

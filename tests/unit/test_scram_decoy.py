@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from smtpgate.admin import AccountAdmin
@@ -143,6 +143,9 @@ def pattern(directory: Directory, cls: type[ScramServer], names: list[str]) -> t
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(local=LOCAL, domain=DOMAIN, flips=st.lists(st.booleans(), min_size=1))
+# U+01F0 upper-cases to "J" + a combining caron, which lower-cases back decomposed:
+# a spelling of the real name that was another account's (its salt told it exists).
+@example(local="\u01f0", domain="0.0", flips=[False])
 def test_real_and_unknown_names_look_alike_in_server_first(
     directory: Directory, local: str, domain: str, flips: list[bool]
 ) -> None:

@@ -52,6 +52,10 @@ def canonical_name(name: str) -> str:
     if not at or not local or not domain:
         raise InvalidAccountName(f"{name!r} is not an address of the form local@domain")
     local = local.lower()
+    if not local.isascii():
+        # Lower case can decompose ("J̌" to "j" + U+030C, where the name typed in
+        # lower case has the one letter U+01F0): one account, one spelling.
+        local = unicodedata.normalize("NFC", local)
     _check_local(local)
     domain = domain.lower()
     if not domain.isascii():

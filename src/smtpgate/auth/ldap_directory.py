@@ -300,12 +300,18 @@ class LdapDirectory:
         one; then ``StoreUnavailable`` with the cause."""
         for attempt in (1, 2):
             try:
-                with pool.connection() as conn:
+                # The retry never takes a pooled connection: after a directory
+                # restart every one of them is dead, and a second dead one would
+                # answer 454 for a directory that is up again.
+                with pool.connection(fresh=attempt == 2) as conn:
                     answer = op(conn)
             except DirectoryMisconfigured:
                 raise
             except (LDAPException, OSError, _Fault) as e:
                 cause = f"{type(e).__name__}: {e}"
+                # The idle ones were opened to the same server before the failure,
+                # and most likely share its fate: opened again when needed.
+                pool.drop_idle()
                 if attempt == 2:
                     self._outage.failed(cause)
                     raise StoreUnavailable(f"{self._label} unavailable: {cause}") from e
@@ -518,14 +524,15 @@ class _Pool:
         self._closed = False
 
     @contextmanager
-    def connection(self) -> Iterator[Connection]:
+    def connection(self, *, fresh: bool = False) -> Iterator[Connection]:
+        """A connection for one operation; ``fresh``: a new one, never an idle one."""
         if self._closed:
             raise StoreUnavailable("LDAP directory connection closed")
         if not self._slots.acquire(timeout=self._wait):
             raise _Fault(f"no free connection within {self._wait:g} s")
         try:
             with self._lock:
-                conn = self._idle.pop() if self._idle else None
+                conn = self._idle.pop() if self._idle and not fresh else None
             if conn is None:
                 conn = self._factory()
             try:
@@ -541,12 +548,17 @@ class _Pool:
         finally:
             self._slots.release()
 
-    def close(self) -> None:
+    def drop_idle(self) -> None:
+        """Close the idle connections (those in use are dropped if they fail)."""
         with self._lock:
-            self._closed = True
             idle, self._idle = self._idle, []
         for conn in idle:
             _close(conn)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+        self.drop_idle()
 
 
 def _drop_socket(conn: Connection) -> None:

@@ -1,0 +1,100 @@
+"""The LDAP client (``auth/ldap_directory.py``) against a private slapd of its own
+(``tests/peers/slapd.py``), for what a directory administrator does to it that the
+shared slapd of the other LDAP tests must not see: restarts under a full pool,
+certificates from another CA, an empty service password file.
+
+Shown here: after a restart of the directory, the first login is served even
+when every pooled connection is dead (the retry opens a new one, and the other
+dead ones are dropped); a certificate the configured CA did not sign, or one
+without the URL's name, is a configuration error naming ``accounts.ldap.ca_file``
+(``accounts.ldap.url``), not an outage; an empty ``bind_password_file`` is
+refused as such, never sent as an unauthenticated bind.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from smtpgate.auth.ldap_directory import LdapDirectory
+from smtpgate.config import LdapConfig
+from tests.peers.slapd import SERVICE_DN, SERVICE_PW, Slapd, new_ou, person_ldif
+
+pytestmark = pytest.mark.interop
+
+ALICE = "alice@example.org"
+ALICE_PW = "alice's directory password"
+
+
+@pytest.fixture(scope="module")
+def slapd() -> Iterator[Slapd]:
+    if shutil.which("slapd") is None and not Path("/usr/sbin/slapd").exists():
+        pytest.skip("slapd not installed")
+    root = Path(tempfile.mkdtemp(prefix="smtpgate-e1-slapd-"))
+    server = Slapd(root / "slapd")
+    server.start()
+    yield server
+    server.close()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def ou(slapd: Slapd) -> str:
+    ou = new_ou(slapd)
+    slapd.add(person_ldif(f"uid=alice,{ou}", ALICE, ALICE_PW))
+    return ou
+
+
+def config(slapd: Slapd, ou: str, **extra: object) -> LdapConfig:
+    return LdapConfig.model_validate({
+        "url": slapd.url, "starttls": True, "ca_file": slapd.ca, "bind_dn": SERVICE_DN,
+        "bind_password_file": slapd.root / "service.pw", "base_dn": ou,
+        "operation_timeout": 3, "connect_timeout": 2, **extra,
+    })
+
+
+def fill_pools(directory: LdapDirectory, threads: int) -> None:
+    """``threads`` logins at once, so each pool holds that many open connections."""
+    barrier = threading.Barrier(threads)
+    failures: list[BaseException] = []
+
+    def one() -> None:
+        try:
+            barrier.wait()
+            for _ in range(3):
+                entry = directory.find(ALICE)
+                assert entry is not None and directory.bind(entry.dn, ALICE_PW)
+        except (AssertionError, OSError, RuntimeError) as e:  # reported below
+            failures.append(e)
+
+    workers = [threading.Thread(target=one) for _ in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert not failures, failures
+
+
+def test_the_first_login_after_a_directory_restart_is_served_with_a_full_pool(
+    slapd: Slapd, ou: str,
+) -> None:
+    """Every pooled connection died with the restart: the retry must not take
+    another dead one from the pool (a 454 for a directory that is up)."""
+    directory = LdapDirectory(config(slapd, ou, pool_size=4), bind_password=SERVICE_PW,
+                              ca_file=slapd.ca)
+    try:
+        fill_pools(directory, 4)
+        slapd.stop()
+        slapd.start()
+        entry = directory.find(ALICE)  # a search on the service pool
+        assert entry is not None
+        assert directory.bind(entry.dn, ALICE_PW)  # a bind on the user pool
+        assert directory.find(ALICE) is not None  # and the next ones too
+        assert directory.bind(entry.dn, ALICE_PW)
+    finally:
+        directory.close()

@@ -98,3 +98,36 @@ def test_the_first_login_after_a_directory_restart_is_served_with_a_full_pool(
         assert directory.bind(entry.dn, ALICE_PW)
     finally:
         directory.close()
+
+
+@pytest.mark.parametrize(
+    ("where", "starttls", "ca", "key", "says"),
+    [
+        ("ldap", True, "other", "accounts.ldap.ca_file", "certificate verify failed"),
+        ("ldaps", False, "other", "accounts.ldap.ca_file", "certificate verify failed"),
+        ("wrong-name", False, "slapd", "accounts.ldap.url", "127.0.0.2"),
+    ],
+)
+def test_a_certificate_refused_is_a_configuration_error_naming_the_key(
+    slapd: Slapd, ou: str, tmp_path: Path, where: str, starttls: bool, ca: str, key: str,
+    says: str,
+) -> None:
+    """Waiting does not make a certificate from another CA (or for another name)
+    acceptable: start-up and ``config check`` must say which key to fix, where an
+    outage ("unavailable") would let serve start and answer 454 for ever."""
+    from smtpgate.auth.ldap_directory import DirectoryMisconfigured
+
+    url = {"ldap": slapd.url, "ldaps": slapd.ldaps_url,
+           "wrong-name": f"ldaps://127.0.0.2:{slapd.tls_port}"}[where]
+    ca_file = slapd.ca if ca == "slapd" else Path("/etc/ssl/certs/ca-certificates.crt")
+    cfg = config(slapd, ou, url=url, starttls=starttls, ca_file=ca_file)
+    directory = LdapDirectory(cfg, bind_password=SERVICE_PW, ca_file=ca_file)
+    try:
+        with pytest.raises(DirectoryMisconfigured) as e:
+            directory.check_service_account()
+        assert e.value.key == key
+        assert key in str(e.value) and says in str(e.value), str(e.value)
+        with pytest.raises(DirectoryMisconfigured):  # a login meets it as 454
+            directory.find(ALICE)
+    finally:
+        directory.close()

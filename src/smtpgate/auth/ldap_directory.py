@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import ssl
 import threading
 import unicodedata
@@ -103,6 +104,69 @@ class BaseDnNotFound(DirectoryMisconfigured):
         super().__init__(BASE_DN_KEY, (
             f"{label}: base_dn {base_dn!r} does not exist, or the service account may "
             f"not read it (noSuchObject): check {BASE_DN_KEY} and the directory's ACL"))
+
+
+class CertificateRefused(DirectoryMisconfigured):
+    """The directory's TLS certificate was not accepted: not signed by a CA of
+    ``ca_file`` (or expired), or not for the URL's host. Waiting does not change
+    that, so it is a configuration error naming the key, not an outage."""
+
+
+CA_FILE_KEY = "accounts.ldap.ca_file"
+URL_KEY = "accounts.ldap.url"
+_VERIFY_FAILED = re.compile(r"certificate verify failed: ([^(']*)")
+
+
+def certificate_refusal(
+    e: BaseException, label: str, host: str, ca_file: Path | None,
+) -> CertificateRefused | None:
+    """``e`` as a `CertificateRefused`, if a certificate check is what failed.
+
+    ldap3 passes the ``ssl`` error on only as text (for ldaps, inside the list of
+    the attempts it made), so the text is read: OpenSSL's CERTIFICATE_VERIFY_FAILED,
+    naming a wrong host ("mismatch") or anything else about the certificate."""
+    text = str(e)
+    if "mismatch, certificate is not valid for" in text:
+        return CertificateRefused(URL_KEY, (
+            f"{label}: its TLS certificate is not for {host!r}: {URL_KEY} must name "
+            "the directory as its certificate does (a name in its subjectAltName)"))
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        m = _VERIFY_FAILED.search(text)
+        reason = f"certificate verify failed: {m.group(1).strip()}" if m else (
+            "certificate verify failed")
+        where = str(ca_file) if ca_file is not None else "the system store"
+        return CertificateRefused(CA_FILE_KEY, (
+            f"{label}: its TLS certificate was refused ({reason}): {CA_FILE_KEY} must "
+            f"hold the CA that signed it (now {where}), and the certificate must be "
+            "valid now"))
+    return None
+
+
+class _CheckedTls(Tls):
+    """ldap3's TLS set-up, with the certificate's name checked by OpenSSL in the
+    handshake. ldap3 checks the name itself after the handshake and, when it
+    refuses it, leaves the new TLS socket open where nothing can close it;
+    OpenSSL's check closes it with the failed handshake. The CA file is read at
+    each handshake, so a replaced one is used by the next connection."""
+
+    def __init__(self, host: str, ca_file: Path | None) -> None:
+        super().__init__(validate=ssl.CERT_REQUIRED, version=ssl.PROTOCOL_TLS_CLIENT,
+                         ca_certs_file=None if ca_file is None else str(ca_file))
+        self._host = host
+        self._ca_file = ca_file
+
+    def wrap_socket(self, connection: Connection, do_handshake: bool = False) -> None:
+        context = ssl.create_default_context(
+            cafile=None if self._ca_file is None else str(self._ca_file))
+        context.check_hostname = True
+        context.verify_mode = ssl.CERT_REQUIRED
+        plain = connection.socket
+        try:
+            connection.socket = context.wrap_socket(
+                plain, server_hostname=self._host, do_handshake_on_connect=do_handshake)
+        except BaseException:
+            plain.close()
+            raise
 
 
 def escape_filter_value(value: str) -> str:
@@ -217,12 +281,9 @@ class LdapDirectory:
         ldaps = parsed.scheme == "ldaps"
         host = parsed.hostname or ""
         port = parsed.port or (636 if ldaps else 389)
-        tls = Tls(
-            validate=ssl.CERT_REQUIRED,
-            version=ssl.PROTOCOL_TLS_CLIENT,
-            ca_certs_file=None if ca_file is None else str(ca_file),
-        )
+        tls = _CheckedTls(host, ca_file)
         self._where = (host, port, ldaps, tls)
+        self._ca_file = ca_file
         self._label = f"LDAP directory {cfg.url}"
         #: A directory down under login load fails every login: logged once, then a
         #: summary a minute, then once when it answers (``outage_log``).
@@ -259,8 +320,13 @@ class LdapDirectory:
         except BaseException:
             _drop_socket(conn)
             raise
-        if self._cfg.starttls and not conn.start_tls():
-            conn.unbind()
+        try:
+            started = not self._cfg.starttls or conn.start_tls()
+        except BaseException:
+            _close(conn)
+            raise
+        if not started:
+            _close(conn)
             raise _Fault(f"StartTLS refused: {conn.result}")
         return conn
 
@@ -308,6 +374,9 @@ class LdapDirectory:
             except DirectoryMisconfigured:
                 raise
             except (LDAPException, OSError, _Fault) as e:
+                refused = certificate_refusal(e, self._label, self._where[0], self._ca_file)
+                if refused is not None:
+                    raise refused from e
                 cause = f"{type(e).__name__}: {e}"
                 # The idle ones were opened to the same server before the failure,
                 # and most likely share its fate: opened again when needed.

@@ -665,7 +665,10 @@ def check_ldap(cfg: Config) -> list[Problem]:
     if out:
         return out
     lines = password.decode("utf-8", "replace").splitlines()
-    directory = LdapDirectory(lc, bind_password=lines[0] if lines else "", ca_file=ca)
+    directory = LdapDirectory(
+        lc, bind_password=lines[0] if lines else "", ca_file=ca,
+        bind_password_file=None if lc.bind_password_file is None
+        else cfg.path(lc.bind_password_file))
     try:
         directory.check_service_account()
     except DirectoryMisconfigured as e:

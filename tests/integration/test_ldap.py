@@ -299,6 +299,23 @@ def test_a_wrong_service_account_password_stops_start_up(slapd: Slapd, tmp_path:
         srv.start()
 
 
+def test_an_empty_service_password_file_stops_start_up(slapd: Slapd, tmp_path: Path) -> None:
+    """Not an outage (serve would start and answer 454 for ever), and never sent as
+    an unauthenticated bind: an error naming the key and the file."""
+    srv, _, _ = _server(tmp_path / "srv")
+    empty = tmp_path / "empty.pw"
+    empty.write_text("")
+    empty.chmod(0o600)
+    srv.config.write_text(
+        srv.config.read_text().replace(str(slapd.root / "service.pw"), str(empty)))
+    check = srv.cli("config", "check", check=False)
+    out = check.stdout + check.stderr
+    assert check.returncode != 0 and "accounts.ldap.bind_password_file" in out, out
+    assert f"{empty} is empty" in out and "unavailable" not in out, out
+    with pytest.raises(RuntimeError, match="accounts.ldap.bind_password_file"):
+        srv.start()
+
+
 def test_a_base_dn_the_directory_lacks_stops_start_up_naming_the_key(
     slapd: Slapd, tmp_path: Path,
 ) -> None:

@@ -131,3 +131,40 @@ def test_a_certificate_refused_is_a_configuration_error_naming_the_key(
             directory.find(ALICE)
     finally:
         directory.close()
+
+
+def test_an_empty_service_password_file_is_a_configuration_error(
+    slapd: Slapd, ou: str, tmp_path: Path,
+) -> None:
+    """An empty password would make the service account's bind unauthenticated
+    (RFC 4513 §5.1.2): never sent, and not an outage either (serve would start and
+    answer 454 for ever): refused naming the key."""
+    from smtpgate.auth.ldap_directory import DirectoryMisconfigured
+
+    empty = tmp_path / "service.pw"
+    empty.write_text("\n")
+    directory = LdapDirectory(config(slapd, ou, bind_password_file=empty), bind_password="",
+                              ca_file=slapd.ca, bind_password_file=empty)
+    try:
+        with pytest.raises(DirectoryMisconfigured) as e:
+            directory.check_service_account()
+        assert e.value.key == "accounts.ldap.bind_password_file"
+        assert str(empty) in str(e.value) and "empty" in str(e.value), str(e.value)
+        empty.write_text(SERVICE_PW + "\n")  # written: the next connection uses it
+        assert directory.find(ALICE) is not None
+    finally:
+        directory.close()
+
+
+def test_an_empty_user_password_never_binds(slapd: Slapd, ou: str) -> None:
+    """RFC 4513 §5.1.2: a simple bind with a DN and no password is unauthenticated,
+    and a directory that allows it says success; no bind is sent at all."""
+    directory = LdapDirectory(config(slapd, ou), bind_password=SERVICE_PW, ca_file=slapd.ca)
+    try:
+        entry = directory.find(ALICE)
+        assert entry is not None
+        before = slapd.binds(entry.dn)
+        assert directory.bind(entry.dn, "") is False
+        assert slapd.binds(entry.dn) == before
+    finally:
+        directory.close()

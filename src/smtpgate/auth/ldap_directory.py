@@ -334,7 +334,16 @@ class LdapDirectory:
         conn = self._plain_connection()
         if not self._cfg.bind_dn:
             return conn
-        conn.user, conn.password = self._cfg.bind_dn, self._service_password()
+        password = self._service_password()
+        if not password:
+            # An empty password makes the bind unauthenticated (RFC 4513 §5.1.2):
+            # never sent; and no outage either, which waiting would end.
+            _close(conn)
+            where = self._bind_password_file or BIND_PASSWORD_KEY
+            raise DirectoryMisconfigured(BIND_PASSWORD_KEY, (
+                f"{self._label}: the service account {self._cfg.bind_dn!r} has an empty "
+                f"password ({where} is empty): write its password to {BIND_PASSWORD_KEY}"))
+        conn.user, conn.password = self._cfg.bind_dn, password
         if conn.bind():
             return conn
         result = conn.result or {}

@@ -168,3 +168,22 @@ def test_an_empty_user_password_never_binds(slapd: Slapd, ou: str) -> None:
         assert slapd.binds(entry.dn) == before
     finally:
         directory.close()
+
+
+def test_a_login_two_entries_hold_is_refused_also_past_the_size_limit(
+    slapd: Slapd, ou: str,
+) -> None:
+    """Two entries hold the login: refused, whichever the directory returns first,
+    also when the filter matches more entries than a search returns (the second
+    holder among those not returned)."""
+    for i in range(4):  # they match the filter (an address of theirs), not the login
+        slapd.add(person_ldif(f"uid=list{i},{ou}", f"list{i}@example.org", "x",
+                              f"mailLocalAddress: {ALICE}"))
+    slapd.add(person_ldif(f"uid=alice2,{ou}", ALICE, "the impostor's password"))
+    cfg = config(slapd, ou, user_filter=(
+        "(&(objectClass=inetOrgPerson)(|(mail={login})(mailLocalAddress={login})))"))
+    directory = LdapDirectory(cfg, bind_password=SERVICE_PW, ca_file=slapd.ca)
+    try:
+        assert directory.find(ALICE) is None
+    finally:
+        directory.close()

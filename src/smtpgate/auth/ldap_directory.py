@@ -69,8 +69,10 @@ T = TypeVar("T")
 
 #: Bind results that mean "this password is not the entry's" (RFC 4511 §4.1.9).
 _WRONG_PASSWORD = {48, 49, 50}  # inappropriateAuthentication, invalidCredentials, insufficientAccess
-#: Entries a search may return before the name is called ambiguous.
+#: Entries a search may return; a filter matching more makes the name ambiguous.
 _MAX_ENTRIES = 5
+#: LDAP result code sizeLimitExceeded (RFC 4511 §4.1.9).
+_SIZE_LIMIT_EXCEEDED = 4
 
 BIND_PASSWORD_KEY = "accounts.ldap.bind_password_file"
 BASE_DN_KEY = "accounts.ldap.base_dn"
@@ -454,7 +456,14 @@ class LdapDirectory:
                 # The base is missing, not the user: 454 and the log say so, where
                 # "unknown user" would fail every login as a wrong password.
                 raise BaseDnNotFound(self._label, cfg.base_dn)
-            if not ok and code not in (0, 4):  # success, sizeLimitExceeded
+            if code == _SIZE_LIMIT_EXCEEDED:
+                # Entries not returned may hold the login too: one found among those
+                # returned would be "the first", so the name is ambiguous.
+                log.warning("%s: more than %d entries match %s for the login %r; refused "
+                            "(narrow accounts.ldap.user_filter)", self._label,
+                            _MAX_ENTRIES, flt, key)
+                return None
+            if not ok and code != 0:
                 raise _Fault(f"search failed: {conn.result}")
             found = [
                 r for r in conn.response or []

@@ -29,6 +29,7 @@ pytestmark = pytest.mark.interop
 
 ALICE = "alice@example.org"
 ALICE_PW = "alice's directory password"
+ELSEWHERE = "ldap://ldap.elsewhere.test/"
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +38,10 @@ def slapd() -> Iterator[Slapd]:
         pytest.skip("slapd not installed")
     root = Path(tempfile.mkdtemp(prefix="smtpgate-e1-slapd-"))
     server = Slapd(root / "slapd")
+    # A default referral, as a directory that is one server of several has: names
+    # outside its suffix are answered with a referral to another server.
+    server.conf.write_text(server.conf.read_text().replace(
+        "modulepath", f"referral {ELSEWHERE}\nmodulepath", 1))
     server.start()
     yield server
     server.close()
@@ -185,5 +190,26 @@ def test_a_login_two_entries_hold_is_refused_also_past_the_size_limit(
     directory = LdapDirectory(cfg, bind_password=SERVICE_PW, ca_file=slapd.ca)
     try:
         assert directory.find(ALICE) is None
+    finally:
+        directory.close()
+
+
+def test_a_base_dn_the_directory_refers_elsewhere_is_a_configuration_error(
+    slapd: Slapd, ou: str,
+) -> None:
+    """Referrals are never followed (a directory must not send the service account's
+    or a user's password to another server); a base_dn answered with one is no
+    outage that waiting ends, but accounts.ldap.base_dn or url to fix."""
+    from smtpgate.auth.ldap_directory import DirectoryMisconfigured
+
+    cfg = config(slapd, ou, base_dn="ou=people,dc=elsewhere,dc=test")
+    directory = LdapDirectory(cfg, bind_password=SERVICE_PW, ca_file=slapd.ca)
+    try:
+        with pytest.raises(DirectoryMisconfigured) as e:
+            directory.check_service_account()
+        assert e.value.key == "accounts.ldap.base_dn"
+        assert ELSEWHERE in str(e.value) and "referral" in str(e.value), str(e.value)
+        with pytest.raises(DirectoryMisconfigured):  # a login meets it as 454
+            directory.find(ALICE)
     finally:
         directory.close()

@@ -78,6 +78,8 @@ BIND_PASSWORD_KEY = "accounts.ldap.bind_password_file"
 BASE_DN_KEY = "accounts.ldap.base_dn"
 #: LDAP result code noSuchObject (RFC 4511 §4.1.9): for a search, the base is missing.
 _NO_SUCH_OBJECT = 32
+#: LDAP result code referral (RFC 4511 §4.1.9): another server holds the base.
+_REFERRAL = 10
 
 
 class DirectoryMisconfigured(StoreUnavailable):
@@ -169,6 +171,25 @@ class _CheckedTls(Tls):
         except BaseException:
             plain.close()
             raise
+
+
+class BaseDnReferred(DirectoryMisconfigured):
+    """The directory answers a search of ``base_dn`` with a referral: another server
+    holds it. Referrals are never followed (the user's password would go to a
+    server the configuration does not name), so ``base_dn`` or ``url`` is wrong."""
+
+    def __init__(self, label: str, base_dn: str, referrals: object) -> None:
+        where = ", ".join(str(r) for r in referrals) if isinstance(referrals, list) else "?"
+        super().__init__(BASE_DN_KEY, (
+            f"{label}: base_dn {base_dn!r} is not held by this directory (a referral to "
+            f"{where}); referrals are not followed: check {BASE_DN_KEY}, or point "
+            f"accounts.ldap.url at the directory that holds it"))
+
+
+def _refuse_referral(label: str, base_dn: str, result: Mapping[str, object]) -> None:
+    """Raise `BaseDnReferred` if ``result`` is a referral (RFC 4511 §4.1.10)."""
+    if result.get("result") == _REFERRAL:
+        raise BaseDnReferred(label, base_dn, result.get("referrals"))
 
 
 def escape_filter_value(value: str) -> str:
@@ -418,6 +439,7 @@ class LdapDirectory:
             code = (conn.result or {}).get("result")
             if code == _NO_SUCH_OBJECT:
                 raise BaseDnNotFound(self._label, cfg.base_dn)
+            _refuse_referral(self._label, cfg.base_dn, conn.result or {})
             if code != 0:
                 raise _Fault(f"search of base_dn failed: {conn.result}")
 
@@ -456,6 +478,7 @@ class LdapDirectory:
                 # The base is missing, not the user: 454 and the log say so, where
                 # "unknown user" would fail every login as a wrong password.
                 raise BaseDnNotFound(self._label, cfg.base_dn)
+            _refuse_referral(self._label, cfg.base_dn, conn.result or {})
             if code == _SIZE_LIMIT_EXCEEDED:
                 # Entries not returned may hold the login too: one found among those
                 # returned would be "the first", so the name is ambiguous.

@@ -636,6 +636,13 @@ class LdapConfig(Model):
     locked_flags: int = Field(
         default=0, ge=0, description="The bits of locked_flags_attribute that lock the account."
     )
+    reset_attribute: str = Field(
+        default="pwdReset",
+        description="Optional: an entry with the value TRUE in it has a password an "
+        "administrator set, which its user must change first (OpenLDAP ppolicy with "
+        "pwdMustChange, whose bind still succeeds): treated as locked until then. "
+        "Empty: not read.",
+    )
     connect_timeout: float = Field(
         default=5.0, gt=0, le=60, description="Seconds to connect to the directory."
     )

@@ -66,6 +66,9 @@ AD_PRESET: Final[Mapping[str, object]] = {
     "expires_attribute": "accountExpires",
     "locked_flags_attribute": "msDS-User-Account-Control-Computed",
     "locked_flags": UF_LOCKOUT | UF_PASSWORD_EXPIRED,
+    # AD has no pwdReset: "must change at next logon" is pwdLastSet 0, whose bind
+    # AD refuses itself (data 773), and which moves pwdLastSet.
+    "reset_attribute": "",
 }
 
 _ESCAPES: Final = {"\\": r"\5c", "*": r"\2a", "(": r"\28", ")": r"\29", "\0": r"\00"}

@@ -30,6 +30,8 @@ pytestmark = pytest.mark.interop
 ALICE = "alice@example.org"
 ALICE_PW = "alice's directory password"
 ELSEWHERE = "ldap://ldap.elsewhere.test/"
+#: ppolicy's default policy: a password an administrator sets must be changed.
+POLICY = "cn=policy,ou=services,dc=example,dc=org"
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +42,18 @@ def slapd() -> Iterator[Slapd]:
     server = Slapd(root / "slapd")
     # A default referral, as a directory that is one server of several has: names
     # outside its suffix are answered with a referral to another server.
-    server.conf.write_text(server.conf.read_text().replace(
-        "modulepath", f"referral {ELSEWHERE}\nmodulepath", 1))
+    conf = server.conf.read_text().replace(
+        "modulepath", f"referral {ELSEWHERE}\nmodulepath", 1)
+    # The password policy overlay, and users who may change their own password,
+    # as docs/directories.md's ACL has it.
+    conf = conf.replace("moduleload back_mdb", "moduleload back_mdb\nmoduleload ppolicy")
+    conf = conf.replace("access to attrs=userPassword\n    by anonymous auth\n", (
+        f'overlay ppolicy\nppolicy_default "{POLICY}"\n'
+        "access to attrs=userPassword\n    by anonymous auth\n    by self write\n"))
+    server.conf.write_text(conf)
     server.start()
+    server.add(f"dn: {POLICY}\nobjectClass: organizationalRole\nobjectClass: pwdPolicy\n"
+               "cn: policy\npwdAttribute: userPassword\npwdMustChange: TRUE\n")
     yield server
     server.close()
     shutil.rmtree(root, ignore_errors=True)
@@ -53,6 +64,13 @@ def ou(slapd: Slapd) -> str:
     ou = new_ou(slapd)
     slapd.add(person_ldif(f"uid=alice,{ou}", ALICE, ALICE_PW))
     return ou
+
+
+def change_own_password(slapd: Slapd, dn: str, old: str, new: str) -> None:
+    """The RFC 3062 password modify operation bound as the user, as a user's
+    password tool does it (ppolicy then clears pwdReset)."""
+    slapd.tool("ldappasswd", "-H", slapd.url, "-ZZ", "-x", "-D", dn, "-w", old,
+               "-a", old, "-s", new)
 
 
 def config(slapd: Slapd, ou: str, **extra: object) -> LdapConfig:
@@ -211,5 +229,28 @@ def test_a_base_dn_the_directory_refers_elsewhere_is_a_configuration_error(
         assert ELSEWHERE in str(e.value) and "referral" in str(e.value), str(e.value)
         with pytest.raises(DirectoryMisconfigured):  # a login meets it as 454
             directory.find(ALICE)
+    finally:
+        directory.close()
+
+
+def test_a_password_an_administrator_reset_logs_in_only_once_changed(
+    slapd: Slapd, ou: str,
+) -> None:
+    """OpenLDAP's ppolicy with pwdMustChange: after an administrator sets a password
+    (ldappasswd), the entry has pwdReset: TRUE and the directory lets that password
+    do nothing but change itself, yet its simple bind succeeds. A temporary password
+    handed out by the helpdesk must not work for mail (nor become SCRAM keys):
+    the account is refused like a locked one until its user has changed it."""
+    dn = f"uid=alice,{ou}"
+    slapd.set_password(dn, "temporary helpdesk password")
+    directory = LdapDirectory(config(slapd, ou), bind_password=SERVICE_PW, ca_file=slapd.ca)
+    try:
+        entry = directory.find(ALICE)
+        assert entry is not None
+        assert not entry.enabled and "pwdReset" in entry.lock_reason, entry
+        change_own_password(slapd, dn, "temporary helpdesk password", "alice's own choice")
+        entry = directory.find(ALICE)
+        assert entry is not None and entry.enabled, entry
+        assert directory.bind(entry.dn, "alice's own choice")
     finally:
         directory.close()

@@ -316,7 +316,7 @@ class LdapDirectory:
                                  effect="logins get 454 4.7.0 until it answers")
         self._search_pool = _Pool(cfg.pool_size, self._service_connection, cfg.operation_timeout)
         self._bind_pool = _Pool(cfg.pool_size, self._plain_connection, cfg.operation_timeout)
-        status = {cfg.expires_attribute, cfg.locked_flags_attribute} - {""}
+        status = {cfg.expires_attribute, cfg.locked_flags_attribute, cfg.reset_attribute} - {""}
         self._attributes = sorted(
             {*cfg.login_attributes, *cfg.address_attributes, cfg.password_changed_attribute,
              *status}
@@ -585,7 +585,8 @@ class LdapDirectory:
 
     def _status_lock(self, raw: Mapping[str, list[bytes]]) -> str:
         """Why the entry's status attributes lock it, or "": expired
-        (``expires_attribute``), or a bit of ``locked_flags`` set. SCRAM and cached
+        (``expires_attribute``), a password to change first (``reset_attribute``),
+        or a bit of ``locked_flags`` set. SCRAM and cached
         logins make no bind, so the directory's own refusal of such an account (AD:
         "data 701/775/532") would never be seen; this reads the state instead."""
         cfg = self._cfg
@@ -596,6 +597,12 @@ class LdapDirectory:
                     return f"{cfg.expires_attribute} unreadable ({v[:32]!r})"
                 if expired:
                     return f"expired in the directory ({cfg.expires_attribute})"
+        if cfg.reset_attribute and any(
+            v.strip().upper() == "TRUE" for v in _values(raw, cfg.reset_attribute)
+        ):
+            # ppolicy lets such a password only change itself, yet its bind succeeds.
+            return (f"password set by an administrator, to be changed by its user "
+                    f"first ({cfg.reset_attribute})")
         if cfg.locked_flags_attribute and cfg.locked_flags:
             for v in _values(raw, cfg.locked_flags_attribute):
                 try:

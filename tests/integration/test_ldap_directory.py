@@ -13,9 +13,11 @@ refused as such, never sent as an unauthenticated bind.
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,6 +34,8 @@ ALICE_PW = "alice's directory password"
 ELSEWHERE = "ldap://ldap.elsewhere.test/"
 #: ppolicy's default policy: a password an administrator sets must be changed.
 POLICY = "cn=policy,ou=services,dc=example,dc=org"
+#: Its lockout: two bad passwords lock an account for this many seconds.
+LOCKOUT = 2
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +57,8 @@ def slapd() -> Iterator[Slapd]:
     server.conf.write_text(conf)
     server.start()
     server.add(f"dn: {POLICY}\nobjectClass: organizationalRole\nobjectClass: pwdPolicy\n"
-               "cn: policy\npwdAttribute: userPassword\npwdMustChange: TRUE\n")
+               "cn: policy\npwdAttribute: userPassword\npwdMustChange: TRUE\n"
+               f"pwdLockout: TRUE\npwdMaxFailure: 2\npwdLockoutDuration: {LOCKOUT}\n")
     yield server
     server.close()
     shutil.rmtree(root, ignore_errors=True)
@@ -252,5 +257,40 @@ def test_a_password_an_administrator_reset_logs_in_only_once_changed(
         entry = directory.find(ALICE)
         assert entry is not None and entry.enabled, entry
         assert directory.bind(entry.dn, "alice's own choice")
+    finally:
+        directory.close()
+
+
+def documented_enabled_filter() -> str:
+    """The ``enabled_filter`` of docs/directories.md's OpenLDAP example."""
+    page = (Path(__file__).parents[2] / "docs" / "directories.md").read_text()
+    m = re.search(r'^enabled_filter = "([^"]+)"', page, re.MULTILINE)
+    assert m, "docs/directories.md has no enabled_filter example"
+    return m.group(1)
+
+
+def test_the_documented_enabled_filter_ends_a_ppolicy_lockout_when_the_directory_does(
+    slapd: Slapd, ou: str,
+) -> None:
+    """ppolicy keeps pwdAccountLockedTime on the entry after pwdLockoutDuration has
+    passed, until a bind succeeds. A filter refusing any pwdAccountLockedTime
+    makes no bind, so it would keep the account out for ever; the documented one
+    refuses the administrator's permanent lock only, and leaves a lockout to the
+    directory's refusal of the bind while it lasts."""
+    directory = LdapDirectory(config(slapd, ou, enabled_filter=documented_enabled_filter()),
+                              bind_password=SERVICE_PW, ca_file=slapd.ca)
+    try:
+        entry = directory.find(ALICE)
+        assert entry is not None and entry.enabled
+        assert [directory.bind(entry.dn, "a guess") for _ in range(2)] == [False, False]
+        assert not directory.bind(entry.dn, ALICE_PW)  # locked out by the directory
+        time.sleep(LOCKOUT + 1.5)
+        entry = directory.find(ALICE)
+        assert entry is not None and entry.enabled, entry
+        assert directory.bind(entry.dn, ALICE_PW)  # the lockout is over
+        slapd.modify(f"dn: {entry.dn}\nchangetype: modify\nadd: pwdAccountLockedTime\n"
+                     "pwdAccountLockedTime: 000001010000Z\n")  # locked by an administrator
+        entry = directory.find(ALICE)
+        assert entry is not None and not entry.enabled, entry
     finally:
         directory.close()

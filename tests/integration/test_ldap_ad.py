@@ -59,6 +59,28 @@ def dc() -> Iterator[SambaAD]:
 # --- the preset's filters, straight against the DC -----------------------------------
 
 
+def test_a_password_with_a_nul_never_binds(dc: SambaAD, tmp_path: Path) -> None:
+    """Samba compares a simple bind's password up to its first NUL, so the
+    password followed by NUL and anything is "right" there: a NUL (AUTH LOGIN
+    can carry one) is no password, and no bind is made for it."""
+    from smtpgate.auth.ldap_directory import LdapDirectory
+    from smtpgate.config import LdapConfig
+
+    (tmp_path / "svc.pw").write_text(SERVICE_PASSWORD + "\n")
+    cfg = LdapConfig.model_validate({
+        "flavour": "active_directory", "url": dc.ldaps_url, "ca_file": dc.ca_file,
+        "bind_dn": SERVICE_DN, "bind_password_file": tmp_path / "svc.pw",
+        "base_dn": BASE_DN})
+    directory = LdapDirectory(cfg, bind_password=SERVICE_PASSWORD, ca_file=dc.ca_file)
+    try:
+        entry = directory.find(ALICE.upn)
+        assert entry is not None
+        assert directory.bind(entry.dn, ALICE.password)
+        assert not directory.bind(entry.dn, ALICE.password + "\0whatever")
+    finally:
+        directory.close()
+
+
 @pytest.fixture(scope="module")
 def service(dc: SambaAD) -> Iterator[ldap3.Connection]:
     """The service account's connection over verified LDAPS, as smtpgate makes it."""

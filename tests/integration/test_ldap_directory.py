@@ -294,3 +294,22 @@ def test_the_documented_enabled_filter_ends_a_ppolicy_lockout_when_the_directory
         assert entry is not None and not entry.enabled, entry
     finally:
         directory.close()
+
+
+def test_the_password_is_bound_as_sent(slapd: Slapd, ou: str) -> None:
+    """The directory compares the octets it was given when the password was set
+    (ldappasswd, a web form): the bind must carry the password's UTF-8 as the
+    client sent it. ldap3 SASLprep's a str password by itself (NFKC, U+00A0 to a
+    space), so such a password never matched; and one it cannot prepare (a
+    control character) raised, a 454 and a directory 'unavailable' in the log
+    for what is a wrong password."""
+    dn = f"uid=alice,{ou}"
+    password = "pass\u00b2word\u00a0one"  # superscript two, no-break space
+    slapd.set_password(dn, password)
+    directory = LdapDirectory(config(slapd, ou), bind_password=SERVICE_PW, ca_file=slapd.ca)
+    try:
+        assert directory.bind(dn, password)
+        assert not directory.bind(dn, "pass2word one")  # SASLprep'd: another password
+        assert not directory.bind(dn, "pass\x01word")  # a wrong password, not an outage
+    finally:
+        directory.close()

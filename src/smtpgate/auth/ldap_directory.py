@@ -366,7 +366,7 @@ class LdapDirectory:
             raise DirectoryMisconfigured(BIND_PASSWORD_KEY, (
                 f"{self._label}: the service account {self._cfg.bind_dn!r} has an empty "
                 f"password ({where} is empty): write its password to {BIND_PASSWORD_KEY}"))
-        conn.user, conn.password = self._cfg.bind_dn, password
+        conn.user, conn.password = self._cfg.bind_dn, password.encode("utf-8")  # as in bind()
         if conn.bind():
             return conn
         result = conn.result or {}
@@ -524,9 +524,18 @@ class LdapDirectory:
         """
         if not password:
             return False  # an unauthenticated bind (RFC 4513 §5.1.2) would "succeed"
+        if "\0" in password:
+            return False  # Samba compares up to the NUL: "password\0anything" would do
+        try:
+            # As octets: ldap3 SASLprep's a str itself (NFKC, U+00A0 to a space; a
+            # control character raises), and the directory compares the octets it
+            # was given when the password was set.
+            secret = password.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate: no directory holds one
+            return False
 
         def simple_bind(conn: Connection) -> bool:
-            conn.user, conn.password = dn, password
+            conn.user, conn.password = dn, secret
             try:
                 if conn.bind():
                     return True

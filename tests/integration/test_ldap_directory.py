@@ -313,3 +313,34 @@ def test_the_password_is_bound_as_sent(slapd: Slapd, ou: str) -> None:
         assert not directory.bind(dn, "pass\x01word")  # a wrong password, not an outage
     finally:
         directory.close()
+
+
+def test_a_certificate_refused_while_serving_is_in_the_server_log(
+    slapd: Slapd, ou: str, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The directory's certificate changes to another CA's while smtpgate runs:
+    each login gets 454 (the auth log's record has the reason), and the server
+    log must say once what to fix, as it does for an outage, not nothing."""
+    from smtpgate.auth.ldap_directory import DirectoryMisconfigured
+
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(slapd.ca.read_bytes())
+    directory = LdapDirectory(config(slapd, ou, ca_file=ca), bind_password=SERVICE_PW,
+                              ca_file=ca)
+    try:
+        assert directory.find(ALICE) is not None
+        ca.write_bytes(Path("/etc/ssl/certs/ca-certificates.crt").read_bytes())
+        slapd.stop()
+        slapd.start()  # the open connections are gone; new ones meet the "new" certificate
+        caplog.clear()
+        for _ in range(3):
+            with pytest.raises(DirectoryMisconfigured):
+                directory.find(ALICE)
+        said = [r.getMessage() for r in caplog.records if r.name == "smtpgate.auth.ldap"]
+        assert len(said) == 1 and "accounts.ldap.ca_file" in said[0], said
+        ca.write_bytes(slapd.ca.read_bytes())
+        assert directory.find(ALICE) is not None
+        said = [r.getMessage() for r in caplog.records if r.name == "smtpgate.auth.ldap"]
+        assert any("answering again" in s for s in said), said
+    finally:
+        directory.close()

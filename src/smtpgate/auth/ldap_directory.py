@@ -393,9 +393,13 @@ class LdapDirectory:
                             e.strerror or e)
         return self._bind_password
 
-    def _run(self, pool: _Pool, op: Callable[[Connection], T]) -> T:
+    def _run(self, pool: _Pool, op: Callable[[Connection], T], *, at_start: bool = False) -> T:
         """``op`` on a pooled connection; on a connection failure, once more on a fresh
-        one; then ``StoreUnavailable`` with the cause."""
+        one; then ``StoreUnavailable`` with the cause.
+
+        A ``DirectoryMisconfigured`` while serving (``at_start`` False) goes to the
+        outage log too, so the server log says what to fix and when it works again;
+        at start-up, its caller's error is its one line."""
         for attempt in (1, 2):
             try:
                 # The retry never takes a pooled connection: after a directory
@@ -403,11 +407,15 @@ class LdapDirectory:
                 # answer 454 for a directory that is up again.
                 with pool.connection(fresh=attempt == 2) as conn:
                     answer = op(conn)
-            except DirectoryMisconfigured:
+            except DirectoryMisconfigured as e:
+                if not at_start:
+                    self._outage.failed(str(e).removeprefix(f"{self._label}: "))
                 raise
             except (LDAPException, OSError, _Fault) as e:
                 refused = certificate_refusal(e, self._label, self._where[0], self._ca_file)
                 if refused is not None:
+                    if not at_start:
+                        self._outage.failed(str(refused).removeprefix(f"{self._label}: "))
                     raise refused from e
                 cause = f"{type(e).__name__}: {e}"
                 # The idle ones were opened to the same server before the failure,
@@ -443,7 +451,7 @@ class LdapDirectory:
             if code != 0:
                 raise _Fault(f"search of base_dn failed: {conn.result}")
 
-        self._run(self._search_pool, look)
+        self._run(self._search_pool, look, at_start=True)
 
     def find(self, name: str) -> DirectoryEntry | None:
         """The entry whose login is ``name``, or None.

@@ -1,14 +1,18 @@
 """The LDAP client (``auth/ldap_directory.py``) against a private slapd of its own
-(``tests/peers/slapd.py``), for what a directory administrator does to it that the
-shared slapd of the other LDAP tests must not see: restarts under a full pool,
-certificates from another CA, an empty service password file.
+(``tests/peers/slapd.py``, with the ppolicy overlay and a default referral), for
+what a directory administrator does to it that the shared slapd of the other
+LDAP tests must not see: restarts under a full pool, certificates from another
+CA, password policies.
 
 Shown here: after a restart of the directory, the first login is served even
-when every pooled connection is dead (the retry opens a new one, and the other
-dead ones are dropped); a certificate the configured CA did not sign, or one
-without the URL's name, is a configuration error naming ``accounts.ldap.ca_file``
-(``accounts.ldap.url``), not an outage; an empty ``bind_password_file`` is
-refused as such, never sent as an unauthenticated bind.
+when every pooled connection is dead; a certificate the configured CA did not
+sign, or one without the URL's name, an empty ``bind_password_file`` and a
+``base_dn`` referred elsewhere are configuration errors naming their key, not
+outages (and while serving, in the server log once); an empty password never
+binds, and a password binds as sent (no SASLprep); a login more entries may
+hold than a search returns is ambiguous; ppolicy's pwdReset locks the account
+until its user changes the password, and the documented ``enabled_filter``
+lets a ppolicy lockout end when the directory ends it.
 """
 
 from __future__ import annotations

@@ -145,6 +145,17 @@ class TlsInfo:
     client_certificate: sasl.ClientCertificate | None = None
 
 
+
+def _parameters(rest: str) -> tuple[dict[str, str | None], R.Reply | None]:
+    """MAIL's or RCPT's parameters, or the reply refusing them (the address was
+    fine: the reply says so)."""
+    try:
+        return parse_params(rest), None
+    except DuplicateParameter:
+        return {}, R.DUPLICATE_PARAMETER
+    except ParameterError:
+        return {}, R.SYNTAX_ERROR
+
 class ServerEngine:
     """One SMTP session, from greeting to close."""
 
@@ -681,12 +692,9 @@ class ServerEngine:
             path, rest = split_path_argument(arg, "FROM")
         except AddressError:
             return self._error(R.SYNTAX_MAIL)
-        try:
-            params = parse_params(rest)
-        except DuplicateParameter:
-            return self._error(R.DUPLICATE_PARAMETER)
-        except ParameterError:
-            return self._error(R.SYNTAX_ERROR)
+        params, refusal = _parameters(rest)
+        if refusal is not None:
+            return self._error(refusal)
         smtputf8 = "SMTPUTF8" in params
         if smtputf8 and params["SMTPUTF8"] is not None:
             return self._error(R.SYNTAX_ERROR)
@@ -763,12 +771,9 @@ class ServerEngine:
             path, rest = split_path_argument(arg, "TO")
         except AddressError:
             return self._error(R.SYNTAX_RCPT)
-        try:
-            params = parse_params(rest)
-        except DuplicateParameter:
-            return self._error(R.DUPLICATE_PARAMETER)
-        except ParameterError:
-            return self._error(R.SYNTAX_ERROR)
+        params, refusal = _parameters(rest)
+        if refusal is not None:
+            return self._error(refusal)
         try:
             dsn = parse_rcpt_params(params, utf8=self._smtputf8)  # RFC 3461, RFC 6533
         except KeyError:

@@ -72,9 +72,12 @@ def test_default_time_is_iso8601_utc(tmp_path: Path) -> None:
 
 
 def test_control_characters_neutralised(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """JSON's own escapes, once: the value read back is the one the client sent,
+    and no character that forges a line or drives a terminal is in the file."""
     path = tmp_path / "auth.log"
     log = AuthLog(path, clock=fixed_clock)
-    evil = "eve\r\n2030-01-01 auth success user=admin\x1b[31m\x00\x7f\x85\u2028\u202e\\"
+    evil = ("eve\r\n2030-01-01 auth success user=admin\x1b[31m\x00\x7f\x85\u2028\u202e\\"
+            "\U000e0041\ud800")
     try:
         with caplog.at_level(logging.INFO, logger="smtpgate.auth"):
             write_one(log, username=evil, mechanism="PL\nAIN", reason="r\tx")
@@ -82,15 +85,39 @@ def test_control_characters_neutralised(tmp_path: Path, caplog: pytest.LogCaptur
         log.close()
     raw = path.read_bytes()
     assert raw.count(b"\n") == 1  # one record, one line
+    text = raw.decode("utf-8")
+    assert all(unicodedata.category(c) not in ("Cc", "Cf", "Zl", "Zp", "Cs")
+               for c in text[:-1])
     rec = json.loads(raw)
-    assert rec["username"] == (
-        "eve\\x0d\\x0a2030-01-01 auth success user=admin\\x1b[31m\\x00\\x7f\\x85\\u2028\\u202e\\\\"
-    )
-    assert rec["mechanism"] == "PL\\x0aAIN"
-    assert rec["reason"] == "r\\x09x"
+    assert rec["username"] == evil
+    assert rec["mechanism"] == "PL\nAIN"
+    assert rec["reason"] == "r\tx"
     (logged,) = [r.getMessage() for r in caplog.records if r.name == "smtpgate.auth"]
-    assert "\n" not in logged and "\r" not in logged and "\x1b" not in logged
+    assert all(unicodedata.category(c) not in ("Cc", "Cf", "Zl", "Zp", "Cs") for c in logged)
     assert logged.startswith("auth failure listener=submission client=192.0.2.7:50123")
+    assert " mech=PL\\x0aAIN " in logged  # unquoted there: neutralised
+    quoted = logged.split(" user=", 1)[1].split(" reason=", 1)[0]
+    assert json.loads(quoted) == evil
+
+
+def test_a_backslash_in_a_login_name_is_escaped_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """``a\\b@localhost`` (a valid local part) is ``"a\\\\b@localhost"`` in the JSON
+    line and in the server log's quoted user=, read back as the name itself: it was
+    escaped by ``neutralize`` and then by JSON, two backslashes where one was sent."""
+    path = tmp_path / "auth.log"
+    log = AuthLog(path, clock=fixed_clock)
+    try:
+        with caplog.at_level(logging.INFO, logger="smtpgate.auth"):
+            write_one(log, username="a\\b@localhost", reason='says "no\\"')
+    finally:
+        log.close()
+    raw = path.read_text("utf-8")
+    assert '"username": "a\\\\b@localhost"' in raw
+    assert json.loads(raw)["username"] == "a\\b@localhost"
+    assert json.loads(raw)["reason"] == 'says "no\\"'
+    (logged,) = [r.getMessage() for r in caplog.records if r.name == "smtpgate.auth"]
+    assert ' user="a\\\\b@localhost" reason="says \\"no\\\\\\"" ' in logged
 
 
 def test_neutralize_truncates_long_values() -> None:

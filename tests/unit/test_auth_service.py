@@ -655,7 +655,7 @@ async def test_record_writes_auth_log(
     assert rec["listener"] == "submission"
     assert (rec["client_ip"], rec["client_port"], rec["tls"]) == ("192.0.2.7", 50123, "TLSv1.3")
     assert (rec["mechanism"], rec["result"], rec["reason"]) == ("PLAIN", "failure", "bad password")
-    assert rec["username"] == "eve\\x0d\\x0aforged" and rec["session"] == "sess-1"
+    assert rec["username"] == "eve\r\nforged" and rec["session"] == "sess-1"
     assert any("auth failure" in r.getMessage() for r in caplog.records)
     with pytest.raises(ValueError):
         svc.record(CTX, "PLAIN", "x", "maybe", "")

@@ -133,3 +133,27 @@ def test_times_with_other_offsets_are_ordered_as_times() -> None:
     for episode in (brute, spray):
         assert (episode["first"], episode["last"]) == (
             "2026-01-01T11:30:00.000+02:00", "2026-01-01T05:15:00.000-05:00")
+
+
+def test_names_from_the_auth_log_are_shown_as_sent_and_harmless(tmp_path: Path) -> None:
+    """The auth log keeps a name as the client sent it (auth/authlog.py): the
+    report shows ``a\\b@x.org`` with its one backslash, an ESC as ``\\x1b``, and
+    ``[red]`` as text, not Rich markup."""
+    from click.testing import CliRunner
+
+    from smtpgate.cli.main import cli
+
+    from .cli_support import write_config
+
+    config = write_config(tmp_path)
+    config.write_text(config.read_text() + '\n[auth]\nlog_file = "auth.log"\n')
+    stamp = datetime.now(UTC).isoformat()
+    names = ["a\\b@x.org", "e\x1b[2J@x.org", "[red]r@x.org"]
+    (tmp_path / "auth.log").write_text("".join(
+        json.dumps({**rec("00:00:00", "192.0.2.9", n, "failure"), "time": stamp}) + "\n"
+        for n in names))
+    result = CliRunner().invoke(cli, ["report", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert " a\\b@x.org " in result.output and "a\\\\b" not in result.output
+    assert "\x1b" not in result.output and "e\\x1b[2J@x.org" in result.output
+    assert "[red]r@x.org" in result.output

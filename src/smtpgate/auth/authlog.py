@@ -10,9 +10,13 @@ kernel places each record at the end in one piece: lines from different
 processes never interleave, with no lock and no Python-side buffering that
 could split a long line across two writes.
 
-Every string field is passed through ``neutralize`` first: usernames and
-mechanism names come from the client, and a CR, LF or escape sequence in them
-must not forge a log line or drive a terminal.
+Usernames, reasons and mechanism names come from the client, and a CR, LF or
+escape sequence in them must not forge a log line or drive a terminal. Each
+value is escaped once, where it is written: in the JSON line and in the text
+line's quoted ``user=`` and ``reason=`` by JSON's own escapes (``json_string``:
+the value read back is the one the client sent, ``a\\b@x`` for the name
+``a\b@x``), in the text line's unquoted fields by ``neutralize``. The record
+itself keeps the values as sent, only bounded in length.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,12 +44,14 @@ RESULTS: frozenset[str] = frozenset(("success", "failure", "tempfail", "cancelle
 MAX_FIELD_CHARS = 320
 
 
-def neutralize(value: str, limit: int = MAX_FIELD_CHARS) -> str:
+def neutralize(value: str, limit: int = MAX_FIELD_CHARS, *, backslash: bool = True) -> str:
     r"""Make a client-supplied string safe for one log line.
 
     Control, format and line/paragraph-separator characters (Unicode Cc, Cf,
     Zl, Zp: CR, LF, ESC, DEL, C1, bidi overrides, U+2028 ...) become ``\xNN`` or
-    ``\uNNNN``, and a backslash becomes ``\\`` so the escapes stay unambiguous.
+    ``\uNNNN``, and a backslash becomes ``\\`` so the escapes stay unambiguous
+    (``backslash=False``: left as it is, for a display a person reads, where
+    ``a\b`` doubled would be the wrong name).
     """
     if len(value) > limit:
         value = value[:limit] + "…"
@@ -52,7 +59,7 @@ def neutralize(value: str, limit: int = MAX_FIELD_CHARS) -> str:
         return value  # the common case: no ASCII control character (Cc) and no escape
     out: list[str] = []
     for c in value:
-        if c == "\\":
+        if c == "\\" and backslash:
             out.append("\\\\")
         elif unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp", "Cs"):
             o = ord(c)
@@ -62,6 +69,36 @@ def neutralize(value: str, limit: int = MAX_FIELD_CHARS) -> str:
         else:
             out.append(c)
     return "".join(out)
+
+
+def _bounded(value: str, limit: int = MAX_FIELD_CHARS) -> str:
+    return value[:limit] + "…" if len(value) > limit else value
+
+
+def _json_escape(m: re.Match[str]) -> str:
+    # Characters above U+FFFF as their UTF-16 pair, as JSON writes them (RFC 8259 §7).
+    encoded = m[0].encode("utf-16-be", "surrogatepass")
+    return "".join(f"\\u{int.from_bytes(encoded[i:i + 2]):04x}" for i in range(0, len(encoded), 2))
+
+
+#: Where ``json.dumps(ensure_ascii=False)`` may leave something a terminal or a
+#: reader acts on: DEL, C1, format characters (bidi overrides), line and paragraph
+#: separators, lone surrogates (which UTF-8 cannot hold); ``_unsafe`` picks them
+#: out. Below U+0020 JSON escapes by itself.
+_JSON_UNSAFE = re.compile(r"[^\x00-\x7e]")
+
+
+def _unsafe(m: re.Match[str]) -> str:
+    if unicodedata.category(m[0]) in ("Cc", "Cf", "Zl", "Zp", "Cs"):
+        return _json_escape(m)
+    return m[0]
+
+
+def json_string(value: object) -> str:
+    """``value`` as JSON, every string in it escaped once by JSON's own escapes, with
+    the characters `neutralize` makes visible written as ``\\uNNNN``: one line,
+    nothing a terminal acts on, and ``json.loads`` gives back the value."""
+    return _JSON_UNSAFE.sub(_unsafe, json.dumps(value, ensure_ascii=False))
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,14 +124,17 @@ class AuthRecord:
         # The fields in order, without ``asdict``'s recursive copy (half the cost of
         # a login's record).
         fields = {name: getattr(self, name) for name in _FIELDS}
-        return (json.dumps(fields, ensure_ascii=False) + "\n").encode("utf-8")
+        return (json_string(fields) + "\n").encode("utf-8")
 
     def text(self) -> str:
+        n = neutralize
         return (
-            f"auth {self.result} listener={self.listener} client={self.client_ip}:{self.client_port} "
-            f"tls={self.tls or 'none'} mech={self.mechanism or '-'} user={json.dumps(self.username, ensure_ascii=False)} "
-            f"reason={json.dumps(self.reason, ensure_ascii=False)} session={self.session}"
-            + ("" if self.front_door == "smtp" else f" door={self.front_door}")
+            f"auth {self.result} listener={n(self.listener)} "
+            f"client={n(self.client_ip)}:{self.client_port} "
+            f"tls={n(self.tls or 'none')} mech={n(self.mechanism or '-')} "
+            f"user={json_string(self.username)} reason={json_string(self.reason)} "
+            f"session={n(self.session)}"
+            + ("" if self.front_door == "smtp" else f" door={n(self.front_door)}")
         )
 
 
@@ -145,14 +185,15 @@ class AuthLog:
         session: str,
         front_door: str = "smtp",
     ) -> AuthRecord:
-        """Build a record stamped now, with every string field neutralised.
+        """Build a record stamped now, every string field bounded (``MAX_FIELD_CHARS``)
+        and kept as sent: it is escaped where it is written (``json_line``, ``text``).
 
         Raises:
             ValueError: ``result`` is not one of ``RESULTS`` (a bug in the caller).
         """
         if result not in RESULTS:
             raise ValueError(f"unknown auth result {result!r}")
-        n = neutralize
+        n = _bounded
         return AuthRecord(
             time=self._clock(),
             listener=n(listener),

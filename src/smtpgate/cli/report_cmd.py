@@ -15,7 +15,9 @@ from typing import Any
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
+from smtpgate.auth.authlog import neutralize
 from smtpgate.cli.common import (
     NotFound,
     admin_service,
@@ -32,7 +34,9 @@ def _table(title: str, columns: tuple[str, ...], rows: list[tuple[object, ...]])
     for i, col in enumerate(columns):
         table.add_column(col, justify="right" if i and isinstance(rows[0][i] if rows else "", int) else "left", overflow="fold")
     for row in rows:
-        table.add_row(*(str(x) for x in row))
+        # The auth log keeps names as clients sent them (auth/authlog.py): shown
+        # neutralised, and as text, never as Rich markup.
+        table.add_row(*(Text(neutralize(str(x), 10**6, backslash=False)) for x in row))
     return table
 
 

@@ -967,8 +967,8 @@ def loosenings(cfg: Config) -> list[Problem]:
     d = cfg.delivery
     if d.mode == "relay":
         if d.relay_tls == "none":
-            creds = " and relay_user's password" if d.relay_user else ""
-            out.append(_warning("delivery.relay_tls", f"none: mail{creds} go to the relay "
+            what = "mail and relay_user's password go" if d.relay_user else "mail goes"
+            out.append(_warning("delivery.relay_tls", f"none: {what} to the relay "
                                 "without TLS"))
         elif not d.relay_verify_cert:
             out.append(_warning("delivery.relay_verify_cert", "false: the relay's certificate "

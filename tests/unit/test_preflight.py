@@ -693,3 +693,16 @@ def test_several_issuers_without_domains_is_a_warning(
     assert sorted(k for k in found if k.startswith("auth.oauth_issuers")) == warned
     for key in warned:
         assert "may log in as any account" in found[key]
+
+
+@pytest.mark.parametrize(("user", "said"), [
+    ("", "none: mail goes to the relay without TLS"),
+    ('relay_user = "u"\nrelay_password_file = "relay.pw"\n',
+     "none: mail and relay_user's password go to the relay without TLS"),
+])
+def test_relay_without_tls_is_said_in_english(gate: Path, user: str, said: str) -> None:
+    """'mail go to the relay': the verb agreed with the password when there was none."""
+    (gate / "relay.pw").write_text("secret\n")
+    cfg = config(gate, **{'mode = "maildir"': 'mode = "relay"\nrelay_host = "127.0.0.1"\n'
+                          f'relay_tls = "none"\n{user}'})
+    assert only(loosenings(cfg), "warning")["delivery.relay_tls"] == said

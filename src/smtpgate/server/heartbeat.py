@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import time
 from dataclasses import asdict
@@ -152,15 +153,28 @@ class Heartbeat:
                 self._client = None
 
 
+def glob_escaped(text: str) -> str:
+    """``text`` matched literally in a Redis glob pattern (SCAN MATCH, KEYS): each
+    ``*``, ``?``, ``[``, ``]`` and ``\\`` behind a backslash, Redis's own escape. A
+    key_prefix is free text, and as a pattern ``a*:`` would also match the keys of
+    another cluster's ``ab:``."""
+    return _GLOB_SPECIAL.sub(r"\\\g<0>", text)
+
+
+_GLOB_SPECIAL = re.compile(r"[*?\[\]\\]")
+
+
 def nodes(cfg: Config) -> list[dict[str, Any]]:
-    """The heartbeats of the last minute, by node name.
+    """The heartbeats of the last minute, by node name, under this config's
+    key_prefix only (`glob_escaped`).
 
     Raises:
         redis.RedisError, OSError: Redis cannot be read.
     """
     client = redis_client(cfg)
     try:
-        keys = sorted(client.scan_iter(match=cfg.state.key_prefix + "node:*", count=500))
+        keys = sorted(client.scan_iter(match=glob_escaped(cfg.state.key_prefix) + "node:*",
+                                     count=500))
         docs = [client.get(k) for k in keys]
     finally:
         client.close()

@@ -7,7 +7,9 @@ Comparison follows ``auth/names.py``: an address is compared in its canonical
 spelling, without letter case in the domain (RFC 5321 §2.4) or the local part. An internationalised domain is the same
 domain in its A-label (``xn--bcher-kva.example``) and U-label (``bücher.example``)
 forms (RFC 5890 §2.3.2.1): a client without SMTPUTF8 can only send the A-label
-(RFC 6531 §3.2), so each form owns the other.
+(RFC 6531 §3.2), so each form owns the other. A quoted local part that needs no
+quoting is the same mailbox as the unquoted one (RFC 5321 §4.1.2, RFC 5322
+§3.2.4): ``"alice"@example.org`` is alice's.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from smtpgate.auth.names import InvalidAccountName, canonical_name, u_labels
+from smtpgate.smtp.address import without_needless_quotes
 
 __all__ = ["SenderProfile", "u_labels"]
 
@@ -30,6 +33,12 @@ class SenderProfile:
     max_recipients_per_hour: int | None = None
 
     def owns(self, address: str) -> bool:
+        """Whether the account may send as ``address`` (MAIL FROM, or a From, Sender
+        or Resent-* mailbox). A quoted local part that needs no quoting is the
+        address unquoted (``"alice"@x`` is alice@x); one that does is no
+        account's (`without_needless_quotes`)."""
+        if '"' in address:
+            address = without_needless_quotes(address)
         try:
             addr = canonical_name(address)
         except InvalidAccountName:

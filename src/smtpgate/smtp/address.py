@@ -131,6 +131,24 @@ def parse_mailbox(mailbox: str, *, utf8: bool, postmaster: bool = False) -> str:
     return f"{local}@{domain.lower()}"
 
 
+# RFC 5321 §4.1.2 quoted-pairSMTP: a backslash and the character it stands for.
+_QUOTED_PAIR = re.compile(r"\\(.)")
+
+
+def without_needless_quotes(address: str) -> str:
+    """``address`` with its quoted local part written as a dot-atom when the quotes
+    are needless (``"mallory"@x``, ``"mal\\lory"@x`` are ``mallory@x``; RFC 5321
+    §4.1.2 and RFC 5322 §3.4.1 make them one mailbox), else unchanged: a local
+    part that needs its quotes (``"a@b"@x``, ``"a b"@x``, ``".a"@x``) is another
+    mailbox, and stays quoted so that it matches no unquoted address. UTF-8 is
+    allowed in both forms (RFC 6531 §3.3)."""
+    local, at, domain = address.rpartition("@")
+    if not at or not local.startswith('"') or not _U_QUOTED.fullmatch(local):
+        return address
+    inner = _QUOTED_PAIR.sub(r"\1", local[1:-1])
+    return f"{inner}@{domain}" if _U_DOT_ATOM.fullmatch(inner) else address
+
+
 def _address_literal(domain: str) -> bool:
     """``[...]`` is an RFC 5321 §4.1.3 address literal: ``[192.0.2.1]`` but not
     ``[300.1.1.1]``, ``[IPv6:2001:db8::1]`` but not ``[IPv6:zzz]`` (nor a zone

@@ -54,6 +54,38 @@ def test_ehlo_advertises_submission_extensions() -> None:
         assert ext in out
 
 
+@pytest.mark.parametrize("verb", ["EHLO", "HELO"])
+@pytest.mark.parametrize("arg", ["x y", "x\ty", "x\x0by", "x\x0cy", "x\x01y", "x\x7fy",
+                                 "x\u0085y", "x\u00a0y", "x\u2028y", "x\u3000y", "\t", "x\t\x0b"])
+def test_rfc5321_s4_1_1_1_one_name_after_ehlo_or_helo(verb: str, arg: str) -> None:
+    """One domain or address literal: a tab split the argument as a space does, but
+    ``EHLO x<TAB>y`` was accepted (and ``x?y`` written in Received) while ``EHLO x
+    y`` got 501; any white space or control character is refused alike now (WSP
+    around the name is ignored, ``test_white_space_around_the_name_is_ignored``)."""
+    d = Driver.new(tls=True)
+    out = codes(d.feed(f"{verb} {arg}\r\n".encode()))
+    assert out == [str(R.SYNTAX_EHLO if verb == "EHLO" else R.SYNTAX_HELO).strip()]
+    assert d.engine.helo == ""
+
+
+@pytest.mark.parametrize("arg", ["x ", "x\t", " \tx \t"])
+def test_white_space_around_the_name_is_ignored(arg: str) -> None:
+    """Trailing spaces were taken off every command's argument; a tab is WSP too
+    (RFC 5234), so ``EHLO x<TAB>`` is ``EHLO x``."""
+    d = Driver.new(tls=True)
+    assert codes(d.feed(f"EHLO {arg}\r\n".encode()))[-1].startswith("250 ")
+    assert d.engine.helo == "x"
+
+
+@pytest.mark.parametrize("arg", ["client.test", "[192.0.2.1]", "[IPv6:2001:db8::1]",
+                                 "DESKTOP_7Q", "b\u00fccher.example", "localhost"])
+def test_names_without_white_space_are_taken_as_sent(arg: str) -> None:
+    """Lenient beyond that (docs/smtp.md): an underscore, a bare name, a U-label."""
+    d = Driver.new(tls=True)
+    assert codes(d.feed(f"EHLO {arg}\r\n".encode()))[-1].startswith("250 ")
+    assert d.engine.helo == arg
+
+
 def test_helo_works_but_offers_nothing() -> None:
     out = Driver.new(tls=True).feed(b"HELO c\r\n").decode()
     assert out == "250 mx.test\r\n"

@@ -587,9 +587,10 @@ class ServerEngine:
         return any(m.endswith("-PLUS") for m in self.usable_mechanisms())
 
     def _cmd_ehlo(self, arg: str) -> Event | None:
-        if not arg or " " in arg:
+        name = _helo_name(arg)
+        if name is None:
             return self._error(R.SYNTAX_EHLO)
-        self.helo, self.esmtp = arg, True
+        self.helo, self.esmtp = name, True
         dropped = self._drop_chunks()
         self._reset_transaction()
         self.state = State.GREETED
@@ -597,9 +598,10 @@ class ServerEngine:
         return dropped
 
     def _cmd_helo(self, arg: str) -> Event | None:
-        if not arg or " " in arg:
+        name = _helo_name(arg)
+        if name is None:
             return self._error(R.SYNTAX_HELO)
-        self.helo, self.esmtp = arg, False
+        self.helo, self.esmtp = name, False
         dropped = self._drop_chunks()
         self._reset_transaction()
         self.state = State.GREETED
@@ -1097,6 +1099,21 @@ _AUTH_REPLIES: dict[AuthResult, R.Reply] = {
     AuthResult.TEMPFAIL: R.AUTH_TEMPFAIL,
     AuthResult.CANCELLED: R.AUTH_CANCELLED,
 }
+
+
+#: What splits an EHLO/HELO argument into words: any white space (a tab as a
+#: space, and Unicode's) and any control character (C0, DEL, C1).
+_NOT_IN_A_NAME = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
+
+
+def _helo_name(arg: str) -> str | None:
+    """The one name an EHLO or HELO carries (RFC 5321 §4.1.1.1: a domain or an
+    address literal), WSP around it ignored; None when there is none, or more than
+    one: ``x y`` and ``x<TAB>y`` alike. Otherwise lenient (docs/smtp.md): a name
+    that is no valid domain (``DESKTOP_7Q``) is taken as sent, as Postfix does
+    without ``reject_invalid_helo_hostname``."""
+    name = arg.strip(" \t")
+    return name if name and not _NOT_IN_A_NAME.search(name) else None
 
 
 def _is_auth_command(line: bytes | bytearray) -> bool:

@@ -10,6 +10,11 @@ So the guard, the connection limits, conditional access, the logs and the
 Received line see the client, and nothing downstream knows about proxies. A
 malformed header, a header that does not arrive within ``HEADER_TIMEOUT``, or a
 header from anyone else closes the connection before any SMTP byte is sent.
+
+A connection from outside ``trusted_proxies`` is anyone's to make (the node's
+port reached past the balancer, a scanner): the first ``REFUSALS_LOGGED`` of
+each ``REFUSAL_WINDOW`` per listener and process are logged one by one, the
+rest as one count when the window ends (`server/log_budget.py`).
 """
 
 from __future__ import annotations
@@ -21,12 +26,19 @@ from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from smtpgate.frontdoor.proxy_header import ProxyHeaderError, ProxyHeaderParser
+from smtpgate.server.log_budget import LogBudget
 
 log = logging.getLogger("smtpgate")
 
 #: Seconds a balancer gets to send the header; HAProxy sends it with the
 #: connection's first packet, so this only bounds a stuck or hostile peer.
 HEADER_TIMEOUT = 10.0
+
+#: Refusals of untrusted peers logged one by one per listener (and process) in
+#: each window of this many seconds; the rest are counted (the Dovecot door's
+#: numbers for its refused requests).
+REFUSALS_LOGGED = 10
+REFUSAL_WINDOW = 60.0
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -68,10 +80,11 @@ class ProxyHeaderProtocol(asyncio.Protocol):
     """See the module docstring. ``label`` names the listener in log lines."""
 
     def __init__(self, inner: Callable[[], asyncio.BaseProtocol], networks: Sequence[Network],
-                 label: str) -> None:
+                 label: str, refusals: LogBudget | None = None) -> None:
         self._make_inner = inner
         self._networks = networks
         self._label = label
+        self._refusals = refusals or _refusal_budget(label)
         self._parser = ProxyHeaderParser()
         self._inner: asyncio.Protocol | None = None
         self._transport: asyncio.Transport | None = None
@@ -92,9 +105,10 @@ class ProxyHeaderProtocol(asyncio.Protocol):
             return
         self._peer = (str(peer[0]), int(peer[1]))
         if not trusted(self._peer[0], self._networks):
-            log.warning("listener %s: PROXY header expected from a trusted proxy; "
-                        "%s:%s is not one (trusted_proxies): closed",
-                        self._label, *self._peer)
+            if self._refusals.take():
+                log.warning("listener %s: PROXY header expected from a trusted proxy; "
+                            "%s:%s is not one (trusted_proxies): closed",
+                            self._label, *self._peer)
             tr.abort()
             return
         self._timer = asyncio.get_running_loop().call_later(HEADER_TIMEOUT, self._too_slow)
@@ -150,7 +164,18 @@ class ProxyHeaderProtocol(asyncio.Protocol):
             self._timer = None
 
 
+def _refusal_budget(label: str) -> LogBudget:
+    def report(count: int) -> None:
+        log.warning("listener %s: %d more connections from outside trusted_proxies closed "
+                    "(more than %d in %g s are not logged one by one)",
+                    label, count, REFUSALS_LOGGED, REFUSAL_WINDOW)
+
+    return LogBudget(REFUSALS_LOGGED, REFUSAL_WINDOW, report)
+
+
 def wrap(factory: Callable[[], asyncio.BaseProtocol], networks: Sequence[Network],
          label: str) -> Callable[[], asyncio.BaseProtocol]:
-    """``factory`` behind a PROXY header from one of ``networks``."""
-    return lambda: ProxyHeaderProtocol(factory, networks, label)
+    """``factory`` behind a PROXY header from one of ``networks``; the listener's
+    connections share one budget of refusal lines."""
+    refusals = _refusal_budget(label)
+    return lambda: ProxyHeaderProtocol(factory, networks, label, refusals)

@@ -40,3 +40,42 @@ def test_a_prefix_with_glob_characters_lists_only_its_own_nodes(
     finally:
         client.delete(ours + "node:ours", theirs + "node:theirs")
         client.close()
+
+
+def test_cluster_status_shows_the_listeners_that_expect_a_proxy_header(tmp_path: Path) -> None:
+    """A node's listener line read "lb 0.0.0.0:587" whether or not it takes only
+    connections from the balancer; a heartbeat of an older version (no such key)
+    is shown as before."""
+    import time
+
+    from click.testing import CliRunner
+
+    from smtpgate.cli.main import cli
+    from tests.unit.cli_support import write_config
+
+    prefix = new_prefix()
+    server = shared_redis()
+    config = write_config(tmp_path)
+    config.write_text(config.read_text() + f'\n[state]\nbackend = "redis"\n'
+                      f'redis_url = "{server.url}"\npassword_file = "{server.password_file}"\n'
+                      f'key_prefix = "{prefix}"\n')
+    listeners = [
+        {"name": "lb", "address": "0.0.0.0:587", "tls": "starttls", "proxy_protocol": True,
+         "trusted_proxies": ["10.0.0.2/32", "10.0.0.3/32"]},
+        {"name": "direct", "address": "0.0.0.0:2587", "tls": "starttls",
+         "proxy_protocol": False, "trusted_proxies": []},
+        {"name": "old", "address": "0.0.0.0:465", "tls": "implicit"},
+    ]
+    doc = {"node": "mx1", "version": "0.1.0", "pid": 7, "updated": time.time(),
+           "sessions": 0, "queue": 0, "listeners": listeners}
+    client = redis.Redis(port=server.port, password=PASSWORD)
+    try:
+        client.set(prefix + "node:mx1", json.dumps(doc), ex=60)
+        out = CliRunner().invoke(cli, ["cluster", "status", "--config", str(config)])
+    finally:
+        client.delete(prefix + "node:mx1")
+        client.close()
+    assert out.exit_code == 0, out.output
+    assert out.output.rstrip("\n").endswith(
+        "; lb 0.0.0.0:587 (PROXY header from 10.0.0.2/32, 10.0.0.3/32), "
+        "direct 0.0.0.0:2587, old 0.0.0.0:465")

@@ -55,3 +55,39 @@ def test_a_guard_database_that_cannot_be_opened_is_named_with_its_key(tmp_path: 
     assert lines["accounts"] == "accounts:     sqlite answers (accounts.database)"
     assert lines["guard"].startswith(
         f"guard:        cannot read: guard.database {tmp_path / 'guard.sqlite'}: ")
+
+
+def test_listeners_expecting_a_proxy_header_say_so(tmp_path: Path) -> None:
+    """A listener behind a balancer refuses a client that connects to it directly,
+    but ``status`` showed it as any other: "listener: lb 0.0.0.0:587 (starttls)"."""
+    from smtpgate.cli import status_cmd
+    from smtpgate.config import parse_config
+    from smtpgate.server.status_file import ServerStatus
+
+    from .config_support import MINIMAL, config_dir
+
+    cfg = parse_config(
+        MINIMAL + '[[listeners]]\nname = "lb"\naddress = "127.0.0.1:2588"\n'
+        'tls = "implicit"\nproxy_protocol = true\n'
+        'trusted_proxies = ["10.0.0.2/32", "10.0.0.3/32"]\n'
+        '[[auth_listeners]]\nprotocol = "dovecot"\naddress = "127.0.0.1:12345"\n'
+        'proxy_protocol = true\ntrusted_proxies = ["10.0.0.4/32"]\n',
+        config_dir(tmp_path))
+    status = ServerStatus.starting(cfg, None, workers=1)
+    assert [(lst["name"], lst["proxy_protocol"], lst["trusted_proxies"])
+            for lst in status.listeners] == [
+        ("submission", False, []), ("lb", True, ["10.0.0.2/32", "10.0.0.3/32"])]
+    server = {**json.loads(json.dumps(status.__dict__, default=lambda o: o.__dict__)),
+              "running": True, "pid": 1, "stale": False}
+    doc = {"server": server, "queue": {"error": "x"},
+           "accounts": {"backend": "sqlite", "key": "k", "error": "x"},
+           "guard": {"error": "x"}, "certificate": {"file": "c", "error": "x"}}
+    runner = CliRunner()
+    with runner.isolation() as (out, _, _):
+        status_cmd._print(doc)
+        text = out.getvalue().decode()
+    assert "listener:     submission 127.0.0.1:2587 (starttls)\n" in text
+    assert ("listener:     lb 127.0.0.1:2588 (implicit, PROXY header from 10.0.0.2/32, "
+            "10.0.0.3/32)\n") in text
+    assert ("front door:   dovecot 127.0.0.1:12345 (dovecot, PROXY header from "
+            "10.0.0.4/32)\n") in text

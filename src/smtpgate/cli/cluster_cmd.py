@@ -13,6 +13,7 @@ import redis
 
 from smtpgate.cli.common import OperationalError, config_option, get_config, iso_time
 from smtpgate.server.heartbeat import EVERY, nodes
+from smtpgate.server.status_file import proxy_note
 
 #: A heartbeat older than this is late: three missed beats. The node died (``kill
 #: -9``, power) or cannot reach Redis; one that stops says so by removing its own.
@@ -51,7 +52,10 @@ def cluster_status(as_json: bool, config_path: Path | None) -> None:
         click.echo("no node has written a heartbeat in the last minute")
         return
     for doc in found:
-        listeners = ", ".join(f"{lst['name']} {lst['address']}" for lst in doc["listeners"])
+        listeners = ", ".join(
+            f"{lst['name']} {lst['address']}"
+            + (f" ({proxy_note(lst).removeprefix(', ')})" if proxy_note(lst) else "")
+            for lst in doc["listeners"])
         age = now - doc["updated"]
         late = (f" (late: heartbeats come every {EVERY:.0f} s; the node died or cannot "
                 f"reach Redis)" if age > LATE else "")

@@ -181,9 +181,11 @@ def _print(doc: dict[str, Any]) -> None:
             click.echo(f"config:       {srv['config_file'] or '(embedded)'}, loaded "
                        f"{_ago(srv['config_loaded'])}")
             for lst in srv["listeners"]:
-                click.echo(f"listener:     {lst['name']} {lst['address']} ({lst['tls']})")
+                click.echo(f"listener:     {lst['name']} {lst['address']} "
+                           f"({lst['tls']}{status_file.proxy_note(lst)})")
             for door in srv["auth_listeners"]:
-                click.echo(f"front door:   {door['name']} {door['address']} ({door['protocol']})")
+                click.echo(f"front door:   {door['name']} {door['address']} "
+                           f"({door['protocol']}{status_file.proxy_note(door)})")
             for label, key in (("web admin:", "admin"), ("metrics:", "metrics")):
                 if srv.get(key):
                     click.echo(f"{label:<14}{srv[key]}")

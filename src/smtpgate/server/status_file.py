@@ -52,8 +52,8 @@ class ServerStatus:
     started: float
     config_file: str | None
     config_loaded: float
-    listeners: list[dict[str, str]]
-    auth_listeners: list[dict[str, str]]
+    listeners: list[dict[str, Any]]
+    auth_listeners: list[dict[str, Any]]
     workers: int
     #: The web admin's and the metrics endpoint's URLs ("" when off).
     admin: str = ""
@@ -76,10 +76,7 @@ class ServerStatus:
             config_file=None if config_file is None else str(config_file.resolve()),
             config_loaded=now,
             listeners=listeners_of(cfg),
-            auth_listeners=[
-                {"name": d.label, "protocol": d.protocol, "address": d.address}
-                for d in cfg.auth_listeners
-            ],
+            auth_listeners=auth_listeners_of(cfg),
             workers=workers,
             admin=cfg.admin.url,
             metrics=cfg.metrics.url,
@@ -97,8 +94,31 @@ class ServerStatus:
         self.metrics = cfg.metrics.url
 
 
-def listeners_of(cfg: Config) -> list[dict[str, str]]:
-    return [{"name": lst.name, "address": lst.address, "tls": lst.tls} for lst in cfg.listeners]
+def listeners_of(cfg: Config) -> list[dict[str, Any]]:
+    """Each listener's name, address and TLS, and whether it expects a PROXY header
+    first and from where (``proxy_protocol``, ``trusted_proxies``): a client that
+    connects to such a port directly is refused, which ``status`` should say."""
+    return [{"name": lst.name, "address": lst.address, "tls": lst.tls,
+             "proxy_protocol": lst.proxy_protocol,
+             "trusted_proxies": list(lst.trusted_proxies) if lst.proxy_protocol else []}
+            for lst in cfg.listeners]
+
+
+def auth_listeners_of(cfg: Config) -> list[dict[str, Any]]:
+    """Each front door, with its PROXY header expectation as `listeners_of`."""
+    return [{"name": d.label, "protocol": d.protocol, "address": d.address,
+             "proxy_protocol": d.proxy_protocol,
+             "trusted_proxies": list(d.trusted_proxies) if d.proxy_protocol else []}
+            for d in cfg.auth_listeners]
+
+
+def proxy_note(listener: dict[str, Any]) -> str:
+    """", PROXY header from 10.0.0.2/32" for a listener that expects one (a status
+    document of an older version has no such key: nothing)."""
+    if not listener.get("proxy_protocol"):
+        return ""
+    sources = ", ".join(listener.get("trusted_proxies") or []) or "trusted_proxies"
+    return f", PROXY header from {sources}"
 
 
 def write(path: Path, status: ServerStatus) -> None:

@@ -16,7 +16,6 @@ import itertools
 import logging
 import os
 import secrets
-import time
 from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
@@ -39,6 +38,7 @@ from smtpgate.sasl.base import ServerMechanism
 from smtpgate.sasl.exchange import AuthResult
 from smtpgate.sasl.registry import create_server_mechanism, server_mechanism_names
 from smtpgate.server.front_doors import FrontDoor
+from smtpgate.server.log_budget import LogBudget
 
 log = logging.getLogger("smtpgate.frontdoor")
 
@@ -100,10 +100,9 @@ class DovecotConnection(asyncio.Protocol):
         self._tasks: set[asyncio.Task[None]] = set()
         #: A timer per request waiting on the peer, by (id, challenge number).
         self._timers: dict[tuple[int, int], asyncio.TimerHandle] = {}
-        #: The refusal log's window: when it began, lines logged, refusals not logged.
-        self._refusal_window = time.monotonic()
-        self._refusals_logged = 0
-        self._refusals_unlogged = 0
+        #: Refusals logged one by one, then counted (``_log_refusal``).
+        self._refusal_log = LogBudget(REFUSALS_LOGGED, REFUSAL_WINDOW,
+                                      self._report_unlogged_refusals)
 
     # ------------------------------------------------------------ asyncio
 
@@ -141,7 +140,7 @@ class DovecotConnection(asyncio.Protocol):
         self._timers.clear()
         for ended in self.engine.connection_lost():
             self._conclude_unanswered(ended)
-        self._report_unlogged_refusals()
+        self._refusal_log.flush()
 
     # ------------------------------------------------------------ events
 
@@ -185,23 +184,14 @@ class DovecotConnection(asyncio.Protocol):
     def _log_refusal(self, ev: RequestRefused) -> None:
         """The first ``REFUSALS_LOGGED`` refusals of each window one by one, the rest
         counted (``_report_unlogged_refusals``)."""
-        now = time.monotonic()
-        if now - self._refusal_window >= REFUSAL_WINDOW:
-            self._report_unlogged_refusals()
-            self._refusal_window, self._refusals_logged = now, 0
-        if self._refusals_logged < REFUSALS_LOGGED:
-            self._refusals_logged += 1
+        if self._refusal_log.take():
             log.info("%s %s: request %d refused: %s (client %s)", self.door.listener.label,
                      self.peer, ev.id, ev.reason, ev.remote_ip or "unknown")
-        else:
-            self._refusals_unlogged += 1
 
-    def _report_unlogged_refusals(self) -> None:
-        if self._refusals_unlogged:
-            log.info("%s %s: %d more requests refused (more than %d in %.0f s are not "
-                     "logged one by one)", self.door.listener.label, self.peer,
-                     self._refusals_unlogged, REFUSALS_LOGGED, REFUSAL_WINDOW)
-            self._refusals_unlogged = 0
+    def _report_unlogged_refusals(self, count: int) -> None:
+        log.info("%s %s: %d more requests refused (more than %d in %.0f s are not "
+                 "logged one by one)", self.door.listener.label, self.peer,
+                 count, REFUSALS_LOGGED, REFUSAL_WINDOW)
 
     def _arm_timers(self) -> None:
         """One timer per request left waiting on the peer; a request that moved on

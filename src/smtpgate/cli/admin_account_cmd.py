@@ -23,6 +23,7 @@ from smtpgate.cli.common import (
     get_config,
     iso_time,
 )
+from smtpgate.cli.output import echo
 from smtpgate.cli.user_cmd import password_stdin_option, read_password
 
 
@@ -56,11 +57,11 @@ def add(name: str, password_stdin: bool, config_path: Path | None) -> None:
             added, secret = service.add_web_admin(key, password)
         except AccountExists:
             raise OperationalError(f"admin {key} already exists") from None
-    click.echo(f"added admin {added.name}")
-    click.echo("enrol this TOTP key in an authenticator app (it is not shown again):")
-    click.echo(totp_uri(added.name, secret, f"smtpgate {cfg.hostname}"))
+    echo(f"added admin {added.name}")
+    echo("enrol this TOTP key in an authenticator app (it is not shown again):")
+    echo(totp_uri(added.name, secret, f"smtpgate {cfg.hostname}"))
     if not cfg.admin.listen:
-        click.echo("note: the web admin is off; set [admin] listen, e.g. '127.0.0.1:9480'")
+        echo("note: the web admin is off; set [admin] listen, e.g. '127.0.0.1:9480'")
 
 
 @admin.command("list")
@@ -70,9 +71,9 @@ def list_(config_path: Path | None) -> None:
     with admin_service(get_config(config_path)) as service:
         admins = service.web_admins()
     if not admins:
-        click.echo("no admins; 'smtpgate admin add NAME' creates one")
+        echo("no admins; 'smtpgate admin add NAME' creates one")
     for a in admins:
-        click.echo(f"{a.name}\tcreated {iso_time(a.created)}")
+        echo(f"{a.name}\tcreated {iso_time(a.created)}")
 
 
 @admin.command("remove")
@@ -84,7 +85,7 @@ def remove(name: str, config_path: Path | None) -> None:
     with admin_service(get_config(config_path)) as service:
         if not service.remove_web_admin(key):
             raise NotFound(f"no admin {key}", "'smtpgate admin list' shows them")
-    click.echo(f"removed admin {key}")
+    echo(f"removed admin {key}")
 
 
 @admin.command("unlock")
@@ -95,7 +96,7 @@ def unlock(name: str, config_path: Path | None) -> None:
     key = _name(name.removeprefix("admin:"))
     with admin_service(get_config(config_path)) as service:
         n = service.unlock_web_admin(key)
-    click.echo(f"lifted {n} lockout(s) of admin {key}")
+    echo(f"lifted {n} lockout(s) of admin {key}")
 
 
 COMMANDS: list[click.Command] = [admin]

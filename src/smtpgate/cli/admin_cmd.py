@@ -17,10 +17,10 @@ from pathlib import Path
 
 import click
 from rich.console import Console
-from rich.table import Table
 
 from smtpgate.auth.networks import client_keys, parse_ip
 from smtpgate.cli.common import admin_service, config_option, get_config, iso_time, parse_since
+from smtpgate.cli.output import Table, echo
 from smtpgate.config import GuardConfig
 
 
@@ -44,7 +44,7 @@ def admin_log(
         entries = admin.admin_log(since=start, target=target, limit=limit)
     if as_json:
         for e in entries:
-            click.echo(json.dumps({
+            echo(json.dumps({
                 "id": e.id,
                 "time": iso_time(e.time),
                 "os_user": e.os_user,
@@ -55,7 +55,7 @@ def admin_log(
             }, sort_keys=True))
         return
     if not entries:
-        click.echo("no administrative changes recorded")
+        echo("no administrative changes recorded")
         return
     table = Table(title="administrative changes (times in UTC)", title_justify="left")
     for col in ("time", "os user", "command", "action", "account", "details"):
@@ -85,12 +85,12 @@ def guard_list(as_json: bool, config_path: Path | None) -> None:
         blocks = admin.guard_blocks()
     if as_json:
         for b in blocks:
-            click.echo(json.dumps({"kind": b.kind, "key": b.key, "since": iso_time(b.since),
+            echo(json.dumps({"kind": b.kind, "key": b.key, "since": iso_time(b.since),
                                    "until": iso_time(b.until), "reason": b.reason},
                                   sort_keys=True))
         return
     if not blocks:
-        click.echo("no blocks or lockouts in force")
+        echo("no blocks or lockouts in force")
         return
     table = Table(title="blocks and lockouts in force (times in UTC)", title_justify="left")
     for col in ("kind", "address, subnet or account", "since", "until", "reason"):
@@ -111,7 +111,7 @@ def guard_unblock(key: str, config_path: Path | None) -> None:
     normal = guard_key(key, cfg.guard)
     with admin_service(cfg) as admin:
         n = admin.unblock(normal)
-    click.echo(f"lifted {n} block(s) of {normal}"
+    echo(f"lifted {n} block(s) of {normal}"
                + (f" (the guard's key of {key})" if normal != key else ""))
 
 

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import click
 from rich.console import Console
-from rich.table import Table
 
 from smtpgate.auth.admin_store import AccountExists
 from smtpgate.auth.credentials import APP_PASSWORD_MECHANISMS
@@ -30,6 +29,7 @@ from smtpgate.cli.common import (
     get_config,
     iso_time,
 )
+from smtpgate.cli.output import Table, echo
 from smtpgate.policy.timespec import parse_duration
 
 
@@ -94,8 +94,8 @@ def add(
             raise OperationalError(str(e), "revoke it first, or pick another name") from None
         except ValueError as e:
             raise click.BadParameter(str(e)) from None
-    click.echo(f"app password {record.name!r} for {user}: {secret}")
-    click.echo("    (shown once; it works with PLAIN and LOGIN" +
+    echo(f"app password {record.name!r} for {user}: {secret}")
+    echo("    (shown once; it works with PLAIN and LOGIN" +
                (f"; expires {record.expires.strftime('%Y-%m-%d %H:%M')} UTC" if record.expires else "") + ")")
 
 
@@ -124,10 +124,10 @@ def list_(user: str | None, as_json: bool, config_path: Path | None) -> None:
         records = admin.app_passwords(user)
     if as_json:
         for p in records:
-            click.echo(json.dumps(_row(p), sort_keys=True))
+            echo(json.dumps(_row(p), sort_keys=True))
         return
     if not records:
-        click.echo("no app passwords")
+        echo("no app passwords")
         return
     now = datetime.now(UTC)
     table = Table(title="app passwords (times in UTC)", title_justify="left")
@@ -158,7 +158,7 @@ def revoke(user: str, name: str, config_path: Path | None) -> None:
     if not done:
         raise NotFound(f"{user} has no app password named {name!r}",
                                "'smtpgate app-password list' shows them")
-    click.echo(f"revoked app password {name!r} of {user}")
+    echo(f"revoked app password {name!r} of {user}")
 
 
 COMMANDS: list[click.Command] = [app_password]

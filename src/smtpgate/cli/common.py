@@ -32,6 +32,7 @@ from smtpgate.auth.passwords import PasswordPolicyError
 from smtpgate.auth.sqlite_file import NewerSchema
 from smtpgate.config import Config, ConfigError, load_config
 from smtpgate.policy.timespec import parse_duration
+from smtpgate.visible import visible
 
 CONFIG_ENV = "SMTPGATE_CONFIG"
 
@@ -60,9 +61,9 @@ class OperationalError(click.ClickException):
         self.hint = hint
 
     def show(self, file: IO[Any] | None = None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
+        click.echo(f"error: {visible(self.format_message())}", err=True)
         if self.hint:
-            click.echo(f"hint: {self.hint}", err=True)
+            click.echo(f"hint: {visible(self.hint)}", err=True)
 
 
 class NotFound(OperationalError):

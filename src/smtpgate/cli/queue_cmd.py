@@ -31,6 +31,7 @@ from smtpgate.cli.common import (
     get_config,
     iso_time,
 )
+from smtpgate.cli.output import echo, shown
 from smtpgate.config import Config
 from smtpgate.queue.factory import make_deliverer
 from smtpgate.queue.manage import Entry, QueueBusy, QueueManager, Unreadable
@@ -125,18 +126,18 @@ def list_(as_json: bool, config_path: Path | None) -> None:
         entries = mgr.entries()
     now = time.time()
     if as_json:
-        click.echo(json.dumps([_json(e, now) for e in entries], indent=1))
+        echo(json.dumps([_json(e, now) for e in entries], indent=1))
     elif not entries and not mgr.unreadable:
-        click.echo("the queue is empty")
+        echo("the queue is empty")
     else:
         for e in entries:
             _echo_entry(e, now)
         for u in mgr.unreadable:
-            click.echo(f"{u.queue_id}  (unreadable)")
+            echo(f"{u.queue_id}  (unreadable)")
         # KiB rounded up, as Postfix's mailq: a queue of small messages read "0 KiB".
         kib = -(-sum(e.size for e in entries) // 1024)
         n = len(entries)
-        click.echo(f"-- {kib} KiB in {n} message{'' if n == 1 else 's'}"
+        echo(f"-- {kib} KiB in {n} message{'' if n == 1 else 's'}"
                    + (f", {len(mgr.unreadable)} unreadable" if mgr.unreadable else ""))
     _unreadable(mgr.unreadable)
 
@@ -146,7 +147,7 @@ def _unreadable(problems: list[Unreadable]) -> None:
     if not problems:
         return
     for u in problems:
-        click.echo(f"error: {u.error}", err=True)
+        echo(f"error: {u.error}", err=True)
     raise OperationalError(
         f"{len(problems)} message{'s' if len(problems) != 1 else ''} in the queue could "
         "not be read",
@@ -170,7 +171,7 @@ def _json(e: Entry, now: float) -> dict[str, object]:
 def _echo_entry(e: Entry, now: float) -> None:
     held = " (held)" if e.state.held else ""
     age = _age(max(0, int(now - e.envelope.received_at)))
-    click.echo(f"{e.queue_id}{held}  {e.size}  {age}  <{e.envelope.mail_from}>")
+    echo(f"{e.queue_id}{held}  {e.size}  {age}  <{e.envelope.mail_from}>")
     for r in e.state.recipients:
         line = f"    <{r.address}> {r.status.value}"
         if r.attempts:
@@ -181,8 +182,8 @@ def _echo_entry(e: Entry, now: float) -> None:
                 wait = int(r.next_attempt - now)
                 line += f", next in {_age(wait)}" if wait > 0 else ", due now"
         if r.last_result and r.status.value != "delivered":
-            line += f": {r.last_result}"
-        click.echo(line)
+            line += f": {shown(r.last_result)}"
+        echo(line)
 
 
 @queue.command()
@@ -209,22 +210,22 @@ def show(queue_id: str, as_json: bool, body: bool, config_path: Path | None) -> 
             "history": [{"time": iso_time(h.at), "recipient": h.address or None,
                          "event": h.kind, "detail": h.detail} for h in entry.state.history],
         })
-        click.echo(json.dumps(obj, indent=1))
+        echo(json.dumps(obj, indent=1))
         return
     env = entry.envelope
-    click.echo(f"id: {entry.queue_id}{' (held)' if entry.state.held else ''}")
-    click.echo(f"arrived: {iso_time(env.received_at)} from [{env.client_ip}] ({env.helo}) "
+    echo(f"id: {entry.queue_id}{' (held)' if entry.state.held else ''}")
+    echo(f"arrived: {iso_time(env.received_at)} from [{env.client_ip}] ({env.helo}) "
                f"on {env.listener}" + (f" as {env.auth_identity}" if env.auth_identity else ""))
-    click.echo(f"sender: <{env.mail_from}>  size: {entry.size}")
+    echo(f"sender: <{env.mail_from}>  size: {entry.size}")
     for r in entry.state.recipients:
-        click.echo(f"recipient: <{r.address}> {r.status.value}, {r.attempts} attempts"
-                   + (f": {r.last_result}" if r.last_result else ""))
-    click.echo("history:")
+        echo(f"recipient: <{r.address}> {r.status.value}, {r.attempts} attempts"
+                   + (f": {shown(r.last_result)}" if r.last_result else ""))
+    echo("history:")
     for h in entry.state.history:
         who = f" <{h.address}>" if h.address else ""
-        click.echo(f"  {iso_time(h.at)} {h.kind}{who}: {h.detail}")
-    click.echo("message:" if body else "headers:")
-    click.echo(text.rstrip("\r\n").replace("\r\n", "\n"))
+        echo(f"  {iso_time(h.at)} {h.kind}{who}: {shown(h.detail)}")
+    echo("message:" if body else "headers:")
+    echo(text.rstrip("\r\n").replace("\r\n", "\n"))
 
 
 @queue.command()
@@ -247,10 +248,10 @@ def flush(queue_id: str | None, config_path: Path | None) -> None:
         raise OperationalError(
             f"{queue_id} is held: not flushed",
             f"`smtpgate queue release {queue_id}` lets it go (it is attempted now)")
-    click.echo(f"flushed {n} message{'s' if n != 1 else ''}")
+    echo(f"flushed {n} message{'s' if n != 1 else ''}")
     delivered = _deliver_here(cfg, spool_dir)
     if delivered is not None:
-        click.echo(f"no server is delivering: made {delivered} delivery attempts here")
+        echo(f"no server is delivering: made {delivered} delivery attempts here")
     _unreadable(mgr.unreadable)
 
 
@@ -306,7 +307,7 @@ def _set_held(queue_id: str, wait: float, config_path: Path | None, *, held: boo
     if changed:
         _audit(cfg, "queue hold" if held else "queue release", queue_id, {})
     done, already = ("held", "was held already") if held else ("released", "was not held")
-    click.echo(f"{queue_id} {done if changed else already}")
+    echo(f"{queue_id} {done if changed else already}")
 
 
 @queue.command()
@@ -320,7 +321,7 @@ def delete(queue_id: str, wait: float, config_path: Path | None) -> None:
         env = mgr.delete(queue_id)
     _audit(cfg, "queue delete", queue_id,
            {"sender": env.mail_from, "recipients": list(env.rcpt_to)})
-    click.echo(f"{queue_id} deleted")
+    echo(f"{queue_id} deleted")
 
 
 @queue.command()
@@ -335,9 +336,9 @@ def bounce(queue_id: str, wait: float, config_path: Path | None) -> None:
         report = mgr.bounce(queue_id)
     _audit(cfg, "queue bounce", queue_id, {"report": report})
     if report is None:
-        click.echo(f"{queue_id} removed; no bounce (null sender, or NOTIFY excluded failures)")
+        echo(f"{queue_id} removed; no bounce (null sender, or NOTIFY excluded failures)")
     else:
-        click.echo(f"{queue_id} bounced; the report to the sender is {report}")
+        echo(f"{queue_id} bounced; the report to the sender is {report}")
 
 
 COMMANDS = [queue]

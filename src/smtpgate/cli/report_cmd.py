@@ -14,10 +14,7 @@ from typing import Any
 
 import click
 from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
-from smtpgate.auth.authlog import neutralize
 from smtpgate.cli.common import (
     NotFound,
     admin_service,
@@ -26,6 +23,7 @@ from smtpgate.cli.common import (
     iso_time,
     parse_since,
 )
+from smtpgate.cli.output import Table, echo, text
 from smtpgate.policy.report import Thresholds, build_report, read_records
 
 
@@ -35,8 +33,8 @@ def _table(title: str, columns: tuple[str, ...], rows: list[tuple[object, ...]])
         table.add_column(col, justify="right" if i and isinstance(rows[0][i] if rows else "", int) else "left", overflow="fold")
     for row in rows:
         # The auth log keeps names as clients sent them (auth/authlog.py): shown
-        # neutralised, and as text, never as Rich markup.
-        table.add_row(*(Text(neutralize(str(x), 10**6, backslash=False)) for x in row))
+        # escaped, and as text, never as Rich markup (cli/output.py).
+        table.add_row(*(str(x) for x in row))
     return table
 
 
@@ -80,9 +78,9 @@ def report(since: str, as_json: bool, logs: tuple[Path, ...], config_path: Path 
     ]
     data["locked_accounts"] = locked
     for problem in problems:
-        click.echo(f"warning: {problem}; the figures leave out the rest of it", err=True)
+        echo(f"warning: {problem}; the figures leave out the rest of it", err=True)
     if as_json:
-        click.echo(json.dumps(data, sort_keys=True))
+        echo(json.dumps(data, sort_keys=True))
         return
     _print(data)
 
@@ -111,7 +109,7 @@ def _print(d: dict[str, Any]) -> None:
                          [(x["address"], x["accounts"], x["failures"], x["first"], x["last"]) for x in ep["spraying"]]))
     console.print(_table("blocks and lockouts in force", ("kind", "key", "until", "reason"),
                          [(b["kind"], b["key"], b["until"], b["reason"]) for b in d["current_blocks"]]))
-    console.print("locked accounts (user lock): " + (", ".join(d["locked_accounts"]) or "none"))
+    console.print(text("locked accounts (user lock): " + (", ".join(d["locked_accounts"]) or "none")))
 
 
 COMMANDS: list[click.Command] = [report]

@@ -33,6 +33,7 @@ from smtpgate.cli.common import (
     get_config,
     iso_time,
 )
+from smtpgate.cli.output import echo
 from smtpgate.cli.reload_cmd import moved_note
 from smtpgate.config import Config
 from smtpgate.queue.manage import QueueManager
@@ -171,58 +172,58 @@ def _ago(t: float) -> str:
 def _print(doc: dict[str, Any]) -> None:
     srv = doc["server"]
     if not srv["running"]:
-        click.echo(f"server:       not running ({srv['why']})")
+        echo(f"server:       not running ({srv['why']})")
     else:
         line = f"server:       running, pid {srv['pid']}"
         if "version" in srv:
             line += f", smtpgate {srv['version']}, up since {_ago(srv['started'])}"
-        click.echo(line + (f"  [STALE: {srv['why']}]" if srv.get("stale") else ""))
+        echo(line + (f"  [STALE: {srv['why']}]" if srv.get("stale") else ""))
         if "config_file" in srv:
-            click.echo(f"config:       {srv['config_file'] or '(embedded)'}, loaded "
+            echo(f"config:       {srv['config_file'] or '(embedded)'}, loaded "
                        f"{_ago(srv['config_loaded'])}")
             for lst in srv["listeners"]:
-                click.echo(f"listener:     {lst['name']} {lst['address']} "
-                           f"({lst['tls']}{status_file.proxy_note(lst)})")
+                echo(f"listener:     {lst['name']} {lst['address']} "
+                     f"({lst['tls']}{status_file.proxy_note(lst)})")
             for door in srv["auth_listeners"]:
-                click.echo(f"front door:   {door['name']} {door['address']} "
-                           f"({door['protocol']}{status_file.proxy_note(door)})")
+                echo(f"front door:   {door['name']} {door['address']} "
+                     f"({door['protocol']}{status_file.proxy_note(door)})")
             for label, key in (("web admin:", "admin"), ("metrics:", "metrics")):
                 if srv.get(key):
-                    click.echo(f"{label:<14}{srv[key]}")
+                    echo(f"{label:<14}{srv[key]}")
             procs = srv["processes"] or [{"name": "single process", "pid": srv["pid"],
                                           "ready": True}]
             for p in procs:
-                click.echo(f"process:      {p['name']} pid {p['pid']}"
+                echo(f"process:      {p['name']} pid {p['pid']}"
                            + ("" if p["ready"] else " (starting)"))
-            click.echo(f"sessions:     {srv['sessions']} open")
+            echo(f"sessions:     {srv['sessions']} open")
     q = doc["queue"]
     if "error" in q:
-        click.echo(f"queue:        cannot read: {q['error']}")
+        echo(f"queue:        cannot read: {q['error']}")
     else:
         oldest = "" if q["oldest_age"] is None else f", oldest {q['oldest_age']} s"
         bad = f", {q['unreadable']} unreadable" if q.get("unreadable") else ""
-        click.echo(f"queue:        {q['messages']} messages ({q['held']} held, "
+        echo(f"queue:        {q['messages']} messages ({q['held']} held, "
                    f"{q['bytes']} bytes{bad}){oldest}")
-        click.echo(f"spool disk:   {_space(q['free_bytes'], q['reserve_bytes'])}")
+        echo(f"spool disk:   {_space(q['free_bytes'], q['reserve_bytes'])}")
     a = doc["accounts"]
     if "error" in a:
-        click.echo(f"accounts:     cannot read ({a['backend']}, {a['key']}): {a['error']}")
+        echo(f"accounts:     cannot read ({a['backend']}, {a['key']}): {a['error']}")
     else:
-        click.echo(f"accounts:     {a['backend']} answers ({a['key']})")
+        echo(f"accounts:     {a['backend']} answers ({a['key']})")
     g = doc["guard"]
     if "error" in g:
-        click.echo(f"guard:        cannot read: {g['error']}")
+        echo(f"guard:        cannot read: {g['error']}")
     else:
         kinds = ", ".join(f"{n} {k}" for k, n in sorted(g["by_kind"].items()))
-        click.echo(f"guard:        {g['blocks']} blocks and lockouts in force"
+        echo(f"guard:        {g['blocks']} blocks and lockouts in force"
                    + (f" ({kinds})" if kinds else ""))
     c = doc["certificate"]
     if "error" in c:
-        click.echo(f"certificate:  {c['file']}: cannot read: {c['error']}")
+        echo(f"certificate:  {c['file']}: cannot read: {c['error']}")
     else:
         warn = "  [EXPIRED]" if c["days_left"] < 0 else (
             "  [renew soon]" if c["days_left"] < 14 else "")
-        click.echo(f"certificate:  {c['subject']}, valid until {c['not_after']} "
+        echo(f"certificate:  {c['subject']}, valid until {c['not_after']} "
                    f"({c['days_left']} days){warn}")
 
 
@@ -255,7 +256,7 @@ def status(as_json: bool, config_path: Path | None) -> None:
            "guard": _guard(cfg),
            "certificate": _certificate(cfg)}
     if as_json:
-        click.echo(json.dumps(_iso_times(doc), sort_keys=True))
+        echo(json.dumps(_iso_times(doc), sort_keys=True))
     else:
         _print(doc)
     raise SystemExit(int(code))

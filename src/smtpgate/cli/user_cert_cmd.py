@@ -18,7 +18,6 @@ from pathlib import Path
 
 import click
 from rich.console import Console
-from rich.table import Table
 
 from smtpgate.auth.admin_store import CertificateTaken
 from smtpgate.auth.directory import CertificateRecord
@@ -31,6 +30,7 @@ from smtpgate.cli.common import (
     get_config,
     iso_time,
 )
+from smtpgate.cli.output import Table, echo
 from smtpgate.cli.user_cmd import user
 from smtpgate.tls.client_certs import CertificateFileError, normalise_fingerprint
 
@@ -57,8 +57,8 @@ def add(user: str, file: Path, config_path: Path | None) -> None:
                 str(e), "remove it from that account first ('smtpgate user cert remove')"
             ) from None
     verb = "added" if added else "already registered:"
-    click.echo(f"{verb} certificate sha256:{record.fingerprint} for {user}")
-    click.echo(f"    subject {record.subject or '(none)'}"
+    echo(f"{verb} certificate sha256:{record.fingerprint} for {user}")
+    echo(f"    subject {record.subject or '(none)'}"
                + (f", valid until {record.not_after:%Y-%m-%d %H:%M} UTC" if record.not_after else ""))
 
 
@@ -83,10 +83,10 @@ def list_(user: str, as_json: bool, config_path: Path | None) -> None:
         records = admin.certificates(user)
     if as_json:
         for c in records:
-            click.echo(json.dumps(_row(c), sort_keys=True))
+            echo(json.dumps(_row(c), sort_keys=True))
         return
     if not records:
-        click.echo(f"no client certificates for {user}")
+        echo(f"no client certificates for {user}")
         return
     table = Table(title=f"client certificates of {user} (times in UTC)", title_justify="left")
     for col in ("sha256", "subject", "valid until", "added", "state"):
@@ -117,9 +117,9 @@ def remove(user: str, fingerprint: str, config_path: Path | None) -> None:
             c.fingerprint == normalise_fingerprint(fingerprint) and c.revoked is not None
             for c in admin.certificates(user))
     if removed_before:
-        click.echo(f"certificate {fingerprint} of {user} was removed already")
+        echo(f"certificate {fingerprint} of {user} was removed already")
         return
     if not done:
         raise NotFound(f"{user} has no registered certificate {fingerprint}",
                        f"'smtpgate user cert list {user}' shows them")
-    click.echo(f"removed certificate {fingerprint} of {user}; it is refused from now on")
+    echo(f"removed certificate {fingerprint} of {user}; it is refused from now on")

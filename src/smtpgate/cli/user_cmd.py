@@ -24,7 +24,6 @@ from pathlib import Path
 
 import click
 from rich.console import Console
-from rich.table import Table
 
 from smtpgate.auth.admin_store import AccountExists
 from smtpgate.auth.credentials import SCRAM_SCHEMES
@@ -38,6 +37,7 @@ from smtpgate.cli.common import (
     get_config,
     iso_time,
 )
+from smtpgate.cli.output import Table, echo
 from smtpgate.policy.timespec import format_duration
 
 password_stdin_option = click.option(
@@ -96,7 +96,7 @@ def add(user: str, password_stdin: bool, config_path: Path | None) -> None:
             account = admin.add_account(name, password)
         except AccountExists as e:  # made by someone else meanwhile
             raise OperationalError(str(e)) from None
-    click.echo(f"added account {account.name}")
+    echo(f"added account {account.name}")
 
 
 @user.command("passwd")
@@ -108,9 +108,9 @@ def passwd(user: str, password_stdin: bool, config_path: Path | None) -> None:
     with admin_service(get_config(config_path)) as admin:
         admin.require_account(user)  # before asking for a password
         account = admin.set_password(user, read_password(password_stdin))
-    click.echo(f"password of {user} changed")
+    echo(f"password of {user} changed")
     if account.cram_md5_enabled:
-        click.echo(
+        echo(
             f"warning: {user} has CRAM-MD5 enabled, so a plaintext-equivalent secret of the "
             "new password is stored (anyone who reads the account database can log in with "
             f"it); 'smtpgate user cram-md5 {user} --disable' removes it",
@@ -125,7 +125,7 @@ def remove(user: str, config_path: Path | None) -> None:
     """Delete account USER and its credentials."""
     with admin_service(get_config(config_path)) as admin:
         admin.remove_account(user)
-    click.echo(f"removed account {user}")
+    echo(f"removed account {user}")
 
 
 @user.command("lock")
@@ -141,7 +141,7 @@ def lock(user: str, reason: str, config_path: Path | None) -> None:
     """Refuse every login of USER (takes effect at its next login attempt)."""
     with admin_service(get_config(config_path)) as admin:
         admin.lock(user, reason)
-    click.echo(f"locked account {user}")
+    echo(f"locked account {user}")
 
 
 @user.command("unlock")
@@ -151,7 +151,7 @@ def unlock(user: str, config_path: Path | None) -> None:
     """Allow USER to log in again (administrative lock and the guard's lockouts)."""
     with admin_service(get_config(config_path)) as admin:
         changed = admin.unlock(user)
-    click.echo(f"unlocked account {user}" if changed else f"account {user} was not locked")
+    echo(f"unlocked account {user}" if changed else f"account {user} was not locked")
 
 
 def _when(t: datetime | None) -> str:
@@ -255,10 +255,10 @@ def list_(mechanisms: bool, as_json: bool, config_path: Path | None) -> None:
     if as_json:
         max_age_days = cfg.passwords.max_age_days
         for a in accounts:
-            click.echo(json.dumps(account_json(a, max_age_days), sort_keys=True))
+            echo(json.dumps(account_json(a, max_age_days), sort_keys=True))
         return
     if not accounts:
-        click.echo("no accounts")
+        echo("no accounts")
         return
     # Into a pipe, never fold a name: scripts grep these lines. On a terminal,
     # rich fits the table to the window.

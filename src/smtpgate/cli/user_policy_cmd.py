@@ -37,6 +37,7 @@ from smtpgate.cli.common import (
     get_config,
     iso_time,
 )
+from smtpgate.cli.output import echo
 from smtpgate.cli.user_cmd import password_age, password_expiry, user
 from smtpgate.config import Config
 from smtpgate.policy.timespec import parse_duration
@@ -70,7 +71,7 @@ def alias_add(user: str, address: str, config_path: Path | None) -> None:
             raise click.BadParameter(str(e), param_hint="ADDRESS") from None
         except AliasTaken as e:
             raise OperationalError(str(e), "'smtpgate user show' lists an account's aliases") from None
-    click.echo(f"{user} may {'now' if added else 'already'} send as {canonical_name(address)}")
+    echo(f"{user} may {'now' if added else 'already'} send as {canonical_name(address)}")
 
 
 @alias.command("del")
@@ -85,7 +86,7 @@ def alias_del(user: str, address: str, config_path: Path | None) -> None:
     if not removed:
         raise NotFound(f"{stored} is not an alias of {user}",
                        f"'smtpgate user alias list {user}' shows its aliases")
-    click.echo(f"removed alias {stored} of {user}")
+    echo(f"removed alias {stored} of {user}")
 
 
 @alias.command("list")
@@ -97,7 +98,7 @@ def alias_list(user: str, config_path: Path | None) -> None:
         admin.require_account(user)
         aliases = admin.aliases(user)
     for a in aliases:
-        click.echo(a)
+        echo(a)
 
 
 # --- granted domains ---------------------------------------------------------------
@@ -119,7 +120,7 @@ def domain_grant(user: str, name: str, config_path: Path | None) -> None:
             domain_name = admin.grant_domain(user, name)
         except InvalidAccountName as e:
             raise click.BadParameter(str(e), param_hint="NAME") from None
-    click.echo(f"{user} may now send as any address in {domain_name}")
+    echo(f"{user} may now send as any address in {domain_name}")
 
 
 @domain.command("revoke")
@@ -133,7 +134,7 @@ def domain_revoke(user: str, name: str, config_path: Path | None) -> None:
     if not done:
         raise NotFound(f"{name} is not granted to {user}",
                        f"'smtpgate user show {user}' lists its granted domains")
-    click.echo(f"revoked {name.lower()} from {user}")
+    echo(f"revoked {name.lower()} from {user}")
 
 
 # --- conditional access ----------------------------------------------------------------
@@ -180,7 +181,7 @@ def access(
             account = admin.change_access(user, changes)
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint="--network") from None
-    click.echo(f"access of {user}: " + _access_text(account))
+    echo(f"access of {user}: " + _access_text(account))
 
 
 def _access_text(a: Account) -> str:
@@ -220,7 +221,7 @@ def limits(user: str, messages: str | None, recipients: str | None, config_path:
     cfg = get_config(config_path)
     with admin_service(cfg) as admin:
         account = admin.change_limits(user, changes)
-    click.echo(f"limits of {user}: " + _limits_text(account, cfg))
+    echo(f"limits of {user}: " + _limits_text(account, cfg))
 
 
 def _limits_text(a: Account, cfg: Config) -> str:
@@ -252,7 +253,7 @@ def max_age(user: str, age: str, config_path: Path | None) -> None:
     cfg = get_config(config_path)
     with admin_service(cfg) as admin:
         account = admin.set_password_max_age(user, days)
-    click.echo(f"password of {user} expires: {password_expiry(account, cfg.passwords.max_age_days)}")
+    echo(f"password of {user} expires: {password_expiry(account, cfg.passwords.max_age_days)}")
 
 
 # --- rotation ---------------------------------------------------------------------------------
@@ -284,9 +285,9 @@ def rotate(user: str, app_name: str | None, new_name: str | None, grace: str | N
                 done = admin.rotate_password(user, new_name=new_name, grace=timedelta(seconds=seconds))
         except AccountExists as e:
             raise OperationalError(str(e), "pass another --name; nothing was changed") from None
-    click.echo(f"new app password {done.app_password.name!r} for {user}: {done.secret}")
-    click.echo("    (shown once; it works with PLAIN and LOGIN)")
-    click.echo(f"{done.retired} stops working at {done.deadline.strftime('%Y-%m-%d %H:%M')} UTC")
+    echo(f"new app password {done.app_password.name!r} for {user}: {done.secret}")
+    echo("    (shown once; it works with PLAIN and LOGIN)")
+    echo(f"{done.retired} stops working at {done.deadline.strftime('%Y-%m-%d %H:%M')} UTC")
 
 
 # --- show ----------------------------------------------------------------------------------------
@@ -307,7 +308,7 @@ def show(user: str, as_json: bool, config_path: Path | None) -> None:
         apps = admin.app_passwords(user)
     if as_json:
         expiry = a.password_expiry(cfg.passwords.max_age_days)
-        click.echo(json.dumps({
+        echo(json.dumps({
             "name": a.name,
             "locked": a.locked,
             "allowed_networks": a.allowed_networks,
@@ -322,10 +323,10 @@ def show(user: str, as_json: bool, config_path: Path | None) -> None:
             "app_passwords": [p.name for p in apps],
         }, sort_keys=True))
         return
-    click.echo(f"account:          {a.name}")
-    click.echo(f"access:           {_access_text(a)}")
-    click.echo(f"limits:           {_limits_text(a, cfg)}")
-    click.echo(f"password age:     {password_age(a)}; expires {password_expiry(a, cfg.passwords.max_age_days)}")
-    click.echo(f"aliases:          {', '.join(aliases) or '-'}")
-    click.echo(f"granted domains:  {', '.join(domains) or '-'}")
-    click.echo(f"app passwords:    {', '.join(p.name for p in apps) or '-'}")
+    echo(f"account:          {a.name}")
+    echo(f"access:           {_access_text(a)}")
+    echo(f"limits:           {_limits_text(a, cfg)}")
+    echo(f"password age:     {password_age(a)}; expires {password_expiry(a, cfg.passwords.max_age_days)}")
+    echo(f"aliases:          {', '.join(aliases) or '-'}")
+    echo(f"granted domains:  {', '.join(domains) or '-'}")
+    echo(f"app passwords:    {', '.join(p.name for p in apps) or '-'}")

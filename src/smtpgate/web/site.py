@@ -30,7 +30,6 @@ import hmac
 import logging
 import secrets
 import time
-import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -63,6 +62,7 @@ from smtpgate.policy.rate_counters import RateCounters, RateCountersError
 from smtpgate.queue.manage import QueueManager
 from smtpgate.queue.spool import Spool
 from smtpgate.tools.audit import AuditOptions, AuditReport, Target, run_audit
+from smtpgate.visible import visible
 from smtpgate.web import authlog_view, charts, status
 from smtpgate.web.http_socket import known_host as _known_host
 from smtpgate.web.proxy import Client, client_of, trusted_networks
@@ -718,19 +718,13 @@ def _same_origin(request: web.Request) -> None:
 
 
 def _visible(value: object) -> object:
-    r"""Every value a template prints, with control, format and separator characters
-    (Unicode Cc, Cf, Zl, Zp, Cs: ESC, U+202E, U+2028 ...) shown as ``\xNN`` or
-    ``\uNNNN``. Escaping for HTML does not cover them: a relay's refusal on the
-    Queue page, or a value stored before the checks that now refuse such input,
-    could otherwise reverse what a cell shows (``\u202egnp.exe`` reads
-    "exe.png"). Markup (the charts, escaped already) and non-strings pass."""
-    if not isinstance(value, str) or isinstance(value, Markup) or value.isprintable():
+    """Every value a template prints, through ``smtpgate.visible``: a relay's refusal
+    on the Queue page, or a value stored before the checks that now refuse such
+    input, could otherwise reverse what a cell shows. Markup (the charts, escaped
+    already) and non-strings pass."""
+    if not isinstance(value, str) or isinstance(value, Markup):
         return value
-    return "".join(
-        c if c == " " or unicodedata.category(c) not in ("Cc", "Cf", "Zl", "Zp", "Cs")
-        else f"\\x{ord(c):02x}" if ord(c) < 0x100
-        else f"\\u{ord(c):04x}" if ord(c) < 0x10000 else f"\\U{ord(c):08x}"
-        for c in value)
+    return visible(value)
 
 
 def _form_page(request: web.Request) -> str:

@@ -109,7 +109,7 @@ def test_guard_list_unblock_and_user_unlock(config: Path) -> None:
     g.close()
     rows = [json.loads(x) for x in run(config, "guard", "list", "--json").output.splitlines()]
     assert sorted((x["kind"], x["key"]) for x in rows) == [("account-new", ALICE), ("address", "192.0.2.1")]
-    assert "lifted 1 block(s) of 192.0.2.1" in run(config, "guard", "unblock", "192.0.2.1").output
+    assert "lifted 1 block of 192.0.2.1" in run(config, "guard", "unblock", "192.0.2.1").output
     assert "unlocked account" in run(config, "user", "unlock", ALICE).output
     assert "no blocks or lockouts in force" in run(config, "guard", "list").output
     actions = [json.loads(x)["action"] for x in run(config, "admin-log", "--json").output.splitlines()]
@@ -186,7 +186,7 @@ def test_guard_unblock_takes_a_client_address_as_the_logs_show_it(config: Path) 
     g.close()
     r = run(config, "guard", "unblock", "2001:DB8:1:2::5")
     assert r.exit_code == 0, r.output
-    assert r.output.strip() == ("lifted 1 block(s) of 2001:db8:1:2::/64 "
+    assert r.output.strip() == ("lifted 1 block of 2001:db8:1:2::/64 "
                                 "(the guard's key of 2001:DB8:1:2::5)")
     r = run(config, "guard", "unblock", "198.51.100.7/24")
     assert r.exit_code == 0 and "of 198.51.100.0/24" in r.output, r.output

@@ -25,6 +25,7 @@ from smtpgate.cli.common import (
 )
 from smtpgate.cli.output import echo
 from smtpgate.cli.user_cmd import password_stdin_option, read_password
+from smtpgate.plural import count
 
 
 @click.group("admin")
@@ -96,7 +97,7 @@ def unlock(name: str, config_path: Path | None) -> None:
     key = _name(name.removeprefix("admin:"))
     with admin_service(get_config(config_path)) as service:
         n = service.unlock_web_admin(key)
-    echo(f"lifted {n} lockout(s) of admin {key}")
+    echo(f"lifted {count(n, 'lockout')} of admin {key}")
 
 
 COMMANDS: list[click.Command] = [admin]

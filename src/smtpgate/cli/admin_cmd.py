@@ -22,6 +22,7 @@ from smtpgate.auth.networks import client_keys, parse_ip
 from smtpgate.cli.common import admin_service, config_option, get_config, iso_time, parse_since
 from smtpgate.cli.output import Table, echo
 from smtpgate.config import GuardConfig
+from smtpgate.plural import count
 
 
 def _console() -> Console:
@@ -111,7 +112,7 @@ def guard_unblock(key: str, config_path: Path | None) -> None:
     normal = guard_key(key, cfg.guard)
     with admin_service(cfg) as admin:
         n = admin.unblock(normal)
-    echo(f"lifted {n} block(s) of {normal}"
+    echo(f"lifted {count(n, 'block')} of {normal}"
                + (f" (the guard's key of {key})" if normal != key else ""))
 
 

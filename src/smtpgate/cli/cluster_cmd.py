@@ -12,6 +12,7 @@ import click
 import redis
 
 from smtpgate.cli.common import OperationalError, config_option, get_config, iso_time
+from smtpgate.plural import count
 from smtpgate.server.heartbeat import EVERY, nodes
 from smtpgate.server.status_file import proxy_note
 
@@ -60,7 +61,7 @@ def cluster_status(as_json: bool, config_path: Path | None) -> None:
         late = (f" (late: heartbeats come every {EVERY:.0f} s; the node died or cannot "
                 f"reach Redis)" if age > LATE else "")
         click.echo(f"{doc['node']}: smtpgate {doc['version']}, pid {doc['pid']}, "
-                   f"seen {age:.0f} s ago{late}, {doc['sessions']} sessions, "
+                   f"seen {age:.0f} s ago{late}, {count(doc['sessions'], 'session')}, "
                    f"queue {doc['queue']}; {listeners}")
 
 

@@ -10,6 +10,7 @@ import click
 
 from smtpgate.cli.common import ExitCode, config_file, config_missing, config_option
 from smtpgate.config import ConfigError, load_config
+from smtpgate.plural import count
 from smtpgate.preflight import Problem, run_checks
 
 
@@ -47,7 +48,7 @@ def check(as_json: bool, config_path: Path | None) -> None:
             problems = [Problem("error", key, msg) for key, msg in e.problems]
         else:
             problems = run_checks(cfg)
-            summary = f"{len(cfg.listeners)} listeners, delivery {cfg.delivery.mode}"
+            summary = f"{count(len(cfg.listeners), 'listener')}, delivery {cfg.delivery.mode}"
         code = ExitCode.ERROR if any(p.severity == "error" for p in problems) else ExitCode.OK
     n_errors = sum(p.severity == "error" for p in problems)
     n_warnings = len(problems) - n_errors

@@ -19,6 +19,7 @@ import click
 
 from smtpgate.auth.sqlite_file import backup_database, schema_version_of
 from smtpgate.cli.common import NotFound, OperationalError, config_option, get_config
+from smtpgate.plural import count
 
 
 @click.group()
@@ -86,7 +87,7 @@ def backup(dest_dir: Path | None, config_path: Path | None) -> None:
 
 def _size(path: Path) -> str:
     n = os.stat(path).st_size
-    return f"{n / 1024:.0f} KiB" if n >= 1024 else f"{n} bytes"
+    return f"{n / 1024:.0f} KiB" if n >= 1024 else count(n, "byte")
 
 
 @db.command("migrate")

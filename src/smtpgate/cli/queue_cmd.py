@@ -33,6 +33,7 @@ from smtpgate.cli.common import (
 )
 from smtpgate.cli.output import echo, shown
 from smtpgate.config import Config
+from smtpgate.plural import count
 from smtpgate.queue.factory import make_deliverer
 from smtpgate.queue.manage import Entry, QueueBusy, QueueManager, Unreadable
 from smtpgate.queue.spool import MessageNotFound, NotAQueueId, Spool, SpoolError
@@ -137,7 +138,7 @@ def list_(as_json: bool, config_path: Path | None) -> None:
         # KiB rounded up, as Postfix's mailq: a queue of small messages read "0 KiB".
         kib = -(-sum(e.size for e in entries) // 1024)
         n = len(entries)
-        echo(f"-- {kib} KiB in {n} message{'' if n == 1 else 's'}"
+        echo(f"-- {kib} KiB in {count(n, 'message')}"
                    + (f", {len(mgr.unreadable)} unreadable" if mgr.unreadable else ""))
     _unreadable(mgr.unreadable)
 
@@ -149,7 +150,7 @@ def _unreadable(problems: list[Unreadable]) -> None:
     for u in problems:
         echo(f"error: {u.error}", err=True)
     raise OperationalError(
-        f"{len(problems)} message{'s' if len(problems) != 1 else ''} in the queue could "
+        f"{count(len(problems), 'message')} in the queue could "
         "not be read",
         "the delivery worker moves a corrupt message to corrupt/ under [queue].spool, "
         "and a corrupt state file alone there, then delivers the message; "
@@ -175,7 +176,7 @@ def _echo_entry(e: Entry, now: float) -> None:
     for r in e.state.recipients:
         line = f"    <{r.address}> {r.status.value}"
         if r.attempts:
-            line += f", {r.attempts} attempts"
+            line += f", {count(r.attempts, 'attempt')}"
             if r.status.value == "pending" and not e.state.held:
                 # When the next attempt is (Postfix's mailq does not say; `queue
                 # flush ID` makes it now).
@@ -218,7 +219,7 @@ def show(queue_id: str, as_json: bool, body: bool, config_path: Path | None) -> 
                f"on {env.listener}" + (f" as {env.auth_identity}" if env.auth_identity else ""))
     echo(f"sender: <{env.mail_from}>  size: {entry.size}")
     for r in entry.state.recipients:
-        echo(f"recipient: <{r.address}> {r.status.value}, {r.attempts} attempts"
+        echo(f"recipient: <{r.address}> {r.status.value}, {count(r.attempts, 'attempt')}"
                    + (f": {shown(r.last_result)}" if r.last_result else ""))
     echo("history:")
     for h in entry.state.history:
@@ -248,10 +249,10 @@ def flush(queue_id: str | None, config_path: Path | None) -> None:
         raise OperationalError(
             f"{queue_id} is held: not flushed",
             f"`smtpgate queue release {queue_id}` lets it go (it is attempted now)")
-    echo(f"flushed {n} message{'s' if n != 1 else ''}")
+    echo(f"flushed {count(n, 'message')}")
     delivered = _deliver_here(cfg, spool_dir)
     if delivered is not None:
-        echo(f"no server is delivering: made {delivered} delivery attempts here")
+        echo(f"no server is delivering: made {count(delivered, 'delivery attempt')} here")
     _unreadable(mgr.unreadable)
 
 

@@ -24,6 +24,7 @@ from smtpgate.cli.common import (
     parse_since,
 )
 from smtpgate.cli.output import Table, echo, text
+from smtpgate.plural import count
 from smtpgate.policy.report import Thresholds, build_report, read_records
 
 
@@ -89,7 +90,7 @@ def _print(d: dict[str, Any]) -> None:
     console = Console(file=sys.stdout, highlight=False, width=None if sys.stdout.isatty() else 160)
     t = d["totals"]
     console.print(f"auth report since {d['since'] or 'the start of the log'}: "
-                  f"{t['attempts']} attempts, {t['success']} succeeded, {t['failure']} failed, "
+                  f"{count(t['attempts'], 'attempt')}, {t['success']} succeeded, {t['failure']} failed, "
                   f"{t['blocked']} blocked, {t['tempfail']} temporary failures, {t['cancelled']} cancelled")
     accounts = d["accounts"]
     console.print(_table("per account", ("account", "success", "failure", "blocked"),

@@ -36,6 +36,7 @@ from smtpgate.cli.common import (
 from smtpgate.cli.output import echo
 from smtpgate.cli.reload_cmd import moved_note
 from smtpgate.config import Config
+from smtpgate.plural import count
 from smtpgate.queue.manage import QueueManager
 from smtpgate.queue.space import free_bytes
 from smtpgate.queue.spool import Spool, SpoolError
@@ -202,8 +203,8 @@ def _print(doc: dict[str, Any]) -> None:
     else:
         oldest = "" if q["oldest_age"] is None else f", oldest {q['oldest_age']} s"
         bad = f", {q['unreadable']} unreadable" if q.get("unreadable") else ""
-        echo(f"queue:        {q['messages']} messages ({q['held']} held, "
-                   f"{q['bytes']} bytes{bad}){oldest}")
+        echo(f"queue:        {count(q['messages'], 'message')} ({q['held']} held, "
+             f"{count(q['bytes'], 'byte')}{bad}){oldest}")
         echo(f"spool disk:   {_space(q['free_bytes'], q['reserve_bytes'])}")
     a = doc["accounts"]
     if "error" in a:
@@ -215,7 +216,7 @@ def _print(doc: dict[str, Any]) -> None:
         echo(f"guard:        cannot read: {g['error']}")
     else:
         kinds = ", ".join(f"{n} {k}" for k, n in sorted(g["by_kind"].items()))
-        echo(f"guard:        {g['blocks']} blocks and lockouts in force"
+        echo(f"guard:        {count(g['blocks'], 'block or lockout', 'blocks and lockouts')} in force"
                    + (f" ({kinds})" if kinds else ""))
     c = doc["certificate"]
     if "error" in c:
@@ -224,7 +225,7 @@ def _print(doc: dict[str, Any]) -> None:
         warn = "  [EXPIRED]" if c["days_left"] < 0 else (
             "  [renew soon]" if c["days_left"] < 14 else "")
         echo(f"certificate:  {c['subject']}, valid until {c['not_after']} "
-                   f"({c['days_left']} days){warn}")
+                   f"({count(c['days_left'], 'day')}){warn}")
 
 
 def _iso_times(doc: dict[str, Any]) -> dict[str, Any]:

@@ -45,6 +45,7 @@ from typing import Literal
 
 from smtpgate.client.errors import ProtocolError
 from smtpgate.client.replies import ServerReply
+from smtpgate.plural import count
 from smtpgate.tls.client import TlsClientSession, make_client_context
 from smtpgate.tls.session import TlsError
 from smtpgate.tools import mechanisms
@@ -696,7 +697,7 @@ class _Auditor:
                                                 f"{leaf.not_after:%Y-%m-%d}"))
                 elif days < EXPIRY_WARNING_DAYS:
                     add(finding("cert-expiring", f"expires {leaf.not_after:%Y-%m-%d} "
-                                                 f"({days:.0f} days left)"))
+                                                 f"({count(round(days), 'day')} left)"))
         legacy = [n for n, ok in r.legacy_versions.items() if ok]
         if legacy:
             add(finding("tls-legacy-versions", f"handshake completed with {', '.join(legacy)}"))

@@ -8,6 +8,7 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from smtpgate.plural import count
 from smtpgate.tools.audit import AuditReport, TargetReport
 from smtpgate.tools.findings import Severity
 
@@ -56,7 +57,7 @@ def observations(t: TargetReport) -> Table:
         if leaf is not None:
             days = tls.days_left() or 0.0
             table.row("certificate", f"{leaf.subject} (issuer {leaf.issuer})")
-            table.row("expires", f"{leaf.not_after:%Y-%m-%d} ({days:.0f} days)")
+            table.row("expires", f"{leaf.not_after:%Y-%m-%d} ({count(round(days), 'day')})")
         v = tls.verification
         table.row("chain verified", _yes_no(v.chain_ok, True))
         table.row(f"name {v.hostname} verified", _yes_no(v.hostname_ok, True))

@@ -44,6 +44,7 @@ from typing import Literal
 from smtpgate.client.errors import LocalProtocolError, RemoteProtocolError
 from smtpgate.client.extensions import Extensions
 from smtpgate.client.replies import ServerReply
+from smtpgate.plural import count
 from smtpgate.sasl.base import ChannelBinding
 from smtpgate.tls.client import TlsClientSession, make_client_context
 from smtpgate.tls.session import TlsError
@@ -513,7 +514,7 @@ class _Tester:
         shown = lines[:SHOWN_MESSAGE_LINES]
         if len(lines) > SHOWN_MESSAGE_LINES + 1:
             more = len(lines) - SHOWN_MESSAGE_LINES - 1
-            shown = [*shown, f"[... {more} more lines, {len(payload)} bytes in all ...]", lines[-1]]
+            shown = [*shown, f"[... {count(more, 'more line', 'more lines')}, {len(payload)} bytes in all ...]", lines[-1]]
         else:
             shown = lines
         await s.send(payload, "\n".join(shown))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
+from smtpgate.plural import count
 from smtpgate.tls.client import CertificateInfo, TlsClientSession, Verification, certificate_info
 
 
@@ -45,7 +46,7 @@ class TlsReport:
         if leaf is not None:
             days = leaf.days_left(self.checked_at)
             when = leaf.not_after.strftime("%Y-%m-%d %H:%M UTC")
-            state = f"expired {-days:.0f} days ago" if days < 0 else f"{days:.0f} days left"
+            state = f"expired {count(round(-days), 'day')} ago" if days < 0 else f"{count(round(days), 'day')} left"
             out.append(f"certificate subject: {leaf.subject}")
             out.append(f"certificate issuer:  {leaf.issuer}")
             out.append(f"certificate expires: {when} ({state})")

@@ -302,6 +302,26 @@ def test_a_peer_that_hangs_up_mid_exchange_leaves_one_cancelled_record(stack: St
     assert rec["reason"] == "connection closed"
 
 
+def test_a_fail_echoes_the_name_with_a_bidi_override_replaced(stack: Stack) -> None:
+    """FAIL's user= carried the client's name with its U+202E to Postfix's log; the
+    real server now sends a '?' in its place, and the name still in the auth log
+    (escaped there as every field is)."""
+    before = len(stack.records())
+    sock = door_session(stack)
+    name = "\u202egro.elpmaxe@bob"
+    resp = base64.b64encode(f"\0{name}\0wrong".encode()).decode()
+    sock.sendall(f"AUTH\t7\tPLAIN\tservice=smtp\trip=127.0.0.9\tsecured\tresp={resp}\n".encode())
+    answer = b""
+    while not answer.endswith(b"\n"):
+        chunk = sock.recv(4096)
+        assert chunk, answer
+        answer += chunk
+    sock.close()
+    assert answer == b"FAIL\t7\tuser=?gro.elpmaxe@bob\n"
+    rec = stack.wait_record(before, client_ip="127.0.0.9")
+    assert rec["username"] == "\\u202egro.elpmaxe@bob"
+
+
 @pytest.mark.parametrize("garbage", [
     b"HELLO\tthere\n",                                   # unknown command
     b"AUTH\t1\tLOGIN\tservice=smtp\trip=127.0.0.8\tsecured\nCONT\t1\t" + b"A" * 20000,  # overlong

@@ -348,14 +348,25 @@ def test_hang_up_concludes_every_exchange_under_way() -> None:
     assert eng.data_to_send() == b""
 
 
-EVIL = plain("x\tuser=root", "p")
-
-
-def test_unsafe_user_name_is_never_echoed() -> None:
+@pytest.mark.parametrize(("name", "echoed"), [
+    # PLAIN refuses a name with a C0 or C1 control before the look-up: none to echo.
+    ("x\tuser=root", None),
+    ("x\x1b[2J", None),
+    ("\u202egro.elpmaxe@toor", "?gro.elpmaxe@toor"),  # a bidi override
+    ("a\u200bb\u2066c", "a?b?c"),  # a zero-width space, a bidi isolate
+    ("a\u2028b", None),  # a line separator: PLAIN refuses it too
+    ("jürgen@example.org", "jürgen@example.org"),  # letters stay as they are
+    ("a" * 513, None),  # longer than any name: not sent back at all
+])
+def test_a_user_name_is_echoed_with_its_unprintable_characters_replaced(
+        name: str, echoed: str | None) -> None:
+    """FAIL's user= went out as the client typed it unless it had a C0 or DEL, so a
+    U+202E reached Postfix's own log; each Cc/Cf/Zl/Zp character is now a '?', as in
+    what the door logs of a mechanism."""
     eng = engine()
     out, _ = feed(eng, (HELLO_POSTFIX + lines(
-        f"AUTH<TAB>1<TAB>PLAIN<TAB>{PF}<TAB>resp={EVIL}")).encode())
-    assert out == lines("FAIL<TAB>1")
+        f"AUTH<TAB>1<TAB>PLAIN<TAB>{PF}<TAB>resp={plain(name, 'p')}")).encode())
+    assert out == (lines("FAIL<TAB>1") if echoed is None else f"FAIL\t1\tuser={echoed}\n")
 
 
 def test_cancel_answers_cancelled_to_minor_4_clients_only() -> None:

@@ -112,9 +112,6 @@ class _Sentinel(Enum):
 
 NEED_DATA = _Sentinel.NEED_DATA
 
-#: Characters that may not reach the wire in a value we send (the protocol's
-#: separators, and what Postfix and Exim would not unescape).
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
 _SESSION = re.compile(r"[A-Za-z0-9._:@/+-]{1,64}")
 _DIGITS = re.compile(r"[0-9]{1,10}")
 
@@ -600,14 +597,18 @@ class DovecotServer:
             return
         if entry.wait is not _Wait.VERDICT:
             raise RuntimeError(f"finish() for request {rid}, which waits on {entry.wait.value}")
-        safe = bool(user) and not _UNSAFE.search(user) and len(user) <= 512
-        if result is AuthResult.SUCCESS and safe:
+        # The name goes to Postfix's or Exim's log: as with the mechanism, no
+        # control, format or separator character reaches it (a FAIL's name is the
+        # client's, any text; an OK's is an account's, which cannot have one, and
+        # is sent only exactly right). Longer than any address: not sent at all.
+        shown = _printable(user, _MAX_USER) if 0 < len(user) <= _MAX_USER else ""
+        if result is AuthResult.SUCCESS and shown and shown == user:
             self._send("OK", str(rid), f"user={user}")
         elif result is AuthResult.TEMPFAIL:
             self._events.append(self._disconnect(
                 f"temporary failure of request {rid}", protocol_error=False))
-        elif safe and result is not AuthResult.SUCCESS:
-            self._send("FAIL", str(rid), f"user={user}")
+        elif shown and result is not AuthResult.SUCCESS:
+            self._send("FAIL", str(rid), f"user={shown}")
         else:
             self._send("FAIL", str(rid))
 
@@ -679,9 +680,14 @@ def _port(text: str) -> int:
 _UNPRINTABLE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
 
 
-def _printable(text: str) -> str:
-    """``text`` cut to 64 characters, each one of ``_UNPRINTABLE_CATEGORIES`` a '?'."""
-    text = text[:64]
+#: Longest user name sent back in OK or FAIL: twice an address's 254 octets.
+_MAX_USER = 512
+
+
+def _printable(text: str, limit: int = 64) -> str:
+    """``text`` cut to ``limit`` characters, each one of ``_UNPRINTABLE_CATEGORIES``
+    a '?' (the protocol's TAB and LF among them)."""
+    text = text[:limit]
     if text.isascii() and text.isprintable():
         return text
     return "".join("?" if unicodedata.category(c) in _UNPRINTABLE_CATEGORIES else c

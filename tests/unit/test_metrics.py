@@ -288,3 +288,49 @@ def test_multiprocess_values_follow_a_fork_without_a_getpid_per_count(tmp_path: 
     parent_file = next(f for f in files if f != child_file)
     assert total(parent_file, "messages") == 101 and total(parent_file, "recipients") == 0
     assert total(child_file, "recipients") == 1 and total(child_file, "messages") == 0
+
+
+async def test_metrics_answers_say_server_smtpgate_not_the_versions(tmp_path: Path) -> None:
+    """/metrics said ``Server: Python/3.11 aiohttp/3.x.y`` (the versions to look
+    advisories up for) on every answer, a refused Host and a malformed request
+    included; as the web admin, it now says ``Server: smtpgate``."""
+    import asyncio
+    import socket
+
+    from smtpgate.server.metrics_http import MetricsServer, fresh_dir
+    from smtpgate.web.http_socket import bind_endpoint
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    cfg = _cfg(tmp_path).model_copy(update={"metrics": MetricsConfig(
+        listen=f"127.0.0.1:{port}", allowed_hosts=["metrics.example.net"])})
+    fresh_dir(cfg)
+    sock = bind_endpoint(cfg.metrics, "metrics.listen")
+    assert sock is not None
+    server = await MetricsServer.start(cfg, sock)
+
+    async def head(raw: bytes) -> list[bytes]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(raw)
+        lines = []
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            lines.append(line.rstrip(b"\r\n"))
+        writer.close()
+        return lines
+
+    try:
+        for host, path, status in (("localhost", "/metrics", b"200"),
+                                   ("localhost", "/nothing", b"404"),
+                                   ("attacker.example", "/metrics", b"421")):
+            lines = await head(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n"
+                               "Connection: close\r\n\r\n".encode())
+            assert lines[0].split()[1] == status, lines
+            assert [x for x in lines if x.lower().startswith(b"server:")] == [
+                b"Server: smtpgate"], lines
+        lines = await head(b"GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n"
+                           b"Content-Length: 2\r\n\r\nab")
+        assert lines[0].split()[1] == b"400", lines
+        assert not [x for x in lines if b"aiohttp" in x or b"Python" in x], lines
+    finally:
+        await server.stop()

@@ -42,7 +42,13 @@ from smtpgate.auth.state_backend import open_guard_state
 from smtpgate.config import Config
 from smtpgate.errors import StartupError
 from smtpgate.server import pidfile
-from smtpgate.web.http_socket import bind_endpoint, bind_tcp, http_logger, known_host
+from smtpgate.web.http_socket import (
+    bind_endpoint,
+    bind_tcp,
+    http_logger,
+    known_host,
+    name_the_server,
+)
 
 if TYPE_CHECKING:  # aiohttp: imported by the process that serves /metrics (workload D)
     from collections.abc import Awaitable, Callable
@@ -191,6 +197,7 @@ class MetricsServer:
             return await handler(request)
 
         app = web.Application(middlewares=[known_host_only])
+        name_the_server(app)
         app.router.add_get("/metrics", self._scrape)
         runner = web.AppRunner(app, access_log=None, handle_signals=False,
                                logger=http_logger("smtpgate.metrics.http", "metrics"))

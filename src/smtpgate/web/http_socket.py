@@ -97,6 +97,28 @@ def known_host(request: web.Request, cfg: Config, listener: HttpListener, what: 
                                               "answer for that name\n")
 
 
+#: What an endpoint's answers say in ``Server``: not aiohttp's default
+#: ``Python/3.x aiohttp/3.y.z``, the exact versions to look advisories up for.
+SERVER = "smtpgate"
+
+
+def name_the_server(app: web.Application) -> None:
+    """Every answer of ``app`` says ``Server: smtpgate``: those of its handlers and
+    its refusals (404, 405, 421) through ``on_response_prepare``; and those aiohttp
+    makes before a request reaches any application (400 for a malformed request),
+    whose default name is aiohttp's module-level ``SERVER_SOFTWARE`` in
+    ``aiohttp.web_response``: set to ours in the serving process (the client's
+    User-Agent is another name, left alone). A test pins both
+    (tests/unit/test_metrics.py), so an aiohttp release that moves the name fails it."""
+    from aiohttp import web_response
+
+    async def named(request: web.Request, response: web.StreamResponse) -> None:
+        response.headers["Server"] = SERVER
+
+    web_response.SERVER_SOFTWARE = SERVER  # type: ignore[attr-defined]
+    app.on_response_prepare.append(named)
+
+
 class OneLineBadRequests(logging.Filter):
     """aiohttp answers a malformed request (smuggling attempts: two lengths, a bad
     ``Transfer-Encoding``; a bare CR) with 400 and logs a traceback: anyone who

@@ -65,6 +65,7 @@ from smtpgate.tools.audit import AuditOptions, AuditReport, Target, run_audit
 from smtpgate.visible import visible
 from smtpgate.web import authlog_view, charts, status
 from smtpgate.web.http_socket import known_host as _known_host
+from smtpgate.web.http_socket import name_the_server
 from smtpgate.web.proxy import Client, client_of, trusted_networks
 from smtpgate.web.sessions import Session, Sessions, credentials_of
 
@@ -221,6 +222,7 @@ class AdminSite:
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._headers], client_max_size=64 * 1024)
+        name_the_server(app)  # also what aiohttp answers before the middleware
         app.router.add_static("/static/", Path(__file__).parent / "static")
         get, post = app.router.add_get, app.router.add_post
         get("/login", self.login_page)

@@ -68,11 +68,12 @@ from smtpgate.auth.credentials import (
 from smtpgate.auth.directory import Account, AppPassword, CertificateRecord
 from smtpgate.auth.guard_state import Block
 from smtpgate.auth.imports import ImportEntry
-from smtpgate.auth.names import canonical_name, lookup_key
+from smtpgate.auth.names import InvalidAccountName, canonical_name, lookup_key
 from smtpgate.auth.passwords import PasswordHasher, check_new_password
 from smtpgate.auth.state_backend import open_guard_state
 from smtpgate.config import AccountsConfig, Config, PasswordsConfig
 from smtpgate.policy.passwords import check_password_policy
+from smtpgate.smtp.address import AddressError, parse_mailbox
 from smtpgate.tls.client_certs import normalise_fingerprint, read_certificate
 
 
@@ -194,6 +195,29 @@ class Rotation:
 #: The longest lock reason kept, in characters: a line in ``user list``, the
 #: admin log and the web admin's account page.
 MAX_LOCK_REASON = 200
+
+
+def sender_alias(address: str) -> str:
+    """``address`` as an alias is stored: its canonical spelling, if a client can
+    send it as MAIL FROM.
+
+    An alias is only ever compared with a sender, so one that is not an RFC 5321
+    mailbox (``<b>x</b>@localhost``: RFC 5322 specials unquoted in the local part)
+    would be stored and never match anything. Account names are looser (a login
+    name need not be a mailbox); an alias is held to the envelope's grammar, with
+    UTF-8 allowed (RFC 6531), which the server accepts with SMTPUTF8.
+
+    Raises: InvalidAccountName, saying why and what would do.
+    """
+    alias = canonical_name(address)
+    try:
+        parse_mailbox(alias, utf8=True)
+    except AddressError as e:
+        raise InvalidAccountName(
+            f"{address!r} cannot be a sender address, so it cannot be an alias: {e} "
+            "(RFC 5321 §4.1.2: the local part is letters, digits and "
+            "!#$%&'*+-/=?^_`{|}~, in runs separated by single dots)") from None
+    return alias
 
 
 def lock_reason(reason: str) -> str:
@@ -695,7 +719,7 @@ class AccountAdmin:
 
         Raises: NoSuchAccount, InvalidAccountName, AliasTaken.
         """
-        alias = canonical_name(address)
+        alias = sender_alias(address)
         with self._tx() as w:
             return w.add_alias(name, alias)
 

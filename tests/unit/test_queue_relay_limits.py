@@ -58,6 +58,8 @@ class CappedHop:
     rcpt_421: int = 0
     #: Refused for good (550) when the cap would take them.
     refuse: frozenset[str] = frozenset()
+    #: Every connection's second MAIL is answered ``421`` and the connection closed.
+    mail_421_again: bool = False
     #: The MAIL of this number is never answered (``stalled`` is set).
     stall_mail: int = 0
     stalled: asyncio.Event = field(default_factory=asyncio.Event)
@@ -67,6 +69,7 @@ class CappedHop:
         writer.write(b"220 capped.test ESMTP\r\n")
         rcpts: list[str] = []
         rcpts_seen = 0
+        mails_here = 0
         while line := await reader.readline():
             verb = line[:4].upper()
             if verb in (b"EHLO", b"LHLO"):
@@ -75,6 +78,11 @@ class CappedHop:
                 writer.write(ext + b"250 8BITMIME\r\n")
             elif verb == b"MAIL":
                 self.mails += 1
+                mails_here += 1
+                if self.mail_421_again and mails_here == 2:
+                    writer.write(b"421 4.3.2 System shutting down\r\n")
+                    await writer.drain()
+                    break
                 if self.mails == self.stall_mail:
                     self.stalled.set()
                     await reader.read()
@@ -226,7 +234,29 @@ async def test_a_hop_that_keeps_hanging_up_costs_a_bounded_number_of_connections
     assert hop.connections == 11
     for r in many[11:]:
         assert isinstance(results[r], TempFailure), results[r]
-        assert "4.5.3" in results[r].reply  # type: ignore[union-attr]
+        assert results[r].reply == (  # type: ignore[union-attr]
+            f"4.4.2 relay 127.0.0.1:{port}: took part of the recipients on each of 11 "
+            "connections in a row, turning the rest away (recipient limit, 452), then "
+            "ended it: closed the connection at MAIL FROM 11 times; the rest wait for "
+            "the next attempt")
+
+
+async def test_reconnects_that_421_caused_say_so_when_they_run_out() -> None:
+    """The reason said "recipient limit reached on 10 connections" whatever ended
+    the connections; a hop answering 421 to every further MAIL is named as that,
+    with its reply and its code."""
+    many = tuple(f"m{i}@example.net" for i in range(15))
+    hop = CappedHop(cap=1, mail_421_again=True)
+    async with running(hop) as port:
+        results = await deliverer(port).deliver(MESSAGE, many)
+    assert [r for r in many if isinstance(results[r], Delivered)] == list(many[:11])
+    assert hop.connections == 11
+    reply = results[many[-1]].reply  # type: ignore[union-attr]
+    assert reply == (
+        f"4.3.2 relay 127.0.0.1:{port}: took part of the recipients on each of 11 "
+        "connections in a row, turning the rest away (recipient limit, 452), then ended "
+        "it: 421 to MAIL FROM 11 times (the last: 421 4.3.2 System shutting down); the "
+        "rest wait for the next attempt"), reply
 
 
 # --- a stop after the hop took the message ---------------------------------------------

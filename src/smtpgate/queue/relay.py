@@ -53,8 +53,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from smtpgate.client.auth import ClientAuthResult
@@ -62,6 +63,7 @@ from smtpgate.client.engine import xtext
 from smtpgate.client.errors import LocalProtocolError, ProtocolError
 from smtpgate.client.extensions import Extensions
 from smtpgate.client.replies import ServerReply
+from smtpgate.plural import count
 from smtpgate.queue.delivery import (
     Delivered,
     DeliveryResult,
@@ -85,6 +87,8 @@ _CLOSE_TIMEOUT = 2.0
 #: Further transactions on a connection that stays up need no bound: each one
 #: delivers at least one recipient.
 _MAX_RECONNECTS = 10
+#: A further transaction's MAIL met a closed connection (`_Reconnect`).
+_HUNG_UP = "closed the connection at MAIL FROM"
 #: How long to look for a reply a relay sent before it broke the connection (it is
 #: already received, or it is not coming).
 _EARLY_REPLY_WAIT = 1.0
@@ -140,11 +144,39 @@ class _Abort(Exception):
 class _Reconnect(Exception):
     """The hop took a transaction, then hung up (or said 421 to MAIL or a RCPT) at
     the next one: ``recipients``, left over by its recipient limit, go over a new
-    connection."""
+    connection. ``cause`` says which of those it was, for the log and, when the
+    reconnects run out, the deferral reason (``how`` without the reply: "421 to
+    MAIL FROM", to count alike causes; ``reply``: the 421, if it was one)."""
 
-    def __init__(self, recipients: tuple[str, ...]) -> None:
+    def __init__(self, recipients: tuple[str, ...], how: str,
+                 reply: ServerReply | None = None) -> None:
         super().__init__(len(recipients))
         self.recipients = recipients
+        self.how = how
+        self.reply = reply
+
+
+@dataclass
+class _Reconnects:
+    """Why each connection of one delivery ended with recipients still to send:
+    the deferral reason says what happened when ``_MAX_RECONNECTS`` runs out."""
+
+    causes: list[_Reconnect] = field(default_factory=list)
+
+    def reason(self, where: str) -> str:
+        """``4.x.x WHERE: ...``: how many connections, each cause counted, the
+        last reply. The code is the last 421's own (4.3.2 "shutting down"), else
+        4.4.2 (the hop closed the connection)."""
+        last = self.causes[-1]
+        counted = Counter(c.how for c in self.causes)
+        what = ", ".join(f"{how} {count(n, 'time')}" for how, n in counted.items())
+        code = (last.reply.enhanced if last.reply is not None and last.reply.enhanced
+                else "4.4.2")
+        tail = f" (the last: {last.reply})" if last.reply is not None else ""
+        return (f"{code} {where}: took part of the recipients on each of "
+                f"{count(len(self.causes), 'connection')} in a row, turning the rest "
+                f"away (recipient limit, 452), then ended it: {what}{tail}; the rest "
+                "wait for the next attempt")
 
 
 def _over_limit(reply: ServerReply) -> bool:
@@ -275,28 +307,33 @@ class RelayDeliverer:
         """One session; a cancelled delivery drops the connection at once (the
         worker keeps the message queued)."""
         results: dict[str, DeliveryResult] = {}
+        ended = _Reconnects()
         try:
-            pending = await self._connection(message, recipients, results)
+            pending = await self._connection(message, recipients, results, ended)
             for _ in range(_MAX_RECONNECTS):
                 if not pending:
                     break
-                log.info("queue: %s: %s ended the session with %d recipient(s) over its "
-                         "recipient limit (452) still to send; a new connection for them",
-                         message.queue_id, self.where, len(pending))
-                pending = await self._connection(message, pending, results)
+                cause = ended.causes[-1]
+                log.info("queue: %s: %s %s%s with %s over its recipient limit (452) "
+                         "still to send; a new connection for them", message.queue_id,
+                         self.where, cause.how,
+                         f" ({cause.reply})" if cause.reply is not None else "",
+                         count(len(pending), "recipient"))
+                pending = await self._connection(message, pending, results, ended)
         except asyncio.CancelledError:
             if not any(isinstance(r, Delivered | PermFailure) for r in results.values()):
                 raise  # nothing decided: the message stays queued as it was
             return self._cut_short(message, recipients, results)
-        for r in pending:  # _MAX_RECONNECTS spent: the next attempt takes them
-            results.setdefault(r, TempFailure(
-                f"4.5.3 {self.where}: recipient limit reached on {_MAX_RECONNECTS} "
-                "connections in a row; the rest wait for the next attempt"))
+        if pending:  # _MAX_RECONNECTS spent: the next attempt takes them
+            text = ended.reason(self.where)
+            log.warning("queue: %s: %s", message.queue_id, text)
+            for r in pending:
+                results.setdefault(r, TempFailure(text))
         return results
 
     async def _connection(
         self, message: QueuedMessage, recipients: tuple[str, ...],
-        results: dict[str, DeliveryResult],
+        results: dict[str, DeliveryResult], ended: _Reconnects,
     ) -> tuple[str, ...]:
         """One connection; returns the recipients a recipient limit (452) left over
         that this connection could not take in a further transaction (the hop hung
@@ -322,6 +359,7 @@ class RelayDeliverer:
             await self._session(link, message, recipients, results)
         except _Reconnect as again:
             conn.abort()
+            ended.causes.append(again)
             return again.recipients
         except asyncio.CancelledError:
             conn.abort()
@@ -465,17 +503,17 @@ class RelayDeliverer:
                 mail_reply = await link.reply("the reply to MAIL FROM", t.command)
             except (OSError, ProtocolError):
                 if follow_up:
-                    raise _Reconnect(recipients) from None
+                    raise _Reconnect(recipients, _HUNG_UP) from None
                 raise
         else:
             try:
                 mail_reply = await link.command("MAIL FROM", mail_cmd, t.command)
             except (OSError, ProtocolError):
                 if follow_up:
-                    raise _Reconnect(recipients) from None
+                    raise _Reconnect(recipients, _HUNG_UP) from None
                 raise
         if follow_up and mail_reply.code == 421:
-            raise _Reconnect(recipients)
+            raise _Reconnect(recipients, "421 to MAIL FROM", mail_reply)
         if not mail_reply.is_positive:
             # Decided already: the RCPT replies cannot change it, and a relay may
             # hang up without sending them (the session ends here anyway).
@@ -500,7 +538,8 @@ class RelayDeliverer:
                 # deferred with its reply.
                 if follow_up:
                     raise _Reconnect(tuple(r for r in recipients
-                                           if r not in results or r in left))
+                                           if r not in results or r in left),
+                                     "421 to RCPT TO", reply)
                 raise _Abort(_by_code(reply, f"{self.where} refused recipient"))
             # Kept at once: a relay that hangs up before the rest still refused
             # this one (a 5xx bounces, not retried with the others).

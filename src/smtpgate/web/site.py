@@ -66,6 +66,7 @@ from smtpgate.visible import visible
 from smtpgate.web import authlog_view, charts, status
 from smtpgate.web.http_socket import known_host as _known_host
 from smtpgate.web.http_socket import name_the_server
+from smtpgate.web.login_log import auth_log_path, record_login
 from smtpgate.web.proxy import Client, client_of, trusted_networks
 from smtpgate.web.sessions import Session, Sessions, credentials_of
 
@@ -384,6 +385,9 @@ class AdminSite:
         if check.refusal is not None:
             log.warning("web admin: login of %r from %s refused by the guard: %s",
                         name, ip, check.refusal.reason)
+            # As the SMTP path logs it: fail2ban and the report count it as blocked.
+            await self._log_attempt(request, ip, name, "tempfail",
+                                    f"blocked: {check.refusal.reason}")
             return self._login_form(
                 request, "Too many failed logins from your address or for this admin; "
                 "try again later.", status=429)
@@ -392,19 +396,24 @@ class AdminSite:
         service = self.service(name or "-", "login")
         admin = await asyncio.to_thread(service.get_web_admin, name)
         ok = await asyncio.to_thread(service.verify_web_admin_password, admin, password)
+        why = "no such admin" if admin is None else "" if ok else "bad password"
         if ok and admin is not None:
             step = self._totp_step(admin, code)
             # A code is good once: the step is spent in the account store, so a
             # restart (or another process) does not make it good again.
             ok = step is not None and await asyncio.to_thread(
                 service.use_web_admin_totp_step, admin.name, step)
+            # The password was right: the auth log says so (the page never does).
+            why = "" if ok else "bad TOTP code" if step is None else "TOTP code used already"
         if admin is None or not ok:
+            await self._log_attempt(request, ip, name, "failure", why)
             # Counted for a name of no admin too: a lockout only real names got
             # would tell which names exist (the SMTP path counts unknown names alike).
             await self.guard.failure(check, counts_account=bool(guard_key))
             log.warning("web admin: failed login as %r from %s", name, ip)
             return self._login_form(request, "Wrong name, password or code.", status=401)
         await self.guard.success(check, _guard_key(admin.name))
+        await self._log_attempt(request, ip, admin.name, "success", "")
         await asyncio.to_thread(service.record, "web admin login", admin.name, {"address": ip})
         session = self.sessions.create(admin.name, credentials_of(admin))
         log.info("web admin: %s logged in from %s", admin.name, ip)
@@ -414,6 +423,18 @@ class AdminSite:
                         max_age=int(self.cfg.admin.session_lifetime))
         resp.del_cookie(_LOGIN_COOKIE, path="/login")
         raise resp
+
+    async def _log_attempt(self, request: web.Request, ip: str, name: str, result: str,
+                           reason: str) -> None:
+        """One login attempt in the auth log (``web/login_log.py``). The port and
+        TLS version are the connection's, unknown (0, none) behind a proxy."""
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        port = peer[1] if isinstance(peer, tuple) and ip == request.remote else 0
+        ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
+        tls = ssl_object.version() if ssl_object is not None else None
+        await asyncio.to_thread(
+            record_login, auth_log_path(self.cfg), client_ip=ip, client_port=port, tls=tls,
+            name=name, result=result, reason=reason)
 
     def _totp_step(self, admin: WebAdmin, code: str) -> int | None:
         """The 30 s time step, this one or a neighbour, whose code ``code`` is; None

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 from smtpgate.config import Config, is_loopback_host
 from smtpgate.errors import StartupError
 from smtpgate.web.http_socket import bind_endpoint, bind_tcp, http_logger
+from smtpgate.web.tls_port import TlsPort
 
 if TYPE_CHECKING:
     # The site (aiohttp, Jinja2, the audit) is imported by the process that serves
@@ -79,7 +80,7 @@ def tls_context(cfg: Config) -> ssl.SSLContext | None:
 class AdminServer:
     """The running web admin; ``stop()`` ends it and closes its stores."""
 
-    def __init__(self, site: AdminSite, runner: web.AppRunner, listening: web.SockSite,
+    def __init__(self, site: AdminSite, runner: web.AppRunner, listening: web.SockSite | TlsPort,
                  ctx: ssl.SSLContext | None, listen: str) -> None:
         self.site = site
         self._runner = runner
@@ -100,8 +101,7 @@ class AdminServer:
         runner = web.AppRunner(site.app(), access_log=None, handle_signals=False,
                                logger=http_log)
         await runner.setup()
-        listening = web.SockSite(runner, sock, ssl_context=ctx)
-        await listening.start()
+        listening = await _listen(runner, sock, ctx)
         log.info("web admin on %s://%s/", "https" if ctx else "http", cfg.admin.listen)
         return cls(site, runner, listening, ctx, cfg.admin.listen)
 
@@ -131,17 +131,32 @@ class AdminServer:
             log.error("reload: admin.listen: cannot listen on %s: %s; still on %s",
                       cfg.admin.listen, why, self.listen)
             return
-        from aiohttp import web
-
-        listening = web.SockSite(self._runner, sock, ssl_context=ctx)
-        await listening.start()
+        listening = await _listen(self._runner, sock, ctx)
         await self._listening.stop()  # the old address: closed, requests in flight end
         self._listening, self._ctx, self.listen = listening, ctx, cfg.admin.listen
         log.info("web admin moved to %s://%s/", "https" if ctx else "http", cfg.admin.listen)
 
     async def stop(self) -> None:
+        if isinstance(self._listening, TlsPort):  # not one of the runner's sites
+            await self._listening.stop()
         await self._runner.cleanup()
         await self.site.close()
+
+
+async def _listen(runner: web.AppRunner, sock: socket.socket,
+                  ctx: ssl.SSLContext | None) -> web.SockSite | TlsPort:
+    """Serve ``runner`` on ``sock``: plain HTTP as aiohttp's own site; HTTPS through
+    ``TlsPort``, which answers plain HTTP sent there with a 400 (web/tls_port.py)."""
+    if ctx is None:
+        from aiohttp import web
+
+        site = web.SockSite(runner, sock)
+        await site.start()
+        return site
+    assert runner.server is not None, "runner.setup() first"
+    port = TlsPort(sock, runner.server, ctx)
+    port.start()
+    return port
 
 
 class AdminEndpoint:

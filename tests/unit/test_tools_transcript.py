@@ -111,3 +111,25 @@ def test_an_auth_result_quoting_the_secret_is_masked() -> None:
     assert "s3cret-pw" not in str(masked.to_json())
     assert masked.detail == "535 5.7.8 bad password '********'"
     assert masked.reply is not None and masked.reply.lines == ("bad password '********'",)
+
+
+def test_printable_escapes_what_reverses_or_drives_a_terminal() -> None:
+    """Only C0 and DEL were escaped: a server's reply with U+202E, a C1 CSI (0x9b,
+    an escape sequence on 8-bit terminals) or U+2028 reached the tester's terminal."""
+    reply = "250 ok \u202egnp.exe \x9b2J \u2028 grüße".encode()
+    assert printable(reply) == "250 ok \\u202egnp.exe \\x9b2J \\u2028 grüße"
+
+
+def test_the_audits_table_escapes_a_banner() -> None:
+    import io
+
+    from rich.console import Console
+
+    from smtpgate.tools.audit import Target, TargetReport
+    from smtpgate.tools.report import observations
+
+    report = TargetReport(Target("mx.example.org", 587, "starttls"), reachable=True,
+                          mode_used="plain", banner="220 mx \u202e[red]gnp.exe\x1b[2J")
+    out = io.StringIO()
+    Console(file=out, width=200, color_system=None).print(observations(report))
+    assert "220 mx \\u202e[red]gnp.exe\\x1b[2J" in out.getvalue()

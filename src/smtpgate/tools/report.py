@@ -11,6 +11,7 @@ from rich.text import Text
 from smtpgate.plural import count
 from smtpgate.tools.audit import AuditReport, TargetReport
 from smtpgate.tools.findings import Severity
+from smtpgate.visible import visible
 
 SEVERITY_STYLE = {
     Severity.CRITICAL: "bold red",
@@ -39,7 +40,8 @@ class _Rows(Table):
         self.add_column("seen", overflow="fold")
 
     def row(self, what: str, seen: str | Text) -> None:
-        self.add_row(Text(what), seen if isinstance(seen, Text) else Text(seen))
+        # A string is the server's (a banner, a certificate's subject): escaped.
+        self.add_row(Text(what), seen if isinstance(seen, Text) else Text(visible(seen)))
 
 
 def observations(t: TargetReport) -> Table:
@@ -100,7 +102,7 @@ def findings_table(t: TargetReport) -> Table | Text:
         table.add_row(
             Text(f.severity.label, style=SEVERITY_STYLE[f.severity]),
             Text(f"{f.kind.title} [{f.id}]"),
-            Text(f.detail),
+            Text(visible(f.detail)),
             Text(f.kind.fix),
         )
     return table

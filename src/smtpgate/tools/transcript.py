@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal
 
 from smtpgate import mechanism_facts as facts
+from smtpgate.visible import visible
 
 if TYPE_CHECKING:
     from smtpgate.client.auth import ClientAuthResult
@@ -78,7 +79,9 @@ class Transcript:
 
 def printable(data: bytes) -> str:
     """Bytes for a person: UTF-8 where possible, NUL as ``\\0``, 0x01 as ``^A``,
-    other controls as ``\\xNN``."""
+    other controls as ``\\xNN``, and the rest of what ``smtpgate.visible`` escapes
+    (C1, U+202E and the other format characters, U+2028) as it does: a server's
+    reply must not reverse or drive the tester's terminal."""
     text = data.decode("utf-8", "backslashreplace")
     out = []
     for ch in text:
@@ -89,7 +92,7 @@ def printable(data: bytes) -> str:
         elif ord(ch) < 0x20 or ord(ch) == 0x7F:
             out.append(f"\\x{ord(ch):02x}")
         else:
-            out.append(ch)
+            out.append(visible(ch))
     return "".join(out)
 
 

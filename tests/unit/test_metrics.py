@@ -17,6 +17,7 @@ from smtpgate.config import Config, MetricsConfig
 from smtpgate.errors import StartupError
 from smtpgate.sasl import base as sasl
 from smtpgate.server import privileges
+from smtpgate.server.metrics_http import MetricsServer
 from tests.unit.test_auth_login import CTX, PLAIN, USER, Outcome, World
 
 
@@ -196,15 +197,13 @@ async def test_a_malformed_request_to_metrics_is_one_log_line_not_a_traceback(
     assert len(lines) == 1 and lines[0].startswith("metrics: "), lines
 
 
-async def test_metrics_refuse_a_host_of_another_name_dns_rebinding(tmp_path: Path) -> None:
-    """Before: any Host was answered, so a page on attacker.example rebound to
-    127.0.0.1 read /metrics from a browser on this machine (found with
-    ``curl -H 'Host: attacker.example:PORT'``)."""
+async def _metrics_server(tmp_path: Path) -> tuple[int, Config, MetricsServer]:
+    """A metrics endpoint on a free loopback port that answers only
+    ``metrics.example.net`` (and loopback names) as Host: its port, config, server."""
     import socket
 
-    from smtpgate.server.metrics_http import MetricsServer, fresh_dir
+    from smtpgate.server.metrics_http import fresh_dir
     from smtpgate.web.http_socket import bind_endpoint
-    from tests.unit.test_web_admin import http_status
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -214,7 +213,18 @@ async def test_metrics_refuse_a_host_of_another_name_dns_rebinding(tmp_path: Pat
     fresh_dir(cfg)
     sock = bind_endpoint(cfg.metrics, "metrics.listen")
     assert sock is not None
-    server = await MetricsServer.start(cfg, sock)
+    return port, cfg, await MetricsServer.start(cfg, sock)
+
+
+async def test_metrics_refuse_a_host_of_another_name_dns_rebinding(tmp_path: Path) -> None:
+    """Before: any Host was answered, so a page on attacker.example rebound to
+    127.0.0.1 read /metrics from a browser on this machine (found with
+    ``curl -H 'Host: attacker.example:PORT'``)."""
+    import socket
+
+    from tests.unit.test_web_admin import http_status
+
+    port, cfg, server = await _metrics_server(tmp_path)
     try:
         def get(host: str) -> bytes:
             return f"GET /metrics HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
@@ -295,20 +305,9 @@ async def test_metrics_answers_say_server_smtpgate_not_the_versions(tmp_path: Pa
     advisories up for) on every answer, a refused Host and a malformed request
     included; as the web admin, it now says ``Server: smtpgate``."""
     import asyncio
-    import socket
 
-    from smtpgate.server.metrics_http import MetricsServer, fresh_dir
-    from smtpgate.web.http_socket import bind_endpoint
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    cfg = _cfg(tmp_path).model_copy(update={"metrics": MetricsConfig(
-        listen=f"127.0.0.1:{port}", allowed_hosts=["metrics.example.net"])})
-    fresh_dir(cfg)
-    sock = bind_endpoint(cfg.metrics, "metrics.listen")
-    assert sock is not None
-    server = await MetricsServer.start(cfg, sock)
+    port, _, server = await _metrics_server(tmp_path)
 
     async def head(raw: bytes) -> list[bytes]:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)

@@ -536,7 +536,9 @@ class PostgresConfig(Model):
         default=5.0, gt=0, le=60,
         description="Seconds a login waits for a database connection, and a query "
         "(a lock included) may take, before it is answered 454 4.7.0 (temporary "
-        "failure), never 535.",
+        "failure), never 535. A server that refuses connections (stopped, nothing "
+        "listening) is not waited for: once a connection attempt has failed, each "
+        "login tries one itself and gets its 454 as soon as that is refused.",
     )
 
     @field_validator("dsn")

@@ -260,6 +260,35 @@ def test_postgresql_stopped_mid_test_gives_454_then_logins_recover_without_resta
     assert pg_server.proc is not None and pg_server.proc.poll() is None  # never restarted
 
 
+def test_a_refused_connection_fails_each_login_fast_not_after_the_timeout(
+    pg_server: Server, cluster: PostgresCluster,
+) -> None:
+    """While the database refused connections (stopped: nothing listens), each login
+    waited the whole ``timeout`` (5 s) for a pool that could not connect, then got
+    its 454: clients and the auth service's read threads were held for nothing.
+    A login now learns from the pool's failed attempts (or the outage under way)
+    and makes one attempt itself, answered 454 as soon as it is refused; the
+    timeout stays the bound for a server that does not answer, and each process
+    still logs the outage once."""
+    pg_server.cli("db", "migrate")
+    pg_server.add_user(USER, PASSWORD)
+    pg_server.start()
+    assert login(pg_server, "127.0.0.2", USER, PASSWORD).startswith("235")
+    cluster.stop()
+    try:
+        for peer in ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"):
+            started = time.monotonic()
+            assert login(pg_server, peer, USER, PASSWORD) == str(R.AUTH_TEMPFAIL)
+            assert time.monotonic() - started < 2.5, peer  # not the 5 s timeout
+        starts = re.findall(r"\[(\d+)\]: PostgreSQL database \S+ on \S+ unavailable:",
+                            pg_server.log_text())
+        assert starts and len(starts) == len(set(starts)), pg_server.log_text()
+    finally:
+        cluster.start()
+    reply = _until_235(pg_server, 60)
+    assert reply.startswith("235"), reply
+
+
 def _short_timeout(srv: Server) -> None:
     srv.config.write_text(srv.config.read_text().replace(
         'password_file = "pg.password"\n', 'password_file = "pg.password"\ntimeout = 1\n'))

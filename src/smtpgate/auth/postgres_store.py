@@ -27,7 +27,10 @@ Choices, with reasons:
   would turn the first login after the restart into a 454.
 - The server down or unreachable: taking a connection waits at most
   ``[accounts.postgresql].timeout`` seconds, then ``StoreUnavailable`` (454
-  4.7.0, never 535) with the cause libpq gives. A statement gets as long
+  4.7.0, never 535) with the cause libpq gives. Once an outage is known, each
+  operation first makes one direct attempt (``_refused_now``): a refused
+  connection fails it at once instead of after the whole timeout, which is the
+  bound for a server that does not answer. A statement gets as long
   (``statement_timeout``, set on every pooled connection): a table locked by a
   migration or a ``VACUUM FULL`` on another host, or a query gone slow, costs a
   login 454 after that bound, not a wait without end that holds the auth
@@ -59,10 +62,11 @@ import json
 import logging
 import secrets
 import threading
+import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Self
 
 import psycopg
 from psycopg import errors, sql
@@ -690,6 +694,34 @@ class _PgWriter:
         self._audit(action, target, details)
 
 
+class _Refused(Exception):
+    """A direct attempt during an outage failed (``_refused_now``): its cause."""
+
+
+#: Seconds of one wait on the pool, between which a login looks whether the
+#: pool's own attempts are failing (``PostgresAccountStore._pooled``).
+_WAIT_SLICE = 0.25
+
+
+def _watched_connections(failing: Callable[[bool], None]) -> type[psycopg.Connection[Row]]:
+    """The pool's connection class: each of the pool's connection attempts tells
+    ``failing`` whether it failed, so a login waiting on the pool learns that the
+    server refuses without waiting out the timeout."""
+
+    class _Watched(psycopg.Connection[Row]):
+        @classmethod
+        def connect(cls, conninfo: str = "", **kwargs: Any) -> Self:
+            try:
+                c = super().connect(conninfo, **kwargs)
+            except psycopg.Error:
+                failing(True)
+                raise
+            failing(False)
+            return c
+
+    return _Watched
+
+
 class PostgresAccountStore:
     """``AccountStore`` (both sides) on a PostgreSQL database, through a pool.
 
@@ -746,11 +778,13 @@ class PostgresAccountStore:
         else:
             _require_schema(self._label, current)
             self._schema_checked = True
+        #: The pool's last connection attempt failed (``_watched_connections``).
+        self._pool_failing = False
         #: What new connections log in with: read again for each (``_kwargs``).
         self._last_kwargs = kwargs
         self._pool: ConnectionPool[psycopg.Connection[Row]] = ConnectionPool(
             pg.dsn,
-            connection_class=psycopg.Connection[Row],
+            connection_class=_watched_connections(self._set_pool_failing),
             kwargs=self._kwargs,
             min_size=1,
             max_size=pg.pool_size,
@@ -764,6 +798,9 @@ class PostgresAccountStore:
         self._pool.open(wait=False)
 
     # --- plumbing -------------------------------------------------------------------
+
+    def _set_pool_failing(self, failing: bool) -> None:
+        self._pool_failing = failing
 
     def _kwargs(self) -> dict[str, Any]:
         """A pool thread, for each new connection: the password file read again, so
@@ -830,6 +867,9 @@ class PostgresAccountStore:
             raise StoreUnavailable(f"{self._label}: {cause}") from None
         except PoolClosed:
             raise StoreUnavailable(f"{self._label}: store is closed") from None
+        except _Refused as e:
+            self._outage.failed(str(e))
+            raise StoreUnavailable(f"{self._label}: {e}") from None
         except psycopg.Error as e:
             cause = one_line(str(e))
             if isinstance(e, psycopg.OperationalError):
@@ -848,10 +888,56 @@ class PostgresAccountStore:
         except StoreUnavailable as e:
             return str(e).removeprefix(f"{self._label}: ")
 
+    def _refused_now(self) -> bool:
+        """During an outage (the last operation failed, or the store opened without
+        the server), one direct attempt before waiting on the pool: a server that
+        refuses (nothing listening, its host unreachable, a login refused) says so
+        at once, and the pool, which gets the same answer, could only wait out
+        ``timeout`` before the same 454. A server that does not answer costs this
+        attempt its connect timeout, the bound the pool's wait had. The attempt
+        connecting means the server is back: the pool is waited on as usual.
+        Returns whether an attempt was made and connected.
+
+        Raises:
+            StoreUnavailable: the attempt failed (its cause, for ``_errors``).
+        """
+        if not (self._pool_failing or self._outage.down
+                or (self.outage is not None and not self._schema_checked)):
+            return False
+        if self._schema_refusal is not None:
+            return False  # it answers; the pool's connections fail the schema check
+        try:
+            with connect(self._pg, classify=False):
+                return True
+        except StoreUnavailable as e:
+            raise _Refused(str(e).removeprefix(f"{self._label}: ")) from None
+
+    def _pooled(self) -> psycopg.Connection[Row]:
+        """A connection from the pool, waited for at most ``timeout`` in slices:
+        between two, a pool whose own attempts fail (the server went away while
+        this login waited) makes the login try the server itself
+        (``_refused_now``) and fail as soon as that is refused."""
+        deadline = time.monotonic() + self._pg.timeout
+        answers = self._refused_now()
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                return self._pool.getconn(timeout=max(0.01, min(_WAIT_SLICE, left)))
+            except PoolTimeout:
+                if left <= _WAIT_SLICE:
+                    raise
+            if not answers:  # once it answered, the pool's next attempt is waited for
+                answers = self._refused_now()
+
     @contextmanager
     def _conn(self) -> Iterator[psycopg.Connection[Row]]:
-        with self._errors(), self._pool.connection() as c:
-            yield c
+        with self._errors():
+            c = self._pooled()
+            try:
+                with c:
+                    yield c
+            finally:
+                self._pool.putconn(c)
 
     @contextmanager
     def _tx(self) -> Iterator[psycopg.Connection[Row]]:

@@ -64,7 +64,11 @@ async def test_ownership_is_checked_with_the_principals_profile_read_once() -> N
 
 
 async def test_a_directory_fault_refuses_mail_for_now(caplog: pytest.LogCaptureFixture) -> None:
-    assert await sending(Profiles(fail=True)).mail(ALICE, PolicyConfig(), None) == R.INTERNAL_ERROR
+    """An unreachable account database is said to be one (451 4.4.3, RFC 3463
+    X.4.3), not a software fault (4.3.0 Internal error)."""
+    reply = await sending(Profiles(fail=True)).mail(ALICE, PolicyConfig(), None)
+    assert reply == R.ACCOUNTS_UNAVAILABLE
+    assert reply.format() == b"451 4.4.3 Account database unavailable, try again later\r\n"
     assert "sending policy unavailable: database is locked" in caplog.text
 
 

@@ -19,7 +19,8 @@ refused, and hands the fresh profile to ``rechecked``):
   the 250.
 
 Every decision returns a reply or None (accept). A fault of the account
-directory refuses the MAIL with a temporary 451 and is logged; a fault of the
+directory refuses the MAIL with a temporary ``451 4.4.3 Account database
+unavailable`` (not the ``4.3.0`` of a software fault) and is logged; a fault of the
 rate counters fails open (``RateLimiter`` logs it).
 """
 
@@ -103,7 +104,7 @@ class Sending:
                 self._profile = await self._profiles.sender_profile(who.account)
             except StoreError as e:
                 session_log.error("%s sending policy unavailable: %s", self._session_id, e)
-                return R.INTERNAL_ERROR
+                return R.ACCOUNTS_UNAVAILABLE
         profile = self._profile
         refused = envelope_sender_refusal(profile, sender, policy, where=self._where)
         if refused is not None:

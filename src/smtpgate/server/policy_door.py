@@ -84,7 +84,7 @@ class PolicyDecider:
                     account, req.get("sasl_method").upper(), ctx)
         except StoreError as e:
             log.error("%s: sending policy unavailable: %s", where, e)
-            return action_for(R.INTERNAL_ERROR)
+            return action_for(R.ACCOUNTS_UNAVAILABLE)
         if refusal is not None:
             log.warning("%s: user=%s refused: %s", where, profile.name, refusal)
             return action_for(R.ACCOUNT_MAY_NOT_SEND)

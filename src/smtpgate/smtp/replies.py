@@ -251,3 +251,11 @@ ACCOUNT_MAY_NOT_SEND = Reply(550, "5.7.1", "Sending not allowed for this account
 NO_VALID_RECIPIENTS = Reply(554, "5.5.1", "No valid recipients")
 # Unexpected internal error: logged with traceback, client sees no detail.
 INTERNAL_ERROR = Reply(451, "4.3.0", "Internal error, try again later")
+# MAIL (or a Postfix policy request) needs the account's sender profile and the
+# account database (SQLite locked or missing, PostgreSQL or the LDAP directory
+# down) cannot give it: RFC 5321 §4.2.2 451 "local error in processing" (the
+# client keeps the message and retries); RFC 3463 §3.5 X.4.3 "directory server
+# failure", the persistent transient error of a look-up service being down, so
+# neither the client nor an administrator reading its log takes it for a
+# software fault (X.3.0, INTERNAL_ERROR). The cause goes to the server log.
+ACCOUNTS_UNAVAILABLE = Reply(451, "4.4.3", "Account database unavailable, try again later")

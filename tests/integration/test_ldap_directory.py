@@ -12,7 +12,8 @@ outages (and while serving, in the server log once); an empty password never
 binds, and a password binds as sent (no SASLprep); a login more entries may
 hold than a search returns is ambiguous; ppolicy's pwdReset locks the account
 until its user changes the password, and the documented ``enabled_filter``
-lets a ppolicy lockout end when the directory ends it.
+lets a ppolicy lockout end when the directory ends it; a ``group_filter`` on
+a ``memberOf`` the service account may not read is said once in the log.
 """
 
 from __future__ import annotations
@@ -54,9 +55,13 @@ def slapd() -> Iterator[Slapd]:
         "modulepath", f"referral {ELSEWHERE}\nmodulepath", 1)
     # The password policy overlay, and users who may change their own password,
     # as docs/directories.md's ACL has it.
-    conf = conf.replace("moduleload back_mdb", "moduleload back_mdb\nmoduleload ppolicy")
+    conf = conf.replace("moduleload back_mdb",
+                        "moduleload back_mdb\nmoduleload ppolicy\nmoduleload memberof")
+    # The memberof overlay keeps memberOf, which an ACL hides from the service
+    # account, as a directory whose administrator forgot it there does.
     conf = conf.replace("access to attrs=userPassword\n    by anonymous auth\n", (
-        f'overlay ppolicy\nppolicy_default "{POLICY}"\n'
+        f'overlay ppolicy\nppolicy_default "{POLICY}"\noverlay memberof\n'
+        "access to attrs=memberOf\n    by self read\n    by * none\n"
         "access to attrs=userPassword\n    by anonymous auth\n    by self write\n"))
     server.conf.write_text(conf)
     server.start()
@@ -346,5 +351,41 @@ def test_a_certificate_refused_while_serving_is_in_the_server_log(
         assert directory.find(ALICE) is not None
         said = [r.getMessage() for r in caplog.records if r.name == "smtpgate.auth.ldap"]
         assert any("answering again" in s for s in said), said
+    finally:
+        directory.close()
+
+
+def test_a_group_filter_on_a_memberof_the_service_account_cannot_read_is_logged_once(
+    slapd: Slapd, ou: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The ACL hides memberOf from the service account: the filter is false for
+    every entry, members included, so every login was 535 as a non-member and
+    nothing said why. After a few such entries the server log says it once,
+    naming the key and the attribute."""
+    from smtpgate.auth.ldap_group_watch import THRESHOLD
+
+    group = f"cn=mail,{ou}"
+    users = [f"user{i}@example.org" for i in range(THRESHOLD + 1)]
+    for i, name in enumerate(users):
+        slapd.add(person_ldif(f"uid=user{i},{ou}", name, ALICE_PW))
+    slapd.add(f"dn: {group}\nobjectClass: groupOfNames\ncn: mail\n"
+              + "".join(f"member: uid=user{i},{ou}\n" for i in range(len(users))))
+    held = slapd.admin("ldapsearch", "-LLL", "-b", f"uid=user0,{ou}", "-s", "base", "memberOf")
+    assert f"memberOf: {group}" in held  # the overlay keeps it; the ACL hides it
+    directory = LdapDirectory(config(slapd, ou, group_filter=f"(memberOf={group})"),
+                              bind_password=SERVICE_PW, ca_file=slapd.ca)
+    try:
+        caplog.clear()
+        for name in users[:THRESHOLD - 1] * 2:  # the same entries again count once
+            entry = directory.find(name)
+            assert entry is not None and not entry.member, entry
+        assert not [r for r in caplog.records if "group_filter" in r.getMessage()]
+        for name in users[THRESHOLD - 1:]:
+            entry = directory.find(name)
+            assert entry is not None and not entry.member, entry
+        said = [r.getMessage() for r in caplog.records if "group_filter" in r.getMessage()]
+        assert len(said) == 1, said
+        assert "accounts.ldap.group_filter" in said[0] and "memberOf" in said[0], said
+        assert "535" in said[0]
     finally:
         directory.close()

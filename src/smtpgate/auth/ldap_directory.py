@@ -55,6 +55,7 @@ from ldap3 import BASE, NONE, SIMPLE, SUBTREE, Connection, Server, Tls
 from ldap3.core.exceptions import LDAPException
 
 from smtpgate.auth.directory import StoreUnavailable
+from smtpgate.auth.ldap_group_watch import GroupFilterWatch
 from smtpgate.auth.names import (
     InvalidAccountName,
     a_label_spelling,
@@ -315,6 +316,9 @@ class LdapDirectory:
         self._outage = OutageLog(self._label, log,
                                  effect="logins get 454 4.7.0 until it answers")
         self._search_pool = _Pool(cfg.pool_size, self._service_connection, cfg.operation_timeout)
+        #: A group_filter nobody matches because its attribute is hidden: said once.
+        self._group_watch = GroupFilterWatch(cfg.group_filter, self._label, log,
+                                             timeout=max(1, int(cfg.operation_timeout)))
         self._bind_pool = _Pool(cfg.pool_size, self._plain_connection, cfg.operation_timeout)
         status = {cfg.expires_attribute, cfg.locked_flags_attribute, cfg.reset_attribute} - {""}
         self._attributes = sorted(
@@ -513,11 +517,17 @@ class LdapDirectory:
                 return None  # a plain name on an entry without an address login
             stamps = _values(raw, cfg.password_changed_attribute)
             locked = self._status_lock(raw)
+            member = self._matches(conn, dn, cfg.group_filter)
+            if cfg.group_filter:
+                if member:
+                    self._group_watch.member()
+                else:
+                    self._group_watch.non_member(conn, dn)
             return DirectoryEntry(
                 dn=dn, identity=identity, addresses=self._addresses(raw),
                 stamp=stamps[0] if stamps else "",
                 enabled=not locked and self._matches(conn, dn, cfg.enabled_filter),
-                member=self._matches(conn, dn, cfg.group_filter),
+                member=member,
                 canonical=canonical or identity,
                 lock_reason=locked,
             )

@@ -645,6 +645,22 @@ class LdapConfig(Model):
         "pwdMustChange, whose bind still succeeds): treated as locked until then. "
         "Empty: not read.",
     )
+    ppolicy: bool = Field(
+        default=True,
+        description="Read OpenLDAP ppolicy's state with each entry (pwdAccountLockedTime, "
+        "pwdChangedTime, pwdPolicySubentry) and the policy that applies (pwdLockoutDuration, "
+        "pwdMaxAge): an account locked out after failed passwords, or whose password "
+        "expired, is treated as locked, for SCRAM and cached logins too, which make no "
+        "bind. Without ppolicy the attributes never exist and nothing changes; false for "
+        "the active_directory flavour (locked_flags does it there).",
+    )
+    ppolicy_default_dn: str = Field(
+        default="",
+        description="The DN of the default password policy (slapd's ppolicy_default), for "
+        "entries without pwdPolicySubentry; the service account must be able to read it. "
+        "Empty: only entries with their own pwdPolicySubentry have their lockout's end "
+        "and password expiry checked.",
+    )
     connect_timeout: float = Field(
         default=5.0, gt=0, le=60, description="Seconds to connect to the directory."
     )

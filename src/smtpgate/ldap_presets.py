@@ -69,6 +69,8 @@ AD_PRESET: Final[Mapping[str, object]] = {
     # AD has no pwdReset: "must change at next logon" is pwdLastSet 0, whose bind
     # AD refuses itself (data 773), and which moves pwdLastSet.
     "reset_attribute": "",
+    # OpenLDAP's ppolicy attributes do not exist there: locked_flags reads AD's state.
+    "ppolicy": False,
 }
 
 _ESCAPES: Final = {"\\": r"\5c", "*": r"\2a", "(": r"\28", ")": r"\29", "\0": r"\00"}

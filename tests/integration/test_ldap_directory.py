@@ -13,7 +13,8 @@ binds, and a password binds as sent (no SASLprep); a login more entries may
 hold than a search returns is ambiguous; ppolicy's pwdReset locks the account
 until its user changes the password, and the documented ``enabled_filter``
 lets a ppolicy lockout end when the directory ends it; a ``group_filter`` on
-a ``memberOf`` the service account may not read is said once in the log.
+a ``memberOf`` the service account may not read is said once in the log;
+ppolicy's lockout and password expiry hold back logins that make no bind.
 """
 
 from __future__ import annotations
@@ -30,7 +31,14 @@ import pytest
 
 from smtpgate.auth.ldap_directory import LdapDirectory
 from smtpgate.config import LdapConfig
-from tests.peers.slapd import SERVICE_DN, SERVICE_PW, Slapd, new_ou, person_ldif
+from tests.peers.slapd import (
+    SERVICE_DN,
+    SERVICE_PW,
+    SUFFIX,
+    Slapd,
+    new_ou,
+    person_ldif,
+)
 
 pytestmark = pytest.mark.interop
 
@@ -41,6 +49,9 @@ ELSEWHERE = "ldap://ldap.elsewhere.test/"
 POLICY = "cn=policy,ou=services,dc=example,dc=org"
 #: Its lockout: two bad passwords lock an account for this many seconds.
 LOCKOUT = 2
+#: A policy of its own (pwdPolicySubentry): a password lasts this many seconds.
+EXPIRING = "cn=expiring,ou=services,dc=example,dc=org"
+MAX_AGE = 2
 
 
 @pytest.fixture(scope="module")
@@ -62,12 +73,17 @@ def slapd() -> Iterator[Slapd]:
     conf = conf.replace("access to attrs=userPassword\n    by anonymous auth\n", (
         f'overlay ppolicy\nppolicy_default "{POLICY}"\noverlay memberof\n'
         "access to attrs=memberOf\n    by self read\n    by * none\n"
-        "access to attrs=userPassword\n    by anonymous auth\n    by self write\n"))
+        "access to attrs=userPassword\n    by anonymous auth\n    by self write\n"
+        # The service account reads the password policies (docs/directories.md).
+        f'access to dn.regex="^cn=[a-z]+,ou=services,{SUFFIX}$" attrs=entry,@pwdPolicy\n'
+        f'    by dn.exact="{SERVICE_DN}" read\n    by * break\n'))
     server.conf.write_text(conf)
     server.start()
     server.add(f"dn: {POLICY}\nobjectClass: organizationalRole\nobjectClass: pwdPolicy\n"
                "cn: policy\npwdAttribute: userPassword\npwdMustChange: TRUE\n"
                f"pwdLockout: TRUE\npwdMaxFailure: 2\npwdLockoutDuration: {LOCKOUT}\n")
+    server.add(f"dn: {EXPIRING}\nobjectClass: organizationalRole\nobjectClass: pwdPolicy\n"
+               f"cn: expiring\npwdAttribute: userPassword\npwdMaxAge: {MAX_AGE}\n")
     yield server
     server.close()
     shutil.rmtree(root, ignore_errors=True)
@@ -387,5 +403,42 @@ def test_a_group_filter_on_a_memberof_the_service_account_cannot_read_is_logged_
         assert len(said) == 1, said
         assert "accounts.ldap.group_filter" in said[0] and "memberOf" in said[0], said
         assert "535" in said[0]
+    finally:
+        directory.close()
+
+
+def test_a_ppolicy_lockout_and_an_expired_password_lock_the_account_without_a_bind(
+    slapd: Slapd, ou: str,
+) -> None:
+    """A SCRAM or cached login makes no bind, so the directory's refusal of a
+    locked-out account or an expired password was never seen: the account went
+    on logging in. The entry's ppolicy state is now read with it: locked while
+    pwdLockoutDuration lasts (and served again after it, though the attribute
+    stays until a bind), and locked once pwdMaxAge has passed, the policy found
+    through ppolicy_default_dn or the entry's pwdPolicySubentry."""
+    bob = "bob@example.org"
+    directory = LdapDirectory(config(slapd, ou, ppolicy_default_dn=POLICY),
+                              bind_password=SERVICE_PW, ca_file=slapd.ca)
+    try:
+        entry = directory.find(ALICE)
+        assert entry is not None and entry.enabled, entry
+        assert [directory.bind(entry.dn, "a guess") for _ in range(2)] == [False, False]
+        entry = directory.find(ALICE)  # what a SCRAM login reads; it binds nothing
+        assert entry is not None and not entry.enabled, entry
+        assert "pwdLockoutDuration" in entry.lock_reason, entry
+        time.sleep(LOCKOUT + 1.5)
+        entry = directory.find(ALICE)
+        assert entry is not None and entry.enabled, entry  # over, the attribute still there
+        assert directory.bind(entry.dn, ALICE_PW)
+
+        slapd.add(person_ldif(f"uid=bob,{ou}", bob, ALICE_PW)
+                  + f"pwdPolicySubentry: {EXPIRING}\n")
+        entry = directory.find(bob)
+        assert entry is not None and entry.enabled, entry
+        time.sleep(MAX_AGE + 1)
+        entry = directory.find(bob)
+        assert entry is not None and not entry.enabled, entry
+        assert "password expired" in entry.lock_reason, entry
+        assert not directory.bind(entry.dn, ALICE_PW)  # the directory agrees
     finally:
         directory.close()

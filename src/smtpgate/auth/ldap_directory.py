@@ -56,6 +56,9 @@ from ldap3.core.exceptions import LDAPException
 
 from smtpgate.auth.directory import StoreUnavailable
 from smtpgate.auth.ldap_group_watch import GroupFilterWatch
+from smtpgate.auth.ldap_ppolicy import ENTRY_ATTRIBUTES as PPOLICY_ATTRIBUTES
+from smtpgate.auth.ldap_ppolicy import PolicyReader
+from smtpgate.auth.ldap_ppolicy import lock_reason as ppolicy_lock_reason
 from smtpgate.auth.names import (
     InvalidAccountName,
     a_label_spelling,
@@ -321,10 +324,15 @@ class LdapDirectory:
                                              timeout=max(1, int(cfg.operation_timeout)))
         self._bind_pool = _Pool(cfg.pool_size, self._plain_connection, cfg.operation_timeout)
         status = {cfg.expires_attribute, cfg.locked_flags_attribute, cfg.reset_attribute} - {""}
+        if cfg.ppolicy:
+            status |= set(PPOLICY_ATTRIBUTES)
         self._attributes = sorted(
             {*cfg.login_attributes, *cfg.address_attributes, cfg.password_changed_attribute,
              *status}
         )
+        #: OpenLDAP ppolicy's lockouts and expiry, for logins that make no bind.
+        self._policies = PolicyReader(cfg.ppolicy_default_dn, self._label, log,
+                                      timeout=max(1, int(cfg.operation_timeout)))
 
     # --- connections ----------------------------------------------------------------
 
@@ -516,7 +524,7 @@ class LdapDirectory:
             if identity is None:
                 return None  # a plain name on an entry without an address login
             stamps = _values(raw, cfg.password_changed_attribute)
-            locked = self._status_lock(raw)
+            locked = self._status_lock(raw) or self._ppolicy_lock(conn, raw)
             member = self._matches(conn, dn, cfg.group_filter)
             if cfg.group_filter:
                 if member:
@@ -640,6 +648,16 @@ class LdapDirectory:
                     return (f"locked out or password expired in the directory "
                             f"({cfg.locked_flags_attribute} {bits:#x})")
         return ""
+
+    def _ppolicy_lock(self, conn: Connection, raw: Mapping[str, list[bytes]]) -> str:
+        """Why OpenLDAP ppolicy's state locks the entry now, or "" (``ldap_ppolicy``)."""
+        if not self._cfg.ppolicy:
+            return ""
+        entry = {a.lower(): _values(raw, a) for a in PPOLICY_ATTRIBUTES}
+        if not entry["pwdaccountlockedtime"] and not entry["pwdchangedtime"]:
+            return ""  # nothing to decide: no policy read
+        policy = self._policies.policy(conn, entry)
+        return ppolicy_lock_reason(entry, policy, datetime.now(UTC))
 
     def _matches(self, conn: Connection, dn: str, flt: str) -> bool:
         if not flt:

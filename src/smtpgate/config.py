@@ -851,7 +851,10 @@ class AuthConfig(Model):
         ge=0,
         description="Seconds after which a logged-in session reads its account again, at "
         "its next MAIL: a lock, removal, password change or access rule made since ends "
-        "the session (421 4.7.0); alias and rate changes apply. 0: at every MAIL.",
+        "the session (421 4.7.0); alias and rate changes apply; a session that logged in "
+        "with a bearer token has the token verified again (introspection: revoked ends "
+        "it). 0: at every MAIL. A token's expiry ends its session at the first MAIL "
+        "after it, whatever this says.",
     )
     decoy_secret_file: Path | None = Field(
         default=None,

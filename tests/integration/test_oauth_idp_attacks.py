@@ -8,7 +8,9 @@ SMTP over STARTTLS with smtplib and writes the SASL messages itself, so malforme
 ones reach the server as sent. A fault on the issuer's side must answer ``454
 4.7.0`` at once; a refused token ``535 5.7.8`` after the error JSON (RFC 7628
 §3.2.2); a malformed message ``501`` (base64) or the error JSON with
-``invalid_request``; never a traceback in the log.
+``invalid_request``; never a traceback in the log. A session logged in with a
+token ends (421 4.7.0) at its first MAIL after the token expires, or after the
+issuer's introspection calls it revoked (``session_recheck = 0``: every MAIL).
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ def idp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Idp]:
     (srv.root / "introspection.secret").write_text(INTROSPECTION_SECRET + "\n")
     text = srv.config.read_text().replace(
         "\n[auth]\n", '\n[auth]\nmechanisms = ["OAUTHBEARER", "XOAUTH2", "PLAIN"]\n'
-        'oauth_openid_configuration = "off"\n', 1)
+        'oauth_openid_configuration = "off"\nsession_recheck = 0\n', 1)
     # Hundreds of refusals from 127.0.0.1 on purpose: the guard would rightly stop them.
     srv.config.write_text(text + "\n[guard]\nenabled = false\n"
                           if "\n[guard]" not in text else text)
@@ -348,3 +350,57 @@ def test_an_introspection_redirect_is_not_followed_with_the_client_secret(idp: I
     basic = base64.b64encode(f"smtpgate:{quote_plus(INTROSPECTION_SECRET)}".encode()).decode()
     assert ("https", "/leaky-introspect", f"Basic {basic}") in idp.https.seen
     assert not [s for s in idp.https.seen if s[0] == "http"], idp.https.seen
+
+
+REVOKED = "Authentication no longer valid, closing connection"
+
+
+def _bearer_session(idp: Idp, token: str) -> smtplib.SMTP:
+    """A session logged in with ``token`` over OAUTHBEARER."""
+    smtp = smtplib.SMTP("127.0.0.1", idp.server.submission, timeout=30)
+    smtp.ehlo("client.example.test")
+    smtp.starttls(context=idp.server.client_context())
+    smtp.ehlo("client.example.test")
+    code, text = smtp.docmd("AUTH", f"OAUTHBEARER {_b64(encode_oauthbearer(ALICE, token))}")
+    assert code == 235, text
+    return smtp
+
+
+def _ended(smtp: smtplib.SMTP) -> None:
+    code, text = smtp.docmd("MAIL", f"FROM:<{ALICE}>")
+    assert (code, text.decode()) == (421, f"4.7.0 {REVOKED}"), (code, text)
+    with pytest.raises(smtplib.SMTPServerDisconnected):
+        smtp.noop()
+
+
+def test_a_session_ends_at_its_first_mail_after_its_token_expired(idp: Idp) -> None:
+    """A token's exp bounds what it may do: the session it opened went on sending
+    for as long as the client kept the connection. The token here expires
+    (exp plus the issuer's 30 s leeway) a few seconds after the login."""
+    token = idp.issuers["good"].token(ALICE, exp=int(time.time()) - 26)
+    smtp = _bearer_session(idp, token)
+    try:
+        assert smtp.docmd("MAIL", f"FROM:<{ALICE}>")[0] == 250
+        assert smtp.docmd("RSET")[0] == 250
+        time.sleep(5)
+        _ended(smtp)
+    finally:
+        smtp.close()
+    assert f"user={ALICE} session ended: token expired" in idp.server.log_text()
+
+
+def test_a_session_ends_when_the_issuer_revokes_its_token(idp: Idp) -> None:
+    """With introspection, the issuer says whether a token is still active; the
+    session rechecked its account but not its token, so a revoked token's
+    session (a stolen token, a user signed out everywhere) went on sending."""
+    token = idp.issuers["revoking"].token(ALICE)
+    smtp = _bearer_session(idp, token)
+    try:
+        assert smtp.docmd("MAIL", f"FROM:<{ALICE}>")[0] == 250
+        assert smtp.docmd("RSET")[0] == 250
+        idp.https.revoked.add(token)
+        _ended(smtp)
+    finally:
+        smtp.close()
+    assert (f"user={ALICE} session ended: token no longer valid: token inactive "
+            "(introspection)") in idp.server.log_text()

@@ -127,8 +127,10 @@ def verifier(
 
 
 def test_valid_rs256_token_yields_email_identity() -> None:
+    """``expires`` (exp plus the leeway) is when the session it opens ends."""
+    leeway = issuer().leeway_seconds
     assert verifier().verify(mint()) == TokenResult(
-        ok=True, identity="alice@example.org", issuer=ISSUER
+        ok=True, identity="alice@example.org", issuer=ISSUER, expires=NOW + 300 + leeway
     )
 
 
@@ -421,7 +423,9 @@ def test_rfc7662_opaque_token_active(tmp_path: Path) -> None:
     post = FakePost({"active": True, "username": "bob", "aud": AUDIENCE, "exp": int(NOW) + 60})
     v = verifier(issuer(), _introspection_issuer(tmp_path), post=post)
     result = v.verify("opaque-token")
-    assert result == TokenResult(ok=True, identity="bob", issuer="https://opaque.example")
+    leeway = _introspection_issuer(tmp_path).leeway_seconds
+    assert result == TokenResult(ok=True, identity="bob", issuer="https://opaque.example",
+                                 expires=NOW + 60 + leeway)
     url, body, headers = post.calls[0]
     assert url == "https://opaque.example/introspect"
     assert urllib.parse.parse_qs(body.decode()) == {

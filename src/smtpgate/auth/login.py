@@ -192,6 +192,8 @@ class LoginAttempt:
         self._refusal: str | None = None
         self._app: AppPassword | None = None
         self._issuer: str | None = None
+        #: The verified bearer token and its end (``Resolution``).
+        self._token: tuple[str, float | None] | None = None
         self._profile: SenderProfile | None = None
         #: The mechanism has shown the client something of the account before any
         #: proof (SCRAM's salt and count), and no proof has been accepted since.
@@ -220,6 +222,7 @@ class LoginAttempt:
             # The first look-up of an attempt (SCRAM's ConfirmIdentity is its
             # second): the guard decides before any hashing happens.
             self._refusal, self._app, self._issuer, self._profile = None, None, None, None
+            self._token = None
             account, fault = await self._account(guard, getattr(query, "username", ""))
             self.account = account
             if not self._alive():
@@ -260,6 +263,8 @@ class LoginAttempt:
         self._refusal = res.refusal or self._refusal
         self._app = res.app_password or self._app
         self._issuer = res.oauth_issuer or self._issuer
+        if res.oauth_token is not None:
+            self._token = (res.oauth_token, res.oauth_expires)
         self._profile = res.profile or self._profile
         return res.answer
 
@@ -324,6 +329,7 @@ class LoginAttempt:
         refusal, self._refusal = self._refusal, None
         app, self._app = self._app, None
         issuer, self._issuer = self._issuer, None
+        token, self._token = self._token, None
         profile, self._profile = self._profile, None
         disclosed, self._disclosed = self._disclosed, False
         auth, self._auth = self._auth, None
@@ -359,6 +365,8 @@ class LoginAttempt:
                 mechanism=outcome.mechanism,
                 app_password=_app_use(app),
                 oauth_issuer=issuer,
+                oauth_token=token[0] if token else None,
+                oauth_expires=token[1] if token else None,
             )
             pending = None
             if guard is not None and check is not None and guard.success_needs_write(

@@ -68,6 +68,10 @@ class TokenResult:
     #: RFC 6750 §3.1 error code of a refusal: "insufficient_scope" when the token
     #: is good but lacks a required scope; "" for any other refusal (invalid_token).
     error: str = ""
+    #: When the token stops being accepted: its exp plus the issuer's leeway
+    #: (seconds since the epoch); None if it has no exp (an opaque token whose
+    #: introspection answer gives none).
+    expires: float | None = None
 
 
 #: RFC 6750 §3.1: the token is valid but does not grant a scope the server needs.
@@ -195,7 +199,9 @@ class TokenVerifier:
                     self._introspect(cfg, token)
             identity = self._identity(cfg, claims)
             self._check_domain(cfg, identity)
-            return TokenResult(ok=True, identity=identity, issuer=issuer)
+            exp = claims.get("exp")
+            expires = float(exp) + cfg.leeway_seconds if _is_number(exp) else None
+            return TokenResult(ok=True, identity=identity, issuer=issuer, expires=expires)
         except _Reject as exc:
             return TokenResult(ok=False, reason=str(exc), issuer=issuer, error=exc.error)
 

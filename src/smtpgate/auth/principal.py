@@ -14,7 +14,7 @@ import it without importing the auth service.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,3 +41,9 @@ class Principal:
     app_password: AppPasswordUse | None = None
     #: Set when it logged in with a bearer token: the issuer that signed it.
     oauth_issuer: str | None = None
+    #: The bearer token itself, verified again at the session's recheck (an issuer
+    #: with introspection says there whether it was revoked); never logged.
+    oauth_token: str | None = field(default=None, repr=False)
+    #: When that token stops being accepted (its ``exp`` plus the issuer's leeway,
+    #: seconds since the epoch): the session ends at its first MAIL from then.
+    oauth_expires: float | None = None

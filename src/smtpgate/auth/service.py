@@ -76,7 +76,7 @@ import logging
 import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from typing import Protocol, TypeVar, TypeVarTuple, runtime_checkable
@@ -180,6 +180,9 @@ class Resolution:
     app_password: AppPassword | None = None
     #: The issuer of the bearer token that verified, if one did.
     oauth_issuer: str | None = None
+    #: That token, and when it stops being accepted (``Principal``).
+    oauth_token: str | None = field(default=None, repr=False)
+    oauth_expires: float | None = None
     #: The account's sender profile, when it was read along with the login's
     #: account (a credential-cache hit: ``_verify_password``); else None.
     profile: SenderProfile | None = None
@@ -435,6 +438,8 @@ class AuthService:
         name = lookup_key(principal.account)
         mechanism = principal.mechanism
         app = principal.app_password
+        if (token_refusal := await self._token_refusal(principal)) is not None:
+            return token_refusal, None
         by_password = app is None and not (
             mechanism in mechanism_facts.OAUTH or mechanism in mechanism_facts.CLIENT_CERTIFICATE)
 
@@ -464,6 +469,23 @@ class AuthService:
             return None, self._profile(name, account)
 
         return await self._read_row(load)
+
+    async def _token_refusal(self, principal: Principal) -> str | None:
+        """A session logged in with a bearer token: the token verified again (its
+        exp, its signature against the current key set, and with introspection
+        whether the issuer still calls it active); why it no longer lets the
+        session in, or None. The verifier unreachable is a ``StoreUnavailable``
+        (the session goes on, as for a directory fault)."""
+        token = principal.oauth_token
+        if token is None or self._verifier is None:
+            return None
+        try:
+            result = await self._call_verifier(token)
+        except Exception as e:
+            raise StoreUnavailable(f"token verifier failed: {type(e).__name__}: {e}") from e
+        if getattr(result, "ok", False) is True:
+            return None
+        return f"token no longer valid: {getattr(result, 'reason', '') or 'rejected'}"
 
     async def sender_profile(self, identity: str) -> SenderProfile:
         """What ``identity`` may send as, and its rates; ``StoreError`` on a fault."""
@@ -989,7 +1011,11 @@ class AuthService:
             return Resolution(Verdict(ok=False, reason=refusal[1]), refusal=refusal[0])
         self._record_login(account, q.mechanism.upper())
         issuer = str(getattr(result, "issuer", "") or "")
-        return Resolution(Verdict(ok=True, identity=account.name), oauth_issuer=issuer or None)
+        expires = getattr(result, "expires", None)
+        return Resolution(Verdict(ok=True, identity=account.name), oauth_issuer=issuer or None,
+                          oauth_token=q.token,
+                          oauth_expires=float(expires) if isinstance(expires, int | float)
+                          else None)
 
     async def _verify_certificate(self, q: VerifyCertificate, ctx: AuthContext) -> Resolution:
         """EXTERNAL: the account the session's verified certificate maps to, by its

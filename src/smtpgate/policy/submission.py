@@ -83,8 +83,15 @@ class Sending:
         self._recipients = 0
 
     def recheck_due(self, every: float) -> bool:
-        """Whether MAIL must read the account again first (``[auth] session_recheck``)."""
-        return time.monotonic() - self._checked >= every
+        """Whether MAIL must read the account again first (``[auth] session_recheck``),
+        or end the session at once: its bearer token has expired."""
+        return time.monotonic() - self._checked >= every or self.token_expired()
+
+    def token_expired(self) -> bool:
+        """The session logged in with a bearer token whose exp (plus the issuer's
+        leeway) has passed: it ends at this MAIL, whatever session_recheck says."""
+        ends = self.principal.oauth_expires
+        return ends is not None and time.time() >= ends
 
     def rechecked(self, profile: SenderProfile | None) -> None:
         """The account was read again: ``profile`` is its current sender profile

@@ -355,6 +355,10 @@ class Decisions:
         would be refused now ends the session. A directory fault lets it go on, on
         what it held: it logged in, and the next recheck will tell."""
         who, p = sending.principal, self.peer
+        if sending.token_expired():  # no read needed, nor a fault to let it go on
+            log.warning("%s %s user=%s session ended: token expired", p.session_id,
+                        p.client_ip, who.account)
+            return R.LOGIN_REVOKED
         try:
             reason, profile = await self.rt.login.services.session_refusal(
                 who, self._context(), sending.logged_in)

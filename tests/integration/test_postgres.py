@@ -239,14 +239,20 @@ def test_every_user_command_behaves_the_same_on_postgresql_as_on_sqlite(tmp_path
 # --- the database going away ------------------------------------------------------------------
 
 
-def test_postgresql_stopped_mid_test_gives_454_then_logins_recover_without_restart(
-    pg_server: Server, cluster: PostgresCluster,
-) -> None:
+def _logged_in_then_database_stopped(pg_server: Server, cluster: PostgresCluster) -> None:
+    """A server on a migrated database with one account that has logged in once
+    (235); then PostgreSQL is stopped under it."""
     pg_server.cli("db", "migrate")
     pg_server.add_user(USER, PASSWORD)
     pg_server.start()
     assert login(pg_server, "127.0.0.2", USER, PASSWORD).startswith("235")
     cluster.stop()
+
+
+def test_postgresql_stopped_mid_test_gives_454_then_logins_recover_without_restart(
+    pg_server: Server, cluster: PostgresCluster,
+) -> None:
+    _logged_in_then_database_stopped(pg_server, cluster)
     try:
         # The right password and a wrong one: neither may be called wrong (535).
         assert login(pg_server, "127.0.0.2", USER, PASSWORD) == str(R.AUTH_TEMPFAIL)
@@ -270,11 +276,7 @@ def test_a_refused_connection_fails_each_login_fast_not_after_the_timeout(
     and makes one attempt itself, answered 454 as soon as it is refused; the
     timeout stays the bound for a server that does not answer, and each process
     still logs the outage once."""
-    pg_server.cli("db", "migrate")
-    pg_server.add_user(USER, PASSWORD)
-    pg_server.start()
-    assert login(pg_server, "127.0.0.2", USER, PASSWORD).startswith("235")
-    cluster.stop()
+    _logged_in_then_database_stopped(pg_server, cluster)
     try:
         for peer in ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"):
             started = time.monotonic()

@@ -139,6 +139,15 @@ def deliverer(port: int, *, lmtp: bool = False) -> RelayDeliverer:
                           lmtp=lmtp, timeouts=RelayTimeouts(command=5, data=5))
 
 
+async def _all_delivered_two_at_a_time(hop: CappedHop) -> None:
+    """Deliver the five recipients through ``hop``: every one delivered, in three
+    transactions of two, two and one (whatever connections that took)."""
+    async with running(hop) as port:
+        results = await deliverer(port).deliver(MESSAGE, RCPTS)
+    assert all(isinstance(results[r], Delivered) for r in RCPTS), results
+    assert hop.transactions == [list(RCPTS[0:2]), list(RCPTS[2:4]), list(RCPTS[4:])]
+
+
 @pytest.mark.parametrize("pipelining", [True, False])
 async def test_rfc5321_s4_5_3_1_10_rest_goes_in_further_transactions_at_once(
         pipelining: bool) -> None:
@@ -146,10 +155,7 @@ async def test_rfc5321_s4_5_3_1_10_rest_goes_in_further_transactions_at_once(
     transactions on one connection, all in this one attempt (they waited for
     retry_initial, one transaction's worth at a time)."""
     hop = CappedHop(cap=2, pipelining=pipelining)
-    async with running(hop) as port:
-        results = await deliverer(port).deliver(MESSAGE, RCPTS)
-    assert all(isinstance(results[r], Delivered) for r in RCPTS), results
-    assert hop.transactions == [list(RCPTS[0:2]), list(RCPTS[2:4]), list(RCPTS[4:])]
+    await _all_delivered_two_at_a_time(hop)
     assert hop.connections == 1
 
 
@@ -157,10 +163,7 @@ async def test_rest_goes_over_a_new_connection_when_the_hop_hangs_up() -> None:
     """A hop that takes one transaction per connection: the rest goes over a new
     connection, each recipient delivered once."""
     hop = CappedHop(cap=2, close_after=True)
-    async with running(hop) as port:
-        results = await deliverer(port).deliver(MESSAGE, RCPTS)
-    assert all(isinstance(results[r], Delivered) for r in RCPTS), results
-    assert hop.transactions == [list(RCPTS[0:2]), list(RCPTS[2:4]), list(RCPTS[4:])]
+    await _all_delivered_two_at_a_time(hop)
     assert hop.connections == 3
 
 
@@ -172,10 +175,7 @@ async def test_a_421_to_rcpt_in_a_further_transaction_reconnects_at_once(
     channel). As for a 421 to that MAIL, the rest goes over a new connection at
     once, not to the retry schedule: everything delivered in this attempt, once."""
     hop = CappedHop(cap=2, pipelining=pipelining, rcpt_421=7)  # 5 RCPTs, then r2, r3
-    async with running(hop) as port:
-        results = await deliverer(port).deliver(MESSAGE, RCPTS)
-    assert all(isinstance(results[r], Delivered) for r in RCPTS), results
-    assert hop.transactions == [list(RCPTS[0:2]), list(RCPTS[2:4]), list(RCPTS[4:])]
+    await _all_delivered_two_at_a_time(hop)
     assert hop.connections == 2
 
 

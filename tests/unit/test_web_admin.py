@@ -70,6 +70,19 @@ def _cfg(tmp_path: Path) -> Config:
                   admin=AdminConfig(listen="127.0.0.1:9480"), base_dir=tmp_path)
 
 
+def _guarded_cfg(tmp_path: Path, *, trusted: list[str] | None = None, **guard: int) -> Config:
+    """``_cfg`` with cheap Argon2, the guard's ``guard`` limits and penalties of
+    10-20 ms, and (``trusted``) a reverse proxy the admin believes."""
+    from smtpgate.config import GuardConfig
+
+    update: dict[str, object] = {
+        "accounts": AccountsConfig(argon2_memory_kib=8192, argon2_time_cost=1),
+        "guard": GuardConfig(penalty_base=0.01, penalty_max=0.02, **guard)}
+    if trusted is not None:
+        update["admin"] = AdminConfig(listen="127.0.0.1:9480", trusted_proxies=trusted)
+    return _cfg(tmp_path).model_copy(update=update)
+
+
 def test_a_totp_code_is_good_once_and_only_near_its_time(tmp_path: Path) -> None:
     clock = Clock(1_700_000_000.0)
     site = AdminSite(_cfg(tmp_path), tls=False, status_path=None, clock=clock)
@@ -306,11 +319,8 @@ async def test_concurrent_wrong_logins_from_one_address_stop_at_the_guards_limit
     verified than the guard's address limit: each waits for the one before it."""
 
 
-    from smtpgate.config import AccountsConfig, GuardConfig
 
-    cfg = _cfg(tmp_path).model_copy(update={
-        "accounts": AccountsConfig(argon2_memory_kib=8192, argon2_time_cost=1),
-        "guard": GuardConfig(address_failure_limit=3, penalty_base=0.01, penalty_max=0.02)})
+    cfg = _guarded_cfg(tmp_path, address_failure_limit=3)
     statuses = await _twelve_guesses_at_root(cfg, from_many=False)
     assert sorted(statuses) == [401] * 3 + [429] * 9, statuses
 
@@ -322,12 +332,8 @@ async def test_a_lockout_does_not_tell_a_real_admin_name_from_an_unknown_one(
     after the threshold a real name got 429 and an unknown one still 401."""
     from aiohttp.test_utils import TestClient, TestServer
 
-    from smtpgate.config import AccountsConfig, GuardConfig
 
-    cfg = _cfg(tmp_path).model_copy(update={
-        "accounts": AccountsConfig(argon2_memory_kib=8192, argon2_time_cost=1),
-        "guard": GuardConfig(address_failure_limit=1000, lockout_threshold=3,
-                             penalty_base=0.01, penalty_max=0.02)})
+    cfg = _guarded_cfg(tmp_path, address_failure_limit=1000, lockout_threshold=3)
     site = AdminSite(cfg, tls=False, status_path=None)
     await site.open()
     try:
@@ -703,12 +709,8 @@ async def test_a_login_name_that_no_admin_can_have_puts_nothing_in_the_guards_ke
     only; a well-formed unknown name is still counted as a real one is."""
     from aiohttp.test_utils import TestClient, TestServer
 
-    from smtpgate.config import AccountsConfig, GuardConfig
 
-    cfg = _cfg(tmp_path).model_copy(update={
-        "accounts": AccountsConfig(argon2_memory_kib=8192, argon2_time_cost=1),
-        "guard": GuardConfig(address_failure_limit=1000, lockout_threshold=2,
-                             penalty_base=0.01, penalty_max=0.02)})
+    cfg = _guarded_cfg(tmp_path, address_failure_limit=1000, lockout_threshold=2)
     site = AdminSite(cfg, tls=False, status_path=None)
     await site.open()
     try:
@@ -741,12 +743,8 @@ async def test_behind_a_trusted_proxy_the_guard_counts_the_browsers_address(
     nobody else's are."""
     from aiohttp.test_utils import TestClient, TestServer
 
-    from smtpgate.config import AccountsConfig, GuardConfig
 
-    cfg = _cfg(tmp_path).model_copy(update={
-        "accounts": AccountsConfig(argon2_memory_kib=8192, argon2_time_cost=1),
-        "admin": AdminConfig(listen="127.0.0.1:9480", trusted_proxies=trusted),
-        "guard": GuardConfig(address_failure_limit=1, penalty_base=0.01, penalty_max=0.02)})
+    cfg = _guarded_cfg(tmp_path, address_failure_limit=1, trusted=trusted)
     site = AdminSite(cfg, tls=False, status_path=None, clock=lambda: 1_700_000_000.0)
     await site.open()
     try:
@@ -843,14 +841,9 @@ async def test_concurrent_wrong_logins_from_many_addresses_stop_at_the_lockout(
     running server's login page from 40 loopback addresses: 40 answers of 401."""
 
 
-    from smtpgate.config import AccountsConfig, GuardConfig
 
-    cfg = _cfg(tmp_path).model_copy(update={
-        "accounts": AccountsConfig(argon2_memory_kib=8192, argon2_time_cost=1),
-        "admin": AdminConfig(listen="127.0.0.1:9480", trusted_proxies=["127.0.0.1/32"]),
-        "guard": GuardConfig(lockout_threshold=3, address_failure_limit=1000,
-                             distributed_addresses=1000, penalty_base=0.01,
-                             penalty_max=0.02)})
+    cfg = _guarded_cfg(tmp_path, lockout_threshold=3, address_failure_limit=1000,
+                       distributed_addresses=1000, trusted=["127.0.0.1/32"])
     statuses = await _twelve_guesses_at_root(cfg, from_many=True)
     assert sorted(statuses) == [401] * 3 + [429] * 9, statuses
 

@@ -931,6 +931,26 @@ class LimitsConfig(Model):
     max_connections_per_ip: int = Field(
         default=20, ge=1, description="Concurrent connections from one client address."
     )
+    connection_rate_per_ip: int = Field(
+        default=300,
+        ge=0,
+        description="New connections one client address (IPv6: its /64) may open per "
+        "minute (sliding window), all listeners and workers together; over it a connection "
+        "gets 421 4.7.0 before any TLS handshake (on an implicit-TLS port it is closed "
+        "unanswered). Refused attempts count too. 0 turns the limit off. Postfix's "
+        "smtpd_client_connection_rate_limit.",
+    )
+    connection_rate_exceptions: list[str] = Field(
+        default_factory=lambda: ["127.0.0.0/8", "::1/128"],
+        description="Networks (CIDR) connection_rate_per_ip does not apply to: local "
+        "applications and monitoring (Postfix's smtpd_client_event_limit_exceptions). "
+        "The concurrent limits still apply.",
+    )
+
+    @field_validator("connection_rate_exceptions")
+    @classmethod
+    def _rate_networks(cls, v: list[str]) -> list[str]:
+        return _check_networks(v)
     # Per-identity sending rates (issue 4). Sliding one-hour window in one-minute
     # buckets; the defaults are generous for a person and stop a stolen password
     # from turning the account into a spam cannon within the hour.

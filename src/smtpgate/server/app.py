@@ -66,6 +66,7 @@ from smtpgate.server import (
 )
 from smtpgate.server import reload as reloading
 from smtpgate.server.connection import MAX_PENDING_OUTPUT, SmtpConnection
+from smtpgate.server.connection_rate import ConnectionRate
 from smtpgate.server.cpu_affinity import bind_worker
 from smtpgate.server.front_doors import (
     FrontDoor,
@@ -454,7 +455,9 @@ class _Live:
         rt.tls = tls
         rt.hostname = cfg.hostname
         rt.limits = cfg.limits
-        rt.limiter.set_limits(cfg.limits.max_connections, cfg.limits.max_connections_per_ip)
+        rt.limiter.set_limits(cfg.limits.max_connections, cfg.limits.max_connections_per_ip,
+                              cfg.limits.connection_rate_per_ip,
+                              cfg.limits.connection_rate_exceptions)
         if cfg.limits.max_connections != self.cfg.limits.max_connections:
             open_files.raise_limit(cfg.limits.max_connections)  # this process's own
         rt.handshake_timeout = cfg.tls.handshake_timeout
@@ -552,7 +555,8 @@ async def serve_sockets(
                             drop_fields=cfg.delivery.drop_fields)
         worker_task = loop.create_task(worker.run())
     if limiter is None:
-        limiter = ConnectionLimiter(cfg.limits.max_connections, cfg.limits.max_connections_per_ip)
+        limiter = ConnectionLimiter(cfg.limits.max_connections, cfg.limits.max_connections_per_ip,
+                                    _connection_rate(cfg))
     runtime = ServerRuntime(
         hostname=cfg.hostname,
         auth=auth,
@@ -941,6 +945,11 @@ def _drop(run_as: privileges.RunAs | None) -> None:
         log.debug("serving as %s (uid %d, gid %d)", run_as.user, run_as.uid, run_as.gid)
 
 
+def _connection_rate(cfg: Config) -> ConnectionRate:
+    return ConnectionRate(cfg.limits.connection_rate_per_ip,
+                          cfg.limits.connection_rate_exceptions)
+
+
 def _run_supervised(
     cfg: Config, config_path: Path | None, tls: ServerTlsContext, auth_sockets: list[socket.socket],
     admin_sock: socket.socket | None = None,
@@ -950,7 +959,8 @@ def _run_supervised(
     current = _Current(cfg, tls, metrics_sock, admin_sock)
     workers = cfg.server.effective_workers
     limiter = SharedConnectionLimiter(
-        cfg.limits.max_connections, cfg.limits.max_connections_per_ip, workers
+        cfg.limits.max_connections, cfg.limits.max_connections_per_ip, workers,
+        _connection_rate(cfg),
     )
     runner = _new_loop_runner()
 
@@ -972,7 +982,9 @@ def _run_supervised(
                 _drop(run_as)
                 limiter.attach(slot)
                 limiter.set_limits(
-                    cfg_now.limits.max_connections, cfg_now.limits.max_connections_per_ip
+                    cfg_now.limits.max_connections, cfg_now.limits.max_connections_per_ip,
+                    cfg_now.limits.connection_rate_per_ip,
+                    cfg_now.limits.connection_rate_exceptions,
                 )
                 hooks = ReloadHooks(config_path, done=status.reloaded, quiet=True)
                 runner(serve_sockets(cfg_now, mine, tls_now, with_delivery=False,

@@ -19,6 +19,7 @@ from typing import Any, cast
 from smtpgate import metrics
 from smtpgate.queue.incoming import Incoming
 from smtpgate.server.decisions import Decisions, Peer, Pending
+from smtpgate.server.log_budget import LogBudget
 from smtpgate.server.runtime import ListenerRuntime, ServerRuntime
 from smtpgate.smtp import replies as R
 from smtpgate.smtp.engine import QUIT_REASON, SESSION_ENDED, ServerEngine, TlsInfo
@@ -36,6 +37,31 @@ from smtpgate.tls.session import TlsError, TlsServerSession, open_server_session
 log = logging.getLogger("smtpgate.session")
 
 #: Stop reading from a client that keeps sending while we wait on a decision.
+#: What a connection refused by a limit (``ConnectionLimiter.acquire``) is told,
+#: and what the log says of it.
+_REFUSAL_REPLIES = {
+    "total": R.TOO_MANY_CONNECTIONS,
+    "per_ip": R.TOO_MANY_CONNECTIONS_FROM_IP,
+    "rate": R.CONNECTION_RATE_FROM_IP,
+}
+_REFUSAL_REASONS = {
+    "total": "limits.max_connections reached",
+    "per_ip": "limits.max_connections_per_ip reached",
+    "rate": "limits.connection_rate_per_ip exceeded",
+}
+#: Refused connections are one line each for the first few a minute: a client
+#: hammering the server must not also fill its log.
+REFUSALS_LOGGED = 10
+REFUSAL_WINDOW = 60.0
+
+
+def _report_refusals(count: int) -> None:
+    log.warning("%d more connections refused by limits.* (more than %d in %g s are not "
+                "logged one by one)", count, REFUSALS_LOGGED, REFUSAL_WINDOW)
+
+
+_refusal_log = LogBudget(REFUSALS_LOGGED, REFUSAL_WINDOW, _report_refusals)
+
 _PAUSE_READING_AT = 1 << 20
 #: Replies the engine holds before it reads the next command (its listeners'
 #: ``EngineSettings.max_pending_output``): they are then written out, so that the
@@ -135,9 +161,11 @@ class SmtpConnection(asyncio.Protocol):
             self.engine.on_command = self._debug_command
         refused = self.rt.limiter.acquire(self.client_ip)
         if refused is not None:
-            reply = R.TOO_MANY_CONNECTIONS if refused == "total" else R.TOO_MANY_CONNECTIONS_FROM_IP
-            log.warning("refused %s:%s: %s connection limit", self.client_ip, self.client_port, refused)
-            metrics.connection_refused(self.listener.name, "total" if refused == "total" else "per_ip")
+            reply = _REFUSAL_REPLIES[refused]
+            if _refusal_log.take():
+                log.warning("refused %s:%s: %s", self.client_ip, self.client_port,
+                            _REFUSAL_REASONS[refused])
+            metrics.connection_refused(self.listener.name, refused)
             if not self.listener.implicit_tls:
                 # RFC 8314 §3.3: on an implicit-TLS port nothing goes in clear. A
                 # cleartext 421 there is a broken TLS record to the client ("wrong

@@ -1,4 +1,5 @@
-"""Concurrent-connection limits, in total and per client address, for the whole server.
+"""Connection limits for the whole server: concurrent connections in total and per
+client address, and new connections per minute per address (``connection_rate.py``).
 
 With one process, ``ConnectionLimiter`` counts exactly in memory. With several
 worker processes, ``SharedConnectionLimiter`` keeps the counts in one block of
@@ -29,6 +30,9 @@ import secrets
 import tempfile
 from collections import Counter
 
+from smtpgate.server.connection_rate import SIZE as _RATE_SIZE
+from smtpgate.server.connection_rate import ConnectionRate
+
 #: Slots per hash table. Two tables of 16384 counters: 128 KiB per worker, and an
 #: address is over-counted only when both of its slots hold other addresses'
 #: connections, which at 1000 connections (the default max) is rare.
@@ -42,18 +46,27 @@ _ITEM = 4  # uint32
 class ConnectionLimiter:
     """Counts open connections of this process (exact)."""
 
-    def __init__(self, max_total: int, max_per_ip: int):
+    def __init__(self, max_total: int, max_per_ip: int, rate: ConnectionRate | None = None):
         self.max_total = max_total
         self.max_per_ip = max_per_ip
+        self.rate = rate if rate is not None else ConnectionRate(0)
         self.total = 0
         self._per_ip: Counter[str] = Counter()
+        self._rate_counts = memoryview(bytearray(_RATE_SIZE * _ITEM)).cast("I")
 
-    def set_limits(self, max_total: int, max_per_ip: int) -> None:
-        """New maxima (a reload); connections already open stay."""
+    def set_limits(self, max_total: int, max_per_ip: int, rate_per_minute: int | None = None,
+                   rate_exceptions: list[str] | None = None) -> None:
+        """New maxima (a reload); connections already open stay, and so do the rate's
+        counts."""
         self.max_total, self.max_per_ip = max_total, max_per_ip
+        if rate_per_minute is not None:
+            self.rate.set_limit(rate_per_minute, rate_exceptions or [])
 
     def acquire(self, ip: str) -> str | None:
-        """Take a slot; return None, or 'total' / 'per_ip' naming the limit hit."""
+        """Take a slot; return None, or 'rate' / 'total' / 'per_ip' naming the limit
+        hit. Every call counts toward the address's rate, refused or not."""
+        if not self.rate.take(self._rate_counts, 0, ip):
+            return "rate"
         if self.total >= self.max_total:
             return "total"
         if self._per_ip[ip] >= self.max_per_ip:
@@ -79,11 +92,15 @@ class SharedConnectionLimiter(ConnectionLimiter):
     worker in that slot has exited.
     """
 
-    def __init__(self, max_total: int, max_per_ip: int, workers: int):
-        super().__init__(max_total, max_per_ip)
+    def __init__(self, max_total: int, max_per_ip: int, workers: int,
+                 rate: ConnectionRate | None = None):
+        super().__init__(max_total, max_per_ip, rate)
         self.workers = workers
-        self._fd = _shared_file(workers * _ROW * _ITEM)
-        self._map = mmap.mmap(self._fd, workers * _ROW * _ITEM, mmap.MAP_SHARED)
+        # The worker rows, then the rate's counters (one set for the server: the
+        # rate is about connections made, so a worker's death takes none back).
+        size = (workers * _ROW + _RATE_SIZE) * _ITEM
+        self._fd = _shared_file(size)
+        self._map = mmap.mmap(self._fd, size, mmap.MAP_SHARED)
         self._counts = memoryview(self._map).cast("I")
         self._key = secrets.token_bytes(16)
         self._row = -1
@@ -110,6 +127,8 @@ class SharedConnectionLimiter(ConnectionLimiter):
         c = self._counts
         rows = range(0, self.workers * _ROW, _ROW)
         with self._locked():
+            if not self.rate.take(c, self.workers * _ROW, ip):
+                return "rate"
             if sum(c[r] for r in rows) >= self.max_total:
                 return "total"
             if min(sum(c[r + a] for r in rows), sum(c[r + b] for r in rows)) >= self.max_per_ip:

@@ -72,6 +72,9 @@ TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections, try again late
 TOO_MANY_CONNECTIONS_FROM_IP = Reply(
     421, "4.7.0", "Too many connections from your address, try again later"
 )
+CONNECTION_RATE_FROM_IP = Reply(
+    421, "4.7.0", "Too many new connections from your address, try again in a minute"
+)
 # ALPACA-style cross-protocol attempts (an HTTP verb on an SMTP port).
 HTTP_REFUSED = Reply(421, "4.7.0", "This is an SMTP server, closing connection")
 

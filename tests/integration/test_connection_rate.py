@@ -81,6 +81,26 @@ def test_new_connections_over_the_rate_get_421_across_workers(rated: tuple[Serve
     assert "refused 127.0.0.2:" in log and "limits.connection_rate_per_ip exceeded" in log
 
 
+def test_a_proxy_trusted_for_xclient_is_not_rated(tmp_path: Path) -> None:
+    """nginx's mail proxy connects for all its clients: its connections are not one
+    client's rate (XCLIENT names each client afterwards)."""
+    port = free_port()
+    srv = make_server(tmp_path / "srv", _config(port, "connection_rate_exceptions = []\n"))
+    text = srv.config.read_text()
+    srv.config.write_text(text.replace('tls = "starttls"\n',
+                                       'tls = "starttls"\nxclient_trusted = ["127.0.0.4/32"]\n', 1))
+    srv.start()
+    try:
+        _away_from_a_minute_turn()
+        greetings = [_greeting(srv.submission, "127.0.0.4") for _ in range(RATE + 4)]
+        assert all(g.startswith(b"220 ") for g in greetings), greetings
+        # Anyone else on the same listener is rated as before.
+        others = [_greeting(srv.submission, "127.0.0.5") for _ in range(RATE + 1)]
+        assert others[-1].startswith(b"421 4.7.0 "), others
+    finally:
+        srv.stop()
+
+
 def test_loopback_is_exempt_by_default(tmp_path: Path) -> None:
     """The default exceptions are the loopback networks (local applications and
     monitoring), as Postfix exempts $mynetworks."""

@@ -72,6 +72,7 @@ def test_the_limiters_refuse_with_rate_before_counting_a_slot() -> None:
     assert single.acquire("192.0.2.1") is None and single.acquire("192.0.2.1") is None
     assert single.acquire("192.0.2.1") == "rate"
     assert single.total == 2
+    assert single.acquire("192.0.2.1", rated=False) is None  # a trusted XCLIENT proxy
     shared = SharedConnectionLimiter(100, 100, 2, ConnectionRate(2, clock=clock))
     try:
         shared.attach(0)

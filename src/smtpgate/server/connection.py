@@ -159,7 +159,9 @@ class SmtpConnection(asyncio.Protocol):
             log.debug("%s connect from %s:%s on listener %s", self.session_id,
                       self.client_ip, self.client_port, self.listener.name)
             self.engine.on_command = self._debug_command
-        refused = self.rt.limiter.acquire(self.client_ip)
+        # A proxy trusted to send XCLIENT connects for many clients: the rate of
+        # new connections is theirs, and only XCLIENT names them.
+        refused = self.rt.limiter.acquire(self.client_ip, rated=not self.engine.xclient_trusted)
         if refused is not None:
             reply = _REFUSAL_REPLIES[refused]
             if _refusal_log.take():

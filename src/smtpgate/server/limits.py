@@ -62,10 +62,11 @@ class ConnectionLimiter:
         if rate_per_minute is not None:
             self.rate.set_limit(rate_per_minute, rate_exceptions or [])
 
-    def acquire(self, ip: str) -> str | None:
+    def acquire(self, ip: str, rated: bool = True) -> str | None:
         """Take a slot; return None, or 'rate' / 'total' / 'per_ip' naming the limit
-        hit. Every call counts toward the address's rate, refused or not."""
-        if not self.rate.take(self._rate_counts, 0, ip):
+        hit. Every call counts toward the address's rate, refused or not, unless not
+        ``rated`` (a trusted proxy's connection: its clients are many)."""
+        if rated and not self.rate.take(self._rate_counts, 0, ip):
             return "rate"
         if self.total >= self.max_total:
             return "total"
@@ -120,14 +121,14 @@ class SharedConnectionLimiter(ConnectionLimiter):
         h = int.from_bytes(hashlib.blake2b(ip.encode(), key=self._key, digest_size=8).digest())
         return 1 + (h & 0xFFFFFFFF) % SLOTS, 1 + SLOTS + (h >> 32) % SLOTS
 
-    def acquire(self, ip: str) -> str | None:
+    def acquire(self, ip: str, rated: bool = True) -> str | None:
         if self._row < 0:
             raise RuntimeError("SharedConnectionLimiter.attach() was not called in this worker")
         a, b = self._slots(ip)
         c = self._counts
         rows = range(0, self.workers * _ROW, _ROW)
         with self._locked():
-            if not self.rate.take(c, self.workers * _ROW, ip):
+            if rated and not self.rate.take(c, self.workers * _ROW, ip):
                 return "rate"
             if sum(c[r] for r in rows) >= self.max_total:
                 return "total"

@@ -1653,6 +1653,12 @@ class AdminConfig(HttpListener):
         description="Seconds a web admin login lasts (then the admin logs in again). "
         "Sessions are kept in the serving process: a restart ends them all.",
     )
+    session_idle_timeout: float = Field(
+        default=1800.0, ge=0, le=7 * 86400,
+        description="Seconds without a request after which a web admin login ends (a page "
+        "left open on an unattended desk); 0: only session_lifetime ends it. A reload "
+        "applies it to open sessions.",
+    )
     trusted_proxies: list[str] = Field(
         default_factory=list,
         description="Networks (CIDR) of reverse proxies in front of the web admin, e.g. "

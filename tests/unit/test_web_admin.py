@@ -56,6 +56,27 @@ def test_a_shorter_session_lifetime_applies_to_the_sessions_already_open() -> No
     assert s.get(a.id) is None
 
 
+def test_an_idle_session_ends_and_activity_keeps_it() -> None:
+    """Before: a login lasted its 8 hours however long it sat unused (a page left
+    open on an unattended desk, a copied cookie)."""
+    clock = Clock()
+    s = Sessions(8 * 3600, idle_timeout=1800, clock=clock)
+    a, b = s.create("root", "c"), s.create("eve", "c")
+    for _ in range(6):  # an hour and a half of use, a request every quarter hour
+        clock.t += 900
+        assert s.get(a.id) is a
+    clock.t += 1800
+    assert s.get(a.id) is None and s.get(b.id) is None
+    c = s.create("root", "c")
+    clock.t += 1000
+    s.idle_timeout = 600  # a reload applies it to sessions already open
+    assert s.get(c.id) is None
+    s.idle_timeout = 0  # off: only the lifetime
+    d = s.create("root", "c")
+    clock.t += 8 * 3600 - 1
+    assert s.get(d.id) is d
+
+
 def test_csrf_token_is_the_sessions_own() -> None:
     s = Sessions(60)
     a, b = s.create("root", "c"), s.create("eve", "c")

@@ -38,6 +38,8 @@ class Session:
     created: float
     #: ``credentials_of`` the admin at login.
     credentials: str
+    #: Its last request; it ends ``Sessions.idle_timeout`` after it.
+    last_seen: float = 0.0
 
 
 def credentials_of(admin: WebAdmin) -> str:
@@ -48,9 +50,15 @@ def credentials_of(admin: WebAdmin) -> str:
 
 
 class Sessions:
-    def __init__(self, lifetime: float, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, lifetime: float, *, idle_timeout: float = 0.0,
+                 clock: Callable[[], float] = time.time) -> None:
         #: Seconds; a reload may change it (``[admin] session_lifetime``).
         self.lifetime = lifetime
+        #: Seconds without a request that end a session; 0: none. A reload may
+        #: change it (``[admin] session_idle_timeout``). Why: an admin page left
+        #: open on an unlocked desk, or a cookie taken from a machine left on, is
+        #: good for the whole lifetime otherwise.
+        self.idle_timeout = idle_timeout
         self._clock = clock
         self._by_id: dict[str, Session] = {}
 
@@ -58,21 +66,26 @@ class Sessions:
         if len(self._by_id) >= MAX_SESSIONS:
             oldest = min(self._by_id.values(), key=lambda s: s.created)
             del self._by_id[oldest.id]
+        now = self._clock()
         s = Session(secrets.token_urlsafe(32), admin, secrets.token_urlsafe(32),
-                    self._clock(), credentials)
+                    now, credentials, now)
         self._by_id[s.id] = s
         return s
 
     def get(self, sid: str | None) -> Session | None:
-        """The live session of ``sid``; None for an unknown or expired one."""
+        """The live session of ``sid`` (this request counts as its activity); None
+        for an unknown one, or one past its lifetime or idle too long."""
         if not sid:
             return None
         s = self._by_id.get(sid)
         if s is None:
             return None
-        if s.created + self.lifetime <= self._clock():
+        now = self._clock()
+        if (s.created + self.lifetime <= now
+                or (self.idle_timeout > 0 and s.last_seen + self.idle_timeout <= now)):
             del self._by_id[sid]
             return None
+        s.last_seen = now
         return s
 
     def end(self, sid: str) -> None:

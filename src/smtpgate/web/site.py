@@ -109,7 +109,8 @@ class AdminSite:
         self.tls = tls
         self.status_path = status_path
         self.clock = clock
-        self.sessions = Sessions(cfg.admin.session_lifetime, clock=clock)
+        self.sessions = Sessions(cfg.admin.session_lifetime,
+                                 idle_timeout=cfg.admin.session_idle_timeout, clock=clock)
         self._proxies = trusted_networks(cfg.admin.trusted_proxies)
         self.cookie = "__Host-smtpgate_admin" if tls else "smtpgate_admin"
         self.templates = jinja2.Environment(
@@ -156,6 +157,7 @@ class AdminSite:
         self.tls = tls
         self.cookie = "__Host-smtpgate_admin" if tls else "smtpgate_admin"
         self.sessions.lifetime = cfg.admin.session_lifetime
+        self.sessions.idle_timeout = cfg.admin.session_idle_timeout
         self._proxies = trusted_networks(cfg.admin.trusted_proxies)
         if self._guard is not None:
             self._guard.reconfigure(cfg.guard, cfg.state)
@@ -299,8 +301,9 @@ class AdminSite:
                     # Refused, nothing changed; the login form rather than a dead
                     # end (a page left open while a restart or the lifetime ended it).
                     return self._login_form(
-                        request, "Your session has ended (a restart, a logout, or "
-                        "admin.session_lifetime): log in again; nothing was changed.",
+                        request, "Your session has ended (a restart, a logout, "
+                        "admin.session_idle_timeout or admin.session_lifetime): log in "
+                        "again; nothing was changed.",
                         status=403)
                 raise web.HTTPSeeOther("/login")
             if request.method == "POST":

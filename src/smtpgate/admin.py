@@ -474,6 +474,25 @@ class AccountAdmin:
         with self._tx() as w:
             return w.remove_web_admin(web_admin_name(name))
 
+    def set_web_admin_password(self, name: str, password: str) -> bool:
+        """A new password for the admin (the password policy applies; its TOTP key
+        stays). Its open sessions end at their next request (``web/sessions.py``).
+        False if there is no such admin. Raises: ValueError, PasswordPolicyError."""
+        key = web_admin_name(name)
+        check_new_password(password)
+        if self._policy is not None:
+            check_password_policy(password, key, self._policy)
+        encoded = self._hasher.hash(password)
+        with self._tx() as w:
+            return w.update_web_admin(key, password_hash=encoded)
+
+    def reset_web_admin_totp(self, name: str) -> str | None:
+        """A new TOTP key for the admin (a lost or copied phone); returns it (base32,
+        show it once), or None if there is no such admin. Its open sessions end."""
+        totp = base64.b32encode(secrets.token_bytes(20)).decode("ascii")
+        with self._tx() as w:
+            return totp if w.update_web_admin(web_admin_name(name), totp_secret=totp) else None
+
     def unlock_web_admin(self, name: str) -> int:
         """Lift the guard's lockouts of the admin's logins (kept under ``admin:NAME``,
         never a mail account's name). Raises: NotFoundError (nothing to lift)."""

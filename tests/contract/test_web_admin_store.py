@@ -55,3 +55,25 @@ def test_a_totp_time_step_is_spent_once_and_kept(store: AccountStore) -> None:
         assert not w.use_totp_step("root", 56_666_666)
         assert not w.use_totp_step("nobody", 56_666_668)
         assert w.use_totp_step("root", 56_666_668)
+
+
+def test_an_admins_password_and_totp_key_are_replaced_one_at_a_time(store: AccountStore) -> None:
+    """``update_web_admin`` (``smtpgate admin passwd`` / ``reset-totp``): the other
+    credential stays, an unknown admin is False, each change is logged without the
+    secret."""
+    old_hash = "$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$aGFzaA"
+    with store.transaction(ACTOR) as w:
+        w.add_web_admin("root", old_hash, "JBSWY3DPEHPK3PXP")
+    with store.transaction(ACTOR) as w:
+        assert w.update_web_admin("root", password_hash="$argon2id$new")
+        assert not w.update_web_admin("nobody", password_hash="$argon2id$new")
+    [a] = store.web_admins()
+    assert (a.password_hash, a.totp_secret) == ("$argon2id$new", "JBSWY3DPEHPK3PXP")
+    with store.transaction(ACTOR) as w:
+        assert w.update_web_admin("root", totp_secret="KRSXG5CTMVRXEZLU")
+    [a] = store.web_admins()
+    assert (a.password_hash, a.totp_secret) == ("$argon2id$new", "KRSXG5CTMVRXEZLU")
+    log = [(e.action, e.details) for e in store.admin_log(target="root")]
+    assert log[1:] == [("web admin credentials replaced", {"password": "new"}),
+                       ("web admin credentials replaced", {"totp": "new"})]
+    assert "KRSXG5CTMVRXEZLU" not in repr(log)

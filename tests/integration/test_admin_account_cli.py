@@ -1,4 +1,5 @@
-"""``smtpgate admin add|list|remove``: the web admin's administrators, from the CLI."""
+"""``smtpgate admin add|list|remove|passwd|reset-totp``: the web admin's
+administrators, from the CLI."""
 
 from __future__ import annotations
 
@@ -36,3 +37,44 @@ def test_admin_add_prints_a_working_enrolment_uri_and_refuses_bad_input(tmp_path
     assert missing.returncode == 3
     assert "no admins" in srv.cli("admin", "list").stdout
     assert srv.cli("guard", "list").returncode == 0  # the other admin commands still work
+
+
+def _secret(out: str) -> str:
+    uri = next(line for line in out.splitlines() if line.startswith("otpauth://totp/"))
+    return urllib.parse.parse_qs(urllib.parse.urlparse(uri).query)["secret"][0]
+
+
+def test_admin_passwd_and_reset_totp_replace_one_credential_each(tmp_path: Path) -> None:
+    """Before: the only way to change an admin's password, or to replace a TOTP key
+    after a lost phone, was ``admin remove`` and ``admin add``, which also replaced
+    the other credential (a new phone enrolment for a password change)."""
+    from smtpgate.admin import open_admin
+    from smtpgate.auth.admin_store import AuditActor
+    from smtpgate.config import load_config
+
+    srv = make_server(tmp_path / "srv")
+    first = _secret(srv.cli("admin", "add", "root", "--password-stdin",
+                            stdin=STRONG + "\n").stdout)
+    weak = srv.cli("admin", "passwd", "root", "--password-stdin", stdin="short\n", check=False)
+    assert weak.returncode == 1 and "shorter than" in weak.stderr
+    out = srv.cli("admin", "passwd", "root", "--password-stdin", stdin=STRONG + " new\n")
+    assert out.stdout == "changed the password of admin root; its open sessions are ended\n"
+    missing = srv.cli("admin", "passwd", "nobody", "--password-stdin", stdin=STRONG + "\n",
+                      check=False)
+    assert missing.returncode == 3 and "no admin nobody" in missing.stderr
+    cfg = load_config(srv.config)
+    with open_admin(cfg, AuditActor("test", "test")) as service:
+        admin = service.get_web_admin("root")
+        assert admin is not None and admin.totp_secret == first  # the phone stays enrolled
+        assert service.verify_web_admin_password(admin, STRONG + " new")
+        assert not service.verify_web_admin_password(admin, STRONG)
+    second = _secret(srv.cli("admin", "reset-totp", "root").stdout)
+    assert second != first and len(second) == 32
+    with open_admin(cfg, AuditActor("test", "test")) as service:
+        admin = service.get_web_admin("root")
+        assert admin is not None and admin.totp_secret == second
+        assert service.verify_web_admin_password(admin, STRONG + " new")  # the password stays
+    assert srv.cli("admin", "reset-totp", "nobody", check=False).returncode == 3
+    log = srv.cli("admin-log", "--json").stdout
+    assert log.count('"action": "web admin credentials replaced"') == 2
+    assert second not in log and first not in log

@@ -261,6 +261,12 @@ class AccountWriter(Protocol):
         """False if there was no admin of that name."""
         ...
 
+    def update_web_admin(self, name: str, *, password_hash: str | None = None,
+                         totp_secret: str | None = None) -> bool:
+        """Give the admin a new password hash and/or TOTP key; False if there was no
+        admin of that name."""
+        ...
+
     def use_totp_step(self, name: str, step: int) -> bool:
         """Record that the admin logged in with the TOTP code of time step ``step``;
         False (nothing changed) if that step or a later one was used already, or

@@ -442,6 +442,11 @@ class _OverlayWriter:
     def remove_web_admin(self, name: str) -> bool:
         return self._w.remove_web_admin(name)
 
+    def update_web_admin(self, name: str, *, password_hash: str | None = None,
+                         totp_secret: str | None = None) -> bool:
+        return self._w.update_web_admin(name, password_hash=password_hash,
+                                        totp_secret=totp_secret)
+
     def use_totp_step(self, name: str, step: int) -> bool:
         return self._w.use_totp_step(name, step)
 

@@ -682,6 +682,26 @@ class _PgWriter:
             self._audit("web admin removed", name, {})
         return bool(n)
 
+    def update_web_admin(self, name: str, *, password_hash: str | None = None,
+                         totp_secret: str | None = None) -> bool:
+        sets: list[str] = []
+        values: list[str] = []
+        if password_hash is not None:
+            sets.append("password_hash = %s")
+            values.append(password_hash)
+        if totp_secret is not None:
+            sets.append("totp_secret = %s")
+            values.append(totp_secret)
+        if not sets:
+            return False
+        n = self._c.execute(f"UPDATE web_admins SET {', '.join(sets)} WHERE name = %s",
+                            (*values, name)).rowcount
+        if n:
+            changed = {"password": password_hash is not None, "totp": totp_secret is not None}
+            self._audit("web admin credentials replaced", name,
+                        {k: "new" for k, v in changed.items() if v})
+        return bool(n)
+
     def use_totp_step(self, name: str, step: int) -> bool:
         n = self._c.execute(
             "UPDATE web_admins SET totp_last_step = %s WHERE name = %s AND totp_last_step < %s",

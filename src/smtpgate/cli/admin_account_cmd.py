@@ -1,4 +1,5 @@
-"""``smtpgate admin add|list|remove|unlock``: the administrators of the web admin.
+"""``smtpgate admin add|list|remove|passwd|reset-totp|unlock``: the administrators of
+the web admin.
 
 An admin is not a mail account: it has an Argon2id password and a TOTP key (the
 second factor) and logs in to the web admin only (docs/operations.md, "Web
@@ -87,6 +88,40 @@ def remove(name: str, config_path: Path | None) -> None:
         if not service.remove_web_admin(key):
             raise NotFound(f"no admin {key}", "'smtpgate admin list' shows them")
     echo(f"removed admin {key}")
+
+
+@admin.command("passwd")
+@click.argument("name")
+@password_stdin_option
+@config_option
+def passwd(name: str, password_stdin: bool, config_path: Path | None) -> None:
+    """Give admin NAME a new password (its TOTP key stays); its open sessions end."""
+    key = _name(name)
+    with admin_service(get_config(config_path)) as service:
+        if service.get_web_admin(key) is None:  # before asking for a password
+            raise NotFound(f"no admin {key}", "'smtpgate admin list' shows them")
+        password = read_password(password_stdin)
+        if not service.set_web_admin_password(key, password):
+            raise NotFound(f"no admin {key}", "'smtpgate admin list' shows them")
+    echo(f"changed the password of admin {key}; its open sessions are ended")
+
+
+@admin.command("reset-totp")
+@click.argument("name")
+@config_option
+def reset_totp(name: str, config_path: Path | None) -> None:
+    """Give admin NAME a new TOTP key (a lost or copied phone) and print the
+    otpauth:// URI to enrol it (shown once); the old key stops working and its open
+    sessions end."""
+    key = _name(name)
+    cfg = get_config(config_path)
+    with admin_service(cfg) as service:
+        secret = service.reset_web_admin_totp(key)
+    if secret is None:
+        raise NotFound(f"no admin {key}", "'smtpgate admin list' shows them")
+    echo(f"new TOTP key for admin {key}; the old one no longer works")
+    echo("enrol this TOTP key in an authenticator app (it is not shown again):")
+    echo(totp_uri(key, secret, f"smtpgate {cfg.hostname}"))
 
 
 @admin.command("unlock")

@@ -25,6 +25,7 @@ from smtpgate.sasl.base import (
     Success,
     Verdict,
 )
+from smtpgate.sasl.oauth import OAuthSyntaxError, parse_oauthbearer
 from smtpgate.sasl.registry import create_client_mechanism, create_server_mechanism
 from smtpgate.sasl.scram import (
     ScramClient,
@@ -260,6 +261,23 @@ def test_rfc5802_s5_1_username_with_comma_and_equals_is_escaped() -> None:
     assert escape_saslname("a,b=c") == "a=2Cb=3Dc"
     assert unescape_saslname("a=2Cb=3Dc") == "a,b=c"
     assert unescape_saslname("a=2Db") is None
+    assert unescape_saslname("=3D2C") == "=2C"
+    assert unescape_saslname("=2C3D") == ",3D"
+
+
+@pytest.mark.parametrize("text", ["==2C3D", "=3=2CD", "=2=3DC", "a=", "=", "=3d", "=2c"])
+def test_rfc5802_s5_1_escape_hidden_inside_a_bad_one_is_refused(text: str) -> None:
+    """An invalid "=" escape stays invalid when a valid one sits inside it: "==2C3D"
+    is "=" then "=2C" then "3D", and "=3=2CD" starts with "=3=" (RFC 5802 §5.1:
+    the server MUST fail the exchange)."""
+    assert unescape_saslname(text) is None
+    failure = _fail(ScramSha256Server().start(f"n,,n=w{text}x,r=abc".encode()))
+    assert failure.error_data == b"e=invalid-username-encoding"
+    failure = _fail(ScramSha256Server().start(f"n,a=w{text}x,n=user,r=abc".encode()))
+    assert failure.error_data == b"e=invalid-encoding"
+    # OAUTHBEARER's gs2 authzid (RFC 7628 §3.1) is read by the same function.
+    with pytest.raises(OAuthSyntaxError):
+        parse_oauthbearer(f"n,a=w{text}x,\x01auth=Bearer t\x01\x01".encode())
     creds = scram_credentials_from_password("pencil", "sha1", 4096)
     server = ScramSha1Server()
     client = ScramClient("sha1", "od,d=user", "pencil")

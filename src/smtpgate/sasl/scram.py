@@ -108,6 +108,9 @@ _PRINTABLE = re.compile(r"[\x21-\x2b\x2d-\x7e]+")
 _CB_NAME = re.compile(r"[A-Za-z0-9.\-]+")
 # RFC 5802 §7: attr-val = ALPHA "=" value; value = 1*value-char (no ",")
 _ATTR_VAL = re.compile(r"[A-Za-z]=[^,]+")
+# RFC 5802 §7: saslname = 1*(value-safe-char / "=2C" / "=3D"); any other "=" is bad.
+_ESCAPE = re.compile(r"=(2C|3D)")
+_BAD_ESCAPE = re.compile(r"=(?!2C|3D)")
 
 # RFC 5802 §7 server-error-value (the subset we send).
 E_INVALID_ENCODING = "invalid-encoding"
@@ -162,9 +165,12 @@ def unescape_saslname(text: str) -> str | None:
     RFC 5802 §5.1: a server receiving "=" followed by anything other than "2C" or
     "3D" MUST fail the authentication.
     """
-    if "=" in text.replace("=2C", "").replace("=3D", ""):
+    # One left-to-right pass: removing or replacing one escape kind before the other
+    # let "==2C3D" and "=3=2CD" through (each has a valid escape inside an invalid
+    # one), and the name looked up then held a raw "=".
+    if _BAD_ESCAPE.search(text):
         return None
-    return text.replace("=2C", ",").replace("=3D", "=")
+    return _ESCAPE.sub(lambda m: "," if m.group(1) == "2C" else "=", text)
 
 
 def _hash_info(hash_name: str) -> _Hash:

@@ -70,6 +70,7 @@ from smtpgate.auth.guard_state import Block
 from smtpgate.auth.imports import ImportEntry
 from smtpgate.auth.names import InvalidAccountName, canonical_name, lookup_key
 from smtpgate.auth.passwords import PasswordHasher, check_new_password
+from smtpgate.auth.scram_names import scram_spelling
 from smtpgate.auth.state_backend import open_guard_state
 from smtpgate.config import AccountsConfig, Config, PasswordsConfig
 from smtpgate.policy.passwords import check_password_policy
@@ -83,6 +84,21 @@ class AdminError(Exception):
     def __init__(self, message: str, hint: str = "") -> None:
         super().__init__(message)
         self.hint = hint
+
+
+def _sendable_name(name: str) -> str:
+    """The canonical spelling of a new account's ``name``, refused (AdminError) when
+    SCRAM clients would send it as another name (``auth/scram_names.py``)."""
+    key = canonical_name(name)
+    sent = scram_spelling(key)
+    if sent != key:
+        raise AdminError(
+            f"{key}: SCRAM clients send this name as {sent} (SASLprep, RFC 4013, "
+            "maps its compatibility characters), so the account could never log in "
+            "with SCRAM",
+            f"add it as {sent}",
+        )
+    return key
 
 
 class NotFoundError(AdminError):
@@ -531,10 +547,11 @@ class AccountAdmin:
     ) -> Account:
         """Create an account; with ``password`` None it has no credentials yet.
 
-        Raises: InvalidAccountName, PasswordPolicyError, ValueError (an unknown
-        mechanism), AccountExists.
+        Raises: InvalidAccountName, AdminError (a name SCRAM clients would send
+        as another), PasswordPolicyError, ValueError (an unknown mechanism),
+        AccountExists.
         """
-        name = canonical_name(name)
+        name = _sendable_name(name)
         allowed = _mechanisms(allowed_mechanisms)
         creds = {} if password is None else self._derive(password, name, cram_md5_enabled)
         with self._tx() as w:
@@ -553,7 +570,7 @@ class AccountAdmin:
 
         Raises: InvalidAccountName, AccountExists, AdminError.
         """
-        key = canonical_name(name)
+        key = _sendable_name(name)
         try:
             with self._tx() as w:
                 w.create_account(key, {})
@@ -942,6 +959,11 @@ class AccountAdmin:
                     if exists:
                         w.replace_credentials(e.name, creds)
                     else:
+                        sent = scram_spelling(e.name)
+                        if sent != e.name:  # as _sendable_name refuses it
+                            created.remove(e)
+                            skipped.append((e, f"SCRAM clients send this name as {sent}"))
+                            continue
                         try:
                             w.create_account(e.name, creds, cram_md5_enabled=cram_md5_enabled)
                         except AccountExists as refused:  # another's alias, or case twin

@@ -200,3 +200,32 @@ def test_an_unreachable_postgresql_store_hints_at_its_dsn(tmp_path: Path) -> Non
     assert r.exit_code == 1, r.output
     assert "accounts.postgresql.dsn" in r.output
     assert "[accounts].database" not in r.output
+
+
+@pytest.mark.parametrize(("name", "sent"), [
+    ("\ufb01sh@example.org", "fish@example.org"),    # LATIN SMALL LIGATURE FI
+    ("\uff41b@example.org", "ab@example.org"),        # FULLWIDTH LATIN SMALL LETTER A
+    ("x\u00b2@example.org", "x2@example.org"),        # SUPERSCRIPT TWO
+])
+def test_add_refuses_a_name_scram_clients_send_as_another(
+    config: Path, name: str, sent: str
+) -> None:
+    """A SCRAM client SASLprep's the user name before sending it (RFC 5802 §5.1), so
+    such an account could log in with PLAIN but never with SCRAM (gsasl sent
+    ``n=fish@...`` for ``ﬁsh@...`` and the server found no account)."""
+    r = run(config, "add", name, "--password-stdin", input="pencil\n")
+    assert r.exit_code == 1
+    assert f"SCRAM clients send this name as {sent}" in r.output
+    assert f"add it as {sent}" in r.output
+    assert "Password" not in r.output  # refused before the password is asked for
+    assert run(config, "list").output.count("@example.org") == 0
+
+
+@pytest.mark.parametrize("name", [
+    "jos\u00e9@example.org",
+    "jose\u0301@example.org",                        # NFD: canonical NFC, as SCRAM sends it
+    "\u0645\u062d\u0645\u062f@example.org",          # SASLprep refuses it: clients say so
+])
+def test_add_keeps_names_scram_clients_send_as_they_are(config: Path, name: str) -> None:
+    r = run(config, "add", name, "--password-stdin", input="pencil\n")
+    assert r.exit_code == 0, r.output

@@ -349,3 +349,14 @@ async def test_a_legacy_hash_over_a_space_logs_in_typed_with_a_non_breaking_spac
             assert (await plain(svc, name, "pass\u00a0word")).ok
     finally:
         await svc.close()
+
+
+def test_a_name_scram_clients_send_as_another_is_skipped(config: Path, tmp_path: Path) -> None:
+    """SASLprep turns the U+FB01 ligature into "fi" before a SCRAM client sends the
+    name (auth/scram_names.py): imported, the account could never log in with SCRAM."""
+    f = passwd_file(tmp_path, [dovecot_line("\ufb01sh@example.org", "{PLAIN}pencil"),
+                               dovecot_line("bob@example.org", "{PLAIN}crayon")])
+    r = run(config, "import", "dovecot-passwd", str(f))
+    assert r.exit_code == 0, r.output
+    assert "SCRAM clients send this name as fish@example.org" in r.output
+    assert set(accounts(config)) == {"bob@example.org"}

@@ -1780,6 +1780,20 @@ class ConfigError(Exception):
         super().__init__("; ".join(f"{k}: {m}" for k, m in problems))
 
 
+def in_file(path: Path, key: str, message: str) -> str:
+    """A config problem as one line naming the file first, as `config check` and
+    compilers write it: ``PATH: KEY: message``.
+
+    Why: a key alone does not say which file is wrong when several configs live on
+    a host, or when the file comes from ``$SMTPGATE_CONFIG`` (the systemd unit's
+    ``Environment=``) and the line is read in the journal. A problem of the whole
+    file (``(file)``) is ``PATH: message``, and just the message when it names the
+    path already (``permission denied: user X cannot read PATH``)."""
+    if key == "(file)":
+        return message if str(path) in message else f"{path}: {message}"
+    return f"{path}: {key}: {message}"
+
+
 def _model_in(annotation: Any) -> type[BaseModel] | None:
     """The model a field holds: itself, or inside ``list[...]`` / ``X | None``."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):

@@ -218,7 +218,8 @@ def test_a_config_that_does_not_validate_is_one_line_per_key_and_exit_2(tmp_path
     assert done.returncode == 2
     errors = [line for line in done.stderr.splitlines() if " ERROR " in line]
     assert len(errors) == 1, done.stderr
-    assert "cannot start: limits.max_errors: " in errors[0]
+    # The file first (the unit takes it from $SMTPGATE_CONFIG), then the key.
+    assert f"cannot start: {srv.config}: limits.max_errors: " in errors[0]
     assert "Traceback" not in done.stderr and "listening" not in done.stderr
 
 

@@ -30,7 +30,7 @@ from smtpgate.auth.guard_state import GuardStoreError
 from smtpgate.auth.names import InvalidAccountName, canonical_name
 from smtpgate.auth.passwords import PasswordPolicyError
 from smtpgate.auth.sqlite_file import NewerSchema
-from smtpgate.config import Config, ConfigError, load_config
+from smtpgate.config import Config, ConfigError, in_file, load_config
 from smtpgate.policy.timespec import parse_duration
 from smtpgate.visible import visible
 
@@ -128,7 +128,7 @@ def get_config(config_path: Path | None) -> Config:
         return load_config(path)
     except ConfigError as e:
         for key, msg in e.problems:
-            click.echo(f"config error: {key}: {msg}", err=True)
+            click.echo(f"config error: {in_file(path, key, msg)}", err=True)
         raise SystemExit(ExitCode.ERROR) from None
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from smtpgate.cli.common import config_option, require_config_file
-from smtpgate.config import ConfigError, load_config
+from smtpgate.config import ConfigError, in_file, load_config
 from smtpgate.errors import StartupError
 
 log = logging.getLogger("smtpgate")
@@ -41,7 +41,7 @@ def serve(config_path: Path | None, debug: bool) -> None:
         cfg = load_config(path)
     except ConfigError as e:
         for key, message in e.problems:
-            log.error("cannot start: %s: %s", key, message)
+            log.error("cannot start: %s", in_file(path, key, message))
         raise SystemExit(EXIT_CONFIG) from None
     try:
         code = run(cfg, path.resolve())

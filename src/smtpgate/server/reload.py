@@ -39,15 +39,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from smtpgate.config import Config, ConfigError, load_config
+from smtpgate.config import Config, ConfigError, in_file, load_config
 from smtpgate.tls.session import ClientAuth, ServerTlsContext, TlsConfigError, make_server_context
 
 
 class ReloadError(Exception):
-    """The new config or certificate is unusable; ``key`` names the setting."""
+    """The new config or certificate is unusable; ``key`` names the setting, and
+    ``path`` the config file when the problem is in it (the log line then names
+    the file too, as start-up does)."""
 
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(f"{key}: {message}")
+    def __init__(self, key: str, message: str, *, path: Path | None = None) -> None:
+        super().__init__(in_file(path, key, message) if path is not None else f"{key}: {message}")
         self.key = key
 
 
@@ -96,7 +98,8 @@ def load(path: Path, running: Config) -> Reloaded:
     except ConfigError as e:
         key, message = e.problems[0]
         more = len(e.problems) - 1
-        raise ReloadError(key, message + (f" (and {more} more problems)" if more else "")) from None
+        raise ReloadError(key, message + (f" (and {more} more problems)" if more else ""),
+                          path=path) from None
     merged = merge(running, new)
     try:
         tls = build_tls(merged)

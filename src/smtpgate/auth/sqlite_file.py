@@ -265,7 +265,8 @@ class ThreadLocalSqlite:
                 )
             if current == latest:
                 return
-            if tables - {"schema_version"}:
+            upgrading = bool(tables - {"schema_version"})
+            if upgrading:
                 copy = self._path.with_name(f"{self._path.name}.bak-v{current}-{_timestamp()}")
                 # A second connection reads the last committed state while this one
                 # holds the write lock (WAL readers do not wait for writers).
@@ -287,6 +288,13 @@ class ThreadLocalSqlite:
                     "INSERT INTO schema_version (version, applied) VALUES (?, ?)",
                     (version, now),
                 )
+            if upgrading:
+                self._after_upgrade(c, current)
+
+    def _after_upgrade(self, c: sqlite3.Connection, old_version: int) -> None:
+        """Called in the upgrade's transaction once the file holds data of schema
+        ``old_version`` brought up to date: a store reports here what its
+        migrations could not do by themselves. Nothing by default."""
 
     def close(self) -> None:
         """Close every thread's connection. Call when no thread uses the store."""

@@ -837,6 +837,40 @@ class SqliteAccountStore(ThreadLocalSqlite):
         conn.execute("PRAGMA synchronous = FULL")
         conn.create_function(_UNIFIED, 1, unified_spelling, deterministic=True)
 
+    def _after_upgrade(self, c: sqlite3.Connection, old_version: int) -> None:
+        """Name each account and alias that migrations 5 and 7 could not rename.
+
+        Before 2026-12-01 two accounts could differ only in letter case
+        (``Bob@example.org`` beside ``bob@example.org``) or in the spelling of an
+        internationalised domain; the renames keep both (``OR IGNORE``), and no
+        login reaches the one left behind any more, since every login and command
+        now finds the other. An upgrade that said nothing of it would leave the
+        administrator to learn it from a user's 535, so each is one warning here,
+        with what to do (docs/accounts.md)."""
+        del old_version  # the renames are idempotent: whatever is left is reported
+        twins = c.execute(
+            f"SELECT a.name, {_UNIFIED}(a.name) FROM accounts a "
+            f"WHERE a.name <> {_UNIFIED}(a.name) AND EXISTS "
+            f"(SELECT 1 FROM accounts b WHERE b.name = {_UNIFIED}(a.name)) ORDER BY a.name"
+        ).fetchall()
+        for name, other in twins:
+            log.warning(
+                "%s %s: account '%s' was not renamed to '%s', which is another account: "
+                "no login reaches '%s' any more; move what it holds to '%s', then delete "
+                "its row (docs/accounts.md, \"Upgrades and backups\")",
+                self._label, self._path, name, other, name, other)
+        aliases = c.execute(
+            f"SELECT a.address, a.account, b.address, b.account FROM aliases a "
+            f"JOIN aliases b ON b.address = {_UNIFIED}(a.address) "
+            f"WHERE a.address <> {_UNIFIED}(a.address) ORDER BY a.address"
+        ).fetchall()
+        for address, account, other, owner in aliases:
+            log.warning(
+                "%s %s: alias '%s' of '%s' was not renamed to '%s', an alias of '%s': "
+                "only '%s' sends as it now; delete the row of '%s' (docs/accounts.md, "
+                "\"Upgrades and backups\")",
+                self._label, self._path, address, account, other, owner, owner, address)
+
     @contextmanager
     def _tx(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
         """One write transaction. ``durable`` (synchronous=FULL) for admin changes that

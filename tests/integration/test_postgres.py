@@ -509,7 +509,15 @@ def test_db_migrate_lowers_the_letter_case_of_names(
         c.execute("INSERT INTO accounts (name, created, updated) "
                   "VALUES ('Carol@example.org', now(), now())")
         c.execute("INSERT INTO aliases VALUES ('Sales@example.org', 'Carol@example.org', now())")
-    assert "migrated" in pg_server.cli("db", "migrate").stdout
+        # A pair `user add` made before 2026-12-01: both stay, and the migration says so.
+        for name in ("Dave@example.org", "dave@example.org"):
+            c.execute("INSERT INTO accounts (name, created, updated) VALUES (%s, now(), now())",
+                      (name,))
+    migrated = pg_server.cli("db", "migrate")
+    assert "migrated" in migrated.stdout
+    assert ("account 'Dave@example.org' was not renamed to 'dave@example.org', which is "
+            "another account: no login or command reaches 'Dave@example.org'") in migrated.stderr
+    assert "'Carol@example.org' was not renamed" not in migrated.stderr
     listed = pg_server.cli("user", "list").stdout
     assert "carol@example.org" in listed and "Carol@" not in listed
     shown = pg_server.cli("user", "show", "CAROL@example.org").stdout

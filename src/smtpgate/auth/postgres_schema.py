@@ -176,6 +176,11 @@ _SPELLED = (
 )
 
 
+#: The tables whose rows a rename left behind are named in a warning: an account or
+#: alias nobody reaches (a granted domain left twice grants the same thing).
+_NAMED_WHEN_KEPT = {"accounts": "account", "aliases": "alias"}
+
+
 def _unify_idn_spellings(c: psycopg.Connection[Row]) -> None:
     """Migration 4 (the SQLite file's 5, ``auth/store.py``): a name, alias or granted domain stored
     with A-labels is renamed to its U-labels (the rows naming an account follow,
@@ -203,11 +208,21 @@ def _rename_spellings(
             clash = " AND ".join(
                 f"{k} = %(new)s" if k == column else f"{k} = %({k})s" for k in key
             )
-            c.execute(
+            done = c.execute(
                 f"UPDATE {table} SET {column} = %(new)s WHERE {where} "
                 f"AND NOT EXISTS (SELECT 1 FROM {table} WHERE {clash})",
                 {**row, "new": new},
             )
+            if done.rowcount == 0 and table in _NAMED_WHEN_KEPT:
+                # Both spellings stay; no login or command reaches this one any more,
+                # which the administrator must hear now, not from a user's 535.
+                log.warning(
+                    "account database: %s '%s' was not renamed to '%s', which is %s: "
+                    "no login or command reaches '%s' any more; move what it holds to "
+                    "'%s', then delete its row (docs/accounts.md, \"Upgrades and backups\")",
+                    _NAMED_WHEN_KEPT[table], old, new,
+                    "another account" if table == "accounts" else "an alias already",
+                    old, new)
 
 
 def _lower_local_parts(c: psycopg.Connection[Row]) -> None:

@@ -1,6 +1,7 @@
 """The server log: one line per record, times in ISO 8601 with the zone, to stderr
-(the journal under systemd) or to ``[server] log_file``, reopened on SIGHUP and
-SIGUSR1 so that log rotation can move the file away."""
+(the journal under systemd, each line with its ``<N>`` priority there) or to
+``[server] log_file``, reopened on SIGHUP and SIGUSR1 so that log rotation can move
+the file away."""
 
 from __future__ import annotations
 
@@ -61,6 +62,43 @@ class ReopenableFileHandler(logging.FileHandler):
             old.close()
 
 
+#: sd-daemon(3)'s priorities, as journald reads them from a ``<N>`` line prefix.
+_JOURNAL_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4,
+                     logging.ERROR: 3, logging.CRITICAL: 2}
+
+
+class JournalFormatter(IsoFormatter):
+    """The same line with journald's ``<N>`` priority prefix on each of its lines.
+
+    Why: journald takes everything a service writes to stderr at priority 6 (info)
+    unless a line starts with ``<N>`` (``SyslogLevelPrefix=``, on by default), so
+    without it ``journalctl -u smtpgate -p warning`` shows nothing and an alert on
+    the journal's priority never fires. Each line of a traceback gets the prefix, as
+    journald stores each line as an entry of its own."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = f"<{_JOURNAL_PRIORITY.get(record.levelno, 6)}>"
+        return "\n".join(prefix + line for line in super().format(record).split("\n"))
+
+
+def stderr_is_the_journal() -> bool:
+    """True when stderr is systemd's journal stream: systemd.exec(5) sets
+    ``JOURNAL_STREAM=DEVICE:INODE`` of it, which a shell redirect beneath the unit
+    (``smtpgate serve 2>file``) would no longer match."""
+    dev, _, ino = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    if not (dev.isdigit() and ino.isdigit()):
+        return False
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError, AttributeError):  # closed, or no file behind it
+        return False
+    return (st.st_dev, st.st_ino) == (int(dev), int(ino))
+
+
+def _stderr_formatter() -> logging.Formatter:
+    return JournalFormatter(_FORMAT) if stderr_is_the_journal() else IsoFormatter(_FORMAT)
+
+
 def _root() -> logging.Logger:
     return logging.getLogger("smtpgate")
 
@@ -76,7 +114,7 @@ def setup_logging(level: int = logging.INFO) -> None:
     logging.logThreads = False
     logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(IsoFormatter(_FORMAT))
+    handler.setFormatter(_stderr_formatter())
     root = _root()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -101,7 +139,7 @@ def log_to_file(path: Path) -> None:
     handler.setFormatter(IsoFormatter(_FORMAT))
     echo = logging.StreamHandler(sys.stderr)
     echo.setLevel(logging.ERROR)
-    echo.setFormatter(IsoFormatter(_FORMAT))
+    echo.setFormatter(_stderr_formatter())
     root = _root()
     old = root.handlers[:]
     root.handlers[:] = [handler, echo]

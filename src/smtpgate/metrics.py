@@ -187,6 +187,7 @@ def prime(
         _m.guard_blocks.labels(kind)
     for store, operation in _BACKENDS:
         _m.backend_errors.labels(store, operation)
+        _m.backend_seconds.labels(store, operation)
 
 
 def _mechanism(name: str) -> str:

@@ -339,6 +339,13 @@ def test_labelled_series_are_there_at_zero_before_their_first_event(tmp_path: Pa
         assert (("listener", "submissions"), ("tls_version", "none")) not in sessions
         durations = _series(text, "smtpgate_login_duration_seconds_count")
         assert (("result", "failure"),) in durations, durations
+        # The backends' latency too (its errors were primed, its histogram was not:
+        # no p99 panel or rate() until each store's first call after a start).
+        backends = _series(text, "smtpgate_backend_duration_seconds_count")
+        for store, operation in (("directory", "read"), ("guard_state", "read"),
+                                 ("guard_state", "write"), ("rate_counters", "read"),
+                                 ("rate_counters", "write")):
+            assert (("operation", operation), ("store", store)) in backends, backends
     finally:
         srv.stop()
 

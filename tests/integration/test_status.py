@@ -7,6 +7,7 @@ import json
 import re
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -116,3 +117,30 @@ def test_stuck_and_stopped(running: Server) -> None:
     assert code == 3 and doc["server"]["running"] is False
     assert not list(srv.root.glob("*.status.json"))
     assert "not running" in srv.cli("status", check=False).stdout
+
+
+def test_a_failed_reload_shows_on_screen(running: Server) -> None:
+    """Before: a reload that failed (here a key that belongs to another certificate,
+    as a botched renewal leaves it) showed nowhere in `status` but the JSON, while
+    its certificate line read the new file: the screen looked healthy with the old
+    certificate still served. Now a reload: line says FAILED and why, and a good
+    reload says what it kept until a restart."""
+    srv = running
+    loaded = zoned(wait_status(srv, lambda s: True)["server"]["config_loaded"])
+    assert "reload:" not in srv.cli("status").stdout  # no reload yet
+    tls = srv.root / "tls"
+    good_key = (tls / "key.pem").read_bytes()
+    other = subprocess.run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt",
+                            "ec_paramgen_curve:P-256"], check=True, capture_output=True)
+    (tls / "key.pem").write_bytes(other.stdout)
+    assert srv.cli("reload", check=False).returncode == 1
+    text = srv.cli("status").stdout
+    assert re.search(r"\nreload:       FAILED \d+ s ago: tls\.key: .*; the running "
+                     r"configuration and certificate are kept\n", text), text
+    (tls / "key.pem").write_bytes(good_key)
+    set_key(srv, "server", "shutdown_grace = 7")
+    assert srv.cli("reload").returncode == 0
+    wait_status(srv, lambda s: zoned(s["config_loaded"]) > loaded)
+    text = srv.cli("status").stdout
+    assert re.search(r"\nreload:       ok \d+ s ago; kept as running until a restart: "
+                     r"server\.shutdown_grace\n", text), text

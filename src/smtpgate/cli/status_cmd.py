@@ -170,6 +170,24 @@ def _ago(t: float) -> str:
     return f"{seconds} s ago"
 
 
+def _reload_line(last: Any) -> str | None:
+    """The last reload's outcome, or None before the first.
+
+    Why on screen: a reload sent by logrotate's or certbot's hook (``systemctl
+    reload`` reports only that the signal was sent) can fail, and the server then
+    keeps its old certificate and configuration while the ``certificate:`` line reads
+    the new file from disk; without this line `status` looked healthy."""
+    if not isinstance(last, dict) or not isinstance(last.get("at"), int | float):
+        return None
+    when = _ago(last["at"])
+    if not last.get("ok"):
+        return (f"FAILED {when}: {last.get('error') or 'see the server log'}; the "
+                "running configuration and certificate are kept")
+    kept = [str(k) for k in last.get("kept") or []]
+    return f"ok {when}" + (f"; kept as running until a restart: {', '.join(kept)}"
+                           if kept else "")
+
+
 def _print(doc: dict[str, Any]) -> None:
     srv = doc["server"]
     if not srv["running"]:
@@ -182,6 +200,8 @@ def _print(doc: dict[str, Any]) -> None:
         if "config_file" in srv:
             echo(f"config:       {srv['config_file'] or '(embedded)'}, loaded "
                        f"{_ago(srv['config_loaded'])}")
+            if (reload := _reload_line(srv.get("last_reload"))) is not None:
+                echo(f"reload:       {reload}")
             for lst in srv["listeners"]:
                 echo(f"listener:     {lst['name']} {lst['address']} "
                      f"({lst['tls']}{status_file.proxy_note(lst)})")

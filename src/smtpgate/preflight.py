@@ -147,9 +147,27 @@ def _read_only(path: Path) -> bool:
         return False
 
 
+def _under_systemd() -> bool:
+    """Whether this process runs as a systemd service: systemd sets ``INVOCATION_ID``
+    for every process of a unit (systemd.exec(5)), a login shell has none."""
+    return bool(os.environ.get("INVOCATION_ID"))
+
+
 def _not_writable(path: Path, access: str) -> str:
-    """Why ``path`` cannot be written: a read-only file system, or a permission."""
+    """Why ``path`` cannot be written: a read-only file system, or a permission.
+
+    Under systemd, a read-only file system is almost always the unit's sandbox
+    (``ProtectSystem=strict`` in smtpgate's unit leaves only its StateDirectory and
+    LogsDirectory writable), while ``mount`` in a shell shows the file system
+    read-write: "remount it" would send the operator the wrong way, so the message
+    names ``ReadWritePaths=`` instead."""
     if _read_only(path):
+        if _under_systemd():
+            return (f"{path} is read-only for this service (chown or chmod cannot help): "
+                    "the systemd unit's ProtectSystem=strict leaves only its "
+                    "StateDirectory and LogsDirectory writable; add the directory to "
+                    "ReadWritePaths= in a drop-in (systemctl edit smtpgate), or point "
+                    "the setting at a writable directory")
         return (f"{path} is on a read-only file system (chown or chmod cannot help): "
                 "remount it read-write, or point the setting at a writable directory")
     return _denied(path, access)

@@ -12,6 +12,8 @@ import os
 import re
 import shutil
 import sqlite3
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,6 +29,7 @@ from smtpgate.config import Config, load_config
 from smtpgate.preflight import Problem, loosenings, run_checks
 from smtpgate.tls.certs import write_self_signed
 from tests.unit.as_nobody import NOBODY, run_as_nobody
+from tests.unit.cli_support import write_config
 
 
 @pytest.fixture
@@ -223,6 +226,7 @@ def test_read_only_maildir_says_read_only_not_chown_or_chmod(
 
     monkeypatch.setattr(os, "access", access)
     monkeypatch.setattr(os, "statvfs", statvfs)
+    monkeypatch.delenv("INVOCATION_ID", raising=False)  # not as a systemd service
     found = [p for p in run_checks(cfg) if p.key == "delivery.maildir"]
     want = (f"{maildir} is on a read-only file system (chown or chmod cannot help): "
             "remount it read-write, or point the setting at a writable directory")
@@ -706,3 +710,41 @@ def test_relay_without_tls_is_said_in_english(gate: Path, user: str, said: str) 
     cfg = config(gate, **{'mode = "maildir"': 'mode = "relay"\nrelay_host = "127.0.0.1"\n'
                           f'relay_tls = "none"\n{user}'})
     assert only(loosenings(cfg), "warning")["delivery.relay_tls"] == said
+
+
+def _in_read_only_mount(directory: Path, command: list[str],
+                        env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``command`` in a mount namespace of its own where ``directory`` is a read-only
+    bind mount, as systemd's ProtectSystem=strict leaves a path outside the unit's
+    writable directories."""
+    script = (f'mount --make-rprivate / && mount --bind -o ro "{directory}" "{directory}" '
+              '&& exec "$@"')
+    return subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", *command],
+                          check=False, env=env, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
+                    reason="needs root and unshare(1) for a read-only bind mount")
+def test_read_only_under_systemd_names_read_write_paths(tmp_path: Path) -> None:
+    """A Maildir outside /var/lib/smtpgate under the shipped unit: ProtectSystem=strict
+    mounts it read-only for the service alone, and `serve` said "remount it
+    read-write" of a file system that `mount` shows read-write. A real read-only
+    bind mount and a real `serve` with systemd's INVOCATION_ID: the message names
+    ReadWritePaths=; from a shell (no INVOCATION_ID) it stays as it was."""
+    ro = tmp_path / "vmail"
+    ro.mkdir()
+    path = write_config(tmp_path)
+    write_self_signed(tmp_path / "cert.pem", tmp_path / "key.pem", "mx.example.org")
+    path.write_text(path.read_text() + f'\n[delivery]\nmode = "maildir"\nmaildir = "{ro}/mail"\n')
+    smtpgate = str(Path(sys.executable).parent / "smtpgate")
+    env = {**os.environ, "INVOCATION_ID": "0123456789abcdef0123456789abcdef"}
+    done = _in_read_only_mount(ro, [smtpgate, "serve", "--config", str(path)], env)
+    assert done.returncode == 2, done.stderr
+    assert (f"cannot start: delivery.maildir: cannot create {ro}/mail: {ro} is read-only "
+            "for this service") in done.stderr
+    assert "ReadWritePaths= in a drop-in (systemctl edit smtpgate)" in done.stderr
+    env.pop("INVOCATION_ID")
+    done = _in_read_only_mount(ro, [smtpgate, "config", "check", "--config", str(path)], env)
+    assert done.returncode == 1
+    out = done.stdout + done.stderr
+    assert "is on a read-only file system" in out and "ReadWritePaths" not in out

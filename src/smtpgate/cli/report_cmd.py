@@ -26,6 +26,7 @@ from smtpgate.cli.common import (
 from smtpgate.cli.output import Table, echo, text
 from smtpgate.plural import count
 from smtpgate.policy.report import Thresholds, build_report, read_records
+from smtpgate.policy.rotated_logs import rotated_siblings
 
 
 def _table(title: str, columns: tuple[str, ...], rows: list[tuple[object, ...]]) -> Table:
@@ -44,7 +45,8 @@ def _table(title: str, columns: tuple[str, ...], rows: list[tuple[object, ...]])
               help="Period: 24h, 7d, 30m ... ('all' for the whole log).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object (for SIEMs).")
 @click.option("--log", "logs", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Auth log file(s) to read (default: [auth].log_file); repeat for rotated files (.gz too).")
+              help="Auth log file(s) to read (default: [auth].log_file and its rotated "
+              "copies of the period); repeat for several (.gz too).")
 @config_option
 def report(since: str, as_json: bool, logs: tuple[Path, ...], config_path: Path | None) -> None:
     """Summarise authentication: successes and failures per account, mechanisms,
@@ -56,7 +58,11 @@ def report(since: str, as_json: bool, logs: tuple[Path, ...], config_path: Path 
     if not paths:
         if cfg.auth.log_file is None or str(cfg.auth.log_file) in ("", "."):
             raise click.UsageError("no auth log: [auth].log_file is empty; pass --log PATH")
-        paths = [cfg.path(cfg.auth.log_file)]
+        current = cfg.path(cfg.auth.log_file)
+        # The period may reach back past the last rotation (policy/rotated_logs.py).
+        paths = [*rotated_siblings(current, start), current]
+        if len(paths) > 1 and not current.is_file():
+            paths.remove(current)  # rotated, the server not yet written again
     missing = [p for p in paths if not p.is_file()]
     if missing:
         # An empty report from a wrong path would read as "no attacks".

@@ -3,7 +3,8 @@
 It decides nothing: the engine words every reply, `server/decisions.py` answers its
 decision events. One that needs I/O runs in a task, during which the engine reads
 no command; one that raises is logged with its traceback and answered as a
-temporary failure. Replies produced by one batch of input are written in one go.
+temporary failure. Replies produced by one batch of input are written in one go,
+once the engine needs more input (or the 354 that the client waits for).
 """
 
 from __future__ import annotations
@@ -329,9 +330,11 @@ class SmtpConnection(asyncio.Protocol):
                 incoming = self.decisions.receiving.incoming
                 incoming.on_flushed = partial(self._disk_flushed, incoming)
             if pending is not None:
-                self._flush()
+                # The replies gathered so far wait for the decision's: the client
+                # reads none before it has its whole pipelined group's, and RFC
+                # 2920 §3 asks for them as a unit (they went out in two writes).
                 self._task = self._loop.create_task(self._decide(pending))
-                break
+                return
         self._flush()
 
     async def _decide(self, pending: Pending[Any]) -> None:

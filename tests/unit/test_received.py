@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import email.header
+import email.utils
 
 import pytest
 
@@ -41,7 +42,7 @@ def test_received_header_parses_and_names_login() -> None:
     assert msg["X-Injected"] is None  # the HELO cannot break the header
     value = " ".join(msg["Received"].split())
     assert "with ESMTPSA" in value and "Authenticated sender: alice@example.org" in value
-    assert value.endswith("Thu, 01 Jan 1970 00:00:00 GMT")
+    assert value.endswith("Thu, 01 Jan 1970 00:00:00 +0000")
     assert all(line.startswith((b"Received:", b"\t")) for line in raw.split(b"\r\n")[:-1])
 
 
@@ -54,9 +55,9 @@ def test_the_date_is_the_timestamps_own_second_also_when_remembered() -> None:
         raw = received_header(helo="c", client_ip="192.0.2.1", hostname="mx", esmtp=True,
                               tls_version=None, cipher=None, identity="", queue_hint="Q",
                               timestamp=ts)
-        expected = email.utils.formatdate(int(ts), usegmt=True)
+        expected = email.utils.formatdate(int(ts)).replace("-0000", "+0000")
         assert raw.decode().rstrip("\r\n").endswith("\t" + expected)
-        assert expected == email.utils.formatdate(ts, usegmt=True)
+        assert expected == email.utils.formatdate(ts).replace("-0000", "+0000")
 
 
 @pytest.mark.parametrize("smtputf8", [True, False])
@@ -102,3 +103,16 @@ def test_the_client_address_is_an_rfc5321_address_literal(client_ip: str, litera
                           esmtp=True, tls_version=None, cipher=None, identity="",
                           queue_hint="Q", timestamp=0)
     assert raw.startswith(f"Received: from client.example ({literal})\r\n".encode())
+
+
+def test_the_date_is_in_rfc5322_syntax_not_its_obsolete_zone() -> None:
+    """Found on a default install (smtp15): the stamp ended "... 13:42:50 GMT". RFC
+    5322 lists "GMT" only among the obsolete zones (§4.3), which must not be
+    generated (§4); the Date field smtpgate adds said "+0000" for the same time.
+    UTC is "+0000" ("-0000" would mean the zone is unknown, §3.3)."""
+    raw = received_header(helo="c", client_ip="192.0.2.1", hostname="mx", esmtp=True,
+                          tls_version=None, cipher=None, identity="", queue_hint="Q",
+                          timestamp=1_796_218_970).decode()
+    stamp = raw.rstrip("\r\n").rpartition("\t")[2]
+    assert stamp == "Wed, 02 Dec 2026 13:42:50 +0000"
+    assert email.utils.parsedate_to_datetime(stamp).timestamp() == 1_796_218_970

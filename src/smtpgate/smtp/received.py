@@ -5,6 +5,7 @@ from __future__ import annotations
 import email.header
 import email.utils
 import re
+from datetime import UTC, datetime
 from functools import lru_cache
 
 _UNSAFE = re.compile(r"[^\x21-\x7e]")
@@ -17,8 +18,11 @@ _HELO_UNSAFE = re.compile(r"[^\x21-\x7e]|[();\\]")
 @lru_cache(maxsize=4)
 def _date(second: int) -> str:
     """RFC 5322 date of a whole second: the header names no fraction, and a busy
-    server stamps many messages in the same second (email.utils takes ~4 µs)."""
-    return email.utils.formatdate(second, localtime=False, usegmt=True)
+    server stamps many messages in the same second (email.utils takes ~4 µs).
+    UTC is written ``+0000``: the zone ``GMT`` (email.utils's ``usegmt``, meant for
+    HTTP) is RFC 5322 §4.3 obsolete syntax, which §4 says must not be generated,
+    and ``-0000`` would say the zone is unknown (§3.3)."""
+    return email.utils.format_datetime(datetime.fromtimestamp(second, UTC))
 
 
 def _account(identity: str, smtputf8: bool) -> str:

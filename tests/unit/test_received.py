@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import email
 import email.header
+import email.policy
 import email.utils
+import re
 
 import pytest
 
@@ -116,3 +118,23 @@ def test_the_date_is_in_rfc5322_syntax_not_its_obsolete_zone() -> None:
     stamp = raw.rstrip("\r\n").rpartition("\t")[2]
     assert stamp == "Wed, 02 Dec 2026 13:42:50 +0000"
     assert email.utils.parsedate_to_datetime(stamp).timestamp() == 1_796_218_970
+
+
+@pytest.mark.parametrize("smtputf8", [True, False])
+def test_an_account_name_with_parentheses_stays_inside_its_comment(smtputf8: bool) -> None:
+    """Found on a default install (smtp15): ``smtpgate user add`` takes the name
+    a)b(c\\d@localhost, and its Received comment read "(Authenticated sender:
+    a)b(c\\d@localhost)": the ")" ended the comment, the rest stood as the
+    header's own words, and the backslash quoted the final ")". RFC 5322 §3.2.2
+    writes these three as quoted-pairs inside a comment."""
+    raw = received_header(helo="c", client_ip="192.0.2.1", hostname="mx", esmtp=True,
+                          tls_version=None, cipher=None, identity="a)b(c\\d@example.org",
+                          queue_hint="Q", timestamp=0, smtputf8=smtputf8).decode()
+    assert "\t(Authenticated sender: a\\)b\\(c\\\\d@example.org)\r\n" in raw
+    # An RFC 5322 parser's view: the comment is one, and holds the name as it is.
+    msg = email.message_from_string(raw + "Subject: x\r\n\r\nbody\r\n",
+                                    policy=email.policy.default)
+    comments = [t for t in msg["Received"].split("\t") if t.startswith("(Authenticated")]
+    assert len(comments) == 1
+    unescaped = re.sub(r"\\(.)", r"\1", comments[0].strip()[1:-1])
+    assert unescaped == "Authenticated sender: a)b(c\\d@example.org"

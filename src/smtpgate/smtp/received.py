@@ -31,10 +31,23 @@ def _account(identity: str, smtputf8: bool) -> str:
     6532 §3.2), else as RFC 2047 encoded words (§5 (2): allowed in a comment),
     never as ``j?rg``, which names no one."""
     if identity.isascii():
-        return _UNSAFE.sub("?", identity)
+        return _in_comment(_UNSAFE.sub("?", identity))
     if smtputf8:
-        return "".join(c if c.isprintable() and not c.isspace() else "?" for c in identity)
+        return _in_comment("".join(c if c.isprintable() and not c.isspace() else "?"
+                                   for c in identity))
     return email.header.Header(identity, "utf-8").encode(linesep=" ")
+
+
+#: What a comment's text cannot hold as it is (RFC 5322 §3.2.2 ctext).
+_COMMENT_SPECIALS = re.compile(r"[()\\]")
+
+
+def _in_comment(text: str) -> str:
+    """``text`` as comment content: ``(``, ``)`` and ``\\`` as quoted-pairs (RFC
+    5322 §3.2.2). An account named ``a)b@x`` (the account store takes it) would
+    otherwise end the comment early, leaving ``b@x)`` as the header's own words;
+    escaped, a reader shows the name as it is."""
+    return _COMMENT_SPECIALS.sub(lambda m: "\\" + m[0], text)
 
 
 def _address_literal(client_ip: str) -> str:

@@ -51,6 +51,10 @@ def test_rset_forgets_the_parameters() -> None:
     b"MAIL FROM:<a@example.org> RET\r\n",
     b"MAIL FROM:<a@example.org> ENVID=" + b"x" * 101 + b"\r\n",
     b"MAIL FROM:<a@example.org> ENVID=a+0D+0AX-Injected:+20yes\r\n",  # encoded CR LF
+    # RFC 3461 §4.4: printable US-ASCII. Found by smtp15: +C3+A4 was kept as two
+    # Latin-1 characters and relayed as ENVID=a+C3+83+C2+A4; +9B is a C1 CSI.
+    b"MAIL FROM:<a@example.org> ENVID=a+C3+A4\r\n",
+    b"MAIL FROM:<a@example.org> ENVID=a+9B2J\r\n",
 ])
 def test_malformed_mail_parameters_get_501(command: bytes) -> None:
     d = authed()
@@ -64,6 +68,9 @@ def test_malformed_mail_parameters_get_501(command: bytes) -> None:
     b"NOTIFY",
     b"ORCPT=bob@example.net",  # no addr-type
     b"ORCPT=rfc822;b+0Ab",  # an encoded LF
+    # RFC 3461 §4.2: printable US-ASCII (UTF-8 has RFC 6533's utf-8 type); it was
+    # kept as j\xc3\xb6rg, relayed as j+C3+83+C2+B6rg and reported as j??rg.
+    b"ORCPT=rfc822;j+C3+B6rg@example.net",
 ])
 def test_malformed_rcpt_parameters_get_501(param: bytes) -> None:
     d = authed()

@@ -23,6 +23,25 @@ class DsnParamError(ValueError):
     """A DSN parameter is malformed (the reply is 501)."""
 
 
+def _ascii_xtext(value: str, what: str) -> str:
+    """``value`` decoded from xtext, which must give printable US-ASCII: RFC 3461
+    §4.2 and §4.4 say so of the original recipient address and of ENVID. An
+    encoded octet over 127 (``+C3+A4``) decoded one code point per octet, so the
+    value was no longer the client's: a relay was sent ``+C3+83+C2+A4`` for it and
+    a report showed ``??``. (A UTF-8 address has RFC 6533's ``utf-8`` type.)
+
+    Raises:
+        DsnParamError: not xtext, or a control or non-ASCII octet encoded in it.
+    """
+    try:
+        decoded = decode_xtext(value)
+    except AddressError as e:
+        raise DsnParamError(f"{what}: {e}") from None
+    if not decoded.isascii():
+        raise DsnParamError(f"{what}: not US-ASCII once decoded")
+    return decoded
+
+
 @dataclass(frozen=True, slots=True)
 class RcptParams:
     """NOTIFY (upper-cased keywords; None if not given) and ORCPT ("type;address",
@@ -47,14 +66,11 @@ def parse_envid(value: str | None) -> str:
     """RFC 3461 §4.4: ENVID=<xtext>, kept decoded.
 
     Raises:
-        DsnParamError: missing, too long, or not xtext (controls refused).
+        DsnParamError: missing, too long, or not xtext of printable US-ASCII.
     """
     if not value or len(value) > MAX_ENVID:
         raise DsnParamError("ENVID must be 1 to 100 characters of xtext")
-    try:
-        return decode_xtext(value)
-    except AddressError as e:
-        raise DsnParamError(f"ENVID: {e}") from None
+    return _ascii_xtext(value, "ENVID")
 
 
 def parse_notify(value: str | None) -> tuple[str, ...]:
@@ -80,17 +96,18 @@ def parse_orcpt(value: str | None, *, utf8: bool = False) -> str:
     in an SMTPUTF8 transaction (``utf8``) may carry UTF-8 as it is.
 
     Raises:
-        DsnParamError: no type, too long, or not xtext (controls refused).
+        DsnParamError: no type, too long, or not xtext (of printable US-ASCII
+            for a type other than ``utf-8``).
     """
     if not value or len(value) > MAX_ORCPT:
         raise DsnParamError("ORCPT must be 1 to 500 characters")
     addr_type, semi, address = value.partition(";")
     if not semi or not addr_type or not address or not addr_type.isascii():
         raise DsnParamError("ORCPT must be addr-type;address")
+    if not utf8_addr.is_utf8_type(addr_type):
+        return f"{addr_type};{_ascii_xtext(address, 'ORCPT')}"
     try:
-        if utf8_addr.is_utf8_type(addr_type):
-            return f"{utf8_addr.UTF8_TYPE};{utf8_addr.decode(address, unitext=utf8)}"
-        return f"{addr_type};{decode_xtext(address)}"
+        return f"{utf8_addr.UTF8_TYPE};{utf8_addr.decode(address, unitext=utf8)}"
     except AddressError as e:
         raise DsnParamError(f"ORCPT: {e}") from None
 

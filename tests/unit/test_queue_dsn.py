@@ -502,3 +502,13 @@ def test_rfc3464_s2_3_5_report_carries_remote_mta_before_diagnostic_code(action:
     assert carol["Remote-MTA"] is None
     assert carol["Diagnostic-Code"].startswith("x-smtpgate; 4.4.1")
     assert email.message_from_bytes(data, policy=email.policy.strict).defects == []
+
+
+def test_the_reports_dates_are_rfc5322_not_its_obsolete_zone() -> None:
+    """Found by smtp15: a report's Date and Arrival-Date ended in "GMT", RFC 5322's
+    obsolete zone (§4.3), which §4 says must not be generated; UTC is "+0000"."""
+    data = build(env(), [Outcome("bob@example.net", "bounced", "RCPT TO: 550 5.1.1 no")])
+    assert data is not None
+    assert email.message_from_bytes(data)["Date"] == "Tue, 14 Nov 2023 22:15:00 +0000"
+    per_message, _ = parts(data)[1].get_payload()
+    assert per_message["Arrival-Date"] == "Tue, 14 Nov 2023 22:13:20 +0000"

@@ -21,7 +21,6 @@ delays are reported, successes not, which is what RFC 3461 §4.1 allows.
 
 from __future__ import annotations
 
-import email.utils
 import re
 import secrets
 from collections.abc import Sequence
@@ -30,6 +29,7 @@ from dataclasses import dataclass
 from smtpgate.queue.envelope import Envelope
 from smtpgate.queue.state import Outcome
 from smtpgate.smtp import utf8_addr
+from smtpgate.smtp.received import utc_date
 
 #: An enhanced status code (RFC 3463) inside a reply or a diagnostic; not three
 #: numbers of a dotted IPv4 address ("relay 192.5.1.1:25" holds no 5.1.1).
@@ -156,7 +156,7 @@ def build_report(
     failed = any(r.action == "failed" for r in reports)
     delayed = all(r.action == "delayed" for r in reports)
     boundary = f"{queue_id}/{secrets.token_hex(8)}"
-    date = email.utils.formatdate(now, usegmt=True)
+    date = utc_date(now)
     host = _clean(reporting_mta)
     if failed:
         subject = "Undelivered Mail Returned to Sender"
@@ -177,7 +177,7 @@ def build_report(
     per_message.append(f"X-Smtpgate-Queue-ID: {queue_id}")
     if envelope.received_at:
         per_message.append(
-            "Arrival-Date: " + email.utils.formatdate(envelope.received_at, usegmt=True))
+            "Arrival-Date: " + utc_date(envelope.received_at))
     blocks = ["\r\n".join(per_message)]
     for r in reports:
         fields = []

@@ -25,6 +25,13 @@ def _date(second: int) -> str:
     return email.utils.format_datetime(datetime.fromtimestamp(second, UTC))
 
 
+def utc_date(timestamp: float) -> str:
+    """RFC 5322 §3.3 date-time of ``timestamp``'s whole second in UTC (``+0000``):
+    what smtpgate writes in the header fields it makes (Received, a report's Date
+    and Arrival-Date), never the obsolete zone ``GMT``."""
+    return _date(int(timestamp))
+
+
 def _account(identity: str, smtputf8: bool) -> str:
     """The account name as the Received comment shows it: printable ASCII as it
     is; a UTF-8 name (``jörg@example.org``) as UTF-8 in an SMTPUTF8 message (RFC

@@ -137,7 +137,13 @@ def render_markdown() -> str:
     lines += ["", "Out-of-band moves:", ""]
     for (a, b), why in SPECIAL.items():
         lines.append(f"- {a.value} -> {b.value}: {why}")
-    lines += ["", "Any other command in a state gets a 503 5.5.1 reply and changes nothing.",
+    lines += ["", "Any other command in a state gets a 503 5.5.1 reply and changes nothing,",
+              "with two exceptions: MAIL, RCPT, DATA and BDAT before a login get 530 5.7.0",
+              "whatever the state (RFC 6409 §4.3: `Authentication required`,",
+              "or `Must issue a STARTTLS command first` in clear), so a probe learns",
+              "nothing of the order; and a verb the server does not know gets 500 5.5.2.",
+              "A command in its state may still be refused for its own reasons",
+              "(docs/smtp.md: EXPN is 502 5.5.1, a malformed argument 501).",
               "A refused BDAT whose size could be read still has its octets read and",
               "discarded (never run as commands); one whose size cannot be read ends the",
               "session (501)."]

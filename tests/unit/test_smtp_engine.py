@@ -7,7 +7,8 @@ import base64
 import pytest
 
 from smtpgate.smtp import replies as R
-from smtpgate.smtp.events import AuthFinished, StartTls
+from smtpgate.smtp.dsn_params import RcptParams
+from smtpgate.smtp.events import AuthFinished, MessageStart, StartTls
 from smtpgate.smtp.states import TRANSITIONS, State
 
 from .engine_driver import Driver
@@ -353,6 +354,26 @@ def test_rfc5321_full_transaction_and_dot_unstuffing() -> None:
     assert d.messages[0].recipients == ("bob@example.net",)
 
 
+def test_a_recipient_given_twice_is_accepted_and_kept_once() -> None:
+    """Found by smtp15: RCPT TO:<a@b.example> twice (a client putting one address
+    in To and Cc) was kept twice in the envelope: it counted twice toward
+    limits.max_recipients, the log said rcpts=3 for two addresses, and the
+    envelope's DSN parameters named it twice. Both RCPTs are answered 250; the
+    envelope has the address once, with the first one's DSN parameters. A local part that differs in case is another mailbox (RFC 5321
+    §2.4) and stays; the domain was already made lower case."""
+    d = authed()
+    out = d.feed(
+        b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@example.net> NOTIFY=NEVER\r\n"
+        b"RCPT TO:<bob@EXAMPLE.net>\r\nRCPT TO:<Bob@example.net>\r\n"
+        b"RCPT TO:<bob@example.net> NOTIFY=SUCCESS\r\nDATA\r\nSubject: t\r\n\r\nx\r\n.\r\n"
+    )
+    assert codes(out) == ([str(R.SENDER_OK)] + [str(R.RECIPIENT_OK)] * 4
+                          + [str(R.START_DATA), str(R.MESSAGE_ACCEPTED)])
+    assert d.messages[0].recipients == ("bob@example.net", "Bob@example.net")
+    (start,) = [e for e in d.events if isinstance(e, MessageStart)]
+    assert start.dsn.rcpts == (("bob@example.net", RcptParams(("NEVER",), None)),)
+
+
 def test_rfc2920_pipelined_group_replies_in_order_whole_and_bytewise() -> None:
     group = (
         b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<b@example.net>\r\nRCPT TO:<c@example.net>\r\n"
@@ -556,3 +577,10 @@ def test_an_idle_timeout_inside_data_does_not_say_waiting_for_command() -> None:
     idle = Driver.new()
     idle.engine.timeout()
     assert codes(idle.engine.data_to_send()) == [str(R.TIMEOUT)]
+
+
+def test_a_recipient_given_twice_counts_once_toward_max_recipients() -> None:
+    d = authed(max_recipients=2)
+    out = d.feed(b"MAIL FROM:<alice@example.org>\r\n" + b"RCPT TO:<bob@example.net>\r\n" * 3
+                 + b"RCPT TO:<carol@example.net>\r\n")
+    assert codes(out) == [str(R.SENDER_OK)] + [str(R.RECIPIENT_OK)] * 4

@@ -796,6 +796,12 @@ class ServerEngine:
 
     def _respond_rcpt(self, event: RcptTo, reply: R.Reply | None) -> None:
         if reply is None or reply.code < 400:
+            if event.recipient in self._recipients:
+                # The same address twice (To and Cc alike): accepted, and kept
+                # once, as Postfix's cleanup does; the first RCPT's DSN parameters
+                # stand. Kept twice, it counted twice toward max_recipients.
+                self._send(reply or R.RECIPIENT_OK)
+                return
             self._recipients.append(event.recipient)
             if event.dsn is not None:
                 self._dsn = replace(self._dsn, rcpts=(*self._dsn.rcpts,

@@ -126,3 +126,13 @@ def test_a_directory_init_cannot_make_is_one_error_not_a_traceback(
     assert r.exit_code == 1, r.output
     assert r.exception is None or isinstance(r.exception, SystemExit), r.exception
     assert f"error: cannot create {blocked}" in r.output
+
+
+def test_every_printed_command_names_the_config(tmp_path: Path) -> None:
+    # init printed `smtpgate admin add NAME` and `smtpgate user passwd`, which stop
+    # at "no config: pass --config PATH or set SMTPGATE_CONFIG" as printed.
+    config = tmp_path / "var/smtpgate.toml"
+    code, out = init("--dir", str(tmp_path / "var"))
+    assert code == 0, out
+    assert f"admin add NAME --config {config}`" in out
+    assert f"user passwd demo@localhost --config {config}`" in out

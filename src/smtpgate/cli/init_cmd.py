@@ -281,6 +281,9 @@ def _create(
     config_path.write_text(text, encoding="utf-8")
     if who is not None:
         _hand_over(cfg, config_path, who, created_config_dir, log_file)
+    # Every command printed below runs as shown: there is no default config path, so
+    # each names this one (a bare `smtpgate admin add NAME` stopped at "no config").
+    prog = sys.argv[0] if sys.argv and sys.argv[0].endswith("smtpgate") else "smtpgate"
     click.echo(f"wrote {config_path}")
     click.echo(f"  certificate: {directory / 'tls/cert.pem'} (self-signed, ECDSA P-256)")
     click.echo(f"  accounts:    {cfg.path(cfg.accounts.database)}")
@@ -288,7 +291,7 @@ def _create(
         click.echo(f"  metrics:     {cfg.metrics.url} (after `smtpgate serve`)")
     if cfg.admin.url:
         click.echo(f"  web admin:   {cfg.admin.url} (create a login with "
-                   "`smtpgate admin add NAME`)")
+                   f"`{prog} admin add NAME --config {config_path}`)")
     if state is not None or logs is not None:
         click.echo(f"  state:       {state or directory}")
         click.echo(f"  logs:        {logs or directory}")
@@ -305,13 +308,13 @@ def _create(
         )
     if password:
         click.echo(f"demo account: {user}")
-        click.echo(f"    password: {password}    (shown once; change it with `smtpgate user passwd`)")
+        click.echo(f"    password: {password}    (shown once; change it with "
+                   f"`{prog} user passwd {user} --config {config_path}`)")
         click.echo("send a test message (after `smtpgate serve`):")
         host, port = cfg.listeners[0].host_port
         # A wildcard address is not in the certificate: the test goes to loopback.
         host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
         server = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        prog = sys.argv[0] if sys.argv and sys.argv[0].endswith("smtpgate") else "smtpgate"
         click.echo(
             f"  echo '{password}' | {prog} test --server {server} --starttls "
             f"--ca {directory / 'tls/cert.pem'} --user {user} --password-stdin "

@@ -77,7 +77,59 @@ def resolve(cfg: Config) -> RunAs | None:
         raise StartupError("server.user", f"running as uid {os.geteuid()}: switching to "
                                           f"{name!r} needs starting as root")
     groups = tuple(sorted(set(os.getgrouplist(name, gid))))
-    return RunAs(name, pw.pw_uid, gid, groups)
+    who = RunAs(name, pw.pw_uid, gid, groups)
+    for path in _python_paths():
+        closed = unreadable_by(path, who)
+        if closed is not None:
+            # Each process goes on importing (lazily) after it drops: a Python under
+            # /root (pyenv, say) then fails with "No module named ..." in a worker.
+            raise StartupError("server.user", f"{name!r} cannot read {closed}, on the way to "
+                                              f"{path}, which smtpgate imports from after "
+                                              "switching to that user: install it with a "
+                                              "Python that user can read (the system's "
+                                              "python3 -m venv, not one under /root)")
+    return who
+
+
+def _python_paths() -> list[Path]:
+    """Where a process that has dropped to the user still imports from: the standard
+    library (with its extension modules) and the installed smtpgate."""
+    import sysconfig
+
+    import smtpgate
+
+    return [Path(sysconfig.get_paths()["stdlib"]), Path(smtpgate.__file__).parent]
+
+
+def unreadable_by(path: Path, who: RunAs) -> Path | None:
+    """The first directory on the way to ``path`` that ``who`` may not enter (or, for
+    ``path`` itself, list), by its mode bits; None when every one lets it through.
+    A directory with an ACL is taken as readable: its mode bits do not tell."""
+    target = path.resolve()
+    for directory in (*reversed(target.parents), target):
+        try:
+            st = directory.stat()
+        except OSError:
+            return directory
+        if "system.posix_acl_access" in _xattrs(directory):
+            continue
+        need = 0o5 if directory == target else 0o1
+        if st.st_uid == who.uid:
+            bits = st.st_mode >> 6
+        elif st.st_gid == who.gid or st.st_gid in who.groups:
+            bits = st.st_mode >> 3
+        else:
+            bits = st.st_mode
+        if bits & need != need:
+            return directory
+    return None
+
+
+def _xattrs(path: Path) -> list[str]:
+    try:
+        return os.listxattr(path)
+    except OSError:
+        return []
 
 
 def state_paths(cfg: Config) -> Iterator[Path]:

@@ -1,0 +1,88 @@
+"""``[server] user`` with a Python the user cannot read (a pyenv under /root): each
+process dropped to the user and then failed at its first lazy import ("No module
+named 'netrc'" from the delivery process); serve now refuses to start, naming
+server.user and the directory in the way."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from smtpgate.config import Config, ListenerConfig
+from smtpgate.errors import StartupError
+from smtpgate.server import privileges
+from smtpgate.server.privileges import RunAs, unreadable_by
+
+NOBODY = RunAs("nobody", 65534, 65534, (65534,))
+
+
+@pytest.fixture
+def open_tmp() -> Iterator[Path]:
+    """A directory every user may enter (pytest's open_tmp is under a 0700 one)."""
+    path = Path(tempfile.mkdtemp())
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        for d in path.rglob("*"):
+            d.chmod(0o755)
+        shutil.rmtree(path)
+
+
+def test_a_closed_directory_on_the_way_is_named(open_tmp: Path) -> None:
+    closed = open_tmp / "home"
+    (closed / "lib/python3").mkdir(parents=True)
+    closed.chmod(0o700)
+    assert unreadable_by(closed / "lib/python3", NOBODY) == closed.resolve()
+    closed.chmod(0o711)  # enter, not list: enough on the way
+    assert unreadable_by(closed / "lib/python3", NOBODY) is None
+    (closed / "lib/python3").chmod(0o711)  # the target itself must be listable
+    assert unreadable_by(closed / "lib/python3", NOBODY) == (closed / "lib/python3").resolve()
+
+
+def test_group_and_owner_bits_count_for_their_own(open_tmp: Path) -> None:
+    d = open_tmp / "d"
+    d.mkdir()
+    st = d.stat()
+    owner = RunAs("x", st.st_uid, 65534, (65534,))
+    group = RunAs("y", 65533, st.st_gid, (st.st_gid,))
+    d.chmod(0o500)
+    assert unreadable_by(d, owner) is None
+    assert unreadable_by(d, group) == d.resolve()
+    d.chmod(0o050)
+    assert unreadable_by(d, group) is None
+    assert unreadable_by(d, owner) == d.resolve()
+
+
+def test_serve_refuses_a_python_the_user_cannot_read(
+    open_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    try:
+        pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no user nobody")
+    closed = open_tmp / "root"
+    (closed / "lib").mkdir(parents=True)
+    closed.chmod(0o700)
+    monkeypatch.setattr(privileges, "_python_paths", lambda: [closed / "lib"])
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    cfg = Config.model_validate({
+        "listeners": [ListenerConfig(name="s", address="127.0.0.1:2587", tls="starttls")],
+        "server": {"user": "nobody"},
+    })
+    with pytest.raises(StartupError) as e:
+        privileges.resolve(cfg)
+    assert e.value.key == "server.user"
+    assert f"'nobody' cannot read {closed.resolve()}" in str(e.value)
+
+
+def test_this_python_is_readable_by_its_owner() -> None:
+    for path in privileges._python_paths():
+        st = path.stat()
+        assert unreadable_by(path, RunAs("me", st.st_uid, st.st_gid, (st.st_gid,))) is None

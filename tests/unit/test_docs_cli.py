@@ -4,7 +4,8 @@ for the administrator who copies the line.
 
 Checked: lines of fenced code blocks that run smtpgate (after an optional `$ ` or
 `# ` prompt, `sudo -u USER` and a path to the program; a trailing `\\` continues
-the line), and inline code spans that start with `smtpgate `. Shell syntax after
+the line), and inline code spans that start with `smtpgate ` or a path to it
+(`.venv/bin/smtpgate `, as README.md's first steps write it). Shell syntax after
 the command (a pipe, a redirection, a comment) ends it; `A|B` alternatives and
 `[...]` brackets of a synopsis are read as their first word.
 """
@@ -45,7 +46,9 @@ def command_lines(text: str) -> list[tuple[int, str]]:
                     j += 1
                 out.append((n, cmd))
         else:
-            out.extend((n, m.group(1)) for m in re.finditer(r"`(smtpgate [^`]+)`", line))
+            # `smtpgate ...`, or with the path to the program (`.venv/bin/smtpgate ...`).
+            out.extend((n, m.group(1))
+                       for m in re.finditer(r"`(?:[\w.~/-]*/)?(smtpgate [^`]+)`", line))
     return out
 
 
@@ -107,6 +110,9 @@ def test_the_check_catches_a_renamed_option_or_command() -> None:
     assert problem(words_of("smtpgate queue purge"))
     assert problem(words_of("smtpgate user list --json | jq .name")) is None
     assert problem(words_of("smtpgate user add|passwd|remove USER")) is None
+    # The README's inline `.venv/bin/smtpgate ...` lines were not checked at all.
+    inline = command_lines("Run `.venv/bin/smtpgate admin add NAME --confg var/s.toml`.")
+    assert [problem(words_of(c)) for _, c in inline] == ["`smtpgate admin add` has no option --confg"]
 
 
 def _commands(command: click.Command, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], click.Command]]:

@@ -108,7 +108,7 @@ def test_a_group_without_a_user_is_a_config_error(tmp_path: Path) -> None:
 @pytest.mark.skipif(os.geteuid() != 0, reason="the drop target is resolved only as root")
 def test_nobody_resolves_with_its_groups(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # This Python may be one nobody cannot read (test_privileges_python.py tests that).
-    monkeypatch.setattr(privileges, "_python_paths", list)
+    monkeypatch.setattr(privileges, "python_paths", list)
     who = privileges.resolve(_cfg(tmp_path, user="nobody"))
     assert who is not None and who.user == "nobody" and who.uid != 0
     assert who.gid in who.groups

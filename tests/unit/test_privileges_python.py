@@ -70,7 +70,7 @@ def test_serve_refuses_a_python_the_user_cannot_read(
     closed = open_tmp / "root"
     (closed / "lib").mkdir(parents=True)
     closed.chmod(0o700)
-    monkeypatch.setattr(privileges, "_python_paths", lambda: [closed / "lib"])
+    monkeypatch.setattr(privileges, "python_paths", lambda: [closed / "lib"])
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     cfg = Config.model_validate({
         "listeners": [ListenerConfig(name="s", address="127.0.0.1:2587", tls="starttls")],
@@ -83,6 +83,33 @@ def test_serve_refuses_a_python_the_user_cannot_read(
 
 
 def test_this_python_is_readable_by_its_owner() -> None:
-    for path in privileges._python_paths():
+    for path in privileges.python_paths():
         st = path.stat()
         assert unreadable_by(path, RunAs("me", st.st_uid, st.st_gid, (st.st_gid,))) is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="init --owner needs root")
+def test_init_owner_warns_of_a_python_the_owner_cannot_read(
+    open_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # README step 2 then passed, and the service failed at its first start.
+    from click.testing import CliRunner
+
+    from smtpgate.cli.main import cli
+
+    closed = open_tmp / "root"
+    (closed / "lib").mkdir(parents=True)
+    closed.chmod(0o700)
+    args = ["init", "--owner", "nobody", "--no-demo"]
+    monkeypatch.setattr(privileges, "python_paths", lambda: [closed / "lib"])
+    result = CliRunner().invoke(cli, [*args, "--dir", str(open_tmp / "a/etc"),
+                                      "--state-dir", str(open_tmp / "a/lib"),
+                                      "--log-dir", str(open_tmp / "a/log")])
+    assert result.exit_code == 0, result.output
+    assert f"warning: user nobody cannot read {closed / 'lib'}, the Python" in result.output
+    monkeypatch.setattr(privileges, "python_paths", lambda: [open_tmp])
+    result = CliRunner().invoke(cli, [*args, "--dir", str(open_tmp / "b/etc"),
+                                      "--state-dir", str(open_tmp / "b/lib"),
+                                      "--log-dir", str(open_tmp / "b/log")])
+    assert result.exit_code == 0, result.output
+    assert "warning" not in result.output

@@ -27,6 +27,7 @@ from smtpgate.auth.decoy import create_decoy_secret, decoy_secret_path
 from smtpgate.cli.common import OperationalError
 from smtpgate.config import Config, ConfigError, check_hostname, parse_config
 from smtpgate.preflight import check_listeners
+from smtpgate.server import privileges
 
 #: Where the config init writes serves metrics and the web admin: loopback, the
 #: ports of issue 14's contract. A config written by hand opens only what it names.
@@ -417,6 +418,9 @@ def _check_as(who: _Owner, cfg: Config, config_path: Path) -> None:
         need.append((write, cfg.path(cfg.delivery.maildir) / "new"))
     if cfg.auth.log_file is not None:
         need.append((write, cfg.path(cfg.auth.log_file).parent))
+    # The Python this runs on, which the service will run on (the README's
+    # /opt/smtpgate/.venv): one under /root (pyenv) is not the owner's to read.
+    python = privileges.python_paths()
     # A forked child takes the owner's identity and asks the kernel (os.access uses
     # the real ids); no program has to be executable by the owner for this.
     read_end, write_end = os.pipe()
@@ -434,6 +438,12 @@ def _check_as(who: _Owner, cfg: Config, config_path: Path) -> None:
                     os.write(write_end, f"{verb} {path}".encode())
                     code = 1
                     break
+            else:
+                for path in python:
+                    if not os.access(path, os.R_OK | os.X_OK):
+                        os.write(write_end, str(path).encode())
+                        code = 3
+                        break
         except OSError:
             code = 2
         finally:
@@ -442,7 +452,15 @@ def _check_as(who: _Owner, cfg: Config, config_path: Path) -> None:
     with os.fdopen(read_end, "rb") as pipe:
         failed = pipe.read().decode(errors="replace")
     _, status = os.waitpid(pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
+    if os.waitstatus_to_exitcode(status) == 3:
+        # The files are right; the program may be replaced before the first start.
+        click.echo(
+            f"warning: user {who.name} cannot read {failed}, the Python smtpgate runs "
+            f"on: a server running as {who.name} cannot start from it; make the venv "
+            "with the system's python3 (README, \"Running it for real\")",
+            err=True,
+        )
+    elif os.waitstatus_to_exitcode(status) != 0:
         click.echo(
             f"error: user {who.name} cannot {failed or 'take the identity to check the files'}; "
             "check the permissions of the directories on the way",

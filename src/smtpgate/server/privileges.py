@@ -78,7 +78,7 @@ def resolve(cfg: Config) -> RunAs | None:
                                           f"{name!r} needs starting as root")
     groups = tuple(sorted(set(os.getgrouplist(name, gid))))
     who = RunAs(name, pw.pw_uid, gid, groups)
-    for path in _python_paths():
+    for path in python_paths():
         closed = unreadable_by(path, who)
         if closed is not None:
             # Each process goes on importing (lazily) after it drops: a Python under
@@ -91,7 +91,7 @@ def resolve(cfg: Config) -> RunAs | None:
     return who
 
 
-def _python_paths() -> list[Path]:
+def python_paths() -> list[Path]:
     """Where a process that has dropped to the user still imports from: the standard
     library (with its extension modules) and the installed smtpgate."""
     import sysconfig

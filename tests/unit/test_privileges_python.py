@@ -113,3 +113,12 @@ def test_init_owner_warns_of_a_python_the_owner_cannot_read(
                                       "--log-dir", str(open_tmp / "b/log")])
     assert result.exit_code == 0, result.output
     assert "warning" not in result.output
+
+
+def test_a_python_without_a_stdlib_directory_is_not_refused(
+    open_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sysconfig
+
+    monkeypatch.setattr(sysconfig, "get_paths", lambda: {"stdlib": str(open_tmp / "none")})
+    assert str(open_tmp / "none") not in map(str, privileges.python_paths())

@@ -98,7 +98,8 @@ def python_paths() -> list[Path]:
 
     import smtpgate
 
-    return [Path(sysconfig.get_paths()["stdlib"]), Path(smtpgate.__file__).parent]
+    paths = [Path(sysconfig.get_paths()["stdlib"]), Path(smtpgate.__file__).parent]
+    return [p for p in paths if p.is_dir()]  # an embedded Python may have no such directory
 
 
 def unreadable_by(path: Path, who: RunAs) -> Path | None:

@@ -42,7 +42,7 @@ NOT_KEYS = {
     "auth.result",  # the tester's JSON field (tester.md)
     "policy.rates.budget_left",  # a method (protection.md)
 }
-FILE_SUFFIX = re.compile(r"\.(sqlite|log|gz|lock|js|css|py|pem|json|toml|md)$")
+FILE_SUFFIX = re.compile(r"\.(sqlite|log|gz|lock|js|css|py|pem|json|toml|md)(\.\d+)?$")
 
 
 def _model_of(annotation: object) -> tuple[type[BaseModel], bool] | None:

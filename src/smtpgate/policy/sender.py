@@ -77,6 +77,7 @@ import unicodedata
 from email.errors import NonASCIILocalPartDefect, ObsoleteHeaderDefect
 
 from smtpgate import metrics
+from smtpgate.auth.authlog import neutralize
 from smtpgate.auth.sender_profile import SenderProfile
 from smtpgate.config import PolicyConfig
 from smtpgate.smtp import replies as R
@@ -252,9 +253,12 @@ def envelope_sender_refusal(
     owned = profile.owns(sender) if sender else policy.allow_null_sender
     if owned:
         return None
+    # The client wrote the address (Postfix passes an SMTPUTF8 one as sent, and a
+    # quoted-pair's control character raw): escaped, as the auth log escapes names.
     log.warning(
         "%s: user=%s MAIL FROM:<%s> not owned by the account%s",
-        where, profile.name, sender, "" if mode == "enforce" else " (logged only)",
+        where, neutralize(profile.name), neutralize(sender),
+        "" if mode == "enforce" else " (logged only)",
     )
     metrics.sender_policy_violation("mail_from", mode == "enforce")
     return R.SENDER_NOT_OWNED if mode == "enforce" else None
@@ -277,7 +281,7 @@ def from_header_refusal(
     found = header_from_addresses(header)
     if found is None and not policy.allow_missing_from_header:
         log.warning("%s: user=%s message has no From header%s",
-                    where, profile.name, "" if enforce else " (logged only)")
+                    where, neutralize(profile.name), "" if enforce else " (logged only)")
         metrics.sender_policy_violation("no_from", enforce)
         if enforce:
             return R.FROM_MISSING
@@ -291,7 +295,8 @@ def from_header_refusal(
         if bad:
             log.warning(
                 "%s: user=%s %s: %s not owned by the account%s",
-                where, profile.name, field, ", ".join(bad), "" if enforce else " (logged only)",
+                where, neutralize(profile.name), field, ", ".join(neutralize(a) for a in bad),
+                "" if enforce else " (logged only)",
             )
             metrics.sender_policy_violation(field.lower().replace("-", "_"), enforce)
             if enforce:

@@ -17,7 +17,7 @@ What it decides, for a request with a ``sasl_username`` (without one it answers
   (Postfix or smtpgate) sees them;
 - anything else: ``DUNNO``.
 
-A fault of the account directory answers ``DEFER_IF_PERMIT`` (451 4.3.0); the rate
+A fault of the account directory answers ``DEFER_IF_PERMIT`` (4.4.3); the rate
 counters fail open, as for smtpgate's own sessions. Requests on one connection
 are answered in order, one at a time.
 """
@@ -30,6 +30,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import cast
 
+from smtpgate.auth.authlog import neutralize
 from smtpgate.auth.directory import StoreError
 from smtpgate.auth.service import AuthContext
 from smtpgate.frontdoor.policy import (
@@ -66,7 +67,10 @@ class PolicyDecider:
         if state not in ("MAIL", "RCPT", "END-OF-MESSAGE"):
             return DUNNO
         rt = self.door.runtime
-        where = f"policy {req.get('queue_id') or req.get('instance') or '-'} {req.get('client_address')}"
+        # What Postfix sends is escaped where it is logged: the values are its
+        # client's (a sender, an SMTPUTF8 address) or whoever can reach the socket.
+        session = req.get("queue_id") or req.get("instance") or "-"
+        where = f"policy {neutralize(session, 64)} {neutralize(req.get('client_address'), 64)}"
         ctx = AuthContext(
             listener=self.door.listener.label,
             client_ip=req.get("client_address"),
@@ -86,7 +90,7 @@ class PolicyDecider:
             log.error("%s: sending policy unavailable: %s", where, e)
             return action_for(R.ACCOUNTS_UNAVAILABLE)
         if refusal is not None:
-            log.warning("%s: user=%s refused: %s", where, profile.name, refusal)
+            log.warning("%s: user=%s refused: %s", where, neutralize(profile.name), refusal)
             return action_for(R.ACCOUNT_MAY_NOT_SEND)
         instance = req.get("instance")
         rates = rt.rates
@@ -103,14 +107,15 @@ class PolicyDecider:
             return DUNNO
         budget = await rates.budget(profile, None)
         if budget.messages_left is not None and budget.messages_left <= 0:
-            log.warning("%s: user=%s message rate limit: %s", where, profile.name, budget.detail)
+            log.warning("%s: user=%s message rate limit: %s", where, neutralize(profile.name),
+                        neutralize(budget.detail))
             return action_for(R.MESSAGE_RATE_EXCEEDED)
         if state == "RCPT":
             so_far = recipients.get(instance, 0)
             left = budget.recipients_left
             if left is not None and so_far >= left:
                 log.warning("%s: user=%s recipient rate limit reached (%d left this hour)",
-                            where, profile.name, max(left, 0))
+                            where, neutralize(profile.name), max(left, 0))
                 return action_for(R.RECIPIENT_RATE_EXCEEDED)
             recipients[instance] = so_far + 1
             recipients.move_to_end(instance)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import shutil
 import smtplib
+import ssl
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -126,3 +127,24 @@ def test_malformed_or_oversize_requests_close_the_connection(stack: Stack, garba
     # A good request first is answered; the garbage after it gets nothing but the close.
     anonymous = b"request=smtpd_access_policy\nprotocol_state=RCPT\nsender=a@b.test\n\n"
     assert send_and_read_all(stack.policy_port, anonymous + garbage) == b"action=DUNNO\n\n"
+
+
+def test_a_control_character_in_the_sender_is_refused_as_not_owned(stack: Stack) -> None:
+    """Postfix accepts ``MAIL FROM:<"a\\<0x01>b"@...>`` (a quoted-pair) and passes the
+    control character raw in ``sender`` (unquoted: ``a<0x01>b@...``). smtpgate took that for a broken policy
+    protocol and closed, so the client got ``451 4.3.5 Server configuration
+    problem`` and Postfix logged a fault of the policy server: it is a sender the
+    account does not own, refused as any other, and escaped in smtpgate's log."""
+    ctx = ssl.create_default_context(cafile=str(stack.postfix.ca))
+    with smtplib.SMTP("127.0.0.1", stack.port, timeout=20) as s:
+        s.starttls(context=ctx)
+        s.login(SCRAM_USER, SCRAM_PASSWORD)
+        s.putcmd('MAIL FROM:<"a\\\x01b"@test.local>')
+        assert s.getreply()[0] == 250
+        s.putcmd("RCPT TO:<bob@example.net>")
+        code, text = s.getreply()
+    assert (code, text[:5]) == (554, b"5.7.1"), (text, stack.postfix.log())
+    assert b"Sender address not owned" in text
+    log = stack.smtpgate.log_text()
+    # Postfix drops the quotes: sender=a<0x01>b@test.local.
+    assert "MAIL FROM:<a\\x01b@test.local> not owned by the account" in log, log

@@ -46,7 +46,7 @@ def test_several_requests_per_connection(bytewise: bool) -> None:
 @pytest.mark.parametrize("data", [
     b"request=smtpd_access_policy\nno equals sign\n\n",
     b"=value\n\n",
-    b"request=smtpd_access_policy\nsender=a\x01b\n\n",
+    b"request=smtpd_access_policy\nsen\x01der=ab\n\n",  # a name Postfix never sends
     b"request=smtpd_access_policy\nsender=\xff\n\n",
     b"request=smtpd_access_policy\nsender=a\nsender=b\n\n",
     b"request=something_else\n\n",
@@ -58,6 +58,18 @@ def test_malformed_requests_are_protocol_errors(data: bytes) -> None:
     assert p.receive_data(data) == []
     assert p.error
     assert p.receive_data(REQUEST) == []  # nothing more is read
+
+
+def test_control_characters_in_a_value_are_part_of_it() -> None:
+    """Postfix 3.7 passes ``MAIL FROM:<"a\\<0x01>b"@x>`` (a quoted-pair) with the
+    control character raw in ``sender``. Refused as a protocol error, the client got
+    ``451 4.3.5 Server configuration problem`` and Postfix's log a fault of the
+    policy server, for a sender nobody owns. Only LF ends a value."""
+    p = PolicyParser()
+    odd = '"a\\\x01b\tc\x7f\x9b"@x.test'
+    got = p.receive_data(b"request=smtpd_access_policy\nsender=" + odd.encode() + b"\n\n" + REQUEST)
+    assert p.error is None
+    assert [r.get("sender") for r in got] == [odd, "alice@example.org"]
 
 
 def test_oversize_line_refused_before_its_newline() -> None:

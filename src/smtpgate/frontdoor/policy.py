@@ -12,9 +12,11 @@ carries the SMTP session's facts (``request=smtpd_access_policy``,
 adds attributes over its versions, so unknown names are kept, not refused).
 
 ``PolicyParser.receive_data`` returns the complete requests; at the first thing
-that is not this protocol (a line without ``=``, bytes that are not UTF-8, a
-line, a request or an attribute count over the limits below, a request that is
-not ``smtpd_access_policy``) it sets ``error`` and reads no further. The shell
+that is not this protocol (a line without ``=`` or whose name has a control
+character, bytes that are not UTF-8, a line, a request or an attribute count over
+the limits below, a request that is not ``smtpd_access_policy``) it sets
+``error`` and reads no further. A value may hold any character but LF: it is the
+SMTP client's text as Postfix read it. The shell
 answers the requests before it, then closes the connection: Postfix then answers
 its client with a temporary error (``451 4.3.5 Server configuration problem``)
 and tries again later, so a broken peer fails closed, never open.
@@ -116,7 +118,11 @@ class PolicyParser:
             except UnicodeDecodeError:
                 raise PolicyProtocolError("attribute is not UTF-8") from None
             name, sep, value = text.partition("=")
-            if not sep or not name or any(ord(c) < 0x20 for c in text):
+            # Only the name is checked for control characters: a value is the SMTP
+            # client's text as Postfix read it (a quoted-pair's control character
+            # in ``sender`` arrives raw), so it may hold any character but LF; it is
+            # escaped wherever it is logged.
+            if not sep or not name or not name.isprintable():
                 raise PolicyProtocolError("not a name=value line")
             if name in self._attrs:
                 raise PolicyProtocolError(f"attribute {name} repeated")

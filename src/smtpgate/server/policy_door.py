@@ -90,7 +90,8 @@ class PolicyDecider:
             log.error("%s: sending policy unavailable: %s", where, e)
             return action_for(R.ACCOUNTS_UNAVAILABLE)
         if refusal is not None:
-            log.warning("%s: user=%s refused: %s", where, neutralize(profile.name), refusal)
+            log.warning("%s: user=%s refused: %s", where, neutralize(profile.name),
+                        neutralize(refusal))
             return action_for(R.ACCOUNT_MAY_NOT_SEND)
         instance = req.get("instance")
         rates = rt.rates

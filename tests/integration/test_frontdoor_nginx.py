@@ -29,6 +29,9 @@ from .conftest import Server, free_port, make_server, require_tool
 
 PASSWORD = "Tangerine-Walrus-Cable-19"
 ALICE, CAROL = "alice@example.org", "carol@example.org"
+#: Names nginx cannot write into XCLIENT LOGIN= as typed (it copies them raw, and
+#: XCLIENT's values are xtext): a "+" and a non-ASCII letter.
+PLUS, UMLAUT = "ann+sales@example.org", "j\u00f6rg@example.org"
 PENALTY_BASE = 2
 
 GUARD = f"""
@@ -125,7 +128,7 @@ def stack() -> Iterator[Stack]:
     nginx_root.mkdir()
     proc: subprocess.Popen[bytes] | None = None
     try:
-        for name in (ALICE, CAROL):
+        for name in (ALICE, CAROL, PLUS, UMLAUT):
             srv.add_user(name, PASSWORD)
         srv.cli("user", "cram-md5", ALICE, "--enable", "--password-stdin", stdin=PASSWORD + "\n")
         srv.start()
@@ -211,6 +214,37 @@ def test_swaks_through_nginx_delivers_as_the_authenticated_sender(
     # nginx reports SMTP AUTH LOGIN as "plain".
     assert rec[-1]["mechanism"] == ("CRAM-MD5" if mech == "CRAM-MD5" else "PLAIN")
     assert str(rec[-1]["tls"]).startswith("TLSv1.")  # nginx's Auth-SSL-Protocol
+
+
+@pytest.mark.parametrize("typed, account, source", [
+    (PLUS, PLUS, "127.0.0.21"),
+    (UMLAUT, UMLAUT, "127.0.0.22"),
+    ("ALICE@Example.ORG", ALICE, "127.0.0.23"),
+])
+def test_the_session_is_the_account_whatever_the_name_holds(
+    stack: Stack, typed: str, account: str, source: str
+) -> None:
+    """nginx writes the login raw into ``XCLIENT LOGIN=``, whose value is xtext: a
+    "+" was read as an xtext escape (``+sa`` is none) and UTF-8 is not xtext at
+    all, so the upstream answered 501 and the client, its password accepted, got
+    nginx's ``451 4.3.2 Internal server error``. smtpgate's OK now names the account
+    in ``Auth-User``, xtext-encoded, which nginx sends instead of what was typed."""
+    before = len(stack.smtpgate.delivered())
+    if not account.isascii():
+        # nginx offers no SMTPUTF8, so jörg's own address cannot be MAIL FROM here:
+        # the session is his, so alice's address is not his to send as.
+        out = swaks(stack, source, "PLAIN", typed, PASSWORD, "-f", ALICE, "-t", "bob@example.net")
+        assert "235 " in out and "553 5.7.1" in out, out + stack.nginx_log()
+        xclient = [ln for ln in stack.smtpgate.log_text().splitlines()
+                   if "XCLIENT from" in ln and f"client {source}:" in ln]
+        assert xclient and xclient[-1].endswith(f"login={account}"), xclient
+        return
+    out = swaks(stack, source, "PLAIN", typed, PASSWORD, "-f", account, "-t", "bob@example.net",
+                "--header", f"Subject: login {source}")
+    assert "235 " in out and "250 2.0.0" in out.split("DATA")[-1], out + stack.nginx_log()
+    files = stack.smtpgate.wait_for_mail(before + 1)
+    msg = next(f.read_bytes() for f in files if f"login {source}".encode() in f.read_bytes())
+    assert f"(Authenticated sender: {account})".encode() in msg
 
 
 def test_sender_ownership_applies_to_the_xclient_login(stack: Stack) -> None:

@@ -68,8 +68,9 @@ def test_success_sends_nginx_to_the_upstream_and_the_guard_sees_client_ip() -> N
     contexts: list[Any] = []
     ok = FakeAttempt(Verdict(ok=True, identity="alice@example.org"),
                      LoginResult(AuthResult.SUCCESS, Principal("alice@example.org", "PLAIN")))
-    answer = run(decider(ok, contexts), request())
+    answer = run(decider(ok, contexts), request(user="ALICE@Example.org"))
     assert (answer.ok, answer.server, answer.port) == (True, "127.0.0.1", 2587)
+    assert answer.account == "alice@example.org"  # Auth-User: the account, not as typed
     assert contexts[0].client_ip == "192.0.2.5" and contexts[0].front_door == "auth_http"
     assert contexts[0].tls_version == "TLSv1.3"
 

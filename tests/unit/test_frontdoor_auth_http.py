@@ -14,6 +14,7 @@ from smtpgate.frontdoor.auth_http import (
     percent_decode,
     split_salt,
 )
+from smtpgate.smtp.xclient import decode_xtext_utf8
 
 # What nginx 1.22 sends for SMTP AUTH LOGIN (it reports LOGIN as "plain").
 NGINX_REQUEST = (
@@ -89,6 +90,26 @@ def test_answers() -> None:
     assert b"Auth-Error-Code: 535 5.7.8\r\nAuth-Wait: 3\r\n" in bad
     with pytest.raises(ValueError):
         format_answer(AuthHttpAnswer(False, text="a\r\nAuth-Status: OK"))
+
+
+@pytest.mark.parametrize("account, sent", [
+    ("alice@example.org", b"alice@example.org"),
+    ("ann+sales@example.org", b"ann+2Bsales@example.org"),
+    ("j\u00f6rg@example.org", b"j+C3+B6rg@example.org"),
+    ("John Smith", b"John+20Smith"),
+])
+def test_the_account_goes_back_as_xtext(account: str, sent: bytes) -> None:
+    """nginx writes ``Auth-User`` unescaped into ``XCLIENT LOGIN=``, whose values
+    are xtext: the answer carries it encoded, and XCLIENT's decoding gives it back."""
+    ok = format_answer(AuthHttpAnswer(True, server="127.0.0.1", port=2587, account=account))
+    assert header_line(ok, b"Auth-User") == sent
+    assert decode_xtext_utf8(sent.decode()) == account
+
+
+def header_line(answer: bytes, name: bytes) -> bytes:
+    (value,) = [ln.split(b": ", 1)[1] for ln in answer.split(b"\r\n")
+                if ln.startswith(name + b": ")]
+    return value
 
 
 def test_percent_decode_and_salt() -> None:

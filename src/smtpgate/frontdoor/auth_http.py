@@ -23,20 +23,24 @@ What nginx sends (its auth_http module and documentation): ``Auth-Method``
 challenge it issued), ``Auth-Protocol``, ``Auth-Login-Attempt``, ``Client-IP``,
 ``Client-Host``, ``Auth-SSL``/``Auth-SSL-Protocol``, and for ``none``
 ``Auth-SMTP-Helo/From/To``. What it reads back: ``Auth-Status`` (``OK`` or the
-error text for the client), ``Auth-Server`` and ``Auth-Port`` on success,
+error text for the client), ``Auth-Server`` and ``Auth-Port`` on success, and
+``Auth-User`` (the login it then gives the upstream in ``XCLIENT LOGIN=``),
 ``Auth-Wait`` (seconds before the client may try again; without it nginx closes
 the session) and ``Auth-Error-Code`` (SMTP's code and enhanced code).
 
 Header injection: a client's CR LF in its login reaches us percent-encoded
 (``%0D%0A``). The decoded name goes to the SASL exchange, which refuses control
 characters in a name; nothing the client sent is ever written back into a
-header of the answer.
+header of the answer (``Auth-User`` is the account's name from the directory,
+xtext-encoded: ASCII with no space or control character).
 """
 
 from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+
+from smtpgate.client.engine import xtext
 
 #: The request's header block, at most. nginx's requests are a few hundred bytes;
 #: ``auth_http_pass_client_cert`` adds a url-escaped PEM certificate (a few KiB).
@@ -81,6 +85,10 @@ class AuthHttpAnswer:
     ok: bool
     server: str = ""
     port: int = 0
+    #: On success, the account (its canonical name): sent as ``Auth-User``, which
+    #: nginx then writes, as it stands, into ``XCLIENT LOGIN=`` instead of what its
+    #: client typed.
+    account: str = ""
     #: Error text for the client (ASCII, no CR/LF: our own constants only).
     text: str = ""
     #: SMTP code and enhanced code prefixed to the text (AUTH_FAILED: 535, 5.7.8).
@@ -224,6 +232,13 @@ def format_answer(answer: AuthHttpAnswer) -> bytes:
     if answer.ok:
         fields = [("Auth-Status", "OK"), ("Auth-Server", answer.server),
                   ("Auth-Port", str(answer.port))]
+        if answer.account:
+            # nginx copies the login into XCLIENT LOGIN= unescaped, and XCLIENT's
+            # values are xtext: the name as typed broke there when it held a "+",
+            # a space or a non-ASCII letter (501, the client cut off after its
+            # login was accepted), and was the typed spelling, not the account.
+            # xtext is ASCII without spaces or controls, so it is a header value too.
+            fields.append(("Auth-User", xtext(answer.account)))
     else:
         fields = [("Auth-Status", answer.text)]
         if answer.error_code:

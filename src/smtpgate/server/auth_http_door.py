@@ -6,7 +6,8 @@ login path (``runtime.login``): the guard with ``Client-IP`` as the client's
 address, the penalty, the credentials, the auth log (front door ``auth_http``),
 the guard's commit and the failure floor, all before the answer, as for SMTP AUTH.
 Success sends nginx to the listener's ``upstream`` (``Auth-Server``/``Auth-Port``),
-which takes the identity from nginx's ``XCLIENT LOGIN=``.
+which takes the identity from nginx's ``XCLIENT LOGIN=``: the account named in
+``Auth-User``, xtext-encoded, since nginx writes it there unescaped.
 
 What nginx is told on failure:
 
@@ -157,7 +158,8 @@ class AuthHttpDecider:
                 step = exchange.answer(answer)
         result = await attempt.finish(step)
         if result.result is AuthResult.SUCCESS:
-            return AuthHttpAnswer(True, server=self._server, port=self._port)
+            account = result.principal.account if result.principal is not None else ""
+            return AuthHttpAnswer(True, server=self._server, port=self._port, account=account)
         if result.refusal is not None:
             return _error(_REFUSAL_REPLIES.get(result.refusal.kind, R.AUTH_BLOCKED))
         if result.result is not AuthResult.FAILURE:

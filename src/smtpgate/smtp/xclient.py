@@ -2,8 +2,9 @@
 client really is.
 
 ``XCLIENT SP attribute=value *(SP attribute=value)``, attributes NAME, ADDR,
-PORT, PROTO, HELO, LOGIN, DESTADDR, DESTPORT, values in xtext (RFC 3461 §4;
-nginx escapes with ``+XX`` too). ``[UNAVAILABLE]`` and ``[TEMPUNAVAIL]`` mean
+PORT, PROTO, HELO, LOGIN, DESTADDR, DESTPORT, values in xtext (RFC 3461 §4).
+nginx writes its LOGIN unescaped, which is why smtpgate's auth_http answer gives
+it the account xtext-encoded (``Auth-User``). ``[UNAVAILABLE]`` and ``[TEMPUNAVAIL]`` mean
 "not known". An IPv6 ADDR carries the ``IPV6:`` prefix. The engine accepts the
 command only from addresses the listener trusts (``xclient_trusted``); this
 module only parses.

@@ -912,6 +912,18 @@ def _plaintext_equivalent(names: list[str]) -> list[str]:
             if m in mechanism_facts.PLAINTEXT_EQUIVALENT]
 
 
+def _what_a_door_exposes(protocol: str) -> str:
+    """What whoever may connect to a front door can do: a policy service checks no
+    password, so "check passwords" would send its administrator looking for the
+    wrong risk; what it gives away is every account's budget."""
+    if protocol == "postfix_policy":
+        return ("ask which addresses any account owns, and spend any account's hourly "
+                "budget (an END-OF-MESSAGE request counts its recipient_count), so that "
+                "the account can send no more")
+    return ("check passwords in clear, for any client address it names (the guard counts "
+            "per that address)")
+
+
 def loosenings(cfg: Config) -> list[Problem]:
     """Every loosening of a secure default in force (principle 3), as warnings.
 
@@ -926,16 +938,14 @@ def loosenings(cfg: Config) -> list[Problem]:
             out.append(_warning(f"listeners.{i}.mechanisms", f"listener {lst.name!r} offers "
                                 f"{m}, which needs plaintext-equivalent secrets"))
     for i, door in enumerate(cfg.auth_listeners):
+        exposed = _what_a_door_exposes(door.protocol)
         if door.unix_path is not None and door.file_mode & stat.S_IWOTH:
             out.append(_warning(f"auth_listeners.{i}.mode", f"{door.mode}: every local user "
-                                "may connect to the socket and check passwords in clear, for "
-                                "any client address it names (the guard counts per that "
-                                "address); give it to the MTA's group only (0660)"))
+                                f"may connect to the socket and {exposed}; give it to the "
+                                "MTA's group only (0660)"))
         if door.unix_path is None and not _loopback(door.host_port[0]):
             out.append(_warning(f"auth_listeners.{i}.address", f"{door.address} is not on "
-                                "loopback: whoever reaches it may check passwords in clear, "
-                                "for any client address it names (the guard counts per "
-                                "that address)"))
+                                f"loopback: whoever reaches it may {exposed}"))
     for m in _plaintext_equivalent(cfg.auth.mechanisms):
         out.append(_warning("auth.mechanisms", f"{m} is enabled: it needs "
                             "plaintext-equivalent secrets in the account database"))

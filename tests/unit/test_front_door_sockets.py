@@ -164,6 +164,20 @@ def test_a_live_socket_nobody_may_connect_to_is_never_removed(base: Path) -> Non
         shutil.rmtree(shared, ignore_errors=True)
 
 
+def test_the_warning_says_what_a_policy_service_gives_away(base: Path) -> None:
+    """A policy service checks no password: it said "check passwords in clear" of one
+    too, when what whoever reaches it can do is spend any account's budget."""
+    found = _checked(BASE + door(protocol="postfix_policy", address="0.0.0.0:10040"), base)
+    message = found["auth_listeners.0.address"][1]
+    assert "password" not in message and "hourly budget" in message, message
+    found = _checked(BASE + door(protocol="postfix_policy", address=f"unix:{base}/policy",
+                                 mode="0666"), base)
+    message = found["auth_listeners.0.mode"][1]
+    assert "password" not in message and "hourly budget" in message, message
+    found = _checked(BASE + door(protocol="dovecot", address="0.0.0.0:12345"), base)
+    assert "check passwords in clear" in found["auth_listeners.0.address"][1]
+
+
 def test_a_socket_others_may_reach_or_replace_is_warned_about(base: Path) -> None:
     """Whoever can connect may check passwords for any address it names; whoever may
     write in the socket's directory may put a socket of their own there while

@@ -1558,7 +1558,8 @@ class ServerConfig(Model):
         default=10.0, ge=0, description=(
             "Seconds in-flight sessions and deliveries get on SIGTERM: then sessions get"
             " 421 and unfinished deliveries are cancelled (their messages stay queued)."
-            " Under systemd keep TimeoutStopSec above it (the contrib unit has 30)."
+            " Under systemd keep TimeoutStopSec above it plus 30 s, the time serve gives"
+            " a child past it before killing it (the contrib unit has 45)."
         ),
     )
     pid_file: Path | None = Field(

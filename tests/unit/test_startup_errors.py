@@ -148,3 +148,17 @@ def test_the_systemd_unit_does_not_restart_on_a_config_error() -> None:
     unit = (Path(__file__).resolve().parents[2] / "contrib" / "smtpgate.service").read_text()
     assert f"\nRestartPreventExitStatus={EXIT_CONFIG}\n" in unit
     assert "\nRestart=on-failure\n" in unit
+
+
+def test_the_systemd_unit_waits_longer_than_serve_itself_on_stop() -> None:
+    """Before: TimeoutStopSec=30, while serve waits shutdown_grace (10 s) and then
+    30 s more before killing a child that has not stopped, naming it in its log;
+    systemd killed everything first, without saying which child hung."""
+    import re
+
+    from smtpgate.config import ServerConfig
+
+    unit = (Path(__file__).resolve().parents[2] / "contrib" / "smtpgate.service").read_text()
+    m = re.search(r"\nTimeoutStopSec=(\d+)\n", unit)
+    assert m is not None
+    assert int(m.group(1)) > ServerConfig().shutdown_grace + 30

@@ -91,3 +91,19 @@ def test_listeners_expecting_a_proxy_header_say_so(tmp_path: Path) -> None:
             "10.0.0.3/32)\n") in text
     assert ("front door:   dovecot 127.0.0.1:12345 (dovecot, PROXY header from "
             "10.0.0.4/32)\n") in text
+
+
+def test_a_stale_pid_file_is_said_once(tmp_path: Path) -> None:
+    """Before: "server: not running (smtpgate is not running (stale pid file ...))"."""
+    import subprocess
+    import sys
+
+    config = write_config(tmp_path)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / "smtpgate.pid").write_text(f"{dead.pid}\n")
+    out = CliRunner().invoke(cli, ["status", "--config", str(config)])
+    assert out.exit_code == 3, out.output
+    line = out.stdout.splitlines()[0]
+    assert line.startswith("server:       not running (stale pid file "), line
+    assert line.count("not running") == 1 and line.endswith(f"names process {dead.pid})")

@@ -50,7 +50,13 @@ def _server(cfg: Config, config: Path | None) -> tuple[dict[str, Any], int]:
     try:
         found = find_running(path, config)
     except NotRunning as e:
-        return {"running": False, "why": str(e)}, ExitCode.NOT_FOUND
+        # Printed as "not running (why)": the error's own "smtpgate is not running
+        # (...)" wrapper would say it twice.
+        why = str(e)
+        prefix = "smtpgate is not running ("
+        if why.startswith(prefix) and why.endswith(")"):
+            why = why[len(prefix):-1]
+        return {"running": False, "why": why}, ExitCode.NOT_FOUND
     pid = found.pid
     out: dict[str, Any] = {"running": True, "pid": pid}
     if not found.at_pid_file:

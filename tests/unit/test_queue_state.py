@@ -157,3 +157,15 @@ def test_last_retry_is_at_the_deadline_not_after_it() -> None:
 
 def test_envelope_without_binary_reads_as_not_binary_and_writes_no_key() -> None:
     assert b'"binary"' not in ENV.to_json() and not Envelope.from_json(ENV.to_json()).body_binary
+
+
+@pytest.mark.parametrize(("earlier", "said"), [(0, "gave up after 1 attempt: 451 busy"),
+                                                (2, "gave up after 3 attempts: 451 busy")])
+def test_given_up_detail_counts_attempts_in_words(earlier: int, said: str) -> None:
+    # The detail is the bounce's Diagnostic text the sender reads: a message whose
+    # first attempt came after max_age (a long outage, a lowered max_age) said
+    # "after 1 attempts".
+    state = MessageState((RecipientState("a@x", attempts=earlier),))
+    deadline = KW["received_at"] + KW["max_age"]
+    _, outcomes = apply_results(state, {"a@x": TempFailure("451 busy")}, now=deadline, **KW)
+    assert outcomes[0].detail == said

@@ -83,6 +83,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Self
 
+from smtpgate.plural import count
 from smtpgate.queue import slots, tmpfiles
 from smtpgate.queue.committer import CommitStats, CommitterClosed, GroupCommitter, Op
 from smtpgate.queue.envelope import Envelope, EnvelopeFormatError
@@ -445,7 +446,7 @@ class Spool:
                 op.result = op.payload.qid
         failed = [op for op in batch if op.error is not None]
         if failed:
-            log.error("spool: %d of %d operations failed: %s", len(failed), len(batch),
+            log.error("spool: %d of %s failed: %s", len(failed), count(len(batch), "operation"),
                       failed[0].error)
 
     def _remove(self, work: _Remove) -> None:

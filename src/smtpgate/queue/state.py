@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from enum import Enum
 
+from smtpgate.plural import count
 from smtpgate.queue.delivery import Delivered, DeliveryResult, PermFailure, TempFailure
 
 STATE_VERSION = 1
@@ -186,7 +187,7 @@ def apply_results(
                                last_result=result.reply))
             outcomes.append(Outcome(r.address, "bounced", result.reply))
         elif now >= deadline:
-            detail = f"gave up after {attempts} attempts: {result.reply}"
+            detail = f"gave up after {count(attempts, 'attempt')}: {result.reply}"
             new.append(replace(r, status=RcptStatus.FAILED, attempts=attempts,
                                last_result=detail))
             outcomes.append(Outcome(r.address, "expired", detail))

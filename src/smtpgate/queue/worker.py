@@ -71,6 +71,7 @@ from dataclasses import dataclass, replace
 
 from smtpgate import metrics
 from smtpgate.config import QueueConfig
+from smtpgate.plural import count
 from smtpgate.queue import control, dsn, msglock
 from smtpgate.queue.delivery import (
     BlockingBatch,
@@ -440,7 +441,8 @@ class DeliveryWorker:
         if cut:
             self._log_cut(cut)
         if stuck:
-            log.error("queue: stopping without %d deliveries that did not end: %s", len(stuck),
+            log.error("queue: stopping without %s that did not end: %s",
+                      count(len(stuck), "delivery", "deliveries"),
                       ", ".join(t.get_name() for t in stuck))
 
     def _log_cut(self, cut: Mapping[str, asyncio.Task[None]]) -> None:
@@ -820,8 +822,8 @@ class DeliveryWorker:
                                      now=now)
             if built is None:
                 if chosen and action in ("failed", "delayed"):
-                    log.info("queue: %s no %s report for %d recipients (null sender or "
-                             "NOTIFY)", qid, action, len(chosen))
+                    log.info("queue: %s no %s report for %s (null sender or NOTIFY)",
+                             qid, action, count(len(chosen), "recipient"))
                 continue
             try:
                 report_id = await self._spool.store(*built)

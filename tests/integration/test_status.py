@@ -81,7 +81,7 @@ def test_running_server_reports_itself(running: Server) -> None:
     assert server["metrics"] == f"http://{metrics.group(1)}/metrics"
     queue = dict(doc["queue"])
     assert queue.pop("free_bytes") > 0 and queue.pop("reserve_bytes") == 52_500_000
-    assert queue == {"messages": 0, "unreadable": 0, "held": 0, "bytes": 0,
+    assert queue == {"messages": 0, "unreadable": 0, "set_aside": 0, "held": 0, "bytes": 0,
                      "oldest_age": None}
     assert doc["guard"]["blocks"] == 0
     assert doc["certificate"]["days_left"] > 300

@@ -333,3 +333,39 @@ def test_cli_list_says_when_a_deferred_recipient_is_tried_next(tmp_path: Path) -
     assert ("<bob@example.net> pending, 3 attempts, next in 5h: 4.4.1 relay "
             "mx.example.net:25: cannot connect\n") in out.stdout
     assert "<bob@example.net> pending, 3 attempts, due now: 4.4.1 relay" in out.stdout
+
+
+def test_cli_names_the_messages_the_worker_set_aside_in_corrupt(tmp_path: Path) -> None:
+    """A message the delivery worker finds damaged goes to corrupt/ (it may have
+    had its 250; nothing delivers it from there), and then ``queue list`` said
+    "the queue is empty" and ``status`` "0 messages": only one ERROR line in the
+    server log told the administrator an accepted message was not delivered."""
+    from click.testing import CliRunner
+
+    from smtpgate.cli.main import cli
+
+    from .cli_support import write_config
+
+    config = write_config(tmp_path)
+    _good, _bad_state, bad_msg = _corrupt_queue(config)
+    # No server holds the delivery lock: the flush runs the real worker here,
+    # which delivers the two it can read and moves the damaged one aside.
+    flushed = CliRunner().invoke(cli, ["queue", "flush", "--config", str(config)])
+    assert "no server is delivering: made 2 delivery attempts here" in flushed.stdout
+    spool_dir = tmp_path / "spool"
+    assert (spool_dir / "corrupt" / f"{bad_msg}.msg").exists()
+    out = CliRunner().invoke(cli, ["queue", "list", "--config", str(config)])
+    assert out.exit_code == 0
+    assert out.stdout.splitlines() == [
+        "the queue is empty",
+        (f"-- 1 message set aside in {spool_dir}/corrupt/, not delivered: found damaged "
+         '(the server log says why); see docs/delivery.md, "Spool"')]
+    js = CliRunner().invoke(cli, ["queue", "list", "--json", "--config", str(config)])
+    assert (js.exit_code, json.loads(js.stdout)) == (0, [])  # the array stays the queue's
+    assert "1 message set aside in" in js.stderr
+    status = CliRunner().invoke(cli, ["status", "--config", str(config)])
+    assert "queue:        0 messages (0 held, 0 bytes, 1 set aside in corrupt/)\n" in (
+        status.stdout)
+    doc = json.loads(CliRunner().invoke(cli, ["status", "--json", "--config",
+                                              str(config)]).stdout)
+    assert doc["queue"]["set_aside"] == 1

@@ -125,6 +125,7 @@ def list_(as_json: bool, config_path: Path | None) -> None:
     cfg = get_config(config_path)
     with _manager(cfg) as mgr:
         entries = mgr.entries()
+        aside, corrupt_dir = mgr.set_aside()
     now = time.time()
     if as_json:
         echo(json.dumps([_json(e, now) for e in entries], indent=1))
@@ -140,7 +141,19 @@ def list_(as_json: bool, config_path: Path | None) -> None:
         n = len(entries)
         echo(f"-- {kib} KiB in {count(n, 'message')}"
                    + (f", {len(mgr.unreadable)} unreadable" if mgr.unreadable else ""))
+    if aside:
+        # Not in the queue, so not listed above, but each may have had its 250:
+        # the one ERROR line the worker logged is easily missed (stderr with
+        # --json, whose array stays the queue's).
+        echo(f"-- {_set_aside(len(aside), corrupt_dir)}", err=as_json)
     _unreadable(mgr.unreadable)
+
+
+def _set_aside(n: int, corrupt_dir: Path) -> str:
+    """The line that names the messages in ``corrupt/`` (queue list, status)."""
+    return (f"{count(n, 'message')} set aside in {shown(str(corrupt_dir))}/, not "
+            "delivered: found damaged (the server log says why); see docs/delivery.md, "
+            '"Spool"')
 
 
 def _unreadable(problems: list[Unreadable]) -> None:

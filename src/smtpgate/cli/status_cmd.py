@@ -87,6 +87,7 @@ def _queue(cfg: Config) -> dict[str, Any]:
     try:
         manager = QueueManager(Spool(cfg.path(cfg.queue.spool), prefill=False, tidy=False))
         entries = manager.entries()
+        aside, _ = manager.set_aside()
     except (OSError, SpoolError) as e:
         return {"error": str(e)}
     now = time.time()
@@ -98,6 +99,8 @@ def _queue(cfg: Config) -> dict[str, Any]:
     return {
         "messages": len(entries),
         "unreadable": len(manager.unreadable),
+        # Moved to corrupt/ by the delivery worker: not queued, never delivered.
+        "set_aside": len(aside),
         "held": sum(1 for e in entries if e.state.held),
         "bytes": sum(e.size for e in entries),
         "oldest_age": int(max(ages)) if ages else None,
@@ -229,6 +232,8 @@ def _print(doc: dict[str, Any]) -> None:
     else:
         oldest = "" if q["oldest_age"] is None else f", oldest {q['oldest_age']} s"
         bad = f", {q['unreadable']} unreadable" if q.get("unreadable") else ""
+        if q.get("set_aside"):
+            bad += f", {q['set_aside']} set aside in corrupt/"
         echo(f"queue:        {count(q['messages'], 'message')} ({q['held']} held, "
              f"{count(q['bytes'], 'byte')}{bad}){oldest}")
         echo(f"spool disk:   {_space(q['free_bytes'], q['reserve_bytes'])}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from smtpgate.queue import control, dsn, msglock
 from smtpgate.queue.envelope import Envelope
@@ -101,6 +102,11 @@ class QueueManager:
                 continue
             out.append(Entry(qid, envelope, size, state))
         return out
+
+    def set_aside(self) -> tuple[list[str], Path]:
+        """The messages the delivery worker moved to ``corrupt/`` (see
+        `Spool.set_aside`), and that directory."""
+        return self._spool.set_aside(), self._spool.corrupt_dir
 
     def show(self, qid: str) -> tuple[Entry, bytes]:
         """The entry and the message bytes. Raises: MessageNotFound, SpoolError."""

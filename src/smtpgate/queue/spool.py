@@ -481,6 +481,22 @@ class Spool:
         ids.sort()
         return ids
 
+    @property
+    def corrupt_dir(self) -> Path:
+        return self._corrupt_dir
+
+    def set_aside(self) -> list[str]:
+        """Names of the messages in ``corrupt/``, sorted: a queued message the
+        delivery worker found damaged (``ID.msg``) or a torn slot (``*.slot``).
+        Each may have had its 250, and nothing delivers it from there, so the
+        queue commands and status name them; a state file moved there alone
+        (its message was delivered as if never tried) is no message."""
+        try:
+            names = os.listdir(self._corrupt_dir)
+        except FileNotFoundError:
+            return []
+        return sorted(n for n in names if n.endswith((_MSG, ".slot")))
+
     def load(self, qid: str, fd: int | None = None) -> tuple[Envelope, bytes]:
         """The envelope and message bytes of ``qid``; with ``fd`` (the message file,
         open, e.g. by the lock the caller holds) read through that descriptor.

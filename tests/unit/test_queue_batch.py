@@ -165,9 +165,17 @@ async def test_a_failed_write_is_deferred_and_retried_once(
         assert state is not None and state.next_attempt == T0 + 60.0
         assert mail(maildir) == []
 
-    await retried_a_minute_later(
-        spool, maildir, trouble=lambda: shutil.rmtree(maildir.path / "tmp"),
-        cure=lambda: (maildir.path / "tmp").mkdir(), meanwhile=deferred)
+    def trouble() -> None:
+        # A file in tmp/'s place: a missing tmp/ is made again (maildir.py).
+        shutil.rmtree(maildir.path / "tmp")
+        (maildir.path / "tmp").write_bytes(b"")
+
+    def cure() -> None:
+        (maildir.path / "tmp").unlink()
+        (maildir.path / "tmp").mkdir()
+
+    await retried_a_minute_later(spool, maildir, trouble=trouble, cure=cure,
+                                 meanwhile=deferred)
 
 
 async def test_a_failed_spool_removal_never_delivers_twice(

@@ -172,13 +172,38 @@ async def test_crash_between_link_and_tmp_unlink_leaves_the_copy_intact(
     assert _files(md) == {"tmp": [foreign.name], "new": [name], "cur": []}
 
 
-async def test_unwritable_maildir_is_a_temporary_failure(tmp_path: Path, make: Factory) -> None:
+async def test_unwritable_maildir_is_a_temporary_failure(
+    tmp_path: Path, make: Factory, caplog: pytest.LogCaptureFixture,
+) -> None:
     md = tmp_path / "Maildir"
     deliverer = make(md)
     shutil.rmtree(md / "tmp")
-    results = await deliverer.deliver(MSG, ("bob@example.net",))
+    (md / "tmp").write_bytes(b"")  # in the way (chmod does not stop root)
+    with caplog.at_level(logging.WARNING, logger="smtpgate.queue"):
+        results = await deliverer.deliver(MSG, ("bob@example.net",))
     assert isinstance(results["bob@example.net"], TempFailure)
     assert os.listdir(md / "new") == []
+    assert f"maildir {md}: tmp/ missing and cannot be created: " in caplog.text
+
+
+@pytest.mark.parametrize("maybe_delivered", [False, True])
+async def test_a_maildir_removed_while_running_is_made_again(
+    tmp_path: Path, make: Factory, caplog: pytest.LogCaptureFixture, maybe_delivered: bool,
+) -> None:
+    """Start-up makes the Maildir, but one removed afterwards deferred every message
+    ("No such file or directory") until queue.max_age bounced it; and a message
+    flagged as possibly delivered raised FileNotFoundError out of the batch."""
+    md = tmp_path / "box" / "Maildir"
+    deliverer = make(md, prefill=True)
+    shutil.rmtree(tmp_path / "box")
+    msg = QueuedMessage(MSG.queue_id, ENV, DATA, maybe_delivered=maybe_delivered)
+    with caplog.at_level(logging.WARNING, logger="smtpgate.queue"):
+        (result,) = deliverer.deliver_blocking([msg])
+    assert isinstance(result, Delivered), result
+    files = _files(md)
+    assert (files["new"], files["cur"]) == ([maildir_name(MSG)], [])  # tmp/: the pool's
+    assert (f"maildir {md}: tmp/, new/, cur/ missing (removed while the server runs?): "
+            "created again") in caplog.text
 
 
 @pytest.mark.parametrize(("code", "status"), [

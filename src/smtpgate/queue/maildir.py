@@ -152,7 +152,29 @@ class MaildirDeliverer:
         for op, result in zip(batch, results, strict=True):
             op.result = result
 
+    def _recreate_missing(self) -> None:
+        """Make tmp/, new/ and cur/ again if one is gone, as start-up does: a
+        Maildir removed or moved away while the server runs (an administrator
+        clearing a test box, a restore) otherwise deferred every message until
+        ``queue.max_age`` bounced it, though a restart would have fixed it.
+        Three stats a batch. What cannot be made (a read-only file system, a
+        file in the way) is left to the writes below, which defer and say why."""
+        missing = [sub for sub in ("tmp", "new", "cur") if not os.path.isdir(self.path / sub)]
+        if not missing:
+            return
+        try:
+            for sub in missing:
+                tmpfiles.make_dir_durably(self.path / sub)
+        except OSError as e:
+            log.warning("maildir %s: %s/ missing and cannot be created: %s", self.path,
+                        "/, ".join(missing), e.strerror or e)
+            return
+        self._listing = None
+        log.warning("maildir %s: %s/ missing (removed while the server runs?): created "
+                    "again", self.path, "/, ".join(missing))
+
     def _write(self, messages: Sequence[QueuedMessage]) -> list[DeliveryResult]:
+        self._recreate_missing()
         prefix = tmpfiles.prefix(self._tmp)
         results: list[DeliveryResult] = [_NOT_TRIED] * len(messages)
         to_write: list[tuple[int, str]] = []  # (index, name)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import email
 import json
+import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -93,6 +94,36 @@ async def test_running_worker_takes_a_flush_request(spool: Spool) -> None:
     finally:
         worker.stop(0)
         await task
+
+
+async def test_a_directory_in_flush_does_not_stop_the_worker(
+    spool: Spool, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Something in spool/flush/ the worker cannot remove (a directory, a file it
+    may not unlink) raised out of every scan: "cannot list the spool" four times a
+    second, and no message was delivered any more. It is ignored, logged once."""
+    stray = spool.directory / "flush" / "stray"
+    stray.mkdir(parents=True)
+    spool.store_sync(replace(envelope(), received_at=time.time()), MESSAGE)
+    d = FirstFails()
+    worker = DeliveryWorker(spool, d, CFG, time.time, poll_interval=0.05)
+    with caplog.at_level(logging.WARNING, logger="smtpgate.queue"):
+        task = asyncio.create_task(worker.run())
+        try:
+            async with asyncio.timeout(10):
+                while not (spool.load_state(spool.list_ids()[0]) or None):
+                    await asyncio.sleep(0.01)  # deferred: retry in 60 s
+            await asyncio.to_thread(manager(spool).flush, None)  # a request beside it
+            async with asyncio.timeout(10):
+                while spool.list_ids():
+                    await asyncio.sleep(0.02)
+        finally:
+            worker.stop(0)
+            await task
+    assert stray.is_dir()
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warned == [(f"queue: {stray} is no flush request and cannot be removed "
+                       "(Is a directory); ignored, remove it")]
 
 
 async def test_flush_during_an_attempt_gets_one_more_attempt_after_it(spool: Spool) -> None:

@@ -13,12 +13,16 @@ server share, whoever runs them.
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import os
 from pathlib import Path
 
+log = logging.getLogger("smtpgate.queue")
+
 _DIR = "flush"
 _ALL = "all"
+#: Entries of flush/ that could not be removed, each logged once per process.
+_stuck: set[Path] = set()
 
 
 def request_flush(spool_dir: Path, qid: str | None) -> None:
@@ -37,7 +41,20 @@ def take_flush_requests(spool_dir: Path) -> tuple[bool, list[str]]:
         names = os.listdir(d)
     except FileNotFoundError:
         return False, []
+    taken = []
     for name in names:
-        with contextlib.suppress(FileNotFoundError):
+        try:
             os.unlink(d / name)
-    return _ALL in names, [n for n in names if n != _ALL]
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            # Not a request this worker made way for (a directory, a file it may
+            # not remove): taken, it would be asked for again at every scan; raised,
+            # it failed every scan, so nothing was delivered any more.
+            if d / name not in _stuck:
+                _stuck.add(d / name)
+                log.warning("queue: %s is no flush request and cannot be removed (%s); "
+                            "ignored, remove it", d / name, e.strerror or e)
+            continue
+        taken.append(name)
+    return _ALL in taken, [n for n in taken if n != _ALL]

@@ -400,3 +400,40 @@ def test_cli_names_the_messages_the_worker_set_aside_in_corrupt(tmp_path: Path) 
     doc = json.loads(CliRunner().invoke(cli, ["status", "--json", "--config",
                                               str(config)]).stdout)
     assert doc["queue"]["set_aside"] == 1
+
+
+def test_cli_delete_removes_a_message_whose_file_does_not_parse(tmp_path: Path) -> None:
+    """``queue list`` says "'smtpgate queue delete ID' removes one by hand", but
+    delete read the envelope first and failed on the damage it was asked to remove,
+    with the hint "check [queue].spool and its permissions"; so did show."""
+    from click.testing import CliRunner
+
+    from smtpgate.cli.main import cli
+
+    from .cli_support import write_config
+
+    config = write_config(tmp_path)
+    good, bad_state, bad_msg = _corrupt_queue(config)
+    held = CliRunner().invoke(cli, ["queue", "hold", bad_state, "--config", str(config)])
+    assert held.exit_code == 1
+    assert held.stderr.splitlines()[1] == (
+        "hint: the delivery worker moves the state file to corrupt/ under [queue].spool "
+        "and delivers the message at its next attempt")
+    shown = CliRunner().invoke(cli, ["queue", "show", bad_msg, "--config", str(config)])
+    assert shown.exit_code == 1
+    assert shown.stderr == (
+        f"error: corrupt message {bad_msg}: bad header line\n"
+        "hint: the delivery worker moves it to corrupt/ under [queue].spool at its next "
+        "attempt; 'smtpgate queue delete ID' removes it\n")
+    out = CliRunner().invoke(cli, ["queue", "delete", bad_msg, "--config", str(config)])
+    assert out.exit_code == 0, out.stderr
+    assert out.stdout == (f"{bad_msg} deleted (its file did not parse: corrupt message "
+                          f"{bad_msg}: bad header line)\n")
+    queue_dir = tmp_path / "spool" / "queue"
+    assert not (queue_dir / f"{bad_msg}.msg").exists()
+    assert not (queue_dir / f"{bad_msg}.state").exists()
+    log = CliRunner().invoke(cli, ["admin-log", "--json", "--config", str(config)])
+    (row,) = [r for r in map(json.loads, log.stdout.splitlines()) if r["target"] == bad_msg]
+    assert row["action"] == "queue delete"
+    assert row["details"] == {"unreadable": f"corrupt message {bad_msg}: bad header line"}
+    assert (queue_dir / f"{good}.msg").exists()

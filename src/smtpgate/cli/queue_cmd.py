@@ -36,7 +36,14 @@ from smtpgate.config import Config
 from smtpgate.plural import count
 from smtpgate.queue.factory import make_deliverer
 from smtpgate.queue.manage import Entry, QueueBusy, QueueManager, Unreadable
-from smtpgate.queue.spool import MessageNotFound, NotAQueueId, Spool, SpoolError
+from smtpgate.queue.spool import (
+    MessageNotFound,
+    NotAQueueId,
+    Spool,
+    SpoolCorrupt,
+    SpoolError,
+    StateCorrupt,
+)
 from smtpgate.queue.worker import DeliveryWorker
 
 _WAIT = click.option(
@@ -78,6 +85,17 @@ def _manager(cfg: Config, wait: float = 30.0) -> Iterator[QueueManager]:
     except QueueBusy as e:
         raise OperationalError(f"{e} is being delivered right now",
                                "try again when the attempt ends, or pass a longer --wait") from None
+    except StateCorrupt as e:
+        # The message itself is intact: deleting it would lose it for nothing.
+        raise OperationalError(str(e), "the delivery worker moves the state file to corrupt/ "
+                               "under [queue].spool and delivers the message at its next "
+                               "attempt") from None
+    except SpoolCorrupt as e:
+        # Read, and damaged: no permission to check. The worker sets it aside at
+        # its next attempt; `queue delete` removes it now.
+        raise OperationalError(str(e), "the delivery worker moves it to corrupt/ under "
+                               "[queue].spool at its next attempt; 'smtpgate queue delete "
+                               "ID' removes it") from None
     except SpoolError as e:
         raise OperationalError(str(e), "check [queue].spool and its permissions") from None
     finally:
@@ -333,6 +351,11 @@ def delete(queue_id: str, wait: float, config_path: Path | None) -> None:
     cfg = get_config(config_path)
     with _manager(cfg, wait) as mgr:
         env = mgr.delete(queue_id)
+    if isinstance(env, SpoolCorrupt):
+        # Its sender and recipients cannot be read: the log keeps why.
+        _audit(cfg, "queue delete", queue_id, {"unreadable": str(env)})
+        echo(f"{queue_id} deleted (its file did not parse: {shown(str(env))})")
+        return
     _audit(cfg, "queue delete", queue_id,
            {"sender": env.mail_from, "recipients": list(env.rcpt_to)})
     echo(f"{queue_id} deleted")

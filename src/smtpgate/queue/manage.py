@@ -16,7 +16,12 @@ from pathlib import Path
 
 from smtpgate.queue import control, dsn, msglock
 from smtpgate.queue.envelope import Envelope
-from smtpgate.queue.spool import MessageNotFound, Spool, SpoolError
+from smtpgate.queue.spool import (
+    MessageNotFound,
+    Spool,
+    SpoolCorrupt,
+    SpoolError,
+)
 from smtpgate.queue.state import HistoryEntry, MessageState, Outcome, RcptStatus
 
 #: The diagnostic of recipients an administrator returned with ``queue bounce``.
@@ -160,13 +165,20 @@ class QueueManager:
         control.request_flush(self._spool.directory, qid)
         return n
 
-    def delete(self, qid: str) -> Envelope:
-        """Remove the message without delivering or bouncing it; its envelope.
-        Raises: MessageNotFound, QueueBusy."""
+    def delete(self, qid: str) -> Envelope | SpoolCorrupt:
+        """Remove the message without delivering or bouncing it; its envelope, or
+        what is wrong with its file when that does not parse: such a message can
+        only be deleted (or left to the worker, which moves it to ``corrupt/``),
+        and ``queue list`` tells the administrator to. Raises: MessageNotFound,
+        QueueBusy, SpoolError (the file cannot be read or removed)."""
         with self._lock(qid):
-            envelope, _ = self._spool.load_envelope(qid)
+            found: Envelope | SpoolCorrupt
+            try:
+                found, _ = self._spool.load_envelope(qid)
+            except SpoolCorrupt as e:
+                found = e
             self._spool.remove_sync(qid)
-        return envelope
+        return found
 
     def bounce(self, qid: str) -> str | None:
         """Give up every undelivered recipient now and send the sender a bounce

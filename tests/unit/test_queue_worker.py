@@ -215,6 +215,21 @@ async def test_corrupt_message_is_quarantined(spool: Spool) -> None:
     assert (spool.directory / "corrupt" / f"{qid}.msg").exists()
 
 
+async def test_corrupt_message_is_quarantined_after_corrupt_dir_was_removed(
+    spool: Spool,
+) -> None:
+    """An administrator who looked at corrupt/ and removed it: the rename into it
+    failed with ENOENT, taken for the message gone, so the worker logged "moving it
+    to corrupt/" at every scan and left it in the queue. corrupt/ is made again."""
+    (spool.directory / "corrupt").rmdir()
+    qid = await spool.store(envelope(), b"m")
+    (spool.directory / "queue" / f"{qid}.msg").write_bytes(b"garbage")
+    d = FakeDeliverer()
+    await DeliveryWorker(spool, d, CFG, FakeClock()).run_once()
+    assert d.calls == [] and spool.list_ids() == []
+    assert (spool.directory / "corrupt" / f"{qid}.msg").read_bytes() == b"garbage"
+
+
 async def test_concurrency_is_bounded(spool: Spool) -> None:
     for _ in range(10):
         await spool.store(envelope(), b"m")

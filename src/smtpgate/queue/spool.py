@@ -573,15 +573,23 @@ class Spool:
         Blocking."""
         for suffix in (_MSG, _STATE):
             with contextlib.suppress(FileNotFoundError):
-                os.rename(self._path(qid, suffix), self._corrupt_dir / f"{qid}{suffix}")
+                self._move_to_corrupt(self._path(qid, suffix), f"{qid}{suffix}")
         os.fsync(self._dir_fd)
 
     def quarantine_state(self, qid: str) -> None:
         """Move an unparsable state file to ``corrupt/``, leaving the message: it
         is then delivered as if never tried (see `StateCorrupt`). Blocking."""
         with contextlib.suppress(FileNotFoundError):
-            os.rename(self._path(qid, _STATE), self._corrupt_dir / f"{qid}{_STATE}")
+            self._move_to_corrupt(self._path(qid, _STATE), f"{qid}{_STATE}")
         os.fsync(self._dir_fd)
+
+    def _move_to_corrupt(self, path: str, name: str) -> None:
+        """Rename ``path`` to ``corrupt/name``, making ``corrupt/`` again if an
+        administrator removed it after looking at what was there: the rename
+        failed with ENOENT, which reads as the source gone, so the worker said
+        "moving it to corrupt/" at every scan (four times a second) and left it."""
+        tmpfiles.make_dir_durably(self._corrupt_dir)
+        os.rename(path, self._corrupt_dir / name)
 
     def try_lock_delivery(self) -> DeliveryLock | None:
         """The delivery lock if no other process holds it, else None. Blocking
@@ -620,7 +628,7 @@ class Spool:
                 elif verdict == "sealed":
                     os.rename(path, f"{self._qdir}/{qid}{_MSG}")
                 else:
-                    os.rename(path, self._corrupt_dir / name)
+                    self._move_to_corrupt(path, name)
                     log.warning("spool: slot %s is a torn write (%s), moved to corrupt/",
                                 name, qid)
             except FileNotFoundError:

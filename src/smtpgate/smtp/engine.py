@@ -788,6 +788,12 @@ class ServerEngine:
             return self._error(R.UTF8_NOT_DECLARED)
         except AddressError:
             return self._error(R.BAD_ADDRESS)
+        if rcpt == "postmaster":
+            # RFC 5321 §4.1.1.3 makes the bare <Postmaster> a recipient; RFC 6409
+            # §4.2 has a submission server pass on only qualified domains. It is this
+            # server's postmaster (Postfix appends $myorigin alike), not a bare
+            # name a relay would refuse or resolve against its own domain.
+            rcpt = f"postmaster@{self.settings.hostname}"
         if len(self._recipients) >= self.settings.max_recipients:
             # RFC 5321 §4.5.3.1.10: 452 and the client sends the rest later.
             self._send(R.TOO_MANY_RECIPIENTS)

@@ -427,3 +427,24 @@ def test_client_package_imports_no_io() -> None:
                 names = [node.module]
             bad = {n.split(".")[0] for n in names} & forbidden
             assert not bad, f"{path.name} imports {bad}"
+
+
+def test_lines_over_998_octets_are_broken_before_they_are_sent() -> None:
+    """Before: a line the server had accepted (as Postfix does) went to the next hop
+    whole, and a strict relay refuses a line over RFC 5321 §4.5.3.1.6's 1,000 octets
+    with its CRLF. Now each piece after the first starts with a space (a folded header
+    line; a body line keeps all its text), and lines up to 998 octets are untouched."""
+    long_header = b"X-Long: " + b"h" * 1500
+    content = (long_header + b"\r\n\r\n" + b"a" * 2500 + b"\r\n" + b"." + b"b" * 1200
+               + b"\r\n" + b"c" * 998 + b"\r\n")
+    lines = dot_stuff(content).split(b"\r\n")
+    # The limit does not count the dot doubled for transparency (§4.5.3.1.6).
+    assert max(len(line.removeprefix(b".")) for line in lines) == 998
+    assert lines[0] == long_header[:998] and lines[1] == b" " + long_header[998:]
+    assert lines[3:6] == [b"a" * 998, b" " + b"a" * 997, b" " + b"a" * 505]
+    assert lines[6] == b".." + b"b" * 997  # dot-stuffed after the break
+    assert lines[7] == b" " + b"b" * 203 and lines[8] == b"c" * 998
+    assert lines[9:] == [b".", b""]
+    # The text is all there, in order.
+    body = b"".join(line.removeprefix(b" ") for line in lines[3:6])
+    assert body == b"a" * 2500

@@ -57,17 +57,40 @@ _FORBIDDEN_IN_PATH = re.compile(r"[\x00-\x1f\x7f<>]")
 _EOL = re.compile(rb"\r\n|\r|\n")
 
 
+#: The longest text line RFC 5321 §4.5.3.1.6 lets a client send, without its CRLF.
+MAX_LINE = 998
+_LONG_LINE = re.compile(rb"[^\r\n]{%d}[^\r\n]+" % MAX_LINE)
+
+
+def _fold_long_line(m: re.Match[bytes]) -> bytes:
+    """One line over ``MAX_LINE`` octets as several within it: each piece after the
+    first starts with a space (what Postfix's smtp_line_length_limit does: a long
+    header line becomes a folded one, and a long body line, which only a broken
+    or hand-made message has, keeps all its text)."""
+    line = m.group(0)
+    pieces = [line[:MAX_LINE]]
+    step = MAX_LINE - 1
+    pieces += [b" " + line[i:i + step] for i in range(MAX_LINE, len(line), step)]
+    return b"\r\n".join(pieces)
+
+
 def dot_stuff(content: bytes) -> bytes:
-    """The DATA payload for ``content``: CRLF line ends, dot-stuffed, ending CRLF.CRLF.
+    """The DATA payload for ``content``: CRLF line ends, lines of at most 998 octets,
+    dot-stuffed, ending CRLF.CRLF.
 
     RFC 5321 §4.5.2: a line starting with "." gets one more. Bare CR and bare LF
     are turned into CRLF first: RFC 5321 §2.3.8 forbids them, and a server that
     reads a bare LF as a line end would otherwise see "<LF>.<LF>" as the end of the
     data, letting one message smuggle a second (the 2023 "SMTP smuggling" bugs).
+    A line longer than RFC 5321 §4.5.3.1.6 allows (the server accepted it from a
+    client, as Postfix does) is broken into lines within it (`_fold_long_line`):
+    passed on whole, a strict next hop refuses the message.
     """
     crlf = content.count(b"\r\n")
     if content.count(b"\r") != crlf or content.count(b"\n") != crlf:
         content = _EOL.sub(b"\r\n", content)
+    if len(content) > MAX_LINE and _LONG_LINE.search(content):
+        content = _LONG_LINE.sub(_fold_long_line, content)
     if content.startswith(b"."):
         content = b"." + content
     content = content.replace(b"\r\n.", b"\r\n..")

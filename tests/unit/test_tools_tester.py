@@ -206,6 +206,19 @@ async def test_quit_after(serve: Serve, stage: str, sent: int) -> None:
     assert len(script.received) == sent
 
 
+async def test_quit_after_auth_without_user_sends_no_message(serve: Serve) -> None:
+    # Without --user there is no AUTH stage; --quit-after auth went on to MAIL,
+    # RCPT and DATA and delivered the test message the user had asked not to send.
+    script = Scripted(b"220 x\r\n", [EHLO_PLAIN, b"221 bye\r\n", b"250 ok\r\n",
+                                     b"250 ok\r\n", b"354 go\r\n", b"250 queued\r\n"])
+    port = await serve(script)
+    report = await run_test(_opts(port, quit_after="auth"))
+    assert report.exit_code == ExitCode.SUCCESS, report.error
+    assert script.received[-1] == b"QUIT\r\n", script.received
+    assert len(script.received) == 2
+    assert report.stage == "ehlo"
+
+
 def test_parse_server() -> None:
     assert parse_server("mail.example.org", False) == ("mail.example.org", 587)
     assert parse_server("mail.example.org", True) == ("mail.example.org", 465)

@@ -417,6 +417,8 @@ class _Tester:
             await self._auth()
             if self.done("auth"):
                 return
+        elif opts.quit_after == "auth":
+            return  # no --user, no AUTH: stop where asked, before any MAIL
         await self._message()
 
     async def _auth(self) -> None:

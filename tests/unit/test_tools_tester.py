@@ -219,6 +219,46 @@ async def test_quit_after_auth_without_user_sends_no_message(serve: Serve) -> No
     assert report.stage == "ehlo"
 
 
+EHLO_INTL = b"250-fake.test\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n"
+
+
+async def test_a_utf8_address_is_sent_with_smtputf8_when_offered(serve: Serve) -> None:
+    # It was "cannot send that: non-ASCII address without SMTPUTF8" (exit 1) before
+    # MAIL, against a server offering SMTPUTF8: the tester never declared it.
+    script = Scripted(b"220 x\r\n", [EHLO_INTL, b"250 ok\r\n", b"250 ok\r\n",
+                                     b"354 go\r\n", b"250 queued\r\n", b"221 bye\r\n"])
+    port = await serve(script)
+    report = await run_test(_opts(port, mail_from="a@example.org",
+                                  rcpt_to=("jürgen@example.net",), body="grüße"))
+    assert report.exit_code == ExitCode.SUCCESS, report.error
+    mail = script.received[1].decode()
+    assert mail.startswith("MAIL FROM:<a@example.org>")
+    assert "SMTPUTF8" in mail and "BODY=8BITMIME" in mail
+    assert "RCPT TO:<jürgen@example.net>\r\n" == script.received[2].decode()
+    message = b"".join(script.received[4:])
+    assert b"Content-Transfer-Encoding: 8bit\r\n" in message
+    assert "grüße".encode() in message
+
+
+async def test_a_utf8_address_to_a_server_without_smtputf8_says_so(serve: Serve) -> None:
+    script = Scripted(b"220 x\r\n", [EHLO_NO_AUTH, b"221 bye\r\n"])
+    port = await serve(script)
+    report = await run_test(_opts(port, mail_from="a@example.org",
+                                  rcpt_to=("jürgen@example.net",)))
+    assert report.exit_code == ExitCode.ERROR
+    assert "does not offer SMTPUTF8" in report.error
+    assert not any(line.startswith(b"MAIL") for line in script.received)
+
+
+async def test_an_ascii_message_gets_no_parameters(serve: Serve) -> None:
+    script = Scripted(b"220 x\r\n", [EHLO_INTL, b"250 ok\r\n", b"250 ok\r\n",
+                                     b"354 go\r\n", b"250 queued\r\n", b"221 bye\r\n"])
+    port = await serve(script)
+    report = await run_test(_opts(port, mail_from="a@example.org"))
+    assert report.exit_code == ExitCode.SUCCESS, report.error
+    assert script.received[1] == b"MAIL FROM:<a@example.org>\r\n"
+
+
 def test_parse_server() -> None:
     assert parse_server("mail.example.org", False) == ("mail.example.org", 587)
     assert parse_server("mail.example.org", True) == ("mail.example.org", 465)

@@ -220,6 +220,8 @@ def build_message(opts: TesterOptions, sender: str, recipients: tuple[str, ...])
         "Content-Type: text/plain; charset=utf-8",
         "User-Agent: smtpgate test",
     ]
+    if not body.isascii():
+        headers.append("Content-Transfer-Encoding: 8bit")
     text = "\r\n".join(headers) + "\r\n\r\n" + body.replace("\r\n", "\n").replace("\n", "\r\n")
     return text.encode("utf-8") + (b"" if text.endswith("\r\n") else b"\r\n")
 
@@ -491,7 +493,9 @@ class _Tester:
         sender, recipients = envelope(opts)
         if not recipients:
             raise _Stop(ExitCode.ERROR, "no recipient: pass --to ADDRESS")
-        reply = await s.command(s.engine.mail(sender))
+        content = build_message(opts, sender, recipients)
+        reply = await s.command(s.engine.mail(sender, self._mail_params(
+            sender, recipients, content)))
         if not reply.is_positive:
             raise _Stop(ExitCode.MESSAGE_REFUSED, f"MAIL refused: {reply}")
         if self.done("mail"):
@@ -510,7 +514,6 @@ class _Tester:
         reply = await s.command(s.engine.data())
         if reply.code != 354:
             raise _Stop(ExitCode.MESSAGE_REFUSED, f"DATA refused: {reply}")
-        content = build_message(opts, sender, recipients)
         payload = s.engine.message(content)
         lines = payload.decode("utf-8", "replace").split("\r\n")[:-1]
         shown = lines[:SHOWN_MESSAGE_LINES]
@@ -525,6 +528,38 @@ class _Tester:
             raise _Stop(ExitCode.MESSAGE_REFUSED, f"message refused after DATA: {reply}")
         self.report.queued = str(reply)
         self.done("data")
+
+
+    def _mail_params(self, sender: str, recipients: tuple[str, ...], content: bytes) -> list[str]:
+        """MAIL's parameters for this message, as a conforming client declares them:
+        SMTPUTF8 for a non-ASCII address or header (RFC 6531 §3.4, RFC 6532), which
+        a server without it cannot take; BODY=8BITMIME for 8-bit content when the
+        server offers it (RFC 6152 §3; without it the content goes as is, as
+        swaks sends it, with a warning)."""
+        ext = self.s.engine.extensions
+        params = []
+        if not content.isascii():
+            if ext.eightbitmime:
+                params.append("BODY=8BITMIME")
+            else:
+                self.report.transcript.add(
+                    "error", "warning: the message has 8-bit content and the server does "
+                    "not offer 8BITMIME (RFC 6152)", self.s.tls)
+        if _needs_smtputf8(sender, recipients, content):
+            if not ext.smtputf8:
+                raise _Stop(ExitCode.ERROR, "the server does not offer SMTPUTF8, which a "
+                            "non-ASCII address or header needs (RFC 6531)")
+            params.append("SMTPUTF8")
+        return params
+
+
+def _needs_smtputf8(sender: str, recipients: tuple[str, ...], content: bytes) -> bool:
+    """A non-ASCII envelope address, or a non-ASCII octet in the header section."""
+    if not sender.isascii() or not all(r.isascii() for r in recipients):
+        return True
+    # A --data file may end its lines with LF alone.
+    header = re.split(rb"(?:^|\r?\n)\r?\n", content, maxsplit=1)[0]
+    return not header.isascii()
 
 
 async def run_test(opts: TesterOptions, transcript: Transcript | None = None) -> TestReport:

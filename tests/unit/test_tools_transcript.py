@@ -133,3 +133,44 @@ def test_the_audits_table_escapes_a_banner() -> None:
     out = io.StringIO()
     Console(file=out, width=200, color_system=None).print(observations(report))
     assert "220 mx \\u202e[red]gnp.exe\\x1b[2J" in out.getvalue()
+
+
+def test_every_transcript_line_is_escaped_not_only_what_was_received() -> None:
+    """The tester's error lines quote the server ("** STARTTLS refused: 454 ...",
+    "** MAIL refused: ..."): they reached the terminal raw, an OSC sequence, a C1 CSI
+    or a U+202E with them, though the "<-" line above was escaped."""
+    from smtpgate.tools.transcript import Transcript
+
+    t = Transcript()
+    t.add("error", "STARTTLS refused: 454 4.7.0 \x1b]0;pwned\x07 \u202egnp.exe \x9b2J")
+    shown = "** STARTTLS refused: 454 4.7.0 \\x1b]0;pwned\\x07 \\u202egnp.exe \\x9b2J"
+    assert t.lines() == [shown]
+    assert t.to_json()[0]["text"] == t.lines()[0][3:]
+    t.add("recv", "250 ok \\x1b")  # already escaped (printable): not escaped twice
+    assert t.lines()[-1] == "<- 250 ok \\x1b"
+    t.add("send", "Subject: a\tfolded header")  # a message line sent: its tab stays
+    assert t.lines()[-1] == "-> Subject: a\tfolded header"
+
+
+def test_the_audits_notes_and_error_are_escaped() -> None:
+    """A note ("TLS 1.0 probe: STARTTLS refused: <reply>", the mechanisms a server
+    offered) and a target's error ("server refused the session: <reply>") were
+    printed raw, while the banner and the findings were escaped."""
+    import io
+
+    from rich.console import Console
+
+    from smtpgate.tools.audit import Target, TargetReport
+    from smtpgate.tools.report import target_block
+
+    audited = TargetReport(Target("mx.example.org", 587, "starttls"), reachable=True,
+                           mode_used="plain", banner="mx",
+                           notes=["TLS 1.0 probe: STARTTLS refused: 454 \x1b]0;x\x07\u202eab"])
+    refused = TargetReport(Target("mx.example.org", 465, "implicit"), reachable=True,
+                           error="server refused the session: 554 \x9b2J\u202eab")
+    for report, shown in ((audited, "454 \\x1b]0;x\\x07\\u202eab"),
+                          (refused, "554 \\x9b2J\\u202eab")):
+        out = io.StringIO()
+        Console(file=out, width=200, color_system=None).print(target_block(report))
+        assert shown in out.getvalue()
+        assert not any(c in out.getvalue() for c in "\x1b\x07\x9b\u202e")

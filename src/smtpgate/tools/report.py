@@ -85,7 +85,7 @@ def observations(t: TargetReport) -> Table:
         table.row(f"credentials {c.mechanism}",
                       Text(c.outcome, style="green" if c.ok else "red"))
     for note in t.notes:
-        table.row("note", Text(note, style="dim"))
+        table.row("note", Text(visible(note), style="dim"))  # notes quote the server
     return table
 
 
@@ -111,7 +111,7 @@ def findings_table(t: TargetReport) -> Table | Text:
 def target_block(t: TargetReport) -> RenderableType:
     title = Text(f"{t.target.label}  ", style="bold")  # Text: never markup
     if not t.complete:
-        title.append(f"not audited: {t.error or 'unreachable'}", style="red")
+        title.append(f"not audited: {visible(t.error or 'unreachable')}", style="red")
         return title
     title.append(f"grade {t.grade}", style=GRADE_STYLE.get(t.grade, ""))
     return Group(title, observations(t), findings_table(t), Text(""))

@@ -59,6 +59,7 @@ from smtpgate.tools.session import (
 from smtpgate.tools.tlsreport import TlsReport
 from smtpgate.tools.transcript import Masker, Transcript
 from smtpgate.tools.wire import ClearTextAnswer, WireClosed
+from smtpgate.visible import visible
 
 #: The form of the app passwords ``smtpgate app-password add`` prints (five groups
 #: of four from a 31-letter alphabet); see ``auth/store.py``.
@@ -259,7 +260,7 @@ class _Tester:
             await self._run()
         except _Stop as e:
             self.report.exit_code = e.code
-            self.report.error = self.masker.text(e.message)
+            self.report.error = visible(self.masker.text(e.message))
             self.report.transcript.add("error", e.message)
         finally:
             if self.session is not None:

@@ -65,7 +65,12 @@ class Transcript:
     scrub: Callable[[str], str] | None = None
 
     def add(self, kind: Kind, text: str, tls: bool = False) -> None:
-        entry = Entry(kind, self.scrub(text) if self.scrub is not None else text, tls)
+        # Every line, not only those received: an error or info line quotes the
+        # server too ("STARTTLS refused: <reply>"). Escaping is idempotent, so a
+        # received line, already `printable`, stays as it is. A tab moves nothing
+        # and folds the header lines of a message sent: it stays.
+        text = visible(self.scrub(text) if self.scrub is not None else text, keep="\t")
+        entry = Entry(kind, text, tls)
         self.entries.append(entry)
         if self.listener is not None:
             self.listener(entry)

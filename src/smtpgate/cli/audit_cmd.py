@@ -40,6 +40,9 @@ EXIT_UNREACHABLE = 3
 @click.option("--ehlo", "ehlo_name", default=None, metavar="NAME", help="Name to send in EHLO.")
 @click.option("--timeout", default=15.0, show_default=True, type=click.FloatRange(min=0.1),
               help="Seconds to wait for each reply.")
+@click.option("--max-time", default=300.0, show_default=True, type=click.FloatRange(min=1),
+              help="Seconds for all the probes of one target (a tarpit cannot hold the "
+              "audit longer).")
 @click.option("--concurrency", default=4, show_default=True, type=click.IntRange(1, 32),
               help="Targets probed at the same time.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON record instead of tables.")
@@ -54,6 +57,7 @@ def audit(
     relay_domain: str | None,
     ehlo_name: str | None,
     timeout: float,
+    max_time: float,
     concurrency: int,
     as_json: bool,
 ) -> None:
@@ -91,6 +95,7 @@ def audit(
         ehlo_name=ehlo_name or default_ehlo_name(),
         relay_domain=relay_domain,
         concurrency=concurrency,
+        max_time=max_time,
     )
     err = Console(stderr=True)
     with Progress(

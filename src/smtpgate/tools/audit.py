@@ -160,6 +160,8 @@ class AuditOptions:
     relay_domain: str | None = None  # default: the name in the server's greeting
     outside_domain: str = "example.net"
     concurrency: int = 4
+    #: Seconds for all the probes of one target (see `_Auditor.run`).
+    max_time: float = 300.0
     now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
 
 
@@ -729,12 +731,34 @@ class _Auditor:
                 f"{c.mechanism}: {c.detail or c.outcome}" for c in r.credentials)))
 
     async def run(self) -> TargetReport:
+        """Every probe, within ``max_time`` for the target as a whole: each step has
+        its timeout, but a tarpit answering each command just inside it would
+        otherwise hold the audit for (commands x timeout)."""
         r = self.r
         try:
-            await self._step("connection", self.main, fatal=True)
+            async with asyncio.timeout(self.opts.max_time):
+                await self._probes()
         except _Probe as e:
             r.error = str(e)
             return r
+        except TimeoutError:
+            limit = f"--max-time ({self.opts.max_time:g} s)"
+            if not self._main_done:
+                r.error = f"the main probe did not finish within {limit}{self._where()}"
+                return r
+            r.notes.append(f"stopped at {limit}: the {self._current} probe and any after "
+                           "it did not run or finish")
+        self.evaluate()
+        return r
+
+    #: The probe under way (for the note when ``max_time`` runs out).
+    _current = "connection"
+    _main_done = False
+
+    async def _probes(self) -> None:
+        r = self.r
+        await self._step("connection", self.main, fatal=True)
+        self._main_done = True
         if r.reachable and not r.tls_error:
             if r.mode_used in ("starttls", "plain"):
                 await self._step("AUTH in clear", self.auth_in_clear)
@@ -753,8 +777,6 @@ class _Auditor:
                 await self._legacy_versions()
         elif r.reachable and self.handshake_failed:
             await self._legacy_versions()
-        self.evaluate()
-        return r
 
     async def _credentials_if_safe(self) -> None:
         """The credentials probe, only over TLS whose certificate verified: a real
@@ -784,6 +806,7 @@ class _Auditor:
         self, name: str, probe: Callable[[], Awaitable[None]], fatal: bool = False
     ) -> None:
         """Run one probe; its failure becomes a note (or, for the first, the error)."""
+        self._current = name
         try:
             await probe()
         except _Probe as e:

@@ -25,6 +25,9 @@ question (the catalogue of what can be found is ``findings.py``):
    probe uses ``@SECLEVEL=0`` (see ``wire.LegacyTls``); only this probe does.
 5. **credentials** (with ``--user``): one connection per mechanism offered after
    TLS that we can speak, always over TLS; never in clear.
+6. **made-up login after TLS**: the dummy identity of 2. once more, inside TLS,
+   with PLAIN or LOGIN: a server keeping AUTH for TLS refuses the clear probe
+   whatever its back end checks.
 
 Probes of one target run one after the other (servers rate-limit a client
 address); targets run concurrently, a few at a time.
@@ -194,8 +197,13 @@ class TargetReport:
     mechanisms_tls: tuple[str, ...] | None = None
     auth_clear_accepted: bool | None = None
     auth_clear_detail: str = ""
-    #: The dummy identity of the AUTH-in-clear probe got 235.
+    #: The dummy identity (of the AUTH-in-clear probe, or after TLS) got 235.
     auth_dummy_accepted: bool = False
+    #: Why: the exchange that took it.
+    auth_dummy_detail: str = ""
+    #: The made-up login after TLS: True accepted, False refused, None not tried.
+    dummy_login_after_tls: bool | None = None
+    dummy_login_detail: str = ""
     legacy_versions: dict[str, bool | None] = field(default_factory=dict)
     injection: Literal["vulnerable", "not-vulnerable", "inconclusive", "not-tested"] = (
         "not-tested"
@@ -244,6 +252,10 @@ class TargetReport:
                 if self.mechanisms_clear is not None else None,
                 "accepted": self.auth_clear_accepted,
                 "detail": self.auth_clear_detail or None,
+            },
+            "auth_made_up_identity": {
+                "after_tls": self.dummy_login_after_tls,
+                "detail": self.dummy_login_detail or None,
             },
             "mechanisms_after_tls": list(self.mechanisms_tls)
             if self.mechanisms_tls is not None else None,
@@ -541,10 +553,12 @@ class _Auditor:
                 self.r.auth_clear_detail = (
                     f"AUTH {mech} in clear got 334; a dummy identity then got: {final}"
                 )
+                self.r.auth_dummy_detail = self.r.auth_clear_detail
             elif reply.code == 235:  # without any credential at all
                 self.r.auth_clear_accepted = True
                 self.r.auth_dummy_accepted = True
                 self.r.auth_clear_detail = f"AUTH {mech} in clear got {reply}"
+                self.r.auth_dummy_detail = self.r.auth_clear_detail
             else:
                 self.r.auth_clear_accepted = False
                 self.r.auth_clear_detail = f"AUTH {mech} in clear got {reply}"
@@ -566,6 +580,27 @@ class _Auditor:
         while reply.code == 334:  # a server leading us on: cancel
             reply = await s.command(e.auth_cancel())
         return reply
+
+    async def dummy_login(self) -> None:
+        """The made-up identity once more, over TLS: a server that keeps AUTH for
+        TLS (as it should) answers the clear probe 530, whatever its back end
+        checks. PLAIN or LOGIN only, the mechanisms that carry a password as is;
+        nothing real is sent, and it costs one failed login at the server."""
+        offered = self.r.mechanisms_tls or ()
+        mech = next((m for m in ("PLAIN", "LOGIN") if m in offered), None)
+        if mech is None:
+            return
+        s, _ = await self._open("implicit" if self.r.mode_used == "implicit" else "starttls")
+        try:
+            reply = await s.command(s.engine.auth(mech, None))
+            final = await self._dummy_exchange(s, mech) if reply.code == 334 else reply
+            self.r.dummy_login_after_tls = final.code == 235
+            self.r.dummy_login_detail = f"a made-up identity got {final} to AUTH {mech} after TLS"
+            if final.code == 235:
+                self.r.auth_dummy_accepted = True
+                self.r.auth_dummy_detail = self.r.dummy_login_detail
+        finally:
+            await s.quit()
 
     # 3. STARTTLS injection ---------------------------------------------------------
 
@@ -709,7 +744,7 @@ class _Auditor:
         if r.auth_clear_accepted:
             add(finding("auth-accepted-in-clear", r.auth_clear_detail))
         if r.auth_dummy_accepted:
-            add(finding("auth-accepts-anything", r.auth_clear_detail))
+            add(finding("auth-accepts-anything", r.auth_dummy_detail))
         in_use = r.mechanisms_in_use
         weak = [m for m in in_use if m in mechanisms.PLAINTEXT_EQUIVALENT]
         if weak:
@@ -768,6 +803,10 @@ class _Auditor:
                 await self._legacy_versions()
             if self.opts.user:
                 await self._credentials_if_safe()
+            # After the real credentials: a smtpgate or Dovecot auth penalty for
+            # this failure must not delay them.
+            if r.tls is not None and not r.auth_dummy_accepted:
+                await self._step("made-up login", self.dummy_login)
         elif r.reachable and r.mode_used in ("starttls", "plain"):
             await self._step("AUTH in clear", self.auth_in_clear)
             # TLS failed on the main connection, so its relay probe did not run: an

@@ -72,6 +72,8 @@ def observations(t: TargetReport) -> Table:
         table.row("AUTH in clear accepted", _yes_no(t.auth_clear_accepted, False))
     if t.mechanisms_tls is not None:
         table.row("AUTH after TLS", " ".join(t.mechanisms_tls) or "not advertised")
+    if t.dummy_login_after_tls is not None:
+        table.row("made-up login accepted", _yes_no(t.dummy_login_after_tls, False))
     if t.injection != "not-tested":
         table.row("STARTTLS injection", t.injection)
     if t.relay:

@@ -494,6 +494,28 @@ async def test_a_server_that_echoes_the_password_never_shows_it(serve: Serve) ->
     assert PASSWORD not in text and PASSWORD not in json.dumps(report.to_json())
 
 
+async def test_a_server_that_echoes_the_password_in_base64_never_shows_it(
+        serve: Serve) -> None:
+    """Only the password as sent was masked: a 334 holding it in base64, or a 535
+    quoting the base64 line it got (the PLAIN blob), put it in the transcript for
+    anyone to decode, though the decoded line below was masked."""
+    blob = base64.b64encode(f"\0alice@example.org\0{PASSWORD}".encode())
+    echoed = base64.b64encode(f"you said {PASSWORD}".encode())
+    for mech, replies in (
+        ("PLAIN", [EHLO_PLAIN, b"535 5.7.8 cannot decode '" + blob + b"'\r\n"]),
+        ("LOGIN", [EHLO_PLAIN, b"334 VXNlcm5hbWU6\r\n", b"334 " + echoed + b"\r\n",
+                   b"535 5.7.8 no " + blob.rstrip(b"=") + b"\r\n"]),
+    ):
+        port = await serve(Scripted(b"220 fake.test ESMTP\r\n", [*replies, b"221 bye\r\n"]))
+        report = await run_test(_opts(port, auth=mech, user="alice@example.org",
+                                      password=PASSWORD))
+        assert report.exit_code == ExitCode.AUTH_REFUSED, report.error
+        out = "\n".join(report.transcript.lines()) + json.dumps(report.to_json())
+        for secret in (blob.decode(), blob.decode().rstrip("="), echoed.decode(), PASSWORD):
+            assert secret not in out, (mech, secret, report.transcript.lines())
+    assert "<- 334 VXNlcm5hbWU6" in out  # base64 without a secret stays (LOGIN's last)
+
+
 async def test_a_421_to_ehlo_is_not_called_a_refused_helo(serve: Serve) -> None:
     """The session sends no HELO after a 421 (the server is closing); the error said
     "EHLO and HELO refused" all the same."""

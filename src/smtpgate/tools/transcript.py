@@ -15,6 +15,7 @@ masked as a whole, since it would reveal the same.
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -101,6 +102,22 @@ def printable(data: bytes) -> str:
     return "".join(out)
 
 
+#: A word that may be base64 (padding optional): long enough to hold a secret.
+_BASE64_WORD = re.compile(r"[A-Za-z0-9+/]{4,}={0,2}")
+
+
+def _decodes_to_any(word: str, secrets: list[str]) -> bool:
+    bare = word.rstrip("=")
+    if len(bare) % 4 == 1:
+        return False  # no base64 has this length
+    try:
+        data = base64.b64decode(bare + "=" * (-len(bare) % 4), validate=True)
+    except ValueError:
+        return False
+    text = data.decode("utf-8", "replace")
+    return any(secret in text for secret in secrets)
+
+
 _SCRAM_PROOF = re.compile(rb"(,p=)[^,]*")
 _SCRAM_SIGNATURE = re.compile(rb"(^|,)(v=)[^,]*")
 _BEARER = re.compile(rb"(auth=Bearer )[^\x01]*", re.IGNORECASE)
@@ -159,10 +176,16 @@ class Masker:
         return printable(masked), masked != data
 
     def text(self, line: str) -> str:
-        for secret in self.secrets:
-            if len(secret) >= 3:
-                line = line.replace(secret, MASK)
-        return line
+        """``line`` with each secret masked, as written or inside a base64 word (a
+        server quoting the AUTH line it got, or a challenge holding the password:
+        anyone could decode it from a pasted transcript)."""
+        secrets = [s for s in self.secrets if len(s) >= 3]
+        if not secrets:
+            return line
+        for secret in secrets:
+            line = line.replace(secret, MASK)
+        return _BASE64_WORD.sub(
+            lambda m: MASK if _decodes_to_any(m.group(), secrets) else m.group(), line)
 
     def auth_result(self, result: ClientAuthResult) -> ClientAuthResult:
         """``result`` with the secret masked wherever the server quoted it: a broken

@@ -259,6 +259,20 @@ async def test_an_ascii_message_gets_no_parameters(serve: Serve) -> None:
     assert script.received[1] == b"MAIL FROM:<a@example.org>\r\n"
 
 
+async def test_an_ipv6_server_is_shown_in_brackets() -> None:
+    # It was "cannot connect to ::1:587", which reads as host ::1:587 or ::1 port 587.
+    with socket.socket(socket.AF_INET6) as s:
+        try:
+            s.bind(("::1", 0))
+        except OSError:
+            pytest.skip("no IPv6 loopback")
+        port = s.getsockname()[1]  # bound, never listening: connections are refused
+        report = await run_test(_opts(port, host="::1"))
+    assert report.exit_code == ExitCode.CONNECTION
+    assert report.transcript.lines()[0] == f"== connecting to [::1]:{port} (plain)"
+    assert report.error == f"cannot connect to [::1]:{port}: Connection refused"
+
+
 def test_parse_server() -> None:
     assert parse_server("mail.example.org", False) == ("mail.example.org", 587)
     assert parse_server("mail.example.org", True) == ("mail.example.org", 465)

@@ -242,6 +242,12 @@ class _Tester:
         self.tls_session: TlsClientSession | None = None
 
     @property
+    def where(self) -> str:
+        """``host:port``, an IPv6 address in brackets (``[::1]:587``, RFC 3986)."""
+        host = f"[{self.opts.host}]" if ":" in self.opts.host else self.opts.host
+        return f"{host}:{self.opts.port}"
+
+    @property
     def s(self) -> SmtpSession:
         assert self.session is not None
         return self.session
@@ -275,7 +281,7 @@ class _Tester:
 
     async def _run(self) -> None:
         opts = self.opts
-        self.info(f"connecting to {opts.host}:{opts.port} ({opts.tls_mode})")
+        self.info(f"connecting to {self.where} ({opts.tls_mode})")
         try:
             self.session = await SmtpSession.connect(
                 opts.host, opts.port, timeout=opts.timeout,
@@ -283,12 +289,12 @@ class _Tester:
             )
         except TimeoutError:
             raise _Stop(
-                ExitCode.CONNECTION, f"connection to {opts.host}:{opts.port} timed out"
+                ExitCode.CONNECTION, f"connection to {self.where} timed out"
             ) from None
         except OSError as e:
             raise _Stop(
                 ExitCode.CONNECTION,
-                f"cannot connect to {opts.host}:{opts.port}: {e.strerror or e}",
+                f"cannot connect to {self.where}: {e.strerror or e}",
             ) from None
         self.info(f"connected to {self.s.wire.peer}")
         try:
@@ -365,7 +371,7 @@ class _Tester:
             self._broken = True
             raise _Stop(
                 ExitCode.TLS,
-                f"{opts.host}:{opts.port} speaks implicit TLS (it sent no greeting and "
+                f"{self.where} speaks implicit TLS (it sent no greeting and "
                 "answered a TLS ClientHello): this port speaks implicit TLS, use --tls",
             )
         self.info("no TLS answer either; still waiting for the greeting")

@@ -190,7 +190,7 @@ class Wire:
             host, port = self._sock.getpeername()[:2]
         except OSError:
             return "?"
-        return f"{host}:{port}"
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     async def send(self, data: bytes, timeout: float) -> None:
         """Write ``data`` (encrypted once TLS is on) within ``timeout``.

@@ -685,7 +685,9 @@ class _Auditor:
             self.r.notes.append(
                 "credentials not tried: no mechanism offered after TLS "
                 f"({' '.join(offered) or 'no AUTH'}) can be used with {secret}")
-        for name in usable:
+        usable = _trial_order(usable)
+        refused: list[str] = []
+        for i, name in enumerate(usable):
             s, tls = await self._open(mode)
             try:
                 cb = tls.channel_binding()
@@ -698,9 +700,18 @@ class _Auditor:
                 except ValueError as e:
                     self.r.notes.append(f"{name}: credentials not usable: {e}")
                     continue
-                self.r.credentials.append(self.masker.auth_result(await authenticate(s, mech)))
+                result = self.masker.auth_result(await authenticate(s, mech))
+                self.r.credentials.append(result)
             finally:
                 await s.quit()
+            if not result.ok:
+                refused.append(name)
+            rest = usable[i + 1:]
+            if len(refused) >= 2 and not any(c.ok for c in self.r.credentials) and rest:
+                self.r.notes.append(
+                    f"credentials with {', '.join(rest)} not tried: {' and '.join(refused)} "
+                    "refused them, and each further try would be one more failed login")
+                return
 
     # evaluation ------------------------------------------------------------------------
 
@@ -872,6 +883,20 @@ class _Auditor:
         if self.r.tls is not None:
             return " (after the TLS handshake)"
         return " (after the greeting)"
+
+
+def _trial_order(usable: list[str]) -> list[str]:
+    """The order the credentials probe tries mechanisms in: the first of PLAIN and
+    LOGIN (the password checked as it is: an app password, or keys of one SCRAM
+    kind only, still pass), then the strongest other (an account restricted to
+    SCRAM), then the rest strongest first. The probe stops after two refusals and
+    no success: a wrong password then costs two failed logins, not one per
+    mechanism (login guards and fail2ban, whose maxretry is often 5, count each)."""
+    rank = {name: i for i, name in enumerate(mechanisms.implemented())}
+    ordered = sorted(usable, key=lambda n: rank.get(n, len(rank)))
+    clear = [n for n in ordered if n in mechanisms.CLEARTEXT][:1]
+    others = [n for n in ordered if n not in clear]
+    return clear + others
 
 
 async def audit_target(target: Target, opts: AuditOptions) -> TargetReport:

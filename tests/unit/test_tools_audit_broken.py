@@ -111,3 +111,35 @@ async def test_a_server_accepting_the_dummy_identity_is_critical() -> None:
     assert [f.id for f in t.findings] == [
         "no-tls", "auth-offered-in-clear", "auth-accepted-in-clear", "auth-accepts-anything"]
     assert t.grade == "F"
+
+
+async def test_a_stray_reply_stops_the_relay_probe_instead_of_shifting_its_replies() -> None:
+    # A server that sends one reply more than asked (here a stray "250" after its
+    # EHLO reply) made each RCPT read the reply to the one before: the control
+    # address's 250 became the outside address's, and a closed relay an open one.
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            writer.write(b"220 stray.test ESMTP\r\n")
+            while line := await reader.readline():
+                verb, rcpt = line[:4].upper(), line[8:].strip()
+                if verb == b"EHLO":
+                    reply = b"250-stray.test\r\n250 PIPELINING\r\n250 2.0.0 stray\r\n"
+                elif verb == b"RCPT":
+                    local = rcpt.endswith(b"@stray.test>") and b"example.net" not in rcpt
+                    reply = b"250 2.1.5 ok\r\n" if local else b"554 5.7.1 relay denied\r\n"
+                else:
+                    reply = {b"MAIL": b"250 2.1.0 ok\r\n", b"QUIT": b"221 2.0.0 bye\r\n",
+                             b"RSET": b"250 2.0.0 ok\r\n"}.get(verb, b"503 5.5.1 no\r\n")
+                writer.write(reply)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    report = await _audit(handle)
+    t = report.targets[0]
+    assert "open-relay" not in {f.id for f in t.findings}, t.relay
+    assert t.relay == []
+    assert any("relay probe: the server sent a reply nobody asked for" in n
+               for n in t.notes), t.notes

@@ -152,6 +152,13 @@ class ClientEngine:
         return self._extensions is not None
 
     @property
+    def unread_input(self) -> bool:
+        """Bytes from the server not yet taken as a reply: with no command
+        outstanding, a reply nobody asked for (the replies after it would each
+        answer the command before)."""
+        return not self._parser.idle
+
+    @property
     def replies_due(self) -> int:
         """Replies still owed for the commands formatted so far."""
         return len(self._awaiting)

@@ -500,6 +500,8 @@ class _Auditor:
             ("bang-path", f"{outside}!{lp}"),
             ("bang-path", f"{outside}!{lp}@{domain}"),
         ]
+        if self._stray_reply(s):
+            return
         reply = await s.command(s.engine.mail(RELAY_SENDER))
         if not reply.is_positive:
             for trick, rcpt in tricks:
@@ -520,7 +522,21 @@ class _Auditor:
                     "are inconclusive"
                 )
             self.r.relay.append(RelayAttempt(trick, rcpt, str(reply), accepted))
+            if self._stray_reply(s):
+                return
         await s.command(s.engine.rset())  # never DATA
+
+    def _stray_reply(self, s: SmtpSession) -> bool:
+        """Whether the server sent more than the replies asked for: then each reply
+        read would be the previous command's, and a closed relay could pass for an
+        open one. The relay probe is dropped, with a note."""
+        if not s.engine.unread_input:
+            return False
+        self.r.relay.clear()
+        self.r.relay_note = ""
+        self.r.notes.append("relay probe: the server sent a reply nobody asked for, so "
+                            "the replies after it could not be told apart; not tested")
+        return True
 
     async def relay_in_clear(self) -> None:
         s = await self._connect()

@@ -471,6 +471,35 @@ async def test_legacy_account_gets_scram_keys_at_plain_login(
     assert svc.stats.upgrades == 1
 
 
+async def test_scram_keys_made_with_fewer_iterations_are_made_again_at_plain_login(
+    store: SqliteAccountStore, tmp_path: Path
+) -> None:
+    """Before: after accounts.scram_iterations was raised, an account's keys kept the
+    old count until its password changed, while unknown names announced the new one:
+    a prober told accounts from unknown names by the count. A good PLAIN login now
+    makes the keys again with the new count and the same salt."""
+    before = await make_service(store, tmp_path).resolve(
+        LookupScram(ALICE, "sha256", "SCRAM-SHA-256"), CTX)
+    assert isinstance(before, ScramCredentials) and before.iterations == 4096
+    raised = AccountsConfig(argon2_memory_kib=8192, argon2_time_cost=1, argon2_parallelism=1,
+                            scram_iterations=8192)
+    svc = make_service(store, tmp_path, cfg=raised)
+    assert (await login(svc, ALICE)).ok
+    await svc.flush()
+    for hash_name, mechanism in (("sha256", "SCRAM-SHA-256"), ("sha1", "SCRAM-SHA-1")):
+        after = await svc.resolve(LookupScram(ALICE, hash_name, mechanism), CTX)
+        assert isinstance(after, ScramCredentials) and after.iterations == 8192
+        assert after == scram_credentials_from_password("pencil", hash_name, 8192, after.salt)
+    after = await svc.resolve(LookupScram(ALICE, "sha256", "SCRAM-SHA-256"), CTX)
+    assert isinstance(after, ScramCredentials) and after.salt == before.salt
+    assert svc.stats.upgrades == 1
+    svc._cache.clear()  # keys at the count asked: nothing more at the next miss
+    assert (await login(svc, ALICE)).ok
+    await svc.flush()
+    assert svc.stats.upgrades == 1
+    await svc.close()
+
+
 async def test_weak_argon2_hash_rehashed_at_login(
     store: SqliteAccountStore, tmp_path: Path, admin: AccountAdmin
 ) -> None:

@@ -95,6 +95,7 @@ from smtpgate.auth.credentials import (
     decode_cram_md5,
     decode_scram,
     derive,
+    encode_scram,
     wanted_schemes,
 )
 from smtpgate.auth.directory import (
@@ -138,6 +139,7 @@ from smtpgate.sasl.base import (
     VerifyToken,
 )
 from smtpgate.sasl.saslprep import SaslprepError, saslprep
+from smtpgate.sasl.scram import scram_credentials_from_password
 
 log = logging.getLogger("smtpgate.auth.service")
 T = TypeVar("T")
@@ -907,15 +909,18 @@ class AuthService:
             missing.discard(ARGON2ID)
         elif rehash or self._hasher.needs_rehash(encoded):
             missing.add(ARGON2ID)
-        if missing and account.name not in self._upgrading and not self._closed:
+        held = frozenset(s for s in SCRAM_SCHEMES.values() if s in account.schemes) - missing
+        if (missing or held) and account.name not in self._upgrading and not self._closed:
             self._upgrading.add(account.name)
-            self._spawn(self._upgrade(account, password, frozenset(missing)))
+            self._spawn(self._upgrade(account, password, frozenset(missing), held))
 
-    async def _upgrade(self, account: Account, password: str, schemes: frozenset[str]) -> None:
+    async def _upgrade(self, account: Account, password: str, schemes: frozenset[str],
+                       held_scram: frozenset[str] = frozenset()) -> None:
         try:
             creds = await self._hash(
                 partial(derive, strict=False), password, schemes, self._cfg, self._hasher
-            )
+            ) if schemes else {}
+            creds.update(await self._fewer_iterations(account.name, password, held_scram))
             # Guarded by generation: if the password changed while we derived,
             # these secrets belong to the old one and are not stored.
             if creds:
@@ -927,6 +932,36 @@ class AuthService:
                 self.stats.upgrades += 1
         finally:
             self._upgrading.discard(account.name)
+
+    async def _fewer_iterations(self, name: str, password: str,
+                                schemes: frozenset[str]) -> dict[str, str]:
+        """SCRAM keys of ``schemes`` made with fewer iterations than
+        ``accounts.scram_iterations`` now asks, made again from the password just
+        verified, with the same salt.
+
+        Why: after the count is raised, an unknown name announces the new count
+        (the decoy) while an account's old keys announce the old one, so a prober
+        could tell accounts from unknown names until each password changed. The
+        salt stays, so nothing else a prober sees changes at the owner's login."""
+        out: dict[str, str] = {}
+        by_scheme = {scheme: hash_name for hash_name, scheme in SCRAM_SCHEMES.items()}
+        for scheme in sorted(schemes):
+            data = await self._read_row(self._directory.get_credential, name, scheme)
+            if data is None:
+                continue
+            try:
+                old = decode_scram(data)
+            except CredentialDataError:
+                continue  # the login that reads it says so
+            if old.iterations >= self._cfg.scram_iterations:
+                continue
+            try:
+                new = await self._hash(scram_credentials_from_password, password,
+                                       by_scheme[scheme], self._cfg.scram_iterations, old.salt)
+            except ValueError:
+                continue  # SASLprep refuses the password: SCRAM never worked with it
+            out[scheme] = encode_scram(new)
+        return out
 
     def _lookup_refusal(
         self, account: Account, mechanism: str, ctx: AuthContext

@@ -32,6 +32,14 @@ from smtpgate.mechanism_facts import KNOWN as _KNOWN_MECHANISMS
 #: Results of an AUTH attempt (``smtpgate_auth_attempts_total{result}``).
 AUTH_RESULTS = ("success", "failure", "temporary", "refused_guard", "refused_policy",
                 "cancelled")
+#: Why a connection was refused (``server/limits.py``): the limit it hit.
+CONNECTION_REFUSALS = ("total", "per_ip", "rate")
+#: The web admin's logins (``web/login_log.py``) are counted with the SMTP ones,
+#: under a mechanism and a front door of their own, as the auth log records them.
+ADMIN_MECHANISM = "PASSWORD+TOTP"
+ADMIN_FRONT_DOOR = "web_admin"
+#: The results an admin login can have (it has no policy refusal, no cancel).
+ADMIN_RESULTS = ("success", "failure", "refused_guard")
 #: How one recipient's delivery attempt ended (``queue/state.py`` outcome kinds).
 DELIVERY_OUTCOMES = ("delivered", "deferred", "bounced", "expired")
 
@@ -172,7 +180,7 @@ def prime(
     for name in listeners:
         _m.connections.labels(name)
         _m.sessions_active.labels(name)
-        for reason in ("total", "per_ip"):
+        for reason in CONNECTION_REFUSALS:
             _m.connections_refused.labels(name, reason)
         _m.messages.labels(name)
         _m.message_bytes.labels(name)
@@ -219,6 +227,17 @@ def auth_attempt(mechanism: str, front_door: str, result: str, seconds: float | 
     _m.auth_attempts.labels(_mechanism(mechanism), front_door, result).inc()
     if seconds is not None:
         _m.login_seconds.labels(result).observe(seconds)
+
+
+def admin_login(result: str) -> None:
+    """One web admin login attempt (``result`` from ``ADMIN_RESULTS``)."""
+    _m.auth_attempts.labels(ADMIN_MECHANISM, ADMIN_FRONT_DOOR, result).inc()
+
+
+def prime_admin_logins() -> None:
+    """The web admin's login series at 0, in the process that serves it."""
+    for result in ADMIN_RESULTS:
+        _m.auth_attempts.labels(ADMIN_MECHANISM, ADMIN_FRONT_DOOR, result)
 
 
 def guard_block_started(kind: str) -> None:

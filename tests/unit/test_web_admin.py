@@ -1001,3 +1001,39 @@ async def test_the_overview_shows_the_queue_and_guard_figures_of_smtpgate_status
         assert int(guard.group(1)) == want_g["blocks"] == 1
     finally:
         await site.close()
+
+
+@pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
+async def test_admin_logins_are_counted_in_the_login_metric(tmp_path: Path) -> None:
+    """Before: admin logins were in the auth log only; a Prometheus alert on failed
+    logins never saw a brute force against the admin page."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from smtpgate import metrics
+
+    def n(result: str) -> float:
+        return metrics._m.auth_attempts.labels(
+            "PASSWORD+TOTP", "web_admin", result)._value.get()
+
+    cfg = _guarded_cfg(tmp_path, address_failure_limit=2)
+    site = AdminSite(cfg, tls=False, status_path=None, clock=lambda: 1_700_000_000.0)
+    await site.open()
+    before = {r: n(r) for r in ("success", "failure", "refused_guard")}
+    try:
+        _, secret = site.service("-", "t").add_web_admin("root", "admin passphrase 4 tests")
+        login = {"Cookie": "smtpgate_login=" + "t" * 16}
+        async with TestClient(TestServer(site.app())) as client:
+            for form, status in (
+                    ({"name": "root", "password": "admin passphrase 4 tests",
+                      "code": pyotp.TOTP(secret).at(1_700_000_000)}, 303),
+                    ({"name": "root", "password": "guess", "code": "1"}, 401),
+                    ({"name": "eve", "password": "guess", "code": "1"}, 401),
+                    ({"name": "eve", "password": "guess", "code": "1"}, 429)):
+                client.session.cookie_jar.clear()
+                resp = await client.post("/login", data={"login_token": "t" * 16, **form},
+                                         headers=login, allow_redirects=False)
+                assert resp.status == status, await resp.text()
+    finally:
+        await site.close()
+    assert {r: n(r) - before[r] for r in before} == {
+        "success": 1, "failure": 2, "refused_guard": 1}

@@ -41,6 +41,7 @@ import pyotp
 from aiohttp import web
 from markupsafe import Markup
 
+from smtpgate import metrics
 from smtpgate.admin import (
     AccountAdmin,
     AdminError,
@@ -100,6 +101,10 @@ def _guard_key(name: str) -> str:
         return ""
 
 
+#: The auth log's result of an admin login (``_log_attempt``) as the metric counts it.
+_ADMIN_LOGIN_RESULTS = {"success": "success", "failure": "failure", "tempfail": "refused_guard"}
+
+
 class AdminSite:
     """The application and what it keeps: sessions, the open stores, the last audit."""
 
@@ -109,6 +114,7 @@ class AdminSite:
         self.tls = tls
         self.status_path = status_path
         self.clock = clock
+        metrics.prime_admin_logins()
         self.sessions = Sessions(cfg.admin.session_lifetime,
                                  idle_timeout=cfg.admin.session_idle_timeout, clock=clock)
         self._proxies = trusted_networks(cfg.admin.trusted_proxies)
@@ -435,6 +441,7 @@ class AdminSite:
         port = peer[1] if isinstance(peer, tuple) and ip == request.remote else 0
         ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
         tls = ssl_object.version() if ssl_object is not None else None
+        metrics.admin_login(_ADMIN_LOGIN_RESULTS[result])
         await asyncio.to_thread(
             record_login, auth_log_path(self.cfg), client_ip=ip, client_port=port, tls=tls,
             name=name, result=result, reason=reason)

@@ -67,7 +67,13 @@ def split_path_argument(arg: str, keyword: str) -> tuple[str, str]:
     if not tail.startswith("<"):
         raise AddressError("path must be in angle brackets")
     end = _closing_bracket(tail)
-    return tail[: end + 1], tail[end + 1 :]
+    rest = tail[end + 1 :]
+    # RFC 5321 §4.1.1.2: "MAIL FROM:" Reverse-path [SP Mail-parameters] (§4.1.1.3
+    # alike for RCPT): ``<a@b>SIZE=1`` is no path followed by a parameter, and
+    # Postfix refuses it too (501).
+    if rest and not rest.startswith(" "):
+        raise AddressError("no space between the path and its parameters")
+    return tail[: end + 1], rest
 
 
 def _closing_bracket(s: str) -> int:

@@ -602,3 +602,21 @@ def test_rfc5321_s4_1_1_2_parameters_need_a_space_after_the_path(
     if line.startswith(b"RCPT"):
         d.feed(b"MAIL FROM:<alice@example.org>\r\n")
     assert codes(d.feed(line + b"\r\n")) == [str(reply)]
+
+
+@pytest.mark.parametrize("ws", [" ", "\t", " \t", "\t "])
+def test_trailing_space_and_tab_are_tolerated_on_every_command(ws: str) -> None:
+    """A trailing tab got 501 on RCPT (read as a parameter) and 500 on ``NOOP<TAB>``
+    (read as part of the verb) while trailing spaces passed; Postfix 3.7 takes
+    both. Trailing SP and HTAB are now dropped from every command line."""
+    d = authed()
+    t = ws.encode()
+    out = d.feed(b"NOOP" + t + b"\r\nRSET" + t + b"\r\nHELP" + t + b"\r\n"
+                 b"MAIL FROM:<alice@example.org> SIZE=10" + t + b"\r\n"
+                 b"RCPT TO:<bob@example.net>" + t + b"\r\n"
+                 b"RCPT TO:<carol@example.net> NOTIFY=NEVER" + t + b"\r\n"
+                 b"DATA" + t + b"\r\nSubject: t\r\n\r\nx\r\n.\r\n"
+                 b"EHLO client.test" + t + b"\r\nQUIT" + t + b"\r\n")
+    assert [c[:3] for c in codes(out)] == [
+        "250", "250", "214", "250", "250", "250", "354", "250", "250", "221"]
+    assert d.messages[0].recipients == ("bob@example.net", "carol@example.net")

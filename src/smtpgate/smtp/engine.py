@@ -507,6 +507,10 @@ class ServerEngine:
             line = raw.decode("utf-8")
         except UnicodeDecodeError:
             return self._error(R.SYNTAX_ERROR)
+        # Leniency (docs/smtp.md): trailing SP and HTAB are dropped from every
+        # command, as Postfix does; a trailing tab was read as part of the verb
+        # (``NOOP<TAB>``: 500) or as a parameter (RCPT: 501), a space was not.
+        line = line.rstrip(" \t")
         verb_text, _, arg = line.partition(" ")
         verb = verb_text.upper()
         if not _VERB.fullmatch(verb_text):

@@ -118,3 +118,23 @@ def test_smtplib_large_attachments_then_more_commands(server: Server, implicit: 
         assert s.noop()[0] == 250  # read, not left unread behind a paused socket
     files = server.wait_for_mail(2)
     assert all(attachment in f.read_bytes() for f in files)
+
+
+@pytest.mark.parametrize("options", [["SMTPUTF8"], ["SMTPUTF8", "BODY=8BITMIME"]])
+def test_smtplib_send_message_with_smtputf8_in_mail_options(
+        server: Server, options: list[str]) -> None:
+    """smtplib's send_message adds SMTPUTF8 and BODY=8BITMIME to the caller's
+    mail_options for a UTF-8 address, so ``mail_options=["SMTPUTF8"]`` sent
+    ``MAIL FROM:<...> SMTPUTF8 SMTPUTF8 BODY=8BITMIME``, refused with 501 Duplicate
+    MAIL/RCPT parameter (Postfix takes it). An exact repeat is now taken once."""
+    msg = email.message.EmailMessage()
+    msg["From"] = USER
+    msg["To"] = "jörg@example.net"
+    msg["Subject"] = "grüße"
+    msg.set_content("Hallo Jörg.\n")
+    with smtplib.SMTP("127.0.0.1", server.submission, timeout=10) as s:
+        s.starttls(context=server.client_context())
+        s.login(USER, PASSWORD)
+        assert s.send_message(msg, mail_options=options) == {}
+    delivered = server.wait_for_mail(1)[-1].read_bytes()
+    assert "Subject: grüße".encode() in delivered

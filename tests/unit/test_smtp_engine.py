@@ -321,13 +321,15 @@ def test_rfc4954_s5_auth_param_with_encoded_crlf_refused() -> None:
 
 @pytest.mark.parametrize(("line", "reply"), [
     # Postfix: "503 5.5.4 Error: multiple AUTH= options"; the address is not at fault.
-    (b"MAIL FROM:<alice@example.org> AUTH=<> AUTH=<>", R.DUPLICATE_PARAMETER),
-    (b"MAIL FROM:<alice@example.org> SIZE=10 size=10", R.DUPLICATE_PARAMETER),
+    (b"MAIL FROM:<alice@example.org> AUTH=<> AUTH=x", R.DUPLICATE_PARAMETER),
+    (b"MAIL FROM:<alice@example.org> SIZE=10 size=11", R.DUPLICATE_PARAMETER),
+    (b"MAIL FROM:<alice@example.org> BODY=7BIT BODY=8BITMIME", R.DUPLICATE_PARAMETER),
+    (b"MAIL FROM:<alice@example.org> SMTPUTF8 SMTPUTF8=x", R.DUPLICATE_PARAMETER),
     (b"MAIL FROM:<alice@example.org> AUTH=", R.SYNTAX_ERROR),
     (b"MAIL FROM:<alice@example.org> AUTH=a=b", R.SYNTAX_ERROR),
     (b"MAIL FROM:<alice@example.org> -X=1", R.SYNTAX_ERROR),
     (b"MAIL FROM:alice@example.org", R.SYNTAX_MAIL),
-    (b"RCPT TO:<bob@example.net> NOTIFY=NEVER NOTIFY=NEVER", R.DUPLICATE_PARAMETER),
+    (b"RCPT TO:<bob@example.net> NOTIFY=NEVER NOTIFY=SUCCESS", R.DUPLICATE_PARAMETER),
     (b"RCPT TO:<bob@example.net> NOTIFY=", R.SYNTAX_ERROR),
     (b"RCPT TO:bob@example.net", R.SYNTAX_RCPT),
 ])
@@ -620,3 +622,13 @@ def test_trailing_space_and_tab_are_tolerated_on_every_command(ws: str) -> None:
     assert [c[:3] for c in codes(out)] == [
         "250", "250", "214", "250", "250", "250", "354", "250", "250", "221"]
     assert d.messages[0].recipients == ("bob@example.net", "carol@example.net")
+
+
+def test_a_parameter_repeated_with_the_same_value_is_taken_once() -> None:
+    """Python's smtplib send_message(mail_options=["SMTPUTF8"]) sends SMTPUTF8 twice
+    (tests/integration/test_clients.py); it got 501 Duplicate MAIL/RCPT parameter."""
+    d = authed()
+    out = d.feed("MAIL FROM:<alice@example.org> SMTPUTF8 SMTPUTF8 BODY=8BITMIME "
+                 "body=8BITMIME AUTH=<> AUTH=<>\r\nRCPT TO:<jörg@example.net> "
+                 "NOTIFY=NEVER NOTIFY=NEVER\r\n".encode())
+    assert codes(out) == [str(R.SENDER_OK), str(R.RECIPIENT_OK)]

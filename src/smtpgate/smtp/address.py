@@ -49,7 +49,7 @@ class ParameterError(AddressError):
 
 
 class DuplicateParameter(ParameterError):
-    """A MAIL or RCPT parameter given twice (``AUTH=<> AUTH=<>``)."""
+    """A MAIL or RCPT parameter given twice with different values (``AUTH=<> AUTH=x``)."""
 
 
 class NonAsciiWithoutSmtputf8(AddressError):
@@ -181,7 +181,12 @@ _PARAM_VALUE = re.compile(r"[\x21-\x3c\x3e-\x7e\u0080-\U0010ffff]+")
 
 
 def parse_params(rest: str) -> dict[str, str | None]:
-    """Parse ``KEY[=VALUE]`` parameters; keys upper-cased; duplicates are errors."""
+    """Parse ``KEY[=VALUE]`` parameters; keys upper-cased. A keyword given twice
+    with the same value is taken once: Python's smtplib ``send_message`` adds
+    ``SMTPUTF8`` (and ``BODY=8BITMIME``) to the caller's own for a UTF-8 address, so
+    ``SMTPUTF8 SMTPUTF8`` is a real client's, and Postfix takes it. Two different
+    values (``AUTH=<> AUTH=x``, ``BODY=7BIT BODY=8BITMIME``) are a contradiction
+    and raise `DuplicateParameter`: which one the client meant is a guess."""
     out: dict[str, str | None] = {}
     for item in rest.split(" "):
         if not item:
@@ -192,9 +197,10 @@ def parse_params(rest: str) -> dict[str, str | None]:
         if eq and not _PARAM_VALUE.fullmatch(value):
             raise ParameterError(f"bad value for {key}")
         ukey = key.upper()
-        if ukey in out:
-            raise DuplicateParameter(f"duplicate parameter {ukey}")
-        out[ukey] = value if eq else None
+        given = value if eq else None
+        if ukey in out and out[ukey] != given:
+            raise DuplicateParameter(f"parameter {ukey} given twice with different values")
+        out[ukey] = given
     return out
 
 

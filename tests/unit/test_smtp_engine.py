@@ -632,3 +632,15 @@ def test_a_parameter_repeated_with_the_same_value_is_taken_once() -> None:
                  "body=8BITMIME AUTH=<> AUTH=<>\r\nRCPT TO:<jörg@example.net> "
                  "NOTIFY=NEVER NOTIFY=NEVER\r\n".encode())
     assert codes(out) == [str(R.SENDER_OK), str(R.RECIPIENT_OK)]
+
+
+def test_extensions_after_helo_are_honoured_as_postfix_does() -> None:
+    """Decided (docs/smtp.md "Extensions after HELO"): a client that sent HELO and
+    uses AUTH, MAIL parameters, DSN parameters or BDAT anyway is served, as Postfix
+    3.7 serves it; a submission client cannot send mail without AUTH anyway."""
+    d = Driver.new(tls=True)
+    out = d.feed(f"HELO client.test\r\nAUTH PLAIN {PLAIN_OK}\r\n"
+                 "MAIL FROM:<alice@example.org> SIZE=10 BODY=8BITMIME SMTPUTF8 RET=HDRS\r\n"
+                 "RCPT TO:<bob@example.net> NOTIFY=NEVER\r\nBDAT 4 LAST\r\nab\r\n".encode())
+    assert [c[:3] for c in codes(out)] == ["250", "235", "250", "250", "250"]
+    assert len(d.messages) == 1

@@ -29,12 +29,15 @@ class FakeAttempt:
     queries: list[CredentialQuery] = field(default_factory=list)
     #: The name the guard counted the attempt under (LoginAttempt.account).
     account: str = ""
+    #: The exchange's outcomes given to finish() (what the auth log records).
+    outcomes: list[Any] = field(default_factory=list)
 
     async def resolve(self, query: CredentialQuery) -> CredentialAnswer:
         self.queries.append(query)
         return self.answer
 
     async def finish(self, outcome: object) -> LoginResult:
+        self.outcomes.append(outcome)
         return self.result
 
 
@@ -168,3 +171,23 @@ def test_auth_wait_is_not_the_penalty_which_smtpgate_waits_itself() -> None:
     d = decider(bad, [])
     d.door.runtime.guard = NamedGuard("someone-else@example.org")  # type: ignore[attr-defined]
     assert run(d, request()).wait == 1
+
+
+@pytest.mark.parametrize("user, password, reason", [
+    ("alice\0bob@example.org", "pw", "NUL in Auth-User"),
+    ("alice@example.org", "p\0w", "NUL in Auth-Pass"),
+    ("alice@example.org", "", "empty Auth-User or Auth-Pass"),
+])
+def test_a_nul_or_empty_field_is_logged_as_what_it_is(
+        user: str, password: str, reason: str) -> None:
+    """A NUL in nginx's Auth-User or Auth-Pass was logged as "PLAIN: empty authcid
+    or password" (the door sent the exchange an empty PLAIN message for it); the
+    auth log now names the header and what is wrong with it, and nothing is
+    looked up."""
+    bad = FakeAttempt(Verdict(ok=False, reason="unused"), LoginResult(AuthResult.FAILURE))
+    answer = run(decider(bad, []), request(user=user, password=password))
+    assert answer.error_code == "535 5.7.8"
+    (outcome,) = bad.outcomes
+    assert (outcome.result, outcome.malformed) == (AuthResult.FAILURE, True)
+    assert outcome.reason == f"PLAIN: {reason}"
+    assert bad.queries == []

@@ -93,15 +93,27 @@ class AuthHttpDecider:
 
     def _mechanism(self, req: AuthHttpRequest) -> tuple[str, bytes | None] | None:
         """(mechanism, what the client sends first) for the exchange, or None if the
-        request cannot be one."""
+        request cannot be one. A PLAIN request whose fields make no PLAIN message
+        starts with None: `_unusable` says why, and the exchange ends with that."""
         if req.method == "plain":  # nginx says "plain" for SMTP AUTH PLAIN and LOGIN
             try:
                 return "PLAIN", encode_plain(req.user, req.password)
             except PlainSyntaxError:
-                return "PLAIN", b"\0\0"  # an empty or NUL-carrying field: the exchange refuses it
+                return "PLAIN", None
         if req.method == "cram-md5":
             return "CRAM-MD5", None
         return None
+
+    @staticmethod
+    def _unusable(req: AuthHttpRequest) -> str:
+        """Why nginx's Auth-User and Auth-Pass make no PLAIN message, in the auth
+        log's words. An empty PLAIN message stood in for both cases, and a NUL was
+        logged as "empty authcid or password"."""
+        if "\0" in req.user:
+            return "PLAIN: NUL in Auth-User"
+        if "\0" in req.password:
+            return "PLAIN: NUL in Auth-Pass"
+        return "PLAIN: empty Auth-User or Auth-Pass"
 
     async def decide(self, req: AuthHttpRequest, alive: Callable[[], bool]) -> AuthHttpAnswer:
         if req.protocol != "smtp":
@@ -145,7 +157,8 @@ class AuthHttpDecider:
         while not isinstance(step, Outcome):
             if isinstance(step, Challenge):
                 if name != "CRAM-MD5":
-                    step = exchange.malformed("unexpected challenge")
+                    # PLAIN challenges only when started without a message.
+                    step = exchange.malformed(self._unusable(req))
                     continue
                 step = exchange.respond(f"{req.user} {req.password}".encode())
             elif isinstance(step, NeedCredentials):

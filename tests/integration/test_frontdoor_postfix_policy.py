@@ -15,6 +15,7 @@ import smtplib
 import ssl
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,6 +106,23 @@ def test_a_locked_account_may_not_send_through_postfix(stack: Stack) -> None:
         stack.smtpgate.cli("user", "unlock", SCRAM_USER)
     assert "5.7.1" in out and "Sending not allowed for this account" in out, out
     assert f"user={SCRAM_USER} refused: account locked" in stack.smtpgate.log_text()
+
+
+def test_an_account_whose_password_expired_may_not_send_through_postfix(stack: Stack) -> None:
+    """Postfix's own SASL backend still accepts the password; smtpgate's password
+    age ([passwords].max_age_days, `user max-age`) applied to its own AUTH only, so
+    an account whose password had expired went on sending through Postfix. It is
+    refused now, as a lock is."""
+    stack.smtpgate.cli("user", "max-age", SCRAM_USER, "1s")  # set when the module began
+    time.sleep(1.1)
+    try:
+        out = swaks(stack, SCRAM_USER, "after expiry")
+    finally:
+        stack.smtpgate.cli("user", "max-age", SCRAM_USER, "default")
+    assert "5.7.1" in out and "Sending not allowed for this account" in out, out
+    assert f"user={SCRAM_USER} refused: password expired at " in stack.smtpgate.log_text()
+    out = swaks(stack, SCRAM_USER, "renewed")  # and the default age lets it send again
+    assert "Sending not allowed" not in out, out
 
 
 REQUEST = (b"request=smtpd_access_policy\nprotocol_state=RCPT\nsasl_username=" + SCRAM_USER.encode()

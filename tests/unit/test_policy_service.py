@@ -143,6 +143,27 @@ async def test_app_password_login_scope_and_expiry(svc: AuthService, store: Sqli
     assert store.app_passwords(ALICE)[0].last_address == "192.0.2.7"
 
 
+async def test_access_refusal_applies_password_age_as_auth_would(
+        svc: AuthService, admin: AccountAdmin) -> None:
+    """The Postfix policy service's check (access_refusal) left out the password's
+    age. An expired password refuses a password mechanism; a token or certificate
+    is no password; after PLAIN or LOGIN an app password the login may have used
+    lets it through (the MTA does not say which password it took)."""
+    assert await svc.access_refusal(ALICE, "PLAIN", ctx()) is None
+    admin.schedule_password_expiry(ALICE, datetime.now(UTC) - timedelta(seconds=1))
+    for mech in ("PLAIN", "LOGIN", "SCRAM-SHA-256", "CRAM-MD5"):
+        refusal = await svc.access_refusal(ALICE, mech, ctx())
+        assert refusal is not None and refusal.startswith("password expired at "), mech
+    assert await svc.access_refusal(ALICE, "OAUTHBEARER", ctx()) is None
+    assert await svc.access_refusal(ALICE, "EXTERNAL", ctx()) is None
+    admin.add_app_password(ALICE, "phone", networks=["192.0.2.0/24"], mechanisms=["LOGIN"])
+    assert await svc.access_refusal(ALICE, "LOGIN", ctx()) is None
+    for mech, ip in (("PLAIN", "192.0.2.7"), ("LOGIN", "198.51.100.1"), ("SCRAM-SHA-256", "192.0.2.7")):
+        assert await svc.access_refusal(ALICE, mech, ctx(ip)) is not None, (mech, ip)
+    admin.expire_app_password(ALICE, "phone", datetime.now(UTC) - timedelta(seconds=1))
+    assert await svc.access_refusal(ALICE, "LOGIN", ctx()) is not None
+
+
 async def test_sender_profile(svc: AuthService, store: SqliteAccountStore, admin: AccountAdmin) -> None:
     admin.add_alias(ALICE, "info@example.org")
     admin.grant_domain(ALICE, "example.net")

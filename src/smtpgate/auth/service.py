@@ -417,12 +417,41 @@ class AuthService:
 
     async def access_refusal(self, identity: str, mechanism: str, ctx: AuthContext) -> str | None:
         """Why ``identity``, logged in elsewhere with ``mechanism``, may not act from
-        ``ctx`` (a lock, conditional access), or None. For a front door that vets a
-        login another server checked (the Postfix policy service); an account the
-        directory does not have: None (nothing to apply). ``StoreError`` on a fault."""
-        account = await self._read_row(self._directory.get_account, lookup_key(identity))
-        found = None if account is None else _mechanism_refusal(account, mechanism, ctx)
-        return None if found is None else found[1]
+        ``ctx`` (a lock, conditional access, an expired password), or None. For a
+        front door that vets a login another server checked (the Postfix policy
+        service); an account the directory does not have: None (nothing to apply).
+        ``StoreError`` on a fault.
+
+        The password's age applies as at smtpgate's own AUTH, to a password
+        mechanism; a token or a certificate is no password. The other server does not
+        say which password it took: after PLAIN or LOGIN an app password the login
+        could have used (live, allowed with the mechanism and from ``ctx``) lets the
+        account through, as it would have logged in here with it."""
+        name = lookup_key(identity)
+
+        def load() -> str | None:
+            account = self._directory.get_account(name)
+            if account is None:
+                return None
+            if found := _mechanism_refusal(account, mechanism, ctx):
+                return found[1]
+            if (mechanism in mechanism_facts.OAUTH
+                    or mechanism in mechanism_facts.CLIENT_CERTIFICATE):
+                return None
+            expired = self._expired(account)
+            if expired is None or mechanism not in mechanism_facts.CLEARTEXT:
+                return expired
+            now = datetime.now(UTC)
+            ip = parse_ip(ctx.client_ip)
+            for app in self._directory.app_passwords(account.name):
+                if (not app.expired(now)
+                        and (app.mechanisms is None or mechanism in app.mechanisms)
+                        and (app.networks is None
+                             or in_networks(ip, parse_networks(app.networks)))):
+                    return None
+            return expired
+
+        return await self._read_row(load)
 
     async def session_refusal(
         self, principal: Principal, ctx: AuthContext, logged_in: datetime

@@ -6,7 +6,8 @@ What it decides, for a request with a ``sasl_username`` (without one it answers
 
 - MAIL and RCPT states: the account's lock and conditional access (allowed
   networks against ``client_address``, allowed listeners against this auth
-  listener's name, allowed mechanisms against ``sasl_method``), then the
+  listener's name, allowed mechanisms against ``sasl_method``) and its
+  password's age (``AuthService.access_refusal``), then the
   envelope sender's ownership by the account
   (``policy/sender.py``, its aliases, granted domains and directory addresses),
   then its message budget (``RateLimiter``, the ``acct:NAME`` counters smtpgate's

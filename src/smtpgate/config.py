@@ -1554,6 +1554,17 @@ class ServerConfig(Model):
         "restart.",
     )
 
+    worker_watchdog: float = Field(
+        default=60.0, ge=0, description=(
+            "Seconds a worker or the delivery process may go without its event loop"
+            " reporting to the parent (it does every 5 s, or a quarter of this if less)"
+            " before the parent kills it"
+            " (SIGKILL) and starts another: a loop stuck on storage that hangs or in a bug"
+            " holds its share of connections and answers none, and systemd's watchdog"
+            " sees only the parent. 0 turns it off (e.g. to stop a worker in a debugger)."
+            " Under workers = 1 there is no parent: systemd's WatchdogSec sees the loop."
+        ),
+    )
     shutdown_grace: float = Field(
         default=10.0, ge=0, description=(
             "Seconds in-flight sessions and deliveries get on SIGTERM: then sessions get"

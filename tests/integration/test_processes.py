@@ -132,6 +132,34 @@ def test_kill_9_of_a_worker_is_logged_and_the_worker_restarted(default_server: S
     assert srv.stop() == 0
 
 
+def test_a_stuck_worker_is_killed_by_the_watchdog_and_restarted(tmp_path: Path) -> None:
+    """A worker that stops answering (here SIGSTOP: its loop says nothing, as one
+    blocked on storage that hangs) is killed after server.worker_watchdog and
+    replaced; before, its share of the connections waited for ever."""
+    srv = make_server(tmp_path / "srv", "\n[server]\nworker_watchdog = 3\n")
+    srv.add_user(USER, PASSWORD)
+    srv.start()
+    try:
+        started = wait_for_log(srv, r"started (\d+) worker processes: ([\d, ]+); delivery")[0]
+        victim = int(started.group(2).split(", ")[0])
+        os.kill(victim, signal.SIGSTOP)
+        wait_for_log(srv, rf"ERROR smtpgate\[\d+\]: worker 1 \(pid {victim}\) is unresponsive: "
+                          r"its event loop said nothing for \d+ s \(server.worker_watchdog\)")
+        wait_for_log(srv, rf"worker 1 \(pid {victim}\) killed by signal 9")
+        restarted = wait_for_log(srv, r"worker 1 restarted \(pid (\d+)\)")[0]
+        assert int(restarted.group(1)) != victim
+        for _ in range(10):  # every connection is answered again, whichever worker
+            sock, banner = greeting(srv.submission)
+            sock.close()
+            assert banner.startswith(b"220 ")
+        with smtplib.SMTP_SSL("127.0.0.1", srv.submissions, context=srv.client_context()) as c:
+            c.login(USER, PASSWORD)
+        # The other processes, which kept saying alive, were left alone.
+        assert len(re.findall(r"\) is unresponsive", srv.log_path.read_text())) == 1
+    finally:
+        srv.stop()
+
+
 def _too_new_schema(server: Server) -> None:
     with sqlite3.connect(server.root / "accounts.sqlite") as db:
         db.execute("INSERT INTO schema_version (version, applied) VALUES (999, 'future')")

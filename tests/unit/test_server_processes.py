@@ -349,3 +349,61 @@ def test_server_log_file_is_created_0640_and_keeps_an_existing_mode(tmp_path: Pa
     kept.close()
     assert (tmp_path / "new.log").stat().st_mode & 0o777 == 0o640
     assert (tmp_path / "kept.log").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_child_whose_event_loop_is_stuck_is_killed_and_restarted(
+    records: Records, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: a worker whose loop blocked (storage that hangs, a bug that never
+    yields) kept its share of connections unanswered for ever; the parent saw it
+    alive, and so did systemd's watchdog, which the parent feeds."""
+    import asyncio
+
+    from smtpgate.server import supervisor as supervisor_module
+
+    monkeypatch.setattr(supervisor_module, "ALIVE_EVERY", 0.1)
+
+    def stuck_after_a_while(status: StatusWriter) -> int:
+        async def main() -> None:
+            status.ready()
+            await asyncio.sleep(0.6)  # alive lines every 0.1 s meanwhile
+            time.sleep(30)  # the loop blocks: no more alive lines
+
+        asyncio.run(main())
+        return 0
+
+    sup = Supervisor([spec("worker 1", stuck_after_a_while)], backoff_initial=0.01,
+                     give_up_failures=2, give_up_window=60, unresponsive_after=1.0)
+    t0 = time.monotonic()
+    assert sup.run() == 1  # killed twice: given up, as after any two deaths
+    assert time.monotonic() - t0 < 15  # not the 30 s of the blocked sleep
+    errors = records.at(logging.ERROR)
+    killed = [m for m in errors if "killed by signal 9" in m]
+    assert len(killed) == 2, records.lines
+    assert re.search(r"unresponsive: its event loop said nothing for \d+ s "
+                     r"\(server\.worker_watchdog\)", killed[0]), killed
+    assert sum(m.startswith("worker 1 restarted (pid ") for m in records.at(logging.INFO)) == 1
+
+
+def test_a_child_that_keeps_saying_alive_is_left_alone(
+    records: Records, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from smtpgate.server import supervisor as supervisor_module
+
+    monkeypatch.setattr(supervisor_module, "ALIVE_EVERY", 0.1)
+
+    def serves(status: StatusWriter) -> int:
+        async def main() -> None:
+            status.ready()
+            await asyncio.sleep(2.0)  # twice the watchdog's limit, loop running
+
+        asyncio.run(main())
+        return 3
+
+    sup = Supervisor([spec("worker 1", serves)], give_up_failures=1, unresponsive_after=1.0)
+    assert sup.run() == 1
+    errors = records.at(logging.ERROR)
+    assert any("exited with status 3" in m for m in errors), records.lines
+    assert not any("unresponsive" in m for m in errors), records.lines

@@ -1063,6 +1063,7 @@ def _run_supervised(
         on_reload=on_reload,
         on_reaped=lambda pid: metrics_http.mark_dead(cfg, pid),
         stop_timeout=cfg.server.shutdown_grace + 30,
+        unresponsive_after=cfg.server.worker_watchdog,
         on_tick=on_tick,
         tick_every=status_file.INTERVAL,
     )

@@ -11,6 +11,13 @@ status pipe per child. A child writes one line per event on its pipe:
   complete.
 - ``fatal <one line>``: the error that is ending it. The parent logs it with
   the exit status, so a worker's death always names its cause.
+- ``alive``: every ``ALIVE_EVERY`` seconds (more often for a short limit) from
+  the child's event loop once it is ready. A child whose loop is stuck (a blocking call on storage that hangs,
+  a bug that never yields) still holds its listeners' share of connections and
+  answers none of them; it cannot see that itself, and neither can systemd's
+  watchdog, which the parent feeds. So the parent kills (SIGKILL) a ready child
+  that has said nothing for ``unresponsive_after`` seconds
+  (``server.worker_watchdog``) and restarts it as after any death.
 
 A child that fails before the first start-up completed ends the server at
 once: it would fail the same way again. The exit status is 2 when the child's
@@ -24,6 +31,7 @@ instead of a server that keeps half-starting.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import selectors
@@ -47,15 +55,23 @@ EXIT_GAVE_UP = 1  # the same "error" status; the log says which
 EXIT_CONFIG = 2
 
 _HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGCHLD)
+#: Seconds between a ready child's ``alive`` lines.
+ALIVE_EVERY = 5.0
 
 
 class StatusWriter:
     """The child's end of its status pipe. Writes are best effort: a parent that
     is gone cannot be told anything, and the child dies with it anyway."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, alive_every: float | None = ALIVE_EVERY) -> None:
         self._fd = fd
         self.was_ready = False
+        #: Seconds between ``alive`` lines; None: none (no watchdog to feed).
+        self._alive_every = alive_every
+        # A parent that reads nothing (stuck itself) must not stop the child's
+        # loop on a full pipe: a line that does not fit is dropped.
+        os.set_blocking(fd, False)
+        self._alive: asyncio.TimerHandle | None = None
 
     def _send(self, line: str) -> None:
         data = (line.replace("\n", " ")[:3000] + "\n").encode("utf-8", "replace")
@@ -65,8 +81,21 @@ class StatusWriter:
             pass
 
     def ready(self) -> None:
+        """Called from the child's running event loop: from here on that loop says
+        ``alive`` every ``ALIVE_EVERY`` seconds (the module docstring)."""
         self.was_ready = True
         self._send("ready")
+        if self._alive is None and self._alive_every is not None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return  # no loop (a test's child): nothing to watch
+            self._alive = loop.call_later(self._alive_every, self._say_alive, loop)
+
+    def _say_alive(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._send("alive")
+        assert self._alive_every is not None
+        self._alive = loop.call_later(self._alive_every, self._say_alive, loop)
 
     def reloaded(self, ok: bool) -> None:
         self._send("reloaded ok" if ok else "reloaded failed")
@@ -111,6 +140,8 @@ class _Child:
     generation: int
     ready: bool = False
     ready_at: float = 0.0
+    #: When it last said anything on its pipe (``alive`` and the rest).
+    heard_at: float = 0.0
     fatal: str = ""
     buf: bytes = b""
     eof: bool = False
@@ -137,6 +168,8 @@ class Supervisor:
     tick_every: float = 2.0
     #: Called with the pid of each child that exited (its metrics files: metrics_http).
     on_reaped: Callable[[int], None] = lambda pid: None
+    #: Seconds a ready child may say nothing before it is killed as stuck; 0: never.
+    unresponsive_after: float = 0.0
 
     _children: dict[int, _Child] = field(default_factory=dict)
     _restart_at: dict[str, float] = field(default_factory=dict)
@@ -196,6 +229,9 @@ class Supervisor:
             times.append(self._stop_deadline)
         times += [c.started + self.startup_timeout for c in self._children.values()
                   if self._running and not c.ready and not self._stopping]
+        if self.unresponsive_after > 0 and not self._stopping:
+            times += [c.heard_at + self.unresponsive_after for c in self._children.values()
+                      if c.ready and not c.eof]
         if not times:
             return None
         return max(0.0, min(times) - self.clock())
@@ -228,6 +264,13 @@ class Supervisor:
             if self._running and not child.ready and now >= child.started + self.startup_timeout:
                 child.fatal = child.fatal or f"not ready within {self.startup_timeout:.0f} s"
                 _kill(child.pid, signal.SIGKILL)
+            elif (self.unresponsive_after > 0 and child.ready and not child.eof
+                  and not child.fatal and now >= child.heard_at + self.unresponsive_after):
+                child.fatal = (f"unresponsive: its event loop said nothing for "
+                               f"{now - child.heard_at:.0f} s (server.worker_watchdog)")
+                log.error("%s (pid %d) is %s: killing it", child.spec.name, child.pid,
+                          child.fatal)
+                _kill(child.pid, signal.SIGKILL)
         for name, when in list(self._restart_at.items()):
             if now >= when:
                 del self._restart_at[name]
@@ -258,7 +301,7 @@ class Supervisor:
         if pid == 0:  # pragma: no cover - runs in the child (covered by integration tests)
             os.close(r)
             self._in_child(parent, mask)
-            _child_main(launch.body, StatusWriter(w))
+            _child_main(launch.body, StatusWriter(w, self._alive_every()))
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         os.close(w)
         launch.after_fork()
@@ -268,6 +311,13 @@ class Supervisor:
         self._sel.register(r, selectors.EVENT_READ, child)
         log.debug("%s: pid %d", spec.name, pid)
         return True
+
+    def _alive_every(self) -> float | None:
+        """How often a child says ``alive``: at least four times within the
+        watchdog's limit, and every ``ALIVE_EVERY`` seconds at most."""
+        if self.unresponsive_after <= 0:
+            return None
+        return min(ALIVE_EVERY, self.unresponsive_after / 4)
 
     def _in_child(self, parent: int, mask: Iterable[int]) -> None:  # pragma: no cover - child
         """Forget the parent's loop: its pipes, its wake-up fd and its handlers. SIGHUP
@@ -310,6 +360,9 @@ class Supervisor:
                 for c in sorted(self._children.values(), key=lambda c: c.spec.name)]
 
     def _message(self, child: _Child, line: str) -> None:
+        child.heard_at = self.clock()
+        if line == "alive":
+            return
         if line == "ready":
             child.ready = True
             child.ready_at = self.clock()

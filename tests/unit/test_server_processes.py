@@ -367,7 +367,7 @@ def test_a_child_whose_event_loop_is_stuck_is_killed_and_restarted(
         async def main() -> None:
             status.ready()
             await asyncio.sleep(0.6)  # alive lines every 0.1 s meanwhile
-            time.sleep(30)  # the loop blocks: no more alive lines
+            time.sleep(30)  # noqa: ASYNC251 - the point: the loop blocks, no alive lines
 
         asyncio.run(main())
         return 0

@@ -17,6 +17,7 @@ import email.policy
 import json
 import os
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -281,22 +282,47 @@ def flush(queue_id: str | None, config_path: Path | None) -> None:
             f"{queue_id} is held: not flushed",
             f"`smtpgate queue release {queue_id}` lets it go (it is attempted now)")
     echo(f"flushed {count(n, 'message')}")
-    delivered = _deliver_here(cfg, spool_dir)
-    if delivered is not None:
-        echo(f"no server is delivering: made {count(delivered, 'delivery attempt')} here")
+    here = _deliver_here(cfg, spool_dir)
+    if here is not None:
+        attempts, outcomes = here
+        echo(f"no server is delivering: made {count(attempts, 'delivery attempt')} here"
+             + (f": {_outcome_words(outcomes)}" if outcomes else ""))
     _unreadable(mgr.unreadable)
+    if here is not None and here[1]["deferred"]:
+        # The attempts were made here and some failed for now: a script's
+        # `queue flush && ...` must not go on as if the queue were drained (with a
+        # server delivering, the request is all there is to do: exit 0, as
+        # postqueue -f).
+        raise OperationalError(
+            f"{count(here[1]['deferred'], 'recipient')} deferred: still in the queue",
+            "'smtpgate queue list' shows the last error of each; they are retried "
+            "at their next attempt (or by the next flush)")
 
 
-def _deliver_here(cfg: Config, spool_dir: Path) -> int | None:
-    """Deliver what is due in this process if no server holds the delivery lock;
-    None when a server does (it takes the flush request)."""
-    async def run() -> int | None:
+def _outcome_words(outcomes: Counter[str]) -> str:
+    """What the attempts made here did to the recipients: "1 recipient delivered",
+    "3 recipients: 1 delivered, 2 deferred"."""
+    parts = [(n, what) for n, what in (
+        (outcomes["delivered"], "delivered"), (outcomes["deferred"], "deferred"),
+        (outcomes["bounced"] + outcomes["expired"], "bounced")) if n]
+    if len(parts) == 1:
+        n, what = parts[0]
+        return f"{count(n, 'recipient')} {what}"
+    total = sum(n for n, _ in parts)
+    return f"{count(total, 'recipient')}: " + ", ".join(f"{n} {w}" for n, w in parts)
+
+
+def _deliver_here(cfg: Config, spool_dir: Path) -> tuple[int, Counter[str]] | None:
+    """Deliver what is due in this process if no server holds the delivery lock:
+    how many attempts were made, and the recipients' outcomes by kind; None when
+    a server does (it takes the flush request)."""
+    async def run() -> tuple[int, Counter[str]] | None:
         spool = Spool(spool_dir, prefill=False)
         deliverer = make_deliverer(cfg)
         worker = DeliveryWorker(spool, deliverer, cfg.queue, reporting_mta=cfg.hostname,
                                 drop_fields=cfg.delivery.drop_fields)
         try:
-            return await worker.run_once()
+            return await worker.run_once(), worker.outcomes
         except RuntimeError:
             return None  # a server took the lock meanwhile: it takes the request
         finally:

@@ -66,6 +66,7 @@ import datetime as dt
 import heapq
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
@@ -197,6 +198,9 @@ class DeliveryWorker:
         self._stopping = False
         self._deadline = float("inf")  # time.monotonic() when in-flight work is cancelled
         self.deliveries = 0  # calls to the deliverer, for tests and metrics
+        # Recipients' outcomes by kind ("delivered", "deferred", "bounced",
+        # "expired"): `queue flush` without a server says what its attempts did.
+        self.outcomes: Counter[str] = Counter()
 
     # --- control ----------------------------------------------------------------
 
@@ -556,7 +560,7 @@ class DeliveryWorker:
             results = await self._call_deliverer(message, state.pending)
             before = state
             state, outcomes = self._apply(state, results, envelope)
-            _log_outcomes(qid, envelope, outcomes)
+            self._outcomes(qid, envelope, outcomes)
             state, unreported = await self._send_reports(qid, envelope, data, state, outcomes)
             if unreported:
                 # The outcome of these recipients is not recorded, so that their
@@ -565,6 +569,10 @@ class DeliveryWorker:
                 self._suspect.add(qid)
                 state = _not_recorded(state, before, unreported, self._clock() + _ERROR_RETRY)
         return await self._record(qid, state)
+
+    def _outcomes(self, qid: str, envelope: Envelope, outcomes: tuple[Outcome, ...]) -> None:
+        self.outcomes.update(o.kind for o in outcomes)
+        _log_outcomes(qid, envelope, outcomes)
 
     def _apply(
         self, state: MessageState, results: dict[str, DeliveryResult], envelope: Envelope
@@ -657,7 +665,7 @@ class DeliveryWorker:
         if d.suspect:
             self._suspect.add(qid)
         if d.envelope is not None:
-            _log_outcomes(qid, d.envelope, d.outcomes)
+            self._outcomes(qid, d.envelope, d.outcomes)
         if d.finish is None:
             return d.retry_at
         lock, envelope, data, state = d.finish

@@ -311,7 +311,16 @@ def test_cli_list_goes_past_an_unreadable_message_and_names_it(tmp_path: Path) -
     assert f"error: corrupt message {bad_msg}" in out.stderr
     js = CliRunner().invoke(cli, ["queue", "list", "--json", "--config", str(config)])
     assert js.exit_code == 1
-    assert [e["id"] for e in json.loads(js.stdout)] == [good]
+    # The damaged ones are in the queue too: a script counting the array must
+    # not undercount it. Each says why, with the keys every entry has.
+    listed = json.loads(js.stdout)
+    assert [e["id"] for e in listed] == [good, bad_state, bad_msg]
+    assert listed[0]["error"] is None
+    assert listed[1]["error"].startswith(f"corrupt state of {bad_state}")
+    assert listed[2]["error"].startswith(f"corrupt message {bad_msg}")
+    assert all(e.keys() == listed[0].keys() for e in listed)
+    assert listed[2]["recipients"] == [] and listed[2]["sender"] is None
+    assert f"error: corrupt message {bad_msg}" in js.stderr
 
 
 def test_manager_flush_of_the_whole_queue_goes_past_an_unreadable_message(

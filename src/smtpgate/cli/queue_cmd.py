@@ -147,7 +147,8 @@ def list_(as_json: bool, config_path: Path | None) -> None:
         aside, corrupt_dir = mgr.set_aside()
     now = time.time()
     if as_json:
-        echo(json.dumps([_json(e, now) for e in entries], indent=1))
+        echo(json.dumps([_json(e, now) for e in entries]
+                        + [_json_unreadable(u) for u in mgr.unreadable], indent=1))
     elif not entries and not mgr.unreadable:
         echo("the queue is empty")
     else:
@@ -191,14 +192,26 @@ def _unreadable(problems: list[Unreadable]) -> None:
 
 def _json(e: Entry, now: float) -> dict[str, object]:
     """``Entry.as_json`` with its times as every command's JSON gives them (ISO 8601
-    with the zone, docs/cli.md), not seconds since the epoch."""
+    with the zone, docs/cli.md), not seconds since the epoch; ``error`` is null (an
+    entry of a damaged message has its reason there, `_json_unreadable`)."""
     obj = e.as_json(now)
+    obj["error"] = None
     obj["arrived"] = iso_time(e.envelope.received_at)
     rows = obj["recipients"]
     assert isinstance(rows, list)
     for r, row in zip(e.state.recipients, rows, strict=True):
         row["next_attempt"] = iso_time(r.next_attempt) if r.next_attempt else None
     return obj
+
+
+def _json_unreadable(u: Unreadable) -> dict[str, object]:
+    """A message that could not be read, as an entry of the array: it is in the
+    queue (a script counting the array must not undercount it), its ``error`` says
+    why, and what could not be read is null (its recipients an empty list), so
+    that every entry has the same keys."""
+    return {"id": u.queue_id, "sender": None, "recipients": [], "age": None,
+            "arrived": None, "size": None, "held": None, "last_error": None,
+            "auth": None, "error": u.error}
 
 
 def _echo_entry(e: Entry, now: float) -> None:

@@ -84,7 +84,7 @@ from pathlib import Path
 from typing import Self
 
 from smtpgate.plural import count
-from smtpgate.queue import slots, tmpfiles
+from smtpgate.queue import slots, tidy_report, tmpfiles
 from smtpgate.queue.committer import CommitStats, CommitterClosed, GroupCommitter, Op
 from smtpgate.queue.envelope import Envelope, EnvelopeFormatError
 from smtpgate.queue.incoming import SIZE_WIDTH, UNSEALED, Incoming
@@ -212,10 +212,11 @@ class Spool:
         )
         if tidy:
             removed = tmpfiles.remove_stale(self._tdir, only_ours=False)
-            if removed:
-                log.info("spool: removed %d temp files left by dead writers", len(removed))
             self._recover_slots()
-            self._remove_orphan_state()
+            orphans = self._remove_orphan_state()
+            tidy_report.log_tidy(
+                log, dead=[n for n in removed if tmpfiles.is_ours(n)],
+                foreign=[n for n in removed if not tmpfiles.is_ours(n)], orphans=orphans)
 
     @property
     def slots(self) -> slots.SlotPool | None:
@@ -643,11 +644,19 @@ class Spool:
                      "%d unsealed removed, %d torn", counts["sealed"], counts["unsealed"],
                      counts["torn"])
 
-    def _remove_orphan_state(self) -> None:
+    def _remove_orphan_state(self) -> list[str]:
+        """Remove state files whose message is gone (a crash between the two unlinks
+        of a finished message); returns their names."""
         names = set(os.listdir(self._qdir))
+        removed = []
         for name in names:
             if name.endswith(_STATE) and name[: -len(_STATE)] + _MSG not in names:
-                tmpfiles.unlink_quietly(f"{self._qdir}/{name}")
+                try:
+                    os.unlink(f"{self._qdir}/{name}")
+                except OSError:
+                    continue
+                removed.append(name)
+        return removed
 
     def _path(self, qid: str, suffix: str) -> str:
         # Ids reach us from tools and logs: never let one name a path elsewhere.

@@ -263,10 +263,16 @@ class TempPool:
                 self._files.append(path)
 
 
+def is_ours(name: str) -> bool:
+    """Whether ``name`` is of the form smtpgate gives its temp files."""
+    return _OURS.match(name) is not None
+
+
 def remove_stale(directory: str, *, only_ours: bool) -> list[str]:
-    """Delete temp files whose writer is gone; returns their names. With
-    ``only_ours``, names not in our format are left alone (a Maildir's tmp/ is
-    shared with other delivery agents); otherwise they are junk and go too."""
+    """Delete temp files whose writer is gone; returns the names removed (one that
+    could not be, a directory, is not among them). With ``only_ours``, names not
+    in our format are left alone (a Maildir's tmp/ is shared with other delivery
+    agents); otherwise they are junk and go too."""
     now = time.time()
     removed = []
     for name in os.listdir(directory):
@@ -280,7 +286,10 @@ def remove_stale(directory: str, *, only_ours: bool) -> list[str]:
             continue
         if ours and age < STALE_AGE and writer_alive(int(ours.group(1)), ours.group(2)):
             continue
-        unlink_quietly(path)
+        try:
+            os.unlink(path)
+        except OSError:
+            continue
         removed.append(name)
     return removed
 

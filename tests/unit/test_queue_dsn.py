@@ -459,8 +459,11 @@ async def test_a_state_the_spool_cannot_save_never_sends_a_relay_the_message_twi
     ("relay mx.example.net:25 refused recipient: 550 5.1.1 no such user",
      "dns; mx.example.net"),
     ("gave up after 4 attempts: relay 192.0.2.1:587 refused message: 451 4.3.0 later",
-     "dns; 192.0.2.1"),
-    ("relay ::1:25 refused sender: 553 5.7.1 not you", "dns; ::1"),
+     "dns; [192.0.2.1]"),
+    # An IP-literal relay: RFC 5321 §4.1.3's address literal, not a bare address
+    # written as if it were a domain name.
+    ("relay ::1:25 refused sender: 553 5.7.1 not you", "dns; [IPv6:::1]"),
+    ("relay 127.0.0.1:2525 refused recipient: 550 5.1.1 no", "dns; [127.0.0.1]"),
     ("lmtp unix:/run/dovecot/lmtp refused message: 552 5.2.2 over quota",
      "x-unix; /run/dovecot/lmtp"),
     ("relay mx.example.net:25: 250 2.0.0 queued as 4711", "dns; mx.example.net"),

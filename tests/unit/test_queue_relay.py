@@ -435,7 +435,13 @@ async def test_unverifiable_certificate_is_temporary_and_sends_nothing(pki: Pki)
         results = await relay(peer.port, tls_mode="opportunistic").deliver(
             message(), ("bob@example.net",)
         )
-    assert isinstance(results["bob@example.net"], TempFailure)
+    # RFC 3463 X.7.5, cryptographic failure (Postfix: 4.7.5 Server certificate
+    # not verified), not 4.4.2, a network failure.
+    failure = results["bob@example.net"]
+    assert isinstance(failure, TempFailure)
+    assert failure.reply.startswith(f"4.7.5 relay 127.0.0.1:{peer.port}: session failed "
+                                   "during the TLS handshake: ")
+    assert "CERTIFICATE_VERIFY_FAILED" in failure.reply
     assert peer.handler.received == []
 
 

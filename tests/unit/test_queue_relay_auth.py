@@ -14,7 +14,13 @@ import pytest
 from pydantic import ValidationError
 
 from smtpgate.config import DeliveryConfig
-from smtpgate.queue.delivery import Delivered, DeliveryResult, PermFailure, QueuedMessage
+from smtpgate.queue.delivery import (
+    Delivered,
+    DeliveryResult,
+    PermFailure,
+    QueuedMessage,
+    TempFailure,
+)
 from smtpgate.queue.factory import _relay_auth, make_deliverer
 from smtpgate.queue.relay import RelayDeliverer
 from smtpgate.queue.routing import RoutingDeliverer, domain_of
@@ -186,6 +192,10 @@ async def test_pinned_certificate_is_required(tmp_path: Path, pki: Pki) -> None:
         wrong = await pinned(["ab" * 32]).deliver(message(), ("bob@example.net",))
         refusal = str(wrong["bob@example.net"])
         assert "is not one of relay_tls_pins" in refusal and peer.handler.received == []
+        # RFC 3463 X.7.5, as a certificate that does not verify (it was 4.7.0).
+        failure = wrong["bob@example.net"]
+        assert isinstance(failure, TempFailure)
+        assert failure.reply.startswith(f"4.7.5 relay 127.0.0.1:{peer.port}: certificate ")
         seen = re.search(r"sha256 ([0-9a-f]{64})", refusal)
         assert seen is not None
         colons = ":".join(seen.group(1)[i:i + 2] for i in range(0, 64, 2)).upper()

@@ -21,6 +21,7 @@ delays are reported, successes not, which is what RFC 3461 §4.1 allows.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import secrets
 from collections.abc import Sequence
@@ -114,7 +115,10 @@ def remote_mta(diagnostic: str) -> str | None:
     hop whose reply the diagnostic holds, or None when no hop replied (a
     connection that failed, a timeout, a Maildir). The port is not part of an MTA's
     name; an LMTP server on a unix socket has no DNS name, so it is named by its
-    path under the ``x-unix`` type (RFC 3464 §2.1.2 allows ``x-`` types)."""
+    path under the ``x-unix`` type (RFC 3464 §2.1.2 allows ``x-`` types). A relay
+    given as an IP address is named by its address literal (``dns; [192.0.2.1]``,
+    ``dns; [IPv6:2001:db8::1]``): IANA registers no address type for an MTA name,
+    and a bare address is no domain name."""
     reply = _REPLY.search(diagnostic)
     if reply is None:
         return None
@@ -125,7 +129,15 @@ def remote_mta(diagnostic: str) -> str | None:
     if hop.startswith("unix:"):
         return "x-unix; " + _clean(hop.removeprefix("unix:"))
     host = hop.rpartition(":")[0]
-    return "dns; " + _clean(host) if host else None
+    if not host:
+        return None
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return "dns; " + _clean(host)
+    # A host named by its address: the "dns" type's name is a domain, and RFC
+    # 5321 §4.1.3's address literal is the domain form of an address.
+    return f"dns; [{ip}]" if ip.version == 4 else f"dns; [IPv6:{ip}]"
 
 
 def build_report(

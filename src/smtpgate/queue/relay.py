@@ -213,6 +213,10 @@ def _by_code(reply: ServerReply, what: str) -> TempFailure | PermFailure:
     return TempFailure(text)
 
 
+#: `_Link.step` during the TLS handshake.
+_HANDSHAKE = "the TLS handshake"
+
+
 class _Link:
     """The connection plus the step in progress, so that a timeout can say which
     step it cut short (one per session: deliveries run concurrently)."""
@@ -238,7 +242,7 @@ class _Link:
         await self.conn.send(data, limit)
 
     async def start_tls(self, context: ssl.SSLContext, host: str, limit: float) -> None:
-        self._at("the TLS handshake", limit)
+        self._at(_HANDSHAKE, limit)
         await self.conn.start_tls(TransportTls(context, host), limit)
 
     async def authenticate(self, mech: ClientMechanism, limit: float) -> ClientAuthResult:
@@ -376,7 +380,12 @@ class RelayDeliverer:
             return ()
         except (OSError, ProtocolError, ssl.SSLError) as e:
             why = f"session failed during {link.step}: {str(e) or type(e).__name__}"
-            self._session_failed(message, recipients, results, f"4.4.2 {where}: {why}")
+            # A handshake that fails (a certificate that does not verify, no common
+            # cipher) is RFC 3463's X.7.5 "cryptographic failure", as Postfix says
+            # 4.7.5 "Server certificate not verified": not the network's X.4.2.
+            code = ("4.7.5" if isinstance(e, ssl.SSLError) and link.step == _HANDSHAKE
+                    else "4.4.2")
+            self._session_failed(message, recipients, results, f"{code} {where}: {why}")
         await conn.close(timeout=_CLOSE_TIMEOUT)
         return ()
 
@@ -630,7 +639,7 @@ class RelayDeliverer:
         seen = stream.peer_fingerprint() if isinstance(stream, TransportStream) else None
         if seen not in self._pins:
             raise _Abort(TempFailure(
-                f"4.7.0 relay {self.host}:{self.port}: certificate sha256 {seen} is not "
+                f"4.7.5 relay {self.host}:{self.port}: certificate sha256 {seen} is not "
                 "one of relay_tls_pins"), warn=True)
 
     async def _authenticate(self, link: _Link, ext: Extensions, mech: ClientMechanism) -> None:

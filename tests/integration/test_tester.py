@@ -278,6 +278,7 @@ def test_wrong_password_is_auth_refused(tmp_path: Path) -> None:
 
 
 def test_closed_port_is_a_connection_failure() -> None:
-    proc = run_tester("--server", f"127.0.0.1:{free_port()}", "--json")
+    proc = run_tester("--server", f"127.0.0.1:{free_port()}", "--to", "bob@example.net",
+                      "--json")
     assert proc.returncode == 3
     assert _json(proc)["outcome"] == "connection-failure"

@@ -26,7 +26,7 @@ def test_implicit_tls_port_without_tls_says_use_tls(server: Server) -> None:
     # The port is not 465, so the tester cannot guess implicit TLS from it.
     started = time.monotonic()
     proc = run_tester("--server", f"127.0.0.1:{server.submissions}", "--greeting-wait", "1",
-                      "--json")
+                      "--to", "bob@example.net", "--json")
     assert proc.returncode == 4, proc.stdout
     record: dict[str, Any] = json.loads(proc.stdout)
     assert record["outcome"] == "tls-failure"

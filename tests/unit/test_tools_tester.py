@@ -303,7 +303,8 @@ def test_cli_json_for_a_refused_connection() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-        result = CliRunner().invoke(cli, ["test", "--server", f"127.0.0.1:{port}", "--json"])
+        result = CliRunner().invoke(cli, ["test", "--server", f"127.0.0.1:{port}", "--json",
+                                          "--to", "bob@example.net"])
     assert result.exit_code == ExitCode.CONNECTION
     record = json.loads(result.output)
     assert record["outcome"] == "connection-failure" and record["exit_code"] == 3
@@ -539,3 +540,37 @@ async def test_a_421_to_ehlo_is_not_called_a_refused_helo(serve: Serve) -> None:
     assert report.exit_code == ExitCode.PROTOCOL
     assert report.error == "EHLO refused, the server is closing: 421 4.3.2 shutting down"
     assert [line for line in script.received if line.upper().startswith(b"HELO")] == []
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize("args", [[], ["--from", ""], ["--user", "alice", "--password-env",
+                                                        "SG_NO_SUCH_VAR_EITHER"]])
+def test_a_missing_recipient_is_a_usage_error_before_connecting(args: list[str]) -> None:
+    """It was found at MAIL, after connecting and logging in (exit 1): a port that
+    refuses connections shows that nothing was tried (that would be exit 3)."""
+    result = CliRunner().invoke(cli, ["test", "--server", f"127.0.0.1:{_closed_port()}",
+                                      "--plain", *args])
+    assert result.exit_code == 2, result.output
+    assert "no recipient: pass --to ADDRESS" in result.output
+    assert "connecting to" not in result.output
+
+
+@pytest.mark.parametrize("stage", ["connect", "ehlo", "tls", "auth", "mail"])
+def test_quit_before_rcpt_needs_no_recipient(stage: str) -> None:
+    result = CliRunner().invoke(cli, ["test", "--server", f"127.0.0.1:{_closed_port()}",
+                                      "--plain", "--quit-after", stage])
+    assert result.exit_code == ExitCode.CONNECTION, result.output  # it tried
+
+
+async def test_quit_after_mail_sends_mail_without_a_recipient(serve: Serve) -> None:
+    script = Scripted(b"220 x\r\n", [EHLO_NO_AUTH, b"250 ok\r\n", b"221 bye\r\n"])
+    port = await serve(script)
+    report = await run_test(_opts(port, rcpt_to=(), mail_from="", quit_after="mail"))
+    assert report.exit_code == ExitCode.SUCCESS, report.error
+    assert script.received[1] == b"MAIL FROM:<>\r\n"
+

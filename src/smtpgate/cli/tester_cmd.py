@@ -16,7 +16,13 @@ from pathlib import Path
 import click
 
 from smtpgate.tools.session import default_ehlo_name
-from smtpgate.tools.tester import QUIT_AFTER, ExitCode, TesterOptions, run_test
+from smtpgate.tools.tester import (
+    QUIT_AFTER,
+    ExitCode,
+    TesterOptions,
+    recipient_missing,
+    run_test,
+)
 from smtpgate.tools.transcript import Entry, Transcript
 
 
@@ -131,6 +137,14 @@ def test(
         raise click.UsageError("--auth needs --user")
     host, port = parse_server(server, tls_mode == "implicit")
     mode = tls_mode or ("implicit" if port == 465 else "starttls")
+    if recipient_missing(TesterOptions(host=host, port=port, user=user, mail_from=mail_from,
+                                       rcpt_to=rcpt_to, quit_after=quit_after)):  # type: ignore[arg-type]  # a click.Choice of QUIT_AFTER
+        # Said before connecting (and before a password prompt), not at MAIL after
+        # a login.
+        raise click.UsageError(
+            "no recipient: pass --to ADDRESS (without it the sender is the recipient, "
+            "and there is none: no --from, no --user that is an address); "
+            "--quit-after mail or earlier needs none")
     password = ""
     if password_stdin:
         password = sys.stdin.read().removesuffix("\n").removesuffix("\r")

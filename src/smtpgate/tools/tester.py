@@ -205,6 +205,17 @@ def envelope(opts: TesterOptions) -> tuple[str, tuple[str, ...]]:
     return sender, opts.rcpt_to or ((sender,) if sender else ())
 
 
+#: --quit-after stages that end the session before RCPT: no recipient is needed.
+_BEFORE_RCPT: frozenset[Stage] = frozenset(("connect", "ehlo", "tls", "auth", "mail"))
+
+
+def recipient_missing(opts: TesterOptions) -> bool:
+    """Whether the session would reach RCPT with no one to send to (no ``--to``, and
+    a null sender to default to): a usage error the command line says before it
+    connects, not after a login at MAIL."""
+    return not envelope(opts)[1] and opts.quit_after not in _BEFORE_RCPT
+
+
 def build_message(opts: TesterOptions, sender: str, recipients: tuple[str, ...]) -> bytes:
     """The message to send: ``--data`` as given, else a small generated one."""
     if opts.data is not None:
@@ -498,7 +509,7 @@ class _Tester:
         opts = self.opts
         s = self.s
         sender, recipients = envelope(opts)
-        if not recipients:
+        if recipient_missing(opts):
             raise _Stop(ExitCode.ERROR, "no recipient: pass --to ADDRESS")
         content = build_message(opts, sender, recipients)
         reply = await s.command(s.engine.mail(sender, self._mail_params(

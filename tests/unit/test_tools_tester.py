@@ -574,3 +574,23 @@ async def test_quit_after_mail_sends_mail_without_a_recipient(serve: Serve) -> N
     assert report.exit_code == ExitCode.SUCCESS, report.error
     assert script.received[1] == b"MAIL FROM:<>\r\n"
 
+
+@pytest.mark.parametrize(("user", "ehlo", "want"), [
+    ("", "client.example.org", "MAILER-DAEMON@client.example.org"),
+    ("", "laptop", "MAILER-DAEMON@smtpgate.invalid"),  # no domain in the EHLO name
+    ("alice@example.org", "client.example.org", "alice@example.org"),
+])
+def test_null_sender_message_has_a_from_mailbox(user: str, ehlo: str, want: str) -> None:
+    """--from '': the generated message said "From: <>", no mailbox, which RFC 5322
+    §3.6.2 requires and a strict parser flags."""
+    import email
+    import email.policy
+
+    from smtpgate.tools.tester import build_message
+
+    opts = TesterOptions(host="127.0.0.1", port=25, user=user, mail_from="", ehlo_name=ehlo)
+    data = build_message(opts, "", ("bob@example.net",))
+    message = email.message_from_bytes(data, policy=email.policy.default)
+    assert data.startswith(f"From: <{want}>\r\n".encode())
+    assert message["From"].addresses[0].addr_spec == want
+    assert not message["From"].defects

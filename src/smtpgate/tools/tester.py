@@ -216,6 +216,18 @@ def recipient_missing(opts: TesterOptions) -> bool:
     return not envelope(opts)[1] and opts.quit_after not in _BEFORE_RCPT
 
 
+def author(opts: TesterOptions, sender: str, domain: str) -> str:
+    """The generated message's From: address. The envelope sender when there is
+    one; with the null sender (``--from ''``) a header still needs a mailbox (RFC
+    5322 §3.6.2: "From: <>" names none, and a strict server refuses it): the
+    ``--user`` when it is an address (who sends it, as a sender-ownership check
+    expects), else the mail system's own ``MAILER-DAEMON@`` the EHLO domain, as
+    Postfix signs what it sends with the null sender."""
+    if sender:
+        return sender
+    return opts.user if "@" in opts.user else f"MAILER-DAEMON@{domain}"
+
+
 def build_message(opts: TesterOptions, sender: str, recipients: tuple[str, ...]) -> bytes:
     """The message to send: ``--data`` as given, else a small generated one."""
     if opts.data is not None:
@@ -223,7 +235,7 @@ def build_message(opts: TesterOptions, sender: str, recipients: tuple[str, ...])
     body = opts.body if opts.body is not None else "This is a test message sent by smtpgate test."
     domain = opts.ehlo_name if "." in opts.ehlo_name else "smtpgate.invalid"
     headers = [
-        f"From: <{sender}>" if sender else "From: <>",
+        f"From: <{author(opts, sender, domain)}>",
         f"To: {', '.join(f'<{r}>' for r in recipients)}",
         f"Subject: smtpgate test {email.utils.formatdate(localtime=True)}",
         f"Date: {email.utils.formatdate(localtime=True)}",

@@ -30,7 +30,8 @@ def test_implicit_tls_port_without_tls_says_use_tls(server: Server) -> None:
     assert proc.returncode == 4, proc.stdout
     record: dict[str, Any] = json.loads(proc.stdout)
     assert record["outcome"] == "tls-failure"
-    assert "this port speaks implicit TLS, use --tls" in record["error"]
+    assert record["error"] == (f"127.0.0.1:{server.submissions} speaks implicit TLS (it "
+                               "sent no greeting and answered a TLS ClientHello): use --tls")
     assert time.monotonic() - started < 20  # the probe answered, not the 20 s timeout
 
 

@@ -352,7 +352,10 @@ async def test_implicit_tls_port_without_tls_says_use_tls(
     port = await serve(ImplicitTls(b"", []))
     report = await run_test(_opts(port, tls_mode="starttls", timeout=30.0, greeting_wait=0.3))
     assert report.exit_code == ExitCode.TLS
-    assert "this port speaks implicit TLS, use --tls" in report.error
+    # Said once (it was "... speaks implicit TLS (...): this port speaks implicit
+    # TLS, use --tls").
+    assert report.error == (f"127.0.0.1:{port} speaks implicit TLS (it sent no greeting "
+                            "and answered a TLS ClientHello): use --tls")
     assert report.elapsed < 30  # stopped by the probe, not by the timeout
 
 

@@ -25,7 +25,7 @@ Security choices:
 Wrong port, wrong mode: an implicit-TLS server waits for the ClientHello and
 sends nothing, so a plain connection to it waits forever for a greeting. After
 ``greeting_wait`` seconds without one, a second connection sends a ClientHello;
-a TLS answer stops the test with "this port speaks implicit TLS, use --tls".
+a TLS answer stops the test with "HOST:PORT speaks implicit TLS (...): use --tls".
 Otherwise the first connection keeps waiting (some servers greet late on
 purpose) until ``timeout``.
 """
@@ -395,7 +395,7 @@ class _Tester:
             raise _Stop(
                 ExitCode.TLS,
                 f"{self.where} speaks implicit TLS (it sent no greeting and "
-                "answered a TLS ClientHello): this port speaks implicit TLS, use --tls",
+                "answered a TLS ClientHello): use --tls",
             )
         self.info("no TLS answer either; still waiting for the greeting")
         return await self.s.read_reply(opts.timeout - opts.greeting_wait)

@@ -864,12 +864,17 @@ def run(cfg: Config, config_path: Path | None = None) -> int:
     log.info("certificate: %s", tls.description)
     try:
         if cfg.server.effective_workers == 1:
-            return _run_single(cfg, config_path, sockets, tls, auth_sockets, admin_sock,
-                               metrics_sock, run_as)
-        for sock in sockets:
-            sock.close()
-        return _run_supervised(cfg, config_path, tls, auth_sockets, admin_sock,
-                               metrics_sock, run_as)
+            status = _run_single(cfg, config_path, sockets, tls, auth_sockets, admin_sock,
+                                 metrics_sock, run_as)
+        else:
+            for sock in sockets:
+                sock.close()
+            status = _run_supervised(cfg, config_path, tls, auth_sockets, admin_sock,
+                                     metrics_sock, run_as)
+        # A stop, not a crash (a crash keeps the counts for a look): before the pid
+        # file goes, while no other server can have taken the directory over.
+        metrics_http.remove_dir(cfg, pid_path)
+        return status
     finally:
         close_auth_sockets(cfg, auth_sockets)
         for other in (admin_sock, metrics_sock):

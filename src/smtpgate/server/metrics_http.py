@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import shutil
 import socket
 import time
@@ -81,6 +82,30 @@ def fresh_dir(cfg: Config) -> Path:
     except OSError as e:
         raise StartupError("server.pid_file", f"cannot make {path}: {e.strerror or e}") from None
     return path
+
+
+#: The files prometheus_client's multiprocess mode writes: kind and process id.
+_METRIC_FILE = re.compile(r"(?:counter|histogram|summary|gauge_[a-z]+)_[0-9]+\.db")
+
+
+def remove_dir(cfg: Config, pid_path: Path) -> None:
+    """At a clean stop: remove the metrics directory, whose files are counts of
+    processes that are gone (the next start would empty it; nothing reads them
+    meanwhile), so that the state directory keeps no leftover of a stopped server.
+
+    Only while ``pid_path`` still names this process: a server started meanwhile
+    with the same pid file uses the same directory. Only the files of the form
+    the counting writes: anything else there keeps the directory, left alone."""
+    path = metrics_dir(cfg)
+    try:
+        if pid_path.read_text().strip() != str(os.getpid()):
+            return
+        for name in os.listdir(path):
+            if _METRIC_FILE.fullmatch(name):
+                os.unlink(path / name)
+        os.rmdir(path)
+    except OSError:
+        pass  # gone already, or not empty: nothing to say at a stop
 
 
 def mark_dead(cfg: Config, pid: int) -> None:

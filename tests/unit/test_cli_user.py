@@ -229,3 +229,65 @@ def test_add_refuses_a_name_scram_clients_send_as_another(
 def test_add_keeps_names_scram_clients_send_as_they_are(config: Path, name: str) -> None:
     r = run(config, "add", name, "--password-stdin", input="pencil\n")
     assert r.exit_code == 0, r.output
+
+
+def _list_on_a_terminal(config: Path, columns: int) -> list[str]:
+    """``smtpgate user list`` run on a pseudo-terminal ``columns`` wide: its lines,
+    without the colour sequences."""
+    import fcntl
+    import os
+    import pty
+    import re
+    import struct
+    import subprocess
+    import sys
+    import termios
+
+    main, side = pty.openpty()
+    fcntl.ioctl(side, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2] / "src")
+    env["TERM"] = "xterm"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from smtpgate.cli.main import cli; cli()", "user", "list",
+         "--config", str(config)], stdout=side, stderr=side, stdin=side, env=env)
+    os.close(side)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(main, 65536)
+        except OSError:  # EIO: the other side closed
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(main)
+    assert proc.wait(timeout=60) == 0, out
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.decode()).replace("\r", "")
+    return [line.rstrip() for line in plain.splitlines()]
+
+
+@pytest.mark.parametrize("columns", [80, 100, 120])
+def test_list_fits_a_narrow_terminal(config: Path, columns: int) -> None:
+    """On a terminal narrower than its eleven columns (about 200), rich squeezed the
+    table: the name column got no width at all and the rest were cut with '…'."""
+    for name in ("alice.longname@example.org", "bob@example.org"):
+        assert run(config, "add", name, "--password-stdin", input="pencil\n").exit_code == 0
+    run(config, "lock", "bob@example.org", "--reason", "left the company")
+    lines = _list_on_a_terminal(config, columns)
+    assert max(len(line) for line in lines) <= columns, "\n".join(lines)
+    text = "\n".join(lines)
+    assert "…" not in text
+    # Nothing lost: each name (maybe folded over lines of its column) and the
+    # lock reason are there.
+    names = "".join(line.split("│")[1].strip() for line in lines if line.startswith("│"))
+    assert names == "alice.longname@example.orgbob@example.org"
+    assert "left" in text and "company" in text
+
+
+def test_list_into_a_pipe_keeps_the_wide_table(config: Path) -> None:
+    """Scripts grep the piped lines: one line per account, every column."""
+    run(config, "add", "alice.longname@example.org", "--password-stdin", input="pencil\n")
+    out = run(config, "list").output
+    [row] = [line for line in out.splitlines() if "alice.longname@example.org" in line]
+    assert "scram-sha-1 scram-sha-256" in row and "last mechanism" in out

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.text import Text
 
 from smtpgate.auth.admin_store import AccountExists
 from smtpgate.auth.credentials import SCRAM_SCHEMES
@@ -37,7 +38,7 @@ from smtpgate.cli.common import (
     get_config,
     iso_time,
 )
-from smtpgate.cli.output import Table, echo
+from smtpgate.cli.output import Table, echo, text
 from smtpgate.policy.timespec import format_duration
 
 password_stdin_option = click.option(
@@ -225,6 +226,43 @@ def _accounts_table(accounts: list[Account], max_age_days: float = 0) -> Table:
     return table
 
 
+def _narrow_accounts_table(accounts: list[Account], max_age_days: float = 0) -> Table:
+    """The accounts for a terminal too narrow for `_accounts_table` (its eleven
+    columns need about 200): the same facts in five columns of a few lines each,
+    every one of which may wrap, so that the table fits 80 columns and a name is
+    never squeezed out. Only on a terminal: a pipe gets the wide table, whose
+    lines scripts grep."""
+    # The terminal's width, shared out by ratio: the name gets the largest share.
+    table = Table(title="accounts (times in UTC)", title_justify="left", expand=True)
+    table.add_column("name", overflow="fold", ratio=3)
+    table.add_column("locked", overflow="fold", ratio=2)
+    table.add_column("created, last login", overflow="fold", ratio=2)
+    table.add_column("password", overflow="fold", ratio=2)
+    table.add_column("mechanisms", overflow="fold", ratio=3)
+    for a in accounts:
+        locked = (
+            f"yes: {a.lock_reason}" if a.locked and a.lock_reason else "yes" if a.locked else "no"
+        )
+        allowed = "all" if a.allowed_mechanisms is None else " ".join(
+            sorted(a.allowed_mechanisms)
+        ) or "none"
+        login = _when(a.last_login) + (f" with {a.last_mechanism}" if a.last_mechanism else "")
+        password = [f"age {password_age(a)}", f"expires {password_expiry(a, max_age_days)}"]
+        if LEGACY in a.schemes:
+            password.append("legacy hash (until first login)")
+        mechs = [f"allowed: {allowed}", f"scram keys: {' '.join(_scram_keys(a)) or 'none'}"]
+        if a.cram_md5_enabled:
+            mechs.append("CRAM-MD5: YES (plaintext-equivalent)")
+        table.add_row(a.name, locked, _lines([_when(a.created), login]), _lines(password),
+                      _lines(mechs))
+    return table
+
+
+def _lines(lines: list[str]) -> Text:
+    """One cell of several lines, each escaped as any cell is."""
+    return Text("\n").join(text(line) for line in lines)
+
+
 def _mechanisms_table(accounts: list[Account]) -> Table:
     groups: dict[str, list[str]] = defaultdict(list)
     for a in accounts:
@@ -265,6 +303,14 @@ def list_(mechanisms: bool, as_json: bool, config_path: Path | None) -> None:
     wide = None if sys.stdout.isatty() else 4096
     console = Console(file=sys.stdout, highlight=False, width=wide)
     max_age = cfg.passwords.max_age_days
-    console.print(
-        _mechanisms_table(accounts) if mechanisms else _accounts_table(accounts, max_age)
-    )
+    if mechanisms:
+        console.print(_mechanisms_table(accounts))
+        return
+    table = _accounts_table(accounts, max_age)
+    # Its natural width, measured without the terminal's bound (which clamps it).
+    natural = console.measure(table, options=console.options.update_width(1 << 16)).maximum
+    if natural > console.width:
+        # Squeezed, rich gave the name column no width at all and cut the others
+        # with an ellipsis.
+        table = _narrow_accounts_table(accounts, max_age)
+    console.print(table)

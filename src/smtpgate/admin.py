@@ -208,6 +208,13 @@ class Rotation:
     deadline: datetime
 
 
+def _earlier(scheduled: datetime | None, deadline: datetime) -> datetime:
+    """When a rotated secret stops working: the rotation's ``deadline``, or the
+    time it was already to stop if that comes first (a rotation never lengthens a
+    secret's life)."""
+    return deadline if scheduled is None else min(scheduled, deadline)
+
+
 #: The longest lock reason kept, in characters: a line in ``user list``, the
 #: admin log and the web admin's account page.
 MAX_LOCK_REASON = 200
@@ -885,6 +892,8 @@ class AccountAdmin:
                 raise NotFoundError(f"{lookup_key(name)} has no app password named {app_name!r}",
                                     "'smtpgate app-password list' shows them")
             retired = f"{app_name} (rotated {now.strftime('%Y-%m-%d %H:%M:%S')})"
+            # The store keeps an earlier expiry of the old one (a grace never
+            # lengthens its life); say the time it will really stop.
             w.expire_app_password(name, app_name, deadline, rename_to=retired)
             record = w.add_app_password(
                 name, new_name or app_name, secret,
@@ -893,7 +902,7 @@ class AccountAdmin:
                 max_messages_per_hour=old.max_messages_per_hour,
                 max_recipients_per_hour=old.max_recipients_per_hour,
             )
-        return Rotation(record, secret, f"app password {app_name!r}", deadline)
+        return Rotation(record, secret, f"app password {app_name!r}", _earlier(old.expires, deadline))
 
     def rotate_password(
         self, name: str, *, new_name: str | None = None, grace: timedelta
@@ -904,9 +913,14 @@ class AccountAdmin:
         Raises: NoSuchAccount, AccountExists (``new_name`` is taken).
         """
         now = self._clock()
-        deadline = now + grace
         secret = generate_app_password()
         with self._tx() as w:
+            account = w.get_account(name)
+            # A rotation already under way keeps its deadline if it is the earlier:
+            # a second rotate (the default grace after --grace 0) used to move it
+            # later, and an ended password logged in again.
+            deadline = _earlier(None if account is None else account.password_expires,
+                                now + grace)
             record = w.add_app_password(
                 name, new_name or f"rotated-{now.strftime('%Y%m%d-%H%M%S')}", secret
             )

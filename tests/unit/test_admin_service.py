@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -212,3 +212,40 @@ def test_app_password_names_are_unique_per_account(store: SqliteAccountStore) ->
     assert rotation.deadline.timestamp() >= deadline_before + 3600 - 1
     names = sorted(p.name for p in store.app_passwords(BOB))
     assert names[0] == "phone" and names[1].startswith("phone (rotated ")
+
+
+# --- a second rotation never lengthens the first one's grace -----------------------------
+
+
+def test_a_second_rotation_does_not_revive_an_expired_account_password(config: Path) -> None:
+    """`user rotate --grace 0` ended the account password at once; a second `user
+    rotate` (the default grace of 7 days) used to set its expiry anew, so the old
+    password logged in again for a week. The earlier deadline now stands."""
+    assert run(config, "user", "rotate", BOB, "--grace", "0").exit_code == 0
+    store = SqliteAccountStore(config.parent / "accounts.sqlite", FAST)
+    try:
+        first = store.get_account(BOB)
+        assert first is not None and first.password_expires is not None
+        r = run(config, "user", "rotate", BOB, "--name", "second")
+        assert r.exit_code == 0, r.output
+        second = store.get_account(BOB)
+        assert second is not None
+        assert second.password_expires == first.password_expires
+    finally:
+        store.close()
+    stamp = first.password_expires.strftime("%Y-%m-%d %H:%M")
+    assert f"the account password stops working at {stamp} UTC" in r.output
+
+
+def test_rotation_reports_the_old_app_passwords_own_earlier_expiry(
+    store: SqliteAccountStore,
+) -> None:
+    """An app password that expires before the grace ends keeps its expiry (the
+    store never lengthens it); the rotation said the grace's end all the same."""
+    admin = AccountAdmin(store, FAST, actor=ACTOR)
+    admin.add_account(BOB, "pw")
+    admin.add_app_password(BOB, "phone", expires=datetime.now(UTC) + timedelta(hours=1))
+    rotation = admin.rotate_app_password(BOB, "phone", grace=timedelta(days=7))
+    (old,) = [p for p in store.app_passwords(BOB) if p.name.startswith("phone (rotated ")]
+    assert old.expires is not None
+    assert rotation.deadline == old.expires

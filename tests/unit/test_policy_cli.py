@@ -192,3 +192,20 @@ def test_guard_unblock_takes_a_client_address_as_the_logs_show_it(config: Path) 
     assert r.exit_code == 0 and "of 198.51.100.0/24" in r.output, r.output
     r = run(config, "guard", "unblock", "alice@example.org")  # an account: as it is
     assert r.exit_code == 3 and "alice@example.org is not blocked" in r.output
+
+
+def test_guard_unblock_of_an_address_in_a_blocked_subnet_names_the_subnet(config: Path) -> None:
+    """A client refused because its /24 sprayed (`blocked: subnet 198.51.100.0/24`)
+    was, given by its address, "198.51.100.7 is not blocked": false, and no word of
+    the block that refuses it. The error now names the subnet block and how to lift
+    it; the address alone is not lifted (the subnet holds the other sprayers)."""
+    g = SqliteGuardStore(config.parent / "guard.sqlite")
+    now = time.time()
+    g.start_blocks([Block(SUBNET, "198.51.100.0/24", now, now + 600, "spraying")])
+    g.close()
+    r = run(config, "guard", "unblock", "198.51.100.7")
+    assert r.exit_code == 3, r.output
+    assert "198.51.100.7 is not blocked by itself: its subnet 198.51.100.0/24 is" in r.output
+    assert "smtpgate guard unblock 198.51.100.0/24" in r.output
+    rows = [json.loads(x) for x in run(config, "guard", "list", "--json").output.splitlines()]
+    assert [(x["kind"], x["key"]) for x in rows] == [("subnet", "198.51.100.0/24")]

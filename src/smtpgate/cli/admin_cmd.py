@@ -18,6 +18,8 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from smtpgate.admin import AccountAdmin, NotFoundError
+from smtpgate.auth.guard_state import SUBNET
 from smtpgate.auth.networks import client_keys, parse_ip
 from smtpgate.cli.common import admin_service, config_option, get_config, iso_time, parse_since
 from smtpgate.cli.output import Table, echo
@@ -111,9 +113,31 @@ def guard_unblock(key: str, config_path: Path | None) -> None:
     cfg = get_config(config_path)
     normal = guard_key(key, cfg.guard)
     with admin_service(cfg) as admin:
-        n = admin.unblock(normal)
+        try:
+            n = admin.unblock(normal)
+        except NotFoundError:
+            _refused_by_its_subnet(admin, key, cfg.guard)
+            raise
     echo(f"lifted {count(n, 'block')} of {normal}"
                + (f" (the guard's key of {key})" if normal != key else ""))
+
+
+def _refused_by_its_subnet(admin: AccountAdmin, key: str, g: GuardConfig) -> None:
+    """Raise NotFoundError naming the subnet block that refuses client address
+    ``key``, if one does. Its address is not blocked, but "is not blocked" told an
+    operator unblocking a refused client the opposite of what the client sees. The
+    subnet is not lifted for it: the block covers the other addresses that sprayed."""
+    if parse_ip(key) is None:
+        return
+    subnet = client_keys(key, ipv6_prefix=g.ipv6_prefix, v4_subnet=g.subnet_ipv4_prefix,
+                         v6_subnet=g.subnet_ipv6_prefix).subnet
+    for b in admin.guard_blocks():
+        if b.kind == SUBNET and b.key == subnet:
+            raise NotFoundError(
+                f"{key} is not blocked by itself: its subnet {subnet} is, "
+                f"until {_stamp(b.until)} UTC ({b.reason})",
+                f"'smtpgate guard unblock {subnet}' lifts it, for every address in it",
+            )
 
 
 def guard_key(key: str, g: GuardConfig) -> str:

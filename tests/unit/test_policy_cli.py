@@ -209,3 +209,19 @@ def test_guard_unblock_of_an_address_in_a_blocked_subnet_names_the_subnet(config
     assert "smtpgate guard unblock 198.51.100.0/24" in r.output
     rows = [json.loads(x) for x in run(config, "guard", "list", "--json").output.splitlines()]
     assert [(x["kind"], x["key"]) for x in rows] == [("subnet", "198.51.100.0/24")]
+
+
+def test_the_printed_app_password_says_where_it_works(config: Path) -> None:
+    """`app-password add ... --mechanism plain --network 10.0.0.0/8` printed "(shown
+    once; it works with PLAIN and LOGIN)": a user who set up the device with LOGIN,
+    or from home, got 535 with nothing to say why. The line now gives its scope, and
+    `user rotate --app`, whose new password keeps the old scope, says it too."""
+    r = run(config, "app-password", "add", ALICE, "phone", "--mechanism", "plain",
+            "--network", "10.0.0.0/8")
+    assert r.exit_code == 0, r.output
+    assert "(shown once; it works with PLAIN only, from 10.0.0.0/8)" in r.output
+    r = run(config, "user", "rotate", ALICE, "--app", "phone")
+    assert r.exit_code == 0, r.output
+    assert "(shown once; it works with PLAIN only, from 10.0.0.0/8)" in r.output
+    r = run(config, "app-password", "add", ALICE, "laptop")
+    assert "(shown once; it works with PLAIN and LOGIN)" in r.output

@@ -95,8 +95,21 @@ def add(
         except ValueError as e:
             raise click.BadParameter(str(e)) from None
     echo(f"app password {record.name!r} for {user}: {secret}")
-    echo("    (shown once; it works with PLAIN and LOGIN" +
-               (f"; expires {record.expires.strftime('%Y-%m-%d %H:%M')} UTC" if record.expires else "") + ")")
+    echo(f"    (shown once; {works_with(record)})")
+
+
+def works_with(p: AppPassword) -> str:
+    """Where app password ``p`` logs in, for the line printed with its secret: the
+    mechanisms and networks its scope allows, and its expiry. The line said "PLAIN
+    and LOGIN" whatever the scope, so a device set up from it could get 535."""
+    mechs = [m for m in APP_PASSWORD_MECHANISMS if p.mechanisms is None or m in p.mechanisms]
+    text = "it works with " + (" and ".join(mechs) if len(mechs) > 1 else f"{mechs[0]} only"
+                               if mechs else "no mechanism")
+    if p.networks:
+        text += ", from " + ", ".join(p.networks)
+    if p.expires:
+        text += f"; expires {p.expires.strftime('%Y-%m-%d %H:%M')} UTC"
+    return text
 
 
 def _row(p: AppPassword) -> dict[str, object]:

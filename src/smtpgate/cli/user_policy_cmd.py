@@ -28,6 +28,7 @@ from smtpgate.admin import (
 from smtpgate.auth.admin_store import AccountExists, AliasTaken
 from smtpgate.auth.directory import Account
 from smtpgate.auth.names import InvalidAccountName, canonical_name, lookup_key
+from smtpgate.cli.app_password_cmd import works_with
 from smtpgate.cli.common import (
     USER,
     NotFound,
@@ -286,7 +287,7 @@ def rotate(user: str, app_name: str | None, new_name: str | None, grace: str | N
         except AccountExists as e:
             raise OperationalError(str(e), "pass another --name; nothing was changed") from None
     echo(f"new app password {done.app_password.name!r} for {user}: {done.secret}")
-    echo("    (shown once; it works with PLAIN and LOGIN)")
+    echo(f"    (shown once; {works_with(done.app_password)})")
     echo(f"{done.retired} stops working at {done.deadline.strftime('%Y-%m-%d %H:%M')} UTC")
 
 

@@ -25,9 +25,16 @@ one another at the penalty's pace. The failure floor is waited after the gate
 is released.
 
 A holder that never releases (a front door that lost an attempt without
-concluding it) must not lock an address out of this process: waiters give up
-waiting after `MAX_WAIT` seconds and go on without the gate, and an attempt
-that is garbage-collected releases what it held.
+concluding it, or a SCRAM exchange whose client never sends its proof) must not
+lock an address out of this process: a hold lasts `MAX_WAIT` seconds at most,
+then the gate goes to the next waiter, and an attempt that is garbage-collected
+releases what it held. The waiters behind it still go one at a time: until
+2026-12 each gave up after `MAX_WAIT` of its own wait and went on without the
+gate, so every attempt queued behind a stalled SCRAM exchange went on at the same
+moment, read the same record, and was verified (40 guesses from 40 new addresses
+against a lockout_threshold of 5). A holder whose hold ended goes on without it
+(its check is done); how many such there can be at once is bounded by
+``limits.auth_deadline / MAX_WAIT`` per key and process.
 """
 
 from __future__ import annotations
@@ -35,12 +42,29 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+from dataclasses import dataclass, field
 
 log = logging.getLogger("smtpgate.guard")
 
-#: Seconds an attempt waits for the one before it at most (SASL exchanges that
-#: wait on their client, SCRAM's, end within ``limits.auth_deadline`` anyway).
+#: Seconds one attempt holds a key at most (SASL exchanges that wait on their
+#: client, SCRAM's, end within ``limits.auth_deadline`` anyway).
 MAX_WAIT = 30.0
+
+
+class Hold:
+    """One attempt's hold on a key (or its place in the queue for it): what
+    `AttemptGate.release` is given, so that a hold that ended by time cannot
+    release the next holder's."""
+
+    __slots__ = ()
+
+
+@dataclass(slots=True)
+class _Key:
+    holder: Hold
+    timer: asyncio.TimerHandle
+    waiters: collections.deque[tuple[Hold, asyncio.Future[None]]] = field(
+        default_factory=collections.deque)
 
 
 class AttemptGate:
@@ -48,46 +72,58 @@ class AttemptGate:
 
     def __init__(self, max_wait: float = MAX_WAIT) -> None:
         self._max_wait = max_wait
-        #: Held keys, each with the attempts waiting for it in arrival order.
-        self._held: dict[str, collections.deque[asyncio.Future[None]]] = {}
+        self._held: dict[str, _Key] = {}
 
     def busy(self, key: str) -> bool:
         return key in self._held
 
-    async def acquire(self, key: str) -> bool:
-        """Wait for ``key``; True once it is held by the caller, False when the wait
-        gave up after ``max_wait`` (the caller goes on without it)."""
-        waiters = self._held.get(key)
-        if waiters is None:
-            self._held[key] = collections.deque()
-            return True
-        handed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        waiters.append(handed)
+    async def acquire(self, key: str) -> Hold:
+        """Wait for ``key`` and hold it: until `release`, or ``max_wait`` seconds."""
+        hold = Hold()
+        loop = asyncio.get_running_loop()
+        state = self._held.get(key)
+        if state is None:
+            self._held[key] = _Key(hold, self._expiry(loop, key, hold))
+            return hold
+        handed: asyncio.Future[None] = loop.create_future()
+        state.waiters.append((hold, handed))
         try:
-            await asyncio.wait_for(asyncio.shield(handed), self._max_wait)
-        except TimeoutError:
-            if handed.done():
-                return True  # handed over just as the wait ended
-            handed.cancel()
-            log.warning("guard: a login from %s waited %.0f s for the one before it; "
-                        "going on without waiting", key, self._max_wait)
-            return False
+            await handed
         except asyncio.CancelledError:
             if handed.done() and not handed.cancelled():
-                self.release(key)  # it was ours: pass it on
+                self.release(key, hold)  # it was ours: pass it on
             else:
                 handed.cancel()
             raise
-        return True
+        return hold
 
-    def release(self, key: str) -> None:
-        """Hand ``key`` to the next waiter still waiting, or free it."""
-        waiters = self._held.get(key)
-        if waiters is None:
+    def release(self, key: str, hold: Hold) -> None:
+        """End ``hold`` on ``key``, handing the key to the next waiter still
+        waiting; nothing if ``hold`` no longer holds it (its time ended)."""
+        state = self._held.get(key)
+        if state is None or state.holder is not hold:
             return
-        while waiters:
-            nxt = waiters.popleft()
-            if not nxt.done():
-                nxt.set_result(None)
+        state.timer.cancel()
+        self._pass_on(key, state)
+
+    def _expiry(self, loop: asyncio.AbstractEventLoop, key: str, hold: Hold) -> asyncio.TimerHandle:
+        return loop.call_later(self._max_wait, self._expired, key, hold)
+
+    def _expired(self, key: str, hold: Hold) -> None:
+        state = self._held.get(key)
+        if state is None or state.holder is not hold:
+            return
+        if any(not f.done() for _, f in state.waiters):
+            log.warning("guard: a login held %s for %.0f s; the next one goes on",
+                        key, self._max_wait)
+        self._pass_on(key, state)
+
+    def _pass_on(self, key: str, state: _Key) -> None:
+        while state.waiters:
+            hold, handed = state.waiters.popleft()
+            if not handed.done():
+                handed.set_result(None)
+                state.holder = hold
+                state.timer = self._expiry(handed.get_loop(), key, hold)
                 return
         del self._held[key]

@@ -281,8 +281,8 @@ class LoginAttempt:
         if key in self._gates:
             return False  # a second first query of this attempt: held already
         waited = gate.busy(key)
-        if await gate.acquire(key):
-            self._gates[key] = weakref.finalize(self, gate.release, key)
+        hold = await gate.acquire(key)
+        self._gates[key] = weakref.finalize(self, gate.release, key, hold)
         return waited
 
     def _leave_gate(self) -> None:

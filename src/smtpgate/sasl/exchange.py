@@ -79,8 +79,9 @@ class AuthResult(StrEnum):
 class Outcome:
     """The one end of an exchange.
 
-    ``username`` is the identity the client gave (for the log), ``identity`` the
-    proven one ("" unless SUCCESS), ``authzid`` the authorization identity asked
+    ``username`` is the identity the client gave, or on SUCCESS the proven one
+    (for the log: one account under one name), ``identity`` the proven one ("" unless
+    SUCCESS), ``authzid`` the authorization identity asked
     for ("" if none). ``reason`` goes to the log only, never to the client.
     """
 

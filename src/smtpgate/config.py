@@ -898,7 +898,11 @@ class LimitsConfig(Model):
         default=100, ge=1, description="Recipients per message (RFC 5321 minimum is 100)."
     )
     command_timeout: float = Field(
-        default=300.0, gt=0, description="Idle seconds waiting for a command (RFC 5321 §4.5.3.2)."
+        default=300.0, gt=0,
+        description="Idle seconds waiting for a command (RFC 5321 §4.5.3.2), counted from the"
+        " client's last byte or the server's last reply, whichever came later: time the server"
+        " takes over a command (an AUTH penalty, a look-up, the spool's fsync) is not the"
+        " client's.",
     )
     data_timeout: float = Field(
         default=600.0, gt=0, description="Idle seconds between data chunks during DATA."

@@ -365,6 +365,9 @@ class SmtpConnection(asyncio.Protocol):
 
     def _resume(self) -> None:
         self._task = None
+        # The client's idle time starts with our reply (RFC 5321 §4.5.3.2): what
+        # the decision took (a penalty, a slow look-up, a spool write) was ours.
+        self._last_activity = self._loop.time()
         if self._reading_paused:
             self._reading_paused = False
             self._read_on()
@@ -382,6 +385,7 @@ class SmtpConnection(asyncio.Protocol):
         if (self._disk_paused and incoming.backlog <= _PAUSE_READING_AT // 2
                 and not self._closed):
             self._disk_paused = False
+            self._last_activity = self._loop.time()  # the wait was the disk's, not the client's
             self._read_on()
 
     def _flush(self) -> None:

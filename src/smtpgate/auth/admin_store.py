@@ -58,6 +58,20 @@ class AuditActor:
     command: str
 
 
+def web_admin_update(password_hash: str | None, totp_secret: str | None, placeholder: str
+                     ) -> tuple[str, list[str], dict[str, str]] | None:
+    """The SET clause, its values and the admin-log details (never the secrets) of a
+    change to an admin's credentials, for the SQL stores with their ``placeholder``;
+    None when nothing changes."""
+    changes = {"password_hash": password_hash, "totp_secret": totp_secret}
+    given = {column: value for column, value in changes.items() if value is not None}
+    if not given:
+        return None
+    sets = ", ".join(f"{column} = {placeholder}" for column in given)
+    details = {"password" if column == "password_hash" else "totp": "new" for column in given}
+    return sets, list(given.values()), details
+
+
 @dataclass(frozen=True, slots=True)
 class AdminLogEntry:
     id: int

@@ -85,6 +85,7 @@ from smtpgate.auth.admin_store import (
     case_twin_params,
     case_twin_query,
     refuse_taken_name,
+    web_admin_update,
 )
 from smtpgate.auth.credentials import ARGON2ID, CRAM_MD5
 from smtpgate.auth.directory import Account, AppPassword, CertificateRecord, StoreUnavailable
@@ -684,22 +685,14 @@ class _PgWriter:
 
     def update_web_admin(self, name: str, *, password_hash: str | None = None,
                          totp_secret: str | None = None) -> bool:
-        sets: list[str] = []
-        values: list[str] = []
-        if password_hash is not None:
-            sets.append("password_hash = %s")
-            values.append(password_hash)
-        if totp_secret is not None:
-            sets.append("totp_secret = %s")
-            values.append(totp_secret)
-        if not sets:
+        update = web_admin_update(password_hash, totp_secret, "%s")
+        if update is None:
             return False
-        n = self._c.execute(f"UPDATE web_admins SET {', '.join(sets)} WHERE name = %s",
+        sets, values, details = update
+        n = self._c.execute(f"UPDATE web_admins SET {sets} WHERE name = %s",
                             (*values, name)).rowcount
         if n:
-            changed = {"password": password_hash is not None, "totp": totp_secret is not None}
-            self._audit("web admin credentials replaced", name,
-                        {k: "new" for k, v in changed.items() if v})
+            self._audit("web admin credentials replaced", name, details)
         return bool(n)
 
     def use_totp_step(self, name: str, step: int) -> bool:

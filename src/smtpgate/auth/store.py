@@ -59,6 +59,7 @@ from smtpgate.auth.admin_store import (
     case_twin_params,
     case_twin_query,
     refuse_taken_name,
+    web_admin_update,
 )
 from smtpgate.auth.credentials import ARGON2ID, CRAM_MD5
 from smtpgate.auth.directory import (
@@ -768,22 +769,14 @@ class _SqliteWriter:
 
     def update_web_admin(self, name: str, *, password_hash: str | None = None,
                          totp_secret: str | None = None) -> bool:
-        sets: list[str] = []
-        values: list[str] = []
-        if password_hash is not None:
-            sets.append("password_hash = ?")
-            values.append(password_hash)
-        if totp_secret is not None:
-            sets.append("totp_secret = ?")
-            values.append(totp_secret)
-        if not sets:
+        update = web_admin_update(password_hash, totp_secret, "?")
+        if update is None:
             return False
-        n = self._c.execute(f"UPDATE web_admins SET {', '.join(sets)} WHERE name = ?",
+        sets, values, details = update
+        n = self._c.execute(f"UPDATE web_admins SET {sets} WHERE name = ?",
                             (*values, name)).rowcount
         if n:
-            changed = {"password": password_hash is not None, "totp": totp_secret is not None}
-            self._audit("web admin credentials replaced", name,
-                        {k: "new" for k, v in changed.items() if v})
+            self._audit("web admin credentials replaced", name, details)
         return bool(n)
 
     def use_totp_step(self, name: str, step: int) -> bool:

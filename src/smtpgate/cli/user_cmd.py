@@ -202,12 +202,7 @@ def _accounts_table(accounts: list[Account], max_age_days: float = 0) -> Table:
     table.add_column("legacy hash", no_wrap=True)
     table.add_column("scram keys", no_wrap=True)
     for a in accounts:
-        locked = (
-            f"yes: {a.lock_reason}" if a.locked and a.lock_reason else "yes" if a.locked else "no"
-        )
-        allowed = "all" if a.allowed_mechanisms is None else " ".join(
-            sorted(a.allowed_mechanisms)
-        ) or "none"
+        locked, allowed = _locked_cell(a), _allowed_cell(a)
         table.add_row(
             a.name,
             locked,
@@ -226,6 +221,16 @@ def _accounts_table(accounts: list[Account], max_age_days: float = 0) -> Table:
     return table
 
 
+def _locked_cell(a: Account) -> str:
+    return f"yes: {a.lock_reason}" if a.locked and a.lock_reason else "yes" if a.locked else "no"
+
+
+def _allowed_cell(a: Account) -> str:
+    if a.allowed_mechanisms is None:
+        return "all"
+    return " ".join(sorted(a.allowed_mechanisms)) or "none"
+
+
 def _narrow_accounts_table(accounts: list[Account], max_age_days: float = 0) -> Table:
     """The accounts for a terminal too narrow for `_accounts_table` (its eleven
     columns need about 200): the same facts in five columns of a few lines each,
@@ -240,12 +245,7 @@ def _narrow_accounts_table(accounts: list[Account], max_age_days: float = 0) -> 
     table.add_column("password", overflow="fold", ratio=2)
     table.add_column("mechanisms", overflow="fold", ratio=3)
     for a in accounts:
-        locked = (
-            f"yes: {a.lock_reason}" if a.locked and a.lock_reason else "yes" if a.locked else "no"
-        )
-        allowed = "all" if a.allowed_mechanisms is None else " ".join(
-            sorted(a.allowed_mechanisms)
-        ) or "none"
+        locked, allowed = _locked_cell(a), _allowed_cell(a)
         login = _when(a.last_login) + (f" with {a.last_mechanism}" if a.last_mechanism else "")
         password = [f"age {password_age(a)}", f"expires {password_expiry(a, max_age_days)}"]
         if LEGACY in a.schemes:

@@ -1037,3 +1037,49 @@ async def test_admin_logins_are_counted_in_the_login_metric(tmp_path: Path) -> N
         await site.close()
     assert {r: n(r) - before[r] for r in before} == {
         "success": 1, "failure": 2, "refused_guard": 1}
+
+
+async def _raw_statuses(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                        requests: list[bytes]) -> list[int]:
+    """Each raw request's status from a real admin server on loopback; no record
+    may carry a traceback (a 500 for what a client sent is a bug)."""
+    import logging
+
+    from smtpgate.web.server import AdminServer, bind_admin_socket
+
+    port = _free_port()
+    cfg = _cfg(tmp_path).model_copy(update={
+        "admin": AdminConfig(listen=f"127.0.0.1:{port}"),
+        "accounts": AccountsConfig(argon2_memory_kib=8192, argon2_time_cost=1)})
+    sock = bind_admin_socket(cfg)
+    assert sock is not None
+    server = await AdminServer.start(cfg, sock, None)
+    caplog.set_level(logging.DEBUG)
+    try:
+        statuses = [await http_status(port, raw.replace(b"PORT", str(port).encode()))
+                    for raw in requests]
+    finally:
+        await server.stop()
+    tracebacks = [r.getMessage() for r in caplog.records if r.exc_info]
+    assert not tracebacks, tracebacks
+    return statuses
+
+
+def _login_post(headers: bytes, body: bytes = b"login_token=ab") -> bytes:
+    return (b"POST /login HTTP/1.1\r\nHost: 127.0.0.1:PORT\r\n" + headers
+            + b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n"
+            + body)
+
+
+async def test_a_login_cookie_that_is_not_utf8_is_an_expired_form_not_a_500(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Found by fuzzing the running admin: the form token's cookie arrived as
+    '\\udcff\\udcfe' (aiohttp keeps undecodable header bytes as surrogates), and
+    ``cookie.encode()`` raised UnicodeEncodeError: a 500 and a traceback in the log
+    for one request anyone may send. A token that is not ASCII is no token of ours."""
+    form = b"Content-Type: application/x-www-form-urlencoded\r\n"
+    statuses = await _raw_statuses(tmp_path, caplog, [
+        _login_post(b"Cookie: smtpgate_login=\xff\xfe\r\n" + form),
+        _login_post(b"Cookie: smtpgate_login=ab\r\n" + form, "login_token=\u00e9".encode()),
+    ])
+    assert statuses == [403, 403]

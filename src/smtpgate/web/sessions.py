@@ -99,4 +99,14 @@ class Sessions:
     @staticmethod
     def csrf_ok(session: Session, token: str | None) -> bool:
         """The form's token is this session's (compared in constant time)."""
-        return bool(token) and hmac.compare_digest(session.csrf.encode(), (token or "").encode())
+        return tokens_match(session.csrf, token)
+
+
+def tokens_match(ours: str, theirs: str | None) -> bool:
+    """``theirs`` is the token ``ours``, compared in constant time. Tokens are ASCII
+    (``secrets.token_urlsafe``); what a client sends need not be, in a form or in a
+    cookie, and aiohttp keeps a header's undecodable bytes as lone surrogates, which
+    cannot be encoded: a value that is not ASCII is simply no match."""
+    if not theirs or not (ours.isascii() and theirs.isascii()):
+        return False
+    return hmac.compare_digest(ours.encode(), theirs.encode())

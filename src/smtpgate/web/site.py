@@ -69,7 +69,7 @@ from smtpgate.web.http_socket import known_host as _known_host
 from smtpgate.web.http_socket import name_the_server
 from smtpgate.web.login_log import auth_log_path, record_login
 from smtpgate.web.proxy import Client, client_of, trusted_networks
-from smtpgate.web.sessions import Session, Sessions, credentials_of
+from smtpgate.web.sessions import Session, Sessions, credentials_of, tokens_match
 
 log = logging.getLogger("smtpgate.web")
 
@@ -349,8 +349,7 @@ class AdminSite:
         _same_origin(request)
         form = await request.post()
         token, cookie = form.get("login_token"), request.cookies.get(_LOGIN_COOKIE)
-        if not (isinstance(token, str) and cookie
-                and hmac.compare_digest(token.encode(), cookie.encode())):
+        if not (isinstance(token, str) and cookie and tokens_match(cookie, token)):
             # Nothing is checked and nobody logged in; a fresh form, since the
             # usual cause is another login tab that replaced this form's cookie.
             log.info("web admin: login form without its cookie's token from %s: "

@@ -1083,3 +1083,24 @@ async def test_a_login_cookie_that_is_not_utf8_is_an_expired_form_not_a_500(
         _login_post(b"Cookie: smtpgate_login=ab\r\n" + form, "login_token=\u00e9".encode()),
     ])
     assert statuses == [403, 403]
+
+
+async def test_a_form_body_that_does_not_decode_is_400_not_a_500(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Found by fuzzing the running admin: aiohttp's form reading raised out of the
+    handler on a body no browser sends (UnicodeDecodeError for bytes that are not
+    UTF-8, urlencoded or multipart; LookupError for an unknown charset), each a 500
+    with a traceback in the log. Such a body is now 400 Bad Request."""
+    multipart = (b'--XX\r\nContent-Disposition: form-data; name="login_token"\r\n\r\n'
+                 b'\xff\xfe\r\n--XX--\r\n')
+    statuses = await _raw_statuses(tmp_path, caplog, [
+        _login_post(b"Content-Type: multipart/form-data; boundary=XX\r\n", multipart),
+        _login_post(b"Content-Type: application/x-www-form-urlencoded; charset=nope\r\n"),
+        _login_post(b"Content-Type: application/x-www-form-urlencoded\r\n",
+                    b"login_token=\xff\xfe"),
+        _login_post(b"Content-Type: multipart/form-data\r\n", multipart),
+        _login_post(b"Content-Type: multipart/form-data; boundary=XX\r\n", multipart[:40]),
+        _login_post(b"Content-Type: multipart/form-data; boundary=XX\r\n",
+                    multipart.replace(b"form-data;", b"")),
+    ])
+    assert statuses == [400] * 6

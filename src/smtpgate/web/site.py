@@ -33,12 +33,13 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 import jinja2
 import pyotp
 from aiohttp import web
+from aiohttp.multipart import BadContentDispositionHeader
 from markupsafe import Markup
 
 from smtpgate import metrics
@@ -70,6 +71,9 @@ from smtpgate.web.http_socket import name_the_server
 from smtpgate.web.login_log import auth_log_path, record_login
 from smtpgate.web.proxy import Client, client_of, trusted_networks
 from smtpgate.web.sessions import Session, Sessions, credentials_of, tokens_match
+
+if TYPE_CHECKING:
+    from multidict import MultiDictProxy
 
 log = logging.getLogger("smtpgate.web")
 
@@ -314,7 +318,7 @@ class AdminSite:
                 raise web.HTTPSeeOther("/login")
             if request.method == "POST":
                 _same_origin(request)
-                form = await request.post()
+                form = await _read_form(request)
                 token = form.get("csrf")
                 if not self.sessions.csrf_ok(session, token if isinstance(token, str) else None):
                     log.warning("web admin: POST %s without a valid CSRF token (admin %s, "
@@ -347,7 +351,7 @@ class AdminSite:
 
     async def login(self, request: web.Request) -> web.StreamResponse:
         _same_origin(request)
-        form = await request.post()
+        form = await _read_form(request)
         token, cookie = form.get("login_token"), request.cookies.get(_LOGIN_COOKIE)
         if not (isinstance(token, str) and cookie and tokens_match(cookie, token)):
             # Nothing is checked and nobody logged in; a fresh form, since the
@@ -737,6 +741,21 @@ def flash_add(session: Session, kind: str, text: str) -> None:
 
 def session_flash(session: Session) -> list[tuple[str, str]]:
     return _FLASH.pop(session.id, [])
+
+
+async def _read_form(request: web.Request
+                     ) -> MultiDictProxy[str | bytes | bytearray | web.FileField]:
+    """The POSTed form. aiohttp decodes it strictly and raises on a body no browser
+    sends for these pages (bytes that are not UTF-8, an unknown charset, a broken
+    multipart body, a part whose Content-Disposition is not form-data): that is the
+    client's error, 400, not a 500 and a traceback."""
+    try:
+        return await request.post()
+    # UnicodeDecodeError is a ValueError; aiohttp's BadContentDispositionHeader a Warning.
+    except (ValueError, LookupError, BadContentDispositionHeader) as e:
+        log.info("web admin: unreadable form in POST %s from %s (%s): 400",
+                 request.path, request.remote, type(e).__name__)
+        raise web.HTTPBadRequest(text="The form could not be read.\n") from None
 
 
 def _same_origin(request: web.Request) -> None:

@@ -1104,3 +1104,16 @@ async def test_a_form_body_that_does_not_decode_is_400_not_a_500(
                     multipart.replace(b"form-data;", b"")),
     ])
     assert statuses == [400] * 6
+
+
+async def test_an_origin_that_is_no_url_is_refused_not_a_500(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Found by fuzzing the running admin: ``Origin: http://[::1/`` made urlsplit
+    raise ValueError (Invalid IPv6 URL) in the same-origin check, a 500 and a
+    traceback; an Origin that does not parse is no origin of this site: 403."""
+    form = b"Content-Type: application/x-www-form-urlencoded\r\n"
+    statuses = await _raw_statuses(tmp_path, caplog, [
+        _login_post(b"Origin: http://[::1/\r\n" + form),
+        _login_post(b"Origin: http://[127.0.0.1:PORT]\r\n" + form),
+    ])
+    assert statuses == [403, 403]

@@ -764,7 +764,11 @@ def _same_origin(request: web.Request) -> None:
     origin = request.headers.get("Origin")
     if origin is None:
         return  # not a browser, or an old one: the CSRF token decides
-    if origin == "null" or urlsplit(origin).netloc != request.host:
+    try:
+        netloc = urlsplit(origin).netloc
+    except ValueError:  # "http://[::1/": no URL, so no page of this site
+        netloc = None
+    if origin == "null" or netloc != request.host:
         raise web.HTTPForbidden(text="cross-origin request refused")
 
 

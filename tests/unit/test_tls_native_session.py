@@ -268,3 +268,33 @@ def test_tls_session_tickets_false_issues_none(tmp_path: Path) -> None:
         assert first.session is not None and first.session.has_ticket == resumes
         again, _ = _connect(tls, cctx, first.session)
         assert again.session_reused == resumes
+
+
+def test_a_server_name_that_is_not_ascii_leaves_no_traceback_on_stderr(
+    tls: ServerTlsContext, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by fuzzing a running server: a ClientHello whose SNI held the bytes of
+    'é.test' made CPython's servername callback fail to decode it as ASCII before
+    calling ours, and it wrote the UnicodeDecodeError with a traceback to stderr
+    (the journal), once per connection anyone may open. The handshake still fails
+    (RFC 6066 names hosts in ASCII; the session logs it); stderr stays quiet."""
+    from smtpgate.tls import tickets
+
+    seen: list[object] = []
+    monkeypatch.setattr("sys.unraisablehook", seen.append)
+    tickets.quiet_server_name_errors()  # what enable() does in each serving process
+    assert tls.native is not None
+    client = _client()
+    client.set_tlsext_host_name("é.test".encode())
+    server = NativeServerSession(tls.native, tls.end_point_hash)
+    with pytest.raises(TlsError):
+        handshake(pyopenssl_step(client), session_step(server))
+    assert seen == []
+    # Any other unraisable exception still reaches the hook that was there.
+    import sys
+    from types import SimpleNamespace
+
+    other = SimpleNamespace(exc_type=ValueError, exc_value=ValueError("x"), exc_traceback=None,
+                            err_msg=None, object=b"x")
+    sys.unraisablehook(other)  # type: ignore[arg-type]
+    assert seen == [other]

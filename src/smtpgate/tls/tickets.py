@@ -21,6 +21,13 @@ and cannot set the key that seals them.
   instead from a secret drawn once per server start and the certificate's hash:
   every worker seals alike, a restart or a new certificate ends every ticket.
   OpenSSL's ticket lifetime stays (two hours); there is no server-side cache.
+
+A servername callback has a cost: CPython decodes the client's SNI as ASCII before
+calling it, and a name that is not (``é.test`` in UTF-8, which RFC 6066 does not
+allow) fails the handshake (OpenSSL's "callback failed", in the session's log
+line) and goes to ``sys.unraisablehook``, whose default writes a traceback to
+stderr: the journal, once per connection anyone may open. ``enable`` installs a
+hook that drops exactly that exception and hands every other to the one before.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ import ctypes
 import hashlib
 import secrets
 import ssl
+import sys
+from typing import Any
 
 from smtpgate.tls import exporter
 
@@ -64,6 +73,7 @@ def enable(ctx: ssl.SSLContext, cert_hash: bytes) -> bool:
     back = ctypes.create_string_buffer(_KEYS_LENGTH)
     if lib.SSL_CTX_ctrl(ptr, _GET_KEYS, _KEYS_LENGTH, back) != 1 or back.raw != keys:
         return False
+    quiet_server_name_errors()
     ctx.sni_callback = _no_tls12_ticket
     ctx.options &= ~ssl.OP_NO_TICKET
     ctx.num_tickets = 1  # one a handshake: a client resumes with one at a time
@@ -80,3 +90,21 @@ def _no_tls12_ticket(obj: ssl.SSLObject | ssl.SSLSocket, name: str | None,
     if lib.SSL_version(ptr) != _TLS13:
         lib.SSL_set_options(ptr, _NO_TICKET)
     return
+
+
+def quiet_server_name_errors() -> None:
+    """Make ``sys.unraisablehook`` drop CPython's failure to decode a client's SNI
+    (the module docstring); once per process, other exceptions pass through."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_smtpgate_sni", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        exc = unraisable.exc_value
+        if (isinstance(exc, UnicodeDecodeError) and exc.encoding == "ascii"
+                and isinstance(unraisable.object, bytes)):
+            return  # a server name not in ASCII; the handshake failed and is logged
+        previous(unraisable)
+
+    hook._smtpgate_sni = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook

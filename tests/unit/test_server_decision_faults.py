@@ -114,19 +114,24 @@ class Client:
         return await self.reply()
 
 
-@pytest.fixture
-async def session() -> AsyncIterator[tuple[Client, FakeAuth, FakeSpool]]:
-    auth, spool = FakeAuth(), FakeSpool()
-    runtime = ServerRuntime(
+def fake_runtime(auth: FakeAuth, spool: FakeSpool) -> ServerRuntime:
+    """A cleartext runtime on the fakes (its TLS context is never used)."""
+    return ServerRuntime(
         hostname="mx.test",
         auth=auth,  # type: ignore[arg-type]
         spool=spool,  # type: ignore[arg-type]
-        tls=None,  # type: ignore[arg-type]  # a cleartext listener: never used
+        tls=None,  # type: ignore[arg-type]
         limits=LimitsConfig(),
         limiter=ConnectionLimiter(10, 10),
         on_stored=lambda: None,
         failure_floor=0.0,
     )
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[tuple[Client, FakeAuth, FakeSpool]]:
+    auth, spool = FakeAuth(), FakeSpool()
+    runtime = fake_runtime(auth, spool)
     listener = ListenerRuntime("test", False, settings(auth_in_clear=True, starttls=False))
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: SmtpConnection(runtime, listener), "127.0.0.1", 0)

@@ -21,12 +21,10 @@ import asyncio
 import base64
 from typing import Any
 
-from smtpgate.config import LimitsConfig
-from smtpgate.server.connection import ListenerRuntime, ServerRuntime, SmtpConnection
-from smtpgate.server.limits import ConnectionLimiter
+from smtpgate.server.connection import ListenerRuntime, SmtpConnection
 
 from .engine_driver import settings
-from .test_server_decision_faults import USER, FakeAuth, FakeSpool
+from .test_server_decision_faults import USER, FakeAuth, FakeSpool, fake_runtime
 
 
 class RecordingTransport:
@@ -71,23 +69,20 @@ async def _settle(conn: SmtpConnection) -> None:
     raise AssertionError("a decision never finished")
 
 
-async def _logged_in() -> tuple[SmtpConnection, RecordingTransport]:
-    runtime = ServerRuntime(
-        hostname="mx.test",
-        auth=FakeAuth(),  # type: ignore[arg-type]
-        spool=FakeSpool(),  # type: ignore[arg-type]
-        tls=None,  # type: ignore[arg-type]  # a cleartext listener: never used
-        limits=LimitsConfig(),
-        limiter=ConnectionLimiter(10, 10),
-        on_stored=lambda: None,
-        failure_floor=0.0,
-    )
+def _connected(auth: FakeAuth) -> tuple[SmtpConnection, RecordingTransport]:
     listener = ListenerRuntime("test", False, settings(auth_in_clear=True, starttls=False))
-    conn = SmtpConnection(runtime, listener)
+    conn = SmtpConnection(fake_runtime(auth, FakeSpool()), listener)
     transport = RecordingTransport()
     conn.connection_made(transport)  # type: ignore[arg-type]
-    plain = base64.b64encode(f"\0{USER}\0secret".encode())
-    conn.data_received(b"EHLO client.test\r\nAUTH PLAIN " + plain + b"\r\n")
+    return conn, transport
+
+
+_PLAIN = b"AUTH PLAIN " + base64.b64encode(f"\0{USER}\0secret".encode()) + b"\r\n"
+
+
+async def _logged_in() -> tuple[SmtpConnection, RecordingTransport]:
+    conn, transport = _connected(FakeAuth())
+    conn.data_received(b"EHLO client.test\r\n" + _PLAIN)
     await _settle(conn)
     assert b"235 2.7.0" in b"".join(transport.writes), transport.writes
     transport.writes.clear()
@@ -104,3 +99,38 @@ async def test_a_pipelined_group_is_answered_in_one_write() -> None:
     assert transport.writes == [group]
     conn.shutdown(force=True)
 
+
+
+class StalledAuth(FakeAuth):
+    """A login look-up that never ends by itself: a guess behind the guard's penalty
+    or the attempt gate, as a password flood keeps them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cancelled = asyncio.Event()
+
+    async def resolve_detailed(self, query: Any, ctx: Any) -> Any:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+
+
+async def test_a_forced_shutdown_drops_a_waiting_login_look_up_with_421() -> None:
+    """Before: shutdown(force=True) at the end of shutdown_grace only asked the
+    engine to hang up after the decision under way; a login waiting behind the
+    guard's penalty or the attempt gate kept its session, and a password flood held
+    `serve`'s stop for minutes (bench's E flood: SIGTERM ignored for 15 s)."""
+    auth = StalledAuth()
+    conn, transport = _connected(auth)
+    conn.data_received(b"EHLO client.test\r\n" + _PLAIN)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert conn._task is not None
+    conn.shutdown()  # the stop begins: the look-up may still finish
+    assert not transport.closed
+    conn.shutdown(force=True)  # the grace is over
+    await asyncio.wait_for(auth.cancelled.wait(), 5)
+    assert transport.closed
+    assert transport.writes[-1].endswith(b"421 4.3.2 Service shutting down, try again later\r\n")

@@ -29,6 +29,7 @@ from smtpgate.smtp.events import (
     OUTPUT_FULL,
     PAUSED,
     CloseConnection,
+    MessageReceived,
     MessageStart,
     StartTls,
 )
@@ -95,6 +96,7 @@ class SmtpConnection(asyncio.Protocol):
         "_loop",
         "_reading_paused",
         "_task",
+        "_task_event",
         "_timer",
         "_timer_at",
         "_tls_started",
@@ -124,6 +126,8 @@ class SmtpConnection(asyncio.Protocol):
         self.decisions = Decisions(runtime, Peer(self.session_id, listener.name, "", 0),
                                    self.engine, alive=lambda: not self._closed)
         self._task: asyncio.Task[None] | None = None
+        #: The decision event ``_task`` answers (None: none, or none the engine waits on).
+        self._task_event: object = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
         # The session's clocks (see ``_expiry``): the last byte in (idle timeouts),
@@ -334,6 +338,7 @@ class SmtpConnection(asyncio.Protocol):
                 # reads none before it has its whole pipelined group's, and RFC
                 # 2920 §3 asks for them as a unit (they went out in two writes).
                 self._task = self._loop.create_task(self._decide(pending))
+                self._task_event = pending.event
                 return
         self._flush()
 
@@ -364,7 +369,7 @@ class SmtpConnection(asyncio.Protocol):
         return True
 
     def _resume(self) -> None:
-        self._task = None
+        self._task, self._task_event = None, None
         # The client's idle time starts with our reply (RFC 5321 §4.5.3.2): what
         # the decision took (a penalty, a slow look-up, a spool write) was ours.
         self._last_activity = self._loop.time()
@@ -411,6 +416,7 @@ class SmtpConnection(asyncio.Protocol):
         pending = self.decisions.plus_fallback_look_up(self.listener.settings.mechanisms)
         if pending is not None:
             self._task = self._loop.create_task(self._decide(pending))
+            self._task_event = pending.event
 
     def _tls_up(self) -> None:
         assert self.tls is not None
@@ -525,10 +531,18 @@ class SmtpConnection(asyncio.Protocol):
             self._abort()
             return
         if self._task is not None:
-            # A spool write or auth lookup is finishing: the engine hangs up
-            # with 421 right after answering it.
-            self.engine.shutdown(force=False)
-            return
+            if not force or isinstance(self._task_event, MessageReceived):
+                # A spool write or auth lookup is finishing: the engine hangs up
+                # with 421 right after answering it. A message's spool write is
+                # always let finish: its client gets the 250, then the 421.
+                self.engine.shutdown(force=False)
+                return
+            # The grace is over: a look-up still waiting (a login behind the guard's
+            # penalty or the attempt gate, a sender check) is dropped, and the
+            # client gets its 421 now. Nothing half-done is lost; before, such a
+            # session held the stop past shutdown_grace, a flood of them by minutes.
+            task, self._task, self._task_event = self._task, None, None
+            task.cancel()
         self.engine.shutdown(force=force)
         if self.engine.closed:
             self._flush()

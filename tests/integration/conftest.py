@@ -178,6 +178,17 @@ USER = "alice@example.org"
 PASSWORD = "correct horse battery"
 
 
+def serving_alice(root: Path, extra_config: str = "") -> Iterator[Server]:
+    """A started server under ``root`` with ``extra_config`` and the account alice,
+    stopped afterwards: the body of a fixture (``yield from``)."""
+    srv = make_server(root, extra_config)
+    srv.add_user(USER, PASSWORD)
+    srv.start()
+    yield srv
+    if srv.proc is not None:
+        srv.stop()
+
+
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
     srv = make_server(tmp_path / "srv")

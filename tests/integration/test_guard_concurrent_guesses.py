@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from .conftest import PASSWORD, USER, Server, make_server
+from .conftest import PASSWORD, USER, Server, serving_alice
 
 LIMIT = 4
 GUESSES = 16
@@ -40,12 +40,7 @@ distributed_addresses = 1000
 
 def running(tmp_path_factory: pytest.TempPathFactory, guard: str) -> Iterator[Server]:
     """A server with alice and ``guard``'s settings, for one module-scoped fixture."""
-    server = make_server(tmp_path_factory.mktemp("concurrent") / "srv", guard)
-    server.add_user(USER, PASSWORD)
-    server.start()
-    yield server
-    if server.proc is not None:
-        server.stop()
+    yield from serving_alice(tmp_path_factory.mktemp("concurrent") / "srv", guard)
 
 
 @pytest.fixture(scope="module")

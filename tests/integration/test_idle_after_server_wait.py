@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from .conftest import PASSWORD, USER, Server, make_server
+from .conftest import USER, Server, serving_alice
 from .test_attacks import plain, tls_session
 
 #: The client's idle allowance, shorter than the penalty the second AUTH waits.
@@ -36,12 +36,7 @@ penalty_max = {PENALTY}
 
 @pytest.fixture
 def penalized(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = make_server(tmp_path_factory.mktemp("idle") / "srv", CONFIG)
-    srv.add_user(USER, PASSWORD)
-    srv.start()
-    yield srv
-    if srv.proc is not None:
-        srv.stop()
+    yield from serving_alice(tmp_path_factory.mktemp("idle") / "srv", CONFIG)
 
 
 def test_a_penalty_longer_than_the_command_timeout_leaves_the_client_its_idle_time(

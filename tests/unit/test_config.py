@@ -251,19 +251,11 @@ def test_reference_page_is_current() -> None:
 
 def _schema_tables() -> dict[str, set[str]]:
     """Every table of the schema as the reference page heads it, with its keys."""
-    from typing import get_args
 
     from pydantic import BaseModel
 
     from smtpgate.config import Config
-
-    def model_of(ann: object) -> tuple[type[BaseModel], bool] | None:
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            return ann, False
-        for arg in get_args(ann):
-            if isinstance(arg, type) and issubclass(arg, BaseModel):
-                return arg, True
-        return None
+    from tests.unit.test_docs_keys import _model_of as model_of
 
     out: dict[str, set[str]] = {}
 

@@ -13,23 +13,18 @@ from smtpgate.tools.audit import AuditOptions, AuditReport, Mode, Target, audit_
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
-def _server(hang_up_at: bytes) -> Handler:
-    """A plain SMTP server (no STARTTLS) that closes the connection when it reads
-    the command ``hang_up_at``."""
+def _replying(greeting: bytes, reply: Callable[[bytes], bytes | None]) -> Handler:
+    """A plain SMTP server that greets with ``greeting`` and answers each line with
+    ``reply(line)``, closing the connection where that is None."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            writer.write(b"220 broken.test ESMTP\r\n")
+            writer.write(greeting)
             while line := await reader.readline():
-                verb = line[:4].upper()
-                if verb == hang_up_at:
+                answer = reply(line)
+                if answer is None:
                     break
-                writer.write({
-                    b"EHLO": b"250-broken.test\r\n250 PIPELINING\r\n",
-                    b"MAIL": b"250 2.1.0 ok\r\n",
-                    b"RCPT": b"554 5.7.1 relay denied\r\n",
-                    b"QUIT": b"221 2.0.0 bye\r\n",
-                }.get(verb, b"503 5.5.1 no\r\n"))
+                writer.write(answer)
                 await writer.drain()
         except ConnectionError:
             pass
@@ -37,6 +32,24 @@ def _server(hang_up_at: bytes) -> Handler:
             writer.close()
 
     return handle
+
+
+def _server(hang_up_at: bytes) -> Handler:
+    """A plain SMTP server (no STARTTLS) that closes the connection when it reads
+    the command ``hang_up_at``."""
+
+    def reply(line: bytes) -> bytes | None:
+        verb = line[:4].upper()
+        if verb == hang_up_at:
+            return None
+        return {
+            b"EHLO": b"250-broken.test\r\n250 PIPELINING\r\n",
+            b"MAIL": b"250 2.1.0 ok\r\n",
+            b"RCPT": b"554 5.7.1 relay denied\r\n",
+            b"QUIT": b"221 2.0.0 bye\r\n",
+        }.get(verb, b"503 5.5.1 no\r\n")
+
+    return _replying(b"220 broken.test ESMTP\r\n", reply)
 
 
 async def _audit(handler: Handler, mode: Mode = "starttls") -> AuditReport:
@@ -87,23 +100,14 @@ async def test_an_implicit_tls_target_that_greets_in_clear_is_audited_in_clear()
 async def test_a_server_accepting_the_dummy_identity_is_critical() -> None:
     # It was only auth-accepted-in-clear (high, grade D), its detail "a dummy
     # identity then got: 235": a server where anyone logs in (and so relays).
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            writer.write(b"220 yes.test ESMTP\r\n")
-            while line := await reader.readline():
-                writer.write({
-                    b"EHLO": b"250-yes.test\r\n250 AUTH PLAIN LOGIN\r\n",
-                    b"AUTH": b"334 \r\n",
-                    b"MAIL": b"250 2.1.0 ok\r\n",
-                    b"RCPT": b"554 5.7.1 relay denied\r\n",
-                    b"RSET": b"250 2.0.0 ok\r\n",
-                    b"QUIT": b"221 2.0.0 bye\r\n",
-                }.get(line[:4].upper(), b"235 2.7.0 ok\r\n"))  # any credential line
-                await writer.drain()
-        except ConnectionError:
-            pass
-        finally:
-            writer.close()
+    handle = _replying(b"220 yes.test ESMTP\r\n", lambda line: {
+        b"EHLO": b"250-yes.test\r\n250 AUTH PLAIN LOGIN\r\n",
+        b"AUTH": b"334 \r\n",
+        b"MAIL": b"250 2.1.0 ok\r\n",
+        b"RCPT": b"554 5.7.1 relay denied\r\n",
+        b"RSET": b"250 2.0.0 ok\r\n",
+        b"QUIT": b"221 2.0.0 bye\r\n",
+    }.get(line[:4].upper(), b"235 2.7.0 ok\r\n"))  # any credential line
 
     report = await _audit(handle)
     t = report.targets[0]
@@ -117,25 +121,17 @@ async def test_a_stray_reply_stops_the_relay_probe_instead_of_shifting_its_repli
     # A server that sends one reply more than asked (here a stray "250" after its
     # EHLO reply) made each RCPT read the reply to the one before: the control
     # address's 250 became the outside address's, and a closed relay an open one.
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            writer.write(b"220 stray.test ESMTP\r\n")
-            while line := await reader.readline():
-                verb, rcpt = line[:4].upper(), line[8:].strip()
-                if verb == b"EHLO":
-                    reply = b"250-stray.test\r\n250 PIPELINING\r\n250 2.0.0 stray\r\n"
-                elif verb == b"RCPT":
-                    local = rcpt.endswith(b"@stray.test>") and b"example.net" not in rcpt
-                    reply = b"250 2.1.5 ok\r\n" if local else b"554 5.7.1 relay denied\r\n"
-                else:
-                    reply = {b"MAIL": b"250 2.1.0 ok\r\n", b"QUIT": b"221 2.0.0 bye\r\n",
-                             b"RSET": b"250 2.0.0 ok\r\n"}.get(verb, b"503 5.5.1 no\r\n")
-                writer.write(reply)
-                await writer.drain()
-        except ConnectionError:
-            pass
-        finally:
-            writer.close()
+    def reply(line: bytes) -> bytes:
+        verb, rcpt = line[:4].upper(), line[8:].strip()
+        if verb == b"EHLO":
+            return b"250-stray.test\r\n250 PIPELINING\r\n250 2.0.0 stray\r\n"
+        if verb == b"RCPT":
+            local = rcpt.endswith(b"@stray.test>") and b"example.net" not in rcpt
+            return b"250 2.1.5 ok\r\n" if local else b"554 5.7.1 relay denied\r\n"
+        return {b"MAIL": b"250 2.1.0 ok\r\n", b"QUIT": b"221 2.0.0 bye\r\n",
+                b"RSET": b"250 2.0.0 ok\r\n"}.get(verb, b"503 5.5.1 no\r\n")
+
+    handle = _replying(b"220 stray.test ESMTP\r\n", reply)
 
     report = await _audit(handle)
     t = report.targets[0]

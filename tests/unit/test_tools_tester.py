@@ -222,11 +222,16 @@ async def test_quit_after_auth_without_user_sends_no_message(serve: Serve) -> No
 EHLO_INTL = b"250-fake.test\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n"
 
 
+def _accepting_intl() -> Scripted:
+    """A server offering 8BITMIME and SMTPUTF8 that takes one message."""
+    return Scripted(b"220 x\r\n", [EHLO_INTL, b"250 ok\r\n", b"250 ok\r\n",
+                                   b"354 go\r\n", b"250 queued\r\n", b"221 bye\r\n"])
+
+
 async def test_a_utf8_address_is_sent_with_smtputf8_when_offered(serve: Serve) -> None:
     # It was "cannot send that: non-ASCII address without SMTPUTF8" (exit 1) before
     # MAIL, against a server offering SMTPUTF8: the tester never declared it.
-    script = Scripted(b"220 x\r\n", [EHLO_INTL, b"250 ok\r\n", b"250 ok\r\n",
-                                     b"354 go\r\n", b"250 queued\r\n", b"221 bye\r\n"])
+    script = _accepting_intl()
     port = await serve(script)
     report = await run_test(_opts(port, mail_from="a@example.org",
                                   rcpt_to=("jürgen@example.net",), body="grüße"))
@@ -251,8 +256,7 @@ async def test_a_utf8_address_to_a_server_without_smtputf8_says_so(serve: Serve)
 
 
 async def test_an_ascii_message_gets_no_parameters(serve: Serve) -> None:
-    script = Scripted(b"220 x\r\n", [EHLO_INTL, b"250 ok\r\n", b"250 ok\r\n",
-                                     b"354 go\r\n", b"250 queued\r\n", b"221 bye\r\n"])
+    script = _accepting_intl()
     port = await serve(script)
     report = await run_test(_opts(port, mail_from="a@example.org"))
     assert report.exit_code == ExitCode.SUCCESS, report.error

@@ -379,27 +379,12 @@ async def test_a_lockout_does_not_tell_a_real_admin_name_from_an_unknown_one(
 async def test_a_malformed_http_request_is_one_log_line_not_a_traceback(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Request-smuggling shapes get aiohttp's 400; the log gets one line each."""
-    import logging
-
-    from smtpgate.config import AccountsConfig
-    from smtpgate.web.server import AdminServer, bind_admin_socket
-
-    port = _free_port()
-    cfg = _cfg(tmp_path).model_copy(update={
-        "admin": AdminConfig(listen=f"127.0.0.1:{port}"),
-        "accounts": AccountsConfig(argon2_memory_kib=8192, argon2_time_cost=1)})
-    sock = bind_admin_socket(cfg)
-    assert sock is not None
-    server = await AdminServer.start(cfg, sock, None)
-    caplog.set_level(logging.DEBUG)
-    try:
-        for raw in ((b"POST /login HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
-                     b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
-                    b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
-                    b"GET / HTTP/1.1\r\nHost: x\r\nX: a\rb\r\n\r\n"):
-            assert await http_status(port, raw) == 400
-    finally:
-        await server.stop()
+    statuses = await _raw_statuses(tmp_path, caplog, [
+        (b"POST /login HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+         b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+        b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+        b"GET / HTTP/1.1\r\nHost: x\r\nX: a\rb\r\n\r\n"])
+    assert statuses == [400, 400, 400]
     lines = malformed_lines(caplog)
     assert len(lines) == 3 and all("\n" not in m for m in lines), lines
     assert "Transfer-Encoding" in lines[0] and "127.0.0.1" in lines[0]

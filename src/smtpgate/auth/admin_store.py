@@ -19,11 +19,11 @@ admin service's (``smtpgate/admin.py``), written once for every backend.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from smtpgate.auth.directory import (
     Account,
@@ -58,18 +58,24 @@ class AuditActor:
     command: str
 
 
-def web_admin_update(password_hash: str | None, totp_secret: str | None, placeholder: str
-                     ) -> tuple[str, list[str], dict[str, str]] | None:
-    """The SET clause, its values and the admin-log details (never the secrets) of a
-    change to an admin's credentials, for the SQL stores with their ``placeholder``;
-    None when nothing changes."""
-    changes = {"password_hash": password_hash, "totp_secret": totp_secret}
-    given = {column: value for column, value in changes.items() if value is not None}
+def update_web_admin_row(execute: Callable[[str, tuple[str, ...]], Any],
+                         audit: Callable[[str, str, dict[str, str]], None], placeholder: str,
+                         name: str, password_hash: str | None, totp_secret: str | None) -> bool:
+    """Give the admin ``name`` a new password hash and/or TOTP key in a SQL store
+    (its cursor's ``execute``, its admin log's ``audit``, its ``placeholder``), logged
+    without the secrets; False if nothing changed or there is no such admin."""
+    given = {column: value for column, value in
+             (("password_hash", password_hash), ("totp_secret", totp_secret))
+             if value is not None}
     if not given:
-        return None
+        return False
     sets = ", ".join(f"{column} = {placeholder}" for column in given)
-    details = {"password" if column == "password_hash" else "totp": "new" for column in given}
-    return sets, list(given.values()), details
+    n = execute(f"UPDATE web_admins SET {sets} WHERE name = {placeholder}",
+                (*given.values(), name)).rowcount
+    if n:
+        audit("web admin credentials replaced", name,
+              {"password" if column == "password_hash" else "totp": "new" for column in given})
+    return bool(n)
 
 
 @dataclass(frozen=True, slots=True)

@@ -59,7 +59,7 @@ from smtpgate.auth.admin_store import (
     case_twin_params,
     case_twin_query,
     refuse_taken_name,
-    web_admin_update,
+    update_web_admin_row,
 )
 from smtpgate.auth.credentials import ARGON2ID, CRAM_MD5
 from smtpgate.auth.directory import (
@@ -769,15 +769,8 @@ class _SqliteWriter:
 
     def update_web_admin(self, name: str, *, password_hash: str | None = None,
                          totp_secret: str | None = None) -> bool:
-        update = web_admin_update(password_hash, totp_secret, "?")
-        if update is None:
-            return False
-        sets, values, details = update
-        n = self._c.execute(f"UPDATE web_admins SET {sets} WHERE name = ?",
-                            (*values, name)).rowcount
-        if n:
-            self._audit("web admin credentials replaced", name, details)
-        return bool(n)
+        return update_web_admin_row(self._c.execute, self._audit, "?", name,
+                                    password_hash, totp_secret)
 
     def use_totp_step(self, name: str, step: int) -> bool:
         n = self._c.execute(

@@ -1,7 +1,7 @@
 """Plain HTTP sent to the web admin's HTTPS port: the connection was closed with
 no answer (the browser showed "empty response"); it now gets a 400 that says to
 use https://, as nginx answers on its SSL ports, while TLS clients are served as
-before (web/tls_port.py). The real AdminServer, over a loopback socket."""
+before (web/http_port.py). The real AdminServer, over a loopback socket."""
 
 from __future__ import annotations
 

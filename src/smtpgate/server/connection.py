@@ -20,7 +20,6 @@ from typing import Any, cast
 from smtpgate import metrics
 from smtpgate.queue.incoming import Incoming
 from smtpgate.server.decisions import Decisions, Peer, Pending
-from smtpgate.server.log_budget import LogBudget
 from smtpgate.server.runtime import ListenerRuntime, ServerRuntime
 from smtpgate.smtp import replies as R
 from smtpgate.smtp.engine import QUIT_REASON, SESSION_ENDED, ServerEngine, TlsInfo
@@ -35,6 +34,7 @@ from smtpgate.smtp.events import (
 )
 from smtpgate.tls.native_session import NativeServerSession
 from smtpgate.tls.session import TlsError, TlsServerSession, open_server_session
+from smtpgate.web.log_budget import LogBudget
 
 log = logging.getLogger("smtpgate.session")
 

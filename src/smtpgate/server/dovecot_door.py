@@ -38,7 +38,7 @@ from smtpgate.sasl.base import ServerMechanism
 from smtpgate.sasl.exchange import AuthResult
 from smtpgate.sasl.registry import create_server_mechanism, server_mechanism_names
 from smtpgate.server.front_doors import FrontDoor
-from smtpgate.server.log_budget import LogBudget
+from smtpgate.web.log_budget import LogBudget
 
 log = logging.getLogger("smtpgate.frontdoor")
 

@@ -18,6 +18,11 @@ thread of its own, off the event loop.
 
 A reload may move, open or close the endpoint: the serving process binds the new
 address itself (as the user it runs as), and keeps the old one if it cannot.
+
+Slow and many connections, as for the web admin (``web/http_port.py``): at most
+``MAX_CONNECTIONS`` open at once and ``MAX_CONNECTIONS_PER_ADDRESS`` from one
+address, the rest closed at once; each request head must arrive within 15 s of
+the connection's start or the previous answer (the idle keep-alive limit too).
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ from smtpgate.auth.state_backend import open_guard_state
 from smtpgate.config import Config
 from smtpgate.errors import StartupError
 from smtpgate.server import pidfile
+from smtpgate.web.conn_cap import ConnectionCap
+from smtpgate.web.http_port import REQUEST_HEAD_TIMEOUT, HttpPort
 from smtpgate.web.http_socket import (
     bind_endpoint,
     bind_tcp,
@@ -59,6 +66,12 @@ if TYPE_CHECKING:  # aiohttp: imported by the process that serves /metrics (work
     Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 log = logging.getLogger("smtpgate.metrics")
+
+#: Connections /metrics holds open at once, and from one address (an IPv6 /64):
+#: a Prometheus server keeps one per target, a pair of them and a curl fit many
+#: times over.
+MAX_CONNECTIONS = 32
+MAX_CONNECTIONS_PER_ADDRESS = 8
 
 
 def metrics_dir(cfg: Config) -> Path:
@@ -205,7 +218,9 @@ class MetricsServer:
         # One thread: the guard state is opened and read there, scrapes go in turn.
         self._pool = ThreadPoolExecutor(1, "smtpgate-metrics")
         self._runner: web.AppRunner | None = None
+        self._port: HttpPort | None = None
         self._listen = ""
+        self._cap = ConnectionCap(MAX_CONNECTIONS, MAX_CONNECTIONS_PER_ADDRESS)
 
     @classmethod
     async def start(cls, cfg: Config, sock: socket.socket) -> MetricsServer:
@@ -225,10 +240,13 @@ class MetricsServer:
         name_the_server(app)
         app.router.add_get("/metrics", self._scrape)
         runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                               logger=http_logger("smtpgate.metrics.http", "metrics"))
+                               logger=http_logger("smtpgate.metrics.http", "metrics"),
+                               keepalive_timeout=REQUEST_HEAD_TIMEOUT)
         await runner.setup()
-        await web.SockSite(runner, sock).start()
-        self._runner, self._listen = runner, listen
+        assert runner.server is not None
+        port = HttpPort(sock, runner.server, None, self._cap, "metrics")
+        port.start()
+        self._runner, self._port, self._listen = runner, port, listen
         log.info("metrics on http://%s/metrics", listen)
 
     async def _scrape(self, request: web.Request) -> web.Response:
@@ -261,6 +279,9 @@ class MetricsServer:
             log.info("metrics endpoint closed")
 
     async def _close_site(self) -> None:
+        if self._port is not None:
+            await self._port.stop()
+            self._port = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner, self._listen = None, ""

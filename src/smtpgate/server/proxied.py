@@ -14,7 +14,7 @@ header from anyone else closes the connection before any SMTP byte is sent.
 A connection from outside ``trusted_proxies`` is anyone's to make (the node's
 port reached past the balancer, a scanner): the first ``REFUSALS_LOGGED`` of
 each ``REFUSAL_WINDOW`` per listener and process are logged one by one, the
-rest as one count when the window ends (`server/log_budget.py`).
+rest as one count when the window ends (`web/log_budget.py`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from smtpgate.frontdoor.proxy_header import ProxyHeaderError, ProxyHeaderParser
-from smtpgate.server.log_budget import LogBudget
+from smtpgate.web.log_budget import LogBudget
 
 log = logging.getLogger("smtpgate")
 

@@ -18,6 +18,12 @@ keeps the old one if it cannot; the sessions in memory survive a move (an admin
 stays logged in, unless the move switches between HTTP and HTTPS, which renames
 the cookie). The other ``[admin]`` keys, the directory and the guard's
 thresholds apply to the next request.
+
+Slow and many connections (``web/http_port.py``): at most ``MAX_CONNECTIONS``
+open at once and ``MAX_CONNECTIONS_PER_ADDRESS`` from one client address (a
+trusted proxy's count only towards the total), the rest closed at once; the TLS
+handshake gets 10 s, and each request head 15 s from the connection's start or
+the previous answer, which is also how long an idle keep-alive connection stays.
 """
 
 from __future__ import annotations
@@ -31,8 +37,10 @@ from typing import TYPE_CHECKING
 
 from smtpgate.config import Config, is_loopback_host
 from smtpgate.errors import StartupError
+from smtpgate.web.conn_cap import ConnectionCap
+from smtpgate.web.http_port import REQUEST_HEAD_TIMEOUT, HttpPort
 from smtpgate.web.http_socket import bind_endpoint, bind_tcp, http_logger
-from smtpgate.web.tls_port import TlsPort
+from smtpgate.web.proxy import trusted_networks
 
 if TYPE_CHECKING:
     # The site (aiohttp, Jinja2, the audit) is imported by the process that serves
@@ -43,6 +51,13 @@ if TYPE_CHECKING:
     from smtpgate.web.site import AdminSite
 
 log = logging.getLogger("smtpgate.web")
+
+#: Connections the web admin holds open at once, and from one client address
+#: (an IPv6 /64). A browser opens up to 6 to a host and keeps them for a while;
+#: 16 lets two or three admins share one address (a NAT), and 128 keeps what
+#: strangers can hold in the delivery process (which also delivers mail) small.
+MAX_CONNECTIONS = 128
+MAX_CONNECTIONS_PER_ADDRESS = 16
 
 
 #: The logger the admin's HTTP server reports its errors on (aiohttp's own).
@@ -80,13 +95,15 @@ def tls_context(cfg: Config) -> ssl.SSLContext | None:
 class AdminServer:
     """The running web admin; ``stop()`` ends it and closes its stores."""
 
-    def __init__(self, site: AdminSite, runner: web.AppRunner, listening: web.SockSite | TlsPort,
-                 ctx: ssl.SSLContext | None, listen: str) -> None:
+    def __init__(self, site: AdminSite, runner: web.AppRunner, listening: HttpPort,
+                 ctx: ssl.SSLContext | None, listen: str, cap: ConnectionCap) -> None:
         self.site = site
         self._runner = runner
         self._listening = listening
         self._ctx = ctx
         self.listen = listen
+        #: Shared by the old and the new address across a move.
+        self._cap = cap
 
     @classmethod
     async def start(cls, cfg: Config, sock: socket.socket, status_path: Path | None
@@ -99,16 +116,19 @@ class AdminServer:
         site = AdminSite(cfg, tls=ctx is not None, status_path=status_path)
         await site.open()
         runner = web.AppRunner(site.app(), access_log=None, handle_signals=False,
-                               logger=http_log)
+                               logger=http_log, keepalive_timeout=REQUEST_HEAD_TIMEOUT)
         await runner.setup()
-        listening = await _listen(runner, sock, ctx)
+        cap = ConnectionCap(MAX_CONNECTIONS, MAX_CONNECTIONS_PER_ADDRESS,
+                            trusted_networks(cfg.admin.trusted_proxies))
+        listening = _listen(runner, sock, ctx, cap)
         log.info("web admin on %s://%s/", "https" if ctx else "http", cfg.admin.listen)
-        return cls(site, runner, listening, ctx, cfg.admin.listen)
+        return cls(site, runner, listening, ctx, cfg.admin.listen, cap)
 
     async def reconfigure(self, cfg: Config) -> None:
         """A reload: a new ``[admin] listen`` is bound here before the old one is
         closed (if it cannot be bound, the old one stays, logged); the certificate
         is read again; the site takes the rest (``AdminSite.reconfigure``)."""
+        self._cap.exempt = trusted_networks(cfg.admin.trusted_proxies)
         if cfg.admin.listen != self.listen:
             await self._move(cfg)
         elif self._ctx is not None:
@@ -131,30 +151,24 @@ class AdminServer:
             log.error("reload: admin.listen: cannot listen on %s: %s; still on %s",
                       cfg.admin.listen, why, self.listen)
             return
-        listening = await _listen(self._runner, sock, ctx)
+        listening = _listen(self._runner, sock, ctx, self._cap)
         await self._listening.stop()  # the old address: closed, requests in flight end
         self._listening, self._ctx, self.listen = listening, ctx, cfg.admin.listen
         log.info("web admin moved to %s://%s/", "https" if ctx else "http", cfg.admin.listen)
 
     async def stop(self) -> None:
-        if isinstance(self._listening, TlsPort):  # not one of the runner's sites
-            await self._listening.stop()
+        await self._listening.stop()  # not one of the runner's sites
         await self._runner.cleanup()
         await self.site.close()
 
 
-async def _listen(runner: web.AppRunner, sock: socket.socket,
-                  ctx: ssl.SSLContext | None) -> web.SockSite | TlsPort:
-    """Serve ``runner`` on ``sock``: plain HTTP as aiohttp's own site; HTTPS through
-    ``TlsPort``, which answers plain HTTP sent there with a 400 (web/tls_port.py)."""
-    if ctx is None:
-        from aiohttp import web
-
-        site = web.SockSite(runner, sock)
-        await site.start()
-        return site
+def _listen(runner: web.AppRunner, sock: socket.socket, ctx: ssl.SSLContext | None,
+            cap: ConnectionCap) -> HttpPort:
+    """Serve ``runner`` on ``sock`` through ``HttpPort`` (web/http_port.py): the
+    connection caps and the handshake's deadline; on HTTPS, plain HTTP sent there
+    is answered with a 400."""
     assert runner.server is not None, "runner.setup() first"
-    port = TlsPort(sock, runner.server, ctx)
+    port = HttpPort(sock, runner.server, ctx, cap, "web admin")
     port.start()
     return port
 

@@ -7,6 +7,10 @@ a line per SYN into the server log. ``LogBudget`` lets the first ``limit`` of a
 the window ends, as the Dovecot door does with refused requests
 (``server/dovecot_door.py``): the administrator still learns that it happens,
 how often, and from the lines kept, who started it.
+
+In ``web``, the lower of the two layers that accept connections, so that the
+HTTP endpoints (``web/http_port.py``) and the SMTP listeners and front doors
+(``server``) share it.
 """
 
 from __future__ import annotations

@@ -338,6 +338,14 @@ class DovecotServer:
         if not self._closed:
             self._buffer += data
 
+    @property
+    def line_unfinished(self) -> bool:
+        """Bytes of a line have arrived without its newline (asked once
+        ``next_event`` said NEED_DATA). An MTA may pause between lines as long as it
+        likes (Postfix keeps its connection for hours), never inside one: the
+        shell gives such bytes a deadline (``server/front_doors.py``)."""
+        return bool(self._buffer) and not self._closed
+
     def next_event(self) -> Event | _Sentinel:
         while not self._events:
             if self._closed:

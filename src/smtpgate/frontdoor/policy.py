@@ -94,6 +94,14 @@ class PolicyParser:
             self._buf.clear()
         return out
 
+    @property
+    def request_unfinished(self) -> bool:
+        """Part of a request has arrived (a line without its newline, or attributes
+        without the empty line that ends them). Postfix writes a request whole and
+        may then stay silent for hours; a request left half-sent is given a
+        deadline by the shell (``server/front_doors.py``)."""
+        return self.error is None and bool(self._buf or self._attrs)
+
     def _parse(self, out: list[PolicyRequest]) -> None:
         while True:
             nl = self._buf.find(b"\n")

@@ -209,6 +209,8 @@ class AuthHttpProtocol(asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._alive = True
+        #: Bytes of the request read so far (for the timeout's log line).
+        self._received = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses; trust the duck.
@@ -216,12 +218,22 @@ class AuthHttpProtocol(asyncio.Protocol):
         self._timer = asyncio.get_running_loop().call_later(REQUEST_TIMEOUT, self._timeout)
 
     def _timeout(self) -> None:
+        """Nginx writes its request at once: a connection still without a whole one
+        is a stuck or hostile peer (logged, so that it is not a silent reset)."""
         if self._task is None and self._transport is not None:
+            if self._received:
+                log.warning("auth_http: a request begun %.0f s ago is still unfinished "
+                            "(%d bytes), closing the connection", REQUEST_TIMEOUT,
+                            self._received)
+            else:
+                log.info("auth_http: no request within %.0f s, closing the connection",
+                         REQUEST_TIMEOUT)
             self._transport.abort()
 
     def data_received(self, data: bytes) -> None:
         if self._task is not None:
             return  # nginx sends nothing after its request; ignore, the answer is coming
+        self._received += len(data)
         try:
             req = self._parser.receive_data(data)
         except AuthHttpError as e:

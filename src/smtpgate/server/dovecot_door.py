@@ -37,7 +37,7 @@ from smtpgate.sasl._common import NO_CHANNEL_BINDING
 from smtpgate.sasl.base import ServerMechanism
 from smtpgate.sasl.exchange import AuthResult
 from smtpgate.sasl.registry import create_server_mechanism, server_mechanism_names
-from smtpgate.server.front_doors import FrontDoor
+from smtpgate.server.front_doors import UNFINISHED_TIMEOUT, FrontDoor, UnfinishedClock
 from smtpgate.web.log_budget import LogBudget
 
 log = logging.getLogger("smtpgate.frontdoor")
@@ -103,6 +103,8 @@ class DovecotConnection(asyncio.Protocol):
         #: Refusals logged one by one, then counted (``_log_refusal``).
         self._refusal_log = LogBudget(REFUSALS_LOGGED, REFUSAL_WINDOW,
                                       self._report_unlogged_refusals)
+        #: The deadline of a line begun and not finished (never of silence).
+        self._unfinished = UnfinishedClock(self._line_too_slow)
 
     # ------------------------------------------------------------ asyncio
 
@@ -135,6 +137,7 @@ class DovecotConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
+        self._unfinished.stop()
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
@@ -168,6 +171,13 @@ class DovecotConnection(asyncio.Protocol):
                 return
         self._flush()
         self._arm_timers()
+        if not self._closed:
+            self._unfinished.update(engine.line_unfinished)
+
+    def _line_too_slow(self) -> None:
+        if not self._closed:
+            self._disconnect(Disconnect(f"a line begun {UNFINISHED_TIMEOUT:.0f} s ago is "
+                                        "still unfinished", protocol_error=True))
 
     def _record_refusal(self, ev: RequestRefused) -> None:
         """A client's AUTH refused for what its session lacks (plaintext without TLS,

@@ -11,6 +11,13 @@ removes the unix socket files when it stops.
 
 Each protocol module provides ``protocol_factory(door: FrontDoor) -> Callable[[],
 asyncio.BaseProtocol]``: the asyncio shell around its sans-IO engine.
+
+Slow and many connections. No door closes a connection that is idle between
+requests: Postfix and Exim keep theirs open for hours and would log a lost
+connection for each close. But a request line begun and not finished within
+``UNFINISHED_TIMEOUT`` (``UnfinishedClock``) closes the connection with a WARNING:
+an MTA writes each line whole, so only a stuck or hostile peer leaves one half
+sent.
 """
 
 from __future__ import annotations
@@ -40,6 +47,11 @@ log = logging.getLogger("smtpgate")
 #: Pending connections a front door holds (MTAs and nginx connect to it per login or
 #: keep a few connections; the kernel caps it at net.core.somaxconn).
 DOOR_BACKLOG = 128
+#: Seconds the bytes of an unfinished request line (or, for the policy door, an
+#: unfinished request) may wait for the rest: an MTA writes its lines whole, in
+#: one write, so a minute is for a stuck or hostile peer only (Postfix itself
+#: gives its policy server 100 s, smtpd_policy_service_timeout, for an answer).
+UNFINISHED_TIMEOUT = 60.0
 
 
 @dataclass
@@ -55,6 +67,34 @@ class FrontDoor:
 
 
 ProtocolFactory = Callable[[FrontDoor], Callable[[], asyncio.BaseProtocol]]
+
+
+class UnfinishedClock:
+    """A door connection's deadline for an unfinished request line: ``update``
+    after each read says whether part of one is waiting; the clock starts when
+    one begins, stops when none is left, and calls ``expired`` (which closes the
+    connection) when one has waited ``UNFINISHED_TIMEOUT``. Silence between whole
+    requests is never timed."""
+
+    def __init__(self, expired: Callable[[], None]) -> None:
+        self._expired = expired
+        self._timer: asyncio.TimerHandle | None = None
+
+    def update(self, unfinished: bool) -> None:
+        if not unfinished:
+            self.stop()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(UNFINISHED_TIMEOUT, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._expired()
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
 
 
 #: The asyncio shell of each protocol, imported on demand: a server with no front

@@ -42,7 +42,7 @@ from smtpgate.frontdoor.policy import (
     format_action,
 )
 from smtpgate.policy.sender import envelope_sender_refusal
-from smtpgate.server.front_doors import FrontDoor
+from smtpgate.server.front_doors import UNFINISHED_TIMEOUT, FrontDoor, UnfinishedClock
 from smtpgate.smtp import replies as R
 
 log = logging.getLogger("smtpgate.policy")
@@ -138,10 +138,15 @@ class PolicyProtocol(asyncio.Protocol):
         self._worker: asyncio.Task[None] | None = None
         #: Recipients answered DUNNO so far, per transaction (``instance``).
         self._recipients: OrderedDict[str, int] = OrderedDict()
+        #: The deadline of a request begun and not finished (never of silence).
+        self._unfinished = UnfinishedClock(self._request_too_slow)
+        self._peer = ""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses; trust the duck.
         self._transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self._peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix socket"
         self._worker = asyncio.get_running_loop().create_task(self._serve())
 
     def data_received(self, data: bytes) -> None:
@@ -158,6 +163,14 @@ class PolicyProtocol(asyncio.Protocol):
         if self._parser.error is not None:
             log.warning("policy: protocol error, closing the connection: %s", self._parser.error)
             self._queue.put_nowait(None)
+        self._unfinished.update(self._parser.request_unfinished)
+
+    def _request_too_slow(self) -> None:
+        t = self._transport
+        if t is not None and not t.is_closing():
+            log.warning("policy %s: a request begun %.0f s ago is still unfinished, closing "
+                        "the connection", self._peer, UNFINISHED_TIMEOUT)
+            t.close()
 
     async def _serve(self) -> None:
         while True:
@@ -190,6 +203,7 @@ class PolicyProtocol(asyncio.Protocol):
             t.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._unfinished.stop()
         if self._worker is not None:
             self._worker.cancel()
 

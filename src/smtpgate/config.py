@@ -289,6 +289,13 @@ class AuthListenerConfig(Model):
         default_factory=list,
         description="Networks (CIDR) allowed to send the PROXY header on this front door.",
     )
+    max_connections: int = Field(
+        default=500, ge=1, le=100_000,
+        description="Connections this front door holds open at once in each serving process "
+        "(every worker serves every door); one more is closed at once and logged. Postfix "
+        "keeps one per smtpd process (Dovecot's own auth service allows 1,000 clients); "
+        "raise it with the MTA's process limit. Needs a restart.",
+    )
 
     @field_validator("trusted_proxies")
     @classmethod

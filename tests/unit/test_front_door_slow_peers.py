@@ -3,7 +3,8 @@ never finished (bytes without a newline) held its connection for as long as the
 peer liked, and no door capped its connections. Now a line (for the policy door,
 a request) unfinished after ``UNFINISHED_TIMEOUT`` closes the connection with a
 WARNING, silence between whole requests is still never timed (Postfix and Exim
-keep their connections for hours) (server/front_doors.py).
+keep their connections for hours), and each door holds at most
+``max_connections`` (server/front_doors.py).
 
 The real doors on real sockets (``bind_auth_sockets``, ``start_front_doors``),
 with the deadline shortened; nothing sent here reaches a login or a decision
@@ -132,3 +133,33 @@ async def test_the_auth_http_door_logs_a_request_left_unfinished(
         assert await _closed_within(reader, DEADLINE + 1.0)
         writer.close()
     assert _warnings(caplog, "still unfinished"), caplog.text
+
+
+@pytest.mark.parametrize("protocol", ["dovecot", "postfix_policy"])
+async def test_a_door_refuses_connections_over_max_connections(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, protocol: str) -> None:
+    async with _door(tmp_path, protocol, max_connections=3) as address:
+        held = [await _connect(address) for _ in range(3)]
+        try:
+            if protocol == "dovecot":  # each admitted one gets the handshake
+                for reader, _ in held:
+                    await reader.readuntil(b"DONE\n")
+            reader, writer = await _connect(address)
+            assert await _closed_within(reader, 2.0), "a 4th connection stayed"
+            writer.close()
+            refused = _warnings(caplog, "refused")
+            assert len(refused) == 1 and "3 connections open" in refused[0], refused
+            assert "max_connections" in refused[0]
+            # One ends: the next is served.
+            held.pop()[1].close()
+            await asyncio.sleep(0.2)
+            held.append(await _connect(address))
+            reader, writer = held[-1]
+            if protocol == "dovecot":
+                assert b"DONE\n" in await reader.readuntil(b"DONE\n")
+            else:
+                writer.write(DUNNO_REQUEST)
+                assert await reader.readuntil(b"\n\n") == b"action=DUNNO\n\n"
+        finally:
+            for _, w in held:
+                w.close()

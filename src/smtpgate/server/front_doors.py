@@ -17,7 +17,11 @@ requests: Postfix and Exim keep theirs open for hours and would log a lost
 connection for each close. But a request line begun and not finished within
 ``UNFINISHED_TIMEOUT`` (``UnfinishedClock``) closes the connection with a WARNING:
 an MTA writes each line whole, so only a stuck or hostile peer leaves one half
-sent.
+sent. And each door holds at most ``max_connections`` connections at once in
+each process (``web/conn_cap.py``): one more is closed at once, before a byte is
+read, and logged within a budget of ``REFUSALS_LOGGED`` lines a window. No
+per-address cap: an MTA's connections all come from one address (or a unix
+socket, which has none).
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ from smtpgate.config import AuthListenerConfig, Config
 from smtpgate.errors import StartupError
 from smtpgate.server import proxied
 from smtpgate.server.runtime import ServerRuntime
+from smtpgate.web.conn_cap import CappedProtocol, ConnectionCap
+from smtpgate.web.log_budget import LogBudget
 
 log = logging.getLogger("smtpgate")
 
@@ -52,6 +58,10 @@ DOOR_BACKLOG = 128
 #: one write, so a minute is for a stuck or hostile peer only (Postfix itself
 #: gives its policy server 100 s, smtpd_policy_service_timeout, for an answer).
 UNFINISHED_TIMEOUT = 60.0
+#: Connections over a door's cap logged one by one in each window of this many
+#: seconds (per door and process); the rest are counted in one line.
+REFUSALS_LOGGED = 10
+REFUSAL_WINDOW = 60.0
 
 
 @dataclass
@@ -95,6 +105,28 @@ class UnfinishedClock:
             self._timer.cancel()
             self._timer = None
 
+
+def capped(factory: Callable[[], asyncio.BaseProtocol],
+           listener: AuthListenerConfig) -> Callable[[], asyncio.BaseProtocol]:
+    """``factory`` behind the door's connection cap (``max_connections``), its
+    refusals logged within a budget."""
+    cap = ConnectionCap(listener.max_connections)
+    label = listener.label
+
+    def report(count: int) -> None:
+        log.warning("front door %s: %d more connections refused over max_connections = %d "
+                    "(more than %d in %g s are not logged one by one)", label, count,
+                    listener.max_connections, REFUSALS_LOGGED, REFUSAL_WINDOW)
+
+    budget = LogBudget(REFUSALS_LOGGED, REFUSAL_WINDOW, report)
+
+    def refused(peer: str, why: str) -> None:
+        if budget.take():
+            log.warning("front door %s: connection from %s refused: %s; raise "
+                        "max_connections if the MTA needs more", label, peer or "unix socket",
+                        why)
+
+    return lambda: CappedProtocol(factory, cap, refused)
 
 
 #: The asyncio shell of each protocol, imported on demand: a server with no front
@@ -234,6 +266,7 @@ async def start_front_doors(
         if listener.proxy_protocol:
             factory = proxied.wrap(factory, parse_networks(listener.trusted_proxies),
                                    listener.label)
+        factory = capped(factory, listener)  # counted from the accept, header or not
         # create_*_server listens again, with 100 unless told.
         if sock.family == socket.AF_UNIX:
             server = await loop.create_unix_server(factory, sock=sock, backlog=DOOR_BACKLOG)

@@ -22,7 +22,7 @@ from smtpgate.config import AdminConfig, Config, ListenerConfig, MetricsConfig
 from smtpgate.server import metrics_http
 from smtpgate.server.metrics_http import MetricsServer, fresh_dir
 from smtpgate.tls.certs import write_self_signed
-from smtpgate.web import http_port
+from smtpgate.web import http_port, http_socket
 from smtpgate.web import server as admin_server
 from smtpgate.web.server import AdminServer
 
@@ -194,4 +194,36 @@ async def test_metrics_close_a_slow_head_and_cap_their_connections(
     finally:
         for _, w in held:
             w.close()
+        await server.stop()
+
+
+async def test_a_form_body_sent_a_byte_at_a_time_gets_408_at_the_deadline(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: aiohttp's keep-alive clock stops while a handler runs, so a login
+    POST whose body trickled in held its connection as long as the client liked."""
+    monkeypatch.setattr(http_socket, "BODY_TIMEOUT", 1.5)
+    sock, port = _listening()
+    server = await AdminServer.start(_cfg(tmp_path, admin=f"127.0.0.1:{port}"), sock, None)
+    try:
+        reader, writer = await _connect(port)
+        writer.write(b"POST /login HTTP/1.1\r\nHost: localhost\r\nOrigin: http://localhost\r\n"
+                     b"Content-Type: application/x-www-form-urlencoded\r\n"
+                     b"Content-Length: 200\r\n\r\n")
+        sending = asyncio.create_task(_trickle(writer, b"x" * 200, 0.2))
+        async with asyncio.timeout(4.0):
+            status = await reader.readline()
+        assert status.startswith(b"HTTP/1.1 408 "), status
+        # Then closed, after aiohttp's lingering read of what still comes (10 s),
+        # which lets the client read the 408 before the close.
+        assert await _closed_within(reader, 12.0)
+        sending.cancel()
+        writer.close()
+        # A form sent whole is read as before (a stale token: the form again, 403).
+        reader, writer = await _connect(port)
+        writer.write(b"POST /login HTTP/1.1\r\nHost: localhost\r\nOrigin: http://localhost\r\n"
+                     b"Content-Type: application/x-www-form-urlencoded\r\n"
+                     b"Connection: close\r\nContent-Length: 14\r\n\r\nlogin_token=ab")
+        assert not (await asyncio.wait_for(reader.read(), 10)).startswith(b"HTTP/1.1 408")
+        writer.close()
+    finally:
         await server.stop()

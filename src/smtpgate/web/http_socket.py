@@ -10,6 +10,7 @@ race for it. A reload that moves an endpoint binds the new address the same way.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import socket
@@ -95,6 +96,36 @@ def known_host(request: web.Request, cfg: Config, listener: HttpListener, what: 
             request.remote)
         raise web.HTTPMisdirectedRequest(text="unknown Host: this server does not "
                                               "answer for that name\n")
+
+
+#: Seconds a request's body may take to arrive after its head was read. A form's
+#: body (64 KiB at most on the web admin) is sent with its head; Apache's
+#: RequestReadTimeout allows 20 s plus time for slow rates.
+BODY_TIMEOUT = 15.0
+
+
+async def body_in_time(request: web.Request, what: str) -> None:
+    """Wait until the request's body has arrived (without reading it: a handler
+    reads it as before, urlencoded or multipart), at most ``BODY_TIMEOUT``; a body
+    sent a byte at a time ("slow POST") gets 408 and the connection is closed.
+    aiohttp's keep-alive clock, which bounds the head (``web/http_port.py``), is
+    stopped while a handler runs, so the body needs a deadline of its own."""
+    from aiohttp import web
+
+    if not request.body_exists:
+        return
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT):
+            await request.content.wait_eof()
+    except TimeoutError:
+        logging.getLogger("smtpgate.web").info(
+            "%s: the body of %s %s from %s did not arrive within %.0f s: 408, closed",
+            what, request.method, request.path[:100], request.remote, BODY_TIMEOUT)
+        late = web.HTTPRequestTimeout(text="The request body did not arrive in time.\n")
+        late.force_close()
+        raise late from None
+    except (OSError, web.RequestPayloadError):
+        pass  # a broken body or a peer gone: the handler's own read says so, as before
 
 
 #: What an endpoint's answers say in ``Server``: not aiohttp's default

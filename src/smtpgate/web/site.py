@@ -66,8 +66,8 @@ from smtpgate.queue.spool import Spool
 from smtpgate.tools.audit import AuditOptions, AuditReport, Target, run_audit
 from smtpgate.visible import visible
 from smtpgate.web import authlog_view, charts, status
+from smtpgate.web.http_socket import body_in_time, name_the_server
 from smtpgate.web.http_socket import known_host as _known_host
-from smtpgate.web.http_socket import name_the_server
 from smtpgate.web.login_log import auth_log_path, record_login
 from smtpgate.web.proxy import Client, client_of, trusted_networks
 from smtpgate.web.sessions import Session, Sessions, credentials_of, tokens_match
@@ -260,6 +260,7 @@ class AdminSite:
         self._requests += 1
         try:
             _known_host(request, self.cfg, self.cfg.admin, "web admin")
+            await body_in_time(request, "web admin")
             resp = await handler(request)
         except web.HTTPException as e:
             resp = e

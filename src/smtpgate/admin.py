@@ -68,7 +68,13 @@ from smtpgate.auth.credentials import (
 from smtpgate.auth.directory import Account, AppPassword, CertificateRecord
 from smtpgate.auth.guard_state import Block
 from smtpgate.auth.imports import ImportEntry
-from smtpgate.auth.names import InvalidAccountName, canonical_name, lookup_key
+from smtpgate.auth.names import (
+    InvalidAccountName,
+    canonical_name,
+    lookup_key,
+    mailbox_problem,
+    new_account_name,
+)
 from smtpgate.auth.passwords import PasswordHasher, check_new_password
 from smtpgate.auth.scram_names import scram_spelling
 from smtpgate.auth.state_backend import open_guard_state
@@ -87,9 +93,10 @@ class AdminError(Exception):
 
 
 def _sendable_name(name: str) -> str:
-    """The canonical spelling of a new account's ``name``, refused (AdminError) when
-    SCRAM clients would send it as another name (``auth/scram_names.py``)."""
-    key = canonical_name(name)
+    """The canonical spelling of a new account's ``name``, refused (InvalidAccountName)
+    when it could not be a MAIL FROM, and (AdminError) when SCRAM clients would send
+    it as another name (``auth/scram_names.py``)."""
+    key = new_account_name(name)
     sent = scram_spelling(key)
     if sent != key:
         raise AdminError(
@@ -226,9 +233,9 @@ def sender_alias(address: str) -> str:
 
     An alias is only ever compared with a sender, so one that is not an RFC 5321
     mailbox (``<b>x</b>@localhost``: RFC 5322 specials unquoted in the local part)
-    would be stored and never match anything. Account names are looser (a login
-    name need not be a mailbox); an alias is held to the envelope's grammar, with
-    UTF-8 allowed (RFC 6531), which the server accepts with SMTPUTF8.
+    would be stored and never match anything. An alias is held to the envelope's
+    grammar, with UTF-8 allowed (RFC 6531), which the server accepts with SMTPUTF8;
+    a new account's name is too (``names.new_account_name``).
 
     Raises: InvalidAccountName, saying why and what would do.
     """
@@ -973,6 +980,11 @@ class AccountAdmin:
                     if exists:
                         w.replace_credentials(e.name, creds)
                     else:
+                        problem = mailbox_problem(e.name)  # as _sendable_name refuses it
+                        if problem:
+                            created.remove(e)
+                            skipped.append((e, problem))
+                            continue
                         sent = scram_spelling(e.name)
                         if sent != e.name:  # as _sendable_name refuses it
                             created.remove(e)

@@ -43,6 +43,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from smtpgate import mechanism_facts
 from smtpgate.config import Config, ListenerConfig, hostname_problem
+from smtpgate.plural import count
 from smtpgate.queue.space import free_bytes
 from smtpgate.smtp import replies as R
 
@@ -652,7 +653,36 @@ def check_account_database(cfg: Config) -> list[Problem]:
             out.append(_warning(key, f"{path} does not exist yet, so no account can log in; "
                                 "`smtpgate user add` creates it"))
         return out
-    return out + _schema(key, path, SCHEMA_VERSION)
+    schema = _schema(key, path, SCHEMA_VERSION)
+    if any(p.severity == "error" for p in schema):
+        return out + schema
+    return out + schema + _names_not_mailboxes(key, path)
+
+
+def _names_not_mailboxes(key: str, path: Path) -> list[Problem]:
+    """One warning naming the accounts (up to three, and a count) whose name is no
+    RFC 5321 mailbox: made before ``user add`` refused them, they log in but can
+    send only from their aliases. A warning, not an error: they work as before."""
+    from smtpgate.auth.names import mailbox_problem
+
+    try:
+        conn = _open_read_only(path)
+        try:
+            names = [r[0] for r in conn.execute("SELECT name FROM accounts")]
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return []  # no accounts table yet (an empty file), or _schema said why
+    bad = [n for n in names if isinstance(n, str) and mailbox_problem(n)]
+    if not bad:
+        return []
+    shown = ", ".join(repr(n) for n in bad[:3]) + (f" and {len(bad) - 3} more"
+                                                   if len(bad) > 3 else "")
+    return [_warning(key, f"{count(len(bad), 'account')} whose name is not a mailbox "
+                     f"(RFC 5321 §4.1.2: specials outside quotes): {shown}; each logs in "
+                     "but can send only from its aliases, never as itself; add the user "
+                     "again under a name of letters, digits, dots and "
+                     "!#$%&'*+-/=?^_`{|}~, and remove the old account")]
 
 
 def check_ldap(cfg: Config) -> list[Problem]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from smtpgate.auth.names import InvalidAccountName, canonical_name, lookup_key
+from smtpgate.auth.names import InvalidAccountName, canonical_name, lookup_key, new_account_name
+from smtpgate.smtp.address import AddressError, parse_mailbox
 
 
 @pytest.mark.parametrize(
@@ -76,3 +77,39 @@ def test_a_local_part_lower_cased_into_a_decomposed_letter_is_composed_again() -
     typed_upper = typed_lower.upper()
     assert typed_upper == "RJ\u030c@EXAMPLE.ORG"
     assert canonical_name(typed_upper) == canonical_name(typed_lower) == typed_lower
+
+
+NOT_MAILBOXES = ["a)b(c\\d@localhost", "a,b@example.org", "a:b@example.org",
+                 "<b>x</b>@example.org", "a[1]@example.org", "a;b@example.org"]
+
+
+@pytest.mark.parametrize("bad", NOT_MAILBOXES)
+def test_rfc5321_s4_1_2_a_new_account_name_is_a_dot_string(bad: str) -> None:
+    """Before: ``user add 'a)b(c\\d@localhost'`` made an account that logged in but
+    whose own address no MAIL FROM could give (specials outside quotes), so it sent
+    only from its aliases. A new name is refused, saying which characters; an
+    existing one still has its one spelling for every command."""
+    canonical_name(bad)  # still a name to look up and remove
+    with pytest.raises(InvalidAccountName, match="allows only in a quoted local part") as e:
+        new_account_name(bad)
+    assert "could never send mail as itself" in str(e.value)
+
+
+@pytest.mark.parametrize("name", [
+    "alice@example.org", "a.b+tag@example.org", "o'neil@example.org",
+    "!#$%&'*+-/=?^_`{|}~@example.org", "jos\u00e9@b\u00fccher.example", "a/b@x.org",
+    *NOT_MAILBOXES,
+])
+def test_a_new_account_name_is_exactly_what_mail_from_takes(name: str) -> None:
+    """The refusal agrees with the envelope parser (RFC 6531 UTF-8 allowed)."""
+    try:
+        parse_mailbox(canonical_name(name), utf8=True)
+        sendable = True
+    except AddressError:
+        sendable = False
+    try:
+        new_account_name(name)
+        made = True
+    except InvalidAccountName:
+        made = False
+    assert made == sendable

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from smtpgate.auth.admin_store import AuditActor
 from smtpgate.auth.passwords import PasswordHasher
 from smtpgate.auth.store import SqliteAccountStore
 from smtpgate.cli.main import cli
@@ -72,6 +73,25 @@ def test_invalid_address_is_usage_error(config: Path, bad: str) -> None:
     r = run(config, "add", bad, "--password-stdin", input="p\n")
     assert r.exit_code == 2
     assert "local@domain" in r.stderr or "whitespace" in r.stderr
+
+
+def test_add_refuses_a_name_no_mail_from_can_give(config: Path) -> None:
+    """Before: the account was made, logged in, and could send only from its
+    aliases (RFC 5321 §4.1.2: ')', '(' and '\\' only inside quotes). An account
+    stored so by an earlier version still answers to the commands."""
+    r = run(config, "add", "a)b(c\\d@localhost", "--password-stdin", input="pencil\n")
+    assert r.exit_code == 2, r.output
+    assert "the local part holds '(' ')' '\\\\'" in r.stderr
+    assert "could never send mail as itself" in r.stderr
+    assert "Password" not in r.output
+    store = SqliteAccountStore(config.parent / "accounts.sqlite", FAST)
+    try:
+        with store.transaction(AuditActor("ops", "pytest")) as w:  # as an earlier version did
+            w.create_account("a)b@localhost", {})
+    finally:
+        store.close()
+    assert run(config, "lock", "a)b@localhost").exit_code == 0
+    assert run(config, "remove", "a)b@localhost").exit_code == 0
 
 
 def test_add_existing_fails_before_prompting(config: Path) -> None:

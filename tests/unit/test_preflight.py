@@ -285,6 +285,27 @@ def test_guard_database_written_by_a_newer_smtpgate(gate: Path) -> None:
     assert "was written by a newer smtpgate" in errors["guard.database"]
 
 
+def test_accounts_whose_name_is_no_mailbox_are_one_warning(gate: Path) -> None:
+    """Made before ``user add`` refused them, they log in but can send only from
+    their aliases: named, as a warning (they work as before)."""
+    from smtpgate.auth.admin_store import AuditActor
+    from smtpgate.auth.store import SqliteAccountStore
+    from tests.unit.cli_support import FAST
+
+    store = SqliteAccountStore(gate / "accounts.sqlite", FAST)
+    try:
+        with store.transaction(AuditActor("ops", "pytest")) as w:
+            for name in ("ok@example.org", "a)b@example.org", "c,d@example.org"):
+                w.create_account(name, {})
+    finally:
+        store.close()
+    problems = run_checks(config(gate))
+    assert only(problems) == {}
+    warning = only(problems, "warning")["accounts.database"]
+    assert warning.startswith("2 accounts whose name is not a mailbox")
+    assert "'a)b@example.org', 'c,d@example.org'" in warning and "ok@" not in warning
+
+
 def test_database_due_for_an_upgrade_is_a_warning(gate: Path) -> None:
     from smtpgate.auth.store import SCHEMA_VERSION
 

@@ -360,3 +360,13 @@ def test_a_name_scram_clients_send_as_another_is_skipped(config: Path, tmp_path:
     assert r.exit_code == 0, r.output
     assert "SCRAM clients send this name as fish@example.org" in r.output
     assert set(accounts(config)) == {"bob@example.org"}
+
+
+def test_a_name_no_mail_from_can_give_is_skipped(config: Path, tmp_path: Path) -> None:
+    """Imported, ``a)b@example.org`` would log in but never send as itself."""
+    f = passwd_file(tmp_path, [dovecot_line("a)b@example.org", "{PLAIN}pencil"),
+                               dovecot_line("bob@example.org", "{PLAIN}crayon")])
+    r = run(config, "import", "dovecot-passwd", str(f))
+    assert r.exit_code == 0, r.output
+    assert "a)b@example.org" in r.output and "allows only in a quoted local part" in r.output
+    assert set(accounts(config)) == {"bob@example.org"}

@@ -795,10 +795,13 @@ async def test_accounts_are_added_and_removed_in_the_web_admin(tmp_path: Path) -
             listing = await (await client.get("/accounts", headers=h)).text()
             assert 'action="/accounts/add"' in listing
             long_one = "a long passphrase 4 tests"
-            for name, password in (("new@x.org", "short"), ("not an address", long_one)):
+            for name, password in (("new@x.org", "short"), ("not an address", long_one),
+                                   ("a)b@x.org", long_one)):
                 bad = await client.post("/accounts/add", headers=h, data={
                     "csrf": csrf, "name": name, "password": password})
                 assert bad.status == 400 and 'class="flash error"' in await bad.text()
+            # No MAIL FROM could give it (RFC 5321 §4.1.2): the flash says why.
+            assert "allows only in a quoted local part" in await bad.text()
             ok = await client.post("/accounts/add", headers=h, allow_redirects=False, data={
                 "csrf": csrf, "name": "New@X.org", "password": "a long passphrase 4 tests"})
             assert ok.status == 303 and ok.headers["Location"] == "/accounts/new@x.org"

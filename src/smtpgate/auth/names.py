@@ -64,6 +64,48 @@ def canonical_name(name: str) -> str:
     return f"{local}@{unified_domain(domain)}"
 
 
+# RFC 5321 §4.1.2: an Atom's atext is letters, digits and these; RFC 6531 §3.3 adds
+# any non-ASCII character (UTF8-non-ascii). Anything else needs a quoted local part.
+_ATEXT_SYMBOLS = frozenset("!#$%&'*+-/=?^_`{|}~")
+
+
+def new_account_name(name: str) -> str:
+    """The canonical spelling of ``name`` for a new account, which must also be a
+    mailbox a client can give as MAIL FROM.
+
+    ``canonical_name`` only makes a name one spelling, and stays that loose so that
+    accounts made before this rule still answer to every command. An account whose
+    local part is no RFC 5321 Dot-string (``a)b(c@x``: specials outside quotes) can
+    log in but never send as itself, only from its aliases; a new one is refused.
+    Quoted local parts are already refused by ``canonical_name`` (nobody logs in
+    with one, and Postfix and Dovecot sites use plain dot-atoms). The domain rules
+    of ``canonical_name`` are already stricter than RFC 5321's (no address
+    literals, no ``_``).
+
+    Raises:
+        InvalidAccountName: saying which characters are not allowed.
+    """
+    key = canonical_name(name)
+    problem = mailbox_problem(key)
+    if problem:
+        raise InvalidAccountName(problem)
+    return key
+
+
+def mailbox_problem(name: str) -> str | None:
+    """Why the canonical account ``name`` cannot be a MAIL FROM (RFC 5321 §4.1.2
+    Dot-string local part), or None if it can."""
+    local = name.rpartition("@")[0]
+    bad = sorted({c for c in local if c.isascii() and not c.isalnum()
+                  and c != "." and c not in _ATEXT_SYMBOLS})
+    if not bad:
+        return None
+    shown = " ".join(repr(c) for c in bad)
+    return (f"{name!r}: the local part holds {shown}, which RFC 5321 §4.1.2 allows "
+            "only in a quoted local part, so the account could never send mail as "
+            "itself; use letters, digits, dots and !#$%&'*+-/=?^_`{|}~")
+
+
 def unified_domain(domain: str) -> str:
     """``domain`` (valid, lower case, NFC) in its one spelling: each A-label whose
     U-label is a valid label of ours written as that U-label.

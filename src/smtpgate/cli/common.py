@@ -27,7 +27,7 @@ from smtpgate.admin import AccountAdmin, AdminError, NotFoundError, default_acto
 from smtpgate.auth.admin_store import AuditActor, NoSuchAccount
 from smtpgate.auth.directory import StoreError
 from smtpgate.auth.guard_state import GuardStoreError
-from smtpgate.auth.names import InvalidAccountName, canonical_name
+from smtpgate.auth.names import InvalidAccountName, canonical_name, new_account_name
 from smtpgate.auth.passwords import PasswordPolicyError
 from smtpgate.auth.sqlite_file import NewerSchema
 from smtpgate.config import Config, ConfigError, in_file, load_config
@@ -156,6 +156,21 @@ class AddressType(click.ParamType[str]):
 
 #: The USER argument of the account commands.
 USER = click.argument("user", type=AddressType())
+
+
+class NewAddressType(AddressType):
+    """The name of an account to be made: also a mailbox a client can send from
+    (``auth/names.new_account_name``); an existing account's name need not be."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        try:
+            return new_account_name(str(super().convert(value, param, ctx)))
+        except InvalidAccountName as e:
+            self.fail(str(e), param, ctx)
+
+
+#: The USER argument of ``user add``.
+NEW_USER = click.argument("user", type=NewAddressType())
 
 
 def cli_actor() -> AuditActor:

@@ -31,6 +31,7 @@ from smtpgate.auth.credentials import SCRAM_SCHEMES
 from smtpgate.auth.directory import Account
 from smtpgate.auth.legacy_hashes import LEGACY
 from smtpgate.cli.common import (
+    NEW_USER,
     USER,
     OperationalError,
     admin_service,
@@ -78,7 +79,7 @@ def user() -> None:
 
 
 @user.command("add")
-@USER
+@NEW_USER
 @password_stdin_option
 @config_option
 def add(user: str, password_stdin: bool, config_path: Path | None) -> None:

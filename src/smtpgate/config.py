@@ -1190,7 +1190,15 @@ class SmtpConfig(Model):
         "LF or CR never ends a message either way.",
     )
     received_header: bool = Field(
-        default=True, description="Prepend a Received header naming ESMTPSA and the login."
+        default=True, description="Prepend a Received header (client, protocol such as "
+        "ESMTPSA, TLS, queue id); false adds none."
+    )
+    received_login: bool = Field(
+        default=False,
+        description="Name the login in the Received header, '(Authenticated sender: "
+        "LOGIN)', shown to every recipient. Off by default, as Postfix's "
+        "smtpd_sasl_authenticated_header: ESMTPSA still says the client logged in, and "
+        "the log and the queue id name the account.",
     )
     add_missing_headers: bool = Field(
         default=True,

@@ -176,6 +176,9 @@ def make_server(root: Path, extra_config: str = "") -> Server:
 
 USER = "alice@example.org"
 PASSWORD = "correct horse battery"
+#: Config for tests that read which account sent a message off its Received header
+#: (the login is left out by default, docs/smtp.md).
+LOGIN_IN_RECEIVED = "\n[smtp]\nreceived_login = true\n"
 
 
 def serving_alice(root: Path, extra_config: str = "") -> Iterator[Server]:

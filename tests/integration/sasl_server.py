@@ -27,7 +27,7 @@ from typing import Any
 
 from smtpgate.mechanism_facts import KNOWN
 
-from .conftest import Server, free_port, make_server
+from .conftest import LOGIN_IN_RECEIVED, Server, free_port, make_server
 from .oauth_issuer import SCOPE, LocalIssuer
 
 # Every mechanism smtpgate knows, strongest first (the config's own list).
@@ -113,7 +113,7 @@ def build_sasl_server(root: Path) -> SaslServer:
         'tls = "starttls"\nauth_in_clear = true\n'
         'mechanisms = ["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256", "CRAM-MD5"]\n'
     )
-    server = make_server(root, listeners + issuer.config("oauth/jwks.json"))
+    server = make_server(root, listeners + issuer.config("oauth/jwks.json") + LOGIN_IN_RECEIVED)
     cfg = server.config
     text = cfg.read_text()
     mechs = ", ".join(f'"{m}"' for m in ALL_MECHANISMS)

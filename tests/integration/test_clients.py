@@ -7,10 +7,12 @@ import email
 import os
 import smtplib
 import subprocess
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from .conftest import PASSWORD, USER, Server, require_tool
+from .conftest import LOGIN_IN_RECEIVED, PASSWORD, USER, Server, require_tool, serving_alice
 
 pytestmark = pytest.mark.interop
 
@@ -18,6 +20,12 @@ MESSAGE = (
     f"From: {USER}\r\nTo: bob@example.net\r\nSubject: hello\r\n"
     "Message-ID: <t1@example.org>\r\n\r\nHello Bob.\r\n.leading dot\r\n"
 )
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    """Alice's server, whose Received header names the login it checks."""
+    yield from serving_alice(tmp_path / "srv", LOGIN_IN_RECEIVED)
 
 
 def _check_delivered(server: Server, count: int = 1) -> email.message.Message:

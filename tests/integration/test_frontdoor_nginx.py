@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import Server, free_port, make_server, require_tool
+from .conftest import LOGIN_IN_RECEIVED, Server, free_port, make_server, require_tool
 
 PASSWORD = "Tangerine-Walrus-Cable-19"
 ALICE, CAROL = "alice@example.org", "carol@example.org"
@@ -120,7 +120,7 @@ def stack() -> Iterator[Stack]:
         f'\n[[auth_listeners]]\nprotocol = "auth_http"\naddress = "127.0.0.1:{auth_http}"\n'
         f'upstream = "127.0.0.1:{upstream}"\n'
     )
-    srv = make_server(root / "srv", doors + GUARD)
+    srv = make_server(root / "srv", doors + GUARD + LOGIN_IN_RECEIVED)
     text = srv.config.read_text()
     srv.config.write_text(text.replace(
         "\n[auth]\n", '\n[auth]\nmechanisms = ["SCRAM-SHA-256", "PLAIN", "LOGIN", "CRAM-MD5"]\n', 1))

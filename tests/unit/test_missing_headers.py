@@ -154,7 +154,7 @@ async def session(spool: Spool, parts: list[bytes], *, note: bool = True,
     envelope and message of the one message stored."""
     engine = ServerEngine(settings(note_missing_fields=note), tls=TLS)
     rt = SimpleNamespace(intake=Intake(spool, lambda: None), hostname="mx.test",
-                         add_received=received)
+                         add_received=received, received_login=False)
     decisions = Decisions(rt, Peer("s1", "submission", "192.0.2.7", 40000),  # type: ignore[arg-type]
                           engine, lambda: True)
     engine.greeting()

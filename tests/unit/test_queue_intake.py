@@ -42,7 +42,7 @@ def arrival(principal: Principal | None = ALICE) -> Arrival:
 async def test_the_principal_goes_into_the_received_header_and_the_envelope() -> None:
     spool, stored = FakeSpool(), []
     intake = Intake(spool, lambda: stored.append(True))  # type: ignore[arg-type]
-    reply = await intake.accept(MESSAGE, arrival(), hostname="mx.test")
+    reply = await intake.accept(MESSAGE, arrival(), hostname="mx.test", received_login=True)
     assert reply.code == 250 and f"queued as {spool.qid}" in reply.text
     envelope, data = spool.stored[0]
     assert envelope.auth_identity == "alice@example.org"
@@ -56,6 +56,22 @@ async def test_the_principal_goes_into_the_received_header_and_the_envelope() ->
     assert f"with ESMTPSA id {spool.qid}\r\n" in head and "sess1" not in head
     assert data.endswith(MESSAGE.data)
     assert stored == [True]  # the delivery worker was woken
+
+
+async def test_the_login_is_left_out_of_the_received_header_unless_asked_for() -> None:
+    """Before: every recipient read the submitting account's login, with no way to
+    keep the rest of the header and hide it (Postfix's
+    smtpd_sasl_authenticated_header defaults to no). ESMTPSA still says the client
+    logged in; the envelope (the logs) still names the account."""
+    spool = FakeSpool()
+    await Intake(spool, lambda: None).accept(  # type: ignore[arg-type]
+        MESSAGE, arrival(), hostname="mx.test")
+    envelope, data = spool.stored[0]
+    head = data.split(b"\r\n\r\n")[0].decode()
+    assert head.startswith("Received: from client.test ([192.0.2.7])\r\n\tby mx.test")
+    assert f"with ESMTPSA id {spool.qid}\r\n" in head
+    assert "alice" not in head and "Authenticated" not in head
+    assert envelope.auth_identity == "alice@example.org"
 
 
 async def test_without_received_header_the_bytes_are_kept_as_they_came() -> None:

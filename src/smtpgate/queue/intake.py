@@ -128,6 +128,7 @@ class Intake:
         *,
         hostname: str,
         add_received: bool = True,
+        received_login: bool = False,
     ) -> Receiving:
         """DATA started: the spool file of ``message`` (its ``data`` is ignored),
         with its envelope and Received header (stamped now, as Postfix does when
@@ -136,7 +137,8 @@ class Intake:
         now = time.time()
         account, envelope = self._envelope(message, arrival, now)
         qid = new_queue_id()  # named in the Received header: the client's copy finds it
-        received = self._received(message, arrival, hostname, now, qid) if add_received else b""
+        received = (self._received(message, arrival, hostname, now, qid, received_login)
+                    if add_received else b"")
         incoming = self._spool.receive(envelope, received, qid)
         return Receiving(incoming, message.sender, message.recipients, arrival, account,
                          received_at=now, hostname=hostname)
@@ -202,7 +204,8 @@ class Intake:
 
     @staticmethod
     def _received(
-        message: Message, arrival: Arrival, hostname: str, now: float, qid: str
+        message: Message, arrival: Arrival, hostname: str, now: float, qid: str,
+        show_login: bool,
     ) -> bytes:
         account = arrival.principal.account if arrival.principal is not None else ""
         return received_header(
@@ -216,6 +219,7 @@ class Intake:
             queue_hint=qid,
             timestamp=now,
             smtputf8=message.smtputf8,
+            show_login=show_login,
         )
 
     async def accept(
@@ -225,6 +229,7 @@ class Intake:
         *,
         hostname: str,
         add_received: bool = True,
+        received_login: bool = False,
         alongside: Coroutine[Any, Any, None] | None = None,
     ) -> R.Reply:
         """Spool ``message``; the reply for the client. ``alongside`` (which must not
@@ -234,7 +239,7 @@ class Intake:
         data = message.data
         qid = new_queue_id()
         if add_received:
-            data = self._received(message, arrival, hostname, now, qid) + data
+            data = self._received(message, arrival, hostname, now, qid, received_login) + data
         beside = asyncio.get_running_loop().create_task(alongside) if alongside else None
         try:
             qid = await self._spool.store(envelope, data, qid)

@@ -465,6 +465,7 @@ class _Live:
         rt.session_recheck = cfg.auth.session_recheck
         rt.auth.passwords = cfg.passwords  # the current service; a new one has them
         rt.add_received = cfg.smtp.received_header
+        rt.received_login = cfg.smtp.received_login
         rt.policy = cfg.policy
         if rt.space is not None:  # queue.* is kept as running; the default follows the limit
             rt.space.reserve = cfg.queue.free_space_reserve(cfg.limits.max_message_size)
@@ -569,6 +570,7 @@ async def serve_sockets(
         failure_floor=cfg.auth.failure_floor,
         session_recheck=cfg.auth.session_recheck,
         add_received=cfg.smtp.received_header,
+        received_login=cfg.smtp.received_login,
         guard=guard,
         rates=rates,
         policy=cfg.policy,

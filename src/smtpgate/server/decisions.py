@@ -390,7 +390,8 @@ class Decisions:
         message = Message(ev.sender, ev.recipients, b"", ev.smtputf8, ev.body_8bit, ev.dsn,
                           ev.body_binary)
         self.receiving = self.rt.intake.begin(
-            message, arrival, hostname=self.rt.hostname, add_received=self.rt.add_received)
+            message, arrival, hostname=self.rt.hostname, add_received=self.rt.add_received,
+            received_login=self.rt.received_login)
         return self.receiving
 
     def message_dropped(self) -> None:

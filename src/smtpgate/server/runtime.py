@@ -55,6 +55,8 @@ class ServerRuntime:
     #: Goes to ``login``; a reload sets ``login.failure_floor``.
     failure_floor: InitVar[float] = 0.25
     add_received: bool = True
+    #: ``smtp.received_login``: the Received header names the login.
+    received_login: bool = False
     #: ``[auth] session_recheck``: seconds before a session's MAIL reads its account again.
     session_recheck: float = 10.0
     connections: set[SmtpConnection] = field(default_factory=set)

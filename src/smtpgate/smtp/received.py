@@ -83,18 +83,23 @@ def received_header(
     queue_hint: str,
     timestamp: float,
     smtputf8: bool = False,
+    show_login: bool = True,
 ) -> bytes:
     """One folded Received header line block, CRLF-terminated.
 
     The authenticated identity goes into a comment, as Postfix's
-    ``(Authenticated sender: ...)``; the client-supplied HELO is stripped of
+    ``(Authenticated sender: ...)``, when ``show_login`` (``smtp.received_login``);
+    without it the ``with`` keyword still says the client authenticated (ESMTPA,
+    RFC 3848), as Postfix's with ``smtpd_sasl_authenticated_header = no``, and the
+    login, half of what a guesser needs and of no use to a recipient, stays in the
+    server's own log. The client-supplied HELO is stripped of
     anything that is not printable ASCII, and of comment and clause delimiters, so
     it can neither break the header nor add words that look like the server's.
     """
     helo_safe = _HELO_UNSAFE.sub("?", helo)[:255] or "unknown"
     with_kw = protocol_keyword(esmtp, tls_version is not None, bool(identity), smtputf8)
     lines = [f"Received: from {helo_safe} ({_address_literal(client_ip)})"]
-    if identity:
+    if identity and show_login:
         lines.append(f"\t(Authenticated sender: {_account(identity, smtputf8)})")
     by = f"\tby {hostname} (smtpgate) with {with_kw} id {queue_hint}"
     if tls_version and cipher:

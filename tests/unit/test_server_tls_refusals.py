@@ -89,3 +89,42 @@ async def test_over_the_connection_limit_an_implicit_tls_port_sends_nothing_in_c
         await server.wait_closed()
     assert got[True] == b""
     assert got[False].startswith(b"421 4.7.0 Too many connections from your address")
+
+
+async def test_a_server_name_that_is_not_ascii_is_logged_as_such_within_a_budget(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Before: each such ClientHello (raw bytes: no TLS library sends one) was
+    logged 'handshake failed: callback failed', once per connection anyone may
+    open. The line now says what the client sent, the first ten a minute one by
+    one, the rest as a count."""
+    from smtpgate.server import connection
+    from smtpgate.server.log_budget import LogBudget
+
+    from .raw_client_hello import client_hello
+
+    budget = LogBudget(connection.REFUSALS_LOGGED, connection.REFUSAL_WINDOW,
+                       connection._report_server_names)
+    monkeypatch.setattr(connection, "_server_name_log", budget)
+    runtime = _runtime(tmp_path, ConnectionLimiter(100, 100))
+    assert runtime.tls.native is not None  # the stdlib session, with its SNI callback
+    listener = ListenerRuntime("submissions", True, settings(starttls=False))
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: SmtpConnection(runtime, listener), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    caplog.set_level("INFO", logger="smtpgate.session")
+    for _ in range(12):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(client_hello("é.test".encode()))
+        answer = await asyncio.wait_for(reader.read(), NO_REPLY)
+        writer.close()
+        assert answer[:1] == b"\x15", answer  # the alert, then the close
+    server.close()
+    await server.wait_closed()
+    budget.flush()
+    lines = [r.getMessage() for r in caplog.records if r.name == "smtpgate.session"]
+    named = [x for x in lines if "server name (SNI) that is not ASCII, '\\xc3\\xa9.test'" in x]
+    assert len(named) == 10, lines
+    assert not any("callback failed" in x for x in lines), lines
+    assert ("2 more TLS handshakes failed on a server name (SNI) that is not ASCII "
+            "(more than 10 in 60 s are not logged one by one)") in lines

@@ -298,3 +298,31 @@ def test_a_server_name_that_is_not_ascii_leaves_no_traceback_on_stderr(
                             err_msg=None, object=b"x")
     sys.unraisablehook(other)  # type: ignore[arg-type]
     assert seen == [other]
+
+
+def test_a_raw_client_hello_whose_server_name_is_not_ascii_says_so(
+    tls: ServerTlsContext,
+) -> None:
+    """Before: the handshake failed as 'handshake failed: callback failed', which
+    reads like a bug of ours; the failure now names what the client sent. The same
+    ClientHello with an ASCII name gets a ServerHello."""
+    from smtpgate.tls import tickets
+    from smtpgate.tls.native_session import ServerNameNotAscii
+
+    from .raw_client_hello import client_hello
+
+    tickets.quiet_server_name_errors()  # what enable() does in each serving process
+    assert tls.native is not None
+    out = NativeServerSession(tls.native, tls.end_point_hash).receive(
+        client_hello(b"mail.example.org"))[1]
+    assert out[:1] == b"\x16"  # a handshake record: the ServerHello
+    session = NativeServerSession(tls.native, tls.end_point_hash)
+    with pytest.raises(ServerNameNotAscii) as e:
+        session.receive(client_hello("é.test\n".encode()))
+    assert str(e.value) == ("handshake failed: the client sent a server name (SNI) that is "
+                            "not ASCII, '\\xc3\\xa9.test\\x0a' (RFC 6066 §3 allows only "
+                            "A-labels)")
+    assert tickets.take_undecodable_server_name() is None  # taken once, by the session
+    # Any other failure is not taken for it.
+    with pytest.raises(TlsError, match="wrong version number|record layer failure"):
+        NativeServerSession(tls.native, tls.end_point_hash).receive(b"EHLO x\r\n" * 4)

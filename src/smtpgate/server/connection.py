@@ -32,7 +32,7 @@ from smtpgate.smtp.events import (
     MessageStart,
     StartTls,
 )
-from smtpgate.tls.native_session import NativeServerSession
+from smtpgate.tls.native_session import NativeServerSession, ServerNameNotAscii
 from smtpgate.tls.session import TlsError, TlsServerSession, open_server_session
 from smtpgate.web.log_budget import LogBudget
 
@@ -63,6 +63,18 @@ def _report_refusals(count: int) -> None:
 
 
 _refusal_log = LogBudget(REFUSALS_LOGGED, REFUSAL_WINDOW, _report_refusals)
+
+
+def _report_server_names(count: int) -> None:
+    log.info("%d more TLS handshakes failed on a server name (SNI) that is not ASCII "
+             "(more than %d in %g s are not logged one by one)", count, REFUSALS_LOGGED,
+             REFUSAL_WINDOW)
+
+
+#: A ClientHello whose server name is not ASCII comes from no real mail client
+#: (RFC 6066 allows only A-labels; fuzzers and scanners send them), and anyone may
+#: send one a connection: logged as the refused connections are.
+_server_name_log = LogBudget(REFUSALS_LOGGED, REFUSAL_WINDOW, _report_server_names)
 
 _PAUSE_READING_AT = 1 << 20
 #: Replies the engine holds before it reads the next command (its listeners'
@@ -204,7 +216,9 @@ class SmtpConnection(asyncio.Protocol):
             try:
                 data, out = self.tls.receive(data)
             except TlsError as e:
-                log.info("%s %s:%s %s", self.session_id, self.client_ip, self.client_port, e)
+                if not isinstance(e, ServerNameNotAscii) or _server_name_log.take():
+                    log.info("%s %s:%s %s", self.session_id, self.client_ip,
+                             self.client_port, e)
                 # The library's alert (protocol_version, handshake_failure, ...) tells
                 # the client why; without it the client sees only the connection end.
                 self._abort(self.tls.outgoing())

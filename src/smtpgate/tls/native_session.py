@@ -20,6 +20,21 @@ import ssl
 from smtpgate.sasl.base import ChannelBinding, ClientCertificate
 from smtpgate.tls.bio import READ_SIZE, RecordSession, TlsError
 from smtpgate.tls.exporter import tls_exporter
+from smtpgate.tls.tickets import take_undecodable_server_name
+
+
+class ServerNameNotAscii(TlsError):
+    """The ClientHello's server name (SNI) is not ASCII, which RFC 6066 §3 requires
+    (a HostName of A-labels): CPython cannot decode it for the servername callback,
+    and the handshake fails. Anyone may send one, so the server logs these under a
+    budget (``server/connection.py``)."""
+
+    def __init__(self, name: bytes) -> None:
+        # Escaped byte by byte (control characters too): the name goes to a log line.
+        shown = "".join(chr(b) if 0x20 < b < 0x7F and b not in b"'\\" else f"\\x{b:02x}"
+                        for b in name[:64])
+        super().__init__(f"handshake failed: the client sent a server name (SNI) that is "
+                         f"not ASCII, '{shown}' (RFC 6066 §3 allows only A-labels)")
 
 
 def describe_ssl_error(e: ssl.SSLError) -> str:
@@ -50,7 +65,13 @@ class NativeServerSession(RecordSession):
         self._in.write(data)
 
     def _handshake(self) -> None:
-        self._obj.do_handshake()
+        try:
+            self._obj.do_handshake()
+        except ssl.SSLError:
+            name = take_undecodable_server_name()
+            if name is not None:
+                raise ServerNameNotAscii(name) from None
+            raise
 
     def _read_record(self) -> bytes:
         return self._obj.read(READ_SIZE)

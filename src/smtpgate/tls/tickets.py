@@ -28,6 +28,9 @@ allow) fails the handshake (OpenSSL's "callback failed", in the session's log
 line) and goes to ``sys.unraisablehook``, whose default writes a traceback to
 stderr: the journal, once per connection anyone may open. ``enable`` installs a
 hook that drops exactly that exception and hands every other to the one before.
+The hook runs inside the handshake call, in the thread that made it, so it also
+keeps the name for that thread: ``take_undecodable_server_name`` tells the
+session that failed why, and its log line says so rather than "callback failed".
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import hashlib
 import secrets
 import ssl
 import sys
+import threading
 from typing import Any
 
 from smtpgate.tls import exporter
@@ -92,6 +96,18 @@ def _no_tls12_ticket(obj: ssl.SSLObject | ssl.SSLSocket, name: str | None,
     return
 
 
+#: The server name CPython could not decode in this thread's last handshake step.
+_undecodable = threading.local()
+
+
+def take_undecodable_server_name() -> bytes | None:
+    """The server name (SNI) that the handshake step just made in this thread
+    failed to decode, once; None when it failed for another reason."""
+    name: bytes | None = getattr(_undecodable, "name", None)
+    _undecodable.name = None
+    return name
+
+
 def quiet_server_name_errors() -> None:
     """Make ``sys.unraisablehook`` drop CPython's failure to decode a client's SNI
     (the module docstring); once per process, other exceptions pass through."""
@@ -103,7 +119,10 @@ def quiet_server_name_errors() -> None:
         exc = unraisable.exc_value
         if (isinstance(exc, UnicodeDecodeError) and exc.encoding == "ascii"
                 and isinstance(unraisable.object, bytes)):
-            return  # a server name not in ASCII; the handshake failed and is logged
+            # A server name not in ASCII; the handshake fails, and its session
+            # takes the name to log it.
+            _undecodable.name = unraisable.object
+            return
         previous(unraisable)
 
     hook._smtpgate_sni = True  # type: ignore[attr-defined]

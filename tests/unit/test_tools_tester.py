@@ -418,6 +418,60 @@ async def test_auto_keeps_scram_for_an_ordinary_password(serve: Serve) -> None:
         report.error)
 
 
+async def test_a_reply_nobody_asked_for_is_reported_and_the_rest_stay_aligned(
+    serve: Serve,
+) -> None:
+    """Before: a server that answered EHLO twice had every later reply read one
+    off, as swaks does: MAIL took the extra 250, RCPT took MAIL's, and DATA
+    took RCPT's 250 for a refusal of DATA. The extra reply is now taken out before
+    MAIL is sent, named in the transcript and the JSON, and the session goes on."""
+    script = Scripted(b"220 fake.test ESMTP\r\n", [
+        EHLO_NO_AUTH + b"250 2.0.0 and once more\r\n", b"250 2.1.0 sender ok\r\n",
+        b"250 2.1.5 rcpt ok\r\n", b"354 go\r\n", b"250 2.0.0 queued as X\r\n",
+        b"221 bye\r\n",
+    ])
+    port = await serve(script)
+    report = await run_test(_opts(port, mail_from="a@example.org"))
+    assert report.exit_code == ExitCode.SUCCESS, report.error
+    assert report.queued == "250 2.0.0 queued as X"
+    assert report.unsolicited == ["250 2.0.0 and once more"]
+    assert report.to_json()["unsolicited_replies"] == ["250 2.0.0 and once more"]
+    text = "\n".join(report.transcript.lines())
+    assert ("warning: the server sent a reply nobody asked for: 250 2.0.0 and once more "
+            "(not taken as the answer to the next command)") in text
+
+
+async def test_a_reply_nobody_asked_for_still_on_the_socket_is_found_before_sending() -> None:
+    """The extra reply came in a packet of its own, after the one read: it is read
+    from the socket (without waiting) before the next command goes out."""
+    from smtpgate.tools.session import SmtpSession
+    from smtpgate.tools.wire import Wire
+
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    session = SmtpSession(Wire(ours), timeout=5.0)
+    session.watch_unsolicited = True
+    try:
+        theirs.sendall(b"220 x\r\n")
+        assert (await session.read_reply()).code == 220
+        theirs.sendall(b"421 4.3.2 going away soon\r\n")
+        await asyncio.sleep(0.05)
+        loop = asyncio.get_running_loop()
+        answer = loop.run_in_executor(None, lambda: (theirs.recv(100), theirs.sendall(
+            b"250 2.0.0 ok\r\n")))
+        reply = await session.command(session.engine.noop())
+        await answer
+        assert str(reply) == "250 2.0.0 ok"
+        assert [str(r) for r in session.unsolicited] == ["421 4.3.2 going away soon"]
+        assert await session.wire.recv_available() is None  # nothing more there
+        theirs.close()
+        await asyncio.sleep(0.05)
+        assert await session.wire.recv_available() == b""  # closed
+    finally:
+        theirs.close()
+        await session.close()
+
+
 def test_default_ehlo_name_is_the_machines_name() -> None:
     from smtpgate.tools.session import default_ehlo_name
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import click
 
+from smtpgate.plural import count
 from smtpgate.tools.session import default_ehlo_name
 from smtpgate.tools.tester import (
     QUIT_AFTER,
@@ -195,7 +196,9 @@ def test(
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
     elif report.exit_code == ExitCode.SUCCESS:
-        click.echo(f"== result: success (exit 0), stopped after {report.stage}")
+        odd = (f"; warning: the server sent {count(len(report.unsolicited), 'reply', 'replies')} "
+               "nobody asked for" if report.unsolicited else "")
+        click.echo(f"== result: success (exit 0), stopped after {report.stage}{odd}")
     else:
         click.echo(f"** result: {report.outcome} (exit {int(report.exit_code)})")
     sys.exit(int(report.exit_code))

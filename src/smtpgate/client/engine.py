@@ -158,6 +158,23 @@ class ClientEngine:
         answer the command before)."""
         return not self._parser.idle
 
+    def unsolicited_replies(self, data: bytes = b"") -> list[ServerReply]:
+        """The complete replies in what is buffered plus ``data``, taken as answers
+        to no command (the replies owed stay owed, so the next one read still
+        answers the next command). Only the caller knows when this holds: a client
+        that waits for each reply before it sends again, asking before it sends,
+        when every byte here came unasked. A reply not yet complete stays buffered.
+
+        Raises:
+            RemoteProtocolError: what came is not a reply.
+        """
+        if data:  # b"" would say the stream ended
+            self._parser.feed(data)
+        replies = []
+        while (reply := self._parser.next_reply()) is not None:
+            replies.append(reply)
+        return replies
+
     @property
     def replies_due(self) -> int:
         """Replies still owed for the commands formatted so far."""

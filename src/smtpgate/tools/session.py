@@ -130,9 +130,15 @@ class SmtpSession:
         self.timeout = timeout
         self.transcript = transcript if transcript is not None else Transcript()
         self.masker = masker or Masker()
+        self._observer = TranscriptObserver(self.transcript, self.masker)
         self.conn: SmtpClientConnection[TlsSetup] = SmtpClientConnection(
-            wire, observer=TranscriptObserver(self.transcript, self.masker)
+            wire, observer=self._observer
         )
+        #: Look for replies nobody asked for before each send (`unsolicited`);
+        #: only for a caller that reads every reply before it sends again.
+        self.watch_unsolicited = False
+        #: The replies found so, in order.
+        self.unsolicited: list[ServerReply] = []
 
     @classmethod
     async def connect(
@@ -166,7 +172,28 @@ class SmtpSession:
 
     async def send(self, data: bytes, display: str | None = None) -> None:
         """Write ``data``; the transcript shows ``display`` instead when given."""
+        await self.take_unsolicited()
         await self.conn.send(data, self.timeout, display)
+
+    async def take_unsolicited(self) -> None:
+        """With ``watch_unsolicited``: every reply that came before this send, when
+        every reply owed has been read, was asked for by nobody. Read as the
+        answer to the next command, it would shift every reply after it by one
+        (what swaks then shows); taken out here, with a warning in the
+        transcript, the replies stay aligned. One sent a moment after we send
+        cannot be told from the answer, so this catches those that came first."""
+        if not self.watch_unsolicited:
+            return
+        data = await self.wire.recv_available()
+        if data is not None:
+            self._observer.received(data, self.tls)
+        if data == b"":
+            self.engine.receive_data(b"")  # closed: the next read says so
+            data = None
+        for reply in self.engine.unsolicited_replies(data or b""):
+            self.unsolicited.append(reply)
+            self.note("error", f"warning: the server sent a reply nobody asked for: {reply} "
+                      "(not taken as the answer to the next command)")
 
     async def read_reply(self, timeout: float | None = None) -> ServerReply:
         """The next reply.
@@ -180,6 +207,7 @@ class SmtpSession:
         return await self.conn.read_reply(timeout if timeout is not None else self.timeout)
 
     async def command(self, data: bytes, display: str | None = None) -> ServerReply:
+        await self.take_unsolicited()
         return await self.conn.command(data, self.timeout, display)
 
     async def ehlo(self, name: str) -> ServerReply:
@@ -222,6 +250,7 @@ async def authenticate(
     Raises:
         ServerClosed, TimeoutError, RemoteProtocolError: the conversation broke.
     """
+    await session.take_unsolicited()
     return await session.conn.authenticate(
         mech, session.timeout, initial_response=initial_response
     )

@@ -162,6 +162,8 @@ class TestReport:
     accepted: list[str] = field(default_factory=list)
     refused: dict[str, str] = field(default_factory=dict)
     queued: str = ""
+    #: Replies the server sent when none was due (``SmtpSession.take_unsolicited``).
+    unsolicited: list[str] = field(default_factory=list)
     elapsed: float = 0.0
 
     @property
@@ -191,6 +193,7 @@ class TestReport:
                 "refused": self.refused,
                 "queued": self.queued or None,
             },
+            "unsolicited_replies": self.unsolicited,
             "elapsed_seconds": round(self.elapsed, 3),
             "transcript": self.transcript.to_json(),
         }
@@ -297,6 +300,8 @@ class _Tester:
                     await self.session.close()
                 else:
                     await self.session.quit()
+                self.report.unsolicited = [visible(self.masker.text(str(r)))
+                                           for r in self.session.unsolicited]
             self.report.elapsed = time.monotonic() - start
         return self.report
 
@@ -310,6 +315,9 @@ class _Tester:
                 opts.host, opts.port, timeout=opts.timeout,
                 transcript=self.report.transcript, masker=self.masker,
             )
+            # Every reply is read before the next command: one that came unasked
+            # is taken out, not read as the next command's (see SmtpSession).
+            self.session.watch_unsolicited = True
         except TimeoutError:
             raise _Stop(
                 ExitCode.CONNECTION, f"connection to {self.where} timed out"

@@ -242,6 +242,45 @@ class Wire:
                     return plain
                 # Only handshake records (TLS 1.3 session tickets): read on.
 
+    async def recv_available(self) -> bytes | None:
+        """The plaintext the server has already sent, without waiting for more: None
+        when nothing is there, ``b""`` once the server has closed.
+
+        Raises:
+            TlsError: a TLS record failed.
+        """
+        if self._pending:
+            data, self._pending = self._pending, b""
+            return data
+        if self._eof:
+            return b""
+        chunks: list[bytes] = []
+        while True:
+            try:
+                raw = self._sock.recv(_RECV_SIZE)  # the socket does not block
+            except (BlockingIOError, InterruptedError):
+                break
+            except ConnectionResetError:
+                raw = b""
+            if not raw:
+                self._eof = True
+                break
+            if self._tls is None:
+                chunks.append(raw)
+                continue
+            try:
+                plain, out = self._tls.receive(raw)
+            except EOFError:
+                self._eof = True
+                break
+            if out:
+                await self._loop.sock_sendall(self._sock, out)
+            chunks.append(plain)
+        data = b"".join(chunks)
+        if data:
+            return data  # a close that came with it is b"" at the next read
+        return b"" if self._eof else None
+
     async def start_tls(self, session: TlsSetup, timeout: float) -> int:
         """Run the handshake on this connection; returns 0: bytes the server sent in
         clear are in the engine's buffer (which the shell discards) or, unread, fail

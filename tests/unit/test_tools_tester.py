@@ -414,8 +414,31 @@ async def test_auto_keeps_scram_for_an_ordinary_password(serve: Serve) -> None:
                                   quit_after="auth"))
     assert script.received[1].startswith(b"AUTH SCRAM-SHA-256 ")
     assert report.exit_code == ExitCode.AUTH_REFUSED
-    assert "app passwords work with PLAIN and LOGIN only, not SCRAM; try --auth PLAIN" in (
-        report.error)
+    # Before: every SCRAM refusal blamed app passwords; this password cannot be one
+    # (the server takes only their form as one), so it is refused, no more.
+    assert report.error == "SCRAM-SHA-256 refused: 535 5.7.8 no"
+    assert "app password" not in "\n".join(report.transcript.lines())
+
+
+ONLY_PLAIN_AND_LOGIN = "app passwords work with PLAIN and LOGIN only, not SCRAM"
+
+
+@pytest.mark.parametrize(("ehlo", "hint"), [
+    (EHLO_SCRAM_FIRST, f"{ONLY_PLAIN_AND_LOGIN}; try --auth PLAIN"),
+    (b"250-x\r\n250 AUTH SCRAM-SHA-256\r\n",
+     f"{ONLY_PLAIN_AND_LOGIN}, and the server offers neither here"),
+])
+async def test_a_refused_scram_login_with_an_app_password_gets_the_hint(
+    serve: Serve, ehlo: bytes, hint: str,
+) -> None:
+    """Where it applies: a password of the app passwords' form, sent with SCRAM
+    (asked for by name, or all --auth auto had), and refused by the server."""
+    script = Scripted(b"220 x\r\n", [ehlo, b"535 5.7.8 no\r\n", b"221 bye\r\n"])
+    port = await serve(script)
+    report = await run_test(_opts(port, auth="SCRAM-SHA-256", user="a@example.org",
+                                  password=APP_PASSWORD, quit_after="auth"))
+    assert report.exit_code == ExitCode.AUTH_REFUSED
+    assert report.error == f"SCRAM-SHA-256 refused: 535 5.7.8 no (if this is an smtpgate app password: {hint})"
 
 
 async def test_a_reply_nobody_asked_for_is_reported_and_the_rest_stay_aligned(

@@ -15,7 +15,15 @@ import pytest
 
 from smtpgate.tools.tester import ExitCode, run_test
 
-from .test_tools_tester import EHLO_PLAIN, PASSWORD, Scripted, Serve, _opts, serve
+from .test_tools_tester import (
+    APP_PASSWORD,
+    EHLO_PLAIN,
+    PASSWORD,
+    Scripted,
+    Serve,
+    _opts,
+    serve,
+)
 
 __all__ = ["serve"]  # the fixture, shared with test_tools_tester.py
 
@@ -64,10 +72,14 @@ async def test_a_scram_server_that_does_not_prove_itself_gets_no_app_password_hi
                             "the server is not authenticated")
 
 
-async def test_a_refused_scram_login_keeps_the_app_password_hint(serve: Serve) -> None:
+@pytest.mark.parametrize(("password", "hinted"), [(APP_PASSWORD, True), (PASSWORD, False)])
+async def test_a_refused_scram_login_keeps_the_app_password_hint(
+    serve: Serve, password: str, hinted: bool,
+) -> None:
+    """The hint where it applies: a password in the app passwords' form."""
     port = await serve(Scripted(b"220 fake.test ESMTP\r\n",
                                 [EHLO_PLAIN, b"535 5.7.8 Authentication credentials invalid\r\n"]))
     report = await run_test(_opts(port, auth="SCRAM-SHA-256", user="alice@example.org",
-                                  password=PASSWORD))
+                                  password=password))
     assert report.exit_code == ExitCode.AUTH_REFUSED
-    assert report.error.endswith("try --auth PLAIN)")
+    assert report.error.endswith("try --auth PLAIN)") is hinted

@@ -64,10 +64,16 @@ from smtpgate.visible import visible
 #: The form of the app passwords ``smtpgate app-password add`` prints (five groups
 #: of four from a 31-letter alphabet); see ``auth/store.py``.
 APP_PASSWORD_FORM = re.compile(r"[a-z2-9]{4}(?:-[a-z2-9]{4}){4}")
-#: What a refused SCRAM login with an app password needs to be told.
+#: What a refused SCRAM login with a password of the app passwords' form needs to
+#: be told (an ordinary password refused is just refused).
 APP_PASSWORD_HINT = (
     "if this is an smtpgate app password: app passwords work with PLAIN and LOGIN "
     "only, not SCRAM; try --auth PLAIN"
+)
+#: The same where the server offers neither PLAIN nor LOGIN on the connection.
+APP_PASSWORD_HINT_NO_PLAIN = (
+    "if this is an smtpgate app password: app passwords work with PLAIN and LOGIN "
+    "only, not SCRAM, and the server offers neither here"
 )
 
 
@@ -519,8 +525,12 @@ class _Tester:
             # Only when the server said no: after a 235 without a server signature
             # the password was not the problem (the server is).
             said_no = result.reply is not None and result.reply.code != 235
-            hint = (f" ({APP_PASSWORD_HINT})"
-                    if name.startswith("SCRAM-") and opts.password and said_no else "")
+            hint = ""
+            if name.startswith("SCRAM-") and app_password and said_no:
+                # Only a password of the app passwords' form can be one: the server
+                # takes nothing else as an app password (auth/service.py).
+                hint = (f" ({APP_PASSWORD_HINT})" if {"PLAIN", "LOGIN"} & set(offered)
+                        else f" ({APP_PASSWORD_HINT_NO_PLAIN})")
             raise _Stop(ExitCode.AUTH_REFUSED, f"{name} refused: {result.detail}{hint}")
         verified = " (server signature verified)" if result.server_verified else ""
         self.info(f"authenticated as {opts.user} with {name}{verified}")

@@ -92,7 +92,7 @@ def test_default_config_gets_a_clean_report(variants: tuple[Server, dict[str, in
     # Every probe ran on the STARTTLS port, and each found the safe answer.
     assert sub["mode"] == "starttls" and subs["mode"] == "implicit"
     assert sub["auth_before_tls"] == {
-        "advertised": [], "accepted": False,
+        "advertised": [], "accepted": False, "mechanism": "PLAIN",
         "detail": "AUTH PLAIN in clear got 530 5.7.0 Must issue a STARTTLS command first"}
     assert sub["starttls_injection"]["result"] == "not-vulnerable"
     tricks = {a["trick"] for a in sub["relay"]["attempts"]}

@@ -197,6 +197,9 @@ class TargetReport:
     mechanisms_tls: tuple[str, ...] | None = None
     auth_clear_accepted: bool | None = None
     auth_clear_detail: str = ""
+    #: The mechanism the AUTH-in-clear probe started (the offered one that gives
+    #: most away in clear): what an accepted one exposes decides the finding.
+    auth_clear_mechanism: str = ""
     #: The dummy identity (of the AUTH-in-clear probe, or after TLS) got 235.
     auth_dummy_accepted: bool = False
     #: Why: the exchange that took it.
@@ -251,6 +254,7 @@ class TargetReport:
                 "advertised": list(self.mechanisms_clear)
                 if self.mechanisms_clear is not None else None,
                 "accepted": self.auth_clear_accepted,
+                "mechanism": self.auth_clear_mechanism or None,
                 "detail": self.auth_clear_detail or None,
             },
             "auth_made_up_identity": {
@@ -555,12 +559,9 @@ class _Auditor:
             await self._greeting(s)
             await self._ehlo(s)
             offered = s.engine.extensions.auth_mechanism_list
-            if "PLAIN" in offered or not offered:
-                mech = "PLAIN"
-            elif "LOGIN" in offered:
-                mech = "LOGIN"
-            else:
-                mech = offered[0]
+            # Nothing offered: PLAIN anyway (a server may take what it does not list).
+            mech = mechanisms.most_exposing(offered) or "PLAIN"
+            self.r.auth_clear_mechanism = mech
             reply = await s.command(s.engine.auth(mech, None))
             if reply.code == 334:
                 final = await self._dummy_exchange(s, mech)
@@ -769,7 +770,13 @@ class _Auditor:
             add(finding("auth-offered-in-clear", "before STARTTLS: AUTH "
                         + " ".join(r.mechanisms_clear)))
         if r.auth_clear_accepted:
-            add(finding("auth-accepted-in-clear", r.auth_clear_detail))
+            # Rated by what the mechanism puts on the wire: GSSAPI in clear gives
+            # away no password, PLAIN gives the password itself.
+            exposure = mechanisms.clear_exposure(r.auth_clear_mechanism or "PLAIN")
+            add(finding({"secret": "auth-accepted-in-clear",
+                         "guessable": "auth-accepted-in-clear-guessable",
+                         "none": "auth-accepted-in-clear-no-password"}[exposure],
+                        r.auth_clear_detail))
         if r.auth_dummy_accepted:
             add(finding("auth-accepts-anything", r.auth_dummy_detail))
         in_use = r.mechanisms_in_use

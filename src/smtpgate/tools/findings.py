@@ -67,6 +67,21 @@ CATALOGUE: dict[str, Kind] = {
             "disable_plaintext_auth = yes).",
         ),
         _k(
+            "auth-accepted-in-clear-guessable", Severity.MEDIUM,
+            "AUTH is accepted before TLS with a challenge-response mechanism only: the "
+            "password does not cross, but what does lets an eavesdropper test guesses "
+            "offline",
+            "Refuse AUTH until TLS is up (Postfix: smtpd_tls_auth_only = yes; Dovecot: "
+            "disable_plaintext_auth = yes).",
+        ),
+        _k(
+            "auth-accepted-in-clear-no-password", Severity.LOW,
+            "AUTH is accepted before TLS with a mechanism that sends no password "
+            "(GSSAPI, EXTERNAL): the login name and the mail after it cross in clear",
+            "Refuse AUTH until TLS is up (Postfix: smtpd_tls_auth_only = yes), so the "
+            "mail after the login is encrypted too.",
+        ),
+        _k(
             "no-tls", Severity.HIGH,
             "No TLS: neither STARTTLS nor implicit TLS is available",
             "Configure a certificate and offer STARTTLS on 587 and implicit TLS on 465 "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Literal
 
 from smtpgate import mechanism_facts as facts
 from smtpgate.sasl.base import ChannelBinding, ClientMechanism
@@ -16,6 +17,42 @@ TOKEN_MECHANISMS = facts.OAUTH
 PLAINTEXT_EQUIVALENT = facts.PLAINTEXT_EQUIVALENT | {"DIGEST-MD5"}
 #: Mechanisms that put the reusable password itself on the wire.
 CLEARTEXT = facts.CLEARTEXT
+#: Challenge-response mechanisms: the password does not cross, but what does (a
+#: CRAM-MD5 digest, a SCRAM proof with its salt and count, an NTLM response) lets
+#: whoever read it test password guesses offline.
+GUESSABLE = frozenset({"CRAM-MD5", "DIGEST-MD5", "NTLM", "GSS-SPNEGO"})
+#: Mechanisms that send no password nor anything to test guesses against:
+#: Kerberos (a ticket sealed with the service's key, RFC 4752), a certificate or
+#: identity established outside SASL (RFC 4422 Appendix A), no identity at all.
+NO_PASSWORD = frozenset({"GSSAPI", "GS2-KRB5", "EXTERNAL", "ANONYMOUS"})
+
+Exposure = Literal["secret", "guessable", "none"]
+
+
+def clear_exposure(name: str) -> Exposure:
+    """What an AUTH exchange with ``name`` gives whoever reads the connection in
+    clear: the secret itself (PLAIN, LOGIN, a bearer token, and any mechanism not
+    known here, to be safe), material to test guesses against, or nothing of the
+    password."""
+    upper = name.upper()
+    if upper in NO_PASSWORD:
+        return "none"
+    if upper in GUESSABLE or upper.startswith("SCRAM-"):
+        return "guessable"
+    return "secret"
+
+
+#: The order in which the auditor's AUTH-in-clear probe picks among the offered
+#: mechanisms: the one that would expose most first, so the finding is the worst.
+_EXPOSURE_ORDER: dict[Exposure, int] = {"secret": 0, "guessable": 1, "none": 2}
+
+
+def most_exposing(offered: Iterable[str]) -> str | None:
+    """The offered mechanism that gives most away in clear (PLAIN, then LOGIN, in
+    a tie), or None when none is offered."""
+    ranked = sorted(offered, key=lambda m: (_EXPOSURE_ORDER[clear_exposure(m)],
+                                            m.upper() != "PLAIN", m.upper() != "LOGIN"))
+    return ranked[0] if ranked else None
 
 
 def implemented() -> list[str]:

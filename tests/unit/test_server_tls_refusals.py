@@ -99,7 +99,7 @@ async def test_a_server_name_that_is_not_ascii_is_logged_as_such_within_a_budget
     open. The line now says what the client sent, the first ten a minute one by
     one, the rest as a count."""
     from smtpgate.server import connection
-    from smtpgate.server.log_budget import LogBudget
+    from smtpgate.web.log_budget import LogBudget
 
     from .raw_client_hello import client_hello
 

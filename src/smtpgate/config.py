@@ -547,6 +547,18 @@ class PostgresConfig(Model):
         "listening) is not waited for: once a connection attempt has failed, each "
         "login tries one itself and gets its 454 as soon as that is refused.",
     )
+    retry_max: float = Field(
+        default=10.0, ge=0, le=300,
+        description="Seconds at most that logins get 454 4.7.0 at once, without trying "
+        "the database, after an operation got no answer (a refused or timed-out "
+        "connection, a connection lost, a query still running after twice timeout): "
+        "the first such window lasts 1 s, then a probe (a startup packet, no login, "
+        "on a thread of its own) asks whether the server answers; each probe without "
+        "an answer doubles the window, up to this. The window ends at once when the "
+        "probe, or the pool's own reconnection, gets an answer. So a server that "
+        "accepts connections but never replies costs one login its timeout, not "
+        "every login in turn. 0: every login tries the database itself.",
+    )
 
     @field_validator("dsn")
     @classmethod

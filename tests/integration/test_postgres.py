@@ -13,7 +13,9 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -630,3 +632,115 @@ def test_a_server_full_at_start_up_is_an_outage_not_a_configuration_error(
         for c in held:
             c.close()
         full.destroy()
+
+
+class _FreezingProxy:
+    """A TCP relay to PostgreSQL that can be frozen: while frozen it accepts
+    connections and reads what comes, but nothing reaches the other side (a
+    server host that accepts and never replies, or a blackholed route); thawed,
+    what was held goes on. One thread per direction and connection."""
+
+    def __init__(self, upstream: int) -> None:
+        self._upstream = upstream
+        self._thawed = threading.Event()
+        self._thawed.set()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._sockets: list[socket.socket] = [self._listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def freeze(self) -> None:
+        self._thawed.clear()
+
+    def thaw(self) -> None:
+        self._thawed.set()
+
+    def close(self) -> None:
+        self._thawed.set()
+        for s in self._sockets:
+            with contextlib.suppress(OSError):
+                s.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            self._sockets.append(client)
+            threading.Thread(target=self._relay, args=(client,), daemon=True).start()
+
+    def _relay(self, client: socket.socket) -> None:
+        server = None
+        try:
+            held = b""
+            while not self._thawed.wait(0.1):  # frozen: read, answer nothing
+                client.settimeout(0.1)
+                with contextlib.suppress(TimeoutError):
+                    chunk = client.recv(65536)
+                    if not chunk:
+                        return
+                    held += chunk
+            client.settimeout(None)
+            server = socket.create_connection(("127.0.0.1", self._upstream))
+            self._sockets.append(server)
+            if held:
+                server.sendall(held)
+            back = threading.Thread(target=self._pump, args=(server, client), daemon=True)
+            back.start()
+            self._pump(client, server)
+            back.join()
+        except OSError:
+            pass
+        finally:
+            for s in (client, server):
+                if s is not None:
+                    s.close()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while chunk := src.recv(65536):
+                self._thawed.wait()
+                dst.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+
+def test_a_database_that_accepts_and_never_answers_costs_one_login_its_timeout_not_each(
+    pg_server: Server, cluster: PostgresCluster,
+) -> None:
+    """A database host that accepts TCP and then says nothing (frozen, blackholed)
+    cost every login the whole connect or query timeout, one after another on the
+    worker's read threads, so logins piled up behind each other. Now the first
+    login gets 454 after its bound, the next ones 454 at once (a probe, not a
+    login, asks the server meanwhile), and logins are served again once the
+    server answers."""
+    proxy = _FreezingProxy(cluster.port)
+    try:
+        text = pg_server.config.read_text()
+        text = text.replace(f"127.0.0.1:{cluster.port}/", f"127.0.0.1:{proxy.port}/").replace(
+            'password_file = "pg.password"\n', 'password_file = "pg.password"\ntimeout = 2\n')
+        pg_server.config.write_text(text + "\n[server]\nworkers = 1\n")
+        pg_server.cli("db", "migrate")
+        pg_server.add_user(USER, PASSWORD)
+        pg_server.start()
+        assert login(pg_server, "127.0.0.2", USER, PASSWORD).startswith("235")
+        proxy.freeze()
+        started = time.monotonic()
+        assert login(pg_server, "127.0.0.2", USER, PASSWORD) == str(R.AUTH_TEMPFAIL)
+        assert time.monotonic() - started < 8  # the bound: twice timeout and a second
+        for peer in ("127.0.0.3", "127.0.0.4", "127.0.0.5", "127.0.0.6", "127.0.0.3"):
+            started = time.monotonic()
+            assert login(pg_server, peer, USER, "a wrong guess") == str(R.AUTH_TEMPFAIL)
+            assert time.monotonic() - started < 1.0, peer  # not another timeout
+            time.sleep(0.3)
+        proxy.thaw()
+        reply = _until_235(pg_server, 30)
+        assert reply.startswith("235"), reply
+        assert pg_server.proc is not None and pg_server.proc.poll() is None
+    finally:
+        proxy.close()

@@ -33,6 +33,33 @@ def refusal_sqlstate(dsn: str, timeout: float) -> str | None:
     """The SQLSTATE the server at ``dsn`` refuses a connection with before any
     authentication; None if it asks to authenticate (or accepts), cannot be
     reached, or answers something else. Never raises."""
+    target = _target(dsn)
+    if target is None:
+        return None
+    try:
+        answer = _exchange(*target, timeout)
+    except (OSError, ValueError):
+        return None
+    return _sqlstate(answer)
+
+
+def answers(dsn: str, timeout: float) -> bool:
+    """Whether the server at ``dsn`` answers a startup packet within ``timeout``
+    (any answer: a request to authenticate, or a refusal): what ``fail_fast``
+    probes a database with, without logging in. True too when this cannot be
+    asked (several hosts, no user in the DSN): the next login then tries.
+    Never raises."""
+    target = _target(dsn)
+    if target is None:
+        return True
+    try:
+        return bool(_exchange(*target, timeout))
+    except (OSError, ValueError):
+        return False
+
+
+def _target(dsn: str) -> tuple[str, int, str, str] | None:
+    """Host, port, user and database of a DSN with one host and a user; else None."""
     try:
         params = conninfo.conninfo_to_dict(dsn)
     except psycopg.Error:
@@ -40,16 +67,14 @@ def refusal_sqlstate(dsn: str, timeout: float) -> str | None:
     host = str(params.get("hostaddr") or params.get("host") or "/var/run/postgresql")
     if "," in host:
         return None  # several hosts: libpq's choice among them is not ours to redo
-    port = int(str(params.get("port") or 5432).split(",")[0])
+    try:
+        port = int(str(params.get("port") or 5432).split(",")[0])
+    except ValueError:
+        return None
     user = str(params.get("user") or "")
     if not user:
         return None
-    database = str(params.get("dbname") or user)
-    try:
-        answer = _exchange(host, port, user, database, timeout)
-    except (OSError, ValueError):
-        return None
-    return _sqlstate(answer)
+    return host, port, user, str(params.get("dbname") or user)
 
 
 def startup_packet(user: str, database: str) -> bytes:

@@ -34,7 +34,10 @@ Choices, with reasons:
   (``statement_timeout``, set on every pooled connection): a table locked by a
   migration or a ``VACUUM FULL`` on another host, or a query gone slow, costs a
   login 454 after that bound, not a wait without end that holds the auth
-  service's two read threads, and with them every other login. The pool keeps retrying in the
+  service's two read threads, and with them every other login. A server that
+  accepts connections and never answers is asked by one login, not each: after
+  an operation gets no answer, logins get 454 at once (``fail_fast``) until a
+  probe or the pool sees it answer. The pool keeps retrying in the
   background (with backoff, given up and restarted every ``_RECONNECT`` seconds
   so that it never sleeps long), so logins recover by themselves.
 - The server down **at start-up** is the same outage, not a reason to refuse
@@ -89,10 +92,12 @@ from smtpgate.auth.admin_store import (
 )
 from smtpgate.auth.credentials import ARGON2ID, CRAM_MD5
 from smtpgate.auth.directory import Account, AppPassword, CertificateRecord, StoreUnavailable
+from smtpgate.auth.fail_fast import FailFast
 from smtpgate.auth.legacy_hashes import LEGACY
 from smtpgate.auth.names import lookup_key
 from smtpgate.auth.outage_log import OutageLog
 from smtpgate.auth.passwords import PasswordHasher, StoredHashError
+from smtpgate.auth.postgres_probe import answers
 from smtpgate.auth.postgres_schema import (
     SCHEMA_VERSION,
     PostgresSchemaTooNew,
@@ -767,6 +772,11 @@ class PostgresAccountStore:
         #: A database down under login load fails every login: logged once, then a
         #: summary a minute, then once when it answers (``outage_log``).
         self._outage = OutageLog(self._label, log)
+        #: After an operation got no answer, the next ones get 454 at once until a
+        #: probe (a startup packet answered, or the pool connecting) shows the
+        #: server answers: a silent server costs one login its timeout, not each.
+        self._fail_fast = FailFast(lambda: answers(pg.dsn, pg.timeout),
+                                   most=pg.retry_max, stuck_after=2 * pg.timeout)
         _route_pool_log()
         kwargs = connection_kwargs(pg)
         #: Why the database could not be reached at opening (None: it answered).
@@ -807,6 +817,20 @@ class PostgresAccountStore:
 
     def _set_pool_failing(self, failing: bool) -> None:
         self._pool_failing = failing
+        if not failing:
+            self._fail_fast.answered()  # the pool connected: the server answers
+
+    def fail_fast(self) -> None:
+        """Raises ``StoreUnavailable`` at once while an operation got no answer
+        lately and no probe has seen the server answer since (``fail_fast``);
+        cheap and never blocking, so the auth service calls it on its event loop
+        before sending a read to a thread (which may all be stuck on a silent
+        server)."""
+        cause = self._fail_fast.refusal()
+        if cause is None:
+            return
+        self._outage.failed(cause)
+        raise StoreUnavailable(f"{self._label}: {cause}; not tried again until it answers a probe")
 
     def _kwargs(self) -> dict[str, Any]:
         """A pool thread, for each new connection: the password file read again, so
@@ -870,18 +894,23 @@ class PostgresAccountStore:
         except PoolTimeout:
             cause = f"no connection within {self._pg.timeout:g}s ({self._cause()})"
             self._outage.failed(cause)
+            self._fail_fast.failed(cause)
             raise StoreUnavailable(f"{self._label}: {cause}") from None
         except PoolClosed:
             raise StoreUnavailable(f"{self._label}: store is closed") from None
         except _Refused as e:
             self._outage.failed(str(e))
+            self._fail_fast.failed(str(e))
             raise StoreUnavailable(f"{self._label}: {e}") from None
         except psycopg.Error as e:
             cause = one_line(str(e))
             if isinstance(e, psycopg.OperationalError):
                 self._outage.failed(cause)
+                if e.sqlstate is None:  # no answer (a lock's timeout is one: 57014)
+                    self._fail_fast.failed(cause)
             raise StoreUnavailable(f"{self._label}: {cause}") from None
         self._outage.answered()
+        self._fail_fast.answered()
 
     def _cause(self) -> str:
         """Why the pool has no connection: one direct attempt, for the log."""
@@ -937,7 +966,8 @@ class PostgresAccountStore:
 
     @contextmanager
     def _conn(self) -> Iterator[psycopg.Connection[Row]]:
-        with self._errors():
+        self.fail_fast()
+        with self._fail_fast.operation(), self._errors():
             c = self._pooled()
             try:
                 with c:

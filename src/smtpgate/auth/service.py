@@ -327,6 +327,9 @@ class AuthService:
         #: Seconds a read hop may take before its login gets 454 (the directory's
         #: ``read_bound``; None: the directory bounds its own calls).
         self._read_bound: float | None = getattr(directory, "read_bound", None)
+        #: Raises StoreUnavailable at once while the directory is known not to
+        #: answer (PostgreSQL's ``fail_fast``); None: it has no such check.
+        self._fail_fast: Callable[[], None] | None = getattr(directory, "fail_fast", None)
         #: Row reads made on the loop (a local SQLite directory only: loop_reads.py).
         self._loop_reads = loop_reads_for(directory, "account database") if reads_on_loop else None
         self._write_pool = ThreadPoolExecutor(1, "smtpgate-db-write")
@@ -625,6 +628,8 @@ class AuthService:
         started = time.monotonic()
         failed = True
         try:
+            if self._fail_fast is not None:  # on the loop: the threads may be stuck
+                self._fail_fast()
             if self._read_bound is None:
                 answer = await self._run(self._read_pool, fn, *args)
             else:

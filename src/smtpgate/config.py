@@ -462,6 +462,17 @@ class IssuerConfig(Model):
         "elsewhere is refused. Default none: any account. Set it on every issuer when "
         "there are several, so that none speaks for another's users.",
     )
+    token_types: list[str] = Field(
+        default_factory=lambda: ["at+jwt", "JWT", "none"],
+        min_length=1,
+        description="JWT 'typ' header values accepted, compared without letter case and "
+        "with or without 'application/' (RFC 7515 §4.1.9); 'none' stands for a token "
+        "without one. Default at+jwt (RFC 9068 access tokens), JWT and none, since many "
+        "issuers (Azure AD, Keycloak) mint access tokens so typed; a token of "
+        "those two types that carries an ID token's marks (nonce, at_hash, c_hash, or "
+        "Keycloak's typ claim 'ID') is still refused. ['at+jwt'] is RFC 9068 §4 as "
+        "written: only tokens typed as access tokens, for an issuer that types them.",
+    )
     identity_claim: Literal["email", "preferred_username", "sub"] = Field(
         default="email",
         description="Claim that names the mail account. With 'email', a token whose "
@@ -511,6 +522,9 @@ class IssuerConfig(Model):
             # has, and everyone could sign tokens with it.
             raise ValueError(f"{', '.join(hmac)} needs jwks_file, not jwks_url: an HMAC "
                              "key is a shared secret, and a key set at a URL is public")
+        for typ in self.token_types:
+            if not typ or typ != typ.strip():
+                raise ValueError(f"token_types: {typ!r} is no type ('none': no typ header)")
         for domain in self.domains:
             if not domain or "@" in domain or domain != domain.strip():
                 raise ValueError(f"domains: {domain!r} is not a domain (no '@', no spaces)")

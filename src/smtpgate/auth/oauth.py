@@ -16,7 +16,9 @@ fit the key type, so an RSA public key can never be used as an HMAC secret (the
 classic key-confusion attack); the signature, ``iss`` and ``aud`` are checked by
 PyJWT; ``exp`` (required), ``nbf`` and ``iat`` are checked here against the
 injected clock with the issuer's leeway; then the required scopes and the
-identity claim. The header's ``kid`` is only ever a dictionary key into the
+identity claim. The header's ``typ`` must be in the issuer's ``token_types``
+(RFC 9068 §4); one that is not ``at+jwt`` must not carry an ID token's claims.
+The header's ``kid`` is only ever a dictionary key into the
 fetched key set, never part of a path or URL (Dovecot CVE-2021-29157).
 
 A token that is not a JWT (opaque) goes to RFC 7662 introspection at the one
@@ -260,6 +262,7 @@ class TokenVerifier:
                 break
         if claims is None:
             raise _Reject(last_error)
+        _check_type(cfg, header.get("typ"), claims)
         self._check_times(cfg, claims)
         self._check_scopes(cfg, claims)
         return cfg, claims
@@ -480,6 +483,41 @@ class TokenVerifier:
             self._check_times(cfg, answer)
         self._check_scopes(cfg, answer)
         return answer
+
+
+#: Claims only an OpenID Connect ID token carries (OpenID Connect Core §2, §3.1.3.6,
+#: §3.3.2.11); Keycloak also types its ID tokens in a ``typ`` claim of "ID".
+_ID_TOKEN_CLAIMS = ("nonce", "at_hash", "c_hash")
+#: RFC 9068 §2.1: the ``typ`` of a JWT access token.
+_ACCESS_TOKEN_TYPE = "at+jwt"
+
+
+def _media_type(typ: str) -> str:
+    """RFC 7515 §4.1.9: ``typ`` is a media type, whose "application/" may be left
+    out; media types compare without letter case (RFC 2045 §5.1)."""
+    return typ.strip().lower().removeprefix("application/")
+
+
+def _check_type(cfg: IssuerConfig, typ: object, claims: Mapping[str, Any]) -> None:
+    """The token is an access token, not another JWT the issuer signs with the same
+    keys: RFC 9068 §4 has the resource server check ``typ``. An OpenID Connect ID
+    token is the one that matters: its ``aud`` is the mail client's id, which an
+    administrator may well list in ``audience``, and a client (or anyone it showed
+    the ID token to) could log in with it. Issuers that type their access tokens
+    ``JWT``, or not at all, are common, so those types are accepted by default
+    unless the claims say ID token; ``token_types = ["at+jwt"]`` is the strict rule."""
+    if typ is not None and not isinstance(typ, str):
+        raise _Reject("typ header is not a string")
+    got = "none" if typ is None else _media_type(typ)
+    if got not in {_media_type(t) for t in cfg.token_types}:
+        raise _Reject(f"token type {typ!r} not accepted (token_types)")
+    if got == _ACCESS_TOKEN_TYPE:
+        return
+    marks = [c for c in _ID_TOKEN_CLAIMS if c in claims]
+    if claims.get("typ") == "ID":
+        marks.append("typ ID")
+    if marks:
+        raise _Reject(f"an ID token ({', '.join(marks)}), not an access token")
 
 
 def _account_domain(name: str) -> str:

@@ -497,6 +497,14 @@ class IssuerConfig(Model):
         default=None,
         description="File holding the introspection client secret (never inline). Default none.",
     )
+    ca_file: Path | None = Field(
+        default=None,
+        description="PEM file of the CA(s) that sign this issuer's HTTPS certificate, for "
+        "jwks_url and introspection_url (a private identity provider with its own CA). "
+        "Set, it is the only trust for this issuer: the system's CAs are not, and no "
+        "other issuer trusts it. The certificate and its host name are always checked. "
+        "Default none: the system's CAs (or SSL_CERT_FILE).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> IssuerConfig:
@@ -2050,6 +2058,8 @@ def semantic_problems(cfg: Config, *, tls_files: bool = True) -> list[tuple[str,
     for i, iss in enumerate(cfg.auth.oauth_issuers):
         if iss.jwks_file is not None and not cfg.path(iss.jwks_file).is_file():
             out.append((f"auth.oauth_issuers.{i}.jwks_file", f"file not found: {cfg.path(iss.jwks_file)}"))
+        if iss.ca_file is not None and not cfg.path(iss.ca_file).is_file():
+            out.append((f"auth.oauth_issuers.{i}.ca_file", f"file not found: {cfg.path(iss.ca_file)}"))
     if cfg.queue.retry_max < cfg.queue.retry_initial:
         out.append(("queue.retry_max", "must be >= queue.retry_initial"))
     return out

@@ -896,6 +896,8 @@ def check_oauth(cfg: Config) -> list[Problem]:
         prefix = f"auth.oauth_issuers.{i}"
         if iss.jwks_file is not None:
             out += _key_set(f"{prefix}.jwks_file", cfg.path(iss.jwks_file))
+        if iss.ca_file is not None:
+            out += _issuer_ca(f"{prefix}.ca_file", cfg.path(iss.ca_file))
         if iss.introspection_client_secret_file is not None:
             key = f"{prefix}.introspection_client_secret_file"
             secret_path = cfg.path(iss.introspection_client_secret_file)
@@ -909,6 +911,18 @@ def check_oauth(cfg: Config) -> list[Problem]:
     except ValueError as e:
         out.append(_error("auth.oauth_issuers", str(e)))
     return out
+
+
+def _issuer_ca(key: str, path: Path) -> list[Problem]:
+    """An issuer's ca_file holds certificates OpenSSL loads: else every fetch of its
+    key set would fail, and its logins get 454 until the file is fixed."""
+    from smtpgate.auth.oauth_http import tls_context
+
+    try:
+        tls_context(path)
+    except (OSError, ssl.SSLError) as e:
+        return [_error(key, f"{path}: no CA certificate loads from it ({e})")]
+    return []
 
 
 def _key_set(key: str, path: Path) -> list[Problem]:

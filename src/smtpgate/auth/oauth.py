@@ -90,18 +90,22 @@ Post = Callable[[str, bytes, Mapping[str, str]], bytes]
 ReadFile = Callable[[Path], bytes]
 
 
-def urllib_fetch(url: str) -> bytes:
+def urllib_fetch(url: str, *, ca_file: Path | None = None) -> bytes:
     """GET ``url`` (the default key-set fetcher): within ``HTTP_TIMEOUT`` in all,
-    redirects to https only (``oauth_http``)."""
+    redirects to https only (``oauth_http``); the server's certificate checked
+    against ``ca_file`` alone if given, else the system's CAs."""
     return oauth_http.request(url, timeout=HTTP_TIMEOUT, limit=MAX_RESPONSE_OCTETS,
-                              headers={"Accept": "application/json"})
+                              headers={"Accept": "application/json"}, ca_file=ca_file)
 
 
-def urllib_post(url: str, body: bytes, headers: Mapping[str, str]) -> bytes:
+def urllib_post(url: str, body: bytes, headers: Mapping[str, str], *,
+                ca_file: Path | None = None) -> bytes:
     """POST ``body`` to ``url`` (the default introspection client): within
-    ``HTTP_TIMEOUT`` in all, no redirect (it would carry the client secret)."""
+    ``HTTP_TIMEOUT`` in all, no redirect (it would carry the client secret);
+    ``ca_file`` as for ``urllib_fetch``."""
     return oauth_http.request(url, timeout=HTTP_TIMEOUT, limit=MAX_RESPONSE_OCTETS,
-                              data=body, headers=headers, follow_redirects=False)
+                              data=body, headers=headers, follow_redirects=False,
+                              ca_file=ca_file)
 
 
 @dataclass
@@ -130,8 +134,9 @@ class TokenVerifier:
     Args:
         issuers: trusted issuers; each ``issuer`` at most once, and at most one
             without a key set (the one opaque tokens are introspected at).
-        fetch: GET a URL and return the body (key sets); default urllib.
-        post: POST form data (introspection); default urllib.
+        fetch: GET a URL and return the body (key sets); default urllib, with
+            the issuer's ``ca_file`` (which an injected one does not get).
+        post: POST form data (introspection); default urllib, as ``fetch``.
         read_file: read a local file (key-set files, client secrets).
         clock: seconds since the epoch; tests inject a fixed time.
 
@@ -143,8 +148,8 @@ class TokenVerifier:
         self,
         issuers: list[IssuerConfig],
         *,
-        fetch: Fetch = urllib_fetch,
-        post: Post = urllib_post,
+        fetch: Fetch | None = None,
+        post: Post | None = None,
         read_file: ReadFile = Path.read_bytes,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -368,7 +373,8 @@ class TokenVerifier:
                 raw = self._read_file(cfg.jwks_file)
             else:
                 assert cfg.jwks_url is not None
-                raw = self._fetch(cfg.jwks_url)
+                raw = (urllib_fetch(cfg.jwks_url, ca_file=cfg.ca_file) if self._fetch is None
+                       else self._fetch(cfg.jwks_url))
         except TokenVerifierUnavailable:
             raise
         except Exception as exc:
@@ -456,7 +462,9 @@ class TokenVerifier:
             "Authorization": f"Basic {basic}",
         }
         try:
-            raw = self._post(cfg.introspection_url, body.encode("ascii"), headers)
+            raw = (urllib_post(cfg.introspection_url, body.encode("ascii"), headers,
+                               ca_file=cfg.ca_file) if self._post is None
+                   else self._post(cfg.introspection_url, body.encode("ascii"), headers))
         except TokenVerifierUnavailable:
             raise
         except Exception as exc:

@@ -131,9 +131,10 @@ def make_token_verifier(cfg: Config) -> TokenVerifier | None:
     """The OAuth token verifier, when issuers are configured (paths relative to the config)."""
     if not cfg.auth.oauth_issuers:
         return None
-    return TokenVerifier(
-        cfg.auth.oauth_issuers, read_file=lambda p: cfg.path(Path(p)).read_bytes()
-    )
+    issuers = [iss if iss.ca_file is None
+               else iss.model_copy(update={"ca_file": cfg.path(iss.ca_file)})
+               for iss in cfg.auth.oauth_issuers]
+    return TokenVerifier(issuers, read_file=lambda p: cfg.path(Path(p)).read_bytes())
 
 
 def engine_settings(cfg: Config, listener: ListenerConfig, secret: bytes) -> EngineSettings:

@@ -707,7 +707,11 @@ class LdapConfig(Model):
     )
     operation_timeout: float = Field(
         default=10.0, gt=0, le=120,
-        description="Seconds one search or bind may take before the login gets 454 4.7.0.",
+        description="Seconds one directory look-up may take in all (connecting, StartTLS, "
+        "the service account's bind, the searches and the retry on a fresh connection "
+        "together; for a password check, the search and the user's bind together) before "
+        "the login gets 454 4.7.0. Until 2026-12 it bounded each of those steps, so one "
+        "check could take several times it.",
     )
     pool_size: int = Field(
         default=4, ge=1, le=64,

@@ -29,8 +29,12 @@ from pathlib import Path
 
 import pytest
 
+from smtpgate.auth.directory import StoreUnavailable
 from smtpgate.auth.ldap_directory import LdapDirectory
-from smtpgate.config import LdapConfig
+from smtpgate.auth.ldap_store import LdapAccountStore
+from smtpgate.auth.store import SqliteAccountStore
+from smtpgate.config import AccountsConfig, LdapConfig
+from tests.peers.freezing_relay import FreezingRelay
 from tests.peers.slapd import (
     SERVICE_DN,
     SERVICE_PW,
@@ -442,3 +446,42 @@ def test_a_ppolicy_lockout_and_an_expired_password_lock_the_account_without_a_bi
         assert not directory.bind(entry.dn, ALICE_PW)  # the directory agrees
     finally:
         directory.close()
+
+
+def test_operation_timeout_bounds_a_whole_look_up_of_a_directory_that_stops_answering(
+    slapd: Slapd, ou: str, tmp_path: Path,
+) -> None:
+    """A directory that stops answering (its host frozen, a network cut that drops
+    the replies: a relay that holds everything back) cost a look-up
+    ``operation_timeout`` per step, ldap3's timeout bounding each socket read: the
+    pooled connection's search, then the retry's StartTLS on a fresh one; and a
+    password check (search, then the user's bind) more. Now the whole look-up,
+    and a password check as a whole, ends after ``operation_timeout`` with 454's
+    StoreUnavailable; once the directory answers again, logins are served."""
+    relay = FreezingRelay(slapd.port)
+    cfg = config(slapd, ou, url=f"ldap://127.0.0.1:{relay.port}", operation_timeout=2)
+    directory = LdapDirectory(cfg, bind_password=SERVICE_PW, ca_file=slapd.ca)
+    overlay = SqliteAccountStore(tmp_path / "overlay.sqlite", AccountsConfig())
+    store = LdapAccountStore(directory, overlay)
+    try:
+        assert store.verify_password(ALICE, ALICE_PW)  # pooled connections: search, bind
+        relay.freeze()
+        for look_up in (lambda: directory.find(ALICE),
+                        lambda: store.verify_password(ALICE, ALICE_PW)):
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable) as caught:
+                look_up()
+            assert time.monotonic() - started < 3.0  # not 2 s per step
+            assert "no answer within 2 s" in str(caught.value)
+        relay.thaw()
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                assert store.verify_password(ALICE, ALICE_PW)
+                break
+            except StoreUnavailable:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+    finally:
+        store.close()
+        relay.close()

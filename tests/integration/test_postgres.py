@@ -13,9 +13,7 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +24,7 @@ import pytest
 
 from smtpgate.auth.postgres_schema import SCHEMA_VERSION
 from smtpgate.smtp import replies as R
+from tests.peers.freezing_relay import FreezingRelay
 from tests.postgres_server import PostgresCluster, require_postgres, shared_cluster
 
 from .backends import BACKENDS, PostgresSetup, set_accounts
@@ -634,82 +633,6 @@ def test_a_server_full_at_start_up_is_an_outage_not_a_configuration_error(
         full.destroy()
 
 
-class _FreezingProxy:
-    """A TCP relay to PostgreSQL that can be frozen: while frozen it accepts
-    connections and reads what comes, but nothing reaches the other side (a
-    server host that accepts and never replies, or a blackholed route); thawed,
-    what was held goes on. One thread per direction and connection."""
-
-    def __init__(self, upstream: int) -> None:
-        self._upstream = upstream
-        self._thawed = threading.Event()
-        self._thawed.set()
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        self._sockets: list[socket.socket] = [self._listener]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def freeze(self) -> None:
-        self._thawed.clear()
-
-    def thaw(self) -> None:
-        self._thawed.set()
-
-    def close(self) -> None:
-        self._thawed.set()
-        for s in self._sockets:
-            with contextlib.suppress(OSError):
-                s.close()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            self._sockets.append(client)
-            threading.Thread(target=self._relay, args=(client,), daemon=True).start()
-
-    def _relay(self, client: socket.socket) -> None:
-        server = None
-        try:
-            held = b""
-            while not self._thawed.wait(0.1):  # frozen: read, answer nothing
-                client.settimeout(0.1)
-                with contextlib.suppress(TimeoutError):
-                    chunk = client.recv(65536)
-                    if not chunk:
-                        return
-                    held += chunk
-            client.settimeout(None)
-            server = socket.create_connection(("127.0.0.1", self._upstream))
-            self._sockets.append(server)
-            if held:
-                server.sendall(held)
-            back = threading.Thread(target=self._pump, args=(server, client), daemon=True)
-            back.start()
-            self._pump(client, server)
-            back.join()
-        except OSError:
-            pass
-        finally:
-            for s in (client, server):
-                if s is not None:
-                    s.close()
-
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while chunk := src.recv(65536):
-                self._thawed.wait()
-                dst.sendall(chunk)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-
-
 def test_a_database_that_accepts_and_never_answers_costs_one_login_its_timeout_not_each(
     pg_server: Server, cluster: PostgresCluster,
 ) -> None:
@@ -719,7 +642,7 @@ def test_a_database_that_accepts_and_never_answers_costs_one_login_its_timeout_n
     login gets 454 after its bound, the next ones 454 at once (a probe, not a
     login, asks the server meanwhile), and logins are served again once the
     server answers."""
-    proxy = _FreezingProxy(cluster.port)
+    proxy = FreezingRelay(cluster.port)
     try:
         text = pg_server.config.read_text()
         text = text.replace(f"127.0.0.1:{cluster.port}/", f"127.0.0.1:{proxy.port}/").replace(

@@ -20,11 +20,21 @@ these; this module knows no directory flavour.
 
 Connections: two small pools (searches as the service account; user binds),
 each connection opened on demand with a connect timeout, over ldaps or StartTLS
-with the certificate and its name checked. Every operation has a time limit. A
-connection that fails (directory restarted, network cut, timeout) is dropped
-and the operation is tried once more on a fresh one; if that fails too the
-caller gets ``StoreUnavailable`` naming the cause (454 on the wire, never 535),
-and the next login tries again, so logins recover by themselves. The service
+with the certificate and its name checked. A connection that fails (directory
+restarted, network cut, timeout) is dropped and the operation is tried once
+more on a fresh one; if that fails too the caller gets ``StoreUnavailable``
+naming the cause (454 on the wire, never 535), and the next login tries again,
+so logins recover by themselves.
+
+``operation_timeout`` bounds one look-up as a whole (``deadline``): everything
+a ``find`` or a ``bind`` does (connecting, StartTLS, the service account's
+bind, each search, the retry on a fresh connection), and a caller's several
+calls made under one ``deadline`` (``LdapAccountStore.verify_password``: the
+search, then the user's bind). ldap3 bounds each socket read only, so a
+directory that stopped answering cost a look-up that bound once per step: the
+pooled connection's search, then the fresh one's StartTLS or bind, then the
+user's bind, three times the setting for one password check. At the deadline
+the sockets in use are shut down, which ends whatever read waits on them. The service
 account's password file is read again for each new search connection, so a
 rotated password is picked up without a restart.
 
@@ -40,8 +50,10 @@ from __future__ import annotations
 import logging
 import math
 import re
+import socket
 import ssl
 import threading
+import time
 import unicodedata
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
@@ -333,6 +345,27 @@ class LdapDirectory:
         #: OpenLDAP ppolicy's lockouts and expiry, for logins that make no bind.
         self._policies = PolicyReader(cfg.ppolicy_default_dn, self._label, log,
                                       timeout=max(1, int(cfg.operation_timeout)))
+        #: The look-up under way on this thread (``deadline``).
+        self._local = threading.local()
+
+    @contextmanager
+    def deadline(self) -> Iterator[None]:
+        """One look-up: every operation within it, on this thread, ends by
+        ``operation_timeout`` from now in all; nested, the outer one holds."""
+        if getattr(self._local, "deadline", None) is not None:
+            yield
+            return
+        current = _Deadline(self._cfg.operation_timeout)
+        self._local.deadline = current
+        try:
+            yield
+        finally:
+            self._local.deadline = None
+            current.close()
+
+    def _current(self) -> _Deadline | None:
+        found: _Deadline | None = getattr(self._local, "deadline", None)
+        return found
 
     # --- connections ----------------------------------------------------------------
 
@@ -340,8 +373,12 @@ class LdapDirectory:
         # A fresh Server per connection: one that failed to connect remembers its
         # address as unavailable for minutes, which would outlast the outage.
         host, port, ldaps, tls = self._where
+        connect_timeout: float = self._cfg.connect_timeout
+        current = self._current()
+        if current is not None:
+            connect_timeout = max(0.1, min(connect_timeout, current.remaining()))
         return Server(host, port=port, use_ssl=ldaps, tls=tls, get_info=NONE,
-                      connect_timeout=self._cfg.connect_timeout)
+                      connect_timeout=connect_timeout)
 
     def _plain_connection(self) -> Connection:
         """Open, TLS up (StartTLS if configured), not bound."""
@@ -350,6 +387,9 @@ class LdapDirectory:
             self._new_server(), receive_timeout=math.ceil(self._cfg.operation_timeout), read_only=True,
             raise_exceptions=False, auto_referrals=False, check_names=False, authentication=SIMPLE,
         )
+        current = self._current()
+        if current is not None:
+            current.watch(conn)
         try:
             conn.open()
         except BaseException:
@@ -411,13 +451,24 @@ class LdapDirectory:
 
         A ``DirectoryMisconfigured`` while serving (``at_start`` False) goes to the
         outage log too, so the server log says what to fix and when it works again;
-        at start-up, its caller's error is its one line."""
+        at start-up, its caller's error is its one line. Within the look-up's
+        ``deadline`` (this call's own if none is under way)."""
+        with self.deadline():
+            current = self._current()
+            assert current is not None
+            return self._attempts(pool, op, current, at_start=at_start)
+
+    def _attempts(self, pool: _Pool, op: Callable[[Connection], T], current: _Deadline, *,
+                  at_start: bool) -> T:
         for attempt in (1, 2):
             try:
+                if current.remaining() <= 0:
+                    raise _Fault("no time left")
                 # The retry never takes a pooled connection: after a directory
                 # restart every one of them is dead, and a second dead one would
                 # answer 454 for a directory that is up again.
-                with pool.connection(fresh=attempt == 2) as conn:
+                with pool.connection(fresh=attempt == 2, wait=current.remaining()) as conn:
+                    current.watch(conn)
                     answer = op(conn)
             except DirectoryMisconfigured as e:
                 if not at_start:
@@ -433,6 +484,11 @@ class LdapDirectory:
                 # The idle ones were opened to the same server before the failure,
                 # and most likely share its fate: opened again when needed.
                 pool.drop_idle()
+                if current.passed or current.remaining() <= 0:
+                    cause = (f"no answer within {current.seconds:g} s "
+                             "(accounts.ldap.operation_timeout, for the whole look-up)")
+                    self._outage.failed(cause)
+                    raise StoreUnavailable(f"{self._label} unavailable: {cause}") from e
                 if attempt == 2:
                     self._outage.failed(cause)
                     raise StoreUnavailable(f"{self._label} unavailable: {cause}") from e
@@ -674,6 +730,51 @@ class _Fault(Exception):
     """An LDAP operation failed for a reason other than the credentials."""
 
 
+class _Deadline:
+    """The end of one look-up: the connections it opens or takes are shut down when
+    it passes, so a read blocked on a directory that stopped answering ends then."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._at = time.monotonic() + seconds
+        self._lock = threading.Lock()
+        self._conns: list[Connection] = []
+        self._done = False
+        self.passed = False
+        self._timer = threading.Timer(seconds, self._cut)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def remaining(self) -> float:
+        return self._at - time.monotonic()
+
+    def watch(self, conn: Connection) -> None:
+        with self._lock:
+            self._conns.append(conn)
+
+    def _cut(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self.passed = True
+            conns = list(self._conns)
+        for conn in conns:
+            sock = getattr(conn, "socket", None)
+            if isinstance(sock, socket.socket):
+                try:
+                    # The plain socket's shutdown, also under TLS: SSLSocket's own
+                    # would drop its TLS state under the thread reading from it.
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+                except OSError:
+                    pass  # closed or never connected
+
+    def close(self) -> None:
+        with self._lock:
+            self._done = True
+            self._conns.clear()
+        self._timer.cancel()
+
+
 class _Pool:
     """At most ``size`` connections, opened on demand, each used by one thread at a time."""
 
@@ -686,12 +787,16 @@ class _Pool:
         self._closed = False
 
     @contextmanager
-    def connection(self, *, fresh: bool = False) -> Iterator[Connection]:
-        """A connection for one operation; ``fresh``: a new one, never an idle one."""
+    def connection(self, *, fresh: bool = False,
+                   wait: float | None = None) -> Iterator[Connection]:
+        """A connection for one operation; ``fresh``: a new one, never an idle one.
+        A free one is waited for ``wait`` seconds at most (the look-up's time
+        left), never more than the pool's own bound."""
         if self._closed:
             raise StoreUnavailable("LDAP directory connection closed")
-        if not self._slots.acquire(timeout=self._wait):
-            raise _Fault(f"no free connection within {self._wait:g} s")
+        bound = self._wait if wait is None else max(0.0, min(wait, self._wait))
+        if not self._slots.acquire(timeout=bound):
+            raise _Fault(f"no free connection within {bound:g} s")
         try:
             with self._lock:
                 conn = self._idle.pop() if self._idle and not fresh else None

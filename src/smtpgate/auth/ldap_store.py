@@ -189,8 +189,10 @@ class LdapAccountStore:
         return self._scram(entry, scheme)
 
     def verify_password(self, name: str, password: str) -> bool:
-        entry = self._entry(name)
-        return entry is not None and self._dir.bind(entry.dn, password)
+        # One look-up: the search and the user's bind share operation_timeout.
+        with self._dir.deadline():
+            entry = self._entry(name)
+            return entry is not None and self._dir.bind(entry.dn, password)
 
     def login_identity(self, name: str) -> str:
         # A search as the service account, no bind: the directory's lockout is not

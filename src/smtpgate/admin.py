@@ -885,8 +885,13 @@ class AccountAdmin:
         ``new_name``, default the old name), and rename the old one and make it stop
         working after ``grace``. All or nothing.
 
+        The new one keeps the old one's expiry: a rotation replaces the secret, not
+        its lifetime (an app password given ``--expires 30d`` for a contractor's
+        laptop stays a 30-day one). One already expired is refused, since its
+        successor would be born dead; ``app-password add`` makes a fresh one.
+
         Raises: NoSuchAccount, NotFoundError (no app password ``app_name``),
-        AccountExists (``new_name`` is taken).
+        AdminError (it has expired), AccountExists (``new_name`` is taken).
         """
         now = self._clock()
         deadline = now + grace
@@ -898,13 +903,18 @@ class AccountAdmin:
             if old is None:
                 raise NotFoundError(f"{lookup_key(name)} has no app password named {app_name!r}",
                                     "'smtpgate app-password list' shows them")
+            if old.expires is not None and old.expires <= now:
+                raise AdminError(
+                    f"app password {app_name!r} of {lookup_key(name)} expired at "
+                    f"{old.expires.strftime('%Y-%m-%d %H:%M')} UTC; there is nothing to rotate",
+                    "'smtpgate app-password add' issues a new one; nothing was changed")
             retired = f"{app_name} (rotated {now.strftime('%Y-%m-%d %H:%M:%S')})"
             # The store keeps an earlier expiry of the old one (a grace never
             # lengthens its life); say the time it will really stop.
             w.expire_app_password(name, app_name, deadline, rename_to=retired)
             record = w.add_app_password(
                 name, new_name or app_name, secret,
-                expires=old.expires if old.expires and old.expires > deadline else None,
+                expires=old.expires,
                 networks=old.networks, mechanisms=old.mechanisms,
                 max_messages_per_hour=old.max_messages_per_hour,
                 max_recipients_per_hour=old.max_recipients_per_hour,

@@ -249,3 +249,49 @@ def test_rotation_reports_the_old_app_passwords_own_earlier_expiry(
     (old,) = [p for p in store.app_passwords(BOB) if p.name.startswith("phone (rotated ")]
     assert old.expires is not None
     assert rotation.deadline == old.expires
+
+
+# --- a rotation keeps the app password's lifetime ------------------------------------------
+
+
+@pytest.mark.parametrize(("lifetime", "grace"), [
+    (timedelta(hours=1), timedelta(days=7)),   # its own expiry comes first
+    (timedelta(days=30), timedelta(hours=1)),  # the grace ends first
+])
+def test_rotation_keeps_the_app_passwords_lifetime(
+    store: SqliteAccountStore, lifetime: timedelta, grace: timedelta,
+) -> None:
+    """An app password made with an expiry was replaced by one with none when its
+    expiry came before the grace's end: a rotation turned a 1-hour password into a
+    permanent one. The old one ends at the earlier of its expiry and the grace's
+    end; the new one keeps the old one's expiry."""
+    admin = AccountAdmin(store, FAST, actor=ACTOR)
+    admin.add_account(BOB, "pw")
+    now = datetime.now(UTC)
+    admin.add_app_password(BOB, "phone", expires=now + lifetime)
+    (before,) = store.app_passwords(BOB)
+    rotation = admin.rotate_app_password(BOB, "phone", grace=grace)
+    by_name = {p.name: p for p in store.app_passwords(BOB)}
+    (old,) = [p for n, p in by_name.items() if n.startswith("phone (rotated ")]
+    assert before.expires is not None and old.expires is not None
+    assert old.expires == min(before.expires, rotation.deadline) == rotation.deadline
+    assert abs(old.expires - (now + min(lifetime, grace))) < timedelta(seconds=5)
+    assert by_name["phone"].expires == before.expires
+    assert rotation.app_password.expires == before.expires
+
+
+def test_an_expired_app_password_is_not_rotated(config: Path) -> None:
+    """Its successor would have been born expired (or, before, with no expiry at
+    all); the rotation is refused and nothing changes."""
+    store = SqliteAccountStore(config.parent / "accounts.sqlite", FAST)
+    try:
+        AccountAdmin(store, FAST, actor=ACTOR).expire_app_password(
+            BOB, "phone", datetime.now(UTC) - timedelta(seconds=1))
+    finally:
+        store.close()
+    before = app_passwords(config)
+    r = run(config, "user", "rotate", BOB, "--app", "phone")
+    assert r.exit_code == 1
+    assert "app password 'phone' of bob@example.org expired at " in r.stderr
+    assert "hint: 'smtpgate app-password add' issues a new one" in r.stderr
+    assert app_passwords(config) == before

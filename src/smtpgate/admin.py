@@ -222,6 +222,22 @@ def _earlier(scheduled: datetime | None, deadline: datetime) -> datetime:
     return deadline if scheduled is None else min(scheduled, deadline)
 
 
+def _free_app_name(w: AccountWriter, name: str, stem: str, end: str = "", sep: str = "-") -> str:
+    """``stem + end``, or the first of ``stem + sep + 2 + end``, ``... 3 ...`` the
+    account has no app password of.
+
+    The names a rotation makes up are from the time to the second, so two
+    rotations within one second asked for the same one and the second failed
+    with 'pass another --name' though no name had been passed. A name the admin
+    chose is never changed this way: taken, it is refused.
+    """
+    candidate, n = stem + end, 1
+    while w.app_password(name, candidate) is not None:
+        n += 1
+        candidate = f"{stem}{sep}{n}{end}"
+    return candidate
+
+
 #: The longest lock reason kept, in characters: a line in ``user list``, the
 #: admin log and the web admin's account page.
 MAX_LOCK_REASON = 200
@@ -883,7 +899,8 @@ class AccountAdmin:
     ) -> Rotation:
         """Issue a new app password with the old one's scope and rates (named
         ``new_name``, default the old name), and rename the old one and make it stop
-        working after ``grace``. All or nothing.
+        working after ``grace``. All or nothing. The old one's new name is
+        ``NAME (rotated DATE)``, ``NAME (rotated DATE #2)`` if that is taken.
 
         The new one keeps the old one's expiry: a rotation replaces the secret, not
         its lifetime (an app password given ``--expires 30d`` for a contractor's
@@ -908,7 +925,8 @@ class AccountAdmin:
                     f"app password {app_name!r} of {lookup_key(name)} expired at "
                     f"{old.expires.strftime('%Y-%m-%d %H:%M')} UTC; there is nothing to rotate",
                     "'smtpgate app-password add' issues a new one; nothing was changed")
-            retired = f"{app_name} (rotated {now.strftime('%Y-%m-%d %H:%M:%S')})"
+            retired = _free_app_name(
+                w, name, f"{app_name} (rotated {now.strftime('%Y-%m-%d %H:%M:%S')}", ")", " #")
             # The store keeps an earlier expiry of the old one (a grace never
             # lengthens its life); say the time it will really stop.
             w.expire_app_password(name, app_name, deadline, rename_to=retired)
@@ -924,8 +942,9 @@ class AccountAdmin:
     def rotate_password(
         self, name: str, *, new_name: str | None = None, grace: timedelta
     ) -> Rotation:
-        """Issue an app password (named ``new_name``, default ``rotated-DATE``) and make
-        the account password stop working after ``grace``. All or nothing.
+        """Issue an app password (named ``new_name``, default ``rotated-DATE``, with
+        ``-2``, ``-3`` ... if a rotation in the same second took it) and make the
+        account password stop working after ``grace``. All or nothing.
 
         Raises: NoSuchAccount, AccountExists (``new_name`` is taken).
         """
@@ -938,9 +957,9 @@ class AccountAdmin:
             # later, and an ended password logged in again.
             deadline = _earlier(None if account is None else account.password_expires,
                                 now + grace)
-            record = w.add_app_password(
-                name, new_name or f"rotated-{now.strftime('%Y%m%d-%H%M%S')}", secret
-            )
+            if new_name is None:
+                new_name = _free_app_name(w, name, f"rotated-{now.strftime('%Y%m%d-%H%M%S')}")
+            record = w.add_app_password(name, new_name, secret)
             w.schedule_password_expiry(name, deadline)
         return Rotation(record, secret, "the account password", deadline)
 

@@ -295,3 +295,43 @@ def test_an_expired_app_password_is_not_rotated(config: Path) -> None:
     assert "app password 'phone' of bob@example.org expired at " in r.stderr
     assert "hint: 'smtpgate app-password add' issues a new one" in r.stderr
     assert app_passwords(config) == before
+
+
+# --- two rotations in one second ------------------------------------------------------------
+
+
+def test_two_rotations_in_one_second_get_names_of_their_own(store: SqliteAccountStore) -> None:
+    """The names a rotation makes up are the time to the second: the second of two
+    rotations in one second failed with 'already has an app password named
+    rotated-...' (and 'pass another --name', though none was passed). Each now
+    gets a name of its own; a --name the admin chose is still refused if taken."""
+    instant = datetime(2026, 12, 2, 16, 22, 37, tzinfo=UTC)
+    admin = AccountAdmin(store, FAST, actor=ACTOR, clock=lambda: instant)
+    admin.add_account(BOB, "pw")
+    first = admin.rotate_password(BOB, grace=timedelta(days=7))
+    second = admin.rotate_password(BOB, grace=timedelta(days=7))
+    third = admin.rotate_password(BOB, grace=timedelta(days=7))
+    assert [first.app_password.name, second.app_password.name, third.app_password.name] == [
+        "rotated-20261202-162237", "rotated-20261202-162237-2", "rotated-20261202-162237-3"]
+    with pytest.raises(AccountExists):
+        admin.rotate_password(BOB, new_name="rotated-20261202-162237", grace=timedelta(days=7))
+
+    admin.add_app_password(BOB, "phone")
+    for _ in range(3):
+        assert admin.rotate_app_password(BOB, "phone", grace=timedelta(days=7)).app_password.name \
+            == "phone"
+    assert sorted(p.name for p in store.app_passwords(BOB) if p.name.startswith("phone")) == [
+        "phone", "phone (rotated 2026-12-02 16:22:37 #2)", "phone (rotated 2026-12-02 16:22:37 #3)",
+        "phone (rotated 2026-12-02 16:22:37)"]
+
+
+def test_two_cli_rotations_in_a_row_both_succeed(config: Path) -> None:
+    """The same through the command, at the real clock: back to back they are
+    usually within one second."""
+    names = set()
+    for _ in range(3):
+        r = run(config, "user", "rotate", BOB)
+        assert r.exit_code == 0, r.output + r.stderr
+        (line,) = [x for x in r.output.splitlines() if x.startswith("new app password")]
+        names.add(line.split("'")[1])
+    assert len(names) == 3

@@ -266,7 +266,8 @@ def max_age(user: str, age: str, config_path: Path | None) -> None:
               help="Rotate this app password (the new one takes its name); without it, the "
               "account's password is the old secret.")
 @click.option("--name", "new_name", default=None,
-              help="Name of the new app password (default: the --app name, or rotated-DATE).")
+              help="Name of the new app password (default: the --app name, or rotated-DATE, "
+              "-2 ... added if a rotation in the same second took it).")
 @click.option("--grace", default=None, help="How long the old secret keeps working "
               "(default: [passwords].rotation_grace_days).")
 @config_option

@@ -131,6 +131,8 @@ T = TypeVar("T")
 
 #: Prune old records at most this often (seconds), from the write path.
 PRUNE_EVERY = 60.0
+#: Seconds between the serving process's calls of ``Guard.tick``.
+TICK_EVERY = 15.0
 #: Seconds a process waits at start for its first write to the state (``warm_up``).
 WARM_UP_WAIT = 5.0
 
@@ -588,6 +590,14 @@ class Guard:
             log.info("channel binding: -PLUS offered to %s again", address)
         else:
             log.info("channel binding: -PLUS held back from %s until %s", address, _stamp(until))
+
+    async def tick(self) -> None:
+        """Prune if due (``PRUNE_EVERY``), called every ``TICK_EVERY`` seconds by the
+        serving process. The prune ran only after a recorded failure, so when a
+        flood ended its rows (and the file's size) stayed until the next wrong
+        password, which on a quiet server could be days."""
+        if not self._closed:
+            await self._maybe_prune(self._clock())
 
     async def _maybe_prune(self, now: float) -> None:
         if now - self._last_prune < PRUNE_EVERY:

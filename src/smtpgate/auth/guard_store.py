@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+from smtpgate.auth import sqlite_space
 from smtpgate.auth.guard_state import (
     ACCOUNT,
     ACCOUNT_KINDS,
@@ -133,8 +134,15 @@ class SqliteGuardStore(ThreadLocalSqlite):
         self._open_upgraded(
             path, MIGRATIONS, datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         )
+        try:
+            with self._errors():
+                sqlite_space.use_incremental_vacuum(self._conn(), self._label, path)
+        except BaseException:
+            self.close()
+            raise
 
     def _configure(self, conn: sqlite3.Connection) -> None:
+        sqlite_space.configure(conn)
         conn.execute("PRAGMA synchronous = NORMAL")
 
     @contextmanager
@@ -293,8 +301,9 @@ class SqliteGuardStore(ThreadLocalSqlite):
 
     def prune(self, now: float, keep_seconds: float, known_seconds: float) -> None:
         """Drop failures, penalties and expired blocks older than ``keep_seconds``,
-        known addresses unused for ``known_seconds``, and lapsed -PLUS fallbacks.
-        (The sending counters in this file prune themselves.)"""
+        known addresses unused for ``known_seconds``, and lapsed -PLUS fallbacks;
+        then give the file's free pages back if many are (``sqlite_space``), those
+        of the sending counters' old buckets too (which prune themselves)."""
         cutoff = now - keep_seconds
         with self._tx() as c:
             c.execute("DELETE FROM plus_fallback WHERE until < ?", (now,))
@@ -302,4 +311,6 @@ class SqliteGuardStore(ThreadLocalSqlite):
             c.execute("DELETE FROM failures WHERE time < ?", (cutoff,))
             c.execute("DELETE FROM penalty WHERE last < ?", (cutoff,))
             c.execute("DELETE FROM blocks WHERE until < ?", (cutoff,))
+        with self._errors():
+            sqlite_space.reclaim(self._conn())
 

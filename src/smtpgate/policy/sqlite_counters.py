@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from smtpgate.auth import sqlite_space
 from smtpgate.auth.guard_store import MIGRATIONS
 from smtpgate.auth.sqlite_file import NewerSchema, ThreadLocalSqlite
 from smtpgate.policy.rate_counters import KEEP_BUCKETS, RateCountersError
@@ -45,6 +46,9 @@ class SqliteRateCounters(ThreadLocalSqlite):
         )
 
     def _configure(self, conn: sqlite3.Connection) -> None:
+        # The file's settings as the guard store makes them, should this open a
+        # new file first; the guard's prune gives back the pages freed here.
+        sqlite_space.configure(conn)
         conn.execute("PRAGMA synchronous = NORMAL")
 
     def add_usage(self, keys: Sequence[str], bucket: int, messages: int, recipients: int) -> None:

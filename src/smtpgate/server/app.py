@@ -38,7 +38,7 @@ from smtpgate.auth.accounts import accounts_key, open_account_store
 from smtpgate.auth.authlog import AuthLog
 from smtpgate.auth.decoy import load_decoy_secret
 from smtpgate.auth.directory import StoreError
-from smtpgate.auth.guard import Guard
+from smtpgate.auth.guard import TICK_EVERY, Guard
 from smtpgate.auth.guard_state import GuardStoreError
 from smtpgate.auth.networks import parse_networks
 from smtpgate.auth.oauth import TokenVerifier, error_reply_fields
@@ -642,9 +642,10 @@ async def serve_sockets(
     beat = Heartbeat(cfg) if status is not None and cfg.state.backend == "redis" else None
     reporter = None if status is None else loop.create_task(
         _keep_status(cfg, status, runtime, beat))
+    tidier = loop.create_task(_tick_guard(guard))
     await stop.wait()
     systemd.stopping()
-    for task in (pinger, reporter):
+    for task in (pinger, reporter, tidier):
         if task is not None:
             task.cancel()
     log.info("stopping: no new connections; %d open", len(runtime.connections))
@@ -708,6 +709,16 @@ async def _keep_status(cfg: Config, status: ServerStatus, runtime: ServerRuntime
         if beat is not None:
             await asyncio.to_thread(beat.beat, status)
         await asyncio.sleep(status_file.INTERVAL)
+
+
+async def _tick_guard(guard: Guard) -> None:
+    """The guard's housekeeping (its prune, when due) also when no login fails."""
+    while True:
+        await asyncio.sleep(TICK_EVERY)
+        try:
+            await guard.tick()
+        except Exception:  # a bug here must not end the housekeeping for good
+            log.exception("guard: housekeeping failed")
 
 
 def _watchdog_task() -> asyncio.Task[None] | None:

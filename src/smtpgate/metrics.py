@@ -22,6 +22,7 @@ docs/operations.md, "Metrics", gives the figures behind that choice.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -130,22 +131,48 @@ def use_multiprocess(directory: Path) -> None:
     _m = _Metrics()
 
 
-#: This process's id, kept up to date across fork() (``os.register_at_fork``).
-#: prometheus_client asks for it on every count to notice a fork; ``os.getpid`` is a
-#: system call each time (28 a session in a worker, counted with ``strace -c``).
-_pid = os.getpid()
+#: What names this process's files (``counter_ID.db``...): its process id, kept up
+#: to date across fork() (``os.register_at_fork``), or the supervisor's slot it
+#: fills (``count_as``). prometheus_client asks for it on every count to notice a
+#: fork; ``os.getpid`` is a system call each time (28 a session in a worker,
+#: counted with ``strace -c``).
+_identity: int | str = os.getpid()
+
+#: A slot's name: letters then digits, never ``_`` (which separates the parts of
+#: a file name) and never all digits (a process id's files).
+_SLOT = re.compile(r"[a-z]+[0-9]*")
 
 
-def _current_pid() -> int:
-    return _pid
+def _current_pid() -> int | str:
+    return _identity
 
 
 def _forked() -> None:
-    global _pid
-    _pid = os.getpid()
+    global _identity
+    _identity = os.getpid()
 
 
 os.register_at_fork(after_in_child=_forked)
+
+
+def count_as(slot: str) -> None:
+    """In a supervised child, before it counts anything: keep its values in the
+    files of ``slot`` (``w1``, ``delivery``), not of its process id.
+
+    A worker that dies is restarted in its slot. Under its process id each
+    start left a set of files behind (128 KiB), which had to stay for the
+    counters' totals not to go down (Prometheus reads a fall as a reset); a
+    worker crash-looping piled them up until the next server start. Under the
+    slot's name the replacement opens the dead one's files and counts on from its
+    values (prometheus_client reads a file's values when it opens it), so the
+    totals never go down and the directory holds one set of files per slot. The
+    live gauges of the dead one are dropped before (``metrics_http.mark_dead``):
+    its open sessions are not the replacement's.
+    """
+    global _identity
+    if not _SLOT.fullmatch(slot):
+        raise ValueError(f"{slot!r} cannot name a slot's metric files")
+    _identity = slot
 
 
 #: The stores ``backend_call`` names, and their operations.

@@ -990,6 +990,7 @@ def _run_supervised(
             inherited = (current.metrics_sock, current.admin_sock)
 
             def body(status: StatusWriter) -> int:
+                metrics.count_as(metrics_http.slot_name("worker", slot))
                 cpu = bind_worker(slot, cfg_now.server.worker_cpu_affinity)
                 if cpu is not None:
                     log.info("worker %d bound to CPU %d (server.worker_cpu_affinity)", slot + 1, cpu)
@@ -1017,13 +1018,18 @@ def _run_supervised(
 
             return Launch(body, after_fork)
 
-        return ChildSpec(f"worker {slot + 1}", "worker", prepare, lambda: limiter.clear(slot))
+        def on_exit() -> None:
+            limiter.clear(slot)
+            metrics_http.mark_dead(cfg, metrics_http.slot_name("worker", slot))
+
+        return ChildSpec(f"worker {slot + 1}", "worker", prepare, on_exit)
 
     def delivery_spec() -> ChildSpec:
         def prepare() -> Launch:
             cfg_now, metrics_now, admin_now = current.cfg, current.metrics_sock, current.admin_sock
 
             def body(status: StatusWriter) -> int:
+                metrics.count_as(metrics_http.slot_name("delivery"))
                 _drop(run_as)
                 hooks = ReloadHooks(config_path, done=status.reloaded, quiet=True)
                 runner(deliver_only(cfg_now, ready=status.ready, hooks=hooks,
@@ -1032,7 +1038,8 @@ def _run_supervised(
 
             return Launch(body)
 
-        return ChildSpec("delivery", "delivery", prepare)
+        return ChildSpec("delivery", "delivery", prepare, lambda: metrics_http.mark_dead(
+            cfg, metrics_http.slot_name("delivery")))
 
     def on_reload(sig: int) -> int | None:
         try:

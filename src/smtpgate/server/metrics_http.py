@@ -10,9 +10,11 @@ and the serving process inherits it.
 Several processes count (`smtpgate.metrics`): each writes its values to a file of
 its own in the metrics directory (prometheus_client's multiprocess mode), and a
 scrape adds the files up. The directory, ``smtpgate.metrics`` beside the pid
-file, is emptied at start-up; the supervisor drops the files of the live gauges
-of a process that exited (``mark_dead``), while the counters of a dead process
-stay, so that totals never go down. A scrape also reads what no process counts:
+file, is emptied at start-up. A supervised child keeps its files under its slot's
+name (``w1``, ``delivery``: ``metrics.count_as``): the supervisor drops the live
+gauges of one that exited (``mark_dead``), and its replacement counts on from
+the counters it left, so that totals never go down and a crash-looping worker
+leaves no files behind. A scrape also reads what no process counts:
 the queue (the spool directory) and the guard's active blocks (its state), on a
 thread of its own, off the event loop.
 
@@ -97,8 +99,15 @@ def fresh_dir(cfg: Config) -> Path:
     return path
 
 
-#: The files prometheus_client's multiprocess mode writes: kind and process id.
-_METRIC_FILE = re.compile(r"(?:counter|histogram|summary|gauge_[a-z]+)_[0-9]+\.db")
+#: The files prometheus_client's multiprocess mode writes: kind, and process id or
+#: supervisor's slot (``metrics.count_as``).
+_METRIC_FILE = re.compile(r"(?:counter|histogram|summary|gauge_[a-z]+)_(?:[0-9]+|[a-z]+[0-9]*)\.db")
+
+
+def slot_name(kind: str, index: int = 0) -> str:
+    """The name a supervised child's metric files go by: ``w1``... for the workers,
+    ``delivery`` for the delivery process (``metrics.count_as``)."""
+    return f"w{index + 1}" if kind == "worker" else kind
 
 
 def remove_dir(cfg: Config, pid_path: Path) -> None:
@@ -121,12 +130,14 @@ def remove_dir(cfg: Config, pid_path: Path) -> None:
         pass  # gone already, or not empty: nothing to say at a stop
 
 
-def mark_dead(cfg: Config, pid: int) -> None:
-    """A process exited: its live gauges (sessions open) stop counting."""
+def mark_dead(cfg: Config, pid: int | str) -> None:
+    """A process exited (``pid``: its id, or the slot it filled): its live gauges
+    (sessions open) stop counting. Its counters and histograms stay: a slot's
+    replacement counts on from them (``metrics.count_as``)."""
     try:
         multiprocess.mark_process_dead(pid, str(metrics_dir(cfg)))  # type: ignore[no-untyped-call]
     except OSError as e:  # pragma: no cover - the directory is ours
-        log.warning("metrics: cannot drop the files of process %d: %s", pid, e)
+        log.warning("metrics: cannot drop the files of process %s: %s", pid, e)
 
 
 def bind_metrics_socket(cfg: Config) -> socket.socket | None:

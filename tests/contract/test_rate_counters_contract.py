@@ -146,3 +146,66 @@ def test_closed_counters_raise_their_own_error(impl: Impl) -> None:
         c.usage([A], B)
     with pytest.raises(RateCountersError):
         c.add_usage([A], B, 1, 1)
+
+
+# --- add_within: a check and an add in one step (the policy door's reservations) -----
+
+
+def test_add_within_adds_only_below_every_limit(counters: RateCounters) -> None:
+    limits = {A: (3, 10), P: (0, 0)}
+    counters.add_usage([A], B - 59, 1, 1)
+    counters.add_usage([A], B - 60, 5, 5)  # out of the window: does not count
+    assert counters.add_within(limits, B, B - 59, 1, 1) is None
+    assert counters.add_within(limits, B, B - 59, 1, 1) is None
+    # 3 of 3 messages now: a message is refused, the usage that refused it said.
+    assert counters.add_within(limits, B, B - 59, 1, 1) == {A: (3, 3), P: (2, 2)}
+    # A recipient alone still fits; one past the recipient limit does not.
+    assert counters.add_within(limits, B, B - 59, 0, 7) is None
+    assert counters.add_within(limits, B, B - 59, 0, 1) == {A: (3, 10), P: (2, 9)}
+    assert counters.usage([A, P], B - 59) == {A: (3, 10), P: (2, 9)}
+    # A reservation given back (a negative add) makes room again.
+    counters.add_usage([A, P], B, -1, -1)
+    assert counters.add_within(limits, B, B - 59, 1, 1) is None
+
+
+def test_add_within_from_threads_never_passes_the_limit(impl: Impl) -> None:
+    threads, each, limit = 4, 10, 17
+    start = threading.Barrier(threads)
+    added: list[int] = []
+
+    def worker() -> None:
+        counters = impl.open()  # a connection each, as processes have
+        start.wait()
+        for _ in range(each):
+            if counters.add_within({A: (limit, 0)}, B, B - 59, 1, 1) is None:
+                added.append(1)
+
+    ts = [threading.Thread(target=worker) for _ in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert len(added) == limit
+    assert impl.open().usage([A], B - 59) == {A: (limit, limit)}
+
+
+_ADD_WITHIN = """
+import sys
+from tests.contract.implementations import open_rate_counters
+name, target, bucket, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+counters = open_rate_counters(name, target)
+for i in range(n):
+    counters.add_within({"acct:alice@example.org": (25, 0)}, bucket, bucket - 59, 1, 0)
+counters.close()
+"""
+
+
+def test_add_within_from_processes_never_passes_the_limit(impl: Impl) -> None:
+    children = [
+        subprocess.Popen([sys.executable, "-c", _ADD_WITHIN, impl.name, impl.target, str(B), "20"],
+                         cwd=ROOT)
+        for _ in range(3)
+    ]
+    for p in children:
+        assert p.wait(timeout=120) == 0
+    assert impl.open().usage([A], B - 59) == {A: (25, 0)}

@@ -25,7 +25,7 @@ every implementation passes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 #: Seconds per bucket: the limiter's window slides to the minute.
@@ -51,4 +51,33 @@ class RateCounters(Protocol):
         (0, 0) for a key never counted. Buckets forgotten (``KEEP_BUCKETS``) count 0."""
         ...
 
+    def add_within(
+        self, limits: Mapping[str, tuple[int, int]], bucket: int, since_bucket: int,
+        messages: int, recipients: int,
+    ) -> dict[str, tuple[int, int]] | None:
+        """``add_usage`` of (``messages``, ``recipients``) to every key of ``limits``
+        only if none would then be past its limit ((messages, recipients) per key,
+        0 unlimited) summed over buckets >= ``since_bucket``: one atomic step
+        against every other add, in any process or node. None: added; else the
+        usage (as ``usage``) that refused it, and nothing was added.
+
+        What a check at one moment and a count at another cannot give: callers
+        running in parallel cannot together go past a limit (the Postfix policy
+        door's reservations, ``server/policy_door.py``). A count may be negative
+        (a reservation given back, through ``add_usage``)."""
+        ...
+
     def close(self) -> None: ...
+
+
+def over_limit(limits: Mapping[str, tuple[int, int]], used: Mapping[str, tuple[int, int]],
+               messages: int, recipients: int) -> bool:
+    """Whether adding (``messages``, ``recipients``) to ``used`` would take a key past
+    its limit (0: unlimited): ``add_within``'s test, for every implementation."""
+    for key, (max_m, max_r) in limits.items():
+        m, r = used.get(key, (0, 0))
+        if max_m and messages > 0 and m + messages > max_m:
+            return True
+        if max_r and recipients > 0 and r + recipients > max_r:
+            return True
+    return False

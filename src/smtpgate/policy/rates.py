@@ -21,7 +21,13 @@ limits``) may therefore miss the last second's messages.
 
 The check and the count are not one atomic step: sessions of one account
 running in parallel can together overshoot a limit by at most one message
-each. That is the price of not holding a lock across a DATA phase.
+each. That is the price of not holding a lock across a DATA phase. The Postfix
+policy door, whose requests arrive from many Postfix processes at once, does
+not check and count apart: it reserves (``reserve``) the message at its first
+RCPT and each recipient at its RCPT, the check and the count in one atomic step
+of the counters (``RateCounters.add_within``), and settles or gives the
+reservation back (``count`` with the reservation's bucket) when the message
+ends or never does (``server/policy_door.py``).
 
 What is left of a budget is the pure ``budget_left``; the limiter only reads
 and bumps counters, on its own thread.
@@ -100,6 +106,17 @@ def budget_left(
     return Budget(tuple(limits), messages_left, recipients_left, detail)
 
 
+@dataclass(frozen=True, slots=True)
+class Held:
+    """What ``RateLimiter.reserve`` added to ``keys`` in ``bucket``: to be settled
+    when the message is accepted, or given back when it never is."""
+
+    keys: tuple[str, ...]
+    bucket: int
+    messages: int
+    recipients: int
+
+
 class RateLimiter:
     """Reads and bumps ``RateCounters`` on a thread each for reads and writes
     (the write one keeps this process's counts in order), each call bounded by
@@ -135,6 +152,11 @@ class RateLimiter:
         self._limits = limits
         if store_timeout is not None:
             self._calls.configure(store_timeout, self._calls.reads.degraded)
+
+    @property
+    def closed(self) -> bool:
+        """``close()`` was called: nothing more is counted."""
+        return self._closed
 
     @property
     def unavailable(self) -> bool:
@@ -180,11 +202,38 @@ class RateLimiter:
             return Budget(keys, None, None)  # fails open (module docstring)
         return budget_left(limits, used)
 
-    async def count(self, keys: tuple[str, ...], messages: int, recipients: int) -> None:
-        """Add an accepted message to ``keys``; returns once that is written (or
-        given up: counters that fail or stall fail open, module docstring)."""
+    async def reserve(self, profile: SenderProfile, app: AppPasswordUse | None,
+                      messages: int, recipients: int) -> Held | Budget:
+        """Count (``messages``, ``recipients``) now, before the message is accepted,
+        if that keeps every limit of the sender (``RateCounters.add_within``: the
+        check and the count one atomic step, so senders in parallel cannot pass a
+        limit together): what was held, or the budget that refused it (nothing
+        held). No limit applies, or the counters fail (open): nothing is held,
+        and the message is counted whole when it is accepted."""
+        limits = self.limits_for(profile, app)
+        keys = tuple(limits)
+        bucket = self._bucket()
+        if self.unlimited_budget(profile, app) is not None:
+            return Held(keys, bucket, 0, 0)
+        try:
+            used = await self._calls.writes.call(
+                self._counters.add_within, limits, bucket, bucket - WINDOW_BUCKETS + 1,
+                messages, recipients)
+        except StoreUnavailable:
+            return Held(keys, bucket, 0, 0)
+        if used is not None:
+            return budget_left(limits, used)
+        return Held(keys, bucket, messages, recipients)
+
+    async def count(self, keys: tuple[str, ...], messages: int, recipients: int, *,
+                    bucket: int | None = None) -> None:
+        """Add an accepted message to ``keys`` (in ``bucket``: a reservation's,
+        settled or given back with negative counts; default the current one);
+        returns once that is written (or given up: counters that fail or stall
+        fail open, module docstring)."""
         loop = asyncio.get_running_loop()
-        entry = self._pending.setdefault((keys, self._bucket()), [0, 0])
+        at = self._bucket() if bucket is None else bucket
+        entry = self._pending.setdefault((keys, at), [0, 0])
         entry[0] += messages
         entry[1] += recipients
         if self._pending_written is None:

@@ -10,14 +10,14 @@ one transaction, so adds from several processes all count.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 from smtpgate.auth import sqlite_space
 from smtpgate.auth.guard_store import MIGRATIONS
 from smtpgate.auth.sqlite_file import NewerSchema, ThreadLocalSqlite
-from smtpgate.policy.rate_counters import KEEP_BUCKETS, RateCountersError
+from smtpgate.policy.rate_counters import KEEP_BUCKETS, RateCountersError, over_limit
 
 
 class CountersSchemaTooNew(RateCountersError, NewerSchema):
@@ -65,16 +65,40 @@ class SqliteRateCounters(ThreadLocalSqlite):
         self._pruned_below = max(self._pruned_below, forget_below)
 
     def usage(self, keys: Sequence[str], since_bucket: int) -> dict[str, tuple[int, int]]:
-        out = {k: (0, 0) for k in keys}
-        if not keys:
-            return out
-        marks = ",".join("?" * len(keys))
         with self._errors():
-            rows = self._conn().execute(
-                f"SELECT key, SUM(messages), SUM(recipients) FROM usage "
-                f"WHERE key IN ({marks}) AND bucket >= ? GROUP BY key",
-                (*keys, since_bucket),
-            ).fetchall()
-        for key, messages, recipients in rows:
-            out[key] = (int(messages or 0), int(recipients or 0))
+            return _sums(self._conn(), keys, since_bucket)
+
+    def add_within(
+        self, limits: Mapping[str, tuple[int, int]], bucket: int, since_bucket: int,
+        messages: int, recipients: int,
+    ) -> dict[str, tuple[int, int]] | None:
+        keys = list(limits)
+        # BEGIN IMMEDIATE: the write lock before the read, so no other process
+        # adds between this check and this add.
+        with self._errors(), self._transaction(self._conn()) as c:
+            used = _sums(c, keys, since_bucket)
+            if over_limit(limits, used, messages, recipients):
+                return used
+            c.executemany(
+                "INSERT INTO usage (key, bucket, messages, recipients) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (key, bucket) DO UPDATE SET messages = messages + excluded.messages, "
+                "recipients = recipients + excluded.recipients",
+                [(k, bucket, messages, recipients) for k in keys],
+            )
+        return None
+
+
+def _sums(c: sqlite3.Connection, keys: Sequence[str], since_bucket: int
+          ) -> dict[str, tuple[int, int]]:
+    out = {k: (0, 0) for k in keys}
+    if not keys:
         return out
+    marks = ",".join("?" * len(keys))
+    rows = c.execute(
+        f"SELECT key, SUM(messages), SUM(recipients) FROM usage "
+        f"WHERE key IN ({marks}) AND bucket >= ? GROUP BY key",
+        (*keys, since_bucket),
+    ).fetchall()
+    for key, messages, recipients in rows:
+        out[key] = (int(messages or 0), int(recipients or 0))
+    return out

@@ -11,11 +11,14 @@ What it decides, for a request with a ``sasl_username`` (without one it answers
   envelope sender's ownership by the account
   (``policy/sender.py``, its aliases, granted domains and directory addresses),
   then its message budget (``RateLimiter``, the ``acct:NAME`` counters smtpgate's
-  own listeners use), and at RCPT its recipient budget, counting the recipients
-  Postfix was told DUNNO for in this transaction (``instance``);
-- END-OF-MESSAGE (``smtpd_end_of_data_restrictions``): the message and its
-  ``recipient_count`` are counted, before Postfix's 250, so the next MAIL anywhere
-  (Postfix or smtpgate) sees them;
+  own listeners use): at MAIL a look, at RCPT a reservation, the message at the
+  transaction's (``instance``) first RCPT and each recipient at its own, each
+  checked and counted in one atomic step, so that Postfix sessions in parallel
+  cannot pass the limit together (``policy/open_messages.py``);
+- END-OF-MESSAGE (``smtpd_end_of_data_restrictions``): the reservation is
+  settled to one message and its ``recipient_count``, before Postfix's 250, so
+  the next MAIL anywhere (Postfix or smtpgate) sees them; a transaction that
+  never gets there gives its reservation back;
 - anything else: ``DUNNO``.
 
 A fault of the account directory answers ``DEFER_IF_PERMIT`` (4.4.3); the rate
@@ -27,12 +30,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
+import time
 from collections.abc import Callable
 from typing import cast
 
 from smtpgate.auth.authlog import neutralize
 from smtpgate.auth.directory import StoreError
+from smtpgate.auth.sender_profile import SenderProfile
 from smtpgate.auth.service import AuthContext
 from smtpgate.frontdoor.policy import (
     DUNNO,
@@ -41,15 +45,14 @@ from smtpgate.frontdoor.policy import (
     action_for,
     format_action,
 )
+from smtpgate.policy.open_messages import RESERVATION_TIMEOUT, OpenMessage, OpenMessages
+from smtpgate.policy.rates import Budget, RateLimiter
 from smtpgate.policy.sender import envelope_sender_refusal
 from smtpgate.server.front_doors import UNFINISHED_TIMEOUT, FrontDoor, UnfinishedClock
 from smtpgate.smtp import replies as R
 
 log = logging.getLogger("smtpgate.policy")
 
-#: Transactions whose recipients one connection remembers (a Postfix smtpd runs
-#: one transaction at a time; the rest are ones that ended without END-OF-MESSAGE).
-MAX_OPEN_TRANSACTIONS = 64
 #: Requests a peer may have waiting for their answer on one connection.
 MAX_QUEUED = 100
 
@@ -57,10 +60,34 @@ MAX_QUEUED = 100
 class PolicyDecider:
     """Decides requests; shared by the connections of one front door."""
 
-    def __init__(self, door: FrontDoor) -> None:
+    def __init__(self, door: FrontDoor, clock: Callable[[], float] = time.monotonic) -> None:
         self.door = door
+        self.clock = clock
+        #: Reservations being given back, kept until done.
+        self._giving_back: set[asyncio.Task[None]] = set()
 
-    async def decide(self, req: PolicyRequest, recipients: OrderedDict[str, int]) -> str:
+    def give_back(self, messages: list[OpenMessage]) -> None:
+        """Return the budget ``messages`` reserved (they will never be accepted), in
+        the background (a connection closed, a timer): no answer waits for it."""
+        if messages and self.door.runtime.rates is not None:
+            task = asyncio.get_running_loop().create_task(self._give_back(messages))
+            self._giving_back.add(task)
+            task.add_done_callback(self._giving_back.discard)
+
+    async def _give_back(self, messages: list[OpenMessage]) -> None:
+        rates = self.door.runtime.rates
+        if rates is None or rates.closed:
+            return
+        for m in messages:
+            dm, dr = m.release()
+            if dm or dr:
+                await rates.count(m.keys, dm, dr, bucket=m.bucket)
+
+    async def decide(self, req: PolicyRequest, opens: OpenMessages) -> str:
+        # Any request of another transaction ends this connection's open ones
+        # (policy/open_messages.py), whoever it is for; given back before this
+        # request is decided, which may need that budget.
+        await self._give_back(opens.abandoned(req.get("instance"), self.clock()))
         user = req.get("sasl_username")
         if not user:
             return DUNNO
@@ -97,33 +124,55 @@ class PolicyDecider:
         instance = req.get("instance")
         rates = rt.rates
         if state == "END-OF-MESSAGE":
-            counted = recipients.pop(instance, 0)
             if rates is not None:
-                keys = tuple(rates.limits_for(profile, None))
-                await rates.count(keys, 1, req.recipient_count or counted)
+                await _settle(rates, profile, opens.ended(instance), req.recipient_count or None)
             return DUNNO
         refused = envelope_sender_refusal(profile, req.get("sender"), rt.policy, where=where)
         if refused is not None:
             return action_for(refused)
         if rates is None:
             return DUNNO
-        budget = await rates.budget(profile, None)
-        if budget.messages_left is not None and budget.messages_left <= 0:
-            log.warning("%s: user=%s message rate limit: %s", where, neutralize(profile.name),
-                        neutralize(budget.detail))
-            return action_for(R.MESSAGE_RATE_EXCEEDED)
-        if state == "RCPT":
-            so_far = recipients.get(instance, 0)
-            left = budget.recipients_left
-            if left is not None and so_far >= left:
-                log.warning("%s: user=%s recipient rate limit reached (%d left this hour)",
-                            where, neutralize(profile.name), max(left, 0))
-                return action_for(R.RECIPIENT_RATE_EXCEEDED)
-            recipients[instance] = so_far + 1
-            recipients.move_to_end(instance)
-            while len(recipients) > MAX_OPEN_TRANSACTIONS:
-                recipients.popitem(last=False)
+        if state == "MAIL":
+            # A first look (smtpd_sender_restrictions): the RCPT reserves.
+            budget = await rates.budget(profile, None)
+            if budget.messages_left is not None and budget.messages_left <= 0:
+                return _message_limit(where, profile.name, budget)
+            return DUNNO
+        open_ = opens.get(instance)
+        got = await rates.reserve(profile, None, 1 if open_ is None else 0, 1)
+        if isinstance(got, Budget):
+            if open_ is None and got.messages_left is not None and got.messages_left < 1:
+                return _message_limit(where, profile.name, got)
+            log.warning("%s: user=%s recipient rate limit reached (%d left this hour)",
+                        where, neutralize(profile.name), max(got.recipients_left or 0, 0))
+            return action_for(R.RECIPIENT_RATE_EXCEEDED)
+        if open_ is None:
+            await self._give_back(opens.opened(instance, OpenMessage(
+                got.keys, got.bucket, got.messages, got.recipients, 1, self.clock())))
+        else:
+            open_.hold(got)
+            open_.recipients += 1
         return DUNNO
+
+
+def _message_limit(where: str, name: str, budget: Budget) -> str:
+    log.warning("%s: user=%s message rate limit: %s", where, neutralize(name),
+                neutralize(budget.detail))
+    return action_for(R.MESSAGE_RATE_EXCEEDED)
+
+
+async def _settle(rates: RateLimiter, profile: SenderProfile, open_: OpenMessage | None,
+                  recipient_count: int | None) -> None:
+    """END-OF-MESSAGE: the counters hold one message and its accepted recipients,
+    before Postfix's 250: what its RCPTs reserved, corrected, or (none reserved:
+    no RCPT seen here, or given back as too old) the whole message now."""
+    if open_ is None:
+        keys = tuple(rates.limits_for(profile, None))
+        await rates.count(keys, 1, recipient_count or 0)
+        return
+    messages, recipients = open_.settlement(recipient_count)
+    if messages or recipients:
+        await rates.count(open_.keys, messages, recipients, bucket=open_.bucket)
 
 
 class PolicyProtocol(asyncio.Protocol):
@@ -136,11 +185,13 @@ class PolicyProtocol(asyncio.Protocol):
         #: Requests to answer in order; None: close once those before it are answered.
         self._queue: asyncio.Queue[PolicyRequest | None] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
-        #: Recipients answered DUNNO so far, per transaction (``instance``).
-        self._recipients: OrderedDict[str, int] = OrderedDict()
         #: The deadline of a request begun and not finished (never of silence).
         self._unfinished = UnfinishedClock(self._request_too_slow)
         self._peer = ""
+        #: Transactions holding reserved budget (``policy/open_messages.py``).
+        self._open = OpenMessages()
+        #: Gives back reservations past their time (None: none open).
+        self._sweep: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses; trust the duck.
@@ -181,10 +232,11 @@ class PolicyProtocol(asyncio.Protocol):
                     t.close()
                 return
             try:
-                action = await self._decider.decide(req, self._recipients)
+                action = await self._decider.decide(req, self._open)
             except Exception:
                 log.exception("policy: request failed")
                 action = action_for(R.INTERNAL_ERROR)
+            self._schedule_sweep()
             t = self._transport
             if t is None or t.is_closing():
                 return
@@ -202,10 +254,37 @@ class PolicyProtocol(asyncio.Protocol):
         if t is not None and not t.is_closing():
             t.resume_reading()
 
+    def eof_received(self) -> bool:
+        """The peer has sent all it will (a half-close): answer what it asked, then
+        close. Returning False let the transport close at once, and the answers
+        still being decided (a counter write, a slow directory) were lost."""
+        self._queue.put_nowait(None)
+        return True
+
+    def _schedule_sweep(self) -> None:
+        """A reservation held by a connection on which nothing more comes is given
+        back when it is ``RESERVATION_TIMEOUT`` old."""
+        oldest = self._open.oldest_start()
+        if oldest is None or self._sweep is not None:
+            return
+        wait = max(0.0, oldest + RESERVATION_TIMEOUT - self._decider.clock()) + 1.0
+        self._sweep = asyncio.get_running_loop().call_later(wait, self._swept)
+
+    def _swept(self) -> None:
+        self._sweep = None
+        self._decider.give_back(self._open.expired(self._decider.clock()))
+        self._schedule_sweep()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._unfinished.stop()
         if self._worker is not None:
             self._worker.cancel()
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
+        # Postfix closed it (idle, or its smtpd process ended): no transaction
+        # on it will end now.
+        self._decider.give_back(self._open.all())
 
 
 def protocol_factory(door: FrontDoor) -> Callable[[], asyncio.BaseProtocol]:

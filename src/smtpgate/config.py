@@ -730,8 +730,9 @@ class LdapConfig(Model):
     )
     group: str = Field(
         default="",
-        description="DN of a group whose members may log in (nested groups count with "
-        "flavour = 'active_directory'); sets group_filter, so not both.",
+        description="DN of a group whose members may log in (with flavour = "
+        "'active_directory', nested groups and the primary group count too); sets "
+        "group_filter, so not both.",
     )
 
     @model_validator(mode="before")

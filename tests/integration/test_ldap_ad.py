@@ -511,3 +511,63 @@ def test_two_login_names_share_one_guard_count_under_the_default_settings(
     server = ldap3.Server(dc.address, port=636, use_ssl=True, tls=tls, connect_timeout=5)
     with samba_ad.bound(server, GRACE.dn, GRACE.password) as conn:  # still usable in AD
         assert conn.bound
+
+
+# --- the primary group (primaryGroupID) ----------------------------------------------------
+
+
+def _primary_group_users(dc: SambaAD) -> tuple[str, dict[str, ADUser]]:
+    """An OU with groups Outer > Inner and three users: one whose primary group is
+    Outer, one whose primary group is Inner, one left in Domain Users. AD lists
+    no user under its primary group's ``member`` (nor the group in the user's
+    ``memberOf``): the link is ``primaryGroupID``, the group's RID."""
+    ou = samba_ad.new_ou(dc)
+    outer, inner = f"CN=PG Outer,{ou}", f"CN=PG Inner,{ou}"
+    users = {
+        "outer": ADUser("pgouter", "pgouter@example.org", "Pg-Outer-Pass-1!"),
+        "inner": ADUser("pginner", "pginner@example.org", "Pg-Inner-Pass-2!"),
+        "none": ADUser("pgnone", "pgnone@example.org", "Pg-None-Pass-3!"),
+    }
+    with dc.admin() as conn:
+        conn.add(inner, ["top", "group"], {"sAMAccountName": "PG Inner"})
+        conn.add(outer, ["top", "group"], {"sAMAccountName": "PG Outer", "member": [inner]})
+        for key, user in users.items():
+            dn = f"CN={user.sam},{ou}"
+            conn.add(dn, ["top", "person", "organizationalPerson", "user"], {
+                "sAMAccountName": user.sam, "userPrincipalName": user.upn,
+                "unicodePwd": f'"{user.password}"'.encode("utf-16-le"),
+                "userAccountControl": 0x200})
+            assert conn.result["result"] == 0, conn.result
+            group = {"outer": outer, "inner": inner}.get(key)
+            if group is None:
+                continue
+            # A group becomes primary only for a member; AD then drops the member link.
+            conn.modify(group, {"member": [(ldap3.MODIFY_ADD, [dn])]})
+            conn.search(group, "(objectClass=group)", ldap3.BASE,
+                        attributes=["primaryGroupToken"])
+            rid = int(conn.entries[0].primaryGroupToken.value)
+            conn.modify(dn, {"primaryGroupID": [(ldap3.MODIFY_REPLACE, [str(rid)])]})
+            assert conn.result["result"] == 0, conn.result
+    return outer, users
+
+
+def test_a_primary_group_counts_as_membership(dc: SambaAD, tmp_path: Path) -> None:
+    """``group`` admits the members whose primary group is the group, or a group nested
+    in it: AD keeps that link in ``primaryGroupID`` only, which ``memberOf`` (and so
+    the in-chain filter) never shows; ``group = "CN=Domain Users,..."`` admitted nobody."""
+    outer, users = _primary_group_users(dc)
+    srv = _ad_server(tmp_path / "srv", dc, f'group = "{outer}"')
+    try:
+        assert _login(srv, users["outer"].upn, users["outer"].password)[0] == 235
+        assert _login(srv, users["inner"].sam, users["inner"].password)[0] == 235
+        assert _login(srv, users["none"].upn, users["none"].password)[0] == 535
+    finally:
+        srv.stop()
+    srv = _ad_server(tmp_path / "all", dc, f'group = "CN=Domain Users,{samba_ad.USERS_DN}"')
+    try:
+        assert _login(srv, users["none"].upn, users["none"].password)[0] == 235
+        assert _login(srv, ALICE.upn, ALICE.password)[0] == 235
+        # (AD made pgouter an ordinary member of Domain Users when its primary group moved.)
+        assert _login(srv, BOB.upn, BOB.password)[0] == 535  # disabled, Domain Users or not
+    finally:
+        srv.stop()

@@ -71,6 +71,8 @@ from smtpgate.auth.ldap_group_watch import GroupFilterWatch
 from smtpgate.auth.ldap_ppolicy import ENTRY_ATTRIBUTES as PPOLICY_ATTRIBUTES
 from smtpgate.auth.ldap_ppolicy import PolicyReader
 from smtpgate.auth.ldap_ppolicy import lock_reason as ppolicy_lock_reason
+from smtpgate.auth.ldap_primary_group import ATTRIBUTES as PRIMARY_GROUP_ATTRIBUTES
+from smtpgate.auth.ldap_primary_group import PrimaryGroupCheck
 from smtpgate.auth.names import (
     InvalidAccountName,
     a_label_spelling,
@@ -79,6 +81,7 @@ from smtpgate.auth.names import (
 )
 from smtpgate.auth.outage_log import OutageLog
 from smtpgate.config import LdapConfig
+from smtpgate.ldap_presets import ACTIVE_DIRECTORY
 
 log = logging.getLogger("smtpgate.auth.ldap")
 T = TypeVar("T")
@@ -338,6 +341,12 @@ class LdapDirectory:
         status = {cfg.expires_attribute, cfg.locked_flags_attribute, cfg.reset_attribute} - {""}
         if cfg.ppolicy:
             status |= set(PPOLICY_ATTRIBUTES)
+        #: AD: a ``group`` is also held through the primary group (primaryGroupID).
+        self._primary_group = (
+            PrimaryGroupCheck(cfg.group, timeout=max(1, int(cfg.operation_timeout)))
+            if cfg.flavour == ACTIVE_DIRECTORY and cfg.group else None)
+        if self._primary_group is not None:
+            status |= set(PRIMARY_GROUP_ATTRIBUTES)
         self._attributes = sorted(
             {*cfg.login_attributes, *cfg.address_attributes, cfg.password_changed_attribute,
              *status}
@@ -582,6 +591,8 @@ class LdapDirectory:
             stamps = _values(raw, cfg.password_changed_attribute)
             locked = self._status_lock(raw) or self._ppolicy_lock(conn, raw)
             member = self._matches(conn, dn, cfg.group_filter)
+            if not member and self._primary_group is not None:
+                member = self._primary_group.holds(conn, raw)
             if cfg.group_filter:
                 if member:
                     self._group_watch.member()

@@ -637,7 +637,7 @@ class LdapConfig(Model):
     )
     login_attributes: list[str] = Field(
         default_factory=lambda: ["mail"],
-        description="Attributes of which one must equal the login exactly (domain case "
+        description="Attributes of which one must equal the whole login (letter case "
         "aside), so a filter that matches loosely never logs in as another user.",
     )
     address_attributes: list[str] = Field(

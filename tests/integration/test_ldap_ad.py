@@ -11,6 +11,7 @@ group, and LDAP injection in the login name.
 
 from __future__ import annotations
 
+import json
 import smtplib
 import ssl
 import subprocess
@@ -248,18 +249,31 @@ def test_disabled_account_is_refused_like_a_wrong_password(ad_server: Server) ->
 
 @pytest.mark.parametrize("login", [
     "*", "alice*", "*@example.org", "alice)(sAMAccountName=*", ")(", "alice\0",
-    "alice\\", "\\2a", "ALICE",
+    "alice\\", "\\2a", "alic", "alice1",
 ])
 def test_injection_and_loose_spellings_never_log_in(ad_server: Server, login: str) -> None:
-    """Filter syntax in the name is data; a sAMAccountName the directory would match
-    only loosely (another case) is no login either. (An address in another case is
-    the same login name: auth/names.py, test_an_address_in_capitals_is_the_account.)"""
+    """Filter syntax in the name is data, and a name that is not the whole of a
+    login value is no login (letter case aside:
+    test_a_sam_account_name_in_capitals_is_the_account)."""
     assert _login(ad_server, login, ALICE.password)[0] == 535
 
 
 def test_an_address_in_capitals_is_the_account(ad_server: Server) -> None:
     """Login names that are addresses have no letter case (docs/accounts.md)."""
     assert _login(ad_server, ALICE.upn.capitalize(), ALICE.password)[0] == 235
+
+
+@pytest.mark.parametrize("login", ["ALICE", "Alice"])
+def test_a_sam_account_name_in_capitals_is_the_account(ad_server: Server, login: str) -> None:
+    """AD compares sAMAccountName without letter case (Windows logs ALICE in as alice,
+    and a phone capitalises the first letter typed); the UPN's local part is taken
+    in any case too, so the two names of one account were not alike. The account
+    is the UPN whatever the spelling."""
+    assert _login(ad_server, login, ALICE.password)[0] == 235
+    lines = (ad_server.root / "auth.log").read_text().splitlines()
+    record = json.loads(lines[-1])
+    assert record["result"] == "success"
+    assert record["username"] == ALICE.upn
 
 
 def _mail_from(srv: Server, user: ADUser, sender: str) -> int:

@@ -6,9 +6,9 @@ A login name is looked up by *search-then-bind*: the service account (or an
 anonymous connection) searches ``base_dn`` with ``user_filter``, where
 ``{login}`` is the name escaped per RFC 4515 (so ``*``, ``(``, ``)`` and ``\\``
 are data, never filter syntax; a name holding NUL or another control character
-is no login at all), and the entry found must hold the name
-exactly in one of ``login_attributes`` (a filter matching loosely, or an
-attribute compared case-insensitively, never logs in as someone else). The
+is no login at all), and the entry found must hold the whole name, letter case
+aside, in one of ``login_attributes`` (a filter matching loosely, by substring or
+approximately, never logs in as someone else). The
 password is then checked by a simple bind as that entry's DN on a separate
 connection; the directory keeps the password, smtpgate never sees a hash.
 
@@ -648,9 +648,17 @@ class LdapDirectory:
     # --- helpers --------------------------------------------------------------------------
 
     def _is_login(self, r: dict[str, object], key: str) -> bool:
+        """Whether the entry holds ``key`` as a whole value of a login attribute: an
+        address as account names compare (auth/names.py), a plain name without letter
+        case, as directories compare ``sAMAccountName`` and ``uid`` (Windows logs
+        ``ALICE`` in as ``alice``); the entry's identity is its address either way."""
         raw = r.get("raw_attributes")
         if not isinstance(raw, Mapping):  # ldap3 gives a case-insensitive mapping
             return False
+        if "@" not in key:
+            wanted = key.lower()
+            return any(v.lower() == wanted
+                       for a in self._cfg.login_attributes for v in _values(raw, a))
         return any(
             lookup_key(v) == key for a in self._cfg.login_attributes for v in _values(raw, a)
         )

@@ -437,6 +437,30 @@ def test_an_account_ad_has_locked_out_is_refused_also_by_scram(
     assert _gsasl(ad_server, ivan.upn, ivan.password) == 0
 
 
+def _last_auth_record(srv: Server) -> dict[str, str]:
+    record: dict[str, str] = json.loads(
+        (srv.root / "auth.log").read_text().splitlines()[-1])
+    return record
+
+
+def test_the_auth_log_says_why_a_directory_account_is_locked(
+    ad_server: Server, dc: SambaAD
+) -> None:
+    """The client gets the same 535 for a disabled account, a password to change
+    first and a wrong password; the auth log, which only the administrator reads,
+    says which (it said "account locked" for all of them)."""
+    assert _login(ad_server, BOB.upn, BOB.password)[0] == 535
+    assert _last_auth_record(ad_server)["reason"] == (
+        "account locked: disabled in the directory (enabled_filter)")
+    jill = ADUser("jill", "jill@example.org", "Jill-Pass-Word-1!", mail="jill@example.org")
+    _add_ad_user(dc, jill)
+    _set_ad_attribute(dc, jill, "pwdLastSet", "0")  # "must change password at next logon"
+    assert _login(ad_server, jill.sam, jill.password)[0] == 535
+    record = _last_auth_record(ad_server)
+    assert record["reason"].startswith("account locked: locked out or password expired")
+    assert "msDS-User-Account-Control-Computed 0x800000" in record["reason"]
+
+
 def test_nested_group_member_logs_in(group_server: Server) -> None:
     assert _login(group_server, CAROL.upn, CAROL.password)[0] == 235
     assert _login(group_server, ALICE.upn, ALICE.password)[0] == 235
@@ -444,6 +468,8 @@ def test_nested_group_member_logs_in(group_server: Server) -> None:
 
 def test_non_member_is_refused(group_server: Server) -> None:
     assert _login(group_server, DAVE.upn, DAVE.password)[0] == 535
+    assert _last_auth_record(group_server)["reason"] == (
+        "account locked: not a member (group_filter)")
 
 
 # --- AD's own lockout and the guard (docs/directories.md) ---------------------------------

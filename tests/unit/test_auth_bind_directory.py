@@ -73,7 +73,8 @@ async def test_a_locked_account_is_refused_before_any_bind(
     svc: AuthService, directory: Counting
 ) -> None:
     # Policy first: a guesser cannot use smtpgate to try passwords against the directory.
-    assert await login(svc, "bob's own secret", BOB) == Verdict(ok=False, reason="account locked")
+    assert await login(svc, "bob's own secret", BOB) == Verdict(
+        ok=False, reason="account locked: phished")
     assert directory.binds == 0
 
 

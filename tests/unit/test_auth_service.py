@@ -149,8 +149,8 @@ async def test_locked_refused_even_after_cached_success(
     assert (await login(svc)).ok
     assert (await login(svc)).ok  # now served from the cache
     admin.lock(ALICE, "compromised")  # from another process
-    assert await login(svc) == Verdict(ok=False, reason="account locked")
-    assert await login(svc, pw="wrong") == Verdict(ok=False, reason="account locked")
+    assert await login(svc) == Verdict(ok=False, reason="account locked: compromised")
+    assert await login(svc, pw="wrong") == Verdict(ok=False, reason="account locked: compromised")
     admin.unlock(ALICE)
     assert (await login(svc)).ok
 
@@ -548,7 +548,7 @@ async def test_confirm_identity(svc: AuthService, admin: AccountAdmin) -> None:
     assert a is not None and a.last_mechanism == "SCRAM-SHA-256"
     admin.lock(ALICE, "x")
     assert await svc.resolve(ConfirmIdentity(ALICE, "SCRAM-SHA-256"), CTX) == Verdict(
-        ok=False, reason="account locked"
+        ok=False, reason="account locked: x"
     )
     assert await svc.resolve(ConfirmIdentity("x@example.org", "CRAM-MD5"), CTX) == Verdict(
         ok=False, reason="unknown user"
@@ -558,7 +558,7 @@ async def test_confirm_identity(svc: AuthService, admin: AccountAdmin) -> None:
 async def test_locked_account_lookups_refused(svc: AuthService, admin: AccountAdmin) -> None:
     admin.lock(ALICE, "x")
     assert await svc.resolve(LookupScram(ALICE, "sha256", "SCRAM-SHA-256"), CTX) == NotFound(
-        reason="account locked", name=ALICE
+        reason="account locked: x", name=ALICE
     )
 
 
@@ -633,7 +633,7 @@ async def test_token_verified(store: SqliteAccountStore, tmp_path: Path, kind: s
         v = await svc.resolve(token("bob@example.org"), CTX)
         assert isinstance(v, Verdict) and not v.ok and "differs" in v.reason
         AccountAdmin(store, CFG, actor=ACTOR).lock(ALICE, "x")
-        assert await svc.resolve(token(), CTX) == Verdict(ok=False, reason="account locked")
+        assert await svc.resolve(token(), CTX) == Verdict(ok=False, reason="account locked: x")
     finally:
         await svc.close()
 
@@ -777,7 +777,7 @@ async def test_session_refusal_ends_what_a_login_now_would_not_get(
     admin.change_access(ALICE, [RestrictNetworks(("192.0.2.0/24",))])
     assert (await svc.session_refusal(who, CTX, since))[0] is None
     admin.lock(ALICE, "compromised")
-    assert (await svc.session_refusal(who, CTX, since)) == ("account locked", None)
+    assert (await svc.session_refusal(who, CTX, since)) == ("account locked: compromised", None)
     admin.remove_account(ALICE)
     assert (await svc.session_refusal(who, CTX, since)) == ("account removed", None)
 

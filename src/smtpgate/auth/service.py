@@ -270,7 +270,11 @@ def _mechanism_refusal(
 ) -> tuple[str, str] | None:
     """Account-level policy, applied to every kind of query: (class, reason) or None."""
     if account.locked:
-        return REFUSED_LOCKED, ACCOUNT_LOCKED
+        # The why (an administrator's reason, or the directory's state: disabled,
+        # expired, outside the group) goes to the logs only; the client's reply is
+        # one and the same for every lock.
+        why = account.lock_reason
+        return REFUSED_LOCKED, f"{ACCOUNT_LOCKED}: {why}" if why else ACCOUNT_LOCKED
     if not account.allows(mechanism):
         return REFUSED_POLICY, f"mechanism {mechanism or '(unnamed)'} not allowed for account"
     if account.require_oauth and mechanism not in mechanism_facts.OAUTH:

@@ -543,3 +543,38 @@ def test_a_directory_that_stops_answering_gives_454_not_a_hang(
     finally:
         slapd.proc.send_signal(signal.SIGCONT)
     assert login(srv, ALICE, ALICE_PW) == (235, b"")
+
+
+def test_an_enabled_filter_on_an_attribute_the_directory_lacks_is_logged_once(
+    slapd: Slapd, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """docs/directories.md's example ``enabled_filter`` tests ppolicy's
+    pwdAccountLockedTime. On a slapd without the ppolicy overlay that attribute is
+    unknown, ``(!(...))`` is undefined, and every entry is outside the filter: every
+    login 535 as a disabled account, and nothing said why. The server log now says
+    it once, naming the key and the attribute."""
+    from smtpgate.auth.ldap_directory import LdapDirectory
+    from smtpgate.auth.ldap_group_watch import THRESHOLD
+    from smtpgate.config import LdapConfig
+    from tests.peers.slapd import new_ou, person_ldif
+
+    ou = new_ou(slapd)
+    users = [f"ef{i}@example.org" for i in range(THRESHOLD)]
+    for i, name in enumerate(users):
+        slapd.add(person_ldif(f"uid=ef{i},{ou}", name, ALICE_PW))
+    cfg = LdapConfig.model_validate({
+        "url": slapd.url, "starttls": True, "ca_file": slapd.ca, "bind_dn": SERVICE_DN,
+        "bind_password_file": slapd.root / "service.pw", "base_dn": ou,
+        "enabled_filter": "(!(pwdAccountLockedTime=000001010000Z))"})
+    directory = LdapDirectory(cfg, bind_password=SERVICE_PW, ca_file=slapd.ca)
+    try:
+        caplog.clear()
+        for name in users:
+            entry = directory.find(name)
+            assert entry is not None and not entry.enabled, entry
+        said = [r.getMessage() for r in caplog.records if "enabled_filter" in r.getMessage()]
+        assert len(said) == 1, said
+        assert "accounts.ldap.enabled_filter" in said[0], said
+        assert "pwdAccountLockedTime" in said[0] and "ppolicy" in said[0], said
+    finally:
+        directory.close()

@@ -337,6 +337,13 @@ class LdapDirectory:
         #: A group_filter nobody matches because its attribute is hidden: said once.
         self._group_watch = GroupFilterWatch(cfg.group_filter, self._label, log,
                                              timeout=max(1, int(cfg.operation_timeout)))
+        #: The same for an enabled_filter on an attribute the directory lacks.
+        self._enabled_watch = GroupFilterWatch(
+            cfg.enabled_filter, self._label, log, timeout=max(1, int(cfg.operation_timeout)),
+            key="accounts.ldap.enabled_filter",
+            missing="does not know it (OpenLDAP: pwdAccountLockedTime and the other pwd* "
+            "attributes exist only with the ppolicy overlay loaded)",
+            effect="every entry is outside the filter, as if disabled,")
         self._bind_pool = _Pool(cfg.pool_size, self._plain_connection, cfg.operation_timeout)
         status = {cfg.expires_attribute, cfg.locked_flags_attribute, cfg.reset_attribute} - {""}
         if cfg.ppolicy:
@@ -598,10 +605,16 @@ class LdapDirectory:
                     self._group_watch.member()
                 else:
                     self._group_watch.non_member(conn, dn)
+            enabled = not locked and self._matches(conn, dn, cfg.enabled_filter)
+            if cfg.enabled_filter and not locked:
+                if enabled:
+                    self._enabled_watch.member()
+                else:
+                    self._enabled_watch.non_member(conn, dn)
             return DirectoryEntry(
                 dn=dn, identity=identity, addresses=self._addresses(raw),
                 stamp=stamps[0] if stamps else "",
-                enabled=not locked and self._matches(conn, dn, cfg.enabled_filter),
+                enabled=enabled,
                 member=member,
                 canonical=canonical or identity,
                 lock_reason=locked,

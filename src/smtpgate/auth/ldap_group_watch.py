@@ -1,4 +1,5 @@
-"""Notice a ``group_filter`` the service account cannot evaluate, and say so once.
+"""Notice a ``group_filter`` (or ``enabled_filter``) the service account cannot
+evaluate, and say so once.
 
 Why: a group filter such as ``(memberOf=cn=mail,ou=groups,dc=example,dc=org)``
 is evaluated by the directory on the user's entry with the service account's
@@ -17,6 +18,12 @@ directory refuses to show them: insufficientAccessRights), the server log gets
 one warning naming ``accounts.ldap.group_filter`` and the attribute. Several
 users in no group at all look the same, hence a warning ("check"), not an error,
 and a threshold above one.
+
+``enabled_filter`` is watched the same way: an entry outside it should show
+what disabled it. docs/directories.md's OpenLDAP example,
+``(!(pwdAccountLockedTime=000001010000Z))``, names an attribute only the ppolicy
+overlay defines; without it the filter is undefined for every entry, and every
+account looks disabled.
 """
 
 from __future__ import annotations
@@ -52,8 +59,14 @@ class GroupFilterWatch:
     """The state of one directory's ``group_filter``: settled, or entries outside it
     that showed none of its attributes. Thread-safe."""
 
-    def __init__(self, flt: str, label: str, log: logging.Logger, *, timeout: int) -> None:
+    def __init__(self, flt: str, label: str, log: logging.Logger, *, timeout: int,
+                 key: str = "accounts.ldap.group_filter",
+                 missing: str = "does not keep it (OpenLDAP: the memberof overlay)",
+                 effect: str = "every user is a non-member") -> None:
         self._attributes = filter_attributes(flt)
+        #: The warning's words: the filter's key, why a directory may lack its
+        #: attributes, and what that does to every login.
+        self._key, self._missing, self._effect = key, missing, effect
         self._label = label
         self._log = log
         self._timeout = timeout
@@ -94,8 +107,8 @@ class GroupFilterWatch:
         names = ", ".join(self._attributes)
         refused = " (insufficientAccessRights)" if self._refused else ""
         self._log.warning(
-            "%s: accounts.ldap.group_filter: %d entries found outside it show the service "
-            "account no %s%s; if it may not read %s (an ACL), or the directory does not "
-            "keep it (OpenLDAP: the memberof overlay), every user is a non-member and "
-            "every login gets 535: check the filter, and give the service account read "
-            "access to %s", self._label, THRESHOLD, names, refused, names, names)
+            "%s: %s: %d entries found outside it show the service account no %s%s; if "
+            "it may not read %s (an ACL), or the directory %s, %s and every login gets "
+            "535: check the filter, and give the service account read access to %s",
+            self._label, self._key, THRESHOLD, names, refused, names, self._missing,
+            self._effect, names)

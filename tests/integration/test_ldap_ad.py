@@ -303,6 +303,28 @@ def test_other_proxy_address_types_grant_nothing(ad_server: Server, sender: str)
     assert _mail_from(ad_server, ALICE, sender) == 553
 
 
+def test_a_upn_that_is_no_mail_address_of_the_user_is_not_a_sender(
+    ad_server: Server, dc: SambaAD
+) -> None:
+    """AD does not make a UPN a mail address: it is a login name, and in a domain
+    whose UPNs and mail addresses differ it may be someone else's address. Only
+    mail and the smtp: proxyAddresses are the user's (docs/directories.md); the
+    UPN was owned as the account's name, so kim could send as kyle's address."""
+    kyle = ADUser("kyle", "kyle@example.org", "Kyle-Pass-Word-1!", mail="k.one@example.org")
+    kim = ADUser("kim", "k.one.upn@example.org", "Kim-Pass-Word-1!", mail="kim@example.org")
+    _add_ad_user(dc, kyle)
+    _add_ad_user(dc, kim)
+    with dc.admin() as conn:  # kyle's old address, kept when he renamed: kim's UPN now
+        conn.modify(kyle.dn, {"proxyAddresses": [(ldap3.MODIFY_REPLACE, [
+            "SMTP:k.one@example.org", "smtp:k.one.upn@example.org"])]})
+        assert conn.result["result"] == 0, conn.result
+    assert _mail_from(ad_server, kim, "kim@example.org") == 250
+    assert _mail_from(ad_server, kim, kim.upn) == 553
+    assert _mail_from(ad_server, kyle, "k.one@example.org") == 250
+    # A UPN that is also one of the user's addresses stays a sender (alice's is).
+    assert _mail_from(ad_server, ALICE, ALICE.upn) == 250
+
+
 def test_mail_attribute_is_owned_beside_proxy_addresses(ad_server: Server) -> None:
     """``mail`` has no type prefix: it counts as it is, though ``address_prefixes``
     filters the typed ``proxyAddresses`` values."""

@@ -83,6 +83,10 @@ class Account:
     # --- sending rates (None: the [limits] default; 0: unlimited) ---
     max_messages_per_hour: int | None = None
     max_recipients_per_hour: int | None = None
+    #: Whether the account may send as its own name. False for a directory account
+    #: whose name (AD's UPN) is a login but none of the entry's mail addresses: in
+    #: AD a UPN need not be the user's address, and may be another user's.
+    owns_name: bool = True
 
     def allows(self, mechanism: str) -> bool:
         return self.allowed_mechanisms is None or mechanism.upper() in self.allowed_mechanisms

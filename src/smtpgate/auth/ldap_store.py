@@ -160,6 +160,8 @@ class LdapAccountStore:
             base, name=entry.identity, generation=generation, locked=locked,
             lock_reason=reason, cram_md5_enabled=False, schemes=schemes,
             password_expires=expires,
+            # The name is a login (AD's UPN); a sender only if the entry lists it.
+            owns_name=entry.identity in entry.addresses,
         )
 
     def _ensure_local(self, entry: DirectoryEntry, actor: AuditActor) -> Account:

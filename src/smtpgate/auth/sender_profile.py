@@ -31,6 +31,8 @@ class SenderProfile:
     domains: frozenset[str] = frozenset()
     max_messages_per_hour: int | None = None
     max_recipients_per_hour: int | None = None
+    #: False: ``name`` is a login only (`Account.owns_name`), owned only as an alias.
+    owns_name: bool = True
 
     def owns(self, address: str) -> bool:
         """Whether the account may send as ``address`` (MAIL FROM, or a From, Sender
@@ -43,16 +45,17 @@ class SenderProfile:
             addr = canonical_name(address)
         except InvalidAccountName:
             return False
-        if addr == self.name or addr in self.aliases:
+        own = (self.name, *self.aliases) if self.owns_name else tuple(self.aliases)
+        if addr in own:
             return True
         if addr.rpartition("@")[2] in self.domains:
             return True
         # The other form of an internationalised domain: compared in U-labels.
-        if "xn--" not in addr and all("xn--" not in a for a in (self.name, *self.aliases, *self.domains)):
+        if "xn--" not in addr and all("xn--" not in a for a in (*own, *self.domains)):
             return False
         local, _, domain = addr.rpartition("@")
         key = f"{local}@{u_labels(domain)}"
-        if any(key == _u_address(a) for a in (self.name, *self.aliases)):
+        if any(key == _u_address(a) for a in own):
             return True
         return u_labels(domain) in {u_labels(d) for d in self.domains}
 

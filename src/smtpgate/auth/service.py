@@ -551,6 +551,7 @@ class AuthService:
             domains=frozenset(self._directory.granted_domains(name)),
             max_messages_per_hour=account.max_messages_per_hour if account else None,
             max_recipients_per_hour=account.max_recipients_per_hour if account else None,
+            owns_name=account.owns_name if account else True,
         )
 
     def record(

@@ -58,6 +58,9 @@ async def _door(tmp_path: Path, protocol: str, **keys: object) -> AsyncIterator[
         for server in servers:
             server.close()
         close_auth_sockets(cfg, socks)
+        # The policy door answers what a half-closed peer asked before it closes
+        # (eof_received): let it see the clients' last closes before the loop ends.
+        await asyncio.sleep(0.2)
 
 
 async def _connect(address: str) -> Stream:

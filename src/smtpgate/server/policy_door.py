@@ -75,6 +75,8 @@ class PolicyDecider:
             task.add_done_callback(self._giving_back.discard)
 
     async def _give_back(self, messages: list[OpenMessage]) -> None:
+        if not messages:
+            return
         rates = self.door.runtime.rates
         if rates is None or rates.closed:
             return

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from ipaddress import ip_address
 from pathlib import Path
 
 from cryptography import x509
@@ -90,5 +91,32 @@ class TestCa:
                 serialization.NoEncryption(),
             )
         )
+        key_path.chmod(0o600)
+        return Issued(cert_path, key_path, certificate_fingerprint(cert))
+
+    def issue_server(self, label: str, ip: str = "127.0.0.1") -> Issued:
+        """A server certificate for the address ``ip`` (a subjectAltName IP entry, as
+        a client connecting to that address checks) and its key, as PEM files."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = dt.datetime.now(dt.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, label)]))
+            .issuer_name(self.name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=7))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ip_address(ip))]),
+                           critical=False)
+            .sign(self.key, hashes.SHA256())
+        )
+        cert_path, key_path = self.dir / f"{label}.pem", self.dir / f"{label}.key"
+        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        key_path.write_bytes(key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption()))
         key_path.chmod(0o600)
         return Issued(cert_path, key_path, certificate_fingerprint(cert))

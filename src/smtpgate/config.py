@@ -1531,6 +1531,23 @@ class StateConfig(Model):
         description="File whose first line is the Redis password (requirepass or an ACL "
         "user's). Default: none.",
     )
+    ca_file: Path | None = Field(
+        default=None,
+        description="With rediss://: PEM file of the CA(s) that signed Redis's certificate "
+        "(tls-ca-cert-file on a private CA). Default: the system store. The certificate "
+        "and its name (the URL's host) are always checked.",
+    )
+    cert_file: Path | None = Field(
+        default=None,
+        description="With rediss://: PEM certificate smtpgate presents to Redis, for a "
+        "Redis that asks for one (tls-auth-clients yes, its default); with key_file. "
+        "Default: none.",
+    )
+    key_file: Path | None = Field(
+        default=None,
+        description="With rediss://: the private key of cert_file (PEM, unencrypted; keep "
+        "it mode 0600). Default: none.",
+    )
     key_prefix: str = Field(
         default="smtpgate:",
         min_length=1,
@@ -1572,10 +1589,22 @@ class StateConfig(Model):
                              "put it in state.password_file")
         return v
 
-    @field_validator("password_file", mode="before")
+    @field_validator("password_file", "ca_file", "cert_file", "key_file", mode="before")
     @classmethod
     def _empty_is_none(cls, v: object) -> object:
         return None if v == "" else v
+
+    @model_validator(mode="after")
+    def _tls_files_need_rediss(self) -> StateConfig:
+        from urllib.parse import urlsplit
+
+        named = [k for k in ("ca_file", "cert_file", "key_file") if getattr(self, k) is not None]
+        if named and urlsplit(self.redis_url).scheme != "rediss":
+            raise ValueError(f"{', '.join(named)} only apply to a rediss:// redis_url (TLS)")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (the client certificate "
+                             "and its key)")
+        return self
 
 
 class ServerConfig(Model):

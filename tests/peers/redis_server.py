@@ -17,6 +17,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import redis
@@ -26,23 +27,55 @@ from tests.ports import free_port as _free_port
 PASSWORD = "redis secret for tests"
 
 
+@dataclass(frozen=True)
+class RedisTls:
+    """TLS only (``tls-port``, no plain port): the server's certificate and key, the
+    CA its clients' certificates must chain to, and whether it asks for one
+    (``tls-auth-clients``; Redis's own default is yes). ``client_cert``/``client_key``
+    are what this harness itself presents."""
+
+    cert: Path
+    key: Path
+    ca: Path
+    client_cert: Path
+    client_key: Path
+    require_client_cert: bool = True
+
+
 class RedisServer:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, tls: RedisTls | None = None) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.port = _free_port()
         self.password_file = root / "redis.pw"
         self.password_file.write_text(PASSWORD + "\n")
+        self.tls = tls
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        scheme = "redis" if self.tls is None else "rediss"
+        return f"{scheme}://127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        """A client of the harness's own, for set-up and checks."""
+        if self.tls is None:
+            return redis.Redis(port=self.port, password=PASSWORD, socket_timeout=1)
+        return redis.Redis(host="127.0.0.1", port=self.port, password=PASSWORD,
+                           socket_timeout=1, ssl=True,
+                           ssl_ca_certs=str(self.tls.ca), ssl_certfile=str(self.tls.client_cert),
+                           ssl_keyfile=str(self.tls.client_key))
 
     def start(self) -> None:
         binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        ports = ["--port", str(self.port)]
+        if self.tls is not None:
+            ports = ["--port", "0", "--tls-port", str(self.port),
+                     "--tls-cert-file", str(self.tls.cert), "--tls-key-file", str(self.tls.key),
+                     "--tls-ca-cert-file", str(self.tls.ca),
+                     "--tls-auth-clients", "yes" if self.tls.require_client_cert else "no"]
         self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            [binary, *ports, "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--dir", str(self.root), "--requirepass", PASSWORD,
              "--daemonize", "no", "--logfile", str(self.root / "redis.log")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -50,7 +83,7 @@ class RedisServer:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             try:
-                if redis.Redis(port=self.port, password=PASSWORD, socket_timeout=1).ping():
+                if self.client().ping():
                     return
             except redis.RedisError:
                 pass

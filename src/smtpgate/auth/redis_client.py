@@ -33,11 +33,22 @@ def read_password(path: Path | None) -> str | None:
     return lines[0] if lines else ""
 
 
-def connect(url: str, password: str | None, timeout: float) -> redis.Redis:
+def connect(url: str, password: str | None, timeout: float, *,
+            ca_file: Path | None = None, cert_file: Path | None = None,
+            key_file: Path | None = None) -> redis.Redis:
     """A client for ``url`` (``redis://`` or ``rediss://`` for TLS); connects on
-    first use. ``password`` overrides one in the URL (there should be none)."""
+    first use. ``password`` overrides one in the URL (there should be none).
+    With TLS, ``ca_file`` replaces the system's CAs (a Redis on a private CA, the
+    usual case) and ``cert_file``/``key_file`` answer a Redis that asks for a
+    client certificate; the server's certificate and name are always verified."""
+    tls: dict[str, object] = {}
+    if ca_file is not None:
+        tls["ssl_ca_certs"] = str(ca_file)
+    if cert_file is not None and key_file is not None:
+        tls.update(ssl_certfile=str(cert_file), ssl_keyfile=str(key_file))
     return redis.Redis.from_url(
         url,
+        **tls,
         password=password,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,

@@ -10,6 +10,8 @@ from smtpgate.auth.guard_store import SqliteGuardStore
 from smtpgate.config import Config
 
 if TYPE_CHECKING:  # redis is imported only with backend = "redis" (workload D)
+    from pathlib import Path
+
     import redis
 
 
@@ -24,7 +26,12 @@ def redis_client(cfg: Config) -> redis.Redis:
 
     state = cfg.state
     password_file = None if state.password_file is None else cfg.path(state.password_file)
-    return connect(state.redis_url, read_password(password_file), cfg.state.timeout)
+    def file(path: Path | None) -> Path | None:
+        return None if path is None else cfg.path(path)
+
+    return connect(state.redis_url, read_password(password_file), cfg.state.timeout,
+                   ca_file=file(state.ca_file), cert_file=file(state.cert_file),
+                   key_file=file(state.key_file))
 
 
 def open_guard_state(cfg: Config) -> GuardState:

@@ -101,6 +101,7 @@ def run_checks(cfg: Config, *, now: dt.datetime | None = None) -> list[Problem]:
         ("accounts.ldap", lambda: check_ldap(cfg)),
         ("accounts.postgresql", lambda: check_postgres(cfg)),
         ("guard.database", lambda: check_guard_database(cfg)),
+        ("state", lambda: check_state(cfg)),
         ("auth.decoy_secret_file", lambda: check_decoy_secret(cfg)),
         ("queue.spool", lambda: check_directories(cfg)),
         ("queue.min_free_space", lambda: check_spool_space(cfg)),
@@ -763,6 +764,39 @@ def check_guard_database(cfg: Config) -> list[Problem]:
     if not exists:
         return out
     return out + _schema(key, path, len(MIGRATIONS))
+
+
+def check_state(cfg: Config) -> list[Problem]:
+    """With ``[state] backend = "redis"``: its files read, and Redis answers a PING
+    as configured. A refusal (password, certificate) is an error, as a refused
+    PostgreSQL login is; a Redis that does not answer is an outage, a warning:
+    ``serve`` starts and logins follow ``state.on_unavailable`` until it answers
+    (auth/redis_check.py says why)."""
+    st = cfg.state
+    if st.backend != "redis":
+        return []
+    out: list[Problem] = []
+    for key, path in (("state.password_file", st.password_file), ("state.ca_file", st.ca_file),
+                      ("state.cert_file", st.cert_file), ("state.key_file", st.key_file)):
+        if path is None:
+            continue
+        got = read_file(key, cfg.path(path))
+        if isinstance(got, Problem):
+            out.append(got)
+        elif key in ("state.password_file", "state.key_file"):
+            out += secret_readable_by_all(key, cfg.path(path))
+    if errors(out):
+        return out
+    from smtpgate.auth.redis_check import ping
+
+    found = ping(cfg)
+    if found is None:
+        return out
+    if found.refused:
+        return out + [_error(found.key, found.message)]
+    return out + [Problem("warning", found.key, f"{found.message}; serve starts anyway, and "
+                          f"logins follow state.on_unavailable ({st.on_unavailable!r}) until "
+                          "it answers", outage=True)]
 
 
 def check_decoy_secret(cfg: Config) -> list[Problem]:

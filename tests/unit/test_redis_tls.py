@@ -18,6 +18,7 @@ from smtpgate.auth.state_backend import open_guard_state
 from smtpgate.config import Config, parse_config
 from smtpgate.policy.counters_backend import open_rate_counters
 from smtpgate.policy.rate_counters import BUCKET_SECONDS, RateCountersError
+from smtpgate.preflight import check_state
 from smtpgate.server.heartbeat import nodes
 from tests.client_pki import TestCa
 from tests.peers.redis_server import RedisServer, RedisTls, available
@@ -100,3 +101,25 @@ def test_tls_files_without_tls_or_half_a_pair_are_config_errors(
     found = problems(MINIMAL + f'[state]\nbackend = "redis"\nredis_url = "{url}"\n{keys}',
                      config_dir(tmp_path))
     assert message in found["state"], found
+
+
+def _state_findings(cfg: Config) -> list[tuple[str, str, str]]:
+    return [(p.severity, p.key, p.message) for p in check_state(cfg)]
+
+
+def test_config_check_names_the_tls_key_that_makes_redis_refuse(
+        tmp_path: Path, tls_redis: RedisServer) -> None:
+    """A certificate that does not verify, or no client certificate for a Redis
+    that wants one, is the config's fault (an error naming the key), not an
+    outage to wait out; with the three keys the check passes."""
+    assert tls_redis.tls is not None
+    pw = tmp_path / "redis.pw"
+    pw.write_text(tls_redis.password_file.read_text())
+    pw.chmod(0o600)
+    tls_redis.password_file = pw
+    assert _state_findings(_config(tmp_path, tls_redis, _keys(tls_redis))) == []
+    no_ca = _state_findings(_config(tmp_path, tls_redis, ""))
+    assert [(s, k) for s, k, _ in no_ca] == [("error", "state.ca_file")], no_ca
+    assert "does not verify" in no_ca[0][2]
+    no_cert = _state_findings(_config(tmp_path, tls_redis, f'ca_file = "{tls_redis.tls.ca}"\n'))
+    assert [(s, k) for s, k, _ in no_cert] == [("error", "state.cert_file")], no_cert

@@ -15,21 +15,22 @@ if TYPE_CHECKING:  # redis is imported only with backend = "redis" (workload D)
     import redis
 
 
-def redis_client(cfg: Config) -> redis.Redis:
+def redis_client(cfg: Config, timeout: float | None = None) -> redis.Redis:
     """A client for ``[state]``; it connects on first use, so a Redis that is down
-    at start-up is found (and survived) by the first call, not here.
+    at start-up is found (and survived) by the first call, not here. ``timeout``:
+    instead of ``state.timeout`` (a check that may wait longer than a login).
 
     Raises:
         OSError: the password file cannot be read.
     """
     from smtpgate.auth.redis_client import connect, read_password
 
-    state = cfg.state
-    password_file = None if state.password_file is None else cfg.path(state.password_file)
     def file(path: Path | None) -> Path | None:
         return None if path is None else cfg.path(path)
 
-    return connect(state.redis_url, read_password(password_file), cfg.state.timeout,
+    state = cfg.state
+    return connect(state.redis_url, read_password(file(state.password_file)),
+                   cfg.state.timeout if timeout is None else timeout,
                    ca_file=file(state.ca_file), cert_file=file(state.cert_file),
                    key_file=file(state.key_file))
 

@@ -1,0 +1,60 @@
+"""``config check`` (and ``serve``'s start-up checks) try the shared state's Redis
+(``[state] backend = "redis"``) as they try PostgreSQL: a Redis that refuses the
+configured password, or asks for one none is configured, is an error naming
+``state.password_file``; one that does not answer is a warning (an outage, the
+node starts). Before, both passed without a word, and a node with a wrong
+password served every login from an address its process had not seen with 454
+for as long as it ran. A real Redis (tests/peers/redis_server.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from smtpgate.cli.main import cli
+from tests.peers.redis_server import shared_redis
+from tests.ports import free_port
+from tests.unit.cli_support import write_config
+
+
+def _own_copy(tmp_path: Path, password: str) -> Path:
+    pw = tmp_path / "redis.pw"
+    pw.write_text(password + "\n")
+    pw.chmod(0o600)
+    return pw
+
+
+def _check(tmp_path: Path, url: str, password_file: Path | None) -> list[dict[str, str]]:
+    """The findings under ``state`` (the rest of write_config's set-up has its own)."""
+    config = write_config(tmp_path)
+    extra = "" if password_file is None else f'password_file = "{password_file}"\n'
+    config.write_text(config.read_text() + f'\n[state]\nbackend = "redis"\nredis_url = "{url}"\n'
+                      + extra)
+    out = CliRunner().invoke(cli, ["config", "check", "--json", "--config", str(config)])
+    return [p for p in json.loads(out.output)["problems"] if p["key"].startswith("state")]
+
+
+def test_a_redis_that_answers_as_configured_passes(tmp_path: Path) -> None:
+    server = shared_redis()
+    password = server.password_file.read_text().strip()
+    assert _check(tmp_path, server.url, _own_copy(tmp_path, password)) == []
+
+
+@pytest.mark.parametrize("password", ["not the password", None])
+def test_a_refused_or_missing_password_is_an_error(tmp_path: Path, password: str | None) -> None:
+    server = shared_redis()
+    pw = None if password is None else _own_copy(tmp_path, password)
+    found = _check(tmp_path, server.url, pw)
+    assert [(p["severity"], p["key"]) for p in found] == [("error", "state.password_file")]
+    assert ("refused the password" if password else "put it in state.password_file") in (
+        found[0]["message"])
+
+
+def test_a_redis_that_does_not_answer_is_a_warning(tmp_path: Path) -> None:
+    found = _check(tmp_path, f"redis://127.0.0.1:{free_port()}/0", _own_copy(tmp_path, "pw"))
+    assert [(p["severity"], p["key"]) for p in found] == [("warning", "state.redis_url")]
+    assert "does not answer (" in found[0]["message"]
+    assert "on_unavailable" in found[0]["message"]

@@ -58,3 +58,21 @@ def test_a_redis_that_does_not_answer_is_a_warning(tmp_path: Path) -> None:
     assert [(p["severity"], p["key"]) for p in found] == [("warning", "state.redis_url")]
     assert "does not answer (" in found[0]["message"]
     assert "on_unavailable" in found[0]["message"]
+
+
+@pytest.mark.parametrize("command", [["guard", "list"], ["user", "unlock", "alice@example.org"]])
+def test_guard_commands_with_redis_down_point_at_state_not_a_file(
+        tmp_path: Path, command: list[str]) -> None:
+    """With the state in Redis, ``guard list`` and ``user unlock`` failing said
+    "hint: check [guard].database and its directory", a file no node uses then."""
+    config = write_config(tmp_path)
+    config.write_text(config.read_text() + f'\n[state]\nbackend = "redis"\n'
+                      f'redis_url = "redis://127.0.0.1:{free_port()}/0"\n')
+    added = CliRunner().invoke(cli, ["user", "add", "alice@example.org", "--password-stdin",
+                                     "--config", str(config)], input="Plum-orbit-canvas-47")
+    assert added.exit_code == 0, added.output
+    out = CliRunner().invoke(cli, [*command, "--config", str(config)])
+    assert out.exit_code == 1, out.output
+    assert "Redis" in out.output
+    assert "hint: check [state] redis_url and password_file" in out.output, out.output
+    assert "[guard].database" not in out.output

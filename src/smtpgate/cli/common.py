@@ -203,6 +203,14 @@ def _hint(e: Exception, default: str) -> str:
     return own if isinstance(own, str) and own else default
 
 
+def guard_hint(cfg: Config) -> str:
+    """Where to look when the guard's state fails: the SQLite file, or with
+    ``[state] backend = "redis"`` the Redis it names (no file is involved then)."""
+    if cfg.state.backend == "redis":
+        return "check [state] redis_url and password_file, and that Redis runs"
+    return "check [guard].database and its directory"
+
+
 @contextmanager
 def admin_service(cfg: Config) -> Iterator[AccountAdmin]:
     """The admin service on ``cfg``'s accounts, for the running command (every change
@@ -224,9 +232,7 @@ def admin_service(cfg: Config) -> Iterator[AccountAdmin]:
     except PasswordPolicyError as e:
         raise OperationalError(str(e), "choose another password") from None
     except GuardStoreError as e:
-        raise OperationalError(
-            str(e), _hint(e, "check [guard].database and its directory")
-        ) from None
+        raise OperationalError(str(e), _hint(e, guard_hint(cfg))) from None
     except StoreError as e:
         hint = getattr(e, "hint", "") or "check the database file; another process may hold it locked"
         raise OperationalError(str(e), hint) from None

@@ -172,6 +172,39 @@ def test_brute_force_over_both_nodes_is_blocked_at_the_one_node_threshold(c: Clu
     assert served_by(c, "127.0.0.21") == {0, 1}
 
 
+def test_guesses_sent_at_once_to_every_node_are_held_to_the_threshold(c: Cluster) -> None:
+    """One guess from each of 16 new addresses, all sent at the same moment, so
+    they reach both nodes' workers together. Each process's attempt gate let one
+    attempt per account through at a time, but four processes each let one
+    through, all read the same count in Redis and all were verified: 5 or 6
+    passwords tried where distributed_addresses (3) throttles the account. The
+    gate's lease in Redis (auth/shared_gate.py) makes them go one at a time
+    across the cluster, so the count is exact."""
+    import threading
+
+    target = "erin@example.org"  # no account: guesses against it count the same
+    sessions = [c.connect(f"127.0.3.{i + 10}") for i in range(16)]
+    start = threading.Barrier(len(sessions))
+    replies: list[str] = []
+
+    def guess(i: int, r: Raw) -> None:
+        start.wait()
+        replies.append(r.cmd(f"AUTH PLAIN {plain(target, f'guess-{i}')}"))
+        r.close()
+
+    threads = [threading.Thread(target=guess, args=(i, r)) for i, r in enumerate(sessions)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(60)
+    assert len(replies) == len(sessions)
+    assert {i for i, n in enumerate(c.nodes) for r in c.records(n)
+            if str(r["client_ip"]).startswith("127.0.3.")} == {0, 1}
+    verified = [x for x in replies if x.startswith("535")]
+    assert len(verified) == 3, sorted(replies)  # distributed_addresses
+    assert all(x.startswith("454") for x in replies if not x.startswith("535")), replies
+
+
 def test_a_spray_over_both_nodes_is_blocked_at_the_threshold(c: Cluster) -> None:
     targets = [BOB, CAROL, DAVE] + [f"user{i}@example.org" for i in range(3)]
     replies = [c.login("127.0.0.22", name, "Summer2024!") for name in targets]

@@ -50,6 +50,8 @@ class FakeGuard:
     calls: list[tuple[str, object]] = field(default_factory=list)
 
     watched: bool = True
+    #: One node's state: no lease in Redis (auth/shared_gate.py).
+    shared_gate: None = None
 
     def watches(self, client_ip: str) -> bool:
         return self.watched

@@ -101,7 +101,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from smtpgate import metrics
 from smtpgate.auth.bounded_calls import StoreCalls, StoreUnavailable
@@ -125,6 +125,9 @@ from smtpgate.auth.loop_reads import loop_reads_for
 from smtpgate.auth.names import lookup_key
 from smtpgate.auth.networks import ClientKeys, client_keys, in_networks, parse_ip, parse_networks
 from smtpgate.config import GuardConfig, StateConfig
+
+if TYPE_CHECKING:
+    from smtpgate.auth.shared_gate import SharedGate
 
 log = logging.getLogger("smtpgate.guard")
 T = TypeVar("T")
@@ -385,6 +388,9 @@ class Guard:
         self._last_prune = clock()
         self._closed = False
         self.stats = GuardStats()
+        #: The attempt gate's leases in the state shared by several nodes (Redis:
+        #: ``shared_gate.py``); None with one node's state.
+        self.shared_gate: SharedGate | None = None
 
     @property
     def store(self) -> GuardState:
@@ -674,4 +680,6 @@ class Guard:
         for task in list(self._probes):
             task.cancel()
         await asyncio.get_running_loop().run_in_executor(None, self._calls.close)
+        if self.shared_gate is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.shared_gate.close)
         self._store.close()

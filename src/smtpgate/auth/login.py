@@ -283,6 +283,13 @@ class LoginAttempt:
         waited = gate.busy(key)
         hold = await gate.acquire(key)
         self._gates[key] = weakref.finalize(self, gate.release, key, hold)
+        shared = guard.shared_gate
+        if shared is not None:
+            # Then the cluster's lease on the same key (``shared_gate.py``), given
+            # back before the process's gate (``_leave_gate`` goes in reverse).
+            token, waited_elsewhere = await shared.acquire(key)
+            self._gates["shared " + key] = weakref.finalize(self, shared.release, key, token)
+            waited = waited or waited_elsewhere
         return waited
 
     def _leave_gate(self) -> None:

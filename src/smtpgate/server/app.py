@@ -201,8 +201,16 @@ def build_guard(cfg: Config) -> Guard:
     Raises:
         GuardStoreError: the file cannot be opened.
     """
-    return Guard(open_guard_state(cfg), cfg.guard, cfg.state,
-                 reads_on_loop=cfg.server.sqlite_reads_on_loop)
+    guard = Guard(open_guard_state(cfg), cfg.guard, cfg.state,
+                  reads_on_loop=cfg.server.sqlite_reads_on_loop)
+    if cfg.state.backend == "redis":
+        # The attempt gate for the cluster (auth/shared_gate.py); redis_client
+        # cannot fail here: open_guard_state read the password file just now.
+        from smtpgate.auth.shared_gate import SharedGate
+        from smtpgate.auth.state_backend import redis_client
+
+        guard.shared_gate = SharedGate(redis_client(cfg), cfg.state.key_prefix)
+    return guard
 
 
 def build_rates(cfg: Config) -> RateLimiter:

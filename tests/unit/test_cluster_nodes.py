@@ -79,3 +79,42 @@ def test_cluster_status_shows_the_listeners_that_expect_a_proxy_header(tmp_path:
     assert out.output.rstrip("\n").endswith(
         "; lb 0.0.0.0:587 (PROXY header from 10.0.0.2/32, 10.0.0.3/32), "
         "direct 0.0.0.0:2587, old 0.0.0.0:465")
+
+
+def test_a_node_without_a_queue_directory_yet_has_an_empty_queue(tmp_path: Path) -> None:
+    """A node's first heartbeats, before any message made spool/queue/, said
+    ``queue -1`` in ``cluster status``: a count no queue has. No directory yet is
+    an empty queue; one that cannot be read is shown as unknown."""
+    import time
+
+    from click.testing import CliRunner
+
+    from smtpgate.cli.main import cli
+    from smtpgate.server.heartbeat import Heartbeat
+    from smtpgate.server.status_file import ServerStatus
+    from tests.unit.cli_support import write_config
+
+    prefix = new_prefix()
+    server = shared_redis()
+    config = write_config(tmp_path)
+    config.write_text(config.read_text() + f'\n[state]\nbackend = "redis"\n'
+                      f'redis_url = "{server.url}"\npassword_file = "{server.password_file}"\n'
+                      f'key_prefix = "{prefix}"\nnode_name = "fresh"\n')
+    from smtpgate.config import load_config
+
+    cfg = load_config(config)
+    assert not (cfg.path(cfg.queue.spool) / "queue").exists()
+    beat = Heartbeat(cfg)
+    beat.beat(ServerStatus(7, "0.1.0", time.time(), None, 0.0, [], [], 1, updated=time.time()))
+    try:
+        assert [d["queue"] for d in nodes(cfg)] == [0]
+        out = CliRunner().invoke(cli, ["cluster", "status", "--config", str(config)])
+        assert ", queue 0;" in out.output, out.output
+        client = redis.Redis(port=server.port, password=PASSWORD)
+        doc = json.loads(client.get(prefix + "node:fresh") or b"{}")
+        client.set(prefix + "node:fresh", json.dumps({**doc, "queue": -1}), ex=60)
+        client.close()
+        out = CliRunner().invoke(cli, ["cluster", "status", "--config", str(config)])
+        assert ", queue unknown (the node cannot read its spool);" in out.output, out.output
+    finally:
+        beat.stop()

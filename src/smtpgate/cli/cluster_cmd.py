@@ -62,7 +62,14 @@ def cluster_status(as_json: bool, config_path: Path | None) -> None:
                 f"reach Redis)" if age > LATE else "")
         click.echo(f"{doc['node']}: smtpgate {doc['version']}, pid {doc['pid']}, "
                    f"seen {age:.0f} s ago{late}, {count(doc['sessions'], 'session')}, "
-                   f"queue {doc['queue']}; {listeners}")
+                   f"{_queue(doc.get('queue'))}; {listeners}")
+
+
+def _queue(size: object) -> str:
+    """The heartbeat's queue count; an older node wrote -1 for a spool it could not read."""
+    if isinstance(size, int) and size >= 0:
+        return f"queue {size}"
+    return "queue unknown (the node cannot read its spool)"
 
 
 COMMANDS = [cluster]

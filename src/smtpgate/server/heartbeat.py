@@ -53,11 +53,16 @@ def node_name(cfg: Config) -> str:
     return cfg.state.node_name or f"{socket.gethostname()}:{cfg.base_dir.resolve()}"
 
 
-def _queue_size(spool: Path) -> int:
+def _queue_size(spool: Path) -> int | None:
+    """Messages in the spool's queue; 0 before the first message made the directory
+    (a node's first heartbeat), None if it cannot be read (``cluster status`` says
+    unknown: -1 there read as a count)."""
     try:
         return sum(1 for n in os.listdir(spool / "queue") if n.endswith(".msg"))
+    except FileNotFoundError:
+        return 0
     except OSError:
-        return -1
+        return None
 
 
 class Heartbeat:

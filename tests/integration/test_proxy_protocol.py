@@ -162,3 +162,27 @@ def test_a_tcp_front_door_takes_the_header_too(tmp_path: Path) -> None:
             assert s.recv(4096) == b""
     finally:
         srv.stop()
+
+
+@pytest.mark.parametrize("mode", ["--starttls", "--tls"])
+def test_smtpgate_test_straight_to_a_node_says_it_wants_a_proxy_header(
+        proxied: Server, mode: str) -> None:
+    """An administrator testing one node of a cluster directly (``smtpgate test -s
+    node:587``) waited 10 s and read "connection lost: server closed the
+    connection" (or a bare TLS failure on 465): nothing said that the listener
+    waits for HAProxy's header. The node closes as before; the tester says why
+    it may have."""
+    import subprocess
+
+    from .conftest import SMTPGATE
+
+    port = proxied.submission if mode == "--starttls" else proxied.submissions
+    out = subprocess.run(
+        [SMTPGATE, "test", "-s", f"127.0.0.1:{port}", mode, "--ca", str(proxied.ca),
+         "--tls-name", "localhost", "--quit-after", "ehlo", "--greeting-wait", "0",
+         "--timeout", "30"],
+        capture_output=True, text=True, timeout=60, check=False)
+    text = out.stdout + out.stderr
+    assert out.returncode in (3, 4), text
+    assert "expects a PROXY protocol header first" in text, text
+    assert "test it through the balancer" in text, text

@@ -263,6 +263,14 @@ def build_message(opts: TesterOptions, sender: str, recipients: tuple[str, ...])
 SHOWN_MESSAGE_LINES = 20
 
 
+#: Why a server may close before it says anything: a node behind a balancer
+#: (docs/scale-out.md) waits for a PROXY header first and closes a connection
+#: without one, which is every direct test of that node.
+PROXY_HINT = ("; a listener that expects a PROXY protocol header first (proxy_protocol = "
+              "true, behind HAProxy) closes a connection that sends none: test it through "
+              "the balancer")
+
+
 class _Tester:
     def __init__(self, opts: TesterOptions, transcript: Transcript) -> None:
         self.opts = opts
@@ -272,6 +280,8 @@ class _Tester:
         transcript.scrub = self.masker.text
         self.session: SmtpSession | None = None
         self.tls_session: TlsClientSession | None = None
+        #: The server greeted (a close before that says more than "connection lost").
+        self.greeted = False
 
     @property
     def where(self) -> str:
@@ -341,6 +351,9 @@ class _Tester:
             raise _Stop(ExitCode.CONNECTION, "timed out waiting for the server") from None
         except (ServerClosed, WireClosed) as e:
             self._broken = True
+            if not self.greeted:
+                raise _Stop(ExitCode.CONNECTION,
+                            f"connection closed before the greeting: {e}{PROXY_HINT}") from None
             raise _Stop(ExitCode.CONNECTION, f"connection lost: {e}") from None
         except OSError as e:
             self._broken = True
@@ -368,7 +381,8 @@ class _Tester:
             raise _Stop(ExitCode.TLS, str(e)) from None
         except (WireClosed, OSError) as e:
             self._broken = True
-            raise _Stop(ExitCode.TLS, f"TLS handshake failed: {e}") from None
+            hint = PROXY_HINT if opts.tls_mode == "implicit" else ""
+            raise _Stop(ExitCode.TLS, f"TLS handshake failed: {e}{hint}") from None
         except TimeoutError:
             self._broken = True
             raise _Stop(ExitCode.TLS, "TLS handshake timed out") from None
@@ -435,6 +449,7 @@ class _Tester:
             greeting = await self.s.read_reply()
         else:
             greeting = await self._greeting()
+        self.greeted = True
         self.report.banner = greeting.text
         if greeting.code != 220:
             raise _Stop(ExitCode.CONNECTION, f"server refused the session: {greeting}")

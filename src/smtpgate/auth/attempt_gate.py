@@ -32,9 +32,10 @@ releases what it held. The waiters behind it still go one at a time: until
 2026-12 each gave up after `MAX_WAIT` of its own wait and went on without the
 gate, so every attempt queued behind a stalled SCRAM exchange went on at the same
 moment, read the same record, and was verified (40 guesses from 40 new addresses
-against a lockout_threshold of 5). A holder whose hold ended goes on without it
-(its check is done); how many such there can be at once is bounded by
-``limits.auth_deadline / MAX_WAIT`` per key and process.
+against a lockout_threshold of 5). A holder whose hold ended and that still has
+something to have judged (a SCRAM proof) takes the gate again and has the guard
+check it again first (``LoginAttempt._before_proof``), so no guess is judged on a
+record read before others were counted.
 """
 
 from __future__ import annotations
@@ -76,6 +77,11 @@ class AttemptGate:
 
     def busy(self, key: str) -> bool:
         return key in self._held
+
+    def holds(self, key: str, hold: Hold) -> bool:
+        """Whether ``hold`` still holds ``key`` (False once its time ended)."""
+        state = self._held.get(key)
+        return state is not None and state.holder is hold
 
     async def acquire(self, key: str) -> Hold:
         """Wait for ``key`` and hold it: until `release`, or ``max_wait`` seconds."""

@@ -12,8 +12,11 @@ hands this module the two moments that need the account directory and the guard:
    count), and the guard is asked before any Argon2id or PBKDF2 work: a
    refusal answers the mechanism with a *temporary* failure (it ends as the
    guard's 454, never a 535), and a penalty is an ``asyncio.sleep`` of this
-   attempt only. Then the auth service resolves the query. SCRAM's second query
-   (``ConfirmIdentity``) is part of the same attempt and is not checked again.
+   attempt only. Then the auth service resolves the query. SCRAM's later
+   queries are part of the same attempt: ``ProofArrived`` (the proof is here)
+   is checked again only if the attempt's gate hold ended while the client took
+   its time (``_before_proof``: no proof is judged on a stale record), and
+   ``ConfirmIdentity`` (the proof held) is not.
    The guard's check also says where the attempt's password verification
    queues (``_source``): one from an address the account knows, with no recent
    failures, goes before every other; any other waits its turn, one at a time
@@ -67,7 +70,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from smtpgate import metrics
-from smtpgate.auth.attempt_gate import AttemptGate
+from smtpgate.auth.attempt_gate import AttemptGate, Hold
 from smtpgate.auth.directory import AppPassword, StoreError
 from smtpgate.auth.guard import Guard, GuardCheck, Refusal
 from smtpgate.auth.principal import AppPasswordUse, Principal
@@ -82,6 +85,7 @@ from smtpgate.sasl.base import (
     LookupCramMd5,
     LookupScram,
     NotFound,
+    ProofArrived,
     Verdict,
 )
 from smtpgate.sasl.exchange import AuthResult
@@ -205,7 +209,7 @@ class LoginAttempt:
         self._auth: AuthService | None = None
         #: Release this attempt's holds on its address's and account's gates (each
         #: once; also when the attempt is garbage-collected without a conclusion).
-        self._gates: dict[str, weakref.finalize[..., Any]] = {}
+        self._gates: dict[str, tuple[Hold, weakref.finalize[..., Any]]] = {}
 
     def _service(self) -> AuthService:
         if self._auth is None:
@@ -218,7 +222,9 @@ class LoginAttempt:
         guard = owner.guard
         if self._started is None:
             self._started = time.monotonic()
-        if guard is not None and not isinstance(query, ConfirmIdentity):
+        if isinstance(query, ProofArrived):
+            return await self._before_proof(guard, query)
+        if guard is not None and not isinstance(query, (ConfirmIdentity, ProofArrived)):
             # The first look-up of an attempt (SCRAM's ConfirmIdentity is its
             # second): the guard decides before any hashing happens.
             self._refusal, self._app, self._issuer, self._profile = None, None, None, None
@@ -276,19 +282,56 @@ class LoginAttempt:
         ip = self.source.client_ip
         if not guard.watches(ip):
             return False
-        gate = self._owner.gate
         key = f"account {account}" if account else f"address {guard.keys(ip).address}"
         if key in self._gates:
             return False  # a second first query of this attempt: held already
+        return await self._take(key)
+
+    async def _take(self, key: str) -> bool:
+        gate = self._owner.gate
         waited = gate.busy(key)
         hold = await gate.acquire(key)
-        self._gates[key] = weakref.finalize(self, gate.release, key, hold)
+        self._gates[key] = (hold, weakref.finalize(self, gate.release, key, hold))
         return waited
 
     def _leave_gate(self) -> None:
         held, self._gates = self._gates, {}
-        for release in reversed(held.values()):
+        for _, release in reversed(held.values()):
             release()
+
+    async def _before_proof(self, guard: Guard | None, query: ProofArrived) -> CredentialAnswer | None:
+        """May the proof that just arrived be judged (``ProofArrived``)?
+
+        Yes at once while this attempt still holds its gates: nothing was
+        counted since its check. A hold that ended (``attempt_gate.MAX_WAIT``:
+        the client took that long over its proof) let other attempts check,
+        fail and perhaps lock the account meanwhile, so the check it made is
+        stale: the gates are taken again and the guard asked again, and a
+        refusal now ends the exchange as it would have at the start (the same
+        temporary failure, after the same delay), before the proof is looked
+        at, so the answer says nothing about the proof.
+        """
+        gate = self._owner.gate
+        lapsed = [key for key, (hold, _) in self._gates.items() if not gate.holds(key, hold)]
+        if guard is None or self._check is None or not lapsed:
+            return Verdict(ok=True)
+        for key in lapsed:
+            self._gates.pop(key)[1].detach()
+        for key in lapsed:  # in the order first taken (address, then account)
+            await self._take(key)
+        if not self._alive():
+            return None
+        check = await guard.check(self.source.client_ip, self.account)
+        if not self._alive():
+            return None
+        self._check = check
+        if check.refusal is not None:
+            if check.delay > 0:
+                await self._owner.sleep(check.delay)
+            return None if not self._alive() else temporary_answer(query, check.refusal.reason)
+        if check.unavailable:
+            return temporary_answer(query, check.unavailable)
+        return Verdict(ok=True)
 
     def _source(self) -> AuthContext:
         """The source, with the lane its password verification queues in: the

@@ -1,5 +1,5 @@
-"""A SCRAM proof is never judged on a stale guard check (auth/login.py,
-``ProofArrived``).
+"""A SCRAM proof is never judged on a stale guard check, and a client that
+stalls before its proof holds up no other login (auth/login.py, ``ProofArrived``).
 
 The exchange is checked by the guard when its client-first comes, and its gate
 hold ends after ``attempt_gate.MAX_WAIT`` seconds whatever the client does. A
@@ -115,16 +115,68 @@ async def test_a_proof_after_the_hold_ended_is_refused_if_the_account_locked_mea
     assert done.refusal.kind == ACCOUNT_NEW
 
 
-async def test_a_prompt_proof_is_judged_without_a_second_check(world: World) -> None:
-    client = ScramClient("sha256", ALICE, "pencil")
-    ex = ServerExchange("SCRAM-SHA-256", ScramSha256Server())
-    attempt = world.login.begin(ctx(20))
-    first = await drive(attempt, ex, ex.start(client.start()))
-    assert isinstance(first, Challenge)
+async def test_a_client_stalling_before_its_proof_holds_up_no_other_login(
+    world: World,
+) -> None:
+    """The gates are let go when the salt goes out: an attacker who starts SCRAM
+    exchanges and leaves them without a proof delayed each new-address login of
+    the owner by the whole hold (30 s); now by nothing. Its proof, when it comes,
+    is checked again (one more guard read) and then judged."""
+    login = world.login
+    login.gate = AttemptGate()  # the real hold, 30 s
+    stallers = []
+    for n in (10, 11):
+        client = ScramClient("sha256", ALICE, "pencil")
+        ex = ServerExchange("SCRAM-SHA-256", ScramSha256Server())
+        attempt = login.begin(ctx(n))
+        first = await drive(attempt, ex, ex.start(client.start()))
+        assert isinstance(first, Challenge)
+        stallers.append((client, ex, attempt, first))
+
+    async def owner() -> str:
+        attempt = login.begin(ctx(30))
+        answer = await attempt.resolve(VerifyPassword(ALICE, "pencil", mechanism="PLAIN"))
+        assert answer is not None and getattr(answer, "ok", False)
+        done = await attempt.finish(Outcome("PLAIN", AuthResult.SUCCESS, ALICE, ALICE, ""))
+        return str(done.result)
+
+    assert await asyncio.wait_for(owner(), 5) == "success"
+    client, ex, attempt, first = stallers[0]
     checks = world.guard.stats.checks
     final = await drive(attempt, ex, ex.respond(client.step(first.data)))
     assert isinstance(final, Challenge) and final.data.startswith(b"v=")
-    assert world.guard.stats.checks == checks
+    assert world.guard.stats.checks == checks + 1
     outcome = ex.respond(b"")
     assert isinstance(outcome, Outcome)
     assert (await attempt.finish(outcome)).result is AuthResult.SUCCESS
+
+
+async def test_proofs_sent_together_after_their_salts_are_judged_one_at_a_time(
+    world: World,
+) -> None:
+    """Six exchanges from six new addresses all get their salt (no gate is held
+    while they wait), then send wrong proofs at once: each proof waits for the
+    account's gate and reads the record the one before it committed, so exactly
+    ``lockout_threshold`` (3) are judged and the rest refused unjudged."""
+    login = world.login
+    login.gate = AttemptGate()
+    started = []
+    for n in range(40, 46):
+        client = ScramClient("sha256", ALICE, f"guess {n}")
+        ex = ServerExchange("SCRAM-SHA-256", ScramSha256Server())
+        attempt = login.begin(ctx(n))
+        first = await drive(attempt, ex, ex.start(client.start()))
+        assert isinstance(first, Challenge)
+        started.append((client, ex, attempt, first))
+
+    async def prove(client: ScramClient, ex: ServerExchange, attempt: LoginAttempt,
+                    first: Challenge) -> bytes:
+        final = await drive(attempt, ex, ex.respond(client.step(first.data)))
+        assert isinstance(final, Challenge)
+        outcome = ex.respond(b"")
+        assert isinstance(outcome, Outcome)
+        await attempt.finish(outcome)
+        return final.data
+
+    said = await asyncio.wait_for(asyncio.gather(*(prove(*s) for s in started)), 10)
+    assert sorted(said) == [b"e=invalid-proof"] * 3 + [b"e=other-error"] * 3

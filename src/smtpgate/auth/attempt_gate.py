@@ -24,9 +24,13 @@ failures is waited inside the gate, so attempts from a penalised address follow
 one another at the penalty's pace. The failure floor is waited after the gate
 is released.
 
-A holder that never releases (a front door that lost an attempt without
-concluding it, or a SCRAM exchange whose client never sends its proof) must not
-lock an address out of this process: a hold lasts `MAX_WAIT` seconds at most,
+A hold covers the server's own work, not a wait on the client: the login path
+lets go of its gates when SCRAM's salt goes out and takes them again (with a
+second guard check) when the proof comes, and counts a failure announced in a
+challenge (``e=``) before the client answers it (``auth/login.py``), so a client
+that stalls holds up nobody. A holder that never releases (a front door that
+lost an attempt without concluding it, a bug) must not lock an address out of
+this process: a hold lasts `MAX_WAIT` seconds at most,
 then the gate goes to the next waiter, and an attempt that is garbage-collected
 releases what it held. The waiters behind it still go one at a time: until
 2026-12 each gave up after `MAX_WAIT` of its own wait and went on without the
@@ -47,8 +51,8 @@ from dataclasses import dataclass, field
 
 log = logging.getLogger("smtpgate.guard")
 
-#: Seconds one attempt holds a key at most (SASL exchanges that wait on their
-#: client, SCRAM's, end within ``limits.auth_deadline`` anyway).
+#: Seconds one attempt holds a key at most: a safety net, as no hold lasts
+#: while the exchange waits on its client.
 MAX_WAIT = 30.0
 
 

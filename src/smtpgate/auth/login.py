@@ -13,10 +13,11 @@ hands this module the two moments that need the account directory and the guard:
    refusal answers the mechanism with a *temporary* failure (it ends as the
    guard's 454, never a 535), and a penalty is an ``asyncio.sleep`` of this
    attempt only. Then the auth service resolves the query. SCRAM's later
-   queries are part of the same attempt: ``ProofArrived`` (the proof is here)
-   is checked again only if the attempt's gate hold ended while the client took
-   its time (``_before_proof``: no proof is judged on a stale record), and
-   ``ConfirmIdentity`` (the proof held) is not.
+   queries are part of the same attempt. The attempt lets go of its gates when
+   the salt goes out (a client that stalls before its proof holds up nobody);
+   ``ProofArrived`` (the proof is here) takes them again and asks the guard
+   again before the proof is judged (``_before_proof``: no proof is judged on a
+   stale record), and ``ConfirmIdentity`` (the proof held) is not checked again.
    The guard's check also says where the attempt's password verification
    queues (``_source``): one from an address the account knows, with no recent
    failures, goes before every other; any other waits its turn, one at a time
@@ -82,6 +83,7 @@ from smtpgate.sasl.base import (
     ConfirmIdentity,
     CredentialAnswer,
     CredentialQuery,
+    Failure,
     LookupCramMd5,
     LookupScram,
     NotFound,
@@ -210,6 +212,8 @@ class LoginAttempt:
         #: Release this attempt's holds on its address's and account's gates (each
         #: once; also when the attempt is garbage-collected without a conclusion).
         self._gates: dict[str, tuple[Hold, weakref.finalize[..., Any]]] = {}
+        #: The failure counted when the exchange announced it (``failure_announced``).
+        self._early: asyncio.Future[None] | None = None
 
     def _service(self) -> AuthService:
         if self._auth is None:
@@ -264,6 +268,12 @@ class LoginAttempt:
         self._disclosed = isinstance(query, LookupScram) and not (
             isinstance(res.answer, NotFound) and res.answer.temporary
         )
+        if self._disclosed:
+            # The salt goes out and the exchange waits on its client: nothing is
+            # judged until the proof comes, which takes the gates again and is
+            # checked again (``_before_proof``). Held meanwhile, they would let a
+            # client that stalls here delay every other attempt on the account.
+            self._pause_gates()
         if not self._alive():
             return None
         self._refusal = res.refusal or self._refusal
@@ -299,17 +309,24 @@ class LoginAttempt:
         for _, release in reversed(held.values()):
             release()
 
+    def _pause_gates(self) -> None:
+        """Release this attempt's holds but remember their keys: ``_before_proof``
+        takes them again, as it does a hold whose time ended."""
+        for _, release in reversed(self._gates.values()):
+            release()
+
     async def _before_proof(self, guard: Guard | None, query: ProofArrived) -> CredentialAnswer | None:
         """May the proof that just arrived be judged (``ProofArrived``)?
 
-        Yes at once while this attempt still holds its gates: nothing was
-        counted since its check. A hold that ended (``attempt_gate.MAX_WAIT``:
-        the client took that long over its proof) let other attempts check,
-        fail and perhaps lock the account meanwhile, so the check it made is
+        The gates were let go when the salt went out (``_pause_gates``), and
+        other attempts may have checked, failed and locked the account while
+        the client worked out its proof, so the check this attempt made is
         stale: the gates are taken again and the guard asked again, and a
         refusal now ends the exchange as it would have at the start (the same
         temporary failure, after the same delay), before the proof is looked
-        at, so the answer says nothing about the proof.
+        at, so the answer says nothing about the proof. Yes at once if the
+        attempt holds its gates still (none paused: a front door that answers
+        the look-up itself).
         """
         gate = self._owner.gate
         lapsed = [key for key, (hold, _) in self._gates.items() if not gate.holds(key, hold)]
@@ -332,6 +349,30 @@ class LoginAttempt:
         if check.unavailable:
             return temporary_answer(query, check.unavailable)
         return Verdict(ok=True)
+
+    def failure_announced(self, failure: Failure) -> None:
+        """The exchange told its client it failed, in a challenge (SCRAM ``e=``, the
+        OAuth error JSON), and waits for the client's answer, which cannot change
+        that. The failure is counted now and the gates let go once it is
+        written; held until the client answered, they let a client that never
+        answers hold up every other attempt on the address and the account.
+        ``conclude`` waits for this write instead of making its own. A temporary
+        failure (a refusal, a fault) counts nothing: the gates go at once."""
+        guard = self._owner.guard
+        if self._early is not None:
+            return
+        if failure.temporary or guard is None:
+            self._pause_gates()
+            return
+        check = self._check if self._check is not None else guard.bare_check(self.source.client_ip)
+        # As ``conclude`` counts it: a client-final without a proof is a probe.
+        counts_account = self._refusal is None and not (self._disclosed and failure.malformed)
+        self._early = asyncio.ensure_future(self._counted(guard, check, counts_account))
+
+    async def _after_early(self, early: asyncio.Future[None], answered: bool) -> None:
+        await early
+        if answered:
+            await self._owner.floor()
 
     def _source(self) -> AuthContext:
         """The source, with the lane its password verification queues in: the
@@ -376,6 +417,7 @@ class LoginAttempt:
         profile, self._profile = self._profile, None
         disclosed, self._disclosed = self._disclosed, False
         auth, self._auth = self._auth, None
+        early, self._early = self._early, None
         if auth is None:
             auth = owner.auth  # ended before any query (nothing held)
         else:
@@ -422,6 +464,8 @@ class LoginAttempt:
         if result is not AuthResult.FAILURE and not probe:
             self._leave_gate()
             return Conclusion(LoginResult(result))
+        if early is not None:  # counted when it was announced
+            return Conclusion(LoginResult(result), self._after_early(early, answered))
         if guard is not None and check is None:
             check = guard.bare_check(src.client_ip)  # failed before naming an account
         # A refusal that did not depend on the secret never counts toward the

@@ -12,6 +12,10 @@ its failure, and reads a record that includes it: the limit holds exactly.
 The same race one level up (one guess from each of many new addresses against
 one account's lockout) is closed the same way: the login path also takes the
 gate of the account for an attempt from an address the account does not know.
+And across a subnet (many addresses of one /24 spraying many accounts at once
+read one count of the subnet's accounts): such an attempt also takes the
+subnet's gate, after its penalty, so the subnet holds it only for the server's
+own work.
 
 Scope: one process (each worker has its own gate; with W workers an address
 can have W attempts in flight, so at most W - 1 guesses beyond a limit). Keyed

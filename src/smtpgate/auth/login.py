@@ -263,6 +263,13 @@ class LoginAttempt:
                 # check (a bind could go uncounted), a temporary failure as for
                 # any directory fault.
                 return temporary_answer(query, fault)
+            if not check.known and account and await self._enter_gate(guard, subnet=True):
+                # Waited for another new-address attempt from the subnet (after
+                # the penalty, so that a penalised address holds up none of its
+                # neighbours): its failure may have blocked the subnet.
+                again = await self._check_again(guard, query)
+                if again is not _GO_ON:
+                    return again
         res = await self._service().resolve_detailed(query, self._source())
         # Decoys disclose as much as real keys do; a temporary answer shows nothing.
         self._disclosed = isinstance(query, LookupScram) and not (
@@ -284,15 +291,28 @@ class LoginAttempt:
         self._profile = res.profile or self._profile
         return res.answer
 
-    async def _enter_gate(self, guard: Guard, *, account: str = "") -> bool:
-        """Wait until no other attempt from this address (or, with ``account``, no
-        other attempt on that account from an address it does not know) is between
-        its check and its committed failure (``attempt_gate.py``); hold the gate
-        until ours is. True if another attempt held it (the record has changed)."""
+    async def _enter_gate(self, guard: Guard, *, account: str = "", subnet: bool = False) -> bool:
+        """Wait until no other attempt from this address (with ``account``: no other
+        attempt on that account from an address it does not know; with ``subnet``:
+        no other attempt from the address's subnet from an address its account does
+        not know) is between its check and its committed failure
+        (``attempt_gate.py``); hold the gate until ours is. True if another attempt
+        held it (the record has changed).
+
+        Taken in that order (address, account, subnet), by every attempt, so no
+        two attempts wait for each other. The subnet's gate keeps a spray from many
+        addresses of one subnet at once within ``subnet_spray_accounts``: each such
+        attempt reads a count that includes the failures of those before it."""
         ip = self.source.client_ip
         if not guard.watches(ip):
             return False
-        key = f"account {account}" if account else f"address {guard.keys(ip).address}"
+        keys = guard.keys(ip)
+        if subnet:
+            if keys.subnet == keys.address:
+                return False  # the subnet is the address (a /32 or /64 subnet prefix)
+            key = f"subnet {keys.subnet}"
+        else:
+            key = f"account {account}" if account else f"address {keys.address}"
         if key in self._gates:
             return False  # a second first query of this attempt: held already
         return await self._take(key)
@@ -331,13 +351,19 @@ class LoginAttempt:
         gate = self._owner.gate
         lapsed = [key for key, (hold, _) in self._gates.items() if not gate.holds(key, hold)]
         if guard is None or self._check is None or not lapsed:
-            return Verdict(ok=True)
+            return _GO_ON
         for key in lapsed:
             self._gates.pop(key)[1].detach()
-        for key in lapsed:  # in the order first taken (address, then account)
+        for key in lapsed:  # in the order first taken (address, account, subnet)
             await self._take(key)
         if not self._alive():
             return None
+        return await self._check_again(guard, query)
+
+    async def _check_again(self, guard: Guard, query: CredentialQuery) -> CredentialAnswer | None:
+        """Ask the guard again, the gates waited for: ``_GO_ON``, the temporary
+        answer of a refusal now (after the delay any refusal gets; the penalty
+        was waited already), or None if the client went away."""
         check = await guard.check(self.source.client_ip, self.account)
         if not self._alive():
             return None
@@ -348,7 +374,7 @@ class LoginAttempt:
             return None if not self._alive() else temporary_answer(query, check.refusal.reason)
         if check.unavailable:
             return temporary_answer(query, check.unavailable)
-        return Verdict(ok=True)
+        return _GO_ON
 
     def failure_announced(self, failure: Failure) -> None:
         """The exchange told its client it failed, in a challenge (SCRAM ``e=``, the
@@ -515,6 +541,11 @@ class LoginAttempt:
             await guard.failure(check, counts_account=counts_account)
         finally:
             self._leave_gate()
+
+
+#: ``_check_again``'s "the guard lets it go on" (for ``ProofArrived``, the answer
+#: itself).
+_GO_ON = Verdict(ok=True)
 
 
 _METRIC_RESULTS = {

@@ -1120,7 +1120,10 @@ class GuardConfig(Model):
         default=30,
         ge=2,
         description="Distinct accounts one subnet (subnet_ipv4_prefix/subnet_ipv6_prefix) may "
-        "fail against within spray_window before the subnet is blocked for new addresses.",
+        "fail against within spray_window before the subnet is blocked for new addresses. "
+        "Attempts sent at the same moment from many addresses of the subnet do not overshoot "
+        "it: new-address attempts from one subnet are checked one at a time per process "
+        "(docs/protection.md, \"Simultaneous attempts\").",
     )
     address_failure_limit: int = Field(
         default=100,

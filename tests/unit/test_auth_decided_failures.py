@@ -41,6 +41,8 @@ class ScramDriver(Driver):
             return self.lookup
         if isinstance(q, sasl.ConfirmIdentity):
             return self.confirm
+        if isinstance(q, sasl.ProofArrived):
+            return sasl.Verdict(ok=True)
         if isinstance(q, sasl.VerifyToken):
             ok = q.token == "good-token"
             reason = "" if ok else "token rejected"

@@ -3,6 +3,7 @@ auth log, the guard's commit and the failure floor, each in its place."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -273,6 +274,28 @@ async def test_an_abandoned_decided_failure_is_counted_without_a_floor(w: World)
     await done.pending
     assert ("failure", (USER, True)) in w.guard.calls
     assert w.sleeps == []
+
+
+@pytest.mark.parametrize("answered", [True, False])
+async def test_a_failure_announced_in_a_challenge_is_counted_then_and_only_then(
+    w: World, answered: bool
+) -> None:
+    """SCRAM's e= goes out in a 334 and the exchange waits for the client's answer:
+    the failure is counted at once (the gates go after it is written, so a client
+    that never answers holds up nobody), and the conclusion waits for that write
+    instead of making a second one."""
+    w.auth.resolution = SALT
+    attempt = w.login().begin(CTX)
+    await attempt.resolve(SCRAM)
+    attempt.failure_announced(sasl.Failure("invalid proof", error_data=b"e=invalid-proof"))
+    await asyncio.sleep(0)
+    assert ("failure", (USER, True)) in w.guard.calls  # before the client answered
+    done = attempt.conclude(Outcome("SCRAM-SHA-256", "failure", reason="invalid proof"),
+                            answered=answered)
+    assert done.pending is not None
+    await done.pending
+    assert [c for c, _ in w.guard.calls].count("failure") == 1
+    assert len(w.sleeps) == (1 if answered else 0)  # the floor, for a client still there
 
 
 async def test_cancelled_is_logged_and_neither_counted_nor_delayed(w: World) -> None:

@@ -268,7 +268,9 @@ def test_property_scram_client_and_server_agree(password: str, user: str) -> Non
     assert isinstance(step, NeedCredentials), step
     step = server.answer(creds)
     step = server.step(client.step(step.data))
-    assert isinstance(step, NeedCredentials)
+    assert isinstance(step, NeedCredentials)  # ProofArrived
+    step = server.answer(Verdict(ok=True))
+    assert isinstance(step, NeedCredentials)  # ConfirmIdentity
     step = server.answer(Verdict(ok=True, identity=user))
     assert isinstance(step, Success) and step.final_data is not None
     client.step(step.final_data)

@@ -19,6 +19,7 @@ from smtpgate.sasl.base import (
     MechanismUsageError,
     NeedCredentials,
     NotFound,
+    ProofArrived,
     ScramCredentials,
     ServerMechanism,
     Step,
@@ -119,7 +120,8 @@ def test_rfc_vector_server(v: Vector) -> None:
         LookupScram("user", v.hash_name, server.name)
     )
     assert server.answer(_creds(v)) == Challenge(v.server_first)
-    assert server.step(v.client_final) == NeedCredentials(ConfirmIdentity("user", server.name))
+    assert server.step(v.client_final) == NeedCredentials(ProofArrived("user", server.name))
+    assert server.answer(Verdict(ok=True)) == NeedCredentials(ConfirmIdentity("user", server.name))
     assert server.answer(Verdict(ok=True, identity="user")) == Success(
         identity="user", final_data=v.server_final
     )
@@ -155,6 +157,13 @@ def test_rfc7677_smtp_transcript_base64() -> None:
 # --- helpers for driving exchanges ------------------------------------------------
 
 
+def judged(server: ServerMechanism, step: Step) -> Step:
+    """``step``, or past it if it is the ``ProofArrived`` query (answered: go on)."""
+    if isinstance(step, NeedCredentials) and isinstance(step.query, ProofArrived):
+        return server.answer(Verdict(ok=True))
+    return step
+
+
 def run_exchange(
     server: ServerMechanism,
     client: ScramClient,
@@ -171,6 +180,8 @@ def run_exchange(
         if isinstance(step, NeedCredentials):
             if isinstance(step.query, LookupScram):
                 step = server.answer(creds)
+            elif isinstance(step.query, ProofArrived):
+                step = server.answer(Verdict(ok=True))
             else:
                 step = server.answer(verdict or Verdict(ok=True, identity=step.query.username))
         elif isinstance(step, Challenge):
@@ -252,6 +263,8 @@ def test_rfc5802_s5_1_authzid_goes_to_the_auth_service() -> None:
     step = server.answer(creds)
     assert isinstance(step, Challenge)
     step = server.step(client.step(step.data))
+    assert step == NeedCredentials(ProofArrived("user", "SCRAM-SHA-256"))
+    step = server.answer(Verdict(ok=True))
     assert step == NeedCredentials(ConfirmIdentity("user", "SCRAM-SHA-256", "admin"))
     end = server.answer(Verdict(ok=False, reason="authorization identity differs from account"))
     assert isinstance(end, Failure) and end.error_data == b"e=other-error"
@@ -340,6 +353,8 @@ def test_interop_scramp_client_against_our_server(mech: str, cb_type: str | None
     assert isinstance(step, Challenge)
     client.set_server_first(step.data.decode())
     step = server.step(client.get_client_final().encode())
+    assert step == NeedCredentials(ProofArrived("user", mech))
+    step = server.answer(Verdict(ok=True))
     assert step == NeedCredentials(ConfirmIdentity("user", mech))
     step = server.answer(Verdict(ok=True, identity="user"))
     assert isinstance(step, Success) and step.final_data is not None
@@ -354,7 +369,7 @@ def test_interop_scramp_client_wrong_password_fails_at_proof() -> None:
     step = server.answer(creds)
     assert isinstance(step, Challenge)
     client.set_server_first(step.data.decode())
-    step = server.step(client.get_client_final().encode())
+    step = judged(server, server.step(client.get_client_final().encode()))
     assert isinstance(step, Failure) and step.error_data == b"e=invalid-proof"
 
 
@@ -397,7 +412,7 @@ def test_rfc5802_s5_1_tampered_proof_fails() -> None:
     head, proof = final.rsplit(b",p=", 1)
     raw = bytearray(base64.b64decode(proof))
     raw[0] ^= 1
-    failure = _fail(server.step(head + b",p=" + base64.b64encode(bytes(raw))))
+    failure = _fail(judged(server, server.step(head + b",p=" + base64.b64encode(bytes(raw)))))
     assert failure.error_data == b"e=invalid-proof"
 
 
@@ -731,3 +746,21 @@ def test_line_and_paragraph_separators_in_a_name_are_refused() -> None:
     for first in ("n,,n=a\u2028b,r=abc", "n,,n=a\u2029b,r=abc", "n,a=a\u2028b,n=user,r=abc"):
         failure = _fail(ScramSha256Server().start(first.encode()))
         assert failure.malformed, first
+
+
+@pytest.mark.parametrize("password", ["pencil", "wrong"])
+def test_a_proof_the_login_path_refuses_is_not_judged(password: str) -> None:
+    """``ProofArrived`` answered with a temporary verdict (the guard's re-check found
+    the account locked): the same e=other-error and temporary failure whether the
+    proof was right or not, as a refused look-up ends."""
+    creds = scram_credentials_from_password("pencil", "sha256", 4096)
+    server = ScramSha256Server()
+    client = ScramClient("sha256", "user", password)
+    assert isinstance(server.start(client.start()), NeedCredentials)
+    step = server.answer(creds)
+    assert isinstance(step, Challenge)
+    step = server.step(client.step(step.data))
+    assert step == NeedCredentials(ProofArrived("user", "SCRAM-SHA-256"))
+    end = server.answer(Verdict(ok=False, reason="account locked", temporary=True))
+    assert end == Failure(reason="account locked", temporary=True, username="user",
+                          error_data=b"e=other-error")

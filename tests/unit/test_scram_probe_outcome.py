@@ -8,7 +8,7 @@ import base64
 
 import pytest
 
-from smtpgate.sasl.base import NeedCredentials, ScramCredentials
+from smtpgate.sasl.base import NeedCredentials, ScramCredentials, Verdict
 from smtpgate.sasl.exchange import AuthResult, Challenge, Outcome, ServerExchange
 from smtpgate.sasl.scram import ScramSha256Server, scram_credentials_from_password
 
@@ -47,6 +47,8 @@ def test_a_wrong_proof_and_a_plain_cancel_are_not_malformed() -> None:
     ex, nonce = after_salt()
     proof = base64.b64encode(b"\0" * 32).decode()
     step = ex.respond(f"c=biws,r={nonce},p={proof}".encode())
+    assert isinstance(step, NeedCredentials)  # ProofArrived
+    step = ex.answer(Verdict(ok=True))
     assert isinstance(step, Challenge) and step.data == b"e=invalid-proof"
     out = ex.cancel()
     assert (out.result, out.malformed) == (AuthResult.FAILURE, False)  # a guess

@@ -12,6 +12,10 @@ its failure, and reads a record that includes it: the limit holds exactly.
 The same race one level up (one guess from each of many new addresses against
 one account's lockout) is closed the same way: the login path also takes the
 gate of the account for an attempt from an address the account does not know.
+And across a subnet (many addresses of one /24 spraying many accounts at once
+read one count of the subnet's accounts): such an attempt also takes the
+subnet's gate, after its penalty, so the subnet holds it only for the server's
+own work.
 
 Scope: one process (each worker has its own gate; with W workers an address
 can have W attempts in flight, so at most W - 1 guesses beyond a limit). Keyed
@@ -24,17 +28,22 @@ failures is waited inside the gate, so attempts from a penalised address follow
 one another at the penalty's pace. The failure floor is waited after the gate
 is released.
 
-A holder that never releases (a front door that lost an attempt without
-concluding it, or a SCRAM exchange whose client never sends its proof) must not
-lock an address out of this process: a hold lasts `MAX_WAIT` seconds at most,
+A hold covers the server's own work, not a wait on the client: the login path
+lets go of its gates when SCRAM's salt goes out and takes them again (with a
+second guard check) when the proof comes, and counts a failure announced in a
+challenge (``e=``) before the client answers it (``auth/login.py``), so a client
+that stalls holds up nobody. A holder that never releases (a front door that
+lost an attempt without concluding it, a bug) must not lock an address out of
+this process: a hold lasts `MAX_WAIT` seconds at most,
 then the gate goes to the next waiter, and an attempt that is garbage-collected
 releases what it held. The waiters behind it still go one at a time: until
 2026-12 each gave up after `MAX_WAIT` of its own wait and went on without the
 gate, so every attempt queued behind a stalled SCRAM exchange went on at the same
 moment, read the same record, and was verified (40 guesses from 40 new addresses
-against a lockout_threshold of 5). A holder whose hold ended goes on without it
-(its check is done); how many such there can be at once is bounded by
-``limits.auth_deadline / MAX_WAIT`` per key and process.
+against a lockout_threshold of 5). A holder whose hold ended and that still has
+something to have judged (a SCRAM proof) takes the gate again and has the guard
+check it again first (``LoginAttempt._before_proof``), so no guess is judged on a
+record read before others were counted.
 """
 
 from __future__ import annotations
@@ -46,8 +55,8 @@ from dataclasses import dataclass, field
 
 log = logging.getLogger("smtpgate.guard")
 
-#: Seconds one attempt holds a key at most (SASL exchanges that wait on their
-#: client, SCRAM's, end within ``limits.auth_deadline`` anyway).
+#: Seconds one attempt holds a key at most: a safety net, as no hold lasts
+#: while the exchange waits on its client.
 MAX_WAIT = 30.0
 
 
@@ -76,6 +85,11 @@ class AttemptGate:
 
     def busy(self, key: str) -> bool:
         return key in self._held
+
+    def holds(self, key: str, hold: Hold) -> bool:
+        """Whether ``hold`` still holds ``key`` (False once its time ended)."""
+        state = self._held.get(key)
+        return state is not None and state.holder is hold
 
     async def acquire(self, key: str) -> Hold:
         """Wait for ``key`` and hold it: until `release`, or ``max_wait`` seconds."""

@@ -12,8 +12,12 @@ hands this module the two moments that need the account directory and the guard:
    count), and the guard is asked before any Argon2id or PBKDF2 work: a
    refusal answers the mechanism with a *temporary* failure (it ends as the
    guard's 454, never a 535), and a penalty is an ``asyncio.sleep`` of this
-   attempt only. Then the auth service resolves the query. SCRAM's second query
-   (``ConfirmIdentity``) is part of the same attempt and is not checked again.
+   attempt only. Then the auth service resolves the query. SCRAM's later
+   queries are part of the same attempt. The attempt lets go of its gates when
+   the salt goes out (a client that stalls before its proof holds up nobody);
+   ``ProofArrived`` (the proof is here) takes them again and asks the guard
+   again before the proof is judged (``_before_proof``: no proof is judged on a
+   stale record), and ``ConfirmIdentity`` (the proof held) is not checked again.
    The guard's check also says where the attempt's password verification
    queues (``_source``): one from an address the account knows, with no recent
    failures, goes before every other; any other waits its turn, one at a time
@@ -67,21 +71,24 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from smtpgate import metrics
-from smtpgate.auth.attempt_gate import AttemptGate
+from smtpgate.auth.attempt_gate import AttemptGate, Hold
 from smtpgate.auth.directory import AppPassword, StoreError
 from smtpgate.auth.guard import Guard, GuardCheck, Refusal
 from smtpgate.auth.principal import AppPasswordUse, Principal
 from smtpgate.auth.sender_profile import SenderProfile
 from smtpgate.auth.service import AuthContext, AuthService
 from smtpgate.auth.services import AuthServices
+from smtpgate.auth.shared_gate import SharedGate
 from smtpgate.auth.verify_scheduler import Lane
 from smtpgate.sasl.base import (
     ConfirmIdentity,
     CredentialAnswer,
     CredentialQuery,
+    Failure,
     LookupCramMd5,
     LookupScram,
     NotFound,
+    ProofArrived,
     Verdict,
 )
 from smtpgate.sasl.exchange import AuthResult
@@ -205,7 +212,9 @@ class LoginAttempt:
         self._auth: AuthService | None = None
         #: Release this attempt's holds on its address's and account's gates (each
         #: once; also when the attempt is garbage-collected without a conclusion).
-        self._gates: dict[str, weakref.finalize[..., Any]] = {}
+        self._gates: dict[str, tuple[Hold, weakref.finalize[..., Any]]] = {}
+        #: The failure counted when the exchange announced it (``failure_announced``).
+        self._early: asyncio.Future[None] | None = None
 
     def _service(self) -> AuthService:
         if self._auth is None:
@@ -218,7 +227,9 @@ class LoginAttempt:
         guard = owner.guard
         if self._started is None:
             self._started = time.monotonic()
-        if guard is not None and not isinstance(query, ConfirmIdentity):
+        if isinstance(query, ProofArrived):
+            return await self._before_proof(guard, query)
+        if guard is not None and not isinstance(query, (ConfirmIdentity, ProofArrived)):
             # The first look-up of an attempt (SCRAM's ConfirmIdentity is its
             # second): the guard decides before any hashing happens.
             self._refusal, self._app, self._issuer, self._profile = None, None, None, None
@@ -253,11 +264,24 @@ class LoginAttempt:
                 # check (a bind could go uncounted), a temporary failure as for
                 # any directory fault.
                 return temporary_answer(query, fault)
+            if not check.known and account and await self._enter_gate(guard, subnet=True):
+                # Waited for another new-address attempt from the subnet (after
+                # the penalty, so that a penalised address holds up none of its
+                # neighbours): its failure may have blocked the subnet.
+                again = await self._check_again(guard, query)
+                if again is not _GO_ON:
+                    return again
         res = await self._service().resolve_detailed(query, self._source())
         # Decoys disclose as much as real keys do; a temporary answer shows nothing.
         self._disclosed = isinstance(query, LookupScram) and not (
             isinstance(res.answer, NotFound) and res.answer.temporary
         )
+        if self._disclosed:
+            # The salt goes out and the exchange waits on its client: nothing is
+            # judged until the proof comes, which takes the gates again and is
+            # checked again (``_before_proof``). Held meanwhile, they would let a
+            # client that stalls here delay every other attempt on the account.
+            self._pause_gates()
         if not self._alive():
             return None
         self._refusal = res.refusal or self._refusal
@@ -268,34 +292,125 @@ class LoginAttempt:
         self._profile = res.profile or self._profile
         return res.answer
 
-    async def _enter_gate(self, guard: Guard, *, account: str = "") -> bool:
-        """Wait until no other attempt from this address (or, with ``account``, no
-        other attempt on that account from an address it does not know) is between
-        its check and its committed failure (``attempt_gate.py``); hold the gate
-        until ours is. True if another attempt held it (the record has changed)."""
+    async def _enter_gate(self, guard: Guard, *, account: str = "", subnet: bool = False) -> bool:
+        """Wait until no other attempt from this address (with ``account``: no other
+        attempt on that account from an address it does not know; with ``subnet``:
+        no other attempt from the address's subnet from an address its account does
+        not know) is between its check and its committed failure
+        (``attempt_gate.py``); hold the gate until ours is. True if another attempt
+        held it (the record has changed).
+
+        Taken in that order (address, account, subnet), by every attempt, so no
+        two attempts wait for each other. The subnet's gate keeps a spray from many
+        addresses of one subnet at once within ``subnet_spray_accounts``: each such
+        attempt reads a count that includes the failures of those before it."""
         ip = self.source.client_ip
         if not guard.watches(ip):
             return False
-        gate = self._owner.gate
-        key = f"account {account}" if account else f"address {guard.keys(ip).address}"
+        keys = guard.keys(ip)
+        if subnet:
+            if keys.subnet == keys.address:
+                return False  # the subnet is the address (a /32 or /64 subnet prefix)
+            key = f"subnet {keys.subnet}"
+        else:
+            key = f"account {account}" if account else f"address {keys.address}"
         if key in self._gates:
             return False  # a second first query of this attempt: held already
+        return await self._take(key)
+
+    async def _take(self, key: str) -> bool:
+        gate = self._owner.gate
         waited = gate.busy(key)
         hold = await gate.acquire(key)
-        self._gates[key] = weakref.finalize(self, gate.release, key, hold)
-        shared = guard.shared_gate
+        self._gates[key] = (hold, weakref.finalize(self, gate.release, key, hold))
+        guard = self._owner.guard
+        shared = guard.shared_gate if guard is not None else None
         if shared is not None:
-            # Then the cluster's lease on the same key (``shared_gate.py``), given
-            # back before the process's gate (``_leave_gate`` goes in reverse).
+            # Then the cluster's lease on the same key (``shared_gate.py``). One
+            # release gives back both, the lease first, so a pause, a lapse and
+            # the conclusion let go of the cluster's lease with the process's gate.
             token, waited_elsewhere = await shared.acquire(key)
-            self._gates["shared " + key] = weakref.finalize(self, shared.release, key, token)
+            self._gates[key][1].detach()
+            self._gates[key] = (hold, weakref.finalize(
+                self, _release_both, gate, key, hold, shared, token))
             waited = waited or waited_elsewhere
         return waited
 
     def _leave_gate(self) -> None:
         held, self._gates = self._gates, {}
-        for release in reversed(held.values()):
+        for _, release in reversed(held.values()):
             release()
+
+    def _pause_gates(self) -> None:
+        """Release this attempt's holds but remember their keys: ``_before_proof``
+        takes them again, as it does a hold whose time ended."""
+        for _, release in reversed(self._gates.values()):
+            release()
+
+    async def _before_proof(self, guard: Guard | None, query: ProofArrived) -> CredentialAnswer | None:
+        """May the proof that just arrived be judged (``ProofArrived``)?
+
+        The gates were let go when the salt went out (``_pause_gates``), and
+        other attempts may have checked, failed and locked the account while
+        the client worked out its proof, so the check this attempt made is
+        stale: the gates are taken again and the guard asked again, and a
+        refusal now ends the exchange as it would have at the start (the same
+        temporary failure, after the same delay), before the proof is looked
+        at, so the answer says nothing about the proof. Yes at once if the
+        attempt holds its gates still (none paused: a front door that answers
+        the look-up itself).
+        """
+        gate = self._owner.gate
+        lapsed = [key for key, (hold, _) in self._gates.items() if not gate.holds(key, hold)]
+        if guard is None or self._check is None or not lapsed:
+            return _GO_ON
+        for key in lapsed:
+            self._gates.pop(key)[1]()  # the cluster's lease with it; the lapsed hold is gone already
+        for key in lapsed:  # in the order first taken (address, account, subnet)
+            await self._take(key)
+        if not self._alive():
+            return None
+        return await self._check_again(guard, query)
+
+    async def _check_again(self, guard: Guard, query: CredentialQuery) -> CredentialAnswer | None:
+        """Ask the guard again, the gates waited for: ``_GO_ON``, the temporary
+        answer of a refusal now (after the delay any refusal gets; the penalty
+        was waited already), or None if the client went away."""
+        check = await guard.check(self.source.client_ip, self.account)
+        if not self._alive():
+            return None
+        self._check = check
+        if check.refusal is not None:
+            if check.delay > 0:
+                await self._owner.sleep(check.delay)
+            return None if not self._alive() else temporary_answer(query, check.refusal.reason)
+        if check.unavailable:
+            return temporary_answer(query, check.unavailable)
+        return _GO_ON
+
+    def failure_announced(self, failure: Failure) -> None:
+        """The exchange told its client it failed, in a challenge (SCRAM ``e=``, the
+        OAuth error JSON), and waits for the client's answer, which cannot change
+        that. The failure is counted now and the gates let go once it is
+        written; held until the client answered, they let a client that never
+        answers hold up every other attempt on the address and the account.
+        ``conclude`` waits for this write instead of making its own. A temporary
+        failure (a refusal, a fault) counts nothing: the gates go at once."""
+        guard = self._owner.guard
+        if self._early is not None:
+            return
+        if failure.temporary or guard is None:
+            self._pause_gates()
+            return
+        check = self._check if self._check is not None else guard.bare_check(self.source.client_ip)
+        # As ``conclude`` counts it: a client-final without a proof is a probe.
+        counts_account = self._refusal is None and not (self._disclosed and failure.malformed)
+        self._early = asyncio.ensure_future(self._counted(guard, check, counts_account))
+
+    async def _after_early(self, early: asyncio.Future[None], answered: bool) -> None:
+        await early
+        if answered:
+            await self._owner.floor()
 
     def _source(self) -> AuthContext:
         """The source, with the lane its password verification queues in: the
@@ -340,6 +455,7 @@ class LoginAttempt:
         profile, self._profile = self._profile, None
         disclosed, self._disclosed = self._disclosed, False
         auth, self._auth = self._auth, None
+        early, self._early = self._early, None
         if auth is None:
             auth = owner.auth  # ended before any query (nothing held)
         else:
@@ -386,6 +502,8 @@ class LoginAttempt:
         if result is not AuthResult.FAILURE and not probe:
             self._leave_gate()
             return Conclusion(LoginResult(result))
+        if early is not None:  # counted when it was announced
+            return Conclusion(LoginResult(result), self._after_early(early, answered))
         if guard is not None and check is None:
             check = guard.bare_check(src.client_ip)  # failed before naming an account
         # A refusal that did not depend on the secret never counts toward the
@@ -437,12 +555,25 @@ class LoginAttempt:
             self._leave_gate()
 
 
+#: ``_check_again``'s "the guard lets it go on" (for ``ProofArrived``, the answer
+#: itself).
+_GO_ON = Verdict(ok=True)
+
+
 _METRIC_RESULTS = {
     AuthResult.SUCCESS: "success",
     AuthResult.FAILURE: "failure",
     AuthResult.TEMPFAIL: "temporary",
     AuthResult.CANCELLED: "cancelled",
 }
+
+
+def _release_both(gate: AttemptGate, key: str, hold: Hold, shared: SharedGate,
+                  token: str | None) -> None:
+    """The cluster's lease on ``key``, then the process's gate (the reverse of
+    the order ``LoginAttempt._take`` took them in)."""
+    shared.release(key, token)
+    gate.release(key, hold)
 
 
 def temporary_answer(query: CredentialQuery, reason: str) -> CredentialAnswer:

@@ -133,6 +133,7 @@ from smtpgate.sasl.base import (
     LookupCramMd5,
     LookupScram,
     NotFound,
+    ProofArrived,
     Verdict,
     VerifyCertificate,
     VerifyPassword,
@@ -356,7 +357,7 @@ class AuthService:
     async def resolve(self, query: CredentialQuery, ctx: AuthContext) -> CredentialAnswer:
         """Answer ``query``; never raises (except cancellation).
 
-        Verdict for VerifyPassword / VerifyToken / ConfirmIdentity; ScramCredentials,
+        Verdict for VerifyPassword / VerifyToken / ConfirmIdentity / ProofArrived; ScramCredentials,
         CramMd5Secret or NotFound for the look-ups. Backend faults give
         ``temporary=True``.
         """
@@ -382,6 +383,10 @@ class AuthService:
                     return await self._verify_token(query, ctx)
                 case VerifyCertificate():
                     return await self._verify_certificate(query, ctx)
+                case ProofArrived():
+                    # The guard's re-check is the login path's (auth/login.py);
+                    # the directory has nothing to say before the proof.
+                    return Resolution(Verdict(ok=True))
             reason = f"unsupported query {type(query).__name__}"
         except (StoreError, StoredHashError, CredentialDataError, _Temporary) as e:
             reason = str(e)

@@ -103,9 +103,25 @@ class ConfirmIdentity:
     authzid: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class ProofArrived:
+    """SCRAM's client proof has arrived and is about to be judged: may it be?
+
+    Why: the mechanism sent the salt on the word of a guard check made when the
+    client-first came, and the client may answer much later, after other
+    guesses changed the record (the account is locked by now). The login path
+    answers ``Verdict(ok=True)`` to go on, or a temporary ``Verdict`` to end the
+    exchange as any refused login ends, before the proof is judged: the answer
+    never depends on whether the proof was right. Asked for every proof, a
+    decoy's too, so an unknown name takes the same steps."""
+
+    username: str
+    mechanism: str = ""
+
+
 CredentialQuery = (
     VerifyPassword | LookupScram | LookupCramMd5 | VerifyToken | ConfirmIdentity
-    | VerifyCertificate
+    | VerifyCertificate | ProofArrived
 )
 
 

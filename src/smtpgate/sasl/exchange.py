@@ -143,6 +143,14 @@ class ServerExchange:
         a failure (see the module docstring)."""
         return self._announced is not None
 
+    @property
+    def announced_failure(self) -> Failure | None:
+        """The failure the last challenge announced (SCRAM ``e=``, the OAuth error
+        JSON), which the client's answer cannot change: a front door may have it
+        counted at once instead of after that answer."""
+        announced = self._announced
+        return announced if isinstance(announced, Failure) else None
+
     # ------------------------------------------------------------------ calls
 
     def start(self, initial: bytes | None) -> ExchangeStep:

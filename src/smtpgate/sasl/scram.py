@@ -4,8 +4,9 @@ Theory of operation
 -------------------
 Server: client-first -> ``NeedCredentials(LookupScram)`` -> answer with
 ``ScramCredentials`` (or ``NotFound``) -> ``Challenge(server-first)`` ->
-client-final -> proof checked here with the stored keys ->
-``NeedCredentials(ConfirmIdentity)`` -> answer with a ``Verdict`` ->
+client-final -> ``NeedCredentials(ProofArrived)`` -> answer ``Verdict(ok=True)`` (or
+a temporary one: the exchange ends before the proof is judged, as a refused login
+does) -> proof checked here with the stored keys -> ``NeedCredentials(ConfirmIdentity)`` -> answer with a ``Verdict`` ->
 ``Success(final_data=b"v=...")`` or ``Failure(error_data=b"e=...")``.
 
 The server never sees a password: it holds (salt, i, StoredKey, ServerKey) and
@@ -59,9 +60,11 @@ from smtpgate.sasl.base import (
     MechanismUsageError,
     NeedCredentials,
     NotFound,
+    ProofArrived,
     ScramCredentials,
     ServerErrorMessage,
     Step,
+    Verdict,
 )
 from smtpgate.sasl.saslprep import SaslprepError, saslprep
 
@@ -269,7 +272,15 @@ class _ClientFirst:
     bare: str
 
 
-_ServerState = Literal["first", "lookup", "final", "confirm"]
+_ServerState = Literal["first", "lookup", "final", "proof", "confirm"]
+
+
+@dataclass(frozen=True, slots=True)
+class _Proof:
+    """A parsed client-final waiting for ``ProofArrived``'s answer."""
+
+    auth_message: bytes
+    proof: bytes
 
 
 class ScramServer(ServerMechanismBase):
@@ -315,6 +326,7 @@ class ScramServer(ServerMechanismBase):
         self._nonce = ""
         self._server_first = ""
         self._server_signature = b""
+        self._proof: _Proof | None = None
 
     @classmethod
     def from_context(cls, ctx: ServerContext) -> ScramServer:
@@ -341,20 +353,25 @@ class ScramServer(ServerMechanismBase):
             if self._state == "final":
                 return self._on_client_final(response)
         except _ScramError as exc:
-            return Failure(
-                reason=f"{self.name}: {exc.reason}" if exc.qualified else exc.reason,
-                error_data=b"e=" + exc.error.encode("ascii"),
-                username=self._first.username if self._first else "",
-                malformed=exc.malformed,
-                client_could_bind=exc.could_bind,
-            )
+            return self._failure(exc)
         raise MechanismUsageError(f"{self.name}: step() in state {self._state}")  # pragma: no cover
+
+    def _failure(self, exc: _ScramError) -> Failure:
+        return Failure(
+            reason=f"{self.name}: {exc.reason}" if exc.qualified else exc.reason,
+            error_data=b"e=" + exc.error.encode("ascii"),
+            username=self._first.username if self._first else "",
+            malformed=exc.malformed,
+            client_could_bind=exc.could_bind,
+        )
 
     def _answer(self, result: CredentialAnswer) -> Step:
         first = self._first
         assert first is not None  # the base class only allows answer() after a query
         if self._state == "lookup":
             return self._on_lookup(first, result)
+        if self._state == "proof":
+            return self._on_proof_answer(first, result)
         return verdict_step(
             self.name,
             result,
@@ -564,6 +581,31 @@ class ScramServer(ServerMechanismBase):
         # RFC 5802 §3: AuthMessage = client-first-message-bare + "," +
         # server-first-message + "," + client-final-message-without-proof
         auth_message = f"{first.bare},{self._server_first},{without_proof}".encode()
+        self._proof = _Proof(auth_message, proof)
+        self._state = "proof"
+        return NeedCredentials(ProofArrived(first.username, mechanism=self.name))
+
+    def _on_proof_answer(self, first: _ClientFirst, result: CredentialAnswer) -> Step:
+        """Judge the proof, or end before judging it if the login path says no
+        (the same ``e=other-error`` and temporary failure as a refused look-up)."""
+        if not (isinstance(result, Verdict) and result.ok):
+            if not isinstance(result, (Verdict, NotFound)):
+                return unexpected_answer(self.name, result, first.username)
+            return Failure(
+                reason=result.reason or f"{self.name}: proof not judged",
+                temporary=True,
+                username=first.username,
+                error_data=b"e=" + E_OTHER_ERROR.encode("ascii"),
+            )
+        try:
+            return self._judge(first)
+        except _ScramError as exc:
+            return self._failure(exc)
+
+    def _judge(self, first: _ClientFirst) -> Step:
+        creds, pending = self._creds, self._proof
+        assert creds is not None and pending is not None
+        auth_message, proof = pending.auth_message, pending.proof
         client_signature = _hmac(self._hash.name, creds.stored_key, auth_message)
         client_key = _xor(proof, client_signature)
         candidate = hashlib.new(self._hash.name, client_key).digest()

@@ -199,6 +199,12 @@ class Decisions:
     def _auth_answer(self, answer: CredentialAnswer | None) -> None:
         if answer is not None:  # None: the client is gone
             self.engine.auth_answer(answer)
+            announced = self.engine.auth_announced_failure
+            if announced is not None and self._login is not None:
+                # The verdict went out in a 334 (SCRAM e=): counted now, not after
+                # the client's answer, so that a client that never answers holds
+                # up no other attempt (LoginAttempt.failure_announced).
+                self._login.failure_announced(announced)
 
     def _auth_finished(self, ev: AuthFinished) -> Pending[R.Reply | None] | None:
         login, self._login = self._attempt(), None

@@ -287,6 +287,13 @@ class ServerEngine:
         return self.state is State.AUTH
 
     @property
+    def auth_announced_failure(self) -> sasl.Failure | None:
+        """The open AUTH exchange's last 334 announced this failure and waits for
+        the client's answer, which cannot change it (``ServerExchange``)."""
+        exchange = self._exchange
+        return None if exchange is None else exchange.announced_failure
+
+    @property
     def idle(self) -> bool:
         """No message in flight and no decision pending: safe to hang up."""
         return not self._paused and self.state not in (

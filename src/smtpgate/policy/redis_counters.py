@@ -19,11 +19,11 @@ import redis
 
 from smtpgate.policy.rate_counters import BUCKET_SECONDS, KEEP_BUCKETS, RateCountersError
 
-_ADD = r"""
-local P, bucket, m, r = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
-local keep, secs = tonumber(ARGV[5]), tonumber(ARGV[6])
-for i = 7, #ARGV do
-  local h, z = P .. 'rate:' .. ARGV[i], P .. 'rateb:' .. ARGV[i]
+# What the scripts share, as Lua functions each script starts with: a key's
+# hash of counts by bucket (``rate:NAME``) and the sorted set of its buckets
+# (``rateb:NAME``), both kept ``keep`` buckets past the newest.
+_FUNCTIONS = r"""
+local function bump(h, z, bucket, m, r, keep, secs)
   redis.call('HINCRBY', h, 'm:' .. bucket, m)
   redis.call('HINCRBY', h, 'r:' .. bucket, r)
   redis.call('ZADD', z, bucket, bucket)
@@ -36,20 +36,31 @@ for i = 7, #ARGV do
   redis.call('EXPIREAT', h, at)
   redis.call('EXPIREAT', z, at)
 end
-return 1
-"""
-
-_USAGE = r"""
-local P, since = ARGV[1], tonumber(ARGV[2])
-local out = {}
-for i = 3, #ARGV do
-  local h, z = P .. 'rate:' .. ARGV[i], P .. 'rateb:' .. ARGV[i]
+local function sums(h, z, since)
   local m, r = 0, 0
   for _, b in ipairs(redis.call('ZRANGEBYSCORE', z, since, '+inf')) do
     local v = redis.call('HMGET', h, 'm:' .. b, 'r:' .. b)
     m = m + (tonumber(v[1]) or 0)
     r = r + (tonumber(v[2]) or 0)
   end
+  return m, r
+end
+"""
+
+_ADD = _FUNCTIONS + r"""
+local P, bucket, m, r = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local keep, secs = tonumber(ARGV[5]), tonumber(ARGV[6])
+for i = 7, #ARGV do
+  bump(P .. 'rate:' .. ARGV[i], P .. 'rateb:' .. ARGV[i], bucket, m, r, keep, secs)
+end
+return 1
+"""
+
+_USAGE = _FUNCTIONS + r"""
+local P, since = ARGV[1], tonumber(ARGV[2])
+local out = {}
+for i = 3, #ARGV do
+  local m, r = sums(P .. 'rate:' .. ARGV[i], P .. 'rateb:' .. ARGV[i], since)
   table.insert(out, m)
   table.insert(out, r)
 end
@@ -60,19 +71,13 @@ return out
 # add_within: the sums of _USAGE, the test of ``rate_counters.over_limit``, then
 # the adds of _ADD, in one script (Redis runs a script alone: nothing in between).
 # ARGV: P, bucket, m, r, keep, secs, since, then per key: name, max_m, max_r.
-_ADD_WITHIN = r"""
+_ADD_WITHIN = _FUNCTIONS + r"""
 local P, bucket, m, r = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local keep, secs, since = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local used, over = {}, false
 for i = 8, #ARGV, 3 do
   local k, max_m, max_r = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
-  local h, z = P .. 'rate:' .. k, P .. 'rateb:' .. k
-  local um, ur = 0, 0
-  for _, b in ipairs(redis.call('ZRANGEBYSCORE', z, since, '+inf')) do
-    local v = redis.call('HMGET', h, 'm:' .. b, 'r:' .. b)
-    um = um + (tonumber(v[1]) or 0)
-    ur = ur + (tonumber(v[2]) or 0)
-  end
+  local um, ur = sums(P .. 'rate:' .. k, P .. 'rateb:' .. k, since)
   table.insert(used, um)
   table.insert(used, ur)
   if (max_m > 0 and m > 0 and um + m > max_m) or (max_r > 0 and r > 0 and ur + r > max_r) then
@@ -81,18 +86,7 @@ for i = 8, #ARGV, 3 do
 end
 if over then return used end
 for i = 8, #ARGV, 3 do
-  local h, z = P .. 'rate:' .. ARGV[i], P .. 'rateb:' .. ARGV[i]
-  redis.call('HINCRBY', h, 'm:' .. bucket, m)
-  redis.call('HINCRBY', h, 'r:' .. bucket, r)
-  redis.call('ZADD', z, bucket, bucket)
-  for _, old in ipairs(redis.call('ZRANGEBYSCORE', z, '-inf', '(' .. (bucket - keep))) do
-    redis.call('HDEL', h, 'm:' .. old, 'r:' .. old)
-  end
-  redis.call('ZREMRANGEBYSCORE', z, '-inf', '(' .. (bucket - keep))
-  local top = tonumber(redis.call('ZRANGE', z, -1, -1)[1])
-  local at = (top + keep + 1) * secs
-  redis.call('EXPIREAT', h, at)
-  redis.call('EXPIREAT', z, at)
+  bump(P .. 'rate:' .. ARGV[i], P .. 'rateb:' .. ARGV[i], bucket, m, r, keep, secs)
 end
 return {}
 """

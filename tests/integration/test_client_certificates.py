@@ -29,7 +29,7 @@ import pytest
 from tests.client_pki import Issued, TestCa
 
 from .backends import BACKENDS
-from .conftest import Server, free_port, make_server, require_tool
+from .conftest import LOGIN_IN_RECEIVED, Server, free_port, make_server, require_tool
 
 ALICE = "alice@example.org"
 CAROL = "carol@example.org"
@@ -99,7 +99,7 @@ client_cert_san_login = true
 penalty_base = 0.05
 penalty_max = 0.2
 address_failure_limit = {ADDRESS_FAILURES}
-"""
+""" + LOGIN_IN_RECEIVED  # the account's name in Received: what the tests read
     srv.config.write_text(text)
 
 

@@ -14,8 +14,10 @@ one account's lockout) is closed the same way: the login path also takes the
 gate of the account for an attempt from an address the account does not know.
 And across a subnet (many addresses of one /24 spraying many accounts at once
 read one count of the subnet's accounts): such an attempt also takes the
-subnet's gate, after its penalty, so the subnet holds it only for the server's
-own work.
+subnet's gate. The account's and the subnet's gates are taken after the
+address's penalty (and the guard asked again), so they are held only for the
+server's own work: a penalised guesser holds up none of the account's other
+new-address logins and none of its subnet's.
 
 Scope: one process (each worker has its own gate; with W workers an address
 can have W attempts in flight, so at most W - 1 guesses beyond a limit). Keyed
@@ -24,8 +26,8 @@ attempt takes it, also one from an address the account knows: an attacker who
 shares the owner's address (a NAT) must not get around the limit by sending in
 parallel. The owner's own logins from one address then queue behind one
 another, which costs a few milliseconds each; the penalty of an address with
-failures is waited inside the gate, so attempts from a penalised address follow
-one another at the penalty's pace. The failure floor is waited after the gate
+failures is waited inside the address's gate (only), so attempts from a
+penalised address follow one another at the penalty's pace. The failure floor is waited after the gate
 is released.
 
 A hold covers the server's own work, not a wait on the client: the login path

@@ -12,13 +12,15 @@ hands this module the two moments that need the account directory and the guard:
    count), and the guard is asked before any Argon2id or PBKDF2 work: a
    refusal answers the mechanism with a *temporary* failure (it ends as the
    guard's 454, never a 535), and a penalty is an ``asyncio.sleep`` of this
-   attempt only. Then the auth service resolves the query. SCRAM's later
-   queries are part of the same attempt. The attempt lets go of its gates when
-   the salt goes out (a client that stalls before its proof holds up nobody);
-   ``ProofArrived`` (the proof is here) takes them again and asks the guard
-   again before the proof is judged (``_before_proof``: no proof is judged on a
-   stale record), and ``ConfirmIdentity`` (the proof held) is not checked again.
-   The guard's check also says where the attempt's password verification
+   attempt only, inside its address's gate alone: the account's and the
+   subnet's gates are taken after it and the guard asked again
+   (``_enter_new_address_gates``). Then the auth service resolves the query.
+   SCRAM's later queries are part of the same attempt. The attempt lets go of
+   its gates when the salt goes out (a client that stalls before its proof
+   holds up nobody); ``ProofArrived`` (the proof is here) takes them again and
+   asks the guard again before the proof is judged (``_before_proof``: no
+   proof is judged on a stale record), and ``ConfirmIdentity`` (the proof
+   held) is not checked again. The guard's check also says where the attempt's password verification
    queues (``_source``): one from an address the account knows, with no recent
    failures, goes before every other; any other waits its turn, one at a time
    per address, on lower-priority threads (``verify_scheduler.py``, why there).
@@ -242,15 +244,14 @@ class LoginAttempt:
             if not self._alive():
                 return None
             check = await guard.check(self.source.client_ip, account)
-            if (check.refusal is None and not check.unavailable and not check.known
-                    and account and await self._enter_gate(guard, account=account)):
-                # Waited for another new-address attempt on this account: read again.
-                check = await guard.check(self.source.client_ip, account)
             if not self._alive():
                 return None
             self._check = check
             if check.delay > 0:
-                await owner.sleep(check.delay)  # the penalty: this attempt only
+                # The penalty: this attempt only, inside its address's gate alone
+                # (the address's next attempts follow at the penalty's pace; no
+                # other address waits for it).
+                await owner.sleep(check.delay)
                 if not self._alive():
                     return None
             if check.refusal is not None:
@@ -264,11 +265,9 @@ class LoginAttempt:
                 # check (a bind could go uncounted), a temporary failure as for
                 # any directory fault.
                 return temporary_answer(query, fault)
-            if not check.known and account and await self._enter_gate(guard, subnet=True):
-                # Waited for another new-address attempt from the subnet (after
-                # the penalty, so that a penalised address holds up none of its
-                # neighbours): its failure may have blocked the subnet.
-                again = await self._check_again(guard, query)
+            if not check.known and account:
+                again = await self._enter_new_address_gates(guard, query, account,
+                                                            stale=check.delay > 0)
                 if again is not _GO_ON:
                     return again
         res = await self._service().resolve_detailed(query, self._source())
@@ -291,6 +290,26 @@ class LoginAttempt:
             self._token = (res.oauth_token, res.oauth_expires)
         self._profile = res.profile or self._profile
         return res.answer
+
+    async def _enter_new_address_gates(
+        self, guard: Guard, query: CredentialQuery, account: str, *, stale: bool,
+    ) -> CredentialAnswer | None:
+        """Take the account's and the subnet's gates for an attempt from an address
+        the account does not know, after its penalty: ``_GO_ON``, or the answer
+        ``_check_again`` gives.
+
+        Taken after the penalty, so that they are held only for the check, the
+        verification and the committed failure: a penalised guesser then holds up
+        none of the account's other new-address logins (the owner on a new
+        network) and none of its subnet's. The guard is asked again if another
+        attempt held either gate (its failure may have locked the account or
+        blocked the subnet) or if the check is ``stale`` (read before a penalty,
+        during which others' failures were counted)."""
+        waited = await self._enter_gate(guard, account=account)
+        waited = await self._enter_gate(guard, subnet=True) or waited
+        if not waited and not stale:
+            return _GO_ON
+        return await self._check_again(guard, query)
 
     async def _enter_gate(self, guard: Guard, *, account: str = "", subnet: bool = False) -> bool:
         """Wait until no other attempt from this address (with ``account``: no other
@@ -341,6 +360,12 @@ class LoginAttempt:
         for _, release in reversed(held.values()):
             release()
 
+    def _leave_new_address_gates(self) -> None:
+        """Release the account's and the subnet's holds (the subnet's first), keep
+        the address's."""
+        for key in reversed([k for k in self._gates if not k.startswith("address ")]):
+            self._gates.pop(key)[1]()
+
     def _pause_gates(self) -> None:
         """Release this attempt's holds but remember their keys: ``_before_proof``
         takes them again, as it does a hold whose time ended."""
@@ -382,6 +407,10 @@ class LoginAttempt:
         self._check = check
         if check.refusal is not None:
             if check.delay > 0:
+                # Refused: nothing is verified or counted, so the account's and
+                # the subnet's gates go before the refusal's delay; the address's
+                # is kept, as a refusal at the first check keeps it.
+                self._leave_new_address_gates()
                 await self._owner.sleep(check.delay)
             return None if not self._alive() else temporary_answer(query, check.refusal.reason)
         if check.unavailable:

@@ -728,6 +728,15 @@ class LdapConfig(Model):
         "UPN/sAMAccountName logins, proxyAddresses (smtp: values), disabled accounts via "
         "userAccountControl, pwdLastSet (docs/directories.md, \"Active Directory\").",
     )
+    scram: bool = Field(
+        default=False,
+        description="Offer SCRAM-SHA-* for directory accounts. The directory checks "
+        "passwords by a bind and hands out no SCRAM keys, so a user has none until a "
+        "first PLAIN/LOGIN login derives them; a client that picks the strongest "
+        "mechanism offered would pick SCRAM and fail until then. Default false: SCRAM is "
+        "not offered (as Dovecot with an auth-bind passdb) and no keys are derived. "
+        "true: offered, keys derived and kept at each user's first PLAIN/LOGIN login.",
+    )
     group: str = Field(
         default="",
         description="DN of a group whose members may log in (with flavour = "
@@ -847,6 +856,15 @@ class AccountsConfig(Model):
     hash_threads: int = Field(
         default=2, ge=1, description="Worker threads for password hashing, off the event loop."
     )
+
+    @property
+    def withheld_mechanisms(self) -> frozenset[str]:
+        """Mechanisms no door offers whatever the mechanism lists say: SCRAM for a
+        bind-verifying directory without ``scram = true``, whose users have no keys
+        until a PLAIN/LOGIN login (docs/directories.md, "SCRAM")."""
+        if self.backend == "ldap" and not self.ldap.scram:
+            return mechanism_facts.SCRAM
+        return frozenset()
 
     @model_validator(mode="after")
     def _backend_settings(self) -> AccountsConfig:

@@ -96,6 +96,8 @@ LEGACY: frozenset[str] = frozenset(m.name for m in MECHANISMS if m.legacy)
 OAUTH: frozenset[str] = frozenset(m.name for m in MECHANISMS if m.oauth)
 CLEARTEXT: frozenset[str] = frozenset(m.name for m in MECHANISMS if m.cleartext)
 CLIENT_CERTIFICATE: frozenset[str] = frozenset(m.name for m in MECHANISMS if m.client_certificate)
+#: The SCRAM family: they need keys stored per account (``[accounts.ldap] scram``).
+SCRAM: frozenset[str] = frozenset(m.name for m in MECHANISMS if m.family == "scram")
 PLAINTEXT_EQUIVALENT: frozenset[str] = frozenset(
     m.name for m in MECHANISMS if m.plaintext_equivalent
 )

@@ -479,6 +479,7 @@ def check_listeners(cfg: Config) -> list[Problem]:
         bound.append((port, ip, lst.name))
         out += _cram_md5_beside_passwords(cfg, i, lst)
         out += _no_way_to_log_in(cfg, i, lst)
+        out += _scram_withheld(cfg, i, lst)
     # The web admin and the metrics endpoint bind plainly in the same server: on an
     # SMTP listener's address (or overlapping it), one of the two cannot bind.
     named = [(f"listener {name!r}", p, ip) for p, ip, name in bound]
@@ -529,13 +530,29 @@ def _no_way_to_log_in(cfg: Config, i: int, lst: ListenerConfig) -> list[Problem]
     """``mechanisms = []`` (here or in [auth]) leaves a listener where nobody can
     authenticate, so nobody can send, unless a proxy logs clients in with XCLIENT or
     client certificates bring EXTERNAL."""
-    offered = lst.mechanisms if lst.mechanisms is not None else cfg.auth.mechanisms
+    named = lst.mechanisms if lst.mechanisms is not None else cfg.auth.mechanisms
+    offered = {m.upper() for m in named} - cfg.accounts.withheld_mechanisms
     if offered or lst.xclient_trusted or lst.client_certificates is not None:
         return []
     key = f"listeners.{i}.mechanisms" if lst.mechanisms is not None else "auth.mechanisms"
     return [_warning(key, f"listener {lst.name!r} offers no SASL mechanism: no client can "
                      "log in there, so none can send; name the mechanisms to offer, or leave "
                      "the key out for the default")]
+
+
+def _scram_withheld(cfg: Config, i: int, lst: ListenerConfig) -> list[Problem]:
+    """A listener whose own ``mechanisms`` names SCRAM while the directory's users
+    have no SCRAM keys (``accounts.ldap.scram`` false): the name is dropped from
+    EHLO, which the administrator who wrote it should hear about."""
+    named = {m.upper() for m in (lst.mechanisms or [])} & cfg.accounts.withheld_mechanisms
+    if not named:
+        return []
+    listed = ", ".join(mechanism_facts.in_strength_order(named))
+    return [_warning(f"listeners.{i}.mechanisms", f"listener {lst.name!r} names {listed}, "
+                     "which is not offered: the LDAP directory checks passwords by a bind "
+                     "and its users have no SCRAM keys; set accounts.ldap.scram = true to "
+                     "offer SCRAM to users who have logged in once with PLAIN or LOGIN "
+                     "(docs/directories.md)")]
 
 
 def check_front_doors(cfg: Config) -> list[Problem]:

@@ -45,6 +45,7 @@ def ad_table(ad: SambaAD, base_dn: str, password_file: str) -> str:
         f'base_dn = "{base_dn}"\n'
         + MAIL_LOGIN
         + "operation_timeout = 3\nconnect_timeout = 2\n"
+        + "scram = true\n"  # the suites on every backend drive SCRAM too
     )
 
 

@@ -173,6 +173,50 @@ def test_scram_plus_after_a_first_plain_and_after_a_password_change(
     assert gsasl(srv, ALICE, ALICE_PW, "SCRAM-SHA-256-PLUS").returncode != 0
 
 
+def _ehlo_mechanisms(server: Server) -> list[str]:
+    with smtplib.SMTP("127.0.0.1", server.submission, timeout=20) as s:
+        s.starttls(context=server.client_context())
+        s.ehlo("client.test")
+        return s.esmtp_features.get("auth", "").upper().split()
+
+
+def test_a_default_directory_offers_no_scram_so_the_strongest_offered_logs_in(
+    slapd: Slapd, tmp_path: Path,
+) -> None:
+    """A bind-checked directory user has no SCRAM keys before a PLAIN/LOGIN login, so
+    SCRAM offered by default sent every client that picks the strongest mechanism
+    (mutt through Cyrus SASL) to a 535 for ever. Default: not offered, no keys kept;
+    the first mechanism offered logs a new user in."""
+    srv = make_server(tmp_path / "srv")
+    setup = LdapSetup(scram=None)  # the key left out, as a default install does
+    setup.configure(srv)
+    setup.add_user(srv, ALICE, ALICE_PW)
+    srv.start()
+    try:
+        offered = _ehlo_mechanisms(srv)
+        assert offered and not [m for m in offered if m.startswith("SCRAM-")], offered
+        # Cyrus SASL's way: the strongest offered, here the first of the list.
+        with smtplib.SMTP("127.0.0.1", srv.submission, timeout=20) as s:
+            s.starttls(context=srv.client_context())
+            s.ehlo("client.test")
+            s.user, s.password = ALICE, ALICE_PW
+            authobject = getattr(s, "auth_" + offered[0].lower().replace("-", "_"))
+            code, _ = s.auth(offered[0], authobject, initial_response_ok=True)
+            assert code == 235
+        assert scram_keys(srv, ALICE) == []  # nothing derived that nobody can use
+        out = gsasl(srv, ALICE, ALICE_PW, "SCRAM-SHA-256")
+        assert out.returncode != 0  # asked for anyway: not offered, not taken
+    finally:
+        srv.stop()
+    # scram = true: offered again, keys made at the first PLAIN (the test above).
+    srv2, _, _ = _server(tmp_path / "srv2")
+    srv2.start()
+    try:
+        assert "SCRAM-SHA-256" in _ehlo_mechanisms(srv2)
+    finally:
+        srv2.stop()
+
+
 def test_cram_md5_is_never_available_for_directory_accounts(
     ldap_server: tuple[Server, dict[str, str]],
 ) -> None:

@@ -174,7 +174,8 @@ base_dn = "{BASE_DN}"
 
 @pytest.fixture(scope="module")
 def ad_server(dc: SambaAD, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = _ad_server(tmp_path_factory.mktemp("ad") / "srv", dc)
+    # SCRAM on: the tests of the keys kept after a first PLAIN use this server.
+    srv = _ad_server(tmp_path_factory.mktemp("ad") / "srv", dc, "scram = true")
     yield srv
     if srv.proc is not None:
         srv.stop()

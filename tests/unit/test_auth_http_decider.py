@@ -49,7 +49,8 @@ def decider(attempt: FakeAttempt, contexts: list[Any]) -> AuthHttpDecider:
     runtime = SimpleNamespace(login=SimpleNamespace(begin=begin), guard=None)
     listener = AuthListenerConfig(protocol="auth_http", address="127.0.0.1:9143",
                                   upstream="127.0.0.1:2587")
-    cfg = SimpleNamespace(auth=SimpleNamespace(mechanisms=["PLAIN", "LOGIN"]))
+    cfg = SimpleNamespace(auth=SimpleNamespace(mechanisms=["PLAIN", "LOGIN"]),
+                          accounts=SimpleNamespace(withheld_mechanisms=frozenset()))
     return AuthHttpDecider(cast(FrontDoor, SimpleNamespace(
         listener=listener, runtime=runtime, cfg=cfg, secret=b"")))
 

@@ -72,7 +72,8 @@ def door(login: FakeLogin) -> FrontDoor:
     cfg = SimpleNamespace(
         auth=SimpleNamespace(mechanisms=["PLAIN", "LOGIN", "SCRAM-SHA-256-PLUS"], oauth_scope="",
                             oauth_issuers=[], oauth_openid_configuration="auto"),
-        accounts=SimpleNamespace(scram_iterations=4096), hostname="mx.test")
+        accounts=SimpleNamespace(scram_iterations=4096, withheld_mechanisms=frozenset()),
+        hostname="mx.test")
     listener = SimpleNamespace(label="postfix")
     runtime = SimpleNamespace(login=login, background=set())
     return cast(FrontDoor, SimpleNamespace(listener=listener, runtime=runtime, cfg=cfg,

@@ -954,6 +954,11 @@ class AuthService:
         elif rehash or self._hasher.needs_rehash(encoded):
             missing.add(ARGON2ID)
         held = frozenset(s for s in SCRAM_SCHEMES.values() if s in account.schemes) - missing
+        if self._cfg.withheld_mechanisms & mechanism_facts.SCRAM:
+            # SCRAM is not offered ([accounts.ldap] scram = false): keys nobody can
+            # use would only be password-derived material kept for nothing.
+            missing -= set(SCRAM_SCHEMES.values())
+            held = frozenset()
         if (missing or held) and account.name not in self._upgrading and not self._closed:
             self._upgrading.add(account.name)
             self._spawn(self._upgrade(account, password, frozenset(missing), held))

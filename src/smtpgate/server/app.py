@@ -109,6 +109,7 @@ def offered_mechanisms(cfg: Config, listener: ListenerConfig) -> tuple[str, ...]
         wanted |= mechanism_facts.CLIENT_CERTIFICATE  # EXTERNAL: docs/mechanisms.md
     else:
         wanted -= mechanism_facts.CLIENT_CERTIFICATE  # no certificate is ever asked for
+    wanted -= cfg.accounts.withheld_mechanisms  # SCRAM with no keys to check it
     return tuple(m for m in server_mechanism_names() if m in wanted)
 
 
@@ -121,8 +122,8 @@ def prime_metrics(cfg: Config) -> None:
     sessions = [(lst.name, v) for lst in cfg.listeners
                 for v in (("none", *versions) if lst.tls == "starttls" else versions)]
     logins = {(m, "smtp") for lst in cfg.listeners for m in offered_mechanisms(cfg, lst)}
-    logins |= {(m.upper(), door.protocol) for door in cfg.auth_listeners
-               for m in cfg.auth.mechanisms}
+    doors = {m.upper() for m in cfg.auth.mechanisms} - cfg.accounts.withheld_mechanisms
+    logins |= {(m, door.protocol) for door in cfg.auth_listeners for m in doors}
     metrics.prime((lst.name for lst in cfg.listeners), sessions=sessions,
                   logins=sorted(logins))
 

@@ -123,8 +123,9 @@ class AuthHttpDecider:
         if req.method == "none":
             return _error(R.AUTH_REQUIRED)
         chosen = self._mechanism(req)
-        enabled = self.door.cfg.auth.mechanisms
-        if chosen is None or chosen[0] not in enabled:
+        cfg = self.door.cfg
+        if chosen is None or chosen[0] not in cfg.auth.mechanisms or (
+                chosen[0] in cfg.accounts.withheld_mechanisms):
             return _error(R.AUTH_UNKNOWN_MECHANISM)
         name, initial = chosen
         if name == "PLAIN" and req.tls_version is None:

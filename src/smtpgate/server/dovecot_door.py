@@ -61,7 +61,7 @@ def protocol_factory(door: FrontDoor) -> Callable[[], asyncio.BaseProtocol]:
 def settings_for(door: FrontDoor) -> DovecotSettings:
     """The engine's settings from the door's current configuration."""
     cfg = door.cfg
-    wanted = {m.upper() for m in cfg.auth.mechanisms}
+    wanted = {m.upper() for m in cfg.auth.mechanisms} - cfg.accounts.withheld_mechanisms
     hostname, secret = cfg.hostname, door.secret
     iterations = cfg.accounts.scram_iterations
     scope, openid = error_reply_fields(cfg.auth)

@@ -717,6 +717,18 @@ class LdapConfig(Model):
         default=4, ge=1, le=64,
         description="Connections each server process keeps for searches (as many again for binds).",
     )
+    retry_max: float = Field(
+        default=10.0, ge=0, le=300,
+        description="Seconds at most that logins get 454 4.7.0 at once, without asking "
+        "the directory, after a look-up got no answer (a refused or lost connection, "
+        "or operation_timeout passed): the first such window lasts 1 s, then a probe "
+        "(an anonymous read of the root DSE, no login, on a thread of its own) asks "
+        "whether the directory answers; each probe without an answer doubles the "
+        "window, up to this. The window ends at once when the probe, or any look-up, "
+        "gets an answer. So a directory that accepts connections but never replies "
+        "costs one login its timeout, not every login in turn. 0: every login asks "
+        "the directory itself.",
+    )
     allow_cleartext: bool = Field(
         default=False,
         description="Loosening: allow ldap:// without StartTLS to a non-loopback host "

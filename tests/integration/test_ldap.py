@@ -117,6 +117,15 @@ def wait_for_scram_keys(server: Server, user: str) -> None:
         time.sleep(0.1)
 
 
+def until_235(server: Server, user: str, password: str, seconds: float = 30) -> None:
+    """Logins once the directory is back: 454 (never 535) until the fail-fast window
+    ends at a probe's answer (accounts.ldap.retry_max, 10 s at most), then 235."""
+    deadline = time.monotonic() + seconds
+    while (reply := login(server, user, password)) != (235, b""):
+        assert reply[0] == 454 and time.monotonic() < deadline, reply
+        time.sleep(0.3)
+
+
 # --- logging in and sending -----------------------------------------------------------
 
 
@@ -273,7 +282,7 @@ def test_directory_down_gives_454_and_logins_recover_by_themselves(
             assert login(srv, BOB, "any password")[0] == 454
     finally:
         slapd.start()
-    assert login(srv, ALICE, ALICE_PW) == (235, b"")  # no restart
+    until_235(srv, ALICE, ALICE_PW)  # no restart
     assert login(srv, BOB, BOB_PW) == (235, b"")
     lines = [line for line in srv.log_text().splitlines() if " smtpgate.auth.ldap[" in line]
     # Once per worker that saw it (two on a 2-CPU machine), not once per failed
@@ -531,7 +540,7 @@ def test_serve_starts_while_the_directory_is_down_and_logins_follow_it(
     finally:
         slapd.start()
     try:
-        assert login(srv, ALICE, ALICE_PW) == (235, b"")
+        until_235(srv, ALICE, ALICE_PW)
         assert "logins get 454 4.7.0 until it answers" in srv.log_text()
     finally:
         srv.stop()
@@ -586,7 +595,7 @@ def test_a_directory_that_stops_answering_gives_454_not_a_hang(
         assert (code, text[:5]) == (454, b"4.7.0"), text
     finally:
         slapd.proc.send_signal(signal.SIGCONT)
-    assert login(srv, ALICE, ALICE_PW) == (235, b"")
+    until_235(srv, ALICE, ALICE_PW)
 
 
 def test_an_enabled_filter_on_an_attribute_the_directory_lacks_is_logged_once(
@@ -622,3 +631,41 @@ def test_an_enabled_filter_on_an_attribute_the_directory_lacks_is_logged_once(
         assert "pwdAccountLockedTime" in said[0] and "ppolicy" in said[0], said
     finally:
         directory.close()
+
+
+def test_a_directory_that_accepts_and_never_answers_costs_one_login_its_timeout_not_each(
+    slapd: Slapd, tmp_path: Path,
+) -> None:
+    """A directory host that accepts TCP and then says nothing (frozen, blackholed)
+    cost every login the whole ``operation_timeout``, one after another. Now the
+    first login gets 454 after it, the next ones 454 at once (a probe, not a login,
+    asks the directory meanwhile), and logins are served again once it answers."""
+    from tests.peers.freezing_relay import FreezingRelay
+
+    relay = FreezingRelay(slapd.port)
+    srv, _, _ = _server(tmp_path / "srv", "\n[server]\nworkers = 1\n")
+    try:
+        text = srv.config.read_text().replace(
+            f'url = "{slapd.url}"', f'url = "ldap://127.0.0.1:{relay.port}"')
+        srv.config.write_text(text.replace("operation_timeout = 3", "operation_timeout = 2"))
+        srv.start()
+        assert guard_login(srv, "127.0.0.2", ALICE, ALICE_PW).startswith("235")
+        relay.freeze()
+        started = time.monotonic()
+        assert guard_login(srv, "127.0.0.2", ALICE, ALICE_PW).startswith("454 4.7.0")
+        assert time.monotonic() - started < 4  # the bound, operation_timeout
+        for peer in ("127.0.0.3", "127.0.0.4", "127.0.0.5", "127.0.0.6", "127.0.0.3"):
+            started = time.monotonic()
+            assert guard_login(srv, peer, BOB, "a wrong guess").startswith("454 4.7.0")
+            assert time.monotonic() - started < 1.0, peer  # not another timeout
+            time.sleep(0.3)
+        relay.thaw()
+        deadline = time.monotonic() + 30
+        while not (reply := guard_login(srv, "127.0.0.7", ALICE, ALICE_PW)).startswith("235"):
+            assert reply.startswith("454") and time.monotonic() < deadline, reply
+            time.sleep(0.5)
+        assert srv.proc is not None and srv.proc.poll() is None
+    finally:
+        relay.close()
+        if srv.proc is not None:
+            srv.stop()

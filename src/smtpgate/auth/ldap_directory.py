@@ -26,6 +26,16 @@ more on a fresh one; if that fails too the caller gets ``StoreUnavailable``
 naming the cause (454 on the wire, never 535), and the next login tries again,
 so logins recover by themselves.
 
+Fail fast (``auth/fail_fast.py``): after a look-up got no answer (a connection
+refused or lost, or ``operation_timeout`` passed), the next ones are refused at
+once (``fail_fast``, which the auth service asks on its event loop) until a probe
+on a thread of its own (an anonymous read of the root DSE, ``_answers``) or any
+look-up gets an answer, the window doubling from 1 s up to ``retry_max``. A
+directory that accepts connections and never replies would otherwise cost every
+login its whole ``operation_timeout``, one after another on the read threads.
+An answer that refuses (a certificate, the service account's password) is an
+answer: it is a configuration error, not an outage to wait out.
+
 ``operation_timeout`` bounds one look-up as a whole (``deadline``): everything
 a ``find`` or a ``bind`` does (connecting, StartTLS, the service account's
 bind, each search, the retry on a fresh connection), and a caller's several
@@ -67,6 +77,7 @@ from ldap3 import BASE, NONE, SIMPLE, SUBTREE, Connection, Server, Tls
 from ldap3.core.exceptions import LDAPException
 
 from smtpgate.auth.directory import StoreUnavailable
+from smtpgate.auth.fail_fast import FailFast
 from smtpgate.auth.ldap_group_watch import GroupFilterWatch
 from smtpgate.auth.ldap_ppolicy import ENTRY_ATTRIBUTES as PPOLICY_ATTRIBUTES
 from smtpgate.auth.ldap_ppolicy import PolicyReader
@@ -333,6 +344,11 @@ class LdapDirectory:
         # (``open_ldap_store`` adds none of its own).
         self._outage = OutageLog(self._label, log,
                                  effect="logins get 454 4.7.0 until it answers")
+        #: After a look-up got no answer, the next ones are refused at once until
+        #: a probe (or a look-up) gets one: a silent directory costs one login its
+        #: timeout, not each. Stuck: a look-up past its deadline, which cuts it.
+        self._fail_fast = FailFast(self._answers, most=cfg.retry_max,
+                                   stuck_after=cfg.operation_timeout + 1)
         self._search_pool = _Pool(cfg.pool_size, self._service_connection, cfg.operation_timeout)
         #: A group_filter nobody matches because its attribute is hidden: said once.
         self._group_watch = GroupFilterWatch(cfg.group_filter, self._label, log,
@@ -461,6 +477,33 @@ class LdapDirectory:
                             e.strerror or e)
         return self._bind_password
 
+    def fail_fast(self) -> None:
+        """Raises ``StoreUnavailable`` at once while a look-up got no answer lately
+        and no probe has seen the directory answer since; cheap and never blocking,
+        so the auth service calls it on its event loop before sending a look-up to
+        a thread (which may all be waiting on a silent directory)."""
+        cause = self._fail_fast.refusal()
+        if cause is not None:
+            raise StoreUnavailable(f"{self._label} unavailable: {cause} (not asked again "
+                                   "until it answers a probe: accounts.ldap.retry_max)")
+
+    def _answers(self) -> bool:
+        """Whether the directory answers at all: a new connection (TLS up) and an
+        anonymous base search of the root DSE within ``operation_timeout``. Any
+        result, a refusal included, is an answer; no login is made, so no
+        lockout counts it. Never raises (``FailFast``'s probe)."""
+        try:
+            with self.deadline():
+                conn = self._plain_connection()
+                try:
+                    conn.search("", "(objectClass=*)", BASE, attributes=["1.1"])
+                    result = conn.result
+                    return isinstance(result, dict) and "result" in result
+                finally:
+                    _close(conn)
+        except Exception:  # noqa: BLE001 - a probe must not raise: no answer
+            return False
+
     def _run(self, pool: _Pool, op: Callable[[Connection], T], *, at_start: bool = False) -> T:
         """``op`` on a pooled connection; on a connection failure, once more on a fresh
         one; then ``StoreUnavailable`` with the cause.
@@ -469,7 +512,9 @@ class LdapDirectory:
         outage log too, so the server log says what to fix and when it works again;
         at start-up, its caller's error is its one line. Within the look-up's
         ``deadline`` (this call's own if none is under way)."""
-        with self.deadline():
+        if not at_start:
+            self.fail_fast()
+        with self.deadline(), self._fail_fast.operation():
             current = self._current()
             assert current is not None
             return self._attempts(pool, op, current, at_start=at_start)
@@ -479,7 +524,7 @@ class LdapDirectory:
         for attempt in (1, 2):
             try:
                 if current.remaining() <= 0:
-                    raise _Fault("no time left")
+                    raise _Fault("no time left", answered=False)
                 # The retry never takes a pooled connection: after a directory
                 # restart every one of them is dead, and a second dead one would
                 # answer 454 for a directory that is up again.
@@ -504,12 +549,16 @@ class LdapDirectory:
                     cause = (f"no answer within {current.seconds:g} s "
                              "(accounts.ldap.operation_timeout, for the whole look-up)")
                     self._outage.failed(cause)
+                    self._fail_fast.failed(cause)
                     raise StoreUnavailable(f"{self._label} unavailable: {cause}") from e
                 if attempt == 2:
                     self._outage.failed(cause)
+                    if not (isinstance(e, _Fault) and e.answered):
+                        self._fail_fast.failed(cause)
                     raise StoreUnavailable(f"{self._label} unavailable: {cause}") from e
             else:
                 self._outage.answered()
+                self._fail_fast.answered()
                 return answer
         raise AssertionError("unreachable")
 
@@ -759,7 +808,13 @@ class LdapDirectory:
 
 
 class _Fault(Exception):
-    """An LDAP operation failed for a reason other than the credentials."""
+    """An LDAP operation failed for a reason other than the credentials.
+    ``answered``: the directory said so (a refusal is an answer, ``fail_fast``
+    does not count it); False when nothing was heard (no time, no connection)."""
+
+    def __init__(self, message: str, *, answered: bool = True) -> None:
+        super().__init__(message)
+        self.answered = answered
 
 
 class _Deadline:
@@ -828,7 +883,7 @@ class _Pool:
             raise StoreUnavailable("LDAP directory connection closed")
         bound = self._wait if wait is None else max(0.0, min(wait, self._wait))
         if not self._slots.acquire(timeout=bound):
-            raise _Fault(f"no free connection within {bound:g} s")
+            raise _Fault(f"no free connection within {bound:g} s", answered=False)
         try:
             with self._lock:
                 conn = self._idle.pop() if self._idle and not fresh else None

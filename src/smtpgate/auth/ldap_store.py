@@ -128,6 +128,11 @@ class LdapAccountStore:
             raise StoreUnavailable("LDAP account store closed")
         return self._dir.find(lookup_key(name))
 
+    def fail_fast(self) -> None:
+        """``StoreUnavailable`` at once while the directory is not answering
+        (``LdapDirectory.fail_fast``); the auth service asks it on its event loop."""
+        self._dir.fail_fast()
+
     def _scram(self, entry: DirectoryEntry, scheme: str) -> str | None:
         return _unwrap(entry.stamp, self._local.get_credential(entry.identity, scheme))
 

@@ -734,14 +734,16 @@ def check_ldap(cfg: Config) -> list[Problem]:
     directory = LdapDirectory(
         lc, bind_password=lines[0] if lines else "", ca_file=ca,
         bind_password_file=None if lc.bind_password_file is None
-        else cfg.path(lc.bind_password_file))
+        else cfg.path(lc.bind_password_file),
+        outage_log=False)  # the problem below says it, once
     try:
         directory.check_service_account()
     except DirectoryMisconfigured as e:
         out.append(_error(e.key, str(e)))
     except StoreUnavailable as e:
-        out.append(_warning("accounts.ldap.url", f"{e}; serve starts, and logins get "
-                            "a temporary failure until the directory answers"))
+        out.append(Problem("warning", "accounts.ldap.url", f"{e}; serve starts, and logins "
+                           "get a temporary failure until the directory answers",
+                           outage=True))
     finally:
         directory.close()
     return out

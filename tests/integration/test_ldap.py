@@ -669,3 +669,38 @@ def test_a_directory_that_accepts_and_never_answers_costs_one_login_its_timeout_
         relay.close()
         if srv.proc is not None:
             srv.stop()
+
+
+def test_config_check_and_status_say_a_directory_outage_once_naming_the_key(
+    slapd: Slapd, tmp_path: Path,
+) -> None:
+    """With the directory down, ``config check`` and ``status`` printed the server's
+    outage log line on stderr besides their own message; and ``status`` named
+    ``accounts.ldap.url`` whatever the problem, a CA file that did not sign the
+    directory's certificate included. Now each says it once, naming the key."""
+    srv, _, _ = _server(tmp_path / "srv")
+    text = srv.config.read_text()
+    srv.config.write_text(text.replace(f'url = "{slapd.url}"', 'url = "ldap://127.0.0.1:34150"'))
+    check = srv.cli("config", "check", check=False)
+    assert check.returncode == 0, check.stdout + check.stderr
+    said = (check.stdout + check.stderr).count("Connection refused")
+    assert said == 1, check.stdout + check.stderr
+    assert "warning: accounts.ldap.url:" in check.stdout + check.stderr
+    status = srv.cli("status", check=False)
+    assert status.stderr == "", status.stderr
+    line = next(x for x in status.stdout.splitlines() if x.startswith("accounts:"))
+    assert "accounts.ldap.url" in line and "Connection refused" in line, line
+    assert "retry_max" not in line, line  # the cause, not the serving process's window
+
+    # The directory up, its certificate signed by another CA than ca_file's.
+    srv.config.write_text(text.replace(f'ca_file = "{slapd.ca}"', f'ca_file = "{srv.ca}"'))
+    status = srv.cli("status", "--json", check=False)
+    assert status.stderr == "", status.stderr
+    accounts = json.loads(status.stdout)["accounts"]
+    assert accounts["key"] == "accounts.ldap.ca_file", accounts
+    assert "certificate" in accounts["error"], accounts
+    check = srv.cli("config", "check", check=False)
+    assert check.returncode != 0
+    assert (check.stdout + check.stderr).count("certificate was refused") == 1, (
+        check.stdout + check.stderr)
+    assert "accounts.ldap.ca_file" in check.stdout + check.stderr

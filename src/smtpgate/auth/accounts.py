@@ -17,13 +17,18 @@ from smtpgate.auth.store import SqliteAccountStore
 from smtpgate.config import Config, PostgresConfig
 
 
-def open_account_store(cfg: Config, *, outage_ok: bool = False) -> AccountStore:
+def open_account_store(cfg: Config, *, outage_ok: bool = False,
+                       quiet: bool = False) -> AccountStore:
     """The account backend of ``cfg``, both sides (read and admin).
 
     ``outage_ok`` (what ``serve`` opens): a PostgreSQL server that cannot be
     reached now is no reason to fail; the store opens, says why in its
     ``outage``, and logins get 454 4.7.0 until the server answers. (The LDAP
     backend always opens so; the admin commands leave it False, to stop at once.)
+
+    ``quiet`` (LDAP): the caller reports a failure itself (``status``): the
+    directory's outage is not logged, and one at opening is raised
+    (``open_ldap_store``).
 
     Raises:
         StoreUnavailable: it cannot be opened (a file that is not a database,
@@ -41,7 +46,7 @@ def open_account_store(cfg: Config, *, outage_ok: bool = False) -> AccountStore:
     if backend == "ldap":
         from smtpgate.auth.ldap_store import open_ldap_store
 
-        return open_ldap_store(cfg)
+        return open_ldap_store(cfg, quiet=quiet)
     assert_never(backend)
 
 

@@ -324,8 +324,10 @@ class LdapDirectory:
 
     def __init__(
         self, cfg: LdapConfig, *, bind_password: str, ca_file: Path | None,
-        bind_password_file: Path | None = None,
+        bind_password_file: Path | None = None, outage_log: bool = True,
     ) -> None:
+        """``outage_log`` False: outages are not logged (``config check``, ``status``
+        and the other commands say what failed in their own words, once)."""
         self._cfg = cfg
         self._bind_password = bind_password
         #: Read again for each new service connection (``_service_password``).
@@ -340,9 +342,9 @@ class LdapDirectory:
         self._label = f"LDAP directory {cfg.url}"
         #: A directory down under login load fails every login: logged once, then a
         #: summary a minute, then once when it answers (``outage_log``).
-        # Its first line is also the one line of a directory down at start-up
-        # (``open_ldap_store`` adds none of its own).
-        self._outage = OutageLog(self._label, log,
+        # At start-up the check (``preflight.check_ldap``, unlogged) says it once;
+        # ``open_ldap_store`` adds no line of its own.
+        self._outage = OutageLog(self._label, log if outage_log else _unlogged(),
                                  effect="logins get 454 4.7.0 until it answers")
         #: After a look-up got no answer, the next ones are refused at once until
         #: a probe (or a look-up) gets one: a silent directory costs one login its
@@ -805,6 +807,15 @@ class LdapDirectory:
         if code not in (0, 32):
             raise _Fault(f"search of {flt!r} failed: {conn.result}")
         return any(r.get("type") == "searchResEntry" for r in conn.response or [])
+
+
+def _unlogged() -> logging.Logger:
+    """A logger outside the logging tree that drops what it is given: Python's
+    last-resort handler would print it on a command's stderr, beside the
+    command's own message about the same failure."""
+    quiet = logging.Logger("smtpgate.auth.ldap.unlogged")  # noqa: LOG001 - not in the tree
+    quiet.addHandler(logging.NullHandler())
+    return quiet
 
 
 class _Fault(Exception):

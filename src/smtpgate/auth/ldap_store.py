@@ -56,6 +56,7 @@ from smtpgate.auth.directory import (
 )
 from smtpgate.auth.ldap_directory import (
     BIND_PASSWORD_KEY,
+    CA_FILE_KEY,
     DirectoryEntry,
     DirectoryMisconfigured,
     LdapDirectory,
@@ -463,11 +464,14 @@ class _OverlayWriter:
         self._w.record(action, target, details)
 
 
-def open_ldap_store(cfg: Config) -> LdapAccountStore:
+def open_ldap_store(cfg: Config, *, quiet: bool = False) -> LdapAccountStore:
     """The LDAP backend of ``cfg``: the directory of ``[accounts.ldap]`` and the overlay
     in ``[accounts].database``. Connects once now, so that wrong service-account
     credentials stop start-up with a message naming the key; a directory that
     cannot be reached is only logged (logins get 454 until it answers).
+
+    ``quiet`` (the commands that report the failure themselves, ``status``): the
+    directory's outages are not logged, and one at opening is raised.
 
     Raises:
         DirectoryMisconfigured: the directory refused the service account
@@ -483,16 +487,25 @@ def open_ldap_store(cfg: Config) -> LdapAccountStore:
         except OSError as e:
             raise StoreUnavailable(f"{BIND_PASSWORD_KEY} {path}: {e.strerror or e}") from e
     ca = None if lc.ca_file is None else cfg.path(lc.ca_file)
-    directory = LdapDirectory(lc, bind_password=password, ca_file=ca, bind_password_file=path)
+    if ca is not None:
+        try:
+            ca.read_bytes()
+        except OSError as e:  # not an outage: no connection would ever verify
+            raise DirectoryMisconfigured(CA_FILE_KEY, f"{CA_FILE_KEY} {ca}: "
+                                         f"{e.strerror or e}") from None
+    directory = LdapDirectory(lc, bind_password=password, ca_file=ca, bind_password_file=path,
+                              outage_log=not quiet)
     try:
         directory.check_service_account()
     except DirectoryMisconfigured:
         directory.close()
         raise
     except StoreUnavailable:
+        if quiet:
+            directory.close()
+            raise
         # Logged once already, as the first line of the directory's outage
         # (auth/outage_log.py), which also says when it answers again.
-        pass
     try:
         overlay = SqliteAccountStore(cfg.path(cfg.accounts.database), cfg.accounts)
     except BaseException:

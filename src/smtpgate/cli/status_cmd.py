@@ -127,13 +127,19 @@ def _accounts(cfg: Config) -> dict[str, Any]:
     (which, read through the admin service, opened the account database first)."""
     out: dict[str, Any] = {"backend": cfg.accounts.backend, "key": accounts_key(cfg)}
     try:
-        store = open_account_store(cfg)
+        # quiet: this line says it; the directory's outage log would say it again.
+        store = open_account_store(cfg, quiet=True)
         try:
             store.get_account("postmaster")
         finally:
             store.close()
     except StoreError as e:
         out["error"] = str(e)
+        # A key of its own (a CA file, the service account's password file, base_dn)
+        # when that is what the directory refused.
+        key = getattr(e, "key", None)
+        if isinstance(key, str) and key.startswith("accounts."):
+            out["key"] = key
     return out
 
 

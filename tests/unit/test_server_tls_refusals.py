@@ -128,3 +128,51 @@ async def test_a_server_name_that_is_not_ascii_is_logged_as_such_within_a_budget
     assert not any("callback failed" in x for x in lines), lines
     assert ("2 more TLS handshakes failed on a server name (SNI) that is not ASCII "
             "(more than 10 in 60 s are not logged one by one)") in lines
+
+
+async def test_failed_handshakes_are_logged_within_a_budget_and_all_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Before: every failed handshake on a listener was one INFO line, so one
+    address (loopback has no connection rate) could write lines without end: a
+    TLS 1.0-only client, a scanner's garbage on the implicit-TLS port. The first
+    ten a minute keep their detail, the rest are a count; the metrics see all."""
+    from smtpgate import metrics
+    from smtpgate.server import connection
+    from smtpgate.web.log_budget import LogBudget
+
+    budget = LogBudget(connection.REFUSALS_LOGGED, connection.REFUSAL_WINDOW,
+                       connection._report_handshakes)
+    monkeypatch.setattr(connection, "_handshake_log", budget)
+    runtime = _runtime(tmp_path, ConnectionLimiter(100, 100))
+    listener = ListenerRuntime("hs-budget", True, settings(starttls=False))
+    ended = metrics._m.sessions.labels("hs-budget", "none")
+    before = ended._value.get()
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: SmtpConnection(runtime, listener), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    caplog.set_level("INFO", logger="smtpgate.session")
+    for i in range(14):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        if i % 2:
+            writer.write(b"GET / HTTP/1.0\r\n\r\n" + bytes(range(256)))  # not TLS at all
+        else:
+            client = legacy_client(SSL.TLS1_VERSION)
+            with pytest.raises(SSL.WantReadError):
+                client.do_handshake()
+            writer.write(BioConnection(client).outgoing())
+        await asyncio.wait_for(reader.read(), NO_REPLY)  # up to the close
+        writer.close()
+    server.close()
+    await server.wait_closed()
+    await asyncio.sleep(0)
+    budget.flush()
+    lines = [r.getMessage() for r in caplog.records if r.name == "smtpgate.session"]
+    detailed = [x for x in lines if "handshake failed: " in x]
+    assert len(detailed) == 10, lines
+    assert any(x.endswith("unsupported protocol") for x in detailed), detailed  # the detail
+    assert any(x.endswith("http request") for x in detailed), detailed
+    assert ("4 more TLS handshakes failed (more than 10 in 60 s are not logged one "
+            "by one)") in lines, lines
+    assert len(lines) == 11, lines
+    assert ended._value.get() - before == 14

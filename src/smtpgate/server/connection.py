@@ -76,6 +76,19 @@ def _report_server_names(count: int) -> None:
 #: send one a connection: logged as the refused connections are.
 _server_name_log = LogBudget(REFUSALS_LOGGED, REFUSAL_WINDOW, _report_server_names)
 
+
+def _report_handshakes(count: int) -> None:
+    log.info("%d more TLS handshakes failed (more than %d in %g s are not logged one "
+             "by one)", count, REFUSALS_LOGGED, REFUSAL_WINDOW)
+
+
+#: Any other failed handshake (TLS 1.0 only, no common cipher, garbage on the
+#: implicit-TLS port) is as cheap for a stranger to cause, once a connection, and
+#: loopback is exempt from the connection rate: the same budget, its own count.
+#: Each still counts in the metrics (its session ends with TLS version "none").
+_handshake_log = LogBudget(REFUSALS_LOGGED, REFUSAL_WINDOW, _report_handshakes)
+
+
 _PAUSE_READING_AT = 1 << 20
 #: Replies the engine holds before it reads the next command (its listeners'
 #: ``EngineSettings.max_pending_output``): they are then written out, so that the
@@ -216,7 +229,8 @@ class SmtpConnection(asyncio.Protocol):
             try:
                 data, out = self.tls.receive(data)
             except TlsError as e:
-                if not isinstance(e, ServerNameNotAscii) or _server_name_log.take():
+                budget = self._failure_budget(e)
+                if budget is None or budget.take():
                     log.info("%s %s:%s %s", self.session_id, self.client_ip,
                              self.client_port, e)
                 # The library's alert (protocol_version, handshake_failure, ...) tells
@@ -249,6 +263,15 @@ class SmtpConnection(asyncio.Protocol):
             # a bounded buffer whatever the message size (queue/incoming.py).
             self.transport.pause_reading()
             self._disk_paused = True
+
+    def _failure_budget(self, e: TlsError) -> LogBudget | None:
+        """The budget a TLS failure's log line takes from: a failed handshake's;
+        None (logged whatever the rate) for a record that fails after it."""
+        if isinstance(e, ServerNameNotAscii):
+            return _server_name_log
+        if self.tls is not None and not self.tls.handshake_done:
+            return _handshake_log
+        return None
 
     def eof_received(self) -> bool | None:
         """The client has sent all it will (a TCP half-close, as ``nc -N`` or a

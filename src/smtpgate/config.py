@@ -1061,7 +1061,8 @@ class GuardConfig(Model):
     database: Path = Field(
         default=Path("guard.sqlite"),
         description="SQLite file with failure counters, blocks, lockouts, known addresses "
-        "and rate-limit counters; survives restarts and is shared by workers.",
+        "and rate-limit counters; survives restarts and is shared by workers. Neither "
+        "created nor read with [state] backend = \"redis\".",
     )
     allowlist: list[str] = Field(
         default_factory=list,

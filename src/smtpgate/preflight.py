@@ -775,8 +775,12 @@ def check_postgres(cfg: Config) -> list[Problem]:
 
 
 def check_guard_database(cfg: Config) -> list[Problem]:
-    """As the account database; a missing file is simply created at start."""
+    """As the account database; a missing file is simply created at start. With
+    the state in Redis no process opens the file: nothing to check."""
     from smtpgate.auth.guard_store import MIGRATIONS
+
+    if cfg.state.backend == "redis":
+        return []
 
     key, path = "guard.database", cfg.path(cfg.guard.database)
     out, exists = _database_file(key, path, "guard database")

@@ -76,3 +76,24 @@ def test_guard_commands_with_redis_down_point_at_state_not_a_file(
     assert "Redis" in out.output
     assert "hint: check [state] redis_url and password_file" in out.output, out.output
     assert "[guard].database" not in out.output
+
+
+def test_with_the_state_in_redis_the_guard_file_is_not_checked(tmp_path: Path) -> None:
+    """No process opens [guard].database then: a path no node could create must not
+    stop ``serve`` (its start-up runs the same checks) for a file it would not use."""
+    server = shared_redis()
+    password = server.password_file.read_text().strip()
+    config = write_config(tmp_path)
+    config.write_text(config.read_text() + '\n[guard]\ndatabase = "cert.pem/guard.sqlite"\n'
+                      f'\n[state]\nbackend = "redis"\nredis_url = "{server.url}"\n'
+                      f'password_file = "{_own_copy(tmp_path, password)}"\n')
+    out = CliRunner().invoke(cli, ["config", "check", "--json", "--config", str(config)])
+    found = [p for p in json.loads(out.output)["problems"]
+             if p["key"].startswith(("guard", "state"))]
+    assert found == []
+    assert not list(tmp_path.glob("guard.sqlite*"))
+    from smtpgate.config import load_config
+    from smtpgate.server.privileges import state_paths
+
+    # serve as root hands the state's files to its user: none of the guard's then.
+    assert not [p for p in state_paths(load_config(config)) if "guard.sqlite" in p.name]

@@ -60,7 +60,12 @@ def backup(dest_dir: Path | None, config_path: Path | None) -> None:
             dest_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as e:
             raise OperationalError(f"cannot create {dest_dir}: {e.strerror}") from None
-    sources = [("guard database", cfg.path(cfg.guard.database))]
+    sources = []
+    if cfg.state.backend == "redis":
+        click.echo(f"guard state: in Redis ({cfg.state.redis_url}), not copied here; "
+                   "back it up with Redis's own snapshots (docs/scale-out.md)")
+    else:
+        sources.append(("guard database", cfg.path(cfg.guard.database)))
     if not on_server:
         sources.insert(0, ("account database", accounts))
     for label, source in sources:
@@ -117,6 +122,10 @@ def migrate(config_path: Path | None) -> None:
     except sqlite3.Error as e:
         raise OperationalError(f"account database: {e}") from None
     click.echo(f"account database: {done.where}: {_outcome(done.before, done.after)}")
+    if cfg.state.backend == "redis":
+        # No file to make: one no process would use, that looks like the state.
+        click.echo(f"guard state: in Redis ({cfg.state.redis_url}), nothing to migrate")
+        return
     guard = cfg.path(cfg.guard.database)
     if not guard.parent.is_dir():
         return

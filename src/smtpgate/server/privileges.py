@@ -140,7 +140,7 @@ def state_paths(cfg: Config) -> Iterator[Path]:
     from smtpgate.auth.decoy import decoy_secret_path
     from smtpgate.server import metrics_http, pidfile, status_file
 
-    dbs = [cfg.path(cfg.guard.database)]
+    dbs = [] if cfg.state.backend == "redis" else [cfg.path(cfg.guard.database)]
     if cfg.accounts.backend != "postgresql":
         dbs.append(cfg.path(cfg.accounts.database))
     for db in dbs:
@@ -171,6 +171,8 @@ def hand_over(cfg: Config, who: RunAs) -> None:
                     ("accounts.database", cfg.path(cfg.accounts.database))):
         if key == "accounts.database" and cfg.accounts.backend == "postgresql":
             continue
+        if key == "guard.database" and cfg.state.backend == "redis":
+            continue  # the guard's state is in Redis: no file of it is written
         if not _writable_by(db.parent, who):
             raise StartupError(key, f"{db.parent} is not writable by {who.user!r} (SQLite "
                                     "writes its journal there): chown it, or make the state "

@@ -13,8 +13,9 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -190,6 +191,36 @@ def serving_alice(root: Path, extra_config: str = "") -> Iterator[Server]:
     yield srv
     if srv.proc is not None:
         srv.stop()
+
+
+@dataclass
+class PolicyDoor:
+    """A started server with a Postfix policy door (``postfix_policy``) on ``port``."""
+
+    smtpgate: Server
+    port: int
+
+
+def serving_policy_door(prefix: str, extra_config: str, users: tuple[str, ...],
+                        ready: Callable[[Server], None] = lambda srv: None,
+                        ) -> Iterator[PolicyDoor]:
+    """The body of a module fixture (``yield from``): a server in a temp directory
+    named ``prefix``, with ``extra_config``, a policy door and ``users`` (password
+    ``Winter-Plum-Kettle-42``); ``ready`` runs before the start."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    port = free_port()
+    srv = make_server(root / "srv", extra_config + (
+        f'\n[[auth_listeners]]\nprotocol = "postfix_policy"\naddress = "127.0.0.1:{port}"\n'))
+    try:
+        for user in users:
+            srv.add_user(user, "Winter-Plum-Kettle-42")
+        ready(srv)
+        srv.start()
+        yield PolicyDoor(srv, port)
+    finally:
+        if srv.proc is not None:
+            srv.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

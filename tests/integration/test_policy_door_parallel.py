@@ -12,48 +12,29 @@ back. No Postfix needed: the requests are what Postfix 3.7 sends
 
 from __future__ import annotations
 
-import shutil
 import socket
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-from .conftest import Server, free_port, make_server
+from .conftest import PolicyDoor, Server, serving_policy_door
 
 LIMIT = 3
 DUNNO = "action=DUNNO"
 
 
-@dataclass
-class Door:
-    smtpgate: Server
-    port: int
+def _dave_limited(srv: Server) -> None:
+    srv.cli("user", "limits", "dave@example.org", "--recipients-per-hour", "4")
 
 
 @pytest.fixture(scope="module")
-def door() -> Iterator[Door]:
-    root = Path(tempfile.mkdtemp(prefix="sgpolpar-"))
-    port = free_port()
-    srv = make_server(root / "srv", (
-        f'\n[server]\nworkers = 2\n'
-        f'\n[[auth_listeners]]\nprotocol = "postfix_policy"\naddress = "127.0.0.1:{port}"\n'
-        f"\n[limits]\nmessages_per_hour = {LIMIT}\n"))
-    try:
-        for user in ("alice@example.org", "bob@example.org", "carol@example.org",
-                     "dave@example.org"):
-            srv.add_user(user, "Winter-Plum-Kettle-42")
-        srv.cli("user", "limits", "dave@example.org", "--recipients-per-hour", "4")
-        srv.start()
-        yield Door(srv, port)
-    finally:
-        if srv.proc is not None:
-            srv.stop()
-        shutil.rmtree(root, ignore_errors=True)
+def door() -> Iterator[PolicyDoor]:
+    yield from serving_policy_door(
+        "sgpolpar-", f"\n[server]\nworkers = 2\n\n[limits]\nmessages_per_hour = {LIMIT}\n",
+        ("alice@example.org", "bob@example.org", "carol@example.org", "dave@example.org"),
+        _dave_limited)
 
 
 class Smtpd:
@@ -78,7 +59,7 @@ class Smtpd:
         self.sock.close()
 
 
-def rcpt_at_once(door: Door, user: str, n: int) -> list[tuple[Smtpd, str, str]]:
+def rcpt_at_once(door: PolicyDoor, user: str, n: int) -> list[tuple[Smtpd, str, str]]:
     """``n`` sessions of ``user`` ask for their first RCPT at the same moment."""
     sessions = [Smtpd(door.port) for _ in range(n)]
     answers: list[tuple[Smtpd, str, str]] = []
@@ -99,7 +80,7 @@ def rcpt_at_once(door: Door, user: str, n: int) -> list[tuple[Smtpd, str, str]]:
     return answers
 
 
-def test_parallel_sessions_cannot_pass_the_message_limit_together(door: Door) -> None:
+def test_parallel_sessions_cannot_pass_the_message_limit_together(door: PolicyDoor) -> None:
     user = "alice@example.org"
     answers = rcpt_at_once(door, user, 8)
     passed = [(s, i) for s, i, a in answers if a == DUNNO]
@@ -117,7 +98,7 @@ def test_parallel_sessions_cannot_pass_the_message_limit_together(door: Door) ->
         late.close()
 
 
-def _eventually_dunno(door: Door, user: str, instance: str) -> str:
+def _eventually_dunno(door: PolicyDoor, user: str, instance: str) -> str:
     """A reservation given back in the background (a closed connection): the next
     RCPT passes once that write is done (bounded)."""
     deadline = time.monotonic() + 10
@@ -132,7 +113,7 @@ def _eventually_dunno(door: Door, user: str, instance: str) -> str:
         time.sleep(0.1)
 
 
-def test_a_transaction_that_never_ends_gives_its_reservation_back(door: Door) -> None:
+def test_a_transaction_that_never_ends_gives_its_reservation_back(door: PolicyDoor) -> None:
     user = "bob@example.org"
     answers = rcpt_at_once(door, user, LIMIT)
     assert [a for _, _, a in answers] == [DUNNO] * LIMIT
@@ -142,7 +123,7 @@ def test_a_transaction_that_never_ends_gives_its_reservation_back(door: Door) ->
     assert _eventually_dunno(door, user, "after") == DUNNO
 
 
-def test_the_next_transaction_on_a_connection_ends_the_one_before(door: Door) -> None:
+def test_the_next_transaction_on_a_connection_ends_the_one_before(door: PolicyDoor) -> None:
     """An smtpd process runs one transaction at a time: a request for another one
     means the earlier one ended without END-OF-MESSAGE (RSET, a refused DATA)."""
     user = "carol@example.org"
@@ -155,7 +136,7 @@ def test_the_next_transaction_on_a_connection_ends_the_one_before(door: Door) ->
         s.close()
 
 
-def test_recipients_are_reserved_and_settled_to_those_accepted(door: Door) -> None:
+def test_recipients_are_reserved_and_settled_to_those_accepted(door: PolicyDoor) -> None:
     """dave may have 4 recipients an hour. Two sessions ask for 3 each at once: 4
     pass, never more. One message ends with Postfix accepting only 1 of its
     recipients: the rest go back to the budget."""

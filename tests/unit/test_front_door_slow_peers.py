@@ -27,6 +27,7 @@ from smtpgate.config import Config
 from smtpgate.server import auth_http_door, front_doors
 from smtpgate.server.front_doors import bind_auth_sockets, close_auth_sockets, start_front_doors
 from smtpgate.server.runtime import ServerRuntime
+from tests.unit.slow_clients import closed_within
 
 Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 DEADLINE = 1.0
@@ -70,18 +71,6 @@ async def _connect(address: str) -> Stream:
     return await asyncio.open_connection(host, int(port))
 
 
-async def _closed_within(reader: asyncio.StreamReader, seconds: float) -> bool:
-    try:
-        async with asyncio.timeout(seconds):
-            while await reader.read(4096):
-                pass
-    except TimeoutError:
-        return False
-    except ConnectionResetError:
-        pass
-    return True
-
-
 def _warnings(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
     return [r.getMessage() for r in caplog.records
             if r.levelno >= logging.WARNING and text in r.getMessage()]
@@ -99,13 +88,13 @@ async def test_the_dovecot_door_closes_an_unfinished_line_never_silence(
         assert b"DONE\n" in await reader.readuntil(b"DONE\n")
         writer.write(b"VERSION\t1\t2\n")
         # Silent between whole lines for longer than the deadline: kept.
-        assert not await _closed_within(reader, DEADLINE * 2)
+        assert not await closed_within(reader, DEADLINE * 2)
         # A line sent a byte at a time and never finished: closed at the deadline.
         with contextlib.suppress(OSError):
             for b in b"CPID\t12345":
                 writer.write(bytes([b]))
                 await asyncio.sleep(0.1)
-        assert await _closed_within(reader, DEADLINE + 1.0), "an unfinished line stayed open"
+        assert await closed_within(reader, DEADLINE + 1.0), "an unfinished line stayed open"
         writer.close()
     assert _warnings(caplog, "still unfinished"), caplog.text
 
@@ -116,12 +105,12 @@ async def test_the_policy_door_closes_an_unfinished_request_never_silence(
         reader, writer = await _connect(address)
         writer.write(DUNNO_REQUEST)
         assert await reader.readuntil(b"\n\n") == b"action=DUNNO\n\n"
-        assert not await _closed_within(reader, DEADLINE * 2)
+        assert not await closed_within(reader, DEADLINE * 2)
         writer.write(DUNNO_REQUEST)  # after the silence, still answered
         assert await reader.readuntil(b"\n\n") == b"action=DUNNO\n\n"
         # Whole lines, but the request's empty line never comes.
         writer.write(b"request=smtpd_access_policy\nprotocol_state=RCPT\n")
-        assert await _closed_within(reader, DEADLINE + 1.0), "an unfinished request stayed"
+        assert await closed_within(reader, DEADLINE + 1.0), "an unfinished request stayed"
         writer.close()
     assert _warnings(caplog, "still unfinished"), caplog.text
 
@@ -133,7 +122,7 @@ async def test_the_auth_http_door_logs_a_request_left_unfinished(
     async with _door(tmp_path, "auth_http") as address:
         reader, writer = await _connect(address)
         writer.write(b"GET /auth HTTP/1.0\r\nHost: localhost\r\nAuth-Method: plain\r\n")
-        assert await _closed_within(reader, DEADLINE + 1.0)
+        assert await closed_within(reader, DEADLINE + 1.0)
         writer.close()
     assert _warnings(caplog, "still unfinished"), caplog.text
 
@@ -148,7 +137,7 @@ async def test_a_door_refuses_connections_over_max_connections(
                 for reader, _ in held:
                     await reader.readuntil(b"DONE\n")
             reader, writer = await _connect(address)
-            assert await _closed_within(reader, 2.0), "a 4th connection stayed"
+            assert await closed_within(reader, 2.0), "a 4th connection stayed"
             writer.close()
             refused = _warnings(caplog, "refused")
             assert len(refused) == 1 and "3 connections open" in refused[0], refused

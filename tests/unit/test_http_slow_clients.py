@@ -25,6 +25,7 @@ from smtpgate.tls.certs import write_self_signed
 from smtpgate.web import http_port, http_socket
 from smtpgate.web import server as admin_server
 from smtpgate.web.server import AdminServer
+from tests.unit.slow_clients import closed_within
 
 pytestmark = pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
 
@@ -46,19 +47,6 @@ def _cfg(tmp_path: Path, admin: str = "", metrics: str = "") -> Config:
 
 async def _connect(port: int, source: str = "127.0.0.1") -> Stream:
     return await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
-
-
-async def _closed_within(reader: asyncio.StreamReader, seconds: float) -> bool:
-    """Whether the server ends the connection within ``seconds`` (all it sends is read)."""
-    try:
-        async with asyncio.timeout(seconds):
-            while await reader.read(4096):
-                pass
-    except TimeoutError:
-        return False
-    except ConnectionResetError:
-        pass
-    return True
 
 
 async def _trickle(writer: asyncio.StreamWriter, data: bytes, every: float) -> None:
@@ -88,7 +76,7 @@ async def test_a_request_head_sent_a_byte_at_a_time_is_closed_at_the_deadline(
         head = b"GET /login HTTP/1.1\r\nHost: localhost\r\n" + b"X-A: b\r\n" * 100
         sending = asyncio.create_task(_trickle(writer, head, 0.2))
         started = time.monotonic()
-        assert await _closed_within(reader, 5.0), "a slowloris head kept its connection"
+        assert await closed_within(reader, 5.0), "a slowloris head kept its connection"
         assert time.monotonic() - started < 3.0
         sending.cancel()
         writer.close()
@@ -96,7 +84,7 @@ async def test_a_request_head_sent_a_byte_at_a_time_is_closed_at_the_deadline(
         reader, writer = await _connect(port)
         writer.write(b"GET /login HTTP/1.1\r\nHost: localhost\r\n\r\n")
         assert (await reader.readline()).startswith(b"HTTP/1.1 200 ")
-        assert await _closed_within(reader, 4.0), "an idle keep-alive connection stayed"
+        assert await closed_within(reader, 4.0), "an idle keep-alive connection stayed"
         writer.close()
         # A browser's request is answered as before.
         assert (await _get(port)).startswith(b"HTTP/1.1 200 ")
@@ -118,7 +106,7 @@ async def test_a_tls_handshake_left_unfinished_is_closed_at_the_deadline(
         partial = await _connect(port)
         partial[1].write(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
         for reader, writer in (silent, partial):
-            assert await _closed_within(reader, 3.0), "an unfinished handshake stayed open"
+            assert await closed_within(reader, 3.0), "an unfinished handshake stayed open"
             writer.close()
         ctx = ssl.create_default_context()
         ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
@@ -142,13 +130,13 @@ async def test_the_admins_connections_are_capped_in_total_and_per_address(
         with caplog.at_level(logging.WARNING, "smtpgate.web"):
             held += [await _connect(port) for _ in range(3)]
             reader, writer = await _connect(port)
-            assert await _closed_within(reader, 2.0), "a 4th connection from one address stayed"
+            assert await closed_within(reader, 2.0), "a 4th connection from one address stayed"
             writer.close()
             # Someone else is served while one address holds its share.
             assert (await _get(port, "127.0.0.2")).startswith(b"HTTP/1.1 200 ")
             held += [await _connect(port, "127.0.0.3") for _ in range(2)]
             reader, writer = await _connect(port, "127.0.0.4")
-            assert await _closed_within(reader, 2.0), "a connection over the total stayed"
+            assert await closed_within(reader, 2.0), "a connection over the total stayed"
             writer.close()
             # A connection that ends leaves room for the next.
             held.pop()[1].close()
@@ -159,7 +147,7 @@ async def test_the_admins_connections_are_capped_in_total_and_per_address(
         assert "per-address" in refusals[0] and "127.0.0.1" in refusals[0]
         assert "5 connections open" in refusals[1]
         for reader, _ in held:  # the held ones are still served
-            assert not await _closed_within(reader, 0.1)
+            assert not await closed_within(reader, 0.1)
     finally:
         for _, w in held:
             w.close()
@@ -179,17 +167,17 @@ async def test_metrics_close_a_slow_head_and_cap_their_connections(
     try:
         reader, writer = await _connect(port)
         sending = asyncio.create_task(_trickle(writer, b"GET /metrics HTTP/1.1\r\n" * 4, 0.2))
-        assert await _closed_within(reader, 4.0), "a slowloris head kept its connection"
+        assert await closed_within(reader, 4.0), "a slowloris head kept its connection"
         sending.cancel()
         writer.close()
         held += [await _connect(port) for _ in range(2)]
         reader, writer = await _connect(port)
-        assert await _closed_within(reader, 2.0), "a 3rd connection from one address stayed"
+        assert await closed_within(reader, 2.0), "a 3rd connection from one address stayed"
         writer.close()
         assert (await _get(port, "127.0.0.2", "/metrics")).startswith(b"HTTP/1.1 200 ")
         held += [await _connect(port, "127.0.0.3") for _ in range(2)]
         reader, writer = await _connect(port, "127.0.0.4")
-        assert await _closed_within(reader, 2.0), "a connection over the total stayed"
+        assert await closed_within(reader, 2.0), "a connection over the total stayed"
         writer.close()
     finally:
         for _, w in held:
@@ -215,7 +203,7 @@ async def test_a_form_body_sent_a_byte_at_a_time_gets_408_at_the_deadline(
         assert status.startswith(b"HTTP/1.1 408 "), status
         # Then closed, after aiohttp's lingering read of what still comes (10 s),
         # which lets the client read the 408 before the close.
-        assert await _closed_within(reader, 12.0)
+        assert await closed_within(reader, 12.0)
         sending.cancel()
         writer.close()
         # A form sent whole is read as before (a stale token: the form again, 403).

@@ -17,22 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from smtpgate.admin import AccountAdmin
-from smtpgate.auth.authlog import AuthLog
-from smtpgate.auth.guard import Guard
-from smtpgate.auth.guard_store import SqliteGuardStore
 from smtpgate.auth.login import LoginAttempts
-from smtpgate.auth.service import AuthContext, AuthService
-from smtpgate.auth.store import AuditActor, SqliteAccountStore
-from smtpgate.config import AccountsConfig, AuthConfig, GuardConfig
+from smtpgate.auth.service import AuthContext
+from smtpgate.config import GuardConfig
 from smtpgate.sasl.base import VerifyPassword
 from smtpgate.sasl.exchange import AuthResult, Outcome
-from tests.unit.patient_state import PATIENT_STATE
+from tests.unit.alice_logins import ALICE, alice_logins
 
-ALICE = "alice@example.org"
-CFG = AccountsConfig(
-    argon2_memory_kib=8192, argon2_time_cost=1, argon2_parallelism=1, scram_iterations=4096
-)
 PENALTY = 10.0
 ATTACKER = "192.0.2.20"
 
@@ -67,17 +58,11 @@ class World:
 
 @pytest.fixture
 async def world(tmp_path: Path) -> AsyncIterator[World]:
-    store = SqliteAccountStore(tmp_path / "accounts.sqlite", CFG)
-    AccountAdmin(store, CFG, actor=AuditActor("ops", "pytest")).add_account(ALICE, "pencil")
-    auth = AuthService(store, CFG, AuthConfig(), AuthLog(tmp_path / "auth.log"), None)
-    guard = Guard(SqliteGuardStore(tmp_path / "guard.sqlite"),
-                  GuardConfig(lockout_threshold=3, penalty_base=PENALTY, penalty_max=PENALTY,
-                              distributed_addresses=1000),
-                  PATIENT_STATE)
     sleeps = Sleeps()
-    yield World(LoginAttempts(auth, guard, failure_floor=0.0, sleep=sleeps), sleeps)
-    await guard.close()
-    await auth.close()
+    guard_cfg = GuardConfig(lockout_threshold=3, penalty_base=PENALTY, penalty_max=PENALTY,
+                            distributed_addresses=1000)
+    async with alice_logins(tmp_path, guard_cfg, sleeps) as (login, _):
+        yield World(login, sleeps)
 
 
 async def attempt(login: LoginAttempts, ip: str, password: str) -> str:

@@ -19,25 +19,17 @@ from pathlib import Path
 
 import pytest
 
-from smtpgate.admin import AccountAdmin
 from smtpgate.auth.attempt_gate import AttemptGate
-from smtpgate.auth.authlog import AuthLog
 from smtpgate.auth.guard import Guard
 from smtpgate.auth.guard_state import ACCOUNT_NEW
-from smtpgate.auth.guard_store import SqliteGuardStore
 from smtpgate.auth.login import LoginAttempt, LoginAttempts
-from smtpgate.auth.service import AuthContext, AuthService
-from smtpgate.auth.store import AuditActor, SqliteAccountStore
-from smtpgate.config import AccountsConfig, AuthConfig, GuardConfig
+from smtpgate.auth.service import AuthContext
+from smtpgate.config import GuardConfig
 from smtpgate.sasl.base import Challenge, NeedCredentials, VerifyPassword
 from smtpgate.sasl.exchange import AuthResult, Outcome, ServerExchange
 from smtpgate.sasl.scram import ScramClient, ScramSha256Server
-from tests.unit.patient_state import PATIENT_STATE
+from tests.unit.alice_logins import ALICE, alice_logins
 
-ALICE = "alice@example.org"
-CFG = AccountsConfig(
-    argon2_memory_kib=8192, argon2_time_cost=1, argon2_parallelism=1, scram_iterations=4096
-)
 HOLD = 0.3  # the gate's MAX_WAIT, shortened
 
 
@@ -53,21 +45,13 @@ class World:
 
 @pytest.fixture
 async def world(tmp_path: Path) -> AsyncIterator[World]:
-    store = SqliteAccountStore(tmp_path / "accounts.sqlite", CFG)
-    AccountAdmin(store, CFG, actor=AuditActor("ops", "pytest")).add_account(ALICE, "pencil")
-    auth = AuthService(store, CFG, AuthConfig(), AuthLog(tmp_path / "auth.log"), None)
-    guard = Guard(SqliteGuardStore(tmp_path / "guard.sqlite"),
-                  GuardConfig(lockout_threshold=3, penalty_base=0.0, penalty_max=0.0),
-                  PATIENT_STATE)
-
     async def no_sleep(seconds: float) -> None:
         return None
 
-    login = LoginAttempts(auth, guard, failure_floor=0.0, sleep=no_sleep)
-    login.gate = AttemptGate(max_wait=HOLD)
-    yield World(login, guard)
-    await guard.close()
-    await auth.close()
+    guard_cfg = GuardConfig(lockout_threshold=3, penalty_base=0.0, penalty_max=0.0)
+    async with alice_logins(tmp_path, guard_cfg, no_sleep) as (login, guard):
+        login.gate = AttemptGate(max_wait=HOLD)
+        yield World(login, guard)
 
 
 async def drive(attempt: LoginAttempt, ex: ServerExchange,

@@ -209,6 +209,14 @@ class Wire:
         except ConnectionResetError:
             return b""
 
+    def _held(self) -> bytes | None:
+        """What a read returns without the socket: bytes already decrypted and kept,
+        ``b""`` once the server has closed; None when the socket must be read."""
+        if self._pending:
+            data, self._pending = self._pending, b""
+            return data
+        return b"" if self._eof else None
+
     async def recv(self, timeout: float) -> bytes:
         """The next plaintext bytes; ``b""`` once the server has closed.
 
@@ -216,11 +224,9 @@ class Wire:
             TimeoutError: nothing within ``timeout``.
             TlsError: a TLS record failed.
         """
-        if self._pending:
-            data, self._pending = self._pending, b""
-            return data
-        if self._eof:
-            return b""
+        held = self._held()
+        if held is not None:
+            return held
         async with asyncio.timeout(timeout):
             while True:
                 raw = await self._recv_raw()
@@ -249,11 +255,9 @@ class Wire:
         Raises:
             TlsError: a TLS record failed.
         """
-        if self._pending:
-            data, self._pending = self._pending, b""
-            return data
-        if self._eof:
-            return b""
+        held = self._held()
+        if held is not None:
+            return held
         chunks: list[bytes] = []
         while True:
             try:

@@ -176,3 +176,79 @@ async def test_failed_handshakes_are_logged_within_a_budget_and_all_counted(
             "by one)") in lines, lines
     assert len(lines) == 11, lines
     assert ended._value.get() - before == 14
+
+
+async def _handshake_then(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                          after: bytes) -> None:
+    """A full TLS handshake as a client (pyOpenSSL, no verification), then ``after``
+    in raw bytes once the server's first records after it (its greeting) came."""
+    ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    client = BioConnection(SSL.Connection(ctx, None))
+    client._conn.set_connect_state()
+    while True:
+        try:
+            client._conn.do_handshake()
+            break
+        except SSL.WantReadError:
+            writer.write(client.outgoing())
+            client._conn.bio_write(await asyncio.wait_for(reader.read(65536), NO_REPLY))
+    writer.write(client.outgoing())
+    assert await asyncio.wait_for(reader.read(65536), NO_REPLY)  # the greeting, sealed
+    writer.write(after)
+
+
+async def test_bad_records_and_handshake_timeouts_are_logged_within_a_budget(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Before: a record that failed after the handshake (a client that completes it,
+    then sends garbage) and a handshake that timed out were one INFO line each,
+    whatever the rate, as failed handshakes were before their budget. Each now has
+    the same budget, its own count; the metrics still count every session."""
+    from smtpgate import metrics
+    from smtpgate.server import connection
+    from smtpgate.web.log_budget import LogBudget
+
+    records = LogBudget(connection.REFUSALS_LOGGED, connection.REFUSAL_WINDOW,
+                        connection._report_records)
+    timeouts = LogBudget(connection.REFUSALS_LOGGED, connection.REFUSAL_WINDOW,
+                         connection._report_handshake_timeouts)
+    monkeypatch.setattr(connection, "_record_log", records)
+    monkeypatch.setattr(connection, "_handshake_timeout_log", timeouts)
+    runtime = _runtime(tmp_path, ConnectionLimiter(100, 100))
+    runtime.handshake_timeout = 0.3
+    listener = ListenerRuntime("rec-budget", True, settings(starttls=False))
+    plain = metrics._m.sessions.labels("rec-budget", "none")
+    tls13 = metrics._m.sessions.labels("rec-budget", "TLSv1.3")
+    before = plain._value.get(), tls13._value.get()
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: SmtpConnection(runtime, listener), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    caplog.set_level("INFO", logger="smtpgate.session")
+    garbage = b"\x17\x03\x03\x00\x40" + bytes(range(64))  # an application record, forged
+    for _ in range(13):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        await _handshake_then(reader, writer, garbage)
+        await asyncio.wait_for(reader.read(), NO_REPLY)  # up to the close
+        writer.close()
+    silent = [await asyncio.open_connection("127.0.0.1", port) for _ in range(12)]
+    for reader, writer in silent:  # sending nothing: closed after handshake_timeout
+        assert await asyncio.wait_for(reader.read(), NO_REPLY) == b""
+        writer.close()
+    server.close()
+    await server.wait_closed()
+    await asyncio.sleep(0)
+    records.flush()
+    timeouts.flush()
+    lines = [r.getMessage() for r in caplog.records if r.name == "smtpgate.session"]
+    bad = [x for x in lines if " TLS error: " in x]
+    assert len(bad) == 10, lines
+    assert ("3 more TLS sessions ended by a record that failed after the handshake "
+            "(more than 10 in 60 s are not logged one by one)") in lines, lines
+    slow = [x for x in lines if x.endswith("TLS handshake timed out "
+                                           "(tls.handshake_timeout, 0.3 s)")]
+    assert len(slow) == 10, lines
+    assert ("2 more TLS handshakes timed out (more than 10 in 60 s are not logged "
+            "one by one)") in lines, lines
+    assert len(lines) == 22, lines
+    assert tls13._value.get() - before[1] == 13
+    assert plain._value.get() - before[0] == 12

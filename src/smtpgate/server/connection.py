@@ -89,6 +89,30 @@ def _report_handshakes(count: int) -> None:
 _handshake_log = LogBudget(REFUSALS_LOGGED, REFUSAL_WINDOW, _report_handshakes)
 
 
+def _report_records(count: int) -> None:
+    log.info("%d more TLS sessions ended by a record that failed after the handshake "
+             "(more than %d in %g s are not logged one by one)", count, REFUSALS_LOGGED,
+             REFUSAL_WINDOW)
+
+
+#: A record that fails after the handshake (garbage, a forged or truncated record,
+#: a TLS 1.2 renegotiation attempt) ends its session: a client that can complete a
+#: handshake can send one a connection, so it has the same budget, its own count.
+_record_log = LogBudget(REFUSALS_LOGGED, REFUSAL_WINDOW, _report_records)
+
+
+def _report_handshake_timeouts(count: int) -> None:
+    log.info("%d more TLS handshakes timed out (more than %d in %g s are not logged one "
+             "by one)", count, REFUSALS_LOGGED, REFUSAL_WINDOW)
+
+
+#: A connection that starts no handshake, or stops half-way, until
+#: ``tls.handshake_timeout``: a scanner's open-and-wait costs nothing but a
+#: socket, so these too are the first ten a minute, then a count.
+_handshake_timeout_log = LogBudget(REFUSALS_LOGGED, REFUSAL_WINDOW,
+                                   _report_handshake_timeouts)
+
+
 _PAUSE_READING_AT = 1 << 20
 #: Replies the engine holds before it reads the next command (its listeners'
 #: ``EngineSettings.max_pending_output``): they are then written out, so that the
@@ -125,6 +149,7 @@ class SmtpConnection(asyncio.Protocol):
         "_timer",
         "_timer_at",
         "_tls_started",
+        "_tls_version",
         "_writing_paused",
         "client_ip",
         "client_port",
@@ -159,6 +184,9 @@ class SmtpConnection(asyncio.Protocol):
         # and the start of the unit each deadline bounds (None: none under way).
         self._last_activity = 0.0
         self._tls_started = 0.0
+        #: The version the handshake agreed, for the metrics: a session that failed
+        #: later no longer tells it (OpenSSL's object is then in its error state).
+        self._tls_version: str | None = None
         self._line_started: float | None = None
         self._auth_started: float | None = None
         self._data_started: float | None = None
@@ -229,8 +257,7 @@ class SmtpConnection(asyncio.Protocol):
             try:
                 data, out = self.tls.receive(data)
             except TlsError as e:
-                budget = self._failure_budget(e)
-                if budget is None or budget.take():
+                if self._failure_budget(e).take():
                     log.info("%s %s:%s %s", self.session_id, self.client_ip,
                              self.client_port, e)
                 # The library's alert (protocol_version, handshake_failure, ...) tells
@@ -264,14 +291,15 @@ class SmtpConnection(asyncio.Protocol):
             self.transport.pause_reading()
             self._disk_paused = True
 
-    def _failure_budget(self, e: TlsError) -> LogBudget | None:
-        """The budget a TLS failure's log line takes from: a failed handshake's;
-        None (logged whatever the rate) for a record that fails after it."""
+    def _failure_budget(self, e: TlsError) -> LogBudget:
+        """The budget a TLS failure's log line takes from: a failed handshake's, or
+        that of a record that fails after it. Each is one line a connection that
+        anyone may open, so none is logged whatever the rate."""
         if isinstance(e, ServerNameNotAscii):
             return _server_name_log
         if self.tls is not None and not self.tls.handshake_done:
             return _handshake_log
-        return None
+        return _record_log
 
     def eof_received(self) -> bool | None:
         """The client has sent all it will (a TCP half-close, as ``nc -N`` or a
@@ -319,8 +347,7 @@ class SmtpConnection(asyncio.Protocol):
             self._counted = False
             self.rt.limiter.release(self.client_ip)
             self.rt.connections.discard(self)
-            tls = self.tls.version if self.tls is not None and self.tls_ready else None
-            metrics.session_ended(self.listener.name, tls)
+            metrics.session_ended(self.listener.name, self._tls_version)
         # An in-flight spool write is left to finish (its result is simply not
         # sent); an in-flight auth lookup is harmless to finish too.
 
@@ -458,6 +485,7 @@ class SmtpConnection(asyncio.Protocol):
     def _tls_up(self) -> None:
         assert self.tls is not None
         self.tls_ready = True
+        self._tls_version = self.tls.version
         cert, untrusted = self.tls.client_certificate()
         if untrusted:  # 'optional': the session goes on, without EXTERNAL
             log.info("%s %s:%s %s", self.session_id, self.client_ip, self.client_port, untrusted)
@@ -551,11 +579,15 @@ class SmtpConnection(asyncio.Protocol):
         if now < at:
             self._arm_at(at)
             return
-        log.info("%s %s:%s %s", self.session_id, self.client_ip, self.client_port,
-                 "deadline passed" if deadline else "idle timeout")
         if self.tls is not None and not self.tls_ready:
+            if _handshake_timeout_log.take():
+                log.info("%s %s:%s TLS handshake timed out (tls.handshake_timeout, %g s)",
+                         self.session_id, self.client_ip, self.client_port,
+                         self.rt.handshake_timeout)
             self._abort()
             return
+        log.info("%s %s:%s %s", self.session_id, self.client_ip, self.client_port,
+                 "deadline passed" if deadline else "idle timeout")
         self.engine.timeout(deadline=deadline)
         self._flush()
         self._close()

@@ -550,7 +550,10 @@ class PostgresConfig(Model):
         default="",
         description="libpq connection string or URI of the account database, e.g. "
         "'postgresql://smtpgate@127.0.0.1:5432/smtpgate'. Never with a password in it: "
-        "use password_file, or the DSN's passfile (~/.pgpass format).",
+        "use password_file, or the DSN's passfile (~/.pgpass format). TCP keepalives "
+        "default to keepalives_idle=60, keepalives_interval=10, keepalives_count=5 and "
+        "tcp_user_timeout=30000 (a host that vanished is noticed in minutes, not hours); "
+        "the DSN's own values win (docs/directories.md).",
     )
     password_file: Path | None = Field(
         default=None,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 import psycopg
 from psycopg import conninfo, pq
@@ -252,17 +252,36 @@ def where(pg: PostgresConfig) -> str:
     return f"PostgreSQL database {p.get('dbname') or p.get('user') or '(default)'} on {host}{port}"
 
 
+#: TCP keepalives on every connection, unless the DSN sets its own. libpq turns them
+#: on but leaves their timing to the kernel: two hours of silence before the first
+#: probe, so a pooled connection to a host that vanished without a reset (a pulled
+#: cable, a VM gone, a firewall that forgot the flow) was found dead after more than
+#: two hours, holding a pool slot and whatever waited on it. With these, after
+#: 60 + 5 x 10 s; and data the server never acknowledges ends the connection after
+#: 30 s (``tcp_user_timeout``, in ms). Unix sockets ignore them.
+KEEPALIVES: Final[dict[str, int]] = {
+    "keepalives": 1,
+    "keepalives_idle": 60,
+    "keepalives_interval": 10,
+    "keepalives_count": 5,
+    "tcp_user_timeout": 30_000,
+}
+
+
 def connection_kwargs(pg: PostgresConfig) -> dict[str, Any]:
     """libpq options besides the DSN: the password from its file (a path already
-    resolved against the config's directory), a connect timeout.
+    resolved against the config's directory), a connect timeout, and `KEEPALIVES`
+    where the DSN does not set them (an option given here would override the DSN's).
 
     Raises:
         StoreUnavailable: the password file cannot be read (naming its key).
     """
+    in_dsn = conninfo.conninfo_to_dict(pg.dsn)
     kwargs: dict[str, Any] = {
         "connect_timeout": max(1, int(pg.timeout)),
         "application_name": "smtpgate",
         "autocommit": True,
+        **{k: v for k, v in KEEPALIVES.items() if k not in in_dsn},
     }
     if pg.password_file is not None:
         path = pg.password_file

@@ -681,8 +681,6 @@ def _names_not_mailboxes(key: str, path: Path) -> list[Problem]:
     """One warning naming the accounts (up to three, and a count) whose name is no
     RFC 5321 mailbox: made before ``user add`` refused them, they log in but can
     send only from their aliases. A warning, not an error: they work as before."""
-    from smtpgate.auth.names import mailbox_problem
-
     try:
         conn = _open_read_only(path)
         try:
@@ -691,7 +689,13 @@ def _names_not_mailboxes(key: str, path: Path) -> list[Problem]:
             conn.close()
     except sqlite3.Error:
         return []  # no accounts table yet (an empty file), or _schema said why
-    bad = [n for n in names if isinstance(n, str) and mailbox_problem(n)]
+    return _mailbox_warning(key, [n for n in names if isinstance(n, str)])
+
+
+def _mailbox_warning(key: str, names: list[str]) -> list[Problem]:
+    from smtpgate.auth.names import mailbox_problem
+
+    bad = [n for n in names if mailbox_problem(n)]
     if not bad:
         return []
     shown = ", ".join(repr(n) for n in bad[:3]) + (f" and {len(bad) - 3} more"
@@ -755,7 +759,8 @@ def check_postgres(cfg: Config) -> list[Problem]:
     database and a schema to migrate (or newer than this version) stop ``serve``,
     so each is an error here too; a server that does not answer (refused, timed
     out, no such host, starting up) is a warning: ``serve`` starts, and answers
-    logins 454 4.7.0 until it does (docs/directories.md)."""
+    logins 454 4.7.0 until it does (docs/directories.md). Account names that are
+    no mailbox are a warning, as with SQLite."""
     if cfg.accounts.backend != "postgresql":
         return []
     from smtpgate.auth.accounts import accounts_key, open_account_store
@@ -763,7 +768,13 @@ def check_postgres(cfg: Config) -> list[Problem]:
     from smtpgate.auth.postgres_schema import PostgresUnreachable
 
     try:
-        open_account_store(cfg).close()
+        store = open_account_store(cfg)
+        try:
+            names = [a.name for a in store.list_accounts()]
+        except StoreError:
+            names = []  # gone since it opened: the next check says so
+        finally:
+            store.close()
     except PostgresUnreachable as e:
         reason = " ".join(str(e).split())  # libpq's reason spans lines: one line here
         return [Problem("warning", accounts_key(cfg), f"{reason}; serve starts anyway, and "
@@ -771,7 +782,7 @@ def check_postgres(cfg: Config) -> list[Problem]:
                         "answers", outage=True)]
     except StoreError as e:
         return [_error(getattr(e, "key", None) or accounts_key(cfg), str(e))]
-    return []
+    return _mailbox_warning(accounts_key(cfg), names)
 
 
 def check_guard_database(cfg: Config) -> list[Problem]:

@@ -155,6 +155,35 @@ def test_config_check_names_what_serve_would_refuse_on_postgresql(
         cluster.start()
 
 
+def test_config_check_warns_of_account_names_that_are_no_mailbox_on_postgresql(
+    pg_server: Server, cluster: PostgresCluster,
+) -> None:
+    """Made before ``user add`` refused them, such accounts log in but can send only
+    from their aliases: `config check` named them on SQLite, and said nothing on
+    PostgreSQL."""
+    import tomllib
+
+    from smtpgate.auth.admin_store import AuditActor
+    from smtpgate.auth.postgres_store import PostgresAccountStore
+    from smtpgate.config import AccountsConfig, PostgresConfig
+
+    pg_server.cli("db", "migrate")
+    dsn = tomllib.loads(pg_server.config.read_text())["accounts"]["postgresql"]["dsn"]
+    store = PostgresAccountStore(
+        PostgresConfig(dsn=dsn, password_file=pg_server.root / "pg.password"), AccountsConfig())
+    try:
+        with store.transaction(AuditActor("ops", "pytest")) as w:
+            for name in ("ok@example.org", "a)b@example.org"):
+                w.create_account(name, {})
+    finally:
+        store.close()
+    out = pg_server.cli("config", "check", check=False)
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text
+    assert "warning: accounts.postgresql.dsn: 1 account whose name is not a mailbox" in text, text
+    assert "'a)b@example.org'" in text and "'ok@example.org'" not in text, text
+
+
 # --- every `smtpgate user ...` command, the same as on SQLite -------------------------------
 
 ALIAS = "sales@example.org"

@@ -1060,12 +1060,13 @@ class ImportResult:
 
 def open_admin(cfg: Config, actor: AuditActor) -> AccountAdmin:
     """The admin service on the account backend of ``cfg``, with ``[passwords]``
-    as its policy and the guard database of ``[guard]``.
+    as its policy and the guard database of ``[guard]``, for a command run once
+    (``one_shot``: each call's error is the command's to report).
 
     Raises:
         StoreUnavailable: the account backend cannot be opened.
     """
-    return admin_on(open_account_store(cfg), cfg, actor)
+    return admin_on(open_account_store(cfg, one_shot=True), cfg, actor)
 
 
 def admin_on(store: AccountAdminStore, cfg: Config, actor: AuditActor) -> AccountAdmin:

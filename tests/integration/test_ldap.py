@@ -704,3 +704,28 @@ def test_config_check_and_status_say_a_directory_outage_once_naming_the_key(
     assert (check.stdout + check.stderr).count("certificate was refused") == 1, (
         check.stdout + check.stderr)
     assert "accounts.ldap.ca_file" in check.stdout + check.stderr
+
+
+def test_admin_commands_say_a_directory_outage_once_with_the_directory_hint(
+    slapd: Slapd, tmp_path: Path,
+) -> None:
+    """With the directory down, every admin command printed the server's outage log
+    line ('logins get 454 4.7.0 until it answers') on stderr, then its own error with
+    the server's fail-fast note ('not asked again until it answers a probe') and the
+    hint of a locked SQLite file. Now a command that needs the directory says the
+    directory's error once, with the [accounts.ldap] hint; one that does not need it
+    (guard list, admin-log) says nothing about it."""
+    srv, _, _ = _server(tmp_path / "srv")
+    text = srv.config.read_text()
+    srv.config.write_text(text.replace(f'url = "{slapd.url}"', 'url = "ldap://127.0.0.1:34150"'))
+    for cmd in (("user", "show", ALICE), ("user", "lock", ALICE),
+                ("app-password", "list", ALICE), ("user", "alias", "list", ALICE)):
+        out = srv.cli(*cmd, check=False)
+        said = out.stdout + out.stderr
+        assert out.returncode == 1, (cmd, said)
+        assert said.count("Connection refused") == 1, (cmd, said)
+        assert "454" not in said and "retry_max" not in said, (cmd, said)
+        assert "hint: check [accounts.ldap]" in said and "locked" not in said, (cmd, said)
+    for cmd in (("guard", "list"), ("admin-log",)):
+        out = srv.cli(*cmd, check=False)
+        assert out.returncode == 0 and out.stderr == "", (cmd, out.stdout + out.stderr)

@@ -18,7 +18,7 @@ from smtpgate.config import Config, PostgresConfig
 
 
 def open_account_store(cfg: Config, *, outage_ok: bool = False,
-                       quiet: bool = False) -> AccountStore:
+                       quiet: bool = False, one_shot: bool = False) -> AccountStore:
     """The account backend of ``cfg``, both sides (read and admin).
 
     ``outage_ok`` (what ``serve`` opens): a PostgreSQL server that cannot be
@@ -29,6 +29,12 @@ def open_account_store(cfg: Config, *, outage_ok: bool = False,
     ``quiet`` (LDAP): the caller reports a failure itself (``status``): the
     directory's outage is not logged, and one at opening is raised
     (``open_ldap_store``).
+
+    ``one_shot`` (LDAP; the admin commands): a command run once reports the error
+    each call gets, so the directory's outage is not logged as the server's is
+    (that line speaks of logins and 454) and there is no fail-fast window (each
+    call asks the directory); a directory down at opening is no error, so the
+    commands that do not need it (``guard list``, ``admin-log``) still work.
 
     Raises:
         StoreUnavailable: it cannot be opened (a file that is not a database,
@@ -46,7 +52,7 @@ def open_account_store(cfg: Config, *, outage_ok: bool = False,
     if backend == "ldap":
         from smtpgate.auth.ldap_store import open_ldap_store
 
-        return open_ldap_store(cfg, quiet=quiet)
+        return open_ldap_store(cfg, quiet=quiet, one_shot=one_shot)
     assert_never(backend)
 
 

@@ -464,7 +464,8 @@ class _OverlayWriter:
         self._w.record(action, target, details)
 
 
-def open_ldap_store(cfg: Config, *, quiet: bool = False) -> LdapAccountStore:
+def open_ldap_store(cfg: Config, *, quiet: bool = False,
+                    one_shot: bool = False) -> LdapAccountStore:
     """The LDAP backend of ``cfg``: the directory of ``[accounts.ldap]`` and the overlay
     in ``[accounts].database``. Connects once now, so that wrong service-account
     credentials stop start-up with a message naming the key; a directory that
@@ -472,6 +473,8 @@ def open_ldap_store(cfg: Config, *, quiet: bool = False) -> LdapAccountStore:
 
     ``quiet`` (the commands that report the failure themselves, ``status``): the
     directory's outages are not logged, and one at opening is raised.
+    ``one_shot`` (the admin commands): not logged either, no fail-fast window
+    (``open_account_store`` says why), and one at opening is not raised.
 
     Raises:
         DirectoryMisconfigured: the directory refused the service account
@@ -479,6 +482,8 @@ def open_ldap_store(cfg: Config, *, quiet: bool = False) -> LdapAccountStore:
         StoreUnavailable: the password file or the overlay cannot be read.
     """
     lc = cfg.accounts.ldap
+    if one_shot:
+        lc = lc.model_copy(update={"retry_max": 0})
     password = ""
     path = None if lc.bind_password_file is None else cfg.path(lc.bind_password_file)
     if path is not None:
@@ -494,7 +499,7 @@ def open_ldap_store(cfg: Config, *, quiet: bool = False) -> LdapAccountStore:
             raise DirectoryMisconfigured(CA_FILE_KEY, f"{CA_FILE_KEY} {ca}: "
                                          f"{e.strerror or e}") from None
     directory = LdapDirectory(lc, bind_password=password, ca_file=ca, bind_password_file=path,
-                              outage_log=not quiet)
+                              outage_log=not (quiet or one_shot))
     try:
         directory.check_service_account()
     except DirectoryMisconfigured:

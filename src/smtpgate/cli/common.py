@@ -203,6 +203,14 @@ def _hint(e: Exception, default: str) -> str:
     return own if isinstance(own, str) and own else default
 
 
+def _in_use_hint(cfg: Config) -> str:
+    """Where to look when the account backend failed after it opened: a locked SQLite
+    file, else the server it talks to (`open_hint`)."""
+    if cfg.accounts.backend == "sqlite":
+        return "check the database file; another process may hold it locked"
+    return open_hint(cfg)
+
+
 def guard_hint(cfg: Config) -> str:
     """Where to look when the guard's state fails: the SQLite file, or with
     ``[state] backend = "redis"`` the Redis it names (no file is involved then)."""
@@ -234,7 +242,6 @@ def admin_service(cfg: Config) -> Iterator[AccountAdmin]:
     except GuardStoreError as e:
         raise OperationalError(str(e), _hint(e, guard_hint(cfg))) from None
     except StoreError as e:
-        hint = getattr(e, "hint", "") or "check the database file; another process may hold it locked"
-        raise OperationalError(str(e), hint) from None
+        raise OperationalError(str(e), _hint(e, _in_use_hint(cfg))) from None
     finally:
         admin.close()

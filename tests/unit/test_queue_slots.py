@@ -23,6 +23,7 @@ from smtpgate.config import QueueConfig
 from smtpgate.queue import incoming as incoming_mod
 from smtpgate.queue import slots as slots_mod
 from smtpgate.queue import tmpfiles
+from smtpgate.queue.aio_sync import AioSync
 from smtpgate.queue.delivery import DeliveryResult, QueuedMessage
 from smtpgate.queue.envelope import Envelope
 from smtpgate.queue.incoming import Incoming
@@ -71,6 +72,13 @@ def count_syncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr(os, "fsync", counting(os.fsync, "fsync"))
     monkeypatch.setattr(os, "fdatasync", counting(os.fdatasync, "fdatasync"))
+    aio_sync = AioSync.fdatasync
+
+    async def counting_aio(self: AioSync, fd: int) -> None:  # the kernel's (Linux AIO)
+        calls.append("fdatasync")
+        await aio_sync(self, fd)
+
+    monkeypatch.setattr(AioSync, "fdatasync", counting_aio)
     return calls
 
 

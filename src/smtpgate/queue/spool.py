@@ -85,6 +85,7 @@ from typing import Self
 
 from smtpgate.plural import count
 from smtpgate.queue import slots, tidy_report, tmpfiles
+from smtpgate.queue.aio_sync import AioSync
 from smtpgate.queue.committer import CommitStats, CommitterClosed, GroupCommitter, Op
 from smtpgate.queue.envelope import Envelope, EnvelopeFormatError
 from smtpgate.queue.incoming import SIZE_WIDTH, UNSEALED, Incoming
@@ -206,6 +207,8 @@ class Spool:
         self._pool = tmpfiles.TempPool(self._tdir) if prefill else None
         self._slots = slots.SlotPool(self._qdir) if prefill else None
         self._syncer = tmpfiles.Syncer()
+        self._aio: AioSync | None = None
+        self._aio_tried = False
         self._writer: GroupCommitter[_Work, str] = GroupCommitter(
             self._commit,
             name="smtpgate-spool-writer",
@@ -272,7 +275,16 @@ class Spool:
             return taken[0], taken[1], ""  # published by the group commit
 
         return Incoming(qid, open_file, first + header + b"\n" + prefix,
-                        size_at=len(lead), data_from=data_from)
+                        size_at=len(lead), data_from=data_from, syncer=self._loop_syncer())
+
+    def _loop_syncer(self) -> AioSync | None:
+        """The AIO syncer (`aio_sync`) of the loop of the first message, made then;
+        None where AIO syncs cannot be used, or on another loop (tests)."""
+        if not self._aio_tried:
+            self._aio_tried = True
+            self._aio = AioSync.open()
+        aio = self._aio
+        return aio if aio is not None and aio.serves_running_loop() else None
 
     async def publish(self, incoming: Incoming) -> str:
         """Make a received message durable (its content fsynced, then its name in
@@ -304,6 +316,8 @@ class Spool:
             return
         await self._writer.close()
         self._syncer.close()
+        if self._aio is not None:
+            self._aio.close()
         if self._pool is not None:
             await asyncio.to_thread(self._pool.stop)
         if self._slots is not None:

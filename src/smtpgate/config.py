@@ -1012,7 +1012,7 @@ class LimitsConfig(Model):
     )
     max_connections: int = Field(default=1000, ge=1, description="Concurrent connections in all.")
     max_connections_per_ip: int = Field(
-        default=20, ge=1, description="Concurrent connections from one client address."
+        default=20, ge=1, description="Concurrent connections from one client address (IPv6: its /64)."
     )
     connection_rate_per_ip: int = Field(
         default=300,

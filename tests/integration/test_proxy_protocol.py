@@ -58,6 +58,10 @@ def v1(client: str, port: int = 50123) -> bytes:
     return f"PROXY TCP4 {client} 127.0.0.1 {port} 587\r\n".encode()
 
 
+def v1_6(client: str, port: int = 50123) -> bytes:
+    return f"PROXY TCP6 {client} ::1 {port} 587\r\n".encode()
+
+
 def v2(client: str, port: int = 50123) -> bytes:
     body = socket.inet_aton(client) + socket.inet_aton("127.0.0.1") + struct.pack("!HH", port, 465)
     return V2_SIGNATURE + b"\x21\x11" + struct.pack("!H", len(body)) + body
@@ -122,6 +126,38 @@ def test_header_from_an_untrusted_address_is_refused(proxied: Server) -> None:
         except ConnectionResetError:
             pass  # closed before reading: as good
     assert "127.0.0.2" in proxied.log_text() and "not one (trusted_proxies)" in proxied.log_text()
+
+
+def _greeting_from(srv: Server, header: bytes) -> tuple[socket.socket, bytes]:
+    sock = socket.create_connection(("127.0.0.1", srv.submission), timeout=10)
+    sock.sendall(header)
+    return sock, sock.recv(200)
+
+
+def test_an_ipv6_clients_concurrent_connections_are_counted_by_its_64(proxied: Server) -> None:
+    """``limits.max_connections_per_ip`` (20) counted an IPv6 client by its exact
+    address, where the guard and the connection rate count its /64: one host with a
+    /64 (what every IPv6 customer gets) opened as many sessions as
+    ``max_connections`` allows, each from another address of it, and left none for
+    anyone else. Twenty from one /64 now fill it; the 21st gets the 421, whichever
+    worker accepts it, and another /64 is not held up."""
+    held: list[socket.socket] = []
+    try:
+        for n in range(1, 21):
+            sock, greeting = _greeting_from(proxied, v1_6(f"2001:db8:1:2::{n:x}"))
+            held.append(sock)
+            assert greeting.startswith(b"220 "), (n, greeting)
+        sock, greeting = _greeting_from(proxied, v1_6("2001:db8:1:2:ffff::21"))
+        sock.close()
+        assert greeting == b"421 4.7.0 Too many connections from your address, try again later\r\n"
+        sock, greeting = _greeting_from(proxied, v1_6("2001:db8:1:3::1"))
+        sock.close()
+        assert greeting.startswith(b"220 ")
+    finally:
+        for s in held:
+            s.close()
+    assert "refused 2001:db8:1:2:ffff::21:" in proxied.log_text()
+    assert "Traceback" not in proxied.log_text()
 
 
 def test_config_names_the_missing_trusted_proxies(tmp_path: Path) -> None:

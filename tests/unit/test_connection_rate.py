@@ -86,3 +86,31 @@ def test_the_limiters_refuse_with_rate_before_counting_a_slot() -> None:
         assert shared.server_total() == 1
     finally:
         shared.close()
+
+
+def test_the_concurrent_limit_counts_an_ipv6_client_by_its_64_and_a_mapped_one_as_ipv4() -> None:
+    """``max_connections_per_ip`` counted an IPv6 client by its exact address, so one
+    /64 opened a session from each of its addresses, up to ``max_connections``; it is
+    now counted as the guard and the rate count it (an IPv4-mapped address as the
+    IPv4 one), in one process and across workers, and given back the same way."""
+    single = ConnectionLimiter(100, 2)
+    shared = SharedConnectionLimiter(100, 2, 2)
+    try:
+        shared.attach(0)
+        for limiter in (single, shared):
+            assert limiter.acquire("2001:db8:1:2::1") is None
+            assert limiter.acquire("2001:db8:1:2:aaaa::7") is None
+            assert limiter.acquire("2001:db8:1:2:ffff::9") == "per_ip"
+            assert limiter.acquire("2001:db8:1:3::1") is None  # another /64
+            limiter.release("2001:db8:1:2::1")
+            assert limiter.acquire("2001:db8:1:2::5") is None
+            assert limiter.acquire("192.0.2.4") is None
+            assert limiter.acquire("::ffff:192.0.2.4") is None
+            assert limiter.acquire("192.0.2.4") == "per_ip"
+            assert limiter.acquire("::ffff:192.0.2.4") == "per_ip"
+            for ip in ("::ffff:192.0.2.4", "2001:db8:1:2::5"):
+                limiter.release(ip)
+            assert limiter.acquire("192.0.2.4") is None
+            assert limiter.acquire("2001:db8:1:2::6") is None
+    finally:
+        shared.close()

@@ -13,6 +13,12 @@ parent zeroes its row and nothing it held stays counted. One ``lockf`` record
 lock on the block's file makes check-and-take atomic across processes; the
 kernel drops it when its holder dies, so a crash cannot leave it held.
 
+An address is counted under the guard's key for it (``auth/networks.py``), as
+the connection rate counts it: an IPv4 address (an IPv4-mapped IPv6 one too) by
+itself, an IPv6 one by its /64. Counted by the exact IPv6 address, one host with
+a /64 (what an IPv6 customer gets) opened a session from each of its addresses
+and held every slot of ``max_connections``.
+
 Per-address counts live in hashed slots (a count-min sketch with two tables):
 an address's count is the smaller of its two slots, so it is never counted
 low, and is counted high only if both of its slots are shared with other busy
@@ -30,6 +36,7 @@ import secrets
 import tempfile
 from collections import Counter
 
+from smtpgate.auth.networks import client_keys
 from smtpgate.server.connection_rate import SIZE as _RATE_SIZE
 from smtpgate.server.connection_rate import ConnectionRate
 
@@ -70,19 +77,21 @@ class ConnectionLimiter:
             return "rate"
         if self.total >= self.max_total:
             return "total"
-        if self._per_ip[ip] >= self.max_per_ip:
+        key = client_keys(ip).address
+        if self._per_ip[key] >= self.max_per_ip:
             return "per_ip"
         self.total += 1
-        self._per_ip[ip] += 1
+        self._per_ip[key] += 1
         return None
 
     def release(self, ip: str) -> None:
         self.total -= 1
-        left = self._per_ip[ip] - 1
+        key = client_keys(ip).address
+        left = self._per_ip[key] - 1
         if left > 0:
-            self._per_ip[ip] = left
+            self._per_ip[key] = left
         else:
-            del self._per_ip[ip]
+            del self._per_ip[key]
 
 
 class SharedConnectionLimiter(ConnectionLimiter):
@@ -118,7 +127,8 @@ class SharedConnectionLimiter(ConnectionLimiter):
             self._counts[base : base + _ROW] = memoryview(bytes(_ROW * _ITEM)).cast("I")
 
     def _slots(self, ip: str) -> tuple[int, int]:
-        h = int.from_bytes(hashlib.blake2b(ip.encode(), key=self._key, digest_size=8).digest())
+        key = client_keys(ip).address.encode()
+        h = int.from_bytes(hashlib.blake2b(key, key=self._key, digest_size=8).digest())
         return 1 + (h & 0xFFFFFFFF) % SLOTS, 1 + SLOTS + (h >> 32) % SLOTS
 
     def acquire(self, ip: str, rated: bool = True) -> str | None:

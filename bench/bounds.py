@@ -212,14 +212,23 @@ def report(rows: Sequence[dict[str, Any]], records: Sequence[Any], units: dict[s
                          "engine": fl.get("engine_cpu_ms")}
                 known = [v for v in parts.values() if v is not None]
                 floor = sum(known) if len(known) == len(parts) else None
+                disk = (f"one fdatasync {_r(parts['fdatasync'])} + one thread round trip "
+                        f"{_r(parts['hop'])}")
+                aio = fl.get("aio_sync_ms")
+                if (floor is not None and aio is not None
+                        and aio < parts["fdatasync"] + parts["hop"]):
+                    # The cheaper way to the disk on this machine: Linux AIO, no thread.
+                    floor += aio - parts["fdatasync"] - parts["hop"]
+                    parts["aio_sync"] = aio
+                    disk = (f"one Linux AIO fdatasync on the loop {_r(aio)} (cheaper than "
+                            f"{disk})")
                 item.update(need_ms=round(need, 3), floor_ms=_round(floor), parts=parts,
                             smtpgate_ms=round(1e3 / sg, 3))
                 verdict = _verdict(floor, need)
                 lines.append(
                     f"A vs {peer} ({factor}x = {rate:.0f} msg/s): needs <= {need:.3f} ms a "
-                    f"message; floor {_r(floor)} ms = ceiling's {_r(parts['ceiling'])} + one "
-                    f"fdatasync {_r(parts['fdatasync'])} + one thread round trip "
-                    f"{_r(parts['hop'])} + the engine's CPU {_r(parts['engine'])}; smtpgate "
+                    f"message; floor {_r(floor)} ms = ceiling's {_r(parts['ceiling'])} + "
+                    f"{disk} + the engine's CPU {_r(parts['engine'])}; smtpgate "
                     f"{1e3 / sg:.3f} ms (its CPU {_r(sgc.get('server'))} ms a message"
                     f"{_share(sgc.get('kernel_share'))}): {verdict}")
             else:
@@ -228,8 +237,13 @@ def report(rows: Sequence[dict[str, Any]], records: Sequence[Any], units: dict[s
                 client = sgc.get("loadgen")
                 allowance = budget - client if client is not None else None
                 top_cpu = cpu.get("ceiling", {}).get("server")
+                hop_cpu = fl.get("hop_cpu_ms")
+                aio_cpu = fl.get("aio_cpu_ms")
+                hand_off = "one thread hop"
+                if hop_cpu is not None and aio_cpu is not None and aio_cpu < hop_cpu:
+                    hop_cpu, hand_off = aio_cpu, "one AIO sync's submission and completion"
                 parts = {"ceiling_cpu": top_cpu, "engine": fl.get("engine_cpu_ms"),
-                         "hop_cpu": fl.get("hop_cpu_ms")}
+                         "hop_cpu": hop_cpu}
                 known = [v for v in parts.values() if v is not None]
                 floor = sum(known) if len(known) == len(parts) else None
                 spent, deliv = sgc.get("server"), sgc.get("delivery")
@@ -244,7 +258,7 @@ def report(rows: Sequence[dict[str, Any]], records: Sequence[Any], units: dict[s
                     f"{w} vs {peer} ({factor}x = {rate:.0f} {unit}s/s): {nproc} cores give "
                     f"{budget:.3f} ms of CPU a {unit}, loadgen takes {_r(client)}, leaving "
                     f"{_r(allowance)}; floor {_r(floor)} = ceiling server's {_r(top_cpu)} + "
-                    f"engine {_r(parts['engine'])} + one thread hop {_r(parts['hop_cpu'])}; "
+                    f"engine {_r(parts['engine'])} + {hand_off} {_r(parts['hop_cpu'])}; "
                     f"smtpgate spends {_r(spent)} (delivery process {_r(deliv)}"
                     f"{_share(sgc.get('kernel_share'))}), {peer} {_r(peer_cpu)}"
                     f"{_share(peer_share, ' (')}{'' if peer_share is None else ')'}: "

@@ -10,6 +10,11 @@ Each figure is a floor, not a profile of smtpgate:
 * ``hop_ms`` / ``hop_cpu_ms``: p50 wall time and mean CPU of one round trip from a
   uvloop event loop to a thread and back (the seal's way to the disk: the loop
   itself never waits on a disk);
+* ``aio_sync_ms`` / ``aio_cpu_ms``: p50 wall time and mean CPU (this process's
+  only: the kernel worker that runs the sync is not counted) of writing a fresh
+  1.3 KB file and syncing it with a Linux AIO fdatasync completed on a uvloop loop
+  (`smtpgate.queue.aio_sync`, the seal's way on Linux; null where AIO cannot be
+  used): the sync and its hand-off together, without a thread;
 * ``engine_cpu_ms``: CPU per message of the sans-IO SMTP engine alone (MAIL, RCPT,
   DATA and a 1 KiB body fed one read each, as a non-pipelining client sends them,
   the replies taken out): the protocol work the canned ceiling server skips;
@@ -99,6 +104,44 @@ def hop_ms(hops: int = 3000) -> tuple[float, float]:
     return uvloop.run(run())
 
 
+def aio_sync_ms(directory: Path, files: int = 300) -> tuple[float | None, float | None]:
+    """(p50 wall ms, mean CPU ms) of write + AIO fdatasync of a fresh file, awaited on
+    a uvloop loop, in a scratch directory beside the spool; (None, None) without AIO."""
+    from smtpgate.queue.aio_sync import AioSync
+
+    scratch = Path(tempfile.mkdtemp(prefix="floor-aio-", dir=directory))
+    data = b"x" * 1300
+
+    async def run() -> tuple[float | None, float | None]:
+        aio = AioSync.open()
+        if aio is None:
+            return None, None
+        times: list[float] = []
+        cpu = 0.0
+        try:
+            for i in range(files):
+                fd = os.open(scratch / f"{i}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                try:
+                    c = time.process_time()
+                    t = time.perf_counter()
+                    os.write(fd, data)
+                    await aio.fdatasync(fd)
+                    times.append(time.perf_counter() - t)
+                    cpu += time.process_time() - c
+                finally:
+                    os.close(fd)
+        finally:
+            aio.close()
+        return statistics.median(times) * 1e3, cpu / files * 1e3
+
+    try:
+        return uvloop.run(run())
+    finally:
+        for p in scratch.iterdir():
+            p.unlink()
+        scratch.rmdir()
+
+
 def _pump(engine: ServerEngine) -> None:
     """Answer the engine's decision events as a server that accepts everything would."""
     while True:
@@ -165,10 +208,13 @@ def bare_process_mb() -> float:
 def main() -> None:
     spool = Path(sys.argv[1])
     hop_wall, hop_cpu = hop_ms()
+    aio_wall, aio_cpu = aio_sync_ms(spool)
     out = {
         "fdatasync_ms": round(fdatasync_ms(spool), 4),
         "hop_ms": round(hop_wall, 4),
         "hop_cpu_ms": round(hop_cpu, 4),
+        "aio_sync_ms": None if aio_wall is None else round(aio_wall, 4),
+        "aio_cpu_ms": None if aio_cpu is None else round(aio_cpu, 4),
         "engine_cpu_ms": round(engine_cpu_ms(), 4),
         "tls_kib": round(tls_kib(), 2),
         "bare_process_mb": round(bare_process_mb(), 1),

@@ -116,3 +116,21 @@ def test_a_kernel_time_over_the_allowance_says_no_code_speed_up_reaches_it() -> 
     out = bounds.report(rows, runs, {"C": 300}, FLOORS, 2, None)
     # 2 cores at 1.5 x 330: 4.04 ms a session, loadgen 2.0: 2.04 left < kernel 2.4.
     assert "its kernel time alone (2.400) is over the allowance" in out["lines"][0]
+
+
+def test_the_floor_takes_an_aio_sync_where_it_is_cheaper_than_fdatasync_and_a_hop() -> None:
+    rows = [row("A", "messages_per_s", smtpgate=500.0, aiosmtpd=600.0, ceiling=2000.0)]
+    cheaper = {**FLOORS, "aio_sync_ms": 0.21, "aio_cpu_ms": 0.09}
+    out = bounds.report(rows, [], {"A": 500}, cheaper, 2, None)
+    assert abs(out["targets"]["A:aiosmtpd"]["floor_ms"] - (0.5 + 0.21 + 0.05)) < 1e-9
+    assert "Linux AIO fdatasync on the loop 0.210" in out["lines"][0]
+    dearer = {**FLOORS, "aio_sync_ms": 0.35, "aio_cpu_ms": 0.06}
+    out = bounds.report(rows, [], {"A": 500}, dearer, 2, None)
+    assert abs(out["targets"]["A:aiosmtpd"]["floor_ms"] - 0.83) < 1e-9
+    assert "AIO" not in out["lines"][0]
+    rows = [row("B", "messages_per_s", smtpgate=1000.0, aiosmtpd=600.0, ceiling=8000.0)]
+    runs = [Run("B", "smtpgate", {"server": 1.5}, {"loadgen_cpu_s": 0.3}),
+            Run("B", "ceiling", {"server": 0.1})]
+    out = bounds.report(rows, runs, {"B": 1000}, dearer, 2, None)  # 0.06 < the hop's 0.07
+    assert abs(out["targets"]["B:aiosmtpd"]["floor_ms"] - (0.1 + 0.05 + 0.06)) < 1e-9
+    assert "one AIO sync's submission and completion 0.060" in out["lines"][0]

@@ -183,6 +183,8 @@ class AioSync:
         while self._waiting:
             got = self._libc.syscall(self._getevents, ctypes.c_ulong(self._ctx), at_least,
                                      _EVENTS_AT_ONCE, self._events, timeout)
+            if got < 0 and ctypes.get_errno() == errno.EINTR:
+                continue  # a signal during a blocking wait (close): the events are still there
             if got <= 0:
                 return
             for i in range(got):

@@ -98,6 +98,23 @@ def _syscall() -> ctypes.CDLL | None:
     return _libc
 
 
+def _io_setup(depth: int, *, say_why: bool
+              ) -> tuple[ctypes.CDLL, tuple[int, int, int, int], int] | None:
+    """(libc, the system call numbers, a new AIO context for ``depth`` requests), or
+    None where there is none to be had."""
+    numbers = _SYSCALLS.get(platform.machine())
+    libc = _syscall()
+    if numbers is None or libc is None:
+        return None
+    ctx = ctypes.c_ulong(0)
+    if libc.syscall(numbers[0], depth, ctypes.byref(ctx)) != 0:
+        if say_why:
+            log.info("spool syncs run on threads: io_setup refused (%s)",
+                     os.strerror(ctypes.get_errno()))
+        return None
+    return libc, numbers, ctx.value
+
+
 class AioSync:
     """Linux AIO syncs for one event loop; `close` it with the loop's owner."""
 
@@ -119,17 +136,11 @@ class AioSync:
     @classmethod
     def open(cls) -> AioSync | None:
         """One for the running loop, or None where AIO syncs cannot be used here."""
-        numbers = _SYSCALLS.get(platform.machine())
-        libc = _syscall()
-        if numbers is None or libc is None:
-            return None
-        ctx = ctypes.c_ulong(0)
-        if libc.syscall(numbers[0], MAX_IN_FLIGHT, ctypes.byref(ctx)) != 0:
-            log.info("spool syncs run on threads: io_setup refused (%s)",
-                     os.strerror(ctypes.get_errno()))
+        made = _io_setup(MAX_IN_FLIGHT, say_why=True)
+        if made is None:
             return None
         efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        return cls(asyncio.get_running_loop(), libc, numbers, ctx.value, efd)
+        return cls(asyncio.get_running_loop(), *made, efd)
 
     @property
     def usable(self) -> bool:
@@ -231,14 +242,8 @@ class AioBatch:
     @classmethod
     def open(cls) -> AioBatch | None:
         """None where AIO syncs cannot be used here (then: threads)."""
-        numbers = _SYSCALLS.get(platform.machine())
-        libc = _syscall()
-        if numbers is None or libc is None:
-            return None
-        ctx = ctypes.c_ulong(0)
-        if libc.syscall(numbers[0], _EVENTS_AT_ONCE, ctypes.byref(ctx)) != 0:
-            return None
-        return cls(libc, numbers, ctx.value)
+        made = _io_setup(_EVENTS_AT_ONCE, say_why=False)
+        return None if made is None else cls(*made)
 
     @property
     def usable(self) -> bool:
@@ -253,7 +258,7 @@ class AioBatch:
             part = self._sync_part(fds[start:start + _EVENTS_AT_ONCE])
             if part is None:
                 if start:  # some done here already: finish on the caller's thread
-                    return results + [_plain_fsync(fd) for fd in fds[start:]]
+                    return results + [fsync_error(fd) for fd in fds[start:]]
                 return None
             results.extend(part)
         return results
@@ -284,7 +289,7 @@ class AioBatch:
                     results[event.data] = OSError(-event.res, os.strerror(-event.res))
             waiting -= got
         for i in range(sent, len(fds)):  # not submitted (the kernel's queue was full)
-            results[i] = _plain_fsync(fds[i])
+            results[i] = fsync_error(fds[i])
         return results
 
     def close(self) -> None:
@@ -293,7 +298,8 @@ class AioBatch:
         self._ctx = 0
 
 
-def _plain_fsync(fd: int) -> OSError | None:
+def fsync_error(fd: int) -> OSError | None:
+    """``os.fsync(fd)``'s error, or None: durable."""
     try:
         os.fsync(fd)
     except OSError as e:

@@ -31,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from smtpgate.queue.aio_sync import AioBatch
+from smtpgate.queue.aio_sync import fsync_error as _fsync
 
 #: A temp file older than this belongs to no live write, whoever its pid is now.
 STALE_AGE = 3600.0
@@ -157,12 +158,6 @@ def write_synced(
     return out
 
 
-def _fsync(fd: int) -> OSError | None:
-    try:
-        os.fsync(fd)
-    except OSError as e:
-        return e
-    return None
 
 
 def make_dir_durably(path: Path) -> None:

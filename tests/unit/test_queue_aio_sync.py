@@ -8,11 +8,12 @@ import errno
 import os
 import platform
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
-from smtpgate.queue import aio_sync
+from smtpgate.queue import aio_sync, tmpfiles
 from smtpgate.queue.aio_sync import AioBatch, AioSync
 from smtpgate.queue.envelope import Envelope
 from smtpgate.queue.spool import Spool
@@ -152,4 +153,27 @@ async def test_a_cancelled_publish_still_seals_and_names_the_message(tmp_path: P
         await asyncio.sleep(0.01)
     assert spool.list_ids() == [inc.qid]
     assert spool.load(inc.qid)[1] == b"Subject: t\r\n\r\nbody\r\n"
+    await spool.close()
+
+
+async def test_a_file_to_be_made_is_made_on_a_thread_not_on_the_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No slot or pooled file ready (a burst, the first messages): creating one can
+    wait on the journal, so the seal's write goes to the thread; the sync is AIO."""
+    made_on: list[str] = []
+    real = tmpfiles.open_new
+
+    def open_new(path: str) -> int:
+        made_on.append(threading.current_thread().name)
+        return real(path)
+
+    monkeypatch.setattr(tmpfiles, "open_new", open_new)
+    spool = Spool(tmp_path / "spool", prefill=False)
+    inc = spool.receive(ENV)
+    inc.write(b"Subject: t\r\n\r\nbody\r\n")
+    qid = await spool.publish(inc)
+    assert spool._aio is not None  # the AIO path was taken
+    assert made_on and threading.main_thread().name not in made_on, made_on
+    assert spool.load(qid)[1] == b"Subject: t\r\n\r\nbody\r\n"
     await spool.close()

@@ -20,7 +20,9 @@ The writes while the data arrives run in a thread, one at a time per message.
 With a `aio_sync.AioSync` (Linux), sealing a message whose rest is small
 (`INLINE_REST`) writes it, fills in the length and the checksum, closes and renames
 on the event loop: calls the page cache answers in microseconds, where handing
-them to a thread cost more than they do. The sync itself never runs on the loop:
+them to a thread cost more than they do. Only into a file that exists (a ready
+slot or pooled file): making one can wait on the file system's journal, so a
+message that finds none is written from the thread. The sync itself never runs on the loop:
 the kernel does it and wakes the loop when it is done. Without one, `seal` runs
 in a thread as the writes do.
 """
@@ -55,7 +57,7 @@ class Incoming:
     def __init__(
         self,
         qid: str,
-        open_file: Callable[[], tuple[int, str, str]],
+        open_file: Callable[[bool], tuple[int, str, str] | None],
         head: bytes,
         *,
         size_at: int,
@@ -147,7 +149,9 @@ class Incoming:
     def _write(self, chunk: bytes) -> None:
         """In a thread: append ``chunk`` to the file, creating it the first time."""
         if self._fd < 0:
-            self._fd, self.path, self._final = self._open()
+            opened = self._open(True)
+            assert opened is not None  # create=True: a file or an OSError
+            self._fd, self.path, self._final = opened
         tmpfiles.write_all(self._fd, (chunk,))
         skip = self._crc_from - self._written
         self._crc = zlib.crc32(chunk[skip:] if skip > 0 else chunk, self._crc)
@@ -196,7 +200,14 @@ class Incoming:
 
     async def _seal_on_loop(self, rest: bytes, syncer: AioSync) -> None:
         try:
-            if len(rest) <= INLINE_REST:
+            if self._fd < 0 and len(rest) <= INLINE_REST:
+                # A ready slot or pooled file is an open of an existing name; making
+                # a new file (none ready: a burst, the first messages) can wait on
+                # the file system's journal, so that goes to the thread.
+                opened = self._open(False)
+                if opened is not None:
+                    self._fd, self.path, self._final = opened
+            if self._fd >= 0 and len(rest) <= INLINE_REST:
                 self._write(rest)
             else:
                 await asyncio.to_thread(self._write, rest)

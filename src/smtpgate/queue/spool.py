@@ -265,12 +265,14 @@ class Spool:
         if slot_pool is not None:
             slot_pool.start()  # from the first message on, so later ones find slots
 
-        def open_file() -> tuple[int, str, str]:
+        def open_file(create: bool) -> tuple[int, str, str] | None:
             slot = slot_pool.take() if slot_pool is not None else None
             if slot is not None:
                 return slot[0], slot[1], final  # one sync, renamed by seal
             taken = pool.take() if pool is not None else None
             if taken is None:
+                if not create:
+                    return None
                 taken = (tmpfiles.open_new(fallback), fallback)
             return taken[0], taken[1], ""  # published by the group commit
 

@@ -5,9 +5,9 @@ PYTHON  ?= python3
 BIN     := $(VENV)/bin
 VAR     ?= ./var
 # Debian packages the integration tests drive as real peers.
-DEB_PACKAGES := swaks gsasl msmtp curl openssl socat postfix dovecot-core fail2ban mutt neomutt postgresql slapd ldap-utils samba-ad-dc sasl2-bin db5.3-util dovecot-ldap nginx libnginx-mod-mail dovecot-lmtpd redis-server haproxy chromium prometheus git-email libauthen-sasl-perl libio-socket-ssl-perl s-nail
+DEB_PACKAGES := swaks gsasl msmtp curl openssl socat postfix dovecot-core fail2ban mutt neomutt postgresql slapd ldap-utils samba-ad-dc sasl2-bin db5.3-util dovecot-ldap nginx libnginx-mod-mail dovecot-lmtpd redis-server haproxy chromium prometheus git-email libauthen-sasl-perl libio-socket-ssl-perl s-nail nodejs npm
 
-.PHONY: run test venv test-venv debs exim lint typecheck bench bench-quick bench-logins bench-frontdoor bench-scale clean docs fuzz
+.PHONY: run test venv test-venv debs node-clients exim lint typecheck bench bench-quick bench-logins bench-frontdoor bench-scale clean docs fuzz
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,7 +41,8 @@ run: venv
 
 debs:
 	@missing=""; \
-	for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	for p in $(DEB_PACKAGES); do \
+	  dpkg -s $$p >/dev/null 2>&1 || command -v $$p >/dev/null || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing Debian packages:$$missing"; \
@@ -53,6 +54,15 @@ debs:
 	    exit 1; \
 	  fi; \
 	fi
+
+# The npm mail libraries the integration tests drive (tests/clients/node), exactly
+# as package-lock.json pins them; again only when the lock file changes. Node.js
+# and npm come from debs: a machine whose Node.js bundles its own npm (NodeSource's
+# nodejs conflicts with Debian's npm) has the npm command, which counts there.
+NODE_CLIENTS := tests/clients/node
+node-clients: $(NODE_CLIENTS)/node_modules/.package-lock.json
+$(NODE_CLIENTS)/node_modules/.package-lock.json: $(NODE_CLIENTS)/package-lock.json | debs
+	cd $(NODE_CLIENTS) && npm ci --no-audit --no-fund --loglevel=error
 
 # Exim 4.96 for the Dovecot-protocol front door tests: as a Debian package it
 # conflicts with Postfix, so it is unpacked into build/exim/root (never installed)
@@ -85,7 +95,7 @@ typecheck: test-venv
 lint: test-venv
 	$(BIN)/ruff check src tests
 
-test: test-venv debs exim
+test: test-venv debs node-clients exim
 	$(BIN)/mypy
 	$(BIN)/ruff check src tests bench
 	# Two workers (this machine's cores); a file's tests stay in one worker, so a

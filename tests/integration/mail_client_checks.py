@@ -99,6 +99,8 @@ class AuthLog:
         self._server = server
         self._start = len(auth_records(server))
 
+    def records(self, result: str = "success") -> list[dict[str, Any]]:
+        return [r for r in auth_records(self._server)[self._start:] if r.get("result") == result]
+
     def mechanisms(self, result: str = "success") -> list[str]:
-        return [str(r["mechanism"]) for r in auth_records(self._server)[self._start:]
-                if r.get("result") == result]
+        return [str(r["mechanism"]) for r in self.records(result)]

@@ -29,6 +29,11 @@ BODY_FIRST = "Grüße, Bob — ünïcödé ☃"
 LONG_LINE = "long:" + "ü" * 1200
 DOT_LINE = ".a line that starts with a dot"
 BODY = f"{BODY_FIRST}\n{LONG_LINE}\n{DOT_LINE}\nend\n"
+#: An ASCII text part the client sends as it is (7bit), where BODY's dot line ends up
+#: quoted-printable or base64: lines that only SMTP's dot-stuffing carries through,
+#: a lone dot (the end of DATA, if a side fails to stuff it) among them.
+DOTS_NAME = "dots.txt"
+DOTS = ".leading dot\n..two dots\n.\n. a dot and a space\nend\n"
 
 
 def stock_server(root: Path) -> Iterator[Server]:
@@ -62,10 +67,11 @@ def wait_for(server: Server, mark: str, timeout: float = 30) -> tuple[bytes, Ema
     raise AssertionError(f"no message with {mark} delivered; server log:\n{server.log_text()}")
 
 
-def check_intact(server: Server, mark: str, attached: Path | None = None) -> EmailMessage:
+def check_intact(server: Server, mark: str, attached: Path | None = None,
+                 dots: bool = False) -> EmailMessage:
     """The message arrived authenticated and whole: subject, every body line,
-    the attachment's bytes."""
-    _, msg = wait_for(server, mark)
+    the attachment's bytes, and with ``dots`` the DOTS part, unencoded."""
+    raw, msg = wait_for(server, mark)
     received = msg.get_all("Received") or []
     assert received and "with ESMTPSA" in str(received[0]), received
     assert f"Authenticated sender: {USER}" in str(received[0])
@@ -83,6 +89,13 @@ def check_intact(server: Server, mark: str, attached: Path | None = None) -> Ema
         data = parts[0].get_content()
         assert isinstance(data, bytes)
         assert hashlib.sha256(data).digest() == hashlib.sha256(attached.read_bytes()).digest()
+    if dots:
+        parts = [p for p in msg.iter_attachments() if p.get_filename() == DOTS_NAME]
+        assert len(parts) == 1, [p.get_filename() for p in msg.iter_attachments()]
+        assert parts[0].get("Content-Transfer-Encoding", "7bit").lower() == "7bit"
+        got = parts[0].get_content()
+        assert isinstance(got, str) and got.replace("\r\n", "\n") == DOTS, got
+        assert b"\n.\n" in raw.replace(b"\r\n", b"\n")  # the lone dot, stored as sent
     return msg
 
 

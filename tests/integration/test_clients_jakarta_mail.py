@@ -24,6 +24,8 @@ from tests.client_pki import TestCa
 from .conftest import PASSWORD, USER, Server, require_tool
 from .mail_client_checks import (
     BODY,
+    DOTS,
+    DOTS_NAME,
     SUBJECT,
     AuthLog,
     attachment,
@@ -78,7 +80,7 @@ def jakarta_send(server: Server, classes: str, mark: str, implicit: bool, *,
         **{f"prop.{k}": v for k, v in props.items()},
         "ca": str(ca or server.ca), "user": USER, "pass": password,
         "subject": f"{SUBJECT} {mark}", "text": BODY,
-        **({"attachment": str(attach)} if attach else {}),
+        **({"attachment": str(attach), "dots": DOTS, "dotsName": DOTS_NAME} if attach else {}),
     }
     stdin = "".join(f"{k}={base64.b64encode(v.encode()).decode()}\n" for k, v in settings.items())
     proc = subprocess.run([java, "-cp", classes, "Send"], input=stdin, capture_output=True,
@@ -97,7 +99,7 @@ def test_jakarta_mail_sends(server: Server, classes: str, tmp_path: Path, implic
     mark, log, data = marker(), AuthLog(server), attachment(tmp_path)
     result = jakarta_send(server, classes, mark, implicit, mechanisms=mechanisms, attach=data)
     assert result["ok"] == "true", result
-    check_intact(server, mark, data)
+    check_intact(server, mark, data, dots=True)
     assert log.mechanisms() == [mechanisms or "LOGIN"]
 
 

@@ -25,6 +25,8 @@ import pytest
 from .conftest import LOGIN_IN_RECEIVED, PASSWORD, USER, Server, make_server, require_tool
 from .mail_client_checks import (
     BODY,
+    DOTS,
+    DOTS_NAME,
     SUBJECT,
     AuthLog,
     attachment,
@@ -78,6 +80,7 @@ def nodemailer(server: Server, mark: str, secure: bool, *, method: str | None = 
         "user": USER, "pass": password, "accessToken": token, "authMethod": method,
         "subject": f"{SUBJECT} {mark}", "text": BODY,
         "attachment": str(attach) if attach else None,
+        "dots": DOTS if attach else None, "dotsName": DOTS_NAME,
     }
     proc = subprocess.run([node, str(NODE_DIR / "send.mjs")], input=json.dumps(settings),
                           capture_output=True, text=True, timeout=60, check=False,
@@ -106,7 +109,7 @@ def test_nodemailer_sends(srv: OAuthServer, tmp_path: Path, secure: bool,
     assert result["ok"], result
     assert result["accepted"] == ["bob@example.net"]
     assert result["response"].startswith("250 2.0.0"), result
-    check_intact(srv.server, mark, data)
+    check_intact(srv.server, mark, data, dots=True)
     assert log.mechanisms() == [method or "PLAIN"]
 
 
@@ -117,7 +120,7 @@ def test_nodemailer_xoauth2(srv: OAuthServer, tmp_path: Path, secure: bool) -> N
     mark, log, data = marker(), AuthLog(srv.server), attachment(tmp_path)
     result = nodemailer(srv.server, mark, secure, token=srv.issuer.token(USER), attach=data)
     assert result["ok"], result
-    check_intact(srv.server, mark, data)
+    check_intact(srv.server, mark, data, dots=True)
     assert log.mechanisms() == ["XOAUTH2"]
 
 

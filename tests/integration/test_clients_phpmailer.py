@@ -22,6 +22,8 @@ import pytest
 from .conftest import PASSWORD, USER, Server, require_tool
 from .mail_client_checks import (
     BODY,
+    DOTS,
+    DOTS_NAME,
     SUBJECT,
     AuthLog,
     attachment,
@@ -53,6 +55,7 @@ def phpmailer(server: Server, mark: str, secure: str, *, auth_type: str | None =
         "secure": secure, "ca": str(server.ca), "user": USER, "pass": password,
         "authType": auth_type, "subject": f"{SUBJECT} {mark}", "text": BODY,
         "attachment": str(attach) if attach else None,
+        "dots": DOTS if attach else None, "dotsName": DOTS_NAME,
     }
     proc = subprocess.run([php, str(SEND_PHP)], input=json.dumps(settings), capture_output=True,
                           text=True, timeout=60, check=False,
@@ -70,7 +73,7 @@ def test_phpmailer_sends(server: Server, tmp_path: Path, secure: str,
     mark, log, data = marker(), AuthLog(server), attachment(tmp_path)
     result = phpmailer(server, mark, secure, auth_type=auth_type, attach=data)
     assert result["ok"], result
-    check_intact(server, mark, data)
+    check_intact(server, mark, data, dots=True)
     assert log.mechanisms() == [auth_type or "LOGIN"]
 
 

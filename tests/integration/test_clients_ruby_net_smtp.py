@@ -24,6 +24,8 @@ from tests.client_pki import TestCa
 from .conftest import PASSWORD, USER, Server, require_tool
 from .mail_client_checks import (
     BODY,
+    DOTS,
+    DOTS_NAME,
     SUBJECT,
     AuthLog,
     attachment,
@@ -51,6 +53,7 @@ def net_smtp(server: Server, mark: str, tls: bool, auth: str, *, password: str =
         "ca": str(ca or server.ca), "user": USER, "pass": password, "auth": auth,
         "subject": f"{SUBJECT} {mark}", "text": BODY,
         "attachment": str(attach) if attach else None,
+        "dots": DOTS if attach else None, "dotsName": DOTS_NAME,
     }
     proc = subprocess.run([ruby, str(SEND_RB)], input=json.dumps(settings), capture_output=True,
                           text=True, timeout=60, check=False,
@@ -68,7 +71,7 @@ def test_net_smtp_sends(server: Server, tmp_path: Path, tls: bool, auth: str) ->
     result = net_smtp(server, mark, tls, auth, attach=data)
     assert result["ok"], result
     assert result["status"] == "250", result
-    check_intact(server, mark, data)
+    check_intact(server, mark, data, dots=True)
     assert log.mechanisms() == [auth.upper()]
 
 

@@ -69,6 +69,14 @@ public class Send {
                 file.attachFile(s.get("attachment"));
                 parts.addBodyPart(file);
             }
+            if (s.containsKey("dots")) {
+                // ASCII lines sent as they are: only SMTP's dot-stuffing carries them.
+                MimeBodyPart dots = new MimeBodyPart();
+                dots.setText(s.get("dots"), "us-ascii");
+                dots.setFileName(s.get("dotsName"));
+                dots.setHeader("Content-Transfer-Encoding", "7bit");
+                parts.addBodyPart(dots);
+            }
             msg.setContent(parts);
             Transport.send(msg, s.get("user"), s.get("pass"));
             System.out.println("ok=true");

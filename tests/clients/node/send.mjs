@@ -26,7 +26,12 @@ try {
         to: 'bob@example.net',
         subject: s.subject,
         text: s.text,
-        attachments: s.attachment ? [{ filename: basename(s.attachment), path: s.attachment }] : [],
+        attachments: [
+            ...(s.attachment ? [{ filename: basename(s.attachment), path: s.attachment }] : []),
+            // ASCII lines sent as they are, so that only SMTP's dot-stuffing carries them.
+            ...(s.dots ? [{ filename: s.dotsName, content: s.dots, contentType: 'text/plain',
+                            contentTransferEncoding: '7bit' }] : []),
+        ],
     });
     console.log(JSON.stringify({ ok: true, response: info.response, accepted: info.accepted }));
 } catch (err) {

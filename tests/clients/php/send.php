@@ -38,6 +38,9 @@ $mail->Body = $s['text'];
 if ($s['attachment'] !== null) {
     $mail->addAttachment($s['attachment']);
 }
+if ($s['dots'] !== null) {  // ASCII lines sent as they are: only dot-stuffing carries them
+    $mail->addStringAttachment($s['dots'], $s['dotsName'], PHPMailer::ENCODING_7BIT, 'text/plain');
+}
 try {
     $ok = $mail->send();
     $error = null;

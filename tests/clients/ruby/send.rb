@@ -26,6 +26,12 @@ if s['attachment']
   message << "Content-Transfer-Encoding: base64\r\n\r\n"
   message << [File.binread(s['attachment'])].pack('m').gsub("\n", "\r\n")
 end
+if s['dots'] # ASCII lines sent as they are: only net-smtp's dot-stuffing carries them
+  message << "\r\n--#{boundary}\r\nContent-Type: text/plain; charset=us-ascii\r\n"
+  message << "Content-Disposition: attachment; filename=\"#{s['dotsName']}\"\r\n"
+  message << "Content-Transfer-Encoding: 7bit\r\n\r\n"
+  message << s['dots'].gsub("\n", "\r\n")
+end
 message << "\r\n--#{boundary}--\r\n"
 
 context = OpenSSL::SSL::SSLContext.new

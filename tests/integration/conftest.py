@@ -39,6 +39,16 @@ def require_tool(name: str) -> str:
     return path
 
 
+def require_file(path: Path, source: str) -> Path:
+    """A file of a peer library (a library has no program to look for), from
+    ``source`` (a Debian package, npm ci). Missing under CI is a failure, never a skip."""
+    if not path.exists():
+        if IN_CI:
+            pytest.fail(f"{path} is missing: {source} (make test installs it)")
+        pytest.skip(f"{path} missing: {source}")
+    return path
+
+
 @dataclass
 class Server:
     root: Path

@@ -22,7 +22,15 @@ from typing import Any
 
 import pytest
 
-from .conftest import LOGIN_IN_RECEIVED, PASSWORD, USER, Server, make_server, require_tool
+from .conftest import (
+    LOGIN_IN_RECEIVED,
+    PASSWORD,
+    USER,
+    Server,
+    make_server,
+    require_file,
+    require_tool,
+)
 from .mail_client_checks import (
     BODY,
     DOTS,
@@ -40,6 +48,7 @@ pytestmark = pytest.mark.interop
 NODE_DIR = Path(__file__).resolve().parents[1] / "clients" / "node"
 #: The version package-lock.json pins (what docs/integration.md names).
 NODEMAILER_VERSION = "10.6.1"
+NODEMAILER_PACKAGE = NODE_DIR / "node_modules" / "nodemailer" / "package.json"
 
 
 @dataclass
@@ -72,8 +81,7 @@ def nodemailer(server: Server, mark: str, secure: bool, *, method: str | None = 
                attach: Path | None = None) -> dict[str, Any]:
     """One sendMail; its outcome (``ok``, or nodemailer's error's fields)."""
     node = require_tool("node")
-    if not (NODE_DIR / "node_modules" / "nodemailer" / "package.json").exists():
-        pytest.fail(f"nodemailer is not installed: run npm ci in {NODE_DIR} (make test does)")
+    require_file(NODEMAILER_PACKAGE, f"npm ci in {NODE_DIR}")
     settings = {
         "port": server.submissions if secure else server.submission,
         "secure": secure, "requireTLS": not secure, "ca": str(server.ca),
@@ -93,7 +101,7 @@ def nodemailer(server: Server, mark: str, secure: bool, *, method: str | None = 
 
 def test_the_pinned_version_is_installed() -> None:
     require_tool("node")
-    meta = json.loads((NODE_DIR / "node_modules" / "nodemailer" / "package.json").read_text())
+    meta = json.loads(require_file(NODEMAILER_PACKAGE, f"npm ci in {NODE_DIR}").read_text())
     lock = json.loads((NODE_DIR / "package-lock.json").read_text())
     assert meta["version"] == NODEMAILER_VERSION
     assert lock["packages"]["node_modules/nodemailer"]["version"] == NODEMAILER_VERSION

@@ -403,3 +403,42 @@ def test_a_totp_code_used_to_log_in_is_refused_after_a_restart(tmp_path: Path) -
     finally:
         if srv.proc is not None:
             srv.stop()
+
+
+def test_smtp_guesses_at_an_admins_guard_key_do_not_lock_the_web_admin_out(
+        tmp_path: Path) -> None:
+    """The web admin's logins are counted under ``admin:NAME``; SMTP AUTH as the
+    name ``admin:root`` (anyone who reaches the submission port, while the admin
+    listens on loopback) was counted under the same key and locked the admin out
+    of the web admin (429 with the right password and code). Such a name is no
+    mail account's: its failures count against the address only."""
+    port = free_port()
+    srv = make_server(tmp_path / "srv", f"""
+[admin]
+listen = "127.0.0.1:{port}"
+
+[guard]
+penalty_base = 0.01
+penalty_max = 0.05
+lockout_threshold = 2
+distributed_addresses = 2
+""")
+    admin = _add_admin(srv, "root")
+    site = Site(srv, port, admin, admin, admin)
+    srv.start()
+    try:
+        _wait_login_page(srv, port)
+        for i, name in enumerate(("admin:root", "ADMIN:root", "admin:root", "admin:Root")):
+            assert _smtp_login(srv, name, "a guess", source=f"127.0.0.{101 + i}") == 535
+        blocks = srv.cli("guard", "list", "--json").stdout
+        assert "admin:root" not in blocks.lower(), blocks
+        assert _login(site, "root", ADMIN_PASSWORD, _code(admin))[0] == 303
+        # The web admin's own lockout still holds: wrong codes from new addresses.
+        wrong = f"{(int(admin.totp.now()) + 1) % 1_000_000:06d}"
+        for i in range(2):
+            assert _login(site, "root", ADMIN_PASSWORD, wrong, source=f"127.0.0.{111 + i}"
+                          )[0] == 401
+        assert _login(site, "root", ADMIN_PASSWORD, wrong, source="127.0.0.113")[0] == 429
+    finally:
+        if srv.proc is not None:
+            srv.stop()

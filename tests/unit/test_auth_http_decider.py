@@ -192,3 +192,17 @@ def test_a_nul_or_empty_field_is_logged_as_what_it_is(
     assert (outcome.result, outcome.malformed) == (AuthResult.FAILURE, True)
     assert outcome.reason == f"PLAIN: {reason}"
     assert bad.queries == []
+
+
+@pytest.mark.parametrize("typed", ["admin:root", "Admin:Root"])
+def test_a_login_as_a_web_admins_guard_key_does_not_read_the_admins_lockout(typed: str) -> None:
+    """``admin:root`` is the web admin root's key in the guard, no mail account's:
+    a login typed so is counted under its address only, and its Auth-Wait is read
+    there too, never from the admin's lockout (which it could not have caused)."""
+    bad = FakeAttempt(Verdict(ok=False, reason="wrong password"), LoginResult(AuthResult.FAILURE))
+    d = decider(bad, [])
+    guard = NamedGuard("admin:root")
+    d.door.runtime.guard = guard  # type: ignore[attr-defined]
+    answer = run(d, request(user=typed))
+    assert guard.asked == [""]
+    assert (answer.error_code, answer.wait) == ("535 5.7.8", 1)

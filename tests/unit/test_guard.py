@@ -15,6 +15,7 @@ from smtpgate.auth.guard import (
     blocks_due,
     count_failure,
     decide,
+    mail_login_key,
     penalty_delay,
     thresholds,
 )
@@ -465,3 +466,14 @@ async def test_reconfigure_changes_the_thresholds_not_the_state(guard: tuple[Gua
     # The two failures counted before the reload count toward the new threshold.
     started = await g.failure(await g.check("203.0.113.9", ALICE), counts_account=True)
     assert [b.kind for b in started] == [ACCOUNT_NEW]
+
+
+@pytest.mark.parametrize("name, key", [
+    ("admin:root", ""), ("ADMIN:root", ""), ("Admin:Root@example.org", ""),
+    ("alice@example.org", "alice@example.org"), ("administrator@example.org",
+                                                 "administrator@example.org"), ("", ""),
+])
+def test_a_mail_login_in_the_web_admins_key_space_counts_against_the_address_only(
+        name: str, key: str) -> None:
+    """``admin:NAME`` is a web admin's lockout key; a mail login never reaches it."""
+    assert mail_login_key(name) == key

@@ -146,6 +146,21 @@ WARM_UP_WAIT = 5.0
 PLUS_FALLBACK_SECONDS = 30 * 86400
 #: Renew a held-back -PLUS when less than this is left of it.
 PLUS_FALLBACK_RENEW = PLUS_FALLBACK_SECONDS - 86400
+#: The account keys of web admin logins (``web/site.py``): ``admin:NAME``.
+ADMIN_KEY_PREFIX = "admin:"
+
+
+def mail_login_key(name: str) -> str:
+    """The account key a mail login (SMTP AUTH, a front door) is counted under:
+    ``name``, except a name in the web admin's namespace (``admin:...``, which no
+    mail account can have: ``user add`` refuses ':' in a local part), which gets
+    "" (the failure counts against the address only, as the web admin does for a
+    name no admin can have). Guesses at SMTP AUTH as ``admin:root`` from anywhere
+    on the Internet locked the web admin ``root`` out, though it listens on
+    loopback."""
+    return "" if name[:len(ADMIN_KEY_PREFIX)].lower() == ADMIN_KEY_PREFIX else name
+
+
 #: Seconds a recorded time may lie ahead of this process's clock (several nodes'
 #: clocks sharing one state never agree to the millisecond) before it counts as
 #: written before a step back of the clock ("Clock steps" above).

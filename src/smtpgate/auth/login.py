@@ -75,7 +75,7 @@ from typing import Any, Protocol
 from smtpgate import metrics
 from smtpgate.auth.attempt_gate import AttemptGate, Hold
 from smtpgate.auth.directory import AppPassword, StoreError
-from smtpgate.auth.guard import Guard, GuardCheck, Refusal
+from smtpgate.auth.guard import Guard, GuardCheck, Refusal, mail_login_key
 from smtpgate.auth.principal import AppPasswordUse, Principal
 from smtpgate.auth.sender_profile import SenderProfile
 from smtpgate.auth.service import AuthContext, AuthService
@@ -459,14 +459,15 @@ class LoginAttempt:
         UPN and ``sAMAccountName``) share one count and one lockout; a name of no
         account, normalised. Resolved for known and unknown names alike (the
         reply and its timing must not tell them apart); not for a client the
-        guard does not watch (allowlisted), whose attempts it never counts.
+        guard does not watch (allowlisted), whose attempts it never counts. A
+        name in the web admin's namespace: "" (``guard.mail_login_key``).
         """
         if not username or not guard.watches(self.source.client_ip):
             return username, None
         try:
-            return await self._service().login_identity(username), None
+            return mail_login_key(await self._service().login_identity(username)), None
         except StoreError as e:
-            return username, str(e)
+            return mail_login_key(username), str(e)
 
     def conclude(self, outcome: ExchangeOutcome, *, answered: bool = True) -> Conclusion:
         """Write the attempt's one auth-log record and say what is left to do.

@@ -39,6 +39,7 @@ from collections.abc import Callable
 from typing import cast
 
 from smtpgate.auth.authlog import neutralize
+from smtpgate.auth.guard import mail_login_key
 from smtpgate.auth.guard_state import ACCOUNT, ACCOUNT_NEW, THROTTLE
 from smtpgate.auth.service import AuthContext
 from smtpgate.frontdoor.auth_http import (
@@ -194,7 +195,7 @@ class AuthHttpDecider:
         guard = self.door.runtime.guard
         if guard is None:
             return AUTH_WAIT
-        check = await guard.check(req.client_ip, account or req.user)
+        check = await guard.check(req.client_ip, account or mail_login_key(req.user))
         if check.refusal is not None:
             return None
         return AUTH_WAIT

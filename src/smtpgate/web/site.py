@@ -55,7 +55,7 @@ from smtpgate.admin import (
 from smtpgate.auth.accounts import open_account_store
 from smtpgate.auth.admin_store import AccountStore, AuditActor, NoSuchAccount, WebAdmin
 from smtpgate.auth.directory import AppPassword, StoreError
-from smtpgate.auth.guard import Guard
+from smtpgate.auth.guard import ADMIN_KEY_PREFIX, Guard
 from smtpgate.auth.guard_state import ACCOUNT_KINDS, GuardStoreError
 from smtpgate.auth.state_backend import open_guard_state
 from smtpgate.config import Config
@@ -100,7 +100,7 @@ def _guard_key(name: str) -> str:
     would put escape sequences and bidi overrides there. Which names are
     well-formed is no secret, so this tells nothing of which admins exist."""
     try:
-        return f"admin:{web_admin_name(name)}"
+        return f"{ADMIN_KEY_PREFIX}{web_admin_name(name)}"
     except ValueError:
         return ""
 

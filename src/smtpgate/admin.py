@@ -75,7 +75,7 @@ from smtpgate.auth.names import (
     mailbox_problem,
     new_account_name,
 )
-from smtpgate.auth.passwords import PasswordHasher, check_new_password
+from smtpgate.auth.passwords import PasswordHasher, PasswordPolicyError, check_new_password
 from smtpgate.auth.scram_names import scram_spelling
 from smtpgate.auth.state_backend import open_guard_state
 from smtpgate.config import AccountsConfig, Config, PasswordsConfig
@@ -299,6 +299,19 @@ def web_admin_name(name: str) -> str:
     return n
 
 
+def _typable_in_a_browser(password: str) -> None:
+    """Refuse a web admin password with a line break: a browser's password field
+    drops CR and LF (HTML's value sanitization), so the login form could never send
+    it (``admin add --password-stdin`` reads up to the end, second lines included).
+
+    Raises:
+        PasswordPolicyError: naming the rule.
+    """
+    if "\r" in password or "\n" in password:
+        raise PasswordPolicyError("the password holds a line break, which a browser's "
+                                  "password field cannot send")
+
+
 def totp_uri(name: str, secret: str, issuer: str) -> str:
     """The ``otpauth://`` enrolment URI of a TOTP key (RFC 6238: SHA-1, 6 digits, 30 s,
     what every authenticator app reads)."""
@@ -505,6 +518,7 @@ class AccountAdmin:
         """
         key = web_admin_name(name)
         check_new_password(password)
+        _typable_in_a_browser(password)
         if self._policy is not None:
             check_password_policy(password, key, self._policy)
         encoded = self._hasher.hash(password)
@@ -526,6 +540,7 @@ class AccountAdmin:
         False if there is no such admin. Raises: ValueError, PasswordPolicyError."""
         key = web_admin_name(name)
         check_new_password(password)
+        _typable_in_a_browser(password)
         if self._policy is not None:
             check_password_policy(password, key, self._policy)
         encoded = self._hasher.hash(password)

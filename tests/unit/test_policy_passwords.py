@@ -72,3 +72,38 @@ def test_cli_add_and_passwd_apply_the_policy(tmp_path: Path) -> None:
     assert run("add", USER, stdin="Winter-Plum-Kettle-42\n")[0] == 0
     code, out = run("passwd", USER, stdin="alice-alice-alice\n")
     assert code == 1 and "account name" in out
+
+
+@pytest.mark.parametrize("password", ["Winter-Plum-123456\nKettle-42", "123456\n"])
+def test_a_line_break_after_digits_is_scored_not_a_crash(password: str) -> None:
+    """zxcvbn's date matcher raised ValueError on digits before a line break (its
+    ``$`` matches before a final newline): the policy scores such a password."""
+    lax = PasswordsConfig(min_length=1)
+    try:
+        check_password_policy(password, USER, lax)
+    except PasswordPolicyError as e:
+        assert "too weak" in str(e)
+
+
+def test_cli_admin_add_refuses_a_password_with_a_line_break(tmp_path: Path) -> None:
+    """``--password-stdin`` reads to the end: two lines made a web admin whose
+    password no browser's field can send (or, with digits before the break, a
+    zxcvbn traceback); refused with the reason, and no admin made."""
+    (tmp_path / "c.pem").write_text("x")
+    (tmp_path / "k.pem").write_text("x")
+    cfg = tmp_path / "smtpgate.toml"
+    cfg.write_text(
+        'hostname = "mx.example.org"\n[[listeners]]\nname = "s"\naddress = "127.0.0.1:5870"\n'
+        'tls = "starttls"\n[tls]\ncert = "c.pem"\nkey = "k.pem"\n[accounts]\n'
+        "argon2_memory_kib = 8192\nargon2_time_cost = 1\n"
+    )
+
+    def run(*args: str, stdin: str) -> tuple[int, str]:
+        r = CliRunner().invoke(cli, ["admin", *args, "--config", str(cfg)], input=stdin)
+        return r.exit_code, r.output + r.stderr
+
+    for pw in ("Vq7-admin-1234567\nVq7-admin-1234567\n", "Vq7-admin\rXk2p-Lm9w"):
+        code, out = run("add", "boss", "--password-stdin", stdin=pw)
+        assert code == 1 and "line break" in out and "Traceback" not in out, out
+    assert "boss" not in run("list", stdin="")[1]
+    assert run("add", "boss", "--password-stdin", stdin="Vq7-admin-Xk2p-Lm9w\n")[0] == 0

@@ -52,7 +52,11 @@ def check_password_policy(password: str, username: str, cfg: PasswordsConfig) ->
         # never need (workload D).
         from zxcvbn import zxcvbn
 
-        result = zxcvbn(password[:ZXCVBN_MAX_CHARS], user_inputs=inputs)
+        # A line break scored as a space: zxcvbn's date matcher (``^\d{4,8}$``,
+        # whose ``$`` also matches before a final newline) raised ValueError for
+        # "1234" followed by a line break, a traceback of ``admin add``.
+        scored = password[:ZXCVBN_MAX_CHARS].replace("\n", " ")
+        result = zxcvbn(scored, user_inputs=inputs)
         score = int(result["score"])
         if score < cfg.min_strength:
             feedback = result.get("feedback") or {}

@@ -124,3 +124,24 @@ def test_an_ipv4_client_in_ipv6_form_is_its_ipv4_address() -> None:
     and a firewall can ban."""
     head = NGINX_REQUEST[:-2].replace(b"Client-IP: 192.0.2.9", b"Client-IP: ::ffff:192.0.2.9")
     assert parse_request(head.removesuffix(b"\r\n")).client_ip == "192.0.2.9"
+
+
+@pytest.mark.parametrize(("sent", "seen"), [
+    (b'fe80::1%eth0 user="root@example.org" reason="" door=smtp', "fe80::1"),
+    (b"fe80::1%\xc2\x85", "fe80::1"),
+    (b"::ffff:192.0.2.9%eth0", "192.0.2.9"),
+    (b"192.0.2.9%eth0", None),
+    (b"fe80::1%", "fe80::1"),
+])
+def test_a_client_ip_zone_is_dropped_never_logged(sent: bytes, seen: str | None) -> None:
+    """Python's ipaddress takes any text after an IPv6 zone's ``%``: a Client-IP
+    with spaces and quotes there forged fields of the session's log line
+    (``client=fe80::1%eth0 user="root@example.org" ...``), the auth log's and the
+    web admin's. The address is what the guard counts; the zone goes."""
+    head = NGINX_REQUEST[:-2].replace(b"Client-IP: 192.0.2.9", b"Client-IP: " + sent)
+    head = head.removesuffix(b"\r\n")
+    if seen is None:
+        with pytest.raises(AuthHttpError, match="Client-IP"):
+            parse_request(head)
+    else:
+        assert parse_request(head).client_ip == seen

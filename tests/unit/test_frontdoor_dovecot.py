@@ -269,6 +269,8 @@ REFUSED = {
     "no service": ("PLAIN<TAB>rip=127.0.0.1<TAB>secured", "Missing service"),
     "no rip": ("PLAIN<TAB>service=smtp<TAB>secured", "Missing or invalid client address"),
     "bad rip": ("PLAIN<TAB>service=smtp<TAB>rip=x<TAB>secured", "Missing or invalid client"),
+    "IPv4 rip with a zone": ("PLAIN<TAB>service=smtp<TAB>rip=192.0.2.8%eth0<TAB>secured",
+                             "Missing or invalid client"),
     "mechanism not enabled": (f"DIGEST-MD5<TAB>{PF}", "Unsupported"),
     "-PLUS never offered": (f"SCRAM-SHA-256-PLUS<TAB>{PF}", "Unsupported"),
     # Dovecot's disable_plaintext_auth: PLAIN/LOGIN only on a protected session.
@@ -425,6 +427,7 @@ def test_a_request_left_waiting_on_the_client_expires_only_at_the_same_challenge
     ("::ffff:192.0.2.7", "192.0.2.7"),   # a dual-stack socket's IPv4 client
     ("2001:DB8::1", "2001:db8::1"),
     ("192.0.2.8", "192.0.2.8"),
+    ('fe80::1%x"user="root', "fe80::1"),  # a zone: any text, dropped (not logged)
 ])
 def test_the_client_address_is_the_one_the_guard_counts(rip: str, seen: str) -> None:
     """An IPv4 client in IPv6 form is its IPv4 address, as the guard counts it: the

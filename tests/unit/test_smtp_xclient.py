@@ -123,3 +123,11 @@ def test_an_ipv4_client_in_ipv6_form_is_its_ipv4_address() -> None:
     """nginx on a dual-stack socket: ADDR=IPV6:::ffff:192.0.2.7 is the IPv4 client."""
     assert parse_xclient("ADDR=IPV6:::ffff:192.0.2.7").addr == "192.0.2.7"
     assert parse_xclient("ADDR=IPV6:2001:DB8::1").addr == "2001:db8::1"
+
+
+def test_a_zone_is_dropped_from_addr() -> None:
+    """What follows an IPv6 zone's ``%`` is any text to ipaddress; the address is
+    the client's, the zone goes (an IPv4 address with one is no address)."""
+    assert parse_xclient('ADDR=IPV6:fe80::1%eth0"x').addr == "fe80::1"
+    with pytest.raises(XclientSyntaxError):
+        parse_xclient("ADDR=192.0.2.7%eth0")

@@ -37,10 +37,10 @@ xtext-encoded: ASCII with no space or control character).
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 
 from smtpgate.client.engine import xtext
+from smtpgate.smtp.peer_address import reported_address
 
 #: The request's header block, at most. nginx's requests are a few hundred bytes;
 #: ``auth_http_pass_client_cert`` adds a url-escaped PEM certificate (a few KiB).
@@ -190,15 +190,11 @@ def parse_request(head: bytes) -> AuthHttpRequest:
         return headers[key]
 
     method = need("auth-method").lower()
-    try:
-        ip = ipaddress.ip_address(need("client-ip"))
-    except ValueError:
-        raise AuthHttpError("Client-IP is not an address") from None
     # nginx on a dual-stack socket reports an IPv4 client as ::ffff:a.b.c.d: the
     # IPv4 address is the one the guard counts and the auth log must name.
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    client_ip = str(ip)
+    client_ip = reported_address(need("client-ip"))
+    if client_ip is None:
+        raise AuthHttpError("Client-IP is not an address")
     attempt_text = headers.get("auth-login-attempt", "1")
     # ASCII digits only: "²" (0xB2 in Latin-1) passes str.isdigit() but not int().
     if not (attempt_text.isascii() and attempt_text.isdigit()) or len(attempt_text) > 6:

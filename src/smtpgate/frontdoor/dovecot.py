@@ -55,7 +55,6 @@ Decisions where the protocol leaves room (each documented in docs/integration.md
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import unicodedata
 from collections import deque
@@ -75,6 +74,7 @@ from smtpgate.sasl.base import (
 from smtpgate.sasl.exchange import AuthResult, Challenge, NeedCredentials, Outcome, ServerExchange
 from smtpgate.sasl.framing import decode_base64_strict, encode_base64
 from smtpgate.smtp.ascii_case import upper_ascii
+from smtpgate.smtp.peer_address import reported_address
 
 __all__ = [
     "MAX_LINE",
@@ -667,13 +667,7 @@ def _address(text: str) -> str:
     """The address in its one spelling ("" if it is none): an IPv4 client a
     dual-stack socket reports as ``::ffff:a.b.c.d`` is its IPv4 address, as the
     guard counts it, so the auth log names what a firewall can ban."""
-    try:
-        ip = ipaddress.ip_address(text)
-    except ValueError:
-        return ""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return str(ip.ipv4_mapped)
-    return str(ip)
+    return reported_address(text) or ""
 
 
 def _port(text: str) -> int:

@@ -12,9 +12,10 @@ module only parses.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from dataclasses import dataclass
+
+from smtpgate.smtp.peer_address import reported_address
 
 #: What EHLO advertises to a trusted proxy, and all this parser knows.
 ATTRIBUTES = ("NAME", "ADDR", "PORT", "PROTO", "HELO", "LOGIN", "DESTADDR", "DESTPORT")
@@ -75,13 +76,10 @@ def _address(value: str) -> str:
     (nginx on ``[::]`` with ``ipv6only=off``) reports as ``IPV6:::ffff:a.b.c.d`` is
     its IPv4 address: the one the guard and the front door's auth log name."""
     text = value[5:] if value.upper().startswith("IPV6:") else value
-    try:
-        ip = ipaddress.ip_address(text)
-    except ValueError:
-        raise XclientSyntaxError("ADDR is not an address") from None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return str(ip.ipv4_mapped)
-    return str(ip)
+    address = reported_address(text)
+    if address is None:
+        raise XclientSyntaxError("ADDR is not an address")
+    return address
 
 
 def _port(value: str) -> int:

@@ -53,7 +53,8 @@ def test_zxcvbn_knows_the_account_name() -> None:
         check_password_policy("examplebob2024!", "bob@example.org", strict)  # scores 3
 
 
-def test_cli_add_and_passwd_apply_the_policy(tmp_path: Path) -> None:
+def _config(tmp_path: Path) -> Path:
+    """A minimal config whose certificate files exist (the CLI checks no more)."""
     (tmp_path / "c.pem").write_text("x")
     (tmp_path / "k.pem").write_text("x")
     cfg = tmp_path / "smtpgate.toml"
@@ -62,6 +63,11 @@ def test_cli_add_and_passwd_apply_the_policy(tmp_path: Path) -> None:
         'tls = "starttls"\n[tls]\ncert = "c.pem"\nkey = "k.pem"\n[accounts]\n'
         "argon2_memory_kib = 8192\nargon2_time_cost = 1\n"
     )
+    return cfg
+
+
+def test_cli_add_and_passwd_apply_the_policy(tmp_path: Path) -> None:
+    cfg = _config(tmp_path)
 
     def run(*args: str, stdin: str) -> tuple[int, str]:
         r = CliRunner().invoke(cli, ["user", *args, "--password-stdin", "--config", str(cfg)], input=stdin)
@@ -89,14 +95,7 @@ def test_cli_admin_add_refuses_a_password_with_a_line_break(tmp_path: Path) -> N
     """``--password-stdin`` reads to the end: two lines made a web admin whose
     password no browser's field can send (or, with digits before the break, a
     zxcvbn traceback); refused with the reason, and no admin made."""
-    (tmp_path / "c.pem").write_text("x")
-    (tmp_path / "k.pem").write_text("x")
-    cfg = tmp_path / "smtpgate.toml"
-    cfg.write_text(
-        'hostname = "mx.example.org"\n[[listeners]]\nname = "s"\naddress = "127.0.0.1:5870"\n'
-        'tls = "starttls"\n[tls]\ncert = "c.pem"\nkey = "k.pem"\n[accounts]\n'
-        "argon2_memory_kib = 8192\nargon2_time_cost = 1\n"
-    )
+    cfg = _config(tmp_path)
 
     def run(*args: str, stdin: str) -> tuple[int, str]:
         r = CliRunner().invoke(cli, ["admin", *args, "--config", str(cfg)], input=stdin)

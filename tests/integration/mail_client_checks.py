@@ -15,6 +15,7 @@ import email.policy
 import hashlib
 import json
 import os
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -51,6 +52,33 @@ def attachment(directory: Path) -> Path:
     path = directory / f"data-{marker()}.bin"
     path.write_bytes(os.urandom(100_000))
     return path
+
+
+def message_fields(mark: str, attach: Path | None) -> dict[str, str | None]:
+    """What every client driver (tests/clients/*) is told to send: the marked UTF-8
+    subject, BODY, and with ``attach`` the binary file and the 7bit DOTS part."""
+    return {"subject": f"{SUBJECT} {mark}", "text": BODY,
+            "attachment": str(attach) if attach else None,
+            "dots": DOTS if attach else None, "dotsName": DOTS_NAME}
+
+
+def run_json_driver(argv: list[str], settings: dict[str, Any],
+                    cwd: Path | None = None) -> dict[str, Any]:
+    """Run a driver that reads ``settings`` as JSON on stdin and prints its outcome
+    as one JSON line last (``ok`` and the client's own fields); its exit status
+    must agree with ``ok``."""
+    proc = subprocess.run(argv, input=json.dumps(settings), capture_output=True, text=True,
+                          timeout=60, check=False, cwd=cwd,
+                          env={"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8"})
+    assert proc.stdout.strip(), proc.stderr
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert (proc.returncode == 0) == result["ok"], proc.stdout + proc.stderr
+    return result
+
+
+def delivered_with(server: Server, mark: str) -> list[Path]:
+    """The delivered files that carry ``mark`` (none, after a refused login)."""
+    return [p for p in server.delivered() if mark.encode() in p.read_bytes()]
 
 
 def wait_for(server: Server, mark: str, timeout: float = 30) -> tuple[bytes, EmailMessage]:

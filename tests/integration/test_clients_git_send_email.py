@@ -24,6 +24,7 @@ from .mail_client_checks import (
     SUBJECT,
     AuthLog,
     check_intact,
+    delivered_with,
     marker,
     stock_server,
 )
@@ -111,7 +112,7 @@ def test_git_send_email_wrong_password(server: Server, tmp_path: Path, encryptio
     # git prints the server's reply text as its error: the code and the reason.
     assert "5.7.8 Authentication credentials invalid" in proc.stderr, proc.stderr
     assert log.mechanisms("failure") == ["PLAIN"]
-    assert not [p for p in server.delivered() if mark.encode() in p.read_bytes()]
+    assert not delivered_with(server, mark)
 
 
 def test_git_send_email_mechanism_the_server_does_not_offer(server: Server,

@@ -23,14 +23,12 @@ from tests.client_pki import TestCa
 
 from .conftest import PASSWORD, USER, Server, require_file, require_tool
 from .mail_client_checks import (
-    BODY,
-    DOTS,
-    DOTS_NAME,
-    SUBJECT,
     AuthLog,
     attachment,
     check_intact,
+    delivered_with,
     marker,
+    message_fields,
     stock_server,
 )
 
@@ -78,8 +76,8 @@ def jakarta_send(server: Server, classes: str, mark: str, implicit: bool, *,
     settings = {
         **{f"prop.{k}": v for k, v in props.items()},
         "ca": str(ca or server.ca), "user": USER, "pass": password,
-        "subject": f"{SUBJECT} {mark}", "text": BODY,
-        **({"attachment": str(attach), "dots": DOTS, "dotsName": DOTS_NAME} if attach else {}),
+        **{k: v for k, v in message_fields(mark, attach).items() if v is not None and
+           (attach or k != "dotsName")},
     }
     stdin = "".join(f"{k}={base64.b64encode(v.encode()).decode()}\n" for k, v in settings.items())
     proc = subprocess.run([java, "-cp", classes, "Send"], input=stdin, capture_output=True,
@@ -113,7 +111,7 @@ def test_jakarta_mail_wrong_password(server: Server, classes: str, implicit: boo
     assert result["class"] == "jakarta.mail.AuthenticationFailedException", result
     assert result["message"] == "535 5.7.8 Authentication credentials invalid", result
     assert log.mechanisms("failure") == [mechanisms or "LOGIN"]
-    assert not [p for p in server.delivered() if mark.encode() in p.read_bytes()]
+    assert not delivered_with(server, mark)
 
 
 def test_jakarta_mail_checks_the_certificate(server: Server, classes: str,

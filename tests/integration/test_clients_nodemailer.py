@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,14 +31,13 @@ from .conftest import (
     require_tool,
 )
 from .mail_client_checks import (
-    BODY,
-    DOTS,
-    DOTS_NAME,
-    SUBJECT,
     AuthLog,
     attachment,
     check_intact,
+    delivered_with,
     marker,
+    message_fields,
+    run_json_driver,
 )
 from .oauth_issuer import SCOPE, LocalIssuer
 
@@ -86,17 +84,9 @@ def nodemailer(server: Server, mark: str, secure: bool, *, method: str | None = 
         "port": server.submissions if secure else server.submission,
         "secure": secure, "requireTLS": not secure, "ca": str(server.ca),
         "user": USER, "pass": password, "accessToken": token, "authMethod": method,
-        "subject": f"{SUBJECT} {mark}", "text": BODY,
-        "attachment": str(attach) if attach else None,
-        "dots": DOTS if attach else None, "dotsName": DOTS_NAME,
+        **message_fields(mark, attach),
     }
-    proc = subprocess.run([node, str(NODE_DIR / "send.mjs")], input=json.dumps(settings),
-                          capture_output=True, text=True, timeout=60, check=False,
-                          cwd=NODE_DIR, env={"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8"})
-    assert proc.stdout.strip(), proc.stderr
-    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert (proc.returncode == 0) == result["ok"], proc.stdout + proc.stderr
-    return result
+    return run_json_driver([node, str(NODE_DIR / "send.mjs")], settings, cwd=NODE_DIR)
 
 
 def test_the_pinned_version_is_installed() -> None:
@@ -142,7 +132,7 @@ def test_nodemailer_wrong_password(srv: OAuthServer, secure: bool, method: str |
     assert result["response"] == "535 5.7.8 Authentication credentials invalid", result
     assert result["command"] == f"AUTH {method or 'PLAIN'}"
     assert log.mechanisms("failure") == [method or "PLAIN"]
-    assert not [p for p in srv.server.delivered() if mark.encode() in p.read_bytes()]
+    assert not delivered_with(srv.server, mark)
 
 
 def test_nodemailer_xoauth2_expired_token(srv: OAuthServer) -> None:
@@ -160,4 +150,4 @@ def test_nodemailer_xoauth2_expired_token(srv: OAuthServer) -> None:
     assert result["response"] == "535 5.7.8 Authentication credentials invalid", result
     assert [(r["mechanism"], r["reason"]) for r in log.records("failure")] == [
         ("XOAUTH2", "token rejected: token expired")] * 2
-    assert not [p for p in srv.server.delivered() if mark.encode() in p.read_bytes()]
+    assert not delivered_with(srv.server, mark)

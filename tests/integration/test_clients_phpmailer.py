@@ -11,8 +11,6 @@ config, which has no CRAM-MD5.
 
 from __future__ import annotations
 
-import json
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,14 +19,13 @@ import pytest
 
 from .conftest import PASSWORD, USER, Server, require_file, require_tool
 from .mail_client_checks import (
-    BODY,
-    DOTS,
-    DOTS_NAME,
-    SUBJECT,
     AuthLog,
     attachment,
     check_intact,
+    delivered_with,
     marker,
+    message_fields,
+    run_json_driver,
     stock_server,
 )
 
@@ -52,17 +49,9 @@ def phpmailer(server: Server, mark: str, secure: str, *, auth_type: str | None =
     settings = {
         "port": server.submission if secure == "tls" else server.submissions,
         "secure": secure, "ca": str(server.ca), "user": USER, "pass": password,
-        "authType": auth_type, "subject": f"{SUBJECT} {mark}", "text": BODY,
-        "attachment": str(attach) if attach else None,
-        "dots": DOTS if attach else None, "dotsName": DOTS_NAME,
+        "authType": auth_type, **message_fields(mark, attach),
     }
-    proc = subprocess.run([php, str(SEND_PHP)], input=json.dumps(settings), capture_output=True,
-                          text=True, timeout=60, check=False,
-                          env={"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8"})
-    assert proc.stdout.strip(), proc.stderr
-    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert (proc.returncode == 0) == result["ok"], proc.stdout + proc.stderr
-    return result
+    return run_json_driver([php, str(SEND_PHP)], settings)
 
 
 @pytest.mark.parametrize("secure", ["tls", "ssl"])
@@ -90,7 +79,7 @@ def test_phpmailer_wrong_password(server: Server, secure: str, auth_type: str | 
     assert result["smtp"]["smtp_code"] == "", result["smtp"]  # cleared by its QUIT
     assert "SERVER -> CLIENT: 535 5.7.8 Authentication credentials invalid" in result["dialogue"]
     assert log.mechanisms("failure") == [auth_type or "LOGIN"]
-    assert not [p for p in server.delivered() if mark.encode() in p.read_bytes()]
+    assert not delivered_with(server, mark)
 
 
 def test_phpmailer_cram_md5_not_offered(server: Server, tmp_path: Path) -> None:

@@ -11,8 +11,6 @@ driver (tests/clients/ruby/send.rb) builds it with the stdlib's ``pack``.
 
 from __future__ import annotations
 
-import json
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,14 +21,13 @@ from tests.client_pki import TestCa
 
 from .conftest import PASSWORD, USER, Server, require_tool
 from .mail_client_checks import (
-    BODY,
-    DOTS,
-    DOTS_NAME,
-    SUBJECT,
     AuthLog,
     attachment,
     check_intact,
+    delivered_with,
     marker,
+    message_fields,
+    run_json_driver,
     stock_server,
 )
 
@@ -51,17 +48,9 @@ def net_smtp(server: Server, mark: str, tls: bool, auth: str, *, password: str =
     settings = {
         "port": server.submissions if tls else server.submission, "tls": tls,
         "ca": str(ca or server.ca), "user": USER, "pass": password, "auth": auth,
-        "subject": f"{SUBJECT} {mark}", "text": BODY,
-        "attachment": str(attach) if attach else None,
-        "dots": DOTS if attach else None, "dotsName": DOTS_NAME,
+        **message_fields(mark, attach),
     }
-    proc = subprocess.run([ruby, str(SEND_RB)], input=json.dumps(settings), capture_output=True,
-                          text=True, timeout=60, check=False,
-                          env={"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8"})
-    assert proc.stdout.strip(), proc.stderr
-    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert (proc.returncode == 0) == result["ok"], proc.stdout + proc.stderr
-    return result
+    return run_json_driver([ruby, str(SEND_RB)], settings)
 
 
 @pytest.mark.parametrize("tls", [False, True], ids=["enable_starttls", "enable_tls"])
@@ -84,7 +73,7 @@ def test_net_smtp_wrong_password(server: Server, tls: bool, auth: str) -> None:
     assert result["class"] == "Net::SMTPAuthenticationError", result
     assert result["message"] == "535 5.7.8 Authentication credentials invalid", result
     assert log.mechanisms("failure") == [auth.upper()]
-    assert not [p for p in server.delivered() if mark.encode() in p.read_bytes()]
+    assert not delivered_with(server, mark)
 
 
 def test_net_smtp_checks_the_certificate(server: Server, tmp_path: Path) -> None:

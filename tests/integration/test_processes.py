@@ -132,6 +132,30 @@ def test_kill_9_of_a_worker_is_logged_and_the_worker_restarted(default_server: S
     assert srv.stop() == 0
 
 
+def test_workers_write_messages_into_blanks_the_delivery_process_made(
+        default_server: Server) -> None:
+    """The delivery process keeps a stock of empty files in spool/blank/ and the
+    workers' slot pools rename them into queue/ (queue/blanks.py): after 100
+    messages the stock has been used and made again, and every message arrived."""
+    srv = default_server
+    blank_dir = srv.root / "spool" / "blank"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and (
+            not blank_dir.is_dir() or len(os.listdir(blank_dir)) < 512):
+        time.sleep(0.1)
+    first = set(os.listdir(blank_dir))
+    assert len(first) == 512
+    with smtplib.SMTP_SSL("127.0.0.1", srv.submissions, context=srv.client_context()) as s:
+        s.login(USER, PASSWORD)
+        for i in range(100):
+            s.sendmail(USER, ["bob@example.net"], f"From: {USER}\r\nSubject: {i}\r\n\r\nx\r\n")
+    srv.wait_for_mail(100)
+    now = set(os.listdir(blank_dir))
+    assert first - now, "no blank was taken by a worker"
+    assert all((blank_dir / n).stat().st_size == 0 for n in now)
+    assert srv.stop() == 0
+
+
 def test_a_stuck_worker_is_killed_by_the_watchdog_and_restarted(tmp_path: Path) -> None:
     """A worker that stops answering (here SIGSTOP: its loop says nothing, as one
     blocked on storage that hangs) is killed after server.worker_watchdog and

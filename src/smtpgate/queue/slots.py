@@ -25,7 +25,7 @@ import re
 import threading
 import time
 
-from smtpgate.queue import tmpfiles
+from smtpgate.queue import blanks, tmpfiles
 
 log = logging.getLogger("smtpgate.queue")
 
@@ -41,8 +41,10 @@ class SlotPool:
     ahead of use by a helper thread: create a batch, fsync the directory once,
     only then hand them out. The helper starts on the first `take`."""
 
-    def __init__(self, directory: str, target: int = SLOT_TARGET) -> None:
+    def __init__(self, directory: str, target: int = SLOT_TARGET,
+                 blank_dir: str | None = None) -> None:
         self._dir = directory
+        self._blank_dir = blank_dir
         self._target = target
         self._ready: collections.deque[str] = collections.deque()
         self._wanted = threading.Event()
@@ -122,10 +124,19 @@ class SlotPool:
             os.close(dir_fd)
 
     def _create_batch(self) -> list[str]:
+        """Slots for the batch: blanks renamed into place first (`blanks`), then
+        files made here for the rest."""
         base = tmpfiles.prefix(self._dir)
+        wanted = [f"{base}{next(self._seq):x}{SUFFIX}"
+                  for _ in range(max(0, self._target - len(self._ready)))]
         made: list[str] = []
-        while len(self._ready) + len(made) < self._target and not self._stopping:
-            path = f"{base}{next(self._seq):x}{SUFFIX}"
+        if self._blank_dir is not None and wanted:
+            first_left = blanks.claim(self._blank_dir, wanted)
+            claimed = len(wanted) if first_left is None else wanted.index(first_left)
+            made, wanted = wanted[:claimed], wanted[claimed:]
+        for path in wanted:
+            if self._stopping:
+                break
             try:
                 os.close(tmpfiles.open_new(path))
             except OSError:

@@ -84,7 +84,7 @@ from pathlib import Path
 from typing import Self
 
 from smtpgate.plural import count
-from smtpgate.queue import slots, tidy_report, tmpfiles
+from smtpgate.queue import blanks, slots, tidy_report, tmpfiles
 from smtpgate.queue.aio_sync import AioSync
 from smtpgate.queue.committer import CommitStats, CommitterClosed, GroupCommitter, Op
 from smtpgate.queue.envelope import Envelope, EnvelopeFormatError
@@ -199,13 +199,16 @@ class Spool:
         self._queue_dir = directory / "queue"
         self._tmp_dir = directory / "tmp"
         self._corrupt_dir = directory / "corrupt"
+        self._blank_dir = directory / blanks.DIRECTORY
         for d in (directory, self._queue_dir, self._tmp_dir, self._corrupt_dir):
             tmpfiles.make_dir_durably(d)
         self._qdir = str(self._queue_dir)
         self._tdir = str(self._tmp_dir)
         self._dir_fd = os.open(self._qdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self._pool = tmpfiles.TempPool(self._tdir) if prefill else None
-        self._slots = slots.SlotPool(self._qdir) if prefill else None
+        self._slots = (slots.SlotPool(self._qdir, blank_dir=str(self._blank_dir))
+                       if prefill else None)
+        self._blank_maker: blanks.BlankMaker | None = None
         self._syncer = tmpfiles.Syncer()
         self._aio: AioSync | None = None
         self._aio_tried = False
@@ -225,6 +228,20 @@ class Spool:
     def slots(self) -> slots.SlotPool | None:
         """The pool of durably named message files (None without ``prefill``)."""
         return self._slots
+
+    def make_blanks(self) -> None:
+        """Keep a stock of blanks for the workers' slot pools (`blanks`); the
+        delivery process calls it, once, as the server's user (so the directory is
+        that user's; blanks need no fsync). Stopped by `close`."""
+        if self._blank_maker is None:
+            try:
+                self._blank_dir.mkdir(mode=0o700, exist_ok=True)
+            except OSError as e:
+                log.warning("spool: cannot make %s (%s); workers make their own message "
+                            "files", self._blank_dir, e.strerror or e)
+                return
+            self._blank_maker = blanks.BlankMaker(str(self._blank_dir))
+            self._blank_maker.start()
 
     @property
     def stats(self) -> CommitStats:
@@ -324,6 +341,8 @@ class Spool:
             await asyncio.to_thread(self._pool.stop)
         if self._slots is not None:
             await asyncio.to_thread(self._slots.stop)
+        if self._blank_maker is not None:
+            await asyncio.to_thread(self._blank_maker.stop)
         os.close(self._dir_fd)
         self._dir_fd = -1
 

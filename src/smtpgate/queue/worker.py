@@ -239,6 +239,7 @@ class DeliveryWorker:
         if lock is None:
             await self._deliverer.close()
             return
+        self._spool.make_blanks()
         try:
             while not self._stopping:
                 self._wakeup.clear()

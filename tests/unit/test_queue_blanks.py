@@ -1,0 +1,130 @@
+"""Blanks (queue/blanks.py): the delivery process keeps empty files in the
+spool's blank/; a worker's slot pool renames them into queue/ instead of making
+files, and makes its own only when the stock runs out; two pools never get the
+same file; a message written into a claimed blank is stored and delivered."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from pathlib import Path
+
+from smtpgate.queue import blanks
+from smtpgate.queue import slots as slots_mod
+from smtpgate.queue.envelope import Envelope
+from smtpgate.queue.spool import Spool
+
+ENV = Envelope(mail_from="a@example.org", rcpt_to=("b@example.net",), auth_identity="a",
+               client_ip="192.0.2.1", helo="client.test", listener="submission")
+
+
+def make_blanks(directory: Path, n: int) -> dict[int, str]:
+    """``n`` empty files in ``directory``; their inode numbers."""
+    directory.mkdir(exist_ok=True)
+    made = {}
+    for i in range(n):
+        path = directory / f"b.{i}"
+        path.touch()
+        made[path.stat().st_ino] = path.name
+    return made
+
+
+def test_claim_renames_blanks_into_place_until_they_run_out(tmp_path: Path) -> None:
+    stock = make_blanks(tmp_path / "blank", 3)
+    queue = tmp_path / "queue"
+    queue.mkdir()
+    names = [str(queue / f"s{i}.slot") for i in range(5)]
+
+    first_left = blanks.claim(str(tmp_path / "blank"), names)
+
+    assert first_left == names[3]
+    assert os.listdir(tmp_path / "blank") == []
+    claimed = {os.stat(n).st_ino for n in names[:3]}
+    assert claimed == set(stock)  # the same files, renamed: no new inode
+    assert not os.path.exists(names[3]) and not os.path.exists(names[4])
+
+
+def test_claim_without_a_blank_directory_claims_nothing(tmp_path: Path) -> None:
+    names = [str(tmp_path / "s0.slot")]
+    assert blanks.claim(str(tmp_path / "missing"), names) == names[0]
+    assert not os.path.exists(names[0])
+
+
+def test_two_claimers_never_get_the_same_blank(tmp_path: Path) -> None:
+    make_blanks(tmp_path / "blank", 300)
+    queue = tmp_path / "queue"
+    queue.mkdir()
+    results: dict[str, list[str]] = {}
+
+    def claimer(tag: str) -> None:
+        names = [str(queue / f"{tag}{i}.slot") for i in range(200)]
+        left = blanks.claim(str(tmp_path / "blank"), names)
+        results[tag] = names if left is None else names[:names.index(left)]
+
+    threads = [threading.Thread(target=claimer, args=(t,)) for t in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    got = results["a"] + results["b"]
+    assert len(got) == 300
+    assert len({os.stat(p).st_ino for p in got}) == 300
+    assert sorted(os.listdir(queue)) == sorted(os.path.basename(p) for p in got)
+
+
+def test_maker_keeps_the_stock_full(tmp_path: Path) -> None:
+    directory = tmp_path / "blank"
+    directory.mkdir()
+    maker = blanks.BlankMaker(str(directory), stock=40)
+    assert maker.top_up() == 40
+    assert maker.top_up() == 0
+    for name in sorted(os.listdir(directory))[:7]:
+        os.unlink(directory / name)
+    assert maker.top_up() == 7
+    assert len(os.listdir(directory)) == 40
+    assert all((directory / n).stat().st_size == 0 for n in os.listdir(directory))
+
+
+def test_slot_pool_takes_blanks_first_then_makes_files(tmp_path: Path) -> None:
+    queue = tmp_path / "queue"
+    queue.mkdir()
+    stock = make_blanks(tmp_path / "blank", 10)
+    pool = slots_mod.SlotPool(str(queue), target=16, blank_dir=str(tmp_path / "blank"))
+    try:
+        assert pool.wait_filled(10)
+        slots = [n for n in os.listdir(queue) if slots_mod.is_slot(n)]
+        assert len(slots) == 16
+        inodes = {(queue / n).stat().st_ino for n in slots}
+        assert set(stock) <= inodes  # all ten blanks used, six files made
+        assert os.listdir(tmp_path / "blank") == []
+    finally:
+        pool.stop()
+    assert [n for n in os.listdir(queue) if slots_mod.is_slot(n)] == []
+
+
+async def test_spool_stores_a_message_in_a_claimed_blank(tmp_path: Path) -> None:
+    sp = Spool(tmp_path / "spool")
+    try:
+        sp.make_blanks()
+        blank_dir = tmp_path / "spool" / blanks.DIRECTORY
+        for _ in range(100):
+            if len(os.listdir(blank_dir)) >= blanks.STOCK:
+                break
+            await asyncio.sleep(0.05)
+        stock = {(blank_dir / n).stat().st_ino for n in os.listdir(blank_dir)}
+        assert len(stock) == blanks.STOCK
+        assert sp.slots is not None and await asyncio.to_thread(sp.slots.wait_filled, 10)
+
+        inc = sp.receive(ENV, b"Received: by test\r\n")
+        inc.write(b"Subject: blank\r\n\r\nhello\r\n")
+        qid = await sp.publish(inc)
+
+        stored = tmp_path / "spool" / "queue" / f"{qid}.msg"
+        assert stored.stat().st_ino in stock  # written into a former blank
+        envelope, data = sp.load(qid)
+        assert envelope.mail_from == ENV.mail_from
+        assert data.endswith(b"Subject: blank\r\n\r\nhello\r\n")
+    finally:
+        await sp.close()

@@ -57,6 +57,8 @@ class Server:
     env: dict[str, str]
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path = field(init=False)
+    #: Put before ``smtpgate serve`` by `start` (a program that execs its arguments).
+    launcher: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.log_path = self.root / "server.log"
@@ -90,7 +92,7 @@ class Server:
     def start(self, *serve_args: str) -> None:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [SMTPGATE, "serve", "--config", str(self.config), *serve_args],
+                [*self.launcher, SMTPGATE, "serve", "--config", str(self.config), *serve_args],
                 stdout=log,
                 stderr=log,
                 env=self.env,

@@ -240,6 +240,24 @@ def test_writer_alive_compares_the_process_start_with_the_file_change() -> None:
     assert tmpfiles.writer_alive(proc.pid, "sgabcd1234") is False
 
 
+def test_a_killed_writer_not_yet_reaped_is_not_alive() -> None:
+    """A writer killed with its parent (``PR_SET_PDEATHSIG``) is a zombie until pid 1
+    reaps it, which a container's init may do seconds later; ``kill(pid, 0)`` still
+    succeeds on a zombie, so a server restarted meanwhile took it for a live writer
+    and left its sealed slots and temp files for the start-up after."""
+    proc = subprocess.Popen(["sleep", "60"])
+    try:
+        os.kill(proc.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.monotonic() < deadline, "the child did not become a zombie"
+            time.sleep(0.01)
+        assert tmpfiles.writer_alive(proc.pid, "sgabcd1234") is False
+        assert tmpfiles.writer_alive(proc.pid, "sgabcd1234", changed=time.time()) is False
+    finally:
+        proc.wait()  # reaped only now
+
+
 async def test_a_slot_it_may_not_touch_does_not_stop_a_start_up(
     spool: Spool, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

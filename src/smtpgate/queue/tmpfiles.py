@@ -318,6 +318,8 @@ def writer_alive(pid: int, token: str, changed: float | None = None) -> bool:
         return False
     except PermissionError:
         pass  # exists, owned by another user
+    if _exited(pid):
+        return False
     if changed is not None:
         started = process_start(pid)
         if started is not None and started > changed + _CLOCK_SLACK:
@@ -328,6 +330,20 @@ def writer_alive(pid: int, token: str, changed: float | None = None) -> bool:
 #: Seconds of tolerance between the kernel's boot time (whole seconds) plus a
 #: process's start ticks and a file's ctime.
 _CLOCK_SLACK = 2.0
+
+
+def _exited(pid: int) -> bool:
+    """Whether ``pid`` is a process that has exited but is not reaped yet (a zombie):
+    ``kill(pid, 0)`` succeeds on one, and a worker killed with its parent stays one
+    until pid 1 reaps it, seconds later under some container inits. It writes
+    nothing any more."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False  # no /proc: as before, kill() decides
+    state = stat[stat.rfind(b")") + 2 :][:1]
+    return state in (b"Z", b"X")
 
 
 def process_start(pid: int) -> float | None:

@@ -145,3 +145,27 @@ def test_a_state_directory_the_user_cannot_write_is_refused(root_dir: Path) -> N
                          capture_output=True, text=True, env=srv.env, timeout=60, check=False)
     assert run.returncode == 2
     assert "not writable by 'nobody'" in run.stderr
+
+
+@pytest.mark.parametrize("which", ["spool", "spool/queue"])
+def test_a_spool_of_another_user_is_refused_naming_the_key(root_dir: Path, which: str) -> None:
+    """A spool restored from a backup (or left by an install under another uid)
+    belongs to a third user, whose files the start-up does not take: the server
+    must say so and which key, not fail in its children with a bare EACCES."""
+    srv = _server(root_dir, 0)
+    spool = srv.root / "spool"
+    for sub in ("queue", "tmp", "corrupt"):
+        (spool / sub).mkdir(parents=True, exist_ok=True)
+    for d in (spool, spool / "queue", spool / "tmp", spool / "corrupt"):
+        os.chown(d, NOBODY.pw_uid, NOBODY.pw_gid)
+    stranger = srv.root / which
+    os.chown(stranger, 4242, 4242)
+    stranger.chmod(0o700)
+    run = subprocess.run([conftest.SMTPGATE, "serve", "--config", str(srv.config)],
+                         capture_output=True, text=True, env=srv.env, timeout=60, check=False)
+    assert run.returncode == 2, run.stderr
+    assert (f"cannot start: queue.spool: {stranger} is not writable by 'nobody' (owned by "
+            f"uid 4242, mode 0700): `chown -R nobody {spool}` and start again" in run.stderr)
+    assert stranger.stat().st_uid == 4242  # a third user's directory is not taken
+    with pytest.raises(OSError), socket.create_connection(("127.0.0.1", srv.submission), 2):
+        pass

@@ -163,10 +163,11 @@ def hand_over(cfg: Config, who: RunAs) -> None:
     it can write the directories SQLite makes its side files in.
 
     Raises:
-        StartupError: a database's directory is not writable by the user.
+        StartupError: a database's directory, or the spool, is not writable by the user.
     """
     for path in state_paths(cfg):
         _chown_tree(path, who)
+    _check_spool(cfg.path(cfg.queue.spool), who)
     for key, db in (("guard.database", cfg.path(cfg.guard.database)),
                     ("accounts.database", cfg.path(cfg.accounts.database))):
         if key == "accounts.database" and cfg.accounts.backend == "postgresql":
@@ -177,6 +178,30 @@ def hand_over(cfg: Config, who: RunAs) -> None:
             raise StartupError(key, f"{db.parent} is not writable by {who.user!r} (SQLite "
                                     "writes its journal there): chown it, or make the state "
                                     "directory with `smtpgate init --owner`")
+
+
+def _check_spool(spool: Path, who: RunAs) -> None:
+    """The spool and its directories that exist must be the user's to write in: a
+    third user's (a restored backup, an earlier install under another uid) is not
+    taken by `_chown_tree`, and each serving process would otherwise fail on it
+    with a bare EACCES after the fork. One that does not exist yet is made later.
+
+    Raises:
+        StartupError: one of them is not writable (or not searchable) by the user.
+    """
+    for directory in (spool, spool / "queue", spool / "tmp", spool / "corrupt"):
+        try:
+            st = directory.stat()
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            raise StartupError("queue.spool", f"{directory}: {e.strerror}") from e
+        if _writable_by(directory, who, search=True):
+            continue
+        raise StartupError(
+            "queue.spool", f"{directory} is not writable by {who.user!r} (owned by uid "
+            f"{st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o}): `chown -R {who.user} "
+            f"{spool}` and start again (what is queued there is kept)")
 
 
 def _chown_tree(path: Path, who: RunAs) -> None:
@@ -217,16 +242,24 @@ def _chown(name: str, st: os.stat_result, who: RunAs, dir_fd: int | None) -> Non
     os.chown(name, who.uid, who.gid, dir_fd=dir_fd, follow_symlinks=False)
 
 
-def _writable_by(directory: Path, who: RunAs) -> bool:
+def _writable_by(directory: Path, who: RunAs, *, search: bool = False) -> bool:
+    """By the mode bits; with ``search``, the directory must let ``who`` in too
+    (to open the files in it). A directory with an ACL is taken as writable: its
+    mode bits do not tell."""
     try:
         st = directory.stat()
     except OSError:
         return False
+    if search and "system.posix_acl_access" in _xattrs(directory):
+        return True
+    need = stat.S_IWOTH | (stat.S_IXOTH if search else 0)
     if st.st_uid == who.uid:
-        return bool(st.st_mode & stat.S_IWUSR)
-    if st.st_gid in who.groups or st.st_gid == who.gid:
-        return bool(st.st_mode & stat.S_IWGRP)
-    return bool(st.st_mode & stat.S_IWOTH)
+        bits = st.st_mode >> 6
+    elif st.st_gid in who.groups or st.st_gid == who.gid:
+        bits = st.st_mode >> 3
+    else:
+        bits = st.st_mode
+    return bits & need == need
 
 
 def drop(who: RunAs | None) -> None:

@@ -117,6 +117,18 @@ FORGERIES = {
     "single-label-comment": f"From: {OWNER} (admin@intranet)\r\n",
     "encoded-single-label": f"From: =?utf-8?q?admin=40intranet?= <{OWNER}>\r\n",
     "sender-single-label-display-name": f'From: {OWNER}\r\nSender: "root@localhost" <{OWNER}>\r\n',
+    # Audit h19: what a reader trims around a field name. Thunderbird's JSMime
+    # calls JavaScript's trim() on the text before the colon, which also removes a
+    # vertical tab, a form feed, a no-break space and a BOM; and the first line of
+    # a header section has no field above it to fold into.
+    "vertical-tab-before-colon": f"From: {OWNER}\r\nFrom\v: {FORGED}\r\n",
+    "form-feed-before-colon": f"From: {OWNER}\r\nFrom\f: {FORGED}\r\n",
+    "form-feed-before-name": f"From: {OWNER}\r\n\fFrom: {FORGED}\r\n",
+    "no-break-space-before-colon": f"From: {OWNER}\r\nFrom\u00a0: {FORGED}\r\n",
+    "bom-before-name": f"From: {OWNER}\r\n\ufeffFrom: {FORGED}\r\n",
+    "indented-first-line": f" From: {FORGED}\r\nFrom: {OWNER}\r\n",
+    "tab-indented-first-line": f"\tFrom: {FORGED}\r\nFrom: {OWNER}\r\n",
+    "sender-form-feed-before-colon": f"From: {OWNER}\r\nSender\f: {FORGED}\r\n",
 }
 
 #: Header sections alice may send (name: header section).
@@ -136,4 +148,8 @@ ACCEPTED = {
     "at-sign-between-words": f'From: "Alice @ Home" <{OWNER}>\r\n',
     "handle-without-local-part": f'From: "Alice (@alice)" <{OWNER}>\r\n',
     "zero-width-joiner-name": f"From: \u0915\u094d\u200d\u0937 \U0001f469\u200d\U0001f4bb <{OWNER}>\r\n",
+    # A folded line that reads "From:" continues the field above it (RFC 5322
+    # §2.2.3): a Subject folded before the word is no second From.
+    "folded-subject-with-from": f"From: {OWNER}\r\nSubject: notes\r\n From: {FORGED}\r\n",
+    "own-form-feed-before-colon": f"From\f: {OWNER}\r\n",
 }

@@ -87,6 +87,17 @@ def test_a_from_after_256_kib_of_other_fields_is_not_delivered(
     assert all(FORGED.encode() not in p.read_bytes() for p in server.delivered())
 
 
+def test_a_resent_from_under_a_lone_resent_date_is_checked(session: smtplib.SMTP_SSL) -> None:
+    """A top block of only a Resent-Date passed as the whole resent block, so the
+    first Resent-From, the resender a reader shows, went unchecked (audit h19)."""
+    date = "Resent-Date: Thu, 3 Dec 2026 09:00:00 +0000\r\n"
+    header = f"{date}{date}Resent-From: {FORGED}\r\nFrom: {USER}\r\n"
+    assert reply(*submit(session, header)) == str(R.RESENT_FROM_NOT_OWNED)
+    # A real earlier block, under the account's own, stays the earlier resender's.
+    header = f"Resent-From: {USER}\r\n{date}Resent-From: {FORGED}\r\n{date}From: {USER}\r\n"
+    assert submit(session, header)[0] == 250
+
+
 def test_a_message_without_from_is_refused(session: smtplib.SMTP_SSL) -> None:
     header = "To: bob@example.net\r\nSubject: no author\r\n"
     assert reply(*submit(session, header)) == str(R.FROM_MISSING)

@@ -128,6 +128,18 @@ BOUNCED = "From: Carol <carol@elsewhere.example>\r\nTo: alice@example.org\r\nSub
      "Resent-Date: Sun, 30 Nov 2026 10:00:00 +0000\r\n"), None),
     (("Resent-Date: Mon, 1 Dec 2026 10:00:00 +0000\r\nResent-From: alice@example.org\r\n"
      "Resent-Date: Sun, 30 Nov 2026 10:00:00 +0000\r\nResent-From: bob@example.net\r\n"), None),
+    # Audit h19: a top "block" of only a Resent-Date (no Resent-From, which §3.6.6
+    # requires) is not a block of its own: the first Resent-From and any
+    # Resent-Sender before it, which a reader shows as the resender, are checked.
+    (("Resent-Date: Mon, 1 Dec 2026 10:00:00 +0000\r\n"
+      "Resent-Date: Mon, 1 Dec 2026 10:00:00 +0000\r\nResent-From: ceo@bank.example\r\n"),
+     R.RESENT_FROM_NOT_OWNED),
+    (("Resent-Date: Mon, 1 Dec 2026 10:00:00 +0000\r\n"
+      "Resent-Date: Mon, 1 Dec 2026 10:00:00 +0000\r\nResent-Sender: ceo@bank.example\r\n"
+      "Resent-From: alice@example.org\r\n"), R.RESENT_SENDER_NOT_OWNED),
+    (("Resent-Date: Mon, 1 Dec 2026 10:00:00 +0000\r\n"
+      "Resent-Date: Mon, 1 Dec 2026 10:00:00 +0000\r\nResent-From: alice@example.org\r\n"
+      "Resent-Date: Sun, 30 Nov 2026 10:00:00 +0000\r\nResent-From: bob@example.net\r\n"), None),
 ])
 def test_resent_from_and_resent_sender_are_checked_in_the_topmost_block(
     block: str, expected: R.Reply | None

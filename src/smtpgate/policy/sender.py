@@ -167,8 +167,12 @@ def header_fields(message: bytes, name: str) -> list[str]:
         field = m[1].lower()
         if resent and field in (b"resent-from", b"resent-date"):
             seen[field] = seen.get(field, 0) + 1
-            if seen[field] > 1:
-                break  # an earlier resending's block (RFC 5322 §3.6.6)
+            # An earlier resending's block (RFC 5322 §3.6.6) starts at the second
+            # Resent-From, or at the second Resent-Date once the top block has
+            # its Resent-From: a block of only a Resent-Date would otherwise push
+            # the first Resent-From, the one a reader shows, out of the check.
+            if seen[field] > 1 and (field == b"resent-from" or b"resent-from" in seen):
+                break
         if field == wanted:
             out.append(_FOLD.sub("", m[2].decode("utf-8", "replace")))
         # A bare LF is refused or made CRLF by the engine; either way a field

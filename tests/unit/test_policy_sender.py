@@ -26,6 +26,9 @@ P = SenderProfile(
         ("anyone@Example.NET", True),
         ("anyone@sub.example.net", False),  # a grant is for the domain itself
         ("bob@example.org", False),
+        # A subaddress is another address (docs/policy.md): owned only as an alias.
+        ("alice+news@example.org", False),
+        ("info+news@example.org", False),
         ("not an address", False),
         ("", False),
     ],

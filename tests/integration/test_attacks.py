@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import email
+import email.utils
 import json
 import os
 import socket
@@ -148,6 +150,27 @@ def test_bare_lf_cr_end_of_data_does_not_split_a_message(server: Server, fake_en
     # administrator can tell a smuggling probe from a broken client.
     assert f"user={USER} message refused: bare CR or LF" in server.log_text()
     assert "Traceback" not in server.log_text()
+
+
+def test_a_quote_in_the_helo_does_not_break_the_received_header(server: Server) -> None:
+    """``EHLO "client"`` went into Received as it came: a quoted string (RFC 5322
+    §3.2.4) that a parser runs through the server's own words; with one quote,
+    through the ";" before the date, and the field was no Received (§3.6.7)."""
+    r = Raw(server.submission, server.client_context())
+    r.cmd("EHLO attacker.test")
+    r.starttls()
+    assert r.cmd('EHLO "client').startswith("250")
+    assert r.cmd(f"AUTH PLAIN {plain(USER, PASSWORD)}").startswith("235")
+    assert r.cmd(f"MAIL FROM:<{USER}>").startswith("250")
+    assert r.cmd("RCPT TO:<bob@example.net>").startswith("250")
+    assert r.cmd("DATA").startswith("354")
+    assert r.cmd(f"From: {USER}\r\nSubject: quote\r\n\r\nhi\r\n.".encode() + b"\r\n").startswith("250")
+    r.close()
+    (stored,) = server.wait_for_mail(1)
+    received = str(email.message_from_bytes(stored.read_bytes())["Received"])
+    assert received.startswith("from ?client ([127.0.0.1])"), received
+    assert '"' not in received
+    email.utils.parsedate_to_datetime(received.rpartition(";")[2].strip())
 
 
 def test_a_session_closed_for_too_many_errors_is_logged(server: Server) -> None:

@@ -91,6 +91,17 @@ def test_the_helo_cannot_pose_as_the_servers_own_comment() -> None:
         tls_version=None, cipher=None, identity="", queue_hint="q", timestamp=0).decode()
 
 
+def test_a_quote_in_the_helo_cannot_swallow_the_servers_own_words() -> None:
+    """``EHLO x"`` opened a quoted string (RFC 5322 §3.2.4) that ran through the
+    ``by`` clause and the ";" before the date: no longer a Received field (§3.6.7)."""
+    raw = received_header(
+        helo='x"', client_ip="192.0.2.1", hostname="mx.example.org", esmtp=True,
+        tls_version=None, cipher=None, identity="", queue_hint="abc", timestamp=0,
+    ).decode()
+    assert raw.startswith("Received: from x? ([192.0.2.1])\r\n")
+    assert '"' not in raw
+
+
 @pytest.mark.parametrize(
     ("client_ip", "literal"),
     [

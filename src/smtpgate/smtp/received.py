@@ -11,8 +11,11 @@ from functools import lru_cache
 _UNSAFE = re.compile(r"[^\x21-\x7e]")
 #: In the client's HELO also what would end the "from" clause or open or close a
 #: comment (RFC 5322 §3.2.2), so ``EHLO x)(Authenticated...`` cannot pose as the
-#: server's own words; square brackets stay for an address literal.
-_HELO_UNSAFE = re.compile(r"[^\x21-\x7e]|[();\\]")
+#: server's own words, and a double quote: it opens a quoted string (§3.2.4) that
+#: runs on through the server's own words and the ";" before the date, so the
+#: field no longer parses as a Received (§3.6.7); square brackets stay for an
+#: address literal.
+_HELO_UNSAFE = re.compile(r'[^\x21-\x7e]|[();\\"]')
 
 
 @lru_cache(maxsize=4)

@@ -173,6 +173,21 @@ def test_a_quote_in_the_helo_does_not_break_the_received_header(server: Server) 
     email.utils.parsedate_to_datetime(received.rpartition(";")[2].strip())
 
 
+def test_a_utf8_recipient_with_a_line_separator_or_bidi_control_is_refused(server: Server) -> None:
+    """With SMTPUTF8 any non-ASCII character was taken: a recipient holding NEL,
+    U+2028 or U+202E went as it came into the delivery log line (where a line
+    separator may end the line and U+202E shows the rest reversed), reports and the
+    next hop (audit h19)."""
+    r = tls_session(server)
+    assert r.cmd(f"AUTH PLAIN {plain(USER, PASSWORD)}").startswith("235")
+    assert r.cmd(f"MAIL FROM:<{USER}> SMTPUTF8").startswith("250")
+    for bad in ("a\u0085b@example.net", "a\u2028b@example.net", "bob@exa\u202emple.net"):
+        assert r.cmd(f"RCPT TO:<{bad}>") == "553 5.1.3 Address syntax error"
+    assert r.cmd("RCPT TO:<j\u00f6rg@b\u00fccher.example>").startswith("250")
+    r.close()
+    assert all(c not in server.log_text() for c in "\u0085\u2028\u202e")
+
+
 def test_a_session_closed_for_too_many_errors_is_logged(server: Server) -> None:
     """A client probing until ``limits.max_errors`` closes its session left no
     line in the log; now the close and its cause are there."""

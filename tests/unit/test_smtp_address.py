@@ -60,3 +60,32 @@ def test_rfc5321_s4_1_1_3_bare_postmaster_is_a_recipient_never_a_sender() -> Non
     # Qualified with the server's name: passed on bare, a relay refused it or took
     # it for its own domain's postmaster.
     assert d.events[-1].recipient == f"postmaster@{d.engine.settings.hostname}"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("address", [
+    "a\u0085b@example.org",  # NEL, a C1 control: a line end to str.splitlines()
+    "a\u2028b@example.org", "a\u2029b@example.org",  # line and paragraph separators
+    "a\u202eb@example.org", "a\u2066b@example.org", "a\u200fb@example.org",  # bidi controls
+    "\ufeffa@example.org",  # BOM
+    "a@ex\u0085ample.org", "a@b\u00fccher\u202e.example",  # and in a domain (IDNA2008: DISALLOWED)
+    '"a\u2028b"@example.org',  # quoted or not
+])
+def test_a_utf8_address_holds_no_control_separator_or_bidi_control(address: str) -> None:
+    """RFC 6531's UTF8-non-ascii took any non-ASCII character, so RCPT TO:<a<NEL>b@x>
+    reached the log, reports and the next hop as it came (audit h19)."""
+    with pytest.raises(AddressError):
+        parse_mailbox(address, utf8=True)
+    d = authed()
+    out = d.feed(f"MAIL FROM:<alice@example.org> SMTPUTF8\r\nRCPT TO:<{address}>\r\n".encode())
+    assert codes(out)[1:] == [str(R.BAD_ADDRESS)]
+    assert codes(authed().feed(f"MAIL FROM:<{address}> SMTPUTF8\r\n".encode())) == [
+        str(R.BAD_SENDER_ADDRESS)]
+
+
+@pytest.mark.parametrize("address", [
+    "j\u00f6rg@b\u00fccher.example", "\u0645\u062d\u0645\u062f@example.org",
+    "\u0915\u094d\u200d\u0937@example.org",  # a zero-width joiner stays (IDNA2008 CONTEXTJ)
+    "\u4e2d\u6587@\u4f8b\u5b50.\u5e7f\u544a",
+])
+def test_utf8_addresses_of_real_scripts_are_accepted(address: str) -> None:
+    assert parse_mailbox(address, utf8=True) == address

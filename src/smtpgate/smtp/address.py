@@ -34,6 +34,16 @@ _U_QUOTED = re.compile(r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|[^\x00-\x7f]|\\[\x20-\
 # RFC 5321 §4.1.2 A-d-l (source route), which §3.6.1 says to accept and ignore.
 _ROUTE = re.compile(rf"@{_LABEL}(?:\.{_LABEL})*(?:,@{_LABEL}(?:\.{_LABEL})*)*:")
 
+# What a UTF-8 address may not hold although RFC 6531's UTF8-non-ascii allows any
+# non-ASCII character: C1 controls, the line and paragraph separators, the bidi
+# controls (embeddings, overrides, isolates, the marks) and the BOM. IDNA2008 (RFC
+# 5892) disallows every one of them in a domain, and no mailbox is named with them;
+# they reach the server's log, the web admin, delivery reports and the next hop,
+# where a line separator may end a line and U+202E shows the rest of it reversed.
+_NOT_IN_UTF8_ADDRESS = re.compile(
+    "[\x80-\x9f\u2028\u2029\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ufeff]"
+)
+
 # RFC 5321 §4.5.3.1.1 and .2: local part 64 octets, domain 255 octets.
 MAX_LOCAL_PART = 64
 MAX_DOMAIN = 255
@@ -111,8 +121,11 @@ def parse_path(path: str, *, allow_null: bool, utf8: bool, postmaster: bool = Fa
 def parse_mailbox(mailbox: str, *, utf8: bool, postmaster: bool = False) -> str:
     """Validate ``local@domain``; return it with the domain lower-cased (ASCII only).
     With ``postmaster`` (a forward-path) the bare ``Postmaster`` is one too."""
-    if not mailbox.isascii() and not utf8:
-        raise NonAsciiWithoutSmtputf8("non-ASCII address without SMTPUTF8")
+    if not mailbox.isascii():
+        if not utf8:
+            raise NonAsciiWithoutSmtputf8("non-ASCII address without SMTPUTF8")
+        if _NOT_IN_UTF8_ADDRESS.search(mailbox):
+            raise AddressError("control, line separator, bidi control or BOM in the address")
     local, at, domain = mailbox.rpartition("@")
     if not at:
         # RFC 5321 §4.1.1.3: "postmaster" without a domain is a valid recipient,

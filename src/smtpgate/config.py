@@ -826,7 +826,9 @@ class LdapConfig(Model):
 
     @property
     def cleartext(self) -> bool:
-        return self.url.startswith("ldap://") and not self.starttls
+        """ldap:// without StartTLS; the scheme in any letter case (RFC 3986 §3.1), as
+        the directory client reads it."""
+        return urllib.parse.urlsplit(self.url).scheme == "ldap" and not self.starttls
 
 
 def _loopback(host: str) -> bool:

@@ -99,3 +99,23 @@ def test_a_directory_down_at_start_up_is_one_warning(
     assert len(lines) == 1, lines
     assert lines[0].startswith("LDAP directory ldap://127.0.0.1:62502 unavailable: ")
     assert lines[0].endswith(" (logins get 454 4.7.0 until it answers)")
+
+
+@pytest.mark.parametrize("url", [
+    '"ldap://ldap.example.org:389"',
+    # URL schemes are case-insensitive (RFC 3986 §3.1) and the directory client
+    # reads them so: an upper-case ldap:// was cleartext to the remote host, yet
+    # passed as if it were not, without allow_cleartext.
+    '"LDAP://ldap.example.org:389"',
+    '"Ldap://ldap.example.org"',
+])
+def test_cleartext_to_a_remote_directory_is_refused_in_any_letter_case(
+    base: Path, url: str
+) -> None:
+    found = problems(ldap(url=url, starttls="false"), base)
+    assert "cleartext to a remote host" in found["accounts.ldap"]
+
+
+def test_an_upper_case_ldaps_url_is_tls(base: Path) -> None:
+    cfg = parse_config(ldap(url='"LDAPS://ldap.example.org"', starttls="false"), base)
+    assert not cfg.accounts.ldap.cleartext

@@ -16,7 +16,7 @@ import pytest
 
 from smtpgate.frontdoor.proxy_header import V2_SIGNATURE
 
-from .conftest import PASSWORD, USER, Server, make_server
+from .conftest import PASSWORD, USER, Server, make_server, require_tool
 from .test_attacks import plain
 
 
@@ -158,6 +158,43 @@ def test_an_ipv6_clients_concurrent_connections_are_counted_by_its_64(proxied: S
             s.close()
     assert "refused 2001:db8:1:2:ffff::21:" in proxied.log_text()
     assert "Traceback" not in proxied.log_text()
+
+
+def test_an_ipv4_client_of_a_dual_stack_haproxy_with_send_proxy_is_its_ipv4_address(
+        proxied: Server, tmp_path: Path) -> None:
+    """HAProxy 2.6 with ``send-proxy`` (version 1) on ``bind :::PORT v4v6`` names an
+    IPv4 client ``TCP6 ::ffff:127.0.0.23``: the auth log said '::ffff:7f00:17' and the
+    Received line '[IPv6:::ffff:7f00:17]', neither the address fail2ban or a
+    firewall can ban, where version 2 already gave the IPv4 address."""
+    from tests.peers.haproxy import HAProxy
+
+    if not Path("/usr/sbin/haproxy").exists():
+        require_tool("haproxy")
+    proxy = HAProxy(tmp_path / "haproxy", [("a", proxied.submission, proxied.submissions)],
+                    server_options="send-proxy", dual_stack=True)
+    proxy.start()
+    try:
+        sock = socket.create_connection(("127.0.0.1", proxy.submission), timeout=10,
+                                        source_address=("127.0.0.23", 0))
+        smtp = smtplib.SMTP()
+        smtp.sock, smtp.file, smtp._host = sock, None, "localhost"
+        assert smtp.getreply()[0] == 220
+        smtp.ehlo("client.example")
+        smtp.starttls(context=proxied.client_context())
+        smtp.ehlo("client.example")
+        before = len(proxied.delivered())
+        smtp.login(USER, PASSWORD)
+        smtp.sendmail(USER, [USER], b"From: alice@example.org\r\nSubject: dual-stack v1\r\n"
+                      b"\r\nhi\r\n")
+        smtp.quit()
+    finally:
+        proxy.stop()
+    files = proxied.wait_for_mail(before + 1)
+    msg = next(f.read_text() for f in files if "Subject: dual-stack v1" in f.read_text())
+    assert "[127.0.0.23]" in msg.split("\n\n", 1)[0], msg[:400]
+    assert any(r["client_ip"] == "127.0.0.23" and r["result"] == "success"
+               for r in auth_records(proxied)), auth_records(proxied)[-3:]
+    assert "7f00:17" not in proxied.log_text()
 
 
 def test_config_names_the_missing_trusted_proxies(tmp_path: Path) -> None:

@@ -27,11 +27,11 @@ defaults
     option redispatch
 
 frontend submission
-    bind 127.0.0.1:{submission}
+    bind {bind}:{submission}{bind_options}
     default_backend submission_nodes
 
 frontend submissions
-    bind 127.0.0.1:{submissions}
+    bind {bind}:{submissions}{bind_options}
     default_backend submissions_nodes
 
 backend submission_nodes
@@ -47,16 +47,20 @@ backend submissions_nodes
 class HAProxy:
     """``nodes``: (name, submission port, submissions port) of each smtpgate node;
     ``server_options`` ends each ``server`` line (``send-proxy`` for version 1, a
-    ``check`` for health checks)."""
+    ``check`` for health checks); ``dual_stack`` binds ``:::PORT v4v6``, where an IPv4
+    client is an IPv4-mapped IPv6 address (``send-proxy`` then writes ``TCP6
+    ::ffff:a.b.c.d``)."""
 
     def __init__(self, root: Path, nodes: list[tuple[str, int, int]], *,
-                 server_options: str = "send-proxy-v2") -> None:
+                 server_options: str = "send-proxy-v2", dual_stack: bool = False) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.submission, self.submissions = _free_port(), _free_port()
         self.config = root / "haproxy.cfg"
         self.config.write_text(CONFIG.format(
             submission=self.submission, submissions=self.submissions,
+            bind="::" if dual_stack else "127.0.0.1",
+            bind_options=" v4v6" if dual_stack else "",
             submission_servers="\n".join(
                 f"    server {name} 127.0.0.1:{sub} {server_options}" for name, sub, _ in nodes),
             submissions_servers="\n".join(

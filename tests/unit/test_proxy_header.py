@@ -56,7 +56,18 @@ def test_v1_tcp6_and_unknown() -> None:
     assert info == ProxyInfo(1, None, None) and rest == b"\x16\x03"
 
 
+def test_v1_ipv6_mapped_ipv4_is_the_ipv4_client() -> None:
+    """HAProxy's send-proxy on a dual-stack bind (``:::587 v4v6``) writes an IPv4
+    client in IPv6 form; it was kept as '::ffff:c633:6409' (the auth log, the
+    Received line), where version 2 gave the IPv4 address."""
+    info, _ = parse(b"PROXY TCP6 ::ffff:198.51.100.9 ::ffff:127.0.0.1 4000 587\r\n")
+    assert info == ProxyInfo(1, ("198.51.100.9", 4000), ("127.0.0.1", 587))
+
+
 @pytest.mark.parametrize("line", [
+    # A zone's text went into the client's address as sent (log fields forged).
+    b'PROXY TCP6 fe80::1%x"user=root" ::1 1 2\r\n',
+    b"PROXY TCP6 2001:db8::1 fe80::1%eth0 1 2\r\n",
     b"PROXY TCP4 192.0.2.7 127.0.0.1 50123\r\n",          # a field missing
     b"PROXY TCP4 192.0.2.700 127.0.0.1 1 2\r\n",          # not an address
     b"PROXY TCP4 2001:db8::1 127.0.0.1 1 2\r\n",          # family and address disagree

@@ -127,11 +127,22 @@ def parse_v1(line: bytes) -> ProxyInfo:
     if len(parts) != 6 or parts[0] != b"PROXY" or parts[1] not in (b"TCP4", b"TCP6"):
         raise ProxyHeaderError("malformed PROXY v1 line")
     want = ipaddress.IPv4Address if parts[1] == b"TCP4" else ipaddress.IPv6Address
+    if b"%" in parts[2] or b"%" in parts[3]:
+        # ipaddress takes any text after an IPv6 zone's '%' (it reached the logs as
+        # sent); HAProxy and nginx write addresses with inet_ntop, which has none.
+        raise ProxyHeaderError("IPv6 zone in a PROXY v1 address")
     try:
         src, dst = (want(p.decode("ascii")) for p in parts[2:4])
     except (ValueError, UnicodeDecodeError):
         raise ProxyHeaderError("bad address in PROXY v1 line") from None
-    return ProxyInfo(1, (str(src), _port(parts[4])), (str(dst), _port(parts[5])))
+    return ProxyInfo(1, (_spelled(src), _port(parts[4])), (_spelled(dst), _port(parts[5])))
+
+
+def _spelled(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """An IPv4 client that a dual-stack balancer reports in IPv6 form (HAProxy's
+    ``send-proxy`` on ``bind :::587 v4v6`` writes ``TCP6 ::ffff:192.0.2.7``) is that
+    IPv4 address, as in version 2."""
+    return _unmapped(addr) if isinstance(addr, ipaddress.IPv6Address) else str(addr)
 
 
 def parse_v2(header: bytes) -> ProxyInfo:

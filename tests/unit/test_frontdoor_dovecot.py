@@ -373,6 +373,16 @@ def test_a_user_name_is_echoed_with_its_unprintable_characters_replaced(
     assert out == (lines("FAIL<TAB>1") if echoed is None else f"FAIL\t1\tuser={echoed}\n")
 
 
+def test_an_empty_resp_is_an_empty_initial_response_from_minor_2_on() -> None:
+    """docs/integration.md: below 1.2 (Exim, Postfix) an empty ``resp=`` is no
+    initial response (PLAIN sends its empty challenge); from 1.2 on it is an empty
+    one (``AUTH PLAIN =``), which is no PLAIN message, as Dovecot reads it."""
+    for minor, answer in ((0, "CONT\t1\t\n"), (2, "FAIL\t1\n")):
+        out, _ = feed(engine(), lines(f"VERSION<TAB>1<TAB>{minor}", "CPID<TAB>1",
+                                      f"AUTH<TAB>1<TAB>PLAIN<TAB>{PF}<TAB>resp=").encode())
+        assert out == answer, minor
+
+
 def test_cancel_answers_cancelled_to_minor_4_clients_only() -> None:
     for minor, expected in ((4, "CANCELLED\t1\n"), (0, "")):
         eng = engine()

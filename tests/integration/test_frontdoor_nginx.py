@@ -321,6 +321,27 @@ def test_header_injection_in_auth_user_is_refused(stack: Stack) -> None:
     assert raw.startswith(b"HTTP/1.0 400") and header_values(raw, b"Auth-Status") == []
 
 
+@pytest.mark.parametrize("source, user, password, reason", [
+    # A client that sends its login in Latin-1 (an old client, a legacy code page):
+    # nginx passes the bytes on as typed (swaks sends the surrogate as the byte E4).
+    ("127.0.0.41", "nobody-41@example.org", "p\udce4ss", "PLAIN: Auth-Pass is not UTF-8"),
+    ("127.0.0.42", "n\udce4body@example.org", "whatever", "PLAIN: Auth-User is not UTF-8"),
+    # nginx leaves DEL raw too: a password like any other, checked and wrong.
+    ("127.0.0.43", "nobody-43@example.org", "bad\x7fpass", "unknown user"),
+])
+def test_a_login_nginx_passes_raw_is_535_in_the_auth_log_not_a_bad_request(
+        stack: Stack, source: str, user: str, password: str, reason: str) -> None:
+    """Each was an HTTP 400 ("bad request refused" in smtpgate's log, nothing in the
+    auth log), which nginx 1.22 answers "451 4.3.2 Internal server error": the
+    client retried the same login for ever and the guard counted nothing."""
+    before, logged = len(stack.records()), len(stack.smtpgate.log_text())
+    out = swaks(stack, source, "LOGIN", user, password, "--quit-after", "AUTH")
+    assert "535 5.7.8" in out, out + stack.nginx_log()
+    [rec] = [r for r in stack.records()[before:] if r.get("client_ip") == source]
+    assert (rec["front_door"], rec["result"], rec["reason"]) == ("auth_http", "failure", reason)
+    assert "bad request refused" not in stack.smtpgate.log_text()[logged:]
+
+
 def test_oversize_auth_http_request_is_refused(stack: Stack) -> None:
     answer = auth_http_request(stack, b"X-Filler: " + b"a" * 40000 + b"\r\n")
     assert answer.startswith(b"HTTP/1.0 400")

@@ -194,6 +194,25 @@ def test_a_nul_or_empty_field_is_logged_as_what_it_is(
     assert bad.queries == []
 
 
+@pytest.mark.parametrize("method, unreadable", [
+    ("plain", "Auth-Pass"), ("plain", "Auth-User"), ("cram-md5", "Auth-User")])
+def test_a_login_that_is_no_utf8_is_a_counted_failure_with_auth_wait(
+        method: str, unreadable: str) -> None:
+    """A client's Latin-1 login through nginx: 535 5.7.8 and Auth-Wait as for a
+    wrong password, the failure given to the login path (the auth log, the guard's
+    count), nothing looked up; it was an HTTP 400, nginx's 451 to the client."""
+    bad = FakeAttempt(Verdict(ok=False, reason="unused"), LoginResult(AuthResult.FAILURE))
+    d = decider(bad, [])
+    d.door.cfg.auth.mechanisms.append("CRAM-MD5")  # type: ignore[attr-defined]
+    answer = run(d, request(method=method, salt="<1.2@mx.test>", unreadable=unreadable,
+                            **{"user" if unreadable == "Auth-User" else "password": ""}))
+    assert (answer.error_code, answer.wait) == ("535 5.7.8", 1)
+    (outcome,) = bad.outcomes
+    assert (outcome.result, outcome.malformed) == (AuthResult.FAILURE, True)
+    assert outcome.reason == f"{'CRAM-MD5' if method == 'cram-md5' else 'PLAIN'}: {unreadable} is not UTF-8"
+    assert bad.queries == []
+
+
 @pytest.mark.parametrize("typed", ["admin:root", "Admin:Root"])
 def test_a_login_as_a_web_admins_guard_key_does_not_read_the_admins_lockout(typed: str) -> None:
     """``admin:root`` is the web admin root's key in the guard, no mail account's:

@@ -19,7 +19,8 @@ framework would add a dependency, a routing layer and its own leniencies
 What nginx sends (its auth_http module and documentation): ``Auth-Method``
 (``plain`` for both SMTP AUTH PLAIN and LOGIN, ``cram-md5``, ``apop``,
 ``external``, ``none``), ``Auth-User`` and ``Auth-Pass`` percent-encoded (space,
-``%`` and the bytes 0x00-0x1F become ``%XX``), ``Auth-Salt`` (the CRAM-MD5
+``%`` and the bytes 0x00-0x1F become ``%XX``; DEL and the bytes from 0x80 on are
+passed raw, as the client typed them, UTF-8 or not), ``Auth-Salt`` (the CRAM-MD5
 challenge it issued), ``Auth-Protocol``, ``Auth-Login-Attempt``, ``Client-IP``,
 ``Client-Host``, ``Auth-SSL``/``Auth-SSL-Protocol``, and for ``none``
 ``Auth-SMTP-Helo/From/To``. What it reads back: ``Auth-Status`` (``OK`` or the
@@ -76,6 +77,11 @@ class AuthHttpRequest:
     helo: str = ""
     smtp_from: str = ""
     smtp_to: str = ""
+    #: "Auth-User" or "Auth-Pass" when that header's bytes are no UTF-8 (a client
+    #: that sent its login in Latin-1: nginx passes the bytes on as typed); the
+    #: field is then "". A client's input, answered as a failed login, not as a
+    #: request nginx would never send.
+    unreadable: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,11 +126,11 @@ def percent_decode(value: str) -> bytes:
     return bytes(out)
 
 
-def _text(raw: bytes, what: str) -> str:
+def _utf8(raw: bytes) -> str | None:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise AuthHttpError(f"{what} is not UTF-8") from None
+        return None
 
 
 class AuthHttpParser:
@@ -172,12 +178,14 @@ def parse_request(head: bytes) -> AuthHttpRequest:
         raise AuthHttpError(f"more than {MAX_HEADERS} headers")
     headers: dict[str, str] = {}
     for line in lines[1:]:
-        # Bare CR or LF, NUL and other controls never appear in nginx's headers
-        # (it escapes them), and folded lines are not HTTP/1.0 as nginx writes it.
-        if any(b < 0x20 and b != 0x09 for b in line) or b"\x7f" in line:
+        # Bare CR or LF, NUL and the other C0 controls never appear in nginx's
+        # headers (it escapes them), and folded lines are not HTTP/1.0 as nginx
+        # writes it. DEL does: nginx leaves it raw in Auth-User and Auth-Pass.
+        if any(b < 0x20 and b != 0x09 for b in line):
             raise AuthHttpError("control character in a header")
         name, sep, value = line.partition(b":")
-        if not sep or not name or name != name.strip() or line[:1] in (b" ", b"\t"):
+        if (not sep or not name or name != name.strip() or line[:1] in (b" ", b"\t")
+                or b"\x7f" in name):
             raise AuthHttpError("malformed header line")
         key = name.decode("latin-1").lower()
         if key in headers:
@@ -199,13 +207,14 @@ def parse_request(head: bytes) -> AuthHttpRequest:
     # ASCII digits only: "²" (0xB2 in Latin-1) passes str.isdigit() but not int().
     if not (attempt_text.isascii() and attempt_text.isdigit()) or len(attempt_text) > 6:
         raise AuthHttpError("bad Auth-Login-Attempt")
-    user = _text(percent_decode(headers.get("auth-user", "")), "Auth-User")
-    password = _text(percent_decode(headers.get("auth-pass", "")), "Auth-Pass")
+    user = _utf8(percent_decode(headers.get("auth-user", "")))
+    password = _utf8(percent_decode(headers.get("auth-pass", "")))
+    unreadable = "Auth-User" if user is None else "Auth-Pass" if password is None else ""
     ssl = headers.get("auth-ssl", "").lower() == "on"
     return AuthHttpRequest(
         method=method,
-        user=user,
-        password=password,
+        user=user or "",
+        password=password or "",
         salt=headers.get("auth-salt", ""),
         protocol=need("auth-protocol").lower(),
         attempt=int(attempt_text),
@@ -215,6 +224,7 @@ def parse_request(head: bytes) -> AuthHttpRequest:
         helo=headers.get("auth-smtp-helo", ""),
         smtp_from=headers.get("auth-smtp-from", ""),
         smtp_to=headers.get("auth-smtp-to", ""),
+        unreadable=unreadable,
     )
 
 

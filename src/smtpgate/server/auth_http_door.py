@@ -97,6 +97,8 @@ class AuthHttpDecider:
         request cannot be one. A PLAIN request whose fields make no PLAIN message
         starts with None: `_unusable` says why, and the exchange ends with that."""
         if req.method == "plain":  # nginx says "plain" for SMTP AUTH PLAIN and LOGIN
+            if req.unreadable:
+                return "PLAIN", None
             try:
                 return "PLAIN", encode_plain(req.user, req.password)
             except PlainSyntaxError:
@@ -106,10 +108,15 @@ class AuthHttpDecider:
         return None
 
     @staticmethod
-    def _unusable(req: AuthHttpRequest) -> str:
-        """Why nginx's Auth-User and Auth-Pass make no PLAIN message, in the auth
-        log's words. An empty PLAIN message stood in for both cases, and a NUL was
-        logged as "empty authcid or password"."""
+    def _unusable(req: AuthHttpRequest, mechanism: str = "PLAIN") -> str:
+        """Why nginx's Auth-User and Auth-Pass make no PLAIN message (or CRAM-MD5
+        response), in the auth log's words. An empty PLAIN message stood in for
+        both cases, and a NUL was logged as "empty authcid or password"."""
+        if req.unreadable:
+            # What the client typed in another charset: a failed login, counted,
+            # as a LOGIN of such bytes is on smtpgate's own port. It was an HTTP
+            # 400, which nginx turns into its own internal-error 451 for the client.
+            return f"{mechanism}: {req.unreadable} is not UTF-8"
         if "\0" in req.user:
             return "PLAIN: NUL in Auth-User"
         if "\0" in req.password:
@@ -158,9 +165,9 @@ class AuthHttpDecider:
         step = exchange.start(initial)
         while not isinstance(step, Outcome):
             if isinstance(step, Challenge):
-                if name != "CRAM-MD5":
+                if name != "CRAM-MD5" or req.unreadable:
                     # PLAIN challenges only when started without a message.
-                    step = exchange.malformed(self._unusable(req))
+                    step = exchange.malformed(self._unusable(req, name))
                     continue
                 step = exchange.respond(f"{req.user} {req.password}".encode())
             elif isinstance(step, NeedCredentials):

@@ -342,6 +342,29 @@ def test_a_login_nginx_passes_raw_is_535_in_the_auth_log_not_a_bad_request(
     assert "bad request refused" not in stack.smtpgate.log_text()[logged:]
 
 
+def test_a_tls_protocol_name_that_would_forge_auth_log_fields_is_refused(stack: Stack) -> None:
+    """``Auth-SSL-Protocol`` went into the auth log's text line as sent (``tls=``,
+    unquoted): any local process reaching the socket wrote ``tls=TLSv1.3
+    mech=PLAIN user="root@example.org" ...`` before the real user's field. nginx
+    sends OpenSSL's protocol name there (``TLSv1.3``), one token: anything else is
+    a request nginx never sends."""
+    logged = len(stack.smtpgate.log_text())
+    answer = auth_http_request(stack, (
+        b"Auth-Method: plain\r\nAuth-User: forged-tls@example.org\r\nAuth-Pass: x\r\n"
+        b"Auth-Protocol: smtp\r\nAuth-Login-Attempt: 1\r\nClient-IP: 127.0.0.44\r\n"
+        b'Auth-SSL: on\r\nAuth-SSL-Protocol: TLSv1.3 mech=PLAIN user="root@example.org"\r\n'))
+    assert answer.startswith(b"HTTP/1.0 400"), answer
+    assert 'user="root@example.org"' not in stack.smtpgate.log_text()[logged:]
+    # What nginx sends is taken and logged as it is.
+    answer = auth_http_request(stack, (
+        b"Auth-Method: plain\r\nAuth-User: forged-tls@example.org\r\nAuth-Pass: x\r\n"
+        b"Auth-Protocol: smtp\r\nAuth-Login-Attempt: 1\r\nClient-IP: 127.0.0.44\r\n"
+        b"Auth-SSL: on\r\nAuth-SSL-Protocol: TLSv1.3\r\n"))
+    assert header_values(answer, b"Auth-Error-Code") == [b"535 5.7.8"]
+    [rec] = [r for r in stack.records() if r.get("client_ip") == "127.0.0.44"]
+    assert rec["tls"] == "TLSv1.3"
+
+
 def test_oversize_auth_http_request_is_refused(stack: Stack) -> None:
     answer = auth_http_request(stack, b"X-Filler: " + b"a" * 40000 + b"\r\n")
     assert answer.startswith(b"HTTP/1.0 400")

@@ -65,6 +65,9 @@ def test_percent_encoded_crlf_in_auth_user_is_decoded_not_obeyed() -> None:
     lambda r: r.replace(b"Auth-User: alice@example.org", b"Auth-User: a\x00b"),
     lambda r: r.replace(b"Auth-User: alice@example.org", b"Auth-User: a%zzb"),
     lambda r: r.replace(b"Auth-Method: plain", b"Auth-\x7fMethod: plain"),  # DEL in a name
+    # The auth log's unquoted tls= field, written as sent: fields forged after it.
+    lambda r: r.replace(b"Auth-Protocol: smtp", b'Auth-Protocol: smtp\r\nAuth-SSL: on\r\n'
+                        b'Auth-SSL-Protocol: TLSv1.3 user="root@example.org"'),
     lambda r: r.replace(b"Host: 127.0.0.1", b" folded"),
     lambda r: r.replace(b"Auth-Login-Attempt: 2", b"Auth-Login-Attempt: -1"),
     lambda r: r + b"body",
@@ -90,6 +93,14 @@ def test_what_a_client_typed_in_another_charset_is_its_login_not_a_bad_request(
         NGINX_REQUEST.replace(header + b": " + default, header + b": " + sent))
     assert req is not None
     assert (req.unreadable, req.user, req.password) == (unreadable, user, password)
+
+
+@pytest.mark.parametrize("name", [b"TLSv1.3", b"TLSv1", b"SSLv3", b"DTLSv1.2", b"unknown"])
+def test_openssls_protocol_names_are_taken(name: bytes) -> None:
+    req = parse_request(NGINX_REQUEST.replace(
+        b"Auth-Protocol: smtp", b"Auth-Protocol: smtp\r\nAuth-SSL: on\r\nAuth-SSL-Protocol: " + name
+    )[:-4])
+    assert req.tls_version == name.decode()
 
 
 def test_oversize_request_is_refused_before_its_end() -> None:

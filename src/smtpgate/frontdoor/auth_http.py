@@ -38,6 +38,7 @@ xtext-encoded: ASCII with no space or control character).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from smtpgate.client.engine import xtext
@@ -53,6 +54,10 @@ MAX_HEADERS = 64
 #: keeps memory per attempt until the session ends. After this many, a failure
 #: ends the session.
 MAX_WAITED_ATTEMPTS = 10
+#: ``Auth-SSL-Protocol`` as nginx writes it: OpenSSL's protocol name, one token
+#: (``TLSv1.3``). It becomes the auth log's unquoted ``tls=`` field, where a space
+#: or a quote would let the sender write fields of its own.
+_TLS_PROTOCOL = re.compile(r"[A-Za-z0-9._-]{1,32}")
 
 
 class AuthHttpError(ValueError):
@@ -211,6 +216,9 @@ def parse_request(head: bytes) -> AuthHttpRequest:
     password = _utf8(percent_decode(headers.get("auth-pass", "")))
     unreadable = "Auth-User" if user is None else "Auth-Pass" if password is None else ""
     ssl = headers.get("auth-ssl", "").lower() == "on"
+    tls_protocol = headers.get("auth-ssl-protocol") or "unknown"
+    if not _TLS_PROTOCOL.fullmatch(tls_protocol):
+        raise AuthHttpError("Auth-SSL-Protocol is not a protocol name")
     return AuthHttpRequest(
         method=method,
         user=user or "",
@@ -220,7 +228,7 @@ def parse_request(head: bytes) -> AuthHttpRequest:
         attempt=int(attempt_text),
         client_ip=client_ip,
         client_host=headers.get("client-host", ""),
-        tls_version=(headers.get("auth-ssl-protocol") or "unknown") if ssl else None,
+        tls_version=tls_protocol if ssl else None,
         helo=headers.get("auth-smtp-helo", ""),
         smtp_from=headers.get("auth-smtp-from", ""),
         smtp_to=headers.get("auth-smtp-to", ""),

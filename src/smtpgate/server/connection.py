@@ -32,6 +32,7 @@ from smtpgate.smtp.events import (
     MessageStart,
     StartTls,
 )
+from smtpgate.smtp.peer_address import reported_address
 from smtpgate.tls.native_session import NativeServerSession, ServerNameNotAscii
 from smtpgate.tls.session import TlsError, TlsServerSession, open_server_session
 from smtpgate.web.log_budget import LogBudget
@@ -210,6 +211,11 @@ class SmtpConnection(asyncio.Protocol):
         self.transport = tr = cast(asyncio.Transport, transport)
         peer = tr.get_extra_info("peername") or ("", 0)
         self.client_ip, self.client_port = str(peer[0]), int(peer[1])
+        if self.client_ip.startswith("::ffff:"):
+            # An IPv4 client of a dual-stack listener ([::]:587): its IPv4 address,
+            # as the guard counts it and as a firewall (fail2ban's iptables ban)
+            # can refuse it; '::ffff:192.0.2.7' in the auth log banned nothing.
+            self.client_ip = reported_address(self.client_ip) or self.client_ip
         self.decisions.peer = Peer(self.session_id, self.listener.name, self.client_ip,
                                    self.client_port)
         self.engine.xclient_trusted = self.listener.trusts_xclient(self.client_ip)

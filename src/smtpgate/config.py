@@ -788,6 +788,12 @@ class LdapConfig(Model):
         if parsed.path not in ("", "/") or parsed.query or parsed.fragment:
             raise ValueError(f"{v!r}: only ldaps://host[:port] or ldap://host[:port]; "
                              "the search base is base_dn")
+        if "@" in parsed.netloc:
+            # Never used to bind, and the url is in every directory log line,
+            # config check and status: a password there would be in all of them.
+            # The error does not repeat the value, for the same reason.
+            raise ValueError("holds a user name or password before '@'; remove it: the "
+                             "service account is bind_dn, its password bind_password_file")
         return v
 
     @field_validator("user_filter", "enabled_filter", "group_filter")

@@ -119,3 +119,15 @@ def test_cleartext_to_a_remote_directory_is_refused_in_any_letter_case(
 def test_an_upper_case_ldaps_url_is_tls(base: Path) -> None:
     cfg = parse_config(ldap(url='"LDAPS://ldap.example.org"', starttls="false"), base)
     assert not cfg.accounts.ldap.cleartext
+
+
+@pytest.mark.parametrize("url", [
+    '"ldaps://admin:s3cret@ldap.example.org"',
+    '"ldap://cn=admin,dc=example,dc=org:s3cret@127.0.0.1:389"',
+])
+def test_credentials_in_the_url_are_refused_without_repeating_them(base: Path, url: str) -> None:
+    """A user and password before '@' were accepted and never used to bind, and the
+    url is in every directory log line, config check and status."""
+    found = problems(ldap(url=url), base)
+    assert "bind_password_file" in found["accounts.ldap.url"]
+    assert "s3cret" not in " ".join(found.values())

@@ -531,6 +531,57 @@ def test_both_login_names_of_an_entry_share_one_guard_count(
         srv.stop()
 
 
+def _scram_salt(server: Server, source: str, name: str) -> str:
+    """The salt server-first shows ``name`` (the exchange is then cancelled)."""
+    r = connect(server, source)
+    try:
+        first = base64.b64encode(f"n,,n={name},r=probe-nonce-1".encode()).decode()
+        reply = r.cmd(f"AUTH SCRAM-SHA-256 {first}")
+        assert reply.startswith("334 "), reply
+        attrs = dict(a.split("=", 1) for a in base64.b64decode(reply[4:]).decode().split(","))
+        r.cmd("*")
+        return attrs["s"]
+    finally:
+        r.close()
+
+
+def test_a_plain_login_name_in_another_case_tells_nothing_of_whether_it_exists(
+    slapd: Slapd, tmp_path: Path,
+) -> None:
+    """A login name that is no address (``uid``, AD's ``sAMAccountName``) logs in
+    without letter case, so every spelling of bob's uid shares his guard count and his
+    SCRAM salt. An unknown one must do the same: when ``ghost`` and ``GHOST`` were
+    counted and salted apart, three guesses at ``ghost`` then one at ``GHOST`` got
+    ``535`` (a fresh count) where bob's uid in capitals got ``454``, and ``GHOST``
+    showed another salt than ``ghost`` where bob's showed one: whether a uid exists
+    could be read off either."""
+    guard = ("\n[guard]\nallowlist = []\nlockout_threshold = 3\npenalty_base = 0.0\n"
+             "penalty_max = 0.0\nspray_accounts = 50\n")
+    srv, _, dns = _server(tmp_path / "srv", guard)
+    text = srv.config.read_text()
+    srv.config.write_text(text.replace("[accounts.ldap]\n", "[accounts.ldap]\n"
+        'user_filter = "(&(objectClass=inetOrgPerson)(|(mail={login})(uid={login})))"\n'
+        'login_attributes = ["mail", "uid"]\n', 1))
+    uid = dns[BOB].split(",")[0].split("=", 1)[1]
+    ghost = "ghost.example.org"
+    srv.start()
+    try:
+        assert login(srv, uid, BOB_PW) == (235, b"")
+        wait_for_scram_keys(srv, BOB)  # bob's salt is now his own, not a decoy's
+        for i, name in enumerate((uid, ghost)):
+            salts = {_scram_salt(srv, f"127.0.8.{10 * i + k}", spelling)
+                     for k, spelling in enumerate((name, name.upper(), name.title()))}
+            assert len(salts) == 1, (name, salts)
+        for i, name in enumerate((uid, ghost)):
+            source = f"127.0.9.{i + 1}"
+            replies = [guard_login(srv, source, name, f"guess {k}")[:3] for k in range(3)]
+            assert replies == ["535"] * 3, (name, replies)
+            again = guard_login(srv, source, name.upper(), "guess 4")
+            assert again.startswith("454 4.7.0 Too many failed logins for this account"), (name, again)
+    finally:
+        srv.stop()
+
+
 def test_serve_starts_while_the_directory_is_down_and_logins_follow_it(
     slapd: Slapd, tmp_path: Path,
 ) -> None:

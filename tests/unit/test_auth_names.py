@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from smtpgate.auth.names import InvalidAccountName, canonical_name, lookup_key, new_account_name
+from smtpgate.auth.names import (
+    InvalidAccountName,
+    canonical_name,
+    lookup_key,
+    name_key,
+    new_account_name,
+)
 from smtpgate.smtp.address import AddressError, parse_mailbox
 
 
@@ -68,6 +74,20 @@ def test_the_refusal_says_what_is_wrong_with_the_name(bad: str, why: str) -> Non
 def test_lookup_key_passes_invalid_names_through() -> None:
     assert lookup_key("Bob@EXAMPLE.com") == "bob@example.com"
     assert lookup_key("not an address") == "not an address"
+
+
+@pytest.mark.parametrize(("given", "key"), [
+    ("Alice@Example.ORG", "alice@example.org"),   # an address: its canonical spelling
+    ("GHOST", "ghost"),                           # a plain name (uid, sAMAccountName)
+    ("Ghost.Example.Org", "ghost.example.org"),
+    ("ghost", "ghost"),
+    ("Ghost@@x", "Ghost@@x"),                     # no address, and not plain: as it is
+])
+def test_name_key_is_one_spelling_as_the_directory_compares(given: str, key: str) -> None:
+    """An unknown plain name is counted and salted under its lower case, as a
+    directory finds a real one (docs/protection.md): else GHOST after ghost's
+    lockout, or another salt, would tell that the uid ghost does not exist."""
+    assert name_key(given) == key
 
 
 def test_a_local_part_lower_cased_into_a_decomposed_letter_is_composed_again() -> None:

@@ -168,12 +168,12 @@ class AccountDirectory(Protocol):
 
     def login_identity(self, name: str) -> str:
         """The one name of the account ``name`` logs in as (the same for each of its
-        login names), or ``lookup_key(name)`` if no account has that login.
+        login names), or ``name_key(name)`` if no account has that login.
 
         The guard counts failures and locks under this key (docs/protection.md),
         so that every name of one account (AD's UPN and ``sAMAccountName``, an
         LDAP entry's ``uid`` and each of its ``mail`` values) shares one count. A hash-holding backend's names are already canonical: it
-        answers ``lookup_key(name)`` without I/O. A bind-only backend searches (a
+        answers ``name_key(name)`` without I/O. A bind-only backend searches (a
         search does not count toward the directory's own lockout; a bind does).
         """
         ...

@@ -62,7 +62,7 @@ from smtpgate.auth.ldap_directory import (
     LdapDirectory,
     read_password_file,
 )
-from smtpgate.auth.names import lookup_key
+from smtpgate.auth.names import lookup_key, name_key
 from smtpgate.auth.store import SqliteAccountStore
 from smtpgate.config import Config
 
@@ -206,7 +206,7 @@ class LdapAccountStore:
         # A search as the service account, no bind: the directory's lockout is not
         # touched. Every login name of an entry gives the entry's one name.
         entry = self._entry(name)
-        return lookup_key(name) if entry is None else entry.canonical
+        return name_key(name) if entry is None else entry.canonical
 
     def aliases(self, name: str) -> list[str]:
         entry = self._entry(name)

@@ -187,6 +187,22 @@ def lookup_key(name: str) -> str:
         return name
 
 
+def name_key(name: str) -> str:
+    """The one spelling a client-supplied name is counted and salted under when it
+    may be no account: the canonical one for an address (``lookup_key``), and a
+    plain name (no ``@``: an LDAP ``uid``, AD's ``sAMAccountName``) in lower case.
+
+    A directory finds a plain login name without letter case
+    (``ldap_directory._is_login``), so every capitalisation of a real one reaches
+    its account, its one guard count and its one SCRAM salt. An unknown name must
+    behave the same, or ``GHOST`` after three guesses at ``ghost`` (a fresh count,
+    ``535``, where a real uid gets ``454``), or two salts where a real uid shows
+    one, would tell a prober which names exist. A name with an ``@`` that is no
+    valid address is compared as it is, by the directory as here.
+    """
+    return name.lower() if "@" not in name else lookup_key(name)
+
+
 def _bad_char(c: str) -> bool:
     return c.isspace() or unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")
 

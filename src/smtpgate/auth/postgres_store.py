@@ -94,7 +94,7 @@ from smtpgate.auth.credentials import ARGON2ID, CRAM_MD5
 from smtpgate.auth.directory import Account, AppPassword, CertificateRecord, StoreUnavailable
 from smtpgate.auth.fail_fast import FailFast
 from smtpgate.auth.legacy_hashes import LEGACY
-from smtpgate.auth.names import lookup_key
+from smtpgate.auth.names import lookup_key, name_key
 from smtpgate.auth.outage_log import OutageLog
 from smtpgate.auth.passwords import PasswordHasher, StoredHashError
 from smtpgate.auth.postgres_probe import answers
@@ -1014,7 +1014,7 @@ class PostgresAccountStore:
             raise StoreUnavailable(f"{self._label}: account {name}: {e}") from e
 
     def login_identity(self, name: str) -> str:
-        return lookup_key(name)  # names are stored canonical: one spelling per account
+        return name_key(name)  # names are stored canonical: one spelling per account
 
     def aliases(self, name: str) -> list[str]:
         with self._conn() as c:

@@ -107,7 +107,7 @@ from smtpgate.auth.directory import (
 )
 from smtpgate.auth.legacy_hashes import LEGACY
 from smtpgate.auth.loop_reads import Missed, loop_reads_for
-from smtpgate.auth.names import lookup_key
+from smtpgate.auth.names import lookup_key, name_key
 from smtpgate.auth.networks import in_networks, parse_ip, parse_networks
 from smtpgate.auth.passwords import (
     PasswordHasher,
@@ -1025,19 +1025,20 @@ class AuthService:
         scheme = SCRAM_SCHEMES.get(q.hash_name)
         if scheme is None:
             raise _Temporary(f"no SCRAM scheme for hash {q.hash_name!r}")
-        # Every NotFound names the key the name was looked up under, so the decoy
-        # salt is the same for each spelling of it, as a real account's is.
+        # Every NotFound names the one spelling of the name (``name_key``), so the
+        # decoy salt is the same for each spelling of it, as a real account's is.
         key = lookup_key(q.username)
+        decoy = name_key(key)
         account, data = await self._read_row(self._load, key, scheme)
         if account is None:
-            return Resolution(NotFound(reason=UNKNOWN_USER, name=key))
+            return Resolution(NotFound(reason=UNKNOWN_USER, name=decoy))
         if refusal := _mechanism_refusal(account, q.mechanism.upper(), ctx):
-            return Resolution(NotFound(reason=refusal[1], name=key), refusal=refusal[0])
+            return Resolution(NotFound(reason=refusal[1], name=decoy), refusal=refusal[0])
         if expired := self._expired(account):
-            return Resolution(NotFound(reason=expired, name=key), refusal=REFUSED_EXPIRED)
+            return Resolution(NotFound(reason=expired, name=decoy), refusal=REFUSED_EXPIRED)
         if data is None:
             why = f"no {scheme} keys for account (made at next PLAIN/LOGIN login)"
-            return Resolution(NotFound(reason=why, name=key))
+            return Resolution(NotFound(reason=why, name=decoy))
         return Resolution(decode_scram(data))
 
     async def _lookup_cram_md5(self, q: LookupCramMd5, ctx: AuthContext) -> Resolution:

@@ -70,7 +70,7 @@ from smtpgate.auth.directory import (
     StoreUnavailable,
 )
 from smtpgate.auth.legacy_hashes import LEGACY
-from smtpgate.auth.names import lookup_key, unified_spelling
+from smtpgate.auth.names import lookup_key, name_key, unified_spelling
 from smtpgate.auth.passwords import PasswordHasher, StoredHashError
 from smtpgate.auth.sqlite_file import NewerSchema, ThreadLocalSqlite
 from smtpgate.config import AccountsConfig
@@ -916,7 +916,7 @@ class SqliteAccountStore(ThreadLocalSqlite):
             raise StoreUnavailable(f"{self._label} {self._path}: account {name}: {e}") from e
 
     def login_identity(self, name: str) -> str:
-        return lookup_key(name)  # names are stored canonical: one spelling per account
+        return name_key(name)  # names are stored canonical: one spelling per account
 
     def aliases(self, name: str) -> list[str]:
         with self._errors():

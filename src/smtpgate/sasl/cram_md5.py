@@ -152,8 +152,9 @@ MAX_RESPONSE_OCTETS = 1024 + 33
 
 
 def default_cram_nonce() -> str:
-    """``digits.digits`` like RFC 2195's example, from ``secrets`` (no clock read)."""
-    return f"{secrets.randbelow(10**10)}.{secrets.randbelow(10**10)}"
+    """``digits.digits`` like RFC 2195's example, from ``secrets`` (no clock read):
+    ten digits each, leading zeros kept, so every challenge has one length."""
+    return f"{secrets.randbelow(10**10):010d}.{secrets.randbelow(10**10):010d}"
 
 
 _DECOY_SECRET = CramMd5Secret(inner=secrets.token_bytes(16), outer=secrets.token_bytes(16))

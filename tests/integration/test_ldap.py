@@ -26,10 +26,12 @@ from pathlib import Path
 
 import pytest
 
+from smtpgate.sasl.scram import ScramClient
 from tests.peers.slapd import SERVICE_DN, SERVICE_PW, Slapd, shared_slapd
 
 from .conftest import Server, make_server, require_tool
 from .ldap_setup import LdapSetup
+from .sasl_wire import WireSmtp
 from .test_protection import connect
 from .test_protection import login as guard_login
 
@@ -578,6 +580,54 @@ def test_a_plain_login_name_in_another_case_tells_nothing_of_whether_it_exists(
             assert replies == ["535"] * 3, (name, replies)
             again = guard_login(srv, source, name.upper(), "guess 4")
             assert again.startswith("454 4.7.0 Too many failed logins for this account"), (name, again)
+    finally:
+        srv.stop()
+
+
+def test_an_authzid_that_repeats_a_plain_login_name_logs_in(
+    slapd: Slapd, tmp_path: Path,
+) -> None:
+    """RFC 4616 §2: an authzid equal to the authcid asks to act as oneself. Clients
+    that always send one (Postfix's SMTP client through Cyrus SASL sends
+    ``user\\0user\\0pass``) logged in by uid got ``535`` with the right password:
+    the authzid was compared with the entry's address only (``authorization
+    identity differs from account``).
+    Any spelling of the name logged in with, or the account's address, will do; the
+    uid of another entry is still refused, through PLAIN and SCRAM alike."""
+    srv, _, dns = _server(tmp_path / "srv")
+    text = srv.config.read_text()
+    srv.config.write_text(text.replace("[accounts.ldap]\n", "[accounts.ldap]\n"
+        'user_filter = "(&(objectClass=inetOrgPerson)(|(mail={login})(uid={login})))"\n'
+        'login_attributes = ["mail", "uid"]\n', 1))
+    uid = dns[BOB].split(",")[0].split("=", 1)[1]
+    alice_uid = dns[ALICE].split(",")[0].split("=", 1)[1]
+    srv.start()
+    try:
+        for authzid in (uid, uid.upper(), BOB):
+            r = connect(srv, "127.0.0.1")
+            try:
+                reply = r.cmd("AUTH PLAIN " + base64.b64encode(
+                    f"{authzid}\0{uid}\0{BOB_PW}".encode()).decode())
+            finally:
+                r.close()
+            assert reply.startswith("235 2.7.0"), (authzid, reply)
+        wait_for_scram_keys(srv, BOB)
+        with WireSmtp(srv.submissions, srv.ca, tls="implicit") as w:
+            done = w.auth(ScramClient("sha256", uid, BOB_PW, authzid=uid))
+        assert done.final.code == 235, done
+        r = connect(srv, "127.0.0.1")
+        try:
+            reply = r.cmd("AUTH PLAIN " + base64.b64encode(
+                f"{alice_uid}\0{uid}\0{BOB_PW}".encode()).decode())
+        finally:
+            r.close()
+        assert reply.startswith("535 5.7.8"), reply
+        with WireSmtp(srv.submissions, srv.ca, tls="implicit") as w:
+            done = w.auth(ScramClient("sha256", uid, BOB_PW, authzid=alice_uid))
+        assert done.final.code == 535 and done.challenges[-1] == b"e=other-error", done
+        records = [json.loads(x) for x in (srv.root / "auth.log").read_text().splitlines()]
+        refused = [x["reason"] for x in records if x["result"] == "failure"]
+        assert refused == ["authorization identity differs from account"] * 2, refused
     finally:
         srv.stop()
 

@@ -245,17 +245,20 @@ def _prepared_name(name: str) -> str:
         return name
 
 
-def _names_another(account: Account, authzid: str) -> bool:
-    """True when a PLAIN or SCRAM ``authzid`` names someone other than ``account``.
+def _names_another(account: Account, authzid: str, login: str) -> bool:
+    """True when a PLAIN or SCRAM ``authzid`` names someone other than ``account``,
+    which ``login`` (the authcid) logged in as.
 
     We have no proxy authorization (RFC 4616 §2 and RFC 5802 §5.1 leave it to the
-    server), so the authzid may only name the account itself, in any spelling a
-    login name may have: letter case (``auth/names.py``) and SASLprep's mappings
-    (NFD, full-width letters), as the user name itself is matched."""
+    server), so the authzid may only name the account itself: its address, or the
+    name it logged in with (a directory's plain ``uid``, which clients that always
+    send an authzid repeat), in any spelling a login name may have: letter case
+    (``auth/names.py``) and SASLprep's mappings (NFD, full-width letters), as the
+    user name itself is matched."""
     if not authzid:
         return False
-    key = lookup_key(authzid)
-    return account.name not in (key, _prepared_name(key))
+    own = {account.name, name_key(_prepared_name(login))}
+    return not own & {name_key(authzid), name_key(_prepared_name(authzid))}
 
 
 def _untrusted_thread() -> None:
@@ -811,7 +814,7 @@ class AuthService:
             await self._burn(q.password, lane)
             return Resolution(Verdict(ok=False, reason=UNKNOWN_USER))
         refusal = _mechanism_refusal(account, mechanism, ctx)
-        if refusal is None and _names_another(account, q.authzid):
+        if refusal is None and _names_another(account, q.authzid, q.username):
             refusal = (REFUSED_POLICY, AUTHZID_REFUSED)
         if refusal is not None:
             await self._burn(q.password, lane)
@@ -1061,7 +1064,7 @@ class AuthService:
         if account is None:
             return Resolution(Verdict(ok=False, reason=UNKNOWN_USER))
         refusal = _mechanism_refusal(account, mechanism, ctx)
-        if refusal is None and _names_another(account, q.authzid):
+        if refusal is None and _names_another(account, q.authzid, q.username):
             refusal = (REFUSED_POLICY, AUTHZID_REFUSED)
         if refusal is not None:
             return Resolution(Verdict(ok=False, reason=refusal[1]), refusal=refusal[0])

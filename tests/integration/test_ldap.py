@@ -26,11 +26,13 @@ from pathlib import Path
 
 import pytest
 
+from smtpgate.sasl.oauth import OAuthBearerClient, XOAuth2Client
 from smtpgate.sasl.scram import ScramClient
 from tests.peers.slapd import SERVICE_DN, SERVICE_PW, Slapd, shared_slapd
 
 from .conftest import Server, make_server, require_tool
 from .ldap_setup import LdapSetup
+from .oauth_issuer import LocalIssuer
 from .sasl_wire import WireSmtp
 from .test_protection import connect
 from .test_protection import login as guard_login
@@ -628,6 +630,44 @@ def test_an_authzid_that_repeats_a_plain_login_name_logs_in(
         records = [json.loads(x) for x in (srv.root / "auth.log").read_text().splitlines()]
         refused = [x["reason"] for x in records if x["result"] == "failure"]
         assert refused == ["authorization identity differs from account"] * 2, refused
+    finally:
+        srv.stop()
+
+
+def test_a_bearer_token_for_the_account_of_the_uid_named_logs_in(
+    slapd: Slapd, tmp_path: Path,
+) -> None:
+    """docs/oauth.md: a name the client gives (OAUTHBEARER's ``a=``, XOAUTH2's
+    ``user=``) must be the same account as the token's. A client set up with the
+    uid it logs in with by password named that uid and got ``535`` for a good token
+    of the entry's address (``token identity differs from the username given``):
+    the name was compared as an address only. It is now resolved as a login name;
+    another entry's uid is still refused."""
+    issuer = LocalIssuer()
+    jwks = issuer.write_jwks(tmp_path / "srv" / "jwks.json")
+    srv, _, dns = _server(tmp_path / "srv", issuer.config(str(jwks)))
+    text = srv.config.read_text()
+    srv.config.write_text(text.replace("[accounts.ldap]\n", "[accounts.ldap]\n"
+        'user_filter = "(&(objectClass=inetOrgPerson)(|(mail={login})(uid={login})))"\n'
+        'login_attributes = ["mail", "uid"]\n', 1).replace(
+        "\n[auth]\n", '\n[auth]\nmechanisms = ["OAUTHBEARER", "XOAUTH2", "PLAIN"]\n', 1))
+    uid = dns[BOB].split(",")[0].split("=", 1)[1]
+    alice_uid = dns[ALICE].split(",")[0].split("=", 1)[1]
+    token = issuer.token(BOB)
+    srv.start()
+    try:
+        for name in (uid, uid.upper(), BOB):
+            for mech in (OAuthBearerClient(name, token), XOAuth2Client(name, token)):
+                with WireSmtp(srv.submissions, srv.ca, tls="implicit") as w:
+                    done = w.auth(mech)
+                assert done.final.code == 235, (name, mech.name, done)
+        for mech in (OAuthBearerClient(alice_uid, token), XOAuth2Client(alice_uid, token)):
+            with WireSmtp(srv.submissions, srv.ca, tls="implicit") as w:
+                done = w.auth(mech)
+            assert done.final.code == 535, (mech.name, done)
+        records = [json.loads(x) for x in (srv.root / "auth.log").read_text().splitlines()]
+        refused = [x["reason"] for x in records if x["result"] == "failure"]
+        assert refused == ["token identity differs from the username given"] * 2, refused
     finally:
         srv.stop()
 

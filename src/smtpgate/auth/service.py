@@ -1071,6 +1071,18 @@ class AuthService:
         self._record_login(account, mechanism)
         return Resolution(Verdict(ok=True, identity=account.name))
 
+    async def _one_account(self, login: str, name: str) -> bool:
+        """Whether ``login``, the name a bearer client gave, logs in to the account
+        ``name`` its token names: the same address in any spelling, or, with a
+        directory, another login name of the entry (the uid its owner logs in with by
+        password; two searches, made only when the names differ)."""
+        if lookup_key(login) == name:
+            return True
+        if not self._directory.verifies_passwords:
+            return False  # names are stored canonical: one spelling per account
+        given = await self._read(self._directory.login_identity, _prepared_name(login))
+        return given == await self._read(self._directory.login_identity, name)
+
     async def _verify_token(self, q: VerifyToken, ctx: AuthContext) -> Resolution:
         if self._verifier is None:
             return Resolution(Verdict(ok=False, reason=OAUTH_NOT_CONFIGURED))
@@ -1087,7 +1099,7 @@ class AuthService:
         if not identity:
             return Resolution(Verdict(ok=False, reason="token names no identity"))
         name = lookup_key(identity)
-        if q.username and lookup_key(q.username) != name:
+        if q.username and not await self._one_account(q.username, name):
             differs = "token identity differs from the username given"
             return Resolution(Verdict(ok=False, reason=differs))
         # A token proves an identity; sending mail still needs a local account,

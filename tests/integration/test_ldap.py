@@ -627,11 +627,16 @@ def test_an_authzid_that_repeats_a_plain_login_name_logs_in(
         with WireSmtp(srv.submissions, srv.ca, tls="implicit") as w:
             done = w.auth(ScramClient("sha256", uid, BOB_PW, authzid=alice_uid))
         assert done.final.code == 535 and done.challenges[-1] == b"e=other-error", done
-        records = [json.loads(x) for x in (srv.root / "auth.log").read_text().splitlines()]
-        refused = [x["reason"] for x in records if x["result"] == "failure"]
+        refused = refused_reasons(srv)
         assert refused == ["authorization identity differs from account"] * 2, refused
     finally:
         srv.stop()
+
+
+def refused_reasons(srv: Server) -> list[str]:
+    """The reasons of the auth log's failed logins, in order."""
+    records = [json.loads(x) for x in (srv.root / "auth.log").read_text().splitlines()]
+    return [x["reason"] for x in records if x["result"] == "failure"]
 
 
 def test_a_bearer_token_for_the_account_of_the_uid_named_logs_in(
@@ -665,8 +670,7 @@ def test_a_bearer_token_for_the_account_of_the_uid_named_logs_in(
             with WireSmtp(srv.submissions, srv.ca, tls="implicit") as w:
                 done = w.auth(mech)
             assert done.final.code == 535, (mech.name, done)
-        records = [json.loads(x) for x in (srv.root / "auth.log").read_text().splitlines()]
-        refused = [x["reason"] for x in records if x["result"] == "failure"]
+        refused = refused_reasons(srv)
         assert refused == ["token identity differs from the username given"] * 2, refused
     finally:
         srv.stop()

@@ -168,3 +168,34 @@ def test_a_file_from_before_is_converted_once_at_open(tmp_path: Path) -> None:
     finally:
         c.close()
     assert size(path) < before // 4
+
+
+def test_a_connection_opened_while_another_process_writes_reads_at_once(tmp_path: Path) -> None:
+    """A worker opens a connection per thread (and one that never waits, for the
+    loop's reads) when it first needs one. Setting ``auto_vacuum`` on each took the
+    write lock, so a worker whose first login came while a backup or an ``sqlite3``
+    shell held it found the guard's reads failing (the loop's at once, the thread's
+    after the busy timeout) and refused even its owners' known addresses."""
+    path = tmp_path / "guard.sqlite"
+    store = SqliteGuardStore(path)
+    counters = SqliteRateCounters(path)
+    count_failure(store, RecordedFailure(1.0, "192.0.2.1", "192.0.2.0/24",
+                                         "alice@example.org", False, True), T)
+    holder = sqlite3.connect(path, isolation_level=None, timeout=0)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with store.without_waiting():  # a new connection, busy timeout 0
+            snap = store.snapshot("192.0.2.1", "192.0.2.0/24", "alice@example.org", 2.0, 3600)
+        assert snap.penalty_failures == 1
+        with counters.without_waiting():
+            assert counters.usage(["alice@example.org"], 0) == {"alice@example.org": (0, 0)}
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+        counters.close()
+        store.close()
+    c = sqlite3.connect(path)
+    try:
+        assert c.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # a new file is still made so
+    finally:
+        c.close()

@@ -41,10 +41,16 @@ MIN_FREE_PAGES = 64
 
 
 def configure(conn: sqlite3.Connection) -> None:
-    """Per connection, before anything else: a new file is made with incremental
-    auto-vacuum (a no-op for an existing one until it is converted), and the WAL
-    is cut back after a checkpoint."""
-    conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+    """Per connection, before anything else: a new (empty) file is made with
+    incremental auto-vacuum, and the WAL is cut back after a checkpoint.
+
+    Setting ``auto_vacuum`` takes the write lock even when the file already has
+    that value, so it is set only while the file has no page yet: a worker's new
+    connection must read while another process (a backup, an ``sqlite3`` shell)
+    holds the write lock, as WAL readers do. An existing file is converted by
+    ``use_incremental_vacuum``."""
+    if conn.execute("PRAGMA page_count").fetchone()[0] == 0:
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
     conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from smtpgate.queue.blanks import STOCK
 from smtpgate.smtp import replies as R
 from smtpgate.tls.certs import write_self_signed
 
@@ -141,10 +142,10 @@ def test_workers_write_messages_into_blanks_the_delivery_process_made(
     blank_dir = srv.root / "spool" / "blank"
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and (
-            not blank_dir.is_dir() or len(os.listdir(blank_dir)) < 512):
+            not blank_dir.is_dir() or len(os.listdir(blank_dir)) < STOCK):
         time.sleep(0.1)
     first = set(os.listdir(blank_dir))
-    assert len(first) == 512
+    assert len(first) == STOCK
     with smtplib.SMTP_SSL("127.0.0.1", srv.submissions, context=srv.client_context()) as s:
         s.login(USER, PASSWORD)
         for i in range(100):

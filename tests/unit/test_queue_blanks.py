@@ -109,7 +109,7 @@ async def test_spool_stores_a_message_in_a_claimed_blank(tmp_path: Path) -> None
     try:
         sp.make_blanks()
         blank_dir = tmp_path / "spool" / blanks.DIRECTORY
-        for _ in range(100):
+        for _ in range(400):
             if len(os.listdir(blank_dir)) >= blanks.STOCK:
                 break
             await asyncio.sleep(0.05)

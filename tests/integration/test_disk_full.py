@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from smtpgate.queue.blanks import INODE_RESERVE, STOCK
+
 from .conftest import IN_CI, PASSWORD, SMTPGATE, USER, Server, make_server, require_tool
 
 MB = 1024 * 1024
@@ -213,3 +215,43 @@ def test_a_full_maildir_defers_with_4_3_1_and_delivers_once_there_is_room(
     assert _delivered_tags(server) == ["big", "small"]
     assert server.cli("queue", "list").stdout.startswith("the queue is empty")
     assert server.stop() == 0
+
+
+def test_the_blank_stock_leaves_a_small_file_systems_inodes_to_other_files(
+    server: Server,
+) -> None:
+    """The spool on a file system of 12,000 inodes: the delivery process's stock of
+    blank files (queue/blanks.py) stops where 10,000 stay free, instead of taking
+    every inode the Maildir, the databases and the logs need; when other files take
+    the file system under that, blanks are given back; mail flows throughout, and
+    the log says once, not every few seconds, why blanks are held back."""
+    spool = server.root / "spool"
+    _on_tmpfs(server, spool, "64m,nr_inodes=12000")
+    blank_dir = _seen_by_server(server, spool) / "blank"
+    _wait_for("the blank stock", lambda: blank_dir.is_dir() and len(os.listdir(blank_dir)) > 100)
+
+    def settled() -> int:
+        """The blank count once it stopped changing."""
+        last = -1
+        while (n := len(os.listdir(blank_dir))) != last:
+            last = n
+            time.sleep(0.5)
+        return n
+
+    made = settled()
+    assert made < STOCK
+    assert os.statvfs(blank_dir).f_favail >= INODE_RESERVE
+    # Other files take the file system 300 inodes under the reserve.
+    junk = _seen_by_server(server, spool) / "other-files"
+    junk.mkdir()
+    for i in range(os.statvfs(blank_dir).f_favail - INODE_RESERVE + 300):
+        (junk / str(i)).touch()
+    _wait_for("blanks given back", lambda: os.statvfs(blank_dir).f_favail >= INODE_RESERVE)
+    assert settled() <= made - 300
+    for i in range(20):
+        assert _send(server, f"m{i}", 2000)[0] == 250
+    server.wait_for_mail(20)
+    assert _delivered_tags(server) == sorted(f"m{i}" for i in range(20))
+    log = server.log_text()
+    assert "gave back" in log
+    assert log.count("no blank files made") == 1, log

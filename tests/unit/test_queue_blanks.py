@@ -6,9 +6,12 @@ same file; a message written into a claimed blank is stored and delivered."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
 from pathlib import Path
+
+import pytest
 
 from smtpgate.queue import blanks
 from smtpgate.queue import slots as slots_mod
@@ -128,3 +131,60 @@ async def test_spool_stores_a_message_in_a_claimed_blank(tmp_path: Path) -> None
         assert data.endswith(b"Subject: blank\r\n\r\nhello\r\n")
     finally:
         await sp.close()
+
+
+class InodeCounts:
+    """``os.statvfs`` of a file system with ``total`` inodes, of which ``others``
+    are used by other files besides the blanks in ``directory``."""
+
+    def __init__(self, directory: Path, total: int, others: int) -> None:
+        self.directory, self.total, self.others = directory, total, others
+
+    def __call__(self, path: str) -> os.statvfs_result:
+        free = self.total - self.others - len(os.listdir(self.directory))
+        return os.statvfs_result((4096, 4096, 1 << 20, 1 << 19, 1 << 19,
+                                  self.total, free, free, 0, 255))
+
+
+def test_blanks_never_take_the_inodes_kept_for_other_files(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A file system with 10,030 free inodes: the stock stops at 30, so 10,000
+    (`INODE_RESERVE`) stay free for the Maildir, the databases and the logs. When
+    other files take the file system under the reserve, blanks are given back;
+    the reason none is made is logged once, not at every look."""
+    caplog.set_level(logging.INFO, logger="smtpgate.queue")
+    directory = tmp_path / "blank"
+    directory.mkdir()
+    fs = InodeCounts(directory, total=50_000, others=50_000 - blanks.INODE_RESERVE - 30)
+    maker = blanks.BlankMaker(str(directory), stock=40, statvfs=fs)
+    assert maker.top_up() == 30
+    assert len(os.listdir(directory)) == 30
+    for _ in range(5):
+        assert maker.top_up() == 0
+    held = [r for r in caplog.records if "no blank files made" in r.getMessage()]
+    assert len(held) == 1 and "10000 free inodes" in held[0].getMessage()
+    fs.others += 12  # a delivery, a rotated log...: 12 under the reserve now
+    assert maker.top_up() == 0
+    assert len(os.listdir(directory)) == 18  # 12 given back
+    assert len([r for r in caplog.records if "no blank files made" in r.getMessage()]) == 1
+    fs.others -= 20  # space again: blanks are made, and the log says so
+    assert maker.top_up() == 20
+    assert any("making blank files" in r.getMessage() for r in caplog.records)
+
+
+def test_the_reserve_is_a_tenth_of_a_large_file_system(tmp_path: Path) -> None:
+    directory = tmp_path / "blank"
+    directory.mkdir()
+    fs = InodeCounts(directory, total=1_000_000, others=1_000_000 - 100_000 - 7)
+    assert blanks.BlankMaker(str(directory), stock=40, statvfs=fs).top_up() == 7
+
+
+def test_a_file_system_that_counts_no_inodes_is_not_limited(tmp_path: Path) -> None:
+    """btrfs reports ``f_files`` 0: inodes are made as needed, nothing to keep."""
+    directory = tmp_path / "blank"
+    directory.mkdir()
+
+    def btrfs(path: str) -> os.statvfs_result:
+        return os.statvfs_result((4096, 4096, 1 << 20, 1 << 19, 1 << 19, 0, 0, 0, 0, 255))
+
+    assert blanks.BlankMaker(str(directory), stock=40, statvfs=btrfs).top_up() == 40

@@ -44,7 +44,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from smtpgate import mechanism_facts
 from smtpgate.config import Config, ListenerConfig, hostname_problem
 from smtpgate.plural import count
-from smtpgate.queue.space import free_bytes
+from smtpgate.queue.space import MIN_FREE_INODES, free_bytes, free_inodes
 from smtpgate.smtp import replies as R
 
 Severity = Literal["error", "warning"]
@@ -912,11 +912,19 @@ def check_spool_space(cfg: Config) -> list[Problem]:
         where = where.parent  # not made yet (init makes it): its file system
     if reserve <= 0:
         return []
+    full = R.INSUFFICIENT_STORAGE
+    out: list[Problem] = []
+    inodes = free_inodes(where)
+    if inodes is not None and inodes < MIN_FREE_INODES:
+        out.append(_warning("queue.spool",
+                            f"the spool's file system ({where}) has {inodes} free inodes, under "
+                            f"the {MIN_FREE_INODES} kept free: MAIL will be answered {full.code} "
+                            f"{full.enhanced} until files are removed (docs/operations.md, "
+                            f"\"Disk space\")"))
     free = free_bytes(where)
     if free >= reserve:
-        return []
-    full = R.INSUFFICIENT_STORAGE
-    return [_warning("queue.min_free_space",
+        return out
+    return [*out, _warning("queue.min_free_space",
                      f"the spool's file system ({where}) has {free // 1_000_000} MB free, under "
                      f"the {reserve // 1_000_000} MB kept in reserve: MAIL will be answered "
                      f"{full.code} {full.enhanced} until there is room (docs/operations.md, "

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from smtpgate.queue.blanks import INODE_RESERVE, STOCK
+from smtpgate.queue.space import MIN_FREE_INODES
 
 from .conftest import IN_CI, PASSWORD, SMTPGATE, USER, Server, make_server, require_tool
 
@@ -255,3 +256,53 @@ def test_the_blank_stock_leaves_a_small_file_systems_inodes_to_other_files(
     log = server.log_text()
     assert "gave back" in log
     assert log.count("no blank files made") == 1, log
+
+
+def test_mail_is_452_4_3_1_while_the_spool_file_system_is_out_of_inodes(tmp_path: Path) -> None:
+    """Bytes to spare but the inodes gone (the default reserve, spool on a real tmpfs
+    of 1,500 inodes that other files fill): MAIL is answered 452 4.3.1 instead of
+    every message failing at the end of its data, and mail flows again once files
+    are removed."""
+    srv = make_server(tmp_path / "srv", "\n[limits]\nmessages_per_hour = 0\n")
+    srv.add_user(USER, PASSWORD)
+    spool = srv.root / "spool"
+    _on_tmpfs(srv, spool, "200m,nr_inodes=1500")
+    try:
+        def mail_reply() -> tuple[int, bytes]:
+            with smtplib.SMTP_SSL("127.0.0.1", srv.submissions, timeout=30,
+                                  context=srv.client_context()) as s:
+                s.login(USER, PASSWORD)
+                return s.mail(USER)
+
+        assert mail_reply()[0] == 250
+        junk = _seen_by_server(srv, spool) / "other-files"
+        junk.mkdir()
+        for i in range(os.statvfs(junk).f_favail - (MIN_FREE_INODES - 100)):
+            (junk / str(i)).touch()
+        replies: set[tuple[int, bytes]] = set()
+        _wait_for("MAIL refused", lambda: replies.add(r := mail_reply()) or r[0] == 452)
+        # A worker answers by its last measurement and starts the next at most once a
+        # second: past that, a few MAILs bring both workers up to date.
+        time.sleep(1.1)
+        for _ in range(6):
+            mail_reply()
+        time.sleep(0.5)
+        assert {mail_reply() for _ in range(6)} == {(452, b"4.3.1 Insufficient system storage")}
+        assert replies <= {(250, b"2.1.0 Sender OK"), (452, b"4.3.1 Insufficient system storage")}
+        assert "free inodes, under the 1000 kept free" in srv.log_text()
+        checked = subprocess.run(["nsenter", "-t", str(srv.proc.pid), "-m",
+                                  *server_cli(srv, "config", "check")],
+                                 capture_output=True, text=True, timeout=60)
+        assert "queue.spool" in checked.stdout + checked.stderr
+        assert "free inodes, under the 1000 kept free" in checked.stdout + checked.stderr
+        for f in junk.iterdir():
+            f.unlink()
+        time.sleep(1.1)  # past each worker's last measurement: the next MAIL starts one
+        for _ in range(6):
+            mail_reply()
+        time.sleep(0.5)
+        assert {mail_reply() for _ in range(6)} == {(250, b"2.1.0 Sender OK")}
+        assert _send(srv, "after", 2000)[0] == 250
+        srv.wait_for_mail(1)
+    finally:
+        srv.stop()

@@ -81,6 +81,7 @@ def test_running_server_reports_itself(running: Server) -> None:
     assert server["metrics"] == f"http://{metrics.group(1)}/metrics"
     queue = dict(doc["queue"])
     assert queue.pop("free_bytes") > 0 and queue.pop("reserve_bytes") == 52_500_000
+    assert queue.pop("free_inodes") > 1000
     assert queue == {"messages": 0, "unreadable": 0, "set_aside": 0, "held": 0, "bytes": 0,
                      "oldest_age": None}
     assert doc["guard"]["blocks"] == 0
@@ -93,7 +94,8 @@ def test_running_server_reports_itself(running: Server) -> None:
     wait_status(srv, lambda s: zoned(s["config_loaded"]) > loaded)
     text = srv.cli("status").stdout
     assert f"running, pid {srv.proc.pid}" in text and "queue:        0 messages" in text
-    assert re.search(r"spool disk:   \d+ MB free, 52 MB kept in reserve \(queue.min_free_space\)\n",
+    assert re.search(r"spool disk:   \d+ MB free, 52 MB kept in reserve \(queue.min_free_space\); "
+                     r"\d+ inodes free\n",
                      text)
     assert f"web admin:    http://{admin.group(1)}/\n" in text
     assert f"metrics:      http://{metrics.group(1)}/metrics\n" in text

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 from pathlib import Path
 
 import pytest
 
 from smtpgate.queue import space as space_mod
-from smtpgate.queue.space import SpoolSpace, free_bytes, out_of_space
+from smtpgate.queue.space import MIN_FREE_INODES, SpoolSpace, free_bytes, free_inodes, out_of_space
 from smtpgate.queue.spool import SpoolError
 from smtpgate.smtp import replies as R
 
@@ -20,10 +21,14 @@ MB = 1_000_000
 class Disk:
     """A file system whose free space the test sets; counts the measurements."""
 
-    def __init__(self, free: int) -> None:
+    def __init__(self, free: int, inodes: int | None = None) -> None:
         self.free = free
+        self.inodes = inodes
         self.calls = 0
         self.fail = False
+
+    def free_inodes(self, path: Path) -> int | None:
+        return self.inodes
 
     def __call__(self, path: Path) -> int:
         self.calls += 1
@@ -40,9 +45,10 @@ class Clock:
         return self.now
 
 
-def gauge(free: int, reserve: int = 50 * MB) -> tuple[SpoolSpace, Disk, Clock]:
-    disk, clock = Disk(free), Clock()
-    s = SpoolSpace(Path("/spool"), reserve, measure=disk, clock=clock)
+def gauge(free: int, reserve: int = 50 * MB,
+          inodes: int | None = None) -> tuple[SpoolSpace, Disk, Clock]:
+    disk, clock = Disk(free, inodes), Clock()
+    s = SpoolSpace(Path("/spool"), reserve, measure=disk, inodes=disk.free_inodes, clock=clock)
     s.measure_now()
     return s, disk, clock
 
@@ -135,3 +141,29 @@ def test_free_bytes_reads_the_real_file_system(tmp_path: Path) -> None:
     st = os.statvfs(tmp_path)
     assert abs(free_bytes(tmp_path) - st.f_bavail * st.f_frsize) < 64 * MB
     assert free_bytes(tmp_path) > 0
+
+
+def test_mail_is_refused_452_4_3_1_while_the_file_system_is_out_of_inodes(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Bytes to spare but (almost) no inode left: every new file would fail with
+    ENOSPC at the end of the data, so MAIL says so first; logged once a minute."""
+    s, _, _ = gauge(free=10_000 * MB, inodes=MIN_FREE_INODES - 1)
+    for _ in range(3):
+        assert s.refused() is R.INSUFFICIENT_STORAGE
+    warned = [r.getMessage() for r in caplog.records if "inodes" in r.getMessage()]
+    assert len(warned) == 1 and f"has {MIN_FREE_INODES - 1} free inodes" in warned[0]
+    ok, _, _ = gauge(free=10_000 * MB, inodes=MIN_FREE_INODES)
+    assert ok.refused() is None
+    uncounted, _, _ = gauge(free=10_000 * MB, inodes=None)  # btrfs: f_files 0
+    assert uncounted.refused() is None
+    off, _, _ = gauge(free=10_000 * MB, reserve=0, inodes=0)  # queue.min_free_space = 0
+    assert off.refused() is None
+
+
+def test_free_inodes_reads_the_real_file_system(tmp_path: Path) -> None:
+    st = os.statvfs(tmp_path)
+    inodes = free_inodes(tmp_path)
+    if st.f_files == 0:
+        assert inodes is None
+    else:
+        assert inodes is not None and abs(inodes - st.f_favail) < 10_000

@@ -38,7 +38,7 @@ from smtpgate.cli.reload_cmd import moved_note
 from smtpgate.config import Config
 from smtpgate.plural import count
 from smtpgate.queue.manage import QueueManager
-from smtpgate.queue.space import free_bytes
+from smtpgate.queue.space import MIN_FREE_INODES, free_bytes, free_inodes
 from smtpgate.queue.spool import Spool, SpoolError
 from smtpgate.server import status_file
 from smtpgate.server.pidfile import NotRunning, find_running, pid_path
@@ -94,8 +94,9 @@ def _queue(cfg: Config) -> dict[str, Any]:
     ages = [now - e.envelope.received_at for e in entries]
     try:
         free: int | None = free_bytes(cfg.path(cfg.queue.spool))
+        inodes = free_inodes(cfg.path(cfg.queue.spool))
     except OSError:
-        free = None
+        free = inodes = None
     return {
         "messages": len(entries),
         "unreadable": len(manager.unreadable),
@@ -106,6 +107,8 @@ def _queue(cfg: Config) -> dict[str, Any]:
         "oldest_age": int(max(ages)) if ages else None,
         # queue.min_free_space: under it, MAIL is answered 452 4.3.1 (queue/space.py).
         "free_bytes": free,
+        # Under MIN_FREE_INODES, MAIL is answered 452 4.3.1 too; None: not counted.
+        "free_inodes": inodes,
         "reserve_bytes": cfg.queue.free_space_reserve(cfg.limits.max_message_size),
     }
 
@@ -118,6 +121,17 @@ def _space(free: int | None, reserve: int) -> str:
     if reserve and free < reserve:
         full = R.INSUFFICIENT_STORAGE
         line += f": MAIL is answered {full.code} {full.enhanced} until there is room"
+    return line
+
+
+def _inodes(free: int | None, reserve: int) -> str:
+    if free is None:
+        return ""
+    line = f"; {free} inodes free"
+    if reserve and free < MIN_FREE_INODES:
+        full = R.INSUFFICIENT_STORAGE
+        line += (f", under {MIN_FREE_INODES}: MAIL is answered {full.code} {full.enhanced} "
+                 "until files are removed")
     return line
 
 
@@ -242,7 +256,8 @@ def _print(doc: dict[str, Any]) -> None:
             bad += f", {q['set_aside']} set aside in corrupt/"
         echo(f"queue:        {count(q['messages'], 'message')} ({q['held']} held, "
              f"{count(q['bytes'], 'byte')}{bad}){oldest}")
-        echo(f"spool disk:   {_space(q['free_bytes'], q['reserve_bytes'])}")
+        echo(f"spool disk:   {_space(q['free_bytes'], q['reserve_bytes'])}"
+             f"{_inodes(q.get('free_inodes'), q['reserve_bytes'])}")
     a = doc["accounts"]
     if "error" in a:
         echo(f"accounts:     cannot read ({a['backend']}, {a['key']}): {a['error']}")

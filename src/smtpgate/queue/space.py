@@ -15,6 +15,11 @@ every `MAX_AGE` seconds, and MAIL is judged by the last figure (the reserve
 covers what a second of intake can write). The space available to an
 unprivileged process is what counts (``f_bavail``): the blocks ext4 keeps for
 root are not the spool's.
+
+A file system can also run out of inodes with bytes to spare (many small files:
+Maildirs), and then every new file fails with the same ENOSPC. So MAIL is also
+answered ``452 4.3.1`` while fewer than `MIN_FREE_INODES` inodes are free
+(``f_favail``; a file system that counts none, such as btrfs, is not checked).
 """
 
 from __future__ import annotations
@@ -35,6 +40,9 @@ log = logging.getLogger("smtpgate.queue")
 MAX_AGE = 1.0
 #: Seconds between two warnings that MAIL is being refused.
 WARN_EVERY = 60.0
+#: Free inodes under which MAIL is refused, as under the byte reserve. Well below
+#: the blank files' reserve (`blanks.INODE_RESERVE`), so our own stock never causes it.
+MIN_FREE_INODES = 1000
 #: ``errno`` values of a write that failed for want of space (disk full, quota).
 OUT_OF_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 
@@ -55,6 +63,13 @@ def free_bytes(path: Path) -> int:
     return st.f_bavail * st.f_frsize
 
 
+def free_inodes(path: Path) -> int | None:
+    """Inodes an unprivileged process may still make on ``path``'s file system;
+    None if it counts none (btrfs reports ``f_files`` 0)."""
+    st = os.statvfs(path)
+    return st.f_favail if st.f_files > 0 else None
+
+
 class SpoolSpace:
     """The reserve check of one worker process (see the module docstring).
 
@@ -63,19 +78,22 @@ class SpoolSpace:
 
     def __init__(self, directory: Path, reserve: int, *,
                  measure: Callable[[Path], int] = free_bytes,
+                 inodes: Callable[[Path], int | None] = free_inodes,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.directory = directory
         self.reserve = reserve
         self._measure = measure
+        self._measure_inodes = inodes
         self._clock = clock
         self._free: int | None = None
+        self._free_inodes: int | None = None
         self._measured = -float("inf")
         self._refreshing: asyncio.Future[None] | None = None
         self._warned = -float("inf")
 
     def measure_now(self) -> None:
         """Measure in the calling thread (start-up, before the event loop serves)."""
-        self._store(self._measure(self.directory))
+        self._store(self._measure(self.directory), self._measure_inodes(self.directory))
 
     def refused(self, declared: int | None = None) -> R.Reply | None:
         """The reply to a MAIL that declared ``declared`` octets (None: no SIZE), or
@@ -84,6 +102,9 @@ class SpoolSpace:
             return None
         if self._clock() - self._measured >= MAX_AGE and self._refreshing is None:
             self._refresh()
+        inodes = self._free_inodes
+        if inodes is not None and inodes < MIN_FREE_INODES:
+            return self._out_of_inodes(inodes)
         free = self._free
         if free is None:
             return None  # never measured (the measurement failed): no grounds to refuse
@@ -102,6 +123,18 @@ class SpoolSpace:
             )
         return R.INSUFFICIENT_STORAGE
 
+    def _out_of_inodes(self, inodes: int) -> R.Reply:
+        now = self._clock()
+        if now - self._warned >= WARN_EVERY:
+            self._warned = now
+            log.warning(
+                "spool file system of %s has %d free inodes, under the %d kept free: MAIL "
+                "is answered %d %s until files are removed (df -i shows what is left)",
+                self.directory, inodes, MIN_FREE_INODES,
+                R.INSUFFICIENT_STORAGE.code, R.INSUFFICIENT_STORAGE.enhanced,
+            )
+        return R.INSUFFICIENT_STORAGE
+
     def _refresh(self) -> None:
         try:
             loop = asyncio.get_running_loop()
@@ -112,7 +145,7 @@ class SpoolSpace:
 
     def _measure_quietly(self) -> None:
         try:
-            self._store(self._measure(self.directory))
+            self._store(self._measure(self.directory), self._measure_inodes(self.directory))
         except OSError as e:
             log.warning("cannot read the free space of %s: %s", self.directory, e)
             self._measured = self._clock()  # not again before MAX_AGE; keep the last figure
@@ -120,6 +153,7 @@ class SpoolSpace:
     def _refreshed(self, done: asyncio.Future[None]) -> None:
         self._refreshing = None
 
-    def _store(self, free: int) -> None:
+    def _store(self, free: int, inodes: int | None) -> None:
         self._free = free
+        self._free_inodes = inodes
         self._measured = self._clock()

@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 from smtpgate import mechanism_facts
+from smtpgate.usable_cpus import usable_cpus
 
 #: The longest duration a key may hold: 100 years. A choice, not a rule: every
 #: float of the schema is a duration (seconds, or days for the ``*_days`` keys) that
@@ -1658,7 +1659,9 @@ class ServerConfig(Model):
         ge=0,
         le=64,
         description="Worker processes sharing the listening sockets; 0 means one per CPU "
-        "core, at most 4. Each runs its own event loop; with more than one, delivery runs "
+        "this process may use, at most 4: its affinity mask (a container's cpuset, taskset, "
+        "systemd AllowedCPUs=) and its cgroup's CPU quota rounded up (docker --cpus, systemd "
+        "CPUQuota=), not the host's CPUs. Each runs its own event loop; with more than one, delivery runs "
         "in a process of its own and the parent supervises (docs/operations.md). TLS "
         "handshakes and Argon2 are CPU-bound: this is how smtpgate uses more than one core.",
     )
@@ -1746,7 +1749,8 @@ class ServerConfig(Model):
 
     @property
     def effective_workers(self) -> int:
-        return self.workers or max(1, min(4, os.cpu_count() or 1))
+        # The CPUs this process may use (affinity, cgroup quota), not the host's.
+        return self.workers or min(4, usable_cpus())
 
 
 class HttpListener(Model):

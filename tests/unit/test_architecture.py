@@ -84,7 +84,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("tools", "queue", "policy", "auth"),
     ("smtp", "client", "tls", "sasl", "frontdoor"),
     ("config",),
-    ("mechanism_facts", "errors", "ldap_presets", "metrics", "plural", "visible"),
+    ("mechanism_facts", "errors", "ldap_presets", "metrics", "plural", "usable_cpus", "visible"),
 )
 _RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 

@@ -104,35 +104,28 @@ class SpoolSpace:
             self._refresh()
         inodes = self._free_inodes
         if inodes is not None and inodes < MIN_FREE_INODES:
-            return self._out_of_inodes(inodes)
+            return self._refuse(f"{inodes} free inodes, under the {MIN_FREE_INODES} kept free",
+                                "files are removed (df -i shows what is left)")
         free = self._free
         if free is None:
             return None  # never measured (the measurement failed): no grounds to refuse
         need = self.reserve + (declared or 0)
         if free >= need:
             return None
-        now = self._clock()
-        if now - self._warned >= WARN_EVERY:
-            self._warned = now
-            log.warning(
-                "spool file system of %s has %d MB free, under the %d MB kept in reserve "
-                "(queue.min_free_space)%s: MAIL is answered %d %s until there is room",
-                self.directory, free // 1_000_000, self.reserve // 1_000_000,
-                f" plus a declared SIZE of {declared}" if declared else "",
-                R.INSUFFICIENT_STORAGE.code, R.INSUFFICIENT_STORAGE.enhanced,
-            )
-        return R.INSUFFICIENT_STORAGE
+        return self._refuse(
+            f"{free // 1_000_000} MB free, under the {self.reserve // 1_000_000} MB kept in "
+            "reserve (queue.min_free_space)"
+            + (f" plus a declared SIZE of {declared}" if declared else ""),
+            "there is room")
 
-    def _out_of_inodes(self, inodes: int) -> R.Reply:
+    def _refuse(self, what: str, until: str) -> R.Reply:
+        """452 4.3.1, and a warning at most once every `WARN_EVERY` seconds."""
         now = self._clock()
         if now - self._warned >= WARN_EVERY:
             self._warned = now
-            log.warning(
-                "spool file system of %s has %d free inodes, under the %d kept free: MAIL "
-                "is answered %d %s until files are removed (df -i shows what is left)",
-                self.directory, inodes, MIN_FREE_INODES,
-                R.INSUFFICIENT_STORAGE.code, R.INSUFFICIENT_STORAGE.enhanced,
-            )
+            full = R.INSUFFICIENT_STORAGE
+            log.warning("spool file system of %s has %s: MAIL is answered %d %s until %s",
+                        self.directory, what, full.code, full.enhanced, until)
         return R.INSUFFICIENT_STORAGE
 
     def _refresh(self) -> None:

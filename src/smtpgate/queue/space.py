@@ -119,7 +119,7 @@ class SpoolSpace:
             "there is room")
 
     def _refuse(self, what: str, until: str) -> R.Reply:
-        """452 4.3.1, and a warning at most once every `WARN_EVERY` seconds."""
+        """The storage-full reply, and a warning at most once every `WARN_EVERY` seconds."""
         now = self._clock()
         if now - self._warned >= WARN_EVERY:
             self._warned = now

@@ -85,7 +85,8 @@ def available() -> bool:
     return BINARY.exists()
 
 
-def _env() -> dict[str, str]:
+def lib_env() -> dict[str, str]:
+    """The environment with the unpacked libraries on the loader's path."""
     libs = [str(ROOT / "usr" / "lib" / "x86_64-linux-gnu"), str(ROOT / "usr" / "lib")]
     return {**os.environ, "LD_LIBRARY_PATH": ":".join(libs)}
 
@@ -116,7 +117,7 @@ class Exim:
 
     def start(self) -> None:
         self.started = True
-        proc = subprocess.run([str(BINARY), "-C", str(self.config), "-bd"], env=_env(),
+        proc = subprocess.run([str(BINARY), "-C", str(self.config), "-bd"], env=lib_env(),
                               capture_output=True, text=True, timeout=30, check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"exim did not start: {proc.stdout}{proc.stderr}\n{self.log()}")

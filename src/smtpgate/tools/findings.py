@@ -35,6 +35,11 @@ class Kind:
     fix: str
 
 
+#: Exim's way to offer (and, since Exim refuses what it did not offer, accept) AUTH
+#: only once TLS is up.
+_EXIM_AUTH_AFTER_TLS = "auth_advertise_hosts = ${if eq{$tls_in_cipher}{}{}{*}}"
+
+
 def _k(id: str, severity: Severity, title: str, fix: str) -> Kind:
     return Kind(id, severity, title, fix)
 
@@ -52,7 +57,8 @@ CATALOGUE: dict[str, Kind] = {
             "open-relay", Severity.CRITICAL,
             "Relays mail to outside domains without authentication",
             "Permit relaying only to authenticated clients (Postfix: drop permit_mynetworks "
-            "or narrow mynetworks; keep reject_unauth_destination).",
+            "or narrow mynetworks; keep reject_unauth_destination; Exim: empty "
+            "relay_from_hosts, relay in acl_smtp_rcpt only on authenticated = *).",
         ),
         _k(
             "auth-accepts-anything", Severity.CRITICAL,
@@ -64,7 +70,7 @@ CATALOGUE: dict[str, Kind] = {
             "auth-accepted-in-clear", Severity.HIGH,
             "AUTH is accepted before TLS: passwords can cross the network in clear",
             "Refuse AUTH until TLS is up (Postfix: smtpd_tls_auth_only = yes; Dovecot: "
-            "disable_plaintext_auth = yes).",
+            "disable_plaintext_auth = yes; Exim: " + _EXIM_AUTH_AFTER_TLS + ").",
         ),
         _k(
             "auth-accepted-in-clear-guessable", Severity.MEDIUM,
@@ -72,14 +78,14 @@ CATALOGUE: dict[str, Kind] = {
             "password does not cross, but what does lets an eavesdropper test guesses "
             "offline",
             "Refuse AUTH until TLS is up (Postfix: smtpd_tls_auth_only = yes; Dovecot: "
-            "disable_plaintext_auth = yes).",
+            "disable_plaintext_auth = yes; Exim: " + _EXIM_AUTH_AFTER_TLS + ").",
         ),
         _k(
             "auth-accepted-in-clear-no-password", Severity.LOW,
             "AUTH is accepted before TLS with a mechanism that sends no password "
             "(GSSAPI, EXTERNAL): the login name and the mail after it cross in clear",
-            "Refuse AUTH until TLS is up (Postfix: smtpd_tls_auth_only = yes), so the "
-            "mail after the login is encrypted too.",
+            "Refuse AUTH until TLS is up (Postfix: smtpd_tls_auth_only = yes; Exim: "
+            + _EXIM_AUTH_AFTER_TLS + "), so the mail after the login is encrypted too.",
         ),
         _k(
             "no-tls", Severity.HIGH,
@@ -113,13 +119,16 @@ CATALOGUE: dict[str, Kind] = {
         _k(
             "auth-offered-in-clear", Severity.MEDIUM,
             "AUTH is advertised before TLS",
-            "Advertise AUTH only after STARTTLS (Postfix: smtpd_tls_auth_only = yes).",
+            "Advertise AUTH only after STARTTLS (Postfix: smtpd_tls_auth_only = yes; Exim: "
+            + _EXIM_AUTH_AFTER_TLS + ").",
         ),
         _k(
             "tls-legacy-versions", Severity.MEDIUM,
             "TLS 1.0 or 1.1 is accepted",
             "Accept TLS 1.2 and newer only (RFC 8996; Postfix: smtpd_tls_protocols = "
-            ">=TLSv1.2 and smtpd_tls_mandatory_protocols = >=TLSv1.2).",
+            ">=TLSv1.2 and smtpd_tls_mandatory_protocols = >=TLSv1.2; Exim built with "
+            "GnuTLS, as Debian's: tls_require_ciphers = NORMAL:-VERS-TLS1.0:-VERS-TLS1.1; "
+            "with OpenSSL: openssl_options = +no_tlsv1 +no_tlsv1_1).",
         ),
         _k(
             "cert-expiring", Severity.MEDIUM,

@@ -79,3 +79,16 @@ def test_invalidate_and_clear() -> None:
     assert not c.check("a@x", "1", 0)
     c.clear()
     assert len(c) == 0
+
+
+def test_another_stored_verifier_at_the_same_generation_is_a_miss() -> None:
+    """``user remove`` and ``user add`` of one name: the new account's generation is 0
+    again, as the old one's was; the old password must not be a hit against the new
+    account's hash (it was, for up to the TTL, until audit h21)."""
+    c = CredentialCache(60)
+    c.put("a@x", "old", 0, "$argon2id$v=19$m=8192,t=1,p=1$c2FsdDE$aGFzaDE")
+    assert c.check("a@x", "old", 0, "$argon2id$v=19$m=8192,t=1,p=1$c2FsdDE$aGFzaDE")
+    assert not c.check("a@x", "old", 0, "$argon2id$v=19$m=8192,t=1,p=1$c2FsdDI$aGFzaDI")
+    assert len(c) == 0
+    c.put("a@x", "bound", 3)  # a backend that checks passwords itself: no verifier read
+    assert c.check("a@x", "bound", 3) and not c.check("a@x", "bound", 3, "$argon2id$x")

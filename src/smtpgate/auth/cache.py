@@ -8,7 +8,12 @@ expiry. ``k`` is random per process and never leaves memory, so the cache
 holds nothing a thief could test guesses against offline without it, and a
 dump of it is worthless after a restart. A later login is a hit only if the
 digest matches exactly (``hmac.compare_digest``), the entry has not expired,
-and the account's generation is the one seen at verification.
+and the account's generation and stored verifier (the Argon2id string the password
+was checked against, which the login reads anyway) are the ones seen at
+verification. The generation alone is not enough: it starts at 0 for every new
+account, so after ``user remove`` and ``user add`` of the same name the old
+password would still have been a hit for up to the TTL (it was, until audit h21);
+a new verifier has a new random salt, and a restored backup's is its own.
 
 Invalidation across processes: the service reads the account row (lock flag,
 generation, allowed mechanisms) from the store on *every* login, hit or miss.
@@ -46,7 +51,13 @@ MAX_ENTRIES = 100_000
 class _Entry:
     digest: bytes
     generation: int
+    #: Digest of the stored verifier the password matched (b"" when none was read).
+    verifier: bytes
     expires: float
+
+
+def _verifier_digest(stored: str | None) -> bytes:
+    return b"" if stored is None else hashlib.sha256(stored.encode("utf-8", "surrogatepass")).digest()
 
 
 class CredentialCache:
@@ -80,12 +91,15 @@ class CredentialCache:
         msg = name.encode("utf-8") + b"\0" + password.encode("utf-8", "surrogatepass")
         return hmac.new(self._key, msg, hashlib.sha256).digest()
 
-    def check(self, name: str, password: str, generation: int) -> bool:
-        """True if ``password`` verified for ``name`` at this ``generation`` within the TTL."""
+    def check(self, name: str, password: str, generation: int, stored: str | None = None) -> bool:
+        """True if ``password`` verified for ``name`` at this ``generation``, against
+        this ``stored`` verifier (None: the backend checks passwords itself), within
+        the TTL."""
         entry = self._entries.get(name)
         if entry is None:
             return False
-        if entry.generation != generation or self._clock() >= entry.expires:
+        if (entry.generation != generation or entry.verifier != _verifier_digest(stored)
+                or self._clock() >= entry.expires):
             del self._entries[name]
             return False
         if not hmac.compare_digest(entry.digest, self._digest(name, password)):
@@ -101,12 +115,14 @@ class CredentialCache:
         return (entry is not None and self._clock() < entry.expires
                 and hmac.compare_digest(entry.digest, self._digest(name, password)))
 
-    def put(self, name: str, password: str, generation: int) -> None:
-        """Remember a successful verification (replacing any older one for ``name``)."""
+    def put(self, name: str, password: str, generation: int, stored: str | None = None) -> None:
+        """Remember a successful verification against ``stored`` (replacing any
+        older one for ``name``)."""
         if not self.enabled:
             return
         self._entries[name] = _Entry(
-            self._digest(name, password), generation, self._clock() + self._ttl
+            self._digest(name, password), generation, _verifier_digest(stored),
+            self._clock() + self._ttl,
         )
         self._entries.move_to_end(name)
         while len(self._entries) > self._max:

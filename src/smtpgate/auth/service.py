@@ -833,7 +833,8 @@ class AuthService:
         if expired := self._expired(account):
             await self._burn(q.password, lane)
             return Resolution(Verdict(ok=False, reason=expired), refusal=REFUSED_EXPIRED)
-        if self._cache.check(account.name, q.password, account.generation):
+        stored = encoded if legacy is None else legacy  # what a verification reads
+        if self._cache.check(account.name, q.password, account.generation, stored):
             self.stats.cache_hits += 1
         else:
             self.stats.cache_misses += 1
@@ -843,7 +844,7 @@ class AuthService:
                 match = await self._check_password(account, encoded, q.password, lane)
             if match is PasswordMatch.NONE:
                 return Resolution(Verdict(ok=False, reason=BAD_PASSWORD))
-            self._cache.put(account.name, q.password, account.generation)
+            self._cache.put(account.name, q.password, account.generation, stored)
             # A legacy string is never a current Argon2id hash, nor one made over
             # the password as sent rather than prepared: an upgrade follows.
             self._maybe_upgrade(account, q.password, encoded if legacy is None else legacy,

@@ -353,8 +353,20 @@ def _mechanisms(mechanisms: Collection[str] | None) -> list[str] | None:
 
 
 def _domain(domain: str) -> str:
-    """A domain as grants store it. Raises InvalidAccountName."""
-    return canonical_name(f"x@{domain.strip().lower().lstrip('@')}").split("@", 1)[1]
+    """A domain as grants store it. Raises InvalidAccountName, naming what was given
+    (the check runs on a made-up address, whose messages would name that instead:
+    until audit h21 an empty NAME was "'x@' is not an address", and an address
+    given for a domain "'x@bob' before the last '@' holds another '@'")."""
+    bare = domain.strip().lower().lstrip("@")
+    if not bare:
+        raise InvalidAccountName(f"{domain!r} is no domain name (expected a domain such as "
+                                 "example.org)")
+    if "@" in bare:
+        raise InvalidAccountName(
+            f"{domain!r} is an address, not a domain: grant its domain "
+            f"({bare.rpartition('@')[2] or 'the part after the @'}) to let the account send "
+            "as every address in it, or add the address as an alias (user alias add)")
+    return canonical_name(f"x@{bare}").split("@", 1)[1]
 
 
 class _DummyHash:
@@ -818,9 +830,21 @@ class AccountAdmin:
         return d
 
     def revoke_domain(self, name: str, domain: str) -> bool:
-        """False if ``domain`` was not granted. Raises: NoSuchAccount."""
+        """False if ``domain`` was not granted. Raises: NoSuchAccount.
+
+        ``domain`` in either form of an internationalised name (the A-label
+        ``xn--bcher-kva.example`` of a grant stored as ``bücher.example``), as
+        grants store it; until audit h21 the A-label, which the MAIL FROM of a
+        client without SMTPUTF8 shows, was "not granted" and the grant stayed.
+        A spelling no grant could be made in now is tried as given (an older row)."""
+        bare = domain.strip().lower().lstrip("@")
+        try:
+            stored = _domain(domain)
+        except InvalidAccountName:
+            stored = bare
         with self._tx() as w:
-            return w.revoke_domain(name, domain.strip().lower().lstrip("@"))
+            return w.revoke_domain(name, stored) or (
+                stored != bare and w.revoke_domain(name, bare))
 
     # --- app passwords ---------------------------------------------------------------
 

@@ -39,3 +39,20 @@ def test_the_old_password_does_not_log_in_to_an_account_added_again(tmp_path: Pa
         assert auth_reply(srv, OLD).startswith("535 5.7.8 ")
     finally:
         srv.stop()
+
+
+def test_domain_grant_and_revoke_on_the_command_line_name_what_is_wrong(tmp_path: Path) -> None:
+    """`user domain grant` with an empty name or an address said "'x@' is not an
+    address" or "'x@bob' before the last '@' ..." (a made-up address); `user domain
+    revoke` by the A-label of a grant said "not granted" and left it in force."""
+    srv = make_server(tmp_path / "srv")
+    srv.add_user(NAME, OLD)
+    for given, said in (("", "'' is no domain name"),
+                        ("bob@evil.example", "'bob@evil.example' is an address, not a domain")):
+        done = srv.cli("user", "domain", "grant", NAME, given, check=False)
+        assert done.returncode == 2 and said in done.stderr, done.stderr
+        assert "x@" not in done.stderr and "Traceback" not in done.stderr
+    srv.cli("user", "domain", "grant", NAME, "bücher.example")
+    done = srv.cli("user", "domain", "revoke", NAME, "xn--bcher-kva.example", check=False)
+    assert done.returncode == 0, done.stderr
+    assert "granted domains:  -" in srv.cli("user", "show", NAME).stdout

@@ -90,6 +90,32 @@ def test_granted_domains(store: SqliteAccountStore, admin: AccountAdmin) -> None
     assert store.granted_domains(ALICE) == []
 
 
+def test_a_grant_refuses_bad_input_naming_what_was_given(admin: AccountAdmin) -> None:
+    """The check runs on a made-up address ("x@" + NAME); its messages named that
+    ('x@' for an empty NAME, 'x@bob' for an address) until audit h21."""
+    for given, said in (("", "'' is no domain name"), ("  ", "'  ' is no domain name"),
+                        ("@", "'@' is no domain name"),
+                        ("bob@evil.example", ("'bob@evil.example' is an address, not a domain: "
+                                             "grant its domain (evil.example)"))):
+        with pytest.raises(InvalidAccountName) as e:
+            admin.grant_domain(ALICE, given)
+        assert str(e.value).startswith(said) and "x@" not in str(e.value)
+
+
+def test_a_domain_is_revoked_by_either_form_of_its_name(
+        store: SqliteAccountStore, admin: AccountAdmin) -> None:
+    """A grant stored as the U-label is the A-label too (docs/policy.md); revoking by
+    the A-label, as a client without SMTPUTF8 sends it, said "not granted" and left
+    the grant in force until audit h21."""
+    assert admin.grant_domain(ALICE, "Bücher.example") == "bücher.example"
+    assert admin.revoke_domain(ALICE, "xn--bcher-kva.example") is True
+    assert store.granted_domains(ALICE) == []
+    admin.grant_domain(ALICE, "xn--bcher-kva.example")
+    assert admin.revoke_domain(ALICE, "BÜCHER.example") is True
+    assert admin.revoke_domain(ALICE, "bücher.example") is False
+    assert admin.revoke_domain(ALICE, "") is False  # no grant of that: not found, no error
+
+
 def test_app_passwords_are_random_hashed_and_matched(store: SqliteAccountStore, admin: AccountAdmin) -> None:
     rec, secret = admin.add_app_password(ALICE, "laptop", networks=["10.1.2.3/8"], mechanisms=["plain"])
     assert APP_PASSWORD_RE.fullmatch(secret) and APP_PASSWORD_RE.fullmatch(generate_app_password())

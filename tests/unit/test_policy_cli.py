@@ -92,6 +92,24 @@ def test_app_password_cli_prints_once_and_lists_without_secret(config: Path) -> 
     assert run(config, "app-password", "revoke", ALICE, "phone").exit_code == 3  # not found
 
 
+@pytest.mark.parametrize(("args", "said"), [
+    (("",), "Invalid value for NAME: an app password name is 1-64"),
+    (("x", "--network", "999.1.1.1/8"), "Invalid value for --network: '999.1.1.1/8'"),
+    (("x", "--scope", "net:999.1.1.1/8"), "Invalid value for --scope: '999.1.1.1/8'"),
+    (("x", "--scope", "mech:SCRAM-SHA-256"),
+     "Invalid value for --scope: 'mech:SCRAM-SHA-256': app passwords work with PLAIN and LOGIN"),
+    (("x", "--messages-per-hour", "99999999999999"),
+     "Invalid value for '--messages-per-hour': 99999999999999 is not in the range"),
+])
+def test_app_password_add_names_the_argument_it_refuses(
+        config: Path, args: tuple[str, ...], said: str) -> None:
+    """Each said "Invalid value: ..." and named no option (audit h21); nothing is made."""
+    r = run(config, "app-password", "add", ALICE, *args)
+    assert r.exit_code == 2 and said in r.output, r.output
+    assert "Traceback" not in r.output
+    assert run(config, "app-password", "list", "--json").output == ""
+
+
 @pytest.mark.parametrize("zero", ["0", "0d", "0s", "0.0h"])
 def test_an_app_password_that_would_expire_at_once_is_refused(config: Path, zero: str) -> None:
     """--expires 0d printed a secret already listed as EXPIRED: one no device could use."""

@@ -78,6 +78,34 @@ def test_trickled_command_line_gets_421_within_the_command_deadline(slow: Server
     r.close()
 
 
+def test_an_endless_command_line_gets_421_within_the_command_deadline(slow: Server) -> None:
+    """A line over the limit is dropped as it comes, so nothing of it stays
+    buffered; it is still one line, and its deadline runs on. Before, the
+    deadline restarted with every drop: 4 KiB every quarter second, never an
+    LF, held the connection for ever."""
+    r = Raw(slow.submission)
+    r.sock.settimeout(0.25)
+    got = b""
+    t0 = time.monotonic()
+    closed_after = float("inf")
+    while time.monotonic() - t0 < TRICKLE:
+        try:
+            r.sock.sendall(b"x" * 4096)
+            chunk = r.sock.recv(4096)
+        except TimeoutError:
+            continue
+        except (ConnectionError, BrokenPipeError):
+            closed_after = time.monotonic() - t0
+            break
+        if not chunk:
+            closed_after = time.monotonic() - t0
+            break
+        got += chunk
+    assert closed_after < 4.0 + SLACK
+    assert got.decode().startswith(str(R.TOO_SLOW))
+    r.close()
+
+
 def test_trickled_tls_client_hello_is_dropped_within_the_handshake_deadline(slow: Server) -> None:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE

@@ -522,9 +522,13 @@ class SmtpConnection(asyncio.Protocol):
         now = self._loop.time()
         engine = self.engine
         left = engine.buffered
-        if left == 0 or engine.in_data:
+        # A line over the limit is dropped as it comes (nothing of it stays
+        # buffered) but is still one line: its deadline runs on to its end, or a
+        # client sending an endless line held the connection for ever.
+        long_line = engine.in_long_line
+        if engine.in_data or (left == 0 and not long_line):
             self._line_started = None
-        elif left < before or self._line_started is None:
+        elif self._line_started is None or (left < before and not long_line):
             self._line_started = now  # what is left began in this read
         if not engine.in_auth:
             self._auth_started = None

@@ -276,6 +276,13 @@ class ServerEngine:
         return self.state is State.CLOSED
 
     @property
+    def in_long_line(self) -> bool:
+        """A command line over its limit is being read and dropped: its end has
+        not come, though nothing of it is buffered (the I/O layer's command
+        deadline keeps running)."""
+        return self._discarding is not None
+
+    @property
     def in_data(self) -> bool:
         """Message octets are being read (DATA, a BDAT chunk, or a refused chunk
         being dropped): the I/O layer's data timeouts apply."""

@@ -1017,7 +1017,7 @@ class LimitsConfig(Model):
         "0 turns the rate off.",
     )
     max_errors: int = Field(
-        default=10, ge=3, description="Errors in one session before 421 and close."
+        default=10, ge=3, description="Errors in one session since its last accepted message before 421 and close."
     )
     max_connections: int = Field(default=1000, ge=1, description="Concurrent connections in all.")
     max_connections_per_ip: int = Field(

@@ -361,7 +361,13 @@ class ServerEngine:
         elif isinstance(pending, RcptTo):
             self._respond_rcpt(pending, reply)
         elif isinstance(pending, MessageReceived):
-            self._send(reply or R.MESSAGE_ACCEPTED)
+            reply = reply or R.MESSAGE_ACCEPTED
+            if reply.code < 400:
+                # A message accepted forgives the session's earlier errors (as
+                # Postfix does): a script sending hundreds of messages on one
+                # connection was cut off at its tenth mistyped recipient.
+                self.errors = 0
+            self._send(reply)
             self._after_message()
         elif isinstance(pending, AuthFinished):
             self._respond_auth(pending, reply)

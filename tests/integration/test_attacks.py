@@ -13,6 +13,9 @@ import time
 
 import pytest
 
+from smtpgate.config import LimitsConfig
+from smtpgate.smtp.engine import JUNK_COMMANDS
+
 from .conftest import PASSWORD, USER, Server
 
 
@@ -200,6 +203,29 @@ def test_a_session_closed_for_too_many_errors_is_logged(server: Server) -> None:
     r.close()
     time.sleep(0.3)
     assert "closed: too many errors" in server.log_text()
+
+
+def test_a_client_that_only_sends_noop_and_rset_is_closed_after_the_junk_limit(
+        server: Server) -> None:
+    """NOOP, RSET, VRFY and HELP change nothing; a client that never logged in
+    held its connection (and a slot of the per-address limit) for ever with a
+    NOOP every few minutes. Past JUNK_COMMANDS each counts as an error, as
+    Postfix's smtpd_junk_command_limit does."""
+    r = Raw(server.submission)
+    assert r.cmd("EHLO probe.example").startswith("250")
+    junk = ["NOOP", "RSET", "VRFY postmaster", "HELP"]
+    r.send("".join(junk[i % 4] + "\r\n" for i in range(JUNK_COMMANDS)).encode())
+    assert [r.reply()[:3] for _ in range(JUNK_COMMANDS)] == [
+        {"NOOP": "250", "RSET": "250", "VRFY": "252", "HELP": "214"}[junk[i % 4][:4]]
+        for i in range(JUNK_COMMANDS)]
+    # The fixture's max_errors (the default) more: the last is answered, then 421.
+    max_errors = LimitsConfig().max_errors
+    r.send(b"NOOP\r\n" * max_errors)
+    assert [r.reply() for _ in range(max_errors)] == ["250 2.0.0 OK"] * max_errors
+    assert r.reply() == "421 4.7.0 Too many errors, closing connection"
+    with pytest.raises(EOFError):
+        r.reply()
+    r.close()
 
 
 def test_a_client_that_half_closes_after_its_message_gets_the_250(server: Server) -> None:

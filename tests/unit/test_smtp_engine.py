@@ -8,6 +8,7 @@ import pytest
 
 from smtpgate.smtp import replies as R
 from smtpgate.smtp.dsn_params import RcptParams
+from smtpgate.smtp.engine import JUNK_COMMANDS
 from smtpgate.smtp.events import AuthFinished, MessageStart, StartTls
 from smtpgate.smtp.states import TRANSITIONS, State
 
@@ -468,6 +469,36 @@ def test_too_many_errors_closes_with_421() -> None:
     out = d.feed(b"FOO\r\nBAR\r\nBAZ\r\nNOOP\r\n")
     assert codes(out)[-1] == str(R.TOO_MANY_ERRORS)
     assert d.closed
+
+
+def test_junk_commands_past_the_limit_count_as_errors() -> None:
+    """Postfix's smtpd_junk_command_limit: NOOP, RSET, VRFY and HELP are free up
+    to JUNK_COMMANDS; each further one is answered and counts as an error."""
+    d = Driver.new(tls=True, max_errors=3)
+    out = d.feed(b"EHLO c\r\n" + b"NOOP\r\nRSET\r\nVRFY x\r\nHELP\r\n" * (JUNK_COMMANDS // 4))
+    assert str(R.TOO_MANY_ERRORS) not in out.decode()
+    out = d.feed(b"NOOP\r\nRSET\r\n")
+    assert codes(out) == [str(R.NOOP_OK), str(R.RESET_OK)]
+    assert not d.closed
+    out = d.feed(b"VRFY x\r\nNOOP\r\n")  # the third error: answered, then 421
+    assert codes(out) == [str(R.VRFY_CANNOT), str(R.TOO_MANY_ERRORS)]
+    assert d.closed
+
+
+def test_an_accepted_message_forgives_errors_and_junk_commands() -> None:
+    """As Postfix: a session that sends mail starts afresh with each message."""
+    d = authed(max_errors=3)
+    message = (b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<a..b@example.net>\r\n"
+               b"RCPT TO:<bob@example.net>\r\nDATA\r\nFrom: alice@example.org\r\n\r\nhi\r\n.\r\n")
+    for _ in range(5):  # two errors each: a bad recipient and the last NOOP
+        out = d.feed(message + b"NOOP\r\n" * (JUNK_COMMANDS + 1))
+        assert str(R.TOO_MANY_ERRORS) not in out.decode()
+    assert len(d.messages) == 5 and not d.closed
+    # One error stands (the last NOOP); a refused message forgives nothing.
+    d.feed(b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@example.net>\r\n")
+    out = d.feed(b"BDAT 4 LAST\r\nx\ny\n" + b"RCPT TO:<x>\r\n" * 2)
+    assert codes(out) == [str(R.BARE_LINE_ENDING), str(R.NEED_MAIL), str(R.NEED_MAIL),
+                          str(R.TOO_MANY_ERRORS)]
 
 
 def test_alpaca_http_request_closes() -> None:

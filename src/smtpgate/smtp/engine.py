@@ -96,6 +96,12 @@ _TOO_LONG = b"\x00TOOLONG"
 #: authentication exchange line (RFC 4954 §4), so it gets 500 5.5.6.
 _AUTH_TOO_LONG = b"\x00AUTHTOOLONG"
 _NEED_AUTH = frozenset({"MAIL", "RCPT", "DATA"})
+#: NOOP, RSET, VRFY and HELP a session may send before each further one counts as
+#: an error toward ``max_errors`` (Postfix's smtpd_junk_command_limit, its default
+#: too). They change nothing, so without a bound a client that never logs in held
+#: its connection for ever with a NOOP every few minutes; a client that sends
+#: mail gets a fresh allowance with each message accepted.
+JUNK_COMMANDS = 100
 _VERB = re.compile(r"[A-Za-z]{1,16}")
 
 MechanismFactory = Callable[[str, sasl.ChannelBinding, bool], sasl.ServerMechanism]
@@ -178,6 +184,7 @@ class ServerEngine:
         "_exchange",
         "_header",
         "_inbuf",
+        "_junk",
         "_out",
         "_paused",
         "_pending",
@@ -206,6 +213,7 @@ class ServerEngine:
         self.esmtp = False
         self.identity = ""  # authenticated identity, "" if none
         self.errors = 0
+        self._junk = 0  # NOOP, RSET, VRFY, HELP since the last accepted message
         #: Told the verb of each known command, and nothing else of the line (no
         #: arguments, never a SASL response): the I/O layer's debug log.
         self.on_command: Callable[[str], None] | None = None
@@ -366,7 +374,7 @@ class ServerEngine:
                 # A message accepted forgives the session's earlier errors (as
                 # Postfix does): a script sending hundreds of messages on one
                 # connection was cut off at its tenth mistyped recipient.
-                self.errors = 0
+                self.errors = self._junk = 0
             self._send(reply)
             self._after_message()
         elif isinstance(pending, AuthFinished):
@@ -459,6 +467,16 @@ class ServerEngine:
     def _error(self, reply: R.Reply) -> Event | None:
         """Send an error reply; too many of them end the session (chasquid-style)."""
         self._send(reply)
+        return self._count_error()
+
+    def _junk_command(self) -> None:
+        """A NOOP, RSET, VRFY or HELP, answered already: past `JUNK_COMMANDS` it
+        counts as an error (a close it causes is reported by next_event())."""
+        self._junk += 1
+        if self._junk > JUNK_COMMANDS and self._count_error() is not None:
+            self._closing = True
+
+    def _count_error(self) -> Event | None:
         self.errors += 1
         if self.errors >= self.settings.max_errors:
             self._close_with(R.TOO_MANY_ERRORS)
@@ -634,6 +652,7 @@ class ServerEngine:
 
     def _cmd_noop(self, arg: str) -> Event | None:
         self._send(R.NOOP_OK)
+        self._junk_command()
         return None
 
     def _cmd_help(self, arg: str) -> Event | None:
@@ -649,6 +668,7 @@ class ServerEngine:
         if self.xclient_trusted:
             names.append("XCLIENT")
         self._send(R.help_reply(tuple(names)))
+        self._junk_command()
         return None
 
     def _cmd_vrfy(self, arg: str) -> Event | None:
@@ -656,6 +676,7 @@ class ServerEngine:
         if not arg:
             return self._error(R.SYNTAX_ERROR)
         self._send(R.VRFY_CANNOT)
+        self._junk_command()
         return None
 
     def _cmd_expn(self, arg: str) -> Event | None:
@@ -669,6 +690,7 @@ class ServerEngine:
         if self.state in (State.MAIL, State.RCPT, State.CHUNKS):
             self.state = State.GREETED
         self._send(R.RESET_OK)
+        self._junk_command()
         return dropped
 
     def _cmd_quit(self, arg: str) -> Event | None:

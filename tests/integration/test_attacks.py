@@ -207,16 +207,15 @@ def test_a_session_closed_for_too_many_errors_is_logged(server: Server) -> None:
 
 def test_a_client_that_only_sends_noop_and_rset_is_closed_after_the_junk_limit(
         server: Server) -> None:
-    """NOOP, RSET, VRFY and HELP change nothing; a client that never logged in
-    held its connection (and a slot of the per-address limit) for ever with a
-    NOOP every few minutes. Past JUNK_COMMANDS each counts as an error, as
+    """NOOP, RSET, VRFY, HELP, EHLO and HELO move no mail; a client that never
+    logged in held its connection (and a slot of the per-address limit) for ever
+    with a NOOP every few minutes. Past JUNK_COMMANDS each counts as an error, as
     Postfix's smtpd_junk_command_limit does."""
     r = Raw(server.submission)
-    assert r.cmd("EHLO probe.example").startswith("250")
-    junk = ["NOOP", "RSET", "VRFY postmaster", "HELP"]
-    r.send("".join(junk[i % 4] + "\r\n" for i in range(JUNK_COMMANDS)).encode())
+    junk = ["EHLO probe.example", "NOOP", "RSET", "VRFY postmaster", "HELP", "HELO probe.example"]
+    r.send("".join(junk[i % 6] + "\r\n" for i in range(JUNK_COMMANDS)).encode())
     assert [r.reply()[:3] for _ in range(JUNK_COMMANDS)] == [
-        {"NOOP": "250", "RSET": "250", "VRFY": "252", "HELP": "214"}[junk[i % 4][:4]]
+        "252" if junk[i % 6].startswith("VRFY") else "214" if junk[i % 6] == "HELP" else "250"
         for i in range(JUNK_COMMANDS)]
     # The fixture's max_errors (the default) more: the last is answered, then 421.
     max_errors = LimitsConfig().max_errors

@@ -472,10 +472,13 @@ def test_too_many_errors_closes_with_421() -> None:
 
 
 def test_junk_commands_past_the_limit_count_as_errors() -> None:
-    """Postfix's smtpd_junk_command_limit: NOOP, RSET, VRFY and HELP are free up
-    to JUNK_COMMANDS; each further one is answered and counts as an error."""
+    """Postfix's smtpd_junk_command_limit: NOOP, RSET, VRFY, HELP, EHLO and HELO
+    are free up to JUNK_COMMANDS; each further one is answered and counts as an
+    error."""
     d = Driver.new(tls=True, max_errors=3)
-    out = d.feed(b"EHLO c\r\n" + b"NOOP\r\nRSET\r\nVRFY x\r\nHELP\r\n" * (JUNK_COMMANDS // 4))
+    junk = b"EHLO c\r\n" + b"NOOP\r\nRSET\r\nVRFY x\r\nHELP\r\n" * 24 + b"HELO c\r\n"
+    assert junk.count(b"\r\n") == JUNK_COMMANDS - 2
+    out = d.feed(junk + b"EHLO c\r\nNOOP\r\n")
     assert str(R.TOO_MANY_ERRORS) not in out.decode()
     out = d.feed(b"NOOP\r\nRSET\r\n")
     assert codes(out) == [str(R.NOOP_OK), str(R.RESET_OK)]

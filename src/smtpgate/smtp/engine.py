@@ -96,11 +96,12 @@ _TOO_LONG = b"\x00TOOLONG"
 #: authentication exchange line (RFC 4954 §4), so it gets 500 5.5.6.
 _AUTH_TOO_LONG = b"\x00AUTHTOOLONG"
 _NEED_AUTH = frozenset({"MAIL", "RCPT", "DATA"})
-#: NOOP, RSET, VRFY and HELP a session may send before each further one counts as
-#: an error toward ``max_errors`` (Postfix's smtpd_junk_command_limit, its default
-#: too). They change nothing, so without a bound a client that never logs in held
-#: its connection for ever with a NOOP every few minutes; a client that sends
-#: mail gets a fresh allowance with each message accepted.
+#: NOOP, RSET, VRFY, HELP, EHLO and HELO a session may send before each further
+#: one counts as an error toward ``max_errors`` (Postfix's smtpd_junk_command_limit
+#: and its default; Postfix leaves EHLO out, but then an EHLO every few minutes
+#: would do what a NOOP no longer can). They move no mail, so without a bound a
+#: client that never logs in held its connection for ever with a NOOP every few
+#: minutes; a client that sends mail gets a fresh allowance with each message.
 JUNK_COMMANDS = 100
 _VERB = re.compile(r"[A-Za-z]{1,16}")
 
@@ -213,7 +214,7 @@ class ServerEngine:
         self.esmtp = False
         self.identity = ""  # authenticated identity, "" if none
         self.errors = 0
-        self._junk = 0  # NOOP, RSET, VRFY, HELP since the last accepted message
+        self._junk = 0  # JUNK_COMMANDS' commands since the last accepted message
         #: Told the verb of each known command, and nothing else of the line (no
         #: arguments, never a SASL response): the I/O layer's debug log.
         self.on_command: Callable[[str], None] | None = None
@@ -470,7 +471,7 @@ class ServerEngine:
         return self._count_error()
 
     def _junk_command(self) -> None:
-        """A NOOP, RSET, VRFY or HELP, answered already: past `JUNK_COMMANDS` it
+        """A NOOP, RSET, VRFY, HELP, EHLO or HELO, answered: past `JUNK_COMMANDS` it
         counts as an error (a close it causes is reported by next_event())."""
         self._junk += 1
         if self._junk > JUNK_COMMANDS and self._count_error() is not None:
@@ -637,6 +638,7 @@ class ServerEngine:
         self._reset_transaction()
         self.state = State.GREETED
         self._send(R.EHLO_OK.with_text(self.settings.hostname), self._ehlo_lines())
+        self._junk_command()
         return dropped
 
     def _cmd_helo(self, arg: str) -> Event | None:
@@ -648,6 +650,7 @@ class ServerEngine:
         self._reset_transaction()
         self.state = State.GREETED
         self._send(R.HELO_OK.with_text(self.settings.hostname))
+        self._junk_command()
         return dropped
 
     def _cmd_noop(self, arg: str) -> Event | None:

@@ -247,6 +247,70 @@ def test_a_client_that_half_closes_after_its_message_gets_the_250(server: Server
     assert len(server.wait_for_mail(1)) == 1
 
 
+def close_notify_with_commands(server: Server, version: ssl.TLSVersion) -> tuple[bytes, bool]:
+    """Log in, send a message and QUIT, and the TLS close_notify in the same TCP
+    write; what the server answered, and whether it closed with its close_notify."""
+    ctx = server.client_context()
+    ctx.maximum_version = version
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    sock = socket.create_connection(("127.0.0.1", server.submissions), timeout=10)
+    while True:
+        try:
+            tls.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            sock.sendall(outgoing.read())
+            incoming.write(sock.recv(65536))
+    sock.sendall(outgoing.read())
+    body = b"From: alice@example.org\r\nSubject: close_notify\r\n\r\nbody\r\n"
+    tls.write(f"EHLO client.example\r\nAUTH PLAIN {plain(USER, PASSWORD)}\r\n"
+              f"MAIL FROM:<{USER}>\r\nRCPT TO:<bob@example.net>\r\n".encode()
+              + b"BDAT %d LAST\r\n" % len(body) + body + b"QUIT\r\n")
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.unwrap()  # the close_notify, sent with the commands
+    sock.sendall(outgoing.read())
+    got = b""
+    while chunk := sock.recv(65536):
+        got += chunk
+    sock.close()
+    incoming.write(got)
+    text = b""
+    try:
+        while chunk := tls.read(65536):
+            text += chunk
+    except ssl.SSLZeroReturnError:
+        return text, True
+    except ssl.SSLWantReadError:  # the connection ended without a close_notify
+        pass
+    return text, False
+
+
+def test_a_client_whose_last_commands_come_with_its_close_notify_gets_the_replies(
+        server: Server) -> None:
+    """TLS 1.3 closes one direction: a client that writes its message, QUIT and
+    its close_notify at once had all of it dropped unanswered (nothing stored, no
+    reply), the close_notify ending the session before the commands that came
+    with it were read. They are answered now, then the server closes, as after a
+    TCP half-close."""
+    text, closed = close_notify_with_commands(server, ssl.TLSVersion.TLSv1_3)
+    finals = [line[:3] for line in text.decode().split("\r\n") if line[3:4] == " "]
+    assert finals == ["220", "250", "235", "250", "250", "250", "221"], text
+    assert closed
+    assert len(server.wait_for_mail(1)) == 1
+
+
+def test_a_tls12_close_notify_still_drops_the_commands_that_came_with_it(
+        server: Server) -> None:
+    """TLS 1.2 closes both directions (RFC 5246 §7.2.1): no reply could reach the
+    client, so nothing it sent with its close_notify is run and no message is
+    stored that it would never see acknowledged."""
+    text, _ = close_notify_with_commands(server, ssl.TLSVersion.TLSv1_2)
+    assert text == b"220 localhost ESMTP smtpgate\r\n"
+    time.sleep(1)
+    assert server.delivered() == []
+
+
 def test_over_long_line_is_500(server: Server) -> None:
     r = tls_session(server)
     assert r.cmd(b"NOOP " + b"A" * 5000 + b"\r\n") == "500 5.5.2 Line too long"

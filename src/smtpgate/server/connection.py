@@ -273,6 +273,18 @@ class SmtpConnection(asyncio.Protocol):
             except EOFError:
                 self._abort()
                 return
+            if self.tls.peer_closed:
+                # The client's last commands came with its close_notify. TLS 1.3
+                # closes one direction only: they are answered, then the session
+                # closes, as after a TCP half-close (before, they were dropped
+                # unanswered). TLS 1.2 closes both (RFC 5246 §7.2.1: OpenSSL has
+                # queued its own close_notify): no reply could follow, so nothing
+                # is run, or a message stored would go unacknowledged and be sent
+                # again.
+                if self.tls.version != "TLSv1.3":
+                    self._abort()
+                    return
+                self._eof = True
             if out and self.transport is not None:
                 self.transport.write(out)
             if not self.tls_ready:

@@ -68,18 +68,21 @@ class RecordSession:
     close_notify, a failure) is one rule for the server and client sessions alike.
     """
 
-    __slots__ = ("handshake_done",)
+    __slots__ = ("handshake_done", "peer_closed")
 
     #: The library's errors: more ciphertext needed, close_notify received, any other.
     _WANT_READ: ClassVar[type[Exception]]
     _ZERO_RETURN: ClassVar[type[Exception]]
     _ERROR: ClassVar[type[Exception]]
     #: ``receive`` hands over data read just before the peer's close_notify (a client
-    #: reading the server's 221 and its close in one go) rather than failing.
+    #: reading the server's 221 and its close in one go, a server reading a client's
+    #: last commands and its close) rather than failing, and sets ``peer_closed``.
     _EOF_AFTER_DATA: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.handshake_done = False
+        #: The peer's close came right after the data ``receive`` returned.
+        self.peer_closed = False
 
     def receive(self, data: bytes) -> tuple[bytes, bytes]:
         """Feed ciphertext; return (plaintext received, ciphertext to send).
@@ -99,6 +102,7 @@ class RecordSession:
             except EOFError:
                 if not (self._EOF_AFTER_DATA and chunks):
                     raise
+                self.peer_closed = True
                 break  # as within one feed: the data first, the close on the next call
         return b"".join(chunks), self.outgoing()
 
@@ -137,12 +141,14 @@ class RecordSession:
                 break
             except self._ZERO_RETURN:
                 if chunks and eof_after_data:
+                    self.peer_closed = True
                     break
                 raise EOFError from None
             except self._ERROR as e:
                 raise TlsError(f"TLS error: {self._describe(e)}") from None
             if not chunk:  # a clean end without close_notify
                 if chunks and eof_after_data:
+                    self.peer_closed = True
                     break
                 raise EOFError
             chunks.append(chunk)

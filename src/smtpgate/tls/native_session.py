@@ -53,6 +53,8 @@ class NativeServerSession(RecordSession):
     _WANT_READ = ssl.SSLWantReadError
     _ZERO_RETURN = ssl.SSLZeroReturnError
     _ERROR = ssl.SSLError
+    #: A client's last commands and its close_notify in one read are answered.
+    _EOF_AFTER_DATA = True
 
     def __init__(self, context: ssl.SSLContext, end_point_hash: bytes) -> None:
         super().__init__()

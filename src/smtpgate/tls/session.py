@@ -295,6 +295,9 @@ class TlsServerSession(BioConnection):
 
     __slots__ = ("_auth", "_ctx", "_problems")
 
+    #: A client's last commands and its close_notify in one read are answered.
+    _EOF_AFTER_DATA = True
+
     def __init__(self, ctx: ServerTlsContext, listener: str = ""):
         own = ctx.listeners.get(listener)
         conn = SSL.Connection(own.context if own else ctx.context, None)

@@ -26,6 +26,7 @@ import pytest
 from smtpgate.queue.blanks import STOCK
 from smtpgate.smtp import replies as R
 from smtpgate.tls.certs import write_self_signed
+from tests.ports import free_port
 
 from .conftest import PASSWORD, SMTPGATE, USER, Server, make_server
 
@@ -287,6 +288,41 @@ def test_second_instance_leaves_the_pid_file_of_the_first(default_server: Server
     assert "cannot start: listeners.0.address: listener 'submission' cannot bind" in errors[0]
     assert "another server (or another smtpgate) holds it" in errors[0]
     assert pid_file.read_text().strip() == str(srv.proc.pid)
+    assert srv.stop() == 0
+    assert not pid_file.exists()
+
+
+def test_a_second_instance_on_other_ports_with_the_same_state_is_refused(
+    default_server: Server,
+) -> None:
+    """A copy of the config with only the ports changed (a test instance) shares the pid
+    file, status file, metrics directory, spool and databases: it must not start, nor
+    take the pid file, which it would remove when it stops (leaving `smtpgate status`
+    and `reload` with no server to find)."""
+    srv = default_server
+    pid_file = srv.root / "smtpgate.pid"
+    assert srv.proc is not None
+    copy = srv.root / "copy.toml"
+    text = srv.config.read_text()
+    for port in (srv.submission, srv.submissions):
+        text = text.replace(f"127.0.0.1:{port}", f"127.0.0.1:{free_port()}")
+    copy.write_text(text)
+    counts = sorted(p.name for p in (srv.root / "smtpgate.metrics").iterdir())
+    assert counts
+    done = subprocess.run([SMTPGATE, "serve", "--config", str(copy)], env=srv.env,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2, done.stderr
+    errors = [line for line in done.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1, done.stderr
+    assert f"cannot start: server.pid_file: smtpgate serve (pid {srv.proc.pid}) already runs" \
+        in errors[0]
+    assert "listening" not in done.stderr and "started" not in done.stderr
+    assert pid_file.read_text().strip() == str(srv.proc.pid)
+    # The first server's counts are still there (a start empties the directory).
+    assert set(counts) <= {p.name for p in (srv.root / "smtpgate.metrics").iterdir()}
+    status = srv.cli("status", "--json", check=False)
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert json.loads(status.stdout)["server"]["pid"] == srv.proc.pid
     assert srv.stop() == 0
     assert not pid_file.exists()
 

@@ -866,6 +866,14 @@ def run(cfg: Config, config_path: Path | None = None) -> int:
         signal.signal(sig, signal.SIG_IGN)
     pid_path = pidfile.pid_path(cfg)
     try:
+        first = pidfile.another_serving(pid_path)
+        if first is not None:
+            raise StartupError(
+                "server.pid_file",
+                f"smtpgate serve (pid {first}) already runs with the pid file {pid_path}, "
+                "and so with its state directory (status file, metrics, by default the "
+                "spool and databases): stop it first (`smtpgate status` shows it), or give "
+                "this server its own accounts.database directory or server.pid_file")
         pidfile.write(pid_path)
         # Before any fork and any count: every process counts in files there, with
         # [metrics] listen or not, so that a reload can open the endpoint with the

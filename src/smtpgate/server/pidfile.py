@@ -82,6 +82,29 @@ def replace_file(path: Path, text: str) -> None:
         raise
 
 
+def another_serving(path: Path) -> int | None:
+    """The pid of another ``smtpgate serve`` named by the pid file ``path``, still
+    running; None when the file is missing, stale, this process's, or names a process
+    that is not a ``serve`` (a reused number).
+
+    Two servers with one pid file share its directory: the status file, the metrics
+    directory (which a start empties) and, by default, the spool and the databases.
+    The second one must not start, as Postfix's second ``master`` does not.
+    """
+    try:
+        pid = running_pid(path)
+    except NotRunning:
+        return None
+    if pid == os.getpid():
+        return None
+    try:
+        argv = [os.fsdecode(a) for a in
+                Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]]
+    except OSError:
+        return pid  # no /proc: the file and a live process are all there is to go by
+    return pid if _is_serve(argv) else None
+
+
 def remove(path: Path) -> None:
     """Remove the file if it still names this process."""
     try:

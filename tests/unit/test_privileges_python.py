@@ -122,3 +122,31 @@ def test_a_python_without_a_stdlib_directory_is_not_refused(
 
     monkeypatch.setattr(sysconfig, "get_paths", lambda: {"stdlib": str(open_tmp / "none")})
     assert str(open_tmp / "none") not in map(str, privileges.python_paths())
+
+
+def test_config_check_finds_what_serve_refuses_whoever_runs_it(
+    open_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``privileges.problems`` (config check) says what ``resolve`` (serve) raises, and
+    nothing for a user that serve would switch to, run as root or not."""
+    try:
+        pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no user nobody")
+
+    def cfg(**server: str) -> Config:
+        return Config.model_validate({
+            "listeners": [ListenerConfig(name="s", address="127.0.0.1:2587", tls="starttls")],
+            "server": server,
+        })
+
+    closed = open_tmp / "root"
+    (closed / "lib").mkdir(parents=True)
+    monkeypatch.setattr(privileges, "python_paths", lambda: [closed / "lib"])
+    monkeypatch.setattr(os, "geteuid", lambda: 4242)  # neither root nor nobody
+    assert privileges.problems(cfg()) == []
+    assert privileges.problems(cfg(user="nobody")) == []
+    closed.chmod(0o700)
+    found = privileges.problems(cfg(user="nobody"))
+    assert [(p.severity, p.key) for p in found] == [("error", "server.user")]
+    assert f"'nobody' cannot read {closed.resolve()}" in found[0].message

@@ -12,6 +12,7 @@ from smtpgate.cli.common import ExitCode, config_file, config_missing, config_op
 from smtpgate.config import ConfigError, load_config
 from smtpgate.plural import count
 from smtpgate.preflight import Problem, run_checks
+from smtpgate.server import privileges
 
 
 @click.group()
@@ -47,7 +48,7 @@ def check(as_json: bool, config_path: Path | None) -> None:
         except ConfigError as e:
             problems = [Problem("error", key, msg) for key, msg in e.problems]
         else:
-            problems = run_checks(cfg)
+            problems = run_checks(cfg) + privileges.problems(cfg)
             summary = f"{count(len(cfg.listeners), 'listener')}, delivery {cfg.delivery.mode}"
         code = ExitCode.ERROR if any(p.severity == "error" for p in problems) else ExitCode.OK
     n_errors = sum(p.severity == "error" for p in problems)

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from smtpgate.config import Config
 from smtpgate.errors import StartupError
+from smtpgate.preflight import Problem
 
 log = logging.getLogger("smtpgate")
 
@@ -53,12 +54,41 @@ def resolve(cfg: Config) -> RunAs | None:
         StartupError: the user or group does not exist, or ``user`` is set and
             the server was started neither as root nor as that user.
     """
-    name = cfg.server.user
-    if not name:
+    if not cfg.server.user:
         if os.geteuid() == 0:
             log.warning("server.user: not set: serving as root (set it to an unprivileged "
                         "user, e.g. \"smtpgate\"; docs/operations.md)")
         return None
+    who = _who(cfg, cfg.server.user)
+    if os.geteuid() != 0:
+        if os.geteuid() == who.uid and os.getegid() == who.gid:
+            return None  # started as that user already (systemd's User=)
+        raise StartupError("server.user", f"running as uid {os.geteuid()}: switching to "
+                                          f"{who.user!r} needs starting as root")
+    _check_python(who)
+    return who
+
+
+def problems(cfg: Config) -> list[Problem]:
+    """What ``serve`` would refuse in ``server.user`` and ``server.group`` (no such
+    user or group, root, a Python the user cannot import from), for ``config check``,
+    which must not pass a config that ``serve`` then stops at. Who runs the check
+    does not matter: the start as root (or as the user) is ``serve``'s to check."""
+    if not cfg.server.user:
+        return []
+    try:
+        _check_python(_who(cfg, cfg.server.user))
+    except StartupError as e:
+        return [Problem("error", e.key, e.message)]
+    return []
+
+
+def _who(cfg: Config, name: str) -> RunAs:
+    """``name`` and ``server.group`` looked up.
+
+    Raises:
+        StartupError: no such user or group, or the user is root.
+    """
     try:
         pw = pwd.getpwnam(name)
     except KeyError:
@@ -71,24 +101,21 @@ def resolve(cfg: Config) -> RunAs | None:
             raise StartupError("server.group", f"no such group: {cfg.server.group!r}") from None
     if pw.pw_uid == 0:
         raise StartupError("server.user", f"{name!r} is root: name an unprivileged user")
-    if os.geteuid() != 0:
-        if os.geteuid() == pw.pw_uid and os.getegid() == gid:
-            return None  # started as that user already (systemd's User=)
-        raise StartupError("server.user", f"running as uid {os.geteuid()}: switching to "
-                                          f"{name!r} needs starting as root")
-    groups = tuple(sorted(set(os.getgrouplist(name, gid))))
-    who = RunAs(name, pw.pw_uid, gid, groups)
+    return RunAs(name, pw.pw_uid, gid, tuple(sorted(set(os.getgrouplist(name, gid)))))
+
+
+def _check_python(who: RunAs) -> None:
+    """Raises StartupError when ``who`` cannot read what smtpgate imports from."""
     for path in python_paths():
         closed = unreadable_by(path, who)
         if closed is not None:
             # Each process goes on importing (lazily) after it drops: a Python under
             # /root (pyenv, say) then fails with "No module named ..." in a worker.
-            raise StartupError("server.user", f"{name!r} cannot read {closed}, on the way to "
-                                              f"{path}, which smtpgate imports from after "
+            raise StartupError("server.user", f"{who.user!r} cannot read {closed}, on the way "
+                                              f"to {path}, which smtpgate imports from after "
                                               "switching to that user: install it with a "
                                               "Python that user can read (the system's "
                                               "python3 -m venv, not one under /root)")
-    return who
 
 
 def python_paths() -> list[Path]:

@@ -136,3 +136,30 @@ def test_every_printed_command_names_the_config(tmp_path: Path) -> None:
     assert code == 0, out
     assert f"admin add NAME --config {config}`" in out
     assert f"user passwd demo@localhost --config {config}`" in out
+
+
+@pytest.mark.parametrize("name", ["cert.pem", "key.pem"])
+def test_an_existing_certificate_or_key_is_never_written_through(tmp_path: Path, name: str) -> None:
+    """tls/cert.pem and tls/key.pem as links to certbot's files (a common set-up):
+    init wrote its self-signed pair through them, over the real certificate and key."""
+    live = tmp_path / "letsencrypt/live/mail.example.org"
+    live.mkdir(parents=True)
+    (live / "fullchain.pem").write_text("the real chain\n")
+    (live / "privkey.pem").write_text("the real key\n")
+    (tmp_path / "etc/tls").mkdir(parents=True)
+    target = live / ("fullchain.pem" if name == "cert.pem" else "privkey.pem")
+    (tmp_path / "etc/tls" / name).symlink_to(target)
+    code, out = init("--dir", str(tmp_path / "etc"), "--no-demo")
+    assert code == 1
+    assert f"tls/{name} exists; init does not replace a certificate or key" in out
+    assert (live / "fullchain.pem").read_text() == "the real chain\n"
+    assert (live / "privkey.pem").read_text() == "the real key\n"
+    assert sorted(p.name for p in (tmp_path / "etc").iterdir()) == ["tls"]
+
+
+def test_a_dangling_link_where_the_key_goes_is_refused_too(tmp_path: Path) -> None:
+    (tmp_path / "etc/tls").mkdir(parents=True)
+    (tmp_path / "etc/tls/key.pem").symlink_to(tmp_path / "not-yet-issued.pem")
+    code, out = init("--dir", str(tmp_path / "etc"), "--no-demo")
+    assert code == 1 and "tls/key.pem exists" in out
+    assert not (tmp_path / "not-yet-issued.pem").exists()

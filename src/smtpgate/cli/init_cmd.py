@@ -239,6 +239,17 @@ def _create(
                 err=True,
             )
             raise SystemExit(1)
+    for pem in (directory / "tls/cert.pem", directory / "tls/key.pem"):
+        # lexists: a link (to certbot's live/ files, say) would be written through,
+        # replacing the real certificate and key with the self-signed pair.
+        if os.path.lexists(pem):
+            click.echo(
+                f"error: {pem} exists; init does not replace a certificate or key (it "
+                "may be, or link to, the one in use): move it away, or run init with "
+                "another --dir and point tls.cert and tls.key at it",
+                err=True,
+            )
+            raise SystemExit(1)
     # Validate the options before anything is written: a bad --submission must not
     # leave a directory with a key in it behind.
     try:

@@ -39,6 +39,16 @@ def test_strong_passwords_pass(password: str) -> None:
     check_password_policy(password, USER, DEFAULT)
 
 
+@pytest.mark.parametrize("length", [72, 73, 100, 101, 1000])
+def test_a_long_passphrase_is_scored_not_a_crash(length: int) -> None:
+    """zxcvbn 4.5 raises ValueError past 72 characters; the policy scored the first
+    100, so a 73-character passphrase was a traceback of ``user add``."""
+    words = "Winter plum kettle 42 and a lighthouse on the Baltic coast "
+    check_password_policy((words * 20)[:length], USER, DEFAULT)
+    with pytest.raises(PasswordPolicyError, match="too weak"):
+        check_password_policy("a" * length, USER, DEFAULT)
+
+
 def test_each_rule_can_be_relaxed() -> None:
     lax = PasswordsConfig(min_length=1, min_strength=0, reject_username=False)
     check_password_policy("alice", USER, lax)
@@ -78,6 +88,9 @@ def test_cli_add_and_passwd_apply_the_policy(tmp_path: Path) -> None:
     assert run("add", USER, stdin="Winter-Plum-Kettle-42\n")[0] == 0
     code, out = run("passwd", USER, stdin="alice-alice-alice\n")
     assert code == 1 and "account name" in out
+    passphrase = "the quick brown fox jumps over the lazy dog near Winter-Plum-Kettle-42"
+    code, out = run("passwd", USER, stdin=passphrase + " twice over\n")
+    assert code == 0 and "Traceback" not in out, out
 
 
 @pytest.mark.parametrize("password", ["Winter-Plum-123456\nKettle-42", "123456\n"])

@@ -21,8 +21,10 @@ from smtpgate.auth.passwords import PasswordPolicyError, check_new_password
 from smtpgate.config import PasswordsConfig
 
 #: zxcvbn's cost grows with the length; past this many characters a password
-#: is long enough that only its prefix needs scoring.
-ZXCVBN_MAX_CHARS = 100
+#: is long enough that only its prefix needs scoring. 72 is zxcvbn 4.5's own
+#: limit (``max_length``): a longer string raises ValueError there, which was a
+#: traceback of ``user add`` for a 73-character passphrase.
+ZXCVBN_MAX_CHARS = 72
 #: A local part shorter than this ("a@x") is too short to be a meaningful
 #: substring of a password; the whole address is still checked.
 MIN_LOCAL_CHECKED = 3

@@ -163,3 +163,16 @@ def test_a_dangling_link_where_the_key_goes_is_refused_too(tmp_path: Path) -> No
     code, out = init("--dir", str(tmp_path / "etc"), "--no-demo")
     assert code == 1 and "tls/key.pem exists" in out
     assert not (tmp_path / "not-yet-issued.pem").exists()
+
+
+def test_a_run_that_fails_half_way_takes_its_certificate_and_key_with_it(tmp_path: Path) -> None:
+    """The pair a failed run wrote would otherwise stop the next run at 'exists'."""
+    (tmp_path / "a-file").write_text("")
+    code, out = init("--dir", str(tmp_path / "etc"), "--no-demo",
+                     "--deliver", f"maildir:{tmp_path / 'a-file/mail'}")
+    assert code == 1 and "cannot create" in out, out
+    assert not (tmp_path / "etc/tls/cert.pem").exists()
+    assert not (tmp_path / "etc/tls/key.pem").exists()
+    code, out = init("--dir", str(tmp_path / "etc"), "--no-demo")
+    assert code == 0, out
+    assert (tmp_path / "etc/tls/key.pem").stat().st_size > 0

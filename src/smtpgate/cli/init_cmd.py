@@ -263,33 +263,41 @@ def _create(
     created_config_dir = not directory.exists()
     directory.mkdir(parents=True, exist_ok=True)
     write_self_signed(directory / "tls/cert.pem", directory / "tls/key.pem", hostname)
-    cfg.path(cfg.queue.spool).mkdir(parents=True, exist_ok=True)
-    if cfg.delivery.mode == "maildir":
-        for sub in ("tmp", "new", "cur"):
-            (cfg.path(cfg.delivery.maildir) / sub).mkdir(parents=True, exist_ok=True)
-    cfg.path(cfg.accounts.database).parent.mkdir(parents=True, exist_ok=True)
-    # A random demo password: the [passwords] policy is for passwords people choose.
-    accounts_admin = AccountAdmin(open_account_store(cfg), cfg.accounts, actor=default_actor())
-    password = ""
-    user = _demo_address(hostname)
     try:
-        if not no_demo:
-            password = demo_password()
-            accounts_admin.add_account(user, password)
-    finally:
-        accounts_admin.close()
-    # Created now, so that a first `smtpgate guard ...` run as root cannot leave a
-    # root-owned file the server may not open.
-    SqliteGuardStore(cfg.path(cfg.guard.database)).close()
-    # The secret behind SCRAM's fake salts for unknown names (auth/decoy.py): state,
-    # beside the databases, so a backup of the state directory carries it along.
-    create_decoy_secret(decoy_secret_path(cfg))
-    log_file = cfg.path(cfg.auth.log_file) if cfg.auth.log_file is not None else None
-    if log_file is not None:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        if who is not None:
-            # fail2ban refuses to start a jail whose log file does not exist yet.
-            os.close(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640))
+        cfg.path(cfg.queue.spool).mkdir(parents=True, exist_ok=True)
+        if cfg.delivery.mode == "maildir":
+            for sub in ("tmp", "new", "cur"):
+                (cfg.path(cfg.delivery.maildir) / sub).mkdir(parents=True, exist_ok=True)
+        cfg.path(cfg.accounts.database).parent.mkdir(parents=True, exist_ok=True)
+        # A random demo password: the [passwords] policy is for passwords people choose.
+        accounts_admin = AccountAdmin(open_account_store(cfg), cfg.accounts,
+                                      actor=default_actor())
+        password = ""
+        user = _demo_address(hostname)
+        try:
+            if not no_demo:
+                password = demo_password()
+                accounts_admin.add_account(user, password)
+        finally:
+            accounts_admin.close()
+        # Created now, so that a first `smtpgate guard ...` run as root cannot leave a
+        # root-owned file the server may not open.
+        SqliteGuardStore(cfg.path(cfg.guard.database)).close()
+        # The secret behind SCRAM's fake salts for unknown names (auth/decoy.py): state,
+        # beside the databases, so a backup of the state directory carries it along.
+        create_decoy_secret(decoy_secret_path(cfg))
+        log_file = cfg.path(cfg.auth.log_file) if cfg.auth.log_file is not None else None
+        if log_file is not None:
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            if who is not None:
+                # fail2ban refuses to start a jail whose log file does not exist yet.
+                os.close(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640))
+    except OSError:
+        # The pair this run wrote goes with it: left behind, it would stop the next
+        # run (init does not replace a certificate or key).
+        for pem in (directory / "tls/cert.pem", directory / "tls/key.pem"):
+            pem.unlink(missing_ok=True)
+        raise
     config_path.write_text(text, encoding="utf-8")
     if who is not None:
         _hand_over(cfg, config_path, who, created_config_dir, log_file)

@@ -377,13 +377,15 @@ def check_tls(cfg: Config, now: dt.datetime) -> list[Problem]:
         # A warning, not an error: refusing to start turns "clients that verify
         # refuse the certificate" into "no client can send at all", and a restart
         # after a missed renewal should not take the service down.
+        ago = f"{count(days, 'day')} ago" if days else "less than a day ago"
         out.append(_warning("tls.cert", f"the certificate expired on {_day(not_after)} "
-                            f"({days} days ago): clients that verify certificates refuse "
+                            f"({ago}): clients that verify certificates refuse "
                             "it; renew it, then reload smtpgate"))
     elif not_after - now < dt.timedelta(days=EXPIRY_WARNING_DAYS):
         days = (not_after - now).days
-        out.append(_warning("tls.cert", f"the certificate expires on {_day(not_after)} (in "
-                            f"{days} days); renew it (certbot renews 30 days ahead: is its "
+        within = f"in {count(days, 'day')}" if days else "in less than a day"
+        out.append(_warning("tls.cert", f"the certificate expires on {_day(not_after)} "
+                            f"({within}); renew it (certbot renews 30 days ahead: is its "
                             "timer running?)"))
     if not_before > now:
         out.append(_error("tls.cert", f"the certificate is not valid before "

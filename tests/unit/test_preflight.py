@@ -137,6 +137,24 @@ def test_expired_certificate_is_a_loud_warning(gate: Path) -> None:
     assert "(3 days ago)" in expired[0].message
 
 
+@pytest.mark.parametrize(
+    ("shift", "said"),
+    [
+        (dt.timedelta(days=1, hours=2), "expired on {day} (1 day ago)"),
+        (dt.timedelta(hours=5), "expired on {day} (less than a day ago)"),
+        (-dt.timedelta(days=1, hours=2), "expires on {day} (in 1 day)"),
+        (-dt.timedelta(hours=5), "expires on {day} (in less than a day)"),
+    ],
+)
+def test_days_to_or_since_expiry_read_in_the_singular_and_under_a_day(
+    gate: Path, shift: dt.timedelta, said: str,
+) -> None:
+    """'(1 days ago)' and '(0 days ago)' were what the check said a day after."""
+    not_after = _not_after(gate)
+    warnings = only(run_checks(config(gate), now=not_after + shift), "warning")
+    assert said.format(day=f"{not_after:%Y-%m-%d %H:%M} UTC") in warnings["tls.cert"]
+
+
 def test_certificate_expiring_within_30_days_is_a_warning(gate: Path) -> None:
     soon = _not_after(gate) - dt.timedelta(days=10, hours=1)
     problems = run_checks(config(gate), now=soon)

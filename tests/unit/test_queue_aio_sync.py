@@ -177,3 +177,52 @@ async def test_a_file_to_be_made_is_made_on_a_thread_not_on_the_loop(
     assert made_on and threading.main_thread().name not in made_on, made_on
     assert spool.load(qid)[1] == b"Subject: t\r\n\r\nbody\r\n"
     await spool.close()
+
+
+async def test_a_failed_sync_of_the_seal_stores_nothing_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kernel's answer is the only word on the message's durability: an error
+    there is a refused message (the client gets a 4xx), and its file is gone."""
+    from smtpgate.queue.spool import SpoolError
+
+    def failing(self: AioSync, fd: int, on_done: object) -> bool:
+        asyncio.get_running_loop().call_soon(on_done, OSError(errno.EIO, "I/O error"))
+        return True
+
+    spool = Spool(tmp_path / "spool")
+    assert spool.slots is not None and spool.slots.wait_filled(10)
+    monkeypatch.setattr(AioSync, "submit", failing)
+    inc = spool.receive(ENV)
+    inc.write(b"Subject: t\r\n\r\nbody\r\n")
+    with pytest.raises(SpoolError, match="I/O error"):
+        await spool.publish(inc)
+    assert spool.list_ids() == []
+    assert not os.path.exists(inc.path)
+    await spool.close()
+
+
+async def test_a_sync_the_kernel_will_not_start_after_the_write_is_done_on_a_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Too many syncs in flight, or a file system that refuses AIO syncs: the rest is
+    already written and stamped, so only the sync and the name are left to the
+    thread; the message is stored once, intact."""
+    synced_on: list[str] = []
+    real = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        synced_on.append(threading.current_thread().name)
+        real(fd)
+
+    spool = Spool(tmp_path / "spool")
+    assert spool.slots is not None and spool.slots.wait_filled(10)
+    monkeypatch.setattr(AioSync, "submit", lambda self, fd, on_done: False)
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    inc = spool.receive(ENV)
+    body = b"Subject: t\r\n\r\n" + b"line\r\n" * 50
+    inc.write(body)
+    qid = await spool.publish(inc)
+    assert synced_on and threading.main_thread().name not in synced_on, synced_on
+    assert spool.list_ids() == [qid] and spool.load(qid)[1] == body
+    await spool.close()

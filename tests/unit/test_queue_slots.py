@@ -72,13 +72,15 @@ def count_syncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr(os, "fsync", counting(os.fsync, "fsync"))
     monkeypatch.setattr(os, "fdatasync", counting(os.fdatasync, "fdatasync"))
-    aio_sync = AioSync.fdatasync
+    aio_submit = AioSync.submit
 
-    async def counting_aio(self: AioSync, fd: int) -> None:  # the kernel's (Linux AIO)
-        calls.append("fdatasync")
-        await aio_sync(self, fd)
+    def counting_aio(self: AioSync, fd: int, on_done: Callable[[OSError | None], None]) -> bool:
+        started = aio_submit(self, fd, on_done)  # the kernel's sync (Linux AIO)
+        if started:
+            calls.append("fdatasync")
+        return started
 
-    monkeypatch.setattr(AioSync, "fdatasync", counting_aio)
+    monkeypatch.setattr(AioSync, "submit", counting_aio)
     return calls
 
 

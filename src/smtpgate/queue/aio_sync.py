@@ -29,6 +29,7 @@ import logging
 import os
 import platform
 import sys
+from collections.abc import Callable
 
 log = logging.getLogger("smtpgate.spool")
 
@@ -127,7 +128,7 @@ class AioSync:
         self._efd = efd
         self._born = _forks
         self._next = 0
-        self._waiting: dict[int, asyncio.Future[None]] = {}
+        self._waiting: dict[int, Callable[[OSError | None], None]] = {}
         self._events = (_IoEvent * _EVENTS_AT_ONCE)()
         self._no_wait = _Timespec(0, 0)
         self._usable = True
@@ -158,27 +159,53 @@ class AioSync:
         Raises:
             OSError: the sync failed (the data may not be on disk).
         """
-        if not self.usable or len(self._waiting) >= MAX_IN_FLIGHT:
+        done: asyncio.Future[None] = self._loop.create_future()
+
+        def answer(error: OSError | None) -> None:
+            if done.done():
+                return
+            if error is None:
+                done.set_result(None)
+            else:
+                done.set_exception(error)
+
+        if not self.submit(fd, answer):
             await asyncio.to_thread(os.fdatasync, fd)
             return
+        # Shielded: the sync runs to its end even if the caller is cancelled, and the
+        # caller's clean-up (close, rename) must not run before it has.
+        await asyncio.shield(done)
+
+    def submit(self, fd: int, on_done: Callable[[OSError | None], None]) -> bool:
+        """Start ``os.fdatasync(fd)``; ``on_done`` is called on the loop with None
+        (on disk) or the error when the kernel has finished, whatever became of
+        whoever asked (a cancelled session's seal still closes and names its file).
+        False when nothing was started (AIO not usable here, too many in flight, the
+        file system refused): the caller syncs another way.
+
+        Why a callback and not a future: the seal's close and rename then run in
+        the same loop turn as the completion, and the session's task wakes once;
+        through a future and a shield it took four turns of the loop before the 250.
+
+        Raises:
+            OSError: the submission failed otherwise.
+        """
+        if not self.usable or len(self._waiting) >= MAX_IN_FLIGHT:
+            return False
         key = self._next = self._next + 1
         iocb = _Iocb(aio_data=key, aio_lio_opcode=_IOCB_CMD_FDSYNC, aio_fildes=fd,
                      aio_flags=_IOCB_FLAG_RESFD, aio_resfd=self._efd)
         pointers = (ctypes.POINTER(_Iocb) * 1)(ctypes.pointer(iocb))
-        done: asyncio.Future[None] = self._loop.create_future()
-        self._waiting[key] = done
+        self._waiting[key] = on_done
         if self._libc.syscall(self._submit, ctypes.c_ulong(self._ctx), 1, pointers) != 1:
             del self._waiting[key]
             code = ctypes.get_errno()
             if code == errno.EINVAL:  # this file system has no AIO fsync
                 self._usable = False
                 log.info("spool syncs run on threads: the file system refused an AIO sync")
-                await asyncio.to_thread(os.fdatasync, fd)
-                return
+                return False
             raise OSError(code, os.strerror(code))
-        # Shielded: the sync runs to its end even if the caller is cancelled, and the
-        # caller's clean-up (close, rename) must not run before it has.
-        await asyncio.shield(done)
+        return True
 
     def _completed(self) -> None:
         try:
@@ -200,13 +227,14 @@ class AioSync:
                 return
             for i in range(got):
                 event = self._events[i]
-                done = self._waiting.pop(event.data, None)
-                if done is None or done.done():
+                on_done = self._waiting.pop(event.data, None)
+                if on_done is None:
                     continue
-                if event.res < 0:
-                    done.set_exception(OSError(-event.res, os.strerror(-event.res)))
-                else:
-                    done.set_result(None)
+                try:
+                    on_done(None if event.res >= 0
+                            else OSError(-event.res, os.strerror(-event.res)))
+                except Exception:  # one caller's failure must not lose the others' answers
+                    log.exception("spool: answering a finished sync failed")
             if not blocking and got < _EVENTS_AT_ONCE:
                 return
             if blocking:

@@ -175,6 +175,11 @@ class Incoming:
         self._pending.clear()
         syncer = self._syncer
         try:
+            if syncer is not None and syncer.usable and len(rest) <= INLINE_REST:
+                sealing = self._start_seal_inline(rest, syncer)
+                if sealing is not None:
+                    await sealing
+                    return self.path
             if syncer is not None and syncer.usable:
                 # Shielded as the thread below is: a cancelled caller does not stop
                 # the seal half-way (a message then kept although no 250 went out is
@@ -195,8 +200,7 @@ class Incoming:
     def _seal(self, rest: bytes) -> None:
         self._write(rest)
         self._stamp()
-        os.fdatasync(self._fd)
-        self._close_and_name()
+        self._sync_and_name()
 
     async def _seal_on_loop(self, rest: bytes, syncer: AioSync) -> None:
         try:
@@ -217,6 +221,53 @@ class Incoming:
         except OSError:
             self._remove()  # here too: a cancelled `seal` is not there to do it
             raise
+
+    def _start_seal_inline(self, rest: bytes, syncer: AioSync) -> asyncio.Future[None] | None:
+        """Write the rest, stamp and start the sync without leaving this loop turn;
+        the close and rename run in the turn the sync ends in (`AioSync.submit`),
+        so the session's task wakes once, right for its 250 (through a task and two
+        shields it was four turns later). Whatever becomes of the caller, the seal
+        ends as it began: a cancelled session's message is closed and named (a
+        duplicate at worst, as with the shield). None when this cannot be done
+        here (no file ready to open, AIO refused): nothing was written, the
+        caller goes the other way.
+
+        Raises:
+            OSError: a write failed (the caller removes the file).
+        """
+        if self._fd < 0:
+            opened = self._open(False)  # an existing slot or pooled file only
+            if opened is None:
+                return None
+            self._fd, self.path, self._final = opened
+        self._write(rest)
+        self._stamp()
+        sealed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def synced(error: OSError | None) -> None:
+            if error is None:
+                try:
+                    self._close_and_name()
+                except OSError as e:
+                    error = e
+            if error is not None:
+                self._remove()
+            if sealed.done():  # the caller was cancelled: the seal is done all the same
+                return
+            if error is None:
+                sealed.set_result(None)
+            else:
+                sealed.set_exception(error)
+
+        if not syncer.submit(self._fd, synced):
+            # Written and stamped already: only the sync and the name are left, on
+            # the thread as without AIO.
+            return asyncio.ensure_future(asyncio.to_thread(self._sync_and_name))
+        return sealed
+
+    def _sync_and_name(self) -> None:
+        os.fdatasync(self._fd)
+        self._close_and_name()
 
     def _stamp(self) -> None:
         """Fill in the data length and the checksum. Then the one sync before the

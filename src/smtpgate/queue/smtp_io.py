@@ -41,6 +41,7 @@ from cryptography import x509
 from smtpgate.client.auth import AuthSend, ClientAuthExchange, ClientAuthResult
 from smtpgate.client.engine import CLOSED, ClientEngine
 from smtpgate.client.replies import ServerReply
+from smtpgate.queue.connect_each import connect_each
 from smtpgate.sasl.base import ChannelBinding, ClientMechanism
 from smtpgate.tls.bio import end_point_hash
 
@@ -357,11 +358,18 @@ class TransportStream:
 
     @classmethod
     async def connect(cls, host: str, port: int, timeout: float) -> TransportStream:
-        """Raises: OSError (UnusableTransport among them), TimeoutError."""
+        """Each of the host's addresses in turn, ``timeout`` each (`connect_each`).
+
+        Raises: OSError (UnusableTransport among them), TimeoutError."""
         loop = asyncio.get_running_loop()
         inbox = _Inbox()
-        async with asyncio.timeout(timeout):
-            _, protocol = await loop.create_connection(lambda: _Protocol(inbox), host, port)
+
+        async def attempt(family: int, address: tuple[object, ...]) -> _Protocol:
+            _, made = await loop.create_connection(
+                lambda: _Protocol(inbox), str(address[0]), port, family=family)
+            return made
+
+        protocol = await connect_each(host, port, timeout, attempt)
         if protocol.transport is None:
             raise UnusableTransport(f"unusable event loop transport: {protocol.unusable}")
         return cls(protocol.transport, protocol, inbox)

@@ -20,12 +20,12 @@ Every method that waits takes a timeout; nothing here retries or sleeps.
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import ssl
 import warnings
 from typing import Protocol
 
+from smtpgate.queue.connect_each import connect_each
 from smtpgate.tls.client import TlsClientSession
 from smtpgate.tls.session import TlsError
 
@@ -159,26 +159,20 @@ class Wire:
             TimeoutError: no connection within ``timeout``.
         """
         loop = asyncio.get_running_loop()
-        async with asyncio.timeout(timeout):
-            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            last: OSError | None = None
-            for family, type_, proto, _, addr in infos:
-                sock = socket.socket(family, type_, proto)
-                sock.setblocking(False)
-                try:
-                    await loop.sock_connect(sock, addr)
-                except OSError as e:
-                    sock.close()
-                    # asyncio words it "Connect call failed ('127.0.0.1', 25)" in
-                    # strerror; an administrator wants "Connection refused".
-                    last = OSError(e.errno, os.strerror(e.errno)) if e.errno else e
-                    continue
-                except BaseException:
-                    sock.close()
-                    raise
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                return cls(sock)
-        raise last or OSError(f"cannot resolve {host}")
+
+        async def attempt(family: int, address: tuple[object, ...]) -> Wire:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            try:
+                await loop.sock_connect(sock, address)
+            except BaseException:
+                sock.close()
+                raise
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return cls(sock)
+
+        # Each address in turn with ``timeout`` of its own (queue/connect_each.py).
+        return await connect_each(host, port, timeout, attempt)
 
     @property
     def tls(self) -> bool:

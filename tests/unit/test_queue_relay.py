@@ -685,6 +685,36 @@ async def test_refusing_greeting_is_temporary(greeting: bytes) -> None:
     assert isinstance(results["a@example.net"], TempFailure)
 
 
+@pytest.mark.parametrize("tls_mode", ["opportunistic", "require"])
+@pytest.mark.parametrize("at", ["EHLO", "STARTTLS"])
+async def test_a_421_to_ehlo_or_starttls_defers_with_the_relays_words(
+    at: str, tls_mode: TlsMode
+) -> None:
+    """RFC 5321 §3.8: a 421 is the relay closing the channel, as Postfix does after
+    its 421s. Before, a 421 to EHLO was followed by HELO on the closed connection
+    and a 421 to STARTTLS by MAIL in clear (relay_tls = "opportunistic"): the
+    deferral said "server closed the connection" and the 421 was lost."""
+    seen: list[bytes] = []
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 hop ESMTP\r\n")
+        while line := await reader.readline():
+            seen.append(line)
+            if line.upper().startswith(at.encode()):
+                writer.write(b"421 4.3.2 Service shutting down\r\n")
+                return  # and close, as Postfix does
+            writer.write(b"250-hop\r\n250 STARTTLS\r\n")
+
+    async with scripted(script) as port:
+        results = await relay(port, tls_mode=tls_mode, verify=False).deliver(
+            message(), ("a@example.net",))
+    result = results["a@example.net"]
+    assert isinstance(result, TempFailure)
+    assert result.reply == (f"relay 127.0.0.1:{port} refused {at}: "
+                            "421 4.3.2 Service shutting down"), result
+    assert not any(line.upper().startswith((b"HELO", b"MAIL")) for line in seen), seen
+
+
 async def test_garbage_instead_of_smtp_is_temporary() -> None:
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"HTTP/1.1 400 Bad Request\r\n\r\n")

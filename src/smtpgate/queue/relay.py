@@ -596,6 +596,10 @@ class RelayDeliverer:
         reply = await link.command("EHLO", engine.ehlo(self._helo), self._t.command)
         if reply.code == 250:
             return engine.extensions
+        if reply.code == 421:
+            # RFC 5321 §3.8: the relay is closing the channel, not refusing EHLO;
+            # a HELO would meet a closed connection and the 421 be lost.
+            raise _temp(f"{self.where} refused EHLO: {reply}")
         # RFC 5321 §3.2: a server that refuses EHLO may still accept HELO.
         reply = await link.command("HELO", engine.helo(self._helo), self._t.command)
         if reply.code != 250:
@@ -617,6 +621,11 @@ class RelayDeliverer:
                                          "(relay_tls = require)"), warn=True)
             return ext
         reply = await link.command("STARTTLS", link.conn.engine.starttls(), self._t.command)
+        if reply.code == 421:
+            # RFC 5321 §3.8: the relay is closing the channel (shutting down, busy),
+            # which is no refusal of TLS to go on from in clear: deferred with its
+            # words, even with relay_tls = "opportunistic", and no WARNING.
+            raise _temp(f"{self.where} refused STARTTLS: {reply}")
         if reply.code != 220:
             if self._tls_mode == "require":
                 raise _Abort(TempFailure(f"4.7.0 {self.where} refused STARTTLS "

@@ -14,6 +14,7 @@ import os
 import re
 import stat
 import tomllib
+import unicodedata
 import urllib.parse
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
@@ -1325,6 +1326,14 @@ class QueueConfig(Model):
         return int(1.5 * max_message_size)
 
 
+def _a_labels(domain: str) -> str:
+    """``domain`` (lower case) with each non-ASCII label as its A-label (RFC 5890),
+    NFC first: the spelling two routes are compared in."""
+    labels = unicodedata.normalize("NFC", domain).split(".")
+    return ".".join(label if label.isascii() else "xn--" + label.encode("punycode").decode()
+                    for label in labels)
+
+
 class RouteConfig(Model):
     """One table per route: mail for `domain` goes to `next_hop` (mode 'relay')."""
 
@@ -1518,7 +1527,9 @@ class DeliveryConfig(Model):
         if self.mode == "lmtp" and not self.lmtp_address:
             raise ValueError("mode 'lmtp' needs lmtp_address ('unix:/path' or HOST:PORT)")
         self._check_relay_oauth()
-        domains = [r.domain for r in self.routes]
+        # One domain however spelt (xn--bcher-kva.example is bücher.example), as
+        # queue/routing.py looks routes up.
+        domains = [_a_labels(r.domain) for r in self.routes]
         if len(set(domains)) != len(domains):
             raise ValueError("two [[delivery.routes]] for the same domain")
         return self

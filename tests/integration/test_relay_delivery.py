@@ -310,3 +310,31 @@ def test_sigterm_during_a_stuck_delivery_exits_within_grace_and_keeps_the_messag
     wait_until_empty(srv)
     assert len(hop.messages()) == 1
     assert srv.stop() == 0
+
+
+def test_a_route_for_an_internationalized_domain_takes_its_a_label_form(
+    tmp_path: Path, cleanup: list[NextHop | StuckHop | Server]
+) -> None:
+    """``[[delivery.routes]] domain = "bücher.example"``: mail a client without
+    SMTPUTF8 addressed to bob@xn--bcher-kva.example (the same domain) went to
+    relay_host instead of the route's next hop."""
+    default_port, routed_port = free_port(), free_port()
+    default_hop = NextHop(default_port, tmp_path / "default")
+    routed_hop = NextHop(routed_port, tmp_path / "routed")
+    cleanup.extend([default_hop, routed_hop])
+    srv = relay_server(tmp_path / "srv", default_port)
+    cleanup.append(srv)
+    srv.config.write_text(srv.config.read_text() + (
+        f'\n[[delivery.routes]]\ndomain = "bücher.example"\nnext_hop = "127.0.0.1:{routed_port}"\n'))
+    srv.start()
+    msg = f"From: {USER}\r\nTo: bob@xn--bcher-kva.example\r\nSubject: idn\r\n\r\nrouted\r\n"
+    with smtplib.SMTP_SSL("127.0.0.1", srv.submissions, timeout=20,
+                          context=srv.client_context()) as s:
+        s.login(USER, PASSWORD)
+        s.sendmail(USER, ["bob@xn--bcher-kva.example", "carol@example.net"], msg)
+    routed = routed_hop.wait_for(1)
+    wait_until_empty(srv)
+    assert len(routed) == 1 and b"X-Hop-To: bob@xn--bcher-kva.example\r\n" in routed[0]
+    defaulted = default_hop.wait_for(1)
+    assert len(defaulted) == 1 and b"X-Hop-To: carol@example.net\r\n" in defaulted[0]
+    assert srv.stop() == 0

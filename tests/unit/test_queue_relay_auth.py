@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import unicodedata
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,32 @@ async def test_routes_split_recipients_by_domain_and_merge_the_results() -> None
     await d.close()
     assert (routed.closed, default.closed) == (1, 1)
     assert domain_of("x@Sub.Example.") == "sub.example"
+
+
+@pytest.mark.parametrize("route", ["bücher.example", "xn--bcher-kva.example",
+                                   "XN--BCHER-KVA.example.", "BÜCHER.example"])
+async def test_a_route_takes_its_internationalized_domain_in_either_spelling(
+    route: str
+) -> None:
+    """A route for bücher.example sent mail for bob@xn--bcher-kva.example (its
+    A-label, what a client without SMTPUTF8 such as Thunderbird sends) to the
+    default relay, and the other way round; RFC 5890 makes them one name, as
+    docs/policy.md makes them one domain. NFD input is the same name as NFC."""
+    routed, default = Recorder(Delivered("routed")), Recorder(Delivered("default"))
+    d = RoutingDeliverer({route: routed}, default)
+    nfd = "bob@" + unicodedata.normalize("NFD", "bücher.example")
+    rcpts = ("a@xn--bcher-kva.example", "b@bücher.example", "c@Bücher.Example.", nfd,
+             "d@xn--bcher-kva.example.net")
+    await d.deliver(message(), rcpts)
+    assert routed.calls == [rcpts[:4]]
+    assert default.calls == [("d@xn--bcher-kva.example.net",)]
+
+
+def test_two_routes_for_one_internationalized_domain_are_refused() -> None:
+    with pytest.raises(ValidationError, match="same domain"):
+        DeliveryConfig(mode="relay", relay_host="h", routes=[
+            {"domain": "bücher.example", "next_hop": "h:1"},
+            {"domain": "xn--bcher-kva.example", "next_hop": "h:2"}])
 
 
 def test_routes_config_builds_one_relay_per_domain(tmp_path: Path) -> None:

@@ -48,6 +48,19 @@ def test_parse_targets_defaults_and_schemes() -> None:
     for bad in (":25", "a:0", "a:x", "a:70000"):
         with pytest.raises(ValueError):
             parse_targets([bad])
+    assert parse_targets(["smtp://[IPv6:::1]:2525"]) == [
+        Target("::1", 2525, "starttls", scheme_given=True)]
+
+
+@pytest.mark.parametrize(("spec", "why"), [
+    ("[::1]2587", "'2587' after ']'"), ("smtps://[::1", "no ']' after '::1'"),
+    ("[::1]:", "no port after ':'"), ("mx.example.org:", "no port after ':'"),
+])
+def test_a_target_typo_is_refused_not_audited_on_the_default_ports(spec: str, why: str) -> None:
+    """Until 2026-12 each of these audited 587 and 465 (or 465) of the host, not
+    the port meant."""
+    with pytest.raises(ValueError, match=f"^{re.escape(repr(spec))}: {re.escape(why)}"):
+        parse_targets([spec])
 
 
 def _tls(*, chain_ok: bool = True, hostname_ok: bool = True, days: float = 365,

@@ -283,6 +283,22 @@ def test_parse_server() -> None:
     assert parse_server("mail.example.org:2525", False) == ("mail.example.org", 2525)
     assert parse_server("[::1]:25", False) == ("::1", 25)
     assert parse_server("::1", False) == ("::1", 587)
+    assert parse_server("[::1]", True) == ("::1", 465)
+    assert parse_server("[IPv6:2001:db8::1]:2587", False) == ("2001:db8::1", 2587)
+
+
+@pytest.mark.parametrize(("value", "why"), [
+    ("[::1]2587", "'2587' after ']'"),  # the colon forgotten: was [::1] on 587
+    ("[::1", "no ']' after '::1'"),
+    ("[::1]:", "no port after ':'"),
+    ("mail.example.org:", "no port after ':'"),
+])
+def test_a_server_typo_is_a_usage_error_not_the_default_port(value: str, why: str) -> None:
+    """Until 2026-12 each of these tested the default port (587, or 465 with --tls)
+    of the host: the verdict of another port than the one typed."""
+    result = CliRunner().invoke(cli, ["test", "--server", value, "--quit-after", "connect"])
+    assert result.exit_code == ExitCode.USAGE, result.output
+    assert f"Invalid value for --server: {why}" in result.output, result.output
 
 
 @pytest.mark.parametrize(

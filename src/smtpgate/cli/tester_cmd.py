@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 
 from smtpgate.plural import count
+from smtpgate.tools.hostport import split_host_port
 from smtpgate.tools.session import default_ehlo_name
 from smtpgate.tools.tester import (
     QUIT_AFTER,
@@ -30,13 +31,10 @@ from smtpgate.tools.transcript import Entry, Transcript
 def parse_server(value: str, implicit: bool) -> tuple[str, int]:
     """``HOST``, ``HOST:PORT``, ``[v6]:PORT`` or a bare IPv6 address."""
     default = 465 if implicit else 587
-    if value.startswith("["):
-        host, _, rest = value[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else ""
-    elif value.count(":") == 1:
-        host, _, port = value.partition(":")
-    else:
-        host, port = value, ""
+    try:
+        host, port = split_host_port(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--server") from None
     if not host:
         raise click.BadParameter("empty host", param_hint="--server")
     if port == "":

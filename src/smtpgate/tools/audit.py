@@ -53,6 +53,7 @@ from smtpgate.tls.client import TlsClientSession, make_client_context
 from smtpgate.tls.session import TlsError
 from smtpgate.tools import mechanisms
 from smtpgate.tools.findings import Finding, finding, grade, worst
+from smtpgate.tools.hostport import split_host_port
 from smtpgate.tools.session import AuthResult, SmtpSession, authenticate, speaks_tls
 from smtpgate.tools.tlsreport import TlsReport
 from smtpgate.tools.transcript import Masker
@@ -129,13 +130,10 @@ def parse_targets(specs: Sequence[str], *, port25: bool = False) -> list[Target]
             if rest.lower().startswith(scheme):
                 mode, rest = m, rest[len(scheme) :]
         rest = rest.rstrip("/")
-        if rest.startswith("["):
-            host, _, tail = rest[1:].partition("]")
-            port_text = tail[1:] if tail.startswith(":") else ""
-        elif rest.count(":") == 1:
-            host, _, port_text = rest.partition(":")
-        else:
-            host, port_text = rest, ""
+        try:
+            host, port_text = split_host_port(rest)
+        except ValueError as e:
+            raise ValueError(f"{spec!r}: {e}") from None
         if not host:
             raise ValueError(f"{spec!r}: no host")
         if port_text:

@@ -463,6 +463,11 @@ class _Auditor:
             return
         self.r.mode_used = "starttls"
         reply = await s.command(s.engine.starttls())
+        if reply.code == 421:
+            # RFC 5321 §3.8: closing the channel (shutting down, busy), as after a
+            # 421 to EHLO: nothing known about its TLS, so no "no-tls" to grade on.
+            raise _Probe(f"STARTTLS answered {reply}: the server is closing the "
+                         "session; try again later")
         if reply.code != 220:
             self.r.tls_error = f"STARTTLS refused: {reply}"
             return

@@ -1,12 +1,14 @@
-"""Relay delivery to a real Exim 4.96 (tests/peers/exim.py) that ends sessions with
-a 421 (RFC 5321 §3.8: the server is closing the channel), as an Exim being taken
-out of service for maintenance does through an ACL (``defer message = 421 ...``).
+"""A real Exim 4.96 (tests/peers/exim.py) that ends sessions at STARTTLS with a
+421 (RFC 5321 §3.8: the server is closing the channel), as an Exim being taken
+out of service for maintenance does through an ACL (``defer message = 421 ...``):
+smtpgate's relay delivery to it, and ``smtpgate audit`` of it.
 
 The real ``smtpgate serve`` relays with ``relay_tls`` left at "opportunistic".
 Exim 4.96 keeps reading after an ACL's 421, so a client that takes the 421 to
 STARTTLS as "no TLS here" goes on in clear: Exim then refused the unauthenticated
 RCPT for good (550) and the message bounced, where the hop had only asked for a
-later try.
+later try. The audit graded it D for "no-tls" (no STARTTLS offered), where it
+offers STARTTLS and only asked to be tried later.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import pytest
 from tests.peers import exim as exim_peer
 
 from .conftest import Server
+from .test_audit_peers import audit, ids
 from .test_frontdoor_exim import require_exim
 from .test_relay_delivery import relay_server, send, spooled, wait_for_log
 
@@ -68,3 +71,14 @@ def _kill(srv: Server) -> None:
         srv.proc.kill()
         srv.proc.wait(10)
         srv.proc = None
+
+
+def test_the_audit_of_a_server_closing_at_starttls_grades_nothing(
+    exim_421_to_starttls: exim_peer.Exim
+) -> None:
+    code, report = audit(f"smtp://127.0.0.1:{exim_421_to_starttls.port}")
+    (target,) = report["targets"]
+    assert code == 3, report  # nothing could be audited
+    assert "no-tls" not in ids(target), target
+    assert target["error"] == (f"STARTTLS answered {SHUTTING_DOWN}: the server is "
+                               "closing the session; try again later"), target

@@ -98,6 +98,10 @@ def test_rfc3461_ret_hdrs_returns_headers_only_and_envid_orcpt_are_reported() ->
     _, status, original = parts(data)
     per_message, per_rcpt = status.get_payload()
     assert per_message["Original-Envelope-Id"] == "QQ314159"
+    # RFC 3464 §2.2: the per-message fields in its order, extension fields last
+    # (until 2026-12 Reporting-MTA came first and the queue id before Arrival-Date).
+    assert list(per_message.keys()) == ["Original-Envelope-Id", "Reporting-MTA",
+                                        "Arrival-Date", "X-Smtpgate-Queue-ID"]
     assert per_rcpt["Original-Recipient"] == "rfc822;Bob@Example.net"
     assert per_rcpt["Status"] == "5.4.7"  # RFC 3463: delivery time expired
     assert original.get_content_type() == "text/rfc822-headers"

@@ -183,13 +183,16 @@ def build_report(
     human = [intro, ""]
     for r in reports:
         human.append(f"<{clean(r.address)}>: {_clean(r.diagnostic)}")
-    per_message = [f"Reporting-MTA: dns; {host}"]
+    # RFC 3464 §2.2's order: Original-Envelope-Id, Reporting-MTA, Arrival-Date,
+    # then extension fields.
+    per_message = []
     if envelope.dsn_envid:
         per_message.append(f"Original-Envelope-Id: {_clean(envelope.dsn_envid)}")
-    per_message.append(f"X-Smtpgate-Queue-ID: {queue_id}")
+    per_message.append(f"Reporting-MTA: dns; {host}")
     if envelope.received_at:
         per_message.append(
             "Arrival-Date: " + utc_date(envelope.received_at))
+    per_message.append(f"X-Smtpgate-Queue-ID: {queue_id}")
     blocks = ["\r\n".join(per_message)]
     for r in reports:
         fields = []

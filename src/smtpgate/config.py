@@ -237,6 +237,19 @@ def _label(v: str) -> str:
     return v
 
 
+def _parse_destination(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` to connect to: unlike a listening address, neither an empty
+    host (which `_parse_hostport` reads as 0.0.0.0, so ``:25`` connected to this
+    machine) nor port 0 names a destination."""
+    host, port = _parse_hostport(value)
+    if not value.rpartition(":")[0].strip("[]"):
+        raise ValueError(f"{value!r} names no host: expected HOST:PORT, e.g. "
+                         f"'mx.example.net{value.strip()}'")
+    if port == 0:
+        raise ValueError(f"{value!r}: port 0 is no port to connect to (25, 587 or 465?)")
+    return host, port
+
+
 def _parse_socket_address(value: str) -> tuple[str, int] | Path:
     """``unix:/path`` or ``HOST:PORT``."""
     if value.startswith("unix:"):
@@ -1353,12 +1366,12 @@ class RouteConfig(Model):
     @field_validator("next_hop")
     @classmethod
     def _check_next_hop(cls, v: str) -> str:
-        _parse_hostport(v)
+        _parse_destination(v)
         return v
 
     @property
     def host_port(self) -> tuple[str, int]:
-        return _parse_hostport(self.next_hop)
+        return _parse_destination(self.next_hop)
 
 
 #: ``delivery.drop_fields``'s default: Postfix's ``message_drop_headers``.
@@ -1518,7 +1531,9 @@ class DeliveryConfig(Model):
     @field_validator("lmtp_address")
     @classmethod
     def _check_lmtp_address(cls, v: str) -> str:
-        if v:
+        if v and not v.startswith("unix:"):
+            _parse_destination(v)
+        elif v:
             _parse_socket_address(v)
         return v
 

@@ -355,3 +355,26 @@ def test_penalty_max_below_penalty_base_is_named(
     else:
         p = problems(text, base)
         assert list(p) == ["guard.penalty_max"] and "below penalty_base" in p["guard.penalty_max"]
+
+
+@pytest.mark.parametrize(
+    ("key", "table", "value", "said"),
+    [
+        ("delivery.routes.0.next_hop", "[[delivery.routes]]\ndomain = \"a.org\"\n", ":25",
+         "':25' names no host"),
+        ("delivery.routes.0.next_hop", "[[delivery.routes]]\ndomain = \"a.org\"\n",
+         "mx.a.org:0", "port 0 is no port to connect to"),
+        ("delivery.lmtp_address", "[delivery]\nmode = \"lmtp\"\n", "[]:24", "names no host"),
+        ("delivery.lmtp_address", "[delivery]\nmode = \"lmtp\"\n", "127.0.0.1:0",
+         "port 0 is no port to connect to"),
+    ],
+)
+def test_a_destination_with_no_host_or_port_0_is_refused(
+    base: Path, key: str, table: str, value: str, said: str,
+) -> None:
+    """A route's next_hop ':25' connected to this machine (an empty host read as
+    0.0.0.0, as for a listener) and port 0 deferred every message; both are config
+    errors naming the key (found by the h22relay review)."""
+    field = "next_hop" if "routes" in key else "lmtp_address"
+    p = problems(GOOD + f'\n{table}{field} = "{value}"\n', base)
+    assert said in p.get(key, ""), p

@@ -498,6 +498,37 @@ def test_the_guard_refuses_before_any_bind_reaches_the_directory(
         srv.stop()
 
 
+def test_a_login_two_entries_hold_is_454_and_not_counted_by_the_guard(
+    slapd: Slapd, tmp_path: Path,
+) -> None:
+    """A second entry with the user's address (a copied entry, a shared mailbox given
+    the same mail) is the directory's fault: the user typing the right password got
+    a counted 535 until the guard blocked their address, as a wrong password. It is
+    454 now (Dovecot's LDAP passdb: a temporary failure), with the entries in the
+    server log, nothing counted, and the login works once the directory is fixed."""
+    from tests.peers.slapd import person_ldif
+
+    guard = "\n[guard]\nallowlist = []\nlockout_threshold = 3\npenalty_base = 0.1\npenalty_max = 0.2\n"
+    srv, _, dns = _server(tmp_path / "srv", guard)
+    srv.start()
+    try:
+        twin = f"uid=bob-copy,{dns[BOB].partition(',')[2]}"
+        slapd.add(person_ldif(twin, BOB, "the copy's password"))
+        replies = [guard_login(srv, "127.0.0.4", BOB, BOB_PW)[:3] for _ in range(5)]
+        assert replies == ["454"] * 5, replies
+        records = [json.loads(x) for x in (srv.root / "auth.log").read_text().splitlines()]
+        mine = [r for r in records if r.get("client_ip") == "127.0.0.4"]
+        assert [r["result"] for r in mine] == ["tempfail"] * 5, mine
+        assert "2 entries hold the login" in mine[0]["reason"], mine[0]
+        assert twin in srv.log_text()
+        assert login(srv, ALICE, ALICE_PW) == (235, b"")  # only that name is affected
+        slapd.admin("ldapdelete", twin)
+        # Five tries at a threshold of 3: nothing was counted, the address is not blocked.
+        assert guard_login(srv, "127.0.0.4", BOB, BOB_PW).startswith("235")
+    finally:
+        srv.stop()
+
+
 def test_both_login_names_of_an_entry_share_one_guard_count(
     slapd: Slapd, tmp_path: Path,
 ) -> None:

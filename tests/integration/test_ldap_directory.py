@@ -232,7 +232,10 @@ def test_a_login_two_entries_hold_is_refused_also_past_the_size_limit(
 ) -> None:
     """Two entries hold the login: refused, whichever the directory returns first,
     also when the filter matches more entries than a search returns (the second
-    holder among those not returned)."""
+    holder among those not returned); a temporary failure (454), not "no such user"
+    (a counted 535 for the right password)."""
+    from smtpgate.auth.ldap_directory import AmbiguousLogin
+
     for i in range(4):  # they match the filter (an address of theirs), not the login
         slapd.add(person_ldif(f"uid=list{i},{ou}", f"list{i}@example.org", "x",
                               f"mailLocalAddress: {ALICE}"))
@@ -241,7 +244,13 @@ def test_a_login_two_entries_hold_is_refused_also_past_the_size_limit(
         "(&(objectClass=inetOrgPerson)(|(mail={login})(mailLocalAddress={login})))"))
     directory = LdapDirectory(cfg, bind_password=SERVICE_PW, ca_file=slapd.ca)
     try:
-        assert directory.find(ALICE) is None
+        with pytest.raises(AmbiguousLogin, match="more than 5 entries match"):
+            directory.find(ALICE)
+        slapd.admin("ldapdelete", *(f"uid=list{i},{ou}" for i in range(4)))
+        with pytest.raises(AmbiguousLogin, match="2 entries hold the login"):
+            directory.find(ALICE)
+        slapd.admin("ldapdelete", f"uid=alice2,{ou}")
+        assert directory.find(ALICE) is not None
     finally:
         directory.close()
 

@@ -122,6 +122,13 @@ class DirectoryMisconfigured(StoreUnavailable):
         self.key = key
 
 
+class AmbiguousLogin(StoreUnavailable):
+    """Several entries hold the login (or more match ``user_filter`` than a search
+    returns): the directory's data or the filter is at fault, not the user, whose
+    right password would otherwise be a counted 535 until the guard blocked them.
+    454 for that name only, as Dovecot's LDAP passdb does; no outage, no fail-fast."""
+
+
 class ServiceBindRefused(DirectoryMisconfigured):
     """The directory refused the service account's credentials
     (``accounts.ldap.bind_dn`` / ``bind_password_file``)."""
@@ -597,6 +604,7 @@ class LdapDirectory:
         that is one (AD's UPN), so both names are one account.
 
         Raises:
+            AmbiguousLogin: several entries hold the name.
             StoreUnavailable: the directory failed or did not answer in time.
         """
         key = login_key(name)
@@ -611,7 +619,7 @@ class LdapDirectory:
                 "{login}", escape_filter_value(a_label_spelling(key)))
             flt = f"(|{_parenthesised(flt)}{_parenthesised(other)})"
 
-        def search(conn: Connection) -> DirectoryEntry | None:
+        def search(conn: Connection) -> DirectoryEntry | str | None:
             ok = conn.search(
                 cfg.base_dn, flt, SUBTREE, attributes=self._attributes,
                 size_limit=_MAX_ENTRIES, time_limit=max(1, int(cfg.operation_timeout)),
@@ -625,20 +633,18 @@ class LdapDirectory:
             if code == _SIZE_LIMIT_EXCEEDED:
                 # Entries not returned may hold the login too: one found among those
                 # returned would be "the first", so the name is ambiguous.
-                log.warning("%s: more than %d entries match %s for the login %r; refused "
-                            "(narrow accounts.ldap.user_filter)", self._label,
-                            _MAX_ENTRIES, flt, key)
-                return None
+                return (f"more than {_MAX_ENTRIES} entries match {flt} for the login "
+                        f"{key!r} (narrow accounts.ldap.user_filter)")
             if not ok and code != 0:
                 raise _Fault(f"search failed: {conn.result}")
             found = [
                 r for r in conn.response or []
                 if r.get("type") == "searchResEntry" and self._is_login(r, key)
             ]
-            if len(found) != 1:
-                if found:
-                    log.warning("%s: %d entries hold the login %r; refused", self._label,
-                                len(found), key)
+            if len(found) > 1:
+                return (f"{len(found)} entries hold the login {key!r} "
+                        f"({', '.join(str(r['dn']) for r in found)})")
+            if not found:
                 return None
             raw: dict[str, list[bytes]] = found[0]["raw_attributes"]
             dn = str(found[0]["dn"])
@@ -671,7 +677,14 @@ class LdapDirectory:
                 lock_reason=locked,
             )
 
-        return self._run(self._search_pool, search)
+        # An ambiguity is returned, not raised, so that the healthy connection
+        # goes back to the pool and the look-up counts as answered.
+        found = self._run(self._search_pool, search)
+        if isinstance(found, str):
+            log.warning("%s: %s; logins with this name get 454 until the directory "
+                        "or the filter is fixed", self._label, found)
+            raise AmbiguousLogin(f"{self._label}: {found}")
+        return found
 
     def bind(self, dn: str, password: str) -> bool:
         """True if ``password`` is the password of ``dn``.

@@ -521,6 +521,8 @@ def test_a_login_two_entries_hold_is_454_and_not_counted_by_the_guard(
         assert [r["result"] for r in mine] == ["tempfail"] * 5, mine
         assert "2 entries hold the login" in mine[0]["reason"], mine[0]
         assert twin in srv.log_text()
+        # Once a minute per name and process (two workers at most), not once a try.
+        assert 1 <= srv.log_text().count("logins with this name get 454") <= 2, srv.log_text()
         assert login(srv, ALICE, ALICE_PW) == (235, b"")  # only that name is affected
         slapd.admin("ldapdelete", twin)
         # Five tries at a threshold of 3: nothing was counted, the address is not blocked.

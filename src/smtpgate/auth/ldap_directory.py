@@ -122,6 +122,12 @@ class DirectoryMisconfigured(StoreUnavailable):
         self.key = key
 
 
+#: Seconds between two WARNINGs about one ambiguous login name.
+AMBIGUOUS_LOG_EVERY = 60.0
+#: Names remembered for that; past it the memory starts afresh (a WARNING more).
+_AMBIGUOUS_REMEMBERED = 1_000
+
+
 class AmbiguousLogin(StoreUnavailable):
     """Several entries hold the login (or more match ``user_filter`` than a search
     returns): the directory's data or the filter is at fault, not the user, whose
@@ -347,6 +353,8 @@ class LdapDirectory:
         self._where = (host, port, ldaps, tls)
         self._ca_file = ca_file
         self._label = f"LDAP directory {cfg.url}"
+        #: When each ambiguous login name was last logged (`_say_ambiguous`).
+        self._ambiguous_said: dict[str, float] = {}
         #: A directory down under login load fails every login: logged once, then a
         #: summary a minute, then once when it answers (``outage_log``).
         # At start-up the check (``preflight.check_ldap``, unlogged) says it once;
@@ -681,10 +689,24 @@ class LdapDirectory:
         # goes back to the pool and the look-up counts as answered.
         found = self._run(self._search_pool, search)
         if isinstance(found, str):
-            log.warning("%s: %s; logins with this name get 454 until the directory "
-                        "or the filter is fixed", self._label, found)
+            self._say_ambiguous(key, found)
             raise AmbiguousLogin(f"{self._label}: {found}")
         return found
+
+    def _say_ambiguous(self, key: str, what: str) -> None:
+        """A WARNING once a minute per name (DEBUG in between): every attempt is in
+        the auth log already, and anyone who learns such a name could otherwise
+        write two lines to the server log with each try."""
+        now = time.monotonic()
+        last = self._ambiguous_said.get(key)
+        if last is not None and now - last < AMBIGUOUS_LOG_EVERY:
+            log.debug("%s: %s (logged at most once a minute)", self._label, what)
+            return
+        if len(self._ambiguous_said) >= _AMBIGUOUS_REMEMBERED:
+            self._ambiguous_said.clear()
+        self._ambiguous_said[key] = now
+        log.warning("%s: %s; logins with this name get 454 until the directory or the "
+                    "filter is fixed (said again in a minute if so)", self._label, what)
 
     def bind(self, dn: str, password: str) -> bool:
         """True if ``password`` is the password of ``dn``.

@@ -735,6 +735,16 @@ class LdapConfig(Model):
         default=4, ge=1, le=64,
         description="Connections each server process keeps for searches (as many again for binds).",
     )
+    idle_timeout: float = Field(
+        default=60.0, ge=0, le=3600,
+        description="Seconds a kept connection may go unused and still be used again; "
+        "older, it is closed and a new one opened. A firewall, NAT or load balancer "
+        "between here and the directory may forget an idle connection without telling "
+        "either end (AWS NLB after 350 s, Azure's after 4 min), and a look-up sent on "
+        "it would wait out operation_timeout for an answer that never comes: 454 "
+        "4.7.0, and logins refused at once for a while (retry_max). Keep it below the "
+        "shortest such timeout on the path. 0: a new connection for every look-up.",
+    )
     retry_max: float = Field(
         default=10.0, ge=0, le=300,
         description="Seconds at most that logins get 454 4.7.0 at once, without asking "

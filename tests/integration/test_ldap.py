@@ -30,7 +30,7 @@ from smtpgate.sasl.oauth import OAuthBearerClient, XOAuth2Client
 from smtpgate.sasl.scram import ScramClient
 from tests.peers.slapd import SERVICE_DN, SERVICE_PW, Slapd, shared_slapd
 
-from .conftest import Server, make_server, require_tool
+from .conftest import Server, free_port, make_server, require_tool
 from .ldap_setup import LdapSetup
 from .oauth_issuer import LocalIssuer
 from .sasl_wire import WireSmtp
@@ -506,9 +506,12 @@ def test_a_login_two_entries_hold_is_454_and_not_counted_by_the_guard(
     a counted 535 until the guard blocked their address, as a wrong password. It is
     454 now (Dovecot's LDAP passdb: a temporary failure), with the entries in the
     server log, nothing counted, and the login works once the directory is fixed."""
+    from tests.integration.test_metrics import sample, scrape
     from tests.peers.slapd import person_ldif
 
-    guard = "\n[guard]\nallowlist = []\nlockout_threshold = 3\npenalty_base = 0.1\npenalty_max = 0.2\n"
+    port = free_port()
+    guard = (f'\n[metrics]\nlisten = "127.0.0.1:{port}"\n'
+             "\n[guard]\nallowlist = []\nlockout_threshold = 3\npenalty_base = 0.1\npenalty_max = 0.2\n")
     srv, _, dns = _server(tmp_path / "srv", guard)
     srv.start()
     try:
@@ -524,6 +527,11 @@ def test_a_login_two_entries_hold_is_454_and_not_counted_by_the_guard(
         # Once a minute per name and process (two workers at most), not once a try.
         assert 1 <= srv.log_text().count("logins with this name get 454") <= 2, srv.log_text()
         assert login(srv, ALICE, ALICE_PW) == (235, b"")  # only that name is affected
+        # The directory answered: no backend error for an alert on outages to see
+        # (anyone who learned the name could raise that rate at will).
+        text = scrape(port)
+        assert sample(text, "smtpgate_backend_duration_seconds_count", store="directory") > 0, text
+        assert sample(text, "smtpgate_backend_errors_total", store="directory") == 0, text
         slapd.admin("ldapdelete", twin)
         # Five tries at a threshold of 3: nothing was counted, the address is not blocked.
         assert guard_login(srv, "127.0.0.4", BOB, BOB_PW).startswith("235")

@@ -487,3 +487,35 @@ def test_operation_timeout_bounds_a_whole_look_up_of_a_directory_that_stops_answ
     finally:
         store.close()
         relay.close()
+
+
+@pytest.mark.parametrize("idle_timeout", [1.0, 3600.0])
+def test_a_pooled_connection_a_middlebox_forgot_while_idle_is_not_used(
+    slapd: Slapd, ou: str, idle_timeout: float,
+) -> None:
+    """A firewall, NAT or load balancer that forgets an idle connection drops what
+    it carries without a word: a search sent on a pooled connection it forgot heard
+    nothing until ``operation_timeout``, which left no time for the retry on a
+    fresh one (454, then the fail-fast refused the next logins too). A connection
+    idle longer than ``idle_timeout`` is closed, not used; the 3600 s case shows
+    what a forgotten one costs when it is used."""
+    relay = FreezingRelay(slapd.port)
+    cfg = config(slapd, ou, url=f"ldap://127.0.0.1:{relay.port}", operation_timeout=2,
+                 idle_timeout=idle_timeout)
+    directory = LdapDirectory(cfg, bind_password=SERVICE_PW, ca_file=slapd.ca)
+    try:
+        entry = directory.find(ALICE)  # a connection in each pool
+        assert entry is not None and directory.bind(entry.dn, ALICE_PW)
+        relay.forget()
+        time.sleep(1.5)
+        started = time.monotonic()
+        if idle_timeout > 10:
+            with pytest.raises(StoreUnavailable, match="no answer within 2 s"):
+                directory.find(ALICE)
+            return
+        entry = directory.find(ALICE)
+        assert entry is not None and directory.bind(entry.dn, ALICE_PW)
+        assert time.monotonic() - started < 1.5  # new connections, no wait on the old
+    finally:
+        directory.close()
+        relay.close()

@@ -16,12 +16,17 @@ class FreezingRelay:
     """A TCP relay to a local server that can be frozen: while frozen it accepts
     connections and reads what comes, but nothing reaches the other side (a
     server host that accepts and never replies, or a blackholed route); thawed,
-    what was held goes on. One thread per direction and connection."""
+    what was held goes on. ``forget`` makes it a middlebox that forgot the
+    connections open now (a NAT or firewall past its idle timeout): what they
+    carry is dropped without a word either way, while new ones are relayed.
+    One thread per direction and connection."""
 
     def __init__(self, upstream: int) -> None:
         self._upstream = upstream
         self._thawed = threading.Event()
         self._thawed.set()
+        #: Connections accepted before the last ``forget`` carry nothing.
+        self._epoch = 0
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self._sockets: list[socket.socket] = [self._listener]
@@ -32,6 +37,9 @@ class FreezingRelay:
 
     def thaw(self) -> None:
         self._thawed.set()
+
+    def forget(self) -> None:
+        self._epoch += 1
 
     def close(self) -> None:
         self._thawed.set()
@@ -46,9 +54,10 @@ class FreezingRelay:
             except OSError:
                 return
             self._sockets.append(client)
-            threading.Thread(target=self._relay, args=(client,), daemon=True).start()
+            threading.Thread(target=self._relay, args=(client, self._epoch),
+                             daemon=True).start()
 
-    def _relay(self, client: socket.socket) -> None:
+    def _relay(self, client: socket.socket, epoch: int) -> None:
         server = None
         try:
             held = b""
@@ -64,9 +73,10 @@ class FreezingRelay:
             self._sockets.append(server)
             if held:
                 server.sendall(held)
-            back = threading.Thread(target=self._pump, args=(server, client), daemon=True)
+            back = threading.Thread(target=self._pump, args=(server, client, epoch),
+                                    daemon=True)
             back.start()
-            self._pump(client, server)
+            self._pump(client, server, epoch)
             back.join()
         except OSError:
             pass
@@ -75,11 +85,12 @@ class FreezingRelay:
                 if s is not None:
                     s.close()
 
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, epoch: int) -> None:
         try:
             while chunk := src.recv(65536):
                 self._thawed.wait()
-                dst.sendall(chunk)
+                if epoch == self._epoch:
+                    dst.sendall(chunk)
         except OSError:
             pass
         finally:

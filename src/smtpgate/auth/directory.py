@@ -49,6 +49,12 @@ class StoreUnavailable(StoreError):
     """The backend failed (I/O error, corrupt file, busy too long, closed, directory
     down): a temporary fault, never a reason to call the client's credentials wrong."""
 
+    #: Whether the backend itself failed (``smtpgate_backend_errors_total``); False
+    #: for a store that answered but whose data the login cannot use (one name on two
+    #: directory entries): anyone who learns such a name could otherwise raise the
+    #: error rate an outage alert watches, at will.
+    backend_failed: bool = True
+
 
 @dataclass(frozen=True, slots=True)
 class Account:

@@ -132,7 +132,10 @@ class AmbiguousLogin(StoreUnavailable):
     """Several entries hold the login (or more match ``user_filter`` than a search
     returns): the directory's data or the filter is at fault, not the user, whose
     right password would otherwise be a counted 535 until the guard blocked them.
-    454 for that name only, as Dovecot's LDAP passdb does; no outage, no fail-fast."""
+    454 for that name only, as Dovecot's LDAP passdb does; no outage, no fail-fast,
+    no backend error counted (the directory answered)."""
+
+    backend_failed = False
 
 
 class ServiceBindRefused(DirectoryMisconfigured):
@@ -366,7 +369,8 @@ class LdapDirectory:
         #: timeout, not each. Stuck: a look-up past its deadline, which cuts it.
         self._fail_fast = FailFast(self._answers, most=cfg.retry_max,
                                    stuck_after=cfg.operation_timeout + 1)
-        self._search_pool = _Pool(cfg.pool_size, self._service_connection, cfg.operation_timeout)
+        self._search_pool = _Pool(cfg.pool_size, self._service_connection, cfg.operation_timeout,
+                                  idle_timeout=cfg.idle_timeout)
         #: A group_filter nobody matches because its attribute is hidden: said once.
         self._group_watch = GroupFilterWatch(cfg.group_filter, self._label, log,
                                              timeout=max(1, int(cfg.operation_timeout)))
@@ -377,7 +381,8 @@ class LdapDirectory:
             missing="does not know it (OpenLDAP: pwdAccountLockedTime and the other pwd* "
             "attributes exist only with the ppolicy overlay loaded)",
             effect="every entry is outside the filter, as if disabled,")
-        self._bind_pool = _Pool(cfg.pool_size, self._plain_connection, cfg.operation_timeout)
+        self._bind_pool = _Pool(cfg.pool_size, self._plain_connection, cfg.operation_timeout,
+                                idle_timeout=cfg.idle_timeout)
         status = {cfg.expires_attribute, cfg.locked_flags_attribute, cfg.reset_attribute} - {""}
         if cfg.ppolicy:
             status |= set(PPOLICY_ATTRIBUTES)
@@ -909,14 +914,21 @@ class _Deadline:
 
 
 class _Pool:
-    """At most ``size`` connections, opened on demand, each used by one thread at a time."""
+    """At most ``size`` connections, opened on demand, each used by one thread at a time.
 
-    def __init__(self, size: int, factory: Callable[[], Connection], wait: float) -> None:
+    One kept unused longer than ``idle_timeout`` is closed, not used: a middlebox
+    may have forgotten it silently, and a look-up on it would hear nothing until
+    its deadline, with no time left for the retry on a fresh connection."""
+
+    def __init__(self, size: int, factory: Callable[[], Connection], wait: float, *,
+                 idle_timeout: float = 60.0) -> None:
         self._factory = factory
         self._slots = threading.BoundedSemaphore(size)
-        self._idle: list[Connection] = []
+        #: Idle connections with when each was put back, the most recent last.
+        self._idle: list[tuple[Connection, float]] = []
         self._lock = threading.Lock()
         self._wait = wait
+        self._idle_timeout = idle_timeout
         self._closed = False
 
     @contextmanager
@@ -931,8 +943,7 @@ class _Pool:
         if not self._slots.acquire(timeout=bound):
             raise _Fault(f"no free connection within {bound:g} s", answered=False)
         try:
-            with self._lock:
-                conn = self._idle.pop() if self._idle and not fresh else None
+            conn = None if fresh else self._take_idle()
             if conn is None:
                 conn = self._factory()
             try:
@@ -944,15 +955,33 @@ class _Pool:
                 if self._closed:
                     _close(conn)
                 else:
-                    self._idle.append(conn)
+                    self._idle.append((conn, time.monotonic()))
         finally:
             self._slots.release()
+
+    def _take_idle(self) -> Connection | None:
+        """The most recently used idle connection, if it is recent enough; those
+        idle too long are closed (put back in order, so all of them, since the
+        most recent one is the youngest)."""
+        with self._lock:
+            if not self._idle:
+                return None
+            conn, since = self._idle.pop()
+            stale: list[Connection] = []
+            if time.monotonic() - since > self._idle_timeout:
+                stale = [conn, *(c for c, _ in self._idle)]
+                self._idle = []
+        if not stale:
+            return conn
+        for old in stale:
+            _close(old)
+        return None
 
     def drop_idle(self) -> None:
         """Close the idle connections (those in use are dropped if they fail)."""
         with self._lock:
             idle, self._idle = self._idle, []
-        for conn in idle:
+        for conn, _ in idle:
             _close(conn)
 
     def close(self) -> None:

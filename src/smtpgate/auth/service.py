@@ -654,6 +654,9 @@ class AuthService:
                         f"account directory: no answer within {self._read_bound:g} s") from None
             failed = False
             return answer
+        except StoreUnavailable as e:
+            failed = e.backend_failed
+            raise
         finally:
             metrics.backend_call("directory", "read", time.monotonic() - started,
                                  failed=failed)

@@ -134,6 +134,8 @@ class GuardLocks(Protocol):
 
     def unlock_account(self, account: str) -> int: ...
 
+    def forget_addresses(self, account: str) -> int: ...
+
     def unblock(self, key: str) -> int: ...
 
     def close(self) -> None: ...
@@ -641,9 +643,19 @@ class AccountAdmin:
         expiry. Raises: NoSuchAccount, PasswordPolicyError."""
         account = self.require_account(name)
         creds = self._derive(password, account.name, account.cram_md5_enabled)
-        with self._tx() as w:
+        with self._guard() as guard, self._tx() as w:
             w.replace_credentials(account.name, creds)
+            if guard is not None:
+                # A reset after a break-in: the intruder's addresses are known ones
+                # (the owner's next login makes theirs known again).
+                self._forget_addresses(guard, w, self._store.login_identity(account.name))
         return self.require_account(account.name)
+
+    @staticmethod
+    def _forget_addresses(guard: GuardLocks, w: AccountWriter, key: str) -> None:
+        n = guard.forget_addresses(key)
+        if n:
+            w.record("guard known addresses forgotten", key, {"addresses": n})
 
     def remove_account(self, name: str) -> None:
         """Delete the account, its secrets, aliases, grants and app passwords, and
@@ -662,6 +674,7 @@ class AccountAdmin:
                 n = guard.unlock_account(key)
                 if n:
                     w.record("guard lockout lifted", key, {"blocks": n})
+                self._forget_addresses(guard, w, key)
 
     def lock(self, name: str, reason: str) -> None:
         """Refuse every login of the account, from its next attempt on.

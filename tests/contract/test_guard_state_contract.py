@@ -185,6 +185,25 @@ def test_success_makes_the_address_known_and_resets_the_penalty_on_request(
     assert state.snapshot(a, subnet(a), "", NOW + 5, W.penalty).known_since is None
 
 
+def test_an_accounts_known_addresses_are_forgotten_and_only_its_own(state: GuardState) -> None:
+    """``user remove`` and ``user passwd``: the account's known addresses go (an
+    account added again under the name, or a password reset after a break-in, must
+    not leave an old holder's addresses known), another account's stay; a name
+    with the pattern characters of Redis's MATCH matches only itself."""
+    odd = "a*b?[c]\\d@example.org"
+    for i, name in enumerate((ALICE, BOB, odd, "a@example.org")):
+        for a in (f"192.0.2.{i}", f"198.51.100.{i}"):
+            state.record_success(a, name, NOW + 1, reset_penalty=False)
+    assert state.forget_addresses(ALICE) == 2
+    assert state.forget_addresses(ALICE) == 0
+    assert state.snapshot("192.0.2.0", subnet("192.0.2.0"), ALICE, NOW + 2, W.penalty).known_since is None
+    assert state.snapshot("192.0.2.1", subnet("192.0.2.1"), BOB, NOW + 2, W.penalty).known_since == NOW + 1
+    assert state.forget_addresses("a*@example.org") == 0  # a pattern is no name
+    assert state.forget_addresses(odd) == 2
+    assert state.snapshot("192.0.2.3", subnet("192.0.2.3"), "a@example.org", NOW + 2,
+                          W.penalty).known_since == NOW + 1
+
+
 # --- blocks -------------------------------------------------------------------------------
 
 

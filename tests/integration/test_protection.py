@@ -543,3 +543,56 @@ def test_allowlisted_network_is_exempt(tmp_path: Path, backend: BackendSetup) ->
     finally:
         srv.stop()
 
+
+
+def _known(server: Server, account: str, address: str, *, wait: float = 10) -> bool:
+    """Whether the guard holds ``address`` as known for ``account``, waiting up to
+    ``wait`` seconds for it to become so (a login's success is recorded after its 235)."""
+    import sqlite3
+
+    deadline = time.monotonic() + wait
+    while True:
+        with sqlite3.connect(server.config.parent / "guard.sqlite") as db:
+            row = db.execute("SELECT 1 FROM known WHERE account = ? AND address = ?",
+                             (account, address)).fetchone()
+        if row is not None or time.monotonic() >= deadline:
+            return row is not None
+        time.sleep(0.1)
+
+
+def test_a_password_reset_and_a_name_added_again_forget_the_known_addresses(
+    tmp_path: Path,
+) -> None:
+    """An intruder who logged in with a stolen password made their address a known
+    one; after ``user passwd`` it stayed known, so their guesses at the new password
+    counted against the higher ``known_lockout_threshold`` and the lockout for new
+    addresses never held them. The same for a name removed and added again (another
+    person). Both now forget the account's known addresses (the owner's next login
+    makes theirs known again); guesses from there are held at ``lockout_threshold``."""
+    srv = make_guarded(tmp_path / "srv")
+    new_password = "a brand new passphrase 42"
+    try:
+        assert login(srv, "127.0.0.3", USER, PASSWORD).startswith("235")
+        assert _known(srv, USER, "127.0.0.3")
+        srv.cli("user", "passwd", USER, "--password-stdin", stdin=new_password + "\n")
+        assert not _known(srv, USER, "127.0.0.3", wait=0)
+        for i in range(LOCKOUT):
+            assert login(srv, "127.0.0.3", USER, f"guess{i}") == str(R.AUTH_FAILED)
+        assert login(srv, "127.0.0.3", USER, new_password) == str(R.AUTH_ACCOUNT_LOCKED)
+        actions = [json.loads(x)["action"]
+                   for x in srv.cli("admin-log", "--json", "--user", USER).stdout.splitlines()]
+        assert "guard known addresses forgotten" in actions, actions
+
+        assert login(srv, "127.0.0.5", BOB, BOB_PASSWORD).startswith("235")
+        assert _known(srv, BOB, "127.0.0.5")
+        srv.cli("user", "remove", BOB)
+        srv.add_user(BOB, "another person's passphrase")
+        for i in range(LOCKOUT):
+            assert login(srv, "127.0.0.5", BOB, f"guess{i}") == str(R.AUTH_FAILED)
+        assert login(srv, "127.0.0.5", BOB, "another person's passphrase") == str(
+            R.AUTH_ACCOUNT_LOCKED)
+        # Carol's known address is hers still.
+        assert login(srv, "127.0.0.6", CAROL, CAROL_PASSWORD).startswith("235")
+        assert _known(srv, CAROL, "127.0.0.6")
+    finally:
+        srv.stop()

@@ -111,6 +111,9 @@ class FailingGuard:
     def unblock(self, key: str) -> int:
         raise GuardStoreError("guard database: disk I/O error")
 
+    def forget_addresses(self, account: str) -> int:
+        return 0
+
     def close(self) -> None:
         self.closed = True
 

@@ -247,6 +247,9 @@ class _AdminLockouts:
     def unlock_account(self, account: str) -> int:
         return self.keys.pop(account, 0)
 
+    def forget_addresses(self, account: str) -> int:
+        return 0
+
     def unblock(self, key: str) -> int:
         return 0
 

@@ -157,6 +157,13 @@ class GuardState(Protocol):
         how many blocks went."""
         ...
 
+    def forget_addresses(self, account: str) -> int:
+        """Forget the addresses the account logged in from (its known addresses);
+        how many went. For an account removed (one added again under its name is
+        another person) and a password reset (the old password's holder, perhaps
+        an intruder, must not keep the known addresses' higher threshold)."""
+        ...
+
     def unblock(self, key: str) -> int:
         """Lift address/subnet blocks with this key, forget the failures from it (as
         an address or a subnet) and its penalty; how many blocks went."""

@@ -272,6 +272,10 @@ class SqliteGuardStore(ThreadLocalSqlite):
             c.execute("DELETE FROM failures WHERE account = ?", (account,))
             return int(n)
 
+    def forget_addresses(self, account: str) -> int:
+        with self._tx() as c:
+            return int(c.execute("DELETE FROM known WHERE account = ?", (account,)).rowcount)
+
     def unblock(self, key: str) -> int:
         with self._tx() as c:
             n = c.execute(

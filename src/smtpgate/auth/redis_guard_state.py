@@ -32,6 +32,7 @@ precision on the way through Lua.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -345,6 +346,25 @@ class RedisGuardState:
     def unblock(self, key: str) -> int:
         return int(self._run("unblock", key))
 
+    def forget_addresses(self, account: str) -> int:
+        # ZSCAN, not a script over the whole set: every account's known addresses are
+        # in one sorted set, which a script would hold Redis for while it walked.
+        key = self._prefix + "known"
+        prefix = account.encode() + b"\0"
+        pattern = _glob_escape(prefix) + b"*"
+        gone = 0
+        with self._errors():
+            batch: list[bytes] = []
+            for member, _ in self._client.zscan_iter(key, match=pattern, count=500):
+                if isinstance(member, bytes) and member.startswith(prefix):
+                    batch.append(member)
+                if len(batch) >= 500:
+                    gone += int(self._client.zrem(key, *batch))
+                    batch = []
+            if batch:
+                gone += int(self._client.zrem(key, *batch))
+        return gone
+
     def plus_fallback(self, address: str, now: float) -> float | None:
         with self._errors():
             until = self._client.zscore(self._prefix + "plus", address)
@@ -363,6 +383,11 @@ class RedisGuardState:
     def close(self) -> None:
         """This instance is done; the client (shared) is closed by its owner."""
         self._closed = True
+
+
+def _glob_escape(text: bytes) -> bytes:
+    """``text`` matched literally by a Redis MATCH pattern (``*?[]\\`` escaped)."""
+    return re.sub(rb"([*?\[\]\\])", rb"\\\1", text)
 
 
 def _arg(value: object) -> str | bytes:

@@ -5,7 +5,7 @@ PYTHON  ?= python3
 BIN     := $(VENV)/bin
 VAR     ?= ./var
 # Debian packages the integration tests drive as real peers.
-DEB_PACKAGES := swaks gsasl msmtp curl openssl socat postfix libsasl2-modules dovecot-core fail2ban mutt neomutt postgresql slapd ldap-utils samba-ad-dc sasl2-bin db5.3-util dovecot-ldap nginx libnginx-mod-mail dovecot-lmtpd redis-server haproxy chromium prometheus git-email libauthen-sasl-perl libio-socket-ssl-perl s-nail nodejs npm php-cli libphp-phpmailer ruby libjakarta-mail-java openjdk-17-jdk-headless
+DEB_PACKAGES := swaks systemd gsasl msmtp curl openssl socat postfix libsasl2-modules dovecot-core fail2ban mutt neomutt postgresql slapd ldap-utils samba-ad-dc sasl2-bin db5.3-util dovecot-ldap nginx libnginx-mod-mail dovecot-lmtpd redis-server haproxy chromium prometheus git-email libauthen-sasl-perl libio-socket-ssl-perl s-nail nodejs npm php-cli libphp-phpmailer ruby libjakarta-mail-java openjdk-17-jdk-headless
 
 .PHONY: run test venv test-venv debs node-clients exim lint typecheck bench bench-quick bench-logins bench-frontdoor bench-scale clean docs fuzz
 

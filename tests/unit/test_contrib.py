@@ -103,6 +103,20 @@ def test_a_configuration_error_stops_the_unit_instead_of_restarting_it() -> None
     assert unit["ExecStart"] == ["/opt/smtpgate/.venv/bin/smtpgate serve"]
 
 
+def test_systemd_accepts_the_unit(tmp_path: Path) -> None:
+    """``systemd-analyze verify`` (Debian's systemd, as on the machines the unit is
+    for): a misspelt directive or a bad value is only a warning in the journal when
+    the unit loads, and the setting silently does not apply. The program's path is
+    replaced, since the layout's venv is not on this machine."""
+    unit = (PACKAGED / FILES["systemd"][0]).read_text(encoding="utf-8")
+    assert "/opt/smtpgate/.venv/bin/smtpgate serve" in unit
+    path = tmp_path / "smtpgate.service"
+    path.write_text(unit.replace("/opt/smtpgate/.venv/bin/smtpgate serve", "/bin/true serve"))
+    done = subprocess.run(["systemd-analyze", "verify", str(path)], capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", ""), done
+
+
 def test_fail2ban_jail_and_logrotate_read_the_auth_log_init_configures(
     production: tuple[Path, dict[str, object]],
 ) -> None:

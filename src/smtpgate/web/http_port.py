@@ -9,10 +9,11 @@ connection's start and from each answer, whatever arrives meanwhile: a request
 head sent a byte every few seconds (slowloris) is closed when it ends, as an idle
 keep-alive connection is (``REQUEST_HEAD_TIMEOUT``, passed to the ``AppRunner``
 by each endpoint). Its ``max_line_size``, ``max_field_size`` and ``max_headers``
-already bound the head's size. What it lacks, and is here: a cap on the
-connections open at once (``web/conn_cap.py``: in total and per client address;
-the excess is closed at once, logged within a budget), and a bound on the TLS
-handshake of a connection that is not yet HTTP, which aiohttp never sees. So each
+bound the head's size (the last lowered here: ``MAX_REQUEST_HEADERS``). What
+it lacks, and is here: a cap on the connections open at once
+(``web/conn_cap.py``: in total and per client address; the excess is closed at
+once, logged within a budget), and a bound on the TLS handshake of a connection
+that is not yet HTTP, which aiohttp never sees. So each
 connection is accepted here and handed to the aiohttp server with
 ``loop.connect_accepted_socket`` (public asyncio API: no private ``ssl`` or
 aiohttp state is touched), behind ``CappedProtocol``, which releases its count
@@ -56,6 +57,14 @@ HANDSHAKE_TIMEOUT = 10.0
 #: client_header_timeout 60 s; a browser sends its head at once, and closing an
 #: idle keep-alive connection costs it only a new one (it resends a GET itself).
 REQUEST_HEAD_TIMEOUT = 15.0
+#: Header lines a request head may carry, each up to aiohttp's 8190 bytes; one
+#: more is a 400 at once. aiohttp's default, 128, let a head be 1 MiB, which its
+#: parser keeps twice (bytes and text) until the head ends or its 15 s are up: a
+#: stranger's 128 connections made the process that also delivers mail grow by
+#: 250 MiB, which its allocator kept afterwards. A browser's request has about 20
+#: (Chromium's form POST: 21), a reverse proxy adds a few, Prometheus sends 6; 32
+#: bounds a held head at 256 KiB. Passed to the ``AppRunner`` by each endpoint.
+MAX_REQUEST_HEADERS = 32
 #: Read of a plain request before the answer (a close with unread data is a reset,
 #: which the browser shows instead of the answer); a request line and headers fit.
 PLAIN_READ_LIMIT = 16 * 1024

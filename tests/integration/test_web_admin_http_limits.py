@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -133,3 +134,35 @@ def test_a_head_with_more_header_lines_than_a_browser_sends_is_a_400(
     assert _status(port, _head(path, 30, end=True)) == 200
     assert _status(port, _head(path, 40, end=True)) == 400
     assert _answers(port, path)  # and the endpoint serves on
+
+
+def test_a_form_body_over_the_limit_is_a_413_at_once_not_a_408_later(
+        endpoints: Endpoints) -> None:
+    """Before: a POST whose Content-Length said more than the forms' 64 KiB, sent at
+    once, waited for a body aiohttp had stopped reading (its buffer full), and got
+    "408: the request body did not arrive in time" 15 s later."""
+    body = b"name=" + b"x" * (2 * 1024 * 1024)
+    with socket.create_connection(("127.0.0.1", endpoints.admin), timeout=30) as s:
+        s.sendall(b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                  b"Content-Type: application/x-www-form-urlencoded\r\n"
+                  b"Content-Length: %d\r\n\r\n" % len(body))
+
+        def send() -> None:
+            try:
+                s.sendall(body)
+            except OSError:
+                pass
+
+        sending = threading.Thread(target=send, daemon=True)
+        start = time.monotonic()
+        sending.start()
+        reply = s.makefile("rb")
+        status = reply.readline()
+        took = time.monotonic() - start
+        headers = []
+        while (line := reply.readline()) not in (b"\r\n", b""):
+            headers.append(line.decode().lower())
+    assert status.startswith(b"HTTP/1.1 413 "), status
+    assert took < 5, f"answered after {took:.1f} s"
+    assert any(h.startswith("content-security-policy:") for h in headers), headers
+    assert _answers(endpoints.admin, "/login")

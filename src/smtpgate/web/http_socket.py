@@ -104,16 +104,28 @@ def known_host(request: web.Request, cfg: Config, listener: HttpListener, what: 
 BODY_TIMEOUT = 15.0
 
 
-async def body_in_time(request: web.Request, what: str) -> None:
+async def body_in_time(request: web.Request, what: str, max_size: int) -> None:
     """Wait until the request's body has arrived (without reading it: a handler
     reads it as before, urlencoded or multipart), at most ``BODY_TIMEOUT``; a body
     sent a byte at a time ("slow POST") gets 408 and the connection is closed.
     aiohttp's keep-alive clock, which bounds the head (``web/http_port.py``), is
-    stopped while a handler runs, so the body needs a deadline of its own."""
+    stopped while a handler runs, so the body needs a deadline of its own.
+
+    A ``Content-Length`` over ``max_size`` (the application's ``client_max_size``)
+    gets 413 at once: aiohttp stops reading a body its buffer cannot take, so the
+    end of a large body sent whole never came, and the client got a 408 saying it
+    was late 15 s later. aiohttp then reads and drops the rest of it for a while
+    (its lingering read), so the client reads the 413 rather than a reset."""
     from aiohttp import web
 
     if not request.body_exists:
         return
+    length = request.content_length
+    if length is not None and length > max_size:
+        logging.getLogger("smtpgate.web").info(
+            "%s: %s %s from %s announced a body of %d bytes, over the %d taken: 413",
+            what, request.method, request.path[:100], request.remote, length, max_size)
+        raise web.HTTPRequestEntityTooLarge(max_size=max_size, actual_size=length)
     try:
         async with asyncio.timeout(BODY_TIMEOUT):
             await request.content.wait_eof()

@@ -83,6 +83,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
         "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 _LOGIN_COOKIE = "smtpgate_login"
+#: The largest request body taken (aiohttp's ``client_max_size``): the forms are a
+#: few fields typed by hand; more is a 413.
+MAX_FORM_BYTES = 64 * 1024
 _RESULTS = ("success", "failure", "tempfail", "cancelled")
 #: What an account change that returned False did not find.
 _NOTHING_DONE = {"revoke": "no app password of that name",
@@ -234,7 +237,7 @@ class AdminSite:
     # --- application -----------------------------------------------------------------
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._headers], client_max_size=64 * 1024)
+        app = web.Application(middlewares=[self._headers], client_max_size=MAX_FORM_BYTES)
         name_the_server(app)  # also what aiohttp answers before the middleware
         app.router.add_static("/static/", Path(__file__).parent / "static")
         get, post = app.router.add_get, app.router.add_post
@@ -260,7 +263,7 @@ class AdminSite:
         self._requests += 1
         try:
             _known_host(request, self.cfg, self.cfg.admin, "web admin")
-            await body_in_time(request, "web admin")
+            await body_in_time(request, "web admin", MAX_FORM_BYTES)
             resp = await handler(request)
         except web.HTTPException as e:
             resp = e

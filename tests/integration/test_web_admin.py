@@ -173,15 +173,17 @@ def _cookie(page: Page) -> str:
     return f"smtpgate_admin={c['value']}"
 
 
-def _login(site: Site, name: str, password: str, code: str, source: str = "127.0.0.1"
-           ) -> tuple[int, dict[str, str]]:
-    """A login over HTTP, with the login form's token: (status, headers)."""
+def _login(site: Site, name: str, password: str, code: str, source: str = "127.0.0.1",
+           session: str = "") -> tuple[int, dict[str, str]]:
+    """A login over HTTP, with the login form's token: (status, headers).
+    ``session``: the session cookie the browser sends along ("name=value")."""
     status, text, headers = _http(site.port, "GET", "/login", source=source)
     token = re.search(r'name="login_token" value="([^"]+)"', text)
     assert status == 200 and token
+    cookies = "; ".join(c for c in (headers["x-cookies"], session) if c)
     status, _, headers = _http(site.port, "POST", "/login", {
         "login_token": token.group(1), "name": name, "password": password, "code": code},
-        cookie=headers["x-cookies"], source=source)
+        cookie=cookies, source=source)
     return status, headers
 
 
@@ -320,6 +322,22 @@ def test_posts_without_this_sessions_csrf_token_are_refused(site: Site, page: Pa
                  cookie=forged)[0] == 403
     page.goto(f"{site.url}/accounts/{BOB}")
     assert "active" in (page.text_content("#state") or "")
+
+
+def test_a_login_ends_the_session_whose_cookie_it_replaces(site: Site) -> None:
+    """Before: a login from a browser that still had a live session (a login tab
+    left open, another admin's session on a shared machine) gave it a new cookie
+    and left the old session alive in the server for its idle timeout; whoever had
+    copied that cookie kept using it. The session a login replaces is ended."""
+    old, _ = _session_of(site, site.ops)
+    assert _http(site.port, "GET", "/", cookie=old)[0] == 200
+    status, headers = _login(site, "ops", ADMIN_PASSWORD, _code(site.ops), session=old)
+    assert status == 303, status
+    new = next(c for c in headers["x-cookies"].split("; ") if c.startswith("smtpgate_admin="))
+    assert new != old
+    assert _http(site.port, "GET", "/", cookie=new)[0] == 200
+    status, _, headers = _http(site.port, "GET", "/", cookie=old)
+    assert status == 303 and headers["location"] == "/login"
 
 
 def test_script_in_account_fields_and_the_auth_log_is_shown_as_text(site: Site, page: Page

@@ -9,7 +9,8 @@ Security model (docs/operations.md, "Web admin"):
   the address's penalties and blocks are the same as for SMTP), and refuses as it
   refuses SMTP logins.
 - The session is a random id in a cookie (HttpOnly, SameSite=Strict, Secure and
-  ``__Host-`` when the listener speaks TLS), looked up in ``sessions.Sessions``.
+  ``__Host-`` when the listener speaks TLS), looked up in ``sessions.Sessions``;
+  a login makes a new one and ends the one whose cookie it replaces.
 - Every POST carries the session's CSRF token; without it, or with another
   session's, it is refused with 403 and changes nothing. The login form has its
   own token (a cookie and a field that must match). A POST whose ``Origin`` is
@@ -431,6 +432,13 @@ class AdminSite:
         await self.guard.success(check, _guard_key(admin.name))
         await self._log_attempt(request, ip, admin.name, "success", "")
         await asyncio.to_thread(service.record, "web admin login", admin.name, {"address": ip})
+        # The session whose cookie this login replaces (a login tab left open,
+        # another admin's on a shared machine) ends: it would otherwise stay good
+        # for whoever copied the cookie until its idle timeout.
+        replaced = request.cookies.get(self.cookie)
+        if replaced:
+            self.sessions.end(replaced)
+            _FLASH.pop(replaced, None)
         session = self.sessions.create(admin.name, credentials_of(admin))
         log.info("web admin: %s logged in from %s", admin.name, ip)
         resp = web.HTTPSeeOther("/")

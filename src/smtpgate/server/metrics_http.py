@@ -51,7 +51,12 @@ from smtpgate.config import Config
 from smtpgate.errors import StartupError
 from smtpgate.server import pidfile
 from smtpgate.web.conn_cap import ConnectionCap
-from smtpgate.web.http_port import MAX_REQUEST_HEADERS, REQUEST_HEAD_TIMEOUT, HttpPort
+from smtpgate.web.http_port import (
+    MAX_REQUEST_HEADERS,
+    REQUEST_HEAD_TIMEOUT,
+    SHUTDOWN_TIMEOUT,
+    HttpPort,
+)
 from smtpgate.web.http_socket import (
     bind_endpoint,
     bind_tcp,
@@ -253,7 +258,8 @@ class MetricsServer:
         runner = web.AppRunner(app, access_log=None, handle_signals=False,
                                logger=http_logger("smtpgate.metrics.http", "metrics"),
                                keepalive_timeout=REQUEST_HEAD_TIMEOUT,
-                               max_headers=MAX_REQUEST_HEADERS)
+                               max_headers=MAX_REQUEST_HEADERS,
+                               shutdown_timeout=SHUTDOWN_TIMEOUT)
         await runner.setup()
         assert runner.server is not None
         port = HttpPort(sock, runner.server, None, self._cap, "metrics")

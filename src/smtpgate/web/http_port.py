@@ -65,6 +65,12 @@ REQUEST_HEAD_TIMEOUT = 15.0
 #: (Chromium's form POST: 21), a reverse proxy adds a few, Prometheus sends 6; 32
 #: bounds a held head at 256 KiB. Passed to the ``AppRunner`` by each endpoint.
 MAX_REQUEST_HEADERS = 32
+#: Seconds a stop gives the requests being answered before it ends them (passed to
+#: the ``AppRunner`` by each endpoint). An admin's change or a scrape takes
+#: milliseconds; aiohttp's default, 60 s, let a stranger's logins, queued one at a
+#: time per address behind the guard's penalties (up to 4 s each), hold the stop
+#: of the process that delivers mail, and with it the server's, for a minute.
+SHUTDOWN_TIMEOUT = 3.0
 #: Read of a plain request before the answer (a close with unread data is a reset,
 #: which the browser shows instead of the answer); a request line and headers fit.
 PLAIN_READ_LIMIT = 16 * 1024

@@ -38,7 +38,12 @@ from typing import TYPE_CHECKING
 from smtpgate.config import Config, is_loopback_host
 from smtpgate.errors import StartupError
 from smtpgate.web.conn_cap import ConnectionCap
-from smtpgate.web.http_port import MAX_REQUEST_HEADERS, REQUEST_HEAD_TIMEOUT, HttpPort
+from smtpgate.web.http_port import (
+    MAX_REQUEST_HEADERS,
+    REQUEST_HEAD_TIMEOUT,
+    SHUTDOWN_TIMEOUT,
+    HttpPort,
+)
 from smtpgate.web.http_socket import bind_endpoint, bind_tcp, http_logger
 from smtpgate.web.proxy import trusted_networks
 
@@ -117,7 +122,8 @@ class AdminServer:
         await site.open()
         runner = web.AppRunner(site.app(), access_log=None, handle_signals=False,
                                logger=http_log, keepalive_timeout=REQUEST_HEAD_TIMEOUT,
-                               max_headers=MAX_REQUEST_HEADERS)
+                               max_headers=MAX_REQUEST_HEADERS,
+                               shutdown_timeout=SHUTDOWN_TIMEOUT)
         await runner.setup()
         cap = ConnectionCap(MAX_CONNECTIONS, MAX_CONNECTIONS_PER_ADDRESS,
                             trusted_networks(cfg.admin.trusted_proxies))

@@ -6,6 +6,7 @@ both): the size of a request head, and the answer to a body over the forms' size
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import threading
@@ -127,6 +128,60 @@ def test_heads_held_open_by_strangers_cost_the_serving_process_little(
         assert grown < 30, f"{headers} lines: the serving process grew by {grown:.0f} MiB"
 
 
+def _queue_wrong_logins(port: int, count: int, source: str, behind: bytes = b""
+                        ) -> list[socket.socket]:
+    """``count`` connections from ``source``, each a wrong admin login sent whole
+    and its answer left unread: the guard's penalty makes each wait longer than
+    the one before (they are answered one at a time per address). ``behind``: sent
+    right after the login (pipelined), as much of it as the kernel takes."""
+    held = []
+    for _ in range(count):
+        s = socket.create_connection(("127.0.0.1", port), timeout=20,
+                                     source_address=(source, 0))
+        held.append(s)
+        s.sendall(b"GET /login HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        page = b""
+        while b"</html>" not in page:
+            page += s.recv(65536)
+        token = re.search(rb'name="login_token" value="([^"]+)"', page)
+        cookie = re.search(rb"Set-Cookie: (smtpgate_login=[^;]+)", page)
+        assert token and cookie, page[:300]
+        body = b"login_token=%s&name=root&password=guess&code=000000" % token.group(1)
+        s.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            s.send(b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: %s\r\n"
+                   b"Content-Type: application/x-www-form-urlencoded\r\n"
+                   b"Content-Length: %d\r\n\r\n%s" % (cookie.group(1), len(body), body)
+                   + behind)
+    return held
+
+
+def test_requests_sent_behind_a_slow_login_wait_unread(endpoints: Endpoints) -> None:
+    """Before: aiohttp parses the requests a client sends ahead (pipelined) while
+    a handler runs, up to 32 queued, and a login from an address with failures
+    sleeps the guard's penalty (here up to 4 s) and waits for that address's
+    logins before it: 16 connections from one address (the per-address cap), each
+    a wrong login and then 31 heads of 30 long lines, made the serving process
+    grow by about 140 MiB (eight addresses: a gigabyte). Now what comes while a
+    handler runs is held unparsed, 64 KiB at most (more closes the connection),
+    and the rest waits in the kernel."""
+    pid = endpoints.serving_pid()
+    _answers(endpoints.admin, "/login")
+    before = endpoints.baseline = endpoints.baseline or _rss_mib(pid)
+    held: list[socket.socket] = []
+    try:
+        held = _queue_wrong_logins(endpoints.admin, 16, "127.0.23.9",
+                                   behind=_head("/login", 30, end=True) * 31)
+        time.sleep(4.0)
+        grown = _rss_mib(pid) - before
+    finally:
+        for s in held:
+            s.close()
+    # What aiohttp had read before the handler began (a read is up to 256 KiB)
+    # and what is held: under 1 MiB a connection, 25-35 MiB with the allocator's.
+    assert grown < 60, f"the serving process grew by {grown:.0f} MiB"
+
+
 @pytest.mark.parametrize("which", ["admin", "metrics"])
 def test_a_head_with_more_header_lines_than_a_browser_sends_is_a_400(
         endpoints: Endpoints, which: str) -> None:
@@ -167,29 +222,6 @@ def test_a_form_body_over_the_limit_is_a_413_at_once_not_a_408_later(
     assert took < 5, f"answered after {took:.1f} s"
     assert any(h.startswith("content-security-policy:") for h in headers), headers
     assert _answers(endpoints.admin, "/login")
-
-
-def _queue_wrong_logins(port: int, count: int, source: str) -> list[socket.socket]:
-    """``count`` connections from ``source``, each a wrong admin login sent whole
-    and its answer left unread: the guard's penalty makes each wait longer than
-    the one before (they are answered one at a time per address)."""
-    held = []
-    for _ in range(count):
-        s = socket.create_connection(("127.0.0.1", port), timeout=20,
-                                     source_address=(source, 0))
-        held.append(s)
-        s.sendall(b"GET /login HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-        page = b""
-        while b"</html>" not in page:
-            page += s.recv(65536)
-        token = re.search(rb'name="login_token" value="([^"]+)"', page)
-        cookie = re.search(rb"Set-Cookie: (smtpgate_login=[^;]+)", page)
-        assert token and cookie, page[:300]
-        body = b"login_token=%s&name=root&password=guess&code=000000" % token.group(1)
-        s.sendall(b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: %s\r\n"
-                  b"Content-Type: application/x-www-form-urlencoded\r\n"
-                  b"Content-Length: %d\r\n\r\n%s" % (cookie.group(1), len(body), body))
-    return held
 
 
 def test_a_stop_does_not_wait_for_strangers_logins_to_be_answered(tmp_path: Path) -> None:

@@ -63,6 +63,7 @@ from smtpgate.web.http_socket import (
     http_logger,
     known_host,
     name_the_server,
+    unread_while_answering,
 )
 
 if TYPE_CHECKING:  # aiohttp: imported by the process that serves /metrics (workload D)
@@ -250,7 +251,8 @@ class MetricsServer:
         @web.middleware
         async def known_host_only(request: web.Request, handler: Handler) -> web.StreamResponse:
             known_host(request, self.cfg, self.cfg.metrics, "metrics")
-            return await handler(request)
+            with unread_while_answering(request):  # scrapes go in turn (one thread)
+                return await handler(request)
 
         app = web.Application(middlewares=[known_host_only])
         name_the_server(app)

@@ -89,15 +89,36 @@ def peer_host(transport: asyncio.BaseTransport) -> str:
     return str(peer[0]) if isinstance(peer, tuple) and peer else ""
 
 
+#: The connections whose reading can be held (``CappedProtocol.hold``), by their
+#: transport: what an aiohttp request names as ``request.transport``.
+_HOLDABLE: dict[asyncio.BaseTransport, CappedProtocol] = {}
+
+
+def holdable(transport: asyncio.BaseTransport | None) -> CappedProtocol | None:
+    """The ``CappedProtocol`` of ``transport`` if its reading can be held."""
+    return None if transport is None else _HOLDABLE.get(transport)
+
+
 class CappedProtocol(asyncio.Protocol):
     """Stands in front of the protocol ``factory`` makes: a connection over ``cap``
     is aborted in ``connection_made`` (``refused(peer, why)`` then logs it) and
     the real protocol is never made; an admitted one is passed through, and
     released from the count when it ends. ``admitted``: the connection was
-    counted already, at ``accept`` (``web/http_port.py``), under that address."""
+    counted already, at ``accept`` (``web/http_port.py``), under that address.
+
+    ``hold_limit`` (the HTTP endpoints; 0: never held): between ``hold`` and
+    ``release`` what arrives is kept here, not given to the real protocol, and the
+    transport is paused; more than ``hold_limit`` bytes of it abort the connection.
+    Why: aiohttp parses the requests a client sends ahead (pipelined) while a
+    handler runs, up to 32 per connection, each head up to 256 KiB, kept twice
+    (bytes and text); a handler that runs for seconds (a login waiting out the
+    guard's penalty, scrapes in turn) let a stranger's connections make the
+    process grow by 130 MiB per address. Pausing the transport alone does not
+    hold: aiohttp resumes it whenever a handler reads its body."""
 
     def __init__(self, factory: Callable[[], asyncio.BaseProtocol], cap: ConnectionCap,
-                 refused: Callable[[str, str], None], admitted: str | None = None) -> None:
+                 refused: Callable[[str, str], None], admitted: str | None = None,
+                 hold_limit: int = 0) -> None:
         self._factory = factory
         self._cap = cap
         self._refused = refused
@@ -105,6 +126,13 @@ class CappedProtocol(asyncio.Protocol):
         self._inner: asyncio.Protocol | None = None
         #: ``connection_made`` ran: from now on ``connection_lost`` releases the count.
         self.made = False
+        self._hold_limit = hold_limit
+        self._transport: asyncio.Transport | None = None
+        self._holding = False
+        self._held: list[bytes] = []
+        self._held_bytes = 0
+        #: The transport was paused by ``data_received`` while holding.
+        self._paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.made = True
@@ -116,12 +144,40 @@ class CappedProtocol(asyncio.Protocol):
                 self._refused(peer, why)
                 return
             self._peer = peer
+        if self._hold_limit:
+            self._transport = cast(asyncio.Transport, transport)
+            _HOLDABLE[transport] = self
         self._inner = cast(asyncio.Protocol, self._factory())
         self._inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
+        if self._holding and self._transport is not None:
+            self._held.append(data)
+            self._held_bytes += len(data)
+            if self._held_bytes > self._hold_limit:
+                self._held, self._held_bytes = [], 0
+                self._transport.abort()  # far more sent ahead than any client does
+            elif self._transport.is_reading():
+                self._transport.pause_reading()
+                self._paused = True
+            return
         if self._inner is not None:
             self._inner.data_received(data)
+
+    def hold(self) -> None:
+        """Keep what arrives from now on until ``release`` (see the class)."""
+        self._holding = self._hold_limit > 0
+
+    def release(self) -> None:
+        """Give the real protocol what was held, and read on."""
+        self._holding = False
+        held, self._held, self._held_bytes = b"".join(self._held), [], 0
+        if held and self._inner is not None:
+            self._inner.data_received(held)
+        if self._paused and self._transport is not None:
+            self._paused = False
+            if not self._transport.is_closing():
+                self._transport.resume_reading()
 
     def eof_received(self) -> bool | None:
         return self._inner.eof_received() if self._inner is not None else None
@@ -135,6 +191,10 @@ class CappedProtocol(asyncio.Protocol):
             self._inner.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._transport is not None:
+            _HOLDABLE.pop(self._transport, None)
+            self._transport = None
+            self._held, self._holding = [], False
         if self._inner is not None:
             self._inner.connection_lost(exc)
             self._inner = None

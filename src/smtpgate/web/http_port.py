@@ -71,6 +71,11 @@ MAX_REQUEST_HEADERS = 32
 #: time per address behind the guard's penalties (up to 4 s each), hold the stop
 #: of the process that delivers mail, and with it the server's, for a minute.
 SHUTDOWN_TIMEOUT = 3.0
+#: Bytes a connection may send while its request is answered (``CappedProtocol``
+#: holds them, unparsed, and pauses the transport); more abort the connection.
+#: A browser, Prometheus or curl sends none (each waits for the answer); a client
+#: that pipelines a few small requests fits.
+HOLD_LIMIT = 64 * 1024
 #: Read of a plain request before the answer (a close with unread data is a reset,
 #: which the browser shows instead of the answer); a request line and headers fit.
 PLAIN_READ_LIMIT = 16 * 1024
@@ -148,7 +153,8 @@ class HttpPort:
 
     async def _hand(self, conn: socket.socket, peer: str) -> None:
         loop = asyncio.get_running_loop()
-        protocol = CappedProtocol(self._factory, self._cap, self._refused, admitted=peer)
+        protocol = CappedProtocol(self._factory, self._cap, self._refused, admitted=peer,
+                                  hold_limit=HOLD_LIMIT)
         handed = False
         try:
             if self._ctx is None:

@@ -11,14 +11,17 @@ race for it. A reload that moves an endpoint binds the new address the same way.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import socket
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from smtpgate.config import Config, HttpListener
 from smtpgate.errors import StartupError
+from smtpgate.web.conn_cap import holdable
 
 if TYPE_CHECKING:  # aiohttp is imported by the process that serves HTTP
     from aiohttp import web
@@ -138,6 +141,25 @@ async def body_in_time(request: web.Request, what: str, max_size: int) -> None:
         raise late from None
     except (OSError, web.RequestPayloadError):
         pass  # a broken body or a peer gone: the handler's own read says so, as before
+
+
+@contextlib.contextmanager
+def unread_while_answering(request: web.Request) -> Iterator[None]:
+    """Give aiohttp nothing more from the request's connection while its handler
+    runs (``conn_cap.CappedProtocol.hold``): the client's next requests, sent
+    ahead, wait unparsed, at most ``http_port.HOLD_LIMIT`` bytes of them, the rest
+    in the kernel. Entered once the request's body has arrived (``body_in_time``), so
+    what comes meanwhile is never this request's. No browser, Prometheus or curl
+    sends a request before the answer to the last."""
+    protocol = holdable(request.transport)
+    if protocol is None:
+        yield
+        return
+    protocol.hold()
+    try:
+        yield
+    finally:
+        protocol.release()
 
 
 #: What an endpoint's answers say in ``Server``: not aiohttp's default

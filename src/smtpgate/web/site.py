@@ -67,7 +67,7 @@ from smtpgate.queue.spool import Spool
 from smtpgate.tools.audit import AuditOptions, AuditReport, Target, run_audit
 from smtpgate.visible import visible
 from smtpgate.web import authlog_view, charts, status
-from smtpgate.web.http_socket import body_in_time, name_the_server
+from smtpgate.web.http_socket import body_in_time, name_the_server, unread_while_answering
 from smtpgate.web.http_socket import known_host as _known_host
 from smtpgate.web.login_log import auth_log_path, record_login
 from smtpgate.web.proxy import Client, client_of, trusted_networks
@@ -265,7 +265,8 @@ class AdminSite:
         try:
             _known_host(request, self.cfg, self.cfg.admin, "web admin")
             await body_in_time(request, "web admin", MAX_FORM_BYTES)
-            resp = await handler(request)
+            with unread_while_answering(request):
+                resp = await handler(request)
         except web.HTTPException as e:
             resp = e
         except Exception:

@@ -128,12 +128,13 @@ def test_heads_held_open_by_strangers_cost_the_serving_process_little(
         assert grown < 30, f"{headers} lines: the serving process grew by {grown:.0f} MiB"
 
 
-def _queue_wrong_logins(port: int, count: int, source: str, behind: bytes = b""
-                        ) -> list[socket.socket]:
+def _queue_wrong_logins(port: int, count: int, source: str, behind: bytes = b"",
+                        name: str = "root") -> list[socket.socket]:
     """``count`` connections from ``source``, each a wrong admin login sent whole
     and its answer left unread: the guard's penalty makes each wait longer than
-    the one before (they are answered one at a time per address). ``behind``: sent
-    right after the login (pipelined), as much of it as the kernel takes."""
+    the one before (they are answered one at a time per address, and per name).
+    ``behind``: sent right after the login (pipelined), as much of it as the
+    kernel takes."""
     held = []
     for _ in range(count):
         s = socket.create_connection(("127.0.0.1", port), timeout=20,
@@ -146,7 +147,8 @@ def _queue_wrong_logins(port: int, count: int, source: str, behind: bytes = b""
         token = re.search(rb'name="login_token" value="([^"]+)"', page)
         cookie = re.search(rb"Set-Cookie: (smtpgate_login=[^;]+)", page)
         assert token and cookie, page[:300]
-        body = b"login_token=%s&name=root&password=guess&code=000000" % token.group(1)
+        body = b"login_token=%s&name=%s&password=guess&code=000000" % (
+            token.group(1), name.encode())
         s.setblocking(False)
         with contextlib.suppress(BlockingIOError):
             s.send(b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: %s\r\n"
@@ -250,3 +252,42 @@ def test_a_stop_does_not_wait_for_strangers_logins_to_be_answered(tmp_path: Path
         if srv.proc is not None:
             srv.stop()
     assert took < 10, f"the stop took {took:.0f} s"
+
+
+def test_strangers_logins_hash_one_at_a_time_at_full_argon2_cost(tmp_path: Path) -> None:
+    """Before: each admin login's Argon2id ran on the event loop's default thread
+    pool, as many at once as it has threads (6 on two cores, 20 on sixteen), at
+    the full cost of 64 MiB each, outside the hash scheduler that bounds SMTP
+    AUTH's; twelve strangers' logins at once, from twelve addresses (each name
+    unknown: the decoy hash costs the same), took the process that delivers mail
+    from 65 to 450 MiB. Now one runs at a time; each is still counted."""
+    port = free_port()
+    srv = make_server(tmp_path / "srv", f'\n[admin]\nlisten = "127.0.0.1:{port}"\n')
+    text = srv.config.read_text()
+    cheap = "argon2_memory_kib = 8192\nargon2_time_cost = 1\n"
+    assert cheap in text
+    srv.config.write_text(text.replace(cheap, ""))  # the defaults: 64 MiB, t = 3
+    srv.start()
+    held: list[socket.socket] = []
+    try:
+        deadline = time.monotonic() + 30
+        while not _answers(port, "/login"):
+            assert time.monotonic() < deadline, srv.log_text()
+            time.sleep(0.1)
+        pid = Endpoints(srv, port, 0).serving_pid()
+        before = _rss_mib(pid)
+        for i in range(12):  # one each: no penalty, no waiting for a turn
+            held += _queue_wrong_logins(port, 1, f"127.0.25.{i + 1}", name=f"nobody{i}")
+        peak, answered = 0.0, 0
+        deadline = time.monotonic() + 60
+        while answered < len(held) and time.monotonic() < deadline:
+            peak = max(peak, _rss_mib(pid))
+            answered = srv.log_text().count("web admin: failed login as 'nobody")
+            time.sleep(0.01)
+        assert answered == len(held)
+    finally:
+        for s in held:
+            s.close()
+        if srv.proc is not None:
+            srv.stop()
+    assert peak - before < 160, f"from {before:.0f} to {peak:.0f} MiB"

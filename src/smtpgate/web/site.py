@@ -143,6 +143,15 @@ class AdminSite:
         #: per admin name (``admin:NAME``): one at a time, so each sees the
         #: failures of the one before.
         self._logins: dict[str, _Turn] = {}
+        #: One admin password verification at a time in this process. Each is a
+        #: full Argon2id run ([accounts] argon2_memory_kib: 64 MiB by default),
+        #: for a name of no admin too (the decoy hash); on the default thread pool
+        #: as many ran at once as it has threads (6 on two cores, 20 on sixteen),
+        #: outside the hash scheduler that bounds SMTP AUTH's: twelve strangers'
+        #: logins from twelve addresses took this process, which also delivers
+        #: mail, from 65 to 450 MiB. An admin logs in now and then; waiting for a
+        #: few strangers' 150 ms runs costs little.
+        self._verifying = asyncio.Semaphore(1)
         self.last_audit: AuditReport | None = None
         self.last_audit_time: float | None = None
         #: Requests being answered, and the stores a reload replaced, closed once
@@ -413,7 +422,8 @@ class AdminSite:
             await asyncio.sleep(check.delay)
         service = self.service(name or "-", "login")
         admin = await asyncio.to_thread(service.get_web_admin, name)
-        ok = await asyncio.to_thread(service.verify_web_admin_password, admin, password)
+        async with self._verifying:
+            ok = await asyncio.to_thread(service.verify_web_admin_password, admin, password)
         why = "no such admin" if admin is None else "" if ok else "bad password"
         if ok and admin is not None:
             step = self._totp_step(admin, code)

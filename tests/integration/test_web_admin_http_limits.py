@@ -11,13 +11,17 @@ import re
 import socket
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyotp
 import pytest
 
 from tests.integration.conftest import Server, free_port, make_server
+
+ADMIN_PASSWORD = "admin passphrase 4 tests"
 
 #: A header line as long as aiohttp lets one be (its max_field_size is 8190).
 BIG_HEADER = b"X-Pad-%03d: " + b"a" * 8000 + b"\r\n"
@@ -254,6 +258,24 @@ def test_a_stop_does_not_wait_for_strangers_logins_to_be_answered(tmp_path: Path
     assert took < 10, f"the stop took {took:.0f} s"
 
 
+def _full_cost_server(root: Path, port: int) -> Server:
+    """A server with the web admin on ``port`` and the default Argon2id costs (64
+    MiB, t = 3), not the cheap ones of the other tests."""
+    srv = make_server(root, f'\n[admin]\nlisten = "127.0.0.1:{port}"\n')
+    text = srv.config.read_text()
+    cheap = "argon2_memory_kib = 8192\nargon2_time_cost = 1\n"
+    assert cheap in text
+    srv.config.write_text(text.replace(cheap, ""))
+    return srv
+
+
+def _wait_admin(srv: Server, port: int) -> None:
+    deadline = time.monotonic() + 30
+    while not _answers(port, "/login"):
+        assert time.monotonic() < deadline, srv.log_text()
+        time.sleep(0.1)
+
+
 def test_strangers_logins_hash_one_at_a_time_at_full_argon2_cost(tmp_path: Path) -> None:
     """Before: each admin login's Argon2id ran on the event loop's default thread
     pool, as many at once as it has threads (6 on two cores, 20 on sixteen), at
@@ -262,18 +284,11 @@ def test_strangers_logins_hash_one_at_a_time_at_full_argon2_cost(tmp_path: Path)
     unknown: the decoy hash costs the same), took the process that delivers mail
     from 65 to 450 MiB. Now one runs at a time; each is still counted."""
     port = free_port()
-    srv = make_server(tmp_path / "srv", f'\n[admin]\nlisten = "127.0.0.1:{port}"\n')
-    text = srv.config.read_text()
-    cheap = "argon2_memory_kib = 8192\nargon2_time_cost = 1\n"
-    assert cheap in text
-    srv.config.write_text(text.replace(cheap, ""))  # the defaults: 64 MiB, t = 3
+    srv = _full_cost_server(tmp_path / "srv", port)
     srv.start()
     held: list[socket.socket] = []
     try:
-        deadline = time.monotonic() + 30
-        while not _answers(port, "/login"):
-            assert time.monotonic() < deadline, srv.log_text()
-            time.sleep(0.1)
+        _wait_admin(srv, port)
         pid = Endpoints(srv, port, 0).serving_pid()
         before = _rss_mib(pid)
         for i in range(12):  # one each: no penalty, no waiting for a turn
@@ -291,3 +306,57 @@ def test_strangers_logins_hash_one_at_a_time_at_full_argon2_cost(tmp_path: Path)
         if srv.proc is not None:
             srv.stop()
     assert peak - before < 160, f"from {before:.0f} to {peak:.0f} MiB"
+
+
+def _admin_login(port: int, name: str, password: str, code: str) -> int:
+    """The status of one whole admin login from 127.0.0.1 (form, then POST)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(b"GET /login HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        page = b""
+        while b"</html>" not in page:
+            page += s.recv(65536)
+        token = re.search(rb'name="login_token" value="([^"]+)"', page)
+        cookie = re.search(rb"Set-Cookie: (smtpgate_login=[^;]+)", page)
+        assert token and cookie, page[:300]
+        body = urllib.parse.urlencode({"login_token": token.group(1).decode(), "name": name,
+                                       "password": password, "code": code}).encode()
+        s.sendall(b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: %s\r\n"
+                  b"Content-Type: application/x-www-form-urlencoded\r\n"
+                  b"Content-Length: %d\r\n\r\n%s" % (cookie.group(1), len(body), body))
+        status = s.makefile("rb").readline()
+    m = re.match(rb"HTTP/1\.1 (\d{3}) ", status)
+    assert m, status
+    return int(m.group(1))
+
+
+def test_an_admin_from_a_known_address_does_not_wait_for_strangers_hashes(
+        tmp_path: Path) -> None:
+    """With the password checks one at a time, an admin logging in while strangers
+    guess would wait for each of their Argon2id runs before its own; as for SMTP
+    AUTH (auth/verify_scheduler.py), an attempt the guard trusts (an address the
+    admin has logged in from, no recent failures) has a slot of its own."""
+    port = free_port()
+    srv = _full_cost_server(tmp_path / "srv", port)
+    out = srv.cli("admin", "add", "root", "--password-stdin", stdin=ADMIN_PASSWORD + "\n").stdout
+    uri = next(line for line in out.splitlines() if line.startswith("otpauth://"))
+    totp = pyotp.TOTP(urllib.parse.parse_qs(urllib.parse.urlparse(uri).query)["secret"][0])
+    srv.start()
+    held: list[socket.socket] = []
+    try:
+        _wait_admin(srv, port)
+        step = int(time.time() // 30)
+        assert _admin_login(port, "root", ADMIN_PASSWORD, totp.at(step * 30)) == 303
+        time.sleep((step + 1) * 30 - time.time() + 0.1)  # a code is good once
+        for i in range(12):
+            held += _queue_wrong_logins(port, 1, f"127.0.26.{i + 1}", name=f"nobody{i}")
+        start = time.monotonic()
+        assert _admin_login(port, "root", ADMIN_PASSWORD, totp.now()) == 303
+        took = time.monotonic() - start
+        answered = srv.log_text().count("web admin: failed login as 'nobody")
+    finally:
+        for s in held:
+            s.close()
+        if srv.proc is not None:
+            srv.stop()
+    assert answered < 10, f"{answered} strangers answered first"
+    assert took < 1.5, f"the admin's login took {took:.1f} s"

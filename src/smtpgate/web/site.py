@@ -149,9 +149,12 @@ class AdminSite:
         #: as many ran at once as it has threads (6 on two cores, 20 on sixteen),
         #: outside the hash scheduler that bounds SMTP AUTH's: twelve strangers'
         #: logins from twelve addresses took this process, which also delivers
-        #: mail, from 65 to 450 MiB. An admin logs in now and then; waiting for a
-        #: few strangers' 150 ms runs costs little.
+        #: mail, from 65 to 450 MiB. An attempt the guard trusts (an address the
+        #: admin has logged in from, without recent failures; an allowlisted one)
+        #: has a slot of its own, as in SMTP AUTH's scheduler
+        #: (auth/verify_scheduler.py), so the admin never waits for strangers'.
         self._verifying = asyncio.Semaphore(1)
+        self._verifying_trusted = asyncio.Semaphore(1)
         self.last_audit: AuditReport | None = None
         self.last_audit_time: float | None = None
         #: Requests being answered, and the stores a reload replaced, closed once
@@ -422,7 +425,7 @@ class AdminSite:
             await asyncio.sleep(check.delay)
         service = self.service(name or "-", "login")
         admin = await asyncio.to_thread(service.get_web_admin, name)
-        async with self._verifying:
+        async with self._verifying_trusted if check.trusted else self._verifying:
             ok = await asyncio.to_thread(service.verify_web_admin_password, admin, password)
         why = "no such admin" if admin is None else "" if ok else "bad password"
         if ok and admin is not None:

@@ -1,7 +1,10 @@
 """What a stranger's HTTP requests can make the process that serves the web admin
 and /metrics hold, against the real ``smtpgate serve`` (the config `smtpgate init`
 writes; with ``workers = 0`` on this machine's cores the delivery process serves
-both): the size of a request head, and the answer to a body over the forms' size.
+both): the size of a request head, requests sent ahead of an answer, the answer
+to a body over the forms' size, how long a stop waits for logins being answered,
+and how many Argon2id runs strangers' logins get at once (the last two with the
+default costs, not the cheap ones of the other tests).
 """
 
 from __future__ import annotations

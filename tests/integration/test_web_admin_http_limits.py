@@ -228,7 +228,7 @@ def test_a_form_body_over_the_limit_is_a_413_at_once_not_a_408_later(
         while (line := reply.readline()) not in (b"\r\n", b""):
             headers.append(line.decode().lower())
     assert status.startswith(b"HTTP/1.1 413 "), status
-    assert took < 5, f"answered after {took:.1f} s"
+    assert took < 10, f"answered after {took:.1f} s (the 408 came after 15)"
     assert any(h.startswith("content-security-policy:") for h in headers), headers
     assert _answers(endpoints.admin, "/login")
 
@@ -361,5 +361,6 @@ def test_an_admin_from_a_known_address_does_not_wait_for_strangers_hashes(
             s.close()
         if srv.proc is not None:
             srv.stop()
-    assert answered < 10, f"{answered} strangers answered first"
-    assert took < 1.5, f"the admin's login took {took:.1f} s"
+    # Not a timing (a shared CI machine's Argon2id runs vary): how many of the
+    # strangers' twelve checks were answered before the admin's own.
+    assert answered < 10, f"{answered} strangers answered first (the admin's took {took:.1f} s)"

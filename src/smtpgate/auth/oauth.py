@@ -237,7 +237,7 @@ class TokenVerifier:
         if not keys:
             raise _Reject(f"no {JWT_ALGORITHMS[alg]} key with kid {kid!r} for {alg}")
         claims: dict[str, Any] | None = None
-        last_error = "bad signature"
+        last_error = ""
         for jwk_dict in keys:
             try:
                 key = jwt.PyJWK(jwk_dict, algorithm=alg)
@@ -258,15 +258,21 @@ class TokenVerifier:
                 )
                 break
             except jwt.InvalidSignatureError:
+                last_error = "bad signature"  # what a usable key said outranks the rest
                 continue
-            except jwt.PyJWKError as exc:  # an unusable key in the set: try the next
-                last_error = f"unusable key: {exc}"
+            except (jwt.PyJWKError, jwt.InvalidKeyError) as exc:
+                # A key this token cannot have been signed with (another curve of
+                # the same kty, a retired short RSA key, one that does not parse):
+                # PyJWT says InvalidKeyError, at PyJWK() or at decode(). The next
+                # key may be the one; ending here refused a good token whose set
+                # lists such a key first.
+                last_error = last_error or f"unusable key: {exc}"
                 continue
             except jwt.PyJWTError as exc:
                 last_error = f"{type(exc).__name__}: {exc}"
                 break
         if claims is None:
-            raise _Reject(last_error)
+            raise _Reject(last_error or "bad signature")
         _check_type(cfg, header.get("typ"), claims)
         self._check_times(cfg, claims)
         self._check_scopes(cfg, claims)

@@ -148,6 +148,14 @@ Ts = TypeVarTuple("Ts")
 
 #: Account-read workers (see the module docstring for why two).
 DB_THREADS = 2
+#: Token-verifier workers. A verification may wait on the issuer (key set fetch,
+#: introspection) for up to ``oauth.HTTP_TIMEOUT``; these threads do nothing
+#: else, so an issuer that hangs holds up bearer logins only. In the loop's
+#: default executor (until 2026-12) it held the threads every process shares
+#: for a message's spool writes: a dozen OAUTHBEARER attempts from a dozen
+#: addresses while the introspection endpoint hung kept every user's DATA
+#: waiting 18 s.
+OAUTH_THREADS = 8
 #: Seconds last logins are gathered before they are written (``_write_logins``).
 LOGINS_LATER = 1.0
 #: Bookkeeping writes queued at most; past this (a database stuck for seconds
@@ -332,6 +340,8 @@ class AuthService:
         )
         self._lanes = VerificationScheduler(accounts_cfg.hash_threads)
         self._read_pool = ThreadPoolExecutor(DB_THREADS, "smtpgate-db-read")
+        #: Created on the first bearer login: most servers never verify a token.
+        self._oauth_pool: ThreadPoolExecutor | None = None
         #: Seconds a read hop may take before its login gets 454 (the directory's
         #: ``read_bound``; None: the directory bounds its own calls).
         self._read_bound: float | None = getattr(directory, "read_bound", None)
@@ -611,7 +621,9 @@ class AuthService:
             return
         self._closed = True
         await self.flush()
-        pools = (self._hash_pool, self._untrusted_pool, self._read_pool, self._write_pool)
+        pools = [self._hash_pool, self._untrusted_pool, self._read_pool, self._write_pool]
+        if self._oauth_pool is not None:
+            pools.append(self._oauth_pool)
 
         def shutdown() -> None:
             for pool in pools:
@@ -1158,13 +1170,15 @@ class AuthService:
         return Resolution(Verdict(ok=True, identity=account.name))
 
     async def _call_verifier(self, token: str) -> object:
-        """Accept a sync or async ``verify``; a sync one runs in a thread, since it
-        may fetch keys over the network."""
+        """Accept a sync or async ``verify``; a sync one runs on the token threads
+        (``OAUTH_THREADS``), since it may wait on the issuer over the network."""
         assert self._verifier is not None
         verify = self._verifier.verify
         if inspect.iscoroutinefunction(verify):
             return await verify(token)
-        result = await asyncio.get_running_loop().run_in_executor(None, verify, token)
+        if self._oauth_pool is None:
+            self._oauth_pool = ThreadPoolExecutor(OAUTH_THREADS, "smtpgate-oauth")
+        result = await self._run(self._oauth_pool, verify, token)
         if inspect.isawaitable(result):
             result = await result
         return result

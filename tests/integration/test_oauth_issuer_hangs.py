@@ -39,36 +39,65 @@ ISSUER = "https://hanging.idp.example.test/realms/mail"
 ATTEMPTS = min(32, (os.cpu_count() or 1) + 4) + 2
 
 
+class Silent:
+    """An HTTPS endpoint that accepts every connection and never says a word (the
+    TLS handshake waits for its answer); ``accepted`` counts the connections."""
+
+    def __init__(self) -> None:
+        self._sock = socket.create_server(("127.0.0.1", 0), backlog=128)
+        self.port = self._sock.getsockname()[1]
+        self.accepted = 0
+        self._held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return  # closed
+            self._held.append(conn)
+            self.accepted += 1
+
+    def close(self) -> None:
+        self._sock.close()
+        for conn in self._held:
+            conn.close()
+
+
 @pytest.fixture(scope="module")
-def hanging(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(ATTEMPTS * 2)  # never accepted: connects, then silence
-        port = listener.getsockname()[1]
-        root = tmp_path_factory.mktemp("oauth-hang")
-        secret = root / "introspection.secret"
-        secret.write_text("secret\n")
-        srv = make_server(root / "srv", (
-            "\n[[auth.oauth_issuers]]\n"
-            f'issuer = "{ISSUER}"\n'
-            'audience = ["smtp.example.test"]\n'
-            f'introspection_url = "https://localhost:{port}/introspect"\n'
-            'introspection_client_id = "smtpgate"\n'
-            f'introspection_client_secret_file = "{secret}"\n'
-            'identity_claim = "email"\n'
-            "\n[guard]\nenabled = false\n"
-            "\n[server]\nworkers = 1\n"))
-        srv.config.write_text(srv.config.read_text().replace(
-            "\n[auth]\n", '\n[auth]\nmechanisms = ["OAUTHBEARER", "PLAIN"]\n'
-            'oauth_openid_configuration = "off"\n', 1))
-        srv.add_user(USER, PASSWORD)
-        srv.start()
-        try:
-            yield srv
-        finally:
-            if srv.proc is not None:
-                srv.stop()
-        assert "Traceback" not in srv.log_text()
+def silent() -> Iterator[Silent]:
+    endpoint = Silent()
+    yield endpoint
+    endpoint.close()
+
+
+@pytest.fixture(scope="module")
+def hanging(tmp_path_factory: pytest.TempPathFactory, silent: Silent) -> Iterator[Server]:
+    root = tmp_path_factory.mktemp("oauth-hang")
+    secret = root / "introspection.secret"
+    secret.write_text("secret\n")
+    srv = make_server(root / "srv", (
+        "\n[[auth.oauth_issuers]]\n"
+        f'issuer = "{ISSUER}"\n'
+        'audience = ["smtp.example.test"]\n'
+        f'introspection_url = "https://localhost:{silent.port}/introspect"\n'
+        'introspection_client_id = "smtpgate"\n'
+        f'introspection_client_secret_file = "{secret}"\n'
+        'identity_claim = "email"\n'
+        "\n[guard]\nenabled = false\n"
+        "\n[server]\nworkers = 1\n"))
+    srv.config.write_text(srv.config.read_text().replace(
+        "\n[auth]\n", '\n[auth]\nmechanisms = ["OAUTHBEARER", "PLAIN"]\n'
+        'oauth_openid_configuration = "off"\n', 1))
+    srv.add_user(USER, PASSWORD)
+    srv.start()
+    try:
+        yield srv
+    finally:
+        if srv.proc is not None:
+            srv.stop()
+    assert "Traceback" not in srv.log_text()
 
 
 def _bearer_attempt(srv: Server, n: int, replies: list[tuple[int, bytes]]) -> None:
@@ -108,3 +137,49 @@ def test_a_hanging_introspection_endpoint_holds_up_no_message(hanging: Server) -
     # The bearer logins themselves are the issuer's fault: 454, not 535.
     assert len(replies) == ATTEMPTS
     assert all(code == 454 and text.startswith(b"4.7.0") for code, text in replies), replies
+
+
+#: ``oauth.HTTP_TIMEOUT`` and ``oauth.RETRY_FAILED_FETCH``, the test's clock.
+TIMEOUT = RETRY = 10.0
+
+
+def _timed_attempts(srv: Server, first: int, count: int) -> list[float]:
+    """``count`` bearer attempts at once from 127.0.0.``first`` on: the seconds
+    each took to its 454."""
+    took: list[float] = []
+
+    def one(n: int) -> None:
+        start = time.monotonic()
+        replies: list[tuple[int, bytes]] = []
+        _bearer_attempt(srv, n, replies)
+        assert replies and replies[0][0] == 454, replies
+        took.append(time.monotonic() - start)
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in range(first, first + count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(took) == count
+    return took
+
+
+def test_an_introspection_endpoint_that_did_not_answer_is_not_waited_for_again_at_once(
+        hanging: Server, silent: Silent) -> None:
+    """Like a key set fetch that failed (docs/oauth.md), an introspection endpoint
+    that let its 10 s pass without an answer is asked again 10 s later at the
+    earliest: meanwhile bearer logins get their 454 at once. Each waited its own
+    10 s, and those beyond the token threads waited in turn behind them, so
+    during an outage every OAuth user's login took 10 s, 20 s, 30 s..."""
+    time.sleep(RETRY + 1)  # whatever the test before left behind is past
+    before = silent.accepted
+    [first] = _timed_attempts(hanging, 40, 1)
+    assert TIMEOUT - 1 < first < TIMEOUT + 5, first
+    assert silent.accepted == before + 1
+    took = _timed_attempts(hanging, 41, 12)
+    assert max(took) < 3, took
+    assert silent.accepted == before + 1  # nobody asked the endpoint meanwhile
+    time.sleep(RETRY)
+    [again] = _timed_attempts(hanging, 60, 1)
+    assert again > TIMEOUT - 1, again  # asked again: the endpoint may be back
+    assert silent.accepted == before + 2

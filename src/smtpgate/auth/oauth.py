@@ -176,6 +176,9 @@ class TokenVerifier:
         self._failed: dict[str, _FailedFetch] = {}
         #: Issuers whose key set one thread is fetching now.
         self._fetching: set[str] = set()
+        #: When each issuer's introspection endpoint last let ``HTTP_TIMEOUT`` pass
+        #: without an answer (``_introspect``), until it answers again.
+        self._introspection_silent: dict[str, float] = {}
         #: Each issuer's failed fetches in the log: the first at once, then a summary a
         #: minute, then one line when a fetch succeeds (``outage_log``).
         self._outages = {issuer: OutageLog(f"key set of {issuer}", log)
@@ -448,6 +451,26 @@ class TokenVerifier:
 
     # -- introspection --------------------------------------------------------------------
 
+    def _unless_silent(self, cfg: IssuerConfig) -> None:
+        """Fail at once while the endpoint is known not to answer: it let
+        ``HTTP_TIMEOUT`` pass less than ``RETRY_FAILED_FETCH`` seconds ago, as a
+        failed key set fetch is not tried again sooner. Every login asked it anew
+        and waited its own timeout, those beyond the token threads in turn behind
+        them: during an outage each OAuth login took 10 s, 20 s, 30 s before its
+        454 (and anyone can make such logins: an opaque token is introspected
+        whatever it holds). An endpoint that answers, even with an error, is
+        asked at every login.
+
+        Raises:
+            TokenVerifierUnavailable: the endpoint was silent a moment ago.
+        """
+        with self._lock:
+            silent = self._introspection_silent.get(cfg.issuer)
+        if silent is not None and 0 <= self._clock() - silent < RETRY_FAILED_FETCH:
+            raise TokenVerifierUnavailable(
+                f"introspection at {cfg.issuer}: no answer within {HTTP_TIMEOUT:g} s, "
+                f"asked again {RETRY_FAILED_FETCH:g} s after that")
+
     def _introspect(self, cfg: IssuerConfig, token: str) -> dict[str, Any]:
         """RFC 7662 §2.1: POST the token with client authentication; §2.2: the
         answer must say ``"active": true``."""
@@ -467,6 +490,7 @@ class TokenVerifier:
             "Accept": "application/json",
             "Authorization": f"Basic {basic}",
         }
+        self._unless_silent(cfg)
         try:
             raw = (urllib_post(cfg.introspection_url, body.encode("ascii"), headers,
                                ca_file=cfg.ca_file) if self._post is None
@@ -474,7 +498,12 @@ class TokenVerifier:
         except TokenVerifierUnavailable:
             raise
         except Exception as exc:
+            if isinstance(exc, oauth_http.NoAnswerInTime | TimeoutError):
+                with self._lock:
+                    self._introspection_silent[cfg.issuer] = self._clock()
             raise TokenVerifierUnavailable(f"introspection at {cfg.issuer}: {exc}") from exc
+        with self._lock:
+            self._introspection_silent.pop(cfg.issuer, None)
         try:
             answer = json.loads(raw)
         except ValueError as exc:

@@ -34,6 +34,11 @@ class HttpFetchError(OSError):
     """The exchange did not give a usable answer (deadline, redirect refused, size)."""
 
 
+class NoAnswerInTime(HttpFetchError):
+    """The deadline passed before the answer was complete: the server hangs (or
+    is not there and its packets vanish), unlike one that answered badly."""
+
+
 def _loopback_or_https(url: str) -> bool:
     parts = urllib.parse.urlsplit(url)
     return parts.scheme == "https" or (
@@ -55,7 +60,7 @@ class _Deadline:
         left = self._at - time.monotonic()
         if left <= 0:
             self.passed = True
-            raise HttpFetchError(f"no complete answer within {self._seconds:g} s")
+            raise NoAnswerInTime(f"no complete answer within {self._seconds:g} s")
         return left
 
     def connect(self, address: tuple[str, int], timeout: float | None = None,
@@ -156,7 +161,8 @@ def request(url: str, *, timeout: float, limit: int, data: bytes | None = None,
     With ``ca_file``, an https server's certificate must chain to a CA in it.
 
     Raises:
-        HttpFetchError: deadline passed, redirect refused, body over ``limit``.
+        HttpFetchError: deadline passed (``NoAnswerInTime``), redirect refused,
+            body over ``limit``.
         OSError, urllib.error.URLError, http.client.HTTPException: no answer.
     """
     context = tls_context(ca_file) if ca_file is not None else None
@@ -169,15 +175,18 @@ def request(url: str, *, timeout: float, limit: int, data: bytes | None = None,
         with opener.open(req, timeout=timeout) as response:
             body: bytes = response.read(limit + 1)
         if deadline.passed:  # a body without a length ends where it was cut
-            raise HttpFetchError(f"no complete answer within {timeout:g} s")
+            raise NoAnswerInTime(f"no complete answer within {timeout:g} s")
         if len(body) > limit:
             raise HttpFetchError(f"answer larger than {limit} octets")
         return body
     except HttpFetchError:
         raise
     except (OSError, http.client.HTTPException) as exc:
-        if deadline.passed:
-            raise HttpFetchError(f"no complete answer within {timeout:g} s") from exc
+        # A connect or read that timed out used the time that was left: no answer
+        # in time either (urllib wraps the connect's in a URLError).
+        reason = getattr(exc, "reason", None)
+        if deadline.passed or isinstance(exc, TimeoutError) or isinstance(reason, TimeoutError):
+            raise NoAnswerInTime(f"no complete answer within {timeout:g} s") from exc
         raise
     finally:
         deadline.close()

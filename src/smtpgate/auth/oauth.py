@@ -572,10 +572,15 @@ def _account_domain(name: str) -> str:
 def _is_number(value: object) -> TypeGuard[float]:
     """A time claim's number (RFC 7519 §2 NumericDate). Python's JSON reads NaN,
     Infinity and 1e400 (inf) too; compared with the clock, an exp of NaN or inf is
-    never reached and the token never expires, so they are no number here."""
+    never reached and the token never expires, so they are no number here. Nor is
+    1e400 spelled out as an integer, which JSON reads as an int no float holds:
+    ``float(exp)`` raised OverflowError, a 454 as if the issuer were down."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return False
-    return isinstance(value, int) or math.isfinite(value)
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
 
 
 def error_reply_fields(auth: AuthConfig) -> tuple[str, str]:

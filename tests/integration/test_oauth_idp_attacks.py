@@ -267,6 +267,10 @@ def test_exp_and_nbf_with_the_leeway(idp: Idp, offset: int) -> None:
     # verifier raise OverflowError, a 454 as if the issuer were down.
     {"exp": 10**400},
     {"nbf": -(10**400)},
+    # A lone surrogate (JSON's "\ud800", which a UTF-16 issuer may let a user
+    # put in a name) in the identity: a traceback in the log and a 454.
+    {"email": "\ud800lice@example.org"},
+    {"email": "alice@\udc80xample.org"},
 ])
 def test_refused_claims(idp: Idp, claims: dict[str, Any]) -> None:
     claims = {"email": ALICE, **claims}

@@ -207,8 +207,20 @@ def _bad_char(c: str) -> bool:
     return c.isspace() or unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")
 
 
+def _octets(part: str, what: str) -> int:
+    """The UTF-8 length of ``part``. A lone surrogate is no character of any name
+    (JSON's ``"\\ud800"`` in a token's claim, which an issuer that keeps names in
+    UTF-16 may let a user set; argv's undecodable bytes); it made ``encode`` raise
+    UnicodeEncodeError where callers expect InvalidAccountName: the bearer login
+    got 454 and a traceback in the log, not a refusal."""
+    try:
+        return len(part.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidAccountName(f"{what} is not Unicode text (a lone surrogate)") from None
+
+
 def _check_local(local: str) -> None:
-    if len(local.encode("utf-8")) > MAX_LOCAL_OCTETS:
+    if _octets(local, "local part") > MAX_LOCAL_OCTETS:
         raise InvalidAccountName(f"local part longer than {MAX_LOCAL_OCTETS} octets")
     if any(_bad_char(c) for c in local):
         raise InvalidAccountName("local part holds whitespace or control characters")
@@ -223,7 +235,7 @@ def _check_local(local: str) -> None:
 
 
 def _check_domain(domain: str) -> None:
-    if len(domain.encode("utf-8")) > MAX_DOMAIN_OCTETS:
+    if _octets(domain, "domain") > MAX_DOMAIN_OCTETS:
         raise InvalidAccountName(f"domain longer than {MAX_DOMAIN_OCTETS} octets")
     for label in domain.split("."):
         if not label or len(label.encode("utf-8")) > MAX_LABEL_OCTETS:

@@ -519,7 +519,10 @@ class TokenVerifier:
             raise _Reject("introspection names another issuer")
         aud = answer.get("aud")
         if aud is not None:
-            auds = {aud} if isinstance(aud, str) else set(aud) if isinstance(aud, list) else set()
+            # Strings only: a list of lists (which only the issuer can send) raised
+            # TypeError, a 454 as if the issuer were down, where it is a refusal.
+            auds = ({aud} if isinstance(aud, str) else
+                    {a for a in aud if isinstance(a, str)} if isinstance(aud, list) else set())
             if not auds & set(cfg.audience):
                 raise _Reject("wrong audience (introspection)")
         if "exp" in answer:

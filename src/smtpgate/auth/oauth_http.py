@@ -65,9 +65,36 @@ class _Deadline:
 
     def connect(self, address: tuple[str, int], timeout: float | None = None,
                 source_address: tuple[str, int] | None = None) -> socket.socket:
-        """``socket.create_connection`` under the deadline (http.client's hook)."""
+        """``socket.create_connection`` under the deadline (http.client's hook).
+
+        Not ``create_connection`` itself: its name look-up has no timeout (a
+        resolver that does not answer held the login for the resolver's own 10-30
+        s), and each address of the name got the whole timeout again (two dead
+        addresses: 20 s). The look-up runs within the deadline here, and each
+        address gets an equal share of what is left, so a dead first address
+        leaves time for the next."""
+        host, port = address
+        infos = self._resolve(host, port)
+        last: OSError | None = None
+        for i, (family, kind, proto, _, where) in enumerate(infos):
+            left = self.remaining()
+            share = left / (len(infos) - i)
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.settimeout(min(timeout or share, share))
+                if source_address is not None:
+                    sock.bind(source_address)
+                sock.connect(where)
+                break
+            except OSError as e:
+                sock.close()
+                last = e
+        else:
+            if last is None:
+                raise OSError(f"{host}: no address to connect to")
+            raise last
         left = self.remaining()
-        sock = socket.create_connection(address, min(timeout or left, left), source_address)
+        sock.settimeout(min(timeout or left, left))  # each read's, as create_connection's
         # A second handle on the same socket: TLS wrapping detaches the first.
         watched = sock.dup()
         timer = threading.Timer(self.remaining(), self._cut, (watched,))
@@ -77,6 +104,29 @@ class _Deadline:
             self._timers.append(timer)
         timer.start()
         return sock
+
+    def _resolve(self, host: str, port: int) -> list[Any]:
+        """``getaddrinfo`` within the deadline, on a thread of its own (it cannot be
+        interrupted; one that outlives the deadline ends when the resolver gives up)."""
+        found: list[Any] = []
+        failed: list[OSError] = []
+
+        def look_up() -> None:
+            try:
+                found.extend(socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM))
+            except OSError as e:
+                failed.append(e)
+
+        thread = threading.Thread(target=look_up, name="smtpgate-oauth-dns", daemon=True)
+        thread.start()
+        thread.join(self.remaining())
+        if thread.is_alive():
+            self.passed = True
+            raise NoAnswerInTime(f"no complete answer within {self._seconds:g} s "
+                                 f"(the name {host} was not resolved in time)")
+        if failed:
+            raise failed[0]
+        return found
 
     def _cut(self, sock: socket.socket) -> None:
         self.passed = True
@@ -185,6 +235,8 @@ def request(url: str, *, timeout: float, limit: int, data: bytes | None = None,
         # A connect or read that timed out used the time that was left: no answer
         # in time either (urllib wraps the connect's in a URLError).
         reason = getattr(exc, "reason", None)
+        if isinstance(reason, NoAnswerInTime):  # what the deadline met, as it said it
+            raise reason from exc
         if deadline.passed or isinstance(exc, TimeoutError) or isinstance(reason, TimeoutError):
             raise NoAnswerInTime(f"no complete answer within {timeout:g} s") from exc
         raise

@@ -2184,7 +2184,8 @@ def semantic_problems(cfg: Config, *, tls_files: bool = True) -> list[tuple[str,
     return out
 
 
-def _running_user() -> str:
+def running_user() -> str:
+    """The name of the user this process runs as, for "permission denied" messages."""
     import pwd
 
     try:
@@ -2198,7 +2199,7 @@ def load_config(path: Path) -> Config:
         text = path.read_text(encoding="utf-8")
     except PermissionError:
         raise ConfigError([("(file)", (
-            f"permission denied: user {_running_user()} cannot read {path}; give that user "
+            f"permission denied: user {running_user()} cannot read {path}; give that user "
             "access (chown or chmod), or run smtpgate as the user that owns it"))]) from None
     except OSError as e:
         raise ConfigError([("(file)", f"cannot read {path}: {e.strerror}")]) from None

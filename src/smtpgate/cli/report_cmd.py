@@ -17,15 +17,18 @@ from rich.console import Console
 
 from smtpgate.cli.common import (
     NotFound,
+    OperationalError,
     admin_service,
+    config_missing,
     config_option,
     get_config,
     iso_time,
     parse_since,
 )
 from smtpgate.cli.output import Table, echo, text
+from smtpgate.config import running_user
 from smtpgate.plural import count
-from smtpgate.policy.report import Thresholds, build_report, read_records
+from smtpgate.policy.report import LogUnreadable, Thresholds, build_report, read_records
 from smtpgate.policy.rotated_logs import rotated_siblings
 
 
@@ -44,7 +47,10 @@ def _table(title: str, columns: tuple[str, ...], rows: list[tuple[object, ...]])
 @click.option("--since", default="24h", show_default=True,
               help="Period: 24h, 7d, 30m ... ('all' for the whole log).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object (for SIEMs).")
-@click.option("--log", "logs", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--log", "logs", multiple=True,
+              # readable=False: one the user may not read is "permission denied" (exit
+              # 1, as for the config), said where the files are read (_unreadable).
+              type=click.Path(dir_okay=False, readable=False, path_type=Path),
               help="Auth log file(s) to read (default: [auth].log_file and its rotated "
               "copies of the period); repeat for several (.gz too).")
 @config_option
@@ -63,7 +69,7 @@ def report(since: str, as_json: bool, logs: tuple[Path, ...], config_path: Path 
         paths = [*rotated_siblings(current, start), current]
         if len(paths) > 1 and not current.is_file():
             paths.remove(current)  # rotated, the server not yet written again
-    missing = [p for p in paths if not p.is_file()]
+    missing = [p for p in paths if config_missing(p)]
     if missing:
         # An empty report from a wrong path would read as "no attacks".
         raise NotFound(
@@ -71,11 +77,14 @@ def report(since: str, as_json: bool, logs: tuple[Path, ...], config_path: Path 
             "the server writes it at its first login attempt; check --log or [auth].log_file",
         )
     problems: list[str] = []
-    data = build_report(
-        read_records(paths, problems),
-        since=start,
-        thresholds=Thresholds(cfg.guard.lockout_threshold, cfg.guard.spray_accounts),
-    )
+    try:
+        data = build_report(
+            read_records(paths, problems),
+            since=start,
+            thresholds=Thresholds(cfg.guard.lockout_threshold, cfg.guard.spray_accounts),
+        )
+    except LogUnreadable as e:
+        raise _unreadable(e) from None
     with admin_service(cfg) as admin:
         blocks = admin.guard_blocks()
         locked = [a.name for a in admin.list_accounts() if a.locked]
@@ -85,11 +94,24 @@ def report(since: str, as_json: bool, logs: tuple[Path, ...], config_path: Path 
     ]
     data["locked_accounts"] = locked
     for problem in problems:
-        echo(f"warning: {problem}; the figures leave out the rest of it", err=True)
+        echo(f"warning: {problem}", err=True)
     if as_json:
         echo(json.dumps(data, sort_keys=True))
         return
     _print(data)
+
+
+def _unreadable(e: LogUnreadable) -> OperationalError:
+    """The error for an auth log that is there but cannot be read: a report without
+    it would look complete (until 2026-12 a rotated copy the user may not read was a
+    PermissionError traceback)."""
+    if isinstance(e.error, PermissionError):
+        return OperationalError(
+            f"permission denied: user {running_user()} cannot read {e.path}",
+            "run the report as a user that may read the auth log and its rotated "
+            "copies (the server's user, or root), or give this user read access",
+        )
+    return OperationalError(str(e), "check --log or [auth].log_file")
 
 
 def _print(d: dict[str, Any]) -> None:

@@ -22,16 +22,19 @@ Pure functions over plain data, so a test can feed records and compare figures.
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import re
+import zlib
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from smtpgate import mechanism_facts
+from smtpgate.plural import count
 
 BLOCKED_PREFIX = "blocked: "
 _APP = re.compile(r"^app password '(.*)'$")
@@ -49,35 +52,96 @@ def parse_time(text: str) -> datetime | None:
     return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
 
 
+#: The longest line read as a record. smtpgate's own are a few kilobytes at most
+#: (every string field bounded by ``authlog.MAX_FIELD_CHARS``, even fully escaped);
+#: a longer line is skipped in pieces of this size, so that a line of gigabytes (a
+#: file that is not an auth log, a disk block of zeros) does not take as much memory.
+MAX_LINE_BYTES = 1 << 20
+
+
+class LogUnreadable(Exception):
+    """An auth log that exists but cannot be opened (permission denied, a directory)."""
+
+    def __init__(self, path: Path, error: OSError) -> None:
+        super().__init__(f"cannot read {path}: {error.strerror or error}")
+        self.path = path
+        self.error = error
+
+
+def parse_record(line: bytes) -> dict[str, Any] | None:
+    """One auth-log line as a record, or None for anything else: no JSON, no object,
+    or nesting deep enough that the decoder gives up (RecursionError, which is no
+    ValueError: ``[[[[...`` in a garbage line ended the report in a traceback)."""
+    try:
+        rec = json.loads(line.decode("utf-8", errors="replace"))
+    except (ValueError, RecursionError):
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
+def _lines(f: io.BufferedIOBase) -> Iterator[bytes | None]:
+    """The lines of ``f``, each at most ``MAX_LINE_BYTES``; None for a longer one,
+    which is read past in pieces, never held whole."""
+    while True:
+        line = f.readline(MAX_LINE_BYTES + 1)
+        if not line:
+            return
+        if len(line) <= MAX_LINE_BYTES or line.endswith(b"\n"):
+            yield line
+            continue
+        while line and not line.endswith(b"\n"):
+            line = f.readline(MAX_LINE_BYTES)
+        yield None
+
+
 def read_records(
     paths: Iterable[Path], problems: list[str] | None = None
 ) -> Iterator[dict[str, Any]]:
-    """Records from JSON-lines files; unreadable lines are skipped. A file ending in
+    """Records from JSON-lines files, read line by line (memory stays bounded however
+    large the file or its lines); unreadable lines are skipped. A file ending in
     ``.gz`` is read through gzip (logrotate's ``compress``, contrib/logrotate.d). A
-    file that breaks off (a ``.gz`` cut short, or not gzip at all) gives what was
-    read before, and a line naming it in ``problems``: the report must not look
-    complete when it is not, nor end in a traceback."""
+    file that breaks off (a ``.gz`` cut short or corrupt, or not gzip at all) gives
+    what was read before, and a line naming it in ``problems``: the report must not
+    look complete when it is not, nor end in a traceback. Lines too long to be a
+    record are counted there too.
+
+    Raises:
+        LogUnreadable: a file exists but cannot be opened (a report that silently
+            left it out would look complete).
+    """
     for path in paths:
         try:
-            f: TextIO = (
-                gzip.open(path, "rt", encoding="utf-8", errors="replace")  # noqa: SIM115
+            f: io.BufferedIOBase = (
+                gzip.open(path, "rb")  # noqa: SIM115
                 if path.suffix == ".gz"
-                else path.open(encoding="utf-8", errors="replace")
+                else path.open("rb")
             )
         except FileNotFoundError:
-            continue
+            continue  # rotated away since it was listed
+        except OSError as e:
+            raise LogUnreadable(path, e) from None
+        long_lines = 0
         with f:
             try:
-                for line in f:
-                    try:
-                        rec = json.loads(line)
-                    except ValueError:
+                for line in _lines(f):
+                    if line is None:
+                        long_lines += 1
                         continue
-                    if isinstance(rec, dict):
+                    rec = parse_record(line)
+                    if rec is not None:
                         yield rec
-            except (EOFError, OSError) as e:  # gzip's truncated stream, BadGzipFile
+            except (EOFError, OSError, zlib.error) as e:
+                # gzip's truncated stream (EOFError), BadGzipFile, a CRC mismatch
+                # (OSError), a corrupt deflate stream (zlib.error), a read error.
                 if problems is not None:
-                    problems.append(f"{path}: read only in part ({e})")
+                    problems.append(
+                        f"{path}: read only in part ({e}); the figures leave out the rest of it"
+                    )
+        if long_lines and problems is not None:
+            problems.append(
+                f"{path}: {count(long_lines, 'line')} longer than {MAX_LINE_BYTES} bytes "
+                "skipped (no auth record is that long)"
+            )
 
 
 @dataclass(frozen=True, slots=True)

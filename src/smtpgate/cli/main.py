@@ -10,6 +10,8 @@ workload D). ``--help`` and shell completion still list every command.
 from __future__ import annotations
 
 import importlib
+import re
+from typing import Any
 
 import click
 
@@ -50,7 +52,50 @@ def load_command(name: str) -> click.Command:
     command = by_name.get(name) or getattr(mod, attr)
     if not isinstance(command, click.Command):
         raise TypeError(f"smtpgate.cli.{module}.{attr} is not a click command")
+    _text_must_be_utf8(command)
     return command
+
+
+#: A byte that was no UTF-8 in argv: Python keeps it as a lone surrogate
+#: (U+DC80-U+DCFF, PEP 383) so that the argument can still name a file.
+_UNDECODED = re.compile("[\udc80-\udcff]")
+
+
+def _refuse_undecoded(value: object, param: click.Parameter, ctx: click.Context) -> None:
+    """A usage error (exit 2) naming ``param`` when ``value`` holds bytes that were
+    not UTF-8: such a name, reason or id can be neither stored nor looked up (SQLite
+    and every encoder refuse the surrogate), which was a UnicodeEncodeError traceback
+    from ``user lock``, ``guard unblock``, ``user alias add``, ``admin-log --user``..."""
+    values = value if isinstance(value, tuple | list) else (value,)
+    for v in values:
+        m = _UNDECODED.search(v) if isinstance(v, str) else None
+        if m is not None:
+            raise click.BadParameter(
+                f"not UTF-8 text (byte 0x{ord(m[0]) - 0xDC00:02x} at character {m.start()}); "
+                "give it in UTF-8 (a terminal or script in another encoding: convert it, "
+                "e.g. with iconv -t UTF-8)",
+                ctx=ctx, param=param)
+
+
+def _text_must_be_utf8(command: click.Command) -> None:
+    """Every argument and option of ``command`` (and its subcommands) that is text,
+    not a path, refuses bytes that are not UTF-8 before its type converts it. Paths
+    are left alone: a file name need not be UTF-8 and Python opens it as given."""
+    for param in command.params:
+        if isinstance(param.type, click.Path | click.File) or getattr(param, "_utf8", False):
+            continue
+        convert = param.process_value
+
+        def process(ctx: click.Context, value: Any, _p: click.Parameter = param,
+                    _convert: Any = convert) -> Any:
+            _refuse_undecoded(value, _p, ctx)
+            return _convert(ctx, value)
+
+        setattr(param, "process_value", process)  # noqa: B010 - one parameter, not its class
+        setattr(param, "_utf8", True)  # noqa: B010
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            _text_must_be_utf8(sub)
 
 
 class _LazyGroup(click.Group):

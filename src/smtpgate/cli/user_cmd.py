@@ -54,7 +54,18 @@ def read_password(from_stdin: bool) -> str:
     """A new password from standard input (up to the end; one final newline is
     dropped) or a prompt asked twice without echo. The admin service checks it."""
     if from_stdin:
-        data = sys.stdin.read()
+        # Bytes, decoded here: text-mode stdin turned a byte that is not UTF-8 into a
+        # lone surrogate (or raised, by locale), and hashing it was a traceback.
+        raw = sys.stdin.buffer.read()
+        try:
+            data = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise OperationalError(
+                f"the password on standard input is not UTF-8 text (byte 0x{raw[e.start]:02x} "
+                f"at offset {e.start})",
+                "give it in UTF-8 (a file in another encoding: convert it, e.g. with "
+                "iconv -t UTF-8)",
+            ) from None
         return data.removesuffix("\n").removesuffix("\r") if data.endswith("\n") else data
     return str(click.prompt("Password", hide_input=True, confirmation_prompt="Repeat password"))
 

@@ -1,0 +1,68 @@
+"""Passwords given with ``--password-stdin``, as scripts and clumsy admins give them:
+the real ``smtpgate`` in a subprocess, stdin as bytes, and a real server to log in to.
+
+A file from Windows ends its line in CRLF; a file in Latin-1 holds bytes that are
+not UTF-8. The first must set the password without its line end (a login with the
+password works); the second was a UnicodeEncodeError traceback (text-mode stdin
+turned the byte into a lone surrogate) and is now one error line, exit 1, nothing
+changed.
+"""
+
+from __future__ import annotations
+
+import smtplib
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import SMTPGATE, Server, make_server
+
+PASSWORD = "Correct-Horse-Battery-9"
+
+
+@pytest.fixture
+def srv(tmp_path: Path) -> Iterator[Server]:
+    srv = make_server(tmp_path / "srv")
+    srv.start()
+    yield srv
+    if srv.proc is not None:
+        srv.stop()
+
+
+def _cli(srv: Server, *args: str, stdin: bytes) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([SMTPGATE, *args, "--config", str(srv.config)], input=stdin,
+                          capture_output=True, env=srv.env, timeout=60, check=False)
+
+
+def _login(srv: Server, user: str, password: str) -> int:
+    with smtplib.SMTP("127.0.0.1", srv.submission, timeout=20) as s:
+        s.starttls(context=srv.client_context())
+        s.ehlo("client.test")
+        try:
+            s.login(user, password)
+        except smtplib.SMTPAuthenticationError as e:
+            return e.smtp_code
+        return 235
+
+
+@pytest.mark.parametrize("end", [b"", b"\n", b"\r\n"])
+def test_the_line_end_is_not_part_of_the_password(srv: Server, end: bytes) -> None:
+    user = "alice@example.org"
+    added = _cli(srv, "user", "add", user, "--password-stdin", stdin=PASSWORD.encode() + end)
+    assert added.returncode == 0, added.stderr
+    assert _login(srv, user, PASSWORD) == 235
+
+
+@pytest.mark.parametrize("command", [("user", "add", "bob@example.org"), ("admin", "add", "root1")])
+def test_a_password_that_is_not_utf8_is_one_error_line(srv: Server, command: tuple[str, ...]) -> None:
+    done = _cli(srv, *command, "--password-stdin", stdin=b"Correct-Horse-Battery-\xe9\n")
+    stderr = done.stderr.decode()
+    assert done.returncode == 1, stderr
+    assert "Traceback" not in stderr
+    assert stderr.startswith(
+        "error: the password on standard input is not UTF-8 text (byte 0xe9 at offset 22)\n"
+        "hint: "), stderr
+    listed = _cli(srv, command[0], "list", stdin=b"")
+    assert command[2] not in listed.stdout.decode()  # nothing was made

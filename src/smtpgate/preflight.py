@@ -660,6 +660,15 @@ def _database_file(key: str, path: Path, what: str) -> tuple[list[Problem], bool
     return [], True
 
 
+def database_access_problem(path: Path, what: str) -> str | None:
+    """Why this user cannot use the SQLite file ``path`` (it, its ``-wal``/``-shm``
+    files or its directory not readable and writable), in `_database_file`'s words;
+    None when nothing is wrong with the permissions. For the CLI's hints: SQLite says
+    only "attempt to write a readonly database" or "unable to open database file"."""
+    problems, _ = _database_file("", path, what)
+    return next((p.message for p in problems if p.severity == "error"), None)
+
+
 def check_account_database(cfg: Config) -> list[Problem]:
     """Opens (read-only) and has a schema this version of smtpgate knows."""
     from smtpgate.auth.store import SCHEMA_VERSION

@@ -183,9 +183,21 @@ def cli_actor() -> AuditActor:
     return AuditActor(actor.os_user, " ".join(["smtpgate", *words[1:]]))
 
 
+def _file_hint(path: Path, what: str) -> str | None:
+    """The permission problem of the SQLite file ``path``, if it has one."""
+    from smtpgate.preflight import database_access_problem
+
+    return database_access_problem(path, what)
+
+
 def open_hint(cfg: Config) -> str:
-    """What to check when the account store of ``cfg`` cannot be opened."""
+    """What to check when the account store of ``cfg`` cannot be opened: for a SQLite
+    file, what is wrong with its permissions if something is."""
     backend = cfg.accounts.backend
+    if backend == "sqlite":
+        found = _file_hint(cfg.path(cfg.accounts.database), "account database")
+        if found:
+            return found
     if backend == "postgresql":
         return ("check accounts.postgresql.dsn and password_file, and that the "
                 "database server is running and reachable")
@@ -204,10 +216,13 @@ def _hint(e: Exception, default: str) -> str:
 
 
 def _in_use_hint(cfg: Config) -> str:
-    """Where to look when the account backend failed after it opened: a locked SQLite
-    file, else the server it talks to (`open_hint`)."""
+    """Where to look when the account backend failed after it opened: the SQLite
+    file's permissions (a file of mode 0444 was "another process may hold it
+    locked", which sent the admin looking for a process), else a lock, else the
+    server it talks to (`open_hint`)."""
     if cfg.accounts.backend == "sqlite":
-        return "check the database file; another process may hold it locked"
+        found = _file_hint(cfg.path(cfg.accounts.database), "account database")
+        return found or "check the database file; another process may hold it locked"
     return open_hint(cfg)
 
 
@@ -216,7 +231,8 @@ def guard_hint(cfg: Config) -> str:
     ``[state] backend = "redis"`` the Redis it names (no file is involved then)."""
     if cfg.state.backend == "redis":
         return "check [state] redis_url and password_file, and that Redis runs"
-    return "check [guard].database and its directory"
+    found = _file_hint(cfg.path(cfg.guard.database), "guard database")
+    return found or "check [guard].database and its directory"
 
 
 @contextmanager

@@ -245,6 +245,12 @@ class ThreadLocalSqlite:
                 "%s %s: journal_mode is %s, not WAL; concurrency will suffer",
                 self._label, self._path, mode,
             )
+        if self._schema_version(conn) == latest:
+            # Read without the write lock first: a file already up to date needs no
+            # write, and a WAL reader does not wait for a writer. Taking the lock
+            # for every open made `user list`, `report` and `status` fail with
+            # "database is locked" while a server held a long write.
+            return
         with self._transaction(conn) as c:
             tables = {
                 r[0]
@@ -290,6 +296,15 @@ class ThreadLocalSqlite:
                 )
             if upgrading:
                 self._after_upgrade(c, current)
+
+    @staticmethod
+    def _schema_version(conn: sqlite3.Connection) -> int:
+        """The file's schema version, read outside any transaction (0: none)."""
+        if conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+        ).fetchone() is None:
+            return 0
+        return int(conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0])
 
     def _after_upgrade(self, c: sqlite3.Connection, old_version: int) -> None:
         """Called in the upgrade's transaction once the file holds data of schema

@@ -14,6 +14,7 @@ the running command and turns its errors into exit codes.
 from __future__ import annotations
 
 import os
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -29,7 +30,7 @@ from smtpgate.auth.directory import StoreError
 from smtpgate.auth.guard_state import GuardStoreError
 from smtpgate.auth.names import InvalidAccountName, canonical_name, new_account_name
 from smtpgate.auth.passwords import PasswordPolicyError
-from smtpgate.auth.sqlite_file import NewerSchema
+from smtpgate.auth.sqlite_file import BUSY_TIMEOUT, NewerSchema
 from smtpgate.config import Config, ConfigError, in_file, load_config
 from smtpgate.policy.timespec import parse_duration
 from smtpgate.visible import visible
@@ -207,12 +208,31 @@ def open_hint(cfg: Config) -> str:
     return "check [accounts].database in the config and the permissions of its directory"
 
 
+#: The hint for an SQLite file another process kept locked past the busy timeout.
+LOCKED_HINT = (
+    f"another process held its write lock for over {BUSY_TIMEOUT:g} s (a running server "
+    "or another smtpgate command in the middle of a write); try again in a moment"
+)
+
+
+def sqlite_locked(e: BaseException) -> bool:
+    """Whether ``e`` (a store's error) comes from an SQLite file that stayed locked
+    (SQLITE_BUSY/SQLITE_LOCKED): the stores keep the sqlite3 error as the cause."""
+    cause = e.__cause__
+    name = getattr(cause, "sqlite_errorname", "")
+    return isinstance(cause, sqlite3.Error) and name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED"))
+
+
 def _hint(e: Exception, default: str) -> str:
-    """The error's own hint (a newer schema, a PostgreSQL schema to migrate), else ``default``."""
+    """The error's own hint (a newer schema, a PostgreSQL schema to migrate), a lock
+    (which the defaults, about the config and permissions, sent the admin away
+    from), else ``default``."""
     if isinstance(e, NewerSchema):
         return e.hint
     own = getattr(e, "hint", None)
-    return own if isinstance(own, str) and own else default
+    if isinstance(own, str) and own:
+        return own
+    return LOCKED_HINT if sqlite_locked(e) else default
 
 
 def _in_use_hint(cfg: Config) -> str:

@@ -123,12 +123,15 @@ def main() -> None:
     """
     from smtpgate.auth.guard_store import GuardStoreError
     from smtpgate.auth.store import StoreError
+    from smtpgate.cli.common import LOCKED_HINT, sqlite_locked
 
     try:
         cli()
     except StoreError as e:
-        OperationalError(str(e), "check [accounts].database and its directory").show()
+        hint = LOCKED_HINT if sqlite_locked(e) else "check [accounts].database and its directory"
+        OperationalError(str(e), hint).show()
         raise SystemExit(ExitCode.ERROR) from None
     except GuardStoreError as e:
-        OperationalError(str(e), "check [guard].database and its directory").show()
+        hint = LOCKED_HINT if sqlite_locked(e) else "check [guard].database and its directory"
+        OperationalError(str(e), hint).show()
         raise SystemExit(ExitCode.ERROR) from None

@@ -215,6 +215,24 @@ LOCKED_HINT = (
 )
 
 
+#: The hint for an SQLite file that is damaged or no database at all.
+DAMAGED_HINT = (
+    "the file is damaged or is no SQLite database: stop the server, move the file "
+    "aside (with its -wal and -shm files) and put back the newest copy, one `smtpgate db "
+    "backup` made (NAME.bak-TIMESTAMP) or a schema upgrade left (NAME.bak-vN-TIMESTAMP); "
+    "sqlite3's .recover may save what it still holds (docs/accounts.md, \"Upgrades and "
+    "backups\")"
+)
+
+
+def sqlite_damaged(e: BaseException) -> bool:
+    """Whether ``e`` (a store's error, or sqlite3's own) says the file is corrupt
+    (SQLITE_CORRUPT) or not a database (SQLITE_NOTADB)."""
+    cause = e if isinstance(e, sqlite3.Error) else e.__cause__
+    name = getattr(cause, "sqlite_errorname", "")
+    return isinstance(cause, sqlite3.Error) and name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB"))
+
+
 def sqlite_locked(e: BaseException) -> bool:
     """Whether ``e`` (a store's error) comes from an SQLite file that stayed locked
     (SQLITE_BUSY/SQLITE_LOCKED): the stores keep the sqlite3 error as the cause."""
@@ -223,7 +241,7 @@ def sqlite_locked(e: BaseException) -> bool:
     return isinstance(cause, sqlite3.Error) and name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED"))
 
 
-def _hint(e: Exception, default: str) -> str:
+def store_hint(e: Exception, default: str) -> str:
     """The error's own hint (a newer schema, a PostgreSQL schema to migrate), a lock
     (which the defaults, about the config and permissions, sent the admin away
     from), else ``default``."""
@@ -232,6 +250,8 @@ def _hint(e: Exception, default: str) -> str:
     own = getattr(e, "hint", None)
     if isinstance(own, str) and own:
         return own
+    if sqlite_damaged(e):
+        return DAMAGED_HINT
     return LOCKED_HINT if sqlite_locked(e) else default
 
 
@@ -264,7 +284,7 @@ def admin_service(cfg: Config) -> Iterator[AccountAdmin]:
     try:
         admin = open_admin(cfg, cli_actor())
     except StoreError as e:
-        raise OperationalError(str(e), _hint(e, open_hint(cfg))) from None
+        raise OperationalError(str(e), store_hint(e, open_hint(cfg))) from None
     try:
         yield admin
     except NoSuchAccount as e:
@@ -276,8 +296,8 @@ def admin_service(cfg: Config) -> Iterator[AccountAdmin]:
     except PasswordPolicyError as e:
         raise OperationalError(str(e), "choose another password") from None
     except GuardStoreError as e:
-        raise OperationalError(str(e), _hint(e, guard_hint(cfg))) from None
+        raise OperationalError(str(e), store_hint(e, guard_hint(cfg))) from None
     except StoreError as e:
-        raise OperationalError(str(e), _hint(e, _in_use_hint(cfg))) from None
+        raise OperationalError(str(e), store_hint(e, _in_use_hint(cfg))) from None
     finally:
         admin.close()

@@ -18,7 +18,15 @@ from pathlib import Path
 import click
 
 from smtpgate.auth.sqlite_file import backup_database, schema_version_of
-from smtpgate.cli.common import NotFound, OperationalError, config_option, get_config
+from smtpgate.cli.common import (
+    DAMAGED_HINT,
+    NotFound,
+    OperationalError,
+    config_option,
+    get_config,
+    sqlite_damaged,
+    store_hint,
+)
 from smtpgate.plural import count
 
 
@@ -86,7 +94,8 @@ def backup(dest_dir: Path | None, config_path: Path | None) -> None:
                 "run as the user that owns the databases (or root), or pick another --to",
             ) from None
         except (sqlite3.Error, OSError) as e:
-            raise OperationalError(f"cannot copy {source} to {target}: {e}") from None
+            raise OperationalError(f"cannot copy {source} to {target}: {e}",
+                                   DAMAGED_HINT if sqlite_damaged(e) else "") from None
         click.echo(f"{label}: {source} -> {target} ({_size(target)})")
 
 
@@ -114,13 +123,12 @@ def migrate(config_path: Path | None) -> None:
     try:
         done = migrate_accounts(cfg)
     except StoreError as e:
-        hint = (
-            NewerSchema.hint if isinstance(e, NewerSchema)
-            else "check [accounts] in the config (docs/directories.md)"
-        )
-        raise OperationalError(str(e), hint) from None
+        raise OperationalError(
+            str(e), store_hint(e, "check [accounts] in the config (docs/directories.md)")
+        ) from None
     except sqlite3.Error as e:
-        raise OperationalError(f"account database: {e}") from None
+        raise OperationalError(f"account database: {e}",
+                               DAMAGED_HINT if sqlite_damaged(e) else "") from None
     click.echo(f"account database: {done.where}: {_outcome(done.before, done.after)}")
     if cfg.state.backend == "redis":
         # No file to make: one no process would use, that looks like the state.
@@ -134,7 +142,7 @@ def migrate(config_path: Path | None) -> None:
         SqliteGuardStore(guard).close()
         after = schema_version_of(guard)
     except (GuardStoreError, sqlite3.Error) as e:
-        hint = NewerSchema.hint if isinstance(e, NewerSchema) else ""
+        hint = NewerSchema.hint if isinstance(e, NewerSchema) else store_hint(e, "")
         raise OperationalError(f"guard database: {e}", hint) from None
     click.echo(f"guard database: {guard}: {_outcome(before, after)}")
 

@@ -123,15 +123,13 @@ def main() -> None:
     """
     from smtpgate.auth.guard_store import GuardStoreError
     from smtpgate.auth.store import StoreError
-    from smtpgate.cli.common import LOCKED_HINT, sqlite_locked
+    from smtpgate.cli.common import store_hint
 
     try:
         cli()
     except StoreError as e:
-        hint = LOCKED_HINT if sqlite_locked(e) else "check [accounts].database and its directory"
-        OperationalError(str(e), hint).show()
+        OperationalError(str(e), store_hint(e, "check [accounts].database and its directory")).show()
         raise SystemExit(ExitCode.ERROR) from None
     except GuardStoreError as e:
-        hint = LOCKED_HINT if sqlite_locked(e) else "check [guard].database and its directory"
-        OperationalError(str(e), hint).show()
+        OperationalError(str(e), store_hint(e, "check [guard].database and its directory")).show()
         raise SystemExit(ExitCode.ERROR) from None

@@ -28,7 +28,11 @@ def test_admin_add_prints_a_working_enrolment_uri_and_refuses_bad_input(tmp_path
     assert weak.returncode == 1 and "shorter than" in weak.stderr
     bad = srv.cli("admin", "add", "<script>", "--password-stdin", stdin=STRONG + "\n",
                   check=False)
-    assert bad.returncode == 1 and "admin name" in bad.stderr
+    # Bad input, exit 2 as for a malformed account name (docs/cli.md); it was exit 1
+    # with "hint: choose another name", which `admin remove` of a typo said too.
+    assert bad.returncode == 2 and "Invalid value for 'NAME': an admin name" in bad.stderr
+    typo = srv.cli("admin", "remove", "ro ot", check=False)
+    assert typo.returncode == 2 and "choose another name" not in typo.stderr
     assert srv.cli("admin", "list").stdout.split("\t")[0] == "root"
     log = srv.cli("admin-log", "--json").stdout
     assert '"action": "web admin created"' in log and "secret" not in log.lower()

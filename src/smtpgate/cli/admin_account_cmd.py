@@ -35,10 +35,13 @@ def admin() -> None:
 
 
 def _name(name: str) -> str:
+    """The admin name ``name`` spells; a malformed one is bad input (exit 2, as a
+    malformed account name is for ``user``), not an error of the database (exit 1
+    with "choose another name", which `admin remove` of a typo also said)."""
     try:
         return web_admin_name(name)
     except ValueError as e:
-        raise OperationalError(str(e), "choose another name") from None
+        raise click.BadParameter(str(e), param_hint="'NAME'") from None
 
 
 @admin.command("add")

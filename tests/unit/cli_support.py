@@ -39,12 +39,20 @@ reject_username = false
 FAST = AccountsConfig(argon2_memory_kib=8192, argon2_time_cost=1, argon2_parallelism=1)
 
 
-def write_config(directory: Path) -> Path:
-    """The config file plus the TLS files whose existence the loader checks."""
+def write_config(directory: Path, *, database: bool = True) -> Path:
+    """The config file plus the TLS files whose existence the loader checks, and an
+    empty account database, as ``smtpgate init`` leaves them: only ``user add`` (and
+    ``user import``, ``admin add``) may create a missing one; every other command
+    exits 3 there (a typo in the path must not become a new, empty database)."""
+    from smtpgate.auth.accounts import open_account_store
+    from smtpgate.config import load_config
+
     (directory / "cert.pem").write_text("dummy")
     (directory / "key.pem").write_text("dummy")
     path = directory / "smtpgate.toml"
     path.write_text(CONFIG)
+    if database:
+        open_account_store(load_config(path)).close()
     return path
 
 

@@ -61,7 +61,7 @@ def nobody_can_write(directory: Path) -> list[str]:
 
 
 def test_db_migrate_as_root_leaves_the_databases_to_the_directory_owner(state: Path) -> None:
-    config = write_config(state)
+    config = write_config(state, database=False)
     version_1_database(state / "accounts.sqlite")  # an upgrade: a copy is made aside
     os.chown(state / "accounts.sqlite", NOBODY, NOBODY)
     result = CliRunner().invoke(cli, ["db", "migrate", "--config", str(config)])
@@ -76,7 +76,7 @@ def test_db_migrate_as_root_leaves_the_databases_to_the_directory_owner(state: P
 def test_user_add_as_root_creates_the_account_database_for_the_directory_owner(
     state: Path,
 ) -> None:
-    config = write_config(state)
+    config = write_config(state, database=False)
     result = CliRunner().invoke(cli, ["user", "add", "alice@example.org", "--password-stdin",
                                       "--config", str(config)], input="pencil\n")
     assert result.exit_code == 0, result.output
@@ -84,7 +84,7 @@ def test_user_add_as_root_creates_the_account_database_for_the_directory_owner(
 
 
 def test_db_backup_as_root_gives_the_copies_to_the_directory_owner(state: Path) -> None:
-    config = write_config(state)
+    config = write_config(state, database=False)
     for store in (SqliteAccountStore(state / "accounts.sqlite", FAST),
                   SqliteGuardStore(state / "guard.sqlite")):
         store.close()

@@ -148,7 +148,7 @@ def test_guard_database_from_a_newer_smtpgate(tmp_path: Path) -> None:
 
 
 def test_cli_hint_for_a_newer_schema_is_not_about_permissions(tmp_path: Path) -> None:
-    config = write_config(tmp_path)
+    config = write_config(tmp_path, database=False)
     SqliteAccountStore(tmp_path / "accounts.sqlite", FAST).close()
     mark_newer(tmp_path / "accounts.sqlite", SCHEMA_VERSION + 1)
     result = CliRunner().invoke(cli, ["user", "list", "--config", str(config)])
@@ -163,7 +163,7 @@ def test_cli_hint_for_a_newer_schema_is_not_about_permissions(tmp_path: Path) ->
 
 def test_cli_prints_the_upgrade_line(tmp_path: Path) -> None:
     """A real command (no test logging handlers): the warning reaches stderr."""
-    config = write_config(tmp_path)
+    config = write_config(tmp_path, database=False)
     version_1_database(tmp_path / "accounts.sqlite")
     smtpgate = Path(sys.executable).parent / "smtpgate"
     result = subprocess.run(
@@ -210,7 +210,7 @@ def test_backup_is_a_consistent_snapshot_while_a_writer_holds_the_lock(tmp_path:
 
 
 def test_db_backup_command(tmp_path: Path) -> None:
-    config = write_config(tmp_path)
+    config = write_config(tmp_path, database=False)
     store = SqliteAccountStore(tmp_path / "accounts.sqlite", FAST)
     AccountAdmin(store, FAST, actor=AuditActor("ops", "pytest")).add_account(
         "alice@example.org", "pencil"
@@ -233,7 +233,7 @@ def test_db_backup_command(tmp_path: Path) -> None:
 def test_db_backup_defaults_to_beside_the_databases_and_skips_a_missing_guard(
     tmp_path: Path,
 ) -> None:
-    config = write_config(tmp_path)
+    config = write_config(tmp_path, database=False)
     SqliteAccountStore(tmp_path / "accounts.sqlite", FAST).close()
     result = CliRunner().invoke(cli, ["db", "backup", "--config", str(config)])
     assert result.exit_code == 0, result.output
@@ -243,7 +243,7 @@ def test_db_backup_defaults_to_beside_the_databases_and_skips_a_missing_guard(
 
 
 def test_db_backup_without_a_database_exits_3(tmp_path: Path) -> None:
-    config = write_config(tmp_path)
+    config = write_config(tmp_path, database=False)
     result = CliRunner().invoke(cli, ["db", "backup", "--config", str(config)])
     assert result.exit_code == 3
     assert "no account database" in result.output
@@ -251,7 +251,7 @@ def test_db_backup_without_a_database_exits_3(tmp_path: Path) -> None:
 
 
 def test_db_backup_to_an_impossible_place_exits_1(tmp_path: Path) -> None:
-    config = write_config(tmp_path)
+    config = write_config(tmp_path, database=False)
     SqliteAccountStore(tmp_path / "accounts.sqlite", FAST).close()
     (tmp_path / "a-file").write_text("")
     result = CliRunner().invoke(

@@ -53,7 +53,7 @@ def add(name: str, password_stdin: bool, config_path: Path | None) -> None:
     URI to enrol in an authenticator app (shown once)."""
     key = _name(name)
     cfg = get_config(config_path)
-    with admin_service(cfg) as service:
+    with admin_service(cfg, create=True) as service:
         if service.get_web_admin(key) is not None:  # before asking for a password
             raise OperationalError(f"admin {key} already exists",
                                    "'smtpgate admin remove' it first to enrol it again")

@@ -275,12 +275,33 @@ def guard_hint(cfg: Config) -> str:
     return found or "check [guard].database and its directory"
 
 
+def require_account_database(cfg: Config) -> None:
+    """Exit 3 when ``[accounts] backend = "sqlite"`` names a file that does not exist.
+
+    Opening the store creates the file. For ``user add`` that is the point; for every
+    other command it turned a typo in ``[accounts].database`` into a new, empty
+    database: ``user list`` said "no accounts", ``status`` said the accounts answer,
+    and ``config check`` then passed, the file being there."""
+    if cfg.accounts.backend != "sqlite":
+        return  # a server, or LDAP's local overlay, which may well not exist yet
+    path = cfg.path(cfg.accounts.database)
+    if config_missing(path):
+        raise NotFound(
+            f"no account database at {path}",
+            "check [accounts].database in the config; `smtpgate user add` creates the "
+            "file, `smtpgate init` a whole new install",
+        )
+
+
 @contextmanager
-def admin_service(cfg: Config) -> Iterator[AccountAdmin]:
+def admin_service(cfg: Config, *, create: bool = False) -> Iterator[AccountAdmin]:
     """The admin service on ``cfg``'s accounts, for the running command (every change
     goes to the admin log under its name), closed at the end. Errors become exit
     codes: no such account (or app password, or block) 3, anything else 1, each
-    with a hint."""
+    with a hint. Without ``create`` an SQLite account database that does not exist
+    is exit 3 (`require_account_database`), not a new file."""
+    if not create:
+        require_account_database(cfg)
     try:
         admin = open_admin(cfg, cli_actor())
     except StoreError as e:

@@ -125,7 +125,9 @@ def _become_spool_owner(spool_dir: Path) -> None:
 
 
 def _audit(cfg: Config, action: str, qid: str, details: dict[str, object]) -> None:
-    with admin_service(cfg) as admin:
+    # create: the queue's action is done by now; its admin-log row must not fail on
+    # an account database not made yet (queue commands need no account).
+    with admin_service(cfg, create=True) as admin:
         admin.record(action, qid, details)
 
 

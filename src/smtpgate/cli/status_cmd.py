@@ -29,6 +29,7 @@ from smtpgate.auth.state_backend import open_guard_state
 from smtpgate.cli.common import (
     ExitCode,
     config_file,
+    config_missing,
     config_option,
     get_config,
     iso_time,
@@ -140,6 +141,12 @@ def _accounts(cfg: Config) -> dict[str, Any]:
     says where it is: a database that is down is reported as itself, not as the guard
     (which, read through the admin service, opened the account database first)."""
     out: dict[str, Any] = {"backend": cfg.accounts.backend, "key": accounts_key(cfg)}
+    path = cfg.path(cfg.accounts.database)
+    if cfg.accounts.backend == "sqlite" and config_missing(path):
+        # Not opened: that would create it, and a typo in the path would read as
+        # "sqlite answers" (and config check pass) from then on.
+        out["error"] = f"no account database at {path} (`smtpgate user add` creates it)"
+        return out
     try:
         # quiet: this line says it; the directory's outage log would say it again.
         store = open_account_store(cfg, quiet=True)

@@ -95,7 +95,7 @@ def user() -> None:
 @config_option
 def add(user: str, password_stdin: bool, config_path: Path | None) -> None:
     """Create account USER (an address) with a password."""
-    with admin_service(get_config(config_path)) as admin:
+    with admin_service(get_config(config_path), create=True) as admin:
         # Every refusal the store would make (the account exists, the name is
         # another's alias) before the password is asked for, not after.
         try:

@@ -90,7 +90,7 @@ def _run(
     *, dry_run: bool, update: bool, cram_md5: bool, config_path: Path | None,
 ) -> None:
     cfg = get_config(config_path)
-    with admin_service(cfg) as admin:
+    with admin_service(cfg, create=True) as admin:
         result = admin.import_accounts(
             entries, source=source, update=update, cram_md5_enabled=cram_md5, dry_run=dry_run
         )

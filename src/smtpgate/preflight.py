@@ -678,7 +678,14 @@ def check_account_database(cfg: Config) -> list[Problem]:
     key, path = "accounts.database", cfg.path(cfg.accounts.database)
     out, exists = _database_file(key, path, "account database")
     if not exists:
-        if not out:
+        if not out and not path.parent.is_dir():
+            # `user add` makes the file, not its directory: "user add creates it"
+            # sent the admin to a command that then failed with ENOENT.
+            out.append(_warning(key, f"{path} does not exist yet, nor does its directory "
+                                f"{path.parent}, so no account can log in; create the "
+                                "directory (owned by the user smtpgate runs as), then "
+                                "`smtpgate user add` creates the database"))
+        elif not out:
             out.append(_warning(key, f"{path} does not exist yet, so no account can log in; "
                                 "`smtpgate user add` creates it"))
         return out

@@ -67,3 +67,23 @@ def test_user_add_still_creates_it(root: Path) -> None:
     assert added.returncode == 0, added.stderr
     assert (root / "acounts.sqlite").is_file()
     assert _cli(root, "user", "list", "--json").stdout.count("alice@example.com") == 1
+
+
+def test_a_database_in_a_missing_directory_names_the_directory(root: Path) -> None:
+    """config check said "`smtpgate user add` creates it", and user add then failed
+    with a bare "[Errno 2] No such file or directory": it makes no directory."""
+    config = root / "smtpgate.toml"
+    config.write_text(config.read_text().replace('database = "acounts.sqlite"',
+                                                 'database = "state/accounts.sqlite"'))
+    checked = _cli(root, "config", "check")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert f"nor does its directory {root / 'state'}, so no account can log in; create the " \
+        "directory" in checked.stdout + checked.stderr
+    added = _cli(root, "user", "add", "alice@example.com", "--password-stdin",
+                 stdin="Correct-Horse-Battery-9\n")
+    assert added.returncode == 1
+    assert added.stderr.splitlines() == [
+        (f"error: the directory {root / 'state'} of [accounts].database "
+         f"{root / 'state/accounts.sqlite'} does not exist"),
+        "hint: create it (owned by the user smtpgate runs as), or correct [accounts].database",
+    ]

@@ -275,16 +275,25 @@ def guard_hint(cfg: Config) -> str:
     return found or "check [guard].database and its directory"
 
 
-def require_account_database(cfg: Config) -> None:
-    """Exit 3 when ``[accounts] backend = "sqlite"`` names a file that does not exist.
+def require_account_database(cfg: Config, *, create: bool = False) -> None:
+    """Exit 3 when ``[accounts] backend = "sqlite"`` names a file that does not exist
+    (with ``create``: exit 1 when its directory does not exist).
 
     Opening the store creates the file. For ``user add`` that is the point; for every
     other command it turned a typo in ``[accounts].database`` into a new, empty
     database: ``user list`` said "no accounts", ``status`` said the accounts answer,
-    and ``config check`` then passed, the file being there."""
-    if cfg.accounts.backend != "sqlite":
-        return  # a server, or LDAP's local overlay, which may well not exist yet
+    and ``config check`` then passed, the file being there. The store makes no
+    directory, and its error for one missing was a bare ``[Errno 2]``."""
+    if cfg.accounts.backend not in ("sqlite", "ldap"):
+        return  # a server
     path = cfg.path(cfg.accounts.database)
+    if (create or cfg.accounts.backend == "ldap") and config_missing(path.parent):
+        raise OperationalError(
+            f"the directory {path.parent} of [accounts].database {path} does not exist",
+            "create it (owned by the user smtpgate runs as), or correct [accounts].database",
+        )
+    if cfg.accounts.backend == "ldap" or create:
+        return  # LDAP's local overlay may well not exist yet
     if config_missing(path):
         raise NotFound(
             f"no account database at {path}",
@@ -300,8 +309,7 @@ def admin_service(cfg: Config, *, create: bool = False) -> Iterator[AccountAdmin
     codes: no such account (or app password, or block) 3, anything else 1, each
     with a hint. Without ``create`` an SQLite account database that does not exist
     is exit 3 (`require_account_database`), not a new file."""
-    if not create:
-        require_account_database(cfg)
+    require_account_database(cfg, create=create)
     try:
         admin = open_admin(cfg, cli_actor())
     except StoreError as e:

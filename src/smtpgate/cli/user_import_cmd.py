@@ -25,6 +25,7 @@ from smtpgate.auth.imports import (
 )
 from smtpgate.auth.legacy_hashes import LEGACY
 from smtpgate.cli.common import OperationalError, admin_service, config_option, get_config
+from smtpgate.cli.output import echo
 from smtpgate.cli.user_cmd import user
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -63,20 +64,23 @@ def _kind(e: ImportEntry) -> str:
 def _report(
     path: Path, result: ImportResult, problems: list[ImportProblem], dry_run: bool
 ) -> None:
+    # The names and messages come from the imported file: shown escaped, as every
+    # text from elsewhere (docs/cli.md); a NUL or U+202E in a name reached the
+    # terminal as it was.
     for p in problems:
-        click.echo(f"{path}:{p.line}: {p.message}; not imported", err=True)
+        echo(f"{path}:{p.line}: {p.message}; not imported", err=True)
     for e, why in result.skipped:
-        click.echo(f"{path}:{e.line}: {e.name}: {why}; skipped", err=True)
+        echo(f"{path}:{e.line}: {e.name}: {why}; skipped", err=True)
     verb = ("would create", "would update") if dry_run else ("created", "updated")
     for e in result.created:
-        click.echo(f"{verb[0]} {e.name} ({_kind(e)})")
+        echo(f"{verb[0]} {e.name} ({_kind(e)})")
     for e in result.updated:
-        click.echo(f"{verb[1]} {e.name} ({_kind(e)})")
+        echo(f"{verb[1]} {e.name} ({_kind(e)})")
     summary = (
         f"{len(result.created)} {verb[0]}, {len(result.updated)} {verb[1]}, "
         f"{len(result.skipped)} skipped, {len(problems)} bad"
     )
-    click.echo(f"{summary}{' (dry run: nothing changed)' if dry_run else ''}")
+    echo(f"{summary}{' (dry run: nothing changed)' if dry_run else ''}")
     if problems:
         raise OperationalError(
             f"{len(problems)} entr{'y' if len(problems) == 1 else 'ies'} of {path} not imported",
@@ -90,7 +94,8 @@ def _run(
     *, dry_run: bool, update: bool, cram_md5: bool, config_path: Path | None,
 ) -> None:
     cfg = get_config(config_path)
-    with admin_service(cfg, create=True) as admin:
+    # A dry run changes nothing, so it does not make a missing database either.
+    with admin_service(cfg, create=not dry_run) as admin:
         result = admin.import_accounts(
             entries, source=source, update=update, cram_md5_enabled=cram_md5, dry_run=dry_run
         )

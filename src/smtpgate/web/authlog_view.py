@@ -41,7 +41,9 @@ def _parse(line: bytes) -> Attempt | None:
     try:
         r = json.loads(line)
         t = datetime.fromisoformat(str(r["time"]))
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
+        # RecursionError: a garbage line nested too deep to decode ([[[[...), which
+        # is no ValueError; uncaught, it made the overview a 500.
         return None
     if not isinstance(r, dict):
         return None

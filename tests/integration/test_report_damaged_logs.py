@@ -119,3 +119,27 @@ def test_a_gigabyte_line_is_read_past_in_bounded_memory(root: Path) -> None:
     done = _report(root, limit_memory=512 << 20)
     assert _totals(done)["failure"] == 1
     assert f"warning: {log}: 1 line longer than 1048576 bytes skipped" in done.stderr
+
+
+def test_a_spray_of_made_up_names_is_a_screenful_not_a_table_per_name(root: Path) -> None:
+    """200,000 made-up names from a spraying run made a per-account table of 200,000
+    rows (68 s and 830 MB of layout here); the text report now shows the busiest 100
+    and says how many more ``--json`` lists. Here 2,000 names, and a real account the
+    attacker hit five times, which the busiest-first order keeps on screen."""
+    (root / "auth.log").write_bytes(
+        b"".join(_line(f"made-up{i:04d}@x.org", "failure") for i in range(2000))
+        + _line("zz-real@x.org", "failure") * 5
+    )
+    done = subprocess.run(
+        [SMTPGATE, "report", "--config", str(root / "smtpgate.toml")], capture_output=True,
+        text=True, timeout=120, check=False,
+        env={**{k: v for k, v in os.environ.items() if k != "SMTPGATE_CONFIG"}, "COLUMNS": "160"})
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) < 200, len(lines)
+    assert "... and 1901 more rows (the busiest 100 shown); `smtpgate report --json` lists " \
+        "every one" in lines
+    rows = [line for line in lines if "@x.org" in line]
+    assert "zz-real@x.org" in rows[0]
+    json_done = _report(root)
+    assert len(json.loads(json_done.stdout)["accounts"]) == 2001

@@ -143,3 +143,13 @@ def test_a_spray_of_made_up_names_is_a_screenful_not_a_table_per_name(root: Path
     assert "zz-real@x.org" in rows[0]
     json_done = _report(root)
     assert len(json.loads(json_done.stdout)["accounts"]) == 2001
+
+
+def test_one_file_named_twice_is_counted_once(root: Path) -> None:
+    """``--log`` given twice, or a rotated name that is a link to the current log,
+    read the file twice: every figure doubled (3 failures became a brute force of 6)."""
+    log = root / "auth.log"
+    log.write_bytes(_line("a@x.org", "failure") * 3)
+    (root / "auth.log.1").symlink_to(log)
+    assert _totals(_report(root))["failure"] == 3
+    assert _totals(_report(root, "--log", str(log), "--log", str(log)))["failure"] == 3

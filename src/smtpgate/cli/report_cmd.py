@@ -96,6 +96,7 @@ def report(since: str, as_json: bool, logs: tuple[Path, ...], config_path: Path 
         if len(paths) > 1 and not current.is_file():
             paths.remove(current)  # rotated, the server not yet written again
     missing = [p for p in paths if config_missing(p)]
+    paths = _distinct(paths)
     if missing:
         # An empty report from a wrong path would read as "no attacks".
         raise NotFound(
@@ -125,6 +126,24 @@ def report(since: str, as_json: bool, logs: tuple[Path, ...], config_path: Path 
         echo(json.dumps(data, sort_keys=True))
         return
     _print(data)
+
+
+def _distinct(paths: list[Path]) -> list[Path]:
+    """``paths`` without a second name of one file (``--log`` given twice, a rotated
+    name that is a link to the current log), in order: read twice, each record was
+    counted twice, doubling every figure and making brute force of half an attack."""
+    seen: set[tuple[int, int]] = set()
+    out: list[Path] = []
+    for path in paths:
+        try:
+            st = path.stat()
+        except OSError:
+            out.append(path)  # read_records says what is wrong with it
+            continue
+        if (st.st_dev, st.st_ino) not in seen:
+            seen.add((st.st_dev, st.st_ino))
+            out.append(path)
+    return out
 
 
 def _unreadable(e: LogUnreadable) -> OperationalError:

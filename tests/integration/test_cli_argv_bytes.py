@@ -73,3 +73,13 @@ def test_a_path_may_still_hold_any_bytes(config: Path) -> None:
     done = _run(config, b"report", b"--json", b"--since", b"all", b"--log", os.fsencode(log))
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["totals"]["success"] == 1
+
+
+def test_a_limit_past_sqlite_integers_is_a_usage_error(config: Path) -> None:
+    """``admin-log --limit 99999999999999999999`` was an OverflowError traceback
+    (SQLite's integers end at 2**63-1); it is now click's range error, exit 2."""
+    done = _run(config, b"admin-log", b"--limit", b"99999999999999999999")
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "Invalid value for '--limit'" in done.stderr
+    assert _run(config, b"admin-log", b"--limit", str(2**63 - 1).encode()).returncode == 0

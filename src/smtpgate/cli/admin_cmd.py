@@ -32,10 +32,15 @@ def _console() -> Console:
     return Console(file=sys.stdout, highlight=False, width=None if sys.stdout.isatty() else 4096)
 
 
+#: SQLite's largest integer: a --limit above it was an OverflowError traceback.
+MAX_LIMIT = 2**63 - 1
+
+
 @click.command("admin-log")
 @click.option("--since", default=None, help="Only changes newer than this (24h, 7d, ...).")
 @click.option("--user", "target", default=None, help="Only changes to this account.")
-@click.option("--limit", default=1000, show_default=True, type=click.IntRange(1), help="Newest N.")
+@click.option("--limit", default=1000, show_default=True, type=click.IntRange(1, MAX_LIMIT),
+              help="Newest N.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @config_option
 def admin_log(

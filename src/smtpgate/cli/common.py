@@ -133,6 +133,25 @@ def get_config(config_path: Path | None) -> Config:
         raise SystemExit(ExitCode.ERROR) from None
 
 
+def read_at_most(path: Path, limit: int, what: str) -> bytes:
+    """The bytes of ``path``, which should be a ``what`` of at most ``limit`` bytes.
+
+    Read with a bound, not whole: the wrong file given by mistake (a mailbox, a disk
+    image, ``/dev/zero``) was read to its end into memory; ``user import`` of
+    /dev/zero grew until the kernel's OOM killer ended it.
+
+    Raises:
+        ValueError: the file holds more than ``limit`` bytes (the message says so).
+        OSError: it cannot be read.
+    """
+    with path.open("rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"{path} holds more than {limit // (1 << 20)} MiB, and no {what} is "
+                         "that large: is it the right file?")
+    return data
+
+
 def parse_since(value: str | None, param_hint: str = "--since") -> datetime | None:
     """``--since 24h``: the time that long ago (None for None); exit 2 if malformed."""
     if value is None:

@@ -29,10 +29,14 @@ from smtpgate.cli.common import (
     config_option,
     get_config,
     iso_time,
+    read_at_most,
 )
 from smtpgate.cli.output import Table, echo
 from smtpgate.cli.user_cmd import user
 from smtpgate.tls.client_certs import CertificateFileError, normalise_fingerprint
+
+#: A PEM chain is a few kilobytes; this leaves room for any real one.
+MAX_CERT_FILE = 1 << 20
 
 
 @user.group("cert")
@@ -46,7 +50,12 @@ def cert() -> None:
 @config_option
 def add(user: str, file: Path, config_path: Path | None) -> None:
     """Register the certificate in FILE (PEM or DER) to USER."""
-    data = file.read_bytes()
+    try:
+        data = read_at_most(file, MAX_CERT_FILE, "certificate file")
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="FILE") from None
+    except OSError as e:
+        raise OperationalError(f"cannot read {file}: {e.strerror or e}") from None
     with admin_service(get_config(config_path)) as admin:
         try:
             record, added = admin.add_certificate(user, data)

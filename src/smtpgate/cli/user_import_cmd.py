@@ -24,11 +24,21 @@ from smtpgate.auth.imports import (
     read_sasldb,
 )
 from smtpgate.auth.legacy_hashes import LEGACY
-from smtpgate.cli.common import OperationalError, admin_service, config_option, get_config
+from smtpgate.cli.common import (
+    OperationalError,
+    admin_service,
+    config_option,
+    get_config,
+    read_at_most,
+)
 from smtpgate.cli.output import echo
 from smtpgate.cli.user_cmd import user
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+#: A passwd-file of a million users is about 200 MB; a larger file is the wrong one.
+MAX_PASSWD_FILE = 256 << 20
 
 
 @user.group("import")
@@ -115,11 +125,17 @@ def dovecot_passwd(
 ) -> None:
     """Import a Dovecot passwd-file (user:{SCHEME}hash:...), hashes and all."""
     try:
-        text = file.read_text(encoding="utf-8")
+        text = read_at_most(file, MAX_PASSWD_FILE, "Dovecot passwd-file").decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise OperationalError(f"{file}: {e}", "give a Dovecot passwd-file in UTF-8") from None
+    except ValueError as e:  # too large
+        raise OperationalError(
+            str(e), "give the passwd-file (/etc/dovecot/users, or the file userdb names)"
+        ) from None
     except PermissionError:
         raise OperationalError(f"{file}: permission denied: run the import as a user that "
                                "may read it (root for /etc/dovecot/users)") from None
-    except (OSError, UnicodeDecodeError) as e:
+    except OSError as e:
         raise OperationalError(f"{file}: {e}", "give a Dovecot passwd-file in UTF-8") from None
     entries, problems = read_dovecot_passwd(text, domain=domain)
     _run(file, f"dovecot-passwd {file.name}", entries, problems, dry_run=dry_run,

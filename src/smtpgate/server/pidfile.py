@@ -114,6 +114,11 @@ def remove(path: Path) -> None:
         pass
 
 
+#: Linux's largest pid (PID_MAX_LIMIT, 2**22); a larger number names no process.
+_PID_MAX = 1 << 22
+_PID_DIGITS = len(str(_PID_MAX))
+
+
 def running_pid(path: Path) -> int:
     """The pid of the ``smtpgate serve`` named in ``path``.
 
@@ -122,13 +127,18 @@ def running_pid(path: Path) -> int:
             stale file whose number was reused).
     """
     try:
-        text = path.read_text().strip()
+        # Bytes, and only the first few: a file left damaged by a crash (NUL blocks,
+        # garbage that is not UTF-8, a huge number) was a UnicodeDecodeError or
+        # OverflowError traceback from `status`, `reload` and `serve` alike.
+        with path.open("rb") as f:
+            raw = f.read(64)
     except FileNotFoundError:
         raise NotRunning(f"no pid file {path}: is smtpgate serve running with this config?",
                          missing=True) from None
     except OSError as e:
         raise NotRunning(f"cannot read the pid file {path}: {e.strerror or e}") from None
-    if not text.isdigit() or int(text) <= 1:
+    text = raw.strip()
+    if not (text.isdigit() and len(text) <= _PID_DIGITS and 1 < int(text) <= _PID_MAX):
         raise NotRunning(f"the pid file {path} holds no process id")
     pid = int(text)
     try:

@@ -10,8 +10,10 @@ workload D). ``--help`` and shell completion still list every command.
 from __future__ import annotations
 
 import importlib
+import os
 import re
-from typing import Any
+import sys
+from typing import Any, TextIO, cast
 
 import click
 
@@ -114,8 +116,57 @@ def cli() -> None:
     """smtpgate: authenticated SMTP submission server."""
 
 
+class OutputFailed(Exception):
+    """Standard output could not be written (a full disk, an I/O error)."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class _Stdout:
+    """``sys.stdout``, whose write and flush errors are `OutputFailed`: an OSError
+    from deep inside click or rich is otherwise indistinguishable from any other,
+    and `smtpgate report --json > FILE` on a full disk ended in a traceback. A
+    closed pipe (``| head``) stays BrokenPipeError, which click ends quietly."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            raise OutputFailed(e) from None
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            raise OutputFailed(e) from None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def _give_up_output(stream: TextIO) -> None:
+    """Point standard output at /dev/null, so that the interpreter's own flush at exit
+    does not fail again ("Exception ignored ...") with what is still buffered."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, stream.fileno())
+        os.close(null)
+    except (OSError, ValueError):
+        pass
+
+
 def main() -> None:
-    """Run the command; a database that fails mid-command is one error line, exit 1.
+    """Run the command; a database that fails mid-command is one error line, exit 1,
+    and so is output that cannot be written.
 
     Commands turn the errors they expect into `OperationalError` themselves; this
     catches a store failing later (a corrupt file is only found at the first query),
@@ -125,8 +176,20 @@ def main() -> None:
     from smtpgate.auth.store import StoreError
     from smtpgate.cli.common import store_hint
 
+    stdout = sys.stdout
+    sys.stdout = cast(TextIO, _Stdout(stdout))
     try:
-        cli()
+        try:
+            cli()
+        finally:
+            sys.stdout.flush()  # here, where its error is handled, not at exit
+    except OutputFailed as e:
+        _give_up_output(stdout)
+        OperationalError(
+            f"cannot write the output: {e.error.strerror or e.error}",
+            "check the file or device standard output goes to (a full disk?)",
+        ).show()
+        raise SystemExit(ExitCode.ERROR) from None
     except StoreError as e:
         OperationalError(str(e), store_hint(e, "check [accounts].database and its directory")).show()
         raise SystemExit(ExitCode.ERROR) from None

@@ -66,3 +66,19 @@ def test_a_password_that_is_not_utf8_is_one_error_line(srv: Server, command: tup
         "hint: "), stderr
     listed = _cli(srv, command[0], "list", stdin=b"")
     assert command[2] not in listed.stdout.decode()  # nothing was made
+
+
+def test_a_pipe_without_password_stdin(srv: Server) -> None:
+    """``echo PW | smtpgate user add NAME`` without --password-stdin: the prompt read one
+    line, asked again, found the end of input and said "Aborted!" under a
+    GetPassWarning; now a usage error says to pass --password-stdin. Two lines piped
+    (a script answering both prompts) still work."""
+    once = _cli(srv, "user", "add", "carol@example.org", stdin=PASSWORD.encode() + b"\n")
+    stderr = once.stderr.decode()
+    assert once.returncode == 2, stderr
+    assert "GetPassWarning" not in stderr and "Aborted" not in stderr
+    assert "pass --password-stdin to read it once from there" in stderr
+    twice = _cli(srv, "user", "add", "dave@example.org", stdin=(PASSWORD + "\n").encode() * 2)
+    assert twice.returncode == 0, twice.stderr
+    assert b"GetPassWarning" not in twice.stderr
+    assert _login(srv, "dave@example.org", PASSWORD) == 235

@@ -67,7 +67,20 @@ def read_password(from_stdin: bool) -> str:
                 "iconv -t UTF-8)",
             ) from None
         return data.removesuffix("\n").removesuffix("\r") if data.endswith("\n") else data
-    return str(click.prompt("Password", hide_input=True, confirmation_prompt="Repeat password"))
+    # Without a terminal (a pipe, a file, /dev/null) there is no echo to hide:
+    # getpass then printed a GetPassWarning and "Password input may be echoed", and an
+    # input that ended was a bare "Aborted!". Lines piped in are still read, twice.
+    terminal = sys.stdin.isatty()
+    try:
+        return str(click.prompt("Password", hide_input=terminal,
+                                confirmation_prompt="Repeat password"))
+    except click.Abort:
+        if terminal:
+            raise
+        raise click.UsageError(
+            "no password: standard input is no terminal and ended before the password "
+            "was given twice; pass --password-stdin to read it once from there"
+        ) from None
 
 
 def password_age(a: Account) -> str:

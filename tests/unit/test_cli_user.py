@@ -51,8 +51,11 @@ def test_prompt_mismatch_asks_again(config: Path) -> None:
 
 
 def test_prompt_eof_aborts(config: Path) -> None:
+    """Input that ends before the repeat, with no terminal: a usage error saying to
+    pass --password-stdin (it was a bare "Aborted!", exit 1)."""
     r = run(config, "add", "a@example.org", input="pencil\n")
-    assert r.exit_code == 1
+    assert r.exit_code == 2
+    assert "pass --password-stdin" in r.stderr
 
 
 @pytest.mark.parametrize("stdin", ["", "\n", "a\0b\n"])

@@ -16,8 +16,10 @@ with a hint.
 
 from __future__ import annotations
 
+import getpass
 import json
 import sys
+import warnings
 from collections import defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -67,13 +69,16 @@ def read_password(from_stdin: bool) -> str:
                 "iconv -t UTF-8)",
             ) from None
         return data.removesuffix("\n").removesuffix("\r") if data.endswith("\n") else data
-    # Without a terminal (a pipe, a file, /dev/null) there is no echo to hide:
-    # getpass then printed a GetPassWarning and "Password input may be echoed", and an
-    # input that ended was a bare "Aborted!". Lines piped in are still read, twice.
+    # Without a terminal (a pipe, a file, /dev/null) getpass printed a GetPassWarning
+    # (a line that reads like a traceback's) besides its own "Password input may be
+    # echoed", and an input that ended was a bare "Aborted!". Lines piped in are still
+    # read, twice.
     terminal = sys.stdin.isatty()
     try:
-        return str(click.prompt("Password", hide_input=terminal,
-                                confirmation_prompt="Repeat password"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", getpass.GetPassWarning)
+            return str(click.prompt("Password", hide_input=True,
+                                    confirmation_prompt="Repeat password"))
     except click.Abort:
         if terminal:
             raise

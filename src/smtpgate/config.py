@@ -2208,6 +2208,14 @@ def load_config(path: Path) -> Config:
         raise ConfigError([("(file)", (
             f"{path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
             "TOML files are UTF-8: convert it, e.g. with iconv -t UTF-8"))]) from None
+    if text.startswith("\ufeff"):
+        # Notepad and some Windows editors start UTF-8 with a byte order mark, which
+        # TOML does not allow: tomllib said only "Invalid statement (at line 1,
+        # column 1)" of a line that looks right.
+        raise ConfigError([("(file)", (
+            f"{path} starts with a byte order mark (U+FEFF, as Notepad saves UTF-8), "
+            "which TOML does not allow: save it as UTF-8 without BOM, e.g. "
+            f"sed -i '1s/^\\xEF\\xBB\\xBF//' {path}"))])
     return parse_config(text, path.resolve().parent)
 
 

@@ -266,7 +266,51 @@ def _parse_time(s: str | None) -> datetime | None:
     return datetime.strptime(s, _TIME_FORMAT).replace(tzinfo=UTC)
 
 
+class DamagedRecord(StoreUnavailable):
+    """A row whose values this version cannot read: a time not in `format_time`'s
+    form, a JSON list that is no JSON, a NULL where a value must be. Typically a hand
+    edit with sqlite3 (``datetime('now')`` writes ``2026-12-04 05:39:00``). It was a
+    ValueError traceback from every command that lists accounts, and an "internal
+    error" with a traceback in the server log at the account's login. The store
+    answered (``backend_failed`` False): its data for this one row is unusable."""
+
+    backend_failed = False
+    hint = ("correct the row with sqlite3 (times are written as 2026-12-04T05:39:00.000000Z, "
+            "lists as JSON) or remove it, with the server stopped; or restore a backup "
+            "(docs/accounts.md, \"Upgrades and backups\")")
+
+
+def _damaged(what: str, r: sqlite3.Row, key: str, e: Exception) -> DamagedRecord:
+    try:
+        name = r[key]
+    except (IndexError, KeyError):
+        name = "?"
+    return DamagedRecord(f"{what} {name!r} in the account database holds a value this "
+                         f"version cannot read: {e}")
+
+
 def _row_to_account(r: sqlite3.Row) -> Account:
+    try:
+        return _account_of(r)
+    except (ValueError, TypeError, AssertionError) as e:  # JSONDecodeError is a ValueError
+        raise _damaged("account", r, "name", e) from e
+
+
+def _row_to_certificate(r: sqlite3.Row) -> CertificateRecord:
+    try:
+        return _certificate_of(r)
+    except (ValueError, TypeError, AssertionError) as e:
+        raise _damaged("the certificate", r, "fingerprint", e) from e
+
+
+def _row_to_app_password(r: sqlite3.Row) -> AppPassword:
+    try:
+        return _app_password_of(r)
+    except (ValueError, TypeError, AssertionError) as e:
+        raise _damaged("the app password", r, "name", e) from e
+
+
+def _account_of(r: sqlite3.Row) -> Account:
     allowed = r["allowed_mechanisms"]
     created = _parse_time(r["created"])
     updated = _parse_time(r["updated"])
@@ -297,7 +341,7 @@ def _row_to_account(r: sqlite3.Row) -> Account:
     )
 
 
-def _row_to_certificate(r: sqlite3.Row) -> CertificateRecord:
+def _certificate_of(r: sqlite3.Row) -> CertificateRecord:
     added = _parse_time(r["added"])
     assert added is not None
     return CertificateRecord(
@@ -314,7 +358,7 @@ def _json_tuple(text: str | None) -> tuple[str, ...] | None:
     return None if text is None else tuple(json.loads(text))
 
 
-def _row_to_app_password(r: sqlite3.Row) -> AppPassword:
+def _app_password_of(r: sqlite3.Row) -> AppPassword:
     created = _parse_time(r["created"])
     assert created is not None
     mechs = r["mechanisms"]

@@ -153,3 +153,20 @@ def test_one_file_named_twice_is_counted_once(root: Path) -> None:
     (root / "auth.log.1").symlink_to(log)
     assert _totals(_report(root))["failure"] == 3
     assert _totals(_report(root, "--log", str(log), "--log", str(log)))["failure"] == 3
+
+
+def test_a_record_appended_to_a_block_of_zeros_is_counted(root: Path) -> None:
+    """After a crash the log may end in zeros (the file system's unwritten blocks); the
+    restarted server appends its next record right after them, with no newline
+    between. That record was lost with the zeros; a record holds no NUL byte (JSON
+    escapes it), so what follows the last NUL is read as a line of its own, also
+    after a block of more than the 1 MiB a line may have."""
+    (root / "auth.log").write_bytes(
+        _line("a@x.org", "success")
+        + b"\0" * 4096 + _line("b@x.org", "failure")
+        + b"\0" * (3 << 20) + _line("c@x.org", "failure")
+    )
+    done = _report(root)
+    totals = _totals(done)
+    assert (totals["attempts"], totals["failure"]) == (3, 2)
+    assert "1 line longer than 1048576 bytes skipped" in done.stderr

@@ -71,7 +71,14 @@ class LogUnreadable(Exception):
 def parse_record(line: bytes) -> dict[str, Any] | None:
     """One auth-log line as a record, or None for anything else: no JSON, no object,
     or nesting deep enough that the decoder gives up (RecursionError, which is no
-    ValueError: ``[[[[...`` in a garbage line ended the report in a traceback)."""
+    ValueError: ``[[[[...`` in a garbage line ended the report in a traceback).
+
+    A record never holds a NUL byte (JSON escapes it), so what comes before the last
+    NUL of a line is dropped: after a crash the file may end in a block of zeros, and
+    the server's next record is appended to it with no newline between; it was lost
+    with the zeros."""
+    if b"\0" in line:
+        line = line.rpartition(b"\0")[2]
     try:
         rec = json.loads(line.decode("utf-8", errors="replace"))
     except (ValueError, RecursionError):
@@ -81,7 +88,9 @@ def parse_record(line: bytes) -> dict[str, Any] | None:
 
 def _lines(f: io.BufferedIOBase) -> Iterator[bytes | None]:
     """The lines of ``f``, each at most ``MAX_LINE_BYTES``; None for a longer one,
-    which is read past in pieces, never held whole."""
+    which is read past in pieces, never held whole. Of a longer one whose end follows
+    a NUL byte (a record appended to a block of zeros), that end is given as a line
+    of its own after the None (`parse_record`)."""
     while True:
         line = f.readline(MAX_LINE_BYTES + 1)
         if not line:
@@ -89,9 +98,13 @@ def _lines(f: io.BufferedIOBase) -> Iterator[bytes | None]:
         if len(line) <= MAX_LINE_BYTES or line.endswith(b"\n"):
             yield line
             continue
+        tail = line
         while line and not line.endswith(b"\n"):
             line = f.readline(MAX_LINE_BYTES)
+            tail = (tail + line)[-MAX_LINE_BYTES:]  # a record may span two pieces
         yield None
+        if b"\0" in tail:
+            yield tail.rpartition(b"\0")[2]
 
 
 def read_records(

@@ -72,7 +72,15 @@ def _server(cfg: Config, config: Path | None) -> tuple[dict[str, Any], int]:
         out["stale"] = True
         out["why"] = f"no status file yet ({e})"
         return out, ExitCode.ERROR
-    age = time.time() - float(doc.get("updated", 0))
+    updated = doc.get("updated", 0)
+    if isinstance(updated, bool) or not isinstance(updated, int | float):
+        # Not what the server writes (a damaged file, another version's): its other
+        # fields cannot be trusted either. float() of it was a traceback.
+        out["stale"] = True
+        out["why"] = (f"the status file {status_file.status_path(cfg)} is damaged "
+                      f"(updated: {updated!r}); the server rewrites it every few seconds")
+        return out, ExitCode.ERROR
+    age = time.time() - float(updated)
     stale = doc.get("pid") != pid or age > 3 * status_file.INTERVAL
     out.update(doc, pid=pid, stale=stale)
     if stale:

@@ -49,6 +49,16 @@ from smtpgate.auth.guard_state import (
 )
 from smtpgate.auth.sqlite_file import NewerSchema, ThreadLocalSqlite
 
+#: 9999-12-31T23:59:59Z, the last time Python's datetime holds.
+LAST_TIME = 253402300799.0
+
+
+class DamagedBlock(GuardStoreError):
+    """A block row whose times are no numbers (a hand edit)."""
+
+    hint = ("lift it with 'smtpgate guard unblock KEY', or correct the row with sqlite3 "
+            "(since and until are seconds since 1970)")
+
 # The interface's values, re-exported: whoever opens this store handles them.
 __all__ = [
     "ACCOUNT", "ACCOUNT_NEW", "ADDRESS", "BLOCK_KINDS", "MIGRATIONS", "SUBNET", "THROTTLE",
@@ -190,7 +200,23 @@ class SqliteGuardStore(ThreadLocalSqlite):
                 "ORDER BY since, kind, key",
                 (now,),
             ).fetchall()
-        return [Block(*r) for r in rows]
+        return [self._listed(r) for r in rows]
+
+    def _listed(self, row: Sequence[object]) -> Block:
+        """A block as the listings show it (``guard list``, ``status``, ``report``, the
+        web admin). A row edited by hand may hold a time that is no number ('tomorrow'
+        is TEXT, which SQLite orders after every number, so it is "in force") or one
+        past the year 9999 (1e300 for "for ever"): each was a traceback from every
+        listing. The first is `DamagedBlock`; the second is shown as 9999-12-31."""
+        kind, key, since, until, reason = row
+        try:
+            start, end = float(since), float(until)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise DamagedBlock(
+                f"guard database {self.path}: the block of {kind} {key!r} holds a time "
+                f"that is no number (since {since!r}, until {until!r})"
+            ) from None
+        return Block(str(kind), str(key), min(start, LAST_TIME), min(end, LAST_TIME), str(reason))
 
     # --- writes -------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from smtpgate.cli.common import (
     get_config,
     iso_time,
 )
-from smtpgate.cli.output import echo
+from smtpgate.cli.output import echo, secret_shown_once
 from smtpgate.cli.user_cmd import password_stdin_option, read_password
 from smtpgate.plural import count
 
@@ -62,9 +62,15 @@ def add(name: str, password_stdin: bool, config_path: Path | None) -> None:
             added, secret = service.add_web_admin(key, password)
         except AccountExists:
             raise OperationalError(f"admin {key} already exists") from None
-    echo(f"added admin {added.name}")
-    echo("enrol this TOTP key in an authenticator app (it is not shown again):")
-    echo(totp_uri(added.name, secret, f"smtpgate {cfg.hostname}"))
+    def remove() -> str:
+        with admin_service(cfg) as service:
+            service.remove_web_admin(added.name)
+        return f"admin {added.name} was removed: its TOTP key could not be shown"
+
+    with secret_shown_once(remove):
+        echo(f"added admin {added.name}")
+        echo("enrol this TOTP key in an authenticator app (it is not shown again):")
+        echo(totp_uri(added.name, secret, f"smtpgate {cfg.hostname}"))
     if not cfg.admin.listen:
         echo("note: the web admin is off; set [admin] listen, e.g. '127.0.0.1:9480'")
 

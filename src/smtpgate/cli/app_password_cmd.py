@@ -31,7 +31,7 @@ from smtpgate.cli.common import (
     get_config,
     iso_time,
 )
-from smtpgate.cli.output import Table, echo
+from smtpgate.cli.output import Table, echo, secret_shown_once
 from smtpgate.policy.timespec import parse_duration
 
 
@@ -116,8 +116,14 @@ def add(
             raise OperationalError(str(e), "revoke it first, or pick another name") from None
         except ValueError as e:  # what is left: the name (the rest is checked above)
             raise click.BadParameter(str(e), param_hint="NAME") from None
-    echo(f"app password {record.name!r} for {user}: {secret}")
-    echo(f"    (shown once; {works_with(record)})")
+    def revoke() -> str:
+        with admin_service(get_config(config_path)) as admin:
+            admin.revoke_app_password(user, record.name)
+        return f"app password {record.name!r} was revoked: it could not be shown"
+
+    with secret_shown_once(revoke):
+        echo(f"app password {record.name!r} for {user}: {secret}")
+        echo(f"    (shown once; {works_with(record)})")
 
 
 def works_with(p: AppPassword) -> str:

@@ -11,6 +11,9 @@ rich markup: a reason ``[red]`` is shown as typed) with their characters escaped
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import click
@@ -18,6 +21,23 @@ from rich.table import Table as RichTable
 from rich.text import Text
 
 from smtpgate.visible import visible
+
+
+@contextmanager
+def secret_shown_once(undo: Callable[[], str]) -> Iterator[None]:
+    """Around the lines that show a secret for the only time: they are flushed here,
+    and if standard output cannot be written (a full disk under ``> file``) nobody
+    saw the secret, so ``undo`` takes back what was made with it and says what it
+    did, on standard error, before the command fails as any output failure does.
+    (Until 2026-12 the app password or admin stayed, never shown, its name taken.)"""
+    from smtpgate.cli.main import OutputFailed  # main wraps standard output
+
+    try:
+        yield
+        sys.stdout.flush()
+    except OutputFailed:
+        click.echo(f"note: {undo()}", err=True)
+        raise
 
 
 def shown(value: object) -> str:

@@ -38,7 +38,7 @@ from smtpgate.cli.common import (
     get_config,
     iso_time,
 )
-from smtpgate.cli.output import echo
+from smtpgate.cli.output import echo, secret_shown_once
 from smtpgate.cli.user_cmd import password_age, password_expiry, user
 from smtpgate.config import Config
 from smtpgate.policy.timespec import parse_duration
@@ -287,8 +287,16 @@ def rotate(user: str, app_name: str | None, new_name: str | None, grace: str | N
                 done = admin.rotate_password(user, new_name=new_name, grace=timedelta(seconds=seconds))
         except AccountExists as e:
             raise OperationalError(str(e), "pass another --name; nothing was changed") from None
-    echo(f"new app password {done.app_password.name!r} for {user}: {done.secret}")
-    echo(f"    (shown once; {works_with(done.app_password)})")
+    def unshown() -> str:
+        # Not undone here: the old secret's end is scheduled already; revoking the new
+        # one and rotating again is the administrator's call.
+        return (f"the new app password {done.app_password.name!r} could not be shown: "
+                f"'smtpgate app-password revoke {user} {done.app_password.name}', then "
+                "rotate again")
+
+    with secret_shown_once(unshown):
+        echo(f"new app password {done.app_password.name!r} for {user}: {done.secret}")
+        echo(f"    (shown once; {works_with(done.app_password)})")
     echo(f"{done.retired} stops working at {done.deadline.strftime('%Y-%m-%d %H:%M')} UTC")
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.cli_install import install
 from tests.integration.conftest import SMTPGATE
 
 HINT = "hint: the file is damaged or is no SQLite database: stop the server, move the file aside"
@@ -23,15 +24,7 @@ HINT = "hint: the file is damaged or is no SQLite database: stop the server, mov
 
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
-    root = tmp_path / "srv"
-    subprocess.run([SMTPGATE, "init", "--dir", str(root), "--no-demo", "--metrics", "",
-                    "--admin", ""], check=True, capture_output=True, timeout=60)
-    subprocess.run([SMTPGATE, "user", "add", "alice@example.com", "--password-stdin",
-                    "--config", str(root / "smtpgate.toml")], input="Correct-Horse-Battery-9\n",
-                   text=True, check=True, capture_output=True, timeout=60)
-    for side in root.glob("*.sqlite-*"):
-        side.unlink()
-    return root
+    return install(tmp_path / "srv", sidecars=False)
 
 
 def _cli(root: Path, *args: str) -> subprocess.CompletedProcess[str]:

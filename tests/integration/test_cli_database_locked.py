@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.cli_install import install
 from tests.integration.conftest import SMTPGATE
 
 HOLD = """
@@ -35,13 +36,7 @@ c.execute("ROLLBACK")
 
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
-    root = tmp_path / "srv"
-    subprocess.run([SMTPGATE, "init", "--dir", str(root), "--no-demo", "--metrics", "",
-                    "--admin", ""], check=True, capture_output=True, timeout=60)
-    subprocess.run([SMTPGATE, "user", "add", "alice@example.com", "--password-stdin",
-                    "--config", str(root / "smtpgate.toml")], input="Correct-Horse-Battery-9\n",
-                   text=True, check=True, capture_output=True, timeout=60)
-    return root
+    return install(tmp_path / "srv")
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.cli_install import install
 from tests.integration.conftest import SMTPGATE
 
 
@@ -43,14 +44,9 @@ def test_a_full_disk_under_standard_output_is_one_error_line(tmp_path: Path,
 
 
 def _install(tmp_path: Path) -> tuple[Path, dict[str, str]]:
-    root = tmp_path / "srv"
-    subprocess.run([SMTPGATE, "init", "--dir", str(root), "--no-demo", "--metrics", "",
-                    "--admin", ""], check=True, capture_output=True, timeout=60)
+    root = install(tmp_path / "srv")
     env = {k: v for k, v in os.environ.items() if k != "SMTPGATE_CONFIG"}
     env["SMTPGATE_CONFIG"] = str(root / "smtpgate.toml")
-    subprocess.run([SMTPGATE, "user", "add", "alice@example.com", "--password-stdin"],
-                   input=b"Correct-Horse-Battery-9\n", env=env, check=True,
-                   capture_output=True, timeout=60)
     return root, env
 
 

@@ -25,21 +25,6 @@ def _free_port(host: str) -> int:
 
 
 @pytest.fixture
-def blackhole() -> Iterator[tuple[str, int]]:
-    """127.0.0.2:PORT, where a connect hangs (SYN dropped: accept queue full)."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.2", 0))
-    listener.listen(0)
-    port = int(listener.getsockname()[1])
-    filler = socket.create_connection(("127.0.0.2", port), timeout=2)
-    try:
-        yield "127.0.0.2", port
-    finally:
-        filler.close()
-        listener.close()
-
-
-@pytest.fixture
 def answering(blackhole: tuple[str, int]) -> Iterator[tuple[str, int]]:
     """127.0.0.3 on the blackhole's port, accepting (a second address of one host)."""
     listener = socket.socket()

@@ -59,7 +59,7 @@ from smtpgate.auth.directory import AppPassword, StoreError
 from smtpgate.auth.guard import ADMIN_KEY_PREFIX, Guard
 from smtpgate.auth.guard_state import ACCOUNT_KINDS, GuardStoreError
 from smtpgate.auth.state_backend import open_guard_state
-from smtpgate.config import Config
+from smtpgate.config import Config, GuardConfig
 from smtpgate.policy.counters_backend import open_rate_counters
 from smtpgate.policy.rate_counters import RateCounters, RateCountersError
 from smtpgate.queue.manage import QueueManager
@@ -113,6 +113,18 @@ def _guard_key(name: str) -> str:
 _ADMIN_LOGIN_RESULTS = {"success": "success", "failure": "failure", "tempfail": "refused_guard"}
 
 
+
+def admin_guard_config(guard: GuardConfig) -> GuardConfig:
+    """The guard of admin logins: ``[guard]``'s thresholds, always on, no allowlist.
+
+    ``guard.enabled = false`` and ``guard.allowlist`` exempt mail logins (a test
+    rig, a monitoring probe, a webmail that logs many users in from one address).
+    Until 2026-12 they exempted the web admin too: from an allowlisted network,
+    or on a server with the guard off, password and TOTP guesses at an admin were
+    neither slowed nor limited nor locked out, and such an address also got the
+    trusted Argon2id slot. An admin login is never a monitoring probe's."""
+    return guard.model_copy(update={"enabled": True, "allowlist": []})
+
 class AdminSite:
     """The application and what it keeps: sessions, the open stores, the last audit."""
 
@@ -150,8 +162,7 @@ class AdminSite:
         #: outside the hash scheduler that bounds SMTP AUTH's: twelve strangers'
         #: logins from twelve addresses took this process, which also delivers
         #: mail, from 65 to 450 MiB. An attempt the guard trusts (an address the
-        #: admin has logged in from, without recent failures; an allowlisted one)
-        #: has a slot of its own, as in SMTP AUTH's scheduler
+        #: admin has logged in from, without recent failures) has a slot of its own, as in SMTP AUTH's scheduler
         #: (auth/verify_scheduler.py), so the admin never waits for strangers'.
         self._verifying = asyncio.Semaphore(1)
         self._verifying_trusted = asyncio.Semaphore(1)
@@ -167,7 +178,8 @@ class AdminSite:
     async def open(self) -> None:
         """Open the stores. Raises StoreError, GuardStoreError."""
         self._store = await asyncio.to_thread(open_account_store, self.cfg, outage_ok=True)
-        self._guard = Guard(await asyncio.to_thread(open_guard_state, self.cfg), self.cfg.guard,
+        self._guard = Guard(await asyncio.to_thread(open_guard_state, self.cfg),
+                            admin_guard_config(self.cfg.guard),
                             self.cfg.state, reads_on_loop=self.cfg.server.sqlite_reads_on_loop)
         try:
             self._counters = await asyncio.to_thread(open_rate_counters, self.cfg)
@@ -186,7 +198,7 @@ class AdminSite:
         self.sessions.idle_timeout = cfg.admin.session_idle_timeout
         self._proxies = trusted_networks(cfg.admin.trusted_proxies)
         if self._guard is not None:
-            self._guard.reconfigure(cfg.guard, cfg.state)
+            self._guard.reconfigure(admin_guard_config(cfg.guard), cfg.state)
         if old.accounts == cfg.accounts:
             return
         try:

@@ -456,6 +456,23 @@ def test_rfc7662_opaque_token_refused(tmp_path: Path, answer: dict[str, Any]) ->
     assert not v.verify("opaque-token").ok
 
 
+@pytest.mark.parametrize("token", ["opaque.token.v1", "a.b.c"])
+def test_rfc7662_opaque_token_with_two_dots_is_introspected(tmp_path: Path, token: str) -> None:
+    """An opaque token may hold two dots without being a JWT: with an
+    introspection-only issuer it is introspected, as one without dots is (it was
+    refused as a malformed JWT). Without such an issuer it stays refused."""
+    post = FakePost({"active": True, "username": "bob", "aud": AUDIENCE})
+    v = verifier(issuer(), _introspection_issuer(tmp_path), post=post)
+    result = v.verify(token)
+    assert result.ok and result.identity == "bob" and result.issuer == "https://opaque.example"
+    assert urllib.parse.parse_qs(post.calls[0][1].decode())["token"] == [token]
+    refused = verifier(issuer(), post=post).verify(token)
+    assert not refused.ok and "malformed JWT" in refused.reason
+    # A real JWT of the key-set issuer is never sent to the opaque issuer's endpoint.
+    calls = len(post.calls)
+    assert v.verify(mint()).ok and len(post.calls) == calls
+
+
 def test_rfc7662_jwt_issuer_with_introspection_checks_revocation(tmp_path: Path) -> None:
     cfg = _introspection_issuer(tmp_path, issuer=ISSUER, jwks_url=JWKS_URL, identity_claim="email")
     post = FakePost({"active": False})

@@ -21,8 +21,9 @@ identity claim. The header's ``typ`` must be in the issuer's ``token_types``
 The header's ``kid`` is only ever a dictionary key into the
 fetched key set, never part of a path or URL (Dovecot CVE-2021-29157).
 
-A token that is not a JWT (opaque) goes to RFC 7662 introspection at the one
-issuer configured without a key set. An issuer with both a key set and an
+A token that is not a JWT (opaque; also three dot-separated parts that do not
+decode as one) goes to RFC 7662 introspection at the one issuer configured
+without a key set. An issuer with both a key set and an
 introspection endpoint introspects valid JWTs as well, to catch revocation.
 """
 
@@ -128,6 +129,11 @@ class _Reject(Exception):
         self.error = error
 
 
+class _NotAJwt(_Reject):
+    """Internal: three dot-separated parts that are no JWT's (an opaque token may
+    look so: the introspection-only issuer, if any, is asked)."""
+
+
 class TokenVerifier:
     """Verify bearer tokens against the configured issuers.
 
@@ -203,10 +209,20 @@ class TokenVerifier:
                 issuer = cfg.issuer
                 claims = self._introspect(cfg, token)
             else:
-                cfg, claims = self._verify_jwt(token)
-                issuer = cfg.issuer
-                if cfg.introspection_url:
-                    self._introspect(cfg, token)
+                try:
+                    cfg, claims = self._verify_jwt(token)
+                except _NotAJwt:
+                    # An opaque token with two dots (some providers' formats):
+                    # until 2026-12 refused as a broken JWT, never introspected.
+                    if self._opaque_issuer is None:
+                        raise
+                    cfg = self._opaque_issuer
+                    issuer = cfg.issuer
+                    claims = self._introspect(cfg, token)
+                else:
+                    issuer = cfg.issuer
+                    if cfg.introspection_url:
+                        self._introspect(cfg, token)
             identity = self._identity(cfg, claims)
             self._check_domain(cfg, identity)
             exp = claims.get("exp")
@@ -222,7 +238,7 @@ class TokenVerifier:
             header = jwt.get_unverified_header(token)
             unverified = jwt.decode(token, options={"verify_signature": False})
         except jwt.PyJWTError as exc:
-            raise _Reject(f"malformed JWT: {exc}") from None
+            raise _NotAJwt(f"malformed JWT: {exc}") from None
         iss = unverified.get("iss")
         cfg = self._issuers.get(iss) if isinstance(iss, str) else None
         if cfg is None:

@@ -616,9 +616,10 @@ def render_table(rows: list[dict[str, Any]], target_names: Sequence[str]) -> str
 
 def setup_smtpgate(s: Settings, tmp: Path, procs: Processes, password: str, *,
                    workers: int | None = None, name: str = "sg",
-                   label: str = "smtpgate serve") -> tuple[Target, Path, Path]:
+                   label: str = "smtpgate serve",
+                   extra_config: str = "") -> tuple[Target, Path, Path]:
     """A default install in ``tmp/name`` with ``workers`` (default: ``--workers``),
-    started as ``label``."""
+    started as ``label``; ``extra_config``: TOML tables added to its config."""
     sg_dir = tmp / name
     sub_port, subs_port = free_port(), free_port()
     while subs_port == sub_port:
@@ -640,7 +641,8 @@ def setup_smtpgate(s: Settings, tmp: Path, procs: Processes, password: str, *,
     cap = max(100, s.idle + 200)
     with open(config, "a", encoding="utf-8") as f:
         f.write("\n[limits]\nmessages_per_hour = 0\nrecipients_per_hour = 0\n"
-                f"max_connections_per_ip = {cap}\nmax_connections = {max(1000, cap)}\n")
+                f"max_connections_per_ip = {cap}\nmax_connections = {max(1000, cap)}\n"
+                + extra_config)
     run_checked([str(s.smtpgate), "user", "add", BENCH_USER, "--password-stdin",
                  "--config", str(config)], "smtpgate user add", stdin=password.encode())
     log = tmp / ("smtpgate-serve.log" if name == "sg" else f"smtpgate-serve-{name}.log")

@@ -9,6 +9,7 @@ constructor arguments; there is no global config object.
 from __future__ import annotations
 
 import difflib
+import io
 import ipaddress
 import os
 import re
@@ -30,6 +31,7 @@ from pydantic import (
 )
 
 from smtpgate import mechanism_facts
+from smtpgate.regular_file import NotRegularFile, open_regular
 from smtpgate.usable_cpus import usable_cpus
 
 #: The longest duration a key may hold: 100 years. A choice, not a rule: every
@@ -2196,7 +2198,13 @@ def running_user() -> str:
 
 def load_config(path: Path) -> Config:
     try:
-        text = path.read_text(encoding="utf-8")
+        # Not path.read_text(): a named pipe there hung the command forever.
+        with io.TextIOWrapper(open_regular(path), encoding="utf-8") as f:
+            text = f.read()
+    except NotRegularFile as e:
+        raise ConfigError([("(file)", (
+            f"{path} is {e.kind}, not a regular file: give the path of the TOML file "
+            "itself (--config or $SMTPGATE_CONFIG)"))]) from None
     except PermissionError:
         raise ConfigError([("(file)", (
             f"permission denied: user {running_user()} cannot read {path}; give that user "

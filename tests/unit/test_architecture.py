@@ -84,7 +84,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("tools", "queue", "policy", "auth"),
     ("smtp", "client", "tls", "sasl", "frontdoor"),
     ("config",),
-    ("mechanism_facts", "errors", "ldap_presets", "metrics", "plural", "usable_cpus", "visible"),
+    ("mechanism_facts", "errors", "ldap_presets", "metrics", "plural", "regular_file",
+     "usable_cpus", "visible"),
 )
 _RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 

@@ -35,6 +35,7 @@ from typing import Any
 
 from smtpgate import mechanism_facts
 from smtpgate.plural import count
+from smtpgate.regular_file import open_regular
 
 BLOCKED_PREFIX = "blocked: "
 _APP = re.compile(r"^app password '(.*)'$")
@@ -124,17 +125,19 @@ def read_records(
     """
     for path in paths:
         try:
-            f: io.BufferedIOBase = (
-                gzip.open(path, "rb")  # noqa: SIM115
-                if path.suffix == ".gz"
-                else path.open("rb")
-            )
+            # Not path.open(): a named pipe there hung the report forever.
+            raw = open_regular(path)
         except FileNotFoundError:
             continue  # rotated away since it was listed
         except OSError as e:
             raise LogUnreadable(path, e) from None
+        f: io.BufferedIOBase = (
+            gzip.GzipFile(fileobj=raw, mode="rb")
+            if path.suffix == ".gz"
+            else raw
+        )
         long_lines = 0
-        with f:
+        with raw, f:
             try:
                 for line in _lines(f):
                     if line is None:

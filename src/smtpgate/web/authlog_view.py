@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from smtpgate import mechanism_facts
+from smtpgate.regular_file import open_regular
 
 #: How much of the end of the auth log is read.
 TAIL_BYTES = 16 * 1024 * 1024
@@ -65,7 +66,7 @@ def read_attempts(path: Path | None) -> list[Attempt]:
     if path is None:
         return []
     try:
-        with path.open("rb") as f:
+        with open_regular(path) as f:  # a named pipe there hung the page
             f.seek(0, 2)
             size = f.tell()
             f.seek(max(0, size - TAIL_BYTES))

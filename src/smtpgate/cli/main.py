@@ -164,6 +164,20 @@ def _give_up_output(stream: TextIO) -> None:
         pass
 
 
+def _escape_what_cannot_be_encoded(stream: TextIO) -> None:
+    r"""A character that ``stream``'s encoding cannot write (an é under
+    ``PYTHONIOENCODING=ascii``) is written as ``\xe9``, as visible.py writes a
+    hidden one and as Python writes standard error, instead of a UnicodeEncodeError
+    traceback in the middle of the output. An error handler chosen in
+    ``PYTHONIOENCODING`` other than strict (``ascii:replace``) is kept."""
+    if getattr(stream, "errors", None) != "strict":
+        return
+    try:
+        stream.reconfigure(errors="backslashreplace")  # type: ignore[attr-defined]
+    except (AttributeError, ValueError, OSError):
+        pass  # not a TextIOWrapper (a test's capture): cli/output.py escapes anyway
+
+
 def main() -> None:
     """Run the command; a database that fails mid-command is one error line, exit 1,
     and so is output that cannot be written.
@@ -177,6 +191,7 @@ def main() -> None:
     from smtpgate.cli.common import store_hint
 
     stdout = sys.stdout
+    _escape_what_cannot_be_encoded(stdout)
     sys.stdout = cast(TextIO, _Stdout(stdout))
     try:
         try:

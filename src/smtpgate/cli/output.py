@@ -40,15 +40,40 @@ def secret_shown_once(undo: Callable[[], str]) -> Iterator[None]:
         raise
 
 
+def writable(value: str, err: bool = False) -> str:
+    r"""``value`` with each character that standard output (``err``: standard error)
+    cannot encode written as ``visible`` writes a hidden one: ``\xe9`` for an é.
+
+    ``PYTHONIOENCODING=ascii`` (or a cron job's ASCII locale on a Python that does
+    not coerce it to UTF-8) made ``user list`` of ``josé@example.org`` a
+    UnicodeEncodeError traceback. ``main`` lets the stream escape what still gets
+    through (``errors="backslashreplace"``); escaped here, before rich measures a
+    cell, a table's borders stay aligned too. The escaped name is accepted back by
+    the USER argument (``cli/common.py``, ``AddressType``)."""
+    stream = sys.stderr if err else sys.stdout
+    encoding = getattr(stream, "encoding", None) or "utf-8"
+    if value.isascii() or encoding.lower().replace("-", "").replace("_", "") == "utf8":
+        return value
+    try:
+        value.encode(encoding)
+    except UnicodeEncodeError:
+        return value.encode(encoding, "backslashreplace").decode(encoding)
+    except LookupError:
+        pass
+    return value
+
+
 def shown(value: object) -> str:
-    """One value for one line: every control/format/separator character escaped."""
-    return visible(str(value))
+    """One value for one line: every control/format/separator character escaped,
+    and every one standard output cannot encode."""
+    return writable(visible(str(value)))
 
 
 def echo(message: object = "", err: bool = False, nl: bool = True) -> None:
     """``click.echo`` with control/format characters escaped; newlines and tabs (a
-    folded header's indent) kept: they move the cursor as text does, nothing more."""
-    click.echo(visible(str(message), keep="\n\t"), err=err, nl=nl)
+    folded header's indent) kept: they move the cursor as text does, nothing more.
+    Characters the stream cannot encode are escaped too (``writable``)."""
+    click.echo(writable(visible(str(message), keep="\n\t"), err=err), err=err, nl=nl)
 
 
 def text(value: object) -> Text:

@@ -61,6 +61,14 @@ def test_the_other_listings_and_messages_escape_it_too(config: Path) -> None:
     assert done.returncode == 0 and '"jos\\u00e9@example.org"' in done.stdout, done.stderr
 
 
+def test_the_escaped_name_is_accepted_back(config: Path) -> None:
+    """What the list showed, copied into the next command, names the account."""
+    done = _ascii_smtpgate(config, "user", "remove", "jos\\xe9@example.org")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "removed account jos\\xe9@example.org\n"
+    assert "josé@example.org" not in run(config, "list").output
+
+
 def test_standard_output_escapes_what_it_cannot_encode_whoever_writes_it() -> None:
     from smtpgate.cli.main import _escape_what_cannot_be_encoded
 

@@ -203,6 +203,20 @@ def name_key(name: str) -> str:
     return name.lower() if "@" not in name else lookup_key(name)
 
 
+def hidden_characters_only(name: str) -> bool:
+    """True when ``name`` is refused by ``canonical_name`` for its whitespace or
+    control characters alone, and is a valid address but for them: a legacy
+    account name (stored before names were checked, or by hand) that the account
+    commands must still be able to reach, as stored."""
+    if not any(_bad_char(c) for c in name):
+        return False
+    try:
+        canonical_name("".join("x" if _bad_char(c) else c for c in name))
+    except InvalidAccountName:
+        return False
+    return True
+
+
 def _bad_char(c: str) -> bool:
     return c.isspace() or unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")
 

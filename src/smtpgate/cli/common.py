@@ -28,12 +28,17 @@ from smtpgate.admin import AccountAdmin, AdminError, NotFoundError, default_acto
 from smtpgate.auth.admin_store import AuditActor, NoSuchAccount
 from smtpgate.auth.directory import StoreError
 from smtpgate.auth.guard_state import GuardStoreError
-from smtpgate.auth.names import InvalidAccountName, canonical_name, new_account_name
+from smtpgate.auth.names import (
+    InvalidAccountName,
+    canonical_name,
+    hidden_characters_only,
+    new_account_name,
+)
 from smtpgate.auth.passwords import PasswordPolicyError
 from smtpgate.auth.sqlite_file import BUSY_TIMEOUT, NewerSchema
 from smtpgate.config import Config, ConfigError, in_file, load_config
 from smtpgate.policy.timespec import parse_duration
-from smtpgate.visible import visible
+from smtpgate.visible import name_from_shown, visible
 
 CONFIG_ENV = "SMTPGATE_CONFIG"
 
@@ -163,14 +168,30 @@ def parse_since(value: str | None, param_hint: str = "--since") -> datetime | No
 
 
 class AddressType(click.ParamType[str]):
-    """An account name, ``local@domain``; converts to the canonical spelling."""
+    r"""An account name, ``local@domain``; converts to the canonical spelling.
+
+    It is also taken as the account commands show it (``cli/output.name_shown``):
+    ``ali\x1bce@example.org``, copied from ``user list``, is the account whose name
+    holds an ESC, and ``jos\xe9@example.org`` (an ASCII-only output) is josé's. A
+    name that holds whitespace or control characters, which ``canonical_name``
+    refuses, is passed on as given when it is a valid address but for them: such
+    legacy accounts (a database from before the rules, a row inserted by hand)
+    could be neither removed nor locked. The account commands then find it as
+    stored, or say there is no such account (exit 3).
+    """
 
     name = "USER"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
         try:
-            return canonical_name(str(value))
+            given = name_from_shown(str(value))
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+        try:
+            return canonical_name(given)
         except InvalidAccountName as e:
+            if hidden_characters_only(given):
+                return given
             self.fail(f"{e} (expected an address such as alice@example.com)", param, ctx)
 
 
@@ -183,8 +204,10 @@ class NewAddressType(AddressType):
     (``auth/names.new_account_name``); an existing account's name need not be."""
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        # Typed as itself: the escaped form names accounts that exist (AddressType),
+        # and a new name may hold no backslash nor hidden character anyway.
         try:
-            return new_account_name(str(super().convert(value, param, ctx)))
+            return new_account_name(canonical_name(str(value)))
         except InvalidAccountName as e:
             self.fail(str(e), param, ctx)
 

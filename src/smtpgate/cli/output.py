@@ -69,6 +69,16 @@ def shown(value: object) -> str:
     return writable(visible(str(value)))
 
 
+def name_shown(name: str) -> str:
+    r"""An account name as the account commands show it: as ``shown``, with a
+    backslash itself written ``\\``, so that the shown form reads back as one name
+    only (``visible.name_from_shown``): ``ali\x1bce@x`` is the name with an ESC in it, and
+    ``ali\\x1bce@x`` the legacy name that holds a backslash. Neither can be made
+    any more (auth/names.py), but a database from before the rules, or a row
+    inserted by hand, may hold them, and the commands must reach them."""
+    return shown(name.replace("\\", "\\\\"))
+
+
 def echo(message: object = "", err: bool = False, nl: bool = True) -> None:
     """``click.echo`` with control/format characters escaped; newlines and tabs (a
     folded header's indent) kept: they move the cursor as text does, nothing more.

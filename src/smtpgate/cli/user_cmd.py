@@ -41,7 +41,7 @@ from smtpgate.cli.common import (
     get_config,
     iso_time,
 )
-from smtpgate.cli.output import Table, echo, text
+from smtpgate.cli.output import Table, echo, name_shown, text
 from smtpgate.policy.timespec import format_duration
 
 password_stdin_option = click.option(
@@ -127,7 +127,7 @@ def add(user: str, password_stdin: bool, config_path: Path | None) -> None:
             account = admin.add_account(name, password)
         except AccountExists as e:  # made by someone else meanwhile
             raise OperationalError(str(e)) from None
-    echo(f"added account {account.name}")
+    echo(f"added account {name_shown(account.name)}")
 
 
 @user.command("passwd")
@@ -139,7 +139,7 @@ def passwd(user: str, password_stdin: bool, config_path: Path | None) -> None:
     with admin_service(get_config(config_path)) as admin:
         admin.require_account(user)  # before asking for a password
         account = admin.set_password(user, read_password(password_stdin))
-    echo(f"password of {user} changed")
+    echo(f"password of {name_shown(user)} changed")
     if account.cram_md5_enabled:
         echo(
             f"warning: {user} has CRAM-MD5 enabled, so a plaintext-equivalent secret of the "
@@ -156,7 +156,7 @@ def remove(user: str, config_path: Path | None) -> None:
     """Delete account USER and its credentials."""
     with admin_service(get_config(config_path)) as admin:
         admin.remove_account(user)
-    echo(f"removed account {user}")
+    echo(f"removed account {name_shown(user)}")
 
 
 @user.command("lock")
@@ -172,7 +172,7 @@ def lock(user: str, reason: str, config_path: Path | None) -> None:
     """Refuse every login of USER (takes effect at its next login attempt)."""
     with admin_service(get_config(config_path)) as admin:
         admin.lock(user, reason)
-    echo(f"locked account {user}")
+    echo(f"locked account {name_shown(user)}")
 
 
 @user.command("unlock")
@@ -182,7 +182,8 @@ def unlock(user: str, config_path: Path | None) -> None:
     """Allow USER to log in again (administrative lock and the guard's lockouts)."""
     with admin_service(get_config(config_path)) as admin:
         changed = admin.unlock(user)
-    echo(f"unlocked account {user}" if changed else f"account {user} was not locked")
+    echo(f"unlocked account {name_shown(user)}" if changed
+         else f"account {name_shown(user)} was not locked")
 
 
 def _when(t: datetime | None) -> str:
@@ -234,7 +235,7 @@ def _accounts_table(accounts: list[Account], max_age_days: float = 0) -> Table:
     for a in accounts:
         locked, allowed = _locked_cell(a), _allowed_cell(a)
         table.add_row(
-            a.name,
+            name_shown(a.name),
             locked,
             _when(a.created),
             _when(a.last_login),
@@ -283,7 +284,7 @@ def _narrow_accounts_table(accounts: list[Account], max_age_days: float = 0) -> 
         mechs = [f"allowed: {allowed}", f"scram keys: {' '.join(_scram_keys(a)) or 'none'}"]
         if a.cram_md5_enabled:
             mechs.append("CRAM-MD5: YES (plaintext-equivalent)")
-        table.add_row(a.name, locked, _lines([_when(a.created), login]), _lines(password),
+        table.add_row(name_shown(a.name), locked, _lines([_when(a.created), login]), _lines(password),
                       _lines(mechs))
     return table
 
@@ -296,7 +297,7 @@ def _lines(lines: list[str]) -> Text:
 def _mechanisms_table(accounts: list[Account]) -> Table:
     groups: dict[str, list[str]] = defaultdict(list)
     for a in accounts:
-        groups[a.last_mechanism or "(never logged in)"].append(a.name)
+        groups[a.last_mechanism or "(never logged in)"].append(name_shown(a.name))
     table = Table(title="accounts by last mechanism used", title_justify="left")
     table.add_column("last mechanism", no_wrap=True)
     table.add_column("count", justify="right")

@@ -38,7 +38,7 @@ from smtpgate.cli.common import (
     get_config,
     iso_time,
 )
-from smtpgate.cli.output import echo, secret_shown_once
+from smtpgate.cli.output import echo, name_shown, secret_shown_once
 from smtpgate.cli.user_cmd import password_age, password_expiry, user
 from smtpgate.config import Config
 from smtpgate.policy.timespec import parse_duration
@@ -333,7 +333,7 @@ def show(user: str, as_json: bool, config_path: Path | None) -> None:
             "app_passwords": [p.name for p in apps],
         }, sort_keys=True))
         return
-    echo(f"account:          {a.name}")
+    echo(f"account:          {name_shown(a.name)}")
     echo(f"access:           {_access_text(a)}")
     echo(f"limits:           {_limits_text(a, cfg)}")
     echo(f"password age:     {password_age(a)}; expires {password_expiry(a, cfg.passwords.max_age_days)}")

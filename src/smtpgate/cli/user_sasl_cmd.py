@@ -26,6 +26,7 @@ from smtpgate import mechanism_facts
 from smtpgate.admin import with_channel_binding_variants
 from smtpgate.auth.credentials import CRAM_MD5
 from smtpgate.cli.common import USER, admin_service, config_option, get_config
+from smtpgate.cli.output import echo, name_shown
 from smtpgate.cli.user_cmd import password_stdin_option, user
 from smtpgate.config import Config
 
@@ -77,26 +78,26 @@ def cram_md5(
         if enable is None:
             if account.cram_md5_enabled:
                 secret = "stored" if CRAM_MD5 in account.schemes else "not stored yet"
-                click.echo(f"CRAM-MD5 is enabled for {account.name} (secret {secret})")
+                echo(f"CRAM-MD5 is enabled for {name_shown(account.name)} (secret {secret})")
             else:
-                click.echo(f"CRAM-MD5 is disabled for {account.name}")
+                echo(f"CRAM-MD5 is disabled for {name_shown(account.name)}")
             return
         if not enable:
             admin.disable_cram_md5(account.name)
-            click.echo(f"CRAM-MD5 disabled for {account.name}; its secret is deleted")
+            echo(f"CRAM-MD5 disabled for {name_shown(account.name)}; its secret is deleted")
             return
         admin.require_cram_md5_possible(account, with_password=True)  # before the prompt
         admin.enable_cram_md5(account.name, _read_current_password(password_stdin))
-    click.echo(f"CRAM-MD5 enabled for {account.name}")
-    click.echo(CRAM_MD5_WARNING.format(user=account.name), err=True)
+    echo(f"CRAM-MD5 enabled for {name_shown(account.name)}")
+    echo(CRAM_MD5_WARNING.format(user=name_shown(account.name)), err=True)
     if not account.allows("CRAM-MD5"):
-        click.echo(
-            f"note: the mechanism policy of {account.name} does not allow CRAM-MD5; "
-            f"see 'smtpgate user mechanisms {account.name}'",
+        echo(
+            f"note: the mechanism policy of {name_shown(account.name)} does not allow CRAM-MD5; "
+            f"see 'smtpgate user mechanisms {name_shown(account.name)}'",
             err=True,
         )
     if not _server_offers(cfg, "CRAM-MD5"):
-        click.echo(
+        echo(
             "note: CRAM-MD5 is not enabled on any listener; add it to [auth].mechanisms "
             "(or a listener's mechanisms) for clients to use it",
             err=True,
@@ -145,34 +146,34 @@ def mechanisms(
         account = admin.require_account(user)
         if not allow and not allow_all:
             if account.allowed_mechanisms is None:
-                click.echo(f"{account.name} may use every mechanism a listener offers")
+                echo(f"{name_shown(account.name)} may use every mechanism a listener offers")
             else:
                 shown = " ".join(_in_strength_order(account.allowed_mechanisms)) or "(none)"
-                click.echo(f"{account.name} may use: {shown}")
+                echo(f"{name_shown(account.name)} may use: {shown}")
             return
         if allow_all:
             admin.set_allowed_mechanisms(account.name, None)
-            click.echo(f"{account.name} may now use every mechanism a listener offers")
+            echo(f"{name_shown(account.name)} may now use every mechanism a listener offers")
             return
         wanted = with_channel_binding_variants(allow)
         admin.set_allowed_mechanisms(account.name, wanted)
         cram_enabled = account.cram_md5_enabled
-    click.echo(f"{account.name} may now use: {' '.join(_in_strength_order(wanted))}")
+    echo(f"{name_shown(account.name)} may now use: {' '.join(_in_strength_order(wanted))}")
     if "CRAM-MD5" in wanted and not cram_enabled:
-        click.echo(
-            f"note: CRAM-MD5 also needs 'smtpgate user cram-md5 {account.name} --enable'",
+        echo(
+            f"note: CRAM-MD5 also needs 'smtpgate user cram-md5 {name_shown(account.name)} --enable'",
             err=True,
         )
     legacy = [m for m in mechanism_facts.in_strength_order(wanted) if m in mechanism_facts.LEGACY]
     if legacy:
-        click.echo(
+        echo(
             f"note: {' '.join(legacy)} send the password or a plaintext-equivalent proof; "
             "'smtpgate user list --mechanisms' shows who still needs them",
             err=True,
         )
     missing = [m for m in _in_strength_order(set(allow)) if not _server_offers(cfg, m)]
     if missing:
-        click.echo(
+        echo(
             f"note: not enabled on any listener, so unusable for now: {' '.join(missing)}",
             err=True,
         )

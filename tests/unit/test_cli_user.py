@@ -163,8 +163,27 @@ def test_lock_unlock_and_list(config: Path) -> None:
     assert run(config, "lock", "nobody@example.org").exit_code == 3
     # An escape sequence in the reason would reach the terminal of `user list`.
     r = run(config, "lock", "b@example.org", "--reason", "\x1b[2Jgone")
-    assert r.exit_code == 1 and "printable" in r.stderr
+    assert r.exit_code == 2 and "printable" in r.stderr  # bad input, as docs/cli.md has it
     assert "\x1b" not in run(config, "list").output
+
+
+@pytest.mark.parametrize("reason", ["", "   ", "x" * 201, "two\nlines"])
+def test_lock_with_a_reason_that_is_no_reason_is_a_usage_error_naming_the_option(
+        config: Path, reason: str) -> None:
+    """`user lock NAME --reason ""` was exit 1, an "error" with a hint to write the
+    reason on one line; a malformed option is bad input, exit 2, and the default
+    reason is there for a lock without one."""
+    run(config, "add", "a@example.org", "--password-stdin", input="p\n")
+    r = run(config, "lock", "a@example.org", "--reason", reason)
+    assert r.exit_code == 2, r.output
+    assert "Invalid value for '--reason'" in r.stderr
+    assert "1-200 printable characters" in r.stderr and "leave --reason out" in r.stderr
+    assert ("empty" in r.stderr) == (not reason.strip())
+    assert " no " in next(line for line in run(config, "list").output.splitlines()
+                          if "a@example.org" in line)
+    r = run(config, "lock", "a@example.org")
+    assert r.exit_code == 0
+    assert "yes: locked by administrator" in run(config, "list").output
 
 
 def test_list_empty(config: Path) -> None:

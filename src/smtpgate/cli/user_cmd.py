@@ -28,6 +28,7 @@ import click
 from rich.console import Console
 from rich.text import Text
 
+from smtpgate.admin import MAX_LOCK_REASON, AdminError, lock_reason
 from smtpgate.auth.admin_store import AccountExists
 from smtpgate.auth.credentials import SCRAM_SCHEMES
 from smtpgate.auth.directory import Account
@@ -159,13 +160,32 @@ def remove(user: str, config_path: Path | None) -> None:
     echo(f"removed account {name_shown(user)}")
 
 
+def _lock_reason(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """``--reason`` checked as the admin service checks it, before anything is
+    opened: one that is not 1-200 printable characters (``--reason ""``, a line
+    break) is bad input, exit 2, naming the option (it was exit 1, an "error")."""
+    try:
+        return lock_reason(value)
+    except AdminError:
+        text = value.strip()
+        why = ("empty" if not text else f"{len(text)} characters long"
+               if len(text) > MAX_LOCK_REASON
+               else "it holds a control character, a line break or a bidi override")
+        raise click.BadParameter(
+            f"{why}; a lock reason is 1-{MAX_LOCK_REASON} printable characters on one line "
+            "(leave --reason out for the default, 'locked by administrator')",
+            ctx=ctx, param=param) from None
+
+
 @user.command("lock")
 @USER
 @click.option(
     "--reason",
     default="locked by administrator",
     show_default=True,
-    help="Why; shown by 'user list' and in the auth log context.",
+    callback=_lock_reason,
+    help=f"Why (1-{MAX_LOCK_REASON} printable characters); shown by 'user list' and in "
+    "the auth log context.",
 )
 @config_option
 def lock(user: str, reason: str, config_path: Path | None) -> None:

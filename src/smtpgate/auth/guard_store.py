@@ -25,6 +25,8 @@ Times are Unix seconds (``REAL``) from the guard's clock.
 
 from __future__ import annotations
 
+import logging
+import math
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -49,8 +51,25 @@ from smtpgate.auth.guard_state import (
 )
 from smtpgate.auth.sqlite_file import NewerSchema, ThreadLocalSqlite
 
+log = logging.getLogger("smtpgate.guard")
+
 #: 9999-12-31T23:59:59Z, the last time Python's datetime holds.
 LAST_TIME = 253402300799.0
+
+
+def _time(value: object) -> float | None:
+    """A block's time as stored, or None when it is no number (a hand edit); past
+    the year 9999 (1e300, inf) it is `LAST_TIME`."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        return None
+    return min(float(value), LAST_TIME)
+
+
+def _text(value: object) -> str:
+    """A block's reason as text, whatever a hand edit stored there."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value if isinstance(value, str) else str(value)
 
 
 class DamagedBlock(GuardStoreError):
@@ -141,6 +160,8 @@ class SqliteGuardStore(ThreadLocalSqlite):
     _too_new = GuardSchemaTooNew
 
     def __init__(self, path: Path) -> None:
+        #: Rows of the blocks table the login path could not use, warned of once.
+        self._skipped: set[tuple[str, str, str, str]] = set()
         self._open_upgraded(
             path, MIGRATIONS, datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         )
@@ -173,7 +194,7 @@ class SqliteGuardStore(ThreadLocalSqlite):
                 "(kind IN (?, ?, ?) AND key = ?))",
                 (now, ADDRESS, address, SUBNET, subnet, *ACCOUNT_KINDS, account),
             ).fetchall()
-            blocks = tuple(Block(*r) for r in rows)
+            blocks = tuple(b for b in (self._enforced(r, now) for r in rows) if b is not None)
             known_since: float | None = None
             if account:
                 row = c.execute(
@@ -192,6 +213,39 @@ class SqliteGuardStore(ThreadLocalSqlite):
                 ).fetchone()
                 last_new = None if row is None or row[0] is None else float(row[0])
         return Snapshot(blocks, known_since, penalty, last_new)
+
+    def _enforced(self, row: Sequence[object], now: float) -> Block | None:
+        """A block of the login path's snapshot, or None for a row it cannot use.
+
+        A row edited by hand with sqlite3 passed as stored, and the check of every
+        login it matched failed (a 454 and a traceback): a time that is text
+        (``'tomorrow'``, which SQLite orders after every number, so it is "in
+        force") or a blob is no time, and one past the year 9999 (1e300, inf, for
+        "for ever") made the refusal's ``until`` stamp raise OverflowError. The
+        last is held until 9999-12-31, as ``guard list`` shows it. A row whose
+        ``until`` is no time cannot be enforced (when would it end?) and is
+        skipped; one whose ``since`` alone is none is enforced until its
+        ``until``, as begun now. Either is one warning per row in the server log
+        (``guard list`` names the row as an error too); the other blocks of the
+        snapshot, and so the login's decision, stand."""
+        kind, key, since, until, reason = row
+        start, end = _time(since), _time(until)
+        if start is not None and end is not None:
+            return Block(str(kind), str(key), start, end, _text(reason))
+        marker = (str(kind), str(key), repr(since), repr(until))
+        if marker not in self._skipped:
+            if len(self._skipped) >= 1000:
+                self._skipped.clear()
+            self._skipped.add(marker)
+            log.warning(
+                "guard database %s: the block of %s %r holds a time that is no number "
+                "(since %r, until %r): %s; lift it with 'smtpgate guard unblock' or correct "
+                "the row with sqlite3 (since and until are seconds since 1970)",
+                self.path, kind, key, since, until,
+                "not enforced" if end is None else "enforced as begun now")
+        if end is None:
+            return None
+        return Block(str(kind), str(key), min(now, end), end, _text(reason))
 
     def active_blocks(self, now: float) -> list[Block]:
         with self._errors():

@@ -233,6 +233,33 @@ def test_a_form_body_over_the_limit_is_a_413_at_once_not_a_408_later(
     assert _answers(endpoints.admin, "/login")
 
 
+def test_a_chunked_form_body_over_the_limit_is_a_413_at_once_too(endpoints: Endpoints) -> None:
+    """Before: a chunked body has no Content-Length to judge, and one of 2 MiB sent
+    whole got the same 408 after 15 s."""
+    body = b"name=" + b"x" * (2 * 1024 * 1024)
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 16384]), body[i:i + 16384])
+                       for i in range(0, len(body), 16384)) + b"0\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", endpoints.admin), timeout=30) as s:
+        s.sendall(b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                  b"Content-Type: application/x-www-form-urlencoded\r\n"
+                  b"Transfer-Encoding: chunked\r\n\r\n")
+
+        def send() -> None:
+            try:
+                s.sendall(chunked)
+            except OSError:
+                pass
+
+        sending = threading.Thread(target=send, daemon=True)
+        start = time.monotonic()
+        sending.start()
+        status = s.makefile("rb").readline()
+        took = time.monotonic() - start
+    assert status.startswith(b"HTTP/1.1 413 "), status
+    assert took < 5, f"answered after {took:.1f} s (the 408 came after 15)"
+    assert _answers(endpoints.admin, "/login")
+
+
 def test_a_stop_does_not_wait_for_strangers_logins_to_be_answered(tmp_path: Path) -> None:
     """Before: a stop waited for every request in flight, up to aiohttp's 60 s, and
     a stranger's logins queued behind the guard's penalties (0.5, 1, 2, 4, 4 ...

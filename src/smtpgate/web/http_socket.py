@@ -118,7 +118,10 @@ async def body_in_time(request: web.Request, what: str, max_size: int) -> None:
     gets 413 at once: aiohttp stops reading a body its buffer cannot take, so the
     end of a large body sent whole never came, and the client got a 408 saying it
     was late 15 s later. aiohttp then reads and drops the rest of it for a while
-    (its lingering read), so the client reads the 413 rather than a reset."""
+    (its lingering read), so the client reads the 413 rather than a reset. A
+    chunked body has no length to judge beforehand: it gets the 413 as soon as
+    more than ``max_size`` of it has come (``_arrived``), which was the same 408
+    after 15 s for one over aiohttp's buffer."""
     from aiohttp import web
 
     if not request.body_exists:
@@ -131,7 +134,13 @@ async def body_in_time(request: web.Request, what: str, max_size: int) -> None:
         raise web.HTTPRequestEntityTooLarge(max_size=max_size, actual_size=length)
     try:
         async with asyncio.timeout(BODY_TIMEOUT):
-            await request.content.wait_eof()
+            within = await _arrived(request, max_size)
+        if not within:
+            logging.getLogger("smtpgate.web").info(
+                "%s: %s %s from %s sent a chunked body of over %d bytes, the most taken: 413",
+                what, request.method, request.path[:100], request.remote, max_size)
+            raise web.HTTPRequestEntityTooLarge(max_size=max_size,
+                                                actual_size=request.content.total_bytes)
     except TimeoutError:
         logging.getLogger("smtpgate.web").info(
             "%s: the body of %s %s from %s did not arrive within %.0f s: 408, closed",
@@ -141,6 +150,37 @@ async def body_in_time(request: web.Request, what: str, max_size: int) -> None:
         raise late from None
     except (OSError, web.RequestPayloadError):
         pass  # a broken body or a peer gone: the handler's own read says so, as before
+
+
+#: How often `_arrived` looks at how much of a body has come (seconds).
+BODY_POLL = 0.05
+
+
+async def _arrived(request: web.Request, max_size: int) -> bool:
+    """Wait for the end of the request's body, without reading it; False as soon as
+    more than ``max_size`` bytes of it have come (they stay unread either way).
+
+    aiohttp's stream says when the end has come (``wait_eof``) but not when more
+    has: the size of a chunked one (``total_bytes``) is looked at every
+    `BODY_POLL` seconds while its end is awaited, only when it did not come with
+    its head (a form does). aiohttp stops reading at twice its 64 KiB buffer, so
+    a body over that would never end."""
+    content = request.content
+    if request.content_length is not None:  # at most max_size (body_in_time): no watch
+        await content.wait_eof()
+        return True
+    if content.is_eof():
+        return content.total_bytes <= max_size
+    end = asyncio.ensure_future(content.wait_eof())
+    try:
+        while content.total_bytes <= max_size:
+            done, _ = await asyncio.wait({end}, timeout=BODY_POLL)
+            if done:
+                end.result()  # a broken body raises here, as wait_eof did
+                break
+        return content.total_bytes <= max_size
+    finally:
+        end.cancel()
 
 
 @contextlib.contextmanager

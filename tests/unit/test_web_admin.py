@@ -306,6 +306,46 @@ async def test_logout_deletes_the_host_cookie_with_secure_under_tls(tmp_path: Pa
         await site.close()
 
 
+@pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
+@pytest.mark.parametrize("tls", [True, False])
+async def test_the_login_forms_token_cookie_is_host_prefixed_under_tls(
+        tmp_path: Path, tls: bool) -> None:
+    """Before: the session cookie was ``__Host-`` over HTTPS, the login form's token
+    cookie not (``smtpgate_login``, Path=/login), so a sibling subdomain could plant
+    one. Under TLS it is ``__Host-smtpgate_login`` now: Secure, Path=/, no Domain
+    (a browser takes such a name only so); it is read back, and deleted with
+    Secure at the login. Over plain HTTP it is as before."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    cfg = _guarded_cfg(tmp_path)
+    site = AdminSite(cfg, tls=tls, status_path=None, clock=lambda: 1_700_000_000.0)
+    await site.open()
+    try:
+        _, secret = site.service("-", "t").add_web_admin("root", "admin passphrase 4 tests")
+        name = "__Host-smtpgate_login" if tls else "smtpgate_login"
+        async with TestClient(TestServer(site.app())) as client:
+            page = await client.get("/login")
+            set_cookie = next(c for c in page.headers.getall("Set-Cookie")
+                              if "smtpgate_login=" in c)
+            attrs = [a.strip().lower() for a in set_cookie.split(";")]
+            assert set_cookie.startswith(name + "="), set_cookie
+            assert ("secure" in attrs) == tls and "httponly" in attrs
+            assert ("path=/" if tls else "path=/login") in attrs
+            assert not any(a.startswith("domain=") for a in attrs)
+            token = set_cookie.split(";")[0].split("=", 1)[1]
+            client.session.cookie_jar.clear()  # the test client would not send a Secure one
+            resp = await client.post("/login", data={
+                "login_token": token, "name": "root", "password": "admin passphrase 4 tests",
+                "code": pyotp.TOTP(secret).at(1_700_000_000)},
+                headers={"Cookie": f"{name}={token}"}, allow_redirects=False)
+            assert resp.status == 303  # the token was read back: logged in
+            deletion = next(c for c in resp.headers.getall("Set-Cookie")
+                            if c.startswith(name + "="))
+            assert ("Secure" in deletion) == tls and "Max-Age=0" in deletion, deletion
+    finally:
+        await site.close()
+
+
 async def _twelve_guesses_at_root(cfg: Config, *, from_many: bool) -> list[int]:
     """Twelve wrong logins as root sent at once, from one address or (behind a
     trusted proxy) each from its own; their statuses. Nothing is kept per login

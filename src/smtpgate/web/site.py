@@ -9,7 +9,8 @@ Security model (docs/operations.md, "Web admin"):
   the address's penalties and blocks are the same as for SMTP), and refuses as it
   refuses SMTP logins.
 - The session is a random id in a cookie (HttpOnly, SameSite=Strict, Secure and
-  ``__Host-`` when the listener speaks TLS), looked up in ``sessions.Sessions``;
+  ``__Host-`` when the listener speaks TLS, as the login form's token cookie is),
+  looked up in ``sessions.Sessions``;
   a login makes a new one and ends the one whose cookie it replaces.
 - Every POST carries the session's CSRF token; without it, or with another
   session's, it is refused with 403 and changes nothing. The login form has its
@@ -84,6 +85,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
         "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 _LOGIN_COOKIE = "smtpgate_login"
+#: The login form's token cookie under TLS: ``__Host-`` binds it to this host over
+#: HTTPS (Secure, Path=/, no Domain), so a sibling subdomain or a plain-HTTP page
+#: cannot plant one, as for the session cookie.
+_HOST_LOGIN_COOKIE = "__Host-smtpgate_login"
 #: The largest request body taken (aiohttp's ``client_max_size``): the forms are a
 #: few fields typed by hand; more is a 413.
 MAX_FORM_BYTES = 64 * 1024
@@ -139,6 +144,7 @@ class AdminSite:
                                  idle_timeout=cfg.admin.session_idle_timeout, clock=clock)
         self._proxies = trusted_networks(cfg.admin.trusted_proxies)
         self.cookie = "__Host-smtpgate_admin" if tls else "smtpgate_admin"
+        self.login_cookie = _HOST_LOGIN_COOKIE if tls else _LOGIN_COOKIE
         self.templates = jinja2.Environment(
             loader=jinja2.PackageLoader("smtpgate.web", "templates"),
             autoescape=True, undefined=jinja2.StrictUndefined, finalize=_visible,
@@ -194,6 +200,7 @@ class AdminSite:
         old, self.cfg = self.cfg, cfg
         self.tls = tls
         self.cookie = "__Host-smtpgate_admin" if tls else "smtpgate_admin"
+        self.login_cookie = _HOST_LOGIN_COOKIE if tls else _LOGIN_COOKIE
         self.sessions.lifetime = cfg.admin.session_lifetime
         self.sessions.idle_timeout = cfg.admin.session_idle_timeout
         self._proxies = trusted_networks(cfg.admin.trusted_proxies)
@@ -370,9 +377,16 @@ class AdminSite:
         token = secrets.token_urlsafe(24)
         resp = self.render(request, "login.html", None, code=status, login_token=token,
                            error=error)
-        resp.set_cookie(_LOGIN_COOKIE, token, httponly=True, samesite="Strict",
-                        secure=self.secure(request), path="/login", max_age=3600)
+        resp.set_cookie(self.login_cookie, token, httponly=True, samesite="Strict",
+                        secure=self.secure(request), path=self._login_cookie_path,
+                        max_age=3600)
         return resp
+
+    @property
+    def _login_cookie_path(self) -> str:
+        """``/login``, where the token is read; ``/`` for the ``__Host-`` name, which
+        a browser takes only with Path=/."""
+        return "/" if self.login_cookie == _HOST_LOGIN_COOKIE else "/login"
 
     async def login_page(self, request: web.Request) -> web.StreamResponse:
         if self.sessions.get(request.cookies.get(self.cookie)) is not None:
@@ -382,7 +396,7 @@ class AdminSite:
     async def login(self, request: web.Request) -> web.StreamResponse:
         _same_origin(request)
         form = await _read_form(request)
-        token, cookie = form.get("login_token"), request.cookies.get(_LOGIN_COOKIE)
+        token, cookie = form.get("login_token"), request.cookies.get(self.login_cookie)
         if not (isinstance(token, str) and cookie and tokens_match(cookie, token)):
             # Nothing is checked and nobody logged in; a fresh form, since the
             # usual cause is another login tab that replaced this form's cookie.
@@ -471,7 +485,9 @@ class AdminSite:
         resp.set_cookie(self.cookie, session.id, httponly=True, samesite="Strict",
                         secure=self.secure(request), path="/",
                         max_age=int(self.cfg.admin.session_lifetime))
-        resp.del_cookie(_LOGIN_COOKIE, path="/login")
+        # With Secure for the __Host- name, or a browser ignores the deletion.
+        resp.del_cookie(self.login_cookie, path=self._login_cookie_path,
+                        secure=self.secure(request))
         raise resp
 
     async def _log_attempt(self, request: web.Request, ip: str, name: str, result: str,

@@ -694,3 +694,47 @@ def test_null_sender_message_has_a_from_mailbox(user: str, ehlo: str, want: str)
     assert data.startswith(f"From: <{want}>\r\n".encode())
     assert message["From"].addresses[0].addr_spec == want
     assert not message["From"].defects
+
+
+async def test_a_server_that_never_stops_sending_replies_is_a_protocol_error(
+    serve: Serve,
+) -> None:
+    """Before: every reply nobody asked for was taken out and the session went on,
+    however many came; a server writing "250 ok" without pause kept the tester
+    reading (and its memory growing) for ever. Past MAX_UNSOLICITED_REPLIES the
+    session ends as a protocol error."""
+    from smtpgate.tools.session import MAX_UNSOLICITED_REPLIES
+
+    extra = b"250 ok\r\n" * (MAX_UNSOLICITED_REPLIES + 5)
+    script = Scripted(b"220 fake.test ESMTP\r\n", [EHLO_NO_AUTH + extra, b"250 2.1.0 ok\r\n"])
+    port = await serve(script)
+    report = await run_test(_opts(port, mail_from="a@example.org"))
+    assert report.exit_code == ExitCode.PROTOCOL
+    assert report.error == (f"the server does not speak SMTP: more than {MAX_UNSOLICITED_REPLIES} "
+                            "replies nobody asked for (RFC 5321 §4.2: one reply to each "
+                            "command); given up")
+    assert script.received == [b"EHLO localhost\r\n"]  # no MAIL went out
+
+
+async def test_replies_nobody_asked_for_are_read_a_step_at_a_time() -> None:
+    """What is on the socket is read in steps, and the count checked after each: a
+    flood is stopped after a few kilobytes, with the rest left unread."""
+    from smtpgate.client.errors import RemoteProtocolError
+    from smtpgate.tools.session import MAX_UNSOLICITED_REPLIES, SmtpSession
+    from smtpgate.tools.wire import Wire
+
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    session = SmtpSession(Wire(ours), timeout=5.0)
+    session.watch_unsolicited = True
+    try:
+        theirs.sendall(b"220 x\r\n")
+        assert (await session.read_reply()).code == 220
+        theirs.sendall(b"250 ok\r\n" * 4000)  # 32 000 bytes, all there at once
+        with pytest.raises(RemoteProtocolError, match="nobody asked for"):
+            await session.take_unsolicited()
+        assert len(session.unsolicited) == MAX_UNSOLICITED_REPLIES + 1
+        assert await session.wire.recv_available() is not None  # the rest is unread
+    finally:
+        theirs.close()
+        await session.close()

@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 from smtpgate.client.auth import MAX_AUTH_ROUNDS, AuthSend, ClientAuthResult
 from smtpgate.client.engine import ClientEngine
+from smtpgate.client.errors import RemoteProtocolError
 from smtpgate.client.replies import ServerReply, split_challenge
 from smtpgate.config import hostname_problem
 from smtpgate.queue.smtp_io import ConnectionClosed, SessionObserver, SmtpClientConnection
@@ -30,6 +31,7 @@ from smtpgate.tools.wire import TlsSetup, Wire
 
 __all__ = [
     "MAX_AUTH_ROUNDS",
+    "MAX_UNSOLICITED_REPLIES",
     "AuthResult",
     "ServerClosed",
     "SmtpSession",
@@ -38,6 +40,13 @@ __all__ = [
     "default_ehlo_name",
     "speaks_tls",
 ]
+
+#: More replies nobody asked for than this in one session is a server that will
+#: not stop (one that writes replies without pause would fill the memory): the
+#: session ends as a protocol error.
+MAX_UNSOLICITED_REPLIES = 10
+#: How much `SmtpSession.take_unsolicited` reads at a time.
+_UNSOLICITED_STEP = 4096
 
 #: The server closed the connection while we waited for a reply.
 ServerClosed = ConnectionClosed
@@ -181,19 +190,32 @@ class SmtpSession:
         answer to the next command, it would shift every reply after it by one
         (what swaks then shows); taken out here, with a warning in the
         transcript, the replies stay aligned. One sent a moment after we send
-        cannot be told from the answer, so this catches those that came first."""
+        cannot be told from the answer, so this catches those that came first.
+
+        Raises:
+            RemoteProtocolError: more than `MAX_UNSOLICITED_REPLIES` in the session.
+            TlsError: a TLS record failed.
+        """
         if not self.watch_unsolicited:
             return
-        data = await self.wire.recv_available()
-        if data is not None:
-            self._observer.received(data, self.tls)
-        if data == b"":
-            self.engine.receive_data(b"")  # closed: the next read says so
-            data = None
-        for reply in self.engine.unsolicited_replies(data or b""):
-            self.unsolicited.append(reply)
-            self.note("error", f"warning: the server sent a reply nobody asked for: {reply} "
-                      "(not taken as the answer to the next command)")
+        while True:
+            # A step at a time, so a server that never stops writing is caught after
+            # a few kilobytes, not after all the memory.
+            data = await self.wire.recv_available(_UNSOLICITED_STEP)
+            if data is not None:
+                self._observer.received(data, self.tls)
+            if data == b"":
+                self.engine.receive_data(b"")  # closed: the next read says so
+            for reply in self.engine.unsolicited_replies(data or b""):
+                self.unsolicited.append(reply)
+                if len(self.unsolicited) > MAX_UNSOLICITED_REPLIES:
+                    raise RemoteProtocolError(
+                        f"more than {MAX_UNSOLICITED_REPLIES} replies nobody asked for "
+                        "(RFC 5321 §4.2: one reply to each command); given up")
+                self.note("error", f"warning: the server sent a reply nobody asked for: "
+                          f"{reply} (not taken as the answer to the next command)")
+            if not data:
+                return
 
     async def read_reply(self, timeout: float | None = None) -> ServerReply:
         """The next reply.

@@ -242,9 +242,12 @@ class Wire:
                     return plain
                 # Only handshake records (TLS 1.3 session tickets): read on.
 
-    async def recv_available(self) -> bytes | None:
+    async def recv_available(self, max_bytes: int = _RECV_SIZE) -> bytes | None:
         """The plaintext the server has already sent, without waiting for more: None
-        when nothing is there, ``b""`` once the server has closed.
+        when nothing is there, ``b""`` once the server has closed. What is read
+        from the socket stops at about ``max_bytes``: a server that writes without
+        pause would otherwise keep this loop reading, and the memory growing, for
+        ever; the rest stays on the socket.
 
         Raises:
             TlsError: a TLS record failed.
@@ -253,9 +256,11 @@ class Wire:
         if held is not None:
             return held
         chunks: list[bytes] = []
-        while True:
+        size = 0
+        while size < max_bytes:
             try:
-                raw = self._sock.recv(_RECV_SIZE)  # the socket does not block
+                # The socket does not block.
+                raw = self._sock.recv(min(_RECV_SIZE, max_bytes - size))
             except (BlockingIOError, InterruptedError):
                 break
             except ConnectionResetError:
@@ -265,6 +270,7 @@ class Wire:
                 break
             if self._tls is None:
                 chunks.append(raw)
+                size += len(raw)
                 continue
             try:
                 plain, out = self._tls.receive(raw)
@@ -274,6 +280,7 @@ class Wire:
             if out:
                 await self._loop.sock_sendall(self._sock, out)
             chunks.append(plain)
+            size += len(raw)  # raw: records that decrypt to nothing count too
         data = b"".join(chunks)
         if data:
             return data  # a close that came with it is b"" at the next read

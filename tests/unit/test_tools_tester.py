@@ -738,3 +738,27 @@ async def test_replies_nobody_asked_for_are_read_a_step_at_a_time() -> None:
     finally:
         theirs.close()
         await session.close()
+
+
+async def test_a_server_that_closes_in_the_middle_of_a_reply_is_a_lost_connection() -> None:
+    """Before: "the server does not speak SMTP: connection closed in the middle of a
+    reply", exit 8, for a server that had spoken SMTP until it was killed or cut
+    off mid-reply; it is a lost connection (exit 3), as docs/tester.md says."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 fake.test ESMTP\r\n")
+        await reader.readline()
+        writer.write(b"250-fake.test\r\n250-PIPELINING\r\n")  # and no last line
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        port = int(server.sockets[0].getsockname()[1])
+        report = await run_test(_opts(port, quit_after="ehlo"))
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert report.exit_code == ExitCode.CONNECTION
+    assert report.error == "connection lost: connection closed in the middle of a reply"
+    assert "<- 250-PIPELINING" in report.transcript.lines()

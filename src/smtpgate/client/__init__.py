@@ -7,7 +7,12 @@ shell around it is ``smtpgate.queue.smtp_io``.
 
 from smtpgate.client.auth import AuthSend, ClientAuthExchange, ClientAuthResult
 from smtpgate.client.engine import CLOSED, NEED_DATA, ClientEngine, Sentinel, dot_stuff, xtext
-from smtpgate.client.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from smtpgate.client.errors import (
+    LocalProtocolError,
+    ProtocolError,
+    RemoteProtocolError,
+    TruncatedReply,
+)
 from smtpgate.client.extensions import Extensions
 from smtpgate.client.replies import ReplyParser, ServerReply
 
@@ -25,6 +30,7 @@ __all__ = [
     "ReplyParser",
     "Sentinel",
     "ServerReply",
+    "TruncatedReply",
     "dot_stuff",
     "xtext",
 ]

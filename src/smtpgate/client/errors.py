@@ -14,3 +14,8 @@ class LocalProtocolError(ProtocolError):
 
 class RemoteProtocolError(ProtocolError):
     """The server sent something that is not SMTP; the connection is unusable."""
+
+
+class TruncatedReply(RemoteProtocolError):
+    """The server closed the connection in the middle of a reply: the connection was
+    lost (a server that crashed or was cut off), not a server that speaks no SMTP."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from smtpgate.client.errors import RemoteProtocolError
+from smtpgate.client.errors import RemoteProtocolError, TruncatedReply
 
 #: RFC 5321 §4.5.3.1.5 limits a reply line to 512 octets with CRLF. Servers exceed
 #: it in the wild (long EHLO keywords, verbose 5xx texts), so we allow eight times
@@ -121,8 +121,8 @@ class ReplyParser:
         """The next complete reply, or None if more bytes are needed.
 
         Raises:
-            RemoteProtocolError: malformed reply, too long, or the stream ended
-                inside a reply.
+            RemoteProtocolError: malformed reply, or too long.
+            TruncatedReply: the stream ended inside a reply.
         """
         while True:
             end = self._buf.find(b"\n", self._pos)
@@ -130,7 +130,7 @@ class ReplyParser:
                 if len(self._buf) - self._pos > self._max_line:
                     raise RemoteProtocolError("reply line too long")
                 if self._eof and not self.idle:
-                    raise RemoteProtocolError("connection closed in the middle of a reply")
+                    raise TruncatedReply("connection closed in the middle of a reply")
                 self._compact()
                 return None
             raw = bytes(self._buf[self._pos : end])

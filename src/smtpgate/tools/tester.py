@@ -41,7 +41,7 @@ from enum import IntEnum
 from pathlib import Path
 from typing import Literal
 
-from smtpgate.client.errors import LocalProtocolError, RemoteProtocolError
+from smtpgate.client.errors import LocalProtocolError, RemoteProtocolError, TruncatedReply
 from smtpgate.client.extensions import Extensions
 from smtpgate.client.replies import ServerReply
 from smtpgate.plural import count
@@ -358,6 +358,11 @@ class _Tester:
         except OSError as e:
             self._broken = True
             raise _Stop(ExitCode.CONNECTION, f"connection lost: {e.strerror or e}") from None
+        except TruncatedReply as e:
+            # A server killed or cut off mid-reply: the connection was lost; what
+            # came of the reply is in the transcript.
+            self._broken = True
+            raise _Stop(ExitCode.CONNECTION, f"connection lost: {e}") from None
         except RemoteProtocolError as e:
             self._broken = True
             raise _Stop(ExitCode.PROTOCOL, f"the server does not speak SMTP: {e}") from None

@@ -253,3 +253,36 @@ async def test_a_relay_that_stalls_in_auth_defers_naming_the_step() -> None:
     result = results["bob@example.net"]
     assert isinstance(result, TempFailure)
     assert "timed out after 0.2 s waiting for the reply to AUTH" in result.reply
+
+
+# --- a LOGIN prompt that is not base64 ------------------------------------------------
+
+
+def test_login_answers_prompts_that_are_not_base64_and_says_so() -> None:
+    """Before: "334 Username:" (a prompt in clear, as some old servers send) was
+    "challenge is not valid base64", a protocol error, where swaks logs in: LOGIN
+    ignores its prompts. It is answered now, with a warning note; any other
+    mechanism still refuses such a challenge."""
+    from smtpgate.client.errors import RemoteProtocolError
+    from smtpgate.sasl.login import LoginClient
+
+    exchange = ClientAuthExchange(ClientEngine(expect_greeting=False),
+                                  LoginClient("bob", "s3cret"))
+    first = exchange.start()
+    assert isinstance(first, AuthSend) and first.data == b"AUTH LOGIN\r\n"
+    user = exchange.receive(ServerReply(334, None, ("Username:",)))
+    assert isinstance(user, AuthSend)
+    assert user.data == b"Ym9i\r\n" and user.challenge == b"Username:"
+    assert user.note == ("warning: the server's prompt 'Username:' is not base64 "
+                         "(RFC 4954 §4); LOGIN does not read it, so answered anyway")
+    password = exchange.receive(ServerReply(334, None, ("UGFzc3dvcmQ6",)))  # base64
+    assert isinstance(password, AuthSend)
+    assert password.data == b"czNjcmV0\r\n" and password.note == ""
+    result = exchange.receive(ServerReply(235, "2.7.0", ("ok",)))
+    assert isinstance(result, ClientAuthResult) and result.ok
+
+    plain = ClientAuthExchange(ClientEngine(expect_greeting=False),
+                               PlainClient("bob", "s3cret"), initial_response=False)
+    plain.start()
+    with pytest.raises(RemoteProtocolError, match="not valid base64"):
+        plain.receive(ServerReply(334, None, ("Go ahead",)))

@@ -762,3 +762,21 @@ async def test_a_server_that_closes_in_the_middle_of_a_reply_is_a_lost_connectio
     assert report.exit_code == ExitCode.CONNECTION
     assert report.error == "connection lost: connection closed in the middle of a reply"
     assert "<- 250-PIPELINING" in report.transcript.lines()
+
+
+async def test_login_prompts_in_clear_text_are_answered_with_a_warning(serve: Serve) -> None:
+    """A server whose LOGIN prompts are "334 Username:" and "334 Password:" (not
+    base64) was exit 8; LOGIN does not read its prompts, so the login goes on."""
+    script = Scripted(b"220 fake.test ESMTP\r\n", [
+        b"250-fake.test\r\n250 AUTH LOGIN\r\n", b"334 Username:\r\n", b"334 Password:\r\n",
+        b"235 2.7.0 ok\r\n", b"221 bye\r\n",
+    ])
+    port = await serve(script)
+    report = await run_test(_opts(port, auth="LOGIN", user="alice@example.org",
+                                  password=PASSWORD, quit_after="auth"))
+    assert report.exit_code == ExitCode.SUCCESS, report.error
+    assert script.received[2:4] == [base64.b64encode(b"alice@example.org") + b"\r\n",
+                                    base64.b64encode(PASSWORD.encode()) + b"\r\n"]
+    text = "\n".join(report.transcript.lines())
+    assert "** warning: the server's prompt 'Password:' is not base64" in text
+    assert PASSWORD not in text

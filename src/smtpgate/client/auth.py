@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from smtpgate.client.engine import ClientEngine
+from smtpgate.client.errors import RemoteProtocolError
 from smtpgate.client.replies import ServerReply
 from smtpgate.sasl.base import ClientAuthError, ClientMechanism, ServerErrorMessage
 from smtpgate.sasl.scram import ScramClient
@@ -120,6 +121,8 @@ class ClientAuthExchange:
         self._index = 0
         self._rounds = 0
         self._cancelled = False
+        #: Why the last challenge was taken as it came, not base64-decoded.
+        self._odd_prompt = ""
         # Once the outcome is decided: (detail, client_ended, server_verified).
         self._ending: tuple[str, bool, bool | None] | None = None
 
@@ -139,20 +142,33 @@ class ClientAuthExchange:
         """The next thing to send, or the result.
 
         Raises:
-            RemoteProtocolError: a 334 whose challenge is not base64.
+            RemoteProtocolError: a 334 whose challenge is not base64 (taken as it
+                comes for a mechanism that ignores challenges: LOGIN).
         """
         if self._ending is not None:
             return self._ended(reply, *self._ending)
         if reply.code != 334:
             return self._final(reply)
         self._rounds += 1
-        challenge = self._engine.challenge(reply)
+        try:
+            challenge = self._engine.challenge(reply)
+        except RemoteProtocolError:
+            if not self._mech.ignores_challenges:
+                raise
+            # "334 Username:" in clear, as some old servers prompt: LOGIN ignores
+            # the prompt's text anyway (as swaks does, which logs in there).
+            text = reply.lines[0].strip() if reply.lines else ""
+            challenge = text.encode("utf-8")
+            self._odd_prompt = (f"warning: the server's prompt {text!r} is not base64 "
+                                f"(RFC 4954 §4); {self.mechanism} does not read it, so "
+                                "answered anyway")
         if self._rounds > self._max_rounds:
             self._ending = ("too many challenges; cancelled", True, None)
             return self._cancel(challenge)
+        note, self._odd_prompt = self._odd_prompt, ""
         if self._pending is not None:
             response, self._pending = self._pending, None
-            return self._response(response, challenge)
+            return self._response(response, challenge, note=note)
         try:
             response = self._mech.step(challenge)
         except ServerErrorMessage as e:
@@ -163,7 +179,7 @@ class ClientAuthExchange:
         except ClientAuthError as e:
             self._ending = (str(e), True, self._verified(default=False))
             return self._cancel(challenge, note=str(e))
-        return self._response(response, challenge)
+        return self._response(response, challenge, note=note)
 
     # --- helpers ----------------------------------------------------------------
 

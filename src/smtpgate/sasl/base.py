@@ -292,6 +292,9 @@ class ClientMechanism:
 
     name: ClassVar[str]
     cleartext_credentials: ClassVar[bool] = False
+    #: The mechanism never reads the challenge's content (LOGIN's prompts), so a
+    #: transport may hand it a challenge it could not decode.
+    ignores_challenges: ClassVar[bool] = False
 
     def start(self) -> bytes | None:
         raise NotImplementedError

@@ -83,6 +83,7 @@ class LoginClient(ClientMechanism):
 
     name = "LOGIN"
     cleartext_credentials = True
+    ignores_challenges = True
 
     def __init__(self, username: str, password: str, *, initial_response: bool = False) -> None:
         self._answers = [username.encode("utf-8"), password.encode("utf-8")]

@@ -210,6 +210,9 @@ class TargetReport:
         "not-tested"
     )
     injection_detail: str = ""
+    #: What came in clear after the server's 220 to STARTTLS, before the handshake
+    #: (discarded, as RFC 3207 §4.2 says): which probe saw how many bytes.
+    response_injection: list[str] = field(default_factory=list)
     relay: list[RelayAttempt] = field(default_factory=list)
     relay_domain: str = ""
     relay_note: str = ""
@@ -263,6 +266,7 @@ class TargetReport:
             if self.mechanisms_tls is not None else None,
             "starttls_injection": {"result": self.injection,
                                    "detail": self.injection_detail or None},
+            "starttls_response_injection": self.response_injection,
             "relay": {
                 "domain": self.relay_domain,
                 "note": self.relay_note or None,
@@ -356,7 +360,7 @@ class _Auditor:
                 reply = await s.command(s.engine.starttls())
                 if reply.code != 220:
                     raise _Probe(f"STARTTLS refused: {reply}")
-                await s.start_tls(tls)
+                self._response_injection(self._current, await s.start_tls(tls))
                 await self._ehlo(s)
         except BaseException:
             await s.close()
@@ -473,14 +477,24 @@ class _Auditor:
             return
         tls = self._tls_session()
         try:
-            await s.start_tls(tls)
+            dropped = await s.start_tls(tls)
         except (TlsError, WireClosed) as e:
             self.r.tls_error = f"TLS handshake after STARTTLS failed: {e}"
             self.handshake_failed = True
             return
+        self._response_injection("main", dropped)
         self.r.tls = TlsReport.from_session(tls, self.opts.now())
         await self._ehlo(s)
         self.r.mechanisms_tls = s.engine.extensions.auth_mechanism_list
+
+    def _response_injection(self, probe: str, dropped: int) -> None:
+        """Record bytes the server (or someone on the path) sent in clear after its
+        220 to STARTTLS: discarded, but a client that kept them would have read
+        them as the server's answers inside TLS."""
+        if dropped:
+            self.r.response_injection.append(
+                f"{probe} probe: {count(dropped, 'byte')} in clear after the 220 to "
+                "STARTTLS, before the handshake (discarded)")
 
     def _relay_domain(self) -> str:
         if self.opts.relay_domain:
@@ -639,6 +653,8 @@ class _Auditor:
                 self.r.injection_detail = f"STARTTLS with a pipelined command got {reply}"
                 return
             try:
+                # What came in clear with the 220 is not counted as a response
+                # injection here: it may be the answer to our own pipelined command.
                 await s.start_tls(self._tls_session())
             except (TlsError, WireClosed) as e:
                 self.r.injection = "inconclusive"
@@ -794,6 +810,8 @@ class _Auditor:
             add(finding("no-scram", "after TLS: AUTH " + " ".join(r.mechanisms_tls)))
         if r.injection == "vulnerable":
             add(finding("starttls-injection", r.injection_detail))
+        if r.response_injection:
+            add(finding("starttls-response-injection", "; ".join(r.response_injection)))
         relayed = [a for a in r.relay if a.accepted]
         if relayed:
             add(finding("open-relay", "; ".join(

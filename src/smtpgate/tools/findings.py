@@ -54,6 +54,15 @@ CATALOGUE: dict[str, Kind] = {
             "CVE-2011-0411 class).",
         ),
         _k(
+            "starttls-response-injection", Severity.HIGH,
+            "Bytes came in clear after the 220 to STARTTLS, before the handshake: a "
+            "STARTTLS response injection (a client that keeps them takes them as the "
+            "server's answers inside TLS)",
+            "A server must send nothing after its 220 until the TLS handshake (RFC 3207 "
+            "§4.2): upgrade it; if it does not send them, something on the path injects "
+            "them (a firewall's SMTP inspection, a man in the middle): find it.",
+        ),
+        _k(
             "open-relay", Severity.CRITICAL,
             "Relays mail to outside domains without authentication",
             "Permit relaying only to authenticated clients (Postfix: drop permit_mynetworks "

@@ -76,6 +76,8 @@ def observations(t: TargetReport) -> Table:
         table.row("made-up login accepted", _yes_no(t.dummy_login_after_tls, False))
     if t.injection != "not-tested":
         table.row("STARTTLS injection", t.injection)
+    if t.response_injection:
+        table.row("after 220 to STARTTLS", Text("bytes in clear (discarded)", style="red"))
     if t.relay:
         accepted = [a for a in t.relay if a.accepted]
         table.row(

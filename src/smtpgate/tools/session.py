@@ -239,13 +239,14 @@ class SmtpSession:
             reply = await self.command(self.engine.helo(name))
         return reply
 
-    async def start_tls(self, session: TlsSetup) -> None:
-        """Handshake now (after a 220 to STARTTLS, or at once for implicit TLS).
+    async def start_tls(self, session: TlsSetup) -> int:
+        """Handshake now (after a 220 to STARTTLS, or at once for implicit TLS);
+        returns how many bytes that came in clear after the 220 were discarded.
 
         RFC 3207 §4.2: anything received in clear after the 220 is discarded and
         the EHLO knowledge forgotten (the shell does both).
         """
-        await self.conn.start_tls(session, self.timeout)
+        return await self.conn.start_tls(session, self.timeout)
 
     async def quit(self) -> None:
         """QUIT politely, then close; never raises. Not while the task is being

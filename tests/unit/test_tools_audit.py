@@ -242,3 +242,30 @@ async def test_credentials_never_go_to_a_certificate_that_did_not_verify(
     (only,) = auditor.r.notes
     assert only.startswith("credentials not tried: the certificate did not verify")
     assert note in only and "--ca FILE" in only
+
+
+def test_a_leaf_sent_without_its_intermediate_is_named_in_the_evidence() -> None:
+    """cert-untrusted said "unable to get local issuer certificate (depth 0)" for a
+    server whose certificate file lacks the intermediate CA's: the evidence now
+    says the server sent its certificate alone and names the issuer."""
+    from smtpgate.tls.client import X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY
+
+    leaf = CertificateInfo("CN=mx", "CN=R11", NOW - dt.timedelta(days=1),
+                           NOW + dt.timedelta(days=60), ("mx.example.org",), (), "00")
+    v = Verification(False, "unable to get local issuer certificate (depth 0)",
+                     "mx.example.org", True, X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY)
+    r = _clean(tls=TlsReport("TLSv1.3", "TLS_AES_128_GCM_SHA256", 128, (leaf,), v, (), NOW))
+    auditor = _Auditor(r.target, AuditOptions())
+    auditor.r = r
+    auditor.evaluate()
+    assert [(f.id, f.detail) for f in r.findings] == [(
+        "cert-untrusted",
+        ("unable to get local issuer certificate (depth 0); the server sent its certificate "
+         "alone, without the certificate of its issuer CN=R11: if that is an intermediate "
+         "CA, the server must send it too (configure the full chain)"))]
+    # A self-signed one has no issuer to send: no such words.
+    r = _clean(tls=_tls(chain_ok=False))
+    auditor.r = r
+    auditor.evaluate()
+    assert [(f.id, f.detail) for f in r.findings] == [
+        ("cert-untrusted", "self-signed certificate (depth 0)")]

@@ -780,3 +780,84 @@ async def test_login_prompts_in_clear_text_are_answered_with_a_warning(serve: Se
     text = "\n".join(report.transcript.lines())
     assert "** warning: the server's prompt 'Password:' is not base64" in text
     assert PASSWORD not in text
+
+
+def _chain_pki(d: Path) -> tuple[Path, Path, Path, Path]:
+    """A root, an intermediate and a localhost leaf it issued: (root.pem, leaf.pem,
+    fullchain.pem, leaf.key)."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = dt.datetime.now(dt.UTC)
+
+    def cert(subject: str, issuer: str, key: ec.EllipticCurvePrivateKey,
+             signer: ec.EllipticCurvePrivateKey, ca: int | None) -> x509.Certificate:
+        b = (x509.CertificateBuilder()
+             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+             .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+             .public_key(key.public_key()).serial_number(x509.random_serial_number())
+             .not_valid_before(now - dt.timedelta(days=1))
+             .not_valid_after(now + dt.timedelta(days=90))
+             .add_extension(x509.BasicConstraints(ca=ca is not None, path_length=ca),
+                            critical=True))
+        if ca is not None:
+            b = b.add_extension(x509.KeyUsage(
+                digital_signature=True, content_commitment=False, key_encipherment=False,
+                data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+        else:
+            b = b.add_extension(x509.SubjectAlternativeName([
+                x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                critical=False).add_extension(
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        return b.sign(signer, hashes.SHA256())
+
+    keys = [ec.generate_private_key(ec.SECP256R1()) for _ in range(3)]
+    root = cert("Chain Test Root", "Chain Test Root", keys[0], keys[0], 1)
+    inter = cert("Chain Test Intermediate", "Chain Test Root", keys[1], keys[0], 0)
+    leaf = cert("localhost", "Chain Test Intermediate", keys[2], keys[1], None)
+    pem = serialization.Encoding.PEM
+    paths = (d / "root.pem", d / "leaf.pem", d / "fullchain.pem", d / "leaf.key")
+    paths[0].write_bytes(root.public_bytes(pem))
+    paths[1].write_bytes(leaf.public_bytes(pem))
+    paths[2].write_bytes(leaf.public_bytes(pem) + inter.public_bytes(pem))
+    paths[3].write_bytes(keys[2].private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
+    return paths
+
+
+@pytest.mark.parametrize("sent", ["leaf", "fullchain"])
+async def test_a_missing_intermediate_is_named(tmp_path: Path, sent: str) -> None:
+    """The most common certificate mistake, a server sending its certificate without
+    the intermediate CA's, was "unable to get local issuer certificate (depth 0)
+    (--ca FILE to trust it ...)": the CA was trusted already (--ca), and the fix is
+    on the server. The error now says the server sent its certificate alone and
+    names the issuer it lacks; the full chain verifies."""
+    root, leaf, fullchain, key = _chain_pki(tmp_path)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(leaf if sent == "leaf" else fullchain, key)
+    script = Scripted(b"220 x\r\n", [EHLO_PLAIN, b"221 bye\r\n"])
+    server = await asyncio.start_server(script.handle, "127.0.0.1", 0, ssl=ctx)
+    port = int(server.sockets[0].getsockname()[1])
+    try:
+        report = await run_test(_opts(port, tls_mode="implicit", quit_after="ehlo",
+                                      ca_file=root))
+    finally:
+        server.close()
+    if sent == "fullchain":
+        assert report.exit_code == ExitCode.SUCCESS, report.error
+        return
+    assert report.exit_code == ExitCode.TLS
+    assert report.error == (
+        "certificate not accepted: certificate chain does not verify: unable to get local "
+        "issuer certificate (depth 0); the server sent its certificate alone, without the "
+        "certificate of its issuer CN=Chain Test Intermediate: if that is an intermediate "
+        "CA, the server must send it too (configure the full chain) (--ca FILE if that "
+        "issuer is a private root CA, --no-tls-verify to go on anyway)")
+    assert report.tls is not None
+    assert report.tls.missing_issuer == "CN=Chain Test Intermediate"

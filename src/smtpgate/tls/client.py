@@ -274,18 +274,25 @@ class TlsClientSession(BioConnection):
         return ChannelBinding(data)
 
 
+X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT = 2
 X509_V_ERR_NOT_YET_VALID = 9
 X509_V_ERR_EXPIRED = 10
+X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY = 20
+X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE = 21
+#: The codes of a chain whose issuer of the leaf could not be found.
+ISSUER_NOT_FOUND = frozenset({X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT,
+                              X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY,
+                              X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE})
 
 # The few X509_V_ERR codes a person meets; others are shown by number.
 _VERIFY_MESSAGES = {
-    2: "unable to get issuer certificate",
+    X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT: "unable to get issuer certificate",
     X509_V_ERR_NOT_YET_VALID: "certificate is not yet valid",
     X509_V_ERR_EXPIRED: "certificate has expired",
     18: "self-signed certificate",
     19: "self-signed certificate in certificate chain",
-    20: "unable to get local issuer certificate",
-    21: "unable to verify the first certificate",
+    X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY: "unable to get local issuer certificate",
+    X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE: "unable to verify the first certificate",
     24: "invalid CA certificate",
     26: "unsupported certificate purpose",
 }

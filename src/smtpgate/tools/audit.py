@@ -767,7 +767,9 @@ class _Auditor:
             v = r.tls.verification
             # A chain that fails only on its dates is the expiry finding below.
             if not v.chain_ok and not v.only_validity_period:
-                add(finding("cert-untrusted", v.chain_error))
+                hint = r.tls.chain_hint()
+                add(finding("cert-untrusted", f"{v.chain_error}; {hint}" if hint
+                            else v.chain_error))
             if not v.hostname_ok:
                 leaf = r.tls.leaf
                 names = ", ".join([*leaf.dns_names, *leaf.ip_addresses]) if leaf else ""

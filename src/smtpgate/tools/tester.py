@@ -401,15 +401,20 @@ class _Tester:
             # Say only what can help: a CA file does not make an expired certificate
             # valid, nor does it change the names a certificate holds.
             hints = []
-            if not v.chain_ok and not v.only_validity_period:
+            missing = report.missing_issuer
+            if missing is not None:
+                hints.append("--ca FILE if that issuer is a private root CA")
+            elif not v.chain_ok and not v.only_validity_period:
                 hints.append("--ca FILE to trust it")
             if not v.hostname_ok:
                 hints.append("--tls-name NAME to check it for the name it holds")
             hints.append("--no-tls-verify to go on anyway")
+            problems = v.problems()
+            if missing is not None:
+                problems.append(report.chain_hint())
             raise _Stop(
                 ExitCode.TLS,
-                "certificate not accepted: " + "; ".join(v.problems())
-                + f" ({', '.join(hints)})",
+                "certificate not accepted: " + "; ".join(problems) + f" ({', '.join(hints)})",
             )
 
     async def _greeting(self) -> ServerReply:

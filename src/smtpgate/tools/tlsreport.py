@@ -6,7 +6,13 @@ import datetime as dt
 from dataclasses import dataclass
 
 from smtpgate.plural import count
-from smtpgate.tls.client import CertificateInfo, TlsClientSession, Verification, certificate_info
+from smtpgate.tls.client import (
+    ISSUER_NOT_FOUND,
+    CertificateInfo,
+    TlsClientSession,
+    Verification,
+    certificate_info,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +41,28 @@ class TlsReport:
     def leaf(self) -> CertificateInfo | None:
         return self.chain[0] if self.chain else None
 
+    @property
+    def missing_issuer(self) -> str | None:
+        """The issuer of a leaf the server sent alone, when that issuer is what the
+        chain lacks: the most common set-up error (the certificate file without
+        the intermediate CA's), which "unable to get local issuer certificate"
+        does not name. None otherwise."""
+        v = self.verification
+        leaf = self.leaf
+        if (v.chain_ok or v.chain_error_code not in ISSUER_NOT_FOUND or len(self.chain) != 1
+                or leaf is None or leaf.self_signed):
+            return None
+        return leaf.issuer
+
+    def chain_hint(self) -> str:
+        """What to do about `missing_issuer` ("" when there is nothing to say)."""
+        issuer = self.missing_issuer
+        if issuer is None:
+            return ""
+        return (f"the server sent its certificate alone, without the certificate of its "
+                f"issuer {issuer}: if that is an intermediate CA, the server must send it "
+                "too (configure the full chain)")
+
     def days_left(self) -> float | None:
         leaf = self.leaf
         return None if leaf is None else leaf.days_left(self.checked_at)
@@ -58,6 +86,8 @@ class TlsReport:
         out.append(
             "chain verified: yes" if v.chain_ok else f"chain verified: NO ({v.chain_error})"
         )
+        if hint := self.chain_hint():
+            out.append(hint)
         out.append(
             f"hostname {v.hostname!r} verified: " + ("yes" if v.hostname_ok else "NO (no match)")
         )

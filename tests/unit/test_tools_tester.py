@@ -861,3 +861,22 @@ async def test_a_missing_intermediate_is_named(tmp_path: Path, sent: str) -> Non
         "issuer is a private root CA, --no-tls-verify to go on anyway)")
     assert report.tls is not None
     assert report.tls.missing_issuer == "CN=Chain Test Intermediate"
+
+
+@pytest.mark.parametrize(("command", "args", "env", "said"), [
+    ("test", ["--server", "127.0.0.1:9", "-u", "a@b", "--password-stdin"], {},
+     "--password-stdin: standard input is empty (no password)"),
+    ("audit", ["127.0.0.1:9", "-u", "a@b", "--password-stdin"], {},
+     "--password-stdin: standard input is empty (no password)"),
+    ("test", ["--server", "127.0.0.1:9", "-u", "a@b", "--password-env", "SMTPGATE_PW_X"],
+     {"SMTPGATE_PW_X": ""}, "environment variable SMTPGATE_PW_X is empty"),
+])
+def test_an_empty_secret_source_is_named(command: str, args: list[str], env: dict[str, str],
+                                         said: str) -> None:
+    """An empty standard input with --password-stdin said "--user needs a secret:
+    --password-stdin, --password-env VAR or --token-file F" (audit: "--user needs
+    --password-stdin or --token-file"), naming the option just given; an empty
+    --password-env variable said the same. Each now says what was empty."""
+    result = CliRunner().invoke(cli, [command, *args], input="", env=env)
+    assert result.exit_code == ExitCode.USAGE, result.output
+    assert said in " ".join(result.output.split())

@@ -81,6 +81,9 @@ def audit(
             token = token_file.read_text(encoding="utf-8").strip()
         except OSError as e:
             raise click.ClickException(f"cannot read {token_file}: {e.strerror}") from None
+    if password_stdin and not password and not token:
+        # Not "--user needs --password-stdin ...", which it was given.
+        raise click.UsageError("--password-stdin: standard input is empty (no password)")
     if user and not password and not token:
         if not sys.stdin.isatty():
             raise click.UsageError("--user needs --password-stdin or --token-file")

@@ -151,7 +151,12 @@ def test(
         if password_env not in os.environ:
             raise click.UsageError(f"environment variable {password_env} is not set")
         password = os.environ[password_env]
+        if not password:
+            raise click.UsageError(f"environment variable {password_env} is empty")
     token = _read_secret_file(token_file, "token") if token_file is not None else ""
+    if password_stdin and not password and not token:
+        # Not "--user needs --password-stdin ...", which it was given.
+        raise click.UsageError("--password-stdin: standard input is empty (no password)")
     if user and not password and not token:
         if not sys.stdin.isatty():
             raise click.UsageError(

@@ -314,6 +314,8 @@ class _Auditor:
         #: The main probe's handshake failed (as opposed to no STARTTLS, or refused):
         #: the server does speak TLS, perhaps only an old version.
         self.handshake_failed = False
+        #: Every session a probe opened (for `_unsolicited_note`).
+        self._sessions: list[SmtpSession] = []
 
     @property
     def tls_name(self) -> str:
@@ -321,13 +323,30 @@ class _Auditor:
 
     async def _connect(self) -> SmtpSession:
         try:
-            return await SmtpSession.connect(
+            session = await SmtpSession.connect(
                 self.t.host, self.t.port, timeout=self.opts.timeout, masker=self.masker
             )
         except TimeoutError:
             raise _Probe("connection timed out") from None
         except OSError as e:
             raise _Probe(f"cannot connect: {e.strerror or e}") from None
+        # Every probe reads each reply before it sends again: a reply that came
+        # unasked (an EHLO answered twice) is set aside, not read as the next
+        # command's answer, which would make a 250 the answer to STARTTLS (a false
+        # no-tls) and the 334 to AUTH in clear the next one's (a missed finding).
+        # The STARTTLS injection probe turns this off where it pipelines.
+        session.watch_unsolicited = True
+        self._sessions.append(session)
+        return session
+
+    def _unsolicited_note(self) -> None:
+        """One note for the replies nobody asked for, in every probe's session."""
+        replies = [r for s in self._sessions for r in s.unsolicited]
+        if replies:
+            self.r.notes.append(
+                f"the server sent {count(len(replies), 'reply', 'replies')} nobody asked "
+                f"for (RFC 5321 §4.2), first: {self.masker.text(str(replies[0]))}; set "
+                "aside, not taken as the answer to the next command")
 
     async def _greeting(self, s: SmtpSession) -> ServerReply:
         reply = await s.read_reply()
@@ -647,6 +666,10 @@ class _Auditor:
                 return
             # Both lines in one write: the server reads them in one segment.
             await s.send(s.engine.starttls() + INJECTED_COMMAND.encode() + b"\r\n")
+            # From here two replies are due for one command: an answer to the
+            # pipelined one, inside TLS before our EHLO, is what this probe looks
+            # for, not a reply to set aside.
+            s.watch_unsolicited = False
             reply = await s.read_reply()
             if reply.code != 220:
                 self.r.injection = "inconclusive"
@@ -840,6 +863,7 @@ class _Auditor:
                 return r
             r.notes.append(f"stopped at {limit}: the {self._current} probe and any after "
                            "it did not run or finish")
+        self._unsolicited_note()
         self.evaluate()
         return r
 

@@ -880,3 +880,52 @@ def test_an_empty_secret_source_is_named(command: str, args: list[str], env: dic
     result = CliRunner().invoke(cli, [command, *args], input="", env=env)
     assert result.exit_code == ExitCode.USAGE, result.output
     assert said in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize(("server_max", "pinned", "hint"), [
+    (ssl.TLSVersion.TLSv1_2, "1.3", ": the server does not speak TLS 1.3 (--tls-version)"),
+    (ssl.TLSVersion.TLSv1_1, None, (": the server speaks neither TLS 1.2 nor 1.3, the versions "
+                                    "offered (TLS 1.0 and 1.1 never are, RFC 8996); smtpgate "
+                                    "audit says which old one it speaks")),
+])
+async def test_no_tls_version_in_common_is_said_in_words(
+    tmp_path: Path, server_max: ssl.TLSVersion, pinned: str | None, hint: str
+) -> None:
+    """OpenSSL's "tlsv1 alert protocol version" alone was the error for a server
+    that speaks none of the versions offered (an old one speaking TLS 1.0 only, or
+    --tls-version 1.3 against TLS 1.2): it now says so."""
+    import warnings
+
+    from smtpgate.tls.certs import write_self_signed
+
+    write_self_signed(tmp_path / "cert.pem", tmp_path / "key.pem", "localhost")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    with warnings.catch_warnings():  # TLS 1.0/1.1 are deprecated: the point here
+        warnings.simplefilter("ignore", DeprecationWarning)
+        if server_max < ssl.TLSVersion.TLSv1_2:
+            ctx.minimum_version = ssl.TLSVersion.TLSv1
+            ctx.set_ciphers("ALL:@SECLEVEL=0")  # OpenSSL 3 refuses them otherwise
+        ctx.maximum_version = server_max
+    # A blocking server in a thread: asyncio's closes without sending its alert.
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve_once() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            try:
+                ctx.wrap_socket(conn, server_side=True)
+            except (ssl.SSLError, OSError):
+                pass  # the alert has gone out
+
+    thread = threading.Thread(target=serve_once, daemon=True)
+    thread.start()
+    try:
+        report = await run_test(_opts(port, tls_mode="implicit", quit_after="ehlo",
+                                      ca_file=tmp_path / "cert.pem", tls_version=pinned))
+    finally:
+        thread.join(10)
+        listener.close()
+    assert report.exit_code == ExitCode.TLS
+    assert report.error.endswith("protocol version" + hint), report.error

@@ -383,7 +383,7 @@ class _Tester:
             raise _Stop(ExitCode.TLS, f"TLS handshake failed: {e}{hint}") from None
         except TlsError as e:
             self._broken = True
-            raise _Stop(ExitCode.TLS, str(e)) from None
+            raise _Stop(ExitCode.TLS, f"{e}{self._version_hint(str(e))}") from None
         except (WireClosed, OSError) as e:
             self._broken = True
             hint = PROXY_HINT if opts.tls_mode == "implicit" else ""
@@ -416,6 +416,16 @@ class _Tester:
                 ExitCode.TLS,
                 "certificate not accepted: " + "; ".join(problems) + f" ({', '.join(hints)})",
             )
+
+    def _version_hint(self, error: str) -> str:
+        """What OpenSSL's "tlsv1 alert protocol version" (the server's alert) or
+        "unsupported protocol" (ours) means here: no TLS version in common."""
+        if "protocol version" not in error and "unsupported protocol" not in error:
+            return ""
+        if self.opts.tls_version:
+            return f": the server does not speak TLS {self.opts.tls_version} (--tls-version)"
+        return (": the server speaks neither TLS 1.2 nor 1.3, the versions offered (TLS 1.0 "
+                "and 1.1 never are, RFC 8996); smtpgate audit says which old one it speaks")
 
     async def _greeting(self) -> ServerReply:
         """The greeting on a plain connection; see "Wrong port, wrong mode" above."""

@@ -929,3 +929,45 @@ async def test_no_tls_version_in_common_is_said_in_words(
         listener.close()
     assert report.exit_code == ExitCode.TLS
     assert report.error.endswith("protocol version" + hint), report.error
+
+
+@pytest.mark.parametrize(("greeting", "replies", "awaited"), [
+    (b"", [], "the greeting"),
+    (b"220 x\r\n", [], "the reply to EHLO"),
+    (b"220 x\r\n", [EHLO_PLAIN], "a reply in the AUTH exchange"),
+    (b"220 x\r\n", [EHLO_PLAIN, b"235 2.7.0 ok\r\n"], "the reply to MAIL"),
+    (b"220 x\r\n", [EHLO_PLAIN, b"235 2.7.0 ok\r\n", b"250 ok\r\n"], "the reply to RCPT"),
+    (b"220 x\r\n", [EHLO_PLAIN, b"235 2.7.0 ok\r\n", b"250 ok\r\n", b"250 ok\r\n"],
+     "the reply to DATA"),
+    (b"220 x\r\n", [EHLO_PLAIN, b"235 2.7.0 ok\r\n", b"250 ok\r\n", b"250 ok\r\n", b"354 go\r\n"],
+     "the reply to the message (after DATA)"),
+])
+async def test_a_timeout_names_what_did_not_come(greeting: bytes, replies: list[bytes],
+                                                 awaited: str) -> None:
+    """Every timeout was "timed out waiting for the server", in the error line and
+    the JSON's error that monitoring reads; it now names what was due, and the
+    --timeout that ran out."""
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # The script, then silence: read until the client hangs up, answer nothing.
+        writer.write(greeting)
+        try:
+            for reply in replies:  # one line each: no script goes past a 354
+                await reader.readline()
+                writer.write(reply)
+            while await reader.read(1024):
+                pass
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = int(server.sockets[0].getsockname()[1])
+    try:
+        report = await run_test(_opts(port, auth="PLAIN", user="alice@example.org",
+                                      password=PASSWORD, timeout=0.5, greeting_wait=0,
+                                      body="QUIT\nMAIL FROM:<x@example.org>"))
+    finally:
+        server.close()
+    assert report.exit_code == ExitCode.CONNECTION
+    assert report.error == f"timed out waiting for {awaited} (0.5 s, --timeout)"

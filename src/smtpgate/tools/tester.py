@@ -282,6 +282,9 @@ class _Tester:
         self.tls_session: TlsClientSession | None = None
         #: The server greeted (a close before that says more than "connection lost").
         self.greeted = False
+        #: What is due from the server now, for a timeout's error line (the JSON's
+        #: ``error``, which monitoring reads, said only "the server").
+        self.awaiting = "the greeting"
 
     @property
     def where(self) -> str:
@@ -348,7 +351,8 @@ class _Tester:
             await self._conversation()
         except TimeoutError:
             self._broken = True
-            raise _Stop(ExitCode.CONNECTION, "timed out waiting for the server") from None
+            raise _Stop(ExitCode.CONNECTION, f"timed out waiting for {self.awaiting} "
+                        f"({opts.timeout:g} s, --timeout)") from None
         except (ServerClosed, WireClosed) as e:
             self._broken = True
             if not self.greeted:
@@ -454,6 +458,7 @@ class _Tester:
                                 opts.greeting_wait)
 
     async def _ehlo(self) -> None:
+        self.awaiting = "the reply to EHLO"
         reply = await self.s.ehlo(self.opts.ehlo_name)
         if reply.code == 421:  # the server is closing (RFC 5321 §3.8): HELO was not tried
             raise _Stop(ExitCode.PROTOCOL, f"EHLO refused, the server is closing: {reply}")
@@ -484,6 +489,7 @@ class _Tester:
                     ExitCode.TLS,
                     "the server does not offer STARTTLS (--plain to go on without TLS)",
                 )
+            self.awaiting = "the reply to STARTTLS"
             reply = await self.s.command(self.s.engine.starttls())
             if reply.code != 220:
                 raise _Stop(ExitCode.TLS, f"STARTTLS refused: {reply}")
@@ -552,6 +558,7 @@ class _Tester:
             )
         except ValueError as e:
             raise _Stop(ExitCode.ERROR, f"cannot use these credentials with {name}: {e}") from None
+        self.awaiting = "a reply in the AUTH exchange"
         result = self.masker.auth_result(await authenticate(self.s, mech))
         self.report.auth = result
         if result.outcome == "tempfail":
@@ -577,12 +584,14 @@ class _Tester:
         if recipient_missing(opts):
             raise _Stop(ExitCode.ERROR, "no recipient: pass --to ADDRESS")
         content = build_message(opts, sender, recipients)
+        self.awaiting = "the reply to MAIL"
         reply = await s.command(s.engine.mail(sender, self._mail_params(
             sender, recipients, content)))
         if not reply.is_positive:
             raise _Stop(ExitCode.MESSAGE_REFUSED, f"MAIL refused: {reply}")
         if self.done("mail"):
             return
+        self.awaiting = "the reply to RCPT"
         for rcpt in recipients:
             reply = await s.command(s.engine.rcpt(rcpt))
             if reply.is_positive:
@@ -594,6 +603,7 @@ class _Tester:
             raise _Stop(ExitCode.MESSAGE_REFUSED, f"RCPT refused: {bad}")
         if self.done("rcpt"):
             return
+        self.awaiting = "the reply to DATA"
         reply = await s.command(s.engine.data())
         if reply.code != 354:
             raise _Stop(ExitCode.MESSAGE_REFUSED, f"DATA refused: {reply}")
@@ -605,6 +615,7 @@ class _Tester:
             shown = [*shown, f"[... {count(more, 'more line', 'more lines')}, {len(payload)} bytes in all ...]", lines[-1]]
         else:
             shown = lines
+        self.awaiting = "the reply to the message (after DATA)"
         await s.send(payload, "\n".join(shown))
         reply = await s.read_reply()
         if not reply.is_positive:

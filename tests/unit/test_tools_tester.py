@@ -971,3 +971,33 @@ async def test_a_timeout_names_what_did_not_come(greeting: bytes, replies: list[
         server.close()
     assert report.exit_code == ExitCode.CONNECTION
     assert report.error == f"timed out waiting for {awaited} (0.5 s, --timeout)"
+
+
+async def test_a_long_sasl_challenge_is_read(serve: Serve) -> None:
+    """A 334 challenge line over 4096 octets (an OAUTHBEARER error with long URLs;
+    RFC 4954 §4 names 12288 octets as enough) was "reply line too long", exit 8:
+    the limit for other reply lines. Challenges are read up to 12288 octets now;
+    the server's 535 decides, and another reply line that long is still refused."""
+    from smtpgate.client.errors import RemoteProtocolError
+    from smtpgate.client.replies import ReplyParser
+
+    error = ('{"status":"invalid_token","scope":"mail","openid-configuration":"https://'
+             + "x" * 6000 + '"}').encode()
+    script = Scripted(b"220 fake.test ESMTP\r\n", [
+        b"250-fake.test\r\n250 AUTH OAUTHBEARER\r\n",
+        b"334 " + base64.b64encode(error) + b"\r\n", b"535 5.7.8 token refused\r\n",
+        b"221 bye\r\n",
+    ])
+    port = await serve(script)
+    report = await run_test(_opts(port, auth="OAUTHBEARER", user="alice@example.org",
+                                  token="t0ken", quit_after="auth"))
+    assert report.exit_code == ExitCode.AUTH_REFUSED, report.error
+    assert report.error.endswith("535 5.7.8 token refused")
+    parser = ReplyParser()
+    parser.feed(b"250 " + b"x" * 8000 + b"\r\n")
+    with pytest.raises(RemoteProtocolError, match="too long"):
+        parser.next_reply()
+    parser = ReplyParser()
+    parser.feed(b"334 " + b"A" * 12289)  # no line end yet, already past the limit
+    with pytest.raises(RemoteProtocolError, match="too long"):
+        parser.next_reply()

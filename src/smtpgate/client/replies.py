@@ -21,6 +21,10 @@ from smtpgate.client.errors import RemoteProtocolError, TruncatedReply
 #: it in the wild (long EHLO keywords, verbose 5xx texts), so we allow eight times
 #: that; past it the peer is not talking SMTP and buffering more is a memory risk.
 MAX_LINE_LENGTH = 4096
+#: A SASL challenge line ("334 " and its base64) may be longer: RFC 4954 §4 names
+#: 12288 octets as enough for every deployed mechanism (a Kerberos ticket, an
+#: OAuth error with long URLs), and servers accept responses that long.
+MAX_CHALLENGE_LINE_LENGTH = 12288 + 4
 #: A reply of more lines than this is not a reply (large EHLO lists have ~30).
 MAX_REPLY_LINES = 200
 
@@ -126,8 +130,9 @@ class ReplyParser:
         """
         while True:
             end = self._buf.find(b"\n", self._pos)
+            limit = self._limit()
             if end < 0:
-                if len(self._buf) - self._pos > self._max_line:
+                if len(self._buf) - self._pos > limit:
                     raise RemoteProtocolError("reply line too long")
                 if self._eof and not self.idle:
                     raise TruncatedReply("connection closed in the middle of a reply")
@@ -135,7 +140,7 @@ class ReplyParser:
                 return None
             raw = bytes(self._buf[self._pos : end])
             self._pos = end + 1
-            if len(raw) > self._max_line:
+            if len(raw) > limit:
                 raise RemoteProtocolError("reply line too long")
             if raw.endswith(b"\r"):
                 raw = raw[:-1]
@@ -149,6 +154,13 @@ class ReplyParser:
             if last:
                 lines, self._lines = self._lines, []
                 return _build(code, [t for _, t in lines])
+
+    def _limit(self) -> int:
+        """The longest line allowed for the one at ``_pos``: a 334 challenge line
+        (a one-line reply, never a continuation) may be as long as RFC 4954 allows."""
+        if self._buf.startswith(b"%d " % AUTH_CHALLENGE_CODE, self._pos) and not self._lines:
+            return max(self._max_line, MAX_CHALLENGE_LINE_LENGTH)
+        return self._max_line
 
     def _compact(self) -> None:
         if self._pos:

@@ -6,6 +6,7 @@ and readiness is the listening socket accepting a connection.
 
 from __future__ import annotations
 
+import http.client
 import os
 import shutil
 import signal
@@ -194,15 +195,55 @@ PASSWORD = "correct horse battery"
 LOGIN_IN_RECEIVED = "\n[smtp]\nreceived_login = true\n"
 
 
-def serving_alice(root: Path, extra_config: str = "") -> Iterator[Server]:
-    """A started server under ``root`` with ``extra_config`` and the account alice,
-    stopped afterwards: the body of a fixture (``yield from``)."""
+def serving(root: Path, extra_config: str = "",
+            users: tuple[tuple[str, str], ...] = ()) -> Iterator[Server]:
+    """A started server under ``root`` with ``extra_config`` and ``users`` (name,
+    password), stopped afterwards: the body of a fixture (``yield from``)."""
     srv = make_server(root, extra_config)
-    srv.add_user(USER, PASSWORD)
+    for name, password in users:
+        srv.add_user(name, password)
     srv.start()
     yield srv
     if srv.proc is not None:
         srv.stop()
+
+
+def serving_alice(root: Path, extra_config: str = "") -> Iterator[Server]:
+    """`serving` with the account alice."""
+    yield from serving(root, extra_config, ((USER, PASSWORD),))
+
+
+def make_http_server(root: Path, extra_config: str = "") -> tuple[Server, int, int]:
+    """`make_server` with the web admin and /metrics on free ports as well (init's
+    are fixed, and left out): the server, not started, its admin and metrics ports."""
+    admin, metrics = free_port(), free_port()
+    srv = make_server(root, f'\n[admin]\nlisten = "127.0.0.1:{admin}"\n'
+                            f'\n[metrics]\nlisten = "127.0.0.1:{metrics}"\n{extra_config}')
+    return srv, admin, metrics
+
+
+def http_status(port: int, path: str) -> int:
+    """The status of ``GET path`` on 127.0.0.1:``port``."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def wait_http(srv: Server, port: int, path: str = "/login", timeout: float = 30) -> None:
+    """Until ``GET path`` on ``port`` is a 200: the web admin and /metrics listen a
+    moment after `Server.start` has seen the SMTP listeners greet."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if http_status(port, path) == 200:
+                return
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, f"nothing answered {path} on {port}:\n" + srv.log_text()
+        time.sleep(0.1)
 
 
 @dataclass
@@ -237,12 +278,7 @@ def serving_policy_door(prefix: str, extra_config: str, users: tuple[str, ...],
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
-    srv = make_server(tmp_path / "srv")
-    srv.add_user(USER, PASSWORD)
-    srv.start()
-    yield srv
-    if srv.proc is not None:
-        srv.stop()
+    yield from serving_alice(tmp_path / "srv")
 
 
 def require_mta() -> None:

@@ -17,16 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import Server, make_server
+from tests.integration.conftest import Server, serving
 
 
 @pytest.fixture
 def srv(tmp_path: Path) -> Iterator[Server]:
-    srv = make_server(tmp_path / "srv")
-    srv.start()
-    yield srv
-    if srv.proc is not None:
-        srv.stop()
+    yield from serving(tmp_path / "srv")
 
 
 def _family(pid: int) -> list[int]:

@@ -17,18 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import SMTPGATE, Server, make_server
+from tests.integration.conftest import SMTPGATE, Server, serving
 
 PASSWORD = "Correct-Horse-Battery-9"
 
 
 @pytest.fixture
 def srv(tmp_path: Path) -> Iterator[Server]:
-    srv = make_server(tmp_path / "srv")
-    srv.start()
-    yield srv
-    if srv.proc is not None:
-        srv.stop()
+    yield from serving(tmp_path / "srv")
 
 
 def _cli(srv: Server, *args: str, stdin: bytes) -> subprocess.CompletedProcess[bytes]:

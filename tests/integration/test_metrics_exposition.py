@@ -22,7 +22,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.conftest import PASSWORD, USER, Server, free_port, make_server, require_tool
+from tests.integration.conftest import (
+    PASSWORD,
+    USER,
+    Server,
+    make_http_server,
+    require_tool,
+    wait_http,
+)
 
 #: A listener name (TOML literal string: the backslash is one) and how the
 #: exposition format writes it in a label value.
@@ -35,19 +42,13 @@ CLIENT_TEXT = ("<script>alert(1)</script>", 'ev"il\\name', "X-MADE-UP", "mallory
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, int, int]]:
     require_tool("promtool")
-    metrics, admin = free_port(), free_port()
-    srv = make_server(tmp_path_factory.mktemp("expo") / "srv", f"""
-[metrics]
-listen = "127.0.0.1:{metrics}"
-
-[admin]
-listen = "127.0.0.1:{admin}"
-""")
+    srv, admin, metrics = make_http_server(tmp_path_factory.mktemp("expo") / "srv")
     text = srv.config.read_text()
     assert 'name = "submissions"' in text
     srv.config.write_text(text.replace('name = "submissions"', f"name = '{ODD_LISTENER}'", 1))
     srv.add_user(USER, PASSWORD)
     srv.start()
+    wait_http(srv, admin)
     yield srv, metrics, admin
     if srv.proc is not None:
         srv.stop()

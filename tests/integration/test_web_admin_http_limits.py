@@ -22,7 +22,7 @@ from pathlib import Path
 import pyotp
 import pytest
 
-from tests.integration.conftest import Server, free_port, make_server
+from tests.integration.conftest import Server, free_port, make_http_server, make_server, wait_http
 
 ADMIN_PASSWORD = "admin passphrase 4 tests"
 
@@ -47,19 +47,9 @@ class Endpoints:
 
 @pytest.fixture(scope="module")
 def endpoints(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoints]:
-    admin, metrics = free_port(), free_port()
-    srv = make_server(tmp_path_factory.mktemp("limits") / "srv", f"""
-[admin]
-listen = "127.0.0.1:{admin}"
-
-[metrics]
-listen = "127.0.0.1:{metrics}"
-""")
+    srv, admin, metrics = make_http_server(tmp_path_factory.mktemp("limits") / "srv")
     srv.start()
-    deadline = time.monotonic() + 30
-    while not _answers(admin, "/login"):
-        assert time.monotonic() < deadline, srv.log_text()
-        time.sleep(0.1)
+    wait_http(srv, admin)
     yield Endpoints(srv, admin, metrics)
     if srv.proc is not None:
         srv.stop()
@@ -135,6 +125,25 @@ def test_heads_held_open_by_strangers_cost_the_serving_process_little(
         assert grown < 30, f"{headers} lines: the serving process grew by {grown:.0f} MiB"
 
 
+def _login_form(s: socket.socket) -> tuple[bytes, bytes]:
+    """The login page read on ``s``: its form's login token and the login cookie."""
+    s.sendall(b"GET /login HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    page = b""
+    while b"</html>" not in page:
+        page += s.recv(65536)
+    token = re.search(rb'name="login_token" value="([^"]+)"', page)
+    cookie = re.search(rb"Set-Cookie: (smtpgate_login=[^;]+)", page)
+    assert token and cookie, page[:300]
+    return token.group(1), cookie.group(1)
+
+
+def _login_post(cookie: bytes, body: bytes) -> bytes:
+    """A login form's POST with ``cookie`` (from `_login_form`) and ``body``."""
+    return (b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: %s\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (cookie, len(body), body))
+
+
 def _queue_wrong_logins(port: int, count: int, source: str, behind: bytes = b"",
                         name: str = "root") -> list[socket.socket]:
     """``count`` connections from ``source``, each a wrong admin login sent whole
@@ -147,21 +156,11 @@ def _queue_wrong_logins(port: int, count: int, source: str, behind: bytes = b"",
         s = socket.create_connection(("127.0.0.1", port), timeout=20,
                                      source_address=(source, 0))
         held.append(s)
-        s.sendall(b"GET /login HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-        page = b""
-        while b"</html>" not in page:
-            page += s.recv(65536)
-        token = re.search(rb'name="login_token" value="([^"]+)"', page)
-        cookie = re.search(rb"Set-Cookie: (smtpgate_login=[^;]+)", page)
-        assert token and cookie, page[:300]
-        body = b"login_token=%s&name=%s&password=guess&code=000000" % (
-            token.group(1), name.encode())
+        token, cookie = _login_form(s)
+        body = b"login_token=%s&name=%s&password=guess&code=000000" % (token, name.encode())
         s.setblocking(False)
         with contextlib.suppress(BlockingIOError):
-            s.send(b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: %s\r\n"
-                   b"Content-Type: application/x-www-form-urlencoded\r\n"
-                   b"Content-Length: %d\r\n\r\n%s" % (cookie.group(1), len(body), body)
-                   + behind)
+            s.send(_login_post(cookie, body) + behind)
     return held
 
 
@@ -271,10 +270,7 @@ def test_a_stop_does_not_wait_for_strangers_logins_to_be_answered(tmp_path: Path
     srv.start()
     held: list[socket.socket] = []
     try:
-        deadline = time.monotonic() + 30
-        while not _answers(port, "/login"):
-            assert time.monotonic() < deadline, srv.log_text()
-            time.sleep(0.1)
+        wait_http(srv, port)
         held = _queue_wrong_logins(port, 12, "127.0.24.1")
         time.sleep(1.0)  # the first few answered, the rest waiting their turn
         start = time.monotonic()
@@ -299,13 +295,6 @@ def _full_cost_server(root: Path, port: int) -> Server:
     return srv
 
 
-def _wait_admin(srv: Server, port: int) -> None:
-    deadline = time.monotonic() + 30
-    while not _answers(port, "/login"):
-        assert time.monotonic() < deadline, srv.log_text()
-        time.sleep(0.1)
-
-
 def test_strangers_logins_hash_one_at_a_time_at_full_argon2_cost(tmp_path: Path) -> None:
     """Before: each admin login's Argon2id ran on the event loop's default thread
     pool, as many at once as it has threads (6 on two cores, 20 on sixteen), at
@@ -318,7 +307,7 @@ def test_strangers_logins_hash_one_at_a_time_at_full_argon2_cost(tmp_path: Path)
     srv.start()
     held: list[socket.socket] = []
     try:
-        _wait_admin(srv, port)
+        wait_http(srv, port)
         pid = Endpoints(srv, port, 0).serving_pid()
         before = _rss_mib(pid)
         for i in range(12):  # one each: no penalty, no waiting for a turn
@@ -341,18 +330,10 @@ def test_strangers_logins_hash_one_at_a_time_at_full_argon2_cost(tmp_path: Path)
 def _admin_login(port: int, name: str, password: str, code: str) -> int:
     """The status of one whole admin login from 127.0.0.1 (form, then POST)."""
     with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
-        s.sendall(b"GET /login HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-        page = b""
-        while b"</html>" not in page:
-            page += s.recv(65536)
-        token = re.search(rb'name="login_token" value="([^"]+)"', page)
-        cookie = re.search(rb"Set-Cookie: (smtpgate_login=[^;]+)", page)
-        assert token and cookie, page[:300]
-        body = urllib.parse.urlencode({"login_token": token.group(1).decode(), "name": name,
+        token, cookie = _login_form(s)
+        body = urllib.parse.urlencode({"login_token": token.decode(), "name": name,
                                        "password": password, "code": code}).encode()
-        s.sendall(b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: %s\r\n"
-                  b"Content-Type: application/x-www-form-urlencoded\r\n"
-                  b"Content-Length: %d\r\n\r\n%s" % (cookie.group(1), len(body), body))
+        s.sendall(_login_post(cookie, body))
         status = s.makefile("rb").readline()
     m = re.match(rb"HTTP/1\.1 (\d{3}) ", status)
     assert m, status
@@ -373,7 +354,7 @@ def test_an_admin_from_a_known_address_does_not_wait_for_strangers_hashes(
     srv.start()
     held: list[socket.socket] = []
     try:
-        _wait_admin(srv, port)
+        wait_http(srv, port)
         step = int(time.time() // 30)
         assert _admin_login(port, "root", ADMIN_PASSWORD, totp.at(step * 30)) == 303
         time.sleep((step + 1) * 30 - time.time() + 0.1)  # a code is good once

@@ -63,13 +63,26 @@ def _add_admin(srv: Server, name: str) -> Admin:
     return Admin(name, pyotp.TOTP(secret))
 
 
-def _code(admin: Admin) -> str:
-    """A TOTP code not used before: a code is good once, so wait for the next step
-    if this one's was taken (at most 30 s, only when two logins share a step)."""
-    step = int(time.time() // 30)
-    while step in admin.used:
+#: A code of the step before the current one is used only while this many seconds
+#: of the current step are left: the server must check it before its own clock
+#: leaves the current step (the code is then two steps old and refused).
+_LAST_STEP_MARGIN = 10
+
+
+def _code(admin: Admin, *, lasting: bool = False) -> str:
+    """A TOTP code of a step after every one this test used: a code is good once (the
+    store takes only a step after the last one used). The server takes the codes of
+    the steps on either side of its own (site.py's _totp_step), so up to three
+    logins in one step use the step before, this one and the next instead of waiting
+    30 s for a new step; a fourth waits. ``lasting``: not the step before, whose
+    code is too old a few seconds later (for a code used again after a restart)."""
+    while True:
+        now, into = divmod(time.time(), 30)
+        earliest = int(now) - (0 if lasting or into > 30 - _LAST_STEP_MARGIN else 1)
+        step = max([earliest, *(used + 1 for used in admin.used)])
+        if step <= int(now) + 1:
+            break
         time.sleep(30 - time.time() % 30 + 0.05)
-        step = int(time.time() // 30)
     admin.used.add(step)
     return admin.totp.at(step * 30)
 
@@ -410,7 +423,7 @@ def test_a_totp_code_used_to_log_in_is_refused_after_a_restart(tmp_path: Path) -
     srv.start()
     try:
         _wait_login_page(srv, port)
-        code = _code(admin)
+        code = _code(admin, lasting=True)
         assert _login(site, "root", ADMIN_PASSWORD, code)[0] == 303
         assert _login(site, "root", ADMIN_PASSWORD, code)[0] == 401  # replayed
         assert srv.stop() == 0

@@ -52,6 +52,27 @@ class Idp:
         self.issuers = https.issuers
 
 
+def oauth_on(srv: Server, extra: str = "") -> None:
+    """The OAuth mechanisms offered by ``srv`` (PLAIN too), with the key sets from the
+    issuers' ``jwks_url`` (OpenID discovery off); ``extra``: more of ``[auth]``."""
+    srv.config.write_text(srv.config.read_text().replace(
+        "\n[auth]\n", '\n[auth]\nmechanisms = ["OAUTHBEARER", "XOAUTH2", "PLAIN"]\n'
+        'oauth_openid_configuration = "off"\n' + extra, 1))
+
+
+def serving_idp(srv: Server, https: JwksHttps, *more: JwksHttps) -> Iterator[Idp]:
+    """``srv`` started with the key-set server ``https``; stopped afterwards, the
+    key-set servers closed, and no traceback in its log: the body of a fixture
+    (``yield from``)."""
+    srv.start()
+    yield Idp(srv, https)
+    if srv.proc is not None:
+        srv.stop()
+    for server in (https, *more):
+        server.close()
+    assert "Traceback" not in srv.log_text()
+
+
 def _issuer_table(issuer: LocalIssuer, url: str, *, algorithms: str = '["ES256"]',
                   introspection: str = "", domains: str = "") -> str:
     return (
@@ -87,21 +108,15 @@ def idp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Idp]:
         tables += _issuer_table(issuer, url, introspection=url + "-introspect")
     srv = make_server(root / "srv", tables)
     (srv.root / "introspection.secret").write_text(INTROSPECTION_SECRET + "\n")
-    text = srv.config.read_text().replace(
-        "\n[auth]\n", '\n[auth]\nmechanisms = ["OAUTHBEARER", "XOAUTH2", "PLAIN"]\n'
-        'oauth_openid_configuration = "off"\nsession_recheck = 0\n', 1)
+    oauth_on(srv, "session_recheck = 0\n")
+    text = srv.config.read_text()
     # Hundreds of refusals from 127.0.0.1 on purpose: the guard would rightly stop them.
     srv.config.write_text(text + "\n[guard]\nenabled = false\n"
                           if "\n[guard]" not in text else text)
     srv.env["SSL_CERT_FILE"] = str(https.ca.pem)
     for user in (ALICE, BOB, CAROL):
         srv.add_user(user, secrets.token_urlsafe(24))  # never used: tokens only
-    srv.start()
-    yield Idp(srv, https)
-    if srv.proc is not None:
-        srv.stop()
-    https.close()
-    assert "Traceback" not in srv.log_text()
+    yield from serving_idp(srv, https)
 
 
 def _b64(data: bytes) -> str:

@@ -20,7 +20,7 @@ import pytest
 from .conftest import Server, make_server
 from .jwks_https import JwksHttps
 from .oauth_issuer import SCOPE, LocalIssuer
-from .test_oauth_idp_attacks import ALICE, Idp, bearer, unavailable
+from .test_oauth_idp_attacks import ALICE, Idp, bearer, oauth_on, serving_idp, unavailable
 
 
 def _table(issuer: LocalIssuer, url: str, ca_file: str) -> str:
@@ -47,19 +47,11 @@ def idp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Idp]:
                        "beta-ca.pem"))
     srv: Server = make_server(root / "srv", tables + "\n[guard]\nenabled = false\n")
     shutil.copy(beta.ca.pem, srv.root / "beta-ca.pem")
-    srv.config.write_text(srv.config.read_text().replace(
-        "\n[auth]\n", '\n[auth]\nmechanisms = ["OAUTHBEARER", "XOAUTH2", "PLAIN"]\n'
-        'oauth_openid_configuration = "off"\n', 1))
+    oauth_on(srv)
     srv.env.pop("SSL_CERT_FILE", None)
     srv.add_user(ALICE, secrets.token_urlsafe(24))
-    srv.start()
     alpha.issuers.update(beta.issuers)  # Idp.issuers: all three, by name
-    yield Idp(srv, alpha)
-    if srv.proc is not None:
-        srv.stop()
-    alpha.close()
-    beta.close()
-    assert "Traceback" not in srv.log_text()
+    yield from serving_idp(srv, alpha, beta)
 
 
 def test_each_issuer_fetches_its_key_set_with_its_own_ca(idp: Idp) -> None:

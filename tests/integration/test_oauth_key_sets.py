@@ -34,7 +34,7 @@ from smtpgate.sasl.oauth import encode_oauthbearer
 from .conftest import Server, make_server
 from .jwks_https import JwksHttps
 from .oauth_issuer import SCOPE, LocalIssuer
-from .test_oauth_idp_attacks import ALICE, Idp, login, refused
+from .test_oauth_idp_attacks import ALICE, Idp, login, oauth_on, refused, serving_idp
 
 #: A P-256 public key whose point is not on the curve: a key nobody can read.
 _UNREADABLE = {"kty": "EC", "crv": "P-256", "x": "AA", "y": "AA", "kid": "broken"}
@@ -102,17 +102,11 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Idp, KeyS
         issuer = SetIssuer(issuer=f"https://{name}.idp.example.test/realms/mail", keyset=jwks)
         tables += _table(issuer, https.add(name, issuer), alg)
     srv: Server = make_server(root / "srv", tables + "\n[guard]\nenabled = false\n")
-    srv.config.write_text(srv.config.read_text().replace(
-        "\n[auth]\n", '\n[auth]\nmechanisms = ["OAUTHBEARER", "XOAUTH2", "PLAIN"]\n'
-        'oauth_openid_configuration = "off"\n', 1))
+    oauth_on(srv)
     srv.env["SSL_CERT_FILE"] = str(https.ca.pem)
     srv.add_user(ALICE, secrets.token_urlsafe(24))
-    srv.start()
-    yield Idp(srv, https), keys
-    if srv.proc is not None:
-        srv.stop()
-    https.close()
-    assert "Traceback" not in srv.log_text()
+    for idp in serving_idp(srv, https):
+        yield idp, keys
 
 
 def _b64url(data: bytes) -> str:

@@ -23,7 +23,7 @@ import pytest
 from .conftest import make_server
 from .jwks_https import JwksHttps
 from .oauth_issuer import SCOPE, LocalIssuer
-from .test_oauth_idp_attacks import ALICE, Idp, bearer, refused
+from .test_oauth_idp_attacks import ALICE, Idp, bearer, oauth_on, refused, serving_idp
 
 #: The mail client's id at the issuer: the ``aud`` of the ID tokens it gets.
 CLIENT_ID = "mail-client"
@@ -50,17 +50,10 @@ def idp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Idp]:
         issuer = LocalIssuer(issuer=f"https://{name}.idp.example.test/realms/mail")
         tables += _table(issuer, https.add(name, issuer), extra)
     srv = make_server(root / "srv", tables + "\n[guard]\nenabled = false\n")
-    srv.config.write_text(srv.config.read_text().replace(
-        "\n[auth]\n", '\n[auth]\nmechanisms = ["OAUTHBEARER", "XOAUTH2", "PLAIN"]\n'
-        'oauth_openid_configuration = "off"\n', 1))
+    oauth_on(srv)
     srv.env["SSL_CERT_FILE"] = str(https.ca.pem)
     srv.add_user(ALICE, secrets.token_urlsafe(24))
-    srv.start()
-    yield Idp(srv, https)
-    if srv.proc is not None:
-        srv.stop()
-    https.close()
-    assert "Traceback" not in srv.log_text()
+    yield from serving_idp(srv, https)
 
 
 def _token(issuer: LocalIssuer, header_typ: str | None, **claims: Any) -> str:

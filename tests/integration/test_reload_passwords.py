@@ -43,7 +43,9 @@ def login(srv: Server) -> int:
 
 
 def test_password_max_age_and_hostname_follow_a_reload(tmp_path: Path) -> None:
-    srv = make_server(tmp_path / "srv")
+    # The four refusals of the expired password made each next login wait the
+    # guard's penalty (0.5 s doubling up to 4 s); the penalty is not what is checked.
+    srv = make_server(tmp_path / "srv", "\n[guard]\npenalty_base = 0.01\npenalty_max = 0.05\n")
     srv.add_user(ALICE, PASSWORD)
     base = srv.config.read_text()
     srv.start()

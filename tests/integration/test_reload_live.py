@@ -23,10 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_web_admin_process import admin_login_status
 from tests.peers.slapd import SERVICE_DN, Slapd, new_ou, person_ldif, shared_slapd
 
-from .conftest import Server, free_port, make_server, require_tool
+from .conftest import Server, free_port, http_status, make_server, require_tool
 from .ldap_setup import ldap_table
 from .oauth_issuer import LocalIssuer
 
@@ -124,7 +123,7 @@ def offered(srv: Server) -> list[str]:
 
 def answers(port: int) -> bool:
     try:
-        return admin_login_status(port) == 200
+        return http_status(port, "/login") == 200
     except OSError:
         return False
 

@@ -26,7 +26,15 @@ import pyotp
 import pytest
 from playwright.sync_api import Page, sync_playwright  # a test extra; the browser is Debian's
 
-from tests.integration.conftest import PASSWORD, USER, Server, free_port, make_server, require_tool
+from tests.integration.conftest import (
+    PASSWORD,
+    USER,
+    Server,
+    free_port,
+    make_server,
+    require_tool,
+    wait_http,
+)
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(os.environ.get("SMTPGATE_ARTIFACTS", Path(__file__).parents[2] / "test-artifacts"))
@@ -104,15 +112,7 @@ address_failure_limit = 6
     srv.add_user(BOB, PASSWORD)
     root, eve, ops = (_add_admin(srv, n) for n in ("root", "eve", "ops"))
     srv.start()
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if _http(port, "GET", "/login")[0] == 200:
-                break
-        except OSError:
-            pass
-        assert time.monotonic() < deadline, srv.log_text()
-        time.sleep(0.1)
+    wait_http(srv, port)
     yield Site(srv, port, root, eve, ops)
     if srv.proc is not None:
         srv.stop()
@@ -400,18 +400,6 @@ def test_admin_login_failures_get_the_guards_penalties(site: Site, page: Page) -
     assert page.locator("#blocks tbody tr", has_text=bad).count() == 0
 
 
-def _wait_login_page(srv: Server, port: int) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if _http(port, "GET", "/login")[0] == 200:
-                return
-        except OSError:
-            pass
-        assert time.monotonic() < deadline, srv.log_text()
-        time.sleep(0.1)
-
-
 def test_a_totp_code_used_to_log_in_is_refused_after_a_restart(tmp_path: Path) -> None:
     """The last time step used is kept in the account store, not only in memory: a
     code seen (shoulder-surfed, logged by a proxy) cannot log in again once the
@@ -422,13 +410,13 @@ def test_a_totp_code_used_to_log_in_is_refused_after_a_restart(tmp_path: Path) -
     site = Site(srv, port, admin, admin, admin)
     srv.start()
     try:
-        _wait_login_page(srv, port)
+        wait_http(srv, port)
         code = _code(admin, lasting=True)
         assert _login(site, "root", ADMIN_PASSWORD, code)[0] == 303
         assert _login(site, "root", ADMIN_PASSWORD, code)[0] == 401  # replayed
         assert srv.stop() == 0
         srv.start()
-        _wait_login_page(srv, port)
+        wait_http(srv, port)
         assert _login(site, "root", ADMIN_PASSWORD, code)[0] == 401  # and after a restart
         assert _login(site, "root", ADMIN_PASSWORD, _code(admin))[0] == 303  # the next one
     finally:
@@ -458,7 +446,7 @@ distributed_addresses = 2
     site = Site(srv, port, admin, admin, admin)
     srv.start()
     try:
-        _wait_login_page(srv, port)
+        wait_http(srv, port)
         for i, name in enumerate(("admin:root", "ADMIN:root", "admin:root", "admin:Root")):
             assert _smtp_login(srv, name, "a guess", source=f"127.0.0.{101 + i}") == 535
         blocks = srv.cli("guard", "list", "--json").stdout

@@ -5,7 +5,6 @@ start-up with the key named (exit 2)."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import signal
@@ -13,29 +12,7 @@ import socket
 import time
 from pathlib import Path
 
-from tests.integration.conftest import SMTPGATE, free_port, make_server
-
-
-def admin_login_status(port: int) -> int:
-    """The HTTP status of the web admin's login page."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        conn.request("GET", "/login")
-        return conn.getresponse().status
-    finally:
-        conn.close()
-
-
-def _wait_admin(port: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if admin_login_status(port) == 200:
-                return
-        except OSError:
-            pass
-        assert time.monotonic() < deadline, "the web admin did not answer"
-        time.sleep(0.1)
+from tests.integration.conftest import SMTPGATE, free_port, make_server, wait_http
 
 
 def test_one_process_serves_it_itself(tmp_path: Path) -> None:
@@ -43,7 +20,7 @@ def test_one_process_serves_it_itself(tmp_path: Path) -> None:
     srv = make_server(tmp_path / "srv", f'\n[server]\nworkers = 1\n\n[admin]\nlisten = "127.0.0.1:{port}"\n')
     srv.start()
     try:
-        _wait_admin(port)
+        wait_http(srv, port)
         assert f"web admin on http://127.0.0.1:{port}/" in srv.log_text()
     finally:
         assert srv.stop() == 0
@@ -57,7 +34,7 @@ def test_with_workers_the_delivery_process_serves_it_and_again_after_a_restart(
     srv = make_server(tmp_path / "srv", f'\n[server]\nworkers = 2\n\n[admin]\nlisten = "127.0.0.1:{port}"\n')
     srv.start()
     try:
-        _wait_admin(port)
+        wait_http(srv, port)
         status = srv.root / "smtpgate.status.json"
         deadline = time.monotonic() + 10
         while not status.exists() or not json.loads(status.read_text()).get("processes"):
@@ -73,7 +50,7 @@ def test_with_workers_the_delivery_process_serves_it_and_again_after_a_restart(
                 break
             assert time.monotonic() < deadline, srv.log_text()
             time.sleep(0.1)
-        _wait_admin(port)
+        wait_http(srv, port)
     finally:
         assert srv.stop() == 0
 

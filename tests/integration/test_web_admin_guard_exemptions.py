@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import PASSWORD, USER, free_port, make_server
+from tests.integration.conftest import PASSWORD, USER, free_port, make_server, wait_http
 from tests.integration.test_web_admin import (
     ADMIN_PASSWORD,
     Site,
@@ -17,7 +17,6 @@ from tests.integration.test_web_admin import (
     _code,
     _login,
     _smtp_login,
-    _wait_login_page,
 )
 
 GUESSER = "127.0.0.91"
@@ -42,7 +41,7 @@ address_failure_limit = 3
     site = Site(srv, port, admin, admin, admin)
     srv.start()
     try:
-        _wait_login_page(srv, port)
+        wait_http(srv, port)
         for _ in range(3):
             assert _login(site, "root", "a guess", "000000", source=GUESSER)[0] == 401
         # The address is blocked for admin logins: the right password and code too.

@@ -65,7 +65,10 @@ def reload(config_path: Path | None, logs_only: bool) -> None:
                    "server's user or as root", err=True)
         raise SystemExit(1) from None
     what = "reopen its log files" if logs_only else "reload"
-    outcome = None if logs_only else _outcome(cfg, pid, asked)
+    # A server found by its config file, not at its pid file, writes its status file
+    # where it started: waiting for the outcome beside the new pid file path was
+    # OUTCOME_WAIT (15 s) for nothing, every time until it restarts.
+    outcome = None if logs_only or not found.at_pid_file else _outcome(cfg, pid, asked)
     if outcome is None:
         click.echo(f"asked smtpgate (pid {pid}) to {what}; the server log says how it went")
         return

@@ -617,9 +617,11 @@ def render_table(rows: list[dict[str, Any]], target_names: Sequence[str]) -> str
 def setup_smtpgate(s: Settings, tmp: Path, procs: Processes, password: str, *,
                    workers: int | None = None, name: str = "sg",
                    label: str = "smtpgate serve",
-                   extra_config: str = "") -> tuple[Target, Path, Path]:
+                   extra_config: str = "", launcher: Sequence[str] = (),
+                   startup_timeout: float = STARTUP_TIMEOUT) -> tuple[Target, Path, Path]:
     """A default install in ``tmp/name`` with ``workers`` (default: ``--workers``),
-    started as ``label``; ``extra_config``: TOML tables added to its config."""
+    started as ``label``; ``extra_config``: TOML tables added to its config;
+    ``launcher``: a command that runs ``smtpgate serve`` (a profiler)."""
     sg_dir = tmp / name
     sub_port, subs_port = free_port(), free_port()
     while subs_port == sub_port:
@@ -646,8 +648,9 @@ def setup_smtpgate(s: Settings, tmp: Path, procs: Processes, password: str, *,
     run_checked([str(s.smtpgate), "user", "add", BENCH_USER, "--password-stdin",
                  "--config", str(config)], "smtpgate user add", stdin=password.encode())
     log = tmp / ("smtpgate-serve.log" if name == "sg" else f"smtpgate-serve-{name}.log")
-    proc = procs.start(label, [str(s.smtpgate), "serve", "--config", str(config)], log)
-    wait_for_banner(LOOPBACK, sub_port, proc, log, label)
+    proc = procs.start(label, [*launcher, str(s.smtpgate), "serve", "--config", str(config)],
+                       log)
+    wait_for_banner(LOOPBACK, sub_port, proc, log, label, startup_timeout)
     cert = sg_dir / "tls" / "cert.pem"
     return Target("smtpgate", LOOPBACK, sub_port, BENCH_USER, password, cert, (proc.pid,)), sg_dir, log
 

@@ -846,6 +846,8 @@ def check_state(cfg: Config) -> list[Problem]:
         return out
     if found.refused:
         return out + [_error(found.key, found.message)]
+    if not found.outage:
+        return out + [Problem("warning", found.key, found.message)]
     return out + [Problem("warning", found.key, f"{found.message}; serve starts anyway, and "
                           f"logins follow state.on_unavailable ({st.on_unavailable!r}) until "
                           "it answers", outage=True)]

@@ -97,3 +97,52 @@ def test_with_the_state_in_redis_the_guard_file_is_not_checked(tmp_path: Path) -
 
     # serve as root hands the state's files to its user: none of the guard's then.
     assert not [p for p in state_paths(load_config(config)) if "guard.sqlite" in p.name]
+
+
+@pytest.fixture
+def own_redis(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A Redis of this test's own: its memory settings are changed."""
+    from tests.peers.redis_server import RedisServer
+
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("policy", ["allkeys-lru", "volatile-ttl"])
+def test_a_redis_that_evicts_keys_is_an_error(tmp_path: Path, own_redis, policy: str) -> None:  # type: ignore[no-untyped-def]
+    """A Redis with maxmemory and an evicting policy drops the guard's keys once full
+    (a block's record, an account's failures): lockouts gone without a word. Before,
+    config check and serve's start-up said nothing."""
+    own_redis.client().config_set("maxmemory", "1gb")
+    own_redis.client().config_set("maxmemory-policy", policy)
+    password = own_redis.password_file.read_text().strip()
+    found = _check(tmp_path, own_redis.url, _own_copy(tmp_path, password))
+    assert [(p["severity"], p["key"]) for p in found] == [("error", "state.redis_url")]
+    assert f"maxmemory-policy {policy}" in found[0]["message"]
+    assert "set maxmemory-policy noeviction" in found[0]["message"]
+
+
+@pytest.mark.parametrize(("limit", "policy"), [("1gb", "noeviction"), ("0", "allkeys-lru")])
+def test_a_redis_that_keeps_its_keys_passes(tmp_path: Path, own_redis, limit: str,  # type: ignore[no-untyped-def]
+                                            policy: str) -> None:
+    """noeviction, or no maxmemory at all (nothing is evicted whatever the policy)."""
+    own_redis.client().config_set("maxmemory", limit)
+    own_redis.client().config_set("maxmemory-policy", policy)
+    password = own_redis.password_file.read_text().strip()
+    assert _check(tmp_path, own_redis.url, _own_copy(tmp_path, password)) == []
+
+
+def test_an_acl_user_that_may_not_read_the_policy_is_warned(tmp_path: Path, own_redis) -> None:  # type: ignore[no-untyped-def]
+    """An ACL user (the URL's user name, the password in password_file) without INFO:
+    the login works, and the policy it could not read is a warning to check by hand."""
+    own_redis.client().acl_setuser("smtpgate", enabled=True, passwords=["+acl-user-pw"],
+                                   keys=["*"], commands=["+@all", "-info"])
+    url = own_redis.url.replace("redis://", "redis://smtpgate@")
+    found = _check(tmp_path, url, _own_copy(tmp_path, "acl-user-pw"))
+    assert [(p["severity"], p["key"]) for p in found] == [("warning", "state.redis_url")]
+    assert "cannot read its maxmemory-policy" in found[0]["message"]
+    assert "on_unavailable" not in found[0]["message"]

@@ -9,14 +9,28 @@ says "not answering", which reads like an outage to wait out. Such a refusal is
 the configuration's, as a refused PostgreSQL login is, so it is an error here,
 naming the key to fix; a Redis that does not answer (stopped, starting, a
 network cut) is an outage, a warning: the node starts and recovers by itself.
+
+A Redis that answers is also asked whether it may evict keys (``maxmemory`` set
+and a ``maxmemory-policy`` other than ``noeviction``, the usual set-up of a
+Redis shared with a cache, and of managed services): it would then drop the
+guard's keys silently once full (a block's record, an account's failures, a
+penalty; ``allkeys-*`` any key, ``volatile-*`` those with an expiry), and a
+lockout in force or the failures counted toward one would be gone without a
+word, an attacker's budget reset by filling memory. That is an error: with
+``noeviction`` a full Redis refuses writes, which the guard notices and answers
+as an outage (``on_unavailable``), so nothing is lost silently.
 """
 
 from __future__ import annotations
 
 import ssl
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from smtpgate.config import Config
+
+if TYPE_CHECKING:
+    import redis
 
 #: The least a check waits for Redis's answer: ``state.timeout`` bounds a login's
 #: wait (0.25 s by default), too short to tell a slow first TLS handshake from none.
@@ -31,6 +45,8 @@ class Finding:
     refused: bool
     key: str
     message: str
+    #: False: not an outage either, something to check by hand (a warning).
+    outage: bool = True
 
 
 def _cause(e: BaseException) -> BaseException:
@@ -84,6 +100,37 @@ def ping(cfg: Config) -> Finding | None:
         return Finding(False, "state.redis_url", f"{where} does not answer ({_text(e)})")
     except redis.RedisError as e:
         return Finding(False, "state.redis_url", f"{where}: {e}")
+    else:
+        return _eviction(client, where)
     finally:
         client.close()
-    return None
+
+
+#: Policies under which Redis never drops a key on its own to make room.
+_KEEPS_KEYS = ("noeviction",)
+
+
+def _eviction(client: redis.Redis, where: str) -> Finding | None:
+    """An error when Redis may evict keys (module docstring); a warning when the
+    login may not read its memory settings (an ACL without ``INFO``)."""
+    import redis
+
+    try:
+        memory = client.info("memory")
+    except redis.RedisError as e:
+        return Finding(False, "state.redis_url", f"{where}: cannot read its maxmemory-policy "
+                       f"({_text(e)}); make sure it is noeviction, or a full Redis drops "
+                       "guard blocks and failure counts without a word", outage=False)
+    policy = _s(memory.get("maxmemory_policy", ""))
+    limit = int(memory.get("maxmemory", 0) or 0)
+    if limit == 0 or policy in _KEEPS_KEYS or not policy:
+        return None
+    return Finding(True, "state.redis_url", f"{where} evicts keys when full (maxmemory "
+                   f"{limit}, maxmemory-policy {policy}): it would drop guard blocks, "
+                   "lockouts and failure counts without a word; set maxmemory-policy "
+                   "noeviction (a full Redis then refuses writes, and logins follow "
+                   "state.on_unavailable), or give smtpgate a Redis of its own")
+
+
+def _s(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

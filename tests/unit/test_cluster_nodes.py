@@ -118,3 +118,58 @@ def test_a_node_without_a_queue_directory_yet_has_an_empty_queue(tmp_path: Path)
         assert ", queue unknown (the node cannot read its spool);" in out.output, out.output
     finally:
         beat.stop()
+
+
+def test_a_node_whose_clock_differs_from_redis_says_so_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Nodes keep the guard's blocks in their own wall-clock times: a node more than
+    a minute behind another took each block the other started for one from before a
+    step back of its clock (logged as "the clock went back", started again, its
+    failures forgotten), and nothing said that the nodes' clocks differed. The
+    heartbeat compares the node's clock with Redis's: one warning while they differ,
+    one line when they agree again."""
+    import logging
+    import time
+
+    from smtpgate.server.heartbeat import Heartbeat
+    from smtpgate.server.status_file import ServerStatus
+
+    cfg = _config(tmp_path, new_prefix())
+    offset = [-90.0]
+    beat = Heartbeat(cfg, clock=lambda: time.time() + offset[0])
+    status = ServerStatus(7, "0.1.0", time.time(), None, 0.0, [], [], 1, updated=time.time())
+    caplog.set_level(logging.INFO, logger="smtpgate")
+    try:
+        for _ in range(3):
+            beat._next = 0.0  # every call beats
+            beat.beat(status)
+        warned = [r.getMessage() for r in caplog.records if "clock" in r.getMessage()]
+        assert len(warned) == 1, warned
+        assert "this node's clock is 90 s behind Redis's" in warned[0]
+        assert "NTP" in warned[0]
+        offset[0] = 0.0
+        beat._next = 0.0
+        beat.beat(status)
+        again = [r for r in caplog.records if "agrees with Redis's again" in r.getMessage()]
+        assert len(again) == 1
+        assert again[0].levelno == logging.INFO
+    finally:
+        beat.stop()
+
+
+def test_a_node_whose_clock_agrees_with_redis_says_nothing(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+    import time
+
+    from smtpgate.server.heartbeat import Heartbeat
+    from smtpgate.server.status_file import ServerStatus
+
+    cfg = _config(tmp_path, new_prefix())
+    beat = Heartbeat(cfg)
+    caplog.set_level(logging.INFO, logger="smtpgate")
+    try:
+        beat.beat(ServerStatus(7, "0.1.0", time.time(), None, 0.0, [], [], 1, updated=time.time()))
+        assert not [r for r in caplog.records if "clock" in r.getMessage()]
+    finally:
+        beat.stop()

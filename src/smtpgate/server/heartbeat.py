@@ -10,6 +10,16 @@ an administrator draining a node reads there that it is gone, not that it was
 "seen 20 s ago" for another minute.
 Redis being down is logged once and otherwise ignored here: the guard has its
 own account of that (docs/scale-out.md, "Redis down").
+
+Each beat also reads Redis's clock (``TIME``, in the same round trip) and warns
+once when this node's differs from it by more than ``CLOCK_WARN`` seconds. The
+guard keeps its blocks and failure windows in the wall-clock times of the node
+that wrote them, so nodes whose clocks disagree disagree on them: a block that
+another node started more than ``guard.CLOCK_SLACK`` ahead of this node's clock
+reads as one from before a step back of the clock and is started again from now,
+its failures forgotten (``guard.restart_stepped``), and each such block logged
+"the clock went back", with nothing saying that the clocks differ, nor which.
+Redis's clock is the one every node can compare with.
 """
 
 from __future__ import annotations
@@ -20,10 +30,12 @@ import os
 import re
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from smtpgate.auth.guard import CLOCK_SLACK
 from smtpgate.auth.state_backend import redis_client
 from smtpgate.config import Config
 from smtpgate.server.status_file import ServerStatus
@@ -37,6 +49,9 @@ log = logging.getLogger("smtpgate")
 #: than ``TTL``.
 EVERY = 10.0
 TTL = 60
+#: Seconds this node's clock may differ from Redis's before a warning: well inside
+#: the guard's ``CLOCK_SLACK`` (60 s), well outside what NTP leaves (milliseconds).
+CLOCK_WARN = 10.0
 
 #: What tells one process's heartbeat from another's under the same name.
 _IDENTITY = ("host", "pid", "started")
@@ -69,7 +84,7 @@ class Heartbeat:
     """Writes this node's status; ``beat`` is cheap to call often (it writes every
     ``EVERY`` seconds) and never raises."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, clock: Callable[[], float] = time.time) -> None:
         import redis  # here, not at the top: single-node processes never need it
 
         self._error: type[Exception] = redis.RedisError
@@ -85,6 +100,9 @@ class Heartbeat:
         self._host = socket.gethostname()
         #: Another process writes under this node's name (warned once).
         self._twin = False
+        self._clock = clock
+        #: This node's clock is off Redis's by more than CLOCK_WARN (warned once).
+        self._skewed = False
 
     def beat(self, status: ServerStatus) -> None:
         now = time.monotonic()
@@ -100,7 +118,10 @@ class Heartbeat:
             pipe = self._client.pipeline(transaction=False)
             pipe.get(self._key)
             pipe.set(self._key, text, ex=TTL)
-            before, _ = pipe.execute()
+            pipe.time()
+            asked = self._clock()
+            before, _, (secs, micros) = pipe.execute()
+            answered = self._clock()
         except (self._error, OSError) as e:
             if not self._failing:
                 log.warning("cluster heartbeat: cannot write to Redis: %s", e)
@@ -111,6 +132,25 @@ class Heartbeat:
         self._failing = False
         ours_before, self._written = self._written, text
         self._check_twin(before, doc, wrote_before=ours_before is not None)
+        self._check_clock((asked + answered) / 2 - (int(secs) + int(micros) / 1e6))
+
+    def _check_clock(self, offset: float) -> None:
+        """Warn once when this node's clock is ``offset`` s off Redis's (module
+        docstring); say so when it agrees again."""
+        if abs(offset) > CLOCK_WARN:
+            if not self._skewed:
+                log.warning("cluster heartbeat: this node's clock is %.0f s %s Redis's: the "
+                            "guard's blocks and failure windows are kept in each node's "
+                            "wall-clock time, so nodes that disagree shorten or restart each "
+                            "other's blocks (a block from a clock over %.0f s ahead is logged as "
+                            "'the clock went back' and started again, its failures forgotten); "
+                            "keep every node's clock in sync (NTP, chrony)", abs(offset),
+                            "ahead of" if offset > 0 else "behind", CLOCK_SLACK)
+            self._skewed = True
+        elif self._skewed:
+            log.info("cluster heartbeat: this node's clock agrees with Redis's again "
+                     "(%.1f s off)", offset)
+            self._skewed = False
 
     def _check_twin(self, before: bytes | None, doc: dict[str, Any], *,
                     wrote_before: bool) -> None:

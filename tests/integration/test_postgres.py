@@ -558,6 +558,38 @@ def test_db_migrate_lowers_the_letter_case_of_names(
     assert "sales@example.org" in shown
 
 
+def test_db_migrate_lowers_non_ascii_capitals_in_a_database_with_c_ctype(
+    pg_server: Server, cluster: PostgresCluster
+) -> None:
+    """v6 in a database created with LC_CTYPE 'C' (a common choice for speed):
+    PostgreSQL's lower() lowers ASCII only there, so the migration, which read the
+    rows lower() would change, left 'Émile@example.org' as it was, without a word,
+    and no login reached it (a login looks up 'émile@example.org'); the SQLite
+    file's migration renamed it. Every row with a non-ASCII character is read now."""
+    with cluster.admin() as c:
+        name = f"ctype_c_{os.getpid()}_{time.monotonic_ns()}"
+        c.execute(f"CREATE DATABASE {name} OWNER smtpgate TEMPLATE template0 "
+                  "LC_COLLATE 'C' LC_CTYPE 'C'")
+    text = pg_server.config.read_text()
+    dsn = re.search(r'dsn = "([^"]+)"', text)
+    assert dsn is not None
+    pg_server.config.write_text(text.replace(
+        dsn.group(1), dsn.group(1).rsplit("/", 1)[0] + "/" + name))
+    with _schema_as_left_by(pg_server, 5) as c:
+        assert c.execute("SELECT lower('É') = 'É'").fetchone() == (True,)
+        c.execute("INSERT INTO accounts (name, created, updated) "
+                  "VALUES ('Émile@example.org', now(), now())")
+        c.execute("INSERT INTO aliases VALUES ('Ventes@Société.example', "
+                  "'Émile@example.org', now())")
+    migrated = pg_server.cli("db", "migrate")
+    assert "migrated" in migrated.stdout
+    assert "not renamed" not in migrated.stderr
+    listed = pg_server.cli("user", "list").stdout
+    assert "émile@example.org" in listed and "Émile@" not in listed
+    shown = pg_server.cli("user", "show", "ÉMILE@example.org").stdout
+    assert "ventes@société.example" in shown
+
+
 def test_db_migrate_renames_a_labels_to_the_one_spelling(
     pg_server: Server, cluster: PostgresCluster
 ) -> None:

@@ -227,9 +227,14 @@ def _rename_spellings(
 
 def _lower_local_parts(c: psycopg.Connection[Row]) -> None:
     """Migration 6 (the SQLite file's 7): a name or alias stored with capitals is
-    renamed to lower case (``unified_spelling``), as ``_unify_idn_spellings`` renames;
-    only rows that ``lower()`` would change are read."""
-    _rename_spellings(c, "{column} <> lower({column})", _SPELLED[:2])
+    renamed to lower case (``unified_spelling``), as ``_unify_idn_spellings`` renames.
+    Read: the rows that ``lower()`` would change, and every row with a non-ASCII
+    character, which Python decides for. PostgreSQL's ``lower()`` follows the
+    database's LC_CTYPE, and under ``C`` (a common choice for speed) it lowers ASCII
+    only: ``Émile@example.org`` was left as it was, and no login reached it (logins
+    look up ``émile@example.org``), where the SQLite file's migration renamed it."""
+    _rename_spellings(c, "{column} <> lower({column}) OR {column} ~ '[^\x01-\x7f]'",
+                      _SPELLED[:2])
 
 
 #: Steps in Python run after a version's statements, in the same transaction.

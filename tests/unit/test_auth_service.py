@@ -343,6 +343,51 @@ async def test_a_failed_last_login_write_costs_only_its_account(
     assert "last login of alice@example.org: disk I/O error" in caplog.text
 
 
+async def test_a_database_that_refuses_writes_is_logged_once_not_per_login(
+    store: SqliteAccountStore, admin: AccountAdmin, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A database that reads but refuses writes (a PostgreSQL standby a failover left
+    the DSN on, default_transaction_read_only, a full disk): logins go on, and every
+    last-login write failed with a warning of its own, one per account and batch, a
+    log filled at the login rate. One warning when the first fails, one line with the
+    count when a write succeeds again."""
+    monkeypatch.setattr(service_module, "LOGINS_LATER", 0.0)
+    names = [f"user{i}@example.org" for i in range(5)]
+    for name in names:
+        admin.add_account(name, "crayon")
+
+    class ReadOnly(_HeldLastLogin):
+        refuse = True
+
+        def record_login(self, name: str, mechanism: str, when: Any) -> None:
+            if self.refuse:
+                raise StoreUnavailable("cannot execute UPDATE in a read-only transaction")
+            super().record_login(name, mechanism, when)
+
+    read_only = ReadOnly(store)
+    read_only.go.set()
+    svc = make_service(read_only, tmp_path)
+    try:
+        for _ in range(3):
+            for name in names:
+                assert (await login(svc, name, "crayon")).ok
+            await svc.flush()
+        failed = [r for r in caplog.records if "background account update" in r.getMessage()]
+        assert len(failed) == 1, [r.getMessage() for r in failed]
+        assert "read-only transaction" in failed[0].getMessage()
+        failures = svc.stats.failed_writes
+        assert failures >= 5  # every account's, however the writes were gathered
+        read_only.refuse = False
+        assert (await login(svc, names[0], "crayon")).ok
+        await svc.flush()
+    finally:
+        await svc.close()
+    again = [r.getMessage() for r in caplog.records if "succeed again" in r.getMessage()]
+    assert again == [(f"background account updates succeed again; {failures} failed meanwhile "
+                      "(last logins, app password uses or upgraded hashes not written)")]
+
+
 # --- backend faults are temporary ---------------------------------------------------
 
 

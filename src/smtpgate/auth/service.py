@@ -230,6 +230,8 @@ class AuthStats:
     upgrades: int = 0
     tempfails: int = 0
     dropped_writes: int = 0
+    #: Bookkeeping writes that the database refused or failed.
+    failed_writes: int = 0
 
 
 @runtime_checkable
@@ -356,6 +358,8 @@ class AuthService:
         #: Last logins not written yet, the newest per account (``_record_login``).
         self._logins: dict[str, tuple[str, datetime]] = {}
         self._logins_writing = False
+        #: Bookkeeping writes failed since the last one that succeeded (``_update_failed``).
+        self._updates_failing = 0
         #: Set by ``flush``: write the gathered logins now.
         self._logins_now = asyncio.Event()
         self._upgrading: set[str] = set()
@@ -718,7 +722,28 @@ class AuthService:
     def _background_done(self, fut: asyncio.Future[object]) -> None:
         self._background.discard(fut)
         if not fut.cancelled() and (exc := fut.exception()) is not None:
-            log.warning("background account update failed: %s", exc)
+            self._update_failed("", exc)
+
+    def _update_failed(self, what: str, exc: BaseException) -> None:
+        """A bookkeeping write failed. Logged once per episode: a database that
+        reads but refuses writes (a PostgreSQL standby that a failover left the
+        DSN on, ``default_transaction_read_only``, a full disk) fails the write
+        of every login that succeeds, and a warning each filled the log at the
+        login rate. The episode ends at the next write that succeeds
+        (``_update_succeeded``), which says how many failed meanwhile."""
+        self.stats.failed_writes += 1
+        self._updates_failing += 1
+        if self._updates_failing == 1:
+            log.warning("background account update failed: %s%s (logins go on; further "
+                        "failed updates are counted, not logged, until one succeeds)",
+                        what, exc)
+
+    def _update_succeeded(self) -> None:
+        if self._updates_failing:
+            log.warning("background account updates succeed again; %d failed meanwhile "
+                        "(last logins, app password uses or upgraded hashes not written)",
+                        self._updates_failing)
+            self._updates_failing = 0
 
     def _write_later(self, fn: Callable[[*Ts], object], *args: *Ts) -> None:
         """Queue a bookkeeping write on the single writer thread (FIFO)."""
@@ -730,8 +755,10 @@ class AuthService:
             self._write_pool, fn, *args
         )
 
-        def done(_: asyncio.Future[object]) -> None:
+        def done(f: asyncio.Future[object]) -> None:
             self._pending_writes -= 1
+            if not f.cancelled() and f.exception() is None:
+                self._update_succeeded()
 
         fut.add_done_callback(done)
         self._track(fut)
@@ -792,18 +819,29 @@ class AuthService:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._logins_now.wait(), LOGINS_LATER)
                 batch, self._logins = self._logins, {}
-                await loop.run_in_executor(self._write_pool, self._write_login_batch, batch)
+                written, failed = await loop.run_in_executor(
+                    self._write_pool, self._write_login_batch, batch)
+                if written:
+                    self._update_succeeded()
+                for name, e in failed:
+                    self._update_failed(f"last login of {name}: ", e)
         finally:
             self._logins_writing = False
 
-    def _write_login_batch(self, batch: dict[str, tuple[str, datetime]]) -> None:
-        """On the writer thread: one record per account; a failure costs its own."""
+    def _write_login_batch(
+        self, batch: dict[str, tuple[str, datetime]]
+    ) -> tuple[int, list[tuple[str, StoreError]]]:
+        """On the writer thread: one record per account; a failure costs its own.
+        Returns how many were written, and the failures (logged on the loop)."""
+        written = 0
+        failed: list[tuple[str, StoreError]] = []
         for name, (mechanism, when) in batch.items():
             try:
                 self._directory.record_login(name, mechanism, when)
+                written += 1
             except StoreError as e:
-                log.warning("background account update failed: last login of %s: %s",
-                            name, e)
+                failed.append((name, e))
+        return written, failed
 
     # --- handlers --------------------------------------------------------------------
 

@@ -590,6 +590,37 @@ def test_db_migrate_lowers_non_ascii_capitals_in_a_database_with_c_ctype(
     assert "ventes@société.example" in shown
 
 
+def test_a_database_that_refuses_writes_is_named_so_and_db_migrate_reads_only(
+    pg_server: Server, cluster: PostgresCluster
+) -> None:
+    """A database that refuses writes (a standby a failover left the DSN on;
+    default_transaction_read_only stands in for one): a user command said "check
+    accounts.postgresql.dsn and password_file, and that the database server is
+    running and reachable", all of which were fine; and `db migrate` on a schema
+    already up to date failed ("cannot execute CREATE TABLE in a read-only
+    transaction") where it has nothing to write."""
+    pg_server.cli("db", "migrate")
+    pg_server.add_user(USER, PASSWORD)
+    dsn = re.search(r'dsn = "([^"]+)"', pg_server.config.read_text())
+    assert dsn is not None
+    name = dsn.group(1).rsplit("/", 1)[1]
+    with cluster.admin() as c:
+        c.execute(f"ALTER DATABASE {name} SET default_transaction_read_only = on")
+    try:
+        up_to_date = pg_server.cli("db", "migrate", check=False)
+        assert up_to_date.returncode == 0, up_to_date.stderr
+        assert f"schema v{SCHEMA_VERSION}, up to date" in up_to_date.stdout
+        locked = pg_server.cli("user", "lock", USER, check=False)
+        assert locked.returncode == 1
+        assert "read-only transaction" in locked.stderr
+        assert "the database refuses writes: a standby" in locked.stderr, locked.stderr
+        assert "target_session_attrs=read-write" in locked.stderr
+        assert "running and reachable" not in locked.stderr
+    finally:
+        with cluster.admin() as c:
+            c.execute(f"ALTER DATABASE {name} RESET default_transaction_read_only")
+
+
 def test_db_migrate_renames_a_labels_to_the_one_spelling(
     pg_server: Server, cluster: PostgresCluster
 ) -> None:

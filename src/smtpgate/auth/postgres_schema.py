@@ -54,6 +54,21 @@ class PasswordFileUnreadable(StoreUnavailable):
     key = "accounts.postgresql.password_file"
 
 
+class PostgresReadOnly(StoreUnavailable):
+    """The server answered but refuses writes (SQLSTATE 25006): a standby, where a
+    failover left the DSN, or ``default_transaction_read_only``. Not the network
+    or the password, which the generic hint sent the administrator to check."""
+
+    hint = ("the database refuses writes: a standby (after a failover the DSN may name "
+            "the old primary, now a replica) or default_transaction_read_only; point "
+            "accounts.postgresql.dsn at the primary (with several hosts, add "
+            "target_session_attrs=read-write)")
+
+
+#: SQLSTATE read_only_sql_transaction.
+READ_ONLY = "25006"
+
+
 class PostgresSchemaTooNew(StoreUnavailable, NewerSchema):
     """The database was migrated by a newer smtpgate; it is left untouched."""
 
@@ -422,10 +437,11 @@ def migrate(
                 c.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATE_LOCK,))
                 current = current_version(c)
                 check_version(label, current)
-                c.execute(
-                    "CREATE TABLE IF NOT EXISTS schema_version ("
-                    "version integer PRIMARY KEY, applied timestamptz NOT NULL)"
-                )
+                if current < SCHEMA_VERSION:  # up to date: nothing to write (a standby)
+                    c.execute(
+                        "CREATE TABLE IF NOT EXISTS schema_version ("
+                        "version integer PRIMARY KEY, applied timestamptz NOT NULL)"
+                    )
                 for version in range(current + 1, SCHEMA_VERSION + 1):
                     for statement in MIGRATIONS[version - 1]:
                         c.execute(statement)
@@ -436,7 +452,8 @@ def migrate(
                         (version, clock()),
                     )
         except psycopg.Error as e:
-            raise StoreUnavailable(f"{label}: migration failed: {str(e).strip()}") from None
+            kind = PostgresReadOnly if e.sqlstate == READ_ONLY else StoreUnavailable
+            raise kind(f"{label}: migration failed: {str(e).strip()}") from None
     if current < SCHEMA_VERSION:
         log.warning("%s: schema migrated from v%d to v%d", label, current, SCHEMA_VERSION)
     return current, SCHEMA_VERSION

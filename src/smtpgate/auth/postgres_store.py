@@ -99,7 +99,9 @@ from smtpgate.auth.outage_log import OutageLog
 from smtpgate.auth.passwords import PasswordHasher, StoredHashError
 from smtpgate.auth.postgres_probe import answers
 from smtpgate.auth.postgres_schema import (
+    READ_ONLY,
     SCHEMA_VERSION,
+    PostgresReadOnly,
     PostgresSchemaTooNew,
     PostgresUnreachable,
     Row,
@@ -908,7 +910,8 @@ class PostgresAccountStore:
                 self._outage.failed(cause)
                 if e.sqlstate is None:  # no answer (a lock's timeout is one: 57014)
                     self._fail_fast.failed(cause)
-            raise StoreUnavailable(f"{self._label}: {cause}") from None
+            kind = PostgresReadOnly if e.sqlstate == READ_ONLY else StoreUnavailable
+            raise kind(f"{self._label}: {cause}") from None
         self._outage.answered()
         self._fail_fast.answered()
 

@@ -1613,7 +1613,8 @@ class StateConfig(Model):
     password_file: Path | None = Field(
         default=None,
         description="File whose first line is the Redis password (requirepass or an ACL "
-        "user's). Default: none.",
+        "user's; the user name goes in redis_url, redis://NAME@host). Read again for each "
+        "new connection: a rotated password needs no restart. Default: none.",
     )
     ca_file: Path | None = Field(
         default=None,

@@ -146,3 +146,48 @@ def test_an_acl_user_that_may_not_read_the_policy_is_warned(tmp_path: Path, own_
     assert [(p["severity"], p["key"]) for p in found] == [("warning", "state.redis_url")]
     assert "cannot read its maxmemory-policy" in found[0]["message"]
     assert "on_unavailable" not in found[0]["message"]
+
+
+@pytest.mark.parametrize("user", [None, "smtpgate"])
+def test_a_rotated_redis_password_is_read_at_the_next_connection(
+        tmp_path: Path, own_redis, user: str | None) -> None:  # type: ignore[no-untyped-def]
+    """The password file was read once, at start-up: after a rotation (requirepass, or
+    an ACL user's password, changed in Redis and in state.password_file) every new
+    connection a node made was refused (invalid username-password pair), logged as
+    Redis not answering, until the node was restarted. Each new connection reads the
+    file now; with a user name in the URL, as that user."""
+    from smtpgate.auth.state_backend import redis_client
+    from smtpgate.config import load_config
+
+    admin = own_redis.client()
+    url = own_redis.url
+    if user is None:
+        pw = _own_copy(tmp_path, own_redis.password_file.read_text().strip())
+    else:
+        admin.acl_setuser(user, enabled=True, passwords=["+before"], keys=["*"],
+                          commands=["+@all"])
+        url = url.replace("redis://", f"redis://{user}@")
+        pw = _own_copy(tmp_path, "before")
+    config = write_config(tmp_path)
+    config.write_text(config.read_text() + f'\n[state]\nbackend = "redis"\nredis_url = "{url}"\n'
+                      f'password_file = "{pw}"\n')
+    client = redis_client(load_config(config))
+    try:
+        assert client.ping()
+        if user is None:
+            admin.config_set("requirepass", "after")
+        else:
+            admin.acl_setuser(user, enabled=True, reset_passwords=True, passwords=["+after"],
+                              keys=["*"], commands=["+@all"])
+        pw.write_text("after\n")
+        client.connection_pool.disconnect()  # the next call connects anew
+        assert client.ping()
+        if user is not None:
+            assert client.acl_whoami() in (user, user.encode())
+    finally:
+        client.close()
+        if user is None:  # the fixture's own client stops it with the password it knows
+            import redis as redis_py
+
+            redis_py.Redis(port=own_redis.port, password="after").config_set(
+                "requirepass", own_redis.password_file.read_text().strip())

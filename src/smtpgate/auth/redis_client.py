@@ -18,6 +18,7 @@ from pathlib import Path
 
 import redis
 from redis.backoff import NoBackoff
+from redis.credentials import CredentialProvider
 from redis.retry import Retry
 
 
@@ -33,14 +34,56 @@ def read_password(path: Path | None) -> str | None:
     return lines[0] if lines else ""
 
 
+class PasswordFileCredentials(CredentialProvider):
+    """The user name from the URL and the password file's first line, read again for
+    each new connection. Why: the password was read once, at start-up, so a
+    rotated Redis password (``requirepass`` or an ACL user's, changed in Redis and
+    in ``state.password_file``) failed every connection a node made afterwards
+    (its first after a Redis restart, a timeout, a connection the pool replaced)
+    with ``invalid username-password pair``, logged as Redis "not answering", until
+    each node was restarted. A file that cannot be read at that moment (being
+    replaced) gives the last password read."""
+
+    def __init__(self, username: str | None, path: Path, password: str) -> None:
+        self._username = username
+        self._path = path
+        self._last = password
+
+    def get_credentials(self) -> tuple[str] | tuple[str, str]:
+        try:
+            self._last = read_password(self._path) or ""
+        except OSError:
+            pass  # keep the last one read; a wrong one is refused as before
+        return (self._username, self._last) if self._username else (self._last,)
+
+
+def _without_user(url: str) -> tuple[str, str | None]:
+    """``url`` without its user name (redis-py takes a URL's user over a credential
+    provider's and refuses both), and that name (None: the default user)."""
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    user, at, host = parts.netloc.rpartition("@")
+    if not at:
+        return url, None
+    name = unquote(user.partition(":")[0])
+    return urlunsplit(parts._replace(netloc=host)), name or None
+
+
 def connect(url: str, password: str | None, timeout: float, *,
             ca_file: Path | None = None, cert_file: Path | None = None,
-            key_file: Path | None = None) -> redis.Redis:
+            key_file: Path | None = None, password_file: Path | None = None) -> redis.Redis:
     """A client for ``url`` (``redis://`` or ``rediss://`` for TLS); connects on
-    first use. ``password`` overrides one in the URL (there should be none).
+    first use. ``password`` overrides one in the URL (there should be none); with
+    ``password_file`` (which ``password`` was read from) each new connection reads
+    the file again (``PasswordFileCredentials``).
     With TLS, ``ca_file`` replaces the system's CAs (a Redis on a private CA, the
     usual case) and ``cert_file``/``key_file`` answer a Redis that asks for a
     client certificate; the server's certificate and name are always verified."""
+    auth: dict[str, object] = {"password": password}
+    if password_file is not None and password is not None:
+        url, user = _without_user(url)
+        auth = {"credential_provider": PasswordFileCredentials(user, password_file, password)}
     tls: dict[str, object] = {}
     if ca_file is not None:
         tls["ssl_ca_certs"] = str(ca_file)
@@ -49,7 +92,7 @@ def connect(url: str, password: str | None, timeout: float, *,
     return redis.Redis.from_url(
         url,
         **tls,
-        password=password,
+        **auth,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         retry=Retry(NoBackoff(), 0),

@@ -32,7 +32,7 @@ def redis_client(cfg: Config, timeout: float | None = None) -> redis.Redis:
     return connect(state.redis_url, read_password(file(state.password_file)),
                    cfg.state.timeout if timeout is None else timeout,
                    ca_file=file(state.ca_file), cert_file=file(state.cert_file),
-                   key_file=file(state.key_file))
+                   key_file=file(state.key_file), password_file=file(state.password_file))
 
 
 def open_guard_state(cfg: Config) -> GuardState:

@@ -1608,7 +1608,8 @@ class StateConfig(Model):
     redis_url: str = Field(
         default="redis://127.0.0.1:6379/0",
         description="redis://HOST:PORT/DB, rediss://... for TLS, or unix:///path/to/socket. "
-        "No password in the URL: use password_file.",
+        "No password in the URL: use password_file. No query parameters but ?db=N "
+        "(redis-py would take them over smtpgate's own settings).",
     )
     password_file: Path | None = Field(
         default=None,
@@ -1672,6 +1673,22 @@ class StateConfig(Model):
         if parts.password:
             raise ValueError("a password in the URL ends up in logs and `config show`: "
                              "put it in state.password_file")
+        # redis-py takes any query parameter as a client setting, over smtpgate's own:
+        # ?password= leaked as above and beat password_file, ?ssl_cert_reqs=none or
+        # ?ssl_check_hostname=false turned off the verification the docs promise,
+        # ?socket_timeout=30 made a login wait 30 s, not state.timeout, in an outage.
+        from urllib.parse import parse_qs
+
+        try:
+            query = parse_qs(parts.query, keep_blank_values=True, strict_parsing=True)
+        except ValueError:
+            raise ValueError(f"cannot read the query of {v!r}") from None
+        other = sorted(set(query) - {"db"})
+        if other:
+            raise ValueError(
+                f"query parameters {', '.join(other)} are not taken: only ?db= is; the "
+                "password goes in state.password_file, TLS in ca_file, cert_file and "
+                "key_file (always verified), the wait in state.timeout")
         return v
 
     @field_validator("password_file", "ca_file", "cert_file", "key_file", mode="before")

@@ -123,3 +123,29 @@ def test_config_check_names_the_tls_key_that_makes_redis_refuse(
     assert "does not verify" in no_ca[0][2]
     no_cert = _state_findings(_config(tmp_path, tls_redis, f'ca_file = "{tls_redis.tls.ca}"\n'))
     assert [(s, k) for s, k, _ in no_cert] == [("error", "state.cert_file")], no_cert
+
+
+@pytest.mark.parametrize(("query", "named"), [
+    ("ssl_cert_reqs=none", "ssl_cert_reqs"),
+    ("ssl_check_hostname=false", "ssl_check_hostname"),
+    ("password=hunter2", "password"),
+    ("socket_timeout=30&db=1", "socket_timeout"),
+])
+def test_redis_url_query_parameters_that_override_smtpgate_are_config_errors(
+        tmp_path: Path, query: str, named: str) -> None:
+    """redis-py takes a URL's query parameters as client settings, over smtpgate's:
+    ?ssl_cert_reqs=none turned off the certificate check the docs call always on,
+    ?password= beat password_file (and was shown by config show), ?socket_timeout=
+    replaced state.timeout. Only ?db= is taken now."""
+    found = problems(MINIMAL + f'[state]\nbackend = "redis"\n'
+                     f'redis_url = "rediss://redis.example:6380/0?{query}"\n',
+                     config_dir(tmp_path))
+    assert f"query parameters {named} are not taken: only ?db= is" in found["state.redis_url"], (
+        found)
+    assert "hunter2" not in json.dumps(found)
+
+
+def test_a_redis_url_with_db_in_its_query_is_taken(tmp_path: Path) -> None:
+    cfg = parse_config(MINIMAL + '[state]\nbackend = "redis"\n'
+                       'redis_url = "unix:///run/redis/redis.sock?db=2"\n', config_dir(tmp_path))
+    assert cfg.state.redis_url.endswith("?db=2")

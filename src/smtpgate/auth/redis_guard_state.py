@@ -51,6 +51,7 @@ from smtpgate.auth.guard_state import (
 #: Shared helpers prepended to each script.
 _LIB = r"""
 local P = ARGV[1]
+local LOST = 'block record lost in Redis (evicted or deleted); kept until its end'
 local function after(s, n)  -- the text after the n-th '|'
   local i = 0
   for _ = 1, n do
@@ -152,10 +153,11 @@ for _, w in ipairs(wanted) do
   local untl = redis.call('ZSCORE', P .. 'blocks', m)
   if untl and tonumber(untl) > now then
     local h = redis.call('HMGET', P .. 'b:' .. m, 'since', 'until', 'reason')
-    if h[1] then
-      table.insert(blocks, {w[1], w[2], h[1], h[2], h[3]})
-      if w[1] == 'throttle' then throttled = true end
-    end
+    -- A block whose record is gone (a key evicted, deleted by hand) still blocks
+    -- until its end in P blocks: it was silently skipped, a lockout lifted.
+    if not h[1] then h = {ARGV[5], untl, LOST} end
+    table.insert(blocks, {w[1], w[2], h[1], h[2], h[3]})
+    if w[1] == 'throttle' then throttled = true end
   end
 end
 local known = false
@@ -200,7 +202,8 @@ local out = {}
 for _, m in ipairs(redis.call('ZRANGEBYSCORE', P .. 'blocks', '(' .. ARGV[2], '+inf')) do
   local h = redis.call('HMGET', P .. 'b:' .. m, 'since', 'until', 'reason')
   local z = string.find(m, '\0', 1, true)
-  if h[1] then table.insert(out, {string.sub(m, 1, z - 1), string.sub(m, z + 1), h[1], h[2], h[3]}) end
+  if not h[1] then h = {ARGV[2], redis.call('ZSCORE', P .. 'blocks', m), LOST} end
+  table.insert(out, {string.sub(m, 1, z - 1), string.sub(m, z + 1), h[1], h[2], h[3]})
 end
 return out
 """

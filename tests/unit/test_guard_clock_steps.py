@@ -49,6 +49,10 @@ async def test_a_step_back_of_a_day_does_not_make_a_lockout_last_a_day(
     refused = (await g.check(GUESSER, ALICE)).refusal
     assert refused is not None and refused.kind == ACCOUNT_NEW
     assert "the clock went back" in caplog.text
+    # With several nodes, a clock ahead on another node reads the same way: the
+    # line said only "the clock went back", and an administrator looked at this one.
+    assert "the node that started it has its clock that far ahead of this one's" in (
+        caplog.text)
     clock.now += CFG.lockout_duration - 1
     assert (await g.check(GUESSER, ALICE)).refusal is not None
     # ...and it ends one lockout_duration after the step was seen, not a day later.

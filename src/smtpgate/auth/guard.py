@@ -522,8 +522,10 @@ class Guard:
             await self._write(restart_stepped, self._store, snap.blocks, now)
         except StoreUnavailable:
             return snap
-        log.warning("guard: a block of %s began %.0f s after now: the clock went back; its "
-                    "blocks start again from now, each for its own length",
+        log.warning("guard: a block of %s began %.0f s after now: the clock went back (or, "
+                    "with the state in Redis, the node that started it has its clock that far "
+                    "ahead of this one's: see its cluster heartbeat warning); its blocks start "
+                    "again from now, each for its own length",
                     ", ".join(sorted({b.key for b in snap.blocks})), ahead)
         return replace(snap, blocks=tuple(
             replace(b, since=now, until=now + max(0.0, b.until - b.since)) for b in snap.blocks))

@@ -669,3 +669,19 @@ def test_extensions_after_helo_are_honoured_as_postfix_does() -> None:
                  "RCPT TO:<bob@example.net> NOTIFY=NEVER\r\nBDAT 4 LAST\r\nab\r\n".encode())
     assert [c[:3] for c in codes(out)] == ["250", "235", "250", "250", "250"]
     assert len(d.messages) == 1
+
+
+def test_a_recipient_repeated_once_the_limit_is_reached_is_not_452() -> None:
+    """Found by audit h24: with limits.max_recipients already reached, a RCPT of an
+    address already in the envelope (To and Cc alike) got 452 Too many recipients;
+    the client sends a 452'd recipient again in a transaction of its own, so that
+    recipient got the message twice. It is 250 and kept once, as below the limit;
+    a new address is still 452."""
+    d = authed(max_recipients=2)
+    out = d.feed(b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@example.net>\r\n"
+                 b"RCPT TO:<carol@example.net>\r\nRCPT TO:<bob@EXAMPLE.net>\r\n"
+                 b"RCPT TO:<dave@example.net>\r\nDATA\r\nSubject: t\r\n\r\nx\r\n.\r\n")
+    assert codes(out) == ([str(R.SENDER_OK)] + [str(R.RECIPIENT_OK)] * 3
+                          + [str(R.TOO_MANY_RECIPIENTS), str(R.START_DATA),
+                             str(R.MESSAGE_ACCEPTED)])
+    assert d.messages[0].recipients == ("bob@example.net", "carol@example.net")

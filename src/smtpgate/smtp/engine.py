@@ -843,8 +843,12 @@ class ServerEngine:
             # server's postmaster (Postfix appends $myorigin alike), not a bare
             # name a relay would refuse or resolve against its own domain.
             rcpt = f"postmaster@{self.settings.hostname}"
-        if len(self._recipients) >= self.settings.max_recipients:
-            # RFC 5321 §4.5.3.1.10: 452 and the client sends the rest later.
+        if (len(self._recipients) >= self.settings.max_recipients
+                and rcpt not in self._recipients):
+            # RFC 5321 §4.5.3.1.10: 452 and the client sends the rest later. An
+            # address already in the envelope is no new recipient: it is answered
+            # (and kept once) below; a 452 made the client send it again in a
+            # transaction of its own, and the recipient got the message twice.
             self._send(R.TOO_MANY_RECIPIENTS)
             return None
         return self._decide(RcptTo(rcpt, dsn if params else None))

@@ -264,6 +264,25 @@ def test_rfc4954_s4_auth_command_with_initial_response_over_limit_is_500_5_5_6()
     assert codes(out) == [str(R.LINE_TOO_LONG), str(R.NOOP_OK)]
 
 
+def test_the_over_long_line_markers_are_no_line_a_client_can_send() -> None:
+    """Found by audit h24: an over-long line was marked by the bytes
+    ``<NUL>TOOLONG`` and ``<NUL>AUTHTOOLONG``, so a client sending the second as a
+    SASL response got 500 5.5.6 and the exchange stayed open (its next line read as
+    the next response, no attempt logged); ``<NUL>TOOLONG`` got 'Line too long'.
+    They are the short lines they are: not base64 in AUTH (501 5.5.2, the exchange
+    ends), a NUL in a command (501 5.5.2)."""
+    d = Driver.new(tls=True)
+    d.feed(b"EHLO c\r\nAUTH LOGIN\r\n")
+    out = d.feed(b"\x00AUTHTOOLONG\r\n")
+    assert codes(out) == [str(R.AUTH_BAD_BASE64)]
+    assert not d.engine.in_auth
+    d.feed(b"AUTH PLAIN\r\n")
+    out = d.feed(b"\x00TOOLONG\r\nNOOP\r\n")
+    assert codes(out) == [str(R.AUTH_BAD_BASE64), str(R.NOOP_OK)]
+    out = d.feed(b"\x00TOOLONG\r\n\x00AUTHTOOLONG\r\nNOOP\r\n")
+    assert codes(out) == [str(R.NUL_IN_COMMAND)] * 2 + [str(R.NOOP_OK)]
+
+
 def test_rfc4954_s6_plain_authzid_other_than_authcid_is_535() -> None:
     d = Driver.new(tls=True)
     ir = base64.b64encode(b"bob@example.org\0alice@example.org\0correct horse").decode()

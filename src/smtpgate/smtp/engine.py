@@ -25,6 +25,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from enum import Enum
 
 from smtpgate.sasl import base as sasl
 from smtpgate.sasl.exchange import AuthResult, ExchangeStep, Outcome, ServerExchange
@@ -89,12 +90,23 @@ SESSION_ENDED = "session ended"
 #: The `MessageAborted` reason of a RSET (or STARTTLS) mid-BDAT: no refusal to log.
 TRANSACTION_RESET = "transaction reset"
 _HTTP_VERBS = frozenset({"GET", "POST", "HEAD", "PUT", "CONNECT", "OPTIONS", "DELETE"})
-#: What ``_take_line`` returns for a line over its limit; NUL never reaches a
-#: command (it is refused) nor a SASL response (it is not base64).
-_TOO_LONG = b"\x00TOOLONG"
-#: ... for an AUTH command over MAX_AUTH_LINE: its initial response is an
-#: authentication exchange line (RFC 4954 §4), so it gets 500 5.5.6.
-_AUTH_TOO_LONG = b"\x00AUTHTOOLONG"
+
+
+class _Overlong(Enum):
+    """What ``_take_line`` returns for a line over its limit: no bytes a client can
+    send. (They were the lines ``<NUL>TOOLONG`` and ``<NUL>AUTHTOOLONG``: a client
+    sending the second as a SASL response got 500 5.5.6 and the exchange stayed
+    open, its next line read as the next response.)"""
+
+    #: A command line over MAX_COMMAND_LINE, or a SASL response over MAX_AUTH_LINE.
+    LINE = "line"
+    #: An AUTH command over MAX_AUTH_LINE: its initial response is an
+    #: authentication exchange line (RFC 4954 §4), so it gets 500 5.5.6.
+    AUTH = "auth"
+
+
+_TOO_LONG = _Overlong.LINE
+_AUTH_TOO_LONG = _Overlong.AUTH
 _NEED_AUTH = frozenset({"MAIL", "RCPT", "DATA"})
 #: NOOP, RSET, VRFY, HELP, EHLO and HELO a session may send before each further
 #: one counts as an error toward ``max_errors`` (Postfix's smtpd_junk_command_limit
@@ -223,7 +235,7 @@ class ServerEngine:
         self._paused = False
         #: Inside an over-long line: what to return at its end (_TOO_LONG or
         #: _AUTH_TOO_LONG), None otherwise.
-        self._discarding: bytes | None = None
+        self._discarding: _Overlong | None = None
         self._shutdown = False
         self._closing = False
         #: Why the session is closing: the reason of the `CloseConnection` to come.
@@ -496,7 +508,7 @@ class ServerEngine:
         self._paused = True
         return event
 
-    def _take_line(self) -> bytes | None:
+    def _take_line(self) -> bytes | _Overlong | None:
         buf = self._inbuf
         limit = MAX_AUTH_LINE if self.state is State.AUTH else MAX_COMMAND_LINE
         nl = buf.find(b"\n")
@@ -522,22 +534,22 @@ class ServerEngine:
         # CRLF, or a bare LF as a named leniency; a CR elsewhere stays in the line.
         return line[:-2] if line.endswith(b"\r\n") else line[:-1]
 
-    def _too_long(self, line: bytes | bytearray) -> bytes:
+    def _too_long(self, line: bytes | bytearray) -> _Overlong:
         """The marker for an over-long line: an AUTH command whose initial response
         is over the RFC 4954 §4 limit is an authentication exchange line too."""
         if self.state is not State.AUTH and _is_auth_command(line):
             return _AUTH_TOO_LONG
         return _TOO_LONG
 
-    def _handle_line(self, raw: bytes) -> Event | None:
-        if raw == _TOO_LONG:
+    def _handle_line(self, raw: bytes | _Overlong) -> Event | None:
+        if isinstance(raw, _Overlong):
+            if raw is _AUTH_TOO_LONG:
+                # RFC 4954 §4/§6: 500 5.5.6, as for a response over the limit; no
+                # exchange was started, so there is no attempt to log.
+                return self._error(R.AUTH_LINE_TOO_LONG)
             if self.state is State.AUTH:
                 return self._auth_malformed("authentication line too long", R.AUTH_LINE_TOO_LONG)
             return self._error(R.LINE_TOO_LONG)
-        if raw == _AUTH_TOO_LONG:
-            # RFC 4954 §4/§6: 500 5.5.6, as for a response over the limit; no
-            # exchange was started, so there is no attempt to log.
-            return self._error(R.AUTH_LINE_TOO_LONG)
         if self.state is State.AUTH:
             return self._auth_response(raw)
         if b"\x00" in raw:

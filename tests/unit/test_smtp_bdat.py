@@ -304,3 +304,15 @@ def test_nul_in_the_header_section_is_refused_as_in_data(body: str) -> None:
     out = d.feed(envelope + bdat(b"Subject: a\r\n\r\n\x00\x01\x02") + b"NOOP\r\n")
     assert codes(out)[-2:] == [str(R.MESSAGE_ACCEPTED), str(R.NOOP_OK)]
     assert d.messages[0].data == b"Subject: a\r\n\r\n\x00\x01\x02"
+
+
+def test_a_message_beginning_with_white_space_is_refused_as_in_data() -> None:
+    """Audit h24: its first line would fold into the Received header above it. Known
+    from the first octet, so refused after the chunk that holds it, as a bare LF
+    is: the transaction ends, the chunk pipelined behind it is 503 and dropped."""
+    d = authed()
+    envelope = b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<b@example.net>\r\n"
+    out = d.feed(envelope + bdat(b"\t", last=False)
+                 + bdat(b"x\r\nFrom: a@b.example\r\n\r\nx\r\n") + b"NOOP\r\n")
+    assert codes(out)[-3:] == [str(R.FOLDED_FIRST_LINE), str(R.NEED_MAIL), str(R.NOOP_OK)]
+    assert d.messages == []

@@ -292,3 +292,32 @@ def test_nul_in_the_body_passes_unchanged(bytewise: bool) -> None:
     out = d.feed(body + b".\r\n", bytewise=bytewise)
     assert codes(out) == [str(R.MESSAGE_ACCEPTED)]
     assert d.messages[0].data == body
+
+
+# --- A message that begins with white space (docs/smtp.md) --------------------------
+
+
+@pytest.mark.parametrize("bytewise", [False, True])
+@pytest.mark.parametrize("message", [
+    b"\t(Authenticated sender: ceo@bank.example)\r\nFrom: alice@example.org\r\n\r\nx\r\n",
+    b" x\r\nFrom: alice@example.org\r\n\r\nx\r\n",
+    b"  disk usage report, no header at all\r\n",
+])
+def test_a_message_beginning_with_white_space_is_554_and_never_handed_over(
+    message: bytes, bytewise: bool
+) -> None:
+    """Found by audit h24: a message whose first line began with SP or HTAB was
+    queued, and that line, a folded continuation (RFC 5322 §2.2.3), joined the field
+    prepended above it: smtpgate's Received header (``;<date>`` then ``(Authenticated
+    sender: ceo@bank.example)``, read as the server's words), a Message-ID added,
+    Return-Path, the next hop's Received. Refused after the final dot; the session
+    goes on."""
+    d = authed()
+    d.feed(NUL_ENVELOPE)
+    out = d.feed(message + b".\r\nNOOP\r\n", bytewise=bytewise)
+    assert codes(out) == [str(R.FOLDED_FIRST_LINE), str(R.NOOP_OK)]
+    assert not d.messages and d.writing is None
+    assert any(isinstance(e, MessageAborted) for e in d.events)
+    # White space later in the header section folds into the client's own field.
+    out = d.feed(NUL_ENVELOPE + b"From: alice@example.org\r\n\tand more\r\n\r\n x\r\n.\r\n")
+    assert codes(out)[-1] == str(R.MESSAGE_ACCEPTED)

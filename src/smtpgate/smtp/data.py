@@ -232,19 +232,27 @@ class HeaderSection:
     """Collects the header section of a streamed message (RFC 5322 §2.1: up to
     the first empty line), at most ``limit`` octets."""
 
-    __slots__ = ("_buf", "_limit", "done", "too_big")
+    __slots__ = ("_buf", "_limit", "_started", "done", "folded_start", "too_big")
 
     def __init__(self, limit: int = MAX_HEADER_SECTION):
         self._buf = bytearray()
         self._limit = limit
+        self._started = False
         self.done = False
         self.too_big = False
+        #: The message's first octet is SP or HTAB (RFC 5322 §2.2.3: a folded line
+        #: continues the field above it): its first line would continue whatever
+        #: field is put above it, the Received header first.
+        self.folded_start = False
 
     def feed(self, out: bytes) -> bool:
         """Take the next unstuffed message octets; True if they ended the header
         section (the empty line), which happens once."""
         if self.done or self.too_big or not out:
             return False
+        if not self._started:
+            self._started = True
+            self.folded_start = out[:1] in (b" ", b"\t")
         start = max(0, len(self._buf) - 3)
         self._buf += out
         if self._buf.startswith(b"\r\n"):

@@ -932,7 +932,9 @@ class ServerEngine:
                       else "bare CR or LF" if data.doomed
                       else "header section too big" if header.too_big
                       else "NUL in the header section"
-                      if (ended or end is not None) and header.has_nul else "")
+                      if (ended or end is not None) and header.has_nul
+                      else "message begins with white space" if header.folded_start
+                      else "")
             if reason:
                 self._aborted = True
                 event = MessageAborted(reason)
@@ -965,6 +967,12 @@ class ServerEngine:
             # filters and mail readers in C) must see the same fields; a NUL ends a
             # C string, so a field would read differently to each. The body passes.
             refusal = R.NUL_IN_HEADER
+        elif header.folded_start:
+            # docs/smtp.md "A message that begins with white space": its first line
+            # would fold into the field stored or delivered above it, ours (the
+            # Received header, a Date or Message-ID added, Return-Path) or the
+            # next hop's, and read as that server's words.
+            refusal = R.FOLDED_FIRST_LINE
         if refusal is not None:
             self._send(refusal)
             self._after_message()
@@ -1031,7 +1039,9 @@ class ServerEngine:
                       else "bare CR or LF" if chunks.doomed
                       else "header section too big" if header.too_big
                       else "NUL in the header section"
-                      if (ended or end is not None) and header.has_nul else "")
+                      if (ended or end is not None) and header.has_nul
+                      else "message begins with white space" if header.folded_start
+                      else "")
             if reason:
                 self._aborted = True
                 event = MessageAborted(reason)

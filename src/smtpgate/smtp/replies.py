@@ -197,6 +197,10 @@ BARE_LINE_ENDING = Reply(
 # RFC 5322 §2.2 / §4.1: no NUL in a header field (docs/smtp.md "NUL octets"); RFC
 # 3463 X.6.0, other media error, as the content cannot be taken as it is.
 NUL_IN_HEADER = Reply(554, "5.6.0", "Message header contains NUL characters")
+# RFC 5322 §2.2.3: a folded line continues the field above it, and the first line
+# of a message has none but the ones the servers prepend (Received, Return-Path,
+# a Date or Message-ID added): it would become part of smtpgate's own field.
+FOLDED_FIRST_LINE = Reply(554, "5.6.0", "Message begins with white space: a header line cannot be folded into nothing")
 MESSAGE_ACCEPTED = Reply(250, "2.0.0", "OK queued")
 # --- BDAT (RFC 3030) ----------------------------------------------------------------
 # RFC 3030 §2: each chunk but the LAST is answered 250 once its octets are read.

@@ -9,7 +9,7 @@ import pytest
 from smtpgate.smtp import replies as R
 from smtpgate.smtp.dsn_params import RcptParams
 from smtpgate.smtp.engine import JUNK_COMMANDS
-from smtpgate.smtp.events import AuthFinished, MessageStart, StartTls
+from smtpgate.smtp.events import AuthFinished, MessageStart, RcptTo, StartTls
 from smtpgate.smtp.states import TRANSITIONS, State
 
 from .engine_driver import Driver
@@ -704,3 +704,17 @@ def test_a_recipient_repeated_once_the_limit_is_reached_is_not_452() -> None:
                           + [str(R.TOO_MANY_RECIPIENTS), str(R.START_DATA),
                              str(R.MESSAGE_ACCEPTED)])
     assert d.messages[0].recipients == ("bob@example.net", "carol@example.net")
+
+
+
+def test_a_repeated_recipient_is_not_put_to_the_decision_again() -> None:
+    """Found by audit h24: each RCPT of an address already in the envelope was a
+    RcptTo decision, and the account's recipient budget (policy/submission.py)
+    counted it again: with one recipient left this hour, To: bob and Cc: bob made
+    the second RCPT 450 4.7.1. It is answered 250 at once, as the duplicate it is."""
+    d = authed()
+    out = d.feed(b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@example.net>\r\n"
+                 b"RCPT TO:<bob@example.net> NOTIFY=NEVER\r\nRCPT TO:<carol@example.net>\r\n")
+    assert codes(out) == [str(R.SENDER_OK)] + [str(R.RECIPIENT_OK)] * 3
+    asked = [e.recipient for e in d.events if isinstance(e, RcptTo)]
+    assert asked == ["bob@example.net", "carol@example.net"]

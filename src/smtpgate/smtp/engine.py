@@ -855,24 +855,24 @@ class ServerEngine:
             # server's postmaster (Postfix appends $myorigin alike), not a bare
             # name a relay would refuse or resolve against its own domain.
             rcpt = f"postmaster@{self.settings.hostname}"
-        if (len(self._recipients) >= self.settings.max_recipients
-                and rcpt not in self._recipients):
-            # RFC 5321 §4.5.3.1.10: 452 and the client sends the rest later. An
-            # address already in the envelope is no new recipient: it is answered
-            # (and kept once) below; a 452 made the client send it again in a
-            # transaction of its own, and the recipient got the message twice.
+        if rcpt in self._recipients:
+            # The same address again (a client that puts it in To and Cc): 250 and
+            # kept once, with the first RCPT's DSN parameters, as Postfix's cleanup
+            # does. It is no new recipient, so it is not put to the decision: the
+            # account's recipient budget counted it twice (450 at the budget's last
+            # recipient), and at limits.max_recipients it got 452; either made the
+            # client send it again on its own, and the recipient got two copies.
+            self._send(R.RECIPIENT_OK)
+            return None
+        if len(self._recipients) >= self.settings.max_recipients:
+            # RFC 5321 §4.5.3.1.10: 452 and the client sends the rest later.
             self._send(R.TOO_MANY_RECIPIENTS)
             return None
         return self._decide(RcptTo(rcpt, dsn if params else None))
 
     def _respond_rcpt(self, event: RcptTo, reply: R.Reply | None) -> None:
         if reply is None or reply.code < 400:
-            if event.recipient in self._recipients:
-                # The same address twice (To and Cc alike): accepted, and kept
-                # once, as Postfix's cleanup does; the first RCPT's DSN parameters
-                # stand. Kept twice, it counted twice toward max_recipients.
-                self._send(reply or R.RECIPIENT_OK)
-                return
+            # A new address (_cmd_rcpt answers one already in the envelope).
             self._recipients.append(event.recipient)
             if event.dsn is not None:
                 self._dsn = replace(self._dsn, rcpts=(*self._dsn.rcpts,

@@ -105,9 +105,26 @@ def test_rfc6533_utf8_orcpt_in_an_smtputf8_transaction_is_kept_decoded() -> None
     b"ORCPT=utf-8;a\\x{0D}\\x{0A}X-Injected:\\x{20}yes@example.org",  # an escaped CR LF
     b"ORCPT=utf-8;a\\x{D800}@example.org",  # a surrogate is no character
     b"ORCPT=utf-8;a\\b@example.org",  # a backslash that escapes nothing
+    # Audit h24: what RCPT TO refuses in a UTF-8 address (audit h19), escaped or
+    # not: a line separator, a bidi override, the BOM, a C1 control.
+    b"ORCPT=utf-8;a\\x{2028}b@example.org",
+    b"ORCPT=utf-8;a\\x{202E}b@example.org",
+    b"ORCPT=utf-8;a\\x{FEFF}b@example.org",
+    b"ORCPT=utf-8;a\\x{85}b@example.org",
 ])
 def test_rfc6533_malformed_utf8_orcpt_gets_501(param: bytes) -> None:
     d = authed()
     d.feed(b"MAIL FROM:<a@example.org>\r\n")
     assert codes(d.feed(b"RCPT TO:<b@example.net> " + param + b"\r\n")) == [
         str(R.BAD_DSN_PARAMETER)]
+
+
+def test_a_utf8_orcpt_is_held_to_the_rule_of_utf8_addresses_as_unitext_too() -> None:
+    """Audit h24: in an SMTPUTF8 transaction a bidi override written as it is in
+    a utf-8 ORCPT was kept, and went into an internationalized report's
+    Original-Recipient field, while RCPT TO refuses it in the address (h19)."""
+    d = authed()
+    d.feed(b"MAIL FROM:<a@example.org> SMTPUTF8\r\n")
+    out = d.feed("RCPT TO:<b@example.net> ORCPT=utf-8;a\u202eb@example.org\r\n"
+                 "RCPT TO:<c@example.net> ORCPT=utf-8;jörg@example.org\r\n".encode())
+    assert codes(out) == [str(R.BAD_DSN_PARAMETER), str(R.RECIPIENT_OK)]

@@ -44,6 +44,15 @@ _NOT_IN_UTF8_ADDRESS = re.compile(
     "[\x80-\x9f\u2028\u2029\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ufeff]"
 )
 
+
+
+def has_character_barred_from_addresses(text: str) -> bool:
+    """``text`` holds a character no UTF-8 address may (a C1 control, a line or
+    paragraph separator, a bidi control, the BOM): the rule of `parse_mailbox`, for
+    an address written another way (an ORCPT of RFC 6533's ``utf-8`` type)."""
+    return _NOT_IN_UTF8_ADDRESS.search(text) is not None
+
+
 # RFC 5321 §4.5.3.1.1 and .2: local part 64 octets, domain 255 octets.
 MAX_LOCAL_PART = 64
 MAX_DOMAIN = 255

@@ -9,7 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from smtpgate.smtp import utf8_addr
-from smtpgate.smtp.address import AddressError, decode_xtext
+from smtpgate.smtp.address import (
+    AddressError,
+    decode_xtext,
+    has_character_barred_from_addresses,
+)
 from smtpgate.smtp.ascii_case import upper_ascii
 
 #: RFC 3461 §4.4: ENVID is at most 100 characters (of xtext, before decoding).
@@ -107,9 +111,15 @@ def parse_orcpt(value: str | None, *, utf8: bool = False) -> str:
     if not utf8_addr.is_utf8_type(addr_type):
         return f"{addr_type};{_ascii_xtext(address, 'ORCPT')}"
     try:
-        return f"{utf8_addr.UTF8_TYPE};{utf8_addr.decode(address, unitext=utf8)}"
+        decoded = utf8_addr.decode(address, unitext=utf8)
     except AddressError as e:
         raise DsnParamError(f"ORCPT: {e}") from None
+    if has_character_barred_from_addresses(decoded):
+        # What RCPT TO refuses in an address (audit h19) is refused here too,
+        # written as it is or as an escape (audit h24): it went into the
+        # Original-Recipient field of an internationalized report as it was.
+        raise DsnParamError("ORCPT: line separator, bidi control or BOM in the address")
+    return f"{utf8_addr.UTF8_TYPE};{decoded}"
 
 
 def parse_rcpt_params(params: dict[str, str | None], *, utf8: bool = False) -> RcptParams:

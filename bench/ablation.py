@@ -36,18 +36,16 @@ BENCH_DIR = Path(__file__).resolve().parent
 if str(BENCH_DIR.parent) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR.parent))
 from bench.run import (
-    DEFAULT_LOADGEN,
-    DEFAULT_REF_SERVER,
     WARMUP,
     Processes,
     Settings,
     Target,
     Workload,
     cpu_count,
-    default_tool,
     loadavg,
     run_loadgen,
     setup_smtpgate,
+    tool_settings,
 )
 
 ABLATE_DIR = BENCH_DIR / "probes" / "ablate"
@@ -62,16 +60,6 @@ VARIANTS: dict[str, tuple[tuple[str, ...], bool]] = {
     "no guard": ((), True),
     "none of these": (("metrics", "authlog", "serverlog", "from_policy"), True),
 }
-
-
-def _settings(workers: int) -> Settings:
-    return Settings(
-        python=default_tool("python"), smtpgate=default_tool("smtpgate"),
-        loadgen=DEFAULT_LOADGEN, ref_server=DEFAULT_REF_SERVER, workers=workers,
-        workers_source="ablation", repeat=1, uvloop=False, tls12=False, quick=False,
-        keep_tmp=False, results_dir=BENCH_DIR / "results", postfix=None, postfix_user="",
-        postfix_password="", postfix_ca=None, own_postfix=False, idle=0,
-    )
 
 
 def _start(s: Settings, tmp: Path, procs: Processes, index: int, parts: Sequence[str],
@@ -108,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         ap.error(f"unknown variant(s): {', '.join(unknown)}")
-    s = _settings(a.workers)
+    s = tool_settings(a.workers, "ablation")
     if a.workload == "C":
         w = Workload("C", f"{a.units} sessions x 1 msg, c=20", a.units, 20, 1, "sessions_per_s")
     else:

@@ -48,17 +48,15 @@ if str(BENCH_DIR.parent) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR.parent))
 from bench.run import (
     BENCH_USER,
-    DEFAULT_LOADGEN,
-    DEFAULT_REF_SERVER,
     LOOPBACK,
     Processes,
     Settings,
     Target,
     Workload,
-    default_tool,
     free_port,
     run_loadgen,
     setup_smtpgate,
+    tool_settings,
     wait_for_banner,
 )
 
@@ -67,16 +65,6 @@ STARTUP_TIMEOUT = 300.0
 #: A server's exit under Valgrind (it writes its counts then).
 EXIT_TIMEOUT = 120.0
 TARGETS = ("smtpgate", "aiosmtpd", "ceiling")
-
-
-def _settings() -> Settings:
-    return Settings(
-        python=default_tool("python"), smtpgate=default_tool("smtpgate"),
-        loadgen=DEFAULT_LOADGEN, ref_server=DEFAULT_REF_SERVER, workers=1,
-        workers_source="instructions", repeat=1, uvloop=False, tls12=False, quick=False,
-        keep_tmp=False, results_dir=BENCH_DIR / "results", postfix=None, postfix_user="",
-        postfix_password="", postfix_ca=None, own_postfix=False, idle=0,
-    )
 
 
 def _self_cost_by_object(path: Path, into: collections.Counter[str]) -> None:
@@ -194,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.error("--sessions N1 N2 needs 0 <= N1 < N2")
     if shutil.which("valgrind") is None:
         ap.error("valgrind is not installed (apt-get install valgrind)")
-    s = _settings()
+    s = tool_settings(1, "instructions")
     per_session: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="smtpgate-instructions-") as tmp_name:
         tmp = Path(tmp_name)

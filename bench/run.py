@@ -457,6 +457,19 @@ class Settings:
     ceiling: bool = True
 
 
+def tool_settings(workers: int, source: str) -> Settings:
+    """The settings of a tool that borrows this harness's set-up and loadgen runs
+    (`bench/ablation.py`, `bench/instructions.py`): the default tools, ``workers``,
+    no Postfix, no extras."""
+    return Settings(
+        python=default_tool("python"), smtpgate=default_tool("smtpgate"),
+        loadgen=DEFAULT_LOADGEN, ref_server=DEFAULT_REF_SERVER, workers=workers,
+        workers_source=source, repeat=1, uvloop=False, tls12=False, quick=False,
+        keep_tmp=False, results_dir=BENCH_DIR / "results", postfix=None, postfix_user="",
+        postfix_password="", postfix_ca=None, own_postfix=False, idle=0, extras=False,
+    )
+
+
 def loadgen_argv(s: Settings, target: Target, w: Workload, max_seconds: int) -> list[str]:
     argv = [
         str(s.python), str(s.loadgen),

@@ -9,74 +9,45 @@ server's certificate is made here, trusted with ``ca_file``.
 
 from __future__ import annotations
 
-import asyncio
-import ssl
 from pathlib import Path
 
 import pytest
 
-from smtpgate.tls.certs import write_self_signed
 from smtpgate.tools import mechanisms
-from smtpgate.tools.audit import AuditOptions, Target, audit_target
+from tests.unit.audit_toy import Answer, audit_toy, plain_reply
 
 
-def _server(context: ssl.SSLContext, clear_mechanisms: bytes,  # type: ignore[no-untyped-def]
-            started: list[bytes]):
-    """STARTTLS and ``AUTH clear_mechanisms`` in clear, each started with 334 and
-    then refused; after TLS, AUTH PLAIN SCRAM-SHA-256, refusing every login."""
+def _answers(clear_mechanisms: bytes, started: list[bytes]) -> Answer:
+    """One connection's answers: STARTTLS and ``AUTH clear_mechanisms`` in clear,
+    each started with 334 and then refused; after TLS, AUTH PLAIN SCRAM-SHA-256,
+    refusing every login."""
+    login_step = 0  # in an AUTH LOGIN exchange: the prompts answered so far
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        tls = False
-        login_step = 0  # in an AUTH LOGIN exchange: the prompts answered so far
-        try:
-            writer.write(b"220 mx.test.local ESMTP\r\n")
-            while line := await reader.readline():
-                verb = line[:4].upper()
-                if login_step == 1:
-                    login_step = 2 if line.strip() != b"*" else 0
-                    reply = b"334 UGFzc3dvcmQ6\r\n" if login_step else b"501 5.7.0 cancelled\r\n"
-                elif login_step == 2:
-                    login_step = 0
-                    reply = b"535 5.7.8 Authentication failed\r\n"
-                elif line.strip() == b"*":
-                    reply = b"501 5.7.0 cancelled\r\n"
-                elif verb == b"STAR" and not tls:
-                    writer.write(b"220 2.0.0 go ahead\r\n")
-                    await writer.drain()
-                    await writer.start_tls(context)
-                    tls = True
-                    continue
-                elif verb == b"EHLO":
-                    reply = (b"250-mx.test.local\r\n250 AUTH PLAIN SCRAM-SHA-256\r\n" if tls
-                             else b"250-mx.test.local\r\n250-STARTTLS\r\n250 AUTH "
-                             + clear_mechanisms + b"\r\n")
-                elif verb == b"AUTH":
-                    mech = line.split()[1].upper()
-                    if not tls:
-                        started.append(mech)
-                    login_step = 1 if mech == b"LOGIN" else 0
-                    reply = (b"334 VXNlcm5hbWU6\r\n" if mech == b"LOGIN"
-                             else b"535 5.7.8 Authentication failed\r\n" if len(line.split()) > 2
-                             else b"334 \r\n")
-                elif verb == b"MAIL":
-                    reply = b"530 5.7.0 Authentication required\r\n"
-                elif verb in (b"RCPT", b"DATA"):
-                    reply = b"503 5.5.1 MAIL first\r\n"
-                elif verb in (b"RSET", b"NOOP"):
-                    reply = b"250 2.0.0 ok\r\n"
-                elif verb == b"QUIT":
-                    writer.write(b"221 2.0.0 bye\r\n")
-                    break
-                else:
-                    reply = b"535 5.7.8 Authentication failed\r\n"
-                writer.write(reply)
-                await writer.drain()
-        except (ConnectionError, ssl.SSLError):
-            pass
-        finally:
-            writer.close()
+    def answer(verb: bytes, line: bytes, tls: bool) -> bytes:
+        nonlocal login_step
+        if login_step == 1:
+            login_step = 2 if line.strip() != b"*" else 0
+            return b"334 UGFzc3dvcmQ6\r\n" if login_step else b"501 5.7.0 cancelled\r\n"
+        if login_step == 2:
+            login_step = 0
+            return b"535 5.7.8 Authentication failed\r\n"
+        if line.strip() == b"*":
+            return b"501 5.7.0 cancelled\r\n"
+        if verb == b"EHLO":
+            return (b"250-mx.test.local\r\n250 AUTH PLAIN SCRAM-SHA-256\r\n" if tls
+                    else b"250-mx.test.local\r\n250-STARTTLS\r\n250 AUTH "
+                    + clear_mechanisms + b"\r\n")
+        if verb == b"AUTH":
+            mech = line.split()[1].upper()
+            if not tls:
+                started.append(mech)
+            login_step = 1 if mech == b"LOGIN" else 0
+            return (b"334 VXNlcm5hbWU6\r\n" if mech == b"LOGIN"
+                    else b"535 5.7.8 Authentication failed\r\n" if len(line.split()) > 2
+                    else b"334 \r\n")
+        return plain_reply(verb) or b"535 5.7.8 Authentication failed\r\n"
 
-    return handle
+    return answer
 
 
 @pytest.mark.parametrize(("offered", "probe", "finding", "severity"), [
@@ -89,18 +60,8 @@ def _server(context: ssl.SSLContext, clear_mechanisms: bytes,  # type: ignore[no
 async def test_auth_accepted_in_clear_is_rated_by_what_it_exposes(
     tmp_path: Path, offered: bytes, probe: bytes, finding: str, severity: str,
 ) -> None:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    write_self_signed(cert, key, "localhost", days=90)
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert, key)
     started: list[bytes] = []
-    server = await asyncio.start_server(_server(context, offered, started), "127.0.0.1", 0)
-    port = int(server.sockets[0].getsockname()[1])
-    try:
-        t = await audit_target(Target("127.0.0.1", port, "starttls"),
-                               AuditOptions(timeout=5.0, ehlo_name="client.test", ca_file=cert))
-    finally:
-        server.close()
+    t = await audit_toy(tmp_path, lambda: _answers(offered, started))
     assert t.complete, t.error
     assert started == [probe]  # the offered mechanism that gives most away
     assert t.auth_clear_accepted is True and t.auth_clear_mechanism == probe.decode()

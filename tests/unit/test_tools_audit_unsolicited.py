@@ -9,66 +9,24 @@ TLS, the toy server's certificate made here and trusted with ``ca_file``.
 
 from __future__ import annotations
 
-import asyncio
-import ssl
 from pathlib import Path
 
-from smtpgate.tls.certs import write_self_signed
-from smtpgate.tools.audit import AuditOptions, Target, audit_target
+from tests.unit.audit_toy import audit_toy, plain_reply
 
 
-def _server(context: ssl.SSLContext):  # type: ignore[no-untyped-def]
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        tls = False
-        try:
-            writer.write(b"220 mx.test.local ESMTP\r\n")
-            while line := await reader.readline():
-                verb = line[:4].upper()
-                if verb == b"STAR" and not tls:
-                    writer.write(b"220 2.0.0 go ahead\r\n")
-                    await writer.drain()
-                    await writer.start_tls(context)
-                    tls = True
-                    continue
-                if verb == b"EHLO":
-                    reply = (b"250-mx.test.local\r\n250 AUTH SCRAM-SHA-256\r\n" if tls else
-                             b"250-mx.test.local\r\n250-STARTTLS\r\n250 AUTH PLAIN\r\n"
-                             b"250 mx.test.local once more\r\n")
-                elif verb == b"AUTH":
-                    reply = b"334 \r\n" if not tls else b"535 5.7.8 no\r\n"
-                elif verb == b"MAIL":
-                    reply = b"530 5.7.0 Authentication required\r\n"
-                elif verb == b"RCPT":
-                    reply = b"503 5.5.1 MAIL first\r\n"
-                elif verb == b"RSET":
-                    reply = b"250 2.0.0 ok\r\n"
-                elif verb == b"QUIT":
-                    writer.write(b"221 2.0.0 bye\r\n")
-                    break
-                else:  # the dummy PLAIN response or "*"
-                    reply = b"535 5.7.8 Authentication failed\r\n"
-                writer.write(reply)
-                await writer.drain()
-        except (ConnectionError, ssl.SSLError):
-            pass
-        finally:
-            writer.close()
-
-    return handle
+def _answer(verb: bytes, line: bytes, tls: bool) -> bytes:
+    if verb == b"EHLO":
+        return (b"250-mx.test.local\r\n250 AUTH SCRAM-SHA-256\r\n" if tls else
+                b"250-mx.test.local\r\n250-STARTTLS\r\n250 AUTH PLAIN\r\n"
+                b"250 mx.test.local once more\r\n")
+    if verb == b"AUTH":
+        return b"334 \r\n" if not tls else b"535 5.7.8 no\r\n"
+    # The dummy PLAIN response or "*" is refused.
+    return plain_reply(verb) or b"535 5.7.8 Authentication failed\r\n"
 
 
 async def test_a_reply_nobody_asked_for_does_not_shift_the_audit(tmp_path: Path) -> None:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    write_self_signed(cert, key, "localhost", days=90)
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert, key)
-    server = await asyncio.start_server(_server(context), "127.0.0.1", 0)
-    port = int(server.sockets[0].getsockname()[1])
-    try:
-        t = await audit_target(Target("127.0.0.1", port, "starttls"),
-                               AuditOptions(timeout=5.0, ehlo_name="client.test", ca_file=cert))
-    finally:
-        server.close()
+    t = await audit_toy(tmp_path, lambda: _answer)
     assert t.complete, t.error
     assert t.tls_error == "" and t.tls is not None
     assert t.mechanisms_tls == ("SCRAM-SHA-256",)

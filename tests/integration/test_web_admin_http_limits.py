@@ -200,6 +200,25 @@ def test_a_head_with_more_header_lines_than_a_browser_sends_is_a_400(
     assert _answers(port, path)  # and the endpoint serves on
 
 
+def _answer_while_sending(s: socket.socket, body: bytes) -> tuple[bytes, list[str]]:
+    """Send ``body`` from a thread (the server may stop reading it) and read the
+    answer meanwhile: its status line and its header lines, lower-cased."""
+
+    def send() -> None:
+        try:
+            s.sendall(body)
+        except OSError:
+            pass
+
+    threading.Thread(target=send, daemon=True).start()
+    reply = s.makefile("rb")
+    status = reply.readline()
+    headers = []
+    while (line := reply.readline()) not in (b"\r\n", b""):
+        headers.append(line.decode().lower())
+    return status, headers
+
+
 def test_a_form_body_over_the_limit_is_a_413_at_once_not_a_408_later(
         endpoints: Endpoints) -> None:
     """Before: a POST whose Content-Length said more than the forms' 64 KiB, sent at
@@ -210,24 +229,9 @@ def test_a_form_body_over_the_limit_is_a_413_at_once_not_a_408_later(
         s.sendall(b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                   b"Content-Type: application/x-www-form-urlencoded\r\n"
                   b"Content-Length: %d\r\n\r\n" % len(body))
-
-        def send() -> None:
-            try:
-                s.sendall(body)
-            except OSError:
-                pass
-
-        sending = threading.Thread(target=send, daemon=True)
-        start = time.monotonic()
-        sending.start()
-        reply = s.makefile("rb")
-        status = reply.readline()
-        took = time.monotonic() - start
-        headers = []
-        while (line := reply.readline()) not in (b"\r\n", b""):
-            headers.append(line.decode().lower())
+        status, headers = _answer_while_sending(s, body)
+    # The fix is the status: until 2026-12 the same request got a 408, 15 s later.
     assert status.startswith(b"HTTP/1.1 413 "), status
-    assert took < 10, f"answered after {took:.1f} s (the 408 came after 15)"
     assert any(h.startswith("content-security-policy:") for h in headers), headers
     assert _answers(endpoints.admin, "/login")
 
@@ -242,20 +246,8 @@ def test_a_chunked_form_body_over_the_limit_is_a_413_at_once_too(endpoints: Endp
         s.sendall(b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                   b"Content-Type: application/x-www-form-urlencoded\r\n"
                   b"Transfer-Encoding: chunked\r\n\r\n")
-
-        def send() -> None:
-            try:
-                s.sendall(chunked)
-            except OSError:
-                pass
-
-        sending = threading.Thread(target=send, daemon=True)
-        start = time.monotonic()
-        sending.start()
-        status = s.makefile("rb").readline()
-        took = time.monotonic() - start
+        status, _ = _answer_while_sending(s, chunked)
     assert status.startswith(b"HTTP/1.1 413 "), status
-    assert took < 5, f"answered after {took:.1f} s (the 408 came after 15)"
     assert _answers(endpoints.admin, "/login")
 
 
@@ -273,15 +265,25 @@ def test_a_stop_does_not_wait_for_strangers_logins_to_be_answered(tmp_path: Path
         wait_http(srv, port)
         held = _queue_wrong_logins(port, 12, "127.0.24.1")
         time.sleep(1.0)  # the first few answered, the rest waiting their turn
-        start = time.monotonic()
         assert srv.stop(timeout=90) == 0
-        took = time.monotonic() - start
+        # Each connection holds what it was answered (after the login page's
+        # answer, already read): a login's answer, or nothing at all. Until 2026-12
+        # the stop waited for every login to be answered (about 35 s for these 12).
+        answered = 0
+        for s in held:
+            s.setblocking(True)
+            s.settimeout(5)
+            data = b""
+            with contextlib.suppress(OSError):
+                while chunk := s.recv(65536):
+                    data += chunk
+            answered += data.startswith(b"HTTP/1.1 ")
     finally:
         for s in held:
             s.close()
         if srv.proc is not None:
             srv.stop()
-    assert took < 10, f"the stop took {took:.0f} s"
+    assert answered < len(held), "every queued login was answered before the stop"
 
 
 def _full_cost_server(root: Path, port: int) -> Server:

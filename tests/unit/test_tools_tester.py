@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import socket
 import ssl
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -480,9 +482,10 @@ async def test_a_reply_nobody_asked_for_is_reported_and_the_rest_stay_aligned(
             "(not taken as the answer to the next command)") in text
 
 
-async def test_a_reply_nobody_asked_for_still_on_the_socket_is_found_before_sending() -> None:
-    """The extra reply came in a packet of its own, after the one read: it is read
-    from the socket (without waiting) before the next command goes out."""
+@contextlib.asynccontextmanager
+async def _greeted_session() -> AsyncIterator[tuple[Any, socket.socket]]:
+    """The tester's session watching for replies nobody asked for, over a socket
+    pair, past its 220: (the session, the server's end)."""
     from smtpgate.tools.session import SmtpSession
     from smtpgate.tools.wire import Wire
 
@@ -493,6 +496,16 @@ async def test_a_reply_nobody_asked_for_still_on_the_socket_is_found_before_send
     try:
         theirs.sendall(b"220 x\r\n")
         assert (await session.read_reply()).code == 220
+        yield session, theirs
+    finally:
+        theirs.close()
+        await session.close()
+
+
+async def test_a_reply_nobody_asked_for_still_on_the_socket_is_found_before_sending() -> None:
+    """The extra reply came in a packet of its own, after the one read: it is read
+    from the socket (without waiting) before the next command goes out."""
+    async with _greeted_session() as (session, theirs):
         theirs.sendall(b"421 4.3.2 going away soon\r\n")
         await asyncio.sleep(0.05)
         loop = asyncio.get_running_loop()
@@ -506,9 +519,6 @@ async def test_a_reply_nobody_asked_for_still_on_the_socket_is_found_before_send
         theirs.close()
         await asyncio.sleep(0.05)
         assert await session.wire.recv_available() == b""  # closed
-    finally:
-        theirs.close()
-        await session.close()
 
 
 def test_default_ehlo_name_is_the_machines_name() -> None:
@@ -720,24 +730,14 @@ async def test_replies_nobody_asked_for_are_read_a_step_at_a_time() -> None:
     """What is on the socket is read in steps, and the count checked after each: a
     flood is stopped after a few kilobytes, with the rest left unread."""
     from smtpgate.client.errors import RemoteProtocolError
-    from smtpgate.tools.session import MAX_UNSOLICITED_REPLIES, SmtpSession
-    from smtpgate.tools.wire import Wire
+    from smtpgate.tools.session import MAX_UNSOLICITED_REPLIES
 
-    ours, theirs = socket.socketpair()
-    ours.setblocking(False)
-    session = SmtpSession(Wire(ours), timeout=5.0)
-    session.watch_unsolicited = True
-    try:
-        theirs.sendall(b"220 x\r\n")
-        assert (await session.read_reply()).code == 220
+    async with _greeted_session() as (session, theirs):
         theirs.sendall(b"250 ok\r\n" * 4000)  # 32 000 bytes, all there at once
         with pytest.raises(RemoteProtocolError, match="nobody asked for"):
             await session.take_unsolicited()
         assert len(session.unsolicited) == MAX_UNSOLICITED_REPLIES + 1
         assert await session.wire.recv_available() is not None  # the rest is unread
-    finally:
-        theirs.close()
-        await session.close()
 
 
 async def test_a_server_that_closes_in_the_middle_of_a_reply_is_a_lost_connection() -> None:

@@ -476,7 +476,9 @@ def loadgen_argv(s: Settings, target: Target, w: Workload, max_seconds: int) -> 
         "--host", target.host, "--port", str(target.port), "--mode", "starttls",
         "--sessions", str(w.sessions), "--concurrency", str(w.concurrency),
         "--messages", str(w.messages),
-        "--user", target.user, "--password", target.password,
+        # One argument: a password that begins with "-" (secrets.token_urlsafe
+        # gives one in 32 times) is not taken for an option.
+        "--user", target.user, f"--password={target.password}",
         "--cafile", str(target.cafile),
         "--session-timeout", str(LOADGEN_SESSION_TIMEOUT),
         "--max-seconds", str(max_seconds), "--json",
@@ -489,7 +491,8 @@ def loadgen_argv(s: Settings, target: Target, w: Workload, max_seconds: int) -> 
 
 
 def redact(argv: list[str], secret: str) -> list[str]:
-    return ["***" if a == secret else a for a in argv]
+    return ["--password=***" if a == f"--password={secret}" else "***" if a == secret else a
+            for a in argv]
 
 
 def run_loadgen(s: Settings, target: Target, w: Workload, rep: int,

@@ -318,6 +318,31 @@ def test_rfc6533_a_report_for_a_hop_without_smtputf8_is_not_itself_smtputf8() ->
     assert built is not None and built[0].smtputf8 is True
 
 
+def test_rfc6533_a_report_for_a_hop_without_8bitmime_is_plain_7bit() -> None:
+    # Found with a relay that offers neither 8BITMIME nor SMTPUTF8: an SMTPUTF8
+    # message with 8-bit content to a UTF-8 recipient failed 5.6.3 (8-bit data is
+    # checked first), and its report, a global one with the UTF-8 address as it is,
+    # was 8-bit too: refused by that relay in turn and dropped (null sender), so
+    # the ASCII sender never heard of it. Now it is a plain 7-bit report.
+    data = ORIGINAL.replace(b"Subject: plans", "Subject: Gr\u00fc\u00dfe".encode())
+    assert data != ORIGINAL
+    e = env(rcpt_to=("j\u00fcrgen@example.net",), smtputf8=True, body_8bit=True)
+    built = dsn.build_report(
+        envelope=e, queue_id="q1", data=data,
+        reports=dsn.reports_for(e, [Outcome("j\u00fcrgen@example.net", "bounced",
+                                            "5.6.3 relay mx:25 does not accept 8-bit data "
+                                            "(8BITMIME)")], "failed"),
+        reporting_mta="mx.example.org", now=1_700_000_100.0)
+    assert built is not None
+    report_env, report = built
+    assert report.isascii()
+    assert report_env.smtputf8 is False and report_env.body_8bit is False
+    _, status, original = parts(report)
+    assert status.get_payload()[1]["Final-Recipient"] == "utf-8; j\\x{FC}rgen@example.net"
+    assert original.get_content_type() == "text/rfc822-headers"
+    assert b"Subject: Gr????e\r\n" in report
+
+
 def test_rfc6533_headers_only_of_an_internationalized_message() -> None:
     e = env(rcpt_to=("用户@例子.广告",), smtputf8=True, dsn_ret="HDRS")
     data = build(e, [Outcome("用户@例子.广告", "bounced", "550 5.1.1 no")])

@@ -53,7 +53,9 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 #: original's header only. The same for a next hop without SMTPUTF8 (5.6.7), whose
 #: report must also not need SMTPUTF8 (see `build_report`).
 _CONTENT_REFUSED = frozenset({"5.3.4", "5.6.3", "5.6.7"})
-_NO_SMTPUTF8 = "5.6.7"
+#: Statuses saying the next hop cannot take what an RFC 6533 report is: 8-bit data
+#: (5.6.3, no 8BITMIME) or internationalized mail (5.6.7, no SMTPUTF8).
+_NO_GLOBAL_REPORT = frozenset({"5.6.3", "5.6.7"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,9 +163,11 @@ def build_report(
         return None
     statuses = {status_code(r.action, r.diagnostic) for r in reports}
     # RFC 6533: a global report for internationalized mail, unless the message failed
-    # because the next hop lacks SMTPUTF8: the report takes the same way back, so to
-    # an ASCII sender it is a plain one (UTF-8 addresses in their 7-bit form).
-    utf8 = envelope.smtputf8 and not (_NO_SMTPUTF8 in statuses and envelope.mail_from.isascii())
+    # because the next hop lacks SMTPUTF8 or 8BITMIME (a global report is 8-bit
+    # data): the report takes the same way back and would meet the same refusal, so
+    # to an ASCII sender it is a plain one (UTF-8 addresses in their 7-bit form).
+    utf8 = envelope.smtputf8 and not (not statuses.isdisjoint(_NO_GLOBAL_REPORT)
+                                      and envelope.mail_from.isascii())
     clean = _clean_utf8 if utf8 else _clean
     failed = any(r.action == "failed" for r in reports)
     delayed = all(r.action == "delayed" for r in reports)

@@ -245,6 +245,24 @@ def test_list_shows_recipients_status_and_last_error(spool: Spool) -> None:
     assert obj["size"] == len(MESSAGE) and obj["last_error"] is None
 
 
+def test_list_json_last_error_is_never_a_delivered_recipients_reply() -> None:
+    """Found with a relay that took one recipient (250) and deferred the other (451):
+    the message's ``last_error`` in ``queue list --json`` was the 250 (the last
+    recipient's result, delivered or not); it is now the last undelivered one's."""
+    from smtpgate.queue.manage import Entry
+    from smtpgate.queue.state import MessageState, RcptStatus, RecipientState
+
+    later = "relay mx:25 refused recipient: 451 4.2.1 busy"
+    state = MessageState((
+        RecipientState("bob@example.net", RcptStatus.PENDING, 1, T0 + 60, later),
+        RecipientState("carol@example.net", RcptStatus.DELIVERED, 1, 0.0,
+                       "relay mx:25: 250 2.0.0 queued"),
+    ))
+    obj = Entry("q1", envelope(), len(MESSAGE), state).as_json(T0 + 90)
+    assert obj["last_error"] == later
+    assert [r["last_error"] for r in obj["recipients"]] == [later, None]  # type: ignore[union-attr]
+
+
 def test_cli_flush_of_a_held_message_says_it_is_held(tmp_path: Path) -> None:
     """``queue flush ID`` on a held message said "flushed 0 messages", then that it is
     held but exited 0; it now says why nothing happened and how to let it go, as an

@@ -42,7 +42,10 @@ class Entry:
     state: MessageState
 
     def as_json(self, now: float) -> dict[str, object]:
-        last = [r.last_result for r in self.state.recipients if r.last_result]
+        # A delivered recipient's result is the hop's 250, no error: the message's
+        # last error is that of the last recipient still without a delivery.
+        errors = [e for e in (_error(r.last_result, r.status) for r in self.state.recipients)
+                  if e is not None]
         return {
             "id": self.queue_id,
             "sender": self.envelope.mail_from,
@@ -56,8 +59,7 @@ class Entry:
             "arrived": self.envelope.received_at,
             "size": self.size,
             "held": self.state.held,
-            "last_error": next((e for e in reversed(last)), None) if any(
-                r.status is not RcptStatus.DELIVERED for r in self.state.recipients) else None,
+            "last_error": errors[-1] if errors else None,
             "auth": self.envelope.auth_identity,
         }
 

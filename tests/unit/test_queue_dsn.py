@@ -343,6 +343,37 @@ def test_rfc6533_a_report_for_a_hop_without_8bitmime_is_plain_7bit() -> None:
     assert b"Subject: Gr????e\r\n" in report
 
 
+def test_a_failure_report_over_the_size_limit_returns_the_header_only() -> None:
+    # Found with a relay taking SIZE 35000000 (limits.max_message_size, as another
+    # smtpgate's): a 34.99 MB message refused at RCPT (550 5.1.1) got a report
+    # carrying it whole, 35000751 octets, which the same relay refused (5.3.4); a
+    # report from the null sender that cannot be delivered is dropped, so the
+    # sender never heard that the message was not delivered.
+    data = b"From: alice@example.org\r\nSubject: big\r\n\r\n" + b"a" * 76 * 1000
+    e = env()
+    reports = dsn.reports_for(e, [Outcome("bob@example.net", "bounced",
+                                          "relay mx:25 refused recipient: 550 5.1.1 no")],
+                              "failed")
+
+    def report(size_limit: int) -> tuple[Envelope, bytes] | None:
+        return dsn.build_report(envelope=e, queue_id="q1", data=data, reports=reports,
+                                reporting_mta="mx.example.org", now=1_700_000_100.0,
+                                size_limit=size_limit)
+
+    built = report(len(data) + 100)
+    assert built is not None
+    small = built[1]
+    assert len(small) < 4096
+    _, status, original = parts(small)
+    assert original.get_content_type() == "text/rfc822-headers"
+    assert b"Subject: big\r\n" in small and b"aaaa" not in small
+    assert status.get_payload()[1]["Status"] == "5.1.1"
+    # Under the limit, the whole message as before.
+    built = report(len(data) + 4096)
+    assert built is not None and data in built[1]
+    assert parts(built[1])[2].get_content_type() == "message/rfc822"
+
+
 def test_rfc6533_headers_only_of_an_internationalized_message() -> None:
     e = env(rcpt_to=("用户@例子.广告",), smtputf8=True, dsn_ret="HDRS")
     data = build(e, [Outcome("用户@例子.广告", "bounced", "550 5.1.1 no")])

@@ -147,6 +147,24 @@ async def test_permanent_failure_bounces_at_once(
     assert "550 5.1.1 unknown" in caplog.text
 
 
+async def test_the_bounce_of_a_message_near_the_size_limit_returns_its_header_only(
+    spool: Spool,
+) -> None:
+    """The worker gives `dsn.build_report` ``limits.max_message_size``: the bounce of
+    a message near it would be over it with the message whole, and be refused
+    by a next hop with that limit, then dropped (a report from the null sender)."""
+    data = b"Subject: big\r\n\r\n" + b"x" * 5000
+    await spool.store(envelope(), data)
+    d = FakeDeliverer()
+    d.by_rcpt = {"bob@example.net": PermFailure("550 5.1.1 unknown")}
+    worker = DeliveryWorker(spool, d, CFG, FakeClock(), report_size_limit=len(data) + 200)
+    await worker.run_once()
+    assert spool.list_ids() == []
+    report = [m for m, rcpts in d.calls if rcpts == ("alice@example.org",)]
+    assert len(report) == 1 and report[0].envelope.mail_from == ""
+    assert b"text/rfc822-headers" in report[0].data and b"xxxx" not in report[0].data
+
+
 async def test_only_pending_recipients_are_retried(spool: Spool) -> None:
     qid = await spool.store(envelope("ok@x", "later@x", "never@x"), b"m")
     clock = FakeClock()

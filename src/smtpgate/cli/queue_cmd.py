@@ -76,7 +76,8 @@ def _manager(cfg: Config, wait: float = 30.0) -> Iterator[QueueManager]:
         raise OperationalError(f"cannot open the spool: {e}",
                                "check [queue].spool and its permissions") from None
     try:
-        yield QueueManager(spool, wait=wait, reporting_mta=cfg.hostname)
+        yield QueueManager(spool, wait=wait, reporting_mta=cfg.hostname,
+                           report_size_limit=cfg.limits.max_message_size)
     except NotAQueueId as e:
         raise NotFound(str(e), "'smtpgate queue list' shows the ids of the messages "
                                "in the queue") from None
@@ -335,7 +336,8 @@ def _deliver_here(cfg: Config, spool_dir: Path) -> tuple[int, Counter[str]] | No
         spool = Spool(spool_dir, prefill=False)
         deliverer = make_deliverer(cfg)
         worker = DeliveryWorker(spool, deliverer, cfg.queue, reporting_mta=cfg.hostname,
-                                drop_fields=cfg.delivery.drop_fields)
+                                drop_fields=cfg.delivery.drop_fields,
+                                report_size_limit=cfg.limits.max_message_size)
         try:
             return await worker.run_once(), worker.outcomes
         except RuntimeError:

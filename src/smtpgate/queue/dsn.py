@@ -25,7 +25,7 @@ import ipaddress
 import re
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from smtpgate.queue.envelope import Envelope
 from smtpgate.queue.state import Outcome
@@ -150,6 +150,7 @@ def build_report(
     reports: Sequence[Report],
     reporting_mta: str,
     now: float,
+    size_limit: int | None = None,
 ) -> tuple[Envelope, bytes] | None:
     """The envelope and bytes of the report about ``reports`` (recipients of one
     message, all with the same kind of action), or None when nobody must be told:
@@ -157,7 +158,11 @@ def build_report(
 
     A failure report returns the original whole (``message/rfc822``) unless the
     sender asked for headers only (RET=HDRS), as Postfix does by default; other
-    reports return its header only.
+    reports return its header only. So does a failure report that would be larger
+    than ``size_limit`` (``limits.max_message_size``) with the original whole: a
+    message near the limit plus the report around it is over it, a next hop with
+    that limit refuses the report, and a report (from the null sender) that cannot
+    be delivered is dropped: the sender would never hear of the failure.
     """
     if not envelope.mail_from or not reports:
         return None
@@ -228,9 +233,11 @@ def build_report(
             # the report would be 8-bit and meet the refusal it reports. Each
             # such octet becomes "?": the header stays readable, the report 7-bit.
             original = original.translate(_ASCII_ONLY)
+        whole = False
     else:
         original = data
         original_type = "message/global" if utf8 else "message/rfc822"
+        whole = True
     report_type = "global-delivery-status" if utf8 else "delivery-status"
     # What the report really carries: a header-only report of an 8-bit message is
     # 7-bit, and 8-bit data the client sent without BODY=8BITMIME is still 8-bit.
@@ -273,6 +280,10 @@ def build_report(
     if not original.endswith(b"\r\n"):
         original += b"\r\n"
     body = head + original + f"\r\n--{boundary}--\r\n".encode("ascii")
+    if whole and size_limit is not None and len(body) > size_limit:
+        return build_report(envelope=replace(envelope, dsn_ret="HDRS"), queue_id=queue_id,
+                            data=data, reports=reports, reporting_mta=reporting_mta,
+                            now=now)
     report_env = Envelope(
         mail_from="",  # RFC 3461 §6.2: a report has the null reverse-path
         rcpt_to=(envelope.mail_from,),

@@ -82,10 +82,12 @@ class QueueManager:
     for a delivery attempt in progress (one to a slow relay can take minutes)."""
 
     def __init__(self, spool: Spool, *, wait: float = 30.0,
-                 reporting_mta: str = "localhost") -> None:
+                 reporting_mta: str = "localhost",
+                 report_size_limit: int | None = None) -> None:
         self._spool = spool
         self._wait = wait
         self._reporting_mta = reporting_mta
+        self._report_size_limit = report_size_limit  # see `dsn.build_report`
         #: What the last `entries` or `flush` of the whole queue could not read.
         self.unreadable: list[Unreadable] = []
 
@@ -195,6 +197,7 @@ class QueueManager:
                 envelope=envelope, queue_id=qid, data=data,
                 reports=dsn.reports_for(envelope, outcomes, "failed"),
                 reporting_mta=self._reporting_mta, now=time.time(),
+                size_limit=self._report_size_limit,
             )
             report_id = self._spool.store_sync(*built) if built is not None else None
             self._spool.remove_sync(qid)

@@ -153,6 +153,7 @@ class DeliveryWorker:
         stop_grace: float = 30.0,
         reporting_mta: str = "localhost",
         drop_fields: Sequence[str] = DEFAULT_DROP_FIELDS,
+        report_size_limit: int | None = None,
     ) -> None:
         self._spool = spool
         #: The header fields a message loses on delivery (``delivery.drop_fields``).
@@ -174,6 +175,9 @@ class DeliveryWorker:
         self._poll_gap = poll_interval  # shrinks while scans find new messages
         self._stop_grace = stop_grace
         self._reporting_mta = reporting_mta  # our name in delivery status reports
+        # A failure report over this size returns the original's header only
+        # (``limits.max_message_size``; see `dsn.build_report`).
+        self._report_size_limit = report_size_limit
         self._due: dict[str, float] = {}  # queue id -> next attempt (clock time)
         self._heap: list[tuple[float, str]] = []  # same, ordered; stale entries skipped
         self._inflight: dict[str, asyncio.Task[None]] = {}
@@ -828,7 +832,7 @@ class DeliveryWorker:
             reports = dsn.reports_for(envelope, chosen, action)
             built = dsn.build_report(envelope=envelope, queue_id=qid, data=data,
                                      reports=reports, reporting_mta=self._reporting_mta,
-                                     now=now)
+                                     now=now, size_limit=self._report_size_limit)
             if built is None:
                 if chosen and action in ("failed", "delayed"):
                     log.info("queue: %s no %s report for %s (null sender or NOTIFY)",

@@ -563,7 +563,8 @@ async def serve_sockets(
     worker_task: asyncio.Task[None] | None = None
     if with_delivery:
         worker = DeliveryWorker(spool, make_deliverer(cfg), cfg.queue, reporting_mta=cfg.hostname,
-                            drop_fields=cfg.delivery.drop_fields)
+                                drop_fields=cfg.delivery.drop_fields,
+                                report_size_limit=cfg.limits.max_message_size)
         worker_task = loop.create_task(worker.run())
     if limiter is None:
         limiter = ConnectionLimiter(cfg.limits.max_connections, cfg.limits.max_connections_per_ip,
@@ -759,7 +760,8 @@ async def deliver_only(
     loop = asyncio.get_running_loop()
     spool = Spool(cfg.path(cfg.queue.spool))
     worker = DeliveryWorker(spool, make_deliverer(cfg), cfg.queue, reporting_mta=cfg.hostname,
-                            drop_fields=cfg.delivery.drop_fields)
+                            drop_fields=cfg.delivery.drop_fields,
+                            report_size_limit=cfg.limits.max_message_size)
     task = loop.create_task(worker.run())
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

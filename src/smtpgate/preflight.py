@@ -42,6 +42,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from smtpgate import mechanism_facts
+from smtpgate.auth.networks import in_networks, parse_networks
 from smtpgate.config import Config, ListenerConfig, hostname_problem
 from smtpgate.plural import count
 from smtpgate.queue.space import MIN_FREE_INODES, free_bytes, free_inodes
@@ -593,7 +594,59 @@ def check_front_doors(cfg: Config) -> list[Problem]:
                     lookup(name)
                 except KeyError:
                     out.append(_error(f"{key}.{field}", f"no such {field}: {name!r}"))
+    for i, door in enumerate(cfg.auth_listeners):
+        if door.upstream is not None:
+            out += _upstream_refuses_nginx(cfg, f"auth_listeners.{i}.upstream", door.upstream)
     return out
+
+
+def _upstream_refuses_nginx(cfg: Config, key: str, upstream: str) -> list[Problem]:
+    """An auth_http ``upstream`` that is one of this server's own listeners, where
+    nginx's session cannot start: nginx speaks plain SMTP there and sends ``XCLIENT``
+    before anything else, so a listener with implicit TLS never greets it, and one
+    whose ``xclient_trusted`` does not hold nginx's address (for a loopback upstream,
+    that address itself) refuses the ``XCLIENT``. Each login is then accepted by the
+    door (a success in the auth log) and its client gets no session (nginx's ``451
+    4.3.2 Internal server error``), for ever, while config check said OK. An upstream on another host is not checked."""
+    host, port = _split_upstream(upstream)
+    try:
+        target = ipaddress.ip_address(host)
+    except ValueError:
+        return []  # the schema refuses it already
+    for j, lst in enumerate(cfg.listeners):
+        lhost, lport = lst.host_port
+        try:
+            bound = ipaddress.ip_address(lhost)
+        except ValueError:
+            continue  # a host name: resolved at bind time
+        if lport != port or not (bound == target or (_overlap(bound, target)
+                                                     and target.is_loopback)):
+            continue
+        name = f"listeners.{j} ({lst.name!r})"
+        if lst.tls == "implicit":
+            return [_warning(key, f"{upstream} is {name}, which has tls = 'implicit': "
+                             "nginx's mail proxy talks plain SMTP to its upstream and waits "
+                             "for a greeting that never comes, so no login nginx accepts gets "
+                             "a session; use a STARTTLS listener of its own "
+                             "(docs/integration.md, \"nginx mail proxy\")")]
+        trusted = parse_networks(lst.xclient_trusted)
+        if not trusted:
+            why = "whose xclient_trusted is empty"
+        elif target.is_loopback and not in_networks(target, trusted):
+            why = f"whose xclient_trusted does not hold {target}, where nginx connects from"
+        else:
+            return []
+        return [_warning(key, f"{upstream} is {name}, {why}: nginx's XCLIENT is refused "
+                         "there with 550 5.7.0, so every login nginx accepts ends in its "
+                         "'Internal server error' (451); use a listener of its own whose "
+                         "xclient_trusted names nginx's address (docs/integration.md, "
+                         "\"nginx mail proxy\")")]
+    return []
+
+
+def _split_upstream(upstream: str) -> tuple[str, int]:
+    host, _, port = upstream.rpartition(":")
+    return host.strip("[]"), int(port)
 
 
 def check_client_cas(cfg: Config, now: dt.datetime) -> list[Problem]:

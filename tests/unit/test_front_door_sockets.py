@@ -194,3 +194,33 @@ def test_a_socket_others_may_reach_or_replace_is_warned_about(base: Path) -> Non
     assert severity == "warning" and "every local user" in message
     assert not any(k.startswith("auth_listeners") for k in _checked(
         BASE + door(protocol="dovecot", address=f"unix:{base}/auth", mode="0660"), base))
+
+
+def test_an_upstream_listener_nginx_cannot_use_is_a_warning(base: Path) -> None:
+    """nginx hands each session it authenticated to ``upstream`` with XCLIENT; a
+    listener of this server that refuses it (no xclient_trusted, or not nginx's
+    loopback address) or never greets plain SMTP (implicit TLS) made every login a
+    success in the auth log and nginx's 451 to the client, with config check OK."""
+    def found(listener: str, upstream: str) -> tuple[str, str] | None:
+        text = (MINIMAL.replace('address = "127.0.0.1:2587"\ntls = "starttls"\n', listener)
+                + door(protocol="auth_http", address="127.0.0.1:9143", upstream=upstream))
+        return _checked(text, base).get("auth_listeners.0.upstream")
+
+    plain = 'address = "127.0.0.1:2587"\ntls = "starttls"\n'
+    refused = found(plain, "127.0.0.1:2587")
+    assert refused is not None and refused[0] == "warning"
+    assert "xclient_trusted is empty" in refused[1] and "listeners.0" in refused[1]
+    other = found(plain + 'xclient_trusted = ["10.0.0.0/8"]\n', "127.0.0.1:2587")
+    assert other is not None and "does not hold 127.0.0.1" in other[1]
+    wildcard = found('address = "0.0.0.0:2587"\ntls = "starttls"\n', "127.0.0.1:2587")
+    assert wildcard is not None and wildcard[0] == "warning"
+    implicit = found('address = "127.0.0.1:2587"\ntls = "implicit"\n'
+                     'xclient_trusted = ["127.0.0.1/32"]\n', "127.0.0.1:2587")
+    assert implicit is not None and "implicit" in implicit[1]
+    # The documented set-up, another port, and another host: nothing to say.
+    trusting = plain + 'xclient_trusted = ["127.0.0.1/32"]\n'
+    assert found(trusting, "127.0.0.1:2587") is None
+    assert found(plain, "127.0.0.1:2588") is None
+    assert found(plain, "10.0.0.5:2587") is None
+    six = 'address = "[::1]:2587"\ntls = "starttls"\nxclient_trusted = ["::1/128"]\n'
+    assert found(six, "[::1]:2587") is None

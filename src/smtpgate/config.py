@@ -154,7 +154,8 @@ class ListenerConfig(Model):
         default_factory=list,
         description="Networks (CIDR) allowed to connect to a proxy_protocol listener; a "
         "connection from elsewhere, or a missing or malformed header, is closed before any "
-        "SMTP byte. E.g. ['127.0.0.1/32', '10.0.0.0/24'].",
+        "SMTP byte. E.g. ['127.0.0.1/32', '10.0.0.0/24']. Without proxy_protocol = true it "
+        "limits nothing (config check warns).",
     )
     mechanisms: list[str] | None = Field(
         default=None,
@@ -304,7 +305,8 @@ class AuthListenerConfig(Model):
     )
     trusted_proxies: list[str] = Field(
         default_factory=list,
-        description="Networks (CIDR) allowed to send the PROXY header on this front door.",
+        description="Networks (CIDR) allowed to send the PROXY header on this front door. "
+        "Without proxy_protocol = true it limits nothing (config check warns).",
     )
     max_connections: int = Field(
         default=500, ge=1, le=100_000,

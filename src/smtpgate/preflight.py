@@ -481,6 +481,7 @@ def check_listeners(cfg: Config) -> list[Problem]:
                                   "address: the second cannot bind"))
         bound.append((port, ip, lst.name))
         out += _cram_md5_beside_passwords(cfg, i, lst)
+        out += _proxies_unused(f"listeners.{i}", lst.proxy_protocol, lst.trusted_proxies)
         out += _no_way_to_log_in(cfg, i, lst)
         out += _scram_withheld(cfg, i, lst)
     # The web admin and the metrics endpoint bind plainly in the same server: on an
@@ -595,9 +596,23 @@ def check_front_doors(cfg: Config) -> list[Problem]:
                 except KeyError:
                     out.append(_error(f"{key}.{field}", f"no such {field}: {name!r}"))
     for i, door in enumerate(cfg.auth_listeners):
+        out += _proxies_unused(f"auth_listeners.{i}", door.proxy_protocol, door.trusted_proxies)
         if door.upstream is not None:
             out += _upstream_refuses_nginx(cfg, f"auth_listeners.{i}.upstream", door.upstream)
     return out
+
+
+def _proxies_unused(key: str, proxy_protocol: bool, trusted_proxies: list[str]) -> list[Problem]:
+    """``trusted_proxies`` without ``proxy_protocol = true`` does nothing, and reads
+    like an allowlist: it names who may send a PROXY header, not who may connect, so
+    a listener or front door meant for the balancer (or the MTA) alone took
+    connections from anyone without a word."""
+    if proxy_protocol or not trusted_proxies:
+        return []
+    return [_warning(f"{key}.trusted_proxies", "is ignored without proxy_protocol = true: it "
+                     "names who may send a PROXY header, it does not limit who may connect; "
+                     f"set {key}.proxy_protocol = true behind HAProxy's send-proxy, or remove "
+                     "trusted_proxies and limit who connects with the address or a firewall")]
 
 
 def _upstream_refuses_nginx(cfg: Config, key: str, upstream: str) -> list[Problem]:
@@ -607,7 +622,8 @@ def _upstream_refuses_nginx(cfg: Config, key: str, upstream: str) -> list[Proble
     whose ``xclient_trusted`` does not hold nginx's address (for a loopback upstream,
     that address itself) refuses the ``XCLIENT``. Each login is then accepted by the
     door (a success in the auth log) and its client gets no session (nginx's ``451
-    4.3.2 Internal server error``), for ever, while config check said OK. An upstream on another host is not checked."""
+    4.3.2 Internal server error``), for ever, while config check said OK. An upstream
+    on another host is not checked."""
     host, port = _split_upstream(upstream)
     try:
         target = ipaddress.ip_address(host)

@@ -224,3 +224,21 @@ def test_an_upstream_listener_nginx_cannot_use_is_a_warning(base: Path) -> None:
     assert found(plain, "10.0.0.5:2587") is None
     six = 'address = "[::1]:2587"\ntls = "starttls"\nxclient_trusted = ["::1/128"]\n'
     assert found(six, "[::1]:2587") is None
+
+
+def test_trusted_proxies_without_proxy_protocol_is_a_warning(base: Path) -> None:
+    """``trusted_proxies`` alone reads like an allowlist of who may connect, and did
+    nothing: a door meant for one MTA host took anyone's connections, config check OK."""
+    text = BASE + door(protocol="dovecot", address="127.0.0.1:12345") + (
+        'trusted_proxies = ["10.0.0.5/32"]\n')
+    found = _checked(text, base)["auth_listeners.0.trusted_proxies"]
+    assert found[0] == "warning" and "proxy_protocol = true" in found[1]
+    listener = MINIMAL.replace('tls = "starttls"\n', 'tls = "starttls"\n'
+                               'trusted_proxies = ["10.0.0.5/32"]\n')
+    from smtpgate.preflight import check_listeners
+    keys = {p.key: p.severity for p in check_listeners(parse_config(listener, base))}
+    assert keys["listeners.0.trusted_proxies"] == "warning"
+    proxied = BASE + door(protocol="dovecot", address="127.0.0.1:12345") + (
+        'trusted_proxies = ["10.0.0.5/32"]\nproxy_protocol = true\n')
+    assert "auth_listeners.0.trusted_proxies" not in _checked(proxied, base)
+    assert not any(k.endswith("trusted_proxies") for k in _checked(BASE, base))

@@ -33,6 +33,7 @@ from __future__ import annotations
 import base64
 import getpass
 import ipaddress
+import logging
 import os
 import re
 import secrets
@@ -66,7 +67,7 @@ from smtpgate.auth.credentials import (
     wanted_schemes,
 )
 from smtpgate.auth.directory import Account, AppPassword, CertificateRecord
-from smtpgate.auth.guard_state import Block
+from smtpgate.auth.guard_state import Block, GuardStoreError
 from smtpgate.auth.imports import ImportEntry
 from smtpgate.auth.names import (
     InvalidAccountName,
@@ -82,6 +83,8 @@ from smtpgate.config import AccountsConfig, Config, PasswordsConfig
 from smtpgate.policy.passwords import check_password_policy
 from smtpgate.smtp.address import AddressError, parse_mailbox
 from smtpgate.tls.client_certs import normalise_fingerprint, read_certificate
+
+log = logging.getLogger("smtpgate.admin")
 
 
 class AdminError(Exception):
@@ -617,7 +620,34 @@ class AccountAdmin:
             w.create_account(
                 name, creds, cram_md5_enabled=cram_md5_enabled, allowed_mechanisms=allowed
             )
+        self._start_clean([name])
         return self.require_account(name)
+
+    def _start_clean(self, names: Collection[str]) -> None:
+        """Lift the lockouts and throttle the guard holds under new accounts' names
+        and forget the failures counted against them, as ``remove_account`` does
+        for a name that goes: guesses at a name that was no account yet were
+        guesses at nothing, and must not refuse its owner's first login (from an
+        address new to the account, as every address is) with ``454``. Done after
+        the accounts are committed and best effort: a guard that cannot be opened
+        or written does not undo them (a lockout ends by itself, and ``user
+        unlock`` lifts it), it is a warning. A directory (a store that
+        ``verifies_passwords``) keeps them: its entry logged in before it had a
+        local record."""
+        if self._open_guard is None or not names or self._store.verifies_passwords:
+            return
+        try:
+            with self._guard() as guard, self._tx() as w:
+                if guard is None:
+                    return
+                for name in names:
+                    key = self._store.login_identity(name)
+                    n = guard.unlock_account(key)
+                    if n:
+                        w.record("guard lockout lifted", key, {"blocks": n})
+        except GuardStoreError as e:
+            log.warning("the guard's lockouts of %s could not be lifted: %s; "
+                        "'smtpgate user unlock' lifts them", ", ".join(names), e)
 
     def check_new_account(self, name: str) -> str:
         """The canonical spelling of ``name`` if an account of that name could be
@@ -1084,6 +1114,8 @@ class AccountAdmin:
                     raise _Undo
         except _Undo:
             pass
+        else:
+            self._start_clean([e.name for e in created])
         return ImportResult(tuple(created), tuple(updated), tuple(skipped))
 
     def _import_secrets(self, e: ImportEntry, cram_md5_enabled: bool) -> dict[str, str]:

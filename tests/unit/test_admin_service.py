@@ -338,3 +338,63 @@ def test_two_cli_rotations_in_a_row_both_succeed(config: Path) -> None:
         (line,) = [x for x in r.output.splitlines() if x.startswith("new app password")]
         names.add(line.split("'")[1])
     assert len(names) == 3
+
+
+# --- a new account does not inherit the guard's lockout of its name -------------------
+
+
+def guess_at(config: Path, name: str) -> None:
+    """A wrong password for ``name`` from a new address, with a threshold of one: the
+    guard locks the name for new addresses, as it locks a name that is no account."""
+    from smtpgate.auth.guard import count_failure, thresholds
+    from smtpgate.auth.guard_store import RecordedFailure, SqliteGuardStore
+    from smtpgate.config import GuardConfig
+
+    guard = SqliteGuardStore(config.parent / "guard.sqlite")
+    try:
+        count_failure(guard, RecordedFailure(time.time(), "192.0.2.1", "192.0.2.0/24", name,
+                                             False, True),
+                      thresholds(GuardConfig(lockout_threshold=1)))
+    finally:
+        guard.close()
+
+
+def locked_names(config: Path) -> set[str]:
+    r = run(config, "guard", "list", "--json")
+    assert r.exit_code == 0, r.output
+    return {json.loads(x)["key"] for x in r.output.splitlines() if x.strip()}
+
+
+def test_a_new_account_starts_without_the_lockout_of_guesses_at_its_name(
+    config: Path, tmp_path: Path
+) -> None:
+    """Guesses at a name that was no account yet locked the account made under it
+    afterwards: its owner's first login (from an address new to it, as every one is)
+    got 454 for lockout_duration, and a guesser who knew the naming scheme could lock
+    new hires before they existed. `user add` and `user import` lift it, as `user
+    remove` does for a name that goes."""
+    new, imported = "newhire@example.org", "imported@example.org"
+    guess_at(config, new)
+    guess_at(config, imported)
+    assert {new, imported} <= locked_names(config)
+    assert run(config, "user", "add", new, "--password-stdin", input="pw\n").exit_code == 0
+    assert new not in locked_names(config)
+    assert ("guard lockout lifted", new) in [
+        (json.loads(x)["action"], json.loads(x)["target"])
+        for x in run(config, "admin-log", "--json").output.splitlines()]
+    users = tmp_path / "users"
+    users.write_text(f"{imported}:{{PLAIN}}pencil-Quartz-71\n")
+    r = run(config, "user", "import", "dovecot-passwd", str(users), "--dry-run")
+    assert r.exit_code == 0, r.output
+    assert imported in locked_names(config)  # a dry run changes nothing
+    r = run(config, "user", "import", "dovecot-passwd", str(users))
+    assert r.exit_code == 0, r.output
+    assert imported not in locked_names(config)
+
+
+def test_a_new_account_is_made_when_the_guard_fails(store: SqliteAccountStore) -> None:
+    """Lifting a stale lockout is best effort: a guard that fails does not undo the
+    account (the lockout ends by itself; `user unlock` lifts it)."""
+    admin = AccountAdmin(store, FAST, actor=ACTOR, open_guard=FailingGuard)
+    admin.add_account(BOB, "pw")
+    assert store.get_account(BOB) is not None

@@ -67,6 +67,7 @@ from smtpgate.auth.credentials import (
     wanted_schemes,
 )
 from smtpgate.auth.directory import Account, AppPassword, CertificateRecord
+from smtpgate.auth.guard import ADMIN_KEY_PREFIX
 from smtpgate.auth.guard_state import Block, GuardStoreError
 from smtpgate.auth.imports import ImportEntry
 from smtpgate.auth.names import (
@@ -542,6 +543,7 @@ class AccountAdmin:
         totp = base64.b32encode(secrets.token_bytes(20)).decode("ascii")
         with self._tx() as w:
             w.add_web_admin(key, encoded, totp)
+        self._start_clean([f"{ADMIN_KEY_PREFIX}{key}"])  # the key its logins count under
         added = self.get_web_admin(key)
         assert added is not None
         return added, totp
@@ -620,34 +622,38 @@ class AccountAdmin:
             w.create_account(
                 name, creds, cram_md5_enabled=cram_md5_enabled, allowed_mechanisms=allowed
             )
-        self._start_clean([name])
+        self._new_accounts_start_clean([name])
         return self.require_account(name)
 
-    def _start_clean(self, names: Collection[str]) -> None:
-        """Lift the lockouts and throttle the guard holds under new accounts' names
-        and forget the failures counted against them, as ``remove_account`` does
-        for a name that goes: guesses at a name that was no account yet were
-        guesses at nothing, and must not refuse its owner's first login (from an
-        address new to the account, as every address is) with ``454``. Done after
-        the accounts are committed and best effort: a guard that cannot be opened
-        or written does not undo them (a lockout ends by itself, and ``user
-        unlock`` lifts it), it is a warning. A directory (a store that
-        ``verifies_passwords``) keeps them: its entry logged in before it had a
-        local record."""
-        if self._open_guard is None or not names or self._store.verifies_passwords:
+    def _start_clean(self, keys: Collection[str]) -> None:
+        """Lift the lockouts and throttle the guard holds under the keys of new
+        accounts (or web admins, ``admin:NAME``) and forget the failures counted
+        against them, as ``remove_account`` does for a name that goes: guesses at a
+        name that was no account yet were guesses at nothing, and must not refuse
+        its owner's first login (from an address new to the account, as every
+        address is). Done after the accounts are committed and best effort: a guard
+        that cannot be opened or written does not undo them (a lockout ends by
+        itself, and ``user unlock`` lifts it), it is a warning."""
+        if self._open_guard is None or not keys:
             return
         try:
             with self._guard() as guard, self._tx() as w:
                 if guard is None:
                     return
-                for name in names:
-                    key = self._store.login_identity(name)
+                for key in keys:
                     n = guard.unlock_account(key)
                     if n:
                         w.record("guard lockout lifted", key, {"blocks": n})
         except GuardStoreError as e:
             log.warning("the guard's lockouts of %s could not be lifted: %s; "
-                        "'smtpgate user unlock' lifts them", ", ".join(names), e)
+                        "'smtpgate user unlock' lifts them", ", ".join(keys), e)
+
+    def _new_accounts_start_clean(self, names: Collection[str]) -> None:
+        """``_start_clean`` for new accounts, under the name the guard counts them by.
+        A directory (a store that ``verifies_passwords``) keeps its lockouts: its
+        entry logged in before it had a local record."""
+        if not self._store.verifies_passwords:
+            self._start_clean([self._store.login_identity(n) for n in names])
 
     def check_new_account(self, name: str) -> str:
         """The canonical spelling of ``name`` if an account of that name could be
@@ -1115,7 +1121,7 @@ class AccountAdmin:
         except _Undo:
             pass
         else:
-            self._start_clean([e.name for e in created])
+            self._new_accounts_start_clean([e.name for e in created])
         return ImportResult(tuple(created), tuple(updated), tuple(skipped))
 
     def _import_secrets(self, e: ImportEntry, cram_md5_enabled: bool) -> dict[str, str]:

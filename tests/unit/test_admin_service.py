@@ -7,6 +7,7 @@ import json
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -398,3 +399,28 @@ def test_a_new_account_is_made_when_the_guard_fails(store: SqliteAccountStore) -
     admin = AccountAdmin(store, FAST, actor=ACTOR, open_guard=FailingGuard)
     admin.add_account(BOB, "pw")
     assert store.get_account(BOB) is not None
+
+
+class RecordingGuard(FailingGuard):
+    """A guard that had a lockout under every key it is asked to lift."""
+
+    lifted: ClassVar[list[str]] = []
+
+    def unlock_account(self, account: str) -> int:
+        self.lifted.append(account)
+        return 1
+
+
+def test_a_new_web_admin_and_account_start_without_lockouts_under_their_keys(
+    store: SqliteAccountStore,
+) -> None:
+    """Each is lifted under the key the guard counts its logins by: an account's one
+    spelling, an admin's ``admin:NAME`` (never a mail account's name)."""
+    RecordingGuard.lifted = []
+    admin = AccountAdmin(store, FAST, actor=ACTOR, open_guard=RecordingGuard)
+    admin.add_account("NewHire@Example.ORG", "pw")
+    admin.add_web_admin("ops", "Correct-Horse-Battery-91")
+    assert RecordingGuard.lifted == ["newhire@example.org", "admin:ops"]
+    assert [(e.action, e.target) for e in store.admin_log()
+            if e.action == "guard lockout lifted"] == [
+        ("guard lockout lifted", "newhire@example.org"), ("guard lockout lifted", "admin:ops")]

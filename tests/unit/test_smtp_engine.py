@@ -158,6 +158,62 @@ def test_rfc4954_s4_bad_base64_is_501_5_5_2() -> None:
     for bad in ("AUTH PLAIN !!!!", "AUTH PLAIN AAA=B", "AUTH PLAIN =AAA", "AUTH PLAIN AAA"):
         d = Driver.new(tls=True)
         assert codes(d.feed(f"EHLO c\r\n{bad}\r\n".encode()))[-1] == str(R.AUTH_BAD_BASE64), bad
+
+
+def malformed_attempts(d: Driver) -> list[tuple[str, str, str]]:
+    return [(e.mechanism, e.result, e.reason) for e in d.events
+            if isinstance(e, AuthFinished) and e.malformed]
+
+
+def test_an_undecodable_initial_response_is_a_failed_attempt_as_a_response_is() -> None:
+    """Found by the h25guard review: `AUTH PLAIN !!!!` and an AUTH line over the
+    RFC 4954 §4 limit got their 501/500 with no attempt ended, so nothing was logged
+    and the guard counted nothing, while the same data sent after the 334 was a
+    failed attempt (logged, counted toward the address). Now both forms are one."""
+    for line, reason, reply in (
+        (b"AUTH PLAIN !!!!", "invalid base64", R.AUTH_BAD_BASE64),
+        (b"AUTH login " + b"A" * 13000, "authentication line too long", R.AUTH_LINE_TOO_LONG),
+    ):
+        mechanism = line.split()[1].decode().upper()
+        d = Driver.new(tls=True)
+        out = d.feed(b"EHLO c\r\n" + line + b"\r\nNOOP\r\n")
+        assert codes(out)[-2:] == [str(reply), str(R.NOOP_OK)]
+        assert malformed_attempts(d) == [(mechanism, "failure", reason)]
+        assert not d.engine.in_auth
+        # The same data after the 334: the same attempt.
+        d = Driver.new(tls=True)
+        d.feed(b"EHLO c\r\nAUTH " + line.split()[1] + b"\r\n")
+        out = d.feed(line.split(b" ", 2)[2] + b"\r\n")
+        assert codes(out) == [str(reply)]
+        assert malformed_attempts(d) == [(mechanism, "failure", reason)]
+
+
+def test_an_undecodable_initial_response_where_auth_is_refused_anyway_is_no_attempt() -> None:
+    """Before TLS, after a login, or with a mechanism not offered, the AUTH line is
+    refused as such, and no attempt is made up for it."""
+    d = Driver.new(tls=False)
+    assert codes(d.feed(b"EHLO c\r\nAUTH PLAIN " + b"A" * 13000 + b"\r\n"))[-1] == str(
+        R.AUTH_LINE_TOO_LONG)
+    d = Driver.new(tls=True)
+    d.feed(b"EHLO c\r\n")
+    assert codes(d.feed(b"AUTH NOSUCH !!!!\r\n")) == [str(R.AUTH_UNKNOWN_MECHANISM)]
+    assert codes(d.feed(b"AUTH NOSUCH " + b"A" * 13000 + b"\r\n")) == [
+        str(R.AUTH_LINE_TOO_LONG)]
+    assert codes(d.feed(f"AUTH PLAIN {PLAIN_OK}\r\n".encode())) == [str(R.AUTH_SUCCESS)]
+    assert codes(d.feed(b"AUTH PLAIN !!!!\r\n")) == [str(R.AUTH_ALREADY)]
+    assert codes(d.feed(b"AUTH PLAIN " + b"A" * 13000 + b"\r\n")) == [
+        str(R.AUTH_LINE_TOO_LONG)]
+    assert malformed_attempts(d) == []
+    # Before EHLO (on an implicit-TLS port), and inside a transaction, which stays open.
+    d = Driver.new(tls=True)
+    assert codes(d.feed(b"AUTH PLAIN " + b"A" * 13000 + b"\r\n")) == [
+        str(R.AUTH_LINE_TOO_LONG)]
+    assert malformed_attempts(d) == []
+    d = authed()
+    d.feed(b"MAIL FROM:<alice@example.org>\r\n")
+    out = d.feed(b"AUTH PLAIN " + b"A" * 13000 + b"\r\nRCPT TO:<bob@example.org>\r\n")
+    assert codes(out) == [str(R.AUTH_LINE_TOO_LONG), "250 2.1.5 Recipient OK"]
+    assert malformed_attempts(d) == []
     d = Driver.new(tls=True)
     d.feed(b"EHLO c\r\nAUTH PLAIN\r\n")
     assert codes(d.feed(b"not base64!\r\n")) == [str(R.AUTH_BAD_BASE64)]

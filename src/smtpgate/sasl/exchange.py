@@ -138,6 +138,11 @@ class ServerExchange:
         return self._phase is _Phase.DONE
 
     @property
+    def server_first(self) -> bool:
+        """The mechanism speaks first (CRAM-MD5), so it takes no initial response."""
+        return self._mech.server_first
+
+    @property
     def verdict_announced(self) -> bool:
         """The last challenge carried the outcome; the client's answer cannot change
         a failure (see the module docstring)."""
@@ -198,6 +203,14 @@ class ServerExchange:
         announced = self._announced
         if announced is not None:
             return self._end_announced(announced, _NOT_EMPTY_AFTER_SUCCESS)
+        self._spoke = True
+        return self._end(AuthResult.FAILURE, "", reason, None, malformed=True)
+
+    def malformed_initial(self, reason: str) -> Outcome:
+        """The framing could not decode the initial response on the AUTH line (bad
+        base64, a line over the limit): the exchange fails before it starts, as the
+        same response sent after a 334 fails (``malformed``)."""
+        self._expect(_Phase.NEW, "malformed_initial")
         self._spoke = True
         return self._end(AuthResult.FAILURE, "", reason, None, malformed=True)
 

@@ -198,6 +198,7 @@ class ServerEngine:
         "_header",
         "_inbuf",
         "_junk",
+        "_long_auth_mechanism",
         "_out",
         "_paused",
         "_pending",
@@ -236,6 +237,8 @@ class ServerEngine:
         #: Inside an over-long line: what to return at its end (_TOO_LONG or
         #: _AUTH_TOO_LONG), None otherwise.
         self._discarding: _Overlong | None = None
+        #: The mechanism named by the over-long AUTH line being discarded.
+        self._long_auth_mechanism = ""
         self._shutdown = False
         self._closing = False
         #: Why the session is closing: the reason of the `CloseConnection` to come.
@@ -538,15 +541,17 @@ class ServerEngine:
         """The marker for an over-long line: an AUTH command whose initial response
         is over the RFC 4954 §4 limit is an authentication exchange line too."""
         if self.state is not State.AUTH and _is_auth_command(line):
+            self._long_auth_mechanism = _auth_mechanism_of(line)
             return _AUTH_TOO_LONG
         return _TOO_LONG
 
     def _handle_line(self, raw: bytes | _Overlong) -> Event | None:
         if isinstance(raw, _Overlong):
             if raw is _AUTH_TOO_LONG:
-                # RFC 4954 §4/§6: 500 5.5.6, as for a response over the limit; no
-                # exchange was started, so there is no attempt to log.
-                return self._error(R.AUTH_LINE_TOO_LONG)
+                # RFC 4954 §4/§6: 500 5.5.6, as for a response over the limit.
+                name, self._long_auth_mechanism = self._long_auth_mechanism, ""
+                return self._malformed_initial(
+                    name, "authentication line too long", R.AUTH_LINE_TOO_LONG)
             if self.state is State.AUTH:
                 return self._auth_malformed("authentication line too long", R.AUTH_LINE_TOO_LONG)
             return self._error(R.LINE_TOO_LONG)
@@ -1111,20 +1116,45 @@ class ServerEngine:
             else:
                 initial = decode_base64_strict(parts[1].encode("ascii", "replace"))
                 if initial is None:
-                    return self._error(R.AUTH_BAD_BASE64)
+                    return self._malformed_initial(name, "invalid base64", R.AUTH_BAD_BASE64)
+        exchange = self._new_exchange(name)
+        if exchange is None:
+            return self._error(R.AUTH_UNKNOWN_MECHANISM)
+        if initial is not None and exchange.server_first:
+            return self._error(R.AUTH_UNEXPECTED_INITIAL)
+        self._exchange = exchange
+        self.state = State.AUTH
+        return self._auth_step(exchange.start(initial))
+
+    def _new_exchange(self, name: str) -> ServerExchange | None:
+        """An exchange of mechanism ``name`` on this session (None: no such one)."""
         cb = self.tls.channel_binding if self.tls else sasl.ChannelBinding()
         # RFC 5802 §6: a "y" flag is a downgrade wherever the server supports
         # binding, including a connection where -PLUS was held back from EHLO.
         try:
             mech = self.settings.mechanism_factory(name, cb, self.plus_usable)
         except KeyError:
-            return self._error(R.AUTH_UNKNOWN_MECHANISM)
-        if initial is not None and mech.server_first:
-            return self._error(R.AUTH_UNEXPECTED_INITIAL)
-        exchange = ServerExchange(name, mech, plus_withheld=self.hide_plus)
+            return None
+        return ServerExchange(name, mech, plus_withheld=self.hide_plus)
+
+    def _malformed_initial(self, name: str, reason: str, reply: R.Reply) -> Event | None:
+        """An AUTH command whose initial response cannot be decoded (bad base64, a
+        line over the RFC 4954 §4 limit) is a failed attempt, as the same response
+        sent after a 334 is: answered ``reply``, logged, and counted toward the
+        client's address by the guard (docs/protection.md, "What counts as a
+        failure"). Otherwise ``AUTH PLAIN <garbage>`` could be repeated unseen by
+        the auth log, fail2ban and the guard's flooding limit. An AUTH that would
+        be refused anyway (before EHLO, in a transaction, after a login, before
+        TLS, an unknown mechanism) is just ``reply``."""
+        usable = (self.state is State.GREETED and not self.identity
+                  and name in self.usable_mechanisms()
+                  and (self.tls is not None or self.settings.auth_in_clear))
+        exchange = self._new_exchange(name) if usable else None
+        if exchange is None:
+            return self._error(reply)
         self._exchange = exchange
         self.state = State.AUTH
-        return self._auth_step(exchange.start(initial))
+        return self._auth_end(exchange.malformed_initial(reason), reply)
 
     def _auth_step(self, step: ExchangeStep) -> Event | None:
         """Frame what the exchange asks for: a 334 line, a credential look-up, or
@@ -1201,6 +1231,13 @@ def _helo_name(arg: str) -> str | None:
     without ``reject_invalid_helo_hostname``."""
     name = arg.strip(" \t")
     return name if name and not _NOT_IN_A_NAME.search(name) else None
+
+
+def _auth_mechanism_of(line: bytes | bytearray) -> str:
+    """The mechanism an AUTH command line names, in upper case ("" if its name is
+    not ASCII): read from the start of a line that is over the limit."""
+    word = bytes(line[5:5 + 64]).split(b" ", 1)[0]
+    return upper_ascii(word.decode("ascii")) if word.isascii() else ""
 
 
 def _is_auth_command(line: bytes | bytearray) -> bool:

@@ -776,10 +776,13 @@ class AccountAdmin:
         secret = None
         if current_password is not None:
             if not self._store.verify_password(account.name, current_password):
+                # Enabling needs the password, so "passwd after enabling" could not be
+                # followed by an admin who does not know it: a new password comes first.
                 raise AdminError(
                     "the password does not match the account's password",
-                    "CRAM-MD5's secret is derived from the current password; to set a new "
-                    f"one use 'smtpgate user passwd {account.name}' after enabling",
+                    "CRAM-MD5's secret is derived from the current password; if it is not "
+                    f"known, set a new one first ('smtpgate user passwd {account.name}') "
+                    "and enable CRAM-MD5 with that",
                 )
             secret = derive(current_password, {CRAM_MD5}, self._cfg, self._hasher)[CRAM_MD5]
         with self._tx() as w:

@@ -103,6 +103,25 @@ def test_cram_md5_enable_with_wrong_password_changes_nothing(config: Path) -> No
         store.close()
 
 
+def test_cram_md5_wrong_password_hint_can_be_followed(config: Path) -> None:
+    """The hint said to run `user passwd` *after* enabling, which needs the password
+    the admin does not know; it now says to set a new one first, and that works."""
+    r = run(
+        config, "cram-md5", USER, "--enable", "--password-stdin", input="Copper-Meadow-Violin-73\n"
+    )
+    assert r.exit_code == 1
+    hint = r.stderr.split("hint:", 1)[1]
+    assert "after enabling" not in hint
+    assert f"set a new one first ('smtpgate user passwd {USER}')" in hint, hint
+    r = run(config, "passwd", USER, "--password-stdin", input="Velvet-Orchard-Signal-94\n")
+    assert r.exit_code == 0, r.output
+    r = run(
+        config, "cram-md5", USER, "--enable", "--password-stdin", input="Velvet-Orchard-Signal-94\n"
+    )
+    assert r.exit_code == 0, r.output
+    assert cram_md5_login(config, "Velvet-Orchard-Signal-94")
+
+
 def test_cram_md5_disable_deletes_the_secret(config: Path) -> None:
     run(
         config, "cram-md5", USER, "--enable", "--password-stdin", input="Lantern-Quartz-Harbor-58\n"

@@ -58,6 +58,21 @@ class Model(BaseModel):
 
     @field_validator("*", mode="before")
     @classmethod
+    def _boolean_is_no_number(cls, v: object, info: ValidationInfo) -> object:
+        """TOML's ``true`` and ``false`` are no numbers, but pydantic's lax mode takes
+        them as 1 and 0: ``max_age_days = true`` was a maximum age of one day, every
+        password stopping a day after its change, and ``messages_per_hour = true`` one
+        message an hour, without a word from ``config check``."""
+        if not isinstance(v, bool) or info.field_name is None:
+            return v
+        annotation = cls.model_fields[info.field_name].annotation
+        kinds = get_args(annotation) or (annotation,)
+        if bool not in kinds and (int in kinds or float in kinds):
+            raise ValueError(f"is {str(v).lower()}, a boolean: give a number")
+        return v
+
+    @field_validator("*", mode="before")
+    @classmethod
     def _empty_path(cls, v: object, info: ValidationInfo) -> object:
         """``spool = ""`` is not a path: Path("") is ".", the config file's directory,
         which then became the spool (or the Maildir, the pid file...). An optional
@@ -2256,7 +2271,9 @@ def render_reference() -> str:
         "a test fails when this page is stale. Relative paths are resolved against the",
         "directory of the config file; an empty path is an error, or for a key whose",
         "default is none, the same as leaving it out. Durations (seconds, or days for the",
-        "`*_days` keys) are finite and at most 100 years. Unknown keys are errors.",
+        "`*_days` keys) are finite and at most 100 years. `true` or `false` where a",
+        "number belongs is an error (until 2026-12 read as 1 or 0: `max_age_days = true`",
+        "was one day). Unknown keys are errors.",
         "",
     ]
 

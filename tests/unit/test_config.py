@@ -196,6 +196,29 @@ def test_a_duration_that_never_ends_is_refused(base: Path, extra: str, key: str,
     assert why in p[key]
 
 
+@pytest.mark.parametrize(
+    ("extra", "key"),
+    [
+        ("[passwords]\nmax_age_days = true", "passwords.max_age_days"),  # float
+        ("[limits]\nmessages_per_hour = true", "limits.messages_per_hour"),  # int
+        ("[guard]\npenalty_max = false", "guard.penalty_max"),
+        ("[queue]\nmin_free_space = true", "queue.min_free_space"),  # int | None
+        ("[server]\nworkers = true", "server.workers"),
+    ],
+)
+def test_a_boolean_given_for_a_number_is_named(base: Path, extra: str, key: str) -> None:
+    """pydantic's lax mode read TOML's true as 1: max_age_days = true made every
+    password stop a day after its change, with config check saying OK."""
+    p = problems(GOOD + extra + "\n", base)
+    assert "a boolean: give a number" in p[key], p
+
+
+def test_numbers_and_booleans_where_they_belong_still_pass(base: Path) -> None:
+    cfg = parse_config(GOOD + "[limits]\ncommand_timeout = 10\n"
+                       "[smtp]\nreceived_header = false\n", base)
+    assert cfg.limits.command_timeout == 10.0 and cfg.smtp.received_header is False
+
+
 def test_a_certificate_path_that_is_a_directory_says_so(base: Path) -> None:
     """key = "tls" (the directory, not tls/key.pem) was "file not found: .../tls"."""
     (base / "tls").mkdir()

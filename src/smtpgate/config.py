@@ -73,6 +73,19 @@ class Model(BaseModel):
 
     @field_validator("*", mode="before")
     @classmethod
+    def _no_nul(cls, v: object) -> object:
+        """TOML strings may hold ``\\u0000``, and no path, user name or text of this
+        schema can: ``tls.cert = "a\\u0000b"`` ended every command in a ValueError
+        traceback (embedded null byte), and in ``accounts.database`` config check said
+        OK, ``user list`` then raised."""
+        items = v if isinstance(v, list) else [v]
+        if any(isinstance(item, str) and "\x00" in item for item in items):
+            raise ValueError("holds a NUL character (\\u0000), which no path, name or "
+                             "text here can hold")
+        return v
+
+    @field_validator("*", mode="before")
+    @classmethod
     def _empty_path(cls, v: object, info: ValidationInfo) -> object:
         """``spool = ""`` is not a path: Path("") is ".", the config file's directory,
         which then became the spool (or the Maildir, the pid file...). An optional
@@ -2273,7 +2286,8 @@ def render_reference() -> str:
         "default is none, the same as leaving it out. Durations (seconds, or days for the",
         "`*_days` keys) are finite and at most 100 years. `true` or `false` where a",
         "number belongs is an error (until 2026-12 read as 1 or 0: `max_age_days = true`",
-        "was one day). Unknown keys are errors.",
+        "was one day). A NUL character (`\\u0000`) in a string is an error. Unknown keys",
+        "are errors.",
         "",
     ]
 

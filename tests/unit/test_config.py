@@ -213,6 +213,21 @@ def test_a_boolean_given_for_a_number_is_named(base: Path, extra: str, key: str)
     assert "a boolean: give a number" in p[key], p
 
 
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        (MINIMAL.replace('cert = "c.pem"', 'cert = "c.pem\\u0000"'), "tls.cert"),
+        (MINIMAL + '[accounts]\ndatabase = "a\\u0000.sqlite"\n', "accounts.database"),
+        (MINIMAL + '[server]\nuser = "smtp\\u0000gate"\n', "server.user"),
+    ],
+)
+def test_a_nul_in_a_path_or_name_is_named_not_raised(base: Path, text: str, key: str) -> None:
+    """tls.cert with a \\u0000 ended every command in a ValueError traceback (embedded
+    null byte); accounts.database passed config check and broke user list."""
+    p = problems(text, base)
+    assert "NUL character" in p[key], p
+
+
 def test_numbers_and_booleans_where_they_belong_still_pass(base: Path) -> None:
     cfg = parse_config(GOOD + "[limits]\ncommand_timeout = 10\n"
                        "[smtp]\nreceived_header = false\n", base)

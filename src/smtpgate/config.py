@@ -1347,7 +1347,24 @@ class SmtpConfig(Model):
         "at the top of a message's header section when it has none (RFC 6409 §8.2, §8.3); "
         "a message that has them is never changed.",
     )
-    banner: str = Field(default="ESMTP smtpgate", description="Text after the hostname in 220.")
+    banner: str = Field(
+        default="ESMTP smtpgate",
+        description="Text after the hostname in 220: one line (RFC 5321 §4.2 textstring), "
+        "no control character.",
+    )
+
+    @field_validator("banner")
+    @classmethod
+    def _one_line_banner(cls, v: str) -> str:
+        """The text goes into the greeting as it is: a CR or LF in it ended the 220
+        early and sent what followed as a line of its own (``250 fake``), which a
+        client takes for the reply to its EHLO."""
+        bad = sorted({c for c in v if c != "\t" and unicodedata.category(c) == "Cc"})
+        if bad:
+            shown = ", ".join(f"U+{ord(c):04X}" for c in bad)
+            raise ValueError(f"holds a control character ({shown}): the banner is the rest "
+                             "of the one-line 220 greeting; write it on one line")
+        return v
 
 
 class QueueConfig(Model):

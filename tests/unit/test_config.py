@@ -228,6 +228,19 @@ def test_a_nul_in_a_path_or_name_is_named_not_raised(base: Path, text: str, key:
     assert "NUL character" in p[key], p
 
 
+@pytest.mark.parametrize("banner", ["ESMTP\\r\\n250 fake", "ESMTP\\nhello", "ESMTP\\u0000"])
+def test_a_banner_of_more_than_one_line_is_named(base: Path, banner: str) -> None:
+    """The banner went into the 220 as it was: CR LF in it sent '250 fake' as a line
+    of its own, which a client reads as the reply to its EHLO."""
+    p = problems(GOOD + f'[smtp]\nbanner = "{banner}"\n', base)
+    assert "smtp.banner" in p, p
+
+
+def test_a_one_line_banner_passes(base: Path) -> None:
+    cfg = parse_config(GOOD + '[smtp]\nbanner = "ESMTP smtpgate\\tready (Société)"\n', base)
+    assert cfg.smtp.banner == "ESMTP smtpgate\tready (Société)"
+
+
 def test_numbers_and_booleans_where_they_belong_still_pass(base: Path) -> None:
     cfg = parse_config(GOOD + "[limits]\ncommand_timeout = 10\n"
                        "[smtp]\nreceived_header = false\n", base)

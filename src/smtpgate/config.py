@@ -42,6 +42,18 @@ from smtpgate.usable_cpus import usable_cpus
 MAX_DURATION_SECONDS = 36500 * 86400.0
 
 
+class KeyProblem(ValueError):
+    """A table's own check that is about one of its keys: the problem is reported
+    under that key (``delivery.lmtp_address``), not under the table (``delivery``),
+    so every config error names the key to change, in the text and in
+    ``config check --json``."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        #: Relative to the table the check belongs to; may go down (``postgresql.dsn``).
+        self.key = key
+
+
 class Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
@@ -246,9 +258,11 @@ class ListenerConfig(Model):
     @model_validator(mode="after")
     def _check_client_certificates(self) -> ListenerConfig:
         if self.client_certificates is not None and self.client_ca is None:
-            raise ValueError("client_certificates needs client_ca (the CAs to verify against)")
+            raise KeyProblem("client_ca", "client_certificates needs client_ca (the CAs to "
+                             "verify against)")
         if self.client_certificates is None and (self.client_ca or self.client_cert_san_login):
-            raise ValueError("client_ca and client_cert_san_login need client_certificates")
+            raise KeyProblem("client_certificates",
+                             "client_ca and client_cert_san_login need client_certificates")
         return self
 
     @property
@@ -446,7 +460,7 @@ def _check_url(url: str | None, what: str) -> None:
     # Keys and introspection answers decide who may log in: fetch them over TLS.
     # Plain http is tolerated for a local identity provider in a test rig only.
     if not (urllib.parse.urlsplit(url).scheme == "https" or _is_loopback_http(url)):
-        raise ValueError(f"{what} must be an https:// URL (http only for localhost)")
+        raise KeyProblem(what, f"{what} must be an https:// URL (http only for localhost)")
 
 
 class IssuerConfig(Model):
@@ -556,33 +570,35 @@ class IssuerConfig(Model):
     @model_validator(mode="after")
     def _check(self) -> IssuerConfig:
         if self.jwks_url and self.jwks_file:
-            raise ValueError("set jwks_url or jwks_file, not both")
+            raise KeyProblem("jwks_file", "set jwks_url or jwks_file, not both")
         if not (self.jwks_url or self.jwks_file or self.introspection_url):
-            raise ValueError("set jwks_url, jwks_file or introspection_url")
+            raise KeyProblem("jwks_url", "set jwks_url, jwks_file or introspection_url")
         for alg in self.algorithms:
             if alg not in JWT_ALGORITHMS:
                 # RFC 8725 §3.1/§3.2: never 'none'; an explicit allow-list only.
-                raise ValueError(
-                    f"algorithm {alg!r} not allowed; use one of {sorted(JWT_ALGORITHMS)}"
+                raise KeyProblem(
+                    "algorithms",
+                    f"algorithm {alg!r} not allowed; use one of {sorted(JWT_ALGORITHMS)}",
                 )
         if self.introspection_url and not (
             self.introspection_client_id and self.introspection_client_secret_file
         ):
-            raise ValueError("introspection_url needs a client id and a client secret file")
+            raise KeyProblem("introspection_url", "introspection_url needs "
+                             "introspection_client_id and introspection_client_secret_file")
         _check_url(self.jwks_url, "jwks_url")
         _check_url(self.introspection_url, "introspection_url")
         hmac = sorted(a for a in self.algorithms if JWT_ALGORITHMS[a] == "oct")
         if hmac and self.jwks_url:
             # A key set at a URL is published: an HMAC key in it is a secret everyone
             # has, and everyone could sign tokens with it.
-            raise ValueError(f"{', '.join(hmac)} needs jwks_file, not jwks_url: an HMAC "
-                             "key is a shared secret, and a key set at a URL is public")
+            raise KeyProblem("algorithms", f"{', '.join(hmac)} needs jwks_file, not jwks_url: "
+                             "an HMAC key is a shared secret, and a key set at a URL is public")
         for typ in self.token_types:
             if not typ or typ != typ.strip():
-                raise ValueError(f"token_types: {typ!r} is no type ('none': no typ header)")
+                raise KeyProblem("token_types", f"{typ!r} is no type ('none': no typ header)")
         for domain in self.domains:
             if not domain or "@" in domain or domain != domain.strip():
-                raise ValueError(f"domains: {domain!r} is not a domain (no '@', no spaces)")
+                raise KeyProblem("domains", f"{domain!r} is not a domain (no '@', no spaces)")
         return self
 
     @property
@@ -874,13 +890,15 @@ class LdapConfig(Model):
             return self
         parsed = urllib.parse.urlsplit(self.url)
         if parsed.scheme == "ldaps" and self.starttls:
-            raise ValueError("starttls = true needs an ldap:// url (ldaps:// is TLS already)")
+            raise KeyProblem("starttls", "starttls = true needs an ldap:// url (ldaps:// is TLS "
+                             "already)")
         if "{login}" not in self.user_filter:
-            raise ValueError("user_filter must contain {login}")
+            raise KeyProblem("user_filter", "user_filter must contain {login}")
         if self.bind_dn and self.bind_password_file is None:
-            raise ValueError("bind_dn needs bind_password_file")
+            raise KeyProblem("bind_password_file", "bind_dn needs bind_password_file")
         if self.cleartext and not self.allow_cleartext and not _loopback(parsed.hostname or ""):
-            raise ValueError(
+            raise KeyProblem(
+                "url",
                 f"url {self.url!r} is cleartext to a remote host: passwords would cross "
                 "the network unencrypted; use ldaps://, set starttls = true, or (a "
                 "loosening) allow_cleartext = true"
@@ -949,9 +967,10 @@ class AccountsConfig(Model):
     @model_validator(mode="after")
     def _backend_settings(self) -> AccountsConfig:
         if self.backend == "postgresql" and not self.postgresql.dsn:
-            raise ValueError('backend = "postgresql" needs [accounts.postgresql].dsn')
+            raise KeyProblem("postgresql.dsn", 'backend = "postgresql" needs [accounts.postgresql].dsn')
         if self.backend == "ldap" and not (self.ldap.url and self.ldap.base_dn):
-            raise ValueError('backend = "ldap" needs [accounts.ldap].url and base_dn')
+            raise KeyProblem("ldap.url" if not self.ldap.url else "ldap.base_dn",
+                             'backend = "ldap" needs [accounts.ldap].url and base_dn')
         return self
 
 
@@ -1599,13 +1618,14 @@ class DeliveryConfig(Model):
     @model_validator(mode="after")
     def _check_mode(self) -> DeliveryConfig:
         if self.mode == "lmtp" and not self.lmtp_address:
-            raise ValueError("mode 'lmtp' needs lmtp_address ('unix:/path' or HOST:PORT)")
+            raise KeyProblem("lmtp_address",
+                             "mode 'lmtp' needs lmtp_address ('unix:/path' or HOST:PORT)")
         self._check_relay_oauth()
         # One domain however spelt (xn--bcher-kva.example is bücher.example), as
         # queue/routing.py looks routes up.
         domains = [_a_labels(r.domain) for r in self.routes]
         if len(set(domains)) != len(domains):
-            raise ValueError("two [[delivery.routes]] for the same domain")
+            raise KeyProblem("routes", "two [[delivery.routes]] for the same domain")
         return self
 
     @field_validator("drop_fields")
@@ -1623,18 +1643,23 @@ class DeliveryConfig(Model):
         token = self.relay_auth_mechanism in ("XOAUTH2", "OAUTHBEARER")
         grant = bool(self.relay_oauth_token_url)
         if self.relay_user and token and self.relay_token_file is None and not grant:
-            raise ValueError(f"relay_auth_mechanism {self.relay_auth_mechanism} needs "
-                             "relay_token_file or relay_oauth_token_url")
+            raise KeyProblem("relay_token_file", f"relay_auth_mechanism "
+                             f"{self.relay_auth_mechanism} needs relay_token_file or "
+                             "relay_oauth_token_url")
         if not grant:
             return
         if self.relay_token_file is not None:
-            raise ValueError("relay_token_file and relay_oauth_token_url exclude each other")
+            raise KeyProblem("relay_token_file",
+                             "relay_token_file and relay_oauth_token_url exclude each other")
         if not (token and self.relay_user):
-            raise ValueError("relay_oauth_token_url needs relay_user and relay_auth_mechanism "
-                             "XOAUTH2 or OAUTHBEARER")
+            raise KeyProblem("relay_auth_mechanism" if self.relay_user else "relay_user",
+                             "relay_oauth_token_url needs relay_user and "
+                             "relay_auth_mechanism XOAUTH2 or OAUTHBEARER")
         if not self.relay_oauth_client_id or self.relay_oauth_client_secret_file is None:
-            raise ValueError("relay_oauth_token_url needs relay_oauth_client_id and "
-                             "relay_oauth_client_secret_file")
+            missing = ("relay_oauth_client_id" if not self.relay_oauth_client_id
+                       else "relay_oauth_client_secret_file")
+            raise KeyProblem(missing, "relay_oauth_token_url needs relay_oauth_client_id "
+                             "and relay_oauth_client_secret_file")
         _check_url(self.relay_oauth_token_url, "relay_oauth_token_url")
 
     @property
@@ -1749,9 +1774,11 @@ class StateConfig(Model):
 
         named = [k for k in ("ca_file", "cert_file", "key_file") if getattr(self, k) is not None]
         if named and urlsplit(self.redis_url).scheme != "rediss":
-            raise ValueError(f"{', '.join(named)} only apply to a rediss:// redis_url (TLS)")
+            raise KeyProblem(named[0], f"{', '.join(named)} only apply to a rediss:// redis_url "
+                             "(TLS)")
         if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("cert_file and key_file go together (the client certificate "
+            raise KeyProblem("key_file" if self.key_file is None else "cert_file",
+                             "cert_file and key_file go together (the client certificate "
                              "and its key)")
         return self
 
@@ -1847,7 +1874,7 @@ class ServerConfig(Model):
     @model_validator(mode="after")
     def _group_needs_user(self) -> ServerConfig:
         if self.group and not self.user:
-            raise ValueError("group is set without user")
+            raise KeyProblem("user", "group is set without user")
         return self
 
     @property
@@ -2151,6 +2178,9 @@ def _problems(err: ValidationError) -> list[tuple[str, str]]:
             msg = f"write [[{key}]] (double brackets): one such table for each, not [{key}]"
         elif e["type"] == "value_error":
             msg = msg.removeprefix("Value error, ")
+            error = (e.get("ctx") or {}).get("error")
+            if isinstance(error, KeyProblem) and key != "(top level)":
+                key = f"{key}.{error.key}"
         out.append((key, msg))
     return out
 

@@ -241,6 +241,43 @@ def test_a_one_line_banner_passes(base: Path) -> None:
     assert cfg.smtp.banner == "ESMTP smtpgate\tready (Société)"
 
 
+_ISSUER = '[[auth.oauth_issuers]]\nissuer = "https://id.example.org"\naudience = ["smtp"]\n'
+
+
+@pytest.mark.parametrize(
+    ("extra", "key", "words"),
+    [
+        ('[delivery]\nmode = "lmtp"', "delivery.lmtp_address", "needs lmtp_address"),
+        ('[server]\ngroup = "nogroup"', "server.user", "group is set without user"),
+        ('[accounts]\nbackend = "postgresql"', "accounts.postgresql.dsn", "needs"),
+        ('[accounts]\nbackend = "ldap"\n[accounts.ldap]\nurl = "ldaps://ldap.example.org"',
+         "accounts.ldap.base_dn", "base_dn"),
+        ('[accounts.ldap]\nurl = "ldap://ldap.example.org"\nbase_dn = "dc=x"',
+         "accounts.ldap.url", "cleartext"),
+        ('[accounts.ldap]\nurl = "ldaps://ldap.example.org"\nbind_dn = "cn=svc"',
+         "accounts.ldap.bind_password_file", "bind_dn needs"),
+        (_ISSUER + 'jwks_url = "http://id.example.org/jwks"', "auth.oauth_issuers.0.jwks_url",
+         "https://"),
+        (_ISSUER, "auth.oauth_issuers.0.jwks_url", "set jwks_url, jwks_file or"),
+        (_ISSUER + 'jwks_file = "j.json"\ndomains = ["a@b"]', "auth.oauth_issuers.0.domains",
+         "is not a domain"),
+        (('[[listeners]]\nname = "x"\naddress = "127.0.0.1:2465"\ntls = "implicit"\n'
+          'client_certificates = "optional"'), "listeners.1.client_ca", "needs client_ca"),
+        (('[delivery]\nmode = "relay"\nrelay_host = "mx.example.net"\nrelay_user = "me"\n'
+          'relay_auth_mechanism = "XOAUTH2"'), "delivery.relay_token_file",
+         "needs relay_token_file"),
+    ],
+)
+def test_a_tables_own_check_names_the_key_to_change(
+    base: Path, extra: str, key: str, words: str
+) -> None:
+    """These checks span keys of one table and were reported under the table
+    (`delivery: mode 'lmtp' needs lmtp_address`, `server: group is set without user`),
+    also as the key of config check --json; they name the key to set now."""
+    p = problems(GOOD + extra + "\n", base)
+    assert words in p.get(key, ""), p
+
+
 def test_numbers_and_booleans_where_they_belong_still_pass(base: Path) -> None:
     cfg = parse_config(GOOD + "[limits]\ncommand_timeout = 10\n"
                        "[smtp]\nreceived_header = false\n", base)

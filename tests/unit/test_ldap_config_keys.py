@@ -113,7 +113,7 @@ def test_cleartext_to_a_remote_directory_is_refused_in_any_letter_case(
     base: Path, url: str
 ) -> None:
     found = problems(ldap(url=url, starttls="false"), base)
-    assert "cleartext to a remote host" in found["accounts.ldap"]
+    assert "cleartext to a remote host" in found["accounts.ldap.url"]
 
 
 def test_an_upper_case_ldaps_url_is_tls(base: Path) -> None:

@@ -92,15 +92,16 @@ def test_without_the_ca_the_certificate_does_not_verify(
         counters.close()
 
 
-@pytest.mark.parametrize(("url", "keys", "message"), [
-    ("redis://127.0.0.1:6379/0", 'ca_file = "ca.pem"\n', "only apply to a rediss://"),
-    ("rediss://127.0.0.1:6379/0", 'cert_file = "c.pem"\n', "go together"),
+@pytest.mark.parametrize(("url", "keys", "key", "message"), [
+    ("redis://127.0.0.1:6379/0", 'ca_file = "ca.pem"\n', "state.ca_file",
+     "only apply to a rediss://"),
+    ("rediss://127.0.0.1:6379/0", 'cert_file = "c.pem"\n', "state.key_file", "go together"),
 ])
 def test_tls_files_without_tls_or_half_a_pair_are_config_errors(
-        tmp_path: Path, url: str, keys: str, message: str) -> None:
+        tmp_path: Path, url: str, keys: str, key: str, message: str) -> None:
     found = problems(MINIMAL + f'[state]\nbackend = "redis"\nredis_url = "{url}"\n{keys}',
                      config_dir(tmp_path))
-    assert message in found["state"], found
+    assert message in found[key], found
 
 
 def _state_findings(cfg: Config) -> list[tuple[str, str, str]]:

@@ -99,6 +99,7 @@ def run_checks(cfg: Config, *, now: dt.datetime | None = None) -> list[Problem]:
         ("listeners.client_ca", lambda: check_client_cas(cfg, when)),
         ("auth_listeners", lambda: check_front_doors(cfg)),
         ("accounts.database", lambda: check_account_database(cfg)),
+        ("accounts.scram_iterations", lambda: check_scram_iterations(cfg)),
         ("accounts.ldap", lambda: check_ldap(cfg)),
         ("accounts.postgresql", lambda: check_postgres(cfg)),
         ("guard.database", lambda: check_guard_database(cfg)),
@@ -762,6 +763,25 @@ def check_account_database(cfg: Config) -> list[Problem]:
     if any(p.severity == "error" for p in schema):
         return out + schema
     return out + schema + _names_not_mailboxes(key, path)
+
+
+def check_scram_iterations(cfg: Config) -> list[Problem]:
+    """A count above what smtpgate's own SCRAM client takes from a server: the config
+    passed, and `smtpgate test`, `smtpgate audit` and a relay to another smtpgate then
+    refused this server's SCRAM ('iteration count N out of range'). A warning, not an
+    error: other clients may take it, and the keys stored with it stay valid."""
+    from smtpgate.sasl.scram import DEFAULT_MAX_CLIENT_ITERATIONS as most
+
+    n = cfg.accounts.scram_iterations
+    if n <= most:
+        return []
+    return [_warning("accounts.scram_iterations", (
+        f"{n:,} is above {most:,}, the most smtpgate's own SCRAM client accepts from a "
+        "server (smtpgate test, smtpgate audit and a relay to another smtpgate refuse "
+        f"SCRAM here: 'iteration count {n} out of range'), and every SCRAM login costs "
+        "the client that much PBKDF2; other clients may cap it too. Keys derived with it "
+        "keep that count, the key lowered or not, until the account's password is set "
+        "again (docs/mechanisms.md)"))]
 
 
 def _names_not_mailboxes(key: str, path: Path) -> list[Problem]:

@@ -787,3 +787,21 @@ def test_read_only_under_systemd_names_read_write_paths(tmp_path: Path) -> None:
     assert done.returncode == 1
     out = done.stdout + done.stderr
     assert "is on a read-only file system" in out and "ReadWritePaths" not in out
+
+
+@pytest.mark.parametrize(("count", "warned"), [(1_000_000, False), (2_000_000, True)])
+def test_scram_iterations_our_own_client_refuses_are_warned_of(
+    gate: Path, count: int, warned: bool
+) -> None:
+    """scram_iterations = 2000000 passed without a word, and `smtpgate test --auth
+    SCRAM-SHA-256` against that server then stopped with 'iteration count 2000000 out
+    of range' (exit 5): our client takes at most 1,000,000 from a server."""
+    cfg = config(gate, "", **{
+        'database = "accounts.sqlite"':
+            f'database = "accounts.sqlite"\nscram_iterations = {count}'})
+    found = only(run_checks(cfg), "warning")
+    if warned:
+        assert "smtpgate's own SCRAM client" in found["accounts.scram_iterations"], found
+        assert "'iteration count 2000000 out of range'" in found["accounts.scram_iterations"]
+    else:
+        assert "accounts.scram_iterations" not in found, found

@@ -939,11 +939,22 @@ class AccountsConfig(Model):
         "to its accounts stays in [accounts].database.",
     )
     database: Path = Field(default=Path("accounts.sqlite"), description="SQLite account database.")
-    argon2_time_cost: int = Field(default=3, ge=1, description="Argon2id passes.")
-    argon2_memory_kib: int = Field(default=65536, ge=8192, description="Argon2id memory (KiB).")
-    argon2_parallelism: int = Field(default=4, ge=1, description="Argon2id lanes.")
+    # The upper bounds are Argon2's own (RFC 9106 §3.1: 32-bit t and m, 24-bit p) and
+    # PBKDF2's (a C int in OpenSSL): past them `user add` and every hashing login
+    # ended in an OverflowError traceback, the config having passed.
+    argon2_time_cost: int = Field(
+        default=3, ge=1, le=2**32 - 1, description="Argon2id passes."
+    )
+    argon2_memory_kib: int = Field(
+        default=65536, ge=8192, le=2**32 - 1, description="Argon2id memory (KiB)."
+    )
+    argon2_parallelism: int = Field(
+        default=4, ge=1, le=2**24 - 1,
+        description="Argon2id lanes; argon2_memory_kib must be at least 8 KiB per lane.",
+    )
     scram_iterations: int = Field(
-        default=10000, ge=4096, description="PBKDF2 iterations for stored SCRAM keys."
+        default=10000, ge=4096, le=2**31 - 1,
+        description="PBKDF2 iterations for stored SCRAM keys.",
     )
     cache_ttl: float = Field(
         default=3600.0,
@@ -963,6 +974,17 @@ class AccountsConfig(Model):
         if self.backend == "ldap" and not self.ldap.scram:
             return mechanism_facts.SCRAM
         return frozenset()
+
+    @model_validator(mode="after")
+    def _argon2_memory_per_lane(self) -> AccountsConfig:
+        """Argon2 needs 8 KiB of memory per lane (RFC 9106 §3.1); with fewer, every
+        hash failed ('Memory cost is too small') in `user add` and at each login."""
+        if self.argon2_memory_kib < 8 * self.argon2_parallelism:
+            raise KeyProblem("argon2_memory_kib", (
+                f"{self.argon2_memory_kib} KiB is less than 8 KiB for each of the "
+                f"{self.argon2_parallelism} lanes of argon2_parallelism; raise it to "
+                f"{8 * self.argon2_parallelism} or lower argon2_parallelism"))
+        return self
 
     @model_validator(mode="after")
     def _backend_settings(self) -> AccountsConfig:

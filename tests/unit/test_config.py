@@ -278,6 +278,25 @@ def test_a_tables_own_check_names_the_key_to_change(
     assert words in p.get(key, ""), p
 
 
+@pytest.mark.parametrize(
+    ("extra", "key"),
+    [
+        ("argon2_memory_kib = 4294967296", "accounts.argon2_memory_kib"),
+        ("argon2_time_cost = 4294967296", "accounts.argon2_time_cost"),
+        ("argon2_parallelism = 16777216", "accounts.argon2_parallelism"),
+        ("argon2_parallelism = 10000", "accounts.argon2_memory_kib"),  # 8 KiB per lane
+        ("scram_iterations = 100000000000000000000", "accounts.scram_iterations"),
+    ],
+)
+def test_hashing_costs_the_hash_functions_refuse_are_named(
+    base: Path, extra: str, key: str
+) -> None:
+    """Each passed config check, and `user add` then ended in a traceback (Argon2's
+    OverflowError or 'Memory cost is too small', PBKDF2's OverflowError)."""
+    p = problems(GOOD + f"[accounts]\n{extra}\n", base)
+    assert key in p, p
+
+
 def test_numbers_and_booleans_where_they_belong_still_pass(base: Path) -> None:
     cfg = parse_config(GOOD + "[limits]\ncommand_timeout = 10\n"
                        "[smtp]\nreceived_header = false\n", base)

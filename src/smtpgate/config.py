@@ -175,7 +175,9 @@ class ListenerConfig(Model):
     """One table per listening socket."""
 
     name: str = Field(description="Label used in logs and policies, e.g. 'submission'.")
-    address: str = Field(description="HOST:PORT to listen on; '[::1]:587' for IPv6.")
+    address: str = Field(description="HOST:PORT to listen on; '[::1]:587' for IPv6, "
+                         "'[::]:587' for every address (IPv4 too, where the system maps "
+                         "it); an empty HOST (':587') is 0.0.0.0, every IPv4 address.")
     tls: Literal["starttls", "implicit"] = Field(
         description="'starttls' (RFC 3207, port 587) or 'implicit' (RFC 8314, port 465)."
     )

@@ -1149,7 +1149,8 @@ class LimitsConfig(Model):
         default=200,
         ge=0,
         description="Messages one account may send per hour (sliding window) before MAIL "
-        "gets 450 4.7.1; 0 means unlimited. Per-account override: `smtpgate user limits`; "
+        "gets 450 4.7.1 (sessions ending messages at the same moment: the end of DATA, "
+        "docs/policy.md); 0 means unlimited. Per-account override: `smtpgate user limits`; "
         "an app password may have a lower limit of its own.",
     )
     recipients_per_hour: int = Field(

@@ -3,6 +3,7 @@ own counter, and the directory fault."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +14,7 @@ from smtpgate.auth.directory import StoreUnavailable
 from smtpgate.auth.principal import AppPasswordUse, Principal
 from smtpgate.auth.sender_profile import SenderProfile
 from smtpgate.config import LimitsConfig, PolicyConfig
-from smtpgate.policy.rates import RateLimiter
+from smtpgate.policy.rates import Held, RateLimiter
 from smtpgate.policy.sqlite_counters import SqliteRateCounters
 from smtpgate.policy.submission import Sending, needs_lookup
 from smtpgate.smtp import replies as R
@@ -154,3 +155,61 @@ async def test_recheck_is_due_after_the_interval_and_replaces_the_profile() -> N
     s.rechecked(None)  # a directory fault: the held profile stays
     assert await s.mail("sales@example.org", policy, None) is None
     assert profiles.asked == [ALICE]
+
+
+async def test_messages_ending_at_once_are_reserved_within_the_limit(tmp_path: Path) -> None:
+    """MAIL and RCPT only read the budget, so eight sessions all pass them against a
+    limit of 3; the reservation at the end of DATA takes exactly three messages, and
+    one given back (its spool write failed) makes room for another."""
+    limiter = RateLimiter(SqliteRateCounters(tmp_path / "g.sqlite"),
+                          LimitsConfig(messages_per_hour=3, recipients_per_hour=100),
+                          store_timeout=PATIENT_STATE.timeout)
+    try:
+        sessions = [sending(Profiles()) for _ in range(8)]
+        for s in sessions:
+            assert await s.mail(ALICE, PolicyConfig(), limiter) is None
+            assert s.rcpt() is None
+        got = await asyncio.gather(*(s.reserve(limiter, 1) for s in sessions))
+        held = [g for g in got if isinstance(g, Held)]
+        assert len(held) == 3
+        assert got.count(R.MESSAGE_RATE_EXCEEDED) == 5
+        # A reserved message is counted already: nothing more when it is stored.
+        assert sessions[got.index(held[0])].count(limiter, 1, held[0]) is None
+        await Sending.give_back(limiter, held[0])
+        late = sending(Profiles())
+        assert await late.mail(ALICE, PolicyConfig(), limiter) is None
+        assert isinstance(await late.reserve(limiter, 1), Held)
+        assert await sending(Profiles()).mail(ALICE, PolicyConfig(), limiter) == (
+            R.MESSAGE_RATE_EXCEEDED)
+    finally:
+        await limiter.close()
+
+
+async def test_recipients_past_the_limit_at_the_end_of_data_are_refused(
+        tmp_path: Path) -> None:
+    limiter = RateLimiter(SqliteRateCounters(tmp_path / "g.sqlite"),
+                          LimitsConfig(messages_per_hour=100, recipients_per_hour=4),
+                          store_timeout=PATIENT_STATE.timeout)
+    try:
+        first, second = sending(Profiles()), sending(Profiles())
+        for s in (first, second):
+            assert await s.mail(ALICE, PolicyConfig(), limiter) is None
+            for _ in range(3):
+                assert s.rcpt() is None  # each within the 4 its MAIL read
+        assert isinstance(await first.reserve(limiter, 3), Held)
+        assert await second.reserve(limiter, 3) == R.RECIPIENT_RATE_EXCEEDED
+    finally:
+        await limiter.close()
+
+
+async def test_no_limit_means_no_reservation(tmp_path: Path) -> None:
+    unlimited = RateLimiter(SqliteRateCounters(tmp_path / "g.sqlite"),
+                            LimitsConfig(messages_per_hour=0, recipients_per_hour=0),
+                            store_timeout=PATIENT_STATE.timeout)
+    try:
+        s = sending(Profiles())
+        assert await s.mail(ALICE, PolicyConfig(), unlimited) is None
+        assert await s.reserve(unlimited, 1) is None
+        assert await s.reserve(None, 1) is None
+    finally:
+        await unlimited.close()

@@ -9,25 +9,28 @@ last 60 buckets, a sliding hour to the minute. At MAIL the
 session reads what each of its keys used and keeps, for the transaction, the
 smallest budget left; RCPT is checked against that budget without another
 read, and an accepted message adds (1, recipients) to every key before its 250
-goes out, so the next MAIL (on any connection, in any worker) sees it. Counts
-are group-committed: those that arrive while a write is under way go out
-together in the next one, and each waits for the write that holds it, so the
-rule above holds with one thread hop per batch instead of one per message
-(bench/README.md, workload B). A message whose keys no limit applies to (an
+goes out (where a limit applies, by the reservation below), so the next MAIL
+(on any connection, in any worker) sees it. Other counts (``count``: the
+policy door's settlements, a message whose reservation failed open) are
+group-committed: those that arrive while a write is under way go out together
+in the next one, and each waits for the write that holds it (one thread hop per
+batch instead of one per message, bench/README.md, workload B). A message whose keys no limit applies to (an
 account or app password set to unlimited) gates no MAIL: its count is gathered
 for up to a second and written with the others, and its 250 does not wait for
 it (``count_later``). A limit set on such a key afterwards (a reload, ``user
 limits``) may therefore miss the last second's messages.
 
-The check and the count are not one atomic step: sessions of one account
-running in parallel can together overshoot a limit by at most one message
-each. That is the price of not holding a lock across a DATA phase. The Postfix
-policy door, whose requests arrive from many Postfix processes at once, does
-not check and count apart: it reserves (``reserve``) the message at its first
-RCPT and each recipient at its RCPT, the check and the count in one atomic step
-of the counters (``RateCounters.add_within``), and settles or gives the
-reservation back (``count`` with the reservation's bucket) when the message
-ends or never does (``server/policy_door.py``).
+MAIL's and RCPT's checks only read: sessions of one account in parallel all
+pass them. So where a limit applies, the SMTP session reserves (``reserve``)
+the message and its recipients at the end of DATA, before its spool write: the
+check and the count in one atomic step of the counters
+(``RateCounters.add_within``), refused with the budget that stopped it, or
+given back (``count`` with negative counts in the reservation's bucket) when
+the spool write fails (``policy/submission.py``); sessions ending at the same
+moment cannot together pass a limit. The Postfix policy door, whose requests
+arrive from many Postfix processes at once, reserves the message at its first
+RCPT and each recipient at its RCPT, and settles or gives the reservation back
+when the message ends or never does (``server/policy_door.py``).
 
 What is left of a budget is the pure ``budget_left``; the limiter only reads
 and bumps counters, on its own thread.

@@ -14,9 +14,11 @@ refused, and hands the fresh profile to ``rechecked``):
   (`policy/rates.py`); an exhausted message budget refuses the MAIL.
 - RCPT: counted against that budget, without another read.
 - End of DATA: the From and Sender headers' ownership, and that there is a From
-  (`policy/sender.py` says how the header section is read); the accepted
-  message's count, which the intake commits alongside the spool write, before
-  the 250.
+  (`policy/sender.py` says how the header section is read); then, where a limit
+  applies, the message and its recipients are reserved in the rate counters in
+  one atomic step (`reserve`) before the spool write, so that parallel sessions
+  cannot together pass a limit; where none does, the count is gathered and
+  written within a second.
 
 Every decision returns a reply or None (accept). A fault of the account
 directory refuses the MAIL with a temporary ``451 4.4.3 Account database
@@ -37,7 +39,7 @@ from smtpgate.auth.directory import StoreError
 from smtpgate.auth.principal import Principal
 from smtpgate.auth.sender_profile import SenderProfile
 from smtpgate.config import PolicyConfig
-from smtpgate.policy.rates import Budget, RateLimiter
+from smtpgate.policy.rates import Budget, Held, RateLimiter
 from smtpgate.policy.sender import envelope_sender_refusal, from_header_refusal
 from smtpgate.smtp import replies as R
 
@@ -172,16 +174,52 @@ class Sending:
             return None
         return from_header_refusal(self._profile, header, policy, where=self._where)
 
+    async def reserve(self, rates: RateLimiter | None, recipients: int) -> R.Reply | Held | None:
+        """End of DATA, before the spool write: the message and its ``recipients``
+        taken from the limits in one atomic step of the counters, so that sessions
+        of one account ending their messages at the same moment cannot together
+        pass a limit (MAIL's and RCPT's checks read the budget only: eight
+        sessions each allowed one message by them were all accepted against a
+        limit of 3). A reply refusing the message (nothing counted), what was held
+        (to give back if the message is not stored after all), or None: no limit
+        applies, or the counters failed open at MAIL; `count` counts it then."""
+        budget = self.budget
+        if rates is None or budget is None or self._profile is None or (
+                budget.messages_left is None and budget.recipients_left is None):
+            return None
+        got = await rates.reserve(self._profile, self.principal.app_password, 1, recipients)
+        if isinstance(got, Held):
+            return got
+        if got.messages_left is not None and got.messages_left <= 0:
+            log.warning("%s: user=%s message rate limit at the end of DATA: %s", self._where,
+                        self.principal.account, got.detail)
+            metrics.rate_limited("messages")
+            return R.MESSAGE_RATE_EXCEEDED
+        log.warning("%s: user=%s recipient rate limit at the end of DATA (%d left this hour, "
+                    "the message has %d)", self._where, self.principal.account,
+                    max(got.recipients_left or 0, 0), recipients)
+        metrics.rate_limited("recipients")
+        return R.RECIPIENT_RATE_EXCEEDED
+
     def count(
-        self, rates: RateLimiter | None, recipients: int
+        self, rates: RateLimiter | None, recipients: int, held: Held | None = None
     ) -> Coroutine[Any, Any, None] | None:
         """The accepted message's count, to run alongside its spool write; None if
-        nothing waits for it (no budget, or one no limit applies to: gathered and
-        written within a second, ``RateLimiter.count_later``)."""
+        nothing waits for it (``held`` by `reserve` already; no budget, or one no
+        limit applies to: gathered and written within a second,
+        ``RateLimiter.count_later``)."""
         budget = self.budget
         if rates is None or budget is None:
             return None
+        if held is not None and (held.messages or held.recipients):
+            return None  # counted by the reservation
         if budget.messages_left is None and budget.recipients_left is None:
             rates.count_later(budget.keys, 1, recipients)  # gates nothing: no wait
             return None
         return rates.count(budget.keys, 1, recipients)
+
+    @staticmethod
+    async def give_back(rates: RateLimiter | None, held: Held) -> None:
+        """A reservation whose message was not stored after all (a spool fault)."""
+        if rates is not None and (held.messages or held.recipients):
+            await rates.count(held.keys, -held.messages, -held.recipients, bucket=held.bucket)

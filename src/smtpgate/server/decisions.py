@@ -420,8 +420,19 @@ class Decisions:
                 if refused is not None:
                     receiving.incoming.discard()
                     return refused
-            counting = sending.count(self.rt.rates, len(ev.recipients)) if sending else None
-            return await self.rt.intake.finish(receiving, alongside=counting)
+            held = None
+            if sending is not None:
+                reserved = await sending.reserve(self.rt.rates, len(ev.recipients))
+                if isinstance(reserved, R.Reply):
+                    receiving.incoming.discard()
+                    return reserved
+                held = reserved
+            counting = (sending.count(self.rt.rates, len(ev.recipients), held)
+                        if sending else None)
+            reply = await self.rt.intake.finish(receiving, alongside=counting)
+            if held is not None and reply.code != 250:
+                await Sending.give_back(self.rt.rates, held)  # not stored: not sent
+            return reply
         except BaseException:
             receiving.incoming.discard()  # a no-op once it was sealed
             raise

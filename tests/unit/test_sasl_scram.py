@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 from dataclasses import dataclass
 
 import pytest
@@ -512,6 +514,48 @@ def test_rfc5802_s7_client_first_negative_cases(why: str, message: bytes, error:
 def test_rfc5802_s7_unknown_extension_is_ignored() -> None:
     step = ScramSha256Server().start(b"n,,n=user,r=abc,x=whatever")
     assert step == NeedCredentials(LookupScram("user", "sha256", "SCRAM-SHA-256"))
+
+
+def test_rfc5802_s5_1_m_among_client_first_extensions_fails() -> None:
+    # RFC 5802 §5.1 (m): its presence in a client message MUST make the
+    # authentication fail, wherever it stands (until 2026-12 only a leading m= did).
+    failure = _fail(ScramSha256Server().start(b"n,,n=user,r=abc,x=1,m=ext"))
+    assert failure.error_data == b"e=extensions-not-supported"
+
+
+def _final_with_extension(extension: str) -> tuple[ScramServer, bytes]:
+    """A server past server-first, and a client-final carrying ``extension`` with
+    the proof a client computes over it (right but for the extension)."""
+    creds = scram_credentials_from_password("pencil", "sha256", 4096)
+    server = ScramSha256Server(nonce_factory=lambda: "srv")
+    client = ScramClient("sha256", "user", "pencil", nonce="abc")
+    assert isinstance(server.start(client.start()), NeedCredentials)
+    server_first = server.answer(creds)
+    assert isinstance(server_first, Challenge)
+    # Our client sends no extension: put one into the message before the proof and
+    # prove over it as an extension-aware client would.
+    c, r = client.step(server_first.data).decode().split(",p=")[0].split(",")
+    without_proof = f"{c},{r},{extension}"
+    auth_message = f"n=user,r=abc,{server_first.data.decode()},{without_proof}".encode()
+    salted = hashlib.pbkdf2_hmac("sha256", b"pencil", creds.salt, 4096)
+    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+    signature = hmac.new(creds.stored_key, auth_message, "sha256").digest()
+    proof = bytes(a ^ b for a, b in zip(client_key, signature, strict=True))
+    return server, f"{without_proof},p={base64.b64encode(proof).decode()}".encode()
+
+
+def test_rfc5802_s7_unknown_client_final_extension_is_ignored() -> None:
+    server, final = _final_with_extension("x=whatever")
+    step = judged(server, server.step(final))
+    assert isinstance(step, NeedCredentials) and isinstance(step.query, ConfirmIdentity)
+
+
+def test_rfc5802_s5_1_m_in_client_final_fails_even_with_a_good_proof() -> None:
+    # Until 2026-12 an m= in the client-final was skipped as an unknown extension
+    # and the login succeeded (seen over the wire: v= then 235).
+    server, final = _final_with_extension("m=ext")
+    failure = _fail(server.step(final))
+    assert failure.error_data == b"e=extensions-not-supported"
 
 
 CLIENT_FINAL_FAILURES = [

@@ -36,7 +36,7 @@ import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, NoReturn
 
 from smtpgate.sasl._common import (
     NO_CHANNEL_BINDING,
@@ -130,6 +130,23 @@ _PER_PROCESS_DECOY_SECRET = secrets.token_bytes(32)
 
 
 # --- primitives -----------------------------------------------------------------
+
+
+def _refuse_mandatory_extension() -> NoReturn:
+    """RFC 5802 §5.1 (m): reserved for mandatory extensions, none defined; "its
+    presence in a client or a server message MUST cause authentication failure"."""
+    raise _ScramError(E_EXTENSIONS_NOT_SUPPORTED, "mandatory extension m=")
+
+
+def _check_extensions(extensions: list[str]) -> None:
+    """The extensions after a message's fixed attributes (RFC 5802 §7): attr-val
+    pairs, unknown ones ignored, but never ``m``, which no client may send
+    anywhere: skipped as an unknown extension, a client-final that carried it
+    logged in (until 2026-12)."""
+    if not all(_ATTR_VAL.fullmatch(a) for a in extensions):
+        raise _ScramError(E_INVALID_ENCODING, "bad extension syntax", malformed=True)
+    if any(a.startswith("m=") for a in extensions):
+        _refuse_mandatory_extension()
 
 
 def _hmac(hash_name: str, key: bytes, msg: bytes) -> bytes:
@@ -418,15 +435,11 @@ class ScramServer(ServerMechanismBase):
                 raise _ScramError(E_INVALID_ENCODING, "bad authzid encoding", malformed=True)
             authzid = decoded
         attrs = bare.split(",")
-        # RFC 5802 §5.1 (m): reserved for mandatory extensions, none defined; its
-        # presence MUST make the authentication fail.
         if attrs[0].startswith("m="):
-            raise _ScramError(E_EXTENSIONS_NOT_SUPPORTED, "mandatory extension m=")
+            _refuse_mandatory_extension()
         if len(attrs) < 2 or not attrs[0].startswith("n=") or not attrs[1].startswith("r="):
             raise _ScramError(E_INVALID_ENCODING, "expected n= and r=", malformed=True)
-        # RFC 5802 §7: extensions are attr-val pairs; unknown ones MUST be ignored.
-        if not all(_ATTR_VAL.fullmatch(a) for a in attrs[2:]):
-            raise _ScramError(E_INVALID_ENCODING, "bad extension syntax", malformed=True)
+        _check_extensions(attrs[2:])
         raw_user = unescape_saslname(attrs[0][2:])
         if not raw_user:
             raise _ScramError(E_INVALID_USERNAME_ENCODING, "bad username encoding", malformed=True)
@@ -560,8 +573,7 @@ class ScramServer(ServerMechanismBase):
         attrs = without_proof.split(",")
         if len(attrs) < 2 or not attrs[0].startswith("c=") or not attrs[1].startswith("r="):
             raise _ScramError(E_INVALID_ENCODING, "expected c= and r=", malformed=True)
-        if not all(_ATTR_VAL.fullmatch(a) for a in attrs[2:]):
-            raise _ScramError(E_INVALID_ENCODING, "bad extension syntax", malformed=True)
+        _check_extensions(attrs[2:])
         cbind = _b64decode(attrs[0][2:])
         proof = _b64decode(proof_b64)
         if cbind is None or proof is None:

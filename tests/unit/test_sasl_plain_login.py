@@ -200,6 +200,27 @@ def test_plain_call_order_is_enforced() -> None:
         mech.answer(Verdict(ok=True, identity="user"))
 
 
+@pytest.mark.parametrize(
+    ("message", "reason", "username"),
+    [
+        # A Latin-1 password from an old client: malformed, but the auth log names
+        # the account, as LOGIN's does (until 2026-12 "field is not valid UTF-8", no name).
+        (b"\0alice@example.org\0p\xe4ss", "PLAIN: password is not valid UTF-8",
+         "alice@example.org"),
+        (b"\xff\0alice@example.org\0pencil",
+         "PLAIN: authorization identity is not valid UTF-8", "alice@example.org"),
+        (b"\0al\xefce\0pencil", "PLAIN: user name is not valid UTF-8", ""),
+        (b"\0al\x07ce\0p\xe4ss", "PLAIN: password is not valid UTF-8", ""),
+    ],
+)
+def test_plain_non_utf8_field_says_which_and_for_whom(
+    message: bytes, reason: str, username: str
+) -> None:
+    step = PlainServer().start(message)
+    assert isinstance(step, Failure) and step.malformed
+    assert (step.reason, step.username) == (reason, username)
+
+
 def test_plain_flags() -> None:
     assert PlainServer.cleartext_credentials and not PlainServer.server_first
     assert PlainClient.cleartext_credentials

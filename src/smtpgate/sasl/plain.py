@@ -40,7 +40,14 @@ MAX_FIELD_OCTETS = 1024
 
 
 class PlainSyntaxError(ValueError):
-    """A PLAIN message does not match the RFC 4616 §2 ABNF."""
+    """A PLAIN message does not match the RFC 4616 §2 ABNF.
+
+    ``authcid`` is the user name when it was well formed and only another field
+    was not, so that the auth log names whom the attempt was for."""
+
+    def __init__(self, message: str, authcid: str = "") -> None:
+        super().__init__(message)
+        self.authcid = authcid
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,8 +92,16 @@ def decode_plain(message: bytes) -> PlainMessage:
         raise PlainSyntaxError(f"field longer than {MAX_FIELD_OCTETS} octets")
     # RFC 4616 §2: SAFE is UTF-8; "The server MUST fail ... if ... not valid UTF-8".
     authzid, authcid, password = (decode_utf8(f) for f in fields)
-    if authzid is None or authcid is None or password is None:
-        raise PlainSyntaxError("field is not valid UTF-8")
+    if authcid is None:
+        raise PlainSyntaxError("user name is not valid UTF-8")
+    # A password in a legacy charset (Latin-1 from an old client) is the usual
+    # case: say so, and whose it was, as LOGIN does (until 2026-12 the auth log
+    # had "field is not valid UTF-8" and no user name).
+    name = authcid if is_safe_name(authcid) else ""
+    if password is None:
+        raise PlainSyntaxError("password is not valid UTF-8", authcid=name)
+    if authzid is None:
+        raise PlainSyntaxError("authorization identity is not valid UTF-8", authcid=name)
     return PlainMessage(authcid=authcid, password=password, authzid=authzid)
 
 
@@ -111,7 +126,7 @@ class PlainServer(ServerMechanismBase):
         try:
             msg = decode_plain(response)
         except PlainSyntaxError as exc:
-            return Failure(reason=f"PLAIN: {exc}", malformed=True)
+            return Failure(reason=f"PLAIN: {exc}", malformed=True, username=exc.authcid)
         if not is_safe_name(msg.authcid) or (msg.authzid and not is_safe_name(msg.authzid)):
             return Failure(reason="PLAIN: control character in name", malformed=True)
         # RFC 4616 §2: the server decides whether authcid may act as authzid. Our

@@ -516,19 +516,20 @@ _PASSWORD_MECHANISMS = frozenset({"PLAIN", "LOGIN", "SCRAM-SHA-1", "SCRAM-SHA-1-
 
 def _cram_md5_beside_passwords(cfg: Config, i: int, lst: ListenerConfig) -> list[Problem]:
     """CRAM-MD5 works only for accounts that opted in, but clients that prefer it
-    cannot know that: PHPMailer picks it whenever it is offered and never falls
-    back, Python's smtplib tries it first and falls back after a failure the guard
-    counts. On a listener that also offers the other password mechanisms, every
-    other account of theirs fails (docs/mechanisms.md, CRAM-MD5)."""
+    cannot know that: PHPMailer and curl pick it whenever it is offered and never
+    fall back, Python's smtplib and swaks try it first and fall back after a
+    failure the guard counts. On a listener that also offers the other password
+    mechanisms, every other account of theirs fails (docs/mechanisms.md, CRAM-MD5)."""
     offered = {m.upper() for m in (lst.mechanisms or cfg.auth.mechanisms)}
     if "CRAM-MD5" not in offered or not offered & _PASSWORD_MECHANISMS:
         return []
     return [_warning(f"listeners.{i}.mechanisms", f"listener {lst.name!r} offers CRAM-MD5 "
-                     "beside PLAIN, LOGIN or SCRAM: PHPMailer (by default) then picks CRAM-MD5 and "
-                     "Python's smtplib tries it first, so for each account not opted in with "
-                     "`smtpgate user cram-md5` PHPMailer fails and smtplib leaves a failed "
-                     "login, counted by the guard, at every login; offer CRAM-MD5 on a "
-                     "listener of its own (docs/mechanisms.md)")]
+                     "beside PLAIN, LOGIN or SCRAM: PHPMailer (by default) and curl then pick "
+                     "CRAM-MD5 and Python's smtplib and swaks try it first, so for each "
+                     "account not opted in with `smtpgate user cram-md5` PHPMailer and curl "
+                     "fail and smtplib and swaks leave a failed login, counted by the guard, "
+                     "at every login; offer CRAM-MD5 on a listener of its own "
+                     "(docs/mechanisms.md)")]
 
 
 def _no_way_to_log_in(cfg: Config, i: int, lst: ListenerConfig) -> list[Problem]:

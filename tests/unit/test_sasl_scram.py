@@ -556,6 +556,8 @@ def test_rfc5802_s5_1_m_in_client_final_fails_even_with_a_good_proof() -> None:
     server, final = _final_with_extension("m=ext")
     failure = _fail(server.step(final))
     assert failure.error_data == b"e=extensions-not-supported"
+    # The proof was never judged: a probe for the guard (the address), not a guess.
+    assert failure.malformed
 
 
 CLIENT_FINAL_FAILURES = [

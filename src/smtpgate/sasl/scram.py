@@ -132,21 +132,22 @@ _PER_PROCESS_DECOY_SECRET = secrets.token_bytes(32)
 # --- primitives -----------------------------------------------------------------
 
 
-def _refuse_mandatory_extension() -> NoReturn:
+def _refuse_mandatory_extension(*, malformed: bool = False) -> NoReturn:
     """RFC 5802 §5.1 (m): reserved for mandatory extensions, none defined; "its
     presence in a client or a server message MUST cause authentication failure"."""
-    raise _ScramError(E_EXTENSIONS_NOT_SUPPORTED, "mandatory extension m=")
+    raise _ScramError(E_EXTENSIONS_NOT_SUPPORTED, "mandatory extension m=", malformed=malformed)
 
 
 def _check_extensions(extensions: list[str]) -> None:
     """The extensions after a message's fixed attributes (RFC 5802 §7): attr-val
     pairs, unknown ones ignored, but never ``m``, which no client may send
     anywhere: skipped as an unknown extension, a client-final that carried it
-    logged in (until 2026-12)."""
+    logged in (until 2026-12). Refused as malformed: in a client-final the proof
+    is never judged, so it is a probe (the address), not a guess (the account)."""
     if not all(_ATTR_VAL.fullmatch(a) for a in extensions):
         raise _ScramError(E_INVALID_ENCODING, "bad extension syntax", malformed=True)
     if any(a.startswith("m=") for a in extensions):
-        _refuse_mandatory_extension()
+        _refuse_mandatory_extension(malformed=True)
 
 
 def _hmac(hash_name: str, key: bytes, msg: bytes) -> bytes:

@@ -88,11 +88,13 @@ def test_scram_guesses_count_and_lock_whatever_the_client_answers(guarded: Serve
     for i, answer in enumerate(answers):
         verdict, final = scram_attempt(guarded, "127.0.0.3", USER, f"guess{i}", answer)
         assert verdict == "e=invalid-proof"
-        # RFC 4954 §4 / §6: the verdict stands; 535 5.7.8, never 501 "cancelled".
-        assert final in (str(R.AUTH_FAILED), None)
+        # The verdict stands: 535 5.7.8; a "*" is answered 501 (RFC 4954 §4: a cancel
+        # MUST be), and is that failure all the same (counted below).
+        expected = R.AUTH_CANCELLED if answer == b"*\r\n" else R.AUTH_FAILED
+        assert final in (str(expected), None)
     wait_for_block(guarded, "account-new")
     # Locked for new addresses, as after PLAIN guesses: even the right password.
-    verdict, final = scram_attempt(guarded, "127.0.0.4", USER, PASSWORD, b"*\r\n")
+    verdict, final = scram_attempt(guarded, "127.0.0.4", USER, PASSWORD, b"\r\n")
     assert verdict == "e=other-error" and final == str(R.AUTH_ACCOUNT_LOCKED)
     # Other accounts are untouched, and SCRAM itself still works.
     verdict, final = scram_attempt(guarded, "127.0.0.4", BOB, BOB_PASSWORD, b"\r\n")
@@ -127,7 +129,7 @@ def test_scram_guesses_count_and_lock_whatever_the_client_answers(guarded: Serve
 def test_scram_access_policy_refusal_is_a_failure_with_its_reason(guarded: Server) -> None:
     guarded.cli("user", "access", BOB, "--network", "127.0.0.10/32")
     verdict, final = scram_attempt(guarded, "127.0.0.11", BOB, BOB_PASSWORD, b"*\r\n")
-    assert verdict == "e=invalid-proof" and final == str(R.AUTH_FAILED)
+    assert verdict == "e=invalid-proof" and final == str(R.AUTH_CANCELLED)  # RFC 4954 §4
     [record] = auth_log(guarded)
     assert (record["mechanism"], record["result"], record["reason"]) == (
         "SCRAM-SHA-256",

@@ -5,9 +5,11 @@ Issue 8: a SCRAM client that reads ``e=invalid-proof`` and answers ``*`` got
 counted, so password guesses over SCRAM cost nothing. RFC 4954 §4 lets "*" cancel
 an exchange, but not undo a verdict already given in a 334: SCRAM's ``e=`` and the
 OAUTHBEARER/XOAUTH2 error JSON. The engine must end such an attempt in exactly one
-``AuthFinished`` with result "failure" and the server's reason, answered 535 5.7.8,
-whether the client sends "*", an empty line, the dummy 0x01, garbage, an over-long
-line, or hangs up.
+``AuthFinished`` with result "failure" and the server's reason, whether the client
+sends "*", an empty line, the dummy 0x01, garbage, an over-long line, or hangs up.
+The reply is the failure's (535 5.7.8, 454 if temporary), except to "*": RFC 4954
+§4 says the server MUST answer a cancel 501, so it gets 501 5.7.0, and is still
+that failure in the auth log and the guard.
 """
 
 from __future__ import annotations
@@ -96,11 +98,13 @@ ANSWERS = [
 
 
 @pytest.mark.parametrize("answer", ANSWERS)
-def test_rfc4954_s4_any_answer_to_scram_invalid_proof_is_the_failure_535(answer: bytes) -> None:
+def test_rfc4954_s4_any_answer_to_scram_invalid_proof_is_the_failure(answer: bytes) -> None:
     d = session()
     assert scram_to_verdict(d, "wrong password") == b"e=invalid-proof"
     out = d.feed(answer)
-    assert lines(out)[0] == str(R.AUTH_FAILED)  # 535 5.7.8, never 501 "cancelled"
+    # 535 5.7.8; a "*" is answered 501 as RFC 4954 §4 says, and still the failure.
+    expected = R.AUTH_CANCELLED if answer == b"*\r\n" else R.AUTH_FAILED
+    assert lines(out)[0] == str(expected)
     [ev] = finished(d)
     assert (ev.mechanism, ev.result, ev.username) == ("SCRAM-SHA-256", "failure", USER)
     assert ev.reason == "SCRAM-SHA-256: invalid proof"
@@ -125,7 +129,7 @@ def test_scram_policy_refusal_at_confirm_then_star_is_a_failure_with_the_policy_
     d = session()
     d.confirm = sasl.Verdict(ok=False, reason="access policy: listener submissions not allowed")
     assert scram_to_verdict(d, PASSWORD) == b"e=other-error"
-    assert lines(d.feed(b"*\r\n")) == [str(R.AUTH_FAILED)]
+    assert lines(d.feed(b"*\r\n")) == [str(R.AUTH_CANCELLED)]  # RFC 4954 §4
     [ev] = finished(d)
     assert (ev.result, ev.reason) == ("failure", "access policy: listener submissions not allowed")
 
@@ -137,7 +141,7 @@ def test_scram_policy_refusal_at_lookup_fails_at_the_proof_with_the_policy_reaso
     why = "access policy: address 192.0.2.1 not in the account's networks"
     d.lookup = sasl.NotFound(reason=why)
     assert scram_to_verdict(d, PASSWORD) == b"e=invalid-proof"
-    assert lines(d.feed(b"*\r\n")) == [str(R.AUTH_FAILED)]
+    assert lines(d.feed(b"*\r\n")) == [str(R.AUTH_CANCELLED)]  # RFC 4954 §4
     [ev] = finished(d)
     assert ev.result == "failure"
     assert ev.reason == why
@@ -151,12 +155,12 @@ def test_scram_unknown_user_is_logged_as_such() -> None:
     assert [(e.result, e.reason) for e in finished(d)] == [("failure", "unknown user")]
 
 
-def test_temporary_refusal_announced_with_e_then_star_is_tempfail_454() -> None:
+def test_temporary_refusal_announced_with_e_then_star_is_tempfail_answered_501() -> None:
     d = session()
     # What the guard's refusal looks like to the mechanism (server/connection.py).
     d.lookup = sasl.NotFound(reason="address blocked", temporary=True)
     assert scram_to_verdict(d, PASSWORD) == b"e=other-error"
-    assert lines(d.feed(b"*\r\n")) == [str(R.AUTH_TEMPFAIL)]
+    assert lines(d.feed(b"*\r\n")) == [str(R.AUTH_CANCELLED)]  # RFC 4954 §4
     assert [(e.result, e.reason) for e in finished(d)] == [("tempfail", "address blocked")]
 
 
@@ -212,7 +216,8 @@ def test_rfc7628_s3_2_3_oauth_error_is_the_failure_however_the_client_answers(
         events = [ev]
     else:
         answer = {"dummy": dummy, "star": b"*\r\n", "garbage": b"!!\r\n"}[how]
-        assert lines(d.feed(answer)) == [str(R.AUTH_FAILED)]
+        expected = R.AUTH_CANCELLED if how == "star" else R.AUTH_FAILED  # RFC 4954 §4
+        assert lines(d.feed(answer)) == [str(expected)]
         events = finished(d)
     assert [(e.mechanism, e.result, e.username) for e in events] == [(mechanism, "failure", USER)]
     assert events[0].reason.startswith("token rejected")

@@ -1174,9 +1174,12 @@ class ServerEngine:
         exchange = self._exchange
         assert exchange is not None
         if raw == b"*":
-            # RFC 4954 §4: "*" cancels; the server MUST reply 501. A verdict already
-            # announced in a 334 stands: the exchange ends as that failure (535).
-            return self._auth_end(exchange.cancel())
+            # RFC 4954 §4: "*" cancels; the server MUST reply 501, also after a
+            # verdict announced in a 334 (SCRAM's e=, the OAuth error JSON): the
+            # attempt still ends as that failure (logged, counted by the guard),
+            # only its reply is the 501 (before 2026-12 it was the failure's 535).
+            outcome = exchange.cancel()
+            return self._auth_end(outcome, R.AUTH_CANCELLED)
         data = decode_base64_strict(raw)
         if data is None:
             return self._auth_malformed("invalid base64", R.AUTH_BAD_BASE64)
@@ -1200,6 +1203,8 @@ class ServerEngine:
 
     def _respond_auth(self, event: AuthFinished, reply: R.Reply | None) -> None:
         final = reply or self._auth_default or R.AUTH_FAILED
+        if self._auth_default is R.AUTH_CANCELLED and event.result != AuthResult.SUCCESS:
+            final = R.AUTH_CANCELLED  # the client's "*": 501 whatever else was decided
         self._exchange = None
         self.state = State.GREETED
         if event.result == AuthResult.SUCCESS and final.code == 235:

@@ -1182,6 +1182,10 @@ def loosenings(cfg: Config) -> list[Problem]:
     if cfg.smtp.bare_line_endings == "normalize":
         out.append(_warning("smtp.bare_line_endings", "normalize: bare LF in messages becomes "
                             "CRLF instead of refusing the message"))
+    if cfg.auth.log_file is None:
+        out.append(_warning("auth.log_file", "empty: no auth log, so fail2ban, 'smtpgate "
+                            "report' and the web admin's log page see no login attempt (the "
+                            "guard still counts them)"))
     if cfg.auth.failure_floor == 0:
         out.append(_warning("auth.failure_floor", "0: failed logins are answered at once, so "
                             "timing may tell an unknown account from a wrong password"))

@@ -532,6 +532,14 @@ def test_every_loosening_is_in_the_leniencies_of_docs_security_md() -> None:
     assert not missing, f"docs/security.md, Leniencies, does not name: {missing}"
 
 
+def test_an_auth_log_turned_off_is_a_loosening(gate: Path) -> None:
+    """fail2ban and `smtpgate report` read the auth log: turning it off left them
+    blind without a word (found by the h25docs review)."""
+    off = config(gate, **{'log_file = "auth.log"': 'log_file = ""'})
+    assert [p.key for p in loosenings(off)] == ["auth.log_file"]
+    assert "fail2ban" in loosenings(off)[0].message
+
+
 def test_secure_defaults_have_no_loosening(gate: Path) -> None:
     assert loosenings(config(gate)) == []
 

@@ -163,12 +163,33 @@ def _check_networks(items: list[str]) -> list[str]:
     return items
 
 
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _parse_hostport(value: str) -> tuple[str, int]:
+    """``HOST:PORT``, an IPv6 address in brackets. An unbracketed one was read up to
+    its last colon: ``::1:2587`` listened on ``::1`` port 2587 and ``::1`` on host
+    ``:`` port 1, each without a word; brackets that do not pair were dropped."""
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not (0 <= int(port) <= 65535):
         raise ValueError(f"expected HOST:PORT, got {value!r}")
-    host = host.strip("[]") or "0.0.0.0"
-    return host, int(port)
+    if host.startswith("[") and host.endswith("]") and host.count("[") == 1 == host.count("]"):
+        host = host[1:-1]
+    elif "[" in host or "]" in host:
+        raise ValueError(f"{value!r}: brackets go around an IPv6 address alone, e.g. "
+                         "'[::1]:587'")
+    elif ":" in host:
+        ways = [f"'[{host}]:{port}'"] if _is_ip(host) else []
+        if _is_ip(value):  # ::1 reads as host ':' and port 1
+            ways.append(f"'[{value}]:PORT'")
+        raise ValueError(f"{value!r}: an IPv6 address needs brackets: "
+                         f"{' or '.join(ways) or '[ADDRESS]:PORT'}")
+    return host or "0.0.0.0", int(port)
 
 
 class ListenerConfig(Model):

@@ -485,3 +485,28 @@ def test_a_destination_with_no_host_or_port_0_is_refused(
     field = "next_hop" if "routes" in key else "lmtp_address"
     p = problems(GOOD + f'\n{table}{field} = "{value}"\n', base)
     assert said in p.get(key, ""), p
+
+
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [
+        ("::1:2587", "'[::1]:2587' or '[::1:2587]:PORT'"),
+        ("::1", "'[::1]:PORT'"),
+        ("[::1:2587", "brackets go around an IPv6 address alone"),
+        ("::1]:2587", "brackets go around an IPv6 address alone"),
+    ],
+)
+def test_an_unbracketed_ipv6_address_is_named_not_read_up_to_its_last_colon(
+    base: Path, value: str, said: str,
+) -> None:
+    """'::1:2587' listened on ::1 port 2587 and '::1' on host ':' port 1, each without
+    a word (noticed by the h25docs review); both, and brackets that do not pair, are
+    config errors naming the key, with the bracketed form."""
+    text = GOOD.replace('address = "127.0.0.1:2587"', f'address = "{value}"')
+    assert text != GOOD
+    p = problems(text, base)
+    assert said in p.get("listeners.0.address", ""), p
+    # The bracketed forms are what they always were.
+    ok = parse_config(GOOD.replace('address = "127.0.0.1:2587"', 'address = "[::1]:2587"'),
+                      base)
+    assert ok.listeners[0].host_port == ("::1", 2587)

@@ -38,7 +38,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import functools
-import ipaddress
 import secrets
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
@@ -46,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from smtpgate.auth.networks import parse_ip
 from smtpgate.client.errors import ProtocolError
 from smtpgate.client.replies import ServerReply
 from smtpgate.plural import count
@@ -103,14 +103,6 @@ def _mode_for(port: int) -> Mode:
     if port in (25, 587):
         return "starttls"
     return "auto"
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 def parse_targets(specs: Sequence[str], *, port25: bool = False) -> list[Target]:
@@ -521,9 +513,9 @@ class _Auditor:
         # An IP address is no domain: "relay-probe@::1" is not even an address.
         first = self.r.banner.split(" ", 1)[0] if self.r.banner else ""
         if "." in first and all(c.isalnum() or c in ".-" for c in first) \
-                and not _is_ip(first):
+                and parse_ip(first) is None:
             return first
-        return "localhost" if _is_ip(self.t.host) else self.t.host
+        return "localhost" if parse_ip(self.t.host) is not None else self.t.host
 
     async def _relay(self, s: SmtpSession) -> None:
         domain = self._relay_domain()

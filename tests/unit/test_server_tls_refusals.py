@@ -252,3 +252,38 @@ async def test_bad_records_and_handshake_timeouts_are_logged_within_a_budget(
     assert len(lines) == 22, lines
     assert tls13._value.get() - before[1] == 13
     assert plain._value.get() - before[0] == 12
+
+
+@pytest.mark.parametrize("implicit", [True, False], ids=["implicit", "starttls"])
+async def test_a_client_offering_alpn_without_smtp_is_refused_on_both_listeners(
+    tmp_path: Path, implicit: bool, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Found with `openssl s_client -alpn http/1.1` on both listeners of a server
+    from `smtpgate init`: the handshakes completed (the ALPACA attack's way in).
+    Now the client gets the no_application_protocol alert, the log says why."""
+    runtime = _runtime(tmp_path, ConnectionLimiter(10, 10))
+    listener = ListenerRuntime("l", implicit, settings(starttls=not implicit))
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: SmtpConnection(runtime, listener), "127.0.0.1", 0)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+    caplog.set_level("INFO", logger="smtpgate.session")
+    if not implicit:
+        await asyncio.wait_for(reader.readline(), NO_REPLY)  # the greeting
+        writer.write(b"STARTTLS\r\n")
+        assert (await asyncio.wait_for(reader.readline(), NO_REPLY)).startswith(b"220 ")
+    ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    ctx.set_alpn_protos([b"http/1.1"])
+    client = SSL.Connection(ctx, None)
+    client.set_connect_state()
+    with pytest.raises(SSL.WantReadError):
+        client.do_handshake()
+    writer.write(BioConnection(client).outgoing())
+    answer = await asyncio.wait_for(reader.read(), NO_REPLY)  # up to the close
+    writer.close()
+    server.close()
+    await server.wait_closed()
+    client.bio_write(answer)
+    with pytest.raises(SSL.Error, match="no application protocol"):
+        client.do_handshake()
+    assert any("the client offered ALPN 'http/1.1', not 'smtp'" in r.getMessage()
+               for r in caplog.records), [r.getMessage() for r in caplog.records]

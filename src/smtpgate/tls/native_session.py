@@ -18,6 +18,7 @@ from __future__ import annotations
 import ssl
 
 from smtpgate.sasl.base import ChannelBinding, ClientCertificate
+from smtpgate.tls.alpn import take_refused
 from smtpgate.tls.bio import READ_SIZE, RecordSession, TlsError
 from smtpgate.tls.exporter import tls_exporter
 from smtpgate.tls.tickets import take_undecodable_server_name
@@ -70,6 +71,9 @@ class NativeServerSession(RecordSession):
         try:
             self._obj.do_handshake()
         except ssl.SSLError:
+            refused = take_refused()
+            if refused is not None:
+                raise refused from None
             name = take_undecodable_server_name()
             if name is not None:
                 raise ServerNameNotAscii(name) from None

@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, r
 from OpenSSL import SSL, crypto
 
 from smtpgate.sasl.base import ChannelBinding, ClientCertificate
-from smtpgate.tls import tickets
+from smtpgate.tls import alpn, tickets
 from smtpgate.tls.bio import BioConnection, TlsError, describe, end_point_hash
 from smtpgate.tls.client_certs import certificate_emails, certificate_fingerprint
 from smtpgate.tls.exporter import available as native_exporter_available
@@ -186,6 +186,8 @@ def _native_context(
     ctx.num_tickets = 0
     if not disable_session_cache(ctx):
         return None  # keep pyOpenSSL rather than a cache we cannot switch off
+    if not alpn.strict_native(ctx):
+        return None  # keep pyOpenSSL rather than accept any ALPN (ALPACA)
     if tickets_for is not None and not tickets.enable(ctx, tickets_for):
         return None
     try:
@@ -236,6 +238,8 @@ def _context(cert: Path, key: Path, min_version: str) -> SSL.Context:
     # a connection): they are freed while empty and taken again on the next record
     # (bench/README.md, workload D).
     ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
+    # A client offering ALPN without "smtp" (a browser sent here) is refused.
+    alpn.strict_pyopenssl(ctx)
     return ctx
 
 

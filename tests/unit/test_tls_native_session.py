@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import ssl
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from click.testing import CliRunner
@@ -18,7 +19,7 @@ from OpenSSL import SSL
 from smtpgate.cli.main import cli
 from smtpgate.config import load_config
 from smtpgate.server.reload import build_tls
-from smtpgate.tls import exporter
+from smtpgate.tls import exporter, tickets
 from smtpgate.tls.bio import BioConnection, TlsError
 from smtpgate.tls.certs import write_self_signed
 from smtpgate.tls.memory_handshake import handshake, pyopenssl_step, session_step, sslobject_step
@@ -175,6 +176,42 @@ def test_every_worker_takes_the_tickets_of_the_others_after_a_reload(
     after, server = _connect(renewed, cctx, again.session)
     assert not after.session_reused
     assert "tls-exporter" in server.channel_binding().data
+
+
+def test_the_ticket_key_turns_every_hour_alike_in_every_worker(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found reading tls/tickets.py: one ticket key from a server's start to its
+    stop, so a key read once from a worker's memory opened every ticket it ever
+    sealed, and sealed. Now the key turns with the hour of the wall clock, the
+    same in every worker (one started within the new hour too); a ticket of the
+    hour before gets a full handshake, never an error."""
+    clock = [tickets.ROTATE_EVERY * 500_000 + 10.0]
+    monkeypatch.setattr(tickets, "time", SimpleNamespace(time=lambda: clock[0]))
+    monkeypatch.setattr(tickets._Chain, "period", tickets._hour(clock[0]))
+    monkeypatch.setattr(tickets._Chain, "secret", b"\1" * 32)
+    d = tmp_path_factory.mktemp("rotate")
+    write_self_signed(d / "cert.pem", d / "key.pem", "localhost", days=2)
+    worker_1 = make_server_context(d / "cert.pem", d / "key.pem")
+    cctx = _client_context(ssl.TLSVersion.TLSv1_3)
+    first, _ = _connect(worker_1, cctx)
+    clock[0] += tickets.ROTATE_EVERY - 20.0  # the same hour, ten seconds before its end
+    open_server_session(worker_1, "submission")
+    assert _connect(worker_1, cctx, first.session)[0].session_reused
+    hour_1 = tickets.ticket_keys(worker_1.end_point_hash)
+    clock[0] += 20.0  # the next hour
+    open_server_session(worker_1, "submission")  # what each new connection does
+    worker_2 = make_server_context(d / "cert.pem", d / "key.pem")
+    assert tickets.ticket_keys(worker_1.end_point_hash) != hour_1
+    stale, _ = _connect(worker_1, cctx, first.session)
+    assert not stale.session_reused
+    again, server = _connect(worker_2, cctx, stale.session)
+    assert again.session_reused
+    assert "tls-exporter" in server.channel_binding().data
+    clock[0] -= 3 * tickets.ROTATE_EVERY  # a clock set back brings no old key back
+    open_server_session(worker_1, "submission")
+    assert tickets.ticket_keys(worker_1.end_point_hash) != hour_1
+    assert _connect(worker_1, cctx, again.session)[0].session_reused
 
 
 def test_the_exporter_refuses_a_connection_without_a_handshake(tls: ServerTlsContext) -> None:

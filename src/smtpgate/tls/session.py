@@ -205,6 +205,7 @@ def open_server_session(
     """A new server-side session for ``listener``: the stdlib's unless the listener
     asks for client certificates or the stdlib context is unavailable."""
     if ctx.native is not None and listener not in ctx.listeners:
+        tickets.rotate(ctx.native)  # the hour's ticket key, once an hour
         return NativeServerSession(ctx.native, ctx.end_point_hash)
     return TlsServerSession(ctx, listener)
 

@@ -227,6 +227,34 @@ def test_a_client_that_only_sends_noop_and_rset_is_closed_after_the_junk_limit(
     r.close()
 
 
+@pytest.mark.parametrize("loop", ["BDAT 0", "RCPT TO:<overflow@example.net>"])
+def test_a_logged_in_client_looping_on_a_command_that_moves_nothing_is_closed(
+        server: Server, loop: str) -> None:
+    """Found with 300 `BDAT 0` (no LAST) and 400 RCPT past limits.max_recipients on
+    a server from `smtpgate init`: each got 250 or 452 and the loop went on for
+    ever. Each now ends in 421 after a bound (the junk-command limit; Postfix's
+    recipient overshoot limit), and no message is stored."""
+    r = tls_session(server)
+    assert r.cmd(f"AUTH PLAIN {plain(USER, PASSWORD)}").startswith("235")
+    limits = LimitsConfig()
+    rcpts = b"".join(b"RCPT TO:<r%d@example.net>\r\n" % i for i in range(limits.max_recipients))
+    r.send(f"MAIL FROM:<{USER}>\r\n".encode() + rcpts)
+    assert {r.reply()[:3] for _ in range(limits.max_recipients + 1)} == {"250"}
+    bound = JUNK_COMMANDS + 2000  # more than either needs, fewer than for ever
+    replies: list[str] = []
+    while len(replies) < bound and not (replies and replies[-1].startswith("421")):
+        r.send(f"{loop}\r\n".encode() * 100)
+        for _ in range(100):
+            replies.append(r.reply())
+            if replies[-1].startswith("421"):
+                break
+    assert replies[-1] == "421 4.7.0 Too many errors, closing connection", replies[-3:]
+    assert {x[:3] for x in replies[:-1]} == {"250" if loop == "BDAT 0" else "452"}
+    with pytest.raises(EOFError):
+        r.reply()
+    r.close()
+
+
 def test_a_client_that_half_closes_after_its_message_gets_the_250(server: Server) -> None:
     """A client that sends its message and QUIT, then shuts its side down (``nc
     -N``, a script) had its message stored but never saw the 250 or the 221: the

@@ -8,7 +8,7 @@ import pytest
 
 from smtpgate.smtp import replies as R
 from smtpgate.smtp.dsn_params import RcptParams
-from smtpgate.smtp.engine import JUNK_COMMANDS
+from smtpgate.smtp.engine import JUNK_COMMANDS, RECIPIENT_OVERSHOOT
 from smtpgate.smtp.events import AuthFinished, MessageStart, RcptTo, StartTls
 from smtpgate.smtp.states import TRANSITIONS, State
 
@@ -577,6 +577,77 @@ def test_an_accepted_message_forgives_errors_and_junk_commands() -> None:
     out = d.feed(b"BDAT 4 LAST\r\nx\ny\n" + b"RCPT TO:<x>\r\n" * 2)
     assert codes(out) == [str(R.BARE_LINE_ENDING), str(R.NEED_MAIL), str(R.NEED_MAIL),
                           str(R.TOO_MANY_ERRORS)]
+
+
+def test_recipients_past_the_limit_and_the_overshoot_count_as_errors() -> None:
+    """Found with a RCPT loop on a server from `smtpgate init`: 400 recipients past
+    limits.max_recipients all got 452, and the loop went on for ever. As Postfix's
+    smtpd_recipient_overshoot_limit: the first RECIPIENT_OVERSHOOT past the limit
+    are a plain 452 (a client pipelining too many sends the rest later), each
+    further one counts as an error, and max_errors of them end in 421."""
+    d = authed(max_recipients=2, max_errors=3)
+    out = d.feed(b"MAIL FROM:<alice@example.org>\r\n" + b"".join(
+        b"RCPT TO:<r%d@example.net>\r\n" % i for i in range(2 + RECIPIENT_OVERSHOOT)))
+    assert codes(out)[-1] == str(R.TOO_MANY_RECIPIENTS)
+    assert not d.closed
+    out = d.feed(b"RCPT TO:<x1@example.net>\r\nRCPT TO:<x2@example.net>\r\n")
+    assert codes(out) == [str(R.TOO_MANY_RECIPIENTS)] * 2
+    assert not d.closed
+    out = d.feed(b"RCPT TO:<x3@example.net>\r\nNOOP\r\n")
+    assert codes(out) == [str(R.TOO_MANY_RECIPIENTS), str(R.TOO_MANY_ERRORS)]
+    assert d.closed
+
+
+def test_the_overshoot_is_counted_per_transaction() -> None:
+    d = authed(max_recipients=1, max_errors=2)
+    for _ in range(3):
+        out = d.feed(b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@example.net>\r\n"
+                     + b"RCPT TO:<carol@example.net>\r\n" * RECIPIENT_OVERSHOOT
+                     + b"DATA\r\nSubject: t\r\n\r\nhi\r\n.\r\n")
+        assert codes(out)[-1].startswith("250 "), codes(out)[-3:]
+    assert len(d.messages) == 3 and not d.closed
+
+
+def test_the_same_recipient_over_and_over_counts_as_a_noop() -> None:
+    """Found alike: a recipient already given gets 250 without a decision, so the
+    same RCPT for ever was never cut off."""
+    d = authed(max_errors=3)
+    # EHLO was one; JUNK_COMMANDS - 1 again are free, the next two are errors.
+    out = d.feed(b"MAIL FROM:<alice@example.org>\r\n"
+                 + b"RCPT TO:<bob@example.net>\r\n" * (JUNK_COMMANDS + 2))
+    assert codes(out)[1:] == [str(R.RECIPIENT_OK)] * (JUNK_COMMANDS + 2)
+    assert not d.closed
+    out = d.feed(b"RCPT TO:<bob@example.net>\r\nNOOP\r\n")
+    assert codes(out) == [str(R.RECIPIENT_OK), str(R.TOO_MANY_ERRORS)]
+    assert d.closed
+
+
+def test_bdat_0_without_last_counts_as_a_noop() -> None:
+    """Found with `BDAT 0` sent 300 times after MAIL and RCPT on a server from
+    `smtpgate init`: 300 times 250 Chunk received, never cut off. An empty chunk
+    that is not the LAST moves nothing: it counts as a NOOP does (JUNK_COMMANDS
+    free, then each an error), and the message in progress goes with the 421."""
+    d = authed(max_errors=3)
+    d.feed(b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@example.net>\r\n")
+    # EHLO was one; JUNK_COMMANDS - 1 are free, the next two are errors.
+    out = d.feed(b"BDAT 3\r\nabc" + b"BDAT 0\r\n" * (JUNK_COMMANDS + 1))
+    assert codes(out) == [str(R.CHUNK_RECEIVED)] * (JUNK_COMMANDS + 2)
+    assert not d.closed
+    out = d.feed(b"BDAT 0\r\nBDAT 0 LAST\r\n")
+    assert codes(out) == [str(R.CHUNK_RECEIVED), str(R.TOO_MANY_ERRORS)]
+    assert d.closed and not d.messages
+
+
+def test_many_non_empty_chunks_are_no_junk() -> None:
+    """Legitimate chunking (a client sending a message 1 octet a chunk) is not
+    touched by the bound on empty chunks."""
+    d = authed(max_errors=2)
+    body = b"Subject: t\r\n\r\n" + b"x" * (3 * JUNK_COMMANDS) + b"\r\n"
+    out = d.feed(b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@example.net>\r\n"
+                 + b"".join(b"BDAT 1\r\n" + body[i:i + 1] for i in range(len(body)))
+                 + b"BDAT 0 LAST\r\n")
+    assert codes(out)[-1].startswith("250 ") and str(R.TOO_MANY_ERRORS) not in out.decode()
+    assert len(d.messages) == 1 and not d.closed
 
 
 def test_alpaca_http_request_closes() -> None:

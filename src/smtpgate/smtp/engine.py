@@ -115,6 +115,12 @@ _NEED_AUTH = frozenset({"MAIL", "RCPT", "DATA"})
 #: client that never logs in held its connection for ever with a NOOP every few
 #: minutes; a client that sends mail gets a fresh allowance with each message.
 JUNK_COMMANDS = 100
+#: RCPT commands past ``max_recipients`` in one transaction answered 452 before each
+#: further one counts as an error toward ``max_errors`` (Postfix's
+#: smtpd_recipient_overshoot_limit and its default). A client that pipelines more
+#: recipients than the limit gets 452 for the rest and sends them in a second
+#: transaction (RFC 5321 §4.5.3.1.10); one that never stops was never cut off.
+RECIPIENT_OVERSHOOT = 1000
 _VERB = re.compile(r"[A-Za-z]{1,16}")
 
 MechanismFactory = Callable[[str, sasl.ChannelBinding, bool], sasl.ServerMechanism]
@@ -200,6 +206,7 @@ class ServerEngine:
         "_junk",
         "_long_auth_mechanism",
         "_out",
+        "_overshoot",
         "_paused",
         "_pending",
         "_recipients",
@@ -260,6 +267,8 @@ class ServerEngine:
         self._chunk_left = 0
         self._chunk_last = False
         self._skip = 0
+        #: RCPT commands past ``max_recipients`` in this transaction.
+        self._overshoot = 0
         # Pending decision, and an event waiting to be returned by next_event()
         self._pending: Event | None = None
         self._emit: Event | None = None
@@ -486,8 +495,9 @@ class ServerEngine:
         return self._count_error()
 
     def _junk_command(self) -> None:
-        """A NOOP, RSET, VRFY, HELP, EHLO or HELO, answered: past `JUNK_COMMANDS` it
-        counts as an error (a close it causes is reported by next_event())."""
+        """A NOOP, RSET, VRFY, HELP, EHLO or HELO, a recipient already given or a
+        ``BDAT 0`` without LAST, answered: past `JUNK_COMMANDS` it counts as an
+        error (a close it causes is reported by next_event())."""
         self._junk += 1
         if self._junk > JUNK_COMMANDS and self._count_error() is not None:
             self._closing = True
@@ -867,12 +877,18 @@ class ServerEngine:
             # account's recipient budget counted it twice (450 at the budget's last
             # recipient), and at limits.max_recipients it got 452; either made the
             # client send it again on its own, and the recipient got two copies.
+            # It moves no mail, so it counts as a NOOP does (the same address
+            # over and over was never cut off).
             self._send(R.RECIPIENT_OK)
+            self._junk_command()
             return None
         if len(self._recipients) >= self.settings.max_recipients:
             # RFC 5321 §4.5.3.1.10: 452 and the client sends the rest later.
-            self._send(R.TOO_MANY_RECIPIENTS)
-            return None
+            self._overshoot += 1
+            if self._overshoot <= RECIPIENT_OVERSHOOT:
+                self._send(R.TOO_MANY_RECIPIENTS)
+                return None
+            return self._error(R.TOO_MANY_RECIPIENTS)
         return self._decide(RcptTo(rcpt, dsn if params else None))
 
     def _respond_rcpt(self, event: RcptTo, reply: R.Reply | None) -> None:
@@ -1064,6 +1080,11 @@ class ServerEngine:
         else:
             self._send(R.CHUNK_RECEIVED)
             self.state = State.CHUNKS
+            if not n:
+                # BDAT 0 without LAST (only a size-0 chunk ends with nothing read):
+                # legal, and it moves nothing, so it counts as a NOOP does; a
+                # client sending it over and over was never cut off.
+                self._junk_command()
         if event is None:
             return final
         self._emit = final
@@ -1094,6 +1115,7 @@ class ServerEngine:
         self._chunks = None
         self._chunk_left = 0
         self._chunk_last = False
+        self._overshoot = 0
 
     # ----------------------------------------------------------------- AUTH
 

@@ -751,6 +751,21 @@ def test_rfc5321_s4_1_1_8_help_follows_the_session_as_ehlo_does() -> None:
     assert "STARTTLS" not in _ehlo(d) and "AUTH" in _ehlo(d)
 
 
+def test_help_after_a_login_no_longer_names_auth() -> None:
+    """Found with HELP after AUTH PLAIN over openssl s_client on a server from
+    `smtpgate init`: it still listed AUTH, which is then 503 (RFC 4954 §4). A new
+    TLS session forgets the login (RFC 3207 §4.2), and AUTH is back."""
+    d = authed()
+    assert "AUTH" not in _help(d)
+    assert codes(d.feed(f"AUTH PLAIN {PLAIN_OK}\r\n".encode())) == [str(R.AUTH_ALREADY)]
+    assert {"MAIL", "RCPT", "DATA", "BDAT", "QUIT"} <= set(_help(d))
+    d = Driver.new()
+    d.feed(b"STARTTLS\r\n")
+    d.start_tls()
+    d.feed(f"EHLO c\r\nAUTH PLAIN {PLAIN_OK}\r\n".encode())
+    assert "AUTH" not in _help(d)
+
+
 def test_help_names_auth_in_clear_only_where_the_listener_allows_it() -> None:
     assert "AUTH" in _help(Driver.new(auth_in_clear=True))
     assert "STARTTLS" not in _help(Driver.new(tls=True))

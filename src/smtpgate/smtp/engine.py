@@ -686,13 +686,14 @@ class ServerEngine:
         return None
 
     def _cmd_help(self, arg: str) -> Event | None:
-        # What EHLO would offer now: it listed STARTTLS inside TLS (where STARTTLS
-        # is 503) and AUTH where no mechanism is offered (in clear, 530).
+        # What this session can use now: it listed STARTTLS inside TLS (where
+        # STARTTLS is 503), AUTH where no mechanism is offered (in clear, 530) and
+        # AUTH after a login (503, RFC 4954 §4: one successful AUTH a session).
         s = self.settings
         names = ["EHLO", "HELO"]
         if s.starttls and self.tls is None:
             names.append("STARTTLS")
-        if self.offered_mechanisms():
+        if self.offered_mechanisms() and not self.identity:
             names.append("AUTH")
         names += ["MAIL", "RCPT", "DATA", "BDAT", "RSET", "NOOP", "VRFY", "QUIT"]
         if self.xclient_trusted:

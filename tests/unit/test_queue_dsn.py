@@ -253,14 +253,37 @@ def test_a_content_refused_report_of_a_raw_8bit_header_is_7bit() -> None:
 
 
 def test_a_report_is_marked_8bit_when_it_carries_8bit_data() -> None:
-    # 8-bit data sent without BODY=8BITMIME: the report must not claim 7bit.
+    # 8-bit data declared with BODY=8BITMIME, returned whole: the report must not
+    # claim 7bit.
     data = ORIGINAL.replace(b"secret body", "caf\u00e9".encode())
-    built = dsn.build_report(envelope=env(), queue_id="q1", data=data,
+    built = dsn.build_report(envelope=env(body_8bit=True), queue_id="q1", data=data,
                              reports=[dsn.Report("bob@example.net", "failed", "550 5.1.1 no")],
                              reporting_mta="mx.example.org", now=1_700_000_100.0)
     assert built is not None
     assert built[0].body_8bit is True
     assert b"Content-Transfer-Encoding: 8bit" in built[1]
+    assert "caf\u00e9".encode() in built[1]
+
+
+@pytest.mark.parametrize("ret", [None, "HDRS"])
+def test_a_report_of_undeclared_8bit_data_is_7bit_with_the_header_only(ret: str | None) -> None:
+    # Found with a relay without 8BITMIME: 8-bit data sent without BODY=8BITMIME went
+    # there as it came and a recipient was refused (550 5.1.1); the bounce returned
+    # the message whole, was marked 8-bit, and our own relay client refused it
+    # (5.6.3, no 8BITMIME there): dropped (null sender), the sender never knew.
+    data = (ORIGINAL.replace(b"secret body", "caf\u00e9 body".encode())
+            .replace(b"Subject: ", "Subject: caf\u00e9 ".encode()))
+    built = dsn.build_report(envelope=env(dsn_ret=ret), queue_id="q1", data=data,
+                             reports=[dsn.Report("bob@example.net", "failed",
+                                                 "relay mx:25 refused recipient: 550 5.1.1 no")],
+                             reporting_mta="mx.example.org", now=1_700_000_100.0)
+    assert built is not None
+    report_env, report = built
+    assert report.isascii() and report_env.body_8bit is False
+    assert b"Content-Transfer-Encoding: 8bit" not in report
+    _, _, original = parts(report)
+    assert original.get_content_type() == "text/rfc822-headers"
+    assert b"Subject: caf?? plans" in report and b"body" not in report
 
 
 def _global_parts(data: bytes) -> tuple[email.message.Message, list[email.message.Message]]:

@@ -162,7 +162,9 @@ def build_report(
     than ``size_limit`` (``limits.max_message_size``) with the original whole: a
     message near the limit plus the report around it is over it, a next hop with
     that limit refuses the report, and a report (from the null sender) that cannot
-    be delivered is dropped: the sender would never hear of the failure.
+    be delivered is dropped: the sender would never hear of the failure. And so
+    does one of a message with 8-bit data sent without BODY=8BITMIME: returned
+    whole, the report would be 8-bit and refused by a next hop without 8BITMIME.
     """
     if not envelope.mail_from or not reports:
         return None
@@ -224,14 +226,21 @@ def build_report(
     # reports carry the header only, as Postfix's do.
     # A binary original (BINARYMIME) would make the report binary: its header only.
     content_refused = not statuses.isdisjoint(_CONTENT_REFUSED)
-    if envelope.dsn_ret == "HDRS" or not failed or envelope.body_binary or content_refused:
+    # 8-bit data its client sent without BODY=8BITMIME: a report that returned it
+    # would have to be declared 8-bit (RFC 6152), which a next hop without 8BITMIME
+    # cannot take, though the original itself went there as it came. The report
+    # (null sender) would be refused and dropped; it carries the header only.
+    undeclared_8bit = not utf8 and not envelope.body_8bit and not data.isascii()
+    if (envelope.dsn_ret == "HDRS" or not failed or envelope.body_binary or content_refused
+            or undeclared_8bit):
         end = data.find(b"\r\n\r\n")
         original = data if end < 0 else data[: end + 2]
         original_type = "message/global-headers" if utf8 else "text/rfc822-headers"
-        if content_refused and not utf8 and not original.isascii():
+        if (content_refused or undeclared_8bit) and not utf8 and not original.isascii():
             # Raw 8-bit octets in the header (a Subject in UTF-8 without SMTPUTF8):
-            # the report would be 8-bit and meet the refusal it reports. Each
-            # such octet becomes "?": the header stays readable, the report 7-bit.
+            # the report would be 8-bit and meet the refusal it reports, or one
+            # for want of 8BITMIME. Each such octet becomes "?": the header stays
+            # readable, the report 7-bit.
             original = original.translate(_ASCII_ONLY)
         whole = False
     else:
@@ -240,7 +249,7 @@ def build_report(
         whole = True
     report_type = "global-delivery-status" if utf8 else "delivery-status"
     # What the report really carries: a header-only report of an 8-bit message is
-    # 7-bit, and 8-bit data the client sent without BODY=8BITMIME is still 8-bit.
+    # 7-bit; a whole original declared BODY=8BITMIME is 8-bit.
     eight_bit = not original.isascii()
     cte = "8bit" if eight_bit or utf8 else "7bit"
     head = "\r\n".join([

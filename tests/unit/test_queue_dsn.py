@@ -598,3 +598,32 @@ def test_the_reports_dates_are_rfc5322_not_its_obsolete_zone() -> None:
     assert email.message_from_bytes(data)["Date"] == "Tue, 14 Nov 2023 22:15:00 +0000"
     per_message, _ = parts(data)[1].get_payload()
     assert per_message["Arrival-Date"] == "Tue, 14 Nov 2023 22:13:20 +0000"
+
+
+def test_rfc5322_a_long_reply_is_folded_in_the_report_not_a_line_over_998_octets() -> None:
+    # Found with a next hop whose 550 reply text ran to 1,500 octets: the report's
+    # Diagnostic-Code line and its line in the text part were 1,000+ octets, over
+    # RFC 5322's limit for a line of a message (the Maildir copy kept them so; a
+    # relay broke them mid-word).
+    words = " ".join(f"word{i:04d}" for i in range(200))
+    reply = f"relay mx:25 refused recipient: 550 5.1.1 no such user  {words}"
+    long_word = "y" * 2000
+    built = dsn.build_report(envelope=env(), queue_id="q1", data=ORIGINAL,
+                             reports=[dsn.Report("bob@example.net", "failed", reply),
+                                      dsn.Report("carol@example.net", "failed",
+                                                 f"550 5.7.1 see {long_word} now")],
+                             reporting_mta="mx.example.org", now=1_700_000_100.0)
+    assert built is not None
+    report = built[1]
+    assert max(len(line) for line in report.split(b"\r\n")) <= 998
+    assert b"\n" not in report.replace(b"\r\n", b"")
+    _, status, _ = parts(report)
+    bob, carol = status.get_payload()[1:]
+    # Folded before spaces only: unfolding gives the reply back, double space and all.
+    assert bob["Diagnostic-Code"].replace("\r\n", "") == (
+        f"smtp; 550 5.1.1 no such user  {words}")
+    assert f"<bob@example.net>: {reply}".encode() in report.replace(b"\r\n", b"")
+    # A word no line can hold is cut short: the reply's rest still comes.
+    assert carol["Diagnostic-Code"].replace("\r\n", "") == (
+        f"smtp; 550 5.7.1 see {'y' * 900}... now")
+    assert carol["Status"] == "5.7.1"

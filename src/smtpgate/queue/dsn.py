@@ -193,7 +193,7 @@ def build_report(
         intro = "Your message was delivered to the recipients below."
     human = [intro, ""]
     for r in reports:
-        human.append(f"<{clean(r.address)}>: {_clean(r.diagnostic)}")
+        human.append(_fold(f"<{clean(r.address)}>: {_clean(r.diagnostic)}"))
     # RFC 3464 §2.2's order: Original-Envelope-Id, Reporting-MTA, Arrival-Date,
     # then extension fields.
     per_message = []
@@ -221,7 +221,7 @@ def build_report(
             f"Diagnostic-Code: {diagnostic_code(r.diagnostic)}",
             f"Last-Attempt-Date: {date}",
         ]
-        blocks.append("\r\n".join(fields))
+        blocks.append("\r\n".join(_fold(f) for f in fields))
     # RFC 3461 §4.3: RET is about failure reports; delay warnings and success
     # reports carry the header only, as Postfix's do.
     # A binary original (BINARYMIME) would make the report binary: its header only.
@@ -305,6 +305,46 @@ def build_report(
         received_at=now,
     )
     return report_env, body
+
+
+#: Where a report line is folded (RFC 5322 §2.1.1: SHOULD be no more than 78
+#: characters), and the longest word kept whole: with its folding space and CRLF a
+#: line stays well under RFC 5322's limit of 998 octets.
+_FOLD_AT = 78
+_WORD_MAX = 900
+
+
+def _fold(line: str) -> str:
+    """``line`` folded before spaces (RFC 5322 §2.2.3) into lines of about
+    `_FOLD_AT` characters, none over 998 octets: a next hop's reply text (RFC
+    5321 allows 512 octets a line, real servers send more, several lines of a
+    multi-line reply are joined) made the report's Diagnostic-Code, and its line
+    in the text part, longer than a line of a message may be. Unfolding (removing
+    each CRLF) gives ``line`` back, but for a word over `_WORD_MAX` octets (no reply
+    has one), which is cut short and ends with "..."."""
+    pieces = line.split(" ")
+    out: list[str] = []
+    current = _cut(pieces[0])
+    for piece in pieces[1:]:
+        piece = _cut(piece)
+        # Never fold before an empty piece (a run of spaces): a folded line may not
+        # be whitespace only.
+        if piece and len(current.encode()) + 1 + len(piece.encode()) > _FOLD_AT \
+                and current.strip():
+            out.append(current)
+            current = " " + piece
+        else:
+            current += " " + piece
+    out.append(current)
+    return "\r\n".join(out)
+
+
+def _cut(word: str) -> str:
+    """``word``, or its first `_WORD_MAX` octets and "..." when it is longer."""
+    raw = word.encode()
+    if len(raw) <= _WORD_MAX:
+        return word
+    return raw[:_WORD_MAX].decode("utf-8", "ignore") + "..."
 
 
 #: Octets 0x80-0xFF as "?", the rest unchanged (`bytes.translate`).

@@ -1531,7 +1531,14 @@ class DeliveryConfig(Model):
         default="opportunistic",
         description="STARTTLS to the relay: when offered, always, or never.",
     )
-    relay_verify_cert: bool = Field(default=True, description="Verify the relay's certificate.")
+    relay_verify_cert: bool | None = Field(
+        default=None,
+        description="Verify the relay's certificate (relay_ca_file, else the system's CAs). "
+        "Not set: verified with relay_tls = 'require' or when relay_user is set (credentials "
+        "go only to the real relay), not with 'opportunistic' alone, which encrypts whatever "
+        "the certificate, as Postfix's 'may' does. true with 'opportunistic': a relay whose "
+        "certificate does not verify gets no mail (config check says so).",
+    )
     relay_ca_file: Path | None = Field(default=None, description="CA bundle for the relay.")
     relay_user: str = Field(default="", description="AUTH user at the relay (optional).")
     relay_password_file: Path | None = Field(
@@ -1707,6 +1714,18 @@ class DeliveryConfig(Model):
             raise KeyProblem(missing, "relay_oauth_token_url needs relay_oauth_client_id "
                              "and relay_oauth_client_secret_file")
         _check_url(self.relay_oauth_token_url, "relay_oauth_token_url")
+
+    @property
+    def relay_cert_verified(self) -> bool:
+        """Whether the relay's certificate is verified: relay_verify_cert when set;
+        else with relay_tls = "require", or with relay_user (a password or token must
+        not go to whoever poses as the relay); not with "opportunistic" alone, which,
+        as Postfix's "may", encrypts whatever the certificate: it protects nothing
+        from an attacker on the path (who can strip STARTTLS and get clear), and a
+        check there only kept mail from a self-signed relay, deferred to max_age."""
+        if self.relay_verify_cert is not None:
+            return self.relay_verify_cert
+        return self.relay_tls == "require" or bool(self.relay_user)
 
     @property
     def lmtp_endpoint(self) -> tuple[str, int] | Path:

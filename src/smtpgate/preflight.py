@@ -1061,6 +1061,16 @@ def check_delivery(cfg: Config) -> list[Problem]:
     if d.relay_password_file is not None:
         out += secret_readable_by_all("delivery.relay_password_file",
                                       cfg.path(d.relay_password_file))
+    if d.relay_tls == "opportunistic" and d.relay_verify_cert:
+        # Asked for: "encrypt when offered" then holds mail for a relay whose
+        # certificate does not verify, while one without STARTTLS gets it in clear.
+        out.append(_warning("delivery.relay_verify_cert", "true with relay_tls = "
+                            "'opportunistic': a relay whose certificate does not verify "
+                            "(self-signed, a private CA not in relay_ca_file) gets no mail, "
+                            "each message deferred until queue.max_age and bounced, though "
+                            "one without STARTTLS gets it in clear; leave relay_verify_cert "
+                            "out (encrypted, not verified, as Postfix's 'may'), pin the relay "
+                            "(relay_tls_pins), or set relay_tls = 'require'"))
     from smtpgate.queue.factory import DeliverySetupError, make_deliverer
 
     try:
@@ -1232,7 +1242,7 @@ def loosenings(cfg: Config) -> list[Problem]:
             what = "mail and relay_user's password go" if d.relay_user else "mail goes"
             out.append(_warning("delivery.relay_tls", f"none: {what} to the relay "
                                 "without TLS"))
-        elif not d.relay_verify_cert:
+        elif d.relay_verify_cert is False:
             out.append(_warning("delivery.relay_verify_cert", "false: the relay's certificate "
                                 "is not checked, so anyone on the path can pose as the relay"))
     endpoint = cfg.metrics.endpoint

@@ -816,3 +816,23 @@ def test_scram_iterations_our_own_client_refuses_are_warned_of(
         assert "'iteration count 2000000 out of range'" in found["accounts.scram_iterations"]
     else:
         assert "accounts.scram_iterations" not in found, found
+
+
+@pytest.mark.parametrize(("keys", "warned"), [
+    ("", False),  # opportunistic alone: encrypted, not verified (Postfix's "may")
+    ("relay_verify_cert = true\n", True),
+    ('relay_verify_cert = true\nrelay_tls = "require"\n', False),
+    ("relay_verify_cert = false\n", False),  # a loosening, said by loosenings()
+])
+def test_config_check_says_opportunistic_tls_with_verification_holds_mail(
+        gate: Path, keys: str, warned: bool) -> None:
+    """relay_verify_cert = true with relay_tls = "opportunistic" deferred every message
+    to a self-signed relay until queue.max_age, and config check said nothing."""
+    cfg = config(gate, **{'mode = "maildir"': 'mode = "relay"\nrelay_host = "127.0.0.1"\n'
+                          + keys})
+    found = [p for p in run_checks(cfg) if p.key == "delivery.relay_verify_cert"
+             and "gets no mail" in p.message]
+    assert bool(found) == warned
+    if warned:
+        assert found[0].severity == "warning"
+        assert "queue.max_age" in found[0].message and "relay_tls_pins" in found[0].message

@@ -372,3 +372,41 @@ async def test_pipelined_rcpt_refusals_read_before_a_hang_up_are_kept() -> None:
     assert isinstance(results["gone@example.net"], PermFailure), results
     assert "550 5.1.1" in results["gone@example.net"].reply
     assert not isinstance(results["bob@example.net"], (Delivered, PermFailure)), results
+
+
+@pytest.mark.parametrize(("keys", "delivered"), [
+    ({}, True),  # opportunistic alone: encrypted whatever the certificate
+    ({"relay_verify_cert": True}, False),  # asked for: verified
+    ({"relay_tls": "require"}, False),  # required TLS is verified TLS
+])
+async def test_opportunistic_tls_delivers_to_a_relay_whose_certificate_does_not_verify(
+        tmp_path: Path, pki: Pki, keys: dict[str, Any], delivered: bool) -> None:
+    """Found with a relay with a self-signed certificate and the default config: every
+    message deferred (4.7.5 CERTIFICATE_VERIFY_FAILED) until queue.max_age, then
+    bounced, while a relay without STARTTLS got mail in clear."""
+    async with aiosmtpd_peer(tls=pki.server_context) as peer:
+        cfg = _config(tmp_path, mode="relay", relay_host="127.0.0.1", relay_port=peer.port,
+                      **keys)
+        results = await make_deliverer(cfg).deliver(message(), ("bob@example.net",))
+    result = results["bob@example.net"]
+    if delivered:
+        assert isinstance(result, Delivered) and len(peer.handler.received) == 1
+    else:
+        assert isinstance(result, TempFailure) and "CERTIFICATE_VERIFY_FAILED" in result.reply
+        assert peer.handler.received == []
+
+
+async def test_opportunistic_tls_with_relay_credentials_still_verifies(
+        tmp_path: Path, pki: Pki) -> None:
+    """The password goes only to the relay that proved who it is, opportunistic or not."""
+    (tmp_path / "pw").write_text("relay-secret\n")
+    async with aiosmtpd_peer(tls=pki.server_context, auth=True) as peer:
+        cfg = _config(tmp_path, mode="relay", relay_host="127.0.0.1", relay_port=peer.port,
+                      relay_user="relayuser", relay_password_file=Path("pw"))
+        results = await make_deliverer(cfg).deliver(message(), ("bob@example.net",))
+        assert "CERTIFICATE_VERIFY_FAILED" in str(results["bob@example.net"])
+        cfg = _config(tmp_path, mode="relay", relay_host="127.0.0.1", relay_port=peer.port,
+                      relay_user="relayuser", relay_password_file=Path("pw"),
+                      relay_ca_file=pki.ca_file)
+        results = await make_deliverer(cfg).deliver(message(), ("bob@example.net",))
+    assert isinstance(results["bob@example.net"], Delivered)

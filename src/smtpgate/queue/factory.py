@@ -51,7 +51,7 @@ def make_deliverer(cfg: Config) -> Deliverer:
     if d.relay_tls != "none":
         ca = str(cfg.path(d.relay_ca_file)) if d.relay_ca_file is not None else None
         try:
-            ctx = tls_context(verify=d.relay_verify_cert, ca_file=ca)
+            ctx = tls_context(verify=d.relay_cert_verified, ca_file=ca)
         except OSError as e:
             raise DeliverySetupError(
                 "delivery.relay_ca_file", f"cannot load {ca}: {e}",

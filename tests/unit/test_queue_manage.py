@@ -288,8 +288,47 @@ def test_cli_flush_of_a_held_message_says_it_is_held(tmp_path: Path) -> None:
     assert out.exit_code == 1, out.output
     assert out.stdout == ""
     assert out.stderr == (f"error: {qid} is held: not flushed\n"
-                          f"hint: `smtpgate queue release {qid}` lets it go "
-                          "(it is attempted now)\n")
+                          f"hint: `smtpgate queue release {qid}` lets it go; no server is "
+                          f"delivering: then `smtpgate queue flush {qid}` attempts it here\n")
+
+
+def test_cli_release_says_truthfully_who_attempts_the_message(tmp_path: Path) -> None:
+    """With no server running, the flush hint said the released message "is attempted
+    now" and `queue release` said "released" alone: it sat due in the queue until a
+    server started. Each now says what attempts it: the running server at once, or
+    `queue flush ID`."""
+    from click.testing import CliRunner
+
+    from smtpgate.cli.main import cli
+    from smtpgate.config import load_config
+
+    from .cli_support import write_config
+
+    config = write_config(tmp_path)
+    cfg = load_config(config)
+    spool = Spool(cfg.path(cfg.queue.spool), prefill=False)
+    try:
+        qid = spool.store_sync(envelope(), MESSAGE)
+        assert manager(spool).hold(qid) is True
+        out = CliRunner().invoke(cli, ["queue", "release", qid, "--config", str(config)])
+        assert out.exit_code == 0, out.output
+        assert out.stdout == (f"{qid} released\nno server is delivering: `smtpgate queue "
+                              f"flush {qid}` attempts it here (else the server does when "
+                              "it starts)\n")
+        assert manager(spool).hold(qid) is True
+        lock = spool.try_lock_delivery()  # what a running server holds
+        assert lock is not None
+        try:
+            out = CliRunner().invoke(cli, ["queue", "flush", qid, "--config", str(config)])
+            assert out.exit_code == 1
+            assert out.stderr.endswith(f"hint: `smtpgate queue release {qid}` lets it go; "
+                                       "a running server attempts it at once\n")
+            out = CliRunner().invoke(cli, ["queue", "release", qid, "--config", str(config)])
+            assert out.exit_code == 0 and out.stdout == f"{qid} released\n"
+        finally:
+            lock.release()
+    finally:
+        asyncio.run(spool.close())
 
 
 def _corrupt_queue(config: Path) -> tuple[str, str, str]:

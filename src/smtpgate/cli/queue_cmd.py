@@ -294,9 +294,11 @@ def flush(queue_id: str | None, config_path: Path | None) -> None:
         # done and nothing asked for holds (the message stays undelivered), so
         # it is an error, exit 1: `queue flush ID && ...` must not go on as if
         # the message had been sent on its way.
-        raise OperationalError(
-            f"{queue_id} is held: not flushed",
-            f"`smtpgate queue release {queue_id}` lets it go (it is attempted now)")
+        then = ("a running server attempts it at once" if _server_delivers(spool_dir)
+                else f"no server is delivering: then `smtpgate queue flush {queue_id}` "
+                "attempts it here")
+        raise OperationalError(f"{queue_id} is held: not flushed",
+                               f"`smtpgate queue release {queue_id}` lets it go; {then}")
     echo(f"flushed {count(n, 'message')}")
     here = _deliver_here(cfg, spool_dir)
     if here is not None:
@@ -346,15 +348,24 @@ def _deliver_here(cfg: Config, spool_dir: Path) -> tuple[int, Counter[str]] | No
             await deliverer.close()
             await spool.close()
 
+    if _server_delivers(spool_dir):
+        return None
+    return asyncio.run(run())
+
+
+def _server_delivers(spool_dir: Path) -> bool:
+    """Whether a server holds this spool's delivery lock, so a message made due is
+    attempted at once; else nothing attempts it until a server starts or a flush
+    delivers here."""
     probe = Spool(spool_dir, prefill=False, tidy=False)
     try:
         lock = probe.try_lock_delivery()
     finally:
         asyncio.run(probe.close())
     if lock is None:
-        return None
+        return True
     lock.release()
-    return asyncio.run(run())
+    return False
 
 
 @queue.command()
@@ -371,7 +382,8 @@ def hold(queue_id: str, wait: float, config_path: Path | None) -> None:
 @_WAIT
 @config_option
 def release(queue_id: str, wait: float, config_path: Path | None) -> None:
-    """Release a held message; it is attempted now (like postsuper -H)."""
+    """Release a held message; it is due now, and a running server attempts it at
+    once (like postsuper -H); with none, `queue flush ID` attempts it here."""
     _set_held(queue_id, wait, config_path, held=False)
 
 
@@ -383,6 +395,11 @@ def _set_held(queue_id: str, wait: float, config_path: Path | None, *, held: boo
         _audit(cfg, "queue hold" if held else "queue release", queue_id, {})
     done, already = ("held", "was held already") if held else ("released", "was not held")
     echo(f"{queue_id} {done if changed else already}")
+    if changed and not held and not _server_delivers(cfg.path(cfg.queue.spool)):
+        # Due now, but nothing attempts it: "released" alone let the operator
+        # believe it was on its way while it waited for the server's next start.
+        echo(f"no server is delivering: `smtpgate queue flush {queue_id}` attempts it "
+             "here (else the server does when it starts)")
 
 
 @queue.command()

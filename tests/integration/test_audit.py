@@ -265,3 +265,16 @@ def test_nothing_reachable_exits_3() -> None:
     assert rc == 3
     assert report["grade"] == "-"
     assert all(t["error"].startswith("cannot connect") for t in report["targets"])
+
+
+def test_one_unreachable_target_of_several_exits_3(
+        variants: tuple[Server, dict[str, int]]) -> None:
+    """Found auditing a running server's submission port and a port where nothing
+    listened: exit 0 and overall grade A, as if both were audited and clean."""
+    srv, _ = variants
+    dead = free_port()
+    rc, report = audit("--ca", str(srv.ca), f"127.0.0.1:{srv.submission}",
+                       f"127.0.0.1:{dead}")
+    assert rc == 3, report
+    assert by_target(report)[srv.submission]["grade"] == "A"
+    assert by_target(report)[dead]["error"].startswith("cannot connect")

@@ -14,7 +14,14 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
 
-from smtpgate.tools.audit import AuditOptions, Target, TargetReport, parse_targets, run_audit
+from smtpgate.tools.audit import (
+    AuditOptions,
+    AuditReport,
+    Target,
+    TargetReport,
+    parse_targets,
+    run_audit,
+)
 from smtpgate.tools.findings import Severity
 from smtpgate.tools.report import render, to_json
 from smtpgate.tools.session import default_ehlo_name
@@ -64,7 +71,8 @@ def audit(
     """Audit the SMTP AUTH and TLS set-up of HOST (ports 587 and 465 unless given).
 
     Prefix a target with smtps:// for implicit TLS or smtp:// for STARTTLS on an
-    unusual port. Exit codes: 0 no findings, 1 findings, 3 nothing could be audited.
+    unusual port. Exit codes: 0 no findings, 1 findings, 3 a target could not be
+    audited.
     """
     try:
         parsed = parse_targets(targets, port25=port25)
@@ -125,11 +133,19 @@ def audit(
     else:
         width = None if sys.stdout.isatty() else 160
         render(report, Console(file=sys.stdout, highlight=False, width=width))
-    if not any(t.complete for t in report.targets):
-        sys.exit(EXIT_UNREACHABLE)
+    sys.exit(exit_code(report))
+
+
+def exit_code(report: AuditReport) -> int:
+    """3 when a target could not be audited, whatever the others showed: one of
+    several unreachable exited 0 ("no findings") when the rest were clean, so a
+    monitoring script took a closed or dead port for a clean one. Else 1 for a
+    finding of severity low or worse, 0 for none."""
+    if report.not_audited:
+        return EXIT_UNREACHABLE
     if any(f.severity > Severity.ADVICE for f in report.findings):
-        sys.exit(EXIT_FINDINGS)
-    sys.exit(EXIT_CLEAN)
+        return EXIT_FINDINGS
+    return EXIT_CLEAN
 
 
 COMMANDS: list[click.Command] = [audit]

@@ -285,6 +285,12 @@ class AuditReport:
     def findings(self) -> list[Finding]:
         return [f for t in self.targets for f in t.findings]
 
+    @property
+    def not_audited(self) -> list[TargetReport]:
+        """The targets that could not be audited (no connection, the main probe
+        broken off): the grade says nothing about them."""
+        return [t for t in self.targets if not t.complete]
+
     def to_json(self) -> dict[str, object]:
         w = worst(self.findings)
         return {

@@ -140,7 +140,11 @@ def render(report: AuditReport, console: Console) -> None:
         console.print(target_block(t))
     console.print(summary(report))
     g = report.grade
-    console.print(Text(f"overall grade: {g}", style=GRADE_STYLE.get(g, "bold")))
+    missing = len(report.not_audited)
+    # The grade is of the targets audited only: say that others were not.
+    but = (f" ({missing} of {count(len(report.targets), 'target')} not audited)"
+           if missing and missing < len(report.targets) else "")
+    console.print(Text(f"overall grade: {g}{but}", style=GRADE_STYLE.get(g, "bold")))
 
 
 def to_json(report: AuditReport) -> str:

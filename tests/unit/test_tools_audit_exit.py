@@ -48,3 +48,39 @@ def test_exit_codes_when_every_target_or_none_was_audited() -> None:
     none = AuditReport([_dead(587), _dead(465)])
     assert exit_code(none) == EXIT_UNREACHABLE
     assert "overall grade: -\n" in _text(none)
+
+
+def _default(port: int, *, reachable: bool) -> TargetReport:
+    """A target from a bare HOST (its port one of the defaults, not written)."""
+    target = Target("127.0.0.1", port, "starttls", port_given=False)
+    if reachable:
+        return TargetReport(target, reachable=True)
+    return TargetReport(target, error="cannot connect: Connection refused")
+
+
+def test_a_bare_host_offering_only_587_is_graded_on_587_not_failed_for_465() -> None:
+    # Most servers offer 587 or 465, not both; `audit HOST` probes both. A default
+    # port with nothing on it is no failure while another port of the host was
+    # audited, so a clean 587-only server exits 0, not 3.
+    report = AuditReport([_default(587, reachable=True), _default(465, reachable=False)])
+    assert report.not_audited == []
+    assert exit_code(report) == EXIT_CLEAN
+    assert "overall grade: A\n" in _text(report)
+    none = AuditReport([_default(587, reachable=False), _default(465, reachable=False)])
+    assert exit_code(none) == EXIT_UNREACHABLE
+
+
+def test_a_port_written_out_that_cannot_be_audited_is_exit_3() -> None:
+    report = AuditReport([_default(587, reachable=True), _dead(465)])
+    assert exit_code(report) == EXIT_UNREACHABLE
+
+
+def test_parse_targets_marks_the_default_ports_of_a_bare_host() -> None:
+    from smtpgate.tools.audit import parse_targets
+
+    bare = parse_targets(["mail.example.org"])
+    assert [(t.port, t.port_given) for t in bare] == [(587, False), (465, False)]
+    assert [t.port_given for t in parse_targets(["mail.example.org:465"])] == [True]
+    # The same target written out and by default is still one target.
+    both = parse_targets(["mail.example.org", "mail.example.org:587"])
+    assert [(t.port, t.port_given) for t in both] == [(587, True), (465, False)]

@@ -90,6 +90,10 @@ class Target:
     #: The mode came from an ``smtp://``/``smtps://`` scheme the user wrote, not
     #: from the port's convention (465 implicit, 25/587 STARTTLS).
     scheme_given: bool = False
+    #: The port was written, not one of a bare HOST's defaults (587, 465, 25):
+    #: a default port with nothing on it is no failure while another of the
+    #: host's ports was audited (most servers offer only 587 or only 465).
+    port_given: bool = field(default=True, compare=False)
 
     @property
     def label(self) -> str:
@@ -135,9 +139,12 @@ def parse_targets(specs: Sequence[str], *, port25: bool = False) -> list[Target]
         else:
             ports = [*DEFAULT_PORTS, *([MX_PORT] if port25 else [])]
         for port in ports:
-            t = Target(host, port, mode or _mode_for(port), scheme_given=mode is not None)
+            t = Target(host, port, mode or _mode_for(port), scheme_given=mode is not None,
+                       port_given=bool(port_text))
             if t not in out:
                 out.append(t)
+            elif t.port_given:  # written out as well as a default: it was asked for
+                out[out.index(t)] = t
     return out
 
 
@@ -288,8 +295,12 @@ class AuditReport:
     @property
     def not_audited(self) -> list[TargetReport]:
         """The targets that could not be audited (no connection, the main probe
-        broken off): the grade says nothing about them."""
-        return [t for t in self.targets if not t.complete]
+        broken off): the grade says nothing about them. A bare HOST's default
+        port is left out when another port of that host was audited: a server
+        that offers 587 alone is not a failure for lack of 465."""
+        audited = {t.target.host for t in self.targets if t.complete}
+        return [t for t in self.targets if not t.complete
+                and (t.target.port_given or t.target.host not in audited)]
 
     def to_json(self) -> dict[str, object]:
         w = worst(self.findings)

@@ -580,6 +580,34 @@ def test_both_login_names_of_an_entry_share_one_guard_count(
         srv.stop()
 
 
+def test_every_mail_value_of_an_entry_is_one_account_for_what_smtpgate_sets(
+    slapd: Slapd, tmp_path: Path,
+) -> None:
+    """An entry with two ``mail`` values (the default ``login_attributes``) logs in
+    with either; both are its one account, named by the first. Until 2026-12 a
+    login with the second was an account of its own in the overlay: ``smtpgate user
+    lock`` on the first let the user log in (and send) with the second, and so did
+    rates, access rules and ``user rotate`` set on it; ``user list`` showed two."""
+    srv, _, dns = _server(tmp_path / "srv")
+    robert = "robert@example.org"
+    slapd.modify(f"dn: {dns[BOB]}\nchangetype: modify\nadd: mail\nmail: {robert}\n")
+    srv.start()
+    try:
+        assert login(srv, robert, BOB_PW) == (235, b"")
+        assert send(srv, robert, BOB_PW, robert) == (250, "")
+        assert send(srv, robert, BOB_PW, BOB) == (250, "")
+        srv.cli("user", "lock", BOB)
+        for name in (robert, robert.upper(), BOB):
+            code, _ = login(srv, name, BOB_PW)
+            assert code == 535, name
+        rows = [json.loads(x) for x in srv.cli("user", "list", "--json").stdout.splitlines()]
+        assert [r["name"] for r in rows] == [BOB], rows
+        srv.cli("user", "unlock", robert)  # by either name: the same account
+        assert login(srv, robert, BOB_PW) == (235, b"")
+    finally:
+        srv.stop()
+
+
 def _scram_salt(server: Server, source: str, name: str) -> str:
     """The salt server-first shows ``name`` (the exchange is then cancelled)."""
     r = connect(server, source)

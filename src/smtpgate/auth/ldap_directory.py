@@ -252,7 +252,8 @@ class DirectoryEntry:
     """What the backend needs of one user entry."""
 
     dn: str
-    #: The login, canonical (the account name).
+    #: The account name: the entry's first login value that is an address,
+    #: canonical, whichever of its login names found it.
     identity: str
     #: Addresses the entry owns, canonical, sorted (the identity included if listed).
     addresses: tuple[str, ...]
@@ -612,9 +613,11 @@ class LdapDirectory:
         """The entry whose login is ``name``, or None.
 
         ``name`` is an address, or a plain name such as AD's ``sAMAccountName``
-        (see `login_key`); the account's identity is an address either way: the
-        name itself, or for a plain name the entry's first login attribute value
-        that is one (AD's UPN), so both names are one account.
+        (see `login_key`); the account's identity is the entry's first login
+        attribute value that is an address (AD's UPN, the first ``mail``), whichever
+        login name found it, so that every name of the entry is one account: a
+        second ``mail`` value found by its own login used to be an account of its
+        own, outside what ``user lock``, rates and access rules set on the first.
 
         Raises:
             AmbiguousLogin: several entries hold the name.
@@ -662,7 +665,7 @@ class LdapDirectory:
             raw: dict[str, list[bytes]] = found[0]["raw_attributes"]
             dn = str(found[0]["dn"])
             canonical = self._address_login(raw)
-            identity = key if "@" in key else canonical
+            identity = canonical
             if identity is None:
                 return None  # a plain name on an entry without an address login
             stamps = _values(raw, cfg.password_changed_attribute)
@@ -686,7 +689,7 @@ class LdapDirectory:
                 stamp=stamps[0] if stamps else "",
                 enabled=enabled,
                 member=member,
-                canonical=canonical or identity,
+                canonical=identity,
                 lock_reason=locked,
             )
 

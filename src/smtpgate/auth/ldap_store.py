@@ -277,11 +277,14 @@ class LdapAccountStore:
 
     def list_accounts(self) -> list[Account]:
         """The directory accounts smtpgate has a record of (logged in, or changed by
-        ``user ...``), as the directory has them now."""
+        ``user ...``), as the directory has them now. A record under another login
+        name of an entry than its account name (made by a login with its second
+        ``mail`` value before every name of an entry was one account) is no
+        account: listed, it would show the entry twice."""
         out = []
         for local in self._local.list_accounts():
             entry = self._entry(local.name)
-            if entry is not None:
+            if entry is not None and entry.identity == local.name:
                 out.append(self._merge(entry, local))
         return out
 

@@ -562,10 +562,11 @@ class AuthService:
         An alias is never another account's name (docs/policy.md). ``alias add``
         refuses one, but an account made after the alias (``user add``, an import,
         a new directory entry) would otherwise leave the alias's owner sending as
-        that account; so an alias that names an account is not owned."""
+        that account; so an alias that names an account is not owned. A directory
+        entry's other login names (a second ``mail`` value) name its own account."""
         aliases = frozenset(
             alias for alias in self._directory.aliases(name)
-            if lookup_key(alias) == name or self._directory.get_account(lookup_key(alias)) is None
+            if lookup_key(alias) == name or self._names_no_other_account(alias, name)
         )
         return SenderProfile(
             name=name,
@@ -575,6 +576,11 @@ class AuthService:
             max_recipients_per_hour=account.max_recipients_per_hour if account else None,
             owns_name=account.owns_name if account else True,
         )
+
+    def _names_no_other_account(self, alias: str, name: str) -> bool:
+        """Worker thread: whether ``alias`` is no account, or ``name``'s own."""
+        other = self._directory.get_account(lookup_key(alias))
+        return other is None or other.name == name
 
     def record(
         self, ctx: AuthContext, mechanism: str, username: str, result: str, reason: str

@@ -299,6 +299,37 @@ def test_directory_down_gives_454_and_logins_recover_by_themselves(
     assert any("answering again after" in line for line in lines), lines
 
 
+def test_a_directory_back_during_a_quiet_spell_serves_the_next_login(
+    slapd: Slapd, tmp_path: Path,
+) -> None:
+    """docs/directories.md "Fail fast": a directory back from a restart serves logins
+    again within retry_max seconds. On a quiet server (no login between the outage
+    and the restart) the probe that ends the fail-fast window waited for a login to
+    start it, and that login got 454 from a directory up for minutes. The probe
+    now starts when the window ends: it reaches the directory with no login, and
+    the next login is served."""
+    srv, _, _ = _server(tmp_path / "srv", "\n[server]\nworkers = 1\n")
+    text = srv.config.read_text()
+    srv.config.write_text(text.replace("[accounts.ldap]\n", "[accounts.ldap]\nretry_max = 2\n", 1))
+    srv.start()
+    try:
+        assert login(srv, ALICE, ALICE_PW) == (235, b"")
+        slapd.stop()
+        try:
+            assert login(srv, ALICE, ALICE_PW)[0] == 454  # the fail-fast window opens
+        finally:
+            slapd.start()
+        seen = slapd.log.stat().st_size
+        # The probe: an anonymous read of the root DSE, with no login to start it.
+        deadline = time.monotonic() + 60
+        while 'SRCH base="" scope=0' not in slapd.log.read_bytes()[seen:].decode(errors="replace"):
+            assert time.monotonic() < deadline, "no probe reached the directory without a login"
+            time.sleep(0.2)
+        until_235(srv, ALICE, ALICE_PW)
+    finally:
+        srv.stop()
+
+
 def test_directory_down_at_start_up_gives_454_then_logins_are_served(
     slapd: Slapd, tmp_path: Path,
 ) -> None:

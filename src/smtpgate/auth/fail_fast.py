@@ -14,8 +14,12 @@ Theory of operation
 - ``failed(cause)`` (an operation got no answer) opens a window: until it ends,
   ``refusal()`` returns the cause and the caller answers its usual temporary
   error without touching the backend.
-- The first ``refusal()`` after the window starts one probe, on a thread of its
-  own: a login never waits for it. While it runs, operations are still refused.
+- The window's end starts one probe, on a thread of its own: a login never waits
+  for it. While it runs, operations are still refused. A timer starts it, so a
+  backend back during a quiet spell (no login to notice the window's end) is
+  known to answer before the next login comes; until 2026-12 only that login
+  started the probe, and got 454 itself from a backend up for minutes. The first
+  ``refusal()`` after the window starts it too, if the timer has not yet.
   A probe that gets an answer closes the window (the next operation goes to the
   backend); one that does not opens the next window, twice as long as the last,
   up to ``most`` seconds. So a backend that stays silent costs one probe per
@@ -59,7 +63,11 @@ class FailFast:
         stuck_after: float,
         first: float = FIRST_WINDOW,
         clock: Callable[[], float] = time.monotonic,
+        timer: Callable[[float, Callable[[], None]], None] | None = None,
     ) -> None:
+        """``timer(delay, call)`` calls ``call`` in ``delay`` seconds on a thread of
+        its own (default: a daemon ``threading.Timer``); tests with their own
+        ``clock`` pass their own."""
         self._probe = probe
         self._most = most
         self._first = min(first, most)
@@ -71,6 +79,11 @@ class FailFast:
         self._until = 0.0
         self._window = 0.0
         self._probing = False
+        self._timer = timer or _daemon_timer
+        #: A timer is set for the window's end (`_due`).
+        self._timer_set = False
+        #: `close`d: no more timers (a store replaced by a reload must not probe on).
+        self._closed = False
         #: Operations in flight: id -> (start, already counted as stuck).
         self._running: dict[int, tuple[float, bool]] = {}
         self._ids = itertools.count()
@@ -88,11 +101,33 @@ class FailFast:
         with self._lock:
             if self._cause is None:
                 return None
-            if self._clock() >= self._until and not self._probing:
-                self._probing = True
-                threading.Thread(target=self._run_probe, name="smtpgate-probe",
-                                 daemon=True).start()
+            self._probe_if_due()
             return self._cause
+
+    def _probe_if_due(self) -> None:
+        """Under the lock: start the probe if the window has ended and none runs."""
+        if self._clock() >= self._until and not self._probing:
+            self._probing = True
+            threading.Thread(target=self._run_probe, name="smtpgate-probe",
+                             daemon=True).start()
+
+    def _due(self) -> None:
+        """The timer set for the window's end: probe now, or set it again if the
+        window was made longer meanwhile."""
+        with self._lock:
+            self._timer_set = False
+            if self._cause is None or self._probing or self._closed:
+                return
+            if self._clock() < self._until:
+                self._set_timer()
+                return
+            self._probe_if_due()
+
+    def _set_timer(self) -> None:
+        """Under the lock: a timer for the window's end, unless one is set."""
+        if not self._timer_set and not self._closed:
+            self._timer_set = True
+            self._timer(max(0.0, self._until - self._clock()), self._due)
 
     def failed(self, cause: str) -> None:
         """An operation got no answer: refuse the next ones for a window (longer
@@ -109,6 +144,12 @@ class FailFast:
         with self._lock:
             self._cause = None
             self._window = 0.0
+
+    def close(self) -> None:
+        """The backend is closed (a reload replaced it): its timers probe no more
+        (a probe under way finishes alone)."""
+        with self._lock:
+            self._closed = True
 
     @contextmanager
     def operation(self) -> Iterator[None]:
@@ -127,6 +168,7 @@ class FailFast:
             self._most, max(self._first, 2 * self._window))
         self._cause = cause
         self._until = self._clock() + self._window
+        self._set_timer()
 
     def _count_stuck(self) -> None:
         with self._lock:
@@ -154,3 +196,12 @@ class FailFast:
                 self._window = 0.0
             else:
                 self._open(self._cause)
+
+
+def _daemon_timer(delay: float, call: Callable[[], None]) -> None:
+    """``call`` in ``delay`` seconds on a daemon thread (one that never keeps a
+    stopping process alive)."""
+    t = threading.Timer(delay, call)
+    t.daemon = True
+    t.name = "smtpgate-probe-timer"
+    t.start()

@@ -749,6 +749,7 @@ class LdapDirectory:
         return self._run(self._bind_pool, simple_bind)
 
     def close(self) -> None:
+        self._fail_fast.close()
         self._search_pool.close()
         self._bind_pool.close()
 

@@ -1146,4 +1146,5 @@ class PostgresAccountStore:
             )
 
     def close(self) -> None:
+        self._fail_fast.close()
         self._pool.close()

@@ -186,6 +186,35 @@ def test_scram_plus_after_a_first_plain_and_after_a_password_change(
     assert gsasl(srv, ALICE, ALICE_PW, "SCRAM-SHA-256-PLUS").returncode != 0
 
 
+def test_an_entry_without_the_password_changed_attribute_keeps_no_old_password(
+    slapd: Slapd, tmp_path: Path,
+) -> None:
+    """``password_changed_attribute`` set to one the entries do not show (here
+    ``pwdChangedTime`` on a slapd without ppolicy; an ACL hiding ``entryCSN`` from
+    the service account does the same): nothing tells that a password changed. Until
+    2026-12 the old password then went on working after a change in the directory,
+    from the verified-login cache for ``cache_ttl`` (an hour) and through SCRAM
+    keys derived from it for ever. Such logins are now neither cached nor given
+    SCRAM keys, and the server log says why once."""
+    srv, _, dns = _server(tmp_path / "srv")
+    srv.config.write_text(srv.config.read_text().replace(
+        "[accounts.ldap]\n", '[accounts.ldap]\npassword_changed_attribute = "pwdChangedTime"\n', 1))
+    srv.start()
+    try:
+        assert login(srv, ALICE, ALICE_PW) == (235, b"")
+        assert login(srv, ALICE, ALICE_PW) == (235, b"")  # would be cached
+        with WireSmtp(srv.submissions, srv.ca, tls="implicit") as w:
+            assert w.auth(ScramClient("sha256", ALICE, ALICE_PW)).final.code == 535
+        assert scram_keys(srv, ALICE) == []
+        new = "directory password two"
+        slapd.set_password(dns[ALICE], new)
+        assert login(srv, ALICE, ALICE_PW)[0] == 535
+        assert login(srv, ALICE, new) == (235, b"")
+        assert "shows the service account no pwdChangedTime" in srv.log_text()
+    finally:
+        srv.stop()
+
+
 def _ehlo_mechanisms(server: Server) -> list[str]:
     with smtplib.SMTP("127.0.0.1", server.submission, timeout=20) as s:
         s.starttls(context=server.client_context())

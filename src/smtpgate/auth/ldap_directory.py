@@ -357,6 +357,8 @@ class LdapDirectory:
         self._where = (host, port, ldaps, tls)
         self._ca_file = ca_file
         self._label = f"LDAP directory {cfg.url}"
+        #: An entry without ``password_changed_attribute`` was logged (`_say_stampless`).
+        self._stampless_said = False
         #: When each ambiguous login name was last logged (`_say_ambiguous`).
         self._ambiguous_said: dict[str, float] = {}
         #: A directory down under login load fails every login: logged once, then a
@@ -669,6 +671,8 @@ class LdapDirectory:
             if identity is None:
                 return None  # a plain name on an entry without an address login
             stamps = _values(raw, cfg.password_changed_attribute)
+            if not stamps:
+                self._say_stampless(dn)
             locked = self._status_lock(raw) or self._ppolicy_lock(conn, raw)
             member = self._matches(conn, dn, cfg.group_filter)
             if not member and self._primary_group is not None:
@@ -700,6 +704,21 @@ class LdapDirectory:
             self._say_ambiguous(key, found)
             raise AmbiguousLogin(f"{self._label}: {found}")
         return found
+
+    def _say_stampless(self, dn: str) -> None:
+        """A WARNING, once per process, about an entry without the attribute that
+        changes with its password: its logins cost a bind each, and SCRAM fails."""
+        if self._stampless_said:
+            return
+        self._stampless_said = True
+        attr = self._cfg.password_changed_attribute
+        log.warning(
+            "%s: accounts.ldap.password_changed_attribute: the entry %s shows the service "
+            "account no %s, so nothing tells when its password changes: logins of such "
+            "entries are not cached (each costs a bind) and get no SCRAM keys; set the "
+            "key to an attribute the entries have (entryCSN, pwdChangedTime with ppolicy, "
+            "AD's pwdLastSet) and let the service account read it (said once)",
+            self._label, dn, attr)
 
     def _say_ambiguous(self, key: str, what: str) -> None:
         """A WARNING once a minute per name (DEBUG in between): every attempt is in

@@ -18,6 +18,9 @@ record whose directory entry is gone is ignored: the account no longer exists.
   ``password_changed_attribute`` and its enabled/member state, so a password
   changed in the directory (or an entry disabled there) invalidates the auth
   service's verified-login cache at the next read.
+- An entry that shows no ``password_changed_attribute`` gets a new generation at
+  each read: its logins are never cached and it gets no SCRAM keys, since
+  nothing would tell that its password changed.
 - SCRAM keys are stored with the value of ``password_changed_attribute`` they
   were derived under; under any other value they are stale and hidden, so SCRAM
   with them fails like a wrong password, and the next PLAIN/LOGIN bind (which the
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
@@ -135,6 +139,8 @@ class LdapAccountStore:
         self._dir.fail_fast()
 
     def _scram(self, entry: DirectoryEntry, scheme: str) -> str | None:
+        if not entry.stamp:
+            return None  # keys no password change would make stale (see `_merge`)
         return _unwrap(entry.stamp, self._local.get_credential(entry.identity, scheme))
 
     def _merge(self, entry: DirectoryEntry, local: Account | None) -> Account:
@@ -153,6 +159,12 @@ class LdapAccountStore:
         if not entry.member:
             locked, reason = True, reason or "not a member (group_filter)"
         mix = f"{base.generation}\0{entry.stamp}\0{entry.enabled}\0{entry.member}\0{entry.dn}"
+        if not entry.stamp:
+            # Nothing on the entry changes with its password (the attribute hidden
+            # by an ACL, or absent): no login may serve the next one, or a password
+            # changed in the directory would still work (cached, or by SCRAM keys
+            # derived from it). Each read is a generation of its own.
+            mix += f"\0{secrets.token_hex(8)}"
         generation = int.from_bytes(hashlib.blake2b(mix.encode(), digest_size=7).digest())
         schemes = frozenset(
             s for s in base.schemes & _SCRAM if self._scram(entry, s) is not None

@@ -308,6 +308,33 @@ def test_the_identity_is_the_email_claim_not_sub(idp: Idp) -> None:
     assert bearer(idp, good.token(ALICE, sub=BOB), user="")[-1][0] == 235
 
 
+def _auth_records(idp: Idp, username: str) -> list[dict[str, Any]]:
+    lines = (idp.server.root / "auth.log").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["username"] == username]
+
+
+@pytest.mark.parametrize("mech", ["OAUTHBEARER", "XOAUTH2"])
+def test_a_good_token_refused_for_its_account_is_logged_under_the_name_it_gave(
+        idp: Idp, mech: str) -> None:
+    """A client that names no account (OAUTHBEARER without a=) with a good token
+    for an account that does not exist, or is locked: the auth log's username is
+    the token's identity (until 2026-12 it was "", the record naming nobody)."""
+    good = idp.issuers["good"]
+    ghost = f"Ghost-{secrets.token_hex(4)}@example.org"
+    locked = f"locked-{secrets.token_hex(4)}@example.org"
+    idp.server.add_user(locked, secrets.token_urlsafe(24))
+    idp.server.cli("user", "lock", locked)
+    user = "" if mech == "OAUTHBEARER" else "{}"  # XOAUTH2 must name one: as the token does
+    for name, reason in ((ghost, "unknown user"), (locked, "account locked")):
+        refused(bearer(idp, good.token(name), user=user.format(name), mech=mech),
+                "invalid_token" if mech == "OAUTHBEARER" else "401")
+        [record] = _auth_records(idp, name)
+        assert (record["mechanism"], record["result"]) == (mech, "failure"), record
+        assert record["reason"].startswith(reason), record
+    # The token itself is never in the log.
+    assert "eyJ" not in (idp.server.root / "auth.log").read_text() + idp.server.log_text()
+
+
 # -- the SASL message itself --------------------------------------------------------------
 
 

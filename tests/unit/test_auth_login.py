@@ -161,6 +161,23 @@ async def test_a_token_login_names_its_issuer(w: World) -> None:
     assert w.auth.records == [(USER, "success", "")]  # the log line is as before
 
 
+async def test_a_good_token_refused_for_its_account_is_logged_under_its_identity(w: World) -> None:
+    """OAUTHBEARER without a= names no account; the token named one, which the
+    log must show (until 2026-12: "", a record of nobody). Counted as before."""
+    w.auth.resolution = Resolution(sasl.Verdict(ok=False, reason="unknown user"),
+                                   oauth_identity="Ghost@example.org")
+    attempt = w.login().begin(CTX)
+    await attempt.resolve(sasl.VerifyToken("", "tok", mechanism="OAUTHBEARER"))
+    await attempt.finish(Outcome("OAUTHBEARER", "failure", username="", reason="unknown user"))
+    assert w.auth.records == [("Ghost@example.org", "failure", "unknown user")]
+    assert w.guard.calls == [("check", ""), ("failure", ("", True))]
+    # A name the client gave is the one logged, as for every mechanism.
+    attempt = w.login().begin(CTX)
+    await attempt.resolve(sasl.VerifyToken(USER, "tok", mechanism="XOAUTH2"))
+    await attempt.finish(Outcome("XOAUTH2", "failure", reason="unknown user"))
+    assert w.auth.records[-1] == (USER, "failure", "unknown user")
+
+
 async def test_success_with_nothing_to_write_answers_at_once(w: World) -> None:
     w.guard.needs_write = False
     attempt = w.login().begin(CTX)

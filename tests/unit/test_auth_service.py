@@ -691,6 +691,25 @@ async def test_token_for_unknown_account(store: SqliteAccountStore, tmp_path: Pa
         await svc.close()
 
 
+async def test_a_refused_good_token_says_whom_it_named(store: SqliteAccountStore,
+                                                       tmp_path: Path) -> None:
+    """For the auth log's user name when the client gave none (auth/login.py)."""
+    named = {"ghost": "Ghost@example.org", "good": "alice@EXAMPLE.org"}
+    svc = make_service(store, tmp_path, SyncVerifier(lambda t: TokenResult(True, named[t])))
+    try:
+        unknown = await svc.resolve_detailed(token("", "ghost"), CTX)
+        assert unknown.answer == Verdict(ok=False, reason="unknown user")
+        assert unknown.oauth_identity == "Ghost@example.org"
+        differs = await svc.resolve_detailed(token("bob@example.org"), CTX)
+        assert differs.oauth_identity == "alice@EXAMPLE.org"
+        AccountAdmin(store, CFG, actor=ACTOR).lock(ALICE, "x")
+        locked = await svc.resolve_detailed(token(""), CTX)
+        assert locked.answer == Verdict(ok=False, reason="account locked: x")
+        assert locked.oauth_identity == "alice@EXAMPLE.org"
+    finally:
+        await svc.close()
+
+
 async def test_token_login_carries_its_issuer(store: SqliteAccountStore, tmp_path: Path) -> None:
     """The login attempt puts it into the Principal (auth/login.py)."""
     result = VerifiedToken(ok=True, identity=ALICE, issuer="https://id.example.org")

@@ -203,6 +203,9 @@ class LoginAttempt:
         self._issuer: str | None = None
         #: The verified bearer token and its end (``Resolution``).
         self._token: tuple[str, float | None] | None = None
+        #: The identity a good bearer token named, whatever became of the login
+        #: (``Resolution.oauth_identity``): the log's user name if the client gave none.
+        self._named = ""
         self._profile: SenderProfile | None = None
         #: The mechanism has shown the client something of the account before any
         #: proof (SCRAM's salt and count), and no proof has been accepted since.
@@ -235,7 +238,7 @@ class LoginAttempt:
             # The first look-up of an attempt (SCRAM's ConfirmIdentity is its
             # second): the guard decides before any hashing happens.
             self._refusal, self._app, self._issuer, self._profile = None, None, None, None
-            self._token = None
+            self._token, self._named = None, ""
             account, fault = await self._account(guard, getattr(query, "username", ""))
             self.account = account
             if not self._alive():
@@ -288,6 +291,7 @@ class LoginAttempt:
         self._issuer = res.oauth_issuer or self._issuer
         if res.oauth_token is not None:
             self._token = (res.oauth_token, res.oauth_expires)
+        self._named = res.oauth_identity or self._named
         self._profile = res.profile or self._profile
         return res.answer
 
@@ -482,6 +486,7 @@ class LoginAttempt:
         app, self._app = self._app, None
         issuer, self._issuer = self._issuer, None
         token, self._token = self._token, None
+        named, self._named = self._named, ""
         profile, self._profile = self._profile, None
         disclosed, self._disclosed = self._disclosed, False
         auth, self._auth = self._auth, None
@@ -510,7 +515,10 @@ class LoginAttempt:
         )
         if probe:
             reason = f"{reason} (after the salt, without a proof: counted)"
-        auth.record(src, outcome.mechanism, outcome.username, result, reason)
+        # A bearer client need not name its account (OAUTHBEARER without a=): a
+        # good token refused for its account (none such, locked) is logged under
+        # the name the token gave, not "" (until 2026-12 the record named nobody).
+        auth.record(src, outcome.mechanism, outcome.username or named, result, reason)
         if result is AuthResult.SUCCESS:
             self._leave_gate()
             principal = Principal(

@@ -194,6 +194,10 @@ class Resolution:
     #: That token, and when it stops being accepted (``Principal``).
     oauth_token: str | None = field(default=None, repr=False)
     oauth_expires: float | None = None
+    #: The identity a good bearer token named, as the token has it, whether or not
+    #: the login then went through (no such account, locked, another name given):
+    #: the auth log's user name when the client gave none (``LoginAttempt``).
+    oauth_identity: str | None = None
     #: The account's sender profile, when it was read along with the login's
     #: account (a credential-cache hit: ``_verify_password``); else None.
     profile: SenderProfile | None = None
@@ -1161,14 +1165,15 @@ class AuthService:
         name = lookup_key(identity)
         if q.username and not await self._one_account(q.username, name):
             differs = "token identity differs from the username given"
-            return Resolution(Verdict(ok=False, reason=differs))
+            return Resolution(Verdict(ok=False, reason=differs), oauth_identity=identity)
         # A token proves an identity; sending mail still needs a local account,
         # whose lock state and access policy apply as for any login.
         account = await self._read_row(self._directory.get_account, name)
         if account is None:
-            return Resolution(Verdict(ok=False, reason=UNKNOWN_USER))
+            return Resolution(Verdict(ok=False, reason=UNKNOWN_USER), oauth_identity=identity)
         if refusal := _mechanism_refusal(account, q.mechanism.upper(), ctx):
-            return Resolution(Verdict(ok=False, reason=refusal[1]), refusal=refusal[0])
+            return Resolution(Verdict(ok=False, reason=refusal[1]), refusal=refusal[0],
+                              oauth_identity=identity)
         self._record_login(account, q.mechanism.upper())
         issuer = str(getattr(result, "issuer", "") or "")
         expires = getattr(result, "expires", None)

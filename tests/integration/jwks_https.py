@@ -8,7 +8,10 @@ byte at a time, never finishing within any socket timeout), ``huge`` (more than
 the 1 MiB cap), ``not-json``, ``redirect-http`` (a 302 to a plain-http copy of the
 set). Every GET is counted per path, so a test can tell one fetch from a storm.
 A POST is an RFC 7662 introspection request: active unless the token is in
-``revoked``, or (mode ``redirect-http``) a 302 to the plain-http port.
+``revoked``, or (mode ``redirect-http``) a 302 to the plain-http port; mode
+``claims`` at ``/<name>-introspect`` answers as Keycloak's endpoint does: the
+token's claims if ``<name>``'s key signed it (and it is not revoked), else
+inactive.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -99,7 +103,16 @@ class JwksHttps:
                     self.end_headers()
                     return
                 token = form.get("token", [""])[0]
-                self._send(200, json.dumps({"active": token not in idp.revoked}).encode())
+                answer: dict[str, object] = {"active": token not in idp.revoked}
+                issuer = idp.issuers.get(name.removesuffix("-introspect"))
+                if idp.modes.get(name) == "claims" and issuer is not None:
+                    try:
+                        claims = jwt.decode(token, issuer.key.public_key(), algorithms=["ES256"],
+                                            options={"verify_aud": False})
+                        answer = {**claims, **answer}
+                    except jwt.PyJWTError:
+                        answer = {"active": False}
+                self._send(200, json.dumps(answer).encode())
 
             def do_GET(self) -> None:
                 self._record()

@@ -473,6 +473,36 @@ def test_rfc7662_opaque_token_with_two_dots_is_introspected(tmp_path: Path, toke
     assert v.verify(mint()).ok and len(post.calls) == calls
 
 
+def test_rfc7662_a_jwt_of_the_introspection_only_issuer_is_introspected(tmp_path: Path) -> None:
+    """An issuer configured with introspection_url alone takes any token (RFC 7662):
+    its JWT access tokens too (Keycloak's, Okta's), which were refused as 'issuer
+    accepts only opaque tokens'. The answer is checked as an opaque token's, and
+    an ID token is still no access token."""
+    cfg = _introspection_issuer(tmp_path, issuer=ISSUER, identity_claim="email")
+    active = {"active": True, "iss": ISSUER, "aud": AUDIENCE, "email": "alice@example.org",
+              "exp": int(NOW) + 300, "typ": "Bearer"}
+    post = FakePost(active)
+    v = verifier(cfg, post=post)
+    token = mint()  # signed with a key the server does not have: the endpoint decides
+    result = v.verify(token)
+    assert result == TokenResult(ok=True, identity="alice@example.org", issuer=ISSUER,
+                                 expires=NOW + 300 + cfg.leeway_seconds)
+    assert urllib.parse.parse_qs(post.calls[0][1].decode())["token"] == [token]
+    assert len(post.calls) == 1  # asked once, not again for revocation
+    for answer, why in (({"active": False}, "token inactive"),
+                        ({**active, "typ": "ID"}, "an ID token"),
+                        ({**active, "aud": "other"}, "wrong audience"),
+                        ({**active, "exp": int(NOW) - 3600}, "token expired")):
+        post.answer = answer
+        refused = v.verify(token)
+        assert not refused.ok and refused.reason.startswith(why), (answer, refused)
+    post.answer = active
+    typed = mint(kid=None).split(".")  # a header typ the issuer does not accept
+    header = base64.urlsafe_b64encode(json.dumps({"alg": "RS256", "typ": "logout+jwt"})
+                                      .encode()).rstrip(b"=").decode()
+    assert "not accepted" in v.verify(".".join([header, *typed[1:]])).reason
+
+
 def test_rfc7662_jwt_issuer_with_introspection_checks_revocation(tmp_path: Path) -> None:
     cfg = _introspection_issuer(tmp_path, issuer=ISSUER, jwks_url=JWKS_URL, identity_claim="email")
     post = FakePost({"active": False})

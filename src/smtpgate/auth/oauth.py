@@ -23,8 +23,9 @@ fetched key set, never part of a path or URL (Dovecot CVE-2021-29157).
 
 A token that is not a JWT (opaque; also three dot-separated parts that do not
 decode as one) goes to RFC 7662 introspection at the one issuer configured
-without a key set. An issuer with both a key set and an
-introspection endpoint introspects valid JWTs as well, to catch revocation.
+without a key set, and so does a JWT whose ``iss`` names that issuer. An issuer
+with both a key set and an introspection endpoint introspects valid JWTs as
+well, to catch revocation.
 """
 
 from __future__ import annotations
@@ -221,8 +222,8 @@ class TokenVerifier:
                     claims = self._introspect(cfg, token)
                 else:
                     issuer = cfg.issuer
-                    if cfg.introspection_url:
-                        self._introspect(cfg, token)
+                    if cfg.introspection_url and cfg.has_key_set:
+                        self._introspect(cfg, token)  # revoked? (introspected already if not)
             identity = self._identity(cfg, claims)
             self._check_domain(cfg, identity)
             exp = claims.get("exp")
@@ -244,7 +245,7 @@ class TokenVerifier:
         if cfg is None:
             raise _Reject(f"unknown issuer {iss!r}")
         if not cfg.has_key_set:
-            raise _Reject("issuer accepts only opaque tokens")
+            return cfg, self._introspect_jwt(cfg, token, header)
         alg = header.get("alg")
         # RFC 8725 §3.1: the algorithm comes from our allow-list, not from the token.
         if not isinstance(alg, str) or alg not in cfg.algorithms:
@@ -296,6 +297,20 @@ class TokenVerifier:
         self._check_times(cfg, claims)
         self._check_scopes(cfg, claims)
         return cfg, claims
+
+    def _introspect_jwt(self, cfg: IssuerConfig, token: str,
+                        header: Mapping[str, Any]) -> dict[str, Any]:
+        """A JWT whose ``iss`` names the issuer checked by introspection alone:
+        introspected as its opaque tokens are (RFC 7662 takes any token), its
+        answer checked as theirs. Keycloak, Okta and Entra issue JWT access
+        tokens, which an issuer configured with ``introspection_url`` only
+        refused until 2026-12 ("issuer accepts only opaque tokens"), where the
+        docs promised any token. The endpoint vouches for the whole token, its
+        header too, so ``typ`` is checked as for a signed one (an ID token the
+        endpoint calls active is still no access token)."""
+        claims = self._introspect(cfg, token)
+        _check_type(cfg, header.get("typ"), claims)
+        return claims
 
     def _candidate_keys(self, cfg: IssuerConfig, alg: str, kid: str | None) -> list[dict[str, Any]]:
         """Keys that may have signed a token with this ``alg``/``kid``; an unknown

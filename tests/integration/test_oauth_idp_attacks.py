@@ -296,6 +296,13 @@ def test_missing_scope_says_insufficient_scope(idp: Idp) -> None:
     refused(bearer(idp, idp.issuers["good"].token(ALICE, scope="openid")), "insufficient_scope")
 
 
+def test_a_scope_claim_written_as_a_list_is_read(idp: Idp) -> None:
+    """Spring Authorization Server's access tokens carry "scope" as a JSON array."""
+    good = idp.issuers["good"]
+    assert bearer(idp, good.token(ALICE, scope=["openid", SCOPE]))[-1][0] == 235
+    refused(bearer(idp, good.token(ALICE, scope=["openid"])), "insufficient_scope")
+
+
 @pytest.mark.parametrize("mech", ["OAUTHBEARER", "XOAUTH2"])
 def test_a_token_for_another_user_than_the_one_named_is_refused(idp: Idp, mech: str) -> None:
     replies = bearer(idp, idp.issuers["good"].token(BOB), user=ALICE, mech=mech)

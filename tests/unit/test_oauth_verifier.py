@@ -153,6 +153,14 @@ def test_scp_list_claim_satisfies_scope() -> None:
     assert verifier().verify(token).ok
 
 
+def test_a_scope_claim_that_is_a_list_satisfies_scope() -> None:
+    """Spring Authorization Server's JwtGenerator writes "scope" as a JSON array."""
+    assert verifier().verify(mint(claims(scope=["openid", "mail.send"]))).ok
+    for short in (["openid", "mail.send.all"], ["openid mail.send"], [["mail.send"]]):
+        refused = verifier().verify(mint(claims(scope=short)))
+        assert (refused.ok, refused.error) == (False, "insufficient_scope"), short
+
+
 def test_audience_list_with_ours_is_accepted() -> None:
     assert verifier().verify(mint(claims(aud=["other", AUDIENCE]))).ok
 

@@ -447,14 +447,15 @@ class TokenVerifier:
         if not cfg.required_scopes:
             return
         granted: set[str] = set()
-        scope = claims.get("scope")
-        if isinstance(scope, str):
-            granted.update(scope.split())  # RFC 8693 §4.2 / RFC 7662 §2.2
-        scp = claims.get("scp")
-        if isinstance(scp, list):
-            granted.update(s for s in scp if isinstance(s, str))
-        elif isinstance(scp, str):
-            granted.update(scp.split())
+        # RFC 8693 §4.2 / RFC 7662 §2.2 / RFC 9068 §2.2.3: "scope", space-separated.
+        # Each claim is also taken as a list of strings: Okta's "scp" is one, and so
+        # is Spring Authorization Server's "scope" (JwtGenerator), whose tokens got
+        # insufficient_scope until 2026-12 though they carried the scope asked for.
+        for value in (claims.get("scope"), claims.get("scp")):
+            if isinstance(value, str):
+                granted.update(value.split())
+            elif isinstance(value, list):
+                granted.update(s for s in value if isinstance(s, str))
         missing = [s for s in cfg.required_scopes if s not in granted]
         if missing:
             raise _Reject(f"missing scope {' '.join(missing)}", error=INSUFFICIENT_SCOPE)

@@ -14,6 +14,7 @@ import secrets
 import time
 from collections.abc import Iterator
 
+import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -87,3 +88,20 @@ def test_the_answer_is_checked_as_an_opaque_tokens_is(idp: Idp) -> None:
     refused(bearer(idp, keycloak.token("mallory@example.org"), user=""))
     log = (idp.server.root / "auth.log").read_text()
     assert "wrong audience (introspection)" in log and "missing scope smtp.send" in log
+
+
+@pytest.mark.parametrize(("typ", "why"), [("Refresh", "a refresh token (typ Refresh)"),
+                                          ("Offline", "a refresh token (typ Offline)"),
+                                          ("ID", "an ID token (typ ID)")])
+def test_the_endpoint_calling_another_kind_of_token_active_is_no_login(
+        idp: Idp, typ: str, why: str) -> None:
+    """Keycloak's endpoint calls its refresh, offline and ID tokens active too; they
+    are typed JWT in the header and by a typ claim (the access token's is Bearer)."""
+    keycloak = idp.issuers["keycloak"]
+    token = jwt.encode(keycloak.claims(ALICE, typ=typ), keycloak.key, algorithm="ES256",
+                       headers={"kid": keycloak.kid, "typ": "JWT"})
+    refused(bearer(idp, token))
+    assert f"{why}, not an access token" in (idp.server.root / "auth.log").read_text()
+    bearer_typed = jwt.encode(keycloak.claims(ALICE, typ="Bearer"), keycloak.key,
+                              algorithm="ES256", headers={"kid": keycloak.kid, "typ": "JWT"})
+    assert bearer(idp, bearer_typed)[-1][0] == 235

@@ -499,6 +499,8 @@ def test_rfc7662_a_jwt_of_the_introspection_only_issuer_is_introspected(tmp_path
     assert len(post.calls) == 1  # asked once, not again for revocation
     for answer, why in (({"active": False}, "token inactive"),
                         ({**active, "typ": "ID"}, "an ID token"),
+                        ({**active, "typ": "Refresh"}, "a refresh token"),  # Keycloak's
+                        ({**active, "typ": "Offline"}, "a refresh token"),
                         ({**active, "aud": "other"}, "wrong audience"),
                         ({**active, "exp": int(NOW) - 3600}, "token expired")):
         post.answer = answer

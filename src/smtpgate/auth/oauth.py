@@ -566,6 +566,10 @@ class TokenVerifier:
 #: Claims only an OpenID Connect ID token carries (OpenID Connect Core §2, §3.1.3.6,
 #: §3.3.2.11); Keycloak also types its ID tokens in a ``typ`` claim of "ID".
 _ID_TOKEN_CLAIMS = ("nonce", "at_hash", "c_hash")
+#: Keycloak's ``typ`` claim of its refresh and offline tokens. They are signed with
+#: the realm's HMAC key, which no key set holds, but its introspection endpoint
+#: calls them active, and an issuer checked by introspection alone takes JWTs.
+_REFRESH_TOKEN_TYPES = ("Refresh", "Offline")
 #: RFC 9068 §2.1: the ``typ`` of a JWT access token.
 _ACCESS_TOKEN_TYPE = "at+jwt"
 
@@ -596,6 +600,8 @@ def _check_type(cfg: IssuerConfig, typ: object, claims: Mapping[str, Any]) -> No
         marks.append("typ ID")
     if marks:
         raise _Reject(f"an ID token ({', '.join(marks)}), not an access token")
+    if claims.get("typ") in _REFRESH_TOKEN_TYPES:
+        raise _Reject(f"a refresh token (typ {claims['typ']}), not an access token")
 
 
 def _account_domain(name: str) -> str:

@@ -28,6 +28,7 @@ from urllib.parse import quote_plus
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from smtpgate.sasl.oauth import encode_oauthbearer, encode_xoauth2
 
@@ -228,6 +229,21 @@ def test_made_up_kids_do_not_make_a_fetch_each(idp: Idp) -> None:
         refused(bearer(idp, token))
     # One refresh for the first unknown kid at most, then jwks_min_refresh_seconds
     # (60), in each of the two serving processes.
+    assert idp.https.gets["good"] - before <= 2
+
+
+def test_forged_signatures_do_not_make_a_fetch_each(idp: Idp) -> None:
+    """A signature no cached key verifies asks for a refresh (the issuer may have
+    put a new key under the token's kid, or the token has none), rate-limited as
+    an unknown kid is."""
+    good = idp.issuers["good"]
+    assert bearer(idp, good.token(ALICE))[-1][0] == 235  # the set is cached
+    before = idp.https.gets["good"]
+    for forged in range(40):
+        key = ec.generate_private_key(ec.SECP256R1())
+        headers = {"kid": good.kid} if forged % 2 else {}
+        token = jwt.encode(good.claims(ALICE), key, algorithm="ES256", headers=headers)
+        refused(bearer(idp, token))
     assert idp.https.gets["good"] - before <= 2
 
 

@@ -17,9 +17,11 @@ from __future__ import annotations
 import base64
 import json
 import secrets
+import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -165,3 +167,44 @@ def test_the_unusable_keys_verify_nothing(served: tuple[Idp, KeySets]) -> None:
         refused(login(idp, "OAUTHBEARER", encode_oauthbearer(ALICE, token)))
     log = (idp.server.root / "auth.log").read_text()
     assert "unusable key" in log, log[-2000:]
+
+
+class _FileIdp(Idp):
+    """The server alone, for ``login``: its issuer's key set is a file."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+
+
+def test_a_key_rotated_in_is_found_for_tokens_without_a_kid(tmp_path: Path) -> None:
+    """Configuration management replaces the issuer's key in ``jwks_file``; tokens
+    carry no ``kid``. The first token signed with the new key reads the file again
+    (``jwks_min_refresh_seconds`` after the last read), as one with an unknown
+    ``kid`` does: it was refused, and counted, until ``jwks_refresh_seconds`` (an
+    hour) had passed. The withdrawn key's tokens are then refused."""
+    issuer = LocalIssuer()
+    jwks = issuer.write_jwks(tmp_path / "srv-keys" / "jwks.json")
+    srv = make_server(tmp_path / "srv", issuer.config(str(jwks)) + "jwks_min_refresh_seconds = 1\n"
+                      "\n[server]\nworkers = 1\n")  # one key-set cache
+    oauth_on(srv)
+    srv.add_user(ALICE, secrets.token_urlsafe(24))
+    srv.start()
+    try:
+        idp = _FileIdp(srv)
+
+        def kidless(key: ec.EllipticCurvePrivateKey) -> bytes:
+            token = jwt.encode(issuer.claims(ALICE), key, algorithm="ES256",
+                               headers={"typ": "at+jwt"})
+            return encode_oauthbearer(ALICE, token)
+
+        old = issuer.key
+        assert login(idp, "OAUTHBEARER", kidless(old))[-1][0] == 235
+        issuer.key, issuer.kid = ec.generate_private_key(ec.SECP256R1()), "k-rotated"
+        issuer.write_jwks(jwks)
+        time.sleep(1.5)  # past jwks_min_refresh_seconds since the file was read
+        replies = login(idp, "OAUTHBEARER", kidless(issuer.key))
+        assert replies[-1][0] == 235, replies
+        refused(login(idp, "OAUTHBEARER", kidless(old)))
+    finally:
+        srv.stop()
+    assert "Traceback" not in srv.log_text()

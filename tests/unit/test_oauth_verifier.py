@@ -307,6 +307,47 @@ def test_key_rotation_is_picked_up_on_unknown_kid() -> None:
     assert v.verify(mint(claims(exp=int(clock.now) + 300), key=new_key, kid="rsa2")).ok
 
 
+def test_key_rotation_is_picked_up_for_tokens_without_a_kid() -> None:
+    """A token without a kid names no key to look for: a signature none of the
+    cached keys verifies asks for the one rate-limited refresh an unknown kid does
+    (it was refused until the set's next refresh, an hour later)."""
+    fetch, clock = FakeFetch(jwks(_jwk(RSA_KEY.public_key(), "rsa1"))), Clock()
+    v = verifier(issuer(jwks_min_refresh_seconds=60), fetch=fetch, clock=clock)
+    assert v.verify(mint(kid=None)).ok
+    fetch.body = jwks(_jwk(OTHER_RSA_KEY.public_key(), "rsa2"))  # the old key withdrawn
+
+    def rotated(key: Any = OTHER_RSA_KEY, **overrides: Any) -> str:
+        return mint(claims(exp=int(clock.now) + 300, **overrides), key=key, kid=None)
+
+    clock.now += 30  # within jwks_min_refresh_seconds of the last fetch: not yet
+    assert v.verify(rotated()).reason == "bad signature" and len(fetch.calls) == 1
+    clock.now += 31
+    assert v.verify(rotated()).ok and len(fetch.calls) == 2
+    # Made-up signatures cost one fetch a minute at most, as made-up kids do.
+    forged = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    for _ in range(7):  # 70 s: one refresh, at 60 s
+        clock.now += 10
+        assert v.verify(rotated(forged)).reason == "bad signature"
+    assert len(fetch.calls) == 3
+    # A token the current key verifies but refuses otherwise asks for nothing.
+    clock.now += 61
+    assert not v.verify(rotated(aud="other")).ok and len(fetch.calls) == 3
+    # The withdrawn key's tokens are refused after the refresh.
+    assert v.verify(rotated(RSA_KEY)).reason == "bad signature"
+
+
+def test_a_new_key_under_the_old_kid_is_found() -> None:
+    """An issuer that keeps one kid ("1") for each key it rotates in: the token names
+    the cached old key, whose signature check fails; the same one refresh."""
+    fetch, clock = FakeFetch(jwks(_jwk(RSA_KEY.public_key(), "1"))), Clock()
+    v = verifier(issuer(jwks_min_refresh_seconds=60), fetch=fetch, clock=clock)
+    assert v.verify(mint(kid="1")).ok
+    fetch.body = jwks(_jwk(OTHER_RSA_KEY.public_key(), "1"))
+    clock.now += 61
+    token = mint(claims(exp=int(clock.now) + 300), key=OTHER_RSA_KEY, kid="1")
+    assert v.verify(token).ok and len(fetch.calls) == 2
+
+
 def test_fetch_failure_without_cache_is_unavailable() -> None:
     fetch = FakeFetch()
     fetch.error = OSError("connection refused")

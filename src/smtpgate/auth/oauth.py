@@ -256,43 +256,20 @@ class TokenVerifier:
         keys = self._candidate_keys(cfg, alg, kid)
         if not keys:
             raise _Reject(f"no {JWT_ALGORITHMS[alg]} key with kid {kid!r} for {alg}")
-        claims: dict[str, Any] | None = None
-        last_error = ""
-        for jwk_dict in keys:
-            try:
-                key = jwt.PyJWK(jwk_dict, algorithm=alg)
-                claims = jwt.decode(
-                    token,
-                    key.key,
-                    algorithms=[alg],
-                    audience=cfg.audience,
-                    issuer=cfg.issuer,
-                    options={
-                        "require": ["exp", "iss", "aud"],
-                        # Times are checked below against the injected clock.
-                        "verify_exp": False,
-                        "verify_nbf": False,
-                        "verify_iat": False,
-                        "enforce_minimum_key_length": True,
-                    },
-                )
-                break
-            except jwt.InvalidSignatureError:
-                last_error = "bad signature"  # what a usable key said outranks the rest
-                continue
-            except (jwt.PyJWKError, jwt.InvalidKeyError) as exc:
-                # A key this token cannot have been signed with (another curve of
-                # the same kty, a retired short RSA key, one that does not parse):
-                # PyJWT says InvalidKeyError, at PyJWK() or at decode(). The next
-                # key may be the one; ending here refused a good token whose set
-                # lists such a key first.
-                last_error = last_error or f"unusable key: {exc}"
-                continue
-            except jwt.PyJWTError as exc:
-                last_error = f"{type(exc).__name__}: {exc}"
-                break
+        claims, error, unverified_signature = _decode(token, cfg, alg, keys)
+        if claims is None and unverified_signature:
+            # A key the issuer rotated in is looked for by an unknown kid, but a
+            # token without a kid names none, and one whose kid the new key took
+            # over (a fixed kid, "1") names the old key: no key of the cached set
+            # verifying its signature asks for the same one refresh, rate-limited
+            # alike. Until 2026-12 such tokens were refused until the set's next
+            # jwks_refresh_seconds (an hour), counted as failures all that time,
+            # and each worker process accepted them or not by its own cache.
+            fresh = self._candidate_keys(cfg, alg, kid, force=True)
+            if fresh != keys:
+                claims, error, _ = _decode(token, cfg, alg, fresh)
         if claims is None:
-            raise _Reject(last_error or "bad signature")
+            raise _Reject(error)
         _check_type(cfg, header.get("typ"), claims)
         self._check_times(cfg, claims)
         self._check_scopes(cfg, claims)
@@ -312,9 +289,11 @@ class TokenVerifier:
         _check_type(cfg, header.get("typ"), claims)
         return claims
 
-    def _candidate_keys(self, cfg: IssuerConfig, alg: str, kid: str | None) -> list[dict[str, Any]]:
+    def _candidate_keys(self, cfg: IssuerConfig, alg: str, kid: str | None, *,
+                        force: bool = False) -> list[dict[str, Any]]:
         """Keys that may have signed a token with this ``alg``/``kid``; an unknown
-        ``kid`` triggers one rate-limited refresh (the issuer may have rotated keys)."""
+        ``kid`` triggers one rate-limited refresh (the issuer may have rotated keys),
+        and so does ``force``."""
         kty = JWT_ALGORITHMS[alg]
 
         def matching(keys: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -330,8 +309,8 @@ class TokenVerifier:
                 and k.get("alg", alg) == alg
             ]
 
-        found = matching(self._keys(cfg, force=False))
-        if not found and kid is not None:
+        found = matching(self._keys(cfg, force=force))
+        if not found and kid is not None and not force:
             found = matching(self._keys(cfg, force=True))
         return found
 
@@ -561,6 +540,47 @@ class TokenVerifier:
             self._check_times(cfg, answer)
         self._check_scopes(cfg, answer)
         return answer
+
+
+def _decode(token: str, cfg: IssuerConfig, alg: str,
+            keys: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, str, bool]:
+    """The token's claims verified with the first of ``keys`` that verifies its
+    signature (None if none does), the reason it was refused, and whether that
+    reason is the signature: no key verified it, where a refresh may help."""
+    last_error = ""
+    for jwk_dict in keys:
+        try:
+            key = jwt.PyJWK(jwk_dict, algorithm=alg)
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key.key,
+                algorithms=[alg],
+                audience=cfg.audience,
+                issuer=cfg.issuer,
+                options={
+                    "require": ["exp", "iss", "aud"],
+                    # Times are checked by the caller against the injected clock.
+                    "verify_exp": False,
+                    "verify_nbf": False,
+                    "verify_iat": False,
+                    "enforce_minimum_key_length": True,
+                },
+            )
+            return claims, "", False
+        except jwt.InvalidSignatureError:
+            last_error = "bad signature"  # what a usable key said outranks the rest
+            continue
+        except (jwt.PyJWKError, jwt.InvalidKeyError) as exc:
+            # A key this token cannot have been signed with (another curve of
+            # the same kty, a retired short RSA key, one that does not parse):
+            # PyJWT says InvalidKeyError, at PyJWK() or at decode(). The next
+            # key may be the one; ending here refused a good token whose set
+            # lists such a key first.
+            last_error = last_error or f"unusable key: {exc}"
+            continue
+        except jwt.PyJWTError as exc:
+            return None, f"{type(exc).__name__}: {exc}", False
+    return None, last_error or "bad signature", True
 
 
 #: Claims only an OpenID Connect ID token carries (OpenID Connect Core §2, §3.1.3.6,

@@ -516,8 +516,10 @@ class IssuerConfig(Model):
     jwks_min_refresh_seconds: float = Field(
         default=60.0,
         ge=0,
-        description="Shortest interval between refreshes caused by an unknown 'kid', so "
-        "tokens with made-up key ids cannot make us hammer the issuer. Default 60.",
+        description="Shortest interval between key-set refreshes caused by a token with an "
+        "unknown 'kid' or a signature no cached key verifies (a rotated key), so made-up "
+        "tokens cannot make us hammer the issuer; 0 turns the limit off (config check "
+        "warns). Default 60.",
     )
     jwks_stale_seconds: float = Field(
         default=86400.0,
@@ -536,8 +538,8 @@ class IssuerConfig(Model):
     )
     required_scopes: list[str] = Field(
         default_factory=list,
-        description="Scopes the token must all carry, read from 'scope' (space-separated) "
-        "or 'scp' (list). Default none.",
+        description="Scopes the token must all carry, read from 'scope' and 'scp', each a "
+        "space-separated string or a list of strings. Default none.",
     )
     domains: list[str] = Field(
         default_factory=list,

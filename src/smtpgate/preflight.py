@@ -1094,6 +1094,13 @@ def check_oauth(cfg: Config) -> list[Problem]:
             out += _key_set(f"{prefix}.jwks_file", cfg.path(iss.jwks_file))
         if iss.ca_file is not None:
             out += _issuer_ca(f"{prefix}.ca_file", cfg.path(iss.ca_file))
+        if iss.jwks_url is not None and iss.jwks_min_refresh_seconds == 0:
+            # A made-up kid or a forged signature refetches the key set: at 0 each such
+            # token (a flood costs the attacker nothing) is one request to the issuer.
+            out.append(_warning(f"{prefix}.jwks_min_refresh_seconds", "0 turns off the "
+                                "limit on key-set refreshes: every token with an unknown "
+                                "kid or a signature no cached key verifies fetches "
+                                f"{iss.jwks_url} again; set it to 60 (the default) or more"))
         if iss.introspection_client_secret_file is not None:
             key = f"{prefix}.introspection_client_secret_file"
             secret_path = cfg.path(iss.introspection_client_secret_file)

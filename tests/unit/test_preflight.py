@@ -836,3 +836,16 @@ def test_config_check_says_opportunistic_tls_with_verification_holds_mail(
     if warned:
         assert found[0].severity == "warning"
         assert "queue.max_age" in found[0].message and "relay_tls_pins" in found[0].message
+
+
+def test_oauth_key_set_refreshes_without_a_limit_are_a_warning(gate: Path) -> None:
+    # jwks_min_refresh_seconds = 0 passed config check in silence: every token with a
+    # made-up kid or a forged signature then fetched the issuer's key set once more.
+    issuer = ('\n[[auth.oauth_issuers]]\nissuer = "https://id.example"\n'
+              'audience = ["smtp"]\njwks_url = "https://id.example/jwks"\n')
+    assert only(run_checks(config(gate, issuer)), "warning") == {}
+    unlimited = config(gate, "jwks_min_refresh_seconds = 0\n")  # into the issuer above
+    warned = only(run_checks(unlimited), "warning")
+    assert list(warned) == ["auth.oauth_issuers.0.jwks_min_refresh_seconds"]
+    assert "https://id.example/jwks again" in warned[
+        "auth.oauth_issuers.0.jwks_min_refresh_seconds"]

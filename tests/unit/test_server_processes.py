@@ -407,3 +407,29 @@ def test_a_child_that_keeps_saying_alive_is_left_alone(
     errors = records.at(logging.ERROR)
     assert any("exited with status 3" in m for m in errors), records.lines
     assert not any("unresponsive" in m for m in errors), records.lines
+
+
+def test_a_dead_child_waiting_for_its_restart_is_listed_as_down() -> None:
+    """`processes` lists running children only: a worker killed and waiting out its
+    back-off vanished from ``smtpgate status`` (exit 0, the other worker alone on
+    screen), as if the server never had it. ``down`` names it, how it ended and when
+    it comes back, and the status file is written at once (a tick right after the
+    death, not at the next interval)."""
+    seen: list[list[tuple[str, float, float, str]]] = []
+    sup: Supervisor
+
+    def tick() -> None:
+        seen.append(sup.down())
+
+    sup = Supervisor([spec("worker 1", serves_then_dies)], backoff_initial=0.5,
+                     backoff_max=0.5, give_up_failures=2, give_up_window=60,
+                     on_tick=tick, tick_every=60)
+    before = time.time()
+    assert sup.run() == 1
+    down = [d for d in seen if d]
+    assert down, seen
+    name, ended, restart_at, how = down[0][0]
+    assert name == "worker 1" and how == "exited with status 7"
+    assert before <= ended <= time.time()
+    assert restart_at == pytest.approx(ended + 0.5, abs=0.05)
+    assert sup.down() == []  # it gave up: nothing waits for a restart

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from smtpgate.cli.main import cli
@@ -107,3 +108,37 @@ def test_a_stale_pid_file_is_said_once(tmp_path: Path) -> None:
     line = out.stdout.splitlines()[0]
     assert line.startswith("server:       not running (stale pid file "), line
     assert line.count("not running") == 1 and line.endswith(f"names process {dead.pid})")
+
+
+def test_a_process_gone_until_its_restart_is_shown_down_and_exits_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker killed and waiting out its back-off was simply missing from the list
+    ("process: worker 2 pid ..." alone) with exit 0: a monitoring check saw a
+    healthy server. It is a line of its own now, and the exit status is 1."""
+    import time
+
+    from smtpgate.cli import status_cmd
+    from smtpgate.server import pidfile, status_file
+
+    config = write_config(tmp_path)
+    now = time.time()
+    doc = {"pid": 4242, "version": "0", "started": now - 60, "config_file": str(config),
+           "config_loaded": now - 60, "listeners": [], "auth_listeners": [], "workers": 2,
+           "admin": "", "metrics": "", "sessions": 0, "updated": now, "last_reload": None,
+           "processes": [{"name": "delivery", "pid": 4245, "ready": True, "started": now},
+                         {"name": "worker 2", "pid": 4244, "ready": True, "started": now}],
+           "down": [{"name": "worker 1", "ended": now - 3, "restart_at": now + 5,
+                     "how": "killed by signal 9 (SIGKILL)"}]}
+    monkeypatch.setattr(status_cmd, "find_running", lambda path, cfg: pidfile.Found(4242))
+    monkeypatch.setattr(status_file, "read", lambda path: doc)
+    out = CliRunner().invoke(cli, ["status", "--config", str(config)])
+    assert out.exit_code == 1, out.output
+    assert ("process:      worker 1 DOWN since 3 s ago: killed by signal 9 (SIGKILL); "
+            "restarted in 5 s\n") in out.stdout
+    out = CliRunner().invoke(cli, ["status", "--json", "--config", str(config)])
+    assert out.exit_code == 1, out.output
+    [down] = json.loads(out.stdout)["server"]["down"]
+    assert down["name"] == "worker 1" and down["restart_at"].endswith("Z")
+    doc["down"] = []
+    assert CliRunner().invoke(cli, ["status", "--config", str(config)]).exit_code == 0

@@ -8,7 +8,8 @@ spool, whether the account backend answers, the guard's blocks from the guard st
 from the certificate file. So it works with the server stopped too, and says so.
 
 Exit status: 0 running, 3 not running (as ``smtpgate reload``), 1 running but
-its status file is stale (the main loop has not written it for three intervals).
+its status file is stale (the main loop has not written it for three intervals)
+or one of its processes is gone, waiting to be restarted.
 """
 
 from __future__ import annotations
@@ -85,7 +86,18 @@ def _server(cfg: Config, config: Path | None) -> tuple[dict[str, Any], int]:
     out.update(doc, pid=pid, stale=stale)
     if stale:
         out["why"] = f"the status file was last written {age:.0f} s ago"
-    return out, ExitCode.ERROR if stale else ExitCode.OK
+    return out, ExitCode.ERROR if stale or _down(out) else ExitCode.OK
+
+
+def _down(server: dict[str, Any]) -> list[dict[str, Any]]:
+    """The processes the status file says are gone (a worker or the delivery
+    process between its death and its restart); none from an older server's file."""
+    down = server.get("down")
+    if not isinstance(down, list):
+        return []
+    return [d for d in down if isinstance(d, dict) and isinstance(d.get("name"), str)
+            and isinstance(d.get("ended"), int | float)
+            and isinstance(d.get("restart_at"), int | float)]
 
 
 def _queue(cfg: Config) -> dict[str, Any]:
@@ -260,6 +272,10 @@ def _print(doc: dict[str, Any]) -> None:
             for p in procs:
                 echo(f"process:      {p['name']} pid {p['pid']}"
                            + ("" if p["ready"] else " (starting)"))
+            for d in _down(srv):
+                due = max(0, round(d["restart_at"] - time.time()))
+                echo(f"process:      {d['name']} DOWN since {_ago(d['ended'])}: "
+                     f"{d.get('how') or 'ended'}; restarted in {due} s")
             echo(f"sessions:     {srv['sessions']} open")
     q = doc["queue"]
     if "error" in q:
@@ -310,6 +326,9 @@ def _iso_times(doc: dict[str, Any]) -> dict[str, Any]:
             {**p, "started": iso_time(p["started"])}
             if isinstance(p, dict) and isinstance(p.get("started"), int | float) else p
             for p in server["processes"]]
+    if "down" in server:
+        server["down"] = [{**d, "ended": iso_time(d["ended"]),
+                           "restart_at": iso_time(d["restart_at"])} for d in _down(server)]
     return {**doc, "server": server}
 
 

@@ -79,7 +79,7 @@ from smtpgate.server.heartbeat import Heartbeat
 from smtpgate.server.limits import ConnectionLimiter, SharedConnectionLimiter
 from smtpgate.server.metrics_http import bind_metrics_socket
 from smtpgate.server.runtime import ListenerRuntime, ServerRuntime
-from smtpgate.server.status_file import ProcessInfo, ServerStatus
+from smtpgate.server.status_file import DownInfo, ProcessInfo, ServerStatus
 from smtpgate.server.supervisor import (
     EXIT_OK,
     EXIT_STARTUP,
@@ -1098,6 +1098,7 @@ def _run_supervised(
 
     def on_tick() -> None:
         status.processes = [ProcessInfo(*p) for p in supervisor.processes()]
+        status.down = [DownInfo(*d) for d in supervisor.down()]
         status.sessions = limiter.server_total()
         status_file.write(where, status)
         if beat is not None:

@@ -44,6 +44,18 @@ class ProcessInfo:
 
 
 @dataclass
+class DownInfo:
+    """A supervised process that is gone and waits for its restart (its back-off)."""
+
+    name: str
+    ended: float
+    restart_at: float
+    #: How it ended, as the log says: "killed by signal 9 (SIGKILL)", "exited with
+    #: status 1: ...", "cannot start: ...".
+    how: str
+
+
+@dataclass
 class ServerStatus:
     """The document; field names are the JSON keys (docs/operations.md)."""
 
@@ -59,6 +71,10 @@ class ServerStatus:
     admin: str = ""
     metrics: str = ""
     processes: list[ProcessInfo] = field(default_factory=list)
+    #: The processes of ``processes`` that are gone, each until its replacement
+    #: starts: a worker missing from the list would otherwise look like no worker
+    #: at all was ever meant to be there.
+    down: list[DownInfo] = field(default_factory=list)
     sessions: int = 0
     updated: float = 0.0
     #: The last reload's outcome, for ``smtpgate reload`` to print: ``at`` (seconds

@@ -173,6 +173,9 @@ class Supervisor:
 
     _children: dict[int, _Child] = field(default_factory=dict)
     _restart_at: dict[str, float] = field(default_factory=dict)
+    #: Why each slot waiting in ``_restart_at`` is empty: when its child ended (this
+    #: clock) and how, for ``down`` (the status file).
+    _ended: dict[str, tuple[float, str]] = field(default_factory=dict)
     _consecutive: dict[str, int] = field(default_factory=dict)
     _failures: deque[float] = field(default_factory=deque)
     _running: bool = False  # the first start-up completed
@@ -285,6 +288,7 @@ class Supervisor:
             launch = spec.prepare()
         except (OSError, StartupError) as e:
             log.error("cannot start %s: %s", spec.name, e)
+            self._ended[spec.name] = (self.clock(), f"cannot start: {e}")
             return False
         r, w = os.pipe()
         parent = os.getpid()
@@ -297,6 +301,7 @@ class Supervisor:
             os.close(w)
             launch.after_fork()
             log.error("cannot start %s: fork: %s", spec.name, e)
+            self._ended[spec.name] = (self.clock(), f"cannot start: fork: {e}")
             return False
         if pid == 0:  # pragma: no cover - runs in the child (covered by integration tests)
             os.close(r)
@@ -308,6 +313,7 @@ class Supervisor:
         os.set_blocking(r, False)
         child = _Child(spec, pid, r, self.clock(), self._generation)
         self._children[pid] = child
+        self._ended.pop(spec.name, None)
         self._sel.register(r, selectors.EVENT_READ, child)
         log.debug("%s: pid %d", spec.name, pid)
         return True
@@ -358,6 +364,18 @@ class Supervisor:
         offset = time.time() - self.clock()
         return [(c.spec.name, c.pid, c.ready, c.started + offset)
                 for c in sorted(self._children.values(), key=lambda c: c.spec.name)]
+
+    def down(self) -> list[tuple[str, float, float, str]]:
+        """(name, ended, restart due, both wall-clock times, how it ended) of each
+        child that is gone and waits out its back-off: a slot `processes` no longer
+        lists, which ``smtpgate status`` must name rather than leave out (a worker
+        crash-looping is missing for up to ``backoff_max`` seconds at a time)."""
+        offset = time.time() - self.clock()
+        out = []
+        for name, when in sorted(self._restart_at.items()):
+            ended, how = self._ended.get(name, (when, "ended"))
+            out.append((name, ended + offset, when + offset, how))
+        return out
 
     def _message(self, child: _Child, line: str) -> None:
         child.heard_at = self.clock()
@@ -435,6 +453,8 @@ class Supervisor:
             return
         log.error("%s %s%s", name, how, why)
         now = self.clock()
+        self._ended[child.spec.name] = (now, f"{how}{why}")
+        self._tick_at = 0.0  # the status file says it is gone now, not at the next tick
         if child.ready and now - child.ready_at > self.give_up_window:
             self._consecutive.pop(child.spec.name, None)  # it had been fine: no back-off
         self._failed(child.spec, now)

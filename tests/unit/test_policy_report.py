@@ -157,3 +157,33 @@ def test_names_from_the_auth_log_are_shown_as_sent_and_harmless(tmp_path: Path) 
     assert " a\\b@x.org " in result.output and "a\\\\b" not in result.output
     assert "\x1b" not in result.output and "e\\x1b[2J@x.org" in result.output
     assert "[red]r@x.org" in result.output
+
+
+def test_spellings_of_one_account_are_one_account_not_a_spray() -> None:
+    """Ten wrong passwords from one address for ``demo@localhost`` typed in ten
+    capitalisations, which the guard counts as one account and locks, were ten
+    accounts of one failure each: a spraying episode, no brute force, ten rows."""
+    names = ["demo@localhost", "Demo@localhost", "DEMO@localhost", "dEmo@localhost",
+             "deMo@localhost", "demO@localhost", "DEmo@localhost", "DeMo@localhost",
+             "demo@LOCALHOST", "demo@Localhost"]
+    records = [rec(f"10:00:0{i}", "192.0.2.9", n, "failure", reason="bad password")
+               for i, n in enumerate(names)]
+    records.append(rec("10:00:10", "192.0.2.9", "DEMO@LOCALHOST", "tempfail",
+                       reason="blocked: account locked"))
+    records.append(rec("10:00:11", "192.0.2.8", "admin:Root", "failure"))  # no address form
+    r = build_report(records, since=None,
+                     thresholds=Thresholds(brute_force_failures=10, spray_accounts=10))
+    assert r["accounts"] == {"demo@localhost": {"success": 0, "failure": 10, "blocked": 1},
+                             "admin:Root": {"success": 0, "failure": 1, "blocked": 0}}
+    assert [(e["address"], e["account"], e["failures"])
+            for e in r["episodes"]["brute_force"]] == [("192.0.2.9", "demo@localhost", 10)]
+    assert r["episodes"]["spraying"] == []
+    assert r["top_failing_addresses"][0] == {"address": "192.0.2.9", "failures": 10,
+                                             "accounts": 1}
+    # The web admin's overview counts its spraying episodes as the report does.
+    from smtpgate.web import authlog_view
+
+    attempts = [authlog_view.Attempt(datetime(2026, 1, 1, 10, tzinfo=UTC), "s", "192.0.2.9",
+                                     "TLSv1.3", "PLAIN", n, "failure", "", "smtp")
+                for n in names]
+    assert authlog_view.spraying(attempts, datetime(2026, 1, 1, tzinfo=UTC), 10) == []

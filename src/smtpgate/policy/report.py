@@ -6,7 +6,8 @@ report counts, for the records at or after ``since``:
 
 - attempts by result; a ``tempfail`` whose reason starts with ``blocked:`` is a
   refusal by the guard and is counted as ``blocked``, not as a backend fault;
-- per account: successes, failures, blocked attempts;
+- per account: successes, failures, blocked attempts, each name counted under
+  its account's spelling (``account_of``: ``Alice@X`` is ``alice@x``);
 - mechanisms of successful logins, and the accounts that still log in with a
   legacy mechanism (PLAIN, LOGIN, CRAM-MD5);
 - logins made with app passwords, by account and app name;
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from smtpgate import mechanism_facts
+from smtpgate.auth.names import canonical_name
 from smtpgate.plural import count
 from smtpgate.regular_file import open_regular
 
@@ -166,6 +168,22 @@ class Thresholds:
     spray_accounts: int
 
 
+def account_of(name: str) -> str:
+    """The account a login name counts under: its canonical spelling
+    (``auth/names.py``), as the guard counts it, else the name as given (a name of
+    no account's form, an admin's ``admin:NAME``).
+
+    Why: a failed attempt's record keeps the name as typed, and ``Demo@x``,
+    ``DEMO@x`` and ``demo@X`` are one account to the guard, which locks it after
+    ``lockout_threshold`` of them; counted as typed, ten such guesses from one
+    address made ten accounts of one failure each, a spraying episode and no
+    brute force against the account the guard had locked."""
+    try:
+        return canonical_name(name)
+    except ValueError:
+        return name
+
+
 def _outcome(rec: dict[str, Any]) -> str:
     result = str(rec.get("result", ""))
     if result == "tempfail" and str(rec.get("reason", "")).startswith(BLOCKED_PREFIX):
@@ -199,7 +217,7 @@ def build_report(
         first = at if first is None or t < first[0] else first
         last = at if last is None or t > last[0] else last
         outcome = _outcome(rec)
-        account = str(rec.get("username", ""))
+        account = account_of(str(rec.get("username", "")))
         address = str(rec.get("client_ip", ""))
         mech = str(rec.get("mechanism", "")).upper()
         totals["attempts"] += 1

@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from smtpgate import mechanism_facts
+from smtpgate.policy.report import account_of
 from smtpgate.regular_file import open_regular
 
 #: How much of the end of the auth log is read.
@@ -166,8 +167,9 @@ def spraying(attempts: Iterable[Attempt], since: datetime, min_accounts: int) ->
 
     As ``smtpgate report`` counts an episode (``policy/report.py``; the overview
     passes ``[guard].spray_accounts``, as the report does): names as the clients
-    sent them, failures only (a refusal by the guard is a ``tempfail``), so both
-    show the same episodes for the same log."""
+    sent them, each under its account's spelling (``report.account_of``: ``Demo@x``
+    and ``demo@x`` are one account), failures only (a refusal by the guard is a
+    ``tempfail``), so both show the same episodes for the same log."""
     names: dict[str, set[str]] = defaultdict(set)
     count: Counter[str] = Counter()
     first: dict[str, datetime] = {}
@@ -176,7 +178,7 @@ def spraying(attempts: Iterable[Attempt], since: datetime, min_accounts: int) ->
         if a.result != "failure" or a.time < since:
             continue
         if a.username:
-            names[a.client_ip].add(a.username)
+            names[a.client_ip].add(account_of(a.username))
         count[a.client_ip] += 1
         first.setdefault(a.client_ip, a.time)
         last[a.client_ip] = a.time

@@ -433,3 +433,36 @@ def test_a_dead_child_waiting_for_its_restart_is_listed_as_down() -> None:
     assert before <= ended <= time.time()
     assert restart_at == pytest.approx(ended + 0.5, abs=0.05)
     assert sup.down() == []  # it gave up: nothing waits for a restart
+
+
+def test_a_child_whose_event_loop_is_stuck_is_said_silent_before_the_watchdog_kills_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Until ``server.worker_watchdog`` (60 s) killed it, a stuck worker was listed as
+    any other: ``smtpgate status`` showed it running, exit 0, while it answered no
+    connection. `processes` now gives how long it has been silent."""
+    import asyncio
+
+    from smtpgate.server import supervisor as supervisor_module
+
+    monkeypatch.setattr(supervisor_module, "ALIVE_EVERY", 0.1)
+
+    def stuck_after_a_while(status: StatusWriter) -> int:
+        async def main() -> None:
+            status.ready()
+            await asyncio.sleep(0.3)
+            time.sleep(30)  # noqa: ASYNC251 - the point: the loop blocks, no alive lines
+
+        asyncio.run(main())
+        return 0
+
+    silences: list[float] = []
+    sup: Supervisor
+
+    def tick() -> None:
+        silences.extend(p[4] for p in sup.processes())
+
+    sup = Supervisor([spec("worker 1", stuck_after_a_while)], give_up_failures=1,
+                     unresponsive_after=3.0, on_tick=tick, tick_every=0.2)
+    assert sup.run() == 1  # killed by the watchdog: given up
+    assert max(silences) >= 1.0, silences

@@ -142,3 +142,32 @@ def test_a_process_gone_until_its_restart_is_shown_down_and_exits_1(
     assert down["name"] == "worker 1" and down["restart_at"].endswith("Z")
     doc["down"] = []
     assert CliRunner().invoke(cli, ["status", "--config", str(config)]).exit_code == 0
+
+
+def test_a_process_whose_loop_is_silent_is_shown_stuck_and_exits_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker stopped (SIGSTOP) or stuck was shown as any other with exit 0 until
+    the watchdog killed it, 60 s later by default."""
+    import time
+
+    from smtpgate.cli import status_cmd
+    from smtpgate.server import pidfile, status_file
+
+    config = write_config(tmp_path)
+    now = time.time()
+    doc = {"pid": 4242, "version": "0", "started": now - 60, "config_file": str(config),
+           "config_loaded": now - 60, "listeners": [], "auth_listeners": [], "workers": 2,
+           "admin": "", "metrics": "", "sessions": 0, "updated": now, "last_reload": None,
+           "processes": [{"name": "worker 1", "pid": 4243, "ready": True, "started": now,
+                          "silent": 15.2},
+                         {"name": "worker 2", "pid": 4244, "ready": True, "started": now,
+                          "silent": 0.0}]}
+    monkeypatch.setattr(status_cmd, "find_running", lambda path, cfg: pidfile.Found(4242))
+    monkeypatch.setattr(status_file, "read", lambda path: doc)
+    out = CliRunner().invoke(cli, ["status", "--config", str(config)])
+    assert out.exit_code == 1, out.output
+    assert "process:      worker 1 pid 4243 (STUCK: silent for 15 s)\n" in out.stdout
+    assert "process:      worker 2 pid 4244\n" in out.stdout
+    doc["processes"][0]["silent"] = 0.0  # type: ignore[index]
+    assert CliRunner().invoke(cli, ["status", "--config", str(config)]).exit_code == 0

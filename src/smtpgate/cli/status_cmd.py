@@ -8,8 +8,9 @@ spool, whether the account backend answers, the guard's blocks from the guard st
 from the certificate file. So it works with the server stopped too, and says so.
 
 Exit status: 0 running, 3 not running (as ``smtpgate reload``), 1 running but
-its status file is stale (the main loop has not written it for three intervals)
-or one of its processes is gone, waiting to be restarted.
+its status file is stale (the main loop has not written it for three intervals),
+one of its processes is stuck (silent past its ``alive`` interval) or gone,
+waiting to be restarted.
 """
 
 from __future__ import annotations
@@ -86,7 +87,14 @@ def _server(cfg: Config, config: Path | None) -> tuple[dict[str, Any], int]:
     out.update(doc, pid=pid, stale=stale)
     if stale:
         out["why"] = f"the status file was last written {age:.0f} s ago"
-    return out, ExitCode.ERROR if stale or _down(out) else ExitCode.OK
+    stuck = any(_silent(p) for p in out.get("processes") or [] if isinstance(p, dict))
+    return out, ExitCode.ERROR if stale or stuck or _down(out) else ExitCode.OK
+
+
+def _silent(process: dict[str, Any]) -> bool:
+    """A process whose event loop the supervisor has not heard from in time."""
+    silent = process.get("silent", 0)
+    return isinstance(silent, int | float) and not isinstance(silent, bool) and silent > 0
 
 
 def _down(server: dict[str, Any]) -> list[dict[str, Any]]:
@@ -271,7 +279,8 @@ def _print(doc: dict[str, Any]) -> None:
                                           "ready": True}]
             for p in procs:
                 echo(f"process:      {p['name']} pid {p['pid']}"
-                           + ("" if p["ready"] else " (starting)"))
+                           + ("" if p["ready"] else " (starting)")
+                           + (f" (STUCK: silent for {p['silent']:.0f} s)" if _silent(p) else ""))
             for d in _down(srv):
                 due = max(0, round(d["restart_at"] - time.time()))
                 echo(f"process:      {d['name']} DOWN since {_ago(d['ended'])}: "

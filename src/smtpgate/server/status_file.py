@@ -41,6 +41,9 @@ class ProcessInfo:
     pid: int
     ready: bool
     started: float
+    #: Seconds a ready process has said nothing past twice its ``alive`` interval (0:
+    #: on time): its event loop is stuck until the watchdog kills it.
+    silent: float = 0.0
 
 
 @dataclass

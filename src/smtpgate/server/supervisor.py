@@ -359,10 +359,23 @@ class Supervisor:
             for line in lines:
                 self._message(child, line.decode("utf-8", "replace"))
 
-    def processes(self) -> list[tuple[str, int, bool, float]]:
-        """(name, pid, ready, started as wall-clock time) of each running child."""
-        offset = time.time() - self.clock()
-        return [(c.spec.name, c.pid, c.ready, c.started + offset)
+    def processes(self) -> list[tuple[str, int, bool, float, float]]:
+        """(name, pid, ready, started as wall-clock time, seconds silent) of each
+        running child. Seconds silent is how long a ready child has said nothing past
+        twice its ``alive`` interval (0 when it is on time, or with no watchdog):
+        a stuck worker stays in the list for up to ``server.worker_watchdog``
+        seconds before it is killed, and ``smtpgate status`` says so meanwhile."""
+        now = self.clock()
+        offset = time.time() - now
+        every = self._alive_every()
+
+        def silent(c: _Child) -> float:
+            if every is None or not c.ready or c.eof:
+                return 0.0
+            quiet = now - c.heard_at
+            return round(quiet, 1) if quiet > 2 * every else 0.0
+
+        return [(c.spec.name, c.pid, c.ready, c.started + offset, silent(c))
                 for c in sorted(self._children.values(), key=lambda c: c.spec.name)]
 
     def down(self) -> list[tuple[str, float, float, str]]:

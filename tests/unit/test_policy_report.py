@@ -170,7 +170,8 @@ def test_spellings_of_one_account_are_one_account_not_a_spray() -> None:
                for i, n in enumerate(names)]
     records.append(rec("10:00:10", "192.0.2.9", "DEMO@LOCALHOST", "tempfail",
                        reason="blocked: account locked"))
-    records.append(rec("10:00:11", "192.0.2.8", "admin:Root", "failure"))  # no address form
+    records.append({**rec("10:00:11", "192.0.2.8", "admin:Root", "failure"),
+                    "listener": "admin", "front_door": "web_admin"})  # as given
     r = build_report(records, since=None,
                      thresholds=Thresholds(brute_force_failures=10, spray_accounts=10))
     assert r["accounts"] == {"demo@localhost": {"success": 0, "failure": 10, "blocked": 1},
@@ -187,3 +188,18 @@ def test_spellings_of_one_account_are_one_account_not_a_spray() -> None:
                                      "TLSv1.3", "PLAIN", n, "failure", "", "smtp")
                 for n in names]
     assert authlog_view.spraying(attempts, datetime(2026, 1, 1, tzinfo=UTC), 10) == []
+
+
+def test_a_mail_login_named_admin_is_no_web_admin_account() -> None:
+    """Guesses at SMTP AUTH as ``admin:root`` (which the guard counts against the
+    address only) were the web admin ``root``'s failures in the report: a brute-force
+    episode on the admin page, from an address that never reached it."""
+    records = [rec(f"10:00:0{i}", "192.0.2.9", "admin:root", "failure") for i in range(3)]
+    records.append({**rec("10:01:00", "127.0.0.1", "admin:root", "failure"),
+                    "listener": "admin", "front_door": "web_admin"})
+    r = build_report(records, since=None,
+                     thresholds=Thresholds(brute_force_failures=3, spray_accounts=10))
+    assert r["accounts"] == {"admin:root": {"success": 0, "failure": 1, "blocked": 0}}
+    assert r["episodes"]["brute_force"] == []
+    assert r["top_failing_addresses"][0] == {"address": "192.0.2.9", "failures": 3,
+                                             "accounts": 0}

@@ -35,11 +35,14 @@ from pathlib import Path
 from typing import Any
 
 from smtpgate import mechanism_facts
+from smtpgate.auth.guard import mail_login_key
 from smtpgate.auth.names import canonical_name
 from smtpgate.plural import count
 from smtpgate.regular_file import open_regular
 
 BLOCKED_PREFIX = "blocked: "
+#: The ``front_door`` of the web admin's login records (``web/login_log.py``).
+WEB_ADMIN_DOOR = "web_admin"
 _APP = re.compile(r"^app password '(.*)'$")
 TOP_ADDRESSES = 10
 
@@ -168,16 +171,21 @@ class Thresholds:
     spray_accounts: int
 
 
-def account_of(name: str) -> str:
+def account_of(name: str, front_door: str = "smtp") -> str:
     """The account a login name counts under: its canonical spelling
     (``auth/names.py``), as the guard counts it, else the name as given (a name of
-    no account's form, an admin's ``admin:NAME``).
+    no account's form, an admin's ``admin:NAME``). A mail login (any door but the
+    web admin's) named ``admin:...`` counts under no account ("", as the guard's
+    ``mail_login_key``): it was the web admin's account of that name in the report,
+    so guesses at SMTP AUTH as ``admin:root`` read as a brute force on the admin page.
 
     Why: a failed attempt's record keeps the name as typed, and ``Demo@x``,
     ``DEMO@x`` and ``demo@X`` are one account to the guard, which locks it after
     ``lockout_threshold`` of them; counted as typed, ten such guesses from one
     address made ten accounts of one failure each, a spraying episode and no
     brute force against the account the guard had locked."""
+    if front_door != WEB_ADMIN_DOOR and not mail_login_key(name):
+        return ""
     try:
         return canonical_name(name)
     except ValueError:
@@ -217,7 +225,7 @@ def build_report(
         first = at if first is None or t < first[0] else first
         last = at if last is None or t > last[0] else last
         outcome = _outcome(rec)
-        account = account_of(str(rec.get("username", "")))
+        account = account_of(str(rec.get("username", "")), str(rec.get("front_door", "smtp")))
         address = str(rec.get("client_ip", ""))
         mech = str(rec.get("mechanism", "")).upper()
         totals["attempts"] += 1

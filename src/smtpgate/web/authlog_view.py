@@ -177,8 +177,8 @@ def spraying(attempts: Iterable[Attempt], since: datetime, min_accounts: int) ->
     for a in attempts:
         if a.result != "failure" or a.time < since:
             continue
-        if a.username:
-            names[a.client_ip].add(account_of(a.username))
+        if account := account_of(a.username, a.front_door):
+            names[a.client_ip].add(account)
         count[a.client_ip] += 1
         first.setdefault(a.client_ip, a.time)
         last[a.client_ip] = a.time

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from .conftest import PASSWORD, USER, Server, require_tool
-from .test_protection import BOB, login, make_guarded
+from .test_protection import BOB, connect, login, make_guarded
 
 FILTER = Path(__file__).resolve().parents[2] / "contrib" / "fail2ban" / "filter.d" / "smtpgate.conf"
 
@@ -48,3 +51,34 @@ def test_fail2ban_regex_matches_failures_and_blocked_attempts_only(guarded: Serv
     # The real sources only: 4 from the sprayer (3 failures, 1 blocked), 1 from
     # the forger's own address, none for the success or the forged address.
     assert sorted(ips) == ["127.0.0.3"] * 4 + ["127.0.0.4"]
+
+
+def test_fail2ban_regex_matches_scram_probes_the_guard_counts(guarded: Server) -> None:
+    """A SCRAM probe (the salt read, then ``*`` or a hang-up, no proof) counts toward
+    the address in the guard, as a guess does (docs/protection.md), and is logged as
+    ``cancelled`` with ``(after the salt, without a proof: counted)``: the filter
+    matched failures only, so salt harvesting never reached fail2ban. A cancel that
+    the guard does not count (LOGIN's ``*`` at the password prompt) still does not."""
+    from .test_scram_probes import probe
+
+    tool = require_tool("fail2ban-regex")
+    assert probe(guarded, "127.0.0.5", USER, "*")[1].startswith("501")
+    probe(guarded, "127.0.0.5", BOB, "hang-up")
+    r = connect(guarded, "127.0.0.6")
+    try:
+        assert r.cmd("AUTH LOGIN").startswith("334")
+        assert r.cmd(base64.b64encode(USER.encode()).decode()).startswith("334")
+        assert r.cmd("*").startswith("501")
+    finally:
+        r.close()
+    log = guarded.root / "auth.log"
+    deadline = time.monotonic() + 30
+    while len(log.read_text().splitlines()) < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)  # the hang-up's record is written when the server sees it
+    results = [json.loads(x)["result"] for x in log.read_text().splitlines()]
+    assert results == ["cancelled"] * 3, results
+    ips = subprocess.run(
+        [tool, "-o", "ip", str(log), str(FILTER)],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout.split()
+    assert sorted(ips) == ["127.0.0.5"] * 2

@@ -203,3 +203,30 @@ def test_a_mail_login_named_admin_is_no_web_admin_account() -> None:
     assert r["episodes"]["brute_force"] == []
     assert r["top_failing_addresses"][0] == {"address": "192.0.2.9", "failures": 3,
                                              "accounts": 0}
+
+
+def test_scram_probes_the_guard_counts_are_failures_of_the_address() -> None:
+    """Salts read from ten names by one address, no proof: the guard blocked the
+    address for spraying, and the report showed no failing address and no episode,
+    only ten ``cancelled``."""
+    suffix = "client cancelled (after the salt, without a proof: counted)"
+    records = [rec(f"10:00:0{i}", "192.0.2.9", f"u{i}@x.org", "cancelled", "SCRAM-SHA-256",
+                   suffix) for i in range(10)]
+    records.append(rec("10:01:00", "192.0.2.8", "a@x.org", "cancelled", "LOGIN",
+                       "client cancelled"))  # not counted by the guard
+    r = build_report(records, since=None,
+                     thresholds=Thresholds(brute_force_failures=1, spray_accounts=10))
+    assert r["totals"]["cancelled"] == 11 and r["totals"]["failure"] == 0
+    assert r["top_failing_addresses"] == [{"address": "192.0.2.9", "failures": 10,
+                                           "accounts": 10}]
+    assert [(e["address"], e["accounts"]) for e in r["episodes"]["spraying"]] == [
+        ("192.0.2.9", 10)]
+    assert r["episodes"]["brute_force"] == []  # nothing was guessed
+    from smtpgate.web import authlog_view
+
+    attempts = [authlog_view.Attempt(datetime(2026, 1, 1, 10, tzinfo=UTC), "s", str(x["client_ip"]),
+                                     "TLSv1.3", str(x["mechanism"]), str(x["username"]),
+                                     "cancelled", str(x["reason"]), "smtp")
+                for x in records]
+    assert [(s.address, s.accounts) for s in authlog_view.spraying(
+        attempts, datetime(2026, 1, 1, tzinfo=UTC), 10)] == [("192.0.2.9", 10)]

@@ -11,7 +11,8 @@ report counts, for the records at or after ``since``:
 - mechanisms of successful logins, and the accounts that still log in with a
   legacy mechanism (PLAIN, LOGIN, CRAM-MD5);
 - logins made with app passwords, by account and app name;
-- the addresses with the most failures, and how many accounts each tried;
+- the addresses with the most failures, and how many accounts each tried; a SCRAM
+  probe the guard counted against its address (``counted_probe``) is one of them;
 - episodes: brute force is one address failing at least
   ``[guard].lockout_threshold`` times against one account; spraying is one
   address failing against at least ``[guard].spray_accounts`` accounts. They
@@ -41,6 +42,9 @@ from smtpgate.plural import count
 from smtpgate.regular_file import open_regular
 
 BLOCKED_PREFIX = "blocked: "
+#: The end of the reason of a SCRAM probe the guard counted against the address (the
+#: salt read, no proof: ``auth/login.py``); the fail2ban filter matches it too.
+PROBE_SUFFIX = "(after the salt, without a proof: counted)"
 #: The ``front_door`` of the web admin's login records (``web/login_log.py``).
 WEB_ADMIN_DOOR = "web_admin"
 _APP = re.compile(r"^app password '(.*)'$")
@@ -192,6 +196,15 @@ def account_of(name: str, front_door: str = "smtp") -> str:
         return name
 
 
+def counted_probe(result: str, reason: str) -> bool:
+    """A ``cancelled`` attempt that the guard counted against its address (a SCRAM
+    probe): a failure of the address for the top failing addresses and spraying,
+    as the guard counts it toward ``spray_accounts``, but no guess at the account
+    (no brute force), and still ``cancelled`` in the totals. Until 2026-12 an
+    address the guard blocked for harvesting salts showed no failure at all."""
+    return result == "cancelled" and reason.endswith(PROBE_SUFFIX)
+
+
 def _outcome(rec: dict[str, Any]) -> str:
     result = str(rec.get("result", ""))
     if result == "tempfail" and str(rec.get("reason", "")).startswith(BLOCKED_PREFIX):
@@ -239,11 +252,12 @@ def build_report(
             m = _APP.match(str(rec.get("reason", "")))
             if m:
                 apps[account][m.group(1)] += 1
-        elif outcome == "failure":
+        elif outcome == "failure" or counted_probe(outcome, str(rec.get("reason", ""))):
             fail_by_addr[address] += 1
             if account:
                 accounts_by_addr[address].add(account)
-                pair[(address, account)] += 1
+                if outcome == "failure":
+                    pair[(address, account)] += 1
             for key in (address, (address, account)):
                 s = span.setdefault(key, [at, at])
                 if t < s[0][0]:

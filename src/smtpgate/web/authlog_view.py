@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from smtpgate import mechanism_facts
-from smtpgate.policy.report import account_of
+from smtpgate.policy.report import account_of, counted_probe
 from smtpgate.regular_file import open_regular
 
 #: How much of the end of the auth log is read.
@@ -168,14 +168,14 @@ def spraying(attempts: Iterable[Attempt], since: datetime, min_accounts: int) ->
     As ``smtpgate report`` counts an episode (``policy/report.py``; the overview
     passes ``[guard].spray_accounts``, as the report does): names as the clients
     sent them, each under its account's spelling (``report.account_of``: ``Demo@x``
-    and ``demo@x`` are one account), failures only (a refusal by the guard is a
-    ``tempfail``), so both show the same episodes for the same log."""
+    and ``demo@x`` are one account), failures and the SCRAM probes the guard counts
+    (``report.counted_probe``) only (a refusal by the guard is a ``tempfail``), so both show the same episodes for the same log."""
     names: dict[str, set[str]] = defaultdict(set)
     count: Counter[str] = Counter()
     first: dict[str, datetime] = {}
     last: dict[str, datetime] = {}
     for a in attempts:
-        if a.result != "failure" or a.time < since:
+        if not (a.result == "failure" or counted_probe(a.result, a.reason)) or a.time < since:
             continue
         if account := account_of(a.username, a.front_door):
             names[a.client_ip].add(account)

@@ -57,7 +57,8 @@ class _Metrics:
             ["listener"], registry=None)
         self.connections_refused = Counter(
             "smtpgate_connections_refused",
-            "SMTP connections refused by a connection limit (reason: total, per_ip).",
+            "SMTP connections refused by a connection limit (reason: "
+            + ", ".join(CONNECTION_REFUSALS) + ").",
             ["listener", "reason"], registry=None)
         self.sessions_active = Gauge(
             "smtpgate_sessions_active", "SMTP sessions open now, by listener.",

@@ -335,3 +335,10 @@ async def test_metrics_answers_say_server_smtpgate_not_the_versions(tmp_path: Pa
         assert not [x for x in lines if b"aiohttp" in x or b"Python" in x], lines
     finally:
         await server.stop()
+
+
+def test_the_help_of_refused_connections_names_every_reason() -> None:
+    """The scrape's HELP said '(reason: total, per_ip)' while the series carried
+    reason="rate" too (limits.connection_rate_per_ip) since that limit came."""
+    help_text = metrics._Metrics().connections_refused._documentation
+    assert all(reason in help_text for reason in metrics.CONNECTION_REFUSALS), help_text

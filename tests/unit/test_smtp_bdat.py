@@ -303,7 +303,9 @@ def test_nul_in_the_header_section_is_refused_as_in_data(body: str) -> None:
     assert d.messages == []
     out = d.feed(envelope + bdat(b"Subject: a\r\n\r\n\x00\x01\x02") + b"NOOP\r\n")
     assert codes(out)[-2:] == [str(R.MESSAGE_ACCEPTED), str(R.NOOP_OK)]
-    assert d.messages[0].data == b"Subject: a\r\n\r\n\x00\x01\x02"
+    # BINARYMIME is kept as sent; other content gets the CRLF it lacked.
+    tail = b"" if body else b"\r\n"
+    assert d.messages[0].data == b"Subject: a\r\n\r\n\x00\x01\x02" + tail
 
 
 def test_a_message_beginning_with_white_space_is_refused_as_in_data() -> None:
@@ -316,3 +318,31 @@ def test_a_message_beginning_with_white_space_is_refused_as_in_data() -> None:
                  + bdat(b"x\r\nFrom: a@b.example\r\n\r\nx\r\n") + b"NOOP\r\n")
     assert codes(out)[-3:] == [str(R.FOLDED_FIRST_LINE), str(R.NEED_MAIL), str(R.NOOP_OK)]
     assert d.messages == []
+
+
+@pytest.mark.parametrize(("chunks", "stored"), [
+    ([b"Subject: x\r\n\r\nS"], b"Subject: x\r\n\r\nS\r\n"),
+    ([b"x\r\n", b"S"], b"x\r\nS\r\n"),
+    ([b"Subject: x"], b"Subject: x\r\n"),  # all header, no line end
+    ([b"x\r\n.\r\nMAIL F", b"S"], b"x\r\n.\r\nMAIL FS\r\n"),  # found by the fuzzer
+    ([b"a\r\n", b""], b"a\r\n"),  # ends in CRLF already: nothing added
+])
+def test_a_message_whose_last_chunk_lacks_crlf_gets_one(chunks: list[bytes],
+                                                       stored: bytes) -> None:
+    # The engine fuzzer's invariant (every message ends in CRLF, as DATA's must)
+    # failed: BDAT content ending "...MAIL FS" was stored so, and a Maildir file or
+    # a filter then read a last line without its end. Postfix's cleanup adds it.
+    d = authed()
+    *first, last = chunks
+    out = d.feed(ENVELOPE + b"".join(bdat(c, last=False) for c in first) + bdat(last))
+    assert codes(out)[-1] == str(R.MESSAGE_ACCEPTED)
+    (message,) = d.messages
+    assert message.data == stored
+    assert message.size == len(stored)
+
+
+def test_binarymime_content_is_kept_as_sent_without_a_crlf_added() -> None:
+    d = authed(binarymime=True)
+    d.feed(b"MAIL FROM:<alice@example.org> BODY=BINARYMIME\r\nRCPT TO:<b@example.net>\r\n"
+           + bdat(b"Subject: a\r\n\r\n\x89PNG"))
+    assert d.messages[0].data == b"Subject: a\r\n\r\n\x89PNG"

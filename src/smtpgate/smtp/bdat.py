@@ -14,6 +14,12 @@ every next hop smtpgate writes to (a Maildir reader, a relay over DATA) takes
 CRLF as the only line end. A CR at the end of a chunk is judged with the first
 octet of the next chunk, so any split of the same octets gives the same verdict
 (a property test holds this).
+
+A message whose last chunk does not end in CRLF gets one (`ChunkStream.end`'s
+``tail``), unless it is BODY=BINARYMIME (a single binary part ends where its
+octets end): DATA cannot deliver such a message (its end is CRLF.CRLF), and what a
+Maildir reader appends to the file, or a filter reads as the last line, should
+not depend on whether the client used BDAT. Postfix's cleanup does the same.
 """
 
 from __future__ import annotations
@@ -56,17 +62,25 @@ class ChunkStream:
     ``end`` says how the message ended, in the terms of DATA's `DataEnd`.
     """
 
-    __slots__ = ("_bare_cr", "_bare_lf", "_held_cr", "_max_size", "_normalize",
-                 "_raw_size", "_size")
+    __slots__ = ("_bare_cr", "_bare_lf", "_final_crlf", "_held_cr", "_last", "_max_size",
+                 "_normalize", "_raw_size", "_size", "tail")
 
-    def __init__(self, max_size: int, *, normalize_lf: bool = False):
+    def __init__(self, max_size: int, *, normalize_lf: bool = False,
+                 final_crlf: bool = True):
+        """``final_crlf``: end content that lacks it with CRLF (not BINARYMIME, whose
+        octets, a single binary part's last ones too, are kept as sent)."""
         self._max_size = max_size
         self._normalize = normalize_lf
+        self._final_crlf = final_crlf
         self._held_cr = False  # the last octet fed was a CR (not yet judged)
         self._raw_size = 0
         self._size = 0
         self._bare_lf = False
         self._bare_cr = False
+        #: The last two octets of the content given out (a CRLF at its end?).
+        self._last = b""
+        #: Set by `end`: the octets the content still needs, a final CRLF or none.
+        self.tail = b""
 
     @property
     def too_big(self) -> bool:
@@ -95,11 +109,18 @@ class ChunkStream:
         if self._normalize and self._bare_lf:
             seg = _BARE_LF.sub(b"\r\n", seg)
         self._size += len(seg)
+        if seg:
+            self._last = (self._last + seg)[-2:]
         return seg
 
     def end(self) -> DataEnd:
-        """The last chunk was read: a CR still held back is bare."""
+        """The last chunk was read: a CR still held back is bare, and content that
+        does not end in CRLF gets one in ``tail`` (counted in the size)."""
         if self._held_cr:
             self._held_cr = False
             self._bare_cr = True
+        if (self._final_crlf and self._size and self._last != b"\r\n" and not self.doomed
+                and not self.tail):
+            self.tail = b"\r\n"
+            self._size += len(self.tail)
         return DataEnd(self.too_big, self._bare_lf, self._bare_cr, self._size, self._raw_size)

@@ -1036,7 +1036,8 @@ class ServerEngine:
         start: Event | None = None
         if self.state is State.RCPT:
             self._chunks = ChunkStream(self.settings.max_message_size,
-                                       normalize_lf=self.settings.normalize_bare_lf)
+                                       normalize_lf=self.settings.normalize_bare_lf,
+                                       final_crlf=not self._body_binary)
             start = self._message_start()
         self.state = State.BDAT
         return start
@@ -1054,6 +1055,8 @@ class ServerEngine:
         out = chunks.feed(piece) if n else b""
         # After the LAST octet a CR held back is judged (bare) before the verdict.
         end = chunks.end() if not self._chunk_left and self._chunk_last else None
+        if end is not None:
+            out += chunks.tail  # a final CRLF the content lacked (bdat.py)
         event: Event | None = None
         if not self._aborted:
             ended = header.feed(out)

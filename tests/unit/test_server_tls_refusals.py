@@ -46,6 +46,20 @@ def _runtime(tmp_path: Path, limiter: ConnectionLimiter) -> ServerRuntime:
     )
 
 
+
+async def _server_answer(client: SSL.Connection, reader: asyncio.StreamReader,
+                         writer: asyncio.StreamWriter, server: asyncio.Server) -> bytes:
+    """Send ``client``'s first flight and read the server's answer up to its close;
+    the connection and the server are closed."""
+    with pytest.raises(SSL.WantReadError):
+        client.do_handshake()
+    writer.write(BioConnection(client).outgoing())
+    answer = await asyncio.wait_for(reader.read(), NO_REPLY)
+    writer.close()
+    server.close()
+    await server.wait_closed()
+    return answer
+
 async def test_a_refused_handshake_sends_the_alert_before_closing(tmp_path: Path) -> None:
     runtime = _runtime(tmp_path, ConnectionLimiter(10, 10))
     listener = ListenerRuntime("submissions", True, settings(starttls=False))
@@ -54,13 +68,7 @@ async def test_a_refused_handshake_sends_the_alert_before_closing(tmp_path: Path
     port = server.sockets[0].getsockname()[1]
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     client = legacy_client(SSL.TLS1_1_VERSION)
-    with pytest.raises(SSL.WantReadError):
-        client.do_handshake()
-    writer.write(BioConnection(client).outgoing())
-    answer = await asyncio.wait_for(reader.read(), NO_REPLY)  # up to the close
-    writer.close()
-    server.close()
-    await server.wait_closed()
+    answer = await _server_answer(client, reader, writer, server)
     assert answer[:1] == b"\x15", answer  # a TLS alert record, not nothing
     client.bio_write(answer)
     with pytest.raises(SSL.Error, match="protocol version"):
@@ -275,13 +283,7 @@ async def test_a_client_offering_alpn_without_smtp_is_refused_on_both_listeners(
     ctx.set_alpn_protos([b"http/1.1"])
     client = SSL.Connection(ctx, None)
     client.set_connect_state()
-    with pytest.raises(SSL.WantReadError):
-        client.do_handshake()
-    writer.write(BioConnection(client).outgoing())
-    answer = await asyncio.wait_for(reader.read(), NO_REPLY)  # up to the close
-    writer.close()
-    server.close()
-    await server.wait_closed()
+    answer = await _server_answer(client, reader, writer, server)
     client.bio_write(answer)
     with pytest.raises(SSL.Error, match="no application protocol"):
         client.do_handshake()

@@ -237,17 +237,23 @@ def test_a_report_about_content_the_relay_refused_carries_the_header_only(reply:
     assert report_env.body_8bit is False and b"Content-Transfer-Encoding: 8bit" not in report
 
 
+def _failed_report(data: bytes, envelope: Envelope, reply: str) -> tuple[Envelope, bytes]:
+    """The report (its envelope, its bytes) of ``data`` failed for bob@example.net
+    with ``reply``."""
+    built = dsn.build_report(envelope=envelope, queue_id="q1", data=data,
+                             reports=[dsn.Report("bob@example.net", "failed", reply)],
+                             reporting_mta="mx.example.org", now=1_700_000_100.0)
+    assert built is not None
+    return built
+
+
 def test_a_content_refused_report_of_a_raw_8bit_header_is_7bit() -> None:
     # A relay without 8BITMIME refused the message (5.6.3); its header held raw UTF-8
     # (no SMTPUTF8). Its header copied as it was made the report 8-bit: refused too.
     data = ORIGINAL.replace(b"Subject: ", "Subject: caf\u00e9 ".encode())
     assert not data.split(b"\r\n\r\n")[0].isascii()
-    built = dsn.build_report(envelope=env(body_8bit=True), queue_id="q1", data=data,
-                             reports=[dsn.Report("bob@example.net", "failed",
-                                                 "5.6.3 relay does not accept 8-bit data (8BITMIME)")],
-                             reporting_mta="mx.example.org", now=1_700_000_100.0)
-    assert built is not None
-    report_env, report = built
+    report_env, report = _failed_report(data, env(body_8bit=True),
+                                        "5.6.3 relay does not accept 8-bit data (8BITMIME)")
     assert report.isascii() and report_env.body_8bit is False
     assert b"Subject: caf?? " in report
 
@@ -273,12 +279,8 @@ def test_a_report_of_undeclared_8bit_data_is_7bit_with_the_header_only(ret: str 
     # (5.6.3, no 8BITMIME there): dropped (null sender), the sender never knew.
     data = (ORIGINAL.replace(b"secret body", "caf\u00e9 body".encode())
             .replace(b"Subject: ", "Subject: caf\u00e9 ".encode()))
-    built = dsn.build_report(envelope=env(dsn_ret=ret), queue_id="q1", data=data,
-                             reports=[dsn.Report("bob@example.net", "failed",
-                                                 "relay mx:25 refused recipient: 550 5.1.1 no")],
-                             reporting_mta="mx.example.org", now=1_700_000_100.0)
-    assert built is not None
-    report_env, report = built
+    report_env, report = _failed_report(data, env(dsn_ret=ret),
+                                        "relay mx:25 refused recipient: 550 5.1.1 no")
     assert report.isascii() and report_env.body_8bit is False
     assert b"Content-Transfer-Encoding: 8bit" not in report
     _, _, original = parts(report)

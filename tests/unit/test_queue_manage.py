@@ -263,13 +263,9 @@ def test_list_json_last_error_is_never_a_delivered_recipients_reply() -> None:
     assert [r["last_error"] for r in obj["recipients"]] == [later, None]  # type: ignore[union-attr]
 
 
-def test_cli_flush_of_a_held_message_says_it_is_held(tmp_path: Path) -> None:
-    """``queue flush ID`` on a held message said "flushed 0 messages", then that it is
-    held but exited 0; it now says why nothing happened and how to let it go, as an
-    error (exit 1), for nothing was done and the message is still not on its way."""
-    from click.testing import CliRunner
-
-    from smtpgate.cli.main import cli
+def _held_message(tmp_path: Path) -> tuple[Path, Spool, str]:
+    """A config written under ``tmp_path``, its spool (open: the caller closes it)
+    and the id of one message in it, held."""
     from smtpgate.config import load_config
 
     from .cli_support import write_config
@@ -277,11 +273,21 @@ def test_cli_flush_of_a_held_message_says_it_is_held(tmp_path: Path) -> None:
     config = write_config(tmp_path)
     cfg = load_config(config)
     spool = Spool(cfg.path(cfg.queue.spool), prefill=False)
-    try:
-        qid = spool.store_sync(envelope(), MESSAGE)
-        assert manager(spool).hold(qid) is True
-    finally:
-        asyncio.run(spool.close())
+    qid = spool.store_sync(envelope(), MESSAGE)
+    assert manager(spool).hold(qid) is True
+    return config, spool, qid
+
+
+def test_cli_flush_of_a_held_message_says_it_is_held(tmp_path: Path) -> None:
+    """``queue flush ID`` on a held message said "flushed 0 messages", then that it is
+    held but exited 0; it now says why nothing happened and how to let it go, as an
+    error (exit 1), for nothing was done and the message is still not on its way."""
+    from click.testing import CliRunner
+
+    from smtpgate.cli.main import cli
+
+    config, spool, qid = _held_message(tmp_path)
+    asyncio.run(spool.close())
     out = CliRunner().invoke(cli, ["queue", "flush", qid, "--config", str(config)])
     # Nothing done and the message stays undelivered: an error (docs/cli.md, exit 1),
     # so `queue flush ID && ...` does not go on as if it had been sent on its way.
@@ -300,16 +306,9 @@ def test_cli_release_says_truthfully_who_attempts_the_message(tmp_path: Path) ->
     from click.testing import CliRunner
 
     from smtpgate.cli.main import cli
-    from smtpgate.config import load_config
 
-    from .cli_support import write_config
-
-    config = write_config(tmp_path)
-    cfg = load_config(config)
-    spool = Spool(cfg.path(cfg.queue.spool), prefill=False)
+    config, spool, qid = _held_message(tmp_path)
     try:
-        qid = spool.store_sync(envelope(), MESSAGE)
-        assert manager(spool).hold(qid) is True
         out = CliRunner().invoke(cli, ["queue", "release", qid, "--config", str(config)])
         assert out.exit_code == 0, out.output
         assert out.stdout == (f"{qid} released\nno server is delivering: `smtpgate queue "

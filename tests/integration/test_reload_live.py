@@ -181,6 +181,46 @@ def test_one_process_moves_its_web_admin_too(tmp_path: Path) -> None:
         assert srv.stop() == 0
 
 
+def test_a_move_to_another_address_on_the_same_port_is_made(tmp_path: Path) -> None:
+    """127.0.0.1:PORT to 0.0.0.0:PORT (opening the admin to the network) cannot be
+    bound beside the old socket; until 2026-12 the move failed, logged, and the admin
+    (or /metrics) stayed where it was. ``localhost:PORT`` is the same clash on
+    loopback. If the new address cannot be had at all, it listens where it was."""
+    port, metrics = free_port(), free_port()
+    srv = make_server(tmp_path / "srv", "\n[server]\nworkers = 1\n")
+    text = re.sub(r"(?ms)^\[(admin|metrics)\]\n.*?(?=^\[|\Z)", "", srv.config.read_text())
+
+    def move(admin: str, done: str, metrics_host: str = "127.0.0.1") -> None:
+        before = srv.log_text().count(done)
+        srv.config.write_text(text + f'\n[admin]\nlisten = "{admin}"\n'
+                              f'\n[metrics]\nlisten = "{metrics_host}:{metrics}"\n')
+        assert srv.proc is not None
+        srv.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: srv.log_text().count(done) > before, srv)
+
+    srv.config.write_text(text + f'\n[admin]\nlisten = "127.0.0.1:{port}"\n'
+                          f'\n[metrics]\nlisten = "127.0.0.1:{metrics}"\n')
+    srv.start()
+    try:
+        wait_until(lambda: answers(port), srv)
+        move(f"localhost:{port}", f"web admin moved to http://localhost:{port}/")
+        assert answers(port)
+        move(f"localhost:{port}", f"metrics on http://localhost:{metrics}/metrics",
+             metrics_host="localhost")
+        assert http_status(metrics, "/metrics") == 200
+        assert "cannot listen" not in srv.log_text()
+        # Another program holds the port on 127.0.0.2: 0.0.0.0 cannot be bound.
+        with socket.socket() as holder:
+            holder.bind(("127.0.0.2", port))
+            holder.listen()
+            move(f"0.0.0.0:{port}", f"cannot listen on 0.0.0.0:{port}",
+                 metrics_host="localhost")
+            assert f"still on localhost:{port}" in srv.log_text()
+            wait_until(lambda: answers(port), srv)
+    finally:
+        assert srv.stop() == 0
+
+
 def test_a_reload_opens_metrics_with_the_counts_since_start_up(tmp_path: Path) -> None:
     from .conftest import PASSWORD, USER
     from .test_metrics import sample, scrape

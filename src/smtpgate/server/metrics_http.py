@@ -287,7 +287,8 @@ class MetricsServer:
         endpoint = cfg.metrics.endpoint
         if endpoint is not None:
             try:
-                sock = bind_tcp(*endpoint)
+                sock = (bind_tcp(*endpoint) if self._port is None
+                        else await self._port.bind_for_move(endpoint))
             except OSError as e:
                 log.error("reload: metrics.listen: cannot listen on %s: %s; still on %s",
                           cfg.metrics.listen, e.strerror or e, self._listen or "nothing")

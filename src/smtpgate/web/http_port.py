@@ -35,12 +35,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import socket
 import ssl
 from collections.abc import Callable
 
 from smtpgate.web.conn_cap import CappedProtocol, ConnectionCap
+from smtpgate.web.http_socket import bind_tcp
 from smtpgate.web.log_budget import LogBudget
 
 log = logging.getLogger("smtpgate.web")
@@ -107,6 +109,43 @@ class HttpPort:
         self._accepting: asyncio.Task[None] | None = None
         self._sorting: set[asyncio.Task[None]] = set()
         self._refusals = LogBudget(REFUSALS_LOGGED, REFUSAL_WINDOW, self._report_refusals)
+
+    async def bind_for_move(self, endpoint: tuple[str, int]) -> socket.socket:
+        """A socket for a reload that moves this endpoint to ``endpoint``, bound
+        while this one still listens, so that a failure leaves it where it was.
+
+        On the same port, an address that overlaps this one cannot be bound beside
+        it (``EADDRINUSE``): from ``127.0.0.1:9480`` to ``0.0.0.0:9480``, the move
+        that opens the web admin to the network, or back, or to ``localhost:9480``.
+        Until 2026-12 such a move failed (logged) and the endpoint stayed where it
+        was while ``smtpgate status`` showed the new address. So this one stops
+        first, and listens again where it was if ``endpoint`` cannot be bound
+        either (another program holds it): the caller still stops it after a
+        success.
+
+        Raises: OSError (``endpoint`` cannot be bound; this one listens)."""
+        try:
+            return bind_tcp(*endpoint)
+        except OSError as e:
+            old = self.address
+            if e.errno != errno.EADDRINUSE or old is None or old[1] != endpoint[1]:
+                raise
+        await self.stop()
+        try:
+            return bind_tcp(*endpoint)
+        except OSError:
+            self._sock = bind_tcp(*old)  # the port was this one's a moment ago
+            self.start()
+            raise
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """The (host, port) it listens on; None once stopped."""
+        try:
+            host, port = self._sock.getsockname()[:2]
+        except OSError:
+            return None
+        return str(host), int(port)
 
     def start(self) -> None:
         self._sock.setblocking(False)

@@ -152,7 +152,7 @@ class AdminServer:
         assert endpoint is not None, "AdminEndpoint closes a web admin turned off"
         try:
             ctx = tls_context(cfg)
-            sock = bind_tcp(*endpoint)
+            sock = await self._listening.bind_for_move(endpoint)
         except (OSError, StartupError) as e:
             why = e.strerror or e if isinstance(e, OSError) else e
             log.error("reload: admin.listen: cannot listen on %s: %s; still on %s",

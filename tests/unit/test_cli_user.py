@@ -333,3 +333,37 @@ def test_list_into_a_pipe_keeps_the_wide_table(config: Path) -> None:
     out = run(config, "list").output
     [row] = [line for line in out.splitlines() if "alice.longname@example.org" in line]
     assert "scram-sha-1 scram-sha-256" in row and "last mechanism" in out
+
+
+def test_lock_and_remove_say_which_of_the_accounts_messages_the_queue_will_deliver(
+    config: Path,
+) -> None:
+    """Locking or removing a compromised account stops its logins, not the mail it
+    queued before; until 2026-12 neither command said so, and its spam went on
+    leaving. A held message, and another account's, are not named."""
+    import asyncio
+
+    from smtpgate.queue.envelope import Envelope
+    from smtpgate.queue.manage import QueueManager
+    from smtpgate.queue.spool import Spool
+
+    assert run(config, "add", "a@example.org", "--password-stdin", input="pencil\n").exit_code == 0
+    spool = Spool(config.parent / "spool", prefill=False)
+
+    def queued(account: str) -> str:
+        env = Envelope("a@example.org", ("b@example.net",), account, "192.0.2.7", "h",
+                       "submission")
+        return spool.store_sync(env, b"Subject: x\r\n\r\nhi\r\n")
+
+    spam, held, other = queued("a@example.org"), queued("a@example.org"), queued("b@example.org")
+    QueueManager(spool).hold(held)
+    asyncio.run(spool.close())
+    for command in (["lock", "A@example.org"], ["remove", "a@example.org"]):
+        r = run(config, *command)
+        assert r.exit_code == 0, r.output
+        assert (f"note: 1 message a@example.org submitted is still queued and will be "
+                f"delivered ({spam}); 'smtpgate queue hold ID'") in r.stderr, r.output
+        assert held not in r.output and other not in r.output
+    assert run(config, "add", "b@example.org", "--password-stdin", input="pencil\n").exit_code == 0
+    r = run(config, "lock", "b@example.org")
+    assert r.exit_code == 0 and "note: 1 message b@example.org" in r.stderr

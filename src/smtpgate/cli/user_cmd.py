@@ -23,6 +23,7 @@ import warnings
 from collections import defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
@@ -43,7 +44,11 @@ from smtpgate.cli.common import (
     iso_time,
 )
 from smtpgate.cli.output import Table, echo, name_shown, text
+from smtpgate.plural import count
 from smtpgate.policy.timespec import format_duration
+
+if TYPE_CHECKING:
+    from smtpgate.config import Config
 
 password_stdin_option = click.option(
     "--password-stdin",
@@ -155,9 +160,50 @@ def passwd(user: str, password_stdin: bool, config_path: Path | None) -> None:
 @config_option
 def remove(user: str, config_path: Path | None) -> None:
     """Delete account USER and its credentials."""
-    with admin_service(get_config(config_path)) as admin:
+    cfg = get_config(config_path)
+    with admin_service(cfg) as admin:
+        name = admin.require_account(user).name
         admin.remove_account(user)
     echo(f"removed account {name_shown(user)}")
+    _queued_note(cfg, name)
+
+
+#: Queue ids a note names; the rest are counted.
+_QUEUED_SHOWN = 5
+
+
+def _queued_note(cfg: Config, account: str) -> None:
+    """After ``user lock`` and ``user remove``: the messages ``account`` submitted
+    that the queue will still deliver (not held). Neither command touches them (an
+    accepted message is never dropped unasked), and until 2026-12 neither said so:
+    an admin who locked a compromised account saw its spam go on leaving. Best
+    effort: a spool that cannot be read says nothing, the account change is done."""
+    import asyncio
+
+    from smtpgate.queue.manage import QueueManager
+    from smtpgate.queue.spool import Spool, SpoolError
+
+    spool_dir = cfg.path(cfg.queue.spool)
+    if not (spool_dir / "queue").is_dir():
+        return  # no spool yet: never made here (``queue_cmd._manager``)
+    try:
+        spool = Spool(spool_dir, prefill=False, tidy=False)
+    except OSError:
+        return
+    try:
+        ids = [e.queue_id for e in QueueManager(spool).entries()
+               if e.envelope.auth_identity == account and not e.state.held]
+    except (OSError, SpoolError):
+        return
+    finally:
+        asyncio.run(spool.close())
+    if not ids:
+        return
+    shown = ", ".join(ids[:_QUEUED_SHOWN]) + (", ..." if len(ids) > _QUEUED_SHOWN else "")
+    echo(f"note: {count(len(ids), 'message')} {name_shown(account)} submitted "
+         f"{'is' if len(ids) == 1 else 'are'} still queued and will be delivered ({shown}); "
+         "'smtpgate queue hold ID' keeps one back, 'smtpgate queue delete ID' removes it",
+         err=True)
 
 
 def _lock_reason(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -190,9 +236,12 @@ def _lock_reason(ctx: click.Context, param: click.Parameter, value: str) -> str:
 @config_option
 def lock(user: str, reason: str, config_path: Path | None) -> None:
     """Refuse every login of USER (takes effect at its next login attempt)."""
-    with admin_service(get_config(config_path)) as admin:
+    cfg = get_config(config_path)
+    with admin_service(cfg) as admin:
         admin.lock(user, reason)
+        name = admin.require_account(user).name
     echo(f"locked account {name_shown(user)}")
+    _queued_note(cfg, name)
 
 
 @user.command("unlock")

@@ -549,9 +549,25 @@ class AccountAdmin:
         return added, totp
 
     def remove_web_admin(self, name: str) -> bool:
-        """False if there was no admin of that name."""
-        with self._tx() as w:
-            return w.remove_web_admin(web_admin_name(name))
+        """False if there was no admin of that name. The addresses it logged in from
+        are forgotten (``_web_admin_credentials_replaced``)."""
+        key = web_admin_name(name)
+        with self._guard() as guard, self._tx() as w:
+            return self._web_admin_credentials_replaced(
+                guard, w, key, w.remove_web_admin(key))
+
+    def _web_admin_credentials_replaced(self, guard: GuardLocks | None, w: AccountWriter,
+                                        key: str, changed: bool) -> bool:
+        """After a new password or TOTP key for admin ``key``, or its removal: the
+        guard forgets the addresses it logged in from (its known addresses, with the
+        higher ``known_lockout_threshold`` and the trusted verification slot), as
+        ``set_password`` does for a mail account. A reset after a leak must not leave
+        them to whoever logged in with the old secrets, nor a name removed and
+        added again to its new holder. Until 2026-12 they stayed. ``changed``
+        (returned): whether there was such an admin."""
+        if changed and guard is not None:
+            self._forget_addresses(guard, w, f"{ADMIN_KEY_PREFIX}{key}")
+        return changed
 
     def set_web_admin_password(self, name: str, password: str) -> bool:
         """A new password for the admin (the password policy applies; its TOTP key
@@ -563,15 +579,18 @@ class AccountAdmin:
         if self._policy is not None:
             check_password_policy(password, key, self._policy)
         encoded = self._hasher.hash(password)
-        with self._tx() as w:
-            return w.update_web_admin(key, password_hash=encoded)
+        with self._guard() as guard, self._tx() as w:
+            return self._web_admin_credentials_replaced(
+                guard, w, key, w.update_web_admin(key, password_hash=encoded))
 
     def reset_web_admin_totp(self, name: str) -> str | None:
         """A new TOTP key for the admin (a lost or copied phone); returns it (base32,
         show it once), or None if there is no such admin. Its open sessions end."""
         totp = base64.b32encode(secrets.token_bytes(20)).decode("ascii")
-        with self._tx() as w:
-            return totp if w.update_web_admin(web_admin_name(name), totp_secret=totp) else None
+        key = web_admin_name(name)
+        with self._guard() as guard, self._tx() as w:
+            changed = w.update_web_admin(key, totp_secret=totp)
+            return totp if self._web_admin_credentials_replaced(guard, w, key, changed) else None
 
     def unlock_web_admin(self, name: str) -> int:
         """Lift the guard's lockouts of the admin's logins (kept under ``admin:NAME``,

@@ -424,3 +424,34 @@ def test_a_new_web_admin_and_account_start_without_lockouts_under_their_keys(
     assert [(e.action, e.target) for e in store.admin_log()
             if e.action == "guard lockout lifted"] == [
         ("guard lockout lifted", "newhire@example.org"), ("guard lockout lifted", "admin:ops")]
+
+
+@pytest.mark.parametrize("change", [["admin", "passwd", "root", "--password-stdin"],
+                                    ["admin", "reset-totp", "root"],
+                                    ["admin", "remove", "root"]])
+def test_an_admins_new_credentials_or_removal_forget_its_known_addresses(
+    config: Path, change: list[str]
+) -> None:
+    """As ``user passwd`` does for a mail account: an address that logged in with a
+    leaked password or TOTP key stays no "known" address of the admin (the higher
+    known_lockout_threshold, the trusted verification slot) after the reset, nor
+    of a new admin added under a removed one's name. Until 2026-12 it stayed."""
+    from smtpgate.auth.guard_store import SqliteGuardStore
+
+    assert run(config, "admin", "add", "root", "--password-stdin",
+               input="a pass phrase\n").exit_code == 0
+    guard = SqliteGuardStore(config.parent / "guard.sqlite")
+    try:
+        guard.record_success("192.0.2.66", "admin:root", time.time(), reset_penalty=False)
+        guard.record_success("192.0.2.66", BOB, time.time(), reset_penalty=False)
+    finally:
+        guard.close()
+    r = run(config, *change, input="another pass phrase\n")
+    assert r.exit_code == 0, r.output
+    guard = SqliteGuardStore(config.parent / "guard.sqlite")
+    try:
+        assert guard.forget_addresses("admin:root") == 0  # gone already
+        assert guard.forget_addresses(BOB) == 1  # a mail account's are not touched
+    finally:
+        guard.close()
+    assert admin_actions(config)[-1] == "guard known addresses forgotten"

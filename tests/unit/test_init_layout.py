@@ -176,3 +176,29 @@ def test_a_run_that_fails_half_way_takes_its_certificate_and_key_with_it(tmp_pat
     code, out = init("--dir", str(tmp_path / "etc"), "--no-demo")
     assert code == 0, out
     assert (tmp_path / "etc/tls/key.pem").stat().st_size > 0
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o002])
+def test_nothing_init_makes_is_writable_by_group_or_others(tmp_path: Path, umask: int) -> None:
+    """Under ``umask 000`` (a container, a service's UMask=0000) init made the config,
+    the TLS directory (where the key could then be replaced), the state directory,
+    the spool and the Maildir writable by everyone; write for group and others is
+    now taken out of any umask, and the caller's umask is left as it was."""
+    import os
+    import stat
+
+    previous = os.umask(umask)
+    try:
+        code, out = init("--dir", str(tmp_path / "etc"), "--state-dir", str(tmp_path / "lib"),
+                         "--log-dir", str(tmp_path / "log"))
+        assert os.umask(umask) == umask
+    finally:
+        os.umask(previous)
+    assert code == 0, out
+    made = [p for top in ("etc", "lib", "log") for p in [tmp_path / top,
+                                                         *(tmp_path / top).rglob("*")]]
+    assert len(made) > 10
+    for path in made:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert not mode & 0o022, f"{path}: {mode:04o}"
+    assert stat.S_IMODE((tmp_path / "etc/tls/key.pem").stat().st_mode) == 0o600

@@ -12,12 +12,14 @@ that this holds.
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import json
 import os
 import pwd
 import secrets
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -187,8 +189,9 @@ def init(
     --log-dir /var/log/smtpgate --owner smtpgate --hostname mail.example.org
     --submission 0.0.0.0:587 --submissions 0.0.0.0:465 --no-demo"""
     try:
-        _create(directory, hostname, submission, submissions, deliver, metrics, admin,
-                no_demo, state_dir, log_dir, owner)
+        with _no_write_for_others():
+            _create(directory, hostname, submission, submissions, deliver, metrics, admin,
+                    no_demo, state_dir, log_dir, owner)
     except OSError as e:
         # A directory that cannot be made or written in (/etc/smtpgate as a user
         # other than root, a read-only file system) was a traceback.
@@ -198,6 +201,22 @@ def init(
             "run init as a user that may write there (root for /etc/smtpgate), or "
             "choose other directories; remove what it made before running it again",
         ) from None
+
+
+@contextlib.contextmanager
+def _no_write_for_others() -> Iterator[None]:
+    """The umask of the caller, with write for group and others taken out (as
+    ``sudo`` does): what init makes follows it, and under ``umask 000`` (a
+    container's entrypoint, a service manager's ``UMask=0000``) or ``002`` until
+    2026-12 the config, the TLS directory (so the key could be replaced), the state
+    directory, the spool and the Maildir were writable by every user of the
+    machine, or by the admin's whole group."""
+    previous = os.umask(0o022)
+    os.umask(previous | 0o022)
+    try:
+        yield
+    finally:
+        os.umask(previous)
 
 
 def _create(

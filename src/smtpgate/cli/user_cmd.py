@@ -191,8 +191,7 @@ def _queued_note(cfg: Config, account: str) -> None:
     except OSError:
         return
     try:
-        ids = [e.queue_id for e in QueueManager(spool).entries()
-               if e.envelope.auth_identity == account and not e.state.held]
+        ids = QueueManager(spool).to_deliver_for(account)
     except (OSError, SpoolError):
         return
     finally:

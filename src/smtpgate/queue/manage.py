@@ -112,6 +112,13 @@ class QueueManager:
             out.append(Entry(qid, envelope, size, state))
         return out
 
+    def to_deliver_for(self, account: str) -> list[str]:
+        """The ids of the messages ``account`` submitted that are not held: what the
+        queue will still deliver after ``user lock`` or ``user remove`` (neither
+        touches them), oldest first."""
+        return [e.queue_id for e in self.entries()
+                if e.envelope.auth_identity == account and not e.state.held]
+
     def set_aside(self) -> tuple[list[str], Path]:
         """The messages the delivery worker moved to ``corrupt/`` (see
         `Spool.set_aside`), and that directory."""

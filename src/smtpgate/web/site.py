@@ -61,10 +61,11 @@ from smtpgate.auth.guard import ADMIN_KEY_PREFIX, Guard
 from smtpgate.auth.guard_state import ACCOUNT_KINDS, GuardStoreError
 from smtpgate.auth.state_backend import open_guard_state
 from smtpgate.config import Config, GuardConfig
+from smtpgate.plural import count
 from smtpgate.policy.counters_backend import open_rate_counters
 from smtpgate.policy.rate_counters import RateCounters, RateCountersError
 from smtpgate.queue.manage import QueueManager
-from smtpgate.queue.spool import Spool
+from smtpgate.queue.spool import Spool, SpoolError
 from smtpgate.tools.audit import AuditOptions, AuditReport, Target, run_audit
 from smtpgate.visible import visible
 from smtpgate.web import authlog_view, charts, status
@@ -673,14 +674,20 @@ class AdminSite:
                        RecipientRate(rate("recipients", "recipients"))]),
         }
         if action == "remove":  # as `user remove`; the page is gone, back to the list
+            def remove(s: AccountAdmin) -> str:
+                account = s.require_account(name).name  # as the queue names it
+                s.remove_account(name)
+                return account
+
             try:
-                await self.call(session.admin, action, lambda s: s.remove_account(name))
+                account = await self.call(session.admin, action, remove)
             except NoSuchAccount:
                 raise web.HTTPNotFound(text="no such account") from None
             except (AdminError, StoreError) as e:
                 flash_add(session, "error", f"remove: {e}")
                 raise web.HTTPSeeOther(f"/accounts/{_quote(name)}") from None
             flash_add(session, "ok", f"account {name} removed")
+            await self._flash_queued(session, account)
             raise web.HTTPSeeOther("/accounts")
         op = ops.get(action)
         if op is None:
@@ -700,7 +707,27 @@ class AdminSite:
             flash_add(session, "error", f"{action}: {_NOTHING_DONE.get(action, 'nothing to do')}")
         else:
             flash_add(session, "ok", f"{action}: done")
+            if action == "lock":
+                await self._flash_queued(session, await self.call(
+                    session.admin, "read", lambda s: s.require_account(name).name))
         raise web.HTTPSeeOther(f"/accounts/{_quote(name)}")
+
+    async def _flash_queued(self, session: Session, name: str) -> None:
+        """After a lock or a removal, as ``user lock`` and ``user remove`` say it: the
+        messages account ``name`` submitted that the queue will still deliver
+        (neither touches them). Best effort: a spool that cannot be read says
+        nothing."""
+        assert self._spool is not None
+        manager = QueueManager(self._spool, reporting_mta=self.cfg.hostname)
+        try:
+            ids = await asyncio.to_thread(manager.to_deliver_for, name)
+        except (OSError, SpoolError):
+            return
+        if ids:
+            flash_add(session, "error", f"{count(len(ids), 'message')} {name} submitted "
+                      f"{'is' if len(ids) == 1 else 'are'} still queued and will be "
+                      "delivered: the Queue page lists them; 'smtpgate queue hold ID' "
+                      "keeps one back, 'smtpgate queue delete ID' removes it")
 
     # --- guard, auth log, queue, audit, admin log ------------------------------------
 

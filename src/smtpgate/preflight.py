@@ -717,17 +717,21 @@ def _database_file(key: str, path: Path, what: str) -> tuple[list[Problem], bool
         return _writable_dir(key, path.parent, f"directory of the {what}"), False
     if path.is_dir():
         return [_error(key, f"{path} is a directory, not a database file")], False
+    # `_not_writable`: on a read-only file system (a disk remounted read-only after
+    # errors, a unit's ProtectSystem=strict) access(2) fails for root too, and
+    # until 2026-12 this said "permission denied: user root ... (chown or chmod)".
     if not os.access(path, os.R_OK | os.W_OK):
-        return [_error(key, _denied(path, f"read and write the {what}"))], False
+        return [_error(key, _not_writable(path, f"read and write the {what}"))], False
     for side in (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
         # Left by whoever opened it last (`init` run as root, say): SQLite must
         # write them too.
         if side.exists() and not os.access(side, os.R_OK | os.W_OK):
-            return [_error(key, _denied(side, f"read and write the {what}'s log"))], False
+            return [_error(key, _not_writable(side, f"read and write the {what}'s log"))
+                    ], False
     if not os.access(path.parent, os.W_OK | os.X_OK):
         # SQLite's write-ahead log lives in NAME-wal and NAME-shm beside the file.
-        return [_error(key, _denied(path.parent, "create files (the SQLite write-ahead "
-                                    f"log of the {what}) in"))], False
+        return [_error(key, _not_writable(path.parent, "create files (the SQLite "
+                                          f"write-ahead log of the {what}) in"))], False
     return [], True
 
 

@@ -849,3 +849,31 @@ def test_oauth_key_set_refreshes_without_a_limit_are_a_warning(gate: Path) -> No
     assert list(warned) == ["auth.oauth_issuers.0.jwks_min_refresh_seconds"]
     assert "https://id.example/jwks again" in warned[
         "auth.oauth_issuers.0.jwks_min_refresh_seconds"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
+                    reason="needs root and unshare(1) for a read-only bind mount")
+def test_a_database_on_a_read_only_file_system_is_said_read_only(tmp_path: Path) -> None:
+    """The state directory on a file system remounted read-only (after disk errors):
+    `user list`, `user lock` ... and `config check` said "permission denied: user
+    root cannot read and write the account database ...; give that user access
+    (chown or chmod)", which cannot help, while `config check` said the truth of the
+    spool and the Maildir beside it. A real read-only bind mount, real commands."""
+    state = tmp_path / "state"
+    state.mkdir()
+    path = write_config(tmp_path)
+    db = tmp_path / "accounts.sqlite"
+    db.rename(state / "accounts.sqlite")
+    path.write_text(path.read_text().replace('database = "accounts.sqlite"',
+                                             f'database = "{state}/accounts.sqlite"'))
+    assert f'database = "{state}/accounts.sqlite"' in path.read_text()
+    smtpgate = str(Path(sys.executable).parent / "smtpgate")
+    env = {k: v for k, v in os.environ.items() if k != "INVOCATION_ID"}
+    want = (f"{state}/accounts.sqlite is on a read-only file system (chown or chmod cannot "
+            "help): remount it read-write")
+    for command in (["user", "lock", "a@example.org"], ["config", "check"]):
+        done = _in_read_only_mount(state, [smtpgate, *command, "--config", str(path)], env)
+        assert done.returncode == 1, done.stderr
+        out = done.stdout + done.stderr
+        assert want in out, out
+        assert "permission denied" not in out, out

@@ -267,9 +267,24 @@ def where(pg: PostgresConfig) -> str:
         p = conninfo.conninfo_to_dict(pg.dsn)
     except psycopg.Error:
         return "PostgreSQL database"
-    host = p.get("host") or p.get("hostaddr") or "local socket"
-    port = f":{p['port']}" if p.get("port") else ""
-    return f"PostgreSQL database {p.get('dbname') or p.get('user') or '(default)'} on {host}{port}"
+    name = p.get("dbname") or p.get("user") or "(default)"
+    hosts, ports = p.get("host") or p.get("hostaddr"), p.get("port")
+    return f"PostgreSQL database {name} on {_servers(str(hosts or ''), str(ports or ''))}"
+
+
+def _servers(hosts: str, ports: str) -> str:
+    """``host:port`` of each server a DSN lists, in libpq's order. libpq pairs a
+    comma-separated ``host`` with ``port`` item by item (one port serves them all),
+    so ``h1,h2`` and ``5432,5433`` are ``h1:5432,h2:5433``; joined as they stood
+    they read ``h1,h2:5432,5433``, which names neither server (docs/scale-out.md's
+    failover DSN)."""
+    names = (hosts or "local socket").split(",")
+    numbers = (ports or "").split(",")
+    if len(numbers) != len(names):
+        numbers = [numbers[0]] * len(names)
+    return ",".join(
+        (f"[{h}]" if ":" in h and not h.startswith("/") and n else h) + (f":{n}" if n else "")
+        for h, n in zip(names, numbers))
 
 
 #: TCP keepalives on every connection, unless the DSN sets its own. libpq turns them

@@ -342,3 +342,45 @@ def test_the_help_of_refused_connections_names_every_reason() -> None:
     reason="rate" too (limits.connection_rate_per_ip) since that limit came."""
     help_text = metrics._Metrics().connections_refused._documentation
     assert all(reason in help_text for reason in metrics.CONNECTION_REFUSALS), help_text
+
+
+class _FlakyGuard:
+    """A guard state whose reads fail while ``down`` (Redis stopped), as a scrape finds it."""
+
+    def __init__(self) -> None:
+        self.down = True
+
+    def active_blocks(self, now: float) -> list[object]:
+        from smtpgate.auth.guard_state import GuardStoreError
+
+        if self.down:
+            raise GuardStoreError("Redis: Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_guard_state_outage_is_logged_once_per_episode_not_per_scrape(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """docs/scale-out.md, "Redis down": one line when the outage starts and one
+    when it ends. Each scrape (every 15 s from Prometheus) that could not read the
+    guard's blocks wrote its own warning: 240 an hour, where the guard logs one."""
+    from smtpgate.server.metrics_http import StateCollector
+
+    collector = StateCollector(_cfg(tmp_path))
+    guard = _FlakyGuard()
+    collector._guard = guard  # type: ignore[assignment]
+    caplog.set_level(logging.WARNING, logger="smtpgate.metrics")
+    for _ in range(5):
+        names = {m.name for m in collector.collect()}
+        assert "smtpgate_guard_blocks_active" not in names
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1, lines
+    assert "unavailable" in lines[0] and "Connection refused" in lines[0]
+    guard.down = False
+    for _ in range(2):
+        assert "smtpgate_guard_blocks_active" in {m.name for m in collector.collect()}
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2 and "answering again" in lines[1], lines
+    assert "5 operation(s) failed meanwhile" in lines[1]

@@ -46,6 +46,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from smtpgate.auth.guard_state import ACCOUNT_KINDS, BLOCK_KINDS, GuardState, GuardStoreError
+from smtpgate.auth.outage_log import OutageLog
 from smtpgate.auth.state_backend import open_guard_state
 from smtpgate.config import Config
 from smtpgate.errors import StartupError
@@ -157,11 +158,21 @@ def bind_metrics_socket(cfg: Config) -> socket.socket | None:
 
 class StateCollector(Collector):
     """What a scrape reads rather than counts: the queue and the guard's blocks.
-    Runs on the scrape thread only (the guard state is opened there, once)."""
+    Runs on the scrape thread only (the guard state is opened there, once).
+
+    A guard state that cannot be read (Redis down: docs/scale-out.md) is logged
+    once when a scrape first finds it so, in a summary a minute, and once when a
+    scrape reads it again (``OutageLog``): Prometheus scrapes every few seconds,
+    and a warning per scrape was hundreds of lines an hour beside the guard's
+    own one line for the outage."""
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self._guard: GuardState | None = None
+        self._outage = OutageLog(
+            "metrics: the guard state", log,
+            effect="smtpgate_guard_blocks_active and smtpgate_guard_accounts_locked "
+                   "are left out of scrapes until it answers")
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         yield from self._queue()
@@ -192,8 +203,9 @@ class StateCollector(Collector):
                 self._guard = open_guard_state(self.cfg)
             blocks = self._guard.active_blocks(time.time())
         except (GuardStoreError, OSError) as e:
-            log.warning("metrics: cannot read the guard's blocks: %s", e)
+            self._outage.failed(str(e))
             return
+        self._outage.answered()
         counts = dict.fromkeys(BLOCK_KINDS, 0)
         for b in blocks:
             counts[b.kind] = counts.get(b.kind, 0) + 1

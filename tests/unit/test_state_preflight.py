@@ -191,3 +191,53 @@ def test_a_rotated_redis_password_is_read_at_the_next_connection(
 
             redis_py.Redis(port=own_redis.port, password="after").config_set(
                 "requirepass", own_redis.password_file.read_text().strip())
+
+
+def test_a_node_whose_redis_comes_back_evicting_keys_says_so(
+        tmp_path: Path, own_redis, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    """Start-up refuses a Redis that evicts keys, but a node started while Redis was
+    down (nodes booting before it) was never asked: once Redis answered, with
+    maxmemory-policy allkeys-lru, the node served on without a word while a full
+    Redis could drop its blocks and failure counts. The heartbeat asks when Redis
+    answers again: an error, once; a line when it no longer evicts."""
+    import logging
+    import time
+
+    from smtpgate.config import parse_config
+    from smtpgate.server.heartbeat import Heartbeat
+    from smtpgate.server.status_file import ServerStatus
+    from tests.unit.config_support import MINIMAL, config_dir
+
+    password = own_redis.password_file.read_text().strip()
+    cfg = parse_config(MINIMAL + f'[state]\nbackend = "redis"\nredis_url = "{own_redis.url}"\n'
+                       f'password_file = "{_own_copy(tmp_path, password)}"\n',
+                       config_dir(tmp_path))
+    status = ServerStatus(1, "0", 0.0, None, 0.0, [], [], 1, updated=time.time())
+    hb = Heartbeat(cfg)
+
+    def beat() -> list[str]:
+        hb._next = 0.0  # the next beat is due
+        caplog.clear()
+        hb.beat(status)
+        return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR
+                or "evict" in r.getMessage()]
+
+    caplog.set_level(logging.INFO, logger="smtpgate")
+    own_redis.stop()
+    try:
+        assert beat() == []  # Redis down: "cannot write", a warning
+    finally:
+        own_redis.start()
+    own_redis.client().config_set("maxmemory", "1gb")
+    own_redis.client().config_set("maxmemory-policy", "allkeys-lru")
+    found = beat()
+    assert len(found) == 1 and "maxmemory-policy allkeys-lru" in found[0], found
+    assert "state.redis_url" in found[0]
+    assert beat() == []  # said once
+    own_redis.stop()
+    try:
+        assert beat() == []
+    finally:
+        own_redis.start()  # its default again: noeviction
+    assert [x for x in beat() if "no longer evicts" in x], caplog.text
+    hb.stop()

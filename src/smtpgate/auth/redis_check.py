@@ -101,7 +101,7 @@ def ping(cfg: Config) -> Finding | None:
     except redis.RedisError as e:
         return Finding(False, "state.redis_url", f"{where}: {e}")
     else:
-        return _eviction(client, where)
+        return eviction(client, where)
     finally:
         client.close()
 
@@ -110,9 +110,10 @@ def ping(cfg: Config) -> Finding | None:
 _KEEPS_KEYS = ("noeviction",)
 
 
-def _eviction(client: redis.Redis, where: str) -> Finding | None:
+def eviction(client: redis.Redis, where: str) -> Finding | None:
     """An error when Redis may evict keys (module docstring); a warning when the
-    login may not read its memory settings (an ACL without ``INFO``)."""
+    login may not read its memory settings (an ACL without ``INFO``). Also asked
+    by a node's heartbeat when Redis answers again (``server/heartbeat.py``)."""
     import redis
 
     try:

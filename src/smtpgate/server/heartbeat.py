@@ -20,6 +20,14 @@ reads as one from before a step back of the clock and is started again from now,
 its failures forgotten (``guard.restart_stepped``), and each such block logged
 "the clock went back", with nothing saying that the clocks differ, nor which.
 Redis's clock is the one every node can compare with.
+
+Each time Redis answers again after beats that failed (a Redis down when the node
+started, restarted, or failed over), the beat also asks it whether it may evict
+keys (``auth/redis_check.py``): start-up refuses such a Redis, but a node that
+started while Redis was down, or whose Redis came back configured otherwise
+(``maxmemory-policy allkeys-lru`` in the new one's config), was never asked, and
+served on while a full Redis could drop its blocks and failure counts without a
+word. It is logged as an error, once, until Redis says otherwise.
 """
 
 from __future__ import annotations
@@ -103,6 +111,8 @@ class Heartbeat:
         self._clock = clock
         #: This node's clock is off Redis's by more than CLOCK_WARN (warned once).
         self._skewed = False
+        #: The eviction error logged last (module docstring); "" while none applies.
+        self._evicts = ""
 
     def beat(self, status: ServerStatus) -> None:
         now = time.monotonic()
@@ -129,10 +139,29 @@ class Heartbeat:
             return
         if self._failing:
             log.info("cluster heartbeat: Redis answers again")
+            self._check_eviction(self._client)
         self._failing = False
         ours_before, self._written = self._written, text
         self._check_twin(before, doc, wrote_before=ours_before is not None)
         self._check_clock((asked + answered) / 2 - (int(secs) + int(micros) / 1e6))
+
+    def _check_eviction(self, client: redis.Redis) -> None:
+        """The check start-up makes (module docstring), made again by a Redis that
+        answers again: an error while it may evict keys, once; a line when it no
+        longer may. A Redis whose policy cannot be read (an ACL without ``INFO``)
+        was warned about at start-up, and is not again."""
+        from smtpgate.auth.redis_check import eviction
+
+        found = eviction(client, f"Redis at {self._cfg.state.redis_url}")
+        if found is not None and found.refused:
+            if found.message != self._evicts:
+                log.error("cluster heartbeat: state.redis_url: %s (serve would not start "
+                          "with it; logins go on meanwhile)", found.message)
+            self._evicts = found.message
+        elif found is None and self._evicts:
+            log.info("cluster heartbeat: Redis at %s no longer evicts keys",
+                     self._cfg.state.redis_url)
+            self._evicts = ""
 
     def _check_clock(self, offset: float) -> None:
         """Warn once when this node's clock is ``offset`` s off Redis's (module

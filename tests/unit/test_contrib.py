@@ -192,3 +192,19 @@ def test_operations_doc_shows_the_logrotate_file_as_shipped() -> None:
     (block,) = re.findall(r"^```\n(/var/log/smtpgate/.*?)^```", doc, re.MULTILINE | re.DOTALL)
     shipped = [ln for ln in contrib_text("logrotate").splitlines() if not ln.startswith("#")]
     assert block.splitlines() == shipped
+
+
+def test_the_dashboard_counts_the_guards_shared_blocks_once_per_cluster() -> None:
+    """``smtpgate_guard_blocks_active`` and ``smtpgate_guard_accounts_locked`` are read
+    from the guard state at each scrape: with the state in Redis every node reports the
+    cluster's blocks (docs/scale-out.md). The dashboard summed them over the scraped
+    nodes, so two nodes showed each lockout twice; ``max`` is the cluster's count, and
+    one node's as before."""
+    import json
+
+    exprs = [t["expr"] for p in json.loads(contrib_text("grafana"))["panels"]
+             for t in p.get("targets", [])]
+    shared = [e for e in exprs
+              if re.search(r"\bsmtpgate_guard_(blocks_active|accounts_locked)\b", e)]
+    assert shared, exprs
+    assert all(e.startswith("max") for e in shared), shared

@@ -199,7 +199,8 @@ def test_a_node_whose_redis_comes_back_evicting_keys_says_so(
     down (nodes booting before it) was never asked: once Redis answered, with
     maxmemory-policy allkeys-lru, the node served on without a word while a full
     Redis could drop its blocks and failure counts. The heartbeat asks when Redis
-    answers again: an error, once; a line when it no longer evicts."""
+    answers again, and once a minute: an error, once; a line when it no longer
+    evicts."""
     import logging
     import time
 
@@ -240,4 +241,12 @@ def test_a_node_whose_redis_comes_back_evicting_keys_says_so(
     finally:
         own_redis.start()  # its default again: noeviction
     assert [x for x in beat() if "no longer evicts" in x], caplog.text
+    # A Redis restarted between two beats is not seen failing (the client reconnects
+    # by itself): the policy is asked again every POLICY_EVERY seconds as well.
+    own_redis.client().config_set("maxmemory", "1gb")
+    own_redis.client().config_set("maxmemory-policy", "volatile-lru")
+    assert beat() == []  # not due yet
+    hb._next_policy = 0.0
+    found = beat()
+    assert len(found) == 1 and "maxmemory-policy volatile-lru" in found[0], found
     hb.stop()

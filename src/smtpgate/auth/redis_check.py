@@ -118,10 +118,12 @@ def eviction(client: redis.Redis, where: str) -> Finding | None:
 
     try:
         memory = client.info("memory")
-    except redis.RedisError as e:
+    except redis.exceptions.NoPermissionError as e:
         return Finding(False, "state.redis_url", f"{where}: cannot read its maxmemory-policy "
                        f"({_text(e)}); make sure it is noeviction, or a full Redis drops "
                        "guard blocks and failure counts without a word", outage=False)
+    except redis.RedisError as e:
+        return Finding(False, "state.redis_url", f"{where} does not answer ({_text(e)})")
     policy = _s(memory.get("maxmemory_policy", ""))
     limit = int(memory.get("maxmemory", 0) or 0)
     if limit == 0 or policy in _KEEPS_KEYS or not policy:

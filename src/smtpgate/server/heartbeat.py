@@ -22,12 +22,15 @@ its failures forgotten (``guard.restart_stepped``), and each such block logged
 Redis's clock is the one every node can compare with.
 
 Each time Redis answers again after beats that failed (a Redis down when the node
-started, restarted, or failed over), the beat also asks it whether it may evict
-keys (``auth/redis_check.py``): start-up refuses such a Redis, but a node that
-started while Redis was down, or whose Redis came back configured otherwise
-(``maxmemory-policy allkeys-lru`` in the new one's config), was never asked, and
-served on while a full Redis could drop its blocks and failure counts without a
-word. It is logged as an error, once, until Redis says otherwise.
+started, restarted, or failed over), and every ``POLICY_EVERY`` seconds besides (a
+restart quicker than a beat goes unseen: the client reconnects by itself), the
+beat also asks Redis whether it may evict keys (``auth/redis_check.py``): start-up
+refuses such a Redis, but a node that started while Redis was down, or whose Redis
+came back configured otherwise (``maxmemory-policy allkeys-lru`` in the new one's
+config), was never asked, and served on while a full Redis could drop its blocks
+and failure counts without a word. It is logged as an error, once, until Redis
+says otherwise. A login that may not read the policy (an ACL without ``INFO``,
+warned about at start-up) is not asked again.
 """
 
 from __future__ import annotations
@@ -60,6 +63,8 @@ TTL = 60
 #: Seconds this node's clock may differ from Redis's before a warning: well inside
 #: the guard's ``CLOCK_SLACK`` (60 s), well outside what NTP leaves (milliseconds).
 CLOCK_WARN = 10.0
+#: Seconds between two questions about Redis's eviction policy (module docstring).
+POLICY_EVERY = 60.0
 
 #: What tells one process's heartbeat from another's under the same name.
 _IDENTITY = ("host", "pid", "started")
@@ -113,6 +118,9 @@ class Heartbeat:
         self._skewed = False
         #: The eviction error logged last (module docstring); "" while none applies.
         self._evicts = ""
+        #: When to ask about the eviction policy next (monotonic; start-up just did);
+        #: infinity once the login proved it may not read it.
+        self._next_policy = time.monotonic() + POLICY_EVERY
 
     def beat(self, status: ServerStatus) -> None:
         now = time.monotonic()
@@ -139,20 +147,24 @@ class Heartbeat:
             return
         if self._failing:
             log.info("cluster heartbeat: Redis answers again")
-            self._check_eviction(self._client)
+        if self._failing or now >= self._next_policy:
+            self._check_eviction(self._client, now)
         self._failing = False
         ours_before, self._written = self._written, text
         self._check_twin(before, doc, wrote_before=ours_before is not None)
         self._check_clock((asked + answered) / 2 - (int(secs) + int(micros) / 1e6))
 
-    def _check_eviction(self, client: redis.Redis) -> None:
-        """The check start-up makes (module docstring), made again by a Redis that
-        answers again: an error while it may evict keys, once; a line when it no
-        longer may. A Redis whose policy cannot be read (an ACL without ``INFO``)
-        was warned about at start-up, and is not again."""
+    def _check_eviction(self, client: redis.Redis, now: float) -> None:
+        """The check start-up makes (module docstring), made again: an error while
+        Redis may evict keys, once; a line when it no longer may. A Redis whose
+        policy cannot be read (an ACL without ``INFO``) was warned about at
+        start-up, and is not asked again."""
         from smtpgate.auth.redis_check import eviction
 
+        self._next_policy = now + POLICY_EVERY
         found = eviction(client, f"Redis at {self._cfg.state.redis_url}")
+        if found is not None and not found.refused and not found.outage:
+            self._next_policy = float("inf")
         if found is not None and found.refused:
             if found.message != self._evicts:
                 log.error("cluster heartbeat: state.redis_url: %s (serve would not start "

@@ -100,7 +100,8 @@ test: test-venv debs node-clients exim
 	$(BIN)/ruff check src tests bench
 	# Two workers (this machine's cores); a file's tests stay in one worker, so a
 	# module-scoped server starts once (the Samba DC takes a per-worker address).
-	SMTPGATE_CI=1 $(BIN)/pytest -q -n 2 --dist loadfile
+	# The 30 slowest steps are listed at the end: CI must stay well under 30 minutes.
+	SMTPGATE_CI=1 $(BIN)/pytest -q -n 2 --dist loadfile --durations=30
 
 # Every fuzz target of fuzz/ for FUZZ_SECONDS each (docs/security.md, "Fuzzing"); the
 # corpus grows in build/fuzz/<target>, logs and any crash land in build/fuzz/logs/.

@@ -559,16 +559,26 @@ class IssuerConfig(Model):
         "Keycloak's typ claim 'ID') is still refused. ['at+jwt'] is RFC 9068 §4 as "
         "written: only tokens typed as access tokens, for an issuer that types them.",
     )
-    identity_claim: Literal["email", "preferred_username", "sub"] = Field(
+    identity_claim: Literal["email", "preferred_username", "upn", "sub"] = Field(
         default="email",
         description="Claim that names the mail account. With 'email', a token whose "
-        "'email_verified' is false is refused. Default 'email'.",
+        "'email_verified' is false is refused. 'upn' is Microsoft Entra ID's v1 "
+        "access tokens' user principal name. Default 'email'.",
     )
     leeway_seconds: float = Field(
         default=60.0,
         ge=0,
         le=600,
         description="Clock skew tolerated on exp, nbf and iat, in seconds. Default 60.",
+    )
+    max_token_lifetime_seconds: float = Field(
+        default=86400.0,
+        ge=60,
+        le=31_536_000,
+        description="A token whose exp lies further ahead than this (plus the leeway) "
+        "is refused: no identity provider's access token lives that long, and an exp "
+        "written in milliseconds (a faulty issuer) would otherwise never expire, nor "
+        "end the session it opens. Default 86400 (a day).",
     )
     introspection_url: str | None = Field(
         default=None,

@@ -141,11 +141,34 @@ def test_valid_es256_token() -> None:
 
 @pytest.mark.parametrize(
     ("claim", "expected"),
-    [("email", "alice@example.org"), ("preferred_username", "alice"), ("sub", "f81d4fae")],
+    [("email", "alice@example.org"), ("preferred_username", "alice"), ("sub", "f81d4fae"),
+     ("upn", "alice@corp.example")],
 )
 def test_identity_claim_is_configurable(claim: str, expected: str) -> None:
-    result = verifier(issuer(identity_claim=claim)).verify(mint())
+    # Microsoft Entra ID's v1 access tokens name the user in upn (no email claim).
+    token = mint(claims(upn="alice@corp.example", unique_name="alice@corp.example"))
+    result = verifier(issuer(identity_claim=claim)).verify(token)
     assert result.identity == expected
+
+
+@pytest.mark.parametrize("lifetime", [86400, 3600])
+def test_an_exp_further_ahead_than_the_longest_lifetime_is_refused(lifetime: int) -> None:
+    """An exp in milliseconds (a faulty issuer: about 1.7e12) never expired and the
+    session it opened never ended; one within the bound (plus the leeway) passes."""
+    v = verifier(issuer(max_token_lifetime_seconds=lifetime))
+    refused = v.verify(mint(claims(exp=int(NOW) * 1000)))
+    assert not refused.ok and "too far ahead" in refused.reason
+    assert not v.verify(mint(claims(exp=int(NOW) + lifetime + 61))).ok
+    assert v.verify(mint(claims(exp=int(NOW) + lifetime + 59))).ok
+
+
+def test_an_introspected_tokens_far_exp_is_the_issuers_word(tmp_path: Path) -> None:
+    """Introspection asks the issuer at every login: a long-lived opaque token
+    (a personal access token) it calls active is not held to the JWT bound."""
+    post = FakePost({"active": True, "username": "bob", "aud": AUDIENCE,
+                     "exp": int(NOW) + 90 * 86400})
+    v = verifier(issuer(), _introspection_issuer(tmp_path), post=post)
+    assert v.verify("opaque-token").ok
 
 
 def test_scp_list_claim_satisfies_scope() -> None:

@@ -407,7 +407,10 @@ class TokenVerifier:
             raise TokenVerifierUnavailable(f"key set of {cfg.issuer} has no 'keys' list")
         return [k for k in keys if isinstance(k, dict)]
 
-    def _check_times(self, cfg: IssuerConfig, claims: Mapping[str, Any]) -> None:
+    def _check_times(self, cfg: IssuerConfig, claims: Mapping[str, Any],
+                     *, offline: bool = True) -> None:
+        """``offline``: a JWT checked with the key set alone, whose exp is all that
+        ends it; an introspected token's issuer is asked at every login."""
         now, leeway = self._clock(), cfg.leeway_seconds
         exp, nbf, iat = claims.get("exp"), claims.get("nbf"), claims.get("iat")
         # RFC 7519 §4.1.4: reject at or after exp (we add the leeway for skew).
@@ -415,6 +418,11 @@ class TokenVerifier:
             raise _Reject("exp missing or not a finite number")
         if now >= exp + leeway:
             raise _Reject("token expired")
+        # No access token lives for years: an exp in milliseconds (1.7e12) is a
+        # faulty issuer's, and accepted it would never expire.
+        if offline and exp > now + cfg.max_token_lifetime_seconds + leeway:
+            raise _Reject("exp too far ahead (more than max_token_lifetime_seconds;"
+                          " written in milliseconds?)")
         # RFC 7519 §4.1.5: reject before nbf.
         if nbf is not None and (not _is_number(nbf) or now + leeway < nbf):
             raise _Reject("token not yet valid (nbf)")
@@ -537,7 +545,7 @@ class TokenVerifier:
             if not auds & set(cfg.audience):
                 raise _Reject("wrong audience (introspection)")
         if "exp" in answer:
-            self._check_times(cfg, answer)
+            self._check_times(cfg, answer, offline=False)
         self._check_scopes(cfg, answer)
         return answer
 

@@ -306,6 +306,9 @@ class MemoryBindDirectory:
         e = self._entry(name)
         return [] if e is None else sorted(e.domains)
 
+    def alias_owner(self, address: str) -> str | None:
+        return next((n for n, e in self._shared.entries.items() if address in e.aliases), None)
+
     def certificate(self, fingerprint: str) -> CertificateRecord | None:
         return None  # a bind-only directory in tests: no EXTERNAL registrations
 

@@ -252,6 +252,14 @@ def test_aliases_and_granted_domains(d: AccountDirectory) -> None:
     assert d.aliases(BOB) == [] and d.granted_domains(BOB) == []
 
 
+def test_an_aliass_owner_is_found(d: AccountDirectory) -> None:
+    """A domain grant does not cover another account's alias (docs/policy.md):
+    the auth service asks whose an address is."""
+    assert d.login_identity(d.alias_owner("sales@example.org") or "") == ALICE
+    assert d.alias_owner("nobody@example.org") is None
+    assert d.alias_owner(BOB) in (None, BOB)  # a directory entry's own mail value
+
+
 # --- app passwords -------------------------------------------------------------------------
 
 

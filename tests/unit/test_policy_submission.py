@@ -213,3 +213,62 @@ async def test_no_limit_means_no_reservation(tmp_path: Path) -> None:
         assert await s.reserve(None, 1) is None
     finally:
         await unlimited.close()
+
+
+@dataclass
+class GrantProfiles:
+    """alice is granted example.org; bob@example.org is another account's."""
+
+    fail: bool = False
+    looked_up: list[list[str]] = field(default_factory=list)
+
+    async def sender_profile(self, identity: str) -> SenderProfile:
+        return SenderProfile(identity, domains=frozenset({"example.org"}))
+
+    async def others_addresses(self, identity: str, addresses: list[str]) -> list[str]:
+        self.looked_up.append(addresses)
+        if self.fail:
+            raise StoreUnavailable("database is locked")
+        return [a for a in addresses if a == "bob@example.org"]
+
+
+async def test_a_domain_grant_covers_no_other_accounts_address_looked_up_once() -> None:
+    profiles = GrantProfiles()
+    s = Sending(Principal(ALICE, "PLAIN"), profiles, session_id="s1", client_ip="192.0.2.7")
+    policy = PolicyConfig()
+    assert await s.mail("Bob@Example.org", policy, None) == R.SENDER_NOT_OWNED
+    assert await s.mail("noreply@example.org", policy, None) is None
+    assert await s.mail(ALICE, policy, None) is None  # its own: nothing to look up
+    assert s.answers_now(None, "bob@example.org") and s.answers_now(None, "noreply@example.org")
+    assert not s.answers_now(None, "support@example.org")  # not looked up yet
+    assert s.mail_now("BOB@example.org", policy, None) == R.SENDER_NOT_OWNED
+    header = b"From: Bob <bob@example.org>, help@example.org\r\n\r\n"
+    assert await s.look_up_header(header) is None
+    assert s.message(header, policy) == R.FROM_NOT_OWNED
+    assert s.message(b"From: help@example.org\r\n\r\n", policy) is None
+    assert profiles.looked_up == [["bob@example.org"], ["noreply@example.org"],
+                                  ["help@example.org"]]
+    s.rechecked(SenderProfile(ALICE, domains=frozenset({"example.org"})))
+    assert await s.mail("bob@example.org", policy, None) == R.SENDER_NOT_OWNED  # looked up again
+
+
+async def test_a_directory_fault_in_the_grant_look_up_is_a_temporary_refusal() -> None:
+    s = Sending(Principal(ALICE, "PLAIN"), GrantProfiles(fail=True), session_id="s1",
+                client_ip="192.0.2.7")
+    assert await s.mail("bob@example.org", PolicyConfig(), None) == R.ACCOUNTS_UNAVAILABLE
+    assert await s.look_up_header(b"From: bob@example.org\r\n\r\n") == R.ACCOUNTS_UNAVAILABLE
+
+
+def test_a_profiles_grant_covers_only_what_is_nobody_elses() -> None:
+    p = SenderProfile(ALICE, aliases=frozenset({"info@example.org"}),
+                      domains=frozenset({"example.org", "b\u00fccher.example"}))
+    assert p.by_grant_only([ALICE, "info@example.org", "x@other.example"]) == []
+    assert p.by_grant_only(['"Bob"@EXAMPLE.org', "bob@example.org",
+                            "dave@xn--bcher-kva.example"]) == [
+        "bob@example.org", "dave@b\u00fccher.example"]
+    taken = p.taken(["bob@example.org", "dave@b\u00fccher.example"])
+    assert not taken.owns("BOB@example.org") and not taken.owns("dave@xn--bcher-kva.example")
+    assert taken.owns("noreply@example.org") and taken.owns("info@example.org")
+    assert p.owns("bob@example.org")  # before the look-up, as the grant says
+    assert taken.taken(["bob@example.org"]) is taken
+    assert SenderProfile(ALICE).by_grant_only(["bob@example.org"]) == []

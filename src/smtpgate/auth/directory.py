@@ -192,6 +192,12 @@ class AccountDirectory(Protocol):
         """Domains the account may send as any address of, sorted."""
         ...
 
+    def alias_owner(self, address: str) -> str | None:
+        """The account whose alias ``address`` (canonical) is, or None; for a
+        directory, also the account whose entry holds it as an address value
+        (its own ``mail`` among them)."""
+        ...
+
     def match_app_password(self, name: str, password: str) -> AppPassword | None:
         """The app password of account ``name`` that ``password`` is, expired or not
         (the caller decides); None if it is none of them."""

@@ -705,6 +705,50 @@ class LdapDirectory:
             raise AmbiguousLogin(f"{self._label}: {found}")
         return found
 
+    def address_holder(self, address: str) -> str | None:
+        """The identity of an account whose entry holds ``address`` (canonical) in
+        an address attribute (``mail``, ``mailLocalAddress``, AD's ``proxyAddresses``
+        with its prefixes), or None. A domain grant does not cover another
+        account's address (docs/policy.md); an entry that is no account (a group,
+        a contact: `find` does not find it by its identity) holds none.
+
+        Raises:
+            StoreUnavailable: the directory failed or did not answer in time.
+        """
+        cfg = self._cfg
+        spellings = {address}
+        if not address.rpartition("@")[2].isascii():
+            spellings.add(a_label_spelling(address))
+        values = {f"{p}{s}" for p in ("", *cfg.address_prefixes) for s in spellings}
+        flt = "(|" + "".join(f"({a}={escape_filter_value(v)})"
+                             for a in cfg.address_attributes for v in sorted(values)) + ")"
+
+        def search(conn: Connection) -> list[str]:
+            ok = conn.search(
+                cfg.base_dn, flt, SUBTREE, attributes=self._attributes,
+                size_limit=_MAX_ENTRIES, time_limit=max(1, int(cfg.operation_timeout)),
+            )
+            code = (conn.result or {}).get("result")
+            if code == _NO_SUCH_OBJECT:
+                raise BaseDnNotFound(self._label, cfg.base_dn)
+            _refuse_referral(self._label, cfg.base_dn, conn.result or {})
+            if not ok and code not in (0, _SIZE_LIMIT_EXCEEDED):
+                raise _Fault(f"search failed: {conn.result}")
+            found = []
+            for r in conn.response or []:
+                if r.get("type") != "searchResEntry":
+                    continue
+                raw: dict[str, list[bytes]] = r["raw_attributes"]
+                if address in self._addresses(raw) and (who := self._address_login(raw)):
+                    found.append(who)
+            return found
+
+        for identity in self._run(self._search_pool, search):
+            entry = self.find(identity)
+            if entry is not None:
+                return entry.identity
+        return None
+
     def _say_stampless(self, dn: str) -> None:
         """A WARNING, once per process, about an entry without the attribute that
         changes with its password: its logins cost a bind each, and SCRAM fails."""

@@ -232,6 +232,13 @@ class LdapAccountStore:
         entry = self._entry(name)
         return [] if entry is None else self._local.granted_domains(entry.identity)
 
+    def alias_owner(self, address: str) -> str | None:
+        # An entry's own addresses (mail, mailLocalAddress, proxyAddresses) first;
+        # the aliases added with the CLI live in the overlay.
+        if self._closed:
+            raise StoreUnavailable("LDAP account store closed")
+        return self._dir.address_holder(address) or self._local.alias_owner(address)
+
     def match_app_password(self, name: str, password: str) -> AppPassword | None:
         entry = self._entry(name)
         return None if entry is None else self._local.match_app_password(entry.identity, password)

@@ -1027,6 +1027,12 @@ class PostgresAccountStore:
             ).fetchall()
         return [r["address"] for r in rows]
 
+    def alias_owner(self, address: str) -> str | None:
+        with self._conn() as c:
+            row = c.execute(
+                "SELECT account FROM aliases WHERE address = %s", (address,)).fetchone()
+        return None if row is None else str(row["account"])
+
     def granted_domains(self, name: str) -> list[str]:
         with self._conn() as c:
             rows = c.execute(

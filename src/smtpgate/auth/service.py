@@ -581,6 +581,24 @@ class AuthService:
             owns_name=account.owns_name if account else True,
         )
 
+    async def others_addresses(self, identity: str, addresses: list[str]) -> list[str]:
+        """Of ``addresses`` (canonical, in ``identity``'s granted domains), those that
+        are another account's name or alias: a domain grant does not cover them, as
+        an address's own entry wins over a domain's in Postfix's
+        ``smtpd_sender_login_maps`` (docs/policy.md). ``StoreError`` on a fault."""
+
+        def load() -> list[str]:
+            name = lookup_key(identity)
+            taken = []
+            for address in addresses:
+                owner = self._directory.alias_owner(address)
+                if not self._names_no_other_account(address, name) or (
+                        owner is not None and not self._names_no_other_account(owner, name)):
+                    taken.append(address)
+            return taken
+
+        return await self._read_row(load)
+
     def _names_no_other_account(self, alias: str, name: str) -> bool:
         """Worker thread: whether ``alias`` is no account, or ``name``'s own."""
         other = self._directory.get_account(lookup_key(alias))

@@ -70,6 +70,10 @@ class AuthServices:
         the new one)."""
         return await self.current.sender_profile(identity)
 
+    async def others_addresses(self, identity: str, addresses: list[str]) -> list[str]:
+        """``AuthService.others_addresses`` of the current directory."""
+        return await self.current.others_addresses(identity, addresses)
+
     async def session_refusal(
         self, principal: Principal, ctx: AuthContext, logged_in: datetime
     ) -> tuple[str | None, SenderProfile | None]:

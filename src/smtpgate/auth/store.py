@@ -969,6 +969,12 @@ class SqliteAccountStore(ThreadLocalSqlite):
             ).fetchall()
         return [r[0] for r in rows]
 
+    def alias_owner(self, address: str) -> str | None:
+        with self._errors():
+            row = self._conn().execute(
+                "SELECT account FROM aliases WHERE address = ?", (address,)).fetchone()
+        return None if row is None else str(row[0])
+
     def granted_domains(self, name: str) -> list[str]:
         with self._errors():
             rows = self._conn().execute(

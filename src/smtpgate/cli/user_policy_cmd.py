@@ -107,7 +107,7 @@ def alias_list(user: str, config_path: Path | None) -> None:
 
 @user.group("domain")
 def domain() -> None:
-    """Domains an account may send as any address of."""
+    """Domains an account may send as any address of that is no other account's."""
 
 
 @domain.command("grant")
@@ -115,13 +115,13 @@ def domain() -> None:
 @click.argument("name")
 @config_option
 def domain_grant(user: str, name: str, config_path: Path | None) -> None:
-    """Let USER send as any address in domain NAME."""
+    """Let USER send as any address in domain NAME that is no other account's."""
     with admin_service(get_config(config_path)) as admin:
         try:
             domain_name = admin.grant_domain(user, name)
         except InvalidAccountName as e:
             raise click.BadParameter(str(e), param_hint="NAME") from None
-    echo(f"{user} may now send as any address in {domain_name}")
+    echo(f"{user} may now send as any address in {domain_name} that is no other account's")
 
 
 @domain.command("revoke")

@@ -250,6 +250,13 @@ def header_from_addresses(message: bytes) -> list[str] | None:
     return _addresses(message, "From")
 
 
+def header_sender_addresses(message: bytes) -> list[str]:
+    """Every address of the fields ``from_header_refusal`` checks (From, Sender,
+    and the topmost resent block's), for the look-up of those only a domain grant
+    covers before it runs."""
+    return [a for f in CHECKED_FIELDS for a in _addresses(message, f) or () if a]
+
+
 def _addresses(message: bytes, name: str) -> list[str] | None:
     values = header_fields(message, name)
     if not values:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -40,7 +40,11 @@ from smtpgate.auth.principal import Principal
 from smtpgate.auth.sender_profile import SenderProfile
 from smtpgate.config import PolicyConfig
 from smtpgate.policy.rates import Budget, Held, RateLimiter
-from smtpgate.policy.sender import envelope_sender_refusal, from_header_refusal
+from smtpgate.policy.sender import (
+    envelope_sender_refusal,
+    from_header_refusal,
+    header_sender_addresses,
+)
 from smtpgate.smtp import replies as R
 
 log = logging.getLogger("smtpgate.policy")
@@ -52,6 +56,10 @@ class ProfileSource(Protocol):
 
     async def sender_profile(self, identity: str) -> SenderProfile:
         """Raises ``StoreError`` on a directory fault."""
+        ...
+
+    async def others_addresses(self, identity: str, addresses: list[str]) -> list[str]:
+        """Of ``addresses``, those another account has (``StoreError`` on a fault)."""
         ...
 
 
@@ -83,6 +91,9 @@ class Sending:
         #: The current transaction's budget (None: unlimited or not looked up).
         self.budget: Budget | None = None
         self._recipients = 0
+        #: Addresses only a domain grant covers, looked up for another account's
+        #: in this session (the profile's ``others`` holds those that were).
+        self._looked_up: set[str] = set()
 
     def recheck_due(self, every: float) -> bool:
         """Whether MAIL must read the account again first (``[auth] session_recheck``),
@@ -101,6 +112,7 @@ class Sending:
         self._checked = time.monotonic()
         if profile is not None:
             self._profile = profile
+            self._looked_up.clear()  # the new profile knows no other's address yet
 
     async def mail(
         self, sender: str, policy: PolicyConfig, rates: RateLimiter | None
@@ -114,6 +126,9 @@ class Sending:
             except StoreError as e:
                 session_log.error("%s sending policy unavailable: %s", self._session_id, e)
                 return R.ACCOUNTS_UNAVAILABLE
+        if sender and (fault := await self._look_up_others([sender])) is not None:
+            session_log.error("%s sending policy unavailable: %s", self._session_id, fault)
+            return R.ACCOUNTS_UNAVAILABLE
         profile = self._profile
         refused = envelope_sender_refusal(profile, sender, policy, where=self._where)
         if refused is not None:
@@ -122,13 +137,51 @@ class Sending:
             return None
         return self._take(await rates.budget(profile, who.app_password))
 
-    def answers_now(self, rates: RateLimiter | None) -> bool:
-        """Whether `mail` needs no I/O: the profile is read and no limit applies,
-        so the session can answer MAIL without a task (``mail_now``)."""
-        if self._profile is None:
+    async def _look_up_others(self, addresses: Iterable[str]) -> StoreError | None:
+        """Look up which of ``addresses`` that only a domain grant covers are another
+        account's (the grant does not cover those: docs/policy.md) and put them in
+        the profile; each address once a session. The directory's fault, or None.
+        An account without grants needs nothing."""
+        profile = self._profile
+        if profile is None or not profile.domains:
+            return None
+        todo = [a for a in profile.by_grant_only(addresses) if a not in self._looked_up]
+        if not todo:
+            return None
+        try:
+            taken = await self._profiles.others_addresses(self.principal.account, todo)
+        except StoreError as e:
+            return e
+        self._looked_up.update(todo)
+        if taken:
+            self._profile = profile.taken(taken)
+        return None
+
+    async def look_up_header(self, header: bytes) -> R.Reply | None:
+        """End of DATA, before `message`: the From, Sender and Resent-* addresses
+        only a domain grant covers looked up (`_look_up_others`); a directory
+        fault refuses the message for now."""
+        profile = self._profile
+        if profile is None or not profile.domains:
+            return None
+        fault = await self._look_up_others(header_sender_addresses(header))
+        if fault is None:
+            return None
+        session_log.error("%s sending policy unavailable: %s", self._session_id, fault)
+        return R.ACCOUNTS_UNAVAILABLE
+
+    def answers_now(self, rates: RateLimiter | None, sender: str = "") -> bool:
+        """Whether `mail` needs no I/O: the profile is read, no limit applies and
+        ``sender`` needs no look-up, so the session can answer MAIL without a task
+        (``mail_now``)."""
+        profile = self._profile
+        if profile is None:
+            return False
+        if sender and profile.domains and any(
+                a not in self._looked_up for a in profile.by_grant_only([sender])):
             return False
         return rates is None or rates.unlimited_budget(
-            self._profile, self.principal.app_password) is not None
+            profile, self.principal.app_password) is not None
 
     def mail_now(
         self, sender: str, policy: PolicyConfig, rates: RateLimiter | None

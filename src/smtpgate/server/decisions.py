@@ -121,7 +121,7 @@ class Decisions:
                 return Pending(self._mail_from(ev, recheck=True), engine.respond, ev)
             if not needs_lookup(rt.policy, rt.rates):
                 engine.respond(None)
-            elif sending is not None and sending.answers_now(rt.rates):
+            elif sending is not None and sending.answers_now(rt.rates, ev.sender):
                 # The profile was read at the first MAIL and no limit needs a read.
                 engine.respond(sending.mail_now(ev.sender, rt.policy, rt.rates))
             else:
@@ -416,7 +416,9 @@ class Decisions:
             sending = self._sending
             if sending is not None:
                 # The From/Sender checks read the header section the engine kept.
-                refused = sending.message(ev.header, self.rt.policy)
+                refused = await sending.look_up_header(ev.header)
+                if refused is None:
+                    refused = sending.message(ev.header, self.rt.policy)
                 if refused is not None:
                     receiving.incoming.discard()
                     return refused

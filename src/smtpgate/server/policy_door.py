@@ -129,7 +129,15 @@ class PolicyDecider:
             if rates is not None:
                 await _settle(rates, profile, opens.ended(instance), req.recipient_count or None)
             return DUNNO
-        refused = envelope_sender_refusal(profile, req.get("sender"), rt.policy, where=where)
+        sender = req.get("sender")
+        if sender and (todo := profile.by_grant_only([sender])):
+            # Only a domain grant covers it: not if it is another account's.
+            try:
+                profile = profile.taken(await rt.auth.others_addresses(account, todo))
+            except StoreError as e:
+                log.error("%s: sending policy unavailable: %s", where, e)
+                return action_for(R.ACCOUNTS_UNAVAILABLE)
+        refused = envelope_sender_refusal(profile, sender, rt.policy, where=where)
         if refused is not None:
             return action_for(refused)
         if rates is None:

@@ -19,12 +19,13 @@ A, P = "acct:a@x.org", "app:7"
 
 def test_budget_left_is_the_tightest_over_the_keys() -> None:
     b = budget_left({A: (10, 50), P: (3, 0)}, {A: (4, 20), P: (1, 9)})
-    assert b == Budget((A, P), 2, 30, f"{P} sent 1 of 3 messages in the last hour")
+    assert b == Budget((A, P), 2, 30, f"{P} sent 1 of 3 messages in the last hour", P, A)
+    assert b.by_app_password(b.message_key) and not b.by_app_password(b.recipient_key)
 
 
 def test_budget_left_zero_is_unlimited_and_unused_keys_count_nothing() -> None:
     assert budget_left({A: (0, 0)}, {A: (999, 999)}) == Budget((A,), None, None, "")
-    assert budget_left({A: (5, 0)}, {}) == Budget((A,), 5, None, f"{A} sent 0 of 5 messages in the last hour")
+    assert budget_left({A: (5, 0)}, {}) == Budget((A,), 5, None, f"{A} sent 0 of 5 messages in the last hour", A)
 
 
 def test_budget_left_may_be_negative_after_an_overshoot() -> None:

@@ -79,11 +79,11 @@ async def test_the_app_password_of_the_principal_has_its_own_budget(rates: RateL
     assert await s.mail(ALICE, policy, rates) is None
     assert s.budget is not None and f"app:{PHONE.id}" in s.budget.keys
     assert s.rcpt() is None and s.rcpt() is None
-    assert s.rcpt() == R.RECIPIENT_RATE_EXCEEDED  # the app password's 2 recipients
+    assert s.rcpt() == R.APP_RECIPIENT_RATE_EXCEEDED  # the app password's 2 recipients
     counting = s.count(rates, 2)
     assert counting is not None
     await counting
-    assert await s.mail(ALICE, policy, rates) == R.MESSAGE_RATE_EXCEEDED  # its 1 message
+    assert await s.mail(ALICE, policy, rates) == R.APP_MESSAGE_RATE_EXCEEDED  # its 1 message
     # The same account logged in with its password is not held by the app's counter.
     assert await sending(Profiles()).mail(ALICE, policy, rates) is None
 
@@ -181,6 +181,35 @@ async def test_messages_ending_at_once_are_reserved_within_the_limit(tmp_path: P
         assert isinstance(await late.reserve(limiter, 1), Held)
         assert await sending(Profiles()).mail(ALICE, PolicyConfig(), limiter) == (
             R.MESSAGE_RATE_EXCEEDED)
+    finally:
+        await limiter.close()
+
+
+async def test_a_refusal_names_whose_limit_it_is_the_app_passwords_or_the_accounts(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An app password's own limit is "reached for this app password" and the log
+    names it ('phone', not its row id app:9); the account's limit reached while
+    logged in with an app password is still the account's (until 2026-12 both said
+    "this account")."""
+    limiter = RateLimiter(SqliteRateCounters(tmp_path / "g.sqlite"),
+                          LimitsConfig(messages_per_hour=100, recipients_per_hour=3),
+                          store_timeout=PATIENT_STATE.timeout)
+    try:
+        phone = sending(Profiles(), PHONE)
+        assert await phone.mail(ALICE, PolicyConfig(), limiter) is None
+        assert isinstance(await phone.reserve(limiter, 1), Held)
+        assert await phone.mail(ALICE, PolicyConfig(), limiter) == R.APP_MESSAGE_RATE_EXCEEDED
+        assert b"for this app password" in R.APP_MESSAGE_RATE_EXCEEDED.format()
+        assert "message rate limit: app password 'phone' sent 1 of 1" in caplog.text
+        assert "app:9" not in caplog.text
+        # The account's own 3 recipients an hour, reached with an app password with
+        # no message limit: the account's.
+        tablet = sending(Profiles(), AppPasswordUse(10, "tablet", max_recipients_per_hour=50))
+        assert await tablet.mail(ALICE, PolicyConfig(), limiter) is None
+        assert tablet.rcpt() is None and tablet.rcpt() is None
+        assert tablet.rcpt() == R.RECIPIENT_RATE_EXCEEDED
+        assert "recipient rate limit of the account reached" in caplog.text
+        assert await tablet.reserve(limiter, 3) == R.RECIPIENT_RATE_EXCEEDED
     finally:
         await limiter.close()
 

@@ -71,6 +71,10 @@ WINDOW_BUCKETS = 60
 LATER_SECONDS = 1.0
 
 
+#: The counter key of an app password (``app:ID``); an account's is ``acct:NAME``.
+APP_KEY_PREFIX = "app:"
+
+
 @dataclass(frozen=True, slots=True)
 class Budget:
     """What one transaction may still send; None means unlimited."""
@@ -80,6 +84,16 @@ class Budget:
     recipients_left: int | None
     #: For the log: (key, used, limit) of the tightest message limit.
     detail: str = ""
+    #: The key of the tightest message limit and of the tightest recipient limit
+    #: ("" if none applies): which one a refusal names, the account or the app
+    #: password (``by_app_password``).
+    message_key: str = ""
+    recipient_key: str = ""
+
+    def by_app_password(self, key: str) -> bool:
+        """Whether ``key`` (``message_key``, ``recipient_key``) is an app password's
+        own limit, not its account's."""
+        return key.startswith(APP_KEY_PREFIX)
 
 
 def _limit(override: int | None, default: int) -> int:
@@ -95,18 +109,20 @@ def budget_left(
     left over the keys. The pure part of ``RateLimiter.budget``."""
     messages_left: int | None = None
     recipients_left: int | None = None
-    detail = ""
+    detail = message_key = recipient_key = ""
     for key, (max_m, max_r) in limits.items():
         m, r = used.get(key, (0, 0))
         if max_m:
             left = max_m - m
             if messages_left is None or left < messages_left:
-                messages_left = left
+                messages_left, message_key = left, key
                 detail = f"{key} sent {m} of {max_m} messages in the last hour"
         if max_r:
             left = max_r - r
-            recipients_left = left if recipients_left is None else min(recipients_left, left)
-    return Budget(tuple(limits), messages_left, recipients_left, detail)
+            if recipients_left is None or left < recipients_left:
+                recipients_left, recipient_key = left, key
+    return Budget(tuple(limits), messages_left, recipients_left, detail,
+                  message_key, recipient_key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,7 +197,7 @@ class RateLimiter:
             )
         }
         if app is not None:
-            out[f"app:{app.id}"] = (app.max_messages_per_hour or 0, app.max_recipients_per_hour or 0)
+            out[f"{APP_KEY_PREFIX}{app.id}"] = (app.max_messages_per_hour or 0, app.max_recipients_per_hour or 0)
         return out
 
     def unlimited_budget(self, profile: SenderProfile, app: AppPasswordUse | None

@@ -201,21 +201,55 @@ class Sending:
         """The transaction's budget; a spent message budget refuses the MAIL."""
         if budget.messages_left is not None and budget.messages_left <= 0:
             log.warning("%s: user=%s message rate limit: %s", self._where,
-                        self.principal.account, budget.detail)
+                        self.principal.account, self._detail(budget))
             metrics.rate_limited("messages")
-            return R.MESSAGE_RATE_EXCEEDED
+            return self._message_refusal(budget)
         self.budget = budget
         return None
+
+    def _limited(self, budget: Budget, key: str) -> str:
+        """Whose limit ``key`` is, for the log: the app password (by its name) or
+        the account."""
+        app = self.principal.app_password
+        if budget.by_app_password(key) and app is not None:
+            return f"app password {app.name!r}"
+        return "account"
+
+    def _detail(self, budget: Budget) -> str:
+        """The budget's detail with the app password named (``app:7`` is its row id,
+        which no command shows)."""
+        if budget.by_app_password(budget.message_key):
+            return budget.detail.replace(budget.message_key,
+                                         self._limited(budget, budget.message_key), 1)
+        return budget.detail
+
+    @staticmethod
+    def _message_refusal(budget: Budget) -> R.Reply:
+        """450 naming whose message limit it is: until 2026-12 an app password's own
+        limit was "reached for this account", and its user went looking for a limit
+        on the account, which could still send with another password."""
+        if budget.by_app_password(budget.message_key):
+            return R.APP_MESSAGE_RATE_EXCEEDED
+        return R.MESSAGE_RATE_EXCEEDED
+
+    @staticmethod
+    def _recipient_refusal(budget: Budget) -> R.Reply:
+        """450 naming whose recipient limit it is (``_message_refusal``)."""
+        if budget.by_app_password(budget.recipient_key):
+            return R.APP_RECIPIENT_RATE_EXCEEDED
+        return R.RECIPIENT_RATE_EXCEEDED
 
     def rcpt(self) -> R.Reply | None:
         """RCPT TO: within the transaction's recipient budget?"""
         budget = self.budget
         left = None if budget is None else budget.recipients_left
         if left is not None and self._recipients >= left:
-            log.warning("%s: user=%s recipient rate limit reached (%d left this hour)",
-                        self._where, self.principal.account, max(left, 0))
+            assert budget is not None
+            log.warning("%s: user=%s recipient rate limit of the %s reached (%d left this hour)",
+                        self._where, self.principal.account,
+                        self._limited(budget, budget.recipient_key), max(left, 0))
             metrics.rate_limited("recipients")
-            return R.RECIPIENT_RATE_EXCEEDED
+            return self._recipient_refusal(budget)
         self._recipients += 1
         return None
 
@@ -245,14 +279,15 @@ class Sending:
             return got
         if got.messages_left is not None and got.messages_left <= 0:
             log.warning("%s: user=%s message rate limit at the end of DATA: %s", self._where,
-                        self.principal.account, got.detail)
+                        self.principal.account, self._detail(got))
             metrics.rate_limited("messages")
-            return R.MESSAGE_RATE_EXCEEDED
-        log.warning("%s: user=%s recipient rate limit at the end of DATA (%d left this hour, "
-                    "the message has %d)", self._where, self.principal.account,
+            return self._message_refusal(got)
+        log.warning("%s: user=%s recipient rate limit of the %s at the end of DATA (%d left "
+                    "this hour, the message has %d)", self._where, self.principal.account,
+                    self._limited(got, got.recipient_key),
                     max(got.recipients_left or 0, 0), recipients)
         metrics.rate_limited("recipients")
-        return R.RECIPIENT_RATE_EXCEEDED
+        return self._recipient_refusal(got)
 
     def count(
         self, rates: RateLimiter | None, recipients: int, held: Held | None = None

@@ -251,6 +251,14 @@ MESSAGE_RATE_EXCEEDED = Reply(
 RECIPIENT_RATE_EXCEEDED = Reply(
     450, "4.7.1", "Recipient rate limit reached for this account, try again later"
 )
+# The same, when the limit reached is the app password's own (its account may send
+# more with another app password or its own password).
+APP_MESSAGE_RATE_EXCEEDED = Reply(
+    450, "4.7.1", "Message rate limit reached for this app password, try again later"
+)
+APP_RECIPIENT_RATE_EXCEEDED = Reply(
+    450, "4.7.1", "Recipient rate limit reached for this app password, try again later"
+)
 # The Postfix policy service: the account Postfix logged in is locked, or its
 # conditional access does not allow this address (RFC 3463 §3.8 X.7.1); the
 # reason goes to the log only, as for a refused AUTH.

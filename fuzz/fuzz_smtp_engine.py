@@ -38,12 +38,13 @@ with C.instrument(__name__ == "__main__"):
     from smtpgate.sasl.registry import create_server_mechanism, server_mechanism_names
     from smtpgate.sasl.scram import scram_credentials_from_password
     from smtpgate.smtp import replies as R
-    from smtpgate.smtp.engine import EngineSettings, ServerEngine, TlsInfo
+    from smtpgate.smtp.engine import REFUSED_REASONS, EngineSettings, ServerEngine, TlsInfo
     from smtpgate.smtp.events import (
         NEED_DATA,
         PAUSED,
         AuthFinished,
         AuthQuery,
+        AuthRefused,
         CloseConnection,
         MailFrom,
         MessageReceived,
@@ -220,6 +221,13 @@ class Session:
                 if ev.result == "success" and ev.identity not in self.granted:
                     C.fail("AUTH success for an identity nobody granted", ev)
                 e.respond(None)
+            elif isinstance(ev, AuthRefused):
+                # A notice, not a decision: one of the engine's reasons (maybe with
+                # the undecodable initial response's after a colon), no exchange open.
+                if ev.reason.partition(":")[0] not in REFUSED_REASONS:
+                    C.fail("AUTH refused with a reason of no kind", ev)
+                if e.state is State.AUTH:
+                    C.fail("AUTH refused while an exchange is open", ev)
             elif isinstance(ev, StartTls | CloseConnection):
                 self.stopped = True
             else:

@@ -31,8 +31,10 @@ from prometheus_client import Counter, Gauge, Histogram, values
 from smtpgate.mechanism_facts import KNOWN as _KNOWN_MECHANISMS
 
 #: Results of an AUTH attempt (``smtpgate_auth_attempts_total{result}``).
+#: ``refused_protocol``: an AUTH command refused before any exchange (no STARTTLS
+#: yet, a mechanism not offered, a login already made), the auth log's ``refused``.
 AUTH_RESULTS = ("success", "failure", "temporary", "refused_guard", "refused_policy",
-                "cancelled")
+                "cancelled", "refused_protocol")
 #: Why a connection was refused (``server/limits.py``): the limit it hit.
 CONNECTION_REFUSALS = ("total", "per_ip", "rate")
 #: The web admin's logins (``web/login_log.py``) are counted with the SMTP ones,
@@ -204,7 +206,8 @@ def prime(
         for result in AUTH_RESULTS:
             _m.auth_attempts.labels(_mechanism(mechanism), front_door, result)
     for result in AUTH_RESULTS:
-        _m.login_seconds.labels(result)
+        if result != "refused_protocol":  # never reaches a look-up: no latency
+            _m.login_seconds.labels(result)
     for name in listeners:
         _m.connections.labels(name)
         _m.sessions_active.labels(name)

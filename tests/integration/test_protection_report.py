@@ -35,7 +35,7 @@ def test_report_figures_for_a_known_mix(guarded: Server) -> None:
 
     r = json.loads(guarded.cli("report", "--since", "1h", "--json").stdout)
     assert r["totals"] == {"attempts": 13, "success": 4, "failure": 8, "blocked": 1,
-                           "tempfail": 0, "cancelled": 0}
+                           "tempfail": 0, "cancelled": 0, "refused": 0}
     assert r["accounts"] == {
         USER: {"success": 2, "failure": 4, "blocked": 1},
         BOB: {"success": 1, "failure": 1, "blocked": 0},

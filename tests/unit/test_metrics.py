@@ -384,3 +384,18 @@ def test_a_guard_state_outage_is_logged_once_per_episode_not_per_scrape(
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 2 and "answering again" in lines[1], lines
     assert "5 operation(s) failed meanwhile" in lines[1]
+
+
+def test_an_auth_refused_before_any_exchange_is_logged_and_counted_apart() -> None:
+    """Found by the h27authlog review: AUTH in clear or with a mechanism not offered
+    was in no record and no series. It is one ``refused`` record and one
+    ``refused_protocol`` count (a mechanism of no known name as "other"), and the
+    guard counts nothing: no credential was read."""
+    w = World()
+    before = {r: count("other", r) for r in metrics.AUTH_RESULTS}
+    w.login().refused(CTX, "NOSUCH", "", "mechanism not offered")
+    assert w.auth.records == [("", "refused", "mechanism not offered")]
+    assert w.guard.calls == []
+    after = {r: count("other", r) for r in metrics.AUTH_RESULTS}
+    assert {r: after[r] - before[r] for r in after} == {
+        r: (1.0 if r == "refused_protocol" else 0.0) for r in metrics.AUTH_RESULTS}

@@ -34,7 +34,7 @@ def test_exact_figures() -> None:
     r = build_report(RECORDS, since=datetime(2026, 1, 1, 1, tzinfo=UTC),
                      thresholds=Thresholds(brute_force_failures=3, spray_accounts=4))
     assert r["totals"] == {"attempts": 15, "success": 4, "failure": 8, "blocked": 1,
-                           "tempfail": 1, "cancelled": 1}
+                           "tempfail": 1, "cancelled": 1, "refused": 0}
     assert r["accounts"]["a@x.org"] == {"success": 2, "failure": 3, "blocked": 0}
     assert r["accounts"]["u9@x.org"] == {"success": 0, "failure": 0, "blocked": 1}
     assert "old@x.org" not in r["accounts"] and "" not in r["accounts"]
@@ -230,3 +230,31 @@ def test_scram_probes_the_guard_counts_are_failures_of_the_address() -> None:
                 for x in records]
     assert [(s.address, s.accounts) for s in authlog_view.spraying(
         attempts, datetime(2026, 1, 1, tzinfo=UTC), 10)] == [("192.0.2.9", 10)]
+
+
+def test_auth_refused_before_a_password_is_counted_apart_not_as_failures() -> None:
+    """A scanner's AUTH in clear, with an unknown mechanism or malformed (result
+    ``refused``, no password tried) is a line and a table of its own, never a
+    failure, a failing address or an episode (until 2026-12 no such record was
+    written; the report would have dropped them from every figure but attempts)."""
+    records = [rec(f"10:00:0{i}", "192.0.2.9", "", "refused", reason="AUTH before STARTTLS")
+               for i in range(5)]
+    records += [
+        rec("10:01:00", "192.0.2.9", "", "refused", "CRAM-MD5", "mechanism not offered"),
+        rec("10:01:01", "192.0.2.9", "", "refused",
+            reason="AUTH before STARTTLS: authentication line too long"),
+        rec("10:01:02", "192.0.2.8", "a@x.org", "refused", reason="already authenticated"),
+        rec("10:01:03", "192.0.2.8", "a@x.org", "success"),
+    ]
+    r = build_report(records, since=None,
+                     thresholds=Thresholds(brute_force_failures=1, spray_accounts=1))
+    assert r["totals"] == {"attempts": 9, "success": 1, "failure": 0, "blocked": 0,
+                           "tempfail": 0, "cancelled": 0, "refused": 8}
+    assert r["top_refused_addresses"] == [
+        {"address": "192.0.2.9", "refused": 7,
+         "reasons": {"AUTH before STARTTLS": 6, "mechanism not offered": 1}},
+        {"address": "192.0.2.8", "refused": 1, "reasons": {"already authenticated": 1}},
+    ]
+    assert r["top_failing_addresses"] == []
+    assert r["episodes"] == {"brute_force": [], "spraying": []}
+    assert r["accounts"] == {"a@x.org": {"success": 1, "failure": 0, "blocked": 0}}

@@ -9,7 +9,14 @@ import pytest
 from smtpgate.smtp import replies as R
 from smtpgate.smtp.dsn_params import RcptParams
 from smtpgate.smtp.engine import JUNK_COMMANDS, RECIPIENT_OVERSHOOT
-from smtpgate.smtp.events import AuthFinished, MessageStart, RcptTo, StartTls
+from smtpgate.smtp.events import (
+    AuthFinished,
+    AuthRefused,
+    CloseConnection,
+    MessageStart,
+    RcptTo,
+    StartTls,
+)
 from smtpgate.smtp.states import TRANSITIONS, State
 
 from .engine_driver import Driver
@@ -217,6 +224,67 @@ def test_an_undecodable_initial_response_where_auth_is_refused_anyway_is_no_atte
     d = Driver.new(tls=True)
     d.feed(b"EHLO c\r\nAUTH PLAIN\r\n")
     assert codes(d.feed(b"not base64!\r\n")) == [str(R.AUTH_BAD_BASE64)]
+
+
+def refused(d: Driver) -> list[tuple[str, str, str]]:
+    return [(e.mechanism, e.reason, e.username) for e in d.events if isinstance(e, AuthRefused)]
+
+
+LONG = b"A" * 13000
+
+
+@pytest.mark.parametrize(("tls", "first", "line", "reply", "want"), [
+    (False, b"EHLO c\r\n", b"AUTH PLAIN " + PLAIN_BAD.encode(), R.MUST_STARTTLS,
+     ("PLAIN", "AUTH before STARTTLS", "")),
+    (False, b"EHLO c\r\n", b"AUTH LOGIN", R.MUST_STARTTLS, ("LOGIN", "AUTH before STARTTLS", "")),
+    (False, b"EHLO c\r\n", b"AUTH PLAIN !!!!", R.MUST_STARTTLS,
+     ("PLAIN", "AUTH before STARTTLS", "")),
+    (False, b"EHLO c\r\n", b"AUTH PLAIN " + LONG, R.AUTH_LINE_TOO_LONG,
+     ("PLAIN", "AUTH before STARTTLS: authentication line too long", "")),
+    (True, b"", b"AUTH PLAIN", R.NEED_EHLO, ("PLAIN", "AUTH before EHLO", "")),
+    (True, b"", b"AUTH PLAIN " + LONG, R.AUTH_LINE_TOO_LONG,
+     ("PLAIN", "AUTH before EHLO: authentication line too long", "")),
+    (True, b"EHLO c\r\n", b"AUTH XOAUTH2", R.AUTH_UNKNOWN_MECHANISM,
+     ("XOAUTH2", "mechanism not offered", "")),
+    (True, b"EHLO c\r\n", b"auth nosuch !!!!", R.AUTH_UNKNOWN_MECHANISM,
+     ("NOSUCH", "mechanism not offered", "")),
+    (True, b"EHLO c\r\n", b"AUTH NOSUCH " + LONG, R.AUTH_LINE_TOO_LONG,
+     ("NOSUCH", "mechanism not offered: authentication line too long", "")),
+    (True, b"EHLO c\r\n", b"AUTH", R.AUTH_SYNTAX, ("", "malformed AUTH command", "")),
+    (True, b"EHLO c\r\n", b"AUTH PLAIN a b", R.AUTH_SYNTAX,
+     ("PLAIN", "malformed AUTH command", "")),
+    (True, b"EHLO c\r\n", b"AUTH CRAM-MD5 eA==", R.AUTH_UNEXPECTED_INITIAL,
+     ("CRAM-MD5", "initial response not allowed", "")),
+    (True, f"EHLO c\r\nAUTH PLAIN {PLAIN_OK}\r\n".encode(), b"AUTH PLAIN !!!!", R.AUTH_ALREADY,
+     ("PLAIN", "already authenticated", "alice@example.org")),
+    (True, f"EHLO c\r\nAUTH PLAIN {PLAIN_OK}\r\nMAIL FROM:<alice@example.org>\r\n".encode(),
+     b"AUTH LOGIN", R.AUTH_IN_TRANSACTION,
+     ("LOGIN", "AUTH during a mail transaction", "alice@example.org")),
+])
+def test_an_auth_refused_before_any_exchange_is_one_auth_refused_event(
+        tls: bool, first: bytes, line: bytes, reply: R.Reply,
+        want: tuple[str, str, str]) -> None:
+    """Found by the h27authlog review: AUTH in clear, before EHLO, with a mechanism
+    not offered, malformed, or after a login got its reply and nothing else, so the
+    auth log, fail2ban, ``smtpgate report`` and the metrics never saw a scanner
+    probing AUTH. Each is now one AuthRefused, answered at once (no decision)."""
+    d = Driver.new(tls=tls, mechanisms=("CRAM-MD5", "PLAIN", "LOGIN"))
+    d.feed(first)
+    before = len(refused(d))
+    assert codes(d.feed(line + b"\r\n")) == [str(reply)]
+    assert refused(d)[before:] == [want]
+    assert not [e for e in d.events if isinstance(e, AuthFinished) and e.result != "success"]
+    assert codes(d.feed(b"NOOP\r\n")) == [str(R.NOOP_OK)]  # no decision waited for
+
+
+def test_refused_auth_commands_count_toward_max_errors_each_with_its_event() -> None:
+    """A scanner sending AUTH in clear over and over: one event for each of the ten,
+    then the 421 and the close, as before."""
+    d = Driver.new()
+    out = d.feed(b"EHLO c\r\n" + b"AUTH PLAIN\r\n" * 12)
+    assert codes(out)[-2:] == [str(R.MUST_STARTTLS), str(R.TOO_MANY_ERRORS)]
+    assert refused(d) == [("PLAIN", "AUTH before STARTTLS", "")] * 10
+    assert isinstance(d.events[-1], CloseConnection) and d.closed
 
 
 def test_rfc4954_s4_auth_in_clear_is_530() -> None:

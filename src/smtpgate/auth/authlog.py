@@ -35,8 +35,12 @@ from pathlib import Path
 logger = logging.getLogger("smtpgate.auth")
 
 #: The outcomes of an AUTH attempt: tempfail is a backend fault (454), cancelled
-#: is the client's "*" (RFC 4954 §4) or a dropped connection.
-RESULTS: frozenset[str] = frozenset(("success", "failure", "tempfail", "cancelled"))
+#: is the client's "*" (RFC 4954 §4) or a dropped connection, refused an AUTH
+#: command the protocol refused before any exchange began (no STARTTLS yet, a
+#: mechanism not offered, a login already made: no credential was looked at).
+RESULTS: frozenset[str] = frozenset(("success", "failure", "tempfail", "cancelled", "refused"))
+#: The result of an AUTH refused before any exchange (``smtp/events.AuthRefused``).
+REFUSED = "refused"
 
 #: Longest string field kept, in characters. Generous for any real username
 #: (RFC 5321 caps an address at 254 octets); longer values are truncated so a

@@ -74,6 +74,7 @@ from typing import Any, Protocol
 
 from smtpgate import metrics
 from smtpgate.auth.attempt_gate import AttemptGate, Hold
+from smtpgate.auth.authlog import REFUSED
 from smtpgate.auth.directory import AppPassword, StoreError
 from smtpgate.auth.guard import Guard, GuardCheck, Refusal, mail_login_key
 from smtpgate.auth.principal import AppPasswordUse, Principal
@@ -177,6 +178,14 @@ class LoginAttempts:
         """A new attempt from ``source``. ``alive`` says whether the client is still
         there: once it is gone, no penalty is waited and no credential is checked."""
         return LoginAttempt(self, source, alive)
+
+    def refused(self, source: AuthContext, mechanism: str, username: str, reason: str) -> None:
+        """An AUTH command the protocol refused before any exchange began (``AuthRefused``,
+        smtp/events.py): its one auth-log record, result ``refused``, and its count
+        (``refused_protocol``). No credential was looked at, so the guard counts
+        nothing and no floor is waited: the reply has gone out already."""
+        self.auth.record(source, mechanism, username, REFUSED, reason)
+        metrics.auth_attempt(mechanism, source.front_door, "refused_protocol", None)
 
     async def floor(self) -> None:
         """Wait the failure floor, with up to 50% jitter (chasquid does this)."""

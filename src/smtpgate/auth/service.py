@@ -609,7 +609,7 @@ class AuthService:
     ) -> None:
         """Write the auth-log record of one finished AUTH attempt.
 
-        ``result`` is "success", "failure", "tempfail" or "cancelled".
+        ``result`` is "success", "failure", "tempfail", "cancelled" or "refused".
 
         Raises:
             ValueError: any other ``result`` (a bug in the caller).

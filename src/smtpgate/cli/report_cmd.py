@@ -171,7 +171,8 @@ def _print(d: dict[str, Any]) -> None:
     t = d["totals"]
     console.print(f"auth report since {d['since'] or 'the start of the log'}: "
                   f"{count(t['attempts'], 'attempt')}, {t['success']} succeeded, {t['failure']} failed, "
-                  f"{t['blocked']} blocked, {t['tempfail']} temporary failures, {t['cancelled']} cancelled")
+                  f"{t['blocked']} blocked, {t['tempfail']} temporary failures, {t['cancelled']} cancelled, "
+                  f"{t['refused']} refused before a password was tried")
     accounts = d["accounts"]
     console.print(_table("per account", ("account", "success", "failure", "blocked"),
                          [(a, c["success"], c["failure"], c["blocked"]) for a, c in accounts.items()],
@@ -184,6 +185,10 @@ def _print(d: dict[str, Any]) -> None:
                          [(a, n, c) for a, apps in d["app_password_logins"].items() for n, c in apps.items()]))
     console.print(_table("top failing addresses", ("address", "failures", "accounts tried"),
                          [(x["address"], x["failures"], x["accounts"]) for x in d["top_failing_addresses"]]))
+    console.print(_table("AUTH refused before a password was tried (in clear, mechanism not offered, malformed)",
+                         ("address", "refused", "why"),
+                         [(x["address"], x["refused"], ", ".join(f"{r} ({n})" for r, n in x["reasons"].items()))
+                          for x in d["top_refused_addresses"]]))
     ep = d["episodes"]
     console.print(_table("brute-force episodes", ("address", "account", "failures", "first", "last"),
                          [(x["address"], x["account"], x["failures"], x["first"], x["last"]) for x in ep["brute_force"]]))

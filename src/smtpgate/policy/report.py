@@ -5,7 +5,11 @@ time, client address, account name given, mechanism, result and reason. The
 report counts, for the records at or after ``since``:
 
 - attempts by result; a ``tempfail`` whose reason starts with ``blocked:`` is a
-  refusal by the guard and is counted as ``blocked``, not as a backend fault;
+  refusal by the guard and is counted as ``blocked``, not as a backend fault; a
+  ``refused`` (an AUTH command refused before any exchange: in clear, a mechanism
+  not offered, malformed) is counted apart, never as a failure: no password was
+  tried, so it makes no brute force nor spraying;
+- the addresses with the most refused AUTH commands, and their reasons;
 - per account: successes, failures, blocked attempts, each name counted under
   its account's spelling (``account_of``: ``Alice@X`` is ``alice@x``);
 - mechanisms of successful logins, and the accounts that still log in with a
@@ -48,6 +52,8 @@ PROBE_SUFFIX = "(after the salt, without a proof: counted)"
 #: The ``front_door`` of the web admin's login records (``web/login_log.py``).
 WEB_ADMIN_DOOR = "web_admin"
 _APP = re.compile(r"^app password '(.*)'$")
+#: The ``result`` of an AUTH command refused before any exchange (``auth/authlog.py``).
+REFUSED = "refused"
 TOP_ADDRESSES = 10
 
 
@@ -224,6 +230,8 @@ def build_report(
     fail_by_addr: Counter[str] = Counter()
     accounts_by_addr: dict[str, set[str]] = defaultdict(set)
     pair: Counter[tuple[str, str]] = Counter()
+    refused_by_addr: Counter[str] = Counter()
+    refused_reasons: dict[str, Counter[str]] = defaultdict(Counter)
     # Times are compared as times, each kept with its text as the record wrote it
     # (what a grep of the log finds): as strings, 10:30+02:00 sorted after 09:00Z.
     span: dict[object, list[tuple[datetime, str]]] = {}
@@ -245,7 +253,11 @@ def build_report(
         totals[outcome] += 1
         if account:
             per_account[account][outcome] += 1
-        if outcome == "success":
+        if outcome == REFUSED:
+            refused_by_addr[address] += 1
+            # "AUTH before STARTTLS: invalid base64" is an AUTH in clear, as the rest.
+            refused_reasons[address][str(rec.get("reason", "")).partition(":")[0]] += 1
+        elif outcome == "success":
             mechanisms[mech] += 1
             if mech in mechanism_facts.LEGACY:
                 legacy[account].add(mech)
@@ -277,7 +289,8 @@ def build_report(
         for a, us in sorted(accounts_by_addr.items(), key=lambda kv: (-len(kv[1]), kv[0]))
         if len(us) >= thresholds.spray_accounts
     ]
-    results = ("success", "failure", "blocked", "tempfail", "cancelled")
+    refusing = sorted(refused_by_addr.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_ADDRESSES]
+    results = ("success", "failure", "blocked", "tempfail", "cancelled", REFUSED)
     return {
         "since": None if since is None else since.isoformat().replace("+00:00", "Z"),
         "first_record": None if first is None else first[1],
@@ -293,6 +306,10 @@ def build_report(
         "top_failing_addresses": [
             {"address": a, "failures": n, "accounts": len(accounts_by_addr.get(a, ()))}
             for a, n in top
+        ],
+        "top_refused_addresses": [
+            {"address": a, "refused": n, "reasons": dict(sorted(refused_reasons[a].items()))}
+            for a, n in refusing
         ],
         "episodes": {"brute_force": brute, "spraying": spray},
     }

@@ -42,6 +42,7 @@ from smtpgate.smtp.engine import TRANSACTION_RESET, ServerEngine
 from smtpgate.smtp.events import (
     AuthFinished,
     AuthQuery,
+    AuthRefused,
     MailFrom,
     MessageAborted,
     MessageData,
@@ -149,6 +150,8 @@ class Decisions:
             return Pending(self._resolve(ev), self._auth_answer, ev)
         elif isinstance(ev, AuthFinished):
             return self._auth_finished(ev)
+        elif isinstance(ev, AuthRefused):
+            self.rt.login.refused(self._context(), ev.mechanism, ev.username, ev.reason)
         elif isinstance(ev, Xclient):
             return Pending(self._xclient(ev), self._xclient_answer, ev)
         else:

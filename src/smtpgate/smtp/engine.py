@@ -57,6 +57,7 @@ from smtpgate.smtp.events import (
     PAUSED,
     AuthFinished,
     AuthQuery,
+    AuthRefused,
     CloseConnection,
     Event,
     MailFrom,
@@ -89,6 +90,20 @@ QUIT_REASON = "QUIT"
 SESSION_ENDED = "session ended"
 #: The `MessageAborted` reason of a RSET (or STARTTLS) mid-BDAT: no refusal to log.
 TRANSACTION_RESET = "transaction reset"
+#: The auth log's reasons of an AUTH command refused before any exchange began
+#: (``AuthRefused``, result ``refused``; docs/accounts.md). fail2ban counts all
+#: but the two a logged-in client gets (contrib/fail2ban): a client that has
+#: proven its password is no scanner.
+REFUSED_BEFORE_STARTTLS = "AUTH before STARTTLS"
+REFUSED_BEFORE_EHLO = "AUTH before EHLO"
+REFUSED_MECHANISM = "mechanism not offered"
+REFUSED_SYNTAX = "malformed AUTH command"
+REFUSED_INITIAL = "initial response not allowed"
+REFUSED_ALREADY = "already authenticated"
+REFUSED_IN_TRANSACTION = "AUTH during a mail transaction"
+REFUSED_REASONS = frozenset({
+    REFUSED_BEFORE_STARTTLS, REFUSED_BEFORE_EHLO, REFUSED_MECHANISM, REFUSED_SYNTAX,
+    REFUSED_INITIAL, REFUSED_ALREADY, REFUSED_IN_TRANSACTION})
 _HTTP_VERBS = frozenset({"GET", "POST", "HEAD", "PUT", "CONNECT", "OPTIONS", "DELETE"})
 
 
@@ -600,7 +615,11 @@ class ServerEngine:
             return self._error(refusal)
         allowed = TRANSITIONS.get(self.state, {})
         if verb not in allowed:
-            return self._error(OUT_OF_SEQUENCE.get((self.state, verb), R.BAD_SEQUENCE))
+            reply = OUT_OF_SEQUENCE.get((self.state, verb), R.BAD_SEQUENCE)
+            if verb == "AUTH":
+                return self._auth_refused(reply, self._out_of_sequence_auth(),
+                                          _auth_mechanism_of(raw))
+            return self._error(reply)
         return _COMMANDS[verb](self, arg.strip(" "))
 
     # ------------------------------------------------------------- commands
@@ -1124,17 +1143,15 @@ class ServerEngine:
     # ----------------------------------------------------------------- AUTH
 
     def _cmd_auth(self, arg: str) -> Event | None:
-        # RFC 4954 §4: one successful AUTH per session.
-        if self.identity:
-            return self._error(R.AUTH_ALREADY)
-        if self.tls is None and not self.settings.auth_in_clear:
-            return self._error(R.MUST_STARTTLS)
         parts = arg.split(" ")
-        if not arg or len(parts) > 2:
-            return self._error(R.AUTH_SYNTAX)
         name = upper_ascii(parts[0])
+        refusal = self._auth_refusal()
+        if refusal is not None:
+            return self._auth_refused(*refusal, name)
+        if not arg or len(parts) > 2:
+            return self._auth_refused(R.AUTH_SYNTAX, REFUSED_SYNTAX, name)
         if name not in self.usable_mechanisms():
-            return self._error(R.AUTH_UNKNOWN_MECHANISM)
+            return self._auth_refused(R.AUTH_UNKNOWN_MECHANISM, REFUSED_MECHANISM, name)
         initial: bytes | None = None
         if len(parts) == 2:
             if parts[1] == "=":
@@ -1145,12 +1162,39 @@ class ServerEngine:
                     return self._malformed_initial(name, "invalid base64", R.AUTH_BAD_BASE64)
         exchange = self._new_exchange(name)
         if exchange is None:
-            return self._error(R.AUTH_UNKNOWN_MECHANISM)
+            return self._auth_refused(R.AUTH_UNKNOWN_MECHANISM, REFUSED_MECHANISM, name)
         if initial is not None and exchange.server_first:
-            return self._error(R.AUTH_UNEXPECTED_INITIAL)
+            return self._auth_refused(R.AUTH_UNEXPECTED_INITIAL, REFUSED_INITIAL, name)
         self._exchange = exchange
         self.state = State.AUTH
         return self._auth_step(exchange.start(initial))
+
+    def _auth_refusal(self) -> tuple[R.Reply, str] | None:
+        """Why this session may not AUTH now, whatever the command says: the reply
+        and the auth log's reason; None if it may."""
+        # RFC 4954 §4: one successful AUTH per session.
+        if self.identity:
+            return R.AUTH_ALREADY, REFUSED_ALREADY
+        if self.tls is None and not self.settings.auth_in_clear:
+            return R.MUST_STARTTLS, REFUSED_BEFORE_STARTTLS
+        return None
+
+    def _out_of_sequence_auth(self) -> str:
+        """The auth log's reason of an AUTH the states table refuses."""
+        if self.identity:
+            return REFUSED_IN_TRANSACTION if self.state is not State.CONNECTED else REFUSED_ALREADY
+        return REFUSED_BEFORE_EHLO
+
+    def _auth_refused(self, reply: R.Reply, reason: str, mechanism: str) -> Event:
+        """Answer an AUTH command refused before any exchange began with ``reply``
+        (an error toward ``max_errors``), and say so to the I/O layer, which logs
+        it: until 2026-12 such a refusal left no trace in the auth log, so a
+        scanner trying AUTH in clear or with garbage was invisible to fail2ban and
+        ``smtpgate report``. A close it causes is reported by next_event()."""
+        self._send(reply)
+        if self._count_error() is not None:
+            self._closing = True
+        return AuthRefused(mechanism, reason, self.identity)
 
     def _new_exchange(self, name: str) -> ServerExchange | None:
         """An exchange of mechanism ``name`` on this session (None: no such one)."""
@@ -1171,13 +1215,19 @@ class ServerEngine:
         failure"). Otherwise ``AUTH PLAIN <garbage>`` could be repeated unseen by
         the auth log, fail2ban and the guard's flooding limit. An AUTH that would
         be refused anyway (before EHLO, in a transaction, after a login, before
-        TLS, an unknown mechanism) is just ``reply``."""
-        usable = (self.state is State.GREETED and not self.identity
-                  and name in self.usable_mechanisms()
-                  and (self.tls is not None or self.settings.auth_in_clear))
-        exchange = self._new_exchange(name) if usable else None
+        TLS, an unknown mechanism) is ``reply`` too, logged as refused with both
+        reasons."""
+        refusal: str | None
+        if self.state is not State.GREETED:
+            refusal = self._out_of_sequence_auth()
+        else:
+            found = self._auth_refusal()
+            refusal = found[1] if found is not None else None
+        if refusal is None and name not in self.usable_mechanisms():
+            refusal = REFUSED_MECHANISM
+        exchange = self._new_exchange(name) if refusal is None else None
         if exchange is None:
-            return self._error(reply)
+            return self._auth_refused(reply, f"{refusal or REFUSED_MECHANISM}: {reason}", name)
         self._exchange = exchange
         self.state = State.AUTH
         return self._auth_end(exchange.malformed_initial(reason), reply)

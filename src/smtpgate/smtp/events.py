@@ -22,6 +22,7 @@ __all__ = [
     "PAUSED",
     "AuthFinished",
     "AuthQuery",
+    "AuthRefused",
     "AuthResult",
     "BindingEvidence",
     "CloseConnection",
@@ -185,6 +186,23 @@ class MessageReceived:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthRefused:
+    """Notice (not a decision, already answered): an AUTH command refused before
+    any SASL exchange began (no STARTTLS yet, a mechanism not offered, a login
+    already made, a malformed command). No credential was looked at; the I/O layer
+    writes its one auth-log record (result ``refused``) so that every AUTH a client
+    sends is in the log, the report and the metrics (docs/accounts.md).
+
+    ``mechanism`` is the name the client gave (upper case, "" if none), ``reason``
+    one of ``REFUSED_*`` in ``smtp/engine.py``, ``username`` the session's account
+    when it had logged in already ("" otherwise)."""
+
+    mechanism: str
+    reason: str
+    username: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class CloseConnection:
     """Flush pending output and close the connection."""
 
@@ -192,6 +210,6 @@ class CloseConnection:
 
 
 Event = (
-    StartTls | AuthQuery | AuthFinished | MailFrom | RcptTo | MessageReceived | CloseConnection
+    StartTls | AuthQuery | AuthFinished | AuthRefused | MailFrom | RcptTo | MessageReceived | CloseConnection
     | Xclient | MessageStart | MessageData | MessageAborted
 )

@@ -93,7 +93,7 @@ _HOST_LOGIN_COOKIE = "__Host-smtpgate_login"
 #: The largest request body taken (aiohttp's ``client_max_size``): the forms are a
 #: few fields typed by hand; more is a 413.
 MAX_FORM_BYTES = 64 * 1024
-_RESULTS = ("success", "failure", "tempfail", "cancelled")
+_RESULTS = ("success", "failure", "tempfail", "cancelled", "refused")
 #: What an account change that returned False did not find.
 _NOTHING_DONE = {"revoke": "no app password of that name",
                  "alias-remove": "not an alias of this account",

@@ -254,3 +254,16 @@ def test_half_record_of_another_writer_is_ended_by_the_next_write(
         log.close()
     last = path.read_text("utf-8").splitlines()[-1]
     assert json.loads(last)["session"] == "after"
+
+
+@pytest.mark.parametrize(("address", "shown"), [
+    ("2001:db8::7", "client=[2001:db8::7]:8080 "),
+    ("192.0.2.7", "client=192.0.2.7:8080 "),
+])
+def test_the_readable_line_brackets_an_ipv6_client_address(
+        address: str, shown: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Found by the h27authlog review: ``client=2001:db8::7:8080`` on stderr (the
+    journal) is one valid IPv6 address; the port was not to be told apart."""
+    caplog.set_level(logging.INFO, logger="smtpgate.auth")
+    write_one(AuthLog(None, clock=fixed_clock), client_ip=address, client_port=8080)
+    assert shown in caplog.records[-1].getMessage()

@@ -355,9 +355,7 @@ class SmtpConnection(asyncio.Protocol):
             self._timer.cancel()
         # A client may read a SCRAM e=invalid-proof (or the OAUTHBEARER error) and
         # hang up before the 535: the attempt must still be logged (issue 3).
-        abandoned = self.engine.abandon_auth("connection closed during AUTH")
-        if abandoned is not None:
-            self.decisions.abandoned(abandoned)
+        self._abandon_auth("connection closed during AUTH")
         # Gone in the middle of DATA: its temp file goes (a message already handed
         # to the spool is not in ``receiving`` any more, and finishes).
         self.decisions.message_dropped()
@@ -368,6 +366,14 @@ class SmtpConnection(asyncio.Protocol):
             metrics.session_ended(self.listener.name, self._tls_version)
         # An in-flight spool write is left to finish (its result is simply not
         # sent); an in-flight auth lookup is harmless to finish too.
+
+    def _abandon_auth(self, reason: str) -> None:
+        """End an AUTH exchange still open with ``reason`` in its one auth-log
+        record (``ServerEngine.abandon_auth``); nothing if none is open or it was
+        ended already."""
+        abandoned = self.engine.abandon_auth(reason)
+        if abandoned is not None:
+            self.decisions.abandoned(abandoned)
 
     # ------------------------------------------------------------ the loop
 
@@ -608,8 +614,11 @@ class SmtpConnection(asyncio.Protocol):
                          self.rt.handshake_timeout)
             self._abort()
             return
-        log.info("%s %s:%s %s", self.session_id, self.client_ip, self.client_port,
-                 "deadline passed" if deadline else "idle timeout")
+        why = "deadline passed" if deadline else "idle timeout"
+        log.info("%s %s:%s %s", self.session_id, self.client_ip, self.client_port, why)
+        # The server hangs up, not the client: the record says so (until 2026-12 a
+        # client held at the auth_deadline was "connection closed during AUTH").
+        self._abandon_auth(f"timed out during AUTH ({why})")
         self.engine.timeout(deadline=deadline)
         self._flush()
         self._close()

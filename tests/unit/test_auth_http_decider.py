@@ -31,6 +31,8 @@ class FakeAttempt:
     account: str = ""
     #: The exchange's outcomes given to finish() (what the auth log records).
     outcomes: list[Any] = field(default_factory=list)
+    #: AUTH refused before any exchange (LoginAttempts.refused: its auth-log record).
+    refused: list[tuple[str, str, str]] = field(default_factory=list)
 
     async def resolve(self, query: CredentialQuery) -> CredentialAnswer:
         self.queries.append(query)
@@ -46,7 +48,11 @@ def decider(attempt: FakeAttempt, contexts: list[Any]) -> AuthHttpDecider:
         contexts.append(ctx)
         return attempt
 
-    runtime = SimpleNamespace(login=SimpleNamespace(begin=begin), guard=None)
+    def refused(ctx: Any, mechanism: str, username: str, reason: str) -> None:
+        contexts.append(ctx)
+        attempt.refused.append((mechanism, username, reason))
+
+    runtime = SimpleNamespace(login=SimpleNamespace(begin=begin, refused=refused), guard=None)
     listener = AuthListenerConfig(protocol="auth_http", address="127.0.0.1:9143",
                                   upstream="127.0.0.1:2587")
     cfg = SimpleNamespace(auth=SimpleNamespace(mechanisms=["PLAIN", "LOGIN"]),
@@ -108,14 +114,23 @@ def test_a_wrong_password_is_535_with_auth_wait() -> None:
 def test_a_password_without_tls_to_nginx_is_not_checked() -> None:
     never = FakeAttempt(Verdict(ok=True, identity="alice@example.org"),
                         LoginResult(AuthResult.SUCCESS, Principal("alice@example.org", "PLAIN")))
-    answer = run(decider(never, []), request(tls_version=None))
+    contexts: list[Any] = []
+    answer = run(decider(never, contexts), request(tls_version=None))
     assert answer.error_code == "530 5.7.0" and never.queries == []
+    # In the auth log as an AUTH in clear on smtpgate's own port (found by the
+    # h27authlog review: nothing was written, so fail2ban never saw it).
+    assert never.refused == [("PLAIN", "alice@example.org", "AUTH before STARTTLS")]
+    assert contexts[0].client_ip == "192.0.2.5" and contexts[0].front_door == "auth_http"
 
 
 def test_a_disabled_mechanism_is_504() -> None:
     never = FakeAttempt(Verdict(ok=True), LoginResult(AuthResult.SUCCESS))
     answer = run(decider(never, []), request(method="cram-md5", salt="<1.2@mx>"))
     assert answer.error_code == "504 5.5.4" and never.queries == []
+    assert never.refused == [("CRAM-MD5", "alice@example.org", "mechanism not offered")]
+    answer = run(decider(never, []), request(method="external"))
+    assert answer.error_code == "504 5.5.4"
+    assert never.refused[-1] == ("EXTERNAL", "alice@example.org", "mechanism not offered")
 
 
 def test_a_refused_auth_protocol_is_logged_without_controls(

@@ -58,6 +58,7 @@ from smtpgate.sasl.plain import PlainSyntaxError, encode_plain
 from smtpgate.sasl.registry import create_server_mechanism
 from smtpgate.server.front_doors import FrontDoor
 from smtpgate.smtp import replies as R
+from smtpgate.smtp.engine import REFUSED_BEFORE_STARTTLS, REFUSED_MECHANISM
 
 log = logging.getLogger("smtpgate.session")
 
@@ -132,8 +133,22 @@ class AuthHttpDecider:
             return _error(R.AUTH_REQUIRED)
         chosen = self._mechanism(req)
         cfg = self.door.cfg
+        rt = self.door.runtime
+        ctx = AuthContext(
+            listener=self.door.listener.label,
+            client_ip=req.client_ip,
+            client_port=0,
+            tls_version=req.tls_version,
+            session_id=f"http{os.getpid()}-{next(_ids)}/{req.attempt}",
+            front_door="auth_http",
+        )
         if chosen is None or chosen[0] not in cfg.auth.mechanisms or (
                 chosen[0] in cfg.accounts.withheld_mechanisms):
+            # A client's AUTH refused before any exchange, in the auth log as on
+            # smtpgate's own port (``AuthRefused``): until 2026-12 none was written.
+            rt.login.refused(ctx, chosen[0] if chosen else req.method.upper(),
+                             "" if req.unreadable else req.user,
+                             REFUSED_MECHANISM)
             return _error(R.AUTH_UNKNOWN_MECHANISM)
         name, initial = chosen
         if name == "PLAIN" and req.tls_version is None:
@@ -141,6 +156,8 @@ class AuthHttpDecider:
             # says Auth-SSL: on when its client's connection is TLS.
             log.warning("auth_http: %s sent a password without TLS to nginx; refused",
                         req.client_ip)
+            rt.login.refused(ctx, name, "" if req.unreadable else req.user,
+                             REFUSED_BEFORE_STARTTLS)
             return _error(R.MUST_STARTTLS)
         if name == "CRAM-MD5":
             parts = split_salt(req.salt)
@@ -151,15 +168,6 @@ class AuthHttpDecider:
                                            hostname=host, nonce_factory=lambda: local)
         else:
             mech = create_server_mechanism(name, channel_binding=ChannelBinding())
-        rt = self.door.runtime
-        ctx = AuthContext(
-            listener=self.door.listener.label,
-            client_ip=req.client_ip,
-            client_port=0,
-            tls_version=req.tls_version,
-            session_id=f"http{os.getpid()}-{next(_ids)}/{req.attempt}",
-            front_door="auth_http",
-        )
         attempt = rt.login.begin(ctx, alive)
         exchange = ServerExchange(name, mech)
         step = exchange.start(initial)

@@ -1001,3 +1001,25 @@ async def test_a_long_sasl_challenge_is_read(serve: Serve) -> None:
     parser.feed(b"334 " + b"A" * 12289)  # no line end yet, already past the limit
     with pytest.raises(RemoteProtocolError, match="too long"):
         parser.next_reply()
+
+
+async def test_an_untrusted_implicit_tls_server_gets_no_quit_before_its_greeting(
+    tls_server_context: ssl.SSLContext,
+) -> None:
+    # The certificate did not verify right after the handshake, before the
+    # greeting was read: the tester sent QUIT anyway, and the greeting that came
+    # was shown as "a reply nobody asked for" (or as the answer to QUIT).
+    script = Scripted(b"220 x ESMTP\r\n", [b"221 bye\r\n"])
+    server = await asyncio.start_server(script.handle, "127.0.0.1", 0, ssl=tls_server_context)
+    port = int(server.sockets[0].getsockname()[1])
+    try:
+        report = await run_test(_opts(port, tls_mode="implicit", quit_after="connect"))
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert report.exit_code == ExitCode.TLS
+    assert "certificate not accepted" in report.error
+    assert report.unsolicited == []
+    assert script.received == []
+    text = "\n".join(report.transcript.lines())
+    assert "QUIT" not in text and "nobody asked for" not in text

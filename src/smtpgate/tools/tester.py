@@ -315,7 +315,11 @@ class _Tester:
             self.report.transcript.add("error", e.message)
         finally:
             if self.session is not None:
-                if self._broken:
+                # No QUIT before the greeting (RFC 5321 §3.1: the client waits
+                # for it): after an implicit-TLS handshake whose certificate did
+                # not verify, the greeting still due would be taken as a reply
+                # nobody asked for, or as the answer to QUIT.
+                if self._broken or not self.greeted:
                     await self.session.close()
                 else:
                     await self.session.quit()

@@ -314,6 +314,8 @@ def test_a_server_typo_is_a_usage_error_not_the_default_port(value: str, why: st
         ["--server", "x", "-u", "a@b", "--password-env", "NOT_SET_ANYWHERE_X"],
         ["--server", "x", "--starttls", "--tls"],  # not the last one silently winning
         ["--server", "x", "--tls", "--plain"],
+        # Both would read standard input.
+        ["--server", "x", "-u", "a@b", "--data", "-", "--password-stdin"],
     ],
 )
 def test_usage_errors_exit_2(args: list[str]) -> None:
@@ -1023,3 +1025,35 @@ async def test_an_untrusted_implicit_tls_server_gets_no_quit_before_its_greeting
     assert script.received == []
     text = "\n".join(report.transcript.lines())
     assert "QUIT" not in text and "nobody asked for" not in text
+
+
+def test_data_dash_reads_the_message_from_standard_input() -> None:
+    # swaks's "--data -": it was "cannot read -: No such file or directory", exit 1.
+    script = Scripted(b"220 x\r\n", [EHLO_NO_AUTH, b"250 ok\r\n", b"250 ok\r\n",
+                                     b"354 go\r\n", b"250 2.0.0 queued\r\n", b"221 bye\r\n"])
+
+    async def serve_once(ready: threading.Event, port: list[int], stop: asyncio.Event) -> None:
+        server = await asyncio.start_server(script.handle, "127.0.0.1", 0)
+        port.append(int(server.sockets[0].getsockname()[1]))
+        ready.set()
+        await stop.wait()
+        server.close()
+
+    loop = asyncio.new_event_loop()
+    ready, port, stop = threading.Event(), [], asyncio.Event()
+    thread = threading.Thread(target=loop.run_until_complete,
+                              args=(serve_once(ready, port, stop),))
+    thread.start()
+    try:
+        assert ready.wait(10)
+        result = CliRunner().invoke(
+            cli, ["test", "--server", f"127.0.0.1:{port[0]}", "--plain", "--greeting-wait",
+                  "0", "--from", "a@example.org", "--to", "b@example.net", "--data", "-"],
+            input=b"Subject: piped\n\nfrom a pipe\n")
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(10)
+        loop.close()
+    assert result.exit_code == ExitCode.SUCCESS, result.output
+    assert b"Subject: piped\r\n" in script.received
+    assert b"from a pipe\r\n" in script.received

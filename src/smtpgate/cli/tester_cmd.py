@@ -71,8 +71,10 @@ def _read_secret_file(path: Path, what: str) -> str:
               help="Envelope sender (default: --user if it is an address).")
 @click.option("--to", "-t", "rcpt_to", multiple=True, metavar="ADDRESS",
               help="Recipient; repeat for several (default: the sender).")
-@click.option("--data", "data_file", type=click.Path(dir_okay=False, path_type=Path),
-              help="Send this file as the whole message (headers and body).")
+@click.option("--data", "data_file",
+              type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+              help="Send this file as the whole message (headers and body); "
+              "'-' reads it from standard input.")
 @click.option("--body", help="Body text of a generated test message.")
 @click.option("--quit-after", type=click.Choice(QUIT_AFTER),
               help="Stop (with QUIT) after this stage.")
@@ -130,6 +132,10 @@ def test(
                 else "plain" if no_tls else None)
     if password_stdin and password_env:
         raise click.UsageError("use --password-stdin or --password-env, not both")
+    data_stdin = data_file is not None and str(data_file) == "-"
+    if data_stdin and password_stdin:
+        raise click.UsageError("--data - and --password-stdin both read standard input: "
+                               "use --password-env VAR for the password")
     if data_file is not None and body is not None:
         raise click.UsageError("use --data or --body, not both")
     if auth is not None and not user:
@@ -164,7 +170,10 @@ def test(
             )
         password = str(click.prompt("Password", hide_input=True))
     data = None
-    if data_file is not None:
+    if data_stdin:
+        # swaks's "--data -": the message from a pipe.
+        data = sys.stdin.buffer.read()
+    elif data_file is not None:
         try:
             data = data_file.read_bytes()
         except OSError as e:

@@ -771,6 +771,9 @@ class ScramClient(ClientMechanism):
         self._max_iterations = max_iterations
         self._state: _ClientState = "start"
         self._server_signature = b""
+        #: The PBKDF2 iteration count the server announced (``i=``), once it has:
+        #: what `smtpgate audit` judges (RFC 7677 §4: at least 4096).
+        self.iterations: int | None = None
 
     def start(self) -> bytes | None:
         if self._state != "start":
@@ -826,6 +829,7 @@ class ScramClient(ClientMechanism):
         iterations = int(i_text)
         if not 1 <= iterations <= self._max_iterations:
             raise ClientAuthError(f"{self.name}: iteration count {iterations} out of range")
+        self.iterations = iterations
         salted = hashlib.pbkdf2_hmac(self._hash.name, self._password, salt, iterations)
         client_key, stored_key, server_key = _keys_from_salted(self._hash.name, salted)
         cbind = self._gs2_header.encode("utf-8") + self._cb_data

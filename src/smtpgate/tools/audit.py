@@ -49,6 +49,7 @@ from smtpgate.auth.networks import parse_ip
 from smtpgate.client.errors import ProtocolError
 from smtpgate.client.replies import ServerReply
 from smtpgate.plural import count
+from smtpgate.sasl.scram import ScramClient
 from smtpgate.tls.client import TlsClientSession, make_client_context
 from smtpgate.tls.session import TlsError
 from smtpgate.tools import mechanisms
@@ -68,6 +69,10 @@ MX_PORT = 25
 #: A certificate that expires within this many days is a finding: ACME renews
 #: at 30 days left, so a healthy set-up never shows less.
 EXPIRY_WARNING_DAYS = 30
+
+#: RFC 7677 §4 (and RFC 5802 §5.1 for SHA-1): a server SHOULD announce at least
+#: this many PBKDF2 iterations.
+MIN_SCRAM_ITERATIONS = 4096
 #: How long to wait for a greeting before deciding an unknown port speaks TLS first.
 GREETING_SNIFF_SECONDS = 3.0
 
@@ -216,6 +221,10 @@ class TargetReport:
     relay_domain: str = ""
     relay_note: str = ""
     credentials: list[AuthResult] = field(default_factory=list)
+    #: The iteration count each SCRAM mechanism announced in a login that succeeded
+    #: with the server's signature verified (the account's real keys, not a
+    #: decoy's made up for an unknown name).
+    scram_iterations: dict[str, int] = field(default_factory=dict)
     findings: list[Finding] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -272,6 +281,7 @@ class TargetReport:
                 "attempts": [a.to_json() for a in self.relay],
             },
             "credentials": [c.to_json() for c in self.credentials],
+            "scram_iterations": self.scram_iterations,
             "findings": [f.to_json() for f in self.findings],
             "notes": self.notes,
         }
@@ -770,6 +780,9 @@ class _Auditor:
                     continue
                 result = self.masker.auth_result(await authenticate(s, mech))
                 self.r.credentials.append(result)
+                if result.ok and result.server_verified and isinstance(mech, ScramClient) \
+                        and mech.iterations is not None:
+                    self.r.scram_iterations[name] = mech.iterations
             finally:
                 await s.quit()
             if not result.ok:
@@ -842,6 +855,11 @@ class _Auditor:
             and set(r.mechanisms_tls) <= mechanisms.CLEARTEXT
         ):
             add(finding("no-scram", "after TLS: AUTH " + " ".join(r.mechanisms_tls)))
+        low = {m: i for m, i in r.scram_iterations.items() if i < MIN_SCRAM_ITERATIONS}
+        if low:
+            add(finding("scram-iterations-low", "; ".join(
+                f"{m}: i={i}" for m, i in low.items()) + f" (RFC 7677: at least "
+                f"{MIN_SCRAM_ITERATIONS})"))
         if r.injection == "vulnerable":
             add(finding("starttls-injection", r.injection_detail))
         if r.response_injection:

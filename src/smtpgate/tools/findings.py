@@ -150,6 +150,15 @@ CATALOGUE: dict[str, Kind] = {
             "Disable CRAM-MD5/DIGEST-MD5 and offer SCRAM-SHA-256 instead (RFC 6331, RFC 7677).",
         ),
         _k(
+            "scram-iterations-low", Severity.LOW,
+            "SCRAM keys are stored with fewer than 4096 PBKDF2 iterations: a stolen "
+            "account database is that much cheaper to crack",
+            "Store SCRAM keys with at least 4096 iterations, 10000 or more where clients "
+            "allow (RFC 7677 §4, RFC 5802 §5.1; smtpgate: accounts.scram_iterations; "
+            "Dovecot: doveadm pw -s SCRAM-SHA-256 -r 10000); the new count applies to "
+            "each password as it is next set.",
+        ),
+        _k(
             "credentials-refused", Severity.LOW,
             "The credentials given were refused by every mechanism tried",
             "Check the user name and password, and the mechanisms allowed for the account.",

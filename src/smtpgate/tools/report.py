@@ -86,8 +86,10 @@ def observations(t: TargetReport) -> Table:
             if accepted else Text(f"refused ({len(t.relay)} forms tried)", style="green"),
         )
     for c in t.credentials:
+        rounds = t.scram_iterations.get(c.mechanism)
         table.row(f"credentials {c.mechanism}",
-                      Text(c.outcome, style="green" if c.ok else "red"))
+                      Text(c.outcome + (f" (i={rounds})" if rounds is not None else ""),
+                           style="green" if c.ok else "red"))
     for note in t.notes:
         table.row("note", Text(visible(note), style="dim"))  # notes quote the server
     return table

@@ -119,17 +119,24 @@ def test_postfix_credentials_per_mechanism(mta: PostfixDovecot) -> None:
     port = mta.ports["good"]
     rc, report = audit("--ca", str(mta.ca), "--user", SCRAM_USER, "--password-stdin",
                        f"smtp://127.0.0.1:{port}", stdin=SCRAM_PASSWORD)
-    assert rc == 0, report
+    assert rc == 1, report
     (t,) = report["targets"]
     results = {c["mechanism"]: c["result"] for c in t["credentials"]}
     # Dovecot holds SCRAM-SHA-256 keys only: SHA-1 cannot work.
     assert results == {"PLAIN": "success", "LOGIN": "success", "SCRAM-SHA-1": "refused",
                        "SCRAM-SHA-256": "success"}
-    assert ids(t) == set()
+    assert t["scram_iterations"] == {"SCRAM-SHA-256": 4096}  # doveadm pw's count
+    # Dovecot 2.3 refuses an unknown name's SCRAM before any salt, and gives an
+    # account its salt: which names exist is plain to see (the h27tools review).
+    assert ids(t) == {"user-enumeration"}
+    assert t["scram_unknown_name"]["salt_given"] is False
+    assert t["scram_unknown_name"]["reply"].startswith("535 5.7.8")
+    assert t["grade"] == "B"
     rc, report = audit("--ca", str(mta.ca), "--user", SCRAM_USER, "--password-stdin",
                        f"smtp://127.0.0.1:{port}", stdin="wrong-pass")
     (t,) = report["targets"]
-    assert ids(t) == {"credentials-refused"}
+    # The account's salt came before the wrong proof was refused: the same tell.
+    assert ids(t) == {"credentials-refused", "user-enumeration"}
 
 
 @pytest.fixture

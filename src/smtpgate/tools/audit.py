@@ -49,7 +49,7 @@ from smtpgate.auth.networks import parse_ip
 from smtpgate.client.errors import ProtocolError
 from smtpgate.client.replies import ServerReply
 from smtpgate.plural import count
-from smtpgate.sasl.scram import ScramClient
+from smtpgate.sasl.scram import ScramClient, escape_saslname
 from smtpgate.tls.client import TlsClientSession, make_client_context
 from smtpgate.tls.session import TlsError
 from smtpgate.tools import mechanisms
@@ -221,6 +221,9 @@ class TargetReport:
     relay_domain: str = ""
     relay_note: str = ""
     credentials: list[AuthResult] = field(default_factory=list)
+    #: The made-up name's SCRAM client-first after an existing account's (--user)
+    #: got its salt: the mechanism, the name and the reply (None: not tried).
+    scram_unknown_name: tuple[str, str, ServerReply] | None = None
     #: The iteration count each SCRAM mechanism announced in a login that succeeded
     #: with the server's signature verified (the account's real keys, not a
     #: decoy's made up for an unknown name).
@@ -282,6 +285,12 @@ class TargetReport:
             },
             "credentials": [c.to_json() for c in self.credentials],
             "scram_iterations": self.scram_iterations,
+            "scram_unknown_name": {
+                "mechanism": self.scram_unknown_name[0],
+                "name": self.scram_unknown_name[1],
+                "reply": str(self.scram_unknown_name[2]),
+                "salt_given": self.scram_unknown_name[2].code == 334,
+            } if self.scram_unknown_name is not None else None,
             "findings": [f.to_json() for f in self.findings],
             "notes": self.notes,
         }
@@ -335,6 +344,9 @@ class _Auditor:
         self.handshake_failed = False
         #: Every session a probe opened (for `_unsolicited_note`).
         self._sessions: list[SmtpSession] = []
+        #: The SCRAM mechanisms whose server-first (salt and count) the --user
+        #: account got: an unknown name's answer is compared with it.
+        self._salted: list[str] = []
 
     @property
     def tls_name(self) -> str:
@@ -674,6 +686,31 @@ class _Auditor:
         finally:
             await s.quit()
 
+    async def scram_unknown_name(self) -> None:
+        """A made-up name in the --user's domain starts the SCRAM exchange the
+        account's login started, and is cancelled at once. SCRAM's server-first
+        message (salt and count) comes before any proof, so a server that answers
+        an unknown name 535 there, and an existing one with its salt, tells anyone
+        which accounts exist (Dovecot 2.3 does); one that makes up a salt for the
+        unknown name (smtpgate's decoy) does not. Nothing real is sent."""
+        offered = self.r.mechanisms_tls or ()
+        known = next((m.removesuffix("-PLUS") for m in self._salted
+                      if m.removesuffix("-PLUS") in offered), None)
+        if known is None:
+            return
+        domain = self.opts.user.rpartition("@")[2] if "@" in self.opts.user else ""
+        name = f"audit-probe-{secrets.token_hex(4)}" + (f"@{domain}" if domain else "")
+        first = f"n,,n={escape_saslname(name)},r={secrets.token_urlsafe(18)}"
+        s, _ = await self._open("implicit" if self.r.mode_used == "implicit" else "starttls")
+        try:
+            reply = await s.command(s.engine.auth(known, first.encode()))
+            self.r.scram_unknown_name = (known, name, reply)
+            end = reply
+            while end.code == 334:  # the salt came: nothing more to learn, cancel
+                end = await s.command(s.engine.auth_cancel())
+        finally:
+            await s.quit()
+
     # 3. STARTTLS injection ---------------------------------------------------------
 
     async def injection(self) -> None:
@@ -780,9 +817,11 @@ class _Auditor:
                     continue
                 result = self.masker.auth_result(await authenticate(s, mech))
                 self.r.credentials.append(result)
-                if result.ok and result.server_verified and isinstance(mech, ScramClient) \
-                        and mech.iterations is not None:
-                    self.r.scram_iterations[name] = mech.iterations
+                if isinstance(mech, ScramClient) and mech.iterations is not None:
+                    # The account's salt came (what an unknown name's is compared with).
+                    self._salted.append(name)
+                    if result.ok and result.server_verified:
+                        self.r.scram_iterations[name] = mech.iterations
             finally:
                 await s.quit()
             if not result.ok:
@@ -860,6 +899,11 @@ class _Auditor:
             add(finding("scram-iterations-low", "; ".join(
                 f"{m}: i={i}" for m, i in low.items()) + f" (RFC 7677: at least "
                 f"{MIN_SCRAM_ITERATIONS})"))
+        if r.scram_unknown_name is not None:
+            mech, name, reply = r.scram_unknown_name
+            if reply.code // 100 == 5:
+                add(finding("user-enumeration", f"{mech}: {self.opts.user} got its salt "
+                            f"(334), the made-up {name} got {reply} at once"))
         if r.injection == "vulnerable":
             add(finding("starttls-injection", r.injection_detail))
         if r.response_injection:
@@ -915,6 +959,8 @@ class _Auditor:
             # this failure must not delay them.
             if r.tls is not None and not r.auth_dummy_accepted:
                 await self._step("made-up login", self.dummy_login)
+            if self._salted:
+                await self._step("made-up SCRAM name", self.scram_unknown_name)
         elif r.reachable and r.mode_used in ("starttls", "plain"):
             await self._step("AUTH in clear", self.auth_in_clear)
             # TLS failed on the main connection, so its relay probe did not run: an

@@ -150,6 +150,15 @@ CATALOGUE: dict[str, Kind] = {
             "Disable CRAM-MD5/DIGEST-MD5 and offer SCRAM-SHA-256 instead (RFC 6331, RFC 7677).",
         ),
         _k(
+            "user-enumeration", Severity.LOW,
+            "SCRAM tells existing accounts from unknown names: an existing one gets its "
+            "salt, an unknown one a refusal before any password is checked",
+            "Answer an unknown name's SCRAM with a made-up salt and count, stable per name, "
+            "as for an account (RFC 5802 §9; smtpgate does); where the server cannot "
+            "(Dovecot 2.3), keep its auth penalty and a fail2ban jail on, so names cannot "
+            "be probed in bulk.",
+        ),
+        _k(
             "scram-iterations-low", Severity.LOW,
             "SCRAM keys are stored with fewer than 4096 PBKDF2 iterations: a stolen "
             "account database is that much cheaper to crack",

@@ -74,6 +74,12 @@ def observations(t: TargetReport) -> Table:
         table.row("AUTH after TLS", " ".join(t.mechanisms_tls) or "not advertised")
     if t.dummy_login_after_tls is not None:
         table.row("made-up login accepted", _yes_no(t.dummy_login_after_tls, False))
+    if t.scram_unknown_name is not None:
+        mech, _, reply = t.scram_unknown_name
+        table.row(f"unknown name's {mech}",
+                  Text("salt given, as for an account", style="green") if reply.code == 334
+                  else Text(f"refused at once: {visible(str(reply))}",
+                            style="red" if reply.code // 100 == 5 else "dim"))
     if t.injection != "not-tested":
         table.row("STARTTLS injection", t.injection)
     if t.response_injection:

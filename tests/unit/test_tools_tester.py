@@ -316,6 +316,10 @@ def test_a_server_typo_is_a_usage_error_not_the_default_port(value: str, why: st
         ["--server", "x", "--tls", "--plain"],
         # Both would read standard input.
         ["--server", "x", "-u", "a@b", "--data", "-", "--password-stdin"],
+        # Not a header field: no colon, a space in the name, a line break in the value.
+        ["--server", "x", "--to", "b@c", "--header", "Subject hello"],
+        ["--server", "x", "--to", "b@c", "--header", "X Bad: 1"],
+        ["--server", "x", "--to", "b@c", "--header", "X-Ok: 1\r\nBcc: evil@example.net"],
     ],
 )
 def test_usage_errors_exit_2(args: list[str]) -> None:
@@ -1057,3 +1061,35 @@ def test_data_dash_reads_the_message_from_standard_input() -> None:
     assert result.exit_code == ExitCode.SUCCESS, result.output
     assert b"Subject: piped\r\n" in script.received
     assert b"from a pipe\r\n" in script.received
+
+
+def test_header_replaces_or_adds_a_field() -> None:
+    # swaks's --header: the field of that name replaced (with its folded lines,
+    # every occurrence), else added at the end of the header section.
+    from smtpgate.tools.tester import apply_headers
+
+    lf = b"From: a@b\nSubject: old\n  folded\nsubject: again\nTo: c@d\n\nbody\n"
+    assert apply_headers(lf, ("SUBJECT: new", "X-Test: 1")) == (
+        b"From: a@b\nSUBJECT: new\nTo: c@d\nX-Test: 1\n\nbody\n")
+    crlf = b"From: a@b\r\nTo: c@d\r\n\r\nline\r\n"
+    assert apply_headers(crlf, ("X-Test: 1",)) == (
+        b"From: a@b\r\nTo: c@d\r\nX-Test: 1\r\n\r\nline\r\n")
+    assert apply_headers(b"From: a@b\r\n", ("X-A: 1",)) == b"From: a@b\r\nX-A: 1\r\n\r\n"
+    assert apply_headers(b"\nbody only\n", ("X-A: 1",)) == b"X-A: 1\n\nbody only\n"
+    assert apply_headers(crlf, ()) is crlf
+
+
+async def test_header_reaches_the_generated_message(serve: Serve) -> None:
+    # There was no --header: a swaks user's --header "Subject: ..." was a usage
+    # error ("No such option").
+    script = _plain_session()
+    port = await serve(script)
+    report = await run_test(_opts(port, auth="PLAIN", user="alice@example.org",
+                                  password=PASSWORD,
+                                  headers=("Subject: chosen", "X-Ticket: 42")))
+    assert report.exit_code == ExitCode.SUCCESS, report.error
+    sent = b"".join(script.received)
+    assert b"Subject: chosen\r\n" in sent and b"X-Ticket: 42\r\n" in sent
+    assert b"Subject: smtpgate test" not in sent
+    head = sent.split(b"\r\n\r\n", 1)[0]
+    assert head.count(b"Subject:") == 1 and b"X-Ticket: 42" in head

@@ -22,6 +22,7 @@ from smtpgate.tools.tester import (
     QUIT_AFTER,
     ExitCode,
     TesterOptions,
+    header_problem,
     recipient_missing,
     run_test,
 )
@@ -76,6 +77,9 @@ def _read_secret_file(path: Path, what: str) -> str:
               help="Send this file as the whole message (headers and body); "
               "'-' reads it from standard input.")
 @click.option("--body", help="Body text of a generated test message.")
+@click.option("--header", "headers", multiple=True, metavar="'NAME: VALUE'",
+              help="Header field for the message, replacing one of that name (Subject, "
+              "From ...) or added; repeat for several.")
 @click.option("--quit-after", type=click.Choice(QUIT_AFTER),
               help="Stop (with QUIT) after this stage.")
 @click.option("--tls-verify/--no-tls-verify", default=True, show_default=True,
@@ -108,6 +112,7 @@ def test(
     rcpt_to: tuple[str, ...],
     data_file: Path | None,
     body: str | None,
+    headers: tuple[str, ...],
     quit_after: str | None,
     tls_verify: bool,
     ca_file: Path | None,
@@ -138,6 +143,9 @@ def test(
                                "use --password-env VAR for the password")
     if data_file is not None and body is not None:
         raise click.UsageError("use --data or --body, not both")
+    for field in headers:
+        if (problem := header_problem(field)) is not None:
+            raise click.BadParameter(problem, param_hint="--header")
     if auth is not None and not user:
         raise click.UsageError("--auth needs --user")
     host, port = parse_server(server, tls_mode == "implicit")
@@ -190,6 +198,7 @@ def test(
         rcpt_to=rcpt_to,
         data=data,
         body=body,
+        headers=headers,
         quit_after=quit_after,  # type: ignore[arg-type]  # a click.Choice of QUIT_AFTER
         tls_verify=tls_verify,
         ca_file=ca_file,

@@ -131,6 +131,9 @@ class TesterOptions:
     rcpt_to: tuple[str, ...] = ()
     data: bytes | None = None  # a whole message (--data FILE)
     body: str | None = None  # a body for a generated message (--body TEXT)
+    #: ``Name: value`` fields (--header), each replacing the message's field of that
+    #: name or added to it, as swaks's --header does.
+    headers: tuple[str, ...] = ()
     quit_after: Stage | None = None
     tls_verify: bool = True
     ca_file: Path | None = None
@@ -237,8 +240,63 @@ def author(opts: TesterOptions, sender: str, domain: str) -> str:
     return opts.user if "@" in opts.user else f"MAILER-DAEMON@{domain}"
 
 
+#: RFC 5322 §2.2: a field name is printable US-ASCII but ":", at least one.
+_FIELD_NAME = re.compile(r"[!-9;-~]+")
+
+
+def header_problem(text: str) -> str | None:
+    """Why ``text`` (a --header) cannot be a header field, or None."""
+    name, colon, value = text.partition(":")
+    if not colon or not _FIELD_NAME.fullmatch(name):
+        return f"{text!r} is not 'Name: value' (RFC 5322 §2.2: a name of printable ASCII)"
+    if "\r" in value or "\n" in value or "\0" in value:
+        return f"{text!r}: CR, LF or NUL in the value"
+    return None
+
+
+def apply_headers(message: bytes, fields: tuple[str, ...]) -> bytes:
+    """``message`` with each of ``fields`` in its header section: replacing the
+    field of the same name (case-insensitive, with its folded lines; every one of
+    them when it occurs more than once), else added at the end of the section.
+    A message whose lines end with LF alone keeps that (the DATA framing makes
+    them CRLF)."""
+    if not fields:
+        return message
+    eol = b"\r\n" if b"\r\n" in message else b"\n"
+    if message.startswith(eol):  # no header section, only a body
+        head, body = b"", message[len(eol):]
+    else:
+        head, sep, body = message.partition(eol + eol)
+        if not sep:  # a header section only
+            head, body = message.removesuffix(eol), b""
+    lines = head.split(eol) if head else []
+    for wanted in fields:
+        name = wanted.partition(":")[0].strip().lower().encode("utf-8")
+        kept: list[bytes] = []
+        replaced = False
+        skipping = False
+        for line in lines:
+            if skipping and line[:1] in (b" ", b"\t"):
+                continue  # a folded line of the field replaced
+            skipping = line.partition(b":")[0].strip().lower() == name
+            if skipping and not replaced:
+                kept.append(wanted.encode("utf-8"))
+                replaced = True
+            elif not skipping:
+                kept.append(line)
+        if not replaced:
+            kept.append(wanted.encode("utf-8"))
+        lines = kept
+    return eol.join(lines) + eol + eol + body
+
+
 def build_message(opts: TesterOptions, sender: str, recipients: tuple[str, ...]) -> bytes:
-    """The message to send: ``--data`` as given, else a small generated one."""
+    """The message to send: ``--data`` as given, else a small generated one; then
+    the ``--header`` fields."""
+    return apply_headers(_message(opts, sender, recipients), opts.headers)
+
+
+def _message(opts: TesterOptions, sender: str, recipients: tuple[str, ...]) -> bytes:
     if opts.data is not None:
         return opts.data
     body = opts.body if opts.body is not None else "This is a test message sent by smtpgate test."

@@ -314,6 +314,7 @@ def test_a_server_typo_is_a_usage_error_not_the_default_port(value: str, why: st
         ["--server", "x", "-u", "a@b", "--password-env", "NOT_SET_ANYWHERE_X"],
         ["--server", "x", "--starttls", "--tls"],  # not the last one silently winning
         ["--server", "x", "--tls", "--plain"],
+        ["--server", "x", "--starttls", "--tls-on-connect"],
         # Both would read standard input.
         ["--server", "x", "-u", "a@b", "--data", "-", "--password-stdin"],
         # Not a header field: no colon, a space in the name, a line break in the value.
@@ -1093,3 +1094,33 @@ async def test_header_reaches_the_generated_message(serve: Serve) -> None:
     assert b"Subject: smtpgate test" not in sent
     head = sent.split(b"\r\n\r\n", 1)[0]
     assert head.count(b"Subject:") == 1 and b"X-Ticket: 42" in head
+
+
+def test_tls_on_connect_is_swaks_spelling_of_tls(tls_server_context: ssl.SSLContext) -> None:
+    # swaks's --tls-on-connect was "No such option" (exit 2); it is --tls.
+    async def serve_once(ready: threading.Event, port: list[int], stop: asyncio.Event) -> None:
+        script = Scripted(b"220 x ESMTP\r\n", [b"221 bye\r\n"])
+        server = await asyncio.start_server(script.handle, "127.0.0.1", 0,
+                                            ssl=tls_server_context)
+        port.append(int(server.sockets[0].getsockname()[1]))
+        ready.set()
+        await stop.wait()
+        server.close()
+
+    loop = asyncio.new_event_loop()
+    ready, port, stop = threading.Event(), [], asyncio.Event()
+    thread = threading.Thread(target=loop.run_until_complete,
+                              args=(serve_once(ready, port, stop),))
+    thread.start()
+    try:
+        assert ready.wait(10)
+        result = CliRunner().invoke(cli, ["test", "--server", f"127.0.0.1:{port[0]}",
+                                          "--tls-on-connect", "--no-tls-verify", "--json",
+                                          "--quit-after", "connect"])
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(10)
+        loop.close()
+    assert result.exit_code == ExitCode.SUCCESS, result.output
+    record = json.loads(result.output)
+    assert record["mode"] == "implicit" and record["tls"]["version"]

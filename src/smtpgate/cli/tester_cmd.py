@@ -58,8 +58,9 @@ def _read_secret_file(path: Path, what: str) -> str:
               help="Server to test; port 587 by default (465 with --tls).")
 @click.option("--starttls", "starttls", is_flag=True,
               help="Plain connection, then STARTTLS (required). Default except on port 465.")
-@click.option("--tls", "implicit_tls", is_flag=True,
-              help="Implicit TLS from the first byte (RFC 8314). Default on port 465.")
+@click.option("--tls", "--tls-on-connect", "implicit_tls", is_flag=True,
+              help="Implicit TLS from the first byte (RFC 8314). Default on port 465. "
+              "(swaks's --tls-on-connect; swaks's --tls is --starttls here.)")
 @click.option("--plain", "no_tls", is_flag=True, help="No TLS at all.")
 @click.option("--auth", "-a", "auth", metavar="MECH",
               help="SASL mechanism, or 'auto' for the strongest offered (default with --user).")

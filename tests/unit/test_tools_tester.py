@@ -14,7 +14,7 @@ import json
 import socket
 import ssl
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -1032,13 +1032,14 @@ async def test_an_untrusted_implicit_tls_server_gets_no_quit_before_its_greeting
     assert "QUIT" not in text and "nobody asked for" not in text
 
 
-def test_data_dash_reads_the_message_from_standard_input() -> None:
-    # swaks's "--data -": it was "cannot read -: No such file or directory", exit 1.
-    script = Scripted(b"220 x\r\n", [EHLO_NO_AUTH, b"250 ok\r\n", b"250 ok\r\n",
-                                     b"354 go\r\n", b"250 2.0.0 queued\r\n", b"221 bye\r\n"])
+@contextlib.contextmanager
+def _scripted_in_a_thread(script: Scripted, tls: ssl.SSLContext | None = None,
+                          ) -> Iterator[int]:
+    """``script`` served on a loop of its own thread while the block runs (the
+    CLI under test runs its own loop): its port."""
 
-    async def serve_once(ready: threading.Event, port: list[int], stop: asyncio.Event) -> None:
-        server = await asyncio.start_server(script.handle, "127.0.0.1", 0)
+    async def serve(ready: threading.Event, port: list[int], stop: asyncio.Event) -> None:
+        server = await asyncio.start_server(script.handle, "127.0.0.1", 0, ssl=tls)
         port.append(int(server.sockets[0].getsockname()[1]))
         ready.set()
         await stop.wait()
@@ -1046,19 +1047,26 @@ def test_data_dash_reads_the_message_from_standard_input() -> None:
 
     loop = asyncio.new_event_loop()
     ready, port, stop = threading.Event(), [], asyncio.Event()
-    thread = threading.Thread(target=loop.run_until_complete,
-                              args=(serve_once(ready, port, stop),))
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(ready, port, stop),))
     thread.start()
     try:
         assert ready.wait(10)
-        result = CliRunner().invoke(
-            cli, ["test", "--server", f"127.0.0.1:{port[0]}", "--plain", "--greeting-wait",
-                  "0", "--from", "a@example.org", "--to", "b@example.net", "--data", "-"],
-            input=b"Subject: piped\n\nfrom a pipe\n")
+        yield port[0]
     finally:
         loop.call_soon_threadsafe(stop.set)
         thread.join(10)
         loop.close()
+
+
+def test_data_dash_reads_the_message_from_standard_input() -> None:
+    # swaks's "--data -": it was "cannot read -: No such file or directory", exit 1.
+    script = Scripted(b"220 x\r\n", [EHLO_NO_AUTH, b"250 ok\r\n", b"250 ok\r\n",
+                                     b"354 go\r\n", b"250 2.0.0 queued\r\n", b"221 bye\r\n"])
+    with _scripted_in_a_thread(script) as port:
+        result = CliRunner().invoke(
+            cli, ["test", "--server", f"127.0.0.1:{port}", "--plain", "--greeting-wait",
+                  "0", "--from", "a@example.org", "--to", "b@example.net", "--data", "-"],
+            input=b"Subject: piped\n\nfrom a pipe\n")
     assert result.exit_code == ExitCode.SUCCESS, result.output
     assert b"Subject: piped\r\n" in script.received
     assert b"from a pipe\r\n" in script.received
@@ -1098,29 +1106,11 @@ async def test_header_reaches_the_generated_message(serve: Serve) -> None:
 
 def test_tls_on_connect_is_swaks_spelling_of_tls(tls_server_context: ssl.SSLContext) -> None:
     # swaks's --tls-on-connect was "No such option" (exit 2); it is --tls.
-    async def serve_once(ready: threading.Event, port: list[int], stop: asyncio.Event) -> None:
-        script = Scripted(b"220 x ESMTP\r\n", [b"221 bye\r\n"])
-        server = await asyncio.start_server(script.handle, "127.0.0.1", 0,
-                                            ssl=tls_server_context)
-        port.append(int(server.sockets[0].getsockname()[1]))
-        ready.set()
-        await stop.wait()
-        server.close()
-
-    loop = asyncio.new_event_loop()
-    ready, port, stop = threading.Event(), [], asyncio.Event()
-    thread = threading.Thread(target=loop.run_until_complete,
-                              args=(serve_once(ready, port, stop),))
-    thread.start()
-    try:
-        assert ready.wait(10)
-        result = CliRunner().invoke(cli, ["test", "--server", f"127.0.0.1:{port[0]}",
+    script = Scripted(b"220 x ESMTP\r\n", [b"221 bye\r\n"])
+    with _scripted_in_a_thread(script, tls_server_context) as port:
+        result = CliRunner().invoke(cli, ["test", "--server", f"127.0.0.1:{port}",
                                           "--tls-on-connect", "--no-tls-verify", "--json",
                                           "--quit-after", "connect"])
-    finally:
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(10)
-        loop.close()
     assert result.exit_code == ExitCode.SUCCESS, result.output
     record = json.loads(result.output)
     assert record["mode"] == "implicit" and record["tls"]["version"]

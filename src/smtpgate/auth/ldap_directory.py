@@ -638,16 +638,7 @@ class LdapDirectory:
             flt = f"(|{_parenthesised(flt)}{_parenthesised(other)})"
 
         def search(conn: Connection) -> DirectoryEntry | str | None:
-            ok = conn.search(
-                cfg.base_dn, flt, SUBTREE, attributes=self._attributes,
-                size_limit=_MAX_ENTRIES, time_limit=max(1, int(cfg.operation_timeout)),
-            )
-            code = (conn.result or {}).get("result")
-            if code == _NO_SUCH_OBJECT:
-                # The base is missing, not the user: 454 and the log say so, where
-                # "unknown user" would fail every login as a wrong password.
-                raise BaseDnNotFound(self._label, cfg.base_dn)
-            _refuse_referral(self._label, cfg.base_dn, conn.result or {})
+            ok, code = self._search_entries(conn, flt)
             if code == _SIZE_LIMIT_EXCEEDED:
                 # Entries not returned may hold the login too: one found among those
                 # returned would be "the first", so the name is ambiguous.
@@ -705,6 +696,22 @@ class LdapDirectory:
             raise AmbiguousLogin(f"{self._label}: {found}")
         return found
 
+    def _search_entries(self, conn: Connection, flt: str) -> tuple[bool, object]:
+        """Search ``base_dn``'s subtree for ``flt`` with the entries' attributes: ldap3's
+        answer and the result code. A missing base raises ``BaseDnNotFound`` (the
+        base is missing, not the user: 454 and the log say so, where "unknown
+        user" would fail every login as a wrong password), a referral refuses."""
+        cfg = self._cfg
+        ok = conn.search(
+            cfg.base_dn, flt, SUBTREE, attributes=self._attributes,
+            size_limit=_MAX_ENTRIES, time_limit=max(1, int(cfg.operation_timeout)),
+        )
+        code = (conn.result or {}).get("result")
+        if code == _NO_SUCH_OBJECT:
+            raise BaseDnNotFound(self._label, cfg.base_dn)
+        _refuse_referral(self._label, cfg.base_dn, conn.result or {})
+        return bool(ok), code
+
     def address_holder(self, address: str) -> str | None:
         """The identity of an account whose entry holds ``address`` (canonical) in
         an address attribute (``mail``, ``mailLocalAddress``, AD's ``proxyAddresses``
@@ -724,14 +731,7 @@ class LdapDirectory:
                              for a in cfg.address_attributes for v in sorted(values)) + ")"
 
         def search(conn: Connection) -> list[str]:
-            ok = conn.search(
-                cfg.base_dn, flt, SUBTREE, attributes=self._attributes,
-                size_limit=_MAX_ENTRIES, time_limit=max(1, int(cfg.operation_timeout)),
-            )
-            code = (conn.result or {}).get("result")
-            if code == _NO_SUCH_OBJECT:
-                raise BaseDnNotFound(self._label, cfg.base_dn)
-            _refuse_referral(self._label, cfg.base_dn, conn.result or {})
+            ok, code = self._search_entries(conn, flt)
             if not ok and code not in (0, _SIZE_LIMIT_EXCEEDED):
                 raise _Fault(f"search failed: {conn.result}")
             found = []

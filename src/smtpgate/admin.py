@@ -497,6 +497,11 @@ class AccountAdmin:
     def aliases(self, name: str) -> list[str]:
         return self._store.aliases(name)
 
+    def login_identity(self, name: str) -> str:
+        """The account's one name, found without reading its row (a row this
+        version cannot read is still removed under it)."""
+        return self._store.login_identity(name)
+
     def granted_domains(self, name: str) -> list[str]:
         return self._store.granted_domains(name)
 

@@ -162,7 +162,9 @@ def remove(user: str, config_path: Path | None) -> None:
     """Delete account USER and its credentials."""
     cfg = get_config(config_path)
     with admin_service(cfg) as admin:
-        name = admin.require_account(user).name
+        # The account's one name without reading its row: a row this version cannot
+        # read is removed all the same (its error's hint says so).
+        name = admin.login_identity(user)
         admin.remove_account(user)
     echo(f"removed account {name_shown(user)}")
     _queued_note(cfg, name)

@@ -1040,3 +1040,20 @@ async def test_a_bind_only_directory_gets_the_password_as_sent_once(
         assert directory.binds == ["pass word", "pass\u00a0word"]
     finally:
         await svc.close()
+
+
+async def test_a_grant_does_not_cover_a_subaddress_of_another_accounts_address(
+    store: SqliteAccountStore, admin: AccountAdmin, tmp_path: Path
+) -> None:
+    # bob+news@ is shown as bob; Postfix with recipient_delimiter = + finds bob's
+    # entry before the domain's (docs/policy.md, "Sender ownership").
+    admin.add_account("bob@example.org", "crayon")
+    admin.add_alias("bob@example.org", "sales@example.org")
+    svc = make_service(store, tmp_path)
+    try:
+        asked = ["bob+news@example.org", "sales+x@example.org", "alice+x@example.org",
+                 "noreply+x@example.org", "bob@example.org"]
+        taken = await svc.others_addresses(ALICE, asked)
+        assert taken == ["bob+news@example.org", "sales+x@example.org", "bob@example.org"]
+    finally:
+        await svc.close()

@@ -585,19 +585,23 @@ class AuthService:
         """Of ``addresses`` (canonical, in ``identity``'s granted domains), those that
         are another account's name or alias: a domain grant does not cover them, as
         an address's own entry wins over a domain's in Postfix's
-        ``smtpd_sender_login_maps`` (docs/policy.md). ``StoreError`` on a fault."""
+        ``smtpd_sender_login_maps`` (docs/policy.md). A subaddress of another
+        account's address (``bob+x@``) is taken too: a reader sees bob, and Postfix
+        with ``recipient_delimiter = +`` finds bob's entry first. ``StoreError`` on
+        a fault."""
 
         def load() -> list[str]:
             name = lookup_key(identity)
-            taken = []
-            for address in addresses:
-                owner = self._directory.alias_owner(address)
-                if not self._names_no_other_account(address, name) or (
-                        owner is not None and not self._names_no_other_account(owner, name)):
-                    taken.append(address)
-            return taken
+            return [a for a in addresses
+                    if any(self._anothers(spelling, name) for spelling in _spellings(a))]
 
         return await self._read_row(load)
+
+    def _anothers(self, address: str, name: str) -> bool:
+        """Worker thread: whether ``address`` is an account or alias not ``name``'s."""
+        owner = self._directory.alias_owner(address)
+        return not self._names_no_other_account(address, name) or (
+            owner is not None and not self._names_no_other_account(owner, name))
 
     def _names_no_other_account(self, alias: str, name: str) -> bool:
         """Worker thread: whether ``alias`` is no account, or ``name``'s own."""
@@ -1274,3 +1278,13 @@ def build_auth_service(cfg: Config, token_verifier: object | None = None) -> Aut
         directory, cfg.accounts, cfg.auth, auth_log, token_verifier, passwords_cfg=cfg.passwords,
         reads_on_loop=cfg.server.sqlite_reads_on_loop,
     )
+
+
+def _spellings(address: str) -> tuple[str, ...]:
+    """``address``, and the address without its detail when its local part has a
+    ``+`` subaddress (``bob+x@example.org``: also ``bob@example.org``)."""
+    local, _, domain = address.rpartition("@")
+    base = local.split("+", 1)[0]
+    if base and base != local and not local.startswith('"'):
+        return (address, f"{base}@{domain}")
+    return (address,)

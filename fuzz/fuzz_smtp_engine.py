@@ -17,6 +17,8 @@ would, with a fixed account table. Invariants, beyond "no exception":
 * DATA ends only at CRLF.CRLF (byte by byte, the engine leaves DATA exactly when
   the bytes since the DATA line end with it), and the message handed over is that
   content dot-unstuffed;
+* a MAIL or RCPT address handed over, its path with angle brackets or without,
+  is one mailbox: no bracket, space, comma or parenthesis outside a quoted local part;
 * no MAIL, RCPT or message before a successful AUTH; a success only for an identity
   the auth service granted; no mechanism error masked as a temporary failure.
 """
@@ -69,6 +71,21 @@ _LINE = re.compile(rb"[2-5][0-9][0-9][ -]")
 _ENHANCED = re.compile(rb"([245])\.[0-9]{1,3}\.[0-9]{1,3} ")
 #: RFC 5321 §4.5.3.1.5: a reply line is at most 512 octets with its CRLF.
 MAX_REPLY_LINE = 512
+
+
+#: What no address handed over holds outside a quoted local part: the marks of a
+#: path, a list, a comment or a parameter the parser should have kept out of it.
+_NOT_IN_ADDRESS = frozenset('<> ,;()"\t')
+
+
+def check_address(address: str, ev: object) -> None:
+    """A MAIL or RCPT address handed over is one mailbox, its path written with or
+    without angle brackets: a bare path never lets a bracket, a second address or
+    a parameter into the address the sender policy is asked about."""
+    local, _, domain = address.rpartition("@")
+    outside = domain if local.startswith('"') and local.endswith('"') else address
+    if not _NOT_IN_ADDRESS.isdisjoint(outside):
+        C.fail("an address handed over holds a path's, list's or parameter's marks", ev)
 
 
 def _factory(name: str, cb: S.ChannelBinding, plus: bool) -> S.ServerMechanism:
@@ -200,8 +217,10 @@ class Session:
                     self.granted.add(login)
                 e.xclient_answer(login or None)  # type: ignore[attr-defined]
             elif isinstance(ev, MailFrom):
+                check_address(ev.sender, ev)
                 e.respond(R.SENDER_NOT_OWNED if "deny" in ev.sender else None)
             elif isinstance(ev, RcptTo):
+                check_address(ev.recipient, ev)
                 e.respond(R.BAD_ADDRESS if "deny" in ev.recipient else None)
             elif isinstance(ev, MessageReceived):
                 content = getattr(ev, "data", None)

@@ -170,6 +170,11 @@ def engine_seeds() -> dict[str, bytes]:
     out["utf8"] = tls + b"EHLO c\r\n" + plain + (
         "MAIL FROM:<jos\u00e9@example.org> SMTPUTF8\r\nRCPT TO:<\u00fc@x.org>\r\n".encode()) + (
         b"MAIL FROM:<a@b> AUTH=user+2Bx SIZE=1\r\nVRFY x\r\nHELP\r\nHELO h\r\n")
+    # Paths without angle brackets (printers, scanners), and the ambiguous ones refused.
+    out["bare-path"] = tls + b"EHLO c\r\n" + plain + (
+        b"MAIL FROM: user@example.org SIZE=100 AUTH=<>\r\nRCPT TO:bob@example.net\r\n"
+        b"RCPT TO:Bob <c@d>\r\nRCPT TO:deny@x NOTIFY=NEVER\r\nDATA\r\nhi\r\n.\r\n"
+        b"MAIL FROM:a@b c@d\r\nMAIL FROM:a@b,c@d\r\nMAIL FROM:deny@x\r\nQUIT\r\n")
     # Byte 1 bit 7: the listener trusts this peer with XCLIENT (Postfix's proxy).
     out["xclient"] = b"\x01\x80" + b"EHLO proxy\r\nXCLIENT NAME=[UNAVAILABLE] ADDR=192.0.2.1 " + (
         b"LOGIN=user PROTO=ESMTP HELO=c\r\nEHLO c\r\n" + mail + b"DATA\r\nx\r\n.\r\n")

@@ -37,6 +37,13 @@ BOBS = [
     "<bob@ex\u0430mple.org> SMTPUTF8",  # Cyrillic a
     "<alice@xn--exmple-4nf.org>",  # the Punycode of a look-alike domain
     "<\uff41lice@example.org> SMTPUTF8",  # fullwidth a
+    # Without angle brackets (a printer's MAIL FROM, taken as Postfix takes it):
+    # the same address, the same policy.
+    "bob@example.org",
+    " bob@example.org SIZE=100",
+    "Bob@Example.org",
+    "bob+x@example.org",
+    "@evil.example:bob@example.org",
 ]
 
 #: alice's own address in other spellings, each accepted.
@@ -47,6 +54,8 @@ ALICES = [
     "<@relay.example:alice@example.org>",
     "<alice@example.org> AUTH=<bob@example.org>",  # RFC 4954 §5: not trusted, not used
     "<alice@example.org> SMTPUTF8",
+    "alice@example.org",
+    " alice@EXAMPLE.org SIZE=100 AUTH=<>",
 ]
 
 

@@ -472,10 +472,8 @@ def test_rfc4954_s5_auth_param_with_encoded_crlf_refused() -> None:
     (b"MAIL FROM:<alice@example.org> AUTH=", R.SYNTAX_ERROR),
     (b"MAIL FROM:<alice@example.org> AUTH=a=b", R.SYNTAX_ERROR),
     (b"MAIL FROM:<alice@example.org> -X=1", R.SYNTAX_ERROR),
-    (b"MAIL FROM:alice@example.org", R.SYNTAX_MAIL),
     (b"RCPT TO:<bob@example.net> NOTIFY=NEVER NOTIFY=SUCCESS", R.DUPLICATE_PARAMETER),
     (b"RCPT TO:<bob@example.net> NOTIFY=", R.SYNTAX_ERROR),
-    (b"RCPT TO:bob@example.net", R.SYNTAX_RCPT),
     # RFC 5321 §4.1.1.2/§4.1.1.3: ``"MAIL FROM:" Reverse-path [SP Mail-parameters]``.
     # ``<a@b>SIZE=1`` was accepted, the parameter read as if a space were there;
     # Postfix 3.7 refuses it (501) for MAIL and RCPT alike, and so does smtpgate now.
@@ -489,6 +487,54 @@ def test_a_bad_parameter_is_named_not_the_address(line: bytes, reply: R.Reply) -
     """A duplicate or malformed MAIL/RCPT parameter was answered "Syntax: MAIL
     FROM:<address>", pointing the sender at an address that was fine; a parameter
     glued to the path is a syntax error of the path."""
+    d = authed()
+    if line.startswith(b"RCPT"):
+        d.feed(b"MAIL FROM:<alice@example.org>\r\n")
+    assert codes(d.feed(line + b"\r\n")) == [str(reply)]
+
+
+@pytest.mark.parametrize(("mail", "rcpt", "sender", "recipient"), [
+    (b"MAIL FROM:alice@example.org", b"RCPT TO:bob@example.net",
+     "alice@example.org", "bob@example.net"),
+    (b"MAIL FROM: alice@EXAMPLE.org SIZE=10", b"RCPT TO: bob@example.net NOTIFY=NEVER",
+     "alice@example.org", "bob@example.net"),
+    (b"mail from:alice@example.org AUTH=<> BODY=8BITMIME", b"rcpt to:Postmaster",
+     "alice@example.org", "postmaster@mx.test"),
+    (b"MAIL FROM:alice@example.org ", b"RCPT TO:bob@example.net ORCPT=rfc822;bob@example.net",
+     "alice@example.org", "bob@example.net"),
+])
+def test_a_path_without_angle_brackets_is_taken_as_postfix_takes_it(
+        mail: bytes, rcpt: bytes, sender: str, recipient: str) -> None:
+    """Printers, scanners and old appliances send ``MAIL FROM:a@b`` (no brackets),
+    which Postfix takes by default (strict_rfc821_envelopes = no); smtpgate
+    answered 501 and they could not send. One address word, then parameters."""
+    d = authed()
+    out = d.feed(mail + b"\r\n" + rcpt + b"\r\nDATA\r\nhi\r\n.\r\n")
+    assert codes(out) == [str(R.SENDER_OK), str(R.RECIPIENT_OK), str(R.START_DATA),
+                          str(R.MESSAGE_ACCEPTED)]
+    assert d.messages[0].sender == sender
+    assert d.messages[0].recipients == (recipient,)
+
+
+@pytest.mark.parametrize(("line", "reply"), [
+    # Which address was meant is a guess: refused as a syntax error, not read as
+    # an address and a parameter (Postfix reads "Doe" as an unknown option).
+    (b"MAIL FROM:John Doe <alice@example.org>", R.SYNTAX_MAIL),
+    (b"MAIL FROM:alice@example.org <bob@example.org>", R.SYNTAX_MAIL),
+    (b"MAIL FROM:alice@example.org bob@example.org", R.SYNTAX_MAIL),
+    (b"MAIL FROM:alice@example.org,bob@example.org", R.SYNTAX_MAIL),
+    (b"MAIL FROM:alice@example.org>", R.SYNTAX_MAIL),
+    (b'MAIL FROM:"alice"@example.org', R.SYNTAX_MAIL),
+    (b"MAIL FROM:alice@example.org (Alice)", R.SYNTAX_MAIL),
+    (b"MAIL FROM:", R.SYNTAX_MAIL),
+    (b"MAIL FROM: ", R.SYNTAX_MAIL),
+    (b"MAIL FROM:alice", R.BAD_SENDER_ADDRESS),
+    (b"MAIL FROM:alice@example.org SIZE=10 x", R.UNKNOWN_PARAMETER),
+    (b"RCPT TO:bob@example.net, carol@example.net", R.SYNTAX_RCPT),
+    (b"RCPT TO:Bob <bob@example.net>", R.SYNTAX_RCPT),
+    (b"RCPT TO:bob@example.net carol@example.net", R.SYNTAX_RCPT),
+])
+def test_an_ambiguous_path_without_angle_brackets_is_refused(line: bytes, reply: R.Reply) -> None:
     d = authed()
     if line.startswith(b"RCPT"):
         d.feed(b"MAIL FROM:<alice@example.org>\r\n")

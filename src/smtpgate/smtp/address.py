@@ -76,7 +76,8 @@ class NonAsciiWithoutSmtputf8(AddressError):
 
 
 def split_path_argument(arg: str, keyword: str) -> tuple[str, str]:
-    """Split ``FROM:<x> rest`` into (path-with-brackets, rest). Raises AddressError."""
+    """Split ``FROM:<x> rest`` into (path-with-brackets, rest); ``FROM:x rest``
+    too (`_bare_path`). Raises AddressError."""
     head, colon, tail = arg.partition(":")
     if not colon or head.strip().upper() != keyword:
         raise AddressError("missing keyword")
@@ -84,7 +85,7 @@ def split_path_argument(arg: str, keyword: str) -> tuple[str, str]:
     # clients (old Outlook, some printers); Postfix accepts it too.
     tail = tail.lstrip(" ")
     if not tail.startswith("<"):
-        raise AddressError("path must be in angle brackets")
+        return _bare_path(tail)
     end = _closing_bracket(tail)
     rest = tail[end + 1 :]
     # RFC 5321 §4.1.1.2: "MAIL FROM:" Reverse-path [SP Mail-parameters] (§4.1.1.3
@@ -93,6 +94,30 @@ def split_path_argument(arg: str, keyword: str) -> tuple[str, str]:
     if rest and not rest.startswith(" "):
         raise AddressError("no space between the path and its parameters")
     return tail[: end + 1], rest
+
+
+#: What a path written without its angle brackets may not hold: brackets and quotes
+#: (a display name, ``John <a@b>``, or a bracket left out on one side, ``a@b>``) and
+#: the separators of a list of addresses (``a@b,c@d``): what the client meant is a guess.
+_NOT_IN_BARE_PATH = frozenset('<>"(),;')
+
+
+def _bare_path(tail: str) -> tuple[str, str]:
+    """``FROM:a@b rest``: a path without its angle brackets, as Postfix takes it
+    (``strict_rfc821_envelopes = no``, its default) from the printers, scanners
+    and old appliances that send it. Unambiguous only: the address is the first
+    word, bracket- and quote-free, and every word after it a parameter (a second
+    address or a comment, ``a@b c@d``, ``a@b <c@d>``, ``a@b (Bob)``, is refused,
+    not read as a parameter).
+    Returned with the brackets put back, so the address is parsed, and the sender
+    policy applied to it, exactly as the bracketed form's. Raises AddressError."""
+    word, space, rest = tail.partition(" ")
+    if not word or not _NOT_IN_BARE_PATH.isdisjoint(word):
+        raise AddressError("path must be in angle brackets")
+    for item in rest.split(" "):
+        if item.startswith(("<", '"', "(")) or "@" in item.partition("=")[0]:
+            raise AddressError("a second address after a path without angle brackets")
+    return f"<{word}>", space + rest
 
 
 def _closing_bracket(s: str) -> int:

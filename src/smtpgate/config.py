@@ -759,10 +759,14 @@ class LdapConfig(Model):
         "'(memberOf=cn=mail,ou=groups,dc=example,dc=org)').",
     )
     password_changed_attribute: str = Field(
-        default="entryCSN",
+        default="auto",
+        min_length=1,
         description="Attribute whose value changes when the password does. SCRAM keys "
         "derived under another value are discarded (made again at the next PLAIN/LOGIN), "
-        "and cached logins are forgotten.",
+        "cached logins are forgotten and a user rotate deadline is met. 'auto' (the "
+        "default): ppolicy's pwdChangedTime where the entry has it (with ppolicy = "
+        "true), else entryCSN, which also moves with every failed bind under ppolicy "
+        "(pwdFailureTime). The active_directory flavour sets pwdLastSet.",
     )
     expires_attribute: str = Field(
         default="",

@@ -44,6 +44,12 @@ OPENLDAP: Final = "openldap"
 ACTIVE_DIRECTORY: Final = "active_directory"
 FLAVOURS: Final = (OPENLDAP, ACTIVE_DIRECTORY)
 
+#: ``password_changed_attribute``'s default: ppolicy's pwdChangedTime where the entry
+#: has it, else entryCSN (``ldap_directory.stamp_attributes``).
+AUTO_STAMP: Final = "auto"
+PWD_CHANGED_TIME: Final = "pwdChangedTime"
+ENTRY_CSN: Final = "entryCSN"
+
 #: LDAP_MATCHING_RULE_BIT_AND: the attribute's integer has all the given bits set.
 BIT_AND: Final = "1.2.840.113556.1.4.803"
 #: LDAP_MATCHING_RULE_IN_CHAIN: follows member/memberOf links transitively.

@@ -25,10 +25,13 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from smtpgate.auth.admin_store import AuditActor
+from smtpgate.auth.credentials import SCRAM_SCHEMES
 from smtpgate.auth.directory import StoreUnavailable
 from smtpgate.auth.ldap_directory import LdapDirectory
 from smtpgate.auth.ldap_store import LdapAccountStore
@@ -519,3 +522,56 @@ def test_a_pooled_connection_a_middlebox_forgot_while_idle_is_not_used(
     finally:
         directory.close()
         relay.close()
+
+
+def test_a_wrong_password_leaves_the_scram_keys_and_the_rotate_deadline_alone(
+    slapd: Slapd, ou: str, tmp_path: Path,
+) -> None:
+    """With ppolicy, a failed bind writes pwdFailureTime to the entry, which moves
+    its entryCSN, the default password_changed_attribute: one wrong password, by
+    anyone who knows the login, made the account's SCRAM keys stale (SCRAM 535
+    until its next PLAIN login), dropped its cached login and lifted a ``user
+    rotate`` deadline, as if the password had changed. With ppolicy the stamp is
+    pwdChangedTime, which only a change of the password moves; an entry without
+    one (its password set before ppolicy, or added with none of its max or min
+    age) keeps entryCSN, so its password change is still seen."""
+    dn = f"uid=alice,{ou}"
+    directory = LdapDirectory(config(slapd, ou), bind_password=SERVICE_PW, ca_file=slapd.ca)
+    overlay = SqliteAccountStore(tmp_path / "overlay.sqlite", AccountsConfig())
+    store = LdapAccountStore(directory, overlay)
+    scheme = SCRAM_SCHEMES["sha256"]
+    try:
+        # Added with a password but no pwdChangedTime: entryCSN still tells a change.
+        account = store.get_account(ALICE)
+        assert account is not None
+        assert store.put_credentials(ALICE, {scheme: "keys"}, generation=account.generation)
+        assert store.get_credential(ALICE, scheme) is not None
+        change_own_password(slapd, dn, ALICE_PW, "alice's password")  # pwdChangedTime now
+        assert store.get_credential(ALICE, scheme) is None
+
+        assert store.verify_password(ALICE, "alice's password")
+        account = store.get_account(ALICE)
+        assert account is not None
+        assert store.put_credentials(ALICE, {scheme: "keys"}, generation=account.generation)
+        deadline = datetime.now(UTC) + timedelta(days=1)
+        with store.transaction(AuditActor("test", "rotate")) as writer:
+            writer.schedule_password_expiry(ALICE, deadline)
+        before = store.get_account(ALICE)
+        assert before is not None and before.password_expires == deadline
+
+        assert not store.verify_password(ALICE, "a guess")  # pwdFailureTime written
+        after = store.get_account(ALICE)
+        assert after is not None
+        assert store.get_credential(ALICE, scheme) is not None
+        assert after.generation == before.generation  # the cached login stays
+        assert after.password_expires == deadline
+
+        time.sleep(1.1)  # pwdChangedTime has one-second resolution
+        change_own_password(slapd, dn, "alice's password", "alice's new password")
+        changed = store.get_account(ALICE)
+        assert changed is not None
+        assert store.get_credential(ALICE, scheme) is None  # stale: the password changed
+        assert changed.generation != after.generation
+        assert changed.password_expires is None  # the deadline is met
+    finally:
+        store.close()

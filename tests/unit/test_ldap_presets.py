@@ -58,7 +58,7 @@ def test_openldap_flavour_changes_nothing() -> None:
         {"url": AD_URL, "flavour": "openldap"}
     )
     cfg = LdapConfig.model_validate({"url": AD_URL})
-    assert cfg.address_prefixes == [] and cfg.password_changed_attribute == "entryCSN"
+    assert cfg.address_prefixes == [] and cfg.password_changed_attribute == "auto"
 
 
 def test_the_preset_is_not_shared_between_configs() -> None:

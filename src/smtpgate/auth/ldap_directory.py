@@ -92,7 +92,7 @@ from smtpgate.auth.names import (
 )
 from smtpgate.auth.outage_log import OutageLog
 from smtpgate.config import LdapConfig
-from smtpgate.ldap_presets import ACTIVE_DIRECTORY
+from smtpgate.ldap_presets import ACTIVE_DIRECTORY, AUTO_STAMP, ENTRY_CSN, PWD_CHANGED_TIME
 
 log = logging.getLogger("smtpgate.auth.ldap")
 T = TypeVar("T")
@@ -294,6 +294,19 @@ def account_expired(value: str, now: datetime) -> bool | None:
     return expires <= now
 
 
+def stamp_attributes(cfg: LdapConfig) -> tuple[str, ...]:
+    """The attributes whose value changes with the password, in the order they are
+    preferred. ``auto``: with ppolicy, pwdChangedTime, which ppolicy writes with each
+    change of the password and nothing else; entryCSN for an entry without one (no
+    ppolicy, or a password set before the overlay was loaded). entryCSN changes with
+    every write to the entry, and ppolicy writes pwdFailureTime at each failed bind:
+    as the stamp alone, one wrong password (anyone's) made the account's SCRAM keys
+    stale, forgot its cached login and met its ``user rotate`` deadline."""
+    if cfg.password_changed_attribute != AUTO_STAMP:
+        return (cfg.password_changed_attribute,)
+    return (PWD_CHANGED_TIME, ENTRY_CSN) if cfg.ppolicy else (ENTRY_CSN,)
+
+
 def _values(attrs: Mapping[str, list[bytes]], name: str) -> list[str]:
     wanted = name.lower()
     for key, raw in attrs.items():
@@ -395,8 +408,11 @@ class LdapDirectory:
             if cfg.flavour == ACTIVE_DIRECTORY and cfg.group else None)
         if self._primary_group is not None:
             status |= set(PRIMARY_GROUP_ATTRIBUTES)
+        #: The attributes whose value is the entry's stamp, the first one it has
+        #: (``_stamp``).
+        self._stamp_attributes = stamp_attributes(cfg)
         self._attributes = sorted(
-            {*cfg.login_attributes, *cfg.address_attributes, cfg.password_changed_attribute,
+            {*cfg.login_attributes, *cfg.address_attributes, *self._stamp_attributes,
              *status}
         )
         #: OpenLDAP ppolicy's lockouts and expiry, for logins that make no bind.
@@ -661,8 +677,8 @@ class LdapDirectory:
             identity = canonical
             if identity is None:
                 return None  # a plain name on an entry without an address login
-            stamps = _values(raw, cfg.password_changed_attribute)
-            if not stamps:
+            stamp = self._stamp(raw)
+            if not stamp:
                 self._say_stampless(dn)
             locked = self._status_lock(raw) or self._ppolicy_lock(conn, raw)
             member = self._matches(conn, dn, cfg.group_filter)
@@ -681,7 +697,7 @@ class LdapDirectory:
                     self._enabled_watch.non_member(conn, dn)
             return DirectoryEntry(
                 dn=dn, identity=identity, addresses=self._addresses(raw),
-                stamp=stamps[0] if stamps else "",
+                stamp=stamp,
                 enabled=enabled,
                 member=member,
                 canonical=identity,
@@ -749,13 +765,21 @@ class LdapDirectory:
                 return entry.identity
         return None
 
+    def _stamp(self, raw: Mapping[str, list[bytes]]) -> str:
+        """The value of the entry's first stamp attribute that it shows ("": none)."""
+        for attr in self._stamp_attributes:
+            values = _values(raw, attr)
+            if values:
+                return values[0]
+        return ""
+
     def _say_stampless(self, dn: str) -> None:
         """A WARNING, once per process, about an entry without the attribute that
         changes with its password: its logins cost a bind each, and SCRAM fails."""
         if self._stampless_said:
             return
         self._stampless_said = True
-        attr = self._cfg.password_changed_attribute
+        attr = " nor ".join(self._stamp_attributes)
         log.warning(
             "%s: accounts.ldap.password_changed_attribute: the entry %s shows the service "
             "account no %s, so nothing tells when its password changes: logins of such "

@@ -30,7 +30,7 @@ record whose directory entry is gone is ignored: the account no longer exists.
 - ``user rotate`` sets the overlay's password deadline and notes the value of
   ``password_changed_attribute`` it is for (``ROTATED_STAMP``): the directory
   password stops working through smtpgate at the deadline, until it changes in
-  the directory.
+  the directory (`password_changed_since`).
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ from smtpgate.auth.ldap_directory import (
     LdapDirectory,
     read_password_file,
 )
+from smtpgate.auth.ldap_ppolicy import generalized_time
 from smtpgate.auth.names import lookup_key, name_key
 from smtpgate.auth.store import SqliteAccountStore
 from smtpgate.config import Config
@@ -93,6 +94,25 @@ def _passwords_elsewhere(name: str) -> DirectoryReadOnly:
         "change the password in the LDAP directory (e.g. ldappasswd); app passwords "
         "('smtpgate user app-password add') work for directory accounts",
     )
+
+
+def password_changed_since(noted: str | None, stamp: str) -> bool:
+    """Whether the directory password changed since ``user rotate`` noted the stamp
+    ``noted``, the entry's stamp being ``stamp`` now. Another value says so, but
+    for a deadline noted under entryCSN (the default until 2026-12) when the stamp
+    is now ppolicy's pwdChangedTime: the attribute changed, not the password, and
+    the deadline would be met by the upgrade alone. There the password changed iff
+    pwdChangedTime is later than the time the CSN holds (the entry's last write
+    then, at or after its last password change); pwdChangedTime has whole
+    seconds, so a change in that CSN's own second counts as none, the strict side."""
+    if noted == stamp:
+        return False
+    if noted is not None and "#" in noted and "#" not in stamp:
+        then = generalized_time(noted.partition("#")[0])  # CSN: time#count#sid#mod
+        changed = generalized_time(stamp)
+        if then is not None and changed is not None:
+            return changed > then
+    return True
 
 
 def _wrap(stamp: str, data: str) -> str:
@@ -170,9 +190,9 @@ class LdapAccountStore:
             s for s in base.schemes & _SCRAM if self._scram(entry, s) is not None
         )
         expires = base.password_expires
-        if expires is not None and self._local.get_credential(
-            entry.identity, ROTATED_STAMP
-        ) != entry.stamp:
+        if expires is not None and password_changed_since(
+            self._local.get_credential(entry.identity, ROTATED_STAMP), entry.stamp
+        ):
             expires = None  # the password changed in the directory since `user rotate`
         return replace(
             base, name=entry.identity, generation=generation, locked=locked,

@@ -32,6 +32,8 @@ from dataclasses import fields as dataclass_fields
 from datetime import UTC, datetime
 from pathlib import Path
 
+from smtpgate.smtp.peer_address import host_port
+
 logger = logging.getLogger("smtpgate.auth")
 
 #: The outcomes of an AUTH attempt: tempfail is a backend fault (454), cancelled
@@ -134,7 +136,7 @@ class AuthRecord:
         n = neutralize
         return (
             f"auth {self.result} listener={n(self.listener)} "
-            f"client={_host_port(n(self.client_ip), self.client_port)} "
+            f"client={host_port(n(self.client_ip), self.client_port)} "
             f"tls={n(self.tls or 'none')} mech={n(self.mechanism or '-')} "
             f"user={json_string(self.username)} reason={json_string(self.reason)} "
             f"session={n(self.session)}"
@@ -143,13 +145,6 @@ class AuthRecord:
 
 
 _FIELDS = tuple(f.name for f in dataclass_fields(AuthRecord))
-
-
-def _host_port(address: str, port: int) -> str:
-    """``address:port``, an IPv6 address in brackets (RFC 3986 §3.2.2): written bare,
-    ``2001:db8::7:8080`` is itself an IPv6 address, and a reader (or a filter on
-    the journal) could not tell the client's address from its port."""
-    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
 def _utc_stamp() -> str:

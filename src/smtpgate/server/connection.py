@@ -32,7 +32,7 @@ from smtpgate.smtp.events import (
     MessageStart,
     StartTls,
 )
-from smtpgate.smtp.peer_address import reported_address
+from smtpgate.smtp.peer_address import host_port, reported_address
 from smtpgate.tls.native_session import NativeServerSession, ServerNameNotAscii
 from smtpgate.tls.session import TlsError, TlsServerSession, open_server_session
 from smtpgate.web.log_budget import LogBudget
@@ -220,8 +220,8 @@ class SmtpConnection(asyncio.Protocol):
                                    self.client_port)
         self.engine.xclient_trusted = self.listener.trusts_xclient(self.client_ip)
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("%s connect from %s:%s on listener %s", self.session_id,
-                      self.client_ip, self.client_port, self.listener.name)
+            log.debug("%s connect from %s on listener %s", self.session_id, self.where,
+                      self.listener.name)
             self.engine.on_command = self._debug_command
         # A proxy trusted to send XCLIENT connects for many clients: the rate of
         # new connections is theirs, and only XCLIENT names them.
@@ -229,8 +229,7 @@ class SmtpConnection(asyncio.Protocol):
         if refused is not None:
             reply = _REFUSAL_REPLIES[refused]
             if _refusal_log.take():
-                log.warning("refused %s:%s: %s", self.client_ip, self.client_port,
-                            _REFUSAL_REASONS[refused])
+                log.warning("refused %s: %s", self.where, _REFUSAL_REASONS[refused])
             metrics.connection_refused(self.listener.name, refused)
             if not self.listener.implicit_tls:
                 # RFC 8314 §3.3: on an implicit-TLS port nothing goes in clear. A
@@ -264,8 +263,7 @@ class SmtpConnection(asyncio.Protocol):
                 data, out = self.tls.receive(data)
             except TlsError as e:
                 if self._failure_budget(e).take():
-                    log.info("%s %s:%s %s", self.session_id, self.client_ip,
-                             self.client_port, e)
+                    log.info("%s %s %s", self.session_id, self.where, e)
                 # The library's alert (protocol_version, handshake_failure, ...) tells
                 # the client why; without it the client sees only the connection end.
                 self._abort(self.tls.outgoing())
@@ -347,9 +345,14 @@ class SmtpConnection(asyncio.Protocol):
         if self._task is None:
             self._pump()  # the commands read before the pause
 
+    @property
+    def where(self) -> str:
+        """The client as the session log names it: ``address:port``, an IPv6 address in
+        brackets, as the auth log writes it (a filter on one finds the other)."""
+        return host_port(self.client_ip, self.client_port)
+
     def connection_lost(self, exc: Exception | None) -> None:
-        log.debug("%s disconnect %s:%s%s", self.session_id, self.client_ip, self.client_port,
-                  f" ({exc})" if exc else "")
+        log.debug("%s disconnect %s%s", self.session_id, self.where, f" ({exc})" if exc else "")
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
@@ -404,8 +407,7 @@ class SmtpConnection(asyncio.Protocol):
                 if ev.reason not in (QUIT_REASON, SESSION_ENDED):
                     # Too many errors, an HTTP request, an unreadable BDAT: a probe
                     # or a broken client, which the administrator should see.
-                    log.info("%s %s:%s closed: %s", self.session_id, self.client_ip,
-                             self.client_port, ev.reason)
+                    log.info("%s %s closed: %s", self.session_id, self.where, ev.reason)
                 self._close(flush=True)
                 return
             starts = isinstance(ev, MessageStart)
@@ -512,7 +514,7 @@ class SmtpConnection(asyncio.Protocol):
         self._tls_version = self.tls.version
         cert, untrusted = self.tls.client_certificate()
         if untrusted:  # 'optional': the session goes on, without EXTERNAL
-            log.info("%s %s:%s %s", self.session_id, self.client_ip, self.client_port, untrusted)
+            log.info("%s %s %s", self.session_id, self.where, untrusted)
         info = TlsInfo(self.tls.version, self.tls.cipher, self.tls.channel_binding(), cert)
         if self.listener.implicit_tls:
             self.engine = self.decisions.engine = ServerEngine(self.listener.settings, tls=info)
@@ -609,13 +611,12 @@ class SmtpConnection(asyncio.Protocol):
             return
         if self.tls is not None and not self.tls_ready:
             if _handshake_timeout_log.take():
-                log.info("%s %s:%s TLS handshake timed out (tls.handshake_timeout, %g s)",
-                         self.session_id, self.client_ip, self.client_port,
-                         self.rt.handshake_timeout)
+                log.info("%s %s TLS handshake timed out (tls.handshake_timeout, %g s)",
+                         self.session_id, self.where, self.rt.handshake_timeout)
             self._abort()
             return
         why = "deadline passed" if deadline else "idle timeout"
-        log.info("%s %s:%s %s", self.session_id, self.client_ip, self.client_port, why)
+        log.info("%s %s %s", self.session_id, self.where, why)
         # The server hangs up, not the client: the record says so (until 2026-12 a
         # client held at the auth_deadline was "connection closed during AUTH").
         self._abandon_auth(f"timed out during AUTH ({why})")
@@ -686,7 +687,7 @@ class SmtpConnection(asyncio.Protocol):
         tr = self.transport
         if tr is not None and tr.get_write_buffer_size():
             self._loop.call_later(_CLOSE_LINGER, _reset_unread, tr,
-                                  f"{self.session_id} {self.client_ip}:{self.client_port}")
+                                  f"{self.session_id} {self.where}")
 
 
 def _reset_unread(transport: asyncio.Transport, who: str) -> None:

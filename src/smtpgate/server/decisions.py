@@ -51,6 +51,7 @@ from smtpgate.smtp.events import (
     RcptTo,
     Xclient,
 )
+from smtpgate.smtp.peer_address import host_port
 
 log = logging.getLogger("smtpgate.session")
 T = TypeVar("T")
@@ -336,8 +337,8 @@ class Decisions:
         else:
             identity = await self.rt.auth.login_identity(ev.login)
             self._logged_in(LoginResult(AuthResult.SUCCESS, Principal(identity, "XCLIENT")))
-        log.info("%s XCLIENT from %s: client %s:%s name=%s login=%s", p.session_id, proxy,
-                 self.peer.client_ip, self.peer.client_port, ev.name or "unknown",
+        log.info("%s XCLIENT from %s: client %s name=%s login=%s", p.session_id, proxy,
+                 host_port(self.peer.client_ip, self.peer.client_port), ev.name or "unknown",
                  identity if identity else "-")
         return identity
 

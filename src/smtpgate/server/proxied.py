@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from smtpgate.frontdoor.proxy_header import ProxyHeaderError, ProxyHeaderParser
+from smtpgate.smtp.peer_address import host_port
 from smtpgate.web.log_budget import LogBudget
 
 log = logging.getLogger("smtpgate")
@@ -107,15 +108,15 @@ class ProxyHeaderProtocol(asyncio.Protocol):
         if not trusted(self._peer[0], self._networks):
             if self._refusals.take():
                 log.warning("listener %s: PROXY header expected from a trusted proxy; "
-                            "%s:%s is not one (trusted_proxies): closed",
-                            self._label, *self._peer)
+                            "%s is not one (trusted_proxies): closed",
+                            self._label, host_port(*self._peer))
             tr.abort()
             return
         self._timer = asyncio.get_running_loop().call_later(HEADER_TIMEOUT, self._too_slow)
 
     def _too_slow(self) -> None:
-        log.warning("listener %s: no PROXY header from %s:%s within %.0f s: closed",
-                    self._label, *self._peer, HEADER_TIMEOUT)
+        log.warning("listener %s: no PROXY header from %s within %.0f s: closed",
+                    self._label, host_port(*self._peer), HEADER_TIMEOUT)
         if self._transport is not None:
             self._transport.abort()
 
@@ -127,7 +128,7 @@ class ProxyHeaderProtocol(asyncio.Protocol):
         try:
             info = self._parser.feed(data)
         except ProxyHeaderError as e:
-            log.warning("listener %s: %s from %s:%s: closed", self._label, e, *self._peer)
+            log.warning("listener %s: %s from %s: closed", self._label, e, host_port(*self._peer))
             self._cancel_timer()
             self._transport.abort()
             return

@@ -28,3 +28,10 @@ def reported_address(text: str) -> str | None:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         return str(ip.ipv4_mapped)
     return str(ip)
+
+
+def host_port(address: str, port: int) -> str:
+    """``address:port``, an IPv6 address in brackets (RFC 3986 §3.2.2): written bare,
+    ``2001:db8::7:8080`` is itself an IPv6 address, and a reader (or a filter on
+    the journal) could not tell the client's address from its port."""
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"

@@ -9,6 +9,7 @@ that HAProxy passes (distinct 127.0.0.x sources)."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 import signal
 import socket
@@ -476,3 +477,93 @@ def test_cluster_status_marks_a_node_whose_heartbeats_stopped(c: Cluster) -> Non
     finally:
         client.delete("cluster:node:gone")
         client.close()
+
+
+def test_a_node_with_other_guard_policy_or_limits_is_named(
+        c: Cluster, caplog: pytest.LogCaptureFixture) -> None:
+    """Nodes share the guard's counts and the sending counters but each compares
+    them with its own config, so a node with a higher lockout threshold, no hourly
+    limit or sender ownership off gives a client (and an attacker who retries) the
+    laxest rules: the odd node warns, naming each key with each node's value, and
+    ``cluster status`` lists the keys; nodes that agree say nothing."""
+    from smtpgate.config import load_config
+    from smtpgate.server import heartbeat
+    from smtpgate.server.status_file import ServerStatus
+
+    caplog.set_level(logging.INFO, logger="smtpgate")
+    cfg = load_config(c.nodes[0].config)
+    docs = {d["node"]: d for d in map(json.loads, c.nodes[0].cli(
+        "cluster", "status", "--json").stdout.splitlines())}
+    # The real nodes carry their settings, and agree: nothing listed, nothing warned.
+    assert docs["a"]["shared"] == docs["b"]["shared"], docs
+    assert docs["a"]["shared"]["guard.lockout_threshold"] == cfg.guard.lockout_threshold
+    assert "differ" not in c.nodes[0].cli("cluster", "status").stdout
+    assert not any("other nodes run other" in n.log_text() for n in c.nodes)
+
+    odd = cfg.model_copy(update={
+        "state": cfg.state.model_copy(update={"node_name": "odd"}),
+        "guard": cfg.guard.model_copy(update={"lockout_threshold": cfg.guard.lockout_threshold
+                                              + 10}),
+        "policy": cfg.policy.model_copy(update={"sender_ownership": "off"}),
+        "limits": cfg.limits.model_copy(update={"messages_per_hour": 0}),
+    })
+    status = ServerStatus(4343, "0", 1.0, None, 0.0, [], [], 1, updated=time.time())
+    hb = heartbeat.Heartbeat(odd)
+    try:
+        hb.beat(status)
+        warned = [r.getMessage() for r in caplog.records
+                  if "other nodes run other" in r.getMessage()]
+        assert len(warned) == 1, warned
+        for node in ("a", "b"):
+            assert (f"node {node!r}: guard.lockout_threshold: {node} "
+                    f"{cfg.guard.lockout_threshold}, odd {cfg.guard.lockout_threshold + 10}"
+                    in warned[0]), warned
+        assert "policy.sender_ownership: a 'enforce', odd 'off'" in warned[0], warned
+        assert f"limits.messages_per_hour: a {cfg.limits.messages_per_hour}, odd 0" in warned[0]
+        assert "guard.database" not in warned[0] and "max_connections" not in warned[0]
+        hb._next = 0.0  # the next beat is due, the same difference: not warned again
+        hb.beat(status)
+        assert len([r for r in caplog.records
+                    if "other nodes run other" in r.getMessage()]) == 1
+
+        out = c.nodes[1].cli("cluster", "status").stdout
+        assert "settings that differ between the nodes" in out, out
+        assert (f"  guard.lockout_threshold: a {cfg.guard.lockout_threshold}, b "
+                f"{cfg.guard.lockout_threshold}, odd {cfg.guard.lockout_threshold + 10}"
+                in out), out
+        assert "  policy.sender_ownership: a 'enforce', b 'enforce', odd 'off'" in out, out
+
+        # Put right (a reload with the same settings): said once, and not listed.
+        hb.reloaded(cfg.model_copy(update={
+            "state": cfg.state.model_copy(update={"node_name": "odd"})}))
+        hb.beat(status)
+        assert any("every live node runs this node's" in r.getMessage()
+                   for r in caplog.records), caplog.text
+        assert "differ" not in c.nodes[1].cli("cluster", "status").stdout
+    finally:
+        hb.stop()
+
+    # A real node reloaded into another threshold says so at its next beat, and
+    # again when a reload puts it right.
+    node = c.nodes[1]
+    text = node.config.read_text()
+    key = f"lockout_threshold = {cfg.guard.lockout_threshold}\n"
+    assert text.count(key) == 1, text
+    mark = len(node.log_text())
+    try:
+        node.config.write_text(text.replace(key, f"lockout_threshold = "
+                                                 f"{cfg.guard.lockout_threshold + 1}\n"))
+        node.cli("reload")
+        deadline = time.monotonic() + 30
+        want = (f"guard.lockout_threshold: a {cfg.guard.lockout_threshold}, "
+                f"b {cfg.guard.lockout_threshold + 1}")
+        while want not in node.log_text()[mark:]:
+            assert time.monotonic() < deadline, node.log_text()[mark:]
+            time.sleep(0.5)
+    finally:
+        node.config.write_text(text)
+        node.cli("reload")
+    deadline = time.monotonic() + 30
+    while "every live node runs this node's" not in node.log_text()[mark:]:
+        assert time.monotonic() < deadline, node.log_text()[mark:]
+        time.sleep(0.5)

@@ -14,6 +14,7 @@ import redis
 from smtpgate.cli.common import OperationalError, config_option, get_config, iso_time
 from smtpgate.plural import count
 from smtpgate.server.heartbeat import EVERY, nodes
+from smtpgate.server.shared_settings import describe, differences
 from smtpgate.server.status_file import proxy_note
 
 #: A heartbeat older than this is late: three missed beats. The node died (``kill
@@ -63,6 +64,13 @@ def cluster_status(as_json: bool, config_path: Path | None) -> None:
         click.echo(f"{doc['node']}: smtpgate {doc['version']}, pid {doc['pid']}, "
                    f"seen {age:.0f} s ago{late}, {count(doc['sessions'], 'session')}, "
                    f"{_queue(doc.get('queue'))}; {listeners}")
+    differ = differences({doc["node"]: doc["shared"] for doc in found
+                          if isinstance(doc.get("shared"), dict)})
+    if differ:
+        click.echo("settings that differ between the nodes (each applies its own to the "
+                   "state they share: give every node the same; docs/scale-out.md):")
+        for key, values in differ.items():
+            click.echo("  " + describe(key, values))
 
 
 def _queue(size: object) -> str:

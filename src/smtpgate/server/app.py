@@ -1088,6 +1088,8 @@ def _run_supervised(
         # For workers forked from now on (the running ones raise their own and warn).
         open_files.raise_limit(new.cfg.limits.max_connections, warn=False)
         status.reloaded(new.cfg)
+        if beat is not None:
+            beat.reloaded(new.cfg)
         status.reload_outcome(ok=True, kept=new.needs_restart, notes=new.partly)
         status_file.write(where, status)
         return signal.SIGHUP

@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 from smtpgate.auth.guard import CLOCK_SLACK
 from smtpgate.auth.state_backend import redis_client
 from smtpgate.config import Config
+from smtpgate.server.shared_settings import describe, differences, shared_settings
 from smtpgate.server.status_file import ServerStatus
 
 if TYPE_CHECKING:  # imported by `Heartbeat`, which only a redis backend builds
@@ -121,6 +122,19 @@ class Heartbeat:
         #: When to ask about the eviction policy next (monotonic; start-up just did);
         #: infinity once the login proved it may not read it.
         self._next_policy = time.monotonic() + POLICY_EVERY
+        #: The settings every node must share (`shared_settings`), as running.
+        self._shared = shared_settings(cfg)
+        #: When to compare them with the other nodes' next (monotonic; 0: at the next
+        #: beat that reaches Redis), and the warning logged last ("" while they agree).
+        self._next_settings = 0.0
+        self._settings_warned = ""
+
+    def reloaded(self, cfg: Config) -> None:
+        """A reload changed what runs: the next beat carries and compares the new
+        settings."""
+        self._shared = shared_settings(cfg)
+        self._next_settings = 0.0
+        self._next = 0.0
 
     def beat(self, status: ServerStatus) -> None:
         now = time.monotonic()
@@ -128,7 +142,7 @@ class Heartbeat:
             return
         self._next = now + EVERY
         doc: dict[str, Any] = {**asdict(status), "node": self._name, "host": self._host,
-                               "queue": _queue_size(self._spool)}
+                               "queue": _queue_size(self._spool), "shared": self._shared}
         text = json.dumps(doc, sort_keys=True)
         try:
             if self._client is None:
@@ -153,6 +167,47 @@ class Heartbeat:
         ours_before, self._written = self._written, text
         self._check_twin(before, doc, wrote_before=ours_before is not None)
         self._check_clock((asked + answered) / 2 - (int(secs) + int(micros) / 1e6))
+        if now >= self._next_settings:
+            self._check_settings(self._client, now)
+
+    def _check_settings(self, client: redis.Redis, now: float) -> None:
+        """Warn when another live node runs other shared settings than this one
+        (`shared_settings`), naming each key and each node's value; once per
+        distinct difference, and a line when they agree again."""
+        self._next_settings = now + POLICY_EVERY
+        try:
+            keys = [k for k in client.scan_iter(
+                match=glob_escaped(self._cfg.state.key_prefix) + "node:*", count=500)
+                if (k.decode() if isinstance(k, bytes) else k) != self._key]
+            docs = client.mget(keys) if keys else []
+        except (self._error, OSError):
+            return  # the next beat says whether Redis is down
+        theirs: dict[str, dict[str, Any]] = {}
+        for text in docs:
+            try:
+                doc = json.loads(text) if text is not None else None
+            except ValueError:
+                continue
+            if (isinstance(doc, dict) and isinstance(doc.get("shared"), dict)
+                    and isinstance(doc.get("node"), str) and doc["node"] != self._name):
+                theirs[doc["node"]] = doc["shared"]
+        lines = []
+        for node in sorted(theirs):
+            differ = differences({self._name: self._shared, node: theirs[node]})
+            if differ:
+                lines.append(f"node {node!r}: " + "; ".join(
+                    describe(key, values) for key, values in differ.items()))
+        warning = " | ".join(lines)
+        if warning and warning != self._settings_warned:
+            log.warning("cluster heartbeat: other nodes run other [guard], [policy] or hourly "
+                        "[limits] settings than this node (%r): %s. Each node applies its own "
+                        "to the failures, blocks and counters all of them share, so a client "
+                        "gets whichever node the balancer picks, and an attacker the laxest: "
+                        "give every node the same (docs/scale-out.md)", self._name, warning)
+        elif not warning and self._settings_warned:
+            log.info("cluster heartbeat: every live node runs this node's [guard], [policy] "
+                     "and hourly [limits] settings again")
+        self._settings_warned = warning
 
     def _check_eviction(self, client: redis.Redis, now: float) -> None:
         """The check start-up makes (module docstring), made again: an error while

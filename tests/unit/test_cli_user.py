@@ -130,6 +130,25 @@ def test_alias_del_names_the_alias_as_stored(config: Path) -> None:
     assert r.exit_code == 3 and "error: sales@example.org is not an alias" in r.stderr
 
 
+def test_alias_remove_is_the_name_and_del_still_works_unlisted(config: Path) -> None:
+    """Every command that takes something away is `remove` or `revoke`; `alias del`
+    was the odd one out, and stays for the scripts that use it, unlisted."""
+    run(config, "add", "a@example.org", "--password-stdin", input="p\n")
+    for address in ("sales@example.org", "info@example.org"):
+        assert run(config, "alias", "add", "a@example.org", address).exit_code == 0
+    r = run(config, "alias", "remove", "a@example.org", "Sales@example.org")
+    assert r.exit_code == 0 and r.output == "removed alias sales@example.org of a@example.org\n"
+    r = run(config, "alias", "remove", "a@example.org", "sales@example.org")
+    assert r.exit_code == 3 and "error: sales@example.org is not an alias" in r.stderr
+    assert "user alias list a@example.org" in r.stderr
+    r = run(config, "alias", "del", "a@example.org", "info@example.org")
+    assert r.exit_code == 0 and r.output == "removed alias info@example.org of a@example.org\n"
+    from smtpgate.cli.user_policy_cmd import alias
+
+    listed = CliRunner().invoke(alias, ["--help"]).output
+    assert "  remove " in listed and "  del " not in listed
+
+
 def test_passwd(config: Path) -> None:
     run(config, "add", "a@example.org", "--password-stdin", input="old\n")
     r = run(config, "passwd", "a@example.org", "--password-stdin", input="new\r\n")

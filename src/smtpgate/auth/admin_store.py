@@ -384,6 +384,6 @@ def refuse_taken_name(key: str, alias_of: Sequence[object] | None, twin: str | N
     """
     if alias_of is not None:
         raise AccountExists(f"{key} is an alias of {alias_of[0]}; remove the alias first "
-                            f"(smtpgate user alias del {alias_of[0]} {key})")
+                            f"(smtpgate user alias remove {alias_of[0]} {key})")
     if twin is not None:
         raise AccountExists(f"{key} differs from {twin} only in letter case")

@@ -75,11 +75,11 @@ def alias_add(user: str, address: str, config_path: Path | None) -> None:
     echo(f"{user} may {'now' if added else 'already'} send as {canonical_name(address)}")
 
 
-@alias.command("del")
+@alias.command("remove")
 @USER
 @click.argument("address")
 @config_option
-def alias_del(user: str, address: str, config_path: Path | None) -> None:
+def alias_remove(user: str, address: str, config_path: Path | None) -> None:
     """Stop USER from sending as ADDRESS."""
     with admin_service(get_config(config_path)) as admin:
         removed = admin.remove_alias(user, address)
@@ -88,6 +88,13 @@ def alias_del(user: str, address: str, config_path: Path | None) -> None:
         raise NotFound(f"{stored} is not an alias of {user}",
                        f"'smtpgate user alias list {user}' shows its aliases")
     echo(f"removed alias {stored} of {user}")
+
+
+# `alias del` was this command's name until 2026-12 (every other command that takes
+# something away is `remove` or `revoke`); kept, unlisted, for scripts that use it.
+alias.add_command(click.Command(
+    "del", callback=alias_remove.callback, params=alias_remove.params,
+    help=alias_remove.help, hidden=True))
 
 
 @alias.command("list")

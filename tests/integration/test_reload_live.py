@@ -221,6 +221,49 @@ def test_a_move_to_another_address_on_the_same_port_is_made(tmp_path: Path) -> N
         assert srv.stop() == 0
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_status_and_reload_name_where_the_web_admin_is_served_after_a_failed_move(
+        tmp_path: Path, workers: int) -> None:
+    """A move whose new address is taken leaves the web admin where it was (logged):
+    until 2026-12 ``smtpgate reload`` said only "reloaded" and ``status`` showed the
+    new address, where nothing answered. ``status`` now shows what the process that
+    serves it bound, and ``reload`` warns when that is not what the config asks."""
+    port, taken, metrics, moved = free_port(), free_port(), free_port(), free_port()
+    srv = make_server(tmp_path / "srv", f"\n[server]\nworkers = {workers}\n")
+    text = re.sub(r"(?ms)^\[(admin|metrics)\]\n.*?(?=^\[|\Z)", "", srv.config.read_text())
+
+    def configure(admin: int, metrics_port: int) -> None:
+        srv.config.write_text(text + f'\n[admin]\nlisten = "127.0.0.1:{admin}"\n'
+                              f'\n[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n')
+
+    def shown() -> tuple[str, str]:
+        doc = json.loads((srv.root / "smtpgate.status.json").read_text())
+        return doc["admin"], doc["metrics"]
+
+    configure(port, metrics)
+    srv.start()
+    try:
+        wait_until(lambda: answers(port), srv)
+        with socket.socket() as holder:  # another program has the new address
+            holder.bind(("127.0.0.1", taken))
+            holder.listen()
+            configure(taken, moved)
+            out = srv.cli("reload")
+            assert (f"warning: the web admin is still served at http://127.0.0.1:{port}/, "
+                    f"not at http://127.0.0.1:{taken}/ (admin.listen)") in out.stderr, out
+            assert "metrics" not in out.stderr, out  # that one moved
+            assert shown() == (f"http://127.0.0.1:{port}/", f"http://127.0.0.1:{moved}/metrics")
+            status = srv.cli("status").stdout
+            assert f"web admin:    http://127.0.0.1:{port}/" in status, status
+            assert answers(port)
+        out = srv.cli("reload")  # the address is free now: moved, nothing to warn about
+        assert "warning" not in out.stderr, out
+        wait_until(lambda: shown()[0] == f"http://127.0.0.1:{taken}/", srv)
+        assert answers(taken) and refused(port)
+    finally:
+        assert srv.stop() == 0
+
+
 def test_a_reload_opens_metrics_with_the_counts_since_start_up(tmp_path: Path) -> None:
     from .conftest import PASSWORD, USER
     from .test_metrics import sample, scrape

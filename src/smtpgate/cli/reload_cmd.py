@@ -23,6 +23,9 @@ EXIT_NOT_RUNNING = 3
 #: Seconds to wait for the outcome: a reload that opens a directory may take
 #: ``accounts.ldap.connect_timeout``.
 OUTCOME_WAIT = 15.0
+#: Seconds to wait, after the outcome, for the web admin and the metrics endpoint
+#: to be where the config asks (the process that serves them binds the new address).
+ENDPOINT_WAIT = 5.0
 
 
 @click.command()
@@ -83,6 +86,8 @@ def reload(config_path: Path | None, logs_only: bool) -> None:
                    f"{', '.join(kept)}", err=True)
     for note in outcome.get("notes") or []:
         click.echo(f"warning: {note}", err=True)
+    for note in _endpoints_not_followed(cfg, pid, kept):
+        click.echo(f"warning: {note}", err=True)
 
 
 def _outcome(cfg: Any, pid: int, asked: float) -> dict[str, Any] | None:
@@ -102,6 +107,36 @@ def _outcome(cfg: Any, pid: int, asked: float) -> dict[str, Any] | None:
             return last
         time.sleep(0.1)
     return None
+
+
+def _endpoints_not_followed(cfg: Any, pid: int, kept: list[str]) -> list[str]:
+    """The web admin and the metrics endpoint move in the process that serves them,
+    after the reload's outcome is written, and stay where they are when the new
+    address cannot be bound (taken, or below 1024 for a process that is no longer
+    root): what the status file says they are served at, after ``ENDPOINT_WAIT``
+    seconds, where that is not what the config asks for (a key kept until a
+    restart is warned about already)."""
+    from smtpgate.server import status_file
+
+    wanted = {key: url for key, url in (("admin", cfg.admin.url), ("metrics", cfg.metrics.url))
+              if f"{key}.listen" not in kept}
+    path = status_file.status_path(cfg)
+    deadline = time.monotonic() + ENDPOINT_WAIT
+    while True:
+        try:
+            doc = status_file.read(path)
+        except (OSError, ValueError):
+            return []
+        if doc.get("pid") != pid:
+            return []
+        off = {key: url for key, url in wanted.items() if doc.get(key, url) != url}
+        if not off or time.monotonic() >= deadline:
+            break
+        time.sleep(0.1)
+    names = {"admin": "the web admin", "metrics": "the metrics endpoint"}
+    return [f"{names[key]} is still served at {doc.get(key) or 'nowhere'}, not at "
+            f"{url or 'nowhere'} ({key}.listen): the server log says why (a reload keeps "
+            f"the old address when the new one cannot be bound)" for key, url in off.items()]
 
 
 def moved_note(path: Path, pid: int) -> str:

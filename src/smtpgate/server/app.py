@@ -29,7 +29,8 @@ import signal
 import socket
 import sys
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -401,6 +402,9 @@ class ReloadHooks:
     #: Under a supervisor, which already validated and logged the new config:
     #: only errors are logged here.
     quiet: bool = False
+    #: Told where the web admin ("admin") and the metrics ("metrics") are served
+    #: now ("" for nowhere), by the process that serves them.
+    serving: Callable[[str, str], None] = lambda what, url: None
 
 
 class _Live:
@@ -608,7 +612,11 @@ async def serve_sockets(
     hooks = hooks or ReloadHooks(None)
     served: metrics_http.MetricsServer | None = None
     # The web admin is served by the process that delivers (web/server.py).
-    admin = AdminEndpoint(status_file.status_path(cfg)) if with_delivery else None
+    if status is not None:
+        hooks = replace(hooks, serving=status.serving)
+    admin = (AdminEndpoint(status_file.status_path(cfg), partial(hooks.serving, "admin"))
+             if with_delivery else None)
+    beat: Heartbeat | None = None
 
     def on_reload(full: bool) -> None:
         # A no-op in a supervised worker: only the main process talks to systemd.
@@ -624,6 +632,8 @@ async def serve_sockets(
                 prime_metrics(live.cfg)  # mechanisms a reload enabled, at 0 too
                 if status is not None:
                     status.reloaded(live.cfg)
+                if beat is not None:
+                    beat.reloaded(live.cfg)
                 if served is not None:
                     _follow(served, live.cfg)
                 if admin is not None:
@@ -642,7 +652,8 @@ async def serve_sockets(
     if admin is not None:
         await admin.start(cfg, admin_sock)
     # The metrics endpoint too (server/metrics_http.py).
-    served = await metrics_http.maybe_start(cfg, metrics_sock) if with_delivery else None
+    served = (await metrics_http.maybe_start(cfg, metrics_sock, partial(hooks.serving, "metrics"))
+              if with_delivery else None)
     prime_metrics(cfg)
     freeze_startup_heap()  # heap.py: the collector skips start-up objects from here
     if ready is not None:
@@ -769,7 +780,7 @@ async def deliver_only(
     hooks = hooks or ReloadHooks(None)
     done = hooks.done
     served: metrics_http.MetricsServer | None = None
-    admin = AdminEndpoint(status_file.status_path(cfg))
+    admin = AdminEndpoint(status_file.status_path(cfg), partial(hooks.serving, "admin"))
     running = cfg
 
     def on_reload(full: bool) -> None:
@@ -796,7 +807,7 @@ async def deliver_only(
     loop.add_signal_handler(signal.SIGHUP, on_reload, True)
     loop.add_signal_handler(signal.SIGUSR1, on_reload, False)
     await admin.start(cfg, admin_sock)
-    served = await metrics_http.maybe_start(cfg, metrics_sock)
+    served = await metrics_http.maybe_start(cfg, metrics_sock, partial(hooks.serving, "metrics"))
     freeze_startup_heap()
     if ready is not None:
         ready()
@@ -1050,7 +1061,8 @@ def _run_supervised(
             def body(status: StatusWriter) -> int:
                 metrics.count_as(metrics_http.slot_name("delivery"))
                 _drop(run_as)
-                hooks = ReloadHooks(config_path, done=status.reloaded, quiet=True)
+                hooks = ReloadHooks(config_path, done=status.reloaded, quiet=True,
+                                    serving=status.serving)
                 runner(deliver_only(cfg_now, ready=status.ready, hooks=hooks,
                                     admin_sock=admin_now, metrics_sock=metrics_now))
                 return 0
@@ -1098,6 +1110,10 @@ def _run_supervised(
     where = status_file.status_path(cfg)
     beat = Heartbeat(cfg) if cfg.state.backend == "redis" else None
 
+    def on_serving(what: str, url: str) -> None:
+        status.serving(what, url)
+        status_file.write(where, status)
+
     def on_tick() -> None:
         status.processes = [ProcessInfo(*p) for p in supervisor.processes()]
         status.down = [DownInfo(*d) for d in supervisor.down()]
@@ -1114,6 +1130,7 @@ def _run_supervised(
         unresponsive_after=cfg.server.worker_watchdog,
         on_tick=on_tick,
         tick_every=status_file.INTERVAL,
+        on_serving=on_serving,
     )
     try:
         return supervisor.run()

@@ -237,8 +237,10 @@ def _arrival(name: str) -> float | None:
 class MetricsServer:
     """The running endpoint; ``reconfigure`` follows a reload, ``stop`` ends it."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, serving: Callable[[str], None] = lambda url: None) -> None:
         self.cfg = cfg
+        #: Told the URL served after a reload ("" for none; ``smtpgate status``).
+        self._serving = serving
         self._state = StateCollector(cfg)
         self._registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(  # type: ignore[no-untyped-call]
@@ -295,6 +297,17 @@ class MetricsServer:
         self.cfg = cfg
         if cfg.metrics.listen == self._listen:
             return
+        try:
+            await self._move(cfg)
+        finally:
+            self._serving(self.url)
+
+    @property
+    def url(self) -> str:
+        """Where it answers, as ``[metrics]``'s ``url`` says it ("" for nowhere)."""
+        return f"http://{self._listen}/metrics" if self._listen else ""
+
+    async def _move(self, cfg: Config) -> None:
         sock = None
         endpoint = cfg.metrics.endpoint
         if endpoint is not None:
@@ -325,7 +338,9 @@ class MetricsServer:
         self._pool.shutdown(wait=True)
 
 
-async def maybe_start(cfg: Config, sock: socket.socket | None) -> MetricsServer | None:
+async def maybe_start(cfg: Config, sock: socket.socket | None,
+                      serving: Callable[[str], None] = lambda url: None,
+                      ) -> MetricsServer | None:
     """The endpoint, on ``sock`` (inherited from the main process); None when the
     processes do not count in files (not started by ``serve``). Without ``sock``
     (metrics off at start, or a delivery process restarted after a reload opened
@@ -333,7 +348,7 @@ async def maybe_start(cfg: Config, sock: socket.socket | None) -> MetricsServer 
     nothing to listen on, it waits for a reload to open it (``reconfigure``)."""
     if not counting_in_files(cfg):
         return None
-    server = MetricsServer(cfg)
+    server = MetricsServer(cfg, serving)
     endpoint = cfg.metrics.endpoint
     if sock is None and endpoint is not None:
         try:
@@ -343,6 +358,7 @@ async def maybe_start(cfg: Config, sock: socket.socket | None) -> MetricsServer 
                       e.strerror or e)
     if sock is not None:
         await server._serve(sock, cfg.metrics.listen)
+    serving(server.url)
     return server
 
 

@@ -107,10 +107,19 @@ class ServerStatus:
                             "kept": list(kept), "notes": list(notes)}
 
     def reloaded(self, cfg: Config) -> None:
+        """``admin`` and ``metrics`` stay: the process that serves them says where it
+        does once it has moved them (`serving`), which a reload may fail to do (the
+        new address taken, a port below 1024 for a process that is no longer root)."""
         self.config_loaded = time.time()
         self.listeners = listeners_of(cfg)
-        self.admin = cfg.admin.url
-        self.metrics = cfg.metrics.url
+
+    def serving(self, what: str, url: str) -> None:
+        """Where the web admin (``what`` "admin") or the metrics endpoint ("metrics")
+        is served now, "" for nowhere."""
+        if what == "admin":
+            self.admin = url
+        elif what == "metrics":
+            self.metrics = url
 
 
 def listeners_of(cfg: Config) -> list[dict[str, Any]]:

@@ -9,6 +9,10 @@ status pipe per child. A child writes one line per event on its pipe:
 - ``reloaded ok`` / ``reloaded failed``: it has handled a forwarded SIGHUP or
   SIGUSR1. When every child has answered, the parent logs that the reload is
   complete.
+- ``serving <what> <url>``: it now serves ``what`` (``admin``, ``metrics``) at
+  ``url`` (``-``: nowhere), at start-up and after a reload moved, opened or closed
+  it, or could not (``on_serving``: ``smtpgate status`` shows what is served, not
+  what the config asks for).
 - ``fatal <one line>``: the error that is ending it. The parent logs it with
   the exit status, so a worker's death always names its cause.
 - ``alive``: every ``ALIVE_EVERY`` seconds (more often for a short limit) from
@@ -100,6 +104,9 @@ class StatusWriter:
     def reloaded(self, ok: bool) -> None:
         self._send("reloaded ok" if ok else "reloaded failed")
 
+    def serving(self, what: str, url: str) -> None:
+        self._send(f"serving {what} {url or '-'}")
+
     def fatal(self, line: str) -> None:
         self._send("fatal " + line)
 
@@ -170,6 +177,8 @@ class Supervisor:
     on_reaped: Callable[[int], None] = lambda pid: None
     #: Seconds a ready child may say nothing before it is killed as stuck; 0: never.
     unresponsive_after: float = 0.0
+    #: Called with what a child serves where ("admin", URL; "" for nowhere).
+    on_serving: Callable[[str, str], None] = lambda what, url: None
 
     _children: dict[int, _Child] = field(default_factory=dict)
     _restart_at: dict[str, float] = field(default_factory=dict)
@@ -412,6 +421,9 @@ class Supervisor:
                 self._reload_waiting.discard(child.pid)
                 self._reload_failed += line != "reloaded ok"
                 self._reload_progress()
+        elif line.startswith("serving "):
+            what, _, url = line[8:].partition(" ")
+            self.on_serving(what, "" if url in ("", "-") else url)
         elif line.startswith("fatal "):
             child.fatal = line[6:]
 

@@ -32,6 +32,7 @@ import asyncio
 import logging
 import socket
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -163,6 +164,11 @@ class AdminServer:
         self._listening, self._ctx, self.listen = listening, ctx, cfg.admin.listen
         log.info("web admin moved to %s://%s/", "https" if ctx else "http", cfg.admin.listen)
 
+    @property
+    def url(self) -> str:
+        """Where it answers, as ``[admin]``'s ``url`` says it."""
+        return f"{'https' if self._ctx is not None else 'http'}://{self.listen}/"
+
     async def stop(self) -> None:
         await self._listening.stop()  # not one of the runner's sites
         await self._runner.cleanup()
@@ -184,9 +190,13 @@ class AdminEndpoint:
     """The web admin of the process that serves it, following reloads: it may be
     opened (bound here) by a reload, moved, or closed."""
 
-    def __init__(self, status_path: Path | None) -> None:
+    def __init__(self, status_path: Path | None,
+                 serving: Callable[[str], None] = lambda url: None) -> None:
         self.status_path = status_path
         self.server: AdminServer | None = None
+        #: Told the URL served after each start and reload ("" for none): what
+        #: ``smtpgate status`` shows, which a failed move must not change.
+        self._serving = serving
         # Reloads are applied in the background, one at a time, in order.
         self._lock = asyncio.Lock()
 
@@ -196,18 +206,21 @@ class AdminEndpoint:
         opened or moved the web admin)."""
         if sock is None:
             if cfg.admin.endpoint is None:
+                self._serving("")
                 return
             try:
                 sock = bind_tcp(*cfg.admin.endpoint)
             except OSError as e:
                 log.error("admin.listen: cannot listen on %s: %s", cfg.admin.listen,
                           e.strerror or e)
+                self._serving("")
                 return
         try:
             self.server = await AdminServer.start(cfg, sock, self.status_path)
         except BaseException:
             sock.close()  # not left listening with nobody answering
             raise
+        self._serving(self.server.url)
 
     async def reconfigure(self, cfg: Config) -> None:
         async with self._lock:
@@ -223,8 +236,10 @@ class AdminEndpoint:
             server, self.server = self.server, None
             await server.stop()
             log.info("web admin closed")
+            self._serving("")
         else:
             await self.server.reconfigure(cfg)
+            self._serving(self.server.url)
 
     async def stop(self) -> None:
         async with self._lock:

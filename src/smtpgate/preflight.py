@@ -597,10 +597,40 @@ def check_front_doors(cfg: Config) -> list[Problem]:
                     lookup(name)
                 except KeyError:
                     out.append(_error(f"{key}.{field}", f"no such {field}: {name!r}"))
+        out += _socket_owner_refused(key, door.user, door.group)
     for i, door in enumerate(cfg.auth_listeners):
         out += _proxies_unused(f"auth_listeners.{i}", door.proxy_protocol, door.trusted_proxies)
         if door.upstream is not None:
             out += _upstream_refuses_nginx(cfg, f"auth_listeners.{i}.upstream", door.upstream)
+    return out
+
+
+def _socket_owner_refused(key: str, user: str | None, group: str | None) -> list[Problem]:
+    """The socket's ``user`` and ``group`` this process may not give it: only root
+    gives a file to another user, and another user only to a group it is a member
+    of. ``serve`` stopped at the bind then (naming ``user`` even for the group)
+    while ``config check``, run as that user, said OK. As root (``serve`` started
+    as root binds as root) anything goes."""
+    import grp
+    import pwd
+
+    if os.geteuid() == 0:
+        return []
+    out: list[Problem] = []
+    try:
+        if user and pwd.getpwnam(user).pw_uid != os.geteuid():
+            out.append(_error(f"{key}.user", f"user {_user()} cannot give the socket to "
+                              f"user {user!r} (only root can); leave user unset, or start "
+                              "serve as root with [server] user"))
+        gid = grp.getgrnam(group).gr_gid if group else None
+    except KeyError:
+        return out  # named above
+    if gid is not None and gid != os.getegid() and gid not in os.getgroups():
+        out.append(_error(f"{key}.group", f"user {_user()} is not a member of group "
+                          f"{group!r}, so it cannot give the socket to it; make it one "
+                          "(systemd: SupplementaryGroups=), or leave group unset and let a "
+                          "set-group-ID directory give the socket its group "
+                          "(docs/integration.md)"))
     return out
 
 

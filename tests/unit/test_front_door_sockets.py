@@ -242,3 +242,36 @@ def test_trusted_proxies_without_proxy_protocol_is_a_warning(base: Path) -> None
         'trusted_proxies = ["10.0.0.5/32"]\nproxy_protocol = true\n')
     assert "auth_listeners.0.trusted_proxies" not in _checked(proxied, base)
     assert not any(k.endswith("trusted_proxies") for k in _checked(BASE, base))
+
+
+@pytest.mark.parametrize("field", ["group", "user"])
+def test_a_socket_owner_smtpgate_may_not_give_is_named_by_check_and_by_serve(
+        base: Path, field: str) -> None:
+    """Not root, smtpgate gives its socket only to a group it is a member of, never to
+    another user (the systemd unit runs it as ``smtpgate``). With ``group`` set to
+    another group, config check said OK and serve stopped at the bind naming
+    ``auth_listeners.0.user``, a key the file did not even have."""
+    import grp
+
+    sockets = Path(tempfile.mkdtemp(prefix="sgown-", dir="/tmp"))
+    try:
+        if os.geteuid() == 0:
+            os.chown(sockets, 65534, 65534)  # nobody's directory: the bind itself works
+        owner = grp.getgrgid(0).gr_name if field == "group" else "root"
+        cfg = parse_config(BASE + door(protocol="dovecot", address=f"unix:{sockets}/auth",
+                                       **{field: owner}), base)
+        from smtpgate.preflight import check_front_doors
+
+        def check_and_bind() -> list[str]:
+            found = [f"{p.severity} {p.key}" for p in check_front_doors(cfg)]
+            try:
+                close_auth_sockets(cfg, bind_auth_sockets(cfg))
+            except StartupError as e:
+                return [*found, f"serve {e.key}"]
+            return [*found, "serve bound"]  # pragma: no cover - the defect
+
+        assert run_as_nobody(check_and_bind) == [
+            f"error auth_listeners.0.{field}", f"serve auth_listeners.0.{field}"]
+        assert not (sockets / "auth").exists()
+    finally:
+        shutil.rmtree(sockets, ignore_errors=True)

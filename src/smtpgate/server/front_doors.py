@@ -176,6 +176,13 @@ def _clear_stale_socket(path: Path, key: str) -> None:
     raise StartupError(key, f"{path}: another server listens on it", "stop that one, or choose another path")
 
 
+#: How a process that is not root gives its socket to the MTA (docs/integration.md).
+_OWNER_HINT = ("only root may give a file to another user, and any other user only to "
+               "a group it is a member of: make smtpgate's user a member of the group "
+               "(systemd: SupplementaryGroups=), or leave user and group unset and "
+               "let a set-group-ID directory give the socket its group")
+
+
 def _bind_unix(door: AuthListenerConfig, path: Path, key: str) -> socket.socket:
     _clear_stale_socket(path, f"{key}.address")
     uid = gid = -1
@@ -197,14 +204,22 @@ def _bind_unix(door: AuthListenerConfig, path: Path, key: str) -> socket.socket:
         raise StartupError(f"{key}.address", f"cannot bind {path}: {e.strerror or e}") from None
     finally:
         os.umask(old)
-    try:
-        if uid != -1 or gid != -1:
-            os.chown(path, uid, gid)
-        os.chmod(path, door.file_mode)
-    except OSError as e:
-        sock.close()
-        path.unlink(missing_ok=True)
-        raise StartupError(f"{key}.user", f"cannot set owner/mode of {path}: {e.strerror or e}") from None
+    # One call per key, so that a refusal names the key at fault: a process that
+    # is not root may give the socket only to a group it is in, never to a user.
+    steps: list[tuple[str, str, Callable[[], None]]] = []
+    if uid != -1:
+        steps.append(("user", "owner", lambda: os.chown(path, uid, -1)))
+    if gid != -1:
+        steps.append(("group", "group", lambda: os.chown(path, -1, gid)))
+    steps.append(("mode", "mode", lambda: os.chmod(path, door.file_mode)))
+    for field, what, step in steps:
+        try:
+            step()
+        except OSError as e:
+            sock.close()
+            path.unlink(missing_ok=True)
+            raise StartupError(f"{key}.{field}", f"cannot set the {what} of {path}: "
+                               f"{e.strerror or e}", _OWNER_HINT if field != "mode" else "") from None
     return sock
 
 

@@ -1157,7 +1157,9 @@ class LimitsConfig(Model):
     )
     max_connections: int = Field(default=1000, ge=1, description="Concurrent connections in all.")
     max_connections_per_ip: int = Field(
-        default=20, ge=1, description="Concurrent connections from one client address (IPv6: its /64)."
+        default=20, ge=1, description="Concurrent connections from one client address (IPv6: its /64). "
+        "Not a proxy's in a listener's xclient_trusted (nginx): its connections, each for a "
+        "client it authenticated, count toward max_connections only."
     )
     connection_rate_per_ip: int = Field(
         default=300,

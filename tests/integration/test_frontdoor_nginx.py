@@ -15,10 +15,12 @@ import shutil
 import signal
 import smtplib
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,13 @@ GUARD = f"""
 allowlist = []
 penalty_base = {PENALTY_BASE}
 penalty_max = 8
+"""
+#: Concurrent connections from one address: small, so that nginx's sessions (all
+#: from 127.0.0.1 to the upstream listener) pass it in a test.
+PER_IP = 3
+LIMITS = f"""
+[limits]
+max_connections_per_ip = {PER_IP}
 """
 
 NGINX_CONF = """
@@ -120,7 +129,7 @@ def stack() -> Iterator[Stack]:
         f'\n[[auth_listeners]]\nprotocol = "auth_http"\naddress = "127.0.0.1:{auth_http}"\n'
         f'upstream = "127.0.0.1:{upstream}"\n'
     )
-    srv = make_server(root / "srv", doors + GUARD + LOGIN_IN_RECEIVED)
+    srv = make_server(root / "srv", doors + GUARD + LIMITS + LOGIN_IN_RECEIVED)
     text = srv.config.read_text()
     srv.config.write_text(text.replace(
         "\n[auth]\n", '\n[auth]\nmechanisms = ["SCRAM-SHA-256", "PLAIN", "LOGIN", "CRAM-MD5"]\n', 1))
@@ -388,6 +397,45 @@ def test_xclient_from_an_untrusted_address_is_refused(stack: Stack) -> None:
     with smtplib.SMTP("127.0.0.1", stack.smtpgate.submission, timeout=10) as s:
         s.ehlo("proxy.test")
         assert s.docmd(f"XCLIENT LOGIN={ALICE}")[0] == 550
+
+
+def test_more_sessions_through_nginx_than_one_address_may_hold_all_go_on(
+        stack: Stack) -> None:
+    """nginx connects to the upstream listener from 127.0.0.1 for every client whose
+    login it passed, and those connections counted against max_connections_per_ip
+    like one client's: past it, a client whose login was a success in the auth log
+    got nginx's '451 4.3.2 Internal server error' (the upstream's 421 at its
+    greeting). Only the total counts them now; a direct client keeps its cap."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    with ExitStack() as held:
+        sessions = []
+        for n in range(PER_IP + 1):
+            s = held.enter_context(smtplib.SMTP(
+                "127.0.0.1", stack.nginx_port, source_address=(f"127.0.0.{60 + n}", 0),
+                timeout=30))
+            s.ehlo("client.test")
+            s.starttls(context=ctx)
+            s.ehlo("client.test")
+            s.user, s.password = CAROL, PASSWORD
+            try:
+                code, text = s.auth("PLAIN", s.auth_plain)
+            except smtplib.SMTPException as e:
+                pytest.fail(f"session {n + 1} through nginx: {e}\n{stack.nginx_log()}")
+            assert code == 235, (n, text)
+            sessions.append(s)
+        # Each is a session of the account on the upstream listener.
+        assert [s.mail(CAROL)[0] for s in sessions] == [250] * (PER_IP + 1)
+        # A direct client from one address keeps its cap.
+        direct = [held.enter_context(smtplib.SMTP("127.0.0.1", stack.upstream,
+                                                  source_address=("127.0.0.70", 0),
+                                                  timeout=10))
+                  for _ in range(PER_IP)]
+        assert all(d.noop()[0] == 250 for d in direct)
+        with pytest.raises(smtplib.SMTPConnectError) as refused:
+            smtplib.SMTP("127.0.0.1", stack.upstream, source_address=("127.0.0.70", 0),
+                         timeout=10)
+        assert refused.value.smtp_code == 421
 
 
 BASE = (b"Auth-User: " + ALICE.encode() + b"\r\nAuth-Pass: " + PASSWORD.encode()

@@ -72,7 +72,7 @@ def test_the_limiters_refuse_with_rate_before_counting_a_slot() -> None:
     assert single.acquire("192.0.2.1") is None and single.acquire("192.0.2.1") is None
     assert single.acquire("192.0.2.1") == "rate"
     assert single.total == 2
-    assert single.acquire("192.0.2.1", rated=False) is None  # a trusted XCLIENT proxy
+    assert single.acquire("192.0.2.1", proxy=True) is None  # a trusted XCLIENT proxy
     shared = SharedConnectionLimiter(100, 100, 2, ConnectionRate(2, clock=clock))
     try:
         shared.attach(0)
@@ -112,5 +112,28 @@ def test_the_concurrent_limit_counts_an_ipv6_client_by_its_64_and_a_mapped_one_a
                 limiter.release(ip)
             assert limiter.acquire("192.0.2.4") is None
             assert limiter.acquire("2001:db8:1:2::6") is None
+    finally:
+        shared.close()
+
+
+def test_a_trusted_proxys_connections_count_in_the_total_only() -> None:
+    """nginx connects to its upstream listener from one address for every client it
+    authenticated: counted per address, it held max_connections_per_ip sessions for
+    all of them together, and the next client whose login had succeeded got nginx's
+    451 4.3.2. A direct client from that address keeps its cap."""
+    single = ConnectionLimiter(6, 2)
+    shared = SharedConnectionLimiter(6, 2, 2)
+    try:
+        shared.attach(0)
+        for limiter in (single, shared):
+            assert [limiter.acquire("127.0.0.1", proxy=True) for _ in range(4)] == [None] * 4
+            assert limiter.acquire("127.0.0.1") is None and limiter.acquire("127.0.0.1") is None
+            assert limiter.acquire("127.0.0.1") == "total"
+            for _ in range(4):
+                limiter.release("127.0.0.1", proxy=True)
+            assert limiter.acquire("127.0.0.1") == "per_ip"  # the direct client's cap
+            limiter.release("127.0.0.1")
+            assert limiter.acquire("127.0.0.1") is None  # released what it took, no more
+        assert shared.server_total() == 2
     finally:
         shared.close()

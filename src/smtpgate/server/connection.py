@@ -144,6 +144,7 @@ class SmtpConnection(asyncio.Protocol):
         "_last_activity",
         "_line_started",
         "_loop",
+        "_proxy",
         "_reading_paused",
         "_task",
         "_task_event",
@@ -194,6 +195,8 @@ class SmtpConnection(asyncio.Protocol):
         self._data_bytes = 0
         self._closed = False
         self._counted = False
+        #: Counted as a trusted XCLIENT proxy's connection (total only).
+        self._proxy = False
         self._reading_paused = False
         #: Reading stopped until the message being received is written out.
         self._disk_paused = False
@@ -224,8 +227,10 @@ class SmtpConnection(asyncio.Protocol):
                       self.listener.name)
             self.engine.on_command = self._debug_command
         # A proxy trusted to send XCLIENT connects for many clients: the rate of
-        # new connections is theirs, and only XCLIENT names them.
-        refused = self.rt.limiter.acquire(self.client_ip, rated=not self.engine.xclient_trusted)
+        # new connections and the per-address cap are theirs, and only XCLIENT
+        # names them (``ConnectionLimiter.acquire``).
+        self._proxy = self.engine.xclient_trusted
+        refused = self.rt.limiter.acquire(self.client_ip, proxy=self._proxy)
         if refused is not None:
             reply = _REFUSAL_REPLIES[refused]
             if _refusal_log.take():
@@ -364,7 +369,7 @@ class SmtpConnection(asyncio.Protocol):
         self.decisions.message_dropped()
         if self._counted:
             self._counted = False
-            self.rt.limiter.release(self.client_ip)
+            self.rt.limiter.release(self.client_ip, proxy=self._proxy)
             self.rt.connections.discard(self)
             metrics.session_ended(self.listener.name, self._tls_version)
         # An in-flight spool write is left to finish (its result is simply not

@@ -69,23 +69,31 @@ class ConnectionLimiter:
         if rate_per_minute is not None:
             self.rate.set_limit(rate_per_minute, rate_exceptions or [])
 
-    def acquire(self, ip: str, rated: bool = True) -> str | None:
+    def acquire(self, ip: str, proxy: bool = False) -> str | None:
         """Take a slot; return None, or 'rate' / 'total' / 'per_ip' naming the limit
-        hit. Every call counts toward the address's rate, refused or not, unless not
-        ``rated`` (a trusted proxy's connection: its clients are many)."""
-        if rated and not self.rate.take(self._rate_counts, 0, ip):
+        hit. Every call counts toward the address's rate, refused or not, and toward
+        its concurrent connections, unless ``proxy``: a trusted XCLIENT proxy's
+        connection (nginx's, each for a client it authenticated), of which only the
+        total counts. Its clients are many: with the per-address cap, nginx could
+        hold ``max_connections_per_ip`` sessions for all of them together, and the
+        next client whose login had succeeded got nginx's 451. ``release`` with
+        the same ``proxy``."""
+        if not proxy and not self.rate.take(self._rate_counts, 0, ip):
             return "rate"
         if self.total >= self.max_total:
             return "total"
         key = client_keys(ip).address
-        if self._per_ip[key] >= self.max_per_ip:
+        if not proxy and self._per_ip[key] >= self.max_per_ip:
             return "per_ip"
         self.total += 1
-        self._per_ip[key] += 1
+        if not proxy:
+            self._per_ip[key] += 1
         return None
 
-    def release(self, ip: str) -> None:
+    def release(self, ip: str, proxy: bool = False) -> None:
         self.total -= 1
+        if proxy:
+            return
         key = client_keys(ip).address
         left = self._per_ip[key] - 1
         if left > 0:
@@ -131,31 +139,31 @@ class SharedConnectionLimiter(ConnectionLimiter):
         h = int.from_bytes(hashlib.blake2b(key, key=self._key, digest_size=8).digest())
         return 1 + (h & 0xFFFFFFFF) % SLOTS, 1 + SLOTS + (h >> 32) % SLOTS
 
-    def acquire(self, ip: str, rated: bool = True) -> str | None:
+    def acquire(self, ip: str, proxy: bool = False) -> str | None:
         if self._row < 0:
             raise RuntimeError("SharedConnectionLimiter.attach() was not called in this worker")
         a, b = self._slots(ip)
         c = self._counts
         rows = range(0, self.workers * _ROW, _ROW)
         with self._locked():
-            if rated and not self.rate.take(c, self.workers * _ROW, ip):
+            if not proxy and not self.rate.take(c, self.workers * _ROW, ip):
                 return "rate"
             if sum(c[r] for r in rows) >= self.max_total:
                 return "total"
-            if min(sum(c[r + a] for r in rows), sum(c[r + b] for r in rows)) >= self.max_per_ip:
+            if not proxy and min(sum(c[r + a] for r in rows),
+                                 sum(c[r + b] for r in rows)) >= self.max_per_ip:
                 return "per_ip"
             mine = self._row
-            c[mine] += 1
-            c[mine + a] += 1
-            c[mine + b] += 1
+            for i in (mine,) if proxy else (mine, mine + a, mine + b):
+                c[i] += 1
         self.total += 1
         return None
 
-    def release(self, ip: str) -> None:
+    def release(self, ip: str, proxy: bool = False) -> None:
         a, b = self._slots(ip)
         c, mine = self._counts, self._row
         with self._locked():
-            for i in (mine, mine + a, mine + b):
+            for i in (mine,) if proxy else (mine, mine + a, mine + b):
                 if c[i] > 0:
                     c[i] -= 1
         self.total -= 1

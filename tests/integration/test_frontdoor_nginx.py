@@ -10,6 +10,7 @@ the guard and the Received header must see those, not nginx's 127.0.0.1.
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import signal
@@ -62,7 +63,8 @@ mail {{
     auth_http 127.0.0.1:{auth_http}/auth;
     auth_http_timeout 30s;
     xclient on;
-    smtp_auth plain login cram-md5;
+    # external: a mechanism nginx offers and smtpgate does not serve (504).
+    smtp_auth plain login cram-md5 external;
     server {{
         listen 127.0.0.1:{port};
         protocol smtp;
@@ -436,6 +438,29 @@ def test_more_sessions_through_nginx_than_one_address_may_hold_all_go_on(
             smtplib.SMTP("127.0.0.1", stack.upstream, source_address=("127.0.0.70", 0),
                          timeout=10)
         assert refused.value.smtp_code == 421
+
+
+def test_after_a_mechanism_smtpgate_does_not_serve_the_client_may_choose_another(
+        stack: Stack) -> None:
+    """nginx advertises what its smtp_auth lists; smtpgate's 504 for one it does not
+    serve came without Auth-Wait, so nginx closed the session, and a client that
+    tries its preferred mechanism first (Python's smtplib: CRAM-MD5, with the docs'
+    example and CRAM-MD5 not enabled) could not fall back (SMTPServerDisconnected).
+    As on smtpgate's own port, the 504 leaves the session to the client."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    with smtplib.SMTP("127.0.0.1", stack.nginx_port, source_address=("127.0.0.71", 0),
+                      timeout=30) as s:
+        s.ehlo("client.test")
+        s.starttls(context=ctx)
+        _, caps = s.ehlo("client.test")
+        assert b"EXTERNAL" in caps, caps
+        code, text = s.docmd("AUTH", "EXTERNAL " + base64.b64encode(CAROL.encode()).decode())
+        assert (code, text) == (504, b"5.5.4 Unrecognized authentication mechanism"), (
+            code, text, stack.nginx_log())
+        s.user, s.password = CAROL, PASSWORD
+        assert s.auth("PLAIN", s.auth_plain)[0] == 235, stack.nginx_log()
+        assert s.mail(CAROL)[0] == 250
 
 
 BASE = (b"Auth-User: " + ALICE.encode() + b"\r\nAuth-Pass: " + PASSWORD.encode()

@@ -133,6 +133,21 @@ def test_a_disabled_mechanism_is_504() -> None:
     assert never.refused[-1] == ("EXTERNAL", "alice@example.org", "mechanism not offered")
 
 
+def test_a_refused_mechanism_leaves_the_client_its_session_to_choose_another() -> None:
+    """nginx advertises what its smtp_auth lists (the docs' example had cram-md5):
+    a client that picked a mechanism smtpgate does not serve got the 504 and, with
+    no Auth-Wait, nginx closed the session, so Python's smtplib, which tries
+    CRAM-MD5 first, never got to PLAIN (SMTPServerDisconnected). nginx ends the
+    session after MAX_WAITED_ATTEMPTS, as for wrong passwords."""
+    never = FakeAttempt(Verdict(ok=True), LoginResult(AuthResult.SUCCESS))
+    answer = run(decider(never, []), request(method="cram-md5", salt="<1.2@mx>"))
+    assert (answer.error_code, answer.wait) == ("504 5.5.4", 1)
+    assert run(decider(never, []), request(method="cram-md5", salt="<1.2@mx>",
+                                           attempt=10)).wait is None
+    # A protocol smtpgate does not serve is nginx's set-up: nothing to retry.
+    assert run(decider(never, []), request(protocol="imap")).wait is None
+
+
 def test_a_refused_auth_protocol_is_logged_without_controls(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -26,7 +26,9 @@ What nginx is told on failure:
   report as on TLS (no ``Auth-SSL: on``): the 530 SMTP gives AUTH before
   STARTTLS, nothing checked (CRAM-MD5 sends no password and is let through);
 - ``Auth-Method: none`` (no AUTH): ``530 5.7.0``, submission needs a login;
-  a method or protocol smtpgate does not serve here: ``504 5.5.4``.
+  a method or protocol smtpgate does not serve here: ``504 5.5.4``; for a method,
+  with ``Auth-Wait`` (until ``MAX_WAITED_ATTEMPTS``), so that the client may
+  choose another one, as after a 504 on smtpgate's own port.
 """
 
 from __future__ import annotations
@@ -149,7 +151,12 @@ class AuthHttpDecider:
             rt.login.refused(ctx, chosen[0] if chosen else req.method.upper(),
                              "" if req.unreadable else req.user,
                              REFUSED_MECHANISM)
-            return _error(R.AUTH_UNKNOWN_MECHANISM)
+            # With Auth-Wait the session goes on and the client may choose another
+            # mechanism, as after a 504 on smtpgate's own port: nginx advertises
+            # what its smtp_auth lists, and a client that picked CRAM-MD5 first
+            # (Python's smtplib does) lost the session before it could fall back.
+            return _error(R.AUTH_UNKNOWN_MECHANISM,
+                          AUTH_WAIT if req.attempt < MAX_WAITED_ATTEMPTS else None)
         name, initial = chosen
         if name == "PLAIN" and req.tls_version is None:
             # smtpgate's own rule (no password in clear) moved to the proxy: nginx

@@ -77,6 +77,11 @@ mail {{
         protocol smtp;
     }}
     server {{
+        # Behind a PROXY-protocol balancer, without set_real_ip_from.
+        listen 127.0.0.1:{proxy_port} proxy_protocol;
+        protocol smtp;
+    }}
+    server {{
         listen [::]:{dual_port} ipv6only=off;
         protocol smtp;
         starttls only;
@@ -97,6 +102,8 @@ class Stack:
     auth_http: int
     upstream: int
     nginx_root: Path
+    #: nginx's listener that takes a PROXY header (no set_real_ip_from).
+    proxy_port: int = 0
 
     def records(self) -> list[dict[str, Any]]:
         path = self.smtpgate.root / "auth.log"
@@ -124,7 +131,7 @@ def stack() -> Iterator[Stack]:
         pytest.fail("libnginx-mod-mail is not installed (make test installs it)")
     root = Path(tempfile.mkdtemp(prefix="sgnx-"))
     auth_http, upstream, nginx_port, clear_port = free_port(), free_port(), free_port(), free_port()
-    dual_port = free_port()
+    dual_port, proxy_port = free_port(), free_port()
     doors = (
         f'\n[[listeners]]\nname = "from-nginx"\naddress = "127.0.0.1:{upstream}"\n'
         f'tls = "starttls"\nxclient_trusted = ["127.0.0.1/32"]\n'
@@ -145,7 +152,7 @@ def stack() -> Iterator[Stack]:
         srv.start()
         (nginx_root / "nginx.conf").write_text(NGINX_CONF.format(
             root=nginx_root, auth_http=auth_http, port=nginx_port, clear_port=clear_port,
-            dual_port=dual_port,
+            dual_port=dual_port, proxy_port=proxy_port,
             cert=srv.ca, key=srv.root / "tls" / "key.pem"))
         with open(nginx_root / "stdout.log", "wb") as out:
             proc = subprocess.Popen(
@@ -159,7 +166,8 @@ def stack() -> Iterator[Stack]:
                                    + (nginx_root / "stdout.log").read_text(errors="replace")
                                    + (nginx_root / "error.log").read_text(errors="replace"))
             time.sleep(0.05)
-        yield Stack(srv, nginx_port, clear_port, dual_port, auth_http, upstream, nginx_root)
+        yield Stack(srv, nginx_port, clear_port, dual_port, auth_http, upstream, nginx_root,
+                    proxy_port)
     finally:
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGQUIT)
@@ -461,6 +469,28 @@ def test_after_a_mechanism_smtpgate_does_not_serve_the_client_may_choose_another
         s.user, s.password = CAROL, PASSWORD
         assert s.auth("PLAIN", s.auth_plain)[0] == 235, stack.nginx_log()
         assert s.mail(CAROL)[0] == 250
+
+
+def test_a_balancers_address_as_client_ip_is_said_in_the_log(stack: Stack) -> None:
+    """nginx behind a PROXY-protocol balancer, without set_real_ip_from, sends the
+    balancer's address as Client-IP (its client's only in Proxy-Protocol-Addr): the
+    guard counted all its clients as one, the auth log named the balancer, and
+    nothing said so. The log now says what to set in nginx."""
+    with socket.create_connection(("127.0.0.1", stack.proxy_port), timeout=10) as s:
+        s.sendall(f"PROXY TCP4 203.0.113.9 127.0.0.1 41111 {stack.proxy_port}\r\n".encode())
+        f = s.makefile("rb")
+        assert f.readline().startswith(b"220"), stack.nginx_log()
+        s.sendall(b"EHLO client.test\r\n")
+        while not f.readline().startswith(b"250 "):
+            pass
+        plain = base64.b64encode(f"\0{CAROL}\0{PASSWORD}".encode())
+        s.sendall(b"AUTH PLAIN " + plain + b"\r\n")
+        assert f.readline().startswith(b"530 5.7.0"), stack.nginx_log()  # no TLS to nginx
+    deadline = time.monotonic() + 10
+    while "set_real_ip_from 127.0.0.1;" not in stack.smtpgate.log_text():
+        assert time.monotonic() < deadline, stack.smtpgate.log_text()[-3000:]
+        time.sleep(0.1)
+    assert "203.0.113.9" in stack.smtpgate.log_text()
 
 
 BASE = (b"Auth-User: " + ALICE.encode() + b"\r\nAuth-Pass: " + PASSWORD.encode()

@@ -255,3 +255,32 @@ def test_a_login_as_a_web_admins_guard_key_does_not_read_the_admins_lockout(type
     answer = run(d, request(user=typed))
     assert guard.asked == [""]
     assert (answer.error_code, answer.wait) == ("535 5.7.8", 1)
+
+
+def test_a_client_ip_that_is_the_balancers_is_warned_about_once(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """nginx behind a PROXY-protocol balancer without set_real_ip_from sends the
+    balancer's address as Client-IP and the client's in Proxy-Protocol-Addr (seen
+    with nginx 1.22): the guard counted every client as one and the auth log named
+    the balancer, without a word. The address is not taken from the header (nginx
+    takes it from anyone who reaches its port); the log says what to set."""
+    from smtpgate.frontdoor.auth_http import parse_request
+
+    head = (b"GET /auth HTTP/1.0\r\nAuth-Method: plain\r\nAuth-User: a\r\nAuth-Pass: b\r\n"
+            b"Auth-Protocol: smtp\r\nClient-IP: 10.0.0.5\r\n"
+            b"Proxy-Protocol-Addr: ::ffff:203.0.113.9\r\nProxy-Protocol-Port: 41111")
+    parsed = parse_request(head)
+    assert (parsed.client_ip, parsed.proxy_client_ip) == ("10.0.0.5", "203.0.113.9")
+    bad = FakeAttempt(Verdict(ok=False, reason="wrong password"), LoginResult(AuthResult.FAILURE))
+    contexts: list[Any] = []
+    d = decider(bad, contexts)
+    caplog.set_level("WARNING", logger="smtpgate.session")
+    for _ in range(3):
+        run(d, request(client_ip="10.0.0.5", proxy_client_ip="203.0.113.9"))
+    warned = [r.getMessage() for r in caplog.records if "Proxy-Protocol-Addr" in r.getMessage()]
+    assert len(warned) == 1 and "set_real_ip_from 10.0.0.5;" in warned[0], warned
+    assert {c.client_ip for c in contexts} == {"10.0.0.5"}  # never the header's
+    caplog.clear()
+    for same in ("10.0.0.5", ""):  # set_real_ip_from in place, or no balancer
+        run(decider(bad, []), request(client_ip="10.0.0.5", proxy_client_ip=same))
+    assert not [r for r in caplog.records if "Proxy-Protocol-Addr" in r.getMessage()]

@@ -22,7 +22,8 @@ What nginx sends (its auth_http module and documentation): ``Auth-Method``
 ``%`` and the bytes 0x00-0x1F become ``%XX``; DEL and the bytes from 0x80 on are
 passed raw, as the client typed them, UTF-8 or not), ``Auth-Salt`` (the CRAM-MD5
 challenge it issued), ``Auth-Protocol``, ``Auth-Login-Attempt``, ``Client-IP``,
-``Client-Host``, ``Auth-SSL``/``Auth-SSL-Protocol``, and for ``none``
+``Client-Host``, ``Auth-SSL``/``Auth-SSL-Protocol``, ``Proxy-Protocol-Addr``
+(behind a PROXY-protocol balancer), and for ``none``
 ``Auth-SMTP-Helo/From/To``. What it reads back: ``Auth-Status`` (``OK`` or the
 error text for the client), ``Auth-Server`` and ``Auth-Port`` on success, and
 ``Auth-User`` (the login it then gives the upstream in ``XCLIENT LOGIN=``),
@@ -87,6 +88,11 @@ class AuthHttpRequest:
     #: field is then "". A client's input, answered as a failed login, not as a
     #: request nginx would never send.
     unreadable: str = ""
+    #: The client address of the PROXY header nginx received (``Proxy-Protocol-Addr``,
+    #: nginx behind a balancer), "" without one. Never used as the client's address:
+    #: nginx takes that header from whoever reaches its port, and its own
+    #: ``set_real_ip_from`` says whose to believe (then ``Client-IP`` is this one).
+    proxy_client_ip: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +239,7 @@ def parse_request(head: bytes) -> AuthHttpRequest:
         smtp_from=headers.get("auth-smtp-from", ""),
         smtp_to=headers.get("auth-smtp-to", ""),
         unreadable=unreadable,
+        proxy_client_ip=reported_address(headers.get("proxy-protocol-addr", "")) or "",
     )
 
 

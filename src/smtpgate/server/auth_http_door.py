@@ -61,6 +61,7 @@ from smtpgate.sasl.registry import create_server_mechanism
 from smtpgate.server.front_doors import FrontDoor
 from smtpgate.smtp import replies as R
 from smtpgate.smtp.engine import REFUSED_BEFORE_STARTTLS, REFUSED_MECHANISM
+from smtpgate.web.log_budget import LogBudget
 
 log = logging.getLogger("smtpgate.session")
 
@@ -73,6 +74,9 @@ _REFUSAL_REPLIES = {
     THROTTLE: R.AUTH_THROTTLED,
 }
 _ids = itertools.count(1)
+
+#: Seconds between warnings that nginx sends a balancer's address as Client-IP.
+REALIP_WARNING_WINDOW = 3600.0
 
 #: Seconds of ``Auth-Wait`` after wrong credentials: nginx closes the session on
 #: 0 or none, so 1 is the least that lets the client try again. The guard's
@@ -94,6 +98,8 @@ class AuthHttpDecider:
         host, _, port = door.listener.upstream.rpartition(":")
         self._server = host.strip("[]")
         self._port = int(port)
+        #: One warning an hour per process about a Client-IP that is the balancer's.
+        self._realip_log = LogBudget(1, REALIP_WARNING_WINDOW, self._report_realip)
 
     def _mechanism(self, req: AuthHttpRequest) -> tuple[str, bytes | None] | None:
         """(mechanism, what the client sends first) for the exchange, or None if the
@@ -126,7 +132,28 @@ class AuthHttpDecider:
             return "PLAIN: NUL in Auth-Pass"
         return "PLAIN: empty Auth-User or Auth-Pass"
 
+    def _check_client_ip(self, req: AuthHttpRequest) -> None:
+        """nginx behind a PROXY-protocol balancer without ``set_real_ip_from`` sends
+        the balancer's address as ``Client-IP`` and its client's only in
+        ``Proxy-Protocol-Addr``: the guard then counts every client as one (one
+        guesser blocks them all) and the auth log names the balancer. Said in the
+        log (within a budget), not mended here: nginx takes a PROXY header from
+        anyone who reaches its port, and only its ``set_real_ip_from`` knows whose
+        to believe."""
+        if req.proxy_client_ip and req.proxy_client_ip != req.client_ip and (
+                self._realip_log.take()):
+            log.warning("auth_http: nginx sent Client-IP %s, and %s as its PROXY header's "
+                        "client (Proxy-Protocol-Addr): the guard and the auth log see the "
+                        "balancer, not the client; add 'set_real_ip_from %s;' to nginx's "
+                        "mail block (docs/integration.md)", req.client_ip,
+                        req.proxy_client_ip, req.client_ip)
+
+    def _report_realip(self, count: int) -> None:
+        log.warning("auth_http: %d more requests with Client-IP the balancer's address "
+                    "(no set_real_ip_from in nginx)", count)
+
     async def decide(self, req: AuthHttpRequest, alive: Callable[[], bool]) -> AuthHttpAnswer:
+        self._check_client_ip(req)
         if req.protocol != "smtp":
             log.warning("auth_http: Auth-Protocol %s refused (smtpgate serves SMTP)",
                         neutralize(req.protocol, 32))

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from smtpgate.smtp import replies as R
 from smtpgate.smtp.bdat import BdatSyntaxError, ChunkStream, parse_bdat
+from smtpgate.smtp.engine import JUNK_COMMANDS
 from smtpgate.smtp.events import MessageAborted, MessageData, MessageReceived, MessageStart
 from smtpgate.smtp.states import State
 
@@ -77,6 +78,63 @@ def test_bdat_before_auth_is_refused_and_octets_dropped() -> None:
     assert not d.closed
 
 
+#: A message in 13 chunks, pipelined in one write as RFC 3030 §4.2 shows: what
+#: follows a refused first chunk is 11 chunks and the LAST.
+CHUNKS_BEHIND = b"".join(bdat(b"line %d\r\n" % i, last=False) for i in range(11)) + bdat(b"end\r\n")
+
+
+@pytest.mark.parametrize(("first", "refusal"), [
+    (b"From: alice@example.org\r\n\r\na\nb\r\n", R.BARE_LINE_ENDING),
+    (b"From: alice@example.org\r\nX: a\x00b\r\n\r\n", R.NUL_IN_HEADER),
+    (b"From: alice@example.org\r\n\r\n" + b"x" * 200, R.MESSAGE_TOO_BIG),
+])
+def test_chunks_pipelined_behind_a_refused_one_are_discarded_not_errors(
+        first: bytes, refusal: R.Reply) -> None:
+    # RFC 3030 §2: a server offering PIPELINING "MUST be prepared to accept and
+    # discard additional BDAT chunks already in the pipeline after the failed BDAT".
+    # Each was 503 Send MAIL first and an error: the tenth closed the session with
+    # 421 Too many errors, a temporary failure, as the answer to a message refused
+    # for good (Postfix answers them 551 5.0.0 Discarded and goes on).
+    d = authed(max_message_size=100)
+    out = d.feed(ENVELOPE + bdat(first, last=False) + CHUNKS_BEHIND + b"NOOP\r\n")
+    assert codes(out) == [*OK2, str(refusal), *[str(R.CHUNK_DISCARDED)] * 12, str(R.NOOP_OK)]
+    assert not d.closed and d.engine.errors == 0 and d.messages == []
+    out = d.feed(ENVELOPE + bdat(b"From: alice@example.org\r\n\r\nok\r\n"))
+    assert codes(out) == [*OK2, str(R.MESSAGE_ACCEPTED)]
+
+
+def test_a_run_of_discarded_chunks_ends_at_its_last_or_at_another_command() -> None:
+    # A BDAT refused outside a transaction (no RCPT: its recipients were refused)
+    # starts the run as a refused chunk does, as in Postfix.
+    d = authed()
+    refused = b"MAIL FROM:<alice@example.org>\r\n" + bdat(b"x\r\n", last=False)
+    out = d.feed(refused + bdat(b"y\r\n") + bdat(b"z\r\n", last=False) + b"NOOP\r\n")
+    # The LAST ends the run: a BDAT after it is the client's error again.
+    assert codes(out) == [str(R.SENDER_OK), str(R.NEED_RCPT), str(R.CHUNK_DISCARDED),
+                          str(R.NEED_RCPT), str(R.NOOP_OK)]
+    # So does any other command: the client has read the refusal.
+    out = d.feed(bdat(b"x\r\n", last=False) + b"NOOP\r\n" + bdat(b"y\r\n"))
+    assert codes(out) == [str(R.NEED_RCPT), str(R.NOOP_OK), str(R.NEED_RCPT)]
+    assert d.engine.errors == 4 and d.messages == []
+
+
+def test_discarded_chunks_move_nothing_so_an_endless_run_is_cut_off() -> None:
+    # Each counts as a NOOP does: past JUNK_COMMANDS, as an error.
+    d = authed()
+    free = JUNK_COMMANDS - d.engine._junk  # what the EHLO left
+    out = d.feed(ENVELOPE + bdat(b"a\nb\r\n", last=False) + bdat(b"x", last=False) * 200)
+    assert codes(out).count(str(R.CHUNK_DISCARDED)) == free + d.engine.settings.max_errors
+    assert codes(out)[-1] == str(R.TOO_MANY_ERRORS) and d.closed
+
+
+def test_before_a_login_chunks_stay_errors() -> None:
+    from .engine_driver import Driver
+    d = Driver.new(tls=True)
+    out = d.feed(b"EHLO c.test\r\n" + bdat(b"x\r\n", last=False) * 12)
+    assert codes(out)[1:] == [str(R.AUTH_REQUIRED)] * 10 + [str(R.TOO_MANY_ERRORS)]
+    assert d.closed
+
+
 @pytest.mark.parametrize("arg", [b"", b"abc", b"-1", b"10 MORE", b"1 LAST x", b"1" * 19, b"\xc2\xb2"])
 def test_bdat_without_a_readable_size_is_501_and_closes(arg: bytes) -> None:
     d = authed()
@@ -108,8 +166,8 @@ def test_size_limit_across_chunks_is_552_and_the_rest_of_the_chunk_is_drained() 
     d = authed(max_message_size=100)
     out = d.feed(ENVELOPE + bdat(b"a" * 60, last=False) + bdat(b"b" * 50 + b"\r\nQUIT\r\n", last=False)
                  + bdat(b"c", last=True) + b"NOOP\r\n", bytewise=True)
-    assert codes(out) == [*OK2, str(R.CHUNK_RECEIVED), str(R.MESSAGE_TOO_BIG), str(R.NEED_MAIL),
-                          str(R.NOOP_OK)]
+    assert codes(out) == [*OK2, str(R.CHUNK_RECEIVED), str(R.MESSAGE_TOO_BIG),
+                          str(R.CHUNK_DISCARDED), str(R.NOOP_OK)]
     assert any(isinstance(e, MessageAborted) for e in d.events)
     assert d.messages == [] and not d.closed
 
@@ -124,7 +182,7 @@ def test_header_section_over_256_kib_is_552_5_3_4() -> None:
     d = authed()
     header = b"X-Long: " + b"h" * 70 + b"\r\n"
     out = d.feed(ENVELOPE + bdat(header * 4000, last=False) + bdat(b"\r\nbody\r\n"))
-    assert codes(out)[-2:] == [str(R.HEADER_TOO_BIG), str(R.NEED_MAIL)]
+    assert codes(out)[-2:] == [str(R.HEADER_TOO_BIG), str(R.CHUNK_DISCARDED)]
     assert d.messages == []
 
 
@@ -218,7 +276,7 @@ def test_the_reference_session_has_the_expected_outcome() -> None:
     assert codes(out)[-11:] == [
         *OK2, str(R.CHUNK_RECEIVED), str(R.CHUNK_RECEIVED), str(R.MESSAGE_ACCEPTED),
         str(R.SENDER_OK), str(R.NEED_RCPT), str(R.RECIPIENT_OK), str(R.MESSAGE_TOO_BIG),
-        str(R.NEED_MAIL), str(R.NOOP_OK)]
+        str(R.CHUNK_DISCARDED), str(R.NOOP_OK)]
 
 
 @given(st.binary(max_size=300), st.lists(st.integers(min_value=0, max_value=300), max_size=6))
@@ -316,7 +374,8 @@ def test_a_message_beginning_with_white_space_is_refused_as_in_data() -> None:
     envelope = b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<b@example.net>\r\n"
     out = d.feed(envelope + bdat(b"\t", last=False)
                  + bdat(b"x\r\nFrom: a@b.example\r\n\r\nx\r\n") + b"NOOP\r\n")
-    assert codes(out)[-3:] == [str(R.FOLDED_FIRST_LINE), str(R.NEED_MAIL), str(R.NOOP_OK)]
+    assert codes(out)[-3:] == [str(R.FOLDED_FIRST_LINE), str(R.CHUNK_DISCARDED),
+                               str(R.NOOP_OK)]
     assert d.messages == []
 
 

@@ -209,6 +209,7 @@ class ServerEngine:
         "_chunk_last",
         "_chunk_left",
         "_chunks",
+        "_chunks_refused",
         "_close_reason",
         "_closing",
         "_data",
@@ -282,6 +283,10 @@ class ServerEngine:
         self._chunk_left = 0
         self._chunk_last = False
         self._skip = 0
+        #: A BDAT was refused and the client's next chunks, up to the LAST, are
+        #: the ones it pipelined behind it (RFC 3030 §2): read and dropped, not
+        #: errors. Cleared by the LAST or by any other command.
+        self._chunks_refused = False
         #: RCPT commands past ``max_recipients`` in this transaction.
         self._overshoot = 0
         # Pending decision, and an event waiting to be returned by next_event()
@@ -571,6 +576,9 @@ class ServerEngine:
         return _TOO_LONG
 
     def _handle_line(self, raw: bytes | _Overlong) -> Event | None:
+        # Only a BDAT right behind a refused chunk is one the client pipelined
+        # behind it (`_refuse_chunk`); any other line ends that run.
+        after_refusal, self._chunks_refused = self._chunks_refused, False
         if isinstance(raw, _Overlong):
             if raw is _AUTH_TOO_LONG:
                 # RFC 4954 §4/§6: 500 5.5.6, as for a response over the limit.
@@ -606,7 +614,7 @@ class ServerEngine:
             self.on_command(verb)
         if verb == "BDAT":
             # Its octets follow whatever the answer: framing comes first.
-            return self._cmd_bdat(arg)
+            return self._cmd_bdat(arg, after_refusal=after_refusal)
         if verb in _NEED_AUTH and not self.identity:
             # RFC 6409 §4.3 / RFC 3207 §4: refuse before looking at sequence, so a
             # relay probe learns nothing but "authenticate first".
@@ -1036,7 +1044,7 @@ class ServerEngine:
 
     # ----------------------------------------------------------------- BDAT
 
-    def _cmd_bdat(self, arg: str) -> Event | None:
+    def _cmd_bdat(self, arg: str, *, after_refusal: bool = False) -> Event | None:
         """RFC 3030 §2. Once the size is read, the chunk's octets are read too,
         whether the command is accepted or not: a refused chunk is dropped
         (``_skip``), never parsed as commands."""
@@ -1050,7 +1058,7 @@ class ServerEngine:
             refusal = OUT_OF_SEQUENCE.get((self.state, "BDAT"), R.BAD_SEQUENCE)
         if refusal is not None:
             self._skip = size
-            return self._error(refusal)
+            return self._refuse_chunk(refusal, last, after_refusal)
         self._chunk_left, self._chunk_last = size, last
         start: Event | None = None
         if self.state is State.RCPT:
@@ -1060,6 +1068,24 @@ class ServerEngine:
             start = self._message_start()
         self.state = State.BDAT
         return start
+
+    def _refuse_chunk(self, refusal: R.Reply, last: bool, after_refusal: bool) -> Event | None:
+        """Answer a BDAT whose octets are being dropped. After a refused chunk
+        (or a BDAT refused outside a transaction) the chunks the client pipelined
+        behind it, up to its LAST, are read and dropped as RFC 3030 §2 requires
+        and answered `R.CHUNK_DISCARDED`; they move nothing, so each counts as a
+        NOOP does, not as an error. Each was answered 503 and counted as one, so
+        a message in ten chunks refused at its first got 421 Too many errors
+        (a temporary failure, for a message refused for good) in the middle of
+        its chunks. Before a login a BDAT stays an error: there is no
+        transaction to be in."""
+        if after_refusal:
+            self._chunks_refused = not last
+            self._send(R.CHUNK_DISCARDED)
+            self._junk_command()
+            return None
+        self._chunks_refused = not last and bool(self.identity)
+        return self._error(refusal)
 
     def _chunk_received(self) -> Event | None:
         """Read the chunk's octets that arrived: the content goes out as
@@ -1097,8 +1123,9 @@ class ServerEngine:
             return event
         final: Event | None = None
         if self._chunk_last or self._aborted:
-            # The LAST chunk, or a refusal (the transaction ends: any chunk the
-            # client pipelined behind it gets 503 and is dropped).
+            # The LAST chunk, or a refusal (the transaction ends: the chunks the
+            # client pipelined behind it, up to its LAST, are dropped).
+            self._chunks_refused = not self._chunk_last
             final = self._end_of_data(end or chunks.end(), header)
         else:
             self._send(R.CHUNK_RECEIVED)

@@ -208,6 +208,10 @@ CHUNK_RECEIVED = Reply(250, "2.0.0", "Chunk received")
 # RFC 3030 §2: "BDAT" SP chunk-size [SP "LAST"]. Without a size the chunk's end is
 # unknown, so the session ends (nothing after it can be told from data).
 BDAT_SYNTAX = Reply(501, "5.5.4", "Syntax: BDAT chunk-size [LAST]; closing connection")
+# RFC 3030 §2: a server offering PIPELINING "MUST be prepared to accept and discard
+# additional BDAT chunks already in the pipeline after the failed BDAT": each is
+# read, dropped and answered this, up to the LAST (Postfix: 551 5.0.0 Discarded).
+CHUNK_DISCARDED = Reply(503, "5.5.1", "Chunk discarded after an earlier error")
 # RFC 3030 §2: DATA and BDAT may not be mixed in one transaction.
 DATA_AFTER_BDAT = Reply(503, "5.5.1", "DATA not allowed after BDAT in this transaction")
 # RFC 3030 §3: DATA after MAIL ... BODY=BINARYMIME MUST get 503.

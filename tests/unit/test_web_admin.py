@@ -1181,3 +1181,50 @@ async def test_a_lock_or_removal_says_which_of_the_accounts_mail_is_still_queued
     finally:
         await spool.close()
         await site.close()
+
+
+@pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
+async def test_an_accounts_login_history_has_the_failures_typed_in_another_spelling(
+        tmp_path: Path) -> None:
+    """Before: the account page kept the auth-log records whose name, lower-cased,
+    was the account's. A failed login is recorded as typed: two wrong passwords as
+    ``USER@xn--bcher-kva.example`` (the A-label spelling a client without SMTPUTF8
+    sends) were missing from the page of ``user@bücher.example``, which showed its
+    successful login (recorded under the account's name), and so was the Auth log
+    filtered by the account's name. Found with smtplib against smtpgate serve."""
+    import re
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from smtpgate.config import AuthConfig
+
+    log = tmp_path / "auth.log"
+    now = datetime.now(UTC)
+    records = [{"time": (now - timedelta(minutes=5 - i)).isoformat(), "listener": "s",
+                "client_ip": f"192.0.2.{i + 1}", "tls": "TLSv1.3", "mechanism": "PLAIN",
+                "username": name, "result": result, "reason": reason}
+               for i, (name, result, reason) in enumerate((
+                   ("user@bücher.example", "success", ""),
+                   ("USER@xn--bcher-kva.example", "failure", "bad password"),
+                   ("User@BÜCHER.example", "failure", "bad password"),
+                   ("other@bücher.example", "failure", "unknown user"),
+                   ("admin:user@bücher.example", "failure", "unknown user")))]
+    log.write_text("".join(json.dumps(r) + "\n" for r in records))
+    site, cookie, _ = await _logged_in_site(tmp_path, auth=AuthConfig(log_file=str(log)))
+    try:
+        site.service("-", "test").add_account("user@bücher.example", "a long passphrase 4 tests")
+        async with TestClient(TestServer(site.app())) as client:
+            page = await (await client.get("/accounts/user@b%C3%BCcher.example",
+                                           headers={"Cookie": cookie})).text()
+            history = page.split('id="history"', 1)[1].split("</table>", 1)[0]
+            assert re.findall(r"<td>(192\.0\.2\.\d+)</td>", history) \
+                == ["192.0.2.3", "192.0.2.2", "192.0.2.1"], history
+            for term in ("user@bücher.example", "USER@xn--bcher-kva.example", "bücher"):
+                found = await (await client.get("/authlog", params={"account": term},
+                                                headers={"Cookie": cookie})).text()
+                table = found.split('id="authlog"', 1)[1].split("</table>", 1)[0]
+                shown = set(re.findall(r"<td>(192\.0\.2\.\d+)</td>", table))
+                assert {"192.0.2.1", "192.0.2.2", "192.0.2.3"} <= shown, (term, shown)
+                assert "192.0.2.4" not in shown or term == "bücher", (term, shown)
+    finally:
+        await site.close()

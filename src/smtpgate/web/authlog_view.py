@@ -8,6 +8,7 @@ escaped by the templates; nothing here is trusted.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 from collections import Counter, defaultdict
@@ -17,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from smtpgate import mechanism_facts
+from smtpgate.auth.names import canonical_name
 from smtpgate.policy.report import account_of, counted_probe
 from smtpgate.regular_file import open_regular
 
@@ -89,11 +91,48 @@ class Filter:
 
     def matches(self, a: Attempt) -> bool:
         return (
-            (not self.account or self.account.lower() in a.username.lower())
+            (not self.account or _names_account(self.account, a))
             and (not self.address or a.client_ip.startswith(self.address))
             and (not self.result or a.result == self.result)
             and (not self.mechanism or a.mechanism.upper() == self.mechanism.upper())
         )
+
+
+def _names_account(term: str, a: Attempt) -> bool:
+    """Whether ``a`` is a login as an account ``term`` is part of: the name as the
+    client typed it, or its account's spelling (``report.account_of``), and
+    ``term`` as typed or, when it is a whole name, in its account's spelling.
+
+    Why: a failed login is recorded under the name as typed, a successful one
+    under the account's name. An account of an internationalised domain is
+    ``user@bücher.example``, while a client without SMTPUTF8, and many a mail
+    program's settings, give ``user@xn--bcher-kva.example``: until 2026-12 the
+    account's page, and the Auth log filtered by its name, showed its successful
+    logins and none of the failed ones typed that way, the guesses an
+    administrator looks there for."""
+    term = term.lower()
+    if term in a.username.lower():
+        return True
+    account = account_of(a.username, a.front_door)
+    return bool(account) and (term in account or _as_account(term) in account)
+
+
+@functools.lru_cache(maxsize=64)
+def _as_account(term: str) -> str:
+    """``term`` in its account's spelling if it is a whole name, else as it is (once
+    per filter, not once per record: a name that is none raises)."""
+    try:
+        return canonical_name(term)
+    except ValueError:
+        return term
+
+
+def of_account(attempts: Iterable[Attempt], account: str, limit: int = 50) -> list[Attempt]:
+    """The newest ``limit`` logins as ``account`` (its name as stored), newest
+    first, however the client spelled it (``report.account_of``: ``Demo@X``, an
+    A-label domain), as the guard counts them."""
+    out = [a for a in attempts if account_of(a.username, a.front_door) == account]
+    return out[::-1][:limit]
 
 
 def filtered(attempts: Iterable[Attempt], f: Filter, limit: int = 500) -> list[Attempt]:

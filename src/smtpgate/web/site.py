@@ -631,9 +631,7 @@ class AdminSite:
         except NoSuchAccount:
             raise web.HTTPNotFound(text="no such account") from None
         acct = data["account"]
-        history = authlog_view.filtered(
-            await asyncio.to_thread(self._attempts), authlog_view.Filter(), limit=100000)
-        history = [h for h in history if h.username.lower() == acct.name][:50]
+        history = authlog_view.of_account(await asyncio.to_thread(self._attempts), acct.name)
         return self.render(request, "account.html", session, code=status_code, secret=secret,
                            history=history, limits=self.cfg.limits, **data)
 

@@ -1228,3 +1228,33 @@ async def test_an_accounts_login_history_has_the_failures_typed_in_another_spell
                 assert "192.0.2.4" not in shown or term == "bücher", (term, shown)
     finally:
         await site.close()
+
+
+@pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
+async def test_adding_an_alias_the_account_has_already_says_so_not_an_error(
+        tmp_path: Path) -> None:
+    """Before: adding an address the account may already send as (a form sent twice,
+    an alias the CLI added meanwhile) flashed "alias-add: nothing to do" as an error,
+    where ``user alias add`` says "... may already send as ..." and exits 0: the
+    administrator read that the alias had not been added. Found adding an alias
+    twice against smtpgate serve."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    site, cookie, csrf = await _logged_in_site(tmp_path)
+    try:
+        site.service("-", "test").add_account("a@x.org", "a long passphrase 4 tests")
+        async with TestClient(TestServer(site.app())) as client:
+            pages = []
+            for alias in ("info@x.org", "INFO@x.org"):
+                resp = await client.post("/accounts/A@x.org/alias-add",
+                                         data={"csrf": csrf, "alias": alias},
+                                         headers={"Cookie": cookie})
+                assert resp.status == 200
+                pages.append(await resp.text())
+        assert 'class="flash ok" role="status">alias-add: done' in pages[0]
+        assert ('class="flash ok" role="status">alias-add: a@x.org may already send as '
+                "info@x.org") in pages[1], pages[1]
+        assert 'class="flash error"' not in pages[1]
+        assert site.service("-", "test").aliases("a@x.org") == ["info@x.org"]
+    finally:
+        await site.close()

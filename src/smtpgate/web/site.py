@@ -59,6 +59,7 @@ from smtpgate.auth.admin_store import AccountStore, AuditActor, NoSuchAccount, W
 from smtpgate.auth.directory import AppPassword, StoreError
 from smtpgate.auth.guard import ADMIN_KEY_PREFIX, Guard
 from smtpgate.auth.guard_state import ACCOUNT_KINDS, GuardStoreError
+from smtpgate.auth.names import canonical_name
 from smtpgate.auth.state_backend import open_guard_state
 from smtpgate.config import Config, GuardConfig
 from smtpgate.plural import count
@@ -99,6 +100,20 @@ _NOTHING_DONE = {"revoke": "no app password of that name",
                  "alias-remove": "not an alias of this account",
                  "domain-revoke": "no such domain granted",
                  "unlock": "the account was not locked"}
+
+
+def _may_already(account: str, address: str) -> str:
+    """What an alias the account has already is, in ``user alias add``'s words.
+
+    Why: the page said "alias-add: nothing to do", in red, for an address the
+    account may already send as (a form sent twice, an alias added by the CLI
+    meanwhile), where the CLI says "... may already send as ..." and exits 0: an
+    administrator read that the alias had not been added."""
+    try:
+        account, address = canonical_name(account), canonical_name(address)
+    except ValueError:
+        pass  # the service took both (it returned False): shown as typed
+    return f"{account} may already send as {address}"
 
 
 def _guard_key(name: str) -> str:
@@ -701,7 +716,10 @@ class AdminSite:
             record, secret = cast("tuple[AppPassword, str]", result)
             flash_add(session, "ok", f"app password {record.name!r} added")
             return await self.account(request, session, secret=(record.name, secret))
-        if result is False:  # the service's "nothing of that name" (the CLI's error)
+        if result is False and action == "alias-add":
+            # Not an error: what was asked for holds, as `user alias add` says (exit 0).
+            flash_add(session, "ok", f"{action}: {_may_already(name, field('alias'))}")
+        elif result is False:  # the service's "nothing of that name" (the CLI's error)
             flash_add(session, "error", f"{action}: {_NOTHING_DONE.get(action, 'nothing to do')}")
         else:
             flash_add(session, "ok", f"{action}: done")

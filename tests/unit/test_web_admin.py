@@ -1258,3 +1258,34 @@ async def test_adding_an_alias_the_account_has_already_says_so_not_an_error(
         assert site.service("-", "test").aliases("a@x.org") == ["info@x.org"]
     finally:
         await site.close()
+
+
+@pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
+async def test_a_new_password_of_a_cram_md5_account_warns_as_user_passwd_does(
+        tmp_path: Path) -> None:
+    """Before: resetting the password of an account opted in to CRAM-MD5 said only
+    "password: done", though it had just stored a plaintext-equivalent secret of the
+    new password; ``user passwd`` warns and says how to remove it. Found resetting
+    such an account's password on the page and with the CLI, against smtpgate serve."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    site, cookie, csrf = await _logged_in_site(tmp_path)
+    try:
+        service = site.service("-", "test")
+        service.add_account("old@x.org", "a long passphrase 4 tests", cram_md5_enabled=True)
+        service.add_account("new@x.org", "a long passphrase 4 tests")
+        async with TestClient(TestServer(site.app())) as client:
+            pages = {}
+            for name in ("old@x.org", "new@x.org"):
+                resp = await client.post(f"/accounts/{name}/password",
+                                         data={"csrf": csrf, "password": "another passphrase 4 tests"},
+                                         headers={"Cookie": cookie})
+                assert resp.status == 200
+                pages[name] = await resp.text()
+        assert "password: done" in pages["old@x.org"]
+        assert ("old@x.org has CRAM-MD5 enabled, so a plaintext-equivalent secret of the new "
+                "password is stored") in pages["old@x.org"], pages["old@x.org"]
+        assert "smtpgate user cram-md5 old@x.org --disable" in pages["old@x.org"]
+        assert "password: done" in pages["new@x.org"] and "CRAM-MD5 enabled" not in pages["new@x.org"]
+    finally:
+        await site.close()

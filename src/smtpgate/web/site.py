@@ -56,7 +56,7 @@ from smtpgate.admin import (
 )
 from smtpgate.auth.accounts import open_account_store
 from smtpgate.auth.admin_store import AccountStore, AuditActor, NoSuchAccount, WebAdmin
-from smtpgate.auth.directory import AppPassword, StoreError
+from smtpgate.auth.directory import Account, AppPassword, StoreError
 from smtpgate.auth.guard import ADMIN_KEY_PREFIX, Guard
 from smtpgate.auth.guard_state import ACCOUNT_KINDS, GuardStoreError
 from smtpgate.auth.names import canonical_name
@@ -114,6 +114,15 @@ def _may_already(account: str, address: str) -> str:
     except ValueError:
         pass  # the service took both (it returned False): shown as typed
     return f"{account} may already send as {address}"
+
+
+def _cram_md5_kept(account: str) -> str:
+    """The warning ``user passwd`` gives after a new password of an account opted in
+    to CRAM-MD5: the page said only "password: done" (until 2026-12), though the
+    reset had just stored a plaintext-equivalent secret of the new password."""
+    return (f"{account} has CRAM-MD5 enabled, so a plaintext-equivalent secret of the "
+            "new password is stored (anyone who reads the account database can log in "
+            f"with it); 'smtpgate user cram-md5 {account} --disable' removes it")
 
 
 def _guard_key(name: str) -> str:
@@ -723,6 +732,8 @@ class AdminSite:
             flash_add(session, "error", f"{action}: {_NOTHING_DONE.get(action, 'nothing to do')}")
         else:
             flash_add(session, "ok", f"{action}: done")
+            if action == "password" and cast("Account", result).cram_md5_enabled:
+                flash_add(session, "error", _cram_md5_kept(cast("Account", result).name))
             if action == "lock":
                 await self._flash_queued(session, await self.call(
                     session.admin, "read", lambda s: s.require_account(name).name))

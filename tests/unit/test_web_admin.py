@@ -1289,3 +1289,38 @@ async def test_a_new_password_of_a_cram_md5_account_warns_as_user_passwd_does(
         assert "password: done" in pages["new@x.org"] and "CRAM-MD5 enabled" not in pages["new@x.org"]
     finally:
         await site.close()
+
+
+@pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
+async def test_the_audit_page_names_each_findings_severity_title_and_fix(
+        tmp_path: Path) -> None:
+    """Before: the Audit page showed a finding as "3 | cert-untrusted | self-signed
+    certificate (depth 0)": the severity's number (an IntEnum printed), the id and
+    the evidence, where ``smtpgate audit`` prints "high", what the finding means
+    and its fix, worst first. Found running the audit on the page of smtpgate serve
+    with the certificate init writes."""
+    import re
+
+    from aiohttp.test_utils import TestClient, TestServer
+    from markupsafe import escape
+
+    from smtpgate.tools.audit import AuditReport, Target, TargetReport
+    from smtpgate.tools.findings import CATALOGUE, finding
+
+    site, cookie, _ = await _logged_in_site(tmp_path)
+    try:
+        target = TargetReport(Target("127.0.0.1", 2587, "starttls"), reachable=True,
+                              mode_used="starttls",
+                              findings=[finding("cert-untrusted", "self-signed certificate"),
+                                        finding("open-relay", "<b>550</b> not given")])
+        site.last_audit, site.last_audit_time = AuditReport([target]), 1_700_000_000.0
+        async with TestClient(TestServer(site.app())) as client:
+            page = await (await client.get("/audit", headers={"Cookie": cookie})).text()
+        rows = re.findall(r'<tr><td class="severity">([^<]*)</td><td>([^<]*)\[', page)
+        assert rows == [("critical", CATALOGUE["open-relay"].title + " "),
+                        ("high", CATALOGUE["cert-untrusted"].title + " ")], page
+        assert "&lt;b&gt;550&lt;/b&gt; not given" in page
+        for kind in ("open-relay", "cert-untrusted"):
+            assert str(escape(CATALOGUE[kind].fix)) in page, kind
+    finally:
+        await site.close()

@@ -1324,3 +1324,35 @@ async def test_the_audit_page_names_each_findings_severity_title_and_fix(
             assert str(escape(CATALOGUE[kind].fix)) in page, kind
     finally:
         await site.close()
+
+
+@pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
+async def test_the_mechanisms_form_as_drawn_keeps_the_accounts_list(tmp_path: Path) -> None:
+    """Before: the Mechanisms field was drawn empty whatever the account's list (the
+    Limits fields show the account's values): Set, with the form as the page drew
+    it, lifted an account restricted to SCRAM-SHA-256 to every mechanism the
+    listener offers, PLAIN included, without a word. Found on the account page of
+    smtpgate serve, next to the prefilled limits."""
+    import re
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    site, cookie, csrf = await _logged_in_site(tmp_path)
+    try:
+        service = site.service("-", "test")
+        service.add_account("a@x.org", "a long passphrase 4 tests",
+                            allowed_mechanisms=["SCRAM-SHA-256", "PLAIN"])
+        async with TestClient(TestServer(site.app())) as client:
+            page = await (await client.get("/accounts/a@x.org", headers={"Cookie": cookie})).text()
+            drawn = re.search(r'<input name="mechanisms"[^>]*>', page)
+            assert drawn is not None
+            value = re.search(r'value="([^"]*)"', drawn.group(0))  # what a browser sends
+            resp = await client.post("/accounts/a@x.org/mechanisms",
+                                     data={"csrf": csrf,
+                                           "mechanisms": value.group(1) if value else ""},
+                                     headers={"Cookie": cookie})
+            assert resp.status == 200
+        allowed = service.require_account("a@x.org").allowed_mechanisms
+        assert allowed is not None and {"SCRAM-SHA-256", "PLAIN"} <= set(allowed), allowed
+    finally:
+        await site.close()

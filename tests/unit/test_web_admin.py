@@ -1356,3 +1356,45 @@ async def test_the_mechanisms_form_as_drawn_keeps_the_accounts_list(tmp_path: Pa
         assert allowed is not None and {"SCRAM-SHA-256", "PLAIN"} <= set(allowed), allowed
     finally:
         await site.close()
+
+
+@pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
+@pytest.mark.parametrize("tls", [True, False])
+async def test_the_session_cookie_is_the_browsers_session_not_kept_on_disk(
+        tmp_path: Path, tls: bool) -> None:
+    """Before: the session cookie had Max-Age = session_lifetime (8 h): the browser
+    wrote it to its profile and kept it across a restart, so an admin who closed the
+    browser on a shared machine left the next user of it logged in (for up to the
+    idle timeout), and the id sat on disk for 8 hours. Now it has neither Max-Age
+    nor Expires: the server alone ends the session (lifetime, idle timeout, logout).
+    Found reading the Set-Cookie of a login to smtpgate serve."""
+    import re
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    site = AdminSite(_guarded_cfg(tmp_path), tls=tls, status_path=None,
+                     clock=lambda: 1_700_000_000.0)
+    await site.open()
+    try:
+        _, secret = site.service("-", "t").add_web_admin("root", "admin passphrase 4 tests")
+        async with TestClient(TestServer(site.app())) as client:
+            form = await (await client.get("/login")).text()
+            token = re.search(r'name="login_token" value="([^"]+)"', form)
+            assert token is not None
+            resp = await client.post("/login", data={
+                "login_token": token.group(1), "name": "root",
+                "password": "admin passphrase 4 tests",
+                "code": pyotp.TOTP(secret).at(1_700_000_000)},
+                headers={"Cookie": f"{site.login_cookie}={token.group(1)}"},
+                allow_redirects=False)
+            assert resp.status == 303
+            set_cookie = next(c for c in resp.headers.getall("Set-Cookie")
+                              if c.startswith(site.cookie + "="))
+            attrs = [a.strip().lower() for a in set_cookie.split(";")]
+            assert not any(a.startswith(("max-age", "expires")) for a in attrs), set_cookie
+            assert "httponly" in attrs and "samesite=strict" in attrs and "path=/" in attrs
+            assert ("secure" in attrs) == tls
+            sid = set_cookie.split(";")[0].split("=", 1)[1]
+        assert site.sessions.get(sid) is not None
+    finally:
+        await site.close()

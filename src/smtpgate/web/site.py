@@ -507,9 +507,13 @@ class AdminSite:
         session = self.sessions.create(admin.name, credentials_of(admin))
         log.info("web admin: %s logged in from %s", admin.name, ip)
         resp = web.HTTPSeeOther("/")
+        # No Max-Age: a cookie of the browser's session, kept in memory, not written
+        # to the profile and gone when the browser is closed. The server ends the
+        # session itself (``Sessions``: lifetime, idle timeout). With Max-Age set to
+        # the lifetime (until 2026-12), an admin who closed the browser on a shared
+        # machine left the next user of it logged in, for up to the idle timeout.
         resp.set_cookie(self.cookie, session.id, httponly=True, samesite="Strict",
-                        secure=self.secure(request), path="/",
-                        max_age=int(self.cfg.admin.session_lifetime))
+                        secure=self.secure(request), path="/")
         # With Secure for the __Host- name, or a browser ignores the deletion.
         resp.del_cookie(self.login_cookie, path=self._login_cookie_path,
                         secure=self.secure(request))

@@ -760,6 +760,27 @@ class AccountAdmin:
                     changed = True
         return changed
 
+    def lift_lockout(self, key: str) -> int:
+        """Lift the guard's lockouts and throttle of the account kept under ``key``
+        (its one name, as ``guard list`` and the Guard page show it) and forget its
+        failures, and nothing else: an administrative lock (``lock``) stays, which
+        ``unlock`` would lift too. How many blocks went.
+
+        Why: the web admin's Guard page lifts the row it shows. Until 2026-12 its
+        Lift was ``unlock``: an account locked by an administrator as compromised,
+        and locked out by the guard beside it, was unlocked by a Lift of the
+        lockout, its lock and reason gone, the page saying only "lifted".
+
+        Raises: NotFoundError (nothing to lift).
+        """
+        with self._guard() as guard, self._tx() as w:
+            n = 0 if guard is None else guard.unlock_account(key)
+            if not n:
+                raise NotFoundError(f"{key} is not locked out",
+                                    "'smtpgate guard list' shows the lockouts in force")
+            w.record("guard lockout lifted", key, {"blocks": n})
+        return n
+
     def unblock(self, key: str) -> int:
         """Lift the guard's block of an address or subnet and forget its failures.
 

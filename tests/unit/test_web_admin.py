@@ -1398,3 +1398,49 @@ async def test_the_session_cookie_is_the_browsers_session_not_kept_on_disk(
         assert site.sessions.get(sid) is not None
     finally:
         await site.close()
+
+
+@pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
+async def test_lifting_a_lockout_on_the_guard_page_leaves_an_administrators_lock(
+        tmp_path: Path) -> None:
+    """Before: the Guard page's Lift of an account's lockout was ``user unlock``: an
+    account an administrator had locked as compromised, which the guard had locked
+    out beside it, was unlocked by a Lift of the lockout row, its lock and reason
+    gone, the page saying only "lifted: NAME". Found against smtpgate serve (ten
+    wrong passwords for dave, ``user lock dave --reason 'compromised, spam'``, Lift:
+    dave could log in). Now Lift lifts the row (the guard's lockout) and says the
+    administrative lock stays."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from smtpgate.config import GuardConfig
+
+    site, cookie, csrf = await _logged_in_site(tmp_path,
+                                               guard=GuardConfig(lockout_threshold=1))
+    try:
+        service = site.service("-", "test")
+        service.add_account("a@x.org", "a long passphrase 4 tests")
+        for name in ("a@x.org", "ghost@x.org"):  # a name of no account is locked out too
+            check = await site.guard.check("192.0.2.1", name)
+            await site.guard.failure(check, counts_account=True)
+        assert {"a@x.org", "ghost@x.org"} <= {b.key for b in service.guard_blocks()}
+        service.lock("a@x.org", "compromised, spam")
+        async with TestClient(TestServer(site.app())) as client:
+            resp = await client.post("/guard/unblock",
+                                     data={"csrf": csrf, "kind": "account", "key": "a@x.org"},
+                                     headers={"Cookie": cookie})
+            page = await resp.text()
+            # Before, "no account ghost@x.org": such a lockout could not be lifted.
+            ghost = await (await client.post(
+                "/guard/unblock", data={"csrf": csrf, "kind": "account", "key": "ghost@x.org"},
+                headers={"Cookie": cookie})).text()
+        assert "lifted: ghost@x.org" in ghost and "stays locked" not in ghost
+        assert "ghost@x.org" not in {b.key for b in service.guard_blocks()}
+        account = service.require_account("a@x.org")
+        assert account.locked and account.lock_reason == "compromised, spam"
+        assert "a@x.org" not in {b.key for b in service.guard_blocks()}
+        assert "lifted: a@x.org" in page
+        assert "a@x.org stays locked by an administrator (compromised, spam)" in page, page
+        assert ("guard lockout lifted", "a@x.org") in [
+            (e.action, e.target) for e in service.admin_log()]
+    finally:
+        await site.close()

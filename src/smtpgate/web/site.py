@@ -775,15 +775,29 @@ class AdminSite:
                 await self.call(session.admin, "guard unlock",
                                 lambda s: s.unlock_web_admin(key))
             elif kind == "account":
-                if not await self.call(session.admin, "guard unlock", lambda s: s.unlock(key)):
-                    flash_add(session, "error", f"{key} is not locked out")
-                    raise web.HTTPSeeOther("/guard")
+                await self.call(session.admin, "guard unlock", lambda s: s.lift_lockout(key))
             else:
                 await self.call(session.admin, "guard unblock", lambda s: s.unblock(key))
             flash_add(session, "ok", f"lifted: {key}")
+            if kind == "account" and not key.startswith("admin:"):
+                await self._flash_still_locked(session, key)
         except (AdminError, StoreError, GuardStoreError, ValueError) as e:
             flash_add(session, "error", str(e))
         raise web.HTTPSeeOther("/guard")
+
+    async def _flash_still_locked(self, session: Session, key: str) -> None:
+        """After a lockout lifted on the Guard page: the account's administrative
+        lock, if it has one, stays (``AccountAdmin.lift_lockout``); say so, with
+        its reason and where it is lifted. Best effort: an account that cannot be
+        read says nothing more."""
+        try:
+            account = await self.call(session.admin, "read", lambda s: s.get_account(key))
+        except StoreError:
+            return
+        if account is not None and account.locked:
+            flash_add(session, "error", f"{account.name} stays locked by an administrator "
+                      f"({account.lock_reason or 'no reason given'}): Unlock on its page "
+                      "lifts that")
 
     async def authlog(self, request: web.Request, session: Session) -> web.StreamResponse:
         q = request.query

@@ -1444,3 +1444,34 @@ async def test_lifting_a_lockout_on_the_guard_page_leaves_an_administrators_lock
             (e.action, e.target) for e in service.admin_log()]
     finally:
         await site.close()
+
+
+@pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
+async def test_log_out_after_the_session_ended_goes_to_the_login_page(tmp_path: Path) -> None:
+    """Before: Log out clicked after the session had ended (the idle timeout, a
+    restart) got the 403 of any form sent without a session, "log in again; nothing
+    was changed", in red, and the dead cookie stayed: it read as if the admin were
+    still logged in. Now it goes to the login page and deletes the cookie; a live
+    session's Log out still needs its CSRF token. Found clicking Log out on a page
+    left open across a restart of smtpgate serve."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    site, cookie, csrf = await _logged_in_site(tmp_path)
+    try:
+        async with TestClient(TestServer(site.app())) as client:
+            forged = await client.post("/logout", data={"csrf": "stale"},
+                                       headers={"Cookie": f"{site.cookie}=ended"},
+                                       allow_redirects=False)
+            assert forged.status == 303 and forged.headers["Location"] == "/login"
+            assert any(c.startswith(f"{site.cookie}=") and "Max-Age=0" in c
+                       for c in forged.headers.getall("Set-Cookie"))
+            cross = await client.post("/logout", data={"csrf": "not this session's"},
+                                      headers={"Cookie": cookie}, allow_redirects=False)
+            assert cross.status == 403  # a live session: the token is still required
+            assert site.sessions.get(cookie.split("=", 1)[1]) is not None
+            out = await client.post("/logout", data={"csrf": csrf},
+                                    headers={"Cookie": cookie}, allow_redirects=False)
+            assert out.status == 303 and out.headers["Location"] == "/login"
+        assert site.sessions.get(cookie.split("=", 1)[1]) is None
+    finally:
+        await site.close()

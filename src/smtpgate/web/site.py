@@ -300,7 +300,7 @@ class AdminSite:
         get, post = app.router.add_get, app.router.add_post
         get("/login", self.login_page)
         post("/login", self.login)
-        post("/logout", self.page(self.logout))
+        post("/logout", self.logout_request)
         get("/", self.page(self.overview))
         get("/accounts", self.page(self.accounts))
         post("/accounts/add", self.page(self.account_add))
@@ -545,13 +545,27 @@ class AdminSite:
                 return step
         return None
 
+    async def logout_request(self, request: web.Request) -> web.StreamResponse:
+        """Log out (``logout``, behind the session and CSRF checks of ``page``). A
+        Log out sent after the session ended (its idle timeout, a restart) is
+        already what was asked: to the login page, the dead cookie deleted. Until
+        2026-12 it was the 403 of any form sent without a session, "log in again;
+        nothing was changed", which reads as if the admin were still logged in."""
+        if self.sessions.get(request.cookies.get(self.cookie)) is None:
+            raise self._logged_out(request)
+        return await self.page(self.logout)(request)
+
     async def logout(self, request: web.Request, session: Session) -> web.StreamResponse:
         self.sessions.end(session.id)
         _FLASH.pop(session.id, None)
+        raise self._logged_out(request)
+
+    def _logged_out(self, request: web.Request) -> web.HTTPSeeOther:
+        """To the login page, the session cookie deleted."""
         resp = web.HTTPSeeOther("/login")
         # A browser ignores a __Host- cookie without Secure, deletions included.
         resp.del_cookie(self.cookie, path="/", secure=self.secure(request))
-        raise resp
+        return resp
 
     # --- overview and charts ------------------------------------------------------------
 

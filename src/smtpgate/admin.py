@@ -600,14 +600,7 @@ class AccountAdmin:
     def unlock_web_admin(self, name: str) -> int:
         """Lift the guard's lockouts of the admin's logins (kept under ``admin:NAME``,
         never a mail account's name). Raises: NotFoundError (nothing to lift)."""
-        key = f"admin:{web_admin_name(name.removeprefix('admin:'))}"
-        with self._guard() as guard, self._tx() as w:
-            n = 0 if guard is None else guard.unlock_account(key)
-            if not n:
-                raise NotFoundError(f"{key} is not locked out",
-                                    "'smtpgate guard list' shows the lockouts in force")
-            w.record("guard lockout lifted", key, {"blocks": n})
-        return n
+        return self.lift_lockout(f"admin:{web_admin_name(name.removeprefix('admin:'))}")
 
     def use_web_admin_totp_step(self, name: str, step: int) -> bool:
         """Spend the admin's TOTP time step ``step`` (kept in the account store, so a

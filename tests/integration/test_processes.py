@@ -509,6 +509,25 @@ def test_single_worker_reloads_too(tmp_path: Path) -> None:
     assert srv.stop() == 0
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_reload_command_shows_what_start_up_warns_of_in_the_new_certificate(
+    tmp_path: Path, workers: int,
+) -> None:
+    """A certificate swapped in that expires in 10 days: the server log warned, but
+    `smtpgate reload` said only "reloaded", exit 0, so an operator renewing by hand
+    did not see that the renewal had not taken."""
+    srv = make_server(tmp_path / "srv")
+    set_key(srv, "server", f"workers = {workers}")
+    srv.start()
+    write_self_signed(srv.ca, srv.root / "tls" / "key.pem", "localhost", days=10)
+    done = srv.cli("reload", check=False)
+    assert done.returncode == 0, done.stderr
+    assert "reloaded the configuration and certificate" in done.stdout
+    assert "warning: tls.cert: the certificate expires on " in done.stderr, done.stderr
+    assert served_certificate(srv) == pem_to_der(srv.ca)
+    assert srv.stop() == 0
+
+
 def _cpus_allowed(pid: int) -> set[int]:
     return os.sched_getaffinity(pid)
 

@@ -122,3 +122,61 @@ def test_what_start_up_warns_of_the_reload_logs(
         app._log_reload(running, new)
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert [m for m in warned if m.startswith("reload: tls.cert: ") and warning in m], warned
+
+
+def _issued_pair(name: str) -> tuple[bytes, bytes, bytes]:
+    """A CA, and a key and certificate for ``name`` it issued: (leaf PEM, CA PEM,
+    leaf key PEM)."""
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=90))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(ca_name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=80))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    pem = serialization.Encoding.PEM
+    return (leaf.public_bytes(pem), ca.public_bytes(pem), key.private_bytes(
+        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+
+
+def test_a_chain_in_the_wrong_order_fails_the_reload_as_it_fails_start_up(
+    tmp_path: Path,
+) -> None:
+    """The intermediate first (``cat chain.pem cert.pem``): start-up said the key
+    belongs to certificate #2 and that the server's comes first; the reload said only
+    that the key "does not belong to the certificate"."""
+    path = write_config(tmp_path)
+    running = parse_config(path.read_text(), tmp_path)
+    leaf, ca, key = _issued_pair(running.hostname)
+    (tmp_path / "tls" / "cert.pem").write_bytes(ca + leaf)
+    (tmp_path / "tls" / "key.pem").write_bytes(key)
+    with pytest.raises(reloading.ReloadError) as e:
+        reloading.load(path, running)
+    assert e.value.key == "tls.cert"
+    assert "matches certificate #2" in str(e.value)
+    assert "the server's own certificate must come first" in str(e.value)
+
+
+def test_a_key_of_another_certificate_fails_the_reload_as_it_fails_start_up(
+    tmp_path: Path,
+) -> None:
+    """certbot's cert renewed but an old key copied beside it: start-up names
+    privkey.pem; the reload said only "does not belong to the certificate"."""
+    path = write_config(tmp_path)
+    running = parse_config(path.read_text(), tmp_path)
+    leaf, ca, _ = _issued_pair(running.hostname)
+    (tmp_path / "tls" / "cert.pem").write_bytes(leaf + ca)  # key.pem: the old one
+    with pytest.raises(reloading.ReloadError) as e:
+        reloading.load(path, running)
+    assert e.value.key == "tls.key"
+    assert "is not the key of the certificate" in str(e.value)
+    assert "privkey.pem" in str(e.value)

@@ -454,7 +454,7 @@ class _Live:
         ok = self.apply(new.cfg, new.tls)
         error = None if ok else ("the new directory or issuers could not be opened: logins "
                                  "keep the running ones (the server log says why)")
-        self.last = (error, new.needs_restart, new.partly)
+        self.last = (error, new.needs_restart, (*new.warnings, *new.partly))
         return ok
 
     def apply(self, cfg: Config, tls: ServerTlsContext) -> bool:
@@ -1102,7 +1102,8 @@ def _run_supervised(
         status.reloaded(new.cfg)
         if beat is not None:
             beat.reloaded(new.cfg)
-        status.reload_outcome(ok=True, kept=new.needs_restart, notes=new.partly)
+        status.reload_outcome(ok=True, kept=new.needs_restart,
+                              notes=(*new.warnings, *new.partly))
         status_file.write(where, status)
         return signal.SIGHUP
 

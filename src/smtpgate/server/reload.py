@@ -101,11 +101,15 @@ def load(path: Path, running: Config) -> Reloaded:
         raise ReloadError(key, message + (f" (and {more} more problems)" if more else ""),
                           path=path) from None
     merged = merge(running, new)
+    # Start-up's checks first, as start-up runs them before it builds the context:
+    # they say which certificate of the chain a key belongs to, and that a
+    # mismatched key should be the certificate's own (certbot's privkey.pem),
+    # where OpenSSL's failure only says "does not belong".
+    warnings = check_certificate(merged)
     try:
         tls = build_tls(merged)
     except TlsConfigError as e:
         raise ReloadError(e.key, str(e).removeprefix(f"{e.key}: ")) from None
-    warnings = check_certificate(merged)
     if directory_changed(running, merged):
         check_directory(merged)
     if oauth_changed(running, merged):

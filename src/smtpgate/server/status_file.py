@@ -82,7 +82,8 @@ class ServerStatus:
     updated: float = 0.0
     #: The last reload's outcome, for ``smtpgate reload`` to print: ``at`` (seconds
     #: since the epoch), ``ok``, ``error`` (why it failed), ``kept`` (keys changed in
-    #: the file that need a restart), ``notes`` (keys taken only in part).
+    #: the file that need a restart), ``notes`` (what start-up would warn of in the
+    #: certificate now served, and keys taken only in part).
     last_reload: dict[str, Any] | None = None
 
     @classmethod

@@ -744,6 +744,13 @@ def _open_read_only(path: Path) -> sqlite3.Connection:
 def _database_file(key: str, path: Path, what: str) -> tuple[list[Problem], bool]:
     """Access checks; the bool says whether the file exists and may be opened."""
     if not path.exists():
+        if not path.parent.exists():
+            # SQLite makes the file, never its directory: `serve` stopped with a bare
+            # "[Errno 2] No such file or directory" where this check said OK.
+            return [_error(key, f"{path} cannot be created: its directory {path.parent} "
+                           "does not exist (smtpgate makes the file, not the directory); "
+                           f"create it, owned by the user smtpgate runs as, or correct "
+                           f"{key or 'the path'}")], False
         return _writable_dir(key, path.parent, f"directory of the {what}"), False
     if path.is_dir():
         return [_error(key, f"{path} is a directory, not a database file")], False
@@ -783,14 +790,7 @@ def check_account_database(cfg: Config) -> list[Problem]:
     key, path = "accounts.database", cfg.path(cfg.accounts.database)
     out, exists = _database_file(key, path, "account database")
     if not exists:
-        if not out and not path.parent.is_dir():
-            # `user add` makes the file, not its directory: "user add creates it"
-            # sent the admin to a command that then failed with ENOENT.
-            out.append(_warning(key, f"{path} does not exist yet, nor does its directory "
-                                f"{path.parent}, so no account can log in; create the "
-                                "directory (owned by the user smtpgate runs as), then "
-                                "`smtpgate user add` creates the database"))
-        elif not out:
+        if not out:
             out.append(_warning(key, f"{path} does not exist yet, so no account can log in; "
                                 "`smtpgate user add` creates it"))
         return out

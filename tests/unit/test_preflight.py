@@ -339,6 +339,26 @@ def test_database_due_for_an_upgrade_is_a_warning(gate: Path) -> None:
     )
 
 
+@pytest.mark.parametrize(("key", "table", "line"), [
+    ("accounts.database", None, 'database = "state/accounts.sqlite"'),
+    ("guard.database", "guard", 'database = "state/guard.sqlite"'),
+], ids=["accounts", "guard"])
+def test_a_database_in_a_directory_that_does_not_exist_is_an_error(
+    gate: Path, key: str, table: str | None, line: str,
+) -> None:
+    """SQLite makes the file but not its directory, and `serve` stopped there with a
+    bare "[Errno 2] No such file or directory": config check said OK (a warning for
+    the account database, nothing for the guard's)."""
+    if table is None:
+        cfg = config(gate, **{'database = "accounts.sqlite"': line})
+    else:
+        cfg = config(gate, f"\n[{table}]\n{line}\n")
+    errors = only(run_checks(cfg))
+    assert list(errors) == [key], errors
+    assert f"its directory {gate / 'state'} does not exist" in errors[key]
+    assert f"or correct {key}" in errors[key]
+
+
 def test_database_that_is_not_a_database(gate: Path) -> None:
     for name in ("accounts.sqlite", "accounts.sqlite-wal", "accounts.sqlite-shm"):
         (gate / name).unlink(missing_ok=True)

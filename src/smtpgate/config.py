@@ -2234,8 +2234,22 @@ def unknown_key_message(loc: tuple[int | str, ...]) -> str:
 def _near(name: str, keys: list[str]) -> str | None:
     """The key ``name`` is most likely a typo of (case-insensitively), if any."""
     by_lower = {k.lower(): k for k in keys}
+    swapped = [k for k in by_lower if _one_swap(name.lower(), k)]
+    if swapped:  # `tsl`: two letters typed in the wrong order, too short for difflib
+        return by_lower[swapped[0]]
     near = difflib.get_close_matches(name.lower(), list(by_lower), n=1, cutoff=0.75)
     return by_lower[near[0]] if near else None
+
+
+def _one_swap(typed: str, key: str) -> bool:
+    """``typed`` is ``key`` with two neighbouring letters exchanged (``tsl`` for
+    ``tls``): difflib's ratio of a three-letter name with one swap is 0.67, under
+    the cutoff that keeps unrelated short names from being suggested."""
+    if len(typed) != len(key) or typed == key:
+        return False
+    diff = [i for i, (a, b) in enumerate(zip(typed, key, strict=True)) if a != b]
+    return (len(diff) == 2 and diff[1] == diff[0] + 1
+            and typed[diff[0]] == key[diff[1]] and typed[diff[1]] == key[diff[0]])
 
 
 def _is_table_list(loc: tuple[int | str, ...]) -> bool:

@@ -47,6 +47,12 @@ def test_unknown_key_is_named_with_the_nearest_key(base: Path) -> None:
         ("[limit]\nworkers = 2\n", "limit",
          "unknown key `limit` at the top level; did you mean `limits`?"),
         ("[guard]\nzzzz = 1\n", "guard.zzzz", "unknown key `zzzz` in [guard]"),
+        # Two letters swapped in a short name (difflib's ratio 0.67: no suggestion
+        # until the h28readme review).
+        ('[tsl]\nmin_version = "1.3"\n', "tsl",
+         "unknown key `tsl` at the top level; did you mean `tls`?"),
+        ("[smpt]\nreceived_login = true\n", "smpt",
+         "unknown key `smpt` at the top level; did you mean `smtp`?"),
     ],
 )
 def test_unknown_key_suggestions(base: Path, extra: str, key: str, message: str) -> None:

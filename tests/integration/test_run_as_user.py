@@ -127,6 +127,29 @@ def test_binds_below_1024_then_serves_as_the_user(root_dir: Path, workers: int) 
         assert rc == 0, srv.log_text()
 
 
+def test_reload_says_it_failed_when_the_user_cannot_read_the_key(root_dir: Path) -> None:
+    """The supervisor (root) read the key of root's and took the reload; every
+    serving process (nobody) could not, and kept the old certificate, while
+    `smtpgate reload` said "reloaded the configuration and certificate", exit 0."""
+    srv = _server(root_dir, 2)
+    key = srv.root / "tls" / "key.pem"
+    assert key.stat().st_mode & 0o077 == 0  # init's key, root's alone
+    srv.start()
+    try:
+        failed = srv.cli("reload", check=False)
+        assert failed.returncode == 1, failed.stdout + failed.stderr
+        assert "error: reload failed" in failed.stderr
+        assert f"tls.key: permission denied: user nobody cannot read {key}" in failed.stderr
+        assert "serving processes could not reload" in failed.stderr
+        os.chown(key, 0, NOBODY.pw_gid)  # as `init --owner` leaves it: the group reads
+        key.chmod(0o640)
+        done = srv.cli("reload", check=False)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "reloaded the configuration and certificate" in done.stdout
+    finally:
+        assert srv.stop() == 0, srv.log_text()
+
+
 def test_an_unknown_user_is_named_and_nothing_listens(root_dir: Path) -> None:
     srv = make_server(root_dir / "srv", '\n[server]\nuser = "no-such-user-xyz"\n')
     run = subprocess.run([conftest.SMTPGATE, "serve", "--config", str(srv.config)],

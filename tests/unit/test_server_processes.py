@@ -466,3 +466,40 @@ def test_a_child_whose_event_loop_is_stuck_is_said_silent_before_the_watchdog_ki
                      unresponsive_after=3.0, on_tick=tick, tick_every=0.2)
     assert sup.run() == 1  # killed by the watchdog: given up
     assert max(silences) >= 1.0, silences
+
+
+def test_reload_done_says_how_many_children_failed_and_why() -> None:
+    """The parent's own reload (as root) went through while the workers' (as
+    ``server.user``, who could not read the key) failed; `smtpgate reload` read only
+    the parent's outcome and said "reloaded". The supervisor now reports the
+    children's answers once all are in."""
+    import signal
+    import threading
+
+    def answers(ok: bool) -> object:
+        def body(status: StatusWriter) -> int:
+            signal.signal(signal.SIGHUP, lambda *_: status.reloaded(
+                ok, "" if ok else "tls.key: permission denied: user nobody cannot read k.pem"))
+            status.ready()
+            while True:
+                time.sleep(0.1)
+        return body
+
+    done: list[tuple[int, str]] = []
+
+    def on_done(failed: int, why: str) -> None:
+        done.append((failed, why))
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    sup = Supervisor([spec("worker 1", answers(True)), spec("worker 2", answers(False)),
+                      spec("worker 3", answers(False))], on_reload_done=on_done)
+
+    def reload_once_ready() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not sup._running:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGHUP)
+
+    threading.Thread(target=reload_once_ready, daemon=True).start()
+    assert sup.run() == 0
+    assert done == [(2, "tls.key: permission denied: user nobody cannot read k.pem")]

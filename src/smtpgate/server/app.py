@@ -47,6 +47,7 @@ from smtpgate.auth.service import build_auth_service
 from smtpgate.auth.state_backend import open_guard_state
 from smtpgate.config import Config, ListenerConfig
 from smtpgate.errors import StartupError
+from smtpgate.plural import count
 from smtpgate.policy.counters_backend import open_rate_counters
 from smtpgate.policy.rates import RateLimiter
 from smtpgate.queue.factory import make_deliverer
@@ -397,8 +398,9 @@ class ReloadHooks:
 
     #: The config file to read again; None: reopen the logs only.
     config_path: Path | None
-    #: Told whether the reload worked (the supervisor waits for every process).
-    done: Callable[[bool], None] = lambda ok: None
+    #: Told whether the reload worked, and if not why (the supervisor waits for
+    #: every process, and ``smtpgate reload`` prints the first why).
+    done: Callable[[bool, str], None] = lambda ok, why: None
     #: Under a supervisor, which already validated and logged the new config:
     #: only errors are logged here.
     quiet: bool = False
@@ -623,6 +625,7 @@ async def serve_sockets(
         if full:
             systemd.reloading()
         ok = live.reopen_logs()
+        why = "" if ok else "a log file could not be reopened (the server log says which)"
         if full and hooks.config_path is not None:
             before = live.cfg
             reloaded = live.reload(hooks.config_path, quiet=hooks.quiet)
@@ -643,7 +646,8 @@ async def serve_sockets(
                 status.reload_outcome(ok=reloaded, error=error, kept=kept, notes=notes)
                 status_file.write(status_file.status_path(live.cfg), status)
             ok = reloaded and ok
-        hooks.done(ok)
+            why = why if reloaded else (live.last[0] or why)
+        hooks.done(ok, why)
         if full:
             systemd.ready("serving; reload done")
 
@@ -789,20 +793,20 @@ async def deliver_only(
             logs.reopen_log_file()
         except OSError as e:
             log.error("reload: server.log_file: cannot reopen: %s", e)
-            done(False)
+            done(False, f"server.log_file: cannot reopen: {e}")
             return
         if full and hooks.config_path is not None:
             try:
                 new = reloading.load(hooks.config_path, running)
             except reloading.ReloadError as e:
                 log.error("reload failed, keeping the running configuration: %s", e)
-                done(False)
+                done(False, str(e))
                 return
             running = new.cfg
             if served is not None:
                 _follow(served, running)
             _background(admin.reconfigure(running))
-        done(True)
+        done(True, "")
 
     loop.add_signal_handler(signal.SIGHUP, on_reload, True)
     loop.add_signal_handler(signal.SIGUSR1, on_reload, False)
@@ -1102,10 +1106,24 @@ def _run_supervised(
         status.reloaded(new.cfg)
         if beat is not None:
             beat.reloaded(new.cfg)
-        status.reload_outcome(ok=True, kept=new.needs_restart,
-                              notes=(*new.warnings, *new.partly))
-        status_file.write(where, status)
+        taken[:] = [(new.needs_restart, (*new.warnings, *new.partly))]
         return signal.SIGHUP
+
+    taken: list[tuple[tuple[str, ...], tuple[str, ...]]] = []
+
+    def on_reload_done(failed: int, why: str) -> None:
+        """The outcome ``smtpgate reload`` prints, written once every serving process
+        has answered: the parent, as root, may read what the workers, as
+        ``server.user``, may not (a key of root's), and until 2026-12 the command
+        said "reloaded" while every worker kept the old certificate."""
+        kept, notes = taken.pop() if taken else ((), ())
+        if failed:
+            who = count(failed, "serving process", "serving processes")
+            status.reload_outcome(ok=False, error=(
+                f"{why or 'the server log says why'} ({who} could not reload)"))
+        else:
+            status.reload_outcome(ok=True, kept=kept, notes=notes)
+        status_file.write(where, status)
 
     status = ServerStatus.starting(cfg, config_path, workers)
     where = status_file.status_path(cfg)
@@ -1126,6 +1144,7 @@ def _run_supervised(
     supervisor = Supervisor(
         [*(worker_spec(i) for i in range(workers)), delivery_spec()],
         on_reload=on_reload,
+        on_reload_done=on_reload_done,
         on_reaped=lambda pid: metrics_http.mark_dead(cfg, pid),
         stop_timeout=cfg.server.shutdown_grace + 30,
         unresponsive_after=cfg.server.worker_watchdog,

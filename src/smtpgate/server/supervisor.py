@@ -6,9 +6,9 @@ status pipe per child. A child writes one line per event on its pipe:
 
 - ``ready``: its listeners are bound and its stores open. ``started N worker
   processes`` is logged only when every child has said this.
-- ``reloaded ok`` / ``reloaded failed``: it has handled a forwarded SIGHUP or
+- ``reloaded ok`` / ``reloaded failed [why]``: it has handled a forwarded SIGHUP or
   SIGUSR1. When every child has answered, the parent logs that the reload is
-  complete.
+  complete and tells ``on_reload_done`` how many failed, and the first why.
 - ``serving <what> <url>``: it now serves ``what`` (``admin``, ``metrics``) at
   ``url`` (``-``: nowhere), at start-up and after a reload moved, opened or closed
   it, or could not (``on_serving``: ``smtpgate status`` shows what is served, not
@@ -101,8 +101,8 @@ class StatusWriter:
         assert self._alive_every is not None
         self._alive = loop.call_later(self._alive_every, self._say_alive, loop)
 
-    def reloaded(self, ok: bool) -> None:
-        self._send("reloaded ok" if ok else "reloaded failed")
+    def reloaded(self, ok: bool, why: str = "") -> None:
+        self._send("reloaded ok" if ok else f"reloaded failed {why}".rstrip())
 
     def serving(self, what: str, url: str) -> None:
         self._send(f"serving {what} {url or '-'}")
@@ -179,6 +179,10 @@ class Supervisor:
     unresponsive_after: float = 0.0
     #: Called with what a child serves where ("admin", URL; "" for nowhere).
     on_serving: Callable[[str, str], None] = lambda what, url: None
+    #: Called when every child has answered a forwarded SIGHUP: how many failed, and
+    #: the first one's why ("" if none said). The parent's own reload went through:
+    #: ``smtpgate reload`` must hear that the serving processes did not.
+    on_reload_done: Callable[[int, str], None] = lambda failed, why: None
 
     _children: dict[int, _Child] = field(default_factory=dict)
     _restart_at: dict[str, float] = field(default_factory=dict)
@@ -195,6 +199,7 @@ class Supervisor:
     _last_forward: int | None = None
     _reload_waiting: set[int] = field(default_factory=set)
     _reload_failed: int = 0
+    _reload_why: str = ""
     _sel: selectors.BaseSelector = field(default_factory=selectors.DefaultSelector)
     _wake_r: int = -1
     _wake_w: int = -1
@@ -419,7 +424,9 @@ class Supervisor:
         elif line.startswith("reloaded "):
             if child.pid in self._reload_waiting:
                 self._reload_waiting.discard(child.pid)
-                self._reload_failed += line != "reloaded ok"
+                if line != "reloaded ok":
+                    self._reload_failed += 1
+                    self._reload_why = self._reload_why or line[len("reloaded failed "):]
                 self._reload_progress()
         elif line.startswith("serving "):
             what, _, url = line[8:].partition(" ")
@@ -554,6 +561,7 @@ class Supervisor:
         self._generation += 1
         self._last_forward = forward
         self._reload_failed = 0
+        self._reload_why = ""
         self._reload_waiting = {c.pid for c in self._children.values() if c.ready}
         for pid in self._reload_waiting:
             _kill(pid, forward)
@@ -569,6 +577,8 @@ class Supervisor:
                         what, self._reload_failed)
         else:
             log.info("%s complete in every process", what)
+        if self._last_forward == signal.SIGHUP:
+            self.on_reload_done(self._reload_failed, self._reload_why)
 
 
 def describe_status(status: int) -> str:

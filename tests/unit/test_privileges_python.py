@@ -150,3 +150,35 @@ def test_config_check_finds_what_serve_refuses_whoever_runs_it(
     found = privileges.problems(cfg(user="nobody"))
     assert [(p.severity, p.key) for p in found] == [("error", "server.user")]
     assert f"'nobody' cannot read {closed.resolve()}" in found[0].message
+
+
+def test_a_key_the_user_cannot_read_is_a_warning_since_reloads_would_fail(
+    open_tmp: Path,
+) -> None:
+    """serve, started as root, read a key of root's (certbot's privkey.pem, 0600) and
+    started; every reload, made by the serving processes as the user, then failed on
+    it, and config check said nothing (h28readme review)."""
+    tls = open_tmp / "tls"
+    tls.mkdir()
+    cert, key = tls / "cert.pem", tls / "key.pem"
+    cert.write_text("x")
+    cert.chmod(0o644)
+    key.write_text("x")
+    key.chmod(0o600)
+    cfg = Config.model_validate({
+        "listeners": [ListenerConfig(name="s", address="127.0.0.1:2587", tls="starttls")],
+        "tls": {"cert": str(cert), "key": str(key)},
+    })
+    found = privileges.reload_problems(cfg, NOBODY)
+    assert [(p.severity, p.key) for p in found] == [("warning", "tls.key")]
+    assert f"'nobody' cannot read {key.resolve()}: serve starts" in found[0].message
+    assert "every reload runs as 'nobody' and fails on it" in found[0].message
+    # The user in the key's group (ours, so that no chown to another group is needed).
+    member = RunAs("nobody", NOBODY.uid, NOBODY.gid, (*NOBODY.groups, os.getgid()))
+    os.chown(key, -1, os.getgid())
+    key.chmod(0o640)
+    assert privileges.reload_problems(cfg, member) == []
+    tls.chmod(0o700)  # the directory in the way
+    found = privileges.reload_problems(cfg, member)
+    assert [p.key for p in found] == ["tls.cert", "tls.key"]
+    assert f"cannot read {tls.resolve()}, on the way to {key}" in found[1].message

@@ -870,6 +870,8 @@ def run(cfg: Config, config_path: Path | None = None) -> int:
     try:
         metrics_sock = bind_metrics_socket(cfg)
         run_as = privileges.resolve(cfg)
+        for problem in privileges.reload_problems(cfg, run_as) if run_as is not None else ():
+            log.warning("%s: %s", problem.key, problem.message)  # as config check says it
     except StartupError:
         for sock in sockets:
             sock.close()

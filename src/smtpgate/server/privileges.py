@@ -77,10 +77,65 @@ def problems(cfg: Config) -> list[Problem]:
     if not cfg.server.user:
         return []
     try:
-        _check_python(_who(cfg, cfg.server.user))
+        who = _who(cfg, cfg.server.user)
+        _check_python(who)
     except StartupError as e:
         return [Problem("error", e.key, e.message)]
-    return []
+    return reload_problems(cfg, who)
+
+
+def reload_problems(cfg: Config, who: RunAs) -> list[Problem]:
+    """Warnings for the certificate and key files ``who`` may not read: ``serve``,
+    started as root, reads them and starts, but a reload runs in the serving
+    processes, as ``who``, and fails on them (a renewed certificate never served)."""
+    out: list[Problem] = []
+    for key, name in (("tls.cert", cfg.tls.cert), ("tls.key", cfg.tls.key)):
+        path = cfg.path(name)
+        closed = file_unreadable_by(path, who) if path.exists() else None
+        if closed is not None:
+            out.append(Problem("warning", key, (
+                f"{who.user!r} cannot read {closed}" + ("" if closed == path.resolve()
+                                                        else f", on the way to {path}")
+                + f": serve starts (it reads it as root) but every reload runs as "
+                f"{who.user!r} and fails on it, so a renewed certificate is never served; "
+                f"let the user's group read it (chgrp {_group_name(who.gid)} {path}; "
+                f"chmod 0640 {path}), as `smtpgate init --owner` does")))
+    return out
+
+
+def _group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def file_unreadable_by(path: Path, who: RunAs) -> Path | None:
+    """The directory on the way to the file ``path`` that ``who`` may not enter, or
+    the file itself if ``who`` may not read it, by mode bits; None when it may."""
+    target = path.resolve()
+    for item in (*reversed(target.parents), target):
+        try:
+            st = item.stat()
+        except OSError:
+            return item
+        if "system.posix_acl_access" in _xattrs(item):
+            continue
+        if not _allowed(st, who, 0o4 if item == target else 0o1):
+            return item
+    return None
+
+
+def _allowed(st: os.stat_result, who: RunAs, need: int) -> bool:
+    """Do the mode bits of ``st`` grant ``who`` the bits ``need`` (0o4 read, 0o1
+    search)? The owner's, else the group's, else the others' bits decide."""
+    if st.st_uid == who.uid:
+        bits = st.st_mode >> 6
+    elif st.st_gid == who.gid or st.st_gid in who.groups:
+        bits = st.st_mode >> 3
+    else:
+        bits = st.st_mode
+    return bits & need == need
 
 
 def _who(cfg: Config, name: str) -> RunAs:

@@ -76,10 +76,14 @@ def make_backend_server(
 
 
 def make_guarded(
-    root: Path, extra: str = "", allowlist: str = "[]", backend: BackendSetup = BACKENDS["sqlite"]
+    root: Path, extra: str = "", allowlist: str = "[]", backend: BackendSetup = BACKENDS["sqlite"],
+    penalties: tuple[float, float] = (PENALTY_BASE, PENALTY_MAX),
 ) -> Server:
+    """A started server with the protection suite's guard (`GUARDED`) and the accounts
+    alice, bob and carol; ``penalties`` (penalty_base, penalty_max) for a test whose
+    subject is not the penalty's length."""
     config = GUARDED.format(
-        allowlist=allowlist, penalty_base=PENALTY_BASE, penalty_max=PENALTY_MAX, lockout=LOCKOUT
+        allowlist=allowlist, penalty_base=penalties[0], penalty_max=penalties[1], lockout=LOCKOUT
     )
     users = [(USER, PASSWORD), (BOB, BOB_PASSWORD), (CAROL, CAROL_PASSWORD)]
     return make_backend_server(root, backend, config + extra, users)

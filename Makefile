@@ -100,8 +100,10 @@ test: test-venv debs node-clients exim
 	$(BIN)/ruff check src tests bench
 	# Two workers (this machine's cores); a file's tests stay in one worker, so a
 	# module-scoped server starts once (the Samba DC takes a per-worker address).
+	# Files with a test marked slow are handed out first (tests/conftest.py; xdist's
+	# own reorder by number of tests would put them last, one alone at the end).
 	# The 30 slowest steps are listed at the end: CI must stay well under 30 minutes.
-	SMTPGATE_CI=1 $(BIN)/pytest -q -n 2 --dist loadfile --durations=30
+	SMTPGATE_CI=1 $(BIN)/pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=30
 
 # Every fuzz target of fuzz/ for FUZZ_SECONDS each (docs/security.md, "Fuzzing"); the
 # corpus grows in build/fuzz/<target>, logs and any crash land in build/fuzz/logs/.

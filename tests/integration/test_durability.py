@@ -205,6 +205,7 @@ def _delivered_tags(server: Server) -> dict[str, list[bytes]]:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("aio", ["aio", "threads"])
 def test_kill_9_of_workers_and_the_delivery_process_under_load_loses_nothing(
     tmp_path: Path, aio: str

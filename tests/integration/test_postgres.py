@@ -249,6 +249,7 @@ def _run_script(srv: Server) -> list[tuple[int, str, str]]:
     return out
 
 
+@pytest.mark.slow
 def test_every_user_command_behaves_the_same_on_postgresql_as_on_sqlite(tmp_path: Path) -> None:
     lite = make_server(tmp_path / "lite")
     pg = make_server(tmp_path / "pg")

@@ -38,9 +38,9 @@ PASSWORD = "correct horse battery"
 QUICK_PENALTIES = "\n[guard]\npenalty_base = 0.01\npenalty_max = 0.05\n"
 
 
-def audit(*args: str, stdin: str | None = None) -> tuple[int, dict[str, Any]]:
+def audit(*args: str, stdin: str | None = None, timeout: int = 10) -> tuple[int, dict[str, Any]]:
     proc = subprocess.run(
-        [SMTPGATE, "audit", "--json", "--timeout", "10", "--ehlo", "auditor.test", *args],
+        [SMTPGATE, "audit", "--json", "--timeout", str(timeout), "--ehlo", "auditor.test", *args],
         input=stdin, capture_output=True, text=True, timeout=180, check=False)
     assert proc.stdout, proc.stderr
     return proc.returncode, json.loads(proc.stdout)
@@ -111,9 +111,11 @@ def test_a_scheme_for_the_other_tls_mode_is_audited_as_the_port_speaks(
     # smtps:// for the STARTTLS port was "no-tls", grade D (though STARTTLS is
     # offered); smtp:// for the implicit port waited out the timeout and audited
     # nothing. The user's scheme was wrong, not the server: a note, no finding.
+    # The audit waits its whole --timeout for the greeting the implicit port never
+    # sends before it tries TLS: 5 s, as the audits of the test below have, not 10.
     srv, _ = variants
     rc, report = audit("--ca", str(srv.ca), f"smtps://127.0.0.1:{srv.submission}",
-                       f"smtp://127.0.0.1:{srv.submissions}")
+                       f"smtp://127.0.0.1:{srv.submissions}", timeout=5)
     assert rc == 0, report
     sub, subs = by_target(report)[srv.submission], by_target(report)[srv.submissions]
     assert sub["mode"] == "starttls" and subs["mode"] == "implicit"

@@ -477,3 +477,22 @@ def test_a_mail_login_in_the_web_admins_key_space_counts_against_the_address_onl
         name: str, key: str) -> None:
     """``admin:NAME`` is a web admin's lockout key; a mail login never reaches it."""
     assert mail_login_key(name) == key
+
+
+async def test_a_lockouts_log_line_escapes_the_name_the_client_typed(
+    guard: tuple[Guard, Clock], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The key of a lockout of a name that is no account is the name as the client
+    sent it (bounded, not checked): a bidi override (U+202E), a line separator
+    (U+2028) or a NEL in it went raw into the server log's "guard: account-new ...
+    blocked" line, where the auth log's own line for the same attempt escapes it
+    (seen with ``ev\\u202eil@example.org`` against smtpgate serve)."""
+    g, clock = guard
+    name = "ev\u202eil\u2028FORGED\x85@example.org"
+    for i in range(CFG.lockout_threshold):
+        c = await g.check(f"203.0.113.{i + 1}", name)
+        await g.failure(c, counts_account=True)
+        clock.now += 1
+    lines = [r.getMessage() for r in caplog.records if "blocked until" in r.getMessage()]
+    assert any("ev\\u202eil\\u2028FORGED\\x85@example.org" in line for line in lines), lines
+    assert not any(c in line for line in lines for c in "\u202e\u2028\x85")

@@ -55,6 +55,8 @@ import collections
 import logging
 from dataclasses import dataclass, field
 
+from smtpgate.auth.authlog import neutralize
+
 log = logging.getLogger("smtpgate.guard")
 
 #: Seconds one attempt holds a key at most: a safety net, as no hold lasts
@@ -131,7 +133,7 @@ class AttemptGate:
             return
         if any(not f.done() for _, f in state.waiters):
             log.warning("guard: a login held %s for %.0f s; the next one goes on",
-                        key, self._max_wait)
+                        neutralize(key), self._max_wait)
         self._pass_on(key, state)
 
     def _pass_on(self, key: str, state: _Key) -> None:

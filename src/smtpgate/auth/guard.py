@@ -104,6 +104,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, TypeVar
 
 from smtpgate import metrics
+from smtpgate.auth.authlog import neutralize
 from smtpgate.auth.bounded_calls import StoreCalls, StoreUnavailable
 from smtpgate.auth.guard_memory import GuardMemory
 from smtpgate.auth.guard_state import (
@@ -526,7 +527,7 @@ class Guard:
                     "with the state in Redis, the node that started it has its clock that far "
                     "ahead of this one's: see its cluster heartbeat warning); its blocks start "
                     "again from now, each for its own length",
-                    ", ".join(sorted({b.key for b in snap.blocks})), ahead)
+                    ", ".join(sorted({neutralize(b.key) for b in snap.blocks})), ahead)
         return replace(snap, blocks=tuple(
             replace(b, since=now, until=now + max(0.0, b.until - b.since)) for b in snap.blocks))
 
@@ -551,7 +552,10 @@ class Guard:
         for b in started:
             self.stats.blocks_started += 1
             metrics.guard_block_started(b.kind)
-            log.warning("guard: %s %s blocked until %s: %s", b.kind, b.key, _stamp(b.until), b.reason)
+            # The key of an account lockout is the name the client typed when it is
+            # no account's: escaped as the auth log's text line escapes it.
+            log.warning("guard: %s %s blocked until %s: %s", b.kind, neutralize(b.key),
+                        _stamp(b.until), b.reason)
         await self._maybe_prune(now)
         return started
 

@@ -571,6 +571,27 @@ async def test_cram_md5_lookup(svc: AuthService, admin: AccountAdmin) -> None:
     assert await svc.resolve(LookupCramMd5("x@example.org"), CTX) == NotFound()
 
 
+async def test_a_cram_md5_guess_at_no_account_is_counted_as_one_at_an_account_not_opted_in(
+    svc: AuthService, admin: AccountAdmin
+) -> None:
+    """The guard counts an attempt toward the account's lockout when its
+    resolution notes no refusal. An account not opted in to CRAM-MD5 (the
+    default) is a policy refusal, counted toward the address only; a name of no
+    account was counted toward its lockout, so with CRAM-MD5 offered the
+    eleventh CRAM-MD5 try at a made-up name got 454 and at any real account 535
+    (seen against smtpgate serve): which names exist could be read off the
+    replies. Both are now counted alike; an opted-in account's wrong digest
+    still counts toward its lockout."""
+    ghost = await svc.resolve_detailed(LookupCramMd5("ghost@example.org"), CTX)
+    real = await svc.resolve_detailed(LookupCramMd5(ALICE), CTX)
+    assert isinstance(ghost.answer, NotFound) and isinstance(real.answer, NotFound)
+    assert ghost.answer.reason == "unknown user"  # the auth log still tells them apart
+    assert ghost.refusal is not None and real.refusal is not None  # address only, both
+    admin.add_account("legacy@example.org", "pencil", cram_md5_enabled=True)
+    opted = await svc.resolve_detailed(LookupCramMd5("legacy@example.org"), CTX)
+    assert isinstance(opted.answer, CramMd5Secret) and opted.refusal is None
+
+
 async def test_cram_md5_secret_made_at_login_after_opt_in(
     svc: AuthService, admin: AccountAdmin
 ) -> None:

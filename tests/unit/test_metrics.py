@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from smtpgate import metrics
 from smtpgate.auth.guard import Refusal
-from smtpgate.auth.service import REFUSED_POLICY, Resolution
+from smtpgate.auth.service import REFUSED_POLICY, REFUSED_UNKNOWN, Resolution
 from smtpgate.config import Config, MetricsConfig
 from smtpgate.errors import StartupError
 from smtpgate.sasl import base as sasl
@@ -43,6 +43,10 @@ def observed(result: str) -> float:
          Outcome("PLAIN", "failure", reason="bad password"), None, "failure"),
         (Resolution(sasl.Verdict(ok=False, reason="locked"), refusal=REFUSED_POLICY),
          Outcome("PLAIN", "failure", reason="locked"), None, "refused_policy"),
+        # A name of no account under CRAM-MD5: counted as a not-opted-in account's
+        # attempt by the guard, still a failure here.
+        (Resolution(sasl.NotFound(reason="unknown user"), refusal=REFUSED_UNKNOWN),
+         Outcome("PLAIN", "failure", reason="unknown user"), None, "failure"),
         (Resolution(sasl.Verdict(ok=False, reason="db down", temporary=True)),
          Outcome("PLAIN", "tempfail", reason="db down"), None, "temporary"),
         (Resolution(sasl.Verdict(ok=True, identity=USER)),

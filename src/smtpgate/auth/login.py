@@ -79,7 +79,7 @@ from smtpgate.auth.directory import AppPassword, StoreError
 from smtpgate.auth.guard import Guard, GuardCheck, Refusal, mail_login_key
 from smtpgate.auth.principal import AppPasswordUse, Principal
 from smtpgate.auth.sender_profile import SenderProfile
-from smtpgate.auth.service import AuthContext, AuthService
+from smtpgate.auth.service import REFUSED_UNKNOWN, AuthContext, AuthService
 from smtpgate.auth.services import AuthServices
 from smtpgate.auth.shared_gate import SharedGate
 from smtpgate.auth.verify_scheduler import Lane
@@ -570,7 +570,7 @@ class LoginAttempt:
         started, self._started = self._started, None
         if result is AuthResult.TEMPFAIL:
             kind = "refused_guard" if guard_refused else "temporary"
-        elif result is AuthResult.FAILURE and refusal is not None:
+        elif result is AuthResult.FAILURE and refusal not in (None, REFUSED_UNKNOWN):
             kind = "refused_policy"  # a lock, conditional access, expiry: not the secret
         else:
             kind = _METRIC_RESULTS[result]

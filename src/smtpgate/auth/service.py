@@ -178,6 +178,10 @@ PASSWORD_EXPIRED = "password expired"
 REFUSED_POLICY = "policy"
 REFUSED_EXPIRED = "expired"
 REFUSED_LOCKED = "locked"
+#: A name of no account under CRAM-MD5: not a policy refusal (the metrics count it
+#: as a failure), but counted as the attempt at an account that is not opted in to
+#: CRAM-MD5 (``REFUSED_POLICY``, nearly every account) is: toward the address only.
+REFUSED_UNKNOWN = "unknown"
 
 
 @dataclass(frozen=True, slots=True)
@@ -1133,7 +1137,11 @@ class AuthService:
     async def _lookup_cram_md5(self, q: LookupCramMd5, ctx: AuthContext) -> Resolution:
         account, data = await self._read_row(self._load, lookup_key(q.username), CRAM_MD5)
         if account is None:
-            return Resolution(NotFound(reason=UNKNOWN_USER))
+            # Counted as at an account not opted in: were a name of no account
+            # counted toward its lockout, its eleventh guess would get 454 where a
+            # real account's gets 535, telling a prober which names exist. No
+            # digest can log in to either, so nothing is guessed.
+            return Resolution(NotFound(reason=UNKNOWN_USER), refusal=REFUSED_UNKNOWN)
         if refused := self._lookup_refusal(account, q.mechanism.upper() or "CRAM-MD5", ctx):
             return refused
         if not account.cram_md5_enabled:

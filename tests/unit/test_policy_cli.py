@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from smtpgate.auth.guard import count_failure, thresholds
-from smtpgate.auth.guard_state import ADDRESS, SUBNET, Block
+from smtpgate.auth.guard_state import ACCOUNT_NEW, ADDRESS, SUBNET, THROTTLE, Block
 from smtpgate.auth.guard_store import RecordedFailure, SqliteGuardStore
 from smtpgate.cli.main import cli
 from smtpgate.config import GuardConfig
@@ -210,6 +210,32 @@ def test_guard_unblock_takes_a_client_address_as_the_logs_show_it(config: Path) 
     assert r.exit_code == 0 and "of 198.51.100.0/24" in r.output, r.output
     r = run(config, "guard", "unblock", "alice@example.org")  # an account: as it is
     assert r.exit_code == 3 and "alice@example.org is not blocked" in r.output
+
+
+def test_guard_unblock_lifts_the_lockout_of_a_name_that_is_no_account(config: Path) -> None:
+    """The guard locks a made-up name as it locks an account (docs/protection.md),
+    and `guard list` shows the row, but `guard unblock ghost@example.org` said it
+    "is not blocked" (exit 3) and `user unlock` "no account": nothing lifted it
+    before it ran out. It is lifted now, given as listed or in another spelling; an
+    account's administrative lock is left to `user unlock`."""
+    g = SqliteGuardStore(config.parent / "guard.sqlite")
+    now = time.time()
+    g.start_blocks([Block(ACCOUNT_NEW, "ghost@example.org", now, now + 600, "10 failed logins"),
+                    Block(THROTTLE, "ghost@example.org", now, now + 600, "5 new addresses"),
+                    Block(ACCOUNT_NEW, ALICE, now, now + 600, "10 failed logins")])
+    g.close()
+    assert run(config, "user", "unlock", "ghost@example.org").exit_code == 3
+    r = run(config, "guard", "unblock", "GHOST@Example.org")
+    assert r.exit_code == 0, r.output
+    assert r.output.strip() == "lifted 2 lockouts of ghost@example.org"
+    assert run(config, "user", "lock", ALICE, "--reason", "compromised").exit_code == 0
+    r = run(config, "guard", "unblock", ALICE)
+    assert r.exit_code == 0 and "lifted 1 lockout of alice@example.org" in r.output, r.output
+    assert "no blocks or lockouts in force" in run(config, "guard", "list").output
+    shown = json.loads(run(config, "user", "show", ALICE, "--json").output)
+    assert shown["locked"], shown
+    r = run(config, "guard", "unblock", "ghost@example.org")  # nothing left: as before
+    assert r.exit_code == 3 and "ghost@example.org is not blocked" in r.output
 
 
 def test_guard_unblock_of_an_address_in_a_blocked_subnet_names_the_subnet(config: Path) -> None:

@@ -20,6 +20,7 @@ from rich.console import Console
 
 from smtpgate.admin import AccountAdmin, NotFoundError
 from smtpgate.auth.guard_state import SUBNET
+from smtpgate.auth.names import name_key
 from smtpgate.auth.networks import client_keys, parse_ip
 from smtpgate.cli.common import admin_service, config_option, get_config, iso_time, parse_since
 from smtpgate.cli.output import Table, echo
@@ -113,8 +114,9 @@ def guard_list(as_json: bool, config_path: Path | None) -> None:
 @config_option
 def guard_unblock(key: str, config_path: Path | None) -> None:
     """Lift the block of an address or subnet KEY (as `guard list` shows it, or a
-    client address as the logs show it) and forget its failures. For an account,
-    use `smtpgate user unlock`."""
+    client address as the logs show it) and forget its failures; for a name `guard
+    list` shows, its lockout and throttle (`smtpgate user unlock` also lifts an
+    account's administrative lock)."""
     cfg = get_config(config_path)
     normal = guard_key(key, cfg.guard)
     with admin_service(cfg) as admin:
@@ -122,9 +124,28 @@ def guard_unblock(key: str, config_path: Path | None) -> None:
             n = admin.unblock(normal)
         except NotFoundError:
             _refused_by_its_subnet(admin, key, cfg.guard)
-            raise
+            lifted = _lift_lockout(admin, key) if normal == key else None
+            if lifted is None:
+                raise
+            echo(f"lifted {count(lifted[1], 'lockout')} of {lifted[0]}")
+            return
     echo(f"lifted {count(n, 'block')} of {normal}"
                + (f" (the guard's key of {key})" if normal != key else ""))
+
+
+def _lift_lockout(admin: AccountAdmin, key: str) -> tuple[str, int] | None:
+    """(the name, how many went) if ``key``, as given or in the one spelling the
+    guard counts a name under (``name_key``), had a lockout or throttle to lift;
+    None if neither had. A lockout of a name that is no account (the guard locks
+    made-up names as it locks real ones) is listed by `guard list`, yet `guard
+    unblock` said it "is not blocked" and `user unlock` "no account": nothing
+    lifted it before it ran out."""
+    for name in dict.fromkeys((key, name_key(key))):
+        try:
+            return name, admin.lift_lockout(name)
+        except NotFoundError:
+            continue
+    return None
 
 
 def _refused_by_its_subnet(admin: AccountAdmin, key: str, g: GuardConfig) -> None:

@@ -190,6 +190,24 @@ def test_spellings_of_one_account_are_one_account_not_a_spray() -> None:
     assert authlog_view.spraying(attempts, datetime(2026, 1, 1, tzinfo=UTC), 10) == []
 
 
+def test_saslprep_spellings_of_one_account_are_one_account_as_the_guard_counts_them() -> None:
+    """``bob@example.org`` with a zero-width space, a soft hyphen, in full-width
+    letters or with a full-width domain logs in to bob (SASLprep), and the guard
+    counts and locks them as bob; the report made each a name of its own (seen
+    against smtpgate serve: five rows, no brute-force episode against the account
+    the guard had locked, and a spraying episode of five "accounts")."""
+    names = ["bob@example.org\u200b", "bob\u00ad@example.org", "\uff42\uff4f\uff42@example.org",
+             "bob@\uff25\uff38\uff21\uff2d\uff30\uff2c\uff25.org", "BOB@example.org"]
+    records = [rec(f"10:00:{i:02}", "192.0.2.9", names[i % len(names)], "failure",
+                   reason="bad password") for i in range(10)]
+    r = build_report(records, since=None,
+                     thresholds=Thresholds(brute_force_failures=10, spray_accounts=5))
+    assert r["accounts"] == {"bob@example.org": {"success": 0, "failure": 10, "blocked": 0}}
+    assert [(e["address"], e["account"], e["failures"])
+            for e in r["episodes"]["brute_force"]] == [("192.0.2.9", "bob@example.org", 10)]
+    assert r["episodes"]["spraying"] == []
+
+
 def test_a_mail_login_named_admin_is_no_web_admin_account() -> None:
     """Guesses at SMTP AUTH as ``admin:root`` (which the guard counts against the
     address only) were the web admin ``root``'s failures in the report: a brute-force

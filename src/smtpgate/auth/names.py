@@ -25,6 +25,8 @@ from __future__ import annotations
 import functools
 import unicodedata
 
+from smtpgate.sasl.saslprep import SaslprepError, saslprep
+
 # RFC 5321 §4.5.3.1.1-2: size limits of a local part and a domain, in octets.
 MAX_LOCAL_OCTETS = 64
 MAX_DOMAIN_OCTETS = 255
@@ -184,6 +186,17 @@ def lookup_key(name: str) -> str:
     try:
         return canonical_name(name)
     except InvalidAccountName:
+        return name
+
+
+def prepared_name(name: str) -> str:
+    """``name`` SASLprep'd (query rules) and canonical; ``name`` if SASLprep refuses
+    it. What every login path looks an account up by (``auth/service.py``), so the
+    one spelling the guard counts a name under: ``bob@example.org`` typed with a
+    zero-width space, a soft hyphen or full-width letters is ``bob@example.org``."""
+    try:
+        return lookup_key(saslprep(name, allow_unassigned=True)) or name
+    except SaslprepError:
         return name
 
 

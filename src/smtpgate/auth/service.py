@@ -107,7 +107,7 @@ from smtpgate.auth.directory import (
 )
 from smtpgate.auth.legacy_hashes import LEGACY
 from smtpgate.auth.loop_reads import Missed, loop_reads_for
-from smtpgate.auth.names import lookup_key, name_key
+from smtpgate.auth.names import lookup_key, name_key, prepared_name
 from smtpgate.auth.networks import in_networks, parse_ip, parse_networks
 from smtpgate.auth.passwords import (
     PasswordHasher,
@@ -139,7 +139,6 @@ from smtpgate.sasl.base import (
     VerifyPassword,
     VerifyToken,
 )
-from smtpgate.sasl.saslprep import SaslprepError, saslprep
 from smtpgate.sasl.scram import scram_credentials_from_password
 
 log = logging.getLogger("smtpgate.auth.service")
@@ -255,14 +254,6 @@ class _Temporary(Exception):
     """A backend fault found inside a handler; ``resolve`` turns it into a 454 answer."""
 
 
-def _prepared_name(name: str) -> str:
-    """``name`` SASLprep'd (query rules) and canonical; ``name`` if SASLprep refuses it."""
-    try:
-        return lookup_key(saslprep(name, allow_unassigned=True)) or name
-    except SaslprepError:
-        return name
-
-
 def _names_another(account: Account, authzid: str, login: str) -> bool:
     """True when a PLAIN or SCRAM ``authzid`` names someone other than ``account``,
     which ``login`` (the authcid) logged in as.
@@ -275,8 +266,8 @@ def _names_another(account: Account, authzid: str, login: str) -> bool:
     user name itself is matched."""
     if not authzid:
         return False
-    own = {account.name, name_key(_prepared_name(login))}
-    return not own & {name_key(authzid), name_key(_prepared_name(authzid))}
+    own = {account.name, name_key(prepared_name(login))}
+    return not own & {name_key(authzid), name_key(prepared_name(authzid))}
 
 
 def _untrusted_thread() -> None:
@@ -441,7 +432,7 @@ class AuthService:
         """
         if self._closed:
             raise StoreError("auth service is shut down")
-        username = _prepared_name(username)
+        username = prepared_name(username)
         if not self._directory.verifies_passwords:
             return self._directory.login_identity(username)  # canonical already: no I/O
         try:
@@ -812,7 +803,7 @@ class AuthService:
         account SCRAM finds, and an account whose name SASLprep would change
         still logs in by its own spelling."""
         account = self._directory.get_account(name)
-        if account is None and (prepared := _prepared_name(name)) != name:
+        if account is None and (prepared := prepared_name(name)) != name:
             account = self._directory.get_account(prepared)
         if account is None or scheme not in account.schemes:
             return account, None
@@ -1174,7 +1165,7 @@ class AuthService:
             return True
         if not self._directory.verifies_passwords:
             return False  # names are stored canonical: one spelling per account
-        given = await self._read(self._directory.login_identity, _prepared_name(login))
+        given = await self._read(self._directory.login_identity, prepared_name(login))
         return given == await self._read(self._directory.login_identity, name)
 
     async def _verify_token(self, q: VerifyToken, ctx: AuthContext) -> Resolution:

@@ -41,7 +41,7 @@ from typing import Any
 
 from smtpgate import mechanism_facts
 from smtpgate.auth.guard import mail_login_key
-from smtpgate.auth.names import canonical_name
+from smtpgate.auth.names import prepared_name
 from smtpgate.plural import count
 from smtpgate.regular_file import open_regular
 
@@ -193,13 +193,13 @@ def account_of(name: str, front_door: str = "smtp") -> str:
     ``DEMO@x`` and ``demo@X`` are one account to the guard, which locks it after
     ``lockout_threshold`` of them; counted as typed, ten such guesses from one
     address made ten accounts of one failure each, a spraying episode and no
-    brute force against the account the guard had locked."""
+    brute force against the account the guard had locked. The name is SASLprep'd
+    first, as every login path looks it up (``prepared_name``): ``bob@example.org``
+    with a zero-width space, a soft hyphen or in full-width letters logs in to bob
+    and is counted under bob by the guard, but was a name of its own here."""
     if front_door != WEB_ADMIN_DOOR and not mail_login_key(name):
         return ""
-    try:
-        return canonical_name(name)
-    except ValueError:
-        return name
+    return prepared_name(name)
 
 
 def counted_probe(result: str, reason: str) -> bool:

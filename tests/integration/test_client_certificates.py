@@ -232,6 +232,25 @@ def test_removed_fingerprint_is_refused(cs: CertServer) -> None:
     assert any("removed from alice@example.org" in r for r in reasons)
 
 
+def test_a_refused_certificate_is_logged_under_its_account(cs: CertServer) -> None:
+    """`AUTH EXTERNAL =` names nobody; the certificate does. A login its account
+    refuses (a removed fingerprint, a locked account) is logged under that
+    account, so an administrator looking for why it cannot log in finds the
+    attempts (until 2026-12 their username was "")."""
+    with cs.starttls(cs.pki.removed, "127.0.0.24") as s:
+        assert _external(s)[0] == 535
+    cs.srv.cli("user", "lock", CAROL, "--reason", "lost laptop")
+    try:
+        with cs.implicit(cs.pki.carol_san, cs.required, "127.0.0.24") as s:
+            assert _external(s)[0] == 535
+    finally:
+        cs.srv.cli("user", "unlock", CAROL)
+    mine = [(r["username"], r["reason"]) for r in cs.auth_log() if r["client_ip"] == "127.0.0.24"]
+    assert [name for name, _ in mine] == [ALICE, CAROL]
+    assert "removed from alice@example.org" in mine[0][1]
+    assert mine[1][1] == "account locked: lost laptop"
+
+
 def test_required_listener_refuses_the_handshake_without_a_trusted_certificate(
     cs: CertServer,
 ) -> None:

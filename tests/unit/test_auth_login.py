@@ -165,7 +165,7 @@ async def test_a_good_token_refused_for_its_account_is_logged_under_its_identity
     """OAUTHBEARER without a= names no account; the token named one, which the
     log must show (until 2026-12: "", a record of nobody). Counted as before."""
     w.auth.resolution = Resolution(sasl.Verdict(ok=False, reason="unknown user"),
-                                   oauth_identity="Ghost@example.org")
+                                   named_identity="Ghost@example.org")
     attempt = w.login().begin(CTX)
     await attempt.resolve(sasl.VerifyToken("", "tok", mechanism="OAUTHBEARER"))
     await attempt.finish(Outcome("OAUTHBEARER", "failure", username="", reason="unknown user"))

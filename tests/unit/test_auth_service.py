@@ -720,13 +720,13 @@ async def test_a_refused_good_token_says_whom_it_named(store: SqliteAccountStore
     try:
         unknown = await svc.resolve_detailed(token("", "ghost"), CTX)
         assert unknown.answer == Verdict(ok=False, reason="unknown user")
-        assert unknown.oauth_identity == "Ghost@example.org"
+        assert unknown.named_identity == "Ghost@example.org"
         differs = await svc.resolve_detailed(token("bob@example.org"), CTX)
-        assert differs.oauth_identity == "alice@EXAMPLE.org"
+        assert differs.named_identity == "alice@EXAMPLE.org"
         AccountAdmin(store, CFG, actor=ACTOR).lock(ALICE, "x")
         locked = await svc.resolve_detailed(token(""), CTX)
         assert locked.answer == Verdict(ok=False, reason="account locked: x")
-        assert locked.oauth_identity == "alice@EXAMPLE.org"
+        assert locked.named_identity == "alice@EXAMPLE.org"
     finally:
         await svc.close()
 

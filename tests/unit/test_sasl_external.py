@@ -189,6 +189,33 @@ async def test_locked_account_is_refused(svc: AuthService, store: SqliteAccountS
     assert isinstance(answer, sasl.Verdict) and not answer.ok and refusal == REFUSED_LOCKED
 
 
+async def test_a_refused_certificate_names_its_account_for_the_auth_log(
+    svc: AuthService, store: SqliteAccountStore
+) -> None:
+    """``AUTH EXTERNAL =`` names nobody; the certificate does. A login refused for
+    its account (locked, a mechanism it may not use, a removed fingerprint, no such
+    account) says which, for the auth log's user name (auth/login.py; until
+    2026-12 such a record had "", so its owner's refusals could not be found)."""
+    ctx = AuthContext("submission", "192.0.2.7", 50123, "TLSv1.3", "s", client_certificate=CERT)
+    admin = AccountAdmin(store, CFG, actor=ACTOR)
+    admin.lock(ALICE, "stolen laptop")
+    locked = await svc.resolve_detailed(sasl.VerifyCertificate(""), ctx)
+    assert locked.refusal == REFUSED_LOCKED and locked.named_identity == ALICE
+    admin.unlock(ALICE)
+    admin.set_allowed_mechanisms(ALICE, ["SCRAM-SHA-256"])
+    refused = await svc.resolve_detailed(sasl.VerifyCertificate(""), ctx)
+    assert refused.refusal is not None and refused.named_identity == ALICE
+    old = replace(ctx, client_certificate=sasl.ClientCertificate("cd" * 32, "CN=old", ()))
+    removed = await svc.resolve_detailed(sasl.VerifyCertificate(""), old)
+    assert "removed" in removed.answer.reason and removed.named_identity == ALICE  # type: ignore[union-attr]
+    ghost = replace(ctx, client_certificate=sasl.ClientCertificate(
+        "ef" * 32, "CN=g", ("ghost@example.org",), trust_emails=True))
+    unknown = await svc.resolve_detailed(sasl.VerifyCertificate(""), ghost)
+    assert unknown.named_identity == "ghost@example.org"
+    stranger = replace(ctx, client_certificate=sasl.ClientCertificate("ef" * 32, "CN=x", ()))
+    assert (await svc.resolve_detailed(sasl.VerifyCertificate(""), stranger)).named_identity is None
+
+
 # --- the account store ---------------------------------------------------------------
 
 

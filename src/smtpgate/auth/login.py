@@ -212,8 +212,9 @@ class LoginAttempt:
         self._issuer: str | None = None
         #: The verified bearer token and its end (``Resolution``).
         self._token: tuple[str, float | None] | None = None
-        #: The identity a good bearer token named, whatever became of the login
-        #: (``Resolution.oauth_identity``): the log's user name if the client gave none.
+        #: The identity a good bearer token or a verified client certificate named,
+        #: whatever became of the login (``Resolution.named_identity``): the log's
+        #: user name if the client gave none.
         self._named = ""
         self._profile: SenderProfile | None = None
         #: The mechanism has shown the client something of the account before any
@@ -300,7 +301,7 @@ class LoginAttempt:
         self._issuer = res.oauth_issuer or self._issuer
         if res.oauth_token is not None:
             self._token = (res.oauth_token, res.oauth_expires)
-        self._named = res.oauth_identity or self._named
+        self._named = res.named_identity or self._named
         self._profile = res.profile or self._profile
         return res.answer
 
@@ -524,9 +525,11 @@ class LoginAttempt:
         )
         if probe:
             reason = f"{reason} (after the salt, without a proof: counted)"
-        # A bearer client need not name its account (OAUTHBEARER without a=): a
-        # good token refused for its account (none such, locked) is logged under
-        # the name the token gave, not "" (until 2026-12 the record named nobody).
+        # A bearer client need not name its account (OAUTHBEARER without a=), nor
+        # an EXTERNAL one (``AUTH EXTERNAL =``): a good token or certificate
+        # refused for its account (none such, locked) is logged under the name
+        # the token gave or the certificate maps to, not "" (until 2026-12 the
+        # record named nobody).
         auth.record(src, outcome.mechanism, outcome.username or named, result, reason)
         if result is AuthResult.SUCCESS:
             self._leave_gate()

@@ -197,10 +197,12 @@ class Resolution:
     #: That token, and when it stops being accepted (``Principal``).
     oauth_token: str | None = field(default=None, repr=False)
     oauth_expires: float | None = None
-    #: The identity a good bearer token named, as the token has it, whether or not
-    #: the login then went through (no such account, locked, another name given):
-    #: the auth log's user name when the client gave none (``LoginAttempt``).
-    oauth_identity: str | None = None
+    #: The identity a good credential named whether or not the login then went
+    #: through (no such account, locked, another name given): a bearer token's, as
+    #: the token has it; the account a verified client certificate maps to. The
+    #: auth log's user name when the client gave none (``LoginAttempt``):
+    #: OAUTHBEARER without ``a=`` and ``AUTH EXTERNAL =`` name nobody themselves.
+    named_identity: str | None = None
     #: The account's sender profile, when it was read along with the login's
     #: account (a credential-cache hit: ``_verify_password``); else None.
     profile: SenderProfile | None = None
@@ -1186,15 +1188,15 @@ class AuthService:
         name = lookup_key(identity)
         if q.username and not await self._one_account(q.username, name):
             differs = "token identity differs from the username given"
-            return Resolution(Verdict(ok=False, reason=differs), oauth_identity=identity)
+            return Resolution(Verdict(ok=False, reason=differs), named_identity=identity)
         # A token proves an identity; sending mail still needs a local account,
         # whose lock state and access policy apply as for any login.
         account = await self._read_row(self._directory.get_account, name)
         if account is None:
-            return Resolution(Verdict(ok=False, reason=UNKNOWN_USER), oauth_identity=identity)
+            return Resolution(Verdict(ok=False, reason=UNKNOWN_USER), named_identity=identity)
         if refusal := _mechanism_refusal(account, q.mechanism.upper(), ctx):
             return Resolution(Verdict(ok=False, reason=refusal[1]), refusal=refusal[0],
-                              oauth_identity=identity)
+                              named_identity=identity)
         self._record_login(account, q.mechanism.upper())
         issuer = str(getattr(result, "issuer", "") or "")
         expires = getattr(result, "expires", None)
@@ -1213,7 +1215,8 @@ class AuthService:
         label = f"certificate sha256:{cert.fingerprint[:16]}"
         record = await self._read_row(self._directory.certificate, cert.fingerprint)
         if record is not None and record.revoked is not None:
-            return Resolution(Verdict(ok=False, reason=f"{label} removed from {record.account}"))
+            return Resolution(Verdict(ok=False, reason=f"{label} removed from {record.account}"),
+                              named_identity=record.account)
         wanted = lookup_key(q.username) if q.username else ""
         if record is not None:
             name = record.account
@@ -1230,12 +1233,16 @@ class AuthService:
             return Resolution(Verdict(ok=False, reason=f"{label} not registered to any account"))
         account = await self._read_row(self._directory.get_account, name)
         if account is None:
-            return Resolution(Verdict(ok=False, reason=f"{label}: {UNKNOWN_USER} {name}"))
+            return Resolution(Verdict(ok=False, reason=f"{label}: {UNKNOWN_USER} {name}"),
+                              named_identity=name)
         refusal = _mechanism_refusal(account, q.mechanism.upper(), ctx)
         if refusal is None and wanted and wanted != account.name:
             refusal = (REFUSED_POLICY, AUTHZID_REFUSED)  # no proxy authorization
         if refusal is not None:
-            return Resolution(Verdict(ok=False, reason=refusal[1]), refusal=refusal[0])
+            # Logged under the account (the client usually names none: until
+            # 2026-12 such a record had "", a locked account's owner no trace).
+            return Resolution(Verdict(ok=False, reason=refusal[1]), refusal=refusal[0],
+                              named_identity=account.name)
         self._record_login(account, q.mechanism.upper())
         return Resolution(Verdict(ok=True, identity=account.name))
 

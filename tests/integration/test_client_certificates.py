@@ -308,6 +308,10 @@ def test_other_backends_map_and_refuse_certificates(
     srv = make_server(tmp_path / backend)
     _with_client_certs(srv, free_port(), cs.pki.ca.pem)
     BACKENDS[backend].configure(srv)
+    if backend == "ldap":  # the uid is a login name too (docs/directories.md)
+        srv.config.write_text(srv.config.read_text().replace("[accounts.ldap]\n", "[accounts.ldap]\n"
+            'user_filter = "(&(objectClass=inetOrgPerson)(|(mail={login})(uid={login})))"\n'
+            'login_attributes = ["mail", "uid"]\n', 1))
     BACKENDS[backend].add_user(srv, ALICE, PASSWORD)
     for cmd in (("add", ALICE, str(cs.pki.alice.cert)), ("add", ALICE, str(cs.pki.removed.cert)),
                 ("remove", ALICE, cs.pki.removed.fingerprint)):
@@ -317,6 +321,17 @@ def test_other_backends_map_and_refuse_certificates(
         pg = CertServer(srv, cs.pki, 0)
         with pg.starttls(cs.pki.alice) as s:
             assert _external(s)[0] == 235
+        if backend == "ldap":
+            # The authzid may be any login name of the entry, its uid too, as for
+            # PLAIN and SCRAM (docs/mechanisms.md): msmtp sends its `user`, which an
+            # LDAP site's users set to the uid they log in with by password (until
+            # 2026-12: 535, "authorization identity differs from account").
+            uid = ALICE.replace("@", ".")
+            for authzid in (uid, uid.upper()):
+                with pg.starttls(cs.pki.alice) as s:
+                    assert _external(s, authzid)[0] == 235
+            with pg.starttls(cs.pki.alice) as s:
+                assert _external(s, "carol.example.org")[0] == 535  # no proxy authorization
         with pg.implicit(cs.pki.removed) as s:
             assert _external(s)[0] == 535
         listed = srv.cli("user", "cert", "list", ALICE, "--json").stdout

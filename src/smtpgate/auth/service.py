@@ -1159,10 +1159,11 @@ class AuthService:
         return Resolution(Verdict(ok=True, identity=account.name))
 
     async def _one_account(self, login: str, name: str) -> bool:
-        """Whether ``login``, the name a bearer client gave, logs in to the account
-        ``name`` its token names: the same address in any spelling, or, with a
-        directory, another login name of the entry (the uid its owner logs in with by
-        password; two searches, made only when the names differ)."""
+        """Whether ``login``, the name a bearer or EXTERNAL client gave, logs in to
+        the account ``name`` its token or certificate names: the same address in
+        any spelling, or, with a directory, another login name of the entry (the
+        uid its owner logs in with by password; two searches, made only when the
+        names differ)."""
         if lookup_key(login) == name:
             return True
         if not self._directory.verifies_passwords:
@@ -1236,8 +1237,11 @@ class AuthService:
             return Resolution(Verdict(ok=False, reason=f"{label}: {UNKNOWN_USER} {name}"),
                               named_identity=name)
         refusal = _mechanism_refusal(account, q.mechanism.upper(), ctx)
-        if refusal is None and wanted and wanted != account.name:
-            refusal = (REFUSED_POLICY, AUTHZID_REFUSED)  # no proxy authorization
+        # No proxy authorization: the authzid names the account, in any spelling of
+        # any of its login names (a directory's uid, which msmtp sends as its
+        # `user`, as for PLAIN and SCRAM; until 2026-12 only its address).
+        if refusal is None and wanted and not await self._one_account(q.username, account.name):
+            refusal = (REFUSED_POLICY, AUTHZID_REFUSED)
         if refusal is not None:
             # Logged under the account (the client usually names none: until
             # 2026-12 such a record had "", a locked account's owner no trace).

@@ -113,6 +113,19 @@ def _group_name(gid: int) -> str:
 def file_unreadable_by(path: Path, who: RunAs) -> Path | None:
     """The directory on the way to the file ``path`` that ``who`` may not enter, or
     the file itself if ``who`` may not read it, by mode bits; None when it may."""
+    return _first_refused(path, who, 0o4)
+
+
+def unreadable_by(path: Path, who: RunAs) -> Path | None:
+    """The first directory on the way to ``path`` that ``who`` may not enter (or, for
+    ``path`` itself, list), by its mode bits; None when every one lets it through.
+    A directory with an ACL is taken as readable: its mode bits do not tell."""
+    return _first_refused(path, who, 0o5)
+
+
+def _first_refused(path: Path, who: RunAs, last: int) -> Path | None:
+    """The first of ``path``'s parents that ``who`` may not search, or ``path`` if it
+    lacks the bits ``last``; None when none refuses. An ACL is taken as granting."""
     target = path.resolve()
     for item in (*reversed(target.parents), target):
         try:
@@ -121,7 +134,7 @@ def file_unreadable_by(path: Path, who: RunAs) -> Path | None:
             return item
         if "system.posix_acl_access" in _xattrs(item):
             continue
-        if not _allowed(st, who, 0o4 if item == target else 0o1):
+        if not _allowed(st, who, last if item == target else 0o1):
             return item
     return None
 
@@ -182,30 +195,6 @@ def python_paths() -> list[Path]:
 
     paths = [Path(sysconfig.get_paths()["stdlib"]), Path(smtpgate.__file__).parent]
     return [p for p in paths if p.is_dir()]  # an embedded Python may have no such directory
-
-
-def unreadable_by(path: Path, who: RunAs) -> Path | None:
-    """The first directory on the way to ``path`` that ``who`` may not enter (or, for
-    ``path`` itself, list), by its mode bits; None when every one lets it through.
-    A directory with an ACL is taken as readable: its mode bits do not tell."""
-    target = path.resolve()
-    for directory in (*reversed(target.parents), target):
-        try:
-            st = directory.stat()
-        except OSError:
-            return directory
-        if "system.posix_acl_access" in _xattrs(directory):
-            continue
-        need = 0o5 if directory == target else 0o1
-        if st.st_uid == who.uid:
-            bits = st.st_mode >> 6
-        elif st.st_gid == who.gid or st.st_gid in who.groups:
-            bits = st.st_mode >> 3
-        else:
-            bits = st.st_mode
-        if bits & need != need:
-            return directory
-    return None
 
 
 def _xattrs(path: Path) -> list[str]:

@@ -577,6 +577,32 @@ def test_rfc7662_a_jwt_of_the_introspection_only_issuer_is_introspected(tmp_path
     assert "not accepted" in v.verify(".".join([header, *typed[1:]])).reason
 
 
+@pytest.mark.parametrize("field,value", [
+    ("token_use", "refresh_token"),  # Ory Hydra
+    ("token_type", "refresh_token"),
+    ("token_type", "Refresh_Token"),
+    ("token_type", "urn:ietf:params:oauth:token-type:refresh_token"),  # RFC 8693 §3
+])
+def test_rfc7662_a_refresh_token_the_endpoint_calls_active_is_refused(
+        tmp_path: Path, field: str, value: str) -> None:
+    """RFC 7662 §2.1 lets the endpoint find the token as any type, whatever the
+    hint: Ory Hydra calls a refresh token active and says so in token_use, other
+    servers in token_type. A refresh token is for the token endpoint, not a login
+    (it logged in, for its weeks of life). An access token's answer still passes."""
+    answer = {"active": True, "username": "bob", "aud": AUDIENCE, "exp": int(NOW) + 60}
+    refused = verifier(_introspection_issuer(tmp_path),
+                       post=FakePost({**answer, field: value})).verify("opaque-token")
+    assert not refused.ok and refused.reason.startswith("a refresh token"), refused
+    for ok in ({"token_use": "access_token"}, {"token_type": "Bearer"}):
+        assert verifier(_introspection_issuer(tmp_path),
+                        post=FakePost({**answer, **ok})).verify("opaque-token").ok
+    # A JWT of a key-set issuer that is also introspected: the same answer refuses it.
+    cfg = _introspection_issuer(tmp_path, issuer=ISSUER, jwks_url=JWKS_URL,
+                                identity_claim="email")
+    both = verifier(cfg, post=FakePost({"active": True, field: value})).verify(mint())
+    assert not both.ok and both.reason.startswith("a refresh token"), both
+
+
 def test_rfc7662_jwt_issuer_with_introspection_checks_revocation(tmp_path: Path) -> None:
     cfg = _introspection_issuer(tmp_path, issuer=ISSUER, jwks_url=JWKS_URL, identity_claim="email")
     post = FakePost({"active": False})

@@ -531,6 +531,7 @@ class TokenVerifier:
             raise TokenVerifierUnavailable("introspection answer is not an object")
         if answer.get("active") is not True:
             raise _Reject("token inactive (introspection)")
+        _check_not_refresh(answer)
         if cfg.has_key_set:
             return answer  # the JWT's own claims were checked already
         # Opaque token: the introspection answer is all we know; check what it says.
@@ -598,6 +599,10 @@ _ID_TOKEN_CLAIMS = ("nonce", "at_hash", "c_hash")
 #: the realm's HMAC key, which no key set holds, but its introspection endpoint
 #: calls them active, and an issuer checked by introspection alone takes JWTs.
 _REFRESH_TOKEN_TYPES = ("Refresh", "Offline")
+#: How an introspection answer names a refresh token: Ory Hydra's ``token_use``,
+#: ``token_type`` as many authorization servers fill it, and RFC 8693 §3's URI.
+_REFRESH_TOKEN_NAMES = frozenset({"refresh_token",
+                                  "urn:ietf:params:oauth:token-type:refresh_token"})
 #: RFC 9068 §2.1: the ``typ`` of a JWT access token.
 _ACCESS_TOKEN_TYPE = "at+jwt"
 
@@ -630,6 +635,19 @@ def _check_type(cfg: IssuerConfig, typ: object, claims: Mapping[str, Any]) -> No
         raise _Reject(f"an ID token ({', '.join(marks)}), not an access token")
     if claims.get("typ") in _REFRESH_TOKEN_TYPES:
         raise _Reject(f"a refresh token (typ {claims['typ']}), not an access token")
+
+
+def _check_not_refresh(answer: Mapping[str, Any]) -> None:
+    """An introspection answer about a refresh token is no access token's. RFC
+    7662 §2.1 lets the endpoint look the token up as any type whatever our
+    ``token_type_hint`` says, and Ory Hydra and many in-house servers call a
+    refresh token active, saying so in ``token_use`` or ``token_type``: a mail
+    client's refresh token, meant for the token endpoint alone and living weeks,
+    logged in (and its session lasted as long) until 2026-12."""
+    for field in ("token_use", "token_type"):
+        value = answer.get(field)
+        if isinstance(value, str) and value.strip().lower() in _REFRESH_TOKEN_NAMES:
+            raise _Reject(f"a refresh token ({field} {value}), not an access token")
 
 
 def _account_domain(name: str) -> str:

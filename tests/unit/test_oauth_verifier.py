@@ -519,6 +519,7 @@ def test_rfc7662_opaque_token_active(tmp_path: Path) -> None:
         {"active": True, "username": "bob", "aud": [["x"], {"y": 1}]},
         {"active": True, "username": "bob", "aud": {"x": 1}},
         {"active": True, "username": "bob", "exp": "tomorrow"},
+        {"active": True, "username": "bob", "exp": None},
         {"active": True, "username": "bob", "iss": "https://evil.example"},
         {"active": True},
     ],
@@ -526,6 +527,24 @@ def test_rfc7662_opaque_token_active(tmp_path: Path) -> None:
 def test_rfc7662_opaque_token_refused(tmp_path: Path, answer: dict[str, Any]) -> None:
     v = verifier(_introspection_issuer(tmp_path), post=FakePost(answer))
     assert not v.verify("opaque-token").ok
+
+
+@pytest.mark.parametrize("claim,offset,why", [
+    ("nbf", 3600, "token not yet valid"),
+    ("iat", 7200, "token issued in the future"),
+    ("nbf", "soon", "token not yet valid"),
+])
+def test_rfc7662_an_answer_without_exp_still_has_its_nbf_and_iat_checked(
+        tmp_path: Path, claim: str, offset: Any, why: str) -> None:
+    """RFC 7662 §2.2 makes exp optional; an answer that leaves it out but says the
+    token is not valid before an hour from now was accepted (the times were only
+    checked with an exp), where docs/oauth.md promises exp/nbf are checked."""
+    value = int(NOW) + offset if isinstance(offset, int) else offset
+    answer = {"active": True, "username": "bob", "aud": AUDIENCE, claim: value}
+    refused = verifier(_introspection_issuer(tmp_path), post=FakePost(answer)).verify("opaque")
+    assert not refused.ok and refused.reason.startswith(why), refused
+    answer[claim] = int(NOW) - 60
+    assert verifier(_introspection_issuer(tmp_path), post=FakePost(answer)).verify("opaque").ok
 
 
 @pytest.mark.parametrize("token", ["opaque.token.v1", "a.b.c"])

@@ -410,17 +410,19 @@ class TokenVerifier:
     def _check_times(self, cfg: IssuerConfig, claims: Mapping[str, Any],
                      *, offline: bool = True) -> None:
         """``offline``: a JWT checked with the key set alone, whose exp is all that
-        ends it; an introspected token's issuer is asked at every login."""
+        ends it and is required; an introspected token's issuer is asked at every
+        login, and its answer may leave exp out (RFC 7662 §2.2), but an nbf or iat
+        it gives is checked all the same (until 2026-12 only with an exp)."""
         now, leeway = self._clock(), cfg.leeway_seconds
         exp, nbf, iat = claims.get("exp"), claims.get("nbf"), claims.get("iat")
         # RFC 7519 §4.1.4: reject at or after exp (we add the leeway for skew).
-        if not _is_number(exp):
+        if (offline or "exp" in claims) and not _is_number(exp):
             raise _Reject("exp missing or not a finite number")
-        if now >= exp + leeway:
+        if _is_number(exp) and now >= exp + leeway:
             raise _Reject("token expired")
         # No access token lives for years: an exp in milliseconds (1.7e12) is a
         # faulty issuer's, and accepted it would never expire.
-        if offline and exp > now + cfg.max_token_lifetime_seconds + leeway:
+        if offline and _is_number(exp) and exp > now + cfg.max_token_lifetime_seconds + leeway:
             raise _Reject("exp too far ahead (more than max_token_lifetime_seconds;"
                           " written in milliseconds?)")
         # RFC 7519 §4.1.5: reject before nbf.
@@ -545,8 +547,7 @@ class TokenVerifier:
                     {a for a in aud if isinstance(a, str)} if isinstance(aud, list) else set())
             if not auds & set(cfg.audience):
                 raise _Reject("wrong audience (introspection)")
-        if "exp" in answer:
-            self._check_times(cfg, answer, offline=False)
+        self._check_times(cfg, answer, offline=False)
         self._check_scopes(cfg, answer)
         return answer
 

@@ -359,6 +359,32 @@ def test_key_rotation_is_picked_up_for_tokens_without_a_kid() -> None:
     assert v.verify(rotated(RSA_KEY)).reason == "bad signature"
 
 
+def test_a_first_key_of_a_new_type_is_found_for_tokens_without_a_kid() -> None:
+    """An issuer moving from RS256 to ES256 adds an EC key to its set: a token
+    without a kid for which the cached set holds no key of the type asks for the
+    one rate-limited refresh an unknown kid does (it was refused until the set's
+    next refresh, an hour later: no key of the type, so no signature to fail)."""
+    fetch, clock = FakeFetch(jwks(_jwk(RSA_KEY.public_key(), "rsa1"))), Clock()
+    v = verifier(issuer(jwks_min_refresh_seconds=60), fetch=fetch, clock=clock)
+    assert v.verify(mint(kid=None)).ok
+    fetch.body = jwks(_jwk(RSA_KEY.public_key(), "rsa1"), _jwk(EC_KEY.public_key(), "ec1"))
+
+    def es256() -> str:
+        return mint(claims(exp=int(clock.now) + 300), key=EC_KEY, alg="ES256", kid=None)
+
+    clock.now += 30  # within jwks_min_refresh_seconds of the last fetch: not yet
+    assert not v.verify(es256()).ok and len(fetch.calls) == 1
+    clock.now += 31
+    assert v.verify(es256()).ok and len(fetch.calls) == 2
+    # Such tokens cost one fetch a minute at most, as made-up kids do.
+    fetch.body = jwks(_jwk(RSA_KEY.public_key(), "rsa1"))
+    clock.now += 3600
+    for _ in range(7):  # 70 s: the refresh due, then one more at 60 s
+        clock.now += 10
+        assert not v.verify(es256()).ok
+    assert len(fetch.calls) == 4
+
+
 def test_a_new_key_under_the_old_kid_is_found() -> None:
     """An issuer that keeps one kid ("1") for each key it rotates in: the token names
     the cached old key, whose signature check fails; the same one refresh."""

@@ -291,9 +291,12 @@ class TokenVerifier:
 
     def _candidate_keys(self, cfg: IssuerConfig, alg: str, kid: str | None, *,
                         force: bool = False) -> list[dict[str, Any]]:
-        """Keys that may have signed a token with this ``alg``/``kid``; an unknown
-        ``kid`` triggers one rate-limited refresh (the issuer may have rotated keys),
-        and so does ``force``."""
+        """Keys that may have signed a token with this ``alg``/``kid``; none in the
+        cached set (an unknown ``kid``, or a token without one whose algorithm no
+        cached key fits) triggers one rate-limited refresh (the issuer may have
+        rotated keys), and so does ``force``. Until 2026-12 a token without a
+        ``kid`` was refused without one: an issuer that added its first EC key to
+        an RSA set had its ES256 tokens refused until ``jwks_refresh_seconds``."""
         kty = JWT_ALGORITHMS[alg]
 
         def matching(keys: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -310,7 +313,7 @@ class TokenVerifier:
             ]
 
         found = matching(self._keys(cfg, force=force))
-        if not found and kid is not None and not force:
+        if not found and not force:
             found = matching(self._keys(cfg, force=True))
         return found
 

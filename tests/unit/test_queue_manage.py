@@ -225,6 +225,26 @@ def test_bounce_returns_the_message_to_its_sender_with_a_report(spool: Spool) ->
     assert ADMIN_BOUNCE in data.decode()
 
 
+async def test_bounce_dates_each_recipient_by_its_last_attempt(spool: Spool) -> None:
+    """RFC 3464 §2.3.7: Last-Attempt-Date is when the recipient was last tried, not
+    when the administrator bounced it (the report named the bounce's own time, so a
+    message deferred for days read as just tried); one never tried has none."""
+    from smtpgate.smtp.received import utc_date
+
+    qid = spool.store_sync(envelope("bob@example.net"), MESSAGE)
+    d = FakeDeliverer()
+    d.default = TempFailure("451 4.3.0 later")
+    assert await DeliveryWorker(spool, d, CFG, FakeClock(T0 + 60)).run_once() == 1
+    untried = spool.store_sync(envelope("carol@example.net"), MESSAGE)
+    mgr = manager(spool)
+    for bounced, want in ((qid, [utc_date(T0 + 60)]), (untried, [])):
+        report_id = mgr.bounce(bounced)
+        assert report_id is not None
+        status = email.message_from_bytes(spool.load(report_id)[1]).get_payload()[1]
+        (rcpt,) = status.get_payload()[1:]
+        assert rcpt.get_all("Last-Attempt-Date", []) == want
+
+
 def test_bounce_of_a_bounce_sends_nothing(spool: Spool) -> None:
     """Loop prevention: a message from the null sender is never reported on."""
     from smtpgate.queue.envelope import Envelope

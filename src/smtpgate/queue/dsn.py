@@ -69,6 +69,11 @@ class Report:
     diagnostic: str
     #: The ORCPT parameter given with the recipient ("rfc822;user@example.com"), if any.
     original_recipient: str | None = None
+    #: When the recipient was last tried, if not in the attempt the report is about
+    #: (None: then, the report's date). `queue bounce` reports an earlier attempt;
+    #: 0.0 when there was none, and the optional Last-Attempt-Date is left out
+    #: (RFC 3464 §2.3.7: the date of an attempt, not of the report).
+    last_attempt: float | None = None
 
 
 def notify_allows(notify: tuple[str, ...] | None, action: str) -> bool:
@@ -217,10 +222,11 @@ def build_report(
         remote = remote_mta(r.diagnostic)
         if remote is not None:
             fields.append(f"Remote-MTA: {remote}")
-        fields += [
-            f"Diagnostic-Code: {diagnostic_code(r.diagnostic)}",
-            f"Last-Attempt-Date: {date}",
-        ]
+        fields.append(f"Diagnostic-Code: {diagnostic_code(r.diagnostic)}")
+        if r.last_attempt is None:
+            fields.append(f"Last-Attempt-Date: {date}")
+        elif r.last_attempt:
+            fields.append(f"Last-Attempt-Date: {utc_date(r.last_attempt)}")
         blocks.append("\r\n".join(_fold(f) for f in fields))
     # RFC 3461 §4.3: RET is about failure reports; delay warnings and success
     # reports carry the header only, as Postfix's do.

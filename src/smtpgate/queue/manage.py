@@ -73,6 +73,18 @@ class Unreadable:
     error: str
 
 
+def _last_attempts(state: MessageState) -> dict[str, float]:
+    """When each recipient was last tried, from the history (a pending recipient's
+    attempts end in "deferred"), for a report the administrator's bounce sends: its
+    Last-Attempt-Date is that attempt's, not the bounce's. A recipient never tried
+    (or whose attempts the bounded history no longer holds) is absent."""
+    out: dict[str, float] = {}
+    for h in state.history:
+        if h.kind == "deferred" and h.address:
+            out[h.address] = max(h.at, out.get(h.address, 0.0))
+    return out
+
+
 def _error(result: str, status: RcptStatus) -> str | None:
     return None if status is RcptStatus.DELIVERED or not result else result
 
@@ -200,9 +212,11 @@ class QueueManager:
             state = self._spool.load_state(qid) or MessageState.initial(envelope.rcpt_to)
             outcomes = [Outcome(r.address, "bounced", ADMIN_BOUNCE)
                         for r in state.recipients if r.status is RcptStatus.PENDING]
+            tried = _last_attempts(state)
+            reports = [replace(r, last_attempt=tried.get(r.address, 0.0))
+                       for r in dsn.reports_for(envelope, outcomes, "failed")]
             built = dsn.build_report(
-                envelope=envelope, queue_id=qid, data=data,
-                reports=dsn.reports_for(envelope, outcomes, "failed"),
+                envelope=envelope, queue_id=qid, data=data, reports=reports,
                 reporting_mta=self._reporting_mta, now=time.time(),
                 size_limit=self._report_size_limit,
             )

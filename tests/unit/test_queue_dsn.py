@@ -362,8 +362,11 @@ def test_rfc6533_a_report_for_a_hop_without_8bitmime_is_plain_7bit() -> None:
     report_env, report = built
     assert report.isascii()
     assert report_env.smtputf8 is False and report_env.body_8bit is False
-    _, status, original = parts(report)
+    text, status, original = parts(report)
     assert status.get_payload()[1]["Final-Recipient"] == "utf-8; j\\x{FC}rgen@example.net"
+    # The text part names the recipient in that form too, not as "j?rgen": an
+    # address of CJK characters read "??@??.??", which recipient failed unknown.
+    assert "<j\\x{FC}rgen@example.net>: 5.6.3" in text.get_payload()
     assert original.get_content_type() == "text/rfc822-headers"
     assert b"Subject: Gr????e\r\n" in report
 

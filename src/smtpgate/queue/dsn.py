@@ -198,7 +198,7 @@ def build_report(
         intro = "Your message was delivered to the recipients below."
     human = [intro, ""]
     for r in reports:
-        human.append(_fold(f"<{clean(r.address)}>: {_clean(r.diagnostic)}"))
+        human.append(_fold(f"<{_human_address(r.address, utf8)}>: {_clean(r.diagnostic)}"))
     # RFC 3464 §2.2's order: Original-Envelope-Id, Reporting-MTA, Arrival-Date,
     # then extension fields.
     per_message = []
@@ -373,6 +373,19 @@ def _final(address: str, utf8: bool) -> str:
     if address.isascii():
         return "rfc822; " + _clean(address)
     return f"{utf8_addr.UTF8_TYPE}; " + utf8_addr.encode(address, unitext=utf8)
+
+
+def _human_address(address: str, utf8: bool) -> str:
+    """A recipient in the text part: as it is in a global report; in a plain one a
+    UTF-8 address takes the 7-bit form of its Final-Recipient (``j\\x{F6}rg@...``),
+    as the text part is US-ASCII: each non-ASCII character as "?" made
+    ``用户@例子.广告`` read ``??@??.??``, and the sender could not tell which
+    recipient had failed."""
+    if utf8:
+        return _clean_utf8(address)
+    if address.isascii():
+        return _clean(address)
+    return utf8_addr.encode(address, unitext=False)
 
 
 def _original(orcpt: str, utf8: bool) -> str:

@@ -1316,6 +1316,8 @@ async def test_the_audit_page_names_each_findings_severity_title_and_fix(
         site.last_audit, site.last_audit_time = AuditReport([target]), 1_700_000_000.0
         async with TestClient(TestServer(site.app())) as client:
             page = await (await client.get("/audit", headers={"Cookie": cookie})).text()
+        # What a run costs: its made-up logins count at this server's guard.
+        assert "the guard counts each as a failed login from this server" in page
         rows = re.findall(r'<tr><td class="severity">([^<]*)</td><td>([^<]*)\[', page)
         assert rows == [("critical", CATALOGUE["open-relay"].title + " "),
                         ("high", CATALOGUE["cert-untrusted"].title + " ")], page

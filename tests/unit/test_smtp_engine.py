@@ -463,6 +463,14 @@ def test_rfc4954_s5_auth_param_with_encoded_crlf_refused() -> None:
     assert codes(out) == [str(R.SYNTAX_ERROR)]
 
 
+def reply_to(line: bytes) -> list[str]:
+    """The codes a logged-in session answers ``line`` with (a RCPT after a MAIL)."""
+    d = authed()
+    if line.startswith(b"RCPT"):
+        d.feed(b"MAIL FROM:<alice@example.org>\r\n")
+    return codes(d.feed(line + b"\r\n"))
+
+
 @pytest.mark.parametrize(("line", "reply"), [
     # Postfix: "503 5.5.4 Error: multiple AUTH= options"; the address is not at fault.
     (b"MAIL FROM:<alice@example.org> AUTH=<> AUTH=x", R.DUPLICATE_PARAMETER),
@@ -487,10 +495,7 @@ def test_a_bad_parameter_is_named_not_the_address(line: bytes, reply: R.Reply) -
     """A duplicate or malformed MAIL/RCPT parameter was answered "Syntax: MAIL
     FROM:<address>", pointing the sender at an address that was fine; a parameter
     glued to the path is a syntax error of the path."""
-    d = authed()
-    if line.startswith(b"RCPT"):
-        d.feed(b"MAIL FROM:<alice@example.org>\r\n")
-    assert codes(d.feed(line + b"\r\n")) == [str(reply)]
+    assert reply_to(line) == [str(reply)]
 
 
 @pytest.mark.parametrize(("mail", "rcpt", "sender", "recipient"), [
@@ -535,10 +540,7 @@ def test_a_path_without_angle_brackets_is_taken_as_postfix_takes_it(
     (b"RCPT TO:bob@example.net carol@example.net", R.SYNTAX_RCPT),
 ])
 def test_an_ambiguous_path_without_angle_brackets_is_refused(line: bytes, reply: R.Reply) -> None:
-    d = authed()
-    if line.startswith(b"RCPT"):
-        d.feed(b"MAIL FROM:<alice@example.org>\r\n")
-    assert codes(d.feed(line + b"\r\n")) == [str(reply)]
+    assert reply_to(line) == [str(reply)]
 
 
 # --- Transactions -------------------------------------------------------------------

@@ -264,6 +264,10 @@ def report(rows: Sequence[dict[str, Any]], records: Sequence[Any], units: dict[s
                     f"{_share(peer_share, ' (')}{'' if peer_share is None else ')'}: "
                     f"{verdict}{_user_room(spent, sgc.get('kernel_share'), allowance, item)}")
             data["targets"][f"{w}:{peer}"] = item
+        if any(k.startswith(f"{w}:") for k in data["targets"]):
+            reps = delivery_overlap(records, w, row["metric"])
+            if reps:
+                lines.append(reps)
     if d is not None and fl.get("tls_kib") is not None:
         sgd = d.get("smtpgate", {})
         base = sgd.get("rss_before_kib")
@@ -298,6 +302,34 @@ def report(rows: Sequence[dict[str, Any]], records: Sequence[Any], units: dict[s
                 lines.append(line)
     data["lines"] = lines
     return data
+
+
+#: Delivery-process CPU seconds in a run under which it counts as idle during it.
+_IDLE_DELIVERY_S = 0.01
+
+
+def delivery_overlap(records: Sequence[Any], workload: str, metric: str) -> str:
+    """smtpgate's repetitions of one workload, each with the CPU its delivery process
+    used while loadgen ran. That process delivers what the workers stored a moment
+    before (every 250 ms while they store, up to a second after a pause), so in a
+    run of under a second whether it works inside the run is chance; its CPU then
+    competes with the intake's on the same cores. An empty string when no run of
+    the workload measured it."""
+    reps = [((r.result or {}).get(metric), (r.cpu or {}).get("delivery"))
+            for r in records if r.workload == workload and r.target == "smtpgate"]
+    reps = [(f, d) for f, d in reps if isinstance(f, (int, float)) and isinstance(d, (int, float))]
+    if not reps:
+        return ""
+    unit = "msg/s" if metric == "messages_per_s" else "sess/s"
+    each = ", ".join(f"{f:,.1f} {unit} (delivery process {d:.3f} s of CPU)" for f, d in reps)
+    idle = [f for f, d in reps if d < _IDLE_DELIVERY_S]
+    busy = [f for f, d in reps if d >= _IDLE_DELIVERY_S]
+    line = f"{workload}: smtpgate's repetitions, with what its delivery process used during each: {each}"
+    if idle and busy:
+        ratio = statistics.median(idle) / statistics.median(busy)
+        line += (f"; with the delivery process idle during the run {ratio:.2f}x the rate with "
+                 f"it delivering (medians)")
+    return line
 
 
 def _user_room(spent: float | None, share: float | None, allowance: float | None,

@@ -134,3 +134,20 @@ def test_the_floor_takes_an_aio_sync_where_it_is_cheaper_than_fdatasync_and_a_ho
     out = bounds.report(rows, runs, {"B": 1000}, dearer, 2, None)  # 0.06 < the hop's 0.07
     assert abs(out["targets"]["B:aiosmtpd"]["floor_ms"] - (0.1 + 0.05 + 0.06)) < 1e-9
     assert "one AIO sync's submission and completion 0.060" in out["lines"][0]
+
+
+def test_an_unmet_workload_lists_each_repetition_with_its_delivery_cpu() -> None:
+    # The delivery process works inside some runs and not others (bench/README.md,
+    # 2026-12-05): the line gives each repetition and the medians' ratio.
+    rows = [row("B", "messages_per_s", smtpgate=1400.0, aiosmtpd=1000.0, postfix=1000.0,
+                ceiling=8000.0)]
+    runs = [Run("B", "smtpgate", {"server": 0.5, "delivery": d}, {"messages_per_s": f})
+            for f, d in ((1960.0, 0.0), (1410.0, 0.21), (1420.0, 0.226))]
+    out = bounds.report(rows, runs, {"B": 1000}, FLOORS, 2, None)
+    reps = [ln for ln in out["lines"] if ln.startswith("B: smtpgate's repetitions")]
+    assert len(reps) == 1  # one line a workload, not one a peer
+    assert "1,960.0 msg/s (delivery process 0.000 s of CPU), 1,410.0 msg/s" in reps[0]
+    assert "idle during the run 1.39x the rate with it delivering" in reps[0]  # 1960 / 1415
+    met = [row("B", "messages_per_s", smtpgate=3000.0, aiosmtpd=1000.0, postfix=1000.0,
+               ceiling=8000.0)]
+    assert bounds.report(met, runs, {"B": 1000}, FLOORS, 2, None)["lines"] == []

@@ -9,6 +9,7 @@ import asyncio
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,35 @@ def test_maker_keeps_the_stock_full(tmp_path: Path) -> None:
     assert maker.top_up() == 7
     assert len(os.listdir(directory)) == 40
     assert all((directory / n).stat().st_size == 0 for n in os.listdir(directory))
+
+
+def test_a_stock_a_burst_is_taking_is_topped_up_after_it_unless_it_runs_low() -> None:
+    # 4,096 in stock: taken from since the last look, it waits while a quarter is left.
+    assert blanks.in_use(3000, 3500, 4096)
+    assert blanks.in_use(1024, 1100, 4096)
+    assert not blanks.in_use(1023, 1100, 4096)  # below a quarter: make files now
+    assert not blanks.in_use(3000, 3000, 4096)  # untouched since the last look
+    assert not blanks.in_use(3000, -1, 4096)  # the first look
+
+
+def test_the_maker_thread_waits_for_a_burst_and_then_fills_the_stock(tmp_path: Path) -> None:
+    directory = tmp_path / "blank"
+    directory.mkdir()
+    maker = blanks.BlankMaker(str(directory), stock=40, every=0.01)
+    maker.top_up()
+    maker.start()
+    try:
+        taken = 0
+        for name in sorted(os.listdir(directory))[:25]:  # a burst, leaving 15 (> 10)
+            os.unlink(directory / name)
+            taken += 1
+        # Once nothing more is taken, the stock is made whole again.
+        deadline = time.monotonic() + 30
+        while len(os.listdir(directory)) < 40 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(os.listdir(directory)) == 40 and maker.made == 40 + taken
+    finally:
+        maker.stop()
 
 
 def test_slot_pool_takes_blanks_first_then_makes_files(tmp_path: Path) -> None:

@@ -174,10 +174,24 @@ class BlankMaker:
         self._held_back = why
 
     def _run(self) -> None:
-        wait = self._every
+        wait, seen = self._every, -1
         while not self._stop.is_set():
-            wait = self._every if self.top_up() else min(CHECK_IDLE, wait * 2)
+            have = _count(self._dir, self._stock)
+            if in_use(have, seen, self._stock):
+                wait, seen = self._every, have
+            else:
+                made = self.top_up()
+                wait = self._every if made else min(CHECK_IDLE, wait * 2)
+                seen = have + made
             self._stop.wait(wait)
+
+
+def in_use(have: int, seen: int, stock: int) -> bool:
+    """Whether to leave a stock of ``have`` blanks alone for now: a burst is taking
+    from it (fewer than the ``seen`` at the last look) and it still holds a quarter.
+    Its files are made once the burst is over, not on the cores and the journal the
+    burst is using (bench/README.md, 2026-12-05)."""
+    return stock // 4 <= have < seen
 
 
 def _count(directory: str, up_to: int) -> int:

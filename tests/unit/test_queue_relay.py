@@ -368,6 +368,46 @@ async def test_undeclared_8bit_body_is_announced_and_7bit_is_not() -> None:
     assert not any(o.startswith("BODY=") for o in seven.mail_options)
 
 
+async def test_a_7bit_message_declared_8bitmime_goes_to_a_hop_without_8bitmime() -> None:
+    """Postfix declares BODY=8BITMIME for any message whose Content-Transfer-Encoding
+    says 8bit (PHPMailer's and many frameworks' default), ASCII or not. RFC 6152 §3
+    keeps 8-bit *data* from a hop without 8BITMIME; an all-ASCII message has none and
+    goes as it is, without the parameter. Until the h29mta review it was bounced
+    (5.6.3 ... does not accept 8-bit data); a message with 8-bit octets still is."""
+    mails: list[bytes] = []
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 seven.test ESMTP\r\n")
+        await reader.readline()  # EHLO
+        writer.write(b"250-seven.test\r\n250 SIZE 100000\r\n")
+        line = await reader.readline()
+        if not line.startswith(b"MAIL"):  # QUIT: the 8-bit message is not sent
+            writer.write(b"221 bye\r\n")
+            return
+        mails.append(line)
+        writer.write(b"250 ok\r\n")
+        await reader.readline()  # RCPT
+        writer.write(b"250 ok\r\n")
+        await reader.readline()  # DATA
+        writer.write(b"354 go\r\n")
+        await reader.readuntil(b"\r\n.\r\n")
+        writer.write(b"250 2.0.0 stored\r\n")
+        await reader.readline()  # QUIT
+        writer.write(b"221 bye\r\n")
+
+    env = Envelope("a@example.org", ("b@example.net",), None, "192.0.2.1", "h", "l",
+                   body_8bit=True)
+    ascii_data = b"Content-Transfer-Encoding: 8bit\r\n\r\nplain ascii\r\n"
+    async with scripted(script) as port:
+        seven = await relay(port).deliver(message(env, ascii_data), env.rcpt_to)
+        eight = await relay(port).deliver(message(env, "\r\nGrüße\r\n".encode()),
+                                          env.rcpt_to)
+    assert isinstance(seven["b@example.net"], Delivered), seven
+    assert mails == [f"MAIL FROM:<a@example.org> SIZE={len(ascii_data)}\r\n".encode()]
+    assert eight["b@example.net"] == PermFailure(
+        f"5.6.3 relay 127.0.0.1:{port} does not accept 8-bit data (8BITMIME)")
+
+
 async def test_connection_refused_is_temporary() -> None:
     async with aiosmtpd_peer() as peer:
         port = peer.port

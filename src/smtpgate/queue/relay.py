@@ -745,13 +745,16 @@ class RelayDeliverer:
             raise _Abort(PermFailure(
                 "5.6.3 message is binary (BODY=BINARYMIME) and cannot be passed on by "
                 "relay or LMTP"))
-        if env.body_8bit:
-            if not ext.eightbitmime:
-                # RFC 6152 §3: no 8-bit data to a server without 8BITMIME; we do
-                # not downgrade, so the message is undeliverable this way.
-                raise _Abort(PermFailure(f"5.6.3 {where} does not accept 8-bit data "
-                                         "(8BITMIME)"))
+        if env.body_8bit and ext.eightbitmime:
             params.append("BODY=8BITMIME")
+        elif env.body_8bit and not message.data.isascii():
+            # RFC 6152 §3: no 8-bit data to a server without 8BITMIME; we do
+            # not downgrade, so the message is undeliverable this way. Declared
+            # 8BITMIME but all ASCII (Postfix declares it for every message whose
+            # Content-Transfer-Encoding says 8bit), it has no 8-bit data: it goes
+            # as it is, without the parameter.
+            raise _Abort(PermFailure(f"5.6.3 {where} does not accept 8-bit data "
+                                     "(8BITMIME)"))
         elif ext.eightbitmime and not message.data.isascii():
             # 8-bit data its client sent without BODY=8BITMIME: declared to a hop
             # that takes it (RFC 6152 §3), so the hop does not treat it as 7-bit. A

@@ -39,6 +39,23 @@ def test_rfc3461_parameters_reach_the_transaction(bytewise: bool) -> None:
     )
 
 
+def test_rfc3461_s4_4_envid_is_100_characters_decoded_not_on_the_wire() -> None:
+    """Postfix (sendmail -V) takes an ENVID of up to 100 characters and relays it as
+    xtext, each space three characters (+20): 99 with 33 spaces are 165 on the
+    wire. Until the h29mta review that was 501 and Postfix bounced the message."""
+    envid = ("ab " * 33)[:99]
+    wire = envid.replace(" ", "+20").encode()
+    d = authed()
+    assert codes(d.feed(b"MAIL FROM:<a@example.org> ENVID=" + wire + b"\r\n")) == [
+        str(R.SENDER_OK)]
+    d.feed(b"RCPT TO:<b@example.net>\r\nDATA\r\n")
+    assert start_of(d).dsn == TransactionDsn(envid=envid)
+    # 101 decoded characters are still too many, however they are written.
+    d = authed()
+    assert codes(d.feed(b"MAIL FROM:<a@example.org> ENVID=" + b"+20" * 50 + b"a" * 51 + b"\r\n")) == [
+        str(R.BAD_DSN_PARAMETER)]
+
+
 def test_rset_forgets_the_parameters() -> None:
     d = authed()
     d.feed(b"MAIL FROM:<a@example.org> RET=FULL\r\nRCPT TO:<b@example.net> NOTIFY=SUCCESS\r\n"

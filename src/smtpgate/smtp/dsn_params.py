@@ -16,7 +16,9 @@ from smtpgate.smtp.address import (
 )
 from smtpgate.smtp.ascii_case import upper_ascii
 
-#: RFC 3461 §4.4: ENVID is at most 100 characters (of xtext, before decoding).
+#: RFC 3461 §4.4: ENVID is at most 100 characters, counted decoded: Postfix's
+#: ``sendmail -V`` takes up to 100 and its SMTP client sends them as xtext, where
+#: each ``+``, ``=`` or space is three (``+2B``), up to 300 on the wire.
 MAX_ENVID = 100
 #: RFC 3461 §4.2: "the ORCPT parameter MUST NOT exceed 500 characters".
 MAX_ORCPT = 500
@@ -67,14 +69,19 @@ def parse_ret(value: str | None) -> str:
 
 
 def parse_envid(value: str | None) -> str:
-    """RFC 3461 §4.4: ENVID=<xtext>, kept decoded.
+    """RFC 3461 §4.4: ENVID=<xtext>, kept decoded. The 100-character limit is on
+    the decoded identifier, as Postfix counts it: an ENVID of 99 characters with
+    spaces in it, as Postfix relays one, was refused 501 and the message bounced.
 
     Raises:
         DsnParamError: missing, too long, or not xtext of printable US-ASCII.
     """
-    if not value or len(value) > MAX_ENVID:
-        raise DsnParamError("ENVID must be 1 to 100 characters of xtext")
-    return _ascii_xtext(value, "ENVID")
+    if not value or len(value) > 3 * MAX_ENVID:
+        raise DsnParamError("ENVID must be 1 to 100 characters")
+    decoded = _ascii_xtext(value, "ENVID")
+    if len(decoded) > MAX_ENVID:
+        raise DsnParamError("ENVID must be 1 to 100 characters")
+    return decoded
 
 
 def parse_notify(value: str | None) -> tuple[str, ...]:

@@ -206,3 +206,32 @@ def test_exim_with_a_wrong_password_defers(smtpgate: Server, exim_dir: Path) -> 
     assert "== carol@example.net" in log and "authentication attempt(s) failed" in log, log
     assert "=> carol@example.net" not in log
     assert not_delivered(smtpgate, token)
+
+
+@pytest.mark.parametrize("dsn_from", ["", f"Mail Delivery System <{APP}>"])
+def test_exim_bounces_reach_smtpgate_only_from_an_address_the_account_owns(
+        smtpgate: Server, exim_dir: Path, dsn_from: str) -> None:
+    """An MTA's own bounce (MAIL FROM:<>) has From: Mailer-Daemon@its host, which
+    the account does not own: smtpgate refuses it (550 5.7.1) and Exim freezes it,
+    so the sender never hears of the failure. Exim's dsn_from set to the account's
+    address, as docs/integration.md says, lets it through."""
+    require_exim()
+    main = f"dsn_from = {dsn_from}\n" if dsn_from else ""
+    client = make_exim_client(exim_dir, smtpgate.submission, False, smtpgate.ca, "PLAIN", APP,
+                              PASSWORD, main)
+    token = f"exim-dsn-{uuid.uuid4().hex[:8]}"
+    # Refused by smtpgate at the end of data (a From the account does not own):
+    # Exim bounces it to APP through smtpgate, with the null sender.
+    client.send(APP, "carol@example.net",
+                f"From: other@example.net\nTo: carol@example.net\nSubject: {token}\n\nx\n")
+    deadline = time.monotonic() + 30
+    bounce: list[str] = []
+    while not bounce and time.monotonic() < deadline:
+        time.sleep(0.2)
+        log = client.mainlog()
+        bounce = [line for line in log.splitlines() if f"{APP} R=smarthost" in line]
+    assert bounce, log
+    if dsn_from:
+        assert "=> app@example.org" in bounce[0] and "250 2.0.0" in bounce[0], log
+    else:
+        assert "** app@example.org" in bounce[0] and "550 5.7.1 From header" in bounce[0], log

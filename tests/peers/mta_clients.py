@@ -218,8 +218,9 @@ class EximClient:
 
 
 def make_exim_client(root: Path, port: int, implicit: bool, ca: Path, mech: str, user: str,
-                     password: str) -> EximClient:
-    """An Exim config under ``root`` that relays everything to smtpgate on ``port``."""
+                     password: str, main: str = "") -> EximClient:
+    """An Exim config under ``root`` that relays everything to smtpgate on ``port``;
+    ``main`` is added to its main section (``dsn_from = ...``)."""
     root.mkdir(parents=True)
     root.chmod(0o755)
     for d in ("spool", "log"):
@@ -233,7 +234,7 @@ def make_exim_client(root: Path, port: int, implicit: bool, ca: Path, mech: str,
                        f'exec {plain_copy} "$@"\n')
     wrapper.chmod(0o755)
     config = root / "exim.conf"
-    config.write_text(EXIM_CONFIG.format(
+    config.write_text(main + EXIM_CONFIG.format(
         wrapper=wrapper, dir=root, port=port, protocol="smtps" if implicit else "smtp", ca=ca,
         name=mech.lower(), mech=mech,
         send=EXIM_AUTHENTICATORS[mech].format(user=user, password=password)))

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from smtpgate.smtp import replies as R
 from smtpgate.smtp.bdat import BdatSyntaxError, ChunkStream, parse_bdat
+from smtpgate.smtp.data import MAX_HOPS
 from smtpgate.smtp.engine import JUNK_COMMANDS
 from smtpgate.smtp.events import MessageAborted, MessageData, MessageReceived, MessageStart
 from smtpgate.smtp.states import State
@@ -364,6 +365,19 @@ def test_nul_in_the_header_section_is_refused_as_in_data(body: str) -> None:
     # BINARYMIME is kept as sent; other content gets the CRLF it lacked.
     tail = b"" if body else b"\r\n"
     assert d.messages[0].data == b"Subject: a\r\n\r\n\x00\x01\x02" + tail
+
+
+def test_a_mail_loop_is_refused_as_in_data() -> None:
+    """RFC 5321 §6.3: over MAX_HOPS Received fields, the header section split across
+    chunks, is 554 5.4.6 after the LAST chunk; nothing is stored."""
+    d = authed()
+    envelope = b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<b@example.net>\r\n"
+    fields = b"Received: from a.example by b.example; Fri, 4 Dec 2026 23:50:00 +0000\r\n"
+    out = d.feed(envelope + bdat(fields * 60, last=False)
+                 + bdat(fields * (MAX_HOPS - 59) + b"From: alice@example.org\r\n\r\nx\r\n")
+                 + b"NOOP\r\n")
+    assert codes(out)[-2:] == [str(R.TOO_MANY_HOPS), str(R.NOOP_OK)]
+    assert d.messages == []
 
 
 def test_a_message_beginning_with_white_space_is_refused_as_in_data() -> None:

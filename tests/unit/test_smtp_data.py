@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from smtpgate.smtp import replies as R
-from smtpgate.smtp.data import MAX_HEADER_SECTION, DataReader, DataStream, unstuff
+from smtpgate.smtp.data import MAX_HEADER_SECTION, MAX_HOPS, DataReader, DataStream, unstuff
 from smtpgate.smtp.events import MessageAborted, MessageData
 
 from .test_smtp_engine import authed, codes
@@ -292,6 +292,37 @@ def test_nul_in_the_body_passes_unchanged(bytewise: bool) -> None:
     out = d.feed(body + b".\r\n", bytewise=bytewise)
     assert codes(out) == [str(R.MESSAGE_ACCEPTED)]
     assert d.messages[0].data == body
+
+
+# --- A mail loop: too many Received fields (docs/smtp.md) -----------------------------
+
+
+def received(n: int) -> bytes:
+    return b"".join(b"Received: from hop%d.example (hop%d.example [192.0.2.1])\r\n"
+                    b"\tby mx.example; Fri, 4 Dec 2026 23:50:00 +0000\r\n" % (i, i)
+                    for i in range(n))
+
+
+@pytest.mark.parametrize("bytewise", [False, True])
+def test_rfc5321_s6_3_a_message_with_over_100_received_fields_is_a_loop_554(
+        bytewise: bool) -> None:
+    """A mail loop through smtpgate (the MTA that submits to it, a relay that sends
+    the mail back to that MTA) went round for ever, a Received field more and a
+    copy each time: smtpgate counted no hops. Over MAX_HOPS it is refused for good
+    after the final dot, as Postfix's hopcount_limit does (554 5.4.6), whatever the
+    letter case; the session goes on, and 100 still pass."""
+    d = authed()
+    d.feed(NUL_ENVELOPE)
+    message = received(MAX_HOPS).replace(b"Received:", b"RECEIVED :", 1) + received(1)
+    out = d.feed(message + b"From: alice@example.org\r\n\r\nx\r\n.\r\nNOOP\r\n",
+                 bytewise=bytewise)
+    assert codes(out) == [str(R.TOO_MANY_HOPS), str(R.NOOP_OK)]
+    assert str(R.TOO_MANY_HOPS).startswith("554 5.4.6 ")
+    assert not d.messages and d.writing is None
+    assert any(isinstance(e, MessageAborted) for e in d.events)
+    out = d.feed(NUL_ENVELOPE + received(MAX_HOPS) + b"From: alice@example.org\r\n\r\n"
+                 + b"Received: in the body, not counted\r\n" * 5 + b".\r\n")
+    assert codes(out)[-1] == str(R.MESSAGE_ACCEPTED)
 
 
 # --- A message that begins with white space (docs/smtp.md) --------------------------

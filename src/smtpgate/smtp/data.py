@@ -129,6 +129,13 @@ _NAMES = b"(%s|%s)[ \t]*:" % (_any_case(b"date"), _any_case(b"message-id"))
 _FIRST_FIELD = re.compile(_NAMES)
 _NEXT_FIELD = re.compile(b"\n" + _NAMES)
 
+#: RFC 5321 §6.3: a message with more Received fields than this is taken for a
+#: mail loop and refused (554 5.4.6). "SMTP servers using this technique SHOULD
+#: use a large rejection threshold, normally at least 100 Received entries"
+#: (Postfix's hopcount_limit is 50, Exim's received_headers_max 30).
+MAX_HOPS = 100
+_RECEIVED = re.compile(b"(?:^|\n)%s[ \t]*:" % _any_case(b"received"))
+
 
 @dataclass(frozen=True, slots=True)
 class DataEnd:
@@ -289,6 +296,14 @@ class HeaderSection:
         """The header section (each field's CRLF included, not the empty line); a
         message without an empty line is all header."""
         return bytes(self._buf)
+
+    @property
+    def too_many_hops(self) -> bool:
+        """The header section kept so far has more than `MAX_HOPS` Received fields:
+        a mail loop (RFC 5321 §6.3), which every pass through smtpgate, the MTA
+        that submits to it and a relay it delivers to would otherwise keep going,
+        a copy each time. Asked once the section is complete: one C-level scan."""
+        return len(_RECEIVED.findall(self._buf)) > MAX_HOPS
 
     @property
     def has_nul(self) -> bool:

@@ -983,6 +983,8 @@ class ServerEngine:
                       else "NUL in the header section"
                       if (ended or end is not None) and header.has_nul
                       else "message begins with white space" if header.folded_start
+                      else "too many Received fields (mail loop)"
+                      if (ended or end is not None) and header.too_many_hops
                       else "")
             if reason:
                 self._aborted = True
@@ -1022,6 +1024,9 @@ class ServerEngine:
             # Received header, a Date or Message-ID added, Return-Path) or the
             # next hop's, and read as that server's words.
             refusal = R.FOLDED_FIRST_LINE
+        elif header.too_many_hops:
+            # RFC 5321 §6.3: a mail loop, refused for good so that it ends here.
+            refusal = R.TOO_MANY_HOPS
         if refusal is not None:
             self._send(refusal)
             self._after_message()
@@ -1111,6 +1116,8 @@ class ServerEngine:
                       else "NUL in the header section"
                       if (ended or end is not None) and header.has_nul
                       else "message begins with white space" if header.folded_start
+                      else "too many Received fields (mail loop)"
+                      if (ended or end is not None) and header.too_many_hops
                       else "")
             if reason:
                 self._aborted = True

@@ -201,6 +201,9 @@ NUL_IN_HEADER = Reply(554, "5.6.0", "Message header contains NUL characters")
 # of a message has none but the ones the servers prepend (Received, Return-Path,
 # a Date or Message-ID added): it would become part of smtpgate's own field.
 FOLDED_FIRST_LINE = Reply(554, "5.6.0", "Message begins with white space: a header line cannot be folded into nothing")
+# RFC 5321 §6.3: more Received fields than data.MAX_HOPS, a mail loop; RFC 3463
+# §3.5 X.4.6 "routing loop detected" (Postfix: "554 5.4.6 Too many hops").
+TOO_MANY_HOPS = Reply(554, "5.4.6", "Too many hops (Received fields), mail loop suspected")
 MESSAGE_ACCEPTED = Reply(250, "2.0.0", "OK queued")
 # --- BDAT (RFC 3030) ----------------------------------------------------------------
 # RFC 3030 §2: each chunk but the LAST is answered 250 once its octets are read.

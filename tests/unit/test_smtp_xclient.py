@@ -63,6 +63,25 @@ def test_trusted_proxy_logs_the_session_in_with_a_new_greeting() -> None:
     assert isinstance(events[0], MailFrom)
 
 
+def test_xclient_without_login_starts_a_session_that_is_not_logged_in() -> None:
+    """Postfix's XCLIENT makes the session a new connection's: an earlier login
+    (here the proxy's own, by XCLIENT LOGIN=; AUTH is the same) is not the client's
+    that ADDR now names, so MAIL needs a login again."""
+    e = engine(trusted=True)
+    run(e, b"EHLO proxy.test\r\n")
+    run(e, NGINX)
+    e.xclient_answer("alice@example.org")
+    e.data_to_send()
+    out, events = run(e, b"XCLIENT ADDR=192.0.2.9\r\n")
+    assert events == [Xclient(addr="192.0.2.9")]
+    e.xclient_answer(None)
+    assert e.data_to_send().startswith(b"220 mx.test")
+    assert e.identity == ""
+    run(e, b"EHLO client.test\r\n")
+    out, events = run(e, b"MAIL FROM:<alice@example.org>\r\n")
+    assert out.startswith(b"530 5.7.0") and events == []
+
+
 def test_xclient_refused_answer_keeps_the_session() -> None:
     e = engine(trusted=True)
     run(e, b"EHLO proxy.test\r\n")

@@ -321,19 +321,16 @@ class Decisions:
         ADDR/PORT become the session's client for the guard, the auth log, the
         logs and Received; its LOGIN, the account the session is logged in as,
         as if by AUTH (sender ownership and rate limits apply to it). Returns the
-        identity for the engine (None: LOGIN not given)."""
+        identity for the engine (None: LOGIN not given, so the session, new as
+        on a new connection, is not logged in, whatever an earlier AUTH did)."""
         p = self.peer
         proxy = p.client_ip
         self.peer = replace(p, client_ip=ev.addr or p.client_ip,
                             client_port=ev.port if ev.port is not None else p.client_port)
         self.principal, self._sending = None, None
-        if ev.login is None:
-            identity = self.engine.identity or None
-            if identity:  # still logged in: the policy follows the new address
-                self._logged_in(LoginResult(AuthResult.SUCCESS,
-                                            Principal(identity, "XCLIENT")))
-        elif ev.login == "":
-            identity = ""
+        identity: str | None
+        if not ev.login:
+            identity = None if ev.login is None else ""
         else:
             identity = await self.rt.auth.login_identity(ev.login)
             self._logged_in(LoginResult(AuthResult.SUCCESS, Principal(identity, "XCLIENT")))

@@ -441,7 +441,9 @@ class ServerEngine:
     def xclient_answer(self, identity: str | None, reply: R.Reply | None = None) -> None:
         """Answer an Xclient event: ``reply`` (>= 400) refuses it; otherwise the
         session starts again as the proxy's client (Postfix's XCLIENT: a new 220
-        greeting, EHLO needed), logged in as ``identity`` when LOGIN gave one."""
+        greeting, EHLO needed), logged in as ``identity`` when LOGIN gave one. As on
+        a new connection, without LOGIN it is not logged in: an earlier AUTH was the
+        proxy's or another client's, not the one ADDR now names."""
         pending = self._pending
         if not isinstance(pending, Xclient):
             raise TypeError("xclient_answer() without a pending Xclient")
@@ -454,8 +456,7 @@ class ServerEngine:
         self.state = State.CONNECTED
         self.helo = pending.helo or ""
         self.esmtp = pending.proto == "ESMTP"
-        if identity is not None:
-            self.identity = identity
+        self.identity = identity or ""
         self.greeting()
 
     def tls_established(self, info: TlsInfo) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from smtpgate.smtp import replies as R
-from smtpgate.smtp.address import AddressError, parse_mailbox
+from smtpgate.smtp.address import AddressError, parse_mailbox, without_needless_quotes
 
 from .test_smtp_engine import authed, codes
 
@@ -89,3 +89,21 @@ def test_a_utf8_address_holds_no_control_separator_or_bidi_control(address: str)
 ])
 def test_utf8_addresses_of_real_scripts_are_accepted(address: str) -> None:
     assert parse_mailbox(address, utf8=True) == address
+
+
+@pytest.mark.parametrize(("given", "least_quoted"), [
+    ('"bob"@x.example', "bob@x.example"),
+    ('"b\\ob"@x.example', "bob@x.example"),
+    ('"b.o.b"@x.example', "b.o.b@x.example"),
+    ('"a\\ b"@x.example', '"a b"@x.example'),
+    ('"a b"@x.example', '"a b"@x.example'),
+    ('"a\\\\b"@x.example', '"a\\\\b"@x.example'),
+    ('"a\\"b"@x.example', '"a\\"b"@x.example'),
+    ('".a"@x.example', '".a"@x.example'),
+    ('"a@b"@x.example', '"a@b"@x.example'),
+    ('""@x.example', '""@x.example'),
+    ("bob@x.example", "bob@x.example"),
+])
+def test_rfc5321_s4_1_2_quoted_forms_are_written_with_the_least_quoting(
+        given: str, least_quoted: str) -> None:
+    assert without_needless_quotes(given) == least_quoted

@@ -13,6 +13,7 @@ from smtpgate.smtp.events import (
     AuthFinished,
     AuthRefused,
     CloseConnection,
+    MailFrom,
     MessageStart,
     RcptTo,
     StartTls,
@@ -575,6 +576,27 @@ def test_a_recipient_given_twice_is_accepted_and_kept_once() -> None:
     assert d.messages[0].recipients == ("bob@example.net", "Bob@example.net")
     (start,) = [e for e in d.events if isinstance(e, MessageStart)]
     assert start.dsn.rcpts == (("bob@example.net", RcptParams(("NEVER",), None)),)
+
+
+def test_rfc5321_quoted_forms_of_a_local_part_are_one_recipient() -> None:
+    """RFC 5321 §4.1.2: all quoted forms of a local part are one mailbox, and the
+    least-quoted one is sent. "bob"@x and bob@x were two recipients (two copies,
+    counted twice toward the limits and the budget); now the second is the
+    first again, and the envelope holds each in its least-quoted form (a local
+    part that needs its quotes keeps them, with only the backslashes it needs)."""
+    d = authed()
+    out = d.feed(
+        b'MAIL FROM:<"alice"@example.org>\r\nRCPT TO:<"bob"@example.net>\r\n'
+        b'RCPT TO:<bob@example.net>\r\nRCPT TO:<"b\\ob"@example.net>\r\n'
+        b'RCPT TO:<"a\\ b"@example.net>\r\nRCPT TO:<"a b"@example.net>\r\n'
+        b"DATA\r\nSubject: t\r\n\r\nx\r\n.\r\n"
+    )
+    assert codes(out) == ([str(R.SENDER_OK)] + [str(R.RECIPIENT_OK)] * 5
+                          + [str(R.START_DATA), str(R.MESSAGE_ACCEPTED)])
+    assert d.messages[0].recipients == ("bob@example.net", '"a b"@example.net')
+    assert [e.recipient for e in d.events if isinstance(e, RcptTo)] == [
+        "bob@example.net", '"a b"@example.net']
+    assert [e.sender for e in d.events if isinstance(e, MailFrom)] == ["alice@example.org"]
 
 
 def test_rfc2920_pipelined_group_replies_in_order_whole_and_bytewise() -> None:

@@ -189,17 +189,26 @@ _QUOTED_PAIR = re.compile(r"\\(.)")
 
 
 def without_needless_quotes(address: str) -> str:
-    """``address`` with its quoted local part written as a dot-atom when the quotes
-    are needless (``"mallory"@x``, ``"mal\\lory"@x`` are ``mallory@x``; RFC 5321
-    §4.1.2 and RFC 5322 §3.4.1 make them one mailbox), else unchanged: a local
-    part that needs its quotes (``"a@b"@x``, ``"a b"@x``, ``".a"@x``) is another
-    mailbox, and stays quoted so that it matches no unquoted address. UTF-8 is
+    """``address`` with its local part in the form with the least quoting (RFC 5321
+    §4.1.2: "all quoted forms MUST be treated as equivalent, and the sending system
+    SHOULD transmit the form that uses the minimum quoting possible"): a quoted
+    local part that is a dot-string is written as one (``"mallory"@x``,
+    ``"mal\\lory"@x`` are ``mallory@x``); one that needs its quotes (``"a@b"@x``,
+    ``"a b"@x``, ``".a"@x``) is another mailbox and stays quoted, so that it
+    matches no unquoted address, with a backslash only before ``"`` and ``\\``
+    (``"a\\ b"@x`` is ``"a b"@x``). Anything else is returned unchanged. UTF-8 is
     allowed in both forms (RFC 6531 §3.3)."""
     local, at, domain = address.rpartition("@")
     if not at or not local.startswith('"') or not _U_QUOTED.fullmatch(local):
         return address
     inner = _QUOTED_PAIR.sub(r"\1", local[1:-1])
-    return f"{inner}@{domain}" if _U_DOT_ATOM.fullmatch(inner) else address
+    if _U_DOT_ATOM.fullmatch(inner):
+        return f"{inner}@{domain}"
+    return '"' + _NEEDS_QUOTED_PAIR.sub(r"\\\g<0>", inner) + f'"@{domain}'
+
+
+#: What a quoted string must still write as a quoted pair (RFC 5321 qtextSMTP).
+_NEEDS_QUOTED_PAIR = re.compile(r'["\\]')
 
 
 def _address_literal(domain: str) -> bool:

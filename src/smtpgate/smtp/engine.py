@@ -40,6 +40,7 @@ from smtpgate.smtp.address import (
     parse_params,
     parse_path,
     split_path_argument,
+    without_needless_quotes,
 )
 from smtpgate.smtp.ascii_case import upper_ascii
 from smtpgate.smtp.bdat import BdatSyntaxError, ChunkStream, parse_bdat
@@ -806,7 +807,8 @@ class ServerEngine:
         if smtputf8 and params["SMTPUTF8"] is not None:
             return self._error(R.SYNTAX_ERROR)
         try:
-            sender = parse_path(path, allow_null=True, utf8=smtputf8)
+            # In its least-quoted form, as the recipients (_cmd_rcpt).
+            sender = without_needless_quotes(parse_path(path, allow_null=True, utf8=smtputf8))
         except NonAsciiWithoutSmtputf8:
             return self._error(R.UTF8_NOT_DECLARED)
         except AddressError:
@@ -899,6 +901,10 @@ class ServerEngine:
             # server's postmaster (Postfix appends $myorigin alike), not a bare
             # name a relay would refuse or resolve against its own domain.
             rcpt = f"postmaster@{self.settings.hostname}"
+        # RFC 5321 §4.1.2: all quoted forms of a local part are one mailbox, sent in
+        # the least-quoted one: "bob"@x is bob@x, the same recipient (once in the
+        # envelope, once against the limits and the budget) and so written onward.
+        rcpt = without_needless_quotes(rcpt)
         if rcpt in self._recipients:
             # The same address again (a client that puts it in To and Cc): 250 and
             # kept once, with the first RCPT's DSN parameters, as Postfix's cleanup

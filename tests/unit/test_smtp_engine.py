@@ -539,6 +539,13 @@ def test_a_path_without_angle_brackets_is_taken_as_postfix_takes_it(
     (b"RCPT TO:bob@example.net, carol@example.net", R.SYNTAX_RCPT),
     (b"RCPT TO:Bob <bob@example.net>", R.SYNTAX_RCPT),
     (b"RCPT TO:bob@example.net carol@example.net", R.SYNTAX_RCPT),
+    # A TAB is the client's separator there, a syntax error as after <...> (it
+    # was 553, as if an address held the TAB): 501 5.5.4 with or without brackets.
+    (b"MAIL FROM:alice@example.org\tSIZE=10", R.SYNTAX_MAIL),
+    (b"MAIL FROM:<alice@example.org>\tSIZE=10", R.SYNTAX_MAIL),
+    (b"RCPT TO:bob@example.net\tNOTIFY=NEVER", R.SYNTAX_RCPT),
+    (b"RCPT TO:<bob@example.net>\tNOTIFY=NEVER", R.SYNTAX_RCPT),
+    (b"RCPT TO:bob\t@example.net", R.SYNTAX_RCPT),
 ])
 def test_an_ambiguous_path_without_angle_brackets_is_refused(line: bytes, reply: R.Reply) -> None:
     assert reply_to(line) == [str(reply)]

@@ -97,9 +97,11 @@ def split_path_argument(arg: str, keyword: str) -> tuple[str, str]:
 
 
 #: What a path written without its angle brackets may not hold: brackets and quotes
-#: (a display name, ``John <a@b>``, or a bracket left out on one side, ``a@b>``) and
-#: the separators of a list of addresses (``a@b,c@d``): what the client meant is a guess.
-_NOT_IN_BARE_PATH = frozenset('<>"(),;')
+#: (a display name, ``John <a@b>``, or a bracket left out on one side, ``a@b>``),
+#: the separators of a list of addresses (``a@b,c@d``) and a TAB, which there is
+#: the client's separator (``a@b<TAB>NOTIFY=NEVER``, a syntax error as after
+#: ``<a@b>``, not an address holding a TAB): what the client meant is a guess.
+_NOT_IN_BARE_PATH = frozenset('<>"(),;\t')
 
 
 def _bare_path(tail: str) -> tuple[str, str]:

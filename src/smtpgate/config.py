@@ -1148,9 +1148,9 @@ class LimitsConfig(Model):
     data_min_rate: int = Field(
         default=500,
         ge=0,
-        description="Octets per second DATA must average: it may last data_timeout "
-        "plus one second per this many octets received (Postfix's smtpd_min_data_rate); "
-        "0 turns the rate off.",
+        description="Octets per second a message must average (DATA, or BDAT from its "
+        "first chunk to its LAST): it may last data_timeout plus one second per this "
+        "many octets received (Postfix's smtpd_min_data_rate); 0 turns the rate off.",
     )
     max_errors: int = Field(
         default=10, ge=3, description="Errors in one session since its last accepted message before 421 and close."

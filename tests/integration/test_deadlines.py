@@ -172,6 +172,58 @@ def test_trickled_bdat_chunk_gets_421_below_the_minimum_rate(slow: Server) -> No
     r.close()
 
 
+def every_second(sock: socket.socket, piece: bytes) -> tuple[bytes, float]:
+    """Send ``piece`` once a second, reading meanwhile: what the server sent and
+    after how many seconds it closed the connection (inf: it never did)."""
+    sock.settimeout(1.0)
+    got = b""
+    t0 = time.monotonic()
+    for _ in range(TRICKLE):
+        try:
+            sock.sendall(piece)
+            chunk = sock.recv(4096)
+        except TimeoutError:
+            continue
+        except (ConnectionError, ssl.SSLError, BrokenPipeError):
+            return got, time.monotonic() - t0
+        if not chunk:
+            return got, time.monotonic() - t0
+        got += chunk
+        time.sleep(1.0)
+    return got, float("inf")
+
+
+def test_a_bdat_message_in_small_chunks_far_apart_gets_421_below_the_minimum_rate(
+        slow: Server) -> None:
+    """The minimum rate bounds a BDAT message as it bounds DATA, from its first
+    chunk to its LAST: each chunk came in time, so a one-octet chunk a second
+    held the connection for ever (the deadline was each chunk's own)."""
+    r = tls_session(slow)
+    assert r.cmd(f"AUTH PLAIN {plain(USER, PASSWORD)}").startswith("235")
+    assert r.cmd(f"MAIL FROM:<{USER}>").startswith("250")
+    assert r.cmd("RCPT TO:<bob@example.net>").startswith("250")
+    got, closed_after = every_second(r.sock, b"BDAT 1\r\nx")
+    # data_timeout plus 1 s per 100 octets (9 a chunk), from the first chunk.
+    assert closed_after < 3.0 + 2.0 + SLACK
+    replies = got.decode().splitlines()
+    assert replies[0] == str(R.CHUNK_RECEIVED) and replies[-1] == str(R.TOO_SLOW), replies
+    r.close()
+
+
+def test_a_bdat_chunk_refused_before_login_is_dropped_within_the_command_deadline(
+        slow: Server) -> None:
+    """Before a login there is no transaction: the octets of a refused BDAT are
+    dropped within the command deadline, as an overlong command line's. At the
+    data rate a client declaring a huge chunk and sending faster than
+    data_min_rate held the connection as long as it liked."""
+    r = tls_session(slow)
+    assert r.cmd("BDAT 100000000").startswith("530 5.7.0")
+    got, closed_after = every_second(r.sock, b"y" * 200)  # over data_min_rate
+    assert closed_after < 4.0 + SLACK
+    assert got.decode().startswith(str(R.TOO_SLOW))
+    r.close()
+
+
 def test_a_fast_client_is_not_hit_by_the_deadlines(slow: Server) -> None:
     """A whole session that takes longer than every deadline, each unit in time."""
     r = tls_session(slow)

@@ -559,7 +559,7 @@ class SmtpConnection(asyncio.Protocol):
             self._auth_started = None
         elif self._auth_started is None:
             self._auth_started = now
-        if not engine.in_data:
+        if not engine.in_message:
             self._data_started = None
         elif self._data_started is None:
             self._data_started, self._data_bytes = now, 0
@@ -573,17 +573,21 @@ class SmtpConnection(asyncio.Protocol):
         if self.tls is not None and not self.tls_ready:
             return self._tls_started + self.rt.handshake_timeout, True
         deadline = math.inf
-        if self.engine.in_data:
-            idle = self._last_activity + limits.data_timeout
-            if limits.data_min_rate and self._data_started is not None:
+        if self._data_started is not None:
+            if limits.data_min_rate:
                 # Postfix's smtpd_min_data_rate: data_timeout to start with, plus
-                # one second for every data_min_rate octets received.
+                # one second for every data_min_rate octets received, for DATA and
+                # for a BDAT message from its first chunk to its LAST.
                 deadline = (self._data_started + limits.data_timeout
                             + self._data_bytes / limits.data_min_rate)
+            if self.engine.draining_before_login:
+                deadline = min(deadline, self._data_started + limits.command_deadline)
+        if self.engine.in_data:
+            idle = self._last_activity + limits.data_timeout
         else:
             idle = self._last_activity + limits.command_timeout
             if self._line_started is not None:
-                deadline = self._line_started + limits.command_deadline
+                deadline = min(deadline, self._line_started + limits.command_deadline)
             if self._auth_started is not None:
                 deadline = min(deadline, self._auth_started + limits.auth_deadline)
         return (deadline, True) if deadline < idle else (idle, False)

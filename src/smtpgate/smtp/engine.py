@@ -343,6 +343,22 @@ class ServerEngine:
         return self.state is State.DATA or self.state is State.BDAT or self._skip > 0
 
     @property
+    def in_message(self) -> bool:
+        """A message is being read: DATA, or a BDAT message from its first chunk to
+        the end of its LAST (the commands between chunks too), or a refused chunk
+        being dropped. The I/O layer's message deadline runs meanwhile, so a
+        message sent as small chunks far apart is bounded as DATA is."""
+        return self.in_data or self.state is State.CHUNKS
+
+    @property
+    def draining_before_login(self) -> bool:
+        """The octets of a BDAT refused before a login are being dropped: no
+        transaction is in progress, so the I/O layer bounds them as a command line,
+        not at the data rate (a client sending 500 octets a second held its
+        connection for as long as the size it declared)."""
+        return self._skip > 0 and not self.identity
+
+    @property
     def in_auth(self) -> bool:
         """An AUTH exchange is open (the I/O layer's AUTH deadline runs)."""
         return self.state is State.AUTH

@@ -13,6 +13,7 @@ back. No Postfix needed: the requests are what Postfix 3.7 sends
 from __future__ import annotations
 
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -33,7 +34,8 @@ def _dave_limited(srv: Server) -> None:
 def door() -> Iterator[PolicyDoor]:
     yield from serving_policy_door(
         "sgpolpar-", f"\n[server]\nworkers = 2\n\n[limits]\nmessages_per_hour = {LIMIT}\n",
-        ("alice@example.org", "bob@example.org", "carol@example.org", "dave@example.org"),
+        ("alice@example.org", "bob@example.org", "carol@example.org", "dave@example.org",
+         "erin@example.org"),
         _dave_limited)
 
 
@@ -121,6 +123,23 @@ def test_a_transaction_that_never_ends_gives_its_reservation_back(door: PolicyDo
     for s, _, _ in answers:
         s.close()
     assert _eventually_dunno(door, user, "after") == DUNNO
+
+
+def test_a_request_reset_while_it_is_decided_gives_its_reservation_back(
+        door: PolicyDoor) -> None:
+    """Postfix killed right after sending RCPT requests (its connections reset):
+    a request still being decided then reserved a message of the budget and
+    never gave it back, so after a few such resets the account could not send
+    for the hour (unit test_policy_door_reset has the exact order of events)."""
+    user = "erin@example.org"
+    for i in range(30):
+        s = Smtpd(door.port)
+        s.sock.sendall(("request=smtpd_access_policy\nprotocol_state=RCPT\n"
+                        f"sasl_username={user}\nsasl_method=PLAIN\nsender={user}\n"
+                        f"recipient=x@example.net\ninstance=reset-{i}\n\n").encode())
+        s.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()  # a reset, not a close: no answer is read
+    assert _eventually_dunno(door, user, "after-reset") == DUNNO
 
 
 def test_the_next_transaction_on_a_connection_ends_the_one_before(door: PolicyDoor) -> None:

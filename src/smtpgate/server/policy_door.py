@@ -202,6 +202,10 @@ class PolicyProtocol(asyncio.Protocol):
         self._open = OpenMessages()
         #: Gives back reservations past their time (None: none open).
         self._sweep: asyncio.TimerHandle | None = None
+        #: A request is being decided: the worker is not cancelled under it.
+        self._deciding = False
+        #: The peer is gone (``connection_lost``).
+        self._lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses; trust the duck.
@@ -237,15 +241,23 @@ class PolicyProtocol(asyncio.Protocol):
         while True:
             req = await self._queue.get()
             t = self._transport
-            if req is None:
+            if req is None or self._lost:
                 if t is not None:
                     t.close()
                 return
+            self._deciding = True
             try:
                 action = await self._decider.decide(req, self._open)
             except Exception:
                 log.exception("policy: request failed")
                 action = action_for(R.INTERNAL_ERROR)
+            finally:
+                self._deciding = False
+            if self._lost:
+                # Postfix went away while this was decided: the budget it reserved
+                # will never be used (connection_lost gave back the rest).
+                self._decider.give_back(self._open.all())
+                return
             self._schedule_sweep()
             t = self._transport
             if t is None or t.is_closing():
@@ -287,7 +299,12 @@ class PolicyProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._unfinished.stop()
-        if self._worker is not None:
+        self._lost = True
+        # A request being decided runs to its end and gives its reservation back
+        # (``_serve``): cancelled, the counters' write went on in its thread and
+        # the reservation, never recorded, held the budget for the hour (a Postfix
+        # killed after sending RCPT requests left its account unable to send).
+        if self._worker is not None and not self._deciding:
             self._worker.cancel()
         if self._sweep is not None:
             self._sweep.cancel()

@@ -177,6 +177,21 @@ def test_postfix_transcript_multiplexed_on_one_connection(bytewise: bool) -> Non
 
 
 @pytest.mark.parametrize("bytewise", [False, True], ids=["whole", "bytewise"])
+def test_crlf_line_ends_are_taken_as_dovecot_takes_them(bytewise: bool) -> None:
+    """Dovecot's line reader (i_stream_next_line) drops a CR before the LF; the
+    door closed the connection at the first such line ("malformed VERSION
+    line"), so a client that writes CRLF could not log in. The answers keep LF."""
+    eng = engine()
+    client = (HELLO_POSTFIX + lines(
+        f"AUTH<TAB>1<TAB>LOGIN<TAB>{PF}", f"CONT<TAB>1<TAB>{b64(USER)}",
+        f"CONT<TAB>1<TAB>{b64(PASSWORD)}")).replace("\n", "\r\n")
+    out, events = feed(eng, client.encode(), bytewise=bytewise)
+    assert out == lines("CONT<TAB>1<TAB>VXNlcm5hbWU6", "CONT<TAB>1<TAB>UGFzc3dvcmQ6",
+                        f"OK<TAB>1<TAB>user={USER}")
+    assert not [e for e in events if isinstance(e, Disconnect)]
+
+
+@pytest.mark.parametrize("bytewise", [False, True], ids=["whole", "bytewise"])
 def test_exim_transcript_empty_resp_is_no_initial_response(bytewise: bool) -> None:
     """Exim waits for DONE, then sends VERSION, CPID and AUTH at once, always with
     ``resp=`` (empty: its client gave no initial response); id 1 every time."""

@@ -357,7 +357,10 @@ class DovecotServer:
                 return NEED_DATA
             if end > self.settings.max_line:
                 return self._disconnect(f"line longer than {self.settings.max_line} bytes")
-            raw = bytes(self._buffer[:end])
+            # A CR before the LF is part of the line end, as Dovecot's own line
+            # reader takes it (i_stream_next_line): a client written for Windows,
+            # or a test sending CRLF, was closed as a malformed line.
+            raw = bytes(self._buffer[: end - 1 if end and self._buffer[end - 1] == 0x0D else end])
             del self._buffer[: end + 1]
             self._line(raw)
         return self._events.popleft()

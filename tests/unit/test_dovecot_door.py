@@ -119,6 +119,36 @@ def test_answers_ok_and_fail_with_the_mta_client_address_and_session() -> None:
         (AuthResult.SUCCESS, True), (AuthResult.FAILURE, True)]
 
 
+def test_a_mechanism_a_reload_takes_away_is_refused_on_an_open_connection() -> None:
+    """The MECH lines are the handshake's (Dovecot sends them only then, and
+    Postfix reads them once per connection), but a reload that removes LOGIN
+    turns it off on the connections already open too: Postfix keeps its
+    connection for hours, and they kept answering LOGIN. One a reload adds is
+    for new connections (their handshake lists it)."""
+    async def go() -> tuple[FakeTransport, FakeTransport]:
+        the_door = door(FakeLogin())
+        conn = dovecot_door.DovecotConnection(the_door)
+        t = FakeTransport()
+        conn.connection_made(cast(asyncio.Transport, t))
+        assert b"MECH\tLOGIN\tplaintext\n" in t.out
+        t.out = b""
+        the_door.cfg.auth.mechanisms = ["PLAIN", "CRAM-MD5"]  # the reload
+        conn.data_received(HELLO + b"AUTH\t1\tLOGIN\tservice=smtp\trip=192.0.2.7\tsecured\n"
+                           b"AUTH\t2\tCRAM-MD5\tservice=smtp\trip=192.0.2.7\tsecured\n"
+                           b"AUTH\t3\tPLAIN\tservice=smtp\trip=192.0.2.7\tsecured\tresp="
+                           + plain(PASSWORD) + b"\n")
+        await settle()
+        new = FakeTransport()
+        dovecot_door.DovecotConnection(the_door).connection_made(cast(asyncio.Transport, new))
+        return t, new
+
+    t, new = asyncio.run(go())
+    assert t.out == (b"FAIL\t1\treason=Unsupported authentication mechanism\n"
+                     b"FAIL\t2\treason=Unsupported authentication mechanism\n"
+                     + f"OK\t3\tuser={USER}\n".encode())
+    assert b"MECH\tCRAM-MD5" in new.out and b"MECH\tLOGIN" not in new.out
+
+
 def test_a_backend_fault_closes_the_connection_without_a_fail_line() -> None:
     async def go() -> tuple[FakeTransport, FakeLogin]:
         login = FakeLogin()

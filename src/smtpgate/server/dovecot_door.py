@@ -23,6 +23,7 @@ from smtpgate import metrics
 from smtpgate.auth.login import LoginAttempt, temporary_answer
 from smtpgate.auth.oauth import error_reply_fields
 from smtpgate.auth.service import AuthContext
+from smtpgate.config import Config
 from smtpgate.frontdoor.dovecot import (
     NEED_DATA,
     AuthRequest,
@@ -59,30 +60,44 @@ def protocol_factory(door: FrontDoor) -> Callable[[], asyncio.BaseProtocol]:
 
 
 def settings_for(door: FrontDoor) -> DovecotSettings:
-    """The engine's settings from the door's current configuration."""
-    cfg = door.cfg
-    wanted = {m.upper() for m in cfg.auth.mechanisms} - cfg.accounts.withheld_mechanisms
-    hostname, secret = cfg.hostname, door.secret
-    iterations = cfg.accounts.scram_iterations
-    scope, openid = error_reply_fields(cfg.auth)
-
-    def factory(name: str) -> ServerMechanism:
-        return create_server_mechanism(
-            name,
-            channel_binding=NO_CHANNEL_BINDING,
-            hostname=hostname,
-            decoy_secret=secret,
-            decoy_iterations=iterations,
-            oauth_scope=scope,
-            openid_configuration=openid,
-        )
-
+    """The engine's settings from the door's current configuration. The MECH lines
+    are sent once, at the handshake (Dovecot's protocol has no later list, and
+    Postfix reads it once per connection); each request's mechanism is made under
+    the configuration current then (`_mechanism`)."""
     return DovecotSettings(
-        mechanisms=tuple(m for m in server_mechanism_names() if m in wanted),
-        mechanism_factory=factory,
+        mechanisms=_offered(door.cfg),
+        mechanism_factory=lambda name: _mechanism(door, name),
         spid=str(os.getpid()),
         cuid=str(next(_CUID)),
         cookie=secrets.token_hex(16),
+    )
+
+
+def _offered(cfg: Config) -> tuple[str, ...]:
+    """The mechanisms ``cfg`` offers on the door, in the registry's order."""
+    wanted = {m.upper() for m in cfg.auth.mechanisms} - cfg.accounts.withheld_mechanisms
+    return tuple(m for m in server_mechanism_names() if m in wanted)
+
+
+def _mechanism(door: FrontDoor, name: str) -> ServerMechanism:
+    """The server mechanism for one request, under the configuration current now.
+    A mechanism a reload took away is refused (KeyError: ``FAIL ... Unsupported
+    authentication mechanism``) on connections opened before it too, which still
+    list it: an MTA keeps its connection for hours, and an administrator who
+    turns a mechanism off expects it off (one a reload adds is offered on new
+    connections only)."""
+    cfg = door.cfg
+    if name not in _offered(cfg):
+        raise KeyError(name)
+    scope, openid = error_reply_fields(cfg.auth)
+    return create_server_mechanism(
+        name,
+        channel_binding=NO_CHANNEL_BINDING,
+        hostname=cfg.hostname,
+        decoy_secret=door.secret,
+        decoy_iterations=cfg.accounts.scram_iterations,
+        oauth_scope=scope,
+        openid_configuration=openid,
     )
 
 

@@ -997,25 +997,8 @@ class ServerEngine:
         chunk = bytes(self._inbuf)
         self._inbuf.clear()
         out, end, leftover = data.feed(chunk)
-        event: Event | None = None
-        if not self._aborted:
-            ended = header.feed(out)
-            reason = ("message too big" if data.too_big
-                      else "bare CR or LF" if data.doomed
-                      else "header section too big" if header.too_big
-                      else "NUL in the header section"
-                      if (ended or end is not None) and header.has_nul
-                      else "message begins with white space" if header.folded_start
-                      else "too many Received fields (mail loop)"
-                      if (ended or end is not None) and header.too_many_hops
-                      else "")
-            if reason:
-                self._aborted = True
-                event = MessageAborted(reason)
-            elif ended and self.settings.note_missing_fields:
-                event = MessageData(out, header.missing())
-            elif out:
-                event = MessageData(out)
+        event = self._content_event(out, header, too_big=data.too_big, doomed=data.doomed,
+                                    at_end=end is not None)
         if end is None:
             return event
         self._inbuf += leftover
@@ -1024,6 +1007,32 @@ class ServerEngine:
             return final
         self._emit = final
         return event
+
+    def _content_event(self, out: bytes, header: HeaderSection, *, too_big: bool,
+                       doomed: bool, at_end: bool) -> Event | None:
+        """What content of a DATA or BDAT message that became final (``out``) is
+        told as: a `MessageData`, or, the first time the message shows it cannot be
+        accepted, one `MessageAborted` and nothing after it. ``at_end``: the
+        message's last octet is in ``out`` (a check of the whole header section
+        may then run on a header that never ended)."""
+        if self._aborted:
+            return None
+        ended = header.feed(out)
+        whole = ended or at_end
+        reason = ("message too big" if too_big
+                  else "bare CR or LF" if doomed
+                  else "header section too big" if header.too_big
+                  else "NUL in the header section" if whole and header.has_nul
+                  else "message begins with white space" if header.folded_start
+                  else "too many Received fields (mail loop)"
+                  if whole and header.too_many_hops
+                  else "")
+        if reason:
+            self._aborted = True
+            return MessageAborted(reason)
+        if ended and self.settings.note_missing_fields:
+            return MessageData(out, header.missing())
+        return MessageData(out) if out else None
 
     def _end_of_data(self, end: DataEnd, header: HeaderSection) -> Event | None:
         self._data = self._header = None
@@ -1130,25 +1139,8 @@ class ServerEngine:
         end = chunks.end() if not self._chunk_left and self._chunk_last else None
         if end is not None:
             out += chunks.tail  # a final CRLF the content lacked (bdat.py)
-        event: Event | None = None
-        if not self._aborted:
-            ended = header.feed(out)
-            reason = ("message too big" if chunks.too_big
-                      else "bare CR or LF" if chunks.doomed
-                      else "header section too big" if header.too_big
-                      else "NUL in the header section"
-                      if (ended or end is not None) and header.has_nul
-                      else "message begins with white space" if header.folded_start
-                      else "too many Received fields (mail loop)"
-                      if (ended or end is not None) and header.too_many_hops
-                      else "")
-            if reason:
-                self._aborted = True
-                event = MessageAborted(reason)
-            elif ended and self.settings.note_missing_fields:
-                event = MessageData(out, header.missing())
-            elif out:
-                event = MessageData(out)
+        event = self._content_event(out, header, too_big=chunks.too_big,
+                                    doomed=chunks.doomed, at_end=end is not None)
         if self._chunk_left:
             return event
         final: Event | None = None

@@ -764,3 +764,106 @@ def test_a_database_that_accepts_and_never_answers_costs_one_login_its_timeout_n
         assert pg_server.proc is not None and pg_server.proc.poll() is None
     finally:
         proxy.close()
+
+
+# --- TLS to the database --------------------------------------------------------------------
+
+
+def _set_dsn(srv: Server, dsn: str) -> None:
+    text = srv.config.read_text()
+    srv.config.write_text(re.sub(r'(?m)^dsn = ".*"$', lambda _: f'dsn = "{dsn}"', text))
+
+
+def _refused_at_start_naming_the_dsn(srv: Server, reason: str) -> None:
+    """serve stops at start-up and config check says error, both with libpq's reason."""
+    out = serve_once(srv)
+    assert out.returncode == 2, out.stderr
+    assert "cannot start: accounts.postgresql.dsn" in out.stderr and reason in out.stderr
+    check = srv.cli("config", "check", check=False)
+    text = check.stdout + check.stderr
+    assert check.returncode == 1 and "error: accounts.postgresql.dsn" in text, text
+    assert reason in text and "454" not in text, text
+
+
+def test_sslmode_require_against_a_server_without_tls_stops_serve_not_454_for_good(
+    pg_server: Server,
+) -> None:
+    """libpq's "server does not support SSL, but SSL was required" made PQping
+    report no response, so it was taken for an outage: serve started and answered
+    every login 454 4.7.0 for good, config check said OK. The server answers a bare
+    startup packet, so the configuration is what is wrong."""
+    pg_server.cli("db", "migrate")
+    dsn = re.search(r'(?m)^dsn = "(.*)"$', pg_server.config.read_text())
+    assert dsn is not None
+    _set_dsn(pg_server, dsn.group(1) + "?sslmode=require")
+    _refused_at_start_naming_the_dsn(pg_server, "server does not support SSL")
+
+
+class TLSCluster(PostgresCluster):
+    """A private server with TLS on, its certificate self-signed for 127.0.0.1."""
+
+    def start(self) -> None:
+        crt, key = self.data / "server.crt", self.data / "server.key"
+        if not crt.exists():
+            self.ca = self.root / "db-ca.pem"
+            _self_signed(crt, key, "127.0.0.1", "IP:127.0.0.1")
+            self.ca.write_bytes(crt.read_bytes())
+            if os.geteuid() == 0:
+                for path in (crt, key):
+                    os.chown(path, *_postgres_ids())
+        options = (f"-c listen_addresses=127.0.0.1 -p {self.port} "
+                   f"-c unix_socket_directories={self.root} -c fsync=off "
+                   "-c max_connections=20 -c shared_buffers=16MB -c ssl=on")
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "server.log"),
+                  "-o", options, "-w", "-t", "60", "start")
+
+
+def _postgres_ids() -> tuple[int, int]:
+    import pwd
+    entry = pwd.getpwnam("postgres")
+    return entry.pw_uid, entry.pw_gid
+
+
+def _self_signed(crt: Path, key: Path, name: str, san: str) -> None:
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-keyout", str(key), "-out", str(crt), "-days", "2", "-subj", f"/CN={name}",
+         "-addext", f"subjectAltName={san}"],
+        check=True, capture_output=True, timeout=60)
+    key.chmod(0o600)
+
+
+def test_a_database_certificate_that_fails_verification_stops_serve_not_454_for_good(
+    tmp_path: Path,
+) -> None:
+    """sslmode=verify-full with sslrootcert naming another CA, or a file that is not
+    there: PQping failed the handshake as it would a silent server, so serve started
+    and answered 454 4.7.0 for good. Now both stop it at start-up naming the key; the
+    right CA still serves."""
+    tls = TLSCluster(require_postgres())
+    try:
+        srv = make_server(tmp_path / "srv")
+        tls.write_password_file(srv.root)
+        base = tls.create_database()
+        set_accounts(srv, "postgresql", (
+            "[accounts.postgresql]\n"
+            f'dsn = "{base}?sslmode=verify-full&sslrootcert={tls.ca}"\n'
+            'password_file = "pg.password"\n'
+        ))
+        srv.cli("db", "migrate")
+        srv.add_user(USER, PASSWORD)
+        other = tmp_path / "other-ca.pem"
+        _self_signed(other, tmp_path / "other-ca.key", "another CA", "DNS:ca.example.org")
+        _set_dsn(srv, f"{base}?sslmode=verify-full&sslrootcert={other}")
+        _refused_at_start_naming_the_dsn(srv, "certificate verify failed")
+        _set_dsn(srv, f"{base}?sslmode=verify-full&sslrootcert={tmp_path / 'missing.pem'}")
+        _refused_at_start_naming_the_dsn(srv, "missing.pem")
+        _set_dsn(srv, f"{base}?sslmode=verify-full&sslrootcert={tls.ca}")
+        srv.start()
+        try:
+            assert login(srv, "127.0.0.2", USER, PASSWORD).startswith("235")
+        finally:
+            srv.stop()
+    finally:
+        tls.destroy()
+

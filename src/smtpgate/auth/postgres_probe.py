@@ -58,6 +58,21 @@ def answers(dsn: str, timeout: float) -> bool:
         return False
 
 
+def first_answer(dsn: str, timeout: float) -> str | None:
+    """The server's first answer to a startup packet: the SQLSTATE it refuses with,
+    "" if it asks to authenticate (or refuses without a code); None if it says
+    nothing within ``timeout`` or cannot be asked this way (several hosts, no user
+    in the DSN). Never raises."""
+    target = _target(dsn)
+    if target is None:
+        return None
+    try:
+        answer = _exchange(*target, timeout)
+    except (OSError, ValueError):
+        return None
+    return (_sqlstate(answer) or "") if answer else None
+
+
 def _target(dsn: str) -> tuple[str, int, str, str] | None:
     """Host, port, user and database of a DSN with one host and a user; else None."""
     try:

@@ -13,6 +13,7 @@ SQLite schema in PostgreSQL's own types (``timestamptz``, ``boolean``, ``jsonb``
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -23,7 +24,7 @@ from psycopg.rows import dict_row
 
 from smtpgate.auth.directory import StoreUnavailable
 from smtpgate.auth.names import unified_spelling
-from smtpgate.auth.postgres_probe import refusal_sqlstate
+from smtpgate.auth.postgres_probe import first_answer, refusal_sqlstate
 from smtpgate.auth.sqlite_file import NewerSchema
 from smtpgate.config import PostgresConfig
 
@@ -67,6 +68,7 @@ class PostgresReadOnly(StoreUnavailable):
 
 #: SQLSTATE read_only_sql_transaction.
 READ_ONLY = "25006"
+
 
 
 class PostgresSchemaTooNew(StoreUnavailable, NewerSchema):
@@ -365,6 +367,21 @@ def _answers(pg: PostgresConfig) -> bool:
     return ping(info) in (pq.Ping.OK, pq.Ping.NO_ATTEMPT)
 
 
+def _there_without_tls(pg: PostgresConfig) -> bool:
+    """Whether a server that ``PQping`` heard nothing from answers a bare startup
+    packet (no TLS, no password) after all, other than with an outage's refusal
+    (starting up, full). ``PQping`` speaks TLS as the DSN says, so a certificate
+    that fails verification (another CA, another name), a missing ``sslrootcert``
+    or client certificate, or ``sslmode=require`` against a server without TLS
+    failed it like a silent server: taken for an outage, ``serve`` started and
+    answered every login 454 4.7.0 for good, and ``config check`` said OK, where
+    the server did answer and the configuration can never work. Asked only after a
+    connection that failed quickly: a server too slow to let libpq in within its
+    timeout, which may answer this packet, is an outage."""
+    answer = first_answer(pg.dsn, max(1.0, pg.timeout))
+    return answer is not None and not (answer and outage_state(answer))
+
+
 def ping(info: str) -> pq.Ping:
     """libpq's ``PQping`` of the connection string ``info`` (no password in it)."""
     return pq.Ping(pq.PGconn.ping(info.encode()))
@@ -388,15 +405,19 @@ def connect(pg: PostgresConfig, *, classify: bool = True) -> psycopg.Connection[
     tries = 2
     while True:
         tries -= 1
+        started = time.monotonic()
         try:
             return psycopg.connect(pg.dsn, row_factory=dict_row, **kwargs)
         except psycopg.Error as e:
             error = e
+        # A connection that failed before its timeout was no timeout: refused, or
+        # answered (a TLS handshake that fails is answered, see _there_without_tls).
+        quick = time.monotonic() - started < kwargs["connect_timeout"]
         if not classify:
             outage = False
         elif error.sqlstate is not None:
             outage = outage_state(error.sqlstate)
-        elif not _answers(pg):
+        elif not _answers(pg) and not (quick and _there_without_tls(pg)):
             outage = True
         elif (refused := refusal_sqlstate(pg.dsn, max(1.0, pg.timeout))) is not None:
             # It answers, but full ("too many clients already", before any

@@ -867,3 +867,35 @@ def test_a_database_certificate_that_fails_verification_stops_serve_not_454_for_
     finally:
         tls.destroy()
 
+
+def test_db_migrate_without_the_right_to_create_says_so_on_one_line_with_what_to_do(
+    tmp_path: Path, cluster: PostgresCluster,
+) -> None:
+    """A database owned by another role (no CREATE in ``public`` since PostgreSQL
+    15): db migrate printed the server's three lines with ``\\x0a`` between them and
+    the hint "check [accounts] in the config". Now one line, and a hint that names
+    what the role lacks and the two ways to give it; with a schema named as the
+    role (first in the default search_path) it migrates."""
+    name = f"other_owner_{os.getpid()}"
+    with cluster.admin() as c:
+        c.execute(f"CREATE DATABASE {name} OWNER postgres")
+    with cluster.admin(name) as c:
+        c.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+    srv = make_server(tmp_path / "srv")
+    cluster.write_password_file(srv.root)
+    set_accounts(srv, "postgresql", (
+        "[accounts.postgresql]\n"
+        f'dsn = "{cluster.dsn(name)}"\n'
+        'password_file = "pg.password"\n'
+    ))
+    out = srv.cli("db", "migrate", check=False)
+    assert out.returncode != 0
+    error = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "permission denied for schema public" in error[0], out.stderr
+    assert "\\x0a" not in out.stderr, out.stderr
+    assert "hint: the role in accounts.postgresql.dsn may not create tables" in out.stderr
+    assert "CREATE SCHEMA smtpgate AUTHORIZATION smtpgate" in out.stderr
+    assert "run db migrate with the DSN of their owner" in out.stderr
+    with cluster.admin(name) as c:
+        c.execute("CREATE SCHEMA smtpgate AUTHORIZATION smtpgate")
+    assert f"schema v0 -> v{SCHEMA_VERSION}, migrated" in srv.cli("db", "migrate").stdout

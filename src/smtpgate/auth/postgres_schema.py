@@ -70,6 +70,21 @@ class PostgresReadOnly(StoreUnavailable):
 READ_ONLY = "25006"
 
 
+class PostgresNoRight(StoreUnavailable):
+    """``db migrate`` may not create the tables (SQLSTATE 42501): the role does not
+    own the database and has no CREATE right on the schema it creates them in (since
+    PostgreSQL 15 nobody but the database's owner may create in ``public``)."""
+
+    hint = ("the role in accounts.postgresql.dsn may not create tables in the first "
+            "schema of its search_path: make it the database's owner, or give it a "
+            "schema of its own (CREATE SCHEMA smtpgate AUTHORIZATION smtpgate); a "
+            "serving role that only reads and writes the tables: run db migrate with "
+            "the DSN of their owner (docs/directories.md, \"PostgreSQL\")")
+
+
+#: SQLSTATE insufficient_privilege.
+NO_RIGHT = "42501"
+
 
 class PostgresSchemaTooNew(StoreUnavailable, NewerSchema):
     """The database was migrated by a newer smtpgate; it is left untouched."""
@@ -453,7 +468,7 @@ def schema_version(pg: PostgresConfig) -> int:
             return current_version(c)
         except psycopg.Error as e:
             kind = PostgresUnreachable if outage_state(e.sqlstate) else StoreUnavailable
-            raise kind(f"{where(pg)}: {str(e).strip()}") from None
+            raise kind(f"{where(pg)}: {one_line(str(e))}") from None
 
 
 def migrate(
@@ -488,8 +503,10 @@ def migrate(
                         (version, clock()),
                     )
         except psycopg.Error as e:
-            kind = PostgresReadOnly if e.sqlstate == READ_ONLY else StoreUnavailable
-            raise kind(f"{label}: migration failed: {str(e).strip()}") from None
+            kind = {READ_ONLY: PostgresReadOnly, NO_RIGHT: PostgresNoRight}.get(
+                e.sqlstate or "", StoreUnavailable)
+            # One line: the server's message runs over three (the statement, a caret).
+            raise kind(f"{label}: migration failed: {one_line(str(e))}") from None
     if current < SCHEMA_VERSION:
         log.warning("%s: schema migrated from v%d to v%d", label, current, SCHEMA_VERSION)
     return current, SCHEMA_VERSION

@@ -899,3 +899,27 @@ def test_db_migrate_without_the_right_to_create_says_so_on_one_line_with_what_to
     with cluster.admin(name) as c:
         c.execute("CREATE SCHEMA smtpgate AUTHORIZATION smtpgate")
     assert f"schema v0 -> v{SCHEMA_VERSION}, migrated" in srv.cli("db", "migrate").stdout
+
+
+def test_a_user_command_cancelled_on_a_lock_names_the_lock_not_the_dsn(
+    pg_server: Server, cluster: PostgresCluster,
+) -> None:
+    """`smtpgate user add` while another session holds a lock on the accounts (a
+    LOCK TABLE left open in psql, a VACUUM FULL): the server cancels it after
+    `timeout`, and the hint said to check the DSN, the password file and whether
+    the server runs, all fine. It now names the lock and where to see it."""
+    _short_timeout(pg_server)
+    found = re.search(r'dsn = "[^"]*/(\w+)"', pg_server.config.read_text())
+    assert found is not None
+    pg_server.cli("db", "migrate")
+    with cluster.admin(found.group(1)) as locker:
+        locker.autocommit = False
+        locker.execute("LOCK TABLE accounts IN ACCESS EXCLUSIVE MODE")
+        out = pg_server.cli("user", "add", USER, "--password-stdin", stdin=PASSWORD + "\n",
+                            check=False)
+        locker.rollback()
+    assert out.returncode != 0
+    assert "canceling statement due to statement timeout" in out.stderr, out.stderr
+    assert "hint: a statement ran longer than accounts.postgresql.timeout" in out.stderr
+    assert "pg_locks" in out.stderr and "password_file" not in out.stderr, out.stderr
+    pg_server.add_user(USER, PASSWORD)

@@ -70,6 +70,22 @@ class PostgresReadOnly(StoreUnavailable):
 READ_ONLY = "25006"
 
 
+class PostgresCancelled(StoreUnavailable):
+    """The server cancelled a statement (SQLSTATE 57014): it ran past the
+    ``statement_timeout`` every connection sets to ``timeout``, mostly waiting on a
+    lock another session holds, or an administrator cancelled it. The generic hint
+    sent the administrator to the DSN and the password, which were fine."""
+
+    hint = ("a statement ran longer than accounts.postgresql.timeout and the server "
+            "cancelled it: another session may hold a lock on smtpgate's tables (a "
+            "LOCK TABLE, VACUUM FULL, ALTER TABLE or an open transaction; see pg_locks "
+            "and pg_stat_activity); try again once it is released")
+
+
+#: SQLSTATE query_canceled.
+CANCELLED = "57014"
+
+
 class PostgresNoRight(StoreUnavailable):
     """``db migrate`` may not create the tables (SQLSTATE 42501): the role does not
     own the database and has no CREATE right on the schema it creates them in (since

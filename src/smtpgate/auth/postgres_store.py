@@ -99,8 +99,10 @@ from smtpgate.auth.outage_log import OutageLog
 from smtpgate.auth.passwords import PasswordHasher, StoredHashError
 from smtpgate.auth.postgres_probe import answers
 from smtpgate.auth.postgres_schema import (
+    CANCELLED,
     READ_ONLY,
     SCHEMA_VERSION,
+    PostgresCancelled,
     PostgresReadOnly,
     PostgresSchemaTooNew,
     PostgresUnreachable,
@@ -910,7 +912,8 @@ class PostgresAccountStore:
                 self._outage.failed(cause)
                 if e.sqlstate is None:  # no answer (a lock's timeout is one: 57014)
                     self._fail_fast.failed(cause)
-            kind = PostgresReadOnly if e.sqlstate == READ_ONLY else StoreUnavailable
+            kind = {READ_ONLY: PostgresReadOnly, CANCELLED: PostgresCancelled}.get(
+                e.sqlstate or "", StoreUnavailable)
             raise kind(f"{self._label}: {cause}") from None
         self._outage.answered()
         self._fail_fast.answered()

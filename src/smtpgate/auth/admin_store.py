@@ -19,7 +19,7 @@ admin service's (``smtpgate/admin.py``), written once for every backend.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -32,6 +32,7 @@ from smtpgate.auth.directory import (
     CertificateRecord,
     StoreError,
 )
+from smtpgate.auth.names import look_alike, look_alike_key, look_alike_letters
 
 
 class AccountExists(StoreError):
@@ -375,9 +376,11 @@ def case_twin_params(address: str, owner: str) -> tuple[str, ...]:
     return (address, address, owner, address, address, owner)
 
 
-def refuse_taken_name(key: str, alias_of: Sequence[object] | None, twin: str | None) -> None:
+def refuse_taken_name(key: str, alias_of: Sequence[object] | None, twin: str | None,
+                      look_alike_of: str | None = None) -> None:
     """A new account's name must be no other account's alias (the alias's holder
-    would send as it) nor another name but for letter case (the stores' ``_case_twin``).
+    would send as it), nor another name but for letter case (the stores' ``_case_twin``),
+    nor one that reads the same (``LookAlikes``).
 
     Raises:
         AccountExists: it is one of those.
@@ -387,3 +390,50 @@ def refuse_taken_name(key: str, alias_of: Sequence[object] | None, twin: str | N
                             f"(smtpgate user alias remove {alias_of[0]} {key})")
     if twin is not None:
         raise AccountExists(f"{key} differs from {twin} only in letter case")
+    if look_alike_of is not None:
+        raise AccountExists(look_alike_refusal(key, look_alike_of))
+
+
+def look_alike_refusal(address: str, twin: str) -> str:
+    """Why ``address`` may not be a new account or alias beside ``twin``."""
+    return (f"{address} reads the same as {twin} (look-alike characters: "
+            f"{look_alike_letters(address, twin)}), so either could pass for the other "
+            "in a mail reader")
+
+
+#: Every account name and every alias, each with its account (``LookAlikes``).
+ALL_NAMES_QUERY = ("SELECT name AS address, name AS owner FROM accounts "
+                   "UNION ALL SELECT address, account FROM aliases")
+
+
+class LookAlikes:
+    """The account names and aliases of a store by ``look_alike_key``, for one
+    writer (one transaction): read once when first asked (``ALL_NAMES_QUERY``),
+    then kept up to date by the writer, so that an import of many accounts
+    compares each with every other and with those it made, in one scan.
+
+    An account whose name reads as another's (``аlice@example.org`` with the
+    Cyrillic a beside ``alice@example.org``) sends mail whose From no reader
+    can tell from alice's, and an administrator sees two alices in ``user
+    list``; so does an alias that reads as another account's name or alias.
+    Postfix, Dovecot and mox check nothing of the kind (their names are the
+    keys of tables the administrator writes); UTS #39 §4 is what browsers
+    and registries use against the same trick on domain names.
+    """
+
+    def __init__(self, rows: Iterable[tuple[str, str]]) -> None:
+        self._by_key: dict[str, list[tuple[str, str]]] = {}
+        for address, owner in rows:
+            self.add(address, owner)
+
+    def add(self, address: str, owner: str) -> None:
+        """``address`` is now a name (``owner`` itself) or an alias of ``owner``."""
+        self._by_key.setdefault(look_alike_key(address), []).append((address, owner))
+
+    def twin(self, address: str, owner: str = "") -> str | None:
+        """Another account's name or alias that reads as ``address``; ``owner``'s
+        own names may (an account may be given the look-alike of its own name)."""
+        for other, who in self._by_key.get(look_alike_key(address), ()):
+            if who != owner and look_alike(address, other):
+                return other
+        return None

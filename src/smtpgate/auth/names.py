@@ -273,3 +273,53 @@ def _check_domain(domain: str) -> None:
             raise InvalidAccountName(f"domain {domain!r} holds a character not allowed")
         if label.startswith("-") or label.endswith("-"):
             raise InvalidAccountName(f"domain label {label!r} starts or ends with '-'")
+
+
+#: Letters of other scripts, and Latin variants, that mail readers draw as a
+#: lower-case ASCII letter: the entries of Unicode's confusables.txt (UTS #39
+#: §4) for the lower-case letters of Cyrillic, Greek, Armenian and Georgian and
+#: for Latin's dotless i, script a and g, iota, dental click and dotless j (a
+#: name is lower case by the time it is compared). Compatibility characters
+#: (full-width and mathematical letters) are not listed: NFKD takes them to
+#: ASCII first.
+_LOOK_ALIKES = str.maketrans(
+    "асԁеҽһіӏјорԛѕԝѡхуүѵг"  # Cyrillic
+    "αγινορσυϱϲϳ"  # Greek
+    "ագզհոռսցքօ"  # Armenian
+    "ყ"  # Georgian
+    "ıɑɡɩǀȷ",  # Latin
+    "acdeehiijopqswwxyyvr"
+    "ayivopoupcj"
+    "wqqhnnugfo"
+    "y"
+    "iagilj",
+)
+
+
+def look_alike_key(name: str) -> str:
+    """``name`` (canonical) as a reader sees it: compatibility characters decomposed
+    (NFKD), each look-alike letter as the ASCII one it passes for, marks in
+    canonical order (NFD); UTS #39's skeleton for the letters that matter here.
+    ``jӧrg`` (Cyrillic o with diaeresis) has the key of ``jörg``."""
+    if name.isascii():
+        return name
+    folded = unicodedata.normalize("NFKD", name).translate(_LOOK_ALIKES)
+    return unicodedata.normalize("NFD", folded)
+
+
+def look_alike(a: str, b: str) -> bool:
+    """True when the canonical names ``a`` and ``b`` differ but read the same
+    (``look_alike_key``), and one of them holds a character that is not ASCII.
+
+    Two ASCII names that differ are always two names, as in every mail system:
+    ``user1`` and ``userl`` are for the administrator's font to tell apart.
+    A non-ASCII letter drawn as an ASCII one (``аlice`` with the Cyrillic a)
+    is another matter: nothing on the screen says it is not ``alice``."""
+    return a != b and not (a.isascii() and b.isascii()) and look_alike_key(a) == look_alike_key(b)
+
+
+def look_alike_letters(a: str, b: str) -> str:
+    """The characters not ASCII that make ``a`` and ``b`` (a look-alike pair)
+    differ, by code point and name, for an error message."""
+    odd = dict.fromkeys(c for c in a + b if not c.isascii() and (c not in a or c not in b))
+    return ", ".join(f"U+{ord(c):04X} {unicodedata.name(c, '?')}" for c in odd)

@@ -78,15 +78,18 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from smtpgate.auth.admin_store import (
+    ALL_NAMES_QUERY,
     AccountExists,
     AdminLogEntry,
     AliasTaken,
     AuditActor,
     CertificateTaken,
+    LookAlikes,
     NoSuchAccount,
     WebAdmin,
     case_twin_params,
     case_twin_query,
+    look_alike_refusal,
     refuse_taken_name,
     update_web_admin_row,
 )
@@ -285,6 +288,7 @@ class _PgWriter:
         self._c = c
         self._actor = actor
         self._now = now
+        self._look_alikes: LookAlikes | None = None
 
     # --- plumbing ---------------------------------------------------------------------
 
@@ -300,6 +304,18 @@ class _PgWriter:
         """As `SqliteAccountStore._case_twin` (``case_twin_query``)."""
         row = self._c.execute(_CASE_TWIN, case_twin_params(address, owner)).fetchone()
         return None if row is None else str(row["twin"])
+
+    def _look_alike(self, address: str, owner: str = "") -> str | None:
+        """As `_SqliteWriter._look_alike` (``LookAlikes``)."""
+        if self._look_alikes is None:
+            self._look_alikes = LookAlikes(
+                (str(r["address"]), str(r["owner"])) for r in self._c.execute(ALL_NAMES_QUERY))
+        return self._look_alikes.twin(address, owner)
+
+    def _named(self, address: str, owner: str) -> None:
+        """``address`` was made a name or alias of ``owner`` in this transaction."""
+        if self._look_alikes is not None:
+            self._look_alikes.add(address, owner)
 
     def _existing(self, name: str) -> str:
         key = _key(name)
@@ -350,7 +366,7 @@ class _PgWriter:
         alias_of = self._c.execute(
             "SELECT account FROM aliases WHERE address = %s", (key,)).fetchone()
         refuse_taken_name(key, None if alias_of is None else (alias_of["account"],),
-                          self._case_twin(key))
+                          self._case_twin(key), self._look_alike(key))
         wanted = dict(creds)
         if not cram_md5_enabled:
             wanted.pop(CRAM_MD5, None)
@@ -364,6 +380,7 @@ class _PgWriter:
                 )
         except errors.UniqueViolation:
             raise AccountExists(f"account {key} already exists") from None
+        self._named(key, key)
         _insert_credentials(self._c, key, wanted, self._now)
         self._audit("account created", key, {
             "password": "set" if wanted else "none",
@@ -374,6 +391,7 @@ class _PgWriter:
     def remove_account(self, name: str) -> None:
         key = self._existing(name)
         self._c.execute("DELETE FROM accounts WHERE name = %s", (key,))
+        self._look_alikes = None  # its names are free again
         self._audit("account removed", key, {})
 
     def replace_credentials(self, name: str, creds: Mapping[str, str]) -> None:
@@ -517,6 +535,8 @@ class _PgWriter:
             raise AliasTaken(f"{alias} is already an alias of {row['account']}")
         if (twin := self._case_twin(alias, key)) is not None:
             raise AliasTaken(f"{alias} differs from {twin} only in letter case")
+        if (twin := self._look_alike(alias, key)) is not None:
+            raise AliasTaken(look_alike_refusal(alias, twin))
         try:
             with self._c.transaction():
                 self._c.execute(
@@ -525,6 +545,7 @@ class _PgWriter:
                 )
         except errors.UniqueViolation:  # another transaction took it meanwhile
             raise AliasTaken(f"{alias} is already an alias of another account") from None
+        self._named(alias, key)
         self._audit("alias added", key, {"alias": alias})
         return True
 
@@ -534,6 +555,7 @@ class _PgWriter:
             "DELETE FROM aliases WHERE address = %s AND account = %s", (alias, key)
         ).rowcount
         if n:
+            self._look_alikes = None
             self._audit("alias removed", key, {"alias": alias})
         return bool(n)
 

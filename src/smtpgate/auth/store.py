@@ -46,6 +46,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from smtpgate.auth.admin_store import (
+    ALL_NAMES_QUERY,
     AccountAdminStore,
     AccountExists,
     AccountStore,
@@ -54,10 +55,12 @@ from smtpgate.auth.admin_store import (
     AliasTaken,
     AuditActor,
     CertificateTaken,
+    LookAlikes,
     NoSuchAccount,
     WebAdmin,
     case_twin_params,
     case_twin_query,
+    look_alike_refusal,
     refuse_taken_name,
     update_web_admin_row,
 )
@@ -410,6 +413,7 @@ class _SqliteWriter:
         self._c = c
         self._actor = actor
         self._now = now
+        self._look_alikes: LookAlikes | None = None
 
     # --- plumbing ---------------------------------------------------------------------
 
@@ -433,6 +437,18 @@ class _SqliteWriter:
         (``case_twin_query``); ``owner``'s own names may differ in case."""
         row = self._c.execute(_CASE_TWIN, case_twin_params(address, owner)).fetchone()
         return None if row is None else str(row[0])
+
+    def _look_alike(self, address: str, owner: str = "") -> str | None:
+        """Another account's name or alias that reads as ``address`` (``LookAlikes``)."""
+        if self._look_alikes is None:
+            self._look_alikes = LookAlikes(
+                (str(r[0]), str(r[1])) for r in self._c.execute(ALL_NAMES_QUERY))
+        return self._look_alikes.twin(address, owner)
+
+    def _named(self, address: str, owner: str) -> None:
+        """``address`` was made a name or alias of ``owner`` in this transaction."""
+        if self._look_alikes is not None:
+            self._look_alikes.add(address, owner)
 
     def _existing(self, name: str) -> str:
         """The account's key; NoSuchAccount if there is none."""
@@ -481,7 +497,7 @@ class _SqliteWriter:
         allowed = _json_list(allowed_mechanisms)
         refuse_taken_name(key, self._c.execute(
             "SELECT account FROM aliases WHERE address = ?", (key,)).fetchone(),
-            self._case_twin(key))
+            self._case_twin(key), self._look_alike(key))
         wanted = dict(creds)
         if not cram_md5_enabled:
             wanted.pop(CRAM_MD5, None)
@@ -494,6 +510,7 @@ class _SqliteWriter:
             )
         except sqlite3.IntegrityError:
             raise AccountExists(f"account {key} already exists") from None
+        self._named(key, key)
         _insert_credentials(self._c, key, wanted, self._now)
         self._audit("account created", key, {
             "password": "set" if wanted else "none",
@@ -504,6 +521,7 @@ class _SqliteWriter:
     def remove_account(self, name: str) -> None:
         key = self._existing(name)
         self._c.execute("DELETE FROM accounts WHERE name = ?", (key,))
+        self._look_alikes = None  # its names are free again
         self._audit("account removed", key, {})
 
     def replace_credentials(self, name: str, creds: Mapping[str, str]) -> None:
@@ -647,10 +665,13 @@ class _SqliteWriter:
             raise AliasTaken(f"{alias} is already an alias of {row[0]}")
         if (twin := self._case_twin(alias, key)) is not None:
             raise AliasTaken(f"{alias} differs from {twin} only in letter case")
+        if (twin := self._look_alike(alias, key)) is not None:
+            raise AliasTaken(look_alike_refusal(alias, twin))
         self._c.execute(
             "INSERT INTO aliases (address, account, created) VALUES (?, ?, ?)",
             (alias, key, self._now),
         )
+        self._named(alias, key)
         self._audit("alias added", key, {"alias": alias})
         return True
 
@@ -660,6 +681,7 @@ class _SqliteWriter:
             "DELETE FROM aliases WHERE address = ? AND account = ?", (alias, key)
         ).rowcount
         if n:
+            self._look_alikes = None
             self._audit("alias removed", key, {"alias": alias})
         return bool(n)
 

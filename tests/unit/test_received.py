@@ -149,3 +149,24 @@ def test_an_account_name_with_parentheses_stays_inside_its_comment(smtputf8: boo
     assert len(comments) == 1
     unescaped = re.sub(r"\\(.)", r"\1", comments[0].strip()[1:-1])
     assert unescaped == "Authenticated sender: a)b(c\\d@example.org"
+
+
+@pytest.mark.parametrize(("helo", "shown"), [
+    ("münchen.example", "xn--mnchen-3ya.example"),
+    ("MÜNCHEN.example", "xn--mnchen-3ya.example"),
+    ("mu\u0308nchen.example", "xn--mnchen-3ya.example"),  # NFD: one name
+    ("mail.bücher.example", "mail.xn--bcher-kva.example"),
+    ("xn--mnchen-3ya.example", "xn--mnchen-3ya.example"),
+    ("mü\u202enchen.example", "m??nchen.example"),  # a bidi override is no label
+])
+def test_an_internationalised_helo_is_written_with_a_labels(helo: str, shown: str) -> None:
+    """``EHLO münchen.example`` was written ``from m?nchen.example``, a name of no
+    host (found by the h29i18n review with a real server and smtplib); its A-label
+    spelling names the same domain in any message, SMTPUTF8 or not."""
+    for smtputf8 in (False, True):
+        raw = received_header(
+            helo=helo, client_ip="192.0.2.1", hostname="mx.example.org", esmtp=True,
+            tls_version=None, cipher=None, identity="", queue_hint="abc", timestamp=0,
+            smtputf8=smtputf8,
+        ).decode()
+        assert raw.startswith(f"Received: from {shown} ([192.0.2.1])\r\n")

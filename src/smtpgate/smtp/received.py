@@ -5,6 +5,7 @@ from __future__ import annotations
 import email.header
 import email.utils
 import re
+import unicodedata
 from datetime import UTC, datetime
 from functools import lru_cache
 
@@ -16,6 +17,24 @@ _UNSAFE = re.compile(r"[^\x21-\x7e]")
 #: field no longer parses as a Received (§3.6.7); square brackets stay for an
 #: address literal.
 _HELO_UNSAFE = re.compile(r'[^\x21-\x7e]|[();\\"]')
+
+
+def _helo_shown(helo: str) -> str:
+    """The client's HELO as the "from" clause writes it: an internationalised
+    name (``EHLO münchen.example``, which smtpgate takes) with each non-ASCII
+    label as its A-label (``xn--mnchen-3ya.example``, RFC 5890 §2.3.2.1), the
+    spelling of that domain every message may carry, with SMTPUTF8 or without;
+    until the h29i18n review it was ``m?nchen.example``, a name of no host. A
+    label that is not letters, digits and hyphens (a bidi control, a symbol)
+    is no domain label: it stays, and loses what ``_HELO_UNSAFE`` strips."""
+    if helo.isascii():
+        return helo
+    labels = helo.split(".")
+    for i, label in enumerate(labels):
+        name = unicodedata.normalize("NFC", label.lower())
+        if not label.isascii() and all(c == "-" or c.isalnum() for c in name):
+            labels[i] = "xn--" + name.encode("punycode").decode("ascii")
+    return ".".join(labels)
 
 
 @lru_cache(maxsize=4)
@@ -96,10 +115,11 @@ def received_header(
     RFC 3848), as Postfix's with ``smtpd_sasl_authenticated_header = no``, and the
     login, half of what a guesser needs and of no use to a recipient, stays in the
     server's own log. The client-supplied HELO is stripped of
-    anything that is not printable ASCII, and of comment and clause delimiters, so
+    anything that is not printable ASCII (an internationalised name is written
+    with A-labels first), and of comment and clause delimiters, so
     it can neither break the header nor add words that look like the server's.
     """
-    helo_safe = _HELO_UNSAFE.sub("?", helo)[:255] or "unknown"
+    helo_safe = _HELO_UNSAFE.sub("?", _helo_shown(helo))[:255] or "unknown"
     with_kw = protocol_keyword(esmtp, tls_version is not None, bool(identity), smtputf8)
     lines = [f"Received: from {helo_safe} ({_address_literal(client_ip)})"]
     if identity and show_login:

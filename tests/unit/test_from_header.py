@@ -158,3 +158,26 @@ def test_resent_from_in_log_mode_is_logged_not_refused(caplog: pytest.LogCapture
         assert refusal(f"Resent-From: {FORGED}\r\nFrom: {OWNER}\r\n",
                        PolicyConfig(from_header="log")) is None
     assert f"Resent-From: {FORGED} not owned by the account (logged only)" in caplog.text
+
+
+def test_an_encoded_display_name_beside_a_utf8_address_is_read() -> None:
+    """RFC 2047 encoded words and RFC 6532 UTF-8 in one From: the stdlib's
+    ``make_header`` read the text between encoded words as ASCII and raised, so
+    ``=?utf-8?q?J=C3=B6rg?= <jörg@münchen.example>`` from jörg@münchen.example was
+    unreadable and refused 550 5.7.1 (found by the h29i18n review with a real
+    server and smtplib)."""
+    jorg = SenderProfile("j\u00f6rg@m\u00fcnchen.example")
+
+    def refused(value: str) -> R.Reply | None:
+        header = f"From: {value}\r\nSubject: hi\r\n".encode()
+        return from_header_refusal(jorg, header, ENFORCE, where="s1 192.0.2.7")
+
+    assert refused("=?utf-8?q?J=C3=B6rg?= <j\u00f6rg@m\u00fcnchen.example>") is None
+    assert refused("=?utf-8?b?SsO2cmc=?= <j\u00f6rg@xn--mnchen-3ya.example>") is None
+    # An address in an encoded word is still found, with UTF-8 text around it.
+    assert refused("=?utf-8?q?ceo=40bank.example?= <j\u00f6rg@m\u00fcnchen.example>") \
+        == R.FROM_NOT_OWNED
+    assert refused("J\u00f6rg (=?utf-8?q?ceo=40bank.example?=) <j\u00f6rg@m\u00fcnchen.example>") \
+        == R.FROM_NOT_OWNED
+    # A charset no one knows is unreadable, as before.
+    assert refused("=?x-nonesuch?q?J=F6rg?= <j\u00f6rg@m\u00fcnchen.example>") == R.FROM_NOT_OWNED

@@ -229,7 +229,7 @@ def _parsed_addresses(value: str, name: str) -> tuple[str, ...]:
     except Exception:  # noqa: BLE001
         mailboxes, clean, shown = [], False, ""
     try:
-        decoded = str(email.header.make_header(email.header.decode_header(value)))
+        decoded = _decoded_words(value)
     except Exception:  # noqa: BLE001 - as above
         decoded, clean = "", False
     out = list(dict.fromkeys(mailboxes))
@@ -242,6 +242,24 @@ def _parsed_addresses(value: str, name: str) -> tuple[str, ...]:
     if not mailboxes or not clean or "\ufffd" in value:
         out.append("")
     return tuple(dict.fromkeys(out))
+
+
+def _decoded_words(value: str) -> str:
+    """``value`` with its RFC 2047 encoded words decoded, wherever they stand.
+
+    ``make_header`` reads the text between encoded words as ASCII, and RFC 6532
+    lets it be UTF-8: ``=?utf-8?q?J=C3=B6rg?= <jörg@münchen.example>`` (an
+    encoded display name beside a UTF-8 address) raised UnicodeDecodeError, and
+    the From of an account that owned it was unreadable, refused 550 5.7.1
+    (found by the h29i18n review). ``decode_header`` hands that text back in
+    ``raw-unicode-escape``, which gives it back as it was."""
+    if value.isascii():
+        return str(email.header.make_header(email.header.decode_header(value)))
+    return "".join(
+        part if isinstance(part, str)
+        else part.decode(charset or "raw-unicode-escape")
+        for part, charset in email.header.decode_header(value)
+    )
 
 
 def header_from_addresses(message: bytes) -> list[str] | None:

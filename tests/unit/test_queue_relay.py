@@ -320,6 +320,24 @@ async def test_rfc6531_smtputf8_asked_for_but_not_needed_goes_to_a_relay_without
     assert "SMTPUTF8" not in peer.handler.received[0].mail_options
 
 
+async def test_rfc6531_an_idn_domain_goes_to_a_relay_without_smtputf8_as_its_a_labels() -> None:
+    """An address whose only non-ASCII is its domain (bob@bücher.example, typed so in
+    a client that then asks for SMTPUTF8) has an ASCII spelling, the domain's
+    A-labels, which DNS sees anyway: it bounced 5.6.7 at a relay without SMTPUTF8
+    (found by the h29i18n review); it now goes there in that spelling. A UTF-8
+    local part has no such spelling and still bounces (the test above)."""
+    env = Envelope("jorg@M\u00dcnchen.example", ("bob@b\u00fccher.example", "carol@example.net"),
+                   None, "192.0.2.1", "h", "l", smtputf8=True)
+    data = b"From: jorg@xn--mnchen-3ya.example\r\nSubject: hi\r\n\r\nbody\r\n"
+    async with aiosmtpd_peer() as peer:  # aiosmtpd does not offer SMTPUTF8 by default
+        results = await relay(peer.port).deliver(message(env, data), env.rcpt_to)
+    assert all(isinstance(r, Delivered) for r in results.values()), results
+    (got,) = peer.handler.received
+    assert got.mail_from == "jorg@xn--mnchen-3ya.example"
+    assert got.rcpt_tos == ["bob@xn--bcher-kva.example", "carol@example.net"]
+    assert "SMTPUTF8" not in got.mail_options
+
+
 async def test_rfc6531_utf8_header_field_to_a_relay_without_smtputf8_bounces() -> None:
     env = Envelope("alice@example.org", ("bob@example.net",), None, "192.0.2.1", "h", "l",
                    smtputf8=True)

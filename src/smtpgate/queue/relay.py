@@ -53,6 +53,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import unicodedata
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -494,14 +495,15 @@ class RelayDeliverer:
         engine = link.conn.engine
         t = self._t
         try:
-            mail_cmd = engine.mail(message.envelope.mail_from, params)
+            mail_cmd = engine.mail(_on_wire(message.envelope.mail_from, params), params)
         except LocalProtocolError as e:
             raise _Abort(PermFailure(f"5.1.7 cannot send this sender: {e}")) from None
         rcpt_cmds: list[tuple[str, bytes]] = []
         for rcpt in recipients:
             results.pop(rcpt, None)  # a 452 of the transaction before, tried again
             try:
-                rcpt_cmds.append((rcpt, engine.rcpt(rcpt, _rcpt_dsn(message, rcpt, ext))))
+                rcpt_cmds.append((rcpt, engine.rcpt(_on_wire(rcpt, params),
+                                                    _rcpt_dsn(message, rcpt, ext))))
             except LocalProtocolError as e:
                 results[rcpt] = PermFailure(f"5.1.3 cannot send this recipient: {e}")
         if ext.pipelining:
@@ -768,7 +770,8 @@ class RelayDeliverer:
                 raise _Abort(PermFailure(f"5.6.7 {where} does not support SMTPUTF8"))
             # Else asked for but not needed (Go's net/smtp and Jakarta Mail ask on
             # every message): nothing in it is internationalized, so it goes as
-            # plain ESMTP, as Postfix sends it.
+            # plain ESMTP, as Postfix sends it; an internationalized domain in an
+            # address goes as its A-labels (`_on_wire`).
         if ext.has("DSN"):
             # RFC 3461 §4: a next hop that speaks DSN gets the sender's choices.
             if env.dsn_ret is not None:
@@ -800,15 +803,40 @@ async def _reply_if_any(link: _Link) -> ServerReply | None:
 
 def _needs_smtputf8(message: QueuedMessage) -> bool:
     """Whether the message has what RFC 6531 §3.2 keeps from a hop without SMTPUTF8:
-    a non-ASCII envelope address, or a non-ASCII octet in its header section
-    (RFC 6532 header fields; the Received header smtpgate wrote for a UTF-8 account
-    is one). An 8-bit body alone needs 8BITMIME, not SMTPUTF8."""
+    a non-ASCII local part in an envelope address, or a non-ASCII octet in its
+    header section (RFC 6532 header fields; the Received header smtpgate wrote for
+    a UTF-8 account is one). An 8-bit body alone needs 8BITMIME, not SMTPUTF8,
+    and an internationalized domain has an ASCII spelling, its A-labels (RFC 5890
+    §2.3.2.1), which such a hop takes (`_on_wire`): bob@bücher.example, typed so
+    in a client that then asks for SMTPUTF8, bounced 5.6.7 there until the h29i18n
+    review."""
     env = message.envelope
-    if not env.mail_from.isascii() or not all(r.isascii() for r in env.rcpt_to):
+    if not all(_local_part(a).isascii() for a in (env.mail_from, *env.rcpt_to)):
         return True
     data = message.data
     end = 0 if data.startswith(b"\r\n") else data.find(b"\r\n\r\n")
     return not data[: end if end >= 0 else len(data)].isascii()
+
+
+def _local_part(address: str) -> str:
+    return address.rpartition("@")[0]
+
+
+def _on_wire(address: str, params: list[str]) -> str:
+    """``address`` as MAIL or RCPT gives it: as it is in an SMTPUTF8 transaction;
+    without SMTPUTF8 (a hop that does not offer it, `_needs_smtputf8` having found
+    only ASCII local parts) each non-ASCII label of its domain as its A-label,
+    made from the label in lower case and NFC, as DNS sees that domain (RFC 5891
+    §5.3-5.4)."""
+    local, at, domain = address.rpartition("@")
+    if domain.isascii() or "SMTPUTF8" in params:
+        return address
+    labels = [
+        label if label.isascii()
+        else "xn--" + unicodedata.normalize("NFC", label.lower()).encode("punycode").decode("ascii")
+        for label in domain.split(".")
+    ]
+    return f"{local}{at}{'.'.join(labels)}"
 
 
 def _rcpt_dsn(message: QueuedMessage, rcpt: str, ext: Extensions) -> list[str]:

@@ -73,6 +73,7 @@ from smtpgate.auth.imports import ImportEntry
 from smtpgate.auth.names import (
     InvalidAccountName,
     canonical_name,
+    invisible_problem,
     lookup_key,
     mailbox_problem,
     new_account_name,
@@ -262,6 +263,8 @@ def sender_alias(address: str) -> str:
     Raises: InvalidAccountName, saying why and what would do.
     """
     alias = canonical_name(address)
+    if problem := invisible_problem(alias):
+        raise InvalidAccountName(f"{problem}; it cannot be an alias")
     try:
         parse_mailbox(alias, utf8=True)
     except AddressError as e:
@@ -1138,7 +1141,8 @@ class AccountAdmin:
                     if exists:
                         w.replace_credentials(e.name, creds)
                     else:
-                        problem = mailbox_problem(e.name)  # as _sendable_name refuses it
+                        # as _sendable_name refuses it
+                        problem = mailbox_problem(e.name) or invisible_problem(e.name)
                         if problem:
                             created.remove(e)
                             skipped.append((e, problem))

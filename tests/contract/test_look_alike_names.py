@@ -17,7 +17,7 @@ from smtpgate.admin import AccountAdmin
 from smtpgate.auth import postgres_schema, postgres_store
 from smtpgate.auth.admin_store import AccountExists, AccountStore, AliasTaken
 from smtpgate.auth.imports import ImportEntry
-from smtpgate.auth.names import look_alike, look_alike_key
+from smtpgate.auth.names import InvalidAccountName, look_alike, look_alike_key
 from smtpgate.auth.store import SqliteAccountStore
 from smtpgate.config import PostgresConfig
 from tests.contract.directories import ACTOR, CFG
@@ -108,3 +108,18 @@ def test_an_import_refuses_look_alikes_of_each_other_and_of_the_accounts(
     assert [e.name for e in result.created] == ["carol@example.org"]
     assert [(e.line, "reads the same as" in why) for e, why in result.skipped] == [
         (2, True), (3, True)]
+
+
+def test_an_alias_or_import_with_a_character_drawn_as_nothing_is_refused(
+    admin: AccountAdmin,
+) -> None:
+    """``alias add mallory alice<U+034F>@example.org`` (a combining grapheme
+    joiner: no look-alike letter, and not a format character) was taken, and
+    mallory sent as what reads alice@example.org (found by the h29i18n review)."""
+    admin.add_account("mallory@example.org", None)
+    for name in ("alice\u034f@example.org", "alice\u115f@example.org", "bob\u2800@example.org"):
+        with pytest.raises(InvalidAccountName, match="draws as nothing"):
+            admin.add_alias("mallory@example.org", name)
+    entries = [ImportEntry(1, "dave\u17b4@example.org", "plain", password="x")]
+    result = admin.import_accounts(entries, source="test")
+    assert not result.created and "draws as nothing" in result.skipped[0][1]

@@ -7,6 +7,7 @@ import pytest
 from smtpgate.auth.names import (
     InvalidAccountName,
     canonical_name,
+    look_alike_key,
     lookup_key,
     name_key,
     new_account_name,
@@ -133,3 +134,22 @@ def test_a_new_account_name_is_exactly_what_mail_from_takes(name: str) -> None:
     except InvalidAccountName:
         made = False
     assert made == sendable
+
+
+@pytest.mark.parametrize("invisible", [
+    "\u034f",  # COMBINING GRAPHEME JOINER (a mark)
+    "\ufe0f",  # VARIATION SELECTOR-16 (a mark)
+    "\u115f", "\u1160",  # HANGUL CHOSEONG / JUNGSEONG FILLER (letters)
+    "\u17b4",  # KHMER VOWEL INHERENT AQ
+    "\u2800",  # BRAILLE PATTERN BLANK (a symbol drawn blank)
+])
+def test_a_new_name_with_a_character_drawn_as_nothing_is_refused(invisible: str) -> None:
+    """``canonical_name`` refuses format characters (the zero-width space), but
+    these, which a reader also draws as nothing or as a blank, made a new account
+    that reads as alice@example.org (found by the h29i18n review: ``user add
+    alice<U+115F>@example.org`` was 'added account')."""
+    name = f"alice{invisible}@example.org"
+    with pytest.raises(InvalidAccountName, match=f"U\\+{ord(invisible):04X} .*draws as nothing"):
+        new_account_name(name)
+    assert canonical_name(name) == name  # a name stored before still answers
+    assert look_alike_key(name) == "alice@example.org"

@@ -23,6 +23,7 @@ they are upgraded (``auth/store.py`` v5, ``auth/postgres_schema.py`` v4).
 from __future__ import annotations
 
 import functools
+import re
 import unicodedata
 
 from smtpgate.sasl.saslprep import SaslprepError, saslprep
@@ -88,10 +89,39 @@ def new_account_name(name: str) -> str:
         InvalidAccountName: saying which characters are not allowed.
     """
     key = canonical_name(name)
-    problem = mailbox_problem(key)
+    problem = mailbox_problem(key) or invisible_problem(key)
     if problem:
         raise InvalidAccountName(problem)
     return key
+
+
+#: What a reader draws as nothing: Unicode's Default_Ignorable_Code_Point
+#: (DerivedCoreProperties.txt), less the unassigned ranges no renderer has a glyph
+#: for anyway (the zero-width space, soft hyphen, joiners, bidi controls,
+#: variation selectors, the combining grapheme joiner, the Hangul fillers).
+INVISIBLE = re.compile(
+    "[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f"
+    "\u202a-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8"
+    "\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff]"
+)
+#: Drawn as a blank though no space (a symbol): the braille pattern with no dots.
+_BLANK = "\u2800"
+
+
+def invisible_problem(name: str) -> str | None:
+    """Why ``name`` (canonical) may not be a new account's name or an alias: it
+    holds a character a reader draws as nothing or as a blank, so it would read
+    as another name (``alice<U+115F>@example.org`` as ``alice@example.org``);
+    None if it holds none. ``canonical_name`` refuses the format characters among
+    them (Cf) for every name; these others (a Hangul filler is a letter, U+034F and
+    the variation selectors are marks, U+2800 a symbol) it takes, so that names
+    stored before this rule still answer."""
+    found = dict.fromkeys(c for c in name if c == _BLANK or INVISIBLE.match(c))
+    if not found:
+        return None
+    shown = ", ".join(f"U+{ord(c):04X} {unicodedata.name(c, '?')}" for c in found)
+    return (f"{name!r} holds {shown}, which a mail reader draws as nothing or as a "
+            "blank, so the name would read as another")
 
 
 def mailbox_problem(name: str) -> str | None:
@@ -297,13 +327,14 @@ _LOOK_ALIKES = str.maketrans(
 
 
 def look_alike_key(name: str) -> str:
-    """``name`` (canonical) as a reader sees it: compatibility characters decomposed
-    (NFKD), each look-alike letter as the ASCII one it passes for, marks in
+    """``name`` (canonical) as a reader sees it: without what it draws as nothing
+    (``INVISIBLE``), compatibility characters decomposed (NFKD), each look-alike letter as the ASCII one it passes for, marks in
     canonical order (NFD); UTS #39's skeleton for the letters that matter here.
     ``jӧrg`` (Cyrillic o with diaeresis) has the key of ``jörg``."""
     if name.isascii():
         return name
-    folded = unicodedata.normalize("NFKD", name).translate(_LOOK_ALIKES)
+    shown = INVISIBLE.sub("", name).replace(_BLANK, "")
+    folded = unicodedata.normalize("NFKD", shown).translate(_LOOK_ALIKES)
     return unicodedata.normalize("NFD", folded)
 
 

@@ -78,6 +78,7 @@ from email.errors import NonASCIILocalPartDefect, ObsoleteHeaderDefect
 
 from smtpgate import metrics
 from smtpgate.auth.authlog import neutralize
+from smtpgate.auth.names import INVISIBLE
 from smtpgate.auth.sender_profile import SenderProfile
 from smtpgate.config import PolicyConfig
 from smtpgate.smtp import replies as R
@@ -119,14 +120,10 @@ _FOLD = re.compile(r"\r?\n(?=[ \t])")
 # run still matches, as its last 65 characters: never an address anyone owns
 # (RFC 5321 §4.5.3.1.1 limits a local part to 64 octets).
 _ADDRESS_LIKE = re.compile(r"[\w.!#$%&'*+/=?^`{|}~-]{1,65}@[\w-]+(?:\.[\w-]+)*")
-# What a reader draws as nothing: Unicode's Default_Ignorable_Code_Point
-# (DerivedCoreProperties.txt), less the unassigned ranges no renderer has a glyph
-# for anyway. Removed before the address-like search of a field's drawn form.
-_INVISIBLE = re.compile(
-    "[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f"
-    "\u202a-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8"
-    "\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff]"
-)
+# What a reader draws as nothing (Unicode's default-ignorable code points, less
+# the unassigned ranges): removed before the address-like search of a field's
+# drawn form.
+_INVISIBLE = INVISIBLE
 # UTS #46 maps these full stops to "." in a domain (NFKC makes U+FF61 U+3002).
 _FULL_STOPS = str.maketrans({"\u3002": "."})
 

@@ -831,7 +831,8 @@ def _names_not_mailboxes(key: str, path: Path) -> list[Problem]:
             conn.close()
     except sqlite3.Error:
         return []  # no accounts table yet (an empty file), or _schema said why
-    return _mailbox_warning(key, [n for n in names if isinstance(n, str)])
+    kept = [n for n in names if isinstance(n, str)]
+    return _mailbox_warning(key, kept) + _look_alike_warning(key, kept)
 
 
 def _mailbox_warning(key: str, names: list[str]) -> list[Problem]:
@@ -847,6 +848,29 @@ def _mailbox_warning(key: str, names: list[str]) -> list[Problem]:
                      "but can send only from its aliases, never as itself; add the user "
                      "again under a name of letters, digits, dots and "
                      "!#$%&'*+-/=?^_`{|}~, and remove the old account")]
+
+
+def _look_alike_warning(key: str, names: list[str]) -> list[Problem]:
+    """One warning naming the pairs of accounts (up to three, and a count) whose
+    names read the same (``names.look_alike``: ``alice@example.org`` and
+    ``аlice@example.org`` with the Cyrillic a), made before ``user add`` refused
+    the second: either can send mail that reads as the other's. A warning, not an
+    error: both work as before, and which one goes is the administrator's call."""
+    from smtpgate.auth.names import look_alike, look_alike_key, look_alike_letters
+
+    by_key: dict[str, list[str]] = {}
+    for n in names:
+        by_key.setdefault(look_alike_key(n), []).append(n)
+    pairs = [(a, b) for group in by_key.values() if len(group) > 1
+             for i, a in enumerate(group) for b in group[i + 1:] if look_alike(a, b)]
+    if not pairs:
+        return []
+    shown = "; ".join(f"{a!r} and {b!r} ({look_alike_letters(a, b)})" for a, b in pairs[:3])
+    more = f"; and {len(pairs) - 3} more" if len(pairs) > 3 else ""
+    return [_warning(key, f"{count(len(pairs), 'pair')} of accounts whose names read the "
+                     f"same: {shown}{more}; either could send mail that reads as the "
+                     "other's: remove the one that should not exist (smtpgate user "
+                     "remove; docs/accounts.md)")]
 
 
 def check_ldap(cfg: Config) -> list[Problem]:
@@ -924,7 +948,8 @@ def check_postgres(cfg: Config) -> list[Problem]:
                         "answers", outage=True)]
     except StoreError as e:
         return [_error(getattr(e, "key", None) or accounts_key(cfg), str(e))]
-    return _mailbox_warning(accounts_key(cfg), names)
+    return _mailbox_warning(accounts_key(cfg), names) + _look_alike_warning(
+        accounts_key(cfg), names)
 
 
 def check_guard_database(cfg: Config) -> list[Problem]:

@@ -897,3 +897,33 @@ def test_a_database_on_a_read_only_file_system_is_said_read_only(tmp_path: Path)
         out = done.stdout + done.stderr
         assert want in out, out
         assert "permission denied" not in out, out
+
+
+def test_accounts_whose_names_read_the_same_are_one_warning(gate: Path) -> None:
+    """A pair made before ``user add`` refused look-alike names (found by the
+    h29i18n review: alice@example.org and аlice@example.org with the Cyrillic a)
+    is named, as a warning: either can send mail that reads as the other's."""
+    from smtpgate.auth.admin_store import AuditActor
+    from smtpgate.auth.store import SqliteAccountStore
+    from tests.unit.cli_support import FAST
+
+    store = SqliteAccountStore(gate / "accounts.sqlite", FAST)
+    try:
+        with store.transaction(AuditActor("ops", "pytest")) as w:
+            for name in ("alice@example.org", "jörg@example.org", "jorg@example.org",
+                         "user1@example.org", "userl@example.org"):
+                w.create_account(name, {})
+    finally:
+        store.close()
+    with sqlite3.connect(gate / "accounts.sqlite") as conn:  # what user add took before
+        conn.execute("INSERT INTO accounts (name, created, updated) VALUES (?, ?, ?)",
+                     ("\u0430lice@example.org", "2026-12-01T00:00:00.000000Z",
+                      "2026-12-01T00:00:00.000000Z"))
+    conn.close()
+    problems = run_checks(config(gate))
+    assert only(problems) == {}
+    warning = only(problems, "warning")["accounts.database"]
+    assert warning.startswith("1 pair of accounts whose names read the same: ")
+    assert "'alice@example.org' and '\u0430lice@example.org' (U+0430 CYRILLIC SMALL LETTER A)" \
+        in warning
+    assert "jorg" not in warning and "user1" not in warning

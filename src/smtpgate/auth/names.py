@@ -311,7 +311,11 @@ def _check_domain(domain: str) -> None:
 #: for Latin's dotless i, script a and g, iota, dental click and dotless j (a
 #: name is lower case by the time it is compared). Compatibility characters
 #: (full-width and mathematical letters) are not listed: NFKD takes them to
-#: ASCII first.
+#: ASCII first. A table of our own, not a package of the whole confusables.txt:
+#: the whole table also maps ASCII to ASCII (``m`` to ``rn``, ``l`` to ``I``), and
+#: its skeletons would refuse names administrators tell apart (``user1`` and
+#: ``userl``, ``arn`` and ``am``); these entries take only a non-ASCII letter to
+#: the ASCII one it passes for.
 _LOOK_ALIKES = str.maketrans(
     "асԁеҽһіӏјорԛѕԝѡхуүѵг"  # Cyrillic
     "αγινορσυϱϲϳ"  # Greek

@@ -153,6 +153,37 @@ def test_reload_says_it_failed_when_the_user_cannot_read_the_key(root_dir: Path)
         assert srv.stop() == 0, srv.log_text()
 
 
+def test_the_units_reload_runs_as_the_service_user_and_fails_when_refused(
+    root_dir: Path,
+) -> None:
+    """The systemd unit's ExecReload is `smtpgate reload`, run as the unit's User=
+    (until 2026-12 `kill -HUP`, so `systemctl reload` succeeded whatever the
+    server made of it): as that user it must reach the server, and exit 1 when the
+    server refuses the reload."""
+    srv = _server(root_dir, 1)
+    for path in (srv.config, srv.root / "tls" / "key.pem"):  # as `init --owner` leaves them
+        os.chown(path, 0, NOBODY.pw_gid)
+        path.chmod(0o640)
+    as_user = ["runuser", "-u", "nobody", "--", conftest.SMTPGATE, "reload", "--config",
+               str(srv.config)]
+    srv.start()
+    try:
+        done = subprocess.run(as_user, capture_output=True, text=True, env=srv.env,
+                              timeout=60, check=False)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "reloaded the configuration and certificate" in done.stdout
+        cert = srv.root / "tls" / "cert.pem"
+        good = cert.read_bytes()
+        cert.write_bytes(b"not a certificate\n")
+        refused = subprocess.run(as_user, capture_output=True, text=True, env=srv.env,
+                                 timeout=60, check=False)
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert "error: reload failed" in refused.stderr
+        cert.write_bytes(good)
+    finally:
+        assert srv.stop() == 0, srv.log_text()
+
+
 def test_an_unknown_user_is_named_and_nothing_listens(root_dir: Path) -> None:
     srv = make_server(root_dir / "srv", '\n[server]\nuser = "no-such-user-xyz"\n')
     run = subprocess.run([conftest.SMTPGATE, "serve", "--config", str(srv.config)],

@@ -135,6 +135,36 @@ async def test_without_aio_the_seal_runs_on_a_thread(
     await spool.close()
 
 
+async def test_no_descriptor_for_the_eventfd_stores_the_message_and_tries_aio_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The first message arriving while the open-file limit is reached (a burst of
+    connections) got a 451 and an "unexpected error" traceback in the log: the
+    eventfd for AIO syncs could not be made. It is stored with a thread's sync,
+    said once, and the next message sets AIO up."""
+    real = os.eventfd
+    refused: list[int] = []
+
+    def eventfd(initval: int, flags: int = 0) -> int:
+        if not refused:
+            refused.append(initval)
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+        return real(initval, flags)
+
+    monkeypatch.setattr(os, "eventfd", eventfd)
+    spool = Spool(tmp_path / "spool")
+    try:
+        for n in range(2):
+            inc = spool.receive(ENV)
+            inc.write(b"Subject: t\r\n\r\nbody %d\r\n" % n)
+            qid = await spool.publish(inc)
+            assert spool.load(qid)[1] == b"Subject: t\r\n\r\nbody %d\r\n" % n
+        assert refused and spool._aio is not None and spool._aio.usable
+        assert caplog.text.count("no eventfd for AIO syncs") == 1
+    finally:
+        await spool.close()
+
+
 async def test_a_cancelled_publish_still_seals_and_names_the_message(tmp_path: Path) -> None:
     """As with the thread: the caller that gave up does not leave a half-sealed file."""
     spool = Spool(tmp_path / "spool")

@@ -6,6 +6,7 @@ kill -9 at random points still loses and duplicates nothing."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import random
@@ -107,6 +108,40 @@ async def test_without_a_ready_slot_it_is_two_syncs_as_before(
     assert len(calls) == 2 and not inc.published
     assert sp.load(qid)[1] == BODY
     await sp.close()
+
+
+def test_a_queue_directory_that_will_not_open_for_now_does_not_end_the_helper(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The helper's first open of ``queue/`` refused (the open-file limit reached
+    under a burst of connections) ended its thread with a traceback, and every later
+    message of the worker went without a slot; it says why and makes slots once
+    the directory opens."""
+    queue = tmp_path / "queue"
+    queue.mkdir()
+    real = os.open
+    refused: list[str] = []
+
+    def open_(path: str, flags: int, *args: int, **kwargs: int) -> int:
+        if flags & os.O_DIRECTORY and str(path) == str(queue) and not refused:
+            refused.append(str(path))
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE), str(path))
+        return real(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", open_)
+    pool = slots_mod.SlotPool(str(queue), target=4)
+    try:
+        assert pool.take() is None  # starts the helper, whose open is refused
+        taken = None
+        deadline = time.monotonic() + 30
+        while taken is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+            taken = pool.take() if refused else None  # each take wakes the helper
+        assert taken is not None, "no slot after the directory opened again"
+        os.close(taken[0])
+    finally:
+        pool.stop()
+    assert caplog.text.count("cannot open") == 1
 
 
 async def test_an_unsealed_slot_is_invisible_and_a_discard_removes_it(spool: Spool) -> None:

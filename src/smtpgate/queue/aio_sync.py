@@ -136,12 +136,23 @@ class AioSync:
 
     @classmethod
     def open(cls) -> AioSync | None:
-        """One for the running loop, or None where AIO syncs cannot be used here."""
+        """One for the running loop, or None where AIO syncs cannot be used here.
+
+        Raises:
+            OSError: no eventfd for now (the open-file limit reached: ``EMFILE``);
+                the AIO context made for it is released, so a later call may try
+                again.
+        """
         made = _io_setup(MAX_IN_FLIGHT, say_why=True)
         if made is None:
             return None
-        efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        return cls(asyncio.get_running_loop(), *made, efd)
+        libc, numbers, ctx = made
+        try:
+            efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        except OSError:
+            libc.syscall(numbers[1], ctypes.c_ulong(ctx))  # io_destroy
+            raise
+        return cls(asyncio.get_running_loop(), libc, numbers, ctx, efd)
 
     @property
     def usable(self) -> bool:

@@ -55,6 +55,8 @@ class SlotPool:
         self._thread: threading.Thread | None = None
         #: Batches made durable (one directory fsync each), for tests and stats.
         self.batches = 0
+        #: `_open_dir` said that the directory would not open.
+        self._refused = False
 
     def start(self) -> None:
         """Start the helper (idempotent); `take` calls it too."""
@@ -102,11 +104,15 @@ class SlotPool:
             tmpfiles.unlink_quietly(self._ready.popleft())
 
     def _fill(self) -> None:
-        dir_fd = os.open(self._dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        dir_fd: int | None = None
         try:
             while not self._stopping:
                 self._wanted.wait()
                 self._wanted.clear()
+                if dir_fd is None:
+                    dir_fd = self._open_dir()
+                    if dir_fd is None:
+                        continue  # writers use temp files; tried again when woken
                 made = self._create_batch()
                 if not made:
                     continue
@@ -121,7 +127,26 @@ class SlotPool:
                 self.batches += 1
                 self._filled.set()
         finally:
-            os.close(dir_fd)
+            if dir_fd is not None:
+                os.close(dir_fd)
+
+    def _open_dir(self) -> int | None:
+        """The directory's descriptor for the fsync of each batch, or None (said once
+        until it opens again). Why not let it raise: the helper would end, and every
+        later message of this process would pay two syncs, with nothing in the log
+        but a thread's traceback; a descriptor refused once (the open-file limit
+        reached under a burst of connections) is there again a moment later."""
+        try:
+            fd = os.open(self._dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as e:
+            if not self._refused:
+                self._refused = True
+                log.warning("spool: cannot open %s to make slots: %s; messages are "
+                            "written without them (two syncs each) until it opens",
+                            self._dir, e.strerror or e)
+            return None
+        self._refused = False
+        return fd
 
     def _create_batch(self) -> list[str]:
         """Slots for the batch: blanks renamed into place first (`blanks`), then

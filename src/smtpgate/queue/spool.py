@@ -212,6 +212,8 @@ class Spool:
         self._syncer = tmpfiles.Syncer()
         self._aio: AioSync | None = None
         self._aio_tried = False
+        #: `_loop_syncer` said that AIO syncs could not be set up for now.
+        self._aio_refused = False
         self._writer: GroupCommitter[_Work, str] = GroupCommitter(
             self._commit,
             name="smtpgate-spool-writer",
@@ -298,10 +300,21 @@ class Spool:
 
     def _loop_syncer(self) -> AioSync | None:
         """The AIO syncer (`aio_sync`) of the loop of the first message, made then;
-        None where AIO syncs cannot be used, or on another loop (tests)."""
+        None where AIO syncs cannot be used, or on another loop (tests).
+
+        A descriptor it cannot get now (the open-file limit reached when the first
+        message arrives) is not the message's failure: that message syncs on a
+        thread and the next one tries again."""
         if not self._aio_tried:
+            try:
+                self._aio = AioSync.open()
+            except OSError as e:
+                if not self._aio_refused:  # once, not for every message meanwhile
+                    self._aio_refused = True
+                    log.warning("spool: syncs run on a thread for now: no eventfd for "
+                                "AIO syncs (%s); tried again with the next message", e)
+                return None
             self._aio_tried = True
-            self._aio = AioSync.open()
         aio = self._aio
         return aio if aio is not None and aio.serves_running_loop() else None
 

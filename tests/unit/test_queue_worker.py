@@ -447,3 +447,31 @@ async def test_an_unreadable_message_is_retried_not_quarantined(spool: Spool) ->
     clock.now += 60
     await worker.run_once()
     assert len(d.calls) == 1 and spool.list_ids() == []
+
+
+async def test_a_spool_that_cannot_be_listed_is_said_once_and_again_when_it_can(
+    spool: Spool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``queue/`` moved away while serving: an ERROR every scan (every second of a
+    real server) buried the log. It is said once, and when the spool lists again;
+    the messages stored meanwhile are delivered then."""
+    d = FakeDeliverer()
+    worker = DeliveryWorker(spool, d, CFG, poll_interval=0.02)
+    queue = spool.directory / "queue"
+    aside = spool.directory / "queue.aside"
+    caplog.set_level(logging.WARNING, logger="smtpgate.queue")
+    runner = asyncio.create_task(worker.run())
+    try:
+        queue.rename(aside)
+        await _until(lambda: "cannot list the spool" in caplog.text)
+        scans = worker._last_scan
+        await _until(lambda: worker._last_scan > scans + 0.2)  # ten scans or more
+        assert caplog.text.count("cannot list the spool") == 1
+        aside.rename(queue)
+        spool.store_sync(envelope(), b"stored while it could not be listed")
+        await _until(lambda: not spool.list_ids())
+        assert "the spool lists again after" in caplog.text
+        assert caplog.text.count("cannot list the spool") == 1
+    finally:
+        worker.stop()
+        await asyncio.wait_for(runner, 10)

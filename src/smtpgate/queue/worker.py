@@ -197,6 +197,9 @@ class DeliveryWorker:
         # (every recipient has an outcome), for the stop's log (`_finish_inflight`).
         self._ended_in_stop: dict[str, bool] = {}
         self._suspect: set[str] = set()  # ids that may have been delivered unrecorded
+        # Why the spool could not be listed and since when (monotonic), while it
+        # cannot (`_list_failed`).
+        self._list_error: tuple[str, float] | None = None
         # Ids whose state file did not parse and was moved aside (`_load`, maybe in
         # the batch thread): their next attempt is flagged maybe_delivered too.
         self._lost_state: set[str] = set()
@@ -330,10 +333,11 @@ class DeliveryWorker:
         try:
             ids, (flush_all, flush_ids) = await asyncio.to_thread(self._list)
         except OSError as e:
-            log.error("queue: cannot list the spool: %s", e)
+            self._list_failed(str(e))
             return
         finally:
             self._last_scan = time.monotonic()
+        self._list_works()
         present = set(ids)
         first = self._first_scan
         if first:
@@ -361,6 +365,26 @@ class DeliveryWorker:
             elif qid in self._due:
                 self._forced.add(qid)
                 self._schedule(qid, 0.0)
+
+    def _list_failed(self, why: str) -> None:
+        """Log a spool that cannot be listed once, and again only if the reason
+        changes: the scan runs every second or so, and an ERROR each time (a
+        ``queue/`` removed or made unreadable) buried the log."""
+        if self._list_error is None:
+            self._list_error = (why, time.monotonic())
+        elif self._list_error[0] == why:
+            return
+        else:
+            self._list_error = (why, self._list_error[1])
+        log.error("queue: cannot list the spool: %s; messages stored since are not "
+                  "found until it can be (said again then)", why)
+
+    def _list_works(self) -> None:
+        """Say that the spool lists again after `_list_failed`."""
+        if self._list_error is not None:
+            log.warning("queue: the spool lists again after %.0f s",
+                        time.monotonic() - self._list_error[1])
+            self._list_error = None
 
     def _list(self) -> tuple[list[str], tuple[bool, list[str]]]:
         """Runs in a thread: the spool's ids and the pending flush requests."""

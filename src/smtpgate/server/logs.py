@@ -5,6 +5,7 @@ the file away."""
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import os
@@ -41,7 +42,48 @@ def _second(second: int) -> tuple[str, str]:
 
 class ReopenableFileHandler(logging.FileHandler):
     """Appends (``O_APPEND``: several processes share the file, each record is one
-    write); ``reopen`` opens the path anew after the file was renamed."""
+    write); ``reopen`` opens the path anew after the file was renamed.
+
+    A record the file will not take (its file system full: ``ENOSPC``, an I/O
+    error) goes to stderr (the journal under systemd) instead, and stderr is told
+    once, in one line, why, and again when the file takes records again. Why: the
+    logging module's own answer was a "--- Logging error ---" traceback with the
+    whole call stack on stderr for every record, and the record itself lost; a
+    record half-written stayed in the stream's buffer to come out later.
+    """
+
+    #: Why the file would not take the last record (None: it took it).
+    _failing: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = (self.format(record) + self.terminator).encode("utf-8", "backslashreplace")
+        except RecursionError:  # as logging.StreamHandler.emit
+            raise
+        except Exception:  # noqa: BLE001 - a record that does not format is a bug: logging's report
+            self.handleError(record)
+            return
+        try:
+            if self.stream is None:
+                self.stream = self._open()
+            # One write straight to the descriptor: nothing left in a buffer when
+            # it fails, and one O_APPEND write per record as the processes need.
+            if os.write(self.stream.fileno(), line) != len(line):
+                # A regular file takes part of a write only when it is out of room.
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError as e:
+            self._cannot_write(record, e.strerror or str(e))
+            return
+        if self._failing is not None:
+            self._failing = None
+            _notice(logging.WARNING, f"the log file {self.baseFilename} takes records again")
+
+    def _cannot_write(self, record: logging.LogRecord, why: str) -> None:
+        if self._failing != why:
+            self._failing = why
+            _notice(logging.ERROR, f"cannot write the log file {self.baseFilename}: "
+                    f"{why}; its records go to stderr until it can be written again")
+        _to_stderr(_stderr_formatter().format(record))
 
     def _open(self) -> io.TextIOWrapper:
         # Created 0640 like the auth log: the lines name accounts and client
@@ -60,6 +102,21 @@ class ReopenableFileHandler(logging.FileHandler):
             self.release()
         if old is not None:
             old.close()
+
+
+def _notice(level: int, message: str) -> None:
+    """A line about the log file itself, on stderr in the server log's format."""
+    record = logging.LogRecord("smtpgate", level, __file__, 0, message, None, None)
+    _to_stderr(_stderr_formatter().format(record))
+
+
+def _to_stderr(line: str) -> None:
+    """One line on stderr, never raising (stderr itself may be gone)."""
+    try:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
 
 
 #: sd-daemon(3)'s priorities, as journald reads them from a ``<N>`` line prefix.

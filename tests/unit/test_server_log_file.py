@@ -5,6 +5,7 @@ will not take a record: ``/dev/full`` answers every write with ``ENOSPC``, as a 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -50,3 +51,31 @@ def test_each_record_is_one_line_in_the_file(tmp_path: Path) -> None:
         handler.close()
     assert (tmp_path / "server.log").read_text(errors="replace").splitlines() == [
         "INFO first", "INFO second \\udcff"]
+
+
+def test_a_record_the_disk_took_in_part_is_cut_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file system that fills in the middle of a record takes part of it: that part
+    is cut off again, so the file keeps whole lines."""
+    path = tmp_path / "server.log"
+    handler = ReopenableFileHandler(path, mode="a", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    real = os.write
+    short = [True]
+
+    def write(fd: int, data: bytes) -> int:
+        if short[0]:
+            short[0] = False
+            return real(fd, data[:5])
+        return real(fd, data)
+
+    try:
+        handler.handle(_record("first"))
+        monkeypatch.setattr(os, "write", write)
+        handler.handle(_record("cut short"))
+        handler.handle(_record("third"))
+    finally:
+        handler.close()
+    assert "cut short" in capsys.readouterr().err
+    assert [ln for ln in path.read_text().splitlines() if ln] == ["first", "third"]

@@ -66,10 +66,17 @@ class ReopenableFileHandler(logging.FileHandler):
         try:
             if self.stream is None:
                 self.stream = self._open()
+            if self._failing is not None:
+                # A record cut short may end the file: this one starts a line of
+                # its own (as the auth log does).
+                line = b"\n" + line
             # One write straight to the descriptor: nothing left in a buffer when
             # it fails, and one O_APPEND write per record as the processes need.
-            if os.write(self.stream.fileno(), line) != len(line):
+            fd = self.stream.fileno()
+            written = os.write(fd, line)
+            if written != len(line):
                 # A regular file takes part of a write only when it is out of room.
+                _drop_partial(fd, written)
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         except OSError as e:
             self._cannot_write(record, e.strerror or str(e))
@@ -102,6 +109,17 @@ class ReopenableFileHandler(logging.FileHandler):
             self.release()
         if old is not None:
             old.close()
+
+
+def _drop_partial(fd: int, written: int) -> None:
+    """Cut off the ``written`` bytes of a record the disk took only in part, if they
+    still end the file (no other process appended since)."""
+    try:
+        end = os.lseek(fd, 0, os.SEEK_CUR)
+        if written > 0 and os.fstat(fd).st_size == end:
+            os.ftruncate(fd, end - written)
+    except OSError:
+        pass
 
 
 def _notice(level: int, message: str) -> None:

@@ -345,6 +345,10 @@ def _user_room(spent: float | None, share: float | None, allowance: float | None
     if room <= 0:
         return (f"; its kernel time alone ({kernel:.3f}) is over the allowance, so no speed-up "
                 f"of its own code reaches the target")
+    if user <= room:
+        return (f"; its own code (Python, OpenSSL) fits: {user:.3f} of the {room:.3f} its kernel "
+                f"time ({kernel:.3f}) leaves; the run missed on wall time (its sessions' "
+                f"waits), not on CPU")
     return (f"; with its kernel time as it is ({kernel:.3f}), its own code (Python, OpenSSL) "
             f"would have to fit in {room:.3f} instead of {user:.3f}: "
             f"{user / room:.1f}x less CPU")

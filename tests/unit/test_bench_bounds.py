@@ -151,3 +151,15 @@ def test_an_unmet_workload_lists_each_repetition_with_its_delivery_cpu() -> None
     met = [row("B", "messages_per_s", smtpgate=3000.0, aiosmtpd=1000.0, postfix=1000.0,
                ceiling=8000.0)]
     assert bounds.report(met, runs, {"B": 1000}, FLOORS, 2, None)["lines"] == []
+
+
+def test_a_cpu_that_fits_the_allowance_is_said_to_fit_not_to_need_less() -> None:
+    # The 2026-12-05 run said "would have to fit in 0.530 instead of 0.425: 0.8x less
+    # CPU" for a CPU already under the allowance.
+    rows = [row("B", "messages_per_s", smtpgate=1760.8, aiosmtpd=1052.3, ceiling=8700.0)]
+    runs = [Run("B", "smtpgate", {"server": 0.595, "kernel_share": 0.29},
+                {"loadgen_cpu_s": 0.25}), Run("B", "aiosmtpd", {"server": 0.943})]
+    out = bounds.report(rows, runs, {"B": 1000}, FLOORS, 2, None)
+    line = out["lines"][0]
+    assert "its own code (Python, OpenSSL) fits: 0.422 of the 0.528" in line, line
+    assert "missed on wall time" in line and "less CPU" not in line

@@ -33,14 +33,7 @@ def refusal_sqlstate(dsn: str, timeout: float) -> str | None:
     """The SQLSTATE the server at ``dsn`` refuses a connection with before any
     authentication; None if it asks to authenticate (or accepts), cannot be
     reached, or answers something else. Never raises."""
-    target = _target(dsn)
-    if target is None:
-        return None
-    try:
-        answer = _exchange(*target, timeout)
-    except (OSError, ValueError):
-        return None
-    return _sqlstate(answer)
+    return first_answer(dsn, timeout) or None
 
 
 def answers(dsn: str, timeout: float) -> bool:

@@ -74,6 +74,7 @@ from smtpgate.auth.names import (
     InvalidAccountName,
     canonical_name,
     invisible_problem,
+    login_spellings,
     lookup_key,
     mailbox_problem,
     new_account_name,
@@ -465,6 +466,19 @@ class AccountAdmin:
 
     def get_account(self, name: str) -> Account | None:
         return self._store.get_account(name)
+
+    def account_spelling(self, name: str) -> str:
+        """The spelling under which a login of ``name`` finds its account
+        (``names.login_spellings``: as given, else SASLprep'd), or ``name`` when
+        none does. Why: ``ａｌｉｃｅ@example.org`` in full-width letters logs in
+        as alice, and the account commands said "no account" for it."""
+        spellings = login_spellings(name)
+        if len(spellings) == 1:
+            return name  # no other spelling: no need to read anything
+        for spelling in spellings:
+            if self._store.get_account(spelling) is not None:
+                return spelling
+        return name
 
     def require_account(self, name: str) -> Account:
         """Raises NoSuchAccount."""

@@ -186,6 +186,25 @@ def test_lock_unlock_and_list(config: Path) -> None:
     assert "\x1b" not in run(config, "list").output
 
 
+def test_the_account_commands_find_an_account_by_every_spelling_that_logs_in_to_it(
+    config: Path,
+) -> None:
+    """A login SASLprep's its name (``auth/names.login_spellings``):
+    ``ａｌｉｃｅ@example.org`` in full-width letters, or with a soft hyphen, logs in
+    as alice. The account commands said "no account" for those spellings (exit 3)."""
+    run(config, "add", "alice@example.org", "--password-stdin", input="p\n")
+    full_width = "\uff41\uff4c\uff49\uff43\uff45@example.org"
+    r = run(config, "lock", full_width)
+    assert r.exit_code == 0 and "locked account alice@example.org" in r.output, r.output
+    r = run(config, "unlock", "ali\u00adce@example.org")
+    assert r.exit_code == 0 and "unlocked account alice@example.org" in r.output, r.output
+    r = run(config, "alias", "add", full_width, "al@example.org")
+    assert r.exit_code == 0, r.output
+    assert run(config, "alias", "list", "alice@example.org").output.split() == ["al@example.org"]
+    r = run(config, "unlock", "\uff42\uff4f\uff42@example.org")  # no such account
+    assert r.exit_code == 3 and "no account" in r.stderr
+
+
 @pytest.mark.parametrize("reason", ["", "   ", "x" * 201, "two\nlines"])
 def test_lock_with_a_reason_that_is_no_reason_is_a_usage_error_naming_the_option(
         config: Path, reason: str) -> None:

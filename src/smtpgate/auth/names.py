@@ -230,6 +230,17 @@ def prepared_name(name: str) -> str:
         return name
 
 
+def login_spellings(name: str) -> tuple[str, ...]:
+    """The spellings an account is looked up by for the name ``name`` a person
+    typed, in order: as given (an account whose name SASLprep would change still
+    answers to its own spelling), then ``prepared_name`` (``ａｌｉｃｅ@example.org``
+    in full-width letters finds ``alice@example.org``). The login path
+    (``auth/service.py``) and the account commands (``admin.py``) find accounts
+    by these, so a spelling that logs in is one the commands find too."""
+    prepared = prepared_name(name)
+    return (name,) if prepared == name else (name, prepared)
+
+
 def name_key(name: str) -> str:
     """The one spelling a client-supplied name is counted and salted under when it
     may be no account: the canonical one for an address (``lookup_key``), and a

@@ -107,7 +107,7 @@ from smtpgate.auth.directory import (
 )
 from smtpgate.auth.legacy_hashes import LEGACY
 from smtpgate.auth.loop_reads import Missed, loop_reads_for
-from smtpgate.auth.names import lookup_key, name_key, prepared_name
+from smtpgate.auth.names import login_spellings, lookup_key, name_key, prepared_name
 from smtpgate.auth.networks import in_networks, parse_ip, parse_networks
 from smtpgate.auth.passwords import (
     PasswordHasher,
@@ -804,9 +804,10 @@ class AuthService:
         authcid, RFC 5802 §5.1 SCRAM's user name): "josé" sent in NFD finds the
         account SCRAM finds, and an account whose name SASLprep would change
         still logs in by its own spelling."""
-        account = self._directory.get_account(name)
-        if account is None and (prepared := prepared_name(name)) != name:
-            account = self._directory.get_account(prepared)
+        account = None
+        for spelling in login_spellings(name):
+            if (account := self._directory.get_account(spelling)) is not None:
+                break
         if account is None or scheme not in account.schemes:
             return account, None
         return account, self._directory.get_credential(account.name, scheme)

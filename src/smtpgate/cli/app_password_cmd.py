@@ -23,9 +23,9 @@ from smtpgate.auth.credentials import APP_PASSWORD_MECHANISMS
 from smtpgate.auth.directory import AppPassword
 from smtpgate.cli.common import (
     USER,
-    AddressType,
     NotFound,
     OperationalError,
+    account_argument,
     admin_service,
     config_option,
     get_config,
@@ -154,7 +154,7 @@ def _row(p: AppPassword) -> dict[str, object]:
 
 
 @app_password.command("list")
-@click.argument("user", type=AddressType(), required=False)
+@account_argument(required=False)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @config_option
 def list_(user: str | None, as_json: bool, config_path: Path | None) -> None:

@@ -13,14 +13,15 @@ the running command and turns its errors into exit codes.
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from enum import IntEnum
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar, cast
 
 import click
 
@@ -32,6 +33,7 @@ from smtpgate.auth.names import (
     InvalidAccountName,
     canonical_name,
     hidden_characters_only,
+    login_spellings,
     new_account_name,
 )
 from smtpgate.auth.passwords import PasswordPolicyError
@@ -39,6 +41,8 @@ from smtpgate.auth.sqlite_file import BUSY_TIMEOUT, NewerSchema
 from smtpgate.config import Config, ConfigError, in_file, load_config
 from smtpgate.policy.timespec import parse_duration
 from smtpgate.visible import name_from_shown, visible
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 CONFIG_ENV = "SMTPGATE_CONFIG"
 
@@ -195,8 +199,33 @@ class AddressType(click.ParamType[str]):
             self.fail(f"{e} (expected an address such as alice@example.com)", param, ctx)
 
 
+def login_spelling(user: str | None, config_path: Path | None) -> str | None:
+    """``user`` (the USER argument) as a login finds its account
+    (``AccountAdmin.account_spelling``): ``ａｌｉｃｅ@example.org`` in full-width
+    letters logs in as alice, and every account command said "no account" for it.
+    A name with no other spelling (nearly every one) opens nothing here."""
+    if user is None or len(login_spellings(user)) == 1:
+        return user
+    with admin_service(get_config(config_path)) as admin:
+        return admin.account_spelling(user)
+
+
+def account_argument(*, required: bool = True) -> Callable[[F], F]:
+    """The USER argument of the account commands (``AddressType``), found as a
+    login finds it (``login_spelling``) before the command runs. The command
+    takes ``user`` and ``config_path``."""
+    def decorate(f: F) -> F:
+        @functools.wraps(f)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            kwargs["user"] = login_spelling(kwargs["user"], kwargs["config_path"])
+            return f(*args, **kwargs)
+        return click.argument("user", type=AddressType(), required=required)(
+            cast("F", run))
+    return decorate
+
+
 #: The USER argument of the account commands.
-USER = click.argument("user", type=AddressType())
+USER = account_argument()
 
 
 class NewAddressType(AddressType):

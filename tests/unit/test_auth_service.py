@@ -40,6 +40,7 @@ from smtpgate.sasl.base import (
     VerifyPassword,
     VerifyToken,
 )
+from smtpgate.sasl.cram_md5 import CramMd5Client, CramMd5Server
 from smtpgate.sasl.plain import PlainClient, PlainServer
 from smtpgate.sasl.scram import ScramClient, ScramSha256Server, scram_credentials_from_password
 from tests.contract.directories import Forwarding
@@ -1027,6 +1028,24 @@ async def test_authzid_in_nfd_logs_in_through_plain_and_scram(
     scram = await _drive(
         svc, ScramSha256Server(), ScramClient("sha256", nfc, "pencil", authzid=nfd))
     assert isinstance(scram, Success) and scram.identity == nfc
+
+
+@pytest.mark.parametrize("spelling", [
+    "\uff41\uff4c\uff49\uff43\uff45@example.org", "ali\u00adce@example.org", "ALICE@example.org",
+])
+async def test_cram_md5_finds_the_account_by_every_spelling_plain_does(
+    svc: AuthService, admin: AccountAdmin, spelling: str
+) -> None:
+    """CRAM-MD5 sends the name as typed, as PLAIN does: ``ａｌｉｃｅ`` in full-width
+    letters found alice's secret, then "unknown user" at the confirmation (535),
+    where PLAIN and SCRAM logged in."""
+    admin.enable_cram_md5(ALICE, "pencil")
+    plain = await _drive(svc, PlainServer(), PlainClient(spelling, "pencil"))
+    assert isinstance(plain, Success) and plain.identity == ALICE
+    cram = await _drive(svc, CramMd5Server(), CramMd5Client(spelling, "pencil"))
+    assert isinstance(cram, Success) and cram.identity == ALICE, cram
+    wrong = await _drive(svc, CramMd5Server(), CramMd5Client(spelling, "crayon"))
+    assert isinstance(wrong, Failure)
 
 
 class _BindOnly(Forwarding):

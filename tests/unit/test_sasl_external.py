@@ -183,6 +183,22 @@ async def test_san_email_logs_in_only_where_trusted_and_unambiguous(svc: AuthSer
         assert isinstance(answer, sasl.Verdict) and not answer.ok
 
 
+async def test_an_authzid_in_another_spelling_of_the_name_is_the_account(
+    svc: AuthService,
+) -> None:
+    """The authzid is matched as PLAIN's is (SASLprep'd, ``names.login_spellings``):
+    ``ａｌｉｃｅ@example.org`` in full-width letters or with a soft hyphen is alice.
+    On the local database it was compared as given, and refused as another's."""
+    def san(*emails: str) -> sasl.ClientCertificate:
+        return sasl.ClientCertificate("ef" * 32, "CN=c", emails, trust_emails=True)
+
+    for authzid in ("\uff41\uff4c\uff49\uff43\uff45@example.org", "ali\u00adce@example.org"):
+        assert await _external(svc, CERT, authzid) == (sasl.Verdict(ok=True, identity=ALICE), None)
+        assert (await _external(svc, san(ALICE, CAROL), authzid))[0] == sasl.Verdict(True, ALICE)
+    answer, refusal = await _external(svc, CERT, "\uff43arol@example.org")  # still another's
+    assert isinstance(answer, sasl.Verdict) and not answer.ok and refusal == REFUSED_POLICY
+
+
 async def test_locked_account_is_refused(svc: AuthService, store: SqliteAccountStore) -> None:
     AccountAdmin(store, CFG, actor=ACTOR).lock(ALICE, "stolen laptop")
     answer, refusal = await _external(svc, CERT)

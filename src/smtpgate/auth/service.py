@@ -804,13 +804,18 @@ class AuthService:
         authcid, RFC 5802 §5.1 SCRAM's user name): "josé" sent in NFD finds the
         account SCRAM finds, and an account whose name SASLprep would change
         still logs in by its own spelling."""
-        account = None
-        for spelling in login_spellings(name):
-            if (account := self._directory.get_account(spelling)) is not None:
-                break
+        account = self._find_account(name)
         if account is None or scheme not in account.schemes:
             return account, None
         return account, self._directory.get_credential(account.name, scheme)
+
+    def _find_account(self, name: str) -> Account | None:
+        """Worker thread: the account a login by ``name`` logs in to, by each of its
+        spellings in turn (``names.login_spellings``: as given, then SASLprep'd)."""
+        for spelling in login_spellings(name):
+            if (account := self._directory.get_account(spelling)) is not None:
+                return account
+        return None
 
     def _load_with_profile(
         self, name: str, scheme: str
@@ -1148,7 +1153,10 @@ class AuthService:
 
     async def _confirm(self, q: ConfirmIdentity, ctx: AuthContext) -> Resolution:
         mechanism = q.mechanism.upper()
-        account = await self._read_row(self._directory.get_account, lookup_key(q.username))
+        # Found as the lookup before it found it (``_load``): CRAM-MD5 sends the
+        # name as typed, and ``ａｌｉｃｅ`` in full-width letters found alice's
+        # secret, then "unknown user" here (535) where PLAIN logged in.
+        account = await self._read_row(self._find_account, lookup_key(q.username))
         if account is None:
             return Resolution(Verdict(ok=False, reason=UNKNOWN_USER))
         refusal = _mechanism_refusal(account, mechanism, ctx)
@@ -1165,8 +1173,8 @@ class AuthService:
         any spelling, or, with a directory, another login name of the entry (the
         uid its owner logs in with by password; two searches, made only when the
         names differ)."""
-        if lookup_key(login) == name:
-            return True
+        if any(lookup_key(spelling) == name for spelling in login_spellings(login)):
+            return True  # SASLprep'd as PLAIN's authzid is (``_names_another``)
         if not self._directory.verifies_passwords:
             return False  # names are stored canonical: one spelling per account
         given = await self._read(self._directory.login_identity, prepared_name(login))
@@ -1225,7 +1233,8 @@ class AuthService:
         elif cert.trust_emails and cert.emails:
             emails = [lookup_key(e) for e in cert.emails]
             if wanted:
-                name = wanted if wanted in emails else ""
+                named = [lookup_key(s) for s in login_spellings(q.username)]
+                name = next((n for n in named if n in emails), "")
             else:
                 name = emails[0] if len(set(emails)) == 1 else ""
             if not name:

@@ -522,3 +522,53 @@ def test_cli_delete_removes_a_message_whose_file_does_not_parse(tmp_path: Path) 
     assert row["action"] == "queue delete"
     assert row["details"] == {"unreadable": f"corrupt message {bad_msg}: bad header line"}
     assert (queue_dir / f"{good}.msg").exists()
+
+
+async def test_list_marks_the_message_an_attempt_holds(spool: Spool) -> None:
+    """`queue list` did not tell the message being delivered right now (its lock
+    held by the delivery worker, where a hold or delete waits) from the others;
+    it is marked, in the text and in --json, while the attempt runs only, and
+    listing it does not stop the attempt."""
+    busy = spool.store_sync(envelope("bob@example.net"), MESSAGE)
+    d = FakeDeliverer()
+    d.gate = asyncio.Event()
+    worker = DeliveryWorker(spool, d, CFG, FakeClock())
+    attempt = asyncio.create_task(worker.run_once())
+    await d.called.wait()
+    idle = spool.store_sync(envelope("carol@example.net"), MESSAGE)
+    mgr = manager(spool)
+    marks = {e.queue_id: e.delivering for e in await asyncio.to_thread(mgr.entries)}
+    assert marks == {busy: True, idle: False}
+    entry, _ = await asyncio.to_thread(mgr.show, busy)
+    assert entry.as_json(T0)["delivering"] is True
+    d.gate.set()
+    assert await attempt == 1
+    assert [(e.queue_id, e.delivering) for e in mgr.entries()] == [(idle, False)]
+
+
+def test_cli_list_says_which_message_is_being_delivered(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from smtpgate.cli.main import cli
+    from smtpgate.config import load_config
+    from smtpgate.queue import msglock
+
+    from .cli_support import write_config
+
+    config = write_config(tmp_path)
+    cfg = load_config(config)
+    spool = Spool(cfg.path(cfg.queue.spool), prefill=False)
+    try:
+        qid = spool.store_sync(envelope(), MESSAGE)
+        lock = msglock.try_lock(spool.message_path(qid))  # as an attempt holds it
+        assert lock is not None
+        with lock:
+            out = CliRunner().invoke(cli, ["queue", "list", "--config", str(config)])
+            as_json = CliRunner().invoke(cli, ["queue", "list", "--json", "--config", str(config)])
+        after = CliRunner().invoke(cli, ["queue", "list", "--json", "--config", str(config)])
+    finally:
+        asyncio.run(spool.close())
+    assert out.exit_code == 0, out.output
+    assert f"{qid} (being delivered)  " in out.stdout
+    assert json.loads(as_json.stdout)[0]["delivering"] is True
+    assert json.loads(after.stdout)[0]["delivering"] is False

@@ -213,12 +213,20 @@ def _json_unreadable(u: Unreadable) -> dict[str, object]:
     why, and what could not be read is null (its recipients an empty list), so
     that every entry has the same keys."""
     return {"id": u.queue_id, "sender": None, "recipients": [], "age": None,
-            "arrived": None, "size": None, "held": None, "last_error": None,
+            "arrived": None, "size": None, "held": None, "delivering": None,
+            "last_error": None,
             "auth": None, "error": u.error}
 
 
+def _marks(e: Entry) -> str:
+    """What follows the queue id: ``(held)``, and ``(being delivered)`` while the
+    delivery worker holds the message (an attempt is under way: a hold or delete
+    now waits for it to end, and a relay's reply may still deliver it)."""
+    return (" (held)" if e.state.held else "") + (" (being delivered)" if e.delivering else "")
+
+
 def _echo_entry(e: Entry, now: float) -> None:
-    held = " (held)" if e.state.held else ""
+    held = _marks(e)
     age = _age(max(0, int(now - e.envelope.received_at)))
     echo(f"{e.queue_id}{held}  {e.size}  {age}  <{e.envelope.mail_from}>")
     for r in e.state.recipients:
@@ -262,7 +270,7 @@ def show(queue_id: str, as_json: bool, body: bool, config_path: Path | None) -> 
         echo(json.dumps(obj, indent=1))
         return
     env = entry.envelope
-    echo(f"id: {entry.queue_id}{' (held)' if entry.state.held else ''}")
+    echo(f"id: {entry.queue_id}{_marks(entry)}")
     echo(f"arrived: {iso_time(env.received_at)} from [{env.client_ip}] ({env.helo}) "
                f"on {env.listener}" + (f" as {env.auth_identity}" if env.auth_identity else ""))
     echo(f"sender: <{env.mail_from}>  size: {entry.size}")

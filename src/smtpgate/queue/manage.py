@@ -40,6 +40,10 @@ class Entry:
     envelope: Envelope
     size: int
     state: MessageState
+    #: The delivery worker held the message's lock when it was listed: an attempt
+    #: was in progress (``msglock.held_elsewhere``; Postfix's mailq marks such a
+    #: message with ``*``).
+    delivering: bool = False
 
     def as_json(self, now: float) -> dict[str, object]:
         # A delivered recipient's result is the hop's 250, no error: the message's
@@ -59,6 +63,7 @@ class Entry:
             "arrived": self.envelope.received_at,
             "size": self.size,
             "held": self.state.held,
+            "delivering": self.delivering,
             "last_error": errors[-1] if errors else None,
             "auth": self.envelope.auth_identity,
         }
@@ -121,8 +126,16 @@ class QueueManager:
             except SpoolError as e:
                 self.unreadable.append(Unreadable(qid, str(e)))
                 continue
-            out.append(Entry(qid, envelope, size, state))
+            out.append(Entry(qid, envelope, size, state, self._delivering(qid)))
         return out
+
+    def _delivering(self, qid: str) -> bool:
+        """Whether a delivery attempt holds ``qid`` now; False when that cannot be
+        told (the file went, or cannot be opened: the listing says what it read)."""
+        try:
+            return msglock.held_elsewhere(self._spool.message_path(qid))
+        except (OSError, SpoolError):
+            return False
 
     def to_deliver_for(self, account: str) -> list[str]:
         """The ids of the messages ``account`` submitted that are not held: what the
@@ -140,7 +153,7 @@ class QueueManager:
         """The entry and the message bytes. Raises: MessageNotFound, SpoolError."""
         envelope, data = self._spool.load(qid)
         state = self._spool.load_state(qid) or MessageState.initial(envelope.rcpt_to)
-        return Entry(qid, envelope, len(data), state), data
+        return Entry(qid, envelope, len(data), state, self._delivering(qid)), data
 
     # --- changing -------------------------------------------------------------------
 

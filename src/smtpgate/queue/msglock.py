@@ -88,6 +88,32 @@ def try_lock(path: str) -> MessageLock | None:
     return MessageLock(fd)
 
 
+def held_elsewhere(path: str) -> bool:
+    """True when another process holds the lock of the message at ``path`` right
+    now: the delivery worker is attempting it (or a queue command is changing it,
+    for a moment). False when nobody does, or there is no such message.
+
+    For ``queue list``: a shared lock taken and dropped at once, without waiting,
+    is the one portable way to ask ``flock``. A worker that wants the message in
+    that instant finds it busy and looks again a moment later, as it does for a
+    queue command; the probe changes nothing.
+
+    Raises:
+        OSError: the file exists but cannot be opened.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # drops the shared lock, if taken
+    return False
+
+
 #: How often a waiting command tries the lock again. An attempt on a local
 #: Maildir takes milliseconds; one on a relay takes as long as the relay does.
 _POLL = 0.05

@@ -245,6 +245,38 @@ async def test_bounce_dates_each_recipient_by_its_last_attempt(spool: Spool) -> 
         assert rcpt.get_all("Last-Attempt-Date", []) == want
 
 
+async def test_bounce_gives_each_recipient_the_error_of_its_last_attempt(spool: Spool) -> None:
+    """RFC 3464 §2.3.4-6: Status, Remote-MTA and Diagnostic-Code say what the last
+    attempt got. The report said "5.0.0 returned to the sender by the mail
+    administrator" for every recipient (seen with a real serve whose relay closed
+    each connection at the greeting), so the sender never learnt why the message
+    had not gone; a recipient never tried still gets those words."""
+    qid = spool.store_sync(envelope("bob@example.net"), MESSAGE)
+    d = FakeDeliverer()
+    d.default = TempFailure("relay mx.example.net:25 refused recipient: 451 4.2.1 mailbox busy")
+    assert await DeliveryWorker(spool, d, CFG, FakeClock(T0 + 60)).run_once() == 1
+    untried = spool.store_sync(envelope("carol@example.net"), MESSAGE)
+    mgr = manager(spool)
+    fields = {}
+    for bounced in (qid, untried):
+        report_id = mgr.bounce(bounced)
+        assert report_id is not None
+        report = email.message_from_bytes(spool.load(report_id)[1])
+        (rcpt,) = report.get_payload()[1].get_payload()[1:]
+        fields[bounced] = {k: " ".join(str(v).split()) for k, v in rcpt.items()}
+        fields[bounced]["text"] = " ".join(report.get_payload()[0].get_payload().split())
+    tried = fields[qid]
+    assert tried["Status"] == "5.2.1"  # the 451's code, given up: permanent
+    assert tried["Remote-MTA"] == "dns; mx.example.net"
+    assert tried["Diagnostic-Code"] == "smtp; 451 4.2.1 mailbox busy"
+    assert ("<bob@example.net>: returned to the sender by the mail administrator; the "
+            "last attempt got: relay mx.example.net:25 refused recipient: 451 4.2.1 "
+            "mailbox busy") in tried["text"]
+    never = fields[untried]
+    assert never["Status"] == "5.0.0" and "Remote-MTA" not in never
+    assert never["Diagnostic-Code"] == f"x-smtpgate; {ADMIN_BOUNCE}"
+
+
 def test_bounce_of_a_bounce_sends_nothing(spool: Spool) -> None:
     """Loop prevention: a message from the null sender is never reported on."""
     from smtpgate.queue.envelope import Envelope

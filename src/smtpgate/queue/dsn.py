@@ -74,6 +74,28 @@ class Report:
     #: 0.0 when there was none, and the optional Last-Attempt-Date is left out
     #: (RFC 3464 §2.3.7: the date of an attempt, not of the report).
     last_attempt: float | None = None
+    #: The Status field when the diagnostic's own code is not it (None: from the
+    #: diagnostic, `status_code`): `queue bounce` gives up a recipient whose last
+    #: attempt was deferred (`given_up_status`).
+    status: str | None = None
+    #: Words before the diagnostic in the report's text part (the diagnostic is then
+    #: the last attempt's, and these say why the recipient was given up).
+    note: str = ""
+
+    @property
+    def status_field(self) -> str:
+        return self.status or status_code(self.action, self.diagnostic)
+
+
+def given_up_status(diagnostic: str) -> str:
+    """The Status of a recipient given up after ``diagnostic`` (an attempt that was
+    deferred, RFC 3463): its code made permanent, ``4.4.1`` (no answer from host)
+    as ``5.4.1``, since the subject and detail of a code mean the same in either
+    class; ``5.0.0`` when it holds none."""
+    for m in _STATUS.finditer(diagnostic):
+        if m.group(1) in "45":
+            return f"5.{m.group(2)}.{m.group(3)}"
+    return "5.0.0"
 
 
 def notify_allows(notify: tuple[str, ...] | None, action: str) -> bool:
@@ -173,7 +195,7 @@ def build_report(
     """
     if not envelope.mail_from or not reports:
         return None
-    statuses = {status_code(r.action, r.diagnostic) for r in reports}
+    statuses = {r.status_field for r in reports}
     # RFC 6533: a global report for internationalized mail, unless the message failed
     # because the next hop lacks SMTPUTF8 or 8BITMIME (a global report is 8-bit
     # data): the report takes the same way back and would meet the same refusal, so
@@ -198,7 +220,8 @@ def build_report(
         intro = "Your message was delivered to the recipients below."
     human = [intro, ""]
     for r in reports:
-        human.append(_fold(f"<{_human_address(r.address, utf8)}>: {_clean(r.diagnostic)}"))
+        human.append(_fold(f"<{_human_address(r.address, utf8)}>: "
+                           f"{_clean(r.note + r.diagnostic)}"))
     # RFC 3464 §2.2's order: Original-Envelope-Id, Reporting-MTA, Arrival-Date,
     # then extension fields.
     per_message = []
@@ -217,7 +240,7 @@ def build_report(
         fields += [
             f"Final-Recipient: {_final(r.address, utf8)}",
             f"Action: {r.action}",
-            f"Status: {status_code(r.action, r.diagnostic)}",
+            f"Status: {r.status_field}",
         ]
         remote = remote_mta(r.diagnostic)
         if remote is not None:

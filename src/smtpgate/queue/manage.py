@@ -78,16 +78,37 @@ class Unreadable:
     error: str
 
 
-def _last_attempts(state: MessageState) -> dict[str, float]:
-    """When each recipient was last tried, from the history (a pending recipient's
+def _last_attempts(state: MessageState) -> dict[str, HistoryEntry]:
+    """Each recipient's last attempt, from the history (a pending recipient's
     attempts end in "deferred"), for a report the administrator's bounce sends: its
-    Last-Attempt-Date is that attempt's, not the bounce's. A recipient never tried
-    (or whose attempts the bounded history no longer holds) is absent."""
-    out: dict[str, float] = {}
+    Last-Attempt-Date is that attempt's, not the bounce's, and its Status and
+    Diagnostic-Code are what that attempt got. A recipient never tried (or whose
+    attempts the bounded history no longer holds) is absent."""
+    out: dict[str, HistoryEntry] = {}
     for h in state.history:
-        if h.kind == "deferred" and h.address:
-            out[h.address] = max(h.at, out.get(h.address, 0.0))
+        if (h.kind == "deferred" and h.address
+                and (h.address not in out or h.at >= out[h.address].at)):
+            out[h.address] = h
     return out
+
+
+#: Before the last attempt's error in the text part of an administrator's bounce.
+_ADMIN_NOTE = "returned to the sender by the mail administrator; the last attempt got: "
+
+
+def _admin_report(report: dsn.Report, last: HistoryEntry | None) -> dsn.Report:
+    """``report`` (an administrator's bounce of one recipient) with the recipient's
+    last attempt: its date, and, when it had an error, that error as the report's
+    Diagnostic-Code (and Remote-MTA) and its code made permanent as the Status
+    (`dsn.given_up_status`). Until 2026-12 every recipient got "5.0.0 returned to
+    the sender by the mail administrator", and the sender never learnt why the
+    message had not gone (the relay's 451, a host that did not answer)."""
+    if last is None:
+        return replace(report, last_attempt=0.0)
+    if not last.detail:
+        return replace(report, last_attempt=last.at)
+    return replace(report, last_attempt=last.at, diagnostic=last.detail,
+                   status=dsn.given_up_status(last.detail), note=_ADMIN_NOTE)
 
 
 def _error(result: str, status: RcptStatus) -> str | None:
@@ -226,7 +247,7 @@ class QueueManager:
             outcomes = [Outcome(r.address, "bounced", ADMIN_BOUNCE)
                         for r in state.recipients if r.status is RcptStatus.PENDING]
             tried = _last_attempts(state)
-            reports = [replace(r, last_attempt=tried.get(r.address, 0.0))
+            reports = [_admin_report(r, tried.get(r.address))
                        for r in dsn.reports_for(envelope, outcomes, "failed")]
             built = dsn.build_report(
                 envelope=envelope, queue_id=qid, data=data, reports=reports,

@@ -1278,7 +1278,8 @@ async def test_a_new_password_of_a_cram_md5_account_warns_as_user_passwd_does(
             pages = {}
             for name in ("old@x.org", "new@x.org"):
                 resp = await client.post(f"/accounts/{name}/password",
-                                         data={"csrf": csrf, "password": "another passphrase 4 tests"},
+                                         data={"csrf": csrf, "password": "another passphrase 4 tests",
+                                               "password2": "another passphrase 4 tests"},
                                          headers={"Cookie": cookie})
                 assert resp.status == 200
                 pages[name] = await resp.text()
@@ -1287,6 +1288,43 @@ async def test_a_new_password_of_a_cram_md5_account_warns_as_user_passwd_does(
                 "password is stored") in pages["old@x.org"], pages["old@x.org"]
         assert "smtpgate user cram-md5 old@x.org --disable" in pages["old@x.org"]
         assert "password: done" in pages["new@x.org"] and "CRAM-MD5 enabled" not in pages["new@x.org"]
+    finally:
+        await site.close()
+
+
+@pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
+async def test_set_password_takes_the_new_password_only_when_typed_twice_alike(
+        tmp_path: Path) -> None:
+    """Before: **Set password** had one field, of dots: a typing mistake set a
+    password nobody knew and the page said "password: done", where ``user passwd``
+    asks twice. The two fields must agree (checked by the server, not the browser):
+    otherwise a 400 page says so, and the password is what it was."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    site, cookie, csrf = await _logged_in_site(tmp_path)
+    try:
+        service = site.service("-", "test")
+        service.add_account("a@x.org", "a long passphrase 4 tests")
+        old = service.get_account("a@x.org")
+        async with TestClient(TestServer(site.app())) as client:
+            page = await (await client.get("/accounts/a@x.org",
+                                           headers={"Cookie": cookie})).text()
+            assert 'name="password2" type="password" autocomplete="new-password" required' in page
+            for sent in ({"password2": "another passphrase 4 tezts"}, {}):
+                resp = await client.post("/accounts/a@x.org/password", headers={"Cookie": cookie},
+                                         data={"csrf": csrf, "password": "another passphrase 4 tests",
+                                               **sent})
+                assert resp.status == 400
+                text = await resp.text()
+                assert "password: the two passwords differ; nothing was changed" in text, text
+                assert "password: done" not in text
+            assert service.get_account("a@x.org") == old
+            resp = await client.post("/accounts/a@x.org/password", headers={"Cookie": cookie},
+                                     data={"csrf": csrf, "password": "another passphrase 4 tests",
+                                           "password2": "another passphrase 4 tests"})
+            assert resp.status == 200 and "password: done" in await resp.text()
+        new = service.get_account("a@x.org")
+        assert new is not None and old is not None and new.generation != old.generation
     finally:
         await site.close()
 

@@ -32,7 +32,7 @@ import hmac
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -100,6 +100,21 @@ _NOTHING_DONE = {"revoke": "no app password of that name",
                  "alias-remove": "not an alias of this account",
                  "domain-revoke": "no such domain granted",
                  "unlock": "the account was not locked"}
+
+
+def _confirmed_password(form: Mapping[str, object]) -> str:
+    """The new password of the account page's **Set password**, typed twice as
+    ``user passwd`` asks for it: a typing mistake in a field that shows only dots
+    set a password nobody knew, and the page said "done".
+
+    Raises:
+        ValueError: the two fields differ (the page shows why; nothing is changed).
+    """
+    password, again = (form.get(k, "") for k in ("password", "password2"))
+    if not isinstance(password, str) or password != again:
+        raise ValueError("the two passwords differ; nothing was changed, type the new "
+                         "password again in both fields")
+    return password
 
 
 def _may_already(account: str, address: str) -> str:
@@ -700,7 +715,7 @@ class AdminSite:
         ops: dict[str, Callable[[AccountAdmin], object]] = {
             "lock": lambda s: s.lock(name, field("reason") or "locked in the web admin"),
             "unlock": lambda s: s.unlock(name),
-            "password": lambda s: s.set_password(name, str(form.get("password", ""))),
+            "password": lambda s: s.set_password(name, _confirmed_password(form)),
             "app-password": lambda s: s.add_app_password(name, field("app")),
             "revoke": lambda s: s.revoke_app_password(name, field("app")),
             "alias-add": lambda s: s.add_alias(name, field("alias")),
